@@ -1,0 +1,57 @@
+"""The two things that flow through the agent: a `Reading` from a device and an `Event` it detects.
+
+Timestamps are UTC nanoseconds from the gateway clock, stamped where the value was read.
+Quality follows OPC UA's three classes; a failed read is a `bad` reading with a reason, never a gap.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+Quality = Literal["good", "uncertain", "bad"]
+GOOD: Final = "good"
+UNCERTAIN: Final = "uncertain"
+BAD: Final = "bad"
+
+Value = float | int | bool | str | None
+
+Severity = Literal["info", "warning", "alarm", "critical"]
+
+EVENTS_STREAM: Final = "events"
+
+
+def now_ns() -> int:
+    """UTC wall-clock time in nanoseconds, the timestamp every reading and event carries."""
+    return time.time_ns()
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One value of one tag at one instant. `reason` says why quality is not good."""
+
+    source: str
+    tag: str
+    ts_ns: int
+    value: Value
+    quality: Quality = GOOD
+    unit: str = ""
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something the agent noticed: a detection, a driver down or back, a buffer eviction."""
+
+    kind: str
+    source: str
+    ts_ns: int
+    severity: Severity = "info"
+    score: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def bad(source: str, tag: str, ts_ns: int, reason: str, unit: str = "") -> Reading:
+    """A failed read: a bad-quality reading carrying why."""
+    return Reading(source, tag, ts_ns, None, BAD, unit, reason)

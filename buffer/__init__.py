@@ -1,0 +1,1 @@
+"""The SQLite store-and-forward outbox: append, lease, acknowledge, evict, report."""

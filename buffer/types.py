@@ -1,0 +1,49 @@
+"""Plain records exchanged between the outbox, the pipeline that fills it and the uplink that drains it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.model import Event, Reading
+
+# Eviction order when the outbox is full: telemetry goes first, events (alarms) last.
+RowClass = Literal["telemetry", "event"]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What the pipeline appends: readings (or events) for one stream, to become one outbox row."""
+
+    stream: str
+    readings: list[Reading] | None = None
+    events: list[Event] | None = None
+
+    @property
+    def row_class(self) -> RowClass:
+        return "event" if self.events is not None else "telemetry"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One stored batch; `seq` is its stream's message sequence number, assigned at append."""
+
+    id: int
+    stream: str
+    seq: int
+    row_class: RowClass
+    created_ns: int
+    count: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    rows: int
+    readings: int
+    bytes: int
+    max_bytes: int
+    oldest_created_ns: int | None
+    evicted_rows: int
+    evicted_readings: int
+    streams: dict[str, int]

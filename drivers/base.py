@@ -1,0 +1,70 @@
+"""The driver interface: nothing above `drivers/` knows a register address.
+
+A polled driver is built from its validated config (`from_config`, no I/O, so `check-config`
+runs on a laptop), then `open()`, `read()` once per poll, `aclose()`. `read()` returns one
+reading per configured tag; a tag whose request failed comes back as a `bad` reading with a
+reason. `open()` and `read()` raise `DriverIOError` when the device as a whole cannot be reached;
+the supervisor then backs off, reconnects, and stands in bad readings for every tag meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.model import Reading
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class DeviceConfig(BaseModel):
+    """Keys every `[[devices]]` section has; each driver subclasses this with its own keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    kind: str
+    enabled: bool = True
+    poll_interval_ms: int = Field(default=1000, ge=10, le=86_400_000)
+    # MQTT stream (last topic level) the readings go to; defaults to the device name.
+    stream: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)
+
+    @property
+    def stream_name(self) -> str:
+        return self.stream or self.name
+
+
+@dataclass(frozen=True, slots=True)
+class TagInfo:
+    """What the supervisor needs to stand in a bad reading for a tag."""
+
+    name: str
+    unit: str = ""
+
+
+class Driver(Protocol):
+    """A polled device."""
+
+    name: str
+
+    def tags(self) -> Sequence[TagInfo]: ...
+
+    async def open(self) -> None: ...
+
+    async def read(self) -> list[Reading]: ...
+
+    async def aclose(self) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+class DriverFactory(Protocol):
+    """What an `edge_agent.drivers` entry point names: a class with its config model."""
+
+    config_model: ClassVar[type[DeviceConfig]]
+
+    @classmethod
+    def from_config(cls, config: Any) -> Self: ...
