@@ -1,0 +1,30 @@
+# The two commands a user needs: `make demo` and `make test`. Both set everything up first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_SECONDS ?= 0
+
+.PHONY: setup demo test lint bench soak clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup
+	@DEMO_SECONDS=$(DEMO_SECONDS) bash scripts/demo.sh
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) -m bench.run
+
+soak: setup
+	$(VENV)/bin/pytest -q -m soak -p no:cacheprovider --timeout 7200
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -1,0 +1,227 @@
+"""`edge-agent`: run the agent, check a config, and look inside a running one.
+
+Exit codes: 0 ok; 1 the agent or a command failed at run time; 2 bad usage or an invalid config;
+3 no agent is running (status, tail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fnmatch
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from agent import __version__
+
+DEFAULT_CONFIG = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent", description="Water-utility edge agent: devices -> SQLite outbox -> MQTT."
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                       help=f"config file (default {DEFAULT_CONFIG}, or $EDGE_AGENT_CONFIG)")
+
+    run = sub.add_parser("run", help="run the agent in the foreground (what systemd starts)")
+    with_config(run)
+
+    check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 if not")
+    with_config(check)
+
+    status = sub.add_parser("status", help="ask the running agent how it is doing")
+    with_config(status)
+    status.add_argument("--socket", help="status socket (default: from the config)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    tail = sub.add_parser("tail", help="print readings live as the running agent takes them")
+    with_config(tail)
+    tail.add_argument("--socket", help="status socket (default: from the config)")
+    tail.add_argument("--tag", default="*", help="only tags matching this glob, e.g. 'pump1.*'")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    buffer = sub.add_parser("buffer", help="inspect the outbox database")
+    buffer_sub = buffer.add_subparsers(dest="buffer_command", required=True)
+    stats = buffer_sub.add_parser("stats", help="depth, bytes, oldest age, evictions")
+    with_config(stats)
+    stats.add_argument("--db", help="outbox file (default: from the config)")
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _load(path: str) -> Any:
+    from agent.config import load_config
+
+    return load_config(path)
+
+
+def _config_errors(exc: Exception) -> int:
+    print("invalid configuration:", file=sys.stderr)
+    for line in str(exc).splitlines():
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from agent.errors import ConfigError
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _config_errors(exc)
+    tags = sum(len(getattr(d, "tags", ())) for d in config.devices)
+    print(f"{config.source}: OK ({len(config.devices)} devices, {tags} tags, "
+          f"broker {config.uplink.host}:{config.uplink.port})")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent import logs
+    from agent.errors import AgentError, ConfigError
+    from agent.runtime import run_agent
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _config_errors(exc)
+    logs.configure(config.log.level, config.log.json_lines)
+    try:
+        return asyncio.run(run_agent(config))
+    except AgentError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    return Path(_load(args.config).status_socket)
+
+
+def _age(ns: int | None, now: int) -> str:
+    if ns is None:
+        return "never"
+    return f"{(now - ns) / 1e9:.1f} s ago"
+
+
+def format_status(snap: dict[str, Any], now: int) -> str:
+    agent, up, buf, pipe = snap["agent"], snap["uplink"], snap["buffer"], snap["pipeline"]
+    lines = [
+        f"edge-agent {agent['version']}  site {agent['site']}  gateway {agent['gateway']}  "
+        f"pid {agent['pid']}  up {agent['uptime_s']:.0f} s",
+        f"uplink   {up.get('state')}  published {up.get('published', 0)}  acked "
+        f"{up.get('acked', 0)}  in flight {up.get('inflight', 0)}  reconnects "
+        f"{up.get('reconnects', 0)}" + (f"  last error: {up['last_error']}"
+                                       if up.get("last_error") else ""),
+        f"pipeline {pipe['readings_per_s']:.0f} readings/s  pending {pipe['pending']}  "
+        f"committed {pipe['committed_readings']}  append errors {pipe['append_errors']}  "
+        f"dropped {pipe['dropped_readings']}",
+    ]
+    if buf:
+        pct = 100 * buf["bytes"] / buf["max_bytes"] if buf["max_bytes"] else 0
+        oldest = "-" if buf["oldest_age_s"] is None else f"{buf['oldest_age_s']} s"
+        lines.append(
+            f"buffer   {buf['rows']} rows / {buf['readings']} readings  {buf['bytes']} bytes "
+            f"({pct:.1f} % of quota)  oldest {oldest}  evicted {buf['evicted_readings']} readings"
+        )
+    lines.append("drivers")
+    for d in snap["drivers"]:
+        err = f"  error: {d['last_error']}" if d["state"] != "up" and d["last_error"] else ""
+        lines.append(
+            f"  {d['name']:<24} {d['kind']:<12} {d['state']:<8} last read "
+            f"{_age(d['last_read_ns'], now)}  polls {d['polls']}  bad {d['bad_readings']}  "
+            f"overruns {d['overruns']}  restarts {d['reconnects']}{err}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.model import now_ns
+    from agent.status import AgentNotRunningError, request_status
+
+    try:
+        snap = request_status(_socket_path(args))
+    except AgentNotRunningError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if args.json:
+        sys.stdout.write(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(format_status(snap, now_ns()))
+    return EXIT_OK
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from agent.status import AgentNotRunningError, tail_lines
+
+    try:
+        for reading in tail_lines(_socket_path(args)):
+            if not fnmatch.fnmatchcase(reading["tag"], args.tag):
+                continue
+            if args.json:
+                sys.stdout.write(orjson.dumps(reading).decode() + "\n")
+            else:
+                reason = f" ({reading['reason']})" if reading.get("reason") else ""
+                print(f"{reading['ts']}  {reading['source']}/{reading['tag']} = "
+                      f"{reading['value']} {reading['unit']}  [{reading['quality']}]{reason}")
+            sys.stdout.flush()
+    except AgentNotRunningError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_buffer_stats(args: argparse.Namespace) -> int:
+    from buffer.stats import format_stats, read_stats, stats_to_json
+
+    from agent.errors import BufferError
+    from agent.model import now_ns
+
+    path = Path(args.db) if args.db else _load(args.config).buffer_path
+    try:
+        stats = read_stats(path)
+    except BufferError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        sys.stdout.write(orjson.dumps(stats_to_json(stats, now_ns())).decode() + "\n")
+    else:
+        print(format_stats(stats, now_ns()))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from agent.errors import ConfigError
+
+    args = _parser().parse_args(argv)
+    commands = {
+        "run": cmd_run,
+        "check-config": cmd_check_config,
+        "status": cmd_status,
+        "tail": cmd_tail,
+    }
+    try:
+        if args.command == "buffer":
+            return cmd_buffer_stats(args)
+        return commands[args.command](args)
+    except ConfigError as exc:
+        return _config_errors(exc)
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

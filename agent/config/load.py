@@ -1,0 +1,181 @@
+"""Reads the TOML file and validates all of it; each problem names the file, key path and expectation."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent.config.schema import (
+    SCHEMA_VERSION,
+    AgentSection,
+    BufferSection,
+    GatewaySection,
+    LogSection,
+    StatusSection,
+)
+from agent.errors import ConfigError
+from agent.model import EVENTS_STREAM
+from agent.uplink.config import MqttConfig
+from drivers import registry
+from drivers.base import DeviceConfig
+
+RESERVED_STREAMS = frozenset({EVENTS_STREAM, "status"})
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    gateway: GatewaySection
+    uplink: MqttConfig
+    buffer: BufferSection
+    status: StatusSection
+    log: LogSection
+    devices: tuple[DeviceConfig, ...]
+
+    @property
+    def buffer_path(self) -> Path:
+        return self.gateway.state_dir / self.buffer.path
+
+    @property
+    def status_socket(self) -> Path:
+        return self.gateway.state_dir / self.status.socket
+
+
+def key_path(loc: Sequence[int | str]) -> str:
+    """("devices", 0, "tags", 3, "type") -> "devices[0].tags[3].type"."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _describe(error: Any) -> str:
+    kind = error["type"]
+    message = str(error["msg"])
+    if kind == "extra_forbidden":
+        return "unknown key (not part of the schema; check the spelling)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("value_error", "assertion_error"):
+        message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    got = error.get("input")
+    if kind != "missing" and not isinstance(got, dict | list):
+        return f"{message} (got {got!r})"
+    return message
+
+
+def _problems(source: Path, exc: ValidationError, prefix: str = "") -> list[str]:
+    problems = []
+    for err in exc.errors():
+        rest = key_path(err["loc"]) if err["loc"] else ""
+        where = f"{prefix}.{rest}" if prefix and rest else (prefix or rest or "(top level)")
+        problems.append(f"{source}: {where}: {_describe(err)}")
+    return problems
+
+
+def _read_toml(source: Path) -> dict[str, Any]:
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read the config file: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: not UTF-8 text: {exc.reason}"]) from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from exc
+
+
+def _validate_device(
+    source: Path, index: int, raw: dict[str, Any], problems: list[str]
+) -> DeviceConfig | None:
+    name = raw.get("name")
+    where = f"devices[{index}]" + (f" ({name})" if isinstance(name, str) else "")
+    kind = raw.get("kind")
+    if not isinstance(kind, str):
+        problems.append(
+            f"{source}: {where}.kind: required, one of {', '.join(registry.known_kinds())}"
+        )
+        return None
+    factory = registry.load(kind)
+    if factory is None:
+        problems.append(
+            f"{source}: {where}.kind: unknown driver {kind!r}; installed drivers are "
+            f"{', '.join(registry.known_kinds())}"
+        )
+        return None
+    try:
+        return factory.config_model.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_problems(source, exc, where))
+        return None
+
+
+def load_config(path: str | Path) -> Config:
+    """Parse and validate the whole file; raise ConfigError listing every problem found."""
+    source = Path(path)
+    raw = _read_toml(source)
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(
+            [f"{source}: schema_version: expected {SCHEMA_VERSION} (got {version!r})"]
+        )
+    problems: list[str] = []
+    try:
+        section = AgentSection.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_problems(source, exc))
+        section = None
+
+    devices: list[DeviceConfig] = []
+    raw_devices = raw.get("devices", [])
+    if isinstance(raw_devices, list):
+        for index, item in enumerate(raw_devices):
+            if isinstance(item, dict):
+                device = _validate_device(source, index, item, problems)
+                if device is not None:
+                    devices.append(device)
+    _check_names(source, devices, problems)
+    if problems or section is None:
+        raise ConfigError(problems)
+    return Config(
+        source=source,
+        gateway=section.gateway,
+        uplink=section.uplink,
+        buffer=section.buffer,
+        status=section.status,
+        log=section.log,
+        devices=tuple(devices),
+    )
+
+
+def _check_names(source: Path, devices: list[DeviceConfig], problems: list[str]) -> None:
+    seen: set[str] = set()
+    for device in devices:
+        if device.name in seen:
+            problems.append(f"{source}: devices: device name {device.name!r} is used twice")
+        seen.add(device.name)
+        if device.stream_name in RESERVED_STREAMS:
+            problems.append(
+                f"{source}: devices ({device.name}).stream: {device.stream_name!r} is reserved "
+                f"for the agent's own messages"
+            )
+
+
+__all__ = [
+    "BufferSection",
+    "Config",
+    "ConfigError",
+    "GatewaySection",
+    "LogSection",
+    "StatusSection",
+    "load_config",
+]

@@ -1,0 +1,83 @@
+"""Pydantic models for the sections of the config file that are not a driver's own.
+
+Every model forbids unknown keys, so a typo is an error rather than a silently ignored setting.
+A driver's `[[devices]]` section is validated by that driver's own model (see `drivers.base`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from agent.uplink.config import MqttConfig
+from drivers.base import NAME_PATTERN
+
+SCHEMA_VERSION = 1
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def _parse_size(value: Any) -> Any:
+    """Accept 268435456, "256MiB" or "250 MB" for byte sizes; leave anything else to pydantic."""
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match is None:
+            raise ValueError("expected a size such as 268435456, '256MiB' or '250MB'")
+        unit = (match.group(2) or "b").lower()
+        return int(float(match.group(1)) * _UNITS[unit])
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(_parse_size)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Section):
+    site: str = Field(pattern=NAME_PATTERN, max_length=64)
+    id: str = Field(pattern=NAME_PATTERN, max_length=64)
+    state_dir: Path = Path("/var/lib/edge-agent")
+
+
+class BufferSection(_Section):
+    # Relative paths are taken from gateway.state_dir.
+    path: Path = Path("outbox.sqlite")
+    max_bytes: ByteSize = Field(default=256 * 2**20, ge=2**20)
+    synchronous: Literal["full", "normal"] = "full"
+    # Readings are gathered for this long and committed in one transaction (SD-card wear).
+    flush_interval_ms: int = Field(default=200, ge=10, le=10_000)
+    batch_max_readings: int = Field(default=1000, ge=1, le=100_000)
+    # Readings held in memory before the pipeline makes drivers wait for a commit.
+    max_pending_readings: int = Field(default=200_000, ge=1000)
+
+
+class StatusSection(_Section):
+    # Unix socket that `edge-agent status` and `tail` talk to; relative to gateway.state_dir.
+    socket: Path = Path("status.sock")
+
+
+class LogSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # None: JSON when not on a terminal (systemd), readable text on one.
+    json_lines: bool | None = Field(default=None, alias="json")
+
+
+class AgentSection(_Section):
+    """The whole file, with `devices` still raw: each is validated by its driver's model."""
+
+    schema_version: Literal[1]
+    gateway: GatewaySection
+    uplink: MqttConfig
+    buffer: BufferSection = BufferSection()
+    status: StatusSection = StatusSection()
+    log: LogSection = LogSection()
+    devices: list[dict[str, Any]] = Field(default_factory=list)

@@ -1,0 +1,143 @@
+"""The local status socket: `edge-agent status` and `tail` talk to the running agent over it.
+
+One JSON request line, then JSON reply lines: `{"cmd": "status"}` gets one snapshot;
+`{"cmd": "tail"}` gets one line per reading until the client hangs up. The socket is a unix
+socket (mode 0660) in the state directory, so only local users in the agent's group can ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from agent.model import Reading
+
+log = structlog.get_logger(__name__)
+
+Snapshot = Callable[[], Any]
+MAX_REQUEST_BYTES = 4096
+
+
+def reading_json(reading: Reading) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "source": reading.source,
+        "tag": reading.tag,
+        "ts": reading.ts_ns,
+        "value": reading.value,
+        "quality": reading.quality,
+        "unit": reading.unit,
+    }
+    if reading.reason is not None:
+        out["reason"] = reading.reason
+    return out
+
+
+class StatusServer:
+    def __init__(
+        self,
+        path: Path,
+        snapshot: Callable[[], Any],
+        tap: Callable[[], asyncio.Queue[Reading]],
+        untap: Callable[[asyncio.Queue[Reading]], None],
+    ) -> None:
+        self.path = path
+        self._snapshot = snapshot
+        self._tap = tap
+        self._untap = untap
+        self._server: asyncio.AbstractServer | None = None
+        self.bad_requests = 0
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(self._handle, path=str(self.path))
+        os.chmod(self.path, 0o660)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=5)
+            try:
+                request = orjson.loads(line[:MAX_REQUEST_BYTES])
+                cmd = request.get("cmd") if isinstance(request, dict) else None
+            except orjson.JSONDecodeError:
+                cmd = None
+            if cmd == "status":
+                writer.write(orjson.dumps(self._snapshot()) + b"\n")
+                await writer.drain()
+            elif cmd == "tail":
+                await self._tail(writer)
+            else:
+                self.bad_requests += 1
+                writer.write(b'{"error": "unknown request; expected {\\"cmd\\": \\"status\\"|\\"tail\\"}"}\n')
+                await writer.drain()
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _tail(self, writer: asyncio.StreamWriter) -> None:
+        queue = self._tap()
+        try:
+            while True:
+                reading = await queue.get()
+                writer.write(orjson.dumps(reading_json(reading)) + b"\n")
+                await writer.drain()
+        finally:
+            self._untap(queue)
+
+
+class AgentNotRunningError(Exception):
+    """Nothing answers on the status socket."""
+
+
+def _connect(path: Path, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        sock.close()
+        raise AgentNotRunningError(f"no agent answers on {path} ({exc.strerror})") from exc
+    except PermissionError as exc:
+        sock.close()
+        raise AgentNotRunningError(f"not allowed to open {path}: run as root or the agent's group") from exc
+    return sock
+
+
+def request_status(path: Path, timeout: float = 5.0) -> dict[str, Any]:
+    with _connect(path, timeout) as sock, sock.makefile("rwb") as stream:
+        stream.write(b'{"cmd": "status"}\n')
+        stream.flush()
+        line = stream.readline()
+    if not line:
+        raise AgentNotRunningError(f"the agent on {path} closed the connection")
+    reply: dict[str, Any] = orjson.loads(line)
+    return reply
+
+
+def tail_lines(path: Path) -> Iterator[dict[str, Any]]:
+    with _connect(path, 5.0) as sock:
+        sock.settimeout(None)
+        with sock.makefile("rwb") as stream:
+            stream.write(b'{"cmd": "tail"}\n')
+            stream.flush()
+            for line in stream:
+                yield orjson.loads(line)

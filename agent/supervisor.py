@@ -1,0 +1,181 @@
+"""Runs one polled device: opens it, polls it at a fixed rate, and keeps it alive.
+
+When the device cannot be reached the runner reports it down once (an Event), stands in a
+bad-quality reading for every tag at each poll so the centre sees a gap as a gap, and reopens the
+driver after a capped, jittered backoff. An unexpected exception from a driver is the one place
+with a last-resort handler: it is logged with its traceback, counted, and treated the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+
+from agent.backoff import Backoff
+from agent.errors import DriverIOError
+from agent.model import Event, Reading, bad, now_ns
+from agent.scheduler import FixedRateTicker
+from drivers.base import DeviceConfig, Driver
+
+log = structlog.get_logger(__name__)
+
+ReadingSink = Callable[[str, list[Reading]], Awaitable[None]]
+EventSink = Callable[[Event], Awaitable[None]]
+DriverState = Literal["starting", "up", "down", "stopped"]
+
+
+@dataclass
+class DeviceStats:
+    state: DriverState = "starting"
+    polls: int = 0
+    readings: int = 0
+    bad_readings: int = 0
+    failures: int = 0
+    crashes: int = 0
+    reconnects: int = 0
+    last_read_ns: int | None = None
+    last_error: str | None = None
+    down_since_ns: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DeviceRunner:
+    def __init__(
+        self,
+        config: DeviceConfig,
+        driver: Driver,
+        on_readings: ReadingSink,
+        on_event: EventSink,
+        *,
+        backoff_min_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+    ) -> None:
+        self.config = config
+        self.driver = driver
+        self.stats = DeviceStats()
+        self.ticker = FixedRateTicker(config.poll_interval_ms / 1000)
+        self._on_readings = on_readings
+        self._on_event = on_event
+        self._backoff = Backoff(backoff_min_s, backoff_max_s)
+        self._open = False
+        self._retry_at = 0.0
+        # A driver that hangs despite its own timeouts must not hang the poll loop.
+        self._guard_s = max(10.0, 5 * self.ticker.period_s)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "name": self.name,
+            "kind": self.config.kind,
+            "state": s.state,
+            "poll_interval_ms": self.config.poll_interval_ms,
+            "polls": s.polls,
+            "readings": s.readings,
+            "bad_readings": s.bad_readings,
+            "overruns": self.ticker.overruns,
+            "failures": s.failures,
+            "crashes": s.crashes,
+            "reconnects": s.reconnects,
+            "last_read_ns": s.last_read_ns,
+            "last_error": s.last_error,
+            "down_since_ns": s.down_since_ns,
+            "driver": self.driver.health(),
+        }
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._poll_once()
+                await self.ticker.wait()
+        finally:
+            self.stats.state = "stopped"
+            await self._close()
+
+    async def _poll_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stats.polls += 1
+        try:
+            if not self._open:
+                if loop.time() < self._retry_at:
+                    await self._stand_in(self.stats.last_error or "device down")
+                    return
+                async with asyncio.timeout(self._guard_s):
+                    await self.driver.open()
+                self._open = True
+            async with asyncio.timeout(self._guard_s):
+                readings = await self.driver.read()
+        except (DriverIOError, TimeoutError) as exc:
+            await self._mark_down(str(exc) or "timed out", crashed=False)
+            return
+        except Exception as exc:
+            log.exception("driver.crashed", driver=self.name)
+            await self._mark_down(f"driver error: {type(exc).__name__}: {exc}", crashed=True)
+            return
+        if self.stats.state != "up":
+            # Up means a read worked, not just a connect: a PLC that accepts TCP but cannot
+            # answer must not flap between down and up on every poll.
+            await self._mark_up()
+        self._account(readings)
+        await self._on_readings(self.config.stream_name, readings)
+
+    def _account(self, readings: list[Reading]) -> None:
+        self.stats.readings += len(readings)
+        self.stats.bad_readings += sum(1 for r in readings if r.quality == "bad")
+        self.stats.last_read_ns = now_ns()
+
+    async def _stand_in(self, reason: str) -> None:
+        ts = now_ns()
+        readings = [bad(self.name, tag.name, ts, reason, tag.unit) for tag in self.driver.tags()]
+        self.stats.readings += len(readings)
+        self.stats.bad_readings += len(readings)
+        await self._on_readings(self.config.stream_name, readings)
+
+    async def _mark_up(self) -> None:
+        was_down = self.stats.state == "down"
+        self.stats.state = "up"
+        self._backoff.reset()
+        if was_down:
+            self.stats.reconnects += 1
+            down_for = (now_ns() - (self.stats.down_since_ns or now_ns())) / 1e9
+            log.info("driver.up", driver=self.name, after_s=round(down_for, 1))
+            await self._on_event(
+                Event("driver_up", self.name, now_ns(), "info",
+                      detail={"down_for_s": round(down_for, 3)})
+            )
+        else:
+            log.info("driver.opened", driver=self.name)
+        self.stats.down_since_ns = None
+
+    async def _mark_down(self, reason: str, *, crashed: bool) -> None:
+        self.stats.failures += 1
+        self.stats.crashes += int(crashed)
+        self.stats.last_error = reason
+        await self._close()
+        delay = self._backoff.next_delay()
+        self._retry_at = asyncio.get_running_loop().time() + delay
+        if self.stats.state != "down":
+            self.stats.state = "down"
+            self.stats.down_since_ns = now_ns()
+            log.warning("driver.down", driver=self.name, reason=reason, retry_in_s=round(delay, 2))
+            await self._on_event(
+                Event("driver_down", self.name, now_ns(), "warning",
+                      detail={"reason": reason, "crashed": crashed})
+            )
+        await self._stand_in(reason)
+
+    async def _close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            await self.driver.aclose()
+        except Exception:
+            log.exception("driver.close_failed", driver=self.name)

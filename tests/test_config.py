@@ -1,0 +1,141 @@
+"""The config file: valid files load, and every mistake is one clear line naming file, key and expectation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.config import load_config
+from agent.errors import ConfigError
+
+GOOD = """
+schema_version = 1
+
+[gateway]
+site = "north-plant"
+id = "gw-01"
+state_dir = "{state}"
+
+[uplink]
+host = "127.0.0.1"
+port = 1883
+
+[buffer]
+max_bytes = "64MiB"
+
+[[devices]]
+name = "sim"
+kind = "fake"
+poll_interval_ms = 500
+
+  [[devices.tags]]
+  name = "flow"
+  unit = "m3/h"
+  offset = 100.0
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text.replace("{state}", str(tmp_path / "state")))
+    return path
+
+
+def problems_for(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    return info.value.problems
+
+
+def test_valid_file_loads_with_defaults_and_derived_paths(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.gateway.site == "north-plant"
+    assert config.buffer.max_bytes == 64 * 2**20
+    assert config.buffer.synchronous == "full"
+    assert config.buffer_path == tmp_path / "state" / "outbox.sqlite"
+    assert config.status_socket == tmp_path / "state" / "status.sock"
+    (device,) = config.devices
+    assert device.kind == "fake"
+    assert device.stream_name == "sim"
+    assert config.uplink.prefix == "water"
+
+
+def test_unknown_key_names_file_and_key_path(tmp_path: Path) -> None:
+    text = GOOD.replace('unit = "m3/h"', 'unit = "m3/h"\n  scael = 2.0')
+    (problem,) = problems_for(tmp_path, text)
+    assert str(tmp_path / "agent.toml") in problem
+    assert "devices[0] (sim).tags[0].scael" in problem
+    assert "unknown key" in problem
+
+
+def test_wrong_type_and_range_say_what_was_expected(tmp_path: Path) -> None:
+    text = GOOD.replace("poll_interval_ms = 500", 'poll_interval_ms = "fast"').replace(
+        "port = 1883", "port = 99999"
+    )
+    problems = problems_for(tmp_path, text)
+    assert any("devices[0] (sim).poll_interval_ms" in p and "integer" in p for p in problems)
+    assert any("uplink.port" in p and "99999" in p for p in problems)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = GOOD.replace('site = "north-plant"', 'site = "north plant/1"').replace(
+        'kind = "fake"', 'kind = "modbus_udp"'
+    )
+    problems = problems_for(tmp_path, text)
+    assert any("gateway.site" in p for p in problems)
+    assert any("devices[0] (sim).kind" in p and "unknown driver 'modbus_udp'" in p
+               for p in problems)
+
+
+def test_schema_version_is_required_first(tmp_path: Path) -> None:
+    (problem,) = problems_for(tmp_path, GOOD.replace("schema_version = 1", "schema_version = 7"))
+    assert "schema_version: expected 1 (got 7)" in problem
+
+
+def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    (problem,) = problems_for(tmp_path, GOOD.replace('id = "gw-01"', 'id = "gw-01'))
+    assert "not valid TOML" in problem
+    assert "line" in problem
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_duplicate_device_names_and_reserved_streams(tmp_path: Path) -> None:
+    second = GOOD.split("[[devices]]")[1]
+    reserved = '\n[[devices]]\nname = "x"\nkind = "fake"\nstream = "events"\n[[devices.tags]]\nname = "a"\n'
+    text = GOOD + "[[devices]]" + second + reserved
+    problems = problems_for(tmp_path, text)
+    assert any("'sim' is used twice" in p for p in problems)
+    assert any("'events' is reserved" in p for p in problems)
+
+
+def test_bad_size_string(tmp_path: Path) -> None:
+    (problem,) = problems_for(tmp_path, GOOD.replace('"64MiB"', '"lots"'))
+    assert "buffer.max_bytes" in problem
+    assert "256MiB" in problem
+
+
+def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(tmp_path, GOOD)
+    assert main(["check-config", "-c", str(good)]) == 0
+    assert "OK (1 devices, 1 tags" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("[gateway]", "[gateway]\ncolour = 'blue'"))
+    assert main(["check-config", "-c", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "gateway.colour" in err
+    assert "Traceback" not in err
+
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_example_config_is_valid(path: Path) -> None:
+    config = load_config(path)
+    assert config.devices, f"{path} configures no device"

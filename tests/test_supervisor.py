@@ -1,0 +1,128 @@
+"""The device runner: fixed-rate polls, bad readings instead of gaps, down/up events, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from agent.errors import DriverIOError
+from agent.model import Event, Reading, now_ns
+from agent.supervisor import DeviceRunner
+from drivers.base import TagInfo
+from drivers.fake import FakeConfig, FakeDriver
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.readings: list[tuple[str, Reading]] = []
+        self.events: list[Event] = []
+
+    async def on_readings(self, stream: str, readings: list[Reading]) -> None:
+        self.readings.extend((stream, r) for r in readings)
+
+    async def on_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+def fake_config(**extra: Any) -> FakeConfig:
+    return FakeConfig.model_validate(
+        {"name": "dev", "kind": "fake", "poll_interval_ms": 20,
+         "tags": [{"name": "a", "unit": "bar", "offset": 2.5}, {"name": "b"}], **extra}
+    )
+
+
+async def run_for(runner: DeviceRunner, seconds: float) -> None:
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_polls_at_the_configured_rate_into_the_device_stream() -> None:
+    sink = Collector()
+    config = fake_config(stream="station")
+    runner = DeviceRunner(config, FakeDriver(config), sink.on_readings, sink.on_event)
+    await run_for(runner, 0.5)
+    polls = runner.stats.polls
+    assert 15 <= polls <= 30  # 20 ms period over 0.5 s, with slack for a loaded CI machine
+    assert len(sink.readings) == 2 * polls
+    assert {stream for stream, _ in sink.readings} == {"station"}
+    first = sink.readings[0][1]
+    assert (first.tag, first.value, first.unit, first.quality) == ("a", 2.5, "bar", "good")
+    assert runner.stats.state == "stopped"
+
+
+async def test_unreachable_device_gives_bad_readings_every_poll_and_one_down_event() -> None:
+    sink = Collector()
+    config = fake_config(unreachable=True)
+    runner = DeviceRunner(config, FakeDriver(config), sink.on_readings, sink.on_event,
+                          backoff_min_s=0.05, backoff_max_s=0.1)
+    await run_for(runner, 0.4)
+    assert runner.stats.polls >= 10
+    assert len(sink.readings) == 2 * runner.stats.polls  # no gaps: one stand-in per tag per poll
+    assert all(r.quality == "bad" and r.value is None for _, r in sink.readings)
+    assert all("unreachable" in (r.reason or "") for _, r in sink.readings)
+    assert [e.kind for e in sink.events] == ["driver_down"]
+    assert runner.stats.failures >= 2  # it kept retrying with backoff
+    assert runner.snapshot()["state"] in ("down", "stopped")
+
+
+class FlakyDriver:
+    """Fails its reads during a window, then recovers: a PLC rebooting."""
+
+    def __init__(self, fail_from: int, fail_until: int, crash: bool = False) -> None:
+        self.name = "dev"
+        self.reads = 0
+        self.opens = 0
+        self.fail_from, self.fail_until, self.crash = fail_from, fail_until, crash
+
+    def tags(self) -> Sequence[TagInfo]:
+        return [TagInfo("a", "bar")]
+
+    async def open(self) -> None:
+        self.opens += 1
+
+    async def read(self) -> list[Reading]:
+        self.reads += 1
+        if self.fail_from <= self.reads < self.fail_until:
+            if self.crash:
+                raise RuntimeError("bug in driver")
+            raise DriverIOError("connection reset by peer")
+        return [Reading("dev", "a", now_ns(), 1.0, "good", "bar")]
+
+    async def aclose(self) -> None:
+        pass
+
+    def health(self) -> dict[str, Any]:
+        return {"reads": self.reads}
+
+
+async def test_device_that_drops_and_returns_is_reopened_with_events() -> None:
+    sink = Collector()
+    driver = FlakyDriver(fail_from=3, fail_until=6)
+    runner = DeviceRunner(fake_config(), driver, sink.on_readings, sink.on_event,
+                          backoff_min_s=0.01, backoff_max_s=0.02)
+    await run_for(runner, 0.5)
+    assert [e.kind for e in sink.events] == ["driver_down", "driver_up"]
+    assert driver.opens >= 2
+    assert runner.stats.reconnects == 1
+    qualities = [r.quality for _, r in sink.readings]
+    assert qualities[:2] == ["good", "good"]
+    assert "bad" in qualities
+    assert qualities[-1] == "good"
+    assert runner.stats.state == "stopped"
+
+
+async def test_driver_bug_is_caught_counted_and_restarted() -> None:
+    sink = Collector()
+    driver = FlakyDriver(fail_from=2, fail_until=3, crash=True)
+    runner = DeviceRunner(fake_config(), driver, sink.on_readings, sink.on_event,
+                          backoff_min_s=0.01, backoff_max_s=0.02)
+    await run_for(runner, 0.3)
+    assert runner.stats.crashes == 1
+    down = sink.events[0]
+    assert down.kind == "driver_down"
+    assert down.detail["crashed"] is True
+    assert "RuntimeError: bug in driver" in down.detail["reason"]
+    assert sink.readings[-1][1].quality == "good"
