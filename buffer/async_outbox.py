@@ -1,0 +1,98 @@
+"""The outbox for asyncio code: an `Outbox` owned by one dedicated worker thread.
+
+SQLite commits (an fsync each with synchronous=FULL) must never block the event loop, and an
+sqlite3 connection belongs to the thread that made it; so the connection is created on the worker
+and every call runs there, in the order it was made.
+
+A call whose awaiting task is cancelled still runs to completion on the worker: a cancelled
+`append` may have been committed. That is safe for delivery (the rows are there and will be sent)
+but the caller cannot tell, so it should not re-append the same batches blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from agent.errors import BufferError
+from buffer.outbox import Outbox, Synchronous
+from buffer.types import Batch, OutboxRow, OutboxStats
+
+_T = TypeVar("_T")
+
+
+class AsyncOutbox:
+    """Async facade over an `Outbox`; create it with `await AsyncOutbox.open(...)`."""
+
+    def __init__(self, executor: ThreadPoolExecutor, outbox: Outbox) -> None:
+        # Use `open`; this only binds an outbox already created on `executor`'s one thread.
+        self._executor = executor
+        self._outbox = outbox
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, path: str | Path, *, max_bytes: int, synchronous: Synchronous = "full"
+    ) -> AsyncOutbox:
+        """Open (or create) the outbox on a new worker thread."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        make = functools.partial(Outbox, path, max_bytes=max_bytes, synchronous=synchronous)
+        try:
+            outbox = await asyncio.get_running_loop().run_in_executor(executor, make)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, outbox)
+
+    async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
+        if self._closed:
+            raise BufferError(f"outbox {self._outbox.path} is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def path(self) -> Path:
+        return self._outbox.path
+
+    async def append(self, batches: Sequence[Batch]) -> list[int]:
+        """See `Outbox.append`."""
+        # A snapshot of the list: the caller may reuse its list while the worker encodes.
+        return await self._call(self._outbox.append, list(batches))
+
+    async def lease(self, after_id: int, limit: int) -> list[OutboxRow]:
+        """See `Outbox.lease`."""
+        return await self._call(self._outbox.lease, after_id, limit)
+
+    async def ack(self, row_ids: Sequence[int]) -> None:
+        """See `Outbox.ack`."""
+        await self._call(self._outbox.ack, list(row_ids))
+
+    async def stats(self) -> OutboxStats:
+        """See `Outbox.stats`."""
+        return await self._call(self._outbox.stats)
+
+    async def close(self) -> None:
+        """Close the database on its thread, then let the worker thread end; idempotent."""
+        if self._closed:
+            return
+        try:
+            await self._call(self._outbox.close)
+        finally:
+            self._closed = True
+            # The queue is empty once close has run, so the idle worker exits without a wait here.
+            self._executor.shutdown(wait=False)
+
+    async def __aenter__(self) -> AsyncOutbox:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,152 @@
+"""The outbox database's schema: creating it, recognising it (or refusing a file that is not it),
+and the stats query shared by the writer and the read-only `edge-agent buffer stats`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+import sqlite_utils
+
+from agent.errors import BufferError
+from buffer.types import OutboxStats
+
+SCHEMA_VERSION: Final = 1
+
+# Written into the SQLite header so that `file` and our own open can tell an outbox from any other
+# SQLite file; ASCII "WEAO" (water-edge-agent outbox).
+APPLICATION_ID: Final = 0x5745414F
+
+# Quota accounting charges each row its body length plus this much. It stands for what a row costs
+# besides its body: the record header, the integer columns, the stream name, the b-tree cell and
+# the (row_class, id) index entry. It keeps many tiny rows from slipping past the quota.
+ROW_OVERHEAD: Final = 64
+
+COUNTER_NAMES: Final = ("evicted_rows", "evicted_readings")
+
+_OUTBOX_COLUMNS: Final = {
+    "id",
+    "stream",
+    "seq",
+    "row_class",
+    "created_ns",
+    "count",
+    "body",
+}
+_TABLES: Final = {"meta", "outbox", "streams", "counters"}
+
+
+def _database(conn: sqlite3.Connection) -> sqlite_utils.Database:
+    return sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
+
+
+def inspect(conn: sqlite3.Connection, path: Path) -> int | None:
+    """The schema version of an existing outbox, or None for an empty database.
+
+    Raises `BufferError` naming `path` for anything else: not SQLite, another application's
+    database, a newer schema than this code knows, or an outbox with tables or columns missing.
+    Only reads, so it is safe on a read-only connection and never alters a foreign file.
+    """
+    db = _database(conn)
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = set(db.table_names()) - {"sqlite_sequence"}
+    except sqlite3.DatabaseError as exc:
+        raise BufferError(f"outbox {path}: not a usable SQLite database: {exc}") from exc
+    if app_id not in (0, APPLICATION_ID):
+        raise BufferError(
+            f"outbox {path}: is another application's SQLite database "
+            f"(application_id {app_id:#x}, expected {APPLICATION_ID:#x})"
+        )
+    if not tables and app_id == 0:
+        return None
+    if "meta" not in tables:
+        raise BufferError(
+            f"outbox {path}: not an outbox database (no 'meta' table; tables: "
+            f"{', '.join(sorted(tables)) or 'none'})"
+        )
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None or type(row[0]) is not int:
+        raise BufferError(f"outbox {path}: 'meta' table has no integer schema_version")
+    version: int = row[0]
+    if version > SCHEMA_VERSION:
+        raise BufferError(
+            f"outbox {path}: schema version {version} is newer than this agent supports "
+            f"({SCHEMA_VERSION}); upgrade the agent or move the file away"
+        )
+    if version < 1:
+        raise BufferError(f"outbox {path}: invalid schema version {version}")
+    missing = _TABLES - tables
+    if missing:
+        raise BufferError(f"outbox {path}: damaged, tables missing: {', '.join(sorted(missing))}")
+    missing_cols = _OUTBOX_COLUMNS - set(db.table("outbox").columns_dict)
+    if missing_cols:
+        raise BufferError(
+            f"outbox {path}: damaged, 'outbox' columns missing: {', '.join(sorted(missing_cols))}"
+        )
+    return version
+
+
+def create(conn: sqlite3.Connection, max_bytes: int) -> None:
+    """Create every table in one transaction, so a crash leaves either nothing or a whole schema."""
+    db = _database(conn)
+    with db.atomic():
+        db.table("meta").create({"key": str, "value": int}, pk="key", not_null={"value"})
+        db.table("meta").insert_all(
+            [
+                {"key": "schema_version", "value": SCHEMA_VERSION},
+                {"key": "max_bytes", "value": max_bytes},
+            ]
+        )
+        # AUTOINCREMENT: ids are never reused, even after the newest row is acked, because the
+        # uplink's lease cursor is an id and must never skip a row.
+        db.execute(
+            "CREATE TABLE outbox ("
+            " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " stream TEXT NOT NULL,"
+            " seq INTEGER NOT NULL,"
+            " row_class TEXT NOT NULL,"
+            " created_ns INTEGER NOT NULL,"
+            " count INTEGER NOT NULL,"
+            " body BLOB NOT NULL)"
+        )
+        db.table("outbox").create_index(["row_class", "id"], index_name="outbox_class_id")
+        db.table("streams").create(
+            {"stream": str, "last_seq": int}, pk="stream", not_null={"last_seq"}
+        )
+        db.table("counters").create({"name": str, "value": int}, pk="name", not_null={"value"})
+        db.table("counters").insert_all([{"name": n, "value": 0} for n in COUNTER_NAMES])
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+
+def query_stats(conn: sqlite3.Connection, max_bytes: int) -> OutboxStats:
+    """What the outbox holds, from the database (a full pass over the rows, not over the bodies)."""
+    streams: dict[str, int] = {}
+    rows = readings = body_bytes = 0
+    for stream, n_rows, n_readings, n_bytes in conn.execute(
+        "SELECT stream, COUNT(*), SUM(count), SUM(length(body)) FROM outbox GROUP BY stream"
+    ):
+        streams[stream] = n_rows
+        rows += n_rows
+        readings += n_readings
+        body_bytes += n_bytes
+    oldest = conn.execute("SELECT created_ns FROM outbox ORDER BY id LIMIT 1").fetchone()
+    counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+    return OutboxStats(
+        rows=rows,
+        readings=readings,
+        bytes=body_bytes + ROW_OVERHEAD * rows,
+        max_bytes=max_bytes,
+        oldest_created_ns=oldest[0] if oldest else None,
+        evicted_rows=counters.get("evicted_rows", 0),
+        evicted_readings=counters.get("evicted_readings", 0),
+        streams=streams,
+    )
+
+
+def stored_max_bytes(conn: sqlite3.Connection) -> int:
+    """The quota the writer last opened the outbox with (recorded for read-only readers)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'max_bytes'").fetchone()
+    return int(row[0]) if row else 0

@@ -1,0 +1,109 @@
+"""Outbox statistics for people: `edge-agent buffer stats` reads them from the database file,
+read-only, while the agent may be running and writing, and prints them as text or JSON.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from agent.errors import BufferError
+from buffer import schema
+from buffer.types import OutboxStats
+
+
+def read_stats(path: str | Path) -> OutboxStats:
+    """Stats from the outbox at `path`, opened read-only; never creates or changes a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BufferError(f"outbox {path}: no such file")
+    # mode=ro: a stats reader must not create, convert (WAL) or lock out the running writer.
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    if not Path(f"{path}-wal").exists():
+        # No writer is connected (a connected writer always has a -wal file). A plain read-only
+        # open would now create -wal and -shm files owned by whoever runs the CLI (often root),
+        # which the agent's service user could then not open; immutable reads the file as is.
+        uri += "&immutable=1"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise BufferError(f"outbox {path}: cannot open read-only: {exc}") from exc
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        if schema.inspect(conn, path) is None:
+            raise BufferError(f"outbox {path}: empty database, not an outbox")
+        # One read transaction, so the figures are one consistent snapshot.
+        conn.execute("BEGIN")
+        return schema.query_stats(conn, schema.stored_max_bytes(conn))
+    except sqlite3.Error as exc:
+        raise BufferError(f"outbox {path}: cannot read stats: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def stats_to_json(stats: OutboxStats, now_ns: int) -> dict[str, Any]:
+    """The stats as a JSON-ready dict for `--json`, with the derived percentage and age."""
+    return {
+        "rows": stats.rows,
+        "readings": stats.readings,
+        "bytes": stats.bytes,
+        "max_bytes": stats.max_bytes,
+        "used_pct": round(_pct(stats), 2),
+        "oldest_created_ns": stats.oldest_created_ns,
+        "oldest_age_s": _age_s(stats, now_ns),
+        "evicted_rows": stats.evicted_rows,
+        "evicted_readings": stats.evicted_readings,
+        "streams": dict(sorted(stats.streams.items())),
+    }
+
+
+def format_stats(stats: OutboxStats, now_ns: int) -> str:
+    """The stats as a few lines of text for a terminal."""
+    age = _age_s(stats, now_ns)
+    lines = [
+        f"depth:    {stats.rows:,} rows, {stats.readings:,} readings",
+        f"bytes:    {_size(stats.bytes)} of {_size(stats.max_bytes)} ({_pct(stats):.1f} %)",
+        f"oldest:   {'-' if age is None else _duration(age) + ' ago'}",
+        f"evicted:  {stats.evicted_rows:,} rows, {stats.evicted_readings:,} readings",
+    ]
+    if stats.streams:
+        lines.append("streams:")
+        width = max(len(name) for name in stats.streams)
+        lines += [
+            f"  {name:<{width}}  {rows:,} rows" for name, rows in sorted(stats.streams.items())
+        ]
+    else:
+        lines.append("streams:  none")
+    return "\n".join(lines)
+
+
+def _pct(stats: OutboxStats) -> float:
+    return 100.0 * stats.bytes / stats.max_bytes if stats.max_bytes else 0.0
+
+
+def _age_s(stats: OutboxStats, now_ns: int) -> float | None:
+    if stats.oldest_created_ns is None:
+        return None
+    # A clock stepped back (NTP after a cold boot) must not print a negative age.
+    return max(0.0, (now_ns - stats.oldest_created_ns) / 1e9)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"

@@ -1,0 +1,170 @@
+"""Quota and eviction: telemetry before events, counted, announced by an Event, never over quota."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from agent.errors import BufferError
+from agent.model import Event, Reading
+from buffer.codec import decode_events, encode_events, encode_readings
+from buffer.outbox import Outbox
+from buffer.schema import ROW_OVERHEAD
+from buffer.stats import read_stats
+from buffer.types import Batch, OutboxRow
+
+
+def tele(stream: str, n: int = 10) -> Batch:
+    return Batch(stream, readings=[Reading("plc1", f"tag{i}", i, float(i)) for i in range(n)])
+
+
+def alarm(n: int = 1) -> Batch:
+    return Batch("alarms", events=[Event("leak", "hyd1", i, "alarm", 0.9) for i in range(n)])
+
+
+ROW = len(encode_readings(tele("a").readings or [])) + ROW_OVERHEAD
+ALARM_ROW = len(encode_events(alarm().events or [])) + ROW_OVERHEAD
+
+
+def eviction_events(rows: list[OutboxRow]) -> list[Event]:
+    found = [e for r in rows if r.stream == "events" for e in decode_events(r.body)]
+    assert all(e.kind == "buffer_eviction" for e in found)
+    return found
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "outbox.db"
+
+
+def test_oldest_telemetry_goes_first_and_events_stay(db: Path) -> None:
+    quota = 8 * ROW
+    with Outbox(db, max_bytes=quota) as outbox:
+        [alarm_id] = outbox.append([alarm()])  # the oldest row of all
+        a1, b1, a2 = outbox.append([tele("a"), tele("b"), tele("a")])
+        a3, b2, a4, b3 = outbox.append([tele("a"), tele("b"), tele("a"), tele("b")])
+        assert outbox.stats().evicted_rows == 0
+        c1, c2 = outbox.append([tele("c"), tele("c")])
+
+        rows = outbox.lease(0, 100)
+        stats = outbox.stats()
+    kept = {r.id for r in rows}
+    assert alarm_id in kept
+    assert {c1, c2} <= kept
+    telemetry = [a1, b1, a2, a3, b2, a4, b3]
+    evicted = [i for i in telemetry if i not in kept]
+    assert evicted == telemetry[: len(evicted)]  # a prefix: oldest first
+    assert len(evicted) >= 2
+    assert stats.bytes <= quota
+    assert stats.evicted_rows == len(evicted)
+    assert stats.evicted_readings == 10 * len(evicted)
+
+    [event] = eviction_events(rows)
+    assert (event.source, event.severity) == ("buffer", "warning")
+    assert event.detail["rows"] == len(evicted)
+    assert event.detail["readings"] == 10 * len(evicted)
+    seq_of = {a1: ("a", 1), b1: ("b", 1), a2: ("a", 2), a3: ("a", 3), b2: ("b", 2)}
+    spans: dict[str, list[int]] = {}
+    for row_id in evicted:
+        stream, seq = seq_of[row_id]
+        spans.setdefault(stream, [seq, seq])[1] = seq
+    assert event.detail["streams"] == spans
+
+
+def test_events_are_evicted_only_when_no_telemetry_is_left(db: Path) -> None:
+    quota = 2 * ROW + 4 * ALARM_ROW
+    with Outbox(db, max_bytes=quota) as outbox:
+        alarms = [outbox.append([alarm()])[0] for _ in range(4)]
+        [old] = outbox.append([tele("a")])
+        # Twice a normal row: fits only once the telemetry and some alarms are gone.
+        [big] = outbox.append([tele("b", n=20)])
+        rows = outbox.lease(0, 100)
+        assert outbox.stats().bytes <= quota
+    kept = {r.id for r in rows}
+    assert old not in kept
+    assert big in kept
+    gone = [i for i in alarms if i not in kept]
+    assert gone, "alarms go once no telemetry is left"
+    assert gone == alarms[: len(gone)]
+    [event] = eviction_events(rows)
+    assert event.detail["streams"] == {"a": [1, 1], "alarms": [1, len(gone)]}
+    assert event.detail["rows"] == 1 + len(gone)
+    assert event.detail["readings"] == 10 + len(gone)
+
+
+def test_quota_is_never_exceeded_and_every_item_is_accounted_for(db: Path) -> None:
+    rng = random.Random(7)
+    quota = 20 * ROW
+    appended = acked = notices = 0
+    with Outbox(db, max_bytes=quota) as outbox:
+        for _ in range(150):
+            batches = [
+                tele(rng.choice("abc"), rng.randint(0, 40)) if rng.random() < 0.85
+                else alarm(rng.randint(1, 5))
+                for _ in range(rng.randint(1, 4))
+            ]
+            before = outbox.lease(0, 10_000)
+            evicted_before = outbox.stats().evicted_rows
+            outbox.append(batches)
+            appended += sum(len(b.readings or b.events or []) for b in batches)
+            stats = outbox.stats()
+            assert stats.bytes <= quota
+            assert outbox.bytes_used == stats.bytes
+            if stats.evicted_rows > evicted_before:
+                notices += 1
+                kept = {r.id for r in outbox.lease(0, 10_000)}
+                lost = [r for r in before if r.id not in kept]
+                if any(r.row_class == "event" for r in lost):
+                    assert all(r.id not in kept for r in before if r.row_class == "telemetry")
+            if rng.random() < 0.2:
+                leased = outbox.lease(0, rng.randint(1, 5))
+                outbox.ack([r.id for r in leased])
+                acked += sum(r.count for r in leased)
+        in_box = sum(r.count for r in outbox.lease(0, 10_000))
+        stats = outbox.stats()
+    assert notices > 0
+    # Each eviction adds one notice event (one item); nothing else appears or vanishes.
+    assert in_box + acked + stats.evicted_readings == appended + notices
+
+
+def test_evicted_seqs_are_never_reissued_and_counters_persist(db: Path) -> None:
+    with Outbox(db, max_bytes=4 * ROW) as outbox:
+        for _ in range(6):
+            outbox.append([tele("a")])
+        evicted = outbox.stats().evicted_rows
+        assert evicted > 0
+    with Outbox(db, max_bytes=4 * ROW) as outbox:
+        outbox.append([tele("a")])
+        seqs = [r.seq for r in outbox.lease(0, 100) if r.stream == "a"]
+        stats = outbox.stats()
+    assert seqs == sorted(seqs)
+    assert seqs[-1] == 7
+    assert stats.evicted_rows >= evicted
+    assert read_stats(db).evicted_rows == stats.evicted_rows
+
+
+def test_acking_an_evicted_row_is_fine(db: Path) -> None:
+    with Outbox(db, max_bytes=3 * ROW) as outbox:
+        [first] = outbox.append([tele("a")])
+        for _ in range(4):
+            outbox.append([tele("a")])
+        assert first not in {r.id for r in outbox.lease(0, 100)}
+        before = outbox.bytes_used
+        outbox.ack([first])
+        assert outbox.bytes_used == before
+
+
+def test_batch_larger_than_the_quota_is_refused_and_nothing_is_lost(db: Path) -> None:
+    with Outbox(db, max_bytes=3 * ROW) as outbox:
+        ids = outbox.append([tele("a"), tele("a")])
+        with pytest.raises(BufferError, match=re.escape(str(db))):
+            outbox.append([tele("a", n=100)])
+        with pytest.raises(BufferError, match="quota"):
+            outbox.append([tele("b"), tele("b"), tele("b"), tele("b")])
+        assert [r.id for r in outbox.lease(0, 10)] == ids
+        assert outbox.stats().evicted_rows == 0
+        outbox.append([tele("a")])
+        assert [r.seq for r in outbox.lease(0, 10)] == [1, 2, 3]

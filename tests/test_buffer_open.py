@@ -1,0 +1,114 @@
+"""Opening an outbox file: new, reopened, or refused with an error naming the path (and untouched)."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.errors import BufferError
+from agent.model import Reading
+from buffer.outbox import Outbox
+from buffer.schema import SCHEMA_VERSION
+from buffer.stats import read_stats
+from buffer.types import Batch
+
+BIG = 1 << 30
+
+
+def one_batch() -> list[Batch]:
+    return [Batch("a", readings=[Reading("plc1", "t", 1, 1.0)])]
+
+
+def test_a_new_file_and_an_empty_file_become_outboxes(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for path in (tmp_path / "new.db", empty):
+        with Outbox(path, max_bytes=BIG) as outbox:
+            outbox.append(one_batch())
+        with Outbox(path, max_bytes=BIG) as outbox:
+            assert len(outbox.lease(0, 10)) == 1
+
+
+def test_a_non_sqlite_file_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    content = b"this is not a database, it is a shopping list\n" * 100
+    path.write_bytes(content)
+    with pytest.raises(BufferError, match=re.escape(str(path))) as info:
+        Outbox(path, max_bytes=BIG)
+    assert "not a usable SQLite database" in str(info.value)
+    with pytest.raises(BufferError, match=re.escape(str(path))):
+        read_stats(path)
+    assert path.read_bytes() == content
+
+
+def test_another_applications_database_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE customers (name TEXT)")
+    conn.commit()
+    conn.close()
+    content = path.read_bytes()
+    with pytest.raises(BufferError, match=re.escape(str(path))) as info:
+        Outbox(path, max_bytes=BIG)
+    assert "customers" in str(info.value)
+    assert path.read_bytes() == content  # in particular, not switched to WAL
+
+
+def test_another_application_id_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "foreign.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA application_id = 1234")
+    conn.close()
+    with pytest.raises(BufferError, match="application_id"):
+        Outbox(path, max_bytes=BIG)
+
+
+def test_a_newer_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    with Outbox(path, max_bytes=BIG) as outbox:
+        outbox.append(one_batch())
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(BufferError, match=re.escape(str(path))) as info:
+        Outbox(path, max_bytes=BIG)
+    assert "newer" in str(info.value)
+    with pytest.raises(BufferError, match="newer"):
+        read_stats(path)
+    # The rows are still there for a newer agent.
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1
+    conn.close()
+
+
+def test_a_damaged_outbox_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    Outbox(path, max_bytes=BIG).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE streams")
+    conn.commit()
+    conn.close()
+    with pytest.raises(BufferError, match="streams"):
+        Outbox(path, max_bytes=BIG)
+
+
+def test_a_missing_directory_is_an_error_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "outbox.db"
+    with pytest.raises(BufferError, match=re.escape(str(path))):
+        Outbox(path, max_bytes=BIG)
+
+
+def test_a_non_positive_quota_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BufferError, match="max_bytes"):
+        Outbox(tmp_path / "outbox.db", max_bytes=0)
+
+
+def test_a_second_writer_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    with Outbox(path, max_bytes=BIG), pytest.raises(BufferError, match="in use"):
+        Outbox(path, max_bytes=BIG)
+    Outbox(path, max_bytes=BIG).close()  # free again once the first is closed
