@@ -1,0 +1,216 @@
+"""The Modbus TCP driver: the one module that touches pymodbus (client side) and translates it.
+
+Requests come from `plan.py` and their answers are decoded by `codec.py`; this module only sends
+them and maps what comes back:
+
+- an answer: good readings, stamped when it arrived;
+- an exception answer: bad readings `modbus exception <code>: <name>` for that request's tags;
+- no answer after `retries`: bad readings `timeout`; `MAX_SILENT_REQUESTS` such requests in a
+  row mean the device is gone: the connection is closed and `DriverIOError` raised;
+- refused, reset or closed connections: `DriverIOError` from `open()`/`read()`.
+
+pymodbus is never allowed to reconnect on its own (`reconnect_delay=0`, and a request is never
+sent while disconnected, which would make pymodbus connect inside `execute`): the supervisor owns
+reconnects and their backoff. Requests to one device go one at a time: pymodbus 3.16 serialises
+`execute` behind a lock with a single response future, and its server handles one frame per
+segment, so pipelining is not available (see docs/drivers/modbus_tcp.md for the measured cost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar, Final, Self
+
+import structlog
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
+
+from agent.errors import DriverIOError
+from agent.model import BAD, GOOD, Reading, Value
+from drivers.base import DeviceConfig, TagInfo
+from drivers.modbus.codec import Bad, decode_bits, decode_registers
+from drivers.modbus.config import ModbusTcpConfig
+from drivers.modbus.plan import ReadRequest, plan_requests
+
+log = structlog.get_logger(__name__)
+
+MAX_SILENT_REQUESTS: Final = 3
+
+EXCEPTION_NAMES: Final[dict[int, str]] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+def exception_reason(code: int) -> str:
+    """The bad-reading reason for a Modbus exception answer, code first."""
+    return f"modbus exception {code}: {EXCEPTION_NAMES.get(code, 'unknown')}"
+
+
+class _RequestFailedError(Exception):
+    """A request got no usable answer; `reason` goes on its tags' bad readings."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ModbusTcpDriver:
+    """Polls one Modbus TCP device (or gateway) with coalesced read requests."""
+
+    config_model: ClassVar[type[DeviceConfig]] = ModbusTcpConfig
+
+    def __init__(self, config: ModbusTcpConfig) -> None:
+        self.name = config.name
+        self._config = config
+        self._requests = plan_requests(config)
+        # Per request, what each Reading needs besides the value: built once, not per poll.
+        self._labels = [[(t.name, t.unit) for t, _ in r.tags] for r in self._requests]
+        self._bit_offsets = [[off for _, off in r.tags] for r in self._requests]
+        self._client: AsyncModbusTcpClient | None = None
+        self._connected = False
+        self._inflight: asyncio.Task[ModbusPDU] | None = None
+        self._silent = 0
+        self._stats = {"requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0}
+        self._last_ok_ns: int | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> Self:
+        if not isinstance(config, ModbusTcpConfig):
+            config = ModbusTcpConfig.model_validate(config)
+        return cls(config)
+
+    @property
+    def requests(self) -> Sequence[ReadRequest]:
+        """The planned read requests, in the order each poll sends them."""
+        return self._requests
+
+    def tags(self) -> Sequence[TagInfo]:
+        return [TagInfo(t.name, t.unit) for t in self._config.tags]
+
+    async def open(self) -> None:
+        await self.aclose()
+        cfg = self._config
+        client = AsyncModbusTcpClient(
+            cfg.host,
+            port=cfg.port,
+            timeout=cfg.timeout_ms / 1000,
+            retries=cfg.retries,
+            reconnect_delay=0,  # 0 = pymodbus never reconnects by itself
+            trace_connect=self._on_connection,
+            name=cfg.name,
+        )
+        # Silence is judged here (MAX_SILENT_REQUESTS), not by pymodbus's own counter.
+        client.set_max_no_responses(1 << 30)
+        self._client = client
+        if not await client.connect() or not client.connected:
+            client.close()
+            self._client = None
+            raise DriverIOError(f"{self.name}: cannot connect to {cfg.host}:{cfg.port}")
+        self._connected = True
+        self._silent = 0
+        log.info("modbus.connected", driver=self.name, host=cfg.host, port=cfg.port)
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        self._connected = False
+        if client is not None:
+            client.close()
+
+    def health(self) -> dict[str, Any]:
+        return {**self._stats, "last_ok_ns": self._last_ok_ns, "connected": self._connected}
+
+    async def read(self) -> list[Reading]:
+        out: list[Reading] = []
+        source = self.name
+        for request, labels, offsets in zip(self._requests, self._labels, self._bit_offsets, strict=True):
+            try:
+                response = await self._execute(request)
+            except _RequestFailedError as failed:
+                ts = time.time_ns()
+                out.extend(Reading(source, tag, ts, None, BAD, unit, failed.reason) for tag, unit in labels)
+                continue
+            ts = time.time_ns()
+            values: list[Value | Bad] = (
+                decode_bits(offsets, response.bits)
+                if request.layout is None
+                else decode_registers(request.layout, response.registers)
+            )
+            for (tag, unit), value in zip(labels, values, strict=True):
+                if type(value) is Bad:
+                    out.append(Reading(source, tag, ts, None, BAD, unit, value.reason))
+                else:
+                    out.append(Reading(source, tag, ts, value, GOOD, unit))  # type: ignore[arg-type]
+        return out
+
+    async def _execute(self, request: ReadRequest) -> ModbusPDU:
+        """Send one request; return its answer, or raise `_RequestFailedError`/`DriverIOError`."""
+        client = self._client
+        if client is None or not self._connected:
+            raise DriverIOError(f"{self.name}: not connected")
+        self._stats["requests"] += 1
+        call = {
+            "holding": client.read_holding_registers,
+            "input": client.read_input_registers,
+            "coil": client.read_coils,
+            "discrete": client.read_discrete_inputs,
+        }[request.table]
+        task = asyncio.ensure_future(call(request.start, count=request.count, device_id=request.unit_id))
+        self._inflight = task
+        try:
+            response = await task
+        except asyncio.CancelledError:
+            # Cancelled by _on_connection (the connection dropped) unless we are being cancelled.
+            current = asyncio.current_task()
+            if self._connected or (current is not None and current.cancelling()):
+                raise
+            self._stats["errors"] += 1
+            raise DriverIOError(f"{self.name}: connection lost") from None
+        except ModbusIOException as exc:
+            self._stats["errors"] += 1
+            if not self._connected:
+                raise DriverIOError(f"{self.name}: connection lost") from exc
+            if "No response" not in str(exc):
+                raise _RequestFailedError(f"bad response: {exc}") from exc
+            self._stats["timeouts"] += 1
+            self._silent += 1
+            if self._silent >= MAX_SILENT_REQUESTS:
+                await self.aclose()
+                raise DriverIOError(f"{self.name}: no answer to {self._silent} requests in a row") from exc
+            raise _RequestFailedError("timeout") from exc
+        except (ConnectionException, OSError) as exc:
+            self._stats["errors"] += 1
+            await self.aclose()
+            raise DriverIOError(f"{self.name}: {exc}") from exc
+        except ModbusException as exc:
+            self._stats["errors"] += 1
+            raise _RequestFailedError(f"bad response: {exc}") from exc
+        finally:
+            self._inflight = None
+        self._silent = 0
+        if response.isError():
+            self._stats["errors"] += 1
+            self._stats["exceptions"] += 1
+            raise _RequestFailedError(exception_reason(int(response.exception_code)))
+        self._last_ok_ns = time.time_ns()
+        return response
+
+    def _on_connection(self, connected: bool) -> None:
+        """pymodbus's connect/disconnect hook: a drop fails the request in flight at once."""
+        if connected:
+            return
+        if self._connected:
+            log.warning("modbus.connection_lost", driver=self.name)
+        self._connected = False
+        if self._inflight is not None:
+            self._inflight.cancel()

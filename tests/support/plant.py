@@ -1,0 +1,102 @@
+"""Starts the firmware-sim plant (`edge-sim run`) as a real subprocess on a free port for a test.
+
+    with running_plant(seed=1) as plant:
+        plant.host, plant.port   # the Modbus TCP endpoint
+
+The sim announces itself by writing its endpoints file only once the port listens, so waiting
+for the file is waiting for readiness. The process is terminated (SIGTERM, then killed) on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+START_TIMEOUT_S = 15.0
+
+
+@dataclass
+class Plant:
+    """A running `edge-sim run` subprocess and its Modbus TCP endpoint."""
+
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    endpoints: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    def kill(self) -> None:
+        """Hard stop (SIGKILL), as a crash or power cut would."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> int:
+        """Graceful stop (SIGTERM); returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                return self.process.wait(timeout=10)
+        return self.process.returncode
+
+
+def start_plant(
+    *, seed: int = 0, bench_tags: int = 0, port: int = 0, host: str = "127.0.0.1",
+    workdir: Path | None = None,
+) -> Plant:  # fmt: skip
+    """Start `edge-sim run` and wait until it listens. `port=0`: a free port, chosen by the OS."""
+    directory = Path(workdir or tempfile.mkdtemp(prefix="edge-sim-"))
+    endpoints_file = directory / f"endpoints-{os.getpid()}-{time.monotonic_ns()}.json"
+    cmd = [
+        sys.executable, "-m", "fwsim.cli", "run", "--host", host, "--port", str(port),
+        "--seed", str(seed), "--bench-tags", str(bench_tags),
+        "--endpoints-file", str(endpoints_file),
+    ]  # fmt: skip
+    env = dict(os.environ)
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "firmware-sim"), env.get("PYTHONPATH", "")])
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not endpoints_file.exists():
+        if process.poll() is not None:
+            err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            raise RuntimeError(f"edge-sim exited with {process.returncode}: {err}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise TimeoutError("edge-sim did not announce its endpoints in time")
+        time.sleep(0.02)
+    endpoints = json.loads(endpoints_file.read_text(encoding="utf-8"))
+    modbus = endpoints["modbus_tcp"]
+    return Plant(process, str(modbus["host"]), int(modbus["port"]), endpoints)
+
+
+@contextmanager
+def running_plant(**kwargs: object) -> Iterator[Plant]:
+    """`start_plant` as a context manager that always stops the process."""
+    plant = start_plant(**kwargs)  # type: ignore[arg-type]
+    try:
+        yield plant
+    finally:
+        plant.stop()
+        if plant.process.stderr:
+            plant.process.stderr.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (for 'connection refused' tests)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,177 @@
+"""Register decoding: every type, byte/word order, scale/offset, bits, strings, and robustness."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from drivers.modbus.codec import (
+    NOT_A_NUMBER,
+    SHORT_RESPONSE,
+    Bad,
+    BlockLayout,
+    compile_tag,
+    decode_bits,
+    decode_registers,
+)
+from drivers.modbus.config import ModbusTag
+
+
+def tag(**kw: object) -> ModbusTag:
+    return ModbusTag.model_validate({"name": "t", "address": 0, **kw})
+
+
+def decode_one(t: ModbusTag, registers: list[int], offset: int = 0) -> object:
+    layout = BlockLayout.build(len(registers), [(offset, compile_tag(t))])
+    return decode_registers(layout, registers)[0]
+
+
+# 123.456 as float32 is 0x42F6E979: the four orders of the same value (Modbus folklore names).
+FLOAT_ORDERS = [
+    ("big", "big", [0x42F6, 0xE979]),  # ABCD
+    ("big", "little", [0xE979, 0x42F6]),  # CDAB
+    ("little", "big", [0xF642, 0x79E9]),  # BADC
+    ("little", "little", [0x79E9, 0xF642]),  # DCBA
+]
+
+
+@pytest.mark.parametrize(("byte_order", "word_order", "registers"), FLOAT_ORDERS)
+def test_float32_in_every_order(byte_order: str, word_order: str, registers: list[int]) -> None:
+    t = tag(type="float32", byte_order=byte_order, word_order=word_order)
+    assert decode_one(t, registers) == pytest.approx(123.456, rel=1e-6)
+
+
+def wire(value: int | float, code: str, byte_order: str, word_order: str) -> list[int]:
+    """Registers carrying `value`, built independently of the codec from the documented rules."""
+    raw = struct.pack(">" + code, value)
+    words = [raw[i : i + 2] for i in range(0, len(raw), 2)]
+    if word_order == "little":
+        words.reverse()
+    if byte_order == "little":
+        words = [w[::-1] for w in words]
+    return [int.from_bytes(w, "big") for w in words]
+
+
+INT_CASES = [
+    ("int16", "h", -12345),
+    ("uint16", "H", 54321),
+    ("int32", "i", -123456789),
+    ("uint32", "I", 3_000_000_000),
+    ("int64", "q", -(2**62) + 17),
+    ("uint64", "Q", 2**64 - 3),
+    ("float64", "d", -98765.4321),
+]
+
+
+@pytest.mark.parametrize(("type_", "code", "value"), INT_CASES)
+@pytest.mark.parametrize("byte_order", ["big", "little"])
+@pytest.mark.parametrize("word_order", ["big", "little"])
+def test_every_type_and_order(type_: str, code: str, value: float, byte_order: str, word_order: str) -> None:
+    t = tag(type=type_, byte_order=byte_order, word_order=word_order)
+    decoded = decode_one(t, wire(value, code, byte_order, word_order))
+    assert decoded == value
+    assert type(decoded) is type(value)  # ints stay ints without scale/offset
+
+
+def test_scale_and_offset() -> None:
+    t = tag(type="int16", scale=0.1, offset=-40.0)
+    assert decode_one(t, [wire(655, "h", "big", "big")[0]]) == pytest.approx(25.5)
+    f = tag(type="float32", scale=2.0, offset=1.0)
+    assert decode_one(f, wire(1.5, "f", "big", "big")) == pytest.approx(4.0)
+
+
+def test_tag_at_an_offset_inside_the_block() -> None:
+    t = tag(type="uint32")
+    regs = [0xFFFF, 0xFFFF, *wire(70000, "I", "big", "big"), 0]
+    assert decode_one(t, regs, offset=2) == 70000
+
+
+@pytest.mark.parametrize("bit", range(16))
+def test_bit_in_register(bit: int) -> None:
+    t = tag(type="bit", bit=bit)
+    assert decode_one(t, [1 << bit]) is True
+    assert decode_one(t, [0xFFFF ^ (1 << bit)]) is False
+
+
+def test_bit_honours_byte_order() -> None:
+    t = tag(type="bit", bit=0, byte_order="little")
+    assert decode_one(t, [0x0100]) is True  # low byte first on the wire
+
+
+def test_string_strips_nuls_and_trailing_spaces() -> None:
+    t = tag(type="string", length=4)
+    assert decode_one(t, list(struct.unpack(">4H", b"PS-1  \x00\x00"))) == "PS-1"
+    assert decode_one(t, list(struct.unpack(">4H", b"AB\x00CDEFG"))) == "AB"
+
+
+def test_string_little_byte_order() -> None:
+    t = tag(type="string", length=2, byte_order="little")
+    assert decode_one(t, list(struct.unpack(">2H", b"SPTA"))) == "PSAT"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_not_a_number_is_a_bad_reading(value: float) -> None:
+    assert decode_one(tag(type="float32"), wire(value, "f", "big", "big")) == NOT_A_NUMBER
+    assert decode_one(tag(type="float64"), wire(value, "d", "big", "big")) == NOT_A_NUMBER
+
+
+def test_scaling_into_infinity_is_bad() -> None:
+    t = tag(type="float32", scale=1e300)
+    assert decode_one(t, wire(3e38, "f", "big", "big")) == NOT_A_NUMBER
+
+
+def test_short_response_is_bad_for_every_tag() -> None:
+    layout = BlockLayout.build(4, [(0, compile_tag(tag(type="float32"))),
+                                   (2, compile_tag(tag(type="float32")))])  # fmt: skip
+    assert decode_registers(layout, [1, 2, 3]) == [SHORT_RESPONSE, SHORT_RESPONSE]
+
+
+def test_bits() -> None:
+    assert decode_bits([0, 2, 9], [True, False, True, False, False, False, False, False]) == [
+        True, True, SHORT_RESPONSE,
+    ]  # fmt: skip
+
+
+TYPES = ["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
+
+
+@st.composite
+def layouts(draw: st.DrawFn) -> BlockLayout:
+    fields = []
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from([*TYPES, "bit", "string"]))
+        extra: dict[str, object] = {}
+        if kind == "bit":
+            extra["bit"] = draw(st.integers(0, 15))
+        if kind == "string":
+            extra["length"] = draw(st.integers(1, 8))
+        if kind not in ("bit", "string"):
+            extra["scale"] = draw(st.floats(allow_nan=False, allow_infinity=False, width=32))
+        t = tag(type=kind, byte_order=draw(st.sampled_from(["big", "little"])),
+                word_order=draw(st.sampled_from(["big", "little"])), **extra)  # fmt: skip
+        fields.append((draw(st.integers(0, 10)), compile_tag(t)))
+    count = max(off + 8 for off, _ in fields)
+    return BlockLayout.build(count, fields)
+
+
+@given(layouts(), st.lists(st.integers(-(2**17), 2**17), max_size=40))
+def test_arbitrary_registers_never_crash(layout: BlockLayout, registers: list[int]) -> None:
+    values = decode_registers(layout, registers)
+    assert len(values) == len(layout.fields)
+    for value in values:
+        assert isinstance(value, Bad | int | float | str | bool)
+        if isinstance(value, float):
+            assert math.isfinite(value)
+
+
+@given(layouts(), st.data())
+def test_valid_registers_always_decode(layout: BlockLayout, data: st.DataObject) -> None:
+    registers = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=layout.count,
+                                   max_size=layout.count))  # fmt: skip
+    for value in decode_registers(layout, registers):
+        assert value is not SHORT_RESPONSE
+        assert not isinstance(value, Bad) or value == NOT_A_NUMBER
