@@ -40,7 +40,7 @@ class DeviceError(DriverError):
         super().__init__(message)
 
 
-class BufferError(AgentError):  # noqa: A001 - the project's own name; builtins.BufferError is unrelated
+class BufferError(AgentError):
     """The outbox database cannot be opened or written."""
 
 

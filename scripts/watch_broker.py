@@ -21,6 +21,8 @@ def describe(topic: str, payload: bytes) -> str:
         return f"{topic}  {body!r}"
     if "readings" in body:
         readings = body["readings"]
+        # Numbers with units first: they say more at a glance than flags and names.
+        readings = sorted(readings, key=lambda r: not (isinstance(r.get("value"), float) and r["unit"]))
         shown = ", ".join(
             f"{r['tag']}={r['value']:.4g}{r['unit'] and ' ' + r['unit']}"
             if isinstance(r.get("value"), float)

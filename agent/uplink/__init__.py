@@ -1,0 +1,1 @@
+"""MQTT uplink: drains the outbox to the broker (`mqtt.MqttUplink`), with pluggable payload encodings."""

@@ -19,6 +19,7 @@ segment, so pipelining is not available (see docs/drivers/modbus_tcp.md for the 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Final, Self
@@ -116,7 +117,8 @@ class ModbusTcpDriver:
         if not await client.connect() or not client.connected:
             client.close()
             self._client = None
-            raise DriverIOError(f"{self.name}: cannot connect to {cfg.host}:{cfg.port}")
+            why = await _why_unreachable(cfg.host, cfg.port, cfg.timeout_ms / 1000)
+            raise DriverIOError(f"{self.name}: cannot connect to {cfg.host}:{cfg.port}: {why}")
         self._connected = True
         self._silent = 0
         log.info("modbus.connected", driver=self.name, host=cfg.host, port=cfg.port)
@@ -214,3 +216,17 @@ class ModbusTcpDriver:
         self._connected = False
         if self._inflight is not None:
             self._inflight.cancel()
+
+
+async def _why_unreachable(host: str, port: int, timeout_s: float) -> str:
+    """pymodbus's connect() only says False; a field technician needs refused vs. timeout vs. DNS."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return f"no answer within {timeout_s:g} s (host down, firewall or wrong address?)"
+    except OSError as exc:
+        # asyncio wraps the errno in "Connect call failed (...)"; the errno's own text says more
+        return (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+    writer.close()
+    return "connection failed during the Modbus handshake"

@@ -66,11 +66,14 @@ def start_plant(
     env = dict(os.environ)
     root = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "firmware-sim"), env.get("PYTHONPATH", "")])
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # stderr goes to a file, not a pipe: a pipe nobody reads fills up and stalls a long-running sim.
+    log_path = endpoints_file.with_suffix(".log")
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, env=env)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not endpoints_file.exists():
         if process.poll() is not None:
-            err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            err = log_path.read_text(errors="replace")
             raise RuntimeError(f"edge-sim exited with {process.returncode}: {err}")
         if time.monotonic() > deadline:
             process.kill()
@@ -89,8 +92,6 @@ def running_plant(**kwargs: object) -> Iterator[Plant]:
         yield plant
     finally:
         plant.stop()
-        if plant.process.stderr:
-            plant.process.stderr.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -1,0 +1,63 @@
+"""The `[uplink.mqtt]` config section: where the broker is and how to talk to it, validated up front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# One MQTT topic level: no wildcards, no separator, no NUL; kept to what every broker accepts.
+TOPIC_LEVEL_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+# The prefix may span levels ("utility/water") but never starts or ends with "/" or has empty levels.
+TOPIC_PREFIX_PATTERN = r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*$"
+
+
+class TlsConfig(BaseModel):
+    """TLS to the broker: the CA that signs the broker's certificate, optionally a client certificate."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together (or neither)")
+        return self
+
+
+class MqttConfig(BaseModel):
+    """Broker address, identity, session and flow-control settings of the MQTT uplink."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
+    keepalive_s: int = Field(default=30, ge=5, le=65535)
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    prefix: str = Field(default="water", pattern=TOPIC_PREFIX_PATTERN)
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig | None = None
+    max_inflight: int = Field(default=32, ge=1, le=1000)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    lease_rows: int = Field(default=64, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _checks(self) -> Self:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        if self.password is not None and self.username is None:
+            raise ValueError("password given without username")
+        return self
+
+    def effective_client_id(self, site: str, gateway: str) -> str:
+        """The configured client id, or one derived from the site and gateway (stable across restarts)."""
+        return self.client_id or f"edge-{site}-{gateway}"

@@ -1,0 +1,55 @@
+"""The small interfaces the uplink is written against: the outbox it drains and the encoding it uses.
+
+The acknowledgement logic (lease → publish → PUBACK → ack) only sees `OutboxRow`s and `Message`s,
+so a new encoding (Sparkplug B) plugs in without touching it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent.errors import UplinkError
+from agent.model import Event, Reading
+from buffer.types import OutboxRow
+
+
+class LeaseAckOutbox(Protocol):
+    """What the uplink needs from the outbox (`buffer.async_outbox.AsyncOutbox` provides it)."""
+
+    async def lease(self, after_id: int, limit: int) -> list[OutboxRow]:
+        """Up to `limit` rows with id > `after_id`, oldest first; nothing is removed."""
+        ...
+
+    async def ack(self, row_ids: Sequence[int]) -> None:
+        """Delete rows whose delivery the broker has acknowledged."""
+        ...
+
+
+class BodyCodec(Protocol):
+    """Decodes an outbox row body (the `buffer.codec` module has this shape)."""
+
+    def decode_readings(self, body: bytes) -> list[Reading]: ...
+
+    def decode_events(self, body: bytes) -> list[Event]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One MQTT publication made from one outbox row."""
+
+    topic: str
+    payload: bytes
+
+
+class Encoder(Protocol):
+    """Turns an outbox row into the message to publish; raises `EncodeError` if it cannot."""
+
+    content_type: str
+
+    def encode(self, row: OutboxRow) -> Message: ...
+
+
+class EncodeError(UplinkError):
+    """A row cannot be turned into a message (corrupt body, invalid stream name, unencodable value)."""

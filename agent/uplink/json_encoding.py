@@ -1,0 +1,139 @@
+"""The JSON payload encoding (documented in docs/payload.md, schema in docs/payload.schema.json).
+
+One outbox row becomes one message. Timestamps are integer UTC nanoseconds; `(stream, seq)` is
+the deduplication key for the centre. JSON has no NaN or infinity: such a float `value` is sent
+as `null` with `"nonfinite": "nan" | "inf" | "-inf"` beside it, so it is neither hidden nor
+mistaken for a missing value.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any, Final
+
+import orjson
+
+from agent.errors import BufferError, UplinkError
+from agent.model import GOOD, Event, Reading, now_ns
+from agent.uplink.interfaces import BodyCodec, EncodeError, Message
+from agent.uplink.topics import Topics
+from buffer.types import OutboxRow
+
+PAYLOAD_VERSION: Final = 1
+CONTENT_TYPE: Final = "application/json"
+_OPTS: Final = orjson.OPT_NON_STR_KEYS
+
+
+def _reading(r: Reading) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "tag": r.tag,
+        "ts": r.ts_ns,
+        "value": r.value,
+        "quality": r.quality,
+        "unit": r.unit,
+        "source": r.source,
+    }
+    if r.quality != GOOD:
+        out["reason"] = r.reason or ""
+    v = r.value
+    # x - x is 0.0 for every finite float and NaN for NaN and both infinities.
+    if type(v) is float and v - v != 0.0:
+        out["value"] = None
+        out["nonfinite"] = "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return out
+
+
+def _event(e: Event) -> dict[str, Any]:
+    return {
+        "kind": e.kind,
+        "source": e.source,
+        "ts": e.ts_ns,
+        "severity": e.severity,
+        "score": e.score,
+        "detail": e.detail,
+    }
+
+
+def _default(obj: object) -> str:
+    # Event.detail is free-form; a value orjson cannot serialise must not wedge the outbox.
+    return repr(obj)
+
+
+def encode_items(
+    row: OutboxRow,
+    site: str,
+    gateway: str,
+    *,
+    readings: list[Reading] | None,
+    events: list[Event] | None,
+    sent_ns: int | None = None,
+) -> bytes:
+    """The JSON document for one row whose body is already decoded."""
+    doc: dict[str, Any] = {
+        "v": PAYLOAD_VERSION,
+        "stream": row.stream,
+        "seq": row.seq,
+        "site": site,
+        "gateway": gateway,
+        "sent_ns": now_ns() if sent_ns is None else sent_ns,
+    }
+    if events is not None:
+        doc["events"] = [_event(e) for e in events]
+    else:
+        doc["readings"] = [_reading(r) for r in readings or ()]
+    try:
+        return orjson.dumps(doc, default=_default, option=_OPTS)
+    except orjson.JSONEncodeError as exc:
+        raise EncodeError(f"row {row.id} of stream {row.stream!r}: {exc}") from exc
+
+
+def default_codec() -> BodyCodec:
+    """`buffer.codec`, imported on first use."""
+    codec: BodyCodec = importlib.import_module("buffer.codec")
+    return codec
+
+
+def decode_body(
+    codec: BodyCodec, row: OutboxRow
+) -> tuple[list[Reading] | None, list[Event] | None]:
+    """Readings or events of a row, by its row class; a corrupt body raises `EncodeError`."""
+    try:
+        if row.row_class == "event":
+            return None, codec.decode_events(row.body)
+        return codec.decode_readings(row.body), None
+    except (BufferError, ValueError, TypeError) as exc:
+        raise EncodeError(f"row {row.id} of stream {row.stream!r}: undecodable body: {exc}") from exc
+
+
+def encode(row: OutboxRow, site: str, gateway: str, codec: BodyCodec | None = None) -> bytes:
+    """The JSON payload of one outbox row (body decoded with `buffer.codec` unless `codec` is given)."""
+    readings, events = decode_body(codec or default_codec(), row)
+    return encode_items(row, site, gateway, readings=readings, events=events)
+
+
+class JsonEncoder:
+    """The `Encoder` for JSON: topic `{prefix}/{site}/{gateway}/{stream}`, payload per `encode()`."""
+
+    content_type = CONTENT_TYPE
+
+    def __init__(self, topics: Topics, codec: BodyCodec | None = None) -> None:
+        self._topics = topics
+        self._codec = codec
+        self._topic_cache: dict[str, str] = {}
+
+    def encode(self, row: OutboxRow) -> Message:
+        topic = self._topic_cache.get(row.stream)
+        if topic is None:
+            try:
+                topic = self._topics.stream(row.stream)
+            except UplinkError as exc:
+                raise EncodeError(f"row {row.id}: {exc}") from exc
+            self._topic_cache[row.stream] = topic
+        if self._codec is None:
+            self._codec = default_codec()
+        readings, events = decode_body(self._codec, row)
+        payload = encode_items(
+            row, self._topics.site, self._topics.gateway, readings=readings, events=events
+        )
+        return Message(topic, payload)

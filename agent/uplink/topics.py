@@ -1,0 +1,49 @@
+"""Topic names of the uplink: `{prefix}/{site}/{gateway}/{stream}` for data, `.../status` for presence."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from agent.errors import UplinkError
+
+_LEVEL = re.compile(r"^[A-Za-z0-9_.:-]+$")
+STATUS_LEVEL = "status"
+
+
+def check_level(name: str, what: str) -> str:
+    """Return `name` if it is one safe topic level (no `+`, `#`, `/`, empty or exotic characters)."""
+    if not _LEVEL.match(name):
+        raise UplinkError(f"{what} {name!r} is not a valid MQTT topic level (allowed: A-Z a-z 0-9 _ . : -)")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The topic layout of one gateway; build once, then `stream()` is a cheap lookup."""
+
+    prefix: str
+    site: str
+    gateway: str
+
+    def __post_init__(self) -> None:
+        for level in self.prefix.split("/"):
+            check_level(level, "prefix level")
+        check_level(self.site, "site")
+        check_level(self.gateway, "gateway")
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.site}/{self.gateway}"
+
+    @property
+    def status(self) -> str:
+        """Retained presence topic: online after connect, offline on stop or (as Last Will) on loss."""
+        return f"{self.base}/{STATUS_LEVEL}"
+
+    def stream(self, stream: str) -> str:
+        """The data topic of one outbox stream. `status` is reserved for presence."""
+        check_level(stream, "stream")
+        if stream == STATUS_LEVEL:
+            raise UplinkError(f"stream name {STATUS_LEVEL!r} is reserved for the status topic")
+        return f"{self.base}/{stream}"

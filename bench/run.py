@@ -1,0 +1,70 @@
+"""`make bench`: runs every benchmark, prints one table and writes bench/results.json.
+
+Benchmarks report figures against their targets; they never pass or fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).with_name("results.json")
+SUITES = ["bench.bench_buffer", "bench.bench_uplink", "bench.bench_agent"]
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv or SUITES
+    figures: list[dict[str, Any]] = []
+    for name in wanted:
+        try:
+            module = import_module(name)
+        except ModuleNotFoundError:
+            print(f"(skipping {name}: not present)")
+            continue
+        runner: Callable[[Path], list[dict[str, Any]]] = module.run
+        print(f"running {name} ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            started = time.monotonic()
+            results = runner(Path(tmp))
+        for figure in results:
+            figure["suite"] = name.rsplit(".", 1)[-1]
+        figures.extend(results)
+        print(f"  done in {time.monotonic() - started:.0f} s", flush=True)
+
+    width = max(len(f["name"]) for f in figures) if figures else 10
+    print()
+    print(f"{'figure':<{width}}  {'value':>14}  {'unit':<16} target")
+    print(f"{'-' * width}  {'-' * 14}  {'-' * 16} ------")
+    for f in figures:
+        print(f"{f['name']:<{width}}  {f['value']:>14,}  {f['unit']:<16} {f['target']}")
+    RESULTS.write_text(
+        json.dumps(
+            {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "machine": _machine(), "figures": figures},
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"\nwritten to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,132 @@
+"""Shared fixtures: a real Mosquitto per test on a free port, a real outbox, uplink runners."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.model import Event, Reading
+from agent.uplink.config import MqttConfig
+from agent.uplink.interfaces import LeaseAckOutbox
+from agent.uplink.mqtt import MqttUplink
+from buffer.async_outbox import AsyncOutbox
+from buffer.types import Batch
+from tests.support.broker import Mosquitto, free_port
+
+__all__ = ["free_port"]
+
+SITE = "site1"
+GATEWAY = "gw1"
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    """A fresh anonymous Mosquitto on 127.0.0.1 and a free port; killed after the test."""
+    with Mosquitto() as broker:
+        yield broker
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[AsyncOutbox]:
+    """A real SQLite outbox in the test's temporary directory."""
+    async with await AsyncOutbox.open(
+        tmp_path / "outbox.db", max_bytes=256 * 1024 * 1024, synchronous="normal"
+    ) as box:
+        yield box
+
+
+def mqtt_config(broker: Mosquitto, **overrides: Any) -> MqttConfig:
+    """Uplink settings for a test broker: short backoff so outage tests stay fast."""
+    settings: dict[str, Any] = {
+        "host": broker.host,
+        "port": broker.port,
+        "reconnect_min_s": 0.1,
+        "reconnect_max_s": 0.5,
+        "connect_timeout_s": 5.0,
+    }
+    settings.update(overrides)
+    return MqttConfig(**settings)
+
+
+def reading_batches(
+    rows: int, streams: Sequence[str] = ("plc1",), per_row: int = 3, start_ns: int = 10**18
+) -> list[Batch]:
+    """`rows` batches, round-robin over `streams`, each with `per_row` readings (one bad)."""
+    out = []
+    for i in range(rows):
+        stream = streams[i % len(streams)]
+        readings = [
+            Reading(stream, f"tag{j}", start_ns + i * 1000 + j, float(i) + j / 10, unit="bar")
+            for j in range(per_row - 1)
+        ]
+        readings.append(
+            Reading(stream, "status", start_ns + i * 1000, None, "bad", "", "timeout")
+        )
+        out.append(Batch(stream, readings=readings))
+    return out
+
+
+def event_batch() -> Batch:
+    return Batch(
+        "events",
+        events=[
+            Event("leak", "hydrophone1", 10**18, "alarm", 0.93, {"position_m": 120.5}),
+            Event("driver_down", "plc1", 10**18 + 5, "warning", None, {}),
+        ],
+    )
+
+
+class StateLog:
+    """Records every state an uplink reports through `on_state_change`; tests await states."""
+
+    def __init__(self) -> None:
+        self.states: list[str] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, state: str) -> None:
+        self.states.append(state)
+        self._changed.set()
+
+    async def wait(
+        self, predicate: Callable[[str], bool], within_s: float = 10.0, *, since: int = 0
+    ) -> str:
+        """The first state from index `since` on that satisfies `predicate`."""
+        async with asyncio.timeout(within_s):
+            while True:
+                self._changed.clear()
+                for state in self.states[since:]:
+                    if predicate(state):
+                        return state
+                await self._changed.wait()
+
+
+@dataclass
+class Running:
+    uplink: MqttUplink
+    states: StateLog
+    task: asyncio.Task[None]
+
+
+StartUplink = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_uplink() -> AsyncIterator[StartUplink]:
+    """`await start_uplink(config, outbox, **kw)` runs an uplink task; all are stopped at teardown."""
+    running: list[Running] = []
+
+    async def start(config: MqttConfig, box: LeaseAckOutbox, **kw: Any) -> Running:
+        states = StateLog()
+        uplink = MqttUplink(config, box, SITE, GATEWAY, on_state_change=states, **kw)
+        run = Running(uplink, states, asyncio.create_task(uplink.run(), name="uplink"))
+        running.append(run)
+        return run
+
+    yield start
+    for run in running:
+        await run.uplink.stop(drain_timeout_s=1.0)
+        await asyncio.wait_for(run.task, 10)
