@@ -185,10 +185,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_buffer_stats(args: argparse.Namespace) -> int:
-    from buffer.stats import format_stats, read_stats, stats_to_json
-
     from agent.errors import BufferError
     from agent.model import now_ns
+    from buffer.stats import format_stats, read_stats, stats_to_json
 
     path = Path(args.db) if args.db else _load(args.config).buffer_path
     try:

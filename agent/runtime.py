@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 import structlog
-from buffer.async_outbox import AsyncOutbox
 
 from agent import __version__
 from agent.config import Config
@@ -24,6 +23,7 @@ from agent.pipeline import Pipeline
 from agent.status import StatusServer
 from agent.supervisor import DeviceRunner
 from agent.uplink.mqtt import MqttUplink
+from buffer.async_outbox import AsyncOutbox
 from drivers import registry
 from drivers.base import Driver
 

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 import paho.mqtt.client as paho
 import psutil
-from fwsim.benchmap import agent_config_toml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from buffer.stats import read_stats
+from fwsim.benchmap import agent_config_toml
 from tests.support.agent_proc import start_agent, write_config
 from tests.support.broker import Mosquitto
 from tests.support.plant import running_plant

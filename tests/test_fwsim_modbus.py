@@ -12,10 +12,10 @@ import tomllib
 from collections.abc import Iterator
 
 import pytest
+
 from fwsim.benchmap import agent_config_toml, bench_tag_name
 from fwsim.pumpstation import PumpStation
 from fwsim.registers import BENCH_BASE, POINTS, Plant, encode
-
 from tests.support.plant import Plant as RunningPlant
 from tests.support.plant import running_plant, start_plant
 
