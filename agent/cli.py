@@ -57,7 +57,22 @@ def _parser() -> argparse.ArgumentParser:
     with_config(stats)
     stats.add_argument("--db", help="outbox file (default: from the config)")
     stats.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for module in _command_modules():
+        module.register(sub)
     return parser
+
+
+def _command_modules() -> list[Any]:
+    import importlib
+    import pkgutil
+
+    import agent.commands
+
+    return [
+        importlib.import_module(f"agent.commands.{info.name}")
+        for info in sorted(pkgutil.iter_modules(agent.commands.__path__), key=lambda i: i.name)
+    ]
 
 
 def _load(path: str) -> Any:
@@ -215,7 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "buffer":
             return cmd_buffer_stats(args)
-        return commands[args.command](args)
+        if args.command in commands:
+            return commands[args.command](args)
+        result: int = args.func(args)
+        return result
     except ConfigError as exc:
         return _config_errors(exc)
     except BrokenPipeError:

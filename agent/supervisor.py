@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import structlog
 
@@ -19,7 +19,7 @@ from agent.backoff import Backoff
 from agent.errors import DriverIOError
 from agent.model import Event, Reading, bad, now_ns
 from agent.scheduler import FixedRateTicker
-from drivers.base import DeviceConfig, Driver
+from drivers.base import DeviceConfig, Driver, StreamingDriver, is_streaming
 
 log = structlog.get_logger(__name__)
 
@@ -92,12 +92,37 @@ class DeviceRunner:
 
     async def run(self) -> None:
         try:
+            if is_streaming(self.driver):
+                await self._run_streaming()
             while True:
                 await self._poll_once()
                 await self.ticker.wait()
         finally:
             self.stats.state = "stopped"
             await self._close()
+
+    async def _run_streaming(self) -> None:
+        """Push devices: submit what the stream yields; on loss, stand in bad readings and reopen."""
+        loop = asyncio.get_running_loop()
+        driver = cast(StreamingDriver, self.driver)
+        while True:
+            try:
+                async with asyncio.timeout(self._guard_s):
+                    await driver.open()
+                self._open = True
+                async for readings in driver.stream():
+                    if self.stats.state != "up":
+                        await self._mark_up()
+                    self.stats.polls += 1
+                    self._account(readings)
+                    await self._on_readings(self.config.stream_name, readings)
+                raise DriverIOError(f"{self.name}: stream ended")
+            except (DriverIOError, TimeoutError) as exc:
+                await self._mark_down(str(exc) or "timed out", crashed=False)
+            except Exception as exc:
+                log.exception("driver.crashed", driver=self.name)
+                await self._mark_down(f"driver error: {type(exc).__name__}: {exc}", crashed=True)
+            await asyncio.sleep(max(0.0, self._retry_at - loop.time()))
 
     async def _poll_once(self) -> None:
         loop = asyncio.get_running_loop()

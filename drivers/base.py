@@ -9,7 +9,7 @@ the supervisor then backs off, reconnects, and stands in bad readings for every 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self
 
@@ -59,6 +59,21 @@ class Driver(Protocol):
     async def aclose(self) -> None: ...
 
     def health(self) -> dict[str, Any]: ...
+
+
+class StreamingDriver(Driver, Protocol):
+    """A device that pushes data (OPC UA subscriptions, audio levels) instead of being polled.
+
+    The supervisor calls `open()`, then iterates `stream()`, submitting each list of readings as
+    it comes; `read()` remains for one-shot reads (`edge-agent probe`). `stream()` raises
+    `DriverIOError` when the device is lost; the supervisor then backs off and reopens.
+    """
+
+    def stream(self) -> AsyncIterator[list[Reading]]: ...
+
+
+def is_streaming(driver: Driver) -> bool:
+    return callable(getattr(driver, "stream", None))
 
 
 class DriverFactory(Protocol):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from agent.errors import DriverIOError
@@ -126,3 +126,35 @@ async def test_driver_bug_is_caught_counted_and_restarted() -> None:
     assert down.detail["crashed"] is True
     assert "RuntimeError: bug in driver" in down.detail["reason"]
     assert sink.readings[-1][1].quality == "good"
+
+
+class PushDriver(FlakyDriver):
+    """A streaming device whose stream breaks once, like an OPC UA server restart."""
+
+    def __init__(self) -> None:
+        super().__init__(fail_from=0, fail_until=0)
+        self.streams = 0
+
+    async def stream(self) -> AsyncIterator[list[Reading]]:
+        self.streams += 1
+        for i in range(3):
+            await asyncio.sleep(0.01)
+            yield [Reading("dev", "a", now_ns(), float(i), "good", "bar")]
+        if self.streams == 1:
+            raise DriverIOError("server restarted")
+        await asyncio.sleep(3600)
+
+
+async def test_streaming_driver_is_iterated_and_reopened_after_loss() -> None:
+    sink = Collector()
+    driver = PushDriver()
+    runner = DeviceRunner(fake_config(), driver, sink.on_readings, sink.on_event,
+                          backoff_min_s=0.01, backoff_max_s=0.02)
+    await run_for(runner, 0.4)
+    assert driver.streams == 2
+    assert driver.opens == 2
+    assert [e.kind for e in sink.events] == ["driver_down", "driver_up"]
+    values = [(r.quality, r.value) for _, r in sink.readings]
+    assert values[:3] == [("good", 0.0), ("good", 1.0), ("good", 2.0)]
+    assert values[3] == ("bad", None)  # the loss is visible
+    assert values[4:] == [("good", 0.0), ("good", 1.0), ("good", 2.0)]
