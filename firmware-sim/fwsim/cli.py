@@ -27,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
         "--endpoints-file", type=Path, default=None,
         help="write the endpoints as JSON once the ports listen",
     )  # fmt: skip
+    run.add_argument(
+        "--components", default="all",
+        help="comma-separated parts to start besides the Modbus TCP PLC "
+             "(modbus_rtu, opcua, mbus, hydrophones), 'none', or 'all' (default)",
+    )  # fmt: skip
+    run.add_argument("--workdir", type=Path, default=None, help="where components put files")
     sub.add_parser("list", help="describe the default pump station's registers")
     return parser
 
@@ -45,6 +51,14 @@ def _list() -> None:
             f"{p.unit_id:>4}  {p.table:<8} {p.address:>5}  {enc:<8} {p.scale:>6g}  {p.unit:<5} "
             f"{p.name}: {p.description}{order}{bits}"
         )
+
+
+def _components(value: str) -> list[str] | None:
+    if value == "all":
+        return None
+    if value == "none":
+        return []
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench_tags=args.bench_tags,
                 endpoints_file=args.endpoints_file,
                 announce=lambda line: print(line, flush=True),
+                components=_components(args.components),
+                workdir=args.workdir,
             )
         )
     except OSError as exc:

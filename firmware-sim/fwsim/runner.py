@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import signal
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from fwsim.component import Announcement, Component, ComponentFactory, SimContext
 from fwsim.pumpstation import PumpStation
 from fwsim.registers import Plant
 from fwsim.server import start_modbus_tcp
@@ -30,9 +34,40 @@ class Endpoint:
         return f"{self.protocol} {self.host}:{self.port}"
 
 
-def write_endpoints(path: Path, endpoints: list[Endpoint]) -> None:
+# Components beyond the Modbus TCP PLC, imported only when present and asked for.
+KNOWN_COMPONENTS: dict[str, str] = {
+    "modbus_rtu": "fwsim.rtu:RtuComponent",
+    "opcua": "fwsim.opcua_server:OpcUaComponent",
+    "mbus": "fwsim.mbus_bus:MbusComponent",
+    "hydrophones": "fwsim.hydrophone_stream:HydrophoneComponent",
+}
+
+
+def available_components(wanted: Sequence[str] | None = None) -> list[tuple[str, ComponentFactory]]:
+    """The component factories that exist in this tree, in a fixed order; `wanted` filters them."""
+    found = []
+    for name, target in KNOWN_COMPONENTS.items():
+        if wanted is not None and name not in wanted:
+            continue
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        found.append((name, getattr(module, attr)))
+    return found
+
+
+def write_endpoints(path: Path, endpoints: Sequence[Endpoint | Announcement]) -> None:
     """Atomically write {"modbus_tcp": {"host": ..., "port": ...}, ...} (readers never see half)."""
-    doc = {e.protocol: {"host": e.host, "port": e.port} for e in endpoints}
+    doc: dict[str, Any] = {}
+    for e in endpoints:
+        if isinstance(e, Endpoint):
+            doc[e.protocol] = {"host": e.host, "port": e.port}
+        else:
+            doc[e.protocol] = e.detail
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -46,6 +81,8 @@ async def run(
     bench_tags: int = 0,
     endpoints_file: Path | None = None,
     announce: Callable[[str], None] = print,
+    components: Sequence[str] | None = None,
+    workdir: Path | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or cancellation)."""
     local = time.localtime()
@@ -54,7 +91,16 @@ async def run(
     plant.update(station.state)
     plant.update_bench(0)
     server, bound = await start_modbus_tcp(plant, host, port)
-    endpoints = [Endpoint("modbus_tcp", host, bound)]
+    endpoints: list[Endpoint | Announcement] = [Endpoint("modbus_tcp", host, bound)]
+    ctx = SimContext(
+        station=station, points=plant.points, seed=seed, host=host,
+        workdir=workdir or Path(tempfile.mkdtemp(prefix="edge-sim-")),
+    )  # fmt: skip
+    started: list[Component] = []
+    for _name, factory in available_components(components):
+        component = factory()
+        endpoints.extend(await component.start(ctx))
+        started.append(component)
     for endpoint in endpoints:
         announce(str(endpoint))
     if endpoints_file is not None:
@@ -69,6 +115,8 @@ async def run(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        for component in reversed(started):
+            await component.stop()
         await server.shutdown()  # type: ignore[no-untyped-call]
 
 

@@ -53,15 +53,20 @@ class Plant:
 
 def start_plant(
     *, seed: int = 0, bench_tags: int = 0, port: int = 0, host: str = "127.0.0.1",
-    workdir: Path | None = None,
+    workdir: Path | None = None, components: str = "none",
 ) -> Plant:  # fmt: skip
-    """Start `edge-sim run` and wait until it listens. `port=0`: a free port, chosen by the OS."""
+    """Start `edge-sim run` and wait until it listens. `port=0`: a free port, chosen by the OS.
+
+    `components`: what to start besides the Modbus TCP PLC, as `edge-sim run --components` takes
+    it ("none" by default, so a Modbus test does not pay for an OPC UA server).
+    """
     directory = Path(workdir or tempfile.mkdtemp(prefix="edge-sim-"))
     endpoints_file = directory / f"endpoints-{os.getpid()}-{time.monotonic_ns()}.json"
     cmd = [
         sys.executable, "-m", "fwsim.cli", "run", "--host", host, "--port", str(port),
         "--seed", str(seed), "--bench-tags", str(bench_tags),
-        "--endpoints-file", str(endpoints_file),
+        "--endpoints-file", str(endpoints_file), "--components", components,
+        "--workdir", str(directory),
     ]  # fmt: skip
     env = dict(os.environ)
     root = Path(__file__).resolve().parents[2]
