@@ -135,7 +135,10 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
-@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.toml")), ids=lambda p: p.name)
+# Agent configs: deploy/*.toml and deploy/samples/*.toml (deploy/scenarios/ holds firmware-sim files).
+@pytest.mark.parametrize(
+    "path", sorted([*DEPLOY.glob("*.toml"), *DEPLOY.glob("samples/*.toml")]), ids=lambda p: p.name
+)
 def test_every_shipped_example_config_is_valid(path: Path) -> None:
     config = load_config(path)
     assert config.devices, f"{path} configures no device"

@@ -136,14 +136,10 @@ def load_config(path: str | Path) -> Config:
         section = None
 
     devices: list[DeviceConfig] = []
-    raw_devices = raw.get("devices", [])
-    if isinstance(raw_devices, list):
-        for index, item in enumerate(raw_devices):
-            if isinstance(item, dict):
-                device = _validate_device(source, index, item, problems)
-                if device is not None:
-                    devices.append(device)
-    _check_names(source, devices, problems)
+    try:
+        devices = validate_devices(source, raw.get("devices", []))
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     if problems or section is None:
         raise ConfigError(problems)
     return Config(
@@ -155,6 +151,25 @@ def load_config(path: str | Path) -> Config:
         log=section.log,
         devices=tuple(devices),
     )
+
+
+def validate_devices(source: Path, raw_devices: object) -> list[DeviceConfig]:
+    """Validate `[[devices]]` sections on their own (for `probe --devices-file`)."""
+    problems: list[str] = []
+    devices: list[DeviceConfig] = []
+    if not isinstance(raw_devices, list):
+        raise ConfigError([f"{source}: devices: expected a list of [[devices]] tables"])
+    for index, item in enumerate(raw_devices):
+        if not isinstance(item, dict):
+            problems.append(f"{source}: devices[{index}]: expected a table")
+            continue
+        device = _validate_device(source, index, item, problems)
+        if device is not None:
+            devices.append(device)
+    _check_names(source, devices, problems)
+    if problems:
+        raise ConfigError(problems)
+    return devices
 
 
 def _check_names(source: Path, devices: list[DeviceConfig], problems: list[str]) -> None:

@@ -1,0 +1,114 @@
+"""`edge-agent probe`: one read of one or more devices from the command line, for commissioning.
+
+    edge-agent probe -c /etc/edge-agent/config.toml ps07-plc      # a device of the real config
+    edge-agent probe --devices devices.toml                        # just [[devices]] sections
+
+Nothing is buffered or published; the agent need not be stopped (a PLC that allows a single
+connection is the exception: stop the agent first). Exit 0 when every reading is good, 1 when
+any is not or a device cannot be reached, 2 for a bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from agent.errors import AgentError, ConfigError
+from agent.model import Reading
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("probe", help="read devices once, now, and print what came back")
+    parser.add_argument("devices", nargs="*", help="device names (default: all in the file)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("-c", "--config", help="the agent's config file")
+    source.add_argument("--devices-file", dest="devices_file",
+                        help="a TOML file holding only [[devices]] sections")
+    parser.add_argument("--json", action="store_true", help="one JSON object per reading")
+    parser.set_defaults(func=run)
+
+
+def _device_configs(args: argparse.Namespace) -> list[Any]:
+    from agent.config.load import load_config, validate_devices
+
+    if args.devices_file:
+        path = Path(args.devices_file)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+        devices = validate_devices(path, raw.get("devices", []))
+    else:
+        from agent.cli import DEFAULT_CONFIG
+
+        devices = list(load_config(args.config or DEFAULT_CONFIG).devices)
+    if args.devices:
+        known = {d.name for d in devices}
+        unknown = [name for name in args.devices if name not in known]
+        if unknown:
+            raise ConfigError([f"no device named {', '.join(map(repr, unknown))}; "
+                               f"configured: {', '.join(sorted(known)) or 'none'}"])
+        devices = [d for d in devices if d.name in args.devices]
+    return devices
+
+
+async def _probe(device: Any) -> tuple[list[Reading], str | None]:
+    from drivers import registry
+
+    driver = registry.build(device.kind, device)
+    try:
+        await driver.open()
+        return await driver.read(), None
+    except AgentError as exc:
+        return [], str(exc)
+    finally:
+        await driver.aclose()
+
+
+def _print(device: Any, readings: list[Reading], error: str | None, as_json: bool) -> None:
+    if error is not None:
+        if as_json:
+            sys.stdout.write(orjson.dumps({"device": device.name, "error": error}).decode() + "\n")
+        else:
+            print(f"{device.name}: UNREACHABLE: {error}")
+        return
+    if not as_json:
+        print(f"{device.name} ({device.kind}): {len(readings)} readings")
+    for r in readings:
+        if as_json:
+            out = {"device": device.name, "tag": r.tag, "value": r.value, "unit": r.unit,
+                   "quality": r.quality, "reason": r.reason, "ts": r.ts_ns}
+            sys.stdout.write(orjson.dumps(out).decode() + "\n")
+        else:
+            reason = f"  ({r.reason})" if r.reason else ""
+            print(f"  {r.tag:<32} {r.value!s:>16} {r.unit:<6} {r.quality}{reason}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent import logs
+
+    logs.configure("warning")  # stdout carries the readings; driver logs go to stderr
+    try:
+        devices = _device_configs(args)
+    except ConfigError as exc:
+        print("invalid configuration:", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    if not devices:
+        print("edge-agent: no devices to probe", file=sys.stderr)
+        return 2
+    all_good = True
+    for device in devices:
+        readings, error = asyncio.run(_probe(device))
+        _print(device, readings, error, args.json)
+        all_good = all_good and error is None and all(r.quality == "good" for r in readings)
+    return 0 if all_good else 1

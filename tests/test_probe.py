@@ -1,0 +1,53 @@
+"""`edge-agent probe`: a commissioning engineer reads a device once from the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.agent_proc import demo_devices
+from tests.support.plant import free_port, running_plant
+
+
+def probe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "probe", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_probe_reads_every_tag_of_a_live_plc(tmp_path: Path) -> None:
+    with running_plant(seed=3) as plant:
+        devices = tmp_path / "devices.toml"
+        devices.write_text(demo_devices(plant.port))
+        human = probe("--devices-file", str(devices))
+        as_json = probe("--devices-file", str(devices), "pump-station", "--json")
+    assert human.returncode == 0, human.stderr
+    assert "pump-station (modbus_tcp)" in human.stdout
+    assert "PS-NORTH" in human.stdout
+    rows = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert {r["tag"] for r in rows} >= {"station_name", "pump1_flow", "outlet_total"}
+    assert all(r["quality"] == "good" for r in rows)
+    flow = next(r for r in rows if r["tag"] == "pump1_flow")
+    assert flow["unit"] == "m3/h"
+    assert isinstance(flow["value"], float)
+
+
+def test_probe_of_an_unreachable_plc_says_why_and_exits_1(tmp_path: Path) -> None:
+    devices = tmp_path / "devices.toml"
+    devices.write_text(demo_devices(free_port()))
+    result = probe("--devices-file", str(devices))
+    assert result.returncode == 1
+    assert "UNREACHABLE" in result.stdout
+    assert "connection refused" in result.stdout
+
+
+def test_probe_of_an_unknown_device_is_a_usage_error(tmp_path: Path) -> None:
+    devices = tmp_path / "devices.toml"
+    devices.write_text(demo_devices(5020))
+    result = probe("--devices-file", str(devices), "no-such-plc")
+    assert result.returncode == 2
+    assert "no device named 'no-such-plc'" in result.stderr
+    assert "pump-station" in result.stderr
