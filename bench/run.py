@@ -17,7 +17,19 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).with_name("results.json")
-SUITES = ["bench.bench_buffer", "bench.bench_uplink", "bench.bench_agent"]
+TABLE = Path(__file__).with_name("results.md")
+SUITES = [
+    "bench.bench_buffer",
+    "bench.bench_uplink",
+    "bench.bench_backlog",
+    "bench.bench_agent",
+    "bench.bench_modbus",
+    "bench.bench_opcua",
+    "bench.bench_mbus",
+    "bench.bench_audio",
+    "bench.bench_leak",
+    "bench.bench_pump",
+]
 
 
 def _machine() -> dict[str, Any]:
@@ -62,8 +74,28 @@ def main(argv: list[str]) -> int:
         )
         + "\n"
     )
-    print(f"\nwritten to {RESULTS}")
+    _write_table(figures)
+    print(f"\nwritten to {RESULTS} and {TABLE}")
     return 0
+
+
+def _write_table(figures: list[dict[str, Any]]) -> None:
+    machine = _machine()
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` on "
+        f"{machine['cpus']} CPUs, {machine['machine']}, Python {machine['python']}.",
+        "Written by bench/run.py; how each figure is measured: docs/benchmarks.md.",
+        "",
+        "| suite | figure | value | unit | target |",
+        "|---|---|---:|---|---|",
+    ]
+    lines += [
+        f"| {f['suite']} | {f['name']} | {f['value']:,} | {f['unit']} | {f['target']} |"
+        for f in figures
+    ]
+    TABLE.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Hydrophone audio capture: PortAudio devices, WAV files and firmware-sim streams."""

@@ -1,0 +1,238 @@
+"""Level telemetry as noise loggers report it: RMS, peak and octave-band levels per interval, and
+the minimum night level with its spread over recent nights.
+
+Everything is built from whole seconds of audio counted from the first frame the meter saw, so
+an interval covers exactly `interval_s * sample_rate` frames and a test can recompute it from the
+file. A second cut by a gap is discarded; an interval missing seconds is reported `uncertain`.
+Levels are dBFS with full scale = amplitude 1.0 (a full-scale sine reads -3.01 dBFS); with a
+per-channel calibration offset they are also given in dB (re 1 uPa for a hydrophone).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from scipy import signal  # type: ignore[import-untyped,unused-ignore]
+
+from agent.model import GOOD, UNCERTAIN, Quality, Reading
+from drivers.audio.ring import Chunk
+from drivers.audio.window import Clock
+
+FLOOR_DB: Final = -200.0  # the level of digital silence, instead of -inf
+F64 = npt.NDArray[np.float64]
+
+
+def db(power: F64 | float) -> F64:
+    """10*log10 of a power (mean square), floored so silence reads FLOOR_DB rather than -inf."""
+    return np.maximum(10.0 * np.log10(np.maximum(power, 1e-20)), FLOOR_DB)
+
+
+def band_label(fc: float) -> str:
+    return f"{fc:g}"
+
+
+def welch_nfft(sample_rate: int) -> int:
+    """The largest power of two <= sample_rate/4: ~4 Hz bins, fine enough for the 31.5 Hz band."""
+    return 1 << int(math.log2(sample_rate / 4))
+
+
+class NightTracker:
+    """Minimum of the 1-s RMS levels in a nightly local-time window, reported once per night."""
+
+    def __init__(
+        self,
+        start_hhmm: str,
+        end_hhmm: str,
+        history: int,
+        channels: int,
+        localtime: Callable[[float], time.struct_time] = time.localtime,
+    ) -> None:
+        self._start = _minutes(start_hhmm)
+        self._length = (_minutes(end_hhmm) - self._start) % 1440
+        self._localtime = localtime
+        self._night: tuple[int, int, int] | None = None
+        self._min: F64 = np.full(channels, np.inf)
+        self._history: deque[F64] = deque(maxlen=history)
+
+    def feed(self, ts_ns: int, level_db: F64) -> tuple[F64, F64 | None] | None:
+        """Feed one 1-s level per channel; returns (night minimum, spread) when a night closes."""
+        t = ts_ns / 1e9
+        local = self._localtime(t)
+        minute = local.tm_hour * 60 + local.tm_min
+        inside = (minute - self._start) % 1440 < self._length
+        night = None
+        if inside:
+            started = self._localtime(t - ((minute - self._start) % 1440) * 60 - local.tm_sec)
+            night = (started.tm_year, started.tm_mon, started.tm_mday)
+        result = None
+        if self._night is not None and night != self._night:
+            result = self._close()
+        if night is not None:
+            self._night = night
+            self._min = np.minimum(self._min, level_db)
+        return result
+
+    def _close(self) -> tuple[F64, F64 | None]:
+        minimum = self._min.copy()
+        self._history.append(minimum)
+        self._night = None
+        self._min = np.full_like(self._min, np.inf)
+        spread = None
+        if len(self._history) >= 2:
+            spread = np.std(np.stack(self._history), axis=0, ddof=1)
+        return minimum, spread
+
+
+def _minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+class LevelMeter:
+    def __init__(
+        self,
+        source: str,
+        clock: Clock,
+        channel_names: Sequence[str],
+        *,
+        interval_s: int,
+        bands_hz: Sequence[float],
+        calibration_db: Sequence[float] | None,
+        night: NightTracker,
+    ) -> None:
+        self.source = source
+        self.clock = clock
+        self.names = list(channel_names)
+        self.sr = clock.sample_rate
+        self.interval_s = interval_s
+        self.calibration: F64 | None = None if calibration_db is None else np.asarray(calibration_db, float)
+        self.night = night
+        self.nfft = welch_nfft(self.sr)
+        freqs = np.fft.rfftfreq(self.nfft, 1 / self.sr)
+        self.df = self.sr / self.nfft
+        self.bands = [
+            (fc, (freqs >= fc / 2**0.5) & (freqs < fc * 2**0.5)) for fc in bands_hz
+        ]
+        ch = len(self.names)
+        self._sec = np.zeros((self.sr, ch), dtype=np.float32)
+        self._fill = 0
+        self._started = False
+        self._origin = 0  # absolute index of the first frame seen: seconds count from here
+        self._next = 0
+        self._interval = 0
+        self._seconds = 0
+        self._ms_sum = np.zeros(ch)
+        self._peak = np.zeros(ch)
+        self._psd_sum = np.zeros((len(freqs), ch))
+
+    def feed(self, chunks: Sequence[Chunk]) -> list[Reading]:
+        out: list[Reading] = []
+        for chunk in chunks:
+            frames, start = chunk.frames, chunk.start
+            if not self._started:
+                self._started = True
+                self._origin = start
+            if self._fill and start != self._next:
+                self._fill = 0  # a gap cut this second: drop it
+            self._next = start + len(frames)
+            if self._fill == 0:
+                # seconds start on whole-second boundaries counted from the origin
+                skip = (self._origin - start) % self.sr
+                frames, start = frames[skip:], start + skip
+            while len(frames):
+                take = min(self.sr - self._fill, len(frames))
+                self._sec[self._fill : self._fill + take] = frames[:take]
+                self._fill += take
+                frames = frames[take:]
+                start += take
+                if self._fill == self.sr:
+                    self._fill = 0
+                    out.extend(self._second((start - self.sr - self._origin) // self.sr))
+        return out
+
+    def _second(self, k: int) -> list[Reading]:
+        out: list[Reading] = []
+        interval = k // self.interval_s
+        if interval != self._interval and self._seconds:
+            out.extend(self._emit())
+        self._interval = interval
+        x = self._sec.astype(np.float64)
+        ms = np.mean(x * x, axis=0)
+        self._ms_sum += ms
+        self._peak = np.maximum(self._peak, np.max(np.abs(x), axis=0))
+        _, psd = signal.welch(x, fs=self.sr, nperseg=self.nfft, axis=0, detrend=False)
+        self._psd_sum += psd
+        self._seconds += 1
+        ts = self.clock.ts(self._origin + k * self.sr)
+        closed = self.night.feed(ts, db(ms))
+        if closed is not None:
+            out.extend(self._night_readings(ts, *closed))
+        if k % self.interval_s == self.interval_s - 1:
+            out.extend(self._emit())
+        return out
+
+    def _emit(self) -> list[Reading]:
+        n = self._seconds
+        end_index = self._origin + (self._interval + 1) * self.interval_s * self.sr
+        ts = self.clock.ts(end_index)
+        quality: Quality = GOOD
+        reason: str | None = None
+        if n < self.interval_s:
+            quality, reason = UNCERTAIN, f"incomplete interval: {n} of {self.interval_s} s of audio"
+        rms = db(self._ms_sum / n)
+        peak = db(self._peak**2)
+        psd = self._psd_sum / n
+        out: list[Reading] = []
+        for c, name in enumerate(self.names):
+
+            def put(tag: str, value: float, unit: str, c_name: str = name) -> None:
+                out.append(Reading(self.source, f"{c_name}.{tag}", ts, round(float(value), 2),
+                                   quality, unit, reason))
+
+            put("rms_dbfs", rms[c], "dBFS")
+            put("peak_dbfs", peak[c], "dBFS")
+            cal = None if self.calibration is None else float(self.calibration[c])
+            if cal is not None:
+                put("rms_db", rms[c] + cal, "dB")
+            for fc, mask in self.bands:
+                level = float(db(float(np.sum(psd[mask, c])) * self.df))
+                if cal is None:
+                    put(f"band_{band_label(fc)}hz_dbfs", level, "dBFS")
+                else:
+                    put(f"band_{band_label(fc)}hz_db", level + cal, "dB")
+        self._seconds = 0
+        self._ms_sum[:] = 0
+        self._peak[:] = 0
+        self._psd_sum[:] = 0
+        return out
+
+    def _night_readings(self, ts: int, minimum: F64, spread: F64 | None) -> list[Reading]:
+        out = []
+        for c, name in enumerate(self.names):
+            if self.calibration is None:
+                out.append(Reading(self.source, f"{name}.night_min_dbfs", ts, round(float(minimum[c]), 2),
+                                   GOOD, "dBFS"))
+            else:
+                value = float(minimum[c] + self.calibration[c])
+                out.append(Reading(self.source, f"{name}.night_min_db", ts, round(value, 2), GOOD, "dB"))
+            if spread is not None:
+                out.append(Reading(self.source, f"{name}.night_min_spread_db", ts,
+                                   round(float(spread[c]), 2), GOOD, "dB"))
+        return out
+
+    def tag_names(self) -> list[tuple[str, str]]:
+        """(tag, unit) of every interval reading, for the supervisor's stand-in bad readings."""
+        tags: list[tuple[str, str]] = []
+        for name in self.names:
+            tags += [(f"{name}.rms_dbfs", "dBFS"), (f"{name}.peak_dbfs", "dBFS")]
+            if self.calibration is not None:
+                tags.append((f"{name}.rms_db", "dB"))
+            suffix, unit = ("db", "dB") if self.calibration is not None else ("dbfs", "dBFS")
+            tags += [(f"{name}.band_{band_label(fc)}hz_{suffix}", unit) for fc, _ in self.bands]
+        return tags

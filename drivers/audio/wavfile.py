@@ -1,0 +1,127 @@
+"""The file source: a WAV recording played into the ring in real time (or faster), once or looped.
+
+The file is memory-mapped, so a day-long recording costs no RAM; a thread paces blocks by the
+monotonic clock so the driver sees audio arrive as a device would deliver it. Timestamps follow
+the recording's own timeline starting at the moment playback began.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from scipy.io import wavfile  # type: ignore[import-untyped,unused-ignore]
+
+from agent.errors import DriverIOError
+from agent.model import now_ns
+from drivers.audio.config import AudioConfig
+from drivers.audio.source import Sink, to_float32
+from drivers.audio.window import Clock
+
+log = structlog.get_logger(__name__)
+
+BLOCK_S = 0.064  # a typical capture block; fine enough for 50 ms hops
+
+
+def load_wav(path: Path) -> tuple[int, np.ndarray[Any, Any]]:
+    """(sample rate, samples shaped (n, channels)); DriverIOError naming the file when unusable."""
+    try:
+        with warnings.catch_warnings():
+            # scipy warns on chunks it skips (LIST, cue); a truncated data chunk is checked below.
+            warnings.simplefilter("ignore", wavfile.WavFileWarning)
+            try:
+                rate, data = wavfile.read(path, mmap=True)
+            except ValueError as exc:
+                if "greater than file size" in str(exc):
+                    raise DriverIOError(f"{path}: truncated WAV file (data runs past its end)") from exc
+                if "not compatible" not in str(exc):
+                    raise
+                rate, data = wavfile.read(path, mmap=False)  # 24-bit PCM cannot be mapped
+    except OSError as exc:
+        raise DriverIOError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (ValueError, EOFError, IndexError) as exc:
+        raise DriverIOError(f"{path}: not a WAV file this driver can play ({exc})") from exc
+    if data.ndim == 1:
+        data = data.reshape(-1, 1)
+    if data.dtype.kind not in "fiu" or (data.dtype.kind == "u" and data.dtype.itemsize != 1):
+        raise DriverIOError(f"{path}: unsupported sample format {data.dtype}")
+    if len(data) == 0:
+        raise DriverIOError(f"{path}: the file holds no audio frames")
+    if rate < 1000:
+        raise DriverIOError(f"{path}: implausible sample rate {rate} Hz")
+    return int(rate), data
+
+
+class FileSource:
+    def __init__(self, config: AudioConfig) -> None:
+        if config.path is None:
+            raise DriverIOError(f"{config.name}: no file configured")
+        self.config = config
+        self.path = config.path
+        self.sample_rate = 0
+        self.channels = 0
+        self.clock = Clock(0, 1)
+        self.error: str | None = None
+        self.finished = False
+        self.loops = 0
+        self._data: np.ndarray[Any, Any] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        self.sample_rate, self._data = load_wav(self.path)
+        self.channels = self._data.shape[1]
+        self.clock = Clock(now_ns(), self.sample_rate)
+
+    def start(self, sink: Sink) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._play, args=(sink,), name=f"audio-file:{self.config.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _play(self, sink: Sink) -> None:
+        data = self._data
+        if data is None:
+            return
+        sr, speed = self.sample_rate, self.config.playback_speed
+        block = max(1, round(BLOCK_S * sr))
+        self.clock.t0_ns = now_ns()
+        began = time.monotonic()
+        index = pos = 0
+        try:
+            while not self._stop.is_set():
+                n = min(block, len(data) - pos)
+                # a block is delivered once all of its frames have "happened"
+                due = began + (index + n) / (sr * speed)
+                if self._stop.wait(max(0.0, due - time.monotonic())):
+                    return
+                sink(to_float32(np.asarray(data[pos : pos + n])), index)
+                index += n
+                pos += n
+                if pos >= len(data):
+                    if not self.config.loop:
+                        self.finished = True
+                        log.info("audio.file_finished", driver=self.config.name, path=str(self.path))
+                        return
+                    pos = 0
+                    self.loops += 1
+        except (OSError, ValueError) as exc:  # an I/O error on the card while reading the map
+            self.error = f"{self.path}: read failed: {exc}"
+            sink(np.zeros((0, self.channels), np.float32), index)  # wake the driver to see it
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._data = None
+
+    def health(self) -> dict[str, Any]:
+        return {"path": str(self.path), "loop": self.config.loop, "loops": self.loops,
+                "finished": self.finished}

@@ -1,0 +1,279 @@
+"""Live hydrophone audio from the simulated pipe: a real-time TCP (and unix socket) stream for the
+agent's audio driver, and a WAV writer (`main(argv)`, wired as `edge-sim hydrophones`).
+
+Wire format, little-endian (the agent's reader is `drivers/audio/streamclient.py`):
+
+    header, once per connection:
+        magic b"EHYD" | version u8 = 1 | dtype u8 (1 = float32, 2 = int16) | channels u16
+        | sample_rate u32 | start_ts_ns u64 (UTC ns of sample index 0 of the stream)
+    blocks, every `block_ms`:
+        seq u64 | first sample index u64 | frames u32 | frames x channels samples, interleaved
+
+The stream runs on the wall clock from start-up (sample index = seconds since start x rate);
+audio is rendered only while someone listens. A client that cannot keep up (more than
+`max_backlog_s` queued) misses whole blocks, which it sees as a jump in seq and sample index.
+
+Scene: `[components.hydrophones]` options (below) or defaults: two sensors 100 m apart on a
+150 mm ductile-iron main, no leak. Scenario events (`component = "hydrophones"`) change the leak:
+`{at = "30s", component = "hydrophones", leak_position_m = 120, leak_size = 1.0}`; a
+`leak_position_m` below 0 closes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import struct
+import sys
+import time
+import wave
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fwsim.component import Announcement, SimContext
+from fwsim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
+
+log = structlog.get_logger(__name__)
+
+MAGIC: Final = b"EHYD"
+VERSION: Final = 1
+HEADER: Final = struct.Struct("<4sBBHIQ")
+BLOCK: Final = struct.Struct("<QQI")
+DTYPE_CODES: Final[dict[str, tuple[int, np.dtype[Any]]]] = {
+    "float32": (1, np.dtype("<f4")),
+    "int16": (2, np.dtype("<i2")),
+}
+LOOPBACK_CARDS: Final = Path("/proc/asound/cards")
+
+
+class HydrophoneOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str | None = None  # default: the plant's host
+    port: int = Field(default=0, ge=0, le=65535)  # 0: a free port
+    unix_path: Path | None = None
+    sample_rate: int = Field(default=16000, ge=1000, le=192000)
+    channels: int = Field(default=2, ge=1, le=16)
+    dtype: Literal["float32", "int16"] = "float32"
+    block_ms: int = Field(default=100, ge=10, le=1000)
+    max_backlog_s: float = Field(default=1.0, gt=0, le=60)
+    material: str = "ductile_iron"
+    diameter_mm: float = 150.0
+    spacing_m: float = 100.0
+    leak_position_m: float | None = None
+    leak_size: float = 1.0
+    snr_db: float = 10.0
+    backgrounds: tuple[str, ...] = BACKGROUNDS
+
+    def scene(self, seed: int) -> PipeScene:
+        return PipeScene(
+            material=self.material, diameter_mm=self.diameter_mm, spacing_m=self.spacing_m,
+            leak_position_m=self.leak_position_m, leak_size=self.leak_size, snr_db=self.snr_db,
+            backgrounds=self.backgrounds, sample_rate=self.sample_rate, channels=self.channels, seed=seed,
+        )  # fmt: skip
+
+
+def encode(samples: npt.NDArray[np.float32], dtype: str) -> bytes:
+    if dtype == "int16":
+        return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
+    return samples.astype("<f4").tobytes()
+
+
+def alsa_loopback() -> str | None:
+    """The ALSA Loopback card's line in /proc/asound/cards, when the snd-aloop module is loaded."""
+    try:
+        text = LOOPBACK_CARDS.read_text()
+    except OSError:
+        return None
+    return next((line.strip() for line in text.splitlines() if "Loopback" in line), None)
+
+
+class _Client:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.skipped_blocks = 0
+
+
+class HydrophoneComponent:
+    name = "hydrophones"
+
+    def __init__(self) -> None:
+        self._servers: list[asyncio.Server] = []
+        self._clients: set[_Client] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._opts = HydrophoneOptions()
+        self._header = b""
+
+    async def start(self, ctx: SimContext) -> list[Announcement]:
+        try:
+            opts = HydrophoneOptions(**ctx.options)
+            scene = opts.scene(ctx.seed)
+        except (ValidationError, ValueError) as exc:
+            raise ValueError(f"[components.hydrophones]: {exc}") from exc
+        self._opts = opts
+        host = opts.host or ctx.host
+        start_ns = time.time_ns()
+        code, _ = DTYPE_CODES[opts.dtype]
+        self._header = HEADER.pack(MAGIC, VERSION, code, opts.channels, opts.sample_rate, start_ns)
+        tcp = await asyncio.start_server(self._serve, host, opts.port)
+        self._servers.append(tcp)
+        port = int(tcp.sockets[0].getsockname()[1])
+        if opts.unix_path is not None:
+            opts.unix_path.unlink(missing_ok=True)
+            self._servers.append(await asyncio.start_unix_server(self._serve, str(opts.unix_path)))
+        self._task = asyncio.create_task(self._pace(ctx, scene), name="hydrophones")
+        loopback = alsa_loopback()
+        detail: dict[str, Any] = {
+            "url": f"tcp://{host}:{port}", "host": host, "port": port,
+            "unix_path": None if opts.unix_path is None else str(opts.unix_path),
+            "sample_rate": opts.sample_rate, "channels": opts.channels, "dtype": opts.dtype,
+            "block_ms": opts.block_ms, "material": opts.material, "diameter_mm": opts.diameter_mm,
+            "spacing_m": opts.spacing_m, "leak_position_m": opts.leak_position_m,
+            # Playing into an ALSA loopback is not implemented; the card is reported when present.
+            "alsa_loopback": loopback,
+        }  # fmt: skip
+        return [Announcement("hydrophones", detail)]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = _Client(writer)
+        try:
+            writer.write(self._header)
+            self._clients.add(client)
+            while await reader.read(4096):  # clients send nothing; EOF means they left
+                pass
+        except ConnectionError:
+            pass  # the client went away
+        finally:
+            self._clients.discard(client)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _pace(self, ctx: SimContext, scene: PipeScene) -> None:
+        opts = self._opts
+        synth = HydrophoneSynth(scene)
+        events = sorted(ctx.events, key=lambda e: float(e.get("at", 0)))
+        block = max(1, opts.sample_rate * opts.block_ms // 1000)
+        limit = opts.max_backlog_s * opts.sample_rate * opts.channels * DTYPE_CODES[opts.dtype][1].itemsize
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        index = seq = 0
+        while True:
+            due = began + (index + block) / opts.sample_rate
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            while events and float(events[0].get("at", 0)) <= ctx.station.state.elapsed_s:
+                scene = self._apply(events.pop(0), scene)
+                synth = HydrophoneSynth(scene)
+            if self._clients:
+                samples = await asyncio.to_thread(synth.render, block)
+                data = BLOCK.pack(seq, index, block) + encode(samples, opts.dtype)
+                for client in list(self._clients):
+                    transport = client.writer.transport
+                    if transport.is_closing():
+                        self._clients.discard(client)
+                    elif transport.get_write_buffer_size() > limit:
+                        client.skipped_blocks += 1  # a slow reader loses whole blocks, visibly
+                    else:
+                        client.writer.write(data)
+            index += block
+            seq += 1
+
+    @staticmethod
+    def _apply(event: dict[str, Any], scene: PipeScene) -> PipeScene:
+        position = event.get("leak_position_m", scene.leak_position_m)
+        if position is not None and float(position) < 0:
+            position = None
+        changed = replace(
+            scene,
+            leak_position_m=None if position is None else float(position),
+            leak_size=float(event.get("leak_size", scene.leak_size)),
+            snr_db=float(event.get("snr_db", scene.snr_db)),
+        )
+        log.info("hydrophones.scene", leak_position_m=changed.leak_position_m, leak_size=changed.leak_size)
+        return changed
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for server in self._servers:
+            server.close()
+        for client in list(self._clients):
+            client.writer.close()
+        self._clients.clear()
+        for server in self._servers:
+            await server.wait_closed()
+        if self._opts.unix_path is not None:
+            self._opts.unix_path.unlink(missing_ok=True)
+
+
+# --- `edge-sim hydrophones --wav OUT.wav --seconds N` ------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-sim hydrophones", description="write synthetic hydrophone audio")
+    p.add_argument("--wav", type=Path, required=True, help="output file (16-bit PCM WAV)")
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--channels", type=int, default=2)
+    p.add_argument("--material", default="ductile_iron")
+    p.add_argument("--diameter-mm", type=float, default=150.0)
+    p.add_argument("--spacing-m", type=float, default=100.0)
+    p.add_argument("--leak-position-m", type=float, default=None, help="from sensor A; none: no leak")
+    p.add_argument("--leak-size", type=float, default=1.0)
+    p.add_argument("--snr-db", type=float, default=10.0)
+    p.add_argument("--backgrounds", default=",".join(BACKGROUNDS), help="comma-separated, or ''")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not 0 < args.seconds <= 86400:
+        sys.stderr.write("edge-sim hydrophones: --seconds must be in (0, 86400]\n")
+        return 2
+    try:
+        scene = PipeScene(
+            material=args.material, diameter_mm=args.diameter_mm, spacing_m=args.spacing_m,
+            leak_position_m=args.leak_position_m, leak_size=args.leak_size, snr_db=args.snr_db,
+            backgrounds=tuple(b for b in args.backgrounds.split(",") if b),
+            sample_rate=args.sample_rate, channels=args.channels, seed=args.seed,
+        )  # fmt: skip
+    except ValueError as exc:
+        sys.stderr.write(f"edge-sim hydrophones: {exc}\n")
+        return 2
+    synth = HydrophoneSynth(scene)
+    total = round(args.seconds * args.sample_rate)
+    clipped = 0
+    try:
+        with wave.open(str(args.wav), "wb") as out:
+            out.setnchannels(args.channels)
+            out.setsampwidth(2)
+            out.setframerate(args.sample_rate)
+            done = 0
+            while done < total:
+                n = min(args.sample_rate, total - done)
+                samples = synth.render(n)
+                clipped += int(np.count_nonzero(np.abs(samples) >= 1.0))
+                out.writeframes(encode(samples, "int16"))
+                done += n
+    except OSError as exc:
+        sys.stderr.write(f"edge-sim hydrophones: {args.wav}: {exc.strerror or exc}\n")
+        return 1
+    note = f"; {clipped} samples clipped at full scale" if clipped else ""
+    what = f"{args.seconds:g} s, {args.channels} ch, {args.sample_rate} Hz, 16-bit PCM"
+    sys.stdout.write(f"{args.wav}: {what}{note}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

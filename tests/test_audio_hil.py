@@ -1,0 +1,291 @@
+"""The audio driver end to end through its real capture path: the real PVC hydrophone recordings
+and a generated two-sensor WAV through the file player, firmware-sim's live stream over TCP
+(loss and restart under the supervisor, a consumer too slow for the ring), and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from agent.errors import DriverIOError
+from agent.model import Event, Reading
+from agent.supervisor import DeviceRunner
+from drivers.audio.config import AudioConfig
+from drivers.audio.driver import AudioDriver
+from drivers.audio.window import AudioWindow
+from fwsim import hydrophone_stream
+from fwsim.component import SimContext
+from fwsim.pumpstation import PumpStation
+from tests.support.plant import Plant, free_port, start_plant
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "leak-pvc-hydrophone"
+RECORDING = DATA / "no-leak.wav"
+
+
+def audio(**kw: Any) -> AudioDriver:
+    return AudioDriver(AudioConfig(name="hydro1", kind="audio", **kw))
+
+
+async def collect(driver: AudioDriver, until: Any, within_s: float = 15.0) -> list[Reading]:
+    """Run stream() until `until(readings)` holds; return the readings."""
+    got: list[Reading] = []
+
+    async def consume() -> None:
+        async for batch in driver.stream():
+            got.extend(batch)
+            if until(got):
+                return
+
+    await asyncio.wait_for(consume(), within_s)
+    return got
+
+
+@pytest.fixture
+async def closing() -> AsyncIterator[list[AudioDriver]]:
+    drivers: list[AudioDriver] = []
+    yield drivers
+    for d in drivers:
+        await d.aclose()
+
+
+def rms_db(x: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(x.astype(np.float64) ** 2)))
+
+
+async def test_real_recording_windows_and_levels_match_the_file(closing: list[AudioDriver]) -> None:
+    rate, data = wavfile.read(RECORDING)
+    x = data.astype(np.float64) / 32768
+    d = audio(source="file", path=RECORDING, playback_speed=40, window_s=1.0, hop_s=0.5,
+              level_interval_s=5, channel_names=["A"])
+    closing.append(d)
+    windows: list[AudioWindow] = []
+    d.add_window_listener(windows.append)
+    await d.open()
+    intervals = len(x) // (5 * rate)
+    readings = await collect(d, lambda got: sum(r.tag == "A.rms_dbfs" for r in got) >= intervals)
+    rms = [r for r in readings if r.tag == "A.rms_dbfs"]
+    for k, r in enumerate(rms):
+        assert r.value == pytest.approx(rms_db(x[k * 5 * rate : (k + 1) * 5 * rate]), abs=0.006)
+        assert r.unit == "dBFS"
+        assert r.quality == "good"
+    assert rms[1].ts_ns - rms[0].ts_ns == 5_000_000_000
+    tags = {r.tag for r in readings}
+    assert "A.band_2000hz_dbfs" in tags
+    assert "A.band_4000hz_dbfs" not in tags
+    assert "A.peak_dbfs" in tags
+    # windows: 1 s, every 0.5 s, exact samples, exact timestamps
+    assert len(windows) >= 2 * (intervals * 5) - 1
+    t0 = windows[0].start_ts_ns
+    for k, w in enumerate(windows):
+        assert w.samples.shape == (rate, 1)
+        assert w.sample_rate == rate
+        assert w.dropped_before == 0
+        assert w.start_ts_ns - t0 == k * 500_000_000
+    k = 7
+    assert np.allclose(windows[k].samples[:, 0], x[k * rate // 2 : k * rate // 2 + rate], atol=1e-7)
+    assert d.health()["dropped_frames"] == 0
+
+
+@pytest.fixture(scope="module")
+def two_channel_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("hyd") / "leak.wav"
+    argv = ["--wav", str(path), "--seconds", "3", "--leak-position-m", "30", "--seed", "3"]
+    assert hydrophone_stream.main(argv) == 0
+    return path
+
+
+async def test_generated_two_channel_file_loops_seamlessly(
+    two_channel_wav: Path, closing: list[AudioDriver]
+) -> None:
+    rate, data = wavfile.read(two_channel_wav)
+    assert (rate, data.shape[1]) == (16000, 2)
+    d = audio(source="file", path=two_channel_wav, loop=True, playback_speed=10, window_s=0.5, hop_s=0.25,
+              level_interval_s=1, channel_names=["A", "B"], calibration_db=[120.0, 121.0])
+    closing.append(d)
+    windows: list[AudioWindow] = []
+    d.add_window_listener(windows.append)
+    await d.open()
+    readings = await collect(d, lambda got: sum(r.tag == "B.rms_db" for r in got) >= 5)
+    assert d.health()["loops"] >= 1
+    x = data.astype(np.float32) / 32768
+    looped = np.concatenate([x, x])
+    for k, w in enumerate(windows):  # continuous across the wrap: same spacing, same samples
+        assert w.start_ts_ns - windows[0].start_ts_ns == k * 250_000_000
+        assert w.channel_names == ("A", "B")
+        if k < 16:
+            assert np.array_equal(w.samples, looped[k * 4000 : k * 4000 + 8000])
+    b = [r for r in readings if r.tag == "B.rms_db"]
+    b_fs = [r for r in readings if r.tag == "B.rms_dbfs"]
+    assert b[0].value == pytest.approx(b_fs[0].value + 121.0, abs=0.011)
+    assert b_fs[3].value == pytest.approx(rms_db(x[:16000, 1]), abs=0.006)  # 4th second = 1st again
+
+
+@pytest.fixture(scope="module")
+def plant() -> Iterator[Plant]:
+    p = start_plant(components="hydrophones")
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+async def test_live_stream_from_the_sim_delivers_windows_without_loss(
+    plant: Plant, closing: list[AudioDriver]
+) -> None:
+    hyd = plant.endpoints["hydrophones"]
+    assert hyd["sample_rate"] == 16000
+    assert hyd["channels"] == 2
+    assert "alsa_loopback" in hyd
+    d = audio(source="stream", stream_url=str(hyd["url"]), channel_names=["A", "B"], level_interval_s=1)
+    closing.append(d)
+    windows: list[AudioWindow] = []
+    d.add_window_listener(windows.append)
+    await d.open()
+    before = time.time_ns()
+    readings = await collect(d, lambda got: sum(r.tag == "A.rms_dbfs" for r in got) >= 2)
+    assert len(windows) >= 3
+    assert all(w.samples.shape == (16000, 2) and w.dropped_before == 0 for w in windows)
+    # timestamps are the sim's clock: within a block or two of now
+    assert abs(windows[-1].start_ts_ns + 1_000_000_000 - before) < 4_000_000_000
+    level = next(r for r in readings if r.tag == "A.rms_dbfs")
+    assert -25 < float(level.value) < -5  # the synth's calibrated background is ~-15 dBFS
+    h = d.health()
+    assert h["dropped_frames"] == 0
+    assert h["blocks"] > 10
+    assert next(r for r in readings if r.tag == "dropped_frames").value == 0
+
+
+async def test_a_consumer_too_slow_for_the_ring_loses_counted_frames_not_the_driver(
+    plant: Plant, closing: list[AudioDriver]
+) -> None:
+    d = audio(source="stream", stream_url=str(plant.endpoints["hydrophones"]["url"]),
+              buffer_s=1.0, window_s=0.5, hop_s=0.5, level_interval_s=1)
+    closing.append(d)
+    windows: list[AudioWindow] = []
+
+    def slow(w: AudioWindow) -> None:
+        windows.append(w)
+        if len(windows) == 2:
+            time.sleep(2.0)  # blocks the event loop: the capture thread keeps filling the ring
+
+    d.add_window_listener(slow)
+    await d.open()
+    await collect(d, lambda got: len(windows) >= 8)
+    h = d.health()
+    assert h["dropped_by_cause"].get("ring_overrun", 0) >= 8000
+    assert h["ring_capacity_frames"] == 16000
+    assert h["ring_fill_frames"] <= 16000
+    assert any(w.dropped_before > 0 for w in windows[2:])
+    assert h["recent_gaps"][0]["cause"] == "ring_overrun"
+
+
+async def test_stream_lost_and_back_is_reopened_by_the_supervisor() -> None:
+    port = free_port()
+    ctx = SimContext(station=PumpStation(0), points=[], seed=0, host="127.0.0.1", workdir=Path("/tmp"),
+                     options={"port": port})
+    sim = hydrophone_stream.HydrophoneComponent()
+    await sim.start(ctx)
+    config = AudioConfig(name="hydro1", kind="audio", source="stream",
+                         stream_url=f"tcp://127.0.0.1:{port}", level_interval_s=1)
+    events: list[Event] = []
+    readings: list[Reading] = []
+
+    async def on_readings(_stream: str, batch: list[Reading]) -> None:
+        readings.extend(batch)
+
+    async def on_event(event: Event) -> None:
+        events.append(event)
+
+    runner = DeviceRunner(config, AudioDriver(config), on_readings, on_event,
+                          backoff_min_s=0.2, backoff_max_s=0.5)
+    task = asyncio.create_task(runner.run())
+
+    async def until(predicate: Any) -> None:
+        async with asyncio.timeout(15):
+            while not predicate():  # noqa: ASYNC110 - the supervisor's callbacks set no event to wait on
+                await asyncio.sleep(0.05)
+
+    try:
+        await until(lambda: any(r.tag == "A.rms_dbfs" and r.quality == "good" for r in readings))
+        await sim.stop()
+        await until(lambda: any(e.kind == "driver_down" for e in events))
+        assert runner.stats.state == "down"
+        assert any(r.quality == "bad" and r.tag == "A.rms_dbfs" for r in readings)  # the gap shows
+        sim = hydrophone_stream.HydrophoneComponent()
+        await sim.start(ctx)
+        await until(lambda: any(e.kind == "driver_up" for e in events))
+        n = len(readings)
+        await until(lambda: any(r.quality == "good" for r in readings[n:]))
+        assert runner.stats.reconnects == 1
+        assert runner.stats.crashes == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sim.stop()
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def wav_with_format_tag(path: Path, tag: int) -> Path:
+    import struct
+
+    fmt = struct.pack("<HHIIHH", tag, 1, 8000, 16000, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", 4) + b"\0" * 4
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+async def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio\n")
+    truncated = tmp_path / "cut.wav"
+    truncated.write_bytes(RECORDING.read_bytes()[:20000])
+    cases = [
+        (text, "not a WAV file"),
+        (truncated, "truncated"),
+        (wav_with_format_tag(tmp_path / "mp3.wav", 0x55), "not a WAV file"),
+        (tmp_path / "missing.wav", "cannot read"),
+    ]
+    for path, message in cases:
+        with pytest.raises(DriverIOError, match=message) as err:
+            await audio(source="file", path=path).open()
+        assert str(path) in str(err.value)
+    with pytest.raises(DriverIOError, match=r"has 1 channel\(s\) but the config expects 2"):
+        await audio(source="file", path=RECORDING, channel_names=["A", "B"]).open()
+    with pytest.raises(DriverIOError, match="sampled at 8000 Hz but the config expects sample_rate = 16000"):
+        await audio(source="file", path=RECORDING, sample_rate=16000).open()
+
+
+async def test_bad_streams_give_clear_errors() -> None:
+    with pytest.raises(DriverIOError, match="cannot connect"):
+        await audio(source="stream", stream_url=f"tcp://127.0.0.1:{free_port()}").open()
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n" + b"x" * 100)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(DriverIOError, match="not a hydrophone stream"):
+            await audio(source="stream", stream_url=f"tcp://127.0.0.1:{port}").open()
+    finally:
+        server.close()
+
+
+def test_no_portaudio_device_is_a_clear_error() -> None:
+    import sounddevice as sd
+
+    if len(sd.query_devices()) > 0:
+        pytest.skip("this machine has an audio device")  # the error path needs a machine without one
+    with pytest.raises(DriverIOError, match="audio device"):
+        asyncio.run(audio(source="device", sample_rate=16000, channels=2).open())
