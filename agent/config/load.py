@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,9 @@ from agent.config.schema import (
 )
 from agent.errors import ConfigError
 from agent.model import EVENTS_STREAM
+from agent.remote.config import SecuritySection
 from agent.uplink.config import MqttConfig
+from agent.writes import WritesSection
 from drivers import registry
 from drivers.base import DeviceConfig
 
@@ -36,6 +38,8 @@ class Config:
     status: StatusSection
     log: LogSection
     devices: tuple[DeviceConfig, ...]
+    security: SecuritySection = field(default_factory=SecuritySection)
+    writes: WritesSection = field(default_factory=WritesSection)
 
     @property
     def buffer_path(self) -> Path:
@@ -150,6 +154,8 @@ def load_config(path: str | Path) -> Config:
         status=section.status,
         log=section.log,
         devices=tuple(devices),
+        security=section.security,
+        writes=section.writes,
     )
 
 

@@ -12,7 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from agent.remote.config import SecuritySection
 from agent.uplink.config import MqttConfig
+from agent.writes import WritesSection
 from drivers.base import NAME_PATTERN
 
 SCHEMA_VERSION = 1
@@ -80,4 +82,6 @@ class AgentSection(_Section):
     buffer: BufferSection = BufferSection()
     status: StatusSection = StatusSection()
     log: LogSection = LogSection()
+    security: SecuritySection = SecuritySection()
+    writes: WritesSection = WritesSection()
     devices: list[dict[str, Any]] = Field(default_factory=list)

@@ -1,0 +1,207 @@
+"""`edge-agent ca ...`: a small certificate authority (init, sign, revoke, crl, server/client certs),
+operator signing keys and signed commands, and the reference claim-enrolment service."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def register(subparsers: Any) -> None:
+    ca = subparsers.add_parser("ca", help="certificate authority and operator-key tooling")
+    sub = ca.add_subparsers(dest="ca_command", required=True)
+
+    def with_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dir", type=Path, required=True, help="CA directory (keep it root-only)")
+
+    p = sub.add_parser("init", help="create a new CA (EC P-256) in --dir")
+    with_dir(p)
+    p.add_argument("--name", required=True, help="CA common name, e.g. 'North Water gateways CA'")
+    p.add_argument("--days", type=int, default=3650)
+    p.set_defaults(func=_init)
+
+    p = sub.add_parser("sign", help="sign a device CSR; writes the certificate")
+    with_dir(p)
+    p.add_argument("csr", type=Path)
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument("--days", type=int, default=365)
+    p.set_defaults(func=_sign)
+
+    p = sub.add_parser("revoke", help="revoke a certificate by serial (hex) and rewrite crl.pem")
+    with_dir(p)
+    p.add_argument("serial")
+    p.set_defaults(func=_revoke)
+
+    p = sub.add_parser("crl", help="rewrite crl.pem (do it before next_update, default 30 days)")
+    with_dir(p)
+    p.add_argument("--days", type=int, default=30)
+    p.set_defaults(func=_crl)
+
+    p = sub.add_parser("list", help="issued certificates and revocations")
+    with_dir(p)
+    p.set_defaults(func=_list)
+    _register_issuing(sub, with_dir)
+    _register_commands(sub, with_dir)
+
+
+def _register_issuing(sub: Any, with_dir: Any) -> None:
+
+    for name, helptext in (("server-cert", "a broker certificate"),
+                           ("client-cert", "a claim or central-service client certificate")):  # fmt: skip
+        p = sub.add_parser(name, help=f"issue {helptext} (key made here)")
+        with_dir(p)
+        p.add_argument("--cn", required=True)
+        p.add_argument("--host", action="append", default=[], help="DNS name or IP (server-cert)")
+        p.add_argument("--cert", type=Path, required=True)
+        p.add_argument("--key", type=Path, required=True)
+        p.add_argument("--days", type=int, default=365)
+        p.set_defaults(func=_server_cert if name == "server-cert" else _client_cert)
+
+
+
+def _register_commands(sub: Any, with_dir: Any) -> None:
+    p = sub.add_parser("operator-key", help="make an Ed25519 operator key; prints the public key")
+    p.add_argument("--out", type=Path, required=True, help="private key file (0600)")
+    p.set_defaults(func=_operator_key)
+
+    p = sub.add_parser("sign-command", help="print a signed command envelope (see docs/security.md)")
+    p.add_argument("--key", type=Path, required=True, help="operator private key (PEM)")
+    p.add_argument("--key-id", required=True, help="the operator name the gateway config trusts")
+    p.add_argument("--type", required=True, dest="command_type")
+    p.add_argument("--target", required=True, help="site/gateway")
+    p.add_argument("--args", default="{}", help="JSON object of arguments")
+    p.add_argument("--args-file", type=Path, help="read a string argument from a file: NAME=PATH")
+    p.add_argument("--ttl", type=int, default=300, help="seconds until it expires")
+    p.set_defaults(func=_sign_command)
+
+    p = sub.add_parser("serve-enrolment", help="run the reference claim-enrolment service")
+    with_dir(p)
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, default=8883)
+    p.add_argument("--cert", type=Path, required=True, help="the service's client certificate")
+    p.add_argument("--key", type=Path, required=True)
+    p.add_argument("--broker-ca", type=Path, help="CA of the broker's certificate (default: this CA)")
+    p.add_argument("--topic-prefix", default="enrol")
+    p.add_argument("--allow", type=Path, help="file of device serials allowed to enrol, one a line")
+    p.add_argument("--days", type=int, default=365)
+    p.set_defaults(func=_serve)
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _guarded(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from agent.errors import AgentError
+
+        try:
+            result: int = fn(args)
+        except AgentError as exc:
+            sys.stderr.write(f"edge-agent ca: {exc}\n")
+            return EXIT_FAILED
+        except OSError as exc:
+            sys.stderr.write(f"edge-agent ca: {exc.filename or ''}: {exc.strerror}\n")
+            return EXIT_FAILED
+        return result
+
+    return run
+
+
+@_guarded
+def _init(args: argparse.Namespace) -> int:
+    from provisioning.ca import CertificateAuthority
+
+    ca = CertificateAuthority.init(args.dir, args.name, args.days)
+    _out(f"CA created in {args.dir}: {ca.cert.subject.rfc4514_string()}")
+    return EXIT_OK
+
+
+@_guarded
+def _sign(args: argparse.Namespace) -> int:
+    from provisioning.ca import CertificateAuthority
+    from provisioning.files import atomic_write
+
+    ca = CertificateAuthority.open(args.dir)
+    atomic_write(args.out, ca.sign_csr(args.csr.read_bytes(), days=args.days))
+    _out(f"certificate written to {args.out}; give it to the device with {args.dir / 'ca.pem'}")
+    return EXIT_OK
+
+
+@_guarded
+def _revoke(args: argparse.Namespace) -> int:
+    from provisioning.ca import CertificateAuthority
+
+    CertificateAuthority.open(args.dir).revoke(args.serial)
+    _out(f"revoked {args.serial}; copy {args.dir / 'crl.pem'} to the broker and reload it")
+    return EXIT_OK
+
+
+@_guarded
+def _crl(args: argparse.Namespace) -> int:
+    from provisioning.ca import CertificateAuthority
+
+    CertificateAuthority.open(args.dir).write_crl(args.days)
+    _out(f"wrote {args.dir / 'crl.pem'}")
+    return EXIT_OK
+
+
+@_guarded
+def _list(args: argparse.Namespace) -> int:
+    from provisioning.ca import CertificateAuthority
+
+    for item in CertificateAuthority.open(args.dir).issued():
+        state = f"revoked {item.revoked_at}" if item.revoked_at else "valid"
+        _out(f"{item.serial}  {item.subject}  until {item.not_after}  {state}")
+    return EXIT_OK
+
+
+@_guarded
+def _server_cert(args: argparse.Namespace) -> int:
+    from provisioning.ca import CertificateAuthority
+    from provisioning.files import atomic_write
+
+    ca = CertificateAuthority.open(args.dir)
+    atomic_write(args.cert, ca.issue_server(args.cn, args.host or [args.cn], args.key, args.days))
+    _out(f"wrote {args.cert} and {args.key}")
+    return EXIT_OK
+
+
+@_guarded
+def _client_cert(args: argparse.Namespace) -> int:
+    from provisioning.ca import CertificateAuthority
+    from provisioning.files import atomic_write
+
+    ca = CertificateAuthority.open(args.dir)
+    atomic_write(args.cert, ca.issue_client(args.cn, args.key, args.days))
+    _out(f"wrote {args.cert} and {args.key}")
+    return EXIT_OK
+
+
+@_guarded
+def _operator_key(args: argparse.Namespace) -> int:
+    from provisioning.sign_command import new_operator_key
+
+    public = new_operator_key(args.out)
+    _out(public)
+    return EXIT_OK
+
+
+@_guarded
+def _sign_command(args: argparse.Namespace) -> int:
+    from provisioning.sign_command import signed_command
+
+    _out(signed_command(args.key, args.key_id, args.command_type, args.target, args.args,
+                        args_file=args.args_file, ttl_s=args.ttl).decode())  # fmt: skip
+    return EXIT_OK
+
+
+@_guarded
+def _serve(args: argparse.Namespace) -> int:
+    from provisioning.enrol_service import serve_forever
+
+    return serve_forever(args)

@@ -1,0 +1,163 @@
+"""`edge-agent provision ...`: the gateway's identity — make a CSR, install a signed certificate,
+enrol with a claim certificate over MQTT, and show what is installed.
+
+Identity, gateway id and site come from the config (`[gateway]`, `[security.identity]`); each can be
+given on the command line instead, so a gateway can be provisioned before its config exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml")
+
+
+def register(subparsers: Any) -> None:
+    prov = subparsers.add_parser("provision", help="device identity: CSR, certificate install, enrolment")
+    sub = prov.add_subparsers(dest="provision_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", default=None,
+                       help=f"config file (default {DEFAULT_CONFIG} if it exists)")  # fmt: skip
+        p.add_argument("--identity-dir", type=Path, help="default: <state_dir>/identity")
+        p.add_argument("--cn", help="common name (default: gateway.id)")
+        p.add_argument("--site", help="site (default: gateway.site)")
+        p.add_argument("--serial", help="device serial (default: Pi CPU serial or machine-id)")
+
+    p = sub.add_parser("csr", help="make the device key (if needed) and write its CSR")
+    common(p)
+    p.add_argument("-o", "--out", type=Path, help="also write the CSR here (default: print it)")
+    p.set_defaults(func=_csr)
+
+    p = sub.add_parser("install", help="install a signed certificate and the CA bundle")
+    common(p)
+    p.add_argument("cert", type=Path)
+    p.add_argument("ca", type=Path)
+    p.set_defaults(func=_install)
+
+    p = sub.add_parser("enrol", help="claim-based enrolment over MQTT ([security.identity.claim])")
+    common(p)
+    p.set_defaults(func=_enrol)
+
+    p = sub.add_parser("status", help="what identity is installed")
+    common(p)
+    p.set_defaults(func=_status)
+
+
+class _Resolved:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from agent.config import load_config
+        from provisioning.config import IdentitySection
+
+        config = None
+        path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+        if path is not None:
+            config = load_config(path)
+        security = getattr(config, "security", None)
+        self.identity_cfg: IdentitySection = getattr(security, "identity", None) or IdentitySection()
+        state = config.gateway.state_dir if config else None
+        directory = args.identity_dir
+        if directory is None:
+            if state is None:
+                raise _UsageError("give --identity-dir or a config (-c) with gateway.state_dir")
+            directory = state / self.identity_cfg.directory
+        self.directory: Path = directory
+        self.cn: str | None = args.cn or (config.gateway.id if config else None)
+        self.site: str | None = args.site or (config.gateway.site if config else None)
+        self.serial_override: str | None = args.serial or self.identity_cfg.serial
+
+    def serial(self) -> str:
+        from provisioning.identity import device_serial
+
+        return device_serial(self.serial_override)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _guarded(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from agent.errors import AgentError, ConfigError
+
+        try:
+            result: int = fn(args, _Resolved(args))
+        except ConfigError:
+            raise  # the CLI prints every problem
+        except _UsageError as exc:
+            sys.stderr.write(f"edge-agent provision: {exc}\n")
+            return EXIT_USAGE
+        except AgentError as exc:
+            sys.stderr.write(f"edge-agent provision: {exc}\n")
+            return EXIT_FAILED
+        except OSError as exc:
+            sys.stderr.write(f"edge-agent provision: {exc.filename or ''}: {exc.strerror}\n")
+            return EXIT_FAILED
+        return result
+
+    return run
+
+
+@_guarded
+def _csr(args: argparse.Namespace, r: _Resolved) -> int:
+    from provisioning.files import atomic_write
+    from provisioning.identity import DeviceIdentity
+
+    if r.cn is None:
+        raise _UsageError("give --cn (the gateway id) or a config")
+    pem = DeviceIdentity(r.directory).make_csr(r.serial(), r.cn, r.site)
+    if args.out:
+        atomic_write(args.out, pem)
+        sys.stdout.write(f"CSR for {r.cn} written to {args.out}; have it signed by the CA\n")
+    else:
+        sys.stdout.write(pem.decode())
+    return EXIT_OK
+
+
+@_guarded
+def _install(args: argparse.Namespace, r: _Resolved) -> int:
+    from provisioning.identity import DeviceIdentity
+
+    identity = DeviceIdentity(r.directory)
+    target = identity.install(args.cert.read_bytes(), args.ca.read_bytes())
+    sys.stdout.write(
+        f"installed in {target}; point [uplink.tls] at\n"
+        f"  cert_file = \"{identity.cert_file}\"\n  key_file = \"{identity.key_file}\"\n"
+        f"  ca_file = \"{identity.ca_file}\"\n"
+    )
+    return EXIT_OK
+
+
+@_guarded
+def _enrol(args: argparse.Namespace, r: _Resolved) -> int:
+    from provisioning.enrol import enrol_with_claim
+    from provisioning.identity import DeviceIdentity
+
+    claim = r.identity_cfg.claim
+    if claim is None:
+        raise _UsageError("no [security.identity.claim] section in the config")
+    if r.cn is None:
+        raise _UsageError("give --cn (the gateway id) or a config")
+    identity = DeviceIdentity(r.directory)
+    enrol_with_claim(identity, claim, r.serial(), r.cn, r.site)
+    sys.stdout.write(f"enrolled; certificate in {identity.cert_file}\n")
+    return EXIT_OK
+
+
+@_guarded
+def _status(args: argparse.Namespace, r: _Resolved) -> int:
+    from provisioning.identity import DeviceIdentity
+
+    s = DeviceIdentity(r.directory).status()
+    if not s.enrolled:
+        sys.stdout.write("not enrolled" + (" (a key is waiting for its certificate)" if s.pending else "")
+                         + "\n")  # fmt: skip
+        return EXIT_OK
+    sys.stdout.write(f"subject {s.subject}\nserial {s.serial_number}\nvalid until {s.not_after}\n"
+                     + ("renewal pending\n" if s.pending else ""))  # fmt: skip
+    return EXIT_OK

@@ -1,0 +1,199 @@
+"""The built-in command handlers; each gets what it acts on through `Targets` (duck-typed, optional).
+
+A handler returns a `CommandResult` or raises `CommandFailedError`; what it changes on disk is
+changed atomically (temp + fsync + rename) and only after validation, so a refused update leaves
+the old config or model in place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import inspect
+import os
+import re
+import shutil
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from agent.errors import ConfigError
+from agent.remote.envelope import Envelope
+from agent.remote.processor import Handler
+from agent.remote.result import CommandFailedError, CommandResult
+from provisioning.files import atomic_write
+
+log = structlog.get_logger(__name__)
+
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+class ModelSlotLike(Protocol):
+    """`models.runtime.ModelSlot`: verifies the manifest's sha256 and self-tests before swapping."""
+
+    def swap(self, manifest_path: Path) -> Any: ...
+
+
+class WriterLike(Protocol):
+    """`agent.writes.WriteGuard`."""
+
+    async def write(
+        self, device: str, table: str, address: int, value: Any, *, requested_by: str
+    ) -> dict[str, Any]: ...
+
+
+@dataclass
+class Targets:
+    """What the commands act on; a missing one makes its command fail with 'not available'."""
+
+    config_path: Path | None = None
+    models_dir: Path | None = None
+    read_now: Callable[[list[str] | None], Awaitable[dict[str, Any]]] | None = None
+    request_restart: Callable[[str], None] | None = None
+    model_slots: Mapping[str, ModelSlotLike] = field(default_factory=dict)
+    calibrate: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+    writer: WriterLike | None = None
+
+
+def _need(value: Any, what: str) -> Any:
+    if value is None:
+        raise CommandFailedError(f"{what} is not available on this gateway")
+    return value
+
+
+def _arg(env: Envelope, name: str, kind: type) -> Any:
+    value = env.args.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise CommandFailedError(f"argument {name!r} missing or not {kind.__name__}")
+    return value
+
+
+def build_handlers(targets: Targets) -> dict[str, Handler]:
+    async def read_now(env: Envelope) -> CommandResult:
+        reader = _need(targets.read_now, "read-now")
+        devices = env.args.get("devices")
+        if devices is not None and not (
+            isinstance(devices, list) and all(isinstance(d, str) for d in devices)
+        ):
+            raise CommandFailedError("argument 'devices' must be a list of device names")
+        return CommandResult("ok", detail=await reader(devices))
+
+    async def restart(env: Envelope) -> CommandResult:
+        request = _need(targets.request_restart, "restart")
+        reason = f"command {env.id} from {env.key_id}"
+
+        async def later() -> None:
+            request(reason)
+
+        return CommandResult("ok", detail={"restarting": True}, after=later)
+
+    async def config_update(env: Envelope) -> CommandResult:
+        return await _config_update(env, _need(targets.config_path, "config update"), targets)
+
+    async def model_update(env: Envelope) -> CommandResult:
+        return await _model_update(env, targets)
+
+    async def pump_calibration(env: Envelope) -> CommandResult:
+        calibrate = _need(targets.calibrate, "pump calibration")
+        pump = _arg(env, "pump", str)
+        return CommandResult("ok", detail=await calibrate(pump, dict(env.args)))
+
+    async def write(env: Envelope) -> CommandResult:
+        writer = _need(targets.writer, "PLC writes")
+        outcome = await writer.write(
+            _arg(env, "device", str), _arg(env, "table", str), _arg(env, "address", int),
+            env.args.get("value"), requested_by=f"{env.key_id}:{env.id}",
+        )  # fmt: skip
+        return CommandResult("ok", detail=outcome)
+
+    return {
+        "read_now": read_now,
+        "restart": restart,
+        "config_update": config_update,
+        "model_update": model_update,
+        "pump_calibration": pump_calibration,
+        "write": write,
+    }
+
+
+async def _config_update(env: Envelope, config_path: Path, targets: Targets) -> CommandResult:
+    from agent.config import load_config
+
+    text = _arg(env, "config", str)
+    data = text.encode()
+    candidate = config_path.with_name(f".{config_path.name}.candidate")
+    atomic_write(candidate, data, mode=0o600)
+    try:
+        try:
+            new = load_config(candidate)
+            old = load_config(config_path)
+        except ConfigError as exc:
+            problems = [p.replace(str(candidate), "new config") for p in exc.problems]
+            raise CommandFailedError("new config is invalid; the old one stays",
+                                     {"problems": problems[:20]}) from None  # fmt: skip
+        if (new.gateway.site, new.gateway.id) != (old.gateway.site, old.gateway.id):
+            raise CommandFailedError("new config names another gateway; the old one stays")
+        backup = config_path.with_name(config_path.name + ".prev")
+        shutil.copy2(config_path, backup)
+        os.replace(candidate, config_path)
+    finally:
+        candidate.unlink(missing_ok=True)
+    digest = hashlib.sha256(data).hexdigest()
+    log.info("command.config_updated", path=str(config_path), sha256=digest)
+    result = CommandResult("ok", detail={"sha256": digest, "restarting": targets.request_restart is not None})
+    if targets.request_restart is not None and env.args.get("restart", True) is not False:
+        request = targets.request_restart
+
+        async def later() -> None:
+            request(f"config updated by command {env.id}")
+
+        result.after = later
+    return result
+
+
+async def _model_update(env: Envelope, targets: Targets) -> CommandResult:
+    slot_name = _arg(env, "slot", str)
+    slot = targets.model_slots.get(slot_name)
+    if slot is None:
+        raise CommandFailedError(f"no model slot {slot_name!r} on this gateway")
+    models_dir = _need(targets.models_dir, "model storage")
+    manifest = _arg(env, "manifest", str)
+    files = _arg(env, "files", dict)
+    if manifest not in files:
+        raise CommandFailedError("the manifest must be one of the files sent")
+    if not _FILE_NAME.match(slot_name) or not all(
+        isinstance(n, str) and _FILE_NAME.match(n) and n not in (".", "..") for n in files
+    ):
+        raise CommandFailedError("file and slot names must be plain names (no paths)")
+    target = models_dir / slot_name / f"cmd-{hashlib.sha256(env.id.encode()).hexdigest()[:12]}"
+    try:
+        target.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise CommandFailedError("this model update was already received") from None
+    try:
+        for name, b64 in files.items():
+            try:
+                content = base64.b64decode(b64, validate=True)
+            except (binascii.Error, ValueError, TypeError):
+                raise CommandFailedError(f"file {name!r} is not base64") from None
+            atomic_write(target / name, content)
+        outcome = slot.swap(target / manifest)
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+    except CommandFailedError:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:
+        # The slot refused it (sha256 mismatch, self-test failed): it keeps serving the old model.
+        shutil.rmtree(target, ignore_errors=True)
+        raise CommandFailedError(f"model refused, the old one stays: {exc}") from None
+    if getattr(outcome, "ok", True) is False:
+        # models.runtime.SwapResult: refused (sha256, self-test); the slot keeps the old model.
+        shutil.rmtree(target, ignore_errors=True)
+        raise CommandFailedError(f"model refused, the old one stays: {getattr(outcome, 'reason', '')}")
+    detail = outcome if isinstance(outcome, dict) else {"version": getattr(outcome, "version", None)}
+    return CommandResult("ok", detail={"slot": slot_name, **detail})

@@ -1,0 +1,288 @@
+"""A small certificate authority for a small utility's gateways and for the tests: init, sign, revoke, CRL.
+
+Directory layout (keep it offline or at least root-only; the key is 0600):
+
+    ca.key   EC P-256 private key        ca.pem   self-signed CA certificate
+    index.json   every issued certificate (serial, subject, validity) and revocations
+    crl.pem      the latest CRL (what Mosquitto's `crlfile` points at)
+
+A larger utility will use its existing PKI; the agent only needs PEM files from it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from provisioning.errors import ProvisioningError
+from provisioning.files import atomic_write
+
+log = structlog.get_logger(__name__)
+
+_ALLOWED_SUBJECT = (NameOID.COMMON_NAME, NameOID.SERIAL_NUMBER, NameOID.ORGANIZATIONAL_UNIT_NAME)
+_PEM = serialization.Encoding.PEM
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+        encipher_only=False, decipher_only=False,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Issued:
+    serial: str
+    subject: str
+    not_after: str
+    revoked_at: str | None = None
+    device_serial: str | None = None
+
+
+class CertificateAuthority:
+    """A CA directory on disk. Use `init()` once, then `open()`."""
+
+    def __init__(self, directory: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        self.dir = directory
+        self._key = key
+        self.cert = cert
+
+    # ------------------------------------------------------------------ life cycle
+
+    @classmethod
+    def init(cls, directory: Path, name: str, days: int = 3650) -> CertificateAuthority:
+        if (directory / "ca.key").exists():
+            raise ProvisioningError(f"{directory} already holds a CA (ca.key exists); not overwriting it")
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = _utcnow()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(ca=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(
+            _PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        atomic_write(directory / "ca.key", key_pem, mode=0o600)
+        atomic_write(directory / "ca.pem", cert.public_bytes(_PEM))
+        ca = cls(directory, key, cert)
+        ca._save_index({"issued": {}})
+        ca.write_crl()
+        log.info("ca.initialised", directory=str(directory), name=name)
+        return ca
+
+    @classmethod
+    def open(cls, directory: Path) -> CertificateAuthority:
+        try:
+            key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+            cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+        except OSError as exc:
+            raise ProvisioningError(
+                f"no CA in {directory} ({exc.filename}: {exc.strerror}); run `edge-agent ca init`"
+            ) from exc
+        except ValueError as exc:
+            raise ProvisioningError(f"the CA files in {directory} are not valid PEM") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ProvisioningError(f"{directory}/ca.key is not an EC key")
+        return cls(directory, key, cert)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(_PEM)
+
+    # ------------------------------------------------------------------ issuing
+
+    def sign_csr(
+        self,
+        csr_pem: bytes,
+        *,
+        days: int = 365,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+        expect_common_name: str | None = None,
+    ) -> bytes:
+        """A client certificate for a device CSR; only CN, serialNumber and OU are copied from it."""
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as exc:
+            raise ProvisioningError("the CSR is not a PEM certificate signing request") from exc
+        if not csr.is_signature_valid:
+            raise ProvisioningError("the CSR's signature is invalid (not signed by its own key)")
+        public = csr.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+            raise ProvisioningError("the CSR's key is not EC P-256")
+        names = [a for a in csr.subject if a.oid in _ALLOWED_SUBJECT]
+        cns = [a.value for a in names if a.oid == NameOID.COMMON_NAME]
+        if len(cns) != 1 or not str(cns[0]):
+            raise ProvisioningError("the CSR must carry exactly one common name (the gateway id)")
+        if any(ch in str(cns[0]) for ch in "+#/"):
+            # The CN becomes the MQTT username; broker ACL patterns must not see wildcards in it.
+            raise ProvisioningError(f"common name {cns[0]!r} contains an MQTT wildcard or '/'")
+        if expect_common_name is not None and cns[0] != expect_common_name:
+            raise ProvisioningError(f"the CSR is for {cns[0]!r}, expected {expect_common_name!r}")
+        start = not_before or _utcnow() - dt.timedelta(minutes=5)
+        end = not_after or start + dt.timedelta(days=days)
+        builder = self._leaf(x509.Name(names), public, start, end).add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        return self._issue(builder)
+
+    def issue_server(
+        self, common_name: str, hosts: list[str], key_path: Path, days: int = 825
+    ) -> bytes:
+        """A server certificate for the broker; its key is written (0600) to `key_path`."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        start = _utcnow() - dt.timedelta(minutes=5)
+        builder = (
+            self._leaf(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
+                key.public_key(), start, start + dt.timedelta(days=days),
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        )
+        atomic_write(
+            key_path,
+            key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+            mode=0o600,
+        )
+        return self._issue(builder)
+
+    def issue_client(self, common_name: str, key_path: Path, days: int = 365) -> bytes:
+        """A client certificate whose key is made here: for the claim certificate and central services."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        start = _utcnow() - dt.timedelta(minutes=5)
+        builder = self._leaf(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
+            key.public_key(), start, start + dt.timedelta(days=days),
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        atomic_write(
+            key_path,
+            key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+            mode=0o600,
+        )
+        return self._issue(builder)
+
+    def _leaf(
+        self, subject: x509.Name, public: ec.EllipticCurvePublicKey, start: dt.datetime, end: dt.datetime
+    ) -> x509.CertificateBuilder:
+        if end <= start:
+            raise ProvisioningError("certificate validity must end after it starts")
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(ca=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
+        )
+
+    def _issue(self, builder: x509.CertificateBuilder) -> bytes:
+        cert = builder.sign(self._key, hashes.SHA256())
+        index = self._load_index()
+        serial = format(cert.serial_number, "x")
+        device = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+        index["issued"][serial] = {
+            "subject": cert.subject.rfc4514_string(),
+            "device_serial": str(device[0].value) if device else None,
+            "not_after": cert.not_valid_after_utc.isoformat(),
+        }
+        self._save_index(index)
+        log.info("ca.issued", serial=serial, subject=cert.subject.rfc4514_string())
+        return cert.public_bytes(_PEM)
+
+    # ------------------------------------------------------------------ revocation
+
+    def revoke(self, serial_hex: str) -> None:
+        index = self._load_index()
+        serial = serial_hex.lower().removeprefix("0x")
+        entry = index["issued"].get(serial)
+        if entry is None:
+            raise ProvisioningError(f"no certificate with serial {serial_hex} was issued by this CA")
+        if entry.get("revoked_at"):
+            return
+        entry["revoked_at"] = _utcnow().isoformat()
+        self._save_index(index)
+        self.write_crl()
+        log.info("ca.revoked", serial=serial, subject=entry["subject"])
+
+    def write_crl(self, days: int = 30) -> bytes:
+        """Write crl.pem listing every revoked certificate; returns its PEM."""
+        now = _utcnow()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=days))
+        )
+        for serial, entry in self._load_index()["issued"].items():
+            if entry.get("revoked_at"):
+                builder = builder.add_revoked_certificate(
+                    x509.RevokedCertificateBuilder()
+                    .serial_number(int(serial, 16))
+                    .revocation_date(dt.datetime.fromisoformat(entry["revoked_at"]))
+                    .build()
+                )
+        pem = builder.sign(self._key, hashes.SHA256()).public_bytes(_PEM)
+        atomic_write(self.dir / "crl.pem", pem)
+        return pem
+
+    def issued(self) -> list[Issued]:
+        return [
+            Issued(serial, e["subject"], e["not_after"], e.get("revoked_at"), e.get("device_serial"))
+            for serial, e in self._load_index()["issued"].items()
+        ]
+
+    def _load_index(self) -> dict[str, Any]:
+        path = self.dir / "index.json"
+        try:
+            data: dict[str, Any] = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {"issued": {}}
+        except orjson.JSONDecodeError as exc:
+            raise ProvisioningError(f"{path} is corrupt: {exc}") from exc
+        return data
+
+    def _save_index(self, index: dict[str, Any]) -> None:
+        atomic_write(self.dir / "index.json", orjson.dumps(index, option=orjson.OPT_INDENT_2), 0o600)

@@ -1,0 +1,105 @@
+"""Device side of claim-based enrolment: connect with the claim certificate, send the CSR, install
+the certificate that comes back. Blocking (a one-off at first boot); run it in a thread from async code."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+
+from provisioning.config import ClaimSection
+from provisioning.enrol_protocol import cert_topic, csr_topic
+from provisioning.errors import ProvisioningError
+from provisioning.identity import DeviceIdentity
+
+log = structlog.get_logger(__name__)
+
+
+class _Exchange:
+    """One CSR -> certificate round trip on a claim connection (paho callbacks, thread-safe results)."""
+
+    def __init__(self, claim: ClaimSection, serial: str, csr: bytes) -> None:
+        self.claim, self.serial, self.csr = claim, serial, csr
+        self.reply: dict[str, Any] = {}
+        self.refused: list[str] = []
+        self.done = threading.Event()
+        self.subscribed = threading.Event()
+
+    def on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            self.refused.append(str(reason))
+            self.done.set()
+            return
+        client.subscribe(cert_topic(self.claim.topic_prefix, self.serial), qos=1)
+
+    def on_subscribe(self, client: paho.Client, _u: Any, _mid: Any, codes: Any, _p: Any) -> None:
+        if any(c.is_failure for c in codes):
+            self.refused.append("subscription to the enrolment topic refused")
+            self.done.set()
+            return
+        self.subscribed.set()
+        topic = csr_topic(self.claim.topic_prefix, self.serial)
+        client.publish(topic, orjson.dumps({"csr": self.csr.decode()}), qos=1)
+
+    def on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            doc = orjson.loads(msg.payload)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(doc, dict):
+            self.reply.update(doc)
+            self.done.set()
+
+    def run(self, verify_hostname: bool) -> dict[str, Any]:
+        claim = self.claim
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.serial, protocol=paho.MQTTv5)
+        try:
+            client.tls_set(ca_certs=str(claim.ca_file), certfile=str(claim.cert_file),
+                           keyfile=str(claim.key_file), cert_reqs=ssl.CERT_REQUIRED,
+                           tls_version=ssl.PROTOCOL_TLS_CLIENT)  # fmt: skip
+        except (OSError, ssl.SSLError) as exc:
+            raise ProvisioningError(f"cannot load the claim certificate: {exc}") from exc
+        client.tls_insecure_set(not verify_hostname)
+        client.on_connect = self.on_connect
+        client.on_subscribe = self.on_subscribe
+        client.on_message = self.on_message
+        try:
+            client.connect(claim.host, claim.port, keepalive=30)
+        except (OSError, ssl.SSLError) as exc:
+            raise ProvisioningError(
+                f"cannot reach the enrolment broker {claim.host}:{claim.port}: {exc}"
+            ) from exc
+        client.loop_start()
+        try:
+            if not self.done.wait(claim.timeout_s):
+                hint = "" if self.subscribed.is_set() else " (never subscribed: claim certificate refused?)"
+                raise ProvisioningError(
+                    f"no answer from the enrolment service within {claim.timeout_s:g} s{hint}"
+                )
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        if self.refused:
+            raise ProvisioningError(f"enrolment broker refused: {self.refused[0]}")
+        return self.reply
+
+
+def enrol_with_claim(
+    identity: DeviceIdentity, claim: ClaimSection, serial: str, common_name: str,
+    site: str | None = None, *, verify_hostname: bool = True,
+) -> None:  # fmt: skip
+    """Get a certificate for this device's key from the enrolment service and make it current."""
+    csr = identity.make_csr(serial, common_name, site)
+    reply = _Exchange(claim, serial, csr).run(verify_hostname)
+    if reply.get("status") != "ok":
+        raise ProvisioningError(f"enrolment refused: {reply.get('reason', 'no reason given')}")
+    cert, ca = reply.get("cert"), reply.get("ca")
+    if not isinstance(cert, str) or not isinstance(ca, str):
+        raise ProvisioningError("enrolment answer carries no certificate")
+    identity.install(cert.encode(), ca.encode())
+    log.info("enrol.installed", serial=serial, common_name=common_name)

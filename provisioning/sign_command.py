@@ -1,0 +1,91 @@
+"""Operator side of signed commands: make an Ed25519 key, and sign a command envelope.
+
+    python -m provisioning.sign_command --key ops.pem --key-id ops --type restart --target site/gw
+(the same as `edge-agent ca sign-command`); prints the JSON to publish on `.../cmd/<type>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.remote import envelope
+from provisioning.errors import ProvisioningError
+from provisioning.files import atomic_write
+
+
+def new_operator_key(path: Path) -> str:
+    """Write a new Ed25519 private key (PEM, 0600) to `path`; return the public key for the config."""
+    if path.exists():
+        raise ProvisioningError(f"{path} exists; not overwriting an operator key")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    atomic_write(path, pem, mode=0o600)
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def load_operator_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise ProvisioningError(f"cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ProvisioningError(f"{path} is not a PEM private key") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ProvisioningError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def signed_command(
+    key_path: Path, key_id: str, command_type: str, target: str, args_json: str, *,
+    args_file: str | None = None, ttl_s: int = 300,
+) -> bytes:  # fmt: skip
+    try:
+        args: Any = orjson.loads(args_json)
+    except orjson.JSONDecodeError as exc:
+        raise ProvisioningError(f"--args is not JSON: {exc}") from exc
+    if not isinstance(args, dict):
+        raise ProvisioningError("--args must be a JSON object")
+    if args_file:
+        name, _, path = str(args_file).partition("=")
+        if not path:
+            raise ProvisioningError("--args-file takes NAME=PATH, e.g. config=new.toml")
+        try:
+            args[name] = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ProvisioningError(f"cannot read {path}: {exc.strerror}") from exc
+    return envelope.sign(load_operator_key(key_path), key_id, command_type, target, args, ttl_s=ttl_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m provisioning.sign_command")
+    parser.add_argument("--key", type=Path, required=True)
+    parser.add_argument("--key-id", required=True)
+    parser.add_argument("--type", required=True, dest="command_type")
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--args", default="{}")
+    parser.add_argument("--args-file")
+    parser.add_argument("--ttl", type=int, default=300)
+    a = parser.parse_args(argv)
+    try:
+        out = signed_command(a.key, a.key_id, a.command_type, a.target, a.args,
+                             args_file=a.args_file, ttl_s=a.ttl)
+    except ProvisioningError as exc:
+        sys.stderr.write(f"sign_command: {exc}\n")
+        return 1
+    sys.stdout.write(out.decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

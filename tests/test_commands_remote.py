@@ -1,0 +1,268 @@
+"""Signed commands: only a trusted, authorised, fresh, unreplayed command for this gateway runs;
+every refusal is audited and counted; updates are validated and swapped atomically."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.model import Event
+from agent.remote import envelope
+from agent.remote.audit import AuditLog, read_audit
+from agent.remote.channel import CommandChannel
+from agent.remote.config import OperatorKey, SecuritySection
+from agent.remote.handlers import Targets, build_handlers
+from agent.remote.nonces import NonceStore
+from agent.remote.processor import CommandProcessor
+
+SITE, GW = "north-plant", "gw-01"
+TARGET = f"{SITE}/{GW}"
+
+
+def public_b64(key: Ed25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+class Rig:
+    """A processor with real nonce store and audit log in a temp dir, and two operator keys."""
+
+    def __init__(self, state: Path, targets: Targets | None = None) -> None:
+        self.state = state
+        self.ops = Ed25519PrivateKey.generate()
+        self.reader = Ed25519PrivateKey.generate()
+        self.config = SecuritySection(operators=[
+            OperatorKey(name="ops", public_key=public_b64(self.ops),
+                        commands=["read_now", "config_update", "model_update", "restart"]),
+            OperatorKey(name="viewer", public_key=public_b64(self.reader), commands=["read_now"]),
+        ])  # fmt: skip
+        self.targets = targets or Targets()
+        self.open()
+
+    def open(self) -> None:
+        self.nonces = NonceStore(self.state / "nonces.sqlite")
+        self.audit = AuditLog(self.state / "audit.log")
+        self.proc = CommandProcessor(
+            self.config, site=SITE, gateway=GW, nonces=self.nonces, audit=self.audit,
+            handlers=build_handlers(self.targets),
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.nonces.close()
+        self.audit.close()
+
+    def sign(self, ctype: str, args: dict[str, Any] | None = None, *, key: str = "ops",
+             **kw: Any) -> bytes:  # fmt: skip
+        private = self.ops if key == "ops" else self.reader
+        kw.setdefault("target", TARGET)
+        return envelope.sign(private, key, ctype, kw.pop("target"), args, **kw)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    reads: list[list[str] | None] = []
+
+    async def read_now(devices: list[str] | None) -> dict[str, Any]:
+        reads.append(devices)
+        return {"devices_read": devices or ["all"]}
+
+    r = Rig(tmp_path, Targets(read_now=read_now))
+    r.reads = reads  # type: ignore[attr-defined]
+    yield r
+    r.close()
+
+
+async def test_valid_command_runs_and_its_result_is_an_event(rig: Rig) -> None:
+    events: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+
+    await CommandChannel(rig.proc, emit)("read_now", rig.sign("read_now", {"devices": ["plc1"]},
+                                                               command_id="c-1"))
+    assert rig.reads == [["plc1"]]  # type: ignore[attr-defined]
+    (event,) = events
+    assert event.kind == "command_result"
+    assert event.detail["id"] == "c-1"
+    assert event.detail["status"] == "ok"
+    assert event.detail["result"] == {"devices_read": ["plc1"]}
+    outcomes = [(e["action"], e["outcome"], e["id"]) for e in read_audit(rig.state / "audit.log")]
+    assert outcomes == [("command", "accepted", "c-1"), ("command", "ok", "c-1")]
+
+
+def _tamper(payload: bytes) -> bytes:
+    doc = orjson.loads(payload)
+    doc["args"] = {"devices": ["plc2"]}
+    return orjson.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda r: _tamper(r.sign("read_now", {"devices": ["plc1"]})), "bad_signature"),
+        (lambda r: r.sign("read_now", target="north-plant/gw-02"), "wrong_target"),
+        (lambda r: r.sign("read_now", now=1_600_000_000), "expired"),
+        (lambda r: r.sign("read_now", ttl_s=86_400), "ttl_too_long"),
+        (lambda r: r.sign("restart", key="viewer"), "not_authorised"),
+        (lambda r: envelope.sign(Ed25519PrivateKey.generate(), "mallory", "read_now", TARGET),
+         "unknown_key"),
+        (lambda r: b"\xff\xfe not json", "malformed"),
+        (lambda r: b'{"v": 1, "type": "read_now"}', "malformed"),
+        (lambda r: b"[1, 2, 3]", "malformed"),
+        (lambda r: b"x" * (9 * 2**20), "too_large"),
+    ],
+)
+async def test_invalid_commands_are_refused_audited_and_counted(
+    rig: Rig, make: Any, reason: str
+) -> None:
+    result = await rig.proc.handle("read_now" if reason != "not_authorised" else "restart", make(rig))
+    assert result.status == "refused"
+    assert result.reason is not None
+    assert result.reason.startswith(reason)
+    assert rig.reads == []  # type: ignore[attr-defined]
+    assert rig.proc.stats()[f"refused.{reason}"] == 1
+    (entry,) = read_audit(rig.state / "audit.log")
+    assert (entry["outcome"], entry["reason"]) == ("refused", reason)
+
+
+async def test_command_on_another_types_topic_is_refused(rig: Rig) -> None:
+    result = await rig.proc.handle("restart", rig.sign("read_now"))
+    assert result.status == "refused"
+    assert result.reason is not None
+    assert result.reason.startswith("topic_mismatch")
+
+
+async def test_replay_is_refused_even_after_a_restart(rig: Rig) -> None:
+    payload = rig.sign("read_now")
+    assert (await rig.proc.handle("read_now", payload)).status == "ok"
+    assert (await rig.proc.handle("read_now", payload)).reason.startswith("replay")  # type: ignore[union-attr]
+    rig.close()
+    rig.open()  # the agent restarted: the nonce store is on disk
+    again = await rig.proc.handle("read_now", payload)
+    assert again.status == "refused"
+    assert again.reason is not None
+    assert again.reason.startswith("replay")
+    assert rig.reads == [None]  # type: ignore[attr-defined]
+
+
+def test_nonce_store_prunes_expired_entries(tmp_path: Path) -> None:
+    store = NonceStore(tmp_path / "n.sqlite")
+    assert store.claim("a" * 32, expires_at=100, now=50)
+    assert not store.claim("a" * 32, expires_at=100, now=60)
+    assert store.claim("b" * 32, expires_at=500, now=200)  # prunes "a", past its expiry
+    assert len(store) == 1
+    store.close()
+
+
+GOOD_CONFIG = """
+schema_version = 1
+[gateway]
+site = "north-plant"
+id = "gw-01"
+state_dir = "{state}"
+[uplink]
+host = "127.0.0.1"
+port = {port}
+"""
+
+
+async def test_config_update_is_validated_then_swapped_atomically(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(GOOD_CONFIG.format(state=tmp_path, port=1883))
+    order: list[str] = []
+    restarts: list[str] = []
+
+    def restart(reason: str) -> None:
+        restarts.append(reason)
+        order.append("restart")
+
+    rig = Rig(tmp_path / "state", Targets(config_path=cfg, request_restart=restart))
+    events: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+        order.append("result")
+
+    channel = CommandChannel(rig.proc, emit)
+    new = GOOD_CONFIG.format(state=tmp_path, port=8883)
+    await channel("config_update", rig.sign("config_update", {"config": new}))
+    assert events[-1].detail["status"] == "ok"
+    assert cfg.read_text() == new
+    assert "port = 1883" in (tmp_path / "config.toml.prev").read_text()
+    assert order == ["result", "restart"]  # the result is committed before the restart
+
+    broken = new.replace("port = 8883", "port = 99999")
+    await channel("config_update", rig.sign("config_update", {"config": broken}))
+    failed = events[-1].detail
+    assert failed["status"] == "failed"
+    assert "old one stays" in failed["reason"]
+    assert any("uplink.port" in p for p in failed["result"]["problems"])
+    assert cfg.read_text() == new  # unchanged
+    assert not list(tmp_path.glob(".config.toml.*"))  # no candidate left behind
+
+    other = new.replace('id = "gw-01"', 'id = "gw-99"')
+    await channel("config_update", rig.sign("config_update", {"config": other}))
+    assert events[-1].detail["status"] == "failed"
+    assert cfg.read_text() == new
+    assert len(restarts) == 1
+    rig.close()
+
+
+class Slot:
+    """Stands in for models.runtime.ModelSlot (not yet in the tree): checks the manifest's sha256."""
+
+    def __init__(self) -> None:
+        self.active: Path | None = None
+
+    def swap(self, manifest_path: Path) -> dict[str, Any]:
+        import hashlib
+
+        manifest = orjson.loads(manifest_path.read_bytes())
+        model = manifest_path.parent / manifest["file"]
+        if hashlib.sha256(model.read_bytes()).hexdigest() != manifest["sha256"]:
+            raise ValueError("sha256 mismatch")
+        self.active = manifest_path
+        return {"version": manifest["version"]}
+
+
+async def test_model_update_swaps_only_a_verified_model(tmp_path: Path) -> None:
+    import hashlib
+
+    slot = Slot()
+    rig = Rig(tmp_path / "state", Targets(models_dir=tmp_path / "models", model_slots={"pump": slot}))
+    model = b"\x00tflite-bytes"
+    manifest = {"file": "m.tflite", "version": "2", "sha256": hashlib.sha256(model).hexdigest()}
+
+    def files(blob: bytes) -> dict[str, str]:
+        return {"m.tflite": base64.b64encode(blob).decode(),
+                "manifest.json": base64.b64encode(orjson.dumps(manifest)).decode()}  # fmt: skip
+
+    bad = await rig.proc.handle("model_update", rig.sign(
+        "model_update", {"slot": "pump", "manifest": "manifest.json", "files": files(b"evil")}))
+    assert bad.status == "failed"
+    assert slot.active is None
+    sneaky = await rig.proc.handle("model_update", rig.sign(
+        "model_update", {"slot": "pump", "manifest": "manifest.json",
+                         "files": {**files(model), "../../etc/x": "AA=="}}))  # fmt: skip
+    assert sneaky.status == "failed"
+    assert not (tmp_path / "etc").exists()
+    good = await rig.proc.handle("model_update", rig.sign(
+        "model_update", {"slot": "pump", "manifest": "manifest.json", "files": files(model)}))
+    assert good.status == "ok", good.reason
+    assert good.detail == {"slot": "pump", "version": "2"}
+    assert slot.active is not None
+    assert (slot.active.parent / "m.tflite").read_bytes() == model
+    rig.close()
+
+
+async def test_command_for_an_unavailable_capability_fails_cleanly(rig: Rig) -> None:
+    result = await rig.proc.handle("restart", rig.sign("restart"))
+    assert result.status == "failed"
+    assert result.reason == "restart is not available on this gateway"

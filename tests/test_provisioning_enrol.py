@@ -1,0 +1,126 @@
+"""Enrolment, both ways, end to end: offline with the CLI (CSR out, certificate in) and claim-based
+over MQTT with the reference service; the enrolled identity then works with the real broker."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from buffer.async_outbox import AsyncOutbox
+from provisioning.config import ClaimSection
+from provisioning.enrol import enrol_with_claim
+from provisioning.enrol_service import EnrolmentService
+from provisioning.errors import ProvisioningError
+from provisioning.identity import DeviceIdentity, device_serial
+from tests.conftest import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
+from tests.test_security_mtls import Pki
+
+
+def test_offline_enrolment_with_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ca_dir, ident = tmp_path / "ca", tmp_path / "identity"
+    assert main(["ca", "init", "--dir", str(ca_dir), "--name", "Utility CA"]) == 0
+    assert main(["provision", "csr", "--identity-dir", str(ident), "--cn", GATEWAY, "--site", SITE,
+                 "--serial", "10000000abcdef01", "-o", str(tmp_path / "gw.csr")]) == 0  # fmt: skip
+    assert stat.S_IMODE((ident / "pending" / "key.pem").stat().st_mode) == 0o600
+    assert b"PRIVATE" not in (tmp_path / "gw.csr").read_bytes()
+    assert main(["ca", "sign", "--dir", str(ca_dir), str(tmp_path / "gw.csr"),
+                 "-o", str(tmp_path / "gw.pem")]) == 0  # fmt: skip
+
+    # A certificate for some other key is refused: it would never work with ours.
+    other = DeviceIdentity(tmp_path / "other")
+    from provisioning.ca import CertificateAuthority
+
+    ca = CertificateAuthority.open(ca_dir)
+    (tmp_path / "wrong.pem").write_bytes(ca.sign_csr(other.make_csr("SER-9999", "gw9")))
+    capsys.readouterr()
+    assert main(["provision", "install", "--identity-dir", str(ident),
+                 str(tmp_path / "wrong.pem"), str(ca_dir / "ca.pem")]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "not for this device's key" in err
+    assert "Traceback" not in err
+    # A certificate from an unrelated CA is refused too.
+    CertificateAuthority.init(tmp_path / "foreign", "Foreign CA")
+    assert main(["provision", "install", "--identity-dir", str(ident),
+                 str(tmp_path / "gw.pem"), str(tmp_path / "foreign" / "ca.pem")]) == 1  # fmt: skip
+    assert "does not contain the issuer" in capsys.readouterr().err
+
+    assert main(["provision", "install", "--identity-dir", str(ident),
+                 str(tmp_path / "gw.pem"), str(ca_dir / "ca.pem")]) == 0  # fmt: skip
+    status = DeviceIdentity(ident).status()
+    assert status.enrolled
+    assert status.subject is not None
+    assert "CN=gw1" in status.subject
+    assert "10000000abcdef01" in status.subject
+    assert stat.S_IMODE((ident / "current" / "key.pem").stat().st_mode) == 0o600
+    assert not status.pending
+
+
+def test_device_serial_sources(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nSerial\t\t: 10000000c0ffee42\n")
+    machine = tmp_path / "machine-id"
+    machine.write_text("4c4c4544003610458058b4c04f4e3432\n")
+    assert device_serial(None, cpuinfo, machine) == "10000000c0ffee42"
+    assert device_serial(None, tmp_path / "none", machine) == "4c4c4544003610458058b4c04f4e3432"
+    assert device_serial("PLANT-7", cpuinfo, machine) == "PLANT-7"
+    with pytest.raises(ProvisioningError, match="no device serial"):
+        device_serial(None, tmp_path / "none", tmp_path / "none2")
+    with pytest.raises(ProvisioningError, match="not 4-64"):
+        device_serial("bad serial/with slash")
+
+
+async def test_claim_enrolment_over_mqtt(
+    tmp_path: Path, outbox: AsyncOutbox, start_uplink: StartUplink
+) -> None:
+    pki = Pki(tmp_path)
+    claim_cert, claim_key = pki.client("claim")
+    svc_cert, svc_key = pki.client("enrolment-service")
+    service = EnrolmentService(pki.ca, allow={"SER-CLAIM-1": GATEWAY, "SER-CLAIM-2": "gw2"})
+    with pki.broker() as broker:
+        service.start(broker.host, broker.port, cert=svc_cert, key=svc_key, ca_file=pki.ca_file)
+        try:
+            assert service.wait_ready()
+            claim = ClaimSection(cert_file=claim_cert, key_file=claim_key, ca_file=pki.ca_file,
+                                 host=broker.host, port=broker.port, timeout_s=10)  # fmt: skip
+            identity = DeviceIdentity(tmp_path / "device")
+            await _in_thread(enrol_with_claim, identity, claim, "SER-CLAIM-1", GATEWAY, SITE)
+            # A serial not on the allow-list, and a second enrolment of the same serial, are refused.
+            with pytest.raises(ProvisioningError, match="allow-list"):
+                await _in_thread(enrol_with_claim, DeviceIdentity(tmp_path / "x"), claim,
+                                 "SER-UNKNOWN", "gw3", SITE)  # fmt: skip
+            with pytest.raises(ProvisioningError, match="already enrolled"):
+                await _in_thread(enrol_with_claim, DeviceIdentity(tmp_path / "y"), claim,
+                                 "SER-CLAIM-1", GATEWAY, SITE)  # fmt: skip
+            # The allow-list binds a serial to its gateway id.
+            with pytest.raises(ProvisioningError, match="expected 'gw2'"):
+                await _in_thread(enrol_with_claim, DeviceIdentity(tmp_path / "z"), claim,
+                                 "SER-CLAIM-2", GATEWAY, SITE)  # fmt: skip
+        finally:
+            service.stop()
+        assert service.counts == {"issued": 1, "refused": 3}
+
+        # The claim certificate itself cannot publish telemetry ...
+        claim_tls = mqtt_config(broker, client_id="claimer")
+        from agent.uplink.config import TlsConfig
+
+        with pki.subscriber(broker, f"water/{SITE}/{GATEWAY}/plc1") as sub:
+            await outbox.append(reading_batches(2))
+            bad = await start_uplink(claim_tls.model_copy(update={"tls": TlsConfig(
+                ca_file=pki.ca_file, cert_file=claim_cert, key_file=claim_key)}), outbox)  # fmt: skip
+            await bad.states.wait(lambda s: s.startswith("offline"))
+            await bad.uplink.stop()
+            assert bad.uplink.health()["published"] == 0
+            # ... the enrolled identity can.
+            run = await start_uplink(mqtt_config(broker, tls=pki.tls(identity)), outbox)
+            msgs = await sub.wait_for_async(2)
+            await run.uplink.stop()
+    assert [m.json()["seq"] for m in msgs] == [1, 2]
+
+
+async def _in_thread(fn: object, *args: object) -> None:
+    import asyncio
+
+    await asyncio.to_thread(fn, *args)  # type: ignore[arg-type]
