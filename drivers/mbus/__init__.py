@@ -1,0 +1,1 @@
+"""M-Bus (EN 13757-2/-3) smart water meters over a serial line."""

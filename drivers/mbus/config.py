@@ -1,0 +1,69 @@
+"""The `[[devices]]` schema of an M-Bus bus (one serial port, several meters); validated without I/O."""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from drivers.base import NAME_PATTERN, DeviceConfig
+
+Function = Literal["instantaneous", "maximum", "minimum", "error"]
+
+
+class RecordSelector(BaseModel):
+    """Which record of a meter's telegram(s) becomes a tag: by quantity, storage, tariff, ..."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quantity: str = Field(pattern=r"^[a-z_]+$", max_length=64)
+    storage: int = Field(default=0, ge=0)
+    tariff: int = Field(default=0, ge=0)
+    subunit: int = Field(default=0, ge=0)
+    function: Function = "instantaneous"
+    # Tag name after "<meter>."; defaults to the documented scheme (docs/drivers/mbus.md).
+    tag: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)
+
+
+class MbusMeter(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    address: int | None = Field(default=None, ge=0, le=250)
+    # 8 ID digits as printed on the meter, optionally + manufacturer, version, medium (16 hex).
+    secondary: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{8}([0-9A-Fa-f]{8})?$")
+    records: Literal["all"] | list[RecordSelector] = "all"
+    max_telegrams: int = Field(default=8, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _one_address(self) -> Self:
+        if (self.address is None) == (self.secondary is None):
+            raise ValueError(
+                f"meter {self.name!r}: give exactly one of 'address' (primary, 0..250) or "
+                "'secondary' (8 ID digits, optionally + 8 hex digits)"
+            )
+        return self
+
+
+class MbusConfig(DeviceConfig):
+    """An M-Bus master on one serial port (a level converter such as a USB M-Bus master)."""
+
+    kind: Literal["mbus"]
+    port: str = Field(min_length=1, max_length=255)
+    baudrate: Literal[300, 2400, 9600] = 2400
+    # Per attempt; default from the standard: 330 bit times + 50 ms (187.5 ms at 2400 Bd).
+    timeout_ms: int | None = Field(default=None, ge=10, le=60_000)
+    retries: int = Field(default=2, ge=0, le=5)
+    meters: list[MbusMeter] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        names = [m.name for m in self.meters]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate meter names: {', '.join(dupes)}")
+        addresses = [m.address for m in self.meters if m.address is not None]
+        twice = sorted({a for a in addresses if addresses.count(a) > 1})
+        if twice:
+            raise ValueError(f"two meters share primary address {twice[0]}: they would collide on the bus")
+        return self

@@ -1,0 +1,232 @@
+"""The M-Bus driver: polls the meters on one serial bus and turns their records into readings.
+
+Tags are `<meter>.<quantity>` plus, where not the default, `.max`/`.min`/`.error` (function),
+`.storage<N>`, `.tariff<N>`, `.subunit<N>`; a second record with the same name gets `_2`. Every
+meter also has `<meter>.status` (the header status byte), which carries the reason when the meter
+cannot be read. Meter status flags set quality: permanent or application error -> bad; power low,
+temporary error, busy -> uncertain. Serial I/O runs in a worker thread; each meter read is one
+transaction on the shared port (`drivers.serial_bus`), so several `[[devices]]` on one segment take
+turns and share one open master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, ClassVar, Final, Self
+
+import structlog
+
+from agent.errors import DeviceError, DriverIOError
+from agent.model import BAD, GOOD, UNCERTAIN, Quality, Reading, now_ns
+from drivers import serial_bus
+from drivers.base import DeviceConfig, TagInfo
+from drivers.mbus.config import MbusConfig, MbusMeter, RecordSelector
+from drivers.mbus.frame import MbusDecodeError, MbusFrameError
+from drivers.mbus.link import MbusMaster, MbusTimeoutError
+from drivers.mbus.telegram import Header, Record, Telegram
+
+log = structlog.get_logger(__name__)
+
+FUNCTION_SUFFIX: Final = {"instantaneous": "", "maximum": ".max", "minimum": ".min", "error": ".error"}
+
+def record_tag(record: Record) -> str:
+    """The tag suffix (after `<meter>.`) a record gets by the naming scheme."""
+    name = record.quantity + FUNCTION_SUFFIX[record.function]
+    if record.storage:
+        name += f".storage{record.storage}"
+    if record.tariff:
+        name += f".tariff{record.tariff}"
+    if record.subunit:
+        name += f".subunit{record.subunit}"
+    return name
+
+
+def selector_tag(sel: RecordSelector) -> str:
+    if sel.tag:
+        return sel.tag
+    name = sel.quantity + FUNCTION_SUFFIX[sel.function]
+    for label, value in (("storage", sel.storage), ("tariff", sel.tariff), ("subunit", sel.subunit)):
+        if value:
+            name += f".{label}{value}"
+    return name
+
+
+def header_quality(header: Header | None) -> tuple[Quality, str | None]:
+    if header is None or not header.status:
+        return GOOD, None
+    flags = header.status_flags
+    app = header.status & 0x03
+    if header.status & 0x08 or app in (2, 3):
+        return BAD, "meter reports " + ", ".join(flags)
+    if header.status & 0x14 or app == 1:
+        return UNCERTAIN, "meter reports " + ", ".join(flags)
+    return GOOD, None
+
+
+def telegram_readings(source: str, meter: str, telegrams: Sequence[Telegram], ts: int,
+                      selectors: Sequence[RecordSelector] | None) -> list[Reading]:  # fmt: skip
+    """Readings for one meter's telegrams: all records, or the selected ones (missing -> bad)."""
+    header = next((t.header for t in telegrams if t.header is not None), None)
+    quality, reason = header_quality(header)
+    out = [Reading(source, f"{meter}.status", ts, header.status if header else 0, quality, "", reason)]
+    records = [r for t in telegrams for r in t.records]
+    if selectors is None:
+        seen: dict[str, int] = {}
+        for r in records:
+            base = record_tag(r)
+            seen[base] = seen.get(base, 0) + 1
+            name = base if seen[base] == 1 else f"{base}_{seen[base]}"
+            out.append(_reading(source, f"{meter}.{name}", ts, r, (quality, reason)))
+        return out
+    for sel in selectors:
+        match = next(
+            (r for r in records
+             if r.quantity == sel.quantity and r.storage == sel.storage and r.tariff == sel.tariff
+             and r.subunit == sel.subunit and r.function == sel.function),
+            None,
+        )  # fmt: skip
+        tag = f"{meter}.{selector_tag(sel)}"
+        if match is None:
+            out.append(Reading(source, tag, ts, None, BAD, "", "record not in the meter's telegram"))
+        else:
+            out.append(_reading(source, tag, ts, match, (quality, reason)))
+    return out
+
+
+def _reading(source: str, tag: str, ts: int, r: Record, status: tuple[Quality, str | None]) -> Reading:
+    quality, reason = status
+    if r.error is not None:
+        return Reading(source, tag, ts, None, BAD, r.unit, r.error)
+    if r.value is None:
+        return Reading(source, tag, ts, None, BAD, r.unit, "meter sent no value")
+    return Reading(source, tag, ts, r.value, quality, r.unit, reason)
+
+
+class MbusDriver:
+    """Polls the meters of one M-Bus segment."""
+
+    config_model: ClassVar[type[DeviceConfig]] = MbusConfig
+
+    def __init__(self, config: MbusConfig) -> None:
+        self.name = config.name
+        self._config = config
+        timeout = None if config.timeout_ms is None else config.timeout_ms / 1000.0
+        self._master = MbusMaster(config.port, config.baudrate, timeout_s=timeout, retries=config.retries)
+        self._port: serial_bus.SerialPort | None = None
+        # The master leaves one character of line idle between transactions.
+        self._gap_s = 11 / config.baudrate
+        self._known: dict[str, dict[str, str]] = {m.name: {} for m in config.meters}
+        self._stats = {"polls": 0, "meter_reads": 0, "meter_failures": 0, "decode_errors": 0}
+
+    @classmethod
+    def from_config(cls, config: Any) -> Self:
+        if not isinstance(config, MbusConfig):
+            config = MbusConfig.model_validate(config)
+        return cls(config)
+
+    def tags(self) -> Sequence[TagInfo]:
+        out: list[TagInfo] = []
+        for m in self._config.meters:
+            out.append(TagInfo(f"{m.name}.status"))
+            if m.records == "all":
+                out.extend(TagInfo(tag, unit) for tag, unit in self._known[m.name].items())
+            else:
+                out.extend(TagInfo(f"{m.name}.{selector_tag(s)}") for s in m.records)
+        return out
+
+    async def open(self) -> None:
+        if self._port is not None:
+            return
+        settings = ("mbus", self._config.baudrate, "8E1")
+        try:
+            port = serial_bus.attach(self._config.port, settings)
+        except serial_bus.PortSettingsConflict as exc:
+            raise DriverIOError(f"{self.name}: {exc}") from exc
+        try:
+            async with port.transaction():
+                if port.client is None:
+                    await asyncio.to_thread(self._master.open)
+                    port.client = self._master
+                elif isinstance(port.client, MbusMaster):
+                    self._master = port.client  # another M-Bus section on this segment
+                else:
+                    raise DriverIOError(f"{self.name}: {self._config.port} is in use by another protocol")
+        except DriverIOError:
+            serial_bus.detach(port)
+            raise
+        self._port = port
+
+    async def aclose(self) -> None:
+        port, self._port = self._port, None
+        if port is None:
+            return
+        async with port.transaction():
+            if serial_bus.detach(port) and port.client is not None:
+                await asyncio.to_thread(port.client.close)
+                port.client = None
+
+    async def read(self) -> list[Reading]:
+        if self._port is None or not self._master.is_open:
+            raise DriverIOError(f"{self.name}: not open")
+        self._stats["polls"] += 1
+        out: list[Reading] = []
+        for meter in self._config.meters:
+            out.extend(await self._read_meter(meter))
+        return out
+
+    async def _read_meter(self, meter: MbusMeter) -> list[Reading]:
+        port = self._port
+        if port is None:
+            raise DriverIOError(f"{self.name}: not open")
+        async with port.transaction(self._gap_s):
+            try:
+                telegrams = await asyncio.to_thread(self._fetch, meter)
+                error: str | None = None
+            except MbusTimeoutError:
+                telegrams, error = [], "timeout"
+            except MbusFrameError as exc:
+                telegrams, error = [], f"bad frame: {exc}"
+            except MbusDecodeError as exc:
+                self._stats["decode_errors"] += 1
+                telegrams, error = [], f"undecodable telegram: {exc}"
+        ts = now_ns()
+        if error is not None:
+            self._stats["meter_failures"] += 1
+            log.info("mbus.meter_failed", driver=self.name, meter=meter.name, reason=error)
+            return [Reading(self.name, t.name, ts, None, BAD, t.unit, error) for t in self._meter_tags(meter)]
+        self._stats["meter_reads"] += 1
+        selectors = None if meter.records == "all" else meter.records
+        readings = telegram_readings(self.name, meter.name, telegrams, ts, selectors)
+        if selectors is None:
+            known = self._known[meter.name]
+            for r in readings[1:]:
+                known.setdefault(r.tag, r.unit)
+        return readings
+
+    def _meter_tags(self, meter: MbusMeter) -> list[TagInfo]:
+        prefix = f"{meter.name}."
+        return [t for t in self.tags() if t.name.startswith(prefix)]
+
+    def _fetch(self, meter: MbusMeter) -> list[Telegram]:
+        """Blocking: runs in a worker thread inside the port's transaction."""
+        if meter.secondary is not None:
+            return self._master.read_secondary(meter.secondary, max_telegrams=meter.max_telegrams)
+        if meter.address is None:  # the config validator rules this out
+            raise DeviceError(f"{self.name}: meter {meter.name!r} has no address")
+        return self._master.read_telegrams(meter.address, max_telegrams=meter.max_telegrams)
+
+    def health(self) -> dict[str, Any]:
+        link = self._master.stats
+        shared = {} if self._port is None else {"bus": self._port.health()}
+        return {
+            **shared,
+            "open": self._master.is_open,
+            "port": self._config.port,
+            **self._stats,
+            "requests": link.requests,
+            "retries": link.retries,
+            "timeouts": link.timeouts,
+            "checksum_errors": link.checksum_errors,
+            "frame_errors": link.frame_errors,
+        }

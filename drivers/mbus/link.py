@@ -1,0 +1,321 @@
+"""EN 13757-2 master over a serial line (pyserial, blocking: call it from a worker thread).
+
+One `MbusMaster` owns one port. Timing follows the standard: a slave answers within 330 bit times
++ 50 ms of the end of a request; once an answer starts, its bytes follow at the baud rate (11 bits
+a byte, 8E1). The master repeats a request that got no valid answer up to `retries` times with the
+same FCB, so a meter resends the telegram we missed instead of moving on to the next.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import serial
+import structlog
+
+from agent.errors import DriverIOError
+from drivers.mbus import frame as fr
+from drivers.mbus.telegram import Telegram, decode_frame
+
+log = structlog.get_logger(__name__)
+
+BITS_PER_BYTE: Final = 11
+ID_DIGITS: Final = 8
+
+Probe = Literal["none", "single", "collision"]
+
+
+class MbusTimeoutError(DriverIOError):
+    """No answer from a meter within the standard's response time, after all retries."""
+
+
+def answer_timeout_s(baudrate: int) -> float:
+    """The longest a slave may take to start answering: 330 bit times + 50 ms."""
+    return 330.0 / baudrate + 0.050
+
+
+def wire_time_s(nbytes: int, baudrate: int) -> float:
+    return nbytes * BITS_PER_BYTE / baudrate
+
+
+@dataclass
+class LinkStats:
+    requests: int = 0
+    retries: int = 0
+    timeouts: int = 0
+    checksum_errors: int = 0
+    frame_errors: int = 0
+    collisions: int = 0
+
+
+def secondary_mask(text: str) -> bytes:
+    """"12345678" or "12345678" + manufacturer/version/medium hex ("12345678FFFFFF07"), F = any.
+
+    The first 8 characters are the ID as printed (most significant digit first); the optional
+    8 hex characters that follow are the manufacturer field (2 bytes, little endian as sent),
+    version and medium, as libmbus prints secondary addresses.
+    """
+    text = text.strip().upper()
+    if len(text) not in (8, 16) or any(ch not in "0123456789ABCDEF" for ch in text):
+        raise ValueError(f"secondary address {text!r}: 8 ID digits, optionally + 8 hex digits")
+    ident = bytes.fromhex(text[:8])[::-1]
+    rest = bytes.fromhex(text[8:]) if len(text) == 16 else b"\xff\xff\xff\xff"
+    return ident + rest
+
+
+def secondary_text(t: Telegram) -> str:
+    """The 16-character secondary address of a telegram's meter (ID + man LE + version + medium)."""
+    h = t.header
+    if h is None or h.id is None or h.manufacturer is None:
+        return ""
+    from drivers.mbus.telegram import manufacturer_value
+
+    man = manufacturer_value(h.manufacturer) if h.manufacturer.isalpha() else 0
+    return f"{h.id}{man & 0xFF:02X}{man >> 8:02X}{h.version or 0:02X}{h.medium or 0:02X}"
+
+
+class MbusMaster:
+    """Blocking M-Bus master on one serial port."""
+
+    def __init__(
+        self,
+        port: str,
+        baudrate: int = 2400,
+        *,
+        timeout_s: float | None = None,
+        retries: int = 2,
+        serial_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.port = port
+        self.baudrate = baudrate
+        self.timeout_s = timeout_s if timeout_s is not None else answer_timeout_s(baudrate)
+        self.retries = retries
+        self.stats = LinkStats()
+        self._factory = serial_factory or serial.Serial
+        self._serial: Any = None
+
+    # --- port ---------------------------------------------------------------------------------
+    def open(self) -> None:
+        try:
+            self._serial = self._factory(
+                self.port, self.baudrate, bytesize=serial.EIGHTBITS, parity=serial.PARITY_EVEN,
+                stopbits=serial.STOPBITS_ONE, timeout=0, write_timeout=5.0,
+            )  # fmt: skip
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise DriverIOError(f"M-Bus port {self.port}: cannot open: {exc}") from exc
+
+    def close(self) -> None:
+        if self._serial is not None:
+            try:
+                self._serial.close()
+            except (serial.SerialException, OSError) as exc:
+                log.warning("mbus.close_failed", port=self.port, error=str(exc))
+            self._serial = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None
+
+    # --- one exchange -------------------------------------------------------------------------
+    def exchange(self, request: bytes, *, expect_answer: bool = True) -> bytes | None:
+        """Send one frame and return the raw answer frame (None: nothing came within the timeout).
+
+        Raises MbusFrameError for an answer that is not a valid frame (checksum, truncation,
+        garbage) and DriverIOError when the port itself fails.
+        """
+        port = self._serial
+        if port is None:
+            raise DriverIOError(f"M-Bus port {self.port}: not open")
+        self.stats.requests += 1
+        try:
+            port.reset_input_buffer()
+            port.write(request)
+            port.flush()
+            if not expect_answer:
+                return None
+            # A pty passes the request at once while a real line (and the sim) takes its wire time.
+            first_deadline = time.monotonic() + wire_time_s(len(request), self.baudrate) + self.timeout_s
+            return self._read_frame(port, first_deadline)
+        except serial.SerialException as exc:
+            raise DriverIOError(f"M-Bus port {self.port}: {exc}") from exc
+
+    def _read_frame(self, port: Any, first_deadline: float) -> bytes | None:
+        head = self._read(port, 1, first_deadline)
+        if not head:
+            return None
+        # Once the answer started, the rest follows at the baud rate; allow half again plus 50 ms.
+        per_byte = BITS_PER_BYTE / self.baudrate
+        buf = bytearray(head)
+        if buf[0] == fr.LONG_START:
+            buf += self._read(port, 3, time.monotonic() + 3 * per_byte * 1.5 + 0.05)
+        try:
+            needed = fr.frame_length(bytes(buf[:4]))
+        except fr.MbusFrameError:
+            self._drain(port)
+            raise
+        if needed is None:
+            raise fr.MbusFrameError(f"truncated frame: {len(buf)} byte(s), the header is incomplete")
+        rest = needed - len(buf)
+        if rest > 0:
+            buf += self._read(port, rest, time.monotonic() + rest * per_byte * 1.5 + 0.05)
+        return bytes(buf)
+
+    @staticmethod
+    def _read(port: Any, n: int, deadline: float) -> bytes:
+        # The port is non-blocking (timeout=0) and we wait with select: changing pyserial's
+        # timeout re-runs tcsetattr, which a pty with parity set refuses (EINVAL).
+        out = bytearray()
+        while len(out) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select([port.fileno()], [], [], remaining)
+            if not ready:
+                break
+            chunk = port.read(n - len(out))
+            if not chunk:
+                continue
+            out += chunk
+        return bytes(out)
+
+    def _drain(self, port: Any) -> None:
+        """After garbage, wait out the rest of it so the next request starts on a quiet line."""
+        deadline = time.monotonic() + 0.05 + 32 * BITS_PER_BYTE / self.baudrate
+        while self._read(port, 256, deadline):
+            pass
+
+    def _retrying(self, request: bytes, what: str) -> bytes:
+        """Exchange with retries; a valid frame or MbusTimeoutError / the last frame error."""
+        last_error: fr.MbusFrameError | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats.retries += 1
+            try:
+                answer = self.exchange(request)
+            except fr.MbusFrameError as exc:
+                self._count(exc)
+                last_error = exc
+                continue
+            if answer is None:
+                self.stats.timeouts += 1
+                continue
+            try:
+                fr.parse_frame(answer)
+            except fr.MbusFrameError as exc:
+                self._count(exc)
+                last_error = exc
+                continue
+            return answer
+        if last_error is not None:
+            raise last_error
+        raise MbusTimeoutError(f"{what}: no answer after {self.retries + 1} attempt(s)")
+
+    def _count(self, exc: fr.MbusFrameError) -> None:
+        if "checksum" in str(exc):
+            self.stats.checksum_errors += 1
+        else:
+            self.stats.frame_errors += 1
+
+    # --- operations ---------------------------------------------------------------------------
+    def snd_nke(self, address: int) -> None:
+        """Reset the meter's link (its FCB and telegram sequence); it answers E5."""
+        answer = self._retrying(fr.snd_nke(address), f"SND_NKE to {address}")
+        if answer != bytes((fr.ACK,)):
+            raise fr.MbusFrameError(f"SND_NKE to {address}: answer is not the E5 acknowledgement")
+
+    def select(self, mask: bytes) -> None:
+        """Select one meter by secondary address; raises MbusTimeoutError if none answers."""
+        answer = self._retrying(fr.select_secondary(mask), f"select {mask.hex().upper()}")
+        if answer != bytes((fr.ACK,)):
+            raise fr.MbusFrameError("selection: answer is not the E5 acknowledgement")
+
+    def read_telegrams(self, address: int, *, max_telegrams: int = 8, reset: bool = True) -> list[Telegram]:
+        """REQ_UD2 until a telegram no longer says "more records follow" (DIF 1F), toggling FCB.
+
+        `reset`: send SND_NKE first so the sequence starts at the first telegram (not for a meter
+        selected by secondary address: SND_NKE to 0xFD would deselect it; selection resets it).
+        """
+        if reset:
+            self.snd_nke(address)
+        telegrams: list[Telegram] = []
+        fcb = True  # the first REQ_UD2 after SND_NKE / selection carries FCB = 1
+        for _ in range(max_telegrams):
+            answer = self._retrying(fr.req_ud2(address, fcb), f"REQ_UD2 to {address}")
+            telegram = decode_frame(answer)
+            telegrams.append(telegram)
+            if not telegram.more_follows:
+                break
+            fcb = not fcb
+        return telegrams
+
+    def read_secondary(self, secondary: str, *, max_telegrams: int = 8) -> list[Telegram]:
+        self.select(secondary_mask(secondary))
+        return self.read_telegrams(fr.NETWORK_LAYER, max_telegrams=max_telegrams, reset=False)
+
+    # --- scans --------------------------------------------------------------------------------
+    def scan_primary(self, addresses: range = range(fr.MAX_PRIMARY + 1)) -> list[int]:
+        """Addresses that acknowledge SND_NKE (one attempt each; a garbled E5 still means someone)."""
+        found = []
+        for address in addresses:
+            try:
+                answer = self.exchange(fr.snd_nke(address))
+            except fr.MbusFrameError:
+                self.stats.collisions += 1
+                found.append(address)
+                continue
+            if answer is not None:
+                found.append(address)
+        return found
+
+    def probe(self, mask: bytes) -> tuple[Probe, str]:
+        """Select by mask and read: exactly one meter, none, or several (collision)."""
+        try:
+            answer = self.exchange(fr.select_secondary(mask))
+        except fr.MbusFrameError:
+            self.stats.collisions += 1
+            return "collision", ""
+        if answer is None:
+            return "none", ""
+        if answer != bytes((fr.ACK,)):
+            self.stats.collisions += 1
+            return "collision", ""
+        try:
+            raw = self.exchange(fr.req_ud2(fr.NETWORK_LAYER, True))
+            if raw is None:
+                return "collision", ""
+            telegram = decode_frame(raw)
+        except fr.MbusDecodeError:
+            self.stats.collisions += 1
+            return "collision", ""
+        return "single", secondary_text(telegram)
+
+    def scan_secondary(self) -> list[str]:
+        """Wildcard search tree over the 8 ID digits (most significant first), descending on collision."""
+        found: list[str] = []
+        self._scan(["F"] * ID_DIGITS, 0, found)
+        return found
+
+    def _scan(self, digits: list[str], pos: int, found: list[str]) -> None:
+        result, address = self.probe(secondary_mask("".join(digits)))
+        if result == "single":
+            if address not in found:
+                found.append(address)
+            return
+        if result == "none":
+            return
+        if pos == ID_DIGITS:
+            log.warning("mbus.scan_unresolved", mask="".join(digits))
+            return
+        for child in _children(digits, pos):
+            self._scan(child, pos + 1, found)
+
+
+def _children(digits: list[str], pos: int) -> Iterator[list[str]]:
+    for d in "0123456789":
+        child = list(digits)
+        child[pos] = d
+        yield child

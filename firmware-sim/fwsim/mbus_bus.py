@@ -1,0 +1,346 @@
+"""Several simulated M-Bus water meters on one bus, served on a pseudo-terminal (`edge-sim run`).
+
+The bus answers what EN 13757-2 masters send: SND_NKE (E5), REQ_UD2 (RSP_UD, FCB honoured,
+multi-telegram sequencing), SND_UD selection by secondary address with wildcards (and SND_NKE to
+0xFD to deselect), SND_UD set-primary-address. A pty has no baud rate, so the bus paces itself:
+a request counts as received only once its bytes would have crossed the wire (11 bits per byte,
+8E1), the meter waits the minimum 11-bit-time gap, and the answer leaves at the baud rate.
+
+Several meters answering at once collide the way the bus does: a space (0) from any meter wins, so
+the master sees the bytewise AND of the answers (identical E5 acks survive, frames turn to garbage).
+Faults per meter (`inject`): "checksum", "truncate", "silent", "collision".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import termios
+import tty
+from collections.abc import Sequence
+from typing import Any, Final
+
+import structlog
+
+from fwsim.component import Announcement, SimContext
+from fwsim.mbus_meter import MeterSpec, WaterMeter
+
+log = structlog.get_logger(__name__)
+
+BITS_PER_BYTE: Final = 11  # start + 8 data + even parity + stop
+NETWORK_LAYER: Final = 0xFD
+FAULTS: Final = frozenset({"checksum", "truncate", "silent", "collision"})
+MANUFACTURERS: Final = ("ZRI", "KAM", "SEN", "DME", "ITW", "APA")
+BAUD_TERMIOS: Final = {300: termios.B300, 2400: termios.B2400, 9600: termios.B9600}
+
+
+def default_meters(count: int, seed_ids: Sequence[int]) -> list[MeterSpec]:
+    share = 1.0 / count
+    return [
+        MeterSpec(
+            address=i + 1, ident=seed_ids[i], manufacturer=MANUFACTURERS[i % len(MANUFACTURERS)],
+            version=0x10 + i, share=share, initial_m3=100.0 + 37.5 * i, multi_telegram=(i == 2),
+        )
+        for i in range(count)
+    ]
+
+
+def _frame_length(head: bytes) -> int | None:
+    """Length of the request starting at head[0]; None: need more bytes; 0: not a start byte."""
+    if head[0] == 0x10:
+        return 5
+    if head[0] == 0x68:
+        if len(head) < 4:
+            return None
+        return head[1] + 6 if head[1] == head[2] and head[3] == 0x68 else 0
+    return 0
+
+
+def _long(control: int, address: int, user_data: bytes) -> bytes:
+    body = bytes((control, address)) + user_data
+    return bytes((0x68, len(body), len(body), 0x68)) + body + bytes((sum(body) & 0xFF, 0x16))
+
+
+def collide(answers: Sequence[bytes]) -> bytes:
+    """What the master receives when several meters send at once: the bytewise AND (idle = 0xFF)."""
+    size = max(len(a) for a in answers)
+    out = bytearray(b"\xff" * size)
+    for answer in answers:
+        for i, byte in enumerate(answer):
+            out[i] &= byte
+    return bytes(out)
+
+
+class MbusBus:
+    """The meters and the pty; `start()` opens it, the agent opens `path`."""
+
+    def __init__(self, ctx: SimContext, meters: Sequence[MeterSpec], baudrate: int = 2400) -> None:
+        if baudrate not in BAUD_TERMIOS:
+            raise ValueError(f"M-Bus baud rate must be one of {sorted(BAUD_TERMIOS)}, got {baudrate}")
+        self._ctx = ctx
+        self.baudrate = baudrate
+        totaliser = ctx.state().totaliser_m3
+        self.meters = [WaterMeter(spec, totaliser) for spec in meters]
+        self.path = ""
+        self._master_fd = -1
+        self._slave_fd = -1
+        self._buffer = bytearray()
+        self._first_byte_at: float | None = None
+        self._requests: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(maxsize=64)
+        self._task: asyncio.Task[None] | None = None
+        self.counters = dict.fromkeys(
+            ("requests", "answers", "garbage_in", "faults", "bytes_in", "bytes_out"), 0
+        )
+
+    @property
+    def byte_time(self) -> float:
+        return BITS_PER_BYTE / self.baudrate
+
+    def inject(self, address: int, fault: str, count: int = 1) -> None:
+        """Make meter `address` misbehave on its next `count` answers."""
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; one of {sorted(FAULTS)}")
+        self.meter(address).state.faults[fault] = count
+
+    def meter(self, address: int) -> WaterMeter:
+        for m in self.meters:
+            if m.spec.address == address:
+                return m
+        raise KeyError(address)
+
+    async def start(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        attrs = termios.tcgetattr(slave)
+        # 8E1 at the bus rate as far as a pty keeps it (it stores but ignores line settings).
+        cflag = attrs[2] & ~(termios.CSIZE | termios.PARODD | termios.CSTOPB)
+        attrs[2] = cflag | termios.CS8 | termios.PARENB
+        attrs[4] = attrs[5] = BAUD_TERMIOS[self.baudrate]
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        os.set_blocking(master, False)
+        self._master_fd, self._slave_fd = master, slave
+        self.path = os.ttyname(slave)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(master, self._on_readable)
+        self._task = asyncio.create_task(self._serve(), name="mbus-bus")
+
+    async def stop(self) -> None:
+        if self._master_fd >= 0:
+            asyncio.get_running_loop().remove_reader(self._master_fd)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for fd in (self._master_fd, self._slave_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._master_fd = self._slave_fd = -1
+
+    # --- receiving ---------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            chunk = os.read(self._master_fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EIO: no process has the agent side open right now
+            chunk = b""
+        if not chunk:
+            return
+        now = asyncio.get_running_loop().time()
+        if not self._buffer:
+            self._first_byte_at = now
+        self._buffer.extend(chunk)
+        self._split(now)
+
+    def _split(self, now: float) -> None:
+        while self._buffer:
+            size = _frame_length(bytes(self._buffer[:4]))
+            if size is None:
+                return
+            if size == 0:
+                self._buffer.pop(0)
+                self.counters["garbage_in"] += 1
+                continue
+            if len(self._buffer) < size:
+                return
+            request = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            started = self._first_byte_at if self._first_byte_at is not None else now
+            # The frame is on the wire until its last bit has crossed at the baud rate.
+            done_at = started + size * self.byte_time
+            self._first_byte_at = done_at if self._buffer else None
+            with contextlib.suppress(asyncio.QueueFull):
+                self._requests.put_nowait((request, done_at))
+
+    # --- answering ---------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            request, received_at = await self._requests.get()
+            self.counters["requests"] += 1
+            self.counters["bytes_in"] += len(request)
+            answer = self._answer(request)
+            if answer is None:
+                continue
+            # EN 13757-2: the slave waits at least 11 bit times before it answers.
+            await asyncio.sleep(max(0.0, received_at + BITS_PER_BYTE / self.baudrate - loop.time()))
+            await self._send(answer)
+            self.counters["answers"] += 1
+            self.counters["bytes_out"] += len(answer)
+
+    async def _send(self, data: bytes) -> None:
+        """Write at the baud rate: each chunk leaves when its last byte would have crossed the wire."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        chunk = max(1, int(0.01 / self.byte_time))
+        sent = 0
+        while sent < len(data):
+            part = data[sent : sent + chunk]
+            await asyncio.sleep(max(0.0, start + (sent + len(part)) * self.byte_time - loop.time()))
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._master_fd, part)
+            sent += len(part)
+
+    def _answer(self, request: bytes) -> bytes | None:  # noqa: PLR0911, PLR0912 - one branch per request type
+        if not self._checksum_ok(request):
+            self.counters["garbage_in"] += 1
+            return None
+        if request[0] == 0x10:
+            control, address, ci, data = request[1], request[2], None, b""
+        else:
+            control, address, ci, data = request[4], request[5], request[6], request[7:-2]
+        function = control & 0xDF  # without FCB
+        if address == 0xFF:  # broadcast without reply
+            if function == 0x40:
+                for m in self.meters:
+                    m.state.last_fcb, m.state.telegram_index, m.state.last_answer = 0, 0, None
+            return None
+        targets = self._targets(address)
+        if function == 0x53 and ci == 0x52 and address == NETWORK_LAYER:
+            return self._select(data)
+        if not targets:
+            return None
+        if function == 0x40:  # SND_NKE
+            for m in targets:
+                m.state.last_fcb, m.state.telegram_index, m.state.last_answer = 0, 0, None
+                if address == NETWORK_LAYER:
+                    m.state.selected = False
+            return self._faulty(targets, [b"\xe5"] * len(targets))
+        if function == 0x53 and ci == 0x51 and len(data) == 3 and data[:2] == b"\x01\x7a":
+            for m in targets:
+                m.spec.address = data[2]
+            return self._faulty(targets, [b"\xe5"] * len(targets))
+        if function == 0x5B:  # REQ_UD2
+            return self._faulty(targets, [self._rsp_ud(m, bool(control & 0x20)) for m in targets])
+        return None
+
+    def _targets(self, address: int) -> list[WaterMeter]:
+        if address == NETWORK_LAYER:
+            return [m for m in self.meters if m.state.selected]
+        if address == 0xFE:
+            return list(self.meters)
+        return [m for m in self.meters if m.spec.address == address]
+
+    def _select(self, mask: bytes) -> bytes | None:
+        if len(mask) != 8:
+            return None
+        chosen = []
+        for m in self.meters:
+            m.state.selected = m.matches(mask)
+            if m.state.selected:
+                m.state.last_fcb, m.state.telegram_index, m.state.last_answer = 0, 0, None
+                chosen.append(m)
+        if not chosen:
+            return None
+        return self._faulty(chosen, [b"\xe5"] * len(chosen))
+
+    def _rsp_ud(self, m: WaterMeter, fcb: bool) -> bytes:
+        s = m.state
+        if s.last_answer is not None and s.last_fcb == int(fcb):
+            return s.last_answer  # the master repeats: it missed our answer
+        if s.last_answer is not None:
+            s.telegram_index = (s.telegram_index + 1) % m.telegram_count()
+        state = self._ctx.state()
+        now = dt.datetime.now().replace(second=0, microsecond=0)
+        user = m.user_data(s.telegram_index, state.totaliser_m3, state.outflow_m3h, state.water_temp_c, now)
+        s.last_answer = _long(0x08, m.spec.address, user)
+        s.last_fcb = int(fcb)
+        return s.last_answer
+
+    def _faulty(self, meters: Sequence[WaterMeter], answers: list[bytes]) -> bytes | None:
+        out = list(answers)
+        for i, m in enumerate(meters):
+            faults = m.state.faults
+            fault = next((f for f in ("silent", "checksum", "truncate", "collision") if faults.get(f)), None)
+            if fault is None or (fault in ("checksum", "truncate") and len(out[i]) < 6):
+                continue  # frame faults wait for a frame; an E5 has no checksum to break
+            faults[fault] -= 1
+            self.counters["faults"] += 1
+            if fault == "silent":
+                out[i] = b""
+            elif fault == "checksum":
+                out[i] = out[i][:-2] + bytes(((out[i][-2] + 1) & 0xFF, out[i][-1]))
+            elif fault == "truncate":
+                out[i] = out[i][: max(1, len(out[i]) // 2)]
+            elif fault == "collision":
+                # A second device answers at the same instant with a different frame.
+                out.append(_long(0x08, m.spec.address, b"\x72" + bytes(range(40))))
+        out = [a for a in out if a]
+        if not out:
+            return None
+        return out[0] if len(out) == 1 else collide(out)
+
+    @staticmethod
+    def _checksum_ok(request: bytes) -> bool:
+        if request[-1] != 0x16:
+            return False
+        body = request[1:3] if request[0] == 0x10 else request[4:-2]
+        return (sum(body) & 0xFF) == request[-2]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "baudrate": self.baudrate,
+            "meters": [
+                {
+                    "address": m.spec.address,
+                    "id": f"{m.spec.ident:08d}",
+                    "manufacturer": m.spec.manufacturer,
+                    "version": m.spec.version,
+                    "medium": m.spec.medium,
+                    "telegrams": m.telegram_count(),
+                }
+                for m in self.meters
+            ],
+        }
+
+
+class MbusComponent:
+    """`edge-sim run` part: options `meters` (count, default 4) and `baudrate` (default 2400)."""
+
+    name = "mbus"
+
+    def __init__(self) -> None:
+        self.bus: MbusBus | None = None
+
+    async def start(self, ctx: SimContext) -> list[Announcement]:
+        count = int(ctx.options.get("meters", 4))
+        if not 1 <= count <= 250:
+            raise ValueError(f"mbus: meters must be 1..250, got {count}")
+        rng = ctx.rng("mbus")
+        ids: list[int] = []
+        while len(ids) < count:
+            candidate = rng.randrange(10_000_000, 100_000_000)
+            if candidate not in ids:
+                ids.append(candidate)
+        self.bus = MbusBus(ctx, default_meters(count, ids), int(ctx.options.get("baudrate", 2400)))
+        await self.bus.start()
+        log.info("mbus.started", path=self.bus.path, meters=count)
+        return [Announcement("mbus", self.bus.describe())]
+
+    async def stop(self) -> None:
+        if self.bus is not None:
+            await self.bus.stop()

@@ -1,0 +1,168 @@
+"""The M-Bus driver against firmware-sim meters on a pseudo-terminal: readings, faults, scans."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import load_config
+from agent.errors import DriverIOError
+from agent.model import Reading
+from drivers.mbus.config import MbusConfig
+from drivers.mbus.driver import MbusDriver
+from drivers.mbus.link import MbusMaster
+from fwsim.component import SimContext
+from fwsim.mbus_bus import MbusBus, MbusComponent
+from fwsim.mbus_meter import STATUS_PERMANENT_ERROR, STATUS_POWER_LOW
+from fwsim.pumpstation import PumpStation
+
+SAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "samples" / "mbus.toml"
+
+
+@pytest.fixture
+async def bus(tmp_path: Path) -> AsyncIterator[MbusBus]:
+    station = PumpStation(7)
+    station.step(100)
+    ctx = SimContext(station=station, points=[], seed=7, host="127.0.0.1", workdir=tmp_path,
+                     options={"baudrate": 9600})  # fmt: skip
+    component = MbusComponent()
+    await component.start(ctx)
+    assert component.bus is not None
+    yield component.bus
+    await component.stop()
+
+
+def config(bus: MbusBus, meters: list[dict[str, Any]], **extra: Any) -> MbusConfig:
+    return MbusConfig.model_validate(
+        {"name": "meters", "kind": "mbus", "port": bus.path, "baudrate": bus.baudrate,
+         "meters": meters, **extra}
+    )
+
+
+async def read_once(cfg: MbusConfig) -> tuple[dict[str, Reading], MbusDriver]:
+    driver = MbusDriver.from_config(cfg)
+    await driver.open()
+    try:
+        readings = await driver.read()
+    finally:
+        await driver.aclose()
+    return {r.tag: r for r in readings}, driver
+
+
+async def test_all_records_of_primary_and_secondary_meters(bus: MbusBus) -> None:
+    m1, m3 = bus.meter(1), bus.meter(3)
+    cfg = config(bus, [
+        {"name": "house1", "address": 1},
+        {"name": "house3", "secondary": f"{m3.spec.ident:08d}"},
+    ])  # fmt: skip
+    got, driver = await read_once(cfg)
+    totaliser = bus._ctx.state().totaliser_m3
+    volume = got["house1.volume"]
+    assert volume.quality == "good"
+    assert volume.unit == "m3"
+    assert volume.value == pytest.approx(m1.volume_litres(totaliser) / 1000, abs=0.01)
+    assert got["house1.volume.storage1"].value == pytest.approx(m1.due_date_litres(totaliser) / 1000)
+    assert got["house1.volume_flow"].unit == "m3/h"
+    assert got["house1.flow_temperature"].unit == "degC"
+    assert isinstance(got["house1.date_time"].value, str)
+    assert got["house1.status"].value == 0
+    # Meter 3 sends two telegrams: the monthly values of the second arrive too (FCB toggled).
+    for storage in (2, 3, 4, 5):
+        expected = m3.monthly_litres(storage) / 1000
+        assert got[f"house3.volume.storage{storage}"].value == pytest.approx(expected)
+    assert {t.name for t in driver.tags()} >= set(got)
+    assert driver.health()["meter_reads"] == 2
+
+
+async def test_selected_records_and_a_missing_one(bus: MbusBus) -> None:
+    cfg = config(bus, [{"name": "m2", "address": 2, "records": [
+        {"quantity": "volume"},
+        {"quantity": "volume", "storage": 1, "tag": "due_volume"},
+        {"quantity": "energy"},
+    ]}])  # fmt: skip
+    got, _ = await read_once(cfg)
+    assert set(got) == {"m2.status", "m2.volume", "m2.due_volume", "m2.energy"}
+    assert got["m2.volume"].quality == "good"
+    assert got["m2.due_volume"].quality == "good"
+    assert got["m2.energy"].quality == "bad"
+    assert got["m2.energy"].reason == "record not in the meter's telegram"
+
+
+async def test_checksum_error_is_retried_and_counted(bus: MbusBus) -> None:
+    bus.inject(1, "checksum")
+    got, driver = await read_once(config(bus, [{"name": "m1", "address": 1}]))
+    assert got["m1.volume"].quality == "good"
+    health = driver.health()
+    assert health["checksum_errors"] == 1
+    assert health["retries"] == 1
+
+
+async def test_silent_or_garbled_meter_gives_bad_readings_others_stay_good(bus: MbusBus) -> None:
+    bus.inject(2, "silent", count=10)
+    bus.inject(4, "checksum", count=10)
+    cfg = config(bus, [
+        {"name": "a", "address": 1}, {"name": "b", "address": 2}, {"name": "d", "address": 4},
+    ], retries=1)  # fmt: skip
+    got, driver = await read_once(cfg)
+    assert got["a.volume"].quality == "good"
+    assert (got["b.status"].quality, got["b.status"].reason) == ("bad", "timeout")
+    assert got["d.status"].quality == "bad"
+    assert got["d.status"].reason is not None
+    assert "checksum" in got["d.status"].reason
+    assert driver.health()["meter_failures"] == 2
+
+
+async def test_meter_error_flags_set_quality(bus: MbusBus) -> None:
+    bus.meter(1).state.status = STATUS_POWER_LOW
+    bus.meter(2).state.status = STATUS_PERMANENT_ERROR
+    got, _ = await read_once(config(bus, [{"name": "a", "address": 1}, {"name": "b", "address": 2}]))
+    assert got["a.volume"].quality == "uncertain"
+    assert got["a.volume"].reason == "meter reports power low"
+    assert got["b.volume"].quality == "bad"
+    assert got["b.volume"].reason == "meter reports permanent error"
+
+
+async def test_unopenable_port_is_a_driver_io_error(tmp_path: Path) -> None:
+    cfg = MbusConfig.model_validate(
+        {"name": "x", "kind": "mbus", "port": str(tmp_path / "nope"), "meters": [{"name": "m", "address": 1}]}
+    )
+    driver = MbusDriver.from_config(cfg)
+    with pytest.raises(DriverIOError, match="cannot open"):
+        await driver.open()
+
+
+async def test_secondary_wildcard_scan_finds_every_meter(bus: MbusBus) -> None:
+    import asyncio
+
+    master = MbusMaster(bus.path, bus.baudrate, retries=0)
+    await asyncio.to_thread(master.open)
+    try:
+        found = await asyncio.to_thread(master.scan_secondary)
+        primary = await asyncio.to_thread(master.scan_primary, range(6))
+    finally:
+        master.close()
+    assert sorted(a[:8] for a in found) == sorted(f"{m.spec.ident:08d}" for m in bus.meters)
+    assert all(a.endswith("07") for a in found)  # medium water
+    assert primary == [m.spec.address for m in bus.meters]
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="exactly one of 'address'"):
+        MbusConfig.model_validate({"name": "x", "kind": "mbus", "port": "/dev/ttyUSB0",
+                                   "meters": [{"name": "m"}]})  # fmt: skip
+    with pytest.raises(ValueError, match="share primary address 5"):
+        MbusConfig.model_validate({"name": "x", "kind": "mbus", "port": "/dev/ttyUSB0", "meters": [
+            {"name": "a", "address": 5}, {"name": "b", "address": 5}]})  # fmt: skip
+    with pytest.raises(ValueError, match="baudrate"):
+        MbusConfig.model_validate({"name": "x", "kind": "mbus", "port": "p", "baudrate": 4800,
+                                   "meters": [{"name": "a", "address": 1}]})  # fmt: skip
+
+
+def test_sample_config_loads() -> None:
+    cfg = load_config(SAMPLE)
+    (device,) = [d for d in cfg.devices if d.kind == "mbus"]
+    assert isinstance(device, MbusConfig)
+    assert len(device.meters) >= 2
