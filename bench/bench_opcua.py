@@ -1,0 +1,101 @@
+"""CPU of the OPC UA driver with 5,000 monitored items at 1 s sampling; prints figures, never fails.
+
+The server is firmware-sim's (`edge-sim run --components opcua` with EDGE_SIM_OPCUA_BENCH_TAGS,
+5,000 Float variables each changing once a second) in its own process. The driver runs alone in
+a second process (`python -m bench.bench_opcua --child URL`): it subscribes to every variable,
+consumes `stream()` for a warm-up, then measures its own process CPU time (user + system, all
+threads) against wall time while counting the readings it produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+N_ITEMS = 5000
+WARMUP_S = 8.0
+MEASURE_S = 20.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(tmpdir: Path) -> list[dict[str, Any]]:
+    env = dict(os.environ, EDGE_SIM_OPCUA_PORT="0", EDGE_SIM_OPCUA_BENCH_TAGS=str(N_ITEMS))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "firmware-sim"), env.get("PYTHONPATH", "")])
+    endpoints = tmpdir / "opcua-endpoints.json"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fwsim.cli", "run", "--port", "0", "--components", "opcua",
+         "--endpoints-file", str(endpoints), "--workdir", str(tmpdir)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not endpoints.exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("edge-sim with the OPC UA bench tags did not start")
+            time.sleep(0.2)
+        url = json.loads(endpoints.read_text())["opcua"]["url"]
+        child = subprocess.run(
+            [sys.executable, "-m", "bench.bench_opcua", "--child", url],
+            env=env, capture_output=True, text=True, timeout=WARMUP_S + MEASURE_S + 120, check=True,
+        )  # fmt: skip
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+    finally:
+        server.terminate()
+        server.wait(15)
+    return [
+        {"name": "opcua_driver_cpu_5000_items_1s", "value": round(result["cpu_pct"], 1),
+         "unit": "% of one core", "target": "<= 10"},
+        {"name": "opcua_readings_per_s_5000_items_1s", "value": round(result["readings_per_s"]),
+         "unit": "readings/s", "target": f"{N_ITEMS}"},
+        {"name": "opcua_driver_rss_5000_items", "value": round(result["rss_mb"], 1), "unit": "MB",
+         "target": "-"},
+    ]  # fmt: skip
+
+
+async def _child(url: str) -> dict[str, float]:
+    import resource
+
+    from drivers.opcua.config import OpcUaConfig
+    from drivers.opcua.driver import OpcUaDriver
+
+    config = OpcUaConfig.model_validate({
+        "name": "bench", "kind": "opcua", "endpoint": url,
+        "sampling_interval_ms": 1000, "publishing_interval_ms": 1000,
+        "tags": [{"name": f"bench_{i:05d}", "node": f"ns=2;s=bench_{i:05d}"} for i in range(N_ITEMS)],
+    })  # fmt: skip
+    driver = OpcUaDriver.from_config(config)
+    await driver.open()
+    count = 0
+    started = time.monotonic()
+    cpu0 = wall0 = 0.0
+    measuring = False
+    async for batch in driver.stream():
+        now = time.monotonic()
+        if not measuring and now - started >= WARMUP_S:
+            measuring, count = True, 0
+            cpu0, wall0 = time.process_time(), now
+            continue
+        count += len(batch)
+        if measuring and now - wall0 >= MEASURE_S:
+            break
+    cpu = time.process_time() - cpu0
+    wall = time.monotonic() - wall0
+    await driver.aclose()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"cpu_pct": 100 * cpu / wall, "readings_per_s": count / wall, "rss_mb": rss_mb}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        print(json.dumps(asyncio.run(_child(sys.argv[2]))))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            for row in run(Path(tmp)):
+                print(row)

@@ -1,0 +1,110 @@
+"""The `[[devices]]` schema of an OPC UA server and its tags (pydantic; validated without I/O).
+
+A tag names its variable either by NodeId (`node = "ns=2;s=pump1.flow"`, `"ns=2;i=5"`) or by
+browse path below Objects (`path = "PumpStation/Pump1/Flow"`, resolved when the driver opens;
+a segment may carry its namespace index, `2:Flow`, and otherwise matches any namespace).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Final, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from drivers.base import NAME_PATTERN, DeviceConfig
+
+SecurityPolicy = Literal["None", "Basic256Sha256"]
+SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
+Mode = Literal["subscribe", "poll"]
+DeadbandType = Literal["absolute", "percent"]
+
+NODE_ID_PATTERN: Final = r"^(ns=\d+;)?(i=\d+|s=.+|g=[0-9A-Fa-f-]{36}|b=[A-Za-z0-9+/=]+)$"
+PATH_SEGMENT: Final = re.compile(r"^(\d+:)?[^/]+$")
+
+
+class Deadband(BaseModel):
+    """Report a change only when it exceeds `value` (absolute, or percent of the EURange)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: DeadbandType = "absolute"
+    value: float = Field(gt=0)
+
+
+class OpcUaTag(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=128)
+    node: str | None = Field(default=None, pattern=NODE_ID_PATTERN, max_length=4096)
+    path: str | None = Field(default=None, min_length=1, max_length=4096)
+    # Empty: the unit comes from the variable's EngineeringUnits property, if it has one.
+    unit: str = Field(default="", max_length=32)
+    sampling_interval_ms: float | None = Field(default=None, ge=0, le=86_400_000)
+    deadband: Deadband | None = None
+
+    @model_validator(mode="after")
+    def _check_address(self) -> Self:
+        if (self.node is None) == (self.path is None):
+            raise ValueError(
+                f"tag {self.name!r}: give exactly one of 'node' (a NodeId such as \"ns=2;s=pump1.flow\") "
+                "or 'path' (a browse path below Objects such as \"PumpStation/Pump1/Flow\")"
+            )
+        if self.path is not None:
+            segments = self.path.strip("/").split("/")
+            if not all(PATH_SEGMENT.match(s) for s in segments):
+                raise ValueError(f"tag {self.name!r}: path {self.path!r} has an empty segment")
+        return self
+
+
+class OpcUaConfig(DeviceConfig):
+    """An OPC UA server (a PLC, SCADA server or gateway)."""
+
+    kind: Literal["opcua"]
+    endpoint: str = Field(pattern=r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$", max_length=1024)
+    security_policy: SecurityPolicy = "None"
+    security_mode: SecurityMode = "None"
+    # PEM or DER files; the client certificate's URI (SAN) is used as the application URI.
+    certificate: Path | None = None
+    private_key: Path | None = None
+    # Pin the server's certificate; without it the certificate the server presents is used.
+    server_certificate: Path | None = None
+    username: str | None = Field(default=None, min_length=1, max_length=256)
+    password: str | None = Field(default=None, max_length=256)
+    mode: Mode = "subscribe"
+    publishing_interval_ms: float = Field(default=1000, gt=0, le=3_600_000)
+    sampling_interval_ms: float = Field(default=1000, ge=0, le=86_400_000)
+    # Notifications the server may queue per item between two publishes (1 = latest only).
+    queue_size: int = Field(default=1, ge=1, le=10_000)
+    session_timeout_ms: int = Field(default=60_000, ge=1000, le=3_600_000)
+    request_timeout_ms: int = Field(default=5000, ge=100, le=600_000)
+    # A subscription that delivers nothing (not even a keep-alive) for this long is lost.
+    stale_after_ms: int | None = Field(default=None, ge=1000, le=3_600_000)
+    # Items per CreateMonitoredItems / Read request (servers limit this; 1000 is common).
+    max_items_per_request: int = Field(default=1000, ge=1, le=100_000)
+    tags: list[OpcUaTag] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        names = [t.name for t in self.tags]
+        dupes = sorted({n for i, n in enumerate(names) if n in names[:i]})
+        if dupes:
+            raise ValueError(f"duplicate tag names: {', '.join(dupes)}")
+        secure = self.security_policy != "None"
+        if secure != (self.security_mode != "None"):
+            raise ValueError(
+                "security_policy and security_mode go together: policy \"None\" with mode \"None\", "
+                "or policy \"Basic256Sha256\" with mode \"Sign\" or \"SignAndEncrypt\""
+            )
+        if secure and (self.certificate is None or self.private_key is None):
+            raise ValueError(
+                f"security_policy {self.security_policy!r} needs 'certificate' and 'private_key' "
+                "(the client's certificate and key files)"
+            )
+        if (self.password is not None) and self.username is None:
+            raise ValueError("'password' given without 'username'")
+        return self
+
+
+__all__ = ["Deadband", "OpcUaConfig", "OpcUaTag"]

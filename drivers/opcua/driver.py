@@ -1,0 +1,531 @@
+"""The OPC UA client driver: the one module that calls asyncua's client and translates it.
+
+`open()` connects (security policy, client certificate, optional user), resolves browse paths,
+learns units from EngineeringUnits, then subscribes: one subscription, one monitored item per
+tag (sampling interval and deadband per tag). `stream()` yields one list of readings per
+publish. If the server refuses subscriptions (or `mode = "poll"`), `stream()` polls with Read
+requests every `poll_interval_ms` instead. `read()` is a one-shot Read of every tag (`probe`).
+
+asyncua is never allowed to reconnect on its own: a lost connection (its watchdog, a status
+change on the subscription, or silence beyond `stale_after_ms`) ends `stream()` with
+`DriverIOError`; the supervisor stands in bad readings, backs off and calls `open()` again,
+which re-creates the session and the subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Final, Self, TypeVar, cast
+
+import structlog
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.subscription import Subscription
+from asyncua.crypto import security_policies, uacrypto
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+from cryptography import x509
+
+from agent.errors import DriverIOError
+from agent.model import BAD, Reading
+from agent.scheduler import FixedRateTicker
+from drivers.base import DeviceConfig, TagInfo
+from drivers.opcua.config import OpcUaConfig, OpcUaTag
+from drivers.opcua.values import reading_parts, status_name, unit_from_eu
+
+log = structlog.get_logger(__name__)
+
+# Status codes with which a server says it will not do subscriptions: fall back to polling.
+NO_SUBSCRIPTIONS: Final = frozenset({
+    StatusCodes.BadServiceUnsupported,
+    StatusCodes.BadTooManySubscriptions,
+    StatusCodes.BadNotSupported,
+    StatusCodes.BadNotImplemented,
+})  # fmt: skip
+MAX_QUEUED_BATCHES: Final = 256
+OBJECTS: Final = ua.NodeId.from_string("i=85")
+HAS_PROPERTY: Final = ua.NodeId.from_string("i=46")
+HIERARCHICAL: Final = ua.NodeId.from_string("i=33")
+# asyncua annotates Boolean fields with a marker class that plain bools do not satisfy
+_TRUE: Final = cast(ua.Boolean, True)
+_FALSE: Final = cast(ua.Boolean, False)
+_LOST: Final = object()
+_T = TypeVar("_T")
+
+
+class _Feed(Subscription):
+    """A subscription handing each whole PublishResult to the driver (one call per publish,
+    not one task per notification as asyncua's handler path does)."""
+
+    def __init__(self, session: Any, params: ua.CreateSubscriptionParameters, driver: OpcUaDriver) -> None:
+        super().__init__(session, params, None, queue_maxsize=1)
+        self._driver = driver
+
+    async def publish_callback(self, publish_result: ua.PublishResult) -> None:
+        self.last_publish_at = time.monotonic()
+        self._driver._on_publish(publish_result)
+
+
+class OpcUaDriver:
+    """Subscribes to (or polls) the configured variables of one OPC UA server."""
+
+    config_model: ClassVar[type[DeviceConfig]] = OpcUaConfig
+
+    def __init__(self, config: OpcUaConfig) -> None:
+        self.name = config.name
+        self._config = config
+        self._units = [t.unit for t in config.tags]
+        self._nodes: list[ua.NodeId | None] = []
+        self._unresolved: dict[int, str] = {}
+        self._client: Client | None = None
+        self._sub: _Feed | None = None
+        self._queue: deque[list[Reading] | object] = deque()
+        self._wakeup = asyncio.Event()
+        self._lost_reason: str | None = None
+        self._polling = config.mode == "poll"
+        self._fallback: str | None = None
+        self._failed_items: dict[str, str] = {}
+        self._stats = {"publishes": 0, "notifications": 0, "reads": 0, "dropped_batches": 0, "keepalives": 0}
+        self._last_ok_ns: int | None = None
+        self._connected = False
+
+    @classmethod
+    def from_config(cls, config: Any) -> Self:
+        if not isinstance(config, OpcUaConfig):
+            config = OpcUaConfig.model_validate(config)
+        return cls(config)
+
+    @property
+    def config(self) -> OpcUaConfig:
+        return self._config
+
+    def tags(self) -> Sequence[TagInfo]:
+        return [TagInfo(t.name, u) for t, u in zip(self._config.tags, self._units, strict=True)]
+
+    def health(self) -> dict[str, Any]:
+        mode = "poll" if self._polling else "subscribe"
+        return {
+            **self._stats,
+            "connected": self._connected,
+            "mode": mode,
+            "fallback": self._fallback,
+            "unresolved": {self._config.tags[i].name: why for i, why in self._unresolved.items()},
+            "failed_items": dict(self._failed_items),
+            "last_ok_ns": self._last_ok_ns,
+        }
+
+    # --- connecting -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.aclose()
+        cfg = self._config
+        self._lost_reason = None
+        self._queue.clear()
+        self._polling = cfg.mode == "poll"
+        self._fallback = None
+        client = Client(cfg.endpoint, timeout=cfg.request_timeout_ms / 1000)
+        client.session_timeout = cfg.session_timeout_ms
+        client.name = client.description = f"water-edge-agent {self.name}"
+        client.application_uri = f"urn:water-edge-agent:{self.name}"
+        try:
+            await self._configure_security(client)
+            if cfg.username is not None:
+                client.set_user(cfg.username)
+                client.set_password(cfg.password or "")
+            client.connection_lost_callback = self._on_connection_lost
+            async with asyncio.timeout(2 * cfg.request_timeout_ms / 1000):
+                await client.connect()
+        except (OSError, TimeoutError, UaError, ValueError) as exc:
+            await _quiet_disconnect(client)
+            raise DriverIOError(f"{self.name}: cannot connect to {cfg.endpoint}: {_explain(exc)}") from exc
+        self._client = client
+        self._connected = True
+        try:
+            await self._resolve(client)
+            await self._learn_units(client)
+            if not self._polling:
+                await self._subscribe(client)
+        except (OSError, TimeoutError, UaError) as exc:
+            await self.aclose()
+            raise DriverIOError(f"{self.name}: {_explain(exc)}") from exc
+        log.info("opcua.connected", driver=self.name, endpoint=cfg.endpoint,
+                 mode="poll" if self._polling else "subscribe", security=cfg.security_mode)  # fmt: skip
+
+    async def _configure_security(self, client: Client) -> None:
+        cfg = self._config
+        if cfg.security_policy == "None":
+            return
+        # both are required with a policy (checked by the config)
+        assert cfg.certificate is not None
+        assert cfg.private_key is not None
+        cert = _load_file(cfg.certificate, "certificate")
+        _load_file(cfg.private_key, "private_key")
+        uri = _certificate_uri(cert)
+        if uri:
+            client.application_uri = uri  # servers check it against the certificate's SAN
+        server_cert = None
+        if cfg.server_certificate is not None:
+            server_cert = uacrypto.CertProperties(str(_require(cfg.server_certificate, "server_certificate")))
+        mode = ua.MessageSecurityMode.SignAndEncrypt
+        if cfg.security_mode == "Sign":
+            mode = ua.MessageSecurityMode.Sign
+        await client.set_security(
+            security_policies.SecurityPolicyBasic256Sha256,
+            str(cfg.certificate), str(cfg.private_key), server_certificate=server_cert, mode=mode,
+        )  # fmt: skip
+
+    async def _resolve(self, client: Client) -> None:
+        """NodeIds for every tag; a path that does not resolve makes that tag bad, not the device."""
+        self._nodes = []
+        self._unresolved = {}
+        children: dict[ua.NodeId, list[ua.ReferenceDescription]] = {}
+        for i, tag in enumerate(self._config.tags):
+            if tag.node is not None:
+                self._nodes.append(ua.NodeId.from_string(tag.node))
+                continue
+            node: ua.NodeId | None = OBJECTS
+            for segment in tag.path.strip("/").split("/") if tag.path else []:
+                assert node is not None
+                if node not in children:
+                    children[node] = await _browse(client, node)
+                node = _match(children[node], segment)
+                if node is None:
+                    self._unresolved[i] = f"browse path not found: {tag.path} (no {segment!r})"
+                    break
+            self._nodes.append(node)
+        if self._unresolved:
+            log.warning("opcua.unresolved", driver=self.name, tags=len(self._unresolved),
+                        first=next(iter(self._unresolved.values())))  # fmt: skip
+
+    async def _learn_units(self, client: Client) -> None:
+        """Units from the EngineeringUnits property of tags whose config gives none."""
+        wanted = [i for i, (t, n) in enumerate(zip(self._config.tags, self._nodes, strict=True))
+                  if not t.unit and n is not None]  # fmt: skip
+        if not wanted:
+            return
+        paths = []
+        for i in wanted:
+            element = ua.RelativePathElement(
+                ReferenceTypeId=HAS_PROPERTY, IsInverse=_FALSE, IncludeSubtypes=_TRUE,
+                TargetName=ua.QualifiedName("EngineeringUnits", 0),
+            )  # fmt: skip
+            paths.append(ua.BrowsePath(StartingNode=self._nodes[i], RelativePath=ua.RelativePath([element])))
+        found: list[tuple[int, ua.NodeId]] = []
+        for chunk in _chunks(list(zip(wanted, paths, strict=True)), self._config.max_items_per_request):
+            results = await client.uaclient.translate_browsepaths_to_nodeids([p for _, p in chunk])
+            found += [(i, r.Targets[0].TargetId.to_nodeid() if hasattr(r.Targets[0].TargetId, "to_nodeid")
+                       else ua.NodeId(r.Targets[0].TargetId.Identifier, r.Targets[0].TargetId.NamespaceIndex))
+                      for (i, _), r in zip(chunk, results, strict=True)
+                      if r.StatusCode.is_good() and r.Targets]  # fmt: skip
+        values = await self._read_values(client, [n for _, n in found])
+        for (i, _), dv in zip(found, values, strict=True):
+            eu = dv.Value.Value if dv.Value is not None else None
+            if isinstance(eu, ua.EUInformation):
+                self._units[i] = unit_from_eu(eu)
+
+    async def _subscribe(self, client: Client) -> None:
+        cfg = self._config
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=cfg.publishing_interval_ms,
+            RequestedLifetimeCount=10_000,
+            RequestedMaxKeepAliveCount=client.get_keepalive_count(cfg.publishing_interval_ms),
+            MaxNotificationsPerPublish=0,  # 0 = no limit: one publish carries every change
+            PublishingEnabled=True,
+            Priority=0,
+        )
+        sub = _Feed(client.uaclient.session, params, self)
+        try:
+            await sub.init()
+        except UaStatusCodeError as exc:
+            if exc.code not in NO_SUBSCRIPTIONS:
+                raise
+            self._polling = True
+            self._fallback = f"server refused subscriptions ({status_name(exc.code)}); polling"
+            log.warning("opcua.poll_fallback", driver=self.name, reason=self._fallback)
+            return
+        self._sub = sub
+        requests = [
+            self._item_request(i, tag, node)
+            for i, (tag, node) in enumerate(zip(cfg.tags, self._nodes, strict=True))
+            if node is not None
+        ]
+        self._failed_items = {}
+        for chunk in _chunks(requests, cfg.max_items_per_request):
+            results = await sub.create_monitored_items(chunk)
+            for request, result in zip(chunk, results, strict=True):
+                if isinstance(result, ua.StatusCode):
+                    name = cfg.tags[request.RequestedParameters.ClientHandle].name
+                    self._failed_items[name] = status_name(result.value)
+        if self._failed_items:
+            log.warning("opcua.items_refused", driver=self.name, count=len(self._failed_items),
+                        first=next(iter(self._failed_items.items())))  # fmt: skip
+        self._stand_in_unsubscribed()
+
+    def _item_request(self, handle: int, tag: OpcUaTag, node: ua.NodeId) -> ua.MonitoredItemCreateRequest:
+        cfg = self._config
+        mparams = ua.MonitoringParameters(
+            ClientHandle=handle,
+            SamplingInterval=tag.sampling_interval_ms if tag.sampling_interval_ms is not None
+            else cfg.sampling_interval_ms,
+            QueueSize=cfg.queue_size,
+            DiscardOldest=True,
+        )  # fmt: skip
+        if tag.deadband is not None:
+            mparams.Filter = ua.DataChangeFilter(
+                Trigger=ua.DataChangeTrigger.StatusValue,
+                DeadbandType=ua.DeadbandType.Absolute if tag.deadband.type == "absolute"
+                else ua.DeadbandType.Percent,
+                DeadbandValue=tag.deadband.value,
+            )  # fmt: skip
+        return ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=node, AttributeId=AttributeIds.Value),
+            MonitoringMode=ua.MonitoringMode.Reporting,
+            RequestedParameters=mparams,
+        )
+
+    def _stand_in_unsubscribed(self) -> None:
+        """Tags the server will never notify (unresolved, refused): one bad reading each, now."""
+        ts = time.time_ns()
+        bad = [
+            Reading(self.name, tag.name, ts, None, BAD, self._units[i], self._unresolved.get(i)
+                    or f"monitored item refused: {self._failed_items[tag.name]}")
+            for i, tag in enumerate(self._config.tags)
+            if i in self._unresolved or tag.name in self._failed_items
+        ]  # fmt: skip
+        if bad:
+            self._push(bad)
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        self._sub = None
+        self._connected = False
+        if client is not None:
+            await _quiet_disconnect(client)
+
+    # --- data -------------------------------------------------------------------------------
+
+    async def read(self) -> list[Reading]:
+        client = self._client
+        if client is None or not self._connected:
+            raise DriverIOError(f"{self.name}: not connected")
+        present = [(i, n) for i, n in enumerate(self._nodes) if n is not None]
+        try:
+            values = await self._read_values(client, [n for _, n in present])
+        except (OSError, TimeoutError, UaError) as exc:
+            raise DriverIOError(f"{self.name}: read failed: {_explain(exc)}") from exc
+        receive = time.time_ns()
+        self._stats["reads"] += 1
+        self._last_ok_ns = receive
+        by_index = dict(zip((i for i, _ in present), values, strict=True))
+        out = []
+        for i, tag in enumerate(self._config.tags):
+            dv = by_index.get(i)
+            if dv is None:
+                why = self._unresolved[i]
+                out.append(Reading(self.name, tag.name, receive, None, BAD, self._units[i], why))
+                continue
+            ts, value, quality, reason = reading_parts(dv, receive)
+            out.append(Reading(self.name, tag.name, ts, value, quality, self._units[i], reason))
+        return out
+
+    async def _read_values(self, client: Client, nodes: Sequence[ua.NodeId]) -> list[ua.DataValue]:
+        out: list[ua.DataValue] = []
+        for chunk in _chunks(list(nodes), self._config.max_items_per_request):
+            params = ua.ReadParameters(
+                NodesToRead=[ua.ReadValueId(NodeId=n, AttributeId=AttributeIds.Value) for n in chunk],
+                TimestampsToReturn=ua.TimestampsToReturn.Both,
+            )
+            out += await client.uaclient.read(params)
+        return out
+
+    async def stream(self) -> AsyncIterator[list[Reading]]:
+        if self._client is None:
+            raise DriverIOError(f"{self.name}: not connected")
+        if self._polling:
+            async for batch in self._poll():
+                yield batch
+            return
+        stale_s = self._stale_after_s()
+        while True:
+            while not self._queue:
+                if self._lost_reason is not None:
+                    raise DriverIOError(f"{self.name}: {self._lost_reason}")
+                self._wakeup.clear()
+                try:
+                    async with asyncio.timeout(stale_s):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    await self.aclose()
+                    raise DriverIOError(
+                        f"{self.name}: subscription silent for {stale_s:g} s (no data, no keep-alive)"
+                    ) from None
+            item = self._queue.popleft()
+            if item is _LOST:
+                continue  # _lost_reason is set; raised above once the data before it is out
+            yield item  # type: ignore[misc]
+
+    async def _poll(self) -> AsyncIterator[list[Reading]]:
+        ticker = FixedRateTicker(self._config.poll_interval_ms / 1000)
+        while True:
+            yield await self.read()
+            await ticker.wait()
+
+    def _stale_after_s(self) -> float:
+        cfg = self._config
+        if cfg.stale_after_ms is not None:
+            return cfg.stale_after_ms / 1000
+        keepalive = cfg.publishing_interval_ms * (self._client.get_keepalive_count(cfg.publishing_interval_ms)
+                                                  if self._client else 10)  # fmt: skip
+        return max(5.0, 3 * keepalive / 1000)
+
+    def _on_publish(self, result: ua.PublishResult) -> None:
+        """Called by the publish loop once per PublishResponse: readings for every notification."""
+        data = result.NotificationMessage.NotificationData
+        self._stats["publishes"] += 1
+        self._wakeup.set()
+        if not data:
+            self._stats["keepalives"] += 1
+            return
+        receive = time.time_ns()
+        source, tags, units = self.name, self._config.tags, self._units
+        batch: list[Reading] = []
+        for notification in data:
+            if isinstance(notification, ua.DataChangeNotification):
+                for item in notification.MonitoredItems:
+                    i = item.ClientHandle
+                    ts, value, quality, reason = reading_parts(item.Value, receive)
+                    batch.append(Reading(source, tags[i].name, ts, value, quality, units[i], reason))
+            elif isinstance(notification, ua.StatusChangeNotification):
+                self._lost(f"subscription status {status_name(notification.Status.value)}")
+        if batch:
+            self._stats["notifications"] += len(batch)
+            self._last_ok_ns = receive
+            self._push(batch)
+
+    def _push(self, batch: list[Reading]) -> None:
+        if len(self._queue) >= MAX_QUEUED_BATCHES:
+            self._queue.popleft()
+            self._stats["dropped_batches"] += 1
+        self._queue.append(batch)
+        self._wakeup.set()
+
+    def _lost(self, reason: str) -> None:
+        if self._lost_reason is None:
+            self._lost_reason = reason
+            log.warning("opcua.connection_lost", driver=self.name, reason=reason)
+        self._connected = False
+        self._queue.append(_LOST)
+        self._wakeup.set()
+
+    async def _on_connection_lost(self, exc: Exception) -> None:
+        self._lost(f"connection lost: {_explain(exc)}")
+
+
+async def _browse(client: Client, node: ua.NodeId) -> list[ua.ReferenceDescription]:
+    """Forward hierarchical children of `node` (all pages)."""
+    desc = ua.BrowseDescription(
+        NodeId=node, BrowseDirection=ua.BrowseDirection.Forward,
+        ReferenceTypeId=HIERARCHICAL, IncludeSubtypes=_TRUE,
+        NodeClassMask=0, ResultMask=ua.BrowseResultMask.All,
+    )  # fmt: skip
+    results = await client.uaclient.browse(ua.BrowseParameters(NodesToBrowse=[desc]))
+    refs = list(results[0].References)
+    point = results[0].ContinuationPoint
+    while point:
+        more = await client.uaclient.browse_next(ua.BrowseNextParameters(ContinuationPoints=[point]))
+        refs += more[0].References
+        point = more[0].ContinuationPoint
+    return refs
+
+
+def _match(refs: Iterable[ua.ReferenceDescription], segment: str) -> ua.NodeId | None:
+    """The child whose BrowseName is `segment` (`2:Name` pins the namespace index)."""
+    ns: int | None = None
+    name = segment
+    prefix, sep, rest = segment.partition(":")
+    if sep and prefix.isdigit():
+        ns, name = int(prefix), rest
+    for ref in refs:
+        if ref.BrowseName.Name == name and (ns is None or ref.BrowseName.NamespaceIndex == ns):
+            return ua.NodeId(ref.NodeId.Identifier, ref.NodeId.NamespaceIndex, ref.NodeId.NodeIdType)
+    return None
+
+
+def _chunks(items: list[_T], size: int) -> Iterable[list[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _require(path: Path, key: str) -> Path:
+    if not path.is_file():
+        raise ValueError(f"{key} file not found: {path}")
+    return path
+
+
+def _load_file(path: Path, key: str) -> x509.Certificate | None:
+    """Check a certificate/key file is there and readable; the certificate itself is returned."""
+    data = _require(path, key).read_bytes()
+    if key != "certificate":
+        return None
+    try:
+        return (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----")
+                else x509.load_der_x509_certificate(data))  # fmt: skip
+    except ValueError as exc:
+        raise ValueError(f"{key} {path} is not a PEM or DER certificate: {exc}") from exc
+
+
+def _certificate_uri(cert: x509.Certificate | None) -> str | None:
+    if cert is None:
+        return None
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None
+
+
+_HINTS: Final[dict[int, str]] = {
+    StatusCodes.BadCertificateUntrusted: "the server does not trust our client certificate "
+    "(add it to the server's trusted certificates)",
+    StatusCodes.BadSecurityChecksFailed: "security checks failed (certificate not trusted, wrong key, "
+    "or a policy/mode the server does not offer)",
+    StatusCodes.BadCertificateUriInvalid: "the certificate's URI does not match the application URI",
+    StatusCodes.BadCertificateTimeInvalid: "the certificate is expired or not yet valid",
+    StatusCodes.BadIdentityTokenRejected: "user name or password rejected",
+    StatusCodes.BadUserAccessDenied: "user name or password rejected",
+    StatusCodes.BadSecurityPolicyRejected: "the server does not offer this security policy/mode",
+}
+
+
+def _explain(exc: BaseException) -> str:  # noqa: PLR0911 - one answer per kind of failure
+    """A field technician's reading of an asyncua/OS exception."""
+    if isinstance(exc, UaStatusCodeError):
+        name = status_name(exc.code)
+        hint = _HINTS.get(exc.code)
+        return f"{name}: {hint}" if hint else name
+    if isinstance(exc, TimeoutError):
+        return "no answer in time (server down, firewall or wrong address?)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the server running on that port?)"
+    if isinstance(exc, OSError):
+        return exc.strerror.lower() if exc.strerror else str(exc) or type(exc).__name__
+    text = str(exc)
+    if "Server certificate mismatch" in text:
+        return "the server's certificate is not the pinned server_certificate"
+    if "No matching endpoints" in text or "find_endpoint" in text:
+        return f"the server offers no endpoint with this security policy and mode ({text})"
+    return text or type(exc).__name__
+
+
+async def _quiet_disconnect(client: Client) -> None:
+    """Close a session that may already be dead without waiting long on it."""
+    with contextlib.suppress(OSError, TimeoutError, UaError, asyncio.CancelledError, ConnectionError):
+        async with asyncio.timeout(2.0):
+            await client.disconnect()

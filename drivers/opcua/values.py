@@ -1,0 +1,102 @@
+"""OPC UA DataValues to `Reading` parts: status code → quality, timestamps → UTC ns, variants → values.
+
+Status codes follow OPC UA Part 4 §7.34: the top two bits give the class (00 Good, 01 Uncertain,
+10/11 Bad). A non-good reading carries the status code's name as its reason
+(e.g. "BadSensorFailure"); a bad reading has no value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from functools import lru_cache
+from typing import Any, Final
+
+from asyncua import ua
+
+from agent.model import BAD, GOOD, UNCERTAIN, Quality, Value
+
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EPOCH_NAIVE: Final = dt.datetime(1970, 1, 1)  # asyncua decodes UTC as naive datetimes
+
+
+@lru_cache(maxsize=256)
+def status_quality(code: int) -> tuple[Quality, str | None]:
+    """(quality, reason) for a StatusCode value; reason is None for Good."""
+    severity = code >> 30
+    if severity == 0:
+        return GOOD, None
+    return (UNCERTAIN if severity == 1 else BAD), status_name(code)
+
+
+def status_name(code: int) -> str:
+    """The symbolic name of a status code (its severity and subcode), else its hex value."""
+    name = ua.status_codes.code_to_name_doc.get(code & 0xFFFF0000, (None, None))[0]
+    return str(name) if name else f"0x{code:08X}"
+
+
+def to_ns(stamp: dt.datetime | None) -> int | None:
+    """A DataValue timestamp as UTC nanoseconds; None when absent (the OPC UA 'null' time)."""
+    if stamp is None:
+        return None
+    delta = stamp - (_EPOCH_NAIVE if stamp.tzinfo is None else _EPOCH)
+    ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    return ns if ns > 0 else None
+
+
+def to_value(raw: Any) -> tuple[Value, str | None]:  # noqa: PLR0911 - one case per type
+    """A variant's Python value as a Reading value, or (None, reason) when it cannot be one."""
+    if raw is None or isinstance(raw, bool | int | str):
+        return raw, None
+    if isinstance(raw, float):
+        return (raw, None) if math.isfinite(raw) else (None, "not a number")
+    if isinstance(raw, dt.datetime):
+        return raw.isoformat(), None
+    if isinstance(raw, ua.LocalizedText):
+        return raw.Text, None
+    if isinstance(raw, bytes):
+        return raw.hex(), None
+    if isinstance(raw, ua.StatusCode):
+        return raw.value, None
+    return None, f"unsupported value type {type(raw).__name__}"
+
+
+def reading_parts(datavalue: ua.DataValue, receive_ns: int) -> tuple[int, Value, Quality, str | None]:
+    """(ts_ns, value, quality, reason) of one DataValue; source time first, then server, then receipt."""
+    status = datavalue.StatusCode
+    code = status.value if status is not None else 0
+    quality, reason = status_quality(code)
+    ts = to_ns(datavalue.SourceTimestamp) or to_ns(datavalue.ServerTimestamp) or receive_ns
+    if quality == BAD:
+        return ts, None, BAD, reason
+    variant = datavalue.Value
+    value, problem = to_value(variant.Value if variant is not None else None)
+    if problem is not None:
+        return ts, None, BAD, problem
+    return ts, value, quality, reason
+
+
+# UNECE codes (OPC UA Part 8 EUInformation.UnitId) to the unit spellings the agent's other
+# drivers use; anything else keeps the server's DisplayName.
+_UNECE_UNITS: Final[dict[str, str]] = {
+    "MQH": "m3/h", "BAR": "bar", "AMP": "A", "C16": "mm/s", "CEL": "degC", "RPM": "rpm",
+    "MTR": "m", "MTQ": "m3", "LTR": "L", "E32": "L/h", "SEC": "s", "WHR": "Wh", "VLT": "V",
+    "HTZ": "Hz", "KWT": "kW", "P1": "%", "KEL": "K", "KPA": "kPa", "MBR": "mbar", "G51": "L/s",
+}  # fmt: skip
+
+
+def unece_code(unit_id: int) -> str:
+    """The UNECE common code packed into an EUInformation UnitId ("" when not ASCII)."""
+    if unit_id <= 0:
+        return ""
+    raw = unit_id.to_bytes(4, "big").lstrip(b"\x00")
+    return raw.decode("ascii") if raw.isascii() else ""
+
+
+def unit_from_eu(eu: ua.EUInformation) -> str:
+    """The unit string for an EngineeringUnits property."""
+    known = _UNECE_UNITS.get(unece_code(eu.UnitId))
+    if known:
+        return known
+    text = eu.DisplayName.Text if eu.DisplayName is not None else None
+    return (text or "")[:32]

@@ -1,0 +1,280 @@
+"""The OPC UA driver against firmware-sim's OPC UA server (real asyncua server on a real socket,
+in this process so a test can inject status codes and restart it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from agent.errors import DriverIOError
+from agent.model import Event, Reading
+from agent.supervisor import DeviceRunner
+from drivers.opcua.certs import make_client_certificate
+from drivers.opcua.config import OpcUaConfig
+from drivers.opcua.driver import OpcUaDriver
+from fwsim.component import SimContext
+from fwsim.opcua_server import OpcUaComponent
+from fwsim.pumpstation import PumpStation
+from fwsim.registers import POINTS
+
+
+@dataclass
+class Sim:
+    component: OpcUaComponent
+    ctx: SimContext
+    url: str
+
+
+# One server for the module (starting one costs about 2 s); tests that change it undo it.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sim]:
+    tmp_path = tmp_path_factory.mktemp("opcua")
+    station = PumpStation(1, tick_s=0.1, start_time_of_day_s=8 * 3600)
+    ctx = SimContext(station=station, points=POINTS, seed=1, host="127.0.0.1", workdir=tmp_path / "sim",
+                     options={"port": 0})  # fmt: skip
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            station.step(1)
+
+    component = OpcUaComponent()
+    url = (await component.start(ctx))[0].detail["url"]
+    ticker = asyncio.create_task(tick())
+    yield Sim(component, ctx, str(url))
+    ticker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ticker
+    await component.stop()
+
+
+def driver(url: str, tags: list[dict[str, Any]], **extra: Any) -> OpcUaDriver:
+    return OpcUaDriver.from_config(
+        OpcUaConfig.model_validate({"name": "ua", "kind": "opcua", "endpoint": url, "tags": tags, **extra})
+    )
+
+
+async def collect(drv: OpcUaDriver, seconds: float) -> list[Reading]:
+    got: list[Reading] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            async for batch in drv.stream():
+                got += batch
+    return got
+
+
+async def test_browse_paths_and_node_ids_read_with_units(sim: Sim) -> None:
+    drv = driver(sim.url, [
+        {"name": "flow", "path": "PumpStation/Pump1/Flow"},
+        {"name": "name", "node": "ns=2;s=station.name"},
+        {"name": "pressure", "path": "2:PumpStation/2:Pump1/2:DischargePressure", "unit": "kPa-custom"},
+        {"name": "missing", "path": "PumpStation/Pump9/Flow"},
+        {"name": "unknown", "node": "ns=2;s=no.such.point"},
+    ])  # fmt: skip
+    await drv.open()
+    try:
+        readings = {r.tag: r for r in await drv.read()}
+    finally:
+        await drv.aclose()
+    assert readings["flow"].quality == "good"
+    assert isinstance(readings["flow"].value, float)
+    assert readings["flow"].unit == "m3/h"  # from the EngineeringUnits property (UNECE MQH)
+    assert readings["pressure"].unit == "kPa-custom"  # the config's unit wins
+    assert readings["name"].value == "PS-NORTH"
+    assert readings["missing"].quality == "bad"
+    assert "Pump9" in (readings["missing"].reason or "")
+    assert readings["unknown"].quality == "bad"
+    assert readings["unknown"].reason == "BadNodeIdUnknown"
+    assert drv.health()["unresolved"] == {"missing": readings["missing"].reason}
+
+
+async def test_deadband_reduces_notifications(sim: Sim) -> None:
+    # station.ticks grows by one every 100 ms: a deadband of 5 lets through about one change in 6
+    drv = driver(sim.url, [
+        {"name": "ticks", "node": "ns=2;s=station.ticks"},
+        {"name": "ticks_db", "node": "ns=2;s=station.ticks", "deadband": {"type": "absolute", "value": 5}},
+    ], sampling_interval_ms=100, publishing_interval_ms=100)  # fmt: skip
+    await drv.open()
+    try:
+        got = await collect(drv, 3.0)
+    finally:
+        await drv.aclose()
+    plain = [r.value for r in got if r.tag == "ticks"]
+    banded = [r.value for r in got if r.tag == "ticks_db"]
+    assert len(plain) >= 15
+    assert 2 <= len(banded) < len(plain) / 3
+    steps = [b - a for a, b in itertools.pairwise(banded)]  # type: ignore[operator]
+    assert all(step > 5 for step in steps), steps
+    assert all(r.quality == "good" and r.ts_ns > 0 for r in got)
+
+
+async def test_status_codes_map_to_quality(sim: Sim) -> None:
+    drv = driver(sim.url, [
+        {"name": "flow", "node": "ns=2;s=pump1.flow"},
+        {"name": "speed", "node": "ns=2;s=pump1.speed"},
+        {"name": "current", "node": "ns=2;s=pump1.motor_current"},
+    ], publishing_interval_ms=100, sampling_interval_ms=100)  # fmt: skip
+    await drv.open()
+    try:
+        sim.component.override("pump1.flow", "BadSensorFailure")
+        sim.component.override("pump1.speed", "UncertainLastUsableValue")
+        await asyncio.sleep(0.3)
+        polled = {r.tag: r for r in await drv.read()}
+        pushed: dict[str, Reading] = {}
+        async with asyncio.timeout(5):
+            async for batch in drv.stream():
+                pushed.update((r.tag, r) for r in batch)
+                if pushed.get("flow", polled["current"]).quality == "bad" and "speed" in pushed:
+                    break
+    finally:
+        await drv.aclose()
+        sim.component.override("pump1.flow", None)
+        sim.component.override("pump1.speed", None)
+    for readings in (polled, pushed):
+        assert readings["flow"].quality == "bad"
+        assert readings["flow"].value is None
+        assert readings["flow"].reason == "BadSensorFailure"
+        assert readings["speed"].quality == "uncertain"
+        assert readings["speed"].reason == "UncertainLastUsableValue"
+        assert isinstance(readings["speed"].value, float)
+    assert polled["current"].quality == "good"
+    assert polled["current"].reason is None
+
+
+async def test_poll_mode_reads_at_the_poll_interval(sim: Sim) -> None:
+    drv = driver(sim.url, [{"name": "ticks", "node": "ns=2;s=station.ticks"}], mode="poll",
+                 poll_interval_ms=200)  # fmt: skip
+    await drv.open()
+    try:
+        got = await collect(drv, 1.1)
+    finally:
+        await drv.aclose()
+    assert drv.health()["mode"] == "poll"
+    assert 4 <= len(got) <= 7
+    values = [r.value for r in got]
+    assert values == sorted(values)
+    assert len(set(values)) >= 4
+
+
+async def test_server_refusing_subscriptions_falls_back_to_polling(sim: Sim) -> None:
+    drv = driver(sim.url, [{"name": "ticks", "node": "ns=2;s=station.ticks"}], poll_interval_ms=200)
+    sim.component.refuse_subscriptions()
+    try:
+        await drv.open()
+        got = await collect(drv, 0.9)
+    finally:
+        sim.component.refuse_subscriptions(False)
+        await drv.aclose()
+    health = drv.health()
+    assert health["mode"] == "poll"
+    assert "BadServiceUnsupported" in health["fallback"]
+    assert len(got) >= 3
+    assert all(r.quality == "good" for r in got)
+
+
+async def test_unreachable_server_is_a_clear_driver_io_error(tmp_path: Path) -> None:
+    from tests.support.plant import free_port
+
+    drv = driver(f"opc.tcp://127.0.0.1:{free_port()}", [{"name": "x", "node": "ns=2;i=5"}])
+    with pytest.raises(DriverIOError, match="connection refused"):
+        await drv.open()
+
+
+def _secure(url: str, cert: Path, key: Path, mode: str = "SignAndEncrypt", **extra: Any) -> OpcUaDriver:
+    return driver(url, [{"name": "name", "node": "ns=2;s=station.name"}],
+                  security_policy="Basic256Sha256", security_mode=mode,
+                  certificate=str(cert), private_key=str(key), **extra)  # fmt: skip
+
+
+async def test_sign_and_encrypt_with_a_trusted_client_certificate(sim: Sim, tmp_path: Path) -> None:
+    good_cert, good_key = tmp_path / "good.der", tmp_path / "good.pem"
+    bad_cert, bad_key = tmp_path / "bad.der", tmp_path / "bad.pem"
+    make_client_certificate(good_cert, good_key)
+    make_client_certificate(bad_cert, bad_key)
+    trusted = sim.ctx.workdir / "opcua" / "pki" / "trusted"
+    trusted.mkdir(parents=True)
+    shutil.copy(good_cert, trusted / "gateway.der")
+    try:
+        await _check_secure(sim, tmp_path, good_cert, good_key, bad_cert, bad_key)
+    finally:
+        shutil.rmtree(trusted)  # back to accepting any client certificate
+
+
+async def _check_secure(sim: Sim, tmp_path: Path, good_cert: Path, good_key: Path, bad_cert: Path,
+                        bad_key: Path) -> None:  # fmt: skip
+    server_cert = sim.ctx.workdir / "opcua" / "pki" / "own" / "server_cert.der"
+
+    for mode in ("SignAndEncrypt", "Sign"):
+        drv = _secure(sim.url, good_cert, good_key, mode, server_certificate=str(server_cert))
+        await drv.open()
+        try:
+            assert [r.value for r in await drv.read()] == ["PS-NORTH"]
+        finally:
+            await drv.aclose()
+
+    untrusted = _secure(sim.url, bad_cert, bad_key)
+    with pytest.raises(DriverIOError, match="BadCertificateUntrusted: the server does not trust"):
+        await untrusted.open()
+    assert list((sim.ctx.workdir / "opcua" / "pki" / "rejected").iterdir())
+
+    # A pinned server certificate that is not the server's: refused before any data flows.
+    wrong_pin = _secure(sim.url, good_cert, good_key, server_certificate=str(bad_cert))
+    with pytest.raises(DriverIOError, match="cannot connect"):
+        await wrong_pin.open()
+
+    missing = _secure(sim.url, tmp_path / "nope.der", good_key)
+    with pytest.raises(DriverIOError, match="certificate file not found"):
+        await missing.open()
+
+
+async def test_server_restart_driver_reconnects_and_resubscribes(sim: Sim) -> None:
+    drv = driver(sim.url, [{"name": "ticks", "node": "ns=2;s=station.ticks"}],
+                 publishing_interval_ms=100, sampling_interval_ms=100)  # fmt: skip
+    readings: list[Reading] = []
+    events: list[Event] = []
+
+    async def on_readings(_stream: str, batch: list[Reading]) -> None:
+        readings.extend(batch)
+
+    async def on_event(event: Event) -> None:
+        events.append(event)
+
+    runner = DeviceRunner(drv.config, drv, on_readings, on_event, backoff_min_s=0.2, backoff_max_s=0.5)
+    task = asyncio.create_task(runner.run())
+
+    async def wait_for(predicate: Any, within: float) -> None:
+        async with asyncio.timeout(within):
+            while not predicate():  # noqa: ASYNC110 - the readings arrive through the runner's sink
+                await asyncio.sleep(0.05)
+
+    try:
+        await wait_for(lambda: sum(r.quality == "good" for r in readings) >= 5, 10)
+        await sim.component.stop()
+        await wait_for(lambda: any(r.quality == "bad" for r in readings), 10)
+        await asyncio.sleep(0.5)  # down for a while: reopen attempts fail meanwhile
+        await sim.component.start(sim.ctx)
+        mark = len(readings)
+        await wait_for(lambda: sum(r.quality == "good" for r in readings[mark:]) >= 5, 15)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    kinds = [e.kind for e in events]
+    assert kinds.index("driver_down") < kinds.index("driver_up")
+    first_bad = next(i for i, r in enumerate(readings) if r.quality == "bad")
+    assert readings[first_bad].reason
+    resumed = [r.value for r in readings[mark:] if r.quality == "good"]
+    assert resumed == sorted(resumed)
+    assert runner.stats.reconnects == 1

@@ -1,0 +1,96 @@
+"""OPC UA status codes, timestamps, units and config checks: what a reading says about a DataValue."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from asyncua import ua
+
+from agent.config import load_config
+from agent.errors import ConfigError
+from drivers.opcua.values import reading_parts, status_quality, to_ns, unit_from_eu
+from fwsim.opcua_server import browse_path, eu_information
+
+
+@pytest.mark.parametrize(
+    ("name", "quality"),
+    [("Good", "good"), ("GoodClamped", "good"), ("UncertainLastUsableValue", "uncertain"),
+     ("UncertainSensorNotAccurate", "uncertain"), ("BadSensorFailure", "bad"),
+     ("BadNodeIdUnknown", "bad"), ("BadCommunicationError", "bad")],
+)  # fmt: skip
+def test_status_code_class_gives_quality_and_name_gives_reason(name: str, quality: str) -> None:
+    got_quality, reason = status_quality(getattr(ua.StatusCodes, name))
+    assert got_quality == quality
+    assert reason == (None if quality == "good" else name)
+
+
+def test_unknown_bad_code_keeps_its_hex_value() -> None:
+    assert status_quality(0x80FE0000) == ("bad", "0x80FE0000")
+
+
+def test_reading_parts_prefers_source_then_server_then_receive_time() -> None:
+    src = dt.datetime(2026, 1, 2, 3, 4, 5, 678000)  # asyncua decodes UTC as naive
+    srv = dt.datetime(2026, 1, 2, 3, 4, 6)
+    aware = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    expected_src = int(aware.timestamp()) * 10**9 + 678 * 10**6
+    both = ua.DataValue(ua.Variant(1.5, ua.VariantType.Double), SourceTimestamp=src, ServerTimestamp=srv)
+    assert reading_parts(both, 7) == (expected_src, 1.5, "good", None)
+    server_only = ua.DataValue(ua.Variant(2, ua.VariantType.Int32), ServerTimestamp=srv)
+    assert reading_parts(server_only, 7)[0] == to_ns(srv)
+    assert reading_parts(ua.DataValue(ua.Variant(True)), 7) == (7, True, "good", None)
+
+
+def test_bad_status_drops_the_value_and_nan_is_bad() -> None:
+    dv = ua.DataValue(ua.Variant(3.0), ua.StatusCode(ua.StatusCodes.BadSensorFailure))
+    assert reading_parts(dv, 1) == (1, None, "bad", "BadSensorFailure")
+    nan = ua.DataValue(ua.Variant(float("nan"), ua.VariantType.Double))
+    assert reading_parts(nan, 1) == (1, None, "bad", "not a number")
+    array = ua.DataValue(ua.Variant([1, 2], ua.VariantType.Int32))
+    assert reading_parts(array, 1)[2:] == ("bad", "unsupported value type list")
+
+
+def test_engineering_units_round_trip_through_unece_codes() -> None:
+    for unit in ("m3/h", "bar", "A", "mm/s", "degC", "rpm"):
+        assert unit_from_eu(eu_information(unit)) == unit
+    assert eu_information("m3/h").UnitId == int.from_bytes(b"MQH", "big")
+
+
+def test_browse_path_mapping_is_documented_form() -> None:
+    assert browse_path("pump1.discharge_pressure") == "PumpStation/Pump1/DischargePressure"
+    assert browse_path("station.tank_level_cm") == "PumpStation/Station/TankLevelCm"
+
+
+def _config(tmp_path: Path, device: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(f"""schema_version = 1
+[gateway]
+site = "s"
+id = "g"
+state_dir = "{tmp_path}"
+[uplink]
+host = "127.0.0.1"
+[[devices]]
+name = "ua"
+kind = "opcua"
+endpoint = "opc.tcp://127.0.0.1:4840"
+{device}
+""")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [('security_policy = "Basic256Sha256"\nsecurity_mode = "SignAndEncrypt"\n'
+      '[[devices.tags]]\nname = "a"\nnode = "ns=2;i=5"', "certificate"),
+     ('[[devices.tags]]\nname = "a"\nnode = "ns=2;i=5"\npath = "A/B"', "exactly one of 'node'"),
+     ('[[devices.tags]]\nname = "a"\nnode = "pump1.flow"', "node"),
+     ('mode = "push"\n[[devices.tags]]\nname = "a"\nnode = "ns=2;i=5"', "mode")],
+)  # fmt: skip
+def test_config_errors_name_the_key(tmp_path: Path, device: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(_config(tmp_path, device))
+    text = str(err.value)
+    assert "agent.toml" in text
+    assert expected in text
