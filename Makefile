@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_SECONDS ?= 0
 
-.PHONY: setup demo test lint bench soak clean
+.PHONY: setup demo test lint bench soak eval clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -22,6 +22,11 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench.run
+
+# Model evaluation on held-out simulated data and the real recordings; rewrites docs/img and metrics.
+eval: setup
+	$(PY) -m models.train.leak_eval --update-manifest
+	$(PY) -m models.train.leak_calibration
 
 soak: setup
 	$(VENV)/bin/pytest -q -m soak -p no:cacheprovider --timeout 7200

@@ -1,0 +1,1 @@
+"""Acoustic leak detection and localisation: pipe acoustics, features, the TFLite detector, GCC localiser."""

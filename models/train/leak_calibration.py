@@ -1,0 +1,78 @@
+"""Compare the simulator with the real PVC recordings: PSDs of leak and no-leak, measured vs synthetic.
+
+    python -m models.train.leak_calibration [--out docs/img/hydrophone_calibration.png]
+
+Real data: Aghashahi, Sela & Banks, "Benchmarking dataset for leak detection and localization in water
+distribution systems", Data in Brief 48 (2023) 109148, doi:10.17632/tbrnp6vrnj.1 (CC BY 4.0), read from
+../shared/data/leak-pvc-hydrophone (never copied into this repository). The synthetic scene is the test
+bed's: PVC, 152.4 mm, 8 kHz, one sensor, all backgrounds; the leak at -12 dB SNR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import signal
+
+from fwsim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
+from models.leak.wavio import read_wav
+from models.train.leak_eval import REAL_DIR, REPO
+
+
+def band_table(x: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    f, p = signal.welch(x - x.mean(), sr, nperseg=8192)
+    return f, p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m models.train.leak_calibration", description=__doc__)
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "hydrophone_calibration.png")
+    ap.add_argument("--snr", type=float, default=-12.0)
+    args = ap.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    sims = {
+        "no leak": PipeScene(
+            "pvc", 152.4, 47.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=8000, channels=1, seed=3
+        ),
+        "leak": PipeScene(
+            "pvc", 152.4, 47.0, 20.0, 1.0, args.snr, BACKGROUNDS, sample_rate=8000, channels=1, seed=3
+        ),
+    }
+    for ax, (title, files) in zip(
+        axes,
+        (
+            ("no leak", ["no-leak"]),
+            ("leak", ["orifice-leak", "gasket-leak", "circumferential-crack", "longitudinal-crack"]),
+        ),
+        strict=True,
+    ):
+        for name in files:
+            x, sr = read_wav(REAL_DIR / f"{name}.wav")
+            f, p = band_table(x[:, 0], sr)
+            ax.semilogx(f[1:], 10 * np.log10(p[1:]), lw=0.7, label=f"real: {name}")
+        y = HydrophoneSynth(sims[title]).render_seconds(35)[:, 0].astype(np.float64)
+        f, p = band_table(y, 8000)
+        ax.semilogx(f[1:], 10 * np.log10(p[1:]), "k", lw=1.2, label="simulated (PVC DN150, 8 kHz)")
+        ax.set(title=f"{title}: measured vs synthetic PSD", xlabel="Hz", xlim=(3, 4000))
+        ax.grid(True, which="both", lw=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0].set_ylabel("dB re 1 FS^2/Hz")
+    fig.suptitle("Hydrophone calibration against Aghashahi et al. (2023), CC BY 4.0", fontsize=9)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=100)
+    sys.stdout.write(f"wrote {args.out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""`edge-agent models score leak` / `locate` on WAV files: JSON out, any WAV format, bad files named."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from fwsim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "models", *args],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("leakwav")
+    leak = PipeScene(
+        "steel", 150.0, 120.0, 45.0, 1.0, 8.0, BACKGROUNDS, sample_rate=16000, channels=2, seed=31
+    )
+    quiet = PipeScene(
+        "steel", 150.0, 120.0, None, 1.0, 8.0, BACKGROUNDS, sample_rate=16000, channels=2, seed=31
+    )
+    x_leak = HydrophoneSynth(leak).render_seconds(6)
+    x_quiet = HydrophoneSynth(quiet).render_seconds(6)
+    out = {
+        "leak16k2ch": d / "leak_16k_2ch.wav", "quiet16k": d / "quiet_16k.wav",
+        "leak44k24bit": d / "leak_44k.wav", "bad": d / "bad.wav", "short": d / "short.wav",
+    }  # fmt: skip
+    wavfile.write(out["leak16k2ch"], 16000, (x_leak * 0.3 * 32767).astype(np.int16))
+    wavfile.write(out["quiet16k"], 16000, x_quiet[:, 0] * 0.3)  # float32 mono
+    # 44.1 kHz int32 ("24-bit in 32") mono: resampled up by the simulator-independent path
+    from scipy import signal
+
+    up = signal.resample_poly(x_leak[:, 0].astype(np.float64), 441, 160) * 0.3
+    wavfile.write(out["leak44k24bit"], 44100, (up * 2**31).astype(np.int32))
+    out["bad"].write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunk")
+    wavfile.write(out["short"], 8000, np.zeros(100, dtype=np.int16))
+    wavfile.write(d / "pair.wav", 16000, x_leak)
+    wavfile.write(d / "A.wav", 16000, x_leak[:, 0])
+    wavfile.write(d / "B.wav", 16000, x_leak[:, 1])
+    out.update({"pair": d / "pair.wav", "A": d / "A.wav", "B": d / "B.wav"})
+    return out
+
+
+def test_score_leak_prints_one_json_line_per_file_and_says_what_it_did(wavs: dict[str, Path]) -> None:
+    res = cli("score", "leak", str(wavs["leak16k2ch"]), str(wavs["quiet16k"]), str(wavs["leak44k24bit"]))
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [
+        str(wavs[k]) for k in ("leak16k2ch", "quiet16k", "leak44k24bit")
+    ]
+    leak, quiet, leak44 = lines
+    assert leak["leak_probability"] > leak["threshold"] > quiet["leak_probability"]
+    assert leak44["leak_probability"] > leak44["threshold"]
+    assert "first of 2 channels" in leak["input"]
+    assert "resampled from 16000 Hz to 8000 Hz" in leak["input"]
+    assert "resampled from 44100 Hz to 8000 Hz" in leak44["input"]
+    assert len(leak["band_levels_db"]) == 20
+    assert "level_dbfs" in leak
+
+
+def test_a_bad_file_is_one_line_on_stderr_exit_2_and_the_others_are_still_scored(
+    wavs: dict[str, Path],
+) -> None:
+    res = cli("score", "leak", str(wavs["bad"]), str(wavs["leak16k2ch"]), str(wavs["short"]),
+              str(wavs["bad"].with_name("missing.wav")))  # fmt: skip
+    assert res.returncode == 2
+    assert [json.loads(line)["file"] for line in res.stdout.splitlines()] == [str(wavs["leak16k2ch"])]
+    # (LiteRT's C++ runtime may add its own "INFO: Created ... delegate" line to stderr)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("edge-agent models:")]
+    assert len(errors) == 3
+    assert "Traceback" not in res.stderr
+    assert "bad.wav" in errors[0]
+    assert "too short" in errors[1]
+    assert "no such file" in errors[2]
+
+
+def test_locate_a_two_channel_wav_and_two_mono_wavs(wavs: dict[str, Path]) -> None:
+    one = cli("locate", str(wavs["pair"]), "--distance", "120", "--material", "steel")
+    two = cli("locate", str(wavs["A"]), str(wavs["B"]), "--distance", "120", "--wave-speed",
+              str(PipeScene("steel", 150.0, 120.0, 45.0, 1.0, 8.0, ()).wave_speed))  # fmt: skip
+    for res in (one, two):
+        assert res.returncode == 0, res.stderr
+        body = json.loads(res.stdout)
+        assert body["position_m"] == pytest.approx(45.0, abs=2.4)
+        assert {"uncertainty_m", "delay_s", "confidence", "warnings"} <= set(body)
+        assert body["delay_s"] < 0  # nearer A: A hears it first
+
+
+def test_locate_refuses_a_mono_file_without_a_traceback(wavs: dict[str, Path]) -> None:
+    res = cli("locate", str(wavs["quiet16k"]), "--distance", "100", "--material", "pvc")
+    assert res.returncode == 2
+    assert "1 channel" in res.stderr
+    assert "Traceback" not in res.stderr
