@@ -1,0 +1,48 @@
+"""Pump anomaly benchmark: scoring cost per sample per pump, and calibration on 24 h of 1 s data."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from models.pump.detector import calibrate, score, select
+from models.runtime import load_model
+from models.train.pump_sim import SIGNALS, Scenario, simulate
+
+MANIFEST = Path(__file__).resolve().parents[1] / "models" / "pump" / "pump_scorer.json"
+
+
+def run(tmpdir: Path) -> list[dict[str, object]]:
+    model = load_model(MANIFEST)
+    window = int(model.manifest.extra.get("window", 32))
+    x, _ = simulate(Scenario(seed=3, hours=24.0, fault=None))
+    names = list(SIGNALS)
+    t0 = time.perf_counter()
+    cal = calibrate(x, names, model, window=window, model_version=model.version)
+    calib_s = time.perf_counter() - t0
+
+    # Streaming, as the agent runs it: one sample at a time, the last `window` rows each time.
+    rows = select(x[:2000], names, cal)
+    t0 = time.perf_counter()
+    for i in range(window, len(rows)):
+        score(rows[i - window + 1:i + 1], cal, model)
+    stream_ms = (time.perf_counter() - t0) * 1000 / (len(rows) - window)
+
+    t0 = time.perf_counter()
+    score(select(x[:36000], names, cal), cal, model)
+    batch_ms = (time.perf_counter() - t0) * 1000 / 36000
+    return [
+        {"name": "pump.score_streaming_per_sample", "value": round(stream_ms, 3), "unit": "ms",
+         "target": "<= 1 ms per sample per pump"},
+        {"name": "pump.score_batch_per_sample", "value": round(batch_ms, 4), "unit": "ms",
+         "target": "<= 1 ms per sample per pump"},
+        {"name": "pump.calibrate_24h_1s", "value": round(calib_s, 2), "unit": "s", "target": "<= 60 s"},
+    ]
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in run(Path(tmp)):
+            print(row)

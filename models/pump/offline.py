@@ -1,0 +1,118 @@
+"""Offline scoring of a CSV of pump history: what `edge-agent models score pump --csv` runs.
+
+The file has a header, timestamps in the first column and numeric signals in the others, under any
+names, separated by commas or semicolons (semicolon files may use decimal commas). Blank and
+non-numeric cells count as missing; a column that is mostly text is ignored with a warning. The
+first `calibrate_rows` data rows calibrate the pump; every data row gets exactly one output row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.manifest import ModelError
+from models.pump.detector import MIN_CALIBRATION_ROWS, Scorer, alarm_series, calibrate, score, select
+
+NUMERIC_SHARE = 0.5  # a column is numeric when at least this share of its filled cells parse
+
+
+class InputError(ModelError):
+    """The CSV cannot be used; the message says why in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    timestamps: list[str]
+    names: list[str]
+    values: np.ndarray  # (rows, columns) float64, NaN where missing
+    ignored: list[str]
+
+
+def _separator(header: str) -> str:
+    counts = {sep: header.count(sep) for sep in (";", ",", "\t")}
+    sep = max(counts, key=lambda k: counts[k])
+    if counts[sep] == 0:
+        raise InputError("the header has no ',' or ';' separator: need a timestamp column and signals")
+    return sep
+
+
+def _number(cell: str, decimal_comma: bool) -> float:
+    text = cell.strip()
+    if decimal_comma:
+        text = text.replace(",", ".")
+    try:
+        value = float(text)
+    except ValueError:
+        return math.nan
+    return value if math.isfinite(value) else math.nan
+
+
+def read_table(text: str) -> Table:
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise InputError("the file is empty")
+    sep = _separator(lines[0].lstrip("\ufeff"))
+    rows = list(csv.reader(io.StringIO("\n".join(lines).lstrip("\ufeff")), delimiter=sep))
+    header, data = rows[0], rows[1:]
+    if len(header) < 2:
+        raise InputError("need a timestamp column and at least one signal column")
+    if not data:
+        raise InputError("the file has a header but no data rows")
+    decimal_comma = sep != ","
+    width = len(header)
+    cells = [(row + [""] * width)[:width] for row in data]
+    names, columns, ignored = [], [], []
+    for j in range(1, width):
+        raw = [r[j] for r in cells]
+        parsed = [_number(c, decimal_comma) for c in raw]
+        filled = sum(1 for c in raw if c.strip())
+        good = sum(1 for v in parsed if not math.isnan(v))
+        name = header[j].strip() or f"column {j + 1}"
+        if filled and good >= NUMERIC_SHARE * filled:
+            names.append(name)
+            columns.append(parsed)
+        else:
+            ignored.append(name)
+    if not names:
+        raise InputError("no numeric signal column found")
+    return Table([r[0].strip() for r in cells], names, np.array(columns, dtype=np.float64).T, ignored)
+
+
+def score_csv(path: Path, calibrate_rows: int, model: Scorer, *, window: int, model_version: str,
+              persistence: int = 5, clear_after: int = 30, hysteresis: float = 0.8,
+              quantile: float = 0.995, margin: float = 1.3,
+              warn: Callable[[str], None] = lambda _m: None) -> Iterable[str]:
+    """Validate, calibrate and score; the output CSV's lines (header first)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    table = read_table(text)
+    n = len(table.timestamps)
+    if calibrate_rows < MIN_CALIBRATION_ROWS:
+        raise InputError(f"--calibrate-rows must be at least {MIN_CALIBRATION_ROWS}")
+    if calibrate_rows > n:
+        raise InputError(f"--calibrate-rows {calibrate_rows} exceeds the {n} data rows in the file")
+    for name in table.ignored:
+        warn(f"ignoring non-numeric column {name!r}")
+    cal = calibrate(table.values[:calibrate_rows], table.names, model, window=window,
+                    model_version=model_version, quantile=quantile, margin=margin)
+    for name in cal.dropped:
+        warn(f"ignoring column {name!r}: constant or empty during calibration")
+    scored = score(select(table.values, table.names, cal), cal, model)
+    alarm = np.zeros(n, dtype=np.int8)  # the alarm state starts fresh after calibration
+    alarm[calibrate_rows:] = alarm_series(scored.score[calibrate_rows:], cal.threshold, persistence,
+                                          clear_after, hysteresis)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["timestamp", "score", "anomaly"])
+    for ts, s, a in zip(table.timestamps, scored.score, alarm, strict=True):
+        writer.writerow([ts, f"{s:.6g}", int(a)])
+    return out.getvalue().splitlines()

@@ -1,0 +1,116 @@
+"""`edge-agent models score pump --csv`: the output contract engineers script against."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.cli import main
+from models.train.pump_sim import SIGNALS, Scenario, simulate
+
+CALIB = 600
+
+
+@pytest.fixture(scope="module")
+def sim() -> tuple[np.ndarray, np.ndarray]:
+    """20 min of a simulated pump, a held-out fault (imbalance) from minute 13."""
+    return simulate(Scenario(seed=5, hours=1 / 3, fault="imbalance", onset_s=800, duration_s=400,
+                             ramp_s=30, severity=0.4))
+
+
+def write(path: Path, header: list[str], rows: list[list[str]], sep: str) -> Path:
+    path.write_text("\n".join(sep.join(r) for r in [header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], path: Path, calib: int) -> tuple[int, str, str]:
+    code = main(["models", "score", "pump", "--csv", str(path), "--calibrate-rows", str(calib)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def timestamps(n: int) -> list[str]:
+    return [f"2024-03-01 10:{i // 60:02d}:{i % 60:02d}" for i in range(n)]
+
+
+def test_one_output_row_per_input_row_in_order_and_the_fault_is_flagged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]) -> None:
+    x, labels = sim
+    ts = timestamps(len(x))
+    rows = [[t] + ["" if np.isnan(v) else f"{v:.4f}" for v in row] for t, row in zip(ts, x, strict=True)]
+    code, out, err = run(capsys, write(tmp_path / "p.csv", ["time", *SIGNALS], rows, ","), CALIB)
+    assert code == 0, err
+    table = list(csv.reader(io.StringIO(out)))
+    assert table[0] == ["timestamp", "score", "anomaly"]
+    assert [r[0] for r in table[1:]] == ts
+    anomaly = np.array([int(r[2]) for r in table[1:]])
+    assert set(anomaly) <= {0, 1}
+    assert not anomaly[:CALIB].any()
+    assert all(float(r[1]) >= 0 for r in table[1:])
+    assert anomaly[labels == 1].mean() > 0.5  # the imbalance is flagged for most of its duration
+    assert anomaly[CALIB:][labels[CALIB:] == 0].mean() < 0.2
+
+
+def test_semicolons_decimal_commas_text_blank_and_constant_columns(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = sim
+    n = 700
+    rows = []
+    for i, t in enumerate(timestamps(n)):
+        cells = [f"{v:.3f}".replace(".", ",") for v in x[i, :4]]
+        if i % 50 == 7:
+            cells[1] = ""  # blank cell
+        if i % 90 == 3:
+            cells[2] = "NaN"
+        rows.append([t, *cells, "running", "1,0"])
+    path = write(tmp_path / "semi.csv", ["ts", "A", "B", "C", "D", "state", "const"], rows, ";")
+    code, out, err = run(capsys, path, 300)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == n + 1
+    assert "'state'" in err
+    assert "'const'" in err
+    assert all(line.endswith(",0") for line in lines[1:301])
+
+
+@pytest.mark.parametrize(
+    ("content", "calib", "message"),
+    [
+        ("", 10, "empty"),
+        ("time,a\n", 10, "no data rows"),
+        ("time,a\n" + "".join(f"t{i},x\n" for i in range(30)), 10, "no numeric"),
+        ("time,a\n" + "".join(f"t{i},{i % 7}\n" for i in range(30)), 31, "exceeds"),
+        ("time,a\n" + "".join(f"t{i},{i % 7}\n" for i in range(30)), 3, "at least"),
+        ("time,a\n" + "".join(f"t{i},5\n" for i in range(30)), 20, "constant"),
+        ("just one column\n1\n2\n", 1, "separator"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, calib: int, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    code, out, err = run(capsys, path, calib)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert message in err
+
+
+def test_missing_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, tmp_path / "nope.csv", 10)
+    assert code == 2
+    assert out == ""
+    assert "cannot read" in err
+
+
+def test_few_rows_still_score_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        sim: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = sim
+    rows = [[t, *(f"{v:.3f}" for v in x[i, :3])] for i, t in enumerate(timestamps(14))]
+    code, out, err = run(capsys, write(tmp_path / "few.csv", ["t", "a", "b", "c"], rows, ","), 12)
+    assert code == 0, err
+    assert len(out.splitlines()) == 15
