@@ -42,7 +42,7 @@ def mbpoll(plant: RunningPlant, *args: str) -> dict[int, str]:
 
 @needs_mbpoll
 def test_mbpoll_reads_station_constants(plant: RunningPlant) -> None:
-    assert mbpoll(plant, "-a", "1", "-r", "8", "-c", "2") == {8: "1", 9: "3"}  # version, pumps
+    assert mbpoll(plant, "-a", "1", "-r", "8", "-c", "2") == {8: "2", 9: "3"}  # version, pumps
     name = mbpoll(plant, "-a", "1", "-r", "0", "-c", "4", "-t", "4:hex")
     assert [name[i] for i in range(4)] == ["0x5053", "0x2D4E", "0x4F52", "0x5448"]  # "PS-NORTH"
 
@@ -110,7 +110,7 @@ def test_register_image_matches_the_encoding() -> None:
     image.update_bench(42)
     for point in POINTS:
         got = image.units[point.unit_id].read(point.table, point.address, point.width)
-        assert got == encode(point, point.source(station.state))
+        assert got == encode(point, point.value(station.state))
     assert image.units[1].read("input", BENCH_BASE, 2) == [0x4228, 0]  # 42.0
     assert image.units[1].read("holding", 60, 1) is None  # unmapped
 

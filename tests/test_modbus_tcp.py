@@ -90,7 +90,7 @@ async def test_values_in_documented_ranges_and_changing(plant: Plant) -> None:
     v = {k: r.value for k, r in second.items()}
     assert v["station_name"] == "PS-NORTH"
     assert v["meter_serial"] == "FM-00042"
-    assert (v["map_version"], v["pump_count"]) == (1, 3)
+    assert (v["map_version"], v["pump_count"]) == (2, 3)
     assert 0.5 <= v["tank_level"] <= 6.0
     assert 30 <= v["demand"] <= 250
     assert v["demand_cdab"] == v["demand_badc"] == v["demand_dcba"] == v["demand"]

@@ -1,4 +1,4 @@
-"""The `[[devices]]` schema of a Modbus TCP device and its tags (pydantic; validated without I/O).
+"""The `[[devices]]` schema of Modbus TCP and RTU devices and their tags (pydantic; no I/O).
 
 Everything here is checked at `check-config` time: a tag that cannot be read as configured (a
 bool in a holding register, a float32 running past address 65535, a bit tag without `bit`) is an
@@ -105,12 +105,9 @@ class ModbusTag(BaseModel):
         return TYPE_REGISTERS[self.type]
 
 
-class ModbusTcpConfig(DeviceConfig):
-    """A Modbus TCP device (a PLC or a TCP-to-RTU gateway with several unit IDs behind it)."""
+class ModbusDeviceConfig(DeviceConfig):
+    """Keys every Modbus device has, whatever the transport."""
 
-    kind: Literal["modbus_tcp"]
-    host: str = Field(min_length=1, max_length=253)
-    port: int = Field(default=502, ge=1, le=65535)
     unit_id: int = Field(default=1, ge=0, le=255)
     timeout_ms: int = Field(default=1000, ge=10, le=60_000)
     retries: int = Field(default=1, ge=0, le=10)
@@ -145,12 +142,66 @@ class ModbusTcpConfig(DeviceConfig):
         return self.unit_id if tag.unit_id is None else tag.unit_id
 
 
+class ModbusTcpConfig(ModbusDeviceConfig):
+    """A Modbus TCP device (a PLC or a TCP-to-RTU gateway with several unit IDs behind it)."""
+
+    kind: Literal["modbus_tcp"]
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(default=502, ge=1, le=65535)
+
+
+Parity = Literal["none", "even", "odd"]
+BAUD_RATES: Final = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+class ModbusRtuConfig(ModbusDeviceConfig):
+    """A Modbus RTU slave on a serial line; devices naming the same `port` share it.
+
+    Devices on one port must agree on the line settings (baudrate, parity, stopbits, bytesize);
+    timeout, retries and everything about tags are per device.
+    """
+
+    kind: Literal["modbus_rtu"]
+    port: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00]+$")
+    unit_id: int = Field(default=1, ge=1, le=247)  # 0 is broadcast: nobody answers a read
+    baudrate: int = 19200
+    parity: Parity = "even"  # the Modbus spec's default (8E1)
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    # Silence kept between two frames; default 3.5 character times (fixed 1.75 ms above
+    # 19200 baud, as the Modbus serial-line spec says).
+    inter_frame_ms: float | None = Field(default=None, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _check_line(self) -> Self:
+        if self.baudrate not in BAUD_RATES:
+            raise ValueError(f"baudrate {self.baudrate} is not one of {', '.join(map(str, BAUD_RATES))}")
+        return self
+
+    @property
+    def char_time_s(self) -> float:
+        bits = 1 + self.bytesize + (0 if self.parity == "none" else 1) + self.stopbits
+        return bits / self.baudrate
+
+    @property
+    def inter_frame_s(self) -> float:
+        if self.inter_frame_ms is not None:
+            return self.inter_frame_ms / 1000
+        return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_time_s
+
+    @property
+    def line_settings(self) -> tuple[int, str, int, int]:
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
+
+
 __all__ = [
     "ADDRESS_SPACE",
     "BIT_TABLES",
     "REGISTER_TABLES",
     "TYPE_REGISTERS",
     "DataType",
+    "ModbusDeviceConfig",
+    "ModbusRtuConfig",
     "ModbusTag",
     "ModbusTcpConfig",
     "Order",

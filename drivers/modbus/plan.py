@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from drivers.modbus.codec import BlockLayout, compile_tag
-from drivers.modbus.config import BIT_TABLES, ModbusTag, ModbusTcpConfig, Table
+from drivers.modbus.config import BIT_TABLES, ModbusDeviceConfig, ModbusTag, Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ class ReadRequest:
         return self.table in BIT_TABLES
 
 
-def plan_requests(config: ModbusTcpConfig) -> list[ReadRequest]:
+def plan_requests(config: ModbusDeviceConfig) -> list[ReadRequest]:
     """The read requests that cover every tag of `config` exactly once."""
     return plan(
         config.tags,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final, Self
 
 import structlog
@@ -35,6 +35,7 @@ from drivers.base import DeviceConfig, TagInfo
 from drivers.modbus.codec import Bad, decode_bits, decode_registers
 from drivers.modbus.config import ModbusTcpConfig
 from drivers.modbus.plan import ReadRequest, plan_requests
+from drivers.modbus.writes import WriteTable, check_write, raise_for_exception, write_call
 
 log = structlog.get_logger(__name__)
 
@@ -205,6 +206,43 @@ class ModbusTcpDriver:
             self._stats["exceptions"] += 1
             raise _RequestFailedError(exception_reason(int(response.exception_code)))
         self._last_ok_ns = time.time_ns()
+        return response
+
+    # -- writes (opt-in capability; FC 5/6/15/16 only, see writes.py) -----------------------------
+
+    async def write(
+        self, unit_id: int, table: WriteTable, address: int, registers_or_bits: Sequence[int] | Sequence[bool]
+    ) -> None:
+        """Write holding registers (FC 6/16) or coils (FC 5/15); `DeviceError` on an exception
+        answer (its `code`), `DriverIOError` when there is no answer or no connection."""
+        fc, values = check_write(table, address, registers_or_bits)
+        what = f"write {table} {address}"
+        response = await self._call(lambda c: write_call(c, fc, address, values, unit_id), what)
+        raise_for_exception(response, f"{self.name}: {what}")
+
+    async def read_back(
+        self, unit_id: int, table: WriteTable, address: int, count: int = 1
+    ) -> list[int] | list[bool]:
+        """Read what a write left: holding registers (FC 3) or coils (FC 1)."""
+        what = f"read back {table} {address}"
+        if table == "coil":
+            response = await self._call(lambda c: c.read_coils(address, count=count, device_id=unit_id), what)
+        else:
+            response = await self._call(
+                lambda c: c.read_holding_registers(address, count=count, device_id=unit_id), what
+            )
+        raise_for_exception(response, f"{self.name}: {what}")
+        return list(response.bits[:count]) if table == "coil" else list(response.registers)
+
+    async def _call(self, make: Callable[[AsyncModbusTcpClient], Any], what: str) -> ModbusPDU:
+        client = self._client
+        if client is None or not self._connected:
+            raise DriverIOError(f"{self.name}: not connected")
+        try:
+            response: ModbusPDU = await make(client)
+        except (ModbusException, OSError) as exc:
+            self._stats["errors"] += 1
+            raise DriverIOError(f"{self.name}: {what}: {exc}") from exc
         return response
 
     def _on_connection(self, connected: bool) -> None:

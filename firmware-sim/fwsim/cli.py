@@ -1,4 +1,4 @@
-"""`edge-sim`: run the hardware-in-the-loop plant, or list what it serves."""
+"""`edge-sim`: run the hardware-in-the-loop plant, describe it or a scenario, write datasets."""
 
 from __future__ import annotations
 
@@ -12,13 +12,18 @@ from pathlib import Path
 from fwsim.registers import MAX_BENCH_TAGS, POINTS
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, datasets: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-sim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start the plant and serve until SIGINT/SIGTERM")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=5020, help="0 picks a free port")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=None, help="default: the scenario's seed, else 0")
+    run.add_argument("--scenario", type=Path, default=None, help="a scenario TOML file (docs/scenarios.md)")
+    run.add_argument(
+        "--speed", type=float, default=None,
+        help="model seconds per wall-clock second (default: the scenario's, else 1)",
+    )  # fmt: skip
     run.add_argument(
         "--bench-tags", type=int, default=0, metavar="N",
         help=f"add N float32 bench tags (input registers 10000.., unit 1; N <= {MAX_BENCH_TAGS})",
@@ -33,7 +38,13 @@ def _parser() -> argparse.ArgumentParser:
              "(modbus_rtu, opcua, mbus, hydrophones), 'none', or 'all' (default)",
     )  # fmt: skip
     run.add_argument("--workdir", type=Path, default=None, help="where components put files")
-    sub.add_parser("list", help="describe the default pump station's registers")
+    lister = sub.add_parser("list", help="describe the register map, or what a scenario contains")
+    lister.add_argument("--scenario", type=Path, default=None)
+    dataset = sub.add_parser("dataset", help="write labelled training/evaluation data (pump, leak)")
+    if datasets:  # importing the dataset writers costs `edge-sim run` start-up time
+        from fwsim.dataset import add_arguments
+
+        add_arguments(dataset)
     return parser
 
 
@@ -61,14 +72,37 @@ def _components(value: str) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per subcommand/error
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser(datasets=argv[:1] == ["dataset"] or "-h" in argv or "--help" in argv).parse_args(argv)
+    from fwsim.scenario import ScenarioError, load_scenario
+
+    scenario = None
+    try:
+        if getattr(args, "scenario", None) is not None:
+            scenario = load_scenario(args.scenario)
+    except ScenarioError as exc:
+        print(f"edge-sim: {exc}", file=sys.stderr)
+        return 2
     if args.command == "list":
-        _list()
+        if scenario is not None:
+            print("\n".join(scenario.describe()))
+        else:
+            _list()
         return 0
+    if args.command == "dataset":
+        from fwsim.dataset import run as run_dataset
+
+        return run_dataset(args)
     if not 0 <= args.bench_tags <= MAX_BENCH_TAGS:
         print(f"edge-sim: --bench-tags must be 0..{MAX_BENCH_TAGS}", file=sys.stderr)
         return 2
+    if args.speed is not None and not 0 < args.speed <= 1000:
+        print("edge-sim: --speed must be in (0, 1000]", file=sys.stderr)
+        return 2
+    seed = args.seed
+    if seed is None:
+        seed = scenario.header.seed if scenario is not None and scenario.header.seed is not None else 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from fwsim.runner import run
 
@@ -77,12 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             run(
                 args.host,
                 args.port,
-                seed=args.seed,
+                seed=seed,
                 bench_tags=args.bench_tags,
                 endpoints_file=args.endpoints_file,
                 announce=lambda line: print(line, flush=True),
                 components=_components(args.components),
                 workdir=args.workdir,
+                scenario=scenario,
+                speed=args.speed,
             )
         )
     except OSError as exc:

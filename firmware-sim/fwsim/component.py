@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fwsim.faults import CommFaults
 from fwsim.pumpstation import PumpStation, StationState
-from fwsim.registers import Point
+from fwsim.registers import Plant, Point
 
 
 @dataclass
@@ -26,6 +27,12 @@ class SimContext:
     workdir: Path
     # The component's own settings (CLI flags or its scenario section), validated by it.
     options: dict[str, Any] = field(default_factory=dict)
+    # The register images the Modbus faces answer from (RTU shares the TCP PLC's map).
+    plant: Plant | None = None
+    # Communication faults in force (silence, latency, garbage), on model time.
+    comm: CommFaults = field(default_factory=CommFaults)
+    # Scenario events addressed to this component (`component = "<name>"`), `at` in seconds.
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     def state(self) -> StationState:
         return self.station.state

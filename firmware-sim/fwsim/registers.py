@@ -3,12 +3,15 @@ register images the server answers from; pure Python, no pymodbus.
 
 `POINTS` lists every mapped value: unit ID, table, address, encoding, unit and where its value
 comes from in the model. `Plant` holds one `UnitImage` per unit ID (register arrays plus a
-"mapped" mask per table) and rewrites the points from a `StationState` on every tick. A read
-touching any unmapped address is refused with exception 2, as a PLC does.
+"mapped" mask per table) and rewrites the points from a `StationState` on every tick, through the
+station's sensor faults (`Point.value`). A read touching any unmapped address is refused with
+exception 2, as a PLC does. `WRITABLE` is the small operator area (set-points at holding 500..,
+pump enables on coils 10..): `Plant.write` validates a write against it and hands the value on.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import sys
 from array import array
@@ -16,19 +19,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from fwsim.pumpstation import PumpState, StationState
+from fwsim.pumpstation import PumpState, PumpStation, StationState
 
 Table = Literal["holding", "input", "coil", "discrete"]
 Encoding = Literal[
     "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string", "bool"
 ]
 
-MAP_VERSION: Final = 1
+MAP_VERSION: Final = 2  # 2: bearing temperature, voltage, efficiency, writable set-points
 STATION_NAME: Final = "PS-NORTH"
 METER_SERIAL: Final = "FM-00042"
 STATION_UNIT: Final = 1
 METER_UNIT: Final = 2
 PUMP_BASE: Final = 100  # pump p (1..3) starts at holding register 100 * p
+WRITABLE_BASE: Final = 500  # holding registers an operator may write (set-points)
+WRITABLE_COIL_BASE: Final = 10  # coils 10.. : pump p enable
 BENCH_BASE: Final = 10000  # --bench-tags block: float32 input registers on unit 1
 MAX_BENCH_TAGS: Final = 25_000
 ADDRESS_SPACE: Final = 65536
@@ -68,10 +73,15 @@ class Point:
     byte_order: Literal["big", "little"] = "big"
     word_order: Literal["big", "little"] = "big"
     bit_names: tuple[str, ...] = ()  # uint16 status words: bit 0 first
+    sensor: str = ""  # the measurement this point reports (sensor faults); default: its name
 
     @property
     def width(self) -> int:
         return self.length if self.encoding == "string" else _WIDTH[self.encoding]
+
+    def value(self, state: StationState) -> float | int | bool | str:
+        """What the PLC reports: the model's value through the station's sensor faults."""
+        return state.sensors.apply(self.sensor or self.name, self.source(state))
 
 
 def encode(point: Point, value: float | int | bool | str) -> list[int]:
@@ -88,6 +98,8 @@ def encode(point: Point, value: float | int | bool | str) -> list[int]:
     if isinstance(value, str):
         raise TypeError(f"{point.name}: {point.encoding} needs a number, got {value!r}")
     number: float | int = value / point.scale if point.scale != 1.0 else value
+    if code not in "fd" and isinstance(number, float) and not math.isfinite(number):
+        number = 0  # a lost sensor on an integer register reads 0 (documented)
     if code not in "fd":
         lo, hi = _int_range(code)
         number = max(lo, min(hi, round(number)))
@@ -127,9 +139,10 @@ def _pump_points(p: int) -> list[Point]:
     pre = f"pump{p}"
 
     def hr(off: int, name: str, enc: Encoding, unit: str, desc: str, src: Source,  # noqa: PLR0917
-           scale: float = 1.0, bits: tuple[str, ...] = ()) -> Point:  # fmt: skip
+           scale: float = 1.0, bits: tuple[str, ...] = (), sensor: str = "") -> Point:  # fmt: skip
         return Point(f"{pre}.{name}", STATION_UNIT, "holding", base + off, enc, unit,
-                     f"pump {p} {desc}", src, scale, bit_names=bits)  # fmt: skip
+                     f"pump {p} {desc}", src, scale, bit_names=bits,
+                     sensor=f"{pre}.{sensor}" if sensor else "")  # fmt: skip
 
     points = [
         hr(0, "flow", "float32", "m3/h", "flow", lambda s: get(s).flow_m3h),
@@ -148,12 +161,22 @@ def _pump_points(p: int) -> list[Point]:
         hr(16, "status", "uint16", "", "status word", lambda s: _status_word(get(s)),
            bits=("running", "fault", "auto")),
         hr(17, "motor_current_x10", "int16", "A", "motor current, tenths",
-           lambda s: get(s).current_a, 0.1),
+           lambda s: get(s).current_a, 0.1, sensor="motor_current"),
         hr(18, "winding_temp_x10", "int16", "degC", "winding temperature, tenths",
-           lambda s: get(s).winding_temp_c, 0.1),
-        hr(19, "speed_int", "uint16", "rpm", "speed, whole rpm", lambda s: get(s).speed_rpm),
+           lambda s: get(s).winding_temp_c, 0.1, sensor="winding_temp"),
+        hr(19, "speed_int", "uint16", "rpm", "speed, whole rpm", lambda s: get(s).speed_rpm,
+           sensor="speed"),
         hr(20, "run_seconds", "uint32", "s", "running time", lambda s: int(get(s).run_s)),
         hr(22, "starts", "uint32", "", "number of starts", lambda s: get(s).starts),
+        hr(24, "bearing_temp", "float32", "degC", "drive-end bearing temperature",
+           lambda s: get(s).bearing_temp_c),
+        hr(26, "voltage", "float32", "V", "motor supply voltage (line to line)",
+           lambda s: s.supply_v),
+        hr(28, "efficiency", "float32", "%", "hydraulic efficiency (computed by the PLC)",
+           lambda s: get(s).efficiency * 100.0),
+        hr(30, "head", "float32", "m", "differential head (computed by the PLC)",
+           lambda s: get(s).head_m),
+        hr(32, "power", "float32", "kW", "electrical power", lambda s: get(s).power_kw),
     ]  # fmt: skip
     i = p - 1
     points += [
@@ -163,6 +186,8 @@ def _pump_points(p: int) -> list[Point]:
               f"pump {p} running feedback", lambda s: get(s).running),
         Point(f"{pre}.fault", STATION_UNIT, "discrete", 3 + i, "bool", "",
               f"pump {p} fault", lambda s: get(s).fault),
+        Point(f"{pre}.enable", STATION_UNIT, "coil", WRITABLE_COIL_BASE + i, "bool", "",
+              f"pump {p} enabled by the operator (writable)", lambda s: get(s).enabled),
     ]  # fmt: skip
     return points
 
@@ -207,6 +232,16 @@ def _station_points(n_pumps: int) -> list[Point]:
               lambda s: s.demand_m3h, byte_order="little", word_order="little"),
         Point("station.energy", u, h, 36, "int64", "Wh", "energy used by the pumps",
               lambda s: int(s.energy_wh)),
+        Point("station.supply_voltage", u, h, 40, "float32", "V", "supply voltage (line to line)",
+              lambda s: s.supply_v),
+        Point("station.network_pressure", u, h, 42, "float32", "bar",
+              "network pressure at the district monitoring point", lambda s: s.network_bar),
+        Point("station.level_setpoint_cm", u, h, WRITABLE_BASE, "uint16", "m",
+              "tank level set-point, centimetres (writable 50..550)",
+              lambda s: s.setpoints.level_m, 0.01),
+        Point("station.max_speed_pct", u, h, WRITABLE_BASE + 1, "uint16", "%",
+              "pump speed limit, % of rated (writable 60..100)",
+              lambda s: s.setpoints.max_speed_ratio * 100.0),
         Point("station.auto_mode", u, "coil", 3, "bool", "", "station in automatic (read-only)",
               lambda s: True),
         Point("station.tank_high", u, "discrete", 6, "bool", "", "tank high level (> 5.5 m)",
@@ -266,12 +301,50 @@ class UnitImage:
         return self.values[table][address:end].tolist()
 
 
+@dataclass(frozen=True, slots=True)
+class Writable:
+    """One writable register or coil: the raw values it accepts."""
+
+    name: str
+    low: int
+    high: int
+
+
+def _writable(n_pumps: int) -> dict[tuple[int, Table, int], Writable]:
+    area: dict[tuple[int, Table, int], Writable] = {
+        (STATION_UNIT, "holding", WRITABLE_BASE): Writable("station.level_setpoint_cm", 50, 550),
+        (STATION_UNIT, "holding", WRITABLE_BASE + 1): Writable("station.max_speed_pct", 60, 100),
+    }
+    for i in range(n_pumps):
+        area[(STATION_UNIT, "coil", WRITABLE_COIL_BASE + i)] = Writable(f"pump{i + 1}.enable", 0, 1)
+    return area
+
+
+WRITABLE: Final = _writable(3)
+ILLEGAL_ADDRESS: Final = 2
+ILLEGAL_VALUE: Final = 3
+
+
+def apply_write(station: PumpStation, name: str, raw: int) -> None:
+    """Hand a validated operator write to the model (`Plant.on_write` in the runner)."""
+    if name == "station.level_setpoint_cm":
+        station.state.setpoints.level_m = raw / 100.0
+    elif name == "station.max_speed_pct":
+        station.state.setpoints.max_speed_ratio = raw / 100.0
+    elif name.endswith(".enable"):
+        station.set_pump_enabled(int(name[4 : name.index(".")]), bool(raw))
+    else:
+        raise KeyError(name)
+
+
 class Plant:
     """Register images for every unit ID the simulated gateway answers on."""
 
     def __init__(self, points: Sequence[Point] = POINTS, bench_tags: int = 0) -> None:
         if not 0 <= bench_tags <= MAX_BENCH_TAGS:
             raise ValueError(f"bench tags must be 0..{MAX_BENCH_TAGS}")
+        self.on_write: Callable[[str, int], None] | None = None
+        self.writes = 0
         self.points = list(points)
         self.units: dict[int, UnitImage] = {}
         for point in self.points:
@@ -285,10 +358,27 @@ class Plant:
     def unit(self, unit_id: int) -> UnitImage:
         return self.units.setdefault(unit_id, UnitImage())
 
+    def write(self, unit_id: int, table: Table, address: int, values: Sequence[int]) -> int | None:
+        """Apply an operator write (all or nothing); the Modbus exception code if refused:
+        2 when any address is not writable, 3 when a value is out of its range."""
+        targets = [WRITABLE.get((unit_id, table, address + i)) for i in range(len(values))]
+        if not values or any(t is None for t in targets):
+            return ILLEGAL_ADDRESS
+        checked = [(t, int(v)) for t, v in zip(targets, values, strict=True) if t is not None]
+        if any(not t.low <= v <= t.high for t, v in checked):
+            return ILLEGAL_VALUE
+        image = self.units[unit_id].values[table]
+        for i, (target, value) in enumerate(checked):
+            image[address + i] = value
+            if self.on_write is not None:
+                self.on_write(target.name, value)
+        self.writes += 1
+        return None
+
     def update(self, state: StationState) -> None:
         """Rewrite every point from the model's state (called once per tick)."""
         for point in self.points:
-            regs = encode(point, point.source(state))
+            regs = encode(point, point.value(state))
             self.units[point.unit_id].values[point.table][point.address : point.address + len(regs)] = array(
                 "H", regs
             )

@@ -1,10 +1,12 @@
-"""Runs the simulated plant: the pump-station model on its tick, the Modbus TCP server, and the
-endpoints announcement tests and demos wait for."""
+"""Runs the simulated plant: the pump-station model on its tick (optionally faster than real time,
+with a scenario's faults), the Modbus TCP server, the extra components, and the endpoints
+announcement tests and demos wait for."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
@@ -17,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from fwsim.component import Announcement, Component, ComponentFactory, SimContext
+from fwsim.faults import CommFaults
 from fwsim.pumpstation import PumpStation
-from fwsim.registers import Plant
+from fwsim.registers import Plant, apply_write
+from fwsim.scenario import Scenario
 from fwsim.server import start_modbus_tcp
 
 TICK_S = 0.1
@@ -83,23 +87,38 @@ async def run(
     announce: Callable[[str], None] = print,
     components: Sequence[str] | None = None,
     workdir: Path | None = None,
+    scenario: Scenario | None = None,
+    speed: float | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (or cancellation)."""
+    """Serve until SIGINT/SIGTERM (or cancellation). `speed`: model seconds per wall second
+    (default: the scenario's, else 1)."""
     local = time.localtime()
-    station = PumpStation(seed, tick_s=TICK_S, start_time_of_day_s=local.tm_hour * 3600 + local.tm_min * 60)
+    start_tod = scenario.start_time_of_day_s if scenario is not None else None
+    if start_tod is None:
+        start_tod = local.tm_hour * 3600 + local.tm_min * 60
+    station = PumpStation(seed, tick_s=TICK_S, start_time_of_day_s=start_tod)
+    comm = CommFaults(lambda: station.state.elapsed_s)
+    if scenario is not None:
+        scenario.apply(station, comm)
     plant = Plant(bench_tags=bench_tags)
+    plant.on_write = lambda name, raw: apply_write(station, name, raw)
     plant.update(station.state)
     plant.update_bench(0)
-    server, bound = await start_modbus_tcp(plant, host, port)
+    server, bound = await start_modbus_tcp(plant, host, port, comm)
     endpoints: list[Endpoint | Announcement] = [Endpoint("modbus_tcp", host, bound)]
     ctx = SimContext(
         station=station, points=plant.points, seed=seed, host=host,
-        workdir=workdir or Path(tempfile.mkdtemp(prefix="edge-sim-")),
+        workdir=workdir or Path(tempfile.mkdtemp(prefix="edge-sim-")), plant=plant, comm=comm,
     )  # fmt: skip
     started: list[Component] = []
-    for _name, factory in available_components(components):
+    for name, factory in available_components(components):
         component = factory()
-        endpoints.extend(await component.start(ctx))
+        own = ctx
+        if scenario is not None:
+            own = dataclasses.replace(
+                ctx, options=dict(scenario.components.get(name, {})), events=scenario.component_events(name)
+            )
+        endpoints.extend(await component.start(own))
         started.append(component)
     for endpoint in endpoints:
         announce(str(endpoint))
@@ -110,8 +129,9 @@ async def run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    rate = speed if speed is not None else (scenario.header.speed if scenario is not None else 1.0)
     try:
-        await _tick(station, plant, stop)
+        await _tick(station, plant, stop, rate)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -120,19 +140,23 @@ async def run(
         await server.shutdown()  # type: ignore[no-untyped-call]
 
 
-async def _tick(station: PumpStation, plant: Plant, stop: asyncio.Event) -> None:
-    """Advance the model on a fixed rate (catching up after a stall, never drifting)."""
+async def _tick(station: PumpStation, plant: Plant, stop: asyncio.Event, rate: float = 1.0) -> None:
+    """Advance the model at `rate` model seconds per wall second (catching up after a stall,
+    never drifting); the wall clock between ticks is TICK_S / rate."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     ticks = 0
+    period = TICK_S / rate
     while not stop.is_set():
-        due = int((loop.time() - start) / TICK_S) - ticks
+        due = int((loop.time() - start) / period) - ticks
         if due > 0:
             station.step(due)
             ticks += due
             plant.update(station.state)
             if ticks % 10 < due:  # a whole second passed
                 plant.update_bench(int(ticks * TICK_S))
-        next_at = start + (ticks + 1) * TICK_S
+        next_at = start + (ticks + 1) * period
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(0.0, next_at - loop.time()))
+            # at high rates, wake every 20 ms and catch up in a batch rather than per tick
+            floor = 0.02 if period < 0.02 else 0.0
+            await asyncio.wait_for(stop.wait(), max(floor, next_at - loop.time()))

@@ -2,10 +2,12 @@
 
 pymodbus's server asks its datastore context for values per request; `PlantContext` answers
 straight from the `Plant` register images (no copy per tick, one slice per request), refuses
-unmapped addresses with exception 2, writes with exception 1 (the map is read-only for now) and
-unknown unit IDs with exception 0x0B, "gateway target device failed to respond", the answer a
+unmapped addresses with exception 2, writes outside the documented writable area with exception 2
+and out-of-range values with 3 (`Plant.write`), function codes other than 1-6, 15 and 16 with 1,
+and unknown unit IDs with exception 0x0B, "gateway target device failed to respond", the answer a
 Modbus TCP gateway gives for a slave that is not there (pymodbus's own SimCore would answer
-exception 4 instead).
+exception 4 instead). Communication faults (`fwsim.faults.CommFaults`) add latency or silence:
+a silent PLC sends nothing back, so the client times out.
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from collections.abc import Sequence
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
+from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 
+from fwsim.faults import CommFaults
 from fwsim.registers import Plant, Table
 
 _FUNCTION_TABLES: dict[int, Table] = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
+# pymodbus reads back after a write with the write's function code
+_READ_BACK_TABLES: dict[int, Table] = {5: "coil", 15: "coil", 6: "holding", 16: "holding"}
+PROTOCOL = "modbus_tcp"
 
 
 class PlantContext(ModbusServerContext):
@@ -31,18 +38,29 @@ class PlantContext(ModbusServerContext):
     (and logs a deprecation warning) that this context replaces.
     """
 
-    def __init__(self, plant: Plant) -> None:  # pylint: disable=super-init-not-called
+    def __init__(self, plant: Plant, comm: CommFaults | None = None) -> None:  # pylint: disable=super-init-not-called
         self.plant = plant
+        self.comm = comm or CommFaults()
         self.old_simulator = True
         self.simdevices = []
+
+    async def _misbehave(self, device_id: int) -> None:
+        """Apply the communication faults in force: wait out latency, drop the request if silent."""
+        latency = self.comm.latency_s(PROTOCOL, device_id)
+        if latency > 0:
+            await asyncio.sleep(latency)
+        if self.comm.silent(PROTOCOL, device_id):
+            # with ignore_missing_devices the request handler sends nothing back
+            raise NoSuchIdException(f"unit {device_id} silenced by a scenario")
 
     async def async_getValues(  # noqa: N802 - pymodbus names it
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | list[bool] | ExcCodes:
+        await self._misbehave(device_id)
         unit = self.plant.units.get(device_id)
         if unit is None:
             return ExcCodes.GATEWAY_NO_RESPONSE
-        table = _FUNCTION_TABLES.get(func_code)
+        table = _FUNCTION_TABLES.get(func_code) or _READ_BACK_TABLES.get(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
         values = unit.read(table, address, count)
@@ -59,17 +77,24 @@ class PlantContext(ModbusServerContext):
         address: int,
         values: Sequence[int] | Sequence[bool],
     ) -> ExcCodes | None:
+        await self._misbehave(device_id)
         if device_id not in self.plant.units:
             return ExcCodes.GATEWAY_NO_RESPONSE
-        return ExcCodes.ILLEGAL_FUNCTION
+        table = _READ_BACK_TABLES.get(func_code)
+        if table is None:
+            return ExcCodes.ILLEGAL_FUNCTION
+        code = self.plant.write(device_id, table, address, [int(v) for v in values])
+        return None if code is None else ExcCodes(code)
 
     def device_ids(self) -> list[int]:
         return sorted(self.plant.units)
 
 
-async def start_modbus_tcp(plant: Plant, host: str, port: int) -> tuple[ModbusTcpServer, int]:
+async def start_modbus_tcp(
+    plant: Plant, host: str, port: int, comm: CommFaults | None = None
+) -> tuple[ModbusTcpServer, int]:
     """Listen on host:port (0 = any free port); return the server and the port it got."""
-    server = ModbusTcpServer(PlantContext(plant), address=(host, port))
+    server = ModbusTcpServer(PlantContext(plant, comm), address=(host, port), ignore_missing_devices=True)
     await server.serve_forever(background=True)
     listener = server.transport  # the asyncio.Server that listen() created
     if not isinstance(listener, asyncio.Server):

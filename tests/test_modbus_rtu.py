@@ -1,0 +1,250 @@
+"""Modbus RTU driver against firmware-sim's RTU face on a real pseudo-terminal: reads, writes,
+exceptions, timeouts, garbage, a dead unit beside a live one, unplug and back, and arbitrary bytes
+on the line never crashing the driver."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.errors import DeviceError, DriverIOError
+from drivers.modbus.config import ModbusRtuConfig
+from drivers.modbus.rtu import ModbusRtuDriver
+from fwsim.faults import CommFault, CommFaults
+from fwsim.pumpstation import PumpStation
+from fwsim.registers import WRITABLE_BASE, Plant, apply_write
+from fwsim.rtu import RtuComponent, crc16, frame, handle_pdu
+
+
+class Line:
+    """A sim PLC on a pty, ticking its model, and a way to make drivers for it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.station = PumpStation(5, tick_s=1.0)
+        self.plant = Plant()
+        self.plant.on_write = lambda name, raw: apply_write(self.station, name, raw)
+        self.plant.update(self.station.state)
+        self.comm = CommFaults(lambda: self.now)
+        self.now = 0.0
+        self.sim = RtuComponent()
+        self.link = self.sim.open(self.plant, tmp / "ttyRTU", self.comm).detail["link"]
+
+    def driver(self, name: str = "plc", **kw: Any) -> ModbusRtuDriver:
+        doc: dict[str, Any] = {
+            "name": name, "kind": "modbus_rtu", "port": self.link, "parity": "none",
+            "timeout_ms": 150, "retries": 0,
+            "tags": [
+                {"name": "map_version", "address": 8},
+                {"name": "flow", "address": 100, "type": "float32", "unit": "m3/h"},
+                {"name": "meter_flow", "unit_id": 2, "table": "input", "address": 0, "type": "float32"},
+                {"name": "running", "table": "discrete", "address": 0, "type": "bool"},
+            ],
+        }  # fmt: skip
+        doc.update(kw)
+        return ModbusRtuDriver.from_config(doc)
+
+
+@pytest.fixture
+async def line(tmp_path: Path) -> AsyncIterator[Line]:
+    sim_line = Line(tmp_path)
+    yield sim_line
+    await sim_line.sim.stop()
+
+
+def by_tag(readings: list[Any]) -> dict[str, Any]:
+    return {r.tag: r for r in readings}
+
+
+async def test_reads_the_documented_map_from_two_units(line: Line) -> None:
+    driver = line.driver()
+    await driver.open()
+    try:
+        got = by_tag(await driver.read())
+    finally:
+        await driver.aclose()
+    assert got["map_version"].value == 2
+    assert got["flow"].quality == "good"
+    assert got["flow"].value == pytest.approx(line.station.state.pumps[0].flow_m3h, rel=1e-6)
+    assert got["meter_flow"].value == pytest.approx(line.station.state.outflow_m3h, rel=1e-6)
+    assert got["running"].value is True
+
+
+async def test_unmapped_address_is_a_bad_reading_with_the_exception(line: Line) -> None:
+    driver = line.driver(tags=[{"name": "hole", "address": 60}])
+    await driver.open()
+    try:
+        (reading,) = await driver.read()
+    finally:
+        await driver.aclose()
+    assert reading.quality == "bad"
+    assert reading.reason == "modbus exception 2: illegal data address"
+
+
+async def test_writes_use_the_writable_area_and_read_back(line: Line) -> None:
+    driver = line.driver()
+    await driver.open()
+    try:
+        await driver.write(1, "holding", WRITABLE_BASE, [250])
+        await driver.write(1, "coil", 10, [False, True])
+        assert await driver.read_back(1, "holding", WRITABLE_BASE, 1) == [250]
+        assert await driver.read_back(1, "coil", 10, 2) == [False, True]
+        with pytest.raises(DeviceError) as refused:
+            await driver.write(1, "holding", 100, [1])  # a measurement
+        assert refused.value.code == 2
+        with pytest.raises(DeviceError) as out_of_range:
+            await driver.write(1, "holding", WRITABLE_BASE, [5])
+        assert out_of_range.value.code == 3
+        with pytest.raises(ValueError, match="holding"):
+            await driver.write(1, "input", 0, [1])  # type: ignore[arg-type]
+    finally:
+        await driver.aclose()
+    assert line.station.state.setpoints.level_m == 2.5
+    assert not line.station.state.pumps[0].enabled
+
+
+async def test_dead_unit_does_not_stall_a_live_one_on_the_same_port(line: Line) -> None:
+    live = line.driver("live", tags=[{"name": "v", "address": 8}])
+    dead = line.driver("dead", unit_id=9, timeout_ms=200, tags=[{"name": "v", "address": 8}])
+    await live.open()
+    await dead.open()
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(dead.read(), live.read(), dead.read(), live.read())
+        elapsed = time.monotonic() - started
+    finally:
+        await live.aclose()
+        await dead.aclose()
+    assert [r[0].reason for r in results[0::2]] == ["timeout", "timeout"]
+    assert [r[0].value for r in results[1::2]] == [2, 2]
+    # live reads waited at most for the dead unit's own timeouts (2 x 200 ms), not more
+    assert elapsed < 2 * 0.2 + 1.0
+
+
+async def test_silence_and_garbage_become_timeouts_then_recover(line: Line) -> None:
+    driver = line.driver(tags=[{"name": "v", "address": 8}])
+    await driver.open()
+    try:
+        line.comm.add(CommFault("silence", 10.0, 5.0, "modbus_rtu"))
+        line.comm.add(CommFault("garbage", 20.0, 5.0, "modbus_rtu", 1.0))
+        line.now = 12.0
+        assert (await driver.read())[0].reason == "timeout"
+        line.now = 22.0
+        assert (await driver.read())[0].quality == "bad"
+        line.now = 30.0
+        assert (await driver.read())[0].value == 2
+        assert line.sim.stats["garbage"] >= 1
+        assert driver.health()["timeouts"] >= 2
+    finally:
+        await driver.aclose()
+
+
+async def test_three_silent_requests_in_a_row_raise_driver_io_error(line: Line) -> None:
+    driver = line.driver(tags=[{"name": "v", "address": 8}])
+    await driver.open()
+    line.comm.add(CommFault("silence", 0.0, 100.0, "modbus_rtu"))
+    try:
+        assert (await driver.read())[0].reason == "timeout"
+        assert (await driver.read())[0].reason == "timeout"
+        with pytest.raises(DriverIOError, match="did not answer"):
+            await driver.read()
+    finally:
+        await driver.aclose()
+
+
+async def test_unplugged_port_raises_and_reopens_when_back(line: Line) -> None:
+    driver = line.driver(tags=[{"name": "v", "address": 8}])
+    await driver.open()
+    first_path = os.path.realpath(line.link)
+    line.sim.unplug()
+    with pytest.raises(DriverIOError):  # noqa: PT012 - the loss shows within a few transactions
+        for _ in range(3):
+            await driver.read()
+    line.sim.plug()
+    await driver.aclose()
+    await driver.open()
+    try:
+        assert (await driver.read())[0].value == 2
+    finally:
+        await driver.aclose()
+    assert os.path.realpath(line.link) != first_path or os.path.exists(first_path)
+
+
+async def test_missing_port_is_a_clear_error(tmp_path: Path) -> None:
+    driver = ModbusRtuDriver.from_config(
+        {
+            "name": "x",
+            "kind": "modbus_rtu",
+            "port": str(tmp_path / "ttyUSB9"),
+            "tags": [{"name": "v", "address": 0}],
+        }
+    )
+    with pytest.raises(DriverIOError, match="no such device"):
+        await driver.open()
+
+
+async def test_conflicting_line_settings_on_one_port_are_refused(line: Line) -> None:
+    a = line.driver("a")
+    b = line.driver("b", baudrate=9600)
+    await a.open()
+    try:
+        with pytest.raises(DriverIOError, match="line settings"):
+            await b.open()
+    finally:
+        await a.aclose()
+
+
+def test_config_checks_line_settings_and_inter_frame_time() -> None:
+    cfg = ModbusRtuConfig.model_validate(
+        {"name": "x", "kind": "modbus_rtu", "port": "/dev/ttyUSB0", "tags": [{"name": "v", "address": 0}]}
+    )
+    assert (cfg.baudrate, cfg.parity, cfg.stopbits, cfg.bytesize) == (19200, "even", 1, 8)
+    assert cfg.inter_frame_s == pytest.approx(3.5 * 11 / 19200)
+    with pytest.raises(ValueError, match="baudrate"):
+        ModbusRtuConfig.model_validate({**cfg.model_dump(), "baudrate": 12345})
+    with pytest.raises(ValueError, match="extra"):
+        ModbusRtuConfig.model_validate({**cfg.model_dump(), "baud": 9600})
+
+
+def test_sim_frames_have_valid_crc_and_refuse_other_function_codes() -> None:
+    plant = Plant()
+    assert crc16(b"\x01\x03\x00\x08\x00\x01") == 0xC805  # sent as 05 C8, as mbpoll sends it
+    assert handle_pdu(plant, 1, bytes([8, 0, 0, 0, 0])) == bytes([0x88, 1])  # diagnostics: no
+    assert handle_pdu(plant, 1, bytes([3, 0, 8, 0, 200])) == bytes([0x83, 3])  # too many
+    body = frame(1, handle_pdu(plant, 1, bytes([3, 0, 8, 0, 1])))
+    assert crc16(body[:-2]) == int.from_bytes(body[-2:], "little")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(noise=st.binary(min_size=1, max_size=64))
+def test_arbitrary_bytes_on_the_line_never_crash_the_driver(tmp_path: Path, noise: bytes) -> None:
+    async def scenario() -> list[Any]:
+        line = Line(tmp_path)
+        real = line.sim._serve
+
+        async def noisy(data: bytes) -> None:
+            os.write(line.sim._link.master_fd, noise)  # type: ignore[union-attr]
+            line.sim._serve = real  # type: ignore[method-assign]
+
+        line.sim._serve = noisy  # type: ignore[method-assign]
+        driver = line.driver(tags=[{"name": "v", "address": 8}], timeout_ms=60)
+        await driver.open()
+        try:
+            first = await driver.read()
+            await asyncio.sleep(0.01)
+            second = await driver.read()
+        finally:
+            await driver.aclose()
+            await line.sim.stop()
+        return first + second
+
+    first, second = asyncio.run(scenario())
+    assert first.quality in ("good", "bad")  # whatever the noise was, a reading came back
+    assert second.value == 2  # and the line recovered for the next request
