@@ -87,3 +87,24 @@ def _request(unit: int, table: Table, start: int, count: int, members: list[Modb
     if table not in BIT_TABLES:
         layout = BlockLayout.build(count, [(off, compile_tag(tag)) for tag, off in placed])
     return ReadRequest(unit, table, start, count, placed, layout)
+
+
+def split_at_gaps(request: ReadRequest) -> list[ReadRequest]:
+    """The request cut into gap-free runs of its tags (one request if it has no gap)."""
+    runs: list[list[ModbusTag]] = []
+    end = -1
+    for tag, _ in request.tags:  # in address order
+        if runs and tag.address <= end:
+            runs[-1].append(tag)
+            end = max(end, tag.address + tag.width)
+        else:
+            runs.append([tag])
+            end = tag.address + tag.width
+    if len(runs) == 1:
+        return [request]
+    out = []
+    for run in runs:
+        start = min(t.address for t in run)
+        stop = max(t.address + t.width for t in run)
+        out.append(_request(request.unit_id, request.table, start, stop - start, run))
+    return out

@@ -27,25 +27,18 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
-from agent.errors import DriverIOError
-from agent.model import BAD, GOOD, Reading, Value
+from agent.errors import DeviceError, DriverIOError
+from agent.model import Reading
 from drivers import serial_bus
 from drivers.base import DeviceConfig, TagInfo
-from drivers.modbus.codec import Bad, decode_bits, decode_registers
 from drivers.modbus.config import ModbusRtuConfig
 from drivers.modbus.plan import ReadRequest, plan_requests
-from drivers.modbus.tcp import MAX_SILENT_REQUESTS, exception_reason
+from drivers.modbus.poller import MAX_SILENT_REQUESTS, RequestFailedError, RequestPoller
 from drivers.modbus.writes import WriteTable, check_write, raise_for_exception, write_call
 
 log = structlog.get_logger(__name__)
 
 PARITY: Final = {"none": "N", "even": "E", "odd": "O"}
-
-
-class _RequestFailedError(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class ModbusRtuDriver:
@@ -56,9 +49,7 @@ class ModbusRtuDriver:
     def __init__(self, config: ModbusRtuConfig) -> None:
         self.name = config.name
         self._config = config
-        self._requests = plan_requests(config)
-        self._labels = [[(t.name, t.unit) for t, _ in r.tags] for r in self._requests]
-        self._bit_offsets = [[off for _, off in r.tags] for r in self._requests]
+        self._poller = RequestPoller(config.name, plan_requests(config))
         self._port: serial_bus.SerialPort | None = None
         self._silent = 0
         self._stats = {"requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0, "writes": 0}
@@ -72,7 +63,7 @@ class ModbusRtuDriver:
 
     @property
     def requests(self) -> Sequence[ReadRequest]:
-        return self._requests
+        return self._poller.requests
 
     def tags(self) -> Sequence[TagInfo]:
         return [TagInfo(t.name, t.unit) for t in self._config.tags]
@@ -143,29 +134,9 @@ class ModbusRtuDriver:
     # -- reads -----------------------------------------------------------------------------------
 
     async def read(self) -> list[Reading]:
-        out: list[Reading] = []
-        source = self.name
-        for request, labels, offsets in zip(self._requests, self._labels, self._bit_offsets, strict=True):
-            try:
-                response = await self._transact(
-                    self._read_call(request), f"read {request.table} {request.start}"
-                )
-            except _RequestFailedError as failed:
-                ts = time.time_ns()
-                out.extend(Reading(source, tag, ts, None, BAD, unit, failed.reason) for tag, unit in labels)
-                continue
-            ts = time.time_ns()
-            values: list[Value | Bad] = (
-                decode_bits(offsets, response.bits)
-                if request.layout is None
-                else decode_registers(request.layout, response.registers)
-            )
-            for (tag, unit), value in zip(labels, values, strict=True):
-                if type(value) is Bad:
-                    out.append(Reading(source, tag, ts, None, BAD, unit, value.reason))
-                else:
-                    out.append(Reading(source, tag, ts, value, GOOD, unit))  # type: ignore[arg-type]
-        return out
+        return await self._poller.read(
+            lambda request: self._transact(self._read_call(request), f"read {request.table} {request.start}")
+        )
 
     def _read_call(self, request: ReadRequest) -> Any:
         def call(client: AsyncModbusSerialClient) -> Any:
@@ -197,7 +168,7 @@ class ModbusRtuDriver:
             except ModbusIOException as exc:
                 self._stats["errors"] += 1
                 if "No response" not in str(exc):
-                    raise _RequestFailedError(f"bad response: {exc}") from exc
+                    raise RequestFailedError(f"bad response: {exc}") from exc
                 self._stats["timeouts"] += 1
                 self._silent += 1
                 if self._silent >= MAX_SILENT_REQUESTS:
@@ -206,18 +177,18 @@ class ModbusRtuDriver:
                         f"{self.name}: unit {cfg.unit_id} did not answer "
                         f"{MAX_SILENT_REQUESTS} requests in a row"
                     ) from exc
-                raise _RequestFailedError("timeout") from exc
+                raise RequestFailedError("timeout") from exc
             except (ConnectionException, OSError) as exc:
                 self._stats["errors"] += 1
                 raise DriverIOError(f"{self.name}: {cfg.port}: {exc}") from exc
             except ModbusException as exc:
                 self._stats["errors"] += 1
-                raise _RequestFailedError(f"bad response: {exc}") from exc
+                raise RequestFailedError(f"bad response: {exc}") from exc
         self._silent = 0
         if response.isError():
             self._stats["errors"] += 1
             self._stats["exceptions"] += 1
-            raise _RequestFailedError(exception_reason(int(response.exception_code)))
+            raise RequestFailedError.from_exception_code(int(response.exception_code))
         self._last_ok_ns = time.time_ns()
         return response
 
@@ -236,7 +207,7 @@ class ModbusRtuDriver:
         what = f"write {table} {address}"
         try:
             response = await self._transact_raw(call, what)
-        except _RequestFailedError as failed:
+        except RequestFailedError as failed:
             raise DriverIOError(f"{self.name}: {what}: {failed.reason}") from None
         raise_for_exception(response, f"{self.name}: {what}")
         self._stats["writes"] += 1
@@ -254,7 +225,7 @@ class ModbusRtuDriver:
         what = f"read back {table} {address}"
         try:
             response = await self._transact_raw(call, what)
-        except _RequestFailedError as failed:
+        except RequestFailedError as failed:
             raise DriverIOError(f"{self.name}: {what}: {failed.reason}") from None
         raise_for_exception(response, f"{self.name}: {what}")
         return list(response.bits[:count]) if table == "coil" else list(response.registers)
@@ -263,10 +234,7 @@ class ModbusRtuDriver:
         """`_transact` but an exception answer is returned, not raised (writes map it)."""
         try:
             return await self._transact(call, what)
-        except _RequestFailedError as failed:
-            if failed.reason.startswith("modbus exception"):
-                code = int(failed.reason.split()[2].rstrip(":"))
-                from agent.errors import DeviceError
-
-                raise DeviceError(f"{self.name}: {what}: {failed.reason}", code=code) from None
+        except RequestFailedError as failed:
+            if failed.code is not None:
+                raise DeviceError(f"{self.name}: {what}: {failed.reason}", code=failed.code) from None
             raise

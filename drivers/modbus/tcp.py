@@ -22,7 +22,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Self
 
 import structlog
 from pymodbus.client import AsyncModbusTcpClient
@@ -30,42 +30,14 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ModbusPDU
 
 from agent.errors import DriverIOError
-from agent.model import BAD, GOOD, Reading, Value
+from agent.model import Reading
 from drivers.base import DeviceConfig, TagInfo
-from drivers.modbus.codec import Bad, decode_bits, decode_registers
 from drivers.modbus.config import ModbusTcpConfig
 from drivers.modbus.plan import ReadRequest, plan_requests
+from drivers.modbus.poller import MAX_SILENT_REQUESTS, RequestFailedError, RequestPoller
 from drivers.modbus.writes import WriteTable, check_write, raise_for_exception, write_call
 
 log = structlog.get_logger(__name__)
-
-MAX_SILENT_REQUESTS: Final = 3
-
-EXCEPTION_NAMES: Final[dict[int, str]] = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    5: "acknowledge",
-    6: "server device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target device failed to respond",
-}
-
-
-def exception_reason(code: int) -> str:
-    """The bad-reading reason for a Modbus exception answer, code first."""
-    return f"modbus exception {code}: {EXCEPTION_NAMES.get(code, 'unknown')}"
-
-
-class _RequestFailedError(Exception):
-    """A request got no usable answer; `reason` goes on its tags' bad readings."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
 
 class ModbusTcpDriver:
     """Polls one Modbus TCP device (or gateway) with coalesced read requests."""
@@ -75,10 +47,7 @@ class ModbusTcpDriver:
     def __init__(self, config: ModbusTcpConfig) -> None:
         self.name = config.name
         self._config = config
-        self._requests = plan_requests(config)
-        # Per request, what each Reading needs besides the value: built once, not per poll.
-        self._labels = [[(t.name, t.unit) for t, _ in r.tags] for r in self._requests]
-        self._bit_offsets = [[off for _, off in r.tags] for r in self._requests]
+        self._poller = RequestPoller(config.name, plan_requests(config))
         self._client: AsyncModbusTcpClient | None = None
         self._connected = False
         self._inflight: asyncio.Task[ModbusPDU] | None = None
@@ -95,7 +64,7 @@ class ModbusTcpDriver:
     @property
     def requests(self) -> Sequence[ReadRequest]:
         """The planned read requests, in the order each poll sends them."""
-        return self._requests
+        return self._poller.requests
 
     def tags(self) -> Sequence[TagInfo]:
         return [TagInfo(t.name, t.unit) for t in self._config.tags]
@@ -134,30 +103,10 @@ class ModbusTcpDriver:
         return {**self._stats, "last_ok_ns": self._last_ok_ns, "connected": self._connected}
 
     async def read(self) -> list[Reading]:
-        out: list[Reading] = []
-        source = self.name
-        for request, labels, offsets in zip(self._requests, self._labels, self._bit_offsets, strict=True):
-            try:
-                response = await self._execute(request)
-            except _RequestFailedError as failed:
-                ts = time.time_ns()
-                out.extend(Reading(source, tag, ts, None, BAD, unit, failed.reason) for tag, unit in labels)
-                continue
-            ts = time.time_ns()
-            values: list[Value | Bad] = (
-                decode_bits(offsets, response.bits)
-                if request.layout is None
-                else decode_registers(request.layout, response.registers)
-            )
-            for (tag, unit), value in zip(labels, values, strict=True):
-                if type(value) is Bad:
-                    out.append(Reading(source, tag, ts, None, BAD, unit, value.reason))
-                else:
-                    out.append(Reading(source, tag, ts, value, GOOD, unit))  # type: ignore[arg-type]
-        return out
+        return await self._poller.read(self._execute)
 
     async def _execute(self, request: ReadRequest) -> ModbusPDU:
-        """Send one request; return its answer, or raise `_RequestFailedError`/`DriverIOError`."""
+        """Send one request; return its answer, or raise `RequestFailedError`/`DriverIOError`."""
         client = self._client
         if client is None or not self._connected:
             raise DriverIOError(f"{self.name}: not connected")
@@ -184,27 +133,27 @@ class ModbusTcpDriver:
             if not self._connected:
                 raise DriverIOError(f"{self.name}: connection lost") from exc
             if "No response" not in str(exc):
-                raise _RequestFailedError(f"bad response: {exc}") from exc
+                raise RequestFailedError(f"bad response: {exc}") from exc
             self._stats["timeouts"] += 1
             self._silent += 1
             if self._silent >= MAX_SILENT_REQUESTS:
                 await self.aclose()
                 raise DriverIOError(f"{self.name}: no answer to {self._silent} requests in a row") from exc
-            raise _RequestFailedError("timeout") from exc
+            raise RequestFailedError("timeout") from exc
         except (ConnectionException, OSError) as exc:
             self._stats["errors"] += 1
             await self.aclose()
             raise DriverIOError(f"{self.name}: {exc}") from exc
         except ModbusException as exc:
             self._stats["errors"] += 1
-            raise _RequestFailedError(f"bad response: {exc}") from exc
+            raise RequestFailedError(f"bad response: {exc}") from exc
         finally:
             self._inflight = None
         self._silent = 0
         if response.isError():
             self._stats["errors"] += 1
             self._stats["exceptions"] += 1
-            raise _RequestFailedError(exception_reason(int(response.exception_code)))
+            raise RequestFailedError.from_exception_code(int(response.exception_code))
         self._last_ok_ns = time.time_ns()
         return response
 

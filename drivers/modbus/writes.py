@@ -15,6 +15,7 @@ from typing import Any, Final, Literal
 
 from agent.errors import DeviceError
 from drivers.modbus.config import ADDRESS_SPACE
+from drivers.modbus.poller import exception_reason
 
 WriteTable = Literal["holding", "coil"]
 WRITE_FUNCTION_CODES: Final = frozenset({5, 6, 15, 16})
@@ -62,7 +63,5 @@ def write_call(client: Any, fc: int, address: int, values: list[int] | list[bool
 def raise_for_exception(response: Any, what: str) -> None:
     """Turn a Modbus exception answer into `DeviceError` (code kept for the caller)."""
     if response.isError():
-        from drivers.modbus.tcp import exception_reason
-
         code = int(getattr(response, "exception_code", 0))
         raise DeviceError(f"{what}: {exception_reason(code)}", code=code)

@@ -1,0 +1,123 @@
+"""Turns planned read requests into readings, whatever the transport (TCP or RTU) sends them.
+
+A coalesced request may span addresses between tags that the device does not map; many PLCs
+then refuse the whole request with exception 2 (illegal data address). When that happens the
+request is split, once and for good, into gap-free requests and read again at once, so tags
+that exist are not reported bad because a neighbour's hole was read with them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import structlog
+
+from agent.model import BAD, GOOD, Reading, Value
+from drivers.modbus.codec import Bad, decode_bits, decode_registers
+from drivers.modbus.plan import ReadRequest, split_at_gaps
+
+log = structlog.get_logger(__name__)
+
+MAX_SILENT_REQUESTS: Final = 3
+ILLEGAL_DATA_ADDRESS: Final = 2
+
+EXCEPTION_NAMES: Final[dict[int, str]] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+def exception_reason(code: int) -> str:
+    """The bad-reading reason for a Modbus exception answer, code first."""
+    return f"modbus exception {code}: {EXCEPTION_NAMES.get(code, 'unknown')}"
+
+
+class RequestFailedError(Exception):
+    """A request got no usable answer; `reason` goes on its tags' bad readings."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+    @classmethod
+    def from_exception_code(cls, code: int) -> RequestFailedError:
+        return cls(exception_reason(code), code)
+
+
+Execute = Callable[[ReadRequest], Awaitable[Any]]
+
+
+@dataclass
+class _Entry:
+    request: ReadRequest
+    labels: list[tuple[str, str]] = field(init=False)  # (tag, unit), built once, not per poll
+    offsets: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = [(t.name, t.unit) for t, _ in self.request.tags]
+        self.offsets = [off for _, off in self.request.tags]
+
+
+class RequestPoller:
+    def __init__(self, source: str, requests: list[ReadRequest]) -> None:
+        self.source = source
+        self._entries = [_Entry(r) for r in requests]
+        self.splits = 0
+
+    @property
+    def requests(self) -> list[ReadRequest]:
+        return [e.request for e in self._entries]
+
+    async def read(self, execute: Execute) -> list[Reading]:
+        out: list[Reading] = []
+        kept: list[_Entry] = []
+        for entry in self._entries:
+            out.extend(await self._read(entry, execute, kept))
+        self._entries = kept
+        return out
+
+    async def _read(self, entry: _Entry, execute: Execute, kept: list[_Entry]) -> list[Reading]:
+        request = entry.request
+        try:
+            response = await execute(request)
+        except RequestFailedError as failed:
+            parts = split_at_gaps(request) if failed.code == ILLEGAL_DATA_ADDRESS else [request]
+            if len(parts) > 1:
+                self.splits += 1
+                log.warning(
+                    "modbus.request_split", driver=self.source, table=request.table,
+                    start=request.start, count=request.count, into=len(parts),
+                )  # fmt: skip
+                readings: list[Reading] = []
+                for part in parts:
+                    readings.extend(await self._read(_Entry(part), execute, kept))
+                return readings
+            kept.append(entry)
+            ts = time.time_ns()
+            return [
+                Reading(self.source, tag, ts, None, BAD, unit, failed.reason) for tag, unit in entry.labels
+            ]
+        kept.append(entry)
+        ts = time.time_ns()
+        values: list[Value | Bad] = (
+            decode_bits(entry.offsets, response.bits)
+            if request.layout is None
+            else decode_registers(request.layout, response.registers)
+        )
+        return [
+            Reading(self.source, tag, ts, None, BAD, unit, value.reason)
+            if type(value) is Bad
+            else Reading(self.source, tag, ts, value, GOOD, unit)  # type: ignore[arg-type]
+            for (tag, unit), value in zip(entry.labels, values, strict=True)
+        ]
