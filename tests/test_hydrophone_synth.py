@@ -126,3 +126,25 @@ def test_impossible_scenes_are_refused_with_a_reason(bad: dict[str, object]) -> 
     kw.update(bad)
     with pytest.raises(ValueError, match=r"\w"):
         PipeScene(**kw)  # type: ignore[arg-type]
+
+
+def test_plastic_leak_matches_the_real_pvc_leak_shape() -> None:
+    # Calibrated against the real PVC recordings (docs/hydrophone-calibration.md): the leak adds energy
+    # at 12-25 Hz and almost nothing above; a weak broadband part sits ~25-30 dB down at 100-300 Hz.
+    x, _ = _leak_only("pvc", 30.0)
+    f, p = signal.welch(x[:, 0], 16000, nperseg=16384)
+    assert p[f < 40].sum() / p.sum() > 0.98
+    hiss_db = 10 * np.log10(p[(f >= 100) & (f < 300)].sum() / p.sum())
+    assert -35.0 < hiss_db < -22.0
+
+
+def test_plastic_background_is_rumble_dominated_and_quiet_above_100_hz() -> None:
+    # The real no-leak recording: ~all power in the 9-20 Hz rumble, 100-600 Hz about 36 dB down.
+    for seed in (1, 2):
+        scene = PipeScene(
+            "pvc", 152.4, 47.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=8000, channels=1, seed=seed
+        )
+        y = HydrophoneSynth(scene).render_seconds(10)[:, 0].astype(np.float64)
+        f, p = signal.welch(y, 8000, nperseg=8192)
+        assert p[(f >= 5) & (f < 20)].sum() / p.sum() > 0.9
+        assert 10 * np.log10(p[(f >= 100) & (f < 600)].sum() / p.sum()) < -28.0

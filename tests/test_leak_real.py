@@ -24,11 +24,10 @@ def test_every_real_recording_is_read_and_scored(report: dict[str, dict[str, flo
     assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in scores.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured with model 1.0.0: all five real recordings score ~1e-6..6e-5 (the model sees them as "
-    "no-leak); orifice-leak 1.398e-6 sits just below no-leak 1.418e-6. See docs/leak-detection.md.",
-)
 def test_every_real_leak_scores_above_the_no_leak_recording(report: dict[str, dict[str, float]]) -> None:
+    # Measured with model 1.1.0: no-leak 0.00634, orifice 0.0174, gasket 0.0180, circumferential crack
+    # 0.0181, longitudinal crack 0.00825 (model 1.0.0: orifice 1.398e-6 < no-leak 1.418e-6). All five are
+    # still far below the 0.36 threshold: the ordering holds, a detection would not be raised.
     scores = report["scores"]
+    print("real PVC recordings, leak_probability:", scores)
     assert all(scores[name] > scores["no-leak"] for name in REAL_FILES if name != "no-leak")

@@ -40,6 +40,8 @@ def _parser(*, datasets: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--workdir", type=Path, default=None, help="where components put files")
     lister = sub.add_parser("list", help="describe the register map, or what a scenario contains")
     lister.add_argument("--scenario", type=Path, default=None)
+    # Its own parser lives with the WAV writer (fwsim.hydrophone_stream); listed here for --help.
+    sub.add_parser("hydrophones", help="write synthetic hydrophone audio to a WAV file", add_help=False)
     dataset = sub.add_parser("dataset", help="write labelled training/evaluation data (pump, leak)")
     if datasets:  # importing the dataset writers costs `edge-sim run` start-up time
         from fwsim.dataset import add_arguments
@@ -74,6 +76,10 @@ def _components(value: str) -> list[str] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per subcommand/error
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hydrophones"]:
+        from fwsim.hydrophone_stream import main as hydrophones_main
+
+        return hydrophones_main(argv[1:])
     args = _parser(datasets=argv[:1] == ["dataset"] or "-h" in argv or "--help" in argv).parse_args(argv)
     from fwsim.scenario import ScenarioError, load_scenario
 

@@ -2,7 +2,7 @@
 
 Each clip is a 2-channel 16-bit WAV (channel 0 = sensor A) rendered by `fwsim.hydrophone` from a
 scene drawn at random across pipe materials, diameters, sensor spacings, leak positions and sizes,
-SNRs (-15..+20 dB) and background mixes; about half the clips hold a leak. `index.csv` and
+SNRs (-25..+20 dB; v1.0: -15..+20) and background mixes; about half the clips hold a leak. `index.csv` and
 `index.json` list every clip with its label and scene. The split is by seed: train and eval clips
 come from two disjoint random streams of the dataset seed, so no eval clip's scene or noise is ever
 seen in training, and the same (seed, clips) always writes the same files.
@@ -62,7 +62,7 @@ def draw_scene(
     clip_seed: int,
     leak: bool,
     sample_rate: int = 16000,
-    snr_range: tuple[float, float] = (-15.0, 20.0),
+    snr_range: tuple[float, float] = (-25.0, 20.0),
 ) -> PipeScene:
     """A random but plausible scene; `leak` decides whether it holds a leak."""
     material = str(rng.choice(sorted(pipes.MATERIALS)))

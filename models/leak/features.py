@@ -9,7 +9,7 @@ live, tens of Hz, and still covering the metal-pipe band up to ~2 kHz). Features
     preamp gain are unknown per site, so absolute level is reported as evidence but not fed to the model);
   - spread: standard deviation over frames of the band's dB level (leak noise is steady; traffic,
     clicks and flow surges are not).
-Cost: one 2048-point real FFT per frame, ~14 frames per window: well under a millisecond on a Pi core.
+Cost: one 8192-point real FFT per frame, 8 frames per window: well under a millisecond on a Pi core.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from scipy import signal
 SAMPLE_RATE: Final = 8000
 WINDOW_S: Final = 2.0
 WINDOW: Final = int(SAMPLE_RATE * WINDOW_S)
-NFFT: Final = 2048
+NFFT: Final = 8192
 HOP: Final = 1024
 N_BANDS: Final = 20
 BAND_EDGES_HZ: Final = np.geomspace(10.0, 3600.0, N_BANDS + 1)

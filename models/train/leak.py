@@ -28,7 +28,7 @@ from models.manifest import sha256_file
 from models.train.leak_data import Table, render_table
 
 NAME = "leak_detector"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 
 
 def _tf() -> Any:
@@ -121,16 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         "training_data": (
             f"edge-sim dataset leak, seed {args.seed}, train split of {args.clips} clips "
             f"({len(table.y)} windows of {features.WINDOW_S:g} s, both channels): ductile iron, steel, "
-            "cast iron, PVC, PE; DN63-600; leak size 0.2-3; SNR -15..+20 dB; flow, pump, traffic, "
-            "transient backgrounds. No real recordings."
+            "cast iron, PVC, PE; DN63-600; leak size 0.2-3; SNR -25..+20 dB; flow, pump, traffic "
+            "(two rumble modes), transient backgrounds; simulator v1.1 (plastic leak and background "
+            "recalibrated against the real PVC recordings' PSDs). No real recordings in training."
         ),
         "metrics": {},
         "self_test": [
             {"input": vectors[i : i + 1].tolist(), "output": outputs[i : i + 1].tolist(), "atol": 2e-3}
                       for i in range(len(vectors))],
         "extra": {"dataset_seed": args.seed, "dataset_clips": args.clips,
-                  "features": "models.leak.features v1: 20 log-spaced bands 10-3600 Hz, rel. level dB "
-                  "+ frame spread dB", "window_s": features.WINDOW_S, "quantisation": args.quant,
+                  "features": "models.leak.features v1.1: 20 log-spaced bands 10-3600 Hz from 8192-point "
+                  "(1.024 s) frames, hop 1024, rel. level dB + frame spread dB",
+                  "window_s": features.WINDOW_S, "quantisation": args.quant,
                   "validation_threshold_rule": "max F1 on validation clips of the train split",
                   "train_seconds": round(time.perf_counter() - t0, 1)},
     }  # fmt: skip

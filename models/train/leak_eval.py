@@ -33,7 +33,7 @@ from models.train.leak_data import Table, render_table
 REPO = Path(__file__).resolve().parents[2]
 REAL_DIR = REPO.parent / "shared" / "data" / "leak-pvc-hydrophone"
 REAL_FILES = ("no-leak", "orifice-leak", "gasket-leak", "circumferential-crack", "longitudinal-crack")
-SNR_BANDS = ((-15.0, -5.0), (-5.0, 0.0), (0.0, 10.0), (10.0, 20.0))
+SNR_BANDS = ((-25.0, -15.0), (-15.0, -5.0), (-5.0, 0.0), (0.0, 10.0), (10.0, 20.0))
 
 FloatArray = npt.NDArray[np.float64]
 

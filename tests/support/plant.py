@@ -53,7 +53,7 @@ class Plant:
 
 def start_plant(
     *, seed: int = 0, bench_tags: int = 0, port: int = 0, host: str = "127.0.0.1",
-    workdir: Path | None = None, components: str = "none",
+    workdir: Path | None = None, components: str = "none", scenario: str | Path | None = None,
 ) -> Plant:  # fmt: skip
     """Start `edge-sim run` and wait until it listens. `port=0`: a free port, chosen by the OS.
 
@@ -67,6 +67,7 @@ def start_plant(
         "--seed", str(seed), "--bench-tags", str(bench_tags),
         "--endpoints-file", str(endpoints_file), "--components", components,
         "--workdir", str(directory),
+        *(["--scenario", str(scenario)] if scenario is not None else []),
     ]  # fmt: skip
     env = dict(os.environ)
     root = Path(__file__).resolve().parents[2]
