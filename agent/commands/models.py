@@ -1,6 +1,7 @@
 """`edge-agent models ...`: check models offline on historical data and calibrate pumps.
 
     edge-agent models score pump --csv FILE --calibrate-rows N [--model MANIFEST]
+    edge-agent models calibrate pump --pump NAME --from T --to T [-c CONFIG] [--state-dir DIR]
 
 The leak detector adds `score leak` and `locate` through `models.leak.cli.register(models_sub,
 score_sub)` when that module is installed. Errors are one line on stderr and exit code 2.
@@ -33,6 +34,22 @@ def register(subparsers: Any) -> None:
     pump.add_argument("--persistence", type=int, default=5, help="rows above threshold to alarm")
     pump.add_argument("--clear-after", type=int, default=30, help="rows below to clear an alarm")
     pump.set_defaults(func=cmd_score_pump)
+
+    calibrate = models_sub.add_parser(
+        "calibrate", help="calibrate a model on the gateway's own history (e.g. after maintenance)")
+    calibrate_sub = calibrate.add_subparsers(dest="calibrate_model", required=True)
+    cal_pump = calibrate_sub.add_parser(
+        "pump", help="new calibration version for one pump from its feature history")
+    cal_pump.add_argument("--pump", required=True, help="pump name ([[models.pump]] name)")
+    cal_pump.add_argument("--from", dest="from_ts", required=True,
+                          help="start of normal operation: ISO 8601 (UTC if no zone) or epoch seconds")
+    cal_pump.add_argument("--to", dest="to_ts", required=True, help="end of normal operation")
+    cal_pump.add_argument("-c", "--config", type=Path, default=None,
+                          help="agent config with [[models.pump]] (default $EDGE_AGENT_CONFIG or "
+                               "/etc/edge-agent/config.toml)")
+    cal_pump.add_argument("--state-dir", type=Path, default=None, help="override gateway.state_dir")
+    cal_pump.add_argument("--model", type=Path, default=None, help="model manifest (default: the pump's)")
+    cal_pump.set_defaults(func=cmd_calibrate_pump)
 
     try:
         leak_cli = importlib.import_module("models.leak.cli")
@@ -72,4 +89,69 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
     except ModelError as exc:
         return _error(str(exc))
     sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+def _instant_ns(text: str) -> int:
+    """ISO 8601 (UTC when no zone is given) or epoch seconds -> UTC nanoseconds."""
+    from datetime import UTC, datetime
+
+    try:
+        return int(float(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a time: use ISO 8601 or epoch seconds") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1e9)
+
+
+def cmd_calibrate_pump(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from agent import logs
+    from models.manifest import ModelError
+    from models.pump.config import load_pump_section
+    from models.pump.processor import DEFAULT_MANIFEST, recalibrate
+    from models.pump.store import CalibrationStore, FeatureHistory, pump_dir
+    from models.runtime import load_model
+
+    logs.configure("warning", json=False)
+    config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
+    try:
+        state_dir, pumps = load_pump_section(config)
+        from_ns, to_ns = _instant_ns(args.from_ts), _instant_ns(args.to_ts)
+    except ValueError as exc:
+        return _error(str(exc))
+    if to_ns <= from_ns:
+        return _error("--to must be after --from")
+    state_dir = args.state_dir or state_dir
+    cfg = next((p for p in pumps if p.name == args.pump), None)
+    if cfg is None:
+        known = ", ".join(p.name for p in pumps) or "none"
+        return _error(f"no pump {args.pump!r} in {config} (configured: {known})")
+    history_path = pump_dir(state_dir, cfg.name) / "history.sqlite"
+    if not history_path.exists():
+        return _error(f"no feature history for pump {cfg.name} at {history_path}")
+    try:
+        model = load_model(args.model or cfg.model or DEFAULT_MANIFEST)
+        history = FeatureHistory(history_path, list(cfg.signals), cfg.history_days,
+                                 reset_on_change=False)
+        try:
+            cal = recalibrate(cfg, history, CalibrationStore(state_dir, cfg.name), model,
+                              window=int(model.manifest.extra.get("window", 32)),
+                              model_version=model.version, from_ns=from_ns, to_ns=to_ns)
+        finally:
+            history.close()
+    except ModelError as exc:
+        return _error(str(exc))
+    sys.stdout.write(json.dumps({
+        "pump": cfg.name, "version": cal.version, "rows": cal.n_samples, "from": cal.from_ts,
+        "to": cal.to_ts, "threshold": round(cal.threshold, 6), "channels": cal.channels,
+        "dropped": cal.dropped,
+    }) + "\n")
     return EXIT_OK

@@ -49,7 +49,9 @@ class PumpCalibrationConfig(_Section):
     auto_hours: float = Field(default=24.0, gt=0, le=24 * 30)  # first N hours after install (or reset)
     min_samples: int = Field(default=600, ge=64)  # refuse to calibrate on less
     quantile: float = Field(default=0.995, gt=0.5, lt=1.0)  # of calibration scores
-    margin: float = Field(default=1.3, ge=1.0, le=10.0)  # threshold = margin * quantile
+    # threshold = quantile * margin * (1 + size_factor / sqrt(rows / window)): see detector.py
+    margin: float = Field(default=1.2, ge=1.0, le=10.0)
+    size_factor: float = Field(default=3.5, ge=0.0, le=20.0)
 
 
 class PumpModelConfig(_Section):
@@ -77,3 +79,35 @@ class PumpModelConfig(_Section):
             fallback = "motor_current" if "motor_current" in self.signals else None
             object.__setattr__(self, "running_role", fallback)
         return self
+
+
+def load_pump_section(path: Path) -> tuple[Path, list[PumpModelConfig]]:
+    """`gateway.state_dir` and the `[[models.pump]]` list of an agent config file.
+
+    Read here with tomllib (not the agent's full config loader) so the pump tools work before the
+    agent's schema knows the `[models]` section; raises `ValueError` with one line on any problem.
+    """
+    import tomllib
+
+    from pydantic import ValidationError
+
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+    gateway = raw.get("gateway") or {}
+    state_dir = Path(gateway.get("state_dir", "/var/lib/edge-agent"))
+    items = (raw.get("models") or {}).get("pump") or []
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: models.pump: expected a list of [[models.pump]] tables")
+    pumps = []
+    for i, item in enumerate(items):
+        try:
+            pumps.append(PumpModelConfig.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{path}: models.pump[{i}].{where}: {first['msg']}") from exc
+    return state_dir, pumps

@@ -18,7 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from models.manifest import ModelError
-from models.pump.detector import MIN_CALIBRATION_ROWS, Scorer, alarm_series, calibrate, score, select
+from models.pump.detector import (
+    DEFAULT_MARGIN,
+    DEFAULT_QUANTILE,
+    DEFAULT_SIZE_FACTOR,
+    MIN_CALIBRATION_ROWS,
+    Scorer,
+    alarm_series,
+    calibrate,
+    score,
+    select,
+)
 
 NUMERIC_SHARE = 0.5  # a column is numeric when at least this share of its filled cells parse
 
@@ -87,7 +97,8 @@ def read_table(text: str) -> Table:
 
 def score_csv(path: Path, calibrate_rows: int, model: Scorer, *, window: int, model_version: str,
               persistence: int = 5, clear_after: int = 30, hysteresis: float = 0.8,
-              quantile: float = 0.995, margin: float = 1.3,
+              quantile: float = DEFAULT_QUANTILE, margin: float = DEFAULT_MARGIN,
+              size_factor: float = DEFAULT_SIZE_FACTOR,
               warn: Callable[[str], None] = lambda _m: None) -> Iterable[str]:
     """Validate, calibrate and score; the output CSV's lines (header first)."""
     try:
@@ -103,7 +114,8 @@ def score_csv(path: Path, calibrate_rows: int, model: Scorer, *, window: int, mo
     for name in table.ignored:
         warn(f"ignoring non-numeric column {name!r}")
     cal = calibrate(table.values[:calibrate_rows], table.names, model, window=window,
-                    model_version=model_version, quantile=quantile, margin=margin)
+                    model_version=model_version, quantile=quantile, margin=margin,
+                    size_factor=size_factor)
     for name in cal.dropped:
         warn(f"ignoring column {name!r}: constant or empty during calibration")
     scored = score(select(table.values, table.names, cal), cal, model)

@@ -1,0 +1,353 @@
+"""`PumpProcessor`: PLC readings in, `pump_anomaly` / `pump_anomaly_cleared` events out.
+
+Per configured pump (`PumpModelConfig`):
+
+1. readings whose `source/tag` (or bare `tag`) is mapped to a role update that role's latest value;
+2. every `sample_interval_s` of reading time a sample is taken: the latest value of each role,
+   NaN where it is missing, bad or older than `stale_after_s`;
+3. a sample while the pump is stopped (`running_role` below `running_min`) is skipped and breaks the
+   window (a restart does not splice onto the last run);
+4. running samples go to the pump's rolling history (`models.pump.store.FeatureHistory`);
+5. state `learning`: after `calibration.auto_hours` of running samples the pump is calibrated from
+   its history (in a worker thread, awaited: readings wait in the processor's bounded feed, which
+   holds minutes of a station's tags, so the result does not depend on thread timing), the
+   calibration is stored with the next version and the state becomes `armed`;
+6. state `armed`/`alarm`: each sample is scored against the calibration (off the event loop) and
+   fed to persistence/hysteresis; a rise emits `pump_anomaly` naming the signals that moved, a clear
+   emits `pump_anomaly_cleared`.
+
+A calibration written by `edge-agent models calibrate pump` while the agent runs is picked up
+within `RELOAD_EVERY` samples. Reading time (not the wall clock) drives sampling, so a replayed
+feed behaves exactly as a live one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from agent.model import BAD, Event, Reading, Severity
+from models.manifest import ModelError
+from models.pump.config import ROLE_WORDS, PumpModelConfig
+from models.pump.detector import Alarm, Calibration, Scorer, calibrate, contributors, score
+from models.pump.store import NS, CalibrationStore, FeatureHistory
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MANIFEST = Path(__file__).resolve().parent / "pump_scorer.json"
+FLUSH_ROWS = 60  # history rows buffered in memory before one SQLite transaction
+RELOAD_EVERY = 60  # samples between checks for a calibration written by the CLI
+
+
+def iso(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns / NS, UTC).isoformat(timespec="seconds")
+
+
+def recalibrate(cfg: PumpModelConfig, history: FeatureHistory, store: CalibrationStore, model: Scorer,
+                *, window: int, model_version: str, from_ns: int | None = None,
+                to_ns: int | None = None) -> Calibration:
+    """Calibrate a pump from its history between `from_ns` and `to_ns` and store the next version.
+
+    Blocking (numpy + TFLite): from the loop, run it in a thread. `CalibrationError` (a
+    `ModelError`) when there are fewer than `calibration.min_samples` rows.
+    """
+    from models.pump.detector import CalibrationError
+
+    ts, x = history.read(from_ns, to_ns)
+    need = cfg.calibration.min_samples
+    if len(ts) < need:
+        raise CalibrationError(f"pump {cfg.name}: {len(ts)} history rows in the range, need at least {need}")
+    c = cfg.calibration
+    cal = calibrate(x, history.channels, model, window=window, model_version=model_version,
+                    quantile=c.quantile, margin=c.margin, size_factor=c.size_factor,
+                    from_ts=iso(int(ts[0])), to_ts=iso(int(ts[-1])))
+    return store.save(cal)
+
+
+@dataclass
+class _Pump:
+    cfg: PumpModelConfig
+    roles: list[str]
+    history: FeatureHistory
+    store: CalibrationStore
+    alarm: Alarm
+    latest: dict[str, tuple[int, float]] = field(default_factory=dict)  # role -> (ts_ns, value)
+    next_due_ns: int | None = None
+    window: deque[npt.NDArray[np.float64]] = field(default_factory=deque)
+    pending: list[tuple[int, npt.NDArray[np.float64]]] = field(default_factory=list)
+    cal: Calibration | None = None
+    learning_since_ns: int | None = None
+    learning_rows: int = 0
+    calibrating: bool = False
+    samples: int = 0
+    stopped_samples: int = 0
+    scored: int = 0
+    events: int = 0
+    last_score: float | None = None
+    last_error: str | None = None
+    since_reload: int = 0
+
+
+class PumpProcessor:
+    """Pump anomaly detection for the pumps of one gateway. See the module docstring."""
+
+    name = "pump_anomaly"
+
+    def __init__(self, pumps: Sequence[PumpModelConfig], state_dir: Path, *, model: Scorer | None = None,
+                 model_version: str | None = None, window: int | None = None) -> None:
+        names = [p.name for p in pumps]
+        if len(set(names)) != len(names):
+            raise ValueError("pump names must be unique")
+        self.state_dir = Path(state_dir)
+        self._model = model
+        self._model_version = model_version
+        self._window = window
+        self._configs = list(pumps)
+        self.pumps: dict[str, _Pump] = {}
+        self._routes: dict[str, list[tuple[_Pump, str]]] = {}
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _load_model(self) -> None:
+        if self._model is not None:
+            self._window = self._window or 32
+            self._model_version = self._model_version or "unknown"
+            return
+        from models.runtime import load_model
+
+        manifests = {p.model or DEFAULT_MANIFEST for p in self._configs}
+        if len(manifests) > 1:
+            raise ModelError("all pumps of one processor must use the same scorer model")
+        loaded = load_model(manifests.pop())
+        self._model = loaded
+        self._model_version = loaded.version
+        self._window = int(loaded.manifest.extra.get("window", 32))
+
+    def _open(self) -> None:
+        for cfg in self._configs:
+            roles = [str(r) for r in cfg.signals]
+            history = FeatureHistory.for_pump(self.state_dir, cfg.name, roles, cfg.history_days)
+            store = CalibrationStore(self.state_dir, cfg.name)
+            pump = _Pump(cfg, roles, history, store, Alarm(cfg.persistence, cfg.clear_after, cfg.hysteresis))
+            try:
+                pump.cal = store.load()
+            except ModelError as exc:
+                pump.last_error = str(exc)
+                log.error("pump.calibration_unreadable", pump=cfg.name, error=str(exc))
+            if pump.cal is not None and pump.cal.channels != [r for r in roles if r in pump.cal.channels]:
+                pump.cal = None  # the mapping changed since: learn again
+            if pump.cal is None:
+                span = history.span()  # learning survives a restart: the rows are in the history
+                if span is not None:
+                    pump.learning_since_ns = span[0]
+                    pump.learning_rows = history.count(span[0])
+            self.pumps[cfg.name] = pump
+            for role, tag in cfg.signals.items():
+                self._routes.setdefault(tag, []).append((pump, role))
+
+    def _ensure_open(self) -> None:
+        if not self.pumps:
+            self._load_model()
+            self._open()
+
+    # -- run ------------------------------------------------------------------------------------
+
+    async def run(self, readings: AsyncIterable[Reading] | AsyncIterable[tuple[str, list[Reading]]],
+                  emit: Callable[[Event], Awaitable[None]]) -> None:
+        """Consume readings (single `Reading`s, or the `(stream, [Reading])` batches of a
+        `ReadingFeed`) until the source ends; emit events as they happen."""
+        if not self.pumps:
+            await asyncio.to_thread(self._ensure_open)
+        try:
+            async for item in readings:
+                if isinstance(item, Reading):
+                    await self._reading(item, emit)
+                else:
+                    for reading in item[1]:
+                        await self._reading(reading, emit)
+        finally:
+            for pump in self.pumps.values():
+                await asyncio.to_thread(self._flush, pump)
+
+    async def _reading(self, r: Reading, emit: Callable[[Event], Awaitable[None]]) -> None:
+        routes = self._routes.get(f"{r.source}/{r.tag}") or self._routes.get(r.tag)
+        if not routes:
+            return
+        for pump, role in routes:
+            while pump.next_due_ns is not None and r.ts_ns > pump.next_due_ns:
+                due = pump.next_due_ns
+                step = int(pump.cfg.sample_interval_s * NS)
+                # After a gap take one sample, not one per missed interval.
+                pump.next_due_ns = max(due + step, (r.ts_ns // step) * step)
+                await self._sample(pump, due, emit)
+            value = _number(r)
+            if value is not None:
+                pump.latest[role] = (r.ts_ns, value)
+            if pump.next_due_ns is None:
+                step = int(pump.cfg.sample_interval_s * NS)
+                pump.next_due_ns = (r.ts_ns // step + 1) * step
+
+    def _row(self, pump: _Pump, ts_ns: int) -> npt.NDArray[np.float64]:
+        stale = int(pump.cfg.stale_after_s * NS)
+        row = np.full(len(pump.roles), np.nan)
+        for i, role in enumerate(pump.roles):
+            got = pump.latest.get(role)
+            if got is not None and ts_ns - got[0] <= stale:
+                row[i] = got[1]
+        return row
+
+    def _running(self, pump: _Pump, row: npt.NDArray[np.float64]) -> bool:
+        role = pump.cfg.running_role
+        if role is None:
+            return True
+        value = row[pump.roles.index(role)]
+        return bool(np.isfinite(value) and value >= pump.cfg.running_min)
+
+    async def _sample(self, pump: _Pump, ts_ns: int, emit: Callable[[Event], Awaitable[None]]) -> None:
+        row = self._row(pump, ts_ns)
+        pump.samples += 1
+        if not self._running(pump, row) or not np.isfinite(row).any():
+            pump.stopped_samples += 1
+            pump.window.clear()
+            return
+        pump.pending.append((ts_ns, row))
+        if len(pump.pending) >= FLUSH_ROWS:
+            await asyncio.to_thread(self._flush, pump)
+        pump.since_reload += 1
+        if pump.since_reload >= RELOAD_EVERY:
+            pump.since_reload = 0
+            await asyncio.to_thread(self._reload, pump)
+        if pump.cal is None:
+            await self._learn(pump, ts_ns)
+            return
+        assert self._window is not None
+        pump.window.append(row)
+        while len(pump.window) > self._window:
+            pump.window.popleft()
+        total, channel, residual = await asyncio.to_thread(self._score, pump)
+        pump.scored += 1
+        pump.last_score = total
+        change = pump.alarm.update(total, pump.cal.threshold)
+        if change is not None:
+            pump.events += 1
+            await emit(self._event(pump, ts_ns, change, total, channel, residual))
+
+    async def _learn(self, pump: _Pump, ts_ns: int) -> None:
+        if pump.learning_since_ns is None:
+            pump.learning_since_ns = ts_ns
+        pump.learning_rows += 1
+        need = max(pump.cfg.calibration.min_samples,
+                   int(pump.cfg.calibration.auto_hours * 3600 / pump.cfg.sample_interval_s))
+        if pump.learning_rows < need:
+            return
+        since = pump.learning_since_ns
+        pump.calibrating = True
+        try:
+            await asyncio.to_thread(self._flush, pump)
+            cal = await asyncio.to_thread(
+                recalibrate, pump.cfg, pump.history, pump.store, self._scorer(),
+                window=self._window or 32, model_version=self._model_version or "unknown",
+                from_ns=since, to_ns=ts_ns)
+        except ModelError as exc:
+            pump.last_error = str(exc)
+            pump.learning_rows = 0  # keep learning: try again after another stretch
+            pump.learning_since_ns = None
+            log.warning("pump.calibration_failed", pump=pump.cfg.name, error=str(exc))
+            return
+        finally:
+            pump.calibrating = False
+        self._arm(pump, cal)
+        log.info("pump.calibrated", pump=pump.cfg.name, version=cal.version, rows=cal.n_samples,
+                 threshold=round(cal.threshold, 4))
+
+    def _arm(self, pump: _Pump, cal: Calibration) -> None:
+        pump.cal = cal
+        pump.window.clear()
+        pump.alarm = Alarm(pump.cfg.persistence, pump.cfg.clear_after, pump.cfg.hysteresis)
+
+    def _reload(self, pump: _Pump) -> None:
+        try:
+            cal = pump.store.load()
+        except ModelError as exc:
+            pump.last_error = str(exc)
+            return
+        if cal is not None and (pump.cal is None or cal.version != pump.cal.version):
+            log.info("pump.calibration_reloaded", pump=pump.cfg.name, version=cal.version)
+            self._arm(pump, cal)
+
+    def _scorer(self) -> Scorer:
+        assert self._model is not None
+        return self._model
+
+    def _score(self, pump: _Pump) -> tuple[float, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        cal = pump.cal
+        assert cal is not None
+        rows = np.vstack(list(pump.window))
+        x = rows[:, [pump.roles.index(c) for c in cal.channels]]
+        scored = score(x, cal, self._scorer())
+        return float(scored.score[-1]), scored.channel[-1], scored.residual
+
+    def _flush(self, pump: _Pump) -> None:
+        rows, pump.pending = pump.pending, []
+        pump.history.append(rows)
+
+    def _event(self, pump: _Pump, ts_ns: int, rising: bool, total: float,  # noqa: PLR0917
+               channel: npt.NDArray[np.float64], residual: npt.NDArray[np.float64]) -> Event:
+        cal = pump.cal
+        assert cal is not None
+        signals, sentence = contributors(cal, channel, residual[-min(len(residual), 8):], words=ROLE_WORDS)
+        detail: dict[str, Any] = {
+            "pump": pump.cfg.name, "signals": signals, "explanation": sentence,
+            "threshold": round(cal.threshold, 4), "calibration_version": cal.version,
+        }
+        if rising:
+            severity: Severity = "alarm" if total >= 2 * cal.threshold else "warning"
+            log.warning("pump.anomaly", pump=pump.cfg.name, score=round(total, 4), explanation=sentence)
+            return Event("pump_anomaly", pump.cfg.name, ts_ns, severity, round(total, 4), detail)
+        log.info("pump.anomaly_cleared", pump=pump.cfg.name, score=round(total, 4))
+        return Event("pump_anomaly_cleared", pump.cfg.name, ts_ns, "info", round(total, 4),
+                     {"pump": pump.cfg.name, "threshold": round(cal.threshold, 4),
+                      "calibration_version": cal.version})
+
+    # -- health ---------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, pump in self.pumps.items():
+            cal = pump.cal
+            need = max(pump.cfg.calibration.min_samples,
+                       int(pump.cfg.calibration.auto_hours * 3600 / pump.cfg.sample_interval_s))
+            state = "learning" if cal is None else "alarm" if pump.alarm.active else "armed"
+            out[name] = {
+                "state": state,
+                "calibration": None if cal is None else {
+                    "version": cal.version, "calibrated_at": cal.created, "rows": cal.n_samples,
+                    "threshold": round(cal.threshold, 6), "from": cal.from_ts, "to": cal.to_ts,
+                    "model_version": cal.model_version,
+                },
+                "learning_progress": (None if cal is not None
+                                      else round(min(1.0, pump.learning_rows / need), 3)),
+                "calibrating": pump.calibrating,
+                "samples": pump.samples, "stopped_samples": pump.stopped_samples, "scored": pump.scored,
+                "events": pump.events,
+                "last_score": None if pump.last_score is None else round(pump.last_score, 4),
+                "last_error": pump.last_error,
+            }
+        return {"model_version": self._model_version, "pumps": out}
+
+
+def _number(r: Reading) -> float | None:
+    if r.quality == BAD or r.value is None or isinstance(r.value, str):
+        return None
+    value = float(r.value)
+    return value if math.isfinite(value) else None

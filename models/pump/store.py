@@ -1,0 +1,166 @@
+"""Per-pump state on the gateway: the versioned calibration (JSON) and a rolling feature history (SQLite).
+
+Layout under the agent's state dir:
+
+    <state_dir>/pump/<pump>/calibration.json        the calibration in service (highest version)
+    <state_dir>/pump/<pump>/calibration.v<N>.json   every version ever written (audit, roll back)
+    <state_dir>/pump/<pump>/history.sqlite          1 sample per `sample_interval_s` while running
+
+Why a separate history store and not the outbox: the outbox deletes rows once the uplink has them
+acknowledged, so after a normal day online it holds nothing to calibrate from. The history is
+small (one float32 per signal per sample, ~60 bytes a row: 14 days at 1 s is ~75 MB per pump),
+bounded by `history_days`, and local to the pump so pruning and re-calibration never touch the
+outbox's transactions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from models.manifest import ModelError
+from models.pump.detector import Calibration
+
+NS = 1_000_000_000
+DAY_NS = 86_400 * NS
+
+
+def pump_dir(state_dir: Path, pump: str) -> Path:
+    return Path(state_dir) / "pump" / pump
+
+
+class CalibrationStore:
+    """Reads and writes one pump's calibration; each write gets the next version number."""
+
+    def __init__(self, state_dir: Path, pump: str) -> None:
+        self.dir = pump_dir(state_dir, pump)
+        self.path = self.dir / "calibration.json"
+
+    def load(self) -> Calibration | None:
+        """The calibration in service, or None if the pump was never calibrated."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ModelError(f"{self.path}: cannot read: {exc.strerror or exc}") from exc
+        try:
+            return Calibration.from_dict(json.loads(text))
+        except (ValueError, ModelError) as exc:
+            raise ModelError(f"{self.path}: {exc}") from exc
+
+    def versions(self) -> list[int]:
+        found = []
+        for p in self.dir.glob("calibration.v*.json"):
+            with contextlib.suppress(ValueError):
+                found.append(int(p.stem.removeprefix("calibration.v")))
+        return sorted(found)
+
+    def next_version(self) -> int:
+        current = None
+        with contextlib.suppress(ModelError):
+            current = self.load()
+        highest = max([0, *self.versions(), current.version if current else 0])
+        return highest + 1
+
+    def save(self, cal: Calibration) -> Calibration:
+        """Give `cal` the next version, write it as `calibration.v<N>.json` and put it in service
+        (atomic rename: a reader sees the old or the new file, never half of one)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cal.version = self.next_version()
+        text = json.dumps(cal.to_dict(), indent=1) + "\n"
+        for target in (self.dir / f"calibration.v{cal.version}.json", self.path):
+            tmp = target.with_suffix(".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        return cal
+
+
+class FeatureHistory:
+    """A pump's recent feature rows. Thread-safe; call from the event loop via `asyncio.to_thread`.
+
+    The channel list is fixed per file: if the pump's signals change (config edit), the old rows
+    cannot be read as the new columns and are dropped.
+    """
+
+    def __init__(self, path: Path, channels: Sequence[str], history_days: float, *,
+                 reset_on_change: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.channels = list(channels)
+        self.keep_ns = int(history_days * DAY_NS)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS samples (ts_ns INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
+        if row is not None and json.loads(row[0]) != self.channels and not reset_on_change:
+            self._db.close()
+            raise ModelError(f"{self.path}: holds signals {', '.join(json.loads(row[0]))}, "
+                             f"the config maps {', '.join(self.channels)}")
+        if row is None or json.loads(row[0]) != self.channels:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM samples")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('channels', ?)",
+                             (json.dumps(self.channels),))
+            self._db.execute("COMMIT")
+        self.pruned = 0
+
+    @classmethod
+    def for_pump(cls, state_dir: Path, pump: str, channels: Sequence[str],
+                 history_days: float) -> FeatureHistory:
+        return cls(pump_dir(state_dir, pump) / "history.sqlite", channels, history_days)
+
+    def append(self, rows: Sequence[tuple[int, npt.NDArray[np.float64]]]) -> None:
+        """Store `(ts_ns, values)` rows (values in `channels` order, NaN = missing); prune old ones."""
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO samples VALUES (?, ?)",
+                [(int(ts), np.asarray(v, dtype="<f4").tobytes()) for ts, v in rows])
+            cutoff = int(rows[-1][0]) - self.keep_ns
+            self.pruned += self._db.execute("DELETE FROM samples WHERE ts_ns < ?", (cutoff,)).rowcount
+            self._db.execute("COMMIT")
+
+    def read(self, from_ns: int | None = None, to_ns: int | None = None
+             ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Timestamps and (rows, channels) values with `from_ns <= ts <= to_ns`, oldest first."""
+        lo = -(2**63) if from_ns is None else int(from_ns)
+        hi = 2**63 - 1 if to_ns is None else int(to_ns)
+        with self._lock:
+            got = self._db.execute(
+                "SELECT ts_ns, v FROM samples WHERE ts_ns BETWEEN ? AND ? ORDER BY ts_ns", (lo, hi)
+            ).fetchall()
+        ts = np.array([r[0] for r in got], dtype=np.int64)
+        values = (np.frombuffer(b"".join(r[1] for r in got), dtype="<f4").astype(np.float64)
+                  .reshape(len(got), len(self.channels)))
+        return ts, values
+
+    def count(self, from_ns: int | None = None) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM samples WHERE ts_ns >= ?",
+                                   (-(2**63) if from_ns is None else int(from_ns),)).fetchone()
+        return int(row[0])
+
+    def span(self) -> tuple[int, int] | None:
+        with self._lock:
+            row = self._db.execute("SELECT MIN(ts_ns), MAX(ts_ns) FROM samples").fetchone()
+        return None if row[0] is None else (int(row[0]), int(row[1]))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,210 @@
+"""`PumpProcessor` end to end on Readings built from the simulator, the calibration store and history,
+and `edge-agent models calibrate pump`.
+
+Data are generated here with fixed seeds; the processor auto-calibrates after a short `auto_hours`.
+Assertions are about behaviour (an alarm after the onset naming vibration, none on normal data of
+the same length, a clear after the fault is gone), not wall-clock timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import structlog
+
+from agent.cli import main
+from agent.model import Event, Reading
+from models.pump.config import PumpModelConfig
+from models.pump.detector import Calibration
+from models.pump.processor import PumpProcessor
+from models.pump.store import NS, CalibrationStore, FeatureHistory
+from models.runtime import Model, load_model
+from models.train.pump_sim import SIGNALS, Scenario, simulate
+
+MANIFEST = Path(__file__).resolve().parents[1] / "models" / "pump" / "pump_scorer.json"
+T0 = 1_700_000_000 * NS
+CALIB_S = 1800  # auto_hours = 0.5
+
+
+class _LiveStderr:
+    """Whatever sys.stderr is when a line is written (pytest swaps it per test)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture(autouse=True)
+def _live_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's `logs.configure` binds the current sys.stderr and caches loggers: under pytest that
+    stream is closed after the test and later log lines from any module fail. Same filtering,
+    live stream, no caching."""
+
+    def configure(level: str, json: bool = False) -> None:
+        structlog.configure(
+            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+            logger_factory=structlog.PrintLoggerFactory(file=_LiveStderr()),  # type: ignore[arg-type]
+            cache_logger_on_first_use=False)
+
+    monkeypatch.setattr("agent.logs.configure", configure)
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return load_model(MANIFEST)
+
+
+def config(**kw: object) -> PumpModelConfig:
+    signals = {role: f"plc1/p1_{role}" for role in SIGNALS}
+    return PumpModelConfig.model_validate({
+        "name": "P1", "signals": signals, "calibration": {"auto_hours": CALIB_S / 3600}, **kw})
+
+
+def feed(x: np.ndarray) -> list[tuple[str, list[Reading]]]:
+    """One poll per second: a batch of readings for every tag, as a `ReadingFeed` delivers it."""
+    batches = []
+    for i, row in enumerate(x):
+        ts = T0 + i * NS
+        batches.append(("plc1", [
+            Reading("plc1", f"p1_{role}", ts, None if np.isnan(v) else float(v))
+            for role, v in zip(SIGNALS, row, strict=True)]))
+    return batches
+
+
+async def source(items: list[tuple[str, list[Reading]]]) -> AsyncIterator[tuple[str, list[Reading]]]:
+    for item in items:
+        yield item
+
+
+def run(proc: PumpProcessor, x: np.ndarray) -> list[Event]:
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    asyncio.run(proc.run(source(feed(x)), emit))
+    return events
+
+
+def test_fault_alarms_after_onset_names_vibration_and_clears(tmp_path: Path, model: Model) -> None:
+    onset, end = CALIB_S + 600, CALIB_S + 1500
+    x, _ = simulate(Scenario(seed=31, hours=1.5, fault="imbalance", onset_s=onset,
+                                  duration_s=end - onset, ramp_s=30, severity=0.4, start_hour=10.0))
+    proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
+    events = run(proc, x)
+    rises = [e for e in events if e.kind == "pump_anomaly"]
+    clears = [e for e in events if e.kind == "pump_anomaly_cleared"]
+    assert rises, "no alarm for the fault"
+    first = rises[0]
+    t_first = (first.ts_ns - T0) / NS
+    assert onset <= t_first <= onset + 600, f"alarm at {t_first} s, onset {onset} s"
+    assert first.source == "P1"
+    assert first.detail["pump"] == "P1"
+    assert first.detail["signals"][0]["signal"].startswith("vibration")
+    assert "vibration" in first.detail["explanation"]
+    assert clears, "the alarm did not clear after the fault"
+    assert (clears[-1].ts_ns - T0) / NS > end
+    assert all(onset <= (e.ts_ns - T0) / NS for e in rises)
+    health = proc.health()["pumps"]["P1"]
+    assert health["calibration"]["version"] == 1
+    assert health["state"] == "armed"
+    assert health["calibration"]["rows"] >= CALIB_S - 5
+
+
+def test_normal_run_of_the_same_length_does_not_alarm(tmp_path: Path, model: Model) -> None:
+    x, _ = simulate(Scenario(seed=31, hours=1.5, fault=None, start_hour=10.0))
+    proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
+    events = run(proc, x)
+    assert not [e for e in events if e.kind == "pump_anomaly"]
+    assert proc.health()["pumps"]["P1"]["scored"] > 3500
+
+
+def test_learning_state_stopped_pump_and_history(tmp_path: Path, model: Model) -> None:
+    x, _ = simulate(Scenario(seed=32, hours=0.25, start_hour=2.0))
+    x[100:200, SIGNALS.index("speed")] = 0.0  # stopped for 100 s: not sampled into the history
+    cfg = config(calibration={"auto_hours": 1.0})
+    proc = PumpProcessor([cfg], tmp_path, model=model, model_version=model.version)
+    events = run(proc, x)
+    assert events == []
+    h = proc.health()["pumps"]["P1"]
+    assert h["state"] == "learning"
+    assert h["calibration"] is None
+    assert 0.2 < h["learning_progress"] < 0.3
+    assert h["stopped_samples"] >= 99
+    hist = FeatureHistory.for_pump(tmp_path, "P1", list(cfg.signals), cfg.history_days)
+    ts, values = hist.read()
+    assert len(ts) == h["samples"] - h["stopped_samples"]
+    assert values.shape[1] == len(SIGNALS)
+    assert np.all(np.diff(ts) > 0)
+    hist.close()
+
+
+def test_calibration_versions_and_history_bound(tmp_path: Path, model: Model) -> None:
+    x, _ = simulate(Scenario(seed=33, hours=0.3))
+    store = CalibrationStore(tmp_path, "P1")
+    assert store.load() is None
+    from models.pump.detector import calibrate
+
+    for want in (1, 2, 3):
+        cal = store.save(calibrate(x, list(SIGNALS), model, window=32, model_version=model.version))
+        assert cal.version == want
+    loaded = store.load()
+    assert isinstance(loaded, Calibration)
+    assert loaded.version == 3
+    assert store.versions() == [1, 2, 3]
+
+    hist = FeatureHistory(tmp_path / "h.sqlite", ["a", "b"], history_days=1.0)
+    day = 86_400 * NS
+    hist.append([(T0 + i * day // 4, np.array([i, -i], dtype=float)) for i in range(12)])
+    ts, v = hist.read()
+    assert (ts[-1] - ts[0]) <= day  # older than a day before the newest: pruned
+    assert len(ts) == 5
+    assert v[-1].tolist() == [11.0, -11.0]
+    hist.close()
+    with pytest.raises(Exception, match="holds signals"):
+        FeatureHistory(tmp_path / "h.sqlite", ["a", "c"], 1.0, reset_on_change=False)
+
+
+def test_calibrate_cli_writes_a_new_version_from_history(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], model: Model) -> None:
+    x, _ = simulate(Scenario(seed=34, hours=0.4, start_hour=2.0))
+    proc = PumpProcessor([config(calibration={"auto_hours": 0.25})], tmp_path, model=model,
+                         model_version=model.version)
+    run(proc, x)
+    assert proc.health()["pumps"]["P1"]["calibration"]["version"] == 1
+    cfg_path = tmp_path / "agent.toml"
+    signals = "\n".join(f'{r} = "plc1/p1_{r}"' for r in SIGNALS)
+    cfg_path.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n\n[[models.pump]]\nname = "P1"\n'
+                        f"[models.pump.signals]\n{signals}\n")
+    start = "2023-11-14T22:13:20"  # T0 in UTC
+    end = str((T0 + 1200 * NS) / NS)
+    code = main(["models", "calibrate", "pump", "--pump", "P1", "--from", start, "--to", end,
+                 "-c", str(cfg_path)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    got = json.loads(out.out.strip().splitlines()[-1])
+    assert got["version"] == 2
+    assert 1150 <= got["rows"] <= 1201
+    assert CalibrationStore(tmp_path, "P1").load().version == 2  # type: ignore[union-attr]
+
+    for argv, message in [
+        (["--pump", "P9", "--from", start, "--to", end], "no pump 'P9'"),
+        (["--pump", "P1", "--from", end, "--to", start], "after --from"),
+        (["--pump", "P1", "--from", "yesterday", "--to", end], "not a time"),
+        (["--pump", "P1", "--from", start, "--to", str(T0 / NS + 60)], "need at least"),
+    ]:
+        code = main(["models", "calibrate", "pump", *argv, "-c", str(cfg_path)])
+        out = capsys.readouterr()
+        assert code == 2
+        assert out.out == ""
+        assert len(out.err.strip().splitlines()) == 1
+        assert message in out.err, out.err
