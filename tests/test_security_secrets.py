@@ -38,6 +38,7 @@ def test_secret_references_resolve_from_file_and_env(tmp_path: Path, monkeypatch
 
 def test_password_never_reaches_the_log(tmp_path: Path) -> None:
     out = io.StringIO()
+    structlog.reset_defaults()  # another test may have left a level filter configured
     structlog.configure(
         processors=[RedactingProcessor([PASSWORD]), structlog.processors.JSONRenderer()],
         logger_factory=structlog.PrintLoggerFactory(file=out),
