@@ -29,7 +29,7 @@ eval: setup
 	$(PY) -m models.train.leak_calibration
 
 soak: setup
-	$(VENV)/bin/pytest -q -m soak -p no:cacheprovider --timeout 7200
+	$(VENV)/bin/pytest -q -m soak -p no:cacheprovider --timeout 7200 tests
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

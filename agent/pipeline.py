@@ -4,20 +4,31 @@ Readings wait in memory for at most one flush interval (or until a batch fills),
 transaction commits everything gathered; only then is the uplink told there is work. The memory
 in front of the durable store is bounded: past `max_pending` a submitting driver waits for the
 commit instead of the queue growing (a crash would lose the queue).
+
+Two more things see every submitted reading:
+- a wall-clock step (`agent.clock`) found at a submit marks that submit's readings and the next
+  submit of every other stream `uncertain` with reason `clock_step`, and adds a `clock_step`
+  event; seqs and ordering are untouched (they never depend on the wall clock);
+- analytics processors read a `ReadingFeed` each: bounded, and lossless unless a processor falls
+  behind by more than `max_wait_s` — a submit waits for room (backpressure on the poll loop,
+  visible as overruns) and only then drops the batch for that feed, counting it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
+from agent.clock import ClockStep, ClockWatch
 from agent.errors import BufferError
-from agent.model import EVENTS_STREAM, Event, Reading
+from agent.model import EVENTS_STREAM, GOOD, UNCERTAIN, Event, Reading, now_ns
 from buffer.types import Batch
 
 log = structlog.get_logger(__name__)
@@ -25,6 +36,90 @@ log = structlog.get_logger(__name__)
 
 class Appender(Protocol):
     async def append(self, batches: Sequence[Batch]) -> list[int]: ...
+
+
+EventSink = Callable[[Event], Awaitable[None]]
+CLOCK_STEP_REASON = "clock_step"
+
+
+class ReadingFeed:
+    """One processor's bounded queue of `(stream, readings)` batches, in submit order.
+
+    `put` waits (up to `max_wait_s`) while the feed holds `max_readings`; past that the batch is
+    dropped for this feed only and counted in `dropped_readings`. A batch larger than the bound
+    is accepted into an empty feed, so nothing is dropped merely for its size.
+    """
+
+    def __init__(
+        self, name: str, *, streams: frozenset[str] | None = None,
+        max_readings: int = 50_000, max_wait_s: float = 1.0,
+    ) -> None:  # fmt: skip
+        self.name = name
+        self.streams = streams
+        self.max_readings = max_readings
+        self.max_wait_s = max_wait_s
+        self._batches: deque[tuple[str, list[Reading]]] = deque()
+        self._held = 0
+        self._data = asyncio.Event()
+        self._room = asyncio.Event()
+        self.delivered_readings = 0
+        self.dropped_readings = 0
+        self.waits = 0
+
+    def wants(self, stream: str) -> bool:
+        return self.streams is None or stream in self.streams
+
+    async def put(self, stream: str, readings: list[Reading]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        while self._held and self._held + len(readings) > self.max_readings:
+            self.waits += 1
+            self._room.clear()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await self._room.wait()
+            except TimeoutError:
+                self.dropped_readings += len(readings)
+                log.warning("feed.dropped", feed=self.name, stream=stream, readings=len(readings))
+                return
+        self._batches.append((stream, readings))
+        self._held += len(readings)
+        self._data.set()
+
+    async def get(self) -> tuple[str, list[Reading]]:
+        """The oldest batch, waiting for one."""
+        while not self._batches:
+            self._data.clear()
+            await self._data.wait()
+        stream, readings = self._batches.popleft()
+        self._held -= len(readings)
+        self.delivered_readings += len(readings)
+        self._room.set()
+        return stream, readings
+
+    def __aiter__(self) -> ReadingFeed:
+        return self
+
+    async def __anext__(self) -> tuple[str, list[Reading]]:
+        return await self.get()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "held_readings": self._held,
+            "delivered_readings": self.delivered_readings,
+            "dropped_readings": self.dropped_readings,
+            "waits": self.waits,
+        }
+
+
+class Processor(Protocol):
+    """An analytics processor (leak, pump anomaly): reads a feed, emits events through `emit`."""
+
+    name: str
+
+    async def run(self, source: ReadingFeed, emit: EventSink) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -38,6 +133,8 @@ class PipelineStats:
     dropped_readings: int = 0
     last_error: str | None = None
     readings_per_s: float = 0.0
+    clock_steps: int = 0
+    clock_flagged_readings: int = 0
 
 
 class Pipeline:
@@ -49,6 +146,7 @@ class Pipeline:
         flush_interval_s: float = 0.2,
         batch_max_readings: int = 1000,
         max_pending: int = 200_000,
+        clock: ClockWatch | None = None,
     ) -> None:
         self._outbox = outbox
         self._on_committed = on_committed
@@ -63,6 +161,19 @@ class Pipeline:
         self._taps: set[asyncio.Queue[Reading]] = set()
         self.stats = PipelineStats()
         self._rate_mark = (time.monotonic(), 0)
+        self._clock = clock or ClockWatch()
+        self._streams_seen: set[str] = set()
+        self._flag_next: set[str] = set()
+        self._feeds: list[ReadingFeed] = []
+        # Bumped on every pass of the flush loop: the watchdog's proof that the loop and its
+        # timers run (the flush loop wakes at least every flush interval).
+        self.heartbeat = 0
+
+    def feed(self, name: str, **kwargs: Any) -> ReadingFeed:
+        """A new `ReadingFeed` that gets every reading submitted from now on (see `ReadingFeed`)."""
+        feed = ReadingFeed(name, **kwargs)
+        self._feeds.append(feed)
+        return feed
 
     @property
     def pending(self) -> int:
@@ -71,6 +182,16 @@ class Pipeline:
     async def submit(self, stream: str, readings: list[Reading]) -> None:
         if not readings:
             return
+        step = self._clock.check()
+        if step is not None:
+            self._on_clock_step(step)
+        if stream in self._flag_next or step is not None:
+            self._flag_next.discard(stream)
+            readings = self._flag(readings)
+        self._streams_seen.add(stream)
+        for feed in self._feeds:
+            if feed.wants(stream):
+                await feed.put(stream, readings)
         self._pending.setdefault(stream, []).extend(readings)
         self._pending_count += len(readings)
         self.stats.readings_in += len(readings)
@@ -79,6 +200,29 @@ class Pipeline:
             self._wake.set()
         if self._pending_count >= self._max_pending:
             await self.flush()
+
+    def _on_clock_step(self, step: ClockStep) -> None:
+        self.stats.clock_steps += 1
+        self._flag_next = set(self._streams_seen)
+        step_s = round(step.step_ns / 1e9, 3)
+        log.warning("clock.step", step_s=step_s)
+        self._pending_events.append(Event(
+            "clock_step", "agent", now_ns(), "warning",
+            detail={"step_s": step_s, "wall_before_ns": step.wall_before_ns,
+                    "wall_after_ns": step.wall_after_ns},
+        ))  # fmt: skip
+        self.stats.events_in += 1
+        self._wake.set()
+
+    def _flag(self, readings: list[Reading]) -> list[Reading]:
+        """Good readings whose timestamps may straddle a clock step become uncertain."""
+        flagged = [
+            dataclasses.replace(r, quality=UNCERTAIN, reason=CLOCK_STEP_REASON)
+            if r.quality == GOOD else r
+            for r in readings
+        ]
+        self.stats.clock_flagged_readings += sum(r.quality == GOOD for r in readings)
+        return flagged
 
     async def submit_event(self, event: Event) -> None:
         self._pending_events.append(event)
@@ -109,6 +253,7 @@ class Pipeline:
             except TimeoutError:
                 pass
             self._wake.clear()
+            self.heartbeat += 1
             await self.flush()
             self._update_rate()
 

@@ -3,6 +3,14 @@
 Order of shutdown matters for the no-loss promise: stop the pollers, commit what the pipeline
 holds, let the uplink wait (briefly) for in-flight PUBACKs, then close the outbox. Anything not
 acknowledged by then stays in the outbox and is sent after the next start.
+
+Under systemd (`Type=notify`) the agent reports READY=1 once it runs, STATUS= every refresh
+(buffer depth, uplink state), STOPPING=1 on the way out, and WATCHDOG=1 only while the pipeline's
+flush loop and the uplink's loop both make progress (`agent.watchdog`).
+
+Processors (analytics) are objects with `name`, `async run(source, emit)` and `health()`; each
+gets its own lossless bounded `ReadingFeed` (see `agent.pipeline`) and is restarted with backoff
+if it raises.
 """
 
 from __future__ import annotations
@@ -12,32 +20,49 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
 from agent import __version__
+from agent.backoff import Backoff
 from agent.config import Config
 from agent.model import Event, Reading, now_ns
-from agent.pipeline import Pipeline
+from agent.pipeline import Pipeline, Processor, ReadingFeed
 from agent.status import StatusServer
 from agent.supervisor import DeviceRunner
-from agent.uplink.mqtt import MqttUplink
+from agent.uplink.mqtt import CommandHandler, MqttUplink
+from agent.watchdog import Notifier, Watchdog, watchdog_interval_s
 from buffer.async_outbox import AsyncOutbox
 from drivers import registry
 from drivers.base import Driver
 
 log = structlog.get_logger(__name__)
 
+STATUS_REFRESH_S = 2.0
+
 
 class Agent:
-    def __init__(self, config: Config, outbox: AsyncOutbox) -> None:
+    def __init__(
+        self,
+        config: Config,
+        outbox: AsyncOutbox,
+        *,
+        processors: Sequence[Processor] = (),
+        on_command: CommandHandler | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
         self.outbox = outbox
         self.started_mono = time.monotonic()
         self.started_ns = now_ns()
         gw = config.gateway
-        self.uplink = MqttUplink(config.uplink, outbox, gw.site, gw.id)
+        interval = watchdog_interval_s()
+        self.uplink = MqttUplink(
+            config.uplink, outbox, gw.site, gw.id, on_command=on_command,
+            beat_s=1.0 if interval is None else interval / 3,
+        )  # fmt: skip
         self.pipeline = Pipeline(
             outbox,
             self.uplink.notify,
@@ -50,8 +75,19 @@ class Agent:
             for device in config.devices
             if device.enabled
         ]
+        self.processors = [(p, self.pipeline.feed(p.name)) for p in processors]
+        self._processor_crashes = {p.name: 0 for p in processors}
         self.status = StatusServer(
             config.status_socket, self.snapshot, self.pipeline.tap, self.pipeline.untap
+        )
+        self.notifier = notifier or Notifier()
+        self.watchdog = (
+            Watchdog(
+                self.notifier,
+                {"pipeline": lambda: self.pipeline.heartbeat, "uplink": lambda: self.uplink.heartbeat},
+                interval,
+            )
+            if interval is not None and self.notifier.enabled else None
         )
         self._buffer_stats: dict[str, Any] = {}
 
@@ -68,6 +104,8 @@ class Agent:
 
     def snapshot(self) -> dict[str, Any]:
         gw = self.config.gateway
+        uplink = self.uplink.health()
+        commands = uplink.get("commands") or {}
         return {
             "agent": {
                 "version": __version__,
@@ -81,8 +119,26 @@ class Agent:
             "drivers": [runner.snapshot() for runner in self.runners],
             "pipeline": {**vars(self.pipeline.stats), "pending": self.pipeline.pending},
             "buffer": self._buffer_stats,
-            "uplink": self.uplink.health(),
-        }
+            "uplink": uplink,
+            "processors": [
+                {"name": p.name, "crashes": self._processor_crashes[p.name], "feed": feed.health(),
+                 "health": p.health()}
+                for p, feed in self.processors
+            ],
+            "watchdog": None if self.watchdog is None else {
+                "interval_s": self.watchdog.interval_s,
+                "pings": self.watchdog.pings,
+                "withheld": self.watchdog.withheld,
+                "stalled": self.watchdog.stalled,
+            },
+            # Every input turned away, by where it came from (each also logged where it happened).
+            "rejected": {
+                "status_requests": self.status.bad_requests,
+                "commands": commands.get("rejected", 0),
+                "commands_dropped": commands.get("dropped", 0),
+                "undecodable_rows": uplink["encode_errors"],
+            },
+        }  # fmt: skip
 
     async def _refresh_buffer_stats(self) -> None:
         """Status must answer instantly, so buffer figures are refreshed here, off the request path."""
@@ -93,14 +149,48 @@ class Agent:
                 "readings": stats.readings,
                 "bytes": stats.bytes,
                 "max_bytes": stats.max_bytes,
+                "used_pct": round(100 * stats.bytes / stats.max_bytes, 1),
                 "oldest_age_s": (
                     None if stats.oldest_created_ns is None
-                    else round((now_ns() - stats.oldest_created_ns) / 1e9, 1)
+                    else max(0.0, round((now_ns() - stats.oldest_created_ns) / 1e9, 1))
                 ),
                 "evicted_rows": stats.evicted_rows,
                 "evicted_readings": stats.evicted_readings,
+                "expired_rows": stats.expired_rows,
+                "expired_readings": stats.expired_readings,
+                "disk_full": stats.disk_full,
+                "quarantined": (
+                    None if self.outbox.quarantined is None else str(self.outbox.quarantined[0])
+                ),
             }
-            await asyncio.sleep(2.0)
+            self.notifier.send(f"STATUS={self._status_line()}")
+            await asyncio.sleep(STATUS_REFRESH_S)
+
+    def _status_line(self) -> str:
+        b = self._buffer_stats
+        up = sum(r.stats.state == "up" for r in self.runners)
+        return (
+            f"buffer {b.get('rows', 0)} rows ({b.get('used_pct', 0)} %), "
+            f"uplink {self.uplink.health()['state']}, devices {up}/{len(self.runners)} up"
+        )
+
+    async def _run_processor(self, processor: Processor, feed: ReadingFeed) -> None:
+        backoff = Backoff(1.0, 60.0)
+        while True:
+            try:
+                await processor.run(feed, self.emit)
+            except Exception as exc:
+                # Last resort for plug-in analytics: log, count, say so, restart after backoff.
+                self._processor_crashes[processor.name] += 1
+                log.exception("processor.crashed", processor=processor.name)
+                await self.emit(Event(
+                    "processor_crashed", processor.name, now_ns(), "warning",
+                    detail={"error": f"{type(exc).__name__}: {exc}"},
+                ))  # fmt: skip
+                await asyncio.sleep(backoff.next_delay())
+            else:
+                log.info("processor.finished", processor=processor.name)
+                return
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.status.start()
@@ -110,9 +200,15 @@ class Agent:
             devices=len(self.runners),
             buffer=str(self.config.buffer_path),
             broker=f"{self.config.uplink.host}:{self.config.uplink.port}",
+            watchdog_s=None if self.watchdog is None else self.watchdog.interval_s,
         )
         await self.emit(Event("agent_started", "agent", now_ns(), "info",
                               detail={"version": __version__}))
+        if self.outbox.quarantined is not None:
+            moved, reason = self.outbox.quarantined
+            log.error("buffer.quarantined", moved_to=str(moved), reason=reason)
+            await self.emit(Event("buffer_quarantined", "buffer", now_ns(), "alarm",
+                                  detail={"moved_to": str(moved), "reason": reason}))
         try:
             async with asyncio.TaskGroup() as tasks:
                 background = [
@@ -120,12 +216,20 @@ class Agent:
                     tasks.create_task(self.uplink.run(), name="uplink"),
                     tasks.create_task(self._refresh_buffer_stats(), name="buffer-stats"),
                 ]
+                if self.watchdog is not None:
+                    background.append(tasks.create_task(self.watchdog.run(), name="watchdog"))
+                background += [
+                    tasks.create_task(self._run_processor(p, feed), name=f"processor:{p.name}")
+                    for p, feed in self.processors
+                ]
                 pollers = [
                     tasks.create_task(runner.run(), name=f"device:{runner.name}")
                     for runner in self.runners
                 ]
+                self.notifier.send("READY=1", f"STATUS={self._status_line()}")
                 await stop.wait()
                 log.info("agent.stopping")
+                self.notifier.send("STOPPING=1")
                 for task in pollers:
                     task.cancel()
                 await asyncio.gather(*pollers, return_exceptions=True)
@@ -136,17 +240,28 @@ class Agent:
                     task.cancel()
         finally:
             await self.status.close()
+            self.notifier.close()
 
 
-async def run_agent(config: Config) -> int:
+async def run_agent(
+    config: Config,
+    *,
+    processors: Sequence[Processor] = (),
+    on_command: CommandHandler | None = None,
+) -> int:
     config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
+    buffer = config.buffer
     outbox = await AsyncOutbox.open(
         config.buffer_path,
-        max_bytes=config.buffer.max_bytes,
-        synchronous=config.buffer.synchronous,
+        max_bytes=buffer.max_bytes,
+        synchronous=buffer.synchronous,
+        # Keys the config schema may not have yet (see docs/durability.md): absent means off.
+        max_age_s=getattr(buffer, "max_age_s", None),
+        max_page_count=getattr(buffer, "max_page_count", None),
+        quarantine_unusable=True,
     )
     try:
-        agent = Agent(config, outbox)
+        agent = Agent(config, outbox, processors=processors, on_command=on_command)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -53,6 +53,7 @@ class DeviceRunner:
         *,
         backoff_min_s: float = 1.0,
         backoff_max_s: float = 60.0,
+        guard_s: float | None = None,
     ) -> None:
         self.config = config
         self.driver = driver
@@ -64,7 +65,7 @@ class DeviceRunner:
         self._open = False
         self._retry_at = 0.0
         # A driver that hangs despite its own timeouts must not hang the poll loop.
-        self._guard_s = max(10.0, 5 * self.ticker.period_s)
+        self._guard_s = guard_s or max(10.0, 5 * self.ticker.period_s)
 
     @property
     def name(self) -> str:

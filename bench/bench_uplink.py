@@ -33,8 +33,13 @@ class _CountingOutbox:
         self._left = expected
         self.done = asyncio.Event()
 
-    async def lease(self, after_id: int, limit: int) -> list[OutboxRow]:
-        return await self._inner.lease(after_id, limit)
+    async def lease(
+        self, after_id: int, limit: int, upto_id: int | None = None
+    ) -> list[OutboxRow]:
+        return await self._inner.lease(after_id, limit, upto_id)
+
+    async def last_id(self) -> int:
+        return await self._inner.last_id()
 
     async def ack(self, row_ids: Sequence[int]) -> None:
         await self._inner.ack(row_ids)

@@ -21,6 +21,8 @@ from typing import TypeVar
 
 from agent.errors import BufferError
 from buffer.outbox import Outbox, Synchronous
+from buffer.quarantine import quarantine
+from buffer.schema import OutboxUnusableError
 from buffer.types import Batch, OutboxRow, OutboxStats
 
 _T = TypeVar("_T")
@@ -34,20 +36,47 @@ class AsyncOutbox:
         self._executor = executor
         self._outbox = outbox
         self._closed = False
+        # Set by `open(..., quarantine_unusable=True)` when it had to move a bad file aside.
+        self.quarantined: tuple[Path, str] | None = None
 
     @classmethod
     async def open(
-        cls, path: str | Path, *, max_bytes: int, synchronous: Synchronous = "full"
+        cls,
+        path: str | Path,
+        *,
+        max_bytes: int,
+        synchronous: Synchronous = "full",
+        max_age_s: float | None = None,
+        max_page_count: int | None = None,
+        quarantine_unusable: bool = False,
     ) -> AsyncOutbox:
-        """Open (or create) the outbox on a new worker thread."""
+        """Open (or create) the outbox on a new worker thread.
+
+        With `quarantine_unusable`, a file that is not a usable outbox (`OutboxUnusableError`)
+        is renamed aside and a fresh outbox created; `quarantined` then holds (moved-to path,
+        reason). Other errors (missing directory, locked by another writer) still raise.
+        """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-        make = functools.partial(Outbox, path, max_bytes=max_bytes, synchronous=synchronous)
+        make = functools.partial(
+            Outbox, path, max_bytes=max_bytes, synchronous=synchronous, max_age_s=max_age_s,
+            max_page_count=max_page_count,
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        moved: tuple[Path, str] | None = None
         try:
-            outbox = await asyncio.get_running_loop().run_in_executor(executor, make)
+            try:
+                outbox = await loop.run_in_executor(executor, make)
+            except OutboxUnusableError as exc:
+                if not quarantine_unusable:
+                    raise
+                moved = (quarantine(Path(path)), str(exc))
+                outbox = await loop.run_in_executor(executor, make)
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(executor, outbox)
+        opened = cls(executor, outbox)
+        opened.quarantined = moved
+        return opened
 
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
         if self._closed:
@@ -63,9 +92,15 @@ class AsyncOutbox:
         # A snapshot of the list: the caller may reuse its list while the worker encodes.
         return await self._call(self._outbox.append, list(batches))
 
-    async def lease(self, after_id: int, limit: int) -> list[OutboxRow]:
+    async def lease(
+        self, after_id: int, limit: int, upto_id: int | None = None
+    ) -> list[OutboxRow]:
         """See `Outbox.lease`."""
-        return await self._call(self._outbox.lease, after_id, limit)
+        return await self._call(self._outbox.lease, after_id, limit, upto_id)
+
+    async def last_id(self) -> int:
+        """See `Outbox.last_id` (ordered after every call made before it)."""
+        return await self._call(self._outbox.last_id)
 
     async def ack(self, row_ids: Sequence[int]) -> None:
         """See `Outbox.ack`."""

@@ -1,9 +1,11 @@
 """The synchronous SQLite outbox: every batch is committed here before anything else happens to it.
 
 One `Outbox` is used from exactly one thread (sqlite3 enforces it). `append` commits all its
-batches in one transaction, evicting the oldest telemetry (then events) when the byte quota would
-be exceeded; `lease` reads the oldest rows after a cursor; `ack` deletes rows once delivered.
-See docs/buffer.md for the rules.
+batches in one transaction, removing by policy what no longer fits (oldest telemetry first, then
+events) when the byte quota would be exceeded, when the disk (or `max_page_count`) is full, or
+when telemetry is older than `max_age_s`; `lease` reads the oldest rows after a cursor; `ack`
+deletes rows once delivered. Depth and byte figures are kept as running counters, so `stats()`
+is cheap enough for a status refresh. See docs/buffer.md and docs/durability.md for the rules.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +21,13 @@ from types import TracebackType
 from typing import Final, Literal
 
 from agent.errors import BufferError
-from agent.model import EVENTS_STREAM, Event, now_ns
+from agent.model import EVENTS_STREAM, Event, Severity, now_ns
 from buffer import schema
 from buffer.codec import encode_events, encode_readings
 from buffer.types import Batch, OutboxRow, OutboxStats, RowClass
 
 Synchronous = Literal["full", "normal"]
+RemovalReason = Literal["quota", "disk_full", "age"]
 
 BUSY_TIMEOUT_MS: Final = 5000
 # Keeps the WAL file from staying large after a burst; SD cards prefer a reused, bounded file.
@@ -32,6 +35,8 @@ JOURNAL_SIZE_LIMIT: Final = 8 * 1024 * 1024
 # SQLite's historical bound on host parameters per statement (999) is the safe chunk for IN (...).
 _IN_CHUNK: Final = 500
 _EVICT_SCAN: Final = 256
+# On SQLITE_FULL the append is retried after freeing 1/16 of the outbox, then twice as much...
+_FULL_ATTEMPTS: Final = 8
 
 _INSERT: Final = (
     "INSERT INTO outbox (id, stream, seq, row_class, created_ns, count, body)"
@@ -41,50 +46,73 @@ _UPSERT_SEQ: Final = (
     "INSERT INTO streams (stream, last_seq) VALUES (?, ?)"
     " ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq"
 )
+_ADD_COUNTER: Final = (
+    "INSERT INTO counters (name, value) VALUES (?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
+)
 _LEASE: Final = (
     "SELECT id, stream, seq, row_class, created_ns, count, body FROM outbox"
-    " WHERE id > ? ORDER BY id LIMIT ?"
+    " WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"
 )
+_MAX_ID: Final = 2**63 - 1
 
 _Row = tuple[int, str, int, str, int, int, bytes]
+_Candidate = tuple[int, str, int, str, int, int, int]  # id, stream, seq, class, count, size, created
 
 
 @dataclass
 class _Victims:
-    """Rows chosen for eviction, oldest first, and what the eviction event will say about them."""
+    """Rows chosen for removal, oldest first, and what the removal event will say about them."""
 
     rows: int = 0
     readings: int = 0
     bytes: int = 0
-    last_id: dict[str, int] = field(default_factory=dict)  # row_class -> newest evicted id
+    last_id: dict[str, int] = field(default_factory=dict)  # row_class -> newest removed id
     seqs: dict[str, list[int]] = field(default_factory=dict)  # stream -> [first, last]
+    stream_rows: dict[str, int] = field(default_factory=dict)
 
-    def add(self, candidate: tuple[int, str, int, str, int, int]) -> None:
-        row_id, stream, seq, row_class, count, size = candidate
+    def add(self, candidate: _Candidate) -> None:
+        row_id, stream, seq, row_class, count, size, _created = candidate
         self.rows += 1
         self.readings += count
         self.bytes += size + schema.ROW_OVERHEAD
         self.last_id[row_class] = row_id
+        self.stream_rows[stream] = self.stream_rows.get(stream, 0) + 1
         span = self.seqs.setdefault(stream, [seq, seq])
         span[0] = min(span[0], seq)
         span[1] = max(span[1], seq)
+
+
+class _DiskFullError(Exception):
+    """SQLITE_FULL inside an append: the caller frees more and retries."""
 
 
 class Outbox:
     """A bounded, durable outbox in one SQLite file; see the module docstring."""
 
     def __init__(
-        self, path: str | Path, *, max_bytes: int, synchronous: Synchronous = "full"
+        self,
+        path: str | Path,
+        *,
+        max_bytes: int,
+        synchronous: Synchronous = "full",
+        max_age_s: float | None = None,
+        max_page_count: int | None = None,
+        clock: Callable[[], int] = now_ns,
     ) -> None:
         if max_bytes <= 0:
             raise BufferError(f"outbox {path}: max_bytes must be positive, got {max_bytes}")
         if synchronous not in ("full", "normal"):
             raise BufferError(f"outbox {path}: synchronous must be 'full' or 'normal'")
+        if max_age_s is not None and max_age_s <= 0:
+            raise BufferError(f"outbox {path}: max_age_s must be positive, got {max_age_s}")
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self._clock = clock
         self._lock_fd = self._lock()
         try:
-            self._conn = self._open(synchronous)
+            self._conn = self._open(synchronous, max_page_count)
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -113,7 +141,7 @@ class Outbox:
             ) from exc
         return fd
 
-    def _open(self, synchronous: Synchronous) -> sqlite3.Connection:
+    def _open(self, synchronous: Synchronous, max_page_count: int | None) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         except sqlite3.Error as exc:
@@ -122,17 +150,24 @@ class Outbox:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # Inspect before changing anything, so a foreign file is refused untouched.
             version = schema.inspect(conn, self.path)
+            if version is not None:
+                schema.check_integrity(conn, self.path)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise BufferError(f"outbox {self.path}: cannot use WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
             conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+            if max_page_count is not None:
+                conn.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
             if version is None:
                 schema.create(conn, self.max_bytes)
             else:
                 conn.execute(
                     "UPDATE meta SET value = ? WHERE key = 'max_bytes'", (self.max_bytes,)
                 )
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise schema.OutboxUnusableError(f"outbox {self.path}: cannot open: {exc}") from exc
         except sqlite3.Error as exc:
             conn.close()
             raise BufferError(f"outbox {self.path}: cannot open: {exc}") from exc
@@ -143,11 +178,20 @@ class Outbox:
 
     def _load_state(self) -> None:
         conn = self._conn
-        body_bytes, rows = conn.execute(
-            "SELECT COALESCE(SUM(length(body)), 0), COUNT(*) FROM outbox"
-        ).fetchone()
-        # The quota check uses this running total, so appends never scan the table.
-        self._bytes: int = body_bytes + schema.ROW_OVERHEAD * rows
+        # The one full pass: afterwards depth, bytes and per-stream rows are running counters.
+        self._stream_rows: dict[str, int] = {}
+        self._rows = self._readings = body_bytes = 0
+        for stream, n_rows, n_readings, n_bytes in conn.execute(
+            "SELECT stream, COUNT(*), SUM(count), SUM(length(body)) FROM outbox GROUP BY stream"
+        ):
+            self._stream_rows[stream] = n_rows
+            self._rows += n_rows
+            self._readings += n_readings
+            body_bytes += n_bytes
+        self._bytes: int = body_bytes + schema.ROW_OVERHEAD * self._rows
+        self._counters: dict[str, int] = dict(
+            conn.execute("SELECT name, value FROM counters").fetchall()
+        )
         self._last_seq: dict[str, int] = dict(
             conn.execute("SELECT stream, last_seq FROM streams").fetchall()
         )
@@ -163,22 +207,22 @@ class Outbox:
             raise BufferError(f"outbox {self.path}: {what} failed: {exc}") from exc
 
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
-        with self._guard(what):
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
 
     def append(self, batches: Sequence[Batch]) -> list[int]:
         """Commit every batch as one row each, in one transaction; return their row ids.
 
-        Raises `BufferError` (and commits nothing) if a batch cannot be encoded or if the
-        batches together are larger than the whole quota.
+        Raises `BufferError` (and commits nothing) if a batch cannot be encoded, if the batches
+        together are larger than the whole quota, or if the disk stays full after everything
+        that may be removed was removed.
         """
         if not batches:
             return []
@@ -189,11 +233,28 @@ class Outbox:
                 f"outbox {self.path}: append of {new_bytes} bytes exceeds the whole quota "
                 f"of {self.max_bytes} bytes; nothing was stored"
             )
-        created = now_ns()
+        free_extra = 0
+        for _attempt in range(_FULL_ATTEMPTS):
+            try:
+                with self._guard("append"):
+                    return self._append_once(encoded, new_bytes, free_extra)
+            except _DiskFullError:
+                # Freed pages are reused by the same transaction, so evicting by policy and
+                # retrying turns a full disk into counted evictions instead of lost readings.
+                free_extra = max(2 * free_extra, 2 * new_bytes, self._bytes // 16)
+        raise BufferError(
+            f"outbox {self.path}: the disk is full and evicting what may go did not make room; "
+            "nothing was stored"
+        )
+
+    def _append_once(
+        self, encoded: list[tuple[str, RowClass, int, bytes]], new_bytes: int, free_extra: int
+    ) -> list[int]:
+        created = self._clock()
         last_seq: dict[str, int] = {}
         next_id = self._next_id
         rows: list[_Row] = []
-        freed = 0
+        removed: list[_Victims] = []
 
         def add_row(stream: str, row_class: str, count: int, body: bytes) -> None:
             nonlocal next_id
@@ -202,35 +263,117 @@ class Outbox:
             rows.append((next_id, stream, seq, row_class, created, count, body))
             next_id += 1
 
-        with self._transaction("append") as conn:
-            if self._bytes + new_bytes > self.max_bytes:
-                victims, event_body = self._evict(conn, new_bytes, created)
-                freed = victims.bytes
-                new_bytes += len(event_body) + schema.ROW_OVERHEAD
-                add_row(EVENTS_STREAM, "event", 1, event_body)
-            for stream, row_class, count, body in encoded:
-                add_row(stream, row_class, count, body)
-            conn.executemany(_INSERT, rows)
-            conn.executemany(_UPSERT_SEQ, last_seq.items())
+        def note(victims: _Victims, reason: RemovalReason, body: bytes) -> None:
+            nonlocal new_bytes
+            removed.append(victims)
+            new_bytes += len(body) + schema.ROW_OVERHEAD
+            add_row(EVENTS_STREAM, "event", 1, body)
+            self._count(conn, reason, victims)
+
+        try:
+            with self._transaction() as conn:
+                freed = 0
+                if self.max_age_s is not None:
+                    aged = self._expire(conn, created - int(self.max_age_s * 1e9))
+                    if aged.rows:
+                        freed += aged.bytes
+                        note(aged, "age", encode_events([_removal_event(aged, created, "age")]))
+                min_free = min(free_extra, self._bytes - freed)
+                if self._bytes - freed + new_bytes > self.max_bytes or min_free > 0:
+                    reason: RemovalReason = "disk_full" if free_extra else "quota"
+                    victims, body = self._evict(
+                        conn, new_bytes=new_bytes, now=created, min_free=min_free,
+                        already_freed=freed, reason=reason,
+                    )
+                    freed += victims.bytes
+                    note(victims, reason, body)
+                for stream, row_class, count, body in encoded:
+                    add_row(stream, row_class, count, body)
+                conn.executemany(_INSERT, rows)
+                conn.executemany(_UPSERT_SEQ, last_seq.items())
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                self._counters["disk_full"] = self._counters.get("disk_full", 0) + 1
+                raise _DiskFullError from exc
+            raise
         # Memory follows the database only once the commit has succeeded.
         self._bytes += new_bytes - freed
+        for victims in removed:
+            self._forget(victims)
+        self._remember(rows)
         self._next_id = next_id
         self._last_seq.update(last_seq)
+        if free_extra:
+            self._persist_counter("disk_full")
         first = len(rows) - len(encoded)
         return [row[0] for row in rows[first:]]
 
-    def _evict(
-        self, conn: sqlite3.Connection, new_bytes: int, now: int
-    ) -> tuple[_Victims, bytes]:
-        """Delete the oldest rows (telemetry first) until the append and its event fit."""
+    def _count(self, conn: sqlite3.Connection, reason: RemovalReason, victims: _Victims) -> None:
+        prefix = "expired" if reason == "age" else "evicted"
+        conn.executemany(
+            _ADD_COUNTER,
+            [(f"{prefix}_rows", victims.rows), (f"{prefix}_readings", victims.readings)],
+        )
+
+    def _remember(self, rows: list[_Row]) -> None:
+        for _, stream, _, _, _, count, _ in rows:
+            self._stream_rows[stream] = self._stream_rows.get(stream, 0) + 1
+            self._readings += count
+        self._rows += len(rows)
+
+    def _forget(self, victims: _Victims) -> None:
+        self._rows -= victims.rows
+        self._readings -= victims.readings
+        for stream, n in victims.stream_rows.items():
+            left = self._stream_rows.get(stream, 0) - n
+            if left > 0:
+                self._stream_rows[stream] = left
+            else:
+                self._stream_rows.pop(stream, None)
+
+    def _persist_counter(self, name: str) -> None:
+        """Best effort (the disk was just full): the in-memory count is what status shows."""
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO counters (name, value) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (name, self._counters.get(name, 0)),
+                )
+        except sqlite3.Error:
+            pass
+
+    def _expire(self, conn: sqlite3.Connection, cutoff_ns: int) -> _Victims:
+        """Remove telemetry created before `cutoff_ns` (oldest first; stops at the first newer row)."""
         victims = _Victims()
-        candidates = self._candidates(conn)
+        for candidate in self._candidates(conn, ("telemetry",)):
+            if candidate[6] >= cutoff_ns:
+                break
+            victims.add(candidate)
+        self._delete(conn, victims)
+        return victims
+
+    def _evict(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        new_bytes: int,
+        now: int,
+        min_free: int,
+        already_freed: int,
+        reason: RemovalReason,
+    ) -> tuple[_Victims, bytes]:
+        """Delete the oldest rows (telemetry first) until the append and its event fit the quota
+        and at least `min_free` bytes of rows are gone (disk full: room for the pages)."""
+        victims = _Victims()
+        candidates = self._candidates(conn, ("telemetry", "event"))
         while True:
-            event_body = encode_events([_eviction_event(victims, now)])
-            excess = (
-                self._bytes + new_bytes + len(event_body) + schema.ROW_OVERHEAD
+            event_body = encode_events([_removal_event(victims, now, reason)])
+            over_quota = (
+                self._bytes - already_freed + new_bytes + len(event_body) + schema.ROW_OVERHEAD
                 - victims.bytes - self.max_bytes
             )
+            excess = max(over_quota, min_free - victims.bytes)
             if excess <= 0:
                 break
             goal = victims.bytes + excess
@@ -239,32 +382,37 @@ class Outbox:
                 if victims.bytes >= goal:
                     break
             else:
-                raise BufferError(
-                    f"outbox {self.path}: append of {new_bytes} bytes does not fit the quota of "
-                    f"{self.max_bytes} bytes even after evicting every row; nothing was stored"
+                if reason == "disk_full" and victims.rows and over_quota <= 0:
+                    break  # all that may go is gone; the retry shows whether the rows now fit
+                what = "the disk is full" if reason == "disk_full" else (
+                    f"it does not fit the quota of {self.max_bytes} bytes"
                 )
+                raise BufferError(
+                    f"outbox {self.path}: append of {new_bytes} bytes refused: {what} even after "
+                    "evicting every row; nothing was stored"
+                )
+        self._delete(conn, victims)
+        return victims, event_body
+
+    @staticmethod
+    def _delete(conn: sqlite3.Connection, victims: _Victims) -> None:
+        # Candidates come in id order within a class, so "id <= newest victim" is exactly them.
         for row_class, last_id in victims.last_id.items():
             conn.execute(
                 "DELETE FROM outbox WHERE row_class = ? AND id <= ?", (row_class, last_id)
             )
-        conn.execute(
-            "UPDATE counters SET value = value + ? WHERE name = 'evicted_rows'", (victims.rows,)
-        )
-        conn.execute(
-            "UPDATE counters SET value = value + ? WHERE name = 'evicted_readings'",
-            (victims.readings,),
-        )
-        return victims, event_body
 
     @staticmethod
-    def _candidates(conn: sqlite3.Connection) -> Iterator[tuple[int, str, int, str, int, int]]:
+    def _candidates(
+        conn: sqlite3.Connection, classes: Sequence[str]
+    ) -> Iterator[_Candidate]:
         # Telemetry is expendable before events and alarms; within a class, oldest first.
-        for row_class in ("telemetry", "event"):
+        for row_class in classes:
             after = 0
             while True:
                 chunk = conn.execute(
-                    "SELECT id, stream, seq, row_class, count, length(body) FROM outbox"
-                    " WHERE row_class = ? AND id > ? ORDER BY id LIMIT ?",
+                    "SELECT id, stream, seq, row_class, count, length(body), created_ns"
+                    " FROM outbox WHERE row_class = ? AND id > ? ORDER BY id LIMIT ?",
                     (row_class, after, _EVICT_SCAN),
                 ).fetchall()
                 if not chunk:
@@ -272,34 +420,65 @@ class Outbox:
                 yield from chunk
                 after = chunk[-1][0]
 
-    def lease(self, after_id: int, limit: int) -> list[OutboxRow]:
-        """The oldest rows with id > after_id, at most `limit`; a read, nothing is marked."""
+    def lease(self, after_id: int, limit: int, upto_id: int | None = None) -> list[OutboxRow]:
+        """The oldest rows with after_id < id <= upto_id, at most `limit`; nothing is marked."""
+        bound = _MAX_ID if upto_id is None else upto_id
         with self._guard("lease"):
-            return [OutboxRow(*row) for row in self._conn.execute(_LEASE, (after_id, limit))]
+            return [
+                OutboxRow(*row) for row in self._conn.execute(_LEASE, (after_id, bound, limit))
+            ]
+
+    def last_id(self) -> int:
+        """The id of the newest row ever committed (0 for a new outbox)."""
+        return self._next_id - 1
 
     def ack(self, row_ids: Sequence[int]) -> None:
         """Delete exactly these rows, in one transaction; ids already gone are ignored."""
         ids = list(dict.fromkeys(row_ids))
         if not ids:
             return
-        freed = 0
-        with self._transaction("ack") as conn:
+        gone: list[tuple[str, int, int]] = []
+        with self._guard("ack"), self._transaction() as conn:
             for start in range(0, len(ids), _IN_CHUNK):
                 chunk = ids[start : start + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
-                body_bytes, rows = conn.execute(
-                    f"SELECT COALESCE(SUM(length(body)), 0), COUNT(*) FROM outbox"  # noqa: S608 - only '?' marks are interpolated
-                    f" WHERE id IN ({marks})",
+                gone += conn.execute(
+                    f"SELECT stream, count, length(body) FROM outbox WHERE id IN ({marks})",  # noqa: S608 - only '?' marks are interpolated
                     chunk,
-                ).fetchone()
+                ).fetchall()
                 conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)  # noqa: S608 - only '?' marks
-                freed += body_bytes + schema.ROW_OVERHEAD * rows
-        self._bytes -= freed
+        for stream, count, size in gone:
+            self._bytes -= size + schema.ROW_OVERHEAD
+            self._rows -= 1
+            self._readings -= count
+            left = self._stream_rows.get(stream, 0) - 1
+            if left > 0:
+                self._stream_rows[stream] = left
+            else:
+                self._stream_rows.pop(stream, None)
 
     def stats(self) -> OutboxStats:
-        """Depth, bytes, age and eviction counters (a pass over the rows; not for the hot path)."""
+        """Depth, bytes, age and counters: running totals plus one indexed lookup (cheap)."""
         with self._guard("stats"):
-            return schema.query_stats(self._conn, self.max_bytes)
+            oldest = self._conn.execute(
+                "SELECT created_ns FROM outbox ORDER BY id LIMIT 1"
+            ).fetchone()
+            counters = dict(self._conn.execute("SELECT name, value FROM counters").fetchall())
+        counters["disk_full"] = max(counters.get("disk_full", 0), self._counters.get("disk_full", 0))
+        return OutboxStats(
+            rows=self._rows,
+            readings=self._readings,
+            bytes=self._bytes,
+            max_bytes=self.max_bytes,
+            oldest_created_ns=oldest[0] if oldest else None,
+            evicted_rows=counters.get("evicted_rows", 0),
+            evicted_readings=counters.get("evicted_readings", 0),
+            streams=dict(self._stream_rows),
+            expired_rows=counters.get("expired_rows", 0),
+            expired_readings=counters.get("expired_readings", 0),
+            disk_full=counters["disk_full"],
+            max_age_s=self.max_age_s,
+        )
 
     def pragmas(self) -> dict[str, int | str]:
         """The connection's journal_mode, synchronous (0 off, 1 normal, 2 full) and busy_timeout."""
@@ -348,13 +527,19 @@ def _encode(batch: Batch) -> tuple[str, RowClass, int, bytes]:
     return batch.stream, "telemetry", len(batch.readings), encode_readings(batch.readings)
 
 
-def _eviction_event(victims: _Victims, now: int) -> Event:
+_SEVERITY: Final[dict[RemovalReason, Severity]] = {
+    "quota": "warning", "age": "warning", "disk_full": "alarm",
+}
+
+
+def _removal_event(victims: _Victims, now: int, reason: RemovalReason) -> Event:
     return Event(
         kind="buffer_eviction",
         source="buffer",
         ts_ns=now,
-        severity="warning",
+        severity=_SEVERITY[reason],
         detail={
+            "reason": reason,
             "rows": victims.rows,
             "readings": victims.readings,
             "bytes": victims.bytes,

@@ -26,6 +26,14 @@ ROW_OVERHEAD: Final = 64
 
 COUNTER_NAMES: Final = ("evicted_rows", "evicted_readings")
 
+
+class OutboxUnusableError(BufferError):
+    """The file is not a usable outbox (not SQLite, foreign, damaged, newer schema, corrupt pages).
+
+    The agent quarantines such a file (renames and keeps it) and starts a fresh outbox; other
+    `BufferError`s (a missing directory, the file locked by another writer) are not this.
+    """
+
 _OUTBOX_COLUMNS: Final = {
     "id",
     "stream",
@@ -54,39 +62,49 @@ def inspect(conn: sqlite3.Connection, path: Path) -> int | None:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         tables = set(db.table_names()) - {"sqlite_sequence"}
     except sqlite3.DatabaseError as exc:
-        raise BufferError(f"outbox {path}: not a usable SQLite database: {exc}") from exc
+        raise OutboxUnusableError(f"outbox {path}: not a usable SQLite database: {exc}") from exc
     if app_id not in (0, APPLICATION_ID):
-        raise BufferError(
+        raise OutboxUnusableError(
             f"outbox {path}: is another application's SQLite database "
             f"(application_id {app_id:#x}, expected {APPLICATION_ID:#x})"
         )
     if not tables and app_id == 0:
         return None
     if "meta" not in tables:
-        raise BufferError(
+        raise OutboxUnusableError(
             f"outbox {path}: not an outbox database (no 'meta' table; tables: "
             f"{', '.join(sorted(tables)) or 'none'})"
         )
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is None or type(row[0]) is not int:
-        raise BufferError(f"outbox {path}: 'meta' table has no integer schema_version")
+        raise OutboxUnusableError(f"outbox {path}: 'meta' table has no integer schema_version")
     version: int = row[0]
     if version > SCHEMA_VERSION:
-        raise BufferError(
+        raise OutboxUnusableError(
             f"outbox {path}: schema version {version} is newer than this agent supports "
             f"({SCHEMA_VERSION}); upgrade the agent or move the file away"
         )
     if version < 1:
-        raise BufferError(f"outbox {path}: invalid schema version {version}")
+        raise OutboxUnusableError(f"outbox {path}: invalid schema version {version}")
     missing = _TABLES - tables
     if missing:
-        raise BufferError(f"outbox {path}: damaged, tables missing: {', '.join(sorted(missing))}")
+        raise OutboxUnusableError(f"outbox {path}: damaged, tables missing: {', '.join(sorted(missing))}")
     missing_cols = _OUTBOX_COLUMNS - set(db.table("outbox").columns_dict)
     if missing_cols:
-        raise BufferError(
+        raise OutboxUnusableError(
             f"outbox {path}: damaged, 'outbox' columns missing: {', '.join(sorted(missing_cols))}"
         )
     return version
+
+
+def check_integrity(conn: sqlite3.Connection, path: Path) -> None:
+    """`PRAGMA quick_check` (b-tree and page structure, O(size) but no index cross-check)."""
+    try:
+        result = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as exc:
+        raise OutboxUnusableError(f"outbox {path}: corrupt: {exc}") from exc
+    if result != ["ok"]:
+        raise OutboxUnusableError(f"outbox {path}: corrupt: {'; '.join(map(str, result))}")
 
 
 def create(conn: sqlite3.Connection, max_bytes: int) -> None:
@@ -143,6 +161,9 @@ def query_stats(conn: sqlite3.Connection, max_bytes: int) -> OutboxStats:
         evicted_rows=counters.get("evicted_rows", 0),
         evicted_readings=counters.get("evicted_readings", 0),
         streams=streams,
+        expired_rows=counters.get("expired_rows", 0),
+        expired_readings=counters.get("expired_readings", 0),
+        disk_full=counters.get("disk_full", 0),
     )
 
 

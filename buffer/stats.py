@@ -54,6 +54,9 @@ def stats_to_json(stats: OutboxStats, now_ns: int) -> dict[str, Any]:
         "oldest_age_s": _age_s(stats, now_ns),
         "evicted_rows": stats.evicted_rows,
         "evicted_readings": stats.evicted_readings,
+        "expired_rows": stats.expired_rows,
+        "expired_readings": stats.expired_readings,
+        "disk_full": stats.disk_full,
         "streams": dict(sorted(stats.streams.items())),
     }
 
@@ -67,6 +70,12 @@ def format_stats(stats: OutboxStats, now_ns: int) -> str:
         f"oldest:   {'-' if age is None else _duration(age) + ' ago'}",
         f"evicted:  {stats.evicted_rows:,} rows, {stats.evicted_readings:,} readings",
     ]
+    if stats.expired_rows:
+        lines.append(
+            f"expired:  {stats.expired_rows:,} rows, {stats.expired_readings:,} readings (max age)"
+        )
+    if stats.disk_full:
+        lines.append(f"disk full: {stats.disk_full:,} times (evicted to make room)")
     if stats.streams:
         lines.append("streams:")
         width = max(len(name) for name in stats.streams)

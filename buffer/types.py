@@ -47,3 +47,7 @@ class OutboxStats:
     evicted_rows: int
     evicted_readings: int
     streams: dict[str, int]
+    expired_rows: int = 0  # telemetry removed for being older than max_age_s
+    expired_readings: int = 0
+    disk_full: int = 0  # times an append found the disk (or max_page_count) full
+    max_age_s: float | None = None

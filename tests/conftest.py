@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from agent.model import Event, Reading
 from agent.uplink.config import MqttConfig
@@ -22,6 +23,13 @@ __all__ = ["free_port"]
 
 SITE = "site1"
 GATEWAY = "gw1"
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """In-process CLI tests configure structlog onto their captured stderr; never let that leak."""
+    yield
+    structlog.reset_defaults()
+
 
 @pytest.fixture
 def mosquitto() -> Iterator[Mosquitto]:

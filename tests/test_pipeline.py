@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from agent.errors import BufferError
 from agent.model import Event, Reading
@@ -104,3 +104,104 @@ async def test_empty_submit_is_a_no_op() -> None:
     await pipe.submit("a", [])
     await pipe.flush()
     assert out.calls == []
+
+
+class FakeClocks:
+    """A wall clock the test can step, beside a monotonic clock that only moves forward."""
+
+    def __init__(self) -> None:
+        self.wall = 1_800_000_000 * 10**9
+        self.mono = 10**12
+
+    def advance(self, seconds: float) -> None:
+        self.wall += int(seconds * 1e9)
+        self.mono += int(seconds * 1e9)
+
+
+async def test_a_wall_clock_step_flags_the_straddling_readings_and_says_so() -> None:
+    from agent.clock import ClockWatch
+
+    clocks = FakeClocks()
+    watch = ClockWatch(wall_ns=lambda: clocks.wall, mono_ns=lambda: clocks.mono)
+    sink = RecordingAppender()
+    pipeline = Pipeline(sink, lambda: None, clock=watch)
+    await pipeline.submit("a", readings(2))
+    await pipeline.submit("b", readings(2))
+    clocks.advance(1.0)
+    clocks.wall -= 3600 * 10**9  # NTP steps the wall clock back an hour
+    await pipeline.submit("a", readings(2))  # detected here
+    clocks.advance(1.0)
+    await pipeline.submit("b", readings(2))  # b's next batch may straddle the step too
+    await pipeline.submit("a", readings(2))  # after that, good again
+    await pipeline.submit("b", readings(2))
+    await pipeline.flush()
+    (call,) = sink.calls
+    by_stream = {b.stream: b for b in call}
+    qualities = {s: [r.quality for r in by_stream[s].readings or []] for s in ("a", "b")}
+    assert qualities["a"] == ["good"] * 2 + ["uncertain"] * 2 + ["good"] * 2
+    assert qualities["b"] == ["good"] * 2 + ["uncertain"] * 2 + ["good"] * 2
+    flagged = [r for b in call if b.readings for r in b.readings if r.quality == "uncertain"]
+    assert {r.reason for r in flagged} == {"clock_step"}
+    (step,) = [e for e in by_stream["events"].events or [] if e.kind == "clock_step"]
+    assert step.detail["step_s"] == -3600.0
+    assert pipeline.stats.clock_steps == 1
+    assert pipeline.stats.clock_flagged_readings == 4
+
+
+async def test_steady_clocks_flag_nothing_and_bad_readings_keep_their_reason() -> None:
+    from agent.clock import ClockWatch
+
+    clocks = FakeClocks()
+    watch = ClockWatch(wall_ns=lambda: clocks.wall, mono_ns=lambda: clocks.mono)
+    sink = RecordingAppender()
+    pipeline = Pipeline(sink, lambda: None, clock=watch)
+    for _ in range(50):
+        clocks.advance(0.5)
+        await pipeline.submit("a", readings(3))
+    clocks.wall += 10 * 10**9
+    await pipeline.submit("a", [Reading("dev", "x", 1, None, "bad", "", "timeout")])
+    await pipeline.flush()
+    all_readings = [r for b in sink.calls[0] if b.readings for r in b.readings]
+    assert [r.quality for r in all_readings[:150]] == ["good"] * 150
+    assert (all_readings[-1].quality, all_readings[-1].reason) == ("bad", "timeout")
+
+
+async def test_a_processor_feed_gets_every_reading_in_order() -> None:
+    pipeline = Pipeline(RecordingAppender(), lambda: None)
+    feed = pipeline.feed("leak", max_readings=10, max_wait_s=5.0)
+    got: list[float] = []
+
+    async def consume() -> None:
+        async for _stream, batch in feed:
+            got.extend(float(r.value or 0) for r in batch)
+            await asyncio.sleep(0.001)  # slower than the producer: the producer must wait
+
+    task = asyncio.create_task(consume())
+    for i in range(100):
+        await pipeline.submit("s", [Reading("dev", "t", i, float(i)) for _ in range(3)])
+    await eventually(lambda: len(got) >= 300, 5)
+    task.cancel()
+    assert got == [float(i) for i in range(100) for _ in range(3)]
+    assert feed.dropped_readings == 0
+    assert feed.waits > 0, "the bound held: the producer waited for room"
+
+
+async def test_a_stuck_processor_costs_counted_drops_not_a_stuck_pipeline() -> None:
+    sink = RecordingAppender()
+    pipeline = Pipeline(sink, lambda: None)
+    feed = pipeline.feed("stuck", max_readings=5, max_wait_s=0.05)
+    for i in range(4):
+        await pipeline.submit("s", readings(3, tag=f"t{i}"))
+    await pipeline.flush()
+    assert feed.dropped_readings == 9  # the first batch fits, the next three wait, then drop
+    assert sum(len(b.readings or []) for c in sink.calls for b in c) == 12, "the outbox got all"
+    assert feed.health()["held_readings"] == 3
+
+
+async def eventually(predicate: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Poll a counter the code under test owns (it has no event to await) until it holds."""
+    for _ in range(int(within_s / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError("condition not reached")

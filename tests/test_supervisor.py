@@ -158,3 +158,23 @@ async def test_streaming_driver_is_iterated_and_reopened_after_loss() -> None:
     assert values[:3] == [("good", 0.0), ("good", 1.0), ("good", 2.0)]
     assert values[3] == ("bad", None)  # the loss is visible
     assert values[4:] == [("good", 0.0), ("good", 1.0), ("good", 2.0)]
+
+
+class HangingDriver(FakeDriver):
+    """Accepts the connection, then never answers a read (a wedged PLC or gateway)."""
+
+    async def read(self) -> list[Reading]:
+        await asyncio.Event().wait()
+        return []
+
+
+async def test_a_device_that_never_answers_cannot_hang_the_poll_loop() -> None:
+    sink = Collector()
+    config = fake_config()
+    runner = DeviceRunner(config, HangingDriver(config), sink.on_readings, sink.on_event,
+                          backoff_min_s=0.05, backoff_max_s=0.1, guard_s=0.2)  # fmt: skip
+    await run_for(runner, 1.2)
+    assert runner.stats.failures >= 2, "each hung read was cut off by the guard"
+    assert sink.readings, "the poll loop kept producing readings"
+    assert all(r.quality == "bad" for _, r in sink.readings)
+    assert [e.kind for e in sink.events] == ["driver_down"]

@@ -26,7 +26,7 @@ from agent.writes import WritesSection
 from drivers import registry
 from drivers.base import DeviceConfig
 
-RESERVED_STREAMS = frozenset({EVENTS_STREAM, "status"})
+RESERVED_STREAMS = frozenset({EVENTS_STREAM, "status", "cmd"})
 
 
 @dataclass(frozen=True)

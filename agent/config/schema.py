@@ -54,6 +54,10 @@ class BufferSection(_Section):
     # Relative paths are taken from gateway.state_dir.
     path: Path = Path("outbox.sqlite")
     max_bytes: ByteSize = Field(default=256 * 2**20, ge=2**20)
+    # Rows older than this are evicted (telemetry first), whatever the quota; None: no age limit.
+    max_age_s: float | None = Field(default=None, gt=0)
+    # Caps the database file in SQLite pages (4 KiB), making "disk full" deterministic; None: off.
+    max_page_count: int | None = Field(default=None, ge=16)
     synchronous: Literal["full", "normal"] = "full"
     # Readings are gathered for this long and committed in one transaction (SD-card wear).
     flush_interval_ms: int = Field(default=200, ge=10, le=10_000)

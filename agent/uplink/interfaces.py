@@ -18,8 +18,14 @@ from buffer.types import OutboxRow
 class LeaseAckOutbox(Protocol):
     """What the uplink needs from the outbox (`buffer.async_outbox.AsyncOutbox` provides it)."""
 
-    async def lease(self, after_id: int, limit: int) -> list[OutboxRow]:
-        """Up to `limit` rows with id > `after_id`, oldest first; nothing is removed."""
+    async def lease(
+        self, after_id: int, limit: int, upto_id: int | None = None
+    ) -> list[OutboxRow]:
+        """Up to `limit` rows with `after_id` < id <= `upto_id` (no bound if None), oldest first."""
+        ...
+
+    async def last_id(self) -> int:
+        """The newest row id committed so far (rows above it are newer than this call)."""
         ...
 
     async def ack(self, row_ids: Sequence[int]) -> None:

@@ -43,14 +43,19 @@ class MemoryOutbox:
     async def append(self, batches: Sequence[Batch]) -> list[int]:
         return self.append_sync(batches)
 
-    async def lease(self, after_id: int, limit: int) -> list[OutboxRow]:
+    async def lease(
+        self, after_id: int, limit: int, upto_id: int | None = None
+    ) -> list[OutboxRow]:
         out = []
         for row_id in sorted(self._rows):
-            if row_id > after_id:
+            if row_id > after_id and (upto_id is None or row_id <= upto_id):
                 out.append(self._rows[row_id])
                 if len(out) >= limit:
                     break
         return out
+
+    async def last_id(self) -> int:
+        return self._next_id - 1
 
     async def ack(self, row_ids: Sequence[int]) -> None:
         self.ack_calls += 1

@@ -20,11 +20,25 @@ Resend and duplicates
     connection; duplicates after an outage are bounded by the in-flight window (messages whose
     PUBACK was lost). The centre deduplicates on (stream, seq).
 
-Ordering
-    The broker acknowledges in order, so acknowledged rows form a prefix; the rest are resent in id
-    order. After a PUBACK with a failure reason code (MQTT 5, e.g. not authorised, quota
-    exceeded) nothing further on that connection is acknowledged and the connection is dropped,
-    so the rejected row is retried in order after backoff rather than skipped.
+Two lanes: live data never waits behind a backlog
+    At each CONNACK the uplink notes the newest committed row id (the *split*). Rows up to it are
+    the backlog lane, leased oldest first; rows committed after it are the live lane, also oldest
+    first. Live rows go out first, but the backlog always keeps a reserved quarter of the
+    in-flight window, so after hours offline the centre gets current values at once while the
+    backlog drains beside them. Within a lane rows go out in id order, so per stream the seqs of
+    each lane arrive ascending; across lanes a stream's live seqs may arrive before its older
+    backlog seqs. The centre orders by (stream, seq), never by arrival (docs/durability.md).
+    After a PUBACK with a failure reason code (MQTT 5, e.g. not authorised, quota exceeded)
+    nothing further on that connection is acknowledged and the connection is dropped, so the
+    rejected row is retried after backoff rather than skipped.
+
+Command channel
+    With `on_command`, every connection subscribes (QoS 1) to `{prefix}/{site}/{gateway}/cmd/#`
+    and hands each message to `on_command(suffix, payload)` through a small bounded queue served
+    by one task: the drain never waits for a handler; when the queue is full, or the payload is
+    larger than `MAX_COMMAND_BYTES`, the command is dropped, counted and logged. Subscriptions
+    live on the clean-start connection only, so commands sent while the gateway is offline are
+    not delivered: the sender watches for the `command_result` event and retries.
 """
 
 from __future__ import annotations
@@ -34,8 +48,9 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import orjson
 import paho.mqtt.client as paho
@@ -58,8 +73,25 @@ from buffer.types import OutboxRow
 log = structlog.get_logger(__name__)
 
 StateHook = Callable[[str], None]
+CommandHandler = Callable[[str, bytes], Awaitable[None]]
 
 _RATE_WINDOW_S = 10.0
+# Longest a wait inside the uplink lasts before it marks itself alive again (for the watchdog;
+# `beat_s` shortens it when the watchdog interval is short).
+_BEAT_S: Final = 1.0
+MAX_COMMAND_BYTES: Final = 64 * 1024
+COMMAND_QUEUE: Final = 16
+COMMAND_TIMEOUT_S: Final = 30.0
+
+
+@dataclass
+class _Lane:
+    """Rows leased for one lane of the drain: ids in (cursor, upto], oldest first."""
+
+    cursor: int
+    upto: int | None
+    pending: deque[OutboxRow] = field(default_factory=deque)
+    active: bool = True  # the backlog lane ends when a lease comes back empty
 
 
 class MqttUplink:
@@ -78,6 +110,8 @@ class MqttUplink:
         *,
         encoder: Encoder | None = None,
         on_state_change: StateHook | None = None,
+        on_command: CommandHandler | None = None,
+        beat_s: float = 1.0,
     ) -> None:
         self._cfg = config
         self._outbox = outbox
@@ -85,6 +119,14 @@ class MqttUplink:
         self._encoder: Encoder = encoder or JsonEncoder(self.topics)
         self._client_id = config.effective_client_id(site, gateway)
         self._on_state_change = on_state_change
+        self._on_command = on_command
+        self._commands: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(COMMAND_QUEUE)
+        self._cmd_stats = {"received": 0, "handled": 0, "dropped": 0, "rejected": 0, "failed": 0}
+        # Bumped by every pass of the drain, backoff and keepalive: the watchdog's proof of life.
+        self.heartbeat = 0
+        self._beat_s = min(beat_s, _BEAT_S)
+        self._split = 0
+        self._lane_published = {"live": 0, "backlog": 0}
 
         self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
@@ -136,6 +178,10 @@ class MqttUplink:
             "last_ack_ns": self._last_ack_ns,
             "ack_rate_msg_s": msg_rate,
             "ack_rate_readings_s": rdg_rate,
+            "backlog_upto_id": self._split,
+            "published_live": self._lane_published["live"],
+            "published_backlog": self._lane_published["backlog"],
+            "commands": dict(self._cmd_stats) if self._on_command is not None else None,
         }
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
@@ -160,8 +206,13 @@ class MqttUplink:
         self._running = True
         self._finished.clear()
         attempt = 0
+        worker = (
+            asyncio.create_task(self._command_worker(self._on_command), name="uplink-commands")
+            if self._on_command is not None else None
+        )
         try:
             while not self._stop_requested.is_set():
+                self.heartbeat += 1
                 conn = await self._connect()
                 if conn is not None:
                     attempt = 0
@@ -173,12 +224,10 @@ class MqttUplink:
                 self._reconnects += 1
                 delay = self._backoff(attempt)
                 log.info("uplink.backoff", delay_s=round(delay, 3), attempt=attempt)
-                try:
-                    async with asyncio.timeout(delay):
-                        await self._stop_requested.wait()
-                except TimeoutError:
-                    pass
+                await self._sleep_beating(delay)
         finally:
+            if worker is not None:
+                worker.cancel()
             if self._conn is not None:
                 self._conn.abort()
                 self._conn = None
@@ -186,6 +235,52 @@ class MqttUplink:
             self._stop_requested.clear()
             self._set_state("stopped")
             self._finished.set()
+
+    async def _sleep_beating(self, delay_s: float) -> None:
+        """Sleep `delay_s` (or until stop), marking the uplink alive at least every second."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + delay_s
+        while not self._stop_requested.is_set():
+            left = until - loop.time()
+            if left <= 0:
+                return
+            self.heartbeat += 1
+            try:
+                async with asyncio.timeout(min(left, self._beat_s)):
+                    await self._stop_requested.wait()
+            except TimeoutError:
+                pass
+
+    # ------------------------------------------------------------------ commands
+
+    def _on_message(self, _c: paho.Client, _conn: Connection, msg: paho.MQTTMessage) -> None:
+        suffix = self.topics.command_suffix(msg.topic)
+        stats = self._cmd_stats
+        stats["received"] += 1
+        if suffix is None or len(msg.payload) > MAX_COMMAND_BYTES:
+            stats["rejected"] += 1
+            log.warning("uplink.command_rejected", topic=msg.topic, size=len(msg.payload))
+            return
+        try:
+            self._commands.put_nowait((suffix, bytes(msg.payload)))
+        except asyncio.QueueFull:
+            stats["dropped"] += 1
+            log.warning("uplink.command_dropped", command=suffix, reason="handler busy")
+
+    async def _command_worker(self, handler: CommandHandler) -> None:
+        while True:
+            suffix, payload = await self._commands.get()
+            try:
+                async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                    await handler(suffix, payload)
+                self._cmd_stats["handled"] += 1
+            except TimeoutError:
+                self._cmd_stats["failed"] += 1
+                log.error("uplink.command_timeout", command=suffix, after_s=COMMAND_TIMEOUT_S)
+            except Exception:
+                # Last resort for a plug-in handler: one bad command must not end the channel.
+                self._cmd_stats["failed"] += 1
+                log.exception("uplink.command_failed", command=suffix)
 
     # ------------------------------------------------------------------ connection
 
@@ -268,6 +363,9 @@ class MqttUplink:
             self._drop_connection()
             return None
 
+        if self._on_command is not None:
+            client.on_message = self._on_message
+            client.subscribe(self.topics.commands, qos=1)
         info = client.publish(
             self.topics.status, self._status_payload("online"), qos=1, retain=True
         )
@@ -371,11 +469,13 @@ class MqttUplink:
         """Lease → publish → collect PUBACKs → delete, until the connection ends or stop is done."""
         loop = asyncio.get_running_loop()
         props = self._publish_properties()
-        pending: deque[OutboxRow] = deque()
-        cursor = 0
+        self._split = await self._outbox.last_id()
+        backlog = _Lane(cursor=0, upto=self._split)
+        live = _Lane(cursor=self._split, upto=None)
         self._more = True
         while True:
             self._wake.clear()
+            self.heartbeat += 1
             if conn.closed.is_set():
                 self._set_state("offline")
                 self._last_error = conn.close_reason or "connection closed"
@@ -384,41 +484,77 @@ class MqttUplink:
                 return
             progressed = await self._flush_acks()
             stopping = self._stop_requested.is_set()
-            idle = not conn.inflight and not pending and not self._more
+            idle = (
+                not conn.inflight and not backlog.active and not backlog.pending
+                and not live.pending and not self._more
+            )
             if stopping and (idle or loop.time() >= self._stop_deadline):
                 await self._finish(conn, max(self._stop_deadline - loop.time(), 1.0))
                 return
-            if not pending and self._more and len(conn.inflight) < conn.window:
+            if backlog.active and not backlog.pending:
+                progressed |= await self._lease(backlog)
+                backlog.active = bool(backlog.pending)
+            if not live.pending and self._more and len(conn.inflight) < conn.window:
                 self._more = False
-                rows = await self._outbox.lease(cursor, self._cfg.lease_rows)
-                if rows:
-                    cursor = rows[-1].id
-                    pending.extend(rows)
-                    self._more = True
-                    progressed = True
-            while pending and len(conn.inflight) < conn.window and not conn.closed.is_set():
-                row = pending.popleft()
-                try:
-                    msg = self._encoder.encode(row)
-                except EncodeError as exc:
-                    # Left in the outbox (eviction will age it out) rather than wedging its stream.
-                    self._encode_errors += 1
-                    self._last_error = str(exc)
-                    log.error("uplink.encode_failed", row=row.id, stream=row.stream, error=str(exc))
-                    continue
-                info = conn.client.publish(msg.topic, msg.payload, qos=1, properties=props)
-                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    conn.close_reason = f"publish failed: {paho.error_string(info.rc)}"
-                    conn.closed.set()
-                    break
-                conn.inflight[info.mid] = row
-                self._published += 1
-                progressed = True
+                if await self._lease(live):
+                    self._more = progressed = True
+            progressed |= self._publish_lanes(conn, live, backlog, props)
             if not progressed:
                 if not stopping:
-                    await self._wait_wake(None)
-                elif conn.inflight or pending or self._more:
-                    await self._wait_wake(max(0.0, self._stop_deadline - loop.time()))
+                    await self._wait_wake(self._beat_s)
+                elif conn.inflight or live.pending or backlog.pending or self._more:
+                    await self._wait_wake(
+                        min(self._beat_s, max(0.0, self._stop_deadline - loop.time()))
+                    )
+
+    async def _lease(self, lane: _Lane) -> bool:
+        rows = await self._outbox.lease(lane.cursor, self._cfg.lease_rows, lane.upto)
+        if rows:
+            lane.cursor = rows[-1].id
+            lane.pending.extend(rows)
+        return bool(rows)
+
+    def _publish_lanes(
+        self, conn: Connection, live: _Lane, backlog: _Lane, props: Properties | None
+    ) -> bool:
+        """Fill the window: live rows first, but a quarter stays reserved for the backlog."""
+        backlog_left = backlog.active or bool(backlog.pending)
+        live_cap = conn.window - (max(1, conn.window // 4) if backlog_left else 0)
+        live_inflight = sum(1 for row in conn.inflight.values() if row.id > self._split)
+        published = False
+        while len(conn.inflight) < conn.window and not conn.closed.is_set():
+            if live.pending and (live_inflight < live_cap or not backlog.pending):
+                lane, name = live, "live"
+            elif backlog.pending:
+                lane, name = backlog, "backlog"
+            else:
+                break
+            row = lane.pending.popleft()
+            if not self._publish(conn, row, props):
+                break
+            published = True
+            self._lane_published[name] += 1
+            live_inflight += name == "live"
+        return published
+
+    def _publish(self, conn: Connection, row: OutboxRow, props: Properties | None) -> bool:
+        """Publish one row; False if the connection can take no more."""
+        try:
+            msg = self._encoder.encode(row)
+        except EncodeError as exc:
+            # Left in the outbox (eviction will age it out) rather than wedging its stream.
+            self._encode_errors += 1
+            self._last_error = str(exc)
+            log.error("uplink.encode_failed", row=row.id, stream=row.stream, error=str(exc))
+            return True
+        info = conn.client.publish(msg.topic, msg.payload, qos=1, properties=props)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            conn.close_reason = f"publish failed: {paho.error_string(info.rc)}"
+            conn.closed.set()
+            return False
+        conn.inflight[info.mid] = row
+        self._published += 1
+        return True
 
     async def _wait_wake(self, timeout_s: float | None) -> None:
         try:

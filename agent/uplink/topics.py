@@ -9,6 +9,9 @@ from agent.errors import UplinkError
 
 _LEVEL = re.compile(r"^[A-Za-z0-9_.:-]+$")
 STATUS_LEVEL = "status"
+# Commands to the gateway arrive under `{base}/cmd/...`; no data stream may publish there.
+COMMAND_LEVEL = "cmd"
+RESERVED_LEVELS = frozenset((STATUS_LEVEL, COMMAND_LEVEL))
 
 
 def check_level(name: str, what: str) -> str:
@@ -41,9 +44,19 @@ class Topics:
         """Retained presence topic: online after connect, offline on stop or (as Last Will) on loss."""
         return f"{self.base}/{STATUS_LEVEL}"
 
+    @property
+    def commands(self) -> str:
+        """Subscription filter of the command channel: `{base}/cmd/#`."""
+        return f"{self.base}/{COMMAND_LEVEL}/#"
+
+    def command_suffix(self, topic: str) -> str | None:
+        """`a/b` for a topic `{base}/cmd/a/b`; None if the topic is not a command topic."""
+        head = f"{self.base}/{COMMAND_LEVEL}/"
+        return topic[len(head):] if topic.startswith(head) and len(topic) > len(head) else None
+
     def stream(self, stream: str) -> str:
-        """The data topic of one outbox stream. `status` is reserved for presence."""
+        """The data topic of one outbox stream. `status` and `cmd` are reserved."""
         check_level(stream, "stream")
-        if stream == STATUS_LEVEL:
-            raise UplinkError(f"stream name {STATUS_LEVEL!r} is reserved for the status topic")
+        if stream in RESERVED_LEVELS:
+            raise UplinkError(f"stream name {stream!r} is reserved (status and command topics)")
         return f"{self.base}/{stream}"

@@ -144,3 +144,12 @@ def running_agent(config: Path) -> Iterator[AgentProcess]:
         yield agent
     finally:
         agent.kill()
+
+
+def skip_unless_soak(config: Any) -> None:
+    """Soak tests run only when selected with `-m soak` (`make soak`), never in the default run."""
+    import pytest
+
+    expr = str(config.getoption("markexpr") or "")
+    if "soak" not in expr or "not soak" in expr:
+        pytest.skip("soak run: select it with -m soak (make soak)")

@@ -1,0 +1,125 @@
+#!/bin/sh
+# Installs water-edge-agent on a Debian / Raspberry Pi OS gateway (run as root):
+#   venv under /opt/edge-agent/venv, config under /etc/edge-agent, state under
+#   /var/lib/edge-agent (systemd's StateDirectory), the systemd unit installed and enabled.
+#
+#   deploy/install.sh [--root DIR] [--source DIR] [--python PY] [--no-enable] [--no-start]
+#                     [--venv-args "ARGS"] [--pip-args "ARGS"]
+#
+# --root DIR (or DESTDIR=DIR) installs into a throw-away root: nothing outside DIR is touched,
+# the service user is declared in DIR/usr/lib/sysusers.d instead of created, and the unit is
+# enabled with `systemctl --root` (offline symlinks) and never started. Re-running upgrades in
+# place and never overwrites an existing config.toml.
+set -eu
+
+ROOT="${DESTDIR:-}"
+SOURCE="$(cd "$(dirname "$0")/.." && pwd)"
+PYTHON="python3"
+ENABLE=1
+START=1
+VENV_ARGS=""
+PIP_ARGS=""
+USER_NAME="edge-agent"
+
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --root) ROOT="$2"; shift 2 ;;
+        --source) SOURCE="$2"; shift 2 ;;
+        --python) PYTHON="$2"; shift 2 ;;
+        --venv-args) VENV_ARGS="$2"; shift 2 ;;
+        --pip-args) PIP_ARGS="$2"; shift 2 ;;
+        --no-enable) ENABLE=0; shift ;;
+        --no-start) START=0; shift ;;
+        -h|--help) usage 0 ;;
+        *) echo "install.sh: unknown option $1" >&2; usage 2 ;;
+    esac
+done
+ROOT="${ROOT%/}"
+OFFLINE=0
+[ -n "$ROOT" ] && OFFLINE=1
+
+say() { echo "install.sh: $*"; }
+
+if [ "$OFFLINE" = 0 ] && [ "$(id -u)" != 0 ]; then
+    echo "install.sh: run as root (or use --root DIR for a staged install)" >&2
+    exit 1
+fi
+[ -f "$SOURCE/setup.cfg" ] || { echo "install.sh: $SOURCE is not a water-edge-agent source tree" >&2; exit 1; }
+
+OPT="$ROOT/opt/edge-agent"
+ETC="$ROOT/etc/edge-agent"
+UNIT_DIR="$ROOT/etc/systemd/system"
+
+if [ "$OFFLINE" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "system packages (python3-venv, sqlite3)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3-venv python3-pip sqlite3 libportaudio2 >/dev/null
+fi
+
+say "service user $USER_NAME"
+mkdir -p "$ROOT/usr/lib/sysusers.d"
+cat >"$ROOT/usr/lib/sysusers.d/edge-agent.conf" <<SYSUSERS
+# water-edge-agent's service user; serial (dialout) and sound (audio) access.
+u $USER_NAME - "water-edge-agent" /var/lib/edge-agent
+m $USER_NAME dialout
+m $USER_NAME audio
+SYSUSERS
+if [ "$OFFLINE" = 0 ]; then
+    if command -v systemd-sysusers >/dev/null 2>&1; then
+        systemd-sysusers edge-agent.conf
+    elif ! id "$USER_NAME" >/dev/null 2>&1; then
+        useradd --system --home-dir /var/lib/edge-agent --shell /usr/sbin/nologin \
+            --groups dialout,audio "$USER_NAME"
+    fi
+fi
+
+say "virtualenv in $OPT/venv"
+mkdir -p "$OPT"
+# shellcheck disable=SC2086 # the args are meant to split
+"$PYTHON" -m venv $VENV_ARGS "$OPT/venv"
+# Build from a copy: pip builds in the tree it is given, and the source may be read-only or shared.
+STAGE="$(mktemp -d)"
+trap 'rm -rf "$STAGE"' EXIT
+tar -C "$SOURCE" --exclude=.git --exclude=.venv --exclude=build --exclude='*.egg-info' \
+    --exclude=__pycache__ -cf - . | tar -C "$STAGE" -xf -
+# shellcheck disable=SC2086
+"$OPT/venv/bin/python" -m pip install --quiet --disable-pip-version-check $PIP_ARGS "$STAGE"
+mkdir -p "$OPT/docs"
+cp "$SOURCE/docs/operations.md" "$SOURCE/docs/durability.md" "$OPT/docs/" 2>/dev/null || true
+
+say "config in $ETC"
+mkdir -p "$ETC"
+chmod 0750 "$ETC"
+if [ ! -f "$ETC/config.toml" ]; then
+    cp "$SOURCE/deploy/config.example.toml" "$ETC/config.toml"
+    chmod 0640 "$ETC/config.toml"
+    say "wrote $ETC/config.toml from the example: edit [gateway], [uplink] and [[devices]]"
+else
+    say "kept the existing $ETC/config.toml"
+fi
+if [ "$OFFLINE" = 0 ]; then
+    chgrp "$USER_NAME" "$ETC" "$ETC/config.toml"
+fi
+
+say "systemd unit"
+mkdir -p "$UNIT_DIR"
+install -m 0644 "$SOURCE/deploy/edge-agent.service" "$UNIT_DIR/edge-agent.service"
+if [ "$ENABLE" = 1 ]; then
+    if [ "$OFFLINE" = 1 ]; then
+        systemctl --root="$ROOT" enable edge-agent.service
+    else
+        systemctl daemon-reload
+        systemctl enable edge-agent.service
+        if [ "$START" = 1 ]; then
+            if "$OPT/venv/bin/edge-agent" check-config -c "$ETC/config.toml" >/dev/null 2>&1; then
+                systemctl restart edge-agent.service
+            else
+                say "not started: the config does not validate yet; run"
+                say "  $OPT/venv/bin/edge-agent check-config -c /etc/edge-agent/config.toml"
+            fi
+        fi
+    fi
+fi
+say "done. Check with: systemctl status edge-agent; edge-agent status -c /etc/edge-agent/config.toml"

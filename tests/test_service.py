@@ -1,0 +1,46 @@
+"""The systemd unit: hardened (systemd's own exposure score), notify-type with a watchdog."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).resolve().parents[1] / "deploy" / "edge-agent.service"
+MAX_EXPOSURE = 2.5
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="apt-get install systemd")
+def test_exposure_is_at_most_2_5() -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", f"--threshold={int(MAX_EXPOSURE * 10)}",
+         str(UNIT)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+    assert result.returncode == 0, result.stdout
+
+
+def test_the_unit_declares_what_the_runbook_promises() -> None:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    assert settings["Type"] == ["notify"]
+    assert settings["Restart"] == ["on-failure"]
+    assert int(settings["WatchdogSec"][0]) >= 30
+    assert settings["CapabilityBoundingSet"] == [""]
+    assert settings["ProtectSystem"] == ["strict"]
+    assert settings["NoNewPrivileges"] == ["yes"]
+    assert settings["StateDirectory"] == ["edge-agent"]
+    assert set(settings["SupplementaryGroups"][0].split()) == {"dialout", "audio"}
+    assert settings["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+    assert "@system-service" in settings["SystemCallFilter"]
+    assert settings["MemoryMax"]
+    assert "edge-agent run -c /etc/edge-agent/config.toml" in settings["ExecStart"][0]

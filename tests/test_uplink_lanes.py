@@ -1,0 +1,146 @@
+"""Live data never waits behind a backlog, and the command channel hook, against a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.model import Reading
+from agent.uplink.mqtt import COMMAND_QUEUE, MAX_COMMAND_BYTES
+from buffer.async_outbox import AsyncOutbox
+from buffer.types import Batch
+from tests.conftest import GATEWAY, SITE, StartUplink, mqtt_config
+from tests.support.broker import Mosquitto, Subscriber
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Another module's in-process CLI test may leave structlog bound to a closed capture stream;
+    a log call in a paho callback would then raise inside the uplink under test."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+BASE = f"water/{SITE}/{GATEWAY}"
+BACKLOG = 6_000
+
+
+def one_reading_rows(n: int, stream: str, ts0: int) -> list[Batch]:
+    return [Batch(stream, readings=[Reading(stream, "level", ts0 + i, float(i))]) for i in range(n)]
+
+
+async def test_live_rows_overtake_a_long_backlog_and_everything_arrives(
+    tmp_path: Path, mosquitto: Mosquitto, start_uplink: StartUplink
+) -> None:
+    async with await AsyncOutbox.open(tmp_path / "o.db", max_bytes=1 << 30, synchronous="normal") as box:
+        await box.append(one_reading_rows(BACKLOG, "plc1", 10**18))
+        with Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/+") as sub:
+            run = await start_uplink(mqtt_config(mosquitto, max_inflight=32), box)
+            await eventually(lambda: run.uplink.health()["acked"] >= 500, 30)
+            await box.append(one_reading_rows(1, "plc1", 2 * 10**18))  # live: seq BACKLOG + 1
+            run.uplink.notify()
+            await sub.wait_until_async(
+                lambda ms: sum(1 for m in ms if not m.topic.endswith("/status")) >= BACKLOG + 1,
+                within_s=60,
+            )
+            health = run.uplink.health()
+    seqs = [m.json()["seq"] for m in sub.snapshot() if not m.topic.endswith("/status")]
+    live_at = seqs.index(BACKLOG + 1)
+    assert live_at < seqs.index(BACKLOG), "the live row went out before the backlog finished"
+    assert live_at < BACKLOG // 2
+    assert sorted(set(seqs)) == list(range(1, BACKLOG + 2)), "every row arrived"
+    backlog_order = [s for s in seqs if s <= BACKLOG]
+    assert backlog_order == sorted(backlog_order), "the backlog lane is in seq order"
+    assert health["published_live"] >= 1
+    assert health["published_backlog"] >= BACKLOG
+
+
+def publisher(broker: Mosquitto) -> paho.Client:
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    return client
+
+
+async def test_commands_reach_the_handler_and_survive_a_broker_restart(
+    outbox: AsyncOutbox, start_uplink: StartUplink
+) -> None:
+    got: list[tuple[str, bytes]] = []
+    arrived = asyncio.Event()
+
+    async def handler(suffix: str, payload: bytes) -> None:
+        got.append((suffix, payload))
+        arrived.set()
+
+    with Mosquitto(persistence=False) as broker:
+        run = await start_uplink(mqtt_config(broker), outbox, on_command=handler)
+        await run.states.wait(lambda s: s == "online")
+        await asyncio.sleep(0.2)  # the SUBSCRIBE is sent right after CONNACK
+        client = publisher(broker)
+        client.publish(f"{BASE}/cmd/config/reload", b'{"id": 1}', qos=1).wait_for_publish(5)
+        client.publish(f"{BASE}/cmdx", b"not a command topic", qos=1).wait_for_publish(5)
+        async with asyncio.timeout(10):
+            await arrived.wait()
+        client.disconnect()
+        client.loop_stop()
+        broker.stop()
+        await run.states.wait(lambda s: s == "offline")
+        broker.start()
+        await run.states.wait(lambda s: s == "online", since=len(run.states.states) - 1)
+        await asyncio.sleep(0.2)
+        arrived.clear()
+        client = publisher(broker)
+        client.publish(f"{BASE}/cmd/reboot", b"{}", qos=1).wait_for_publish(5)
+        async with asyncio.timeout(10):
+            await arrived.wait()
+        client.disconnect()
+        client.loop_stop()
+    assert got == [("config/reload", b'{"id": 1}'), ("reboot", b"{}")]
+    assert run.uplink.health()["commands"]["handled"] == 2
+
+
+async def test_a_busy_handler_drops_and_counts_and_oversized_commands_are_rejected(
+    outbox: AsyncOutbox, mosquitto: Mosquitto, start_uplink: StartUplink
+) -> None:
+    release = asyncio.Event()
+    handled: list[str] = []
+
+    async def slow(suffix: str, _payload: bytes) -> None:
+        await release.wait()
+        handled.append(suffix)
+
+    run = await start_uplink(mqtt_config(mosquitto), outbox, on_command=slow)
+    await run.states.wait(lambda s: s == "online")
+    await asyncio.sleep(0.2)
+    client = publisher(mosquitto)
+    total = COMMAND_QUEUE + 14
+    for i in range(total):
+        client.publish(f"{BASE}/cmd/n{i}", b"x", qos=1)
+    client.publish(f"{BASE}/cmd/big", b"x" * (MAX_COMMAND_BYTES + 1), qos=1).wait_for_publish(5)
+    await eventually(lambda: run.uplink.health()["commands"]["received"] >= total + 1, 10)
+    client.disconnect()
+    client.loop_stop()
+    stats = run.uplink.health()["commands"]
+    assert stats["rejected"] == 1
+    assert stats["dropped"] >= total - COMMAND_QUEUE - 1
+    assert run.uplink.health()["state"] == "online", "a stuck handler never stalls the uplink"
+    release.set()
+    await eventually(lambda: len(handled) >= total - stats["dropped"], 10)
+    assert handled == sorted(handled, key=lambda s: int(s[1:])), "kept commands run in order"
+    assert "big" not in handled
+
+
+async def eventually(predicate: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Poll a counter the code under test owns (it has no event to await) until it holds."""
+    for _ in range(int(within_s / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError("condition not reached")
