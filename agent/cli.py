@@ -110,7 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _load(args.config)
     except ConfigError as exc:
         return _config_errors(exc)
-    logs.configure(config.log.level, config.log.json_lines)
+    logs.configure(config.log.level, config.log.json_lines,
+                   secrets=[config.uplink.password] if config.uplink.password else ())
     try:
         return asyncio.run(run_agent(config))
     except AgentError as exc:

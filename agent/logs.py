@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 
 import structlog
+
+from agent.secrets import RedactingProcessor
 
 
 class _CurrentStderr:
@@ -20,7 +23,7 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def configure(level: str = "info", json: bool | None = None) -> None:
+def configure(level: str = "info", json: bool | None = None, secrets: Sequence[str] = ()) -> None:
     """Route structlog to stderr; `json=None` picks JSON when stderr is not a terminal."""
     if json is None:
         json = not sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ
@@ -35,6 +38,7 @@ def configure(level: str = "info", json: bool | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            RedactingProcessor(secrets),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

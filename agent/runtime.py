@@ -20,16 +20,19 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
 
 from agent import __version__
+from agent.assembly import EXIT_RESTART, build_command_channel, build_drivers, build_processors
 from agent.backoff import Backoff
 from agent.config import Config
+from agent.errors import AgentError
 from agent.model import Event, Reading, now_ns
 from agent.pipeline import Pipeline, Processor, ReadingFeed
+from agent.secrets import redact
 from agent.status import StatusServer
 from agent.supervisor import DeviceRunner
 from agent.uplink.mqtt import CommandHandler, MqttUplink
@@ -52,6 +55,8 @@ class Agent:
         processors: Sequence[Processor] = (),
         on_command: CommandHandler | None = None,
         notifier: Notifier | None = None,
+        drivers: Mapping[str, Driver] | None = None,
+        command_stats: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
@@ -70,12 +75,19 @@ class Agent:
             batch_max_readings=config.buffer.batch_max_readings,
             max_pending=config.buffer.max_pending_readings,
         )
+        built = drivers if drivers is not None else {}
         self.runners = [
-            DeviceRunner(device, self._build_driver(device), self._on_readings, self.emit)
+            DeviceRunner(device, built.get(device.name) or self._build_driver(device),
+                         self._on_readings, self.emit)
             for device in config.devices
             if device.enabled
+        ]  # fmt: skip
+        # A processor may name the streams it needs (`streams`); an empty set means no feed at all.
+        self.processors = [
+            (p, self.pipeline.feed(p.name, streams=getattr(p, "streams", None))) for p in processors
         ]
-        self.processors = [(p, self.pipeline.feed(p.name)) for p in processors]
+        self._command_stats = command_stats
+        self._stop: asyncio.Event | None = None
         self._processor_crashes = {p.name: 0 for p in processors}
         self.status = StatusServer(
             config.status_socket, self.snapshot, self.pipeline.tap, self.pipeline.untap
@@ -102,11 +114,30 @@ class Agent:
     async def emit(self, event: Event) -> None:
         await self.pipeline.submit_event(event)
 
+    def request_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def read_now(self, devices: list[str] | None) -> dict[str, Any]:
+        """One extra read of the named devices (all when None), submitted like a poll's."""
+        result: dict[str, Any] = {}
+        for runner in self.runners:
+            if devices is not None and runner.name not in devices:
+                continue
+            try:
+                readings = await runner.driver.read()
+            except AgentError as exc:
+                result[runner.name] = {"error": str(exc)}
+                continue
+            await self.pipeline.submit(runner.config.stream_name, readings)
+            result[runner.name] = {"readings": len(readings)}
+        return result
+
     def snapshot(self) -> dict[str, Any]:
         gw = self.config.gateway
         uplink = self.uplink.health()
         commands = uplink.get("commands") or {}
-        return {
+        snapshot = {
             "agent": {
                 "version": __version__,
                 "pid": os.getpid(),
@@ -138,7 +169,9 @@ class Agent:
                 "commands_dropped": commands.get("dropped", 0),
                 "undecodable_rows": uplink["encode_errors"],
             },
+            "commands": None if self._command_stats is None else self._command_stats(),
         }  # fmt: skip
+        return dict(redact(snapshot, [self.config.uplink.password or ""]))
 
     async def _refresh_buffer_stats(self) -> None:
         """Status must answer instantly, so buffer figures are refreshed here, off the request path."""
@@ -193,6 +226,7 @@ class Agent:
                 return
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         await self.status.start()
         log.info(
             "agent.started",
@@ -243,25 +277,30 @@ class Agent:
             self.notifier.close()
 
 
-async def run_agent(
-    config: Config,
-    *,
-    processors: Sequence[Processor] = (),
-    on_command: CommandHandler | None = None,
-) -> int:
+async def run_agent(config: Config) -> int:
+    """Run the agent the config describes; the exit code is 0, or EXIT_RESTART when a signed
+    restart command asked for one (systemd's Restart=on-failure then starts it again)."""
     config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
+    drivers = build_drivers(config)
+    processors = build_processors(config, drivers)
+    commands = build_command_channel(config, drivers)
     buffer = config.buffer
     outbox = await AsyncOutbox.open(
         config.buffer_path,
         max_bytes=buffer.max_bytes,
         synchronous=buffer.synchronous,
-        # Keys the config schema may not have yet (see docs/durability.md): absent means off.
-        max_age_s=getattr(buffer, "max_age_s", None),
-        max_page_count=getattr(buffer, "max_page_count", None),
+        max_age_s=buffer.max_age_s,
+        max_page_count=buffer.max_page_count,
         quarantine_unusable=True,
     )
     try:
-        agent = Agent(config, outbox, processors=processors, on_command=on_command)
+        agent = Agent(
+            config, outbox, processors=processors, drivers=drivers,
+            on_command=None if commands is None else commands.handler,
+            command_stats=None if commands is None else commands.stats,
+        )  # fmt: skip
+        if commands is not None:
+            commands.bind(agent)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -275,4 +314,7 @@ async def run_agent(
     finally:
         await outbox.close()
     log.info("agent.stopped")
+    if commands is not None and commands.restart_requested:
+        log.info("agent.restart_requested", reason=commands.restart_requested[-1])
+        return EXIT_RESTART
     return 0

@@ -16,6 +16,7 @@ from agent.config.schema import (
     BufferSection,
     GatewaySection,
     LogSection,
+    ModelsSection,
     StatusSection,
 )
 from agent.errors import ConfigError
@@ -40,6 +41,7 @@ class Config:
     devices: tuple[DeviceConfig, ...]
     security: SecuritySection = field(default_factory=SecuritySection)
     writes: WritesSection = field(default_factory=WritesSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
 
     @property
     def buffer_path(self) -> Path:
@@ -156,6 +158,7 @@ def load_config(path: str | Path) -> Config:
         devices=tuple(devices),
         security=section.security,
         writes=section.writes,
+        models=section.models,
     )
 
 
@@ -176,6 +179,22 @@ def validate_devices(source: Path, raw_devices: object) -> list[DeviceConfig]:
     if problems:
         raise ConfigError(problems)
     return devices
+
+
+def _check_model_devices(
+    source: Path, models: ModelsSection, devices: list[DeviceConfig], problems: list[str]
+) -> None:
+    kinds = {d.name: d.kind for d in devices}
+    for index, leak in enumerate(models.leak):
+        if kinds.get(leak.device) != "audio":
+            problems.append(
+                f"{source}: models.leak[{index}].device: expected the name of a kind = \"audio\" "
+                f"device (got {leak.device!r}; audio devices: "
+                f"{', '.join(n for n, k in kinds.items() if k == 'audio') or 'none'})"
+            )
+    names = [p.name for p in models.pump]
+    for name in {n for n in names if names.count(n) > 1}:
+        problems.append(f"{source}: models.pump: pump name {name!r} is used twice")
 
 
 def _check_names(source: Path, devices: list[DeviceConfig], problems: list[str]) -> None:

@@ -16,6 +16,7 @@ from agent.remote.config import SecuritySection
 from agent.uplink.config import MqttConfig
 from agent.writes import WritesSection
 from drivers.base import NAME_PATTERN
+from models.pump.config import PumpModelConfig
 
 SCHEMA_VERSION = 1
 
@@ -77,6 +78,21 @@ class LogSection(_Section):
     json_lines: bool | None = Field(default=None, alias="json")
 
 
+class LeakModelSection(_Section):
+    """`[[models.leak]]`: run the acoustic leak detector on an `audio` device's windows."""
+
+    device: str = Field(pattern=NAME_PATTERN, max_length=64)  # the name of a kind = "audio" device
+    model: Path | None = None  # a model manifest; default: the shipped models/leak/leak_detector.json
+    alpha: float = Field(default=0.4, gt=0, le=1)  # smoothing of the probability (EWMA weight)
+    on_windows: int = Field(default=3, ge=1)  # windows above threshold before a leak event
+    off_windows: int = Field(default=5, ge=1)  # windows below before leak_cleared
+
+
+class ModelsSection(_Section):
+    pump: list[PumpModelConfig] = Field(default_factory=list)
+    leak: list[LeakModelSection] = Field(default_factory=list)
+
+
 class AgentSection(_Section):
     """The whole file, with `devices` still raw: each is validated by its driver's model."""
 
@@ -88,4 +104,5 @@ class AgentSection(_Section):
     log: LogSection = LogSection()
     security: SecuritySection = SecuritySection()
     writes: WritesSection = WritesSection()
+    models: ModelsSection = ModelsSection()
     devices: list[dict[str, Any]] = Field(default_factory=list)

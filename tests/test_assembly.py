@@ -1,0 +1,144 @@
+"""The agent assembled from its config: analytics processors and signed commands, end to end.
+
+Real processes throughout: firmware-sim, `edge-agent run`, Mosquitto, and an operator that
+signs commands with its own Ed25519 key and publishes them on the gateway's command topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.remote.envelope import sign
+from tests.support.agent_proc import demo_devices, running_agent, write_config
+from tests.support.broker import Mosquitto, Subscriber
+from tests.support.plant import Plant, running_plant
+
+TOPIC = "water/test-site/gw-test"
+
+
+@pytest.fixture(scope="module")
+def plant() -> Iterator[Plant]:
+    with running_plant(seed=11) as running:
+        yield running
+
+
+def public_b64(key: Ed25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def publish(broker: Mosquitto, topic: str, payload: bytes) -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.publish(topic, payload, qos=1).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+
+
+def command_results(messages: list[Any]) -> list[dict[str, Any]]:
+    return [
+        event["detail"]
+        for m in messages if m.topic == f"{TOPIC}/events"
+        for event in m.json()["events"] if event["kind"] == "command_result"
+    ]  # fmt: skip
+
+
+def test_signed_commands_run_and_forged_ones_are_refused(
+    plant: Plant, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    ops = Ed25519PrivateKey.generate()
+    security = (
+        "[security]\n[[security.operators]]\n"
+        f'name = "control-room"\npublic_key = "{public_b64(ops)}"\ncommands = ["read_now", "restart"]\n'
+    )
+    config = write_config(tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port),
+                          extra=security)  # fmt: skip
+    target = "test-site/gw-test"
+    with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub, running_agent(config) as agent:
+        agent.wait_status(lambda s: s["uplink"]["state"] == "online")
+        publish(mosquitto, f"{TOPIC}/cmd/read_now", sign(ops, "control-room", "read_now", target))
+        forged = sign(Ed25519PrivateKey.generate(), "control-room", "read_now", target)
+        publish(mosquitto, f"{TOPIC}/cmd/read_now", forged)
+        sub.wait_until(lambda ms: len(command_results(ms)) >= 2, timeout=15)
+        status = agent.status()
+        publish(mosquitto, f"{TOPIC}/cmd/restart", sign(ops, "control-room", "restart", target))
+        code = agent.process.wait(30)
+    results = command_results(sub.snapshot())
+    accepted = [r for r in results if r["type"] == "read_now" and r["status"] == "ok"]
+    refused = [r for r in results if r["status"] != "ok"]
+    assert len(accepted) == 1
+    assert accepted[0]["result"]["pump-station"]["readings"] == 43
+    assert len(refused) == 1
+    assert "signature" in refused[0]["reason"]
+    assert sum(v for k, v in status["commands"].items() if k != "accepted" and k != "ok") >= 1
+    # a signed restart exits with EX_TEMPFAIL, which systemd's Restart=on-failure restarts
+    assert code == 75
+
+
+def test_leak_and_pump_processors_run_from_the_config(
+    plant: Plant, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    wav = tmp_path / "pair.wav"
+    subprocess.run(
+        [sys.executable, "-m", "fwsim.cli", "hydrophones", "--wav", str(wav), "--seconds", "20"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    extra = """
+[[models.pump]]
+name = "pump1"
+  [models.pump.signals]
+  flow = "pump1_flow"
+  motor_current = "pump1_motor_current"
+  speed = "pump1_speed"
+  discharge_pressure = "pump1_discharge_pressure"
+  vibration_x = "pump1_vibration_x"
+
+[[models.leak]]
+device = "hydrophones"
+"""
+    audio = f"""
+[[devices]]
+name = "hydrophones"
+kind = "audio"
+source = "file"
+path = "{wav}"
+loop = true
+playback_speed = 4.0
+channel_names = ["A", "B"]
+"""
+    config = write_config(tmp_path, broker_port=mosquitto.port,
+                          devices=demo_devices(plant.port) + audio, extra=extra)  # fmt: skip
+    with running_agent(config) as agent:
+        status = agent.wait_status(
+            lambda s: any(p["name"] == "leak:hydrophones" and p["health"]["windows_scored"] >= 3
+                          for p in s["processors"]),
+            timeout=30,
+        )  # fmt: skip
+        status = agent.wait_status(
+            lambda s: any(p["name"] == "pump_anomaly"
+                          and p["health"]["pumps"]["pump1"]["samples"] >= 2 for p in s["processors"]),
+            timeout=30,
+        )  # fmt: skip
+        assert agent.stop() == 0
+    by_name = {p["name"]: p for p in status["processors"]}
+    assert set(by_name) == {"pump_anomaly", "leak:hydrophones"}
+    pump = by_name["pump_anomaly"]["health"]["pumps"]["pump1"]
+    assert pump["state"] == "learning"
+    assert pump["samples"] >= 2  # sampled from the PLC tags it maps
+    assert pump["last_error"] is None
+    assert by_name["pump_anomaly"]["crashes"] == 0
+    assert by_name["leak:hydrophones"]["crashes"] == 0
+    leak = by_name["leak:hydrophones"]["health"]
+    assert 0.0 <= leak["leak_probability"] <= 1.0
