@@ -151,6 +151,19 @@ def format_status(snap: dict[str, Any], now: int) -> str:
             f"buffer   {buf['rows']} rows / {buf['readings']} readings  {buf['bytes']} bytes "
             f"({pct:.1f} % of quota)  oldest {oldest}  evicted {buf['evicted_readings']} readings"
         )
+    for proc in snap.get("processors") or []:
+        health = proc.get("health") or {}
+        if "pumps" in health:
+            summary = ", ".join(f"{n} {p['state']}" for n, p in health["pumps"].items())
+        elif "windows_scored" in health:
+            summary = (f"{health['windows_scored']} windows scored, leak probability "
+                       f"{health.get('leak_probability')}")
+        else:
+            summary = ""
+        crashes = f"  crashes {proc['crashes']}" if proc.get("crashes") else ""
+        lines.append(f"model    {proc['name']}: {summary}{crashes}")
+    if snap.get("buffer", {}).get("quarantined"):
+        lines.append(f"ALARM    corrupt outbox quarantined to {snap['buffer']['quarantined']}")
     lines.append("drivers")
     for d in snap["drivers"]:
         err = f"  error: {d['last_error']}" if d["state"] != "up" and d["last_error"] else ""

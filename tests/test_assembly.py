@@ -131,7 +131,13 @@ channel_names = ["A", "B"]
                           and p["health"]["pumps"]["pump1"]["samples"] >= 2 for p in s["processors"]),
             timeout=30,
         )  # fmt: skip
+        human = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "status", "-c", str(config)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
         assert agent.stop() == 0
+    assert "model    pump_anomaly: pump1 learning" in human
+    assert "model    leak:hydrophones: " in human
     by_name = {p["name"]: p for p in status["processors"]}
     assert set(by_name) == {"pump_anomaly", "leak:hydrophones"}
     pump = by_name["pump_anomaly"]["health"]["pumps"]["pump1"]
