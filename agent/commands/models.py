@@ -31,8 +31,11 @@ def register(subparsers: Any) -> None:
     pump.add_argument("--calibrate-rows", required=True, type=int,
                       help="the first N data rows are normal operation, used to calibrate only")
     pump.add_argument("--model", type=Path, default=DEFAULT_PUMP_MODEL, help="model manifest")
-    pump.add_argument("--persistence", type=int, default=5, help="rows above threshold to alarm")
-    pump.add_argument("--clear-after", type=int, default=30, help="rows below to clear an alarm")
+    pump.add_argument("--persistence", type=int, default=None,
+                      help="rows above threshold to alarm (default: the detector's, 5)")
+    pump.add_argument("--clear-after", type=int, default=None,
+                      help="rows below to clear an alarm (default: the detector's, 20 for calibrations "
+                           "under an hour, else 30)")
     pump.set_defaults(func=cmd_score_pump)
 
     calibrate = models_sub.add_parser(
@@ -76,7 +79,8 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
     from models.runtime import load_model
 
     logs.configure("warning", json=False)  # stdout carries the CSV and nothing else
-    if args.persistence < 1 or args.clear_after < 1:
+    if (args.persistence is not None and args.persistence < 1) or (
+            args.clear_after is not None and args.clear_after < 1):
         return _error("--persistence and --clear-after must be at least 1")
     try:
         model = load_model(args.model)

@@ -4,6 +4,17 @@ The file has a header, timestamps in the first column and numeric signals in the
 names, separated by commas or semicolons (semicolon files may use decimal commas). Blank and
 non-numeric cells count as missing; a column that is mostly text is ignored with a warning. The
 first `calibrate_rows` data rows calibrate the pump; every data row gets exactly one output row.
+
+Which detector scores the file depends on how much normal it was given:
+
+- fewer than `STEADY_MAX_ROWS` calibration rows (an hour at 1 s): `models.pump.steady`, per-channel
+  level and noise statistics around the one operating point such a short stretch can show (a test
+  bed, a commissioning run). The score is in units of its threshold.
+- more: the gateway's detector (`models.pump.detector`: relations between signals and the shared
+  TFLite scorer), which needs calibration to have seen the pump's range of operating points.
+
+On simulated 20-minute steady files (`models/train/pump_eval_short.py`) the first is far better; on
+3-hour files with daily demand the second is (docs/pump-anomaly.md).
 """
 
 from __future__ import annotations
@@ -12,17 +23,19 @@ import csv
 import io
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from models.manifest import ModelError
+from models.pump import steady
 from models.pump.detector import (
     DEFAULT_MARGIN,
     DEFAULT_QUANTILE,
     DEFAULT_SIZE_FACTOR,
     MIN_CALIBRATION_ROWS,
+    CalibrationError,
     Scorer,
     alarm_series,
     calibrate,
@@ -31,6 +44,9 @@ from models.pump.detector import (
 )
 
 NUMERIC_SHARE = 0.5  # a column is numeric when at least this share of its filled cells parse
+STEADY_MAX_ROWS = 3600  # shorter calibrations are scored by `models.pump.steady`
+# The gateway detector's alarm defaults (the steady detector's are in `steady.SteadyParams`).
+PERSISTENCE, CLEAR_AFTER, HYSTERESIS = 5, 30, 0.8
 
 
 class InputError(ModelError):
@@ -95,12 +111,44 @@ def read_table(text: str) -> Table:
     return Table([r[0].strip() for r in cells], names, np.array(columns, dtype=np.float64).T, ignored)
 
 
+def usable(x: np.ndarray, names: list[str]) -> tuple[list[int], list[str]]:
+    """Indices of the columns that vary during calibration rows `x`, and the names of the others."""
+    varies = []
+    for j in range(x.shape[1]):
+        col = x[np.isfinite(x[:, j]), j]
+        varies.append(len(col) > 1 and float(col.max() - col.min()) > 1e-9 * (abs(float(col.min())) + 1.0))
+    keep = [j for j in range(len(names)) if varies[j]]
+    if not keep:
+        raise CalibrationError("no channel varies during calibration (all constant or empty)")
+    return keep, [n for j, n in enumerate(names) if not varies[j]]
+
+
+def score_steady(values: np.ndarray, names: list[str], calibrate_rows: int,
+                 params: steady.SteadyParams | None = None,
+                 warn: Callable[[str], None] = lambda _m: None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row scores (in units of the threshold) and 0/1 alarms from the steady detector."""
+    p = params or steady.SteadyParams()
+    keep, dropped = usable(values[:calibrate_rows], names)
+    for name in dropped:
+        warn(f"ignoring column {name!r}: constant or empty during calibration")
+    x = values[:, keep]
+    model = steady.fit(x[:calibrate_rows], p)
+    scores = model.score(x)
+    alarm = np.zeros(len(x), dtype=np.int8)
+    alarm[calibrate_rows:] = alarm_series(scores[calibrate_rows:], 1.0, p.persistence, p.clear_after,
+                                          p.hysteresis)
+    return scores, alarm
+
+
 def score_csv(path: Path, calibrate_rows: int, model: Scorer, *, window: int, model_version: str,
-              persistence: int = 5, clear_after: int = 30, hysteresis: float = 0.8,
+              persistence: int | None = None, clear_after: int | None = None,
+              hysteresis: float | None = None,
               quantile: float = DEFAULT_QUANTILE, margin: float = DEFAULT_MARGIN,
-              size_factor: float = DEFAULT_SIZE_FACTOR,
+              size_factor: float = DEFAULT_SIZE_FACTOR, steady_params: steady.SteadyParams | None = None,
               warn: Callable[[str], None] = lambda _m: None) -> Iterable[str]:
-    """Validate, calibrate and score; the output CSV's lines (header first)."""
+    """Validate, calibrate and score; the output CSV's lines (header first).
+
+    `persistence`, `clear_after` and `hysteresis` override the chosen detector's alarm defaults."""
     try:
         text = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as exc:
@@ -113,6 +161,13 @@ def score_csv(path: Path, calibrate_rows: int, model: Scorer, *, window: int, mo
         raise InputError(f"--calibrate-rows {calibrate_rows} exceeds the {n} data rows in the file")
     for name in table.ignored:
         warn(f"ignoring non-numeric column {name!r}")
+    if calibrate_rows < STEADY_MAX_ROWS:
+        p = steady_params or steady.SteadyParams()
+        p = replace(p, persistence=p.persistence if persistence is None else persistence,
+                    clear_after=p.clear_after if clear_after is None else clear_after,
+                    hysteresis=p.hysteresis if hysteresis is None else hysteresis)
+        scores, alarm = score_steady(table.values, table.names, calibrate_rows, p, warn)
+        return _lines(table.timestamps, scores, alarm)
     cal = calibrate(table.values[:calibrate_rows], table.names, model, window=window,
                     model_version=model_version, quantile=quantile, margin=margin,
                     size_factor=size_factor)
@@ -120,11 +175,16 @@ def score_csv(path: Path, calibrate_rows: int, model: Scorer, *, window: int, mo
         warn(f"ignoring column {name!r}: constant or empty during calibration")
     scored = score(select(table.values, table.names, cal), cal, model)
     alarm = np.zeros(n, dtype=np.int8)  # the alarm state starts fresh after calibration
-    alarm[calibrate_rows:] = alarm_series(scored.score[calibrate_rows:], cal.threshold, persistence,
-                                          clear_after, hysteresis)
+    alarm[calibrate_rows:] = alarm_series(
+        scored.score[calibrate_rows:], cal.threshold, PERSISTENCE if persistence is None else persistence,
+        CLEAR_AFTER if clear_after is None else clear_after, HYSTERESIS if hysteresis is None else hysteresis)
+    return _lines(table.timestamps, scored.score, alarm)
+
+
+def _lines(timestamps: list[str], scores: np.ndarray, alarm: np.ndarray) -> list[str]:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["timestamp", "score", "anomaly"])
-    for ts, s, a in zip(table.timestamps, scored.score, alarm, strict=True):
+    for ts, s, a in zip(timestamps, scores, alarm, strict=True):
         writer.writerow([ts, f"{s:.6g}", int(a)])
     return out.getvalue().splitlines()
