@@ -60,6 +60,11 @@ def main(argv: list[str]) -> int:
         figures.extend(results)
         print(f"  done in {time.monotonic() - started:.0f} s", flush=True)
 
+    if argv and RESULTS.exists():
+        # A subset was run: keep the other suites' last figures, replace those just measured.
+        ran = {name.rsplit(".", 1)[-1] for name in wanted}
+        previous = json.loads(RESULTS.read_text()).get("figures", [])
+        figures = [f for f in previous if f.get("suite") not in ran] + figures
     width = max(len(f["name"]) for f in figures) if figures else 10
     print()
     print(f"{'figure':<{width}}  {'value':>14}  {'unit':<16} target")

@@ -9,12 +9,9 @@ from __future__ import annotations
 import asyncio
 import string
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,16 +24,6 @@ from agent.uplink.memory import MemoryOutbox
 from agent.uplink.mqtt import MAX_COMMAND_BYTES, MqttUplink
 from agent.uplink.topics import Topics
 from buffer.types import OutboxRow
-
-
-@pytest.fixture(autouse=True)
-def _fresh_structlog() -> Iterator[None]:
-    """Another module's in-process CLI test may leave structlog bound to a closed capture stream;
-    a log call in a paho callback would then raise inside the uplink under test."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
-
 
 GOOD = """schema_version = 1
 [gateway]

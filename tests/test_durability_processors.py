@@ -4,12 +4,8 @@ one that raises is counted, announced as an event and restarted (in-process `Age
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
-import structlog
 
 from agent.config import load_config
 from agent.model import Event, Reading
@@ -19,15 +15,6 @@ from buffer.async_outbox import AsyncOutbox
 from buffer.codec import decode_events
 from tests.support.agent_proc import write_config
 from tests.support.plant import free_port
-
-
-@pytest.fixture(autouse=True)
-def _fresh_structlog() -> Iterator[None]:
-    """Another module's in-process CLI test may leave structlog bound to a closed capture stream;
-    a log call in a paho callback would then raise inside the uplink under test."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 class FlakyProcessor:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import structlog
 
 from agent.cli import main
 from models.train.pump_sim import SIGNALS, Scenario, simulate
@@ -18,29 +15,8 @@ from models.train.pump_sim import SIGNALS, Scenario, simulate
 CALIB = 600
 
 
-class _LiveStderr:
-    """Whatever sys.stderr is when a line is written (pytest swaps it per test)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
 
 
-@pytest.fixture(autouse=True)
-def _live_logs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI's `logs.configure` binds the current sys.stderr and caches loggers: under pytest that
-    stream is closed after the test and later log lines from any module fail. Same filtering,
-    live stream, no caching."""
-
-    def configure(level: str, json: bool = False) -> None:
-        structlog.configure(
-            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-            logger_factory=structlog.PrintLoggerFactory(file=_LiveStderr()),  # type: ignore[arg-type]
-            cache_logger_on_first_use=False)
-
-    monkeypatch.setattr("agent.logs.configure", configure)
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import structlog
 
 from agent.cli import main
 from agent.model import Event, Reading
@@ -33,29 +30,8 @@ T0 = 1_700_000_000 * NS
 CALIB_S = 1800  # auto_hours = 0.5
 
 
-class _LiveStderr:
-    """Whatever sys.stderr is when a line is written (pytest swaps it per test)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
 
 
-@pytest.fixture(autouse=True)
-def _live_logs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI's `logs.configure` binds the current sys.stderr and caches loggers: under pytest that
-    stream is closed after the test and later log lines from any module fail. Same filtering,
-    live stream, no caching."""
-
-    def configure(level: str, json: bool = False) -> None:
-        structlog.configure(
-            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-            logger_factory=structlog.PrintLoggerFactory(file=_LiveStderr()),  # type: ignore[arg-type]
-            cache_logger_on_first_use=False)
-
-    monkeypatch.setattr("agent.logs.configure", configure)
 
 
 @pytest.fixture(scope="module")

@@ -9,36 +9,7 @@ no fault missed; the bounds leave a margin for numerical differences between pla
 
 from __future__ import annotations
 
-import logging
-import sys
-
-import pytest
-import structlog
-
 from models.train.pump_eval_short import FAULTS, make_cases, report, run_cases
-
-
-class _LiveStderr:
-    """Whatever sys.stderr is when a line is written (pytest swaps it per test)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-@pytest.fixture(autouse=True)
-def _live_logs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As in test_pump_cli.py: the CLI's log set-up must not bind a stream pytest closes."""
-
-    def configure(level: str, json: bool = False) -> None:
-        structlog.configure(
-            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-            logger_factory=structlog.PrintLoggerFactory(file=_LiveStderr()),  # type: ignore[arg-type]
-            cache_logger_on_first_use=False)
-
-    monkeypatch.setattr("agent.logs.configure", configure)
 
 
 def test_cli_on_short_steady_files_meets_the_measured_f1_and_false_alarm_rate() -> None:

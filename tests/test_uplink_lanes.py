@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
-import pytest
-import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.model import Reading
@@ -17,16 +15,6 @@ from buffer.async_outbox import AsyncOutbox
 from buffer.types import Batch
 from tests.conftest import GATEWAY, SITE, StartUplink, mqtt_config
 from tests.support.broker import Mosquitto, Subscriber
-
-
-@pytest.fixture(autouse=True)
-def _fresh_structlog() -> Iterator[None]:
-    """Another module's in-process CLI test may leave structlog bound to a closed capture stream;
-    a log call in a paho callback would then raise inside the uplink under test."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
-
 
 BASE = f"water/{SITE}/{GATEWAY}"
 BACKLOG = 6_000

@@ -8,12 +8,10 @@ import os
 import signal
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the test extra
 import pytest
-import structlog
 
 from agent.uplink.memory import MemoryOutbox
 from buffer.async_outbox import AsyncOutbox
@@ -26,16 +24,6 @@ from tests.conftest import (
     reading_batches,
 )
 from tests.support.broker import Mosquitto, Received, Subscriber
-
-
-@pytest.fixture(autouse=True)
-def _fresh_structlog() -> Iterator[None]:
-    """Another module's in-process CLI test may leave structlog bound to a closed capture stream;
-    a log call in a paho callback would then raise inside the uplink under test."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
-
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "payload.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)

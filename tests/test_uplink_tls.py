@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,13 +20,6 @@ from tests.support.broker import Mosquitto, Subscriber, TlsFiles, free_port
 Key = ec.EllipticCurvePrivateKey
 
 
-@pytest.fixture(autouse=True)
-def _fresh_structlog() -> Iterator[None]:
-    """Another module's in-process CLI test may leave structlog bound to a closed capture stream;
-    a log call in a paho callback would then raise inside the uplink under test."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 def _name(cn: str) -> x509.Name:
