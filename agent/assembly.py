@@ -41,6 +41,7 @@ class AudioLeakProcessor:
         from models.runtime import load_model
 
         scorer = LeakScorer(load_model(section.model)) if section.model else LeakScorer()
+        self.slot = scorer.slot  # `model_update` commands swap the model in here
         self.name = f"leak:{section.device}"
         self.leak = LeakProcessor(scorer, source=section.device, alpha=section.alpha,
                                   on_windows=section.on_windows, off_windows=section.off_windows)  # fmt: skip
@@ -103,7 +104,15 @@ class CommandWiring:
     restart_requested: list[str] = field(default_factory=list)
 
 
-def build_command_channel(config: Config, drivers: Mapping[str, Driver]) -> CommandWiring | None:
+def model_slots(processors: list[Processor]) -> dict[str, Any]:
+    """The swappable models, by the slot name `model_update` commands use ("leak-<device>")."""
+    slots = {p.name.replace(":", "-"): getattr(p, "slot", None) for p in processors}
+    return {name: slot for name, slot in slots.items() if slot is not None}
+
+
+def build_command_channel(
+    config: Config, drivers: Mapping[str, Driver], slots: Mapping[str, Any] | None = None
+) -> CommandWiring | None:
     """Signed commands from the centre, when the config trusts at least one operator key."""
     security = config.security
     if not security.operators:
@@ -132,7 +141,7 @@ def build_command_channel(config: Config, drivers: Mapping[str, Driver]) -> Comm
 
     targets = Targets(
         config_path=config.source, models_dir=state / "models", read_now=read_now,
-        request_restart=request_restart,
+        request_restart=request_restart, model_slots=dict(slots or {}),
         writer=WriteGuard(config.writes, writers, audit) if config.writes.enabled else None,
     )  # fmt: skip
     processor = CommandProcessor(

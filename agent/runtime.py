@@ -26,7 +26,13 @@ from typing import Any
 import structlog
 
 from agent import __version__
-from agent.assembly import EXIT_RESTART, build_command_channel, build_drivers, build_processors
+from agent.assembly import (
+    EXIT_RESTART,
+    build_command_channel,
+    build_drivers,
+    build_processors,
+    model_slots,
+)
 from agent.backoff import Backoff
 from agent.config import Config
 from agent.errors import AgentError
@@ -283,7 +289,7 @@ async def run_agent(config: Config) -> int:
     config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
     drivers = build_drivers(config)
     processors = build_processors(config, drivers)
-    commands = build_command_channel(config, drivers)
+    commands = build_command_channel(config, drivers, model_slots(processors))
     buffer = config.buffer
     outbox = await AsyncOutbox.open(
         config.buffer_path,

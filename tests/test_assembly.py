@@ -7,6 +7,7 @@ signs commands with its own Ed25519 key and publishes them on the gateway's comm
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from tests.support.broker import Mosquitto, Subscriber
 from tests.support.plant import Plant, running_plant
 
 TOPIC = "water/test-site/gw-test"
+LEAK_MODEL = Path(__file__).resolve().parents[1] / "models" / "leak"
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +89,27 @@ def test_signed_commands_run_and_forged_ones_are_refused(
     assert code == 75
 
 
-def test_leak_and_pump_processors_run_from_the_config(
+def model_files(version: str, tamper: bool = False) -> dict[str, str]:
+    """The shipped leak model re-labelled `version`; `tamper` corrupts the .tflite after hashing."""
+    manifest = json.loads((LEAK_MODEL / "leak_detector.json").read_text())
+    manifest["version"] = version
+    blob = (LEAK_MODEL / "leak_detector.tflite").read_bytes()
+    if tamper:
+        blob = blob[:-16] + bytes(16)
+    return {"leak_detector.tflite": base64.b64encode(blob).decode(),
+            "leak_detector.json": base64.b64encode(json.dumps(manifest).encode()).decode()}  # fmt: skip
+
+
+def test_leak_and_pump_processors_run_from_the_config_and_a_model_is_swapped_live(
     plant: Plant, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
+    ops = Ed25519PrivateKey.generate()
     wav = tmp_path / "pair.wav"
     subprocess.run(
         [sys.executable, "-m", "fwsim.cli", "hydrophones", "--wav", str(wav), "--seconds", "20"],
         check=True, capture_output=True,
     )  # fmt: skip
-    extra = """
+    extra = f"""
 [[models.pump]]
 name = "pump1"
   [models.pump.signals]
@@ -107,6 +121,12 @@ name = "pump1"
 
 [[models.leak]]
 device = "hydrophones"
+
+[security]
+[[security.operators]]
+name = "data-science"
+public_key = "{public_b64(ops)}"
+commands = ["model_update"]
 """
     audio = f"""
 [[devices]]
@@ -135,7 +155,21 @@ channel_names = ["A", "B"]
             [sys.executable, "-m", "agent.cli", "status", "-c", str(config)],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
+        with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/events") as sub:
+            agent.wait_status(lambda s: s["uplink"]["state"] == "online")
+            for version, tamper in (("9.9.9", False), ("10.0.0", True)):
+                args = {"slot": "leak-hydrophones", "manifest": "leak_detector.json",
+                        "files": model_files(version, tamper)}  # fmt: skip
+                envelope = sign(ops, "data-science", "model_update", "test-site/gw-test", args)
+                publish(mosquitto, f"{TOPIC}/cmd/model_update", envelope)
+            sub.wait_until(lambda ms: len(command_results(ms)) >= 2, timeout=20)
+            swapped = command_results(sub.snapshot())
         assert agent.stop() == 0
+    assert swapped[0]["status"] == "ok"
+    assert swapped[0]["result"]["version"] == "9.9.9"
+    assert swapped[1]["status"] != "ok"
+    assert "sha256" in swapped[1]["reason"]
+    assert "the old one stays" in swapped[1]["reason"]
     assert "model    pump_anomaly: pump1 learning" in human
     assert "model    leak:hydrophones: " in human
     by_name = {p["name"]: p for p in status["processors"]}

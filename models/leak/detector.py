@@ -26,7 +26,7 @@ import structlog
 
 from agent.model import Event, Severity
 from models.leak import features
-from models.runtime import Model, load_model
+from models.runtime import Model, ModelSlot, load_model
 
 log = structlog.get_logger(__name__)
 
@@ -73,8 +73,15 @@ def _band_levels(row: npt.NDArray[np.float64]) -> dict[str, float]:
 class LeakScorer:
     """Features + model for a buffer of audio; blocking (call it in a worker thread from async code)."""
 
-    def __init__(self, model: Model | None = None) -> None:
-        self.model = model if model is not None else load_model(DEFAULT_MANIFEST)
+    def __init__(self, model: Model | None = None, *, slot: ModelSlot | None = None) -> None:
+        # The slot lets a verified model be swapped in while the agent runs (`model_update`).
+        self.slot = slot if slot is not None else ModelSlot(
+            model if model is not None else load_model(DEFAULT_MANIFEST)
+        )
+
+    @property
+    def model(self) -> Model:
+        return self.slot.model
 
     @property
     def threshold(self) -> float:
