@@ -28,7 +28,9 @@ from tests.support.plant import Plant, free_port, start_plant
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "leak-pvc-hydrophone"
 RECORDING = DATA / "no-leak.wav"
 # The real recordings live in ../shared/data beside the checkout (never copied into the repo).
-needs_recording = pytest.mark.skipif(not RECORDING.is_file(), reason=f"real recording not present at {RECORDING}")
+needs_recording = pytest.mark.skipif(
+    not RECORDING.is_file(), reason=f"real recording not present at {RECORDING}"
+)
 
 
 def audio(**kw: Any) -> AudioDriver:
