@@ -73,6 +73,7 @@ from buffer.types import OutboxRow
 log = structlog.get_logger(__name__)
 
 StateHook = Callable[[str], None]
+STOP_GRACE_S = 5.0
 CommandHandler = Callable[[str, bytes], Awaitable[None]]
 
 _RATE_WINDOW_S = 10.0
@@ -197,7 +198,15 @@ class MqttUplink:
         self._stop_deadline = asyncio.get_running_loop().time() + drain_timeout_s
         self._stop_requested.set()
         self._wake.set()
-        await self._finished.wait()
+        try:
+            # The run loop honours the deadline; this bound is the backstop that keeps a stuck
+            # connection from holding up shutdown (unacked rows simply stay in the outbox).
+            async with asyncio.timeout(drain_timeout_s + STOP_GRACE_S):
+                await self._finished.wait()
+        except TimeoutError:
+            log.warning("uplink.stop_timed_out", after_s=drain_timeout_s + STOP_GRACE_S,
+                        state=self._state, inflight=len(self._conn.inflight) if self._conn else 0)
+            self._drop_connection()
 
     async def run(self) -> None:
         """Connect, drain, reconnect with backoff; returns after `stop()`."""

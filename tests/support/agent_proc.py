@@ -108,10 +108,12 @@ class AgentProcess:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as exc:
                 self.process.kill()
                 self.process.wait(10)
-                raise
+                raise AssertionError(
+                    f"agent did not stop within {timeout} s; its log:\n{self.log()}"
+                ) from exc
         return self.process.returncode
 
     def kill(self) -> None:
