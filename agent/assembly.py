@@ -104,6 +104,52 @@ class CommandWiring:
     restart_requested: list[str] = field(default_factory=list)
 
 
+def pump_calibrator(
+    config: Config,
+) -> Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]] | None:
+    """The `pump_calibration` command's target: a new calibration version from the pump's own
+    feature history (args `from` / `to`: ISO 8601 or epoch seconds; default: all of it). The
+    running PumpProcessor picks the new version up by itself."""
+    if not config.models.pump:
+        return None
+    pumps = {p.name: p for p in config.models.pump}
+    state_dir = config.gateway.state_dir
+
+    def calibrate_blocking(name: str, args: dict[str, Any]) -> dict[str, Any]:
+        from agent.commands.models import _instant_ns
+        from agent.remote.result import CommandFailedError
+        from models.manifest import ModelError
+        from models.pump.processor import DEFAULT_MANIFEST, recalibrate
+        from models.pump.store import CalibrationStore, FeatureHistory, pump_dir
+        from models.runtime import load_model
+
+        cfg = pumps.get(name)
+        if cfg is None:
+            raise CommandFailedError(f"no pump {name!r} (configured: {', '.join(pumps)})")
+        path = pump_dir(state_dir, name) / "history.sqlite"
+        if not path.exists():
+            raise CommandFailedError(f"no feature history for pump {name} yet")
+        try:
+            bounds = [None if args.get(k) is None else _instant_ns(str(args[k])) for k in ("from", "to")]
+            model = load_model(cfg.model or DEFAULT_MANIFEST)
+            history = FeatureHistory(path, list(cfg.signals), cfg.history_days, reset_on_change=False)
+            try:
+                cal = recalibrate(cfg, history, CalibrationStore(state_dir, name), model,
+                                  window=int(model.manifest.extra.get("window", 32)),
+                                  model_version=model.version, from_ns=bounds[0], to_ns=bounds[1])
+            finally:
+                history.close()
+        except (ValueError, ModelError) as exc:
+            raise CommandFailedError(str(exc)) from None
+        return {"pump": name, "version": cal.version, "rows": cal.n_samples,
+                "threshold": round(cal.threshold, 6)}
+
+    async def calibrate(name: str, args: dict[str, Any]) -> dict[str, Any]:
+        return await asyncio.to_thread(calibrate_blocking, name, args)
+
+    return calibrate
+
+
 def model_slots(processors: list[Processor]) -> dict[str, Any]:
     """The swappable models, by the slot name `model_update` commands use ("leak-<device>")."""
     slots = {p.name.replace(":", "-"): getattr(p, "slot", None) for p in processors}
@@ -142,6 +188,7 @@ def build_command_channel(
     targets = Targets(
         config_path=config.source, models_dir=state / "models", read_now=read_now,
         request_restart=request_restart, model_slots=dict(slots or {}),
+        calibrate=pump_calibrator(config),
         writer=WriteGuard(config.writes, writers, audit) if config.writes.enabled else None,
     )  # fmt: skip
     processor = CommandProcessor(
