@@ -13,6 +13,7 @@ a silent PLC sends nothing back, so the client times out.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 
 from pymodbus.constants import ExcCodes
@@ -94,7 +95,20 @@ async def start_modbus_tcp(
     plant: Plant, host: str, port: int, comm: CommFaults | None = None
 ) -> tuple[ModbusTcpServer, int]:
     """Listen on host:port (0 = any free port); return the server and the port it got."""
-    server = ModbusTcpServer(PlantContext(plant, comm), address=(host, port), ignore_missing_devices=True)
+    context = PlantContext(plant, comm)
+    rng = random.Random(port)  # noqa: S311 - simulated line noise, not cryptography
+
+    def spoil(sending: bool, frame: bytes) -> bytes:
+        # A `garbage` comm fault replaces that share of answers with random bytes of the same
+        # length (a broken MBAP header or PDU): the client must discard it and time out.
+        share = context.comm.garbage(PROTOCOL)
+        if sending and share > 0 and rng.random() < share:
+            return rng.randbytes(len(frame))
+        return frame
+
+    server = ModbusTcpServer(
+        context, address=(host, port), ignore_missing_devices=True, trace_packet=spoil
+    )
     await server.serve_forever(background=True)
     listener = server.transport  # the asyncio.Server that listen() created
     if not isinstance(listener, asyncio.Server):
