@@ -163,3 +163,17 @@ BASE = {"name": "h1", "kind": "audio"}
 def test_config_errors_say_what_was_expected(extra: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         AudioConfig(**BASE, **extra)
+
+
+def test_loopback_output_is_the_alsa_loopback_playback_device() -> None:
+    """firmware-sim plays the hydrophones into snd-aloop where it exists (none in CI's container)."""
+    from fwsim.hydrophone_stream import find_loopback_output
+
+    devices = [
+        {"name": "HDA Intel PCH: ALC3246 Analog (hw:0,0)", "max_output_channels": 2},
+        {"name": "Loopback: PCM (hw:1,0)", "max_input_channels": 32, "max_output_channels": 0},
+        {"name": "Loopback: PCM (hw:1,1)", "max_output_channels": 32},
+    ]
+    assert find_loopback_output(devices) == 2
+    assert find_loopback_output(devices[:2]) is None
+    assert find_loopback_output([]) is None

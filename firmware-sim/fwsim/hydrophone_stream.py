@@ -28,7 +28,7 @@ import struct
 import sys
 import time
 import wave
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -102,6 +102,38 @@ class _Client:
         self.skipped_blocks = 0
 
 
+def find_loopback_output(devices: Sequence[Mapping[str, Any]]) -> int | None:
+    """The PortAudio index of an ALSA Loopback playback device (snd-aloop), if there is one."""
+    for index, device in enumerate(devices):
+        if "Loopback" in str(device.get("name", "")) and int(device.get("max_output_channels", 0)) > 0:
+            return index
+    return None
+
+
+class LoopbackPlayer:
+    """Plays the synthetic hydrophones into the ALSA loopback card, where the agent's PortAudio
+    capture can record them from the card's other side, exactly as from a real sound card."""
+
+    def __init__(self, sample_rate: int, channels: int) -> None:
+        import sounddevice as sd  # type: ignore[import-untyped,unused-ignore]
+
+        index = find_loopback_output(list(sd.query_devices()))
+        if index is None:
+            raise OSError("no ALSA Loopback playback device (is snd-aloop loaded?)")
+        self.device = str(sd.query_devices(index)["name"])
+        self._stream = sd.OutputStream(device=index, samplerate=sample_rate, channels=channels,
+                                       dtype="float32")  # fmt: skip
+        self._stream.start()
+
+    def play(self, samples: Any) -> None:
+        """Blocking: write one block (call from a worker thread)."""
+        self._stream.write(samples.astype("float32", copy=False))
+
+    def close(self) -> None:
+        self._stream.stop()
+        self._stream.close()
+
+
 class HydrophoneComponent:
     name = "hydrophones"
 
@@ -111,6 +143,7 @@ class HydrophoneComponent:
         self._task: asyncio.Task[None] | None = None
         self._opts = HydrophoneOptions()
         self._header = b""
+        self._loopback: LoopbackPlayer | None = None
 
     async def start(self, ctx: SimContext) -> list[Announcement]:
         try:
@@ -129,15 +162,22 @@ class HydrophoneComponent:
         if opts.unix_path is not None:
             opts.unix_path.unlink(missing_ok=True)
             self._servers.append(await asyncio.start_unix_server(self._serve, str(opts.unix_path)))
-        self._task = asyncio.create_task(self._pace(ctx, scene), name="hydrophones")
         loopback = alsa_loopback()
+        if loopback is not None:
+            try:
+                self._loopback = LoopbackPlayer(opts.sample_rate, opts.channels)
+                loopback = self._loopback.device
+            except OSError as exc:  # PortAudio may not see the card, or it is busy
+                log.warning("hydrophones.loopback_unavailable", card=loopback, error=str(exc))
+                loopback = None
+        self._task = asyncio.create_task(self._pace(ctx, scene), name="hydrophones")
         detail: dict[str, Any] = {
             "url": f"tcp://{host}:{port}", "host": host, "port": port,
             "unix_path": None if opts.unix_path is None else str(opts.unix_path),
             "sample_rate": opts.sample_rate, "channels": opts.channels, "dtype": opts.dtype,
             "block_ms": opts.block_ms, "material": opts.material, "diameter_mm": opts.diameter_mm,
             "spacing_m": opts.spacing_m, "leak_position_m": opts.leak_position_m,
-            # Playing into an ALSA loopback is not implemented; the card is reported when present.
+            # The loopback device played into, or None where there is no usable snd-aloop card.
             "alsa_loopback": loopback,
         }  # fmt: skip
         return [Announcement("hydrophones", detail)]
@@ -172,8 +212,10 @@ class HydrophoneComponent:
             while events and float(events[0].get("at", 0)) <= ctx.station.state.elapsed_s:
                 scene = self._apply(events.pop(0), scene)
                 synth = HydrophoneSynth(scene)
-            if self._clients:
+            if self._clients or self._loopback is not None:
                 samples = await asyncio.to_thread(synth.render, block)
+                if self._loopback is not None:
+                    await asyncio.to_thread(self._loopback.play, samples)
                 data = BLOCK.pack(seq, index, block) + encode(samples, opts.dtype)
                 for client in list(self._clients):
                     transport = client.writer.transport
@@ -205,6 +247,9 @@ class HydrophoneComponent:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._loopback is not None:
+            self._loopback.close()
+            self._loopback = None
         for server in self._servers:
             server.close()
         for client in list(self._clients):
