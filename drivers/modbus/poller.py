@@ -9,14 +9,16 @@ that exist are not reported bad because a neighbour's hole was read with them.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar
 
 import structlog
 
 from agent.model import BAD, GOOD, Reading, Value
+from drivers.base import DeviceConfig, TagInfo
 from drivers.modbus.codec import Bad, decode_bits, decode_registers
+from drivers.modbus.config import ModbusDeviceConfig
 from drivers.modbus.plan import ReadRequest, split_at_gaps
 
 log = structlog.get_logger(__name__)
@@ -121,3 +123,28 @@ class RequestPoller:
             else Reading(self.source, tag, ts, value, GOOD, unit)  # type: ignore[arg-type]
             for (tag, unit), value in zip(entry.labels, values, strict=True)
         ]
+
+
+ConfigT = TypeVar("ConfigT", bound=ModbusDeviceConfig)
+
+
+class PolledModbusDriver(Generic[ConfigT]):
+    """What the TCP and RTU drivers share: building from config, the planned requests, the tags."""
+
+    config_model: ClassVar[type[DeviceConfig]]
+    _poller: RequestPoller
+    _config: ConfigT
+
+    @classmethod
+    def from_config(cls, config: Any) -> Self:
+        if not isinstance(config, cls.config_model):
+            config = cls.config_model.model_validate(config)
+        return cls(config)  # type: ignore[call-arg]
+
+    @property
+    def requests(self) -> Sequence[ReadRequest]:
+        """The planned read requests, in the order each poll sends them."""
+        return self._poller.requests
+
+    def tags(self) -> Sequence[TagInfo]:
+        return [TagInfo(t.name, t.unit) for t in self._config.tags]

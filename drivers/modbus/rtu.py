@@ -19,7 +19,7 @@ import os
 import termios
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Final
 
 import structlog
 from pymodbus.client import AsyncModbusSerialClient
@@ -30,10 +30,10 @@ from pymodbus.pdu import ModbusPDU
 from agent.errors import DeviceError, DriverIOError
 from agent.model import Reading
 from drivers import serial_bus
-from drivers.base import DeviceConfig, TagInfo
+from drivers.base import DeviceConfig
 from drivers.modbus.config import ModbusRtuConfig
 from drivers.modbus.plan import ReadRequest, plan_requests
-from drivers.modbus.poller import MAX_SILENT_REQUESTS, RequestFailedError, RequestPoller
+from drivers.modbus.poller import MAX_SILENT_REQUESTS, PolledModbusDriver, RequestFailedError, RequestPoller
 from drivers.modbus.writes import WriteTable, check_write, raise_for_exception, write_call
 
 log = structlog.get_logger(__name__)
@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 PARITY: Final = {"none": "N", "even": "E", "odd": "O"}
 
 
-class ModbusRtuDriver:
+class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
     """Polls one Modbus RTU slave (unit ID) on a serial line it may share with others."""
 
     config_model: ClassVar[type[DeviceConfig]] = ModbusRtuConfig
@@ -54,19 +54,6 @@ class ModbusRtuDriver:
         self._silent = 0
         self._stats = {"requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0, "writes": 0}
         self._last_ok_ns: int | None = None
-
-    @classmethod
-    def from_config(cls, config: Any) -> Self:
-        if not isinstance(config, ModbusRtuConfig):
-            config = ModbusRtuConfig.model_validate(config)
-        return cls(config)
-
-    @property
-    def requests(self) -> Sequence[ReadRequest]:
-        return self._poller.requests
-
-    def tags(self) -> Sequence[TagInfo]:
-        return [TagInfo(t.name, t.unit) for t in self._config.tags]
 
     def health(self) -> dict[str, Any]:
         port = self._port.health() if self._port is not None else None

@@ -22,7 +22,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import structlog
 from pymodbus.client import AsyncModbusTcpClient
@@ -31,15 +31,15 @@ from pymodbus.pdu import ModbusPDU
 
 from agent.errors import DriverIOError
 from agent.model import Reading
-from drivers.base import DeviceConfig, TagInfo
+from drivers.base import DeviceConfig
 from drivers.modbus.config import ModbusTcpConfig
 from drivers.modbus.plan import ReadRequest, plan_requests
-from drivers.modbus.poller import MAX_SILENT_REQUESTS, RequestFailedError, RequestPoller
+from drivers.modbus.poller import MAX_SILENT_REQUESTS, PolledModbusDriver, RequestFailedError, RequestPoller
 from drivers.modbus.writes import WriteTable, check_write, raise_for_exception, write_call
 
 log = structlog.get_logger(__name__)
 
-class ModbusTcpDriver:
+class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
     """Polls one Modbus TCP device (or gateway) with coalesced read requests."""
 
     config_model: ClassVar[type[DeviceConfig]] = ModbusTcpConfig
@@ -54,20 +54,6 @@ class ModbusTcpDriver:
         self._silent = 0
         self._stats = {"requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0}
         self._last_ok_ns: int | None = None
-
-    @classmethod
-    def from_config(cls, config: Any) -> Self:
-        if not isinstance(config, ModbusTcpConfig):
-            config = ModbusTcpConfig.model_validate(config)
-        return cls(config)
-
-    @property
-    def requests(self) -> Sequence[ReadRequest]:
-        """The planned read requests, in the order each poll sends them."""
-        return self._poller.requests
-
-    def tags(self) -> Sequence[TagInfo]:
-        return [TagInfo(t.name, t.unit) for t in self._config.tags]
 
     async def open(self) -> None:
         await self.aclose()
