@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Generic, Self, TypeVar
+from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 
 import structlog
 
@@ -128,12 +128,24 @@ class RequestPoller:
 ConfigT = TypeVar("ConfigT", bound=ModbusDeviceConfig)
 
 
+class _Answer(Protocol):
+    exception_code: int
+
+    def isError(self) -> bool: ...  # noqa: N802 - pymodbus's name
+
+
+AnswerT = TypeVar("AnswerT", bound=_Answer)
+
+
 class PolledModbusDriver(Generic[ConfigT]):
     """What the TCP and RTU drivers share: building from config, the planned requests, the tags."""
 
     config_model: ClassVar[type[DeviceConfig]]
     _poller: RequestPoller
     _config: ConfigT
+    _silent: int
+    _stats: dict[str, int]
+    _last_ok_ns: int | None
 
     @classmethod
     def from_config(cls, config: Any) -> Self:
@@ -148,3 +160,14 @@ class PolledModbusDriver(Generic[ConfigT]):
 
     def tags(self) -> Sequence[TagInfo]:
         return [TagInfo(t.name, t.unit) for t in self._config.tags]
+
+    def _accept(self, response: AnswerT) -> AnswerT:
+        """Account for an answer that arrived: an exception answer raises `RequestFailedError`
+        with its code; any answer ends a run of silent requests."""
+        self._silent = 0
+        if response.isError():
+            self._stats["errors"] += 1
+            self._stats["exceptions"] += 1
+            raise RequestFailedError.from_exception_code(int(response.exception_code))
+        self._last_ok_ns = time.time_ns()
+        return response

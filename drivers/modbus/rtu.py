@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import termios
-import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Final
 
@@ -171,13 +170,7 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
             except ModbusException as exc:
                 self._stats["errors"] += 1
                 raise RequestFailedError(f"bad response: {exc}") from exc
-        self._silent = 0
-        if response.isError():
-            self._stats["errors"] += 1
-            self._stats["exceptions"] += 1
-            raise RequestFailedError.from_exception_code(int(response.exception_code))
-        self._last_ok_ns = time.time_ns()
-        return response
+        return self._accept(response)
 
     # -- writes (opt-in capability) ---------------------------------------------------------------
 

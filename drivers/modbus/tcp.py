@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -135,13 +134,7 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
             raise RequestFailedError(f"bad response: {exc}") from exc
         finally:
             self._inflight = None
-        self._silent = 0
-        if response.isError():
-            self._stats["errors"] += 1
-            self._stats["exceptions"] += 1
-            raise RequestFailedError.from_exception_code(int(response.exception_code))
-        self._last_ok_ns = time.time_ns()
-        return response
+        return self._accept(response)
 
     # -- writes (opt-in capability; FC 5/6/15/16 only, see writes.py) -----------------------------
 
