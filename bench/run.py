@@ -23,7 +23,6 @@ SUITES = [
     "bench.bench_uplink",
     "bench.bench_backlog",
     "bench.bench_agent",
-    "bench.bench_modbus",
     "bench.bench_opcua",
     "bench.bench_mbus",
     "bench.bench_audio",
