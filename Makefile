@@ -27,6 +27,7 @@ bench: setup
 eval: setup
 	$(PY) -m models.train.leak_eval --update-manifest
 	$(PY) -m models.train.leak_calibration
+	$(PY) -m models.train.pump_eval --write
 
 soak: setup
 	$(VENV)/bin/pytest -q -m soak -p no:cacheprovider --timeout 7200 tests

@@ -17,6 +17,7 @@ from typing import Any
 
 EXIT_OK, EXIT_USAGE = 0, 2
 DEFAULT_PUMP_MODEL = Path(__file__).resolve().parents[2] / "models" / "pump" / "pump_scorer.json"
+MIN_CALIBRATION_HOURS = 24.0  # a daily demand cycle (docs/pump-anomaly.md)
 
 
 def register(subparsers: Any) -> None:
@@ -153,6 +154,10 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
             history.close()
     except ModelError as exc:
         return _error(str(exc))
+    span_h = (to_ns - from_ns) / 3.6e12
+    if span_h < MIN_CALIBRATION_HOURS:
+        _warn(f"the calibration covers {span_h:.1f} h: a pump that follows daily demand needs a day of "
+              "normal duty, or later operating points will read as anomalies (docs/pump-anomaly.md)")
     sys.stdout.write(json.dumps({
         "pump": cfg.name, "version": cal.version, "rows": cal.n_samples, "from": cal.from_ts,
         "to": cal.to_ts, "threshold": round(cal.threshold, 6), "channels": cal.channels,

@@ -6,15 +6,27 @@ Works on any set of numeric channels (the mapped roles of one pump, or the colum
    ridge regression of each channel from the others (`1, z_j, z_j**2`): the pump's normal relations
    (current follows flow and head, vibration follows speed...). Residuals are cross-fitted over
    contiguous blocks so their spread is what unseen normal data shows, not the fit's optimism.
-2. Each channel's last `window` samples of (relation residual, z-score) go through the shared TFLite
-   scorer, which turns a window into one non-negative number; a pump's score is the largest over its
-   channels. The scorer never sees channel names, so one model serves every pump and every CSV.
-3. The threshold is a high quantile of the calibration scores times a margin that grows as the
-   calibration gets shorter: `margin * (1 + size_factor / sqrt(n / window))`. Windows overlap, so
-   `n / window` is roughly the number of independent looks at normal the quantile rests on; the
-   relative error of a tail quantile grows like one over its square root. At one hour of 1 s data
-   the factor is ~1.33, at 400 rows ~2.0 (tuned on trained fault types and normal runs only, see
-   docs/pump-anomaly.md).
+2. Two arms score each channel:
+   - the *relation arm*: the trailing mean of the channel's relation residual over `level_window`
+     samples, standardised by how much that mean wandered on cross-fitted calibration data. A
+     valve closing, a drifting sensor or a worn bearing pulls a signal off its normal relation to
+     the others for minutes; noise averages out;
+   - the *scorer arm*: the channel's last `window` samples of (relation residual, z-score) through
+     the shared TFLite scorer, which turns a window into one non-negative number (its strength is
+     the window's shape: cavitation's unsteadiness, vibration growing). The scorer never sees
+     channel names, so one model serves every pump and every CSV.
+   Each arm is divided by its own threshold; a channel's score is the larger of the two and the
+   pump's score the largest over its channels, so the score is in units of the alarm level
+   (`threshold` is 1: above it is abnormal, 2 is twice the alarm level).
+3. Each arm's threshold is a high quantile of its calibration scores times a margin that grows as
+   the calibration gets shorter: `margin * (1 + size_factor / sqrt(n / window))`. Windows overlap,
+   so `n / window` is roughly the number of independent looks at normal the quantile rests on; the
+   relative error of a tail quantile grows like one over its square root. At 24 h of 1 s data the
+   factor is ~1.28, at one hour ~1.6.
+
+Calibration must see the pump's operating range (a day of normal duty for a station that follows
+demand: `auto_hours = 24`): relations learnt on one hour do not extrapolate to the evening peak,
+and the detector then reads a new operating point as abnormal (docs/pump-anomaly.md has the figures).
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ from models.manifest import ModelError
 F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
 
-CALIBRATION_FORMAT = 1
+CALIBRATION_FORMAT = 2
 MIN_CALIBRATION_ROWS = 10
 CLIP = 20.0  # residuals and z-scores beyond this carry no more information, only overflow risk
 INPUT_SCALE = 4.0  # keeps the scorer's inputs near unit range
@@ -41,6 +53,9 @@ RESIDUAL_FLOOR = 0.05  # in z units: a perfectly predictable channel must not ma
 DEFAULT_QUANTILE = 0.995
 DEFAULT_MARGIN = 1.2
 DEFAULT_SIZE_FACTOR = 3.5
+LEVEL_WINDOW = 30  # samples in the relation arm's trailing mean (<= the scorer's window)
+SCORE_CAP = 1e6  # scorer outputs beyond this (or inf) are capped
+CHUNK_ROWS = 4096  # calibration scores this many rows at a time (bounded memory on a Pi)
 
 
 def threshold_margin(n: int, window: int, margin: float = DEFAULT_MARGIN,
@@ -71,9 +86,14 @@ class Calibration:
     residual_scale: list[float]
     z_low: list[float]  # calibration range: regressors are clamped to it (no wild extrapolation)
     z_high: list[float]
-    threshold: float
+    threshold: float  # of the combined score: 1 (each arm is divided by its own threshold)
     score_quantile: float
     window: int
+    level_window: int
+    level_mid: list[float]  # relation arm: centre and spread of the residuals' trailing mean
+    level_sd: list[float]
+    level_threshold: float
+    scorer_threshold: float  # scorer arm
     n_samples: int
     model_version: str
     version: int = 1
@@ -89,7 +109,9 @@ class Calibration:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         if data.get("format") != CALIBRATION_FORMAT:
-            raise ModelError(f"calibration format {data.get('format')!r} is not {CALIBRATION_FORMAT}")
+            raise ModelError(
+                f"calibration format {data.get('format')!r} is not {CALIBRATION_FORMAT} (written by an older "
+                "release): calibrate the pump again (edge-agent models calibrate pump)")
         try:
             return cls(**data)
         except TypeError as exc:
@@ -156,6 +178,31 @@ def windows(z: F64, r: F64, window: int) -> F32:
     return (np.stack([wr, wz], axis=-1) / INPUT_SCALE).astype(np.float32)
 
 
+def trailing_mean(x: F64, w: int) -> F64:
+    """Per column, the mean of the last `w` rows (fewer at the start)."""
+    c = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)
+    n = np.arange(1, len(x) + 1)
+    lo = np.maximum(0, n - w)
+    return np.asarray((c[n] - c[lo]) / (n - lo)[:, None], dtype=np.float64)
+
+
+def level_stats(r: F64, w: int, mid: F64, sd: F64) -> F64:
+    """(n, C) relation-arm statistic: how far each residual's trailing mean is from normal."""
+    return np.asarray(np.abs(trailing_mean(r, w) - mid) / sd, dtype=np.float64)
+
+
+def scorer_scores(model: Scorer, z: F64, r: F64, window: int) -> F64:
+    """(n, C) scorer-arm scores, built `CHUNK_ROWS` rows at a time: the windows of a day of data at
+    once would take ~450 MB."""
+    out = np.empty(z.shape)
+    for start in range(0, len(z), CHUNK_ROWS):
+        lo = max(0, start - window + 1)
+        stop = min(len(z), start + CHUNK_ROWS)
+        ch = channel_scores(model, windows(z[lo:stop], r[lo:stop], window))
+        out[start:stop] = ch[start - lo:]
+    return out
+
+
 def channel_scores(model: Scorer, inputs: F32, batch: int = 8192) -> F64:
     """(n, C) scores from (n, C, window, 2) inputs."""
     n, n_ch = inputs.shape[:2]
@@ -163,6 +210,8 @@ def channel_scores(model: Scorer, inputs: F32, batch: int = 8192) -> F64:
     out = np.empty(n * n_ch)
     for start in range(0, len(flat), batch):
         out[start:start + batch] = model.invoke(flat[start:start + batch]).reshape(-1)
+    # An overflowing model says "very abnormal"; inf would be skipped by the alarm like a gap.
+    np.minimum(out, SCORE_CAP, out=out)
     return out.reshape(n, n_ch)
 
 
@@ -215,14 +264,27 @@ def calibrate(
     mad = 1.4826 * np.median(np.abs(oof - med), axis=0)
     res_scale = np.maximum(np.maximum(mad, 0.5 * oof.std(axis=0)), RESIDUAL_FLOOR)
     r = np.clip(oof / res_scale, -CLIP, CLIP)
+    factor = threshold_margin(n, window, margin, size_factor)
 
-    scores = channel_scores(model, windows(z, r, window)).max(axis=1)
+    level_window = min(LEVEL_WINDOW, window)
+    filled = min(window, n // 4)  # rows whose windows are still filling (padded) are not typical
+    settled = trailing_mean(r, level_window)[filled:]
+    level_mid = np.median(settled, axis=0)
+    level_sd = np.maximum.reduce([
+        1.4826 * np.median(np.abs(settled - level_mid), axis=0), 0.5 * settled.std(axis=0),
+        np.full(len(names), 1.0 / math.sqrt(level_window)),
+    ])
+    level = level_stats(r, level_window, level_mid, level_sd).max(axis=1)[filled:]
+    level_threshold = factor * max(float(np.quantile(level, quantile)), 1e-6)
+
+    scores = scorer_scores(model, z, r, window).max(axis=1)[filled:]
     q = float(np.quantile(scores, quantile))
-    threshold = threshold_margin(n, window, margin, size_factor) * max(q, 1e-6)
     return Calibration(
         channels=names, center=center.tolist(), scale=scale.tolist(), coef=coef.tolist(),
         residual_scale=res_scale.tolist(), z_low=(z.min(axis=0) - 5.0).tolist(),
-        z_high=(z.max(axis=0) + 5.0).tolist(), threshold=threshold, score_quantile=q, window=window,
+        z_high=(z.max(axis=0) + 5.0).tolist(), threshold=1.0, score_quantile=q, window=window,
+        level_window=level_window, level_mid=level_mid.tolist(), level_sd=level_sd.tolist(),
+        level_threshold=level_threshold, scorer_threshold=factor * max(q, 1e-6),
         n_samples=n, model_version=model_version, version=version, from_ts=from_ts, to_ts=to_ts,
         dropped=dropped,
     )
@@ -232,8 +294,8 @@ def calibrate(
 class Scored:
     """Per-sample pump scores, per-channel scores and residuals (for explanations)."""
 
-    score: F64  # (n,)
-    channel: F64  # (n, C)
+    score: F64  # (n,) in units of the alarm level (above `Calibration.threshold`, 1, is abnormal)
+    channel: F64  # (n, C) the same per channel
     residual: F64  # (n, C)
 
 
@@ -251,7 +313,9 @@ def score(x: F64, cal: Calibration, model: Scorer) -> Scored:
     z = zscores(x, cal)
     r = residuals(z, np.asarray(cal.coef), np.asarray(cal.residual_scale), np.asarray(cal.z_low),
                   np.asarray(cal.z_high))
-    ch = channel_scores(model, windows(z, r, cal.window))
+    level = level_stats(r, cal.level_window, np.asarray(cal.level_mid), np.asarray(cal.level_sd))
+    ch = np.maximum(level / cal.level_threshold,
+                    scorer_scores(model, z, r, cal.window) / cal.scorer_threshold) * cal.threshold
     return Scored(ch.max(axis=1), ch, r)
 
 

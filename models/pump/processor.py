@@ -12,8 +12,9 @@ Per configured pump (`PumpModelConfig`):
    its history (in a worker thread, awaited: readings wait in the processor's bounded feed, which
    holds minutes of a station's tags, so the result does not depend on thread timing), the
    calibration is stored with the next version and the state becomes `armed`;
-6. state `armed`/`alarm`: each sample is scored against the calibration (off the event loop) and
-   fed to persistence/hysteresis; a rise emits `pump_anomaly` naming the signals that moved, a clear
+6. state `armed`/`alarm`: once the pump's window is full (the scorer's 32 samples after
+   calibration or a restart), each sample is scored against the calibration (off the event loop)
+   and fed to persistence/hysteresis; a rise emits `pump_anomaly` naming the signals that moved, a clear
    emits `pump_anomaly_cleared`.
 
 A calibration written by `edge-agent models calibrate pump` while the agent runs is picked up
@@ -234,6 +235,8 @@ class PumpProcessor:
         pump.window.append(row)
         while len(pump.window) > self._window:
             pump.window.popleft()
+        if len(pump.window) < self._window:
+            return  # a window padded with its first sample is not a shape the scorer was trained on
         total, channel, residual = await asyncio.to_thread(self._score, pump)
         pump.scored += 1
         pump.last_score = total

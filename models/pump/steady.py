@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from models.pump.detector import trailing_mean
+
 F64 = npt.NDArray[np.float64]
 
 
@@ -69,14 +71,6 @@ def _fill(x: F64) -> F64:
         idx[:first] = first
         out[:, c] = col[idx]
     return out
-
-
-def _trailing_mean(x: F64, w: int) -> F64:
-    """Mean of the last `w` rows (fewer at the start)."""
-    c = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)
-    n = np.arange(1, len(x) + 1)
-    lo = np.maximum(0, n - w)
-    return np.asarray((c[n] - c[lo]) / (n - lo)[:, None], dtype=np.float64)
 
 
 def _trailing_median(s: F64, w: int) -> F64:
@@ -121,7 +115,7 @@ class SteadyModel:
         p = self.params
         z = (_fill(x) - self.center) / self.scale
         z = np.clip(z, -1e3, 1e3)
-        level = _trailing_mean(z, p.level_window)
+        level = trailing_mean(z, p.level_window)
         since = np.maximum(0.0, np.arange(len(z)) - self.n_calibration / 2)
         allow = since[:, None] * self.level_slope
         dev = np.abs(level - self.level_mid)
@@ -134,7 +128,7 @@ class SteadyModel:
         parts = [a.max(axis=1)]
         if p.use_noise:
             d = np.vstack([np.zeros((1, z.shape[1])), np.diff(z, axis=0)])
-            rms = np.sqrt(_trailing_mean(d * d, p.noise_window))
+            rms = np.sqrt(trailing_mean(d * d, p.noise_window))
             b = np.abs(np.log(rms + self.noise_eps) - self.noise_mid) / self.noise_sd
             parts.append(b.max(axis=1))
         return np.asarray(np.max(np.vstack(parts), axis=0), dtype=np.float64)
@@ -157,7 +151,7 @@ def fit(x: F64, params: SteadyParams | None = None) -> SteadyModel:
     scale = np.maximum.reduce([mad, (q75 - q25) / 1.349, res, 1e-9 * (np.abs(center) + 1.0)])
     z = (_fill(x) - center) / scale
     skip = min(max(p.level_window, p.noise_window), n // 4)  # windows still filling
-    level = _trailing_mean(z, p.level_window)
+    level = trailing_mean(z, p.level_window)
     lv = level[skip:]
     level_mid = np.median(lv, axis=0)
     level_sd = np.maximum(_spread(lv), 1.0 / math.sqrt(p.level_window))
@@ -171,7 +165,7 @@ def fit(x: F64, params: SteadyParams | None = None) -> SteadyModel:
     # Row-to-row changes: a channel that never moves in calibration still has its resolution as noise.
     d = np.vstack([np.zeros((1, n_ch)), np.diff(z, axis=0)])
     noise_eps = np.maximum(res / scale, 1e-3) / math.sqrt(p.noise_window)
-    rms = np.sqrt(_trailing_mean(d * d, p.noise_window))
+    rms = np.sqrt(trailing_mean(d * d, p.noise_window))
     lr = np.log(rms + noise_eps)[skip:]
     noise_mid = np.median(lr, axis=0)
     noise_sd = np.maximum(_spread(lr), 0.5 / math.sqrt(p.noise_window))

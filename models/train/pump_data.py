@@ -1,13 +1,14 @@
 """Turns simulated pump scenarios into the scorer's training windows (numpy only, no TensorFlow).
 
 For each scenario a random subset of the signals is kept (sites map what they have), the pump is
-calibrated on a random-length stretch of its first normal hours exactly as a gateway would, and
+calibrated on its first day of normal duty exactly as a gateway would (`auto_hours = 24`), and
 every later row becomes one (channels, window, 2) input with the scenario's fault label.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from models.train.pump_sim import SIGNALS, Scenario, simulate
 
 WINDOW = 32
 MAX_CHANNELS = len(SIGNALS)
+CALIBRATION_S = 24 * 3600
 
 
 class ZeroScorer:
@@ -34,22 +36,22 @@ class Case:
     channels: tuple[int, ...]
 
 
-def random_cases(seed: int, count: int, faults: Iterable[str], hours: float = 3.0,
+def random_cases(seed: int, count: int, faults: Iterable[str], after_hours: float = 2.0,
                  normal_share: float = 0.25) -> list[Case]:
     rng = np.random.default_rng(seed)
     faults = list(faults)
+    hours = CALIBRATION_S / 3600 + after_hours
     cases = []
     for i in range(count):
-        calib = int(rng.integers(400, 5400))
         fault = None if rng.random() < normal_share else faults[i % len(faults)]
-        onset = calib + int(rng.integers(300, 1800))
+        onset = CALIBRATION_S + int(rng.integers(300, 1800))
         n_keep = int(rng.integers(3, MAX_CHANNELS + 1))
         channels = tuple(sorted(rng.choice(MAX_CHANNELS, n_keep, replace=False).tolist()))
         cases.append(Case(
             Scenario(seed=seed * 1000 + i, hours=hours, fault=fault, onset_s=onset,
                      duration_s=hours * 3600 - onset, ramp_s=float(rng.uniform(0, 600)),
                      noise=float(rng.uniform(0.5, 2.0)), missing=float(rng.uniform(0, 0.03))),
-            calib, channels))
+            CALIBRATION_S, channels))
     return cases
 
 
@@ -69,16 +71,20 @@ def case_windows(case: Case, stride: int = 5) -> tuple[npt.NDArray[np.float32], 
     return out, labels[case.calib_rows::stride]
 
 
-def build(cases: list[Case], stride: int = 5) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32],
-                                                      npt.NDArray[np.int8]]:
-    """Inputs, channel masks (1 = real channel) and labels for all cases."""
+def _case_windows(case: Case) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int8]]:
+    return case_windows(case)
+
+
+def build(cases: list[Case], jobs: int = 2) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32],
+                                                    npt.NDArray[np.int8]]:
+    """Inputs, channel masks (1 = real channel) and labels for all cases (`jobs` processes)."""
     xs, masks, ys = [], [], []
-    for case in cases:
-        w, y = case_windows(case, stride)
-        n_real = int(np.any(w != 0, axis=(0, 2, 3)).sum())
-        mask = np.zeros((len(w), MAX_CHANNELS), dtype=np.float32)
-        mask[:, :n_real] = 1.0
-        xs.append(w)
-        masks.append(mask)
-        ys.append(y)
+    with ProcessPoolExecutor(jobs) as pool:
+        for w, y in pool.map(_case_windows, cases):
+            n_real = int(np.any(w != 0, axis=(0, 2, 3)).sum())
+            mask = np.zeros((len(w), MAX_CHANNELS), dtype=np.float32)
+            mask[:, :n_real] = 1.0
+            xs.append(w)
+            masks.append(mask)
+            ys.append(y)
     return np.concatenate(xs), np.concatenate(masks), np.concatenate(ys)

@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fwsim.pumpstation import PumpParams, PumpStation
-from models.train.pump_sim import FAULTS, SEVERITY, SIGNALS
+from fwsim.pumpstation import PumpParams
+from models.train.pump_sim import FAULTS, SEVERITY, SIGNALS, SteadyStation
 
 CALIB_ROWS = 400
 ROWS = 1200
@@ -64,18 +64,6 @@ _QUANTUM = dict(zip(SIGNALS, (0.1, 0.5, 0.01, 0.01, 0.1, 0.01, 0.01, 0.1, 0.1, 1
 
 F64 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int8]
-
-
-class SteadyStation(PumpStation):
-    """The station with its clock stopped: demand (and so staging and speed) stays at one point."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._frozen_s = self.state.time_of_day_s
-
-    def _tick(self) -> None:
-        self.state.time_of_day_s = self._frozen_s - self.tick_s
-        super()._tick()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ training, evaluation, tests and the benchmark share it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +38,19 @@ SENSOR_TAG: dict[str, str] = {"sensor_drift": "discharge_pressure", "sensor_stuc
 _QUANTUM = np.array([0.1, 0.5, 0.01, 0.01, 0.1, 0.01, 0.01, 0.1, 0.1, 1.0])
 
 
+class SteadyStation(PumpStation):
+    """The station with its clock stopped: demand (and so staging and speed) stays at one point,
+    like a pump on a fixed duty or a test bed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._frozen_s = self.state.time_of_day_s
+
+    def _tick(self) -> None:
+        self.state.time_of_day_s = self._frozen_s - self.tick_s
+        super()._tick()
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     seed: int
@@ -49,6 +63,7 @@ class Scenario:
     start_hour: float | None = None  # time of day at start; random if None
     missing: float = 0.01  # fraction of cells lost
     noise: float = 1.0  # multiplies the per-channel measurement noise
+    steady: bool = False  # demand frozen at the start time (one duty point) instead of the daily cycle
 
 
 def simulate(sc: Scenario) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int8]]:
@@ -62,7 +77,8 @@ def simulate(sc: Scenario) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int8
         bearing_rise_k=float(rng.uniform(10.0, 20.0)),
     )
     start = sc.start_hour if sc.start_hour is not None else float(rng.uniform(0, 24))
-    station = PumpStation(seed=sc.seed, tick_s=1.0, start_time_of_day_s=start * 3600.0, params=params)
+    kind = SteadyStation if sc.steady else PumpStation
+    station = kind(seed=sc.seed, tick_s=1.0, start_time_of_day_s=start * 3600.0, params=params)
     n = int(sc.hours * 3600)
     labels = np.zeros(n, dtype=np.int8)
     if sc.fault is not None:
