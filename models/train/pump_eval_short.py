@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fwsim.pumpstation import PumpParams
+from models.train import pump_eval
 from models.train.pump_sim import FAULTS, SEVERITY, SIGNALS, SteadyStation
 
 CALIB_ROWS = 400
@@ -202,33 +203,13 @@ def run_cases(cases: Sequence[ShortCase], scorer: Scorer = run_cli) -> list[Resu
 
 
 def summarise(results: Sequence[Result]) -> dict[str, float]:
-    alarm = np.concatenate([r.alarm for r in results])
-    labels = np.concatenate([r.labels for r in results])
-    tp = int(((alarm == 1) & (labels == 1)).sum())
-    fp = int(((alarm == 1) & (labels == 0)).sum())
-    fn = int(((alarm == 0) & (labels == 1)).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    delays, missed = [], 0
-    faulty = [r for r in results if r.fault]
-    for r in faulty:
-        hits = np.flatnonzero(r.alarm[r.onset:] & r.labels[r.onset:])
-        if len(hits):
-            delays.append(float(hits[0]))
-        else:
-            missed += 1
-    normal = labels == 0
+    out = pump_eval.summarise(results)
+    del out["scenarios"]
     normal_files = [r for r in results if not r.fault]
-    return {
-        "f1": round(f1, 3), "precision": round(precision, 3), "recall": round(recall, 3),
-        "false_alarm_rate": round(float(alarm[normal].mean()) if normal.any() else 0.0, 4),
-        "normal_files_alarmed": round(float(np.mean([r.alarm.any() for r in normal_files])), 3)
-        if normal_files else float("nan"),
-        "missed_alarm_rate": round(missed / len(faulty), 3) if faulty else 0.0,
-        "median_delay_s": round(float(np.median(delays)), 1) if delays else float("nan"),
-        "files": len(results),
-    }
+    out["normal_files_alarmed"] = (round(float(np.mean([r.alarm.any() for r in normal_files])), 3)
+                                   if normal_files else float("nan"))
+    out["files"] = len(results)
+    return out
 
 
 def report(results: Sequence[Result]) -> dict[str, Any]:
