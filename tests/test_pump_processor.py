@@ -173,6 +173,12 @@ def test_calibrate_cli_writes_a_new_version_from_history(
     assert got["version"] == 2
     assert 1150 <= got["rows"] <= 1201
     assert CalibrationStore(tmp_path, "P1").load().version == 2  # type: ignore[union-attr]
+    # A range of three days over a history of 24 minutes: the warning reports the rows' span.
+    code = main(["models", "calibrate", "pump", "--pump", "P1", "--from", start,
+                 "--to", str(T0 / NS + 3 * 86_400), "-c", str(cfg_path)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "covers 0.4 h" in out.err
 
     for argv, message in [
         (["--pump", "P9", "--from", start, "--to", end], "no pump 'P9'"),

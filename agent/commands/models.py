@@ -117,6 +117,7 @@ def _instant_ns(text: str) -> int:
 def cmd_calibrate_pump(args: argparse.Namespace) -> int:
     import json
     import os
+    from datetime import datetime
 
     from agent import logs
     from models.manifest import ModelError
@@ -154,7 +155,11 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
             history.close()
     except ModelError as exc:
         return _error(str(exc))
-    span_h = (to_ns - from_ns) / 3.6e12
+    # The rows the calibration used, not the range asked for: history may hold less.
+    span_h = 0.0
+    if cal.from_ts and cal.to_ts:
+        span = datetime.fromisoformat(cal.to_ts) - datetime.fromisoformat(cal.from_ts)
+        span_h = span.total_seconds() / 3600
     if span_h < MIN_CALIBRATION_HOURS:
         _warn(f"the calibration covers {span_h:.1f} h: a pump that follows daily demand needs a day of "
               "normal duty, or later operating points will read as anomalies (docs/pump-anomaly.md)")
