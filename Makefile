@@ -11,23 +11,24 @@ setup:
 demo: setup
 	@DEMO_SECONDS=$(DEMO_SECONDS) bash scripts/demo.sh
 
-test: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
+test: setup lint
 	$(VENV)/bin/pytest -q
 
+# Style, types and the layer contract (docs/architecture.md); each fails the build on its own.
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) -m bench.run
 
 # Model evaluation on held-out simulated data and the real recordings; rewrites docs/img and metrics.
 eval: setup
-	$(PY) -m models.train.leak_eval --update-manifest
-	$(PY) -m models.train.leak_calibration
-	$(PY) -m models.train.pump_eval --write
+	$(PY) -m water_edge.models.train.leak_eval --update-manifest
+	$(PY) -m water_edge.models.train.leak_calibration
+	$(PY) -m water_edge.models.train.pump_eval --write
 
 soak: setup
 	$(VENV)/bin/pytest -q -m soak -p no:cacheprovider --timeout 7200 tests

@@ -14,12 +14,12 @@ from typing import Any
 
 import structlog
 
-from agent.config import Config
-from agent.config.schema import LeakModelSection
-from agent.model import Event
-from agent.pipeline import Processor, ReadingFeed
-from drivers import registry
-from drivers.base import Driver
+from water_edge.agent.config import Config
+from water_edge.agent.config.schema import LeakModelSection
+from water_edge.agent.pipeline import Processor, ReadingFeed
+from water_edge.core.reading import Event
+from water_edge.drivers import registry
+from water_edge.drivers.base import Driver
 
 log = structlog.get_logger(__name__)
 
@@ -37,14 +37,19 @@ class AudioLeakProcessor:
     streams: frozenset[str] = frozenset()  # the runtime's feed then carries nothing
 
     def __init__(self, section: LeakModelSection, driver: Any, *, max_queued: int = 8) -> None:
-        from models.leak.detector import LeakProcessor, LeakScorer
-        from models.runtime import load_model
+        from water_edge.models.leak.detector import LeakProcessor, LeakScorer
+        from water_edge.models.runtime import load_model
 
         scorer = LeakScorer(load_model(section.model)) if section.model else LeakScorer()
         self.slot = scorer.slot  # `model_update` commands swap the model in here
         self.name = f"leak:{section.device}"
-        self.leak = LeakProcessor(scorer, source=section.device, alpha=section.alpha,
-                                  on_windows=section.on_windows, off_windows=section.off_windows)  # fmt: skip
+        self.leak = LeakProcessor(
+            scorer,
+            source=section.device,
+            alpha=section.alpha,
+            on_windows=section.on_windows,
+            off_windows=section.off_windows,
+        )
         self._driver = driver
         self._max_queued = max_queued
         self.windows_dropped = 0
@@ -82,7 +87,7 @@ class AudioLeakProcessor:
 def build_processors(config: Config, drivers: Mapping[str, Driver]) -> list[Processor]:
     processors: list[Processor] = []
     if config.models.pump:
-        from models.pump.processor import PumpProcessor
+        from water_edge.models.pump.processor import PumpProcessor
 
         processors.append(PumpProcessor(config.models.pump, config.gateway.state_dir))
     for section in config.models.leak:
@@ -116,12 +121,12 @@ def pump_calibrator(
     state_dir = config.gateway.state_dir
 
     def calibrate_blocking(name: str, args: dict[str, Any]) -> dict[str, Any]:
-        from agent.commands.models import _instant_ns
-        from agent.remote.result import CommandFailedError
-        from models.manifest import ModelError
-        from models.pump.processor import DEFAULT_MANIFEST, recalibrate
-        from models.pump.store import CalibrationStore, FeatureHistory, pump_dir
-        from models.runtime import load_model
+        from water_edge.agent.commands.models import _instant_ns
+        from water_edge.agent.remote.result import CommandFailedError
+        from water_edge.models.manifest import ModelError
+        from water_edge.models.pump.processor import DEFAULT_MANIFEST, recalibrate
+        from water_edge.models.pump.store import CalibrationStore, FeatureHistory, pump_dir
+        from water_edge.models.runtime import load_model
 
         cfg = pumps.get(name)
         if cfg is None:
@@ -134,15 +139,26 @@ def pump_calibrator(
             model = load_model(cfg.model or DEFAULT_MANIFEST)
             history = FeatureHistory(path, list(cfg.signals), cfg.history_days, reset_on_change=False)
             try:
-                cal = recalibrate(cfg, history, CalibrationStore(state_dir, name), model,
-                                  window=int(model.manifest.extra.get("window", 32)),
-                                  model_version=model.version, from_ns=bounds[0], to_ns=bounds[1])
+                cal = recalibrate(
+                    cfg,
+                    history,
+                    CalibrationStore(state_dir, name),
+                    model,
+                    window=int(model.manifest.extra.get("window", 32)),
+                    model_version=model.version,
+                    from_ns=bounds[0],
+                    to_ns=bounds[1],
+                )
             finally:
                 history.close()
         except (ValueError, ModelError) as exc:
             raise CommandFailedError(str(exc)) from None
-        return {"pump": name, "version": cal.version, "rows": cal.n_samples,
-                "threshold": round(cal.threshold, 6)}
+        return {
+            "pump": name,
+            "version": cal.version,
+            "rows": cal.n_samples,
+            "threshold": round(cal.threshold, 6),
+        }
 
     async def calibrate(name: str, args: dict[str, Any]) -> dict[str, Any]:
         return await asyncio.to_thread(calibrate_blocking, name, args)
@@ -163,12 +179,12 @@ def build_command_channel(
     security = config.security
     if not security.operators:
         return None
-    from agent.remote.audit import AuditLog
-    from agent.remote.channel import CommandChannel
-    from agent.remote.handlers import Targets, build_handlers
-    from agent.remote.nonces import NonceStore
-    from agent.remote.processor import CommandProcessor
-    from agent.writes import WriteGuard
+    from water_edge.agent.remote.audit import AuditLog
+    from water_edge.agent.remote.channel import CommandChannel
+    from water_edge.agent.remote.handlers import Targets, build_handlers
+    from water_edge.agent.remote.nonces import NonceStore
+    from water_edge.agent.remote.processor import CommandProcessor
+    from water_edge.agent.writes import WriteGuard
 
     state = config.gateway.state_dir
     audit = AuditLog(state / security.audit_log)
@@ -186,15 +202,22 @@ def build_command_channel(
         wiring_agent[0].request_stop()
 
     targets = Targets(
-        config_path=config.source, models_dir=state / "models", read_now=read_now,
-        request_restart=request_restart, model_slots=dict(slots or {}),
+        config_path=config.source,
+        models_dir=state / "models",
+        read_now=read_now,
+        request_restart=request_restart,
+        model_slots=dict(slots or {}),
         calibrate=pump_calibrator(config),
         writer=WriteGuard(config.writes, writers, audit) if config.writes.enabled else None,
-    )  # fmt: skip
+    )
     processor = CommandProcessor(
-        security, site=config.gateway.site, gateway=config.gateway.id,
-        nonces=NonceStore(state / security.nonce_db), audit=audit, handlers=build_handlers(targets),
-    )  # fmt: skip
+        security,
+        site=config.gateway.site,
+        gateway=config.gateway.id,
+        nonces=NonceStore(state / security.nonce_db),
+        audit=audit,
+        handlers=build_handlers(targets),
+    )
     channel: list[CommandChannel] = []
 
     async def handle(topic_suffix: str, payload: bytes) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from agent import __version__
+from water_edge.agent import __version__
 
 DEFAULT_CONFIG = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
@@ -31,8 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                       help=f"config file (default {DEFAULT_CONFIG}, or $EDGE_AGENT_CONFIG)")
+        p.add_argument(
+            "-c",
+            "--config",
+            default=DEFAULT_CONFIG,
+            help=f"config file (default {DEFAULT_CONFIG}, or $EDGE_AGENT_CONFIG)",
+        )
 
     run = sub.add_parser("run", help="run the agent in the foreground (what systemd starts)")
     with_config(run)
@@ -67,16 +71,16 @@ def _command_modules() -> list[Any]:
     import importlib
     import pkgutil
 
-    import agent.commands
+    import water_edge.agent.commands
 
     return [
-        importlib.import_module(f"agent.commands.{info.name}")
-        for info in sorted(pkgutil.iter_modules(agent.commands.__path__), key=lambda i: i.name)
+        importlib.import_module(f"water_edge.agent.commands.{info.name}")
+        for info in sorted(pkgutil.iter_modules(water_edge.agent.commands.__path__), key=lambda i: i.name)
     ]
 
 
 def _load(path: str) -> Any:
-    from agent.config import load_config
+    from water_edge.agent.config import load_config
 
     return load_config(path)
 
@@ -89,29 +93,34 @@ def _config_errors(exc: Exception) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from agent.errors import ConfigError
+    from water_edge.core.errors import ConfigError
 
     try:
         config = _load(args.config)
     except ConfigError as exc:
         return _config_errors(exc)
     tags = sum(len(getattr(d, "tags", ())) for d in config.devices)
-    print(f"{config.source}: OK ({len(config.devices)} devices, {tags} tags, "
-          f"broker {config.uplink.host}:{config.uplink.port})")
+    print(
+        f"{config.source}: OK ({len(config.devices)} devices, {tags} tags, "
+        f"broker {config.uplink.host}:{config.uplink.port})"
+    )
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent import logs
-    from agent.errors import AgentError, ConfigError
-    from agent.runtime import run_agent
+    from water_edge.agent.runtime import run_agent
+    from water_edge.core import logs
+    from water_edge.core.errors import AgentError, ConfigError
 
     try:
         config = _load(args.config)
     except ConfigError as exc:
         return _config_errors(exc)
-    logs.configure(config.log.level, config.log.json_lines,
-                   secrets=[config.uplink.password] if config.uplink.password else ())
+    logs.configure(
+        config.log.level,
+        config.log.json_lines,
+        secrets=[config.uplink.password] if config.uplink.password else (),
+    )
     try:
         return asyncio.run(run_agent(config))
     except AgentError as exc:
@@ -138,8 +147,7 @@ def format_status(snap: dict[str, Any], now: int) -> str:
         f"pid {agent['pid']}  up {agent['uptime_s']:.0f} s",
         f"uplink   {up.get('state')}  published {up.get('published', 0)}  acked "
         f"{up.get('acked', 0)}  in flight {up.get('inflight', 0)}  reconnects "
-        f"{up.get('reconnects', 0)}" + (f"  last error: {up['last_error']}"
-                                       if up.get("last_error") else ""),
+        f"{up.get('reconnects', 0)}" + (f"  last error: {up['last_error']}" if up.get("last_error") else ""),
         f"pipeline {pipe['readings_per_s']:.0f} readings/s  pending {pipe['pending']}  "
         f"committed {pipe['committed_readings']}  append errors {pipe['append_errors']}  "
         f"dropped {pipe['dropped_readings']}",
@@ -156,8 +164,10 @@ def format_status(snap: dict[str, Any], now: int) -> str:
         if "pumps" in health:
             summary = ", ".join(f"{n} {p['state']}" for n, p in health["pumps"].items())
         elif "windows_scored" in health:
-            summary = (f"{health['windows_scored']} windows scored, leak probability "
-                       f"{health.get('leak_probability')}")
+            summary = (
+                f"{health['windows_scored']} windows scored, leak probability "
+                f"{health.get('leak_probability')}"
+            )
         else:
             summary = ""
         crashes = f"  crashes {proc['crashes']}" if proc.get("crashes") else ""
@@ -176,8 +186,8 @@ def format_status(snap: dict[str, Any], now: int) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from agent.model import now_ns
-    from agent.status import AgentNotRunningError, request_status
+    from water_edge.agent.status import AgentNotRunningError, request_status
+    from water_edge.core.reading import now_ns
 
     try:
         snap = request_status(_socket_path(args))
@@ -192,7 +202,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from agent.status import AgentNotRunningError, tail_lines
+    from water_edge.agent.status import AgentNotRunningError, tail_lines
 
     try:
         for reading in tail_lines(_socket_path(args)):
@@ -202,8 +212,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 sys.stdout.write(orjson.dumps(reading).decode() + "\n")
             else:
                 reason = f" ({reading['reason']})" if reading.get("reason") else ""
-                print(f"{reading['ts']}  {reading['source']}/{reading['tag']} = "
-                      f"{reading['value']} {reading['unit']}  [{reading['quality']}]{reason}")
+                print(
+                    f"{reading['ts']}  {reading['source']}/{reading['tag']} = "
+                    f"{reading['value']} {reading['unit']}  [{reading['quality']}]{reason}"
+                )
             sys.stdout.flush()
     except AgentNotRunningError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
@@ -214,9 +226,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_buffer_stats(args: argparse.Namespace) -> int:
-    from agent.errors import BufferError
-    from agent.model import now_ns
-    from buffer.stats import format_stats, read_stats, stats_to_json
+    from water_edge.buffer.stats import format_stats, read_stats, stats_to_json
+    from water_edge.core.errors import BufferError
+    from water_edge.core.reading import now_ns
 
     path = Path(args.db) if args.db else _load(args.config).buffer_path
     try:
@@ -232,7 +244,7 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from agent.errors import ConfigError
+    from water_edge.core.errors import ConfigError
 
     args = _parser().parse_args(argv)
     commands = {

@@ -26,10 +26,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from agent.clock import ClockStep, ClockWatch
-from agent.errors import BufferError
-from agent.model import EVENTS_STREAM, GOOD, UNCERTAIN, Event, Reading, now_ns
-from buffer.types import Batch
+from water_edge.buffer.types import Batch
+from water_edge.core.clock import ClockStep, ClockWatch
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import EVENTS_STREAM, GOOD, UNCERTAIN, Event, Reading, now_ns
 
 log = structlog.get_logger(__name__)
 
@@ -51,9 +51,13 @@ class ReadingFeed:
     """
 
     def __init__(
-        self, name: str, *, streams: frozenset[str] | None = None,
-        max_readings: int = 50_000, max_wait_s: float = 1.0,
-    ) -> None:  # fmt: skip
+        self,
+        name: str,
+        *,
+        streams: frozenset[str] | None = None,
+        max_readings: int = 50_000,
+        max_wait_s: float = 1.0,
+    ) -> None:
         self.name = name
         self.streams = streams
         self.max_readings = max_readings
@@ -206,19 +210,26 @@ class Pipeline:
         self._flag_next = set(self._streams_seen)
         step_s = round(step.step_ns / 1e9, 3)
         log.warning("clock.step", step_s=step_s)
-        self._pending_events.append(Event(
-            "clock_step", "agent", now_ns(), "warning",
-            detail={"step_s": step_s, "wall_before_ns": step.wall_before_ns,
-                    "wall_after_ns": step.wall_after_ns},
-        ))  # fmt: skip
+        self._pending_events.append(
+            Event(
+                "clock_step",
+                "agent",
+                now_ns(),
+                "warning",
+                detail={
+                    "step_s": step_s,
+                    "wall_before_ns": step.wall_before_ns,
+                    "wall_after_ns": step.wall_after_ns,
+                },
+            )
+        )
         self.stats.events_in += 1
         self._wake.set()
 
     def _flag(self, readings: list[Reading]) -> list[Reading]:
         """Good readings whose timestamps may straddle a clock step become uncertain."""
         flagged = [
-            dataclasses.replace(r, quality=UNCERTAIN, reason=CLOCK_STEP_REASON)
-            if r.quality == GOOD else r
+            dataclasses.replace(r, quality=UNCERTAIN, reason=CLOCK_STEP_REASON) if r.quality == GOOD else r
             for r in readings
         ]
         self.stats.clock_flagged_readings += sum(r.quality == GOOD for r in readings)
@@ -291,8 +302,7 @@ class Pipeline:
         size = self._batch_max
         for stream, readings in pending.items():
             batches.extend(
-                Batch(stream, readings=readings[i : i + size])
-                for i in range(0, len(readings), size)
+                Batch(stream, readings=readings[i : i + size]) for i in range(0, len(readings), size)
             )
         return batches
 

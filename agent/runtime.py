@@ -25,27 +25,27 @@ from typing import Any
 
 import structlog
 
-from agent import __version__
-from agent.assembly import (
+from water_edge.agent import __version__
+from water_edge.agent.assembly import (
     EXIT_RESTART,
     build_command_channel,
     build_drivers,
     build_processors,
     model_slots,
 )
-from agent.backoff import Backoff
-from agent.config import Config
-from agent.errors import AgentError
-from agent.model import Event, Reading, now_ns
-from agent.pipeline import Pipeline, Processor, ReadingFeed
-from agent.secrets import redact
-from agent.status import StatusServer
-from agent.supervisor import DeviceRunner
-from agent.uplink.mqtt import CommandHandler, MqttUplink
-from agent.watchdog import Notifier, Watchdog, watchdog_interval_s
-from buffer.async_outbox import AsyncOutbox
-from drivers import registry
-from drivers.base import Driver
+from water_edge.agent.config import Config
+from water_edge.agent.pipeline import Pipeline, Processor, ReadingFeed
+from water_edge.agent.status import StatusServer
+from water_edge.agent.supervisor import DeviceRunner
+from water_edge.agent.uplink.mqtt import CommandHandler, MqttUplink
+from water_edge.agent.watchdog import Notifier, Watchdog, watchdog_interval_s
+from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.core.backoff import Backoff
+from water_edge.core.errors import AgentError
+from water_edge.core.reading import Event, Reading, now_ns
+from water_edge.core.redact import redact
+from water_edge.drivers import registry
+from water_edge.drivers.base import Driver
 
 log = structlog.get_logger(__name__)
 
@@ -71,9 +71,13 @@ class Agent:
         gw = config.gateway
         interval = watchdog_interval_s()
         self.uplink = MqttUplink(
-            config.uplink, outbox, gw.site, gw.id, on_command=on_command,
+            config.uplink,
+            outbox,
+            gw.site,
+            gw.id,
+            on_command=on_command,
             beat_s=1.0 if interval is None else interval / 3,
-        )  # fmt: skip
+        )
         self.pipeline = Pipeline(
             outbox,
             self.uplink.notify,
@@ -105,7 +109,8 @@ class Agent:
                 {"pipeline": lambda: self.pipeline.heartbeat, "uplink": lambda: self.uplink.heartbeat},
                 interval,
             )
-            if interval is not None and self.notifier.enabled else None
+            if interval is not None and self.notifier.enabled
+            else None
         )
         self._buffer_stats: dict[str, Any] = {}
 
@@ -190,7 +195,8 @@ class Agent:
                 "max_bytes": stats.max_bytes,
                 "used_pct": round(100 * stats.bytes / stats.max_bytes, 1),
                 "oldest_age_s": (
-                    None if stats.oldest_created_ns is None
+                    None
+                    if stats.oldest_created_ns is None
                     else max(0.0, round((now_ns() - stats.oldest_created_ns) / 1e9, 1))
                 ),
                 "evicted_rows": stats.evicted_rows,
@@ -198,9 +204,7 @@ class Agent:
                 "expired_rows": stats.expired_rows,
                 "expired_readings": stats.expired_readings,
                 "disk_full": stats.disk_full,
-                "quarantined": (
-                    None if self.outbox.quarantined is None else str(self.outbox.quarantined[0])
-                ),
+                "quarantined": (None if self.outbox.quarantined is None else str(self.outbox.quarantined[0])),
             }
             self.notifier.send(f"STATUS={self._status_line()}")
             await asyncio.sleep(STATUS_REFRESH_S)
@@ -222,10 +226,15 @@ class Agent:
                 # Last resort for plug-in analytics: log, count, say so, restart after backoff.
                 self._processor_crashes[processor.name] += 1
                 log.exception("processor.crashed", processor=processor.name)
-                await self.emit(Event(
-                    "processor_crashed", processor.name, now_ns(), "warning",
-                    detail={"error": f"{type(exc).__name__}: {exc}"},
-                ))  # fmt: skip
+                await self.emit(
+                    Event(
+                        "processor_crashed",
+                        processor.name,
+                        now_ns(),
+                        "warning",
+                        detail={"error": f"{type(exc).__name__}: {exc}"},
+                    )
+                )
                 await asyncio.sleep(backoff.next_delay())
             else:
                 log.info("processor.finished", processor=processor.name)
@@ -242,13 +251,19 @@ class Agent:
             broker=f"{self.config.uplink.host}:{self.config.uplink.port}",
             watchdog_s=None if self.watchdog is None else self.watchdog.interval_s,
         )
-        await self.emit(Event("agent_started", "agent", now_ns(), "info",
-                              detail={"version": __version__}))
+        await self.emit(Event("agent_started", "agent", now_ns(), "info", detail={"version": __version__}))
         if self.outbox.quarantined is not None:
             moved, reason = self.outbox.quarantined
             log.error("buffer.quarantined", moved_to=str(moved), reason=reason)
-            await self.emit(Event("buffer_quarantined", "buffer", now_ns(), "alarm",
-                                  detail={"moved_to": str(moved), "reason": reason}))
+            await self.emit(
+                Event(
+                    "buffer_quarantined",
+                    "buffer",
+                    now_ns(),
+                    "alarm",
+                    detail={"moved_to": str(moved), "reason": reason},
+                )
+            )
         try:
             async with asyncio.TaskGroup() as tasks:
                 background = [
@@ -263,8 +278,7 @@ class Agent:
                     for p, feed in self.processors
                 ]
                 pollers = [
-                    tasks.create_task(runner.run(), name=f"device:{runner.name}")
-                    for runner in self.runners
+                    tasks.create_task(runner.run(), name=f"device:{runner.name}") for runner in self.runners
                 ]
                 self.notifier.send("READY=1", f"STATUS={self._status_line()}")
                 await stop.wait()
@@ -301,10 +315,13 @@ async def run_agent(config: Config) -> int:
     )
     try:
         agent = Agent(
-            config, outbox, processors=processors, drivers=drivers,
+            config,
+            outbox,
+            processors=processors,
+            drivers=drivers,
             on_command=None if commands is None else commands.handler,
             command_stats=None if commands is None else commands.stats,
-        )  # fmt: skip
+        )
         if commands is not None:
             commands.bind(agent)
         stop = asyncio.Event()

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import structlog
 
-from agent.model import Reading
+from water_edge.core.reading import Reading
 
 log = structlog.get_logger(__name__)
 

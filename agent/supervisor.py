@@ -15,11 +15,11 @@ from typing import Any, Literal, cast
 
 import structlog
 
-from agent.backoff import Backoff
-from agent.errors import DriverIOError
-from agent.model import Event, Reading, bad, now_ns
-from agent.scheduler import FixedRateTicker
-from drivers.base import DeviceConfig, Driver, StreamingDriver, is_streaming
+from water_edge.core.backoff import Backoff
+from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import Event, Reading, bad, now_ns
+from water_edge.core.scheduler import FixedRateTicker
+from water_edge.drivers.base import DeviceConfig, Driver, StreamingDriver, is_streaming
 
 log = structlog.get_logger(__name__)
 
@@ -173,8 +173,7 @@ class DeviceRunner:
             down_for = (now_ns() - (self.stats.down_since_ns or now_ns())) / 1e9
             log.info("driver.up", driver=self.name, after_s=round(down_for, 1))
             await self._on_event(
-                Event("driver_up", self.name, now_ns(), "info",
-                      detail={"down_for_s": round(down_for, 3)})
+                Event("driver_up", self.name, now_ns(), "info", detail={"down_for_s": round(down_for, 3)})
             )
         else:
             log.info("driver.opened", driver=self.name)
@@ -192,8 +191,13 @@ class DeviceRunner:
             self.stats.down_since_ns = now_ns()
             log.warning("driver.down", driver=self.name, reason=reason, retry_in_s=round(delay, 2))
             await self._on_event(
-                Event("driver_down", self.name, now_ns(), "warning",
-                      detail={"reason": reason, "crashed": crashed})
+                Event(
+                    "driver_down",
+                    self.name,
+                    now_ns(),
+                    "warning",
+                    detail={"reason": reason, "crashed": crashed},
+                )
             )
         await self._stand_in(reason)
 

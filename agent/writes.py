@@ -18,8 +18,8 @@ from typing import Any, Final, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.errors import AgentError, DriverError
-from agent.remote.audit import AuditLog
+from water_edge.agent.remote.audit import AuditLog
+from water_edge.core.errors import AgentError, DriverError
 
 WriteType = Literal["uint16", "int16", "uint32", "int32", "float32", "bool"]
 # Reads (1-4) and writes (5, 6, 15, 16): nothing else is ever sent.
@@ -96,7 +96,7 @@ def encode(rule: WriteRule, value: Any) -> list[int] | list[bool]:
         raw = struct.pack(_FORMATS[rule.type], number)
     except struct.error as exc:
         raise WriteRefusedError(f"value {value!r} does not fit {rule.type}") from exc
-    return [int.from_bytes(raw[i:i + 2], "big") for i in range(0, len(raw), 2)]
+    return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
 
 
 def fc_guard(sending: bool, pdu: Any) -> Any:
@@ -110,9 +110,12 @@ class WriteGuard:
     """`await guard.write(device, table, address, value, requested_by=...)` -> what was written."""
 
     def __init__(
-        self, config: WritesSection, writers: Mapping[str, ModbusWriter], audit: AuditLog,
+        self,
+        config: WritesSection,
+        writers: Mapping[str, ModbusWriter],
+        audit: AuditLog,
         clock: Callable[[], float] = time.monotonic,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._cfg = config
         self._rules: dict[tuple[str, str, int], WriteRule] = {
             (r.device, r.table, r.address): r for r in config.allow
@@ -143,8 +146,14 @@ class WriteGuard:
             raise
         outcome = "ok" if list(back) == list(values) else "mismatch"
         self._audit.record("plc_write", outcome, **where, value=value, sent=values, read_back=back)
-        return {"device": device, "table": table, "address": address, "value": value,
-                "read_back": list(back), "verified": outcome == "ok"}  # fmt: skip
+        return {
+            "device": device,
+            "table": table,
+            "address": address,
+            "value": value,
+            "read_back": list(back),
+            "verified": outcome == "ok",
+        }
 
     def _admit(self, device: str, table: str, address: int, value: Any) -> tuple[WriteRule, list[Any]]:
         if not self._cfg.enabled:

@@ -19,11 +19,11 @@ import paho.mqtt.client as paho
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
-from buffer.stats import read_stats
-from fwsim.benchmap import agent_config_toml
 from tests.support.agent_proc import start_agent, write_config
 from tests.support.broker import Mosquitto
 from tests.support.plant import running_plant
+from water_edge.buffer.stats import read_stats
+from water_edge.sim.benchmap import agent_config_toml
 
 WARMUP_S = 10.0
 MEASURE_S = 30.0
@@ -79,9 +79,13 @@ def run(tmpdir: Path, n_tags: int = 10_000) -> list[dict[str, Any]]:
     with Mosquitto() as broker, running_plant(bench_tags=n_tags, workdir=tmpdir) as plant:
         devices = agent_config_toml(n_tags, plant.host, plant.port)
         config = write_config(
-            tmpdir, broker_port=broker.port, devices=devices, site="bench", gateway="gw",
-            extra="[log]\nlevel = \"warning\"",
-        )  # fmt: skip
+            tmpdir,
+            broker_port=broker.port,
+            devices=devices,
+            site="bench",
+            gateway="gw",
+            extra='[log]\nlevel = "warning"',
+        )
         counter = Counter(broker.host, broker.port, "water/bench/gw/#")
         started = time.monotonic()
         agent = start_agent(config)
@@ -139,5 +143,7 @@ def _figure(name: str, value: float, unit: str, target: str) -> dict[str, Any]:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory(prefix="bench_agent_") as tmp:
         for figure in run(Path(tmp)):
-            print(f"{figure['name']:<40} {figure['value']:>14,} {figure['unit']:<14} "
-                  f"(target {figure['target']})")
+            print(
+                f"{figure['name']:<40} {figure['value']:>14,} {figure['unit']:<14} "
+                f"(target {figure['target']})"
+            )

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drivers.audio.config import AudioConfig
-from drivers.audio.driver import AudioDriver
-from drivers.audio.window import AudioWindow
-from fwsim import hydrophone_stream
+from water_edge.drivers.audio.config import AudioConfig
+from water_edge.drivers.audio.driver import AudioDriver
+from water_edge.drivers.audio.window import AudioWindow
+from water_edge.sim import hydrophone_stream
 
 
 def _cpu_s() -> float:
@@ -28,9 +28,17 @@ def _cpu_s() -> float:
 
 async def _measure(wav: Path, seconds: float) -> dict[str, Any]:
     config = AudioConfig(
-        name="bench", kind="audio", source="file", path=wav, loop=True, channel_names=["A", "B"],
-        calibration_db=[120.0, 120.0], window_s=1.0, hop_s=0.5, level_interval_s=10,
-    )  # fmt: skip
+        name="bench",
+        kind="audio",
+        source="file",
+        path=wav,
+        loop=True,
+        channel_names=["A", "B"],
+        calibration_db=[120.0, 120.0],
+        window_s=1.0,
+        hop_s=0.5,
+        level_interval_s=10,
+    )
     driver = AudioDriver(config)
     windows: list[int] = []
 
@@ -54,8 +62,13 @@ async def _measure(wav: Path, seconds: float) -> dict[str, Any]:
     await asyncio.gather(task, return_exceptions=True)
     health = driver.health()
     await driver.aclose()
-    return {"cpu_pct": 100 * cpu / wall, "wall_s": wall, "dropped": health["dropped_frames"],
-            "windows": len(windows), "readings": readings}
+    return {
+        "cpu_pct": 100 * cpu / wall,
+        "wall_s": wall,
+        "dropped": health["dropped_frames"],
+        "windows": len(windows),
+        "readings": readings,
+    }
 
 
 def run(tmpdir: Path, seconds: float | None = None) -> list[dict[str, Any]]:
@@ -64,12 +77,24 @@ def run(tmpdir: Path, seconds: float | None = None) -> list[dict[str, Any]]:
     hydrophone_stream.main(["--wav", str(wav), "--seconds", "20", "--leak-position-m", "40"])
     r = asyncio.run(_measure(wav, seconds))
     return [
-        {"name": "audio 2ch 16 kHz capture+windows+levels CPU", "value": round(r["cpu_pct"], 2),
-         "unit": "% of one core", "target": "<= 3"},
-        {"name": f"audio dropped frames over {r['wall_s']:.0f} s", "value": r["dropped"],
-         "unit": "frames", "target": "0 (over 10 min)"},
-        {"name": "audio analysis windows delivered", "value": r["windows"], "unit": "windows",
-         "target": f"{int(2 * r['wall_s']) - 1} (one per 0.5 s hop)"},
+        {
+            "name": "audio 2ch 16 kHz capture+windows+levels CPU",
+            "value": round(r["cpu_pct"], 2),
+            "unit": "% of one core",
+            "target": "<= 3",
+        },
+        {
+            "name": f"audio dropped frames over {r['wall_s']:.0f} s",
+            "value": r["dropped"],
+            "unit": "frames",
+            "target": "0 (over 10 min)",
+        },
+        {
+            "name": "audio analysis windows delivered",
+            "value": r["windows"],
+            "unit": "windows",
+            "target": f"{int(2 * r['wall_s']) - 1} (one per 0.5 s hop)",
+        },
     ]
 
 

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.model import Reading
-from agent.uplink.config import MqttConfig
-from agent.uplink.mqtt import MqttUplink
-from buffer.async_outbox import AsyncOutbox
-from buffer.types import Batch, OutboxRow
 from tests.support.broker import Mosquitto
+from water_edge.agent.uplink.config import MqttConfig
+from water_edge.agent.uplink.mqtt import MqttUplink
+from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.buffer.types import Batch, OutboxRow
+from water_edge.core.reading import Reading
 
 T0_NS = 1_750_000_000_000_000_000
 OUTAGE_S = 600
@@ -41,9 +41,7 @@ class _Watch:
         self.done = asyncio.Event()
         self.live_acked_at: float | None = None
 
-    async def lease(
-        self, after_id: int, limit: int, upto_id: int | None = None
-    ) -> list[OutboxRow]:
+    async def lease(self, after_id: int, limit: int, upto_id: int | None = None) -> list[OutboxRow]:
         return await self._inner.lease(after_id, limit, upto_id)
 
     async def last_id(self) -> int:
@@ -104,8 +102,12 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
         _figure("backlog.drain", readings / r["elapsed"], "readings/s", ">= 50000"),
         _figure("backlog.drain_msgs", r["rows"] / r["elapsed"], "msg/s", "reference"),
         _figure("backlog.drain_time_10min_outage", r["elapsed"], "s", "reference"),
-        _figure("backlog.live_latency", r["live_latency"] * 1000, "ms",
-                "live row acknowledged while the backlog drains (<< drain time)"),
+        _figure(
+            "backlog.live_latency",
+            r["live_latency"] * 1000,
+            "ms",
+            "live row acknowledged while the backlog drains (<< drain time)",
+        ),
     ]
 
 
@@ -116,5 +118,7 @@ def _figure(name: str, value: float, unit: str, target: str) -> dict[str, Any]:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         for figure in run(Path(tmp)):
-            print(f"{figure['name']:<34} {figure['value']:>14,} {figure['unit']:<11} "
-                  f"(target {figure['target']})")
+            print(
+                f"{figure['name']:<34} {figure['value']:>14,} {figure['unit']:<11} "
+                f"(target {figure['target']})"
+            )

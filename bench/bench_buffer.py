@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.model import Reading, Value
-from buffer.codec import decode_events, decode_readings
-from buffer.outbox import Outbox
-from buffer.types import Batch
+from water_edge.buffer.codec import decode_events, decode_readings
+from water_edge.buffer.outbox import Outbox
+from water_edge.buffer.types import Batch
+from water_edge.core.reading import Reading, Value
 
 READINGS_PER_ROW = 500
 ROWS_PER_APPEND = 4
@@ -121,5 +121,7 @@ def _figure(name: str, value: float, unit: str, target: str) -> dict[str, Any]:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory(prefix="bench_buffer_") as tmp:
         for figure in run(Path(tmp)):
-            print(f"{figure['name']:<30} {figure['value']:>14,} {figure['unit']:<11} "
-                  f"(target {figure['target']})")
+            print(
+                f"{figure['name']:<30} {figure['value']:>14,} {figure['unit']:<11} "
+                f"(target {figure['target']})"
+            )

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.model import Event
-from fwsim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
-from models.leak import features
-from models.leak.detector import LeakProcessor, LeakScorer
+from water_edge.core.reading import Event
+from water_edge.models.leak import features
+from water_edge.models.leak.detector import LeakProcessor, LeakScorer
+from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
 AUDIO_S = 120
 

@@ -19,16 +19,22 @@ ROUNDS = 2
 
 
 async def _run(tmpdir: Path) -> list[dict[str, Any]]:
-    from drivers.mbus.config import MbusConfig
-    from drivers.mbus.driver import MbusDriver
-    from fwsim.component import SimContext
-    from fwsim.mbus_bus import MbusComponent
-    from fwsim.pumpstation import PumpStation
+    from water_edge.drivers.mbus.config import MbusConfig
+    from water_edge.drivers.mbus.driver import MbusDriver
+    from water_edge.sim.component import SimContext
+    from water_edge.sim.mbus_bus import MbusComponent
+    from water_edge.sim.pumpstation import PumpStation
 
     station = PumpStation(0)
     station.step(10)
-    ctx = SimContext(station=station, points=[], seed=0, host="127.0.0.1", workdir=tmpdir,
-                     options={"meters": METERS, "baudrate": BAUD})  # fmt: skip
+    ctx = SimContext(
+        station=station,
+        points=[],
+        seed=0,
+        host="127.0.0.1",
+        workdir=tmpdir,
+        options={"meters": METERS, "baudrate": BAUD},
+    )
     component = MbusComponent()
     await component.start(ctx)
     bus = component.bus
@@ -60,11 +66,19 @@ async def _run(tmpdir: Path) -> list[dict[str, Any]]:
         await driver.aclose()
         await component.stop()
     return [
-        {"name": "mbus_20_meters_2400bd_read", "value": round(min(elapsed_s), 3), "unit": "s",
-         "target": f"<= 1.2 x wire floor ({floor:.2f} s)"},
+        {
+            "name": "mbus_20_meters_2400bd_read",
+            "value": round(min(elapsed_s), 3),
+            "unit": "s",
+            "target": f"<= 1.2 x wire floor ({floor:.2f} s)",
+        },
         {"name": "mbus_read_vs_wire_floor", "value": round(min(ratios), 3), "unit": "x", "target": "<= 1.2"},
-        {"name": "mbus_good_readings_per_round", "value": good // ROUNDS, "unit": "readings",
-         "target": "all"},
+        {
+            "name": "mbus_good_readings_per_round",
+            "value": good // ROUNDS,
+            "unit": "readings",
+            "target": "all",
+        },
         {"name": "mbus_bad_readings", "value": bad, "unit": "readings", "target": "0"},
     ]
 

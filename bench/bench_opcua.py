@@ -30,10 +30,24 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "firmware-sim"), env.get("PYTHONPATH", "")])
     endpoints = tmpdir / "opcua-endpoints.json"
     server = subprocess.Popen(
-        [sys.executable, "-m", "fwsim.cli", "run", "--port", "0", "--components", "opcua",
-         "--endpoints-file", str(endpoints), "--workdir", str(tmpdir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "water_edge.sim.cli",
+            "run",
+            "--port",
+            "0",
+            "--components",
+            "opcua",
+            "--endpoints-file",
+            str(endpoints),
+            "--workdir",
+            str(tmpdir),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while not endpoints.exists():
@@ -43,8 +57,12 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
         url = json.loads(endpoints.read_text())["opcua"]["url"]
         child = subprocess.run(
             [sys.executable, "-m", "bench.bench_opcua", "--child", url],
-            env=env, capture_output=True, text=True, timeout=WARMUP_S + MEASURE_S + 120, check=True,
-        )  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=WARMUP_S + MEASURE_S + 120,
+            check=True,
+        )
         result = json.loads(child.stdout.strip().splitlines()[-1])
     finally:
         server.terminate()
@@ -62,8 +80,8 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
 async def _child(url: str) -> dict[str, float]:
     import resource
 
-    from drivers.opcua.config import OpcUaConfig
-    from drivers.opcua.driver import OpcUaDriver
+    from water_edge.drivers.opcua.config import OpcUaConfig
+    from water_edge.drivers.opcua.driver import OpcUaDriver
 
     config = OpcUaConfig.model_validate({
         "name": "bench", "kind": "opcua", "endpoint": url,

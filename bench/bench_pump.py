@@ -7,9 +7,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from models.pump.detector import calibrate, score, select
-from models.runtime import load_model
-from models.train.pump_sim import SIGNALS, Scenario, simulate
+from water_edge.models.pump.detector import calibrate, score, select
+from water_edge.models.runtime import load_model
+from water_edge.models.train.pump_sim import SIGNALS, Scenario, simulate
 
 MANIFEST = Path(__file__).resolve().parents[1] / "models" / "pump" / "pump_scorer.json"
 
@@ -30,20 +30,32 @@ def run(tmpdir: Path) -> list[dict[str, object]]:
     rows = select(x[:2000], names, cal)
     t0 = time.perf_counter()
     for i in range(window, len(rows)):
-        score(rows[i - window + 1:i + 1], cal, model)
+        score(rows[i - window + 1 : i + 1], cal, model)
     stream_ms = (time.perf_counter() - t0) * 1000 / (len(rows) - window)
 
     t0 = time.perf_counter()
     score(select(x[:36000], names, cal), cal, model)
     batch_ms = (time.perf_counter() - t0) * 1000 / 36000
     return [
-        {"name": "pump.score_streaming_per_sample", "value": round(stream_ms, 3), "unit": "ms",
-         "target": "<= 1 ms per sample per pump"},
-        {"name": "pump.score_batch_per_sample", "value": round(batch_ms, 4), "unit": "ms",
-         "target": "<= 1 ms per sample per pump"},
+        {
+            "name": "pump.score_streaming_per_sample",
+            "value": round(stream_ms, 3),
+            "unit": "ms",
+            "target": "<= 1 ms per sample per pump",
+        },
+        {
+            "name": "pump.score_batch_per_sample",
+            "value": round(batch_ms, 4),
+            "unit": "ms",
+            "target": "<= 1 ms per sample per pump",
+        },
         {"name": "pump.calibrate_24h_1s", "value": round(calib_s, 2), "unit": "s", "target": "<= 60 s"},
-        {"name": "pump.calibrate_24h_1s_peak_alloc", "value": round(calib_peak_mib, 1), "unit": "MiB",
-         "target": "fits a Pi beside the agent"},
+        {
+            "name": "pump.calibrate_24h_1s_peak_alloc",
+            "value": round(calib_peak_mib, 1),
+            "unit": "MiB",
+            "target": "fits a Pi beside the agent",
+        },
     ]
 
 

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.model import Reading
-from agent.uplink.config import MqttConfig
-from agent.uplink.mqtt import MqttUplink
-from buffer.async_outbox import AsyncOutbox
-from buffer.types import Batch, OutboxRow
 from tests.support.broker import Mosquitto
+from water_edge.agent.uplink.config import MqttConfig
+from water_edge.agent.uplink.mqtt import MqttUplink
+from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.buffer.types import Batch, OutboxRow
+from water_edge.core.reading import Reading
 
 T0_NS = 1_750_000_000_000_000_000
 
@@ -33,9 +33,7 @@ class _CountingOutbox:
         self._left = expected
         self.done = asyncio.Event()
 
-    async def lease(
-        self, after_id: int, limit: int, upto_id: int | None = None
-    ) -> list[OutboxRow]:
+    async def lease(self, after_id: int, limit: int, upto_id: int | None = None) -> list[OutboxRow]:
         return await self._inner.lease(after_id, limit, upto_id)
 
     async def last_id(self) -> int:
@@ -52,8 +50,7 @@ def _batches(rows: int, per_row: int) -> list[Batch]:
     out = []
     for i in range(rows):
         readings = [
-            Reading("plc1", f"pump{j % 97}.tag{j % 13}", T0_NS + i * per_row + j, 12.75 + j, "good",
-                    "bar")
+            Reading("plc1", f"pump{j % 97}.tag{j % 13}", T0_NS + i * per_row + j, 12.75 + j, "good", "bar")
             for j in range(per_row)
         ]
         out.append(Batch("plc1", readings=readings))
@@ -84,10 +81,18 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
         for name, rows, per_row in (("rows500", 400, 500), ("rows1", 20_000, 1)):
             elapsed, body = asyncio.run(_drain(broker, tmpdir / f"{name}.db", rows, per_row))
             figures += [
-                _figure(f"uplink.drain_{name}", rows * per_row / elapsed, "readings/s",
-                        ">= 10000 (peer: ~1300 at 10k tags)"),
-                _figure(f"uplink.drain_{name}_msgs", rows / elapsed, "msg/s",
-                        "reference (paho ~19000 QoS 1 msg/s of 1 KB)"),
+                _figure(
+                    f"uplink.drain_{name}",
+                    rows * per_row / elapsed,
+                    "readings/s",
+                    ">= 10000 (peer: ~1300 at 10k tags)",
+                ),
+                _figure(
+                    f"uplink.drain_{name}_msgs",
+                    rows / elapsed,
+                    "msg/s",
+                    "reference (paho ~19000 QoS 1 msg/s of 1 KB)",
+                ),
                 _figure(f"uplink.body_{name}", body, "bytes/row", "reference"),
             ]
     return figures
@@ -100,5 +105,7 @@ def _figure(name: str, value: float, unit: str, target: str) -> dict[str, Any]:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         for figure in run(Path(tmp)):
-            print(f"{figure['name']:<30} {figure['value']:>14,} {figure['unit']:<11} "
-                  f"(target {figure['target']})")
+            print(
+                f"{figure['name']:<30} {figure['value']:>14,} {figure['unit']:<11} "
+                f"(target {figure['target']})"
+            )

@@ -72,8 +72,11 @@ def main(argv: list[str]) -> int:
         print(f"{f['name']:<{width}}  {f['value']:>14,}  {f['unit']:<16} {f['target']}")
     RESULTS.write_text(
         json.dumps(
-            {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             "machine": _machine(), "figures": figures},
+            {
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": _machine(),
+                "figures": figures,
+            },
             indent=2,
         )
         + "\n"
@@ -96,8 +99,7 @@ def _write_table(figures: list[dict[str, Any]]) -> None:
         "|---|---|---:|---|---|",
     ]
     lines += [
-        f"| {f['suite']} | {f['name']} | {f['value']:,} | {f['unit']} | {f['target']} |"
-        for f in figures
+        f"| {f['suite']} | {f['name']} | {f['value']:,} | {f['unit']} | {f['target']} |" for f in figures
     ]
     TABLE.write_text("\n".join(lines) + "\n")
 

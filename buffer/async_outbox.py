@@ -19,11 +19,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from agent.errors import BufferError
-from buffer.outbox import Outbox, Synchronous
-from buffer.quarantine import quarantine
-from buffer.schema import OutboxUnusableError
-from buffer.types import Batch, OutboxRow, OutboxStats
+from water_edge.buffer.outbox import Outbox, Synchronous
+from water_edge.buffer.quarantine import quarantine
+from water_edge.buffer.schema import OutboxUnusableError
+from water_edge.buffer.types import Batch, OutboxRow, OutboxStats
+from water_edge.core.errors import BufferError
 
 _T = TypeVar("_T")
 
@@ -58,9 +58,13 @@ class AsyncOutbox:
         """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         make = functools.partial(
-            Outbox, path, max_bytes=max_bytes, synchronous=synchronous, max_age_s=max_age_s,
+            Outbox,
+            path,
+            max_bytes=max_bytes,
+            synchronous=synchronous,
+            max_age_s=max_age_s,
             max_page_count=max_page_count,
-        )  # fmt: skip
+        )
         loop = asyncio.get_running_loop()
         moved: tuple[Path, str] | None = None
         try:
@@ -92,9 +96,7 @@ class AsyncOutbox:
         # A snapshot of the list: the caller may reuse its list while the worker encodes.
         return await self._call(self._outbox.append, list(batches))
 
-    async def lease(
-        self, after_id: int, limit: int, upto_id: int | None = None
-    ) -> list[OutboxRow]:
+    async def lease(self, after_id: int, limit: int, upto_id: int | None = None) -> list[OutboxRow]:
         """See `Outbox.lease`."""
         return await self._call(self._outbox.lease, after_id, limit, upto_id)
 

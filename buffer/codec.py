@@ -22,8 +22,8 @@ from typing import Any, Final
 
 import orjson
 
-from agent.errors import BufferError
-from agent.model import Event, Reading
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import Event, Reading
 
 _QUALITIES: Final = frozenset(("good", "uncertain", "bad"))
 _SEVERITIES: Final = frozenset(("info", "warning", "alarm", "critical"))
@@ -63,9 +63,7 @@ def encode_readings(readings: Sequence[Reading]) -> bytes:
 
 def encode_events(events: Sequence[Event]) -> bytes:
     """Encode events as one compact JSON array of arrays (type-checked, as for readings)."""
-    rows: list[list[Any]] = [
-        [e.kind, e.source, e.ts_ns, e.severity, e.score, e.detail] for e in events
-    ]
+    rows: list[list[Any]] = [[e.kind, e.source, e.ts_ns, e.severity, e.score, e.detail] for e in events]
     for i, row in enumerate(rows):
         if not _valid_event(row):
             raise BufferError(f"cannot encode event {i}: a field has the wrong type: {row!r}")

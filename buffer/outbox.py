@@ -20,11 +20,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal
 
-from agent.errors import BufferError
-from agent.model import EVENTS_STREAM, Event, Severity, now_ns
-from buffer import schema
-from buffer.codec import encode_events, encode_readings
-from buffer.types import Batch, OutboxRow, OutboxStats, RowClass
+from water_edge.buffer import schema
+from water_edge.buffer.codec import encode_events, encode_readings
+from water_edge.buffer.types import Batch, OutboxRow, OutboxStats, RowClass
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import EVENTS_STREAM, Event, Severity, now_ns
 
 Synchronous = Literal["full", "normal"]
 RemovalReason = Literal["quota", "disk_full", "age"]
@@ -39,8 +39,7 @@ _EVICT_SCAN: Final = 256
 _FULL_ATTEMPTS: Final = 8
 
 _INSERT: Final = (
-    "INSERT INTO outbox (id, stream, seq, row_class, created_ns, count, body)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO outbox (id, stream, seq, row_class, created_ns, count, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_SEQ: Final = (
     "INSERT INTO streams (stream, last_seq) VALUES (?, ?)"
@@ -162,9 +161,7 @@ class Outbox:
             if version is None:
                 schema.create(conn, self.max_bytes)
             else:
-                conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'max_bytes'", (self.max_bytes,)
-                )
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'max_bytes'", (self.max_bytes,))
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise schema.OutboxUnusableError(f"outbox {self.path}: cannot open: {exc}") from exc
@@ -189,12 +186,8 @@ class Outbox:
             self._readings += n_readings
             body_bytes += n_bytes
         self._bytes: int = body_bytes + schema.ROW_OVERHEAD * self._rows
-        self._counters: dict[str, int] = dict(
-            conn.execute("SELECT name, value FROM counters").fetchall()
-        )
-        self._last_seq: dict[str, int] = dict(
-            conn.execute("SELECT stream, last_seq FROM streams").fetchall()
-        )
+        self._counters: dict[str, int] = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+        self._last_seq: dict[str, int] = dict(conn.execute("SELECT stream, last_seq FROM streams").fetchall())
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         # Ids are assigned here rather than read back, so append knows them without a query.
         self._next_id: int = (row[0] if row else 0) + 1
@@ -282,8 +275,12 @@ class Outbox:
                 if self._bytes - freed + new_bytes > self.max_bytes or min_free > 0:
                     reason: RemovalReason = "disk_full" if free_extra else "quota"
                     victims, body = self._evict(
-                        conn, new_bytes=new_bytes, now=created, min_free=min_free,
-                        already_freed=freed, reason=reason,
+                        conn,
+                        new_bytes=new_bytes,
+                        now=created,
+                        min_free=min_free,
+                        already_freed=freed,
+                        reason=reason,
                     )
                     freed += victims.bytes
                     note(victims, reason, body)
@@ -370,8 +367,13 @@ class Outbox:
         while True:
             event_body = encode_events([_removal_event(victims, now, reason)])
             over_quota = (
-                self._bytes - already_freed + new_bytes + len(event_body) + schema.ROW_OVERHEAD
-                - victims.bytes - self.max_bytes
+                self._bytes
+                - already_freed
+                + new_bytes
+                + len(event_body)
+                + schema.ROW_OVERHEAD
+                - victims.bytes
+                - self.max_bytes
             )
             excess = max(over_quota, min_free - victims.bytes)
             if excess <= 0:
@@ -384,8 +386,10 @@ class Outbox:
             else:
                 if reason == "disk_full" and victims.rows and over_quota <= 0:
                     break  # all that may go is gone; the retry shows whether the rows now fit
-                what = "the disk is full" if reason == "disk_full" else (
-                    f"it does not fit the quota of {self.max_bytes} bytes"
+                what = (
+                    "the disk is full"
+                    if reason == "disk_full"
+                    else (f"it does not fit the quota of {self.max_bytes} bytes")
                 )
                 raise BufferError(
                     f"outbox {self.path}: append of {new_bytes} bytes refused: {what} even after "
@@ -398,14 +402,10 @@ class Outbox:
     def _delete(conn: sqlite3.Connection, victims: _Victims) -> None:
         # Candidates come in id order within a class, so "id <= newest victim" is exactly them.
         for row_class, last_id in victims.last_id.items():
-            conn.execute(
-                "DELETE FROM outbox WHERE row_class = ? AND id <= ?", (row_class, last_id)
-            )
+            conn.execute("DELETE FROM outbox WHERE row_class = ? AND id <= ?", (row_class, last_id))
 
     @staticmethod
-    def _candidates(
-        conn: sqlite3.Connection, classes: Sequence[str]
-    ) -> Iterator[_Candidate]:
+    def _candidates(conn: sqlite3.Connection, classes: Sequence[str]) -> Iterator[_Candidate]:
         # Telemetry is expendable before events and alarms; within a class, oldest first.
         for row_class in classes:
             after = 0
@@ -424,9 +424,7 @@ class Outbox:
         """The oldest rows with after_id < id <= upto_id, at most `limit`; nothing is marked."""
         bound = _MAX_ID if upto_id is None else upto_id
         with self._guard("lease"):
-            return [
-                OutboxRow(*row) for row in self._conn.execute(_LEASE, (after_id, bound, limit))
-            ]
+            return [OutboxRow(*row) for row in self._conn.execute(_LEASE, (after_id, bound, limit))]
 
     def last_id(self) -> int:
         """The id of the newest row ever committed (0 for a new outbox)."""
@@ -460,9 +458,7 @@ class Outbox:
     def stats(self) -> OutboxStats:
         """Depth, bytes, age and counters: running totals plus one indexed lookup (cheap)."""
         with self._guard("stats"):
-            oldest = self._conn.execute(
-                "SELECT created_ns FROM outbox ORDER BY id LIMIT 1"
-            ).fetchone()
+            oldest = self._conn.execute("SELECT created_ns FROM outbox ORDER BY id LIMIT 1").fetchone()
             counters = dict(self._conn.execute("SELECT name, value FROM counters").fetchall())
         counters["disk_full"] = max(counters.get("disk_full", 0), self._counters.get("disk_full", 0))
         return OutboxStats(
@@ -528,7 +524,9 @@ def _encode(batch: Batch) -> tuple[str, RowClass, int, bytes]:
 
 
 _SEVERITY: Final[dict[RemovalReason, Severity]] = {
-    "quota": "warning", "age": "warning", "disk_full": "alarm",
+    "quota": "warning",
+    "age": "warning",
+    "disk_full": "alarm",
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agent.errors import BufferError
+from water_edge.core.errors import BufferError
 
 
 def quarantine(path: Path, now_s: float | None = None) -> Path:

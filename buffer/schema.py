@@ -8,8 +8,8 @@ import sqlite3
 from pathlib import Path
 from typing import Final
 
-from agent.errors import BufferError
-from buffer.types import OutboxStats
+from water_edge.buffer.types import OutboxStats
+from water_edge.core.errors import BufferError
 
 SCHEMA_VERSION: Final = 1
 
@@ -31,6 +31,7 @@ class OutboxUnusableError(BufferError):
     The agent quarantines such a file (renames and keeps it) and starts a fresh outbox; other
     `BufferError`s (a missing directory, the file locked by another writer) are not this.
     """
+
 
 _OUTBOX_COLUMNS: Final = {
     "id",

@@ -8,9 +8,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from agent.errors import BufferError
-from buffer import schema
-from buffer.types import OutboxStats
+from water_edge.buffer import schema
+from water_edge.buffer.types import OutboxStats
+from water_edge.core.errors import BufferError
 
 
 def read_stats(path: str | Path) -> OutboxStats:
@@ -71,17 +71,13 @@ def format_stats(stats: OutboxStats, now_ns: int) -> str:
         f"evicted:  {stats.evicted_rows:,} rows, {stats.evicted_readings:,} readings",
     ]
     if stats.expired_rows:
-        lines.append(
-            f"expired:  {stats.expired_rows:,} rows, {stats.expired_readings:,} readings (max age)"
-        )
+        lines.append(f"expired:  {stats.expired_rows:,} rows, {stats.expired_readings:,} readings (max age)")
     if stats.disk_full:
         lines.append(f"disk full: {stats.disk_full:,} times (evicted to make room)")
     if stats.streams:
         lines.append("streams:")
         width = max(len(name) for name in stats.streams)
-        lines += [
-            f"  {name:<{width}}  {rows:,} rows" for name, rows in sorted(stats.streams.items())
-        ]
+        lines += [f"  {name:<{width}}  {rows:,} rows" for name, rows in sorted(stats.streams.items())]
     else:
         lines.append("streams:  none")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.model import Event, Reading
+from water_edge.core.reading import Event, Reading
 
 # Eviction order when the outbox is full: telemetry goes first, events (alarms) last.
 RowClass = Literal["telemetry", "event"]

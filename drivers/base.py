@@ -15,9 +15,8 @@ from typing import Any, ClassVar, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.model import Reading
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+from water_edge.core.names import NAME_PATTERN
+from water_edge.core.reading import Reading
 
 
 class DeviceConfig(BaseModel):

@@ -11,9 +11,10 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.errors import DriverIOError
-from agent.model import Reading, now_ns
-from drivers.base import NAME_PATTERN, DeviceConfig, TagInfo
+from water_edge.core.errors import DriverIOError
+from water_edge.core.names import NAME_PATTERN
+from water_edge.core.reading import Reading, now_ns
+from water_edge.drivers.base import DeviceConfig, TagInfo
 
 
 class FakeTag(BaseModel):

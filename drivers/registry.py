@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any, cast
 
-from drivers.base import DriverFactory
+from water_edge.drivers.base import DriverFactory
 
 GROUP = "edge_agent.drivers"
 

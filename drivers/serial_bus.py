@@ -50,8 +50,12 @@ class SerialPort:
                 self.transactions += 1
 
     def health(self) -> dict[str, Any]:
-        return {"port": self.path, "users": self.users, "transactions": self.transactions,
-                "wait_max_s": round(self.wait_max_s, 4)}  # fmt: skip
+        return {
+            "port": self.path,
+            "users": self.users,
+            "transactions": self.transactions,
+            "wait_max_s": round(self.wait_max_s, 4),
+        }
 
 
 _PORTS: dict[str, SerialPort] = {}

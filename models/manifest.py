@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.errors import AgentError
+from water_edge.core.errors import AgentError
 
 DType = Literal["float32", "int8", "uint8", "int16"]
 
 
 class ModelError(AgentError):
     """A model or its manifest cannot be loaded, verified or run."""
+
+
+def shipped(package: str, name: str) -> Path:
+    """A manifest shipped inside `package` (e.g. `water_edge.models.pump`), found the way the
+    installed package holds it rather than by walking up from a source file."""
+    return Path(str(resources.files(package).joinpath(name)))
 
 
 class _Strict(BaseModel):

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from models.manifest import Manifest, ModelError, read_manifest, verify_file
+from water_edge.models.manifest import Manifest, ModelError, read_manifest, verify_file
 
 log = structlog.get_logger(__name__)
 
@@ -65,9 +65,7 @@ class Model:
         arr = np.asarray(x, dtype=self.manifest.input.dtype)
         spec = self.manifest.input.shape
         if arr.ndim != len(spec) or any(s not in (-1, d) for s, d in zip(spec, arr.shape, strict=True)):
-            raise ModelError(
-                f"model {self.name}: input shape {arr.shape} does not fit the spec {list(spec)}"
-            )
+            raise ModelError(f"model {self.name}: input shape {arr.shape} does not fit the spec {list(spec)}")
         if arr.size == 0:
             raise ModelError(f"model {self.name}: empty input")
         with self._lock:
@@ -100,13 +98,17 @@ class Model:
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
-        return {"name": m.name, "version": m.version, "sha256": m.sha256, "backend": self.backend,
-                "file": str(self.path), "invocations": self.invocations}
+        return {
+            "name": m.name,
+            "version": m.version,
+            "sha256": m.sha256,
+            "backend": self.backend,
+            "file": str(self.path),
+            "invocations": self.invocations,
+        }
 
 
-def load_model(
-    manifest_path: Path | str, *, num_threads: int = 1, self_test: bool = True
-) -> Model:
+def load_model(manifest_path: Path | str, *, num_threads: int = 1, self_test: bool = True) -> Model:
     """Verify, open and (by default) self-test the model a manifest describes; `ModelError` if not."""
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
@@ -165,8 +167,7 @@ class ModelSlot:
                 self.refused += 1
                 self.last_refusal = str(exc)
                 current = self._model.version if self._model else None
-                log.warning("model.swap_refused", manifest=str(manifest_path), reason=str(exc),
-                            kept=current)
+                log.warning("model.swap_refused", manifest=str(manifest_path), reason=str(exc), kept=current)
                 return SwapResult(False, current, str(exc))
             old = self._model
             self._model = new  # one reference assignment: readers see the old or the new, never half

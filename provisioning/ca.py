@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from provisioning.errors import ProvisioningError
-from provisioning.files import atomic_write
+from water_edge.provisioning.errors import ProvisioningError
+from water_edge.provisioning.files import atomic_write
 
 log = structlog.get_logger(__name__)
 
@@ -40,10 +40,16 @@ def _utcnow() -> dt.datetime:
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False,
-        data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-        encipher_only=False, decipher_only=False,
-    )  # fmt: skip
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -87,9 +93,7 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        key_pem = key.private_bytes(
-            _PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key_pem = key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         atomic_write(directory / "ca.key", key_pem, mode=0o600)
         atomic_write(directory / "ca.pem", cert.public_bytes(_PEM))
         ca = cls(directory, key, cert)
@@ -154,9 +158,7 @@ class CertificateAuthority:
         )
         return self._issue(builder)
 
-    def issue_server(
-        self, common_name: str, hosts: list[str], key_path: Path, days: int = 825
-    ) -> bytes:
+    def issue_server(self, common_name: str, hosts: list[str], key_path: Path, days: int = 825) -> bytes:
         """A server certificate for the broker; its key is written (0600) to `key_path`."""
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = []
@@ -169,7 +171,9 @@ class CertificateAuthority:
         builder = (
             self._leaf(
                 x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
-                key.public_key(), start, start + dt.timedelta(days=days),
+                key.public_key(),
+                start,
+                start + dt.timedelta(days=days),
             )
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -187,7 +191,9 @@ class CertificateAuthority:
         start = _utcnow() - dt.timedelta(minutes=5)
         builder = self._leaf(
             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
-            key.public_key(), start, start + dt.timedelta(days=days),
+            key.public_key(),
+            start,
+            start + dt.timedelta(days=days),
         ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         atomic_write(
             key_path,

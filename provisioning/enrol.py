@@ -12,10 +12,10 @@ import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
-from provisioning.config import ClaimSection
-from provisioning.enrol_protocol import cert_topic, csr_topic
-from provisioning.errors import ProvisioningError
-from provisioning.identity import DeviceIdentity
+from water_edge.provisioning.config import ClaimSection
+from water_edge.provisioning.enrol_protocol import cert_topic, csr_topic
+from water_edge.provisioning.errors import ProvisioningError
+from water_edge.provisioning.identity import DeviceIdentity
 
 log = structlog.get_logger(__name__)
 
@@ -59,9 +59,13 @@ class _Exchange:
         claim = self.claim
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.serial, protocol=paho.MQTTv5)
         try:
-            client.tls_set(ca_certs=str(claim.ca_file), certfile=str(claim.cert_file),
-                           keyfile=str(claim.key_file), cert_reqs=ssl.CERT_REQUIRED,
-                           tls_version=ssl.PROTOCOL_TLS_CLIENT)  # fmt: skip
+            client.tls_set(
+                ca_certs=str(claim.ca_file),
+                certfile=str(claim.cert_file),
+                keyfile=str(claim.key_file),
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
         except (OSError, ssl.SSLError) as exc:
             raise ProvisioningError(f"cannot load the claim certificate: {exc}") from exc
         client.tls_insecure_set(not verify_hostname)
@@ -90,9 +94,14 @@ class _Exchange:
 
 
 def enrol_with_claim(
-    identity: DeviceIdentity, claim: ClaimSection, serial: str, common_name: str,
-    site: str | None = None, *, verify_hostname: bool = True,
-) -> None:  # fmt: skip
+    identity: DeviceIdentity,
+    claim: ClaimSection,
+    serial: str,
+    common_name: str,
+    site: str | None = None,
+    *,
+    verify_hostname: bool = True,
+) -> None:
     """Get a certificate for this device's key from the enrolment service and make it current."""
     csr = identity.make_csr(serial, common_name, site)
     reply = _Exchange(claim, serial, csr).run(verify_hostname)

@@ -1,6 +1,6 @@
 """The reference claim-enrolment service: answers device CSRs on the enrolment topics, signed by the CA.
 
-    python -m provisioning.enrol_service --dir CA_DIR --host broker --cert svc.pem --key svc.key
+    python -m water_edge.provisioning.enrol_service --dir CA_DIR --host broker --cert svc.pem --key svc.key
 (or `edge-agent ca serve-enrolment`). It connects with its own client certificate, which the broker
 ACL lets read `enrol/+/csr` and write `enrol/+/cert`. A serial enrols once; with `--allow`, only
 listed serials enrol, each bound to its gateway id (`SERIAL GATEWAY_ID` per line).
@@ -22,9 +22,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from provisioning.ca import CertificateAuthority
-from provisioning.enrol_protocol import cert_topic
-from provisioning.errors import ProvisioningError
+from water_edge.provisioning.ca import CertificateAuthority
+from water_edge.provisioning.enrol_options import add_service_arguments
+from water_edge.provisioning.enrol_protocol import cert_topic
+from water_edge.provisioning.errors import ProvisioningError
 
 log = structlog.get_logger(__name__)
 
@@ -45,9 +46,13 @@ class EnrolmentService:
     """Decides on one request; pure of MQTT (`answer`) plus a paho client to serve it (`start`)."""
 
     def __init__(
-        self, ca: CertificateAuthority, *, topic_prefix: str = "enrol",
-        allow: dict[str, str | None] | None = None, days: int = 365,
-    ) -> None:  # fmt: skip
+        self,
+        ca: CertificateAuthority,
+        *,
+        topic_prefix: str = "enrol",
+        allow: dict[str, str | None] | None = None,
+        days: int = 365,
+    ) -> None:
         self.ca = ca
         self.prefix = topic_prefix
         self.allow = allow
@@ -75,7 +80,7 @@ class EnrolmentService:
         except orjson.JSONDecodeError as exc:
             raise ProvisioningError("request is not JSON") from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("csr"), str):
-            raise ProvisioningError("request must be {\"csr\": \"<PEM>\"}")
+            raise ProvisioningError('request must be {"csr": "<PEM>"}')
         expected_cn: str | None = None
         if self.allow is not None:
             if serial not in self.allow:
@@ -96,10 +101,16 @@ class EnrolmentService:
     # ------------------------------------------------------------------ MQTT
 
     def start(self, host: str, port: int, *, cert: Path, key: Path, ca_file: Path) -> None:
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="enrolment-service",
-                             protocol=paho.MQTTv311)  # fmt: skip
-        client.tls_set(ca_certs=str(ca_file), certfile=str(cert), keyfile=str(key),
-                       cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)  # fmt: skip
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id="enrolment-service", protocol=paho.MQTTv311
+        )
+        client.tls_set(
+            ca_certs=str(ca_file),
+            certfile=str(cert),
+            keyfile=str(key),
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
         client.tls_insecure_set(True)  # brokers in small plants are reached by IP; the CA pins them
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *_a: self._ready.set()
@@ -121,7 +132,7 @@ class EnrolmentService:
         client.subscribe(f"{self.prefix}/+/csr", qos=1)
 
     def _on_message(self, client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        serial = msg.topic[len(self.prefix) + 1:].rsplit("/", 1)[0]
+        serial = msg.topic[len(self.prefix) + 1 :].rsplit("/", 1)[0]
         reply = self.answer(serial, bytes(msg.payload))
         client.publish(cert_topic(self.prefix, serial), orjson.dumps(reply), qos=1)
 
@@ -130,8 +141,9 @@ def serve_forever(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.open(args.dir)
     allow = load_allow_list(args.allow) if args.allow else None
     service = EnrolmentService(ca, topic_prefix=args.topic_prefix, allow=allow, days=args.days)
-    service.start(args.host, args.port, cert=args.cert, key=args.key,
-                  ca_file=args.broker_ca or args.dir / "ca.pem")  # fmt: skip
+    service.start(
+        args.host, args.port, cert=args.cert, key=args.key, ca_file=args.broker_ca or args.dir / "ca.pem"
+    )
     stop = threading.Event()
     try:
         stop.wait()
@@ -143,14 +155,10 @@ def serve_forever(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agent.commands import ca as ca_command
-
-    parser = argparse.ArgumentParser(prog="python -m provisioning.enrol_service")
-    sub = parser.add_subparsers(dest="command", required=True)
-    ca_command.register(sub)
-    args = parser.parse_args(["ca", "serve-enrolment", *(argv if argv is not None else sys.argv[1:])])
-    result: int = args.func(args)
-    return result
+    parser = argparse.ArgumentParser(prog="python -m water_edge.provisioning.enrol_service")
+    parser.add_argument("--dir", type=Path, required=True, help="CA directory (keep it root-only)")
+    add_service_arguments(parser)
+    return serve_forever(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

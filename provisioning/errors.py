@@ -1,12 +1,12 @@
 """Errors of the provisioning package; each subclasses the agent's tree so the CLI reports them alike.
 
-    AgentError
-    └── ProvisioningError     identity, CA or enrolment problem (bad file, mismatch, refusal)
+AgentError
+└── ProvisioningError     identity, CA or enrolment problem (bad file, mismatch, refusal)
 """
 
 from __future__ import annotations
 
-from agent.errors import AgentError
+from water_edge.core.errors import AgentError
 
 
 class ProvisioningError(AgentError):

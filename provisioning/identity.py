@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from provisioning.errors import ProvisioningError
-from provisioning.files import atomic_write
+from water_edge.provisioning.errors import ProvisioningError
+from water_edge.provisioning.files import atomic_write
 
 log = structlog.get_logger(__name__)
 
@@ -131,9 +131,7 @@ class IdentityStatus:
 def _public_der(key: object) -> bytes:
     if not isinstance(key, ec.EllipticCurvePublicKey):
         return b""
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def load_cert(data: bytes, what: str) -> x509.Certificate:
@@ -204,9 +202,7 @@ class DeviceIdentity:
     def install(self, cert_pem: bytes, ca_pem: bytes, now: dt.datetime | None = None) -> Path:
         """Check the certificate matches the pending key and chains to the CA, then make it current."""
         if not (self.pending / KEY_FILE).exists():
-            raise ProvisioningError(
-                f"no pending key in {self.pending}: run `edge-agent provision csr` first"
-            )
+            raise ProvisioningError(f"no pending key in {self.pending}: run `edge-agent provision csr` first")
         cert = load_cert(cert_pem, "the certificate")
         cas = load_certs(ca_pem, "the CA bundle")
         if _public_der(cert.public_key()) != _public_der(self.backend.public_key(self.pending)):

@@ -1,6 +1,6 @@
 """Operator side of signed commands: make an Ed25519 key, and sign a command envelope.
 
-    python -m provisioning.sign_command --key ops.pem --key-id ops --type restart --target site/gw
+    python -m water_edge.provisioning.sign_command --key ops.pem --key-id ops --type restart --target site/gw
 (the same as `edge-agent ca sign-command`); prints the JSON to publish on `.../cmd/<type>`.
 """
 
@@ -16,9 +16,9 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.remote import envelope
-from provisioning.errors import ProvisioningError
-from provisioning.files import atomic_write
+from water_edge.core import envelope
+from water_edge.provisioning.errors import ProvisioningError
+from water_edge.provisioning.files import atomic_write
 
 
 def new_operator_key(path: Path) -> str:
@@ -47,9 +47,15 @@ def load_operator_key(path: Path) -> Ed25519PrivateKey:
 
 
 def signed_command(
-    key_path: Path, key_id: str, command_type: str, target: str, args_json: str, *,
-    args_file: str | None = None, ttl_s: int = 300,
-) -> bytes:  # fmt: skip
+    key_path: Path,
+    key_id: str,
+    command_type: str,
+    target: str,
+    args_json: str,
+    *,
+    args_file: str | None = None,
+    ttl_s: int = 300,
+) -> bytes:
     try:
         args: Any = orjson.loads(args_json)
     except orjson.JSONDecodeError as exc:
@@ -68,7 +74,7 @@ def signed_command(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m provisioning.sign_command")
+    parser = argparse.ArgumentParser(prog="python -m water_edge.provisioning.sign_command")
     parser.add_argument("--key", type=Path, required=True)
     parser.add_argument("--key-id", required=True)
     parser.add_argument("--type", required=True, dest="command_type")
@@ -78,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttl", type=int, default=300)
     a = parser.parse_args(argv)
     try:
-        out = signed_command(a.key, a.key_id, a.command_type, a.target, a.args,
-                             args_file=a.args_file, ttl_s=a.ttl)
+        out = signed_command(
+            a.key, a.key_id, a.command_type, a.target, a.args, args_file=a.args_file, ttl_s=a.ttl
+        )
     except ProvisioningError as exc:
         sys.stderr.write(f"sign_command: {exc}\n")
         return 1

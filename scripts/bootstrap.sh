@@ -33,11 +33,14 @@ stamp="$VENV/.installed"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ firmware-sim/setup.cfg -nt "$stamp" ]; then
   echo "bootstrap: installing the project and its Python dependencies into $VENV"
   log="$VENV/install.log"
   if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
-         "$VENV/bin/python" -m pip install -q -e ".[test,dev]"; } >"$log" 2>&1; then
+         "$VENV/bin/python" -m pip install -q -e ".[test,dev]" &&
+         # The simulator is its own distribution; installed second so its `edge-sim` script is the
+         # one left when an older single-distribution install is replaced.
+         "$VENV/bin/python" -m pip install -q -e ./firmware-sim; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "bootstrap: pip install failed (log above, also in $log)" >&2
     exit 1

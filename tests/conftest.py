@@ -11,18 +11,19 @@ from typing import Any
 import pytest
 import structlog
 
-from agent.model import Event, Reading
-from agent.uplink.config import MqttConfig
-from agent.uplink.interfaces import LeaseAckOutbox
-from agent.uplink.mqtt import MqttUplink
-from buffer.async_outbox import AsyncOutbox
-from buffer.types import Batch
 from tests.support.broker import Mosquitto, free_port
+from water_edge.agent.uplink.config import MqttConfig
+from water_edge.agent.uplink.interfaces import LeaseAckOutbox
+from water_edge.agent.uplink.mqtt import MqttUplink
+from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.buffer.types import Batch
+from water_edge.core.reading import Event, Reading
 
 __all__ = ["free_port"]
 
 SITE = "site1"
 GATEWAY = "gw1"
+
 
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
@@ -71,9 +72,7 @@ def reading_batches(
             Reading(stream, f"tag{j}", start_ns + i * 1000 + j, float(i) + j / 10, unit="bar")
             for j in range(per_row - 1)
         ]
-        readings.append(
-            Reading(stream, "status", start_ns + i * 1000, None, "bad", "", "timeout")
-        )
+        readings.append(Reading(stream, "status", start_ns + i * 1000, None, "bad", "", "timeout"))
         out.append(Batch(stream, readings=readings))
     return out
 
@@ -99,9 +98,7 @@ class StateLog:
         self.states.append(state)
         self._changed.set()
 
-    async def wait(
-        self, predicate: Callable[[str], bool], within_s: float = 10.0, *, since: int = 0
-    ) -> str:
+    async def wait(self, predicate: Callable[[str], bool], within_s: float = 10.0, *, since: int = 0) -> str:
         """The first state from index `since` on that satisfies `predicate`."""
         async with asyncio.timeout(within_s):
             while True:

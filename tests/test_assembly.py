@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.remote.envelope import sign
 from tests.support.agent_proc import demo_devices, running_agent, write_config
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.plant import Plant, running_plant
+from water_edge.core.envelope import sign
 
 TOPIC = "water/test-site/gw-test"
 LEAK_MODEL = Path(__file__).resolve().parents[1] / "models" / "leak"
@@ -65,8 +65,9 @@ def test_signed_commands_run_and_forged_ones_are_refused(
         "[security]\n[[security.operators]]\n"
         f'name = "control-room"\npublic_key = "{public_b64(ops)}"\ncommands = ["read_now", "restart"]\n'
     )
-    config = write_config(tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port),
-                          extra=security)  # fmt: skip
+    config = write_config(
+        tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port), extra=security
+    )
     target = "test-site/gw-test"
     with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub, running_agent(config) as agent:
         agent.wait_status(lambda s: s["uplink"]["state"] == "online")
@@ -96,8 +97,10 @@ def model_files(version: str, tamper: bool = False) -> dict[str, str]:
     blob = (LEAK_MODEL / "leak_detector.tflite").read_bytes()
     if tamper:
         blob = blob[:-16] + bytes(16)
-    return {"leak_detector.tflite": base64.b64encode(blob).decode(),
-            "leak_detector.json": base64.b64encode(json.dumps(manifest).encode()).decode()}  # fmt: skip
+    return {
+        "leak_detector.tflite": base64.b64encode(blob).decode(),
+        "leak_detector.json": base64.b64encode(json.dumps(manifest).encode()).decode(),
+    }
 
 
 def test_leak_and_pump_processors_run_from_the_config_and_a_model_is_swapped_live(
@@ -106,9 +109,10 @@ def test_leak_and_pump_processors_run_from_the_config_and_a_model_is_swapped_liv
     ops = Ed25519PrivateKey.generate()
     wav = tmp_path / "pair.wav"
     subprocess.run(
-        [sys.executable, "-m", "fwsim.cli", "hydrophones", "--wav", str(wav), "--seconds", "20"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "water_edge.sim.cli", "hydrophones", "--wav", str(wav), "--seconds", "20"],
+        check=True,
+        capture_output=True,
+    )
     extra = f"""
 [[models.pump]]
 name = "pump1"
@@ -138,28 +142,38 @@ loop = true
 playback_speed = 4.0
 channel_names = ["A", "B"]
 """
-    config = write_config(tmp_path, broker_port=mosquitto.port,
-                          devices=demo_devices(plant.port) + audio, extra=extra)  # fmt: skip
+    config = write_config(
+        tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port) + audio, extra=extra
+    )
     with running_agent(config) as agent:
         status = agent.wait_status(
-            lambda s: any(p["name"] == "leak:hydrophones" and p["health"]["windows_scored"] >= 3
-                          for p in s["processors"]),
+            lambda s: any(
+                p["name"] == "leak:hydrophones" and p["health"]["windows_scored"] >= 3
+                for p in s["processors"]
+            ),
             timeout=30,
-        )  # fmt: skip
+        )
         status = agent.wait_status(
-            lambda s: any(p["name"] == "pump_anomaly"
-                          and p["health"]["pumps"]["pump1"]["samples"] >= 2 for p in s["processors"]),
+            lambda s: any(
+                p["name"] == "pump_anomaly" and p["health"]["pumps"]["pump1"]["samples"] >= 2
+                for p in s["processors"]
+            ),
             timeout=30,
-        )  # fmt: skip
+        )
         human = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "status", "-c", str(config)],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            [sys.executable, "-m", "water_edge.agent.cli", "status", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/events") as sub:
             agent.wait_status(lambda s: s["uplink"]["state"] == "online")
             for version, tamper in (("9.9.9", False), ("10.0.0", True)):
-                args = {"slot": "leak-hydrophones", "manifest": "leak_detector.json",
-                        "files": model_files(version, tamper)}  # fmt: skip
+                args = {
+                    "slot": "leak-hydrophones",
+                    "manifest": "leak_detector.json",
+                    "files": model_files(version, tamper),
+                }
                 envelope = sign(ops, "data-science", "model_update", "test-site/gw-test", args)
                 publish(mosquitto, f"{TOPIC}/cmd/model_update", envelope)
             sub.wait_until(lambda ms: len(command_results(ms)) >= 2, timeout=20)

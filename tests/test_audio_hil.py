@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from agent.errors import DriverIOError
-from agent.model import Event, Reading
-from agent.supervisor import DeviceRunner
-from drivers.audio.config import AudioConfig
-from drivers.audio.driver import AudioDriver
-from drivers.audio.window import AudioWindow
-from fwsim import hydrophone_stream
-from fwsim.component import SimContext
-from fwsim.pumpstation import PumpStation
 from tests.support.plant import Plant, free_port, start_plant
+from water_edge.agent.supervisor import DeviceRunner
+from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import Event, Reading
+from water_edge.drivers.audio.config import AudioConfig
+from water_edge.drivers.audio.driver import AudioDriver
+from water_edge.drivers.audio.window import AudioWindow
+from water_edge.sim import hydrophone_stream
+from water_edge.sim.component import SimContext
+from water_edge.sim.pumpstation import PumpStation
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "leak-pvc-hydrophone"
 RECORDING = DATA / "no-leak.wav"
@@ -67,8 +67,15 @@ def rms_db(x: np.ndarray) -> float:
 async def test_real_recording_windows_and_levels_match_the_file(closing: list[AudioDriver]) -> None:
     rate, data = wavfile.read(RECORDING)
     x = data.astype(np.float64) / 32768
-    d = audio(source="file", path=RECORDING, playback_speed=40, window_s=1.0, hop_s=0.5,
-              level_interval_s=5, channel_names=["A"])
+    d = audio(
+        source="file",
+        path=RECORDING,
+        playback_speed=40,
+        window_s=1.0,
+        hop_s=0.5,
+        level_interval_s=5,
+        channel_names=["A"],
+    )
     closing.append(d)
     windows: list[AudioWindow] = []
     d.add_window_listener(windows.append)
@@ -111,8 +118,17 @@ async def test_generated_two_channel_file_loops_seamlessly(
 ) -> None:
     rate, data = wavfile.read(two_channel_wav)
     assert (rate, data.shape[1]) == (16000, 2)
-    d = audio(source="file", path=two_channel_wav, loop=True, playback_speed=10, window_s=0.5, hop_s=0.25,
-              level_interval_s=1, channel_names=["A", "B"], calibration_db=[120.0, 121.0])
+    d = audio(
+        source="file",
+        path=two_channel_wav,
+        loop=True,
+        playback_speed=10,
+        window_s=0.5,
+        hop_s=0.25,
+        level_interval_s=1,
+        channel_names=["A", "B"],
+        calibration_db=[120.0, 121.0],
+    )
     closing.append(d)
     windows: list[AudioWindow] = []
     d.add_window_listener(windows.append)
@@ -170,8 +186,14 @@ async def test_live_stream_from_the_sim_delivers_windows_without_loss(
 async def test_a_consumer_too_slow_for_the_ring_loses_counted_frames_not_the_driver(
     plant: Plant, closing: list[AudioDriver]
 ) -> None:
-    d = audio(source="stream", stream_url=str(plant.endpoints["hydrophones"]["url"]),
-              buffer_s=1.0, window_s=0.5, hop_s=0.5, level_interval_s=1)
+    d = audio(
+        source="stream",
+        stream_url=str(plant.endpoints["hydrophones"]["url"]),
+        buffer_s=1.0,
+        window_s=0.5,
+        hop_s=0.5,
+        level_interval_s=1,
+    )
     closing.append(d)
     windows: list[AudioWindow] = []
 
@@ -193,12 +215,19 @@ async def test_a_consumer_too_slow_for_the_ring_loses_counted_frames_not_the_dri
 
 async def test_stream_lost_and_back_is_reopened_by_the_supervisor() -> None:
     port = free_port()
-    ctx = SimContext(station=PumpStation(0), points=[], seed=0, host="127.0.0.1", workdir=Path("/tmp"),
-                     options={"port": port})
+    ctx = SimContext(
+        station=PumpStation(0),
+        points=[],
+        seed=0,
+        host="127.0.0.1",
+        workdir=Path("/tmp"),
+        options={"port": port},
+    )
     sim = hydrophone_stream.HydrophoneComponent()
     await sim.start(ctx)
-    config = AudioConfig(name="hydro1", kind="audio", source="stream",
-                         stream_url=f"tcp://127.0.0.1:{port}", level_interval_s=1)
+    config = AudioConfig(
+        name="hydro1", kind="audio", source="stream", stream_url=f"tcp://127.0.0.1:{port}", level_interval_s=1
+    )
     events: list[Event] = []
     readings: list[Reading] = []
 
@@ -208,8 +237,9 @@ async def test_stream_lost_and_back_is_reopened_by_the_supervisor() -> None:
     async def on_event(event: Event) -> None:
         events.append(event)
 
-    runner = DeviceRunner(config, AudioDriver(config), on_readings, on_event,
-                          backoff_min_s=0.2, backoff_max_s=0.5)
+    runner = DeviceRunner(
+        config, AudioDriver(config), on_readings, on_event, backoff_min_s=0.2, backoff_max_s=0.5
+    )
     task = asyncio.create_task(runner.run())
 
     async def until(predicate: Any) -> None:

@@ -11,12 +11,12 @@ import pytest
 import sounddevice as sd
 from pydantic import ValidationError
 
-from drivers.audio.config import AudioConfig
-from drivers.audio.device import CaptureCallback
-from drivers.audio.levels import LevelMeter, NightTracker
-from drivers.audio.ring import Chunk, FrameRing
-from drivers.audio.source import GapLog
-from drivers.audio.window import Clock, Windower
+from water_edge.drivers.audio.config import AudioConfig
+from water_edge.drivers.audio.device import CaptureCallback
+from water_edge.drivers.audio.levels import LevelMeter, NightTracker
+from water_edge.drivers.audio.ring import Chunk, FrameRing
+from water_edge.drivers.audio.source import GapLog
+from water_edge.drivers.audio.window import Clock, Windower
 
 SR = 1000
 
@@ -68,8 +68,15 @@ def test_windows_have_exact_timestamps_overlap_and_never_span_a_gap() -> None:
 def meter(interval_s: int = 2, calibration: list[float] | None = None) -> LevelMeter:
     clock = Clock(0, 8000)
     night = NightTracker("02:00", "04:00", 7, 1)
-    return LevelMeter("h1", clock, ["A"], interval_s=interval_s, bands_hz=[125.0, 1000.0],
-                      calibration_db=calibration, night=night)
+    return LevelMeter(
+        "h1",
+        clock,
+        ["A"],
+        interval_s=interval_s,
+        bands_hz=[125.0, 1000.0],
+        calibration_db=calibration,
+        night=night,
+    )
 
 
 def by_tag(readings: list) -> dict:
@@ -167,7 +174,7 @@ def test_config_errors_say_what_was_expected(extra: dict, message: str) -> None:
 
 def test_loopback_output_is_the_alsa_loopback_playback_device() -> None:
     """firmware-sim plays the hydrophones into snd-aloop where it exists (none in CI's container)."""
-    from fwsim.hydrophone_stream import find_loopback_output
+    from water_edge.sim.hydrophone_stream import find_loopback_output
 
     devices = [
         {"name": "HDA Intel PCH: ALC3246 Analog (hw:0,0)", "max_output_channels": 2},

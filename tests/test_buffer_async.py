@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import BufferError
-from agent.model import Reading
-from buffer.async_outbox import AsyncOutbox
-from buffer.codec import decode_readings
-from buffer.types import Batch
+from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.buffer.codec import decode_readings
+from water_edge.buffer.types import Batch
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import Reading
 
 BIG = 1 << 30
 

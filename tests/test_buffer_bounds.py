@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import BufferError
-from agent.model import Event, Reading
-from buffer import schema
-from buffer.async_outbox import AsyncOutbox
-from buffer.codec import decode_events
-from buffer.outbox import Outbox
-from buffer.types import Batch
+from water_edge.buffer import schema
+from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.buffer.codec import decode_events
+from water_edge.buffer.outbox import Outbox
+from water_edge.buffer.types import Batch
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import Event, Reading
 
 T0 = 1_800_000_000 * 10**9
 
@@ -100,8 +100,13 @@ def test_disk_full_with_only_events_left_evicts_the_oldest_events(tmp_path: Path
     with Outbox(tmp_path / "o.db", max_bytes=10**9, max_page_count=12) as box:
         for i in range(600):
             box.append([alarm(i)])
-        kept = [int(e.detail["i"]) for r in box.lease(0, 10_000) if r.stream == "events"
-                for e in decode_events(r.body) if e.kind == "leak"]
+        kept = [
+            int(e.detail["i"])
+            for r in box.lease(0, 10_000)
+            if r.stream == "events"
+            for e in decode_events(r.body)
+            if e.kind == "leak"
+        ]
         stats = box.stats()
         before = box.lease(0, 10_000)
         too_big = [Batch("events", events=[Event("x", "y", T0, detail={"pad": "z" * 200_000})])]

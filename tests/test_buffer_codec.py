@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.errors import BufferError
-from agent.model import Event, Reading
-from buffer.codec import decode_events, decode_readings, encode_events, encode_readings
+from water_edge.buffer.codec import decode_events, decode_readings, encode_events, encode_readings
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import Event, Reading
 
 # orjson writes strings as UTF-8, so lone surrogates (category Cs) cannot be encoded.
 texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import BufferError
-from agent.model import Event, Reading
-from buffer.codec import decode_events, encode_events, encode_readings
-from buffer.outbox import Outbox
-from buffer.schema import ROW_OVERHEAD
-from buffer.stats import read_stats
-from buffer.types import Batch, OutboxRow
+from water_edge.buffer.codec import decode_events, encode_events, encode_readings
+from water_edge.buffer.outbox import Outbox
+from water_edge.buffer.schema import ROW_OVERHEAD
+from water_edge.buffer.stats import read_stats
+from water_edge.buffer.types import Batch, OutboxRow
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import Event, Reading
 
 
 def tele(stream: str, n: int = 10) -> Batch:
@@ -102,7 +102,8 @@ def test_quota_is_never_exceeded_and_every_item_is_accounted_for(db: Path) -> No
     with Outbox(db, max_bytes=quota) as outbox:
         for _ in range(150):
             batches = [
-                tele(rng.choice("abc"), rng.randint(0, 40)) if rng.random() < 0.85
+                tele(rng.choice("abc"), rng.randint(0, 40))
+                if rng.random() < 0.85
                 else alarm(rng.randint(1, 5))
                 for _ in range(rng.randint(1, 4))
             ]

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import BufferError
-from agent.model import Reading
-from buffer.outbox import Outbox
-from buffer.schema import SCHEMA_VERSION
-from buffer.stats import read_stats
-from buffer.types import Batch
+from water_edge.buffer.outbox import Outbox
+from water_edge.buffer.schema import SCHEMA_VERSION
+from water_edge.buffer.stats import read_stats
+from water_edge.buffer.types import Batch
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import Reading
 
 BIG = 1 << 30
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import BufferError
-from agent.model import Event, Reading, now_ns
-from buffer.codec import decode_events, decode_readings
-from buffer.outbox import Outbox
-from buffer.stats import read_stats
-from buffer.types import Batch
+from water_edge.buffer.codec import decode_events, decode_readings
+from water_edge.buffer.outbox import Outbox
+from water_edge.buffer.stats import read_stats
+from water_edge.buffer.types import Batch
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import Event, Reading, now_ns
 
 BIG = 1 << 30
 
@@ -73,7 +73,12 @@ def test_seq_is_plus_one_per_stream_and_survives_reopen(db: Path) -> None:
         outbox.append([tele("b"), tele("a")])
         rows = outbox.lease(0, 10)
     assert [(r.stream, r.seq) for r in rows] == [
-        ("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2), ("a", 4),
+        ("a", 1),
+        ("b", 1),
+        ("a", 2),
+        ("a", 3),
+        ("b", 2),
+        ("a", 4),
     ]
 
 
@@ -133,9 +138,9 @@ def test_kill_9_after_append_loses_nothing(db: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os
-        from agent.model import Reading
-        from buffer.outbox import Outbox
-        from buffer.types import Batch
+        from water_edge.core.reading import Reading
+        from water_edge.buffer.outbox import Outbox
+        from water_edge.buffer.types import Batch
         outbox = Outbox({str(db)!r}, max_bytes={BIG})
         for i in range(5):
             outbox.append([Batch("a", readings=[Reading("plc1", "t", i, i)])])

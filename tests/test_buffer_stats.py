@@ -9,11 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent.errors import BufferError
-from agent.model import Event, Reading, now_ns
-from buffer.outbox import Outbox
-from buffer.stats import format_stats, read_stats, stats_to_json
-from buffer.types import Batch, OutboxStats
+from water_edge.buffer.outbox import Outbox
+from water_edge.buffer.stats import format_stats, read_stats, stats_to_json
+from water_edge.buffer.types import Batch, OutboxStats
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import Event, Reading, now_ns
 
 BIG = 1 << 30
 

@@ -29,17 +29,18 @@ poll_interval_ms = 100
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args],
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "water_edge.agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     """An agent whose broker never answers, so its outbox fills up."""
-    config = write_config(
-        tmp_path_factory.mktemp("cli"), broker_port=free_port(), devices=FAKE_DEVICE
-    )
+    config = write_config(tmp_path_factory.mktemp("cli"), broker_port=free_port(), devices=FAKE_DEVICE)
     with running_agent(config) as running:
         running.wait_status(lambda s: s["buffer"].get("rows", 0) >= 3)
         yield running
@@ -85,9 +86,20 @@ def test_buffer_stats_on_a_missing_file_is_an_error_not_a_new_file(tmp_path: Pat
 
 def test_tail_prints_live_readings(agent: AgentProcess) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "tail", "-c", str(agent.config), "--json", "--tag", "lev*"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "water_edge.agent.cli",
+            "tail",
+            "-c",
+            str(agent.config),
+            "--json",
+            "--tag",
+            "lev*",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         lines = [json.loads(proc.stdout.readline()) for _ in range(3)]

@@ -13,14 +13,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.model import Event
-from agent.remote import envelope
-from agent.remote.audit import AuditLog, read_audit
-from agent.remote.channel import CommandChannel
-from agent.remote.config import OperatorKey, SecuritySection
-from agent.remote.handlers import Targets, build_handlers
-from agent.remote.nonces import NonceStore
-from agent.remote.processor import CommandProcessor
+from water_edge.agent.remote.audit import AuditLog, read_audit
+from water_edge.agent.remote.channel import CommandChannel
+from water_edge.agent.remote.config import OperatorKey, SecuritySection
+from water_edge.agent.remote.handlers import Targets, build_handlers
+from water_edge.agent.remote.nonces import NonceStore
+from water_edge.agent.remote.processor import CommandProcessor
+from water_edge.core import envelope
+from water_edge.core.reading import Event
 
 SITE, GW = "north-plant", "gw-01"
 TARGET = f"{SITE}/{GW}"
@@ -50,16 +50,19 @@ class Rig:
         self.nonces = NonceStore(self.state / "nonces.sqlite")
         self.audit = AuditLog(self.state / "audit.log")
         self.proc = CommandProcessor(
-            self.config, site=SITE, gateway=GW, nonces=self.nonces, audit=self.audit,
+            self.config,
+            site=SITE,
+            gateway=GW,
+            nonces=self.nonces,
+            audit=self.audit,
             handlers=build_handlers(self.targets),
-        )  # fmt: skip
+        )
 
     def close(self) -> None:
         self.nonces.close()
         self.audit.close()
 
-    def sign(self, ctype: str, args: dict[str, Any] | None = None, *, key: str = "ops",
-             **kw: Any) -> bytes:  # fmt: skip
+    def sign(self, ctype: str, args: dict[str, Any] | None = None, *, key: str = "ops", **kw: Any) -> bytes:
         private = self.ops if key == "ops" else self.reader
         kw.setdefault("target", TARGET)
         return envelope.sign(private, key, ctype, kw.pop("target"), args, **kw)
@@ -85,8 +88,9 @@ async def test_valid_command_runs_and_its_result_is_an_event(rig: Rig) -> None:
     async def emit(event: Event) -> None:
         events.append(event)
 
-    await CommandChannel(rig.proc, emit)("read_now", rig.sign("read_now", {"devices": ["plc1"]},
-                                                               command_id="c-1"))
+    await CommandChannel(rig.proc, emit)(
+        "read_now", rig.sign("read_now", {"devices": ["plc1"]}, command_id="c-1")
+    )
     assert rig.reads == [["plc1"]]  # type: ignore[attr-defined]
     (event,) = events
     assert event.kind == "command_result"
@@ -111,17 +115,14 @@ def _tamper(payload: bytes) -> bytes:
         (lambda r: r.sign("read_now", now=1_600_000_000), "expired"),
         (lambda r: r.sign("read_now", ttl_s=86_400), "ttl_too_long"),
         (lambda r: r.sign("restart", key="viewer"), "not_authorised"),
-        (lambda r: envelope.sign(Ed25519PrivateKey.generate(), "mallory", "read_now", TARGET),
-         "unknown_key"),
+        (lambda r: envelope.sign(Ed25519PrivateKey.generate(), "mallory", "read_now", TARGET), "unknown_key"),
         (lambda r: b"\xff\xfe not json", "malformed"),
         (lambda r: b'{"v": 1, "type": "read_now"}', "malformed"),
         (lambda r: b"[1, 2, 3]", "malformed"),
         (lambda r: b"x" * (9 * 2**20), "too_large"),
     ],
 )
-async def test_invalid_commands_are_refused_audited_and_counted(
-    rig: Rig, make: Any, reason: str
-) -> None:
+async def test_invalid_commands_are_refused_audited_and_counted(rig: Rig, make: Any, reason: str) -> None:
     result = await rig.proc.handle("read_now" if reason != "not_authorised" else "restart", make(rig))
     assert result.status == "refused"
     assert result.reason is not None
@@ -241,20 +242,30 @@ async def test_model_update_swaps_only_a_verified_model(tmp_path: Path) -> None:
     manifest = {"file": "m.tflite", "version": "2", "sha256": hashlib.sha256(model).hexdigest()}
 
     def files(blob: bytes) -> dict[str, str]:
-        return {"m.tflite": base64.b64encode(blob).decode(),
-                "manifest.json": base64.b64encode(orjson.dumps(manifest)).decode()}  # fmt: skip
+        return {
+            "m.tflite": base64.b64encode(blob).decode(),
+            "manifest.json": base64.b64encode(orjson.dumps(manifest)).decode(),
+        }
 
-    bad = await rig.proc.handle("model_update", rig.sign(
-        "model_update", {"slot": "pump", "manifest": "manifest.json", "files": files(b"evil")}))
+    bad = await rig.proc.handle(
+        "model_update",
+        rig.sign("model_update", {"slot": "pump", "manifest": "manifest.json", "files": files(b"evil")}),
+    )
     assert bad.status == "failed"
     assert slot.active is None
-    sneaky = await rig.proc.handle("model_update", rig.sign(
-        "model_update", {"slot": "pump", "manifest": "manifest.json",
-                         "files": {**files(model), "../../etc/x": "AA=="}}))  # fmt: skip
+    sneaky = await rig.proc.handle(
+        "model_update",
+        rig.sign(
+            "model_update",
+            {"slot": "pump", "manifest": "manifest.json", "files": {**files(model), "../../etc/x": "AA=="}},
+        ),
+    )
     assert sneaky.status == "failed"
     assert not (tmp_path / "etc").exists()
-    good = await rig.proc.handle("model_update", rig.sign(
-        "model_update", {"slot": "pump", "manifest": "manifest.json", "files": files(model)}))
+    good = await rig.proc.handle(
+        "model_update",
+        rig.sign("model_update", {"slot": "pump", "manifest": "manifest.json", "files": files(model)}),
+    )
     assert good.status == "ok", good.reason
     assert good.detail == {"slot": "pump", "version": "2"}
     assert slot.active is not None

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
-from agent.config import load_config
-from agent.errors import ConfigError
+from water_edge.agent.cli import main
+from water_edge.agent.config import load_config
+from water_edge.core.errors import ConfigError
 
 GOOD = """
 schema_version = 1
@@ -85,8 +85,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     )
     problems = problems_for(tmp_path, text)
     assert any("gateway.site" in p for p in problems)
-    assert any("devices[0] (sim).kind" in p and "unknown driver 'modbus_udp'" in p
-               for p in problems)
+    assert any("devices[0] (sim).kind" in p and "unknown driver 'modbus_udp'" in p for p in problems)
 
 
 def test_schema_version_is_required_first(tmp_path: Path) -> None:

@@ -65,9 +65,11 @@ def run_crash_cycles(plant: Plant, tmp_path: Path, cycles: int, seed: int) -> di
     broker = Mosquitto(persistence=True)
     broker.start()
     config = write_config(tmp_path, broker_port=broker.port, devices=devices, reconnect_max_s=0.3)
-    text = config.read_text().replace(
-        "reconnect_max_s = 0.3", f"reconnect_max_s = 0.3\nmax_inflight = {WINDOW}"
-    ).replace("flush_interval_ms = 100", "flush_interval_ms = 20")
+    text = (
+        config.read_text()
+        .replace("reconnect_max_s = 0.3", f"reconnect_max_s = 0.3\nmax_inflight = {WINDOW}")
+        .replace("flush_interval_ms = 100", "flush_interval_ms = 20")
+    )
     config.write_text(text)
     sub = Subscriber(broker.host, broker.port, f"{TOPIC}/#", session=f"crash-{os.getpid()}").start()
     db = config.parent / "state" / "outbox.sqlite"
@@ -93,8 +95,7 @@ def run_crash_cycles(plant: Plant, tmp_path: Path, cycles: int, seed: int) -> di
         last = committed_seqs(db)
         messages = sub.wait_until(
             lambda ms: all(
-                set(range(1, n + 1)) <= set(seqs_by_stream(ms).get(s, []))
-                for s, n in last.items()
+                set(range(1, n + 1)) <= set(seqs_by_stream(ms).get(s, [])) for s, n in last.items()
             ),
             timeout=30,
         )

@@ -15,15 +15,15 @@ from types import SimpleNamespace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.config import load_config
-from agent.errors import ConfigError
-from agent.uplink.config import MqttConfig
-from agent.uplink.interfaces import EncodeError
-from agent.uplink.json_encoding import JsonEncoder
-from agent.uplink.memory import MemoryOutbox
-from agent.uplink.mqtt import MAX_COMMAND_BYTES, MqttUplink
-from agent.uplink.topics import Topics
-from buffer.types import OutboxRow
+from water_edge.agent.config import load_config
+from water_edge.agent.uplink.config import MqttConfig
+from water_edge.agent.uplink.interfaces import EncodeError
+from water_edge.agent.uplink.json_encoding import JsonEncoder
+from water_edge.agent.uplink.memory import MemoryOutbox
+from water_edge.agent.uplink.mqtt import MAX_COMMAND_BYTES, MqttUplink
+from water_edge.agent.uplink.topics import Topics
+from water_edge.buffer.types import OutboxRow
+from water_edge.core.errors import ConfigError
 
 GOOD = """schema_version = 1
 [gateway]
@@ -33,16 +33,46 @@ state_dir = "/tmp/x"
 [uplink]
 host = "127.0.0.1"
 """
-KEYS = ["schema_version", "site", "id", "host", "port", "max_bytes", "synchronous", "kind",
-        "name", "poll_interval_ms", "tags", "address", "type", "prefix", "max_inflight",
-        "flush_interval_ms", "state_dir", "level", "json", "enabled", "unit_id", "stream"]  # fmt: skip
-SECTIONS = ["[gateway]", "[uplink]", "[uplink.tls]", "[buffer]", "[status]", "[log]",
-            "[[devices]]", "[[devices.tags]]", "[unknown]"]  # fmt: skip
+KEYS = [
+    "schema_version",
+    "site",
+    "id",
+    "host",
+    "port",
+    "max_bytes",
+    "synchronous",
+    "kind",
+    "name",
+    "poll_interval_ms",
+    "tags",
+    "address",
+    "type",
+    "prefix",
+    "max_inflight",
+    "flush_interval_ms",
+    "state_dir",
+    "level",
+    "json",
+    "enabled",
+    "unit_id",
+    "stream",
+]
+SECTIONS = [
+    "[gateway]",
+    "[uplink]",
+    "[uplink.tls]",
+    "[buffer]",
+    "[status]",
+    "[log]",
+    "[[devices]]",
+    "[[devices.tags]]",
+    "[unknown]",
+]
 VALUES = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.floats(allow_nan=True).map(lambda f: repr(f).replace("inf", "inf").replace("nan", "nan")),
     st.text(max_size=30).map(lambda t: '"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"'),
-    st.sampled_from(["true", "false", "[]", "[1, 2]", '["a"]', "{}", '{a = 1}', "1979-05-27"]),
+    st.sampled_from(["true", "false", "[]", "[1, 2]", '["a"]', "{}", "{a = 1}", "1979-05-27"]),
 )
 LINES = st.one_of(
     st.sampled_from(SECTIONS),
@@ -99,11 +129,20 @@ ENCODER = JsonEncoder(Topics("water", "s1", "gw1"))
 @given(
     stream=st.text(max_size=20),
     row_class=st.sampled_from(["telemetry", "event"]),
-    body=st.one_of(st.binary(max_size=200), st.sampled_from([
-        b"[]", b"[[1]]", b'[["a","b",1,2.0,"good","",null]]', b'[["k","s",1,"info",null,{}]]',
-        b'[["a","b",1,"nan","good","",null,"f"]]', b"[[" * 50 + b"]]" * 50,
-    ])),
-)  # fmt: skip
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from(
+            [
+                b"[]",
+                b"[[1]]",
+                b'[["a","b",1,2.0,"good","",null]]',
+                b'[["k","s",1,"info",null,{}]]',
+                b'[["a","b",1,"nan","good","",null,"f"]]',
+                b"[[" * 50 + b"]]" * 50,
+            ]
+        ),
+    ),
+)
 def test_any_outbox_row_encodes_or_raises_encode_error(stream: str, row_class: str, body: bytes) -> None:
     row = OutboxRow(1, stream, 1, row_class, 0, 1, body)  # type: ignore[arg-type]
     try:
@@ -122,8 +161,7 @@ def test_any_command_message_is_queued_or_counted_never_raises(
         async def handler(_suffix: str, _payload: bytes) -> None:
             return None
 
-        uplink = MqttUplink(MqttConfig(host="127.0.0.1"), MemoryOutbox(), "s1", "gw1",
-                            on_command=handler)  # fmt: skip
+        uplink = MqttUplink(MqttConfig(host="127.0.0.1"), MemoryOutbox(), "s1", "gw1", on_command=handler)
         body = payload + (b"x" * MAX_COMMAND_BYTES if oversize else b"")
         for t in (topic, f"water/s1/gw1/cmd/{topic}"):
             uplink._on_message(None, None, SimpleNamespace(topic=t, payload=body))  # type: ignore[arg-type]

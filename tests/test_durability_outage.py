@@ -66,8 +66,7 @@ def outage_run(plant: Plant, tmp_path: Path, outage_s: float) -> dict[str, float
             backlog = agent.status()["buffer"]
             broker.start()
             after = agent.wait_status(
-                lambda s: s["uplink"]["state"] == "online"
-                and s["buffer"]["rows"] < backlog["rows"] / 4,
+                lambda s: s["uplink"]["state"] == "online" and s["buffer"]["rows"] < backlog["rows"] / 4,
                 timeout=60,
             )
             assert agent.stop() == 0, agent.log()
@@ -112,7 +111,10 @@ def test_a_corrupt_outbox_is_quarantined_and_the_agent_runs(
     assert kept.read_bytes() == garbage
     assert status["buffer"]["quarantined"] == str(kept)
     alarm = next(
-        e for m in messages if m.topic.endswith("/events") for e in m.json()["events"]
+        e
+        for m in messages
+        if m.topic.endswith("/events")
+        for e in m.json()["events"]
         if e["kind"] == "buffer_quarantined"
     )
     assert alarm["severity"] == "alarm"

@@ -7,14 +7,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from agent.config import load_config
-from agent.model import Event, Reading
-from agent.pipeline import EventSink, ReadingFeed
-from agent.runtime import Agent
-from buffer.async_outbox import AsyncOutbox
-from buffer.codec import decode_events
 from tests.support.agent_proc import write_config
 from tests.support.plant import free_port
+from water_edge.agent.config import load_config
+from water_edge.agent.pipeline import EventSink, ReadingFeed
+from water_edge.agent.runtime import Agent
+from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.buffer.codec import decode_events
+from water_edge.core.reading import Event, Reading
 
 
 class FlakyProcessor:

@@ -43,8 +43,10 @@ def test_rss_is_flat_with_the_broker_down(tmp_path: Path, request: pytest.Fixtur
             assert agent.stop() == 0
     warm = [rss for t, rss in samples if t >= min(300.0, duration / 3)]
     growth = max(warm) - warm[0]
-    print(f"rss soak: {duration:.0f} s, readings {status['pipeline']['committed_readings']}, "
-          f"evicted rows {status['buffer']['evicted_rows']}, rss first {samples[0][1]:.1f} MB, "
-          f"after warm-up {warm[0]:.1f} -> max {max(warm):.1f} MB (growth {growth:.1f} MB)")
+    print(
+        f"rss soak: {duration:.0f} s, readings {status['pipeline']['committed_readings']}, "
+        f"evicted rows {status['buffer']['evicted_rows']}, rss first {samples[0][1]:.1f} MB, "
+        f"after warm-up {warm[0]:.1f} -> max {max(warm):.1f} MB (growth {growth:.1f} MB)"
+    )
     assert status["buffer"]["evicted_rows"] > 0, "the quota was reached: the long-run state"
     assert growth <= MAX_GROWTH_MB

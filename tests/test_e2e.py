@@ -18,10 +18,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from buffer.stats import read_stats
 from tests.support.agent_proc import demo_devices, running_agent, write_config
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.plant import Plant, free_port, running_plant
+from water_edge.buffer.stats import read_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "payload.schema.json").read_text())
@@ -61,13 +61,13 @@ def test_every_reading_reaches_the_broker_in_order_with_values_and_units(
         sub.wait_for(5, timeout=20, topic=f"{TOPIC}/pump-station")
         status = agent.wait_status(lambda s: s["drivers"][0]["polls"] >= 5)
         cli = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "status", "-c", str(config), "--json"],
-            capture_output=True, check=True, text=True,
-        )  # fmt: skip
-        assert agent.stop() == 0
-        messages = sub.wait_until(
-            lambda ms: any(b'"agent_stopped"' in m.payload for m in ms), timeout=10
+            [sys.executable, "-m", "water_edge.agent.cli", "status", "-c", str(config), "--json"],
+            capture_output=True,
+            check=True,
+            text=True,
         )
+        assert agent.stop() == 0
+        messages = sub.wait_until(lambda ms: any(b'"agent_stopped"' in m.payload for m in ms), timeout=10)
         retained_status = [m.json()["state"] for m in sub.snapshot() if m.topic == f"{TOPIC}/status"]
 
     driver = status["drivers"][0]
@@ -162,9 +162,7 @@ def test_buffered_backlog_is_delivered_in_full_after_the_outage(plant: Plant, tm
             agent.wait_status(lambda s: s["uplink"]["state"] == "online")
             assert agent.stop() == 0
         with Subscriber(broker.host, broker.port, f"{TOPIC}/#", session="central-sub") as sub:
-            messages = sub.wait_until(
-                lambda ms: any(b'"agent_stopped"' in m.payload for m in ms), timeout=15
-            )
+            messages = sub.wait_until(lambda ms: any(b'"agent_stopped"' in m.payload for m in ms), timeout=15)
     finally:
         broker.close()
     station = by_stream(messages)["pump-station"]

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from fwsim.benchmap import agent_config_toml, bench_tag_name
-from fwsim.pumpstation import PumpStation
-from fwsim.registers import BENCH_BASE, POINTS, Plant, encode
 from tests.support.plant import Plant as RunningPlant
 from tests.support.plant import running_plant, start_plant
+from water_edge.sim.benchmap import agent_config_toml, bench_tag_name
+from water_edge.sim.pumpstation import PumpStation
+from water_edge.sim.registers import BENCH_BASE, POINTS, Plant, encode
 
 needs_mbpoll = pytest.mark.skipif(shutil.which("mbpoll") is None, reason="mbpoll not installed")
 
@@ -32,8 +32,11 @@ def mbpoll(plant: RunningPlant, *args: str) -> dict[int, str]:
     """Run mbpoll once (PDU addressing, -0) and return {address: value text}."""
     out = subprocess.run(
         ["mbpoll", "-m", "tcp", "-p", str(plant.port), "-0", "-1", "-o", "2", *args, plant.host],
-        capture_output=True, text=True, timeout=15, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
     values = dict(re.findall(r"^\[(\d+)\]:\s+(\S+)", out.stdout, re.MULTILINE))
     if not values:
         raise AssertionError(f"mbpoll read nothing: {out.stdout}\n{out.stderr}")
@@ -53,8 +56,9 @@ def test_mbpoll_reads_floats_and_the_flow_meter(plant: RunningPlant) -> None:
     assert 20.0 <= flow <= 150.0
     meter = float(mbpoll(plant, "-a", "2", "-r", "0", "-t", "3:float", "-B")[0])
     assert meter >= flow - 0.5
-    bench = float(mbpoll(plant, "-a", "1", "-r", str(BENCH_BASE + 2 * 7), "-t", "3:float",
-                         "-B")[BENCH_BASE + 14])  # fmt: skip
+    bench = float(
+        mbpoll(plant, "-a", "1", "-r", str(BENCH_BASE + 2 * 7), "-t", "3:float", "-B")[BENCH_BASE + 14]
+    )
     assert (bench - 3.5) % 1 == 0
     assert 3.5 <= bench < 103.5
 
@@ -62,9 +66,12 @@ def test_mbpoll_reads_floats_and_the_flow_meter(plant: RunningPlant) -> None:
 @needs_mbpoll
 def test_mbpoll_sees_exceptions(plant: RunningPlant) -> None:
     out = subprocess.run(
-        ["mbpoll", "-m", "tcp", "-p", str(plant.port), "-0", "-1", "-a", "1", "-r", "60",
-         plant.host], capture_output=True, text=True, timeout=15, check=False,
-    )  # fmt: skip
+        ["mbpoll", "-m", "tcp", "-p", str(plant.port), "-0", "-1", "-a", "1", "-r", "60", plant.host],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
     assert "Illegal data address" in out.stdout + out.stderr
 
 
@@ -116,8 +123,8 @@ def test_register_image_matches_the_encoding() -> None:
 
 
 def test_bench_agent_config_is_valid_toml_for_the_driver() -> None:
-    from drivers.modbus.config import ModbusTcpConfig
-    from drivers.modbus.plan import plan_requests
+    from water_edge.drivers.modbus.config import ModbusTcpConfig
+    from water_edge.drivers.modbus.plan import plan_requests
 
     doc = tomllib.loads(agent_config_toml(500, "127.0.0.1", 5020))
     cfg = ModbusTcpConfig.model_validate(doc["devices"][0])
@@ -127,8 +134,13 @@ def test_bench_agent_config_is_valid_toml_for_the_driver() -> None:
 
 
 def test_cli_list_and_clean_exit(tmp_path: object) -> None:
-    out = subprocess.run([sys.executable, "-m", "fwsim.cli", "list"], capture_output=True,
-                         text=True, timeout=30, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "water_edge.sim.cli", "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     assert "pump1.flow" in out.stdout
     assert "meter.total_litres" in out.stdout
     p = start_plant()

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from fwsim.faults import Ramp
-from fwsim.pumpstation import M_TO_BAR, PumpParams, PumpStation, StationState
-from fwsim.registers import POINTS, WRITABLE_BASE, Plant, apply_write
+from water_edge.sim.faults import Ramp
+from water_edge.sim.pumpstation import M_TO_BAR, PumpParams, PumpStation, StationState
+from water_edge.sim.registers import POINTS, WRITABLE_BASE, Plant, apply_write
 
 MINUTES_10 = 600
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from fwsim.faults import CommFaults
-from fwsim.pumpstation import PumpStation
-from fwsim.scenario import ScenarioError, load_scenario, parse_duration
 from tests.support.plant import running_plant
+from water_edge.sim.faults import CommFaults
+from water_edge.sim.pumpstation import PumpStation
+from water_edge.sim.scenario import ScenarioError, load_scenario, parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = sorted((ROOT / "deploy" / "scenarios").glob("*.toml"))
@@ -28,13 +28,25 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "firmw
 
 
 def edge_sim(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fwsim.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False, env=ENV)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "water_edge.sim.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=ENV,
+    )
 
 
 def test_durations() -> None:
     assert [parse_duration(v) for v in ("90s", "10m", "1.5h", "300ms", 12, "2d")] == [
-        90, 600, 5400, 0.3, 12, 172800]  # fmt: skip
+        90,
+        600,
+        5400,
+        0.3,
+        12,
+        172800,
+    ]
     with pytest.raises(ValueError, match="duration"):
         parse_duration("soon")
 
@@ -91,9 +103,25 @@ def test_run_with_scenario_goes_silent_over_tcp(tmp_path: Path) -> None:
     scen = tmp_path / "quiet.toml"
     scen.write_text('[scenario]\nspeed = 20\n\n[[events]]\nat = "20s"\ncomm = "silence"\nduration = "1h"\n')
     endpoints = tmp_path / "endpoints.json"
-    proc = subprocess.Popen([sys.executable, "-m", "fwsim.cli", "run", "--port", "0", "--components", "none",
-                             "--scenario", str(scen), "--endpoints-file", str(endpoints)],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "water_edge.sim.cli",
+            "run",
+            "--port",
+            "0",
+            "--components",
+            "none",
+            "--scenario",
+            str(scen),
+            "--endpoints-file",
+            str(endpoints),
+        ],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 15
         while not endpoints.exists() and time.monotonic() < deadline:
@@ -121,22 +149,39 @@ def test_mbpoll_reads_and_writes_over_rtu(tmp_path: Path) -> None:
         base = ["mbpoll", "-m", "rtu", "-b", str(rtu["baudrate"]), "-P", "none", "-0", "-1", "-o", "1"]
 
         def poll(*args: str) -> str:
-            return subprocess.run([*base, *args, str(rtu["path"])], capture_output=True, text=True,
-                                  timeout=15, check=False).stdout  # fmt: skip
+            return subprocess.run(
+                [*base, *args, str(rtu["path"])], capture_output=True, text=True, timeout=15, check=False
+            ).stdout
 
         assert re.search(r"^\[8\]:\s+2$", poll("-a", "1", "-r", "8"), re.M)  # map version
         meter = re.search(r"^\[0\]:\s+(\S+)", poll("-a", "2", "-t", "3:float", "-B", "-r", "0"), re.M)
         assert meter is not None
         assert 10 < float(meter.group(1)) < 400
-        subprocess.run([*base, "-a", "1", "-r", "500", str(rtu["path"]), "321"], capture_output=True,
-                       timeout=15, check=True)  # fmt: skip
+        subprocess.run(
+            [*base, "-a", "1", "-r", "500", str(rtu["path"]), "321"],
+            capture_output=True,
+            timeout=15,
+            check=True,
+        )
         assert re.search(r"^\[500\]:\s+321$", poll("-a", "1", "-r", "500"), re.M)
         assert not re.search(r"^\[8\]:", poll("-a", "7", "-r", "8"), re.M)  # absent unit: silent
 
 
 def test_dataset_pump_writes_labelled_csvs(tmp_path: Path) -> None:
-    out = edge_sim("dataset", "pump", "--out", str(tmp_path), "--seed", "4", "--hours", "0.1",
-                   "--fault", "bearing_wear", "--fault", "sensor_dropout")  # fmt: skip
+    out = edge_sim(
+        "dataset",
+        "pump",
+        "--out",
+        str(tmp_path),
+        "--seed",
+        "4",
+        "--hours",
+        "0.1",
+        "--fault",
+        "bearing_wear",
+        "--fault",
+        "sensor_dropout",
+    )
     assert out.returncode == 0, out.stderr
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert [r["label"] for r in manifest["runs"]] == ["normal", "bearing_wear", "sensor_dropout"]

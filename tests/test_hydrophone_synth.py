@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from fwsim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
+from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
 
 def _leak_only(

@@ -20,11 +20,22 @@ pytestmark = pytest.mark.skipif(
 def install(root: Path) -> subprocess.CompletedProcess[str]:
     # Offline and without dependencies: the test checks the layout, not PyPI.
     return subprocess.run(
-        [str(ROOT / "deploy" / "install.sh"), "--root", str(root), "--python", str(SYSTEM_PYTHON),
-         "--venv-args", "--system-site-packages",
-         "--pip-args", "--no-deps --no-build-isolation --no-index"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        [
+            str(ROOT / "deploy" / "install.sh"),
+            "--root",
+            str(root),
+            "--python",
+            str(SYSTEM_PYTHON),
+            "--venv-args",
+            "--system-site-packages",
+            "--pip-args",
+            "--no-deps --no-build-isolation --no-index",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -> None:
@@ -43,10 +54,27 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
     assert "u edge-agent" in sysusers
     assert "m edge-agent dialout" in sysusers
     checked = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import agent, buffer, drivers; print(agent.__file__)"],
-        capture_output=True, text=True, check=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import water_edge.agent, water_edge.buffer, water_edge.drivers; "
+            "print(water_edge.agent.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
     assert str(venv) in checked.stdout, "the venv runs its own copy, not the source tree"
+    # The production install is the product alone, under its namespace: no simulator, no training
+    # code, no generic top-level names.
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    assert (site / "water_edge" / "agent").is_dir()
+    for absent in ("agent", "drivers", "buffer", "models", "provisioning", "core", "fwsim"):
+        assert not (site / absent).exists(), absent
+    assert not (site / "water_edge" / "sim").exists()
+    assert not (site / "water_edge" / "models" / "train").exists()
+    assert not (venv / "bin" / "edge-sim").exists()
 
     config.write_text("# edited on site\n")
     again = install(root)
@@ -58,7 +86,9 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
 def test_install_refuses_a_source_that_is_not_the_project(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(ROOT / "deploy" / "install.sh"), "--root", str(tmp_path / "r"), "--source", str(tmp_path)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode != 0
     assert "not a water-edge-agent source tree" in result.stderr

@@ -11,12 +11,17 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from fwsim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
+from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", "models", *args],
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "water_edge.agent.cli", "models", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +75,14 @@ def test_score_leak_prints_one_json_line_per_file_and_says_what_it_did(wavs: dic
 def test_a_bad_file_is_one_line_on_stderr_exit_2_and_the_others_are_still_scored(
     wavs: dict[str, Path],
 ) -> None:
-    res = cli("score", "leak", str(wavs["bad"]), str(wavs["leak16k2ch"]), str(wavs["short"]),
-              str(wavs["bad"].with_name("missing.wav")))  # fmt: skip
+    res = cli(
+        "score",
+        "leak",
+        str(wavs["bad"]),
+        str(wavs["leak16k2ch"]),
+        str(wavs["short"]),
+        str(wavs["bad"].with_name("missing.wav")),
+    )
     assert res.returncode == 2
     assert [json.loads(line)["file"] for line in res.stdout.splitlines()] == [str(wavs["leak16k2ch"])]
     # (LiteRT's C++ runtime may add its own "INFO: Created ... delegate" line to stderr)
@@ -85,8 +96,15 @@ def test_a_bad_file_is_one_line_on_stderr_exit_2_and_the_others_are_still_scored
 
 def test_locate_a_two_channel_wav_and_two_mono_wavs(wavs: dict[str, Path]) -> None:
     one = cli("locate", str(wavs["pair"]), "--distance", "120", "--material", "steel")
-    two = cli("locate", str(wavs["A"]), str(wavs["B"]), "--distance", "120", "--wave-speed",
-              str(PipeScene("steel", 150.0, 120.0, 45.0, 1.0, 8.0, ()).wave_speed))  # fmt: skip
+    two = cli(
+        "locate",
+        str(wavs["A"]),
+        str(wavs["B"]),
+        "--distance",
+        "120",
+        "--wave-speed",
+        str(PipeScene("steel", 150.0, 120.0, 45.0, 1.0, 8.0, ()).wave_speed),
+    )
     for res in (one, two):
         assert res.returncode == 0, res.stderr
         body = json.loads(res.stdout)

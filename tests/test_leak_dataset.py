@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from scipy.io import wavfile
 
-from fwsim import dataset_leak
+from water_edge.sim import dataset_leak
 
 
 def _make(out: Path, seed: int, clips: int = 8) -> int:

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from agent.model import Event
-from fwsim.dataset_leak import plan
-from fwsim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
-from models.leak.detector import Hysteresis, LeakProcessor, LeakScorer, NightNoise
-from models.train.leak_data import render_table
-from models.train.leak_eval import detection_report
+from water_edge.core.reading import Event
+from water_edge.models.leak.detector import Hysteresis, LeakProcessor, LeakScorer, NightNoise
+from water_edge.models.train.leak_data import render_table
+from water_edge.models.train.leak_eval import detection_report
+from water_edge.sim.dataset_leak import plan
+from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
 
 @pytest.fixture(scope="module")

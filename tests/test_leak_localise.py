@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fwsim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
-from models.leak import pipes
-from models.leak.localise import locate
+from water_edge.models.leak import pipes
+from water_edge.models.leak.localise import locate
+from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
 
 def test_korteweg_wave_speeds_fall_in_the_documented_ranges() -> None:

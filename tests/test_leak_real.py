@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from models.leak.detector import LeakScorer
-from models.train.leak_eval import REAL_DIR, REAL_FILES, real_report
+from water_edge.models.leak.detector import LeakScorer
+from water_edge.models.train.leak_eval import REAL_DIR, REAL_FILES, real_report
 
 pytestmark = pytest.mark.skipif(not REAL_DIR.is_dir(), reason=f"real recordings not present at {REAL_DIR}")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from water_edge.agent.cli import main
 
 VECTOR = Path(__file__).parent / "data" / "mbus" / "mbus_doc_example_pad_water.hex"
 

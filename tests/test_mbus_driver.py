@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from agent.config import load_config
-from agent.errors import DriverIOError
-from agent.model import Reading
-from drivers.mbus.config import MbusConfig
-from drivers.mbus.driver import MbusDriver
-from drivers.mbus.link import MbusMaster
-from fwsim.component import SimContext
-from fwsim.mbus_bus import MbusBus, MbusComponent
-from fwsim.mbus_meter import STATUS_PERMANENT_ERROR, STATUS_POWER_LOW
-from fwsim.pumpstation import PumpStation
+from water_edge.agent.config import load_config
+from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import Reading
+from water_edge.drivers.mbus.config import MbusConfig
+from water_edge.drivers.mbus.driver import MbusDriver
+from water_edge.drivers.mbus.link import MbusMaster
+from water_edge.sim.component import SimContext
+from water_edge.sim.mbus_bus import MbusBus, MbusComponent
+from water_edge.sim.mbus_meter import STATUS_PERMANENT_ERROR, STATUS_POWER_LOW
+from water_edge.sim.pumpstation import PumpStation
 
 SAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "samples" / "mbus.toml"
 
@@ -26,8 +26,9 @@ SAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "samples" / "mbus.toml
 async def bus(tmp_path: Path) -> AsyncIterator[MbusBus]:
     station = PumpStation(7)
     station.step(100)
-    ctx = SimContext(station=station, points=[], seed=7, host="127.0.0.1", workdir=tmp_path,
-                     options={"baudrate": 9600})  # fmt: skip
+    ctx = SimContext(
+        station=station, points=[], seed=7, host="127.0.0.1", workdir=tmp_path, options={"baudrate": 9600}
+    )
     component = MbusComponent()
     await component.start(ctx)
     assert component.bus is not None
@@ -37,8 +38,14 @@ async def bus(tmp_path: Path) -> AsyncIterator[MbusBus]:
 
 def config(bus: MbusBus, meters: list[dict[str, Any]], **extra: Any) -> MbusConfig:
     return MbusConfig.model_validate(
-        {"name": "meters", "kind": "mbus", "port": bus.path, "baudrate": bus.baudrate,
-         "meters": meters, **extra}
+        {
+            "name": "meters",
+            "kind": "mbus",
+            "port": bus.path,
+            "baudrate": bus.baudrate,
+            "meters": meters,
+            **extra,
+        }
     )
 
 
@@ -151,14 +158,28 @@ async def test_secondary_wildcard_scan_finds_every_meter(bus: MbusBus) -> None:
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exactly one of 'address'"):
-        MbusConfig.model_validate({"name": "x", "kind": "mbus", "port": "/dev/ttyUSB0",
-                                   "meters": [{"name": "m"}]})  # fmt: skip
+        MbusConfig.model_validate(
+            {"name": "x", "kind": "mbus", "port": "/dev/ttyUSB0", "meters": [{"name": "m"}]}
+        )
     with pytest.raises(ValueError, match="share primary address 5"):
-        MbusConfig.model_validate({"name": "x", "kind": "mbus", "port": "/dev/ttyUSB0", "meters": [
-            {"name": "a", "address": 5}, {"name": "b", "address": 5}]})  # fmt: skip
+        MbusConfig.model_validate(
+            {
+                "name": "x",
+                "kind": "mbus",
+                "port": "/dev/ttyUSB0",
+                "meters": [{"name": "a", "address": 5}, {"name": "b", "address": 5}],
+            }
+        )
     with pytest.raises(ValueError, match="baudrate"):
-        MbusConfig.model_validate({"name": "x", "kind": "mbus", "port": "p", "baudrate": 4800,
-                                   "meters": [{"name": "a", "address": 1}]})  # fmt: skip
+        MbusConfig.model_validate(
+            {
+                "name": "x",
+                "kind": "mbus",
+                "port": "p",
+                "baudrate": 4800,
+                "meters": [{"name": "a", "address": 1}],
+            }
+        )
 
 
 def test_sample_config_loads() -> None:

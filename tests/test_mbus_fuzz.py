@@ -7,8 +7,8 @@ import contextlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.mbus.frame import MbusDecodeError
-from drivers.mbus.telegram import decode_frame, decode_user_data
+from water_edge.drivers.mbus.frame import MbusDecodeError
+from water_edge.drivers.mbus.telegram import decode_frame, decode_user_data
 
 
 def _frame(body: bytes) -> bytes:
@@ -36,8 +36,12 @@ def test_arbitrary_user_data_in_a_valid_frame(ci: int, data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=1000)
-@given(st.lists(st.sampled_from([0x04, 0x84, 0x0D, 0x2F, 0xFD, 0xFB, 0xFC, 0x7F, 0x13, 0x6D, 0xC4, 0x80]),
-                max_size=120))
+@given(
+    st.lists(
+        st.sampled_from([0x04, 0x84, 0x0D, 0x2F, 0xFD, 0xFB, 0xFC, 0x7F, 0x13, 0x6D, 0xC4, 0x80]),
+        max_size=120,
+    )
+)
 def test_structure_bytes_dense_user_data(parts: list[int]) -> None:
     # Bytes that open DIFE/VIFE chains, LVARs and plain text are the likeliest to trip a parser.
     with contextlib.suppress(MbusDecodeError):

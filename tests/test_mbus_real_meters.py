@@ -13,27 +13,49 @@ from typing import Any
 
 import pytest
 
-from drivers.mbus.frame import parse_hex
-from drivers.mbus.telegram import decode_frame
+from water_edge.drivers.mbus.frame import parse_hex
+from water_edge.drivers.mbus.telegram import decode_frame
 
 DATA = Path(__file__).parent / "data" / "mbus" / "libmbus"
 FRAMES = sorted(p.stem for p in DATA.glob("*.hex"))
 
-FUNCTIONS = {"Instantaneous value": "instantaneous", "Maximum value": "maximum",
-             "Minimum value": "minimum", "Value during error state": "error"}
+FUNCTIONS = {
+    "Instantaneous value": "instantaneous",
+    "Maximum value": "maximum",
+    "Minimum value": "minimum",
+    "Value during error state": "error",
+}
 QUANTITIES = {
-    "Volume": "volume", "Energy": "energy", "Volume flow": "volume_flow", "Power": "power",
-    "Flow temperature": "flow_temperature", "Return temperature": "return_temperature",
-    "Temperature difference": "temperature_difference", "On time": "on_time",
-    "Fabrication No": "fabrication_no", "Error flags": "error_flags",
-    "Time point (date & time)": "date_time", "Time point (date)": "date",
+    "Volume": "volume",
+    "Energy": "energy",
+    "Volume flow": "volume_flow",
+    "Power": "power",
+    "Flow temperature": "flow_temperature",
+    "Return temperature": "return_temperature",
+    "Temperature difference": "temperature_difference",
+    "On time": "on_time",
+    "Fabrication No": "fabrication_no",
+    "Error flags": "error_flags",
+    "Time point (date & time)": "date_time",
+    "Time point (date)": "date",
     "Customer location": "customer_location",
 }
 # (our unit, libmbus unit) -> factor taking our value to libmbus's
 FACTORS = {
-    ("m3", "m^3"): 1.0, ("m3/h", "m^3/h"): 1.0, ("Wh", "Wh"): 1.0, ("kWh", "Wh"): 1e3,
-    ("MWh", "Wh"): 1e6, ("W", "W"): 1.0, ("kW", "W"): 1e3, ("degC", "°C"): 1.0, ("K", "K"): 1.0,
-    ("s", "s"): 1.0, ("min", "s"): 60.0, ("h", "s"): 3600.0, ("d", "s"): 86400.0, ("", ""): 1.0,
+    ("m3", "m^3"): 1.0,
+    ("m3/h", "m^3/h"): 1.0,
+    ("Wh", "Wh"): 1.0,
+    ("kWh", "Wh"): 1e3,
+    ("MWh", "Wh"): 1e6,
+    ("W", "W"): 1.0,
+    ("kW", "W"): 1e3,
+    ("degC", "°C"): 1.0,
+    ("K", "K"): 1.0,
+    ("s", "s"): 1.0,
+    ("min", "s"): 60.0,
+    ("h", "s"): 3600.0,
+    ("d", "s"): 86400.0,
+    ("", ""): 1.0,
 }
 MEDIA = {"Water": "water", "Warm water (30-90°C)": "warm water", "Heat: Outlet": "heat (outlet)"}
 

@@ -11,18 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from drivers.mbus.telegram import decode_frame
-from fwsim.component import SimContext
-from fwsim.mbus_bus import MbusBus, MbusComponent
-from fwsim.pumpstation import PumpStation
+from water_edge.drivers.mbus.telegram import decode_frame
+from water_edge.sim.component import SimContext
+from water_edge.sim.mbus_bus import MbusBus, MbusComponent
+from water_edge.sim.pumpstation import PumpStation
 
 
 @pytest.fixture
 async def bus(tmp_path: Path) -> AsyncIterator[MbusBus]:
     station = PumpStation(3)
     station.step(50)
-    ctx = SimContext(station=station, points=[], seed=3, host="127.0.0.1", workdir=tmp_path,
-                     options={"baudrate": 9600})  # fmt: skip
+    ctx = SimContext(
+        station=station, points=[], seed=3, host="127.0.0.1", workdir=tmp_path, options={"baudrate": 9600}
+    )
     component = MbusComponent()
     await component.start(ctx)
     assert component.bus is not None
@@ -141,7 +142,7 @@ async def test_secondary_selection_with_wildcards_and_collision(bus: MbusBus) ->
     assert picked.header is not None
     assert picked.header.id == ident
     assert garbage
-    assert (sum(garbage[4:-2]) % 256 != garbage[-2] or garbage[1] != garbage[2])
+    assert sum(garbage[4:-2]) % 256 != garbage[-2] or garbage[1] != garbage[2]
 
 
 async def test_injected_faults_break_the_frame_as_announced(bus: MbusBus) -> None:

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from drivers.mbus.frame import MbusDecodeError, MbusFrameError, parse_frame, parse_hex
-from drivers.mbus.telegram import Record, Telegram, decode_frame, decode_user_data, manufacturer_code
+from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError, parse_frame, parse_hex
+from water_edge.drivers.mbus.telegram import (
+    Record,
+    Telegram,
+    decode_frame,
+    decode_user_data,
+    manufacturer_code,
+)
 
 DATA = Path(__file__).parent / "data" / "mbus"
 
@@ -100,14 +106,14 @@ def test_manufacturer_code_packing() -> None:
 def test_data_field_types() -> None:
     real = struct.pack("<f", 12.5).hex()
     recs = records(
-        "01 13 FE"          # int8 -2 l
+        "01 13 FE"  # int8 -2 l
         " 07 13 0100000000000080"  # int64 most negative
-        f" 05 13 {real}"    # real32 12.5 l
-        " 09 13 42"         # BCD2 42 l
+        f" 05 13 {real}"  # real32 12.5 l
+        " 09 13 42"  # BCD2 42 l
         " 0E 13 563412000000"  # BCD12 123456 l
-        " 0C 13 010000F0"   # BCD8 negative: F in the top nibble
-        " 0A 13 1A00"       # BCD with A-F digits: invalid
-    )  # fmt: skip
+        " 0C 13 010000F0"  # BCD8 negative: F in the top nibble
+        " 0A 13 1A00"  # BCD with A-F digits: invalid
+    )
     values = [r.value for r in recs]
     assert values[0] == pytest.approx(-0.002)
     assert values[1] == pytest.approx(-(2**63) / 1000 + 0.001)
@@ -155,17 +161,17 @@ def test_date_time_types_invalid_bit_and_summer_time() -> None:
 
 def test_units_normalised_and_extension_tables() -> None:
     recs = records(
-        "02 5A 7B00"    # flow temperature 0.1 degC: 12.3
-        " 02 61 3200"   # temperature difference 0.01 K: 0.5
-        " 02 69 2C01"   # pressure 0.01 bar: 3.0
-        " 02 43 0A00"   # volume flow 1e-4 m3/min = 10 * 6e-3 m3/h
-        " 02 2B E803"   # power W: 1000
+        "02 5A 7B00"  # flow temperature 0.1 degC: 12.3
+        " 02 61 3200"  # temperature difference 0.01 K: 0.5
+        " 02 69 2C01"  # pressure 0.01 bar: 3.0
+        " 02 43 0A00"  # volume flow 1e-4 m3/min = 10 * 6e-3 m3/h
+        " 02 2B E803"  # power W: 1000
         " 02 FB 11 0200"  # FB: volume 1e3 m3
         " 02 FD 48 E600"  # FD: volts 1e-1: 23.0 V
         " 02 FD 59 0F00"  # FD: amperes 1e-3: 0.015 A
         " 01 FD 17 05"  # FD: error flags
         " 01 FD 1C 60"  # FD: baud rate code
-    )  # fmt: skip
+    )
     got = [(r.quantity, r.unit) for r in recs]
     assert got[:8] == [
         ("flow_temperature", "degC"), ("temperature_difference", "K"), ("pressure", "bar"),
@@ -178,12 +184,12 @@ def test_units_normalised_and_extension_tables() -> None:
 
 def test_vife_per_time_correction_error_and_unknown() -> None:
     recs = records(
-        "02 93 22 0500"   # volume per hour (VIFE 22)
+        "02 93 22 0500"  # volume per hour (VIFE 22)
         " 02 93 7A 0500"  # volume + additive correction 1e-1 * unit of VIF
         " 02 93 15 0000"  # record error: no data available
         " 02 93 3D 0100"  # reserved VIFE: kept raw, quantity unknown
         " 02 93 3B 0700"  # accumulation only if positive contributions
-    )  # fmt: skip
+    )
     assert recs[0].unit == "m3/h"
     assert "per hour" in recs[0].modifiers
     assert recs[1].value == pytest.approx(0.005 + 0.1 * 0.001)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.modbus.codec import (
+from water_edge.drivers.modbus.codec import (
     NOT_A_NUMBER,
     SHORT_RESPONSE,
     Bad,
@@ -18,7 +18,7 @@ from drivers.modbus.codec import (
     decode_bits,
     decode_registers,
 )
-from drivers.modbus.config import ModbusTag
+from water_edge.drivers.modbus.config import ModbusTag
 
 
 def tag(**kw: object) -> ModbusTag:
@@ -125,8 +125,9 @@ def test_scaling_into_infinity_is_bad() -> None:
 
 
 def test_short_response_is_bad_for_every_tag() -> None:
-    layout = BlockLayout.build(4, [(0, compile_tag(tag(type="float32"))),
-                                   (2, compile_tag(tag(type="float32")))])  # fmt: skip
+    layout = BlockLayout.build(
+        4, [(0, compile_tag(tag(type="float32"))), (2, compile_tag(tag(type="float32")))]
+    )
     assert decode_registers(layout, [1, 2, 3]) == [SHORT_RESPONSE, SHORT_RESPONSE]
 
 
@@ -151,8 +152,12 @@ def layouts(draw: st.DrawFn) -> BlockLayout:
             extra["length"] = draw(st.integers(1, 8))
         if kind not in ("bit", "string"):
             extra["scale"] = draw(st.floats(allow_nan=False, allow_infinity=False, width=32))
-        t = tag(type=kind, byte_order=draw(st.sampled_from(["big", "little"])),
-                word_order=draw(st.sampled_from(["big", "little"])), **extra)  # fmt: skip
+        t = tag(
+            type=kind,
+            byte_order=draw(st.sampled_from(["big", "little"])),
+            word_order=draw(st.sampled_from(["big", "little"])),
+            **extra,
+        )
         fields.append((draw(st.integers(0, 10)), compile_tag(t)))
     count = max(off + 8 for off, _ in fields)
     return BlockLayout.build(count, fields)
@@ -170,8 +175,7 @@ def test_arbitrary_registers_never_crash(layout: BlockLayout, registers: list[in
 
 @given(layouts(), st.data())
 def test_valid_registers_always_decode(layout: BlockLayout, data: st.DataObject) -> None:
-    registers = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=layout.count,
-                                   max_size=layout.count))  # fmt: skip
+    registers = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=layout.count, max_size=layout.count))
     for value in decode_registers(layout, registers):
         assert value is not SHORT_RESPONSE
         assert not isinstance(value, Bad) or value == NOT_A_NUMBER

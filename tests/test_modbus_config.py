@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from drivers.modbus.config import ModbusTcpConfig
+from water_edge.drivers.modbus.config import ModbusTcpConfig
 
 
 def config(*tags: dict[str, Any], **device: Any) -> ModbusTcpConfig:
@@ -27,8 +27,12 @@ def test_a_good_config_and_its_defaults() -> None:
     assert (cfg.max_registers_per_request, cfg.max_bits_per_request, cfg.max_gap) == (125, 2000, 8)
     tag = cfg.tags[0]
     assert (tag.table, tag.byte_order, tag.word_order, tag.scale, tag.offset) == (
-        "holding", "big", "big", 1.0, 0.0,
-    )  # fmt: skip
+        "holding",
+        "big",
+        "big",
+        1.0,
+        0.0,
+    )
     assert cfg.unit_of(tag) == 1
 
 
@@ -88,8 +92,7 @@ def test_bad_enumerations() -> None:
 def test_request_limits() -> None:
     assert "less than or equal to 125" in error_of({"name": "a", "address": 0}, max_registers_per_request=126)
     assert "less than or equal to 2000" in error_of({"name": "a", "address": 0}, max_bits_per_request=2001)
-    msg = error_of({"name": "s", "address": 0, "type": "string", "length": 20},
-                   max_registers_per_request=10)  # fmt: skip
+    msg = error_of({"name": "s", "address": 0, "type": "string", "length": 20}, max_registers_per_request=10)
     assert "'s'" in msg
     assert "do not fit in one request" in msg
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from agent.errors import DriverIOError
-from drivers.modbus.config import ModbusTcpConfig
-from drivers.modbus.tcp import ModbusTcpDriver
 from tests.support.plant import running_plant
+from water_edge.core.errors import DriverIOError
+from water_edge.drivers.modbus.config import ModbusTcpConfig
+from water_edge.drivers.modbus.tcp import ModbusTcpDriver
 
 
 async def test_garbage_answers_become_bad_readings_then_reads_recover(tmp_path: Path) -> None:

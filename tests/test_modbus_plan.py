@@ -9,18 +9,18 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.modbus.config import ModbusTag
-from drivers.modbus.plan import ReadRequest, plan
+from water_edge.drivers.modbus.config import ModbusTag
+from water_edge.drivers.modbus.plan import ReadRequest, plan
 
 
 def mk(i: int, **kw: Any) -> ModbusTag:
     return ModbusTag.model_validate({"name": f"t{i}", **kw})
 
 
-def run(tags: list[ModbusTag], max_registers: int = 125, max_bits: int = 2000,
-        max_gap: int = 8) -> list[ReadRequest]:  # fmt: skip
-    return plan(tags, default_unit=1, max_registers=max_registers, max_bits=max_bits,
-                max_gap=max_gap)  # fmt: skip
+def run(
+    tags: list[ModbusTag], max_registers: int = 125, max_bits: int = 2000, max_gap: int = 8
+) -> list[ReadRequest]:
+    return plan(tags, default_unit=1, max_registers=max_registers, max_bits=max_bits, max_gap=max_gap)
 
 
 def test_contiguous_float32_tags_need_the_minimum() -> None:
@@ -62,8 +62,11 @@ def test_bits_use_the_bit_limit() -> None:
 
 
 def test_overlapping_tags_share_a_request() -> None:
-    tags = [mk(0, address=16, type="uint16"), mk(1, address=16, type="bit", bit=0),
-            mk(2, address=16, type="bit", bit=1)]  # fmt: skip
+    tags = [
+        mk(0, address=16, type="uint16"),
+        mk(1, address=16, type="bit", bit=0),
+        mk(2, address=16, type="bit", bit=1),
+    ]
     (request,) = run(tags)
     assert (request.start, request.count) == (16, 1)
     assert [off for _, off in request.tags] == [0, 0, 0]

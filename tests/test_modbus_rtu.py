@@ -15,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.errors import DeviceError, DriverIOError
-from drivers.modbus.config import ModbusRtuConfig
-from drivers.modbus.rtu import ModbusRtuDriver
-from fwsim.faults import CommFault, CommFaults
-from fwsim.pumpstation import PumpStation
-from fwsim.registers import WRITABLE_BASE, Plant, apply_write
-from fwsim.rtu import RtuComponent, crc16, frame, handle_pdu
+from water_edge.core.errors import DeviceError, DriverIOError
+from water_edge.drivers.modbus.config import ModbusRtuConfig
+from water_edge.drivers.modbus.rtu import ModbusRtuDriver
+from water_edge.sim.faults import CommFault, CommFaults
+from water_edge.sim.pumpstation import PumpStation
+from water_edge.sim.registers import WRITABLE_BASE, Plant, apply_write
+from water_edge.sim.rtu import RtuComponent, crc16, frame, handle_pdu
 
 
 class Line:

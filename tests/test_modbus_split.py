@@ -10,14 +10,21 @@ from collections.abc import Iterator
 
 import pytest
 
-from drivers.modbus.config import ModbusTcpConfig
-from drivers.modbus.plan import plan_requests, split_at_gaps
-from drivers.modbus.tcp import ModbusTcpDriver
 from tests.support.plant import Plant, running_plant
+from water_edge.drivers.modbus.config import ModbusTcpConfig
+from water_edge.drivers.modbus.plan import plan_requests, split_at_gaps
+from water_edge.drivers.modbus.tcp import ModbusTcpDriver
 
 # Coils 0-3 and 10-12 exist in the sim; 4-9 do not. The planner joins them (gap 6 < 8*16 bits).
-COILS = {"pump1.run_command": 0, "pump2.run_command": 1, "pump3.run_command": 2,
-         "station.auto_mode": 3, "pump1.enable": 10, "pump2.enable": 11, "pump3.enable": 12}
+COILS = {
+    "pump1.run_command": 0,
+    "pump2.run_command": 1,
+    "pump3.run_command": 2,
+    "station.auto_mode": 3,
+    "pump1.enable": 10,
+    "pump2.enable": 11,
+    "pump3.enable": 12,
+}
 
 
 def config(port: int) -> ModbusTcpConfig:
@@ -59,6 +66,8 @@ async def test_refused_coalesced_read_is_split_and_every_tag_read(plant: Plant) 
         assert all(isinstance(readings[tag].value, bool) for tag in COILS)
     # the split is remembered: the second poll sends gap-free requests only
     assert [(r.table, r.start, r.count) for r in driver.requests] == [
-        ("coil", 0, 4), ("coil", 10, 3), ("holding", 20, 2)
+        ("coil", 0, 4),
+        ("coil", 10, 3),
+        ("holding", 20, 2),
     ]
     assert driver.health()["exceptions"] == 1

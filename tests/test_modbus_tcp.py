@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from agent.errors import DriverIOError
-from agent.model import Reading
-from drivers.modbus.config import ModbusTcpConfig
-from drivers.modbus.tcp import ModbusTcpDriver
-from drivers.registry import load
 from tests.support.plant import Plant, free_port, running_plant, start_plant
+from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import Reading
+from water_edge.drivers.modbus.config import ModbusTcpConfig
+from water_edge.drivers.modbus.tcp import ModbusTcpDriver
+from water_edge.drivers.registry import load
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +51,15 @@ STATION_TAGS: list[dict[str, Any]] = [
 
 
 def driver_for(plant: Plant, tags: list[dict[str, Any]] = STATION_TAGS, **kw: Any) -> ModbusTcpDriver:
-    cfg = {"name": "ps", "kind": "modbus_tcp", "host": plant.host, "port": plant.port,
-           "timeout_ms": 500, "tags": tags, **kw}  # fmt: skip
+    cfg = {
+        "name": "ps",
+        "kind": "modbus_tcp",
+        "host": plant.host,
+        "port": plant.port,
+        "timeout_ms": 500,
+        "tags": tags,
+        **kw,
+    }
     return ModbusTcpDriver.from_config(ModbusTcpConfig.model_validate(cfg))
 
 
@@ -85,8 +92,9 @@ async def test_values_in_documented_ranges_and_changing(plant: Plant) -> None:
         second = by_tag(await driver.read())
     finally:
         await driver.aclose()
-    assert all(r.quality == "good" for r in first.values()), [r for r in first.values()
-                                                              if r.quality != "good"]  # fmt: skip
+    assert all(r.quality == "good" for r in first.values()), [
+        r for r in first.values() if r.quality != "good"
+    ]
     v = {k: r.value for k, r in second.items()}
     assert v["station_name"] == "PS-NORTH"
     assert v["meter_serial"] == "FM-00042"
@@ -121,8 +129,7 @@ async def test_values_in_documented_ranges_and_changing(plant: Plant) -> None:
 
 
 async def test_unmapped_address_is_exception_2_and_others_stay_good(plant: Plant) -> None:
-    tags = [*STATION_TAGS[:3], {"name": "hole", "address": 60},
-            {"name": "ghost", "unit_id": 9, "address": 0}]  # fmt: skip
+    tags = [*STATION_TAGS[:3], {"name": "hole", "address": 60}, {"name": "ghost", "unit_id": 9, "address": 0}]
     driver = driver_for(plant, tags)
     await driver.open()
     try:
@@ -138,8 +145,14 @@ async def test_unmapped_address_is_exception_2_and_others_stay_good(plant: Plant
 
 
 async def test_closed_port_raises_from_open() -> None:
-    cfg = {"name": "nobody", "kind": "modbus_tcp", "host": "127.0.0.1", "port": free_port(),
-           "timeout_ms": 500, "tags": [{"name": "a", "address": 0}]}  # fmt: skip
+    cfg = {
+        "name": "nobody",
+        "kind": "modbus_tcp",
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "timeout_ms": 500,
+        "tags": [{"name": "a", "address": 0}],
+    }
     driver = ModbusTcpDriver.from_config(cfg)
     with pytest.raises(DriverIOError, match="cannot connect"):
         await driver.open()

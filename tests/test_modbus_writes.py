@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.errors import DeviceError
-from drivers.modbus.tcp import ModbusTcpDriver
-from drivers.modbus.writes import check_write
 from tests.support.plant import Plant, running_plant
+from water_edge.core.errors import DeviceError
+from water_edge.drivers.modbus.tcp import ModbusTcpDriver
+from water_edge.drivers.modbus.writes import check_write
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +55,15 @@ def test_only_write_function_codes_5_6_15_16(table: str, values: list[int], fc: 
 
 @pytest.mark.parametrize(
     ("table", "address", "values", "match"),
-    [("input", 0, [1], "holding"), ("holding", 0, [], "nothing"), ("holding", 65535, [1, 2], "outside"),
-     ("holding", 0, [70000], "0..65535"), ("holding", 0, [1] * 124, "at most 123"),
-     ("coil", 0, [True] * 1969, "at most 1968")],
-)  # fmt: skip
+    [
+        ("input", 0, [1], "holding"),
+        ("holding", 0, [], "nothing"),
+        ("holding", 65535, [1, 2], "outside"),
+        ("holding", 0, [70000], "0..65535"),
+        ("holding", 0, [1] * 124, "at most 123"),
+        ("coil", 0, [True] * 1969, "at most 1968"),
+    ],
+)
 def test_malformed_writes_are_refused_before_the_wire(
     table: str, address: int, values: list[int], match: str
 ) -> None:

@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from agent.errors import DriverIOError
-from agent.model import Event, Reading
-from agent.supervisor import DeviceRunner
-from drivers.opcua.certs import make_client_certificate
-from drivers.opcua.config import OpcUaConfig
-from drivers.opcua.driver import OpcUaDriver
-from fwsim.component import SimContext
-from fwsim.opcua_server import OpcUaComponent
-from fwsim.pumpstation import PumpStation
-from fwsim.registers import POINTS
+from water_edge.agent.supervisor import DeviceRunner
+from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import Event, Reading
+from water_edge.drivers.opcua.certs import make_client_certificate
+from water_edge.drivers.opcua.config import OpcUaConfig
+from water_edge.drivers.opcua.driver import OpcUaDriver
+from water_edge.sim.component import SimContext
+from water_edge.sim.opcua_server import OpcUaComponent
+from water_edge.sim.pumpstation import PumpStation
+from water_edge.sim.registers import POINTS
 
 
 @dataclass
@@ -42,8 +42,14 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 async def sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sim]:
     tmp_path = tmp_path_factory.mktemp("opcua")
     station = PumpStation(1, tick_s=0.1, start_time_of_day_s=8 * 3600)
-    ctx = SimContext(station=station, points=POINTS, seed=1, host="127.0.0.1", workdir=tmp_path / "sim",
-                     options={"port": 0})  # fmt: skip
+    ctx = SimContext(
+        station=station,
+        points=POINTS,
+        seed=1,
+        host="127.0.0.1",
+        workdir=tmp_path / "sim",
+        options={"port": 0},
+    )
 
     async def tick() -> None:
         while True:
@@ -154,8 +160,9 @@ async def test_status_codes_map_to_quality(sim: Sim) -> None:
 
 
 async def test_poll_mode_reads_at_the_poll_interval(sim: Sim) -> None:
-    drv = driver(sim.url, [{"name": "ticks", "node": "ns=2;s=station.ticks"}], mode="poll",
-                 poll_interval_ms=200)  # fmt: skip
+    drv = driver(
+        sim.url, [{"name": "ticks", "node": "ns=2;s=station.ticks"}], mode="poll", poll_interval_ms=200
+    )
     await drv.open()
     try:
         got = await collect(drv, 1.1)
@@ -193,9 +200,15 @@ async def test_unreachable_server_is_a_clear_driver_io_error(tmp_path: Path) -> 
 
 
 def _secure(url: str, cert: Path, key: Path, mode: str = "SignAndEncrypt", **extra: Any) -> OpcUaDriver:
-    return driver(url, [{"name": "name", "node": "ns=2;s=station.name"}],
-                  security_policy="Basic256Sha256", security_mode=mode,
-                  certificate=str(cert), private_key=str(key), **extra)  # fmt: skip
+    return driver(
+        url,
+        [{"name": "name", "node": "ns=2;s=station.name"}],
+        security_policy="Basic256Sha256",
+        security_mode=mode,
+        certificate=str(cert),
+        private_key=str(key),
+        **extra,
+    )
 
 
 async def test_sign_and_encrypt_with_a_trusted_client_certificate(sim: Sim, tmp_path: Path) -> None:
@@ -212,8 +225,9 @@ async def test_sign_and_encrypt_with_a_trusted_client_certificate(sim: Sim, tmp_
         shutil.rmtree(trusted)  # back to accepting any client certificate
 
 
-async def _check_secure(sim: Sim, tmp_path: Path, good_cert: Path, good_key: Path, bad_cert: Path,
-                        bad_key: Path) -> None:  # fmt: skip
+async def _check_secure(
+    sim: Sim, tmp_path: Path, good_cert: Path, good_key: Path, bad_cert: Path, bad_key: Path
+) -> None:
     server_cert = sim.ctx.workdir / "opcua" / "pki" / "own" / "server_cert.der"
 
     for mode in ("SignAndEncrypt", "Sign"):
@@ -240,8 +254,12 @@ async def _check_secure(sim: Sim, tmp_path: Path, good_cert: Path, good_key: Pat
 
 
 async def test_server_restart_driver_reconnects_and_resubscribes(sim: Sim) -> None:
-    drv = driver(sim.url, [{"name": "ticks", "node": "ns=2;s=station.ticks"}],
-                 publishing_interval_ms=100, sampling_interval_ms=100)  # fmt: skip
+    drv = driver(
+        sim.url,
+        [{"name": "ticks", "node": "ns=2;s=station.ticks"}],
+        publishing_interval_ms=100,
+        sampling_interval_ms=100,
+    )
     readings: list[Reading] = []
     events: list[Event] = []
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.config import ModbusTcpConfig
-from drivers.modbus.tcp import ModbusTcpDriver
-from drivers.opcua.config import OpcUaConfig
-from drivers.opcua.driver import OpcUaDriver
-from fwsim.opcua_server import browse_path
-from fwsim.registers import POINTS
 from tests.support.plant import Plant, running_plant
+from water_edge.drivers.modbus.config import ModbusTcpConfig
+from water_edge.drivers.modbus.tcp import ModbusTcpDriver
+from water_edge.drivers.opcua.config import OpcUaConfig
+from water_edge.drivers.opcua.driver import OpcUaDriver
+from water_edge.sim.opcua_server import browse_path
+from water_edge.sim.registers import POINTS
 
 UA_BIN = Path(sys.executable).parent
 
@@ -47,8 +47,14 @@ def _overlapping() -> set[str]:
 def _modbus_driver(plant: Plant) -> ModbusTcpDriver:
     tags = []
     for p in POINTS:
-        tag: dict[str, object] = {"name": p.name, "unit_id": p.unit_id, "table": p.table,
-                                  "address": p.address, "type": p.encoding, "unit": p.unit}  # fmt: skip
+        tag: dict[str, object] = {
+            "name": p.name,
+            "unit_id": p.unit_id,
+            "table": p.table,
+            "address": p.address,
+            "type": p.encoding,
+            "unit": p.unit,
+        }
         if p.encoding == "string":
             tag["length"] = p.length
         if p.scale != 1.0:
@@ -99,13 +105,28 @@ async def test_opcua_values_equal_the_modbus_view_of_the_same_tick(plant: Plant)
 
 def test_independent_client_reads_documented_nodes(plant: Plant) -> None:
     url = str(plant.endpoints["opcua"]["url"])
-    out = subprocess.run([str(UA_BIN / "uaread"), "-u", url, "-n", "ns=2;s=station.name"],
-                         capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    out = subprocess.run(
+        [str(UA_BIN / "uaread"), "-u", url, "-n", "ns=2;s=station.name"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     assert out.stdout.strip() == "PS-NORTH"
-    out = subprocess.run([str(UA_BIN / "uaread"), "-u", url, "-n", "ns=2;s=station.pump_count"],
-                         capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    out = subprocess.run(
+        [str(UA_BIN / "uaread"), "-u", url, "-n", "ns=2;s=station.pump_count"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     assert out.stdout.strip() == "3"
-    listing = subprocess.run([str(UA_BIN / "uals"), "-u", url, "-n", "ns=2;s=PumpStation.Pump1", "-l", "0"],
-                             capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    listing = subprocess.run(
+        [str(UA_BIN / "uals"), "-u", url, "-n", "ns=2;s=PumpStation.Pump1", "-l", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     for leaf in ("Flow", "DischargePressure", "MotorCurrent", "VibrationX", "WindingTemp", "Speed"):
         assert f"Text='{leaf}')" in listing.stdout

@@ -8,18 +8,24 @@ from pathlib import Path
 import pytest
 from asyncua import ua
 
-from agent.config import load_config
-from agent.errors import ConfigError
-from drivers.opcua.values import reading_parts, status_quality, to_ns, unit_from_eu
-from fwsim.opcua_server import browse_path, eu_information
+from water_edge.agent.config import load_config
+from water_edge.core.errors import ConfigError
+from water_edge.drivers.opcua.values import reading_parts, status_quality, to_ns, unit_from_eu
+from water_edge.sim.opcua_server import browse_path, eu_information
 
 
 @pytest.mark.parametrize(
     ("name", "quality"),
-    [("Good", "good"), ("GoodClamped", "good"), ("UncertainLastUsableValue", "uncertain"),
-     ("UncertainSensorNotAccurate", "uncertain"), ("BadSensorFailure", "bad"),
-     ("BadNodeIdUnknown", "bad"), ("BadCommunicationError", "bad")],
-)  # fmt: skip
+    [
+        ("Good", "good"),
+        ("GoodClamped", "good"),
+        ("UncertainLastUsableValue", "uncertain"),
+        ("UncertainSensorNotAccurate", "uncertain"),
+        ("BadSensorFailure", "bad"),
+        ("BadNodeIdUnknown", "bad"),
+        ("BadCommunicationError", "bad"),
+    ],
+)
 def test_status_code_class_gives_quality_and_name_gives_reason(name: str, quality: str) -> None:
     got_quality, reason = status_quality(getattr(ua.StatusCodes, name))
     assert got_quality == quality
@@ -82,12 +88,17 @@ endpoint = "opc.tcp://127.0.0.1:4840"
 
 @pytest.mark.parametrize(
     ("device", "expected"),
-    [('security_policy = "Basic256Sha256"\nsecurity_mode = "SignAndEncrypt"\n'
-      '[[devices.tags]]\nname = "a"\nnode = "ns=2;i=5"', "certificate"),
-     ('[[devices.tags]]\nname = "a"\nnode = "ns=2;i=5"\npath = "A/B"', "exactly one of 'node'"),
-     ('[[devices.tags]]\nname = "a"\nnode = "pump1.flow"', "node"),
-     ('mode = "push"\n[[devices.tags]]\nname = "a"\nnode = "ns=2;i=5"', "mode")],
-)  # fmt: skip
+    [
+        (
+            'security_policy = "Basic256Sha256"\nsecurity_mode = "SignAndEncrypt"\n'
+            '[[devices.tags]]\nname = "a"\nnode = "ns=2;i=5"',
+            "certificate",
+        ),
+        ('[[devices.tags]]\nname = "a"\nnode = "ns=2;i=5"\npath = "A/B"', "exactly one of 'node'"),
+        ('[[devices.tags]]\nname = "a"\nnode = "pump1.flow"', "node"),
+        ('mode = "push"\n[[devices.tags]]\nname = "a"\nnode = "ns=2;i=5"', "mode"),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path: Path, device: str, expected: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(_config(tmp_path, device))

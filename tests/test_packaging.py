@@ -1,37 +1,90 @@
-"""Packaging stays in step with the tree: every package folder is listed, every driver loads."""
+"""Packaging stays in step with the tree: every package folder is listed under the `water_edge`
+namespace, the production wheel carries the product alone, every driver loads."""
 
 from __future__ import annotations
 
 import configparser
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from drivers import registry
+from water_edge.drivers import registry
 
 ROOT = Path(__file__).resolve().parents[1]
+PRODUCT_FOLDERS = ("core", "agent", "drivers", "buffer", "models", "provisioning")
 
 
-def listed_packages() -> set[str]:
+def listed_packages(setup_cfg: Path) -> set[str]:
     cfg = configparser.ConfigParser()
-    cfg.read(ROOT / "setup.cfg")
+    cfg.read(setup_cfg)
     return {line.strip() for line in cfg["options"]["packages"].splitlines() if line.strip()}
 
 
-def package_folders() -> set[str]:
-    found = set()
-    for top in ("agent", "drivers", "buffer", "models", "provisioning"):
-        for init in (ROOT / top).rglob("__init__.py"):
-            found.add(".".join(init.parent.relative_to(ROOT).parts))
-    for init in (ROOT / "firmware-sim" / "fwsim").rglob("__init__.py"):
-        found.add(".".join(init.parent.relative_to(ROOT / "firmware-sim").parts))
-    return {p for p in found if "train" not in p.split(".") or p == "models.train"}
+def package_folders(base: Path, folder: str, name: str) -> set[str]:
+    return {
+        ".".join((name, *init.parent.relative_to(base / folder).parts))
+        for init in (base / folder).rglob("__init__.py")
+    }
 
 
-def test_every_package_folder_is_listed_in_setup_cfg() -> None:
+def test_every_product_package_folder_is_listed_in_setup_cfg() -> None:
     # An editable install finds unlisted folders; a wheel on a gateway would silently miss them.
-    missing = package_folders() - listed_packages()
+    found = set()
+    for folder in PRODUCT_FOLDERS:
+        found |= package_folders(ROOT, folder, f"water_edge.{folder}")
+    product = {p for p in found if not p.startswith("water_edge.models.train")}
+    missing = product - listed_packages(ROOT / "setup.cfg")
     assert not missing, f"add to setup.cfg [options] packages: {sorted(missing)}"
+
+
+def test_every_simulator_package_folder_is_listed_in_its_own_setup_cfg() -> None:
+    found = package_folders(ROOT / "firmware-sim", "fwsim", "water_edge.sim")
+    missing = found - listed_packages(ROOT / "firmware-sim" / "setup.cfg")
+    assert not missing, f"add to firmware-sim/setup.cfg [options] packages: {sorted(missing)}"
+
+
+def test_the_production_wheel_carries_the_product_alone(tmp_path: Path) -> None:
+    # Built from a copy: setuptools leaves build/ behind in the tree it builds, and a stale one
+    # would be packed into the next wheel.
+    source = tmp_path / "src"
+    shutil.copytree(
+        ROOT,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache"),
+    )
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("water_edge_agent-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
+    assert tops == {"water_edge"}
+    assert not any(n.startswith(("water_edge/sim/", "water_edge/models/train/")) for n in names)
+    # The namespace is shared with the simulator's distribution: no water_edge/__init__.py.
+    assert "water_edge/__init__.py" not in names
+    for shipped in ("leak/leak_detector.tflite", "leak/leak_detector.json", "pump/pump_scorer.tflite"):
+        assert f"water_edge/models/{shipped}" in names
 
 
 @pytest.mark.parametrize("kind", registry.known_kinds())

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from agent.errors import BufferError
-from agent.model import Event, Reading
-from agent.pipeline import Pipeline
-from buffer.types import Batch
+from water_edge.agent.pipeline import Pipeline
+from water_edge.buffer.types import Batch
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import Event, Reading
 
 
 class RecordingAppender:
@@ -39,7 +39,11 @@ async def test_flush_commits_all_streams_in_one_call_split_by_batch_size() -> No
     await pipe.flush()
     (call,) = out.calls
     assert [(b.stream, len(b.readings or b.events or [])) for b in call] == [
-        ("events", 1), ("a", 100), ("a", 100), ("a", 50), ("b", 10)
+        ("events", 1),
+        ("a", 100),
+        ("a", 100),
+        ("a", 50),
+        ("b", 10),
     ]
     assert [r.value for b in call[1:4] for r in b.readings or []] == [float(i) for i in range(250)]
     assert notified == [1]
@@ -119,7 +123,7 @@ class FakeClocks:
 
 
 async def test_a_wall_clock_step_flags_the_straddling_readings_and_says_so() -> None:
-    from agent.clock import ClockWatch
+    from water_edge.core.clock import ClockWatch
 
     clocks = FakeClocks()
     watch = ClockWatch(wall_ns=lambda: clocks.wall, mono_ns=lambda: clocks.mono)
@@ -149,7 +153,7 @@ async def test_a_wall_clock_step_flags_the_straddling_readings_and_says_so() -> 
 
 
 async def test_steady_clocks_flag_nothing_and_bad_readings_keep_their_reason() -> None:
-    from agent.clock import ClockWatch
+    from water_edge.core.clock import ClockWatch
 
     clocks = FakeClocks()
     watch = ClockWatch(wall_ns=lambda: clocks.wall, mono_ns=lambda: clocks.mono)

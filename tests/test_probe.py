@@ -13,9 +13,12 @@ from tests.support.plant import free_port, running_plant
 
 def probe(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", "probe", *args],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "water_edge.agent.cli", "probe", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_probe_reads_every_tag_of_a_live_plc(tmp_path: Path) -> None:

@@ -8,47 +8,99 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
-from buffer.async_outbox import AsyncOutbox
-from provisioning.config import ClaimSection
-from provisioning.enrol import enrol_with_claim
-from provisioning.enrol_service import EnrolmentService
-from provisioning.errors import ProvisioningError
-from provisioning.identity import DeviceIdentity, device_serial
 from tests.conftest import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
 from tests.test_security_mtls import Pki
+from water_edge.agent.cli import main
+from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.provisioning.config import ClaimSection
+from water_edge.provisioning.enrol import enrol_with_claim
+from water_edge.provisioning.enrol_service import EnrolmentService
+from water_edge.provisioning.errors import ProvisioningError
+from water_edge.provisioning.identity import DeviceIdentity, device_serial
 
 
 def test_offline_enrolment_with_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ca_dir, ident = tmp_path / "ca", tmp_path / "identity"
     assert main(["ca", "init", "--dir", str(ca_dir), "--name", "Utility CA"]) == 0
-    assert main(["provision", "csr", "--identity-dir", str(ident), "--cn", GATEWAY, "--site", SITE,
-                 "--serial", "10000000abcdef01", "-o", str(tmp_path / "gw.csr")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "provision",
+                "csr",
+                "--identity-dir",
+                str(ident),
+                "--cn",
+                GATEWAY,
+                "--site",
+                SITE,
+                "--serial",
+                "10000000abcdef01",
+                "-o",
+                str(tmp_path / "gw.csr"),
+            ]
+        )
+        == 0
+    )
     assert stat.S_IMODE((ident / "pending" / "key.pem").stat().st_mode) == 0o600
     assert b"PRIVATE" not in (tmp_path / "gw.csr").read_bytes()
-    assert main(["ca", "sign", "--dir", str(ca_dir), str(tmp_path / "gw.csr"),
-                 "-o", str(tmp_path / "gw.pem")]) == 0  # fmt: skip
+    assert (
+        main(["ca", "sign", "--dir", str(ca_dir), str(tmp_path / "gw.csr"), "-o", str(tmp_path / "gw.pem")])
+        == 0
+    )
 
     # A certificate for some other key is refused: it would never work with ours.
     other = DeviceIdentity(tmp_path / "other")
-    from provisioning.ca import CertificateAuthority
+    from water_edge.provisioning.ca import CertificateAuthority
 
     ca = CertificateAuthority.open(ca_dir)
     (tmp_path / "wrong.pem").write_bytes(ca.sign_csr(other.make_csr("SER-9999", "gw9")))
     capsys.readouterr()
-    assert main(["provision", "install", "--identity-dir", str(ident),
-                 str(tmp_path / "wrong.pem"), str(ca_dir / "ca.pem")]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "provision",
+                "install",
+                "--identity-dir",
+                str(ident),
+                str(tmp_path / "wrong.pem"),
+                str(ca_dir / "ca.pem"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "not for this device's key" in err
     assert "Traceback" not in err
     # A certificate from an unrelated CA is refused too.
     CertificateAuthority.init(tmp_path / "foreign", "Foreign CA")
-    assert main(["provision", "install", "--identity-dir", str(ident),
-                 str(tmp_path / "gw.pem"), str(tmp_path / "foreign" / "ca.pem")]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "provision",
+                "install",
+                "--identity-dir",
+                str(ident),
+                str(tmp_path / "gw.pem"),
+                str(tmp_path / "foreign" / "ca.pem"),
+            ]
+        )
+        == 1
+    )
     assert "does not contain the issuer" in capsys.readouterr().err
 
-    assert main(["provision", "install", "--identity-dir", str(ident),
-                 str(tmp_path / "gw.pem"), str(ca_dir / "ca.pem")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "provision",
+                "install",
+                "--identity-dir",
+                str(ident),
+                str(tmp_path / "gw.pem"),
+                str(ca_dir / "ca.pem"),
+            ]
+        )
+        == 0
+    )
     status = DeviceIdentity(ident).status()
     assert status.enrolled
     assert status.subject is not None
@@ -83,33 +135,46 @@ async def test_claim_enrolment_over_mqtt(
         service.start(broker.host, broker.port, cert=svc_cert, key=svc_key, ca_file=pki.ca_file)
         try:
             assert service.wait_ready()
-            claim = ClaimSection(cert_file=claim_cert, key_file=claim_key, ca_file=pki.ca_file,
-                                 host=broker.host, port=broker.port, timeout_s=10)  # fmt: skip
+            claim = ClaimSection(
+                cert_file=claim_cert,
+                key_file=claim_key,
+                ca_file=pki.ca_file,
+                host=broker.host,
+                port=broker.port,
+                timeout_s=10,
+            )
             identity = DeviceIdentity(tmp_path / "device")
             await _in_thread(enrol_with_claim, identity, claim, "SER-CLAIM-1", GATEWAY, SITE)
             # A serial not on the allow-list, and a second enrolment of the same serial, are refused.
             with pytest.raises(ProvisioningError, match="allow-list"):
-                await _in_thread(enrol_with_claim, DeviceIdentity(tmp_path / "x"), claim,
-                                 "SER-UNKNOWN", "gw3", SITE)  # fmt: skip
+                await _in_thread(
+                    enrol_with_claim, DeviceIdentity(tmp_path / "x"), claim, "SER-UNKNOWN", "gw3", SITE
+                )
             with pytest.raises(ProvisioningError, match="already enrolled"):
-                await _in_thread(enrol_with_claim, DeviceIdentity(tmp_path / "y"), claim,
-                                 "SER-CLAIM-1", GATEWAY, SITE)  # fmt: skip
+                await _in_thread(
+                    enrol_with_claim, DeviceIdentity(tmp_path / "y"), claim, "SER-CLAIM-1", GATEWAY, SITE
+                )
             # The allow-list binds a serial to its gateway id.
             with pytest.raises(ProvisioningError, match="expected 'gw2'"):
-                await _in_thread(enrol_with_claim, DeviceIdentity(tmp_path / "z"), claim,
-                                 "SER-CLAIM-2", GATEWAY, SITE)  # fmt: skip
+                await _in_thread(
+                    enrol_with_claim, DeviceIdentity(tmp_path / "z"), claim, "SER-CLAIM-2", GATEWAY, SITE
+                )
         finally:
             service.stop()
         assert service.counts == {"issued": 1, "refused": 3}
 
         # The claim certificate itself cannot publish telemetry ...
         claim_tls = mqtt_config(broker, client_id="claimer")
-        from agent.uplink.config import TlsConfig
+        from water_edge.agent.uplink.config import TlsConfig
 
         with pki.subscriber(broker, f"water/{SITE}/{GATEWAY}/plc1") as sub:
             await outbox.append(reading_batches(2))
-            bad = await start_uplink(claim_tls.model_copy(update={"tls": TlsConfig(
-                ca_file=pki.ca_file, cert_file=claim_cert, key_file=claim_key)}), outbox)  # fmt: skip
+            bad = await start_uplink(
+                claim_tls.model_copy(
+                    update={"tls": TlsConfig(ca_file=pki.ca_file, cert_file=claim_cert, key_file=claim_key)}
+                ),
+                outbox,
+            )
             await bad.states.wait(lambda s: s.startswith("offline"))
             await bad.uplink.stop()
             assert bad.uplink.health()["published"] == 0

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.assembly import pump_calibrator
-from agent.config import load_config
-from agent.remote.result import CommandFailedError
-from models.pump.store import FeatureHistory
+from water_edge.agent.assembly import pump_calibrator
+from water_edge.agent.config import load_config
+from water_edge.agent.remote.result import CommandFailedError
+from water_edge.models.pump.store import FeatureHistory
 
 SIGNALS = ["flow", "motor_current", "discharge_pressure", "speed"]
 
@@ -22,7 +22,7 @@ def config_file(tmp_path: Path) -> Path:
 [gateway]
 site = "s"
 id = "g"
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 [uplink]
 host = "127.0.0.1"
 [[models.pump]]

@@ -9,21 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.cli import main
-from models.train.pump_sim import SIGNALS, Scenario, simulate
+from water_edge.agent.cli import main
+from water_edge.models.train.pump_sim import SIGNALS, Scenario, simulate
 
 CALIB = 600
-
-
-
-
 
 
 @pytest.fixture(scope="module")
 def sim() -> tuple[np.ndarray, np.ndarray]:
     """20 min of a simulated pump, a held-out fault (imbalance) from minute 13."""
-    return simulate(Scenario(seed=5, hours=1 / 3, fault="imbalance", onset_s=800, duration_s=400,
-                             ramp_s=30, severity=0.4))
+    return simulate(
+        Scenario(seed=5, hours=1 / 3, fault="imbalance", onset_s=800, duration_s=400, ramp_s=30, severity=0.4)
+    )
 
 
 def write(path: Path, header: list[str], rows: list[list[str]], sep: str) -> Path:
@@ -42,7 +39,8 @@ def timestamps(n: int) -> list[str]:
 
 
 def test_one_output_row_per_input_row_in_order_and_the_fault_is_flagged(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, labels = sim
     ts = timestamps(len(x))
     rows = [[t] + ["" if np.isnan(v) else f"{v:.4f}" for v in row] for t, row in zip(ts, x, strict=True)]
@@ -60,7 +58,8 @@ def test_one_output_row_per_input_row_in_order_and_the_fault_is_flagged(
 
 
 def test_semicolons_decimal_commas_text_blank_and_constant_columns(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, _ = sim
     n = 700
     rows = []
@@ -94,7 +93,8 @@ def test_semicolons_decimal_commas_text_blank_and_constant_columns(
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_2(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, calib: int, message: str) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, calib: int, message: str
+) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(content)
     code, out, err = run(capsys, path, calib)
@@ -111,8 +111,9 @@ def test_missing_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "cannot read" in err
 
 
-def test_few_rows_still_score_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        sim: tuple[np.ndarray, np.ndarray]) -> None:
+def test_few_rows_still_score_every_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, _ = sim
     rows = [[t, *(f"{v:.3f}" for v in x[i, :3])] for i, t in enumerate(timestamps(14))]
     code, out, err = run(capsys, write(tmp_path / "few.csv", ["t", "a", "b", "c"], rows, ","), 12)

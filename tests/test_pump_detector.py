@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.manifest import ModelError
-from models.pump.detector import (
+from water_edge.models.manifest import ModelError
+from water_edge.models.pump.detector import (
     Alarm,
     Calibration,
     alarm_series,
@@ -20,8 +20,8 @@ from models.pump.detector import (
     select,
     windows,
 )
-from models.runtime import Model, load_model
-from models.train.pump_sim import SIGNALS, Scenario, simulate
+from water_edge.models.runtime import Model, load_model
+from water_edge.models.train.pump_sim import SIGNALS, Scenario, simulate
 
 MANIFEST = Path(__file__).resolve().parents[1] / "models" / "pump" / "pump_scorer.json"
 DAY = 24 * 3600  # calibration covers a daily demand cycle, as `auto_hours = 24` does on a gateway
@@ -38,7 +38,7 @@ Run = tuple[Calibration, np.ndarray, np.ndarray, np.ndarray]
 def run(model: Model, sc: Scenario) -> Run:
     x, labels = simulate(sc)
     cal = calibrate(x[:DAY], list(SIGNALS), model, window=32, model_version=model.version)
-    scored = score(select(x[DAY - 64:], list(SIGNALS), cal), cal, model)
+    scored = score(select(x[DAY - 64 :], list(SIGNALS), cal), cal, model)
     alarm = alarm_series(scored.score[64:], cal.threshold, 5, 30, 0.8)
     return cal, scored.channel[64:], alarm, labels[DAY:]
 
@@ -53,15 +53,25 @@ def first_hit(alarm: np.ndarray, labels: np.ndarray) -> int:
 
 def test_held_out_fault_is_detected_within_five_minutes_and_explained(model: Model) -> None:
     onset = 900
-    cal, channel, alarm, labels = run(model, Scenario(
-        seed=21, hours=24.5, fault="imbalance", onset_s=DAY + onset, duration_s=900, ramp_s=60,
-        severity=0.4))
+    cal, channel, alarm, labels = run(
+        model,
+        Scenario(
+            seed=21,
+            hours=24.5,
+            fault="imbalance",
+            onset_s=DAY + onset,
+            duration_s=900,
+            ramp_s=60,
+            severity=0.4,
+        ),
+    )
     assert not alarm[: onset - 60].any(), "alarm long before the fault"
     delay = first_hit(alarm, labels)
     assert delay <= 300, "fault not detected within 5 min of onset"
     at = onset + delay
-    signals, sentence = contributors(cal, channel[at], np.zeros((1, len(cal.channels))) + 1.0,
-                                     words={"vibration_x": "vibration axis 1"})
+    signals, sentence = contributors(
+        cal, channel[at], np.zeros((1, len(cal.channels))) + 1.0, words={"vibration_x": "vibration axis 1"}
+    )
     assert signals[0]["signal"].startswith("vibration")
     assert "vibration" in sentence
 
@@ -70,9 +80,18 @@ def test_drifting_sensor_is_caught_by_its_broken_relation_and_named(model: Model
     # Discharge pressure reads 0.3 bar high: within its daily range, but off its relation to
     # speed and flow.
     onset = 600
-    cal, channel, alarm, labels = run(model, Scenario(
-        seed=24, hours=25.0, fault="sensor_drift", onset_s=DAY + onset, duration_s=3000, ramp_s=120,
-        severity=0.3))
+    cal, channel, alarm, labels = run(
+        model,
+        Scenario(
+            seed=24,
+            hours=25.0,
+            fault="sensor_drift",
+            onset_s=DAY + onset,
+            duration_s=3000,
+            ramp_s=120,
+            severity=0.3,
+        ),
+    )
     assert not alarm[: onset - 60].any()
     delay = first_hit(alarm, labels)
     assert delay <= 900

@@ -71,17 +71,22 @@ def test_a_failing_bearing_on_a_live_plc_reaches_the_broker_as_a_named_pump_anom
     scenario.write_text(SCENARIO)
     started = time.monotonic()  # the plant's clock starts a little later
     with running_plant(seed=5, scenario=scenario) as plant:
-        devices = re.sub(r"^poll_interval_ms = \d+", "poll_interval_ms = 200", demo_devices(plant.port),
-                         flags=re.M)
+        devices = re.sub(
+            r"^poll_interval_ms = \d+", "poll_interval_ms = 200", demo_devices(plant.port), flags=re.M
+        )
         config = write_config(tmp_path, broker_port=mosquitto.port, devices=devices, extra=PUMP)
-        with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/events") as sub, \
-                running_agent(config) as agent:
+        with (
+            Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/events") as sub,
+            running_agent(config) as agent,
+        ):
             armed = agent.wait_status(
-                lambda s: any(p["name"] == "pump_anomaly"
-                              and p["health"].get("pumps", {}).get("pump1", {}).get("state") == "armed"
-                              for p in s["processors"]),
+                lambda s: any(
+                    p["name"] == "pump_anomaly"
+                    and p["health"].get("pumps", {}).get("pump1", {}).get("state") == "armed"
+                    for p in s["processors"]
+                ),
                 timeout=60,
-            )  # fmt: skip
+            )
             pump = next(p for p in armed["processors"] if p["name"] == "pump_anomaly")
             calibration = pump["health"]["pumps"]["pump1"]["calibration"]
             assert calibration["version"] == 1

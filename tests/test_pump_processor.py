@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.cli import main
-from agent.model import Event, Reading
-from models.pump.config import PumpModelConfig
-from models.pump.detector import Calibration
-from models.pump.processor import PumpProcessor
-from models.pump.store import NS, CalibrationStore, FeatureHistory
-from models.runtime import Model, load_model
-from models.train.pump_sim import SIGNALS, Scenario, simulate
+from water_edge.agent.cli import main
+from water_edge.core.reading import Event, Reading
+from water_edge.models.pump.config import PumpModelConfig
+from water_edge.models.pump.detector import Calibration
+from water_edge.models.pump.processor import PumpProcessor
+from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory
+from water_edge.models.runtime import Model, load_model
+from water_edge.models.train.pump_sim import SIGNALS, Scenario, simulate
 
 MANIFEST = Path(__file__).resolve().parents[1] / "models" / "pump" / "pump_scorer.json"
 T0 = 1_700_000_000 * NS
@@ -39,8 +39,9 @@ def model() -> Model:
 
 def config(**kw: object) -> PumpModelConfig:
     signals = {role: f"plc1/p1_{role}" for role in SIGNALS}
-    return PumpModelConfig.model_validate({
-        "name": "P1", "signals": signals, "calibration": {"auto_hours": CALIB_S / 3600}, **kw})
+    return PumpModelConfig.model_validate(
+        {"name": "P1", "signals": signals, "calibration": {"auto_hours": CALIB_S / 3600}, **kw}
+    )
 
 
 def feed(x: np.ndarray) -> list[tuple[str, list[Reading]]]:
@@ -48,9 +49,15 @@ def feed(x: np.ndarray) -> list[tuple[str, list[Reading]]]:
     batches = []
     for i, row in enumerate(x):
         ts = T0 + i * NS
-        batches.append(("plc1", [
-            Reading("plc1", f"p1_{role}", ts, None if np.isnan(v) else float(v))
-            for role, v in zip(SIGNALS, row, strict=True)]))
+        batches.append(
+            (
+                "plc1",
+                [
+                    Reading("plc1", f"p1_{role}", ts, None if np.isnan(v) else float(v))
+                    for role, v in zip(SIGNALS, row, strict=True)
+                ],
+            )
+        )
     return batches
 
 
@@ -71,9 +78,19 @@ def run(proc: PumpProcessor, x: np.ndarray) -> list[Event]:
 
 def test_fault_alarms_after_onset_names_vibration_and_clears(tmp_path: Path, model: Model) -> None:
     onset, end = CALIB_S + 600, CALIB_S + 1500
-    x, _ = simulate(Scenario(seed=31, hours=2.5, fault="imbalance", onset_s=onset,
-                                  duration_s=end - onset, ramp_s=30, severity=0.4, start_hour=10.0,
-                                  steady=True))
+    x, _ = simulate(
+        Scenario(
+            seed=31,
+            hours=2.5,
+            fault="imbalance",
+            onset_s=onset,
+            duration_s=end - onset,
+            ramp_s=30,
+            severity=0.4,
+            start_hour=10.0,
+            steady=True,
+        )
+    )
     proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
     events = run(proc, x)
     rises = [e for e in events if e.kind == "pump_anomaly"]
@@ -129,7 +146,7 @@ def test_calibration_versions_and_history_bound(tmp_path: Path, model: Model) ->
     x, _ = simulate(Scenario(seed=33, hours=0.3))
     store = CalibrationStore(tmp_path, "P1")
     assert store.load() is None
-    from models.pump.detector import calibrate
+    from water_edge.models.pump.detector import calibrate
 
     for want in (1, 2, 3):
         cal = store.save(calibrate(x, list(SIGNALS), model, window=32, model_version=model.version))
@@ -152,20 +169,25 @@ def test_calibration_versions_and_history_bound(tmp_path: Path, model: Model) ->
 
 
 def test_calibrate_cli_writes_a_new_version_from_history(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], model: Model) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model: Model
+) -> None:
     x, _ = simulate(Scenario(seed=34, hours=0.4, start_hour=2.0))
-    proc = PumpProcessor([config(calibration={"auto_hours": 0.25})], tmp_path, model=model,
-                         model_version=model.version)
+    proc = PumpProcessor(
+        [config(calibration={"auto_hours": 0.25})], tmp_path, model=model, model_version=model.version
+    )
     run(proc, x)
     assert proc.health()["pumps"]["P1"]["calibration"]["version"] == 1
     cfg_path = tmp_path / "agent.toml"
     signals = "\n".join(f'{r} = "plc1/p1_{r}"' for r in SIGNALS)
-    cfg_path.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n\n[[models.pump]]\nname = "P1"\n'
-                        f"[models.pump.signals]\n{signals}\n")
+    cfg_path.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path}"\n\n[[models.pump]]\nname = "P1"\n'
+        f"[models.pump.signals]\n{signals}\n"
+    )
     start = "2023-11-14T22:13:20"  # T0 in UTC
     end = str((T0 + 1200 * NS) / NS)
-    code = main(["models", "calibrate", "pump", "--pump", "P1", "--from", start, "--to", end,
-                 "-c", str(cfg_path)])
+    code = main(
+        ["models", "calibrate", "pump", "--pump", "P1", "--from", start, "--to", end, "-c", str(cfg_path)]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "needs a day of normal duty" in out.err  # 20 min of history: the user is warned
@@ -174,8 +196,21 @@ def test_calibrate_cli_writes_a_new_version_from_history(
     assert 1150 <= got["rows"] <= 1201
     assert CalibrationStore(tmp_path, "P1").load().version == 2  # type: ignore[union-attr]
     # A range of three days over a history of 24 minutes: the warning reports the rows' span.
-    code = main(["models", "calibrate", "pump", "--pump", "P1", "--from", start,
-                 "--to", str(T0 / NS + 3 * 86_400), "-c", str(cfg_path)])
+    code = main(
+        [
+            "models",
+            "calibrate",
+            "pump",
+            "--pump",
+            "P1",
+            "--from",
+            start,
+            "--to",
+            str(T0 / NS + 3 * 86_400),
+            "-c",
+            str(cfg_path),
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "covers 0.4 h" in out.err

@@ -9,7 +9,7 @@ no fault missed; the bounds leave a margin for numerical differences between pla
 
 from __future__ import annotations
 
-from models.train.pump_eval_short import FAULTS, make_cases, report, run_cases
+from water_edge.models.train.pump_eval_short import FAULTS, make_cases, report, run_cases
 
 
 def test_cli_on_short_steady_files_meets_the_measured_f1_and_false_alarm_rate() -> None:

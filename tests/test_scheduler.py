@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.backoff import Backoff
-from agent.scheduler import FixedRateTicker
+from water_edge.core.backoff import Backoff
+from water_edge.core.scheduler import FixedRateTicker
 
 
 class FakeClock:

@@ -15,12 +15,12 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.uplink.config import TlsConfig
-from buffer.async_outbox import AsyncOutbox
-from provisioning.ca import CertificateAuthority
-from provisioning.identity import DeviceIdentity
 from tests.conftest import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
 from tests.support.broker import Mosquitto, Subscriber, TlsFiles
+from water_edge.agent.uplink.config import TlsConfig
+from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.provisioning.ca import CertificateAuthority
+from water_edge.provisioning.identity import DeviceIdentity
 
 # Each gateway is confined to its own topics by its certificate's CN (its MQTT username). The
 # strictest form lists the streams a gateway may publish; `water/<site>/%u/+` is the usual one.
@@ -51,8 +51,9 @@ class Pki:
         self.crl_file = root / "ca" / "crl.pem"
         self.server_cert = root / "server.pem"
         self.server_key = root / "server.key"
-        self.server_cert.write_bytes(self.ca.issue_server("broker", ["127.0.0.1", "localhost"],
-                                                          self.server_key))  # fmt: skip
+        self.server_cert.write_bytes(
+            self.ca.issue_server("broker", ["127.0.0.1", "localhost"], self.server_key)
+        )
         self.centre_cert, self.centre_key = self.client("centre")
 
     def client(self, cn: str) -> tuple[Path, Path]:
@@ -72,18 +73,20 @@ class Pki:
         return Mosquitto(
             persistence=persistence,
             tls=TlsFiles(self.ca_file, self.server_cert, self.server_key, require_certificate=True),
-            extra_config=(
-                f"use_identity_as_username true\ncrlfile {self.crl_file}\nacl_file {acl_file}\n"
-            ),
+            extra_config=(f"use_identity_as_username true\ncrlfile {self.crl_file}\nacl_file {acl_file}\n"),
         )
 
     def subscriber(self, broker: Mosquitto, topic: str, session: str | None = None) -> TlsSubscriber:
-        return TlsSubscriber(broker.host, broker.port, topic, session=session,
-                             tls=(self.ca_file, self.centre_cert, self.centre_key))  # fmt: skip
+        return TlsSubscriber(
+            broker.host,
+            broker.port,
+            topic,
+            session=session,
+            tls=(self.ca_file, self.centre_cert, self.centre_key),
+        )
 
     def tls(self, identity: DeviceIdentity) -> TlsConfig:
-        return TlsConfig(ca_file=identity.ca_file, cert_file=identity.cert_file,
-                         key_file=identity.key_file)  # fmt: skip
+        return TlsConfig(ca_file=identity.ca_file, cert_file=identity.cert_file, key_file=identity.key_file)
 
 
 @dataclass
@@ -94,8 +97,9 @@ class TlsSubscriber(Subscriber):
         super().__post_init__()
         assert self.tls is not None
         ca, cert, key = self.tls
-        self._client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key),
-                             tls_version=ssl.PROTOCOL_TLS_CLIENT)  # fmt: skip
+        self._client.tls_set(
+            ca_certs=str(ca), certfile=str(cert), keyfile=str(key), tls_version=ssl.PROTOCOL_TLS_CLIENT
+        )
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +112,12 @@ def publish_v5(broker: Mosquitto, pki: Pki, identity: DeviceIdentity, topic: str
     done = threading.Event()
     reasons: list[Any] = []
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="probe", protocol=paho.MQTTv5)
-    client.tls_set(ca_certs=str(identity.ca_file), certfile=str(identity.cert_file),
-                   keyfile=str(identity.key_file), tls_version=ssl.PROTOCOL_TLS_CLIENT)  # fmt: skip
+    client.tls_set(
+        ca_certs=str(identity.ca_file),
+        certfile=str(identity.cert_file),
+        keyfile=str(identity.key_file),
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
 
     def on_publish(_c: Any, _u: Any, _mid: int, reason: Any, _p: Any) -> None:
         reasons.append(reason)

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from agent.errors import ConfigError
-from agent.secrets import RedactingProcessor, SecretRef, redact, resolve_secret
-from agent.uplink.config import MqttConfig
+from water_edge.agent.secrets import SecretRef, resolve_secret
+from water_edge.agent.uplink.config import MqttConfig
+from water_edge.core.errors import ConfigError
+from water_edge.core.redact import RedactingProcessor, redact
 
 PASSWORD = "Tr0ub4dor&3-pump-station"
 
@@ -56,7 +57,7 @@ def test_password_never_reaches_the_log(tmp_path: Path) -> None:
     assert text.count("\n") == 3  # all three lines were logged ...
     assert PASSWORD not in text  # ... without the secret
     assert "abcd1234" not in text
-    assert "\"username\": \"gw\"" in text  # and without masking what is not secret
+    assert '"username": "gw"' in text  # and without masking what is not secret
 
 
 def test_status_snapshot_is_redacted() -> None:

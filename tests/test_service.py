@@ -16,10 +16,11 @@ MAX_EXPOSURE = 2.5
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="apt-get install systemd")
 def test_exposure_is_at_most_2_5() -> None:
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", f"--threshold={int(MAX_EXPOSURE * 10)}",
-         str(UNIT)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        ["systemd-analyze", "security", "--offline=true", f"--threshold={int(MAX_EXPOSURE * 10)}", str(UNIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.model import Reading
-from agent.pipeline import Pipeline
-from agent.status import AgentNotRunningError, StatusServer, request_status, tail_lines
 from tests.test_pipeline import RecordingAppender
+from water_edge.agent.pipeline import Pipeline
+from water_edge.agent.status import AgentNotRunningError, StatusServer, request_status, tail_lines
+from water_edge.core.reading import Reading
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from agent.errors import DriverIOError
-from agent.model import Event, Reading, now_ns
-from agent.supervisor import DeviceRunner
-from drivers.base import TagInfo
-from drivers.fake import FakeConfig, FakeDriver
+from water_edge.agent.supervisor import DeviceRunner
+from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import Event, Reading, now_ns
+from water_edge.drivers.base import TagInfo
+from water_edge.drivers.fake import FakeConfig, FakeDriver
 
 
 class Collector:
@@ -27,8 +27,13 @@ class Collector:
 
 def fake_config(**extra: Any) -> FakeConfig:
     return FakeConfig.model_validate(
-        {"name": "dev", "kind": "fake", "poll_interval_ms": 20,
-         "tags": [{"name": "a", "unit": "bar", "offset": 2.5}, {"name": "b"}], **extra}
+        {
+            "name": "dev",
+            "kind": "fake",
+            "poll_interval_ms": 20,
+            "tags": [{"name": "a", "unit": "bar", "offset": 2.5}, {"name": "b"}],
+            **extra,
+        }
     )
 
 
@@ -56,8 +61,9 @@ async def test_polls_at_the_configured_rate_into_the_device_stream() -> None:
 async def test_unreachable_device_gives_bad_readings_every_poll_and_one_down_event() -> None:
     sink = Collector()
     config = fake_config(unreachable=True)
-    runner = DeviceRunner(config, FakeDriver(config), sink.on_readings, sink.on_event,
-                          backoff_min_s=0.05, backoff_max_s=0.1)
+    runner = DeviceRunner(
+        config, FakeDriver(config), sink.on_readings, sink.on_event, backoff_min_s=0.05, backoff_max_s=0.1
+    )
     await run_for(runner, 0.4)
     assert runner.stats.polls >= 10
     assert len(sink.readings) == 2 * runner.stats.polls  # no gaps: one stand-in per tag per poll
@@ -101,8 +107,9 @@ class FlakyDriver:
 async def test_device_that_drops_and_returns_is_reopened_with_events() -> None:
     sink = Collector()
     driver = FlakyDriver(fail_from=3, fail_until=6)
-    runner = DeviceRunner(fake_config(), driver, sink.on_readings, sink.on_event,
-                          backoff_min_s=0.01, backoff_max_s=0.02)
+    runner = DeviceRunner(
+        fake_config(), driver, sink.on_readings, sink.on_event, backoff_min_s=0.01, backoff_max_s=0.02
+    )
     await run_for(runner, 0.5)
     assert [e.kind for e in sink.events] == ["driver_down", "driver_up"]
     assert driver.opens >= 2
@@ -117,8 +124,9 @@ async def test_device_that_drops_and_returns_is_reopened_with_events() -> None:
 async def test_driver_bug_is_caught_counted_and_restarted() -> None:
     sink = Collector()
     driver = FlakyDriver(fail_from=2, fail_until=3, crash=True)
-    runner = DeviceRunner(fake_config(), driver, sink.on_readings, sink.on_event,
-                          backoff_min_s=0.01, backoff_max_s=0.02)
+    runner = DeviceRunner(
+        fake_config(), driver, sink.on_readings, sink.on_event, backoff_min_s=0.01, backoff_max_s=0.02
+    )
     await run_for(runner, 0.3)
     assert runner.stats.crashes == 1
     down = sink.events[0]
@@ -148,8 +156,9 @@ class PushDriver(FlakyDriver):
 async def test_streaming_driver_is_iterated_and_reopened_after_loss() -> None:
     sink = Collector()
     driver = PushDriver()
-    runner = DeviceRunner(fake_config(), driver, sink.on_readings, sink.on_event,
-                          backoff_min_s=0.01, backoff_max_s=0.02)
+    runner = DeviceRunner(
+        fake_config(), driver, sink.on_readings, sink.on_event, backoff_min_s=0.01, backoff_max_s=0.02
+    )
     await run_for(runner, 0.4)
     assert driver.streams == 2
     assert driver.opens == 2
@@ -171,8 +180,15 @@ class HangingDriver(FakeDriver):
 async def test_a_device_that_never_answers_cannot_hang_the_poll_loop() -> None:
     sink = Collector()
     config = fake_config()
-    runner = DeviceRunner(config, HangingDriver(config), sink.on_readings, sink.on_event,
-                          backoff_min_s=0.05, backoff_max_s=0.1, guard_s=0.2)  # fmt: skip
+    runner = DeviceRunner(
+        config,
+        HangingDriver(config),
+        sink.on_readings,
+        sink.on_event,
+        backoff_min_s=0.05,
+        backoff_max_s=0.1,
+        guard_s=0.2,
+    )
     await run_for(runner, 1.2)
     assert runner.stats.failures >= 2, "each hung read was cut off by the guard"
     assert sink.readings, "the poll loop kept producing readings"

@@ -11,14 +11,14 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from agent.errors import UplinkError
-from agent.model import Event, Reading
-from agent.uplink.config import MqttConfig, TlsConfig
-from agent.uplink.interfaces import EncodeError
-from agent.uplink.json_encoding import JsonEncoder, encode
-from agent.uplink.topics import Topics
-from buffer.codec import encode_events, encode_readings
-from buffer.types import OutboxRow
+from water_edge.agent.uplink.config import MqttConfig, TlsConfig
+from water_edge.agent.uplink.interfaces import EncodeError
+from water_edge.agent.uplink.json_encoding import JsonEncoder, encode
+from water_edge.agent.uplink.topics import Topics
+from water_edge.buffer.codec import encode_events, encode_readings
+from water_edge.buffer.types import OutboxRow
+from water_edge.core.errors import UplinkError
+from water_edge.core.reading import Event, Reading
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "payload.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
@@ -90,12 +90,22 @@ def test_reading_payload() -> None:
     doc = orjson.loads(encode(row(body), "site1", "gw1"))
     VALIDATOR.validate(doc)
     assert {k: doc[k] for k in ("v", "stream", "seq", "site", "gateway")} == {
-        "v": 1, "stream": "plc1", "seq": 7, "site": "site1", "gateway": "gw1"
+        "v": 1,
+        "stream": "plc1",
+        "seq": 7,
+        "site": "site1",
+        "gateway": "gw1",
     }
     assert isinstance(doc["sent_ns"], int)
     r = doc["readings"]
-    assert r[0] == {"tag": "p1", "ts": 10**18, "value": 4.5, "quality": "good", "unit": "bar",
-                    "source": "plc1"}
+    assert r[0] == {
+        "tag": "p1",
+        "ts": 10**18,
+        "value": 4.5,
+        "quality": "good",
+        "unit": "bar",
+        "source": "plc1",
+    }
     assert r[1]["reason"] == "timeout"
     assert r[1]["value"] is None
     assert r[2]["value"] is True
@@ -111,8 +121,16 @@ def test_event_payload() -> None:
     doc = orjson.loads(msg.payload)
     VALIDATOR.validate(doc)
     assert "readings" not in doc
-    assert doc["events"] == [{"kind": "leak", "source": "hyd1", "ts": 5, "severity": "alarm",
-                              "score": 0.9, "detail": {"x_m": 12.5, "pair": ["a", "b"]}}]
+    assert doc["events"] == [
+        {
+            "kind": "leak",
+            "source": "hyd1",
+            "ts": 5,
+            "severity": "alarm",
+            "score": 0.9,
+            "detail": {"x_m": 12.5, "pair": ["a", "b"]},
+        }
+    ]
 
 
 def test_schema_rejects_unknown_keys_and_mixed_payloads() -> None:

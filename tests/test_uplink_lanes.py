@@ -9,12 +9,12 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.model import Reading
-from agent.uplink.mqtt import COMMAND_QUEUE, MAX_COMMAND_BYTES
-from buffer.async_outbox import AsyncOutbox
-from buffer.types import Batch
 from tests.conftest import GATEWAY, SITE, StartUplink, mqtt_config
 from tests.support.broker import Mosquitto, Subscriber
+from water_edge.agent.uplink.mqtt import COMMAND_QUEUE, MAX_COMMAND_BYTES
+from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.buffer.types import Batch
+from water_edge.core.reading import Reading
 
 BASE = f"water/{SITE}/{GATEWAY}"
 BACKLOG = 6_000

@@ -13,8 +13,6 @@ from pathlib import Path
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the test extra
 import pytest
 
-from agent.uplink.memory import MemoryOutbox
-from buffer.async_outbox import AsyncOutbox
 from tests.conftest import (
     GATEWAY,
     SITE,
@@ -24,6 +22,8 @@ from tests.conftest import (
     reading_batches,
 )
 from tests.support.broker import Mosquitto, Received, Subscriber
+from water_edge.agent.uplink.memory import MemoryOutbox
+from water_edge.buffer.async_outbox import AsyncOutbox
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "payload.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
@@ -80,15 +80,24 @@ async def test_every_row_arrives_in_order_and_matches_the_schema(
     assert topics == {f"{BASE}/plc1", f"{BASE}/meter7", f"{BASE}/events", STATUS}
     reading = docs[0]["readings"][0]  # type: ignore[index]
     assert reading == {
-        "tag": "tag0", "ts": 10**18, "value": 0.0, "quality": "good", "unit": "bar", "source": "plc1"
+        "tag": "tag0",
+        "ts": 10**18,
+        "value": 0.0,
+        "quality": "good",
+        "unit": "bar",
+        "source": "plc1",
     }
     bad = docs[0]["readings"][-1]  # type: ignore[index]
     assert bad["quality"] == "bad"
     assert bad["reason"] == "timeout"
     events = next(d for d in docs if d["stream"] == "events")["events"]
     assert events[0] == {  # type: ignore[index]
-        "kind": "leak", "source": "hydrophone1", "ts": 10**18, "severity": "alarm",
-        "score": 0.93, "detail": {"position_m": 120.5},
+        "kind": "leak",
+        "source": "hydrophone1",
+        "ts": 10**18,
+        "severity": "alarm",
+        "score": 0.93,
+        "detail": {"position_m": 120.5},
     }
     assert await rows_left(outbox) == 0
     health = run.uplink.health()
@@ -219,9 +228,9 @@ async def test_retained_status_online_then_offline_on_stop(
 
 CHILD = f"""
 import asyncio, sys
-from agent.uplink.config import MqttConfig
-from agent.uplink.memory import MemoryOutbox
-from agent.uplink.mqtt import MqttUplink
+from water_edge.agent.uplink.config import MqttConfig
+from water_edge.agent.uplink.memory import MemoryOutbox
+from water_edge.agent.uplink.mqtt import MqttUplink
 
 cfg = MqttConfig(host="127.0.0.1", port=int(sys.argv[1]))
 asyncio.run(MqttUplink(cfg, MemoryOutbox(), "{SITE}", "{GATEWAY}").run())
@@ -236,14 +245,10 @@ async def test_last_will_marks_a_killed_agent_offline(mosquitto: Mosquitto) -> N
             sys.executable, "-c", CHILD, str(mosquitto.port), env=env, cwd=root
         )
         try:
-            await sub.wait_until_async(
-                lambda ms: any(m.json()["state"] == "online" for m in ms), within_s=20
-            )
+            await sub.wait_until_async(lambda ms: any(m.json()["state"] == "online" for m in ms), within_s=20)
             child.send_signal(signal.SIGKILL)
             await child.wait()
-            msgs = await sub.wait_until_async(
-                lambda ms: ms[-1].json()["state"] == "offline", within_s=10
-            )
+            msgs = await sub.wait_until_async(lambda ms: ms[-1].json()["state"] == "offline", within_s=10)
         finally:
             if child.returncode is None:
                 child.kill()
@@ -258,9 +263,7 @@ async def test_refused_credentials_give_state_refused_and_keep_rows(
 ) -> None:
     with Mosquitto(users={"edge": "right"}) as broker:
         await outbox.append(reading_batches(3))
-        run = await start_uplink(
-            mqtt_config(broker, username="edge", password="wrong"), outbox
-        )
+        run = await start_uplink(mqtt_config(broker, username="edge", password="wrong"), outbox)
         state = await run.states.wait(lambda s: s.startswith("refused"))
         await run.states.wait(lambda s: s == "connecting", since=len(run.states.states) - 1)
         await run.uplink.stop()
@@ -304,8 +307,9 @@ async def test_an_undecodable_row_is_skipped_not_deleted_and_does_not_block(
     box = MemoryOutbox()
     box.append_sync(reading_batches(3))
     poisoned = box._rows[2]
-    box._rows[2] = type(poisoned)(**{**{f: getattr(poisoned, f) for f in poisoned.__slots__},
-                                     "body": b"\xff garbage"})
+    box._rows[2] = type(poisoned)(
+        **{**{f: getattr(poisoned, f) for f in poisoned.__slots__}, "body": b"\xff garbage"}
+    )
     with Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/plc1") as sub:
         run = await start_uplink(mqtt_config(mosquitto), box)
         msgs = await sub.wait_for_async(2)

@@ -12,14 +12,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.uplink.config import TlsConfig
-from buffer.async_outbox import AsyncOutbox
 from tests.conftest import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
 from tests.support.broker import Mosquitto, Subscriber, TlsFiles, free_port
+from water_edge.agent.uplink.config import TlsConfig
+from water_edge.buffer.async_outbox import AsyncOutbox
 
 Key = ec.EllipticCurvePrivateKey
-
-
 
 
 def _name(cn: str) -> x509.Name:
@@ -53,15 +51,19 @@ def make_ca(path: Path, cn: str) -> tuple[Key, x509.Certificate]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     _write(path, key, cert)

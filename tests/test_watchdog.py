@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.watchdog import Notifier, Watchdog, watchdog_interval_s
 from tests.support.agent_proc import start_agent, write_config
 from tests.support.broker import Mosquitto
+from water_edge.agent.watchdog import Notifier, Watchdog, watchdog_interval_s
 
 
 @pytest.fixture
@@ -85,9 +85,11 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_pid() -> None:
 
 
 def test_the_real_agent_reports_ready_status_and_pings_and_a_frozen_agent_stops(
-    notify_socket: tuple[socket.socket, str], mosquitto: Mosquitto, tmp_path: Path,
+    notify_socket: tuple[socket.socket, str],
+    mosquitto: Mosquitto,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     sock, path = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     monkeypatch.setenv("WATCHDOG_USEC", "600000")  # a ping every 0.3 s

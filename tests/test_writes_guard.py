@@ -11,10 +11,10 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.pdu import ModbusPDU
 
-from agent.remote.audit import AuditLog, read_audit
-from agent.writes import WriteGuard, WriteRefusedError, WriteRule, WritesSection, encode, fc_guard
-from drivers.modbus.writes import check_write, write_call
 from tests.support.plant import Plant, start_plant
+from water_edge.agent.remote.audit import AuditLog, read_audit
+from water_edge.agent.writes import WriteGuard, WriteRefusedError, WriteRule, WritesSection, encode, fc_guard
+from water_edge.drivers.modbus.writes import check_write, write_call
 
 SETPOINT = 500  # station.level_setpoint_cm (fwsim WRITABLE_BASE), unit 1
 
@@ -31,8 +31,9 @@ class TcpWriter:
             self.sent.append(int(pdu.function_code))
         return fc_guard(sending, pdu)
 
-    async def write(self, unit_id: int, table: Any, address: int,
-                    registers_or_bits: Sequence[int] | Sequence[bool]) -> None:  # fmt: skip
+    async def write(
+        self, unit_id: int, table: Any, address: int, registers_or_bits: Sequence[int] | Sequence[bool]
+    ) -> None:
         fc, values = check_write(table, address, registers_or_bits)
         response = await write_call(self.client, fc, address, values, unit_id)
         assert not response.isError()
@@ -59,8 +60,9 @@ async def writer(plant: Plant) -> AsyncIterator[TcpWriter]:
     w.client.close()
 
 
-RULE = WriteRule(device="station", table="holding", address=SETPOINT, type="uint16",
-                 min=50, max=400, max_per_minute=3)  # fmt: skip
+RULE = WriteRule(
+    device="station", table="holding", address=SETPOINT, type="uint16", min=50, max=400, max_per_minute=3
+)
 
 
 async def test_allow_listed_write_is_read_back_and_audited(writer: TcpWriter, tmp_path: Path) -> None:
@@ -85,8 +87,9 @@ async def test_writes_are_refused_unless_enabled_allowed_in_range_and_in_rate(
         await off.write("station", "holding", SETPOINT, 100, requested_by="t")
 
     clock = [1000.0]
-    guard = WriteGuard(WritesSection(enabled=True, allow=[RULE]), {"station": writer}, audit,
-                       clock=lambda: clock[0])  # fmt: skip
+    guard = WriteGuard(
+        WritesSection(enabled=True, allow=[RULE]), {"station": writer}, audit, clock=lambda: clock[0]
+    )
     before = len(writer.sent)
     for address, value, match in [
         (SETPOINT + 1, 50, "not in the write allow-list"),

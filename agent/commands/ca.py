@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from water_edge.provisioning.enrol_options import add_service_arguments
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -50,8 +52,10 @@ def register(subparsers: Any) -> None:
 
 def _register_issuing(sub: Any, with_dir: Any) -> None:
 
-    for name, helptext in (("server-cert", "a broker certificate"),
-                           ("client-cert", "a claim or central-service client certificate")):  # fmt: skip
+    for name, helptext in (
+        ("server-cert", "a broker certificate"),
+        ("client-cert", "a claim or central-service client certificate"),
+    ):
         p = sub.add_parser(name, help=f"issue {helptext} (key made here)")
         with_dir(p)
         p.add_argument("--cn", required=True)
@@ -60,7 +64,6 @@ def _register_issuing(sub: Any, with_dir: Any) -> None:
         p.add_argument("--key", type=Path, required=True)
         p.add_argument("--days", type=int, default=365)
         p.set_defaults(func=_server_cert if name == "server-cert" else _client_cert)
-
 
 
 def _register_commands(sub: Any, with_dir: Any) -> None:
@@ -80,14 +83,7 @@ def _register_commands(sub: Any, with_dir: Any) -> None:
 
     p = sub.add_parser("serve-enrolment", help="run the reference claim-enrolment service")
     with_dir(p)
-    p.add_argument("--host", required=True)
-    p.add_argument("--port", type=int, default=8883)
-    p.add_argument("--cert", type=Path, required=True, help="the service's client certificate")
-    p.add_argument("--key", type=Path, required=True)
-    p.add_argument("--broker-ca", type=Path, help="CA of the broker's certificate (default: this CA)")
-    p.add_argument("--topic-prefix", default="enrol")
-    p.add_argument("--allow", type=Path, help="file of device serials allowed to enrol, one a line")
-    p.add_argument("--days", type=int, default=365)
+    add_service_arguments(p)
     p.set_defaults(func=_serve)
 
 
@@ -97,7 +93,7 @@ def _out(text: str) -> None:
 
 def _guarded(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
-        from agent.errors import AgentError
+        from water_edge.core.errors import AgentError
 
         try:
             result: int = fn(args)
@@ -114,7 +110,7 @@ def _guarded(fn: Any) -> Any:
 
 @_guarded
 def _init(args: argparse.Namespace) -> int:
-    from provisioning.ca import CertificateAuthority
+    from water_edge.provisioning.ca import CertificateAuthority
 
     ca = CertificateAuthority.init(args.dir, args.name, args.days)
     _out(f"CA created in {args.dir}: {ca.cert.subject.rfc4514_string()}")
@@ -123,8 +119,8 @@ def _init(args: argparse.Namespace) -> int:
 
 @_guarded
 def _sign(args: argparse.Namespace) -> int:
-    from provisioning.ca import CertificateAuthority
-    from provisioning.files import atomic_write
+    from water_edge.provisioning.ca import CertificateAuthority
+    from water_edge.provisioning.files import atomic_write
 
     ca = CertificateAuthority.open(args.dir)
     atomic_write(args.out, ca.sign_csr(args.csr.read_bytes(), days=args.days))
@@ -134,7 +130,7 @@ def _sign(args: argparse.Namespace) -> int:
 
 @_guarded
 def _revoke(args: argparse.Namespace) -> int:
-    from provisioning.ca import CertificateAuthority
+    from water_edge.provisioning.ca import CertificateAuthority
 
     CertificateAuthority.open(args.dir).revoke(args.serial)
     _out(f"revoked {args.serial}; copy {args.dir / 'crl.pem'} to the broker and reload it")
@@ -143,7 +139,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 @_guarded
 def _crl(args: argparse.Namespace) -> int:
-    from provisioning.ca import CertificateAuthority
+    from water_edge.provisioning.ca import CertificateAuthority
 
     CertificateAuthority.open(args.dir).write_crl(args.days)
     _out(f"wrote {args.dir / 'crl.pem'}")
@@ -152,7 +148,7 @@ def _crl(args: argparse.Namespace) -> int:
 
 @_guarded
 def _list(args: argparse.Namespace) -> int:
-    from provisioning.ca import CertificateAuthority
+    from water_edge.provisioning.ca import CertificateAuthority
 
     for item in CertificateAuthority.open(args.dir).issued():
         state = f"revoked {item.revoked_at}" if item.revoked_at else "valid"
@@ -162,8 +158,8 @@ def _list(args: argparse.Namespace) -> int:
 
 @_guarded
 def _server_cert(args: argparse.Namespace) -> int:
-    from provisioning.ca import CertificateAuthority
-    from provisioning.files import atomic_write
+    from water_edge.provisioning.ca import CertificateAuthority
+    from water_edge.provisioning.files import atomic_write
 
     ca = CertificateAuthority.open(args.dir)
     atomic_write(args.cert, ca.issue_server(args.cn, args.host or [args.cn], args.key, args.days))
@@ -173,8 +169,8 @@ def _server_cert(args: argparse.Namespace) -> int:
 
 @_guarded
 def _client_cert(args: argparse.Namespace) -> int:
-    from provisioning.ca import CertificateAuthority
-    from provisioning.files import atomic_write
+    from water_edge.provisioning.ca import CertificateAuthority
+    from water_edge.provisioning.files import atomic_write
 
     ca = CertificateAuthority.open(args.dir)
     atomic_write(args.cert, ca.issue_client(args.cn, args.key, args.days))
@@ -184,7 +180,7 @@ def _client_cert(args: argparse.Namespace) -> int:
 
 @_guarded
 def _operator_key(args: argparse.Namespace) -> int:
-    from provisioning.sign_command import new_operator_key
+    from water_edge.provisioning.sign_command import new_operator_key
 
     public = new_operator_key(args.out)
     _out(public)
@@ -193,15 +189,24 @@ def _operator_key(args: argparse.Namespace) -> int:
 
 @_guarded
 def _sign_command(args: argparse.Namespace) -> int:
-    from provisioning.sign_command import signed_command
+    from water_edge.provisioning.sign_command import signed_command
 
-    _out(signed_command(args.key, args.key_id, args.command_type, args.target, args.args,
-                        args_file=args.args_file, ttl_s=args.ttl).decode())  # fmt: skip
+    _out(
+        signed_command(
+            args.key,
+            args.key_id,
+            args.command_type,
+            args.target,
+            args.args,
+            args_file=args.args_file,
+            ttl_s=args.ttl,
+        ).decode()
+    )
     return EXIT_OK
 
 
 @_guarded
 def _serve(args: argparse.Namespace) -> int:
-    from provisioning.enrol_service import serve_forever
+    from water_edge.provisioning.enrol_service import serve_forever
 
     return serve_forever(args)

@@ -31,8 +31,8 @@ def register(subparsers: Any) -> None:
 def cmd_decode_mbus(args: argparse.Namespace) -> int:
     import orjson
 
-    from drivers.mbus.frame import MbusDecodeError, parse_frame, parse_hex
-    from drivers.mbus.telegram import decode_frame, decode_user_data
+    from water_edge.drivers.mbus.frame import MbusDecodeError, parse_frame, parse_hex
+    from water_edge.drivers.mbus.telegram import decode_frame, decode_user_data
 
     text = sys.stdin.read() if args.hex == ["-"] else " ".join(args.hex)
     try:

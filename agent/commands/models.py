@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_USAGE = 0, 2
-DEFAULT_PUMP_MODEL = Path(__file__).resolve().parents[2] / "models" / "pump" / "pump_scorer.json"
 MIN_CALIBRATION_HOURS = 24.0  # a daily demand cycle (docs/pump-anomaly.md)
 
 
@@ -27,38 +26,61 @@ def register(subparsers: Any) -> None:
     score_sub = score.add_subparsers(dest="score_model", required=True)
 
     pump = score_sub.add_parser(
-        "pump", help="pump anomaly scores for a CSV (header; timestamp, then numeric signals)")
+        "pump", help="pump anomaly scores for a CSV (header; timestamp, then numeric signals)"
+    )
     pump.add_argument("--csv", required=True, type=Path, help="history file, ',' or ';' separated")
-    pump.add_argument("--calibrate-rows", required=True, type=int,
-                      help="the first N data rows are normal operation, used to calibrate only")
-    pump.add_argument("--model", type=Path, default=DEFAULT_PUMP_MODEL, help="model manifest")
-    pump.add_argument("--persistence", type=int, default=None,
-                      help="rows above threshold to alarm (default: the detector's, 5)")
-    pump.add_argument("--clear-after", type=int, default=None,
-                      help="rows below to clear an alarm (default: the detector's, 20 for calibrations "
-                           "under an hour, else 30)")
+    pump.add_argument(
+        "--calibrate-rows",
+        required=True,
+        type=int,
+        help="the first N data rows are normal operation, used to calibrate only",
+    )
+    pump.add_argument("--model", type=Path, default=None, help="model manifest (default: the shipped scorer)")
+    pump.add_argument(
+        "--persistence",
+        type=int,
+        default=None,
+        help="rows above threshold to alarm (default: the detector's, 5)",
+    )
+    pump.add_argument(
+        "--clear-after",
+        type=int,
+        default=None,
+        help="rows below to clear an alarm (default: the detector's, 20 for calibrations "
+        "under an hour, else 30)",
+    )
     pump.set_defaults(func=cmd_score_pump)
 
     calibrate = models_sub.add_parser(
-        "calibrate", help="calibrate a model on the gateway's own history (e.g. after maintenance)")
+        "calibrate", help="calibrate a model on the gateway's own history (e.g. after maintenance)"
+    )
     calibrate_sub = calibrate.add_subparsers(dest="calibrate_model", required=True)
     cal_pump = calibrate_sub.add_parser(
-        "pump", help="new calibration version for one pump from its feature history")
+        "pump", help="new calibration version for one pump from its feature history"
+    )
     cal_pump.add_argument("--pump", required=True, help="pump name ([[models.pump]] name)")
-    cal_pump.add_argument("--from", dest="from_ts", required=True,
-                          help="start of normal operation: ISO 8601 (UTC if no zone) or epoch seconds")
+    cal_pump.add_argument(
+        "--from",
+        dest="from_ts",
+        required=True,
+        help="start of normal operation: ISO 8601 (UTC if no zone) or epoch seconds",
+    )
     cal_pump.add_argument("--to", dest="to_ts", required=True, help="end of normal operation")
-    cal_pump.add_argument("-c", "--config", type=Path, default=None,
-                          help="agent config with [[models.pump]] (default $EDGE_AGENT_CONFIG or "
-                               "/etc/edge-agent/config.toml)")
+    cal_pump.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="agent config with [[models.pump]] (default $EDGE_AGENT_CONFIG or /etc/edge-agent/config.toml)",
+    )
     cal_pump.add_argument("--state-dir", type=Path, default=None, help="override gateway.state_dir")
     cal_pump.add_argument("--model", type=Path, default=None, help="model manifest (default: the pump's)")
     cal_pump.set_defaults(func=cmd_calibrate_pump)
 
     try:
-        leak_cli = importlib.import_module("models.leak.cli")
+        leak_cli = importlib.import_module("water_edge.models.leak.cli")
     except ModuleNotFoundError as exc:
-        if exc.name != "models.leak.cli":
+        if exc.name != "water_edge.models.leak.cli":
             raise
     else:
         leak_cli.register(models_sub, score_sub)
@@ -74,21 +96,27 @@ def _warn(message: str) -> None:
 
 
 def cmd_score_pump(args: argparse.Namespace) -> int:
-    from agent import logs
-    from models.manifest import ModelError
-    from models.pump.offline import score_csv
-    from models.runtime import load_model
+    from water_edge.core import logs
+    from water_edge.models.manifest import ModelError
+    from water_edge.models.pump.offline import score_csv
+    from water_edge.models.pump.processor import DEFAULT_MANIFEST
+    from water_edge.models.runtime import load_model
 
     logs.configure("warning", json=False)  # stdout carries the CSV and nothing else
     if (args.persistence is not None and args.persistence < 1) or (
-            args.clear_after is not None and args.clear_after < 1):
+        args.clear_after is not None and args.clear_after < 1
+    ):
         return _error("--persistence and --clear-after must be at least 1")
     try:
-        model = load_model(args.model)
+        model = load_model(args.model or DEFAULT_MANIFEST)
         lines = score_csv(
-            args.csv, args.calibrate_rows, model,
-            window=int(model.manifest.extra.get("window", 32)), model_version=model.version,
-            persistence=args.persistence, clear_after=args.clear_after,
+            args.csv,
+            args.calibrate_rows,
+            model,
+            window=int(model.manifest.extra.get("window", 32)),
+            model_version=model.version,
+            persistence=args.persistence,
+            clear_after=args.clear_after,
             warn=_warn,
         )
     except ModelError as exc:
@@ -119,12 +147,12 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
     import os
     from datetime import datetime
 
-    from agent import logs
-    from models.manifest import ModelError
-    from models.pump.config import load_pump_section
-    from models.pump.processor import DEFAULT_MANIFEST, recalibrate
-    from models.pump.store import CalibrationStore, FeatureHistory, pump_dir
-    from models.runtime import load_model
+    from water_edge.core import logs
+    from water_edge.models.manifest import ModelError
+    from water_edge.models.pump.config import load_pump_section
+    from water_edge.models.pump.processor import DEFAULT_MANIFEST, recalibrate
+    from water_edge.models.pump.store import CalibrationStore, FeatureHistory, pump_dir
+    from water_edge.models.runtime import load_model
 
     logs.configure("warning", json=False)
     config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
@@ -145,12 +173,18 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
         return _error(f"no feature history for pump {cfg.name} at {history_path}")
     try:
         model = load_model(args.model or cfg.model or DEFAULT_MANIFEST)
-        history = FeatureHistory(history_path, list(cfg.signals), cfg.history_days,
-                                 reset_on_change=False)
+        history = FeatureHistory(history_path, list(cfg.signals), cfg.history_days, reset_on_change=False)
         try:
-            cal = recalibrate(cfg, history, CalibrationStore(state_dir, cfg.name), model,
-                              window=int(model.manifest.extra.get("window", 32)),
-                              model_version=model.version, from_ns=from_ns, to_ns=to_ns)
+            cal = recalibrate(
+                cfg,
+                history,
+                CalibrationStore(state_dir, cfg.name),
+                model,
+                window=int(model.manifest.extra.get("window", 32)),
+                model_version=model.version,
+                from_ns=from_ns,
+                to_ns=to_ns,
+            )
         finally:
             history.close()
     except ModelError as exc:
@@ -161,11 +195,23 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
         span = datetime.fromisoformat(cal.to_ts) - datetime.fromisoformat(cal.from_ts)
         span_h = span.total_seconds() / 3600
     if span_h < MIN_CALIBRATION_HOURS:
-        _warn(f"the calibration covers {span_h:.1f} h: a pump that follows daily demand needs a day of "
-              "normal duty, or later operating points will read as anomalies (docs/pump-anomaly.md)")
-    sys.stdout.write(json.dumps({
-        "pump": cfg.name, "version": cal.version, "rows": cal.n_samples, "from": cal.from_ts,
-        "to": cal.to_ts, "threshold": round(cal.threshold, 6), "channels": cal.channels,
-        "dropped": cal.dropped,
-    }) + "\n")
+        _warn(
+            f"the calibration covers {span_h:.1f} h: a pump that follows daily demand needs a day of "
+            "normal duty, or later operating points will read as anomalies (docs/pump-anomaly.md)"
+        )
+    sys.stdout.write(
+        json.dumps(
+            {
+                "pump": cfg.name,
+                "version": cal.version,
+                "rows": cal.n_samples,
+                "from": cal.from_ts,
+                "to": cal.to_ts,
+                "threshold": round(cal.threshold, 6),
+                "channels": cal.channels,
+                "dropped": cal.dropped,
+            }
+        )
+        + "\n"
+    )
     return EXIT_OK

@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from agent.errors import AgentError, ConfigError
-from agent.model import Reading
+from water_edge.core.errors import AgentError, ConfigError
+from water_edge.core.reading import Reading
 
 
 def register(sub: Any) -> None:
@@ -28,14 +28,15 @@ def register(sub: Any) -> None:
     parser.add_argument("devices", nargs="*", help="device names (default: all in the file)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("-c", "--config", help="the agent's config file")
-    source.add_argument("--devices-file", dest="devices_file",
-                        help="a TOML file holding only [[devices]] sections")
+    source.add_argument(
+        "--devices-file", dest="devices_file", help="a TOML file holding only [[devices]] sections"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per reading")
     parser.set_defaults(func=run)
 
 
 def _device_configs(args: argparse.Namespace) -> list[Any]:
-    from agent.config.load import load_config, validate_devices
+    from water_edge.agent.config.load import load_config, validate_devices
 
     if args.devices_file:
         path = Path(args.devices_file)
@@ -47,21 +48,25 @@ def _device_configs(args: argparse.Namespace) -> list[Any]:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
         devices = validate_devices(path, raw.get("devices", []))
     else:
-        from agent.cli import DEFAULT_CONFIG
+        from water_edge.agent.cli import DEFAULT_CONFIG
 
         devices = list(load_config(args.config or DEFAULT_CONFIG).devices)
     if args.devices:
         known = {d.name for d in devices}
         unknown = [name for name in args.devices if name not in known]
         if unknown:
-            raise ConfigError([f"no device named {', '.join(map(repr, unknown))}; "
-                               f"configured: {', '.join(sorted(known)) or 'none'}"])
+            raise ConfigError(
+                [
+                    f"no device named {', '.join(map(repr, unknown))}; "
+                    f"configured: {', '.join(sorted(known)) or 'none'}"
+                ]
+            )
         devices = [d for d in devices if d.name in args.devices]
     return devices
 
 
 async def _probe(device: Any) -> tuple[list[Reading], str | None]:
-    from drivers import registry
+    from water_edge.drivers import registry
 
     driver = registry.build(device.kind, device)
     try:
@@ -84,8 +89,15 @@ def _print(device: Any, readings: list[Reading], error: str | None, as_json: boo
         print(f"{device.name} ({device.kind}): {len(readings)} readings")
     for r in readings:
         if as_json:
-            out = {"device": device.name, "tag": r.tag, "value": r.value, "unit": r.unit,
-                   "quality": r.quality, "reason": r.reason, "ts": r.ts_ns}
+            out = {
+                "device": device.name,
+                "tag": r.tag,
+                "value": r.value,
+                "unit": r.unit,
+                "quality": r.quality,
+                "reason": r.reason,
+                "ts": r.ts_ns,
+            }
             sys.stdout.write(orjson.dumps(out).decode() + "\n")
         else:
             reason = f"  ({r.reason})" if r.reason else ""
@@ -93,7 +105,7 @@ def _print(device: Any, readings: list[Reading], error: str | None, as_json: boo
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent import logs
+    from water_edge.core import logs
 
     logs.configure("warning")  # stdout carries the readings; driver logs go to stderr
     try:

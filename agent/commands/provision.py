@@ -22,8 +22,9 @@ def register(subparsers: Any) -> None:
     sub = prov.add_subparsers(dest="provision_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", default=None,
-                       help=f"config file (default {DEFAULT_CONFIG} if it exists)")  # fmt: skip
+        p.add_argument(
+            "-c", "--config", default=None, help=f"config file (default {DEFAULT_CONFIG} if it exists)"
+        )
         p.add_argument("--identity-dir", type=Path, help="default: <state_dir>/identity")
         p.add_argument("--cn", help="common name (default: gateway.id)")
         p.add_argument("--site", help="site (default: gateway.site)")
@@ -51,8 +52,8 @@ def register(subparsers: Any) -> None:
 
 class _Resolved:
     def __init__(self, args: argparse.Namespace) -> None:
-        from agent.config import load_config
-        from provisioning.config import IdentitySection
+        from water_edge.agent.config import load_config
+        from water_edge.provisioning.config import IdentitySection
 
         config = None
         path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
@@ -72,7 +73,7 @@ class _Resolved:
         self.serial_override: str | None = args.serial or self.identity_cfg.serial
 
     def serial(self) -> str:
-        from provisioning.identity import device_serial
+        from water_edge.provisioning.identity import device_serial
 
         return device_serial(self.serial_override)
 
@@ -83,7 +84,7 @@ class _UsageError(Exception):
 
 def _guarded(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
-        from agent.errors import AgentError, ConfigError
+        from water_edge.core.errors import AgentError, ConfigError
 
         try:
             result: int = fn(args, _Resolved(args))
@@ -105,8 +106,8 @@ def _guarded(fn: Any) -> Any:
 
 @_guarded
 def _csr(args: argparse.Namespace, r: _Resolved) -> int:
-    from provisioning.files import atomic_write
-    from provisioning.identity import DeviceIdentity
+    from water_edge.provisioning.files import atomic_write
+    from water_edge.provisioning.identity import DeviceIdentity
 
     if r.cn is None:
         raise _UsageError("give --cn (the gateway id) or a config")
@@ -121,22 +122,22 @@ def _csr(args: argparse.Namespace, r: _Resolved) -> int:
 
 @_guarded
 def _install(args: argparse.Namespace, r: _Resolved) -> int:
-    from provisioning.identity import DeviceIdentity
+    from water_edge.provisioning.identity import DeviceIdentity
 
     identity = DeviceIdentity(r.directory)
     target = identity.install(args.cert.read_bytes(), args.ca.read_bytes())
     sys.stdout.write(
         f"installed in {target}; point [uplink.tls] at\n"
-        f"  cert_file = \"{identity.cert_file}\"\n  key_file = \"{identity.key_file}\"\n"
-        f"  ca_file = \"{identity.ca_file}\"\n"
+        f'  cert_file = "{identity.cert_file}"\n  key_file = "{identity.key_file}"\n'
+        f'  ca_file = "{identity.ca_file}"\n'
     )
     return EXIT_OK
 
 
 @_guarded
 def _enrol(args: argparse.Namespace, r: _Resolved) -> int:
-    from provisioning.enrol import enrol_with_claim
-    from provisioning.identity import DeviceIdentity
+    from water_edge.provisioning.enrol import enrol_with_claim
+    from water_edge.provisioning.identity import DeviceIdentity
 
     claim = r.identity_cfg.claim
     if claim is None:
@@ -151,13 +152,16 @@ def _enrol(args: argparse.Namespace, r: _Resolved) -> int:
 
 @_guarded
 def _status(args: argparse.Namespace, r: _Resolved) -> int:
-    from provisioning.identity import DeviceIdentity
+    from water_edge.provisioning.identity import DeviceIdentity
 
     s = DeviceIdentity(r.directory).status()
     if not s.enrolled:
-        sys.stdout.write("not enrolled" + (" (a key is waiting for its certificate)" if s.pending else "")
-                         + "\n")  # fmt: skip
+        sys.stdout.write(
+            "not enrolled" + (" (a key is waiting for its certificate)" if s.pending else "") + "\n"
+        )
         return EXIT_OK
-    sys.stdout.write(f"subject {s.subject}\nserial {s.serial_number}\nvalid until {s.not_after}\n"
-                     + ("renewal pending\n" if s.pending else ""))  # fmt: skip
+    sys.stdout.write(
+        f"subject {s.subject}\nserial {s.serial_number}\nvalid until {s.not_after}\n"
+        + ("renewal pending\n" if s.pending else "")
+    )
     return EXIT_OK

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.config.schema import (
+from water_edge.agent.config.schema import (
     SCHEMA_VERSION,
     AgentSection,
     BufferSection,
@@ -19,13 +19,13 @@ from agent.config.schema import (
     ModelsSection,
     StatusSection,
 )
-from agent.errors import ConfigError
-from agent.model import EVENTS_STREAM
-from agent.remote.config import SecuritySection
-from agent.uplink.config import MqttConfig
-from agent.writes import WritesSection
-from drivers import registry
-from drivers.base import DeviceConfig
+from water_edge.agent.remote.config import SecuritySection
+from water_edge.agent.uplink.config import MqttConfig
+from water_edge.agent.writes import WritesSection
+from water_edge.core.errors import ConfigError
+from water_edge.core.reading import EVENTS_STREAM
+from water_edge.drivers import registry
+from water_edge.drivers.base import DeviceConfig
 
 RESERVED_STREAMS = frozenset({EVENTS_STREAM, "status", "cmd"})
 
@@ -107,9 +107,7 @@ def _validate_device(
     where = f"devices[{index}]" + (f" ({name})" if isinstance(name, str) else "")
     kind = raw.get("kind")
     if not isinstance(kind, str):
-        problems.append(
-            f"{source}: {where}.kind: required, one of {', '.join(registry.known_kinds())}"
-        )
+        problems.append(f"{source}: {where}.kind: required, one of {', '.join(registry.known_kinds())}")
         return None
     factory = registry.load(kind)
     if factory is None:
@@ -131,9 +129,7 @@ def load_config(path: str | Path) -> Config:
     raw = _read_toml(source)
     version = raw.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ConfigError(
-            [f"{source}: schema_version: expected {SCHEMA_VERSION} (got {version!r})"]
-        )
+        raise ConfigError([f"{source}: schema_version: expected {SCHEMA_VERSION} (got {version!r})"])
     problems: list[str] = []
     try:
         section = AgentSection.model_validate(raw)
@@ -188,7 +184,7 @@ def _check_model_devices(
     for index, leak in enumerate(models.leak):
         if kinds.get(leak.device) != "audio":
             problems.append(
-                f"{source}: models.leak[{index}].device: expected the name of a kind = \"audio\" "
+                f'{source}: models.leak[{index}].device: expected the name of a kind = "audio" '
                 f"device (got {leak.device!r}; audio devices: "
                 f"{', '.join(n for n, k in kinds.items() if k == 'audio') or 'none'})"
             )

@@ -12,18 +12,25 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from agent.remote.config import SecuritySection
-from agent.uplink.config import MqttConfig
-from agent.writes import WritesSection
-from drivers.base import NAME_PATTERN
-from models.pump.config import PumpModelConfig
+from water_edge.agent.remote.config import SecuritySection
+from water_edge.agent.uplink.config import MqttConfig
+from water_edge.agent.writes import WritesSection
+from water_edge.core.names import NAME_PATTERN
+from water_edge.models.pump.config import PumpModelConfig
 
 SCHEMA_VERSION = 1
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {
-    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import structlog
 
-from agent.model import now_ns
+from water_edge.core.reading import now_ns
 
 log = structlog.get_logger(__name__)
 

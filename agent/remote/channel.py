@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from agent.model import Event
-from agent.remote.processor import CommandProcessor
-from agent.remote.result import CommandResult
+from water_edge.agent.remote.processor import CommandProcessor
+from water_edge.agent.remote.result import CommandResult
+from water_edge.core.reading import Event
 
 log = structlog.get_logger(__name__)
 

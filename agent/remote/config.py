@@ -10,11 +10,9 @@ from typing import Literal, Self
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from provisioning.config import IdentitySection
+from water_edge.provisioning.config import IdentitySection
 
-CommandType = Literal[
-    "read_now", "config_update", "model_update", "pump_calibration", "restart", "write"
-]
+CommandType = Literal["read_now", "config_update", "model_update", "pump_calibration", "restart", "write"]
 COMMAND_TYPES: tuple[str, ...] = CommandType.__args__  # type: ignore[attr-defined]
 
 

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from agent.errors import ConfigError
-from agent.remote.envelope import Envelope
-from agent.remote.processor import Handler
-from agent.remote.result import CommandFailedError, CommandResult
-from provisioning.files import atomic_write
+from water_edge.agent.remote.processor import Handler
+from water_edge.agent.remote.result import CommandFailedError, CommandResult
+from water_edge.core.envelope import Envelope
+from water_edge.core.errors import ConfigError
+from water_edge.provisioning.files import atomic_write
 
 log = structlog.get_logger(__name__)
 
@@ -105,9 +105,12 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
     async def write(env: Envelope) -> CommandResult:
         writer = _need(targets.writer, "PLC writes")
         outcome = await writer.write(
-            _arg(env, "device", str), _arg(env, "table", str), _arg(env, "address", int),
-            env.args.get("value"), requested_by=f"{env.key_id}:{env.id}",
-        )  # fmt: skip
+            _arg(env, "device", str),
+            _arg(env, "table", str),
+            _arg(env, "address", int),
+            env.args.get("value"),
+            requested_by=f"{env.key_id}:{env.id}",
+        )
         return CommandResult("ok", detail=outcome)
 
     return {
@@ -121,7 +124,7 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
 
 
 async def _config_update(env: Envelope, config_path: Path, targets: Targets) -> CommandResult:
-    from agent.config import load_config
+    from water_edge.agent.config import load_config
 
     text = _arg(env, "config", str)
     data = text.encode()
@@ -133,8 +136,9 @@ async def _config_update(env: Envelope, config_path: Path, targets: Targets) -> 
             old = load_config(config_path)
         except ConfigError as exc:
             problems = [p.replace(str(candidate), "new config") for p in exc.problems]
-            raise CommandFailedError("new config is invalid; the old one stays",
-                                     {"problems": problems[:20]}) from None  # fmt: skip
+            raise CommandFailedError(
+                "new config is invalid; the old one stays", {"problems": problems[:20]}
+            ) from None
         if (new.gateway.site, new.gateway.id) != (old.gateway.site, old.gateway.id):
             raise CommandFailedError("new config names another gateway; the old one stays")
         backup = config_path.with_name(config_path.name + ".prev")

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from agent.errors import AgentError
+from water_edge.core.errors import AgentError
 
 
 class NonceStore:

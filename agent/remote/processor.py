@@ -17,11 +17,11 @@ from typing import Any
 import structlog
 from cryptography.exceptions import InvalidSignature
 
-from agent.remote.audit import AuditLog
-from agent.remote.config import SecuritySection, decode_public_key
-from agent.remote.envelope import Envelope, EnvelopeError, parse
-from agent.remote.nonces import NonceStore
-from agent.remote.result import CommandFailedError, CommandResult
+from water_edge.agent.remote.audit import AuditLog
+from water_edge.agent.remote.config import SecuritySection, decode_public_key
+from water_edge.agent.remote.nonces import NonceStore
+from water_edge.agent.remote.result import CommandFailedError, CommandResult
+from water_edge.core.envelope import Envelope, EnvelopeError, parse
 
 log = structlog.get_logger(__name__)
 
@@ -42,8 +42,9 @@ class CommandProcessor:
     ) -> None:
         self._cfg = config
         self.target = f"{site}/{gateway}"
-        self._keys = {op.name: (decode_public_key(op.public_key), frozenset(op.commands))
-                      for op in config.operators}  # fmt: skip
+        self._keys = {
+            op.name: (decode_public_key(op.public_key), frozenset(op.commands)) for op in config.operators
+        }
         self._nonces = nonces
         self.audit = audit
         self._handlers = dict(handlers)
@@ -63,8 +64,9 @@ class CommandProcessor:
             return self._refuse(exc.code, str(exc), topic_suffix, digest, None)
         handler = self._handlers.get(env.type)
         if handler is None:
-            return self._refuse("unsupported", f"no handler for {env.type!r} on this gateway",
-                                topic_suffix, digest, env)  # fmt: skip
+            return self._refuse(
+                "unsupported", f"no handler for {env.type!r} on this gateway", topic_suffix, digest, env
+            )
         self.audit.record("command", "accepted", id=env.id, type=env.type, key=env.key_id, sha=digest)
         try:
             result = await handler(env)
@@ -72,8 +74,9 @@ class CommandProcessor:
             result = CommandResult("failed", reason=exc.reason, detail=exc.detail)
         result.command_id, result.command_type = env.id, env.type
         self.counts[result.status] += 1
-        self.audit.record("command", result.status, id=env.id, type=env.type, key=env.key_id,
-                          reason=result.reason)  # fmt: skip
+        self.audit.record(
+            "command", result.status, id=env.id, type=env.type, key=env.key_id, reason=result.reason
+        )
         return result
 
     def verify(self, topic_suffix: str, payload: bytes) -> Envelope:
@@ -116,8 +119,15 @@ class CommandProcessor:
         self.counts[f"refused.{code}"] += 1
         self.counts["refused"] += 1
         self.audit.record(
-            "command", "refused", reason=code, message=message, topic=topic[:64], sha=digest,
-            id=env.id if env else None, key=env.key_id if env else None,
-        )  # fmt: skip
-        return CommandResult("refused", env.id if env else None, env.type if env else None,
-                             f"{code}: {message}")  # fmt: skip
+            "command",
+            "refused",
+            reason=code,
+            message=message,
+            topic=topic[:64],
+            sha=digest,
+            id=env.id if env else None,
+            key=env.key_id if env else None,
+        )
+        return CommandResult(
+            "refused", env.id if env else None, env.type if env else None, f"{code}: {message}"
+        )

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agent.model import Event, Severity, now_ns
+from water_edge.core.reading import Event, Severity, now_ns
 
 Status = Literal["ok", "refused", "failed"]
 COMMAND_RESULT_KIND = "command_result"

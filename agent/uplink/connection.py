@@ -13,7 +13,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
-from buffer.types import OutboxRow
+from water_edge.buffer.types import OutboxRow
 
 
 class Connection:

@@ -10,17 +10,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.errors import UplinkError
-from agent.model import Event, Reading
-from buffer.types import OutboxRow
+from water_edge.buffer.types import OutboxRow
+from water_edge.core.errors import UplinkError
+from water_edge.core.reading import Event, Reading
 
 
 class LeaseAckOutbox(Protocol):
     """What the uplink needs from the outbox (`buffer.async_outbox.AsyncOutbox` provides it)."""
 
-    async def lease(
-        self, after_id: int, limit: int, upto_id: int | None = None
-    ) -> list[OutboxRow]:
+    async def lease(self, after_id: int, limit: int, upto_id: int | None = None) -> list[OutboxRow]:
         """Up to `limit` rows with `after_id` < id <= `upto_id` (no bound if None), oldest first."""
         ...
 

@@ -14,11 +14,11 @@ from typing import Any, Final
 
 import orjson
 
-from agent.errors import BufferError, UplinkError
-from agent.model import GOOD, Event, Reading, now_ns
-from agent.uplink.interfaces import BodyCodec, EncodeError, Message
-from agent.uplink.topics import Topics
-from buffer.types import OutboxRow
+from water_edge.agent.uplink.interfaces import BodyCodec, EncodeError, Message
+from water_edge.agent.uplink.topics import Topics
+from water_edge.buffer.types import OutboxRow
+from water_edge.core.errors import BufferError, UplinkError
+from water_edge.core.reading import GOOD, Event, Reading, now_ns
 
 PAYLOAD_VERSION: Final = 1
 CONTENT_TYPE: Final = "application/json"
@@ -90,13 +90,11 @@ def encode_items(
 
 def default_codec() -> BodyCodec:
     """`buffer.codec`, imported on first use."""
-    codec: BodyCodec = importlib.import_module("buffer.codec")
+    codec: BodyCodec = importlib.import_module("water_edge.buffer.codec")
     return codec
 
 
-def decode_body(
-    codec: BodyCodec, row: OutboxRow
-) -> tuple[list[Reading] | None, list[Event] | None]:
+def decode_body(codec: BodyCodec, row: OutboxRow) -> tuple[list[Reading] | None, list[Event] | None]:
     """Readings or events of a row, by its row class; a corrupt body raises `EncodeError`."""
     try:
         if row.row_class == "event":
@@ -133,7 +131,5 @@ class JsonEncoder:
         if self._codec is None:
             self._codec = default_codec()
         readings, events = decode_body(self._codec, row)
-        payload = encode_items(
-            row, self._topics.site, self._topics.gateway, readings=readings, events=events
-        )
+        payload = encode_items(row, self._topics.site, self._topics.gateway, readings=readings, events=events)
         return Message(topic, payload)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.errors import BufferError
-from agent.model import now_ns
-from buffer.codec import encode_events, encode_readings
-from buffer.types import Batch, OutboxRow
+from water_edge.buffer.codec import encode_events, encode_readings
+from water_edge.buffer.types import Batch, OutboxRow
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import now_ns
 
 
 class MemoryOutbox:
@@ -43,9 +43,7 @@ class MemoryOutbox:
     async def append(self, batches: Sequence[Batch]) -> list[int]:
         return self.append_sync(batches)
 
-    async def lease(
-        self, after_id: int, limit: int, upto_id: int | None = None
-    ) -> list[OutboxRow]:
+    async def lease(self, after_id: int, limit: int, upto_id: int | None = None) -> list[OutboxRow]:
         out = []
         for row_id in sorted(self._rows):
             if row_id > after_id and (upto_id is None or row_id <= upto_id):

@@ -60,15 +60,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-import agent
-from agent.errors import BufferError, UplinkError
-from agent.model import now_ns
-from agent.uplink.config import MqttConfig
-from agent.uplink.connection import Connection
-from agent.uplink.interfaces import EncodeError, Encoder, LeaseAckOutbox
-from agent.uplink.json_encoding import JsonEncoder
-from agent.uplink.topics import Topics
-from buffer.types import OutboxRow
+from water_edge.agent import __version__
+from water_edge.agent.uplink.config import MqttConfig
+from water_edge.agent.uplink.connection import Connection
+from water_edge.agent.uplink.interfaces import EncodeError, Encoder, LeaseAckOutbox
+from water_edge.agent.uplink.json_encoding import JsonEncoder
+from water_edge.agent.uplink.topics import Topics
+from water_edge.buffer.types import OutboxRow
+from water_edge.core.errors import BufferError, UplinkError
+from water_edge.core.reading import now_ns
 
 log = structlog.get_logger(__name__)
 
@@ -204,8 +204,12 @@ class MqttUplink:
             async with asyncio.timeout(drain_timeout_s + STOP_GRACE_S):
                 await self._finished.wait()
         except TimeoutError:
-            log.warning("uplink.stop_timed_out", after_s=drain_timeout_s + STOP_GRACE_S,
-                        state=self._state, inflight=len(self._conn.inflight) if self._conn else 0)
+            log.warning(
+                "uplink.stop_timed_out",
+                after_s=drain_timeout_s + STOP_GRACE_S,
+                state=self._state,
+                inflight=len(self._conn.inflight) if self._conn else 0,
+            )
             self._drop_connection()
 
     async def run(self) -> None:
@@ -217,7 +221,8 @@ class MqttUplink:
         attempt = 0
         worker = (
             asyncio.create_task(self._command_worker(self._on_command), name="uplink-commands")
-            if self._on_command is not None else None
+            if self._on_command is not None
+            else None
         )
         try:
             while not self._stop_requested.is_set():
@@ -304,7 +309,7 @@ class MqttUplink:
             "site": self.topics.site,
             "gateway": self.topics.gateway,
             "ts": now_ns(),
-            "agent": agent.__version__,
+            "agent": __version__,
         }
         if reason is not None:
             doc["reason"] = reason
@@ -335,9 +340,7 @@ class MqttUplink:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
             client.tls_insecure_set(not tls.verify_hostname)
-        client.will_set(
-            self.topics.status, self._status_payload("offline", "lost"), qos=1, retain=True
-        )
+        client.will_set(self.topics.status, self._status_payload("offline", "lost"), qos=1, retain=True)
         return client
 
     async def _connect(self) -> Connection | None:
@@ -375,9 +378,7 @@ class MqttUplink:
         if self._on_command is not None:
             client.on_message = self._on_message
             client.subscribe(self.topics.commands, qos=1)
-        info = client.publish(
-            self.topics.status, self._status_payload("online"), qos=1, retain=True
-        )
+        info = client.publish(self.topics.status, self._status_payload("online"), qos=1, retain=True)
         ack = loop.create_future()
         conn.status_acks[info.mid] = ack
         status = await self._wait_for(conn, ack, cfg.connect_timeout_s)
@@ -494,8 +495,11 @@ class MqttUplink:
             progressed = await self._flush_acks()
             stopping = self._stop_requested.is_set()
             idle = (
-                not conn.inflight and not backlog.active and not backlog.pending
-                and not live.pending and not self._more
+                not conn.inflight
+                and not backlog.active
+                and not backlog.pending
+                and not live.pending
+                and not self._more
             )
             if stopping and (idle or loop.time() >= self._stop_deadline):
                 await self._finish(conn, max(self._stop_deadline - loop.time(), 1.0))
@@ -512,9 +516,7 @@ class MqttUplink:
                 if not stopping:
                     await self._wait_wake(self._beat_s)
                 elif conn.inflight or live.pending or backlog.pending or self._more:
-                    await self._wait_wake(
-                        min(self._beat_s, max(0.0, self._stop_deadline - loop.time()))
-                    )
+                    await self._wait_wake(min(self._beat_s, max(0.0, self._stop_deadline - loop.time())))
 
     async def _lease(self, lane: _Lane) -> bool:
         rows = await self._outbox.lease(lane.cursor, self._cfg.lease_rows, lane.upto)
@@ -523,9 +525,7 @@ class MqttUplink:
             lane.pending.extend(rows)
         return bool(rows)
 
-    def _publish_lanes(
-        self, conn: Connection, live: _Lane, backlog: _Lane, props: Properties | None
-    ) -> bool:
+    def _publish_lanes(self, conn: Connection, live: _Lane, backlog: _Lane, props: Properties | None) -> bool:
         """Fill the window: live rows first, but a quarter stays reserved for the backlog."""
         backlog_left = backlog.active or bool(backlog.pending)
         live_cap = conn.window - (max(1, conn.window // 4) if backlog_left else 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agent.errors import UplinkError
+from water_edge.core.errors import UplinkError
 
 _LEVEL = re.compile(r"^[A-Za-z0-9_.:-]+$")
 STATUS_LEVEL = "status"
@@ -52,7 +52,7 @@ class Topics:
     def command_suffix(self, topic: str) -> str | None:
         """`a/b` for a topic `{base}/cmd/a/b`; None if the topic is not a command topic."""
         head = f"{self.base}/{COMMAND_LEVEL}/"
-        return topic[len(head):] if topic.startswith(head) and len(topic) > len(head) else None
+        return topic[len(head) :] if topic.startswith(head) and len(topic) > len(head) else None
 
     def stream(self, stream: str) -> str:
         """The data topic of one outbox stream. `status` and `cmd` are reserved."""

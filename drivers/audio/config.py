@@ -12,7 +12,8 @@ from typing import Final, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from drivers.base import NAME_PATTERN, DeviceConfig
+from water_edge.core.names import NAME_PATTERN
+from water_edge.drivers.base import DeviceConfig
 
 # Nominal octave-band centres (IEC 61260); bands whose upper edge passes Nyquist are left out.
 OCTAVE_CENTRES_HZ: Final = (31.5, 63.0, 125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0)

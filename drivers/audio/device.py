@@ -13,11 +13,11 @@ from typing import Any
 
 import structlog
 
-from agent.errors import DriverIOError
-from agent.model import now_ns
-from drivers.audio.config import AudioConfig
-from drivers.audio.source import GapLog, Sink, to_float32
-from drivers.audio.window import Clock
+from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import now_ns
+from water_edge.drivers.audio.config import AudioConfig
+from water_edge.drivers.audio.source import GapLog, Sink, to_float32
+from water_edge.drivers.audio.window import Clock
 
 log = structlog.get_logger(__name__)
 
@@ -88,14 +88,24 @@ class DeviceSource:
         self.callback = CaptureCallback(sink, self.clock, self.gaps)
         try:
             self._stream = sd.InputStream(
-                device=c.device, channels=self.channels, dtype=c.dtype, samplerate=self.sample_rate,
-                blocksize=c.blocksize, latency=c.latency, callback=self.callback,
-            )  # fmt: skip
+                device=c.device,
+                channels=self.channels,
+                dtype=c.dtype,
+                samplerate=self.sample_rate,
+                blocksize=c.blocksize,
+                latency=c.latency,
+                callback=self.callback,
+            )
             self._stream.start()
         except sd.PortAudioError as exc:
             raise DriverIOError(f"{c.name}: cannot start capture on {c.device!r}: {exc}") from exc
-        log.info("audio.capture_started", driver=c.name, device=str(self._stream.device),
-                 sample_rate=self.sample_rate, channels=self.channels)
+        log.info(
+            "audio.capture_started",
+            driver=c.name,
+            device=str(self._stream.device),
+            sample_rate=self.sample_rate,
+            channels=self.channels,
+        )
 
     def stop(self) -> None:
         import sounddevice as sd  # type: ignore[import-untyped,unused-ignore]
@@ -115,4 +125,3 @@ class DeviceSource:
             "callbacks": 0 if cb is None else cb.callbacks,
             "input_overflows": 0 if cb is None else cb.overflows,
         }
-

@@ -29,17 +29,17 @@ from typing import Any, ClassVar, Final, Self
 import numpy as np
 import structlog
 
-from agent.errors import DriverIOError
-from agent.model import GOOD, Reading
-from drivers.audio.config import AudioConfig, bands_below_nyquist
-from drivers.audio.device import DeviceSource
-from drivers.audio.levels import LevelMeter, NightTracker, db
-from drivers.audio.ring import FrameRing, Frames
-from drivers.audio.source import GapLog, Source
-from drivers.audio.streamclient import StreamSource
-from drivers.audio.wavfile import FileSource
-from drivers.audio.window import AudioWindow, Windower
-from drivers.base import DeviceConfig, TagInfo
+from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import GOOD, Reading
+from water_edge.drivers.audio.config import AudioConfig, bands_below_nyquist
+from water_edge.drivers.audio.device import DeviceSource
+from water_edge.drivers.audio.levels import LevelMeter, NightTracker, db
+from water_edge.drivers.audio.ring import FrameRing, Frames
+from water_edge.drivers.audio.source import GapLog, Source
+from water_edge.drivers.audio.streamclient import StreamSource
+from water_edge.drivers.audio.wavfile import FileSource
+from water_edge.drivers.audio.window import AudioWindow, Windower
+from water_edge.drivers.base import DeviceConfig, TagInfo
 
 log = structlog.get_logger(__name__)
 
@@ -113,10 +113,14 @@ class AudioDriver:
             self.name, source.clock, names, round(c.window_s * sr), max(1, round(c.hop_s * sr))
         )
         self._meter = LevelMeter(
-            self.name, source.clock, names, interval_s=c.level_interval_s,
-            bands_hz=bands_below_nyquist(c.bands_hz, sr), calibration_db=c.calibration_db,
+            self.name,
+            source.clock,
+            names,
+            interval_s=c.level_interval_s,
+            bands_hz=bands_below_nyquist(c.bands_hz, sr),
+            calibration_db=c.calibration_db,
             night=NightTracker(c.night_start, c.night_end, c.night_history, source.channels),
-        )  # fmt: skip
+        )
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._source = source
@@ -146,8 +150,9 @@ class AudioDriver:
                 f"sample_rate = {c.sample_rate}"
             )
         if c.window_s * source.sample_rate < 64:
-            raise DriverIOError(f"{self.name}: window_s = {c.window_s} is under 64 frames at "
-                                f"{source.sample_rate} Hz")
+            raise DriverIOError(
+                f"{self.name}: window_s = {c.window_s} is under 64 frames at {source.sample_rate} Hz"
+            )
 
     def _produce(self, frames: Frames, start: int) -> None:
         """The sink every source calls from its own thread."""
@@ -175,8 +180,16 @@ class AudioDriver:
                         self._deliver(window)
                     readings = await asyncio.to_thread(meter.feed, chunks)
                     if readings:
-                        readings.append(Reading(self.name, "dropped_frames", readings[0].ts_ns,
-                                                self.gaps.total, GOOD, "frames"))
+                        readings.append(
+                            Reading(
+                                self.name,
+                                "dropped_frames",
+                                readings[0].ts_ns,
+                                self.gaps.total,
+                                GOOD,
+                                "frames",
+                            )
+                        )
                         yield readings
                 if source.error:
                     raise DriverIOError(f"{self.name}: {source.error}")

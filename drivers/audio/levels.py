@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import signal  # type: ignore[import-untyped,unused-ignore]
 
-from agent.model import GOOD, UNCERTAIN, Quality, Reading
-from drivers.audio.ring import Chunk
-from drivers.audio.window import Clock
+from water_edge.core.reading import GOOD, UNCERTAIN, Quality, Reading
+from water_edge.drivers.audio.ring import Chunk
+from water_edge.drivers.audio.window import Clock
 
 FLOOR_DB: Final = -200.0  # the level of digital silence, instead of -inf
 F64 = npt.NDArray[np.float64]
@@ -116,9 +116,7 @@ class LevelMeter:
         self.nfft = welch_nfft(self.sr)
         freqs = np.fft.rfftfreq(self.nfft, 1 / self.sr)
         self.df = self.sr / self.nfft
-        self.bands = [
-            (fc, (freqs >= fc / 2**0.5) & (freqs < fc * 2**0.5)) for fc in bands_hz
-        ]
+        self.bands = [(fc, (freqs >= fc / 2**0.5) & (freqs < fc * 2**0.5)) for fc in bands_hz]
         ch = len(self.names)
         self._sec = np.zeros((self.sr, ch), dtype=np.float32)
         self._fill = 0
@@ -192,8 +190,9 @@ class LevelMeter:
         for c, name in enumerate(self.names):
 
             def put(tag: str, value: float, unit: str, c_name: str = name) -> None:
-                out.append(Reading(self.source, f"{c_name}.{tag}", ts, round(float(value), 2),
-                                   quality, unit, reason))
+                out.append(
+                    Reading(self.source, f"{c_name}.{tag}", ts, round(float(value), 2), quality, unit, reason)
+                )
 
             put("rms_dbfs", rms[c], "dBFS")
             put("peak_dbfs", peak[c], "dBFS")
@@ -216,14 +215,20 @@ class LevelMeter:
         out = []
         for c, name in enumerate(self.names):
             if self.calibration is None:
-                out.append(Reading(self.source, f"{name}.night_min_dbfs", ts, round(float(minimum[c]), 2),
-                                   GOOD, "dBFS"))
+                out.append(
+                    Reading(
+                        self.source, f"{name}.night_min_dbfs", ts, round(float(minimum[c]), 2), GOOD, "dBFS"
+                    )
+                )
             else:
                 value = float(minimum[c] + self.calibration[c])
                 out.append(Reading(self.source, f"{name}.night_min_db", ts, round(value, 2), GOOD, "dB"))
             if spread is not None:
-                out.append(Reading(self.source, f"{name}.night_min_spread_db", ts,
-                                   round(float(spread[c]), 2), GOOD, "dB"))
+                out.append(
+                    Reading(
+                        self.source, f"{name}.night_min_spread_db", ts, round(float(spread[c]), 2), GOOD, "dB"
+                    )
+                )
         return out
 
     def tag_names(self) -> list[tuple[str, str]]:

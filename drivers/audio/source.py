@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.model import now_ns
-from drivers.audio.ring import Frames
-from drivers.audio.window import Clock
+from water_edge.core.reading import now_ns
+from water_edge.drivers.audio.ring import Frames
+from water_edge.drivers.audio.window import Clock
 
 Sink = Callable[[Frames, int], None]
 

@@ -23,10 +23,10 @@ from typing import Any, Final
 import numpy as np
 import structlog
 
-from agent.errors import DriverIOError
-from drivers.audio.config import AudioConfig
-from drivers.audio.source import GapLog, Sink, to_float32
-from drivers.audio.window import Clock
+from water_edge.core.errors import DriverIOError
+from water_edge.drivers.audio.config import AudioConfig
+from water_edge.drivers.audio.source import GapLog, Sink, to_float32
+from water_edge.drivers.audio.window import Clock
 
 log = structlog.get_logger(__name__)
 

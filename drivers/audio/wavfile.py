@@ -17,11 +17,11 @@ import numpy as np
 import structlog
 from scipy.io import wavfile  # type: ignore[import-untyped,unused-ignore]
 
-from agent.errors import DriverIOError
-from agent.model import now_ns
-from drivers.audio.config import AudioConfig
-from drivers.audio.source import Sink, to_float32
-from drivers.audio.window import Clock
+from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import now_ns
+from water_edge.drivers.audio.config import AudioConfig
+from water_edge.drivers.audio.source import Sink, to_float32
+from water_edge.drivers.audio.window import Clock
 
 log = structlog.get_logger(__name__)
 
@@ -123,5 +123,9 @@ class FileSource:
         self._data = None
 
     def health(self) -> dict[str, Any]:
-        return {"path": str(self.path), "loop": self.config.loop, "loops": self.loops,
-                "finished": self.finished}
+        return {
+            "path": str(self.path),
+            "loop": self.config.loop,
+            "loops": self.loops,
+            "finished": self.finished,
+        }

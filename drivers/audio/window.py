@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.audio.ring import Chunk, Frames
+from water_edge.drivers.audio.ring import Chunk, Frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +44,7 @@ class Clock:
 
 
 class Windower:
-    def __init__(
-        self, source: str, clock: Clock, channels: Sequence[str], window: int, hop: int
-    ) -> None:
+    def __init__(self, source: str, clock: Clock, channels: Sequence[str], window: int, hop: int) -> None:
         if not 0 < hop <= window:
             raise ValueError("need 0 < hop <= window")
         self.source = source

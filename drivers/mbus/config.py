@@ -6,7 +6,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.base import NAME_PATTERN, DeviceConfig
+from water_edge.core.names import NAME_PATTERN
+from water_edge.drivers.base import DeviceConfig
 
 Function = Literal["instantaneous", "maximum", "minimum", "error"]
 

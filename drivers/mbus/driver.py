@@ -17,18 +17,19 @@ from typing import Any, ClassVar, Final, Self
 
 import structlog
 
-from agent.errors import DeviceError, DriverIOError
-from agent.model import BAD, GOOD, UNCERTAIN, Quality, Reading, now_ns
-from drivers import serial_bus
-from drivers.base import DeviceConfig, TagInfo
-from drivers.mbus.config import MbusConfig, MbusMeter, RecordSelector
-from drivers.mbus.frame import MbusDecodeError, MbusFrameError
-from drivers.mbus.link import MbusMaster, MbusTimeoutError
-from drivers.mbus.telegram import Header, Record, Telegram
+from water_edge.core.errors import DeviceError, DriverIOError
+from water_edge.core.reading import BAD, GOOD, UNCERTAIN, Quality, Reading, now_ns
+from water_edge.drivers import serial_bus
+from water_edge.drivers.base import DeviceConfig, TagInfo
+from water_edge.drivers.mbus.config import MbusConfig, MbusMeter, RecordSelector
+from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError
+from water_edge.drivers.mbus.link import MbusMaster, MbusTimeoutError
+from water_edge.drivers.mbus.telegram import Header, Record, Telegram
 
 log = structlog.get_logger(__name__)
 
 FUNCTION_SUFFIX: Final = {"instantaneous": "", "maximum": ".max", "minimum": ".min", "error": ".error"}
+
 
 def record_tag(record: Record) -> str:
     """The tag suffix (after `<meter>.`) a record gets by the naming scheme."""
@@ -64,8 +65,13 @@ def header_quality(header: Header | None) -> tuple[Quality, str | None]:
     return GOOD, None
 
 
-def telegram_readings(source: str, meter: str, telegrams: Sequence[Telegram], ts: int,
-                      selectors: Sequence[RecordSelector] | None) -> list[Reading]:  # fmt: skip
+def telegram_readings(
+    source: str,
+    meter: str,
+    telegrams: Sequence[Telegram],
+    ts: int,
+    selectors: Sequence[RecordSelector] | None,
+) -> list[Reading]:
     """Readings for one meter's telegrams: all records, or the selected ones (missing -> bad)."""
     header = next((t.header for t in telegrams if t.header is not None), None)
     quality, reason = header_quality(header)
@@ -81,11 +87,17 @@ def telegram_readings(source: str, meter: str, telegrams: Sequence[Telegram], ts
         return out
     for sel in selectors:
         match = next(
-            (r for r in records
-             if r.quantity == sel.quantity and r.storage == sel.storage and r.tariff == sel.tariff
-             and r.subunit == sel.subunit and r.function == sel.function),
+            (
+                r
+                for r in records
+                if r.quantity == sel.quantity
+                and r.storage == sel.storage
+                and r.tariff == sel.tariff
+                and r.subunit == sel.subunit
+                and r.function == sel.function
+            ),
             None,
-        )  # fmt: skip
+        )
         tag = f"{meter}.{selector_tag(sel)}"
         if match is None:
             out.append(Reading(source, tag, ts, None, BAD, "", "record not in the meter's telegram"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from agent.errors import DeviceError
+from water_edge.core.errors import DeviceError
 
 ACK: Final = 0xE5
 SHORT_START: Final = 0x10

@@ -17,9 +17,9 @@ from typing import Any, Final, Literal
 import serial
 import structlog
 
-from agent.errors import DriverIOError
-from drivers.mbus import frame as fr
-from drivers.mbus.telegram import Telegram, decode_frame
+from water_edge.core.errors import DriverIOError
+from water_edge.drivers.mbus import frame as fr
+from water_edge.drivers.mbus.telegram import Telegram, decode_frame
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +53,7 @@ class LinkStats:
 
 
 def secondary_mask(text: str) -> bytes:
-    """"12345678" or "12345678" + manufacturer/version/medium hex ("12345678FFFFFF07"), F = any.
+    """ "12345678" or "12345678" + manufacturer/version/medium hex ("12345678FFFFFF07"), F = any.
 
     The first 8 characters are the ID as printed (most significant digit first); the optional
     8 hex characters that follow are the manufacturer field (2 bytes, little endian as sent),
@@ -72,7 +72,7 @@ def secondary_text(t: Telegram) -> str:
     h = t.header
     if h is None or h.id is None or h.manufacturer is None:
         return ""
-    from drivers.mbus.telegram import manufacturer_value
+    from water_edge.drivers.mbus.telegram import manufacturer_value
 
     man = manufacturer_value(h.manufacturer) if h.manufacturer.isalpha() else 0
     return f"{h.id}{man & 0xFF:02X}{man >> 8:02X}{h.version or 0:02X}{h.medium or 0:02X}"
@@ -102,9 +102,14 @@ class MbusMaster:
     def open(self) -> None:
         try:
             self._serial = self._factory(
-                self.port, self.baudrate, bytesize=serial.EIGHTBITS, parity=serial.PARITY_EVEN,
-                stopbits=serial.STOPBITS_ONE, timeout=0, write_timeout=5.0,
-            )  # fmt: skip
+                self.port,
+                self.baudrate,
+                bytesize=serial.EIGHTBITS,
+                parity=serial.PARITY_EVEN,
+                stopbits=serial.STOPBITS_ONE,
+                timeout=0,
+                write_timeout=5.0,
+            )
         except (serial.SerialException, OSError, ValueError) as exc:
             raise DriverIOError(f"M-Bus port {self.port}: cannot open: {exc}") from exc
 

@@ -12,9 +12,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from agent.model import Value
-from drivers.mbus import vif as vifs
-from drivers.mbus.frame import MbusDecodeError, parse_frame
+from water_edge.core.reading import Value
+from water_edge.drivers.mbus import vif as vifs
+from water_edge.drivers.mbus.frame import MbusDecodeError, parse_frame
 
 CI_LONG_HEADER: Final = 0x72
 CI_SHORT_HEADER: Final = 0x7A
@@ -255,9 +255,7 @@ def _records(body: bytes) -> tuple[list[Record], bytes, bool]:
             lvar = -1
             size = DATA_LENGTH[data_code]
         if pos + size > end:
-            raise MbusDecodeError(
-                f"record at byte {start}: needs {size} data byte(s), {end - pos} left"
-            )
+            raise MbusDecodeError(f"record at byte {start}: needs {size} data byte(s), {end - pos} left")
         raw = body[pos : pos + size]
         pos += size
         where = (storage, tariff, subunit)
@@ -386,9 +384,19 @@ def _record(  # noqa: PLR0917 - the parts of one record, parsed by the caller
         error = error or number_error
         value = None if number is None else _scale(number, info, vife_list)
     return Record(
-        dif_bytes, vif_bytes, raw, value, unit, quantity, function, storage, tariff, subunit,
-        tuple(modifiers), error,
-    )  # fmt: skip
+        dif_bytes,
+        vif_bytes,
+        raw,
+        value,
+        unit,
+        quantity,
+        function,
+        storage,
+        tariff,
+        subunit,
+        tuple(modifiers),
+        error,
+    )
 
 
 def _number(raw: bytes, data_code: int) -> tuple[int | float | None, str | None]:

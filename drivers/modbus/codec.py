@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from agent.model import Value
-from drivers.modbus.config import ModbusTag
+from water_edge.core.reading import Value
+from water_edge.drivers.modbus.config import ModbusTag
 
 
 @dataclass(frozen=True, slots=True)

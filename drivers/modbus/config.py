@@ -11,7 +11,8 @@ from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.base import NAME_PATTERN, DeviceConfig
+from water_edge.core.names import NAME_PATTERN
+from water_edge.drivers.base import DeviceConfig
 
 Table = Literal["holding", "input", "coil", "discrete"]
 DataType = Literal[

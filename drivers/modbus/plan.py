@@ -14,8 +14,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drivers.modbus.codec import BlockLayout, compile_tag
-from drivers.modbus.config import BIT_TABLES, ModbusDeviceConfig, ModbusTag, Table
+from water_edge.drivers.modbus.codec import BlockLayout, compile_tag
+from water_edge.drivers.modbus.config import BIT_TABLES, ModbusDeviceConfig, ModbusTag, Table
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,11 @@ from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
 
 import structlog
 
-from agent.model import BAD, GOOD, Reading, Value
-from drivers.base import DeviceConfig, TagInfo
-from drivers.modbus.codec import Bad, decode_bits, decode_registers
-from drivers.modbus.config import ModbusDeviceConfig
-from drivers.modbus.plan import ReadRequest, split_at_gaps
+from water_edge.core.reading import BAD, GOOD, Reading, Value
+from water_edge.drivers.base import DeviceConfig, TagInfo
+from water_edge.drivers.modbus.codec import Bad, decode_bits, decode_registers
+from water_edge.drivers.modbus.config import ModbusDeviceConfig
+from water_edge.drivers.modbus.plan import ReadRequest, split_at_gaps
 
 log = structlog.get_logger(__name__)
 
@@ -98,9 +98,13 @@ class RequestPoller:
             if len(parts) > 1:
                 self.splits += 1
                 log.warning(
-                    "modbus.request_split", driver=self.source, table=request.table,
-                    start=request.start, count=request.count, into=len(parts),
-                )  # fmt: skip
+                    "modbus.request_split",
+                    driver=self.source,
+                    table=request.table,
+                    start=request.start,
+                    count=request.count,
+                    into=len(parts),
+                )
                 readings: list[Reading] = []
                 for part in parts:
                     readings.extend(await self._read(_Entry(part), execute, kept))

@@ -26,14 +26,19 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
-from agent.errors import DeviceError, DriverIOError
-from agent.model import Reading
-from drivers import serial_bus
-from drivers.base import DeviceConfig
-from drivers.modbus.config import ModbusRtuConfig
-from drivers.modbus.plan import ReadRequest, plan_requests
-from drivers.modbus.poller import MAX_SILENT_REQUESTS, PolledModbusDriver, RequestFailedError, RequestPoller
-from drivers.modbus.writes import WriteTable, check_write, raise_for_exception, write_call
+from water_edge.core.errors import DeviceError, DriverIOError
+from water_edge.core.reading import Reading
+from water_edge.drivers import serial_bus
+from water_edge.drivers.base import DeviceConfig
+from water_edge.drivers.modbus.config import ModbusRtuConfig
+from water_edge.drivers.modbus.plan import ReadRequest, plan_requests
+from water_edge.drivers.modbus.poller import (
+    MAX_SILENT_REQUESTS,
+    PolledModbusDriver,
+    RequestFailedError,
+    RequestPoller,
+)
+from water_edge.drivers.modbus.writes import WriteTable, check_write, raise_for_exception, write_call
 
 log = structlog.get_logger(__name__)
 

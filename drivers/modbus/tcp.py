@@ -28,15 +28,21 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from agent.errors import DriverIOError
-from agent.model import Reading
-from drivers.base import DeviceConfig
-from drivers.modbus.config import ModbusTcpConfig
-from drivers.modbus.plan import ReadRequest, plan_requests
-from drivers.modbus.poller import MAX_SILENT_REQUESTS, PolledModbusDriver, RequestFailedError, RequestPoller
-from drivers.modbus.writes import WriteTable, check_write, raise_for_exception, write_call
+from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import Reading
+from water_edge.drivers.base import DeviceConfig
+from water_edge.drivers.modbus.config import ModbusTcpConfig
+from water_edge.drivers.modbus.plan import ReadRequest, plan_requests
+from water_edge.drivers.modbus.poller import (
+    MAX_SILENT_REQUESTS,
+    PolledModbusDriver,
+    RequestFailedError,
+    RequestPoller,
+)
+from water_edge.drivers.modbus.writes import WriteTable, check_write, raise_for_exception, write_call
 
 log = structlog.get_logger(__name__)
+
 
 class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
     """Polls one Modbus TCP device (or gateway) with coalesced read requests."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final, Literal
 
-from agent.errors import DeviceError
-from drivers.modbus.config import ADDRESS_SPACE
-from drivers.modbus.poller import exception_reason
+from water_edge.core.errors import DeviceError
+from water_edge.drivers.modbus.config import ADDRESS_SPACE
+from water_edge.drivers.modbus.poller import exception_reason
 
 WriteTable = Literal["holding", "coil"]
 WRITE_FUNCTION_CODES: Final = frozenset({5, 6, 15, 16})

@@ -1,6 +1,7 @@
 """Makes the gateway's OPC UA client certificate (self-signed, with the application URI in its SAN).
 
-    python -m drivers.opcua.certs /etc/edge-agent/opcua/client_cert.der /etc/edge-agent/opcua/client_key.pem
+    python -m water_edge.drivers.opcua.certs \
+        /etc/edge-agent/opcua/client_cert.der /etc/edge-agent/opcua/client_key.pem
 
 Copy the certificate into the server's trusted certificates (most servers also show it under
 "rejected" after a first refused attempt, to be moved to "trusted" by the operator).
@@ -32,10 +33,13 @@ def make_client_certificate(
     host = socket.gethostname()
     key = cert_gen.generate_private_key()
     cert = cert_gen.generate_self_signed_app_certificate(
-        key, f"water-edge-agent@{host}", {"organizationName": "water-edge-agent"},
+        key,
+        f"water-edge-agent@{host}",
+        {"organizationName": "water-edge-agent"},
         [x509.UniformResourceIdentifier(application_uri or default_uri(host)), x509.DNSName(host)],
-        [ExtendedKeyUsageOID.CLIENT_AUTH], days=days,
-    )  # fmt: skip
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        days=days,
+    )
     key_path.parent.mkdir(parents=True, exist_ok=True)
     cert_path.parent.mkdir(parents=True, exist_ok=True)
     key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
@@ -47,7 +51,7 @@ def make_client_certificate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m drivers.opcua.certs", description=__doc__.splitlines()[0]
+        prog="python -m water_edge.drivers.opcua.certs", description=__doc__.splitlines()[0]
     )
     parser.add_argument("certificate", type=Path, help="certificate file to write (DER)")
     parser.add_argument("private_key", type=Path, help="private key file to write (PEM)")

@@ -13,7 +13,8 @@ from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.base import NAME_PATTERN, DeviceConfig
+from water_edge.core.names import NAME_PATTERN
+from water_edge.drivers.base import DeviceConfig
 
 SecurityPolicy = Literal["None", "Basic256Sha256"]
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
@@ -94,8 +95,8 @@ class OpcUaConfig(DeviceConfig):
         secure = self.security_policy != "None"
         if secure != (self.security_mode != "None"):
             raise ValueError(
-                "security_policy and security_mode go together: policy \"None\" with mode \"None\", "
-                "or policy \"Basic256Sha256\" with mode \"Sign\" or \"SignAndEncrypt\""
+                'security_policy and security_mode go together: policy "None" with mode "None", '
+                'or policy "Basic256Sha256" with mode "Sign" or "SignAndEncrypt"'
             )
         if secure and (self.certificate is None or self.private_key is None):
             raise ValueError(

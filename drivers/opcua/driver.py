@@ -32,12 +32,12 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 
-from agent.errors import DriverIOError
-from agent.model import BAD, Reading
-from agent.scheduler import FixedRateTicker
-from drivers.base import DeviceConfig, TagInfo
-from drivers.opcua.config import OpcUaConfig, OpcUaTag
-from drivers.opcua.values import reading_parts, status_name, unit_from_eu
+from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import BAD, Reading
+from water_edge.core.scheduler import FixedRateTicker
+from water_edge.drivers.base import DeviceConfig, TagInfo
+from water_edge.drivers.opcua.config import OpcUaConfig, OpcUaTag
+from water_edge.drivers.opcua.values import reading_parts, status_name, unit_from_eu
 
 log = structlog.get_logger(__name__)
 
@@ -154,8 +154,13 @@ class OpcUaDriver:
         except (OSError, TimeoutError, UaError) as exc:
             await self.aclose()
             raise DriverIOError(f"{self.name}: {_explain(exc)}") from exc
-        log.info("opcua.connected", driver=self.name, endpoint=cfg.endpoint,
-                 mode="poll" if self._polling else "subscribe", security=cfg.security_mode)  # fmt: skip
+        log.info(
+            "opcua.connected",
+            driver=self.name,
+            endpoint=cfg.endpoint,
+            mode="poll" if self._polling else "subscribe",
+            security=cfg.security_mode,
+        )
 
     async def _configure_security(self, client: Client) -> None:
         cfg = self._config
@@ -177,8 +182,11 @@ class OpcUaDriver:
             mode = ua.MessageSecurityMode.Sign
         await client.set_security(
             security_policies.SecurityPolicyBasic256Sha256,
-            str(cfg.certificate), str(cfg.private_key), server_certificate=server_cert, mode=mode,
-        )  # fmt: skip
+            str(cfg.certificate),
+            str(cfg.private_key),
+            server_certificate=server_cert,
+            mode=mode,
+        )
 
     async def _resolve(self, client: Client) -> None:
         """NodeIds for every tag; a path that does not resolve makes that tag bad, not the device."""
@@ -200,29 +208,44 @@ class OpcUaDriver:
                     break
             self._nodes.append(node)
         if self._unresolved:
-            log.warning("opcua.unresolved", driver=self.name, tags=len(self._unresolved),
-                        first=next(iter(self._unresolved.values())))  # fmt: skip
+            log.warning(
+                "opcua.unresolved",
+                driver=self.name,
+                tags=len(self._unresolved),
+                first=next(iter(self._unresolved.values())),
+            )
 
     async def _learn_units(self, client: Client) -> None:
         """Units from the EngineeringUnits property of tags whose config gives none."""
-        wanted = [i for i, (t, n) in enumerate(zip(self._config.tags, self._nodes, strict=True))
-                  if not t.unit and n is not None]  # fmt: skip
+        wanted = [
+            i
+            for i, (t, n) in enumerate(zip(self._config.tags, self._nodes, strict=True))
+            if not t.unit and n is not None
+        ]
         if not wanted:
             return
         paths = []
         for i in wanted:
             element = ua.RelativePathElement(
-                ReferenceTypeId=HAS_PROPERTY, IsInverse=_FALSE, IncludeSubtypes=_TRUE,
+                ReferenceTypeId=HAS_PROPERTY,
+                IsInverse=_FALSE,
+                IncludeSubtypes=_TRUE,
                 TargetName=ua.QualifiedName("EngineeringUnits", 0),
-            )  # fmt: skip
+            )
             paths.append(ua.BrowsePath(StartingNode=self._nodes[i], RelativePath=ua.RelativePath([element])))
         found: list[tuple[int, ua.NodeId]] = []
         for chunk in _chunks(list(zip(wanted, paths, strict=True)), self._config.max_items_per_request):
             results = await client.uaclient.translate_browsepaths_to_nodeids([p for _, p in chunk])
-            found += [(i, r.Targets[0].TargetId.to_nodeid() if hasattr(r.Targets[0].TargetId, "to_nodeid")
-                       else ua.NodeId(r.Targets[0].TargetId.Identifier, r.Targets[0].TargetId.NamespaceIndex))
-                      for (i, _), r in zip(chunk, results, strict=True)
-                      if r.StatusCode.is_good() and r.Targets]  # fmt: skip
+            found += [
+                (
+                    i,
+                    r.Targets[0].TargetId.to_nodeid()
+                    if hasattr(r.Targets[0].TargetId, "to_nodeid")
+                    else ua.NodeId(r.Targets[0].TargetId.Identifier, r.Targets[0].TargetId.NamespaceIndex),
+                )
+                for (i, _), r in zip(chunk, results, strict=True)
+                if r.StatusCode.is_good() and r.Targets
+            ]
         values = await self._read_values(client, [n for _, n in found])
         for (i, _), dv in zip(found, values, strict=True):
             eu = dv.Value.Value if dv.Value is not None else None
@@ -263,26 +286,32 @@ class OpcUaDriver:
                     name = cfg.tags[request.RequestedParameters.ClientHandle].name
                     self._failed_items[name] = status_name(result.value)
         if self._failed_items:
-            log.warning("opcua.items_refused", driver=self.name, count=len(self._failed_items),
-                        first=next(iter(self._failed_items.items())))  # fmt: skip
+            log.warning(
+                "opcua.items_refused",
+                driver=self.name,
+                count=len(self._failed_items),
+                first=next(iter(self._failed_items.items())),
+            )
         self._stand_in_unsubscribed()
 
     def _item_request(self, handle: int, tag: OpcUaTag, node: ua.NodeId) -> ua.MonitoredItemCreateRequest:
         cfg = self._config
         mparams = ua.MonitoringParameters(
             ClientHandle=handle,
-            SamplingInterval=tag.sampling_interval_ms if tag.sampling_interval_ms is not None
+            SamplingInterval=tag.sampling_interval_ms
+            if tag.sampling_interval_ms is not None
             else cfg.sampling_interval_ms,
             QueueSize=cfg.queue_size,
             DiscardOldest=True,
-        )  # fmt: skip
+        )
         if tag.deadband is not None:
             mparams.Filter = ua.DataChangeFilter(
                 Trigger=ua.DataChangeTrigger.StatusValue,
-                DeadbandType=ua.DeadbandType.Absolute if tag.deadband.type == "absolute"
+                DeadbandType=ua.DeadbandType.Absolute
+                if tag.deadband.type == "absolute"
                 else ua.DeadbandType.Percent,
                 DeadbandValue=tag.deadband.value,
-            )  # fmt: skip
+            )
         return ua.MonitoredItemCreateRequest(
             ItemToMonitor=ua.ReadValueId(NodeId=node, AttributeId=AttributeIds.Value),
             MonitoringMode=ua.MonitoringMode.Reporting,
@@ -380,8 +409,9 @@ class OpcUaDriver:
         cfg = self._config
         if cfg.stale_after_ms is not None:
             return cfg.stale_after_ms / 1000
-        keepalive = cfg.publishing_interval_ms * (self._client.get_keepalive_count(cfg.publishing_interval_ms)
-                                                  if self._client else 10)  # fmt: skip
+        keepalive = cfg.publishing_interval_ms * (
+            self._client.get_keepalive_count(cfg.publishing_interval_ms) if self._client else 10
+        )
         return max(5.0, 3 * keepalive / 1000)
 
     def _on_publish(self, result: ua.PublishResult) -> None:
@@ -430,10 +460,13 @@ class OpcUaDriver:
 async def _browse(client: Client, node: ua.NodeId) -> list[ua.ReferenceDescription]:
     """Forward hierarchical children of `node` (all pages)."""
     desc = ua.BrowseDescription(
-        NodeId=node, BrowseDirection=ua.BrowseDirection.Forward,
-        ReferenceTypeId=HIERARCHICAL, IncludeSubtypes=_TRUE,
-        NodeClassMask=0, ResultMask=ua.BrowseResultMask.All,
-    )  # fmt: skip
+        NodeId=node,
+        BrowseDirection=ua.BrowseDirection.Forward,
+        ReferenceTypeId=HIERARCHICAL,
+        IncludeSubtypes=_TRUE,
+        NodeClassMask=0,
+        ResultMask=ua.BrowseResultMask.All,
+    )
     results = await client.uaclient.browse(ua.BrowseParameters(NodesToBrowse=[desc]))
     refs = list(results[0].References)
     point = results[0].ContinuationPoint
@@ -474,8 +507,11 @@ def _load_file(path: Path, key: str) -> x509.Certificate | None:
     if key != "certificate":
         return None
     try:
-        return (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----")
-                else x509.load_der_x509_certificate(data))  # fmt: skip
+        return (
+            x509.load_pem_x509_certificate(data)
+            if data.lstrip().startswith(b"-----")
+            else x509.load_der_x509_certificate(data)
+        )
     except ValueError as exc:
         raise ValueError(f"{key} {path} is not a PEM or DER certificate: {exc}") from exc
 

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from asyncua import ua
 
-from agent.model import BAD, GOOD, UNCERTAIN, Quality, Value
+from water_edge.core.reading import BAD, GOOD, UNCERTAIN, Quality, Value
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_NAIVE: Final = dt.datetime(1970, 1, 1)  # asyncua decodes UTC as naive datetimes

@@ -6,7 +6,7 @@ i/2 + (sim second mod 100): every value changes once a second and can be checked
 
 from __future__ import annotations
 
-from fwsim.registers import BENCH_BASE, MAX_BENCH_TAGS, STATION_UNIT
+from water_edge.sim.registers import BENCH_BASE, MAX_BENCH_TAGS, STATION_UNIT
 
 
 def bench_tag_name(index: int) -> str:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fwsim.registers import MAX_BENCH_TAGS, POINTS
+from water_edge.sim.registers import MAX_BENCH_TAGS, POINTS
 
 
 def _parser(*, datasets: bool = True) -> argparse.ArgumentParser:
@@ -21,22 +21,30 @@ def _parser(*, datasets: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=None, help="default: the scenario's seed, else 0")
     run.add_argument("--scenario", type=Path, default=None, help="a scenario TOML file (docs/scenarios.md)")
     run.add_argument(
-        "--speed", type=float, default=None,
+        "--speed",
+        type=float,
+        default=None,
         help="model seconds per wall-clock second (default: the scenario's, else 1)",
-    )  # fmt: skip
+    )
     run.add_argument(
-        "--bench-tags", type=int, default=0, metavar="N",
+        "--bench-tags",
+        type=int,
+        default=0,
+        metavar="N",
         help=f"add N float32 bench tags (input registers 10000.., unit 1; N <= {MAX_BENCH_TAGS})",
-    )  # fmt: skip
+    )
     run.add_argument(
-        "--endpoints-file", type=Path, default=None,
+        "--endpoints-file",
+        type=Path,
+        default=None,
         help="write the endpoints as JSON once the ports listen",
-    )  # fmt: skip
+    )
     run.add_argument(
-        "--components", default="all",
+        "--components",
+        default="all",
         help="comma-separated parts to start besides the Modbus TCP PLC "
-             "(modbus_rtu, opcua, mbus, hydrophones), 'none', or 'all' (default)",
-    )  # fmt: skip
+        "(modbus_rtu, opcua, mbus, hydrophones), 'none', or 'all' (default)",
+    )
     run.add_argument("--workdir", type=Path, default=None, help="where components put files")
     lister = sub.add_parser("list", help="describe the register map, or what a scenario contains")
     lister.add_argument("--scenario", type=Path, default=None)
@@ -44,7 +52,7 @@ def _parser(*, datasets: bool = True) -> argparse.ArgumentParser:
     sub.add_parser("hydrophones", help="write synthetic hydrophone audio to a WAV file", add_help=False)
     dataset = sub.add_parser("dataset", help="write labelled training/evaluation data (pump, leak)")
     if datasets:  # importing the dataset writers costs `edge-sim run` start-up time
-        from fwsim.dataset import add_arguments
+        from water_edge.sim.dataset import add_arguments
 
         add_arguments(dataset)
     return parser
@@ -77,11 +85,11 @@ def _components(value: str) -> list[str] | None:
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per subcommand/error
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hydrophones"]:
-        from fwsim.hydrophone_stream import main as hydrophones_main
+        from water_edge.sim.hydrophone_stream import main as hydrophones_main
 
         return hydrophones_main(argv[1:])
     args = _parser(datasets=argv[:1] == ["dataset"] or "-h" in argv or "--help" in argv).parse_args(argv)
-    from fwsim.scenario import ScenarioError, load_scenario
+    from water_edge.sim.scenario import ScenarioError, load_scenario
 
     scenario = None
     try:
@@ -97,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
             _list()
         return 0
     if args.command == "dataset":
-        from fwsim.dataset import run as run_dataset
+        from water_edge.sim.dataset import run as run_dataset
 
         return run_dataset(args)
     if not 0 <= args.bench_tags <= MAX_BENCH_TAGS:
@@ -110,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
     if seed is None:
         seed = scenario.header.seed if scenario is not None and scenario.header.seed is not None else 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from fwsim.runner import run
+    from water_edge.sim.runner import run
 
     try:
         asyncio.run(

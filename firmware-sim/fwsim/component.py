@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fwsim.faults import CommFaults
-from fwsim.pumpstation import PumpStation, StationState
-from fwsim.registers import Plant, Point
+from water_edge.sim.faults import CommFaults
+from water_edge.sim.pumpstation import PumpStation, StationState
+from water_edge.sim.registers import Plant, Point
 
 
 @dataclass
@@ -50,8 +50,10 @@ class Announcement:
     detail: dict[str, Any]
 
     def __str__(self) -> str:
-        where = self.detail.get("url") or self.detail.get("path") or (
-            f"{self.detail.get('host')}:{self.detail.get('port')}"
+        where = (
+            self.detail.get("url")
+            or self.detail.get("path")
+            or (f"{self.detail.get('host')}:{self.detail.get('port')}")
         )
         return f"{self.protocol} {where}"
 

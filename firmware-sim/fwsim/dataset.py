@@ -12,8 +12,8 @@ import importlib.util
 from types import ModuleType
 
 DATASETS: dict[str, str] = {
-    "pump": "fwsim.dataset_pump",  # per-pump PLC features with fault labels
-    "leak": "fwsim.dataset_leak",  # hydrophone audio with leak labels
+    "pump": "water_edge.sim.dataset_pump",  # per-pump PLC features with fault labels
+    "leak": "water_edge.sim.dataset_leak",  # hydrophone audio with leak labels
 }
 
 

@@ -23,8 +23,8 @@ from typing import Any, Final
 import numpy as np
 from scipy.io import wavfile
 
-from fwsim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
-from models.leak import pipes
+from water_edge.sim import pipes
+from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
 SPLITS: Final = {"train": 0, "eval": 1}
 _DIAMETERS: Final = {
@@ -73,8 +73,18 @@ def draw_scene(
     position = float(rng.uniform(0.05, 0.95) * spacing)
     size = float(math.exp(rng.uniform(math.log(0.2), math.log(3.0))))
     snr = float(rng.uniform(*snr_range))
-    return PipeScene(material, diameter, spacing, position if leak else None, size, snr, backgrounds,
-                     sample_rate=sample_rate, channels=2, seed=clip_seed)  # fmt: skip
+    return PipeScene(
+        material,
+        diameter,
+        spacing,
+        position if leak else None,
+        size,
+        snr,
+        backgrounds,
+        sample_rate=sample_rate,
+        channels=2,
+        seed=clip_seed,
+    )
 
 
 def plan(
@@ -115,8 +125,12 @@ def write(out: Path, specs: list[ClipSpec], seed: int) -> dict[str, Any]:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    meta = {"generator": "edge-sim dataset leak", "seed": seed, "clips": rows,
-            "scene_fields": list(asdict(specs[0].scene)) if specs else []}  # fmt: skip
+    meta = {
+        "generator": "edge-sim dataset leak",
+        "seed": seed,
+        "clips": rows,
+        "scene_fields": list(asdict(specs[0].scene)) if specs else [],
+    }
     (out / "index.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return meta
 

@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from fwsim.pumpstation import PumpStation
-from fwsim.registers import POINTS, Point
+from water_edge.sim.pumpstation import PumpStation
+from water_edge.sim.registers import POINTS, Point
 
 # (column, register-map point suffix, unit)
 FEATURES: Final[tuple[tuple[str, str, str], ...]] = (
@@ -72,9 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hours", type=float, default=24.0, help="model hours per run (default 24)")
     parser.add_argument(
-        "--fault", action="append", choices=sorted(RECIPES), default=None, metavar="KIND",
+        "--fault",
+        action="append",
+        choices=sorted(RECIPES),
+        default=None,
+        metavar="KIND",
         help=f"fault runs to write (repeatable; default all: {', '.join(RECIPES)})",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--pump", type=int, default=1, choices=(1, 2, 3), help="pump whose features are written"
     )
@@ -96,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
     runs = ([] if args.no_normal else ["normal"]) + list(dict.fromkeys(args.fault or RECIPES))
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        manifest = write_dataset(args.out, runs, seed=args.seed, hours=args.hours, pump=args.pump,
-                                 start_s=hh * 3600 + mm * 60)  # fmt: skip
+        manifest = write_dataset(
+            args.out, runs, seed=args.seed, hours=args.hours, pump=args.pump, start_s=hh * 3600 + mm * 60
+        )
     except OSError as exc:
         print(f"edge-sim dataset pump: {args.out}: {exc.strerror or exc}", file=sys.stderr)  # noqa: T201 - CLI
         return 1
@@ -143,8 +148,10 @@ def _write_run(out: Path, name: str, *, seed: int, rows: int, pump: int, start_s
             recipe.kind,
             pump=pump if recipe.pump_fault and not recipe.tag else None,
             tag=f"pump{pump}.{recipe.tag}" if recipe.tag else None,
-            severity=recipe.severity, at_s=onset, ramp_s=ramp,
-        )  # fmt: skip
+            severity=recipe.severity,
+            at_s=onset,
+            ramp_s=ramp,
+        )
     features_path = out / f"pump_{name}.csv"
     labels_path = out / f"pump_{name}.labels.csv"
     t0 = EPOCH + timedelta(seconds=start_s)

@@ -30,9 +30,7 @@ STATION_FAULTS: Final[tuple[str, ...]] = get_args(StationFaultKind)
 SENSOR_MODES: Final[tuple[str, ...]] = get_args(SensorMode)
 COMM_KINDS: Final[tuple[str, ...]] = get_args(CommKind)
 # Every kind `PumpStation.inject` takes; sensor faults are "sensor_<mode>".
-FAULT_KINDS: Final[tuple[str, ...]] = (
-    *PUMP_FAULTS, *STATION_FAULTS, *(f"sensor_{m}" for m in SENSOR_MODES)
-)  # fmt: skip
+FAULT_KINDS: Final[tuple[str, ...]] = (*PUMP_FAULTS, *STATION_FAULTS, *(f"sensor_{m}" for m in SENSOR_MODES))
 
 
 @dataclass(frozen=True, slots=True)

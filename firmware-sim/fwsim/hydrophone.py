@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import signal
 
-from models.leak import pipes
+from water_edge.sim import pipes
 
 BACKGROUNDS: Final = ("flow", "pump", "traffic", "transients")
 # Whole-band RMS of the background at a sensor; the real PVC test-bed recordings sit at -11.7..-17.8 dBFS.
@@ -182,8 +182,10 @@ class HydrophoneSynth:
         # Each site mixes its backgrounds differently: weights vary x0.25..x4 around the calibrated mix.
         table = _WEIGHTS[pipes.material(scene.material).metal]
         lo_w, hi_w = _WEIGHT_SPREAD
-        raw = {b: table[b] * math.exp(float(self._params.uniform(math.log(lo_w), math.log(hi_w))))
-               for b in BACKGROUNDS}  # fmt: skip
+        raw = {
+            b: table[b] * math.exp(float(self._params.uniform(math.log(lo_w), math.log(hi_w))))
+            for b in BACKGROUNDS
+        }
         total = sum(raw[b] for b in chosen) or 1.0
         weight: dict[str, float] = {b: raw[b] / total for b in chosen}
         floor_gain = bg_rms * 10 ** ((FLOOR_DB + float(self._params.uniform(-6.0, 6.0))) / 20)

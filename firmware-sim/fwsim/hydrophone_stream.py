@@ -38,8 +38,8 @@ import numpy.typing as npt
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fwsim.component import Announcement, SimContext
-from fwsim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
+from water_edge.sim.component import Announcement, SimContext
+from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
 log = structlog.get_logger(__name__)
 
@@ -75,10 +75,17 @@ class HydrophoneOptions(BaseModel):
 
     def scene(self, seed: int) -> PipeScene:
         return PipeScene(
-            material=self.material, diameter_mm=self.diameter_mm, spacing_m=self.spacing_m,
-            leak_position_m=self.leak_position_m, leak_size=self.leak_size, snr_db=self.snr_db,
-            backgrounds=self.backgrounds, sample_rate=self.sample_rate, channels=self.channels, seed=seed,
-        )  # fmt: skip
+            material=self.material,
+            diameter_mm=self.diameter_mm,
+            spacing_m=self.spacing_m,
+            leak_position_m=self.leak_position_m,
+            leak_size=self.leak_size,
+            snr_db=self.snr_db,
+            backgrounds=self.backgrounds,
+            sample_rate=self.sample_rate,
+            channels=self.channels,
+            seed=seed,
+        )
 
 
 def encode(samples: npt.NDArray[np.float32], dtype: str) -> bytes:
@@ -121,8 +128,9 @@ class LoopbackPlayer:
         if index is None:
             raise OSError("no ALSA Loopback playback device (is snd-aloop loaded?)")
         self.device = str(sd.query_devices(index)["name"])
-        self._stream = sd.OutputStream(device=index, samplerate=sample_rate, channels=channels,
-                                       dtype="float32")  # fmt: skip
+        self._stream = sd.OutputStream(
+            device=index, samplerate=sample_rate, channels=channels, dtype="float32"
+        )
         self._stream.start()
 
     def play(self, samples: Any) -> None:
@@ -288,11 +296,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         scene = PipeScene(
-            material=args.material, diameter_mm=args.diameter_mm, spacing_m=args.spacing_m,
-            leak_position_m=args.leak_position_m, leak_size=args.leak_size, snr_db=args.snr_db,
+            material=args.material,
+            diameter_mm=args.diameter_mm,
+            spacing_m=args.spacing_m,
+            leak_position_m=args.leak_position_m,
+            leak_size=args.leak_size,
+            snr_db=args.snr_db,
             backgrounds=tuple(b for b in args.backgrounds.split(",") if b),
-            sample_rate=args.sample_rate, channels=args.channels, seed=args.seed,
-        )  # fmt: skip
+            sample_rate=args.sample_rate,
+            channels=args.channels,
+            seed=args.seed,
+        )
     except ValueError as exc:
         sys.stderr.write(f"edge-sim hydrophones: {exc}\n")
         return 2

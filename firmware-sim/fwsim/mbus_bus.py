@@ -24,8 +24,8 @@ from typing import Any, Final
 
 import structlog
 
-from fwsim.component import Announcement, SimContext
-from fwsim.mbus_meter import MeterSpec, WaterMeter
+from water_edge.sim.component import Announcement, SimContext
+from water_edge.sim.mbus_meter import MeterSpec, WaterMeter
 
 log = structlog.get_logger(__name__)
 
@@ -40,8 +40,13 @@ def default_meters(count: int, seed_ids: Sequence[int]) -> list[MeterSpec]:
     share = 1.0 / count
     return [
         MeterSpec(
-            address=i + 1, ident=seed_ids[i], manufacturer=MANUFACTURERS[i % len(MANUFACTURERS)],
-            version=0x10 + i, share=share, initial_m3=100.0 + 37.5 * i, multi_telegram=(i == 2),
+            address=i + 1,
+            ident=seed_ids[i],
+            manufacturer=MANUFACTURERS[i % len(MANUFACTURERS)],
+            version=0x10 + i,
+            share=share,
+            initial_m3=100.0 + 37.5 * i,
+            multi_telegram=(i == 2),
         )
         for i in range(count)
     ]

@@ -38,12 +38,14 @@ def bcd(value: int, nbytes: int) -> bytes:
 def type_f(t: dt.datetime, *, invalid: bool = False) -> bytes:
     """Date-time type F: minute, hour, day + year bits, month + year bits (local time, IV, SU=0)."""
     year = t.year % 100
-    return bytes((
-        (t.minute & 0x3F) | (0x80 if invalid else 0),
-        t.hour & 0x1F,
-        (t.day & 0x1F) | ((year & 0x07) << 5),
-        (t.month & 0x0F) | ((year & 0x78) << 1),
-    ))  # fmt: skip
+    return bytes(
+        (
+            (t.minute & 0x3F) | (0x80 if invalid else 0),
+            t.hour & 0x1F,
+            (t.day & 0x1F) | ((year & 0x07) << 5),
+            (t.month & 0x0F) | ((year & 0x78) << 1),
+        )
+    )
 
 
 def type_g(d: dt.date) -> bytes:
@@ -126,22 +128,30 @@ class WaterMeter:
     def telegram_count(self) -> int:
         return 2 if self.spec.multi_telegram else 1
 
-    def user_data(self, index: int, totaliser_m3: float, outflow_m3h: float, water_c: float,
-                  now: dt.datetime) -> bytes:  # fmt: skip
+    def user_data(
+        self, index: int, totaliser_m3: float, outflow_m3h: float, water_c: float, now: dt.datetime
+    ) -> bytes:
         """CI + long header + records of telegram `index` (0-based)."""
         self.state.access_number = (self.state.access_number + 1) & 0xFF
         header = self.secondary() + bytes((self.state.access_number, self.state.status, 0, 0))
         last = index == self.telegram_count() - 1
         if index == 0:
             records = (
-                b"\x0c\x13" + bcd(self.volume_litres(totaliser_m3), 4)  # volume, 8-digit BCD, litres
-                + b"\x04\x6d" + type_f(now)  # date-time, type F
-                + b"\x04\x3b" + self.flow_lph(outflow_m3h).to_bytes(4, "little", signed=True)  # l/h
-                + b"\x02\x59" + round(water_c * 100).to_bytes(2, "little", signed=True)  # 0.01 degC
-                + b"\x42\x6c" + type_g(self.due_date(now))  # storage 1: due date
-                + b"\x4c\x13" + bcd(self.due_date_litres(totaliser_m3), 4)  # storage 1: volume at due date
-                + b"\x01\xfd\x17" + bytes((self.state.error_flags & 0xFF,))  # error flags
-            )  # fmt: skip
+                b"\x0c\x13"
+                + bcd(self.volume_litres(totaliser_m3), 4)  # volume, 8-digit BCD, litres
+                + b"\x04\x6d"
+                + type_f(now)  # date-time, type F
+                + b"\x04\x3b"
+                + self.flow_lph(outflow_m3h).to_bytes(4, "little", signed=True)  # l/h
+                + b"\x02\x59"
+                + round(water_c * 100).to_bytes(2, "little", signed=True)  # 0.01 degC
+                + b"\x42\x6c"
+                + type_g(self.due_date(now))  # storage 1: due date
+                + b"\x4c\x13"
+                + bcd(self.due_date_litres(totaliser_m3), 4)  # storage 1: volume at due date
+                + b"\x01\xfd\x17"
+                + bytes((self.state.error_flags & 0xFF,))  # error flags
+            )
         else:
             records = b""
             for storage in range(2, 2 + MONTHLY_VALUES):

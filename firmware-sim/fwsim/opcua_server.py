@@ -51,8 +51,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from fwsim.component import Announcement, SimContext
-from fwsim.registers import Point, bench_value
+from water_edge.sim.component import Announcement, SimContext
+from water_edge.sim.registers import Point, bench_value
 
 NAMESPACE_URI: Final = "urn:water-edge-agent:fwsim:pumpstation"
 APPLICATION_URI: Final = "urn:water-edge-agent:fwsim:opcua-server"
@@ -227,8 +227,11 @@ class OpcUaComponent:
         self.port, self.url = port, url
         self._task = asyncio.create_task(self._run(server), name="opcua-update")
         log.info("opcua server on %s (%d variables)", url, len(self._vars))
-        return [Announcement("opcua", {"url": url, "namespace": NAMESPACE_URI,
-                                       "server_certificate": str(cert_path)})]  # fmt: skip
+        return [
+            Announcement(
+                "opcua", {"url": url, "namespace": NAMESPACE_URI, "server_certificate": str(cert_path)}
+            )
+        ]
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -325,8 +328,9 @@ async def _build_address_space(server: Server, ns: int, points: Sequence[Point],
         var = await groups[group_name].add_variable(
             f"ns={ns};s={point.name}", ua.QualifiedName(leaf, ns), ua.Variant(value, variant)
         )
-        await var.write_attribute(AttributeIds.Description,
-                                  ua.DataValue(ua.Variant(ua.LocalizedText(point.description))))  # fmt: skip
+        await var.write_attribute(
+            AttributeIds.Description, ua.DataValue(ua.Variant(ua.LocalizedText(point.description)))
+        )
         if point.unit:
             await var.add_property(
                 f"ns={ns};s={point.name}.EngineeringUnits",
@@ -339,8 +343,9 @@ async def _build_address_space(server: Server, ns: int, points: Sequence[Point],
         folder = await root.add_object(f"ns={ns};s={ROOT_OBJECT}.Bench", ua.QualifiedName("Bench", ns))
         for i in range(bench):
             name = f"bench_{i:05d}"
-            var = await folder.add_variable(f"ns={ns};s={name}", ua.QualifiedName(name, ns),
-                                            ua.Variant(0.0, ua.VariantType.Float))  # fmt: skip
+            var = await folder.add_variable(
+                f"ns={ns};s={name}", ua.QualifiedName(name, ns), ua.Variant(0.0, ua.VariantType.Float)
+            )
             out.append(_Var(None, var.nodeid, ua.VariantType.Float))
     return out
 
@@ -388,8 +393,11 @@ def _thumbprints(directory: Path) -> set[str]:
             continue
         data = path.read_bytes()
         try:
-            cert = (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----")
-                    else x509.load_der_x509_certificate(data))  # fmt: skip
+            cert = (
+                x509.load_pem_x509_certificate(data)
+                if data.lstrip().startswith(b"-----")
+                else x509.load_der_x509_certificate(data)
+            )
         except ValueError:
             log.warning("not a certificate, ignored: %s", path)
             continue
@@ -414,9 +422,13 @@ def _ensure_server_certificate(directory: Path, host: str) -> tuple[Path, Path]:
 
         names.append(x509.IPAddress(ipaddress.ip_address(host)))
     cert = cert_gen.generate_self_signed_app_certificate(
-        key, "fwsim OPC UA server", {"organizationName": "water-edge-agent"}, names,
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], days=3650,
-    )  # fmt: skip
+        key,
+        "fwsim OPC UA server",
+        {"organizationName": "water-edge-agent"},
+        names,
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        days=3650,
+    )
     key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
     key_path.chmod(0o600)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))

@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Final
 
-from fwsim.faults import (
+from water_edge.sim.faults import (
     PUMP_FAULTS,
     SENSOR_MODES,
     STATION_FAULTS,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from fwsim.pumpstation import PumpState, PumpStation, StationState
+from water_edge.sim.pumpstation import PumpState, PumpStation, StationState
 
 Table = Literal["holding", "input", "coil", "discrete"]
 Encoding = Literal[
@@ -138,11 +138,30 @@ def _pump_points(p: int) -> list[Point]:
     get = _pump(p)
     pre = f"pump{p}"
 
-    def hr(off: int, name: str, enc: Encoding, unit: str, desc: str, src: Source,  # noqa: PLR0917
-           scale: float = 1.0, bits: tuple[str, ...] = (), sensor: str = "") -> Point:  # fmt: skip
-        return Point(f"{pre}.{name}", STATION_UNIT, "holding", base + off, enc, unit,
-                     f"pump {p} {desc}", src, scale, bit_names=bits,
-                     sensor=f"{pre}.{sensor}" if sensor else "")  # fmt: skip
+    def hr(  # noqa: PLR0917 - a register table row reads best positionally
+        off: int,
+        name: str,
+        enc: Encoding,
+        unit: str,
+        desc: str,
+        src: Source,
+        scale: float = 1.0,
+        bits: tuple[str, ...] = (),
+        sensor: str = "",
+    ) -> Point:
+        return Point(
+            f"{pre}.{name}",
+            STATION_UNIT,
+            "holding",
+            base + off,
+            enc,
+            unit,
+            f"pump {p} {desc}",
+            src,
+            scale,
+            bit_names=bits,
+            sensor=f"{pre}.{sensor}" if sensor else "",
+        )
 
     points = [
         hr(0, "flow", "float32", "m3/h", "flow", lambda s: get(s).flow_m3h),

@@ -26,9 +26,9 @@ from typing import Any, Final
 
 import structlog
 
-from fwsim.component import Announcement, SimContext
-from fwsim.faults import CommFaults
-from fwsim.registers import Plant, Table
+from water_edge.sim.component import Announcement, SimContext
+from water_edge.sim.faults import CommFaults
+from water_edge.sim.registers import Plant, Table
 
 log = structlog.get_logger(__name__)
 
@@ -124,7 +124,7 @@ class RtuComponent:
     name = "modbus_rtu"
 
     def __init__(self) -> None:
-        from fwsim.pty_link import PtyLink
+        from water_edge.sim.pty_link import PtyLink
 
         self._link_cls = PtyLink
         self._link: PtyLink | None = None

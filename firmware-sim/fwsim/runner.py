@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fwsim.component import Announcement, Component, ComponentFactory, SimContext
-from fwsim.faults import CommFaults
-from fwsim.pumpstation import PumpStation
-from fwsim.registers import Plant, apply_write
-from fwsim.scenario import Scenario
-from fwsim.server import start_modbus_tcp
+from water_edge.sim.component import Announcement, Component, ComponentFactory, SimContext
+from water_edge.sim.faults import CommFaults
+from water_edge.sim.pumpstation import PumpStation
+from water_edge.sim.registers import Plant, apply_write
+from water_edge.sim.scenario import Scenario
+from water_edge.sim.server import start_modbus_tcp
 
 TICK_S = 0.1
 
@@ -40,10 +40,10 @@ class Endpoint:
 
 # Components beyond the Modbus TCP PLC, imported only when present and asked for.
 KNOWN_COMPONENTS: dict[str, str] = {
-    "modbus_rtu": "fwsim.rtu:RtuComponent",
-    "opcua": "fwsim.opcua_server:OpcUaComponent",
-    "mbus": "fwsim.mbus_bus:MbusComponent",
-    "hydrophones": "fwsim.hydrophone_stream:HydrophoneComponent",
+    "modbus_rtu": "water_edge.sim.rtu:RtuComponent",
+    "opcua": "water_edge.sim.opcua_server:OpcUaComponent",
+    "mbus": "water_edge.sim.mbus_bus:MbusComponent",
+    "hydrophones": "water_edge.sim.hydrophone_stream:HydrophoneComponent",
 }
 
 
@@ -107,9 +107,14 @@ async def run(
     server, bound = await start_modbus_tcp(plant, host, port, comm)
     endpoints: list[Endpoint | Announcement] = [Endpoint("modbus_tcp", host, bound)]
     ctx = SimContext(
-        station=station, points=plant.points, seed=seed, host=host,
-        workdir=workdir or Path(tempfile.mkdtemp(prefix="edge-sim-")), plant=plant, comm=comm,
-    )  # fmt: skip
+        station=station,
+        points=plant.points,
+        seed=seed,
+        host=host,
+        workdir=workdir or Path(tempfile.mkdtemp(prefix="edge-sim-")),
+        plant=plant,
+        comm=comm,
+    )
     started: list[Component] = []
     for name, factory in available_components(components):
         component = factory()

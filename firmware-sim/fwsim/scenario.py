@@ -36,8 +36,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fwsim.faults import COMM_KINDS, FAULT_KINDS, PUMP_FAULTS, SENSOR_MODES, CommFault, CommFaults
-from fwsim.pumpstation import PumpStation
+from water_edge.sim.faults import COMM_KINDS, FAULT_KINDS, PUMP_FAULTS, SENSOR_MODES, CommFault, CommFaults
+from water_edge.sim.pumpstation import PumpStation
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -164,10 +164,12 @@ class EventSpec(_Model):
             return f"sensor {self.tag} {self.sensor}{what}{extra}"
         if self.comm is not None:
             where = self.protocol if self.unit_id is None else f"{self.protocol} unit {self.unit_id}"
-            detail = {"silence": "stops answering",
-                      "latency": f"answers {format_duration(self.latency)} late",
-                      "garbage": f"sends garbage in {self.share:.0%} of answers",
-                      "unplug": "serial port unplugged"}[self.comm]  # fmt: skip
+            detail = {
+                "silence": "stops answering",
+                "latency": f"answers {format_duration(self.latency)} late",
+                "garbage": f"sends garbage in {self.share:.0%} of answers",
+                "unplug": "serial port unplugged",
+            }[self.comm]
             return f"PLC ({where}) {detail}{extra}"
         fields = ", ".join(f"{k}={v!r}" for k, v in sorted((self.model_extra or {}).items()))
         return f"{self.component}: {fields}"
@@ -198,11 +200,23 @@ class Scenario:
     def apply(self, station: PumpStation, comm: CommFaults | None = None) -> None:
         for ev in self.events:
             if ev.fault is not None:
-                station.inject(ev.fault, pump=ev.pump, severity=ev.severity, at_s=ev.at,
-                               ramp_s=ev.ramp, duration_s=ev.duration)  # fmt: skip
+                station.inject(
+                    ev.fault,
+                    pump=ev.pump,
+                    severity=ev.severity,
+                    at_s=ev.at,
+                    ramp_s=ev.ramp,
+                    duration_s=ev.duration,
+                )
             elif ev.sensor is not None:
-                station.inject(f"sensor_{ev.sensor}", tag=ev.tag, severity=ev.offset, at_s=ev.at,
-                               ramp_s=ev.ramp, duration_s=ev.duration)  # fmt: skip
+                station.inject(
+                    f"sensor_{ev.sensor}",
+                    tag=ev.tag,
+                    severity=ev.offset,
+                    at_s=ev.at,
+                    ramp_s=ev.ramp,
+                    duration_s=ev.duration,
+                )
             elif ev.comm is not None and comm is not None and ev.duration is not None:
                 value = ev.latency if ev.comm == "latency" else ev.share
                 comm.add(CommFault(ev.comm, ev.at, ev.duration, ev.protocol, value, ev.unit_id))

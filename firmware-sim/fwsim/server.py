@@ -21,8 +21,8 @@ from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 
-from fwsim.faults import CommFaults
-from fwsim.registers import Plant, Table
+from water_edge.sim.faults import CommFaults
+from water_edge.sim.registers import Plant, Table
 
 _FUNCTION_TABLES: dict[int, Table] = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
 # pymodbus reads back after a write with the write's function code
@@ -106,9 +106,7 @@ async def start_modbus_tcp(
             return rng.randbytes(len(frame))
         return frame
 
-    server = ModbusTcpServer(
-        context, address=(host, port), ignore_missing_devices=True, trace_packet=spoil
-    )
+    server = ModbusTcpServer(context, address=(host, port), ignore_missing_devices=True, trace_packet=spoil)
     await server.serve_forever(background=True)
     listener = server.transport  # the asyncio.Server that listen() created
     if not isinstance(listener, asyncio.Server):

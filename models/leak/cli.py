@@ -61,11 +61,11 @@ def _err(message: str) -> None:
 
 
 def cmd_score_leak(args: argparse.Namespace) -> int:
-    from agent import logs
-    from models.leak.detector import DEFAULT_MANIFEST, LeakScorer
-    from models.leak.wavio import WavError, read_wav
-    from models.manifest import ModelError
-    from models.runtime import load_model
+    from water_edge.core import logs
+    from water_edge.models.leak.detector import DEFAULT_MANIFEST, LeakScorer
+    from water_edge.models.leak.wavio import WavError, read_wav
+    from water_edge.models.manifest import ModelError
+    from water_edge.models.runtime import load_model
 
     logs.configure("warning", json=False)
     try:
@@ -100,8 +100,8 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
 def cmd_locate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from models.leak.localise import locate
-    from models.leak.wavio import WavError, read_wav
+    from water_edge.models.leak.localise import locate
+    from water_edge.models.leak.wavio import WavError, read_wav
 
     notes: list[str] = []
     try:

@@ -17,20 +17,20 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
-from agent.model import Event, Severity
-from models.leak import features
-from models.runtime import Model, ModelSlot, load_model
+from water_edge.core.reading import Event, Severity
+from water_edge.models.leak import features
+from water_edge.models.manifest import shipped
+from water_edge.models.runtime import Model, ModelSlot, load_model
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parent / "leak_detector.json"
+DEFAULT_MANIFEST = shipped("water_edge.models.leak", "leak_detector.json")
 
 
 class AudioWindowLike(Protocol):
@@ -75,8 +75,10 @@ class LeakScorer:
 
     def __init__(self, model: Model | None = None, *, slot: ModelSlot | None = None) -> None:
         # The slot lets a verified model be swapped in while the agent runs (`model_update`).
-        self.slot = slot if slot is not None else ModelSlot(
-            model if model is not None else load_model(DEFAULT_MANIFEST)
+        self.slot = (
+            slot
+            if slot is not None
+            else ModelSlot(model if model is not None else load_model(DEFAULT_MANIFEST))
         )
 
     @property
@@ -104,8 +106,13 @@ class LeakScorer:
             notes.append(f"shorter than one {features.WINDOW_S:g} s window; scored as one short window")
         rows = features.windows(canon, hop_s=1.0)
         probs = self.probabilities(rows)
-        return Score([float(p) for p in probs], float(probs.mean()), features.rms_dbfs(canon),
-                     _band_levels(rows.mean(axis=0)), notes)  # fmt: skip
+        return Score(
+            [float(p) for p in probs],
+            float(probs.mean()),
+            features.rms_dbfs(canon),
+            _band_levels(rows.mean(axis=0)),
+            notes,
+        )
 
 
 class Hysteresis:
@@ -199,8 +206,9 @@ class LeakProcessor:
     ) -> None:
         self.scorer = scorer if scorer is not None else LeakScorer()
         self.source = source
-        self.hysteresis = Hysteresis(self.scorer.threshold, alpha=alpha, on_windows=on_windows,
-                                     off_windows=off_windows)  # fmt: skip
+        self.hysteresis = Hysteresis(
+            self.scorer.threshold, alpha=alpha, on_windows=on_windows, off_windows=off_windows
+        )
         self.hop = int(hop_s * features.SAMPLE_RATE)
         self.night = night if night is not None else NightNoise()
         self.trend: deque[float] = deque(maxlen=30)
@@ -251,8 +259,16 @@ class LeakProcessor:
                 change = self.hysteresis.update(p)
                 night = self.night.add(ts, level)
                 if night is not None:
-                    await emit(Event("leak_noise_night", self.source, ts, "info", night[1],
-                                     {"night": night[0], **self.night.summary()}))  # fmt: skip
+                    await emit(
+                        Event(
+                            "leak_noise_night",
+                            self.source,
+                            ts,
+                            "info",
+                            night[1],
+                            {"night": night[0], **self.night.summary()},
+                        )
+                    )
                 if change is not None:
                     await emit(self._event(change, ts, row, level))
 

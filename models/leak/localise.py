@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from models.leak import pipes
+from water_edge.models.leak import pipes
 
 Weighting = Literal["phat", "scot", "none"]
 FloatArray = npt.NDArray[np.float64]

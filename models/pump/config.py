@@ -20,22 +20,44 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.base import NAME_PATTERN
+from water_edge.core.names import NAME_PATTERN
 
 Role = Literal[
-    "motor_current", "voltage", "suction_pressure", "discharge_pressure", "flow",
-    "vibration_x", "vibration_y", "winding_temp", "bearing_temp", "speed",
+    "motor_current",
+    "voltage",
+    "suction_pressure",
+    "discharge_pressure",
+    "flow",
+    "vibration_x",
+    "vibration_y",
+    "winding_temp",
+    "bearing_temp",
+    "speed",
 ]
 ROLES: tuple[str, ...] = (
-    "motor_current", "voltage", "suction_pressure", "discharge_pressure", "flow",
-    "vibration_x", "vibration_y", "winding_temp", "bearing_temp", "speed",
+    "motor_current",
+    "voltage",
+    "suction_pressure",
+    "discharge_pressure",
+    "flow",
+    "vibration_x",
+    "vibration_y",
+    "winding_temp",
+    "bearing_temp",
+    "speed",
 )
 # How an operator names each role in an explanation.
 ROLE_WORDS: dict[str, str] = {
-    "motor_current": "motor current", "voltage": "supply voltage",
-    "suction_pressure": "suction pressure", "discharge_pressure": "discharge pressure",
-    "flow": "flow", "vibration_x": "vibration axis 1", "vibration_y": "vibration axis 2",
-    "winding_temp": "winding temperature", "bearing_temp": "bearing temperature", "speed": "speed",
+    "motor_current": "motor current",
+    "voltage": "supply voltage",
+    "suction_pressure": "suction pressure",
+    "discharge_pressure": "discharge pressure",
+    "flow": "flow",
+    "vibration_x": "vibration axis 1",
+    "vibration_y": "vibration axis 2",
+    "winding_temp": "winding temperature",
+    "bearing_temp": "bearing temperature",
+    "speed": "speed",
 }
 
 

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from models.manifest import ModelError
+from water_edge.models.manifest import ModelError
 
 F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
@@ -58,8 +58,9 @@ SCORE_CAP = 1e6  # scorer outputs beyond this (or inf) are capped
 CHUNK_ROWS = 4096  # calibration scores this many rows at a time (bounded memory on a Pi)
 
 
-def threshold_margin(n: int, window: int, margin: float = DEFAULT_MARGIN,
-                     size_factor: float = DEFAULT_SIZE_FACTOR) -> float:
+def threshold_margin(
+    n: int, window: int, margin: float = DEFAULT_MARGIN, size_factor: float = DEFAULT_SIZE_FACTOR
+) -> float:
     """The factor on the calibration quantile: wider when fewer independent windows were seen."""
     n_eff = max(1.0, n / max(1, window))
     return margin * (1.0 + size_factor / math.sqrt(n_eff))
@@ -111,7 +112,8 @@ class Calibration:
         if data.get("format") != CALIBRATION_FORMAT:
             raise ModelError(
                 f"calibration format {data.get('format')!r} is not {CALIBRATION_FORMAT} (written by an older "
-                "release): calibrate the pump again (edge-agent models calibrate pump)")
+                "release): calibrate the pump again (edge-agent models calibrate pump)"
+            )
         try:
             return cls(**data)
         except TypeError as exc:
@@ -199,7 +201,7 @@ def scorer_scores(model: Scorer, z: F64, r: F64, window: int) -> F64:
         lo = max(0, start - window + 1)
         stop = min(len(z), start + CHUNK_ROWS)
         ch = channel_scores(model, windows(z[lo:stop], r[lo:stop], window))
-        out[start:stop] = ch[start - lo:]
+        out[start:stop] = ch[start - lo :]
     return out
 
 
@@ -209,7 +211,7 @@ def channel_scores(model: Scorer, inputs: F32, batch: int = 8192) -> F64:
     flat = inputs.reshape(n * n_ch, *inputs.shape[2:])
     out = np.empty(n * n_ch)
     for start in range(0, len(flat), batch):
-        out[start:start + batch] = model.invoke(flat[start:start + batch]).reshape(-1)
+        out[start : start + batch] = model.invoke(flat[start : start + batch]).reshape(-1)
     # An overflowing model says "very abnormal"; inf would be skipped by the alarm like a gap.
     np.minimum(out, SCORE_CAP, out=out)
     return out.reshape(n, n_ch)
@@ -270,22 +272,39 @@ def calibrate(
     filled = min(window, n // 4)  # rows whose windows are still filling (padded) are not typical
     settled = trailing_mean(r, level_window)[filled:]
     level_mid = np.median(settled, axis=0)
-    level_sd = np.maximum.reduce([
-        1.4826 * np.median(np.abs(settled - level_mid), axis=0), 0.5 * settled.std(axis=0),
-        np.full(len(names), 1.0 / math.sqrt(level_window)),
-    ])
+    level_sd = np.maximum.reduce(
+        [
+            1.4826 * np.median(np.abs(settled - level_mid), axis=0),
+            0.5 * settled.std(axis=0),
+            np.full(len(names), 1.0 / math.sqrt(level_window)),
+        ]
+    )
     level = level_stats(r, level_window, level_mid, level_sd).max(axis=1)[filled:]
     level_threshold = factor * max(float(np.quantile(level, quantile)), 1e-6)
 
     scores = scorer_scores(model, z, r, window).max(axis=1)[filled:]
     q = float(np.quantile(scores, quantile))
     return Calibration(
-        channels=names, center=center.tolist(), scale=scale.tolist(), coef=coef.tolist(),
-        residual_scale=res_scale.tolist(), z_low=(z.min(axis=0) - 5.0).tolist(),
-        z_high=(z.max(axis=0) + 5.0).tolist(), threshold=1.0, score_quantile=q, window=window,
-        level_window=level_window, level_mid=level_mid.tolist(), level_sd=level_sd.tolist(),
-        level_threshold=level_threshold, scorer_threshold=factor * max(q, 1e-6),
-        n_samples=n, model_version=model_version, version=version, from_ts=from_ts, to_ts=to_ts,
+        channels=names,
+        center=center.tolist(),
+        scale=scale.tolist(),
+        coef=coef.tolist(),
+        residual_scale=res_scale.tolist(),
+        z_low=(z.min(axis=0) - 5.0).tolist(),
+        z_high=(z.max(axis=0) + 5.0).tolist(),
+        threshold=1.0,
+        score_quantile=q,
+        window=window,
+        level_window=level_window,
+        level_mid=level_mid.tolist(),
+        level_sd=level_sd.tolist(),
+        level_threshold=level_threshold,
+        scorer_threshold=factor * max(q, 1e-6),
+        n_samples=n,
+        model_version=model_version,
+        version=version,
+        from_ts=from_ts,
+        to_ts=to_ts,
         dropped=dropped,
     )
 
@@ -311,11 +330,14 @@ def select(x: F64, channels: Sequence[str], cal: Calibration) -> F64:
 def score(x: F64, cal: Calibration, model: Scorer) -> Scored:
     """Score rows of `x` whose columns are `cal.channels`, in order."""
     z = zscores(x, cal)
-    r = residuals(z, np.asarray(cal.coef), np.asarray(cal.residual_scale), np.asarray(cal.z_low),
-                  np.asarray(cal.z_high))
+    r = residuals(
+        z, np.asarray(cal.coef), np.asarray(cal.residual_scale), np.asarray(cal.z_low), np.asarray(cal.z_high)
+    )
     level = level_stats(r, cal.level_window, np.asarray(cal.level_mid), np.asarray(cal.level_sd))
-    ch = np.maximum(level / cal.level_threshold,
-                    scorer_scores(model, z, r, cal.window) / cal.scorer_threshold) * cal.threshold
+    ch = (
+        np.maximum(level / cal.level_threshold, scorer_scores(model, z, r, cal.window) / cal.scorer_threshold)
+        * cal.threshold
+    )
     return Scored(ch.max(axis=1), ch, r)
 
 
@@ -348,8 +370,9 @@ class Alarm:
         return None
 
 
-def alarm_series(scores: F64, threshold: float, persistence: int, clear_after: int,
-                 hysteresis: float) -> npt.NDArray[np.int8]:
+def alarm_series(
+    scores: F64, threshold: float, persistence: int, clear_after: int, hysteresis: float
+) -> npt.NDArray[np.int8]:
     alarm = Alarm(persistence, clear_after, hysteresis)
     out = np.zeros(len(scores), dtype=np.int8)
     for i, s in enumerate(scores):
@@ -358,8 +381,13 @@ def alarm_series(scores: F64, threshold: float, persistence: int, clear_after: i
     return out
 
 
-def contributors(cal: Calibration, channel_score: F64, residual_window: F64, top: int = 2,
-                 words: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
+def contributors(
+    cal: Calibration,
+    channel_score: F64,
+    residual_window: F64,
+    top: int = 2,
+    words: dict[str, str] | None = None,
+) -> tuple[list[dict[str, Any]], str]:
     """The channels driving a score and one sentence for an operator.
 
     `channel_score` is (C,) at the alarm; `residual_window` (w, C) the recent residuals whose mean
@@ -374,15 +402,17 @@ def contributors(cal: Calibration, channel_score: F64, residual_window: F64, top
     mean_r = residual_window.mean(axis=0)
     signals: list[dict[str, Any]] = []
     for i in chosen:
-        weight = np.abs(coef[i, 1:1 + n_ch]) + np.abs(coef[i, 1 + n_ch:])
+        weight = np.abs(coef[i, 1 : 1 + n_ch]) + np.abs(coef[i, 1 + n_ch :])
         weight[i] = 0.0
         ref = cal.channels[int(np.argmax(weight))] if n_ch > 1 and weight.max() > 0.05 else None
-        signals.append({
-            "signal": cal.channels[i],
-            "score": round(float(channel_score[i]), 3),
-            "direction": "above" if mean_r[i] >= 0 else "below",
-            "relative_to": ref,
-        })
+        signals.append(
+            {
+                "signal": cal.channels[i],
+                "score": round(float(channel_score[i]), 3),
+                "direction": "above" if mean_r[i] >= 0 else "below",
+                "relative_to": ref,
+            }
+        )
 
     def say(name: str | None) -> str:
         return words.get(name, name) if name else ""
@@ -393,8 +423,11 @@ def contributors(cal: Calibration, channel_score: F64, residual_window: F64, top
         if not group:
             continue
         names = " and ".join(say(s["signal"]) for s in group)
-        refs = [s["relative_to"] for s in group if s["relative_to"] and s["relative_to"] not in
-                {g["signal"] for g in group}]
+        refs = [
+            s["relative_to"]
+            for s in group
+            if s["relative_to"] and s["relative_to"] not in {g["signal"] for g in group}
+        ]
         if refs:
             parts.append(f"{names} {direction} their normal relation to {say(refs[0])}")
         else:

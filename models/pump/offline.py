@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.manifest import ModelError
-from models.pump import steady
-from models.pump.detector import (
+from water_edge.models.manifest import ModelError
+from water_edge.models.pump import steady
+from water_edge.models.pump.detector import (
     DEFAULT_MARGIN,
     DEFAULT_QUANTILE,
     DEFAULT_SIZE_FACTOR,
@@ -123,9 +123,13 @@ def usable(x: np.ndarray, names: list[str]) -> tuple[list[int], list[str]]:
     return keep, [n for j, n in enumerate(names) if not varies[j]]
 
 
-def score_steady(values: np.ndarray, names: list[str], calibrate_rows: int,
-                 params: steady.SteadyParams | None = None,
-                 warn: Callable[[str], None] = lambda _m: None) -> tuple[np.ndarray, np.ndarray]:
+def score_steady(
+    values: np.ndarray,
+    names: list[str],
+    calibrate_rows: int,
+    params: steady.SteadyParams | None = None,
+    warn: Callable[[str], None] = lambda _m: None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-row scores (in units of the threshold) and 0/1 alarms from the steady detector."""
     p = params or steady.SteadyParams()
     keep, dropped = usable(values[:calibrate_rows], names)
@@ -135,17 +139,28 @@ def score_steady(values: np.ndarray, names: list[str], calibrate_rows: int,
     model = steady.fit(x[:calibrate_rows], p)
     scores = model.score(x)
     alarm = np.zeros(len(x), dtype=np.int8)
-    alarm[calibrate_rows:] = alarm_series(scores[calibrate_rows:], 1.0, p.persistence, p.clear_after,
-                                          p.hysteresis)
+    alarm[calibrate_rows:] = alarm_series(
+        scores[calibrate_rows:], 1.0, p.persistence, p.clear_after, p.hysteresis
+    )
     return scores, alarm
 
 
-def score_csv(path: Path, calibrate_rows: int, model: Scorer, *, window: int, model_version: str,
-              persistence: int | None = None, clear_after: int | None = None,
-              hysteresis: float | None = None,
-              quantile: float = DEFAULT_QUANTILE, margin: float = DEFAULT_MARGIN,
-              size_factor: float = DEFAULT_SIZE_FACTOR, steady_params: steady.SteadyParams | None = None,
-              warn: Callable[[str], None] = lambda _m: None) -> Iterable[str]:
+def score_csv(
+    path: Path,
+    calibrate_rows: int,
+    model: Scorer,
+    *,
+    window: int,
+    model_version: str,
+    persistence: int | None = None,
+    clear_after: int | None = None,
+    hysteresis: float | None = None,
+    quantile: float = DEFAULT_QUANTILE,
+    margin: float = DEFAULT_MARGIN,
+    size_factor: float = DEFAULT_SIZE_FACTOR,
+    steady_params: steady.SteadyParams | None = None,
+    warn: Callable[[str], None] = lambda _m: None,
+) -> Iterable[str]:
     """Validate, calibrate and score; the output CSV's lines (header first).
 
     `persistence`, `clear_after` and `hysteresis` override the chosen detector's alarm defaults."""
@@ -163,21 +178,35 @@ def score_csv(path: Path, calibrate_rows: int, model: Scorer, *, window: int, mo
         warn(f"ignoring non-numeric column {name!r}")
     if calibrate_rows < STEADY_MAX_ROWS:
         p = steady_params or steady.SteadyParams()
-        p = replace(p, persistence=p.persistence if persistence is None else persistence,
-                    clear_after=p.clear_after if clear_after is None else clear_after,
-                    hysteresis=p.hysteresis if hysteresis is None else hysteresis)
+        p = replace(
+            p,
+            persistence=p.persistence if persistence is None else persistence,
+            clear_after=p.clear_after if clear_after is None else clear_after,
+            hysteresis=p.hysteresis if hysteresis is None else hysteresis,
+        )
         scores, alarm = score_steady(table.values, table.names, calibrate_rows, p, warn)
         return _lines(table.timestamps, scores, alarm)
-    cal = calibrate(table.values[:calibrate_rows], table.names, model, window=window,
-                    model_version=model_version, quantile=quantile, margin=margin,
-                    size_factor=size_factor)
+    cal = calibrate(
+        table.values[:calibrate_rows],
+        table.names,
+        model,
+        window=window,
+        model_version=model_version,
+        quantile=quantile,
+        margin=margin,
+        size_factor=size_factor,
+    )
     for name in cal.dropped:
         warn(f"ignoring column {name!r}: constant or empty during calibration")
     scored = score(select(table.values, table.names, cal), cal, model)
     alarm = np.zeros(n, dtype=np.int8)  # the alarm state starts fresh after calibration
     alarm[calibrate_rows:] = alarm_series(
-        scored.score[calibrate_rows:], cal.threshold, PERSISTENCE if persistence is None else persistence,
-        CLEAR_AFTER if clear_after is None else clear_after, HYSTERESIS if hysteresis is None else hysteresis)
+        scored.score[calibrate_rows:],
+        cal.threshold,
+        PERSISTENCE if persistence is None else persistence,
+        CLEAR_AFTER if clear_after is None else clear_after,
+        HYSTERESIS if hysteresis is None else hysteresis,
+    )
     return _lines(table.timestamps, scored.score, alarm)
 
 

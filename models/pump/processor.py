@@ -37,15 +37,15 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from agent.model import BAD, Event, Reading, Severity
-from models.manifest import ModelError
-from models.pump.config import ROLE_WORDS, PumpModelConfig
-from models.pump.detector import Alarm, Calibration, Scorer, calibrate, contributors, score
-from models.pump.store import NS, CalibrationStore, FeatureHistory
+from water_edge.core.reading import BAD, Event, Reading, Severity
+from water_edge.models.manifest import ModelError, shipped
+from water_edge.models.pump.config import ROLE_WORDS, PumpModelConfig
+from water_edge.models.pump.detector import Alarm, Calibration, Scorer, calibrate, contributors, score
+from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parent / "pump_scorer.json"
+DEFAULT_MANIFEST = shipped("water_edge.models.pump", "pump_scorer.json")
 FLUSH_ROWS = 60  # history rows buffered in memory before one SQLite transaction
 RELOAD_EVERY = 60  # samples between checks for a calibration written by the CLI
 
@@ -54,24 +54,41 @@ def iso(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / NS, UTC).isoformat(timespec="seconds")
 
 
-def recalibrate(cfg: PumpModelConfig, history: FeatureHistory, store: CalibrationStore, model: Scorer,
-                *, window: int, model_version: str, from_ns: int | None = None,
-                to_ns: int | None = None) -> Calibration:
+def recalibrate(
+    cfg: PumpModelConfig,
+    history: FeatureHistory,
+    store: CalibrationStore,
+    model: Scorer,
+    *,
+    window: int,
+    model_version: str,
+    from_ns: int | None = None,
+    to_ns: int | None = None,
+) -> Calibration:
     """Calibrate a pump from its history between `from_ns` and `to_ns` and store the next version.
 
     Blocking (numpy + TFLite): from the loop, run it in a thread. `CalibrationError` (a
     `ModelError`) when there are fewer than `calibration.min_samples` rows.
     """
-    from models.pump.detector import CalibrationError
+    from water_edge.models.pump.detector import CalibrationError
 
     ts, x = history.read(from_ns, to_ns)
     need = cfg.calibration.min_samples
     if len(ts) < need:
         raise CalibrationError(f"pump {cfg.name}: {len(ts)} history rows in the range, need at least {need}")
     c = cfg.calibration
-    cal = calibrate(x, history.channels, model, window=window, model_version=model_version,
-                    quantile=c.quantile, margin=c.margin, size_factor=c.size_factor,
-                    from_ts=iso(int(ts[0])), to_ts=iso(int(ts[-1])))
+    cal = calibrate(
+        x,
+        history.channels,
+        model,
+        window=window,
+        model_version=model_version,
+        quantile=c.quantile,
+        margin=c.margin,
+        size_factor=c.size_factor,
+        from_ts=iso(int(ts[0])),
+        to_ts=iso(int(ts[-1])),
+    )
     return store.save(cal)
 
 
@@ -104,8 +121,15 @@ class PumpProcessor:
 
     name = "pump_anomaly"
 
-    def __init__(self, pumps: Sequence[PumpModelConfig], state_dir: Path, *, model: Scorer | None = None,
-                 model_version: str | None = None, window: int | None = None) -> None:
+    def __init__(
+        self,
+        pumps: Sequence[PumpModelConfig],
+        state_dir: Path,
+        *,
+        model: Scorer | None = None,
+        model_version: str | None = None,
+        window: int | None = None,
+    ) -> None:
         names = [p.name for p in pumps]
         if len(set(names)) != len(names):
             raise ValueError("pump names must be unique")
@@ -124,7 +148,7 @@ class PumpProcessor:
             self._window = self._window or 32
             self._model_version = self._model_version or "unknown"
             return
-        from models.runtime import load_model
+        from water_edge.models.runtime import load_model
 
         manifests = {p.model or DEFAULT_MANIFEST for p in self._configs}
         if len(manifests) > 1:
@@ -163,8 +187,11 @@ class PumpProcessor:
 
     # -- run ------------------------------------------------------------------------------------
 
-    async def run(self, readings: AsyncIterable[Reading] | AsyncIterable[tuple[str, list[Reading]]],
-                  emit: Callable[[Event], Awaitable[None]]) -> None:
+    async def run(
+        self,
+        readings: AsyncIterable[Reading] | AsyncIterable[tuple[str, list[Reading]]],
+        emit: Callable[[Event], Awaitable[None]],
+    ) -> None:
         """Consume readings (single `Reading`s, or the `(stream, [Reading])` batches of a
         `ReadingFeed`) until the source ends; emit events as they happen."""
         if not self.pumps:
@@ -249,8 +276,10 @@ class PumpProcessor:
         if pump.learning_since_ns is None:
             pump.learning_since_ns = ts_ns
         pump.learning_rows += 1
-        need = max(pump.cfg.calibration.min_samples,
-                   int(pump.cfg.calibration.auto_hours * 3600 / pump.cfg.sample_interval_s))
+        need = max(
+            pump.cfg.calibration.min_samples,
+            int(pump.cfg.calibration.auto_hours * 3600 / pump.cfg.sample_interval_s),
+        )
         if pump.learning_rows < need:
             return
         since = pump.learning_since_ns
@@ -258,9 +287,16 @@ class PumpProcessor:
         try:
             await asyncio.to_thread(self._flush, pump)
             cal = await asyncio.to_thread(
-                recalibrate, pump.cfg, pump.history, pump.store, self._scorer(),
-                window=self._window or 32, model_version=self._model_version or "unknown",
-                from_ns=since, to_ns=ts_ns)
+                recalibrate,
+                pump.cfg,
+                pump.history,
+                pump.store,
+                self._scorer(),
+                window=self._window or 32,
+                model_version=self._model_version or "unknown",
+                from_ns=since,
+                to_ns=ts_ns,
+            )
         except ModelError as exc:
             pump.last_error = str(exc)
             pump.learning_rows = 0  # keep learning: try again after another stretch
@@ -270,8 +306,13 @@ class PumpProcessor:
         finally:
             pump.calibrating = False
         self._arm(pump, cal)
-        log.info("pump.calibrated", pump=pump.cfg.name, version=cal.version, rows=cal.n_samples,
-                 threshold=round(cal.threshold, 4))
+        log.info(
+            "pump.calibrated",
+            pump=pump.cfg.name,
+            version=cal.version,
+            rows=cal.n_samples,
+            threshold=round(cal.threshold, 4),
+        )
 
     def _arm(self, pump: _Pump, cal: Calibration) -> None:
         pump.cal = cal
@@ -304,23 +345,38 @@ class PumpProcessor:
         rows, pump.pending = pump.pending, []
         pump.history.append(rows)
 
-    def _event(self, pump: _Pump, ts_ns: int, rising: bool, total: float,  # noqa: PLR0917
-               channel: npt.NDArray[np.float64], residual: npt.NDArray[np.float64]) -> Event:
+    def _event(  # noqa: PLR0917
+        self,
+        pump: _Pump,
+        ts_ns: int,
+        rising: bool,
+        total: float,
+        channel: npt.NDArray[np.float64],
+        residual: npt.NDArray[np.float64],
+    ) -> Event:
         cal = pump.cal
         assert cal is not None
-        signals, sentence = contributors(cal, channel, residual[-min(len(residual), 8):], words=ROLE_WORDS)
+        signals, sentence = contributors(cal, channel, residual[-min(len(residual), 8) :], words=ROLE_WORDS)
         detail: dict[str, Any] = {
-            "pump": pump.cfg.name, "signals": signals, "explanation": sentence,
-            "threshold": round(cal.threshold, 4), "calibration_version": cal.version,
+            "pump": pump.cfg.name,
+            "signals": signals,
+            "explanation": sentence,
+            "threshold": round(cal.threshold, 4),
+            "calibration_version": cal.version,
         }
         if rising:
             severity: Severity = "alarm" if total >= 2 * cal.threshold else "warning"
             log.warning("pump.anomaly", pump=pump.cfg.name, score=round(total, 4), explanation=sentence)
             return Event("pump_anomaly", pump.cfg.name, ts_ns, severity, round(total, 4), detail)
         log.info("pump.anomaly_cleared", pump=pump.cfg.name, score=round(total, 4))
-        return Event("pump_anomaly_cleared", pump.cfg.name, ts_ns, "info", round(total, 4),
-                     {"pump": pump.cfg.name, "threshold": round(cal.threshold, 4),
-                      "calibration_version": cal.version})
+        return Event(
+            "pump_anomaly_cleared",
+            pump.cfg.name,
+            ts_ns,
+            "info",
+            round(total, 4),
+            {"pump": pump.cfg.name, "threshold": round(cal.threshold, 4), "calibration_version": cal.version},
+        )
 
     # -- health ---------------------------------------------------------------------------------
 
@@ -328,20 +384,31 @@ class PumpProcessor:
         out: dict[str, Any] = {}
         for name, pump in self.pumps.items():
             cal = pump.cal
-            need = max(pump.cfg.calibration.min_samples,
-                       int(pump.cfg.calibration.auto_hours * 3600 / pump.cfg.sample_interval_s))
+            need = max(
+                pump.cfg.calibration.min_samples,
+                int(pump.cfg.calibration.auto_hours * 3600 / pump.cfg.sample_interval_s),
+            )
             state = "learning" if cal is None else "alarm" if pump.alarm.active else "armed"
             out[name] = {
                 "state": state,
-                "calibration": None if cal is None else {
-                    "version": cal.version, "calibrated_at": cal.created, "rows": cal.n_samples,
-                    "threshold": round(cal.threshold, 6), "from": cal.from_ts, "to": cal.to_ts,
+                "calibration": None
+                if cal is None
+                else {
+                    "version": cal.version,
+                    "calibrated_at": cal.created,
+                    "rows": cal.n_samples,
+                    "threshold": round(cal.threshold, 6),
+                    "from": cal.from_ts,
+                    "to": cal.to_ts,
                     "model_version": cal.model_version,
                 },
-                "learning_progress": (None if cal is not None
-                                      else round(min(1.0, pump.learning_rows / need), 3)),
+                "learning_progress": (
+                    None if cal is not None else round(min(1.0, pump.learning_rows / need), 3)
+                ),
                 "calibrating": pump.calibrating,
-                "samples": pump.samples, "stopped_samples": pump.stopped_samples, "scored": pump.scored,
+                "samples": pump.samples,
+                "stopped_samples": pump.stopped_samples,
+                "scored": pump.scored,
                 "events": pump.events,
                 "last_score": None if pump.last_score is None else round(pump.last_score, 4),
                 "last_error": pump.last_error,

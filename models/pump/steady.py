@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.pump.detector import trailing_mean
+from water_edge.models.pump.detector import trailing_mean
 
 F64 = npt.NDArray[np.float64]
 
@@ -169,8 +169,19 @@ def fit(x: F64, params: SteadyParams | None = None) -> SteadyModel:
     lr = np.log(rms + noise_eps)[skip:]
     noise_mid = np.median(lr, axis=0)
     noise_sd = np.maximum(_spread(lr), 0.5 / math.sqrt(p.noise_window))
-    model = SteadyModel(p, center, scale, noise_eps, level_mid, level_sd, slope, noise_mid, noise_sd,
-                        threshold=math.inf, n_calibration=n)
+    model = SteadyModel(
+        p,
+        center,
+        scale,
+        noise_eps,
+        level_mid,
+        level_sd,
+        slope,
+        noise_mid,
+        noise_sd,
+        threshold=math.inf,
+        n_calibration=n,
+    )
     s = _trailing_median(model.raw(x), p.smooth)[skip:]
     q = float(np.quantile(s, p.quantile)) if len(s) else 0.0
     factor = p.margin * (1.0 + p.size_factor / math.sqrt(max(1.0, n / p.level_window)))

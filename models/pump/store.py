@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.manifest import ModelError
-from models.pump.detector import Calibration
+from water_edge.models.manifest import ModelError
+from water_edge.models.pump.detector import Calibration
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
@@ -93,8 +93,9 @@ class FeatureHistory:
     cannot be read as the new columns and are dropped.
     """
 
-    def __init__(self, path: Path, channels: Sequence[str], history_days: float, *,
-                 reset_on_change: bool = True) -> None:
+    def __init__(
+        self, path: Path, channels: Sequence[str], history_days: float, *, reset_on_change: bool = True
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.channels = list(channels)
@@ -108,19 +109,23 @@ class FeatureHistory:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
         if row is not None and json.loads(row[0]) != self.channels and not reset_on_change:
             self._db.close()
-            raise ModelError(f"{self.path}: holds signals {', '.join(json.loads(row[0]))}, "
-                             f"the config maps {', '.join(self.channels)}")
+            raise ModelError(
+                f"{self.path}: holds signals {', '.join(json.loads(row[0]))}, "
+                f"the config maps {', '.join(self.channels)}"
+            )
         if row is None or json.loads(row[0]) != self.channels:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM samples")
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('channels', ?)",
-                             (json.dumps(self.channels),))
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('channels', ?)", (json.dumps(self.channels),)
+            )
             self._db.execute("COMMIT")
         self.pruned = 0
 
     @classmethod
-    def for_pump(cls, state_dir: Path, pump: str, channels: Sequence[str],
-                 history_days: float) -> FeatureHistory:
+    def for_pump(
+        cls, state_dir: Path, pump: str, channels: Sequence[str], history_days: float
+    ) -> FeatureHistory:
         return cls(pump_dir(state_dir, pump) / "history.sqlite", channels, history_days)
 
     def append(self, rows: Sequence[tuple[int, npt.NDArray[np.float64]]]) -> None:
@@ -131,13 +136,15 @@ class FeatureHistory:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT OR REPLACE INTO samples VALUES (?, ?)",
-                [(int(ts), np.asarray(v, dtype="<f4").tobytes()) for ts, v in rows])
+                [(int(ts), np.asarray(v, dtype="<f4").tobytes()) for ts, v in rows],
+            )
             cutoff = int(rows[-1][0]) - self.keep_ns
             self.pruned += self._db.execute("DELETE FROM samples WHERE ts_ns < ?", (cutoff,)).rowcount
             self._db.execute("COMMIT")
 
-    def read(self, from_ns: int | None = None, to_ns: int | None = None
-             ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    def read(
+        self, from_ns: int | None = None, to_ns: int | None = None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """Timestamps and (rows, channels) values with `from_ns <= ts <= to_ns`, oldest first."""
         lo = -(2**63) if from_ns is None else int(from_ns)
         hi = 2**63 - 1 if to_ns is None else int(to_ns)
@@ -146,14 +153,19 @@ class FeatureHistory:
                 "SELECT ts_ns, v FROM samples WHERE ts_ns BETWEEN ? AND ? ORDER BY ts_ns", (lo, hi)
             ).fetchall()
         ts = np.array([r[0] for r in got], dtype=np.int64)
-        values = (np.frombuffer(b"".join(r[1] for r in got), dtype="<f4").astype(np.float64)
-                  .reshape(len(got), len(self.channels)))
+        values = (
+            np.frombuffer(b"".join(r[1] for r in got), dtype="<f4")
+            .astype(np.float64)
+            .reshape(len(got), len(self.channels))
+        )
         return ts, values
 
     def count(self, from_ns: int | None = None) -> int:
         with self._lock:
-            row = self._db.execute("SELECT COUNT(*) FROM samples WHERE ts_ns >= ?",
-                                   (-(2**63) if from_ns is None else int(from_ns),)).fetchone()
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM samples WHERE ts_ns >= ?",
+                (-(2**63) if from_ns is None else int(from_ns),),
+            ).fetchone()
         return int(row[0])
 
     def span(self) -> tuple[int, int] | None:

@@ -1,6 +1,6 @@
 """Train the acoustic leak classifier and export `models/leak/leak_detector.tflite` with its manifest.
 
-    python -m models.train.leak [--seed 7] [--clips 4000] [--out models/leak]
+    python -m water_edge.models.train.leak [--seed 7] [--clips 4000] [--out models/leak]
 
 Reproducible from the seed: the dataset (`edge-sim dataset leak` plan, train split only), the weight
 initialisation and the shuffling all derive from it. The model is a small MLP over the 40 band
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.leak import features
-from models.manifest import sha256_file
-from models.train.leak_data import Table, render_table
+from water_edge.models.leak import features
+from water_edge.models.manifest import sha256_file
+from water_edge.models.train.leak_data import Table, render_table
 
 NAME = "leak_detector"
 VERSION = "1.1.0"
@@ -49,8 +49,11 @@ def build(tf: Any, mean: npt.NDArray[np.float64], std: npt.NDArray[np.float64], 
     x = tf.keras.layers.Dense(24, activation="relu")(x)
     out = tf.keras.layers.Dense(1, activation="sigmoid", name="leak_probability")(x)
     model = tf.keras.Model(inp, out)
-    model.compile(optimizer=tf.keras.optimizers.Adam(2e-3), loss="binary_crossentropy",
-                  metrics=[tf.keras.metrics.AUC(name="auc")])  # fmt: skip
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(2e-3),
+        loss="binary_crossentropy",
+        metrics=[tf.keras.metrics.AUC(name="auc")],
+    )
     return model
 
 
@@ -85,7 +88,7 @@ def export(tf: Any, model: Any, table: Table, out_dir: Path, quant: str) -> Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m models.train.leak", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m water_edge.models.train.leak", description=__doc__)
     ap.add_argument("--seed", type=int, default=7, help="dataset and training seed")
     ap.add_argument("--clips", type=int, default=4000, help="dataset size (train + eval clips)")
     ap.add_argument("--epochs", type=int, default=40)
@@ -104,8 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     val = np.array([s in val_seeds for s in clip_seeds])
     mean, std = table.x[~val].mean(0), table.x[~val].std(0) + 1e-6
     model = build(tf, mean, std, args.seed)
-    model.fit(table.x[~val].astype(np.float32), table.y[~val], epochs=args.epochs, batch_size=128,
-              validation_data=(table.x[val].astype(np.float32), table.y[val]), verbose=2)  # fmt: skip
+    model.fit(
+        table.x[~val].astype(np.float32),
+        table.y[~val],
+        epochs=args.epochs,
+        batch_size=128,
+        validation_data=(table.x[val].astype(np.float32), table.y[val]),
+        verbose=2,
+    )
     p_val = model.predict(table.x[val].astype(np.float32), verbose=0)[:, 0]
     threshold = best_threshold(p_val, table.y[val])
     args.out.mkdir(parents=True, exist_ok=True)

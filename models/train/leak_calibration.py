@@ -1,6 +1,6 @@
 """Compare the simulator with the real PVC recordings: PSDs of leak and no-leak, measured vs synthetic.
 
-    python -m models.train.leak_calibration [--out docs/img/hydrophone_calibration.png]
+    python -m water_edge.models.train.leak_calibration [--out docs/img/hydrophone_calibration.png]
 
 Real data: Aghashahi, Sela & Banks, "Benchmarking dataset for leak detection and localization in water
 distribution systems", Data in Brief 48 (2023) 109148, doi:10.17632/tbrnp6vrnj.1 (CC BY 4.0), read from
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
-from fwsim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
-from models.leak.wavio import read_wav
-from models.train.leak_eval import REAL_DIR, REPO
+from water_edge.models.leak.wavio import read_wav
+from water_edge.models.train.leak_eval import REAL_DIR, REPO
+from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
 
 def band_table(x: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,16 +32,39 @@ def band_table(x: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
     return f, p
 
 
-TABLE_EDGES = (5, 9, 12, 15, 18, 24, 32, 44, 58, 78, 105, 141, 190, 255, 342, 460, 620, 830, 1110, 1500, 2000,
-               3600)  # fmt: skip
+TABLE_EDGES = (
+    5,
+    9,
+    12,
+    15,
+    18,
+    24,
+    32,
+    44,
+    58,
+    78,
+    105,
+    141,
+    190,
+    255,
+    342,
+    460,
+    620,
+    830,
+    1110,
+    1500,
+    2000,
+    3600,
+)
 
 
 def relative_levels(x: np.ndarray, sr: int) -> np.ndarray:
     """Band power in dB relative to the 5-3600 Hz total, in TABLE_EDGES bands (Welch, 16384 points)."""
     f, p = signal.welch(x - x.mean(), sr, nperseg=16384)
     tot = p[(f >= 5) & (f < 3600)].sum()
-    return np.array([10 * np.log10(p[(f >= a) & (f < b)].sum() / tot)
-                     for a, b in itertools.pairwise(TABLE_EDGES)])  # fmt: skip
+    return np.array(
+        [10 * np.log10(p[(f >= a) & (f < b)].sum() / tot) for a, b in itertools.pairwise(TABLE_EDGES)]
+    )
 
 
 def relative_band_table(sims: dict[str, PipeScene]) -> None:
@@ -50,8 +73,10 @@ def relative_band_table(sims: dict[str, PipeScene]) -> None:
     for name in ("no-leak", "orifice-leak", "gasket-leak", "circumferential-crack", "longitudinal-crack"):
         x, sr = read_wav(REAL_DIR / f"{name}.wav")
         real[name] = relative_levels(x[:, 0].astype(np.float64), sr)
-    sim = {k: relative_levels(HydrophoneSynth(v).render_seconds(35)[:, 0].astype(np.float64), 8000)
-           for k, v in sims.items()}  # fmt: skip
+    sim = {
+        k: relative_levels(HydrophoneSynth(v).render_seconds(35)[:, 0].astype(np.float64), 8000)
+        for k, v in sims.items()
+    }
     rows = [("real no-leak", real["no-leak"]), ("sim no-leak", sim["no leak"])]
     rows += [(f"d {k[:12]}", v - real["no-leak"]) for k, v in real.items() if k != "no-leak"]
     rows.append(("d sim leak", sim["leak"] - sim["no leak"]))
@@ -61,7 +86,8 @@ def relative_band_table(sims: dict[str, PipeScene]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m models.train.leak_calibration", description=__doc__)
+    prog = "python -m water_edge.models.train.leak_calibration"
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "hydrophone_calibration.png")
     ap.add_argument("--snr", type=float, default=-15.0)
     args = ap.parse_args(argv)

@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.io import wavfile
 
-from fwsim.dataset_leak import ClipSpec, plan, render_clip
-from models.leak import features
+from water_edge.models.leak import features
+from water_edge.sim.dataset_leak import ClipSpec, plan, render_clip
 
 FloatArray = npt.NDArray[np.float64]
 

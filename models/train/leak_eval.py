@@ -1,6 +1,7 @@
 """Evaluation report for the shipped leak detector and the localiser (`make eval`).
 
-    python -m models.train.leak_eval [--seed 7] [--clips 3000] [--update-manifest] [--plots docs/img]
+    python -m water_edge.models.train.leak_eval [--seed 7] [--clips 3000] [--update-manifest]
+                                                [--plots docs/img]
 
 Detection is measured on the *eval* split of the training dataset's seed (a random stream disjoint
 from the train split, never seen in training): ROC AUC, precision and recall at the shipped
@@ -22,13 +23,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fwsim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
-from models.leak import pipes
-from models.leak.detector import DEFAULT_MANIFEST, LeakScorer
-from models.leak.localise import locate
-from models.leak.wavio import read_wav
-from models.runtime import load_model
-from models.train.leak_data import Table, render_table
+from water_edge.models.leak import pipes
+from water_edge.models.leak.detector import DEFAULT_MANIFEST, LeakScorer
+from water_edge.models.leak.localise import locate
+from water_edge.models.leak.wavio import read_wav
+from water_edge.models.runtime import load_model
+from water_edge.models.train.leak_data import Table, render_table
+from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_DIR = REPO.parent / "shared" / "data" / "leak-pvc-hydrophone"
@@ -58,8 +59,13 @@ def precision_recall(p: FloatArray, y: npt.NDArray[np.int64], threshold: float) 
 
 def _summary(p: FloatArray, y: npt.NDArray[np.int64], thr: float) -> dict[str, Any]:
     prec, rec = precision_recall(p, y, thr)
-    return {"auc": round(roc_auc(p, y), 4), "precision": round(prec, 4), "recall": round(rec, 4),
-            "n": len(y), "n_leak": int(y.sum())}  # fmt: skip
+    return {
+        "auc": round(roc_auc(p, y), 4),
+        "precision": round(prec, 4),
+        "recall": round(rec, 4),
+        "n": len(y),
+        "n_leak": int(y.sum()),
+    }
 
 
 def detection_report(scorer: LeakScorer, table: Table) -> dict[str, Any]:
@@ -126,9 +132,12 @@ def localisation_report(seed: int, n: int = 40, seconds: float = 8.0) -> dict[st
             assert scene.leak_position_m is not None
             errs.append(100 * abs(loc.position_m - scene.leak_position_m) / spacing)
         e = np.array(errs)
-        result[group] = {"median_error_pct_of_spacing": round(float(np.median(e)), 3),
-                         "p90_error_pct": round(float(np.percentile(e, 90)), 3),
-                         "max_error_pct": round(float(e.max()), 3), "n": n}  # fmt: skip
+        result[group] = {
+            "median_error_pct_of_spacing": round(float(np.median(e)), 3),
+            "p90_error_pct": round(float(np.percentile(e, 90)), 3),
+            "max_error_pct": round(float(e.max()), 3),
+            "n": n,
+        }
     return result
 
 
@@ -139,8 +148,10 @@ def real_report(scorer: LeakScorer, folder: Path = REAL_DIR) -> dict[str, Any]:
         x, rate = read_wav(folder / f"{name}.wav")
         scores[name] = scorer.score(x, rate).leak_probability
     others = [v for k, v in scores.items() if k != "no-leak"]
-    return {"scores": {k: float(f"{v:.6g}") for k, v in scores.items()},
-            "every_leak_above_no_leak": bool(min(others) > scores["no-leak"])}  # fmt: skip
+    return {
+        "scores": {k: float(f"{v:.6g}") for k, v in scores.items()},
+        "every_leak_above_no_leak": bool(min(others) > scores["no-leak"]),
+    }
 
 
 def plots(out: Path, report: dict[str, Any], seed: int) -> list[Path]:
@@ -218,7 +229,7 @@ def plots(out: Path, report: dict[str, Any], seed: int) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m models.train.leak_eval", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m water_edge.models.train.leak_eval", description=__doc__)
     ap.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     ap.add_argument("--seed", type=int, default=None, help="dataset seed (default: the manifest's)")
     ap.add_argument("--clips", type=int, default=None, help="dataset size (default: the manifest's)")
@@ -232,8 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else int(extra.get("dataset_seed", 7))
     clips = args.clips if args.clips is not None else int(extra.get("dataset_clips", 3000))
     table = render_table(seed, clips, "eval")
-    report: dict[str, Any] = {"dataset": {"seed": seed, "clips": clips, "split": "eval",
-                                          "windows": len(table.y)}}  # fmt: skip
+    report: dict[str, Any] = {
+        "dataset": {"seed": seed, "clips": clips, "split": "eval", "windows": len(table.y)}
+    }
     report["detection"] = detection_report(scorer, table)
     report["localisation"] = localisation_report(seed, args.localise_n)
     if REAL_DIR.is_dir():
@@ -245,9 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.write(json.dumps(printable, indent=1) + "\n")
     if args.update_manifest:
         m = json.loads(args.manifest.read_text(encoding="utf-8"))
-        m["metrics"] = {"eval_dataset": printable["dataset"], "detection": printable["detection"],
-                        "localisation": report["localisation"],
-                        "real_recordings": report.get("real_recordings")}  # fmt: skip
+        m["metrics"] = {
+            "eval_dataset": printable["dataset"],
+            "detection": printable["detection"],
+            "localisation": report["localisation"],
+            "real_recordings": report.get("real_recordings"),
+        }
         args.manifest.write_text(json.dumps(m, indent=1) + "\n", encoding="utf-8")
     return 0
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.pump.detector import calibrate, residuals, windows, zscores
-from models.train.pump_sim import SIGNALS, Scenario, simulate
+from water_edge.models.pump.detector import calibrate, residuals, windows, zscores
+from water_edge.models.train.pump_sim import SIGNALS, Scenario, simulate
 
 WINDOW = 32
 MAX_CHANNELS = len(SIGNALS)
@@ -36,8 +36,9 @@ class Case:
     channels: tuple[int, ...]
 
 
-def random_cases(seed: int, count: int, faults: Iterable[str], after_hours: float = 2.0,
-                 normal_share: float = 0.25) -> list[Case]:
+def random_cases(
+    seed: int, count: int, faults: Iterable[str], after_hours: float = 2.0, normal_share: float = 0.25
+) -> list[Case]:
     rng = np.random.default_rng(seed)
     faults = list(faults)
     hours = CALIBRATION_S / 3600 + after_hours
@@ -47,11 +48,22 @@ def random_cases(seed: int, count: int, faults: Iterable[str], after_hours: floa
         onset = CALIBRATION_S + int(rng.integers(300, 1800))
         n_keep = int(rng.integers(3, MAX_CHANNELS + 1))
         channels = tuple(sorted(rng.choice(MAX_CHANNELS, n_keep, replace=False).tolist()))
-        cases.append(Case(
-            Scenario(seed=seed * 1000 + i, hours=hours, fault=fault, onset_s=onset,
-                     duration_s=hours * 3600 - onset, ramp_s=float(rng.uniform(0, 600)),
-                     noise=float(rng.uniform(0.5, 2.0)), missing=float(rng.uniform(0, 0.03))),
-            CALIBRATION_S, channels))
+        cases.append(
+            Case(
+                Scenario(
+                    seed=seed * 1000 + i,
+                    hours=hours,
+                    fault=fault,
+                    onset_s=onset,
+                    duration_s=hours * 3600 - onset,
+                    ramp_s=float(rng.uniform(0, 600)),
+                    noise=float(rng.uniform(0.5, 2.0)),
+                    missing=float(rng.uniform(0, 0.03)),
+                ),
+                CALIBRATION_S,
+                channels,
+            )
+        )
     return cases
 
 
@@ -63,20 +75,22 @@ def case_windows(case: Case, stride: int = 5) -> tuple[npt.NDArray[np.float32], 
     cal = calibrate(x[: case.calib_rows], names, ZeroScorer(), window=WINDOW, model_version="train")
     keep = [names.index(c) for c in cal.channels]
     z = zscores(x[:, keep], cal)
-    r = residuals(z, np.asarray(cal.coef), np.asarray(cal.residual_scale), np.asarray(cal.z_low),
-                  np.asarray(cal.z_high))
-    w = windows(z, r, WINDOW)[case.calib_rows::stride]
+    r = residuals(
+        z, np.asarray(cal.coef), np.asarray(cal.residual_scale), np.asarray(cal.z_low), np.asarray(cal.z_high)
+    )
+    w = windows(z, r, WINDOW)[case.calib_rows :: stride]
     out = np.zeros((len(w), MAX_CHANNELS, WINDOW, 2), dtype=np.float32)
     out[:, : w.shape[1]] = w
-    return out, labels[case.calib_rows::stride]
+    return out, labels[case.calib_rows :: stride]
 
 
 def _case_windows(case: Case) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int8]]:
     return case_windows(case)
 
 
-def build(cases: list[Case], jobs: int = 2) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32],
-                                                    npt.NDArray[np.int8]]:
+def build(
+    cases: list[Case], jobs: int = 2
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int8]]:
     """Inputs, channel masks (1 = real channel) and labels for all cases (`jobs` processes)."""
     xs, masks, ys = [], [], []
     with ProcessPoolExecutor(jobs) as pool:

@@ -1,6 +1,6 @@
 """Evaluates the shipped pump detector on simulated scenarios never used in training, as a gateway runs it.
 
-    .venv/bin/python -m models.train.pump_eval [--seed 9001] [--per-fault 6] [--jobs 2] [--write]
+    .venv/bin/python -m water_edge.models.train.pump_eval [--seed 9001] [--per-fault 6] [--jobs 2] [--write]
 
 Each scenario: calibrate on its first `calib_s` seconds of normal duty (24 h, the gateway's
 `auto_hours` default: a full daily demand cycle), then up to 4 h follow with the fault starting
@@ -27,9 +27,9 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from models.pump.detector import alarm_series, calibrate, score, select
-from models.runtime import Model, load_model
-from models.train.pump_sim import FAULTS, SIGNALS, Scenario, simulate
+from water_edge.models.pump.detector import alarm_series, calibrate, score, select
+from water_edge.models.runtime import Model, load_model
+from water_edge.models.train.pump_sim import FAULTS, SIGNALS, Scenario, simulate
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "models" / "pump" / "pump_scorer.json"
@@ -57,8 +57,7 @@ def run_case(model: Model, sc: Scenario, calib_s: int, channels: list[str] | Non
     cal = calibrate(x[:calib_s], names, model, window=window, model_version=model.version)
     scored = score(select(x, names, cal), cal, model)
     alarm = alarm_series(scored.score[calib_s:], cal.threshold, PERSISTENCE, CLEAR_AFTER, HYSTERESIS)
-    return Outcome(sc.fault, alarm, labels[calib_s:], scored.score, cal.threshold,
-                   int(sc.onset_s) - calib_s)
+    return Outcome(sc.fault, alarm, labels[calib_s:], scored.score, cal.threshold, int(sc.onset_s) - calib_s)
 
 
 def _run_in_worker(job: tuple[Scenario, int]) -> Outcome:
@@ -96,14 +95,16 @@ def summarise(outcomes: Sequence[Labelled]) -> dict[str, float]:
     delays = []
     missed = 0
     for o in faulty:
-        hits = np.flatnonzero(o.alarm[o.onset:] & o.labels[o.onset:])
+        hits = np.flatnonzero(o.alarm[o.onset :] & o.labels[o.onset :])
         if len(hits):
             delays.append(float(hits[0]))
         else:
             missed += 1
     normal_rows = labels == 0
     return {
-        "f1": round(f1, 3), "precision": round(precision, 3), "recall": round(recall, 3),
+        "f1": round(f1, 3),
+        "precision": round(precision, 3),
+        "recall": round(recall, 3),
         "false_alarm_rate": round(float(alarm[normal_rows].mean()) if normal_rows.any() else 0.0, 4),
         "missed_alarm_rate": round(missed / len(faulty), 3) if faulty else 0.0,
         "median_delay_s": round(float(np.median(delays)), 1) if delays else float("nan"),
@@ -111,8 +112,15 @@ def summarise(outcomes: Sequence[Labelled]) -> dict[str, float]:
     }
 
 
-def evaluate(model: Model, seed: int, per_fault: int, *, calib_s: int = CALIBRATION_S,
-             noise: float = 1.0, jobs: int = 1) -> tuple[dict[str, Any], list[Outcome]]:
+def evaluate(
+    model: Model,
+    seed: int,
+    per_fault: int,
+    *,
+    calib_s: int = CALIBRATION_S,
+    noise: float = 1.0,
+    jobs: int = 1,
+) -> tuple[dict[str, Any], list[Outcome]]:
     rng = np.random.default_rng(seed)
     hours = (calib_s + AFTER_S) / 3600
     work: list[tuple[Scenario, int]] = []
@@ -120,8 +128,15 @@ def evaluate(model: Model, seed: int, per_fault: int, *, calib_s: int = CALIBRAT
     for k, fault in enumerate(kinds):
         for j in range(per_fault):
             onset = calib_s + int(rng.integers(900, 2 * 3600))
-            sc = Scenario(seed=seed + 100 * k + j, hours=hours, fault=fault, onset_s=onset,
-                          duration_s=hours * 3600 - onset, ramp_s=float(rng.uniform(0, 600)), noise=noise)
+            sc = Scenario(
+                seed=seed + 100 * k + j,
+                hours=hours,
+                fault=fault,
+                onset_s=onset,
+                duration_s=hours * 3600 - onset,
+                ramp_s=float(rng.uniform(0, 600)),
+                noise=noise,
+            )
             work.append((sc, calib_s))
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
@@ -152,7 +167,7 @@ def plot(outcomes: list[Outcome], out: Path) -> None:
     fig, axes = plt.subplots(len(shown), 1, figsize=(9, 2.0 * len(shown)), sharex=True)
     for ax, (fault, o) in zip(axes, shown.items(), strict=True):
         calib = len(o.scores) - len(o.alarm)
-        scores = o.scores[max(0, calib - 3600):]  # the last hour of calibration, then the scored hours
+        scores = o.scores[max(0, calib - 3600) :]  # the last hour of calibration, then the scored hours
         calib = min(calib, 3600)
         t = (np.arange(len(scores)) - calib) / 60.0
         ax.plot(t, scores, lw=0.6, label="score")
@@ -188,9 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         data = json.loads(MANIFEST.read_text())
         data["metrics"] = {
-            "eval_seed": args.seed, "calibration_s": CALIBRATION_S, "held_out": report["held_out"],
-            "trained": report["trained"], "all": report["all"], "calibration_1_hour": hour["all"],
-            "calibration_400_rows": short["all"], "noise_x3": noisy["all"],
+            "eval_seed": args.seed,
+            "calibration_s": CALIBRATION_S,
+            "held_out": report["held_out"],
+            "trained": report["trained"],
+            "all": report["all"],
+            "calibration_1_hour": hour["all"],
+            "calibration_400_rows": short["all"],
+            "noise_x3": noisy["all"],
             "per_fault": report["per_fault"],
         }
         MANIFEST.write_text(json.dumps(data, indent=1) + "\n")

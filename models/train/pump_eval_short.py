@@ -1,7 +1,7 @@
 """Short, steady-state evaluation of the offline CSV scorer: the regime of a pump test bed.
 
-    .venv/bin/python -m models.train.pump_eval_short [--set tuning|evaluation|both] [--per-fault 10]
-                                                     [--normal 20] [--json FILE]
+    .venv/bin/python -m water_edge.models.train.pump_eval_short [--set tuning|evaluation|both]
+        [--per-fault 10] [--normal 20] [--json FILE]
 
 Every case is one file of ~20 min at 1 s from the firmware-sim pump station held at a steady
 operating point (time of day frozen, so demand and speed only jitter), from a pump whose size lies
@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fwsim.pumpstation import PumpParams
-from models.train import pump_eval
-from models.train.pump_sim import FAULTS, SEVERITY, SIGNALS, SteadyStation
+from water_edge.models.train import pump_eval
+from water_edge.models.train.pump_sim import FAULTS, SEVERITY, SIGNALS, SteadyStation
+from water_edge.sim.pumpstation import PumpParams
 
 CALIB_ROWS = 400
 ROWS = 1200
@@ -56,9 +56,15 @@ ALWAYS = ("motor_current", "vibration_x", "vibration_y")
 PUMP_FAULTS = ("bearing_wear", "cavitation", "imbalance", "outlet_valve", "inlet_valve")
 # Measurement noise, as a share of the signal's level (log-uniform between the bounds).
 _NOISE_REL: dict[str, tuple[float, float]] = {
-    "motor_current": (0.003, 0.02), "voltage": (0.001, 0.005), "suction_pressure": (0.005, 0.03),
-    "discharge_pressure": (0.002, 0.01), "flow": (0.003, 0.02), "vibration_x": (0.01, 0.06),
-    "vibration_y": (0.01, 0.06), "winding_temp": (0.001, 0.004), "bearing_temp": (0.001, 0.004),
+    "motor_current": (0.003, 0.02),
+    "voltage": (0.001, 0.005),
+    "suction_pressure": (0.005, 0.03),
+    "discharge_pressure": (0.002, 0.01),
+    "flow": (0.003, 0.02),
+    "vibration_x": (0.01, 0.06),
+    "vibration_y": (0.01, 0.06),
+    "winding_temp": (0.001, 0.004),
+    "bearing_temp": (0.001, 0.004),
     "speed": (0.0005, 0.002),
 }
 _QUANTUM = dict(zip(SIGNALS, (0.1, 0.5, 0.01, 0.01, 0.1, 0.01, 0.01, 0.1, 0.1, 1.0), strict=True))
@@ -93,26 +99,45 @@ def simulate_short(case: ShortCase) -> tuple[F64, I8, list[str]]:
     rng = np.random.default_rng(case.seed)
     size = float(rng.uniform(0.3, 0.5) if rng.random() < 0.5 else rng.uniform(2.0, 3.0))
     params = PumpParams(
-        h0_m=float(rng.uniform(57.0, 64.0)), q_bep_m3h=float(rng.uniform(90.0, 130.0)),
-        vibration_base_mm_s=float(rng.uniform(0.8, 2.0)), bearing_rise_k=float(rng.uniform(10.0, 20.0)),
+        h0_m=float(rng.uniform(57.0, 64.0)),
+        q_bep_m3h=float(rng.uniform(90.0, 130.0)),
+        vibration_base_mm_s=float(rng.uniform(0.8, 2.0)),
+        bearing_rise_k=float(rng.uniform(10.0, 20.0)),
     )
-    station = SteadyStation(seed=case.seed, tick_s=1.0, start_time_of_day_s=float(rng.uniform(0, 86400)),
-                            params=params)
+    station = SteadyStation(
+        seed=case.seed, tick_s=1.0, start_time_of_day_s=float(rng.uniform(0, 86400)), params=params
+    )
     labels = np.zeros(ROWS, dtype=np.int8)
     sev = 0.0
     if case.fault is not None:
         lo, hi = SEVERITY[case.fault]
         sev = float(rng.uniform(lo, hi))
         if case.fault in PUMP_FAULTS:
-            station.inject(case.fault, pump=1, severity=sev, at_s=float(case.onset), ramp_s=float(case.ramp),
-                           duration_s=float(case.duration))
-        labels[case.onset:case.onset + case.duration] = 1
+            station.inject(
+                case.fault,
+                pump=1,
+                severity=sev,
+                at_s=float(case.onset),
+                ramp_s=float(case.ramp),
+                duration_s=float(case.duration),
+            )
+        labels[case.onset : case.onset + case.duration] = 1
     raw = np.empty((ROWS, len(SIGNALS)))
     for i in range(ROWS):
         s = station.step()
         p = s.pumps[0]
-        raw[i] = (p.current_a, s.supply_v, p.suction_bar, p.discharge_bar, p.flow_m3h, p.vibration_x_mm_s,
-                  p.vibration_y_mm_s, p.winding_temp_c, p.bearing_temp_c, p.speed_rpm)
+        raw[i] = (
+            p.current_a,
+            s.supply_v,
+            p.suction_bar,
+            p.discharge_bar,
+            p.flow_m3h,
+            p.vibration_x_mm_s,
+            p.vibration_y_mm_s,
+            p.winding_temp_c,
+            p.bearing_temp_c,
+            p.speed_rpm,
+        )
     raw *= np.array([size, 1, 1, 1, size, size**0.5, size**0.5, 1, 1, 1])
     level = np.abs(raw[:CALIB_ROWS].mean(axis=0)) + 1e-3
     rel = np.array([np.exp(rng.uniform(np.log(a), np.log(b))) for a, b in (_NOISE_REL[s] for s in SIGNALS)])
@@ -161,7 +186,7 @@ def write_csv(path: Path, x: F64, seed: int) -> Path:
 
 def run_cli(path: Path, calib: int = CALIB_ROWS) -> tuple[F64, I8]:
     """Scores and anomaly flags as `edge-agent models score pump` prints them."""
-    from agent.cli import main
+    from water_edge.agent.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -197,8 +222,9 @@ def run_cases(cases: Sequence[ShortCase], scorer: Scorer = run_cli) -> list[Resu
             scores, alarm = scorer(path)
             if len(alarm) != ROWS:
                 raise RuntimeError(f"{len(alarm)} output rows for {ROWS} input rows")
-            results.append(Result(case.fault, labels[CALIB_ROWS:], alarm[CALIB_ROWS:], scores,
-                                  case.onset - CALIB_ROWS))
+            results.append(
+                Result(case.fault, labels[CALIB_ROWS:], alarm[CALIB_ROWS:], scores, case.onset - CALIB_ROWS)
+            )
     return results
 
 
@@ -206,8 +232,9 @@ def summarise(results: Sequence[Result]) -> dict[str, float]:
     out = pump_eval.summarise(results)
     del out["scenarios"]
     normal_files = [r for r in results if not r.fault]
-    out["normal_files_alarmed"] = (round(float(np.mean([r.alarm.any() for r in normal_files])), 3)
-                                   if normal_files else float("nan"))
+    out["normal_files_alarmed"] = (
+        round(float(np.mean([r.alarm.any() for r in normal_files])), 3) if normal_files else float("nan")
+    )
     out["files"] = len(results)
     return out
 

@@ -16,21 +16,38 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fwsim.pumpstation import PumpParams, PumpStation
+from water_edge.sim.pumpstation import PumpParams, PumpStation
 
 SIGNALS: tuple[str, ...] = (
-    "motor_current", "voltage", "suction_pressure", "discharge_pressure", "flow",
-    "vibration_x", "vibration_y", "winding_temp", "bearing_temp", "speed",
+    "motor_current",
+    "voltage",
+    "suction_pressure",
+    "discharge_pressure",
+    "flow",
+    "vibration_x",
+    "vibration_y",
+    "winding_temp",
+    "bearing_temp",
+    "speed",
 )
 FAULTS: tuple[str, ...] = (
-    "bearing_wear", "cavitation", "imbalance", "outlet_valve", "inlet_valve",
-    "sensor_drift", "sensor_stuck",
+    "bearing_wear",
+    "cavitation",
+    "imbalance",
+    "outlet_valve",
+    "inlet_valve",
+    "sensor_drift",
+    "sensor_stuck",
 )
 # Severity range drawn per scenario (fwsim units: wear/imbalance 0..1, valve closure 0..1,
 # drift in the tag's units).
 SEVERITY: dict[str, tuple[float, float]] = {
-    "bearing_wear": (0.15, 0.5), "cavitation": (0.4, 1.0), "imbalance": (0.1, 0.4),
-    "outlet_valve": (0.35, 0.7), "inlet_valve": (0.4, 0.75), "sensor_drift": (0.15, 0.4),
+    "bearing_wear": (0.15, 0.5),
+    "cavitation": (0.4, 1.0),
+    "imbalance": (0.1, 0.4),
+    "outlet_valve": (0.35, 0.7),
+    "inlet_valve": (0.4, 0.75),
+    "sensor_drift": (0.15, 0.4),
     "sensor_stuck": (1.0, 1.0),
 }
 SENSOR_TAG: dict[str, str] = {"sensor_drift": "discharge_pressure", "sensor_stuck": "flow"}
@@ -87,19 +104,34 @@ def simulate(sc: Scenario) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int8
         lo_s, hi_s = SEVERITY[sc.fault]
         sev = sc.severity if sc.severity is not None else float(rng.uniform(lo_s, hi_s))
         tag = SENSOR_TAG.get(sc.fault)
-        station.inject(sc.fault, pump=None if tag else 1, severity=sev, at_s=sc.onset_s,
-                       ramp_s=sc.ramp_s, duration_s=sc.duration_s,
-                       tag=f"pump1.{tag}" if tag else None)
-        labels[int(sc.onset_s):min(n, int(sc.onset_s + sc.duration_s))] = 1
+        station.inject(
+            sc.fault,
+            pump=None if tag else 1,
+            severity=sev,
+            at_s=sc.onset_s,
+            ramp_s=sc.ramp_s,
+            duration_s=sc.duration_s,
+            tag=f"pump1.{tag}" if tag else None,
+        )
+        labels[int(sc.onset_s) : min(n, int(sc.onset_s + sc.duration_s))] = 1
     sensors = station.state.sensors
     raw = np.empty((n, len(SIGNALS)))
     for i in range(n):
         s = station.step()
         p = s.pumps[0]
         sensors.now_s = s.elapsed_s
-        values = (p.current_a, s.supply_v, p.suction_bar, p.discharge_bar, p.flow_m3h,
-                  p.vibration_x_mm_s, p.vibration_y_mm_s, p.winding_temp_c, p.bearing_temp_c,
-                  p.speed_rpm)
+        values = (
+            p.current_a,
+            s.supply_v,
+            p.suction_bar,
+            p.discharge_bar,
+            p.flow_m3h,
+            p.vibration_x_mm_s,
+            p.vibration_y_mm_s,
+            p.winding_temp_c,
+            p.bearing_temp_c,
+            p.speed_rpm,
+        )
         raw[i] = [float(sensors.apply(f"pump1.{name}", v)) for name, v in zip(SIGNALS, values, strict=True)]
     raw *= np.array([size, 1, 1, 1, size, size**0.5, size**0.5, 1, 1, 1])
     spread = np.maximum(np.nanstd(raw[: min(n, 3600)], axis=0), 0.02 * np.abs(np.nanmean(raw, axis=0)) + 1e-3)

@@ -1,6 +1,6 @@
 """Trains the shared pump window scorer and writes `models/pump/pump_scorer.tflite` + its manifest.
 
-    .venv/bin/python -m models.train.pump_train [--seed 7] [--cases 72]
+    .venv/bin/python -m water_edge.models.train.pump_train [--seed 7] [--cases 72]
 
 Needs the `[train]` extra (TensorFlow). The scorer reads one channel's calibrated window
 (relation residual, z-score) x 32 samples and returns a non-negative abnormality. It is trained
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from models.manifest import sha256_file
-from models.train.pump_data import MAX_CHANNELS, WINDOW, build, random_cases
-from models.train.pump_sim import FAULTS
+from water_edge.models.manifest import sha256_file
+from water_edge.models.train.pump_data import MAX_CHANNELS, WINDOW, build, random_cases
+from water_edge.models.train.pump_sim import FAULTS
 
 TRAIN_FAULTS = ("bearing_wear", "cavitation", "outlet_valve", "sensor_drift")
 HELD_OUT = tuple(f for f in FAULTS if f not in TRAIN_FAULTS)  # imbalance, inlet_valve, sensor_stuck
@@ -61,11 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     masked = tf.keras.layers.Lambda(lambda a: a[0] + (a[1] - 1.0) * 1e4)([per_channel, inp_mask])
     pump_logit = tf.keras.layers.Lambda(lambda a: tf.reduce_max(a, axis=1, keepdims=True))(masked)
     trainer = tf.keras.Model([inp, inp_mask], pump_logit)
-    trainer.compile(optimizer=tf.keras.optimizers.Adam(2e-3),
-                    loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+    trainer.compile(
+        optimizer=tf.keras.optimizers.Adam(2e-3), loss=tf.keras.losses.BinaryCrossentropy(from_logits=True)
+    )
     perm = np.random.default_rng(args.seed).permutation(len(x))
-    trainer.fit([x[perm], mask[perm]], y[perm].astype(np.float32), epochs=args.epochs,
-                batch_size=256, validation_split=0.1, verbose=2)
+    trainer.fit(
+        [x[perm], mask[perm]],
+        y[perm].astype(np.float32),
+        epochs=args.epochs,
+        batch_size=256,
+        validation_split=0.1,
+        verbose=2,
+    )
 
     # The shipped graph is rebuilt from the trained weights as constants: plain matmuls convert
     # to TFLite the same way in every TensorFlow/Keras version.

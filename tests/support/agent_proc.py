@@ -1,8 +1,8 @@
 """Runs the real `edge-agent run` as a subprocess against a test broker and plant.
 
-    cfg = write_config(tmp, broker_port=broker.port, devices=demo_devices(plant.port))
-    with running_agent(cfg) as agent:
-        agent.status()          # asks it over its status socket, like `edge-agent status`
+cfg = write_config(tmp, broker_port=broker.port, devices=demo_devices(plant.port))
+with running_agent(cfg) as agent:
+    agent.status()          # asks it over its status socket, like `edge-agent status`
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.status import AgentNotRunningError, request_status
+from water_edge.agent.status import AgentNotRunningError, request_status
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "deploy" / "demo.toml"
@@ -60,7 +60,7 @@ reconnect_min_s = 0.1
 reconnect_max_s = {reconnect_max_s}
 
 [status]
-socket = "{socket_dir / 'status.sock'}"
+socket = "{socket_dir / "status.sock"}"
 
 [buffer]
 flush_interval_ms = 100
@@ -126,16 +126,18 @@ class AgentProcess:
 
 
 def start_agent(config: Path) -> AgentProcess:
-    from agent.config import load_config
+    from water_edge.agent.config import load_config
 
     loaded = load_config(config)
     log_path = config.with_suffix(".log")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "-c", str(config)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+            [sys.executable, "-m", "water_edge.agent.cli", "run", "-c", str(config)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     return AgentProcess(process, config, loaded.status_socket, loaded.buffer_path, log_path)
 
 

@@ -52,9 +52,15 @@ class Plant:
 
 
 def start_plant(
-    *, seed: int = 0, bench_tags: int = 0, port: int = 0, host: str = "127.0.0.1",
-    workdir: Path | None = None, components: str = "none", scenario: str | Path | None = None,
-) -> Plant:  # fmt: skip
+    *,
+    seed: int = 0,
+    bench_tags: int = 0,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    workdir: Path | None = None,
+    components: str = "none",
+    scenario: str | Path | None = None,
+) -> Plant:
     """Start `edge-sim run` and wait until it listens. `port=0`: a free port, chosen by the OS.
 
     `components`: what to start besides the Modbus TCP PLC, as `edge-sim run --components` takes
@@ -63,7 +69,7 @@ def start_plant(
     directory = Path(workdir or tempfile.mkdtemp(prefix="edge-sim-"))
     endpoints_file = directory / f"endpoints-{os.getpid()}-{time.monotonic_ns()}.json"
     cmd = [
-        sys.executable, "-m", "fwsim.cli", "run", "--host", host, "--port", str(port),
+        sys.executable, "-m", "water_edge.sim.cli", "run", "--host", host, "--port", str(port),
         "--seed", str(seed), "--bench-tags", str(bench_tags),
         "--endpoints-file", str(endpoints_file), "--components", components,
         "--workdir", str(directory),

@@ -1,12 +1,12 @@
 """The project's exception tree; library exceptions are translated into it where they are caught.
 
-    AgentError
-    ├── ConfigError          a config file is missing, unreadable or invalid
-    ├── DriverError
-    │   ├── DriverIOError    the device could not be reached (timeout, refused, closed)
-    │   └── DeviceError      the device answered with an error (e.g. a Modbus exception)
-    ├── BufferError          the outbox database cannot be opened or written
-    └── UplinkError          the broker connection cannot be configured or used
+AgentError
+├── ConfigError          a config file is missing, unreadable or invalid
+├── DriverError
+│   ├── DriverIOError    the device could not be reached (timeout, refused, closed)
+│   └── DeviceError      the device answered with an error (e.g. a Modbus exception)
+├── BufferError          the outbox database cannot be opened or written
+└── UplinkError          the broker connection cannot be configured or used
 """
 
 from __future__ import annotations

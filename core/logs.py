@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from agent.secrets import RedactingProcessor
+from water_edge.core.redact import RedactingProcessor
 
 
 class _CurrentStderr:
@@ -28,9 +28,7 @@ def configure(level: str = "info", json: bool | None = None, secrets: Sequence[s
     if json is None:
         json = not sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[
@@ -41,9 +39,7 @@ def configure(level: str = "info", json: bool | None = None, secrets: Sequence[s
             RedactingProcessor(secrets),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )

@@ -1,0 +1,18 @@
+"""The enrolment service's command-line options, light to import (the CLI registers them at start)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """The service's options, shared by `edge-agent ca serve-enrolment` and this module's `main`."""
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, default=8883)
+    parser.add_argument("--cert", type=Path, required=True, help="the service's client certificate")
+    parser.add_argument("--key", type=Path, required=True)
+    parser.add_argument("--broker-ca", type=Path, help="CA of the broker's certificate (default: this CA)")
+    parser.add_argument("--topic-prefix", default="enrol")
+    parser.add_argument("--allow", type=Path, help="file of device serials allowed to enrol, one a line")
+    parser.add_argument("--days", type=int, default=365)
