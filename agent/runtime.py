@@ -42,6 +42,7 @@ from water_edge.agent.watchdog import Notifier, Watchdog, watchdog_interval_s
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.core.backoff import Backoff
 from water_edge.core.errors import AgentError
+from water_edge.core.health import health_json
 from water_edge.core.reading import Event, Reading, now_ns
 from water_edge.core.redact import redact
 from water_edge.drivers import registry
@@ -147,7 +148,7 @@ class Agent:
     def snapshot(self) -> dict[str, Any]:
         gw = self.config.gateway
         uplink = self.uplink.health()
-        commands = uplink.get("commands") or {}
+        commands = uplink.commands
         snapshot = {
             "agent": {
                 "version": __version__,
@@ -161,7 +162,7 @@ class Agent:
             "drivers": [runner.snapshot() for runner in self.runners],
             "pipeline": {**vars(self.pipeline.stats), "pending": self.pipeline.pending},
             "buffer": self._buffer_stats,
-            "uplink": uplink,
+            "uplink": health_json(uplink),
             "processors": [
                 {"name": p.name, "crashes": self._processor_crashes[p.name], "feed": feed.health(),
                  "health": p.health()}
@@ -176,9 +177,9 @@ class Agent:
             # Every input turned away, by where it came from (each also logged where it happened).
             "rejected": {
                 "status_requests": self.status.bad_requests,
-                "commands": commands.get("rejected", 0),
-                "commands_dropped": commands.get("dropped", 0),
-                "undecodable_rows": uplink["encode_errors"],
+                "commands": 0 if commands is None else commands.rejected,
+                "commands_dropped": 0 if commands is None else commands.dropped,
+                "undecodable_rows": uplink.encode_errors,
             },
             "commands": None if self._command_stats is None else self._command_stats(),
         }  # fmt: skip
@@ -214,7 +215,7 @@ class Agent:
         up = sum(r.stats.state == "up" for r in self.runners)
         return (
             f"buffer {b.get('rows', 0)} rows ({b.get('used_pct', 0)} %), "
-            f"uplink {self.uplink.health()['state']}, devices {up}/{len(self.runners)} up"
+            f"uplink {self.uplink.health().summary()}, devices {up}/{len(self.runners)} up"
         )
 
     async def _run_processor(self, processor: Processor, feed: ReadingFeed) -> None:

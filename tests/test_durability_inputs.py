@@ -10,17 +10,17 @@ import asyncio
 import string
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from water_edge.agent.config import load_config
+from water_edge.agent.uplink.commands import MAX_COMMAND_BYTES
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.uplink.interfaces import EncodeError
 from water_edge.agent.uplink.json_encoding import JsonEncoder
 from water_edge.agent.uplink.memory import MemoryOutbox
-from water_edge.agent.uplink.mqtt import MAX_COMMAND_BYTES, MqttUplink
+from water_edge.agent.uplink.mqtt import MqttUplink
 from water_edge.agent.uplink.topics import Topics
 from water_edge.buffer.types import OutboxRow
 from water_edge.core.errors import ConfigError
@@ -163,10 +163,13 @@ def test_any_command_message_is_queued_or_counted_never_raises(
 
         uplink = MqttUplink(MqttConfig(host="127.0.0.1"), MemoryOutbox(), "s1", "gw1", on_command=handler)
         body = payload + (b"x" * MAX_COMMAND_BYTES if oversize else b"")
+        inbox = uplink.commands
+        assert inbox is not None
         for t in (topic, f"water/s1/gw1/cmd/{topic}"):
-            uplink._on_message(None, None, SimpleNamespace(topic=t, payload=body))  # type: ignore[arg-type]
-        stats = uplink.health()["commands"]
-        assert stats["received"] == 2
-        assert stats["rejected"] + uplink._commands.qsize() == 2
+            inbox.offer(t, body)
+        stats = uplink.health().commands
+        assert stats is not None
+        assert stats.received == 2
+        assert stats.rejected + inbox.queued == 2
 
     asyncio.run(scenario())

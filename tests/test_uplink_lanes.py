@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -11,7 +10,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import GATEWAY, SITE, StartUplink, mqtt_config
 from tests.support.broker import Mosquitto, Subscriber
-from water_edge.agent.uplink.mqtt import COMMAND_QUEUE, MAX_COMMAND_BYTES
+from water_edge.agent.uplink.commands import COMMAND_QUEUE, MAX_COMMAND_BYTES
+from water_edge.agent.uplink.health import CommandStats
+from water_edge.agent.uplink.mqtt import MqttUplink
+from water_edge.agent.uplink.testing import eventually
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.types import Batch
 from water_edge.core.reading import Reading
@@ -31,7 +33,7 @@ async def test_live_rows_overtake_a_long_backlog_and_everything_arrives(
         await box.append(one_reading_rows(BACKLOG, "plc1", 10**18))
         with Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/+") as sub:
             run = await start_uplink(mqtt_config(mosquitto, max_inflight=32), box)
-            await eventually(lambda: run.uplink.health()["acked"] >= 500, 30)
+            await eventually(lambda: run.uplink.health().acked >= 500, 30)
             await box.append(one_reading_rows(1, "plc1", 2 * 10**18))  # live: seq BACKLOG + 1
             run.uplink.notify()
             await sub.wait_until_async(
@@ -46,8 +48,8 @@ async def test_live_rows_overtake_a_long_backlog_and_everything_arrives(
     assert sorted(set(seqs)) == list(range(1, BACKLOG + 2)), "every row arrived"
     backlog_order = [s for s in seqs if s <= BACKLOG]
     assert backlog_order == sorted(backlog_order), "the backlog lane is in seq order"
-    assert health["published_live"] >= 1
-    assert health["published_backlog"] >= BACKLOG
+    assert health.published_live >= 1
+    assert health.published_backlog >= BACKLOG
 
 
 def publisher(broker: Mosquitto) -> paho.Client:
@@ -69,8 +71,9 @@ async def test_commands_reach_the_handler_and_survive_a_broker_restart(
 
     with Mosquitto(persistence=False) as broker:
         run = await start_uplink(mqtt_config(broker), outbox, on_command=handler)
+        # Online means the SUBSCRIBE is in place: it goes out before the online status, whose
+        # PUBACK the uplink waits for, and the broker handles one client's packets in order.
         await run.states.wait(lambda s: s == "online")
-        await asyncio.sleep(0.2)  # the SUBSCRIBE is sent right after CONNACK
         client = publisher(broker)
         client.publish(f"{BASE}/cmd/config/reload", b'{"id": 1}', qos=1).wait_for_publish(5)
         client.publish(f"{BASE}/cmdx", b"not a command topic", qos=1).wait_for_publish(5)
@@ -82,7 +85,6 @@ async def test_commands_reach_the_handler_and_survive_a_broker_restart(
         await run.states.wait(lambda s: s == "offline")
         broker.start()
         await run.states.wait(lambda s: s == "online", since=len(run.states.states) - 1)
-        await asyncio.sleep(0.2)
         arrived.clear()
         client = publisher(broker)
         client.publish(f"{BASE}/cmd/reboot", b"{}", qos=1).wait_for_publish(5)
@@ -91,7 +93,7 @@ async def test_commands_reach_the_handler_and_survive_a_broker_restart(
         client.disconnect()
         client.loop_stop()
     assert got == [("config/reload", b'{"id": 1}'), ("reboot", b"{}")]
-    assert run.uplink.health()["commands"]["handled"] == 2
+    assert command_stats(run.uplink).handled == 2
 
 
 async def test_a_busy_handler_drops_and_counts_and_oversized_commands_are_rejected(
@@ -106,29 +108,25 @@ async def test_a_busy_handler_drops_and_counts_and_oversized_commands_are_reject
 
     run = await start_uplink(mqtt_config(mosquitto), outbox, on_command=slow)
     await run.states.wait(lambda s: s == "online")
-    await asyncio.sleep(0.2)
     client = publisher(mosquitto)
     total = COMMAND_QUEUE + 14
     for i in range(total):
         client.publish(f"{BASE}/cmd/n{i}", b"x", qos=1)
     client.publish(f"{BASE}/cmd/big", b"x" * (MAX_COMMAND_BYTES + 1), qos=1).wait_for_publish(5)
-    await eventually(lambda: run.uplink.health()["commands"]["received"] >= total + 1, 10)
+    await eventually(lambda: command_stats(run.uplink).received >= total + 1, 10)
     client.disconnect()
     client.loop_stop()
-    stats = run.uplink.health()["commands"]
-    assert stats["rejected"] == 1
-    assert stats["dropped"] >= total - COMMAND_QUEUE - 1
-    assert run.uplink.health()["state"] == "online", "a stuck handler never stalls the uplink"
+    stats = command_stats(run.uplink)
+    assert stats.rejected == 1
+    assert stats.dropped >= total - COMMAND_QUEUE - 1
+    assert run.uplink.health().state == "online", "a stuck handler never stalls the uplink"
     release.set()
-    await eventually(lambda: len(handled) >= total - stats["dropped"], 10)
+    await eventually(lambda: len(handled) >= total - stats.dropped, 10)
     assert handled == sorted(handled, key=lambda s: int(s[1:])), "kept commands run in order"
     assert "big" not in handled
 
 
-async def eventually(predicate: Callable[[], bool], within_s: float = 10.0) -> None:
-    """Poll a counter the code under test owns (it has no event to await) until it holds."""
-    for _ in range(int(within_s / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise TimeoutError("condition not reached")
+def command_stats(uplink: MqttUplink) -> CommandStats:
+    stats = uplink.health().commands
+    assert stats is not None, "the uplink was given a command handler"
+    return stats

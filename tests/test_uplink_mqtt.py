@@ -9,6 +9,7 @@ import signal
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any, ClassVar
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the test extra
 import pytest
@@ -22,7 +23,10 @@ from tests.conftest import (
     reading_batches,
 )
 from tests.support.broker import Mosquitto, Received, Subscriber
+from water_edge.agent.uplink.connection import PahoTransport
 from water_edge.agent.uplink.memory import MemoryOutbox
+from water_edge.agent.uplink.testing import eventually
+from water_edge.agent.uplink.transport import ConnectOptions, Reason, TransportListener
 from water_edge.buffer.async_outbox import AsyncOutbox
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "payload.schema.json").read_text())
@@ -101,9 +105,9 @@ async def test_every_row_arrives_in_order_and_matches_the_schema(
     }
     assert await rows_left(outbox) == 0
     health = run.uplink.health()
-    assert health["acked"] == 61
-    assert health["readings_acked"] == 60 * 3 + 2
-    assert health["state"] == "stopped"
+    assert health.acked == 61
+    assert health.readings_acked == 60 * 3 + 2
+    assert health.state == "stopped"
 
 
 async def test_notify_wakes_an_idle_uplink(
@@ -119,31 +123,61 @@ async def test_notify_wakes_an_idle_uplink(
     assert by_stream(data_messages(sub.snapshot())) == {"plc1": [1, 2, 3, 4, 5]}
 
 
+class CountingPaho(PahoTransport):
+    """The real transport, also counting the PUBLISHes handed to paho and not yet acknowledged."""
+
+    made: ClassVar[list[CountingPaho]] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unacked: set[int] = set()
+        self.peak = 0
+        CountingPaho.made.append(self)
+
+    async def open(self, options: ConnectOptions, listener: TransportListener) -> None:
+        unacked = self.unacked
+
+        class Counting:
+            on_connack = listener.on_connack
+            on_message = listener.on_message
+            on_closed = listener.on_closed
+
+            def on_puback(self, mid: int, reason: Reason) -> None:
+                unacked.discard(mid)
+                listener.on_puback(mid, reason)
+
+        await super().open(options, Counting())
+
+    def publish(self, *args: Any, **kwargs: Any) -> int:
+        mid = super().publish(*args, **kwargs)
+        self.unacked.add(mid)
+        self.peak = max(self.peak, len(self.unacked))
+        return mid
+
+
 async def test_window_bounds_inflight_and_rows_stay_until_puback(
     mosquitto: Mosquitto, outbox: AsyncOutbox, start_uplink: StartUplink
 ) -> None:
     await outbox.append(reading_batches(50))
     sub = Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/plc1").start()
-    run = await start_uplink(mqtt_config(mosquitto, max_inflight=5, lease_rows=7), outbox)
+    CountingPaho.made.clear()
+    config = mqtt_config(mosquitto, max_inflight=5, lease_rows=7)
+    run = await start_uplink(config, outbox, transport=CountingPaho)
     await run.states.wait(lambda s: s == "online")
     mosquitto.pause()  # the broker stops reading: no PUBACK can arrive
     try:
-        await asyncio.sleep(0.5)
+        await eventually(lambda: run.uplink.health().inflight == 5)  # the window fills, and stays full
         health = run.uplink.health()
-        assert 0 < health["inflight"] <= 5
-        assert health["published"] - health["acked"] <= 5
-        acked = health["acked"]
-        assert await rows_left(outbox) == 50 - acked
-        # paho's own queue never holds more than our window
-        conn = run.uplink._conn
-        assert conn is not None
-        assert len(conn.client._out_messages) <= 5
+        assert health.published - health.acked == 5
+        assert await rows_left(outbox) == 50 - health.acked
     finally:
         mosquitto.resume()
     try:
         await sub.wait_for_async(50)
     finally:
         sub.stop()
+    # What paho holds unacknowledged (its own resend queue) never exceeded our window.
+    assert [t.peak for t in CountingPaho.made] == [5]
     await run.uplink.stop()
     assert await rows_left(outbox) == 0
 
@@ -164,8 +198,7 @@ async def test_outage_loses_nothing_and_resends_in_order(
             broker.pause()  # PUBACKs stop: the next window of messages is in flight, unacked
             await outbox.append(reading_batches(60, streams)[40:])
             run.uplink.notify()
-            await asyncio.sleep(0.3)
-            assert run.uplink.health()["inflight"] == window
+            await eventually(lambda: run.uplink.health().inflight == window)
             broker.stop()
             await run.states.wait(lambda s: s == "offline")
 
@@ -190,7 +223,7 @@ async def test_outage_loses_nothing_and_resends_in_order(
     # Copies the uplink published: the broker's own redelivery to the subscriber repeats a copy
     # byte for byte, whereas each uplink publish carries its own sent_ns.
     copies = {m.payload for m in received if m.topic != STATUS}
-    assert len(copies) - 100 <= window * run.uplink.health()["reconnects"]
+    assert len(copies) - 100 <= window * run.uplink.health().reconnects
     assert await rows_left(outbox) == 0
 
 
@@ -205,8 +238,8 @@ async def test_ack_failure_keeps_rows_for_a_later_resend(
         await sub.wait_for_async(3)
         await run.uplink.stop()
     assert box.pending() == 3
-    assert run.uplink.health()["ack_errors"] >= 1
-    assert "injected ack failure" in run.uplink.health()["last_error"]
+    assert run.uplink.health().ack_errors >= 1
+    assert "injected ack failure" in run.uplink.health().last_error
 
 
 async def test_retained_status_online_then_offline_on_stop(
@@ -264,14 +297,15 @@ async def test_refused_credentials_give_state_refused_and_keep_rows(
     with Mosquitto(users={"edge": "right"}) as broker:
         await outbox.append(reading_batches(3))
         run = await start_uplink(mqtt_config(broker, username="edge", password="wrong"), outbox)
-        state = await run.states.wait(lambda s: s.startswith("refused"))
+        await run.states.wait(lambda s: s == "refused")
+        reason = run.uplink.health().last_error  # the broker's reason code, kept beside the state
         await run.states.wait(lambda s: s == "connecting", since=len(run.states.states) - 1)
         await run.uplink.stop()
         health = run.uplink.health()
-    assert "refused: " in state
-    assert health["refused"] >= 1
-    assert health["reconnects"] >= 1
-    assert health["published"] == 0
+    assert reason in ("Not authorized", "Bad user name or password")
+    assert health.refused >= 1
+    assert health.reconnects >= 1
+    assert health.published == 0
     assert await rows_left(outbox) == 3
 
 
@@ -281,7 +315,7 @@ async def test_right_credentials_connect(outbox: AsyncOutbox, start_uplink: Star
         run = await start_uplink(mqtt_config(broker, username="edge", password="right"), outbox)
         await run.states.wait(lambda s: s == "online")
         await run.uplink.stop()
-    assert run.uplink.health()["acked"] == 2
+    assert run.uplink.health().acked == 2
 
 
 async def test_unreachable_broker_backs_off_without_crashing(
@@ -296,9 +330,9 @@ async def test_unreachable_broker_backs_off_without_crashing(
         health = run.uplink.health()
     finally:
         broker.close()
-    assert health["reconnects"] >= 1
-    assert "refused" in (health["last_error"] or "").lower()
-    assert health["state"] == "stopped"
+    assert health.reconnects >= 1
+    assert "refused" in (health.last_error or "").lower()
+    assert health.state == "stopped"
 
 
 async def test_an_undecodable_row_is_skipped_not_deleted_and_does_not_block(
@@ -316,7 +350,7 @@ async def test_an_undecodable_row_is_skipped_not_deleted_and_does_not_block(
         await run.uplink.stop()
     assert [m.json()["seq"] for m in msgs] == [1, 3]
     assert box.row_ids() == [2]
-    assert run.uplink.health()["encode_errors"] == 1
+    assert run.uplink.health().encode_errors == 1
 
 
 async def test_stop_still_sends_what_was_appended_just_before(

@@ -1,1 +1,1 @@
-"""MQTT uplink: drains the outbox to the broker (`mqtt.MqttUplink`), with pluggable payload encodings."""
+"""MQTT uplink: drains the outbox to the broker (`mqtt.MqttUplink`); encodings and transports plug in."""

@@ -1,54 +1,190 @@
-"""One broker connection driven on the asyncio loop through paho's external-loop socket callbacks.
+"""The real `Transport`: one broker connection, a fresh paho client driven on the asyncio loop.
 
-A fresh `Connection` (and paho `Client`) per connect: nothing paho holds in memory outlives it,
-which is what keeps the outbox the only source of resends (see `agent.uplink.mqtt`).
+How paho is driven
+    paho runs *on the asyncio loop* through its external-loop socket callbacks: `add_reader` calls
+    `loop_read`, `on_socket_register_write` adds a writer that calls `loop_write`, and a timer task
+    calls `loop_misc` (keepalive). There is no paho thread, so every paho callback (CONNACK, PUBACK,
+    disconnect) runs on the loop thread and reaches the uplink's listener without locks or
+    `call_soon_threadsafe` hops per message, and backoff/reconnect stays entirely the uplink's
+    instead of fighting `loop_start()`'s built-in reconnect. The one blocking call,
+    `Client.connect()` (DNS, TCP connect, TLS handshake; bounded by `connect_timeout_s`), runs in
+    `asyncio.to_thread` before any socket callback is installed.
+
+One client per connection
+    A fresh `PahoTransport` (and paho `Client`) per connect: nothing paho holds in memory outlives
+    it, which is what keeps the outbox the only source of resends (see `agent.uplink.mqtt`).
+
+paho's exceptions and return codes are translated here, and only here, into `transport`'s errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from water_edge.buffer.types import OutboxRow
+from water_edge.agent.uplink.transport import (
+    ConnectError,
+    ConnectOptions,
+    PublishError,
+    PublishProperties,
+    TlsError,
+    TransportListener,
+)
+from water_edge.core.errors import UplinkError
 
 
-class Connection:
-    """One broker connection: a fresh paho client and what is in flight on it. Discarded on loss."""
+@contextlib.contextmanager
+def _connect_errors() -> Iterator[None]:
+    """paho's `connect()` raises the socket's exceptions: say which part failed, in its own words."""
+    try:
+        yield
+    except ssl.SSLCertVerificationError as exc:
+        raise TlsError(exc.verify_message or str(exc)) from exc
+    except ssl.SSLError as exc:
+        raise TlsError(exc.reason or str(exc)) from exc
+    except OSError as exc:
+        raise ConnectError(f"connect: {exc}") from exc
 
-    def __init__(self, client: paho.Client, loop: asyncio.AbstractEventLoop, window: int) -> None:
-        self.client = client
-        self.loop = loop
-        self.window = window
-        self.connack: asyncio.Future[ReasonCode] = loop.create_future()
-        self.closed = asyncio.Event()
-        self.close_reason = ""
-        self.inflight: dict[int, OutboxRow] = {}
-        self.status_acks: dict[int, asyncio.Future[ReasonCode]] = {}
-        self.rejected = False
+
+def _client(options: ConnectOptions) -> paho.Client:
+    v5 = options.protocol == "5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=options.client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else True,
+    )
+    # +1 leaves room for the offline status at stop; the uplink's window never lets paho queue more.
+    client.max_inflight_messages_set(options.max_inflight + 1)
+    client.max_queued_messages_set(options.max_inflight + 1)
+    client.connect_timeout = options.connect_timeout_s
+    if options.username is not None:
+        client.username_pw_set(options.username, options.password)
+    if options.tls is not None:
+        tls = options.tls
+        try:
+            client.tls_set(
+                ca_certs=str(tls.ca_file),
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (OSError, ValueError) as exc:
+            raise TlsError(f"cannot load TLS files: {exc}") from exc
+        client.tls_insecure_set(not tls.verify_hostname)
+    will = options.will
+    client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+    return client
+
+
+class PahoTransport:
+    """One broker connection through paho, its socket served by the running event loop."""
+
+    def __init__(self) -> None:
+        self._client: paho.Client | None = None
+        self._listener: TransportListener | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: Any = None
         self._misc: asyncio.Task[None] | None = None
+        self._props: tuple[PublishProperties, Properties] | None = None
 
-    def attach(self, misc_period_s: float) -> None:
-        """Hand the connected socket to the event loop (call on the loop thread after connect())."""
-        c = self.client
+    async def open(self, options: ConnectOptions, listener: TransportListener) -> None:
+        if self._client is not None:
+            raise UplinkError("a PahoTransport opens one connection; make a new one to reconnect")
+        client = self._client = _client(options)
+        with _connect_errors():
+            await asyncio.to_thread(client.connect, options.host, options.port, options.keepalive_s)
+        self._listener = listener
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self._attach(misc_period_s=max(0.5, min(5.0, options.keepalive_s / 4)))
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        properties: PublishProperties | None = None,
+    ) -> int:
+        props = None if properties is None else self._paho_properties(properties)
+        info = self._connected().publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise PublishError(f"publish failed: {paho.error_string(info.rc)}")
+        mid: int = info.mid
+        return mid
+
+    def subscribe(self, topic_filter: str, qos: int) -> None:
+        self._connected().subscribe(topic_filter, qos=qos)
+
+    def disconnect(self) -> None:
+        self._connected().disconnect()
+
+    def abort(self) -> None:
+        if self._misc is not None:
+            self._misc.cancel()
+        c = self._client
+        if c is not None:
+            c.on_socket_close = None
+            c.on_socket_register_write = None
+            c.on_socket_unregister_write = None
+        sock, self._sock = self._sock, None
+        if sock is not None and self._loop is not None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+            sock.close()
+
+    def _connected(self) -> paho.Client:
+        if self._client is None:
+            raise PublishError("not connected")
+        return self._client
+
+    def _ev(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise UplinkError("PahoTransport is not attached to a loop")
+        return self._loop
+
+    def _paho_properties(self, properties: PublishProperties) -> Properties:
+        # The uplink passes the same object for every PUBLISH: convert it once, not per message.
+        if self._props is not None and self._props[0] is properties:
+            return self._props[1]
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
+        props.PayloadFormatIndicator = 1 if properties.utf8 else 0
+        props.ContentType = properties.content_type
+        self._props = (properties, props)
+        return props
+
+    # ------------------------------------------------------------------ the socket on the loop
+
+    def _attach(self, misc_period_s: float) -> None:
+        """Hand the connected socket to the event loop (on the loop thread, after connect())."""
+        c = self._connected()
+        loop = self._loop = asyncio.get_running_loop()
         self._sock = c.socket()
         c.on_socket_close = self._on_socket_close
         c.on_socket_register_write = self._register_write
         c.on_socket_unregister_write = self._unregister_write
         if self._sock is None:
-            self.closed.set()
+            self._closed("")
             return
-        self.loop.add_reader(self._sock, self._readable)
+        loop.add_reader(self._sock, self._readable)
         if c.want_write():
             c.loop_write()
-        self._misc = self.loop.create_task(self._misc_loop(misc_period_s), name="mqtt-misc")
+        self._misc = loop.create_task(self._misc_loop(misc_period_s), name="mqtt-misc")
 
     def _readable(self) -> None:
-        c = self.client
+        c = self._connected()
         c.loop_read()
         # TLS can hold decrypted bytes the kernel no longer reports as readable.
         sock = c.socket()
@@ -57,36 +193,45 @@ class Connection:
             sock = c.socket()
 
     def _register_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
-        self.loop.add_writer(sock, self.client.loop_write)
+        self._ev().add_writer(sock, self._connected().loop_write)
 
     def _unregister_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
-        self.loop.remove_writer(sock)
+        self._ev().remove_writer(sock)
 
     def _on_socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
-        self.loop.remove_reader(sock)
-        self.loop.remove_writer(sock)
+        loop = self._ev()
+        loop.remove_reader(sock)
+        loop.remove_writer(sock)
         self._sock = None
-        self.closed.set()
+        self._closed("")
 
     async def _misc_loop(self, period_s: float) -> None:
         # A keepalive timer, not a work poll: paho needs loop_misc() to send PINGREQ and to notice
         # a silent broker.
-        while self.client.socket() is not None:
+        c = self._connected()
+        while c.socket() is not None:
             await asyncio.sleep(period_s)
-            self.client.loop_misc()
+            c.loop_misc()
 
-    def abort(self) -> None:
-        """Close the socket without DISCONNECT (the broker then publishes the Last Will)."""
-        if self._misc is not None:
-            self._misc.cancel()
-        c = self.client
-        c.on_socket_close = None
-        c.on_socket_register_write = None
-        c.on_socket_unregister_write = None
-        sock = self._sock
-        self._sock = None
-        if sock is not None:
-            self.loop.remove_reader(sock)
-            self.loop.remove_writer(sock)
-            sock.close()
-        self.closed.set()
+    # ------------------------------------------------------------------ paho callbacks (loop thread)
+
+    def _closed(self, reason: str) -> None:
+        if self._listener is not None:
+            self._listener.on_closed(reason)
+
+    def _on_connect(self, _c: paho.Client, _u: Any, _flags: Any, reason: Any, props: Any) -> None:
+        receive_max = getattr(props, "ReceiveMaximum", None)
+        valid = isinstance(receive_max, int) and receive_max > 0
+        if self._listener is not None:
+            self._listener.on_connack(reason, receive_max if valid else None)
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self._closed(f"connection lost: {reason}")
+
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: Any, _props: Any) -> None:
+        if self._listener is not None:
+            self._listener.on_puback(mid, reason)
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        if self._listener is not None:
+            self._listener.on_message(msg.topic, bytes(msg.payload))

@@ -1,0 +1,143 @@
+"""The seam between the uplink and an MQTT client library: what the uplink needs from one connection.
+
+Shaped like httpx's `AsyncBaseTransport`: `MqttUplink` receives a `TransportFactory` and calls it
+once per connection attempt; the connection reports what the broker sends through a
+`TransportListener`. `connection.PahoTransport` is the real one (paho on the asyncio loop) and the
+default; `testing.FakeBroker` hands out scripted `FakeTransport`s so the lane, ack and command logic
+is tested without a broker, while the Mosquitto tests keep testing the real thing.
+
+Events are plain calls on the loop thread, in the order the broker's packets arrive. Reason codes
+are passed as the library gives them, as long as they have the `Reason` shape (paho's
+`ReasonCode` has it), so the PUBACK path converts nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from water_edge.agent.uplink.config import MqttConfig, TlsConfig
+from water_edge.core.errors import UplinkError
+
+
+class TransportError(UplinkError):
+    """One connection could not be opened or used; the uplink backs off and tries a new one."""
+
+
+class TlsError(TransportError):
+    """The TLS files cannot be loaded or the handshake failed (certificate, hostname, protocol)."""
+
+
+class ConnectError(TransportError):
+    """Name resolution, TCP connect or sending CONNECT failed."""
+
+
+class PublishError(TransportError):
+    """The connection cannot take a PUBLISH (closed, or the library's queue is full)."""
+
+
+class Reason(Protocol):
+    """An MQTT reason code; `str()` gives its name ("Success", "Not authorized")."""
+
+    @property
+    def value(self) -> int: ...
+
+    @property
+    def is_failure(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """The Last Will the broker publishes if the connection ends without DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """Everything a transport needs to open one connection (from `MqttConfig` and the gateway)."""
+
+    host: str
+    port: int
+    client_id: str
+    protocol: Literal["5", "3.1.1"]
+    keepalive_s: int
+    connect_timeout_s: float
+    will: Will
+    max_inflight: int  # the uplink never has more unacknowledged PUBLISHes (status aside)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: TlsConfig | None = None
+
+    @classmethod
+    def from_config(cls, config: MqttConfig, client_id: str, will: Will) -> ConnectOptions:
+        return cls(
+            host=config.host,
+            port=config.port,
+            client_id=client_id,
+            protocol=config.protocol,
+            keepalive_s=config.keepalive_s,
+            connect_timeout_s=config.connect_timeout_s,
+            will=will,
+            max_inflight=config.max_inflight,
+            username=config.username,
+            password=config.password,
+            tls=config.tls,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PublishProperties:
+    """The MQTT 5 PUBLISH properties the uplink sets: content type, UTF-8 payload format indicator."""
+
+    content_type: str
+    utf8: bool = True
+
+
+class TransportListener(Protocol):
+    """What a connection reports, called on the event loop thread."""
+
+    def on_connack(self, reason: Reason, receive_maximum: int | None) -> None:
+        """The broker answered CONNECT; `receive_maximum` if it announced one (MQTT 5)."""
+
+    def on_puback(self, mid: int, reason: Reason) -> None:
+        """The broker acknowledged the QoS 1 PUBLISH with message id `mid`."""
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """A message arrived on a subscribed topic."""
+
+    def on_closed(self, reason: str) -> None:
+        """The connection ended (may come more than once; `reason` is "" when none is known)."""
+
+
+class Transport(Protocol):
+    """One MQTT connection with clean start: opened once, then published on, then closed."""
+
+    async def open(self, options: ConnectOptions, listener: TransportListener) -> None:
+        """Connect and send CONNECT (the CONNACK comes as `on_connack`); raise `TlsError`/`ConnectError`."""
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        properties: PublishProperties | None = None,
+    ) -> int:
+        """Send one PUBLISH and return its message id; raise `PublishError` if it cannot be sent."""
+
+    def subscribe(self, topic_filter: str, qos: int) -> None:
+        """Subscribe on this connection (no broker session outlives it)."""
+
+    def disconnect(self) -> None:
+        """Send DISCONNECT (the broker drops the Will); `on_closed` follows."""
+
+    def abort(self) -> None:
+        """Close at once without DISCONNECT (the broker publishes the Will); no event follows."""
+
+
+TransportFactory = Callable[[], Transport]
