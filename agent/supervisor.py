@@ -17,6 +17,7 @@ import structlog
 
 from water_edge.core.backoff import Backoff
 from water_edge.core.errors import DriverIOError
+from water_edge.core.health import Health, health_json
 from water_edge.core.reading import Event, Reading, bad, now_ns
 from water_edge.core.scheduler import FixedRateTicker
 from water_edge.drivers.base import DeviceConfig, Driver, StreamingDriver, is_streaming
@@ -88,7 +89,7 @@ class DeviceRunner:
             "last_read_ns": s.last_read_ns,
             "last_error": s.last_error,
             "down_since_ns": s.down_since_ns,
-            "driver": self.driver.health(),
+            "driver": health_json(h) if isinstance(h := self.driver.health(), Health) else h,
         }
 
     async def run(self) -> None:

@@ -22,6 +22,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True, slots=True)
+class SerialBusHealth:
+    """A shared port's counters (`core.health.Health`)."""
+
+    port: str
+    users: int
+    transactions: int
+    wait_max_s: float
+
+    def status_lines(self) -> list[str]:
+        return [
+            f"bus {self.port}  users {self.users}  transactions {self.transactions}  "
+            f"longest wait {self.wait_max_s:g} s"
+        ]
+
+
 @dataclass
 class SerialPort:
     """A shared serial port: its lock, its users, its open connection and its counters."""
@@ -49,13 +65,13 @@ class SerialPort:
                 self._last_end = time.monotonic()
                 self.transactions += 1
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "port": self.path,
-            "users": self.users,
-            "transactions": self.transactions,
-            "wait_max_s": round(self.wait_max_s, 4),
-        }
+    def health(self) -> SerialBusHealth:
+        return SerialBusHealth(
+            port=self.path,
+            users=self.users,
+            transactions=self.transactions,
+            wait_max_s=round(self.wait_max_s, 4),
+        )
 
 
 _PORTS: dict[str, SerialPort] = {}

@@ -40,4 +40,4 @@ async def test_garbage_answers_become_bad_readings_then_reads_recover(tmp_path: 
     assert spoiled, "the garbage window spoiled the first poll"
     assert all(r.quality == "good" for r in after.values())
     assert after["map_version"].value == 2
-    assert driver.health()["errors"] >= 1
+    assert driver.health().errors >= 1

@@ -141,7 +141,7 @@ async def test_silence_and_garbage_become_timeouts_then_recover(line: Line) -> N
         line.now = 30.0
         assert (await driver.read())[0].value == 2
         assert line.sim.stats["garbage"] >= 1
-        assert driver.health()["timeouts"] >= 2
+        assert driver.health().timeouts >= 2
     finally:
         await driver.aclose()
 

@@ -70,4 +70,4 @@ async def test_refused_coalesced_read_is_split_and_every_tag_read(plant: Plant) 
         ("coil", 10, 3),
         ("holding", 20, 2),
     ]
-    assert driver.health()["exceptions"] == 1
+    assert driver.health().exceptions == 1

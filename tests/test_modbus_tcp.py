@@ -123,9 +123,9 @@ async def test_values_in_documented_ranges_and_changing(plant: Plant) -> None:
     assert second["demand"].value != first["demand"].value
     assert second["ticks"].ts_ns > first["ticks"].ts_ns
     health = driver.health()
-    assert health["requests"] > 0
-    assert health["errors"] == 0
-    assert health["last_ok_ns"]
+    assert health.requests > 0
+    assert health.errors == 0
+    assert health.last_ok_ns
 
 
 async def test_unmapped_address_is_exception_2_and_others_stay_good(plant: Plant) -> None:
@@ -141,7 +141,7 @@ async def test_unmapped_address_is_exception_2_and_others_stay_good(plant: Plant
     assert readings["ghost"].reason is not None
     assert readings["ghost"].reason.startswith("modbus exception 11")
     assert all(readings[t["name"]].quality == "good" for t in STATION_TAGS[:3])
-    assert driver.health()["exceptions"] == 2
+    assert driver.health().exceptions == 2
 
 
 async def test_closed_port_raises_from_open() -> None:
@@ -158,7 +158,7 @@ async def test_closed_port_raises_from_open() -> None:
         await driver.open()
     with pytest.raises(DriverIOError):
         await driver.read()
-    assert driver.health()["connected"] is False
+    assert driver.health().connected is False
 
 
 async def test_sim_killed_mid_run_then_restarted(tmp_path: Any) -> None:
@@ -170,7 +170,7 @@ async def test_sim_killed_mid_run_then_restarted(tmp_path: Any) -> None:
         plant.kill()
         with pytest.raises(DriverIOError):
             await read_until_it_fails(driver)
-        assert driver.health()["connected"] is False
+        assert driver.health().connected is False
         with pytest.raises(DriverIOError):
             await driver.open()
         plant = start_plant(seed=3, port=plant.port, workdir=tmp_path)

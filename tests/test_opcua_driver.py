@@ -103,7 +103,7 @@ async def test_browse_paths_and_node_ids_read_with_units(sim: Sim) -> None:
     assert "Pump9" in (readings["missing"].reason or "")
     assert readings["unknown"].quality == "bad"
     assert readings["unknown"].reason == "BadNodeIdUnknown"
-    assert drv.health()["unresolved"] == {"missing": readings["missing"].reason}
+    assert drv.health().unresolved == {"missing": readings["missing"].reason}
 
 
 async def test_deadband_reduces_notifications(sim: Sim) -> None:
@@ -168,7 +168,7 @@ async def test_poll_mode_reads_at_the_poll_interval(sim: Sim) -> None:
         got = await collect(drv, 1.1)
     finally:
         await drv.aclose()
-    assert drv.health()["mode"] == "poll"
+    assert drv.health().mode == "poll"
     assert 4 <= len(got) <= 7
     values = [r.value for r in got]
     assert values == sorted(values)
@@ -185,8 +185,8 @@ async def test_server_refusing_subscriptions_falls_back_to_polling(sim: Sim) -> 
         sim.component.refuse_subscriptions(False)
         await drv.aclose()
     health = drv.health()
-    assert health["mode"] == "poll"
-    assert "BadServiceUnsupported" in health["fallback"]
+    assert health.mode == "poll"
+    assert "BadServiceUnsupported" in health.fallback
     assert len(got) >= 3
     assert all(r.quality == "good" for r in got)
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar
 
 import structlog
 
 from water_edge.core.reading import BAD, GOOD, Reading, Value
 from water_edge.drivers.base import DeviceConfig, TagInfo
+from water_edge.drivers.modbus.adapter import ExceptionAnswerError, ModbusPDU, raise_for_error_pdu
 from water_edge.drivers.modbus.codec import Bad, decode_bits, decode_registers
 from water_edge.drivers.modbus.config import ModbusDeviceConfig
 from water_edge.drivers.modbus.plan import ReadRequest, split_at_gaps
@@ -26,38 +27,19 @@ log = structlog.get_logger(__name__)
 MAX_SILENT_REQUESTS: Final = 3
 ILLEGAL_DATA_ADDRESS: Final = 2
 
-EXCEPTION_NAMES: Final[dict[int, str]] = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    5: "acknowledge",
-    6: "server device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target device failed to respond",
-}
-
-
-def exception_reason(code: int) -> str:
-    """The bad-reading reason for a Modbus exception answer, code first."""
-    return f"modbus exception {code}: {EXCEPTION_NAMES.get(code, 'unknown')}"
-
 
 class RequestFailedError(Exception):
-    """A request got no usable answer; `reason` goes on its tags' bad readings."""
+    """A request got no usable answer (`timeout`, `bad response: ...`); `reason` goes on its
+    tags' bad readings, the device stays up."""
 
-    def __init__(self, reason: str, code: int | None = None) -> None:
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.code = code
-
-    @classmethod
-    def from_exception_code(cls, code: int) -> RequestFailedError:
-        return cls(exception_reason(code), code)
 
 
-Execute = Callable[[ReadRequest], Awaitable[Any]]
+# Sends one request; returns its answer, or raises `RequestFailedError` (no usable answer),
+# `ExceptionAnswerError` (the device refused it) or `DriverIOError` (the device is gone).
+Execute = Callable[[ReadRequest], Awaitable[ModbusPDU]]
 
 
 @dataclass
@@ -93,8 +75,8 @@ class RequestPoller:
         request = entry.request
         try:
             response = await execute(request)
-        except RequestFailedError as failed:
-            parts = split_at_gaps(request) if failed.code == ILLEGAL_DATA_ADDRESS else [request]
+        except ExceptionAnswerError as refused:
+            parts = split_at_gaps(request) if refused.code == ILLEGAL_DATA_ADDRESS else [request]
             if len(parts) > 1:
                 self.splits += 1
                 log.warning(
@@ -109,11 +91,9 @@ class RequestPoller:
                 for part in parts:
                     readings.extend(await self._read(_Entry(part), execute, kept))
                 return readings
-            kept.append(entry)
-            ts = time.time_ns()
-            return [
-                Reading(self.source, tag, ts, None, BAD, unit, failed.reason) for tag, unit in entry.labels
-            ]
+            return self._bad(entry, kept, refused.reason)
+        except RequestFailedError as failed:
+            return self._bad(entry, kept, failed.reason)
         kept.append(entry)
         ts = time.time_ns()
         values: list[Value | Bad] = (
@@ -128,17 +108,13 @@ class RequestPoller:
             for (tag, unit), value in zip(entry.labels, values, strict=True)
         ]
 
+    def _bad(self, entry: _Entry, kept: list[_Entry], reason: str) -> list[Reading]:
+        kept.append(entry)
+        ts = time.time_ns()
+        return [Reading(self.source, tag, ts, None, BAD, unit, reason) for tag, unit in entry.labels]
+
 
 ConfigT = TypeVar("ConfigT", bound=ModbusDeviceConfig)
-
-
-class _Answer(Protocol):
-    exception_code: int
-
-    def isError(self) -> bool: ...  # noqa: N802 - pymodbus's name
-
-
-AnswerT = TypeVar("AnswerT", bound=_Answer)
 
 
 class PolledModbusDriver(Generic[ConfigT]):
@@ -165,13 +141,15 @@ class PolledModbusDriver(Generic[ConfigT]):
     def tags(self) -> Sequence[TagInfo]:
         return [TagInfo(t.name, t.unit) for t in self._config.tags]
 
-    def _accept(self, response: AnswerT) -> AnswerT:
-        """Account for an answer that arrived: an exception answer raises `RequestFailedError`
-        with its code; any answer ends a run of silent requests."""
+    def _accept(self, response: ModbusPDU, where: str) -> ModbusPDU:
+        """Account for an answer that arrived: an exception answer raises `ExceptionAnswerError`
+        (`where` starts its message); any answer ends a run of silent requests."""
         self._silent = 0
-        if response.isError():
+        try:
+            raise_for_error_pdu(response, where)
+        except ExceptionAnswerError:
             self._stats["errors"] += 1
             self._stats["exceptions"] += 1
-            raise RequestFailedError.from_exception_code(int(response.exception_code))
+            raise
         self._last_ok_ns = time.time_ns()
         return response

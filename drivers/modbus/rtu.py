@@ -4,7 +4,8 @@ Every `[[devices]]` section naming one `port` shares one open serial client and 
 lock (`drivers.serial_bus`): one request on the wire at a time, handed out FIFO between devices,
 with the inter-frame silence (3.5 characters) kept between transactions. Timeout and retries are
 per device and set on the shared client for the duration of that device's transaction, so a dead
-unit costs the others at most its own timeout per request.
+unit costs the others at most its own timeout per request. The first device to open a port builds
+its client with the factory it was given (default: pymodbus's, from `adapter.py`).
 
 Answers map as on TCP: an exception answer gives bad readings `modbus exception <code>: <name>`;
 no answer (or only garbage: pymodbus's framer discards bytes that are not a valid frame) gives
@@ -16,21 +17,26 @@ pulled) raises `DriverIOError`; `open()` reopens it by path once it is back.
 from __future__ import annotations
 
 import os
-import termios
-from collections.abc import Sequence
-from typing import Any, ClassVar, Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import ClassVar
 
 import structlog
-from pymodbus.client import AsyncModbusSerialClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
 
-from water_edge.core.errors import DeviceError, DriverIOError
+from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Reading
 from water_edge.drivers import serial_bus
 from water_edge.drivers.base import DeviceConfig
+from water_edge.drivers.modbus.adapter import (
+    BadAnswerError,
+    ModbusPDU,
+    NoAnswerError,
+    SerialClientFactory,
+    SerialModbusClient,
+    modbus_errors,
+    pymodbus_serial_client,
+)
 from water_edge.drivers.modbus.config import ModbusRtuConfig
+from water_edge.drivers.modbus.health import ModbusRtuHealth
 from water_edge.drivers.modbus.plan import ReadRequest, plan_requests
 from water_edge.drivers.modbus.poller import (
     MAX_SILENT_REQUESTS,
@@ -38,11 +44,11 @@ from water_edge.drivers.modbus.poller import (
     RequestFailedError,
     RequestPoller,
 )
-from water_edge.drivers.modbus.writes import WriteTable, check_write, raise_for_exception, write_call
+from water_edge.drivers.modbus.writes import WriteTable, check_write, write_call
 
 log = structlog.get_logger(__name__)
 
-PARITY: Final = {"none": "N", "even": "E", "odd": "O"}
+Call = Callable[[SerialModbusClient], Awaitable[ModbusPDU]]
 
 
 class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
@@ -50,18 +56,29 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
 
     config_model: ClassVar[type[DeviceConfig]] = ModbusRtuConfig
 
-    def __init__(self, config: ModbusRtuConfig) -> None:
+    def __init__(self, config: ModbusRtuConfig, client_factory: SerialClientFactory | None = None) -> None:
         self.name = config.name
         self._config = config
+        # Builds the port's one client when this device is the first to open it.
+        self._new_client = client_factory or pymodbus_serial_client
         self._poller = RequestPoller(config.name, plan_requests(config))
         self._port: serial_bus.SerialPort | None = None
         self._silent = 0
         self._stats = {"requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0, "writes": 0}
         self._last_ok_ns: int | None = None
 
-    def health(self) -> dict[str, Any]:
-        port = self._port.health() if self._port is not None else None
-        return {**self._stats, "last_ok_ns": self._last_ok_ns, "connected": self._connected(), "bus": port}
+    def health(self) -> ModbusRtuHealth:
+        s = self._stats
+        return ModbusRtuHealth(
+            requests=s["requests"],
+            errors=s["errors"],
+            timeouts=s["timeouts"],
+            exceptions=s["exceptions"],
+            writes=s["writes"],
+            last_ok_ns=self._last_ok_ns,
+            connected=self._connected(),
+            bus=self._port.health() if self._port is not None else None,
+        )
 
     def _connected(self) -> bool:
         return self._port is not None and self._port.client is not None and bool(self._port.client.connected)
@@ -83,22 +100,11 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
             if port.client is not None:
                 port.client.close()
                 port.client = None
-            client = AsyncModbusSerialClient(
-                cfg.port,
-                framer=FramerType.RTU,
-                baudrate=cfg.baudrate,
-                bytesize=cfg.bytesize,
-                parity=PARITY[cfg.parity],
-                stopbits=cfg.stopbits,
-                timeout=cfg.timeout_ms / 1000,
-                retries=cfg.retries,
-                reconnect_delay=0,  # the supervisor owns reconnects
-                name=cfg.port,
-            )
-            client.set_max_no_responses(1 << 30)
+            client = self._new_client(cfg)
             try:
-                ok = await client.connect()
-            except (OSError, ModbusException, termios.error) as exc:  # termios: line settings refused
+                with modbus_errors(f"{self.name}: {cfg.port}"):
+                    ok = await client.connect()
+            except DriverIOError as exc:  # includes termios: line settings refused
                 ok = False
                 log.debug("modbus_rtu.open_failed", driver=self.name, error=str(exc))
             if not ok or not client.connected:
@@ -129,8 +135,8 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
             lambda request: self._transact(self._read_call(request), f"read {request.table} {request.start}")
         )
 
-    def _read_call(self, request: ReadRequest) -> Any:
-        def call(client: AsyncModbusSerialClient) -> Any:
+    def _read_call(self, request: ReadRequest) -> Call:
+        def call(client: SerialModbusClient) -> Awaitable[ModbusPDU]:
             method = {
                 "holding": client.read_holding_registers,
                 "input": client.read_input_registers,
@@ -141,25 +147,24 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
 
         return call
 
-    async def _transact(self, call: Any, what: str) -> ModbusPDU:
-        """Run one request on the shared port with this device's timeout and retries."""
+    async def _transact(self, call: Call, what: str) -> ModbusPDU:
+        """Run one request on the shared port with this device's timeout and retries; an exception
+        answer raises `ExceptionAnswerError` (a `DeviceError`) whose message starts `name: what`."""
         port = self._port
         if port is None:
             raise DriverIOError(f"{self.name}: not open")
         cfg = self._config
         async with port.transaction(cfg.inter_frame_s):
-            client = port.client
+            client: SerialModbusClient | None = port.client
             if client is None or not client.connected:
                 raise DriverIOError(f"{self.name}: serial port {cfg.port} lost")
-            client.ctx.comm_params.timeout_connect = cfg.timeout_ms / 1000
-            client.ctx.retries = cfg.retries
+            client.set_request_limits(cfg.timeout_ms / 1000, cfg.retries)
             self._stats["requests"] += 1
             try:
-                response: ModbusPDU = await call(client)
-            except ModbusIOException as exc:
+                with modbus_errors(f"{self.name}: {cfg.port}"):
+                    response = await call(client)
+            except NoAnswerError as exc:
                 self._stats["errors"] += 1
-                if "No response" not in str(exc):
-                    raise RequestFailedError(f"bad response: {exc}") from exc
                 self._stats["timeouts"] += 1
                 self._silent += 1
                 if self._silent >= MAX_SILENT_REQUESTS:
@@ -169,13 +174,13 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
                         f"{MAX_SILENT_REQUESTS} requests in a row"
                     ) from exc
                 raise RequestFailedError("timeout") from exc
-            except (ConnectionException, OSError) as exc:
+            except BadAnswerError as exc:
                 self._stats["errors"] += 1
-                raise DriverIOError(f"{self.name}: {cfg.port}: {exc}") from exc
-            except ModbusException as exc:
+                raise RequestFailedError(f"bad response: {exc.detail}") from exc
+            except DriverIOError:
                 self._stats["errors"] += 1
-                raise RequestFailedError(f"bad response: {exc}") from exc
-        return self._accept(response)
+                raise
+        return self._accept(response, f"{self.name}: {what}")
 
     # -- writes (opt-in capability) ---------------------------------------------------------------
 
@@ -186,15 +191,10 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
         answer (its `code`), `DriverIOError` when the unit does not answer."""
         fc, values = check_write(table, address, registers_or_bits)
 
-        def call(client: AsyncModbusSerialClient) -> Any:
+        def call(client: SerialModbusClient) -> Awaitable[ModbusPDU]:
             return write_call(client, fc, address, values, unit_id)
 
-        what = f"write {table} {address}"
-        try:
-            response = await self._transact_raw(call, what)
-        except RequestFailedError as failed:
-            raise DriverIOError(f"{self.name}: {what}: {failed.reason}") from None
-        raise_for_exception(response, f"{self.name}: {what}")
+        await self._transact_write(call, f"write {table} {address}")
         self._stats["writes"] += 1
 
     async def read_back(
@@ -202,24 +202,17 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
     ) -> list[int] | list[bool]:
         """Read what a write left: holding registers (FC 3) or coils (FC 1)."""
 
-        def call(client: AsyncModbusSerialClient) -> Any:
+        def call(client: SerialModbusClient) -> Awaitable[ModbusPDU]:
             if table == "coil":
                 return client.read_coils(address, count=count, device_id=unit_id)
             return client.read_holding_registers(address, count=count, device_id=unit_id)
 
-        what = f"read back {table} {address}"
-        try:
-            response = await self._transact_raw(call, what)
-        except RequestFailedError as failed:
-            raise DriverIOError(f"{self.name}: {what}: {failed.reason}") from None
-        raise_for_exception(response, f"{self.name}: {what}")
+        response = await self._transact_write(call, f"read back {table} {address}")
         return list(response.bits[:count]) if table == "coil" else list(response.registers)
 
-    async def _transact_raw(self, call: Any, what: str) -> ModbusPDU:
-        """`_transact` but an exception answer is returned, not raised (writes map it)."""
+    async def _transact_write(self, call: Call, what: str) -> ModbusPDU:
+        """`_transact` for the write path: a request without a usable answer is `DriverIOError`."""
         try:
             return await self._transact(call, what)
         except RequestFailedError as failed:
-            if failed.code is not None:
-                raise DeviceError(f"{self.name}: {what}: {failed.reason}", code=failed.code) from None
-            raise
+            raise DriverIOError(f"{self.name}: {what}: {failed.reason}") from None

@@ -1,7 +1,8 @@
-"""The Modbus TCP driver: the one module that touches pymodbus (client side) and translates it.
+"""The Modbus TCP driver: one connection per device, its silence rule and its reconnect hooks.
 
-Requests come from `plan.py` and their answers are decoded by `codec.py`; this module only sends
-them and maps what comes back:
+Requests come from `plan.py` and their answers are decoded by `codec.py`; the client comes from
+the factory the driver is given (default: pymodbus's, built in `adapter.py`, which also
+translates what it raises). This module sends the requests and decides what an outcome means:
 
 - an answer: good readings, stamped when it arrived;
 - an exception answer: bad readings `modbus exception <code>: <name>` for that request's tags;
@@ -20,18 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import ClassVar
 
 import structlog
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.pdu import ModbusPDU
 
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Reading
 from water_edge.drivers.base import DeviceConfig
+from water_edge.drivers.modbus.adapter import (
+    BadAnswerError,
+    ModbusClient,
+    ModbusPDU,
+    NoAnswerError,
+    TcpClientFactory,
+    modbus_errors,
+    pymodbus_tcp_client,
+    raise_for_error_pdu,
+)
 from water_edge.drivers.modbus.config import ModbusTcpConfig
+from water_edge.drivers.modbus.health import ModbusTcpHealth
 from water_edge.drivers.modbus.plan import ReadRequest, plan_requests
 from water_edge.drivers.modbus.poller import (
     MAX_SILENT_REQUESTS,
@@ -39,7 +48,7 @@ from water_edge.drivers.modbus.poller import (
     RequestFailedError,
     RequestPoller,
 )
-from water_edge.drivers.modbus.writes import WriteTable, check_write, raise_for_exception, write_call
+from water_edge.drivers.modbus.writes import WriteTable, check_write, write_call
 
 log = structlog.get_logger(__name__)
 
@@ -49,13 +58,14 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
 
     config_model: ClassVar[type[DeviceConfig]] = ModbusTcpConfig
 
-    def __init__(self, config: ModbusTcpConfig) -> None:
+    def __init__(self, config: ModbusTcpConfig, client_factory: TcpClientFactory | None = None) -> None:
         self.name = config.name
         self._config = config
+        self._new_client = client_factory or pymodbus_tcp_client
         self._poller = RequestPoller(config.name, plan_requests(config))
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: ModbusClient | None = None
         self._connected = False
-        self._inflight: asyncio.Task[ModbusPDU] | None = None
+        self._inflight: asyncio.Future[ModbusPDU] | None = None
         self._silent = 0
         self._stats = {"requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0}
         self._last_ok_ns: int | None = None
@@ -63,19 +73,15 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
     async def open(self) -> None:
         await self.aclose()
         cfg = self._config
-        client = AsyncModbusTcpClient(
-            cfg.host,
-            port=cfg.port,
-            timeout=cfg.timeout_ms / 1000,
-            retries=cfg.retries,
-            reconnect_delay=0,  # 0 = pymodbus never reconnects by itself
-            trace_connect=self._on_connection,
-            name=cfg.name,
-        )
-        # Silence is judged here (MAX_SILENT_REQUESTS), not by pymodbus's own counter.
-        client.set_max_no_responses(1 << 30)
+        client = self._new_client(cfg, self._on_connection)
         self._client = client
-        if not await client.connect() or not client.connected:
+        try:
+            with modbus_errors(self.name):
+                ok = await client.connect()
+        except DriverIOError as exc:
+            ok = False
+            log.debug("modbus.connect_failed", driver=self.name, error=str(exc))
+        if not ok or not client.connected:
             client.close()
             self._client = None
             why = await _why_unreachable(cfg.host, cfg.port, cfg.timeout_ms / 1000)
@@ -90,8 +96,16 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
         if client is not None:
             client.close()
 
-    def health(self) -> dict[str, Any]:
-        return {**self._stats, "last_ok_ns": self._last_ok_ns, "connected": self._connected}
+    def health(self) -> ModbusTcpHealth:
+        s = self._stats
+        return ModbusTcpHealth(
+            requests=s["requests"],
+            errors=s["errors"],
+            timeouts=s["timeouts"],
+            exceptions=s["exceptions"],
+            last_ok_ns=self._last_ok_ns,
+            connected=self._connected,
+        )
 
     async def read(self) -> list[Reading]:
         return await self._poller.read(self._execute)
@@ -108,10 +122,16 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
             "coil": client.read_coils,
             "discrete": client.read_discrete_inputs,
         }[request.table]
-        task = asyncio.ensure_future(call(request.start, count=request.count, device_id=request.unit_id))
-        self._inflight = task
         try:
-            response = await task
+            with modbus_errors(self.name):
+                task = asyncio.ensure_future(
+                    call(request.start, count=request.count, device_id=request.unit_id)
+                )
+                self._inflight = task
+                try:
+                    response = await task
+                finally:
+                    self._inflight = None
         except asyncio.CancelledError:
             # Cancelled by _on_connection (the connection dropped) unless we are being cancelled.
             current = asyncio.current_task()
@@ -119,28 +139,23 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
                 raise
             self._stats["errors"] += 1
             raise DriverIOError(f"{self.name}: connection lost") from None
-        except ModbusIOException as exc:
+        except (NoAnswerError, BadAnswerError) as exc:
             self._stats["errors"] += 1
             if not self._connected:
                 raise DriverIOError(f"{self.name}: connection lost") from exc
-            if "No response" not in str(exc):
-                raise RequestFailedError(f"bad response: {exc}") from exc
+            if isinstance(exc, BadAnswerError):
+                raise RequestFailedError(f"bad response: {exc.detail}") from exc
             self._stats["timeouts"] += 1
             self._silent += 1
             if self._silent >= MAX_SILENT_REQUESTS:
                 await self.aclose()
                 raise DriverIOError(f"{self.name}: no answer to {self._silent} requests in a row") from exc
             raise RequestFailedError("timeout") from exc
-        except (ConnectionException, OSError) as exc:
+        except DriverIOError:
             self._stats["errors"] += 1
             await self.aclose()
-            raise DriverIOError(f"{self.name}: {exc}") from exc
-        except ModbusException as exc:
-            self._stats["errors"] += 1
-            raise RequestFailedError(f"bad response: {exc}") from exc
-        finally:
-            self._inflight = None
-        return self._accept(response)
+            raise
+        return self._accept(response, f"{self.name}: read {request.table} {request.start}")
 
     # -- writes (opt-in capability; FC 5/6/15/16 only, see writes.py) -----------------------------
 
@@ -150,34 +165,36 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
         """Write holding registers (FC 6/16) or coils (FC 5/15); `DeviceError` on an exception
         answer (its `code`), `DriverIOError` when there is no answer or no connection."""
         fc, values = check_write(table, address, registers_or_bits)
-        what = f"write {table} {address}"
-        response = await self._call(lambda c: write_call(c, fc, address, values, unit_id), what)
-        raise_for_exception(response, f"{self.name}: {what}")
+        where = f"{self.name}: write {table} {address}"
+        response = await self._call(lambda c: write_call(c, fc, address, values, unit_id), where)
+        raise_for_error_pdu(response, where)
 
     async def read_back(
         self, unit_id: int, table: WriteTable, address: int, count: int = 1
     ) -> list[int] | list[bool]:
         """Read what a write left: holding registers (FC 3) or coils (FC 1)."""
-        what = f"read back {table} {address}"
+        where = f"{self.name}: read back {table} {address}"
         if table == "coil":
-            response = await self._call(lambda c: c.read_coils(address, count=count, device_id=unit_id), what)
+            response = await self._call(
+                lambda c: c.read_coils(address, count=count, device_id=unit_id), where
+            )
         else:
             response = await self._call(
-                lambda c: c.read_holding_registers(address, count=count, device_id=unit_id), what
+                lambda c: c.read_holding_registers(address, count=count, device_id=unit_id), where
             )
-        raise_for_exception(response, f"{self.name}: {what}")
+        raise_for_error_pdu(response, where)
         return list(response.bits[:count]) if table == "coil" else list(response.registers)
 
-    async def _call(self, make: Callable[[AsyncModbusTcpClient], Any], what: str) -> ModbusPDU:
+    async def _call(self, make: Callable[[ModbusClient], Awaitable[ModbusPDU]], where: str) -> ModbusPDU:
         client = self._client
         if client is None or not self._connected:
             raise DriverIOError(f"{self.name}: not connected")
         try:
-            response: ModbusPDU = await make(client)
-        except (ModbusException, OSError) as exc:
+            with modbus_errors(where):
+                return await make(client)
+        except DriverIOError:
             self._stats["errors"] += 1
-            raise DriverIOError(f"{self.name}: {what}: {exc}") from exc
-        return response
+            raise
 
     def _on_connection(self, connected: bool) -> None:
         """pymodbus's connect/disconnect hook: a drop fails the request in flight at once."""

@@ -4,18 +4,17 @@ function codes a write may use, 5/6 (single coil/register) and 15/16 (multiple).
 Nothing else is ever sent on a write path: no diagnostics (8), no file or programming functions,
 no read/write-multiple (23). Allow-lists and audit live above this module (security layer); here a
 write is checked for shape (table, address range, 0..65535 registers, at most 123 registers or
-1968 coils per request) and its answer translated: an exception reply raises `DeviceError` with
-the code, no answer raises `DriverIOError`.
+1968 coils per request). The drivers translate the answer (`adapter.py`): an exception reply
+raises `DeviceError` with the code, no answer raises `DriverIOError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Final, Literal
+from collections.abc import Awaitable, Sequence
+from typing import Final, Literal
 
-from water_edge.core.errors import DeviceError
+from water_edge.drivers.modbus.adapter import ModbusClient, ModbusPDU
 from water_edge.drivers.modbus.config import ADDRESS_SPACE
-from water_edge.drivers.modbus.poller import exception_reason
 
 WriteTable = Literal["holding", "coil"]
 WRITE_FUNCTION_CODES: Final = frozenset({5, 6, 15, 16})
@@ -47,7 +46,9 @@ def check_write(
     return (6 if n == 1 else 16), regs
 
 
-def write_call(client: Any, fc: int, address: int, values: list[int] | list[bool], unit_id: int) -> Any:
+def write_call(
+    client: ModbusClient, fc: int, address: int, values: list[int] | list[bool], unit_id: int
+) -> Awaitable[ModbusPDU]:
     """The pymodbus coroutine for function code `fc` (one of WRITE_FUNCTION_CODES)."""
     if fc == 5:
         return client.write_coil(address, bool(values[0]), device_id=unit_id)
@@ -58,10 +59,3 @@ def write_call(client: Any, fc: int, address: int, values: list[int] | list[bool
     if fc == 16:
         return client.write_registers(address, [int(v) for v in values], device_id=unit_id)
     raise ValueError(f"function code {fc} is not a write this driver sends")
-
-
-def raise_for_exception(response: Any, what: str) -> None:
-    """Turn a Modbus exception answer into `DeviceError` (code kept for the caller)."""
-    if response.isError():
-        code = int(getattr(response, "exception_code", 0))
-        raise DeviceError(f"{what}: {exception_reason(code)}", code=code)

@@ -1,4 +1,5 @@
-"""The OPC UA client driver: the one module that calls asyncua's client and translates it.
+"""The OPC UA client driver: the one module that calls asyncua's client (built by the factory the
+driver is given, default `asyncua_client`); what it raises is translated by `errors.py`.
 
 `open()` connects (security policy, client certificate, optional user), resolves browse paths,
 learns units from EngineeringUnits, then subscribes: one subscription, one monitored item per
@@ -18,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self, TypeVar, cast
 
@@ -37,6 +38,8 @@ from water_edge.core.reading import BAD, Reading
 from water_edge.core.scheduler import FixedRateTicker
 from water_edge.drivers.base import DeviceConfig, TagInfo
 from water_edge.drivers.opcua.config import OpcUaConfig, OpcUaTag
+from water_edge.drivers.opcua.errors import explain, ua_errors
+from water_edge.drivers.opcua.health import OpcUaHealth
 from water_edge.drivers.opcua.values import reading_parts, status_name, unit_from_eu
 
 log = structlog.get_logger(__name__)
@@ -58,6 +61,14 @@ _FALSE: Final = cast(ua.Boolean, False)
 _LOST: Final = object()
 _T = TypeVar("_T")
 
+# Builds the (not yet connected) client for a device; the driver configures and connects it.
+ClientFactory = Callable[[OpcUaConfig], Client]
+
+
+def asyncua_client(config: OpcUaConfig) -> Client:
+    """The real client; its own reconnect stays off (the supervisor owns reconnects)."""
+    return Client(config.endpoint, timeout=config.request_timeout_ms / 1000)
+
 
 class _Feed(Subscription):
     """A subscription handing each whole PublishResult to the driver (one call per publish,
@@ -77,9 +88,10 @@ class OpcUaDriver:
 
     config_model: ClassVar[type[DeviceConfig]] = OpcUaConfig
 
-    def __init__(self, config: OpcUaConfig) -> None:
+    def __init__(self, config: OpcUaConfig, client_factory: ClientFactory | None = None) -> None:
         self.name = config.name
         self._config = config
+        self._new_client = client_factory or asyncua_client
         self._units = [t.unit for t in config.tags]
         self._nodes: list[ua.NodeId | None] = []
         self._unresolved: dict[int, str] = {}
@@ -108,17 +120,21 @@ class OpcUaDriver:
     def tags(self) -> Sequence[TagInfo]:
         return [TagInfo(t.name, u) for t, u in zip(self._config.tags, self._units, strict=True)]
 
-    def health(self) -> dict[str, Any]:
-        mode = "poll" if self._polling else "subscribe"
-        return {
-            **self._stats,
-            "connected": self._connected,
-            "mode": mode,
-            "fallback": self._fallback,
-            "unresolved": {self._config.tags[i].name: why for i, why in self._unresolved.items()},
-            "failed_items": dict(self._failed_items),
-            "last_ok_ns": self._last_ok_ns,
-        }
+    def health(self) -> OpcUaHealth:
+        s = self._stats
+        return OpcUaHealth(
+            publishes=s["publishes"],
+            notifications=s["notifications"],
+            reads=s["reads"],
+            dropped_batches=s["dropped_batches"],
+            keepalives=s["keepalives"],
+            connected=self._connected,
+            mode="poll" if self._polling else "subscribe",
+            fallback=self._fallback,
+            unresolved={self._config.tags[i].name: why for i, why in self._unresolved.items()},
+            failed_items=dict(self._failed_items),
+            last_ok_ns=self._last_ok_ns,
+        )
 
     # --- connecting -------------------------------------------------------------------------
 
@@ -129,31 +145,34 @@ class OpcUaDriver:
         self._queue.clear()
         self._polling = cfg.mode == "poll"
         self._fallback = None
-        client = Client(cfg.endpoint, timeout=cfg.request_timeout_ms / 1000)
+        client = self._new_client(cfg)
         client.session_timeout = cfg.session_timeout_ms
         client.name = client.description = f"water-edge-agent {self.name}"
         client.application_uri = f"urn:water-edge-agent:{self.name}"
         try:
-            await self._configure_security(client)
-            if cfg.username is not None:
-                client.set_user(cfg.username)
-                client.set_password(cfg.password or "")
-            client.connection_lost_callback = self._on_connection_lost
-            async with asyncio.timeout(2 * cfg.request_timeout_ms / 1000):
-                await client.connect()
-        except (OSError, TimeoutError, UaError, ValueError) as exc:
+            # ValueError: a certificate or key file missing or unreadable (checked before connecting)
+            with ua_errors(f"{self.name}: cannot connect to {cfg.endpoint}", ValueError):
+                await self._configure_security(client)
+                if cfg.username is not None:
+                    client.set_user(cfg.username)
+                    client.set_password(cfg.password or "")
+                client.connection_lost_callback = self._on_connection_lost
+                async with asyncio.timeout(2 * cfg.request_timeout_ms / 1000):
+                    await client.connect()
+        except DriverIOError:
             await _quiet_disconnect(client)
-            raise DriverIOError(f"{self.name}: cannot connect to {cfg.endpoint}: {_explain(exc)}") from exc
+            raise
         self._client = client
         self._connected = True
         try:
-            await self._resolve(client)
-            await self._learn_units(client)
-            if not self._polling:
-                await self._subscribe(client)
-        except (OSError, TimeoutError, UaError) as exc:
+            with ua_errors(self.name):
+                await self._resolve(client)
+                await self._learn_units(client)
+                if not self._polling:
+                    await self._subscribe(client)
+        except DriverIOError:
             await self.aclose()
-            raise DriverIOError(f"{self.name}: {_explain(exc)}") from exc
+            raise
         log.info(
             "opcua.connected",
             driver=self.name,
@@ -344,10 +363,8 @@ class OpcUaDriver:
         if client is None or not self._connected:
             raise DriverIOError(f"{self.name}: not connected")
         present = [(i, n) for i, n in enumerate(self._nodes) if n is not None]
-        try:
+        with ua_errors(f"{self.name}: read failed"):
             values = await self._read_values(client, [n for _, n in present])
-        except (OSError, TimeoutError, UaError) as exc:
-            raise DriverIOError(f"{self.name}: read failed: {_explain(exc)}") from exc
         receive = time.time_ns()
         self._stats["reads"] += 1
         self._last_ok_ns = receive
@@ -454,7 +471,7 @@ class OpcUaDriver:
         self._wakeup.set()
 
     async def _on_connection_lost(self, exc: Exception) -> None:
-        self._lost(f"connection lost: {_explain(exc)}")
+        self._lost(f"connection lost: {explain(exc)}")
 
 
 async def _browse(client: Client, node: ua.NodeId) -> list[ua.ReferenceDescription]:
@@ -525,39 +542,6 @@ def _certificate_uri(cert: x509.Certificate | None) -> str | None:
         return None
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     return uris[0] if uris else None
-
-
-_HINTS: Final[dict[int, str]] = {
-    StatusCodes.BadCertificateUntrusted: "the server does not trust our client certificate "
-    "(add it to the server's trusted certificates)",
-    StatusCodes.BadSecurityChecksFailed: "security checks failed (certificate not trusted, wrong key, "
-    "or a policy/mode the server does not offer)",
-    StatusCodes.BadCertificateUriInvalid: "the certificate's URI does not match the application URI",
-    StatusCodes.BadCertificateTimeInvalid: "the certificate is expired or not yet valid",
-    StatusCodes.BadIdentityTokenRejected: "user name or password rejected",
-    StatusCodes.BadUserAccessDenied: "user name or password rejected",
-    StatusCodes.BadSecurityPolicyRejected: "the server does not offer this security policy/mode",
-}
-
-
-def _explain(exc: BaseException) -> str:  # noqa: PLR0911 - one answer per kind of failure
-    """A field technician's reading of an asyncua/OS exception."""
-    if isinstance(exc, UaStatusCodeError):
-        name = status_name(exc.code)
-        hint = _HINTS.get(exc.code)
-        return f"{name}: {hint}" if hint else name
-    if isinstance(exc, TimeoutError):
-        return "no answer in time (server down, firewall or wrong address?)"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the server running on that port?)"
-    if isinstance(exc, OSError):
-        return exc.strerror.lower() if exc.strerror else str(exc) or type(exc).__name__
-    text = str(exc)
-    if "Server certificate mismatch" in text:
-        return "the server's certificate is not the pinned server_certificate"
-    if "No matching endpoints" in text or "find_endpoint" in text:
-        return f"the server offers no endpoint with this security policy and mode ({text})"
-    return text or type(exc).__name__
 
 
 async def _quiet_disconnect(client: Client) -> None:

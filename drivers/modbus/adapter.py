@@ -1,0 +1,244 @@
+"""Everything the Modbus drivers know about pymodbus: building its clients, and translating what they
+raise and answer into the agent's errors.
+
+The drivers receive a client factory (default: the real pymodbus client built here) and talk to
+the client only through `ModbusClient`, so their error and reconnect logic has fast tests with a
+fake client. What a request can end in:
+
+- an answer (returned);
+- an exception answer: `raise_for_error_pdu` raises `ExceptionAnswerError` (a `DeviceError`
+  with the exception code and `modbus exception <code>: <name>`);
+- a library or OS exception: `modbus_errors()` translates it through `EXCEPTION_MAP` into a
+  `DriverIOError`, refined as `NoAnswerError` (no answer after the client's retries) or
+  `BadAnswerError` (something came back that is not an answer to the request).
+"""
+
+from __future__ import annotations
+
+import termios
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Final, Protocol
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
+
+from water_edge.core.errors import DeviceError, DriverIOError
+from water_edge.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
+
+__all__ = [
+    "EXCEPTION_MAP",
+    "BadAnswerError",
+    "ExceptionAnswerError",
+    "ModbusClient",
+    "ModbusPDU",
+    "NoAnswerError",
+    "NoConnectionError",
+    "SerialClientFactory",
+    "SerialModbusClient",
+    "TcpClientFactory",
+    "exception_reason",
+    "modbus_errors",
+    "pymodbus_serial_client",
+    "pymodbus_tcp_client",
+    "raise_for_error_pdu",
+    "translate",
+]
+
+# -- errors -----------------------------------------------------------------------------------------
+
+EXCEPTION_NAMES: Final[dict[int, str]] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+def exception_reason(code: int) -> str:
+    """The bad-reading reason for a Modbus exception answer, code first."""
+    return f"modbus exception {code}: {EXCEPTION_NAMES.get(code, 'unknown')}"
+
+
+class ExceptionAnswerError(DeviceError):
+    """The device answered with a Modbus exception; `reason` is the text its tags' readings carry."""
+
+    code: int
+
+    def __init__(self, where: str, code: int) -> None:
+        self.reason = exception_reason(code)
+        super().__init__(f"{where}: {self.reason}", code=code)
+
+
+class _LibraryError(DriverIOError):
+    """A translated library exception; `detail` is the library's own text."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class NoAnswerError(_LibraryError):
+    """No answer after the client's retries (bytes that never formed a valid frame count as none)."""
+
+
+class BadAnswerError(_LibraryError):
+    """What came back is not an answer to the request (wrong unit or transaction id, malformed)."""
+
+
+class NoConnectionError(_LibraryError):
+    """No usable connection: not connected, refused, reset, closed; a serial port gone or refusing its
+    line settings."""
+
+
+# Library exception type -> the agent's error; the first row that matches wins, so subclasses
+# come before their bases. Anything else (a TypeError, a cancellation) is not translated.
+EXCEPTION_MAP: Final[tuple[tuple[type[BaseException], type[_LibraryError]], ...]] = (
+    (ConnectionException, NoConnectionError),
+    (ModbusIOException, NoAnswerError),  # or BadAnswerError: see _unanswered
+    (ModbusException, BadAnswerError),
+    (TimeoutError, NoConnectionError),  # asyncio.TimeoutError is TimeoutError
+    (OSError, NoConnectionError),
+    (termios.error, NoConnectionError),  # a pty or adapter refusing the line settings
+)
+_MAPPED: Final = tuple(library for library, _ in EXCEPTION_MAP)
+
+
+def _unanswered(exc: BaseException) -> bool:
+    # pymodbus 3.16 raises ModbusIOException, built alike, both when every retry timed out and
+    # when the answer carried another unit or transaction id (TransactionManager.execute); only
+    # the message tells them apart. "No response" starts both timeout messages ("... after N
+    # retries" and "... CLOSING CONNECTION"). This is the one place the drivers read a message.
+    return "No response" in str(exc)
+
+
+def translate(exc: BaseException, where: str) -> DriverIOError:
+    """The agent's error for a library exception of one of `EXCEPTION_MAP`'s types."""
+    agent = next((agent for library, agent in EXCEPTION_MAP if isinstance(exc, library)), None)
+    if agent is None:
+        raise TypeError(f"{type(exc).__name__} is not a pymodbus or I/O exception")
+    if agent is NoAnswerError and not _unanswered(exc):
+        agent = BadAnswerError
+    return agent(f"{where}: {exc}", str(exc))
+
+
+@contextmanager
+def modbus_errors(where: str) -> Iterator[None]:
+    """Translate what pymodbus (or the OS under it) raises inside the block; `where` starts the
+    message (`<where>: <library text>`)."""
+    try:
+        yield
+    except _MAPPED as exc:
+        raise translate(exc, where) from exc
+
+
+def raise_for_error_pdu(response: ModbusPDU, where: str) -> None:
+    """Raise `ExceptionAnswerError` (code kept) if `response` is a Modbus exception answer."""
+    if response.isError():
+        raise ExceptionAnswerError(where, int(response.exception_code))
+
+
+# -- clients ----------------------------------------------------------------------------------------
+
+
+class ModbusClient(Protocol):
+    """What the drivers use of a pymodbus async client."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def connect(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def read_holding_registers(
+        self, address: int, *, count: int = ..., device_id: int = ...
+    ) -> Awaitable[ModbusPDU]: ...
+
+    def read_input_registers(
+        self, address: int, *, count: int = ..., device_id: int = ...
+    ) -> Awaitable[ModbusPDU]: ...
+
+    def read_coils(self, address: int, *, count: int = ..., device_id: int = ...) -> Awaitable[ModbusPDU]: ...
+
+    def read_discrete_inputs(
+        self, address: int, *, count: int = ..., device_id: int = ...
+    ) -> Awaitable[ModbusPDU]: ...
+
+    def write_coil(self, address: int, value: bool, *, device_id: int = ...) -> Awaitable[ModbusPDU]: ...
+
+    def write_register(self, address: int, value: int, *, device_id: int = ...) -> Awaitable[ModbusPDU]: ...
+
+    def write_coils(
+        self, address: int, values: Sequence[bool], *, device_id: int = ...
+    ) -> Awaitable[ModbusPDU]: ...
+
+    def write_registers(
+        self, address: int, values: Sequence[int], *, device_id: int = ...
+    ) -> Awaitable[ModbusPDU]: ...
+
+
+class SerialModbusClient(ModbusClient, Protocol):
+    """A client shared by every device on one serial port: each transaction sets its own limits."""
+
+    def set_request_limits(self, timeout_s: float, retries: int) -> None: ...
+
+
+# A TCP client for a device's config; the callable is pymodbus's connect/disconnect hook.
+TcpClientFactory = Callable[[ModbusTcpConfig, Callable[[bool], None]], ModbusClient]
+SerialClientFactory = Callable[[ModbusRtuConfig], SerialModbusClient]
+
+PARITY: Final = {"none": "N", "even": "E", "odd": "O"}
+# pymodbus's own "close after N silent requests" is switched off: the drivers judge silence.
+_NEVER: Final = 1 << 30
+
+
+def pymodbus_tcp_client(config: ModbusTcpConfig, on_connection: Callable[[bool], None]) -> ModbusClient:
+    """The real client; pymodbus never reconnects by itself (the supervisor owns reconnects)."""
+    client = AsyncModbusTcpClient(
+        config.host,
+        port=config.port,
+        timeout=config.timeout_ms / 1000,
+        retries=config.retries,
+        reconnect_delay=0,  # 0 = pymodbus never reconnects by itself
+        trace_connect=on_connection,
+        name=config.name,
+    )
+    client.set_max_no_responses(_NEVER)
+    return client
+
+
+class _SharedSerialClient(AsyncModbusSerialClient):
+    def set_request_limits(self, timeout_s: float, retries: int) -> None:
+        # Unavoidable internals: pymodbus 3.16 fixes timeout and retries when the client is built
+        # (its transaction manager copies them; `client.comm_params` is a detached copy) and has
+        # no setter, yet one serial port carries exactly one client for every device on it, each
+        # with its own timeout_ms and retries. pymodbus is pinned to 3.16.x, and
+        # tests/test_modbus_adapter.py fails if these two attributes stop taking effect.
+        self.ctx.comm_params.timeout_connect = timeout_s
+        self.ctx.retries = retries
+
+
+def pymodbus_serial_client(config: ModbusRtuConfig) -> SerialModbusClient:
+    """The real RTU client for the port `config` names, with that device's line settings."""
+    client = _SharedSerialClient(
+        config.port,
+        framer=FramerType.RTU,
+        baudrate=config.baudrate,
+        bytesize=config.bytesize,
+        parity=PARITY[config.parity],
+        stopbits=config.stopbits,
+        timeout=config.timeout_ms / 1000,
+        retries=config.retries,
+        reconnect_delay=0,  # the supervisor owns reconnects
+        name=config.port,
+    )
+    client.set_max_no_responses(_NEVER)
+    return client

@@ -1,0 +1,153 @@
+"""The one translation of pymodbus into the agent's errors: every library exception type the
+table names, exception answers, and the two places that lean on pymodbus internals or text."""
+
+from __future__ import annotations
+
+import asyncio
+import termios
+from collections.abc import AsyncIterator
+
+import pytest
+from pymodbus.exceptions import (
+    ConnectionException,
+    ModbusException,
+    ModbusIOException,
+    NotImplementedException,
+    ParameterException,
+)
+from pymodbus.pdu import ExceptionResponse
+from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
+
+from water_edge.core.errors import DeviceError, DriverIOError
+from water_edge.drivers.modbus.adapter import (
+    EXCEPTION_MAP,
+    BadAnswerError,
+    ExceptionAnswerError,
+    NoAnswerError,
+    NoConnectionError,
+    modbus_errors,
+    pymodbus_serial_client,
+    pymodbus_tcp_client,
+    raise_for_error_pdu,
+)
+from water_edge.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
+
+# What pymodbus 3.16 raises, as it words it (transaction/transaction.py, client/*.py).
+NO_RESPONSE = "No response received after 1 retries, continue with next request"
+CLOSING = "ERROR: No response received of the last requests (default: retries+3), CLOSING CONNECTION."
+OTHER_UNIT = "ERROR: request uses device id=1 but received 2."
+OTHER_TRANSACTION = "ERROR: request uses transaction id=7 but received 8."
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (ConnectionException("Not connected[AsyncModbusTcpClient 10.0.0.5:502]"), NoConnectionError),
+        (ModbusIOException(NO_RESPONSE), NoAnswerError),
+        (ModbusIOException(CLOSING), NoAnswerError),
+        (ModbusIOException(OTHER_UNIT), BadAnswerError),
+        (ModbusIOException(OTHER_TRANSACTION), BadAnswerError),
+        (ModbusException("Unknown response 99"), BadAnswerError),
+        (ParameterException("count"), BadAnswerError),
+        (NotImplementedException("decode"), BadAnswerError),
+        (TimeoutError(), NoConnectionError),  # asyncio.TimeoutError is the same class
+        (ConnectionResetError(104, "Connection reset by peer"), NoConnectionError),
+        (BrokenPipeError(32, "Broken pipe"), NoConnectionError),
+        (OSError(5, "Input/output error"), NoConnectionError),
+        (termios.error(22, "Invalid argument"), NoConnectionError),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.__name__,
+)
+def test_each_library_exception_becomes_a_driver_io_error(exc: BaseException, expected: type) -> None:
+    with pytest.raises(DriverIOError) as caught, modbus_errors("plc: /dev/ttyUSB0"):
+        raise exc
+    assert type(caught.value) is expected
+    assert str(caught.value) == f"plc: /dev/ttyUSB0: {exc}"
+    assert caught.value.detail == str(exc)  # type: ignore[attr-defined]
+    assert caught.value.__cause__ is exc
+
+
+def test_the_table_names_each_library_type_once_subclasses_first() -> None:
+    types = [library for library, _ in EXCEPTION_MAP]
+    assert len(set(types)) == len(types)
+    for i, earlier in enumerate(types):
+        assert not any(issubclass(later, earlier) and later is not earlier for later in types[i + 1 :]), (
+            earlier
+        )
+
+
+@pytest.mark.parametrize("exc", [ValueError("a bug"), KeyError("holding"), asyncio.CancelledError()])
+def test_anything_else_passes_through_untranslated(exc: BaseException) -> None:
+    with pytest.raises(type(exc)) as caught, modbus_errors("plc"):
+        raise exc
+    assert caught.value is exc
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [
+        (1, "modbus exception 1: illegal function"),
+        (2, "modbus exception 2: illegal data address"),
+        (3, "modbus exception 3: illegal data value"),
+        (4, "modbus exception 4: server device failure"),
+        (6, "modbus exception 6: server device busy"),
+        (11, "modbus exception 11: gateway target device failed to respond"),
+        (99, "modbus exception 99: unknown"),
+    ],
+)
+def test_an_exception_answer_is_a_device_error_with_its_code(code: int, text: str) -> None:
+    with pytest.raises(DeviceError) as caught:
+        raise_for_error_pdu(ExceptionResponse(3, code), "plc: write holding 8")
+    assert isinstance(caught.value, ExceptionAnswerError)
+    assert caught.value.code == code
+    assert caught.value.reason == text
+    assert str(caught.value) == f"plc: write holding 8: {text}"
+
+
+def test_an_ordinary_answer_passes() -> None:
+    raise_for_error_pdu(ReadHoldingRegistersResponse(registers=[1, 2]), "plc")
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP server that accepts connections, reads what is sent, and never answers."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(1024):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+async def test_what_pymodbus_really_raises_for_silence_is_no_answer(silent_server: int) -> None:
+    # The one distinction made on message text (adapter._unanswered): checked against the real
+    # client, so a pymodbus release that rewords it fails here, not on site.
+    config = ModbusTcpConfig.model_validate({
+        "name": "plc", "kind": "modbus_tcp", "host": "127.0.0.1", "port": silent_server,
+        "timeout_ms": 50, "retries": 0, "tags": [{"name": "v", "address": 0}],
+    })  # fmt: skip
+    client = pymodbus_tcp_client(config, lambda _connected: None)
+    assert await client.connect()
+    try:
+        with pytest.raises(NoAnswerError, match="No response"), modbus_errors("plc"):
+            await client.read_holding_registers(0, count=1, device_id=1)
+        assert client.connected  # silence alone never closes the connection (the driver decides)
+    finally:
+        client.close()
+
+
+async def test_request_limits_reach_the_shared_serial_client() -> None:
+    # set_request_limits writes pymodbus internals (no public setter in 3.16); this fails when a
+    # pymodbus release moves them, instead of every device silently using the first one's limits.
+    config = ModbusRtuConfig.model_validate({
+        "name": "plc", "kind": "modbus_rtu", "port": "/dev/ttyUSB0", "timeout_ms": 150, "retries": 0,
+        "tags": [{"name": "v", "address": 0}],
+    })  # fmt: skip
+    client = pymodbus_serial_client(config)
+    client.set_request_limits(0.4, 2)
+    assert client.ctx.comm_params.timeout_connect == 0.4  # type: ignore[attr-defined]
+    assert client.ctx.retries == 2  # type: ignore[attr-defined]
