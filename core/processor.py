@@ -10,6 +10,7 @@ Optional capabilities, each a `runtime_checkable` protocol:
 - `WantsStreams` (processor): the readings streams it needs; an empty set means no feed at all;
 - `HasModelSlot` (processor): a model that `model_update` commands swap while it runs;
 - `Calibratable` (processor or factory): a signed calibration command it carries out;
+- `ChecksSections` (factory): config checks across its tables or against the devices;
 - `WindowSource` (driver, re-exported by `drivers.base`): audio analysis windows, defined here
   because a processor that consumes them may not import `drivers`.
 """
@@ -73,6 +74,15 @@ class ProcessorContext:
     drivers: Mapping[str, object] = field(default_factory=dict)  # the built (enabled) drivers by name
 
 
+@dataclass(frozen=True)
+class ConfigProblem:
+    """A config mistake a factory finds across its tables: `where` continues the key path after
+    `models.<kind>` (e.g. `(0, "device")`), `message` says what was expected."""
+
+    where: tuple[int | str, ...]
+    message: str
+
+
 class ProcessorFactory(Protocol):
     """What an `edge_agent.processors` entry point names: the class of one processor kind."""
 
@@ -86,6 +96,17 @@ class ProcessorFactory(Protocol):
 
     def processors(self) -> list[Processor]:
         """The processors to run (this may load models)."""
+        ...
+
+
+@runtime_checkable
+class ChecksSections(Protocol):
+    """A factory capability: checks that span the kind's tables or need the configured devices
+    (unique names, a table naming a device of the right kind); run by the config loader."""
+
+    @classmethod
+    def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
+        """Problems with `sections`; `devices` maps every configured device name to its kind."""
         ...
 
 

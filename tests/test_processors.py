@@ -111,6 +111,24 @@ def test_models_mistakes_are_reported_with_every_other_problem(tmp_path: Path) -
     assert "devices[0] (hyd).kind: unknown driver 'audi'" in problems[1]
 
 
+def test_a_kind_checks_its_tables_together_and_against_the_devices(tmp_path: Path) -> None:
+    fake = '[[devices]]\nname = "plc"\nkind = "fake"\n[[devices.tags]]\nname = "flow"\n'
+    assert problems_for(tmp_path, PUMP + PUMP, fake) == ["FILE: models.pump: pump name 'P1' is used twice"]
+    assert problems_for(tmp_path, '[[models.leak]]\ndevice = "plc"\n', AUDIO + fake) == [
+        "FILE: models.leak[0].device: expected the name of a kind = \"audio\" device (got 'plc'; "
+        "audio devices: hyd)"
+    ]
+    # A disabled audio device is still one (the detector then just does not run) ...
+    disabled = AUDIO + "enabled = false\n"
+    load_config(
+        write_config(tmp_path, broker_port=1883, devices=disabled, extra='[[models.leak]]\ndevice = "hyd"\n')
+    )
+    # ... and an audio device with a mistake of its own is reported once, for itself.
+    broken = AUDIO + "colour = 1\n"
+    (problem,) = problems_for(tmp_path, '[[models.leak]]\ndevice = "hyd"\n', broken)
+    assert "devices[0] (hyd).colour: unknown key" in problem
+
+
 def test_the_config_schema_knows_no_processor() -> None:
     tree = ast.parse((ROOT / "agent" / "config" / "schema.py").read_text())
     imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]

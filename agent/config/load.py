@@ -23,6 +23,7 @@ from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
+from water_edge.core.processor import ChecksSections
 from water_edge.core.reading import EVENTS_STREAM
 from water_edge.drivers import registry
 from water_edge.drivers.base import DeviceConfig
@@ -126,8 +127,11 @@ def _validate_device(
         return None
 
 
-def _validate_models(source: Path, raw_models: object, problems: list[str]) -> dict[str, tuple[Any, ...]]:
-    """Each `[[models.<kind>]]` list by the config model of the processor kind that its key names."""
+def _validate_models(
+    source: Path, raw_models: object, devices: Mapping[str, str], problems: list[str]
+) -> dict[str, tuple[Any, ...]]:
+    """Each `[[models.<kind>]]` list by the config model of the processor kind that its key names,
+    then by the kind's own checks across its tables (`ChecksSections`) when every table is valid."""
     if not isinstance(raw_models, dict):
         return {}  # absent; or not a table, which the schema has reported
     models: dict[str, tuple[Any, ...]] = {}
@@ -150,9 +154,24 @@ def _validate_models(source: Path, raw_models: object, problems: list[str]) -> d
                 sections.append(factory.config_model.model_validate(table))
             except ValidationError as exc:
                 problems.extend(_problems(source, exc, f"models.{kind}[{index}]"))
+        if len(sections) == len(tables) and isinstance(factory, ChecksSections):
+            for found in factory.check_sections(sections, devices):
+                problems.append(f"{source}: {key_path(('models', kind, *found.where))}: {found.message}")
         if sections:
             models[kind] = tuple(sections)
     return models
+
+
+def _device_kinds(raw_devices: object) -> dict[str, str]:
+    """Name -> kind of every `[[devices]]` table that has both, valid or not (a device with a
+    mistake elsewhere must not also make the processors that name it look wrong)."""
+    if not isinstance(raw_devices, list):
+        return {}
+    return {
+        d["name"]: d["kind"]
+        for d in raw_devices
+        if isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(d.get("kind"), str)
+    }
 
 
 def load_config(path: str | Path) -> Config:
@@ -169,7 +188,7 @@ def load_config(path: str | Path) -> Config:
         problems.extend(_problems(source, exc))
         section = None
 
-    models = _validate_models(source, raw.get("models"), problems)
+    models = _validate_models(source, raw.get("models"), _device_kinds(raw.get("devices")), problems)
     devices: list[DeviceConfig] = []
     try:
         devices = validate_devices(source, raw.get("devices", []))

@@ -13,10 +13,12 @@ import structlog
 from pydantic import BaseModel
 
 from water_edge.core.errors import ConfigError
-from water_edge.core.processor import Processor, ProcessorContext, WindowSource
+from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext, WindowSource
 from water_edge.models.leak.config import LeakModelSection
 
 log = structlog.get_logger(__name__)
+
+AUDIO_KIND = "audio"  # the driver kind whose devices give analysis windows
 
 
 class LeakFactory:
@@ -29,6 +31,20 @@ class LeakFactory:
     @classmethod
     def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
         return cls(sections, context.drivers)
+
+    @classmethod
+    def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
+        """Each table names an audio device: the only kind that gives analysis windows."""
+        audio = ", ".join(n for n, k in devices.items() if k == AUDIO_KIND) or "none"
+        return [
+            ConfigProblem(
+                (index, "device"),
+                f'expected the name of a kind = "{AUDIO_KIND}" device (got {section.device!r}; '
+                f"audio devices: {audio})",
+            )
+            for index, section in enumerate(sections)
+            if devices.get(section.device) != AUDIO_KIND
+        ]
 
     def processors(self) -> list[Processor]:
         from water_edge.models.leak.processor import AudioLeakProcessor

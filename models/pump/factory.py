@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel
 
-from water_edge.core.processor import CalibrationFailedError, Processor, ProcessorContext
+from water_edge.core.processor import CalibrationFailedError, ConfigProblem, Processor, ProcessorContext
 from water_edge.models.pump.config import PumpModelConfig
 
 
@@ -30,6 +30,13 @@ class PumpFactory:
     @classmethod
     def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
         return cls(sections, context.state_dir)
+
+    @classmethod
+    def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
+        """A pump's name is its state directory and its events' source: one name, one pump."""
+        names = [p.name for p in sections]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        return [ConfigProblem((), f"pump name {name!r} is used twice") for name in twice]
 
     def processors(self) -> list[Processor]:
         if not self.pumps:
