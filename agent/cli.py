@@ -160,18 +160,11 @@ def format_status(snap: dict[str, Any], now: int) -> str:
             f"({pct:.1f} % of quota)  oldest {oldest}  evicted {buf['evicted_readings']} readings"
         )
     for proc in snap.get("processors") or []:
-        health = proc.get("health") or {}
-        if "pumps" in health:
-            summary = ", ".join(f"{n} {p['state']}" for n, p in health["pumps"].items())
-        elif "windows_scored" in health:
-            summary = (
-                f"{health['windows_scored']} windows scored, leak probability "
-                f"{health.get('leak_probability')}"
-            )
-        else:
-            summary = ""
+        # Each processor renders its own lines; the crash count goes on the first.
         crashes = f"  crashes {proc['crashes']}" if proc.get("crashes") else ""
-        lines.append(f"model    {proc['name']}: {summary}{crashes}")
+        for line in proc.get("lines") or [""]:
+            lines.append(f"model    {proc['name']}: {line}{crashes}")
+            crashes = ""
     if snap.get("buffer", {}).get("quarantined"):
         lines.append(f"ALARM    corrupt outbox quarantined to {snap['buffer']['quarantined']}")
     lines.append("drivers")

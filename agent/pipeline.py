@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,12 +38,12 @@ class Appender(Protocol):
     async def append(self, batches: Sequence[Batch]) -> list[int]: ...
 
 
-EventSink = Callable[[Event], Awaitable[None]]
 CLOCK_STEP_REASON = "clock_step"
 
 
 class ReadingFeed:
-    """One processor's bounded queue of `(stream, readings)` batches, in submit order.
+    """One processor's bounded queue of `(stream, readings)` batches, in submit order: the
+    `core.processor.ReadingSource` a processor reads.
 
     `put` waits (up to `max_wait_s`) while the feed holds `max_readings`; past that the batch is
     dropped for this feed only and counted in `dropped_readings`. A batch larger than the bound
@@ -114,16 +114,6 @@ class ReadingFeed:
             "dropped_readings": self.dropped_readings,
             "waits": self.waits,
         }
-
-
-class Processor(Protocol):
-    """An analytics processor (leak, pump anomaly): reads a feed, emits events through `emit`."""
-
-    name: str
-
-    async def run(self, source: ReadingFeed, emit: EventSink) -> None: ...
-
-    def health(self) -> dict[str, Any]: ...
 
 
 @dataclass

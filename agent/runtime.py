@@ -8,9 +8,9 @@ Under systemd (`Type=notify`) the agent reports READY=1 once it runs, STATUS= ev
 (buffer depth, uplink state), STOPPING=1 on the way out, and WATCHDOG=1 only while the pipeline's
 flush loop and the uplink's loop both make progress (`agent.watchdog`).
 
-Processors (analytics) are objects with `name`, `async run(source, emit)` and `health()`; each
-gets its own lossless bounded `ReadingFeed` (see `agent.pipeline`) and is restarted with backoff
-if it raises.
+Processors (analytics, `core.processor.Processor`: `name`, `async run(source, emit)`, `health()`)
+each get their own lossless bounded `ReadingFeed` (see `agent.pipeline`), limited to the streams
+they name when they have the `WantsStreams` capability, and are restarted with backoff if they raise.
 """
 
 from __future__ import annotations
@@ -26,15 +26,9 @@ from typing import Any
 import structlog
 
 from water_edge.agent import __version__
-from water_edge.agent.assembly import (
-    EXIT_RESTART,
-    build_command_channel,
-    build_drivers,
-    build_processors,
-    model_slots,
-)
+from water_edge.agent.assembly import EXIT_RESTART, build_command_channel, build_drivers, build_processors
 from water_edge.agent.config import Config
-from water_edge.agent.pipeline import Pipeline, Processor, ReadingFeed
+from water_edge.agent.pipeline import Pipeline, ReadingFeed
 from water_edge.agent.status import StatusServer
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.agent.uplink.mqtt import CommandHandler, MqttUplink
@@ -43,6 +37,7 @@ from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.core.backoff import Backoff
 from water_edge.core.errors import AgentError
 from water_edge.core.health import health_json
+from water_edge.core.processor import Processor, WantsStreams
 from water_edge.core.reading import Event, Reading, now_ns
 from water_edge.core.redact import redact
 from water_edge.drivers import registry
@@ -95,7 +90,8 @@ class Agent:
         ]  # fmt: skip
         # A processor may name the streams it needs (`streams`); an empty set means no feed at all.
         self.processors = [
-            (p, self.pipeline.feed(p.name, streams=getattr(p, "streams", None))) for p in processors
+            (p, self.pipeline.feed(p.name, streams=p.streams if isinstance(p, WantsStreams) else None))
+            for p in processors
         ]
         self._command_stats = command_stats
         self._stop: asyncio.Event | None = None
@@ -163,11 +159,7 @@ class Agent:
             "pipeline": {**vars(self.pipeline.stats), "pending": self.pipeline.pending},
             "buffer": self._buffer_stats,
             "uplink": health_json(uplink),
-            "processors": [
-                {"name": p.name, "crashes": self._processor_crashes[p.name], "feed": feed.health(),
-                 "health": p.health()}
-                for p, feed in self.processors
-            ],
+            "processors": [self._processor_entry(p, feed) for p, feed in self.processors],
             "watchdog": None if self.watchdog is None else {
                 "interval_s": self.watchdog.interval_s,
                 "pings": self.watchdog.pings,
@@ -184,6 +176,16 @@ class Agent:
             "commands": None if self._command_stats is None else self._command_stats(),
         }  # fmt: skip
         return dict(redact(snapshot, [self.config.uplink.password or ""]))
+
+    def _processor_entry(self, processor: Processor, feed: ReadingFeed) -> dict[str, Any]:
+        health = processor.health()
+        return {
+            "name": processor.name,
+            "crashes": self._processor_crashes[processor.name],
+            "feed": feed.health(),
+            "health": health_json(health),
+            "lines": health.status_lines(),
+        }
 
     async def _refresh_buffer_stats(self) -> None:
         """Status must answer instantly, so buffer figures are refreshed here, off the request path."""
@@ -303,8 +305,8 @@ async def run_agent(config: Config) -> int:
     restart command asked for one (systemd's Restart=on-failure then starts it again)."""
     config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
     drivers = build_drivers(config)
-    processors = build_processors(config, drivers)
-    commands = build_command_channel(config, drivers, model_slots(processors))
+    analytics = build_processors(config, drivers)
+    commands = build_command_channel(config, drivers, analytics)
     buffer = config.buffer
     outbox = await AsyncOutbox.open(
         config.buffer_path,
@@ -318,7 +320,7 @@ async def run_agent(config: Config) -> int:
         agent = Agent(
             config,
             outbox,
-            processors=processors,
+            processors=analytics.processors,
             drivers=drivers,
             on_command=None if commands is None else commands.handler,
             command_stats=None if commands is None else commands.stats,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import structlog
 
@@ -20,7 +20,7 @@ from water_edge.core.errors import DriverIOError
 from water_edge.core.health import Health, health_json
 from water_edge.core.reading import Event, Reading, bad, now_ns
 from water_edge.core.scheduler import FixedRateTicker
-from water_edge.drivers.base import DeviceConfig, Driver, StreamingDriver, is_streaming
+from water_edge.drivers.base import DeviceConfig, Driver, Streaming, StreamingDriver
 
 log = structlog.get_logger(__name__)
 
@@ -94,8 +94,8 @@ class DeviceRunner:
 
     async def run(self) -> None:
         try:
-            if is_streaming(self.driver):
-                await self._run_streaming()
+            if isinstance(self.driver, Streaming):
+                await self._run_streaming(self.driver)
             while True:
                 await self._poll_once()
                 await self.ticker.wait()
@@ -103,10 +103,9 @@ class DeviceRunner:
             self.stats.state = "stopped"
             await self._close()
 
-    async def _run_streaming(self) -> None:
+    async def _run_streaming(self, driver: StreamingDriver) -> None:
         """Push devices: submit what the stream yields; on loss, stand in bad readings and reopen."""
         loop = asyncio.get_running_loop()
-        driver = cast(StreamingDriver, self.driver)
         while True:
             try:
                 async with asyncio.timeout(self._guard_s):

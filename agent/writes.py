@@ -1,8 +1,8 @@
 """Writes to PLCs: off by default; only allow-listed (device, table, address) with a type, a value
 range and a rate; every write is read back and audited.
 
-The guard sits above a driver's opt-in write capability (`write` + `read_back`, duck-typed; the
-Modbus drivers send only FC 5/6/15/16 for writes and FC 1/3 to read back). `fc_guard` can be
+The guard sits above a driver's opt-in write capability (`drivers.base.Writable`: `write` +
+`read_back`; the Modbus drivers send only FC 5/6/15/16 for writes and FC 1/3 to read back). `fc_guard` can be
 installed as a pymodbus `trace_pdu` hook so that no diagnostic (8), programming or
 identification (43, 17, 20-24 ...) request can leave the gateway whatever calls the client.
 """
@@ -13,13 +13,14 @@ import math
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, Literal, Protocol, Self
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from water_edge.agent.remote.audit import AuditLog
 from water_edge.core.errors import AgentError, DriverError
+from water_edge.drivers.base import Writable
 
 WriteType = Literal["uint16", "int16", "uint32", "int32", "float32", "bool"]
 # Reads (1-4) and writes (5, 6, 15, 16): nothing else is ever sent.
@@ -67,16 +68,6 @@ class WritesSection(BaseModel):
     allow: list[WriteRule] = Field(default_factory=list)
 
 
-class ModbusWriter(Protocol):
-    async def write(
-        self, unit_id: int, table: Any, address: int, registers_or_bits: Sequence[int] | Sequence[bool]
-    ) -> None: ...
-
-    async def read_back(
-        self, unit_id: int, table: Any, address: int, count: int = 1
-    ) -> list[int] | list[bool]: ...
-
-
 def encode(rule: WriteRule, value: Any) -> list[int] | list[bool]:
     """The registers or bits for `value` under `rule`; WriteRefusedError if it does not fit."""
     if rule.type == "bool":
@@ -112,7 +103,7 @@ class WriteGuard:
     def __init__(
         self,
         config: WritesSection,
-        writers: Mapping[str, ModbusWriter],
+        writers: Mapping[str, Writable],
         audit: AuditLog,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

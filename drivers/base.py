@@ -5,18 +5,36 @@ runs on a laptop), then `open()`, `read()` once per poll, `aclose()`. `read()` r
 reading per configured tag; a tag whose request failed comes back as a `bad` reading with a
 reason. `open()` and `read()` raise `DriverIOError` when the device as a whole cannot be reached;
 the supervisor then backs off, reconnects, and stands in bad readings for every tag meanwhile.
+
+Optional capabilities are `runtime_checkable` protocols the agent tests with `isinstance`:
+`Streaming` (pushed data), `Writable` (the opt-in PLC write the write guard uses) and
+`WindowSource` (audio analysis windows for the models; defined in `core.processor`, where the
+processors that consume it can see it, and re-exported here).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from water_edge.core.health import Health
 from water_edge.core.names import NAME_PATTERN
+from water_edge.core.processor import WindowSource
 from water_edge.core.reading import Reading
+
+__all__ = [
+    "DeviceConfig",
+    "Driver",
+    "DriverFactory",
+    "Streaming",
+    "StreamingDriver",
+    "TagInfo",
+    "WindowSource",
+    "Writable",
+]
 
 
 class DeviceConfig(BaseModel):
@@ -57,10 +75,11 @@ class Driver(Protocol):
 
     async def aclose(self) -> None: ...
 
-    def health(self) -> dict[str, Any]: ...
+    def health(self) -> Health | dict[str, Any]: ...
 
 
-class StreamingDriver(Driver, Protocol):
+@runtime_checkable
+class Streaming(Protocol):
     """A device that pushes data (OPC UA subscriptions, audio levels) instead of being polled.
 
     The supervisor calls `open()`, then iterates `stream()`, submitting each list of readings as
@@ -71,8 +90,24 @@ class StreamingDriver(Driver, Protocol):
     def stream(self) -> AsyncIterator[list[Reading]]: ...
 
 
-def is_streaming(driver: Driver) -> bool:
-    return callable(getattr(driver, "stream", None))
+class StreamingDriver(Driver, Streaming, Protocol):
+    """A driver with the `Streaming` capability."""
+
+
+@runtime_checkable
+class Writable(Protocol):
+    """The opt-in write capability (Modbus TCP/RTU) that `agent.writes.WriteGuard` sits above.
+
+    `write` sends holding registers or coils; `read_back` reads what the write left, so every
+    write can be verified. Both raise `DriverError`s like `read()`."""
+
+    async def write(
+        self, unit_id: int, table: Any, address: int, registers_or_bits: Sequence[int] | Sequence[bool]
+    ) -> None: ...
+
+    async def read_back(
+        self, unit_id: int, table: Any, address: int, count: int = 1
+    ) -> list[int] | list[bool]: ...
 
 
 class DriverFactory(Protocol):

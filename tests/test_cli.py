@@ -8,11 +8,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.agent_proc import AgentProcess, running_agent, write_config
 from tests.support.broker import free_port
+from water_edge.agent.cli import format_status
+from water_edge.core.health import health_json
+from water_edge.models.leak.processor import LeakHealth
+from water_edge.models.pump.health import PumpHealth, PumpStatus
 
 FAKE_DEVICE = """
 [[devices]]
@@ -118,3 +123,43 @@ def test_check_config_on_an_invalid_file_lists_problems_without_traceback(tmp_pa
     assert f"{bad}: gateway.id: required key is missing" in result.stderr
     assert f"{bad}: uplink.port:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_status_prints_each_processors_own_lines() -> None:
+    def pump(state: Any) -> PumpStatus:
+        return PumpStatus(state, None, 0.5, False, 10, 0, 0, 0, None, None)
+
+    healths = {
+        "pump_anomaly": (PumpHealth("1.1.0", {"P1": pump("learning"), "P2": pump("alarm")}), 2),
+        "leak:hyd": (LeakHealth(12, 0, 0.0132), 0),
+        "leak:quiet": (LeakHealth(0, 0, None), 0),
+    }
+    snapshot = {
+        "agent": {"version": "x", "site": "s", "gateway": "g", "pid": 1, "uptime_s": 5.0},
+        "uplink": {"state": "online"},
+        "pipeline": {
+            "readings_per_s": 0.0,
+            "pending": 0,
+            "committed_readings": 0,
+            "append_errors": 0,
+            "dropped_readings": 0,
+        },
+        "buffer": {},
+        "drivers": [],
+        "processors": [
+            {
+                "name": name,
+                "crashes": crashes,
+                "feed": {},
+                "health": health_json(h),
+                "lines": h.status_lines(),
+            }
+            for name, (h, crashes) in healths.items()
+        ],
+    }
+    lines = format_status(snapshot, 0).splitlines()
+    assert [line for line in lines if line.startswith("model")] == [
+        "model    pump_anomaly: P1 learning, P2 alarm  crashes 2",
+        "model    leak:hyd: 12 windows scored, leak probability 0.0132",
+        "model    leak:quiet: 0 windows scored, leak probability None",
+    ]

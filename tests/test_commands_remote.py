@@ -20,6 +20,7 @@ from water_edge.agent.remote.handlers import Targets, build_handlers
 from water_edge.agent.remote.nonces import NonceStore
 from water_edge.agent.remote.processor import CommandProcessor
 from water_edge.core import envelope
+from water_edge.core.processor import CalibrationFailedError
 from water_edge.core.reading import Event
 
 SITE, GW = "north-plant", "gw-01"
@@ -40,7 +41,8 @@ class Rig:
         self.reader = Ed25519PrivateKey.generate()
         self.config = SecuritySection(operators=[
             OperatorKey(name="ops", public_key=public_b64(self.ops),
-                        commands=["read_now", "config_update", "model_update", "restart"]),
+                        commands=["read_now", "config_update", "model_update", "restart",
+                                  "pump_calibration"]),
             OperatorKey(name="viewer", public_key=public_b64(self.reader), commands=["read_now"]),
         ])  # fmt: skip
         self.targets = targets or Targets()
@@ -277,3 +279,33 @@ async def test_command_for_an_unavailable_capability_fails_cleanly(rig: Rig) -> 
     result = await rig.proc.handle("restart", rig.sign("restart"))
     assert result.status == "failed"
     assert result.reason == "restart is not available on this gateway"
+
+
+class PumpCalibrator:
+    """A `Calibratable` target, as the pump factory offers it."""
+
+    calibration_command = "pump_calibration"
+    calibration_target = "pump"
+
+    async def calibrate(self, target_name: str, args: dict[str, Any]) -> dict[str, Any]:
+        if target_name != "P1":
+            raise CalibrationFailedError(f"no pump {target_name!r} (configured: P1)")
+        return {"pump": target_name, "version": 3, "from": args.get("from")}
+
+
+async def test_calibration_commands_go_to_the_target_offering_them(tmp_path: Path) -> None:
+    without = Rig(tmp_path / "without")
+    result = await without.proc.handle("pump_calibration", without.sign("pump_calibration", {"pump": "P1"}))
+    assert (result.status, result.reason) == ("failed", "pump calibration is not available on this gateway")
+    without.close()
+
+    rig = Rig(tmp_path / "with", Targets(calibrations={"pump_calibration": PumpCalibrator()}))
+    ok = await rig.proc.handle("pump_calibration", rig.sign("pump_calibration", {"pump": "P1", "from": "0"}))
+    assert ok.status == "ok", ok.reason
+    assert ok.detail == {"pump": "P1", "version": 3, "from": "0"}
+    unknown = await rig.proc.handle("pump_calibration", rig.sign("pump_calibration", {"pump": "P9"}))
+    assert (unknown.status, unknown.reason) == ("failed", "no pump 'P9' (configured: P1)")
+    assert unknown.to_event().detail["reason"] == "no pump 'P9' (configured: P1)"
+    unnamed = await rig.proc.handle("pump_calibration", rig.sign("pump_calibration", {}))
+    assert (unnamed.status, unnamed.reason) == ("failed", "argument 'pump' missing or not str")
+    rig.close()

@@ -4,17 +4,26 @@ one that raises is counted, announced as an event and restarted (in-process `Age
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tests.support.agent_proc import write_config
 from tests.support.plant import free_port
 from water_edge.agent.config import load_config
-from water_edge.agent.pipeline import EventSink, ReadingFeed
 from water_edge.agent.runtime import Agent
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.codec import decode_events
+from water_edge.core.processor import EventSink, ReadingSource
 from water_edge.core.reading import Event, Reading
+
+
+@dataclass(frozen=True)
+class FlakyHealth:
+    runs: int
+    seen: int
+
+    def status_lines(self) -> list[str]:
+        return [f"{self.runs} runs, {self.seen} readings seen"]
 
 
 class FlakyProcessor:
@@ -26,7 +35,7 @@ class FlakyProcessor:
         self.runs = 0
         self.seen: list[float] = []
 
-    async def run(self, source: ReadingFeed, emit: EventSink) -> None:
+    async def run(self, source: ReadingSource, emit: EventSink) -> None:
         self.runs += 1
         async for stream, batch in source:
             if self.runs == 1:
@@ -34,8 +43,8 @@ class FlakyProcessor:
             self.seen += [float(r.value or 0) for r in batch]
             await emit(Event("leak", stream, batch[0].ts_ns, "alarm", 0.9))
 
-    def health(self) -> dict[str, Any]:
-        return {"runs": self.runs, "seen": len(self.seen)}
+    def health(self) -> FlakyHealth:
+        return FlakyHealth(self.runs, len(self.seen))
 
 
 async def test_a_crashing_processor_is_restarted_counted_and_announced(tmp_path: Path) -> None:
@@ -64,5 +73,7 @@ async def test_a_crashing_processor_is_restarted_counted_and_announced(tmp_path:
     assert processor.seen, "the restarted processor gets the readings submitted after it"
     assert processor.seen == sorted(processor.seen)
     assert entry["feed"]["dropped_readings"] == 0
+    assert entry["health"]["runs"] == 2  # the processor's typed health, as JSON and as its own lines
+    assert entry["lines"] == [f"2 runs, {entry['health']['seen']} readings seen"]
     assert "processor_crashed" in kinds
     assert "leak" in kinds

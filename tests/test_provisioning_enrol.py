@@ -177,7 +177,7 @@ async def test_claim_enrolment_over_mqtt(
             )
             await bad.states.wait(lambda s: s.startswith("offline"))
             await bad.uplink.stop()
-            assert bad.uplink.health()["published"] == 0
+            assert bad.uplink.health().published == 0
             # ... the enrolled identity can.
             run = await start_uplink(mqtt_config(broker, tls=pki.tls(identity)), outbox)
             msgs = await sub.wait_for_async(2)

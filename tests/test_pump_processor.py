@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from water_edge.agent.cli import main
+from water_edge.core.health import Health, health_json
 from water_edge.core.reading import Event, Reading
 from water_edge.models.pump.config import PumpModelConfig
 from water_edge.models.pump.detector import Calibration
@@ -108,10 +109,11 @@ def test_fault_alarms_after_onset_names_vibration_and_clears(tmp_path: Path, mod
     assert clears, "the alarm did not clear after the fault"
     assert (clears[-1].ts_ns - T0) / NS > end
     assert all(onset <= (e.ts_ns - T0) / NS for e in rises)
-    health = proc.health()["pumps"]["P1"]
-    assert health["calibration"]["version"] == 1
-    assert health["state"] == "armed"
-    assert health["calibration"]["rows"] >= CALIB_S - 5
+    health = proc.health().pumps["P1"]
+    assert health.calibration is not None
+    assert health.calibration["version"] == 1
+    assert health.state == "armed"
+    assert health.calibration["rows"] >= CALIB_S - 5
 
 
 def test_normal_run_of_the_same_length_does_not_alarm(tmp_path: Path, model: Model) -> None:
@@ -119,7 +121,7 @@ def test_normal_run_of_the_same_length_does_not_alarm(tmp_path: Path, model: Mod
     proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
     events = run(proc, x)
     assert not [e for e in events if e.kind == "pump_anomaly"]
-    assert proc.health()["pumps"]["P1"]["scored"] > 3500
+    assert proc.health().pumps["P1"].scored > 3500
 
 
 def test_learning_state_stopped_pump_and_history(tmp_path: Path, model: Model) -> None:
@@ -129,14 +131,32 @@ def test_learning_state_stopped_pump_and_history(tmp_path: Path, model: Model) -
     proc = PumpProcessor([cfg], tmp_path, model=model, model_version=model.version)
     events = run(proc, x)
     assert events == []
-    h = proc.health()["pumps"]["P1"]
-    assert h["state"] == "learning"
-    assert h["calibration"] is None
-    assert 0.2 < h["learning_progress"] < 0.3
-    assert h["stopped_samples"] >= 99
+    h = proc.health().pumps["P1"]
+    assert h.state == "learning"
+    assert h.calibration is None
+    assert h.learning_progress is not None
+    assert 0.2 < h.learning_progress < 0.3
+    assert h.stopped_samples >= 99
     hist = FeatureHistory.for_pump(tmp_path, "P1", list(cfg.signals), cfg.history_days)
     ts, values = hist.read()
-    assert len(ts) == h["samples"] - h["stopped_samples"]
+    assert len(ts) == h.samples - h.stopped_samples
+    health = proc.health()
+    assert isinstance(health, Health)
+    assert health.status_lines() == ["P1 learning"]
+    document = health_json(health)
+    assert list(document) == ["model_version", "pumps"]
+    assert list(document["pumps"]["P1"]) == [
+        "state",
+        "calibration",
+        "learning_progress",
+        "calibrating",
+        "samples",
+        "stopped_samples",
+        "scored",
+        "events",
+        "last_score",
+        "last_error",
+    ]
     assert values.shape[1] == len(SIGNALS)
     assert np.all(np.diff(ts) > 0)
     hist.close()
@@ -176,7 +196,17 @@ def test_calibrate_cli_writes_a_new_version_from_history(
         [config(calibration={"auto_hours": 0.25})], tmp_path, model=model, model_version=model.version
     )
     run(proc, x)
-    assert proc.health()["pumps"]["P1"]["calibration"]["version"] == 1
+    calibration = health_json(proc.health())["pumps"]["P1"]["calibration"]
+    assert calibration["version"] == 1
+    assert list(calibration) == [
+        "version",
+        "calibrated_at",
+        "rows",
+        "threshold",
+        "from",
+        "to",
+        "model_version",
+    ]
     cfg_path = tmp_path / "agent.toml"
     signals = "\n".join(f'{r} = "plc1/p1_{r}"' for r in SIGNALS)
     cfg_path.write_text(

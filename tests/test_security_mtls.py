@@ -168,7 +168,7 @@ async def test_no_certificate_is_refused(pki: Pki, outbox: AsyncOutbox, start_up
         run = await start_uplink(mqtt_config(broker, tls=TlsConfig(ca_file=pki.ca_file)), outbox)
         await run.states.wait(lambda s: s.startswith(("tls-error", "offline")))
         await run.uplink.stop()
-    assert run.uplink.health()["published"] == 0
+    assert run.uplink.health().published == 0
     assert (await outbox.stats()).rows == 1
 
 
@@ -187,7 +187,7 @@ async def test_expired_certificate_is_refused(
         await run.states.wait(lambda s: s.startswith(("tls-error", "offline")))
         log = await broker_log_with(broker, "certificate verify failed")
         await run.uplink.stop()
-    assert run.uplink.health()["published"] == 0
+    assert run.uplink.health().published == 0
     # Mosquitto 2.0 does not log why; the same CA, broker and CN with a valid date connect
     # (test_device_certificate_connects_and_delivers), so the validity is what failed.
     assert "certificate verify failed" in log
@@ -213,7 +213,7 @@ async def test_revoked_certificate_is_refused(
         await run.states.wait(lambda s: s.startswith(("tls-error", "offline")))
         log = await broker_log_with(broker, "certificate verify failed")
         await run.uplink.stop()
-    assert run.uplink.health()["published"] == 0
+    assert run.uplink.health().published == 0
     assert (await outbox.stats()).rows >= 1
     assert "certificate verify failed" in log
 
@@ -230,11 +230,11 @@ async def test_publish_outside_the_acl_is_refused_and_counted(
         await outbox.append(reading_batches(2, streams=("plc1",)) + reading_batches(1, streams=("plc9",)))
         run = await start_uplink(mqtt_config(broker, tls=pki.tls(identity)), outbox)
         await sub.wait_for_async(2, topic=f"water/{SITE}/{GATEWAY}/plc1")
-        await wait_true(lambda: run.uplink.health()["rejected"] >= 1)
+        await wait_true(lambda: run.uplink.health().rejected >= 1)
         await run.uplink.stop()
         health = run.uplink.health()
         topics = {m.topic for m in sub.snapshot()}
-    assert health["rejected"] >= 1
+    assert health.rejected >= 1
     assert f"water/{SITE}/{GATEWAY}/plc9" not in topics
     assert f"water/{SITE}/gw2/plc1" not in topics
     assert (await outbox.stats()).rows == 1  # the refused row is kept, not dropped

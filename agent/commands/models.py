@@ -125,23 +125,6 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _instant_ns(text: str) -> int:
-    """ISO 8601 (UTC when no zone is given) or epoch seconds -> UTC nanoseconds."""
-    from datetime import UTC, datetime
-
-    try:
-        return int(float(text) * 1e9)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a time: use ISO 8601 or epoch seconds") from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1e9)
-
-
 def cmd_calibrate_pump(args: argparse.Namespace) -> int:
     import json
     import os
@@ -149,6 +132,7 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
 
     from water_edge.core import logs
     from water_edge.models.manifest import ModelError
+    from water_edge.models.pump.calibration import instant_ns
     from water_edge.models.pump.config import load_pump_section
     from water_edge.models.pump.processor import DEFAULT_MANIFEST, recalibrate
     from water_edge.models.pump.store import CalibrationStore, FeatureHistory, pump_dir
@@ -158,7 +142,7 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
     config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
     try:
         state_dir, pumps = load_pump_section(config)
-        from_ns, to_ns = _instant_ns(args.from_ts), _instant_ns(args.to_ts)
+        from_ns, to_ns = instant_ns(args.from_ts), instant_ns(args.to_ts)
     except ValueError as exc:
         return _error(str(exc))
     if to_ns <= from_ns:

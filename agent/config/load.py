@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
+from water_edge.agent import processors
 from water_edge.agent.config.schema import (
     SCHEMA_VERSION,
     AgentSection,
     BufferSection,
     GatewaySection,
     LogSection,
-    ModelsSection,
     StatusSection,
 )
 from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
+from water_edge.core.processor import ChecksSections
 from water_edge.core.reading import EVENTS_STREAM
 from water_edge.drivers import registry
 from water_edge.drivers.base import DeviceConfig
 
 RESERVED_STREAMS = frozenset({EVENTS_STREAM, "status", "cmd"})
+_TABLES = TypeAdapter(list[Any])
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,9 @@ class Config:
     devices: tuple[DeviceConfig, ...]
     security: SecuritySection = field(default_factory=SecuritySection)
     writes: WritesSection = field(default_factory=WritesSection)
-    models: ModelsSection = field(default_factory=ModelsSection)
+    # `[[models.<kind>]]` tables by processor kind, each validated by that kind's config model;
+    # only kinds with at least one table, in file order.
+    models: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
     @property
     def buffer_path(self) -> Path:
@@ -123,6 +127,53 @@ def _validate_device(
         return None
 
 
+def _validate_models(
+    source: Path, raw_models: object, devices: Mapping[str, str], problems: list[str]
+) -> dict[str, tuple[Any, ...]]:
+    """Each `[[models.<kind>]]` list by the config model of the processor kind that its key names,
+    then by the kind's own checks across its tables (`ChecksSections`) when every table is valid."""
+    if not isinstance(raw_models, dict):
+        return {}  # absent; or not a table, which the schema has reported
+    models: dict[str, tuple[Any, ...]] = {}
+    for kind, raw_tables in raw_models.items():
+        factory = processors.load(kind)
+        if factory is None:
+            problems.append(
+                f"{source}: models.{kind}: unknown processor kind {kind!r}; installed processors are "
+                f"{', '.join(processors.known_kinds())}"
+            )
+            continue
+        try:
+            tables = _TABLES.validate_python(raw_tables)
+        except ValidationError as exc:
+            problems.extend(_problems(source, exc, f"models.{kind}"))
+            continue
+        sections = []
+        for index, table in enumerate(tables):
+            try:
+                sections.append(factory.config_model.model_validate(table))
+            except ValidationError as exc:
+                problems.extend(_problems(source, exc, f"models.{kind}[{index}]"))
+        if len(sections) == len(tables) and isinstance(factory, ChecksSections):
+            for found in factory.check_sections(sections, devices):
+                problems.append(f"{source}: {key_path(('models', kind, *found.where))}: {found.message}")
+        if sections:
+            models[kind] = tuple(sections)
+    return models
+
+
+def _device_kinds(raw_devices: object) -> dict[str, str]:
+    """Name -> kind of every `[[devices]]` table that has both, valid or not (a device with a
+    mistake elsewhere must not also make the processors that name it look wrong)."""
+    if not isinstance(raw_devices, list):
+        return {}
+    return {
+        d["name"]: d["kind"]
+        for d in raw_devices
+        if isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(d.get("kind"), str)
+    }
+
+
 def load_config(path: str | Path) -> Config:
     """Parse and validate the whole file; raise ConfigError listing every problem found."""
     source = Path(path)
@@ -137,6 +188,7 @@ def load_config(path: str | Path) -> Config:
         problems.extend(_problems(source, exc))
         section = None
 
+    models = _validate_models(source, raw.get("models"), _device_kinds(raw.get("devices")), problems)
     devices: list[DeviceConfig] = []
     try:
         devices = validate_devices(source, raw.get("devices", []))
@@ -154,7 +206,7 @@ def load_config(path: str | Path) -> Config:
         devices=tuple(devices),
         security=section.security,
         writes=section.writes,
-        models=section.models,
+        models=models,
     )
 
 
@@ -175,22 +227,6 @@ def validate_devices(source: Path, raw_devices: object) -> list[DeviceConfig]:
     if problems:
         raise ConfigError(problems)
     return devices
-
-
-def _check_model_devices(
-    source: Path, models: ModelsSection, devices: list[DeviceConfig], problems: list[str]
-) -> None:
-    kinds = {d.name: d.kind for d in devices}
-    for index, leak in enumerate(models.leak):
-        if kinds.get(leak.device) != "audio":
-            problems.append(
-                f'{source}: models.leak[{index}].device: expected the name of a kind = "audio" '
-                f"device (got {leak.device!r}; audio devices: "
-                f"{', '.join(n for n, k in kinds.items() if k == 'audio') or 'none'})"
-            )
-    names = [p.name for p in models.pump]
-    for name in {n for n in names if names.count(n) > 1}:
-        problems.append(f"{source}: models.pump: pump name {name!r} is used twice")
 
 
 def _check_names(source: Path, devices: list[DeviceConfig], problems: list[str]) -> None:

@@ -1,7 +1,8 @@
 """Pydantic models for the sections of the config file that are not a driver's own.
 
 Every model forbids unknown keys, so a typo is an error rather than a silently ignored setting.
-A driver's `[[devices]]` section is validated by that driver's own model (see `drivers.base`).
+A driver's `[[devices]]` section is validated by that driver's own model (see `drivers.base`), and
+each `[[models.<kind>]]` section by that processor's own model (see `core.processor`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.names import NAME_PATTERN
-from water_edge.models.pump.config import PumpModelConfig
 
 SCHEMA_VERSION = 1
 
@@ -85,23 +85,18 @@ class LogSection(_Section):
     json_lines: bool | None = Field(default=None, alias="json")
 
 
-class LeakModelSection(_Section):
-    """`[[models.leak]]`: run the acoustic leak detector on an `audio` device's windows."""
+class ModelsSection(BaseModel):
+    """`[models]`: one `[[models.<kind>]]` list per processor kind, kept raw here; the loader
+    validates each list with that processor's own config model (unknown kinds included)."""
 
-    device: str = Field(pattern=NAME_PATTERN, max_length=64)  # the name of a kind = "audio" device
-    model: Path | None = None  # a model manifest; default: the shipped models/leak/leak_detector.json
-    alpha: float = Field(default=0.4, gt=0, le=1)  # smoothing of the probability (EWMA weight)
-    on_windows: int = Field(default=3, ge=1)  # windows above threshold before a leak event
-    off_windows: int = Field(default=5, ge=1)  # windows below before leak_cleared
-
-
-class ModelsSection(_Section):
-    pump: list[PumpModelConfig] = Field(default_factory=list)
-    leak: list[LeakModelSection] = Field(default_factory=list)
+    # A model rather than a dict so that `models = "x"` keeps its error text ("a valid dictionary
+    # or instance of ModelsSection").
+    model_config = ConfigDict(extra="allow", frozen=True)
 
 
 class AgentSection(_Section):
-    """The whole file, with `devices` still raw: each is validated by its driver's model."""
+    """The whole file, with `devices` and `models` still raw: each device is validated by its
+    driver's model, each `[[models.<kind>]]` table by its processor's."""
 
     schema_version: Literal[1]
     gateway: GatewaySection

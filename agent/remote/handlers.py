@@ -1,4 +1,8 @@
-"""The built-in command handlers; each gets what it acts on through `Targets` (duck-typed, optional).
+"""The built-in command handlers; each gets what it acts on through `Targets` (each optional).
+
+Model slots and calibration commands come from the processors by capability
+(`core.processor.HasModelSlot`, `Calibratable`): a `*_calibration` command type is answered by
+whichever processor kind offers it.
 
 A handler returns a `CommandResult` or raises `CommandFailedError`; what it changes on disk is
 changed atomically (temp + fsync + rename) and only after validation, so a refused update leaves
@@ -21,21 +25,17 @@ from typing import Any, Protocol
 
 import structlog
 
+from water_edge.agent.remote.config import COMMAND_TYPES
 from water_edge.agent.remote.processor import Handler
 from water_edge.agent.remote.result import CommandFailedError, CommandResult
 from water_edge.core.envelope import Envelope
 from water_edge.core.errors import ConfigError
+from water_edge.core.processor import Calibratable, CalibrationFailedError, ModelSlotLike, SwapOutcome
 from water_edge.provisioning.files import atomic_write
 
 log = structlog.get_logger(__name__)
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-
-
-class ModelSlotLike(Protocol):
-    """`models.runtime.ModelSlot`: verifies the manifest's sha256 and self-tests before swapping."""
-
-    def swap(self, manifest_path: Path) -> Any: ...
 
 
 class WriterLike(Protocol):
@@ -55,7 +55,7 @@ class Targets:
     read_now: Callable[[list[str] | None], Awaitable[dict[str, Any]]] | None = None
     request_restart: Callable[[str], None] | None = None
     model_slots: Mapping[str, ModelSlotLike] = field(default_factory=dict)
-    calibrate: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+    calibrations: Mapping[str, Calibratable] = field(default_factory=dict)  # by command type
     writer: WriterLike | None = None
 
 
@@ -97,10 +97,17 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
     async def model_update(env: Envelope) -> CommandResult:
         return await _model_update(env, targets)
 
-    async def pump_calibration(env: Envelope) -> CommandResult:
-        calibrate = _need(targets.calibrate, "pump calibration")
-        pump = _arg(env, "pump", str)
-        return CommandResult("ok", detail=await calibrate(pump, dict(env.args)))
+    def calibration(command: str) -> Handler:
+        async def handle(env: Envelope) -> CommandResult:
+            target: Calibratable = _need(targets.calibrations.get(command), command.replace("_", " "))
+            name = _arg(env, target.calibration_target, str)
+            try:
+                detail = await target.calibrate(name, dict(env.args))
+            except CalibrationFailedError as exc:
+                raise CommandFailedError(str(exc)) from None
+            return CommandResult("ok", detail=detail)
+
+        return handle
 
     async def write(env: Envelope) -> CommandResult:
         writer = _need(targets.writer, "PLC writes")
@@ -113,12 +120,15 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
         )
         return CommandResult("ok", detail=outcome)
 
+    # Every calibration command type the gateway knows gets a handler, offered or not: without
+    # its processor configured it fails as "not available" rather than being refused.
+    calibrations = {c for c in COMMAND_TYPES if c.endswith("_calibration")} | set(targets.calibrations)
     return {
         "read_now": read_now,
         "restart": restart,
         "config_update": config_update,
         "model_update": model_update,
-        "pump_calibration": pump_calibration,
+        **{command: calibration(command) for command in sorted(calibrations)},
         "write": write,
     }
 
@@ -195,9 +205,15 @@ async def _model_update(env: Envelope, targets: Targets) -> CommandResult:
         # The slot refused it (sha256 mismatch, self-test failed): it keeps serving the old model.
         shutil.rmtree(target, ignore_errors=True)
         raise CommandFailedError(f"model refused, the old one stays: {exc}") from None
-    if getattr(outcome, "ok", True) is False:
-        # models.runtime.SwapResult: refused (sha256, self-test); the slot keeps the old model.
+    if isinstance(outcome, SwapOutcome) and not outcome.ok:
+        # Refused (sha256, self-test): the slot keeps the old model.
         shutil.rmtree(target, ignore_errors=True)
-        raise CommandFailedError(f"model refused, the old one stays: {getattr(outcome, 'reason', '')}")
-    detail = outcome if isinstance(outcome, dict) else {"version": getattr(outcome, "version", None)}
-    return CommandResult("ok", detail={"slot": slot_name, **detail})
+        raise CommandFailedError(f"model refused, the old one stays: {outcome.reason}")
+    return CommandResult("ok", detail={"slot": slot_name, **_swap_detail(outcome)})
+
+
+def _swap_detail(outcome: object) -> dict[str, Any]:
+    """What an accepted swap reports: a slot's dict as it is, else the version now in service."""
+    if isinstance(outcome, dict):
+        return outcome
+    return {"version": outcome.version if isinstance(outcome, SwapOutcome) else None}

@@ -8,10 +8,10 @@
 calibration `rms_db`; once per night `night_min_*` and its spread) every `level_interval_s`,
 plus a cumulative `dropped_frames` count; see docs/drivers/audio.md for the tags.
 
-Window contract for in-process consumers (the leak detector and localiser):
-`add_window_listener(callback)` registers `callback(window: AudioWindow) -> None`. It is called
-on the event loop, in time order, for every window of `window_s` seconds, one every `hop_s`
-seconds. `window.samples` is a float32 array (frames, channels), full scale +-1.0, owned by the
+Window contract for in-process consumers (the leak detector and localiser; the `WindowSource`
+capability): `add_window_listener(callback)` registers `callback(window: AudioWindow) -> None`.
+It is called on the event loop, in time order, for every window of `window_s` seconds, one every
+`hop_s` seconds. `window.samples` is a float32 array (frames, channels), full scale +-1.0, owned by the
 callee; `start_ts_ns` is the UTC time of its first frame; `channel_names` label the columns;
 `dropped_before` counts the frames lost since the previous window (a window never spans a gap).
 A callback must return quickly (queue heavy work to a thread): while it runs the ring fills, and
@@ -39,7 +39,7 @@ from water_edge.drivers.audio.source import GapLog, Source
 from water_edge.drivers.audio.streamclient import StreamSource
 from water_edge.drivers.audio.wavfile import FileSource
 from water_edge.drivers.audio.window import AudioWindow, Windower
-from water_edge.drivers.base import DeviceConfig, TagInfo
+from water_edge.drivers.base import DeviceConfig, TagInfo, WindowSource
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +49,7 @@ PROBE_S: Final = 1.0
 __all__ = ["AudioConfig", "AudioDriver", "AudioWindow", "WindowListener"]
 
 
-class AudioDriver:
+class AudioDriver(WindowSource):  # declared: mypy checks the capability here, not at each use
     config_model: ClassVar[type[DeviceConfig]] = AudioConfig
 
     def __init__(self, config: AudioConfig) -> None:

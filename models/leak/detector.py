@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
+from water_edge.core.processor import AudioWindowLike
 from water_edge.core.reading import Event, Severity
 from water_edge.models.leak import features
 from water_edge.models.manifest import shipped
@@ -31,19 +32,6 @@ from water_edge.models.runtime import Model, ModelSlot, load_model
 log = structlog.get_logger(__name__)
 
 DEFAULT_MANIFEST = shipped("water_edge.models.leak", "leak_detector.json")
-
-
-class AudioWindowLike(Protocol):
-    """What the audio driver yields (drivers.audio's AudioWindow), by shape only."""
-
-    @property
-    def start_ts_ns(self) -> int: ...
-    @property
-    def sample_rate(self) -> int: ...
-    @property
-    def samples(self) -> npt.NDArray[np.float32]: ...
-    @property
-    def channel_names(self) -> Sequence[str]: ...
 
 
 @dataclass

@@ -41,6 +41,7 @@ from water_edge.core.reading import BAD, Event, Reading, Severity
 from water_edge.models.manifest import ModelError, shipped
 from water_edge.models.pump.config import ROLE_WORDS, PumpModelConfig
 from water_edge.models.pump.detector import Alarm, Calibration, Scorer, calibrate, contributors, score
+from water_edge.models.pump.health import PumpHealth, PumpState, PumpStatus
 from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory
 
 log = structlog.get_logger(__name__)
@@ -380,18 +381,18 @@ class PumpProcessor:
 
     # -- health ---------------------------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def health(self) -> PumpHealth:
+        pumps: dict[str, PumpStatus] = {}
         for name, pump in self.pumps.items():
             cal = pump.cal
             need = max(
                 pump.cfg.calibration.min_samples,
                 int(pump.cfg.calibration.auto_hours * 3600 / pump.cfg.sample_interval_s),
             )
-            state = "learning" if cal is None else "alarm" if pump.alarm.active else "armed"
-            out[name] = {
-                "state": state,
-                "calibration": None
+            state: PumpState = "learning" if cal is None else "alarm" if pump.alarm.active else "armed"
+            pumps[name] = PumpStatus(
+                state=state,
+                calibration=None
                 if cal is None
                 else {
                     "version": cal.version,
@@ -402,18 +403,18 @@ class PumpProcessor:
                     "to": cal.to_ts,
                     "model_version": cal.model_version,
                 },
-                "learning_progress": (
+                learning_progress=(
                     None if cal is not None else round(min(1.0, pump.learning_rows / need), 3)
                 ),
-                "calibrating": pump.calibrating,
-                "samples": pump.samples,
-                "stopped_samples": pump.stopped_samples,
-                "scored": pump.scored,
-                "events": pump.events,
-                "last_score": None if pump.last_score is None else round(pump.last_score, 4),
-                "last_error": pump.last_error,
-            }
-        return {"model_version": self._model_version, "pumps": out}
+                calibrating=pump.calibrating,
+                samples=pump.samples,
+                stopped_samples=pump.stopped_samples,
+                scored=pump.scored,
+                events=pump.events,
+                last_score=None if pump.last_score is None else round(pump.last_score, 4),
+                last_error=pump.last_error,
+            )
+        return PumpHealth(self._model_version, pumps)
 
 
 def _number(r: Reading) -> float | None:

@@ -1,0 +1,189 @@
+"""The processor vocabulary: what an analytics processor (leak, pump anomaly) is, what it reads, what
+its factory may use, and the optional capabilities the agent finds with `isinstance`.
+
+A processor kind registers through the `edge_agent.processors` entry points, like a driver: the
+entry point names a `ProcessorFactory`, whose `config_model` validates each `[[models.<kind>]]`
+table on its own (no I/O, so `edge-agent check-config` never loads a model); `from_config` binds
+the validated tables and a `ProcessorContext`, and `processors()` builds what runs.
+
+Optional capabilities, each a `runtime_checkable` protocol:
+- `WantsStreams` (processor): the readings streams it needs; an empty set means no feed at all;
+- `HasModelSlot` (processor): a model that `model_update` commands swap while it runs;
+- `Calibratable` (processor or factory): a signed calibration command it carries out;
+- `ChecksSections` (factory): config checks across its tables or against the devices;
+- `WindowSource` (driver, re-exported by `drivers.base`): audio analysis windows, defined here
+  because a processor that consumes them may not import `drivers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
+
+from pydantic import BaseModel
+
+from water_edge.core.errors import AgentError
+from water_edge.core.health import Health
+from water_edge.core.reading import Event, Reading
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+EventSink = Callable[[Event], Awaitable[None]]
+
+
+class CalibrationFailedError(AgentError):
+    """A calibration command was valid but could not be carried out; the message says why (the
+    command handler answers it as a failed `command_result`)."""
+
+
+# -- what a processor reads and emits -------------------------------------------------------------
+
+
+class ReadingSource(Protocol):
+    """A processor's feed (the agent's `ReadingFeed`): `(stream, readings)` batches in submit order."""
+
+    async def get(self) -> tuple[str, list[Reading]]:
+        """The oldest batch, waiting for one."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, list[Reading]]]: ...
+
+
+class Processor(Protocol):
+    """An analytics processor: reads its source until cancelled, emits events through `emit`."""
+
+    name: str
+
+    async def run(self, source: ReadingSource, emit: EventSink) -> None: ...
+
+    def health(self) -> Health: ...
+
+
+# -- how a processor kind is built ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessorContext:
+    """What a factory may use besides its own config tables."""
+
+    state_dir: Path  # the gateway's state directory (calibrations, histories, ...)
+    drivers: Mapping[str, object] = field(default_factory=dict)  # the built (enabled) drivers by name
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """A config mistake a factory finds across its tables: `where` continues the key path after
+    `models.<kind>` (e.g. `(0, "device")`), `message` says what was expected."""
+
+    where: tuple[int | str, ...]
+    message: str
+
+
+class ProcessorFactory(Protocol):
+    """What an `edge_agent.processors` entry point names: the class of one processor kind."""
+
+    # One `[[models.<kind>]]` table; validating it must do no I/O.
+    config_model: ClassVar[type[BaseModel]]
+
+    @classmethod
+    def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
+        """Bind the kind's validated tables (instances of `config_model`, in file order); no I/O."""
+        ...
+
+    def processors(self) -> list[Processor]:
+        """The processors to run (this may load models)."""
+        ...
+
+
+@runtime_checkable
+class ChecksSections(Protocol):
+    """A factory capability: checks that span the kind's tables or need the configured devices
+    (unique names, a table naming a device of the right kind); run by the config loader."""
+
+    @classmethod
+    def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
+        """Problems with `sections`; `devices` maps every configured device name to its kind."""
+        ...
+
+
+# -- optional capabilities ------------------------------------------------------------------------
+
+
+@runtime_checkable
+class WantsStreams(Protocol):
+    """A processor that reads only these streams; an empty set means it takes no readings feed."""
+
+    @property
+    def streams(self) -> frozenset[str]: ...
+
+
+@runtime_checkable
+class SwapOutcome(Protocol):
+    """What a model slot's swap reports (`models.runtime.SwapResult`)."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def version(self) -> str | None: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+
+class ModelSlotLike(Protocol):
+    """`models.runtime.ModelSlot`: verifies the manifest's sha256 and self-tests before swapping.
+
+    `swap` returns (or, when async, resolves to) a `SwapOutcome`, or a dict of what it did."""
+
+    def swap(self, manifest_path: Path) -> Any: ...
+
+
+@runtime_checkable
+class HasModelSlot(Protocol):
+    """A processor whose model `model_update` commands swap while it runs."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def slot(self) -> ModelSlotLike: ...
+
+
+@runtime_checkable
+class Calibratable(Protocol):
+    """A processor or factory that carries out a signed calibration command.
+
+    `calibration_command` is the command type (e.g. `pump_calibration`), `calibration_target` the
+    command argument naming what to calibrate (e.g. `pump`). `calibrate` raises
+    `CalibrationFailedError` when it cannot, and returns what it did."""
+
+    calibration_command: str
+    calibration_target: str
+
+    async def calibrate(self, target_name: str, args: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+class AudioWindowLike(Protocol):
+    """An audio analysis window (the audio driver's `AudioWindow`), by shape only."""
+
+    @property
+    def start_ts_ns(self) -> int: ...
+    @property
+    def sample_rate(self) -> int: ...
+    @property
+    def samples(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def channel_names(self) -> Sequence[str]: ...
+
+
+@runtime_checkable
+class WindowSource(Protocol):
+    """A driver capability: analysis windows pushed to listeners on the event loop (see
+    `drivers.audio.driver` for the contract); the returned function removes the listener."""
+
+    def add_window_listener(self, callback: Callable[[AudioWindowLike], None]) -> Callable[[], None]: ...

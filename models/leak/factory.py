@@ -1,0 +1,62 @@
+"""The `leak` processor kind (`edge_agent.processors` entry point): one `AudioLeakProcessor` per
+`[[models.leak]]` table, on the named audio device's analysis windows.
+
+Imports nothing heavy at module level: `check-config` loads this to validate the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Self
+
+import structlog
+from pydantic import BaseModel
+
+from water_edge.core.errors import ConfigError
+from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext, WindowSource
+from water_edge.models.leak.config import LeakModelSection
+
+log = structlog.get_logger(__name__)
+
+AUDIO_KIND = "audio"  # the driver kind whose devices give analysis windows
+
+
+class LeakFactory:
+    config_model: ClassVar[type[BaseModel]] = LeakModelSection
+
+    def __init__(self, sections: Sequence[LeakModelSection], drivers: Mapping[str, object]) -> None:
+        self.sections = list(sections)
+        self.drivers = drivers
+
+    @classmethod
+    def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
+        return cls(sections, context.drivers)
+
+    @classmethod
+    def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
+        """Each table names an audio device: the only kind that gives analysis windows."""
+        audio = ", ".join(n for n, k in devices.items() if k == AUDIO_KIND) or "none"
+        return [
+            ConfigProblem(
+                (index, "device"),
+                f'expected the name of a kind = "{AUDIO_KIND}" device (got {section.device!r}; '
+                f"audio devices: {audio})",
+            )
+            for index, section in enumerate(sections)
+            if devices.get(section.device) != AUDIO_KIND
+        ]
+
+    def processors(self) -> list[Processor]:
+        from water_edge.models.leak.processor import AudioLeakProcessor
+
+        processors: list[Processor] = []
+        for index, section in enumerate(self.sections):
+            driver = self.drivers.get(section.device)
+            if driver is None:  # a disabled audio device: nothing to listen to
+                log.warning("leak.device_disabled", device=section.device)
+                continue
+            if not isinstance(driver, WindowSource):
+                where = f"models.leak[{index}].device"
+                raise ConfigError([f"{where}: {section.device!r} is not an audio device (no windows)"])
+            processors.append(AudioLeakProcessor(section, driver))
+        return processors

@@ -1,0 +1,69 @@
+"""A new calibration version for one pump from its own feature history, on request: the
+`pump_calibration` signed command (through `PumpFactory.calibrate`) and the time arguments it
+shares with `edge-agent models calibrate pump`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from water_edge.core.processor import CalibrationFailedError
+from water_edge.models.pump.config import PumpModelConfig
+
+
+def instant_ns(text: str) -> int:
+    """ISO 8601 (UTC when no zone is given) or epoch seconds -> UTC nanoseconds."""
+    try:
+        return int(float(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a time: use ISO 8601 or epoch seconds") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1e9)
+
+
+def calibrate_from_history(cfg: PumpModelConfig, state_dir: Path, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Calibrate `cfg`'s pump from its history between args `from` / `to` (ISO 8601 or epoch
+    seconds; default: all of it) and store the next version; a running `PumpProcessor` picks it
+    up by itself. Blocking (SQLite, numpy, TFLite): run it in a thread.
+    `CalibrationFailedError` says why when it cannot."""
+    from water_edge.models.manifest import ModelError
+    from water_edge.models.pump.processor import DEFAULT_MANIFEST, recalibrate
+    from water_edge.models.pump.store import CalibrationStore, FeatureHistory, pump_dir
+    from water_edge.models.runtime import load_model
+
+    name = cfg.name
+    path = pump_dir(state_dir, name) / "history.sqlite"
+    if not path.exists():
+        raise CalibrationFailedError(f"no feature history for pump {name} yet")
+    try:
+        bounds = [None if args.get(k) is None else instant_ns(str(args[k])) for k in ("from", "to")]
+        model = load_model(cfg.model or DEFAULT_MANIFEST)
+        history = FeatureHistory(path, list(cfg.signals), cfg.history_days, reset_on_change=False)
+        try:
+            cal = recalibrate(
+                cfg,
+                history,
+                CalibrationStore(state_dir, name),
+                model,
+                window=int(model.manifest.extra.get("window", 32)),
+                model_version=model.version,
+                from_ns=bounds[0],
+                to_ns=bounds[1],
+            )
+        finally:
+            history.close()
+    except (ValueError, ModelError) as exc:
+        raise CalibrationFailedError(str(exc)) from None
+    return {
+        "pump": name,
+        "version": cal.version,
+        "rows": cal.n_samples,
+        "threshold": round(cal.threshold, 6),
+    }

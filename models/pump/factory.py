@@ -1,0 +1,56 @@
+"""The `pump` processor kind (`edge_agent.processors` entry point): the `[[models.pump]]` tables
+become one `PumpProcessor` over all pumps, and the factory carries out `pump_calibration` commands.
+
+Imports nothing heavy at module level: `check-config` loads this to validate the tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel
+
+from water_edge.core.processor import CalibrationFailedError, ConfigProblem, Processor, ProcessorContext
+from water_edge.models.pump.config import PumpModelConfig
+
+
+class PumpFactory:
+    config_model: ClassVar[type[BaseModel]] = PumpModelConfig
+    # Calibratable: a new calibration version for one pump from its own feature history.
+    calibration_command = "pump_calibration"
+    calibration_target = "pump"
+
+    def __init__(self, pumps: Sequence[PumpModelConfig], state_dir: Path) -> None:
+        self.pumps = list(pumps)
+        self.state_dir = Path(state_dir)
+
+    @classmethod
+    def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
+        return cls(sections, context.state_dir)
+
+    @classmethod
+    def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
+        """A pump's name is its state directory and its events' source: one name, one pump."""
+        names = [p.name for p in sections]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        return [ConfigProblem((), f"pump name {name!r} is used twice") for name in twice]
+
+    def processors(self) -> list[Processor]:
+        if not self.pumps:
+            return []
+        from water_edge.models.pump.processor import PumpProcessor
+
+        return [PumpProcessor(self.pumps, self.state_dir)]
+
+    async def calibrate(self, target_name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Args `from` / `to`: ISO 8601 or epoch seconds; default: all of the pump's history."""
+        from water_edge.models.pump.calibration import calibrate_from_history
+
+        cfg = next((p for p in self.pumps if p.name == target_name), None)
+        if cfg is None:
+            configured = ", ".join(p.name for p in self.pumps)
+            raise CalibrationFailedError(f"no pump {target_name!r} (configured: {configured})")
+        return await asyncio.to_thread(calibrate_from_history, cfg, self.state_dir, args)

@@ -1,0 +1,47 @@
+"""`PumpProcessor.health()`: the state of each pump (learning, armed, alarm), its calibration and counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypedDict
+
+PumpState = Literal["learning", "armed", "alarm"]
+
+# Functional form: "from" is a keyword, and it is the key the status document has always used.
+CalibrationInfo = TypedDict(
+    "CalibrationInfo",
+    {
+        "version": int,
+        "calibrated_at": str,
+        "rows": int,
+        "threshold": float,
+        "from": str | None,
+        "to": str | None,
+        "model_version": str,
+    },
+)
+
+
+@dataclass(frozen=True)
+class PumpStatus:
+    """One pump; `learning_progress` (0..1) only while it learns, `calibration` once it has one."""
+
+    state: PumpState
+    calibration: CalibrationInfo | None
+    learning_progress: float | None
+    calibrating: bool
+    samples: int
+    stopped_samples: int
+    scored: int
+    events: int
+    last_score: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class PumpHealth:
+    model_version: str | None
+    pumps: dict[str, PumpStatus]
+
+    def status_lines(self) -> list[str]:
+        return [", ".join(f"{name} {pump.state}" for name, pump in self.pumps.items())]
