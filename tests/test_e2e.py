@@ -21,12 +21,12 @@ import pytest
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.plant import Plant, running_plant
-from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, demo_devices, free_port, write_agent_config
+from tests.support.testing import demo_devices, free_port, write_agent_config
 from water_edge.buffer.stats import read_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "payload.schema.json").read_text())
-TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
+TOPIC = "water/test-site/gw-test"
 
 
 @pytest.fixture(scope="module")
