@@ -1,28 +1,25 @@
-"""Shared fixtures: a real Mosquitto per test on a free port, a real outbox, uplink runners."""
+"""Shared fixtures: a real Mosquitto per test on a free port, a real outbox, uplink runners.
+
+The helpers these build on live in tests/support/ (tests/README.md): tests import them from there,
+never from this file.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
-from tests.support.broker import Mosquitto, free_port
+from tests.support.broker import Mosquitto
+from tests.support.uplink import GATEWAY, SITE, Running, StartUplink, StateLog
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.uplink.interfaces import LeaseAckOutbox
 from water_edge.agent.uplink.mqtt import MqttUplink
 from water_edge.buffer.async_outbox import AsyncOutbox
-from water_edge.buffer.types import Batch
-from water_edge.core.reading import Event, Reading
-
-__all__ = ["free_port"]
-
-SITE = "site1"
-GATEWAY = "gw1"
 
 
 @pytest.fixture(autouse=True)
@@ -46,77 +43,6 @@ async def outbox(tmp_path: Path) -> AsyncIterator[AsyncOutbox]:
         tmp_path / "outbox.db", max_bytes=256 * 1024 * 1024, synchronous="normal"
     ) as box:
         yield box
-
-
-def mqtt_config(broker: Mosquitto, **overrides: Any) -> MqttConfig:
-    """Uplink settings for a test broker: short backoff so outage tests stay fast."""
-    settings: dict[str, Any] = {
-        "host": broker.host,
-        "port": broker.port,
-        "reconnect_min_s": 0.1,
-        "reconnect_max_s": 0.5,
-        "connect_timeout_s": 5.0,
-    }
-    settings.update(overrides)
-    return MqttConfig(**settings)
-
-
-def reading_batches(
-    rows: int, streams: Sequence[str] = ("plc1",), per_row: int = 3, start_ns: int = 10**18
-) -> list[Batch]:
-    """`rows` batches, round-robin over `streams`, each with `per_row` readings (one bad)."""
-    out = []
-    for i in range(rows):
-        stream = streams[i % len(streams)]
-        readings = [
-            Reading(stream, f"tag{j}", start_ns + i * 1000 + j, float(i) + j / 10, unit="bar")
-            for j in range(per_row - 1)
-        ]
-        readings.append(Reading(stream, "status", start_ns + i * 1000, None, "bad", "", "timeout"))
-        out.append(Batch(stream, readings=readings))
-    return out
-
-
-def event_batch() -> Batch:
-    return Batch(
-        "events",
-        events=[
-            Event("leak", "hydrophone1", 10**18, "alarm", 0.93, {"position_m": 120.5}),
-            Event("driver_down", "plc1", 10**18 + 5, "warning", None, {}),
-        ],
-    )
-
-
-class StateLog:
-    """Records every state an uplink reports through `on_state_change`; tests await states."""
-
-    def __init__(self) -> None:
-        self.states: list[str] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, state: str) -> None:
-        self.states.append(state)
-        self._changed.set()
-
-    async def wait(self, predicate: Callable[[str], bool], within_s: float = 10.0, *, since: int = 0) -> str:
-        """The first state from index `since` on that satisfies `predicate`."""
-        async with asyncio.timeout(within_s):
-            while True:
-                self._changed.clear()
-                for state in self.states[since:]:
-                    if predicate(state):
-                        return state
-                await self._changed.wait()
-
-
-@dataclass
-class Running:
-    uplink: MqttUplink
-    states: StateLog
-    task: asyncio.Task[None]
-
-
-StartUplink = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture

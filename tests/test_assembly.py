@@ -18,14 +18,14 @@ import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support.agent_proc import demo_devices, running_agent, write_config
-from tests.support.broker import Mosquitto, Subscriber
+from tests.support.agent_proc import running_agent
+from tests.support.broker import Mosquitto, Publisher, Subscriber
 from tests.support.plant import Plant, running_plant
+from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, demo_devices, write_agent_config
 from water_edge.core.envelope import sign
 
-TOPIC = "water/test-site/gw-test"
+TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
 LEAK_MODEL = Path(__file__).resolve().parents[1] / "models" / "leak"
 
 
@@ -38,15 +38,6 @@ def plant() -> Iterator[Plant]:
 def public_b64(key: Ed25519PrivateKey) -> str:
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
-
-
-def publish(broker: Mosquitto, topic: str, payload: bytes) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    client.publish(topic, payload, qos=1).wait_for_publish(5)
-    client.loop_stop()
-    client.disconnect()
 
 
 def command_results(messages: list[Any]) -> list[dict[str, Any]]:
@@ -65,18 +56,22 @@ def test_signed_commands_run_and_forged_ones_are_refused(
         "[security]\n[[security.operators]]\n"
         f'name = "control-room"\npublic_key = "{public_b64(ops)}"\ncommands = ["read_now", "restart"]\n'
     )
-    config = write_config(
-        tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port), extra=security
+    config = write_agent_config(
+        tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port), security=security
     )
-    target = "test-site/gw-test"
-    with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub, running_agent(config) as agent:
+    target = f"{AGENT_SITE}/{AGENT_GATEWAY}"
+    with (
+        Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub,
+        Publisher(mosquitto.host, mosquitto.port, protocol=paho.MQTTv5) as operator,
+        running_agent(config) as agent,
+    ):
         agent.wait_status(lambda s: s["uplink"]["state"] == "online")
-        publish(mosquitto, f"{TOPIC}/cmd/read_now", sign(ops, "control-room", "read_now", target))
+        operator.publish(f"{TOPIC}/cmd/read_now", sign(ops, "control-room", "read_now", target))
         forged = sign(Ed25519PrivateKey.generate(), "control-room", "read_now", target)
-        publish(mosquitto, f"{TOPIC}/cmd/read_now", forged)
+        operator.publish(f"{TOPIC}/cmd/read_now", forged)
         sub.wait_until(lambda ms: len(command_results(ms)) >= 2, timeout=15)
         status = agent.status()
-        publish(mosquitto, f"{TOPIC}/cmd/restart", sign(ops, "control-room", "restart", target))
+        operator.publish(f"{TOPIC}/cmd/restart", sign(ops, "control-room", "restart", target))
         code = agent.process.wait(30)
     results = command_results(sub.snapshot())
     accepted = [r for r in results if r["type"] == "read_now" and r["status"] == "ok"]
@@ -113,7 +108,7 @@ def test_leak_and_pump_processors_run_from_the_config_and_a_model_is_swapped_liv
         check=True,
         capture_output=True,
     )
-    extra = f"""
+    models = """
 [[models.pump]]
 name = "pump1"
   [models.pump.signals]
@@ -125,7 +120,8 @@ name = "pump1"
 
 [[models.leak]]
 device = "hydrophones"
-
+"""
+    security = f"""
 [security]
 [[security.operators]]
 name = "data-science"
@@ -142,8 +138,12 @@ loop = true
 playback_speed = 4.0
 channel_names = ["A", "B"]
 """
-    config = write_config(
-        tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port) + audio, extra=extra
+    config = write_agent_config(
+        tmp_path,
+        broker_port=mosquitto.port,
+        devices=demo_devices(plant.port) + audio,
+        models=models,
+        security=security,
     )
     with running_agent(config) as agent:
         status = agent.wait_status(
@@ -166,7 +166,10 @@ channel_names = ["A", "B"]
             text=True,
             check=True,
         ).stdout
-        with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/events") as sub:
+        with (
+            Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/events") as sub,
+            Publisher(mosquitto.host, mosquitto.port, protocol=paho.MQTTv5) as operator,
+        ):
             agent.wait_status(lambda s: s["uplink"]["state"] == "online")
             for version, tamper in (("9.9.9", False), ("10.0.0", True)):
                 args = {
@@ -174,8 +177,8 @@ channel_names = ["A", "B"]
                     "manifest": "leak_detector.json",
                     "files": model_files(version, tamper),
                 }
-                envelope = sign(ops, "data-science", "model_update", "test-site/gw-test", args)
-                publish(mosquitto, f"{TOPIC}/cmd/model_update", envelope)
+                envelope = sign(ops, "data-science", "model_update", f"{AGENT_SITE}/{AGENT_GATEWAY}", args)
+                operator.publish(f"{TOPIC}/cmd/model_update", envelope)
             sub.wait_until(lambda ms: len(command_results(ms)) >= 2, timeout=20)
             swapped = command_results(sub.snapshot())
         assert agent.stop() == 0

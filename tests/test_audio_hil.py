@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from tests.support.plant import Plant, free_port, start_plant
+from tests.support.plant import Plant, start_plant
+from tests.support.testing import eventually, free_port
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Event, Reading
@@ -200,7 +201,8 @@ async def test_a_consumer_too_slow_for_the_ring_loses_counted_frames_not_the_dri
     def slow(w: AudioWindow) -> None:
         windows.append(w)
         if len(windows) == 2:
-            time.sleep(2.0)  # blocks the event loop: the capture thread keeps filling the ring
+            # The stimulus, not a wait: the event loop is blocked, the capture thread fills the ring.
+            time.sleep(2.0)
 
     d.add_window_listener(slow)
     await d.open()
@@ -242,22 +244,17 @@ async def test_stream_lost_and_back_is_reopened_by_the_supervisor() -> None:
     )
     task = asyncio.create_task(runner.run())
 
-    async def until(predicate: Any) -> None:
-        async with asyncio.timeout(15):
-            while not predicate():  # noqa: ASYNC110 - the supervisor's callbacks set no event to wait on
-                await asyncio.sleep(0.05)
-
     try:
-        await until(lambda: any(r.tag == "A.rms_dbfs" and r.quality == "good" for r in readings))
+        await eventually(lambda: any(r.tag == "A.rms_dbfs" and r.quality == "good" for r in readings), 15)
         await sim.stop()
-        await until(lambda: any(e.kind == "driver_down" for e in events))
+        await eventually(lambda: any(e.kind == "driver_down" for e in events), 15)
         assert runner.stats.state == "down"
         assert any(r.quality == "bad" and r.tag == "A.rms_dbfs" for r in readings)  # the gap shows
         sim = hydrophone_stream.HydrophoneComponent()
         await sim.start(ctx)
-        await until(lambda: any(e.kind == "driver_up" for e in events))
+        await eventually(lambda: any(e.kind == "driver_up" for e in events), 15)
         n = len(readings)
-        await until(lambda: any(r.quality == "good" for r in readings[n:]))
+        await eventually(lambda: any(r.quality == "good" for r in readings[n:]), 15)
         assert runner.stats.reconnects == 1
         assert runner.stats.crashes == 0
     finally:

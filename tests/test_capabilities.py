@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent_proc import write_config
-from tests.support.plant import free_port
+from tests.support.testing import write_agent_config
 from water_edge.agent.assembly import calibration_targets, model_slots
 from water_edge.agent.config import load_config
 from water_edge.agent.runtime import Agent
@@ -124,7 +123,7 @@ def test_processor_capabilities_are_found_only_where_offered(tmp_path: Path) -> 
 
 
 async def test_a_processor_gets_every_stream_unless_it_names_the_ones_it_wants(tmp_path: Path) -> None:
-    config = load_config(write_config(tmp_path, broker_port=free_port(), devices=""))
+    config = load_config(write_agent_config(tmp_path))
     processors: list[Processor] = [Plain(), Narrow(), Deaf()]
     async with await AsyncOutbox.open(tmp_path / "o.db", max_bytes=1 << 26) as box:
         agent = Agent(config, box, processors=processors)

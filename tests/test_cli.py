@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent_proc import AgentProcess, running_agent, write_config
-from tests.support.broker import free_port
+from tests.support.agent_proc import AgentProcess, running_agent
+from tests.support.testing import write_agent_config
 from water_edge.agent.cli import format_status
 from water_edge.core.health import health_json
 from water_edge.models.leak.processor import LeakHealth
@@ -45,7 +45,7 @@ def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     """An agent whose broker never answers, so its outbox fills up."""
-    config = write_config(tmp_path_factory.mktemp("cli"), broker_port=free_port(), devices=FAKE_DEVICE)
+    config = write_agent_config(tmp_path_factory.mktemp("cli"), devices=FAKE_DEVICE)
     with running_agent(config) as running:
         running.wait_status(lambda s: s["buffer"].get("rows", 0) >= 3)
         yield running

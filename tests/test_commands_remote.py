@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.support.testing import agent_config
 from water_edge.agent.remote.audit import AuditLog, read_audit
 from water_edge.agent.remote.channel import CommandChannel
 from water_edge.agent.remote.config import OperatorKey, SecuritySection
@@ -164,21 +165,14 @@ def test_nonce_store_prunes_expired_entries(tmp_path: Path) -> None:
     store.close()
 
 
-GOOD_CONFIG = """
-schema_version = 1
-[gateway]
-site = "north-plant"
-id = "gw-01"
-state_dir = "{state}"
-[uplink]
-host = "127.0.0.1"
-port = {port}
-"""
+def gateway_config(state: Path, *, port: int, gateway: str = "gw-01") -> str:
+    return agent_config(state, site="north-plant", gateway=gateway, broker_port=port)
 
 
 async def test_config_update_is_validated_then_swapped_atomically(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
-    cfg.write_text(GOOD_CONFIG.format(state=tmp_path, port=1883))
+    old = gateway_config(tmp_path, port=1883)
+    cfg.write_text(old)
     order: list[str] = []
     restarts: list[str] = []
 
@@ -194,14 +188,14 @@ async def test_config_update_is_validated_then_swapped_atomically(tmp_path: Path
         order.append("result")
 
     channel = CommandChannel(rig.proc, emit)
-    new = GOOD_CONFIG.format(state=tmp_path, port=8883)
+    new = gateway_config(tmp_path, port=8883)
     await channel("config_update", rig.sign("config_update", {"config": new}))
     assert events[-1].detail["status"] == "ok"
     assert cfg.read_text() == new
-    assert "port = 1883" in (tmp_path / "config.toml.prev").read_text()
+    assert (tmp_path / "config.toml.prev").read_text() == old
     assert order == ["result", "restart"]  # the result is committed before the restart
 
-    broken = new.replace("port = 8883", "port = 99999")
+    broken = gateway_config(tmp_path, port=99999)
     await channel("config_update", rig.sign("config_update", {"config": broken}))
     failed = events[-1].detail
     assert failed["status"] == "failed"
@@ -210,7 +204,7 @@ async def test_config_update_is_validated_then_swapped_atomically(tmp_path: Path
     assert cfg.read_text() == new  # unchanged
     assert not list(tmp_path.glob(".config.toml.*"))  # no candidate left behind
 
-    other = new.replace('id = "gw-01"', 'id = "gw-99"')
+    other = gateway_config(tmp_path, port=8883, gateway="gw-99")
     await channel("config_update", rig.sign("config_update", {"config": other}))
     assert events[-1].detail["status"] == "failed"
     assert cfg.read_text() == new

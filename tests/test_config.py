@@ -10,6 +10,8 @@ from water_edge.agent.cli import main
 from water_edge.agent.config import load_config
 from water_edge.core.errors import ConfigError
 
+# Literal text on purpose (not tests/support/testing.py's builder): each test edits this text and
+# checks that the problem points at the file, the key or the line.
 GOOD = """
 schema_version = 1
 

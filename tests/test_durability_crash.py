@@ -20,11 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent_proc import demo_devices, skip_unless_soak, start_agent, write_config
+from tests.support.agent_proc import start_agent
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.plant import Plant, running_plant
+from tests.support.testing import (
+    AGENT_GATEWAY,
+    AGENT_SITE,
+    demo_devices,
+    skip_unless_soak,
+    write_agent_config,
+)
 
-TOPIC = "water/test-site/gw-test"
+TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
 WINDOW = 16
 
 
@@ -61,16 +68,15 @@ def seqs_by_stream(messages: list[Received]) -> dict[str, list[int]]:
 
 def run_crash_cycles(plant: Plant, tmp_path: Path, cycles: int, seed: int) -> dict[str, int]:
     rng = random.Random(seed)
-    devices = demo_devices(plant.port).replace("poll_interval_ms = 1000", "poll_interval_ms = 50")
     broker = Mosquitto(persistence=True)
     broker.start()
-    config = write_config(tmp_path, broker_port=broker.port, devices=devices, reconnect_max_s=0.3)
-    text = (
-        config.read_text()
-        .replace("reconnect_max_s = 0.3", f"reconnect_max_s = 0.3\nmax_inflight = {WINDOW}")
-        .replace("flush_interval_ms = 100", "flush_interval_ms = 20")
+    config = write_agent_config(
+        tmp_path,
+        broker_port=broker.port,
+        devices=demo_devices(plant.port, poll_interval_ms=50),
+        uplink={"reconnect_max_s": 0.3, "max_inflight": WINDOW},
+        buffer={"flush_interval_ms": 20},
     )
-    config.write_text(text)
     sub = Subscriber(broker.host, broker.port, f"{TOPIC}/#", session=f"crash-{os.getpid()}").start()
     db = config.parent / "state" / "outbox.sqlite"
     kills = 0
@@ -78,7 +84,8 @@ def run_crash_cycles(plant: Plant, tmp_path: Path, cycles: int, seed: int) -> di
         for _ in range(cycles):
             agent = start_agent(config)
             # A random moment: during start-up (opening the outbox, connecting), ingest,
-            # publishing, or the drain of what the previous kill left behind.
+            # publishing, or the drain of what the previous kill left behind. These sleeps are
+            # the stimulus (when the kill lands), not a wait for something to assert.
             if rng.random() < 0.3:
                 time.sleep(rng.uniform(0.3, 1.5))
             else:

@@ -25,6 +25,8 @@ from water_edge.agent.uplink.topics import Topics
 from water_edge.buffer.types import OutboxRow
 from water_edge.core.errors import ConfigError
 
+# Literal text on purpose: the property test appends generated lines to it, so its exact shape
+# (a minimal file ending inside `[uplink]`) is part of the test.
 GOOD = """schema_version = 1
 [gateway]
 site = "s1"

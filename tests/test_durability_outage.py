@@ -18,11 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent_proc import demo_devices, running_agent, skip_unless_soak, write_config
+from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.plant import Plant, running_plant
+from tests.support.testing import (
+    AGENT_GATEWAY,
+    AGENT_SITE,
+    demo_devices,
+    skip_unless_soak,
+    write_agent_config,
+)
 
-TOPIC = "water/test-site/gw-test"
+TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
 OUTAGE_S = float(os.environ.get("OUTAGE_S", "15"))
 
 
@@ -50,10 +57,14 @@ def last_seqs(db: Path) -> dict[str, int]:
 
 
 def outage_run(plant: Plant, tmp_path: Path, outage_s: float) -> dict[str, float]:
-    devices = demo_devices(plant.port).replace("poll_interval_ms = 1000", "poll_interval_ms = 50")
     broker = Mosquitto(persistence=True)
     broker.start()
-    config = write_config(tmp_path, broker_port=broker.port, devices=devices, reconnect_max_s=0.5)
+    config = write_agent_config(
+        tmp_path,
+        broker_port=broker.port,
+        devices=demo_devices(plant.port, poll_interval_ms=50),
+        uplink={"reconnect_max_s": 0.5},
+    )
     sub = Subscriber(broker.host, broker.port, f"{TOPIC}/#", session=f"outage-{os.getpid()}").start()
     try:
         with running_agent(config) as agent:
@@ -62,6 +73,7 @@ def outage_run(plant: Plant, tmp_path: Path, outage_s: float) -> dict[str, float
             down_at = time.monotonic()
             during = agent.wait_status(lambda s: s["uplink"]["state"] != "online", timeout=10)
             assert during["uplink"]["last_error"]
+            # Hold the outage for `outage_s` while readings keep coming in: the stimulus itself.
             time.sleep(max(0.0, outage_s - (time.monotonic() - down_at)))
             backlog = agent.status()["buffer"]
             broker.start()
@@ -98,7 +110,7 @@ def test_ten_minute_outage_soak(plant: Plant, tmp_path: Path, request: pytest.Fi
 def test_a_corrupt_outbox_is_quarantined_and_the_agent_runs(
     plant: Plant, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port))
+    config = write_agent_config(tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port))
     state = config.parent / "state"
     state.mkdir()
     garbage = b"SQLite format 3\x00" + os.urandom(20_000)

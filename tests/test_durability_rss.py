@@ -15,8 +15,9 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]  # no stubs in the test extra
 import pytest
 
-from tests.support.agent_proc import demo_devices, running_agent, skip_unless_soak, write_config
-from tests.support.plant import free_port, running_plant
+from tests.support.agent_proc import running_agent
+from tests.support.plant import running_plant
+from tests.support.testing import demo_devices, skip_unless_soak, write_agent_config
 
 MAX_GROWTH_MB = 8.0
 
@@ -27,17 +28,18 @@ def test_rss_is_flat_with_the_broker_down(tmp_path: Path, request: pytest.Fixtur
     skip_unless_soak(request.config)
     duration = float(os.environ.get("SOAK_RSS_S", "3600"))
     with running_plant(seed=5) as plant:
-        devices = demo_devices(plant.port).replace("poll_interval_ms = 1000", "poll_interval_ms = 50")
-        config = write_config(
-            tmp_path, broker_port=free_port(), devices=devices, extra="", reconnect_max_s=5.0
+        config = write_agent_config(
+            tmp_path,
+            devices=demo_devices(plant.port, poll_interval_ms=50),
+            uplink={"reconnect_max_s": 5.0},
+            buffer={"max_bytes": "8MiB"},
         )
-        config.write_text(config.read_text().replace("[buffer]\n", '[buffer]\nmax_bytes = "8MiB"\n'))
         with running_agent(config) as agent:
             proc = psutil.Process(agent.process.pid)
             samples: list[tuple[float, float]] = []
             start = time.monotonic()
             while time.monotonic() - start < duration:
-                time.sleep(10)
+                time.sleep(10)  # the sampling period of the measurement, not a wait for a condition
                 samples.append((time.monotonic() - start, proc.memory_info().rss / 2**20))
             status = agent.status()
             assert agent.stop() == 0

@@ -18,9 +18,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.support.agent_proc import demo_devices, running_agent, write_config
+from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Received, Subscriber
-from tests.support.plant import Plant, free_port, running_plant
+from tests.support.plant import Plant, running_plant
+from tests.support.testing import demo_devices, free_port, write_agent_config
 from water_edge.buffer.stats import read_stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def demo_tags() -> dict[str, str]:
 def test_every_reading_reaches_the_broker_in_order_with_values_and_units(
     plant: Plant, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port))
+    config = write_agent_config(tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port))
     with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub, running_agent(config) as agent:
         sub.wait_for(5, timeout=20, topic=f"{TOPIC}/pump-station")
         status = agent.wait_status(lambda s: s["drivers"][0]["polls"] >= 5)
@@ -121,8 +122,8 @@ def test_every_reading_reaches_the_broker_in_order_with_values_and_units(
 
 def test_broker_down_at_start_then_up_loses_nothing(plant: Plant, tmp_path: Path) -> None:
     broker = Mosquitto()  # configured, not started: connections are refused
-    config = write_config(
-        tmp_path, broker_port=broker.port, devices=demo_devices(plant.port), reconnect_max_s=0.5
+    config = write_agent_config(
+        tmp_path, broker_port=broker.port, devices=demo_devices(plant.port), uplink={"reconnect_max_s": 0.5}
     )
     try:
         with running_agent(config) as agent:
@@ -148,8 +149,8 @@ def test_broker_down_at_start_then_up_loses_nothing(plant: Plant, tmp_path: Path
 def test_buffered_backlog_is_delivered_in_full_after_the_outage(plant: Plant, tmp_path: Path) -> None:
     """A persistent-session subscriber sees every seq from 1: the backlog is complete."""
     broker = Mosquitto(persistence=True)
-    config = write_config(
-        tmp_path, broker_port=broker.port, devices=demo_devices(plant.port), reconnect_max_s=0.5
+    config = write_agent_config(
+        tmp_path, broker_port=broker.port, devices=demo_devices(plant.port), uplink={"reconnect_max_s": 0.5}
     )
     try:
         broker.start()
@@ -175,7 +176,7 @@ def test_unreachable_plc_is_reported_as_bad_readings_and_an_event(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     dead_port = free_port()
-    config = write_config(tmp_path, broker_port=mosquitto.port, devices=demo_devices(dead_port))
+    config = write_agent_config(tmp_path, broker_port=mosquitto.port, devices=demo_devices(dead_port))
     with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub, running_agent(config) as agent:
         status = agent.wait_status(lambda s: s["drivers"][0]["polls"] >= 3)
         sub.wait_until(lambda ms: len(by_stream(ms)["pump-station"]) >= 2, timeout=15)

@@ -12,12 +12,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.plant import running_plant
+from tests.support.testing import wait_until
 from water_edge.sim.faults import CommFaults
 from water_edge.sim.pumpstation import PumpStation
 from water_edge.sim.scenario import ScenarioError, load_scenario, parse_duration
@@ -99,46 +99,29 @@ def test_scenario_drives_faults_on_model_time() -> None:
 
 def test_run_with_scenario_goes_silent_over_tcp(tmp_path: Path) -> None:
     from pymodbus.client import ModbusTcpClient
+    from pymodbus.exceptions import ModbusException
 
     scen = tmp_path / "quiet.toml"
     scen.write_text('[scenario]\nspeed = 20\n\n[[events]]\nat = "20s"\ncomm = "silence"\nduration = "1h"\n')
-    endpoints = tmp_path / "endpoints.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "water_edge.sim.cli",
-            "run",
-            "--port",
-            "0",
-            "--components",
-            "none",
-            "--scenario",
-            str(scen),
-            "--endpoints-file",
-            str(endpoints),
-        ],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not endpoints.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        tcp = json.loads(endpoints.read_text())["modbus_tcp"]
-        client = ModbusTcpClient(tcp["host"], port=tcp["port"], timeout=0.3, retries=0)
+    with running_plant(workdir=tmp_path, scenario=scen) as plant:  # `edge-sim run --scenario`
+        client = ModbusTcpClient(plant.host, port=plant.port, timeout=0.3, retries=0)
         assert client.connect()
+
+        def silent() -> bool:
+            try:
+                client.read_holding_registers(8, count=1, device_id=1)
+            except ModbusException as exc:
+                if "No response" in str(exc):
+                    return True
+                raise
+            return False
+
         try:
             assert client.read_holding_registers(8, count=1, device_id=1).registers == [2]
-            time.sleep(1.5)  # 30 model seconds at 20x
-            with pytest.raises(Exception, match="No response"):
-                client.read_holding_registers(8, count=1, device_id=1)
+            # The silence starts 20 model seconds in: about 1 s of wall time at 20x.
+            assert wait_until(silent, 10, every_s=0.1, what="the PLC falling silent")
         finally:
             client.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.skipif(shutil.which("mbpoll") is None, reason="mbpoll not installed")

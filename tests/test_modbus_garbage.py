@@ -3,11 +3,12 @@ driver: the spoiled answers become bad readings or a reconnect, and reads recove
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from tests.support.plant import running_plant
+from tests.support.testing import eventually
 from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import Reading
 from water_edge.drivers.modbus.config import ModbusTcpConfig
 from water_edge.drivers.modbus.tcp import ModbusTcpDriver
 
@@ -31,10 +32,19 @@ async def test_garbage_answers_become_bad_readings_then_reads_recover(tmp_path: 
                 spoiled += [r.reason or "" for r in readings if r.quality == "bad"]
             except DriverIOError as exc:  # the driver gave up on the connection: also fine
                 spoiled.append(str(exc))
-            await asyncio.sleep(3.5)  # the garbage window is over
-            await driver.aclose()
-            await driver.open()
-            after = {r.tag: r for r in await driver.read()}
+
+            async def recovered() -> dict[str, Reading] | None:
+                # A fresh connection each time, as the supervisor reopens a spoiled one.
+                await driver.aclose()
+                try:
+                    await driver.open()
+                    readings = {r.tag: r for r in await driver.read()}
+                except DriverIOError:
+                    return None
+                return readings if all(r.quality == "good" for r in readings.values()) else None
+
+            # The garbage window lasts 3 s of the scenario; after it, reads recover.
+            after = await eventually(recovered, 15, every_s=0.2, what="good reads after the garbage window")
         finally:
             await driver.aclose()
     assert spoiled, "the garbage window spoiled the first poll"

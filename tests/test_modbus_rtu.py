@@ -238,6 +238,8 @@ def test_arbitrary_bytes_on_the_line_never_crash_the_driver(tmp_path: Path, nois
         await driver.open()
         try:
             first = await driver.read()
+            # The stimulus, not a wait: the quiet gap a master leaves on the line between two
+            # requests; the claim is about the very next request, so nothing is retried.
             await asyncio.sleep(0.01)
             second = await driver.read()
         finally:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support.plant import Plant, free_port, running_plant, start_plant
+from tests.support.plant import Plant, running_plant, start_plant
+from tests.support.testing import eventually, free_port
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Reading
 from water_edge.drivers.modbus.config import ModbusTcpConfig
@@ -64,9 +64,16 @@ def driver_for(plant: Plant, tags: list[dict[str, Any]] = STATION_TAGS, **kw: An
 
 
 async def read_until_it_fails(driver: ModbusTcpDriver) -> None:
-    for _ in range(3):  # the drop may land between two polls
-        await driver.read()
-        await asyncio.sleep(0.05)
+    """Read until a read raises (the drop may land between two polls); re-raise that error."""
+
+    async def failed() -> DriverIOError | None:
+        try:
+            await driver.read()
+        except DriverIOError as exc:
+            return exc
+        return None
+
+    raise await eventually(failed, 3.0, every_s=0.05, what="a read failing after the drop")
 
 
 def by_tag(readings: list[Reading]) -> dict[str, Reading]:
@@ -88,8 +95,13 @@ async def test_values_in_documented_ranges_and_changing(plant: Plant) -> None:
     await driver.open()
     try:
         first = by_tag(await driver.read())
-        await asyncio.sleep(0.35)
-        second = by_tag(await driver.read())
+
+        async def moved_on() -> dict[str, Reading] | None:
+            again = by_tag(await driver.read())
+            ticked = again["ticks"].value != first["ticks"].value
+            return again if ticked and again["demand"].value != first["demand"].value else None
+
+        second = await eventually(moved_on, every_s=0.05, what="the model ticking on, demand changing")
     finally:
         await driver.aclose()
     assert all(r.quality == "good" for r in first.values()), [

@@ -3,12 +3,12 @@ area accepts writes, exception codes reach the caller, and the model obeys what 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.plant import Plant, running_plant
+from tests.support.testing import eventually
 from water_edge.core.errors import DeviceError
 from water_edge.drivers.modbus.tcp import ModbusTcpDriver
 from water_edge.drivers.modbus.writes import check_write
@@ -31,9 +31,13 @@ async def test_tcp_write_and_read_back(plant: Plant) -> None:
         assert await driver.read_back(1, "holding", 500, 2) == [350, 90]
         await driver.write(1, "coil", 10, [False])
         assert await driver.read_back(1, "coil", 10, 3) == [False, True, True]
-        await asyncio.sleep(0.5)  # a few model ticks: the controller takes pump 1 off
-        (running,) = await driver.read()
-        assert running.value is False
+
+        async def pump1_off() -> bool:
+            (running,) = await driver.read()
+            return running.value is False
+
+        # Within a few model ticks the controller obeys the coil and takes pump 1 off.
+        assert await eventually(pump1_off, 5, every_s=0.05, what="pump 1 reported off")
         with pytest.raises(DeviceError) as not_writable:
             await driver.write(1, "holding", 8, [3])
         assert not_writable.value.code == 2

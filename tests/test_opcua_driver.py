@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import itertools
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tests.support.testing import eventually, free_port
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Event, Reading
@@ -53,7 +55,7 @@ async def sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sim]:
 
     async def tick() -> None:
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the model's clock, as edge-sim runs it: a tick every 100 ms
             station.step(1)
 
     component = OpcUaComponent()
@@ -72,13 +74,17 @@ def driver(url: str, tags: list[dict[str, Any]], **extra: Any) -> OpcUaDriver:
     )
 
 
-async def collect(drv: OpcUaDriver, seconds: float) -> list[Reading]:
+async def collect(
+    drv: OpcUaDriver, until: Callable[[list[Reading]], bool], within_s: float = 10.0
+) -> list[Reading]:
+    """What `drv.stream()` yields, up to the batch after which `until(readings)` holds."""
     got: list[Reading] = []
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            async for batch in drv.stream():
-                got += batch
-    return got
+    async with asyncio.timeout(within_s):
+        async for batch in drv.stream():
+            got += batch
+            if until(got):
+                return got
+    raise AssertionError(f"the stream ended after {len(got)} readings")
 
 
 async def test_browse_paths_and_node_ids_read_with_units(sim: Sim) -> None:
@@ -114,7 +120,7 @@ async def test_deadband_reduces_notifications(sim: Sim) -> None:
     ], sampling_interval_ms=100, publishing_interval_ms=100)  # fmt: skip
     await drv.open()
     try:
-        got = await collect(drv, 3.0)
+        got = await collect(drv, lambda readings: sum(r.tag == "ticks" for r in readings) >= 30)  # ~3 s
     finally:
         await drv.aclose()
     plain = [r.value for r in got if r.tag == "ticks"]
@@ -136,8 +142,13 @@ async def test_status_codes_map_to_quality(sim: Sim) -> None:
     try:
         sim.component.override("pump1.flow", "BadSensorFailure")
         sim.component.override("pump1.speed", "UncertainLastUsableValue")
-        await asyncio.sleep(0.3)
-        polled = {r.tag: r for r in await drv.read()}
+
+        async def overridden() -> dict[str, Reading] | None:
+            readings = {r.tag: r for r in await drv.read()}
+            flow, speed = readings["flow"], readings["speed"]
+            return readings if (flow.quality, speed.quality) == ("bad", "uncertain") else None
+
+        polled = await eventually(overridden, 5, every_s=0.05, what="the overridden status codes read back")
         pushed: dict[str, Reading] = {}
         async with asyncio.timeout(5):
             async for batch in drv.stream():
@@ -165,11 +176,15 @@ async def test_poll_mode_reads_at_the_poll_interval(sim: Sim) -> None:
     )
     await drv.open()
     try:
-        got = await collect(drv, 1.1)
+        started = time.monotonic()
+        got = await collect(drv, lambda readings: len(readings) >= 5)
+        elapsed = time.monotonic() - started
     finally:
         await drv.aclose()
     assert drv.health().mode == "poll"
-    assert 4 <= len(got) <= 7
+    assert len(got) == 5
+    # Five polls 200 ms apart span four intervals: not faster than configured, and not far slower.
+    assert 4 * 0.2 * 0.9 <= elapsed <= 4 * 0.2 * 1.8, elapsed
     values = [r.value for r in got]
     assert values == sorted(values)
     assert len(set(values)) >= 4
@@ -180,7 +195,7 @@ async def test_server_refusing_subscriptions_falls_back_to_polling(sim: Sim) -> 
     sim.component.refuse_subscriptions()
     try:
         await drv.open()
-        got = await collect(drv, 0.9)
+        got = await collect(drv, lambda readings: len(readings) >= 3)
     finally:
         sim.component.refuse_subscriptions(False)
         await drv.aclose()
@@ -192,8 +207,6 @@ async def test_server_refusing_subscriptions_falls_back_to_polling(sim: Sim) -> 
 
 
 async def test_unreachable_server_is_a_clear_driver_io_error(tmp_path: Path) -> None:
-    from tests.support.plant import free_port
-
     drv = driver(f"opc.tcp://127.0.0.1:{free_port()}", [{"name": "x", "node": "ns=2;i=5"}])
     with pytest.raises(DriverIOError, match="connection refused"):
         await drv.open()
@@ -272,19 +285,15 @@ async def test_server_restart_driver_reconnects_and_resubscribes(sim: Sim) -> No
     runner = DeviceRunner(drv.config, drv, on_readings, on_event, backoff_min_s=0.2, backoff_max_s=0.5)
     task = asyncio.create_task(runner.run())
 
-    async def wait_for(predicate: Any, within: float) -> None:
-        async with asyncio.timeout(within):
-            while not predicate():  # noqa: ASYNC110 - the readings arrive through the runner's sink
-                await asyncio.sleep(0.05)
-
     try:
-        await wait_for(lambda: sum(r.quality == "good" for r in readings) >= 5, 10)
+        await eventually(lambda: sum(r.quality == "good" for r in readings) >= 5, 10)
         await sim.component.stop()
-        await wait_for(lambda: any(r.quality == "bad" for r in readings), 10)
-        await asyncio.sleep(0.5)  # down for a while: reopen attempts fail meanwhile
+        await eventually(lambda: any(r.quality == "bad" for r in readings), 10)
+        # Down for a while: the loss, then at least one reopen attempt fails before the server is back.
+        await eventually(lambda: runner.stats.failures >= 2, 10, what="a failed reopen")
         await sim.component.start(sim.ctx)
         mark = len(readings)
-        await wait_for(lambda: sum(r.quality == "good" for r in readings[mark:]) >= 5, 15)
+        await eventually(lambda: sum(r.quality == "good" for r in readings[mark:]) >= 5, 15)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

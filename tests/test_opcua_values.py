@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from asyncua import ua
 
+from tests.support.testing import write_agent_config
 from water_edge.agent.config import load_config
 from water_edge.core.errors import ConfigError
 from water_edge.drivers.opcua.values import reading_parts, status_quality, to_ns, unit_from_eu
@@ -69,21 +70,9 @@ def test_browse_path_mapping_is_documented_form() -> None:
 
 
 def _config(tmp_path: Path, device: str) -> Path:
-    path = tmp_path / "agent.toml"
-    path.write_text(f"""schema_version = 1
-[gateway]
-site = "s"
-id = "g"
-state_dir = "{tmp_path}"
-[uplink]
-host = "127.0.0.1"
-[[devices]]
-name = "ua"
-kind = "opcua"
-endpoint = "opc.tcp://127.0.0.1:4840"
-{device}
-""")
-    return path
+    """An agent config whose one OPC UA device ends with `device` (the keys under test, literally)."""
+    head = '[[devices]]\nname = "ua"\nkind = "opcua"\nendpoint = "opc.tcp://127.0.0.1:4840"\n'
+    return write_agent_config(tmp_path, devices=head + device)
 
 
 @pytest.mark.parametrize(

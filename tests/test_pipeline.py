@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from tests.support.testing import eventually
 from water_edge.agent.pipeline import Pipeline
 from water_edge.buffer.types import Batch
 from water_edge.core.errors import BufferError
@@ -82,10 +83,7 @@ async def test_run_loop_flushes_on_its_interval() -> None:
     pipe = Pipeline(out, lambda: None, flush_interval_s=0.02)
     task = asyncio.create_task(pipe.run())
     await pipe.submit("a", readings(3))
-    for _ in range(100):
-        if out.calls:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: out.calls, 1.0, what="a flush by the run loop alone")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert [len(b.readings or []) for b in out.calls[0]] == [3]
@@ -178,7 +176,7 @@ async def test_a_processor_feed_gets_every_reading_in_order() -> None:
     async def consume() -> None:
         async for _stream, batch in feed:
             got.extend(float(r.value or 0) for r in batch)
-            await asyncio.sleep(0.001)  # slower than the producer: the producer must wait
+            await asyncio.sleep(0.001)  # the stimulus: slower than the producer, which must wait
 
     task = asyncio.create_task(consume())
     for i in range(100):
@@ -200,12 +198,3 @@ async def test_a_stuck_processor_costs_counted_drops_not_a_stuck_pipeline() -> N
     assert feed.dropped_readings == 9  # the first batch fits, the next three wait, then drop
     assert sum(len(b.readings or []) for c in sink.calls for b in c) == 12, "the outbox got all"
     assert feed.health()["held_readings"] == 3
-
-
-async def eventually(predicate: Callable[[], bool], within_s: float = 10.0) -> None:
-    """Poll a counter the code under test owns (it has no event to await) until it holds."""
-    for _ in range(int(within_s / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise TimeoutError("condition not reached")

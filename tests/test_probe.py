@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.agent_proc import demo_devices
-from tests.support.plant import free_port, running_plant
+from tests.support.plant import running_plant
+from tests.support.testing import demo_devices, free_port
 
 
 def probe(*args: str) -> subprocess.CompletedProcess[str]:

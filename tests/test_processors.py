@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import echo_processor
-from tests.support.agent_proc import write_config
-from tests.support.plant import free_port
-from tests.support.wait import eventually
+from tests.support.testing import eventually, write_agent_config
 from water_edge.agent import processors
 from water_edge.agent.assembly import build_processors
 from water_edge.agent.cli import format_status
@@ -34,7 +32,7 @@ AUDIO = '[[devices]]\nname = "hyd"\nkind = "audio"\nsource = "file"\npath = "/tm
 
 
 def problems_for(tmp_path: Path, models: str, devices: str = AUDIO) -> list[str]:
-    path = write_config(tmp_path, broker_port=1883, devices=devices, extra=models)
+    path = write_agent_config(tmp_path, devices=devices, models=models)
     with pytest.raises(ConfigError) as info:
         load_config(path)
     return [p.replace(str(path), "FILE") for p in info.value.problems]
@@ -120,9 +118,7 @@ def test_a_kind_checks_its_tables_together_and_against_the_devices(tmp_path: Pat
     ]
     # A disabled audio device is still one (the detector then just does not run) ...
     disabled = AUDIO + "enabled = false\n"
-    load_config(
-        write_config(tmp_path, broker_port=1883, devices=disabled, extra='[[models.leak]]\ndevice = "hyd"\n')
-    )
+    load_config(write_agent_config(tmp_path, devices=disabled, models='[[models.leak]]\ndevice = "hyd"\n'))
     # ... and an audio device with a mistake of its own is reported once, for itself.
     broken = AUDIO + "colour = 1\n"
     (problem,) = problems_for(tmp_path, '[[models.leak]]\ndevice = "hyd"\n', broken)
@@ -146,9 +142,7 @@ async def test_a_kind_from_a_plugin_entry_point_is_validated_built_and_run(
         "FILE: models.echo[0].min_readings: Input should be greater than or equal to 1 (got 0)"
     ]
 
-    path = write_config(
-        tmp_path, broker_port=free_port(), devices="", extra='[[models.echo]]\nstream = "plc"\n'
-    )
+    path = write_agent_config(tmp_path, models={"echo": [{"stream": "plc"}]})
     config = load_config(path)
     analytics = build_processors(config, {})
     (echo,) = analytics.processors

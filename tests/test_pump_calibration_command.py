@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.testing import write_agent_config
 from water_edge.agent.assembly import build_processors, calibration_targets
 from water_edge.agent.config import load_config
 from water_edge.core.processor import Calibratable, CalibrationFailedError
@@ -18,28 +19,12 @@ SIGNALS = ["flow", "motor_current", "discharge_pressure", "speed"]
 
 
 def config_file(tmp_path: Path) -> Path:
-    path = tmp_path / "agent.toml"
-    path.write_text(f"""schema_version = 1
-[gateway]
-site = "s"
-id = "g"
-state_dir = "{tmp_path / "state"}"
-[uplink]
-host = "127.0.0.1"
-[[models.pump]]
-name = "pump1"
-  [models.pump.signals]
-  flow = "p1_flow"
-  motor_current = "p1_current"
-  discharge_pressure = "p1_pressure"
-  speed = "p1_speed"
-[[devices]]
-name = "plc"
-kind = "fake"
-  [[devices.tags]]
-  name = "p1_flow"
-""")
-    return path
+    signals = {"flow": "p1_flow", "motor_current": "p1_current", "discharge_pressure": "p1_pressure"}
+    return write_agent_config(
+        tmp_path,
+        models={"pump": [{"name": "pump1", "signals": {**signals, "speed": "p1_speed"}}]},
+        devices=[{"name": "plc", "kind": "fake", "tags": [{"name": "p1_flow"}]}],
+    )
 
 
 async def test_calibration_command_writes_new_versions_from_history(tmp_path: Path) -> None:

@@ -9,17 +9,17 @@ calibration covers; a pump that follows demand needs a day, see test_pump_detect
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.agent_proc import demo_devices, running_agent, write_config
+from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.plant import running_plant
+from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, demo_devices, write_agent_config
 
-TOPIC = "water/test-site/gw-test"
+TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
 SPEED = 5.0  # model seconds per wall second
 FAULT_AT_S = 250  # model time of the bearing fault
 
@@ -71,10 +71,8 @@ def test_a_failing_bearing_on_a_live_plc_reaches_the_broker_as_a_named_pump_anom
     scenario.write_text(SCENARIO)
     started = time.monotonic()  # the plant's clock starts a little later
     with running_plant(seed=5, scenario=scenario) as plant:
-        devices = re.sub(
-            r"^poll_interval_ms = \d+", "poll_interval_ms = 200", demo_devices(plant.port), flags=re.M
-        )
-        config = write_config(tmp_path, broker_port=mosquitto.port, devices=devices, extra=PUMP)
+        devices = demo_devices(plant.port, poll_interval_ms=200)
+        config = write_agent_config(tmp_path, broker_port=mosquitto.port, devices=devices, models=PUMP)
         with (
             Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/events") as sub,
             running_agent(config) as agent,

@@ -3,11 +3,8 @@ and a certificate renewal that loses nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import ssl
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +12,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
-from tests.support.broker import Mosquitto, Subscriber, TlsFiles
+from tests.support.broker import ClientTls, Mosquitto, Subscriber, TlsFiles
+from tests.support.testing import eventually
+from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
 from water_edge.agent.uplink.config import TlsConfig
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.provisioning.ca import CertificateAuthority
@@ -76,30 +74,17 @@ class Pki:
             extra_config=(f"use_identity_as_username true\ncrlfile {self.crl_file}\nacl_file {acl_file}\n"),
         )
 
-    def subscriber(self, broker: Mosquitto, topic: str, session: str | None = None) -> TlsSubscriber:
-        return TlsSubscriber(
+    def subscriber(self, broker: Mosquitto, topic: str, session: str | None = None) -> Subscriber:
+        return Subscriber(
             broker.host,
             broker.port,
             topic,
             session=session,
-            tls=(self.ca_file, self.centre_cert, self.centre_key),
+            tls=ClientTls(self.ca_file, self.centre_cert, self.centre_key),
         )
 
     def tls(self, identity: DeviceIdentity) -> TlsConfig:
         return TlsConfig(ca_file=identity.ca_file, cert_file=identity.cert_file, key_file=identity.key_file)
-
-
-@dataclass
-class TlsSubscriber(Subscriber):
-    tls: tuple[Path, Path, Path] | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        assert self.tls is not None
-        ca, cert, key = self.tls
-        self._client.tls_set(
-            ca_certs=str(ca), certfile=str(cert), keyfile=str(key), tls_version=ssl.PROTOCOL_TLS_CLIENT
-        )
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +97,7 @@ def publish_v5(broker: Mosquitto, pki: Pki, identity: DeviceIdentity, topic: str
     done = threading.Event()
     reasons: list[Any] = []
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="probe", protocol=paho.MQTTv5)
-    client.tls_set(
-        ca_certs=str(identity.ca_file),
-        certfile=str(identity.cert_file),
-        keyfile=str(identity.key_file),
-        tls_version=ssl.PROTOCOL_TLS_CLIENT,
-    )
+    ClientTls(identity.ca_file, identity.cert_file, identity.key_file).apply(client)
 
     def on_publish(_c: Any, _u: Any, _mid: int, reason: Any, _p: Any) -> None:
         reasons.append(reason)
@@ -137,17 +117,17 @@ def publish_v5(broker: Mosquitto, pki: Pki, identity: DeviceIdentity, topic: str
 
 async def broker_log_with(broker: Mosquitto, text: str, within_s: float = 5.0) -> str:
     """The broker's log once it contains `text` (it is written a moment after the client sees the close)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while text not in (log := broker.log()) and loop.time() < deadline:  # noqa: ASYNC110 - another process writes it
-        await asyncio.sleep(0.05)
-    return log
 
+    def containing() -> str:
+        log = broker.log()
+        return log if text in log else ""
 
-async def wait_true(check: Any, within_s: float = 10.0) -> None:
-    async with asyncio.timeout(within_s):
-        while not check():  # noqa: ASYNC110 - a counter with no event to wait on
-            await asyncio.sleep(0.05)
+    return await eventually(
+        containing,
+        within_s,
+        every_s=0.05,
+        what=lambda: f"{text!r} in the broker's log:\n{broker.log()}",
+    )
 
 
 async def test_device_certificate_connects_and_delivers(
@@ -230,7 +210,7 @@ async def test_publish_outside_the_acl_is_refused_and_counted(
         await outbox.append(reading_batches(2, streams=("plc1",)) + reading_batches(1, streams=("plc9",)))
         run = await start_uplink(mqtt_config(broker, tls=pki.tls(identity)), outbox)
         await sub.wait_for_async(2, topic=f"water/{SITE}/{GATEWAY}/plc1")
-        await wait_true(lambda: run.uplink.health().rejected >= 1)
+        await eventually(lambda: run.uplink.health().rejected >= 1)
         await run.uplink.stop()
         health = run.uplink.health()
         topics = {m.topic for m in sub.snapshot()}

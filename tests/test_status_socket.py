@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.testing import eventually
 from tests.test_pipeline import RecordingAppender
 from water_edge.agent.pipeline import Pipeline
 from water_edge.agent.status import AgentNotRunningError, StatusServer, request_status, tail_lines
@@ -38,7 +39,13 @@ async def test_status_request_returns_the_snapshot(sock_path: Path) -> None:
 
 async def test_tail_streams_readings_as_they_are_submitted(sock_path: Path) -> None:
     pipe = Pipeline(RecordingAppender(), lambda: None)
-    server = StatusServer(sock_path, dict, pipe.tap, pipe.untap)
+    taps: list[asyncio.Queue[Reading]] = []
+
+    def tap() -> asyncio.Queue[Reading]:
+        taps.append(pipe.tap())
+        return taps[-1]
+
+    server = StatusServer(sock_path, dict, tap, pipe.untap)
     await server.start()
     got: list[dict[str, object]] = []
 
@@ -50,17 +57,14 @@ async def test_tail_streams_readings_as_they_are_submitted(sock_path: Path) -> N
 
     reader = asyncio.create_task(asyncio.to_thread(read_three))
     try:
-        for i in range(200):
+        await eventually(lambda: taps, 5, what="the tail client subscribed")
+        for i in range(3):
             await pipe.submit("s", [Reading("dev", "flow", i, float(i), "good", "m3/h")])
-            await asyncio.sleep(0.01)
-            if reader.done():
-                break
         await asyncio.wait_for(reader, 5)
     finally:
         await server.close()
     assert all(line["tag"] == "flow" and line["unit"] == "m3/h" for line in got)
-    values = [line["value"] for line in got]
-    assert values == sorted(values)
+    assert [line["value"] for line in got] == [0.0, 1.0, 2.0]
 
 
 async def test_garbage_request_gets_an_error_and_is_counted(sock_path: Path) -> None:

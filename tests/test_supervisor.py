@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from tests.support.testing import eventually
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Event, Reading, now_ns
@@ -37,20 +39,27 @@ def fake_config(**extra: Any) -> FakeConfig:
     )
 
 
-async def run_for(runner: DeviceRunner, seconds: float) -> None:
+async def run_until(runner: DeviceRunner, condition: Callable[[], object], what: str) -> None:
+    """Run the runner until `condition()` holds, then stop it (as the agent does, by cancelling)."""
     task = asyncio.create_task(runner.run())
-    await asyncio.sleep(seconds)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    try:
+        await eventually(condition, 10, what=what)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_polls_at_the_configured_rate_into_the_device_stream() -> None:
     sink = Collector()
     config = fake_config(stream="station")
+    started = time.monotonic()  # before the runner: its schedule starts when it is made
     runner = DeviceRunner(config, FakeDriver(config), sink.on_readings, sink.on_event)
-    await run_for(runner, 0.5)
+    await run_until(runner, lambda: runner.stats.polls >= 20, "20 polls")
+    elapsed = time.monotonic() - started
     polls = runner.stats.polls
-    assert 15 <= polls <= 30  # 20 ms period over 0.5 s, with slack for a loaded CI machine
+    # n polls 20 ms apart span n - 1 periods: never faster than that, and not far slower
+    # (slack for a loaded CI machine).
+    assert (polls - 1) * 0.020 <= elapsed <= polls * 0.020 * 2, (polls, elapsed)
     assert len(sink.readings) == 2 * polls
     assert {stream for stream, _ in sink.readings} == {"station"}
     first = sink.readings[0][1]
@@ -64,7 +73,9 @@ async def test_unreachable_device_gives_bad_readings_every_poll_and_one_down_eve
     runner = DeviceRunner(
         config, FakeDriver(config), sink.on_readings, sink.on_event, backoff_min_s=0.05, backoff_max_s=0.1
     )
-    await run_for(runner, 0.4)
+    await run_until(
+        runner, lambda: runner.stats.polls >= 10 and runner.stats.failures >= 2, "10 polls, 2 failures"
+    )
     assert runner.stats.polls >= 10
     assert len(sink.readings) == 2 * runner.stats.polls  # no gaps: one stand-in per tag per poll
     assert all(r.quality == "bad" and r.value is None for _, r in sink.readings)
@@ -110,7 +121,7 @@ async def test_device_that_drops_and_returns_is_reopened_with_events() -> None:
     runner = DeviceRunner(
         fake_config(), driver, sink.on_readings, sink.on_event, backoff_min_s=0.01, backoff_max_s=0.02
     )
-    await run_for(runner, 0.5)
+    await run_until(runner, lambda: driver.reads >= 10, "reads well after the device is back")
     assert [e.kind for e in sink.events] == ["driver_down", "driver_up"]
     assert driver.opens >= 2
     assert runner.stats.reconnects == 1
@@ -127,7 +138,7 @@ async def test_driver_bug_is_caught_counted_and_restarted() -> None:
     runner = DeviceRunner(
         fake_config(), driver, sink.on_readings, sink.on_event, backoff_min_s=0.01, backoff_max_s=0.02
     )
-    await run_for(runner, 0.3)
+    await run_until(runner, lambda: driver.reads >= 5, "reads after the restart")
     assert runner.stats.crashes == 1
     down = sink.events[0]
     assert down.kind == "driver_down"
@@ -146,11 +157,11 @@ class PushDriver(FlakyDriver):
     async def stream(self) -> AsyncIterator[list[Reading]]:
         self.streams += 1
         for i in range(3):
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the device's own pace: a value every 10 ms
             yield [Reading("dev", "a", now_ns(), float(i), "good", "bar")]
         if self.streams == 1:
             raise DriverIOError("server restarted")
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # the second stream stays open and quiet until the runner stops
 
 
 async def test_streaming_driver_is_iterated_and_reopened_after_loss() -> None:
@@ -159,7 +170,7 @@ async def test_streaming_driver_is_iterated_and_reopened_after_loss() -> None:
     runner = DeviceRunner(
         fake_config(), driver, sink.on_readings, sink.on_event, backoff_min_s=0.01, backoff_max_s=0.02
     )
-    await run_for(runner, 0.4)
+    await run_until(runner, lambda: len(sink.readings) >= 7, "both streams' readings and the gap")
     assert driver.streams == 2
     assert driver.opens == 2
     assert [e.kind for e in sink.events] == ["driver_down", "driver_up"]
@@ -189,7 +200,7 @@ async def test_a_device_that_never_answers_cannot_hang_the_poll_loop() -> None:
         backoff_max_s=0.1,
         guard_s=0.2,
     )
-    await run_for(runner, 1.2)
+    await run_until(runner, lambda: runner.stats.failures >= 2 and sink.readings, "2 reads cut off")
     assert runner.stats.failures >= 2, "each hung read was cut off by the guard"
     assert sink.readings, "the poll loop kept producing readings"
     assert all(r.quality == "bad" for _, r in sink.readings)

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog.testing
 
-from tests.conftest import StateLog, reading_batches
+from tests.support.uplink import StateLog, reading_batches
 from water_edge.agent.uplink.commands import MAX_COMMAND_BYTES
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.uplink.health import CommandStats

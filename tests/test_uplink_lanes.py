@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
-from tests.conftest import GATEWAY, SITE, StartUplink, mqtt_config
-from tests.support.broker import Mosquitto, Subscriber
+from tests.support.broker import Mosquitto, Publisher, Subscriber
+from tests.support.testing import eventually
+from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config
 from water_edge.agent.uplink.commands import COMMAND_QUEUE, MAX_COMMAND_BYTES
 from water_edge.agent.uplink.health import CommandStats
 from water_edge.agent.uplink.mqtt import MqttUplink
-from water_edge.agent.uplink.testing import eventually
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.types import Batch
 from water_edge.core.reading import Reading
@@ -52,13 +49,6 @@ async def test_live_rows_overtake_a_long_backlog_and_everything_arrives(
     assert health.published_backlog >= BACKLOG
 
 
-def publisher(broker: Mosquitto) -> paho.Client:
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    return client
-
-
 async def test_commands_reach_the_handler_and_survive_a_broker_restart(
     outbox: AsyncOutbox, start_uplink: StartUplink
 ) -> None:
@@ -74,24 +64,20 @@ async def test_commands_reach_the_handler_and_survive_a_broker_restart(
         # Online means the SUBSCRIBE is in place: it goes out before the online status, whose
         # PUBACK the uplink waits for, and the broker handles one client's packets in order.
         await run.states.wait(lambda s: s == "online")
-        client = publisher(broker)
-        client.publish(f"{BASE}/cmd/config/reload", b'{"id": 1}', qos=1).wait_for_publish(5)
-        client.publish(f"{BASE}/cmdx", b"not a command topic", qos=1).wait_for_publish(5)
-        async with asyncio.timeout(10):
-            await arrived.wait()
-        client.disconnect()
-        client.loop_stop()
+        with Publisher(broker.host, broker.port) as operator:
+            operator.publish(f"{BASE}/cmd/config/reload", b'{"id": 1}')
+            operator.publish(f"{BASE}/cmdx", b"not a command topic")
+            async with asyncio.timeout(10):
+                await arrived.wait()
         broker.stop()
         await run.states.wait(lambda s: s == "offline")
         broker.start()
         await run.states.wait(lambda s: s == "online", since=len(run.states.states) - 1)
         arrived.clear()
-        client = publisher(broker)
-        client.publish(f"{BASE}/cmd/reboot", b"{}", qos=1).wait_for_publish(5)
-        async with asyncio.timeout(10):
-            await arrived.wait()
-        client.disconnect()
-        client.loop_stop()
+        with Publisher(broker.host, broker.port) as operator:
+            operator.publish(f"{BASE}/cmd/reboot", b"{}")
+            async with asyncio.timeout(10):
+                await arrived.wait()
     assert got == [("config/reload", b'{"id": 1}'), ("reboot", b"{}")]
     assert command_stats(run.uplink).handled == 2
 
@@ -108,14 +94,12 @@ async def test_a_busy_handler_drops_and_counts_and_oversized_commands_are_reject
 
     run = await start_uplink(mqtt_config(mosquitto), outbox, on_command=slow)
     await run.states.wait(lambda s: s == "online")
-    client = publisher(mosquitto)
     total = COMMAND_QUEUE + 14
-    for i in range(total):
-        client.publish(f"{BASE}/cmd/n{i}", b"x", qos=1)
-    client.publish(f"{BASE}/cmd/big", b"x" * (MAX_COMMAND_BYTES + 1), qos=1).wait_for_publish(5)
-    await eventually(lambda: command_stats(run.uplink).received >= total + 1, 10)
-    client.disconnect()
-    client.loop_stop()
+    with Publisher(mosquitto.host, mosquitto.port) as operator:
+        for i in range(total):
+            operator.publish(f"{BASE}/cmd/n{i}", b"x", wait=False)
+        operator.publish(f"{BASE}/cmd/big", b"x" * (MAX_COMMAND_BYTES + 1))
+        await eventually(lambda: command_stats(run.uplink).received >= total + 1, 10)
     stats = command_stats(run.uplink)
     assert stats.rejected == 1
     assert stats.dropped >= total - COMMAND_QUEUE - 1

@@ -14,7 +14,9 @@ from typing import Any, ClassVar
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the test extra
 import pytest
 
-from tests.conftest import (
+from tests.support.broker import Mosquitto, Received, Subscriber
+from tests.support.testing import eventually
+from tests.support.uplink import (
     GATEWAY,
     SITE,
     StartUplink,
@@ -22,10 +24,8 @@ from tests.conftest import (
     mqtt_config,
     reading_batches,
 )
-from tests.support.broker import Mosquitto, Received, Subscriber
 from water_edge.agent.uplink.connection import PahoTransport
 from water_edge.agent.uplink.memory import MemoryOutbox
-from water_edge.agent.uplink.testing import eventually
 from water_edge.agent.uplink.transport import ConnectOptions, Reason, TransportListener
 from water_edge.buffer.async_outbox import AsyncOutbox
 

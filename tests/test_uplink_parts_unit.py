@@ -7,11 +7,11 @@ import asyncio
 import orjson
 import pytest
 
+from tests.support.testing import eventually
 from water_edge.agent.uplink.commands import CommandInbox
 from water_edge.agent.uplink.health import CommandStats, UplinkHealth
 from water_edge.agent.uplink.metrics import RATE_WINDOW_S, UplinkMetrics
 from water_edge.agent.uplink.state import ConnectionState, ConnState
-from water_edge.agent.uplink.testing import eventually
 from water_edge.agent.uplink.topics import Topics
 from water_edge.core.errors import UplinkError
 from water_edge.core.health import Health, health_json

@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.conftest import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
-from tests.support.broker import Mosquitto, Subscriber, TlsFiles, free_port
+from tests.support.broker import Mosquitto, Subscriber, TlsFiles
+from tests.support.testing import free_port
+from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
 from water_edge.agent.uplink.config import TlsConfig
 from water_edge.buffer.async_outbox import AsyncOutbox
 

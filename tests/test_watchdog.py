@@ -8,13 +8,14 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.agent_proc import start_agent, write_config
+from tests.support.agent_proc import start_agent
 from tests.support.broker import Mosquitto
+from tests.support.testing import wait_until, write_agent_config
 from water_edge.agent.watchdog import Notifier, Watchdog, watchdog_interval_s
 
 
@@ -29,12 +30,29 @@ def notify_socket() -> Iterator[tuple[socket.socket, str]]:
 
 
 def drain(sock: socket.socket, for_s: float) -> list[str]:
+    """Every notification that arrives within `for_s` (a window: for what must *not* arrive)."""
     out: list[str] = []
     deadline = time.monotonic() + for_s
     while time.monotonic() < deadline:
         with contextlib.suppress(TimeoutError):
             out += sock.recv(4096).decode().split("\n")
     return out
+
+
+def receive_until(
+    sock: socket.socket,
+    lines: list[str],
+    condition: Callable[[list[str]], bool],
+    within_s: float = 10.0,
+    log: Callable[[], str] = lambda: "",
+) -> None:
+    """Add arriving notifications to `lines` until `condition(lines)` holds; `log` explains a timeout."""
+
+    def received() -> bool:
+        lines.extend(drain(sock, 0.05))
+        return condition(lines)
+
+    wait_until(received, within_s, every_s=0, what=lambda: f"notifications so far: {lines}\n{log()}")
 
 
 def test_pings_only_while_every_part_progresses(notify_socket: tuple[socket.socket, str]) -> None:
@@ -93,24 +111,28 @@ def test_the_real_agent_reports_ready_status_and_pings_and_a_frozen_agent_stops(
     sock, path = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     monkeypatch.setenv("WATCHDOG_USEC", "600000")  # a ping every 0.3 s
-    config = write_config(tmp_path, broker_port=mosquitto.port, devices="")
+    config = write_agent_config(tmp_path, broker_port=mosquitto.port)
     agent = start_agent(config)
     try:
-        lines = []
-        deadline = time.monotonic() + 20
-        while "READY=1" not in lines and time.monotonic() < deadline:
-            lines += drain(sock, 0.1)
-        assert "READY=1" in lines, agent.log()
-        lines += drain(sock, 2.5)
-        assert any(line.startswith("STATUS=buffer ") and "uplink" in line for line in lines)
-        assert lines.count("WATCHDOG=1") >= 4
+        lines: list[str] = []
+        receive_until(sock, lines, lambda got: "READY=1" in got, 20, log=agent.log)
+        receive_until(
+            sock,
+            lines,
+            lambda got: (
+                any(line.startswith("STATUS=buffer ") and "uplink" in line for line in got)
+                and got.count("WATCHDOG=1") >= 4
+            ),
+        )
         agent.process.send_signal(signal.SIGSTOP)  # a hung agent: systemd must see no pings
-        drain(sock, 0.2)
+        drain(sock, 0.2)  # a ping already on its way
+        # The stimulus: frozen for five ping intervals, and not one ping in that window.
         assert "WATCHDOG=1" not in drain(sock, 1.5)
         agent.process.send_signal(signal.SIGCONT)
-        assert "WATCHDOG=1" in drain(sock, 2.0)
+        after: list[str] = []
+        receive_until(sock, after, lambda got: "WATCHDOG=1" in got, 5)
         assert agent.stop() == 0
-        assert "STOPPING=1" in drain(sock, 0.5)
+        receive_until(sock, after, lambda got: "STOPPING=1" in got, 5)
     finally:
         agent.process.send_signal(signal.SIGCONT)
         agent.kill()

@@ -1,77 +1,24 @@
 """Runs the real `edge-agent run` as a subprocess against a test broker and plant.
 
-cfg = write_config(tmp, broker_port=broker.port, devices=demo_devices(plant.port))
-with running_agent(cfg) as agent:
-    agent.status()          # asks it over its status socket, like `edge-agent status`
+config = write_agent_config(tmp_path, broker_port=broker.port, devices=demo_devices(plant.port))
+with running_agent(config) as agent:
+    agent.wait_status(lambda s: s["uplink"]["state"] == "online")   # over its status socket
 """
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, wait_until, write_agent_config
 from water_edge.agent.status import AgentNotRunningError, request_status
-
-ROOT = Path(__file__).resolve().parents[2]
-DEMO_CONFIG = ROOT / "deploy" / "demo.toml"
-
-
-def demo_devices(plant_port: int) -> str:
-    """The `[[devices]]` sections of the shipped demo config, pointed at a test plant."""
-    text = DEMO_CONFIG.read_text(encoding="utf-8")
-    devices = text[text.index("[[devices]]") :]
-    return re.sub(r"^port = 5020\b", f"port = {plant_port}", devices, flags=re.M)
-
-
-def write_config(
-    directory: Path,
-    *,
-    broker_port: int,
-    devices: str,
-    site: str = "test-site",
-    gateway: str = "gw-test",
-    extra: str = "",
-    reconnect_max_s: float = 1.0,
-) -> Path:
-    state = directory / "state"
-    # unix socket paths must stay under ~107 bytes; pytest's temporary paths can be longer
-    socket_dir = Path(tempfile.mkdtemp(prefix="ea-"))
-    text = f"""schema_version = 1
-
-[gateway]
-site = "{site}"
-id = "{gateway}"
-state_dir = "{state}"
-
-[uplink]
-host = "127.0.0.1"
-port = {broker_port}
-reconnect_min_s = 0.1
-reconnect_max_s = {reconnect_max_s}
-
-[status]
-socket = "{socket_dir / "status.sock"}"
-
-[buffer]
-flush_interval_ms = 100
-
-{extra}
-
-{devices}
-"""
-    path = directory / "agent.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 @dataclass
@@ -88,19 +35,22 @@ class AgentProcess:
     def wait_status(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+        """The first status (asked every 0.1 s) that satisfies `predicate`; fails early if the agent exits."""
         last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
+
+        def matching() -> dict[str, Any] | None:
+            nonlocal last
             if self.process.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.process.returncode}:\n{self.log()}")
             try:
                 last = self.status()
-                if predicate(last):
-                    return last
             except AgentNotRunningError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"agent status never matched; last: {last}\n{self.log()}")
+                return None
+            return last if predicate(last) else None
+
+        return wait_until(
+            matching, timeout, every_s=0.1, what=lambda: f"agent status; last: {last}\n{self.log()}"
+        )
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, as systemd stops it; returns the exit code."""
@@ -123,6 +73,29 @@ class AgentProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def write_config(
+    directory: Path,
+    *,
+    broker_port: int,
+    devices: str,
+    site: str = AGENT_SITE,
+    gateway: str = AGENT_GATEWAY,
+    extra: str = "",
+    reconnect_max_s: float = 1.0,
+) -> Path:
+    """The former builder's signature, for bench/bench_agent.py (outside tests/); tests use
+    `tests.support.testing.write_agent_config`."""
+    return write_agent_config(
+        directory,
+        broker_port=broker_port,
+        devices=devices,
+        site=site,
+        gateway=gateway,
+        uplink={"reconnect_max_s": reconnect_max_s},
+        extra=extra,
+    )
 
 
 def start_agent(config: Path) -> AgentProcess:
@@ -148,12 +121,3 @@ def running_agent(config: Path) -> Iterator[AgentProcess]:
         yield agent
     finally:
         agent.kill()
-
-
-def skip_unless_soak(config: Any) -> None:
-    """Soak tests run only when selected with `-m soak` (`make soak`), never in the default run."""
-    import pytest
-
-    expr = str(config.getoption("markexpr") or "")
-    if "soak" not in expr or "not soak" in expr:
-        pytest.skip("soak run: select it with -m soak (make soak)")

@@ -1,6 +1,10 @@
-"""A real Mosquitto for tests: own config, free port, stop/start on the same port; and a subscriber.
+"""A real Mosquitto for tests, and the clients a test talks to it with.
 
-Never uses 1883, so tests run beside a demo broker.
+`Mosquitto` is the one way the suite starts a broker: its own config on a free port (never 1883, so
+tests run beside a demo broker), users, TLS, persistence, stop/start on the same port, pause. The
+`mosquitto` fixture (tests/conftest.py) is a plain one per test; tests that need another kind
+construct `Mosquitto(...)` themselves. `Subscriber` collects what arrives (optionally over TLS, with
+a persistent session); `Publisher` sends a test's own messages (commands to the agent).
 """
 
 from __future__ import annotations
@@ -10,25 +14,21 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import orjson
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.testing import free_port, wait_until
 
 
 def mosquitto_binary() -> str:
@@ -38,16 +38,12 @@ def mosquitto_binary() -> str:
     raise FileNotFoundError("mosquitto not found (apt-get install mosquitto)")
 
 
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 @dataclass
@@ -127,8 +123,8 @@ class Mosquitto:
         log.close()
         try:
             for port in (self.port, *self.plain_ports):
-                wait_port(port)
-        except OSError:
+                wait_until(partial(port_open, port), every_s=0.05, what=f"mosquitto listening on {port}")
+        except TimeoutError:
             self.stop()
             raise RuntimeError(f"mosquitto did not start:\n{self.log()}") from None
 
@@ -192,6 +188,23 @@ class Received:
         return orjson.loads(self.payload)
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """A client's TLS files: the CA that signed the broker, and this client's certificate and key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def apply(self, client: paho.Client) -> None:
+        client.tls_set(
+            ca_certs=str(self.ca_file),
+            certfile=str(self.cert_file),
+            keyfile=str(self.key_file),
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+
+
 @dataclass
 class Subscriber:
     """A paho client in its own thread that collects every message matching `topic_filter`."""
@@ -201,6 +214,7 @@ class Subscriber:
     topic_filter: str
     qos: int = 1
     session: str | None = None
+    tls: ClientTls | None = None
     messages: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -214,6 +228,8 @@ class Subscriber:
             protocol=paho.MQTTv311,
             clean_session=self.session is None,
         )
+        if self.tls is not None:
+            self.tls.apply(self._client)
         self._client.reconnect_delay_set(1, 2)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_a: self._subscribed.set()
@@ -272,6 +288,44 @@ class Subscriber:
 
     async def wait_until_async(self, predicate: Any, within_s: float = 10.0) -> list[Received]:
         return await asyncio.to_thread(self.wait_until, predicate, within_s)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+class Publisher:
+    """A paho client that sends a test's own messages, e.g. commands to the agent under test.
+
+    with Publisher(broker.host, broker.port) as pub:
+        pub.publish(f"{base}/cmd/read_now", envelope)   # returns once the broker has it (QoS 1)
+    """
+
+    def __init__(self, host: str, port: int, *, protocol: MQTTProtocolVersion = paho.MQTTv311) -> None:
+        self.host, self.port = host, port
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+
+    def start(self) -> Self:
+        self._client.connect(self.host, self.port)
+        self._client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, wait: bool = True, timeout: float = 5.0
+    ) -> paho.MQTTMessageInfo:
+        """Publish; with `wait`, return only once it is sent (at QoS 1, acknowledged by the broker)."""
+        info = self._client.publish(topic, payload, qos=qos)
+        if wait:
+            info.wait_for_publish(timeout)
+            if not info.is_published():
+                raise TimeoutError(f"{topic}: not published within {timeout} s")
+        return info
 
     def __enter__(self) -> Self:
         return self.start()

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.testing import wait_until
+
 START_TIMEOUT_S = 15.0
 
 
@@ -82,15 +84,18 @@ def start_plant(
     log_path = endpoints_file.with_suffix(".log")
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, env=env)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not endpoints_file.exists():
+
+    def announced() -> bool:
         if process.poll() is not None:
             err = log_path.read_text(errors="replace")
             raise RuntimeError(f"edge-sim exited with {process.returncode}: {err}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise TimeoutError("edge-sim did not announce its endpoints in time")
-        time.sleep(0.02)
+        return endpoints_file.exists()
+
+    try:
+        wait_until(announced, START_TIMEOUT_S, what="edge-sim announcing its endpoints")
+    except TimeoutError:
+        process.kill()
+        raise
     endpoints = json.loads(endpoints_file.read_text(encoding="utf-8"))
     modbus = endpoints["modbus_tcp"]
     return Plant(process, str(modbus["host"]), int(modbus["port"]), endpoints)
@@ -104,12 +109,3 @@ def running_plant(**kwargs: object) -> Iterator[Plant]:
         yield plant
     finally:
         plant.stop()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (for 'connection refused' tests)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
