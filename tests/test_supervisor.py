@@ -10,7 +10,7 @@ from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Event, Reading, now_ns
 from water_edge.drivers.base import TagInfo
-from water_edge.drivers.fake import FakeConfig, FakeDriver
+from water_edge.drivers.fake import FakeConfig, FakeDriver, FakeHealth
 
 
 class Collector:
@@ -100,8 +100,8 @@ class FlakyDriver:
     async def aclose(self) -> None:
         pass
 
-    def health(self) -> dict[str, Any]:
-        return {"reads": self.reads}
+    def health(self) -> FakeHealth:
+        return FakeHealth(open=True, reads=self.reads)
 
 
 async def test_device_that_drops_and_returns_is_reopened_with_events() -> None:
