@@ -71,7 +71,7 @@ async def test_unreachable_device_gives_bad_readings_every_poll_and_one_down_eve
     assert all("unreachable" in (r.reason or "") for _, r in sink.readings)
     assert [e.kind for e in sink.events] == ["driver_down"]
     assert runner.stats.failures >= 2  # it kept retrying with backoff
-    assert runner.snapshot()["state"] in ("down", "stopped")
+    assert runner.status().state in ("down", "stopped")
 
 
 class FlakyDriver:
