@@ -365,11 +365,13 @@ def test_the_schema_rejects_an_undocumented_field() -> None:
 # -- the schema documents every field of every part --------------------------------------------------
 
 
-def _unwrap(tp: Any) -> list[Any]:
+def _unwrap(tp: Any) -> list[type]:
     """The classes inside a type annotation (`X | None`, `tuple[X, ...]`, `dict[str, X]`)."""
     origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType, list, tuple, dict, typing.Literal):
-        return [t for arg in get_args(tp) for t in _unwrap(arg)] if origin is not typing.Literal else []
+    if origin is Literal:
+        return []
+    if origin in (typing.Union, types.UnionType, list, tuple, dict):
+        return [t for arg in get_args(tp) for t in _unwrap(arg)]
     return [tp] if isinstance(tp, type) else []
 
 
@@ -404,14 +406,9 @@ def documented_parts() -> dict[str, type]:
     return parts
 
 
-def _fields(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
 # Keys a section has beyond its class's fields: the rendered lines, and the document's own additions.
 EXTRA_KEYS = {
     "StatusDocument": {"alarms"},
-    "CommandCounts": set(),
     **{
         name: {"lines"}
         for name in (
@@ -435,10 +432,10 @@ def test_the_schema_lists_every_field_of_every_part() -> None:
         assert schema is not None, f"docs/status.schema.json has no $defs/{name}"
         assert schema.get("additionalProperties") is False, f"$defs/{name} must be closed"
         documented = set(schema["properties"])
-        fields = set(_fields(cls)) | EXTRA_KEYS.get(name, set())
+        fields = set(get_type_hints(cls)) | EXTRA_KEYS.get(name, set())
         assert fields - documented == set(), f"{name}: fields missing from the schema"
         assert documented - fields == set(), f"{name}: the schema documents fields that do not exist"
-        for field_name, hint in _fields(cls).items():
+        for field_name, hint in get_type_hints(cls).items():
             prop = schema["properties"][field_name]
             assert prop.get("description") or "$ref" in prop, f"{name}.{field_name} has no description"
             values = _choices(hint)
@@ -462,11 +459,17 @@ def _choices(hint: Any) -> set[Any] | None:
     return values
 
 
-def test_the_schema_maps_every_installed_driver_kind_to_its_health() -> None:
+def test_the_schema_maps_every_installed_driver_kind_and_processor_to_its_health() -> None:
+    defs = SCHEMA["$defs"]
     by_kind = {
         rule["if"]["properties"]["kind"]["const"]: rule["then"]["properties"]["driver"]["$ref"]
-        for rule in SCHEMA["$defs"]["RunnerStatus"]["allOf"]
+        for rule in defs["RunnerStatus"]["allOf"]
     }
     for kind in registry.known_kinds():
         health = _returned_health(registry.load(kind).health)  # type: ignore[union-attr]
         assert by_kind.get(kind) == f"#/$defs/{health.__name__}", kind
+    processor_refs = {
+        rule["then"]["properties"]["health"]["$ref"] for rule in defs["ProcessorStatus"]["allOf"]
+    }
+    for cls in PROCESSOR_CLASSES.values():
+        assert f"#/$defs/{_returned_health(cls.health).__name__}" in processor_refs, cls.__name__
