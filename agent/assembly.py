@@ -13,6 +13,7 @@ from typing import Any
 
 from water_edge.agent import processors as processor_kinds
 from water_edge.agent.config import Config
+from water_edge.agent.remote.result import CommandCounts
 from water_edge.core.errors import AgentError
 from water_edge.core.processor import (
     Calibratable,
@@ -75,7 +76,7 @@ class CommandWiring:
     """The command channel and what it needs from the running agent, bound after both exist."""
 
     handler: Callable[[str, bytes], Awaitable[None]]
-    stats: Callable[[], dict[str, Any]]
+    stats: Callable[[], CommandCounts]
     bind: Callable[[Any], None]
     restart_requested: list[str] = field(default_factory=list)
 

@@ -134,53 +134,33 @@ def _socket_path(args: argparse.Namespace) -> Path:
     return Path(_load(args.config).status_socket)
 
 
-def _age(ns: int | None, now: int) -> str:
-    if ns is None:
-        return "never"
-    return f"{(now - ns) / 1e9:.1f} s ago"
+# `edge-agent status` lays out the status document (agent.status_document, docs/status.md): a label
+# per section, then the lines that section rendered itself. It knows the document's sections and
+# that list entries carry a `name`, never a component's fields.
+SECTION_LABELS = (("uplink", "uplink   "), ("pipeline", "pipeline "), ("buffer", "buffer   "))
 
 
-def format_status(snap: dict[str, Any], now: int) -> str:
-    agent, up, buf, pipe = snap["agent"], snap["uplink"], snap["buffer"], snap["pipeline"]
-    lines = [
-        f"edge-agent {agent['version']}  site {agent['site']}  gateway {agent['gateway']}  "
-        f"pid {agent['pid']}  up {agent['uptime_s']:.0f} s",
-        f"uplink   {up.get('state')}  published {up.get('published', 0)}  acked "
-        f"{up.get('acked', 0)}  in flight {up.get('inflight', 0)}  reconnects "
-        f"{up.get('reconnects', 0)}" + (f"  last error: {up['last_error']}" if up.get("last_error") else ""),
-        f"pipeline {pipe['readings_per_s']:.0f} readings/s  pending {pipe['pending']}  "
-        f"committed {pipe['committed_readings']}  append errors {pipe['append_errors']}  "
-        f"dropped {pipe['dropped_readings']}",
-    ]
-    if buf:
-        pct = 100 * buf["bytes"] / buf["max_bytes"] if buf["max_bytes"] else 0
-        oldest = "-" if buf["oldest_age_s"] is None else f"{buf['oldest_age_s']} s"
-        lines.append(
-            f"buffer   {buf['rows']} rows / {buf['readings']} readings  {buf['bytes']} bytes "
-            f"({pct:.1f} % of quota)  oldest {oldest}  evicted {buf['evicted_readings']} readings"
-        )
+def format_status(snap: dict[str, Any]) -> str:
+    lines = _labelled("edge-agent ", snap["agent"])
+    for section, label in SECTION_LABELS:
+        lines += _labelled(label, snap[section])
     for proc in snap.get("processors") or []:
-        # Each processor renders its own lines; the crash count goes on the first.
-        crashes = f"  crashes {proc['crashes']}" if proc.get("crashes") else ""
-        for line in proc.get("lines") or [""]:
-            lines.append(f"model    {proc['name']}: {line}{crashes}")
-            crashes = ""
-    if snap.get("buffer", {}).get("quarantined"):
-        lines.append(f"ALARM    corrupt outbox quarantined to {snap['buffer']['quarantined']}")
+        lines += [f"model    {proc['name']}: {line}" for line in proc.get("lines") or []]
+    lines += [f"ALARM    {alarm}" for alarm in snap.get("alarms") or []]
     lines.append("drivers")
-    for d in snap["drivers"]:
-        err = f"  error: {d['last_error']}" if d["state"] != "up" and d["last_error"] else ""
-        lines.append(
-            f"  {d['name']:<24} {d['kind']:<12} {d['state']:<8} last read "
-            f"{_age(d['last_read_ns'], now)}  polls {d['polls']}  bad {d['bad_readings']}  "
-            f"overruns {d['overruns']}  restarts {d['reconnects']}{err}"
-        )
+    for device in snap["drivers"]:
+        lines += _labelled(f"  {device['name']:<24} ", device)
     return "\n".join(lines)
+
+
+def _labelled(label: str, section: dict[str, Any]) -> list[str]:
+    """A section's lines: the first after its label, further ones indented to line up with it."""
+    lines: list[str] = section.get("lines") or []
+    return [(label if i == 0 else " " * len(label)) + line for i, line in enumerate(lines)]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from water_edge.agent.status import AgentNotRunningError, request_status
-    from water_edge.core.reading import now_ns
 
     try:
         snap = request_status(_socket_path(args))
@@ -190,7 +170,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(format_status(snap, now_ns()))
+        print(format_status(snap))
     return EXIT_OK
 
 

@@ -12,6 +12,9 @@ Two more things see every submitted reading:
 - analytics processors read a `ReadingFeed` each: bounded, and lossless unless a processor falls
   behind by more than `max_wait_s` — a submit waits for room (backpressure on the poll loop,
   visible as overruns) and only then drops the batch for that feed, counting it.
+
+`Pipeline.health()` and `ReadingFeed.health()` are their typed health (`core.health.Health`): the
+status document's `pipeline` section and each processor's `feed`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,22 @@ class Appender(Protocol):
 
 
 CLOCK_STEP_REASON = "clock_step"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedHealth:
+    """One processor's feed: what waits in it, what it delivered and dropped, how often a submit waited."""
+
+    held_readings: int
+    delivered_readings: int
+    dropped_readings: int
+    waits: int
+
+    def status_lines(self) -> list[str]:
+        return [
+            f"held {self.held_readings}  delivered {self.delivered_readings}  "
+            f"dropped {self.dropped_readings}  waits {self.waits}"
+        ]
 
 
 class ReadingFeed:
@@ -107,17 +126,19 @@ class ReadingFeed:
     async def __anext__(self) -> tuple[str, list[Reading]]:
         return await self.get()
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "held_readings": self._held,
-            "delivered_readings": self.delivered_readings,
-            "dropped_readings": self.dropped_readings,
-            "waits": self.waits,
-        }
+    def health(self) -> FeedHealth:
+        return FeedHealth(
+            held_readings=self._held,
+            delivered_readings=self.delivered_readings,
+            dropped_readings=self.dropped_readings,
+            waits=self.waits,
+        )
 
 
 @dataclass
 class PipelineStats:
+    """The pipeline's running counters (mutable; `Pipeline.health()` is the frozen copy)."""
+
     readings_in: int = 0
     events_in: int = 0
     committed_readings: int = 0
@@ -129,6 +150,30 @@ class PipelineStats:
     readings_per_s: float = 0.0
     clock_steps: int = 0
     clock_flagged_readings: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineHealth:
+    """The pipeline's counters at one moment, and the readings waiting in memory for a commit."""
+
+    readings_in: int
+    events_in: int
+    committed_readings: int
+    committed_events: int
+    flushes: int
+    append_errors: int
+    dropped_readings: int  # dropped from memory after failed commits, past `max_pending`
+    last_error: str | None
+    readings_per_s: float
+    clock_steps: int
+    clock_flagged_readings: int
+    pending: int  # readings and events not yet committed
+
+    def status_lines(self) -> list[str]:
+        return [
+            f"{self.readings_per_s:.0f} readings/s  pending {self.pending}  committed "
+            f"{self.committed_readings}  append errors {self.append_errors}  dropped {self.dropped_readings}"
+        ]
 
 
 class Pipeline:
@@ -172,6 +217,9 @@ class Pipeline:
     @property
     def pending(self) -> int:
         return self._pending_count + len(self._pending_events)
+
+    def health(self) -> PipelineHealth:
+        return PipelineHealth(**dataclasses.asdict(self.stats), pending=self.pending)
 
     async def submit(self, stream: str, readings: list[Reading]) -> None:
         if not readings:

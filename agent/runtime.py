@@ -11,6 +11,9 @@ flush loop and the uplink's loop both make progress (`agent.watchdog`).
 Processors (analytics, `core.processor.Processor`: `name`, `async run(source, emit)`, `health()`)
 each get their own lossless bounded `ReadingFeed` (see `agent.pipeline`), limited to the streams
 they name when they have the `WantsStreams` capability, and are restarted with backoff if they raise.
+
+`status_document()` gathers every part's typed health into the `agent.status_document.StatusDocument`
+that the status socket serves (`snapshot()`, as JSON) and `edge-agent status` prints.
 """
 
 from __future__ import annotations
@@ -29,14 +32,16 @@ from water_edge.agent import __version__
 from water_edge.agent.assembly import EXIT_RESTART, build_command_channel, build_drivers, build_processors
 from water_edge.agent.config import Config
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
+from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.status import StatusServer
+from water_edge.agent.status_document import AgentStatus, ProcessorStatus, RejectedInputs, StatusDocument
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.agent.uplink.mqtt import CommandHandler, MqttUplink
 from water_edge.agent.watchdog import Notifier, Watchdog, watchdog_interval_s
 from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.buffer.stats import BufferHealth, buffer_health
 from water_edge.core.backoff import Backoff
 from water_edge.core.errors import AgentError
-from water_edge.core.health import health_json
 from water_edge.core.processor import Processor, WantsStreams
 from water_edge.core.reading import Event, Reading, now_ns
 from water_edge.core.redact import redact
@@ -58,7 +63,7 @@ class Agent:
         on_command: CommandHandler | None = None,
         notifier: Notifier | None = None,
         drivers: Mapping[str, Driver] | None = None,
-        command_stats: Callable[[], dict[str, Any]] | None = None,
+        command_stats: Callable[[], CommandCounts] | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
@@ -109,7 +114,7 @@ class Agent:
             if interval is not None and self.notifier.enabled
             else None
         )
-        self._buffer_stats: dict[str, Any] = {}
+        self._buffer: BufferHealth | None = None
 
     @staticmethod
     def _build_driver(device: Any) -> Driver:
@@ -141,82 +146,56 @@ class Agent:
             result[runner.name] = {"readings": len(readings)}
         return result
 
-    def snapshot(self) -> dict[str, Any]:
+    def status_document(self) -> StatusDocument:
         gw = self.config.gateway
         uplink = self.uplink.health()
         commands = uplink.commands
-        snapshot = {
-            "agent": {
-                "version": __version__,
-                "pid": os.getpid(),
-                "site": gw.site,
-                "gateway": gw.id,
-                "config": str(self.config.source),
-                "started_ns": self.started_ns,
-                "uptime_s": round(time.monotonic() - self.started_mono, 1),
-            },
-            "drivers": [runner.snapshot() for runner in self.runners],
-            "pipeline": {**vars(self.pipeline.stats), "pending": self.pipeline.pending},
-            "buffer": self._buffer_stats,
-            "uplink": health_json(uplink),
-            "processors": [self._processor_entry(p, feed) for p, feed in self.processors],
-            "watchdog": None if self.watchdog is None else {
-                "interval_s": self.watchdog.interval_s,
-                "pings": self.watchdog.pings,
-                "withheld": self.watchdog.withheld,
-                "stalled": self.watchdog.stalled,
-            },
-            # Every input turned away, by where it came from (each also logged where it happened).
-            "rejected": {
-                "status_requests": self.status.bad_requests,
-                "commands": 0 if commands is None else commands.rejected,
-                "commands_dropped": 0 if commands is None else commands.dropped,
-                "undecodable_rows": uplink.encode_errors,
-            },
-            "commands": None if self._command_stats is None else self._command_stats(),
-        }  # fmt: skip
-        return dict(redact(snapshot, [self.config.uplink.password or ""]))
+        return StatusDocument(
+            agent=AgentStatus(
+                version=__version__,
+                pid=os.getpid(),
+                site=gw.site,
+                gateway=gw.id,
+                config=str(self.config.source),
+                started_ns=self.started_ns,
+                uptime_s=round(time.monotonic() - self.started_mono, 1),
+            ),
+            drivers=tuple(runner.status() for runner in self.runners),
+            pipeline=self.pipeline.health(),
+            buffer=self._buffer,
+            uplink=uplink,
+            processors=tuple(
+                ProcessorStatus(p.name, self._processor_crashes[p.name], feed.health(), p.health())
+                for p, feed in self.processors
+            ),
+            watchdog=None if self.watchdog is None else self.watchdog.health(),
+            rejected=RejectedInputs(
+                status_requests=self.status.bad_requests,
+                commands=0 if commands is None else commands.rejected,
+                commands_dropped=0 if commands is None else commands.dropped,
+                undecodable_rows=uplink.encode_errors,
+            ),
+            commands=None if self._command_stats is None else self._command_stats(),
+        )
 
-    def _processor_entry(self, processor: Processor, feed: ReadingFeed) -> dict[str, Any]:
-        health = processor.health()
-        return {
-            "name": processor.name,
-            "crashes": self._processor_crashes[processor.name],
-            "feed": feed.health(),
-            "health": health_json(health),
-            "lines": health.status_lines(),
-        }
+    def snapshot(self) -> dict[str, Any]:
+        """The status document as JSON, with the broker password cut out wherever it appears."""
+        return dict(redact(self.status_document().to_json(), [self.config.uplink.password or ""]))
 
     async def _refresh_buffer_stats(self) -> None:
         """Status must answer instantly, so buffer figures are refreshed here, off the request path."""
         while True:
             stats = await self.outbox.stats()
-            self._buffer_stats = {
-                "rows": stats.rows,
-                "readings": stats.readings,
-                "bytes": stats.bytes,
-                "max_bytes": stats.max_bytes,
-                "used_pct": round(100 * stats.bytes / stats.max_bytes, 1),
-                "oldest_age_s": (
-                    None
-                    if stats.oldest_created_ns is None
-                    else max(0.0, round((now_ns() - stats.oldest_created_ns) / 1e9, 1))
-                ),
-                "evicted_rows": stats.evicted_rows,
-                "evicted_readings": stats.evicted_readings,
-                "expired_rows": stats.expired_rows,
-                "expired_readings": stats.expired_readings,
-                "disk_full": stats.disk_full,
-                "quarantined": (None if self.outbox.quarantined is None else str(self.outbox.quarantined[0])),
-            }
+            quarantined = self.outbox.quarantined
+            self._buffer = buffer_health(stats, now_ns(), None if quarantined is None else quarantined[0])
             self.notifier.send(f"STATUS={self._status_line()}")
             await asyncio.sleep(STATUS_REFRESH_S)
 
     def _status_line(self) -> str:
-        b = self._buffer_stats
+        b = self._buffer
         up = sum(r.stats.state == "up" for r in self.runners)
         return (
-            f"buffer {b.get('rows', 0)} rows ({b.get('used_pct', 0)} %), "
+            f"buffer {0 if b is None else b.rows} rows ({0 if b is None else b.used_pct} %), "
             f"uplink {self.uplink.health().summary()}, devices {up}/{len(self.runners)} up"
         )
 

@@ -4,20 +4,21 @@ When the device cannot be reached the runner reports it down once (an Event), st
 bad-quality reading for every tag at each poll so the centre sees a gap as a gap, and reopens the
 driver after a capped, jittered backoff. An unexpected exception from a driver is the one place
 with a last-resort handler: it is logged with its traceback, counted, and treated the same way.
+`DeviceRunner.status()` is the device's entry in the status document's `drivers` section.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import structlog
 
 from water_edge.core.backoff import Backoff
 from water_edge.core.errors import DriverIOError
-from water_edge.core.health import Health, health_json
+from water_edge.core.health import Health
 from water_edge.core.reading import Event, Reading, bad, now_ns
 from water_edge.core.scheduler import FixedRateTicker
 from water_edge.drivers.base import DeviceConfig, Driver, Streaming, StreamingDriver
@@ -41,7 +42,36 @@ class DeviceStats:
     last_read_ns: int | None = None
     last_error: str | None = None
     down_since_ns: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerStatus:
+    """One device as the runner sees it (`core.health.Health`), with its driver's own health."""
+
+    name: str
+    kind: str
+    state: DriverState
+    poll_interval_ms: int
+    polls: int
+    readings: int
+    bad_readings: int
+    overruns: int  # polls that could not keep the rate
+    failures: int
+    crashes: int  # unexpected exceptions from the driver
+    reconnects: int
+    last_read_ns: int | None
+    last_read_age_s: float | None  # at the time of this status
+    last_error: str | None
+    down_since_ns: int | None
+    driver: Health
+
+    def status_lines(self) -> list[str]:
+        last_read = "never" if self.last_read_age_s is None else f"{self.last_read_age_s:.1f} s ago"
+        err = f"  error: {self.last_error}" if self.state != "up" and self.last_error else ""
+        return [
+            f"{self.kind:<12} {self.state:<8} last read {last_read}  polls {self.polls}  bad "
+            f"{self.bad_readings}  overruns {self.overruns}  restarts {self.reconnects}{err}"
+        ]
 
 
 class DeviceRunner:
@@ -72,25 +102,26 @@ class DeviceRunner:
     def name(self) -> str:
         return self.config.name
 
-    def snapshot(self) -> dict[str, Any]:
+    def status(self) -> RunnerStatus:
         s = self.stats
-        return {
-            "name": self.name,
-            "kind": self.config.kind,
-            "state": s.state,
-            "poll_interval_ms": self.config.poll_interval_ms,
-            "polls": s.polls,
-            "readings": s.readings,
-            "bad_readings": s.bad_readings,
-            "overruns": self.ticker.overruns,
-            "failures": s.failures,
-            "crashes": s.crashes,
-            "reconnects": s.reconnects,
-            "last_read_ns": s.last_read_ns,
-            "last_error": s.last_error,
-            "down_since_ns": s.down_since_ns,
-            "driver": health_json(h) if isinstance(h := self.driver.health(), Health) else h,
-        }
+        return RunnerStatus(
+            name=self.name,
+            kind=self.config.kind,
+            state=s.state,
+            poll_interval_ms=self.config.poll_interval_ms,
+            polls=s.polls,
+            readings=s.readings,
+            bad_readings=s.bad_readings,
+            overruns=self.ticker.overruns,
+            failures=s.failures,
+            crashes=s.crashes,
+            reconnects=s.reconnects,
+            last_read_ns=s.last_read_ns,
+            last_read_age_s=None if s.last_read_ns is None else round((now_ns() - s.last_read_ns) / 1e9, 3),
+            last_error=s.last_error,
+            down_since_ns=s.down_since_ns,
+            driver=self.driver.health(),
+        )
 
     async def run(self) -> None:
         try:

@@ -8,7 +8,8 @@ it (a terminal, a test) every call is a no-op.
 progress counters it was given (the pipeline's flush loop, the uplink's drain/reconnect loop) and
 sends `WATCHDOG=1` only if every one of them moved since the previous ping. A stalled part (or a
 blocked event loop, which stops the ticks themselves) lets the deadline pass, and systemd kills
-and restarts the agent (`WatchdogSec=`, `Restart=on-failure`).
+and restarts the agent (`WatchdogSec=`, `Restart=on-failure`). `Watchdog.health()` is the status
+document's `watchdog` section.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import structlog
 
@@ -78,6 +80,20 @@ def watchdog_interval_s(env: Mapping[str, str] | None = None) -> float | None:
     return int(usec) / 2e6
 
 
+@dataclass(frozen=True, slots=True)
+class WatchdogHealth:
+    """The watchdog's counters (`core.health.Health`)."""
+
+    interval_s: float
+    pings: int
+    withheld: int  # checks at which a loop had not progressed, so no ping was sent
+    stalled: tuple[str, ...]  # the loops that had not progressed at the latest check
+
+    def status_lines(self) -> list[str]:
+        stalled = f"  stalled: {', '.join(self.stalled)}" if self.stalled else ""
+        return [f"every {self.interval_s:g} s  pings {self.pings}  withheld {self.withheld}{stalled}"]
+
+
 class Watchdog:
     """Pings `WATCHDOG=1` at `interval_s` while every progress counter keeps moving."""
 
@@ -111,6 +127,11 @@ class Watchdog:
             return False
         self.pings += 1
         return self._notifier.send("WATCHDOG=1", *fields)
+
+    def health(self) -> WatchdogHealth:
+        return WatchdogHealth(
+            interval_s=self.interval_s, pings=self.pings, withheld=self.withheld, stalled=tuple(self.stalled)
+        )
 
     async def run(self) -> None:
         while True:

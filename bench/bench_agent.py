@@ -19,9 +19,10 @@ import paho.mqtt.client as paho
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support.agent_proc import start_agent, write_config
+from tests.support.agent_proc import start_agent
 from tests.support.broker import Mosquitto
 from tests.support.plant import running_plant
+from tests.support.testing import write_agent_config
 from water_edge.buffer.stats import read_stats
 from water_edge.sim.benchmap import agent_config_toml
 
@@ -78,12 +79,13 @@ def _percentile(values: list[float], q: float) -> float:
 def run(tmpdir: Path, n_tags: int = 10_000) -> list[dict[str, Any]]:
     with Mosquitto() as broker, running_plant(bench_tags=n_tags, workdir=tmpdir) as plant:
         devices = agent_config_toml(n_tags, plant.host, plant.port)
-        config = write_config(
+        config = write_agent_config(
             tmpdir,
             broker_port=broker.port,
             devices=devices,
             site="bench",
             gateway="gw",
+            uplink={"reconnect_max_s": 1.0},
             extra='[log]\nlevel = "warning"',
         )
         counter = Counter(broker.host, broker.port, "water/bench/gw/#")

@@ -65,7 +65,7 @@ async def _measure(wav: Path, seconds: float) -> dict[str, Any]:
     return {
         "cpu_pct": 100 * cpu / wall,
         "wall_s": wall,
-        "dropped": health["dropped_frames"],
+        "dropped": health.dropped_frames,
         "windows": len(windows),
         "readings": readings,
     }

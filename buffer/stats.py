@@ -1,16 +1,66 @@
 """Outbox statistics for people: `edge-agent buffer stats` reads them from the database file,
-read-only, while the agent may be running and writing, and prints them as text or JSON.
+read-only, while the agent may be running and writing, and prints them as text or JSON; and
+`BufferHealth`, the running agent's view of its outbox (the status document's `buffer` section).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from water_edge.buffer import schema
 from water_edge.buffer.types import OutboxStats
 from water_edge.core.errors import BufferError
+
+
+@dataclass(frozen=True, slots=True)
+class BufferHealth:
+    """The outbox at one moment (`core.health.Health`), as the running agent measures it."""
+
+    rows: int
+    readings: int
+    bytes: int
+    max_bytes: int
+    used_pct: float
+    oldest_age_s: float | None  # how far behind the centre is; None when the outbox is empty
+    evicted_rows: int
+    evicted_readings: int
+    expired_rows: int
+    expired_readings: int
+    disk_full: int
+    quarantined: str | None  # where a corrupt outbox found at start was moved to
+
+    def status_lines(self) -> list[str]:
+        pct = _pct_of(self.bytes, self.max_bytes)
+        oldest = "-" if self.oldest_age_s is None else f"{self.oldest_age_s} s"
+        return [
+            f"{self.rows} rows / {self.readings} readings  {self.bytes} bytes ({pct:.1f} % of quota)  "
+            f"oldest {oldest}  evicted {self.evicted_readings} readings"
+        ]
+
+    def alarm_lines(self) -> list[str]:
+        """Conditions someone must act on, each one line."""
+        return [] if self.quarantined is None else [f"corrupt outbox quarantined to {self.quarantined}"]
+
+
+def buffer_health(stats: OutboxStats, now_ns: int, quarantined: Path | None = None) -> BufferHealth:
+    age = _age_s(stats, now_ns)
+    return BufferHealth(
+        rows=stats.rows,
+        readings=stats.readings,
+        bytes=stats.bytes,
+        max_bytes=stats.max_bytes,
+        used_pct=round(_pct(stats), 1),
+        oldest_age_s=None if age is None else round(age, 1),
+        evicted_rows=stats.evicted_rows,
+        evicted_readings=stats.evicted_readings,
+        expired_rows=stats.expired_rows,
+        expired_readings=stats.expired_readings,
+        disk_full=stats.disk_full,
+        quarantined=None if quarantined is None else str(quarantined),
+    )
 
 
 def read_stats(path: str | Path) -> OutboxStats:
@@ -84,7 +134,11 @@ def format_stats(stats: OutboxStats, now_ns: int) -> str:
 
 
 def _pct(stats: OutboxStats) -> float:
-    return 100.0 * stats.bytes / stats.max_bytes if stats.max_bytes else 0.0
+    return _pct_of(stats.bytes, stats.max_bytes)
+
+
+def _pct_of(used: int, quota: int) -> float:
+    return 100.0 * used / quota if quota else 0.0
 
 
 def _age_s(stats: OutboxStats, now_ns: int) -> float | None:

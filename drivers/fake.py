@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +34,17 @@ class FakeConfig(DeviceConfig):
     tags: list[FakeTag] = Field(min_length=1)
     unreachable: bool = False
     fail_after_reads: int | None = Field(default=None, ge=0)
+
+
+@dataclass(frozen=True, slots=True)
+class FakeHealth:
+    """The fake driver's state (`core.health.Health`), under the device's `driver` in the status document."""
+
+    open: bool
+    reads: int
+
+    def status_lines(self) -> list[str]:
+        return [f"reads {self.reads}  open {'yes' if self.open else 'no'}"]
 
 
 class FakeDriver:
@@ -81,5 +93,5 @@ class FakeDriver:
     async def aclose(self) -> None:
         self._open = False
 
-    def health(self) -> dict[str, Any]:
-        return {"open": self._open, "reads": self._reads}
+    def health(self) -> FakeHealth:
+        return FakeHealth(open=self._open, reads=self._reads)

@@ -96,16 +96,16 @@ class Model:
                     f"(max difference {err:.3g} > {vector.atol:g})"
                 )
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ModelInfo:
         m = self.manifest
-        return {
-            "name": m.name,
-            "version": m.version,
-            "sha256": m.sha256,
-            "backend": self.backend,
-            "file": str(self.path),
-            "invocations": self.invocations,
-        }
+        return ModelInfo(
+            name=m.name,
+            version=m.version,
+            sha256=m.sha256,
+            backend=self.backend,
+            file=str(self.path),
+            invocations=self.invocations,
+        )
 
 
 def load_model(manifest_path: Path | str, *, num_threads: int = 1, self_test: bool = True) -> Model:
@@ -127,6 +127,33 @@ def load_model(manifest_path: Path | str, *, num_threads: int = 1, self_test: bo
             raise ModelError(f"{model_path}: self-test could not run: {exc}") from exc
     log.info("model.loaded", model=manifest.name, version=manifest.version, backend=backend)
     return model
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """The model in service: which one, from which file, run by which TFLite backend, how often."""
+
+    name: str
+    version: str
+    sha256: str
+    backend: str
+    file: str
+    invocations: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSlotHealth:
+    """A model slot (`core.health.Health`): the model in service and what became of the swaps."""
+
+    model: ModelInfo | None  # None before a model is loaded
+    swaps: int
+    refused: int  # swaps refused (bad sha256, failed self-test); the old model stayed in service
+    last_refusal: str | None
+
+    def status_lines(self) -> list[str]:
+        model = "no model" if self.model is None else f"{self.model.name} {self.model.version}"
+        refused = f"  refused {self.refused}: {self.last_refusal}" if self.refused else ""
+        return [f"{model}  swaps {self.swaps}{refused}"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +202,10 @@ class ModelSlot:
             log.info("model.swapped", model=new.name, old=old.version if old else None, new=new.version)
             return SwapResult(True, new.version)
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "model": self._model.describe() if self._model else None,
-            "swaps": self.swaps,
-            "refused": self.refused,
-            "last_refusal": self.last_refusal,
-        }
+    def health(self) -> ModelSlotHealth:
+        return ModelSlotHealth(
+            model=self._model.describe() if self._model else None,
+            swaps=self.swaps,
+            refused=self.refused,
+            last_refusal=self.last_refusal,
+        )

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -27,6 +28,7 @@ from water_edge.core.envelope import sign
 
 TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
 LEAK_MODEL = Path(__file__).resolve().parents[1] / "models" / "leak"
+STATUS_SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "status.schema.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,8 @@ def test_signed_commands_run_and_forged_ones_are_refused(
     assert accepted[0]["result"]["pump-station"]["readings"] == 43
     assert len(refused) == 1
     assert "signature" in refused[0]["reason"]
-    assert sum(v for k, v in status["commands"].items() if k != "accepted" and k != "ok") >= 1
+    assert (status["commands"]["ok"], status["commands"]["refused_by_reason"]) == (1, {"bad_signature": 1})
+    jsonschema.validate(status, STATUS_SCHEMA)  # a real document with a command channel
     # a signed restart exits with EX_TEMPFAIL, which systemd's Restart=on-failure restarts
     assert code == 75
 
@@ -189,6 +192,7 @@ channel_names = ["A", "B"]
     assert "the old one stays" in swapped[1]["reason"]
     assert "model    pump_anomaly: pump1 learning" in human
     assert "model    leak:hydrophones: " in human
+    jsonschema.validate(status, STATUS_SCHEMA)  # with both processors and an audio device
     by_name = {p["name"]: p for p in status["processors"]}
     assert set(by_name) == {"pump_anomaly", "leak:hydrophones"}
     pump = by_name["pump_anomaly"]["health"]["pumps"]["pump1"]

@@ -1,8 +1,10 @@
 """Audio driver parts without a source: ring buffer, windows, levels, night minimum, the PortAudio
-callback (driven directly: this container has no audio device), and config validation."""
+callback (driven directly: this container has no audio device), the device source through a capture
+backend of the test's own, and config validation."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 
@@ -11,12 +13,14 @@ import pytest
 import sounddevice as sd
 from pydantic import ValidationError
 
+from water_edge.core.errors import DriverIOError
 from water_edge.drivers.audio.config import AudioConfig
-from water_edge.drivers.audio.device import CaptureCallback
+from water_edge.drivers.audio.device import CaptureCallback, CaptureSettings
+from water_edge.drivers.audio.driver import AudioDriver
 from water_edge.drivers.audio.levels import LevelMeter, NightTracker
 from water_edge.drivers.audio.ring import Chunk, FrameRing
 from water_edge.drivers.audio.source import GapLog
-from water_edge.drivers.audio.window import Clock, Windower
+from water_edge.drivers.audio.window import AudioWindow, Clock, Windower
 
 SR = 1000
 
@@ -148,8 +152,93 @@ def test_portaudio_callback_counts_overflows_and_converts_int16() -> None:
     assert got[0][1].dtype == np.float32
     assert float(got[0][1][0, 0]) == 0.5
     assert cb.overflows == 2
-    assert gaps.snapshot()["dropped_by_cause"] == {"input_overflow": 321}
+    assert gaps.snapshot().dropped_by_cause == {"input_overflow": 321}
     assert clock.t0_ns > 0
+
+
+class FakeStream:
+    device = "fake input (hw:9,0)"
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeCapture:
+    """A capture backend: the test plays PortAudio's thread by calling the callback it was given."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        self.refuse = refuse
+        self.settings: CaptureSettings | None = None
+        self.callback: CaptureCallback | None = None
+        self.stream = FakeStream()
+
+    def check(self, settings: CaptureSettings) -> None:
+        self.settings = settings
+        if self.refuse:
+            raise DriverIOError(f"audio device {settings.device!r}: {self.refuse}")
+
+    def start(self, settings: CaptureSettings, callback: CaptureCallback) -> FakeStream:
+        self.callback = callback
+        return self.stream
+
+
+def device_driver(capture: FakeCapture) -> AudioDriver:
+    config = AudioConfig(
+        name="hyd",
+        kind="audio",
+        source="device",
+        device="USB",
+        sample_rate=1000,
+        channels=2,
+        window_s=0.5,
+        hop_s=0.5,
+        level_interval_s=1,
+    )
+    return AudioDriver(config, capture=capture)
+
+
+async def test_a_device_source_captures_through_its_backend_and_counts_what_portaudio_lost() -> None:
+    capture = FakeCapture()
+    driver = device_driver(capture)
+    windows: list[AudioWindow] = []
+    driver.add_window_listener(windows.append)
+    await driver.open()
+    assert capture.settings == CaptureSettings("USB", 2, "float32", 1000, 1024, "high")
+    callback = capture.callback
+    assert callback is not None
+
+    def portaudio_thread() -> None:
+        block = np.full((100, 2), 0.25, dtype=np.float32)
+        for i in range(30):  # 3 s of audio; PortAudio overflowed once, before block 5
+            status = SimpleNamespace(input_overflow=i == 5)
+            callback(block, 100, SimpleNamespace(inputBufferAdcTime=0.0), status)
+
+    stream = driver.stream()
+    await asyncio.to_thread(portaudio_thread)
+    readings = {r.tag: r for r in await asyncio.wait_for(anext(stream), 5)}
+    assert readings["A.rms_dbfs"].value == pytest.approx(-12.04, abs=0.01)
+    assert readings["dropped_frames"].value == 1
+    assert windows
+    assert all(w.samples.shape == (500, 2) for w in windows)
+    health = driver.health()
+    assert (health.device, health.callbacks, health.input_overflows) == ("USB", 30, 1)
+    assert (health.open, health.source, health.sample_rate, health.channels) == (True, "device", 1000, 2)
+    assert health.dropped_by_cause == {"input_overflow": 1}
+    assert health.path is None  # another kind of source's field
+    assert health.status_lines()[0].startswith("device 1000 Hz x 2  windows ")
+    await stream.aclose()
+    await driver.aclose()
+    assert capture.stream.closed
+    assert (driver.health().open, driver.health().device) == (False, None)
+
+
+async def test_a_device_the_backend_refuses_is_a_driver_io_error_naming_it() -> None:
+    driver = device_driver(FakeCapture(refuse="Invalid number of channels"))
+    with pytest.raises(DriverIOError, match=r"^hyd: audio device 'USB': Invalid number of channels$"):
+        await driver.open()
 
 
 BASE = {"name": "h1", "kind": "audio"}

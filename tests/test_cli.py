@@ -10,14 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from tests.support.agent_proc import AgentProcess, running_agent
 from tests.support.testing import write_agent_config
 from water_edge.agent.cli import format_status
+from water_edge.agent.pipeline import FeedHealth
+from water_edge.agent.status_document import ProcessorStatus
 from water_edge.core.health import health_json
 from water_edge.models.leak.processor import LeakHealth
 from water_edge.models.pump.health import PumpHealth, PumpStatus
+
+STATUS_SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "status.schema.json").read_text())
 
 FAKE_DEVICE = """
 [[devices]]
@@ -62,6 +67,23 @@ def test_status_is_readable_and_json(agent: AgentProcess) -> None:
     assert snap["drivers"][0]["state"] == "up"
     assert snap["uplink"]["state"] != "online"
     assert snap["agent"]["gateway"] == "gw-test"
+    assert snap["drivers"][0]["driver"]["reads"] >= 3  # the fake driver's own health
+
+
+def test_status_json_matches_the_published_schema(agent: AgentProcess) -> None:
+    result = cli("status", "-c", str(agent.config), "--json")
+    assert result.returncode == 0, result.stderr
+    snap = json.loads(result.stdout)
+    jsonschema.validate(snap, STATUS_SCHEMA)
+    assert snap["buffer"]["rows"] >= 3  # measured, not the empty placeholder
+    assert (snap["watchdog"], snap["commands"], snap["alarms"]) == (None, None, [])
+
+
+def test_status_text_lays_out_every_section_the_agent_renders(agent: AgentProcess) -> None:
+    human = cli("status", "-c", str(agent.config)).stdout.splitlines()
+    starts = ["edge-agent ", "uplink   ", "pipeline ", "buffer   ", "drivers", f"  {'fake-plc':<24} fake "]
+    assert len(human) == len(starts), human
+    assert all(line.startswith(start) for line, start in zip(human, starts, strict=True)), human
 
 
 def test_status_without_an_agent_says_so_and_exits_3(tmp_path: Path) -> None:
@@ -134,30 +156,17 @@ def test_status_prints_each_processors_own_lines() -> None:
         "leak:hyd": (LeakHealth(12, 0, 0.0132), 0),
         "leak:quiet": (LeakHealth(0, 0, None), 0),
     }
+    feed = FeedHealth(0, 0, 0, 0)
+    processors = [ProcessorStatus(name, crashes, feed, h) for name, (h, crashes) in healths.items()]
     snapshot = {
-        "agent": {"version": "x", "site": "s", "gateway": "g", "pid": 1, "uptime_s": 5.0},
-        "uplink": {"state": "online"},
-        "pipeline": {
-            "readings_per_s": 0.0,
-            "pending": 0,
-            "committed_readings": 0,
-            "append_errors": 0,
-            "dropped_readings": 0,
-        },
+        "agent": {"lines": ["x"]},
+        "uplink": {"lines": ["online"]},
+        "pipeline": {"lines": ["0 readings/s"]},
         "buffer": {},
         "drivers": [],
-        "processors": [
-            {
-                "name": name,
-                "crashes": crashes,
-                "feed": {},
-                "health": health_json(h),
-                "lines": h.status_lines(),
-            }
-            for name, (h, crashes) in healths.items()
-        ],
+        "processors": [health_json(p) | {"lines": p.status_lines()} for p in processors],
     }
-    lines = format_status(snapshot, 0).splitlines()
+    lines = format_status(snapshot).splitlines()
     assert [line for line in lines if line.startswith("model")] == [
         "model    pump_anomaly: P1 learning, P2 alarm  crashes 2",
         "model    leak:hyd: 12 windows scored, leak probability 0.0132",

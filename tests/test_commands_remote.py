@@ -131,7 +131,7 @@ async def test_invalid_commands_are_refused_audited_and_counted(rig: Rig, make: 
     assert result.reason is not None
     assert result.reason.startswith(reason)
     assert rig.reads == []  # type: ignore[attr-defined]
-    assert rig.proc.stats()[f"refused.{reason}"] == 1
+    assert rig.proc.stats().refused_by_reason == {reason: 1}
     (entry,) = read_audit(rig.state / "audit.log")
     assert (entry["outcome"], entry["reason"]) == ("refused", reason)
 

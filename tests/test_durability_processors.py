@@ -69,6 +69,7 @@ async def test_a_crashing_processor_is_restarted_counted_and_announced(tmp_path:
     assert processor.seen == [2.0, 3.0, 4.0, 5.0], "the restarted processor gets what came after it"
     assert entry["feed"]["dropped_readings"] == 0
     assert entry["health"]["runs"] == 2  # the processor's typed health, as JSON and as its own lines
-    assert entry["lines"] == [f"2 runs, {entry['health']['seen']} readings seen"]
+    # its own lines, with the runtime's crash count added to the first
+    assert entry["lines"] == [f"2 runs, {entry['health']['seen']} readings seen  crashes 1"]
     assert "processor_crashed" in kinds
     assert "leak" in kinds

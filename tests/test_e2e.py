@@ -26,6 +26,7 @@ from water_edge.buffer.stats import read_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "payload.schema.json").read_text())
+STATUS_SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
 TOPIC = "water/test-site/gw-test"
 
 
@@ -74,6 +75,7 @@ def test_every_reading_reaches_the_broker_in_order_with_values_and_units(
     driver = status["drivers"][0]
     assert (driver["name"], driver["state"], driver["bad_readings"]) == ("pump-station", "up", 0)
     assert json.loads(cli.stdout)["drivers"][0]["name"] == "pump-station"
+    jsonschema.validate(json.loads(cli.stdout), STATUS_SCHEMA)  # `status --json` as documented
 
     for message in messages:
         if not message.topic.endswith("/status"):
@@ -184,6 +186,7 @@ def test_unreachable_plc_is_reported_as_bad_readings_and_an_event(
         messages = sub.snapshot()
     assert status["drivers"][0]["state"] == "down"
     assert "refused" in (status["drivers"][0]["last_error"] or "").lower()
+    jsonschema.validate(status, STATUS_SCHEMA)
     streams = by_stream(messages)
     readings = [r for m in streams["pump-station"] for r in m["readings"]]
     assert readings

@@ -1,7 +1,9 @@
-"""The M-Bus driver against firmware-sim meters on a pseudo-terminal: readings, faults, scans."""
+"""The M-Bus driver against firmware-sim meters on a pseudo-terminal (readings, faults, scans), and
+through its master factory with a scripted master (failure accounting, a shared segment)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,9 @@ from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Reading
 from water_edge.drivers.mbus.config import MbusConfig
 from water_edge.drivers.mbus.driver import MbusDriver
-from water_edge.drivers.mbus.link import MbusMaster
+from water_edge.drivers.mbus.frame import MbusDecodeError
+from water_edge.drivers.mbus.link import LinkStats, MbusMaster, MbusTimeoutError
+from water_edge.drivers.mbus.telegram import Header, Record, Telegram
 from water_edge.sim.component import SimContext
 from water_edge.sim.mbus_bus import MbusBus, MbusComponent
 from water_edge.sim.mbus_meter import STATUS_PERMANENT_ERROR, STATUS_POWER_LOW
@@ -81,7 +85,7 @@ async def test_all_records_of_primary_and_secondary_meters(bus: MbusBus) -> None
         expected = m3.monthly_litres(storage) / 1000
         assert got[f"house3.volume.storage{storage}"].value == pytest.approx(expected)
     assert {t.name for t in driver.tags()} >= set(got)
-    assert driver.health()["meter_reads"] == 2
+    assert driver.health().meter_reads == 2
 
 
 async def test_selected_records_and_a_missing_one(bus: MbusBus) -> None:
@@ -103,8 +107,8 @@ async def test_checksum_error_is_retried_and_counted(bus: MbusBus) -> None:
     got, driver = await read_once(config(bus, [{"name": "m1", "address": 1}]))
     assert got["m1.volume"].quality == "good"
     health = driver.health()
-    assert health["checksum_errors"] == 1
-    assert health["retries"] == 1
+    assert health.checksum_errors == 1
+    assert health.retries == 1
 
 
 async def test_silent_or_garbled_meter_gives_bad_readings_others_stay_good(bus: MbusBus) -> None:
@@ -119,7 +123,7 @@ async def test_silent_or_garbled_meter_gives_bad_readings_others_stay_good(bus: 
     assert got["d.status"].quality == "bad"
     assert got["d.status"].reason is not None
     assert "checksum" in got["d.status"].reason
-    assert driver.health()["meter_failures"] == 2
+    assert driver.health().meter_failures == 2
 
 
 async def test_meter_error_flags_set_quality(bus: MbusBus) -> None:
@@ -187,3 +191,95 @@ def test_sample_config_loads() -> None:
     (device,) = [d for d in cfg.devices if d.kind == "mbus"]
     assert isinstance(device, MbusConfig)
     assert len(device.meters) >= 2
+
+
+# -- through the master factory: a scripted master, no serial port ------------------------------------
+
+_fake_ports = itertools.count()
+
+
+class ScriptedMaster:
+    """An `MbusLink` answering each primary address with telegrams, or raising what it is given."""
+
+    def __init__(self, answers: dict[int, list[Telegram] | Exception]) -> None:
+        self.answers = answers
+        self.stats = LinkStats()
+        self.opens = 0
+        self._open = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def open(self) -> None:
+        self.opens += 1
+        self._open = True
+
+    def close(self) -> None:
+        self._open = False
+
+    def read_telegrams(self, address: int, *, max_telegrams: int = 8) -> list[Telegram]:
+        self.stats.requests += 1
+        answer = self.answers[address]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def read_secondary(self, secondary: str, *, max_telegrams: int = 8) -> list[Telegram]:
+        raise MbusTimeoutError(f"no meter {secondary}")
+
+
+def water_meter(address: int, litres: float) -> list[Telegram]:
+    header = Header("12345678", "KAM", 1, 7, access_number=1, status=0, signature=0)
+    volume = Record(b"\x04", b"\x13", b"", litres / 1000, "m3", "volume", "instantaneous", 0, 0, 0)
+    return [Telegram(address, 0x08, 0x72, header, [volume])]
+
+
+def scripted_config(port: str, name: str, addresses: list[int]) -> MbusConfig:
+    meters = [{"name": f"m{a}", "address": a} for a in addresses]
+    return MbusConfig.model_validate({"name": name, "kind": "mbus", "port": port, "meters": meters})
+
+
+async def test_meter_failures_are_bad_readings_counted_in_health_without_a_port() -> None:
+    master = ScriptedMaster({
+        1: water_meter(1, 12_500),
+        2: MbusDecodeError("unknown VIF 0x7E"),
+        3: MbusTimeoutError("no answer"),
+    })  # fmt: skip
+    port = f"/dev/fake-mbus-{next(_fake_ports)}"
+    driver = MbusDriver(scripted_config(port, "meters", [1, 2, 3]), lambda _config: master)
+    await driver.open()
+    try:
+        got = {r.tag: r for r in await driver.read()}
+        health = driver.health()
+    finally:
+        await driver.aclose()
+    assert (got["m1.volume"].value, got["m1.volume"].quality, got["m1.volume"].unit) == (12.5, "good", "m3")
+    assert got["m2.status"].quality == "bad"
+    assert got["m2.status"].reason == "undecodable telegram: unknown VIF 0x7E"
+    assert (got["m3.status"].quality, got["m3.status"].reason) == ("bad", "timeout")
+    assert (health.polls, health.meter_reads, health.meter_failures, health.decode_errors) == (1, 1, 2, 1)
+    assert (health.open, health.requests) == (True, 3)
+    assert health.bus is not None
+    assert (health.bus.port, health.bus.users, health.bus.transactions) == (port, 1, 4)  # open + 3 meters
+    closed = driver.health()
+    assert (closed.open, closed.bus) == (False, None)
+
+
+async def test_two_sections_on_one_segment_share_the_first_ones_master() -> None:
+    first, second = ScriptedMaster({1: water_meter(1, 1_000)}), ScriptedMaster({})
+    port = f"/dev/fake-mbus-{next(_fake_ports)}"
+    a = MbusDriver(scripted_config(port, "a", [1]), lambda _config: first)
+    b = MbusDriver(scripted_config(port, "b", [1]), lambda _config: second)
+    await a.open()
+    await b.open()
+    try:
+        assert [r.value for r in await b.read() if r.tag == "m1.volume"] == [1.0]
+        assert (first.opens, second.opens, first.stats.requests) == (1, 0, 1)
+        bus = b.health().bus
+        assert bus is not None
+        assert bus.users == 2
+    finally:
+        await a.aclose()
+        await b.aclose()
+    assert not first.is_open  # the last user closed it

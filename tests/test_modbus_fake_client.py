@@ -16,7 +16,7 @@ from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DeviceError, DriverIOError
-from water_edge.core.health import Health
+from water_edge.core.health import Health, health_json
 from water_edge.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
 from water_edge.drivers.modbus.rtu import ModbusRtuDriver
 from water_edge.drivers.modbus.tcp import ModbusTcpDriver
@@ -196,7 +196,7 @@ async def test_typed_health_reaches_the_status_document_as_plain_json() -> None:
         return None
 
     runner = DeviceRunner(driver._config, driver, ignore, ignore)  # type: ignore[arg-type]
-    assert runner.snapshot()["driver"] == {
+    assert health_json(runner.status())["driver"] == {
         "requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0, "last_ok_ns": None, "connected": True,
     }  # fmt: skip
     await driver.aclose()

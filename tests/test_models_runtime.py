@@ -101,6 +101,6 @@ async def test_swap_replaces_the_model_and_a_bad_swap_keeps_the_old_one(tmp_path
     assert refused.reason is not None
     assert "sha256" in refused.reason
     assert slot.model.version == "9.9.9"  # still serving the last good one
-    assert slot.health()["refused"] == 1
-    assert slot.health()["swaps"] == 1
+    assert slot.health().refused == 1
+    assert slot.health().swaps == 1
     assert old_version != "9.9.9"

@@ -197,4 +197,4 @@ async def test_a_stuck_processor_costs_counted_drops_not_a_stuck_pipeline() -> N
     await pipeline.flush()
     assert feed.dropped_readings == 9  # the first batch fits, the next three wait, then drop
     assert sum(len(b.readings or []) for c in sink.calls for b in c) == 12, "the outbox got all"
-    assert feed.health()["held_readings"] == 3
+    assert feed.health().held_readings == 3

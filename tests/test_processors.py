@@ -163,4 +163,4 @@ async def test_a_kind_from_a_plugin_entry_point_is_validated_built_and_run(
     (entry,) = snapshot["processors"]
     assert entry["health"] == {"batches": 1}
     assert entry["lines"] == ["1 batches echoed"]
-    assert "model    echo:plc: 1 batches echoed" in format_status(snapshot, now_ns()).splitlines()
+    assert "model    echo:plc: 1 batches echoed" in format_status(snapshot).splitlines()

@@ -12,7 +12,7 @@ from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Event, Reading, now_ns
 from water_edge.drivers.base import TagInfo
-from water_edge.drivers.fake import FakeConfig, FakeDriver
+from water_edge.drivers.fake import FakeConfig, FakeDriver, FakeHealth
 
 
 class Collector:
@@ -82,7 +82,7 @@ async def test_unreachable_device_gives_bad_readings_every_poll_and_one_down_eve
     assert all("unreachable" in (r.reason or "") for _, r in sink.readings)
     assert [e.kind for e in sink.events] == ["driver_down"]
     assert runner.stats.failures >= 2  # it kept retrying with backoff
-    assert runner.snapshot()["state"] in ("down", "stopped")
+    assert runner.status().state in ("down", "stopped")
 
 
 class FlakyDriver:
@@ -111,8 +111,8 @@ class FlakyDriver:
     async def aclose(self) -> None:
         pass
 
-    def health(self) -> dict[str, Any]:
-        return {"reads": self.reads}
+    def health(self) -> FakeHealth:
+        return FakeHealth(open=True, reads=self.reads)
 
 
 async def test_device_that_drops_and_returns_is_reopened_with_events() -> None:

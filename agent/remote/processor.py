@@ -12,7 +12,6 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 import structlog
 from cryptography.exceptions import InvalidSignature
@@ -20,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from water_edge.agent.remote.audit import AuditLog
 from water_edge.agent.remote.config import SecuritySection, decode_public_key
 from water_edge.agent.remote.nonces import NonceStore
-from water_edge.agent.remote.result import CommandFailedError, CommandResult
+from water_edge.agent.remote.result import CommandCounts, CommandFailedError, CommandResult
 from water_edge.core.envelope import Envelope, EnvelopeError, parse
 
 log = structlog.get_logger(__name__)
@@ -49,11 +48,17 @@ class CommandProcessor:
         self.audit = audit
         self._handlers = dict(handlers)
         self._clock = clock
-        self.counts: Counter[str] = Counter()
+        self._outcomes: Counter[str] = Counter()
+        self._refusals: Counter[str] = Counter()
 
-    def stats(self) -> dict[str, Any]:
-        """Counters for `status`: accepted, failed, and refusals by reason."""
-        return dict(self.counts)
+    def stats(self) -> CommandCounts:
+        """Counters for `status`: commands by outcome, and refusals by reason code."""
+        return CommandCounts(
+            ok=self._outcomes["ok"],
+            failed=self._outcomes["failed"],
+            refused=self._outcomes["refused"],
+            refused_by_reason=dict(sorted(self._refusals.items())),
+        )
 
     async def handle(self, topic_suffix: str, payload: bytes) -> CommandResult:
         """Verify and run the command that arrived on `.../cmd/{topic_suffix}`; never raises for bad input."""
@@ -73,7 +78,7 @@ class CommandProcessor:
         except CommandFailedError as exc:
             result = CommandResult("failed", reason=exc.reason, detail=exc.detail)
         result.command_id, result.command_type = env.id, env.type
-        self.counts[result.status] += 1
+        self._outcomes[result.status] += 1
         self.audit.record(
             "command", result.status, id=env.id, type=env.type, key=env.key_id, reason=result.reason
         )
@@ -116,8 +121,8 @@ class CommandProcessor:
     def _refuse(
         self, code: str, message: str, topic: str, digest: str, env: Envelope | None
     ) -> CommandResult:
-        self.counts[f"refused.{code}"] += 1
-        self.counts["refused"] += 1
+        self._refusals[code] += 1
+        self._outcomes["refused"] += 1
         self.audit.record(
             "command",
             "refused",

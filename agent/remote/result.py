@@ -1,4 +1,5 @@
-"""What a command came to: ok, refused (never run) or failed (ran, did not succeed); as an Event."""
+"""What a command came to: ok, refused (never run) or failed (ran, did not succeed); as an Event, and
+counted (`CommandCounts`, the status document's `commands` section)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,26 @@ class CommandFailedError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.detail = detail or {}
+
+
+@dataclass(frozen=True, slots=True)
+class CommandCounts:
+    """What became of the commands that reached the processor (`core.health.Health`)."""
+
+    ok: int = 0
+    failed: int = 0
+    refused: int = 0
+    refused_by_reason: dict[str, int] = field(default_factory=dict)  # reason code -> refusals
+
+    def flat_refusals(self) -> dict[str, int]:
+        """`refused.<code>` keys: how the `commands` section counted refusals before it was typed,
+        kept beside `refused_by_reason` so that existing monitoring keeps working."""
+        return {f"refused.{code}": n for code, n in self.refused_by_reason.items()}
+
+    def status_lines(self) -> list[str]:
+        reasons = ", ".join(f"{code} {n}" for code, n in self.refused_by_reason.items())
+        line = f"ok {self.ok}  failed {self.failed}  refused {self.refused}"
+        return [f"{line} ({reasons})" if reasons else line]
 
 
 @dataclass

@@ -6,9 +6,6 @@ accepted and every PUBLISH acknowledged with success, each answer on a later loo
 from a real broker. A test changes that with the broker's attributes (`open_errors`, `connack`,
 `receive_maximum`, `puback`: the reason code a message gets, or None to hold its PUBACK) and
 drives a connection by hand: `puback()`, `drop()`, `deliver()` a command.
-
-`eventually()` waits for a condition on state that has no event to await (counters, rows left),
-for the real-broker tests as well.
 """
 
 from __future__ import annotations
@@ -67,13 +64,6 @@ class Sent:
 
     def json(self) -> Any:
         return orjson.loads(self.payload)
-
-
-async def eventually(predicate: Callable[[], bool], within_s: float = 10.0, every_s: float = 0.01) -> None:
-    """Return once `predicate()` holds, checking every `every_s`; TimeoutError after `within_s`."""
-    async with asyncio.timeout(within_s):
-        while not predicate():  # noqa: ASYNC110 - for state that sets no event to wait on
-            await asyncio.sleep(every_s)
 
 
 def _always_success(_msg: Sent) -> Reason | None:

@@ -1,25 +1,124 @@
-"""The PortAudio capture source: a sounddevice `InputStream` whose callback feeds the ring.
+"""The PortAudio capture source: an input stream whose callback feeds the ring.
 
 `CaptureCallback` is the function PortAudio calls on its own thread for every block; it is a
 separate object so that its overflow accounting can be exercised without a sound card. On an
 input overflow PortAudio discarded frames; their number is estimated from the ADC timestamps
 when the host API provides them, and is at least one so the gap is never hidden.
+
+The stream comes from a `CaptureBackend` the source receives: by default `SoundDeviceBackend`,
+the one place that calls sounddevice and turns its errors into `DriverIOError`; tests hand in a
+backend of their own and drive the callback themselves.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
 
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import now_ns
 from water_edge.drivers.audio.config import AudioConfig
+from water_edge.drivers.audio.health import SourceHealth
 from water_edge.drivers.audio.source import GapLog, Sink, to_float32
 from water_edge.drivers.audio.window import Clock
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSettings:
+    """How to open the input: the config's device keys with the channel count and rate resolved."""
+
+    device: str | int | None  # a name substring or an index; None = the system's default input
+    channels: int
+    dtype: str
+    sample_rate: int
+    blocksize: int
+    latency: str | float
+
+
+class CaptureStream(Protocol):
+    """A started input stream."""
+
+    @property
+    def device(self) -> object:
+        """What the host API opened (for the log)."""
+        ...
+
+    def close(self) -> None:
+        """Stop capturing and release the device; `DriverIOError` if the device refuses."""
+        ...
+
+
+class CaptureBackend(Protocol):
+    """Opens input streams. Both methods raise `DriverIOError` saying what is wrong."""
+
+    def check(self, settings: CaptureSettings) -> None:
+        """Whether the device can capture with these settings, without starting it."""
+        ...
+
+    def start(self, settings: CaptureSettings, callback: CaptureCallback) -> CaptureStream:
+        """A running stream that calls `callback(indata, frames, time_info, status)` for every block."""
+        ...
+
+
+def _sounddevice() -> Any:
+    import sounddevice as sd  # type: ignore[import-untyped,unused-ignore]
+
+    return sd
+
+
+class SoundDeviceBackend:
+    """PortAudio through sounddevice, imported on first use (start-up time on a Pi)."""
+
+    def check(self, settings: CaptureSettings) -> None:
+        sd = _sounddevice()
+        try:
+            sd.check_input_settings(
+                device=settings.device,
+                channels=settings.channels,
+                dtype=settings.dtype,
+                samplerate=settings.sample_rate,
+            )
+        except (sd.PortAudioError, ValueError) as exc:
+            raise DriverIOError(f"audio device {settings.device!r}: {exc}") from exc
+
+    def start(self, settings: CaptureSettings, callback: CaptureCallback) -> CaptureStream:
+        sd = _sounddevice()
+        try:
+            stream = sd.InputStream(
+                device=settings.device,
+                channels=settings.channels,
+                dtype=settings.dtype,
+                samplerate=settings.sample_rate,
+                blocksize=settings.blocksize,
+                latency=settings.latency,
+                callback=callback,
+            )
+            stream.start()
+        except sd.PortAudioError as exc:
+            raise DriverIOError(f"cannot start capture on {settings.device!r}: {exc}") from exc
+        return _SoundDeviceStream(stream)
+
+
+class _SoundDeviceStream:
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    @property
+    def device(self) -> object:
+        return self._stream.device
+
+    def close(self) -> None:
+        sd = _sounddevice()
+        try:
+            self._stream.abort()
+            self._stream.close()
+        except sd.PortAudioError as exc:
+            raise DriverIOError(str(exc)) from exc
 
 
 class CaptureCallback:
@@ -59,7 +158,7 @@ class CaptureCallback:
 
 
 class DeviceSource:
-    def __init__(self, config: AudioConfig, gaps: GapLog) -> None:
+    def __init__(self, config: AudioConfig, gaps: GapLog, backend: CaptureBackend | None = None) -> None:
         self.config = config
         self.gaps = gaps
         self.sample_rate = config.sample_rate or 16000
@@ -68,60 +167,49 @@ class DeviceSource:
         self.error: str | None = None
         self.finished = False
         self.callback: CaptureCallback | None = None
-        self._stream: Any = None
+        self._backend = backend or SoundDeviceBackend()
+        self._settings = CaptureSettings(
+            device=config.device,
+            channels=self.channels,
+            dtype=config.dtype,
+            sample_rate=self.sample_rate,
+            blocksize=config.blocksize,
+            latency=config.latency,
+        )
+        self._stream: CaptureStream | None = None
 
     def open(self) -> None:
-        import sounddevice as sd  # type: ignore[import-untyped,unused-ignore]
-
-        c = self.config
         try:
-            sd.check_input_settings(
-                device=c.device, channels=self.channels, dtype=c.dtype, samplerate=self.sample_rate
-            )
-        except (sd.PortAudioError, ValueError) as exc:
-            raise DriverIOError(f"{c.name}: audio device {c.device!r}: {exc}") from exc
+            self._backend.check(self._settings)
+        except DriverIOError as exc:
+            raise DriverIOError(f"{self.config.name}: {exc}") from exc
 
     def start(self, sink: Sink) -> None:
-        import sounddevice as sd  # type: ignore[import-untyped,unused-ignore]
-
-        c = self.config
         self.callback = CaptureCallback(sink, self.clock, self.gaps)
         try:
-            self._stream = sd.InputStream(
-                device=c.device,
-                channels=self.channels,
-                dtype=c.dtype,
-                samplerate=self.sample_rate,
-                blocksize=c.blocksize,
-                latency=c.latency,
-                callback=self.callback,
-            )
-            self._stream.start()
-        except sd.PortAudioError as exc:
-            raise DriverIOError(f"{c.name}: cannot start capture on {c.device!r}: {exc}") from exc
+            self._stream = self._backend.start(self._settings, self.callback)
+        except DriverIOError as exc:
+            raise DriverIOError(f"{self.config.name}: {exc}") from exc
         log.info(
             "audio.capture_started",
-            driver=c.name,
+            driver=self.config.name,
             device=str(self._stream.device),
             sample_rate=self.sample_rate,
             channels=self.channels,
         )
 
     def stop(self) -> None:
-        import sounddevice as sd  # type: ignore[import-untyped,unused-ignore]
-
         stream, self._stream = self._stream, None
         if stream is not None:
             try:
-                stream.abort()
                 stream.close()
-            except sd.PortAudioError as exc:
+            except DriverIOError as exc:
                 log.warning("audio.close_failed", driver=self.config.name, error=str(exc))
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> SourceHealth:
         cb = self.callback
-        return {
-            "device": str(self.config.device),
-            "callbacks": 0 if cb is None else cb.callbacks,
-            "input_overflows": 0 if cb is None else cb.overflows,
-        }
+        return SourceHealth(
+            device=str(self.config.device),
+            callbacks=0 if cb is None else cb.callbacks,
+            input_overflows=0 if cb is None else cb.overflows,
+        )

@@ -17,12 +17,16 @@ callee; `start_ts_ns` is the UTC time of its first frame; `channel_names` label 
 A callback must return quickly (queue heavy work to a thread): while it runs the ring fills, and
 if it stays longer than `buffer_s` frames are dropped and counted. Listeners stay registered
 across reconnects; the returned function removes one.
+
+A device source opens its stream through the `CaptureBackend` the driver receives (default: PortAudio
+through sounddevice, `drivers.audio.device.SoundDeviceBackend`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar, Final, Self
 
@@ -32,7 +36,8 @@ import structlog
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import GOOD, Reading
 from water_edge.drivers.audio.config import AudioConfig, bands_below_nyquist
-from water_edge.drivers.audio.device import DeviceSource
+from water_edge.drivers.audio.device import CaptureBackend, DeviceSource
+from water_edge.drivers.audio.health import AudioHealth, SourceHealth
 from water_edge.drivers.audio.levels import LevelMeter, NightTracker, db
 from water_edge.drivers.audio.ring import FrameRing, Frames
 from water_edge.drivers.audio.source import GapLog, Source
@@ -52,9 +57,10 @@ __all__ = ["AudioConfig", "AudioDriver", "AudioWindow", "WindowListener"]
 class AudioDriver(WindowSource):  # declared: mypy checks the capability here, not at each use
     config_model: ClassVar[type[DeviceConfig]] = AudioConfig
 
-    def __init__(self, config: AudioConfig) -> None:
+    def __init__(self, config: AudioConfig, capture: CaptureBackend | None = None) -> None:
         self.name = config.name
         self.config = config
+        self._capture = capture
         self._listeners: list[WindowListener] = []
         self.gaps = GapLog()
         self._source: Source | None = None
@@ -130,7 +136,7 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
     def _make_source(self) -> Source:
         c = self.config
         if c.source == "device":
-            return DeviceSource(c, self.gaps)
+            return DeviceSource(c, self.gaps, self._capture)
         if c.source == "file":
             return FileSource(c)
         return StreamSource(c, self.gaps)
@@ -261,19 +267,23 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
         self._ring = None
         self._wake = None
 
-    def health(self) -> dict[str, Any]:
-        source, ring = self._source, self._ring
-        out: dict[str, Any] = {
-            "open": source is not None,
-            "source": self.config.source,
-            "frames_captured": self.frames_captured,
-            "windows": self.windows,
-            "window_listeners": len(self._listeners),
-            "listener_errors": self.listener_errors,
-            **self.gaps.snapshot(),
-        }
-        if source is not None:
-            out.update(sample_rate=source.sample_rate, channels=source.channels, **source.health())
-        if ring is not None:
-            out.update(ring_capacity_frames=ring.capacity, ring_fill_frames=ring.fill)
-        return out
+    def health(self) -> AudioHealth:
+        source, ring, gaps = self._source, self._ring, self.gaps.snapshot()
+        source_health = source.health() if source is not None else SourceHealth()
+        return AudioHealth(
+            **{f.name: getattr(source_health, f.name) for f in dataclasses.fields(SourceHealth)},
+            open=source is not None,
+            source=self.config.source,
+            frames_captured=self.frames_captured,
+            windows=self.windows,
+            window_listeners=len(self._listeners),
+            listener_errors=self.listener_errors,
+            dropped_frames=gaps.dropped_frames,
+            dropped_by_cause=gaps.dropped_by_cause,
+            gaps=gaps.gaps,
+            recent_gaps=gaps.recent_gaps,
+            sample_rate=None if source is None else source.sample_rate,
+            channels=None if source is None else source.channels,
+            ring_capacity_frames=None if ring is None else ring.capacity,
+            ring_fill_frames=None if ring is None else ring.fill,
+        )

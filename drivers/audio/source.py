@@ -4,6 +4,7 @@ A source is opened in a worker thread (it may block on a device or a socket), le
 rate and channel count, then `start(sink)` hands every captured block, as float32 (n, channels)
 with the absolute index of its first frame, to `sink` from its own thread. Frames a source knows
 it lost (a device overflow, a gap in the stream) simply do not appear: the index jumps.
+`health()` reports the source's own counters (`drivers.audio.health.SourceHealth`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from water_edge.core.reading import now_ns
+from water_edge.drivers.audio.health import Gap, GapCounts, SourceHealth
 from water_edge.drivers.audio.ring import Frames
 from water_edge.drivers.audio.window import Clock
 
@@ -29,28 +31,28 @@ class GapLog:
 
     frames: dict[str, int] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
-    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=20))
+    recent: deque[Gap] = field(default_factory=lambda: deque(maxlen=20))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, cause: str, frames: int, ts_ns: int | None = None) -> None:
         with self._lock:
             self.frames[cause] = self.frames.get(cause, 0) + frames
             self.events[cause] = self.events.get(cause, 0) + 1
-            self.recent.append({"ts_ns": ts_ns or now_ns(), "cause": cause, "frames": frames})
+            self.recent.append(Gap(ts_ns or now_ns(), cause, frames))
 
     @property
     def total(self) -> int:
         with self._lock:
             return sum(self.frames.values())
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> GapCounts:
         with self._lock:
-            return {
-                "dropped_frames": sum(self.frames.values()),
-                "dropped_by_cause": dict(self.frames),
-                "gaps": sum(self.events.values()),
-                "recent_gaps": list(self.recent),
-            }
+            return GapCounts(
+                dropped_frames=sum(self.frames.values()),
+                dropped_by_cause=dict(self.frames),
+                gaps=sum(self.events.values()),
+                recent_gaps=tuple(self.recent),
+            )
 
 
 class Source(Protocol):
@@ -68,7 +70,7 @@ class Source(Protocol):
 
     def stop(self) -> None: ...
 
-    def health(self) -> dict[str, Any]: ...
+    def health(self) -> SourceHealth: ...
 
 
 def to_float32(data: np.ndarray[Any, Any]) -> Frames:

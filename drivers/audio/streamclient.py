@@ -25,6 +25,7 @@ import structlog
 
 from water_edge.core.errors import DriverIOError
 from water_edge.drivers.audio.config import AudioConfig
+from water_edge.drivers.audio.health import SourceHealth
 from water_edge.drivers.audio.source import GapLog, Sink, to_float32
 from water_edge.drivers.audio.window import Clock
 
@@ -170,5 +171,5 @@ class StreamSource:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def health(self) -> dict[str, Any]:
-        return {"url": self.url, "blocks": self.blocks}
+    def health(self) -> SourceHealth:
+        return SourceHealth(url=self.url, blocks=self.blocks)

@@ -20,6 +20,7 @@ from scipy.io import wavfile  # type: ignore[import-untyped,unused-ignore]
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import now_ns
 from water_edge.drivers.audio.config import AudioConfig
+from water_edge.drivers.audio.health import SourceHealth
 from water_edge.drivers.audio.source import Sink, to_float32
 from water_edge.drivers.audio.window import Clock
 
@@ -122,10 +123,7 @@ class FileSource:
             self._thread = None
         self._data = None
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "loop": self.config.loop,
-            "loops": self.loops,
-            "finished": self.finished,
-        }
+    def health(self) -> SourceHealth:
+        return SourceHealth(
+            path=str(self.path), loop=self.config.loop, loops=self.loops, finished=self.finished
+        )

@@ -6,14 +6,15 @@ meter also has `<meter>.status` (the header status byte), which carries the reas
 cannot be read. Meter status flags set quality: permanent or application error -> bad; power low,
 temporary error, busy -> uncertain. Serial I/O runs in a worker thread; each meter read is one
 transaction on the shared port (`drivers.serial_bus`), so several `[[devices]]` on one segment take
-turns and share one open master.
+turns and share one open master. The master is built by a factory the driver receives (default:
+`serial_master`, pyserial through `drivers.mbus.link`), so the driver's logic has tests without a port.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any, ClassVar, Final, Self
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Final, Protocol, Self, runtime_checkable
 
 import structlog
 
@@ -23,7 +24,8 @@ from water_edge.drivers import serial_bus
 from water_edge.drivers.base import DeviceConfig, TagInfo
 from water_edge.drivers.mbus.config import MbusConfig, MbusMeter, RecordSelector
 from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError
-from water_edge.drivers.mbus.link import MbusMaster, MbusTimeoutError
+from water_edge.drivers.mbus.health import MbusHealth
+from water_edge.drivers.mbus.link import LinkStats, MbusMaster, MbusTimeoutError
 from water_edge.drivers.mbus.telegram import Header, Record, Telegram
 
 log = structlog.get_logger(__name__)
@@ -115,16 +117,43 @@ def _reading(source: str, tag: str, ts: int, r: Record, status: tuple[Quality, s
     return Reading(source, tag, ts, r.value, quality, r.unit, reason)
 
 
+@runtime_checkable
+class MbusLink(Protocol):
+    """What the driver uses of an M-Bus master (`drivers.mbus.link.MbusMaster`); blocking, so every
+    call but `is_open` and `stats` runs in a worker thread inside a port transaction."""
+
+    stats: LinkStats
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def read_telegrams(self, address: int, *, max_telegrams: int = 8) -> list[Telegram]: ...
+
+    def read_secondary(self, secondary: str, *, max_telegrams: int = 8) -> list[Telegram]: ...
+
+
+MasterFactory = Callable[[MbusConfig], MbusLink]
+
+
+def serial_master(config: MbusConfig) -> MbusMaster:
+    """The real master: pyserial on the configured port (opened later, by `open()`)."""
+    timeout = None if config.timeout_ms is None else config.timeout_ms / 1000.0
+    return MbusMaster(config.port, config.baudrate, timeout_s=timeout, retries=config.retries)
+
+
 class MbusDriver:
     """Polls the meters of one M-Bus segment."""
 
     config_model: ClassVar[type[DeviceConfig]] = MbusConfig
 
-    def __init__(self, config: MbusConfig) -> None:
+    def __init__(self, config: MbusConfig, master_factory: MasterFactory | None = None) -> None:
         self.name = config.name
         self._config = config
-        timeout = None if config.timeout_ms is None else config.timeout_ms / 1000.0
-        self._master = MbusMaster(config.port, config.baudrate, timeout_s=timeout, retries=config.retries)
+        self._master: MbusLink = (master_factory or serial_master)(config)
         self._port: serial_bus.SerialPort | None = None
         # The master leaves one character of line idle between transactions.
         self._gap_s = 11 / config.baudrate
@@ -160,7 +189,7 @@ class MbusDriver:
                 if port.client is None:
                     await asyncio.to_thread(self._master.open)
                     port.client = self._master
-                elif isinstance(port.client, MbusMaster):
+                elif isinstance(port.client, MbusLink):
                     self._master = port.client  # another M-Bus section on this segment
                 else:
                     raise DriverIOError(f"{self.name}: {self._config.port} is in use by another protocol")
@@ -228,17 +257,19 @@ class MbusDriver:
             raise DeviceError(f"{self.name}: meter {meter.name!r} has no address")
         return self._master.read_telegrams(meter.address, max_telegrams=meter.max_telegrams)
 
-    def health(self) -> dict[str, Any]:
-        link = self._master.stats
-        shared = {} if self._port is None else {"bus": self._port.health()}
-        return {
-            **shared,
-            "open": self._master.is_open,
-            "port": self._config.port,
-            **self._stats,
-            "requests": link.requests,
-            "retries": link.retries,
-            "timeouts": link.timeouts,
-            "checksum_errors": link.checksum_errors,
-            "frame_errors": link.frame_errors,
-        }
+    def health(self) -> MbusHealth:
+        link, s = self._master.stats, self._stats
+        return MbusHealth(
+            open=self._master.is_open,
+            port=self._config.port,
+            polls=s["polls"],
+            meter_reads=s["meter_reads"],
+            meter_failures=s["meter_failures"],
+            decode_errors=s["decode_errors"],
+            requests=link.requests,
+            retries=link.retries,
+            timeouts=link.timeouts,
+            checksum_errors=link.checksum_errors,
+            frame_errors=link.frame_errors,
+            bus=None if self._port is None else self._port.health(),
+        )

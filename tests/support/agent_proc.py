@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, wait_until, write_agent_config
+from tests.support.testing import wait_until
 from water_edge.agent.status import AgentNotRunningError, request_status
 
 
@@ -73,29 +73,6 @@ class AgentProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def write_config(
-    directory: Path,
-    *,
-    broker_port: int,
-    devices: str,
-    site: str = AGENT_SITE,
-    gateway: str = AGENT_GATEWAY,
-    extra: str = "",
-    reconnect_max_s: float = 1.0,
-) -> Path:
-    """The former builder's signature, for bench/bench_agent.py (outside tests/); tests use
-    `tests.support.testing.write_agent_config`."""
-    return write_agent_config(
-        directory,
-        broker_port=broker_port,
-        devices=devices,
-        site=site,
-        gateway=gateway,
-        uplink={"reconnect_max_s": reconnect_max_s},
-        extra=extra,
-    )
 
 
 def start_agent(config: Path) -> AgentProcess:

@@ -1,0 +1,103 @@
+"""The status document: what `edge-agent status` shows and `status --json` prints, built from typed parts.
+
+Each section is a component's typed health (`core.health.Health`) or one of the small dataclasses
+here; `to_json()` turns the whole into the JSON that docs/status.schema.json describes. A section
+that people read carries `lines`, its own `status_lines()`, and entries of a list section carry
+`name`: that is all `edge-agent status` needs to print it, so the command never reads a
+component's fields and a renamed counter cannot silently vanish from its output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from water_edge.agent.pipeline import FeedHealth, PipelineHealth
+from water_edge.agent.remote.result import CommandCounts
+from water_edge.agent.supervisor import RunnerStatus
+from water_edge.agent.uplink.health import UplinkHealth
+from water_edge.agent.watchdog import WatchdogHealth
+from water_edge.buffer.stats import BufferHealth
+from water_edge.core.health import Health, health_json
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """The agent process itself."""
+
+    version: str
+    pid: int
+    site: str
+    gateway: str
+    config: str  # the config file it runs
+    started_ns: int
+    uptime_s: float
+
+    def status_lines(self) -> list[str]:
+        return [
+            f"{self.version}  site {self.site}  gateway {self.gateway}  pid {self.pid}  "
+            f"up {self.uptime_s:.0f} s"
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorStatus:
+    """One analytics processor as the agent runs it: its crashes, its feed and its own health."""
+
+    name: str
+    crashes: int
+    feed: FeedHealth
+    health: Health
+
+    def status_lines(self) -> list[str]:
+        """The processor's own lines; the crash count, when there is one, goes on the first."""
+        first, *rest = self.health.status_lines() or [""]
+        crashes = f"  crashes {self.crashes}" if self.crashes else ""
+        return [first + crashes, *rest]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedInputs:
+    """Every input turned away, by where it came from (each is also logged where it happened)."""
+
+    status_requests: int  # unknown requests on the status socket
+    commands: int  # command messages rejected by the uplink (oversized, bad topic)
+    commands_dropped: int  # command messages dropped because the command queue was full
+    undecodable_rows: int  # outbox rows the uplink could not encode
+
+
+@dataclass(frozen=True, slots=True)
+class StatusDocument:
+    """The agent at one moment. Field names are the document's top-level keys."""
+
+    agent: AgentStatus
+    drivers: tuple[RunnerStatus, ...]
+    pipeline: PipelineHealth
+    buffer: BufferHealth | None  # None until the agent has measured its outbox once
+    uplink: UplinkHealth
+    processors: tuple[ProcessorStatus, ...]
+    watchdog: WatchdogHealth | None  # None when systemd asked for no watchdog
+    rejected: RejectedInputs
+    commands: CommandCounts | None  # None without a signed command channel
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready values; `alarms` gathers the one-line conditions someone must act on."""
+        return {
+            "agent": _read(self.agent),
+            "drivers": [_read(d) for d in self.drivers],
+            "pipeline": _read(self.pipeline),
+            "buffer": {} if self.buffer is None else _read(self.buffer),
+            "uplink": _read(self.uplink),
+            "processors": [_read(p) for p in self.processors],
+            "alarms": [] if self.buffer is None else self.buffer.alarm_lines(),
+            "watchdog": None if self.watchdog is None else health_json(self.watchdog),
+            "rejected": health_json(self.rejected),
+            "commands": (
+                None if self.commands is None else health_json(self.commands) | self.commands.flat_refusals()
+            ),
+        }
+
+
+def _read(section: Health) -> dict[str, Any]:
+    """A section people read: its fields and its lines."""
+    return health_json(section) | {"lines": section.status_lines()}

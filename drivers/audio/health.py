@@ -1,0 +1,79 @@
+"""The audio driver's typed health (`core.health.Health`): capture, gap and ring counters as the status
+document shows them under the device's `driver`, and the driver's own status lines.
+
+The source's own counters (`SourceHealth`: device callbacks, file loops, stream blocks) sit flat
+beside the driver's, as they always have in the status document; a field belonging to another
+kind of source, or to a source that is not open, is None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SourceKind = Literal["device", "file", "stream"]
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """One loss of frames: when, why (`input_overflow`, `stream_gap`, `ring_overrun`), how many."""
+
+    ts_ns: int
+    cause: str
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class GapCounts:
+    """Dropped frames by cause and the latest gaps (`GapLog.snapshot()`)."""
+
+    dropped_frames: int
+    dropped_by_cause: dict[str, int]
+    gaps: int
+    recent_gaps: tuple[Gap, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceHealth:
+    """What an open source counts (`Source.health()`); each kind fills its own fields."""
+
+    device: str | None = None  # device: the configured PortAudio device
+    callbacks: int | None = None
+    input_overflows: int | None = None
+    path: str | None = None  # file
+    loop: bool | None = None
+    loops: int | None = None
+    finished: bool | None = None
+    url: str | None = None  # stream
+    blocks: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AudioHealth(SourceHealth):
+    open: bool
+    source: SourceKind
+    frames_captured: int
+    windows: int
+    window_listeners: int
+    listener_errors: int
+    dropped_frames: int
+    dropped_by_cause: dict[str, int]
+    gaps: int
+    recent_gaps: tuple[Gap, ...]  # the last 20
+    sample_rate: int | None  # None while not open, as are the channels and the ring
+    channels: int | None
+    ring_capacity_frames: int | None
+    ring_fill_frames: int | None
+
+    def status_lines(self) -> list[str]:
+        if not self.open or self.sample_rate is None:
+            head = f"{self.source} closed"
+        else:
+            head = f"{self.source} {self.sample_rate} Hz x {self.channels}"
+        lines = [
+            f"{head}  windows {self.windows}  dropped frames {self.dropped_frames} (gaps {self.gaps})"
+            + (f"  listener errors {self.listener_errors}" if self.listener_errors else "")
+        ]
+        if self.dropped_by_cause:
+            lines.append("dropped " + ", ".join(f"{c} {n}" for c, n in sorted(self.dropped_by_cause.items())))
+        return lines

@@ -1,0 +1,33 @@
+"""The M-Bus driver's typed health (`core.health.Health`): its meter and link counters as the status
+document shows them under the device's `driver`, and its own status lines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from water_edge.drivers.serial_bus import SerialBusHealth
+
+
+@dataclass(frozen=True, slots=True)
+class MbusHealth:
+    open: bool
+    port: str
+    polls: int
+    meter_reads: int
+    meter_failures: int  # meter reads that gave bad readings (timeout, bad frame, undecodable)
+    decode_errors: int  # telegrams that arrived intact but could not be decoded
+    requests: int  # link level: frames sent, retries included
+    retries: int
+    timeouts: int
+    checksum_errors: int
+    frame_errors: int
+    bus: SerialBusHealth | None  # the shared port, None while the device is not open
+
+    def status_lines(self) -> list[str]:
+        return [
+            f"meter reads {self.meter_reads}  failures {self.meter_failures}  decode errors "
+            f"{self.decode_errors}  open {'yes' if self.open else 'no'}",
+            f"link requests {self.requests}  retries {self.retries}  timeouts {self.timeouts}  "
+            f"checksum errors {self.checksum_errors}  frame errors {self.frame_errors}",
+            *(self.bus.status_lines() if self.bus is not None else []),
+        ]
