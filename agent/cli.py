@@ -102,7 +102,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     tags = sum(len(getattr(d, "tags", ())) for d in config.devices)
     print(
         f"{config.source}: OK ({len(config.devices)} devices, {tags} tags, "
-        f"broker {config.uplink.host}:{config.uplink.port})"
+        f"broker {config.uplink.brokers_text()})"
     )
     return EXIT_OK
 

@@ -230,7 +230,7 @@ class Agent:
             version=__version__,
             devices=len(self.runners),
             buffer=str(self.config.buffer_path),
-            broker=f"{self.config.uplink.host}:{self.config.uplink.port}",
+            broker=self.config.uplink.brokers_text(),
             watchdog_s=None if self.watchdog is None else self.watchdog.interval_s,
         )
         await self.emit(Event("agent_started", "agent", now_ns(), "info", detail={"version": __version__}))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from water_edge.agent.uplink.servers import Server, parse_server
+from water_edge.core.errors import UplinkError
 
 # One MQTT topic level: no wildcards, no separator, no NUL; kept to what every broker accepts.
 TOPIC_LEVEL_PATTERN = r"^[A-Za-z0-9_.:-]+$"
@@ -30,13 +33,26 @@ class TlsConfig(BaseModel):
         return self
 
 
+def _server_uri(uri: str) -> str:
+    parse_server(uri)
+    return uri
+
+
+ServerUri = Annotated[str, AfterValidator(_server_uri)]
+
+
 class MqttConfig(BaseModel):
-    """Broker address, identity, session and flow-control settings of the MQTT uplink."""
+    """Broker addresses, identity, session and flow-control settings of the MQTT uplink.
+
+    The broker is either `servers` (URIs tried in order, sticky to the one that works; see
+    `servers.py`) or `host`/`port` (a one-server list).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    host: str = Field(min_length=1)
+    host: str | None = Field(default=None, min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)
+    servers: tuple[ServerUri, ...] = Field(default=(), max_length=32)
     protocol: Literal["5", "3.1.1"] = "5"
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
     keepalive_s: int = Field(default=30, ge=5, le=65535)
@@ -52,11 +68,34 @@ class MqttConfig(BaseModel):
 
     @model_validator(mode="after")
     def _checks(self) -> Self:
+        if self.servers and ({"host", "port"} & self.model_fields_set):
+            raise ValueError("give either servers = [...] or host/port, not both")
+        if not self.servers and self.host is None:
+            raise ValueError('no broker: give servers = ["mqtt://host:1883", ...] or host = "..."')
+        if self.servers:
+            kinds = {parse_server(uri).tls for uri in self.servers}
+            if self.tls is None and True in kinds:
+                raise ValueError("mqtts:// servers need [uplink.tls] (at least ca_file)")
+            if self.tls is not None and False in kinds:
+                # A plain-text fallback would send the gateway's data and password in clear.
+                raise ValueError("with [uplink.tls] every server must be mqtts:// (no plain-text fallback)")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         if self.password is not None and self.username is None:
             raise ValueError("password given without username")
         return self
+
+    def server_list(self) -> tuple[Server, ...]:
+        """The brokers in the order they are tried (`host`/`port` as a one-server list)."""
+        if self.servers:
+            return tuple(parse_server(uri) for uri in self.servers)
+        if self.host is None:
+            raise UplinkError("no broker configured")  # the validator makes this unreachable
+        return (Server(self.host, self.port, self.tls is not None),)
+
+    def brokers_text(self) -> str:
+        """The brokers for one-line summaries: `a:1883, b:1883`."""
+        return ", ".join(server.address for server in self.server_list())
 
     def effective_client_id(self, site: str, gateway: str) -> str:
         """The configured client id, or one derived from the site and gateway (stable across restarts)."""

@@ -51,6 +51,9 @@ class UplinkHealth:
     published_live: int
     published_backlog: int
     commands: CommandStats | None  # None without a command handler
+    servers: int = 1  # brokers configured ([uplink] servers)
+    server_index: int = 0  # which of them `broker` is (0-based, in list order)
+    failovers: int = 0  # times the uplink started working on another server than the last one
 
     def summary(self) -> str:
         """The state in a few words for one-line summaries (systemd STATUS=): `refused: Not authorized`."""
@@ -60,7 +63,11 @@ class UplinkHealth:
 
     def status_lines(self) -> list[str]:
         last_error = f"  last error: {self.last_error}" if self.last_error else ""
-        return [
+        lines = [
             f"{self.state}  published {self.published}  acked {self.acked}  in flight {self.inflight}"
             f"  reconnects {self.reconnects}{last_error}"
         ]
+        if self.servers > 1:
+            which = f"{self.server_index + 1} of {self.servers}"
+            lines.append(f"broker {self.broker} ({which})  failovers {self.failovers}")
+        return lines

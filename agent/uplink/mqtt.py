@@ -15,6 +15,7 @@ one job each:
     state.py       the connection state (`ConnState`) with the last error and its time
     metrics.py     counters and the ack-rate window; health.py: `UplinkHealth`, what health() returns
     presence.py    the retained status documents (online, offline) and the Last Will
+    servers.py     the `[uplink] servers` list and the failover rule (`Rotation`)
 
 Resend and duplicates
     paho 2.x keeps unacknowledged QoS 1 messages in memory across `reconnect()` and sends them
@@ -25,6 +26,15 @@ Resend and duplicates
     from the oldest unacknowledged row. A message is therefore sent at most once per connection;
     duplicates after an outage are bounded by the in-flight window (messages whose PUBACK was
     lost). The centre deduplicates on (stream, seq).
+
+Several brokers (failover)
+    With `[uplink] servers = [...]` a failed connect moves to the next server at once; only when
+    every server failed in a round does the uplink back off (servers.py). Every node gets the same
+    client id and a clean start with no session (Session Expiry 0): a cluster node that takes the
+    gateway over has nothing to resume and nothing to reconcile, and a half-open connection left on
+    another node is closed by the cluster's client-id takeover. The outbox resends from the oldest
+    unacknowledged row, as after any reconnect, so moving nodes loses nothing and duplicates at
+    most the in-flight window.
 
 Two lanes, PUBACK failures, commands
     Live rows go out before a backlog, which keeps a reserved share of the window (lanes.py);
@@ -53,6 +63,7 @@ from water_edge.agent.uplink.health import UplinkHealth
 from water_edge.agent.uplink.interfaces import Encoder, LeaseAckOutbox
 from water_edge.agent.uplink.json_encoding import JsonEncoder
 from water_edge.agent.uplink.metrics import UplinkMetrics
+from water_edge.agent.uplink.servers import Rotation, Server
 from water_edge.agent.uplink.session import Session
 from water_edge.agent.uplink.state import ConnectionState, ConnState, StateHook
 from water_edge.agent.uplink.topics import Topics
@@ -102,6 +113,7 @@ class MqttUplink:
         encoder = encoder or JsonEncoder(self.topics)
         self._client_id = config.effective_client_id(site, gateway)
         self._new_transport = transport
+        self._servers = Rotation(config.server_list())
         self._state = ConnectionState(on_state_change)
         self._metrics = UplinkMetrics()
         self.commands = None if on_command is None else CommandInbox(self.topics, on_command)
@@ -141,7 +153,7 @@ class MqttUplink:
         return UplinkHealth(
             state=state.state,
             connected=session is not None and state.state is ConnState.ONLINE,
-            broker=f"{self._cfg.host}:{self._cfg.port}",
+            broker=self._servers.current.address,
             client_id=self._client_id,
             published=m.published,
             acked=m.acked,
@@ -161,6 +173,9 @@ class MqttUplink:
             published_live=m.published_live,
             published_backlog=m.published_backlog,
             commands=None if self.commands is None else self.commands.stats(),
+            servers=len(self._servers.servers),
+            server_index=self._servers.index,
+            failovers=self._servers.failovers,
         )
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
@@ -205,13 +220,18 @@ class MqttUplink:
         try:
             while not self._stop_requested.is_set():
                 self._beats += 1
-                session = await self._connect()
+                session = await self._connect(self._servers.current)
                 if session is not None:
                     attempt = 0
+                    self._servers.worked()
                     await self._serve(session)
                     await self._drain.flush_acks(session)
+                    self._servers.lost()
                 if self._stop_requested.is_set():
                     break
+                if session is None and self._servers.failed():
+                    self._metrics.reconnects += 1
+                    continue  # the next server of this round, at once
                 attempt += 1
                 self._metrics.reconnects += 1
                 delay = self._backoff(attempt)
@@ -228,8 +248,8 @@ class MqttUplink:
 
     # ------------------------------------------------------------------ connection
 
-    async def _connect(self) -> Session | None:
-        """Open a connection and publish the online status; None (the state says why) on failure."""
+    async def _connect(self, server: Server) -> Session | None:
+        """Connect to `server` and publish the online status; None (the state says why) on failure."""
         cfg = self._cfg
         self._state.to(ConnState.CONNECTING)
         started = time.monotonic()
@@ -242,7 +262,7 @@ class MqttUplink:
             wake=self._drain.wake.set,
             inbox=self.commands,
         )
-        options = ConnectOptions.from_config(cfg, self._client_id, presence.last_will(self.topics))
+        options = ConnectOptions.from_config(cfg, server, self._client_id, presence.last_will(self.topics))
         try:
             await transport.open(options, session)
         except TlsError as exc:
@@ -274,8 +294,7 @@ class MqttUplink:
         self._state.to(ConnState.ONLINE)
         log.info(
             "uplink.connected",
-            host=cfg.host,
-            port=cfg.port,
+            server=server.uri,
             protocol=cfg.protocol,
             window=session.window,
             after_s=round(time.monotonic() - started, 3),
@@ -318,7 +337,7 @@ class MqttUplink:
 
     def _fail(self, kind: ConnState, reason: str) -> None:
         self._state.fail(kind, reason)
-        log.warning("uplink.connect_failed", kind=str(kind), reason=reason, host=self._cfg.host)
+        log.warning("uplink.connect_failed", kind=str(kind), reason=reason, server=self._servers.current.uri)
 
     # ------------------------------------------------------------------ waiting
 

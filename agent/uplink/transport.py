@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from water_edge.agent.uplink.config import MqttConfig, TlsConfig
+from water_edge.agent.uplink.servers import Server
 from water_edge.core.errors import UplinkError
 
 
@@ -74,10 +75,11 @@ class ConnectOptions:
     tls: TlsConfig | None = None
 
     @classmethod
-    def from_config(cls, config: MqttConfig, client_id: str, will: Will) -> ConnectOptions:
+    def from_config(cls, config: MqttConfig, server: Server, client_id: str, will: Will) -> ConnectOptions:
+        """Options for one connection to `server` (one of `config.server_list()`)."""
         return cls(
-            host=config.host,
-            port=config.port,
+            host=server.host,
+            port=server.port,
             client_id=client_id,
             protocol=config.protocol,
             keepalive_s=config.keepalive_s,
@@ -86,7 +88,7 @@ class ConnectOptions:
             max_inflight=config.max_inflight,
             username=config.username,
             password=config.password,
-            tls=config.tls,
+            tls=config.tls if server.tls else None,
         )
 
 
