@@ -55,8 +55,11 @@ STATUS_STORED: Final = 0x40
 
 
 def _round(value: float) -> int | float:
-    """Decimal scales applied without binary noise (0.1 * 3 is 0.3, not 0.30000000000000004)."""
-    return int(value) if float(value).is_integer() else round(value, 9)
+    """Decimal scales applied without binary noise (0.1 * 3 is 0.3, not 0.30000000000000004);
+    whole numbers stay integers while they fit 64 bits."""
+    if float(value).is_integer() and abs(value) < values.INT64_MAX:
+        return int(value)
+    return round(value, 9)
 
 
 def _counter(raw: bytes, status: int) -> tuple[int | None, str | None]:

@@ -105,6 +105,9 @@ def plain_note(cf: ConfigField, body_len: int) -> str | None:
     return None
 
 
+ALREADY_DECRYPTED: Final = "user data already decrypted (it starts with the check bytes 2F 2F)"
+
+
 def decrypt(
     cf: ConfigField,
     body: bytes,
@@ -117,9 +120,11 @@ def decrypt(
     key (or for a mode not supported), MbusKeyError when the check bytes do not come out."""
     mode = cf.mode
     name = f"security mode {mode} ({MODE_NAMES[mode]})"
+    key = security.key if security is not None else None
+    if key is None and body.startswith(CHECK):
+        return body  # a receiver or tool decrypted it already (the header still names the mode)
     if mode not in DECRYPTABLE:
         raise MbusEncryptedError(f"encrypted user data, {name}: not supported by this decoder", mode)
-    key = security.key if security is not None else None
     if key is None:
         raise MbusEncryptedError(f"encrypted user data, {name}: the meter's key is needed", mode)
     size = cf.blocks * 16
@@ -133,6 +138,8 @@ def decrypt(
             raise MbusDecodeError(f"{name}: no message counter (the AFL that carries it is missing)")
         plain = crypto.cbc_decrypt(mode7_key(key, counter, address[2:6]), bytes(16), body[:size])
     if not plain.startswith(CHECK):
+        if body.startswith(CHECK):
+            return body  # already decrypted: the key does not apply
         raise crypto.MbusKeyError(
             f"{name}: decrypted data does not start with 2F 2F: wrong key for this meter?"
         )

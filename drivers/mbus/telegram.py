@@ -220,8 +220,13 @@ def _secured(  # noqa: PLR0917 - one header's worth of fields
         if note is not None:
             notes.append(note)
         else:
-            body = security.decrypt(cf, body, context, address=iv_address, access_number=header.access_number)
-            decrypted = True
+            plain = security.decrypt(
+                cf, body, context, address=iv_address, access_number=header.access_number
+            )
+            decrypted = plain is not body
+            if not decrypted:
+                notes.append(security.ALREADY_DECRYPTED)
+            body = plain
     records, mdata, more = parse_records(body, msb_first=msb_first)
     mode = cf.mode if cf.defined else 0
     return Telegram(address, control, ci, header, records, mdata, more, None, tuple(notes), mode, decrypted)

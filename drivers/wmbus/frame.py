@@ -64,7 +64,7 @@ def strip_format_a(raw: bytes) -> bytes | None:
         return None
     out = bytearray()
     pos = 0
-    size = BLOCK1
+    size = BLOCK1 + 2
     while pos < len(raw):
         block = raw[pos : pos + size]
         if len(block) < 3 or not _crc_ok(block[:-2], block[-2:]):
