@@ -8,7 +8,7 @@ Options (`[components.wmbus]` or defaults): `meters` (20), `interval_s` (120 mod
 others OMS on T1), `security` ("mixed": mode 5 and 7 alternating; or "mode5", "mode7", "none"),
 `line_faults` (0.0: share of stick frames spoiled on the serial line), `faults` (per meter index:
 {"leak_lph", "backflow_lph", "tamper", "battery_low", "silent", "mute"}).
-Events (`component = "wmbus"`): `meter` (index), `fault` (leak, backflow, tamper, battery, silent,
+Events (`component = "wmbus"`): `meter` (index), `meter_fault` (leak, backflow, tamper, battery, silent,
 mute, clear), `rate_lph`.
 """
 
@@ -106,7 +106,7 @@ class WmbusAir:
 
     def apply(self, event: dict[str, Any]) -> None:
         meter = self.meters[int(event["meter"])]
-        fault, rate = str(event["fault"]), float(event.get("rate_lph", 0.0))
+        fault, rate = str(event["meter_fault"]), float(event.get("rate_lph", 0.0))
         f = meter.faults
         if fault == "leak":
             f.leak_lph = rate or 8.0
