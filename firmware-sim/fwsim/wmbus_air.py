@@ -4,6 +4,7 @@ rtl_wmbus TCP stream. Two frames that overlap on the air collide: the stick hear
 prints both with a failed CRC.
 
 Options (`[components.wmbus]` or defaults): `meters` (20), `interval_s` (120 model seconds),
+`compact_interval_s` (the compact meters' interval; default `interval_s`),
 `stick` ("im871a" or "amb8465"), `compact_share` (0.3: Kamstrup-style ELL/compact meters on C1, the
 others OMS on T1), `security` ("mixed": mode 5 and 7 alternating; or "mode5", "mode7", "none"),
 `line_faults` (0.0: share of stick frames spoiled on the serial line), `faults` (per meter index:
@@ -52,6 +53,7 @@ class WmbusAir:
         if not 1 <= count <= 5000:
             raise ValueError(f"wmbus: meters must be 1..5000, got {count}")
         interval = float(options.get("interval_s", 120.0))
+        compact_interval = float(options.get("compact_interval_s", interval))
         compact_share = float(options.get("compact_share", 0.3))
         security = str(options.get("security", "mixed"))
         faults = {int(k): v for k, v in dict(options.get("faults", {})).items()}
@@ -65,7 +67,7 @@ class WmbusAir:
                 kind="compact" if compact else "oms",
                 security="ell" if compact else mode,  # type: ignore[arg-type]
                 key=meter_key(ctx.seed, ident),
-                interval_s=interval,
+                interval_s=compact_interval if compact else interval,
                 manufacturer="KAM" if compact else "SIM",
                 initial_m3=round(50 + self._rng.random() * 400, 3),
             )
@@ -90,7 +92,8 @@ class WmbusAir:
     async def start(self) -> None:
         now = self._ctx.state().elapsed_s
         for i, m in enumerate(self.meters):
-            heapq.heappush(self._queue, (now + self._rng.uniform(0.2, min(m.spec.interval_s, 5.0)), i))
+            # Meters in the field send out of phase with each other: the first send anywhere in one interval.
+            heapq.heappush(self._queue, (now + self._rng.uniform(0.05, m.spec.interval_s), i))
             self._last_advance[i] = now
         self.stick.start()
         await self.sdr.start()
