@@ -74,7 +74,7 @@ async def listen(cfg: WmbusConfig, seconds: float = 10.0) -> tuple[dict[str, Rea
     driver = WmbusDriver.from_config(cfg)
     await driver.open()
     try:
-        readings = await driver.listen_readings(seconds)
+        readings = await driver.listen_readings(seconds, until_all_heard=bool(cfg.meters))
     finally:
         await driver.aclose()
     latest: dict[str, Reading] = {}
@@ -203,7 +203,8 @@ async def test_rtl_wmbus_over_tcp_hears_both_link_modes_and_counts_collisions(
     assert driver.health().frames > 20
     assert air.component.air is not None
     collisions = air.component.air.counters["collisions"]
-    assert driver.health().crc_errors == pytest.approx(collisions, abs=collisions * 0.5 + 2)
+    # Collided frames reach the driver as failed-CRC lines (none before it connected).
+    assert 0 < driver.health().crc_errors <= collisions
 
 
 @pytest.mark.parametrize(

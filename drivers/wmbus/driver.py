@@ -175,10 +175,13 @@ class WmbusDriver:
                 yield readings
 
     async def read(self) -> list[Reading]:
-        """One listen of `probe_s` (a probe from the command line): what arrived meanwhile."""
-        return await self.listen_readings(60.0)
+        """A one-shot read (`edge-agent probe`): listen until every configured meter has been heard,
+        at most 60 s; what arrived meanwhile."""
+        return await self.listen_readings(60.0, until_all_heard=True)
 
-    async def listen_readings(self, seconds: float) -> list[Reading]:
+    async def listen_readings(self, seconds: float, *, until_all_heard: bool = False) -> list[Reading]:
+        """Everything heard for `seconds` (commissioning), or less once every configured meter gave
+        a good reading when `until_all_heard`."""
         stream = self._stream
         if stream is None:
             raise DriverIOError(f"{self.name}: not open")
@@ -186,7 +189,7 @@ class WmbusDriver:
         deadline = loop.time() + seconds
         out: list[Reading] = []
         pending = {s.meter.name for s in self._meters.values()}
-        while loop.time() < deadline and (pending or not self._meters):
+        while loop.time() < deadline and (pending or not until_all_heard):
             try:
                 data = await asyncio.wait_for(stream.read(), max(0.01, deadline - loop.time()))
             except TimeoutError:

@@ -84,8 +84,8 @@ class WmbusAir:
         self._events = sorted(ctx.events, key=lambda e: float(e.get("at", 0)))
         self._queue: list[tuple[float, int]] = []
         self._last_advance: list[float] = [0.0] * count
-        self._busy_until = 0.0
-        self._last_tx: tuple[float, int] | None = None
+        # Frames on the air, delivered when their last bit has been sent: [end, telegram, meter, collided].
+        self._on_air: list[list[Any]] = []
         self.counters = {"sent": 0, "collisions": 0}
         self._task: asyncio.Task[None] | None = None
 
@@ -141,24 +141,32 @@ class WmbusAir:
             self._last_advance[i] = at
             heapq.heappush(self._queue, (at + meter.spec.interval_s * self._rng.uniform(0.9, 1.1), i))
             if not meter.faults.mute:
-                self._transmit(at, i, meter)
+                self._transmit(at, meter)
+        self._deliver(now)
 
-    def _transmit(self, at: float, index: int, meter: WirelessMeter) -> None:
+    def _transmit(self, at: float, meter: WirelessMeter) -> None:
         wall = dt.datetime.now()
         telegram = meter.telegram((wall.year, wall.month, wall.day, wall.hour, wall.minute))
         self.counters["sent"] += 1
-        end = at + airtime_s(telegram, meter.link_mode)
-        collided = at < self._busy_until
-        self._busy_until = max(self._busy_until, end)
-        rssi = -60.0 - 30.0 * self._rng.random()
-        ident = f"{meter.spec.ident:08d}"
-        if collided:
-            self.counters["collisions"] += 1
-            self.sdr.deliver(telegram, rssi, meter.link_mode, crc_ok=False, ident=ident)
-            return
-        self.sdr.deliver(telegram, rssi, meter.link_mode, crc_ok=True, ident=ident)
-        if meter.link_mode == self.stick.link_mode:
-            self.stick.deliver(telegram, rssi)
+        frame: list[Any] = [at + airtime_s(telegram, meter.link_mode), telegram, meter, False]
+        for other in self._on_air:
+            if other[0] > at:  # still on the air: both are lost
+                other[3] = frame[3] = True
+        self._on_air.append(frame)
+
+    def _deliver(self, now: float) -> None:
+        done = [f for f in self._on_air if f[0] <= now]
+        self._on_air = [f for f in self._on_air if f[0] > now]
+        for _end, telegram, meter, collided in done:
+            rssi = -60.0 - 30.0 * self._rng.random()
+            ident = f"{meter.spec.ident:08d}"
+            if collided:
+                self.counters["collisions"] += 1
+                self.sdr.deliver(telegram, rssi, meter.link_mode, crc_ok=False, ident=ident)
+            else:
+                self.sdr.deliver(telegram, rssi, meter.link_mode, crc_ok=True, ident=ident)
+                if meter.link_mode == self.stick.link_mode:
+                    self.stick.deliver(telegram, rssi)
 
     def describe(self) -> dict[str, Any]:
         return {
