@@ -43,6 +43,10 @@ QUANTITIES = {
     "Time point (date & time)": "date_time",
     "Time point (date)": "date",
     "Customer location": "customer_location",
+    "Digital Input": "digital_input",
+    "Averaging Duration": "averaging_duration",
+    "Software version": "software_version",
+    "External temperature": "external_temperature",
 }
 # (our unit, libmbus unit) -> factor taking our value to libmbus's
 FACTORS = {

@@ -145,3 +145,18 @@ def test_cli_decode_wmbus_with_key_and_its_errors(capsys: pytest.CaptureFixture[
     assert main(["decode", "wmbus", v.raw.hex(), "--key", "1234"]) == 2
     _, err = capsys.readouterr()
     assert "32 hex digits" in err
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "T1;1;1;2019-04-03 19:00:42.000;97;148;33225544;0x{hex}",
+        "telegram=|{head}_{tail}|",
+        "|{hex}|+0",
+    ],
+)
+def test_cli_accepts_the_capture_forms_tools_print(form: str, capsys: pytest.CaptureFixture[str]) -> None:
+    v = _vector("iperl_33225544")
+    text = form.format(hex=v.raw.hex(), head=v.raw[:15].hex(), tail=v.raw[15:].hex())
+    assert main(["decode", "wmbus", text]) == 0
+    assert orjson.loads(capsys.readouterr().out)["total_volume_m3"] == pytest.approx(123.529)

@@ -2,7 +2,8 @@
 
 `mbus` takes a whole wired frame (68 L L 68 ... 16, or a short frame / E5) or bare user data
 starting at the CI field. `wmbus` takes a wireless telegram from its L field, with or without the
-link layer's CRCs (format A or B), as receivers and SDR tools print it. Bytes may be separated by
+link layer's CRCs (format A or B), as receivers and SDR tools print it (an rtl_wmbus line or a
+wmbusmeters `telegram=|...|` line is accepted as it is). Bytes may be separated by
 spaces or newlines; `-` reads them from stdin. `--key` is the meter's AES-128 key (32 hex digits)
 for encrypted telegrams; it is never printed. A corrupt, truncated or undecryptable telegram
 prints one line on stderr and exits 2.
@@ -35,6 +36,17 @@ def register(subparsers: Any) -> None:
 
 def _text(args: argparse.Namespace) -> str:
     return sys.stdin.read() if args.hex == ["-"] else " ".join(args.hex)
+
+
+def capture_hex(text: str) -> str:
+    """The telegram's hex out of the forms tools print it in: a bare hex string, an rtl_wmbus
+    line (`T1;1;1;...;0x2A44...`), or a wmbusmeters `telegram=|2A44..._7A..|` line."""
+    t = text.strip().removeprefix("telegram=")
+    if "|" in t:
+        t = max((part for part in t.split("|")), key=len)
+    if ";" in t:
+        t = t.rsplit(";", 1)[-1]
+    return t.replace("_", "").replace("#", "")
 
 
 def _emit(kind: str, doc: dict[str, Any], compact: bool) -> int:
@@ -78,7 +90,7 @@ def cmd_decode_wmbus(args: argparse.Namespace) -> int:
 
     try:
         key = parse_key(args.key) if args.key else None
-        doc = decode_wireless(parse_hex(_text(args)), key=key).to_dict()
+        doc = decode_wireless(parse_hex(capture_hex(_text(args))), key=key).to_dict()
     except MbusDecodeError as exc:
         sys.stderr.write(f"edge-agent decode wmbus: {exc}\n")
         return EXIT_BAD_INPUT
