@@ -25,6 +25,7 @@ SUITES = [
     "bench.bench_agent",
     "bench.bench_opcua",
     "bench.bench_mbus",
+    "bench.bench_wmbus",
     "bench.bench_audio",
     "bench.bench_leak",
     "bench.bench_pump",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import orjson
 import pytest
 
 from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError, parse_frame, parse_hex
@@ -243,17 +244,116 @@ def test_short_frame_and_ack() -> None:
 @pytest.mark.parametrize(
     ("user_data", "message"),
     [
-        (HEADER + " 04 13 0100", "needs 4 data byte"),
-        (HEADER + " 84 80 80 80 80 80 80 80 80 80 80 80 13 00000000", "DIFEs"),
-        (HEADER + " 3F", "reserved special DIF"),
-        ("72 78563412 2440 01 07 55 00 0005 0413 00000000", "encrypted"),
         ("72 7856", "truncated header"),
         ("51 00", "not a variable-data response"),
+        ("73 78563412 0A 00 E97E 01000000", "fixed data structure is 16 bytes"),
     ],
 )
 def test_application_layer_faults_are_named(user_data: str, message: str) -> None:
     with pytest.raises(MbusDecodeError, match=message):
         decode_frame(frame(user_data))
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("0C 7B 02030000", "VIF 0x7B without its extension byte"),
+        ("0C 7D 02030000", "VIF 0x7D without its extension byte"),
+        ("8B 60 84" + " 84" * 10 + " 04 371802", "more than 10 VIFEs"),
+        ("84" + " 80" * 11 + " 00 13 00000000", "more than 10 DIFEs"),
+    ],
+)
+def test_a_record_that_cannot_be_placed_is_unknown_and_the_rest_decodes(bad: str, reason: str) -> None:
+    recs = records(f"04 13 39300000 {bad} 02 5A 7B00")
+    assert (recs[0].quantity, recs[0].value) == ("volume", pytest.approx(12.345))
+    assert recs[1].quantity == "unknown"
+    assert recs[1].error is not None
+    assert reason in recs[1].error
+    assert (recs[2].quantity, recs[2].value) == ("flow_temperature", pytest.approx(12.3))
+
+
+@pytest.mark.parametrize(
+    ("tail", "reason"),
+    [
+        ("04 13 0100", "needs 4 data byte(s), 2 left"),
+        ("3F 0102", "reserved special DIF 0x3F"),
+        ("0D 13 F7 00", "reserved LVAR 0xF7"),
+        ("04", "truncated before its VIF"),
+        ("84 80", "truncated in its DIFEs"),
+    ],
+)
+def test_a_record_whose_length_is_unknowable_keeps_the_rest_raw(tail: str, reason: str) -> None:
+    recs = records(f"02 5A 7B00 {tail}")
+    assert recs[0].quantity == "flow_temperature"
+    assert len(recs) == 2
+    assert recs[1].quantity == "unknown"
+    assert recs[1].data == bytes.fromhex(tail)
+    assert recs[1].error is not None
+    assert reason in recs[1].error
+
+
+def test_undefined_configuration_field_is_plain_data_with_a_note() -> None:
+    # An old meter's "signature" 0xB627: bits 8-12 are 22, no security mode.
+    t = decode_frame(frame("72 78563412 2440 01 07 55 00 27B6 0413 39300000"))
+    assert t.records[0].value == pytest.approx(12.345)
+    assert any("not a defined security mode" in note for note in t.notes)
+    assert "notes" in t.to_dict()
+
+
+def test_mode5_field_without_room_for_its_blocks_is_plain_data() -> None:
+    t = decode_frame(frame("72 78563412 2440 01 07 55 00 0005 0413 39300000"))  # mode 5, 0 blocks
+    assert t.records[0].value == pytest.approx(12.345)
+    assert any("0 encrypted block" in note for note in t.notes)
+
+
+def test_mode2_most_significant_byte_first() -> None:
+    # CI 76: header and values MSB first; the same meter and values as the LSB-first telegram.
+    lsb = decode_frame(frame("72 78563412 2440 01 07 55 00 0000 04 13 39300000 02 5A 7B00"))
+    msb = decode_frame(frame("76 12345678 4024 01 07 55 00 0000 04 13 00003039 02 5A 007B"))
+    assert msb.header == lsb.header
+    assert [(r.quantity, r.value) for r in msb.records] == [(r.quantity, r.value) for r in lsb.records]
+
+
+def test_fixed_data_structure_bcd_counters() -> None:
+    # CI 73 (EN 1434-3): ID 90919293, access 16, BCD counters 6531 kWh and 69 l (medium heat).
+    t = decode_frame(frame("73 93929190 10 00 05 69 31650000 69000000"))
+    assert t.header is not None
+    assert (t.header.id, t.header.access_number, t.header.medium_name) == ("90919293", 16, "heat")
+    assert [(r.quantity, r.unit, r.value) for r in t.records] == [
+        ("energy", "Wh", 6531000),
+        ("volume", "m3", pytest.approx(0.069)),
+    ]
+
+
+def test_binary_wider_than_64_bits_is_hex_most_significant_first() -> None:
+    value = bytes(range(1, 17))
+    recs = records("0D 13 F0 " + value.hex())  # LVAR F0: 16-byte binary number
+    assert recs[0].value == value[::-1].hex().upper()
+    assert "value wider than 64 bits, shown as hex" in recs[0].modifiers
+    orjson.dumps(decode_frame(frame(HEADER + "0D 13 F0 " + value.hex())).to_dict())
+
+
+def test_lvar_binary_lengths_follow_the_standard() -> None:
+    recs = records("0D 13 F5 " + "01" * 48 + " 0D 13 F6 " + "02" * 64 + " 02 5A 7B00")
+    assert [len(r.data) for r in recs] == [48, 64, 2]
+    assert recs[2].value == pytest.approx(12.3)
+
+
+def test_plain_text_unit_before_or_after_its_vifes() -> None:
+    after = records("03 FC 20 03 434241 153100")  # EN 13757-3: text after the VIFEs
+    before = records("02 FC 03 485225 74 4408")  # Elvaco: text before them
+    assert (after[0].unit, after[0].value) == ("ABC", 12565)
+    assert (before[0].unit, before[0].value) == ("%RH", pytest.approx(21.16))
+
+
+def test_backflow_volume_has_its_direction() -> None:
+    recs = records("04 93 3C 39300000 04 93 3B 10270000")
+    assert [(r.quantity, r.direction) for r in recs] == [("volume", "backward"), ("volume", "forward")]
+
+
+def test_two_digit_years_as_libmbus_reads_them() -> None:
+    recs = records("04 6D 1009 05C5")  # type F, year 96 -> 1996
+    assert recs[0].value == "1996-05-05T09:16"
 
 
 def test_hex_input_forms() -> None:

@@ -1,8 +1,12 @@
-"""`edge-agent decode mbus HEX|-`: decode an M-Bus telegram as meter tools print it, into JSON.
+"""`edge-agent decode mbus|wmbus HEX|- [--key HEX]`: decode a captured telegram into JSON.
 
-Takes a whole frame (68 L L 68 ... 16, or a short frame / E5) or bare user data starting at the CI
-field. Bytes may be separated by spaces or newlines; `-` reads them from stdin. A corrupt or
-truncated telegram prints one line on stderr and exits 2.
+`mbus` takes a whole wired frame (68 L L 68 ... 16, or a short frame / E5) or bare user data
+starting at the CI field. `wmbus` takes a wireless telegram from its L field, with or without the
+link layer's CRCs (format A or B), as receivers and SDR tools print it (an rtl_wmbus line or a
+wmbusmeters `telegram=|...|` line is accepted as it is). Bytes may be separated by
+spaces or newlines; `-` reads them from stdin. `--key` is the meter's AES-128 key (32 hex digits)
+for encrypted telegrams; it is never printed. A corrupt, truncated or undecryptable telegram
+prints one line on stderr and exits 2.
 """
 
 from __future__ import annotations
@@ -17,37 +21,77 @@ EXIT_BAD_INPUT = 2
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("decode", help="decode a captured telegram into JSON")
     kinds = parser.add_subparsers(dest="decode_kind", required=True)
-    mbus = kinds.add_parser(
-        "mbus",
-        help="an M-Bus (EN 13757-2/-3) frame or user data in hex",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    mbus.add_argument("hex", nargs="+", help="hex bytes (spaces allowed), or - to read stdin")
-    mbus.add_argument("--compact", action="store_true", help="one line of JSON")
-    mbus.set_defaults(func=cmd_decode_mbus)
+    for kind, help_text, func in (
+        ("mbus", "a wired M-Bus (EN 13757-2/-3) frame or user data in hex", cmd_decode_mbus),
+        ("wmbus", "a wireless M-Bus (EN 13757-4, OMS) telegram in hex", cmd_decode_wmbus),
+    ):
+        sub = kinds.add_parser(
+            kind, help=help_text, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        sub.add_argument("hex", nargs="+", help="hex bytes (spaces allowed), or - to read stdin")
+        sub.add_argument("--key", help="the meter's AES-128 key, 32 hex digits (encrypted telegrams)")
+        sub.add_argument("--compact", action="store_true", help="one line of JSON")
+        sub.set_defaults(func=func)
+
+
+def _text(args: argparse.Namespace) -> str:
+    return sys.stdin.read() if args.hex == ["-"] else " ".join(args.hex)
+
+
+def capture_hex(text: str) -> str:
+    """The telegram's hex out of the forms tools print it in: a bare hex string, an rtl_wmbus
+    line (`T1;1;1;...;0x2A44...`), or a wmbusmeters `telegram=|2A44..._7A..|` line."""
+    t = text.strip().removeprefix("telegram=")
+    if "|" in t:
+        t = max((part for part in t.split("|")), key=len)
+    if ";" in t:
+        t = t.rsplit(";", 1)[-1]
+    return t.replace("_", "").replace("#", "")
+
+
+def _emit(kind: str, doc: dict[str, Any], compact: bool) -> int:
+    import orjson
+
+    try:
+        text = orjson.dumps(doc, option=0 if compact else orjson.OPT_INDENT_2).decode()
+    except orjson.JSONEncodeError as exc:  # a value the decoders should have made portable
+        sys.stderr.write(f"edge-agent decode {kind}: cannot write JSON: {exc}\n")
+        return EXIT_BAD_INPUT
+    sys.stdout.write(text + "\n")
+    return 0
 
 
 def cmd_decode_mbus(args: argparse.Namespace) -> int:
-    import orjson
-
+    from water_edge.drivers.mbus.crypto import parse_key
     from water_edge.drivers.mbus.frame import MbusDecodeError, parse_frame, parse_hex
-    from water_edge.drivers.mbus.telegram import decode_frame, decode_user_data
+    from water_edge.drivers.mbus.telegram import SecurityContext, decode_frame, decode_user_data
 
-    text = sys.stdin.read() if args.hex == ["-"] else " ".join(args.hex)
     try:
-        raw = parse_hex(text)
+        context = SecurityContext(key=parse_key(args.key)) if args.key else None
+        raw = parse_hex(_text(args))
         doc: dict[str, Any]
         if raw[0] == 0x68:
-            doc = decode_frame(raw).to_dict()
+            doc = decode_frame(raw, context).to_dict()
         elif raw[0] in (0x10, 0xE5):
             frame = parse_frame(raw)
             doc = {"frame": frame.kind, "control": frame.control, "address": frame.address}
         else:
-            doc = decode_user_data(raw[0], raw[1:]).to_dict()
+            doc = decode_user_data(raw[0], raw[1:], security=context).to_dict()
     except MbusDecodeError as exc:
         sys.stderr.write(f"edge-agent decode mbus: {exc}\n")
         return EXIT_BAD_INPUT
-    option = 0 if args.compact else orjson.OPT_INDENT_2
-    sys.stdout.write(orjson.dumps(doc, option=option).decode() + "\n")
-    return 0
+    return _emit("mbus", doc, args.compact)
+
+
+def cmd_decode_wmbus(args: argparse.Namespace) -> int:
+    from water_edge.drivers.mbus.crypto import parse_key
+    from water_edge.drivers.mbus.frame import MbusDecodeError, parse_hex
+    from water_edge.drivers.wmbus.telegram import decode_wireless
+
+    try:
+        key = parse_key(args.key) if args.key else None
+        doc = decode_wireless(parse_hex(capture_hex(_text(args))), key=key).to_dict()
+    except MbusDecodeError as exc:
+        sys.stderr.write(f"edge-agent decode wmbus: {exc}\n")
+        return EXIT_BAD_INPUT
+    return _emit("wmbus", doc, args.compact)

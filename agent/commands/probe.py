@@ -2,6 +2,7 @@
 
     edge-agent probe -c /etc/edge-agent/config.toml ps07-plc      # a device of the real config
     edge-agent probe --devices devices.toml                        # just [[devices]] sections
+    edge-agent probe -c config.toml wmeters --listen 120           # every wireless meter in range
 
 Nothing is buffered or published; the agent need not be stopped (a PLC that allows a single
 connection is the exception: stop the agent first). Exit 0 when every reading is good, 1 when
@@ -14,8 +15,9 @@ import argparse
 import asyncio
 import sys
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -32,7 +34,23 @@ def register(sub: Any) -> None:
         "--devices-file", dest="devices_file", help="a TOML file holding only [[devices]] sections"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per reading")
+    parser.add_argument(
+        "--listen",
+        type=float,
+        metavar="SECONDS",
+        help="receivers that hear meters on their own (wmbus): listen this long and list every meter "
+        "heard, configured or not (commissioning)",
+    )
     parser.set_defaults(func=run)
+
+
+@runtime_checkable
+class Listening(Protocol):
+    """A driver that hears devices on their own schedule and can say which (the wmbus driver)."""
+
+    async def listen_readings(self, seconds: float) -> list[Reading]: ...
+
+    def heard(self) -> Sequence[Any]: ...
 
 
 def _device_configs(args: argparse.Namespace) -> list[Any]:
@@ -65,17 +83,44 @@ def _device_configs(args: argparse.Namespace) -> list[Any]:
     return devices
 
 
-async def _probe(device: Any) -> tuple[list[Reading], str | None]:
+async def _probe(device: Any, listen_s: float | None) -> tuple[list[Reading], str | None, Sequence[Any]]:
     from water_edge.drivers import registry
 
     driver = registry.build(device.kind, device)
     try:
         await driver.open()
-        return await driver.read(), None
+        if listen_s is not None and isinstance(driver, Listening):
+            readings = await driver.listen_readings(listen_s)
+            return readings, None, driver.heard()
+        return await driver.read(), None, ()
     except AgentError as exc:
-        return [], str(exc)
+        return [], str(exc), ()
     finally:
         await driver.aclose()
+
+
+def _print_heard(device: Any, heard: Sequence[Any], as_json: bool) -> None:
+    """The meters a receiver heard: what a technician compares with the meter list and the keys."""
+    if as_json:
+        for h in heard:
+            doc = {
+                "device": device.name, "heard": h.ident, "manufacturer": h.manufacturer,
+                "device_type": h.device_type, "frames": h.frames, "rssi": h.rssi,
+                "encrypted": h.encrypted, "configured": h.configured, "total_volume_m3": h.total_volume_m3,
+            }  # fmt: skip
+            sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+        return
+    print(f"{device.name}: {len(heard)} meter(s) heard")
+    head = ("id", "man", "type", "frames", "rssi", "encrypted", "volume m3")
+    print("  {:<10} {:<4} {:>4} {:>6} {:>7} {:<9} {:>12} configured".format(*head))
+    for h in heard:
+        rssi = "" if h.rssi is None else f"{h.rssi:.1f}"
+        volume = "" if h.total_volume_m3 is None else f"{h.total_volume_m3:.3f}"
+        configured = h.configured or "-"
+        print(
+            f"  {h.ident:<10} {h.manufacturer:<4} {h.device_type:>4} {h.frames:>6} {rssi:>7} "
+            f"{'yes' if h.encrypted else 'no':<9} {volume:>12} {configured}"
+        )
 
 
 def _print(device: Any, readings: list[Reading], error: str | None, as_json: bool) -> None:
@@ -120,7 +165,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     all_good = True
     for device in devices:
-        readings, error = asyncio.run(_probe(device))
+        readings, error, heard = asyncio.run(_probe(device, args.listen))
+        if args.listen is not None and error is None:
+            _print_heard(device, heard, args.json)
+            all_good = all_good and bool(heard)
+            continue
         _print(device, readings, error, args.json)
         all_good = all_good and error is None and all(r.quality == "good" for r in readings)
     return 0 if all_good else 1

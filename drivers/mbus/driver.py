@@ -35,7 +35,8 @@ FUNCTION_SUFFIX: Final = {"instantaneous": "", "maximum": ".max", "minimum": ".m
 
 def record_tag(record: Record) -> str:
     """The tag suffix (after `<meter>.`) a record gets by the naming scheme."""
-    name = record.quantity + FUNCTION_SUFFIX[record.function]
+    name = record.quantity + (f"_{record.direction}" if record.direction else "")
+    name += FUNCTION_SUFFIX[record.function]
     if record.storage:
         name += f".storage{record.storage}"
     if record.tariff:

@@ -259,6 +259,7 @@ _PER: Final[dict[int, str]] = {
 _PER_UNIT: Final[dict[int, str]] = {
     0x20: "/s", 0x21: "/min", 0x22: "/h", 0x23: "/d", 0x24: "/week", 0x25: "/month", 0x26: "/year",
 }  # fmt: skip
+_DIRECTION: Final[dict[int, str]] = {0x3B: "forward", 0x3C: "backward"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,12 +271,15 @@ class Vife:
     offset: float = 0.0
     unit_suffix: str = ""
     known: bool = True
+    direction: str = ""  # "forward"/"backward": accumulated from positive / negative flow only
 
 
 def combinable(code: int) -> Vife:  # noqa: PLR0911, PLR0912 - one return per table row group
     """A VIFE from the orthogonal (combinable) table, extension bit stripped."""
     if code in ERROR_VIFE:
         return Vife(f"record error: {ERROR_VIFE[code]}")
+    if code in _DIRECTION:
+        return Vife(_PER[code], direction=_DIRECTION[code])
     if code in _PER:
         return Vife(_PER[code], unit_suffix=_PER_UNIT.get(code, ""))
     if code & 0x77 == 0x40:

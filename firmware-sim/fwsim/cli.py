@@ -43,7 +43,7 @@ def _parser(*, datasets: bool = True) -> argparse.ArgumentParser:
         "--components",
         default="all",
         help="comma-separated parts to start besides the Modbus TCP PLC "
-        "(modbus_rtu, opcua, mbus, hydrophones), 'none', or 'all' (default)",
+        "(modbus_rtu, opcua, mbus, wmbus, hydrophones), 'none', or 'all' (default)",
     )
     run.add_argument("--workdir", type=Path, default=None, help="where components put files")
     lister = sub.add_parser("list", help="describe the register map, or what a scenario contains")

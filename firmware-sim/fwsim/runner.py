@@ -43,6 +43,7 @@ KNOWN_COMPONENTS: dict[str, str] = {
     "modbus_rtu": "water_edge.sim.rtu:RtuComponent",
     "opcua": "water_edge.sim.opcua_server:OpcUaComponent",
     "mbus": "water_edge.sim.mbus_bus:MbusComponent",
+    "wmbus": "water_edge.sim.wmbus_air:WmbusComponent",
     "hydrophones": "water_edge.sim.hydrophone_stream:HydrophoneComponent",
 }
 

@@ -1,0 +1,350 @@
+"""The wireless M-Bus driver: listens to one receiver and turns the telegrams of the configured
+meters into readings as they arrive (a streaming driver: meters send on their own schedule).
+
+Per meter, tags as the wired driver names them (`<meter>.volume`, `<meter>.volume_backward`,
+`<meter>.volume.storage1`, ...) plus `<meter>.status` (the header status byte; its reason when a
+telegram gave nothing), `<meter>.rssi` and `<meter>.alarm.<name>` (true/false) for the alarm flags
+its telegrams carry (`alarms.py`). A telegram that cannot be read — encrypted without a key, a key
+that does not decrypt it, a corrupt frame — is counted in `health()` and gives a bad `status`
+reading with the reason, never a crash. A meter silent for `silent_after_s` gets a bad `status`
+("not heard for ..."). Meters heard but not configured are counted and listed; with `listen = true`
+each also gives readings `heard.<ID>.rssi` (and its total volume when it is readable without a key).
+
+Keys are read from the config or their secret references when the driver opens, never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, Self
+
+import structlog
+
+from water_edge.core.errors import AgentError, DriverIOError
+from water_edge.core.reading import BAD, GOOD, Reading, now_ns
+from water_edge.core.secrets import resolve_secret
+from water_edge.drivers.base import DeviceConfig, TagInfo
+from water_edge.drivers.mbus.crypto import MbusKeyError, parse_key
+from water_edge.drivers.mbus.driver import selector_tag, telegram_readings
+from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError
+from water_edge.drivers.mbus.security import MbusEncryptedError
+from water_edge.drivers.wmbus import receivers, transport
+from water_edge.drivers.wmbus.alarms import alarm_flags
+from water_edge.drivers.wmbus.compact import FormatStore
+from water_edge.drivers.wmbus.config import WmbusConfig, WmbusMeter
+from water_edge.drivers.wmbus.frame import link_frame
+from water_edge.drivers.wmbus.health import WmbusHealth
+from water_edge.drivers.wmbus.telegram import decode_wireless
+
+log = structlog.get_logger(__name__)
+
+NS: Final = 1_000_000_000
+SILENCE_CHECK_S: Final = 30.0
+UNKNOWN_LISTED: Final = 20
+
+
+@dataclass
+class Heard:
+    """A meter the receiver heard (configured or not), for health and commissioning."""
+
+    ident: str
+    manufacturer: str
+    device_type: int
+    frames: int = 0
+    last_ns: int = 0
+    rssi: float | None = None
+    encrypted: bool = False
+    total_volume_m3: float | None = None
+    configured: str | None = None  # the configured meter's name
+
+
+@dataclass
+class _MeterState:
+    meter: WmbusMeter
+    key: bytes | None = None
+    key_problem: str | None = None
+    last_ns: int | None = None
+    silent_reported_ns: int | None = None
+    known: dict[str, str] = field(default_factory=dict)  # tag -> unit, learnt from telegrams
+
+
+class WmbusDriver:
+    """One receiver, the meters it reports."""
+
+    config_model: ClassVar[type[DeviceConfig]] = WmbusConfig
+
+    def __init__(
+        self,
+        config: WmbusConfig,
+        stream_factory: transport.StreamFactory | None = None,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self._open_stream = stream_factory or self._default_stream
+        self._stream: transport.ByteStream | None = None
+        self._receiver = receivers.build(config.receiver)
+        self._formats = FormatStore()
+        self._meters = {m.id.upper(): _MeterState(m) for m in config.meters}
+        self._heard: OrderedDict[str, Heard] = OrderedDict()
+        self._started_ns = now_ns()
+        self._counts = dict.fromkeys(
+            ("decoded", "undecodable", "no_key", "wrong_key", "unknown_frames", "link_errors"), 0
+        )
+        self._last_frame_ns: int | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> Self:
+        if not isinstance(config, WmbusConfig):
+            config = WmbusConfig.model_validate(config)
+        return cls(config)
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    async def _default_stream(self) -> transport.ByteStream:
+        cfg = self.config
+        if cfg.host is not None and cfg.tcp_port is not None:
+            return await transport.open_tcp(cfg.host, cfg.tcp_port)
+        assert cfg.port is not None  # the config validator guarantees one source
+        return await transport.open_path(cfg.port, cfg.serial_baudrate)
+
+    def _load_keys(self) -> None:
+        for state in self._meters.values():
+            state.key, state.key_problem = None, None
+            if state.meter.key is None:
+                continue
+            try:
+                text = resolve_secret(state.meter.key)
+                state.key = None if text is None else parse_key(text)
+            except (AgentError, MbusKeyError) as exc:
+                # The reason names the reference, never the key.
+                state.key_problem = str(exc).splitlines()[0]
+                log.warning(
+                    "wmbus.key_unavailable",
+                    driver=self.name,
+                    meter=state.meter.name,
+                    reason=state.key_problem,
+                )
+
+    async def open(self) -> None:
+        await self.aclose()
+        self._load_keys()
+        stream = await self._open_stream()
+        try:
+            for command in self._receiver.setup(tuple(self.config.link_modes)):
+                await stream.write(command)
+        except DriverIOError:
+            await stream.aclose()
+            raise
+        self._stream = stream
+
+    async def aclose(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.aclose()
+
+    # -- tags ------------------------------------------------------------------------------------
+
+    def tags(self) -> Sequence[TagInfo]:
+        out: list[TagInfo] = []
+        for state in self._meters.values():
+            m = state.meter
+            out += [TagInfo(f"{m.name}.status"), TagInfo(f"{m.name}.rssi")]
+            if m.records == "all":
+                out.extend(TagInfo(tag, unit) for tag, unit in state.known.items())
+            else:
+                out.extend(TagInfo(f"{m.name}.{selector_tag(s)}") for s in m.records)
+        return out
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    async def stream(self) -> AsyncIterator[list[Reading]]:
+        while True:
+            stream = self._stream
+            if stream is None:
+                raise DriverIOError(f"{self.name}: not open")
+            try:
+                data = await asyncio.wait_for(stream.read(), SILENCE_CHECK_S)
+            except TimeoutError:
+                data = b""
+            readings = self.feed(data) if data else []
+            readings += self._silence(now_ns())
+            if readings:
+                yield readings
+
+    async def read(self) -> list[Reading]:
+        """A one-shot read (`edge-agent probe`): listen until every configured meter has been heard,
+        at most 60 s; what arrived meanwhile."""
+        return await self.listen_readings(60.0, until_all_heard=True)
+
+    async def listen_readings(self, seconds: float, *, until_all_heard: bool = False) -> list[Reading]:
+        """Everything heard for `seconds` (commissioning), or less once every configured meter gave
+        a good reading when `until_all_heard`."""
+        stream = self._stream
+        if stream is None:
+            raise DriverIOError(f"{self.name}: not open")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        out: list[Reading] = []
+        pending = {s.meter.name for s in self._meters.values()}
+        while loop.time() < deadline and (pending or not until_all_heard):
+            try:
+                data = await asyncio.wait_for(stream.read(), max(0.01, deadline - loop.time()))
+            except TimeoutError:
+                break
+            got = self.feed(data)
+            out += got
+            pending -= {r.tag.split(".", 1)[0] for r in got if r.quality == GOOD}
+        return out
+
+    def heard(self) -> list[Heard]:
+        """Every meter heard since the driver started, most recent last (commissioning)."""
+        return list(self._heard.values())
+
+    def feed(self, data: bytes) -> list[Reading]:
+        """Bytes from the receiver; the readings of the telegrams they complete."""
+        out: list[Reading] = []
+        for received in self._receiver.feed(data):
+            out += self._telegram(received, now_ns())
+        return out
+
+    def _telegram(self, received: receivers.Received, ts: int) -> list[Reading]:
+        self._last_frame_ns = ts
+        try:
+            link = link_frame(received.raw)
+        except MbusFrameError:
+            self._counts["link_errors"] += 1
+            return []
+        ident = link.ident.upper()
+        heard = self._note_heard(ident, link.manufacturer, link.device_type, received, ts)
+        state = self._meters.get(ident)
+        if state is not None and state.meter.manufacturer not in (None, link.manufacturer):
+            state = None  # same number, another manufacturer's meter
+        if state is None:
+            self._counts["unknown_frames"] += 1
+            return self._listen(heard, received, ts) if self.config.listen else []
+        heard.configured = state.meter.name
+        state.last_ns, state.silent_reported_ns = ts, None
+        return self._meter_readings(state, heard, received, ts)
+
+    def _note_heard(
+        self, ident: str, manufacturer: str, device_type: int, received: receivers.Received, ts: int
+    ) -> Heard:
+        heard = self._heard.get(ident) or Heard(ident, manufacturer, device_type)
+        heard.frames += 1
+        heard.last_ns, heard.rssi = ts, received.rssi
+        self._heard[ident] = heard
+        self._heard.move_to_end(ident)
+        while len(self._heard) > 1000:
+            self._heard.popitem(last=False)
+        return heard
+
+    def _meter_readings(
+        self, state: _MeterState, heard: Heard, received: receivers.Received, ts: int
+    ) -> list[Reading]:
+        meter = state.meter
+        status_tag = f"{meter.name}.status"
+        try:
+            telegram = decode_wireless(received.raw, key=state.key, formats=self._formats)
+        except MbusEncryptedError:
+            heard.encrypted = True
+            self._counts["no_key"] += 1
+            reason = state.key_problem or "encrypted telegram and no key configured for this meter"
+            return [Reading(self.name, status_tag, ts, None, BAD, "", reason)]
+        except MbusKeyError:
+            heard.encrypted = True
+            self._counts["wrong_key"] += 1
+            return [
+                Reading(
+                    self.name, status_tag, ts, None, BAD, "", "the configured key does not decrypt this meter"
+                )
+            ]
+        except MbusDecodeError as exc:
+            self._counts["undecodable"] += 1
+            return [Reading(self.name, status_tag, ts, None, BAD, "", f"undecodable telegram: {exc}")]
+        heard.encrypted = telegram.encrypted
+        total = telegram.total_volume()
+        heard.total_volume_m3 = None if total is None else float(total.value or 0)
+        self._counts["decoded"] += 1
+        app = telegram.application
+        selectors = None if meter.records == "all" else meter.records
+        out = telegram_readings(self.name, meter.name, [app] if app is not None else [], ts, selectors)
+        if received.rssi is not None:
+            out.append(Reading(self.name, f"{meter.name}.rssi", ts, received.rssi, GOOD, received.rssi_unit))
+        flags = alarm_flags(telegram.link.manufacturer, telegram.status, telegram.records, meter.alarm_bits)
+        out += [Reading(self.name, f"{meter.name}.alarm.{n}", ts, v, GOOD) for n, v in sorted(flags.items())]
+        if selectors is None:
+            for r in out:
+                state.known.setdefault(r.tag, r.unit)
+        return out
+
+    def _listen(self, heard: Heard, received: receivers.Received, ts: int) -> list[Reading]:
+        prefix = f"heard.{heard.ident}"
+        out = []
+        if received.rssi is not None:
+            out.append(Reading(self.name, f"{prefix}.rssi", ts, received.rssi, GOOD, received.rssi_unit))
+        try:
+            telegram = decode_wireless(received.raw, formats=self._formats)
+        except MbusEncryptedError:
+            heard.encrypted = True
+        except MbusDecodeError:
+            pass
+        else:
+            heard.encrypted = telegram.encrypted
+            total = telegram.total_volume()
+            if total is not None and isinstance(total.value, int | float):
+                heard.total_volume_m3 = float(total.value)
+                out.append(Reading(self.name, f"{prefix}.volume", ts, total.value, GOOD, "m3"))
+        return out
+
+    def _silence(self, now: int) -> list[Reading]:
+        out = []
+        for state in self._meters.values():
+            limit = int(state.meter.silent_after_s * NS)
+            since = state.last_ns if state.last_ns is not None else self._started_ns
+            last_report = state.silent_reported_ns
+            if now - since >= limit and (last_report is None or now - last_report >= limit):
+                state.silent_reported_ns = now
+                seconds = (now - since) // NS
+                reason = (
+                    f"not heard for {seconds} s" if state.last_ns else f"not heard since start ({seconds} s)"
+                )
+                out.append(Reading(self.name, f"{state.meter.name}.status", now, None, BAD, "", reason))
+        return out
+
+    # -- health ----------------------------------------------------------------------------------
+
+    def health(self) -> WmbusHealth:
+        now = now_ns()
+        silent = [
+            s.meter.name
+            for s in self._meters.values()
+            if now - (s.last_ns if s.last_ns is not None else self._started_ns) >= s.meter.silent_after_s * NS
+        ]
+        without_key = [
+            s.meter.name
+            for s in self._meters.values()
+            if (h := self._heard.get(s.meter.id.upper())) is not None and h.encrypted and s.key is None
+        ]
+        unknown = [f"{h.ident} {h.manufacturer}" for h in self._heard.values() if h.configured is None]
+        counters = self._receiver.counters
+        return WmbusHealth(
+            receiver=self.config.receiver,
+            open=self._stream is not None,
+            frames=counters.frames,
+            decoded=self._counts["decoded"],
+            crc_errors=counters.crc_errors + self._counts["link_errors"],
+            garbage_bytes=counters.garbage_bytes,
+            undecodable=self._counts["undecodable"],
+            no_key=self._counts["no_key"],
+            wrong_key=self._counts["wrong_key"],
+            unknown_frames=self._counts["unknown_frames"],
+            meters_configured=len(self._meters),
+            meters_heard=sum(1 for s in self._meters.values() if s.last_ns is not None),
+            meters_silent=silent,
+            meters_without_key=without_key,
+            unknown_meters=unknown[-UNKNOWN_LISTED:],
+            last_frame_ns=self._last_frame_ns,
+        )

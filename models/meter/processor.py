@@ -1,0 +1,134 @@
+"""`MeterProcessor`: meter readings in, consumption and alarm events out, for every `[[models.meter]]`
+group.
+
+A reading belongs to a group when its source is the group's `device` (or any source) and its tag
+starts with one of the group's meter names: `<meter>.<volume_tag>` drives the hourly accounting
+(`consumption.py`), `<meter>.<backflow_tag>` the backflow check, `<meter>.alarm.<name>` the meter's
+own flags. Bad readings are skipped (a reading the meter did not send is no use).
+
+Events (the centre routes on `kind`; `detail.state` is "start" or "clear"):
+`meter_alarm` (detail.alarm: leak, burst, backflow, dry, tamper, battery, error, alarm),
+`meter_continuous_flow`, `meter_backflow`, `meter_night_use`, `meter_no_use`; each names the
+group and the meter and carries what decided it (litres, hours).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import structlog
+
+from water_edge.core.reading import BAD, Event, Reading, Severity
+from water_edge.models.meter.config import MeterGroupConfig
+from water_edge.models.meter.consumption import Change, MeterUse
+from water_edge.models.meter.health import GroupStatus, MeterHealth
+
+log = structlog.get_logger(__name__)
+
+ALARM_SEVERITY: Final[dict[str, Severity]] = {
+    "leak": "alarm", "burst": "critical", "backflow": "alarm", "tamper": "alarm",
+    "dry": "warning", "battery": "warning", "error": "warning", "alarm": "warning",
+}  # fmt: skip
+CONDITION_SEVERITY: Final[dict[str, Severity]] = {
+    "continuous_flow": "alarm", "backflow": "alarm", "night_use": "warning", "no_use": "alarm",
+}  # fmt: skip
+Emit = Callable[[Event], Awaitable[None]]
+
+
+@dataclass
+class _Group:
+    cfg: MeterGroupConfig
+    meters: dict[str, MeterUse] = field(default_factory=dict)
+    flags: dict[tuple[str, str], bool] = field(default_factory=dict)
+    events: int = 0
+    readings: int = 0
+
+    def owns(self, source: str, meter: str) -> bool:
+        if self.cfg.device is not None and source != self.cfg.device:
+            return False
+        return self.cfg.meters == "all" or meter in self.cfg.meters
+
+    def use(self, meter: str) -> MeterUse:
+        if meter not in self.meters:
+            self.meters[meter] = MeterUse(self.cfg)
+        return self.meters[meter]
+
+
+class MeterProcessor:
+    name = "meter"
+
+    def __init__(self, groups: Sequence[MeterGroupConfig]) -> None:
+        self.groups = [_Group(g) for g in groups]
+
+    async def run(self, source: AsyncIterable[tuple[str, list[Reading]]], emit: Emit) -> None:
+        async for _stream, readings in source:
+            for reading in readings:
+                for event in self.handle(reading):
+                    await emit(event)
+
+    def handle(self, r: Reading) -> list[Event]:
+        """Events a reading causes (pure but for the per-meter state)."""
+        if r.quality == BAD or r.value is None or "." not in r.tag:
+            return []
+        meter, rest = r.tag.split(".", 1)
+        out: list[Event] = []
+        for group in self.groups:
+            if not group.owns(r.source, meter):
+                continue
+            cfg = group.cfg
+            if rest == cfg.volume_tag and _is_number(r.value):
+                group.readings += 1
+                out += self._changes(group, meter, group.use(meter).volume(r.ts_ns, float(r.value)))
+            elif rest == cfg.backflow_tag and _is_number(r.value):
+                out += self._changes(group, meter, group.use(meter).backward(r.ts_ns, float(r.value)))
+            elif cfg.alarms and rest.startswith("alarm.") and isinstance(r.value, bool):
+                out += self._flag(group, meter, rest.removeprefix("alarm."), r.value, r.ts_ns)
+        return out
+
+    def _flag(self, group: _Group, meter: str, alarm: str, on: bool, ts: int) -> list[Event]:
+        key = (meter, alarm)
+        before = group.flags.get(key)
+        group.flags[key] = on
+        if before == on or (before is None and not on):
+            return []
+        group.events += 1
+        severity: Severity = ALARM_SEVERITY.get(alarm, "warning") if on else "info"
+        detail: dict[str, Any] = {
+            "group": group.cfg.name,
+            "meter": meter,
+            "alarm": alarm,
+            "state": "start" if on else "clear",
+        }
+        log.info("meter.alarm", group=group.cfg.name, meter=meter, alarm=alarm, on=on)
+        return [Event("meter_alarm", meter, ts, severity, None, detail)]
+
+    def _changes(self, group: _Group, meter: str, changes: list[Change]) -> list[Event]:
+        out = []
+        for c in changes:
+            group.events += 1
+            severity: Severity = CONDITION_SEVERITY[c.condition] if c.active else "info"
+            state = "start" if c.active else "clear"
+            detail: dict[str, Any] = {"group": group.cfg.name, "meter": meter, "state": state, **c.detail}
+            log.info(
+                "meter.condition", group=group.cfg.name, meter=meter, condition=c.condition, active=c.active
+            )
+            out.append(Event(f"meter_{c.condition}", meter, c.ts_ns, severity, None, detail))
+        return out
+
+    def health(self) -> MeterHealth:
+        groups = {}
+        for g in self.groups:
+            active = sorted(
+                f"{meter} {cond}" for meter, use in g.meters.items() for cond, on in use.active.items() if on
+            )
+            active += sorted(f"{meter} {alarm}" for (meter, alarm), on in g.flags.items() if on)
+            groups[g.cfg.name] = GroupStatus(
+                meters=len(g.meters), readings=g.readings, events=g.events, active=active
+            )
+        return MeterHealth(groups)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,0 +1,162 @@
+"""Consumption analytics on replayed meter readings: a leak behind the meter, backflow, night use,
+a household gone quiet (watch-over), and the meters' own flags, each starting and clearing; an
+ordinary household and a silent meter raise nothing."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from water_edge.core.processor import ProcessorContext
+from water_edge.core.reading import Event, Reading
+from water_edge.models.meter.config import MeterGroupConfig
+from water_edge.models.meter.factory import MeterFactory
+from water_edge.models.meter.processor import MeterProcessor
+
+NS = 1_000_000_000
+START = int(datetime(2024, 3, 4, 0, 0, tzinfo=UTC).timestamp()) * NS  # a Monday, midnight UTC
+STEP_S = 300  # a reading every five minutes
+
+
+def household(rng: random.Random, hour: float) -> float:
+    """Litres per 5 minutes an ordinary home draws: mornings and evenings, nothing at night."""
+    if 0 <= hour < 6 or hour >= 23:
+        return 0.0
+    peak = hour in (7, 8, 19, 20)
+    return rng.choice([0, 0, 0, 5, 12]) * (3 if peak else 1)
+
+
+def replay(
+    hours: float,
+    draw: Callable[[float, int], float],
+    *,
+    backward: Callable[[float], float] | None = None,
+    flags: Callable[[float], dict[str, bool]] | None = None,
+) -> Iterator[Reading]:
+    volume = 123.0
+    back = 0.0
+    for step in range(int(hours * 3600 / STEP_S) + 1):
+        t = START + step * STEP_S * NS
+        h = (step * STEP_S / 3600.0) % 24
+        volume += draw(h, step) / 1000.0
+        yield Reading("wm", "flat1.volume", t, round(volume, 4), "good", "m3")
+        if backward is not None:
+            back += backward(h) / 1000.0
+            yield Reading("wm", "flat1.volume_backward", t, round(back, 4), "good", "m3")
+        if flags is not None:
+            for name, on in flags(step * STEP_S / 3600.0).items():
+                yield Reading("wm", f"flat1.alarm.{name}", t, on, "good")
+
+
+def events(readings: Iterator[Reading], **cfg: Any) -> list[Event]:
+    processor = MeterProcessor([MeterGroupConfig(name="block-a", device="wm", **cfg)])
+    out: list[Event] = []
+    for r in readings:
+        out += processor.handle(r)
+    return out
+
+
+def kinds(evs: list[Event]) -> list[tuple[str, str]]:
+    return [(e.kind, e.detail["state"]) for e in evs]
+
+
+def test_ordinary_household_raises_nothing() -> None:
+    rng = random.Random(1)
+    assert events(replay(72, lambda h, _: household(rng, h)), no_use_hours=12) == []
+
+
+def test_leak_behind_the_meter_is_continuous_flow_and_clears_when_fixed() -> None:
+    rng = random.Random(2)
+    leak_until_h = 60.0
+
+    def draw(h: float, step: int) -> float:
+        leak = 8.0 * STEP_S / 3600 if step * STEP_S / 3600 < leak_until_h else 0.0  # 8 l/h dripping
+        return household(rng, h) + leak
+
+    evs = events(replay(72, draw))
+    assert kinds(evs) == [("meter_continuous_flow", "start"), ("meter_continuous_flow", "clear")]
+    start, clear = evs
+    assert start.ts_ns == START + 24 * 3600 * NS  # after 24 hours with flow in every one
+    assert start.detail["min_litres_per_hour"] == pytest.approx(8.0, abs=0.5)
+    assert (start.severity, start.source, start.detail["group"]) == ("alarm", "flat1", "block-a")
+    assert clear.ts_ns == START + 72 * 3600 * NS  # the first hour without use after the repair: 23-24 h
+
+
+def test_backflow_register_growth() -> None:
+    evs = events(
+        replay(30, lambda h, _: 0.0, backward=lambda h: 1.0 if 10 <= h < 11 else 0.0),
+        backflow_l=5.0, backflow_hours=6,
+    )  # fmt: skip
+    assert kinds(evs) == [("meter_backflow", "start"), ("meter_backflow", "clear")]
+    assert evs[0].detail["litres"] >= 5.0
+
+
+def test_night_use_is_judged_when_the_window_ends() -> None:
+    rng = random.Random(3)
+    evs = events(
+        replay(72, lambda h, step: household(rng, h) + (10.0 if 2 < h <= 4 and step < 288 else 0.0)),
+        night="02:00-04:00", night_l=20.0,
+    )  # fmt: skip
+    assert kinds(evs) == [("meter_night_use", "start"), ("meter_night_use", "clear")]
+    assert evs[0].ts_ns == START + 4 * 3600 * NS
+    assert evs[0].detail["litres"] == pytest.approx(240.0)
+
+
+def test_watch_over_no_use_in_the_expected_hours_and_use_again() -> None:
+    rng = random.Random(4)
+
+    def draw(h: float, step: int) -> float:
+        day = step * STEP_S // 86400
+        return 0.0 if day == 1 else household(rng, h)  # nothing drawn all of the second day
+
+    evs = events(replay(60, draw), no_use_hours=10, expected="06:00-23:00", timezone="UTC")
+    assert kinds(evs) == [("meter_no_use", "start"), ("meter_no_use", "clear")]
+    assert evs[0].ts_ns == START + (24 + 16) * 3600 * NS  # 06:00-16:00 of day two without use
+    assert evs[0].detail["hours_without_use"] == 10
+
+
+def test_a_silent_meter_is_no_leak_and_no_watch_over() -> None:
+    def silent_half(readings: Iterator[Reading]) -> Iterator[Reading]:
+        for r in readings:
+            if not (20 * 3600 * NS <= r.ts_ns - START < 44 * 3600 * NS):
+                yield r
+
+    drip = 8.0 * STEP_S / 3600
+    assert events(silent_half(replay(48, lambda h, _: drip)), no_use_hours=4) == []
+
+
+def test_meter_flags_start_and_clear_once() -> None:
+    def flags(hour: float) -> dict[str, bool]:
+        return {"tamper": 1 <= hour < 2, "battery": False}
+
+    evs = events(replay(3, lambda h, _: 0.0, flags=flags))
+    assert kinds(evs) == [("meter_alarm", "start"), ("meter_alarm", "clear")]
+    assert evs[0].detail["alarm"] == "tamper"
+    assert (evs[0].severity, evs[1].severity) == ("alarm", "info")
+
+
+def test_readings_of_other_devices_and_meters_are_ignored() -> None:
+    processor = MeterProcessor([MeterGroupConfig(name="g", device="wm", meters=["flat2"])])
+    assert processor.handle(Reading("other", "flat2.alarm.leak", START, True)) == []
+    assert processor.handle(Reading("wm", "flat1.alarm.leak", START, True)) == []
+    assert len(processor.handle(Reading("wm", "flat2.alarm.leak", START, True))) == 1
+    assert processor.health().groups["g"].active == ["flat2 leak"]
+
+
+def test_config_checks() -> None:
+    with pytest.raises(ValidationError, match="unknown time zone"):
+        MeterGroupConfig(name="g", timezone="Mars/Olympus")
+    with pytest.raises(ValidationError, match="should match pattern"):
+        MeterGroupConfig(name="g", night="2-4")
+    groups = [MeterGroupConfig(name="g", device="plc"), MeterGroupConfig(name="g", device="nope")]
+    problems = MeterFactory.check_sections(groups, {"plc": "modbus_tcp", "wm": "wmbus"})
+    messages = [p.message for p in problems]
+    assert any("used twice" in m for m in messages)
+    assert any("is a modbus_tcp, not a meter bus" in m for m in messages)
+    assert any("no device 'nope' (meter buses: wm)" in m for m in messages)
+    assert MeterFactory.from_config(groups[:1], ProcessorContext(state_dir=None)).processors()  # type: ignore[arg-type]

@@ -1,0 +1,162 @@
+"""Wireless M-Bus decoding on real meters' telegrams (tests/data/wmbus): the total volume an
+independent decoder found, keys that decrypt and keys that do not, link-layer CRCs, compact frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import orjson
+import pytest
+
+from water_edge.agent.cli import main
+from water_edge.drivers.mbus.crypto import MbusKeyError
+from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError, parse_hex
+from water_edge.drivers.mbus.security import MbusEncryptedError
+from water_edge.drivers.wmbus.compact import FormatStore
+from water_edge.drivers.wmbus.frame import crc16, link_frame, with_crc_a
+from water_edge.drivers.wmbus.telegram import decode_wireless
+
+DATA = Path(__file__).parent / "data" / "wmbus" / "telegrams.txt"
+# Application layers that are not OMS: their volume is in a manufacturer's own format.
+PROPRIETARY = {"apator08_004444dd", "izar_18001698", "mkradio3_34333231", "mkradio4_02410120",
+               "rfmtx1_74737271", "apator162_88888888_aes", "supercom587_77777777_aes"}  # fmt: skip
+
+
+class Vector(NamedTuple):
+    name: str
+    key: bytes | None
+    total: float | None
+    raw: bytes
+
+
+def vectors() -> list[Vector]:
+    out = []
+    for line in DATA.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, key, total, hexs = line.split(";")
+        out.append(
+            Vector(
+                name, bytes.fromhex(key) if key else None, float(total) if total else None, parse_hex(hexs)
+            )
+        )
+    return out
+
+
+VECTORS = vectors()
+STANDARD = [v for v in VECTORS if v.name not in PROPRIETARY]
+
+
+@pytest.mark.parametrize("v", STANDARD, ids=lambda v: v.name)
+def test_total_volume_is_what_the_meter_reported(v: Vector) -> None:
+    telegram = decode_wireless(v.raw, key=v.key, formats=FormatStore())
+    doc = telegram.to_dict()
+    orjson.dumps(doc)
+    assert doc["total_volume_m3"] == pytest.approx(v.total, abs=1e-9)
+
+
+@pytest.mark.parametrize("v", [v for v in VECTORS if v.name in PROPRIETARY], ids=lambda v: v.name)
+def test_proprietary_payloads_decode_without_crashing(v: Vector) -> None:
+    try:
+        doc = decode_wireless(v.raw, key=v.key, formats=FormatStore()).to_dict()
+    except MbusDecodeError:
+        return
+    orjson.dumps(doc)
+
+
+def test_share_of_meters_whose_total_volume_is_found() -> None:
+    with_total = [v for v in VECTORS if v.total is not None]
+    found = 0
+    for v in with_total:
+        try:
+            doc = decode_wireless(v.raw, key=v.key, formats=FormatStore()).to_dict()
+        except MbusDecodeError:
+            continue
+        found += doc.get("total_volume_m3") == pytest.approx(v.total, abs=1e-9)
+    assert found / len(with_total) >= 0.6
+
+
+def _vector(name: str) -> Vector:
+    return next(v for v in VECTORS if v.name == name)
+
+
+@pytest.mark.parametrize("name", ["multical21_76348799_aes", "aventieswm_61070071", "waterstarm_20096221"])
+def test_encrypted_without_key_is_a_clear_error_and_a_wrong_key_is_caught(name: str) -> None:
+    v = _vector(name)
+    with pytest.raises(MbusEncryptedError, match="key is needed"):
+        decode_wireless(v.raw, formats=FormatStore())
+    assert v.key is not None
+    wrong = bytes((v.key[0] ^ 1,)) + v.key[1:]
+    with pytest.raises(MbusKeyError, match="wrong key"):
+        decode_wireless(v.raw, key=wrong, formats=FormatStore())
+
+
+def test_format_a_crcs_are_checked_and_stripped() -> None:
+    v = _vector("flowiq2200_52525252")
+    on_air = with_crc_a(v.raw)
+    assert len(on_air) > len(v.raw)
+    frame = link_frame(on_air)
+    assert (frame.frame_format, frame.ident, frame.manufacturer) == ("A", "52525252", "KAW")
+    spoiled = bytearray(on_air)
+    spoiled[20] ^= 0xFF
+    with pytest.raises(MbusFrameError):
+        link_frame(bytes(spoiled[: len(v.raw) - 1]))
+
+
+def test_format_b_crc_is_checked_and_stripped() -> None:
+    v = _vector("iperl_33225544")
+    body = bytes((len(v.raw) + 1,)) + v.raw[1:]  # L counts the CRC in format B
+    frame_b = body + crc16(body).to_bytes(2, "big")
+    frame = link_frame(frame_b)
+    assert frame.frame_format == "B"
+    assert decode_wireless(frame_b).to_dict()["total_volume_m3"] == pytest.approx(123.529)
+
+
+def test_receiver_trailer_is_ignored_with_a_note() -> None:
+    v = _vector("iperl_33225544")
+    doc = decode_wireless(v.raw + b"\xc4").to_dict()  # e.g. an RSSI byte after the frame
+    assert doc["total_volume_m3"] == pytest.approx(123.529)
+    assert any("ignored" in note for note in doc["notes"])
+
+
+def test_compact_frame_of_an_unknown_format_is_a_clear_error_until_a_full_frame_teaches_it() -> None:
+    full = _vector("multical21_44556677_full")
+    comp = _vector("multical21_44556677_compact")
+    store = FormatStore()
+    store._known.clear()  # only what this store learns
+    with pytest.raises(MbusDecodeError, match="format is not known yet"):
+        decode_wireless(comp.raw, formats=store)
+    decode_wireless(full.raw, formats=store)
+    assert decode_wireless(comp.raw, formats=store).to_dict()["total_volume_m3"] == pytest.approx(20.015)
+
+
+def test_cli_decode_wmbus_with_key_and_its_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    v = _vector("aventieswm_61070071")
+    assert v.key is not None
+    assert main(["decode", "wmbus", v.raw.hex(), "--key", v.key.hex()]) == 0
+    out, _ = capsys.readouterr()
+    assert orjson.loads(out)["total_volume_m3"] == pytest.approx(466.472)
+    assert v.key.hex() not in out.lower()
+    assert main(["decode", "wmbus", v.raw.hex()]) == 2
+    _, err = capsys.readouterr()
+    assert err.count("\n") == 1
+    assert "key is needed" in err
+    assert main(["decode", "wmbus", v.raw.hex(), "--key", "1234"]) == 2
+    _, err = capsys.readouterr()
+    assert "32 hex digits" in err
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "T1;1;1;2019-04-03 19:00:42.000;97;148;33225544;0x{hex}",
+        "telegram=|{head}_{tail}|",
+        "|{hex}|+0",
+    ],
+)
+def test_cli_accepts_the_capture_forms_tools_print(form: str, capsys: pytest.CaptureFixture[str]) -> None:
+    v = _vector("iperl_33225544")
+    text = form.format(hex=v.raw.hex(), head=v.raw[:15].hex(), tail=v.raw[15:].hex())
+    assert main(["decode", "wmbus", text]) == 0
+    assert orjson.loads(capsys.readouterr().out)["total_volume_m3"] == pytest.approx(123.529)

@@ -1,0 +1,224 @@
+"""The wmbus driver against firmware-sim's wireless meters: a USB stick on a pseudo-terminal and an
+rtl_wmbus TCP stream, encrypted meters with and without their keys, alarms, silence, line faults."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+from structlog.testing import capture_logs
+
+from water_edge.core.health import health_json
+from water_edge.core.reading import Reading
+from water_edge.drivers.wmbus.config import WmbusConfig
+from water_edge.drivers.wmbus.driver import WmbusDriver
+from water_edge.sim.component import SimContext
+from water_edge.sim.pumpstation import PumpStation
+from water_edge.sim.wmbus_air import WmbusComponent
+
+TAMPER = {"record": "error_flags", "bit": 2, "alarm": "tamper"}  # the simulator's data sheet
+
+
+class Air:
+    def __init__(self, component: WmbusComponent, detail: dict[str, Any]) -> None:
+        self.component = component
+        self.detail = detail
+        self.meters: list[dict[str, Any]] = detail["meters"]
+
+    def meter(self, index: int, **extra: Any) -> dict[str, Any]:
+        m = self.meters[index]
+        return {"name": f"m{index}", "id": m["id"], "key": m["key"], "alarm_bits": [TAMPER], **extra}
+
+
+@pytest.fixture
+async def air_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    started: list[tuple[WmbusComponent, asyncio.Task[None]]] = []
+
+    async def start(**options: Any) -> Air:
+        station = PumpStation(5)
+        station.step(10)
+        ctx = SimContext(
+            station=station, points=[], seed=5, host="127.0.0.1", workdir=tmp_path,
+            options={"meters": 6, "interval_s": 1.0, **options},
+        )  # fmt: skip
+        component = WmbusComponent()
+        (announcement,) = await component.start(ctx)
+
+        async def clock() -> None:  # 50 model seconds per wall second
+            while True:
+                station.step(10)
+                await asyncio.sleep(0.02)
+
+        started.append((component, asyncio.create_task(clock())))
+        return Air(component, announcement.detail)
+
+    yield start
+    for component, task in started:
+        task.cancel()
+        await component.stop()
+
+
+def stick_config(air: Air, meters: list[dict[str, Any]], mode: str = "T1", **extra: Any) -> WmbusConfig:
+    return WmbusConfig.model_validate(
+        {"name": "w", "kind": "wmbus", "receiver": "im871a", "port": air.detail["path"],
+         "link_modes": [mode], "meters": meters, **extra}
+    )  # fmt: skip
+
+
+async def listen(cfg: WmbusConfig, seconds: float = 10.0) -> tuple[dict[str, Reading], WmbusDriver]:
+    driver = WmbusDriver.from_config(cfg)
+    await driver.open()
+    try:
+        readings = await driver.listen_readings(seconds, until_all_heard=bool(cfg.meters))
+    finally:
+        await driver.aclose()
+    latest: dict[str, Reading] = {}
+    for r in readings:
+        latest[r.tag] = r
+    return latest, driver
+
+
+async def test_oms_meters_mode5_and_mode7_decrypt_with_their_keys(air_factory: Callable[..., Any]) -> None:
+    air = await air_factory(compact_share=0.0, faults={"1": {"tamper": True, "battery_low": True}})
+    assert [m["security"] for m in air.meters[:2]] == ["mode5", "mode7"]
+    got, driver = await listen(stick_config(air, [air.meter(0), air.meter(1)]))
+    assert got["m0.volume"].quality == "good"
+    # A meter that reports power low: its values are uncertain, with the reason (as wired meters).
+    assert (got["m1.volume"].quality, got["m1.volume"].reason) == ("uncertain", "meter reports power low")
+    for name in ("m0", "m1"):
+        assert got[f"{name}.volume"].unit == "m3"
+        assert 50 <= float(got[f"{name}.volume"].value or 0) <= 500
+        assert got[f"{name}.volume_backward"].value == 0
+    assert got["m1.alarm.tamper"].value is True
+    assert got["m1.alarm.battery"].value is True
+    assert got["m0.alarm.tamper"].value is False
+    health = driver.health()
+    assert health.decoded >= 2
+    assert (health.no_key, health.wrong_key) == (0, 0)
+
+
+async def test_compact_meters_ell_ctr_and_their_leak_flag(air_factory: Callable[..., Any]) -> None:
+    air = await air_factory(compact_share=1.0, faults={"0": {"leak_lph": 12.0}})
+    assert air.meters[0]["kind"] == "compact"
+    got, driver = await listen(stick_config(air, [air.meter(0), air.meter(1)], mode="C1"), 15.0)
+    assert got["m0.volume"].quality == "good"
+    assert got["m0.alarm.leak"].value is True
+    assert got["m1.alarm.leak"].value is False
+    assert driver.health().decoded >= 2
+
+
+async def test_meter_without_key_or_with_a_wrong_one_is_counted_never_garbage(
+    air_factory: Callable[..., Any],
+) -> None:
+    air = await air_factory(compact_share=0.0)
+    wrong = "00" * 16
+    meters = [air.meter(0, key=None), air.meter(1, key=wrong), air.meter(2)]
+    got, driver = await listen(stick_config(air, meters))
+    assert got["m0.status"].quality == "bad"
+    assert "no key" in (got["m0.status"].reason or "")
+    assert "does not decrypt" in (got["m1.status"].reason or "")
+    assert "m0.volume" not in got
+    assert "m1.volume" not in got
+    assert got["m2.volume"].quality == "good"
+    health = driver.health()
+    assert health.no_key >= 1
+    assert health.wrong_key >= 1
+    assert health.meters_without_key == ["m0"]
+    assert any("without key: m0" in line for line in health.status_lines())
+
+
+async def test_key_from_a_secret_file_is_never_shown(air_factory: Callable[..., Any], tmp_path: Path) -> None:
+    air = await air_factory(compact_share=0.0)
+    key = air.meters[0]["key"]
+    secret = tmp_path / "m0.key"
+    secret.write_text(key + "\n")
+    secret.chmod(0o600)
+    with capture_logs() as logs:
+        got, driver = await listen(stick_config(air, [air.meter(0, key={"file": str(secret)})]))
+    assert got["m0.volume"].quality == "good"
+    shown = orjson.dumps([health_json(driver.health()), logs, [r.reason for r in got.values()]]).decode()
+    assert key.lower() not in shown.lower()
+
+
+async def test_unknown_meters_are_listed_and_listen_mode_reports_them(
+    air_factory: Callable[..., Any],
+) -> None:
+    air = await air_factory(compact_share=0.0, security="none")
+    got, driver = await listen(stick_config(air, [], listen=True), 3.0)
+    health = driver.health()
+    assert health.unknown_frames >= 3
+    heard = {h.ident: h for h in driver.heard()}
+    plain_id = air.meters[0]["id"]
+    assert plain_id in heard
+    assert f"heard.{plain_id}.volume" in got
+    assert any(entry.startswith(plain_id) for entry in health.unknown_meters)
+
+
+async def test_silent_meter_gets_a_bad_status_with_the_reason(air_factory: Callable[..., Any]) -> None:
+    air = await air_factory(compact_share=0.0, faults={"1": {"mute": True}})
+    cfg = stick_config(air, [air.meter(0), air.meter(1, silent_after_s=0.5)])
+    driver = WmbusDriver.from_config(cfg)
+    await driver.open()
+    silent: Reading | None = None
+    try:
+        async with asyncio.timeout(10):
+            async for readings in driver.stream():
+                silent = next((r for r in readings if r.tag == "m1.status" and r.quality == "bad"), None)
+                if silent is not None:
+                    break
+    finally:
+        await driver.aclose()
+    assert silent is not None
+    assert "not heard" in (silent.reason or "")
+    assert driver.health().meters_silent == ["m1"]
+
+
+async def test_line_faults_on_the_stick_are_counted_and_reading_goes_on(
+    air_factory: Callable[..., Any],
+) -> None:
+    air = await air_factory(compact_share=0.0, line_faults=0.5)
+    got, driver = await listen(stick_config(air, [air.meter(i) for i in range(1, 6)]), 12.0)
+    health = driver.health()
+    assert health.crc_errors + health.garbage_bytes > 0
+    assert sum(1 for i in range(1, 6) if f"m{i}.volume" in got) >= 3
+
+
+async def test_rtl_wmbus_over_tcp_hears_both_link_modes_and_counts_collisions(
+    air_factory: Callable[..., Any],
+) -> None:
+    air = await air_factory(meters=60, compact_share=0.5, interval_s=0.3)
+    cfg = WmbusConfig.model_validate(
+        {"name": "sdr", "kind": "wmbus", "receiver": "rtlwmbus", "host": "127.0.0.1",
+         "tcp_port": air.detail["rtlwmbus"]["port"], "link_modes": ["T1", "C1"],
+         "meters": [air.meter(0), air.meter(59)]}
+    )  # fmt: skip
+    got, driver = await listen(cfg, 15.0)
+    assert {air.meters[0]["link_mode"], air.meters[59]["link_mode"]} == {"C1", "T1"}
+    assert got["m59.volume"].quality == "good"
+    assert driver.health().frames > 20
+    assert air.component.air is not None
+    collisions = air.component.air.counters["collisions"]
+    # Collided frames reach the driver as failed-CRC lines (none before it connected).
+    assert 0 < driver.health().crc_errors <= collisions
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"meters": [{"name": "a", "id": "12345678", "key": "abc"}]}, "32 hex digits"),
+        ({"host": "127.0.0.1"}, "exactly one of 'port'"),
+        ({"meters": []}, "listen = true"),
+        ({"link_modes": ["T1", "C1"]}, "one link mode"),
+        ({"meters": [{"name": "a", "id": "12345678"}, {"name": "b", "id": "12345678"}]}, "configured twice"),
+    ],
+)
+def test_config_errors_name_what_was_expected(change: dict[str, Any], fragment: str) -> None:
+    base = {"name": "w", "kind": "wmbus", "receiver": "im871a", "port": "/dev/ttyUSB0",
+            "meters": [{"name": "a", "id": "12345678"}]}  # fmt: skip
+    with pytest.raises(ValidationError, match=fragment):
+        WmbusConfig.model_validate({**base, **change})
