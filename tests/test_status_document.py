@@ -34,6 +34,7 @@ from water_edge.drivers.modbus.health import ModbusRtuHealth, ModbusTcpHealth
 from water_edge.drivers.opcua.health import OpcUaHealth
 from water_edge.drivers.serial_bus import SerialBusHealth
 from water_edge.models.leak.processor import AudioLeakProcessor, LeakHealth
+from water_edge.models.meter.processor import MeterProcessor
 from water_edge.models.pump.health import PumpHealth, PumpStatus
 from water_edge.models.pump.processor import PumpProcessor
 
@@ -42,7 +43,7 @@ SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
 T0 = 1_764_059_400_000_000_000
 
 # The processors that ship, by kind; a new kind must add its processor here (and its health to the schema).
-PROCESSOR_CLASSES = {"pump": PumpProcessor, "leak": AudioLeakProcessor}
+PROCESSOR_CLASSES = {"pump": PumpProcessor, "leak": AudioLeakProcessor, "meter": MeterProcessor}
 
 
 def runner(name: str, kind: str, driver: Health, **overrides: Any) -> RunnerStatus:

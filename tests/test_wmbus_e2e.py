@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.agent_proc import running_agent, write_config
+from tests.support.agent_proc import running_agent
+from tests.support.testing import write_agent_config
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.plant import running_plant
 
@@ -89,7 +90,7 @@ def test_tamper_on_an_encrypted_meter_reaches_the_broker_and_clears(
         key_file = tmp_path / "flat0.key"
         key_file.write_text(meters[0]["key"])
         key_file.chmod(0o600)
-        config = write_config(
+        config = write_agent_config(
             tmp_path, broker_port=mosquitto.port, devices=devices(air["path"], meters, key_file), extra=GROUP
         )
         with (
