@@ -29,6 +29,7 @@ from water_edge.agent import __version__
 from water_edge.agent.assembly import EXIT_RESTART, build_command_channel, build_drivers, build_processors
 from water_edge.agent.config import Config
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
+from water_edge.agent.secrets import config_secrets
 from water_edge.agent.status import StatusServer
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.agent.uplink.mqtt import CommandHandler, MqttUplink
@@ -175,7 +176,7 @@ class Agent:
             },
             "commands": None if self._command_stats is None else self._command_stats(),
         }  # fmt: skip
-        return dict(redact(snapshot, [self.config.uplink.password or ""]))
+        return dict(redact(snapshot, config_secrets(self.config)))
 
     def _processor_entry(self, processor: Processor, feed: ReadingFeed) -> dict[str, Any]:
         health = processor.health()

@@ -1,55 +1,47 @@
-"""Secrets in the config by reference (`{ file = "..." }` or `{ env = "..." }`), resolved when used.
+"""The config's secrets: the reference type (`core.secrets`) and every secret one config holds.
 
-A secret is resolved when it is used, never stored back into the config model, and never logged
-(`core.redact` masks it in status snapshots and log events).
+`config_secrets(config)` resolves each secret the config names (the uplink's password, drivers'
+passwords) so that the log processor and the status snapshot can mask their values wherever they
+appear; a reference that cannot be resolved is skipped here (the component using it reports it).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Self
+from collections.abc import Iterable
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel
 
 from water_edge.core.errors import ConfigError
+from water_edge.core.secrets import Secret, SecretRef, describe_secret, resolve_secret
+
+__all__ = ["Secret", "SecretRef", "config_secrets", "describe_secret", "resolve_secret", "secret_fields"]
 
 
-class SecretRef(BaseModel):
-    """`{ file = "/etc/edge-agent/mqtt.pass" }` or `{ env = "EDGE_MQTT_PASSWORD" }`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    file: Path | None = None
-    env: str | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
-        if (self.file is None) == (self.env is None):
-            raise ValueError("a secret reference takes exactly one of 'file' or 'env'")
-        return self
-
-    def resolve(self) -> str:
-        """The secret's value; ConfigError naming the reference (never the value) if unavailable."""
-        if self.env is not None:
-            value = os.environ.get(self.env)
-            if value is None:
-                raise ConfigError([f"secret: environment variable {self.env} is not set"])
-            return value
-        assert self.file is not None
-        try:
-            if self.file.stat().st_mode & 0o077:
-                raise ConfigError([f"secret: {self.file} is readable by others; chmod 600 it"])
-            return self.file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError([f"secret: cannot read {self.file}: {exc.strerror}"]) from exc
+def secret_fields(model: BaseModel) -> Iterable[Secret]:
+    """Every `Secret`-typed value set in `model` and the models nested in it."""
+    for name in type(model).model_fields:
+        value: Any = getattr(model, name)
+        if isinstance(value, SecretRef) or (isinstance(value, str) and name in ("password", "passphrase")):
+            yield value
+        elif isinstance(value, BaseModel):
+            yield from secret_fields(value)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                if isinstance(item, BaseModel):
+                    yield from secret_fields(item)
 
 
-Secret = str | SecretRef
-
-
-def resolve_secret(value: Secret | None) -> str | None:
-    """A literal stays as it is; a reference is read now."""
-    if value is None or isinstance(value, str):
-        return value
-    return value.resolve()
+def config_secrets(config: Any) -> list[str]:
+    """The values of the secrets in a loaded `Config` (uplink, security, devices), resolved now."""
+    values: list[str] = []
+    models: list[BaseModel] = [config.uplink, config.security, *config.devices]
+    for model in models:
+        for secret in secret_fields(model):
+            try:
+                value = resolve_secret(secret)
+            except ConfigError:
+                continue
+            if value:
+                values.append(value)
+    return values

@@ -3,6 +3,11 @@
 One JSON request line, then JSON reply lines: `{"cmd": "status"}` gets one snapshot;
 `{"cmd": "tail"}` gets one line per reading until the client hangs up. The socket is a unix
 socket (mode 0660) in the state directory, so only local users in the agent's group can ask.
+
+What a local client can cost the agent is bounded: at most `max_clients` connections are served
+at once (one more is told `busy` and closed at once, so the agent's file descriptors cannot be
+exhausted by clients that never leave), a request line longer than `MAX_REQUEST_BYTES` is
+answered with an error without being buffered, and every bad request is counted, never a traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ log = structlog.get_logger(__name__)
 
 Snapshot = Callable[[], Any]
 MAX_REQUEST_BYTES = 4096
+MAX_CLIENTS = 16
+REQUEST_TIMEOUT_S = 5.0
+_BUSY = b'{"error": "busy: too many clients of the status socket; try again"}\n'
+_UNKNOWN = b'{"error": "unknown request; expected {\\"cmd\\": \\"status\\"|\\"tail\\"}"}\n'
+_TOO_LONG = b'{"error": "request line too long"}\n'
 
 
 def reading_json(reading: Reading) -> dict[str, Any]:
@@ -47,19 +57,26 @@ class StatusServer:
         snapshot: Callable[[], Any],
         tap: Callable[[], asyncio.Queue[Reading]],
         untap: Callable[[asyncio.Queue[Reading]], None],
+        *,
+        max_clients: int = MAX_CLIENTS,
     ) -> None:
         self.path = path
         self._snapshot = snapshot
         self._tap = tap
         self._untap = untap
         self._server: asyncio.AbstractServer | None = None
+        self.max_clients = max_clients
+        self.clients = 0
         self.bad_requests = 0
+        self.busy_refusals = 0
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._handle, path=str(self.path))
+        self._server = await asyncio.start_unix_server(
+            self._handle, path=str(self.path), limit=MAX_REQUEST_BYTES
+        )
         os.chmod(self.path, 0o660)
 
     async def close(self) -> None:
@@ -70,28 +87,50 @@ class StatusServer:
             self.path.unlink()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.clients >= self.max_clients:
+            self.busy_refusals += 1
+            self.bad_requests += 1  # turned away, like a malformed request
+            writer.write(_BUSY)
+            await self._close(writer)
+            return
+        self.clients += 1
         try:
-            line = await asyncio.wait_for(reader.readline(), timeout=5)
-            try:
-                request = orjson.loads(line[:MAX_REQUEST_BYTES])
-                cmd = request.get("cmd") if isinstance(request, dict) else None
-            except orjson.JSONDecodeError:
-                cmd = None
-            if cmd == "status":
-                writer.write(orjson.dumps(self._snapshot()) + b"\n")
-                await writer.drain()
-            elif cmd == "tail":
-                await self._tail(writer)
-            else:
-                self.bad_requests += 1
-                writer.write(b'{"error": "unknown request; expected {\\"cmd\\": \\"status\\"|\\"tail\\"}"}\n')
-                await writer.drain()
+            await self._serve(reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            self.clients -= 1
+            await self._close(writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=REQUEST_TIMEOUT_S)
+        except (ValueError, asyncio.LimitOverrunError):
+            # Over the stream's limit: refused without buffering the rest of the line.
+            self.bad_requests += 1
+            writer.write(_TOO_LONG)
+            await writer.drain()
+            return
+        try:
+            request = orjson.loads(line)
+            cmd = request.get("cmd") if isinstance(request, dict) else None
+        except orjson.JSONDecodeError:
+            cmd = None
+        if cmd == "status":
+            writer.write(orjson.dumps(self._snapshot()) + b"\n")
+            await writer.drain()
+        elif cmd == "tail":
+            await self._tail(writer)
+        else:
+            self.bad_requests += 1
+            writer.write(_UNKNOWN)
+            await writer.drain()
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
     async def _tail(self, writer: asyncio.StreamWriter) -> None:
         queue = self._tap()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
-from tests.test_security_mtls import Pki
+from tests.support.pki import Pki
 from water_edge.agent.cli import main
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.provisioning.config import ClaimSection
