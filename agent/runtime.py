@@ -304,7 +304,7 @@ class Agent:
 async def run_agent(config: Config) -> int:
     """Run the agent the config describes; the exit code is 0, or EXIT_RESTART when a signed
     restart command asked for one (systemd's Restart=on-failure then starts it again)."""
-    config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
+    config.gateway.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     drivers = build_drivers(config)
     analytics = build_processors(config, drivers)
     commands = build_command_channel(config, drivers, analytics)

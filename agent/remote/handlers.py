@@ -228,7 +228,7 @@ async def _model_update(env: Envelope, targets: Targets) -> CommandResult:
         raise CommandFailedError("file and slot names must be plain names (no paths)")
     target = models_dir / slot_name / f"cmd-{hashlib.sha256(env.id.encode()).hexdigest()[:12]}"
     try:
-        target.mkdir(parents=True, exist_ok=False)
+        target.mkdir(mode=0o750, parents=True, exist_ok=False)
     except FileExistsError:
         raise CommandFailedError("this model update was already received") from None
     try:
