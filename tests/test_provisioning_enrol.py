@@ -189,3 +189,70 @@ async def _in_thread(fn: object, *args: object) -> None:
     import asyncio
 
     await asyncio.to_thread(fn, *args)  # type: ignore[arg-type]
+
+
+def test_ca_revoke_takes_the_serial_as_openssl_prints_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("apt-get install openssl")
+    ca_dir = tmp_path / "ca"
+    assert main(["ca", "init", "--dir", str(ca_dir), "--name", "Utility CA"]) == 0
+    printed = []
+    for n in range(12):  # enough that some serials need openssl's leading zero
+        cert = tmp_path / f"c{n}.pem"
+        assert main(["ca", "client-cert", "--dir", str(ca_dir), "--cn", f"svc-{n}", "--cert", str(cert),
+                     "--key", str(tmp_path / f"c{n}.key")]) == 0  # fmt: skip
+        serial = (
+            subprocess.run(
+                ["openssl", "x509", "-in", str(cert), "-noout", "-serial"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .removeprefix("serial=")
+        )
+        text = subprocess.run(
+            ["openssl", "x509", "-in", str(cert), "-noout", "-text"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        colons = text.split("Serial Number:")[1].split()[0]
+        printed.append(serial if n % 2 else colons)
+    assert any(p.startswith("0") for p in printed), "at least one serial printed with a leading zero"
+    capsys.readouterr()
+    for serial in printed:
+        assert main(["ca", "revoke", "--dir", str(ca_dir), serial]) == 0, capsys.readouterr().err
+    from water_edge.provisioning.ca import CertificateAuthority
+
+    revoked = [i for i in CertificateAuthority.open(ca_dir).issued() if i.revoked_at]
+    assert len(revoked) == len(printed)
+    assert main(["ca", "revoke", "--dir", str(ca_dir), "not-hex"]) == 1
+    assert "is not a certificate serial" in capsys.readouterr().err
+
+
+def test_the_ca_never_issues_a_reserved_or_an_already_held_gateway_id(tmp_path: Path) -> None:
+    from water_edge.provisioning.ca import CertificateAuthority
+
+    ca = CertificateAuthority.init(tmp_path / "ca", "Utility CA")
+
+    def csr(name: str, cn: str, serial: str) -> bytes:
+        return DeviceIdentity(tmp_path / name).make_csr(serial, cn, SITE)
+
+    for reserved in ("claim", "claim-batch7", "centre", "enrolment-service"):
+        with pytest.raises(ProvisioningError, match="reserved"):
+            ca.sign_csr(csr(reserved, reserved, "SER-R1"))
+    ca.sign_csr(csr("a", "gw-01", "SER-A"))
+    ca.sign_csr(csr("a2", "gw-01", "SER-A"))  # the same device renewing: fine
+    with pytest.raises(ProvisioningError, match="already has a valid certificate"):
+        ca.sign_csr(csr("b", "gw-01", "SER-B"))  # another device taking gw-01's name
+    with pytest.raises(ProvisioningError, match="already has a valid certificate as 'gw-01'"):
+        ca.sign_csr(csr("c", "gw-02", "SER-A"))  # gw-01's device under another name
+    for item in ca.issued():
+        ca.revoke(item.serial)
+    ca.sign_csr(csr("d", "gw-01", "SER-B"))  # once revoked, the name can move

@@ -66,7 +66,7 @@ class SecuritySection(_Section):
     clock_skew_s: int = Field(default=60, ge=0, le=3600)
     # Largest command accepted; the agent announces twice this (plus headers) as its MQTT 5 Maximum
     # Packet Size, so the broker drops anything bigger before it reaches the gateway.
-    max_command_bytes: ByteSize = Field(default=2**20, ge=16 * 1024, le=16 * 2**20)
+    max_command_bytes: ByteSize = Field(default=512 * 1024, ge=16 * 1024, le=16 * 2**20)
     # Deepest nesting of brackets in a command, checked on the raw bytes before parsing.
     max_command_depth: int = Field(default=32, ge=4, le=128)
     # Per operator key (a key's own max_per_minute overrides it).
