@@ -255,6 +255,10 @@ async def test_answers_and_audit_are_bounded_whatever_the_sender_puts_in(centre:
     detail = await centre.send("read_now", orjson.dumps(doc))
     assert detail["status"] == "refused"
     assert len(orjson.dumps(detail)) < 1024
+    # A valid command on a 60 KB topic (the ACL allows any depth under cmd/).
+    detail = await centre.send("r" * 60_000, centre.sign("read_now"))
+    assert detail["reason"].startswith("topic_mismatch: ")
+    assert len(orjson.dumps(detail)) < 1024
     for line in (centre.state / "audit.log").read_bytes().splitlines():
         assert len(line) < 1024
 
@@ -278,16 +282,17 @@ async def test_a_flood_of_refusals_is_counted_in_full_but_summarised(centre: Cen
 
 
 def test_the_audit_log_rotates_at_its_size_cap(tmp_path: Path) -> None:
-    audit = AuditLog(tmp_path / "audit.log", max_bytes=64 * 1024, keep=2)
-    for i in range(5000):
+    audit = AuditLog(tmp_path / "audit.log", max_bytes=8 * 1024, keep=2)
+    for i in range(500):
         audit.record("command", "refused", reason="bad_signature", id=f"c-{i}", message="m" * 100)
     audit.close()
     files = sorted(tmp_path.glob("audit.log*"))
     assert [f.name for f in files] == ["audit.log", "audit.log.1", "audit.log.2"]
-    assert sum(f.stat().st_size for f in files) <= 3 * 64 * 1024
+    assert sum(f.stat().st_size for f in files) <= 3 * 8 * 1024
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
     newest = read_audit(tmp_path / "audit.log")
-    assert newest[-1]["id"] == "c-4999"
+    assert newest[-1]["id"] == "c-499"
+    assert audit.rotations > 2
 
 
 # ---------------------------------------------------------------- finding 10: time window, rates

@@ -42,18 +42,27 @@ def test_a_thousand_tails_and_huge_request_lines_leave_the_agent_working(tmp_pat
             with running_agent(config) as agent:
                 agent.wait_status(lambda s: s["uplink"]["state"] == "online")
                 baseline = open_fds(agent.process.pid)
-                busy = 0
                 for _ in range(ATTACK_CONNECTIONS):
                     sock = connect(agent.socket)
-                    sock.sendall(b'{"cmd": "tail"}\n')
+                    # The agent may already have answered `busy` and closed: that is the point.
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        sock.sendall(b'{"cmd": "tail"}\n')
                     held.append(sock)
-                # Each connection over the cap was answered `busy` and closed by the agent.
+                # Each connection over the caps was answered `busy` and closed by the agent; the
+                # tails it serves have nothing to say yet (no devices) and time out here.
+                served = turned_away = 0
                 for sock in held:
                     sock.settimeout(0.5)
-                    # A tail being served has nothing to say yet (no devices): it times out.
-                    with contextlib.suppress(TimeoutError):
-                        busy += b"busy" in sock.recv(200)
-                assert busy == ATTACK_CONNECTIONS - MAX_TAILS
+                    try:
+                        answer = sock.recv(200)
+                    except TimeoutError:
+                        served += 1
+                        continue
+                    except ConnectionResetError:
+                        answer = b""
+                    turned_away += answer in (b"",) or b"busy" in answer
+                assert served == MAX_TAILS
+                assert turned_away == ATTACK_CONNECTIONS - MAX_TAILS
                 assert open_fds(agent.process.pid) <= baseline + MAX_TAILS + 2
                 # A 200 KB request line: an error answer, not a buffered line or a traceback.
                 long = connect(agent.socket)
@@ -65,7 +74,7 @@ def test_a_thousand_tails_and_huge_request_lines_leave_the_agent_working(tmp_pat
                 status = agent.status()
                 assert status["uplink"]["state"] == "online"
                 assert status["uplink"]["reconnects"] == 0
-                assert status["rejected"]["status_requests"] >= busy + 1
+                assert status["rejected"]["status_requests"] >= turned_away + 1
                 for sock in held:
                     sock.close()
                 held.clear()

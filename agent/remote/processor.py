@@ -124,7 +124,7 @@ class CommandProcessor:
         check_bounds(payload, cfg.max_command_bytes, cfg.max_command_depth)
         env = parse(payload)
         if topic_suffix.removeprefix("cmd/") != env.type:
-            raise EnvelopeError("topic_mismatch", f"type {env.type!r} sent on topic cmd/{topic_suffix}")
+            raise EnvelopeError("topic_mismatch", f"type {env.type!r} sent on topic cmd/{topic_suffix[:64]}")
         entry = self._keys.get(env.key_id)
         if entry is None:
             raise EnvelopeError("unknown_key", f"key {env.key_id!r} is not trusted by this gateway")
@@ -170,6 +170,7 @@ class CommandProcessor:
         size: int | None = None,
     ) -> CommandResult:
         """A refusal before any handler ran: counted always; audited and answered within the budget."""
+        topic = topic[:64]  # the sender chose it: it must not make the answer or the audit line long
         self._count_refusal(code)
         ident = {
             "id": env.id if env else None,

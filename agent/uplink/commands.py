@@ -106,7 +106,7 @@ class CommandInbox:
             self._queue.put_nowait((suffix, item))
         except asyncio.QueueFull:
             self.dropped += 1
-            log.warning("uplink.command_dropped", command=suffix, reason="handler busy")
+            log.warning("uplink.command_dropped", command=suffix[:64], reason="handler busy")
             return False
         return True
 
@@ -124,8 +124,8 @@ class CommandInbox:
                 self.handled += 1
             except TimeoutError:
                 self.failed += 1
-                log.error("uplink.command_timeout", command=suffix, after_s=self._timeout_s)
+                log.error("uplink.command_timeout", command=suffix[:64], after_s=self._timeout_s)
             except Exception:
                 # Last resort for a plug-in handler: one bad command must not end the channel.
                 self.failed += 1
-                log.exception("uplink.command_failed", command=suffix)
+                log.exception("uplink.command_failed", command=suffix[:64])
