@@ -13,7 +13,7 @@ from tests.support.pki import Pki
 from water_edge.agent.cli import main
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.provisioning.config import ClaimSection
-from water_edge.provisioning.enrol import enrol_with_claim
+from water_edge.provisioning.enrol import enrol_with_claim, renewal_section
 from water_edge.provisioning.enrol_service import EnrolmentService
 from water_edge.provisioning.errors import ProvisioningError
 from water_edge.provisioning.identity import DeviceIdentity, device_serial
@@ -145,6 +145,12 @@ async def test_claim_enrolment_over_mqtt(
             )
             identity = DeviceIdentity(tmp_path / "device")
             await _in_thread(enrol_with_claim, identity, claim, "SER-CLAIM-1", GATEWAY, SITE)
+            first = identity.status().serial_number
+            # Renewal: a new key, asked for by the gateway connecting as itself (provision enrol --renew).
+            renewal = renewal_section(identity, claim)
+            await _in_thread(enrol_with_claim, identity, renewal, "SER-CLAIM-1", GATEWAY, SITE)
+            assert identity.status().serial_number != first
+            assert "CN=gw1" in str(identity.status().subject)
             # A serial not on the allow-list, and a second enrolment of the same serial, are refused.
             with pytest.raises(ProvisioningError, match="allow-list"):
                 await _in_thread(
@@ -161,7 +167,7 @@ async def test_claim_enrolment_over_mqtt(
                 )
         finally:
             service.stop()
-        assert service.counts == {"issued": 1, "refused": 3}
+        assert service.counts == {"issued": 2, "refused": 3}
 
         # The claim certificate itself cannot publish telemetry ...
         claim_tls = mqtt_config(broker, client_id="claimer")
@@ -199,37 +205,32 @@ def test_ca_revoke_takes_the_serial_as_openssl_prints_it(
 
     if shutil.which("openssl") is None:
         pytest.skip("apt-get install openssl")
+    from water_edge.provisioning.ca import CertificateAuthority
+
     ca_dir = tmp_path / "ca"
-    assert main(["ca", "init", "--dir", str(ca_dir), "--name", "Utility CA"]) == 0
-    printed = []
-    for n in range(12):  # enough that some serials need openssl's leading zero
-        cert = tmp_path / f"c{n}.pem"
-        assert main(["ca", "client-cert", "--dir", str(ca_dir), "--cn", f"svc-{n}", "--cert", str(cert),
-                     "--key", str(tmp_path / f"c{n}.key")]) == 0  # fmt: skip
-        serial = (
-            subprocess.run(
-                ["openssl", "x509", "-in", str(cert), "-noout", "-serial"],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .removeprefix("serial=")
+    ca = CertificateAuthority.init(ca_dir, "Utility CA")
+
+    def openssl(cert: Path, *args: str) -> str:
+        done = subprocess.run(
+            ["openssl", "x509", "-in", str(cert), "-noout", *args], capture_output=True, text=True, check=True
         )
-        text = subprocess.run(
-            ["openssl", "x509", "-in", str(cert), "-noout", "-text"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        colons = text.split("Serial Number:")[1].split()[0]
-        printed.append(serial if n % 2 else colons)
-    assert any(p.startswith("0") for p in printed), "at least one serial printed with a leading zero"
+        return done.stdout
+
+    printed: list[str] = []
+    # Serials are random: issue until openssl prints one with a leading zero (1 in 16 do).
+    for n in range(400):
+        cert = tmp_path / f"c{n}.pem"
+        cert.write_bytes(ca.issue_client(f"svc-{n}", tmp_path / f"c{n}.key"))
+        serial = openssl(cert, "-serial").strip().removeprefix("serial=")
+        if n == 0:
+            printed.append(openssl(cert, "-text").split("Serial Number:")[1].split()[0])  # 0a:1b:...
+        elif serial.startswith("0"):
+            printed.append(serial)
+            break
+    assert len(printed) == 2, "a serial printed with a leading zero"
     capsys.readouterr()
     for serial in printed:
         assert main(["ca", "revoke", "--dir", str(ca_dir), serial]) == 0, capsys.readouterr().err
-    from water_edge.provisioning.ca import CertificateAuthority
-
     revoked = [i for i in CertificateAuthority.open(ca_dir).issued() if i.revoked_at]
     assert len(revoked) == len(printed)
     assert main(["ca", "revoke", "--dir", str(ca_dir), "not-hex"]) == 1
