@@ -7,7 +7,7 @@ only when the config asks for them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,9 +73,12 @@ def calibration_targets(candidates: Iterable[object]) -> dict[str, Calibratable]
 
 @dataclass
 class CommandWiring:
-    """The command channel and what it needs from the running agent, bound after both exist."""
+    """The command channel and what it needs from the running agent, bound after both exist.
 
-    handler: Callable[[str, bytes], Awaitable[None]]
+    `handler` is the uplink's command handler; it names its size limit and answers oversized
+    commands (`agent.uplink.commands.SizedCommandHandler`)."""
+
+    handler: Any
     stats: Callable[[], CommandCounts]
     bind: Callable[[Any], None]
     restart_requested: list[str] = field(default_factory=list)
@@ -97,7 +100,7 @@ def build_command_channel(
 
     analytics = analytics or Analytics([], [])
     state = config.gateway.state_dir
-    audit = AuditLog(state / security.audit_log)
+    audit = AuditLog(state / security.audit_log, max_bytes=security.audit_max_bytes, keep=security.audit_keep)
     # Only drivers with the write capability (Modbus TCP/RTU) can be targets of the guard.
     writers = {n: d for n, d in drivers.items() if isinstance(d, Writable)}
     wiring_agent: list[Any] = []
@@ -119,6 +122,7 @@ def build_command_channel(
         model_slots=model_slots(analytics.processors),
         calibrations=calibration_targets([*analytics.factories, *analytics.processors]),
         writer=WriteGuard(config.writes, writers, audit) if config.writes.enabled else None,
+        config_rights={op.name: frozenset(op.config_rights) for op in security.operators},
     )
     processor = CommandProcessor(
         security,
@@ -128,13 +132,10 @@ def build_command_channel(
         audit=audit,
         handlers=build_handlers(targets),
     )
-    channel: list[CommandChannel] = []
-
-    async def handle(topic_suffix: str, payload: bytes) -> None:
-        await channel[0](topic_suffix, payload)
+    channel = CommandChannel(processor)
 
     def bind(agent: Any) -> None:
         wiring_agent.append(agent)
-        channel.append(CommandChannel(processor, agent.emit))
+        channel.bind(agent.emit)
 
-    return CommandWiring(handle, processor.stats, bind, restart)
+    return CommandWiring(channel, processor.stats, bind, restart)

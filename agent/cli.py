@@ -116,11 +116,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _load(args.config)
     except ConfigError as exc:
         return _config_errors(exc)
-    logs.configure(
-        config.log.level,
-        config.log.json_lines,
-        secrets=[config.uplink.password] if config.uplink.password else (),
-    )
+    from water_edge.agent.secrets import config_secrets
+
+    logs.configure(config.log.level, config.log.json_lines, secrets=config_secrets(config))
     try:
         return asyncio.run(run_agent(config))
     except AgentError as exc:

@@ -33,6 +33,7 @@ from water_edge.agent.assembly import EXIT_RESTART, build_command_channel, build
 from water_edge.agent.config import Config
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
 from water_edge.agent.remote.result import CommandCounts
+from water_edge.agent.secrets import config_secrets
 from water_edge.agent.status import StatusServer
 from water_edge.agent.status_document import AgentStatus, ProcessorStatus, RejectedInputs, StatusDocument
 from water_edge.agent.supervisor import DeviceRunner
@@ -179,8 +180,8 @@ class Agent:
         )
 
     def snapshot(self) -> dict[str, Any]:
-        """The status document as JSON, with the broker password cut out wherever it appears."""
-        return dict(redact(self.status_document().to_json(), [self.config.uplink.password or ""]))
+        """The status document as JSON, with every secret of the config cut out wherever it appears."""
+        return dict(redact(self.status_document().to_json(), config_secrets(self.config)))
 
     async def _refresh_buffer_stats(self) -> None:
         """Status must answer instantly, so buffer figures are refreshed here, off the request path."""
@@ -282,7 +283,7 @@ class Agent:
 async def run_agent(config: Config) -> int:
     """Run the agent the config describes; the exit code is 0, or EXIT_RESTART when a signed
     restart command asked for one (systemd's Restart=on-failure then starts it again)."""
-    config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
+    config.gateway.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     drivers = build_drivers(config)
     analytics = build_processors(config, drivers)
     commands = build_command_channel(config, drivers, analytics)

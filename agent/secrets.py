@@ -1,8 +1,47 @@
-"""Secrets by reference for the daemon's own sections; the type lives in `core.secrets` so that
-drivers (a wireless meter's AES key) can take the same `{ file = ... }` / `{ env = ... }` forms."""
+"""The config's secrets: the reference type (`core.secrets`) and every secret one config holds.
+
+`config_secrets(config)` resolves each secret the config names (the uplink's password, drivers'
+passwords) so that the log processor and the status snapshot can mask their values wherever they
+appear; a reference that cannot be resolved is skipped here (the component using it reports it).
+"""
 
 from __future__ import annotations
 
-from water_edge.core.secrets import Secret, SecretRef, resolve_secret
+from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["Secret", "SecretRef", "resolve_secret"]
+from pydantic import BaseModel
+
+from water_edge.core.errors import ConfigError
+from water_edge.core.secrets import Secret, SecretRef, describe_secret, resolve_secret
+
+__all__ = ["Secret", "SecretRef", "config_secrets", "describe_secret", "resolve_secret", "secret_fields"]
+
+
+def secret_fields(model: BaseModel) -> Iterable[Secret]:
+    """Every `Secret`-typed value set in `model` and the models nested in it."""
+    for name in type(model).model_fields:
+        value: Any = getattr(model, name)
+        if isinstance(value, SecretRef) or (isinstance(value, str) and name in ("password", "passphrase")):
+            yield value
+        elif isinstance(value, BaseModel):
+            yield from secret_fields(value)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                if isinstance(item, BaseModel):
+                    yield from secret_fields(item)
+
+
+def config_secrets(config: Any) -> list[str]:
+    """The values of the secrets in a loaded `Config` (uplink, security, devices), resolved now."""
+    values: list[str] = []
+    models: list[BaseModel] = [config.uplink, config.security, *config.devices]
+    for model in models:
+        for secret in secret_fields(model):
+            try:
+                value = resolve_secret(secret)
+            except ConfigError:
+                continue
+            if value:
+                values.append(value)
+    return values

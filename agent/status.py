@@ -3,6 +3,13 @@
 One JSON request line, then JSON reply lines: `{"cmd": "status"}` gets one snapshot;
 `{"cmd": "tail"}` gets one line per reading until the client hangs up. The socket is a unix
 socket (mode 0660) in the state directory, so only local users in the agent's group can ask.
+
+What a local client can cost the agent is bounded: at most `max_clients` connections are open at
+once and at most `max_tails` of them tail (one more is told `busy` and closed at once, so clients
+that never leave cannot exhaust the agent's file descriptors, and a technician's `status` still
+gets through while tails are held); a connection that sends no request within 5 s is closed; a
+request line longer than `MAX_REQUEST_BYTES` is answered with an error without being buffered;
+every turned-away request is counted, never a traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +31,12 @@ log = structlog.get_logger(__name__)
 
 Snapshot = Callable[[], Any]
 MAX_REQUEST_BYTES = 4096
+MAX_CLIENTS = 64
+MAX_TAILS = 8
+REQUEST_TIMEOUT_S = 5.0
+_BUSY = b'{"error": "busy: too many clients of the status socket; try again"}\n'
+_UNKNOWN = b'{"error": "unknown request; expected {\\"cmd\\": \\"status\\"|\\"tail\\"}"}\n'
+_TOO_LONG = b'{"error": "request line too long"}\n'
 
 
 def reading_json(reading: Reading) -> dict[str, Any]:
@@ -47,51 +60,108 @@ class StatusServer:
         snapshot: Callable[[], Any],
         tap: Callable[[], asyncio.Queue[Reading]],
         untap: Callable[[asyncio.Queue[Reading]], None],
+        *,
+        max_clients: int = MAX_CLIENTS,
+        max_tails: int = MAX_TAILS,
     ) -> None:
         self.path = path
         self._snapshot = snapshot
         self._tap = tap
         self._untap = untap
         self._server: asyncio.AbstractServer | None = None
+        self.max_clients = max_clients
+        self.max_tails = max_tails
+        self.clients = 0
+        self.tails = 0
         self.bad_requests = 0
+        self.busy_refusals = 0
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._handle, path=str(self.path))
+        self._server = await asyncio.start_unix_server(
+            self._handle, path=str(self.path), limit=MAX_REQUEST_BYTES
+        )
         os.chmod(self.path, 0o660)
 
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
+            # Tails wait for readings that no longer come: end them, as their clients would.
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.clients >= self.max_clients:
+            self.busy_refusals += 1
+            self.bad_requests += 1  # turned away, like a malformed request
+            writer.write(_BUSY)
+            await self._close(writer)
+            return
+        self.clients += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
-            line = await asyncio.wait_for(reader.readline(), timeout=5)
-            try:
-                request = orjson.loads(line[:MAX_REQUEST_BYTES])
-                cmd = request.get("cmd") if isinstance(request, dict) else None
-            except orjson.JSONDecodeError:
-                cmd = None
-            if cmd == "status":
-                writer.write(orjson.dumps(self._snapshot()) + b"\n")
-                await writer.drain()
-            elif cmd == "tail":
-                await self._tail(writer)
-            else:
-                self.bad_requests += 1
-                writer.write(b'{"error": "unknown request; expected {\\"cmd\\": \\"status\\"|\\"tail\\"}"}\n')
-                await writer.drain()
+            await self._serve(reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            # Ended by close(): finish normally, so asyncio's stream callback logs no error.
         finally:
+            self.clients -= 1
+            if task is not None:
+                self._handlers.discard(task)
             writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=REQUEST_TIMEOUT_S)
+        except (ValueError, asyncio.LimitOverrunError):
+            # Over the stream's limit: refused without buffering the rest of the line.
+            self.bad_requests += 1
+            writer.write(_TOO_LONG)
+            await writer.drain()
+            return
+        try:
+            request = orjson.loads(line)
+            cmd = request.get("cmd") if isinstance(request, dict) else None
+        except orjson.JSONDecodeError:
+            cmd = None
+        if cmd == "status":
+            writer.write(orjson.dumps(self._snapshot()) + b"\n")
+            await writer.drain()
+        elif cmd == "tail" and self.tails >= self.max_tails:
+            self.busy_refusals += 1
+            self.bad_requests += 1
+            writer.write(_BUSY)
+            await writer.drain()
+        elif cmd == "tail":
+            self.tails += 1
+            try:
+                await self._tail(writer)
+            finally:
+                self.tails -= 1
+        else:
+            self.bad_requests += 1
+            writer.write(_UNKNOWN)
+            await writer.drain()
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
     async def _tail(self, writer: asyncio.StreamWriter) -> None:
         queue = self._tap()
@@ -106,6 +176,18 @@ class StatusServer:
 
 class AgentNotRunningError(Exception):
     """Nothing answers on the status socket."""
+
+
+class StatusRefusedError(AgentNotRunningError):
+    """The agent answered with an error (busy, request refused) instead of what was asked."""
+
+
+def _checked(reply: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(reply, dict):
+        raise StatusRefusedError(f"the agent on {path} sent something that is not a JSON object")
+    if set(reply) == {"error"}:
+        raise StatusRefusedError(f"the agent on {path} refused: {reply['error']}")
+    return reply
 
 
 def _connect(path: Path, timeout: float) -> socket.socket:
@@ -129,8 +211,7 @@ def request_status(path: Path, timeout: float = 5.0) -> dict[str, Any]:
         line = stream.readline()
     if not line:
         raise AgentNotRunningError(f"the agent on {path} closed the connection")
-    reply: dict[str, Any] = orjson.loads(line)
-    return reply
+    return _checked(orjson.loads(line), path)
 
 
 def tail_lines(path: Path) -> Iterator[dict[str, Any]]:
@@ -140,4 +221,4 @@ def tail_lines(path: Path) -> Iterator[dict[str, Any]]:
             stream.write(b'{"cmd": "tail"}\n')
             stream.flush()
             for line in stream:
-                yield orjson.loads(line)
+                yield _checked(orjson.loads(line), path)

@@ -10,6 +10,7 @@ is cheap enough for a status refresh. See docs/buffer.md and docs/durability.md 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -30,6 +31,7 @@ Synchronous = Literal["full", "normal"]
 RemovalReason = Literal["quota", "disk_full", "age"]
 
 BUSY_TIMEOUT_MS: Final = 5000
+FILE_MODE: Final = 0o640
 # Keeps the WAL file from staying large after a burst; SD cards prefer a reused, bounded file.
 JOURNAL_SIZE_LIMIT: Final = 8 * 1024 * 1024
 # SQLite's historical bound on host parameters per statement (999) is the safe chunk for IN (...).
@@ -128,7 +130,7 @@ class Outbox:
         # descriptor of the database file would drop SQLite's own POSIX locks.
         lock_path = f"{self.path}.lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
             raise BufferError(f"outbox {self.path}: cannot open lock file: {exc}") from exc
         try:
@@ -140,7 +142,31 @@ class Outbox:
             ) from exc
         return fd
 
+    def _create(self) -> None:
+        """Readings are the utility's data: owner read-write, group read (technicians in the agent's
+        group run `buffer stats`), nobody else; set explicitly whatever the umask (an agent started
+        by hand as root has 022). SQLite gives the -wal and -shm files the database file's mode."""
+        if self.path.exists():
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            os.fchmod(fd, FILE_MODE)
+            os.close(fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise BufferError(f"outbox {self.path}: cannot create: {exc.strerror}") from exc
+
+    def _tighten_modes(self) -> None:
+        """An outbox of ours left readable by others (an earlier run under umask 022) is fixed."""
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                path = f"{self.path}{suffix}"
+                if os.stat(path).st_mode & 0o137:
+                    os.chmod(path, FILE_MODE)
+
     def _open(self, synchronous: Synchronous, max_page_count: int | None) -> sqlite3.Connection:
+        self._create()
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         except sqlite3.Error as exc:
@@ -151,6 +177,7 @@ class Outbox:
             version = schema.inspect(conn, self.path)
             if version is not None:
                 schema.check_integrity(conn, self.path)
+                self._tighten_modes()
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise BufferError(f"outbox {self.path}: cannot use WAL mode (got {mode!r})")

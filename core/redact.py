@@ -16,6 +16,11 @@ MASK = "***"
 _SECRET_KEY = re.compile(r"pass(word|wd|phrase)?$|secret|token|private|credential|api_?key", re.I)
 
 
+def is_secret_key(name: object) -> bool:
+    """True for a key whose value is a secret (password, token, private key, ...)."""
+    return isinstance(name, str) and _SECRET_KEY.search(name) is not None
+
+
 def redact(obj: Any, secrets: Iterable[str] = ()) -> Any:
     """A copy of `obj` with secret-named keys masked and known secret values cut out of strings."""
     values = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)

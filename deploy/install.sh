@@ -2,14 +2,19 @@
 # Installs water-edge-agent on a Debian / Raspberry Pi OS gateway (run as root):
 #   venv under /opt/edge-agent/venv, config under /etc/edge-agent, state under
 #   /var/lib/edge-agent (systemd's StateDirectory), the systemd unit installed and enabled.
+#   /etc/edge-agent is root:edge-agent 0750 (keys and secrets the agent reads, never writes);
+#   config.toml there is a link to managed/config.toml, in the one directory the agent may write
+#   (2770 root:edge-agent, the unit's ReadWritePaths) so that signed config_update commands work.
 #
 #   deploy/install.sh [--root DIR] [--source DIR] [--python PY] [--no-enable] [--no-start]
 #                     [--venv-args "ARGS"] [--pip-args "ARGS"]
 #
-# --root DIR (or DESTDIR=DIR) installs into a throw-away root: nothing outside DIR is touched,
-# the service user is declared in DIR/usr/lib/sysusers.d instead of created, and the unit is
-# enabled with `systemctl --root` (offline symlinks) and never started. Re-running upgrades in
-# place and never overwrites an existing config.toml.
+# --root DIR (or DESTDIR=DIR) installs into a throw-away root (an SD-card image): nothing outside
+# DIR is touched, the service user is declared in DIR/usr/lib/sysusers.d instead of created, the
+# ownership of /etc/edge-agent in DIR/usr/lib/tmpfiles.d (applied at first boot, once the user
+# exists), and the unit is enabled with `systemctl --root` (offline symlinks) and never started.
+# Re-running upgrades in place and never overwrites an existing config.toml (an older install's
+# plain config.toml is moved into managed/ and linked).
 set -eu
 
 ROOT="${DESTDIR:-}"
@@ -21,7 +26,7 @@ VENV_ARGS=""
 PIP_ARGS=""
 USER_NAME="edge-agent"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -90,17 +95,31 @@ mkdir -p "$OPT/docs"
 cp "$SOURCE/docs/operations.md" "$SOURCE/docs/durability.md" "$OPT/docs/" 2>/dev/null || true
 
 say "config in $ETC"
-mkdir -p "$ETC"
+MANAGED="$ETC/managed"
+mkdir -p "$MANAGED"
 chmod 0750 "$ETC"
-if [ ! -f "$ETC/config.toml" ]; then
-    cp "$SOURCE/deploy/config.example.toml" "$ETC/config.toml"
-    chmod 0640 "$ETC/config.toml"
+chmod 2770 "$MANAGED"
+if [ -f "$ETC/config.toml" ] && [ ! -L "$ETC/config.toml" ]; then
+    mv "$ETC/config.toml" "$MANAGED/config.toml"
+    say "moved $ETC/config.toml into $MANAGED/ (config_update writes there)"
+fi
+if [ ! -f "$MANAGED/config.toml" ]; then
+    cp "$SOURCE/deploy/config.example.toml" "$MANAGED/config.toml"
     say "wrote $ETC/config.toml from the example: edit [gateway], [uplink] and [[devices]]"
 else
     say "kept the existing $ETC/config.toml"
 fi
+chmod 0640 "$MANAGED/config.toml"
+ln -sfn managed/config.toml "$ETC/config.toml"
+mkdir -p "$ROOT/usr/lib/tmpfiles.d"
+cat >"$ROOT/usr/lib/tmpfiles.d/edge-agent.conf" <<TMPFILES
+# water-edge-agent: /etc/edge-agent readable by the service, only managed/ writable by it.
+d /etc/edge-agent 0750 root $USER_NAME -
+d /etc/edge-agent/managed 2770 root $USER_NAME -
+z /etc/edge-agent/managed/config.toml 0640 - $USER_NAME -
+TMPFILES
 if [ "$OFFLINE" = 0 ]; then
-    chgrp "$USER_NAME" "$ETC" "$ETC/config.toml"
+    chgrp "$USER_NAME" "$ETC" "$MANAGED" "$MANAGED/config.toml"
 fi
 
 say "systemd unit"

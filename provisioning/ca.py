@@ -7,6 +7,12 @@ Directory layout (keep it offline or at least root-only; the key is 0600):
     crl.pem      the latest CRL (what Mosquitto's `crlfile` points at)
 
 A larger utility will use its existing PKI; the agent only needs PEM files from it.
+
+A certificate's common name is its holder's MQTT identity (the broker takes it as the username and
+the client id), so the CA keeps names unambiguous: a device certificate is never issued for a name
+reserved for central services or claim certificates (`reserved_name`), nor for a gateway id that
+another device holds a valid certificate for, nor for a device serial that holds a valid
+certificate under another gateway id. Revoke the old certificate first to move a name or a serial.
 """
 
 from __future__ import annotations
@@ -32,6 +38,25 @@ log = structlog.get_logger(__name__)
 
 _ALLOWED_SUBJECT = (NameOID.COMMON_NAME, NameOID.SERIAL_NUMBER, NameOID.ORGANIZATIONAL_UNIT_NAME)
 _PEM = serialization.Encoding.PEM
+# Names of central services in the shipped broker ACL (deploy/mosquitto/acl); claim certificates
+# are named `claim` or `claim-...`. None of them may become a gateway id.
+RESERVED_NAMES = frozenset({"centre", "enrolment-service"})
+CLAIM_PREFIX = "claim"
+
+
+def reserved_name(name: str) -> bool:
+    """True for the names of central services and claim certificates."""
+    return name in RESERVED_NAMES or name == CLAIM_PREFIX or name.startswith(CLAIM_PREFIX + "-")
+
+
+def normalise_serial(serial: str) -> str:
+    """A certificate serial as the index keys it: lower-case hex without leading zeros, whatever
+    way it was printed (`0A:1B:..` by openssl, `0x0a1b..`, upper case)."""
+    text = serial.strip().lower().removeprefix("0x").replace(":", "").replace(" ", "")
+    try:
+        return format(int(text, 16), "x")
+    except ValueError:
+        raise ProvisioningError(f"{serial!r} is not a certificate serial (hexadecimal)") from None
 
 
 def _utcnow() -> dt.datetime:
@@ -59,6 +84,19 @@ class Issued:
     not_after: str
     revoked_at: str | None = None
     device_serial: str | None = None
+
+    @property
+    def common_name(self) -> str | None:
+        try:
+            names = x509.Name.from_rfc4514_string(self.subject).get_attributes_for_oid(NameOID.COMMON_NAME)
+        except ValueError:
+            return None
+        return str(names[0].value) if names else None
+
+    @property
+    def valid(self) -> bool:
+        """Not revoked and not expired."""
+        return self.revoked_at is None and dt.datetime.fromisoformat(self.not_after) > _utcnow()
 
 
 class CertificateAuthority:
@@ -149,14 +187,46 @@ class CertificateAuthority:
         if any(ch in str(cns[0]) for ch in "+#/"):
             # The CN becomes the MQTT username; broker ACL patterns must not see wildcards in it.
             raise ProvisioningError(f"common name {cns[0]!r} contains an MQTT wildcard or '/'")
-        if expect_common_name is not None and cns[0] != expect_common_name:
-            raise ProvisioningError(f"the CSR is for {cns[0]!r}, expected {expect_common_name!r}")
+        common_name = str(cns[0])
+        if expect_common_name is not None and common_name != expect_common_name:
+            raise ProvisioningError(f"the CSR is for {common_name!r}, expected {expect_common_name!r}")
+        if reserved_name(common_name):
+            raise ProvisioningError(
+                f"{common_name!r} is reserved for central services and claim certificates, not a gateway id"
+            )
+        serials = [str(a.value) for a in names if a.oid == NameOID.SERIAL_NUMBER]
+        self.check_unambiguous(common_name, serials[0] if serials else None)
         start = not_before or _utcnow() - dt.timedelta(minutes=5)
         end = not_after or start + dt.timedelta(days=days)
         builder = self._leaf(x509.Name(names), public, start, end).add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
         return self._issue(builder)
+
+    def check_unambiguous(self, common_name: str, device_serial: str | None) -> None:
+        """Refuse a gateway id held by another device, or a device serial held under another id."""
+        for item in self.issued():
+            if not item.valid:
+                continue
+            if item.common_name == common_name and item.device_serial != device_serial:
+                raise ProvisioningError(
+                    f"{common_name!r} already has a valid certificate (serial {item.serial}, device "
+                    f"{item.device_serial}); revoke it first to give the name to another device"
+                )
+            if (
+                device_serial is not None
+                and item.device_serial == device_serial
+                and item.common_name != common_name
+            ):
+                raise ProvisioningError(
+                    f"device {device_serial!r} already has a valid certificate as {item.common_name!r}; "
+                    "revoke it first to rename the device"
+                )
+
+    def holder(self, common_name: str) -> Issued | None:
+        """The newest valid certificate issued for `common_name`, if any."""
+        valid = [i for i in self.issued() if i.valid and i.common_name == common_name]
+        return max(valid, key=lambda i: i.not_after) if valid else None
 
     def issue_server(self, common_name: str, hosts: list[str], key_path: Path, days: int = 825) -> bytes:
         """A server certificate for the broker; its key is written (0600) to `key_path`."""
@@ -242,7 +312,7 @@ class CertificateAuthority:
 
     def revoke(self, serial_hex: str) -> None:
         index = self._load_index()
-        serial = serial_hex.lower().removeprefix("0x")
+        serial = normalise_serial(serial_hex)
         entry = index["issued"].get(serial)
         if entry is None:
             raise ProvisioningError(f"no certificate with serial {serial_hex} was issued by this CA")

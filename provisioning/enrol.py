@@ -1,5 +1,9 @@
-"""Device side of claim-based enrolment: connect with the claim certificate, send the CSR, install
-the certificate that comes back. Blocking (a one-off at first boot); run it in a thread from async code."""
+"""Device side of enrolment over MQTT: connect with the claim certificate (first enrolment) or the
+current one (renewal), send the CSR, install the certificate that comes back. Blocking (a one-off);
+run it in a thread from async code.
+
+The request goes to `{prefix}/{CN of the connecting certificate}/csr`, the only enrolment topic the
+shipped broker ACL lets that certificate use (see `enrol_protocol`)."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from water_edge.provisioning.config import ClaimSection
 from water_edge.provisioning.enrol_protocol import cert_topic, csr_topic
 from water_edge.provisioning.errors import ProvisioningError
-from water_edge.provisioning.identity import DeviceIdentity
+from water_edge.provisioning.identity import DeviceIdentity, certificate_name
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +29,8 @@ class _Exchange:
 
     def __init__(self, claim: ClaimSection, serial: str, csr: bytes) -> None:
         self.claim, self.serial, self.csr = claim, serial, csr
+        # The identity the broker will see: the CN of the certificate we connect with.
+        self.requester = certificate_name(claim.cert_file)
         self.reply: dict[str, Any] = {}
         self.refused: list[str] = []
         self.done = threading.Event()
@@ -35,7 +41,7 @@ class _Exchange:
             self.refused.append(str(reason))
             self.done.set()
             return
-        client.subscribe(cert_topic(self.claim.topic_prefix, self.serial), qos=1)
+        client.subscribe(cert_topic(self.claim.topic_prefix, self.requester), qos=1)
 
     def on_subscribe(self, client: paho.Client, _u: Any, _mid: Any, codes: Any, _p: Any) -> None:
         if any(c.is_failure for c in codes):
@@ -43,7 +49,7 @@ class _Exchange:
             self.done.set()
             return
         self.subscribed.set()
-        topic = csr_topic(self.claim.topic_prefix, self.serial)
+        topic = csr_topic(self.claim.topic_prefix, self.requester)
         client.publish(topic, orjson.dumps({"csr": self.csr.decode()}), qos=1)
 
     def on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
@@ -51,7 +57,8 @@ class _Exchange:
             doc = orjson.loads(msg.payload)
         except orjson.JSONDecodeError:
             return
-        if isinstance(doc, dict):
+        # Devices sharing a claim certificate share its reply topic: take only the answer for us.
+        if isinstance(doc, dict) and doc.get("serial") in (self.serial, None):
             self.reply.update(doc)
             self.done.set()
 
@@ -102,7 +109,10 @@ def enrol_with_claim(
     *,
     verify_hostname: bool = True,
 ) -> None:
-    """Get a certificate for this device's key from the enrolment service and make it current."""
+    """Get a certificate for this device's key from the enrolment service and make it current.
+
+    With the claim certificate in `claim` this is a first enrolment; to renew, pass a `claim`
+    section pointing at the current certificate (`renewal_section`)."""
     csr = identity.make_csr(serial, common_name, site)
     reply = _Exchange(claim, serial, csr).run(verify_hostname)
     if reply.get("status") != "ok":
@@ -112,3 +122,12 @@ def enrol_with_claim(
         raise ProvisioningError("enrolment answer carries no certificate")
     identity.install(cert.encode(), ca.encode())
     log.info("enrol.installed", serial=serial, common_name=common_name)
+
+
+def renewal_section(identity: DeviceIdentity, claim: ClaimSection) -> ClaimSection:
+    """`claim` with the current device certificate in place of the claim certificate (renewal)."""
+    if not identity.cert_file.exists():
+        raise ProvisioningError(f"no certificate in {identity.current} to renew; enrol first")
+    return claim.model_copy(
+        update={"cert_file": identity.cert_file, "key_file": identity.key_file, "ca_file": identity.ca_file}
+    )

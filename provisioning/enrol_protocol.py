@@ -1,19 +1,40 @@
 """Claim-based enrolment over MQTT: the topics and the two messages, shared by device and service.
 
-    device  -> {prefix}/{serial}/csr    {"csr": "<PEM>"}
-    service -> {prefix}/{serial}/cert   {"status": "ok", "cert": "<PEM>", "ca": "<PEM>"}
-                                        {"status": "refused", "reason": "..."}
+    client  -> {prefix}/{identity}/csr    {"csr": "<PEM>"}
+    service -> {prefix}/{identity}/cert   {"status": "ok", "serial": S, "cert": "<PEM>", "ca": "<PEM>"}
+                                          {"status": "refused", "serial": S, "reason": "..."}
 
-The device's MQTT client id is its serial, so a broker ACL pattern on `%c` confines each claim
-connection to its own two topics (see docs/security.md for the ACL lines).
+`identity` is the common name of the certificate the client connected with, which the shipped
+broker config makes its MQTT username (`use_identity_as_username`) and the ACL (`pattern write
+{prefix}/%u/csr`) binds to the topic: the topic level is therefore proven by the TLS handshake,
+not chosen by the client. A claim certificate (CN `claim` or `claim-...`) asks for a first
+certificate for a serial on the service's allow-list; an enrolled gateway (CN = its gateway id)
+asks for the renewal of its own. Replies carry the serial, because every device that holds the
+same claim certificate shares its reply topic.
 """
 
 from __future__ import annotations
 
-
-def csr_topic(prefix: str, serial: str) -> str:
-    return f"{prefix}/{serial}/csr"
+from water_edge.provisioning.ca import CLAIM_PREFIX
 
 
-def cert_topic(prefix: str, serial: str) -> str:
-    return f"{prefix}/{serial}/cert"
+def csr_topic(prefix: str, identity: str) -> str:
+    return f"{prefix}/{identity}/csr"
+
+
+def cert_topic(prefix: str, identity: str) -> str:
+    return f"{prefix}/{identity}/cert"
+
+
+def identity_of(prefix: str, topic: str) -> str | None:
+    """The identity level of a request topic `{prefix}/{identity}/csr`; None for any other topic."""
+    head = prefix + "/"
+    if not topic.startswith(head) or not topic.endswith("/csr"):
+        return None
+    identity = topic[len(head) : -len("/csr")]
+    return identity if identity and "/" not in identity else None
+
+
+def is_claim(identity: str) -> bool:
+    """A claim certificate's identity (`claim`, `claim-batch7`), as opposed to a gateway id."""
+    return identity == CLAIM_PREFIX or identity.startswith(CLAIM_PREFIX + "-")

@@ -2,8 +2,16 @@
 
     python -m water_edge.provisioning.enrol_service --dir CA_DIR --host broker --cert svc.pem --key svc.key
 (or `edge-agent ca serve-enrolment`). It connects with its own client certificate, which the broker
-ACL lets read `enrol/+/csr` and write `enrol/+/cert`. A serial enrols once; with `--allow`, only
-listed serials enrol, each bound to its gateway id (`SERIAL GATEWAY_ID` per line).
+ACL lets read `enrol/+/csr` and write `enrol/+/cert`.
+
+The identity in the topic is the one the requester's certificate proves (see `enrol_protocol`),
+and the service accepts a CSR only for that identity:
+
+- from a claim certificate: a first certificate for a serial on the allow-list (`--allow`,
+  `SERIAL GATEWAY_ID` per line), for exactly the gateway id listed with it, once per serial
+  ever (a revoked or lost gateway is re-enrolled offline, never again by whoever holds the
+  shared claim certificate), and never for a gateway id another device holds;
+- from an enrolled gateway: the renewal of its own certificate, with the same device serial.
 """
 
 from __future__ import annotations
@@ -22,9 +30,9 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from water_edge.provisioning.ca import CertificateAuthority
+from water_edge.provisioning.ca import CertificateAuthority, reserved_name
 from water_edge.provisioning.enrol_options import add_service_arguments
-from water_edge.provisioning.enrol_protocol import cert_topic
+from water_edge.provisioning.enrol_protocol import cert_topic, identity_of, is_claim
 from water_edge.provisioning.errors import ProvisioningError
 
 log = structlog.get_logger(__name__)
@@ -32,13 +40,46 @@ log = structlog.get_logger(__name__)
 MAX_REQUEST_BYTES = 16 * 1024
 
 
-def load_allow_list(path: Path) -> dict[str, str | None]:
-    """`SERIAL [GATEWAY_ID]` per line; `#` starts a comment."""
-    allowed: dict[str, str | None] = {}
-    for line in path.read_text().splitlines():
+def _read_request(payload: bytes) -> tuple[bytes, str]:
+    """The CSR PEM and the device serial it names; ProvisioningError for anything else."""
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise ProvisioningError("request too large")
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ProvisioningError("request is not JSON") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("csr"), str):
+        raise ProvisioningError('request must be {"csr": "<PEM>"}')
+    csr_pem = doc["csr"].encode()
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise ProvisioningError("csr is not a PEM CSR") from exc
+    serials = csr.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+    if len(serials) != 1:
+        raise ProvisioningError("the CSR must carry exactly one serialNumber (the device serial)")
+    return csr_pem, str(serials[0].value)
+
+
+def load_allow_list(path: Path) -> dict[str, str]:
+    """`SERIAL GATEWAY_ID` per line; `#` starts a comment. ProvisioningError naming the line if not."""
+    allowed: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProvisioningError(f"cannot read the allow-list {path}: {exc.strerror}") from exc
+    for number, line in enumerate(text.splitlines(), 1):
         words = line.split("#", 1)[0].split()
-        if words:
-            allowed[words[0]] = words[1] if len(words) > 1 else None
+        if not words:
+            continue
+        if len(words) != 2:
+            raise ProvisioningError(f"{path}:{number}: expected 'SERIAL GATEWAY_ID', got {line.strip()!r}")
+        serial, gateway = words
+        if reserved_name(gateway):
+            raise ProvisioningError(f"{path}:{number}: {gateway!r} is reserved, not a gateway id")
+        if serial in allowed:
+            raise ProvisioningError(f"{path}:{number}: serial {serial!r} is listed twice")
+        allowed[serial] = gateway
     return allowed
 
 
@@ -50,7 +91,7 @@ class EnrolmentService:
         ca: CertificateAuthority,
         *,
         topic_prefix: str = "enrol",
-        allow: dict[str, str | None] | None = None,
+        allow: dict[str, str] | None = None,
         days: int = 365,
     ) -> None:
         self.ca = ca
@@ -61,42 +102,52 @@ class EnrolmentService:
         self._client: paho.Client | None = None
         self._ready = threading.Event()
 
-    def answer(self, serial: str, payload: bytes) -> dict[str, Any]:
+    def answer(self, identity: str, payload: bytes) -> dict[str, Any]:
+        """The reply to a request published on `{prefix}/{identity}/csr` (never raises)."""
+        serial: str | None = None
         try:
-            cert = self._issue(serial, payload)
+            csr_pem, serial = _read_request(payload)
+            cert = self._issue(identity, csr_pem, serial)
         except ProvisioningError as exc:
             self.counts["refused"] += 1
-            log.warning("enrol.refused", serial=serial, reason=str(exc))
-            return {"status": "refused", "reason": str(exc)}
+            log.warning("enrol.refused", identity=identity[:64], serial=serial, reason=str(exc))
+            return {"status": "refused", "serial": serial, "reason": str(exc)}
         self.counts["issued"] += 1
-        log.info("enrol.issued", serial=serial)
-        return {"status": "ok", "cert": cert.decode(), "ca": self.ca.cert_pem.decode()}
+        log.info("enrol.issued", identity=identity, serial=serial)
+        return {"status": "ok", "serial": serial, "cert": cert.decode(), "ca": self.ca.cert_pem.decode()}
 
-    def _issue(self, serial: str, payload: bytes) -> bytes:
-        if len(payload) > MAX_REQUEST_BYTES:
-            raise ProvisioningError("request too large")
-        try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise ProvisioningError("request is not JSON") from exc
-        if not isinstance(doc, dict) or not isinstance(doc.get("csr"), str):
-            raise ProvisioningError('request must be {"csr": "<PEM>"}')
-        expected_cn: str | None = None
-        if self.allow is not None:
-            if serial not in self.allow:
-                raise ProvisioningError(f"serial {serial!r} is not on the enrolment allow-list")
-            expected_cn = self.allow[serial]
-        csr_pem = doc["csr"].encode()
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as exc:
-            raise ProvisioningError("csr is not a PEM CSR") from exc
-        serials = csr.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
-        if [a.value for a in serials] != [serial]:
-            raise ProvisioningError("the CSR's serialNumber does not match the enrolment topic")
-        if any(i.device_serial == serial and not i.revoked_at for i in self.ca.issued()):
-            raise ProvisioningError(f"serial {serial!r} is already enrolled (revoke it to re-enrol)")
-        return self.ca.sign_csr(csr_pem, days=self.days, expect_common_name=expected_cn)
+    def _issue(self, identity: str, csr_pem: bytes, serial: str) -> bytes:
+        csr = x509.load_pem_x509_csr(csr_pem)
+        names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        common_name = str(names[0].value) if len(names) == 1 else None
+        if is_claim(identity):
+            return self._first_certificate(csr_pem, serial, common_name)
+        # An enrolled gateway: its own certificate again, same name, same device.
+        if common_name != identity:
+            raise ProvisioningError(f"a gateway connected as {identity!r} may renew only its own certificate")
+        current = self.ca.holder(identity)
+        if current is None:
+            raise ProvisioningError(f"{identity!r} holds no valid certificate of this CA to renew")
+        if current.device_serial != serial:
+            raise ProvisioningError(
+                f"the CSR's serialNumber {serial!r} is not the one of {identity!r}'s certificate"
+            )
+        return self.ca.sign_csr(csr_pem, days=self.days, expect_common_name=identity)
+
+    def _first_certificate(self, csr_pem: bytes, serial: str, common_name: str | None) -> bytes:
+        if self.allow is None:
+            raise ProvisioningError("this service enrols no claim certificates (no allow-list)")
+        gateway = self.allow.get(serial)
+        if gateway is None:
+            raise ProvisioningError(f"serial {serial!r} is not on the enrolment allow-list")
+        if common_name != gateway:
+            raise ProvisioningError(f"the CSR is for {common_name!r}, expected {gateway!r}")
+        if any(i.device_serial == serial for i in self.ca.issued()):
+            raise ProvisioningError(
+                f"serial {serial!r} was already enrolled; re-enrol it offline (edge-agent ca sign)"
+            )
+        # sign_csr also refuses a gateway id that another device holds a valid certificate for.
+        return self.ca.sign_csr(csr_pem, days=self.days, expect_common_name=gateway)
 
     # ------------------------------------------------------------------ MQTT
 
@@ -132,9 +183,12 @@ class EnrolmentService:
         client.subscribe(f"{self.prefix}/+/csr", qos=1)
 
     def _on_message(self, client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        serial = msg.topic[len(self.prefix) + 1 :].rsplit("/", 1)[0]
-        reply = self.answer(serial, bytes(msg.payload))
-        client.publish(cert_topic(self.prefix, serial), orjson.dumps(reply), qos=1)
+        identity = identity_of(self.prefix, msg.topic)
+        if identity is None:
+            log.warning("enrol.ignored", topic=msg.topic[:200])
+            return
+        reply = self.answer(identity, bytes(msg.payload))
+        client.publish(cert_topic(self.prefix, identity), orjson.dumps(reply), qos=1)
 
 
 def serve_forever(args: argparse.Namespace) -> int:

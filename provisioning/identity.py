@@ -141,6 +141,18 @@ def load_cert(data: bytes, what: str) -> x509.Certificate:
         raise ProvisioningError(f"{what} is not a PEM certificate") from exc
 
 
+def certificate_name(path: Path) -> str:
+    """The common name of the certificate in `path` (its MQTT identity under the shipped broker config)."""
+    try:
+        cert = load_cert(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise ProvisioningError(f"cannot read {path}: {exc.strerror}") from exc
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        raise ProvisioningError(f"{path} does not carry exactly one common name")
+    return str(names[0].value)
+
+
 def load_certs(data: bytes, what: str) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(data)

@@ -23,6 +23,8 @@ from water_edge.agent.remote.processor import CommandProcessor
 from water_edge.core import envelope
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.core.reading import Event
+from water_edge.models.manifest import shipped
+from water_edge.models.runtime import ModelSlot, load_model
 
 SITE, GW = "north-plant", "gw-01"
 TARGET = f"{SITE}/{GW}"
@@ -169,10 +171,23 @@ def gateway_config(state: Path, *, port: int, gateway: str = "gw-01") -> str:
     return agent_config(state, site="north-plant", gateway=gateway, broker_port=port)
 
 
+GOOD_CONFIG = """
+schema_version = 1
+[gateway]
+site = "north-plant"
+id = "gw-01"
+state_dir = "{state}"
+[uplink]
+host = "127.0.0.1"
+port = 1883
+[buffer]
+flush_interval_ms = {flush}
+"""
+
+
 async def test_config_update_is_validated_then_swapped_atomically(tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
-    old = gateway_config(tmp_path, port=1883)
-    cfg.write_text(old)
+    cfg.write_text(GOOD_CONFIG.format(state=tmp_path, flush=200))
     order: list[str] = []
     restarts: list[str] = []
 
@@ -188,14 +203,14 @@ async def test_config_update_is_validated_then_swapped_atomically(tmp_path: Path
         order.append("result")
 
     channel = CommandChannel(rig.proc, emit)
-    new = gateway_config(tmp_path, port=8883)
+    new = GOOD_CONFIG.format(state=tmp_path, flush=500)
     await channel("config_update", rig.sign("config_update", {"config": new}))
     assert events[-1].detail["status"] == "ok"
     assert cfg.read_text() == new
-    assert (tmp_path / "config.toml.prev").read_text() == old
+    assert "flush_interval_ms = 200" in (tmp_path / "config.toml.prev").read_text()
     assert order == ["result", "restart"]  # the result is committed before the restart
 
-    broken = gateway_config(tmp_path, port=99999)
+    broken = new.replace("port = 1883", "port = 99999")
     await channel("config_update", rig.sign("config_update", {"config": broken}))
     failed = events[-1].detail
     assert failed["status"] == "failed"
@@ -212,60 +227,40 @@ async def test_config_update_is_validated_then_swapped_atomically(tmp_path: Path
     rig.close()
 
 
-class Slot:
-    """Stands in for models.runtime.ModelSlot (not yet in the tree): checks the manifest's sha256."""
+LEAK_MANIFEST = shipped("water_edge.models.leak", "leak_detector.json")
 
-    def __init__(self) -> None:
-        self.active: Path | None = None
 
-    def swap(self, manifest_path: Path) -> dict[str, Any]:
-        import hashlib
-
-        manifest = orjson.loads(manifest_path.read_bytes())
-        model = manifest_path.parent / manifest["file"]
-        if hashlib.sha256(model.read_bytes()).hexdigest() != manifest["sha256"]:
-            raise ValueError("sha256 mismatch")
-        self.active = manifest_path
-        return {"version": manifest["version"]}
+def bundle(manifest: dict[str, Any], model: bytes) -> dict[str, str]:
+    """The `files` argument of a model_update: the model and its manifest, base64."""
+    return {
+        manifest["model_file"]: base64.b64encode(model).decode(),
+        "manifest.json": base64.b64encode(orjson.dumps(manifest)).decode(),
+    }
 
 
 async def test_model_update_swaps_only_a_verified_model(tmp_path: Path) -> None:
-    import hashlib
+    slot = ModelSlot(load_model(LEAK_MANIFEST))
+    rig = Rig(tmp_path / "state", Targets(models_dir=tmp_path / "models", model_slots={"leak-h1": slot}))
+    model = (LEAK_MANIFEST.parent / "leak_detector.tflite").read_bytes()
+    manifest = {**orjson.loads(LEAK_MANIFEST.read_bytes()), "version": "9.9.9-test"}
 
-    slot = Slot()
-    rig = Rig(tmp_path / "state", Targets(models_dir=tmp_path / "models", model_slots={"pump": slot}))
-    model = b"\x00tflite-bytes"
-    manifest = {"file": "m.tflite", "version": "2", "sha256": hashlib.sha256(model).hexdigest()}
+    def update(files: dict[str, str]) -> bytes:
+        return rig.sign("model_update", {"slot": "leak-h1", "manifest": "manifest.json", "files": files})
 
-    def files(blob: bytes) -> dict[str, str]:
-        return {
-            "m.tflite": base64.b64encode(blob).decode(),
-            "manifest.json": base64.b64encode(orjson.dumps(manifest)).decode(),
-        }
-
-    bad = await rig.proc.handle(
-        "model_update",
-        rig.sign("model_update", {"slot": "pump", "manifest": "manifest.json", "files": files(b"evil")}),
-    )
+    tampered = bytearray(model)
+    tampered[-1] ^= 0xFF
+    bad = await rig.proc.handle("model_update", update(bundle(manifest, bytes(tampered))))
     assert bad.status == "failed"
-    assert slot.active is None
-    sneaky = await rig.proc.handle(
-        "model_update",
-        rig.sign(
-            "model_update",
-            {"slot": "pump", "manifest": "manifest.json", "files": {**files(model), "../../etc/x": "AA=="}},
-        ),
-    )
+    assert bad.reason is not None
+    assert "sha256" in bad.reason
+    assert slot.model.version != "9.9.9-test"
+    sneaky = await rig.proc.handle("model_update", update({**bundle(manifest, model), "../../etc/x": "AA=="}))
     assert sneaky.status == "failed"
     assert not (tmp_path / "etc").exists()
-    good = await rig.proc.handle(
-        "model_update",
-        rig.sign("model_update", {"slot": "pump", "manifest": "manifest.json", "files": files(model)}),
-    )
+    good = await rig.proc.handle("model_update", update(bundle(manifest, model)))
     assert good.status == "ok", good.reason
-    assert good.detail == {"slot": "pump", "version": "2"}
-    assert slot.active is not None
-    assert (slot.active.parent / "m.tflite").read_bytes() == model
+    assert good.detail == {"slot": "leak-h1", "version": "9.9.9-test"}
+    assert slot.model.version == "9.9.9-test"
     rig.close()
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -92,3 +96,97 @@ def test_install_refuses_a_source_that_is_not_the_project(tmp_path: Path) -> Non
     )
     assert result.returncode != 0
     assert "not a water-edge-agent source tree" in result.stderr
+
+
+# ---------------------------------------------------------------- config_update under the installed layout
+
+# Run as root up to the point where every module is imported (the test's interpreter may live where
+# only root can read), then as the service user: file access from there on is the service's own.
+UPDATE_AS_SERVICE = r"""
+import asyncio, base64, concurrent.futures.thread, os, sys
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from water_edge.agent.remote.audit import AuditLog
+from water_edge.agent.remote.config import OperatorKey, SecuritySection
+from water_edge.agent.remote.handlers import Targets, build_handlers
+from water_edge.agent.remote.nonces import NonceStore
+from water_edge.agent.remote.processor import CommandProcessor
+from water_edge.agent.config import load_config
+from water_edge.core import envelope
+
+config, new, state = Path(sys.argv[1]), Path(sys.argv[2]).read_text(), Path(sys.argv[3])
+load_config(config)  # imports the drivers the config names, while still root
+os.setgroups([])
+os.setgid(int(sys.argv[5]))
+os.setuid(int(sys.argv[4]))
+key = Ed25519PrivateKey.generate()
+raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+security = SecuritySection(operators=[OperatorKey(
+    name="ops", public_key=base64.b64encode(raw).decode(), commands=["config_update"])])
+proc = CommandProcessor(security, site="north-plant", gateway="gw-ps07",
+    nonces=NonceStore(state / "nonces.sqlite"), audit=AuditLog(state / "audit.log"),
+    handlers=build_handlers(Targets(config_path=config)))
+cmd = envelope.sign(key, "ops", "config_update", "north-plant/gw-ps07", {"config": new, "restart": False})
+result = asyncio.run(proc.handle("config_update", cmd))
+print(result.status, result.reason)
+"""
+
+
+def first_boot(root: Path) -> tuple[int, int]:
+    """What systemd does at the image's first boot: create the user, apply tmpfiles.d."""
+    subprocess.run(["systemd-sysusers", f"--root={root}"], check=True, capture_output=True)
+    subprocess.run(["systemd-tmpfiles", "--create", f"--root={root}"], check=True, capture_output=True)
+    for line in (root / "etc" / "passwd").read_text().splitlines():
+        name, _x, uid, gid, *_rest = line.split(":")
+        if name == "edge-agent":
+            return int(uid), int(gid)
+    raise AssertionError("systemd-sysusers did not create edge-agent")
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-sysusers") is None or shutil.which("systemd-tmpfiles") is None or os.geteuid() != 0,
+    reason="needs systemd-sysusers, systemd-tmpfiles and root (to act as the service user)",
+)
+def test_config_update_works_as_the_service_user_in_the_installed_layout() -> None:
+    # Under /tmp, traversable by the service user (pytest's own temporary root is 0700).
+    base = Path(tempfile.mkdtemp(prefix="edge-install-"))
+    base.chmod(0o755)
+    try:
+        root = base / "root"
+        assert install(root).returncode == 0
+        etc = root / "etc" / "edge-agent"
+        unit = (root / "etc" / "systemd" / "system" / "edge-agent.service").read_text()
+        assert "ReadWritePaths=-/etc/edge-agent/managed" in unit
+        assert os.readlink(etc / "config.toml") == "managed/config.toml"
+        uid, gid = first_boot(root)
+        for path, mode in ((etc, 0o750), (etc / "managed", 0o2770), (etc / "managed" / "config.toml", 0o640)):
+            info = path.stat()
+            assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (gid, mode), path
+        # Another plain config in /etc/edge-agent itself, as an older install had it.
+        (etc / "plain.toml").write_bytes((etc / "managed" / "config.toml").read_bytes())
+        state = base / "state"
+        state.mkdir()
+        os.chown(state, uid, gid)
+        new = base / "new.toml"
+        new.write_text((etc / "config.toml").read_text().replace('level = "info"', 'level = "debug"'))
+        new.chmod(0o644)
+
+        def update(config: Path) -> str:
+            args = [str(config), str(new), str(state), str(uid), str(gid)]
+            done = subprocess.run(
+                [sys.executable, "-c", UPDATE_AS_SERVICE, *args],
+                capture_output=True, text=True, cwd=base, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            return done.stdout.strip().splitlines()[-1]
+
+        assert update(etc / "config.toml") == "ok None"
+        assert 'level = "debug"' in (etc / "config.toml").read_text()
+        assert (etc / "config.toml").is_symlink()
+        written = (etc / "managed" / "config.toml").stat()
+        assert (written.st_uid, written.st_gid, stat.S_IMODE(written.st_mode)) == (uid, gid, 0o640)
+        assert update(etc / "plain.toml").startswith("refused permission: cannot write")
+        assert 'level = "info"' in (etc / "plain.toml").read_text()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.pki import Pki
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
-from tests.test_security_mtls import Pki
 from water_edge.agent.cli import main
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.provisioning.config import ClaimSection
-from water_edge.provisioning.enrol import enrol_with_claim
+from water_edge.provisioning.enrol import enrol_with_claim, renewal_section
 from water_edge.provisioning.enrol_service import EnrolmentService
 from water_edge.provisioning.errors import ProvisioningError
 from water_edge.provisioning.identity import DeviceIdentity, device_serial
@@ -145,6 +145,12 @@ async def test_claim_enrolment_over_mqtt(
             )
             identity = DeviceIdentity(tmp_path / "device")
             await _in_thread(enrol_with_claim, identity, claim, "SER-CLAIM-1", GATEWAY, SITE)
+            first = identity.status().serial_number
+            # Renewal: a new key, asked for by the gateway connecting as itself (provision enrol --renew).
+            renewal = renewal_section(identity, claim)
+            await _in_thread(enrol_with_claim, identity, renewal, "SER-CLAIM-1", GATEWAY, SITE)
+            assert identity.status().serial_number != first
+            assert "CN=gw1" in str(identity.status().subject)
             # A serial not on the allow-list, and a second enrolment of the same serial, are refused.
             with pytest.raises(ProvisioningError, match="allow-list"):
                 await _in_thread(
@@ -161,7 +167,7 @@ async def test_claim_enrolment_over_mqtt(
                 )
         finally:
             service.stop()
-        assert service.counts == {"issued": 1, "refused": 3}
+        assert service.counts == {"issued": 2, "refused": 3}
 
         # The claim certificate itself cannot publish telemetry ...
         claim_tls = mqtt_config(broker, client_id="claimer")
@@ -189,3 +195,65 @@ async def _in_thread(fn: object, *args: object) -> None:
     import asyncio
 
     await asyncio.to_thread(fn, *args)  # type: ignore[arg-type]
+
+
+def test_ca_revoke_takes_the_serial_as_openssl_prints_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("apt-get install openssl")
+    from water_edge.provisioning.ca import CertificateAuthority
+
+    ca_dir = tmp_path / "ca"
+    ca = CertificateAuthority.init(ca_dir, "Utility CA")
+
+    def openssl(cert: Path, *args: str) -> str:
+        done = subprocess.run(
+            ["openssl", "x509", "-in", str(cert), "-noout", *args], capture_output=True, text=True, check=True
+        )
+        return done.stdout
+
+    printed: list[str] = []
+    # Serials are random: issue until openssl prints one with a leading zero (1 in 16 do).
+    for n in range(400):
+        cert = tmp_path / f"c{n}.pem"
+        cert.write_bytes(ca.issue_client(f"svc-{n}", tmp_path / f"c{n}.key"))
+        serial = openssl(cert, "-serial").strip().removeprefix("serial=")
+        if n == 0:
+            printed.append(openssl(cert, "-text").split("Serial Number:")[1].split()[0])  # 0a:1b:...
+        elif serial.startswith("0"):
+            printed.append(serial)
+            break
+    assert len(printed) == 2, "a serial printed with a leading zero"
+    capsys.readouterr()
+    for serial in printed:
+        assert main(["ca", "revoke", "--dir", str(ca_dir), serial]) == 0, capsys.readouterr().err
+    revoked = [i for i in CertificateAuthority.open(ca_dir).issued() if i.revoked_at]
+    assert len(revoked) == len(printed)
+    assert main(["ca", "revoke", "--dir", str(ca_dir), "not-hex"]) == 1
+    assert "is not a certificate serial" in capsys.readouterr().err
+
+
+def test_the_ca_never_issues_a_reserved_or_an_already_held_gateway_id(tmp_path: Path) -> None:
+    from water_edge.provisioning.ca import CertificateAuthority
+
+    ca = CertificateAuthority.init(tmp_path / "ca", "Utility CA")
+
+    def csr(name: str, cn: str, serial: str) -> bytes:
+        return DeviceIdentity(tmp_path / name).make_csr(serial, cn, SITE)
+
+    for reserved in ("claim", "claim-batch7", "centre", "enrolment-service"):
+        with pytest.raises(ProvisioningError, match="reserved"):
+            ca.sign_csr(csr(reserved, reserved, "SER-R1"))
+    ca.sign_csr(csr("a", "gw-01", "SER-A"))
+    ca.sign_csr(csr("a2", "gw-01", "SER-A"))  # the same device renewing: fine
+    with pytest.raises(ProvisioningError, match="already has a valid certificate"):
+        ca.sign_csr(csr("b", "gw-01", "SER-B"))  # another device taking gw-01's name
+    with pytest.raises(ProvisioningError, match="already has a valid certificate as 'gw-01'"):
+        ca.sign_csr(csr("c", "gw-02", "SER-A"))  # gw-01's device under another name
+    for item in ca.issued():
+        ca.revoke(item.serial)
+    ca.sign_csr(csr("d", "gw-01", "SER-B"))  # once revoked, the name can move

@@ -1,5 +1,5 @@
-"""mTLS to a real Mosquitto with certificates from our own CA: who may connect, what each may publish,
-and a certificate renewal that loses nothing."""
+"""mTLS to a real Mosquitto run from the shipped config (deploy/mosquitto/) with certificates from our
+own CA: who may connect, what each may publish, and a certificate renewal that loses nothing."""
 
 from __future__ import annotations
 
@@ -12,84 +12,35 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support.broker import ClientTls, Mosquitto, Subscriber, TlsFiles
+from tests.support.broker import ClientTls, Mosquitto
+from tests.support.pki import Pki
 from tests.support.testing import eventually
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
 from water_edge.agent.uplink.config import TlsConfig
 from water_edge.buffer.async_outbox import AsyncOutbox
-from water_edge.provisioning.ca import CertificateAuthority
 from water_edge.provisioning.identity import DeviceIdentity
 
-# Each gateway is confined to its own topics by its certificate's CN (its MQTT username). The
-# strictest form lists the streams a gateway may publish; `water/<site>/%u/+` is the usual one.
-ACL = """
+# The strictest form of the shipped ACL lists the streams a gateway may publish (the shipped one
+# allows any stream under the gateway's own id: `water/+/%u/+`).
+STRICT_ACL = """
 user centre
 topic read water/#
-
-user enrolment-service
-topic read enrol/+/csr
-topic write enrol/+/cert
+topic write water/+/+/cmd/#
 
 pattern write water/site1/%u/status
 pattern write water/site1/%u/events
 pattern write water/site1/%u/plc1
 pattern read water/site1/%u/cmd/#
-pattern write enrol/%c/csr
-pattern read enrol/%c/cert
 """
-
-
-class Pki:
-    """A CA made with our tooling, a broker certificate, and a 'centre' client for the subscriber."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ca = CertificateAuthority.init(root / "ca", "test gateways CA")
-        self.ca_file = root / "ca" / "ca.pem"
-        self.crl_file = root / "ca" / "crl.pem"
-        self.server_cert = root / "server.pem"
-        self.server_key = root / "server.key"
-        self.server_cert.write_bytes(
-            self.ca.issue_server("broker", ["127.0.0.1", "localhost"], self.server_key)
-        )
-        self.centre_cert, self.centre_key = self.client("centre")
-
-    def client(self, cn: str) -> tuple[Path, Path]:
-        cert, key = self.root / f"{cn}.pem", self.root / f"{cn}.key"
-        cert.write_bytes(self.ca.issue_client(cn, key))
-        return cert, key
-
-    def device(self, name: str, cn: str = GATEWAY, serial: str = "SER-0001") -> DeviceIdentity:
-        identity = DeviceIdentity(self.root / name)
-        csr = identity.make_csr(serial, cn, SITE)
-        identity.install(self.ca.sign_csr(csr, days=2), self.ca_file.read_bytes())
-        return identity
-
-    def broker(self, acl: str = ACL, *, persistence: bool = False) -> Mosquitto:
-        acl_file = self.root / "acl"
-        acl_file.write_text(acl)
-        return Mosquitto(
-            persistence=persistence,
-            tls=TlsFiles(self.ca_file, self.server_cert, self.server_key, require_certificate=True),
-            extra_config=(f"use_identity_as_username true\ncrlfile {self.crl_file}\nacl_file {acl_file}\n"),
-        )
-
-    def subscriber(self, broker: Mosquitto, topic: str, session: str | None = None) -> Subscriber:
-        return Subscriber(
-            broker.host,
-            broker.port,
-            topic,
-            session=session,
-            tls=ClientTls(self.ca_file, self.centre_cert, self.centre_key),
-        )
-
-    def tls(self, identity: DeviceIdentity) -> TlsConfig:
-        return TlsConfig(ca_file=identity.ca_file, cert_file=identity.cert_file, key_file=identity.key_file)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
+
+
+def device(pki: Pki, name: str, serial: str = "SER-0001") -> DeviceIdentity:
+    return pki.device(name, GATEWAY, serial, SITE)
 
 
 def publish_v5(broker: Mosquitto, pki: Pki, identity: DeviceIdentity, topic: str) -> Any:
@@ -133,7 +84,7 @@ async def broker_log_with(broker: Mosquitto, text: str, within_s: float = 5.0) -
 async def test_device_certificate_connects_and_delivers(
     pki: Pki, outbox: AsyncOutbox, start_uplink: StartUplink
 ) -> None:
-    identity = pki.device("dev-ok")
+    identity = device(pki, "dev-ok")
     with pki.broker() as broker, pki.subscriber(broker, f"water/{SITE}/{GATEWAY}/plc1") as sub:
         await outbox.append(reading_batches(3))
         run = await start_uplink(mqtt_config(broker, tls=pki.tls(identity)), outbox)
@@ -156,7 +107,7 @@ async def test_expired_certificate_is_refused(
     pki: Pki, outbox: AsyncOutbox, start_uplink: StartUplink, tmp_path: Path
 ) -> None:
     identity = DeviceIdentity(tmp_path / "id")
-    csr = identity.make_csr("SER-0002", GATEWAY, SITE)
+    csr = identity.make_csr("SER-0001", GATEWAY, SITE)  # the same device, an old certificate
     past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
     cert = tmp_path / "expired.pem"
     cert.write_bytes(pki.ca.sign_csr(csr, not_before=past, not_after=past + dt.timedelta(days=1)))
@@ -177,7 +128,7 @@ async def test_revoked_certificate_is_refused(
     tmp_path: Path, outbox: AsyncOutbox, start_uplink: StartUplink
 ) -> None:
     own = Pki(tmp_path)  # revocation changes the CRL: not on the shared CA
-    identity = own.device("dev-revoked")
+    identity = device(own, "dev-revoked", "SER-0003")
     status = identity.status()
     assert status.serial_number is not None
     with own.broker() as broker:
@@ -186,6 +137,7 @@ async def test_revoked_certificate_is_refused(
         await run.states.wait(lambda s: s == "online")  # accepted before the revocation
         await run.uplink.stop()
         own.ca.revoke(status.serial_number)
+        own.refresh_crl()
         broker.stop()  # Mosquitto reads its crlfile at start
         broker.start()
         await outbox.append(reading_batches(1, start_ns=2 * 10**18))
@@ -201,8 +153,8 @@ async def test_revoked_certificate_is_refused(
 async def test_publish_outside_the_acl_is_refused_and_counted(
     pki: Pki, outbox: AsyncOutbox, start_uplink: StartUplink
 ) -> None:
-    identity = pki.device("dev-acl")
-    with pki.broker() as broker, pki.subscriber(broker, "water/#") as sub:
+    identity = device(pki, "dev-acl")
+    with pki.broker(STRICT_ACL) as broker, pki.subscriber(broker, "water/#") as sub:
         # Another gateway's topic, with this gateway's certificate: not authorised (0x87).
         reason = publish_v5(broker, pki, identity, f"water/{SITE}/gw2/plc1")
         assert reason.is_failure
@@ -224,7 +176,7 @@ async def test_certificate_renewal_loses_no_data(
     tmp_path: Path, outbox: AsyncOutbox, start_uplink: StartUplink
 ) -> None:
     own = Pki(tmp_path)
-    identity = own.device("dev-renew")
+    identity = device(own, "dev-renew")
     old_serial = identity.status().serial_number
     assert old_serial is not None
     broker = own.broker(persistence=True)  # the centre's queued messages survive the restart
@@ -241,6 +193,7 @@ async def test_certificate_renewal_loses_no_data(
             # The old certificate is revoked and the broker restarted with the new CRL: only the
             # renewed identity can get back in.
             own.ca.revoke(old_serial)
+            own.refresh_crl()
             broker.stop()
             await outbox.append(reading_batches(5, start_ns=2 * 10**18))
             broker.start()

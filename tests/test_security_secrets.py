@@ -65,3 +65,86 @@ def test_status_snapshot_is_redacted() -> None:
     clean = redact(snapshot, [PASSWORD])
     assert PASSWORD not in repr(clean)
     assert clean["uplink"]["broker"] == "b:8883"
+
+
+# ------------------------------------------------------- finding 9: references work, values never shown
+
+CONFIG = """schema_version = 1
+[gateway]
+site = "s1"
+id = "gw1"
+state_dir = "{state}"
+[uplink]
+host = "127.0.0.1"
+port = {port}
+username = "gw1"
+password = {password}
+reconnect_min_s = 0.1
+reconnect_max_s = 0.5
+[status]
+socket = "{socket}"
+"""
+
+
+def write(tmp_path: Path, password: str, port: int = 1883) -> Path:
+    import tempfile
+
+    path = tmp_path / "agent.toml"
+    socket = Path(tempfile.mkdtemp(prefix="sec-")) / "status.sock"
+    path.write_text(CONFIG.format(state=tmp_path / "state", port=port, password=password, socket=socket))
+    return path
+
+
+def test_secret_references_are_accepted_by_the_config_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from water_edge.agent.cli import main
+    from water_edge.agent.config import load_config
+
+    secret = tmp_path / "mqtt.pass"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o640)  # root:edge-agent 0640 is how install.sh lays out /etc/edge-agent
+    by_file = load_config(write(tmp_path, f'{{ file = "{secret}" }}'))
+    assert by_file.uplink.password == SecretRef(file=secret)
+    monkeypatch.setenv("EDGE_MQTT_PASSWORD", PASSWORD)
+    assert load_config(write(tmp_path, '{ env = "EDGE_MQTT_PASSWORD" }')).uplink.password == SecretRef(
+        env="EDGE_MQTT_PASSWORD"
+    )
+    # A reference that cannot be resolved is a config error naming the key, checked up front.
+    monkeypatch.delenv("EDGE_MQTT_PASSWORD")
+    assert main(["check-config", "-c", str(write(tmp_path, '{ env = "EDGE_MQTT_PASSWORD" }'))]) == 2
+    err = capsys.readouterr().err
+    assert "uplink.password: environment variable EDGE_MQTT_PASSWORD is not set" in err
+    secret.chmod(0o644)
+    assert main(["check-config", "-c", str(write(tmp_path, f'{{ file = "{secret}" }}'))]) == 2
+    assert "uplink.password:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("typo", ["1234567890", '["Tr0ub4dor&3"]', '{ fiel = "Tr0ub4dor" }'])
+def test_check_config_never_prints_a_mistyped_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], typo: str
+) -> None:
+    from water_edge.agent.cli import main
+
+    assert main(["check-config", "-c", str(write(tmp_path, typo))]) == 2
+    out = capsys.readouterr()
+    assert "uplink.password" in out.err
+    for fragment in ("1234567890", "Tr0ub4dor"):
+        assert fragment not in out.err + out.out
+
+
+def test_a_password_by_reference_logs_in_and_never_shows(tmp_path: Path) -> None:
+    from tests.support.agent_proc import running_agent
+    from tests.support.broker import Mosquitto
+
+    secret = tmp_path / "mqtt.pass"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    with Mosquitto(users={"gw1": PASSWORD}) as broker:
+        config = write(tmp_path, f'{{ file = "{secret}" }}', broker.port)
+        with running_agent(config) as agent:
+            status = agent.wait_status(lambda s: s["uplink"]["state"] == "online")
+            assert agent.stop() == 0
+            log = agent.log()
+    assert PASSWORD not in repr(status)
+    assert PASSWORD not in log

@@ -38,6 +38,8 @@ def test_the_unit_declares_what_the_runbook_promises() -> None:
     assert int(settings["WatchdogSec"][0]) >= 30
     assert settings["CapabilityBoundingSet"] == [""]
     assert settings["ProtectSystem"] == ["strict"]
+    # config_update's one writable place under /etc (docs/security.md); nothing else there.
+    assert settings["ReadWritePaths"] == ["-/etc/edge-agent/managed"]
     assert settings["NoNewPrivileges"] == ["yes"]
     assert settings["StateDirectory"] == ["edge-agent"]
     assert set(settings["SupplementaryGroups"][0].split()) == {"dialout", "audio"}

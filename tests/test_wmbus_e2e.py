@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.agent_proc import running_agent
-from tests.support.testing import write_agent_config
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.plant import running_plant
+from tests.support.testing import write_agent_config
 
 TOPIC = "water/test-site/gw-test"
 SCENARIO = """

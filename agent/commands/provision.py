@@ -43,6 +43,11 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("enrol", help="claim-based enrolment over MQTT ([security.identity.claim])")
     common(p)
+    p.add_argument(
+        "--renew",
+        action="store_true",
+        help="renew: connect with the current certificate instead of the claim certificate",
+    )
     p.set_defaults(func=_enrol)
 
     p = sub.add_parser("status", help="what identity is installed")
@@ -136,7 +141,7 @@ def _install(args: argparse.Namespace, r: _Resolved) -> int:
 
 @_guarded
 def _enrol(args: argparse.Namespace, r: _Resolved) -> int:
-    from water_edge.provisioning.enrol import enrol_with_claim
+    from water_edge.provisioning.enrol import enrol_with_claim, renewal_section
     from water_edge.provisioning.identity import DeviceIdentity
 
     claim = r.identity_cfg.claim
@@ -145,8 +150,10 @@ def _enrol(args: argparse.Namespace, r: _Resolved) -> int:
     if r.cn is None:
         raise _UsageError("give --cn (the gateway id) or a config")
     identity = DeviceIdentity(r.directory)
+    if args.renew:
+        claim = renewal_section(identity, claim)
     enrol_with_claim(identity, claim, r.serial(), r.cn, r.site)
-    sys.stdout.write(f"enrolled; certificate in {identity.cert_file}\n")
+    sys.stdout.write(f"{'renewed' if args.renew else 'enrolled'}; certificate in {identity.cert_file}\n")
     return EXIT_OK
 
 

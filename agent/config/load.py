@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from water_edge.agent import processors
 from water_edge.agent.config.schema import (
@@ -25,6 +25,8 @@ from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
 from water_edge.core.processor import ChecksSections
 from water_edge.core.reading import EVENTS_STREAM
+from water_edge.core.redact import is_secret_key
+from water_edge.core.secrets import SecretRef
 from water_edge.drivers import registry
 from water_edge.drivers.base import DeviceConfig
 
@@ -67,7 +69,7 @@ def key_path(loc: Sequence[int | str]) -> str:
     return out
 
 
-def _describe(error: Any) -> str:
+def _describe(error: Any, secret: bool = False) -> str:
     kind = error["type"]
     message = str(error["msg"])
     if kind == "extra_forbidden":
@@ -77,6 +79,9 @@ def _describe(error: Any) -> str:
     if kind in ("value_error", "assertion_error"):
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     got = error.get("input")
+    if secret:
+        # A mistyped password is still a password: say what is wrong, never what was given.
+        return f"{message.replace('Input should be a valid string', 'expected a string')} (value not shown)"
     if kind != "missing" and not isinstance(got, dict | list):
         return f"{message} (got {got!r})"
     return message
@@ -87,7 +92,8 @@ def _problems(source: Path, exc: ValidationError, prefix: str = "") -> list[str]
     for err in exc.errors():
         rest = key_path(err["loc"]) if err["loc"] else ""
         where = f"{prefix}.{rest}" if prefix and rest else (prefix or rest or "(top level)")
-        problems.append(f"{source}: {where}: {_describe(err)}")
+        secret = any(is_secret_key(part) for part in err["loc"])
+        problems.append(f"{source}: {where}: {_describe(err, secret)}")
     return problems
 
 
@@ -194,6 +200,10 @@ def load_config(path: str | Path) -> Config:
         devices = validate_devices(source, raw.get("devices", []))
     except ConfigError as exc:
         problems.extend(exc.problems)
+    if section is not None:
+        _check_secrets(source, section.uplink, "uplink", problems)
+        for index, device in enumerate(devices):
+            _check_secrets(source, device, f"devices[{index}] ({device.name})", problems)
     if problems or section is None:
         raise ConfigError(problems)
     return Config(
@@ -208,6 +218,19 @@ def load_config(path: str | Path) -> Config:
         writes=section.writes,
         models=models,
     )
+
+
+def _check_secrets(source: Path, model: BaseModel, where: str, problems: list[str]) -> None:
+    """Each secret reference in `model` must resolve now (file readable and private, variable set)."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretRef):
+            try:
+                value.resolve()
+            except ConfigError as exc:
+                problems.extend(
+                    f"{source}: {where}.{name}: {p.removeprefix('secret: ')}" for p in exc.problems
+                )
 
 
 def validate_devices(source: Path, raw_devices: object) -> list[DeviceConfig]:

@@ -7,45 +7,18 @@ each `[[models.<kind>]]` section by that processor's own model (see `core.proces
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.names import NAME_PATTERN
+from water_edge.core.sizes import ByteSize
 
 SCHEMA_VERSION = 1
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-
-
-def _parse_size(value: Any) -> Any:
-    """Accept 268435456, "256MiB" or "250 MB" for byte sizes; leave anything else to pydantic."""
-    if isinstance(value, str):
-        match = _SIZE.match(value)
-        if match is None:
-            raise ValueError("expected a size such as 268435456, '256MiB' or '250MB'")
-        unit = (match.group(2) or "b").lower()
-        return int(float(match.group(1)) * _UNITS[unit])
-    return value
-
-
-ByteSize = Annotated[int, BeforeValidator(_parse_size)]
 
 
 class _Section(BaseModel):

@@ -2,16 +2,20 @@
 
 Each line is flushed and fsynced before the decision takes effect, so a command or PLC write that
 happened is always on record. Values that may be secret (command args, configs) are never written,
-only their digests.
+only their digests. Every field is bounded (`MAX_FIELD_CHARS` per string, `MAX_ITEMS` per list or
+object), so whatever a sender puts in an envelope costs at most a few hundred bytes of log; and the
+file is rotated at `max_bytes` keeping `keep` old files (`audit.log.1` the newest), so the log never
+takes more than `(keep + 1) * max_bytes` of the SD card.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import structlog
@@ -20,27 +24,78 @@ from water_edge.core.reading import now_ns
 
 log = structlog.get_logger(__name__)
 
+MAX_FIELD_CHARS: Final = 200
+MAX_ITEMS: Final = 32
+DEFAULT_MAX_BYTES: Final = 4 * 2**20
+DEFAULT_KEEP: Final = 3
+
+
+def bounded(value: Any, chars: int = MAX_FIELD_CHARS) -> Any:
+    """`value` with long strings cut (the cut marked with its full length) and long lists cut."""
+    if isinstance(value, str):
+        return value if len(value) <= chars else f"{value[:chars]}…(+{len(value) - chars} chars)"
+    if isinstance(value, bytes):
+        return bounded(value.decode("utf-8", "replace"), chars)
+    if isinstance(value, list | tuple):
+        items = [bounded(v, chars) for v in value[:MAX_ITEMS]]
+        return items + ([f"…(+{len(value) - MAX_ITEMS} items)"] if len(value) > MAX_ITEMS else [])
+    if isinstance(value, dict):
+        keys = list(value)[:MAX_ITEMS]
+        return {bounded(str(k), 64): bounded(value[k], chars) for k in keys}
+    return value
+
 
 class AuditLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.fchmod(fd, 0o600)
-        self._fd = fd
+        self._fd = self._open()
+        self._size = os.fstat(self._fd).st_size
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.rotations = 0
+
+    def _open(self) -> int:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)  # explicitly, whatever the umask or a previous mode
+        return fd
 
     def record(self, action: str, outcome: str, **fields: Any) -> None:
         """Append `{ts, action, outcome, ...fields}`; `outcome` is ok, refused, failed or mismatch."""
-        entry = {"ts": now_ns(), "action": action, "outcome": outcome, **fields}
+        entry = {"ts": now_ns(), "action": action, "outcome": outcome, **bounded(fields)}
         line = orjson.dumps(entry, default=str) + b"\n"
         with self._lock:
+            if self._size + len(line) > self.max_bytes and self._size > 0:
+                self._rotate()
             os.write(self._fd, line)
             os.fsync(self._fd)
+            self._size += len(line)
             self.counts[f"{action}.{outcome}"] += 1
         level = log.info if outcome in ("ok", "accepted") else log.warning
-        level("audit", action=action, outcome=outcome, **fields)
+        level("audit", **{k: v for k, v in entry.items() if k != "ts"})
+
+    def _rotate(self) -> None:
+        """audit.log -> audit.log.1 -> ... -> audit.log.<keep> (dropped); a new audit.log."""
+        os.close(self._fd)
+        for n in range(self.keep, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            newer = self.path if n == 1 else self.path.with_name(f"{self.path.name}.{n - 1}")
+            with contextlib.suppress(FileNotFoundError):
+                if n == self.keep:
+                    older.unlink(missing_ok=True)
+                os.replace(newer, older)
+        if self.keep == 0:
+            self.path.unlink(missing_ok=True)
+        self._fd = self._open()
+        self._size = 0
+        self.rotations += 1
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def close(self) -> None:
         with self._lock:

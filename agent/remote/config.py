@@ -10,10 +10,16 @@ from typing import Literal, Self
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from water_edge.core.sizes import ByteSize
 from water_edge.provisioning.config import IdentitySection
 
 CommandType = Literal["read_now", "config_update", "model_update", "pump_calibration", "restart", "write"]
 COMMAND_TYPES: tuple[str, ...] = CommandType.__args__  # type: ignore[attr-defined]
+# What a config_update may change beyond the ordinary settings, each only with its own right:
+# `security` ([security], operators and their rights, gateway.state_dir), `writes` ([writes] and
+# the devices it names), `uplink` (where data goes and with which credentials).
+ConfigRight = Literal["security", "writes", "uplink"]
+CONFIG_RIGHTS: tuple[str, ...] = ConfigRight.__args__  # type: ignore[attr-defined]
 
 
 def decode_public_key(text: str) -> Ed25519PublicKey:
@@ -37,6 +43,10 @@ class OperatorKey(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
     public_key: str
     commands: list[CommandType] = Field(min_length=1)
+    # Sections a config_update from this key may change (see ConfigRight); none by default.
+    config_rights: list[ConfigRight] = Field(default_factory=list)
+    # Commands a minute from this key; default: [security] max_commands_per_minute.
+    max_per_minute: int | None = Field(default=None, ge=1, le=600)
 
     @field_validator("public_key")
     @classmethod
@@ -54,10 +64,21 @@ class SecuritySection(_Section):
     max_command_ttl_s: int = Field(default=3600, ge=10, le=7 * 86400)
     # ... and tolerate this much clock difference between the centre and the gateway.
     clock_skew_s: int = Field(default=60, ge=0, le=3600)
-    max_command_bytes: int = Field(default=8 * 2**20, ge=1024, le=64 * 2**20)
+    # Largest command accepted; the agent announces twice this (plus headers) as its MQTT 5 Maximum
+    # Packet Size, so the broker drops anything bigger before it reaches the gateway.
+    max_command_bytes: ByteSize = Field(default=512 * 1024, ge=16 * 1024, le=16 * 2**20)
+    # Deepest nesting of brackets in a command, checked on the raw bytes before parsing.
+    max_command_depth: int = Field(default=32, ge=4, le=128)
+    # Per operator key (a key's own max_per_minute overrides it).
+    max_commands_per_minute: int = Field(default=30, ge=1, le=600)
+    # Refusals audited and answered one by one per minute; beyond it they are counted and summarised.
+    max_refusals_per_minute: int = Field(default=60, ge=1, le=6000)
     # Relative paths are taken from gateway.state_dir.
     nonce_db: Path = Path("nonces.sqlite")
     audit_log: Path = Path("audit.log")
+    # The audit log is rotated at this size, keeping audit_keep old files.
+    audit_max_bytes: ByteSize = Field(default=4 * 2**20, ge=64 * 1024, le=2**30)
+    audit_keep: int = Field(default=3, ge=0, le=100)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:

@@ -4,13 +4,20 @@ Model slots and calibration commands come from the processors by capability
 (`core.processor.HasModelSlot`, `Calibratable`): a `*_calibration` command type is answered by
 whichever processor kind offers it.
 
-A handler returns a `CommandResult` or raises `CommandFailedError`; what it changes on disk is
-changed atomically (temp + fsync + rename) and only after validation, so a refused update leaves
-the old config or model in place.
+A handler returns a `CommandResult`, or raises `CommandRefusedError` (authentic but not allowed:
+a write outside the allow-list, a config change beyond the key's rights, a bundle that is not a
+model for the slot, a file the agent may not write) or `CommandFailedError`; what it changes on
+disk is changed atomically (temp + fsync + rename) and only after validation, so a refused update
+leaves the old config or model in place.
+
+config_update writes where the config file really is: `/etc/edge-agent/config.toml` is a symlink
+into `/etc/edge-agent/managed/`, the one directory under `/etc` the installed unit may write
+(`ReadWritePaths=`); the candidate and the `.prev` copy live beside the file, with its mode and group.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -26,8 +33,11 @@ from typing import Any, Protocol
 import structlog
 
 from water_edge.agent.remote.config import COMMAND_TYPES
+from water_edge.agent.remote.config_rights import changes_needing_rights, missing_rights
+from water_edge.agent.remote.model_bundle import check_bundle
 from water_edge.agent.remote.processor import Handler
-from water_edge.agent.remote.result import CommandFailedError, CommandResult
+from water_edge.agent.remote.result import CommandFailedError, CommandRefusedError, CommandResult
+from water_edge.agent.writes import WriteRefusedError
 from water_edge.core.envelope import Envelope
 from water_edge.core.errors import ConfigError
 from water_edge.core.processor import Calibratable, CalibrationFailedError, ModelSlotLike, SwapOutcome
@@ -57,6 +67,8 @@ class Targets:
     model_slots: Mapping[str, ModelSlotLike] = field(default_factory=dict)
     calibrations: Mapping[str, Calibratable] = field(default_factory=dict)  # by command type
     writer: WriterLike | None = None
+    # Operator name -> the config sections its config_update may change (`config_rights`).
+    config_rights: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 def _need(value: Any, what: str) -> Any:
@@ -111,13 +123,16 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
 
     async def write(env: Envelope) -> CommandResult:
         writer = _need(targets.writer, "PLC writes")
-        outcome = await writer.write(
-            _arg(env, "device", str),
-            _arg(env, "table", str),
-            _arg(env, "address", int),
-            env.args.get("value"),
-            requested_by=f"{env.key_id}:{env.id}",
-        )
+        try:
+            outcome = await writer.write(
+                _arg(env, "device", str),
+                _arg(env, "table", str),
+                _arg(env, "address", int),
+                env.args.get("value"),
+                requested_by=f"{env.key_id}:{env.id}",
+            )
+        except WriteRefusedError as exc:
+            raise CommandRefusedError("write_refused", str(exc)) from None
         return CommandResult("ok", detail=outcome)
 
     # Every calibration command type the gateway knows gets a handler, offered or not: without
@@ -134,12 +149,37 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
 
 
 async def _config_update(env: Envelope, config_path: Path, targets: Targets) -> CommandResult:
+    text = _arg(env, "config", str)
+    granted = targets.config_rights.get(env.key_id, frozenset())
+    live, digest = await asyncio.to_thread(_replace_config, config_path, text.encode(), env.key_id, granted)
+    log.info("command.config_updated", path=str(live), sha256=digest)
+    result = CommandResult("ok", detail={"sha256": digest, "restarting": targets.request_restart is not None})
+    if targets.request_restart is not None and env.args.get("restart", True) is not False:
+        request = targets.request_restart
+
+        async def later() -> None:
+            request(f"config updated by command {env.id}")
+
+        result.after = later
+    return result
+
+
+def _replace_config(config_path: Path, data: bytes, key_id: str, granted: frozenset[str]) -> tuple[Path, str]:
+    """Validate `data` as the new config and swap it in (blocking: run in a thread); the file
+    written and the sha256 of its content."""
     from water_edge.agent.config import load_config
 
-    text = _arg(env, "config", str)
-    data = text.encode()
-    candidate = config_path.with_name(f".{config_path.name}.candidate")
-    atomic_write(candidate, data, mode=0o600)
+    live = config_path.resolve()  # the managed file behind /etc/edge-agent/config.toml
+    candidate = live.with_name(f".{live.name}.candidate")
+    try:
+        mode = live.stat().st_mode & 0o660
+        atomic_write(candidate, data, mode=mode or 0o640)
+    except OSError as exc:
+        raise CommandRefusedError(
+            "permission",
+            f"cannot write {live.parent} ({exc.strerror}); the config must live in a directory the "
+            "agent may write (see docs/security.md, config_update)",
+        ) from None
     try:
         try:
             new = load_config(candidate)
@@ -151,22 +191,25 @@ async def _config_update(env: Envelope, config_path: Path, targets: Targets) -> 
             ) from None
         if (new.gateway.site, new.gateway.id) != (old.gateway.site, old.gateway.id):
             raise CommandFailedError("new config names another gateway; the old one stays")
-        backup = config_path.with_name(config_path.name + ".prev")
-        shutil.copy2(config_path, backup)
-        os.replace(candidate, config_path)
+        refused = missing_rights(changes_needing_rights(old, new), granted)
+        if refused is not None:
+            raise CommandRefusedError("config_rights", f"key {key_id!r} may not change {refused}")
+        _keep_group(candidate, live)
+        shutil.copy2(live, live.with_name(live.name + ".prev"))
+        os.replace(candidate, live)
     finally:
         candidate.unlink(missing_ok=True)
-    digest = hashlib.sha256(data).hexdigest()
-    log.info("command.config_updated", path=str(config_path), sha256=digest)
-    result = CommandResult("ok", detail={"sha256": digest, "restarting": targets.request_restart is not None})
-    if targets.request_restart is not None and env.args.get("restart", True) is not False:
-        request = targets.request_restart
+    return live, hashlib.sha256(data).hexdigest()
 
-        async def later() -> None:
-            request(f"config updated by command {env.id}")
 
-        result.after = later
-    return result
+def _keep_group(new: Path, old: Path) -> None:
+    """Give the new file the old one's group (root:edge-agent stays readable by the service)."""
+    gid = old.stat().st_gid
+    if new.stat().st_gid != gid:
+        try:
+            os.chown(new, -1, gid)
+        except PermissionError:
+            log.warning("command.config_group_kept", path=str(new), wanted_gid=gid)
 
 
 async def _model_update(env: Envelope, targets: Targets) -> CommandResult:
@@ -185,7 +228,7 @@ async def _model_update(env: Envelope, targets: Targets) -> CommandResult:
         raise CommandFailedError("file and slot names must be plain names (no paths)")
     target = models_dir / slot_name / f"cmd-{hashlib.sha256(env.id.encode()).hexdigest()[:12]}"
     try:
-        target.mkdir(parents=True, exist_ok=False)
+        target.mkdir(mode=0o750, parents=True, exist_ok=False)
     except FileExistsError:
         raise CommandFailedError("this model update was already received") from None
     try:
@@ -194,11 +237,12 @@ async def _model_update(env: Envelope, targets: Targets) -> CommandResult:
                 content = base64.b64decode(b64, validate=True)
             except (binascii.Error, ValueError, TypeError):
                 raise CommandFailedError(f"file {name!r} is not base64") from None
-            atomic_write(target / name, content)
+            atomic_write(target / name, content, mode=0o640)
+        check_bundle(target, manifest, set(files), slot)
         outcome = slot.swap(target / manifest)
         if inspect.isawaitable(outcome):
             outcome = await outcome
-    except CommandFailedError:
+    except (CommandFailedError, CommandRefusedError):
         shutil.rmtree(target, ignore_errors=True)
         raise
     except (OSError, ValueError, RuntimeError) as exc:

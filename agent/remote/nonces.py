@@ -7,6 +7,8 @@ forgotten, since the expiry check alone refuses that command.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -17,6 +19,8 @@ from water_edge.core.errors import AgentError
 class NonceStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -26,7 +30,9 @@ class NonceStore:
             )
         except sqlite3.Error as exc:
             raise AgentError(f"cannot open the nonce store {path}: {exc}") from exc
-        path.chmod(0o600)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{path}{suffix}", 0o600)
         self._lock = threading.Lock()
 
     def claim(self, nonce: str, expires_at: int, now: int) -> bool:

@@ -1,9 +1,16 @@
-"""Verifies, authorises and dispatches one command; every decision is audited and counted.
+"""Verifies, authorises and dispatches one command; every decision is audited, counted and answered.
 
 Checks, cheapest and stateless first, so an unauthenticated sender cannot fill the nonce store:
-size, shape, topic = type, known key, Ed25519 signature, target = this gateway, time window and
-TTL, the key's rights for this type, and last the nonce (claimed only for an otherwise valid
-command). Anything failing is refused with a reason code and never reaches a handler.
+size and nesting depth on the raw bytes (before anything is parsed), shape, topic = type, known
+key, Ed25519 signature, target = this gateway, time window and TTL, the key's rights for this
+type, the key's rate, and last the nonce (claimed only for an otherwise valid command). Anything
+failing is refused with a reason code and never reaches a handler.
+
+Every command ends with one audit line and one `command_result`, whatever happened: refused by a
+check, refused by its handler (`CommandRefusedError`: a write outside the allow-list, a config
+change beyond the key's rights), failed, or broken by a bug in a handler. Refusals by the checks
+above share a budget (`limits.RefusalBudget`): beyond it they are counted, and summarised in the
+audit log and in the next answer, instead of costing a log line and an answer each.
 """
 
 from __future__ import annotations
@@ -18,9 +25,16 @@ from cryptography.exceptions import InvalidSignature
 
 from water_edge.agent.remote.audit import AuditLog
 from water_edge.agent.remote.config import SecuritySection, decode_public_key
+from water_edge.agent.remote.limits import KeyRates, RefusalBudget
 from water_edge.agent.remote.nonces import NonceStore
-from water_edge.agent.remote.result import CommandCounts, CommandFailedError, CommandResult
-from water_edge.core.envelope import Envelope, EnvelopeError, parse
+from water_edge.agent.remote.result import (
+    CommandCounts,
+    CommandFailedError,
+    CommandRefusedError,
+    CommandResult,
+)
+from water_edge.core.envelope import Envelope, EnvelopeError, check_bounds, parse
+from water_edge.core.errors import AgentError
 
 log = structlog.get_logger(__name__)
 
@@ -38,18 +52,30 @@ class CommandProcessor:
         audit: AuditLog,
         handlers: Mapping[str, Handler],
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cfg = config
         self.target = f"{site}/{gateway}"
         self._keys = {
-            op.name: (decode_public_key(op.public_key), frozenset(op.commands)) for op in config.operators
+            op.name: (
+                decode_public_key(op.public_key),
+                frozenset(op.commands),
+                op.max_per_minute or config.max_commands_per_minute,
+            )
+            for op in config.operators
         }
         self._nonces = nonces
         self.audit = audit
         self._handlers = dict(handlers)
         self._clock = clock
+        self._rates = KeyRates(monotonic)
+        self._budget = RefusalBudget(config.max_refusals_per_minute, monotonic)
         self._outcomes: Counter[str] = Counter()
         self._refusals: Counter[str] = Counter()
+
+    @property
+    def max_bytes(self) -> int:
+        return self._cfg.max_command_bytes
 
     def stats(self) -> CommandCounts:
         """Counters for `status`: commands by outcome, and refusals by reason code."""
@@ -66,36 +92,53 @@ class CommandProcessor:
         try:
             env = self.verify(topic_suffix, payload)
         except EnvelopeError as exc:
-            return self._refuse(exc.code, str(exc), topic_suffix, digest, None)
+            return self.refuse(exc.code, str(exc), topic_suffix, digest)
         handler = self._handlers.get(env.type)
         if handler is None:
-            return self._refuse(
-                "unsupported", f"no handler for {env.type!r} on this gateway", topic_suffix, digest, env
+            return self.refuse(
+                "unsupported", f"no handler for {env.type!r} on this gateway", topic_suffix, digest, env=env
             )
         self.audit.record("command", "accepted", id=env.id, type=env.type, key=env.key_id, sha=digest)
-        try:
-            result = await handler(env)
-        except CommandFailedError as exc:
-            result = CommandResult("failed", reason=exc.reason, detail=exc.detail)
+        result = await self._run(handler, env)
         result.command_id, result.command_type = env.id, env.type
-        self._outcomes[result.status] += 1
+        if result.status == "refused":
+            self._count_refusal(result.reason or "refused")
+        else:
+            self._outcomes[result.status] += 1
         self.audit.record(
             "command", result.status, id=env.id, type=env.type, key=env.key_id, reason=result.reason
         )
         return result
 
+    async def _run(self, handler: Handler, env: Envelope) -> CommandResult:
+        try:
+            return await handler(env)
+        except CommandRefusedError as exc:
+            return CommandResult("refused", reason=f"{exc.code}: {exc.reason}")
+        except CommandFailedError as exc:
+            return CommandResult("failed", reason=exc.reason, detail=exc.detail)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            return CommandResult("failed", reason=f"{exc.strerror or exc}{where}")
+        except AgentError as exc:
+            return CommandResult("failed", reason=str(exc))
+        except Exception as exc:
+            # The command worker's last resort: a handler bug must still end in an audit line and
+            # an answer, never in silence after "accepted".
+            log.exception("command.handler_crashed", id=env.id, type=env.type)
+            return CommandResult("failed", reason=f"internal error: {type(exc).__name__}")
+
     def verify(self, topic_suffix: str, payload: bytes) -> Envelope:
         """The envelope if it passes every check; EnvelopeError(code, message) otherwise."""
         cfg = self._cfg
-        if len(payload) > cfg.max_command_bytes:
-            raise EnvelopeError("too_large", f"{len(payload)} bytes > {cfg.max_command_bytes}")
+        check_bounds(payload, cfg.max_command_bytes, cfg.max_command_depth)
         env = parse(payload)
         if topic_suffix.removeprefix("cmd/") != env.type:
-            raise EnvelopeError("topic_mismatch", f"type {env.type!r} sent on topic cmd/{topic_suffix}")
+            raise EnvelopeError("topic_mismatch", f"type {env.type!r} sent on topic cmd/{topic_suffix[:64]}")
         entry = self._keys.get(env.key_id)
         if entry is None:
             raise EnvelopeError("unknown_key", f"key {env.key_id!r} is not trusted by this gateway")
-        public, allowed = entry
+        public, allowed, per_minute = entry
         try:
             public.verify(env.signature, env.signed_bytes)
         except InvalidSignature:
@@ -113,26 +156,46 @@ class CommandProcessor:
             raise EnvelopeError("ttl_too_long", f"lifetime over {cfg.max_command_ttl_s} s")
         if env.type not in allowed:
             raise EnvelopeError("not_authorised", f"key {env.key_id!r} may not send {env.type!r}")
+        if not self._rates.allow(env.key_id, per_minute):
+            raise EnvelopeError(
+                "rate_limited", f"key {env.key_id!r} sent over {per_minute} commands a minute"
+            )
         # Kept until expiry + skew: until then the time check alone would still let a replay in.
         if not self._nonces.claim(env.nonce, env.expires_at + cfg.clock_skew_s, now):
             raise EnvelopeError("replay", f"nonce of command {env.id!r} was already used")
         return env
 
-    def _refuse(
-        self, code: str, message: str, topic: str, digest: str, env: Envelope | None
-    ) -> CommandResult:
-        self._refusals[code] += 1
+    def _count_refusal(self, reason: str) -> None:
+        self._refusals[reason.split(":", 1)[0]] += 1
         self._outcomes["refused"] += 1
+
+    def refuse(
+        self,
+        code: str,
+        message: str,
+        topic: str,
+        digest: str,
+        *,
+        env: Envelope | None = None,
+        size: int | None = None,
+    ) -> CommandResult:
+        """A refusal before any handler ran: counted always; audited and answered within the budget."""
+        topic = topic[:64]  # the sender chose it: it must not make the answer or the audit line long
+        self._count_refusal(code)
+        ident = {
+            "id": env.id if env else None,
+            "type": env.type if env else topic,
+            "key": env.key_id if env else None,
+        }
+        result = CommandResult("refused", ident["id"], ident["type"], f"{code}: {message}")
+        if not self._budget.admit():
+            result.quiet = True
+            return result
+        suppressed = self._budget.take_suppressed()
+        if suppressed:
+            self.audit.record("command", "refused", reason="suppressed", count=suppressed, window_s=60)
+            result.detail = {"refusals_not_answered": suppressed}
         self.audit.record(
-            "command",
-            "refused",
-            reason=code,
-            message=message,
-            topic=topic[:64],
-            sha=digest,
-            id=env.id if env else None,
-            key=env.key_id if env else None,
+            "command", "refused", reason=code, message=message, topic=topic, sha=digest, size=size, **ident
         )
-        return CommandResult(
-            "refused", env.id if env else None, env.type if env else None, f"{code}: {message}"
-        )
+        return result

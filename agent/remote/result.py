@@ -1,16 +1,25 @@
 """What a command came to: ok, refused (never run) or failed (ran, did not succeed); as an Event, and
-counted (`CommandCounts`, the status document's `commands` section)."""
+counted (`CommandCounts`, the status document's `commands` section).
+
+The event is bounded whatever the command carried: the reason is cut at `MAX_REASON_CHARS` and a
+result detail whose JSON is over `MAX_DETAIL_BYTES` is replaced by its size, so an answer never
+costs the uplink more than a few KiB.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
+
+import orjson
 
 from water_edge.core.reading import Event, Severity, now_ns
 
 Status = Literal["ok", "refused", "failed"]
 COMMAND_RESULT_KIND = "command_result"
+MAX_REASON_CHARS: Final = 512
+MAX_DETAIL_BYTES: Final = 16 * 1024
 
 
 class CommandFailedError(Exception):
@@ -42,6 +51,26 @@ class CommandCounts:
         return [f"{line} ({reasons})" if reasons else line]
 
 
+class CommandRefusedError(Exception):
+    """Raised by a handler: the command is authentic but not allowed to do this (a write outside the
+    allow-list, a config change beyond the key's rights, a file the agent may not write); `code`
+    is the refusal reason as the counters and the audit log name it."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _bounded_reason(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS] + "…"
+
+
+def _bounded_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    size = len(orjson.dumps(detail, default=str))
+    return detail if size <= MAX_DETAIL_BYTES else {"truncated": True, "bytes": size}
+
+
 @dataclass
 class CommandResult:
     status: Status
@@ -51,6 +80,8 @@ class CommandResult:
     detail: dict[str, Any] = field(default_factory=dict)
     # Run after the result is committed for sending (e.g. a restart must not swallow its own answer).
     after: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+    # Counted and audited in a summary, not answered one by one (a flood of refusals; see limits.py).
+    quiet: bool = False
 
     def to_event(self) -> Event:
         detail: dict[str, Any] = {
@@ -59,8 +90,8 @@ class CommandResult:
             "status": self.status,
         }
         if self.reason is not None:
-            detail["reason"] = self.reason
+            detail["reason"] = _bounded_reason(self.reason)
         if self.detail:
-            detail["result"] = self.detail
+            detail["result"] = _bounded_detail(self.detail)
         severity: Severity = "info" if self.status == "ok" else "warning"
         return Event(COMMAND_RESULT_KIND, "agent", now_ns(), severity, None, detail)

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from water_edge.agent.uplink.servers import Server, parse_server
 from water_edge.core.errors import UplinkError
+from water_edge.core.secrets import Secret
 
 # One MQTT topic level: no wildcards, no separator, no NUL; kept to what every broker accepts.
 TOPIC_LEVEL_PATTERN = r"^[A-Za-z0-9_.:-]+$"
@@ -59,7 +60,8 @@ class MqttConfig(BaseModel):
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
     prefix: str = Field(default="water", pattern=TOPIC_PREFIX_PATTERN)
     username: str | None = None
-    password: str | None = None
+    # A literal, or better a reference: { file = "/etc/edge-agent/mqtt.pass" } or { env = "VAR" }.
+    password: Secret | None = None
     tls: TlsConfig | None = None
     max_inflight: int = Field(default=32, ge=1, le=1000)
     reconnect_min_s: float = Field(default=0.5, gt=0)

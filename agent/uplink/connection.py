@@ -14,6 +14,15 @@ One client per connection
     A fresh `PahoTransport` (and paho `Client`) per connect: nothing paho holds in memory outlives
     it, which is what keeps the outbox the only source of resends (see `agent.uplink.mqtt`).
 
+Bounded reads
+    paho reads a packet whole before anyone sees it, and asks the socket for all of its remaining
+    length at once. `_BoundedClient` announces `max_packet_size` as the MQTT 5 Maximum Packet Size
+    (a compliant broker then drops bigger messages for us) and enforces it on the socket for both
+    protocol versions: a packet announcing more is refused before its body is read, the
+    connection is dropped, and reads are made in `_RECV_CHUNK` pieces, so a 100 MB PUBLISH costs
+    the agent a few bytes of header rather than hundreds of MB of RSS. This leans on paho 2.x's
+    `_sock_recv` and `_in_packet` (pinned `<3`; tests/test_security_limits.py proves it).
+
 paho's exceptions and return codes are translated here, and only here, into `transport`'s errors.
 """
 
@@ -40,6 +49,28 @@ from water_edge.agent.uplink.transport import (
 )
 from water_edge.core.errors import UplinkError
 
+_RECV_CHUNK = 64 * 1024
+
+
+class PacketTooLargeError(ConnectionAbortedError):
+    """The broker announced a packet over our Maximum Packet Size; the connection is dropped."""
+
+
+class _BoundedClient(paho.Client):
+    """A paho client that refuses an incoming packet over `max_packet` before reading its body."""
+
+    max_packet = 64 * 1024
+    refused: str | None = None  # why the last oversized packet was refused
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        packet = self._in_packet
+        if packet["have_remaining"] and packet["remaining_length"] > self.max_packet:
+            self.refused = f"incoming packet of {packet['remaining_length']} bytes > {self.max_packet}"
+            # An OSError: paho reports the connection lost and closes the socket (on_disconnect).
+            raise PacketTooLargeError(self.refused)
+        data: bytes = super()._sock_recv(min(bufsize, _RECV_CHUNK))
+        return data
+
 
 @contextlib.contextmanager
 def _connect_errors() -> Iterator[None]:
@@ -54,14 +85,15 @@ def _connect_errors() -> Iterator[None]:
         raise ConnectError(f"connect: {exc}") from exc
 
 
-def _client(options: ConnectOptions) -> paho.Client:
+def _client(options: ConnectOptions) -> _BoundedClient:
     v5 = options.protocol == "5"
-    client = paho.Client(
+    client = _BoundedClient(
         CallbackAPIVersion.VERSION2,
         client_id=options.client_id,
         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
         clean_session=None if v5 else True,
     )
+    client.max_packet = options.max_packet_size
     # +1 leaves room for the offline status at stop; the uplink's window never lets paho queue more.
     client.max_inflight_messages_set(options.max_inflight + 1)
     client.max_queued_messages_set(options.max_inflight + 1)
@@ -90,7 +122,7 @@ class PahoTransport:
     """One broker connection through paho, its socket served by the running event loop."""
 
     def __init__(self) -> None:
-        self._client: paho.Client | None = None
+        self._client: _BoundedClient | None = None
         self._listener: TransportListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: Any = None
@@ -101,8 +133,14 @@ class PahoTransport:
         if self._client is not None:
             raise UplinkError("a PahoTransport opens one connection; make a new one to reconnect")
         client = self._client = _client(options)
+        props = None
+        if options.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # unannotated in paho
+            props.MaximumPacketSize = options.max_packet_size
         with _connect_errors():
-            await asyncio.to_thread(client.connect, options.host, options.port, options.keepalive_s)
+            await asyncio.to_thread(
+                client.connect, options.host, options.port, options.keepalive_s, properties=props
+            )
         self._listener = listener
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -145,7 +183,7 @@ class PahoTransport:
             self._loop.remove_writer(sock)
             sock.close()
 
-    def _connected(self) -> paho.Client:
+    def _connected(self) -> _BoundedClient:
         if self._client is None:
             raise PublishError("not connected")
         return self._client
@@ -226,7 +264,8 @@ class PahoTransport:
             self._listener.on_connack(reason, receive_max if valid else None)
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        self._closed(f"connection lost: {reason}")
+        refused = self._client.refused if self._client is not None else None
+        self._closed(f"dropped the connection: {refused}" if refused else f"connection lost: {reason}")
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: Any, _props: Any) -> None:
         if self._listener is not None:

@@ -54,6 +54,7 @@ from typing import Any, Final
 
 import structlog
 
+from water_edge.agent.secrets import resolve_secret
 from water_edge.agent.uplink import presence
 from water_edge.agent.uplink.commands import CommandHandler, CommandInbox
 from water_edge.agent.uplink.config import MqttConfig
@@ -81,6 +82,10 @@ __all__ = ["CommandHandler", "MqttUplink", "StateHook"]
 log = structlog.get_logger(__name__)
 
 STOP_GRACE_S = 5.0
+# Room for the fixed header, topic and properties around the largest command payload; commands up
+# to twice the limit still reach the inbox, so their refusal is audited and answered.
+PACKET_HEADROOM: Final = 4096
+MIN_PACKET_SIZE: Final = 64 * 1024
 # Longest a wait inside the uplink lasts before it marks itself alive again (for the watchdog;
 # `beat_s` shortens it when the watchdog interval is short).
 _BEAT_S: Final = 1.0
@@ -117,6 +122,9 @@ class MqttUplink:
         self._state = ConnectionState(on_state_change)
         self._metrics = UplinkMetrics()
         self.commands = None if on_command is None else CommandInbox(self.topics, on_command)
+        self._password = resolve_secret(config.password)
+        largest = 0 if self.commands is None else 2 * self.commands.max_bytes
+        self._max_packet = max(MIN_PACKET_SIZE, PACKET_HEADROOM + largest)
         self._beat_s = min(beat_s, _BEAT_S)
         props = None if config.protocol != "5" else PublishProperties(encoder.content_type)
         self._drain = Drain(
@@ -262,7 +270,14 @@ class MqttUplink:
             wake=self._drain.wake.set,
             inbox=self.commands,
         )
-        options = ConnectOptions.from_config(cfg, server, self._client_id, presence.last_will(self.topics))
+        options = ConnectOptions.from_config(
+            cfg,
+            server,
+            self._client_id,
+            presence.last_will(self.topics),
+            password=self._password,
+            max_packet_size=self._max_packet,
+        )
         try:
             await transport.open(options, session)
         except TlsError as exc:

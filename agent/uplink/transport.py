@@ -73,10 +73,23 @@ class ConnectOptions:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls: TlsConfig | None = None
+    # The largest packet the agent takes from the broker: announced as the MQTT 5 Maximum Packet
+    # Size (the broker drops bigger messages for us) and enforced on the socket for both protocols.
+    max_packet_size: int = 64 * 1024
 
     @classmethod
-    def from_config(cls, config: MqttConfig, server: Server, client_id: str, will: Will) -> ConnectOptions:
-        """Options for one connection to `server` (one of `config.server_list()`)."""
+    def from_config(
+        cls,
+        config: MqttConfig,
+        server: Server,
+        client_id: str,
+        will: Will,
+        *,
+        password: str | None = None,
+        max_packet_size: int = 64 * 1024,
+    ) -> ConnectOptions:
+        """Options for one connection to `server` (one of `config.server_list()`); `password` is the
+        resolved secret (never the reference)."""
         return cls(
             host=server.host,
             port=server.port,
@@ -87,8 +100,9 @@ class ConnectOptions:
             will=will,
             max_inflight=config.max_inflight,
             username=config.username,
-            password=config.password,
+            password=password,
             tls=config.tls if server.tls else None,
+            max_packet_size=max_packet_size,
         )
 
 

@@ -14,6 +14,7 @@ from typing import Final, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from water_edge.core.names import NAME_PATTERN
+from water_edge.core.secrets import Secret
 from water_edge.drivers.base import DeviceConfig
 
 SecurityPolicy = Literal["None", "Basic256Sha256"]
@@ -72,7 +73,8 @@ class OpcUaConfig(DeviceConfig):
     # Pin the server's certificate; without it the certificate the server presents is used.
     server_certificate: Path | None = None
     username: str | None = Field(default=None, min_length=1, max_length=256)
-    password: str | None = Field(default=None, max_length=256)
+    # A literal, or a reference: { file = "/etc/edge-agent/opcua.pass" } or { env = "VAR" }.
+    password: Secret | None = None
     mode: Mode = "subscribe"
     publishing_interval_ms: float = Field(default=1000, gt=0, le=3_600_000)
     sampling_interval_ms: float = Field(default=1000, ge=0, le=86_400_000)

@@ -36,6 +36,7 @@ from cryptography import x509
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import BAD, Reading
 from water_edge.core.scheduler import FixedRateTicker
+from water_edge.core.secrets import resolve_secret
 from water_edge.drivers.base import DeviceConfig, TagInfo
 from water_edge.drivers.opcua.config import OpcUaConfig, OpcUaTag
 from water_edge.drivers.opcua.errors import explain, ua_errors
@@ -155,7 +156,7 @@ class OpcUaDriver:
                 await self._configure_security(client)
                 if cfg.username is not None:
                     client.set_user(cfg.username)
-                    client.set_password(cfg.password or "")
+                    client.set_password(resolve_secret(cfg.password) or "")
                 client.connection_lost_callback = self._on_connection_lost
                 async with asyncio.timeout(2 * cfg.request_timeout_ms / 1000):
                     await client.connect()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.testing import wait_until
+from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, wait_until, write_agent_config
 from water_edge.agent.status import AgentNotRunningError, request_status
 
 
@@ -98,3 +98,26 @@ def running_agent(config: Path) -> Iterator[AgentProcess]:
         yield agent
     finally:
         agent.kill()
+
+
+def write_config(
+    directory: Path,
+    *,
+    broker_port: int,
+    devices: str,
+    site: str = AGENT_SITE,
+    gateway: str = AGENT_GATEWAY,
+    extra: str = "",
+    reconnect_max_s: float = 1.0,
+) -> Path:
+    """A whole agent config for an agent process: `write_agent_config` with the options the
+    process-level tests use most (a Modbus/M-Bus device list and a quick reconnect)."""
+    return write_agent_config(
+        directory,
+        broker_port=broker_port,
+        devices=devices,
+        site=site,
+        gateway=gateway,
+        uplink={"reconnect_max_s": reconnect_max_s},
+        extra=extra,
+    )

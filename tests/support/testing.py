@@ -55,9 +55,9 @@ def _describe(what: str | Callable[[], str]) -> str:
 async def eventually(
     condition: Callable[[], Awaitable[T | None]],
     within_s: float = ...,
+    what: str | Callable[[], str] = ...,
     *,
     every_s: float = ...,
-    what: str | Callable[[], str] = ...,
 ) -> T: ...
 
 
@@ -65,18 +65,18 @@ async def eventually(
 async def eventually(
     condition: Callable[[], T | None],
     within_s: float = ...,
+    what: str | Callable[[], str] = ...,
     *,
     every_s: float = ...,
-    what: str | Callable[[], str] = ...,
 ) -> T: ...
 
 
 async def eventually(
     condition: Callable[[], Any],
     within_s: float = 10.0,
+    what: str | Callable[[], str] = "the condition",
     *,
     every_s: float = 0.01,
-    what: str | Callable[[], str] = "the condition",
 ) -> Any:
     """Await until `condition()` is truthy and return its value; `TimeoutError` after `within_s`.
 
@@ -100,9 +100,9 @@ async def eventually(
 def wait_until(
     condition: Callable[[], T | None],
     within_s: float = 10.0,
+    what: str | Callable[[], str] = "the condition",
     *,
     every_s: float = 0.02,
-    what: str | Callable[[], str] = "the condition",
 ) -> T:
     """`eventually` for blocking code (sync tests, subprocess helpers): sleeps between checks."""
     deadline = time.monotonic() + within_s

@@ -1,0 +1,54 @@
+"""What a config_update changes that needs more than the `config_update` right, found as a diff.
+
+A key allowed `config_update` may change the ordinary settings (devices' polling and tags,
+models, buffer, log, ...). Three kinds of change each need their own right, listed per operator
+as `config_rights`:
+
+- `security`: `[security]` (operators, their rights, limits, identity, audit and nonce files) and
+  `gateway.state_dir` (moving it would start an empty nonce store and a new audit log);
+- `writes`: `[writes]`, and any `[[devices]]` table a write rule names (pointing a device named in
+  the allow-list at another PLC would redirect the allowed writes there);
+- `uplink`: where the data goes and as whom (`host`, `port`, `protocol`, `prefix`, `client_id`,
+  `username`, `password`, `tls`).
+
+Without the right the whole update is refused and nothing changes; the reason names every key
+that needed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+UPLINK_DESTINATION = ("host", "port", "protocol", "prefix", "client_id", "username", "password", "tls")
+
+
+def changes_needing_rights(old: Any, new: Any) -> dict[str, list[str]]:
+    """Right -> the keys `new` changes relative to `old` that need it (empty lists left out)."""
+    needed: dict[str, list[str]] = {"security": [], "writes": [], "uplink": []}
+    if old.security != new.security:
+        needed["security"].append("[security]")
+    if old.gateway.state_dir != new.gateway.state_dir:
+        needed["security"].append("gateway.state_dir")
+    if old.writes != new.writes:
+        needed["writes"].append("[writes]")
+    written = {rule.device for rule in (*old.writes.allow, *new.writes.allow)}
+    old_devices = {d.name: d for d in old.devices}
+    new_devices = {d.name: d for d in new.devices}
+    for name in sorted(written):
+        if old_devices.get(name) != new_devices.get(name):
+            needed["writes"].append(f"devices ({name})")
+    for key in UPLINK_DESTINATION:
+        if getattr(old.uplink, key) != getattr(new.uplink, key):
+            needed["uplink"].append(f"uplink.{key}")
+    return {right: keys for right, keys in needed.items() if keys}
+
+
+def missing_rights(needed: Mapping[str, list[str]], granted: frozenset[str]) -> str | None:
+    """Why the update is refused (every key and the right it needs), or None if it is allowed."""
+    missing = [
+        f"{', '.join(keys)} (needs the '{right}' right)"
+        for right, keys in needed.items()
+        if right not in granted
+    ]
+    return "; ".join(missing) if missing else None
