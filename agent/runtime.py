@@ -37,6 +37,7 @@ from water_edge.agent.status import StatusServer
 from water_edge.agent.status_document import AgentStatus, ProcessorStatus, RejectedInputs, StatusDocument
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.agent.uplink.mqtt import CommandHandler, MqttUplink
+from water_edge.agent.uplink.rbe import ExceptionFilter, ReportByException
 from water_edge.agent.watchdog import Notifier, Watchdog, watchdog_interval_s
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.stats import BufferHealth, buffer_health
@@ -71,6 +72,9 @@ class Agent:
         self.started_ns = now_ns()
         gw = config.gateway
         interval = watchdog_interval_s()
+        # Report by exception sits between the pipeline and the outbox (agent.uplink.rbe).
+        rbe = config.uplink.effective_rbe()
+        self.exceptions = None if rbe is None else ExceptionFilter(rbe)
         self.uplink = MqttUplink(
             config.uplink,
             outbox,
@@ -80,7 +84,7 @@ class Agent:
             beat_s=1.0 if interval is None else interval / 3,
         )
         self.pipeline = Pipeline(
-            outbox,
+            outbox if self.exceptions is None else ReportByException(outbox, self.exceptions),
             self.uplink.notify,
             flush_interval_s=config.buffer.flush_interval_ms / 1000,
             batch_max_readings=config.buffer.batch_max_readings,

@@ -110,7 +110,7 @@ class MqttUplink:
     ) -> None:
         self._cfg = config
         self.topics = Topics(config.prefix, site, gateway)
-        encoder = encoder or JsonEncoder(self.topics)
+        encoder = encoder or JsonEncoder(self.topics, compression=config.compression)
         self._client_id = config.effective_client_id(site, gateway)
         self._new_transport = transport
         self._servers = Rotation(config.server_list())
@@ -118,7 +118,7 @@ class MqttUplink:
         self._metrics = UplinkMetrics()
         self.commands = None if on_command is None else CommandInbox(self.topics, on_command)
         self._beat_s = min(beat_s, _BEAT_S)
-        props = None if config.protocol != "5" else PublishProperties(encoder.content_type)
+        props = None if config.protocol != "5" else PublishProperties(encoder.content_type, encoder.utf8)
         self._drain = Drain(
             outbox,
             encoder,
