@@ -3,7 +3,7 @@
 QoS 0 has no PUBACK, so a published row stays in the outbox, listed here with the time it went
 out. It is deleted (released) only when both hold, on the same connection:
 
-- it is older than `keep_s` (1.5 × the keep-alive: by then a dead connection has been noticed,
+- it is older than `keep_s` (1.5 x the keep-alive: by then a dead connection has been noticed,
   the technique established Sparkplug gateways use), and
 - the broker has answered a request sent *after* it: an UNSUBSCRIBE of a filter never subscribed
   (the *probe*, sent while rows wait). MQTT keeps a connection's packets in order, so the
