@@ -169,30 +169,29 @@ async def test_rule_4_offline_state_means_ndeath_and_the_next_server_and_a_stale
 ) -> None:
     with Mosquitto() as broker, Mosquitto() as other, PrimaryHost(broker.host, broker.port) as host:
         servers = (f"mqtt://{broker.host}:{broker.port}", f"mqtt://{other.host}:{other.port}")
-        if True:  # noqa: SIM108 - keeps the block below as it reads
-            ts = host.publish_state(True)
-            uplink, _ = node(
-                MqttConfig(
-                    servers=servers,
-                    encoding="sparkplug_b",
-                    reconnect_min_s=0.1,
-                    reconnect_max_s=0.3,
-                    keepalive_s=5,
-                    sparkplug=SparkplugConfig(primary_host_id="scada"),
-                ),
-                MemoryOutbox(),
-            )
-            await asyncio.to_thread(host.wait, lambda ms: "DBIRTH/plc1" in kinds(ms))
-            host.publish_state(False, ts - 1000)  # older than the last seen: ignored
-            host.publish_state(True, ts + 1)  # the same host session again, newer: a rebirth
-            await asyncio.to_thread(host.wait, lambda ms: kinds(ms).count("NBIRTH") == 2)
-            assert uplink.health().server_index == 0
-            host.publish_state(False, ts + 2)
-            got = await asyncio.to_thread(host.wait, lambda ms: "NDEATH" in kinds(ms))
-            death = [m for m in got if m.kind == "NDEATH"][0]
-            assert death.metric("bdSeq").long_value == got[0].metric("bdSeq").long_value
-            await eventually(lambda: uplink.health().server_index == 1, 10, what="moved to the next server")
-            assert session_errors(got) == []
+        ts = host.publish_state(True)
+        uplink, _ = node(
+            MqttConfig(
+                servers=servers,
+                encoding="sparkplug_b",
+                reconnect_min_s=0.1,
+                reconnect_max_s=0.3,
+                keepalive_s=5,
+                sparkplug=SparkplugConfig(primary_host_id="scada"),
+            ),
+            MemoryOutbox(),
+        )
+        await asyncio.to_thread(host.wait, lambda ms: "DBIRTH/plc1" in kinds(ms))
+        host.publish_state(False, ts - 1000)  # older than the last seen: ignored
+        host.publish_state(True, ts + 1)  # the same host session again, newer: a rebirth
+        await asyncio.to_thread(host.wait, lambda ms: kinds(ms).count("NBIRTH") == 2)
+        assert uplink.health().server_index == 0
+        host.publish_state(False, ts + 2)
+        got = await asyncio.to_thread(host.wait, lambda ms: "NDEATH" in kinds(ms))
+        death = next(m for m in got if m.kind == "NDEATH")
+        assert death.metric("bdSeq").long_value == got[0].metric("bdSeq").long_value
+        await eventually(lambda: uplink.health().server_index == 1, 10, what="moved to the next server")
+        assert session_errors(got) == []
 
 
 async def test_rule_2_and_10_the_will_carries_the_birth_bdseq_which_goes_on_across_restarts(
@@ -212,16 +211,17 @@ async def test_rule_2_and_10_the_will_carries_the_birth_bdseq_which_goes_on_acro
             assert got[n].metric("bdSeq").long_value == expected
             if expected == 255:
                 # Lost without DISCONNECT: the broker publishes the Will, the NDEATH of that bdSeq.
-                uplink._drop()  # noqa: SLF001 - the test stands in for a dead network
+                uplink._drop()  # the test stands in for a dead network
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             else:
                 await uplink.stop()  # rule 10: an explicit NDEATH before DISCONNECT
                 await task
             got = await asyncio.to_thread(host.wait, lambda ms, n=n: "NDEATH" in kinds(ms[n:]))
-            death = [m for m in got[n:] if m.kind == "NDEATH"][0]
+            death = next(m for m in got[n:] if m.kind == "NDEATH")
             assert death.metric("bdSeq").long_value == expected
-            assert death.qos == 1 and not death.retain
+            assert death.qos == 1
+            assert not death.retain
         assert session_errors(host.snapshot()) == []
 
 
