@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto
 from tests.support.sparkplug import Message, PrimaryHost, kinds, session_errors
-from tests.support.testing import eventually
+from tests.support.testing import eventually, write_agent_config
 from tests.support.uplink import StateLog
 from water_edge.agent.uplink.config import MqttConfig, SparkplugConfig
 from water_edge.agent.uplink.memory import MemoryOutbox
@@ -308,3 +309,48 @@ def test_modbus_types_give_the_birth_datatypes() -> None:
         "c": DataType.Double,
         "d": DataType.Boolean,
     }
+
+
+def test_the_agent_as_an_edge_node_births_its_devices_and_sends_changes_only(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """`edge-agent run` with encoding = "sparkplug_b": the wiring (catalog from the config, current
+    values from report by exception, bdSeq under the state dir, status) in the real process."""
+    config = write_agent_config(
+        tmp_path,
+        broker_port=mosquitto.port,
+        devices=[
+            {
+                "name": "plc1",
+                "kind": "fake",
+                "poll_interval_ms": 100,
+                "tags": [
+                    {"name": "const", "unit": "bar", "offset": 4.0},
+                    {"name": "wave", "amplitude": 1.0, "period_s": 5},
+                ],
+            },
+        ],
+        uplink={"encoding": "sparkplug_b", "keepalive_s": 5},
+        extra='[uplink.sparkplug]\nprimary_host_id = "scada"\ngroup_id = "north"\n',
+    )
+    with PrimaryHost(mosquitto.host, mosquitto.port) as host, running_agent(config) as agent:
+        host.publish_state(True)
+        got = host.wait(lambda ms: len([m for m in ms if m.kind == "DDATA"]) >= 10, 20)
+        assert kinds(got)[:2] == ["NBIRTH", "DBIRTH/plc1"]
+        assert got[0].topic == "spBv1.0/north/NBIRTH/gw-test"
+        birth = {x.name: x for x in got[1].payload.metrics}
+        assert set(birth) == {"const", "wave"}
+        const_alias = birth["const"].alias
+        data = [x for m in got if m.kind == "DDATA" for x in m.payload.metrics]
+        # Report by exception: the constant tag is sent at most once, the wave every poll.
+        assert sum(x.alias == const_alias for x in data) <= 1
+        assert sum(x.alias == birth["wave"].alias for x in data) >= 9
+        assert session_errors(got) == []
+        status = agent.wait_status(
+            lambda s: bool(s["uplink"]["sparkplug"]) and s["uplink"]["sparkplug"]["born"]
+        )
+        assert status["uplink"]["sparkplug"]["edge_node_id"] == "gw-test"
+        assert (tmp_path / "state" / "sparkplug-bdseq").read_text().strip() == "0"
+        agent.stop()
+        got = host.wait(lambda ms: "NDEATH" in kinds(ms), 10)
+        assert next(m for m in got if m.kind == "NDEATH").metric("bdSeq").long_value == 0
