@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-from water_edge.agent.uplink.config import MqttConfig
+from tests.support.testing import eventually
+from water_edge.agent.uplink.config import MqttConfig, SparkplugConfig
 from water_edge.agent.uplink.memory import MemoryOutbox
 from water_edge.agent.uplink.sparkplug.catalog import Catalog, DeviceSpec
 from water_edge.agent.uplink.sparkplug.payloads import QUALITY_CODES
 from water_edge.agent.uplink.sparkplug.proto import Payload
 from water_edge.agent.uplink.sparkplug.uplink import SparkplugUplink
-from water_edge.agent.uplink.testing import FakeBroker, Sent
+from water_edge.agent.uplink.testing import FakeBroker, FakeTransport, Sent
 from water_edge.buffer.types import Batch
 from water_edge.core.reading import Event, Reading, bad
 
@@ -108,3 +109,68 @@ async def test_rows_stay_in_the_outbox_until_a_receipt_and_are_resent_historical
     again = [decoded(m) for m in broker.connections[1].sent if kind(m) == "DDATA/plc1"]
     assert [(x.metrics[0].double_value, x.metrics[0].is_historical) for x in again] == [(1.0, True)]
     assert decoded(broker.connections[1].sent[0]).metrics[0].long_value == 1  # bdSeq + 1 per CONNECT
+
+
+async def test_rule_3_every_subscription_goes_out_before_the_first_birth() -> None:
+    order: list[str] = []
+
+    class Recording(FakeTransport):
+        def __init__(self, broker: FakeBroker) -> None:
+            super().__init__(broker)
+            broker.connections.append(self)
+
+        def subscribe(self, topic_filter: str, qos: int) -> None:
+            order.append(f"SUBSCRIBE {topic_filter} qos{qos}")
+            super().subscribe(topic_filter, qos)
+
+        def publish(
+            self, topic: str, payload: bytes, qos: int, retain: bool = False, properties: Any = None
+        ) -> int:
+            order.append(f"PUBLISH {topic}")
+            return super().publish(topic, payload, qos, retain, properties)
+
+    broker = FakeBroker()
+    uplink = SparkplugUplink(
+        MqttConfig(host="x", encoding="sparkplug_b", sparkplug=SparkplugConfig(primary_host_id="scada")),
+        MemoryOutbox(), "s", "g", catalog=Catalog([DeviceSpec("plc1", [("flow", "")])]),
+        transport=lambda: Recording(broker), on_command=_ignore,
+    )  # fmt: skip
+    task = asyncio.create_task(uplink.run())
+    await eventually(lambda: len(order) >= 4)
+    broker.latest.deliver("spBv1.0/STATE/scada", b'{"online": true, "timestamp": 1}')
+    await eventually(lambda: any(o.startswith("PUBLISH") for o in order))
+    first = next(i for i, o in enumerate(order) if o.startswith("PUBLISH"))
+    assert sorted(order[:first]) == sorted(
+        [
+            "SUBSCRIBE spBv1.0/s/NCMD/g qos1",
+            "SUBSCRIBE spBv1.0/s/DCMD/g/+ qos1",
+            "SUBSCRIBE spBv1.0/STATE/scada qos1",
+            "SUBSCRIBE water/s/g/cmd/# qos1",
+        ]
+    )
+    assert order[first] == "PUBLISH spBv1.0/s/NBIRTH/g"
+    await uplink.stop(drain_timeout_s=0.5)
+    await task
+
+
+async def _ignore(_suffix: str, _payload: bytes) -> None:
+    return None
+
+
+async def test_signed_commands_keep_their_own_topics_in_sparkplug_mode() -> None:
+    handled: list[tuple[str, bytes]] = []
+
+    async def handler(suffix: str, payload: bytes) -> None:
+        handled.append((suffix, payload))
+
+    broker = FakeBroker()
+    uplink = SparkplugUplink(
+        MqttConfig(host="x", encoding="sparkplug_b"), MemoryOutbox(), "s", "g",
+        catalog=Catalog(), transport=broker, on_command=handler,
+    )  # fmt: skip
+    task = asyncio.create_task(uplink.run())
+    await broker.wait_until(lambda: bool(broker.sent()))
+    broker.latest.deliver("water/s/g/cmd/read_now", b"signed envelope")
+    await eventually(lambda: handled == [("read_now", b"signed envelope")])
+    await uplink.stop(drain_timeout_s=0.5)
+    await task
