@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the test extra
 import orjson
+import paho.mqtt.client as paho
 import pytest
 import zstandard
+from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
+from tests.support.broker import Mosquitto
+from tests.support.testing import eventually
+from tests.support.uplink import StartUplink, mqtt_config
 from water_edge.agent.uplink.compression import decompress
 from water_edge.agent.uplink.config import MqttConfig, RbeConfig, RbeRule
 from water_edge.agent.uplink.json_encoding import JsonEncoder
+from water_edge.agent.uplink.memory import MemoryOutbox
 from water_edge.agent.uplink.rbe import ExceptionFilter, ReportByException
 from water_edge.agent.uplink.topics import Topics
 from water_edge.buffer.codec import decode_readings, encode_readings
@@ -206,3 +214,35 @@ def test_config_refuses(bad: dict[str, object]) -> None:
 def test_sparkplug_reports_changes_only_by_default_and_json_everything() -> None:
     assert MqttConfig(host="b").effective_rbe() is None
     assert MqttConfig(host="b", encoding="sparkplug_b").effective_rbe() == RbeConfig()
+
+
+async def test_a_compressed_payload_is_announced_in_the_mqtt5_content_type(
+    mosquitto: Mosquitto, start_uplink: StartUplink
+) -> None:
+    got: list[tuple[str, int, bytes]] = []
+    ready = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_connect = lambda c, *_a: c.subscribe("water/#", qos=1)
+    client.on_subscribe = lambda *_a: ready.set()
+
+    def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        if not msg.topic.endswith("/status"):
+            props = msg.properties
+            got.append((props.ContentType, props.PayloadFormatIndicator, msg.payload))
+
+    client.on_message = on_message
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    try:
+        assert ready.wait(5)
+        box = MemoryOutbox()
+        box.append_sync([Batch("plc1", readings=[r(f"tag{i}", 0, float(i)) for i in range(50)])])
+        await start_uplink(mqtt_config(mosquitto, compression="zstd"), box)
+        await eventually(lambda: box.pending() == 0 and got, what="the row acknowledged and received")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    content_type, indicator, payload = got[0]
+    assert (content_type, indicator) == ("application/json; compression=zstd", 0)
+    doc = orjson.loads(decompress(content_type, payload))
+    assert [x["value"] for x in doc["readings"]] == [float(i) for i in range(50)]
