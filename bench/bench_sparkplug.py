@@ -5,7 +5,9 @@ exception (where configured) → a real SQLite outbox (WAL, synchronous=normal) 
 Mosquitto (started by the bench). The bench plays the driver: every second it submits all 10,000
 readings, of which a different 10 % changed. A subscriber in another thread counts the bytes that
 arrive. Four shapes: JSON sending every reading (today's default), JSON with report by exception,
-the same deflate- and zstd-compressed, and Sparkplug B (changes only). Figures per shape: CPU of
+the same deflate- and zstd-compressed, and Sparkplug B (changes only). Tag names and values are
+shaped like a pump station's (`pump0042.discharge_pressure`, values with three decimals, noise
+steps), so compression is not flattered by repetitive synthetic data. Figures per shape: CPU of
 this process (`time.process_time`) per second of load, as % of one core, and payload bytes on the
 wire per changed reading. The whole agent under the same load (drivers, Modbus) is bench_agent.
 """
@@ -13,6 +15,7 @@ wire per changed reading. The whole agent under the same load (drivers, Modbus) 
 from __future__ import annotations
 
 import asyncio
+import random
 import tempfile
 import threading
 import time
@@ -72,7 +75,8 @@ async def _shape(broker: Mosquitto, db: Path, name: str, counter: Bytes) -> tupl
     )
     async with await AsyncOutbox.open(db, max_bytes=1 << 30, synchronous="normal") as box:
         flt = None if rbe is None else ExceptionFilter(rbe)
-        tags = [f"t{i:05d}" for i in range(TAGS)]
+        signals = ("flow", "discharge_pressure", "suction_pressure", "motor_current", "vibration_x")
+        tags = [f"pump{i // len(signals):04d}.{signals[i % len(signals)]}" for i in range(TAGS)]
         uplink: MqttUplink | SparkplugUplink
         if encoding == "sparkplug_b":
             assert flt is not None
@@ -85,7 +89,9 @@ async def _shape(broker: Mosquitto, db: Path, name: str, counter: Bytes) -> tupl
         appender = box if flt is None else ReportByException(box, flt)
         pipeline = Pipeline(appender, uplink.notify, batch_max_readings=1000)
         tasks = [asyncio.create_task(uplink.run()), asyncio.create_task(pipeline.run())]
-        values = [float(i) for i in range(TAGS)]
+        rng = random.Random(17)
+        # Measured values as a PLC gives them: no two alike, changing by noise-sized steps.
+        values = [round(rng.uniform(0.5, 900.0), 3) for _ in range(TAGS)]
         step = int(1 / CHANGING)
         cpu0 = wall0 = 0.0
         for second in range(WARMUP + SECONDS):
@@ -95,7 +101,7 @@ async def _shape(broker: Mosquitto, db: Path, name: str, counter: Bytes) -> tupl
                 cpu0, wall0 = time.process_time(), time.monotonic()
             started = time.monotonic()
             for i in range(second % step, TAGS, step):
-                values[i] += 1.0
+                values[i] = round(values[i] + rng.gauss(0.0, 0.5), 3)
             ts = time.time_ns()
             await pipeline.submit(
                 "plc", [Reading("plc", t, ts, v) for t, v in zip(tags, values, strict=True)]

@@ -104,9 +104,11 @@ def ddeath() -> Payload:
 def data(items: Iterable[tuple[Metric, Reading, bool]], *, historical: bool) -> Payload:
     """DDATA: (metric, reading, with_quality) in time order, by alias only, no datatype."""
     payload = Payload()
+    add = payload.metrics.add
     for metric, reading, with_quality in sorted(items, key=lambda item: item[1].ts_ns):
-        out = payload.metrics.add(alias=metric.alias, timestamp=ms(reading.ts_ns))
-        _value(out, metric, reading.value)
+        out = add(alias=metric.alias, timestamp=reading.ts_ns // 1_000_000)
+        # The catalog checked that the value fits the born datatype (a rebirth came first if not).
+        datatypes.put(out, metric.datatype, reading.value)
         if historical:
             out.is_historical = True
         if with_quality:
