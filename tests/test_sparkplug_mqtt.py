@@ -270,9 +270,11 @@ async def outage_and_disconnects(tmp_path: Path, *, outage_s: float, cycles: int
     seen = Counter(flows(got))
     assert set(seen) == {float(i) for i in range(written)}, "a reading is missing"
     duplicates = sum(n - 1 for n in seen.values())
-    # Each drop re-sends at most what the history held: keep_s plus a probe interval of rows,
-    # plus the rows of the broker's restart window. 50 rows/s -> bound per drop, generously.
-    assert duplicates <= (cycles + 1) * 50 * (keep_s + 2.0)
+    print(f"readings {written}, delivered {sum(seen.values())}, duplicates {duplicates}, drops {cycles + 1}")
+    # The documented window (durability.md): each drop re-sends what the history held, the rows
+    # of the last keep_s plus one probe interval (keep_s / 3 here), at 50 rows/s; 1 s of slack
+    # for a receipt delayed on a busy machine.
+    assert duplicates <= (cycles + 1) * 50 * (keep_s + keep_s / 3 + 1.0)
     assert [e for e in session_errors(got) if "before NBIRTH" not in e] == []
 
 
