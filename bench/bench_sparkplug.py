@@ -92,7 +92,7 @@ async def _shape(broker: Mosquitto, db: Path, name: str, counter: Bytes) -> tupl
         rng = random.Random(17)
         # Measured values as a PLC gives them: no two alike, changing by noise-sized steps.
         values = [round(rng.uniform(0.5, 900.0), 3) for _ in range(TAGS)]
-        step = int(1 / CHANGING)
+        n_changing = int(TAGS * CHANGING)
         cpu0 = wall0 = 0.0
         for second in range(WARMUP + SECONDS):
             if second == WARMUP:
@@ -100,7 +100,7 @@ async def _shape(broker: Mosquitto, db: Path, name: str, counter: Bytes) -> tupl
                     counter.total, counter.counting = 0, True
                 cpu0, wall0 = time.process_time(), time.monotonic()
             started = time.monotonic()
-            for i in range(second % step, TAGS, step):
+            for i in rng.sample(range(TAGS), n_changing):  # a different random 10 % each second
                 values[i] = round(values[i] + rng.gauss(0.0, 0.5), 3)
             ts = time.time_ns()
             await pipeline.submit(
