@@ -38,6 +38,10 @@ from water_edge.agent.status import StatusServer
 from water_edge.agent.status_document import AgentStatus, ProcessorStatus, RejectedInputs, StatusDocument
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.agent.uplink.mqtt import CommandHandler, MqttUplink
+from water_edge.agent.uplink.rbe import ExceptionFilter, ReportByException
+from water_edge.agent.uplink.sparkplug import datatypes
+from water_edge.agent.uplink.sparkplug.catalog import Catalog, DeviceSpec
+from water_edge.agent.uplink.sparkplug.uplink import SparkplugUplink
 from water_edge.agent.watchdog import Notifier, Watchdog, watchdog_interval_s
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.stats import BufferHealth, buffer_health
@@ -72,21 +76,9 @@ class Agent:
         self.started_ns = now_ns()
         gw = config.gateway
         interval = watchdog_interval_s()
-        self.uplink = MqttUplink(
-            config.uplink,
-            outbox,
-            gw.site,
-            gw.id,
-            on_command=on_command,
-            beat_s=1.0 if interval is None else interval / 3,
-        )
-        self.pipeline = Pipeline(
-            outbox,
-            self.uplink.notify,
-            flush_interval_s=config.buffer.flush_interval_ms / 1000,
-            batch_max_readings=config.buffer.batch_max_readings,
-            max_pending=config.buffer.max_pending_readings,
-        )
+        # Report by exception sits between the pipeline and the outbox (agent.uplink.rbe).
+        rbe = config.uplink.effective_rbe()
+        self.exceptions = None if rbe is None else ExceptionFilter(rbe)
         built = drivers if drivers is not None else {}
         self.runners = [
             DeviceRunner(device, built.get(device.name) or self._build_driver(device),
@@ -94,6 +86,21 @@ class Agent:
             for device in config.devices
             if device.enabled
         ]  # fmt: skip
+        beat_s = 1.0 if interval is None else interval / 3
+        self.uplink: MqttUplink | SparkplugUplink
+        if config.uplink.encoding == "sparkplug_b":
+            self.uplink = self._sparkplug_uplink(on_command, beat_s)
+        else:
+            self.uplink = MqttUplink(
+                config.uplink, outbox, gw.site, gw.id, on_command=on_command, beat_s=beat_s
+            )
+        self.pipeline = Pipeline(
+            outbox if self.exceptions is None else ReportByException(outbox, self.exceptions),
+            self.uplink.notify,
+            flush_interval_s=config.buffer.flush_interval_ms / 1000,
+            batch_max_readings=config.buffer.batch_max_readings,
+            max_pending=config.buffer.max_pending_readings,
+        )
         # A processor may name the streams it needs (`streams`); an empty set means no feed at all.
         self.processors = [
             (p, self.pipeline.feed(p.name, streams=p.streams if isinstance(p, WantsStreams) else None))
@@ -116,6 +123,30 @@ class Agent:
             else None
         )
         self._buffer: BufferHealth | None = None
+
+    def _sparkplug_uplink(self, on_command: CommandHandler | None, beat_s: float) -> SparkplugUplink:
+        """The Edge Node: its devices' metrics from the config, current values from the filter."""
+        config, gw, exceptions = self.config, self.config.gateway, self.exceptions
+        catalog = Catalog(
+            DeviceSpec(
+                runner.name,
+                [(tag.name, tag.unit) for tag in runner.driver.tags()],
+                datatypes.declared(runner.config),
+            )
+            for runner in self.runners
+        )
+        return SparkplugUplink(
+            config.uplink,
+            self.outbox,
+            gw.site,
+            gw.id,
+            catalog=catalog,
+            values=dict if exceptions is None else exceptions.current,
+            device_states=lambda: {r.name: r.stats.state != "down" for r in self.runners},
+            bdseq_path=gw.state_dir / "sparkplug-bdseq",
+            on_command=on_command,
+            beat_s=beat_s,
+        )
 
     @staticmethod
     def _build_driver(device: Any) -> Driver:

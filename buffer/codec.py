@@ -5,7 +5,9 @@ A reading is ``[source, tag, ts_ns, value, quality, unit, reason]`` and an event
 write them as ``null``; so that a driver's mistake is neither hidden nor turned into a missing value,
 a non-finite float ``value`` (or event ``score``) is written as the string ``"nan"``, ``"inf"`` or
 ``"-inf"`` with one extra trailing element ``"f"`` marking it. Everything else round-trips exactly:
-ints stay ints, bools stay bools, ``None`` stays ``None``, ``-0.0`` keeps its sign.
+ints stay ints, bools stay bools, ``None`` stays ``None``, ``-0.0`` keeps its sign. A reading whose
+``repeat`` flag is set (a report-by-exception heartbeat) has the trailing marker ``"r"`` (``"fr"``
+with a spelled non-finite value); readings without it are written exactly as before the flag existed.
 
 Limits, each raising `BufferError` at encode time: ints must fit orjson's 64-bit range and strings
 must be valid Unicode (no lone surrogates). An event's ``detail`` is plain JSON: it must have string
@@ -30,6 +32,8 @@ _SEVERITIES: Final = frozenset(("info", "warning", "alarm", "critical"))
 _VALUE_TYPES: Final = frozenset((float, int, bool, str, type(None)))
 _NONFINITE: Final = frozenset(("nan", "inf", "-inf"))
 _FLOAT_MARK: Final = "f"
+_REPEAT_MARK: Final = "r"
+_READING_MARKS: Final = frozenset(("f", "r", "fr"))
 
 
 def _is_nonfinite(value: object) -> bool:
@@ -55,9 +59,14 @@ def encode_readings(readings: Sequence[Reading]) -> bytes:
     for i, row in enumerate(rows):
         if not _valid_reading(row):
             raise BufferError(f"cannot encode reading {i}: a field has the wrong type: {row!r}")
+        mark = ""
         if _is_nonfinite(row[3]):
             row[3] = _spell(row[3])
-            row.append(_FLOAT_MARK)
+            mark = _FLOAT_MARK
+        if readings[i].repeat is True:
+            mark += _REPEAT_MARK
+        if mark:
+            row.append(mark)
     return _dumps(rows, "readings")
 
 
@@ -112,11 +121,18 @@ def decode_readings(body: bytes) -> list[Reading]:
         if type(row) is not list or not 7 <= len(row) <= 8:
             raise BufferError(f"outbox body: reading {i} is not a 7-element array")
         fields = row[:7]
+        repeat = False
         if len(row) == 8:
-            fields[3] = _unspell(fields[3], row[7], "reading", i)
+            mark = row[7]
+            if mark not in _READING_MARKS:
+                raise BufferError(f"outbox body: reading {i} has an unknown marker {mark!r}")
+            repeat = _REPEAT_MARK in mark
+            if _FLOAT_MARK in mark:
+                fields[3] = _unspell(fields[3], _FLOAT_MARK, "reading", i)
         if not _valid_reading(fields):
             raise BufferError(f"outbox body: reading {i} has a field of the wrong type: {row!r}")
-        out.append(Reading(*fields))
+        source, tag, ts_ns, value, quality, unit, reason = fields
+        out.append(Reading(source, tag, ts_ns, value, quality, unit, reason, repeat))
     return out
 
 

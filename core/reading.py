@@ -29,7 +29,11 @@ def now_ns() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One value of one tag at one instant. `reason` says why quality is not good."""
+    """One value of one tag at one instant. `reason` says why quality is not good.
+
+    `repeat` marks a report-by-exception heartbeat: the last reported value sent again, with the
+    timestamp of the acquisition that last changed it (see `agent.uplink.rbe`).
+    """
 
     source: str
     tag: str
@@ -38,6 +42,7 @@ class Reading:
     quality: Quality = GOOD
     unit: str = ""
     reason: str | None = None
+    repeat: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,9 +174,10 @@ def health(**changes: object) -> UplinkHealth:
     return UplinkHealth(**fields)  # type: ignore[arg-type]
 
 
-def test_health_json_has_the_keys_it_always_had_plus_the_error_time_and_failover() -> None:
+def test_health_json_has_the_keys_it_always_had_plus_the_error_time_failover_and_sparkplug() -> None:
     doc = orjson.loads(orjson.dumps(health_json(health(commands=CommandStats(received=1)))))
-    assert sorted(doc) == sorted([*KEYS_BEFORE, "last_error_ns", "servers", "server_index", "failovers"])
+    added = ["last_error_ns", "servers", "server_index", "failovers", "sparkplug"]
+    assert sorted(doc) == sorted([*KEYS_BEFORE, *added])
     assert doc["state"] == "online"
     assert doc["commands"] == {"received": 1, "handled": 0, "dropped": 0, "rejected": 0, "failed": 0}
     assert health_json(health())["commands"] is None

@@ -34,6 +34,41 @@ class TlsConfig(BaseModel):
         return self
 
 
+class RbeRule(BaseModel):
+    """`[[uplink.rbe.tags]]`: the reporting rule of the tags whose `device/tag` name fits `match`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: str = Field(min_length=1, max_length=256)  # a glob: "plc1/pump*.flow", "*/level"
+    deadband: float | None = Field(default=None, ge=0)
+    deadband_pct: float | None = Field(default=None, ge=0)
+    max_interval_s: float | None = Field(default=None, gt=0)
+
+
+class RbeConfig(BaseModel):
+    """`[uplink.rbe]`: report by exception (see `agent.uplink.rbe`); keys here are the defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deadband: float = Field(default=0.0, ge=0)
+    deadband_pct: float = Field(default=0.0, ge=0)
+    max_interval_s: float | None = Field(default=None, gt=0)
+    # First match wins; a key a rule leaves out comes from the defaults above.
+    tags: tuple[RbeRule, ...] = ()
+
+
+class SparkplugConfig(BaseModel):
+    """`[uplink.sparkplug]`: the Edge Node's identity, its Primary Host, the historical backlog's pace."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group_id: str | None = Field(default=None, pattern=TOPIC_LEVEL_PATTERN, max_length=64)  # default: site
+    edge_node_id: str | None = Field(default=None, pattern=TOPIC_LEVEL_PATTERN, max_length=64)  # default: id
+    primary_host_id: str | None = Field(default=None, pattern=TOPIC_LEVEL_PATTERN, max_length=64)
+    # Historical (backlog) messages per second after a birth, beside the live data.
+    backlog_rows_per_s: float = Field(default=50.0, gt=0, le=10_000)
+
+
 def _server_uri(uri: str) -> str:
     parse_server(uri)
     return uri
@@ -67,9 +102,20 @@ class MqttConfig(BaseModel):
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
     lease_rows: int = Field(default=64, ge=1, le=10_000)
+    encoding: Literal["json", "sparkplug_b"] = "json"
+    compression: Literal["none", "deflate", "zstd"] = "none"  # JSON only, announced in MQTT 5
+    rbe: RbeConfig | None = None
+    sparkplug: SparkplugConfig | None = None
 
     @model_validator(mode="after")
     def _checks(self) -> Self:
+        if self.compression != "none":
+            if self.encoding != "json":
+                raise ValueError("compression applies to the JSON encoding only (Sparkplug B is binary)")
+            if self.protocol != "5":
+                raise ValueError('compression needs protocol = "5": the MQTT 5 content type announces it')
+        if self.sparkplug is not None and self.encoding != "sparkplug_b":
+            raise ValueError('[uplink.sparkplug] is only used with encoding = "sparkplug_b"')
         if self.servers and ({"host", "port"} & self.model_fields_set):
             raise ValueError("give either servers = [...] or host/port, not both")
         if not self.servers and self.host is None:
@@ -98,6 +144,13 @@ class MqttConfig(BaseModel):
     def brokers_text(self) -> str:
         """The brokers for one-line summaries: `a:1883, b:1883`."""
         return ", ".join(server.address for server in self.server_list())
+
+    def effective_rbe(self) -> RbeConfig | None:
+        """Report by exception in force: `[uplink.rbe]`, or changes only (deadband 0) for Sparkplug,
+        whose DATA messages carry only what changed; None when every reading is sent."""
+        if self.rbe is None and self.encoding == "sparkplug_b":
+            return RbeConfig()
+        return self.rbe
 
     def effective_client_id(self, site: str, gateway: str) -> str:
         """The configured client id, or one derived from the site and gateway (stable across restarts)."""

@@ -146,6 +146,7 @@ class PahoTransport:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_unsubscribe = self._on_unsubscribe
         self._attach(misc_period_s=max(0.5, min(5.0, options.keepalive_s / 4)))
 
     def publish(
@@ -165,6 +166,12 @@ class PahoTransport:
 
     def subscribe(self, topic_filter: str, qos: int) -> None:
         self._connected().subscribe(topic_filter, qos=qos)
+
+    def unsubscribe(self, topic_filter: str) -> int:
+        rc, mid = self._connected().unsubscribe(topic_filter)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise PublishError(f"unsubscribe failed: {paho.error_string(rc)}")
+        return int(mid)
 
     def disconnect(self) -> None:
         self._connected().disconnect()
@@ -270,6 +277,10 @@ class PahoTransport:
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: Any, _props: Any) -> None:
         if self._listener is not None:
             self._listener.on_puback(mid, reason)
+
+    def _on_unsubscribe(self, _c: paho.Client, _u: Any, mid: int, _reasons: Any, _props: Any) -> None:
+        if self._listener is not None:
+            self._listener.on_unsuback(mid)
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         if self._listener is not None:

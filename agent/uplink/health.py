@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from water_edge.agent.uplink.sparkplug.health import SparkplugHealth
 from water_edge.agent.uplink.state import ConnState
 
 # The two failure kinds whose reason used to be part of the state text ("refused: Not authorized").
@@ -54,6 +55,7 @@ class UplinkHealth:
     servers: int = 1  # brokers configured ([uplink] servers)
     server_index: int = 0  # which of them `broker` is (0-based, in list order)
     failovers: int = 0  # times the uplink started working on another server than the last one
+    sparkplug: SparkplugHealth | None = None  # with encoding = "sparkplug_b"
 
     def summary(self) -> str:
         """The state in a few words for one-line summaries (systemd STATUS=): `refused: Not authorized`."""
@@ -70,4 +72,6 @@ class UplinkHealth:
         if self.servers > 1:
             which = f"{self.server_index + 1} of {self.servers}"
             lines.append(f"broker {self.broker} ({which})  failovers {self.failovers}")
+        if self.sparkplug is not None:
+            lines += self.sparkplug.status_lines()
         return lines

@@ -51,6 +51,7 @@ class Encoder(Protocol):
     """Turns an outbox row into the message to publish; raises `EncodeError` if it cannot."""
 
     content_type: str
+    utf8: bool  # the payloads are UTF-8 text (MQTT 5 payload format indicator 1)
 
     def encode(self, row: OutboxRow) -> Message: ...
 

@@ -14,6 +14,8 @@ from typing import Any, Final
 
 import orjson
 
+from water_edge.agent.uplink.compression import Compression
+from water_edge.agent.uplink.compression import codec as compressor
 from water_edge.agent.uplink.interfaces import BodyCodec, EncodeError, Message
 from water_edge.agent.uplink.topics import Topics
 from water_edge.buffer.types import OutboxRow
@@ -36,6 +38,8 @@ def _reading(r: Reading) -> dict[str, Any]:
     }
     if r.quality != GOOD:
         out["reason"] = r.reason or ""
+    if r.repeat:
+        out["repeat"] = True
     v = r.value
     # x - x is 0.0 for every finite float and NaN for NaN and both infinities.
     if type(v) is float and v - v != 0.0:
@@ -111,14 +115,18 @@ def encode(row: OutboxRow, site: str, gateway: str, codec: BodyCodec | None = No
 
 
 class JsonEncoder:
-    """The `Encoder` for JSON: topic `{prefix}/{site}/{gateway}/{stream}`, payload per `encode()`."""
+    """The `Encoder` for JSON: topic `{prefix}/{site}/{gateway}/{stream}`, payload per `encode()`,
+    compressed when `compression` says so (`agent.uplink.compression`)."""
 
-    content_type = CONTENT_TYPE
-
-    def __init__(self, topics: Topics, codec: BodyCodec | None = None) -> None:
+    def __init__(
+        self, topics: Topics, codec: BodyCodec | None = None, compression: Compression = "none"
+    ) -> None:
         self._topics = topics
         self._codec = codec
         self._topic_cache: dict[str, str] = {}
+        self._compression = compressor(compression)
+        self.content_type = self._compression.content_type
+        self.utf8 = self._compression.utf8
 
     def encode(self, row: OutboxRow) -> Message:
         topic = self._topic_cache.get(row.stream)
@@ -132,4 +140,5 @@ class JsonEncoder:
             self._codec = default_codec()
         readings, events = decode_body(self._codec, row)
         payload = encode_items(row, self._topics.site, self._topics.gateway, readings=readings, events=events)
-        return Message(topic, payload)
+        compress = self._compression.compress
+        return Message(topic, payload if compress is None else compress(payload))

@@ -115,7 +115,7 @@ class MqttUplink:
     ) -> None:
         self._cfg = config
         self.topics = Topics(config.prefix, site, gateway)
-        encoder = encoder or JsonEncoder(self.topics)
+        encoder = encoder or JsonEncoder(self.topics, compression=config.compression)
         self._client_id = config.effective_client_id(site, gateway)
         self._new_transport = transport
         self._servers = Rotation(config.server_list())
@@ -126,7 +126,7 @@ class MqttUplink:
         largest = 0 if self.commands is None else 2 * self.commands.max_bytes
         self._max_packet = max(MIN_PACKET_SIZE, PACKET_HEADROOM + largest)
         self._beat_s = min(beat_s, _BEAT_S)
-        props = None if config.protocol != "5" else PublishProperties(encoder.content_type)
+        props = None if config.protocol != "5" else PublishProperties(encoder.content_type, encoder.utf8)
         self._drain = Drain(
             outbox,
             encoder,

@@ -129,6 +129,9 @@ class Session:
         if self._inbox is not None:
             self._inbox.offer(topic, payload)
 
+    def on_unsuback(self, mid: int) -> None:
+        """The JSON uplink never unsubscribes."""
+
     def on_closed(self, reason: str) -> None:
         if reason:
             self.close_reason = reason

@@ -79,6 +79,7 @@ class FakeBroker:
         self.connack: Reason | None = SUCCESS  # None: never answer CONNECT
         self.receive_maximum: int | None = None
         self.puback: Callable[[Sent], Reason | None] = _always_success
+        self.answer_unsubscribe = True  # False: UNSUBACKs are held (a broker that stopped reading)
         self._activity = asyncio.Event()
 
     def __call__(self) -> FakeTransport:
@@ -124,6 +125,7 @@ class FakeTransport:
         self.sent: list[Sent] = []
         self.unacked: dict[int, Sent] = {}
         self.subscriptions: list[tuple[str, int]] = []
+        self.unsubscriptions: list[str] = []
         self.disconnected = False
         self.aborted = False
         self.closed = False
@@ -155,16 +157,27 @@ class FakeTransport:
         mid, self._next_mid = self._next_mid, self._next_mid + 1
         msg = Sent(mid, topic, payload, qos, retain, properties)
         self.sent.append(msg)
-        self.unacked[mid] = msg
-        reason = self.broker.puback(msg)
-        if reason is not None:
-            self._later(self.puback, mid, reason)
+        if qos > 0:
+            self.unacked[mid] = msg
+            reason = self.broker.puback(msg)
+            if reason is not None:
+                self._later(self.puback, mid, reason)
         self.broker.changed()
         return mid
 
     def subscribe(self, topic_filter: str, qos: int) -> None:
         self.subscriptions.append((topic_filter, qos))
         self.broker.changed()
+
+    def unsubscribe(self, topic_filter: str) -> int:
+        if self.closed or self._listener is None:
+            raise PublishError("unsubscribe failed: The client is not currently connected.")
+        mid, self._next_mid = self._next_mid, self._next_mid + 1
+        self.unsubscriptions.append(topic_filter)
+        if self.broker.answer_unsubscribe:
+            self._later(self.unsuback, mid)
+        self.broker.changed()
+        return mid
 
     def disconnect(self) -> None:
         self.disconnected = True
@@ -193,6 +206,12 @@ class FakeTransport:
         """Acknowledge every held PUBLISH, oldest first."""
         for mid in list(self.unacked):
             self.puback(mid, reason)
+
+    def unsuback(self, mid: int) -> None:
+        """Answer an UNSUBSCRIBE."""
+        if self._listener is not None and not self.closed:
+            self._listener.on_unsuback(mid)
+            self.broker.changed()
 
     def deliver(self, topic: str, payload: bytes) -> None:
         """A message on a topic this connection subscribed to (a command)."""

@@ -126,6 +126,9 @@ class TransportListener(Protocol):
     def on_message(self, topic: str, payload: bytes) -> None:
         """A message arrived on a subscribed topic."""
 
+    def on_unsuback(self, mid: int) -> None:
+        """The broker answered the UNSUBSCRIBE with message id `mid`."""
+
     def on_closed(self, reason: str) -> None:
         """The connection ended (may come more than once; `reason` is "" when none is known)."""
 
@@ -148,6 +151,10 @@ class Transport(Protocol):
 
     def subscribe(self, topic_filter: str, qos: int) -> None:
         """Subscribe on this connection (no broker session outlives it)."""
+
+    def unsubscribe(self, topic_filter: str) -> int:
+        """Send UNSUBSCRIBE and return its message id (the UNSUBACK comes as `on_unsuback`);
+        raise `PublishError` if the connection cannot take it."""
 
     def disconnect(self) -> None:
         """Send DISCONNECT (the broker drops the Will); `on_closed` follows."""

@@ -1,0 +1,387 @@
+"""Births and data on one Sparkplug connection: NBIRTH and DBIRTHs, then the outbox as DDATA/NDATA.
+
+At the birth the drain notes the newest committed row (the split), exactly like the JSON drain:
+rows up to it are the backlog, published with `is_historical = true`, oldest first, at most
+`backlog_rows_per_s` messages a second; rows committed later are live and go out as they come,
+first. The split is taken *before* the current values are read for the births, so a value the
+births lack is in a live row, never only in the backlog (which does not update real-time tags).
+
+Every published row goes into the connection's rolling history (`history.py`), which decides
+when the outbox may delete it; nothing here waits for an acknowledgement.
+
+A device's life follows its driver in the live lane: a `driver_down` event publishes DDEATH, a
+`driver_up` event DBIRTH with its current values. While a device is dead its bad stand-in readings
+are not published (the DDEATH says it, and when); a good reading of a dead device births it
+first. At a birth, devices their runner reports down get DBIRTH then DDEATH, so a host knows
+their metrics (and the aliases of their historical data) and that they are down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+import structlog
+
+from water_edge.agent import __version__
+from water_edge.agent.uplink.interfaces import BodyCodec, EncodeError, LeaseAckOutbox
+from water_edge.agent.uplink.json_encoding import decode_body, default_codec
+from water_edge.agent.uplink.metrics import UplinkMetrics
+from water_edge.agent.uplink.sparkplug import payloads
+from water_edge.agent.uplink.sparkplug.catalog import EVENT, Catalog, Device
+from water_edge.agent.uplink.sparkplug.session import SparkplugSession
+from water_edge.agent.uplink.sparkplug.topics import SparkplugTopics
+from water_edge.agent.uplink.state import ConnectionState
+from water_edge.buffer.types import OutboxRow
+from water_edge.core.errors import BufferError
+from water_edge.core.reading import BAD, GOOD, Event, Reading
+
+log = structlog.get_logger(__name__)
+
+Values = Callable[[], Mapping[tuple[str, str], Reading]]
+DeviceStates = Callable[[], Mapping[str, bool]]  # device name -> up
+
+
+class Outcome(StrEnum):
+    LOST = "lost"  # the connection ended
+    STOPPED = "stopped"  # stop() was called: the uplink sends NDEATH and disconnects
+    HOST_OFFLINE = "host-offline"  # the Primary Host said offline: NDEATH, next server
+    NEXT_SERVER = "next-server"  # NCMD Node Control/Next Server
+
+
+@dataclass
+class _Lanes:
+    """Cursors of the two lanes of one connection and the backlog's token bucket."""
+
+    live: int
+    backlog: int
+    split: int
+    open: bool  # the backlog has rows left
+    tokens: float
+
+
+class SparkplugCounters:
+    """Sparkplug's own counters (cumulative over the uplink's life)."""
+
+    def __init__(self) -> None:
+        self.births = 0
+        self.rebirths = 0
+        self.device_deaths = 0
+        self.device_births = 0
+        self.suppressed_dead = 0  # stand-in readings of a dead device, not published
+        self.historical_rows = 0
+        self.released_rows = 0
+
+
+class SparkplugDrain:
+    """Publishes births, then the outbox, on the current session (see the module docstring)."""
+
+    def __init__(
+        self,
+        outbox: LeaseAckOutbox,
+        catalog: Catalog,
+        topics: SparkplugTopics,
+        *,
+        values: Values,
+        device_states: DeviceStates,
+        metrics: UplinkMetrics,
+        counters: SparkplugCounters,
+        state: ConnectionState,
+        lease_rows: int,
+        backlog_rows_per_s: float,
+        beat_s: float,
+        codec: BodyCodec | None = None,
+    ) -> None:
+        self._outbox = outbox
+        self._catalog = catalog
+        self._topics = topics
+        self._values = values
+        self._device_states = device_states
+        self._metrics = metrics
+        self.counters = counters
+        self._state = state
+        self._lease_rows = lease_rows
+        self._rate = backlog_rows_per_s
+        self._beat_s = beat_s
+        self._codec = codec
+        self.wake = asyncio.Event()
+        self.beats = 0
+        self._more = True
+        self._alive: dict[str, bool] = {}
+        self._good: dict[int, bool] = {}  # alias -> last quality published on this session was good
+
+    def notify(self) -> None:
+        self._more = True
+        self.wake.set()
+
+    # ------------------------------------------------------------------ births
+
+    def birth(self, session: SparkplugSession, bdseq: int) -> bool:
+        """NBIRTH (seq 0) and every DBIRTH after it; DDEATH for devices that are down. False if closed."""
+        catalog, topics = self._catalog, self._topics
+        values = self._values()
+        per_device: dict[str, dict[str, Reading]] = defaultdict(dict)
+        for (source, tag), reading in values.items():
+            catalog.settle(reading)
+            per_device[source][tag] = reading
+        now_ms = time.time_ns() // 1_000_000
+        if not session.publish(
+            topics.nbirth, payloads.nbirth(catalog, bdseq, now_ms, __version__), birth=True
+        ):
+            return False
+        self._good = {}
+        up = self._device_states()
+        for device in catalog.devices.values():
+            current = per_device.get(device.name, {})
+            if not self._dbirth(session, device, current):
+                return False
+            if up.get(device.name) is False and not self._ddeath(session, device.name):
+                return False
+        session.born = True
+        session.rebirth = False
+        self.counters.births += 1
+        return True
+
+    def _dbirth(self, session: SparkplugSession, device: Device, current: Mapping[str, Reading]) -> bool:
+        if not session.publish(
+            self._topics.dbirth(device.name), payloads.dbirth(device, current, time.time_ns() // 1_000_000)
+        ):
+            return False
+        for tag, reading in current.items():
+            metric = device.metrics.get(tag)
+            if metric is not None:
+                self._good[metric.alias] = reading.quality == GOOD
+        self._alive[device.name] = True
+        return True
+
+    def _ddeath(self, session: SparkplugSession, device: str) -> bool:
+        self._alive[device] = False
+        return session.publish(self._topics.ddeath(device), payloads.ddeath())
+
+    # ------------------------------------------------------------------ the drain
+
+    async def serve(
+        self, session: SparkplugSession, bdseq: int, stop: asyncio.Event, deadline: Callable[[], float]
+    ) -> Outcome:
+        """Birth, then publish until the session ends or something asks to leave it."""
+        loop = asyncio.get_running_loop()
+        split = await self._outbox.last_id()
+        self._metrics.backlog_upto_id = split
+        self._more = True
+        if not self.birth(session, bdseq):
+            return Outcome.LOST
+        lanes = _Lanes(live=split, backlog=0, split=split, open=split > 0, tokens=min(1.0, self._rate))
+        refilled = loop.time()
+        while True:
+            self.wake.clear()
+            self.beats += 1
+            leave = self._leave_for(session, bdseq)
+            if leave is not None:
+                return leave
+            await self._release(session, loop.time())
+            stopping = stop.is_set()
+            if not await self._live(session, lanes, bdseq):
+                return Outcome.LOST
+            if stopping and (not self._more or loop.time() >= deadline()):
+                return Outcome.STOPPED
+            now = loop.time()
+            lanes.tokens = min(max(1.0, self._rate), lanes.tokens + (now - refilled) * self._rate)
+            refilled = now
+            if not stopping and not await self._backlog(session, lanes, bdseq):
+                return Outcome.LOST
+            if not self._more:
+                await self._wait(session, loop.time(), lanes)
+
+    def _leave_for(self, session: SparkplugSession, bdseq: int) -> Outcome | None:
+        """Why the drain must end now (or a rebirth that failed), or None to go on."""
+        if session.closed.is_set():
+            return Outcome.LOST
+        if session.host_offline:
+            return Outcome.HOST_OFFLINE
+        if session.next_server:
+            return Outcome.NEXT_SERVER
+        if session.rebirth:
+            self.counters.rebirths += 1
+            log.info("sparkplug.rebirth", bdseq=bdseq)
+            if not self.birth(session, bdseq):
+                return Outcome.LOST
+        return None
+
+    async def _live(self, session: SparkplugSession, lanes: _Lanes, bdseq: int) -> bool:
+        if not self._more:
+            return True
+        self._more = False
+        rows = await self._lease(lanes.live, self._lease_rows, None)
+        if not rows:
+            return True
+        lanes.live = rows[-1].id
+        self._more = len(rows) == self._lease_rows
+        return await self._publish(session, rows, bdseq, historical=False)
+
+    async def _backlog(self, session: SparkplugSession, lanes: _Lanes, bdseq: int) -> bool:
+        if not lanes.open or lanes.tokens < 1.0:
+            return True
+        rows = await self._lease(lanes.backlog, min(int(lanes.tokens), self._lease_rows), lanes.split)
+        if not rows:
+            lanes.open = False
+            return True
+        lanes.backlog = rows[-1].id
+        lanes.tokens -= len(rows)
+        return await self._publish(session, rows, bdseq, historical=True)
+
+    async def _wait(self, session: SparkplugSession, now: float, lanes: _Lanes) -> None:
+        waits = [self._beat_s]
+        if lanes.open:
+            waits.append(max(0.0, (1.0 - lanes.tokens) / self._rate))
+        release = session.history.next_release_in(now)
+        if release is not None:
+            waits.append(max(0.01, release))
+            waits.append(max(0.01, session.history.probe_every_s))
+        try:
+            async with asyncio.timeout(min(waits)):
+                await self.wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _lease(self, after: int, limit: int, upto: int | None) -> list[OutboxRow]:
+        try:
+            return await self._outbox.lease(after, limit, upto)
+        except BufferError as exc:
+            self._state.error(f"outbox lease failed: {exc}")
+            log.error("sparkplug.lease_failed", error=str(exc))
+            return []
+
+    async def _release(self, session: SparkplugSession, now: float) -> None:
+        history = session.history
+        if history.probe_due(now):
+            session.probe(now)
+        await self.ack(history.release(now))
+
+    async def ack(self, released: list[tuple[int, int]]) -> None:
+        """Delete released rows from the outbox (on failure they are sent again: a duplicate, no loss)."""
+        if not released:
+            return
+        try:
+            await self._outbox.ack([row_id for row_id, _ in released])
+        except BufferError as exc:
+            self._metrics.ack_errors += 1
+            self._state.error(f"outbox ack failed: {exc}")
+            log.error("sparkplug.ack_failed", rows=len(released), error=str(exc))
+            return
+        self._metrics.acked += len(released)
+        self._metrics.readings_acked += sum(count for _, count in released)
+        self.counters.released_rows += len(released)
+        self._metrics.acks_deleted()
+
+    # ------------------------------------------------------------------ rows to messages
+
+    async def _publish(
+        self, session: SparkplugSession, rows: list[OutboxRow], bdseq: int, *, historical: bool
+    ) -> bool:
+        if self._codec is None:
+            self._codec = default_codec()
+        for row in rows:
+            try:
+                readings, events = decode_body(self._codec, row)
+            except EncodeError as exc:
+                # Left in the outbox (eviction ages it out) rather than wedging the drain.
+                self._metrics.encode_errors += 1
+                self._state.error(str(exc))
+                log.error("sparkplug.encode_failed", row=row.id, stream=row.stream, error=str(exc))
+                continue
+            if events is not None:
+                ok = self._publish_events(session, events, historical=historical)
+            else:
+                ok = self._publish_readings(session, readings or [], bdseq, historical=historical)
+            if not ok:
+                return False
+            session.history.add(row.id, row.count, asyncio.get_running_loop().time())
+            self._metrics.lane_published("backlog" if historical else "live")
+            if historical:
+                self.counters.historical_rows += 1
+        return True
+
+    def _publish_readings(
+        self, session: SparkplugSession, readings: list[Reading], bdseq: int, *, historical: bool
+    ) -> bool:
+        by_device: dict[str, list[Reading]] = defaultdict(list)
+        for reading in readings:
+            by_device[reading.source].append(reading)
+        catalog = self._catalog
+        resolved: list[tuple[str, list[tuple[int, Reading]]]] = []
+        rebirth = False
+        for device, device_readings in by_device.items():
+            row_metrics = []
+            for reading in device_readings:
+                metric, changed = catalog.resolve(reading)
+                rebirth |= changed
+                row_metrics.append((metric.alias, reading))
+            resolved.append((device, row_metrics))
+        if rebirth:
+            log.info("sparkplug.catalog_changed", devices=sorted(by_device))
+            self.counters.rebirths += 1
+            if not self.birth(session, bdseq):
+                return False
+        for device, items in resolved:
+            if not self._publish_device(session, device, items, historical=historical):
+                return False
+        return True
+
+    def _publish_device(
+        self, session: SparkplugSession, device: str, items: list[tuple[int, Reading]], *, historical: bool
+    ) -> bool:
+        if not historical and not self._alive.get(device, True):
+            if all(reading.quality == BAD for _, reading in items):
+                self.counters.suppressed_dead += len(items)
+                return True
+            # A dead device delivering good data is alive: birth it before its data.
+            if not self._device_up(session, device):
+                return False
+        triples = []
+        for alias, reading in items:
+            metric = self._catalog.by_alias[alias][1]
+            good = reading.quality == GOOD
+            if historical:
+                with_quality = not good
+            else:
+                with_quality = not good or not self._good.get(alias, True)
+                self._good[alias] = good
+            triples.append((metric, reading, with_quality))
+        if not session.publish(self._topics.ddata(device), payloads.data(triples, historical=historical)):
+            return False
+        self._metrics.published += 1
+        return True
+
+    def _publish_events(self, session: SparkplugSession, events: list[Event], *, historical: bool) -> bool:
+        metric = self._catalog.node[EVENT]
+        if not session.publish(self._topics.ndata, payloads.events(metric, events, historical=historical)):
+            return False
+        self._metrics.published += 1
+        if historical:
+            return True
+        for event in sorted(events, key=lambda e: e.ts_ns):
+            device = event.source
+            if device not in self._catalog.devices:
+                continue
+            if event.kind == "driver_down" and self._alive.get(device, True):
+                self.counters.device_deaths += 1
+                if not self._ddeath(session, device):
+                    return False
+            elif (
+                event.kind == "driver_up"
+                and not self._alive.get(device, True)
+                and not self._device_up(session, device)
+            ):
+                return False
+        return True
+
+    def _device_up(self, session: SparkplugSession, device: str) -> bool:
+        self.counters.device_births += 1
+        current = {tag: r for (source, tag), r in self._values().items() if source == device}
+        for reading in current.values():
+            self._catalog.settle(reading)
+        return self._dbirth(session, self._catalog.devices[device], current)

@@ -1,0 +1,44 @@
+"""The Sparkplug part of the uplink's health: the node's identity, its session, what commands did."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SparkplugHealth:
+    """The `uplink.sparkplug` section of the status document."""
+
+    group_id: str
+    edge_node_id: str
+    primary_host_id: str | None
+    host_online: bool | None  # None without a Primary Host
+    born: bool  # NBIRTH published on the current connection
+    bdseq: int | None  # of the current (or last) connection
+    seq: int | None  # the next seq on the current connection
+    births: int
+    rebirths: int
+    device_births: int
+    device_deaths: int
+    history_rows: int  # published rows waiting to be released (QoS 0 rolling history)
+    history_keep_s: float
+    historical_rows: int  # backlog rows sent with is_historical
+    suppressed_dead: int  # stand-in readings of dead devices not published
+    commands_rebirth: int
+    commands_refused: int  # writes by NCMD/DCMD: refused, use signed commands
+    commands_unknown: int
+    commands_invalid: int
+
+    def status_lines(self) -> list[str]:
+        host = (
+            ""
+            if self.primary_host_id is None
+            else (f"  host {self.primary_host_id} {'online' if self.host_online else 'offline'}")
+        )
+        return [
+            f"sparkplug {self.group_id}/{self.edge_node_id}  {'born' if self.born else 'not born'}"
+            f"  bdSeq {self.bdseq}  births {self.births}  rebirths {self.rebirths}{host}",
+            f"history {self.history_rows} rows (kept {self.history_keep_s:g} s)  historical sent "
+            f"{self.historical_rows}  commands refused {self.commands_refused}"
+            f" unknown {self.commands_unknown}",
+        ]
