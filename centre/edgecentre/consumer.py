@@ -309,6 +309,7 @@ class Consumer:
             net.join(timeout=5)
             self._client.disconnect()
             self._store.close()
+            log.info("ingest.stopped", **vars(self.counters))
 
     def stop(self) -> None:
         self._stop.set()
