@@ -7,14 +7,13 @@ The same ingest through a RabbitMQ cluster with a broker node killed: test_fleet
 
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 
 import orjson
 
 from tests.support.broker import Mosquitto
-from tests.support.centre import committed_seqs, ingest_process, query
+from tests.support.centre import committed_in_last_run, committed_seqs, ingest_process, query
 from tests.support.testing import wait_until
 from water_edge.centre.loadgen import FleetResult, FleetSpec, payload
 from water_edge.centre.loadgen import run as run_fleet
@@ -35,11 +34,6 @@ def eviction(gateway: str, seq: int, first: int, last: int) -> Message:
                     "score": None, "detail": {"reason": "quota", "streams": {"plc1": [first, last]}}}],
     }  # fmt: skip
     return parse(f"water/s1/{gateway}/events", orjson.dumps(body))
-
-
-def committed_in_last_run(log: str) -> int:
-    match = re.findall(r"ingest\.stopped.*?committed=(\d+)", log)
-    return int(match[-1]) if match else 0
 
 
 def test_migrations_apply_once(centre_db: str) -> None:

@@ -88,6 +88,6 @@ def test_the_load_generator_speaks_the_same_contract() -> None:
 
 def test_partitions_are_stable_and_spread_a_fleet() -> None:
     names = [(f"site{i // 50:03d}", f"gw{i:05d}") for i in range(1000)]
-    parts = [partition_of(site, gw, 4) for site, gw in names]
-    assert parts == [partition_of(site, gw, 4) for site, gw in names]
+    parts = [partition_of(site, gw, "plc1", 4) for site, gw in names]
+    assert parts == [partition_of(site, gw, "plc1", 4) for site, gw in names]
     assert all(200 <= parts.count(p) <= 300 for p in range(4))

@@ -5,9 +5,9 @@ One consumer process = one MQTT client with a persistent session + one database 
 - **Sharing the load.** On brokers with MQTT 5 shared subscriptions (EMQX, HiveMQ, VerneMQ,
   Mosquitto) every consumer subscribes to `$share/{group}/{topic}` and the broker hands each
   message to one of them. Brokers without them (RabbitMQ's MQTT plugin before 3.13, NATS) get
-  static partitions: consumer `i` of `n` subscribes to everything and handles only the gateways
-  whose name hashes to `i`, acknowledging the others unread (each consumer then receives the whole
-  stream; see docs/fleet.md).
+  static partitions: consumer `i` of `n` subscribes to everything and handles only the streams
+  whose (site, gateway, stream) hashes to `i`, acknowledging the others unread (each consumer
+  then receives the whole stream; see docs/fleet.md).
 - **At least once, ack after commit.** QoS 1 with manual acknowledgement: messages are gathered
   into a batch (up to `batch_messages` or `batch_ms`), committed in one transaction (store.py),
   and only then PUBACKed, in the order they arrived. A crash before the PUBACK means the broker
@@ -108,9 +108,12 @@ class _Delivery:
     payload: bytes
 
 
-def partition_of(site: str, gateway: str, n: int) -> int:
-    """Which of `n` partitions a gateway belongs to (stable across processes and runs)."""
-    return zlib.crc32(f"{site}/{gateway}".encode()) % n
+def partition_of(site: str, gateway: str, stream: str, n: int) -> int:
+    """Which of `n` partitions a stream belongs to (stable across processes and runs).
+
+    By stream, not by gateway: seq and gap detection are per stream, and a gateway's busy device
+    streams spread over the consumers."""
+    return zlib.crc32(f"{site}/{gateway}/{stream}".encode()) % n
 
 
 class Consumer:
@@ -226,11 +229,7 @@ class Consumer:
                 self.counters.presence += 1
                 continue
             levels = d.topic.split("/")
-            if (
-                part is not None
-                and len(levels) >= 3
-                and partition_of(levels[-3], levels[-2], part[1]) != part[0]
-            ):
+            if part is not None and len(levels) >= 3 and partition_of(*levels[-3:], part[1]) != part[0]:
                 self.counters.other_partition += 1
                 continue
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,6 +67,12 @@ def ingest_process(tmp: Path, name: str, dsn: str, brokers: list[str], *extra: s
     for uri in brokers:
         args += ["--broker", uri]
     return IngestProcess([*args, *extra], tmp / f"{name}.log")
+
+
+def committed_in_last_run(log: str) -> int:
+    """Messages an ingest process committed in its last run, from its `ingest.stopped` line."""
+    found = re.findall(r"ingest\.stopped.*?committed=(\d+)", log)
+    return int(found[-1]) if found else 0
 
 
 def query(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
