@@ -229,9 +229,11 @@ class Consumer:
                 self.counters.presence += 1
                 continue
             levels = d.topic.split("/")
-            if part is not None and len(levels) >= 3 and partition_of(*levels[-3:], part[1]) != part[0]:
-                self.counters.other_partition += 1
-                continue
+            if part is not None and len(levels) >= 3:
+                site, gateway, stream = levels[-3:]
+                if partition_of(site, gateway, stream, part[1]) != part[0]:
+                    self.counters.other_partition += 1
+                    continue
             try:
                 messages.append(parse(d.topic, d.payload))
             except PayloadError as exc:
