@@ -161,8 +161,10 @@ def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
     return out
 
 
-def _postgres_pids() -> list[int]:
-    return [p.pid for p in psutil.process_iter(["name", "username"]) if p.info["name"] == "postgres"]
+def _postgres_pids(pg: Postgres) -> list[int]:
+    """Our server's postmaster and its children (backends, WAL writer, checkpointer) only."""
+    main = psutil.Process(pg.pid)
+    return [main.pid, *(c.pid for c in main.children(recursive=True))]
 
 
 def fleet(tmp: Path, pg: Postgres) -> list[dict[str, Any]]:
@@ -176,7 +178,7 @@ def fleet(tmp: Path, pg: Postgres) -> list[dict[str, Any]]:
             pids = {
                 "broker": [broker._proc.pid] if broker._proc else [],
                 "ingest": [p.process.pid for p in procs if p.process],
-                "postgres": _postgres_pids(),
+                "postgres": _postgres_pids(pg),
                 "loadgen": [os.getpid()],
             }
             before = _cpu(pids)

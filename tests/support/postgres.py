@@ -96,6 +96,11 @@ class Postgres:
             time.sleep(0.2)
         raise TimeoutError(f"PostgreSQL on {self.port} not ready")
 
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id (its backends are its children)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def dsn(self, db: str = "postgres") -> str:
         return f"postgresql://{USER}@127.0.0.1:{self.port}/{db}"
 
