@@ -89,7 +89,7 @@ def test_a_missing_seq_is_reported_after_its_timeout_with_the_eviction_that_expl
     assert open_gaps == [("gw1", 7, 9, "buffer_eviction: quota")]
 
 
-def test_two_consumers_share_a_fleet_and_one_killed_midway_loses_and_doubles_nothing(
+def test_two_consumers_share_a_fleet_with_an_outage_burst_and_one_killed_midway_lose_and_double_nothing(
     centre_db: str, tmp_path: Path
 ) -> None:
     with Mosquitto() as broker:
@@ -100,9 +100,9 @@ def test_two_consumers_share_a_fleet_and_one_killed_midway_loses_and_doubles_not
         try:
             for c in consumers:
                 c.wait_subscribed()
-            spec = FleetSpec(
-                broker.host, broker.port, gateways=20, tags=20, interval_s=0.1, duration_s=4.0, connections=2
-            )
+            # With an outage from 1.0 to 1.5 s: every gateway's backlog arrives at once after it.
+            spec = FleetSpec(broker.host, broker.port, gateways=20, tags=20, interval_s=0.1, duration_s=4.0,
+                             connections=2, outage_at_s=1.0, outage_s=0.5)  # fmt: skip
             result: list[FleetResult] = []
             fleet = threading.Thread(target=lambda: result.append(run_fleet(spec)))
             fleet.start()
