@@ -31,6 +31,7 @@ SUITES = [
     "bench.bench_leak",
     "bench.bench_pump",
     "bench.bench_commands",
+    "bench.bench_fleet",
 ]
 
 

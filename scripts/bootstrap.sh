@@ -13,6 +13,10 @@ command -v mbpoll >/dev/null 2>&1 || need_apt+=(mbpoll)
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need_apt+=(libportaudio2)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The fleet tests and bench: a three-node RabbitMQ cluster (MQTT plugin) and PostgreSQL, each
+# started by the tests in temporary directories (tests/support/cluster.py, postgres.py).
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # deploy/install.sh (tested in CI) builds with Debian's own python3
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import setuptools, wheel' >/dev/null 2>&1 || need_apt+=(python3-setuptools python3-wheel)
@@ -33,14 +37,16 @@ stamp="$VENV/.installed"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ firmware-sim/setup.cfg -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ firmware-sim/setup.cfg -nt "$stamp" ] || [ centre/setup.cfg -nt "$stamp" ]; then
   echo "bootstrap: installing the project and its Python dependencies into $VENV"
   log="$VENV/install.log"
   if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
          "$VENV/bin/python" -m pip install -q -e ".[test,dev]" &&
          # The simulator is its own distribution; installed second so its `edge-sim` script is the
          # one left when an older single-distribution install is replaced.
-         "$VENV/bin/python" -m pip install -q -e ./firmware-sim; } >"$log" 2>&1; then
+         "$VENV/bin/python" -m pip install -q -e ./firmware-sim &&
+         # The reference centre-side ingest (edge-centre): its own distribution, never on a gateway.
+         "$VENV/bin/python" -m pip install -q -e ./centre; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "bootstrap: pip install failed (log above, also in $log)" >&2
     exit 1

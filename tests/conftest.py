@@ -61,3 +61,26 @@ async def start_uplink() -> AsyncIterator[StartUplink]:
     for run in running:
         await run.uplink.stop(drain_timeout_s=1.0)
         await asyncio.wait_for(run.task, 10)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One real PostgreSQL for the session (tests/support/postgres.py); each test makes its own database."""
+    from tests.support.postgres import Postgres
+
+    with Postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def centre_db(postgres_server: Any, request: pytest.FixtureRequest) -> str:
+    """A fresh database with the ingest's schema; its DSN."""
+    import re
+    import secrets
+
+    from water_edge.centre.store import migrate
+
+    name = re.sub(r"\W", "_", request.node.name)[:40].lower() + "_" + secrets.token_hex(3)
+    dsn: str = postgres_server.create_db(name)
+    migrate(dsn)
+    return dsn

@@ -21,6 +21,7 @@ FOLDERS = {
     "models": ROOT / "models",
     "provisioning": ROOT / "provisioning",
     "sim": ROOT / "firmware-sim" / "fwsim",
+    "centre": ROOT / "centre" / "edgecentre",
 }
 
 pytestmark = pytest.mark.skipif(not LINT_IMPORTS.exists(), reason="import-linter ([dev] extra) not installed")
@@ -81,6 +82,16 @@ def test_the_tree_keeps_every_layer_contract() -> None:
             "water_edge.agent.deliberate_violation -> water_edge.sim",
         ),
         ("sim", "import water_edge.core.reading\n", "water_edge.sim.deliberate_violation -> water_edge.core"),
+        (
+            "agent",
+            "import water_edge.centre.store\n",
+            "water_edge.agent.deliberate_violation -> water_edge.centre",
+        ),
+        (
+            "centre",
+            "import water_edge.agent.uplink.json_encoding\n",
+            "water_edge.centre is not allowed to import water_edge.agent",
+        ),
     ],
 )
 def test_a_deliberate_violation_breaks_the_contract(

@@ -47,6 +47,12 @@ def test_every_simulator_package_folder_is_listed_in_its_own_setup_cfg() -> None
     assert not missing, f"add to firmware-sim/setup.cfg [options] packages: {sorted(missing)}"
 
 
+def test_every_centre_package_folder_is_listed_in_its_own_setup_cfg() -> None:
+    found = package_folders(ROOT / "centre", "edgecentre", "water_edge.centre")
+    missing = found - listed_packages(ROOT / "centre" / "setup.cfg")
+    assert not missing, f"add to centre/setup.cfg [options] packages: {sorted(missing)}"
+
+
 def test_the_production_wheel_carries_the_product_alone(tmp_path: Path) -> None:
     # Built from a copy: setuptools leaves build/ behind in the tree it builds, and a stale one
     # would be packed into the next wheel.
@@ -80,7 +86,9 @@ def test_the_production_wheel_carries_the_product_alone(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
     assert tops == {"water_edge"}
-    assert not any(n.startswith(("water_edge/sim/", "water_edge/models/train/")) for n in names)
+    assert not any(
+        n.startswith(("water_edge/sim/", "water_edge/models/train/", "water_edge/centre/")) for n in names
+    )
     # The namespace is shared with the simulator's distribution: no water_edge/__init__.py.
     assert "water_edge/__init__.py" not in names
     for shipped in ("leak/leak_detector.tflite", "leak/leak_detector.json", "pump/pump_scorer.tflite"):

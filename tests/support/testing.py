@@ -233,11 +233,13 @@ def agent_config(
     with their own headers (e.g. `[log]`).
     """
     port = free_port(broker_host) if broker_port is None else broker_port
+    broker: dict[str, Any] = {"host": broker_host, "port": port}
+    if uplink is not None and "servers" in uplink:
+        broker = {}  # a servers list replaces host/port
     tables: dict[str, Mapping[str, Any]] = {
         "gateway": {"site": site, "id": gateway, "state_dir": state_dir},
         "uplink": {
-            "host": broker_host,
-            "port": port,
+            **broker,
             "reconnect_min_s": 0.1,
             "reconnect_max_s": 1.0,
             **(uplink or {}),

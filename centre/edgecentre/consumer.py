@@ -1,0 +1,319 @@
+"""The ingest: MQTT in, PostgreSQL out, acknowledged only after the commit.
+
+One consumer process = one MQTT client with a persistent session + one database connection:
+
+- **Sharing the load.** On brokers with MQTT 5 shared subscriptions (EMQX, HiveMQ, VerneMQ,
+  Mosquitto) every consumer subscribes to `$share/{group}/{topic}` and the broker hands each
+  message to one of them. Brokers without them (RabbitMQ's MQTT plugin before 3.13, NATS) get
+  static partitions: consumer `i` of `n` subscribes to everything and handles only the streams
+  whose (site, gateway, stream) hashes to `i`, acknowledging the others unread (each consumer
+  then receives the whole stream; see docs/fleet.md).
+- **At least once, ack after commit.** QoS 1 with manual acknowledgement: messages are gathered
+  into a batch (up to `batch_messages` or `batch_ms`), committed in one transaction (store.py),
+  and only then PUBACKed, in the order they arrived. A crash before the PUBACK means the broker
+  delivers them again (persistent session); store.py makes that harmless.
+- **Bounded memory.** The broker never has more than `receive_maximum` (MQTT 5) or its prefetch
+  (RabbitMQ `mqtt.prefetch`) unacknowledged messages out to us, so the queue between the network
+  thread and the writer is bounded by the broker.
+- **Failover.** Several broker URIs are tried in order, sticky to the one that works. PUBACKs are
+  only valid on the connection that delivered the message: after a reconnect the old ones are
+  dropped (the broker redelivers those messages; they are duplicates by then).
+
+paho runs in a network thread (`loop()`), the writer in the calling thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from water_edge.centre.payload import Message, PayloadError, parse
+from water_edge.centre.store import Store, StoreError
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, uri: str) -> Broker:
+        rest = uri.split("://", 1)[-1].rstrip("/")
+        host, _, port = rest.rpartition(":")
+        if not host:
+            return cls(rest, 1883)
+        return cls(host.strip("[]"), int(port))
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    dsn: str
+    brokers: tuple[Broker, ...]
+    client_id: str
+    topic: str = "water/+/+/+"
+    group: str = "ingest"
+    protocol: Literal["5", "3.1.1"] = "5"
+    partition: tuple[int, int] | None = None  # (i, n): static partitions instead of $share
+    batch_messages: int = 500
+    batch_ms: int = 100
+    receive_maximum: int = 2000
+    session_expiry_s: int = 86_400
+    gap_timeout_s: float = 300.0
+    gap_check_s: float = 10.0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def subscription(self) -> str:
+        if self.partition is None:
+            return f"$share/{self.group}/{self.topic}"
+        return self.topic
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    committed: int = 0
+    duplicates: int = 0
+    readings: int = 0
+    events: int = 0
+    rejected: int = 0
+    other_partition: int = 0
+    presence: int = 0
+    store_errors: int = 0
+    reconnects: int = 0
+    gaps: int = 0
+    last_lag_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    generation: int
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
+def partition_of(site: str, gateway: str, stream: str, n: int) -> int:
+    """Which of `n` partitions a stream belongs to (stable across processes and runs).
+
+    By stream, not by gateway: seq and gap detection are per stream, and a gateway's busy device
+    streams spread over the consumers."""
+    return zlib.crc32(f"{site}/{gateway}/{stream}".encode()) % n
+
+
+class Consumer:
+    """One ingest consumer; `run()` until `stop()` (or a signal handler calls it)."""
+
+    def __init__(self, config: IngestConfig, *, on_commit: Callable[[Counters], None] | None = None) -> None:
+        self.cfg = config
+        self.counters = Counters()
+        self._store = Store(config.dsn)
+        self._inbox: queue.Queue[_Delivery] = queue.Queue()
+        self._stop = threading.Event()
+        self._generation = 0
+        self._connected = threading.Event()
+        self._on_commit = on_commit
+        v5 = config.protocol == "5"
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else False,
+        )
+        self._client.manual_ack_set(True)
+        if config.username is not None:
+            self._client.username_pw_set(config.username, config.password)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.on_disconnect = self._on_disconnect
+
+    # ------------------------------------------------------------------ network thread
+
+    def _connect_properties(self) -> Properties | None:
+        if self.cfg.protocol != "5":
+            return None
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        props.ReceiveMaximum = self.cfg.receive_maximum
+        return props
+
+    def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.warning("ingest.refused", reason=str(reason))
+            return
+        client.subscribe(self.cfg.subscription, qos=1)
+        self._connected.set()
+        log.info("ingest.connected", session_present=bool(flags.session_present), topic=self.cfg.subscription)
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._connected.clear()
+        log.warning("ingest.disconnected", reason=str(reason))
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        self._inbox.put(_Delivery(self._generation, msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
+
+    def _network(self) -> None:
+        index, failures = 0, 0
+        brokers = self.cfg.brokers
+        while not self._stop.is_set():
+            broker = brokers[index % len(brokers)]
+            try:
+                if self.cfg.protocol == "5":
+                    self._client.connect(
+                        broker.host,
+                        broker.port,
+                        keepalive=15,
+                        clean_start=False,
+                        properties=self._connect_properties(),
+                    )
+                else:
+                    self._client.connect(broker.host, broker.port, keepalive=15)
+            except OSError as exc:
+                log.warning("ingest.connect_failed", broker=f"{broker.host}:{broker.port}", error=str(exc))
+                index, failures = index + 1, failures + 1
+                if failures % len(brokers) == 0:
+                    self._stop.wait(min(5.0, 0.5 * failures / len(brokers)))
+                continue
+            failures = 0
+            rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+            while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                rc = self._client.loop(timeout=0.2)
+            self._generation += 1  # PUBACKs for earlier deliveries are void from here on
+            self._connected.clear()
+            if self._stop.is_set():
+                break
+            # Sticky: the node that worked is tried first again; a failed connect moves on.
+            self.counters.reconnects += 1
+            self._stop.wait(0.2)
+
+    # ------------------------------------------------------------------ writer (calling thread)
+
+    def _batch(self) -> list[_Delivery]:
+        try:
+            first = self._inbox.get(timeout=min(1.0, self.cfg.gap_check_s))
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.cfg.batch_ms / 1000
+        while len(batch) < self.cfg.batch_messages:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(self._inbox.get(timeout=left))
+            except queue.Empty:
+                break
+        return batch
+
+    def _sort(self, batch: list[_Delivery]) -> tuple[list[Message], list[tuple[str, str, bytes]]]:
+        messages: list[Message] = []
+        rejected: list[tuple[str, str, bytes]] = []
+        part = self.cfg.partition
+        for d in batch:
+            if d.topic.endswith("/status"):
+                self.counters.presence += 1
+                continue
+            levels = d.topic.split("/")
+            if part is not None and len(levels) >= 3:
+                site, gateway, stream = levels[-3:]
+                if partition_of(site, gateway, stream, part[1]) != part[0]:
+                    self.counters.other_partition += 1
+                    continue
+            try:
+                messages.append(parse(d.topic, d.payload))
+            except PayloadError as exc:
+                rejected.append((d.topic, str(exc), d.payload))
+                log.warning("ingest.rejected", topic=d.topic, reason=str(exc))
+        return messages, rejected
+
+    def _commit(self, batch: list[_Delivery]) -> None:
+        messages, rejected = self._sort(batch)
+        delay = 0.2
+        while True:
+            try:
+                done = self._store.commit(messages, rejected) if (messages or rejected) else None
+                break
+            except StoreError as exc:
+                self.counters.store_errors += 1
+                log.warning("ingest.store_failed", error=str(exc), retry_in_s=delay)
+                if self._stop.wait(delay):
+                    return  # not acknowledged: the broker delivers it again
+                delay = min(delay * 2, 10.0)
+        c = self.counters
+        c.received += len(batch)
+        if done is not None:
+            c.committed += done.messages
+            c.duplicates += done.duplicates
+            c.readings += done.readings
+            c.events += done.events
+            c.rejected += done.rejected
+        if messages:
+            c.last_lag_s = max(0.0, time.time() - messages[-1].sent_ns / 1e9)
+        for d in batch:  # in arrival order, as MQTT requires
+            if d.generation == self._generation:
+                self._client.ack(d.mid, d.qos)
+        if self._on_commit is not None:
+            self._on_commit(c)
+
+    def _check_gaps(self) -> None:
+        try:
+            found = self._store.check_gaps(self.cfg.gap_timeout_s)
+        except StoreError as exc:
+            log.warning("ingest.gap_check_failed", error=str(exc))
+            return
+        for gap in found or ():
+            self.counters.gaps += 1
+            log.warning(
+                "ingest.gap",
+                site=gap.site,
+                gateway=gap.gateway,
+                stream=gap.stream,
+                first_seq=gap.first_seq,
+                last_seq=gap.last_seq,
+                explained=gap.explained,
+            )
+
+    def run(self) -> None:
+        net = threading.Thread(target=self._network, name="mqtt", daemon=True)
+        net.start()
+        next_gaps = time.monotonic() + self.cfg.gap_check_s
+        next_log = time.monotonic() + 10.0
+        try:
+            while not self._stop.is_set():
+                batch = self._batch()
+                if batch:
+                    self._commit(batch)
+                now = time.monotonic()
+                if now >= next_gaps:
+                    self._check_gaps()
+                    next_gaps = now + self.cfg.gap_check_s
+                if now >= next_log:
+                    log.info("ingest.progress", **vars(self.counters))
+                    next_log = now + 10.0
+        finally:
+            self._stop.set()
+            net.join(timeout=5)
+            self._client.disconnect()
+            self._store.close()
+            log.info("ingest.stopped", **vars(self.counters))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)

@@ -1,0 +1,129 @@
+"""The documented JSON payload (docs/payload.md, version 1) read into rows for the database.
+
+Written from the documented contract, not from the agent's code (the centre never imports the
+agent). A message that is not that contract raises `PayloadError` with the reason; the ingest
+keeps it in the `rejected` table and moves on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+_EXACT = 2**53
+_QUALITIES = frozenset(("good", "uncertain", "bad"))
+
+
+class PayloadError(ValueError):
+    """The message is not a version 1 data message; the text says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One data message: its identity (site, gateway, stream, seq) and its rows."""
+
+    site: str
+    gateway: str
+    stream: str
+    seq: int
+    sent_ns: int
+    # (tag, ts_ns, value, value_text, quality, reason, unit, source)
+    readings: list[tuple[Any, ...]]
+    # (idx, kind, source, ts_ns, severity, score, detail_json)
+    events: list[tuple[Any, ...]]
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.site, self.gateway, self.stream
+
+    @property
+    def items(self) -> int:
+        return len(self.readings) + len(self.events)
+
+
+def _value(value: Any) -> tuple[float | None, str | None]:
+    if value is None:
+        return None, None
+    if isinstance(value, bool):
+        return (1.0 if value else 0.0), ("true" if value else "false")
+    if isinstance(value, int):
+        return float(value), (None if -_EXACT <= value <= _EXACT else str(value))
+    if isinstance(value, float):
+        return value, None
+    if isinstance(value, str):
+        return None, value
+    raise PayloadError(f"value must be a number, boolean, string or null (got {type(value).__name__})")
+
+
+def _int(doc: dict[str, Any], key: str) -> int:
+    value = doc.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise PayloadError(f"{key} must be a non-negative integer (got {value!r})")
+    return value
+
+
+def _text(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"{key} must be a non-empty string (got {value!r})")
+    return value
+
+
+def parse(topic: str, payload: bytes) -> Message:
+    """Read one data message; the topic's site/gateway/stream must match the body's."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise PayloadError("not a JSON object")
+    if doc.get("v") != 1:
+        raise PayloadError(f"unknown payload version {doc.get('v')!r} (this ingest reads v 1)")
+    site, gateway, stream = _text(doc, "site"), _text(doc, "gateway"), _text(doc, "stream")
+    levels = topic.split("/")
+    if levels[-3:] != [site, gateway, stream]:
+        raise PayloadError(f"topic {topic!r} does not end in {site}/{gateway}/{stream}")
+    seq, sent_ns = _int(doc, "seq"), _int(doc, "sent_ns")
+    if seq < 1:
+        raise PayloadError("seq must be >= 1")
+    has_readings, has_events = "readings" in doc, "events" in doc
+    if has_readings == has_events:
+        raise PayloadError("exactly one of readings and events must be present")
+    try:
+        readings = _readings(doc["readings"]) if has_readings else []
+        events = _events(doc["events"]) if has_events else []
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, PayloadError):
+            raise
+        raise PayloadError(f"malformed reading or event: {exc!r}") from exc
+    return Message(site, gateway, stream, seq, sent_ns, readings, events)
+
+
+def _readings(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    out = []
+    for r in items:
+        quality = r["quality"]
+        if quality not in _QUALITIES:
+            raise PayloadError(f"quality {quality!r} is not good/uncertain/bad")
+        value, text = _value(r["value"])
+        ts = r["ts"]
+        if not isinstance(ts, int) or isinstance(ts, bool):
+            raise PayloadError(f"ts must be an integer (got {ts!r})")
+        out.append(
+            (str(r["tag"]), ts, value, text, quality, r.get("reason"), str(r["unit"]), str(r["source"]))
+        )
+    return out
+
+
+def _events(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    out = []
+    for idx, e in enumerate(items):
+        score = e.get("score")
+        detail = orjson.dumps(e.get("detail", {})).decode()
+        out.append(
+            (idx, str(e["kind"]), str(e["source"]), int(e["ts"]), str(e["severity"]),
+             float(score) if score is not None else None, detail)
+        )  # fmt: skip
+    return out

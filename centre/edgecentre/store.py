@@ -1,0 +1,181 @@
+"""PostgreSQL: the schema's migrations and the one transaction that commits a batch of messages.
+
+Exactly once, by construction: a batch's message keys (stream, seq) are inserted into `messages`
+with `ON CONFLICT DO NOTHING ... RETURNING`, and only the messages whose key was new in *this*
+transaction have their readings and events copied in, in the same transaction. A duplicate
+delivery, to this consumer or to another one at the same moment (the second insert of a key waits
+for the first transaction and then sees the conflict), therefore adds nothing. The broker gets
+its acknowledgements only after the commit (consumer.py): a crash before it means redelivery,
+which this makes harmless.
+
+psycopg's errors are translated here into `StoreError` (the ingest retries) and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from water_edge.centre import gaps
+from water_edge.centre.payload import Message
+
+READING_COLUMNS = "stream_id, seq, tag, ts_ns, value, value_text, quality, reason, unit, source"
+EVENT_COLUMNS = "stream_id, seq, idx, kind, source, ts_ns, severity, score, detail"
+_MIGRATION_LOCK = 0x5745_4345  # "WECE": one migrator at a time
+
+
+class StoreError(Exception):
+    """The database could not take the batch (connection lost, server down); nothing was committed."""
+
+
+@contextlib.contextmanager
+def _db_errors() -> Iterator[None]:
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise StoreError(f"database unavailable: {exc}") from exc
+    except psycopg.errors.SerializationFailure as exc:  # pragma: no cover - not at READ COMMITTED
+        raise StoreError(f"serialisation failure: {exc}") from exc
+
+
+def migrations() -> list[tuple[str, str]]:
+    """(name, sql) of every migration shipped with the package, in order."""
+    folder = resources.files("water_edge.centre") / "migrations"
+    files = sorted((f.name, f) for f in folder.iterdir() if f.name.endswith(".sql"))
+    return [(name, f.read_text()) for name, f in files]
+
+
+def migrate(dsn: str) -> list[str]:
+    """Apply the migrations not yet applied (each in its own transaction); the names applied."""
+    applied: list[str] = []
+    with _db_errors(), psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS centre_migrations"
+                " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT name FROM centre_migrations")}
+            for name, sql in migrations():
+                if name in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql)  # our own files, not user input
+                    conn.execute("INSERT INTO centre_migrations (name) VALUES (%s)", (name,))
+                applied.append(name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    messages: int  # new messages committed
+    duplicates: int  # messages whose (stream, seq) was already there
+    readings: int
+    events: int
+    rejected: int
+
+
+class Store:
+    """One connection to the database; `commit()` writes one batch in one transaction."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: psycopg.Connection[TupleRow] | None = None
+        self._stream_ids: dict[tuple[str, str, str], int] = {}
+
+    def _connection(self) -> psycopg.Connection[TupleRow]:
+        if self._conn is None or self._conn.closed:
+            with _db_errors():
+                self._conn = psycopg.connect(self._dsn)
+        return self._conn
+
+    def check_gaps(self, timeout_s: float) -> list[gaps.Gap] | None:
+        """One gap check on this connection (between batches); None if another consumer runs one."""
+        try:
+            with _db_errors():
+                return gaps.check(self._connection(), timeout_s)
+        except StoreError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _ids(self, conn: psycopg.Connection[TupleRow], keys: set[tuple[str, str, str]]) -> None:
+        missing = keys - self._stream_ids.keys()
+        if not missing:
+            return
+        rows = sorted(missing)
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO streams (site, gateway, stream) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", rows
+            )
+            cur.execute(
+                "SELECT site, gateway, stream, id FROM streams WHERE (site, gateway, stream) IN"
+                " (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
+                ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+            )
+            for site, gateway, stream, sid in cur.fetchall():
+                self._stream_ids[(str(site), str(gateway), str(stream))] = int(sid)
+
+    def commit(
+        self, messages: Sequence[Message], rejected: Sequence[tuple[str, str, bytes]] = ()
+    ) -> Committed:
+        """Commit a batch: new messages with their readings and events, and the rejected ones."""
+        try:
+            with _db_errors():
+                return self._commit(messages, rejected)
+        except StoreError:
+            self.close()  # a broken connection is not reused
+            raise
+
+    def _commit(self, messages: Sequence[Message], rejected: Sequence[tuple[str, str, bytes]]) -> Committed:
+        conn = self._connection()
+        self._ids(conn, {m.key for m in messages})
+        by_key: dict[tuple[int, int], Message] = {}
+        for m in messages:
+            by_key.setdefault((self._stream_ids[m.key], m.seq), m)
+        keys = list(by_key)
+        readings = events = 0
+        with conn.transaction(), conn.cursor() as cur:
+            new: list[tuple[int, int]] = []
+            if keys:
+                cur.execute(
+                    "INSERT INTO messages (stream_id, seq, sent_ns, items)"
+                    " SELECT * FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::int[])"
+                    " ON CONFLICT DO NOTHING RETURNING stream_id, seq",
+                    (
+                        [k[0] for k in keys],
+                        [k[1] for k in keys],
+                        [by_key[k].sent_ns for k in keys],
+                        [by_key[k].items for k in keys],
+                    ),
+                )
+                new = [(int(sid), int(seq)) for sid, seq in cur.fetchall()]
+            fresh = [(k, by_key[k]) for k in new]
+            if any(m.readings for _, m in fresh):
+                with cur.copy(f"COPY readings ({READING_COLUMNS}) FROM STDIN") as copy:
+                    for (sid, seq), m in fresh:
+                        for r in m.readings:
+                            copy.write_row((sid, seq, *r))
+                        readings += len(m.readings)
+            if any(m.events for _, m in fresh):
+                with cur.copy(f"COPY events ({EVENT_COLUMNS}) FROM STDIN") as copy:
+                    for (sid, seq), m in fresh:
+                        for e in m.events:
+                            copy.write_row((sid, seq, *e))
+                        events += len(m.events)
+            if rejected:
+                cur.executemany("INSERT INTO rejected (topic, reason, payload) VALUES (%s, %s, %s)", rejected)
+        return Committed(
+            len(new), len(keys) - len(new) + (len(messages) - len(by_key)), readings, events, len(rejected)
+        )

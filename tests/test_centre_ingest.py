@@ -1,0 +1,125 @@
+"""The reference ingest into a real PostgreSQL: exactly once, gaps reported, the load shared.
+
+PostgreSQL from Debian's package (tests/support/postgres.py); the broker a real Mosquitto with
+MQTT 5 shared subscriptions; consumers are real `edge-centre ingest` processes, one killed -9.
+The same ingest through a RabbitMQ cluster with a broker node killed: test_fleet_cluster.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import orjson
+
+from tests.support.broker import Mosquitto
+from tests.support.centre import committed_in_last_run, committed_seqs, ingest_process, query
+from tests.support.testing import wait_until
+from water_edge.centre.loadgen import FleetResult, FleetSpec, payload
+from water_edge.centre.loadgen import run as run_fleet
+from water_edge.centre.payload import Message, parse
+from water_edge.centre.store import Store, migrate, migrations
+
+
+def messages(gateway: str, seqs: range | list[int], tags: int = 10) -> list[Message]:
+    return [
+        parse(f"water/s1/{gateway}/plc1", payload("s1", gateway, seq, 10**18 + seq, tags)) for seq in seqs
+    ]
+
+
+def eviction(gateway: str, seq: int, first: int, last: int) -> Message:
+    body = {
+        "v": 1, "stream": "events", "seq": seq, "site": "s1", "gateway": gateway, "sent_ns": 1,
+        "events": [{"kind": "buffer_eviction", "source": "buffer", "ts": 1, "severity": "warning",
+                    "score": None, "detail": {"reason": "quota", "streams": {"plc1": [first, last]}}}],
+    }  # fmt: skip
+    return parse(f"water/s1/{gateway}/events", orjson.dumps(body))
+
+
+def test_migrations_apply_once(centre_db: str) -> None:
+    assert migrate(centre_db) == []
+    names = [row[0] for row in query(centre_db, "SELECT name FROM centre_migrations ORDER BY name")]
+    assert names == [name for name, _ in migrations()]
+
+
+def test_the_same_messages_from_two_consumers_at_once_are_committed_exactly_once(centre_db: str) -> None:
+    batch = messages("gw1", range(1, 201))
+    stores = [Store(centre_db), Store(centre_db)]
+    results = []
+
+    def commit(store: Store) -> None:
+        for i in range(0, len(batch), 20):
+            results.append(store.commit(batch[i : i + 20]))
+
+    threads = [threading.Thread(target=commit, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert sum(r.messages for r in results) == 200
+    assert sum(r.duplicates for r in results) == 200
+    assert committed_seqs(centre_db) == {("s1", "gw1", "plc1"): list(range(1, 201))}
+    assert query(centre_db, "SELECT count(*) FROM readings") == [(2000,)]
+    # What a BI tool reads: names and timestamps, and the latest value per tag.
+    latest = query(centre_db, "SELECT tag, value FROM tag_latest WHERE gateway = 'gw1' ORDER BY tag")
+    assert len(latest) == 10
+
+
+def test_a_missing_seq_is_reported_after_its_timeout_with_the_eviction_that_explains_it(
+    centre_db: str,
+) -> None:
+    store = Store(centre_db)
+    store.commit(messages("gw1", [1, 2, 5, 6]))
+    store.commit(messages("gw2", [100, 101]))  # met the ingest at seq 100: 1..99 is history, not a gap
+    assert store.check_gaps(timeout_s=3600) == [], "a young hole may be the backlog lane still arriving"
+    (gap,) = store.check_gaps(timeout_s=0) or []
+    assert (gap.gateway, gap.first_seq, gap.last_seq, gap.explained) == ("gw1", 3, 4, None)
+
+    store.commit([eviction("gw1", 1, 7, 9), *messages("gw1", [10])])
+    (gap,) = store.check_gaps(timeout_s=0) or []
+    assert (gap.first_seq, gap.last_seq, gap.explained) == (7, 9, "buffer_eviction: quota")
+    assert store.check_gaps(timeout_s=0) == [], "a gap is reported once"
+
+    store.commit(messages("gw1", [3, 4]))  # late after all
+    store.check_gaps(timeout_s=0)
+    open_gaps = query(centre_db, "SELECT gateway, first_seq, last_seq, explained FROM open_gaps")
+    store.close()
+    assert open_gaps == [("gw1", 7, 9, "buffer_eviction: quota")]
+
+
+def test_two_consumers_share_a_fleet_with_an_outage_burst_and_one_killed_midway_lose_and_double_nothing(
+    centre_db: str, tmp_path: Path
+) -> None:
+    with Mosquitto() as broker:
+        uri = [f"mqtt://{broker.host}:{broker.port}"]
+        consumers = [
+            ingest_process(tmp_path, f"c{i}", centre_db, uri, "--group", "g1").start() for i in range(2)
+        ]
+        try:
+            for c in consumers:
+                c.wait_subscribed()
+            # With an outage from 1.0 to 1.5 s: every gateway's backlog arrives at once after it.
+            spec = FleetSpec(broker.host, broker.port, gateways=20, tags=20, interval_s=0.1, duration_s=4.0,
+                             connections=2, outage_at_s=1.0, outage_s=0.5)  # fmt: skip
+            result: list[FleetResult] = []
+            fleet = threading.Thread(target=lambda: result.append(run_fleet(spec)))
+            fleet.start()
+            wait_until(lambda: query(centre_db, "SELECT count(*) FROM messages")[0][0] >= 200, 30)
+            consumers[0].kill()
+            consumers[0].start()
+            consumers[0].wait_subscribed(times=2)
+            fleet.join()
+            (offered,) = result
+            assert offered.acked == offered.messages == 800
+            wait_until(lambda: query(centre_db, "SELECT count(*) FROM messages")[0][0] >= 800, 60)
+        finally:
+            for c in consumers:
+                c.stop()
+            logs = [c.log() for c in consumers]
+    seqs = committed_seqs(centre_db)
+    assert seqs == {("site000", f"gw{i:05d}", "plc1"): list(range(1, 41)) for i in range(20)}
+    assert query(centre_db, "SELECT count(*) FROM readings") == [(800 * 20,)]
+    # Both shared the load: each committed some of the fleet's messages in its last run.
+    assert all(committed_in_last_run(log) > 0 for log in logs), logs

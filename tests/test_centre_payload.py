@@ -1,0 +1,93 @@
+"""The reference ingest reads the documented payload: what it accepts, what it keeps aside, partitions.
+
+No database and no broker: the JSON contract of docs/payload.md against `water_edge.centre.payload`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from water_edge.centre.consumer import partition_of
+from water_edge.centre.loadgen import payload
+from water_edge.centre.payload import PayloadError, parse
+
+TOPIC = "water/north/gw-03/plc1"
+
+
+def reading(
+    tag: str, ts: int, value: Any, quality: str = "good", unit: str = "", **extra: Any
+) -> dict[str, Any]:
+    return {"tag": tag, "ts": ts, "value": value, "quality": quality, "unit": unit, "source": "plc1", **extra}
+
+
+def doc(**changes: Any) -> dict[str, Any]:
+    ts = 1764059400000000000
+    base: dict[str, Any] = {
+        "v": 1, "stream": "plc1", "seq": 7, "site": "north", "gateway": "gw-03", "sent_ns": ts + 10**9,
+        "readings": [
+            reading("p", ts, 4.52, unit="bar"),
+            reading("i", ts, None, "bad", "A", reason="timeout"),
+            reading("n", ts + 1, 2**60 + 1),
+            reading("s", ts + 2, "AUTO"),
+            reading("b", ts + 3, True, "uncertain", reason="clock_step"),
+        ],
+    }  # fmt: skip
+    base.update(changes)
+    return base
+
+
+def test_a_data_message_becomes_rows_with_exact_values() -> None:
+    msg = parse(TOPIC, orjson.dumps(doc()))
+    assert (msg.key, msg.seq, msg.items) == (("north", "gw-03", "plc1"), 7, 5)
+    by_tag = {r[0]: r for r in msg.readings}
+    assert by_tag["p"][2:5] == (4.52, None, "good")
+    assert by_tag["i"][2:6] == (None, None, "bad", "timeout")
+    assert by_tag["n"][3] == str(2**60 + 1), "integers beyond 2^53 keep their digits"
+    assert by_tag["s"][2:4] == (None, "AUTO")
+    assert by_tag["b"][2:4] == (1.0, "true")
+
+
+def test_an_event_message_keeps_its_detail() -> None:
+    events = [{"kind": "buffer_eviction", "source": "buffer", "ts": 5, "severity": "warning", "score": None,
+               "detail": {"reason": "quota", "streams": {"plc1": [3, 9]}}}]  # fmt: skip
+    body = {k: v for k, v in doc(stream="events").items() if k != "readings"} | {"events": events}
+    msg = parse("water/north/gw-03/events", orjson.dumps(body))
+    assert msg.readings == []
+    ((idx, kind, _src, ts, severity, score, detail),) = msg.events
+    assert (idx, kind, ts, severity, score) == (0, "buffer_eviction", 5, "warning", None)
+    assert orjson.loads(detail)["streams"] == {"plc1": [3, 9]}
+
+
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (orjson.dumps(doc(v=2)), "unknown payload version 2"),
+        (orjson.dumps(doc(seq=0)), "seq must be >= 1"),
+        (orjson.dumps(doc(seq="7")), "seq must be a non-negative integer"),
+        (orjson.dumps(doc(gateway="gw-04")), "does not end in north/gw-04/plc1"),
+        (orjson.dumps(doc(events=[])), "exactly one of readings and events"),
+        (orjson.dumps(doc(readings=[{"tag": "p"}])), "malformed reading"),
+        (orjson.dumps(doc(readings=[{**doc()["readings"][0], "quality": "ok"}])), "quality 'ok'"),
+        (orjson.dumps(doc(readings=[{**doc()["readings"][0], "value": [1]}])), "value must be"),
+    ],
+)
+def test_anything_else_is_refused_with_the_reason(body: bytes, complaint: str) -> None:
+    with pytest.raises(PayloadError, match=complaint):
+        parse(TOPIC, body)
+
+
+def test_the_load_generator_speaks_the_same_contract() -> None:
+    msg = parse("water/site000/gw00001/plc1", payload("site000", "gw00001", 3, 10**18, 100))
+    assert (msg.seq, len(msg.readings)) == (3, 100)
+
+
+def test_partitions_are_stable_and_spread_a_fleet() -> None:
+    names = [(f"site{i // 50:03d}", f"gw{i:05d}") for i in range(1000)]
+    parts = [partition_of(site, gw, "plc1", 4) for site, gw in names]
+    assert parts == [partition_of(site, gw, "plc1", 4) for site, gw in names]
+    assert all(200 <= parts.count(p) <= 300 for p in range(4))
