@@ -1,0 +1,56 @@
+"""Per-second band levels of one hydrophone, as field noise loggers keep them.
+
+Each whole second of canonical audio (8 kHz, `features.prepare`) gives one row of the 20 band
+levels the leak features use (10 Hz - 3.6 kHz, log-spaced), in dB re full scale: a Hann-windowed
+8192-point FFT of that second, its power summed per band and scaled so that white noise of mean
+square s2 puts s2 x (bandwidth / 4 kHz) into a band. These rows are what a night's quiet level,
+its spread and the sensor's baseline are built from. Cost: one real FFT per second of audio.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from water_edge.models.leak import features
+
+SECOND: Final = features.SAMPLE_RATE
+_WIN: Final = np.hanning(SECOND)
+# One-sided power: 2 |X_k|^2 / (NFFT * sum(w^2)) per bin sums to the window-weighted mean square.
+_SCALE: Final = 2.0 / (features.NFFT * float(np.sum(_WIN**2)))
+_FLOOR_DB: Final = -200.0
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def second_levels(x: FloatArray) -> FloatArray:
+    """Band levels (dB re full scale) of each whole second of canonical audio: shape (seconds, N_BANDS)."""
+    n = x.size // SECOND
+    if n == 0:
+        return np.zeros((0, features.N_BANDS))
+    frames = x[: n * SECOND].reshape(n, SECOND) * _WIN
+    spec = np.abs(np.fft.rfft(frames, features.NFFT, axis=1)) ** 2
+    power = (spec @ features.BAND_MATRIX.T) * _SCALE
+    out: FloatArray = np.maximum(10.0 * np.log10(np.maximum(power, 1e-20)), _FLOOR_DB)
+    return out
+
+
+class SecondLevels:
+    """Cuts a stream of canonical audio into whole seconds and gives each second's band levels."""
+
+    def __init__(self) -> None:
+        self._buf = np.zeros(0)
+
+    def feed(self, x: FloatArray) -> FloatArray:
+        self._buf = np.concatenate([self._buf, x])
+        n = self._buf.size // SECOND
+        if n == 0:
+            return np.zeros((0, features.N_BANDS))
+        rows = second_levels(self._buf[: n * SECOND])
+        self._buf = self._buf[n * SECOND :]
+        return rows
+
+    def reset(self) -> None:
+        self._buf = np.zeros(0)
