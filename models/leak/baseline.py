@@ -3,7 +3,8 @@
 A *check* is a stretch of one night's listening window (default 30 min, ~1800 one-second band
 levels; for a WAV file, a few seconds): `CheckStats.from_levels` keeps, per band, the 10th
 percentile of the one-second levels (the quiet level: traffic and water use drop out of it), the
-median and the 90th percentile (their spread), and the classifier's median log-odds.
+median and the 90th percentile (their spread), the median tonality (a pump's line in the band) and
+the classifier's median log-odds.
 
 `Baseline.learn` turns the checks of N quiet nights into the sensor's reference: per band the
 median quiet level and its variability across checks and nights, the same for the spectral shape
@@ -60,6 +61,7 @@ class CheckStats:
     p50: FloatArray
     p90: FloatArray
     clf_logit: float | None = None  # median classifier log-odds over the check's windows
+    tonal: FloatArray | None = None  # median band tonality (dB, `levels.second_bands`)
 
     @classmethod
     def from_levels(
@@ -70,12 +72,14 @@ class CheckStats:
         index: int = 0,
         start_ns: int = 0,
         probabilities: Sequence[float] = (),
+        tonality: FloatArray | None = None,
     ) -> CheckStats:
         if levels.ndim != 2 or levels.shape[1] != features.N_BANDS or levels.shape[0] < 1:
             raise BaselineError(f"need one-second band levels shaped (n, {features.N_BANDS})")
         p10, p50, p90 = np.percentile(levels, [10, 50, 90], axis=0)
         clf = float(np.median([logit(p) for p in probabilities])) if len(probabilities) else None
-        return cls(night, index, start_ns, int(levels.shape[0]), p10, p50, p90, clf)
+        tonal = None if tonality is None or tonality.shape[0] == 0 else np.median(tonality, axis=0)
+        return cls(night, index, start_ns, int(levels.shape[0]), p10, p50, p90, clf, tonal)
 
     @property
     def spread(self) -> FloatArray:
@@ -103,6 +107,7 @@ class CheckStats:
             "p50": _r(self.p50),
             "p90": _r(self.p90),
             "clf_logit": None if self.clf_logit is None else round(self.clf_logit, 3),
+            "tonal": None if self.tonal is None else _r(self.tonal),
         }
 
     @classmethod
@@ -112,6 +117,7 @@ class CheckStats:
             if any(a.shape != (features.N_BANDS,) for a in arrays):
                 raise BaselineError(f"band statistics must have {features.N_BANDS} values")
             clf = d.get("clf_logit")
+            tonal = d.get("tonal")
             return cls(
                 str(d["night"]),
                 int(d["index"]),
@@ -121,9 +127,17 @@ class CheckStats:
                 arrays[1],
                 arrays[2],
                 None if clf is None else float(clf),
+                None if tonal is None else _bands(tonal),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BaselineError(f"not a check record: {exc}") from exc
+
+
+def _bands(values: Any) -> FloatArray:
+    out = np.asarray(values, dtype=np.float64)
+    if out.shape != (features.N_BANDS,) or not np.all(np.isfinite(out)):
+        raise BaselineError(f"band arrays must hold {features.N_BANDS} finite numbers")
+    return out
 
 
 def _robust_sigma(values: FloatArray, centre: FloatArray) -> FloatArray:
@@ -144,6 +158,7 @@ class Baseline:
     shape: FloatArray  # median shape per band, dB
     shape_sigma: FloatArray
     spread: FloatArray  # median p90 - p10 per band, dB
+    tonal: FloatArray  # median tonality per band, dB
     clf_logit: float | None
     clf_sigma: float
     nights: list[str]
@@ -189,6 +204,9 @@ class Baseline:
             shape=shape,
             shape_sigma=_robust_sigma(shapes, shape),
             spread=np.median(np.stack([c.spread for c in checks]), axis=0),
+            tonal=np.median(np.stack([c.tonal for c in checks if c.tonal is not None]), axis=0)
+            if any(c.tonal is not None for c in checks)
+            else np.zeros(features.N_BANDS),
             clf_logit=clf,
             clf_sigma=clf_sigma,
             nights=list(nights),
@@ -230,6 +248,7 @@ class Baseline:
             "shape_db": _r(self.shape),
             "shape_sigma_db": _r(self.shape_sigma),
             "spread_db": _r(self.spread),
+            "tonal_db": _r(self.tonal),
             "clf_logit": None if self.clf_logit is None else round(self.clf_logit, 3),
             "clf_sigma": round(self.clf_sigma, 3),
         }
@@ -255,6 +274,7 @@ class Baseline:
                 shape=arrays["shape_db"],
                 shape_sigma=arrays["shape_sigma_db"],
                 spread=arrays["spread_db"],
+                tonal=_bands(d["tonal_db"]),
                 clf_logit=None if clf is None else float(clf),
                 clf_sigma=float(d["clf_sigma"]),
                 nights=[str(n) for n in d["nights"]],

@@ -7,8 +7,13 @@ bands of the pipe material when it is known, else all 20):
 - `shape_rise_db`: the same for the spectral shape (quiet level minus the median band), which a
   change of gain or of broadband background does not move;
 - risen when either exceeds its threshold `max(min_rise_db, k_sigma x the baseline's variability)`
-  *and* the band is steady: its spread (p90 - p10 of one-second levels) is no wider than the
-  baseline's plus `spread_tol_db` (a leak is a constant hiss; rain, traffic and pumps starting are not).
+  (a level rise only counts where the shape rose by `min_shape_rise_db` too: more flow noise or a
+  louder street lifts every band alike, a leak lifts its own)
+  *and* the band is steady: the lower half of its one-second levels (p50 - p10) is no wider than a
+  steady noise's in that band plus `spread_tol_db` (a leak is a constant hiss; rain and traffic
+  wander, passing vehicles and clicks are brief and only reach the upper half), and not tonal: its
+  strongest bin stands no more than `tonal_tol_db` further out of the band than in the baseline
+  (a pump that started puts a line into a band; a leak is broadband within it).
 
 A check is positive when at least `min_bands` bands rose, or one band rose and the classifier's
 log-odds rose by `clf_logit_rise` over the baseline's: the classifier is one more piece of evidence,
@@ -32,6 +37,12 @@ from water_edge.models.leak.baseline import Baseline, CheckStats
 
 FloatArray = npt.NDArray[np.float64]
 CENTRES = np.array(features.band_centres_hz())
+_WIDTHS = np.diff(features.BAND_EDGES_HZ)
+# How much the one-second level of a *steady* noise wanders in each band: a 1 s Hann-windowed
+# measurement of band B has about nu = 2 B / 1.5 degrees of freedom, so its level has a standard
+# deviation of about 4.34 sqrt(2 / nu) dB (capped at the 5.6 dB of nu = 2). p50 - p10 of a normal
+# spread is 1.28 sigma.
+STEADY_LOWER_SPREAD_DB = 1.28 * np.minimum(5.6, 4.34 * np.sqrt(2 / (2 * _WIDTHS / 1.5)))
 
 
 @dataclass(frozen=True)
@@ -39,9 +50,11 @@ class JudgeParams:
     """How a check is judged against the baseline (config `[models.leak.detection]`)."""
 
     min_rise_db: float = 3.0
+    min_shape_rise_db: float = 1.5
     k_sigma: float = 3.0
     min_bands: int = 2
     spread_tol_db: float = 3.0
+    tonal_tol_db: float = 3.0
     clf_logit_rise: float = 1.5
     material: str | None = None
     diameter_mm: float = 150.0
@@ -84,9 +97,18 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     shape_rise = check.shape - baseline.shape
     t_level = np.maximum(p.min_rise_db, p.k_sigma * baseline.level_sigma)
     t_shape = np.maximum(p.min_rise_db, p.k_sigma * baseline.shape_sigma)
-    ratio = np.maximum(rise / t_level, shape_rise / t_shape)
-    steady = check.spread <= baseline.spread + p.spread_tol_db
-    risen_mask = mask & steady & (ratio >= 1.0)
+    # A rise of the level counts when the spectrum's shape moved with it: a leak lifts its own
+    # bands; more flow noise or a louder street lifts them all alike and leaves the shape.
+    level_ratio = np.where(shape_rise >= p.min_shape_rise_db, rise / t_level, 0.0)
+    ratio = np.maximum(level_ratio, shape_rise / t_shape)
+    # Lower half only (p50 - p10): passing vehicles and clicks are brief and stay above the median;
+    # rain and traffic that wander widen the lower half too, a leak's constant hiss does not.
+    steady = (check.p50 - check.p10) <= STEADY_LOWER_SPREAD_DB + p.spread_tol_db
+    # A line that was not there (a pump started, a mains hum) raises a band without being a leak.
+    tonal_ok = np.ones(features.N_BANDS, dtype=bool)
+    if check.tonal is not None:
+        tonal_ok = check.tonal <= baseline.tonal + p.tonal_tol_db
+    risen_mask = mask & steady & tonal_ok & (ratio >= 1.0)
     half_mask = mask & (ratio >= 0.5)
     clf_rise = (
         None

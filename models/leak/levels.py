@@ -4,7 +4,8 @@ Each whole second of canonical audio (8 kHz, `features.prepare`) gives one row o
 levels the leak features use (10 Hz - 3.6 kHz, log-spaced), in dB re full scale: a Hann-windowed
 8192-point FFT of that second, its power summed per band and scaled so that white noise of mean
 square s2 puts s2 x (bandwidth / 4 kHz) into a band. These rows are what a night's quiet level,
-its spread and the sensor's baseline are built from. Cost: one real FFT per second of audio.
+its spread and the sensor's baseline are built from; with them, each band's tonality (a pump's
+line stands out of its band, a leak's hiss does not). Cost: one real FFT per second of audio.
 """
 
 from __future__ import annotations
@@ -25,16 +26,29 @@ _FLOOR_DB: Final = -200.0
 FloatArray = npt.NDArray[np.float64]
 
 
-def second_levels(x: FloatArray) -> FloatArray:
-    """Band levels (dB re full scale) of each whole second of canonical audio: shape (seconds, N_BANDS)."""
+_STARTS: Final = np.argmax(features.BAND_MATRIX > 0, axis=1)
+_COUNTS: Final = features.BAND_MATRIX.sum(axis=1)
+
+
+def second_bands(x: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Per whole second of canonical audio: band levels (dB re full scale) and band tonality (dB:
+    the strongest bin over the band's mean bin; a pump or mains tone stands out, leak noise does
+    not), each shaped (seconds, N_BANDS)."""
     n = x.size // SECOND
     if n == 0:
-        return np.zeros((0, features.N_BANDS))
+        return np.zeros((0, features.N_BANDS)), np.zeros((0, features.N_BANDS))
     frames = x[: n * SECOND].reshape(n, SECOND) * _WIN
     spec = np.abs(np.fft.rfft(frames, features.NFFT, axis=1)) ** 2
-    power = (spec @ features.BAND_MATRIX.T) * _SCALE
-    out: FloatArray = np.maximum(10.0 * np.log10(np.maximum(power, 1e-20)), _FLOOR_DB)
-    return out
+    power = spec @ features.BAND_MATRIX.T
+    peak = np.maximum.reduceat(spec, _STARTS, axis=1)[:, : features.N_BANDS]
+    levels: FloatArray = np.maximum(10.0 * np.log10(np.maximum(power * _SCALE, 1e-20)), _FLOOR_DB)
+    tonal: FloatArray = 10.0 * np.log10(np.maximum(peak * _COUNTS, 1e-30) / np.maximum(power, 1e-30))
+    return levels, tonal
+
+
+def second_levels(x: FloatArray) -> FloatArray:
+    """Band levels (dB re full scale) of each whole second of canonical audio: shape (seconds, N_BANDS)."""
+    return second_bands(x)[0]
 
 
 class SecondLevels:
@@ -43,12 +57,11 @@ class SecondLevels:
     def __init__(self) -> None:
         self._buf = np.zeros(0)
 
-    def feed(self, x: FloatArray) -> FloatArray:
+    def feed(self, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Levels and tonality of the whole seconds completed by `x` (see `second_bands`)."""
         self._buf = np.concatenate([self._buf, x])
         n = self._buf.size // SECOND
-        if n == 0:
-            return np.zeros((0, features.N_BANDS))
-        rows = second_levels(self._buf[: n * SECOND])
+        rows = second_bands(self._buf[: n * SECOND])
         self._buf = self._buf[n * SECOND :]
         return rows
 

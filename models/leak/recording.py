@@ -15,7 +15,7 @@ import numpy.typing as npt
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import CheckStats
 from water_edge.models.leak.detector import LeakScorer
-from water_edge.models.leak.levels import SECOND, second_levels
+from water_edge.models.leak.levels import SECOND, second_bands
 
 DEFAULT_CHECK_S: Final = 8.0
 MIN_CHECK_S: Final = 2
@@ -42,7 +42,7 @@ def recording_checks(
     scorer: LeakScorer | None = None,
 ) -> list[CheckStats]:
     """Checks of a canonical (8 kHz, one channel) recording; the classifier is skipped without a scorer."""
-    levels = second_levels(canon)
+    levels, tonal = second_bands(canon)
     out = []
     for index, (a, b) in enumerate(split_checks(levels.shape[0], check_s)):
         probs: list[float] = []
@@ -52,7 +52,12 @@ def recording_checks(
                 probs = [float(p) for p in scorer.probabilities(features.windows(piece, hop_s=1.0))]
         out.append(
             CheckStats.from_levels(
-                levels[a:b], night=name, index=index, start_ns=a * 1_000_000_000, probabilities=probs
+                levels[a:b],
+                night=name,
+                index=index,
+                start_ns=a * 1_000_000_000,
+                probabilities=probs,
+                tonality=tonal[a:b],
             )
         )
     return out
