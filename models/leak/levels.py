@@ -67,3 +67,32 @@ class SecondLevels:
 
     def reset(self) -> None:
         self._buf = np.zeros(0)
+
+
+class Decimator:
+    """Brings one channel to the canonical 8 kHz across chunk boundaries (a filter with state):
+    integer ratios by a 127-tap low-pass FIR then every r-th sample; other rates per chunk with
+    `features.prepare` (its edges are then slightly off; capture at a multiple of 8 kHz)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        from scipy import signal
+
+        self.rate = sample_rate
+        self.ratio = sample_rate // SECOND if sample_rate % SECOND == 0 else 0
+        self._taps: FloatArray | None = None
+        if self.ratio > 1:
+            self._taps = signal.firwin(127, 0.9 / self.ratio)
+            self._zi = np.zeros(126)
+        self._phase = 0
+
+    def feed(self, x: FloatArray) -> FloatArray:
+        if self.ratio == 1:
+            return x
+        if self._taps is None:
+            return features.prepare(x, self.rate)[0]
+        from scipy import signal
+
+        y, self._zi = signal.lfilter(self._taps, 1.0, x, zi=self._zi)
+        out: FloatArray = y[self._phase :: self.ratio]
+        self._phase = (self._phase - x.size) % self.ratio
+        return out
