@@ -10,9 +10,9 @@ given: MNF x (P_ref / P_night)^N1, the FAVAD exponent N1) goes into `StepDetecto
   with k = half the smallest step worth reporting (the largest of `min_added_pct` % of the
   baseline, `min_added_m3h` and `min_added_sigma` x sigma: a per-site threshold, so a noisy
   district reports only the rises it can tell from its noise), declares a rise when S >= h.
-  The increment is capped at 3 so a single odd night (a pool filled,
-  a main flushed) cannot raise an event alone. The onset is the night S last left zero; the added
-  flow is the mean excess since then. The baseline then **moves on** to include the new leak, so
+  The increment is capped at 3 so a single odd night (a pool filled, a main flushed) cannot raise
+  an event alone. The added flow is the median excess of the last three nights, the onset the
+  first night that carried half of it. The baseline then **moves on** to include the new leak, so
   the next one is found on top of it;
 - between rises the baseline follows slow change (seasons, growth) with an exponential average
   over `track_nights`, but only on nights that show no sign of a rise (S == 0); a drop (a repair)
@@ -81,7 +81,7 @@ class StepDetector:
     s_up: float = 0.0
     s_down: float = 0.0
     onset: date | None = None
-    since_onset: list[float] = field(default_factory=list)
+    since_onset: list[tuple[date, float]] = field(default_factory=list)  # excess per night while S > 0
     rises: int = 0
 
     @property
@@ -140,15 +140,21 @@ class StepDetector:
         self.s_up = max(0.0, self.s_up + min(d, CAP) - k)
         self.s_down = max(0.0, self.s_down + min(-d, CAP) - k)
         if self.s_up > 0:
-            self.since_onset.append(value - expected)
+            self.since_onset.append((night, value - expected))
         else:
             self.onset, self.since_onset = None, []
         row.added = value - expected
         if self.s_up >= self.params.h and self.since_onset:
-            added = float(np.mean(self.since_onset))
-            row.event, row.onset, row.added = "leak", self.onset, added
-            self.baseline += added  # the baseline moves on: the next leak is found on top of this one
-            self.rises += 1
+            # The rise as the last nights show it (a quiet night or two before the step may have
+            # started the sum), and its onset: the first night that carried half of it.
+            added = float(np.median([v for _, v in self.since_onset[-3:]]))
+            onset = next((n for n, v in self.since_onset if v >= 0.5 * added), self.since_onset[-1][0])
+            if added >= 0.75 * self.min_step:
+                row.event, row.onset, row.added = "leak", onset, added
+                self.rises += 1
+            # Either way the baseline moves on: the next leak is found on top of this one (a rise
+            # too small to report, the rest of an underestimated step, is absorbed without an event).
+            self.baseline += added
             self.s_up, self.s_down, self.onset, self.since_onset = 0.0, 0.0, None, []
         elif self.s_down >= self.params.h:
             # A repair: follow the night flow down.
@@ -168,7 +174,7 @@ class StepDetector:
             "s_up": self.s_up,
             "s_down": self.s_down,
             "onset": None if self.onset is None else self.onset.isoformat(),
-            "since_onset": self.since_onset,
+            "since_onset": [[n.isoformat(), v] for n, v in self.since_onset],
             "rises": self.rises,
         }
 
@@ -183,7 +189,7 @@ class StepDetector:
             s_up=float(d.get("s_up", 0.0)),
             s_down=float(d.get("s_down", 0.0)),
             onset=None if d.get("onset") is None else date.fromisoformat(d["onset"]),
-            since_onset=[float(v) for v in d.get("since_onset", [])],
+            since_onset=[(date.fromisoformat(n), float(v)) for n, v in d.get("since_onset", [])],
             rises=int(d.get("rises", 0)),
         )
 
