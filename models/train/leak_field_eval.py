@@ -207,11 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m water_edge.models.train.leak_field_eval", description=__doc__
     )
-    ap.add_argument("--sites", type=int, default=8)
+    ap.add_argument("--sites", type=int, default=6)
     ap.add_argument("--nights", type=int, default=120)
-    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--checks", type=int, default=2)
-    ap.add_argument("--check-s", type=float, default=45.0)
+    ap.add_argument("--check-s", type=float, default=40.0)
     ap.add_argument("--skip-sim", action="store_true", help="the real-recording protocol only")
     ap.add_argument("--update-manifest", action="store_true", help="write the figures into the leak manifest")
     args = ap.parse_args(argv)
