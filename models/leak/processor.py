@@ -1,8 +1,9 @@
 """`AudioLeakProcessor`: every hydrophone of one audio device against its own baseline, night by night.
 
 Per channel (a *sensor*, `<device>.<channel>`), during the night window (local time, `timezone`):
-one row of band levels and tonality per second (`levels.second_bands`), the classifier every
-`classifier_every_s`, cut into checks of `check_minutes`. Each finished check is stored
+one row of band levels and tonality per second (`levels.second_bands`) and the classifier's
+probability (it runs every `classifier_every_s`, day and night, for the status), cut into checks of
+`check_minutes`. Each finished check is stored
 (`store.SensorStore`), and then either
 
 - **learning**: once `baseline_nights` nights are stored and no baseline exists, the baseline is
@@ -246,30 +247,32 @@ class AudioLeakProcessor:
         if self._check is not None and key != self._check:
             events += self._finish_check(*self._check)
         self._check = key
-        score_now = False
-        if key is not None:
-            self._since_clf += 1
-            score_now = self._since_clf >= self.section.classifier_every_s
-            if score_now:
-                self._since_clf = 0
+        # The classifier runs day and night (its latest probability is in the status); only the
+        # night's windows go into the checks.
+        self._since_clf += 1
+        score_now = self._since_clf >= self.section.classifier_every_s
+        if score_now:
+            self._since_clf = 0
         keep = int(self.section.correlate_s)
         for s in self.sensors:
             x, s.pending = s.pending[:SECOND], s.pending[SECOND:]
+            x = x - x.mean()
+            s.tail = np.concatenate([s.tail, x])[-features.WINDOW :]
+            p = None
+            if score_now and s.tail.size >= features.WINDOW:
+                p = float(self.scorer.probabilities(features.window_features(s.tail)[None, :])[0])
+                self.windows_scored += 1
+                self.last_probability = round(p, 4)
             if key is None:
                 continue
-            x = x - x.mean()
             levels, tonal = second_bands(x)
             s.levels.append(levels[0])
             s.tonal.append(tonal[0])
-            s.tail = np.concatenate([s.tail, x])[-features.WINDOW :]
-            s.ring.append(x.astype(np.float32).astype(np.float64))
+            if p is not None:
+                s.probs.append(p)
+            s.ring.append(x)
             while len(s.ring) > keep:
                 s.ring.popleft()
-            if score_now and s.tail.size >= features.WINDOW:
-                p = float(self.scorer.probabilities(features.window_features(s.tail)[None, :])[0])
-                s.probs.append(p)
-                self.windows_scored += 1
-                self.last_probability = round(p, 4)
         return events
 
     def _check_index(self, night: date, ts: int) -> int:
