@@ -271,3 +271,29 @@ def test_cli_calibrates_on_quiet_files_and_scores_a_leak_file_against_the_baseli
     bad = _cli("score", "leak", str(quiet[0]), "--baseline", str(quiet[0]))
     assert bad.returncode == 2
     assert "base" not in bad.stdout
+
+
+async def test_the_signed_leak_calibration_command_reaches_the_leak_factory(tmp_path: Path) -> None:
+    from water_edge.agent.assembly import calibration_targets
+    from water_edge.agent.remote.config import COMMAND_TYPES
+    from water_edge.agent.remote.handlers import Targets, build_handlers
+    from water_edge.agent.remote.result import CommandFailedError
+    from water_edge.core.envelope import Envelope
+
+    assert "leak_calibration" in COMMAND_TYPES
+    store = SensorStore(tmp_path, "hyd.B")
+    for d in range(1, 4):
+        store.append(_check(f"2025-06-0{d}", -60.0 + np.linspace(10, -10, NB)))
+    handlers = build_handlers(
+        Targets(calibrations=calibration_targets([LeakFactory([SECTION], {}, tmp_path)]))
+    )
+
+    def envelope(args: dict[str, object]) -> Envelope:
+        return Envelope("c1", "leak_calibration", "s/g", "n", 0, 1, args, "ops", b"", b"")
+
+    result = await handlers["leak_calibration"](envelope({"sensor": "hyd.B"}))
+    assert result.status == "ok"
+    assert result.detail["version"] == 1
+    assert result.detail["nights"] == 3
+    with pytest.raises(CommandFailedError, match="argument 'sensor' missing"):
+        await handlers["leak_calibration"](envelope({"pump": "x"}))
