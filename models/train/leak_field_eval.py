@@ -1,7 +1,7 @@
 """Evaluation of the field leak detector (baseline + judgement + confirmation), `make eval`.
 
-    python -m water_edge.models.train.leak_field_eval [--sites 8] [--nights 120] [--trials 40]
-                                                      [--check-s 45] [--update-manifest]
+    python -m water_edge.models.train.leak_field_eval [--sites 6] [--nights 120] [--trials 30]
+                                                      [--check-s 40] [--update-manifest]
 
 1. **Real recordings** (fixed protocol): the baseline is learned from the first half of the real
    no-leak recording (8 s checks); the second half of it and each of the four leak recordings are
