@@ -89,6 +89,10 @@ def test_confirmation_warns_confirms_clears_and_lets_a_lone_warning_expire() -> 
     assert c.update("2025-03-03", quiet) is None
     assert c.update("2025-03-04", quiet) is None
     assert c.update("2025-03-05", quiet) == "cleared"  # two whole quiet nights
+    strict = Confirmation(next_night=True)  # confirm_next_night = true
+    assert strict.update("2025-03-01", pos) == "warning"
+    assert strict.update("2025-03-01", pos) is None  # not the same night ...
+    assert strict.update("2025-03-02", pos) == "leak"  # ... the next
     lone = Confirmation()
     assert lone.update("2025-04-01", pos) == "warning"
     assert lone.update("2025-04-02", quiet) is None

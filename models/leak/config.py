@@ -43,6 +43,9 @@ class DetectionSection(_Section):
     tonal_tol_db: float = Field(default=3.0, ge=0, le=40)
     clf_logit_rise: float = Field(default=1.5, ge=0, le=24)
     clear_nights: int = Field(default=2, ge=1, le=30)
+    # A second positive confirms a warning later the same night or the next night; true: only on a
+    # later night (fewer false alarms from one loud night, a little slower; docs/leak-detection.md).
+    confirm_next_night: bool = False
 
 
 class LeakModelSection(_Section):

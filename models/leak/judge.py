@@ -7,8 +7,8 @@ bands of the pipe material when it is known, else all 20):
 - `shape_rise_db`: the same for the spectral shape (quiet level minus the median band), which a
   change of gain or of broadband background does not move;
 - risen when either exceeds its threshold `max(min_rise_db, k_sigma x the baseline's variability)`
-  (a level rise only counts where the shape rose by `min_shape_rise_db` too: more flow noise or a
-  louder street lifts every band alike, a leak lifts its own)
+  (a level rise only counts where it exceeds the median rise over all bands by `min_shape_rise_db`:
+  more flow noise or a louder street lifts every band alike, a leak lifts its own)
   *and* the band is steady: the lower half of its one-second levels (p50 - p10) is no wider than a
   steady noise's in that band plus `spread_tol_db` (a leak is a constant hiss; rain and traffic
   wander, passing vehicles and clicks are brief and only reach the upper half), and not tonal: its
@@ -99,7 +99,11 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     t_shape = np.maximum(p.min_rise_db, p.k_sigma * baseline.shape_sigma)
     # A rise of the level counts when the spectrum's shape moved with it: a leak lifts its own
     # bands; more flow noise or a louder street lifts them all alike and leaves the shape.
-    level_ratio = np.where(shape_rise >= p.min_shape_rise_db, rise / t_level, 0.0)
+    # "Alike" is measured against the median rise over all 20 bands (the common mode), not against
+    # the median band level: a loud leak that lifts most of its bands moves the median *level* a
+    # lot, but its own bands still stand above the common rise.
+    common = float(np.median(rise))
+    level_ratio = np.where(rise - common >= p.min_shape_rise_db, rise / t_level, 0.0)
     ratio = np.maximum(level_ratio, shape_rise / t_shape)
     # Lower half only (p50 - p10): passing vehicles and clicks are brief and stay above the median;
     # rain and traffic that wander widen the lower half too, a leak's constant hiss does not.
@@ -152,6 +156,7 @@ class Confirmation:
     """Warning -> leak -> cleared for one sensor, one check at a time (see the module docstring)."""
 
     clear_nights: int = 2
+    next_night: bool = False  # confirm only on a later night than the warning's
     state: Literal["quiet", "warning", "leak"] = "quiet"
     since_night: str | None = None  # the night of the first positive of the current episode
     warning_night: str | None = None
@@ -173,7 +178,7 @@ class Confirmation:
             if self.state == "quiet":
                 self.state, self.since_night, self.warning_night = "warning", night, night
                 return "warning"
-            if self.state == "warning":
+            if self.state == "warning" and not (self.next_night and night == self.warning_night):
                 self.state = "leak"
                 return "leak"
         return out

@@ -205,7 +205,8 @@ class AudioLeakProcessor:
         self._rate = int(win.sample_rate)
 
     def _confirmation(self) -> Confirmation:
-        return Confirmation(clear_nights=self.section.detection.clear_nights)
+        d = self.section.detection
+        return Confirmation(clear_nights=d.clear_nights, next_night=d.confirm_next_night)
 
     def _window(self, win: AudioWindowLike) -> list[Event]:
         samples = np.asarray(win.samples, dtype=np.float64)
