@@ -28,6 +28,8 @@ bench: setup
 eval: setup
 	$(PY) -m water_edge.models.train.leak_eval --update-manifest
 	$(PY) -m water_edge.models.train.leak_calibration
+	$(PY) -m water_edge.models.train.leak_field_eval --update-manifest
+	$(PY) -m water_edge.models.train.flow_leak_eval
 	$(PY) -m water_edge.models.train.pump_eval --write
 
 soak: setup

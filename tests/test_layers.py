@@ -100,3 +100,18 @@ def test_a_deliberate_violation_breaks_the_contract(
     result = lint_imports(tree_with(tmp_path, folder, "deliberate_violation", source))
     assert result.returncode != 0
     assert broken in result.stdout
+
+
+def test_every_models_module_is_a_source_of_the_never_import_training_contract() -> None:
+    # The contract lists models' children one by one (models.train is itself under models); a new
+    # processor package left off the list would escape the check.
+    import pkgutil
+    import tomllib
+
+    import water_edge.models
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (contract,) = [c for c in contracts if c["id"] == "product-never-imports-sim-or-training"]
+    children = {f"water_edge.models.{m.name}" for m in pkgutil.iter_modules(water_edge.models.__path__)}
+    missing = children - {"water_edge.models.train"} - set(contract["source_modules"])
+    assert not missing, f"add to the contract's source_modules: {sorted(missing)}"

@@ -21,6 +21,7 @@ from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.codec import decode_events
 from water_edge.core.errors import ConfigError
 from water_edge.core.reading import Reading, now_ns
+from water_edge.models.flow_leak.config import FlowLeakSection
 from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.factory import LeakFactory
 from water_edge.models.pump.config import PumpModelConfig
@@ -39,7 +40,7 @@ def problems_for(tmp_path: Path, models: str, devices: str = AUDIO) -> list[str]
 
 
 def test_the_installed_kinds_are_found_with_their_config_models() -> None:
-    assert {"leak", "pump"} <= set(processors.known_kinds())
+    assert {"leak", "pump", "flow_leak"} <= set(processors.known_kinds())
     assert processors.load("pump") is PumpFactory
     assert PumpFactory.config_model is PumpModelConfig
     assert processors.load("leak") is LeakFactory
@@ -49,9 +50,12 @@ def test_the_installed_kinds_are_found_with_their_config_models() -> None:
 
 def test_models_tables_are_validated_by_their_kinds_models() -> None:
     config = load_config(ROOT / "deploy" / "samples" / "models.toml")
-    assert list(config.models) == ["pump", "leak"]
+    assert list(config.models) == ["pump", "leak", "flow_leak"]
     (pump,) = config.models["pump"]
     (leak,) = config.models["leak"]
+    (flow,) = config.models["flow_leak"]
+    assert isinstance(flow, FlowLeakSection)
+    assert flow.inflow == ["outlet_flow"]
     assert isinstance(pump, PumpModelConfig)
     assert pump.signals["flow"] == "pump1_flow"
     assert isinstance(leak, LeakModelSection)
@@ -90,8 +94,13 @@ def test_an_unknown_kind_names_the_file_the_key_and_the_installed_kinds(tmp_path
             "models.pump[0]: Input should be a valid dictionary or instance of PumpModelConfig (got 'P1')",
         ),
         (
-            '[[models.leak]]\ndevice = "hyd"\nalpha = 2\n',
-            "models.leak[0].alpha: Input should be less than or equal to 1 (got 2)",
+            '[[models.leak]]\ndevice = "hyd"\ntimezone = "Mars/Base"\n',
+            "models.leak[0].timezone: unknown time zone 'Mars/Base' (expected an IANA name "
+            "such as 'Europe/Amsterdam') (got 'Mars/Base')",
+        ),
+        (
+            '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\nmin_bands = 0\n',
+            "models.leak[0].detection.min_bands: Input should be greater than or equal to 1 (got 0)",
         ),
     ],
 )

@@ -33,6 +33,7 @@ from water_edge.drivers.mbus.health import MbusHealth
 from water_edge.drivers.modbus.health import ModbusRtuHealth, ModbusTcpHealth
 from water_edge.drivers.opcua.health import OpcUaHealth
 from water_edge.drivers.serial_bus import SerialBusHealth
+from water_edge.models.flow_leak.processor import FlowLeakProcessor
 from water_edge.models.leak.processor import AudioLeakProcessor, LeakHealth
 from water_edge.models.meter.processor import MeterProcessor
 from water_edge.models.pump.health import PumpHealth, PumpStatus
@@ -43,7 +44,12 @@ SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
 T0 = 1_764_059_400_000_000_000
 
 # The processors that ship, by kind; a new kind must add its processor here (and its health to the schema).
-PROCESSOR_CLASSES = {"pump": PumpProcessor, "leak": AudioLeakProcessor, "meter": MeterProcessor}
+PROCESSOR_CLASSES = {
+    "pump": PumpProcessor,
+    "leak": AudioLeakProcessor,
+    "meter": MeterProcessor,
+    "flow_leak": FlowLeakProcessor,
+}
 
 
 def runner(name: str, kind: str, driver: Health, **overrides: Any) -> RunnerStatus:

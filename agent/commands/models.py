@@ -3,8 +3,10 @@
     edge-agent models score pump --csv FILE --calibrate-rows N [--model MANIFEST]
     edge-agent models calibrate pump --pump NAME --from T --to T [-c CONFIG] [--state-dir DIR]
 
-The leak detector adds `score leak` and `locate` through `models.leak.cli.register(models_sub,
-score_sub)` when that module is installed. Errors are one line on stderr and exit code 2.
+The leak detector adds `score leak`, `calibrate leak` and `locate` through
+`models.leak.cli.register(models_sub, score_sub, calibrate_sub)`, night-flow detection adds
+`score flow-leak` through `models.flow_leak.cli.register(score_sub)`, when installed. Errors are
+one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -83,7 +85,14 @@ def register(subparsers: Any) -> None:
         if exc.name != "water_edge.models.leak.cli":
             raise
     else:
-        leak_cli.register(models_sub, score_sub)
+        leak_cli.register(models_sub, score_sub, calibrate_sub)
+    try:
+        flow_cli = importlib.import_module("water_edge.models.flow_leak.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name != "water_edge.models.flow_leak.cli":
+            raise
+    else:
+        flow_cli.register(score_sub)
 
 
 def _error(message: str) -> int:

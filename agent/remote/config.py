@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from water_edge.core.sizes import ByteSize
 from water_edge.provisioning.config import IdentitySection
 
-CommandType = Literal["read_now", "config_update", "model_update", "pump_calibration", "restart", "write"]
+CommandType = Literal[
+    "read_now", "config_update", "model_update", "pump_calibration", "leak_calibration", "restart", "write"
+]
 COMMAND_TYPES: tuple[str, ...] = CommandType.__args__  # type: ignore[attr-defined]
 # What a config_update may change beyond the ordinary settings, each only with its own right:
 # `security` ([security], operators and their rights, gateway.state_dir), `writes` ([writes] and

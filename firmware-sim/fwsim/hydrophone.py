@@ -85,6 +85,17 @@ class PipeScene:
     sample_rate: int = 16000
     channels: int = 2
     seed: int = 0
+    # Night-to-night conditions (`hydrophone_nights`). With `site_seed` the site's character (the
+    # background mix, rumble and pump frequencies, sensor floor) comes from it and `seed` only draws
+    # the noise, so one site can be heard on many nights. `gains_db` scales a background component
+    # on top of the site's mix ("traffic", "pump", "flow", "transients"; the leak keeps its level,
+    # set by `snr_db` against the site's nominal background); `rain_db` adds rain noise at that
+    # level re the nominal background (None: dry); `vehicles_per_min` adds passing vehicles.
+    site_seed: int | None = None
+    gains_db: tuple[tuple[str, float], ...] = ()
+    rain_db: float | None = None
+    rain_gust_s: float = 20.0  # correlation time of the rain's gusting (level sigma 5 dB)
+    vehicles_per_min: float = 0.0
 
     def __post_init__(self) -> None:
         pipes.material(self.material)  # raises ValueError naming the known materials
@@ -103,6 +114,13 @@ class PipeScene:
             raise ValueError(f"unknown background(s) {unknown}; expected some of {list(BACKGROUNDS)}")
         if not math.isfinite(self.snr_db):
             raise ValueError("snr_db must be finite")
+        bad_gain = [b for b, _ in self.gains_db if b not in BACKGROUNDS]
+        if bad_gain:
+            raise ValueError(f"gains_db names unknown background(s) {bad_gain}")
+        if self.rain_gust_s <= 0:
+            raise ValueError("rain_gust_s must be > 0")
+        if not 0.0 <= self.vehicles_per_min <= 60.0:
+            raise ValueError(f"vehicles_per_min {self.vehicles_per_min} is outside 0..60")
 
     @property
     def wave_speed(self) -> float:
@@ -176,7 +194,8 @@ class HydrophoneSynth:
         self._pending = np.zeros((0, scene.channels), dtype=np.float32)
         seq = np.random.SeedSequence(scene.seed)
         streams = seq.spawn(4 + 2 * scene.channels)
-        self._params = np.random.default_rng(streams[0])
+        site = streams[0] if scene.site_seed is None else np.random.SeedSequence([scene.site_seed, 1])
+        self._params = np.random.default_rng(site)
         bg_rms = 10 ** (BACKGROUND_RMS_DBFS / 20)
         chosen = [b for b in BACKGROUNDS if b in scene.backgrounds]
         # Each site mixes its backgrounds differently: weights vary x0.25..x4 around the calibrated mix.
@@ -188,6 +207,11 @@ class HydrophoneSynth:
         }
         total = sum(raw[b] for b in chosen) or 1.0
         weight: dict[str, float] = {b: raw[b] / total for b in chosen}
+        # The night's conditions scale components after the mix is normalised: the nominal
+        # background power (the leak's SNR reference) stays the site's.
+        for b, g in scene.gains_db:
+            if b in weight:
+                weight[b] *= 10 ** (g / 10)
         floor_gain = bg_rms * 10 ** ((FLOOR_DB + float(self._params.uniform(-6.0, 6.0))) / 20)
         if not chosen:  # no background at all: the sensor floor alone is the background
             floor_gain = bg_rms
@@ -196,6 +220,7 @@ class HydrophoneSynth:
         self._c = c
         self._build_backgrounds(weight, bg_rms, floor_gain, streams)
         self._build_leak(streams[1], c)
+        self._build_night(streams[2], streams[3], bg_rms)
 
     # ----------------------------------------------------------------- background
     def _build_backgrounds(
@@ -257,6 +282,50 @@ class HydrophoneSynth:
             self._click_zi = np.zeros((sc.channels, self._click_sos.shape[0], 2))
             self._clicks = [np.random.default_rng(streams[4 + sc.channels + k]) for k in range(sc.channels)]
             self._click_tail = np.zeros((int(10 * self._click_tau * sr), sc.channels))
+
+    # ---------------------------------------------------------------------- night
+    def _build_night(
+        self, rain_seq: np.random.SeedSequence, car_seq: np.random.SeedSequence, bg: float
+    ) -> None:
+        """Rain (broadband, gusting on a ~20 s scale) and passing vehicles (rumble bursts of a few s)."""
+        sc, sr = self.scene, self._sr
+        metal = pipes.material(sc.material).metal
+        self._rain: list[_Filtered] = []
+        self._rain_rng = np.random.default_rng(rain_seq)
+        self._rain_state = 0.0
+        if sc.rain_db is not None:
+            sos = _band_sos(150.0 if metal else 60.0, 3000.0 if metal else 1500.0, sr, 2)
+            gain = bg * 10 ** (sc.rain_db / 20)
+            self._rain = [_Filtered(sos, np.random.default_rng(rain_seq.spawn(1)[0]), gain)]
+            self._rain += [
+                _Filtered(sos, np.random.default_rng(s), gain) for s in rain_seq.spawn(sc.channels - 1)
+            ]
+        self._cars: list[tuple[float, float, float]] = []  # (centre s, peak linear gain - 1, width s)
+        if sc.vehicles_per_min > 0:
+            rng = np.random.default_rng(car_seq)
+            self._car_rng = rng
+            self._car_next = float(rng.exponential(60.0 / sc.vehicles_per_min))
+
+    def _night_gain(self, t: Array) -> tuple[Array, float]:
+        """Traffic multiplier over `t` (passing vehicles) and this block's rain gust factor."""
+        sc = self.scene
+        gain = np.ones_like(t)
+        if sc.vehicles_per_min > 0:
+            end = float(t[-1])
+            while self._car_next <= end + 10.0:
+                peak_db = float(self._car_rng.uniform(4.0, 15.0))
+                width = float(self._car_rng.uniform(1.5, 4.0))
+                self._cars.append((self._car_next, 10 ** (peak_db / 20) - 1.0, width))
+                self._car_next += float(self._car_rng.exponential(60.0 / sc.vehicles_per_min))
+            self._cars = [c for c in self._cars if c[0] + 4 * c[2] >= float(t[0])]
+            for centre, amp, width in self._cars:
+                gain += amp * np.exp(-0.5 * ((t - centre) / width) ** 2)
+        # Rain gusts: a log-normal level, AR(1) with a `rain_gust_s` correlation time, sigma 5 dB.
+        rho = math.exp(-(t.size / self._sr) / sc.rain_gust_s)
+        self._rain_state = rho * self._rain_state + math.sqrt(1 - rho * rho) * float(
+            self._rain_rng.standard_normal()
+        )
+        return gain, 10 ** (5.0 * self._rain_state / 20)
 
     # ----------------------------------------------------------------------- leak
     def _build_leak(self, stream: np.random.SeedSequence, c: float) -> None:
@@ -320,12 +389,15 @@ class HydrophoneSynth:
         sc, sr, n = self.scene, self._sr, _BLOCK
         out = np.zeros((n, sc.channels))
         t = (self._t + np.arange(n)) / sr
+        cars, gust = self._night_gain(t)
         for k, parts in enumerate(self._noise):
             for i, part in enumerate(parts):
                 y = part.block(n)
                 if i >= self._traffic_from:  # the rumble modes are slowly amplitude-modulated
-                    y = y * (1.0 + 0.5 * np.sin(2 * np.pi * self._am_freq * t + self._am_phase[k]))
+                    y = y * (1.0 + 0.5 * np.sin(2 * np.pi * self._am_freq * t + self._am_phase[k])) * cars
                 out[:, k] += y
+        for k, rain in enumerate(self._rain):
+            out[:, k] += gust * rain.block(n)
         for k, x in enumerate(sc.sensor_positions()):
             # Tones come from the pump end, one spacing-equivalent beyond sensor A.
             tau = (x + sc.spacing_m) / self._c

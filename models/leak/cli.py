@@ -1,11 +1,16 @@
-"""`edge-agent models score leak` and `edge-agent models locate`: the leak models on recorded WAV files.
+"""`edge-agent models score leak`, `calibrate leak` and `locate`: the leak models on recorded WAV files
+and on the gateway's stored nights.
 
-    edge-agent models score leak FILE.wav [FILE.wav ...]
+    edge-agent models score leak FILE.wav [FILE.wav ...] [--baseline BASELINE.json]
+    edge-agent models calibrate leak FILE.wav [FILE.wav ...] --out BASELINE.json [--material M]
+    edge-agent models calibrate leak --sensor DEVICE.CHANNEL --from T --to T [-c CONFIG]
     edge-agent models locate PAIR.wav --distance M (--material NAME [--diameter MM] | --wave-speed M_S)
     edge-agent models locate A.wav B.wav --distance M ... [--offset-s S]
 
 Output is JSON (one line per scored file). A file that cannot be read or scored gives one line on
-stderr and exit code 2; the other files are still scored.
+stderr and exit code 2; the other files are still scored. With `--baseline`, each file is judged
+as one listening night cut into checks of `--check-s` seconds against the baseline a calibration
+wrote: `leak` is then the confirmed decision (two positive checks), `warning` one positive check.
 """
 
 from __future__ import annotations
@@ -21,11 +26,37 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 
 
-def register(models_sub: Any, score_sub: Any) -> None:
+def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None:
     leak = score_sub.add_parser("leak", help="leak probability of WAV recordings (one JSON line each)")
     leak.add_argument("files", nargs="+", type=Path, metavar="FILE.wav")
     leak.add_argument("--model", type=Path, default=None, help="model manifest (default: the shipped one)")
+    leak.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="judge against this sensor baseline (calibrate leak --out)",
+    )
+    _judging_arguments(leak)
     leak.set_defaults(func=cmd_score_leak)
+
+    if calibrate_sub is not None:
+        cal = calibrate_sub.add_parser(
+            "leak",
+            help="a hydrophone baseline: quiet recordings (--out) or the gateway's stored nights (--sensor)",
+        )
+        cal.add_argument(
+            "files", nargs="*", type=Path, metavar="FILE.wav", help="quiet recordings, one per night"
+        )
+        cal.add_argument("--out", type=Path, default=None, help="write the baseline JSON here (with FILEs)")
+        cal.add_argument("--sensor", default=None, help="DEVICE.CHANNEL on the gateway (with --from/--to)")
+        cal.add_argument("--from", dest="from_ts", default=None, help="ISO 8601 (UTC if no zone) or epoch s")
+        cal.add_argument("--to", dest="to_ts", default=None)
+        cal.add_argument(
+            "-c", "--config", type=Path, default=None, help="agent config (default $EDGE_AGENT_CONFIG)"
+        )
+        cal.add_argument("--state-dir", type=Path, default=None, help="override gateway.state_dir")
+        _judging_arguments(cal)
+        cal.set_defaults(func=cmd_calibrate_leak)
 
     loc = models_sub.add_parser("locate", help="leak position between two hydrophones (JSON)")
     loc.add_argument(
@@ -52,6 +83,12 @@ def register(models_sub: Any, score_sub: Any) -> None:
     loc.set_defaults(func=cmd_locate)
 
 
+def _judging_arguments(p: Any) -> None:
+    p.add_argument("--check-s", type=float, default=8.0, help="seconds of a recording per check (default 8)")
+    p.add_argument("--material", default=None, help="pipe material: judge its leak bands only")
+    p.add_argument("--diameter", type=float, default=150.0, metavar="MM", help="inner diameter (default 150)")
+
+
 def _out(obj: dict[str, Any]) -> None:
     sys.stdout.write(orjson.dumps(obj).decode() + "\n")
 
@@ -62,7 +99,11 @@ def _err(message: str) -> None:
 
 def cmd_score_leak(args: argparse.Namespace) -> int:
     from water_edge.core import logs
+    from water_edge.models.leak import features
+    from water_edge.models.leak.baseline import Baseline, BaselineError
     from water_edge.models.leak.detector import DEFAULT_MANIFEST, LeakScorer
+    from water_edge.models.leak.judge import JudgeParams, confirmed, judge
+    from water_edge.models.leak.recording import recording_checks
     from water_edge.models.leak.wavio import WavError, read_wav
     from water_edge.models.manifest import ModelError
     from water_edge.models.runtime import load_model
@@ -73,28 +114,160 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
     except ModelError as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT
+    baseline = None
+    params = None
+    if args.baseline is not None:
+        try:
+            baseline = Baseline.from_dict(orjson.loads(args.baseline.read_bytes()))
+            material = args.material or baseline.material
+            params = JudgeParams(material=material, diameter_mm=args.diameter)
+        except OSError as exc:
+            _err(f"{args.baseline}: cannot read: {exc.strerror or exc}")
+            return EXIT_BAD_INPUT
+        except (orjson.JSONDecodeError, BaselineError, ValueError) as exc:
+            _err(f"{args.baseline}: {exc}")
+            return EXIT_BAD_INPUT
     status = EXIT_OK
     for path in args.files:
         try:
             samples, rate = read_wav(path)
             notes = [f"{rate} Hz, {samples.shape[1]} channel(s), {samples.shape[0] / rate:.2f} s"]
             score = scorer.score(samples, rate)
+            judged = None
+            if baseline is not None:
+                canon, _ = features.prepare(samples, rate)
+                checks = recording_checks(canon, path.name, check_s=args.check_s, scorer=scorer)
+                judged = [judge(c, baseline, params) for c in checks]
         except (WavError, ValueError, ModelError) as exc:
             _err(f"{path}: {exc}" if str(path) not in str(exc) else str(exc))
             status = EXIT_BAD_INPUT
             continue
         body = score.to_json()
         body["input"] = notes + body["input"]
-        _out(
-            {
-                "file": str(path),
-                **body,
-                "threshold": scorer.threshold,
-                "leak": score.leak_probability >= scorer.threshold,
-                "model": scorer.model.version,
-            }
-        )
+        line: dict[str, Any] = {
+            "file": str(path),
+            **body,
+            "threshold": scorer.threshold,
+            "leak": score.leak_probability >= scorer.threshold,
+            "model": scorer.model.version,
+        }
+        if judged is not None and baseline is not None:
+            best = max(judged, key=lambda j: j.score)
+            line.update(
+                {
+                    "leak": confirmed(judged),
+                    "warning": any(j.positive for j in judged),
+                    "decision": "against baseline",
+                    "classifier_leak": score.leak_probability >= scorer.threshold,
+                    "rise_db": best.rise_db,
+                    "evidence": {
+                        "baseline_sensor": baseline.sensor,
+                        "baseline_version": baseline.version,
+                        "positive_checks": sum(j.positive for j in judged),
+                        "checks": [j.evidence() for j in judged],
+                    },
+                }
+            )
+        _out(line)
     return status
+
+
+def cmd_calibrate_leak(args: argparse.Namespace) -> int:
+    from water_edge.core import logs
+
+    logs.configure("warning", json=False)
+    if args.sensor is not None:
+        if args.files or args.out is not None:
+            _err("give either FILEs with --out, or --sensor with --from/--to")
+            return EXIT_BAD_INPUT
+        return _calibrate_on_gateway(args)
+    if not args.files or args.out is None:
+        _err("give quiet recordings and --out BASELINE.json (or --sensor DEVICE.CHANNEL --from T --to T)")
+        return EXIT_BAD_INPUT
+    from water_edge.models.leak import features, pipes
+    from water_edge.models.leak.baseline import Baseline, BaselineError
+    from water_edge.models.leak.detector import LeakScorer
+    from water_edge.models.leak.recording import recording_checks
+    from water_edge.models.leak.wavio import WavError, read_wav
+    from water_edge.models.manifest import ModelError
+
+    checks = []
+    try:
+        scorer = LeakScorer()
+        for path in args.files:
+            samples, rate = read_wav(path)
+            canon, _ = features.prepare(samples, rate)
+            checks += recording_checks(canon, path.name, check_s=args.check_s, scorer=scorer)
+        material = None if args.material is None else pipes.material(args.material).name
+        baseline = Baseline.learn(checks, sensor=args.out.stem, material=material)
+    except (WavError, ValueError, ModelError, BaselineError) as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    try:
+        args.out.write_text(orjson.dumps(baseline.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    except OSError as exc:
+        _err(f"{args.out}: cannot write: {exc.strerror or exc}")
+        return EXIT_BAD_INPUT
+    _out(
+        {
+            "out": str(args.out),
+            "recordings": len(args.files),
+            "checks": baseline.checks,
+            "seconds": baseline.seconds,
+            "quality": baseline.quality(),
+            "note": "one recording = one night; a few nights make a steadier baseline",
+        }
+    )
+    return EXIT_OK
+
+
+def _calibrate_on_gateway(args: argparse.Namespace) -> int:
+    import os
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from water_edge.core.processor import CalibrationFailedError
+    from water_edge.models.leak.calibration import calibrate_sensor, summary
+    from water_edge.models.leak.config import LeakModelSection
+
+    if args.from_ts is None or args.to_ts is None:
+        _err("--sensor needs --from and --to (the quiet nights to learn from)")
+        return EXIT_BAD_INPUT
+    config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
+    try:
+        raw = tomllib.loads(config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        _err(f"{config}: cannot read the config file: {exc.strerror or exc}")
+        return EXIT_BAD_INPUT
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        _err(f"{config}: not valid TOML: {exc}")
+        return EXIT_BAD_INPUT
+    state_dir = args.state_dir or Path((raw.get("gateway") or {}).get("state_dir", "/var/lib/edge-agent"))
+    sections = []
+    for i, item in enumerate((raw.get("models") or {}).get("leak") or []):
+        try:
+            sections.append(LeakModelSection.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            _err(f"{config}: models.leak[{i}].{where}: {first['msg']}")
+            return EXIT_BAD_INPUT
+    try:
+        baseline = calibrate_sensor(
+            sections, state_dir, args.sensor, {"from": args.from_ts, "to": args.to_ts}
+        )
+    except CalibrationFailedError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    wanted = next(s.baseline_nights for s in sections if args.sensor.startswith(s.device + "."))
+    _out(summary(baseline, wanted))
+    if len(baseline.nights) < wanted:
+        sys.stderr.write(
+            f"edge-agent models: warning: the baseline covers {len(baseline.nights)} night(s), "
+            f"fewer than the {wanted} asked for: its thresholds lean on the prior\n"
+        )
+    return EXIT_OK
 
 
 def cmd_locate(args: argparse.Namespace) -> int:

@@ -1,29 +1,96 @@
 """Config for acoustic leak detection: one `[[models.leak]]` section per `audio` device listened to.
 
-Example:
+Each channel of the device is one hydrophone (a *sensor*, named `<device>.<channel>`) with its own
+baseline. Example:
 
     [[models.leak]]
-    device = "hydrophones"   # a kind = "audio" device
-    on_windows = 3
-    off_windows = 5
+    device = "hydrophones"          # a kind = "audio" device
+    timezone = "Europe/Amsterdam"   # nights are local; default: the system's zone
+    night_start = "02:00"
+    night_end = "04:00"
+    baseline_nights = 7             # learned automatically after install
+    material = "ductile_iron"       # judges the material's leak bands; with spacing_m, locates
+    diameter_mm = 200
+    spacing_m = 120                 # channel 0 to channel 1, along the pipe
+    site = "dma-north"              # fuses with [[models.flow_leak]] of the same site
+    [models.leak.detection]
+    min_rise_db = 3.0
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from water_edge.core.names import NAME_PATTERN
+from water_edge.models.leak import pipes
+from water_edge.models.nightwindow import check_zone, minutes
 
 
-class LeakModelSection(BaseModel):
-    """`[[models.leak]]`: run the acoustic leak detector on an `audio` device's windows."""
-
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+class DetectionSection(_Section):
+    """How a check is judged against the baseline (`models.leak.judge.JudgeParams`)."""
+
+    min_rise_db: float = Field(default=3.0, ge=0.5, le=40)
+    min_shape_rise_db: float = Field(default=1.5, ge=0, le=40)
+    k_sigma: float = Field(default=3.0, ge=1, le=10)
+    min_bands: int = Field(default=2, ge=1, le=20)
+    spread_tol_db: float = Field(default=3.0, ge=0, le=40)
+    tonal_tol_db: float = Field(default=3.0, ge=0, le=40)
+    clf_logit_rise: float = Field(default=1.5, ge=0, le=24)
+    clear_nights: int = Field(default=2, ge=1, le=30)
+    # A second positive confirms a warning later the same night or the next night; true: only on a
+    # later night (fewer false alarms from one loud night, a little slower; docs/leak-detection.md).
+    confirm_next_night: bool = False
+
+
+class LeakModelSection(_Section):
+    """`[[models.leak]]`: per-hydrophone baselines over nights on an `audio` device's channels."""
+
     device: str = Field(pattern=NAME_PATTERN, max_length=64)  # the name of a kind = "audio" device
-    model: Path | None = None  # a model manifest; default: the shipped models/leak/leak_detector.json
-    alpha: float = Field(default=0.4, gt=0, le=1)  # smoothing of the probability (EWMA weight)
-    on_windows: int = Field(default=3, ge=1)  # windows above threshold before a leak event
-    off_windows: int = Field(default=5, ge=1)  # windows below before leak_cleared
+    model: Path | None = None  # classifier manifest; default: the shipped models/leak/leak_detector.json
+    channels: list[str] | None = None  # channel names to listen to; default: all of the device's
+    timezone: str | None = None  # IANA name; None: the system's local zone
+    night_start: str = "02:00"
+    night_end: str = "04:00"
+    check_minutes: float = Field(default=30.0, ge=1, le=240)  # a check = a piece of the night
+    baseline_nights: int = Field(default=7, ge=1, le=100)
+    keep_nights: int = Field(default=120, ge=7, le=3650)  # checks kept for on-demand calibration
+    classifier_every_s: float = Field(default=5.0, ge=1, le=600)
+    material: str | None = None
+    diameter_mm: float = Field(default=150.0, ge=10, le=3000)
+    spacing_m: float | None = Field(default=None, gt=0, le=5000)
+    correlate_s: float = Field(default=30.0, ge=2, le=120)  # audio kept per channel to locate
+    site: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)
+    detection: DetectionSection = DetectionSection()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return check_zone(value)
+
+    @field_validator("night_start", "night_end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        minutes(value)
+        return value
+
+    @field_validator("material")
+    @classmethod
+    def _material(cls, value: str | None) -> str | None:
+        return None if value is None else pipes.material(value).name
+
+    @model_validator(mode="after")
+    def _check(self) -> LeakModelSection:
+        if minutes(self.night_start) == minutes(self.night_end):
+            raise ValueError("night_start and night_end must differ")
+        night = (minutes(self.night_end) - minutes(self.night_start)) % 1440
+        if self.check_minutes > night:
+            raise ValueError(f"check_minutes ({self.check_minutes:g}) is longer than the night ({night} min)")
+        if self.spacing_m is not None and self.material is None:
+            raise ValueError("spacing_m needs material (the wave speed comes from it)")
+        return self

@@ -1,12 +1,15 @@
 """The `leak` processor kind (`edge_agent.processors` entry point): one `AudioLeakProcessor` per
-`[[models.leak]]` table, on the named audio device's analysis windows.
+`[[models.leak]]` table, on the named audio device's analysis windows; the factory carries out
+`leak_calibration` commands (a new baseline for one hydrophone from its stored nights).
 
 Imports nothing heavy at module level: `check-config` loads this to validate the tables.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import structlog
@@ -23,14 +26,28 @@ AUDIO_KIND = "audio"  # the driver kind whose devices give analysis windows
 
 class LeakFactory:
     config_model: ClassVar[type[BaseModel]] = LeakModelSection
+    # Calibratable: a new baseline version for one hydrophone (`<device>.<channel>`).
+    calibration_command = "leak_calibration"
+    calibration_target = "sensor"
 
-    def __init__(self, sections: Sequence[LeakModelSection], drivers: Mapping[str, object]) -> None:
+    def __init__(
+        self, sections: Sequence[LeakModelSection], drivers: Mapping[str, object], state_dir: Path
+    ) -> None:
         self.sections = list(sections)
         self.drivers = drivers
+        self.state_dir = Path(state_dir)
 
     @classmethod
     def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
-        return cls(sections, context.drivers)
+        return cls(sections, context.drivers, context.state_dir)
+
+    async def calibrate(self, target_name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Args `from` / `to`: ISO 8601 or epoch seconds; default: every night the sensor stored."""
+        from water_edge.models.leak.calibration import calibrate_sensor, section_for, summary
+
+        section = section_for(self.sections, target_name)
+        baseline = await asyncio.to_thread(calibrate_sensor, self.sections, self.state_dir, target_name, args)
+        return summary(baseline, section.baseline_nights)
 
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
@@ -58,5 +75,5 @@ class LeakFactory:
             if not isinstance(driver, WindowSource):
                 where = f"models.leak[{index}].device"
                 raise ConfigError([f"{where}: {section.device!r} is not an audio device (no windows)"])
-            processors.append(AudioLeakProcessor(section, driver))
+            processors.append(AudioLeakProcessor(section, driver, self.state_dir))
         return processors

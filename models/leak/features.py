@@ -47,6 +47,7 @@ def _band_matrix() -> FloatArray:
 
 
 _BANDS: Final = _band_matrix()
+BAND_MATRIX: Final = _BANDS  # (N_BANDS, NFFT // 2 + 1): sums a power spectrum into the bands
 _HANN: Final = np.hanning(NFFT)
 
 

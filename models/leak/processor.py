@@ -1,51 +1,164 @@
-"""`AudioLeakProcessor`: the leak detector on one audio device's analysis windows, as the agent runs it.
+"""`AudioLeakProcessor`: every hydrophone of one audio device against its own baseline, night by night.
 
-It takes no readings feed (`streams` is empty): windows come straight from the device's
-`WindowSource` capability, on the event loop. A scorer that falls behind loses windows (counted
-in its health), never blocks capture.
+Per channel (a *sensor*, `<device>.<channel>`), during the night window (local time, `timezone`):
+one row of band levels and tonality per second (`levels.second_bands`) and the classifier's
+probability (it runs every `classifier_every_s`, day and night, for the status), cut into checks of
+`check_minutes`. Each finished check is stored
+(`store.SensorStore`), and then either
+
+- **learning**: once `baseline_nights` nights are stored and no baseline exists, the baseline is
+  learned from them and saved as version 1 (`leak_baseline` event, info);
+- **armed**: judged against the baseline (`judge.judge`) and fed to the sensor's `Confirmation`:
+  `leak_warning` (first positive), `leak` (confirmed), `leak_cleared` (quiet nights, or a warning
+  that was not confirmed). When two sensors of the device are positive in one check and the pipe
+  is configured (`material`, `spacing_m`), their last `correlate_s` seconds are correlated and
+  the position goes into the event. When the site's night flow rose within 3 nights
+  (`fusion.SiteEvidence`), the event carries it and its severity rises.
+
+A baseline written by `edge-agent models calibrate leak` or the `leak_calibration` command is
+picked up at the next check. Windows come from the device's `WindowSource` on the event loop; a
+processor that falls behind drops windows (counted), never blocks capture. Blocking work (FFTs,
+TFLite, file I/O, correlation) runs in worker threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
 
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
+from water_edge.core.reading import Event, Severity
+from water_edge.models.leak import features
+from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
 from water_edge.models.leak.config import LeakModelSection
-from water_edge.models.leak.detector import LeakProcessor, LeakScorer
+from water_edge.models.leak.detector import LeakScorer
+from water_edge.models.leak.fusion import SiteEvidence
+from water_edge.models.leak.judge import Confirmation, Judgement, JudgeParams, judge
+from water_edge.models.leak.levels import SECOND, Decimator, second_bands
+from water_edge.models.leak.store import SensorStore, last_nights
+from water_edge.models.nightwindow import NightWindow, minutes, zone
 from water_edge.models.runtime import load_model
+
+log = structlog.get_logger(__name__)
+
+NS = 1_000_000_000
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class SensorHealth:
+    """One hydrophone: its state, its baseline (version, nights, quality, age) and counters."""
+
+    state: str  # learning | armed | warning | leak
+    baseline_version: int | None
+    baseline_nights: int | None
+    baseline_quality: str | None
+    baseline_age_days: float | None
+    nights_heard: int
+    learning_needs: int
+    checks: int
+    last_rise_db: float | None  # the strongest judged band's rise in the last check
 
 
 @dataclass(frozen=True)
 class LeakHealth:
-    windows_scored: int
+    windows_scored: int  # classifier windows
     windows_dropped: int
-    leak_probability: float | None  # the latest window's, before smoothing
+    leak_probability: float | None  # the classifier's latest, before any judgement
+    sensors: dict[str, SensorHealth] = field(default_factory=dict)
 
     def status_lines(self) -> list[str]:
-        return [f"{self.windows_scored} windows scored, leak probability {self.leak_probability}"]
+        lines = [f"{self.windows_scored} windows scored, leak probability {self.leak_probability}"]
+        for name, s in self.sensors.items():
+            if s.baseline_version is None:
+                lines.append(f"{name}: learning, {s.nights_heard}/{s.learning_needs} nights heard")
+            else:
+                age = "" if s.baseline_age_days is None else f", {s.baseline_age_days:.0f} d old"
+                lines.append(
+                    f"{name}: {s.state}, baseline v{s.baseline_version} "
+                    f"({s.baseline_nights} nights, {s.baseline_quality}{age})"
+                )
+        return lines
+
+
+@dataclass
+class _Sensor:
+    name: str
+    channel: int
+    store: SensorStore
+    decimator: Decimator
+    confirmation: Confirmation
+    baseline: Baseline | None = None
+    nights_heard: int = 0
+    checks: int = 0
+    levels: list[FloatArray] = field(default_factory=list)
+    tonal: list[FloatArray] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    pending: FloatArray = field(default_factory=lambda: np.zeros(0))
+    tail: FloatArray = field(default_factory=lambda: np.zeros(0))  # last 2 s, for the classifier
+    ring: deque[FloatArray] = field(default_factory=deque)  # last correlate_s seconds, for locating
+    last: Judgement | None = None
+    night_quiet: deque[tuple[str, float]] = field(default_factory=lambda: deque(maxlen=30))
 
 
 class AudioLeakProcessor:
-    """The leak detector on one audio device's analysis windows (it needs no readings feed)."""
+    """See the module docstring."""
 
-    streams: frozenset[str] = frozenset()  # the runtime's feed then carries nothing
+    streams: frozenset[str] = frozenset()  # no readings feed: windows come from the device
 
-    def __init__(self, section: LeakModelSection, driver: WindowSource, *, max_queued: int = 8) -> None:
-        scorer = LeakScorer(load_model(section.model)) if section.model else LeakScorer()
-        self.slot = scorer.slot  # `model_update` commands swap the model in here
+    def __init__(
+        self,
+        section: LeakModelSection,
+        driver: WindowSource,
+        state_dir: Path,
+        *,
+        max_queued: int = 64,
+        scorer: LeakScorer | None = None,
+    ) -> None:
+        self.section = section
+        if scorer is None:
+            scorer = LeakScorer(load_model(section.model)) if section.model else LeakScorer()
+        self.scorer = scorer
+        self.slot = scorer.slot  # `model_update` commands swap the classifier here
         self.name = f"leak:{section.device}"
-        self.leak = LeakProcessor(
-            scorer,
-            source=section.device,
-            alpha=section.alpha,
-            on_windows=section.on_windows,
-            off_windows=section.off_windows,
+        self.state_dir = Path(state_dir)
+        self.window = NightWindow(section.night_start, section.night_end, zone(section.timezone))
+        d = section.detection
+        self.params = JudgeParams(
+            min_rise_db=d.min_rise_db,
+            min_shape_rise_db=d.min_shape_rise_db,
+            k_sigma=d.k_sigma,
+            min_bands=d.min_bands,
+            spread_tol_db=d.spread_tol_db,
+            tonal_tol_db=d.tonal_tol_db,
+            clf_logit_rise=d.clf_logit_rise,
+            material=section.material,
+            diameter_mm=section.diameter_mm,
         )
+        self.evidence = SiteEvidence(self.state_dir, section.site) if section.site else None
         self._driver = driver
         self._max_queued = max_queued
+        self.sensors: list[_Sensor] = []
         self.windows_dropped = 0
+        self.windows_scored = 0
+        self.last_probability: float | None = None
+        self.bad_windows = 0
+        self._rate: int | None = None
+        self._next_ns: int | None = None  # where the next new sample starts (UTC ns)
+        self._second_ns: int | None = None  # start of the next whole second of canonical audio
+        self._check: tuple[date, int] | None = None
+        self._since_clf = 0.0
+
+    # -- wiring ---------------------------------------------------------------------------------
 
     async def run(self, source: ReadingSource, emit: EventSink) -> None:
         queue: asyncio.Queue[AudioWindowLike] = asyncio.Queue(self._max_queued)
@@ -56,20 +169,274 @@ class AudioLeakProcessor:
             else:
                 queue.put_nowait(window)
 
-        async def windows() -> AsyncIterator[AudioWindowLike]:
-            while True:
-                yield await queue.get()
-
         remove = self._driver.add_window_listener(offer)
         try:
-            await self.leak.run(windows(), emit)
+            await self.consume(_drain(queue), emit)
         finally:
             remove()
 
-    def health(self) -> LeakHealth:
-        trend = list(self.leak.trend)
-        return LeakHealth(
-            windows_scored=self.leak.windows_scored,
-            windows_dropped=self.windows_dropped,
-            leak_probability=round(trend[-1], 4) if trend else None,
+    async def consume(self, windows: AsyncIterator[AudioWindowLike], emit: EventSink) -> None:
+        """Process analysis windows in order (tests and replays call this directly)."""
+        async for win in windows:
+            for event in await asyncio.to_thread(self._window, win):
+                await emit(event)
+
+    # -- per window (worker thread) -------------------------------------------------------------
+
+    def _setup(self, win: AudioWindowLike) -> None:
+        names = list(win.channel_names) or [f"ch{i}" for i in range(win.samples.shape[1])]
+        wanted = self.section.channels or names
+        self.sensors = []
+        for name in wanted:
+            if name not in names:
+                log.warning("leak.channel_missing", device=self.section.device, channel=name, has=names)
+                continue
+            sensor = f"{self.section.device}.{name}"
+            store = SensorStore(self.state_dir, sensor, self.section.keep_nights)
+            s = _Sensor(
+                sensor, names.index(name), store, Decimator(int(win.sample_rate)), self._confirmation()
+            )
+            try:
+                s.baseline = store.load()
+            except BaselineError as exc:
+                log.error("leak.baseline_unreadable", sensor=sensor, error=str(exc))
+            s.nights_heard = len(store.nights())
+            self.sensors.append(s)
+        self._rate = int(win.sample_rate)
+
+    def _confirmation(self) -> Confirmation:
+        d = self.section.detection
+        return Confirmation(clear_nights=d.clear_nights, next_night=d.confirm_next_night)
+
+    def _window(self, win: AudioWindowLike) -> list[Event]:
+        samples = np.asarray(win.samples, dtype=np.float64)
+        if samples.ndim != 2 or samples.shape[0] == 0 or not np.all(np.isfinite(samples)):
+            self.bad_windows += 1
+            return []
+        rate = int(win.sample_rate)
+        if not self.sensors or rate != self._rate:
+            self._setup(win)
+            self._next_ns = None
+        start = int(win.start_ts_ns)
+        n = samples.shape[0]
+        end = start + n * NS // rate
+        if self._next_ns is not None and start < self._next_ns:  # overlapping windows: new part only
+            skip = round((self._next_ns - start) * rate / NS)
+            samples = samples[skip:]
+            if samples.shape[0] == 0:
+                return []
+        elif self._next_ns is None or start > self._next_ns + NS // 2:  # first window or a gap
+            for s in self.sensors:
+                s.decimator, s.pending = Decimator(rate), np.zeros(0)
+            self._second_ns = start
+        self._next_ns = end
+        events: list[Event] = []
+        for s in self.sensors:
+            canon = s.decimator.feed(samples[:, s.channel]) if s.channel < samples.shape[1] else np.zeros(0)
+            s.pending = np.concatenate([s.pending, canon])
+        whole = min(s.pending.size for s in self.sensors) // SECOND if self.sensors else 0
+        for _ in range(whole):
+            assert self._second_ns is not None
+            events += self._second(self._second_ns)
+            self._second_ns += NS
+        return events
+
+    def _second(self, ts: int) -> list[Event]:
+        night = self.window.night_of(ts)
+        key = None if night is None else (night, self._check_index(night, ts))
+        events: list[Event] = []
+        if self._check is not None and key != self._check:
+            events += self._finish_check(*self._check)
+        self._check = key
+        # The classifier runs day and night (its latest probability is in the status); only the
+        # night's windows go into the checks.
+        self._since_clf += 1
+        score_now = self._since_clf >= self.section.classifier_every_s
+        if score_now:
+            self._since_clf = 0
+        keep = int(self.section.correlate_s)
+        for s in self.sensors:
+            x, s.pending = s.pending[:SECOND], s.pending[SECOND:]
+            x = x - x.mean()
+            s.tail = np.concatenate([s.tail, x])[-features.WINDOW :]
+            p = None
+            if score_now and s.tail.size >= features.WINDOW:
+                p = float(self.scorer.probabilities(features.window_features(s.tail)[None, :])[0])
+                self.windows_scored += 1
+                self.last_probability = round(p, 4)
+            if key is None:
+                continue
+            levels, tonal = second_bands(x)
+            s.levels.append(levels[0])
+            s.tonal.append(tonal[0])
+            if p is not None:
+                s.probs.append(p)
+            s.ring.append(x)
+            while len(s.ring) > keep:
+                s.ring.popleft()
+        return events
+
+    def _check_index(self, night: date, ts: int) -> int:
+        start_min = minutes(self.section.night_start)
+        local_start = datetime(night.year, night.month, night.day, start_min // 60, start_min % 60)
+        start_ns = int(local_start.replace(tzinfo=self.window.tz).timestamp() * NS)
+        return max(0, int((ts - start_ns) // int(self.section.check_minutes * 60 * NS)))
+
+    # -- a finished check -----------------------------------------------------------------------
+
+    def _finish_check(self, night: date, index: int) -> list[Event]:
+        need = min(60, int(self.section.check_minutes * 30))  # at least half a check, or a minute
+        events: list[Event] = []
+        positive: list[_Sensor] = []
+        for s in self.sensors:
+            levels, tonal, probs = s.levels, s.tonal, s.probs
+            s.levels, s.tonal, s.probs = [], [], []
+            if len(levels) < need:
+                continue
+            check = CheckStats.from_levels(
+                np.array(levels),
+                night=night.isoformat(),
+                index=index,
+                start_ns=self._second_ns - len(levels) * NS if self._second_ns else 0,
+                probabilities=probs,
+                tonality=np.array(tonal),
+            )
+            s.store.append(check)
+            s.checks += 1
+            try:
+                stored = s.store.load()  # a new calibration (CLI, command) takes effect here
+            except BaselineError as exc:
+                log.error("leak.baseline_unreadable", sensor=s.name, error=str(exc))
+                stored = s.baseline
+            if stored is not None and (s.baseline is None or stored.version != s.baseline.version):
+                s.baseline, s.confirmation = stored, self._confirmation()
+            nights = s.store.nights()
+            s.nights_heard = len(nights)
+            if s.baseline is None:
+                events += self._learn(s, night, nights)
+                continue
+            j = judge(check, s.baseline, self.params)
+            s.last = j
+            if not s.night_quiet or s.night_quiet[-1][0] != check.night:
+                s.night_quiet.append((check.night, round(j.quiet_db, 1)))
+            change = s.confirmation.update(check.night, j)
+            if j.positive:
+                positive.append(s)
+            if change is not None:
+                events.append(self._event(s, change, j, night))
+        if len(positive) >= 2:
+            self._locate(positive, events)
+        return events
+
+    def _learn(self, s: _Sensor, night: date, nights: list[str]) -> list[Event]:
+        done = [n for n in nights if n != night.isoformat()]
+        if len(done) < self.section.baseline_nights:
+            return []
+        checks = [
+            c for c in last_nights(s.store.checks(), self.section.baseline_nights + 1) if c.night in done
+        ]
+        baseline = Baseline.learn(checks, sensor=s.name, material=self.section.material)
+        s.baseline = s.store.save(baseline)
+        log.info(
+            "leak.baseline_learned", sensor=s.name, version=s.baseline.version, nights=len(baseline.nights)
         )
+        return [Event("leak_baseline", s.name, self._now(), "info", None, self._baseline_detail(s.baseline))]
+
+    def _baseline_detail(self, b: Baseline) -> dict[str, Any]:
+        return {
+            "sensor": b.sensor,
+            "version": b.version,
+            "nights": b.nights,
+            "quality": b.quality(self.section.baseline_nights),
+            "night_quiet_db": b.night_quiet_db,
+        }
+
+    def _now(self) -> int:
+        return self._second_ns or 0
+
+    def _event(self, s: _Sensor, change: str, j: Judgement, night: date) -> Event:
+        b = s.baseline
+        assert b is not None
+        detail: dict[str, Any] = {
+            "sensor": s.name,
+            "night": night.isoformat(),
+            "since_night": s.confirmation.since_night,
+            "baseline_version": b.version,
+            "baseline_quality": b.quality(self.section.baseline_nights),
+            "baseline_night_quiet_db": b.night_quiet_db,
+            "night_quiet_trend_db": [q for _, q in s.night_quiet],
+            **j.evidence(),
+        }
+        ts = self._now()
+        if change == "warning":
+            log.warning("leak.warning", sensor=s.name, bands=[r["band_hz"] for r in j.risen])
+            return Event("leak_warning", s.name, ts, "warning", round(j.score, 3), detail)
+        if change == "leak":
+            severity: Severity = "alarm"
+            if self.evidence is not None:
+                self.evidence.record("acoustic", night, {"sensor": s.name, "score": round(j.score, 3)})
+                flow = self.evidence.recent("night_flow", night)
+                if flow is not None:
+                    detail["night_flow"] = flow
+                    severity = "critical"
+            log.warning("leak.detected", sensor=s.name, since=s.confirmation.since_night, severity=severity)
+            return Event("leak", s.name, ts, severity, round(j.score, 3), detail)
+        detail["reason"] = "not confirmed" if change == "expired" else "quiet nights"
+        log.info("leak.cleared", sensor=s.name, reason=detail["reason"])
+        return Event("leak_cleared", s.name, ts, "info", round(j.score, 3), detail)
+
+    def _locate(self, positive: list[_Sensor], events: list[Event]) -> None:
+        """Two positive sensors on one pipe: GCC between the first two channels, into their events."""
+        sec = self.section
+        if sec.spacing_m is None or sec.material is None:
+            return
+        a, b = sorted(positive, key=lambda s: s.channel)[:2]
+        if not a.ring or not b.ring:
+            return
+        from water_edge.models.leak.localise import locate
+
+        xa, xb = np.concatenate(list(a.ring)), np.concatenate(list(b.ring))
+        n = min(xa.size, xb.size)
+        try:
+            loc = locate(
+                xa[-n:], xb[-n:], SECOND, sec.spacing_m, material=sec.material, diameter_mm=sec.diameter_mm
+            )
+        except ValueError as exc:
+            log.warning("leak.locate_failed", error=str(exc))
+            return
+        position = {**loc.to_json(), "from_sensor": a.name, "towards_sensor": b.name}
+        for i, e in enumerate(events):
+            if e.kind in ("leak", "leak_warning") and e.source in (a.name, b.name):
+                events[i] = Event(
+                    e.kind, e.source, e.ts_ns, e.severity, e.score, {**e.detail, "position": position}
+                )
+
+    # -- health ---------------------------------------------------------------------------------
+
+    def health(self) -> LeakHealth:
+        sensors = {}
+        now = datetime.now(UTC)
+        for s in self.sensors:
+            b = s.baseline
+            state = (
+                "learning"
+                if b is None
+                else {"quiet": "armed"}.get(s.confirmation.state, s.confirmation.state)
+            )
+            sensors[s.name] = SensorHealth(
+                state=state,
+                baseline_version=None if b is None else b.version,
+                baseline_nights=None if b is None else len(b.nights),
+                baseline_quality=None if b is None else b.quality(self.section.baseline_nights),
+                baseline_age_days=None if b is None else round(b.age_days(now), 2),
+                nights_heard=s.nights_heard,
+                learning_needs=self.section.baseline_nights,
+                checks=s.checks,
+                last_rise_db=None if s.last is None else round(max(s.last.rise_db.values(), default=0.0), 1),
+            )
+        return LeakHealth(self.windows_scored, self.windows_dropped, self.last_probability, sensors)
+
+
+async def _drain(queue: asyncio.Queue[AudioWindowLike]) -> AsyncIterator[AudioWindowLike]:
+    while True:
+        yield await queue.get()

@@ -1,0 +1,69 @@
+"""Config for night-flow leak detection: one `[[models.flow_leak]]` table per district inlet.
+
+[[models.flow_leak]]
+name = "dma-north"                       # event source, state directory, fusion site
+inflow = ["plc1/inlet_a_flow", "plc1/inlet_b_flow"]   # tags ("tag" or "device/tag"), m3/h
+outflow = ["plc1/transfer_flow"]         # subtracted
+pressure = "plc1/inlet_pressure"         # optional: night flow is pressure-corrected
+timezone = "Europe/Rome"                 # nights are local; default: the system's zone
+night_start = "02:00"
+night_end = "04:00"
+baseline_nights = 14
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from water_edge.core.names import NAME_PATTERN
+from water_edge.models.nightwindow import check_zone, minutes
+
+
+class FlowLeakSection(BaseModel):
+    """`[[models.flow_leak]]`: minimum night flow of one district and its steps."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    inflow: list[str] = Field(min_length=1)
+    outflow: list[str] = Field(default_factory=list)
+    pressure: str | None = None
+    timezone: str | None = None
+    night_start: str = "02:00"
+    night_end: str = "04:00"
+    sample_s: float = Field(default=60.0, ge=1, le=3600)  # net flow sampled this often (reading time)
+    stale_after_s: float = Field(default=300.0, gt=0)  # an older value counts as missing
+    average_minutes: float = Field(default=15.0, ge=1, le=240)
+    baseline_nights: int = Field(default=14, ge=3, le=100)
+    min_added_pct: float = Field(default=4.0, gt=0, le=100)
+    min_added_m3h: float = Field(default=0.0, ge=0)
+    min_added_sigma: float = Field(default=1.5, ge=0.5, le=10)
+    h: float = Field(default=7.0, ge=1, le=50)
+    track_nights: int = Field(default=28, ge=3, le=365)
+    pressure_exponent: float = Field(default=1.0, ge=0.2, le=2.5)  # FAVAD N1
+    reference_rise_pct: float = Field(default=20.0, gt=0, le=500)  # the fixed-threshold rule's margin
+    site: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)  # default: name
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return check_zone(value)
+
+    @field_validator("night_start", "night_end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        minutes(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> FlowLeakSection:
+        if minutes(self.night_start) == minutes(self.night_end):
+            raise ValueError("night_start and night_end must differ")
+        both = set(self.inflow) & set(self.outflow)
+        if both:
+            raise ValueError(f"tag(s) both inflow and outflow: {', '.join(sorted(both))}")
+        return self
+
+    @property
+    def fusion_site(self) -> str:
+        return self.site or self.name

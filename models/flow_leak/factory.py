@@ -1,0 +1,39 @@
+"""The `flow_leak` processor kind (`edge_agent.processors` entry point): all `[[models.flow_leak]]`
+districts in one `FlowLeakProcessor`. Imports nothing heavy: `check-config` loads this."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel
+
+from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext
+from water_edge.models.flow_leak.config import FlowLeakSection
+
+
+class FlowLeakFactory:
+    config_model: ClassVar[type[BaseModel]] = FlowLeakSection
+
+    def __init__(self, sections: Sequence[FlowLeakSection], state_dir: Path) -> None:
+        self.sections = list(sections)
+        self.state_dir = Path(state_dir)
+
+    @classmethod
+    def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
+        return cls(sections, context.state_dir)
+
+    @classmethod
+    def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
+        """A district's name is its state directory and its events' source: one name, one district."""
+        names = [s.name for s in sections]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        return [ConfigProblem((), f"district name {name!r} is used twice") for name in twice]
+
+    def processors(self) -> list[Processor]:
+        if not self.sections:
+            return []
+        from water_edge.models.flow_leak.processor import FlowLeakProcessor
+
+        return [FlowLeakProcessor(self.sections, self.state_dir)]

@@ -1,0 +1,163 @@
+"""`edge-agent models score flow-leak`: minimum night flow and its steps from a SCADA export (CSV).
+
+The file has a header and a timestamp column first; columns are separated by ',' or ';' and
+numbers use a decimal point or a decimal comma (European exports: "12,5" with ';'). Timestamps
+are ISO 8601 or 'YYYY-MM-DD HH:MM[:SS]' / 'DD/MM/YYYY HH:MM[:SS]'; without an offset they are
+local times of `--timezone`, with one they are converted to it. Any regular interval works.
+Net flow per row = sum of the `--flow` columns minus the `--minus` columns; a row with an empty or
+unreadable cell in them is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, tzinfo
+from pathlib import Path
+
+from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDetector, StepParams
+from water_edge.models.flow_leak.mnf import minimum_night_flow
+from water_edge.models.nightwindow import NightWindow
+
+_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d.%m.%Y %H:%M")
+
+
+class FlowCsvError(ValueError):
+    """The file cannot be used; the message names the file and what is wrong."""
+
+
+def parse_time(text: str, tz: tzinfo) -> datetime:
+    """A local wall-clock datetime in `tz` (naive inputs are taken as local already)."""
+    text = text.strip()
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        for fmt in _FORMATS:
+            try:
+                when = datetime.strptime(text, fmt)
+                break
+            except ValueError:
+                continue
+        else:
+            raise ValueError(f"{text!r} is not a timestamp") from None
+    return when.astimezone(tz).replace(tzinfo=None) if when.tzinfo is not None else when
+
+
+def _number(cell: str, decimal_comma: bool) -> float:
+    cell = cell.strip()
+    if decimal_comma:
+        cell = cell.replace(".", "").replace(",", ".") if "," in cell else cell
+    value = float(cell)
+    if not math.isfinite(value):
+        raise ValueError(cell)
+    return value
+
+
+@dataclass
+class NightFlows:
+    """Per night (local date the window began): MNF (pressure-corrected if asked) and pressure."""
+
+    nights: list[tuple[date, float | None, float | None]]
+    rows: int
+    skipped: int
+
+
+def read_night_flows(
+    path: Path,
+    flow: Sequence[str],
+    minus: Sequence[str] = (),
+    *,
+    pressure: str | None = None,
+    window: NightWindow,
+    average_minutes: float = 15.0,
+) -> NightFlows:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise FlowCsvError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise FlowCsvError(f"{path}: not a text file ({exc.reason})") from exc
+    lines = text.splitlines()
+    if len(lines) < 2:
+        raise FlowCsvError(f"{path}: needs a header and at least one data row")
+    sep = ";" if lines[0].count(";") > lines[0].count(",") else ","
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    header = [h.strip() for h in next(reader)]
+    wanted = [*flow, *minus, *([pressure] if pressure else [])]
+    missing = [c for c in wanted if c not in header]
+    if missing:
+        raise FlowCsvError(f"{path}: no column(s) {', '.join(missing)} (columns: {', '.join(header[1:])})")
+    idx = {c: header.index(c) for c in wanted}
+    decimal_comma = sep == ";"
+    per_night: dict[date, tuple[list[int], list[float], list[float]]] = {}
+    rows = skipped = 0
+    for line_no, row in enumerate(reader, start=2):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        rows += 1
+        try:
+            local = parse_time(row[0], window.tz)
+            net = sum(_number(row[idx[c]], decimal_comma) for c in flow) - sum(
+                _number(row[idx[c]], decimal_comma) for c in minus
+            )
+            p = _number(row[idx[pressure]], decimal_comma) if pressure else math.nan
+        except (ValueError, IndexError) as exc:
+            if rows == 1 and "timestamp" in str(exc):
+                raise FlowCsvError(f"{path}: line {line_no}: {exc}") from None
+            skipped += 1
+            continue
+        night = window.night_of_local(local)
+        if night is None:
+            continue
+        ts, values, pressures = per_night.setdefault(night, ([], [], []))
+        ts.append(
+            int(local.timestamp() * 1e9)
+            if local.tzinfo
+            else int((local - datetime(1970, 1, 1)).total_seconds() * 1e9)
+        )
+        values.append(net)
+        pressures.append(p)
+    if rows == 0:
+        raise FlowCsvError(f"{path}: no data rows")
+    nights = []
+    for night in sorted(per_night):
+        ts, values, pressures = per_night[night]
+        mnf = minimum_night_flow(ts, values, window_min=window.length_min, average_minutes=average_minutes)
+        finite = [p for p in pressures if math.isfinite(p)]
+        nights.append((night, mnf, sum(finite) / len(finite) if finite else None))
+    return NightFlows(nights, rows, skipped)
+
+
+def correct_for_pressure(
+    nights: Sequence[tuple[date, float | None, float | None]], calibrate: int, exponent: float
+) -> list[tuple[date, float | None]]:
+    """MNF x (P_ref / P_night)^N1, with P_ref the median night pressure of the calibration nights."""
+    ref_values = sorted(p for _, _, p in nights[:calibrate] if p is not None and p > 0)
+    if not ref_values:
+        return [(n, v) for n, v, _ in nights]
+    ref = ref_values[len(ref_values) // 2]
+    out: list[tuple[date, float | None]] = []
+    for n, v, p in nights:
+        out.append((n, None if v is None or p is None or p <= 0 else v * (ref / p) ** exponent))
+    return out
+
+
+def score_nights(
+    nights: Sequence[tuple[date, float | None]],
+    *,
+    calibrate_days: int,
+    method: str = "step",
+    params: StepParams | None = None,
+    fixed_rise_pct: float = 20.0,
+) -> list[Night]:
+    """One `Night` row per night; the first `calibrate_days` nights only learn."""
+    update: Callable[[date, float | None], Night]
+    if method == "fixed":
+        update = FixedThreshold(calibrate_nights=calibrate_days, rise_pct=fixed_rise_pct).update
+    else:
+        p = params or StepParams()
+        update = StepDetector(StepParams(**{**p.__dict__, "baseline_nights": calibrate_days})).update
+    return [update(n, v) for n, v in nights]

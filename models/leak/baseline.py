@@ -1,0 +1,293 @@
+"""A hydrophone's own quiet: per-check band statistics and the baseline learned from quiet nights.
+
+A *check* is a stretch of one night's listening window (default 30 min, ~1800 one-second band
+levels; for a WAV file, a few seconds): `CheckStats.from_levels` keeps, per band, the 10th
+percentile of the one-second levels (the quiet level: traffic and water use drop out of it), the
+median and the 90th percentile (their spread), the median tonality (a pump's line in the band) and
+the classifier's median log-odds.
+
+`Baseline.learn` turns the checks of N quiet nights into the sensor's reference: per band the
+median quiet level and its variability across checks and nights, the same for the spectral shape
+(quiet level minus the median over bands: a change of gain or of broadband background moves every
+band and cancels there), the usual spread, and the classifier's usual log-odds. Variability is
+robust (1.4826 x MAD) and shrunk towards a prior (`PRIOR_SIGMA_DB` with weight `PRIOR_WEIGHT`
+checks), so a baseline from one night or one short file does not promise a precision it has not
+seen. Serialised as JSON (`to_dict` / `from_dict`) and versioned by `models.leak.store`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from water_edge.models.leak import features
+
+FORMAT: Final = "water-edge-leak-baseline/1"
+PRIOR_SIGMA_DB: Final = 1.0  # the check-to-check variability assumed before any is seen
+PRIOR_WEIGHT: Final = 3.0  # ... worth this many checks
+LOGIT_CLIP: Final = 12.0
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class BaselineError(ValueError):
+    """A baseline cannot be learned or read; the message says why."""
+
+
+def logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return max(-LOGIT_CLIP, min(LOGIT_CLIP, math.log(p / (1 - p))))
+
+
+def _r(values: FloatArray, nd: int = 2) -> list[float]:
+    return [round(float(v), nd) for v in values]
+
+
+@dataclass
+class CheckStats:
+    """One check's band statistics (dB re full scale; 20 bands, `features.band_centres_hz()`)."""
+
+    night: str  # local date the night window began on (ISO), or a file name
+    index: int  # check number within the night
+    start_ns: int
+    seconds: int
+    p10: FloatArray
+    p50: FloatArray
+    p90: FloatArray
+    clf_logit: float | None = None  # median classifier log-odds over the check's windows
+    tonal: FloatArray | None = None  # median band tonality (dB, `levels.second_bands`)
+
+    @classmethod
+    def from_levels(
+        cls,
+        levels: FloatArray,
+        *,
+        night: str,
+        index: int = 0,
+        start_ns: int = 0,
+        probabilities: Sequence[float] = (),
+        tonality: FloatArray | None = None,
+    ) -> CheckStats:
+        if levels.ndim != 2 or levels.shape[1] != features.N_BANDS or levels.shape[0] < 1:
+            raise BaselineError(f"need one-second band levels shaped (n, {features.N_BANDS})")
+        p10, p50, p90 = np.percentile(levels, [10, 50, 90], axis=0)
+        clf = float(np.median([logit(p) for p in probabilities])) if len(probabilities) else None
+        tonal = None if tonality is None or tonality.shape[0] == 0 else np.median(tonality, axis=0)
+        return cls(night, index, start_ns, int(levels.shape[0]), p10, p50, p90, clf, tonal)
+
+    @property
+    def spread(self) -> FloatArray:
+        out: FloatArray = self.p90 - self.p10
+        return out
+
+    @property
+    def shape(self) -> FloatArray:
+        """Quiet level of each band relative to the median band: the spectrum's shape, gain-free."""
+        out: FloatArray = self.p10 - float(np.median(self.p10))
+        return out
+
+    @property
+    def quiet_db(self) -> float:
+        """All bands' quiet levels together (power sum): the night-minimum figure loggers report."""
+        return float(10 * np.log10(np.sum(10 ** (self.p10 / 10))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "night": self.night,
+            "index": self.index,
+            "start_ns": self.start_ns,
+            "seconds": self.seconds,
+            "p10": _r(self.p10),
+            "p50": _r(self.p50),
+            "p90": _r(self.p90),
+            "clf_logit": None if self.clf_logit is None else round(self.clf_logit, 3),
+            "tonal": None if self.tonal is None else _r(self.tonal),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CheckStats:
+        try:
+            arrays = [np.asarray(d[k], dtype=np.float64) for k in ("p10", "p50", "p90")]
+            if any(a.shape != (features.N_BANDS,) for a in arrays):
+                raise BaselineError(f"band statistics must have {features.N_BANDS} values")
+            clf = d.get("clf_logit")
+            tonal = d.get("tonal")
+            return cls(
+                str(d["night"]),
+                int(d["index"]),
+                int(d["start_ns"]),
+                int(d["seconds"]),
+                arrays[0],
+                arrays[1],
+                arrays[2],
+                None if clf is None else float(clf),
+                None if tonal is None else _bands(tonal),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BaselineError(f"not a check record: {exc}") from exc
+
+
+def _bands(values: Any) -> FloatArray:
+    out = np.asarray(values, dtype=np.float64)
+    if out.shape != (features.N_BANDS,) or not np.all(np.isfinite(out)):
+        raise BaselineError(f"band arrays must hold {features.N_BANDS} finite numbers")
+    return out
+
+
+def _robust_sigma(values: FloatArray, centre: FloatArray) -> FloatArray:
+    """Per-column 1.4826 x MAD, shrunk towards the prior with `PRIOR_WEIGHT` pseudo-checks."""
+    n = values.shape[0]
+    mad: FloatArray = 1.4826 * np.median(np.abs(values - centre), axis=0) if n > 1 else np.zeros(centre.shape)
+    out: FloatArray = np.sqrt((n * mad**2 + PRIOR_WEIGHT * PRIOR_SIGMA_DB**2) / (n + PRIOR_WEIGHT))
+    return out
+
+
+@dataclass
+class Baseline:
+    """A sensor's reference quiet (see the module docstring); `version` is set by the store."""
+
+    sensor: str
+    level: FloatArray  # median quiet level per band, dB
+    level_sigma: FloatArray
+    shape: FloatArray  # median shape per band, dB
+    shape_sigma: FloatArray
+    spread: FloatArray  # median p90 - p10 per band, dB
+    tonal: FloatArray  # median tonality per band, dB
+    clf_logit: float | None
+    clf_sigma: float
+    nights: list[str]
+    checks: int
+    seconds: int
+    night_quiet_db: list[float]  # each night's quiet level (all bands), oldest first
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    from_ts: str | None = None
+    to_ts: str | None = None
+    material: str | None = None
+    version: int = 0
+
+    @classmethod
+    def learn(
+        cls,
+        checks: Sequence[CheckStats],
+        *,
+        sensor: str,
+        min_checks: int = 1,
+        material: str | None = None,
+        from_ts: str | None = None,
+        to_ts: str | None = None,
+    ) -> Baseline:
+        if len(checks) < max(1, min_checks):
+            raise BaselineError(f"sensor {sensor}: {len(checks)} quiet check(s), need at least {min_checks}")
+        p10 = np.stack([c.p10 for c in checks])
+        shapes = np.stack([c.shape for c in checks])
+        level = np.median(p10, axis=0)
+        shape = np.median(shapes, axis=0)
+        logits = np.array([c.clf_logit for c in checks if c.clf_logit is not None])
+        clf = float(np.median(logits)) if logits.size else None
+        clf_sigma = (
+            float(_robust_sigma(logits[:, None], np.array([clf]))[0]) if clf is not None else PRIOR_SIGMA_DB
+        )
+        nights: dict[str, list[CheckStats]] = {}
+        for c in checks:
+            nights.setdefault(c.night, []).append(c)
+        night_quiet = [round(float(np.median([c.quiet_db for c in group])), 2) for group in nights.values()]
+        return cls(
+            sensor=sensor,
+            level=level,
+            level_sigma=_robust_sigma(p10, level),
+            shape=shape,
+            shape_sigma=_robust_sigma(shapes, shape),
+            spread=np.median(np.stack([c.spread for c in checks]), axis=0),
+            tonal=np.median(np.stack([c.tonal for c in checks if c.tonal is not None]), axis=0)
+            if any(c.tonal is not None for c in checks)
+            else np.zeros(features.N_BANDS),
+            clf_logit=clf,
+            clf_sigma=clf_sigma,
+            nights=list(nights),
+            checks=len(checks),
+            seconds=sum(c.seconds for c in checks),
+            night_quiet_db=night_quiet,
+            from_ts=from_ts,
+            to_ts=to_ts,
+            material=material,
+        )
+
+    def quality(self, wanted_nights: int = 7) -> str:
+        """'good' (the nights asked for, steady), 'fair' (at least 3 nights) or 'poor'."""
+        steady = float(np.median(self.level_sigma)) <= 3.0
+        if len(self.nights) >= wanted_nights and steady:
+            return "good"
+        return "fair" if len(self.nights) >= 3 else "poor"
+
+    def age_days(self, now: datetime | None = None) -> float:
+        made = datetime.fromisoformat(self.created)
+        return ((now or datetime.now(UTC)) - made).total_seconds() / 86400
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "sensor": self.sensor,
+            "version": self.version,
+            "created": self.created,
+            "from": self.from_ts,
+            "to": self.to_ts,
+            "material": self.material,
+            "band_centres_hz": features.band_centres_hz(),
+            "nights": self.nights,
+            "checks": self.checks,
+            "seconds": self.seconds,
+            "night_quiet_db": self.night_quiet_db,
+            "level_db": _r(self.level),
+            "level_sigma_db": _r(self.level_sigma),
+            "shape_db": _r(self.shape),
+            "shape_sigma_db": _r(self.shape_sigma),
+            "spread_db": _r(self.spread),
+            "tonal_db": _r(self.tonal),
+            "clf_logit": None if self.clf_logit is None else round(self.clf_logit, 3),
+            "clf_sigma": round(self.clf_sigma, 3),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Baseline:
+        if d.get("format") != FORMAT:
+            raise BaselineError(f"not a leak baseline (format {d.get('format')!r}, expected {FORMAT!r})")
+        if d.get("band_centres_hz") != features.band_centres_hz():
+            raise BaselineError("baseline was made with other bands than this detector's")
+        try:
+            arrays = {
+                k: np.asarray(d[k], dtype=np.float64)
+                for k in ("level_db", "level_sigma_db", "shape_db", "shape_sigma_db", "spread_db")
+            }
+            if any(a.shape != (features.N_BANDS,) or not np.all(np.isfinite(a)) for a in arrays.values()):
+                raise BaselineError(f"band arrays must hold {features.N_BANDS} finite numbers")
+            clf = d.get("clf_logit")
+            return cls(
+                sensor=str(d["sensor"]),
+                level=arrays["level_db"],
+                level_sigma=arrays["level_sigma_db"],
+                shape=arrays["shape_db"],
+                shape_sigma=arrays["shape_sigma_db"],
+                spread=arrays["spread_db"],
+                tonal=_bands(d["tonal_db"]),
+                clf_logit=None if clf is None else float(clf),
+                clf_sigma=float(d["clf_sigma"]),
+                nights=[str(n) for n in d["nights"]],
+                checks=int(d["checks"]),
+                seconds=int(d["seconds"]),
+                night_quiet_db=[float(v) for v in d["night_quiet_db"]],
+                created=str(d["created"]),
+                from_ts=d.get("from"),
+                to_ts=d.get("to"),
+                material=d.get("material"),
+                version=int(d.get("version", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, BaselineError):
+                raise
+            raise BaselineError(f"baseline field missing or wrong: {exc}") from exc

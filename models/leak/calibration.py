@@ -1,0 +1,85 @@
+"""A new baseline version for one hydrophone from the checks it stored, on request: the
+`leak_calibration` signed command (through `LeakFactory.calibrate`) and
+`edge-agent models calibrate leak --sensor S --from T --to T`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from water_edge.core.processor import CalibrationFailedError
+from water_edge.models.leak.baseline import Baseline, BaselineError
+from water_edge.models.leak.config import LeakModelSection
+from water_edge.models.leak.store import SensorStore, sensor_dir
+
+
+def instant_ns(text: str) -> int:
+    """ISO 8601 (UTC when no zone is given) or epoch seconds -> UTC nanoseconds."""
+    try:
+        return int(float(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a time: use ISO 8601 or epoch seconds") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1e9)
+
+
+def section_for(sections: Sequence[LeakModelSection], sensor: str) -> LeakModelSection:
+    """The `[[models.leak]]` table whose device the sensor (`<device>.<channel>`) belongs to."""
+    device = sensor.rsplit(".", 1)[0]
+    for section in sections:
+        if section.device == device and "." in sensor:
+            return section
+    known = ", ".join(f"{s.device}.<channel>" for s in sections) or "none"
+    raise CalibrationFailedError(f"no leak sensor {sensor!r} configured (sensors: {known})")
+
+
+def calibrate_sensor(
+    sections: Sequence[LeakModelSection], state_dir: Path, sensor: str, args: Mapping[str, Any]
+) -> Baseline:
+    """Learn `sensor`'s baseline from its stored checks between args `from` / `to` (ISO 8601 or
+    epoch seconds; default: all of them) and put it in service as the next version. Blocking (file
+    I/O). `CalibrationFailedError` says why when it cannot."""
+    section = section_for(sections, sensor)
+    store = SensorStore(state_dir, sensor, section.keep_nights)
+    if not store.checks_path.exists():
+        raise CalibrationFailedError(f"no night checks for {sensor} yet (at {sensor_dir(state_dir, sensor)})")
+    try:
+        bounds = [None if args.get(k) is None else instant_ns(str(args[k])) for k in ("from", "to")]
+        if bounds[0] is not None and bounds[1] is not None and bounds[1] <= bounds[0]:
+            raise ValueError("'to' must be after 'from'")
+        checks = store.checks(bounds[0], bounds[1])
+        if not checks:
+            raise ValueError(f"no night checks of {sensor} in that range")
+        baseline = Baseline.learn(
+            checks,
+            sensor=sensor,
+            material=section.material,
+            from_ts=_iso(checks[0].start_ns),
+            to_ts=_iso(checks[-1].start_ns),
+        )
+    except (ValueError, BaselineError) as exc:
+        raise CalibrationFailedError(str(exc)) from None
+    return store.save(baseline)
+
+
+def _iso(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(timespec="seconds")
+
+
+def summary(b: Baseline, wanted_nights: int) -> dict[str, Any]:
+    return {
+        "sensor": b.sensor,
+        "version": b.version,
+        "nights": len(b.nights),
+        "checks": b.checks,
+        "from": b.from_ts,
+        "to": b.to_ts,
+        "quality": b.quality(wanted_nights),
+    }

@@ -1,0 +1,212 @@
+"""Is this check a leak? The rise from the sensor's own baseline, judged band by band, then confirmed.
+
+`judge(check, baseline, params)` compares one check with the baseline. Per band (only the leak
+bands of the pipe material when it is known, else all 20):
+
+- `rise_db`: quiet level (10th percentile of one-second levels) minus the baseline's;
+- `shape_rise_db`: the same for the spectral shape (quiet level minus the median band), which a
+  change of gain or of broadband background does not move;
+- risen when either exceeds its threshold `max(min_rise_db, k_sigma x the baseline's variability)`
+  (a level rise only counts where it exceeds the median rise over all bands by `min_shape_rise_db`:
+  more flow noise or a louder street lifts every band alike, a leak lifts its own)
+  *and* the band is steady: the lower half of its one-second levels (p50 - p10) is no wider than a
+  steady noise's in that band plus `spread_tol_db` (a leak is a constant hiss; rain and traffic
+  wander, passing vehicles and clicks are brief and only reach the upper half), and not tonal: its
+  strongest bin stands no more than `tonal_tol_db` further out of the band than in the baseline
+  (a pump that started puts a line into a band; a leak is broadband within it).
+
+A check is positive when at least `min_bands` bands rose, or one band rose and the classifier's
+log-odds rose by `clf_logit_rise` over the baseline's: the classifier is one more piece of evidence,
+never the gate. `Confirmation` turns positive checks into a warning, then a leak (a second
+positive later the same night or the next night), and clears a leak after `clear_nights`
+consecutive nights without a risen band at half the thresholds (hysteresis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from water_edge.models.leak import features, pipes
+from water_edge.models.leak.baseline import Baseline, CheckStats
+
+FloatArray = npt.NDArray[np.float64]
+CENTRES = np.array(features.band_centres_hz())
+_WIDTHS = np.diff(features.BAND_EDGES_HZ)
+# How much the one-second level of a *steady* noise wanders in each band: a 1 s Hann-windowed
+# measurement of band B has about nu = 2 B / 1.5 degrees of freedom, so its level has a standard
+# deviation of about 4.34 sqrt(2 / nu) dB (capped at the 5.6 dB of nu = 2). p50 - p10 of a normal
+# spread is 1.28 sigma.
+STEADY_LOWER_SPREAD_DB = 1.28 * np.minimum(5.6, 4.34 * np.sqrt(2 / (2 * _WIDTHS / 1.5)))
+
+
+@dataclass(frozen=True)
+class JudgeParams:
+    """How a check is judged against the baseline (config `[models.leak.detection]`)."""
+
+    min_rise_db: float = 3.0
+    min_shape_rise_db: float = 1.5
+    k_sigma: float = 3.0
+    min_bands: int = 2
+    spread_tol_db: float = 3.0
+    tonal_tol_db: float = 3.0
+    clf_logit_rise: float = 1.5
+    material: str | None = None
+    diameter_mm: float = 150.0
+
+    def band_mask(self) -> npt.NDArray[np.bool_]:
+        """The bands judged: those whose centre lies in the material's leak band (all without one)."""
+        if self.material is None:
+            return np.ones(features.N_BANDS, dtype=bool)
+        lo, hi = pipes.leak_band(self.material, self.diameter_mm)
+        mask: npt.NDArray[np.bool_] = (lo <= CENTRES) & (hi >= CENTRES)
+        return mask
+
+
+@dataclass
+class Judgement:
+    """What one check says, with the evidence an engineer reads."""
+
+    positive: bool
+    quiet: bool  # no band rose even at half the thresholds (counts towards clearing)
+    risen: list[dict[str, float]]  # per risen band: band_hz, rise_db, shape_rise_db, threshold_db
+    rise_db: dict[str, float]  # every judged band's rise
+    clf_logit_rise: float | None
+    quiet_db: float  # the check's quiet level over all bands
+    score: float  # strongest band's rise over its threshold (>= 1: that band rose)
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "bands_risen": self.risen,
+            "rise_db": self.rise_db,
+            "classifier_logit_rise": None if self.clf_logit_rise is None else round(self.clf_logit_rise, 2),
+            "quiet_level_db": round(self.quiet_db, 1),
+            "score": round(self.score, 3),
+        }
+
+
+def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = None) -> Judgement:
+    p = params or JudgeParams()
+    mask = p.band_mask()
+    rise = check.p10 - baseline.level
+    shape_rise = check.shape - baseline.shape
+    t_level = np.maximum(p.min_rise_db, p.k_sigma * baseline.level_sigma)
+    t_shape = np.maximum(p.min_rise_db, p.k_sigma * baseline.shape_sigma)
+    # A rise of the level counts when the spectrum's shape moved with it: a leak lifts its own
+    # bands; more flow noise or a louder street lifts them all alike and leaves the shape.
+    # "Alike" is measured against the median rise over all 20 bands (the common mode), not against
+    # the median band level: a loud leak that lifts most of its bands moves the median *level* a
+    # lot, but its own bands still stand above the common rise.
+    common = float(np.median(rise))
+    level_ratio = np.where(rise - common >= p.min_shape_rise_db, rise / t_level, 0.0)
+    ratio = np.maximum(level_ratio, shape_rise / t_shape)
+    # Lower half only (p50 - p10): passing vehicles and clicks are brief and stay above the median;
+    # rain and traffic that wander widen the lower half too, a leak's constant hiss does not.
+    steady = (check.p50 - check.p10) <= STEADY_LOWER_SPREAD_DB + p.spread_tol_db
+    # A line that was not there (a pump started, a mains hum) raises a band without being a leak.
+    tonal_ok = np.ones(features.N_BANDS, dtype=bool)
+    if check.tonal is not None:
+        tonal_ok = check.tonal <= baseline.tonal + p.tonal_tol_db
+    risen_mask = mask & steady & tonal_ok & (ratio >= 1.0)
+    half_mask = mask & (ratio >= 0.5)
+    clf_rise = (
+        None
+        if check.clf_logit is None or baseline.clf_logit is None
+        else check.clf_logit - baseline.clf_logit
+    )
+    n = int(risen_mask.sum())
+    positive = n >= p.min_bands or (n >= 1 and clf_rise is not None and clf_rise >= p.clf_logit_rise)
+    risen = [
+        {
+            "band_hz": float(CENTRES[i]),
+            "rise_db": round(float(rise[i]), 1),
+            "shape_rise_db": round(float(shape_rise[i]), 1),
+            "threshold_db": round(float(min(t_level[i], t_shape[i])), 1),
+        }
+        for i in np.flatnonzero(risen_mask)
+    ]
+    return Judgement(
+        positive=positive,
+        quiet=not bool(half_mask.any()),
+        risen=risen,
+        rise_db={f"{CENTRES[i]:g}": round(float(rise[i]), 1) for i in np.flatnonzero(mask)},
+        clf_logit_rise=clf_rise,
+        quiet_db=check.quiet_db,
+        score=float(np.max(np.where(mask, ratio, -np.inf))),
+    )
+
+
+Transition = Literal["warning", "leak", "cleared", "expired"]
+
+
+def _next_day(night: str) -> str | None:
+    try:
+        return (date.fromisoformat(night) + timedelta(days=1)).isoformat()
+    except ValueError:
+        return None
+
+
+@dataclass
+class Confirmation:
+    """Warning -> leak -> cleared for one sensor, one check at a time (see the module docstring)."""
+
+    clear_nights: int = 2
+    next_night: bool = False  # confirm only on a later night than the warning's
+    state: Literal["quiet", "warning", "leak"] = "quiet"
+    since_night: str | None = None  # the night of the first positive of the current episode
+    warning_night: str | None = None
+    positives: int = 0
+    _quiet_nights: int = 0
+    _night: str | None = None
+    _night_all_quiet: bool = True
+    history: list[str] = field(default_factory=list)
+
+    def update(self, night: str, j: Judgement) -> Transition | None:
+        out: Transition | None = None
+        if night != self._night:
+            out = self._night_ended(night)
+            self._night, self._night_all_quiet = night, True
+        self._night_all_quiet = self._night_all_quiet and j.quiet
+        if j.positive:
+            self._quiet_nights = 0
+            self.positives += 1
+            if self.state == "quiet":
+                self.state, self.since_night, self.warning_night = "warning", night, night
+                return "warning"
+            if self.state == "warning" and not (self.next_night and night == self.warning_night):
+                self.state = "leak"
+                return "leak"
+        return out
+
+    def _night_ended(self, new_night: str) -> Transition | None:
+        """A new night began: expire an unconfirmed warning, count quiet nights towards clearing."""
+        if self._night is None:
+            return None
+        # Confirmation may come later the same night or the night after, not later.
+        if (
+            self.state == "warning"
+            and self.warning_night is not None
+            and new_night not in (self.warning_night, _next_day(self.warning_night))
+        ):
+            self._reset()
+            return "expired"
+        if self.state == "leak":
+            self._quiet_nights = self._quiet_nights + 1 if self._night_all_quiet else 0
+            if self._quiet_nights >= self.clear_nights:
+                self._reset()
+                return "cleared"
+        return None
+
+    def _reset(self) -> None:
+        self.state, self.since_night, self.warning_night = "quiet", None, None
+        self.positives, self._quiet_nights = 0, 0
+
+
+def confirmed(judgements: Sequence[Judgement]) -> bool:
+    """For a recording judged as one night: at least two positive checks."""
+    return sum(j.positive for j in judgements) >= 2

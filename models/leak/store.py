@@ -1,0 +1,127 @@
+"""Per-hydrophone state on the gateway: the night checks it heard and its versioned baselines.
+
+    <state_dir>/leak/<sensor>/checks.jsonl        one line per check (`CheckStats.to_dict`), oldest first
+    <state_dir>/leak/<sensor>/baseline.json       the baseline in service (highest version)
+    <state_dir>/leak/<sensor>/baseline.v<N>.json  every version ever written (audit, roll back)
+
+A check line is ~1 KB and a night has a few: a year of nights is ~1.5 MB per sensor; the file is
+cut to the last `keep_nights` nights when it grows past twice that. Baselines are written like
+pump calibrations: next version, temp file + fsync + rename, so a reader sees old or new.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
+
+
+def sensor_dir(state_dir: Path, sensor: str) -> Path:
+    return Path(state_dir) / "leak" / sensor
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class SensorStore:
+    """One hydrophone's checks and baselines; blocking file I/O (call from a worker thread)."""
+
+    def __init__(self, state_dir: Path, sensor: str, keep_nights: int = 120) -> None:
+        self.sensor = sensor
+        self.dir = sensor_dir(state_dir, sensor)
+        self.checks_path = self.dir / "checks.jsonl"
+        self.baseline_path = self.dir / "baseline.json"
+        self.keep_nights = keep_nights
+        self.bad_lines = 0
+
+    # -- checks ---------------------------------------------------------------------------------
+
+    def append(self, check: CheckStats) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.checks_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(check.to_dict(), separators=(",", ":")) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._prune()
+
+    def checks(self, from_ns: int | None = None, to_ns: int | None = None) -> list[CheckStats]:
+        """Stored checks with `from_ns <= start_ns <= to_ns`, oldest first; unreadable lines are
+        counted in `bad_lines` and skipped (a torn last line after a power cut)."""
+        out: list[CheckStats] = []
+        try:
+            lines = self.checks_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return out
+        self.bad_lines = 0
+        for line in lines:
+            try:
+                check = CheckStats.from_dict(json.loads(line))
+            except (ValueError, BaselineError):
+                self.bad_lines += 1
+                continue
+            if (from_ns is None or check.start_ns >= from_ns) and (to_ns is None or check.start_ns <= to_ns):
+                out.append(check)
+        return out
+
+    def nights(self) -> list[str]:
+        return list(dict.fromkeys(c.night for c in self.checks()))
+
+    def _prune(self) -> None:
+        checks = self.checks()
+        nights = list(dict.fromkeys(c.night for c in checks))
+        if len(nights) <= 2 * self.keep_nights:
+            return
+        keep = set(nights[-self.keep_nights :])
+        text = "".join(
+            json.dumps(c.to_dict(), separators=(",", ":")) + "\n" for c in checks if c.night in keep
+        )
+        _write_atomic(self.checks_path, text)
+
+    # -- baselines ------------------------------------------------------------------------------
+
+    def load(self) -> Baseline | None:
+        try:
+            text = self.baseline_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BaselineError(f"{self.baseline_path}: cannot read: {exc.strerror or exc}") from exc
+        try:
+            return Baseline.from_dict(json.loads(text))
+        except ValueError as exc:
+            raise BaselineError(f"{self.baseline_path}: {exc}") from exc
+
+    def versions(self) -> list[int]:
+        found = []
+        for p in self.dir.glob("baseline.v*.json"):
+            with contextlib.suppress(ValueError):
+                found.append(int(p.stem.removeprefix("baseline.v")))
+        return sorted(found)
+
+    def save(self, baseline: Baseline) -> Baseline:
+        """Give `baseline` the next version, keep it as `baseline.v<N>.json` and put it in service."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        current = None
+        with contextlib.suppress(BaselineError):
+            current = self.load()
+        baseline.version = max([0, *self.versions(), current.version if current else 0]) + 1
+        text = json.dumps(baseline.to_dict(), indent=1) + "\n"
+        for target in (self.dir / f"baseline.v{baseline.version}.json", self.baseline_path):
+            _write_atomic(target, text)
+        return baseline
+
+
+def last_nights(checks: Iterable[CheckStats], nights: int) -> list[CheckStats]:
+    """The checks of the last `nights` nights."""
+    checks = list(checks)
+    keep = set(list(dict.fromkeys(c.night for c in checks))[-nights:])
+    return [c for c in checks if c.night in keep]

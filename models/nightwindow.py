@@ -1,0 +1,85 @@
+"""Nights in the gateway's local time: which night a UTC instant belongs to, DST included.
+
+A night window is a local clock range, e.g. 02:00-04:00 (it may cross midnight: 23:00-01:00).
+An instant is in the window when its *local* wall-clock time is; the night is named by the local
+date the window began on. Time zones come from the IANA database (`zoneinfo`): `None` means the
+system's local zone. On the spring-forward night a 02:00-04:00 window lasts one hour, on the
+fall-back night three: each night holds whatever local time actually passed in its window.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+HHMM: Final = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+NS: Final = 1_000_000_000
+
+
+def minutes(hhmm: str) -> int:
+    match = HHMM.match(hhmm)
+    if match is None:
+        raise ValueError(f"expected local time as 'HH:MM', e.g. '02:00' (got {hhmm!r})")
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+def zone(name: str | None) -> tzinfo:
+    """The IANA zone `name`, or the system's local zone for None; ValueError for an unknown name."""
+    if name is None:
+        local = datetime.now().astimezone().tzinfo
+        assert local is not None
+        return local
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        expected = "an IANA name such as 'Europe/Amsterdam'"
+        raise ValueError(f"unknown time zone {name!r} (expected {expected})") from exc
+
+
+def check_zone(name: str | None) -> str | None:
+    """Pydantic-style validator body: the name if it is a known zone."""
+    zone(name)
+    return name
+
+
+@dataclass(frozen=True)
+class NightWindow:
+    """`start`-`end` local time in `tz` (see the module docstring)."""
+
+    start: str = "02:00"
+    end: str = "04:00"
+    tz: tzinfo = UTC
+
+    def __post_init__(self) -> None:
+        if minutes(self.start) == minutes(self.end):
+            raise ValueError("night start and end must differ")
+
+    @classmethod
+    def parse(cls, text: str, tz: tzinfo = UTC) -> NightWindow:
+        """'02:00-04:00' -> NightWindow."""
+        parts = text.split("-")
+        if len(parts) != 2:
+            raise ValueError(f"expected a night window 'HH:MM-HH:MM', e.g. '02:00-04:00' (got {text!r})")
+        return cls(parts[0].strip(), parts[1].strip(), tz)
+
+    @property
+    def length_min(self) -> int:
+        return (minutes(self.end) - minutes(self.start)) % 1440
+
+    def local(self, ts_ns: int) -> datetime:
+        return datetime.fromtimestamp(ts_ns / NS, UTC).astimezone(self.tz)
+
+    def night_of_local(self, local: datetime) -> date | None:
+        """The night (date the window began) that local wall-clock time `local` is in, or None."""
+        minute = local.hour * 60 + local.minute
+        into = (minute - minutes(self.start)) % 1440
+        if into >= self.length_min:
+            return None
+        return (local - timedelta(minutes=into)).date() if into > minute else local.date()
+
+    def night_of(self, ts_ns: int) -> date | None:
+        """The night a UTC instant belongs to, or None outside the window."""
+        return self.night_of_local(self.local(ts_ns))

@@ -1,0 +1,271 @@
+"""Evaluation of the field leak detector (baseline + judgement + confirmation), `make eval`.
+
+    python -m water_edge.models.train.leak_field_eval [--sites 6] [--nights 120] [--trials 30]
+                                                      [--check-s 40] [--update-manifest]
+
+1. **Real recordings** (fixed protocol): the baseline is learned from the first half of the real
+   no-leak recording (8 s checks); the second half of it and each of the four leak recordings are
+   judged as one night each (8 s checks); a recording "raises a leak" when the confirmation rule
+   does (two positive checks). Margins are reported per check: the strongest band's rise over
+   its threshold (`score`, >= 1 is a risen band) and the bands that rose.
+2. **False alarms** (simulated, held-out seeds `--fa-seed`, 6000+): `--sites` sites (materials in turn), a
+   7-night baseline, then `--nights` leak-free nights with the night-to-night variation of
+   `fwsim.hydrophone_nights` (traffic, weekends, passing vehicles, pumps, night demand, rain).
+   Each night is `--checks` checks of `--check-s` seconds of 8 kHz audio (a real night gives
+   2 h; see docs/leak-detection.md for what the shortening does).
+3. **Detection** (simulated, held-out seeds `--det-seed`, 9500+): per trial a new site, its 7-night baseline,
+   then a leak from night 8 at an SNR from {-15, -10, -5, 0, +5} dB against the site's nominal
+   background; detected when the confirmation rule raises `leak` within 2 nights.
+Both confirmation rules are scored on the same judgements: a second positive the same or the next
+night (the default) and the next night only (`confirm_next_night = true`).
+Needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from water_edge.models.leak import features
+from water_edge.models.leak.baseline import Baseline, CheckStats
+from water_edge.models.leak.detector import DEFAULT_MANIFEST, LeakScorer
+from water_edge.models.leak.judge import Confirmation, JudgeParams, confirmed, judge
+from water_edge.models.leak.levels import second_bands
+from water_edge.models.leak.recording import recording_checks
+from water_edge.models.leak.wavio import read_wav
+from water_edge.models.train.leak_eval import REAL_DIR
+from water_edge.sim.hydrophone_nights import LeakSpec, NightPlan, Site
+
+MATERIALS = ("pvc", "ductile_iron", "pe", "cast_iron", "steel")
+DIAMETERS = (100.0, 150.0, 200.0, 300.0)
+SNRS = (-15.0, -10.0, -5.0, 0.0, 5.0)
+BASELINE_NIGHTS = 7
+REAL_LEAKS = ("orifice-leak", "gasket-leak", "circumferential-crack", "longitudinal-crack")
+# The real test bed: 152.4 mm PVC (the data set's README).
+REAL_PARAMS = JudgeParams(material="pvc", diameter_mm=152.4)
+
+
+def _canon(name: str, folder: Path) -> Any:
+    x, rate = read_wav(folder / f"{name}.wav")
+    return features.prepare(x, rate)[0]
+
+
+def real_protocol(scorer: LeakScorer, folder: Path = REAL_DIR) -> dict[str, Any]:
+    """Baseline from the first half of no-leak; judge its second half and the four leak files."""
+    quiet = _canon("no-leak", folder)
+    half = (quiet.size // features.SAMPLE_RATE // 2) * features.SAMPLE_RATE
+    base = Baseline.learn(
+        recording_checks(quiet[:half], "no-leak[first half]", scorer=scorer), sensor="H1", material="pvc"
+    )
+    files = [("no-leak[second half]", quiet[half:])] + [(n, _canon(n, folder)) for n in REAL_LEAKS]
+    out: dict[str, Any] = {"baseline_seconds": base.seconds, "baseline_checks": base.checks, "files": {}}
+    for name, x in files:
+        js = [judge(c, base, REAL_PARAMS) for c in recording_checks(x, name, scorer=scorer)]
+        out["files"][name] = {
+            "leak": confirmed(js),
+            "positive_checks": sum(j.positive for j in js),
+            "checks": len(js),
+            "check_scores": [round(j.score, 2) for j in js],
+            "bands_risen_per_check": [[b["band_hz"] for b in j.risen] for j in js],
+            "classifier_logit_rise": [
+                None if j.clf_logit_rise is None else round(j.clf_logit_rise, 2) for j in js
+            ],
+        }
+    f = out["files"]
+    out["quiet_half_raises_no_leak"] = not f["no-leak[second half]"]["leak"]
+    out["leaks_raised"] = [n for n in REAL_LEAKS if f[n]["leak"]]
+    return out
+
+
+def night_checks(
+    plan: NightPlan, i: int, scorer: LeakScorer, *, checks: int, seconds: float, leak: LeakSpec | None = None
+) -> list[CheckStats]:
+    """One simulated night as the gateway would summarise it (first sensor)."""
+    night = plan.night(i).date.isoformat()
+    out = []
+    for c, audio in enumerate(plan.render_night(i, checks=checks, seconds=seconds, leak=leak)):
+        x = audio[:, 0].astype(np.float64)
+        x -= x.mean()
+        levels, tonal = second_bands(x)
+        # The classifier every 5 s, as the processor runs it.
+        probs = scorer.probabilities(features.windows(x, hop_s=5.0))
+        out.append(
+            CheckStats.from_levels(
+                levels, night=night, index=c, probabilities=[float(p) for p in probs], tonality=tonal
+            )
+        )
+    return out
+
+
+def _site(seed: int, k: int) -> Site:
+    return Site(MATERIALS[k % len(MATERIALS)], DIAMETERS[(k // len(MATERIALS)) % len(DIAMETERS)], seed)
+
+
+def _baseline(plan: NightPlan, scorer: LeakScorer, checks: int, seconds: float) -> Baseline:
+    rows = [
+        c
+        for i in range(BASELINE_NIGHTS)
+        for c in night_checks(plan, i, scorer, checks=checks, seconds=seconds)
+    ]
+    return Baseline.learn(rows, sensor=f"site{plan.site.seed}", material=plan.site.material)
+
+
+MODES = {"same_or_next_night": False, "next_night_only": True}
+
+
+def false_alarms(
+    scorer: LeakScorer, sites: int, nights: int, checks: int, seconds: float, *, first_seed: int
+) -> dict[str, Any]:
+    """Leak-free nights after a 7-night baseline, under both confirmation rules (same judgements)."""
+    alarms: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    warnings = 0
+    per_material: dict[str, int] = {}
+    for k in range(sites):
+        plan = NightPlan(_site(first_seed + k, k))
+        base = _baseline(plan, scorer, checks, seconds)
+        params = JudgeParams(material=plan.site.material, diameter_mm=plan.site.diameter_mm)
+        confs = {m: Confirmation(next_night=nn) for m, nn in MODES.items()}
+        per_material[plan.site.material] = per_material.get(plan.site.material, 0) + nights
+        for i in range(BASELINE_NIGHTS, BASELINE_NIGHTS + nights):
+            for c in night_checks(plan, i, scorer, checks=checks, seconds=seconds):
+                j = judge(c, base, params)
+                for mode, conf in confs.items():
+                    change = conf.update(c.night, j)
+                    warnings += mode == "same_or_next_night" and change == "warning"
+                    if change == "leak":
+                        cond = plan.night(i)
+                        alarms[mode].append(
+                            {
+                                "site": plan.site.seed,
+                                "material": plan.site.material,
+                                "night": cond.date.isoformat(),
+                                "rain_db": None if cond.rain_db is None else round(cond.rain_db, 1),
+                                "pump_on": cond.pump_on,
+                                "flow_db": round(cond.flow_db, 1),
+                                "bands": [b["band_hz"] for b in j.risen],
+                            }
+                        )
+    years = max(sites * nights, 1) / 365.0
+    from scipy.stats import chi2
+
+    out: dict[str, Any] = {
+        "sites": sites,
+        "first_seed": first_seed,
+        "nights": sites * nights,
+        "sensor_years": round(years, 2),
+        "warnings": warnings,
+        "nights_per_material": per_material,
+    }
+    for mode, found in alarms.items():
+        n = len(found)
+        # One-sided 95 % upper bound of a Poisson rate with n events (chi-square / 2).
+        upper = float(chi2.ppf(0.95, 2 * (n + 1)) / 2) / years
+        out[mode] = {
+            "false_alarms": n,
+            "per_sensor_year": round(n / years, 3),
+            "upper_95_per_sensor_year": round(upper, 3),
+            "alarms": found,
+        }
+    return out
+
+
+def detection(
+    scorer: LeakScorer, trials: int, checks: int, seconds: float, first_seed: int
+) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    for k in range(trials):
+        site = _site(first_seed + k, k)
+        plan = NightPlan(site)
+        base = _baseline(plan, scorer, checks, seconds)
+        params = JudgeParams(material=site.material, diameter_mm=site.diameter_mm)
+        rng = np.random.default_rng(np.random.SeedSequence([site.seed, 3]))
+        for snr in SNRS:
+            leak = LeakSpec(
+                BASELINE_NIGHTS,
+                snr,
+                position_m=float(rng.uniform(10, 90)),
+                size=float(math.exp(rng.uniform(math.log(0.3), math.log(3.0)))),
+            )
+            judged = [
+                (c.night, i - BASELINE_NIGHTS + 1, judge(c, base, params))
+                for i in (BASELINE_NIGHTS, BASELINE_NIGHTS + 1)
+                for c in night_checks(plan, i, scorer, checks=checks, seconds=seconds, leak=leak)
+            ]
+            row: dict[str, Any] = {"material": site.material, "snr_db": snr}
+            for mode, next_night in MODES.items():
+                conf = Confirmation(next_night=next_night)
+                row[mode] = next((n for night, n, j in judged if conf.update(night, j) == "leak"), None)
+            rows.append(row)
+
+    def rate(sel: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+        hit = [r for r in sel if r[mode] is not None]
+        return {
+            "n": len(sel),
+            "detected_within_2_nights": round(len(hit) / max(len(sel), 1), 3),
+            "on_first_night": round(sum(r[mode] == 1 for r in hit) / max(len(sel), 1), 3),
+        }
+
+    out: dict[str, Any] = {"trials": trials, "first_seed": first_seed}
+    for mode in MODES:
+        out[mode] = {
+            "by_snr": {f"{s:+.0f} dB": rate([r for r in rows if r["snr_db"] == s], mode) for s in SNRS},
+            "snr_ge_minus_10_by_material": {
+                m: rate([r for r in rows if r["material"] == m and r["snr_db"] >= -10], mode)
+                for m in MATERIALS
+            },
+            "snr_ge_minus_10": rate([r for r in rows if r["snr_db"] >= -10], mode),
+        }
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m water_edge.models.train.leak_field_eval", description=__doc__
+    )
+    ap.add_argument("--sites", type=int, default=6)
+    ap.add_argument("--nights", type=int, default=120)
+    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--checks", type=int, default=2)
+    ap.add_argument("--check-s", type=float, default=40.0)
+    ap.add_argument("--skip-sim", action="store_true", help="the real-recording protocol only")
+    # Held-out seeds. 5000/9000 were the first held-out run (before the last two detector changes,
+    # docs/leak-detection.md); 6000/9500 have been run once, with the shipped defaults.
+    ap.add_argument("--fa-seed", type=int, default=6000)
+    ap.add_argument("--det-seed", type=int, default=9500)
+    ap.add_argument("--update-manifest", action="store_true", help="write the figures into the leak manifest")
+    args = ap.parse_args(argv)
+    from water_edge.core import logs
+
+    logs.configure("warning", json=False)
+    scorer = LeakScorer()
+    t0 = time.process_time()
+    report: dict[str, Any] = {}
+    if REAL_DIR.is_dir():
+        report["real_recordings"] = real_protocol(scorer)
+    if not args.skip_sim:
+        report["simulated_false_alarms"] = false_alarms(
+            scorer, args.sites, args.nights, args.checks, args.check_s, first_seed=args.fa_seed
+        )
+        report["simulated_detection"] = detection(
+            scorer, args.trials, args.checks, args.check_s, args.det_seed
+        )
+        report["simulation"] = {"checks_per_night": args.checks, "check_s": args.check_s}
+    report["cpu_s"] = round(time.process_time() - t0, 1)
+    sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    if args.update_manifest:
+        m = json.loads(DEFAULT_MANIFEST.read_text(encoding="utf-8"))
+        m.setdefault("metrics", {})["field_detector"] = report
+        DEFAULT_MANIFEST.write_text(json.dumps(m, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

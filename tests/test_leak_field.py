@@ -1,0 +1,303 @@
+"""The field leak detector: a baseline per hydrophone over nights, judged and confirmed, on the gateway
+(processor, store, command) and in the CLI; nights in local time across DST."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from water_edge.core.processor import CalibrationFailedError
+from water_edge.core.reading import Event
+from water_edge.models.leak import features
+from water_edge.models.leak.baseline import Baseline, CheckStats
+from water_edge.models.leak.config import LeakModelSection
+from water_edge.models.leak.factory import LeakFactory
+from water_edge.models.leak.judge import Confirmation, JudgeParams, judge
+from water_edge.models.leak.levels import Decimator
+from water_edge.models.leak.processor import AudioLeakProcessor
+from water_edge.models.leak.store import SensorStore
+from water_edge.models.nightwindow import NightWindow, zone
+from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
+
+NB = features.N_BANDS
+CENTRES = np.array(features.band_centres_hz())
+
+
+def _check(night: str, p10: np.ndarray, *, lower: float = 0.5, tonal: np.ndarray | None = None) -> CheckStats:
+    return CheckStats(
+        night,
+        0,
+        0,
+        1800,
+        p10,
+        p10 + lower,
+        p10 + 2 * lower,
+        None,
+        tonal if tonal is not None else np.full(NB, 6.0),
+    )
+
+
+def _baseline() -> Baseline:
+    rng = np.random.default_rng(1)
+    level = -60.0 + np.linspace(10, -10, NB)
+    checks = [_check(f"2025-01-0{i + 1}", level + rng.normal(0, 0.5, NB)) for i in range(7)]
+    return Baseline.learn(checks, sensor="hyd.A")
+
+
+def test_a_steady_shaped_rise_in_two_bands_is_positive_and_a_flat_one_is_not() -> None:
+    base = _baseline()
+    leak = base.level.copy()
+    leak[[8, 9]] += 8.0
+    j = judge(_check("2025-02-01", leak), base)
+    assert j.positive
+    assert [b["band_hz"] for b in j.risen] == [float(CENTRES[8]), float(CENTRES[9])]
+    assert j.risen[0]["rise_db"] == pytest.approx(8.0, abs=1.0)
+    # The same rise everywhere (more flow noise, a louder street): the shape did not move.
+    assert not judge(_check("2025-02-01", base.level + 8.0), base).positive
+    # Rain that wanders: the lower half of the one-second levels is wide.
+    assert not judge(_check("2025-02-01", leak, lower=8.0), base).positive
+    # A pump's line in those bands: tonal.
+    tonal = np.full(NB, 6.0)
+    tonal[[8, 9]] = 20.0
+    assert not judge(_check("2025-02-01", leak, tonal=tonal), base).positive
+    # Only the material's leak bands count: PVC's band stops below these.
+    pvc = JudgeParams(material="pvc", diameter_mm=150)
+    high = base.level.copy()
+    high[[16, 17]] += 8.0
+    assert not judge(_check("2025-02-01", high), base, pvc).positive
+
+
+def test_confirmation_warns_confirms_clears_and_lets_a_lone_warning_expire() -> None:
+    base = _baseline()
+    up = base.level.copy()
+    up[[8, 9]] += 8.0
+    pos, quiet = judge(_check("n", up), base), judge(_check("n", base.level), base)
+    c = Confirmation(clear_nights=2)
+    assert c.update("2025-03-01", pos) == "warning"
+    assert c.update("2025-03-01", quiet) is None
+    assert c.update("2025-03-02", pos) == "leak"  # the next night confirms
+    assert c.since_night == "2025-03-01"
+    assert c.update("2025-03-03", quiet) is None
+    assert c.update("2025-03-04", quiet) is None
+    assert c.update("2025-03-05", quiet) == "cleared"  # two whole quiet nights
+    strict = Confirmation(next_night=True)  # confirm_next_night = true
+    assert strict.update("2025-03-01", pos) == "warning"
+    assert strict.update("2025-03-01", pos) is None  # not the same night ...
+    assert strict.update("2025-03-02", pos) == "leak"  # ... the next
+    lone = Confirmation()
+    assert lone.update("2025-04-01", pos) == "warning"
+    assert lone.update("2025-04-02", quiet) is None
+    assert lone.update("2025-04-03", quiet) == "expired"  # not confirmed that night or the next
+
+
+@pytest.mark.parametrize(
+    ("tz", "spring", "autumn", "autumn_hours"),
+    [
+        ("Europe/Amsterdam", "2025-03-30", "2025-10-26", 3.0),  # 03:00 -> 02:00: 01:30-03:30 twice over 02-03
+        ("America/New_York", "2025-03-09", "2025-11-02", 2.5),  # 02:00 -> 01:00: 01:30-02:00 twice
+    ],
+)
+def test_nights_are_local_and_dst_nights_hold_the_time_that_passed(
+    tz: str, spring: str, autumn: str, autumn_hours: float
+) -> None:
+    w = NightWindow("01:30", "03:30", zone(tz))
+
+    def hours(day: str) -> float:
+        t0 = int(datetime.fromisoformat(day + "T00:00:00+00:00").timestamp()) - 86400 // 2
+        return (
+            sum(1 for s in range(t0, t0 + 2 * 86400, 60) if w.night_of(s * 10**9) == date.fromisoformat(day))
+            / 60
+        )
+
+    assert hours("2025-06-01") == 2.0
+    assert hours(spring) == 1.0
+    assert hours(autumn) == autumn_hours
+    late = NightWindow("23:00", "01:00", zone("UTC"))
+    assert late.night_of(int(datetime(2025, 1, 2, 0, 30, tzinfo=UTC).timestamp() * 1e9)) == date(2025, 1, 1)
+
+
+def test_decimation_to_8_khz_is_the_same_whatever_the_chunking() -> None:
+    x = np.random.default_rng(2).standard_normal(16000 * 3)
+    whole = Decimator(16000).feed(x)
+    parts = Decimator(16000)
+    pieces = np.concatenate([parts.feed(x[i : i + 777]) for i in range(0, x.size, 777)])
+    np.testing.assert_allclose(pieces, whole, atol=1e-12)
+
+
+@dataclass
+class _Window:
+    start_ts_ns: int
+    sample_rate: int
+    samples: np.ndarray
+    channel_names: tuple[str, ...]
+
+
+def _night_windows(night: date, scene: PipeScene, seconds: int) -> list[_Window]:
+    """A night window's audio in 1 s windows with 0.5 s hop (as the audio driver delivers them)."""
+    tz = zone("Europe/Amsterdam")
+    start = int(datetime(night.year, night.month, night.day, 2, 0, tzinfo=tz).timestamp() * 10**9)
+    x = HydrophoneSynth(scene).render_seconds(seconds + 1)
+    sr = scene.sample_rate
+    return [
+        _Window(start + i * 10**9 // 2, sr, x[i * sr // 2 : i * sr // 2 + sr], ("A", "B"))
+        for i in range(2 * seconds - 1)
+    ]
+
+
+class _NoDriver:
+    def add_window_listener(self, callback: object) -> object:
+        return lambda: None
+
+
+SECTION = LeakModelSection(
+    device="hyd",
+    timezone="Europe/Amsterdam",
+    night_start="02:00",
+    night_end="02:02",
+    check_minutes=1,
+    baseline_nights=3,
+    classifier_every_s=10,
+    material="ductile_iron",
+    diameter_mm=150,
+    spacing_m=100,
+    correlate_s=20,
+)
+
+
+async def test_the_processor_learns_each_sensors_quiet_then_warns_confirms_and_locates_a_leak(
+    tmp_path: Path,
+) -> None:
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    def scene(night: int, leak: float | None) -> PipeScene:
+        return PipeScene("ductile_iron", 150.0, 100.0, leak, 1.0, 0.0, BACKGROUNDS, sample_rate=8000,
+                         channels=2, seed=100 + night, site_seed=7)  # fmt: skip
+
+    async def nights(plan: list[tuple[date, float | None]]) -> AsyncIterator[_Window]:
+        for k, (night, leak) in enumerate(plan):
+            for w in _night_windows(night, scene(k, leak), 125):
+                yield w
+
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+    quiet = [(date(2025, 3, d), None) for d in (1, 2, 3)]
+    await proc.consume(nights([*quiet, (date(2025, 3, 4), None)]), emit)
+    learned = [e for e in events if e.kind == "leak_baseline"]
+    assert sorted(e.source for e in learned) == ["hyd.A", "hyd.B"]
+    assert learned[0].detail["nights"] == ["2025-03-01", "2025-03-02", "2025-03-03"]
+    assert not [e for e in events if e.kind.startswith("leak_warning") or e.kind == "leak"]
+    lines = proc.health().status_lines()
+    assert "hyd.A: armed, baseline v1 (3 nights, good, 0 d old)" in lines
+
+    # A restarted agent keeps the baselines; a leak 40 m from A on the next night.
+    events.clear()
+    again = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+    await again.consume(nights([(date(2025, 3, 5), 40.0)]), emit)
+    kinds = [(e.kind, e.source) for e in events]
+    assert ("leak_warning", "hyd.A") in kinds
+    assert ("leak", "hyd.A") in kinds
+    leak = next(e for e in events if e.kind == "leak" and e.source == "hyd.A")
+    assert leak.severity == "alarm"
+    assert leak.detail["since_night"] == "2025-03-05"
+    assert leak.detail["bands_risen"]
+    assert all(b["rise_db"] >= 3.0 or b["shape_rise_db"] >= 3.0 for b in leak.detail["bands_risen"])
+    assert leak.detail["position"]["position_m"] == pytest.approx(40.0, abs=10.0)
+    assert again.health().sensors["hyd.A"].state == "leak"
+
+
+def test_leak_calibration_writes_the_next_baseline_version_from_stored_nights(tmp_path: Path) -> None:
+    import asyncio
+
+    store = SensorStore(tmp_path, "hyd.A")
+    level = -60.0 + np.linspace(10, -10, NB)
+    for d in range(1, 6):
+        c = _check(f"2025-05-0{d}", level)
+        c.start_ns = int(datetime(2025, 5, d, 1, tzinfo=UTC).timestamp() * 1e9)
+        store.append(c)
+    factory = LeakFactory([SECTION], {}, tmp_path)
+    got = asyncio.run(factory.calibrate("hyd.A", {"from": "2025-05-02", "to": "2025-05-04T23:00"}))
+    assert got["version"] == 1
+    assert got["nights"] == 3
+    again = asyncio.run(factory.calibrate("hyd.A", {}))
+    assert again["version"] == 2
+    assert again["nights"] == 5
+    assert store.load() is not None
+    assert store.versions() == [1, 2]
+    with pytest.raises(CalibrationFailedError, match=r"no leak sensor 'pump\.A'"):
+        asyncio.run(factory.calibrate("pump.A", {}))
+    with pytest.raises(CalibrationFailedError, match="no night checks"):
+        asyncio.run(factory.calibrate("hyd.B", {}))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "water_edge.agent.cli", "models", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_cli_calibrates_on_quiet_files_and_scores_a_leak_file_against_the_baseline(tmp_path: Path) -> None:
+    def wav(name: str, leak: float | None, seed: int) -> Path:
+        scene = PipeScene("steel", 150.0, 100.0, leak, 1.0, -5.0, BACKGROUNDS, sample_rate=16000,
+                          channels=1, seed=seed, site_seed=3)  # fmt: skip
+        path = tmp_path / name
+        wavfile.write(
+            path, 16000, (HydrophoneSynth(scene).render_seconds(32)[:, 0] * 0.5 * 32767).astype(np.int16)
+        )
+        return path
+
+    quiet = [wav(f"quiet{i}.wav", None, i) for i in range(2)]
+    res = _cli(
+        "calibrate", "leak", *map(str, quiet), "--out", str(tmp_path / "base.json"), "--material", "steel"
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["checks"] == 8
+    res = _cli("score", "leak", str(wav("later.wav", None, 9)), str(wav("leak.wav", 30.0, 10)),
+               "--baseline", str(tmp_path / "base.json"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    later, leak = (json.loads(line) for line in res.stdout.splitlines())
+    assert later["decision"] == "against baseline"
+    assert later["leak"] is False
+    assert leak["leak"] is True
+    assert leak["evidence"]["positive_checks"] >= 2
+    assert max(leak["rise_db"].values()) >= 3.0
+    bad = _cli("score", "leak", str(quiet[0]), "--baseline", str(quiet[0]))
+    assert bad.returncode == 2
+    assert "base" not in bad.stdout
+
+
+async def test_the_signed_leak_calibration_command_reaches_the_leak_factory(tmp_path: Path) -> None:
+    from water_edge.agent.assembly import calibration_targets
+    from water_edge.agent.remote.config import COMMAND_TYPES
+    from water_edge.agent.remote.handlers import Targets, build_handlers
+    from water_edge.agent.remote.result import CommandFailedError
+    from water_edge.core.envelope import Envelope
+
+    assert "leak_calibration" in COMMAND_TYPES
+    store = SensorStore(tmp_path, "hyd.B")
+    for d in range(1, 4):
+        store.append(_check(f"2025-06-0{d}", -60.0 + np.linspace(10, -10, NB)))
+    handlers = build_handlers(
+        Targets(calibrations=calibration_targets([LeakFactory([SECTION], {}, tmp_path)]))
+    )
+
+    def envelope(args: dict[str, object]) -> Envelope:
+        return Envelope("c1", "leak_calibration", "s/g", "n", 0, 1, args, "ops", b"", b"")
+
+    result = await handlers["leak_calibration"](envelope({"sensor": "hyd.B"}))
+    assert result.status == "ok"
+    assert result.detail["version"] == 1
+    assert result.detail["nights"] == 3
+    with pytest.raises(CommandFailedError, match="argument 'sensor' missing"):
+        await handlers["leak_calibration"](envelope({"pump": "x"}))
