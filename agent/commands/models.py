@@ -49,6 +49,12 @@ def register(subparsers: Any) -> None:
         help="rows below to clear an alarm (default: the detector's, 20 for calibrations "
         "under an hour, else 30)",
     )
+    pump.add_argument(
+        "--causal",
+        action="store_true",
+        help="flag rows as a live gateway would, when an alarm is confirmed (default: an alarm "
+        "is marked from where its score began to rise, at most a minute earlier)",
+    )
     pump.set_defaults(func=cmd_score_pump)
 
     calibrate = models_sub.add_parser(
@@ -117,6 +123,7 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
             model_version=model.version,
             persistence=args.persistence,
             clear_after=args.clear_after,
+            causal=args.causal,
             warn=_warn,
         )
     except ModelError as exc:
