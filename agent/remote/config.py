@@ -12,7 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from water_edge.provisioning.config import IdentitySection
 
-CommandType = Literal["read_now", "config_update", "model_update", "pump_calibration", "restart", "write"]
+CommandType = Literal[
+    "read_now",
+    "config_update",
+    "model_update",
+    "pump_calibration",
+    "machine_sound_calibration",
+    "restart",
+    "write",
+]
 COMMAND_TYPES: tuple[str, ...] = CommandType.__args__  # type: ignore[attr-defined]
 
 
