@@ -54,6 +54,7 @@ class MachineScene:
     bpfo_ratio: float = 3.58  # outer-race defect frequency / shaft frequency (bearing geometry)
     resonance_hz: float = 3100.0
     sample_rate: int = 16_000
+    voice: int = 0  # seeds the machine's own character (harmonic mix, slot tones); noise has its own seed
 
     @classmethod
     def random(cls, rng: np.random.Generator, **overrides: float | int) -> MachineScene:
@@ -65,6 +66,7 @@ class MachineScene:
             snr_db=float(rng.uniform(0.0, 15.0)),
             bpfo_ratio=float(rng.uniform(3.0, 3.7)),
             resonance_hz=float(rng.uniform(2000.0, 4000.0)),
+            voice=int(rng.integers(2**31)),
         )
         return replace(scene, **overrides)  # type: ignore[arg-type]  # checked by the dataclass
 
@@ -128,11 +130,12 @@ class MachineSoundSynth:
         self._rng = np.random.default_rng(self.seed)
         rng = self._rng
         self._t = 0  # samples rendered
-        self._harm = 1.0 / np.arange(1, 9) ** 1.3 * rng.uniform(0.5, 1.5, 8)
-        self._harm_phase = rng.uniform(0, 2 * np.pi, 8)
-        self._bpf_amp = float(rng.uniform(0.3, 0.8))
-        self._slot_hz = rng.uniform(900.0, min(3000.0, 0.4 * sr), 3)
-        self._slot_amp = rng.uniform(0.02, 0.08, 3)
+        voice = np.random.default_rng(sc.voice)  # the same machine whatever the noise seed
+        self._harm = 1.0 / np.arange(1, 9) ** 1.3 * voice.uniform(0.5, 1.5, 8)
+        self._harm_phase = voice.uniform(0, 2 * np.pi, 8)
+        self._bpf_amp = float(voice.uniform(0.3, 0.8))
+        self._slot_hz = voice.uniform(900.0, min(3000.0, 0.4 * sr), 3)
+        self._slot_amp = voice.uniform(0.02, 0.08, 3)
         self._flow = _Noise(*_butter(600.0, None, sr), rng)
         self._hiss = _Noise(*_butter(2500.0, 6000.0, sr), rng)
         self._cav = _Noise(*_butter(1000.0, 6000.0, sr), rng)
