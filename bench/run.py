@@ -28,6 +28,7 @@ SUITES = [
     "bench.bench_audio",
     "bench.bench_leak",
     "bench.bench_pump",
+    "bench.bench_machine_sound",
 ]
 
 

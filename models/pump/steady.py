@@ -14,11 +14,13 @@ Per channel, from the calibration rows only:
   short one sees an abrupt change within seconds, the long one a small shift under noise),
   standardised by how far that mean may have wandered by now. Real signals wander (grid voltage,
   a slowly warming motor and fluid, a drifting transmitter), and a few hundred rows show only part
-  of it: the typical change of the level over a lag is measured at several lags, its growth with
-  the lag extrapolated (`wander_lags`; a trend grows linearly, a random walk with the square
-  root, steady noise not at all), and the spread allowed at a row is that growth at the row's
-  distance from the calibration. A channel whose deviation is shrinking (a temperature cooling
-  back after the fault is gone) does not count while it recovers;
+  of it: the typical change of the level over a lag is measured at several lags (no shorter than
+  the window: overlapping means would read noise as wander), its growth with the lag
+  extrapolated (`wander_lags`; a trend grows linearly, a random walk with the square root, steady
+  noise not at all; the growth is measured once, on the short window, which has the most lags),
+  and the spread allowed at a row is that growth at the row's distance from the calibration. A
+  channel whose deviation is shrinking (a temperature cooling back after the fault is gone) does
+  not count while it recovers;
 - a *noise* statistic: the log of the trailing RMS of row-to-row changes, standardised the same
   way, two-sided (cavitation is louder, a frozen register silent).
 
@@ -27,7 +29,7 @@ below `channel_floor`), so a channel with heavy tails (a transmitter read in coa
 current clamp) does not raise the alarm level of the others; the row's score is the largest of
 them, smoothed by a trailing median, over `factor`: above 1 is abnormal. Channel-agnostic: any
 columns, any names. Parameters were chosen on the tuning runs of `models/train/pump_eval_rig.py`
-and `pump_eval_short.py` (docs/pump-anomaly.md).
+and checked on those of `pump_eval_short.py` (docs/pump-anomaly.md).
 
 `backdate` and `trim_cleared` are for offline files only: once an alarm is confirmed, the rows
 since its score began to rise (at most `backdate_max`) are marked too, and once it has cleared, the
@@ -67,7 +69,7 @@ class SteadyParams:
     # Alarm level, in multiples of each statistic's calibration quantile: `factor` at
     # `reference_rows` of calibration, times (reference_rows / rows) ** 0.25 (fewer rows, less
     # trust in a quantile and in how far a level wanders), within `factor_range`.
-    factor: float = 2.5
+    factor: float = 2.75
     reference_rows: int = 400
     factor_range: tuple[float, float] = (2.0, 3.5)
     recover_lag: int = 60  # a channel whose deviation shrank over this many rows is recovering...
@@ -138,21 +140,25 @@ class LevelModel:
         return np.asarray(np.maximum(self.sd, self.wander_sd * (h / self.wander_lag) ** self.wander_exp))
 
     @classmethod
-    def fit(cls, z: F64, window: int, lags: tuple[int, ...]) -> LevelModel:
+    def fit(cls, z: F64, window: int, lags: tuple[int, ...], exp: F64 | None = None) -> LevelModel:
+        """`exp` given: use that growth (measured on a shorter window, which has more lags to see
+        it) instead of this window's own estimate."""
         n = len(z)
         level = trailing_mean(z, window)[min(window, n // 4) :]
         mid = np.median(level, axis=0)
         sd = np.maximum(_spread(level), 1.0 / math.sqrt(window))
-        usable = [lag for lag in lags if lag < len(level) // 2] or [max(1, len(level) // 3)]
+        # lags shorter than the window compare overlapping means: they would read noise as wander
+        usable = [lag for lag in lags if window <= lag < len(level) // 2] or [max(1, len(level) // 3)]
         change = np.array([np.median(np.abs(level[lag:] - level[:-lag]), axis=0) for lag in usable])
         change = np.maximum(change, 1e-9)
-        # too short to see how the level wanders: assume a random walk rather than none
-        exp = np.full(z.shape[1], UNSEEN_WANDER_EXP)
-        if len(usable) > 1:
-            lx = np.log(np.asarray(usable, dtype=np.float64))
-            lx -= lx.mean()
-            ly = np.log(change)
-            exp = (lx[:, None] * (ly - ly.mean(axis=0))).sum(axis=0) / float((lx * lx).sum())
+        if exp is None:
+            # too short to see how the level wanders: assume a random walk rather than none
+            exp = np.full(z.shape[1], UNSEEN_WANDER_EXP)
+            if len(usable) > 1:
+                lx = np.log(np.asarray(usable, dtype=np.float64))
+                lx -= lx.mean()
+                ly = np.log(change)
+                exp = (lx[:, None] * (ly - ly.mean(axis=0))).sum(axis=0) / float((lx * lx).sum())
         return cls(window, mid, sd, change[0] / _MEDIAN_ABS_DIFF_TO_SD, usable[0], np.clip(exp, 0.0, 1.0))
 
 
@@ -220,7 +226,13 @@ def fit(x: F64, params: SteadyParams | None = None) -> SteadyModel:
     res = np.array([_resolution(x[:, c]) for c in range(n_ch)])
     scale = np.maximum.reduce([mad, (q75 - q25) / 1.349, res, 1e-9 * (np.abs(center) + 1.0)])
     z = (_fill(x) - center) / scale
-    levels = [LevelModel.fit(z, w, p.wander_lags) for w in p.level_windows]
+    # How a channel wanders is measured once, on the shortest window (the most lags beyond it).
+    windows = sorted(p.level_windows)
+    first = LevelModel.fit(z, windows[0], p.wander_lags)
+    by_window = {windows[0]: first} | {
+        w: LevelModel.fit(z, w, p.wander_lags, first.wander_exp) for w in windows[1:]
+    }
+    levels = [by_window[w] for w in p.level_windows]
     # Row-to-row changes: a channel that never moves in calibration still has its resolution as noise.
     skip = min(max(*p.level_windows, p.noise_window), n // 4)  # windows still filling
     d = np.vstack([np.zeros((1, n_ch)), np.diff(z, axis=0)])
