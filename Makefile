@@ -30,7 +30,7 @@ eval: setup
 	$(PY) -m water_edge.models.train.leak_eval --update-manifest
 	$(PY) -m water_edge.models.train.leak_calibration
 	$(PY) -m water_edge.models.train.pump_eval --write
-	$(PY) -m water_edge.models.train.pump_eval_rig --set evaluation --json docs/pump-eval-rig.json
+	$(PY) -m water_edge.models.train.pump_eval_rig --set evaluation --json docs/pump-eval-rig.json --plot docs/img/pump_rig_scores.png
 	$(PY) -m water_edge.models.train.pump_eval_short --set evaluation --json docs/pump-eval-short.json
 	$(PY) -m water_edge.models.train.machine_sound_eval --write
 

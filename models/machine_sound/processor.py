@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from water_edge.core.processor import EventSink, ReadingSource, WindowSource
+from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
 from water_edge.core.reading import Event, Severity
 from water_edge.models.machine_sound.calibration import iso, recalibrate
 from water_edge.models.machine_sound.clips import Clip, ClipAssembler
@@ -144,7 +144,7 @@ class MachineSoundProcessor:
         state = self._state = await asyncio.to_thread(self._open)
         queue: asyncio.Queue[Clip] = asyncio.Queue(self._max_queued)
 
-        def offer(window: Any) -> None:
+        def offer(window: AudioWindowLike) -> None:
             try:
                 clips = self._assembler.feed(window)
             except ValueError as exc:  # the device lacks a configured channel

@@ -145,6 +145,46 @@ def report(results: Sequence[Result]) -> dict[str, Any]:
     return out
 
 
+def plot(cases: Sequence[RigCase], results: Sequence[Result], out: Path) -> None:
+    """One run per experiment: the CLI's score over the run, the logged experiment, the rows flagged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown: dict[str, tuple[RigCase, Result]] = {}
+    for case, result in zip(cases, results, strict=True):
+        key = case.fault or "normal"
+        if key not in shown:
+            shown[key] = (case, result)
+    fig, axes = plt.subplots(len(shown), 1, figsize=(9, 1.7 * len(shown)), sharex=True)
+    for ax, (key, (case, r)) in zip(axes, shown.items(), strict=True):
+        t = (np.arange(len(r.scores)) - CALIB_ROWS) / 60.0
+        after = t[CALIB_ROWS:]
+        top = max(3.0, float(np.nanmax(r.scores)) * 1.1)
+        ax.fill_between(
+            after, 0, r.labels * top, color="tab:red", alpha=0.12, step="post", label="experiment"
+        )
+        ax.fill_between(after, 0, r.alarm * 1.0, color="tab:orange", alpha=0.5, step="post", label="flagged")
+        ax.plot(t, r.scores, lw=0.7, color="tab:blue", label="score")
+        ax.axhline(1.0, color="k", ls="--", lw=0.8, label="alarm level (1)")
+        ax.axvline(0.0, color="0.4", lw=0.8)
+        ax.set_ylim(0, top)
+        ax.set_yscale("symlog", linthresh=1.0)
+        ramp = "" if not case.fault else (" abrupt" if case.ramp <= 10 else f" over {case.ramp} s")
+        ax.set_ylabel(f"{key}{ramp}", fontsize=7)
+    axes[0].legend(fontsize=7, ncol=4, loc="upper left")
+    axes[-1].set_xlabel("minutes after the 400 calibration rows (1 row = 1 s)")
+    fig.suptitle(
+        "models score pump --csv F --calibrate-rows 400 on rig runs (score in units of the alarm level)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
 def tuning_cases(per_fault: int = 12, normal: int = 8) -> list[RigCase]:
     return make_cases(TUNING_SEED, TUNING_FAULTS, per_fault, normal)
 
@@ -159,12 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-fault", type=int, default=12)
     ap.add_argument("--normal", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="also write the report here")
+    ap.add_argument("--plot", type=Path, default=None, help="plot one evaluation run per experiment here")
     args = ap.parse_args(argv)
     out: dict[str, Any] = {}
     if args.set in ("tuning", "both"):
         out["tuning"] = report(run_cases(tuning_cases(args.per_fault, args.normal)))
     if args.set in ("evaluation", "both"):
-        out["evaluation"] = report(run_cases(evaluation_cases(args.per_fault, args.normal)))
+        cases = evaluation_cases(args.per_fault, args.normal)
+        results = run_cases(cases)
+        out["evaluation"] = report(results)
+        if args.plot:
+            plot(cases, results, args.plot)
     text = json.dumps(out, indent=1)
     sys.stdout.write(text + "\n")
     if args.json:
