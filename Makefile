@@ -24,13 +24,17 @@ lint: setup
 bench: setup
 	$(PY) -m bench.run
 
-# Model evaluation on held-out simulated data and the real recordings; rewrites docs/img and metrics.
+# Model evaluation on held-out simulated data and the real recordings and features; rewrites docs/img,
+# metrics and the docs/*-eval*.json figures.
 eval: setup
 	$(PY) -m water_edge.models.train.leak_eval --update-manifest
 	$(PY) -m water_edge.models.train.leak_calibration
 	$(PY) -m water_edge.models.train.leak_field_eval --update-manifest
 	$(PY) -m water_edge.models.train.flow_leak_eval
 	$(PY) -m water_edge.models.train.pump_eval --write
+	$(PY) -m water_edge.models.train.pump_eval_rig --set evaluation --json docs/pump-eval-rig.json --plot docs/img/pump_rig_scores.png
+	$(PY) -m water_edge.models.train.pump_eval_short --set evaluation --json docs/pump-eval-short.json
+	$(PY) -m water_edge.models.train.machine_sound_eval --write
 
 soak: setup
 	$(VENV)/bin/pytest -q -m soak -p no:cacheprovider --timeout 7200 tests

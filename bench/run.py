@@ -32,6 +32,7 @@ SUITES = [
     "bench.bench_pump",
     "bench.bench_commands",
     "bench.bench_fleet",
+    "bench.bench_machine_sound",
 ]
 
 

@@ -3,8 +3,10 @@
 Files are generated here (fixed seed 4711, not a tuning or evaluation seed of
 `models/train/pump_eval_short.py`): two per fault type, held-out types included, and four normal,
 written as CSV with random column names and scored by `edge-agent models score pump` itself.
-Measured when written: point-wise F1 0.941, false alarm rate 5.6 %, no normal file alarmed,
-no fault missed; the bounds leave a margin for numerical differences between platforms.
+Measured with the first steady detector: point-wise F1 0.941, false alarm rate 5.6 %, no normal
+file alarmed, no fault missed; with the per-channel detector (docs/pump-anomaly.md, "Short
+calibrations"): F1 0.939, false alarms 8.4 %, one of the four normal files alarmed briefly, no fault
+missed, median delay 7 s. The bounds leave a margin for numerical differences between platforms.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ def test_cli_on_short_steady_files_meets_the_measured_f1_and_false_alarm_rate() 
     results = run_cases(make_cases(4711, FAULTS, per_fault=2, normal=4))
     figures = report(results)["all"]
     assert figures["f1"] >= 0.88, figures
-    assert figures["false_alarm_rate"] <= 0.09, figures
-    assert figures["normal_files_alarmed"] <= 0.25, figures
+    assert figures["false_alarm_rate"] <= 0.12, figures
+    assert figures["normal_files_alarmed"] <= 0.5, figures
     assert figures["missed_alarm_rate"] <= 1 / 14, figures
     for r in results:  # scores are non-negative, calibration rows included
         assert r.scores.min() >= 0

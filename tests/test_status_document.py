@@ -35,6 +35,7 @@ from water_edge.drivers.opcua.health import OpcUaHealth
 from water_edge.drivers.serial_bus import SerialBusHealth
 from water_edge.models.flow_leak.processor import FlowLeakProcessor
 from water_edge.models.leak.processor import AudioLeakProcessor, LeakHealth
+from water_edge.models.machine_sound.processor import MachineSoundProcessor
 from water_edge.models.meter.processor import MeterProcessor
 from water_edge.models.pump.health import PumpHealth, PumpStatus
 from water_edge.models.pump.processor import PumpProcessor
@@ -49,6 +50,7 @@ PROCESSOR_CLASSES = {
     "leak": AudioLeakProcessor,
     "meter": MeterProcessor,
     "flow_leak": FlowLeakProcessor,
+    "machine_sound": MachineSoundProcessor,
 }
 
 

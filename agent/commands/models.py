@@ -1,7 +1,10 @@
-"""`edge-agent models ...`: check models offline on historical data and calibrate pumps.
+"""`edge-agent models ...`: check models offline on historical data and calibrate pumps and machines.
 
-    edge-agent models score pump --csv FILE --calibrate-rows N [--model MANIFEST]
+    edge-agent models score pump --csv FILE --calibrate-rows N [--model MANIFEST] [--causal]
     edge-agent models calibrate pump --pump NAME --from T --to T [-c CONFIG] [--state-dir DIR]
+    edge-agent models score machine-sound --features FILE.npy --calibrate FILE.npy
+    edge-agent models features machine-sound REC.wav ... --out FILE.npy
+    edge-agent models calibrate machine-sound --machine NAME [--from T --to T] [-c CONFIG]
 
 The leak detector adds `score leak`, `calibrate leak` and `locate` through
 `models.leak.cli.register(models_sub, score_sub, calibrate_sub)`, night-flow detection adds
@@ -51,6 +54,12 @@ def register(subparsers: Any) -> None:
         help="rows below to clear an alarm (default: the detector's, 20 for calibrations "
         "under an hour, else 30)",
     )
+    pump.add_argument(
+        "--causal",
+        action="store_true",
+        help="flag rows as a live gateway would, when an alarm is confirmed (default: an alarm "
+        "is marked from where its score began to rise, at most a minute earlier)",
+    )
     pump.set_defaults(func=cmd_score_pump)
 
     calibrate = models_sub.add_parser(
@@ -78,6 +87,7 @@ def register(subparsers: Any) -> None:
     cal_pump.add_argument("--state-dir", type=Path, default=None, help="override gateway.state_dir")
     cal_pump.add_argument("--model", type=Path, default=None, help="model manifest (default: the pump's)")
     cal_pump.set_defaults(func=cmd_calibrate_pump)
+    _register_machine_sound(models_sub, score_sub, calibrate_sub)
 
     try:
         leak_cli = importlib.import_module("water_edge.models.leak.cli")
@@ -126,6 +136,7 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
             model_version=model.version,
             persistence=args.persistence,
             clear_after=args.clear_after,
+            causal=args.causal,
             warn=_warn,
         )
     except ModelError as exc:
@@ -207,4 +218,109 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
         )
         + "\n"
     )
+    return EXIT_OK
+
+
+# -- machine sound ------------------------------------------------------------------------------
+
+
+def _register_machine_sound(models_sub: Any, score_sub: Any, calibrate_sub: Any) -> None:
+    sound = score_sub.add_parser(
+        "machine-sound",
+        help="machine-sound anomaly scores for clip features (JSON lines: row, score, anomaly)",
+    )
+    sound.add_argument("--features", required=True, type=Path, help="clips to score: .npy array (clips, 136)")
+    sound.add_argument(
+        "--calibrate", required=True, type=Path, help="normal clips of the same machine: .npy (clips, 136)"
+    )
+    sound.set_defaults(func=cmd_score_machine_sound)
+
+    features = models_sub.add_parser("features", help="compute model features from recordings")
+    features_sub = features.add_subparsers(dest="features_model", required=True)
+    wav = features_sub.add_parser(
+        "machine-sound", help="the 136 clip features of each 10 s of WAV recordings, as one .npy"
+    )
+    wav.add_argument("wav", nargs="+", type=Path, help="PCM WAV files (channels are averaged)")
+    wav.add_argument("--out", required=True, type=Path, help="output .npy (clips, 136)")
+    wav.set_defaults(func=cmd_features_machine_sound)
+
+    cal = calibrate_sub.add_parser(
+        "machine-sound", help="new calibration version for one machine from its clip history"
+    )
+    cal.add_argument("--machine", required=True, help="machine name ([[models.machine_sound]] name)")
+    cal.add_argument(
+        "--from", dest="from_ts", default=None, help="start of normal sound: ISO 8601 or epoch s"
+    )
+    cal.add_argument("--to", dest="to_ts", default=None, help="end of normal sound (default: now)")
+    cal.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="agent config (default $EDGE_AGENT_CONFIG or /etc/edge-agent/config.toml)",
+    )
+    cal.add_argument("--state-dir", type=Path, default=None, help="override gateway.state_dir")
+    cal.set_defaults(func=cmd_calibrate_machine_sound)
+
+
+def cmd_score_machine_sound(args: argparse.Namespace) -> int:
+    from water_edge.core import logs
+    from water_edge.models.machine_sound.offline import load_features, score_lines
+    from water_edge.models.manifest import ModelError
+
+    logs.configure("warning", json=False)
+    try:
+        lines = list(score_lines(load_features(args.features), load_features(args.calibrate)))
+    except ModelError as exc:
+        return _error(str(exc))
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+def cmd_features_machine_sound(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from water_edge.core import logs
+    from water_edge.models.machine_sound.offline import wav_features
+    from water_edge.models.manifest import ModelError
+
+    logs.configure("warning", json=False)
+    try:
+        x = np.vstack([wav_features(p) for p in args.wav])
+    except ModelError as exc:
+        return _error(str(exc))
+    try:
+        np.save(args.out, x.astype(np.float32))
+    except OSError as exc:
+        return _error(f"{args.out}: {exc.strerror or exc}")
+    sys.stdout.write(f"{args.out}: {len(x)} clips x {x.shape[1]} features\n")
+    return EXIT_OK
+
+
+def cmd_calibrate_machine_sound(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from water_edge.core import logs
+    from water_edge.core.processor import CalibrationFailedError
+    from water_edge.models.machine_sound.calibration import calibrate_from_history
+    from water_edge.models.machine_sound.config import load_machine_sound_sections
+
+    logs.configure("warning", json=False)
+    config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
+    try:
+        state_dir, sections = load_machine_sound_sections(config)
+    except ValueError as exc:
+        return _error(str(exc))
+    section = next((s for s in sections if s.name == args.machine), None)
+    if section is None:
+        known = ", ".join(s.name for s in sections) or "none"
+        return _error(f"no machine {args.machine!r} in {config} (configured: {known})")
+    try:
+        done = calibrate_from_history(
+            section, args.state_dir or state_dir, {"from": args.from_ts, "to": args.to_ts}
+        )
+    except CalibrationFailedError as exc:
+        return _error(str(exc))
+    sys.stdout.write(json.dumps(done) + "\n")
     return EXIT_OK

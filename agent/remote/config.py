@@ -14,7 +14,14 @@ from water_edge.core.sizes import ByteSize
 from water_edge.provisioning.config import IdentitySection
 
 CommandType = Literal[
-    "read_now", "config_update", "model_update", "pump_calibration", "leak_calibration", "restart", "write"
+    "read_now",
+    "config_update",
+    "model_update",
+    "pump_calibration",
+    "leak_calibration",
+    "machine_sound_calibration",
+    "restart",
+    "write",
 ]
 COMMAND_TYPES: tuple[str, ...] = CommandType.__args__  # type: ignore[attr-defined]
 # What a config_update may change beyond the ordinary settings, each only with its own right:

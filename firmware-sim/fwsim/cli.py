@@ -50,6 +50,7 @@ def _parser(*, datasets: bool = True) -> argparse.ArgumentParser:
     lister.add_argument("--scenario", type=Path, default=None)
     # Its own parser lives with the WAV writer (fwsim.hydrophone_stream); listed here for --help.
     sub.add_parser("hydrophones", help="write synthetic hydrophone audio to a WAV file", add_help=False)
+    sub.add_parser("machine-sound", help="write a pump's sound (with faults) to a WAV file", add_help=False)
     dataset = sub.add_parser("dataset", help="write labelled training/evaluation data (pump, leak)")
     if datasets:  # importing the dataset writers costs `edge-sim run` start-up time
         from water_edge.sim.dataset import add_arguments
@@ -88,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
         from water_edge.sim.hydrophone_stream import main as hydrophones_main
 
         return hydrophones_main(argv[1:])
+    if argv[:1] == ["machine-sound"]:
+        from water_edge.sim.machine_sound import main as machine_sound_main
+
+        return machine_sound_main(argv[1:])
     args = _parser(datasets=argv[:1] == ["dataset"] or "-h" in argv or "--help" in argv).parse_args(argv)
     from water_edge.sim.scenario import ScenarioError, load_scenario
 

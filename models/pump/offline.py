@@ -13,8 +13,15 @@ Which detector scores the file depends on how much normal it was given:
 - more: the gateway's detector (`models.pump.detector`: relations between signals and the shared
   TFLite scorer), which needs calibration to have seen the pump's range of operating points.
 
-On simulated 20-minute steady files (`models/train/pump_eval_short.py`) the first is far better; on
-3-hour files with daily demand the second is (docs/pump-anomaly.md).
+On simulated test-rig runs and 20-minute steady files (`models/train/pump_eval_rig.py`,
+`pump_eval_short.py`) the first is far better; on 3-hour files with daily demand the second is
+(docs/pump-anomaly.md).
+
+A file is history, seen whole: once an alarm is confirmed (persistence), the rows just before it
+whose score was already rising are marked too (`steady.backdate`, at most a minute), and once it
+has cleared, the rows it waited through below the hysteresis are not (`steady.trim_cleared`), so an
+anomaly is shown from where its evidence begins to where it ends. `causal=True` (`--causal`) marks
+what a live gateway would have flagged at each row instead.
 """
 
 from __future__ import annotations
@@ -145,6 +152,19 @@ def score_steady(
     return scores, alarm
 
 
+def _as_history(
+    scores: np.ndarray, alarm: np.ndarray, calibrate_rows: int, threshold: float, hysteresis: float
+) -> np.ndarray:
+    """Alarms from where their evidence began to where it ended (`steady.backdate`,
+    `steady.trim_cleared`), on the rows after calibration only."""
+    p = steady.SteadyParams()
+    s = scores[calibrate_rows:] / threshold
+    out = alarm.copy()
+    marked = steady.backdate(s, alarm[calibrate_rows:], p.backdate_level, p.backdate_max)
+    out[calibrate_rows:] = steady.trim_cleared(s, marked, hysteresis)
+    return out
+
+
 def score_csv(
     path: Path,
     calibrate_rows: int,
@@ -159,11 +179,13 @@ def score_csv(
     margin: float = DEFAULT_MARGIN,
     size_factor: float = DEFAULT_SIZE_FACTOR,
     steady_params: steady.SteadyParams | None = None,
+    causal: bool = False,
     warn: Callable[[str], None] = lambda _m: None,
 ) -> Iterable[str]:
     """Validate, calibrate and score; the output CSV's lines (header first).
 
-    `persistence`, `clear_after` and `hysteresis` override the chosen detector's alarm defaults."""
+    `persistence`, `clear_after` and `hysteresis` override the chosen detector's alarm defaults;
+    `causal` leaves alarms where a live gateway would have raised them (no backdating)."""
     try:
         text = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as exc:
@@ -185,6 +207,8 @@ def score_csv(
             hysteresis=p.hysteresis if hysteresis is None else hysteresis,
         )
         scores, alarm = score_steady(table.values, table.names, calibrate_rows, p, warn)
+        if not causal:
+            alarm = _as_history(scores, alarm, calibrate_rows, 1.0, p.hysteresis)
         return _lines(table.timestamps, scores, alarm)
     cal = calibrate(
         table.values[:calibrate_rows],
@@ -207,6 +231,9 @@ def score_csv(
         CLEAR_AFTER if clear_after is None else clear_after,
         HYSTERESIS if hysteresis is None else hysteresis,
     )
+    if not causal:
+        hyst = HYSTERESIS if hysteresis is None else hysteresis
+        alarm = _as_history(scored.score, alarm, calibrate_rows, cal.threshold, hyst)
     return _lines(table.timestamps, scored.score, alarm)
 
 

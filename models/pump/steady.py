@@ -4,27 +4,43 @@ What `edge-agent models score pump --csv` runs when calibration is shorter than 
 (`models/pump/offline.py`); the live gateway and long calibrations keep the relation model and the
 shared TFLite scorer (`detector.py`). With a few hundred calibration rows at one operating point,
 a pump's normal is a small cloud: each channel's level and its noise. A fault moves a level (valve
-closure: flow, pressure, current; drift: one sensor), changes a noise (cavitation: unsteady flow
-and pressure; a stuck sensor: no noise at all) or both (imbalance, bearing wear: vibration).
+closure: flow, pressure, current; a leak; drift: one sensor), changes a noise (cavitation: unsteady
+flow and pressure; a stuck sensor: no noise at all) or both (imbalance, bearing wear: vibration).
+
 Per channel, from the calibration rows only:
 
-- robust z-scores (median, MAD; the scale never below the reading's resolution),
-- a *level* statistic: the trailing mean of z over `level_window` rows, standardised by how much that
-  mean wandered during calibration. A channel that drifted during calibration (a test bed warming
-  up) may go on drifting at that rate; a channel whose deviation is shrinking (a temperature cooling
-  back after the fault is gone) does not count while it recovers,
-- a *noise* statistic: the log of the trailing RMS of row-to-row changes over `noise_window` rows,
-  standardised the same way, two-sided (louder or quieter than normal; a frozen register is silent).
+- robust z-scores (median, MAD; the scale never below the reading's resolution);
+- *level* statistics: the trailing mean of z over a short and a long window (`level_windows`: the
+  short one sees an abrupt change within seconds, the long one a small shift under noise),
+  standardised by how far that mean may have wandered by now. Real signals wander (grid voltage,
+  a slowly warming motor and fluid, a drifting transmitter), and a few hundred rows show only part
+  of it: the typical change of the level over a lag is measured at several lags (no shorter than
+  the window: overlapping means would read noise as wander), its growth with the lag
+  extrapolated (`wander_lags`; a trend grows linearly, a random walk with the square root, steady
+  noise not at all; the growth is measured once, on the short window, which has the most lags),
+  and the spread allowed at a row is that growth at the row's distance from the calibration. A
+  channel whose deviation is shrinking (a temperature cooling back after the fault is gone) does
+  not count while it recovers;
+- a *noise* statistic: the log of the trailing RMS of row-to-row changes, standardised the same
+  way, two-sided (cavitation is louder, a frozen register silent).
 
-The row's score is the largest statistic over channels, smoothed by a trailing median, divided by
-the threshold: a high quantile of the calibration rows' scores times a margin that grows as the
-calibration gets shorter, never below a floor. Channel-agnostic: any columns, any names.
+Each statistic of each channel is divided by its own high quantile on the calibration rows (never
+below `channel_floor`), so a channel with heavy tails (a transmitter read in coarse steps, a spiky
+current clamp) does not raise the alarm level of the others; the row's score is the largest of
+them, smoothed by a trailing median, over `factor`: above 1 is abnormal. Channel-agnostic: any
+columns, any names. Parameters were chosen on the tuning runs of `models/train/pump_eval_rig.py`
+and checked on those of `pump_eval_short.py` (docs/pump-anomaly.md).
+
+`backdate` and `trim_cleared` are for offline files only: once an alarm is confirmed, the rows
+since its score began to rise (at most `backdate_max`) are marked too, and once it has cleared, the
+rows it waited through below the hysteresis level are unmarked, so a history shows an anomaly from
+where its evidence starts to where it ended rather than when a live gateway was sure of either.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -32,26 +48,37 @@ import numpy.typing as npt
 from water_edge.models.pump.detector import trailing_mean
 
 F64 = npt.NDArray[np.float64]
+I8 = npt.NDArray[np.int8]
+
+_MAD_TO_SD = 1.4826
+_MEDIAN_ABS_DIFF_TO_SD = 0.6745 * math.sqrt(2.0)  # median |a - b| of two N(0, s) draws is this * s
+UNSEEN_WANDER_EXP = 0.5
 
 
 @dataclass(frozen=True, slots=True)
 class SteadyParams:
-    """Chosen on the tuning seeds of `models/train/pump_eval_short.py` (docs/pump-anomaly.md)."""
+    """Chosen on the tuning runs of `models/train/pump_eval_rig.py` (docs/pump-anomaly.md)."""
 
-    level_window: int = 30  # rows in the trailing mean of each channel's z-score
+    level_windows: tuple[int, ...] = (15, 60)  # rows in the trailing means of each channel's z
     noise_window: int = 15  # rows in the trailing RMS of its row-to-row changes
-    smooth: int = 5  # trailing median of the score (rows)
-    quantile: float = 0.99  # of the calibration rows' scores
-    margin: float = 1.0
-    size_factor: float = 4.0  # threshold x margin x (1 + size_factor / sqrt(rows / level_window))
-    floor: float = 4.0  # the threshold never goes below this (standardised units)
     use_noise: bool = True
-    trend_sig: float = 0.5  # calibration drift beyond this many level spreads is allowed to go on
+    wander_lags: tuple[int, ...] = (30, 60, 120, 200)  # lags at which the level's change is measured
+    smooth: int = 5  # trailing median of the score (rows)
+    quantile: float = 0.99  # of each statistic on the calibration rows
+    channel_floor: float = 2.5  # a statistic's calibration quantile never counts as less than this
+    # Alarm level, in multiples of each statistic's calibration quantile: `factor` at
+    # `reference_rows` of calibration, times (reference_rows / rows) ** 0.25 (fewer rows, less
+    # trust in a quantile and in how far a level wanders), within `factor_range`.
+    factor: float = 2.75
+    reference_rows: int = 400
+    factor_range: tuple[float, float] = (2.0, 3.5)
     recover_lag: int = 60  # a channel whose deviation shrank over this many rows is recovering...
     recover_by: float = 1.0  # ...by more than this many level spreads: its level does not count
     persistence: int = 5  # alarm: rows above the threshold to raise
     clear_after: int = 20  # rows below hysteresis x threshold to clear
     hysteresis: float = 0.8
+    backdate_level: float = 0.5  # offline: an alarm's rows reach back while the score was above this...
+    backdate_max: int = 60  # ...for at most this many rows
 
 
 def _fill(x: F64) -> F64:
@@ -90,10 +117,49 @@ def _resolution(col: F64) -> float:
 
 
 def _spread(v: F64) -> F64:
-    """Robust per-column spread: the larger of MAD and a trimmed standard deviation."""
+    """Robust per-column spread: the larger of MAD and half the standard deviation."""
     med = np.median(v, axis=0)
-    mad = 1.4826 * np.median(np.abs(v - med), axis=0)
+    mad = _MAD_TO_SD * np.median(np.abs(v - med), axis=0)
     return np.asarray(np.maximum(mad, 0.5 * v.std(axis=0)), dtype=np.float64)
+
+
+@dataclass
+class LevelModel:
+    """One level window's normal: centre and spread of the trailing mean, and how it wanders."""
+
+    window: int
+    mid: F64
+    sd: F64
+    wander_sd: F64  # the level's typical change over `wander_lag` rows, as a spread
+    wander_lag: int
+    wander_exp: F64  # growth of that change with the lag: 0 steady, 0.5 random walk, 1 trend
+
+    def allowed(self, horizon: F64) -> F64:
+        """The spread allowed at rows `horizon` rows from the calibration's middle."""
+        h = np.maximum(horizon, self.wander_lag)[:, None]
+        return np.asarray(np.maximum(self.sd, self.wander_sd * (h / self.wander_lag) ** self.wander_exp))
+
+    @classmethod
+    def fit(cls, z: F64, window: int, lags: tuple[int, ...], exp: F64 | None = None) -> LevelModel:
+        """`exp` given: use that growth (measured on a shorter window, which has more lags to see
+        it) instead of this window's own estimate."""
+        n = len(z)
+        level = trailing_mean(z, window)[min(window, n // 4) :]
+        mid = np.median(level, axis=0)
+        sd = np.maximum(_spread(level), 1.0 / math.sqrt(window))
+        # lags shorter than the window compare overlapping means: they would read noise as wander
+        usable = [lag for lag in lags if window <= lag < len(level) // 2] or [max(1, len(level) // 3)]
+        change = np.array([np.median(np.abs(level[lag:] - level[:-lag]), axis=0) for lag in usable])
+        change = np.maximum(change, 1e-9)
+        if exp is None:
+            # too short to see how the level wanders: assume a random walk rather than none
+            exp = np.full(z.shape[1], UNSEEN_WANDER_EXP)
+            if len(usable) > 1:
+                lx = np.log(np.asarray(usable, dtype=np.float64))
+                lx -= lx.mean()
+                ly = np.log(change)
+                exp = (lx[:, None] * (ly - ly.mean(axis=0))).sum(axis=0) / float((lx * lx).sum())
+        return cls(window, mid, sd, change[0] / _MEDIAN_ABS_DIFF_TO_SD, usable[0], np.clip(exp, 0.0, 1.0))
 
 
 @dataclass
@@ -101,89 +167,117 @@ class SteadyModel:
     params: SteadyParams
     center: F64
     scale: F64
+    levels: list[LevelModel]
     noise_eps: F64
-    level_mid: F64
-    level_sd: F64
-    level_slope: F64  # per row, z units: the drift calibration showed beyond its noise
     noise_mid: F64
     noise_sd: F64
-    threshold: float
     n_calibration: int
+    factor: float
+    quantiles: list[F64] = field(default_factory=list)  # per statistic, per channel
 
-    def raw(self, x: F64) -> F64:
-        """Unsmoothed per-row score for rows `x` (channels as calibrated)."""
+    def statistics(self, x: F64) -> list[F64]:
+        """Each statistic (the level windows, then noise) as rows x channels, unnormalised."""
         p = self.params
-        z = (_fill(x) - self.center) / self.scale
-        z = np.clip(z, -1e3, 1e3)
-        level = trailing_mean(z, p.level_window)
-        since = np.maximum(0.0, np.arange(len(z)) - self.n_calibration / 2)
-        allow = since[:, None] * self.level_slope
-        dev = np.abs(level - self.level_mid)
-        a = np.maximum(0.0, dev - allow) / self.level_sd
-        lag = p.recover_lag
-        if lag > 0 and len(dev) > lag:
-            back = np.zeros_like(dev, dtype=bool)
-            back[lag:] = dev[lag:] < dev[:-lag] - p.recover_by * self.level_sd
-            a[back] = 0.0
-        parts = [a.max(axis=1)]
+        z = np.clip((_fill(x) - self.center) / self.scale, -1e3, 1e3)
+        horizon = np.arange(len(z), dtype=np.float64) - self.n_calibration / 2
+        out = []
+        for lm in self.levels:
+            level = trailing_mean(z, lm.window)
+            dev = np.abs(level - lm.mid)
+            a = dev / lm.allowed(horizon)
+            lag = p.recover_lag
+            if lag > 0 and len(dev) > lag:
+                back = np.zeros_like(dev, dtype=bool)
+                back[lag:] = dev[lag:] < dev[:-lag] - p.recover_by * lm.sd
+                a[back] = 0.0
+            out.append(a)
         if p.use_noise:
             d = np.vstack([np.zeros((1, z.shape[1])), np.diff(z, axis=0)])
             rms = np.sqrt(trailing_mean(d * d, p.noise_window))
-            b = np.abs(np.log(rms + self.noise_eps) - self.noise_mid) / self.noise_sd
-            parts.append(b.max(axis=1))
-        return np.asarray(np.max(np.vstack(parts), axis=0), dtype=np.float64)
+            out.append(np.abs(np.log(rms + self.noise_eps) - self.noise_mid) / self.noise_sd)
+        return out
+
+    def channel_scores(self, x: F64) -> F64:
+        """Per row and channel, the largest statistic in units of the alarm level (unsmoothed)."""
+        stats = self.statistics(x)
+        per = [s / q for s, q in zip(stats, self.quantiles, strict=True)]
+        return np.asarray(np.max(np.stack(per), axis=0) / self.factor, dtype=np.float64)
 
     def score(self, x: F64) -> F64:
-        """Per-row score in units of the threshold (above 1: abnormal)."""
-        return _trailing_median(self.raw(x), self.params.smooth) / self.threshold
+        """Per-row score in units of the alarm level (above 1: abnormal)."""
+        return _trailing_median(self.channel_scores(x).max(axis=1), self.params.smooth)
+
+
+def alarm_factor(rows: int, p: SteadyParams) -> float:
+    """The alarm level over each statistic's calibration quantile for `rows` of calibration."""
+    lo, hi = p.factor_range
+    return float(min(hi, max(lo, p.factor * (p.reference_rows / max(1, rows)) ** 0.25)))
 
 
 def fit(x: F64, params: SteadyParams | None = None) -> SteadyModel:
     """Learn the normal of calibration rows `x` (rows x channels, NaN allowed, no constant column:
-    `offline.usable_channels` drops those first)."""
+    `offline.usable` drops those first)."""
     p = params or SteadyParams()
     x = np.asarray(x, dtype=np.float64)
     n, n_ch = x.shape
     center = np.nanmedian(x, axis=0)
-    mad = 1.4826 * np.nanmedian(np.abs(x - center), axis=0)
+    mad = _MAD_TO_SD * np.nanmedian(np.abs(x - center), axis=0)
     q75, q25 = np.nanpercentile(x, [75, 25], axis=0)
     res = np.array([_resolution(x[:, c]) for c in range(n_ch)])
     scale = np.maximum.reduce([mad, (q75 - q25) / 1.349, res, 1e-9 * (np.abs(center) + 1.0)])
     z = (_fill(x) - center) / scale
-    skip = min(max(p.level_window, p.noise_window), n // 4)  # windows still filling
-    level = trailing_mean(z, p.level_window)
-    lv = level[skip:]
-    level_mid = np.median(lv, axis=0)
-    level_sd = np.maximum(_spread(lv), 1.0 / math.sqrt(p.level_window))
-    # Drift during calibration (first vs last quarter), beyond what its level wander explains.
-    slope = np.zeros(n_ch)
-    if len(lv) >= 8:
-        quarter = len(lv) // 4
-        step = np.abs(np.median(lv[-quarter:], axis=0) - np.median(lv[:quarter], axis=0))
-        span = len(lv) - quarter
-        slope = np.maximum(0.0, step - p.trend_sig * level_sd) / span
+    # How a channel wanders is measured once, on the shortest window (the most lags beyond it).
+    windows = sorted(p.level_windows)
+    first = LevelModel.fit(z, windows[0], p.wander_lags)
+    by_window = {windows[0]: first} | {
+        w: LevelModel.fit(z, w, p.wander_lags, first.wander_exp) for w in windows[1:]
+    }
+    levels = [by_window[w] for w in p.level_windows]
     # Row-to-row changes: a channel that never moves in calibration still has its resolution as noise.
+    skip = min(max(*p.level_windows, p.noise_window), n // 4)  # windows still filling
     d = np.vstack([np.zeros((1, n_ch)), np.diff(z, axis=0)])
     noise_eps = np.maximum(res / scale, 1e-3) / math.sqrt(p.noise_window)
-    rms = np.sqrt(trailing_mean(d * d, p.noise_window))
-    lr = np.log(rms + noise_eps)[skip:]
-    noise_mid = np.median(lr, axis=0)
-    noise_sd = np.maximum(_spread(lr), 0.5 / math.sqrt(p.noise_window))
+    lr = np.log(np.sqrt(trailing_mean(d * d, p.noise_window)) + noise_eps)[skip:]
     model = SteadyModel(
         p,
         center,
         scale,
+        levels,
         noise_eps,
-        level_mid,
-        level_sd,
-        slope,
-        noise_mid,
-        noise_sd,
-        threshold=math.inf,
+        np.median(lr, axis=0),
+        np.maximum(_spread(lr), 0.5 / math.sqrt(p.noise_window)),
         n_calibration=n,
+        factor=alarm_factor(n, p),
     )
-    s = _trailing_median(model.raw(x), p.smooth)[skip:]
-    q = float(np.quantile(s, p.quantile)) if len(s) else 0.0
-    factor = p.margin * (1.0 + p.size_factor / math.sqrt(max(1.0, n / p.level_window)))
-    model.threshold = max(p.floor, factor * q)
+    model.quantiles = [
+        np.maximum(np.quantile(s[skip:], p.quantile, axis=0), p.channel_floor) for s in model.statistics(x)
+    ]
     return model
+
+
+def backdate(scores: F64, alarm: I8, level: float, max_rows: int) -> I8:
+    """Offline: extend each alarm back over the rows just before it whose score was above `level`
+    (at most `max_rows`): where the evidence for it began."""
+    out = alarm.copy()
+    starts = np.flatnonzero(np.diff(np.concatenate([[0], alarm.astype(np.int64)])) == 1)
+    for start in starts:
+        t = int(start)
+        while t > 0 and start - t < max_rows and scores[t - 1] >= level and out[t - 1] == 0:
+            t -= 1
+        out[t:start] = 1
+    return out
+
+
+def trim_cleared(scores: F64, alarm: I8, level: float) -> I8:
+    """Offline: end each alarm that cleared where its score last fell below `level` (the rows the
+    live alarm waited through before clearing are unmarked); one still active at the end stays."""
+    out = alarm.copy()
+    ends = np.flatnonzero(np.diff(np.concatenate([alarm.astype(np.int64), [0]])) == -1)
+    for end in ends:
+        if end == len(out) - 1:
+            continue
+        t = int(end)
+        while t >= 0 and out[t] == 1 and scores[t] < level:
+            out[t] = 0
+            t -= 1
+    return out

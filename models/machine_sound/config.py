@@ -1,0 +1,95 @@
+"""Config for machine sound monitoring: one `[[models.machine_sound]]` table per machine listened to.
+
+Example:
+
+    [[models.machine_sound]]
+    name = "P1-sound"          # the machine: its state directory and its events' source
+    device = "mic-p1"          # a kind = "audio" device (a microphone next to the pump or motor)
+    channels = ["mic"]         # which of the device's channels to average (default: all)
+    [models.machine_sound.calibration]
+    auto_hours = 24            # learn the machine's normal sound over its first day
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from water_edge.core.names import NAME_PATTERN
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SoundCalibrationConfig(_Section):
+    """When and from how many clips a machine's normal sound is learnt."""
+
+    auto_hours: float = Field(default=24.0, gt=0, le=24 * 30)  # clips of the first N hours after install
+    min_clips: int = Field(default=100, ge=10)  # never calibrate on fewer
+    max_clips: int = Field(default=2000, ge=10)  # more are thinned evenly over the range
+    shrinkage: float = Field(default=0.003, gt=0, lt=1)  # of the feature covariance towards identity
+    quantile: float = Field(default=0.99, gt=0.5, lt=1.0)  # of out-of-fold calibration distances
+    margin: float = Field(default=1.1, ge=1.0, le=10.0)  # alarm level = quantile x margin
+
+    @model_validator(mode="after")
+    def _order(self) -> Self:
+        if self.max_clips < self.min_clips:
+            raise ValueError(f"max_clips ({self.max_clips}) must not be below min_clips ({self.min_clips})")
+        return self
+
+
+class MachineSoundSection(_Section):
+    """`[[models.machine_sound]]`: learn one machine's normal sound from an audio device, then
+    raise `machine_sound_anomaly` when it changes."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64)
+    device: str = Field(pattern=NAME_PATTERN, max_length=64)  # a kind = "audio" device
+    channels: list[str] | None = Field(default=None, min_length=1)  # averaged to mono; default all
+    # The features are defined on 10 s clips (docs/machine-sound.md); other lengths shift them.
+    clip_s: float = Field(default=10.0, ge=1.0, le=60.0)
+    # Clips quieter than this (RMS, dBFS) are taken as the machine stopped: not learnt, not scored.
+    running_min_dbfs: float | None = Field(default=None, ge=-160.0, le=0.0)
+    on_clips: int = Field(default=3, ge=1)  # clips above the alarm level among the last `of_clips`...
+    of_clips: int = Field(default=4, ge=1)  # ...to raise an event
+    off_clips: int = Field(default=6, ge=1)  # consecutive clips below hysteresis to clear it
+    hysteresis: float = Field(default=0.8, gt=0, le=1.0)
+    trend_clips: int = Field(default=30, ge=2, le=1000)  # recent scores kept for events and status
+    history_days: float = Field(default=14.0, gt=0, le=365)  # clip features kept for recalibration
+    calibration: SoundCalibrationConfig = SoundCalibrationConfig()
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.on_clips > self.of_clips:
+            raise ValueError(f"on_clips ({self.on_clips}) must not exceed of_clips ({self.of_clips})")
+        return self
+
+
+def load_machine_sound_sections(path: Path) -> tuple[Path, list[MachineSoundSection]]:
+    """`gateway.state_dir` and the `[[models.machine_sound]]` list of an agent config file, read with
+    tomllib so the CLI works without the whole agent config; `ValueError` with one line on a problem."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+    state_dir = Path((raw.get("gateway") or {}).get("state_dir", "/var/lib/edge-agent"))
+    items = (raw.get("models") or {}).get("machine_sound") or []
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: models.machine_sound: expected a list of [[models.machine_sound]] tables")
+    sections = []
+    for i, item in enumerate(items):
+        try:
+            sections.append(MachineSoundSection.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{path}: models.machine_sound[{i}].{where}: {first['msg']}") from exc
+    return state_dir, sections

@@ -1,0 +1,105 @@
+"""Offline use of the machine-sound detector: what `edge-agent models score machine-sound` and
+`edge-agent models features machine-sound` run.
+
+Feature files are numpy `.npy` arrays of shape (clips, 136) in the column order of
+`features.FEATURE_NAMES` (the MIMII feature files are such arrays). Scoring calibrates on one file
+of normal clips and prints one JSON object per row of the other: `row`, `score` (in units of the
+alarm level) and `anomaly` (1 when the score is above 1), with the feature groups that moved for an
+anomalous row. Rows are scored one by one: a file need not be in time order.
+"""
+
+from __future__ import annotations
+
+import json
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from water_edge.models.machine_sound.detector import (
+    DEFAULT_MARGIN,
+    DEFAULT_QUANTILE,
+    DEFAULT_SHRINKAGE,
+    calibrate,
+    explain,
+)
+from water_edge.models.machine_sound.features import CLIP_S, N_FEATURES, clip_features
+from water_edge.models.manifest import ModelError
+
+F64 = npt.NDArray[np.float64]
+
+
+class InputError(ModelError):
+    """A file cannot be used; the message says why in one line."""
+
+
+def load_features(path: Path) -> F64:
+    try:
+        x = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: not a numpy .npy array ({exc})") from None
+    if x.ndim != 2 or x.shape[1] != N_FEATURES or not np.issubdtype(x.dtype, np.number):
+        raise InputError(f"{path}: expected a numeric array of shape (clips, {N_FEATURES}), got {x.shape}")
+    if len(x) == 0:
+        raise InputError(f"{path}: the array has no rows")
+    return np.asarray(x, dtype=np.float64)
+
+
+def score_lines(
+    features: F64,
+    normal: F64,
+    *,
+    shrinkage: float = DEFAULT_SHRINKAGE,
+    quantile: float = DEFAULT_QUANTILE,
+    margin: float = DEFAULT_MARGIN,
+) -> Iterator[str]:
+    """Calibrate on `normal`, then one JSON line per row of `features` (non-finite rows: score null)."""
+    cal = calibrate(normal, shrinkage=shrinkage, quantile=quantile, margin=margin)
+    finite = np.isfinite(features).all(axis=1)
+    scores = np.full(len(features), np.nan)
+    if finite.any():
+        scores[finite] = cal.score(features[finite])
+    for i, s in enumerate(scores):
+        row: dict[str, Any] = {"row": i}
+        if not np.isfinite(s):
+            row.update(score=None, anomaly=None, error="non-finite features")
+        else:
+            row.update(score=round(float(s), 4), anomaly=int(s > 1.0))
+            if s > 1.0:
+                evidence = cal.evidence(features[i : i + 1])
+                row["explanation"] = explain(evidence)
+                row["groups"] = [e for e in evidence if float(e["score"]) >= 1.0] or evidence[:1]
+        yield json.dumps(row)
+
+
+def read_wav(path: Path) -> tuple[F64, int]:
+    """Mono float samples (channels averaged, full scale +-1) and the rate of a PCM WAV file."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
+            raw = w.readframes(w.getnframes())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, wave.Error, EOFError) as exc:
+        raise InputError(f"{path}: not a PCM WAV file ({exc})") from None
+    kinds = {2: ("<i2", 32768.0), 4: ("<i4", 2147483648.0)}
+    if width not in kinds:
+        raise InputError(f"{path}: {8 * width}-bit samples; 16- or 32-bit PCM expected")
+    dtype, full = kinds[width]
+    x = np.frombuffer(raw, dtype=dtype).astype(np.float64) / full
+    return x.reshape(-1, channels).mean(axis=1), rate
+
+
+def wav_features(path: Path, clip_s: float = CLIP_S) -> F64:
+    """The 136 features of each whole `clip_s` clip of a recording (a shorter tail is left out)."""
+    x, rate = read_wav(path)
+    n = round(clip_s * rate)
+    clips = len(x) // n
+    if clips == 0:
+        raise InputError(f"{path}: shorter than one {clip_s:g} s clip")
+    return np.vstack([clip_features(x[i * n : (i + 1) * n], rate) for i in range(clips)])

@@ -1,0 +1,315 @@
+"""`MachineSoundProcessor`: a microphone at a machine in, `machine_sound_anomaly` events out.
+
+1. The audio device's analysis windows (`WindowSource`) are joined into clips of `clip_s` (10 s),
+   averaged over the chosen channels (`clips.ClipAssembler`); a clip that cannot be scored in time
+   is dropped and counted, never blocks capture.
+2. Each clip's 136 features (`features.clip_features`, resampled to 16 kHz) are computed in a
+   worker thread; a clip quieter than `running_min_dbfs` means the machine is off: skipped.
+3. Running clips go to the machine's history (`store`); state `learning` until
+   `calibration.auto_hours` of clips (at least `min_clips`), then the machine is calibrated from its
+   own clips (`calibration.recalibrate`) and `armed`.
+4. Armed: each clip is scored (in units of the alarm level); `on_clips` of the last `of_clips` above
+   1 raise `machine_sound_anomaly` with the evidence (which feature groups moved, which way), the
+   recent score trend and when the change began; `off_clips` in a row below `hysteresis` clear it.
+
+A calibration written by the CLI or the signed command is picked up within `RELOAD_EVERY` clips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
+from water_edge.core.reading import Event, Severity
+from water_edge.models.machine_sound.calibration import iso, recalibrate
+from water_edge.models.machine_sound.clips import Clip, ClipAssembler
+from water_edge.models.machine_sound.config import MachineSoundSection
+from water_edge.models.machine_sound.detector import SoundCalibration, explain
+from water_edge.models.machine_sound.features import N_MELS, STAT_NAMES, clip_features
+from water_edge.models.machine_sound.health import MachineSoundHealth, SoundState
+from water_edge.models.machine_sound.store import SoundCalibrationStore, open_history
+from water_edge.models.manifest import ModelError
+from water_edge.models.pump.store import FeatureHistory
+
+log = structlog.get_logger(__name__)
+
+FLUSH_CLIPS = 6  # history rows kept in memory before one SQLite transaction (a minute of clips)
+RELOAD_EVERY = 30  # clips between checks for a calibration written by the CLI or a command
+_RMS = N_MELS + STAT_NAMES.index("rms")  # the clip RMS column of the features
+F64 = npt.NDArray[np.float64]
+
+
+class SoundAlarm:
+    """Raise when `on` of the last `of` scores are above 1; clear after `off` in a row below
+    `hysteresis`. Remembers when the clips that raised it began."""
+
+    def __init__(self, on: int, of: int, off: int, hysteresis: float) -> None:
+        self.on, self.of, self.off, self.hysteresis = on, of, off, hysteresis
+        self.active = False
+        self.recent: deque[tuple[int, bool]] = deque(maxlen=of)
+        self._below = 0
+        self.since_ns: int | None = None
+
+    def update(self, ts_ns: int, score: float) -> bool | None:
+        """True when the alarm rises, False when it clears, None otherwise."""
+        above = score > 1.0
+        self.recent.append((ts_ns, above))
+        if not self.active:
+            if sum(a for _, a in self.recent) >= self.on:
+                self.active, self._below = True, 0
+                self.since_ns = next(ts for ts, a in self.recent if a)
+                return True
+            return None
+        self._below = self._below + 1 if score < self.hysteresis else 0
+        if self._below >= self.off:
+            self.active = False
+            self.recent.clear()
+            return False
+        return None
+
+
+@dataclass
+class _State:
+    history: FeatureHistory
+    store: SoundCalibrationStore
+    cal: SoundCalibration | None = None
+    learning_since_ns: int | None = None
+    learning_clips: int = 0
+    calibrating: bool = False
+    pending: list[tuple[int, F64]] = field(default_factory=list)
+    scores: deque[tuple[int, float]] = field(default_factory=deque)
+    abnormal: deque[F64] = field(default_factory=deque)  # features of recent clips above the level
+    since_reload: int = 0
+
+
+class MachineSoundProcessor:
+    """Machine sound monitoring for one machine (one `[[models.machine_sound]]` table)."""
+
+    streams: frozenset[str] = frozenset()  # clips come from the device's windows, not readings
+
+    def __init__(
+        self, section: MachineSoundSection, driver: WindowSource, state_dir: Path, *, max_queued: int = 3
+    ) -> None:
+        self.section = section
+        self.name = f"machine_sound:{section.name}"
+        self.state_dir = Path(state_dir)
+        self._driver = driver
+        self._max_queued = max_queued
+        self._assembler = ClipAssembler(section.clip_s, section.channels)
+        self._alarm = self._new_alarm()
+        self._state: _State | None = None
+        self.clips = self.clips_dropped = self.clips_stopped = 0
+        self.scored = self.events = 0
+        self.last_score: float | None = None
+        self.last_error: str | None = None
+
+    def _new_alarm(self) -> SoundAlarm:
+        s = self.section
+        return SoundAlarm(s.on_clips, s.of_clips, s.off_clips, s.hysteresis)
+
+    # -- set-up -----------------------------------------------------------------------------------
+
+    def _open(self) -> _State:
+        s = self.section
+        state = _State(
+            open_history(self.state_dir, s.name, s.history_days),
+            SoundCalibrationStore(self.state_dir, s.name),
+        )
+        try:
+            state.cal = state.store.load()
+        except ModelError as exc:
+            self.last_error = str(exc)
+            log.error("machine_sound.calibration_unreadable", machine=s.name, error=str(exc))
+        if state.cal is None:
+            span = state.history.span()  # learning survives a restart: its clips are in the history
+            if span is not None:
+                state.learning_since_ns = span[0]
+                state.learning_clips = state.history.count(span[0])
+        state.scores = deque(maxlen=s.trend_clips)
+        state.abnormal = deque(maxlen=s.of_clips)
+        return state
+
+    # -- run --------------------------------------------------------------------------------------
+
+    async def run(self, source: ReadingSource, emit: EventSink) -> None:
+        state = self._state = await asyncio.to_thread(self._open)
+        queue: asyncio.Queue[Clip] = asyncio.Queue(self._max_queued)
+
+        def offer(window: AudioWindowLike) -> None:
+            try:
+                clips = self._assembler.feed(window)
+            except ValueError as exc:  # the device lacks a configured channel
+                self.last_error = str(exc)
+                return
+            for clip in clips:
+                self.clips += 1
+                if queue.full():
+                    self.clips_dropped += 1
+                else:
+                    queue.put_nowait(clip)
+
+        remove = self._driver.add_window_listener(offer)
+        try:
+            while True:
+                clip = await queue.get()
+                await self._clip(state, clip, emit)
+        finally:
+            remove()
+            await asyncio.to_thread(self._close, state)
+
+    def _close(self, state: _State) -> None:
+        self._flush(state)
+        state.history.close()
+
+    def _flush(self, state: _State) -> None:
+        rows, state.pending = state.pending, []
+        state.history.append(rows)
+
+    async def _clip(self, state: _State, clip: Clip, emit: EventSink) -> None:
+        features = await asyncio.to_thread(clip_features, clip.samples, clip.sample_rate)
+        if not np.isfinite(features).all():
+            self.last_error = "a clip gave non-finite features (silence or garbage): skipped"
+            return
+        floor = self.section.running_min_dbfs
+        if floor is not None and 20 * math.log10(max(float(features[_RMS]), 1e-12)) < floor:
+            self.clips_stopped += 1
+            return
+        state.pending.append((clip.start_ts_ns, features))
+        if len(state.pending) >= FLUSH_CLIPS:
+            await asyncio.to_thread(self._flush, state)
+        state.since_reload += 1
+        if state.since_reload >= RELOAD_EVERY:
+            state.since_reload = 0
+            await asyncio.to_thread(self._reload, state)
+        if state.cal is None:
+            await self._learn(state, clip.start_ts_ns)
+            return
+        score = float(state.cal.score(features)[0])
+        self.scored += 1
+        self.last_score = score
+        state.scores.append((clip.start_ts_ns, score))
+        if score > 1.0:
+            state.abnormal.append(features)
+        change = self._alarm.update(clip.start_ts_ns, score)
+        if change is not None:
+            self.events += 1
+            await emit(self._event(state, clip.start_ts_ns, change, score))
+            if not change:
+                state.abnormal.clear()
+
+    def _need(self) -> int:
+        c = self.section.calibration
+        return max(c.min_clips, math.ceil(c.auto_hours * 3600 / self.section.clip_s))
+
+    async def _learn(self, state: _State, ts_ns: int) -> None:
+        if state.learning_since_ns is None:
+            state.learning_since_ns = ts_ns
+        state.learning_clips += 1
+        if state.learning_clips < self._need():
+            return
+        state.calibrating = True
+        try:
+            await asyncio.to_thread(self._flush, state)
+            cal = await asyncio.to_thread(
+                recalibrate, self.section, state.history, state.store, state.learning_since_ns, ts_ns
+            )
+        except ModelError as exc:
+            self.last_error = str(exc)
+            state.learning_clips, state.learning_since_ns = 0, None  # learn again from here
+            log.warning("machine_sound.calibration_failed", machine=self.section.name, error=str(exc))
+            return
+        finally:
+            state.calibrating = False
+        self._arm(state, cal)
+        log.info("machine_sound.calibrated", machine=self.section.name, version=cal.version, clips=cal.clips)
+
+    def _arm(self, state: _State, cal: SoundCalibration) -> None:
+        state.cal = cal
+        state.abnormal.clear()
+        self._alarm = self._new_alarm()
+
+    def _reload(self, state: _State) -> None:
+        try:
+            cal = state.store.load()
+        except ModelError as exc:
+            self.last_error = str(exc)
+            return
+        if cal is not None and (state.cal is None or cal.version != state.cal.version):
+            log.info("machine_sound.calibration_reloaded", machine=self.section.name, version=cal.version)
+            self._arm(state, cal)
+
+    def _trend(self, state: _State) -> dict[str, Any]:
+        pts = list(state.scores)
+        out: dict[str, Any] = {"scores": [round(s, 3) for _, s in pts], "clip_s": self.section.clip_s}
+        if len(pts) >= 3:
+            t = np.array([ts for ts, _ in pts], dtype=np.float64) / 3.6e12  # hours
+            s = np.array([v for _, v in pts])
+            out["per_hour"] = round(float(np.polyfit(t - t[0], s, 1)[0]), 3)
+        return out
+
+    def _event(self, state: _State, ts_ns: int, rising: bool, score: float) -> Event:
+        cal = state.cal
+        assert cal is not None
+        s = self.section
+        base = {"machine": s.name, "device": s.device, "threshold": 1.0, "calibration_version": cal.version}
+        if not rising:
+            log.info("machine_sound.anomaly_cleared", machine=s.name, score=round(score, 3))
+            return Event("machine_sound_anomaly_cleared", s.name, ts_ns, "info", round(score, 4), base)
+        above = [v for _, v in state.scores if v > 1.0][-s.of_clips :] or [score]
+        level = float(np.median(above))
+        evidence = cal.evidence(np.vstack(list(state.abnormal))) if state.abnormal else []
+        sentence = explain(evidence)
+        detail = {
+            **base,
+            "explanation": sentence,
+            "groups": [e for e in evidence if float(e["score"]) >= 1.0] or evidence[:1],
+            "trend": self._trend(state),
+            "since": iso(self._alarm.since_ns or ts_ns),
+        }
+        severity: Severity = "alarm" if level >= 2.0 else "warning"
+        log.warning("machine_sound.anomaly", machine=s.name, score=round(level, 3), explanation=sentence)
+        return Event("machine_sound_anomaly", s.name, ts_ns, severity, round(level, 4), detail)
+
+    # -- health -----------------------------------------------------------------------------------
+
+    def health(self) -> MachineSoundHealth:
+        state = self._state
+        cal = state.cal if state else None
+        status: SoundState = "learning" if cal is None else "alarm" if self._alarm.active else "armed"
+        progress = None
+        if cal is None and state is not None:
+            progress = round(min(1.0, state.learning_clips / self._need()), 3)
+        return MachineSoundHealth(
+            machine=self.section.name,
+            device=self.section.device,
+            state=status,
+            calibration=None
+            if cal is None
+            else {
+                "version": cal.version,
+                "calibrated_at": cal.created,
+                "clips": cal.clips,
+                "from": cal.from_ts,
+                "to": cal.to_ts,
+            },
+            learning_progress=progress if cal is None else None,
+            calibrating=bool(state and state.calibrating),
+            clips=self.clips,
+            clips_dropped=self.clips_dropped,
+            clips_stopped=self.clips_stopped,
+            clips_broken=self._assembler.gaps,
+            scored=self.scored,
+            events=self.events,
+            last_score=None if self.last_score is None else round(self.last_score, 4),
+            recent_scores=[round(v, 3) for _, v in list(state.scores)[-10:]] if state else [],
+            last_error=self.last_error,
+        )

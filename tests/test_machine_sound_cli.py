@@ -1,0 +1,146 @@
+"""`edge-agent models score|features|calibrate machine-sound`: the contracts an engineer scripts
+against, and the `machine_sound_calibration` signed command's target."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from water_edge.agent.assembly import build_processors, calibration_targets
+from water_edge.agent.cli import main
+from water_edge.agent.config import load_config
+from water_edge.core.processor import Calibratable, CalibrationFailedError
+from water_edge.models.machine_sound.store import SoundCalibrationStore, open_history
+from water_edge.sim.machine_sound import MachineScene, MachineSoundSynth, write_wav
+
+SCENE = MachineScene.random(np.random.default_rng(4), snr_db=8.0)
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Normal and faulty recordings of one simulated pump, turned into .npy files by the CLI itself."""
+    d = tmp_path_factory.mktemp("sound")
+    normal = d / "normal.wav"
+    write_wav(normal, MachineSoundSynth(SCENE, seed=4).render_seconds(250.0), 16_000)
+    faulty = MachineSoundSynth(SCENE, seed=5)
+    faulty.inject("cavitation", severity=0.6, at_s=20.0)
+    write_wav(d / "faulty.wav", faulty.render_seconds(45.0), 16_000)
+    out = {}
+    for name in ("normal", "faulty"):
+        out[name] = d / f"{name}.npy"
+        argv = ["models", "features", "machine-sound", str(d / f"{name}.wav"), "--out", str(out[name])]
+        with contextlib.redirect_stdout(io.StringIO()):  # its one summary line, not a test's output
+            assert main(argv) == 0
+    return out
+
+
+def test_features_from_wav_are_one_row_per_whole_10_s_clip(features: dict[str, Path]) -> None:
+    assert np.load(features["normal"]).shape == (25, 136)
+    assert np.load(features["faulty"]).shape == (4, 136)  # 45 s: the last 5 s are not a clip
+
+
+def test_score_prints_one_json_line_per_row_and_flags_the_fault(
+    features: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["models", "score", "machine-sound", "--features", str(features["faulty"]),
+         "--calibrate", str(features["normal"])]
+    )  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    rows = [json.loads(line) for line in out.out.splitlines()]
+    assert [r["row"] for r in rows] == [0, 1, 2, 3]
+    assert all(set(r) >= {"row", "score", "anomaly"} for r in rows)
+    assert rows[0]["anomaly"] == 0  # the first 20 s are healthy
+    assert [r["anomaly"] for r in rows[2:]] == [1, 1]  # cavitating from 20 s on
+    assert "above 2 kHz" in rows[3]["explanation"]  # cavitation noise is broadband and high
+    assert rows[3]["groups"][0]["score"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: np.save(p, np.zeros((5, 20))), "shape (clips, 136)"),
+        (lambda p: p.write_text("not numpy"), "not a numpy .npy array"),
+        (lambda p: np.save(p, np.zeros((0, 136))), "no rows"),
+    ],
+)
+def test_bad_feature_files_are_one_line_on_stderr_and_exit_2(
+    tmp_path: Path, features: dict[str, Path], capsys: pytest.CaptureFixture[str], make, message: str
+) -> None:
+    bad = tmp_path / "bad.npy"
+    make(bad)
+    code = main(
+        ["models", "score", "machine-sound", "--features", str(bad), "--calibrate", str(features["normal"])]
+    )
+    out = capsys.readouterr()
+    assert code == 2
+    assert out.out == ""
+    assert len(out.err.strip().splitlines()) == 1
+    assert message in out.err
+
+
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(f"""schema_version = 1
+[gateway]
+site = "s"
+id = "g"
+state_dir = "{tmp_path / "state"}"
+[uplink]
+host = "127.0.0.1"
+[[models.machine_sound]]
+name = "P1-sound"
+device = "mic"
+  [models.machine_sound.calibration]
+  min_clips = 20
+[[devices]]
+name = "mic"
+kind = "audio"
+source = "file"
+path = "{tmp_path / "none.wav"}"
+""")
+    return path
+
+
+async def test_calibration_from_history_by_command_and_by_cli(
+    tmp_path: Path, features: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = load_config(config_file(tmp_path))
+    analytics = build_processors(config, {})  # no driver: the factory still calibrates
+    target = calibration_targets([*analytics.factories, *analytics.processors])["machine_sound_calibration"]
+    assert isinstance(target, Calibratable)
+    assert target.calibration_target == "machine"
+    with pytest.raises(CalibrationFailedError, match="no clip history"):
+        await target.calibrate("P1-sound", {})
+    with pytest.raises(CalibrationFailedError, match="no machine 'P2'"):
+        await target.calibrate("P2", {})
+
+    start = time.time_ns() - 300 * 10**9
+    history = open_history(config.gateway.state_dir, "P1-sound", 14.0)
+    normal = np.load(features["normal"]).astype(np.float64)
+    history.append([(start + 10 * i * 10**9, row) for i, row in enumerate(normal)])
+    history.close()
+
+    done = await target.calibrate("P1-sound", {})
+    assert done["version"] == 1
+    assert done["clips"] == 25
+    with pytest.raises(CalibrationFailedError, match="need at least 20"):
+        await target.calibrate("P1-sound", {"from": (start + 200 * 10**9) / 1e9})
+
+    capsys.readouterr()  # what the agent logged so far is not the command's output
+    code = main(
+        ["models", "calibrate", "machine-sound", "--machine", "P1-sound", "-c", str(config_file(tmp_path))]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert json.loads(out.out)["version"] == 2
+    store = SoundCalibrationStore(config.gateway.state_dir, "P1-sound")
+    assert store.versions() == [1, 2]
+    assert store.load() is not None

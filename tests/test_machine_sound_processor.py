@@ -1,0 +1,117 @@
+"""The machine_sound processor on the audio driver's real capture path: a pump's sound (firmware-sim)
+played from a WAV file into the driver, clips assembled from its windows, the machine learning its
+normal sound, then a bearing fault raising `machine_sound_anomaly` with its evidence."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.testing import eventually
+from water_edge.core.reading import Event, Reading
+from water_edge.drivers.audio.config import AudioConfig
+from water_edge.drivers.audio.driver import AudioDriver
+from water_edge.models.machine_sound.config import MachineSoundSection
+from water_edge.models.machine_sound.processor import MachineSoundProcessor
+from water_edge.sim.machine_sound import MachineScene, MachineSoundSynth, write_wav
+
+RATE = 16_000
+SILENT_S = 20  # the machine is off: 2 clips below running_min_dbfs
+FAULT_AT_S = 270  # into the file: 25 normal clips after the silence, then a failing bearing
+TOTAL_S = 330
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    scene = MachineScene.random(np.random.default_rng(9), snr_db=6.0)
+    synth = MachineSoundSynth(scene, seed=9)
+    synth.inject("bearing", severity=0.5, at_s=FAULT_AT_S - SILENT_S, ramp_s=5.0)
+    sound = np.concatenate([np.zeros(SILENT_S * RATE, np.float32), synth.render_seconds(TOTAL_S - SILENT_S)])
+    path = tmp_path_factory.mktemp("mic") / "pump.wav"
+    write_wav(path, sound, RATE)
+    return path
+
+
+class NoReadings:
+    """The processor takes no readings feed (its `streams` is empty)."""
+
+    async def get(self) -> tuple[str, list[Reading]]:
+        await asyncio.Event().wait()
+        raise AssertionError
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, list[Reading]]]:
+        return self
+
+    async def __anext__(self) -> tuple[str, list[Reading]]:
+        return await self.get()
+
+
+async def test_learns_the_normal_sound_then_names_a_bearing_fault(recording: Path, tmp_path: Path) -> None:
+    driver = AudioDriver(
+        AudioConfig(
+            name="mic", kind="audio", source="file", path=recording, playback_speed=40,
+            window_s=1.0, hop_s=0.5, channel_names=["mic"],
+        )
+    )  # fmt: skip
+    section = MachineSoundSection.model_validate(
+        {
+            "name": "P1-sound",
+            "device": "mic",
+            "running_min_dbfs": -70,
+            "calibration": {"auto_hours": 0.001, "min_clips": 20},
+        }
+    )
+    processor = MachineSoundProcessor(section, driver, tmp_path)
+    assert processor.streams == frozenset()
+    events: list[Event] = []
+    starts: list[int] = []
+    driver.add_window_listener(lambda w: starts.append(w.start_ts_ns))  # the file's time zero
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+
+    async def capture() -> None:
+        async for _ in driver.stream():
+            pass
+
+    await driver.open()
+    tasks = [asyncio.create_task(capture()), asyncio.create_task(processor.run(NoReadings(), emit))]
+    try:
+        await eventually(lambda: processor.health().state == "armed", within_s=30, what="calibration")
+        health = processor.health()
+        assert health.calibration is not None
+        assert health.calibration["version"] == 1
+        assert health.calibration["clips"] == 20
+        assert health.clips_stopped == 2  # the silent start was not learnt
+        await eventually(lambda: bool(events), within_s=30, what="an anomaly event")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await driver.aclose()
+
+    event = events[0]
+    assert event.kind == "machine_sound_anomaly"
+    assert event.source == "P1-sound"
+    t0 = starts[0]
+    assert event.ts_ns - t0 >= (FAULT_AT_S - 10) * 10**9, "alarm before the fault"
+    detail = event.detail
+    groups = {g["group"] for g in detail["groups"]}
+    assert "impulsiveness" in groups or "high_band" in groups, detail
+    assert "impulsive" in detail["explanation"] or "above 2 kHz" in detail["explanation"]
+    assert detail["calibration_version"] == 1
+    assert detail["threshold"] == 1.0
+    assert len(detail["trend"]["scores"]) >= 3
+    assert detail["trend"]["scores"][-1] > 1.0
+    since = np.datetime64(detail["since"].replace("+00:00", ""))
+    assert since >= np.datetime64(t0, "ns") + np.timedelta64(FAULT_AT_S - 10, "s")
+    health = processor.health()
+    assert health.state == "alarm"
+    assert health.events == 1
+    assert health.scored >= 4
+    assert "alarm" in health.status_lines()[0]
+    assert (tmp_path / "machine_sound" / "P1-sound" / "history.sqlite").exists()
