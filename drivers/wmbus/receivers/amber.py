@@ -13,13 +13,13 @@ from functools import reduce
 from typing import Final
 
 from water_edge.drivers.wmbus.receivers import Received, ReceiverCounters
+from water_edge.drivers.wmbus.receivers.framing import FrameSplitter
 
 SOF: Final = 0xFF
 DATA_IND: Final = 0x03
 SET_MODE_REQ: Final = 0x04
 # SET_MODE values for a collector (the "other" role) in the AMB8465 manual.
 LINK_MODE_CODES: Final = {"S1": 0x03, "T1": 0x08, "C1": 0x0E}
-MAX_BUFFER: Final = 4096
 
 
 def checksum(data: bytes) -> int:
@@ -42,7 +42,13 @@ class Amb8465:
 
     def __init__(self, rssi_appended: bool = True) -> None:
         self.counters = ReceiverCounters()
-        self._buffer = bytearray()
+        self._frames = FrameSplitter(
+            SOF,
+            3,
+            lambda head: 3 + head[2] + 1,
+            lambda frame: checksum(frame[:-1]) == frame[-1],
+            self.counters,
+        )
         self._rssi = rssi_appended
 
     def setup(self, link_modes: tuple[str, ...]) -> list[bytes]:
@@ -50,27 +56,8 @@ class Amb8465:
         return [command(SET_MODE_REQ, bytes((mode,)))]
 
     def feed(self, data: bytes) -> list[Received]:
-        buf = self._buffer
-        buf += data
         out: list[Received] = []
-        while buf:
-            if buf[0] != SOF:
-                skip = buf.find(SOF)
-                skip = len(buf) if skip < 0 else skip
-                self.counters.garbage_bytes += skip
-                del buf[:skip]
-                continue
-            if len(buf) < 3:
-                break
-            size = 3 + buf[2] + 1
-            if len(buf) < size:
-                break
-            frame = bytes(buf[:size])
-            if checksum(frame[:-1]) != frame[-1]:
-                self.counters.crc_errors += 1
-                del buf[:1]
-                continue
-            del buf[:size]
+        for frame in self._frames.feed(data):
             if frame[1] != DATA_IND or frame[2] < 10 + (1 if self._rssi else 0):
                 continue  # a command's confirmation
             payload = frame[3:-1]
@@ -79,7 +66,4 @@ class Amb8465:
                 payload, rssi = payload[:-1], rssi_dbm(payload[-1])
             self.counters.frames += 1
             out.append(Received(bytes((len(payload),)) + payload, rssi))
-        if len(buf) > MAX_BUFFER:
-            self.counters.garbage_bytes += len(buf)
-            buf.clear()
         return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Final
 
 from water_edge.drivers.wmbus.receivers import Received, ReceiverCounters
+from water_edge.drivers.wmbus.receivers.framing import FrameSplitter
 
 SOF: Final = 0xA5
 DEVMGMT: Final = 0x01
@@ -24,7 +25,6 @@ HAS_RSSI: Final = 0x40
 HAS_CRC: Final = 0x80
 # SET_CONFIG link mode values (iM871A HCI specification).
 LINK_MODE_CODES: Final = {"S1": 0x00, "T1": 0x03, "C1": 0x06}
-MAX_BUFFER: Final = 4096
 
 
 def crc_ccitt(data: bytes) -> int:
@@ -48,12 +48,24 @@ def message(endpoint: int, msg_id: int, payload: bytes = b"", *, crc: bool = Tru
     return bytes((SOF,)) + head + tail
 
 
+def _frame_size(head: bytearray) -> int:
+    ctrl = head[1] & 0xF0
+    size = 4 + head[3] + (4 if ctrl & HAS_TIMESTAMP else 0) + (1 if ctrl & HAS_RSSI else 0)
+    return size + (2 if ctrl & HAS_CRC else 0)
+
+
+def _crc_ok(frame: bytes) -> bool:
+    if not frame[1] & HAS_CRC:
+        return True
+    return crc_ccitt(frame[1:-2]) == int.from_bytes(frame[-2:], "little")
+
+
 class Im871a:
     kind = "im871a"
 
     def __init__(self) -> None:
         self.counters = ReceiverCounters()
-        self._buffer = bytearray()
+        self._frames = FrameSplitter(SOF, 4, _frame_size, _crc_ok, self.counters)
 
     def setup(self, link_modes: tuple[str, ...]) -> list[bytes]:
         mode = LINK_MODE_CODES[link_modes[0]] if link_modes else LINK_MODE_CODES["T1"]
@@ -61,36 +73,12 @@ class Im871a:
         return [message(DEVMGMT, SET_CONFIG_REQ, bytes((0x00, 0x03, 0x00, mode)))]
 
     def feed(self, data: bytes) -> list[Received]:
-        buf = self._buffer
-        buf += data
         out: list[Received] = []
-        while buf:
-            if buf[0] != SOF:
-                skip = buf.find(SOF)
-                skip = len(buf) if skip < 0 else skip
-                self.counters.garbage_bytes += skip
-                del buf[:skip]
-                continue
-            if len(buf) < 4:
-                break
-            ctrl = buf[1] & 0xF0
-            size = 4 + buf[3] + (4 if ctrl & HAS_TIMESTAMP else 0) + (1 if ctrl & HAS_RSSI else 0)
-            size += 2 if ctrl & HAS_CRC else 0
-            if len(buf) < size:
-                break
-            frame = bytes(buf[:size])
-            if ctrl & HAS_CRC and crc_ccitt(frame[1:-2]) != int.from_bytes(frame[-2:], "little"):
-                self.counters.crc_errors += 1
-                del buf[:1]  # resynchronise on the next A5
-                continue
-            del buf[:size]
-            received = self._message(frame, ctrl)
+        for frame in self._frames.feed(data):
+            received = self._message(frame, frame[1] & 0xF0)
             if received is not None:
                 self.counters.frames += 1
                 out.append(received)
-        if len(buf) > MAX_BUFFER:
-            self.counters.garbage_bytes += len(buf)
-            buf.clear()
         return out
 
     @staticmethod
