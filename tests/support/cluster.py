@@ -23,10 +23,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from tests.support.broker import port_open
+from tests.support.service import StartedService
 from tests.support.testing import free_port
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -53,7 +53,7 @@ class Node:
         return f"mqtt://127.0.0.1:{self.mqtt_port}"
 
 
-class RabbitCluster:
+class RabbitCluster(StartedService):
     """Three RabbitMQ nodes on 127.0.0.1 forming one cluster; MQTT on `node.mqtt_port`."""
 
     def __init__(self, size: int = 3) -> None:
@@ -226,15 +226,3 @@ log.file.level = info
             self._epmd.wait(timeout=10)
             self._epmd = None
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -17,9 +17,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
+from tests.support.service import StartedService
 from tests.support.testing import free_port
 
 
@@ -41,7 +41,7 @@ def postgres_available() -> bool:
     return (PG_BIN / "initdb").exists() and shutil.which("runuser") is not None
 
 
-class Postgres:
+class Postgres(StartedService):
     """One PostgreSQL server; `dsn(db)` for a database in it, `create_db(name)` makes one."""
 
     def __init__(self) -> None:
@@ -126,15 +126,3 @@ class Postgres:
                 )
             self._started = False
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
-    ) -> None:
-        self.close()
