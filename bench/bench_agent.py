@@ -8,7 +8,6 @@ readings per tag, bad readings), read-to-broker latency percentiles, and start-t
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import paho.mqtt.client as paho
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.figures import figure, run_alone
 from tests.support.agent_proc import start_agent
 from tests.support.broker import Mosquitto
 from tests.support.plant import running_plant
@@ -122,30 +122,21 @@ def run(tmpdir: Path, n_tags: int = 10_000) -> list[dict[str, Any]]:
     driver = status["drivers"][0]
     key = f"agent.{n_tags}_tags"
     return [
-        _figure(f"{key}.cpu", cpu_pct, "% of one core", "<= 15"),
-        _figure(f"{key}.rss_peak", peak_rss / 2**20, "MiB", "<= 100"),
-        _figure(f"{key}.latency_p50", _percentile(counter.latencies_ms, 0.5), "ms", "reference"),
-        _figure(f"{key}.latency_p99", _percentile(counter.latencies_ms, 0.99), "ms", "<= 1500"),
-        _figure(f"{key}.readings_delivered", sum(counts), "readings", "reference"),
-        _figure(f"{key}.tags_seen", len(counts), "tags", f"== {n_tags}"),
-        _figure(f"{key}.missing_seqs", missing_seqs, "messages", "== 0"),
-        _figure(f"{key}.per_tag_count_spread", tag_spread, "readings", "== 0"),
-        _figure(f"{key}.bad_readings", counter.bad, "readings", "== 0"),
-        _figure(f"{key}.left_in_outbox", leftover, "readings", "== 0"),
-        _figure(f"{key}.poll_overruns", driver["overruns"], "polls", "== 0"),
-        _figure(f"{key}.exit_code", exit_code, "", "== 0"),
-        _figure("agent.start_to_first_reading", first_reading_s, "s", "<= 2"),
+        figure(f"{key}.cpu", cpu_pct, "% of one core", "<= 15"),
+        figure(f"{key}.rss_peak", peak_rss / 2**20, "MiB", "<= 100"),
+        figure(f"{key}.latency_p50", _percentile(counter.latencies_ms, 0.5), "ms", "reference"),
+        figure(f"{key}.latency_p99", _percentile(counter.latencies_ms, 0.99), "ms", "<= 1500"),
+        figure(f"{key}.readings_delivered", sum(counts), "readings", "reference"),
+        figure(f"{key}.tags_seen", len(counts), "tags", f"== {n_tags}"),
+        figure(f"{key}.missing_seqs", missing_seqs, "messages", "== 0"),
+        figure(f"{key}.per_tag_count_spread", tag_spread, "readings", "== 0"),
+        figure(f"{key}.bad_readings", counter.bad, "readings", "== 0"),
+        figure(f"{key}.left_in_outbox", leftover, "readings", "== 0"),
+        figure(f"{key}.poll_overruns", driver["overruns"], "polls", "== 0"),
+        figure(f"{key}.exit_code", exit_code, "", "== 0"),
+        figure("agent.start_to_first_reading", first_reading_s, "s", "<= 2"),
     ]
 
 
-def _figure(name: str, value: float, unit: str, target: str) -> dict[str, Any]:
-    return {"name": name, "value": round(float(value), 3), "unit": unit, "target": target}
-
-
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory(prefix="bench_agent_") as tmp:
-        for figure in run(Path(tmp)):
-            print(
-                f"{figure['name']:<40} {figure['value']:>14,} {figure['unit']:<14} "
-                f"(target {figure['target']})"
-            )
+    run_alone(run)

@@ -10,12 +10,12 @@ two-lane uplink: live data does not wait behind the backlog). Prints figures, ne
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.figures import figure, run_alone
 from tests.support.broker import Mosquitto
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.uplink.mqtt import MqttUplink
@@ -99,10 +99,10 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
         r = asyncio.run(_drain(broker, tmpdir / "backlog.db"))
     readings = r["rows"] * PER_ROW
     return [
-        _figure("backlog.drain", readings / r["elapsed"], "readings/s", ">= 50000"),
-        _figure("backlog.drain_msgs", r["rows"] / r["elapsed"], "msg/s", "reference"),
-        _figure("backlog.drain_time_10min_outage", r["elapsed"], "s", "reference"),
-        _figure(
+        figure("backlog.drain", readings / r["elapsed"], "readings/s", ">= 50000"),
+        figure("backlog.drain_msgs", r["rows"] / r["elapsed"], "msg/s", "reference"),
+        figure("backlog.drain_time_10min_outage", r["elapsed"], "s", "reference"),
+        figure(
             "backlog.live_latency",
             r["live_latency"] * 1000,
             "ms",
@@ -111,14 +111,5 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
     ]
 
 
-def _figure(name: str, value: float, unit: str, target: str) -> dict[str, Any]:
-    return {"name": name, "value": round(value, 2), "unit": unit, "target": target}
-
-
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp:
-        for figure in run(Path(tmp)):
-            print(
-                f"{figure['name']:<34} {figure['value']:>14,} {figure['unit']:<11} "
-                f"(target {figure['target']})"
-            )
+    run_alone(run)

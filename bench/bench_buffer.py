@@ -9,11 +9,11 @@ transaction sizes, with plain `executemany`.
 from __future__ import annotations
 
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.figures import figure, run_alone
 from water_edge.buffer.codec import decode_events, decode_readings
 from water_edge.buffer.outbox import Outbox
 from water_edge.buffer.types import Batch
@@ -105,23 +105,14 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
     append_rate = n / append_s
     baseline_rate = n / baseline_s
     return [
-        _figure("buffer.append", append_rate, "readings/s", ">= 200000"),
-        _figure("buffer.lease_ack", n / drain_s, "readings/s", ">= 100000"),
-        _figure("buffer.append_evicting", n / evict_s, "readings/s", ">= 200000"),
-        _figure("sqlite.executemany_baseline", baseline_rate, "readings/s", "reference"),
-        _figure("buffer.append_vs_baseline", append_rate / baseline_rate, "ratio", "reference"),
-        _figure("buffer.bytes_per_reading", used / n, "bytes", "reference"),
+        figure("buffer.append", append_rate, "readings/s", ">= 200000"),
+        figure("buffer.lease_ack", n / drain_s, "readings/s", ">= 100000"),
+        figure("buffer.append_evicting", n / evict_s, "readings/s", ">= 200000"),
+        figure("sqlite.executemany_baseline", baseline_rate, "readings/s", "reference"),
+        figure("buffer.append_vs_baseline", append_rate / baseline_rate, "ratio", "reference"),
+        figure("buffer.bytes_per_reading", used / n, "bytes", "reference"),
     ]
 
 
-def _figure(name: str, value: float, unit: str, target: str) -> dict[str, Any]:
-    return {"name": name, "value": round(value, 2), "unit": unit, "target": target}
-
-
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory(prefix="bench_buffer_") as tmp:
-        for figure in run(Path(tmp)):
-            print(
-                f"{figure['name']:<30} {figure['value']:>14,} {figure['unit']:<11} "
-                f"(target {figure['target']})"
-            )
+    run_alone(run)

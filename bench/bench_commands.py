@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.figures import figure, run_alone
 from tests.support.agent_proc import running_agent, write_config
 from tests.support.broker import Mosquitto
 from water_edge.agent.remote.audit import AuditLog
@@ -123,26 +123,19 @@ def _huge_commands(tmpdir: Path) -> list[tuple[int, float, float]]:
 def run(tmpdir: Path) -> list[dict[str, Any]]:
     rate, answers, lines = asyncio.run(_flood(tmpdir))
     figures = [
-        _figure("commands.forged_refused", rate, "commands/s", "reference (the run's flood: 40,000)"),
-        _figure("commands.forged_answers", answers, "answers", f"<= 60 of {FORGED} (the refusal budget)"),
-        _figure("commands.forged_audit_lines", lines, "lines", f"<= 61 of {FORGED}"),
-        _figure("commands.depth_check_512KiB", _depth_check_ms(), "ms", "reference (worst case found)"),
+        figure("commands.forged_refused", rate, "commands/s", "reference (the run's flood: 40,000)"),
+        figure("commands.forged_answers", answers, "answers", f"<= 60 of {FORGED} (the refusal budget)"),
+        figure("commands.forged_audit_lines", lines, "lines", f"<= 61 of {FORGED}"),
+        figure("commands.depth_check_512KiB", _depth_check_ms(), "ms", "reference (worst case found)"),
     ]
     for size, before, after in _huge_commands(tmpdir):
         figures.append(
-            _figure(
+            figure(
                 f"agent.peak_rss_{size}MB_command", after, "MB", f"< 256 (MemoryMax); before it {before:.0f}"
             )
         )
     return figures
 
 
-def _figure(name: str, value: float, unit: str, target: str) -> dict[str, Any]:
-    return {"name": name, "value": round(value, 2), "unit": unit, "target": target}
-
-
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp:
-        for figure in run(Path(tmp)):
-            name, value, unit = figure["name"], figure["value"], figure["unit"]
-            print(f"{name:<34} {value:>14,} {unit:<11} (target {figure['target']})")
+    run_alone(run)

@@ -33,6 +33,7 @@ import psutil
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.figures import figure
 from tests.support.broker import Mosquitto
 from tests.support.centre import IngestProcess, query
 from tests.support.cluster import RabbitCluster, rabbitmq_available
@@ -48,10 +49,6 @@ FLEET_SIZES = (250, 500, 1000)
 FLEET_SECONDS = 60.0
 LAG_BOUND_S = 5.0
 BROKER_CONFIG = "max_inflight_messages 1000\nmax_queued_messages 0\n"
-
-
-def _figure(name: str, value: float, unit: str, target: str) -> dict[str, Any]:
-    return {"name": name, "value": round(value, 3), "unit": unit, "target": target}
 
 
 def _consumers(tmp: Path, dsn: str, broker: Mosquitto, n: int, tag: str) -> list[IngestProcess]:
@@ -126,7 +123,7 @@ def ingest_vs_copy(tmp: Path, pg: Postgres) -> list[dict[str, Any]]:
     copy_dsn = pg.create_db("copyref")
     migrate(copy_dsn)
     copy_s = _plain_copy(copy_dsn, bodies)
-    figures.append(_figure("fleet.copy_plain", readings / copy_s, "readings/s", "reference (same run)"))
+    figures.append(figure("fleet.copy_plain", readings / copy_s, "readings/s", "reference (same run)"))
     for n in (1, 2, 4):
         dsn = pg.create_db(f"ingest{n}")
         migrate(dsn)
@@ -140,9 +137,9 @@ def ingest_vs_copy(tmp: Path, pg: Postgres) -> list[dict[str, Any]]:
                 for p in procs:
                     p.stop()
         rate = readings / (done - started)
-        figures.append(_figure(f"fleet.ingest_{n}_consumers", rate, "readings/s", "reference"))
+        figures.append(figure(f"fleet.ingest_{n}_consumers", rate, "readings/s", "reference"))
         figures.append(
-            _figure(f"fleet.ingest_{n}_vs_copy", 100 * rate * copy_s / readings, "% of COPY", ">= 50")
+            figure(f"fleet.ingest_{n}_vs_copy", 100 * rate * copy_s / readings, "% of COPY", ">= 50")
         )
     return figures
 
@@ -208,21 +205,21 @@ def fleet(tmp: Path, pg: Postgres) -> list[dict[str, Any]]:
             largest = gateways
         name = f"fleet.{gateways}gw"
         figures += [
-            _figure(f"{name}_offered", offered.readings / sent_s, "readings/s", f"{gateways * TAGS}"),
-            _figure(f"{name}_committed", offered.readings / drained, "readings/s", "= offered"),
-            _figure(f"{name}_lag_p50", p50, "s", "bounded"),
-            _figure(f"{name}_lag_p99", p99, "s", f"<= {LAG_BOUND_S}"),
-            _figure(f"{name}_generator_behind", offered.behind_s, "s", "< 1 (else the generator limits)"),
+            figure(f"{name}_offered", offered.readings / sent_s, "readings/s", f"{gateways * TAGS}"),
+            figure(f"{name}_committed", offered.readings / drained, "readings/s", "= offered"),
+            figure(f"{name}_lag_p50", p50, "s", "bounded"),
+            figure(f"{name}_lag_p99", p99, "s", f"<= {LAG_BOUND_S}"),
+            figure(f"{name}_generator_behind", offered.behind_s, "s", "< 1 (else the generator limits)"),
         ]
         for name, share in cpu.items():
-            figures.append(_figure(f"fleet.{gateways}gw_cpu_{name}", 100 * share, "% of a core", "reference"))
+            figures.append(figure(f"fleet.{gateways}gw_cpu_{name}", 100 * share, "% of a core", "reference"))
         figures.append(
-            _figure(f"fleet.{gateways}gw_cpu_total", 100 * total_cpu, "% of a core", "machine: 200")
+            figure(f"fleet.{gateways}gw_cpu_total", 100 * total_cpu, "% of a core", "machine: 200")
         )
         print(f"  {gateways} gateways: p99 lag {p99:.2f} s, busiest {busiest}, cpu {cpu}", flush=True)
         if not bounded:
             break
-    figures.append(_figure("fleet.largest_bounded", largest, "gateways x 100 tags at 1 s", ">= 1000"))
+    figures.append(figure("fleet.largest_bounded", largest, "gateways x 100 tags at 1 s", ">= 1000"))
     return figures
 
 
@@ -293,17 +290,17 @@ async def _failover(cluster: RabbitCluster, tmp: Path) -> dict[str, float]:
 
 def failover(tmp: Path) -> list[dict[str, Any]]:
     if not rabbitmq_available():
-        return [_figure("fleet.failover_resume", -1, "s", "rabbitmq-server not installed")]
+        return [figure("fleet.failover_resume", -1, "s", "rabbitmq-server not installed")]
     with RabbitCluster() as cluster:
         r = asyncio.run(_failover(cluster, tmp))
     return [
-        _figure(
+        figure(
             "fleet.failover_resume",
             r["resume_s"],
             "s",
             f"<= {r['bound_s']} (connect timeout + one backoff step)",
         ),
-        _figure("fleet.failover_lost", r["lost"], f"rows of {r['rows']}", "0"),
+        figure("fleet.failover_lost", r["lost"], f"rows of {r['rows']}", "0"),
     ]
 
 

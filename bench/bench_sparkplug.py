@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.figures import figure, run_alone
 from tests.support.broker import Mosquitto
 from water_edge.agent.pipeline import Pipeline
 from water_edge.agent.uplink.config import MqttConfig, RbeConfig
@@ -131,21 +131,13 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
                 cpu, per = asyncio.run(_shape(broker, tmpdir / f"{name}.db", name, counter))
                 target = "<= the JSON figure" if name == "sparkplug" else "reference"
                 figures += [
-                    _figure(f"sparkplug.10000_tags_10pct.{name}.cpu", cpu, "% of a core", target),
-                    _figure(
-                        f"sparkplug.10000_tags_10pct.{name}.bytes_per_changed", per, "bytes", "reference"
-                    ),
+                    figure(f"sparkplug.10000_tags_10pct.{name}.cpu", cpu, "% of a core", target),
+                    figure(f"sparkplug.10000_tags_10pct.{name}.bytes_per_changed", per, "bytes", "reference"),
                 ]
         finally:
             counter.close()
     return figures
 
 
-def _figure(name: str, value: float, unit: str, target: str) -> dict[str, Any]:
-    return {"name": name, "value": round(value, 2), "unit": unit, "target": target}
-
-
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp:
-        for figure in run(Path(tmp)):
-            print(f"{figure['name']:<56} {figure['value']:>10,} {figure['unit']:<11} ({figure['target']})")
+    run_alone(run)

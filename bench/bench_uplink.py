@@ -9,12 +9,12 @@ from start until every row is acknowledged and deleted. Two shapes are measured:
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.figures import figure, run_alone
 from tests.support.broker import Mosquitto
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.uplink.mqtt import MqttUplink
@@ -81,31 +81,22 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
         for name, rows, per_row in (("rows500", 400, 500), ("rows1", 20_000, 1)):
             elapsed, body = asyncio.run(_drain(broker, tmpdir / f"{name}.db", rows, per_row))
             figures += [
-                _figure(
+                figure(
                     f"uplink.drain_{name}",
                     rows * per_row / elapsed,
                     "readings/s",
                     ">= 10000 (peer: ~1300 at 10k tags)",
                 ),
-                _figure(
+                figure(
                     f"uplink.drain_{name}_msgs",
                     rows / elapsed,
                     "msg/s",
                     "reference (paho ~19000 QoS 1 msg/s of 1 KB)",
                 ),
-                _figure(f"uplink.body_{name}", body, "bytes/row", "reference"),
+                figure(f"uplink.body_{name}", body, "bytes/row", "reference"),
             ]
     return figures
 
 
-def _figure(name: str, value: float, unit: str, target: str) -> dict[str, Any]:
-    return {"name": name, "value": round(value, 2), "unit": unit, "target": target}
-
-
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp:
-        for figure in run(Path(tmp)):
-            print(
-                f"{figure['name']:<30} {figure['value']:>14,} {figure['unit']:<11} "
-                f"(target {figure['target']})"
-            )
+    run_alone(run)

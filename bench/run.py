@@ -16,6 +16,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from bench.figures import print_figures
+
 RESULTS = Path(__file__).with_name("results.json")
 TABLE = Path(__file__).with_name("results.md")
 SUITES = [
@@ -73,8 +75,7 @@ def main(argv: list[str]) -> int:
     print()
     print(f"{'figure':<{width}}  {'value':>14}  {'unit':<16} target")
     print(f"{'-' * width}  {'-' * 14}  {'-' * 16} ------")
-    for f in figures:
-        print(f"{f['name']:<{width}}  {f['value']:>14,}  {f['unit']:<16} {f['target']}")
+    print_figures(figures)
     RESULTS.write_text(
         json.dumps(
             {
