@@ -80,7 +80,7 @@ def _separator(header: str) -> str:
 
 _MAX_UNIT_ROWS = 3  # text-only rows under the header read as part of it (units, descriptions)
 _GROUPING = str.maketrans("", "", " \u00a0\u202f'")  # digit grouping: spaces, no-break spaces, 1'234.5
-_THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?")
+_THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d*)?")  # "0,512" is a decimal comma
 
 
 def _number(cell: str, decimal_comma: bool) -> float:
