@@ -119,3 +119,41 @@ def test_few_rows_still_score_every_row(
     code, out, err = run(capsys, write(tmp_path / "few.csv", ["t", "a", "b", "c"], rows, ","), 12)
     assert code == 0, err
     assert len(out.splitlines()) == 15
+
+
+def test_a_units_row_quoted_decimal_commas_and_digit_grouping_score_as_the_plain_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = sim
+    x = x[:900, :4] * 1000.0  # values in the thousands, so grouping matters
+    ts = timestamps(len(x))
+    plain = [[t, *(f"{v:.2f}" for v in row)] for t, row in zip(ts, x, strict=True)]
+    header = ["t", "a", "b", "c", "d"]
+    code, expected, err = run(capsys, write(tmp_path / "plain.csv", header, plain, ","), 300)
+    assert code == 0, err
+    quoted = [[t, *(f'"{v:.2f}"'.replace(".", ",") for v in row)] for t, row in zip(ts, x, strict=True)]
+    units = [["", "mm/s", "mm/s", "A", "bar"]]
+    path = write(tmp_path / "quoted.csv", header, units + quoted, ",")
+    code, out, err = run(capsys, path, 300)
+    assert code == 0, err
+    assert "under the header" in err
+    assert out == expected  # the units row belongs to the header: neither data nor output
+    grouped = [[t, *(f'"{v:,.2f}"' for v in row)] for t, row in zip(ts, x, strict=True)]
+    code, out, err = run(capsys, write(tmp_path / "grouped.csv", header, grouped, ","), 300)
+    assert code == 0, err
+    assert out == expected
+
+
+def test_an_error_code_for_three_rows_is_not_a_minute_of_alarm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, labels = sim
+    x = x.copy()
+    x[700:703, 0] = -9999.0  # a transmitter's error code, well before the fault at row 800
+    ts = timestamps(len(x))
+    rows = [[t] + ["" if np.isnan(v) else f"{v:.4f}" for v in row] for t, row in zip(ts, x, strict=True)]
+    code, out, err = run(capsys, write(tmp_path / "e.csv", ["time", *SIGNALS], rows, ","), CALIB)
+    assert code == 0, err
+    anomaly = np.array([int(r.split(",")[2]) for r in out.splitlines()[1:]])
+    assert anomaly[690:790].sum() < 30  # the 15-row window sees it briefly; the 60-row one holds no alarm
+    assert anomaly[labels == 1].mean() > 0.5  # and the real fault is still found

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -76,10 +78,16 @@ def _separator(header: str) -> str:
     return sep
 
 
+_MAX_UNIT_ROWS = 3  # text-only rows under the header read as part of it (units, descriptions)
+_GROUPING = str.maketrans("", "", " \u00a0\u202f'")  # digit grouping: spaces, no-break spaces, 1'234.5
+_THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d*)?")  # "0,512" is a decimal comma
+
+
 def _number(cell: str, decimal_comma: bool) -> float:
-    text = cell.strip()
-    if decimal_comma:
-        text = text.replace(",", ".")
+    """One cell as a number, NaN when it is not one. With `decimal_comma`, '1.234,5' is 1234.5."""
+    text = cell.strip().translate(_GROUPING)
+    if decimal_comma and "," in text:
+        text = text.replace(".", "").replace(",", ".")
     try:
         value = float(text)
     except ValueError:
@@ -87,7 +95,20 @@ def _number(cell: str, decimal_comma: bool) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def read_table(text: str) -> Table:
+def _decimal_comma(sep: str, raw: list[str]) -> bool:
+    """Whether a column's commas are decimal commas: always in a ';' or tab file; in a ',' file
+    (quoted cells) unless every comma cell reads as thousands grouping ('1,234' or '12,345.6')."""
+    if sep != ",":
+        return True
+    with_comma = [c.strip() for c in raw if "," in c]
+    return bool(with_comma) and not all(_THOUSANDS.fullmatch(c) for c in with_comma)
+
+
+def _thousands(sep: str, raw: list[str]) -> bool:
+    return sep == "," and any("," in c for c in raw) and not _decimal_comma(sep, raw)
+
+
+def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Table:
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise InputError("the file is empty")
@@ -96,14 +117,27 @@ def read_table(text: str) -> Table:
     header, data = rows[0], rows[1:]
     if len(header) < 2:
         raise InputError("need a timestamp column and at least one signal column")
-    if not data:
-        raise InputError("the file has a header but no data rows")
-    decimal_comma = sep != ","
     width = len(header)
     cells = [(row + [""] * width)[:width] for row in data]
+    # Rows right under the header with text in every signal cell and no number (units,
+    # descriptions, tag addresses) belong to the header, not to the data.
+    # At most a few, and only when numbers follow: a file of text only is "no numeric column".
+    skip = 0
+    while skip < min(_MAX_UNIT_ROWS, len(cells) - 1) and _header_row(cells[skip], sep):
+        skip += 1
+    if skip and _header_row(cells[skip], sep):
+        skip = 0
+    if skip:
+        warn(f"skipping {skip} row(s) under the header with no numbers in them (units?)")
+        cells = cells[skip:]
+    if not cells:
+        raise InputError("the file has a header but no data rows")
     names, columns, ignored = [], [], []
     for j in range(1, width):
         raw = [r[j] for r in cells]
+        decimal_comma = _decimal_comma(sep, raw)
+        if _thousands(sep, raw):
+            raw = [c.replace(",", "") for c in raw]
         parsed = [_number(c, decimal_comma) for c in raw]
         filled = sum(1 for c in raw if c.strip())
         good = sum(1 for v in parsed if not math.isnan(v))
@@ -115,7 +149,24 @@ def read_table(text: str) -> Table:
             ignored.append(name)
     if not names:
         raise InputError("no numeric signal column found")
+    first = [_number(r[0], _decimal_comma(sep, [r[0]])) for r in cells]
+    if all(not math.isnan(v) for v in first) and any(b < a for a, b in itertools.pairwise(first)):
+        warn(
+            f"the first column {header[0].strip()!r} is read as the timestamp (echoed, not scored), "
+            "but its numbers go down: if it is a signal, put a timestamp column first"
+        )
     return Table([r[0].strip() for r in cells], names, np.array(columns, dtype=np.float64).T, ignored)
+
+
+_MISSING = frozenset({"nan", "na", "n/a", "#n/a", "null", "none", "-", "--", "?", "inf", "-inf"})
+
+
+def _header_row(row: list[str], sep: str) -> bool:
+    """Text in every signal cell and no number, nor a missing-value mark ('NaN', 'null', '-')."""
+    signals = [c.strip() for c in row[1:]]
+    return all(c and c.lower() not in _MISSING for c in signals) and all(
+        math.isnan(_number(c, _decimal_comma(sep, [c]))) for c in signals
+    )
 
 
 def usable(x: np.ndarray, names: list[str]) -> tuple[list[int], list[str]]:
@@ -190,7 +241,7 @@ def score_csv(
         text = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    table = read_table(text)
+    table = read_table(text, warn)
     n = len(table.timestamps)
     if calibrate_rows < MIN_CALIBRATION_ROWS:
         raise InputError(f"--calibrate-rows must be at least {MIN_CALIBRATION_ROWS}")

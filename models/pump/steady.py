@@ -61,6 +61,7 @@ class SteadyParams:
 
     level_windows: tuple[int, ...] = (15, 60)  # rows in the trailing means of each channel's z
     noise_window: int = 15  # rows in the trailing RMS of its row-to-row changes
+    z_limit: float = 30.0  # readings count as at most max(this, 2 x calibration's largest) |z|
     use_noise: bool = True
     wander_lags: tuple[int, ...] = (30, 60, 120, 200)  # lags at which the level's change is measured
     smooth: int = 5  # trailing median of the score (rows)
@@ -174,11 +175,13 @@ class SteadyModel:
     n_calibration: int
     factor: float
     quantiles: list[F64] = field(default_factory=list)  # per statistic, per channel
+    z_limit: F64 | None = None  # per channel, |z| beyond this counts as this much (see `fit`)
 
     def statistics(self, x: F64) -> list[F64]:
         """Each statistic (the level windows, then noise) as rows x channels, unnormalised."""
         p = self.params
-        z = np.clip((_fill(x) - self.center) / self.scale, -1e3, 1e3)
+        limit = 1e3 if self.z_limit is None else self.z_limit
+        z = np.clip((_fill(x) - self.center) / self.scale, -limit, limit)
         horizon = np.arange(len(z), dtype=np.float64) - self.n_calibration / 2
         out = []
         for lm in self.levels:
@@ -226,6 +229,12 @@ def fit(x: F64, params: SteadyParams | None = None) -> SteadyModel:
     res = np.array([_resolution(x[:, c]) for c in range(n_ch)])
     scale = np.maximum.reduce([mad, (q75 - q25) / 1.349, res, 1e-9 * (np.abs(center) + 1.0)])
     z = (_fill(x) - center) / scale
+    # A reading far beyond anything calibration saw (an error code such as -9999, a unit glitch)
+    # counts as `z_limit` calibration spreads: still far out, but three such rows cannot hold a
+    # 60-row mean, and so an alarm, up for a minute. 10 was tried and cut real shifts late in a
+    # run, where the allowed wander has grown (bearing wear, tuning set); 30 changes no simulated
+    # figure.
+    z_limit = np.maximum(p.z_limit, 2.0 * np.max(np.abs(z), axis=0))
     # How a channel wanders is measured once, on the shortest window (the most lags beyond it).
     windows = sorted(p.level_windows)
     first = LevelModel.fit(z, windows[0], p.wander_lags)
@@ -248,6 +257,7 @@ def fit(x: F64, params: SteadyParams | None = None) -> SteadyModel:
         np.maximum(_spread(lr), 0.5 / math.sqrt(p.noise_window)),
         n_calibration=n,
         factor=alarm_factor(n, p),
+        z_limit=z_limit,
     )
     model.quantiles = [
         np.maximum(np.quantile(s[skip:], p.quantile, axis=0), p.channel_floor) for s in model.statistics(x)
