@@ -96,6 +96,8 @@ def build_command_channel(
     from water_edge.agent.remote.handlers import Targets, build_handlers
     from water_edge.agent.remote.nonces import NonceStore
     from water_edge.agent.remote.processor import CommandProcessor
+    from water_edge.agent.update.receive import UpdateReceiver
+    from water_edge.agent.update.state import UpdateFiles
     from water_edge.agent.writes import WriteGuard
 
     analytics = analytics or Analytics([], [])
@@ -123,6 +125,7 @@ def build_command_channel(
         calibrations=calibration_targets([*analytics.factories, *analytics.processors]),
         writer=WriteGuard(config.writes, writers, audit) if config.writes.enabled else None,
         config_rights={op.name: frozenset(op.config_rights) for op in security.operators},
+        update=UpdateReceiver(config.update, UpdateFiles(state)),
     )
     processor = CommandProcessor(
         security,

@@ -37,6 +37,9 @@ from water_edge.agent.secrets import config_secrets
 from water_edge.agent.status import StatusServer
 from water_edge.agent.status_document import AgentStatus, ProcessorStatus, RejectedInputs, StatusDocument
 from water_edge.agent.supervisor import DeviceRunner
+from water_edge.agent.update.layout import Layout
+from water_edge.agent.update.report import UpdateWatch, update_health
+from water_edge.agent.update.state import UpdateFiles
 from water_edge.agent.uplink.mqtt import CommandHandler, MqttUplink
 from water_edge.agent.uplink.rbe import ExceptionFilter, ReportByException
 from water_edge.agent.uplink.sparkplug import datatypes
@@ -123,6 +126,11 @@ class Agent:
             else None
         )
         self._buffer: BufferHealth | None = None
+        self.update_files = UpdateFiles(gw.state_dir)
+        self.update_watch = UpdateWatch(self.update_files, self.emit)
+        # The A/B layout when this agent runs from it (not from a checkout or a plain venv).
+        root = config.update.root
+        self.layout = Layout(root) if (root / "current").is_symlink() else None
 
     def _sparkplug_uplink(self, on_command: CommandHandler | None, beat_s: float) -> SparkplugUplink:
         """The Edge Node: its devices' metrics from the config, current values from the filter."""
@@ -208,6 +216,7 @@ class Agent:
                 undecodable_rows=uplink.encode_errors,
             ),
             commands=None if self._command_stats is None else self._command_stats(),
+            update=update_health(__version__, self.update_files, self.layout),
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -284,6 +293,7 @@ class Agent:
                     tasks.create_task(self.pipeline.run(), name="pipeline"),
                     tasks.create_task(self.uplink.run(), name="uplink"),
                     tasks.create_task(self._refresh_buffer_stats(), name="buffer-stats"),
+                    tasks.create_task(self.update_watch.run(), name="update-watch"),
                 ]
                 if self.watchdog is not None:
                     background.append(tasks.create_task(self.watchdog.run(), name="watchdog"))

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from water_edge.agent.remote.config import SecuritySection
+from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.names import NAME_PATTERN
@@ -79,5 +80,6 @@ class AgentSection(_Section):
     log: LogSection = LogSection()
     security: SecuritySection = SecuritySection()
     writes: WritesSection = WritesSection()
+    update: UpdateSection = UpdateSection()
     models: ModelsSection = ModelsSection()
     devices: list[dict[str, Any]] = Field(default_factory=list)

@@ -56,6 +56,14 @@ class WriterLike(Protocol):
     ) -> dict[str, Any]: ...
 
 
+class UpdateLike(Protocol):
+    """`agent.update.receive.UpdateReceiver`."""
+
+    async def update(self, env: Envelope) -> CommandResult: ...
+
+    async def chunk(self, env: Envelope) -> CommandResult: ...
+
+
 @dataclass
 class Targets:
     """What the commands act on; a missing one makes its command fail with 'not available'."""
@@ -69,6 +77,8 @@ class Targets:
     writer: WriterLike | None = None
     # Operator name -> the config sections its config_update may change (`config_rights`).
     config_rights: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Stages release bundles for the updater (`agent.update.receive.UpdateReceiver`).
+    update: UpdateLike | None = None
 
 
 def _need(value: Any, what: str) -> Any:
@@ -135,6 +145,14 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
             raise CommandRefusedError("write_refused", str(exc)) from None
         return CommandResult("ok", detail=outcome)
 
+    async def update(env: Envelope) -> CommandResult:
+        receiver: UpdateLike = _need(targets.update, "self-update")
+        return await receiver.update(env)
+
+    async def update_chunk(env: Envelope) -> CommandResult:
+        receiver: UpdateLike = _need(targets.update, "self-update")
+        return await receiver.chunk(env)
+
     # Every calibration command type the gateway knows gets a handler, offered or not: without
     # its processor configured it fails as "not available" rather than being refused.
     calibrations = {c for c in COMMAND_TYPES if c.endswith("_calibration")} | set(targets.calibrations)
@@ -145,6 +163,8 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
         "model_update": model_update,
         **{command: calibration(command) for command in sorted(calibrations)},
         "write": write,
+        "update": update,
+        "update_chunk": update_chunk,
     }
 
 
