@@ -57,7 +57,8 @@ class Layout:
         """The release a link points at, or None if there is none."""
         if not link.is_symlink():
             return None
-        path = (link.parent / os.readlink(link)).resolve()
+        # One level only: a release may itself be a link (a checkout's venv taken as the first one).
+        path = Path(os.path.normpath(link.parent / os.readlink(link)))
         return Release(path.name, path, self.info(path).get("version"))
 
     @staticmethod
@@ -88,7 +89,7 @@ class Layout:
     def switch(self, target: Path) -> Release | None:
         """Make `target` current and the old current previous; returns the old current."""
         old = self.release(self.current)
-        if old is not None and old.path != target:
+        if old is not None and old.path.resolve() != target.resolve():
             self._link(self.previous, old.path)
         self._link(self.current, target)
         fsync_dir(self.root)

@@ -196,7 +196,7 @@ class Updater:
     def _install(self, manifest: Manifest, wheels: list[Path], sha: str) -> Path:
         target = self.layout.releases / f"{manifest.version}-{sha[:8] or 'local'}"
         current = self.layout.release(self.layout.current)
-        if current is not None and current.path == target.resolve():
+        if current is not None and current.path.resolve() == target.resolve():
             raise UpdateFailedError(f"{target.name} is already current")
         if not self.layout.complete(target):
             shutil.rmtree(target, ignore_errors=True)
