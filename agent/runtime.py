@@ -30,6 +30,7 @@ import structlog
 
 from water_edge.agent import __version__
 from water_edge.agent.assembly import EXIT_RESTART, build_command_channel, build_drivers, build_processors
+from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSync
 from water_edge.agent.config import Config
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
 from water_edge.agent.remote.result import CommandCounts
@@ -53,6 +54,7 @@ from water_edge.core.errors import AgentError
 from water_edge.core.processor import Processor, WantsStreams
 from water_edge.core.reading import Event, Reading, now_ns
 from water_edge.core.redact import redact
+from water_edge.core.timesync import AdjtimexSource, FlagFileSource, NoSource, SyncSource, best_source
 from water_edge.drivers import registry
 from water_edge.drivers.base import Driver
 
@@ -90,12 +92,19 @@ class Agent:
             if device.enabled
         ]  # fmt: skip
         beat_s = 1.0 if interval is None else interval / 3
+        self.clock_sync = ClockSync(sync_source(config), interval_s=config.clock.check_interval_s)
         self.uplink: MqttUplink | SparkplugUplink
         if config.uplink.encoding == "sparkplug_b":
             self.uplink = self._sparkplug_uplink(on_command, beat_s)
         else:
             self.uplink = MqttUplink(
-                config.uplink, outbox, gw.site, gw.id, on_command=on_command, beat_s=beat_s
+                config.uplink,
+                outbox,
+                gw.site,
+                gw.id,
+                on_command=on_command,
+                beat_s=beat_s,
+                clock_synchronised=lambda: self.clock_sync.state.synchronised,
             )
         self.pipeline = Pipeline(
             outbox if self.exceptions is None else ReportByException(outbox, self.exceptions),
@@ -103,7 +112,13 @@ class Agent:
             flush_interval_s=config.buffer.flush_interval_ms / 1000,
             batch_max_readings=config.buffer.batch_max_readings,
             max_pending=config.buffer.max_pending_readings,
+            sync=self.clock_sync,
         )
+
+        async def restamp(step_ns: int, before_ns: int) -> tuple[int, int]:
+            return await outbox.restamp(step_ns, before_ns, UNSYNC_REASON, RESTAMPED_REASON)
+
+        self.clock_sync.bind(self.emit, restamp)
         # A processor may name the streams it needs (`streams`); an empty set means no feed at all.
         self.processors = [
             (p, self.pipeline.feed(p.name, streams=p.streams if isinstance(p, WantsStreams) else None))
@@ -217,6 +232,7 @@ class Agent:
             ),
             commands=None if self._command_stats is None else self._command_stats(),
             update=update_health(__version__, self.update_files, self.layout),
+            clock=self.clock_sync.health(),
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -294,6 +310,7 @@ class Agent:
                     tasks.create_task(self.uplink.run(), name="uplink"),
                     tasks.create_task(self._refresh_buffer_stats(), name="buffer-stats"),
                     tasks.create_task(self.update_watch.run(), name="update-watch"),
+                    tasks.create_task(self.clock_sync.run(), name="clock-sync"),
                 ]
                 if self.watchdog is not None:
                     background.append(tasks.create_task(self.watchdog.run(), name="watchdog"))
@@ -319,6 +336,18 @@ class Agent:
         finally:
             await self.status.close()
             self.notifier.close()
+
+
+def sync_source(config: Config) -> SyncSource:
+    """The `[clock] sync_source` the config names (see `core.timesync`)."""
+    clock = config.clock
+    if clock.sync_source == "none":
+        return NoSource()
+    if clock.sync_source == "timesyncd":
+        return FlagFileSource(clock.sync_flag_file)
+    if clock.sync_source == "adjtimex":
+        return AdjtimexSource()
+    return best_source()
 
 
 async def run_agent(config: Config) -> int:

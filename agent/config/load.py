@@ -15,6 +15,7 @@ from water_edge.agent.config.schema import (
     SCHEMA_VERSION,
     AgentSection,
     BufferSection,
+    ClockSection,
     GatewaySection,
     LogSection,
     StatusSection,
@@ -47,6 +48,7 @@ class Config:
     security: SecuritySection = field(default_factory=SecuritySection)
     writes: WritesSection = field(default_factory=WritesSection)
     update: UpdateSection = field(default_factory=UpdateSection)
+    clock: ClockSection = field(default_factory=ClockSection)
     # `[[models.<kind>]]` tables by processor kind, each validated by that kind's config model;
     # only kinds with at least one table, in file order.
     models: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -219,6 +221,7 @@ def load_config(path: str | Path) -> Config:
         security=section.security,
         writes=section.writes,
         update=section.update,
+        clock=section.clock,
         models=models,
     )
 

@@ -50,6 +50,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from water_edge.agent.uplink.transport import (
+    CertificateTimeError,
     ConnectError,
     ConnectOptions,
     PublishError,
@@ -60,6 +61,8 @@ from water_edge.agent.uplink.transport import (
 from water_edge.core.errors import UplinkError
 
 _RECV_CHUNK = 64 * 1024
+# OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: judged by our clock.
+_TIME_CODES = frozenset((9, 10))
 # Two lookups at a time: one may hang on a dead resolver while the next attempt still gets a thread.
 _RESOLVER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqtt-dns")
 
@@ -124,6 +127,8 @@ def _connect_errors() -> Iterator[None]:
     try:
         yield
     except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code in _TIME_CODES:
+            raise CertificateTimeError(exc.verify_message or str(exc)) from exc
         raise TlsError(exc.verify_message or str(exc)) from exc
     except ssl.SSLError as exc:
         raise TlsError(exc.reason or str(exc)) from exc
