@@ -45,6 +45,9 @@ def test_the_unit_declares_what_the_runbook_promises() -> None:
     assert set(settings["SupplementaryGroups"][0].split()) == {"dialout", "audio"}
     assert settings["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert "@system-service" in settings["SystemCallFilter"]
+    # adjtimex reads the clock's synchronisation state; with no capabilities it can set nothing.
+    assert settings["SystemCallFilter"][-1] == "adjtimex"
+    assert "settimeofday" in settings["SystemCallFilter"][-2]
     assert settings["MemoryMax"]
     assert "edge-agent run -c /etc/edge-agent/config.toml" in settings["ExecStart"][0]
 
