@@ -32,6 +32,7 @@ from water_edge.agent import __version__
 from water_edge.agent.assembly import EXIT_RESTART, build_command_channel, build_drivers, build_processors
 from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSync
 from water_edge.agent.config import Config
+from water_edge.agent.identity_keeper import IdentityKeeper
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
 from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.secrets import config_secrets
@@ -57,6 +58,7 @@ from water_edge.core.redact import redact
 from water_edge.core.timesync import AdjtimexSource, FlagFileSource, NoSource, SyncSource, best_source
 from water_edge.drivers import registry
 from water_edge.drivers.base import Driver
+from water_edge.provisioning.identity import DeviceIdentity
 
 log = structlog.get_logger(__name__)
 
@@ -93,6 +95,14 @@ class Agent:
         ]  # fmt: skip
         beat_s = 1.0 if interval is None else interval / 3
         self.clock_sync = ClockSync(sync_source(config), interval_s=config.clock.check_interval_s)
+        identity = config.security.identity
+        self.identity = IdentityKeeper(
+            identity,
+            DeviceIdentity(gw.state_dir / identity.directory),
+            common_name=gw.id,
+            site=gw.site,
+            emit=self.emit,
+        )
         self.uplink: MqttUplink | SparkplugUplink
         if config.uplink.encoding == "sparkplug_b":
             self.uplink = self._sparkplug_uplink(on_command, beat_s)
@@ -134,7 +144,12 @@ class Agent:
         self.watchdog = (
             Watchdog(
                 self.notifier,
-                {"pipeline": lambda: self.pipeline.heartbeat, "uplink": lambda: self.uplink.heartbeat},
+                {
+                    "pipeline": lambda: self.pipeline.heartbeat,
+                    # While it waits for the first certificate the uplink does not run; the
+                    # enrolment's own beats show the loop is alive.
+                    "uplink": lambda: self.uplink.heartbeat + self.identity.beats,
+                },
                 interval,
             )
             if interval is not None and self.notifier.enabled
@@ -233,6 +248,7 @@ class Agent:
             commands=None if self._command_stats is None else self._command_stats(),
             update=update_health(__version__, self.update_files, self.layout),
             clock=self.clock_sync.health(),
+            certificate=self.identity.health(),
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -255,6 +271,13 @@ class Agent:
             f"buffer {0 if b is None else b.rows} rows ({0 if b is None else b.used_pct} %), "
             f"uplink {self.uplink.health().summary()}, devices {up}/{len(self.runners)} up"
         )
+
+    async def _uplink(self) -> None:
+        """The uplink, once the gateway has a certificate (at first boot, after its enrolment)."""
+        if self.identity.enrolling:
+            log.info("uplink.waiting_for_enrolment")
+            await self.identity.ready.wait()
+        await self.uplink.run()
 
     async def _run_processor(self, processor: Processor, feed: ReadingFeed) -> None:
         backoff = Backoff(1.0, 60.0)
@@ -307,7 +330,8 @@ class Agent:
             async with asyncio.TaskGroup() as tasks:
                 background = [
                     tasks.create_task(self.pipeline.run(), name="pipeline"),
-                    tasks.create_task(self.uplink.run(), name="uplink"),
+                    tasks.create_task(self._uplink(), name="uplink"),
+                    tasks.create_task(self.identity.run(), name="identity"),
                     tasks.create_task(self._refresh_buffer_stats(), name="buffer-stats"),
                     tasks.create_task(self.update_watch.run(), name="update-watch"),
                     tasks.create_task(self.clock_sync.run(), name="clock-sync"),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from water_edge.agent.clock_sync import ClockHealth
+from water_edge.agent.identity_keeper import CertificateHealth
 from water_edge.agent.pipeline import FeedHealth, PipelineHealth
 from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.supervisor import RunnerStatus
@@ -83,6 +84,7 @@ class StatusDocument:
     commands: CommandCounts | None  # None without a signed command channel
     update: UpdateHealth | None = None  # releases and the last self-update
     clock: ClockHealth | None = None  # the clock's synchronisation
+    certificate: CertificateHealth | None = None  # the device certificate and its renewal
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values; `alarms` gathers the one-line conditions someone must act on.
@@ -90,7 +92,7 @@ class StatusDocument:
         The lifecycle sections (update, ...) are sections of their own for scripts; people read
         their lines under the agent's, where `edge-agent status` prints them."""
         agent = _read(self.agent)
-        for section in (self.clock, self.update):
+        for section in (self.clock, self.certificate, self.update):
             if section is not None:
                 agent["lines"] = agent["lines"] + section.status_lines()
         return {
@@ -101,7 +103,8 @@ class StatusDocument:
             "uplink": _read(self.uplink),
             "processors": [_read(p) for p in self.processors],
             "alarms": ([] if self.buffer is None else self.buffer.alarm_lines())
-            + ([] if self.clock is None else self.clock.alarm_lines()),
+            + ([] if self.clock is None else self.clock.alarm_lines())
+            + ([] if self.certificate is None else self.certificate.alarm_lines()),
             "watchdog": None if self.watchdog is None else health_json(self.watchdog),
             "rejected": health_json(self.rejected),
             "commands": (
@@ -109,6 +112,7 @@ class StatusDocument:
             ),
             "update": None if self.update is None else _read(self.update),
             "clock": None if self.clock is None else _read(self.clock),
+            "certificate": None if self.certificate is None else _read(self.certificate),
         }
 
 
