@@ -136,7 +136,7 @@ class EnrolmentService:
             raise ProvisioningError(
                 f"the CSR's serialNumber {serial!r} is not the one of {identity!r}'s certificate"
             )
-        return self.ca.sign_csr(csr_pem, days=self.days, not_after=self._end(), expect_common_name=identity)
+        return self.ca.sign_csr(csr_pem, days=self.days, **self._window(), expect_common_name=identity)
 
     def _first_certificate(self, csr_pem: bytes, serial: str, common_name: str | None) -> bytes:
         if self.allow is None:
@@ -151,10 +151,16 @@ class EnrolmentService:
                 f"serial {serial!r} was already enrolled; re-enrol it offline (edge-agent ca sign)"
             )
         # sign_csr also refuses a gateway id that another device holds a valid certificate for.
-        return self.ca.sign_csr(csr_pem, days=self.days, not_after=self._end(), expect_common_name=gateway)
+        return self.ca.sign_csr(csr_pem, days=self.days, **self._window(), expect_common_name=gateway)
 
-    def _end(self) -> dt.datetime | None:
-        return None if self.lifetime is None else dt.datetime.now(dt.UTC) + self.lifetime
+    def _window(self) -> dict[str, dt.datetime]:
+        """not_before/not_after for a `lifetime` (backdated by 5 % of it for clock skew, at most the
+        CA's usual 5 minutes); empty to let the CA use `days`."""
+        if self.lifetime is None:
+            return {}
+        now = dt.datetime.now(dt.UTC)
+        start = now - min(dt.timedelta(minutes=5), self.lifetime * 0.05)
+        return {"not_before": start, "not_after": now + self.lifetime}
 
     # ------------------------------------------------------------------ MQTT
 
