@@ -116,6 +116,9 @@ def build_command_channel(
         restart.append(reason)
         wiring_agent[0].request_stop()
 
+    def apply_config(new: Any) -> Any:
+        return wiring_agent[0].apply_config(new)
+
     targets = Targets(
         config_path=config.source,
         models_dir=state / "models",
@@ -126,6 +129,7 @@ def build_command_channel(
         writer=WriteGuard(config.writes, writers, audit) if config.writes.enabled else None,
         config_rights={op.name: frozenset(op.config_rights) for op in security.operators},
         update=UpdateReceiver(config.update, UpdateFiles(state)),
+        apply_config=apply_config,
     )
     processor = CommandProcessor(
         security,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -33,6 +34,7 @@ from water_edge.agent.assembly import EXIT_RESTART, build_command_channel, build
 from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSync
 from water_edge.agent.config import Config
 from water_edge.agent.identity_keeper import IdentityKeeper
+from water_edge.agent.live_config import ConfigPlan, plan_changes
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
 from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.secrets import config_secrets
@@ -196,6 +198,19 @@ class Agent:
 
     async def emit(self, event: Event) -> None:
         await self.pipeline.submit_event(event)
+
+    def apply_config(self, new: Config) -> ConfigPlan:
+        """Take `new` as the running config if every change in it can be applied live (see
+        `agent.live_config`); otherwise change nothing and return the plan naming what needs a restart."""
+        plan = plan_changes(self.config, new)
+        if plan.needs_restart:
+            return plan
+        for runner in self.runners:
+            if runner.name in plan.poll_intervals:
+                runner.set_poll_interval(plan.poll_intervals[runner.name])
+        self.config = dataclasses.replace(new, source=self.config.source)
+        log.info("config.applied_live", changes=list(plan.live))
+        return plan
 
     def request_stop(self) -> None:
         if self._stop is not None:

@@ -10,6 +10,12 @@ model for the slot, a file the agent may not write) or `CommandFailedError`; wha
 disk is changed atomically (temp + fsync + rename) and only after validation, so a refused update
 leaves the old config or model in place.
 
+config_update applies what it can live: with `Targets.apply_config` (the running agent's
+`apply_config`, see `agent.live_config`) a change the running agent can take as it is (a device's
+poll rate) is applied without a restart, keeping the outbox open and the connection up; anything
+else restarts the agent, and the result says which (`applied`: "live" | "restart" | "unchanged",
+with the changes, or the sections that need the restart).
+
 config_update writes where the config file really is: `/etc/edge-agent/config.toml` is a symlink
 into `/etc/edge-agent/managed/`, the one directory under `/etc` the installed unit may write
 (`ReadWritePaths=`); the candidate and the `.prev` copy live beside the file, with its mode and group.
@@ -26,9 +32,9 @@ import os
 import re
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -42,6 +48,10 @@ from water_edge.core.envelope import Envelope
 from water_edge.core.errors import ConfigError
 from water_edge.core.processor import Calibratable, CalibrationFailedError, ModelSlotLike, SwapOutcome
 from water_edge.provisioning.files import atomic_write
+
+if TYPE_CHECKING:
+    from water_edge.agent.config import Config
+    from water_edge.agent.live_config import ConfigPlan
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +89,8 @@ class Targets:
     config_rights: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # Stages release bundles for the updater (`agent.update.receive.UpdateReceiver`).
     update: UpdateLike | None = None
+    # Applies a new config live when nothing in it needs a restart (`agent.runtime.Agent.apply_config`).
+    apply_config: Callable[[Config], ConfigPlan] | None = None
 
 
 def _need(value: Any, what: str) -> Any:
@@ -171,10 +183,21 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
 async def _config_update(env: Envelope, config_path: Path, targets: Targets) -> CommandResult:
     text = _arg(env, "config", str)
     granted = targets.config_rights.get(env.key_id, frozenset())
-    live, digest = await asyncio.to_thread(_replace_config, config_path, text.encode(), env.key_id, granted)
+    live, digest, new = await asyncio.to_thread(
+        _replace_config, config_path, text.encode(), env.key_id, granted
+    )
     log.info("command.config_updated", path=str(live), sha256=digest)
-    result = CommandResult("ok", detail={"sha256": digest, "restarting": targets.request_restart is not None})
-    if targets.request_restart is not None and env.args.get("restart", True) is not False:
+    detail: dict[str, Any] = {"sha256": digest}
+    if targets.apply_config is not None:
+        plan = targets.apply_config(new)
+        if not plan.needs_restart:
+            detail |= {"applied": "unchanged" if plan.unchanged else "live", "changes": list(plan.live)}
+            return CommandResult("ok", detail={**detail, "restarting": False})
+        detail |= {"applied": "restart", "restart_needed_by": list(plan.restart)}
+    restarting = targets.request_restart is not None and env.args.get("restart", True) is not False
+    result = CommandResult("ok", detail={**detail, "restarting": restarting})
+    if restarting:
+        assert targets.request_restart is not None
         request = targets.request_restart
 
         async def later() -> None:
@@ -184,9 +207,11 @@ async def _config_update(env: Envelope, config_path: Path, targets: Targets) -> 
     return result
 
 
-def _replace_config(config_path: Path, data: bytes, key_id: str, granted: frozenset[str]) -> tuple[Path, str]:
+def _replace_config(
+    config_path: Path, data: bytes, key_id: str, granted: frozenset[str]
+) -> tuple[Path, str, Config]:
     """Validate `data` as the new config and swap it in (blocking: run in a thread); the file
-    written and the sha256 of its content."""
+    written, the sha256 of its content and the new config as loaded."""
     from water_edge.agent.config import load_config
 
     live = config_path.resolve()  # the managed file behind /etc/edge-agent/config.toml
@@ -219,7 +244,7 @@ def _replace_config(config_path: Path, data: bytes, key_id: str, granted: frozen
         os.replace(candidate, live)
     finally:
         candidate.unlink(missing_ok=True)
-    return live, hashlib.sha256(data).hexdigest()
+    return live, hashlib.sha256(data).hexdigest(), replace(new, source=config_path)
 
 
 def _keep_group(new: Path, old: Path) -> None:
