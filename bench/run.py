@@ -33,6 +33,7 @@ SUITES = [
     "bench.bench_commands",
     "bench.bench_fleet",
     "bench.bench_machine_sound",
+    "bench.bench_update",
 ]
 
 
