@@ -1,7 +1,8 @@
 """What a gateway trusts in a release bundle: a manifest signed by a release key it lists, and only
 the wheels that manifest names with their sha256. A bundle from an unknown key, a manifest changed
 after signing, or a wheel swapped inside is refused with a message saying which; `edge-agent update
-apply` (the USB stick path) refuses it before asking the updater for anything."""
+apply` (the USB stick path) refuses it before asking the updater for anything. `edge-agent update
+rollback` switches to the previous release and back, by hand."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.testing import write_agent_config
 from water_edge.agent.cli import main
+from water_edge.agent.remote.audit import read_audit
 from water_edge.agent.update.bundle import (
     BundleError,
     build_bundle,
@@ -125,3 +127,43 @@ def test_update_apply_refuses_an_untrusted_bundle_and_requests_a_trusted_one(
 
     assert main(["update", "status", "-c", str(config)]) == 0
     assert "not installed in" in capsys.readouterr().out  # no A/B layout in this temp dir
+
+
+def _release(root: Path, name: str, version: str) -> Path:
+    path = root / "releases" / name
+    path.mkdir(parents=True)
+    (path / "release.json").write_text(f'{{"version": "{version}"}}')
+    return path
+
+
+def test_a_technician_rolls_back_by_hand_and_forward_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "opt"
+    _release(root, "0.1.0-aaaa", "0.1.0")
+    _release(root, "0.2.0-bbbb", "0.2.0")
+    (root / "current").symlink_to("releases/0.2.0-bbbb")
+    (root / "previous").symlink_to("releases/0.1.0-aaaa")
+    config = write_agent_config(tmp_path, extra=f'[update]\nroot = "{root}"\n')
+    restarts = tmp_path / "restarts"
+    args = ["-c", str(config), "--now", "--restart-command", f"sh -c 'echo x >> {restarts}'"]
+
+    assert main(["update", "rollback", *args]) == 0
+    assert (root / "current").resolve().name == "0.1.0-aaaa"
+    assert (root / "previous").resolve().name == "0.2.0-bbbb"  # the way forward again
+    assert restarts.read_text().count("x") == 1
+    assert "rolled back" in capsys.readouterr().out
+    assert main(["update", "status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "current  0.1.0-aaaa" in out
+    assert "previous 0.2.0-bbbb" in out
+
+    assert main(["update", "rollback", *args]) == 0
+    assert (root / "current").resolve().name == "0.2.0-bbbb"
+    outcomes = [(a["action"], a["outcome"]) for a in read_audit(tmp_path / "state" / "audit.log")]
+    assert outcomes.count(("update", "rolled_back")) == 2
+
+    (root / "previous").unlink()
+    assert main(["update", "rollback", *args]) != 0
+    assert "no previous release" in capsys.readouterr().out
+    assert (root / "current").resolve().name == "0.2.0-bbbb"

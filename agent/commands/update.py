@@ -107,7 +107,9 @@ def _run_locked(args: argparse.Namespace, config: Any) -> int:
         sys.stderr.write(f"edge-agent update: {exc}\n")
         return EXIT_FAILED
     print(_describe(state))
-    return EXIT_OK if state.phase in ("idle", "committed") else EXIT_FAILED
+    # A rollback asked for by hand ends in `rolled_back` when it worked.
+    done = ("idle", "committed", "rolled_back") if state.action == "rollback" else ("idle", "committed")
+    return EXIT_OK if state.phase in done else EXIT_FAILED
 
 
 def _describe(state: Any) -> str:
