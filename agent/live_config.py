@@ -7,7 +7,8 @@ config with the new one, key by key, and sorts each difference into what the run
 take as it is (`live`) and what needs a restart (`restart`); the agent applies a plan only when its
 `restart` part is empty, so a mixed change is a restart, never half live.
 
-Live today: a device's `poll_interval_ms` (its runner reschedules at once). Everything else is a
+Live today: a polled device's `poll_interval_ms` (its runner reschedules at once); for a streaming
+driver (OPC UA, audio, wireless M-Bus) the rate lives in the driver, so it is a restart. Everything else is a
 restart, on purpose: the log level (structlog caches loggers at their first use), the uplink and
 buffer (they own the connection and the database), security (keys and rights are bound into the
 command processor), drivers' connection settings and the models (their processors load at start).
@@ -44,8 +45,9 @@ class ConfigPlan:
         return not self.live and not self.restart
 
 
-def plan_changes(old: Config, new: Config) -> ConfigPlan:
-    """Sort every difference between `old` (running) and `new` into live and restart."""
+def plan_changes(old: Config, new: Config, *, streaming: frozenset[str] = frozenset()) -> ConfigPlan:
+    """Sort every difference between `old` (running) and `new` into live and restart; `streaming`
+    names the devices whose driver streams (its poll rate is the driver's own)."""
     restart = [
         f.name
         for f in dataclasses.fields(Config)
@@ -63,6 +65,9 @@ def plan_changes(old: Config, new: Config) -> ConfigPlan:
             if was.model_dump(exclude=_LIVE_DEVICE_KEYS) != device.model_dump(exclude=_LIVE_DEVICE_KEYS):
                 restart.append(f"devices[{name}]")
             elif (old_ms := was.poll_interval_ms) != (new_ms := device.poll_interval_ms):
+                if name in streaming:
+                    restart.append(f"devices[{name}].poll_interval_ms (a streaming driver)")
+                    continue
                 live.append(f"devices[{name}].poll_interval_ms: {old_ms} -> {new_ms}")
                 polls[name] = new_ms
     return ConfigPlan(tuple(live), tuple(restart), polls)

@@ -59,7 +59,7 @@ from water_edge.core.reading import Event, Reading, now_ns
 from water_edge.core.redact import redact
 from water_edge.core.timesync import AdjtimexSource, FlagFileSource, NoSource, SyncSource, best_source
 from water_edge.drivers import registry
-from water_edge.drivers.base import Driver
+from water_edge.drivers.base import Driver, Streaming
 from water_edge.provisioning.identity import DeviceIdentity
 
 log = structlog.get_logger(__name__)
@@ -202,7 +202,8 @@ class Agent:
     def apply_config(self, new: Config) -> ConfigPlan:
         """Take `new` as the running config if every change in it can be applied live (see
         `agent.live_config`); otherwise change nothing and return the plan naming what needs a restart."""
-        plan = plan_changes(self.config, new)
+        streaming = frozenset(r.name for r in self.runners if isinstance(r.driver, Streaming))
+        plan = plan_changes(self.config, new, streaming=streaming)
         if plan.needs_restart:
             return plan
         for runner in self.runners:

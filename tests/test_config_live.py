@@ -52,6 +52,11 @@ def test_the_plan_sorts_every_change_into_live_or_restart(tmp_path: Path) -> Non
     mixed = plan(devices=[_device(250, tags=[{"name": "flow"}, {"name": "head"}])])
     assert mixed.restart == ("devices[plc]",)
     assert plan(devices=[_device(1000), {**_device(1000), "name": "plc2"}]).needs_restart
+    # A streaming driver keeps its own rate (OPC UA's fallback polling): not live.
+    streamed = plan_changes(
+        base, load_config(_write(tmp_path / "c.toml", devices=[_device(250)])), streaming=frozenset({"plc"})
+    )
+    assert streamed.restart == ("devices[plc].poll_interval_ms (a streaming driver)",)
 
 
 async def test_a_new_poll_rate_is_applied_live_and_the_outbox_keeps_its_rows(
