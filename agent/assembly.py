@@ -96,6 +96,8 @@ def build_command_channel(
     from water_edge.agent.remote.handlers import Targets, build_handlers
     from water_edge.agent.remote.nonces import NonceStore
     from water_edge.agent.remote.processor import CommandProcessor
+    from water_edge.agent.update.receive import UpdateReceiver
+    from water_edge.agent.update.state import UpdateFiles
     from water_edge.agent.writes import WriteGuard
 
     analytics = analytics or Analytics([], [])
@@ -114,6 +116,9 @@ def build_command_channel(
         restart.append(reason)
         wiring_agent[0].request_stop()
 
+    def apply_config(new: Any) -> Any:
+        return wiring_agent[0].apply_config(new)
+
     targets = Targets(
         config_path=config.source,
         models_dir=state / "models",
@@ -123,6 +128,8 @@ def build_command_channel(
         calibrations=calibration_targets([*analytics.factories, *analytics.processors]),
         writer=WriteGuard(config.writes, writers, audit) if config.writes.enabled else None,
         config_rights={op.name: frozenset(op.config_rights) for op in security.operators},
+        update=UpdateReceiver(config.update, UpdateFiles(state)),
+        apply_config=apply_config,
     )
     processor = CommandProcessor(
         security,

@@ -6,7 +6,11 @@ in front of the durable store is bounded: past `max_pending` a submitting driver
 commit instead of the queue growing (a crash would lose the queue).
 
 Two more things see every submitted reading:
-- a wall-clock step (`agent.clock`) found at a submit marks that submit's readings and the next
+- while the clock is not synchronised (`agent.clock_sync`), every good reading becomes `uncertain`
+  with reason `clock not synchronised`; the first forward step of the clock after that moves the
+  readings stamped before it by the step (in memory, and in the outbox where nobody has leased
+  them yet) and gives them reason `clock restamped`;
+- a wall-clock step (`core.clock`) found at a submit marks that submit's readings and the next
   submit of every other stream `uncertain` with reason `clock_step`, and adds a `clock_step`
   event; seqs and ordering are untouched (they never depend on the wall clock);
 - analytics processors read a `ReadingFeed` each: bounded, and lossless unless a processor falls
@@ -29,6 +33,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from water_edge.agent.clock_sync import UNSYNC_REASON, ClockSync, restamped
 from water_edge.buffer.types import Batch
 from water_edge.core.clock import ClockStep, ClockWatch
 from water_edge.core.errors import BufferError
@@ -186,6 +191,7 @@ class Pipeline:
         batch_max_readings: int = 1000,
         max_pending: int = 200_000,
         clock: ClockWatch | None = None,
+        sync: ClockSync | None = None,
     ) -> None:
         self._outbox = outbox
         self._on_committed = on_committed
@@ -201,6 +207,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self._rate_mark = (time.monotonic(), 0)
         self._clock = clock or ClockWatch()
+        self._sync = sync
         self._streams_seen: set[str] = set()
         self._flag_next: set[str] = set()
         self._feeds: list[ReadingFeed] = []
@@ -225,9 +232,14 @@ class Pipeline:
         if not readings:
             return
         step = self._clock.check()
+        undo = None
         if step is not None:
             self._on_clock_step(step)
-        if stream in self._flag_next or step is not None:
+            undo = None if self._sync is None else self._sync.note_step(step)
+        if self._sync is not None and self._sync.unsynchronised:
+            self._flag_next.discard(stream)
+            readings = self._flag_unsynchronised(readings)
+        elif stream in self._flag_next or step is not None:
             self._flag_next.discard(stream)
             readings = self._flag(readings)
         self._streams_seen.add(stream)
@@ -242,6 +254,20 @@ class Pipeline:
             self._wake.set()
         if self._pending_count >= self._max_pending:
             await self.flush()
+        if undo is not None and self._sync is not None:
+            self._restamp_pending(undo)
+            await self.flush()  # so that every reading stamped before the step is in the outbox
+            await self._sync.restamp_committed(undo)
+
+    def _restamp_pending(self, step: ClockStep) -> None:
+        """Readings still in memory that were stamped before the step, moved by it."""
+        moved = 0
+        for stream, readings in self._pending.items():
+            fixed = [restamped(r, step) for r in readings]
+            moved += sum(a is not b for a, b in zip(readings, fixed, strict=True))
+            self._pending[stream] = fixed
+        if self._sync is not None:
+            self._sync.restamped += moved
 
     def _on_clock_step(self, step: ClockStep) -> None:
         self.stats.clock_steps += 1
@@ -271,6 +297,20 @@ class Pipeline:
             for r in readings
         ]
         self.stats.clock_flagged_readings += sum(r.quality == GOOD for r in readings)
+        return flagged
+
+    def _flag_unsynchronised(self, readings: list[Reading]) -> list[Reading]:
+        """Every reading says its timestamp is not to be trusted: good ones become uncertain, and
+        the clock's reason goes in front of any reason a reading already has."""
+        flagged = [
+            dataclasses.replace(r, quality=UNCERTAIN, reason=UNSYNC_REASON)
+            if r.quality == GOOD
+            else dataclasses.replace(r, reason=f"{UNSYNC_REASON}; {r.reason}" if r.reason else UNSYNC_REASON)
+            for r in readings
+        ]
+        self.stats.clock_flagged_readings += len(readings)
+        if self._sync is not None:
+            self._sync.marked += len(readings)
         return flagged
 
     async def submit_event(self, event: Event) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -30,13 +31,19 @@ import structlog
 
 from water_edge.agent import __version__
 from water_edge.agent.assembly import EXIT_RESTART, build_command_channel, build_drivers, build_processors
+from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSync
 from water_edge.agent.config import Config
+from water_edge.agent.identity_keeper import IdentityKeeper
+from water_edge.agent.live_config import ConfigPlan, plan_changes
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
 from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.secrets import config_secrets
 from water_edge.agent.status import StatusServer
 from water_edge.agent.status_document import AgentStatus, ProcessorStatus, RejectedInputs, StatusDocument
 from water_edge.agent.supervisor import DeviceRunner
+from water_edge.agent.update.layout import Layout
+from water_edge.agent.update.report import UpdateWatch, update_health
+from water_edge.agent.update.state import UpdateFiles
 from water_edge.agent.uplink.mqtt import CommandHandler, MqttUplink
 from water_edge.agent.uplink.rbe import ExceptionFilter, ReportByException
 from water_edge.agent.uplink.sparkplug import datatypes
@@ -50,8 +57,10 @@ from water_edge.core.errors import AgentError
 from water_edge.core.processor import Processor, WantsStreams
 from water_edge.core.reading import Event, Reading, now_ns
 from water_edge.core.redact import redact
+from water_edge.core.timesync import AdjtimexSource, FlagFileSource, NoSource, SyncSource, best_source
 from water_edge.drivers import registry
-from water_edge.drivers.base import Driver
+from water_edge.drivers.base import Driver, Streaming
+from water_edge.provisioning.identity import DeviceIdentity
 
 log = structlog.get_logger(__name__)
 
@@ -87,12 +96,27 @@ class Agent:
             if device.enabled
         ]  # fmt: skip
         beat_s = 1.0 if interval is None else interval / 3
+        self.clock_sync = ClockSync(sync_source(config), interval_s=config.clock.check_interval_s)
+        identity = config.security.identity
+        self.identity = IdentityKeeper(
+            identity,
+            DeviceIdentity(gw.state_dir / identity.directory),
+            common_name=gw.id,
+            site=gw.site,
+            emit=self.emit,
+        )
         self.uplink: MqttUplink | SparkplugUplink
         if config.uplink.encoding == "sparkplug_b":
             self.uplink = self._sparkplug_uplink(on_command, beat_s)
         else:
             self.uplink = MqttUplink(
-                config.uplink, outbox, gw.site, gw.id, on_command=on_command, beat_s=beat_s
+                config.uplink,
+                outbox,
+                gw.site,
+                gw.id,
+                on_command=on_command,
+                beat_s=beat_s,
+                clock_synchronised=lambda: self.clock_sync.state.synchronised,
             )
         self.pipeline = Pipeline(
             outbox if self.exceptions is None else ReportByException(outbox, self.exceptions),
@@ -100,7 +124,13 @@ class Agent:
             flush_interval_s=config.buffer.flush_interval_ms / 1000,
             batch_max_readings=config.buffer.batch_max_readings,
             max_pending=config.buffer.max_pending_readings,
+            sync=self.clock_sync,
         )
+
+        async def restamp(step_ns: int, before_ns: int) -> tuple[int, int]:
+            return await outbox.restamp(step_ns, before_ns, UNSYNC_REASON, RESTAMPED_REASON)
+
+        self.clock_sync.bind(self.emit, restamp)
         # A processor may name the streams it needs (`streams`); an empty set means no feed at all.
         self.processors = [
             (p, self.pipeline.feed(p.name, streams=p.streams if isinstance(p, WantsStreams) else None))
@@ -116,13 +146,23 @@ class Agent:
         self.watchdog = (
             Watchdog(
                 self.notifier,
-                {"pipeline": lambda: self.pipeline.heartbeat, "uplink": lambda: self.uplink.heartbeat},
+                {
+                    "pipeline": lambda: self.pipeline.heartbeat,
+                    # While it waits for the first certificate the uplink does not run; the
+                    # enrolment's own beats show the loop is alive.
+                    "uplink": lambda: self.uplink.heartbeat + self.identity.beats,
+                },
                 interval,
             )
             if interval is not None and self.notifier.enabled
             else None
         )
         self._buffer: BufferHealth | None = None
+        self.update_files = UpdateFiles(gw.state_dir)
+        self.update_watch = UpdateWatch(self.update_files, self.emit)
+        # The A/B layout when this agent runs from it (not from a checkout or a plain venv).
+        root = config.update.root
+        self.layout = Layout(root) if (root / "current").is_symlink() else None
 
     def _sparkplug_uplink(self, on_command: CommandHandler | None, beat_s: float) -> SparkplugUplink:
         """The Edge Node: its devices' metrics from the config, current values from the filter."""
@@ -158,6 +198,20 @@ class Agent:
 
     async def emit(self, event: Event) -> None:
         await self.pipeline.submit_event(event)
+
+    def apply_config(self, new: Config) -> ConfigPlan:
+        """Take `new` as the running config if every change in it can be applied live (see
+        `agent.live_config`); otherwise change nothing and return the plan naming what needs a restart."""
+        streaming = frozenset(r.name for r in self.runners if isinstance(r.driver, Streaming))
+        plan = plan_changes(self.config, new, streaming=streaming)
+        if plan.needs_restart:
+            return plan
+        for runner in self.runners:
+            if runner.name in plan.poll_intervals:
+                runner.set_poll_interval(plan.poll_intervals[runner.name])
+        self.config = dataclasses.replace(new, source=self.config.source)
+        log.info("config.applied_live", changes=list(plan.live))
+        return plan
 
     def request_stop(self) -> None:
         if self._stop is not None:
@@ -208,6 +262,9 @@ class Agent:
                 undecodable_rows=uplink.encode_errors,
             ),
             commands=None if self._command_stats is None else self._command_stats(),
+            update=update_health(__version__, self.update_files, self.layout),
+            clock=self.clock_sync.health(),
+            certificate=self.identity.health(),
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -230,6 +287,13 @@ class Agent:
             f"buffer {0 if b is None else b.rows} rows ({0 if b is None else b.used_pct} %), "
             f"uplink {self.uplink.health().summary()}, devices {up}/{len(self.runners)} up"
         )
+
+    async def _uplink(self) -> None:
+        """The uplink, once the gateway has a certificate (at first boot, after its enrolment)."""
+        if self.identity.enrolling:
+            log.info("uplink.waiting_for_enrolment")
+            await self.identity.ready.wait()
+        await self.uplink.run()
 
     async def _run_processor(self, processor: Processor, feed: ReadingFeed) -> None:
         backoff = Backoff(1.0, 60.0)
@@ -282,8 +346,11 @@ class Agent:
             async with asyncio.TaskGroup() as tasks:
                 background = [
                     tasks.create_task(self.pipeline.run(), name="pipeline"),
-                    tasks.create_task(self.uplink.run(), name="uplink"),
+                    tasks.create_task(self._uplink(), name="uplink"),
+                    tasks.create_task(self.identity.run(), name="identity"),
                     tasks.create_task(self._refresh_buffer_stats(), name="buffer-stats"),
+                    tasks.create_task(self.update_watch.run(), name="update-watch"),
+                    tasks.create_task(self.clock_sync.run(), name="clock-sync"),
                 ]
                 if self.watchdog is not None:
                     background.append(tasks.create_task(self.watchdog.run(), name="watchdog"))
@@ -309,6 +376,18 @@ class Agent:
         finally:
             await self.status.close()
             self.notifier.close()
+
+
+def sync_source(config: Config) -> SyncSource:
+    """The `[clock] sync_source` the config names (see `core.timesync`)."""
+    clock = config.clock
+    if clock.sync_source == "none":
+        return NoSource()
+    if clock.sync_source == "timesyncd":
+        return FlagFileSource(clock.sync_flag_file)
+    if clock.sync_source == "adjtimex":
+        return AdjtimexSource()
+    return best_source()
 
 
 async def run_agent(config: Config) -> int:

@@ -12,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from water_edge.agent.clock_sync import ClockHealth
+from water_edge.agent.identity_keeper import CertificateHealth
 from water_edge.agent.pipeline import FeedHealth, PipelineHealth
 from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.supervisor import RunnerStatus
+from water_edge.agent.update.report import UpdateHealth
 from water_edge.agent.uplink.health import UplinkHealth
 from water_edge.agent.watchdog import WatchdogHealth
 from water_edge.buffer.stats import BufferHealth
@@ -79,22 +82,37 @@ class StatusDocument:
     watchdog: WatchdogHealth | None  # None when systemd asked for no watchdog
     rejected: RejectedInputs
     commands: CommandCounts | None  # None without a signed command channel
+    update: UpdateHealth | None = None  # releases and the last self-update
+    clock: ClockHealth | None = None  # the clock's synchronisation
+    certificate: CertificateHealth | None = None  # the device certificate and its renewal
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready values; `alarms` gathers the one-line conditions someone must act on."""
+        """JSON-ready values; `alarms` gathers the one-line conditions someone must act on.
+
+        The lifecycle sections (update, ...) are sections of their own for scripts; people read
+        their lines under the agent's, where `edge-agent status` prints them."""
+        agent = _read(self.agent)
+        for section in (self.clock, self.certificate, self.update):
+            if section is not None:
+                agent["lines"] = agent["lines"] + section.status_lines()
         return {
-            "agent": _read(self.agent),
+            "agent": agent,
             "drivers": [_read(d) for d in self.drivers],
             "pipeline": _read(self.pipeline),
             "buffer": {} if self.buffer is None else _read(self.buffer),
             "uplink": _read(self.uplink),
             "processors": [_read(p) for p in self.processors],
-            "alarms": [] if self.buffer is None else self.buffer.alarm_lines(),
+            "alarms": ([] if self.buffer is None else self.buffer.alarm_lines())
+            + ([] if self.clock is None else self.clock.alarm_lines())
+            + ([] if self.certificate is None else self.certificate.alarm_lines()),
             "watchdog": None if self.watchdog is None else health_json(self.watchdog),
             "rejected": health_json(self.rejected),
             "commands": (
                 None if self.commands is None else health_json(self.commands) | self.commands.flat_refusals()
             ),
+            "update": None if self.update is None else _read(self.update),
+            "clock": None if self.clock is None else _read(self.clock),
+            "certificate": None if self.certificate is None else _read(self.certificate),
         }
 
 

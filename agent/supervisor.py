@@ -10,6 +10,7 @@ with a last-resort handler: it is logged with its traceback, counted, and treate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -96,11 +97,24 @@ class DeviceRunner:
         self._open = False
         self._retry_at = 0.0
         # A driver that hangs despite its own timeouts must not hang the poll loop.
+        self._guard_given = guard_s
         self._guard_s = guard_s or max(10.0, 5 * self.ticker.period_s)
+        # Set when the poll rate changes, so a long wait for the next tick ends at once.
+        self._rescheduled = asyncio.Event()
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def set_poll_interval(self, poll_interval_ms: int) -> None:
+        """Poll at a new rate from now on (a live config change); the next poll is one new
+        period from now, whatever was left of the old one."""
+        overruns = self.ticker.overruns
+        self.config = self.config.model_copy(update={"poll_interval_ms": poll_interval_ms})
+        self.ticker = FixedRateTicker(poll_interval_ms / 1000)
+        self.ticker.overruns = overruns
+        self._guard_s = self._guard_given or max(10.0, 5 * self.ticker.period_s)
+        self._rescheduled.set()
 
     def status(self) -> RunnerStatus:
         s = self.stats
@@ -129,10 +143,18 @@ class DeviceRunner:
                 await self._run_streaming(self.driver)
             while True:
                 await self._poll_once()
-                await self.ticker.wait()
+                await self._next_tick()
         finally:
             self.stats.state = "stopped"
             await self._close()
+
+    async def _next_tick(self) -> None:
+        self._rescheduled.clear()
+        ticker = self.ticker
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._rescheduled.wait(), ticker.next_delay())
+        if ticker is not self.ticker:  # rescheduled: wait one new period before the next poll
+            await self._next_tick()
 
     async def _run_streaming(self, driver: StreamingDriver) -> None:
         """Push devices: submit what the stream yields; on loss, stand in bad readings and reopen."""

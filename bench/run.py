@@ -35,6 +35,7 @@ SUITES = [
     "bench.bench_commands",
     "bench.bench_fleet",
     "bench.bench_machine_sound",
+    "bench.bench_update",
 ]
 
 

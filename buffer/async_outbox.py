@@ -100,6 +100,10 @@ class AsyncOutbox:
         """See `Outbox.lease`."""
         return await self._call(self._outbox.lease, after_id, limit, upto_id)
 
+    async def restamp(self, delta_ns: int, before_ns: int, reason: str, new_reason: str) -> tuple[int, int]:
+        """See `Outbox.restamp`."""
+        return await self._call(self._outbox.restamp, delta_ns, before_ns, reason, new_reason)
+
     async def last_id(self) -> int:
         """See `Outbox.last_id` (ordered after every call made before it)."""
         return await self._call(self._outbox.last_id)

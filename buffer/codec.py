@@ -124,7 +124,7 @@ def decode_readings(body: bytes) -> list[Reading]:
         repeat = False
         if len(row) == 8:
             mark = row[7]
-            if mark not in _READING_MARKS:
+            if type(mark) is not str or mark not in _READING_MARKS:
                 raise BufferError(f"outbox body: reading {i} has an unknown marker {mark!r}")
             repeat = _REPEAT_MARK in mark
             if _FLOAT_MARK in mark:

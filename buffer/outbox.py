@@ -16,13 +16,13 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal
 
 from water_edge.buffer import schema
-from water_edge.buffer.codec import encode_events, encode_readings
+from water_edge.buffer.codec import decode_readings, encode_events, encode_readings
 from water_edge.buffer.types import Batch, OutboxRow, OutboxStats, RowClass
 from water_edge.core.errors import BufferError
 from water_edge.core.reading import EVENTS_STREAM, Event, Severity, now_ns
@@ -218,6 +218,8 @@ class Outbox:
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         # Ids are assigned here rather than read back, so append knows them without a query.
         self._next_id: int = (row[0] if row else 0) + 1
+        # The newest row this process has handed to a reader: rows after it nobody has seen yet.
+        self._max_leased = 0
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -451,7 +453,42 @@ class Outbox:
         """The oldest rows with after_id < id <= upto_id, at most `limit`; nothing is marked."""
         bound = _MAX_ID if upto_id is None else upto_id
         with self._guard("lease"):
-            return [OutboxRow(*row) for row in self._conn.execute(_LEASE, (after_id, bound, limit))]
+            rows = [OutboxRow(*row) for row in self._conn.execute(_LEASE, (after_id, bound, limit))]
+        if rows:
+            self._max_leased = max(self._max_leased, *(r.id for r in rows))
+        return rows
+
+    def restamp(self, delta_ns: int, before_ns: int, reason: str, new_reason: str) -> tuple[int, int]:
+        """Move readings never leased by this process, whose reason starts with `reason` and that
+        were stamped at or before `before_ns`, by `delta_ns`, that prefix becoming `new_reason`;
+        (rows rewritten, readings moved).
+
+        For a clock that stepped: such rows have not been read by anyone (the uplink leases
+        through this same object, one call at a time), so rewriting them changes no message sent.
+        """
+        moved_rows = moved = 0
+        with self._guard("restamp"), self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, body FROM outbox WHERE id > ? AND row_class = 'telemetry' ORDER BY id",
+                (self._max_leased,),
+            ).fetchall()
+            for row_id, body in rows:
+                readings = decode_readings(body)
+                changed = [
+                    replace(r, ts_ns=r.ts_ns + delta_ns, reason=new_reason + r.reason[len(reason) :])
+                    if r.reason is not None and r.reason.startswith(reason) and r.ts_ns <= before_ns
+                    else r
+                    for r in readings
+                ]
+                count = sum(a is not b for a, b in zip(readings, changed, strict=True))
+                if not count:
+                    continue
+                new_body = encode_readings(changed)
+                conn.execute("UPDATE outbox SET body = ? WHERE id = ?", (new_body, row_id))
+                self._bytes += len(new_body) - len(body)
+                moved_rows += 1
+                moved += count
+        return moved_rows, moved
 
     def last_id(self) -> int:
         """The id of the newest row ever committed (0 for a new outbox)."""

@@ -33,6 +33,14 @@ class OutboxUnusableError(BufferError):
     """
 
 
+class OutboxTooNewError(BufferError):
+    """The outbox was written by a newer agent (its schema is newer than this code's).
+
+    Never quarantined: its rows are intact and a newer agent can send them. An older agent (after
+    a rollback, say) refuses to start on it and says so, rather than starting an empty outbox.
+    """
+
+
 _OUTBOX_COLUMNS: Final = {
     "id",
     "stream",
@@ -82,9 +90,11 @@ def inspect(conn: sqlite3.Connection, path: Path) -> int | None:
         raise OutboxUnusableError(f"outbox {path}: 'meta' table has no integer schema_version")
     version: int = row[0]
     if version > SCHEMA_VERSION:
-        raise OutboxUnusableError(
+        raise OutboxTooNewError(
             f"outbox {path}: schema version {version} is newer than this agent supports "
-            f"({SCHEMA_VERSION}); upgrade the agent or move the file away"
+            f"({SCHEMA_VERSION}): a newer agent wrote it (an update rolled back?). The file is left "
+            "as it is, rows included; run a release that reads it (edge-agent update status) or "
+            "move the file away to start an empty outbox"
         )
     if version < 1:
         raise OutboxUnusableError(f"outbox {path}: invalid schema version {version}")

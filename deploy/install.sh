@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs water-edge-agent on a Debian / Raspberry Pi OS gateway (run as root):
-#   venv under /opt/edge-agent/venv, config under /etc/edge-agent, state under
-#   /var/lib/edge-agent (systemd's StateDirectory), the systemd unit installed and enabled.
+#   a release venv under /opt/edge-agent/releases/ with /opt/edge-agent/current linking to it (the
+#   A/B layout signed self-updates switch; docs/updates.md), config under /etc/edge-agent, state under
+#   /var/lib/edge-agent (systemd's StateDirectory), the systemd units installed and enabled.
 #   /etc/edge-agent is root:edge-agent 0750 (keys and secrets the agent reads, never writes);
 #   config.toml there is a link to managed/config.toml, in the one directory the agent may write
 #   (2770 root:edge-agent, the unit's ReadWritePaths) so that signed config_update commands work.
@@ -13,8 +14,8 @@
 # DIR is touched, the service user is declared in DIR/usr/lib/sysusers.d instead of created, the
 # ownership of /etc/edge-agent in DIR/usr/lib/tmpfiles.d (applied at first boot, once the user
 # exists), and the unit is enabled with `systemctl --root` (offline symlinks) and never started.
-# Re-running upgrades in place and never overwrites an existing config.toml (an older install's
-# plain config.toml is moved into managed/ and linked).
+# Re-running installs a new release beside the old one (which becomes `previous`) and never
+# overwrites an existing config.toml (an older install's plain config.toml is moved into managed/).
 set -eu
 
 ROOT="${DESTDIR:-}"
@@ -26,7 +27,7 @@ VENV_ARGS=""
 PIP_ARGS=""
 USER_NAME="edge-agent"
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -80,19 +81,35 @@ if [ "$OFFLINE" = 0 ]; then
     fi
 fi
 
-say "virtualenv in $OPT/venv"
-mkdir -p "$OPT"
+VERSION="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$SOURCE/agent/__init__.py")"
+RELEASE="$VERSION-install-$(date -u +%Y%m%dT%H%M%SZ)"
+say "release $RELEASE in $OPT/releases"
+mkdir -p "$OPT/releases" "$OPT/wheels"
+# A venv cannot be moved (its scripts name their interpreter by absolute path): build it where it
+# stays. With --root, that is inside the staged root; its scripts then name the staged path, so a
+# staged image is meant to be installed from again on the device or built at the same path.
 # shellcheck disable=SC2086 # the args are meant to split
-"$PYTHON" -m venv $VENV_ARGS "$OPT/venv"
+"$PYTHON" -m venv $VENV_ARGS "$OPT/releases/$RELEASE"
 # Build from a copy: pip builds in the tree it is given, and the source may be read-only or shared.
 STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
 tar -C "$SOURCE" --exclude=.git --exclude=.venv --exclude=build --exclude='*.egg-info' \
     --exclude=__pycache__ -cf - . | tar -C "$STAGE" -xf -
 # shellcheck disable=SC2086
-"$OPT/venv/bin/python" -m pip install --quiet --disable-pip-version-check $PIP_ARGS "$STAGE"
+"$OPT/releases/$RELEASE/bin/python" -m pip install --quiet --disable-pip-version-check $PIP_ARGS "$STAGE"
+printf '{"version": "%s", "installed_by": "install.sh"}\n' "$VERSION" >"$OPT/releases/$RELEASE/release.json"
+# Switch: the old current becomes previous (a rollback target), each link replaced in one rename.
+if [ -L "$OPT/current" ]; then
+    ln -sfn "$(readlink "$OPT/current")" "$OPT/.previous.tmp" && mv -Tf "$OPT/.previous.tmp" "$OPT/previous"
+fi
+ln -sfn "releases/$RELEASE" "$OPT/.current.tmp" && mv -Tf "$OPT/.current.tmp" "$OPT/current"
+# The path the docs of older installs name; an older install's real venv there is replaced.
+if [ -d "$OPT/venv" ] && [ ! -L "$OPT/venv" ]; then
+    rm -rf "$OPT/venv"
+fi
+ln -sfn current "$OPT/venv"
 mkdir -p "$OPT/docs"
-cp "$SOURCE/docs/operations.md" "$SOURCE/docs/durability.md" "$OPT/docs/" 2>/dev/null || true
+cp "$SOURCE/docs/operations.md" "$SOURCE/docs/durability.md" "$SOURCE/docs/updates.md" "$OPT/docs/" 2>/dev/null || true
 
 say "config in $ETC"
 MANAGED="$ETC/managed"
@@ -110,6 +127,13 @@ else
     say "kept the existing $ETC/config.toml"
 fi
 chmod 0640 "$MANAGED/config.toml"
+if [ ! -f "$ETC/release-keys" ]; then
+    cat >"$ETC/release-keys" <<KEYS
+# Release keys trusted for signed self-updates (docs/updates.md): NAME BASE64-PUBLIC-KEY per line,
+# as printed by \`edge-agent release keygen\`. Root-owned: the agent reads it, never writes it.
+KEYS
+fi
+chmod 0640 "$ETC/release-keys"
 ln -sfn managed/config.toml "$ETC/config.toml"
 mkdir -p "$ROOT/usr/lib/tmpfiles.d"
 cat >"$ROOT/usr/lib/tmpfiles.d/edge-agent.conf" <<TMPFILES
@@ -119,24 +143,27 @@ d /etc/edge-agent/managed 2770 root $USER_NAME -
 z /etc/edge-agent/managed/config.toml 0640 - $USER_NAME -
 TMPFILES
 if [ "$OFFLINE" = 0 ]; then
-    chgrp "$USER_NAME" "$ETC" "$MANAGED" "$MANAGED/config.toml"
+    chgrp "$USER_NAME" "$ETC" "$MANAGED" "$MANAGED/config.toml" "$ETC/release-keys"
 fi
 
 say "systemd unit"
 mkdir -p "$UNIT_DIR"
-install -m 0644 "$SOURCE/deploy/edge-agent.service" "$UNIT_DIR/edge-agent.service"
+for unit in edge-agent.service edge-agent-update.service edge-agent-update.path; do
+    install -m 0644 "$SOURCE/deploy/$unit" "$UNIT_DIR/$unit"
+done
 if [ "$ENABLE" = 1 ]; then
     if [ "$OFFLINE" = 1 ]; then
-        systemctl --root="$ROOT" enable edge-agent.service
+        systemctl --root="$ROOT" enable edge-agent.service edge-agent-update.service edge-agent-update.path
     else
         systemctl daemon-reload
-        systemctl enable edge-agent.service
+        systemctl enable edge-agent.service edge-agent-update.service
+        systemctl enable --now edge-agent-update.path
         if [ "$START" = 1 ]; then
-            if "$OPT/venv/bin/edge-agent" check-config -c "$ETC/config.toml" >/dev/null 2>&1; then
+            if "$OPT/current/bin/edge-agent" check-config -c "$ETC/config.toml" >/dev/null 2>&1; then
                 systemctl restart edge-agent.service
             else
                 say "not started: the config does not validate yet; run"
-                say "  $OPT/venv/bin/edge-agent check-config -c /etc/edge-agent/config.toml"
+                say "  $OPT/current/bin/edge-agent check-config -c /etc/edge-agent/config.toml"
             fi
         fi
     fi

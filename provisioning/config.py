@@ -21,8 +21,26 @@ class ClaimSection(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0, le=600)
 
 
+class RenewalSection(BaseModel):
+    """When the agent renews its certificate by itself (through the claim section's broker)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    # Renew once this fraction of the certificate's lifetime has passed ...
+    at_fraction: float = Field(default=0.67, gt=0, lt=1)
+    # ... and raise an alarm once this fraction has passed without a renewal.
+    alarm_fraction: float = Field(default=0.9, gt=0, lt=1)
+    # Failed attempts (and first-boot enrolment) are retried with jittered backoff between these.
+    retry_min_s: float = Field(default=30.0, ge=0.1)
+    retry_max_s: float = Field(default=3600.0, ge=1)
+
+
 class IdentitySection(BaseModel):
-    """Identity directory (relative to gateway.state_dir), serial override, optional claim enrolment."""
+    """Identity directory (relative to gateway.state_dir), serial override, optional claim enrolment.
+
+    With `claim` and no device certificate yet, the agent enrols by itself at start (buffering
+    readings meanwhile); with `claim`, it also renews its certificate (`renewal`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -30,3 +48,4 @@ class IdentitySection(BaseModel):
     # None: the Pi's CPU serial (/proc/cpuinfo), else /etc/machine-id.
     serial: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{4,64}$")
     claim: ClaimSection | None = None
+    renewal: RenewalSection = RenewalSection()

@@ -17,6 +17,7 @@ and the service accepts a CSR only for that identity:
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import ssl
 import sys
 import threading
@@ -93,11 +94,14 @@ class EnrolmentService:
         topic_prefix: str = "enrol",
         allow: dict[str, str] | None = None,
         days: int = 365,
+        lifetime: dt.timedelta | None = None,
     ) -> None:
         self.ca = ca
         self.prefix = topic_prefix
         self.allow = allow
         self.days = days
+        # A lifetime shorter than a day (a test CA's short-lived certificates); `days` otherwise.
+        self.lifetime = lifetime
         self.counts = {"issued": 0, "refused": 0}
         self._client: paho.Client | None = None
         self._ready = threading.Event()
@@ -132,7 +136,7 @@ class EnrolmentService:
             raise ProvisioningError(
                 f"the CSR's serialNumber {serial!r} is not the one of {identity!r}'s certificate"
             )
-        return self.ca.sign_csr(csr_pem, days=self.days, expect_common_name=identity)
+        return self.ca.sign_csr(csr_pem, days=self.days, **self._window(), expect_common_name=identity)
 
     def _first_certificate(self, csr_pem: bytes, serial: str, common_name: str | None) -> bytes:
         if self.allow is None:
@@ -147,7 +151,16 @@ class EnrolmentService:
                 f"serial {serial!r} was already enrolled; re-enrol it offline (edge-agent ca sign)"
             )
         # sign_csr also refuses a gateway id that another device holds a valid certificate for.
-        return self.ca.sign_csr(csr_pem, days=self.days, expect_common_name=gateway)
+        return self.ca.sign_csr(csr_pem, days=self.days, **self._window(), expect_common_name=gateway)
+
+    def _window(self) -> dict[str, dt.datetime]:
+        """not_before/not_after for a `lifetime` (backdated by 5 % of it for clock skew, at most the
+        CA's usual 5 minutes); empty to let the CA use `days`."""
+        if self.lifetime is None:
+            return {}
+        now = dt.datetime.now(dt.UTC)
+        start = now - min(dt.timedelta(minutes=5), self.lifetime * 0.05)
+        return {"not_before": start, "not_after": now + self.lifetime}
 
     # ------------------------------------------------------------------ MQTT
 

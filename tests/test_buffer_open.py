@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,31 @@ def test_a_second_writer_on_the_same_file_is_refused(tmp_path: Path) -> None:
     with Outbox(path, max_bytes=BIG), pytest.raises(BufferError, match="in use"):
         Outbox(path, max_bytes=BIG)
     Outbox(path, max_bytes=BIG).close()  # free again once the first is closed
+
+
+def test_the_agent_refuses_an_outbox_from_a_newer_agent_and_keeps_it(tmp_path: Path) -> None:
+    # After a rollback the older agent meets the outbox its newer successor wrote: it must say so
+    # and leave the rows alone, not quarantine the file and start an empty outbox.
+    from tests.support.testing import write_agent_config
+    from water_edge.agent.config import load_config
+
+    config = write_agent_config(
+        tmp_path, devices=[{"name": "plc", "kind": "fake", "tags": [{"name": "flow"}]}]
+    )
+    path = load_config(config).buffer_path
+    path.parent.mkdir(parents=True)
+    with Outbox(path, max_bytes=BIG) as outbox:
+        outbox.append(one_batch())
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
+    done = subprocess.run(
+        [sys.executable, "-m", "water_edge.agent.cli", "run", "-c", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"schema version {SCHEMA_VERSION + 1} is newer than this agent supports" in done.stderr
+    assert "a newer agent wrote it" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert [p.name for p in path.parent.iterdir() if "quarantined" in p.name] == []
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -11,6 +12,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+from water_edge.agent import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -46,14 +49,28 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
     root = tmp_path / "root"
     first = install(root)
     assert first.returncode == 0, first.stderr + first.stdout
-    venv = root / "opt" / "edge-agent" / "venv"
+    opt = root / "opt" / "edge-agent"
+    venv = opt / "venv"
     assert (venv / "bin" / "edge-agent").is_file()
+    # The A/B layout signed updates switch (docs/updates.md): a release, `current` linking to it.
+    (first,) = (opt / "releases").iterdir()
+    assert os.readlink(opt / "current") == f"releases/{first.name}"
+    assert json.loads((first / "release.json").read_text())["version"] == __version__
+    assert os.readlink(venv) == "current"
+    assert not (opt / "previous").exists()
     config = root / "etc" / "edge-agent" / "config.toml"
     assert config.read_text() == (ROOT / "deploy" / "config.example.toml").read_text()
     unit = root / "etc" / "systemd" / "system" / "edge-agent.service"
     assert unit.read_text() == (ROOT / "deploy" / "edge-agent.service").read_text()
-    wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants" / "edge-agent.service"
-    assert wants.is_symlink()
+    wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants"
+    for enabled in ("edge-agent.service", "edge-agent-update.service", "edge-agent-update.path"):
+        assert (wants / enabled).is_symlink(), enabled
+        assert (root / "etc" / "systemd" / "system" / enabled).read_text() == (
+            ROOT / "deploy" / enabled
+        ).read_text()
+    keys = root / "etc" / "edge-agent" / "release-keys"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o640
+    assert all(line.startswith("#") for line in keys.read_text().splitlines())
     sysusers = (root / "usr" / "lib" / "sysusers.d" / "edge-agent.conf").read_text()
     assert "u edge-agent" in sysusers
     assert "m edge-agent dialout" in sysusers
@@ -85,6 +102,9 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
     assert again.returncode == 0, again.stderr
     assert config.read_text() == "# edited on site\n"
     assert "kept the existing" in again.stdout
+    # The second install is a new release; the first is kept as the one to roll back to.
+    assert os.readlink(opt / "previous") == f"releases/{first.name}"
+    assert os.readlink(opt / "current") != f"releases/{first.name}"
 
 
 def test_install_refuses_a_source_that_is_not_the_project(tmp_path: Path) -> None:

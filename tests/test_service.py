@@ -45,5 +45,33 @@ def test_the_unit_declares_what_the_runbook_promises() -> None:
     assert set(settings["SupplementaryGroups"][0].split()) == {"dialout", "audio"}
     assert settings["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert "@system-service" in settings["SystemCallFilter"]
+    # adjtimex reads the clock's synchronisation state; with no capabilities it can set nothing.
+    assert settings["SystemCallFilter"][-1] == "adjtimex"
+    assert "settimeofday" in settings["SystemCallFilter"][-2]
     assert settings["MemoryMax"]
     assert "edge-agent run -c /etc/edge-agent/config.toml" in settings["ExecStart"][0]
+
+
+def _settings(unit: Path) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def test_the_updater_units_take_their_trust_from_root_owned_places() -> None:
+    deploy = UNIT.parent
+    updater = _settings(deploy / "edge-agent-update.service")
+    assert updater["Type"] == ["oneshot"]
+    (command,) = updater["ExecStart"]
+    # The keys and the install root on the command line, never from the agent-writable config.
+    assert "--keys /etc/edge-agent/release-keys" in command
+    assert "--root /opt/edge-agent" in command
+    assert command.startswith("/opt/edge-agent/current/bin/edge-agent update run")
+    path = _settings(deploy / "edge-agent-update.path")
+    assert path["PathExists"] == ["/var/lib/edge-agent/update/request.json"]
+    assert path["Unit"] == ["edge-agent-update.service"]
+    # The agent itself runs whatever release `current` points at.
+    assert _settings(UNIT)["ExecStart"][0].startswith("/opt/edge-agent/current/bin/edge-agent run")

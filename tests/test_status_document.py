@@ -427,6 +427,9 @@ EXTRA_KEYS = {
             "BufferHealth",
             "UplinkHealth",
             "ProcessorStatus",
+            "UpdateHealth",
+            "ClockHealth",
+            "CertificateHealth",
         )
     },
 }

@@ -15,11 +15,13 @@ from water_edge.agent.config.schema import (
     SCHEMA_VERSION,
     AgentSection,
     BufferSection,
+    ClockSection,
     GatewaySection,
     LogSection,
     StatusSection,
 )
 from water_edge.agent.remote.config import SecuritySection
+from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
@@ -45,6 +47,8 @@ class Config:
     devices: tuple[DeviceConfig, ...]
     security: SecuritySection = field(default_factory=SecuritySection)
     writes: WritesSection = field(default_factory=WritesSection)
+    update: UpdateSection = field(default_factory=UpdateSection)
+    clock: ClockSection = field(default_factory=ClockSection)
     # `[[models.<kind>]]` tables by processor kind, each validated by that kind's config model;
     # only kinds with at least one table, in file order.
     models: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -216,6 +220,8 @@ def load_config(path: str | Path) -> Config:
         devices=tuple(devices),
         security=section.security,
         writes=section.writes,
+        update=section.update,
+        clock=section.clock,
         models=models,
     )
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from water_edge.agent.remote.config import SecuritySection
+from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.names import NAME_PATTERN
@@ -47,6 +48,16 @@ class BufferSection(_Section):
     max_pending_readings: int = Field(default=200_000, ge=1000)
 
 
+class ClockSection(_Section):
+    """`[clock]`: where the agent learns whether the clock is synchronised (see `core.timesync`)."""
+
+    # auto: the kernel (adjtimex), or systemd-timesyncd's flag file where adjtimex is refused;
+    # none: never mark readings (a gateway with a trusted RTC and no NTP).
+    sync_source: Literal["auto", "adjtimex", "timesyncd", "none"] = "auto"
+    sync_flag_file: Path = Path("/run/systemd/timesync/synchronized")
+    check_interval_s: float = Field(default=10.0, ge=0.1, le=3600)
+
+
 class StatusSection(_Section):
     # Unix socket that `edge-agent status` and `tail` talk to; relative to gateway.state_dir.
     socket: Path = Path("status.sock")
@@ -77,7 +88,9 @@ class AgentSection(_Section):
     buffer: BufferSection = BufferSection()
     status: StatusSection = StatusSection()
     log: LogSection = LogSection()
+    clock: ClockSection = ClockSection()
     security: SecuritySection = SecuritySection()
     writes: WritesSection = WritesSection()
+    update: UpdateSection = UpdateSection()
     models: ModelsSection = ModelsSection()
     devices: list[dict[str, Any]] = Field(default_factory=list)

@@ -22,6 +22,8 @@ CommandType = Literal[
     "machine_sound_calibration",
     "restart",
     "write",
+    "update",
+    "update_chunk",
 ]
 COMMAND_TYPES: tuple[str, ...] = CommandType.__args__  # type: ignore[attr-defined]
 # What a config_update may change beyond the ordinary settings, each only with its own right:

@@ -4,8 +4,9 @@ A key allowed `config_update` may change the ordinary settings (devices' polling
 models, buffer, log, ...). Three kinds of change each need their own right, listed per operator
 as `config_rights`:
 
-- `security`: `[security]` (operators, their rights, limits, identity, audit and nonce files) and
-  `gateway.state_dir` (moving it would start an empty nonce store and a new audit log);
+- `security`: `[security]` (operators, their rights, limits, identity, audit and nonce files),
+  `gateway.state_dir` (moving it would start an empty nonce store and a new audit log) and
+  `[update]` (which release keys the agent checks bundles with, where its releases live);
 - `writes`: `[writes]`, and any `[[devices]]` table a write rule names (pointing a device named in
   the allow-list at another PLC would redirect the allowed writes there);
 - `uplink`: where the data goes and as whom (`host`, `port`, `protocol`, `prefix`, `client_id`,
@@ -30,6 +31,8 @@ def changes_needing_rights(old: Any, new: Any) -> dict[str, list[str]]:
         needed["security"].append("[security]")
     if old.gateway.state_dir != new.gateway.state_dir:
         needed["security"].append("gateway.state_dir")
+    if old.update != new.update:
+        needed["security"].append("[update]")
     if old.writes != new.writes:
         needed["writes"].append("[writes]")
     written = {rule.device for rule in (*old.writes.allow, *new.writes.allow)}

@@ -10,6 +10,12 @@ model for the slot, a file the agent may not write) or `CommandFailedError`; wha
 disk is changed atomically (temp + fsync + rename) and only after validation, so a refused update
 leaves the old config or model in place.
 
+config_update applies what it can live: with `Targets.apply_config` (the running agent's
+`apply_config`, see `agent.live_config`) a change the running agent can take as it is (a device's
+poll rate) is applied without a restart, keeping the outbox open and the connection up; anything
+else restarts the agent, and the result says which (`applied`: "live" | "restart" | "unchanged",
+with the changes, or the sections that need the restart).
+
 config_update writes where the config file really is: `/etc/edge-agent/config.toml` is a symlink
 into `/etc/edge-agent/managed/`, the one directory under `/etc` the installed unit may write
 (`ReadWritePaths=`); the candidate and the `.prev` copy live beside the file, with its mode and group.
@@ -26,9 +32,9 @@ import os
 import re
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -43,6 +49,10 @@ from water_edge.core.errors import ConfigError
 from water_edge.core.processor import Calibratable, CalibrationFailedError, ModelSlotLike, SwapOutcome
 from water_edge.provisioning.files import atomic_write
 
+if TYPE_CHECKING:
+    from water_edge.agent.config import Config
+    from water_edge.agent.live_config import ConfigPlan
+
 log = structlog.get_logger(__name__)
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -54,6 +64,14 @@ class WriterLike(Protocol):
     async def write(
         self, device: str, table: str, address: int, value: Any, *, requested_by: str
     ) -> dict[str, Any]: ...
+
+
+class UpdateLike(Protocol):
+    """`agent.update.receive.UpdateReceiver`."""
+
+    async def update(self, env: Envelope) -> CommandResult: ...
+
+    async def chunk(self, env: Envelope) -> CommandResult: ...
 
 
 @dataclass
@@ -69,6 +87,10 @@ class Targets:
     writer: WriterLike | None = None
     # Operator name -> the config sections its config_update may change (`config_rights`).
     config_rights: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Stages release bundles for the updater (`agent.update.receive.UpdateReceiver`).
+    update: UpdateLike | None = None
+    # Applies a new config live when nothing in it needs a restart (`agent.runtime.Agent.apply_config`).
+    apply_config: Callable[[Config], ConfigPlan] | None = None
 
 
 def _need(value: Any, what: str) -> Any:
@@ -135,6 +157,14 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
             raise CommandRefusedError("write_refused", str(exc)) from None
         return CommandResult("ok", detail=outcome)
 
+    async def update(env: Envelope) -> CommandResult:
+        receiver: UpdateLike = _need(targets.update, "self-update")
+        return await receiver.update(env)
+
+    async def update_chunk(env: Envelope) -> CommandResult:
+        receiver: UpdateLike = _need(targets.update, "self-update")
+        return await receiver.chunk(env)
+
     # Every calibration command type the gateway knows gets a handler, offered or not: without
     # its processor configured it fails as "not available" rather than being refused.
     calibrations = {c for c in COMMAND_TYPES if c.endswith("_calibration")} | set(targets.calibrations)
@@ -145,16 +175,29 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
         "model_update": model_update,
         **{command: calibration(command) for command in sorted(calibrations)},
         "write": write,
+        "update": update,
+        "update_chunk": update_chunk,
     }
 
 
 async def _config_update(env: Envelope, config_path: Path, targets: Targets) -> CommandResult:
     text = _arg(env, "config", str)
     granted = targets.config_rights.get(env.key_id, frozenset())
-    live, digest = await asyncio.to_thread(_replace_config, config_path, text.encode(), env.key_id, granted)
+    live, digest, new = await asyncio.to_thread(
+        _replace_config, config_path, text.encode(), env.key_id, granted
+    )
     log.info("command.config_updated", path=str(live), sha256=digest)
-    result = CommandResult("ok", detail={"sha256": digest, "restarting": targets.request_restart is not None})
-    if targets.request_restart is not None and env.args.get("restart", True) is not False:
+    detail: dict[str, Any] = {"sha256": digest}
+    if targets.apply_config is not None:
+        plan = targets.apply_config(new)
+        if not plan.needs_restart:
+            detail |= {"applied": "unchanged" if plan.unchanged else "live", "changes": list(plan.live)}
+            return CommandResult("ok", detail={**detail, "restarting": False})
+        detail |= {"applied": "restart", "restart_needed_by": list(plan.restart)}
+    restarting = targets.request_restart is not None and env.args.get("restart", True) is not False
+    result = CommandResult("ok", detail={**detail, "restarting": restarting})
+    if restarting:
+        assert targets.request_restart is not None
         request = targets.request_restart
 
         async def later() -> None:
@@ -164,9 +207,11 @@ async def _config_update(env: Envelope, config_path: Path, targets: Targets) -> 
     return result
 
 
-def _replace_config(config_path: Path, data: bytes, key_id: str, granted: frozenset[str]) -> tuple[Path, str]:
+def _replace_config(
+    config_path: Path, data: bytes, key_id: str, granted: frozenset[str]
+) -> tuple[Path, str, Config]:
     """Validate `data` as the new config and swap it in (blocking: run in a thread); the file
-    written and the sha256 of its content."""
+    written, the sha256 of its content and the new config as loaded."""
     from water_edge.agent.config import load_config
 
     live = config_path.resolve()  # the managed file behind /etc/edge-agent/config.toml
@@ -199,7 +244,7 @@ def _replace_config(config_path: Path, data: bytes, key_id: str, granted: frozen
         os.replace(candidate, live)
     finally:
         candidate.unlink(missing_ok=True)
-    return live, hashlib.sha256(data).hexdigest()
+    return live, hashlib.sha256(data).hexdigest(), replace(new, source=config_path)
 
 
 def _keep_group(new: Path, old: Path) -> None:

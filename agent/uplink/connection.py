@@ -7,8 +7,16 @@ How paho is driven
     disconnect) runs on the loop thread and reaches the uplink's listener without locks or
     `call_soon_threadsafe` hops per message, and backoff/reconnect stays entirely the uplink's
     instead of fighting `loop_start()`'s built-in reconnect. The one blocking call,
-    `Client.connect()` (DNS, TCP connect, TLS handshake; bounded by `connect_timeout_s`), runs in
+    `Client.connect()` (TCP connect, TLS handshake; bounded by `connect_timeout_s`), runs in
     `asyncio.to_thread` before any socket callback is installed.
+
+Bounded name resolution
+    `socket.create_connection` inside paho resolves the broker's name with a blocking
+    `getaddrinfo` that `connect_timeout_s` does not bound: a hung resolver (a dead DNS server on
+    an LTE link) would stall the uplink for as long as libc retries. So the name is resolved first,
+    on a small resolver pool of its own (a hung lookup can never starve the default executor that
+    the outbox commits on), under `connect_timeout_s`; paho then connects to the addresses found,
+    while the hostname stays what TLS sends as SNI and verifies the certificate against.
 
 One client per connection
     A fresh `PahoTransport` (and paho `Client`) per connect: nothing paho holds in memory outlives
@@ -30,8 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -40,6 +50,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from water_edge.agent.uplink.transport import (
+    CertificateTimeError,
     ConnectError,
     ConnectOptions,
     PublishError,
@@ -50,6 +61,26 @@ from water_edge.agent.uplink.transport import (
 from water_edge.core.errors import UplinkError
 
 _RECV_CHUNK = 64 * 1024
+# OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: judged by our clock.
+_TIME_CODES = frozenset((9, 10))
+# Two lookups at a time: one may hang on a dead resolver while the next attempt still gets a thread.
+_RESOLVER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqtt-dns")
+
+Address = tuple[int, tuple[Any, ...]]  # (address family, sockaddr)
+
+
+async def resolve(host: str, port: int, timeout_s: float) -> list[Address]:
+    """The TCP addresses of `host`, looked up within `timeout_s`; `ConnectError` saying why not."""
+    loop = asyncio.get_running_loop()
+    lookup = loop.run_in_executor(_RESOLVER, socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+    try:
+        async with asyncio.timeout(timeout_s):
+            infos = await lookup
+    except TimeoutError:
+        raise ConnectError(f"name resolution of {host} timed out after {timeout_s:g} s") from None
+    except OSError as exc:  # socket.gaierror: no such name, no resolver
+        raise ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from exc
+    return [(family, sockaddr) for family, _type, _proto, _name, sockaddr in infos]
 
 
 class PacketTooLargeError(ConnectionAbortedError):
@@ -61,6 +92,24 @@ class _BoundedClient(paho.Client):
 
     max_packet = 64 * 1024
     refused: str | None = None  # why the last oversized packet was refused
+    addresses: tuple[Address, ...] = ()  # resolved beforehand (`resolve`); the hostname stays for TLS
+
+    def _create_socket_connection(self) -> socket.socket:
+        """Connect to the addresses resolved beforehand, in order, instead of resolving again."""
+        if not self.addresses:
+            return super()._create_socket_connection()
+        last: OSError | None = None
+        for family, sockaddr in self.addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(self._connect_timeout)
+            try:
+                sock.connect(sockaddr)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            return sock
+        raise last or OSError("no address to connect to")
 
     def _sock_recv(self, bufsize: int) -> bytes:
         packet = self._in_packet
@@ -78,6 +127,8 @@ def _connect_errors() -> Iterator[None]:
     try:
         yield
     except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code in _TIME_CODES:
+            raise CertificateTimeError(exc.verify_message or str(exc)) from exc
         raise TlsError(exc.verify_message or str(exc)) from exc
     except ssl.SSLError as exc:
         raise TlsError(exc.reason or str(exc)) from exc
@@ -137,6 +188,7 @@ class PahoTransport:
         if options.protocol == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # unannotated in paho
             props.MaximumPacketSize = options.max_packet_size
+        client.addresses = tuple(await resolve(options.host, options.port, options.connect_timeout_s))
         with _connect_errors():
             await asyncio.to_thread(
                 client.connect, options.host, options.port, options.keepalive_s, properties=props

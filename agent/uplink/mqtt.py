@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import structlog
@@ -69,6 +70,7 @@ from water_edge.agent.uplink.session import Session
 from water_edge.agent.uplink.state import ConnectionState, ConnState, StateHook
 from water_edge.agent.uplink.topics import Topics
 from water_edge.agent.uplink.transport import (
+    CertificateTimeError,
     ConnectError,
     ConnectOptions,
     PublishProperties,
@@ -112,12 +114,14 @@ class MqttUplink:
         on_command: CommandHandler | None = None,
         beat_s: float = 1.0,
         transport: TransportFactory = PahoTransport,
+        clock_synchronised: Callable[[], bool | None] | None = None,
     ) -> None:
         self._cfg = config
         self.topics = Topics(config.prefix, site, gateway)
         encoder = encoder or JsonEncoder(self.topics, compression=config.compression)
         self._client_id = config.effective_client_id(site, gateway)
         self._new_transport = transport
+        self._clock_synchronised = clock_synchronised
         self._servers = Rotation(config.server_list())
         self._state = ConnectionState(on_state_change)
         self._metrics = UplinkMetrics()
@@ -281,7 +285,7 @@ class MqttUplink:
         try:
             await transport.open(options, session)
         except TlsError as exc:
-            self._fail(ConnState.TLS_ERROR, str(exc))
+            self._fail(ConnState.TLS_ERROR, self._tls_reason(exc))
             return None
         except ConnectError as exc:
             self._fail(ConnState.OFFLINE, str(exc))
@@ -344,6 +348,19 @@ class MqttUplink:
         await self._drain.flush_acks(session)
         self._drop_connection()
         log.info("uplink.stopped", acked=self._metrics.acked, unacked=len(session.inflight))
+
+    def _tls_reason(self, exc: TlsError) -> str:
+        """The TLS error, and when the certificate's dates are the problem, what the clock says."""
+        if not isinstance(exc, CertificateTimeError):
+            return str(exc)
+        now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        synced = None if self._clock_synchronised is None else self._clock_synchronised()
+        if synced is False:
+            return (
+                f"{exc}: the gateway's clock is not synchronised (it reads {now}); the certificate "
+                "will be accepted once NTP has set the time"
+            )
+        return f"{exc} (by the gateway's clock, which reads {now})"
 
     def _drop_connection(self) -> None:
         if self._session is not None:

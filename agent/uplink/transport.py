@@ -30,6 +30,10 @@ class TlsError(TransportError):
     """The TLS files cannot be loaded or the handshake failed (certificate, hostname, protocol)."""
 
 
+class CertificateTimeError(TlsError):
+    """The broker's certificate is not yet valid or has expired, by this gateway's clock."""
+
+
 class ConnectError(TransportError):
     """Name resolution, TCP connect or sending CONNECT failed."""
 

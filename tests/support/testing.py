@@ -220,6 +220,7 @@ def agent_config(
     models: Section = None,
     security: Section = None,
     writes: Section = None,
+    clock: Mapping[str, Any] | None = None,
     extra: str = "",
 ) -> str:
     """The text of a valid agent config whose state lives in `state_dir`.
@@ -229,8 +230,10 @@ def agent_config(
     (the defaults reconnect fast and flush every 100 ms, so tests see data quickly).
     `devices`: a fragment with `[[devices]]` headers, or a list of device tables. `models`: a
     fragment with `[[models.<kind>]]` headers, or `{kind: [table, ...]}`. `security`/`writes`: a
-    fragment with its headers, or the table as a dict. `extra`: any further tables, as TOML text
-    with their own headers (e.g. `[log]`).
+    fragment with its headers, or the table as a dict. `clock`: the `[clock]` table; by default
+    `sync_source = "none"`, because the machines the suite runs on may have a kernel clock that no
+    time daemon disciplines, and only the clock tests are about that. `extra`: any further tables,
+    as TOML text with their own headers (e.g. `[log]`).
     """
     port = free_port(broker_host) if broker_port is None else broker_port
     broker: dict[str, Any] = {"host": broker_host, "port": port}
@@ -246,6 +249,7 @@ def agent_config(
         },
         "buffer": {"flush_interval_ms": 100, **(buffer or {})},
         "status": {"socket": status_socket or status_socket_for(state_dir)},
+        "clock": {"sync_source": "none"} if clock is None else clock,
     }
     parts = ["schema_version = 1", *("\n".join(_toml_table(n, t)) for n, t in tables.items())]
     sections = {"security": security, "writes": writes, "models": models, "devices": devices}

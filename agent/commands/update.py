@@ -1,0 +1,212 @@
+"""`edge-agent update status|apply|rollback|run`: the gateway's releases and its self-update, on site.
+
+    edge-agent update status                   releases, the last update and how it ended
+    edge-agent update apply /media/usb/x.tar   check a bundle's signature, hand it to the updater
+    edge-agent update rollback                 back to the previous release, now
+    edge-agent update run                      the updater itself (edge-agent-update.service runs it)
+
+`apply` and `rollback` write a request that edge-agent-update.service (started by its path unit)
+carries out; `--now` carries it out in this process instead (no systemd, or to watch it happen).
+Run them as root: the install root and the restart are root's. See docs/updates.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml")
+
+
+def register(subparsers: Any) -> None:
+    update = subparsers.add_parser("update", help="self-update: releases, apply a bundle, roll back")
+    sub = update.add_subparsers(dest="update_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})"
+        )
+
+    def updater_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--root", type=Path, help="install root (default: [update] root)")
+        p.add_argument("--keys", type=Path, help="trusted release keys (default: [update] release_keys)")
+        p.add_argument(
+            "--restart-command",
+            help="how to restart the agent (default: systemctl restart --no-block edge-agent.service)",
+        )
+        p.add_argument("--python", help="interpreter new releases are built with (default: this one's base)")
+        p.add_argument("--health-window", type=float, help="seconds (default: [update] health_window_s)")
+
+    p = sub.add_parser("status", help="releases on this gateway and the last update")
+    common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("apply", help="apply a release bundle from a file (a USB stick)")
+    common(p)
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--now", action="store_true", help="run the updater here instead of through its service")
+    p.add_argument("--wait", action="store_true", help="follow the update until it ends")
+    updater_options(p)
+    p.set_defaults(func=_apply)
+
+    p = sub.add_parser("rollback", help="switch back to the previous release and restart")
+    common(p)
+    p.add_argument("--now", action="store_true", help="run the updater here instead of through its service")
+    updater_options(p)
+    p.set_defaults(func=_rollback)
+
+    p = sub.add_parser("run", help="carry out a pending request or resume a trial (the updater service)")
+    common(p)
+    updater_options(p)
+    p.set_defaults(func=_run)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from water_edge.agent.config import load_config
+
+    return load_config(args.config)
+
+
+def _files(config: Any) -> Any:
+    from water_edge.agent.update.state import UpdateFiles
+
+    return UpdateFiles(config.gateway.state_dir)
+
+
+def _updater(args: argparse.Namespace, config: Any) -> Any:
+    from water_edge.agent.update.layout import Layout
+    from water_edge.agent.update.service import CommandService
+    from water_edge.agent.update.updater import Updater
+
+    return Updater(
+        layout=Layout(args.root or config.update.root),
+        files=_files(config),
+        keys_file=args.keys or config.update.release_keys,
+        config_path=Path(args.config),
+        status_socket=config.status_socket,
+        service=CommandService.parse(args.restart_command),
+        audit_path=config.gateway.state_dir / config.security.audit_log,
+        python=args.python,
+        health_window_s=args.health_window or config.update.health_window_s,
+    )
+
+
+def _run_locked(args: argparse.Namespace, config: Any) -> int:
+    from water_edge.agent.update.layout import Layout, locked
+
+    try:
+        with locked(Layout(args.root or config.update.root).lock_path()):
+            state = _updater(args, config).run()
+    except RuntimeError as exc:
+        sys.stderr.write(f"edge-agent update: {exc}\n")
+        return EXIT_FAILED
+    print(_describe(state))
+    # A rollback asked for by hand ends in `rolled_back` when it worked.
+    done = ("idle", "committed", "rolled_back") if state.action == "rollback" else ("idle", "committed")
+    return EXIT_OK if state.phase in done else EXIT_FAILED
+
+
+def _describe(state: Any) -> str:
+    if state.phase == "idle":
+        return "no update pending"
+    target = f" {state.to_version}" if state.to_version else ""
+    reason = f": {state.reason}" if state.reason else ""
+    return f"update{target}: {state.phase.replace('_', ' ')}{reason}"
+
+
+def _status(args: argparse.Namespace) -> int:
+    import orjson
+
+    from water_edge.agent import __version__
+    from water_edge.agent.update.layout import Layout
+    from water_edge.agent.update.report import update_health
+    from water_edge.core.health import health_json
+
+    config = _config(args)
+    root = config.update.root
+    health = update_health(
+        __version__, _files(config), Layout(root) if (root / "current").is_symlink() else None
+    )
+    if args.json:
+        sys.stdout.write(orjson.dumps(health_json(health), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
+    state = _files(config).read_state()
+    print(f"current  {health.current_release or '(not installed in ' + str(root) + ')'}")
+    print(f"previous {health.previous_release or '-'}")
+    print(_describe(state))
+    for line in state.log[-8:]:
+        print(f"  {line}")
+    return EXIT_OK
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from water_edge.agent.remote.result import CommandRefusedError
+    from water_edge.agent.update.bundle import sha256_file
+    from water_edge.agent.update.receive import UpdateReceiver
+
+    config = _config(args)
+    receiver = UpdateReceiver(config.update, _files(config))
+    if not args.bundle.is_file():
+        sys.stderr.write(f"edge-agent update: no bundle at {args.bundle}\n")
+        return EXIT_USAGE
+    sha = sha256_file(args.bundle)
+    staged = receiver.spool(args.bundle, sha)
+    try:
+        manifest = receiver.check(staged)
+    except CommandRefusedError as exc:
+        sys.stderr.write(f"edge-agent update: refused: {exc.reason}\n")
+        return EXIT_FAILED
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
+    receiver.request(
+        staged, sha, f"edge-agent update apply by {user} ({args.bundle.name})", args.health_window
+    )
+    print(f"{args.bundle.name}: version {manifest.version}, signed by {manifest.key_id}; requested")
+    if args.now:
+        return _run_locked(args, config)
+    return _follow(config, sha) if args.wait else EXIT_OK
+
+
+def _follow(config: Any, update_id: str) -> int:
+    files = _files(config)
+    seen = 0
+    while True:
+        state = files.read_state()
+        if state.id == update_id:
+            for line in state.log[seen:]:
+                print(f"  {line}")
+            seen = len(state.log)
+            if state.phase in ("committed", "rolled_back", "failed"):
+                print(_describe(state))
+                return EXIT_OK if state.phase == "committed" else EXIT_FAILED
+        time.sleep(1.0)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from water_edge.agent.update.state import write_json
+    from water_edge.core.reading import now_ns
+
+    config = _config(args)
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
+    write_json(
+        _files(config).request,
+        {
+            "action": "rollback",
+            "requested_by": f"edge-agent update rollback by {user}",
+            "requested_ns": now_ns(),
+        },
+        mode=0o640,
+    )
+    if args.now:
+        return _run_locked(args, config)
+    print("rollback requested; follow it with: edge-agent update status")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    return _run_locked(args, _config(args))

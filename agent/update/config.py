@@ -1,0 +1,26 @@
+"""The `[update]` config section: where releases live, which keys sign them, how long a trial lasts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from water_edge.core.sizes import ByteSize
+
+
+class UpdateSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The A/B install root (deploy/install.sh); the agent reads it to report its releases.
+    root: Path = Path("/opt/edge-agent")
+    # `NAME BASE64-KEY` lines; root-owned, outside what the agent may write. The updater, which runs
+    # as root, takes its own copy of this path from its command line, never from this file.
+    release_keys: Path = Path("/etc/edge-agent/release-keys")
+    # A new release is kept only if it passes the health check within this time.
+    health_window_s: float = Field(default=300.0, ge=5, le=3600)
+    # Largest bundle the agent downloads or assembles from chunks.
+    max_bundle_bytes: ByteSize = Field(default=512 * 2**20, ge=2**20, le=4 * 2**30)
+    download_timeout_s: float = Field(default=600.0, gt=0, le=7200)
+    # CA bundle for https downloads (default: the system's).
+    ca_file: Path | None = None

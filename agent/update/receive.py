@@ -1,0 +1,198 @@
+"""The agent's side of an update: get the bundle (a URL, chunks over MQTT, a file on the gateway),
+check its signature, spool it and ask the updater (which runs as its own service) to apply it.
+
+The agent never installs anything itself: it runs unprivileged and may not write the install root.
+Its signature check here only answers the command early and clearly; the updater checks again on
+its own copy. Commands:
+
+    update_chunk {"transfer": "<sha256 of the bundle>", "index": i, "count": n, "data": "<base64>"}
+    update       {"transfer": "<sha256>"}                        (the chunks sent before)
+    update       {"url": "https://...", "sha256": "<hex>"}      (downloaded by the agent)
+                 optional "health_window_s"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import re
+import shutil
+import ssl
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from water_edge.agent.remote.result import CommandFailedError, CommandRefusedError, CommandResult
+from water_edge.agent.update.bundle import BundleError, Manifest, load_release_keys, read_manifest
+from water_edge.agent.update.config import UpdateSection
+from water_edge.agent.update.state import UpdateFiles, write_json
+from water_edge.core.envelope import Envelope
+from water_edge.core.reading import now_ns
+
+log = structlog.get_logger(__name__)
+
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+MAX_CHUNKS = 100_000
+
+
+class UpdateReceiver:
+    def __init__(self, config: UpdateSection, files: UpdateFiles) -> None:
+        self.config = config
+        self.files = files
+
+    # ------------------------------------------------------------------ commands
+
+    async def chunk(self, env: Envelope) -> CommandResult:
+        sha = _sha(env.args.get("transfer"), "transfer")
+        index, count, data = env.args.get("index"), env.args.get("count"), env.args.get("data")
+        if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count <= MAX_CHUNKS):
+            raise CommandFailedError("index and count must be integers with 0 <= index < count")
+        if not isinstance(data, str):
+            raise CommandFailedError("argument 'data' missing or not base64 text")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise CommandFailedError("argument 'data' is not base64") from None
+        folder = self.files.chunks / sha
+        held = sum(p.stat().st_size for p in folder.glob("*.part")) if folder.is_dir() else 0
+        if held + len(raw) > self.config.max_bundle_bytes:
+            raise CommandRefusedError(
+                "too_large", f"transfer over [update] max_bundle_bytes ({self.config.max_bundle_bytes})"
+            )
+        await asyncio.to_thread(_write, folder / f"{index:06d}.part", raw)
+        (folder / "count").write_text(str(count))
+        received = len(list(folder.glob("*.part")))
+        return CommandResult("ok", detail={"transfer": sha, "received": received, "of": count})
+
+    async def update(self, env: Envelope) -> CommandResult:
+        window = env.args.get("health_window_s")
+        if window is not None and not (isinstance(window, int | float) and 5 <= window <= 3600):
+            raise CommandFailedError("health_window_s must be a number of seconds, 5-3600")
+        if "transfer" in env.args:
+            sha = _sha(env.args.get("transfer"), "transfer")
+            bundle = await asyncio.to_thread(self._assemble, sha)
+        elif "url" in env.args:
+            sha = _sha(env.args.get("sha256"), "sha256")
+            bundle = await asyncio.to_thread(self._download, str(env.args["url"]), sha)
+        else:
+            raise CommandFailedError("give 'transfer' (chunks sent before) or 'url' and 'sha256'")
+        manifest = await asyncio.to_thread(self.check, bundle)
+        self.request(bundle, sha, f"command {env.id} from {env.key_id}", window)
+        return CommandResult(
+            "ok", detail={"staged": sha, "version": manifest.version, "key_id": manifest.key_id}
+        )
+
+    # ------------------------------------------------------------------ shared with `edge-agent update apply`
+
+    def check(self, bundle: Path) -> Manifest:
+        """The bundle's manifest if a trusted release key signed it; CommandRefusedError otherwise."""
+        try:
+            return read_manifest(bundle, load_release_keys(self.config.release_keys))
+        except BundleError as exc:
+            bundle.unlink(missing_ok=True)
+            raise CommandRefusedError("bad_release", str(exc)) from None
+
+    def spool(self, source: Path, sha: str) -> Path:
+        """Copy a bundle (from a USB stick, say) into the spool under its sha256."""
+        target = self.files.spool / f"{sha}.tar"
+        self.files.spool.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".part")
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+        return target
+
+    def request(self, bundle: Path, sha: str, requested_by: str, window: float | None = None) -> None:
+        doc: dict[str, Any] = {
+            "action": "apply",
+            "bundle": str(bundle),
+            "sha256": sha,
+            "requested_by": requested_by,
+            "requested_ns": now_ns(),
+        }
+        if window is not None:
+            doc["health_window_s"] = float(window)
+        write_json(self.files.request, doc, mode=0o640)
+        log.info("update.requested", sha256=sha[:16], by=requested_by)
+
+    # ------------------------------------------------------------------ getting the bytes (threads)
+
+    def _assemble(self, sha: str) -> Path:
+        folder = self.files.chunks / sha
+        try:
+            count = int((folder / "count").read_text())
+        except (OSError, ValueError):
+            raise CommandFailedError(f"no chunks of transfer {sha[:16]} received") from None
+        missing = [i for i in range(count) if not (folder / f"{i:06d}.part").exists()]
+        if missing:
+            raise CommandFailedError(
+                f"transfer {sha[:16]}: {len(missing)} of {count} chunks missing (first: {missing[0]})",
+                {"missing": missing[:100]},
+            )
+        self.files.spool.mkdir(parents=True, exist_ok=True)
+        target = self.files.spool / f"{sha}.tar"
+        digest = hashlib.sha256()
+        with (target.with_suffix(".part")).open("wb") as out:
+            for i in range(count):
+                data = (folder / f"{i:06d}.part").read_bytes()
+                digest.update(data)
+                out.write(data)
+        if digest.hexdigest() != sha:
+            target.with_suffix(".part").unlink()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise CommandFailedError(f"the chunks of transfer {sha[:16]} do not hash to it; send them again")
+        target.with_suffix(".part").replace(target)
+        shutil.rmtree(folder, ignore_errors=True)
+        return target
+
+    def _download(self, url: str, sha: str) -> Path:
+        if not url.startswith(("https://", "http://")):
+            raise CommandRefusedError("bad_url", "only http:// and https:// URLs are fetched")
+        context = None
+        if url.startswith("https://"):
+            ca = self.config.ca_file
+            context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        self.files.spool.mkdir(parents=True, exist_ok=True)
+        target = self.files.spool / f"{sha}.tar"
+        part = target.with_suffix(".part")
+        digest, size, limit = hashlib.sha256(), 0, self.config.max_bundle_bytes
+        try:
+            with (
+                urllib.request.urlopen(url, timeout=self.config.download_timeout_s, context=context) as resp,  # noqa: S310 - scheme checked above
+                part.open("wb") as out,
+            ):
+                while block := resp.read(1 << 20):
+                    size += len(block)
+                    if size > limit:
+                        raise CommandRefusedError(
+                            "too_large", f"bundle over [update] max_bundle_bytes ({limit})"
+                        )
+                    digest.update(block)
+                    out.write(block)
+        except OSError as exc:  # URLError, HTTPError, timeouts, TLS
+            part.unlink(missing_ok=True)
+            raise CommandFailedError(f"download failed: {getattr(exc, 'reason', exc)}") from None
+        except CommandRefusedError:
+            part.unlink(missing_ok=True)
+            raise
+        if digest.hexdigest() != sha:
+            part.unlink()
+            raise CommandFailedError("the downloaded bundle does not have the sha256 the command names")
+        part.replace(target)
+        return target
+
+
+def _sha(value: object, name: str) -> str:
+    if not isinstance(value, str) or not _SHA.match(value):
+        raise CommandFailedError(f"argument {name!r} must be a sha256 in lower-case hex")
+    return value
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -1,0 +1,314 @@
+"""The updater: takes a request, installs the release beside the running one, switches, judges, and
+keeps it or rolls back. Runs as its own process (edge-agent-update.service, started by a path unit
+when the agent writes a request; `edge-agent update run`), from the release that is current when it
+starts, so switching `current` never changes the code doing the switching.
+
+    take request -> copy bundle out of the agent's reach -> verify signature and hashes
+    -> build releases/<version>-<id> (venv + exactly the listed wheels) -> its check-config on the
+    live config -> note what works now (baseline) -> switch current (atomic) -> restart the agent
+    -> judge its status within the health window -> committed, or switch back, restart, rolled back
+
+Every step goes to state.json (for `edge-agent update status` and the agent's `update` events) and
+the outcome to the security audit log. A power cut during a trial leaves state.json in `trial`;
+the updater service runs again at boot and judges the release afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from water_edge.agent.remote.audit import AuditLog
+from water_edge.agent.status import AgentNotRunningError, request_status
+from water_edge.agent.update import judge
+from water_edge.agent.update.bundle import (
+    BundleError,
+    Manifest,
+    extract_wheels,
+    load_release_keys,
+    read_manifest,
+    sha256_file,
+)
+from water_edge.agent.update.layout import Layout
+from water_edge.agent.update.service import CommandService
+from water_edge.agent.update.state import TERMINAL, UpdateFiles, UpdateState
+
+log = structlog.get_logger(__name__)
+
+PIP_TIMEOUT_S = 1800
+
+
+class UpdateFailedError(Exception):
+    """The update stopped before the switch; nothing changed for the running agent."""
+
+
+class Updater:
+    def __init__(
+        self,
+        *,
+        layout: Layout,
+        files: UpdateFiles,
+        keys_file: Path,
+        config_path: Path,
+        status_socket: Path,
+        service: CommandService,
+        audit_path: Path | None,
+        python: str | None = None,
+        health_window_s: float = 300.0,
+        poll_s: float = 1.0,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.layout = layout
+        self.files = files
+        self.keys_file = keys_file
+        self.config_path = config_path
+        self.status_socket = status_socket
+        self.service = service
+        self.audit_path = audit_path
+        # The base interpreter new virtualenvs are made with (the venv module needs a real one).
+        self.python: str = python or str(getattr(sys, "_base_executable", sys.executable))
+        self.health_window_s = health_window_s
+        self.poll_s = poll_s
+        self._now = clock_ns
+        self.state = files.read_state()
+
+    # ------------------------------------------------------------------ entry point
+
+    def run(self) -> UpdateState:
+        """Resume an interrupted trial, else carry out the pending request (if any)."""
+        if self.state.phase == "trial":
+            self._note("resumed after an interruption: judging the release again")
+            self._judge_and_finish(self.state.health_window_s)
+            return self.state
+        if self.state.phase not in TERMINAL:
+            self._finish("failed", f"interrupted while {self.state.phase}; nothing was switched")
+        request = self.files.take_request()
+        if request is None:
+            return self.state
+        if request.get("action") == "rollback":
+            self.rollback(str(request.get("requested_by", "")))
+        else:
+            self.apply(request)
+        return self.state
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, request: dict[str, Any]) -> None:
+        sha = str(request.get("sha256", ""))
+        window = float(request.get("health_window_s") or self.health_window_s)
+        self.state = UpdateState(
+            id=sha,
+            phase="verifying",
+            requested_by=str(request.get("requested_by", ""))[:200],
+            started_ns=self._now(),
+            health_window_s=window,
+        )
+        current = self.layout.release(self.layout.current)
+        self.state.from_release = current.name if current else None
+        self.state.from_version = current.version if current else None
+        self._note(f"requested by {self.state.requested_by or 'someone on the gateway'}")
+        try:
+            manifest, wheels = self._verify(request)
+            self.state.to_version = manifest.version
+            self.state.phase = "installing"
+            self._note(f"verified {manifest.version}, signed by {manifest.key_id}")
+            target = self._install(manifest, wheels, sha)
+        except (UpdateFailedError, BundleError) as exc:
+            self._finish("failed", str(exc))
+            return
+        baseline = self._status()
+        self.state.to_release = target.name
+        self.state.phase = "trial"
+        self.state.trial_deadline_ns = self._now() + int(window * 1e9)
+        self.state.baseline = judge.Baseline.from_status(baseline).to_json()
+        self.layout.switch(target)
+        self._note(f"switched current to {target.name}; restarting the agent")
+        self._audit("switched", to=manifest.version, release=target.name)
+        self._restart()
+        self._judge_and_finish(window)
+
+    def _verify(self, request: dict[str, Any]) -> tuple[Manifest, list[Path]]:
+        source = Path(str(request.get("bundle", "")))
+        spool = self.files.spool.resolve()
+        if source.resolve().parent != spool:
+            raise UpdateFailedError(f"bundle {str(source)[:120]!r} is not in {spool}")
+        self.layout.staging.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.layout.staging, 0o700)
+        work = self.layout.staging / (self.state.id[:16] or "bundle")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        copy = work / "bundle.tar"
+        try:
+            shutil.copyfile(source, copy)  # out of the agent's reach before anything is read from it
+        except OSError as exc:
+            raise UpdateFailedError(f"cannot read the bundle {source}: {exc.strerror}") from None
+        if self.state.id and sha256_file(copy) != self.state.id:
+            raise UpdateFailedError("the bundle's sha256 is not the one requested")
+        keys = load_release_keys(self.keys_file)
+        manifest = read_manifest(copy, keys)
+        self._check_fit(manifest)
+        carried = set(extract_wheels(copy, manifest, work / "wheels"))
+        paths: list[Path] = []
+        for wheel in manifest.wheels:
+            if wheel.file in carried:
+                paths.append(work / "wheels" / wheel.file)
+                continue
+            cached = self.layout.cached_wheel(wheel.file)
+            if cached is None or sha256_file(cached) != wheel.sha256:
+                raise UpdateFailedError(
+                    f"{wheel.file} is neither in the bundle nor in this gateway's wheel cache "
+                    f"({self.layout.wheels}); send a full bundle"
+                )
+            paths.append(cached)
+        return manifest, paths
+
+    def _check_fit(self, manifest: Manifest) -> None:
+        here = ".".join(platform.python_version_tuple()[:2])
+        if manifest.python != here:
+            raise UpdateFailedError(
+                f"the release is built for Python {manifest.python}, this gateway runs {here}"
+            )
+        try:
+            schema = tomllib.loads(self.config_path.read_text(encoding="utf-8")).get("schema_version")
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UpdateFailedError(f"cannot read the config {self.config_path}: {exc}") from None
+        if (
+            not isinstance(schema, int)
+            or not manifest.config_schema_min <= schema <= manifest.config_schema_max
+        ):
+            raise UpdateFailedError(
+                f"the release reads config schema {manifest.config_schema_min}-{manifest.config_schema_max}, "
+                f"{self.config_path} is schema {schema}: update the config first"
+            )
+        if self.state.from_version == manifest.version:
+            raise UpdateFailedError(f"version {manifest.version} is already running")
+
+    def _install(self, manifest: Manifest, wheels: list[Path], sha: str) -> Path:
+        target = self.layout.releases / f"{manifest.version}-{sha[:8] or 'local'}"
+        current = self.layout.release(self.layout.current)
+        if current is not None and current.path.resolve() == target.resolve():
+            raise UpdateFailedError(f"{target.name} is already current")
+        if not self.layout.complete(target):
+            shutil.rmtree(target, ignore_errors=True)
+            self.layout.releases.mkdir(parents=True, exist_ok=True)
+            self._run([self.python, "-m", "venv", str(target)], "creating the virtualenv")
+            self._run(
+                [str(target / "bin" / "python"), "-m", "pip", "install", "--no-index", "--no-deps",
+                 "--disable-pip-version-check", "--quiet", *map(str, wheels)],
+                "installing the wheels",
+            )  # fmt: skip
+            self._note(f"installed {len(wheels)} wheels into {target.name}")
+        self._run(
+            [str(target / "bin" / "edge-agent"), "check-config", "-c", str(self.config_path)],
+            "the new release's check-config on the live config",
+        )
+        for wheel in wheels:
+            self.layout.cache_wheel(wheel)
+        self.layout.write_info(
+            target, {"version": manifest.version, "bundle_sha256": sha, "key_id": manifest.key_id,
+                     "outbox_schema": manifest.outbox_schema, "installed_ns": self._now()},
+        )  # fmt: skip
+        return target
+
+    def _run(self, argv: list[str], what: str) -> None:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+            raise UpdateFailedError(f"{what} failed: {' / '.join(tail)[-600:]}")
+
+    # ------------------------------------------------------------------ judging
+
+    def _judge_and_finish(self, window_s: float) -> None:
+        version = self.state.to_version or ""
+        baseline = judge.Baseline.from_json(self.state.baseline)
+        deadline = time.monotonic() + window_s
+        last_write = 0.0
+        problems = ["not judged yet"]
+        while time.monotonic() < deadline:
+            problems = judge.problems(self._status(), version, baseline)
+            if not problems:
+                self._finish("committed", None)
+                self.layout.prune({self.layout.current.resolve(), self.layout.previous.resolve()})
+                return
+            if time.monotonic() - last_write > 5:
+                self.state.reason = "; ".join(problems)
+                self.files.write_state(self.state)
+                last_write = time.monotonic()
+            time.sleep(self.poll_s)
+        reason = f"health check failed within {window_s:g} s: {'; '.join(problems)}"
+        self._note(reason)
+        back = self.layout.swap_back()
+        if back is None:
+            self._finish("failed", reason + "; no previous release to roll back to")
+            return
+        self._note(f"rolled back to {back.name}; restarting the agent")
+        self._restart()
+        self._finish("rolled_back", reason)
+
+    def rollback(self, requested_by: str) -> None:
+        """A rollback asked for by hand: previous becomes current, no health window."""
+        current = self.layout.release(self.layout.current)
+        self.state = UpdateState(
+            id=f"rollback-{self._now()}", phase="verifying", action="rollback", requested_by=requested_by,
+            from_release=current.name if current else None, from_version=current.version if current else None,
+            started_ns=self._now(),
+        )  # fmt: skip
+        back = self.layout.swap_back()
+        if back is None:
+            self._finish("failed", "no previous release to roll back to")
+            return
+        self.state.to_release, self.state.to_version = back.name, back.version
+        self._restart()
+        self._finish("rolled_back", f"rolled back by hand ({requested_by or 'on the gateway'})")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _status(self) -> dict[str, Any] | None:
+        try:
+            return request_status(self.status_socket, timeout=2.0)
+        except (AgentNotRunningError, OSError, ValueError):
+            return None
+
+    def _restart(self) -> None:
+        error = self.service.restart()
+        if error:
+            self._note(f"restart command: {error}")
+
+    def _note(self, line: str) -> None:
+        log.info("update.step", id=self.state.id[:16], line=line)
+        self.state.log = [*self.state.log[-30:], line]
+        self.files.write_state(self.state)
+
+    def _finish(self, phase: str, reason: str | None) -> None:
+        self.state.phase = phase  # type: ignore[assignment]  # one of the terminal phases
+        self.state.reason = reason
+        self.state.finished_ns = self._now()
+        self._note(f"{phase}" + (f": {reason}" if reason else ""))
+        self._audit(phase, reason=reason, to=self.state.to_version, **{"from": self.state.from_version})
+
+    def _audit(self, outcome: str, **fields: Any) -> None:
+        if self.audit_path is None:
+            return
+        created = not self.audit_path.exists()
+        audit = AuditLog(self.audit_path, max_bytes=2**40)
+        try:
+            audit.record("update", outcome, id=self.state.id[:64], by=self.state.requested_by, **fields)
+        finally:
+            audit.close()
+        if created:
+            # The agent opens this log too: it must stay the agent's file, not root's.
+            owner = self.audit_path.parent.stat()
+            try:
+                os.chown(self.audit_path, owner.st_uid, owner.st_gid)
+            except PermissionError:
+                log.warning("update.audit_owner_kept", path=str(self.audit_path))

@@ -1,0 +1,224 @@
+"""Real releases of the agent for the self-update tests, and a stand-in for systemd.
+
+- `dependency_wheelhouse(into)`: the agent's runtime dependencies as wheels, repacked from the
+  distributions installed in the running venv (the files each one's RECORD lists, with a fresh
+  RECORD). Offline, and the same bytes the tests run on; a real release machine downloads them for
+  the gateway's platform instead (docs/updates.md).
+- `agent_wheel(into, version, break_it=...)`: a real second build of the agent: the tree copied,
+  its version bumped (and, for the broken build, its start made to fail), `pip wheel`.
+- `ServiceManager`: what systemd does for the agent on a gateway, for a test without systemd:
+  runs `<root>/current/bin/edge-agent run` (resolving the link at every start, like ExecStart),
+  restarts it when it exits (Restart=) or when the restart command touches its trigger file
+  (`systemctl restart`), and starts `edge-agent update run` when the agent writes an update
+  request (edge-agent-update.path).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import importlib.metadata as md
+import io
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = "water-edge-agent"
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_closure(name: str = AGENT, extras: tuple[str, ...] = ("serial",)) -> list[md.Distribution]:
+    """The installed distributions `name` needs at run time (its requirements, recursively)."""
+    seen: dict[str, md.Distribution] = {}
+    todo: list[tuple[str, tuple[str, ...]]] = [(name, extras)]
+    while todo:
+        dist_name, dist_extras = todo.pop()
+        if _key(dist_name) in seen:
+            continue
+        try:
+            dist = md.distribution(dist_name)
+        except md.PackageNotFoundError:
+            continue
+        seen[_key(dist_name)] = dist
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is not None and not any(
+                req.marker.evaluate({"extra": e}) for e in ("", *dist_extras)
+            ):
+                continue
+            todo.append((req.name, tuple(req.extras)))
+    return [d for k, d in seen.items() if k != _key(name)]
+
+
+def _wheel_tag(dist: md.Distribution) -> str:
+    text = dist.read_text("WHEEL") or ""
+    tags = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Tag:")]
+    if not tags:
+        raise ValueError(f"{dist.metadata['Name']} has no WHEEL tag (not installed from a wheel)")
+    py, abi, plat = zip(*(t.split("-") for t in tags), strict=True)
+    return "-".join(".".join(dict.fromkeys(part)) for part in (py, abi, plat))
+
+
+def repack(dist: md.Distribution, into: Path) -> Path:
+    """A wheel of an installed distribution: the files its RECORD lists inside site-packages."""
+    name = re.sub(r"[-_.]+", "_", dist.metadata["Name"])
+    wheel = into / f"{name}-{dist.version}-{_wheel_tag(dist)}.whl"
+    base = Path(str(dist.locate_file("")))
+    record: list[tuple[str, str, str]] = []
+    info_dir = None
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED) as zf:
+        for entry in dist.files or []:
+            rel = str(entry)
+            if rel.startswith("..") or "__pycache__" in rel or rel.endswith(".pyc"):
+                continue
+            if rel.endswith((".dist-info/RECORD", ".dist-info/INSTALLER", ".dist-info/REQUESTED")):
+                info_dir = rel.rsplit("/", 1)[0]
+                continue
+            if rel.endswith(".dist-info/direct_url.json"):
+                continue
+            data = (base / rel).read_bytes()
+            zf.writestr(rel, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append((rel, f"sha256={digest}", str(len(data))))
+        if info_dir is None:
+            raise ValueError(f"{dist.metadata['Name']}: no RECORD")
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerows([*record, (f"{info_dir}/RECORD", "", "")])
+        zf.writestr(f"{info_dir}/RECORD", out.getvalue())
+    return wheel
+
+
+def dependency_wheelhouse(into: Path) -> list[Path]:
+    into.mkdir(parents=True, exist_ok=True)
+    return [repack(dist, into) for dist in runtime_closure()]
+
+
+def agent_wheel(into: Path, version: str, *, break_it: bool = False) -> Path:
+    """A real build of the agent at `version` (from a copy of this tree); `break_it`: it cannot start."""
+    source = into / f"src-{version}"
+    shutil.copytree(
+        ROOT,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", "bench"
+        ),
+    )
+    init = source / "agent" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = ".*"', f'__version__ = "{version}"', init.read_text()))
+    if break_it:
+        runtime = source / "agent" / "runtime.py"
+        text = runtime.read_text()
+        marker = "async def run_agent(config: Config) -> int:\n"
+        runtime.write_text(
+            text.replace(marker, marker + '    raise RuntimeError("deliberately broken build")\n', 1)
+        )
+    out = into / f"wheel-{version}"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    shutil.rmtree(source)
+    (wheel,) = out.glob("water_edge_agent-*.whl")
+    return wheel
+
+
+class ServiceManager:
+    """systemd's part for the agent and its updater, in a thread (see the module docstring)."""
+
+    def __init__(self, root: Path, config: Path, state_dir: Path, updater_args: list[str], log: Path) -> None:
+        self.root, self.config, self.log = root, config, log
+        self.request = state_dir / "update" / "request.json"
+        self.trigger = root.parent / "restart-requested"
+        self.restart_command = f"touch {self.trigger}"
+        self.updater_args = updater_args
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts: list[str] = []  # the release each start ran
+        self.updater_runs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="fake-systemd", daemon=True)
+        self._updater: threading.Thread | None = None
+
+    def start(self) -> ServiceManager:
+        self._thread.start()
+        return self
+
+    def _spawn(self) -> None:
+        exe = self.root / "current" / "bin" / "edge-agent"
+        self.starts.append((self.root / "current").resolve().name)
+        with self.log.open("ab") as out:
+            out.write(f"--- start {self.starts[-1]}\n".encode())
+            self.process = subprocess.Popen([str(exe), "run", "-c", str(self.config)], stdout=out, stderr=out)
+
+    def _terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def _run_updater(self) -> None:
+        exe = self.root / "current" / "bin" / "edge-agent"
+        with self.log.open("ab") as out:
+            out.write(b"--- updater\n")
+            argv = [str(exe), "update", "run", "-c", str(self.config), *self.updater_args]
+            argv += ["--restart-command", self.restart_command]
+            subprocess.run(argv, stdout=out, stderr=out, check=False, timeout=600)
+
+    def _loop(self) -> None:
+        self._spawn()
+        while not self._stop.is_set():
+            if self.trigger.exists():
+                self.trigger.unlink()
+                self._terminate()
+                self._spawn()
+            elif self.process is not None and self.process.poll() is not None:
+                time.sleep(0.5)  # RestartSec
+                self._spawn()
+            if self.request.exists() and (self._updater is None or not self._updater.is_alive()):
+                self.updater_runs += 1
+                self._updater = threading.Thread(target=self._run_updater, name="fake-updater", daemon=True)
+                self._updater.start()
+                time.sleep(0.5)  # the updater takes the request first thing
+            self._stop.wait(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._terminate()
+        if self._updater is not None:
+            self._updater.join(60)
+
+    def wait_updater(self, condition: Callable[[], bool], timeout: float) -> None:
+        from tests.support.testing import wait_until
+
+        wait_until(condition, timeout, every_s=0.2, what=lambda: self.log.read_text(errors="replace")[-3000:])

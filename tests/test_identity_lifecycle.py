@@ -1,0 +1,116 @@
+"""The certificate's life without a site visit, against the reference enrolment service and the
+shipped Mosquitto config: a gateway with only a claim certificate enrols by itself at first boot
+(buffering readings until it can send them, none lost), renews its short-lived certificate before
+it expires and uses the new one on its next connection without a restart, and raises an alarm when
+renewals fail and the certificate runs out."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from tests.support.agent_proc import running_agent
+from tests.support.pki import Pki
+from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, write_agent_config
+from water_edge.provisioning.enrol_service import EnrolmentService
+
+SERIAL = "SER-FIRST-BOOT-1"
+LIFETIME_S = 12
+
+
+def _events(sub: Any, kind: str) -> list[dict[str, Any]]:
+    topic = f"water/{AGENT_SITE}/{AGENT_GATEWAY}/events"
+    return [e for m in sub.snapshot() if m.topic == topic for e in m.json()["events"] if e["kind"] == kind]
+
+
+async def test_first_boot_enrolment_renewal_and_the_expiry_alarm(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    claim_cert, claim_key = pki.client("claim")
+    svc_cert, svc_key = pki.client("enrolment-service")
+    service = EnrolmentService(
+        pki.ca, allow={SERIAL: AGENT_GATEWAY}, lifetime=dt.timedelta(seconds=LIFETIME_S)
+    )
+    identity = tmp_path / "state" / "identity" / "current"
+    # Persistence and a persistent session: the centre misses nothing while the broker restarts.
+    with pki.broker(persistence=True) as broker:
+        config = write_agent_config(
+            tmp_path,
+            broker_port=broker.port,
+            devices=[{"name": "plc", "kind": "fake", "poll_interval_ms": 100, "tags": [{"name": "flow"}]}],
+            uplink={
+                "tls": {
+                    "ca_file": str(identity / "ca.pem"),
+                    "cert_file": str(identity / "cert.pem"),
+                    "key_file": str(identity / "key.pem"),
+                }
+            },
+            security={
+                "identity": {
+                    "serial": SERIAL,
+                    "claim": {
+                        "cert_file": str(claim_cert), "key_file": str(claim_key), "ca_file": str(pki.ca_file),
+                        "host": broker.host, "port": broker.port, "timeout_s": 3,
+                    },
+                    "renewal": {
+                        "at_fraction": 0.4, "alarm_fraction": 0.7, "retry_min_s": 0.5, "retry_max_s": 1,
+                    },
+                }
+            },
+        )  # fmt: skip
+        topic = f"water/{AGENT_SITE}/{AGENT_GATEWAY}/#"
+        with pki.subscriber(broker, topic, session="centre-test") as sub, running_agent(config) as agent:
+            # First boot, the enrolment service not up yet: the agent keeps trying and buffers.
+            status = await asyncio.to_thread(
+                agent.wait_status,
+                lambda s: (
+                    s["certificate"]["failed_attempts"] >= 1 and s["pipeline"]["committed_readings"] >= 10
+                ),
+            )
+            assert status["certificate"]["state"] == "enrolling"
+            assert status["uplink"]["state"] == "idle"
+            service.start(broker.host, broker.port, cert=svc_cert, key=svc_key, ca_file=pki.ca_file)
+            try:
+                assert service.wait_ready()
+                status = await asyncio.to_thread(
+                    agent.wait_status, lambda s: s["uplink"]["state"] == "online", 30
+                )
+                first = status["certificate"]
+                assert first["state"] in ("valid", "renewing")
+                assert f"CN={AGENT_GATEWAY}" in first["subject"]
+                # Renewed before it expires (at 40 % of its 12 s) ...
+                status = await asyncio.to_thread(
+                    agent.wait_status, lambda s: s["certificate"]["renewals"] >= 1, 30
+                )
+                assert status["certificate"]["not_after_ns"] > first["not_after_ns"]
+                # ... so once the first one has expired, a new connection still works: the broker
+                # drops everyone, the agent reconnects with the certificate it has now.
+                await asyncio.sleep(
+                    max(0.0, (first["not_after_ns"] / 1e9) - dt.datetime.now(dt.UTC).timestamp())
+                )  # stimulus: wait out the first certificate
+                broker.stop()
+                broker.start()
+                before = status["uplink"]["reconnects"]
+                status = await asyncio.to_thread(
+                    agent.wait_status,
+                    lambda s: s["uplink"]["state"] == "online" and s["uplink"]["reconnects"] > before,
+                    30,
+                )
+                assert status["agent"]["pid"] == agent.process.pid  # no restart
+            finally:
+                service.stop()
+            # No enrolment service any more: renewals fail, and the certificate runs out.
+            status = await asyncio.to_thread(
+                agent.wait_status, lambda s: s["certificate"]["state"] in ("expiring", "expired"), 30
+            )
+            assert any("device certificate" in a for a in status["alarms"])
+            await asyncio.to_thread(sub.wait_until, lambda _m: bool(_events(sub, "certificate_expiring")), 15)
+            assert _events(sub, "certificate_enrolled")
+            assert _events(sub, "certificate_renewed")
+            agent.stop()
+
+    # Nothing committed was lost between the first reading and the enrolment: seqs 1..n, no gap.
+    seqs = sorted({m.json()["seq"] for m in sub.snapshot() if m.topic.endswith("/plc")})
+    assert seqs[0] == 1
+    assert seqs == list(range(1, seqs[-1] + 1))

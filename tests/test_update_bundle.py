@@ -1,0 +1,169 @@
+"""What a gateway trusts in a release bundle: a manifest signed by a release key it lists, and only
+the wheels that manifest names with their sha256. A bundle from an unknown key, a manifest changed
+after signing, or a wheel swapped inside is refused with a message saying which; `edge-agent update
+apply` (the USB stick path) refuses it before asking the updater for anything. `edge-agent update
+rollback` switches to the previous release and back, by hand."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests.support.testing import write_agent_config
+from water_edge.agent.cli import main
+from water_edge.agent.remote.audit import read_audit
+from water_edge.agent.update.bundle import (
+    BundleError,
+    build_bundle,
+    extract_wheels,
+    load_release_keys,
+    public_key_text,
+    read_manifest,
+)
+from water_edge.agent.update.state import UpdateFiles
+
+
+def _wheels(folder: Path) -> list[Path]:
+    folder.mkdir()
+    agent = folder / "water_edge_agent-0.2.0-py3-none-any.whl"
+    agent.write_bytes(b"the agent's wheel" * 100)
+    dep = folder / "orjson-3.10.0-cp311-cp311-linux_aarch64.whl"
+    dep.write_bytes(b"a dependency" * 100)
+    return [agent, dep]
+
+
+def _bundle(tmp: Path, key: Ed25519PrivateKey, key_id: str = "rel-2026") -> Path:
+    out = tmp / "agent-0.2.0.tar"
+    build_bundle(
+        _wheels(tmp / "w"), [], key, key_id, out, python="3.11", config_schema=(1, 1), outbox_schema=1
+    )
+    return out
+
+
+def _rewrite(bundle: Path, name: str, content: bytes) -> None:
+    """Replace one member of the (uncompressed) bundle, keeping the rest byte for byte."""
+    with tarfile.open(bundle) as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else b"") for m in tar]  # type: ignore[union-attr]
+    with tarfile.open(bundle, "w:", format=tarfile.PAX_FORMAT) as tar:
+        for member, data in members:
+            body = content if member.name == name else data
+            member.size = len(body)
+            tar.addfile(member, io.BytesIO(body))
+
+
+def _keys(tmp: Path, *keys: tuple[str, Ed25519PrivateKey]) -> Path:
+    path = tmp / "release-keys"
+    path.write_text("# trusted\n" + "".join(f"{n} {public_key_text(k)}\n" for n, k in keys))
+    return path
+
+
+def test_a_bundle_is_trusted_only_as_signed(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    bundle = _bundle(tmp_path, key)
+    keys = load_release_keys(_keys(tmp_path, ("rel-2026", key)))
+    manifest = read_manifest(bundle, keys)
+    assert manifest.version == "0.2.0"
+    assert {w.file for w in manifest.wheels} == {p.name for p in (tmp_path / "w").iterdir()}
+    assert sorted(extract_wheels(bundle, manifest, tmp_path / "out")) == sorted(
+        w.file for w in manifest.wheels
+    )
+
+    other = load_release_keys(_keys(tmp_path, ("rel-other", Ed25519PrivateKey.generate())))
+    with pytest.raises(BundleError, match="'rel-2026', which this gateway does not trust"):
+        read_manifest(bundle, other)
+    # The same key id with another key: the signature does not verify.
+    impostor = load_release_keys(_keys(tmp_path, ("rel-2026", Ed25519PrivateKey.generate())))
+    with pytest.raises(BundleError, match="does not verify with release key 'rel-2026'"):
+        read_manifest(bundle, impostor)
+
+
+def test_a_changed_manifest_or_a_swapped_wheel_is_refused(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    keys = load_release_keys(_keys(tmp_path, ("rel-2026", key)))
+    bundle = _bundle(tmp_path, key)
+    manifest = read_manifest(bundle, keys)
+    with tarfile.open(bundle) as tar:
+        text = tar.extractfile("manifest.json").read()  # type: ignore[union-attr]
+    tampered = tmp_path / "tampered.tar"
+    tampered.write_bytes(bundle.read_bytes())
+    _rewrite(tampered, "manifest.json", text.replace(b'"0.2.0"', b'"9.9.9"'))
+    with pytest.raises(BundleError, match="does not verify"):
+        read_manifest(tampered, keys)
+
+    swapped = tmp_path / "swapped.tar"
+    swapped.write_bytes(bundle.read_bytes())
+    name = "wheels/water_edge_agent-0.2.0-py3-none-any.whl"
+    _rewrite(swapped, name, b"something else!!" * 106 + b"x" * 4)  # same size, other bytes
+    assert read_manifest(swapped, keys) == manifest  # the manifest is intact ...
+    with pytest.raises(BundleError, match="sha256 does not match the signed manifest"):
+        extract_wheels(swapped, manifest, tmp_path / "out2")  # ... the wheel is not
+    assert not (tmp_path / "out2" / name.split("/")[1]).exists()
+
+
+def test_update_apply_refuses_an_untrusted_bundle_and_requests_a_trusted_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trusted = Ed25519PrivateKey.generate()
+    keys = _keys(tmp_path, ("rel-2026", trusted))
+    config = write_agent_config(
+        tmp_path, extra=f'[update]\nrelease_keys = "{keys}"\nroot = "{tmp_path / "opt"}"\n'
+    )
+    files = UpdateFiles(tmp_path / "state")
+    untrusted_dir = tmp_path / "untrusted"
+    untrusted_dir.mkdir()
+    untrusted = _bundle(untrusted_dir, Ed25519PrivateKey.generate())
+    assert main(["update", "apply", str(untrusted), "-c", str(config)]) != 0
+    assert "refused" in capsys.readouterr().err
+    assert not files.request.exists()
+
+    good = _bundle(tmp_path, trusted)
+    assert main(["update", "apply", str(good), "-c", str(config)]) == 0
+    assert "version 0.2.0, signed by rel-2026; requested" in capsys.readouterr().out
+    assert files.request.exists()  # what edge-agent-update.path starts the updater on
+
+    assert main(["update", "status", "-c", str(config)]) == 0
+    assert "not installed in" in capsys.readouterr().out  # no A/B layout in this temp dir
+
+
+def _release(root: Path, name: str, version: str) -> Path:
+    path = root / "releases" / name
+    path.mkdir(parents=True)
+    (path / "release.json").write_text(f'{{"version": "{version}"}}')
+    return path
+
+
+def test_a_technician_rolls_back_by_hand_and_forward_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "opt"
+    _release(root, "0.1.0-aaaa", "0.1.0")
+    _release(root, "0.2.0-bbbb", "0.2.0")
+    (root / "current").symlink_to("releases/0.2.0-bbbb")
+    (root / "previous").symlink_to("releases/0.1.0-aaaa")
+    config = write_agent_config(tmp_path, extra=f'[update]\nroot = "{root}"\n')
+    restarts = tmp_path / "restarts"
+    args = ["-c", str(config), "--now", "--restart-command", f"sh -c 'echo x >> {restarts}'"]
+
+    assert main(["update", "rollback", *args]) == 0
+    assert (root / "current").resolve().name == "0.1.0-aaaa"
+    assert (root / "previous").resolve().name == "0.2.0-bbbb"  # the way forward again
+    assert restarts.read_text().count("x") == 1
+    assert "rolled back" in capsys.readouterr().out
+    assert main(["update", "status", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "current  0.1.0-aaaa" in out
+    assert "previous 0.2.0-bbbb" in out
+
+    assert main(["update", "rollback", *args]) == 0
+    assert (root / "current").resolve().name == "0.2.0-bbbb"
+    outcomes = [(a["action"], a["outcome"]) for a in read_audit(tmp_path / "state" / "audit.log")]
+    assert outcomes.count(("update", "rolled_back")) == 2
+
+    (root / "previous").unlink()
+    assert main(["update", "rollback", *args]) != 0
+    assert "no previous release" in capsys.readouterr().out
+    assert (root / "current").resolve().name == "0.2.0-bbbb"
