@@ -52,6 +52,8 @@ class DetectionSection(_Section):
     k_sigma: float = Field(default=3.0, ge=1, le=10)
     min_bands: int = Field(default=2, ge=1, le=20)
     spread_tol_db: float = Field(default=3.0, ge=0, le=40)
+    # A check with more bands wandering than this (rain, works in the street) is not judged at all.
+    max_unsteady_bands: int = Field(default=4, ge=0, le=20)
     tonal_tol_db: float = Field(default=3.0, ge=0, le=40)
     clf_logit_rise: float = Field(default=1.5, ge=0, le=24)
     clear_nights: int = Field(default=2, ge=1, le=30)
