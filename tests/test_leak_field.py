@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -348,6 +349,9 @@ def test_a_disturbed_check_is_not_judged_and_does_not_count_towards_clearing() -
     assert not rain.positive
     assert not rain.quiet
     assert rain.evidence()["unsteady_bands"] == NB
+    # From an 8 s check (`score leak` on a file) the percentiles cannot tell: it is judged.
+    short = judge(dataclasses.replace(_check("n", up, lower=8.0), seconds=8), base)
+    assert short.judged
     pos, quiet = judge(_check("n", up), base), judge(_check("n", base.level), base)
     c = Confirmation(clear_nights=2)
     assert c.update("2025-03-01", pos) == "warning"

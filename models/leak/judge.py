@@ -2,9 +2,10 @@
 
 `judge(check, baseline, params)` compares one check with the baseline.
 
-A check in which more than `max_unsteady_bands` of the 20 bands wander (`levels.unsteady_bands`:
-rain, a storm, works in the street) is **disturbed**: not a quiet window, so it is not judged at
-all (neither positive nor quiet; confirmation and clearing wait for a judged check). Otherwise,
+A check (of at least `MIN_SECONDS_DISTURBED`) in which more than `max_unsteady_bands` of the 20
+bands wander (`levels.unsteady_bands`: rain, a storm, works in the street) is **disturbed**: not a
+quiet window, so it is not judged at all (neither positive nor quiet; confirmation and clearing
+wait for a judged check). Otherwise,
 per band (only the leak bands of the pipe material when it is known, else all 20):
 
 - `rise_db`: quiet level (10th percentile of one-second levels) minus the baseline's;
@@ -45,6 +46,10 @@ from water_edge.models.leak.levels import steady, unsteady_bands
 
 FloatArray = npt.NDArray[np.float64]
 CENTRES = np.array(features.band_centres_hz())
+# A check shorter than this is always judged: from a handful of one-second levels the 10th and 50th
+# percentiles are too uncertain to call a check disturbed (of 8 values the 10th percentile is about
+# the lowest), and `score leak` cuts files into 8 s checks. Gateway checks are 30 min long.
+MIN_SECONDS_DISTURBED = 30
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     if check.tonal is not None:
         tonal_ok = check.tonal <= baseline.tonal + p.tonal_tol_db
     unsteady = unsteady_bands(check.p10, check.p50, p.spread_tol_db)
-    judged = unsteady <= p.max_unsteady_bands
+    judged = unsteady <= p.max_unsteady_bands or check.seconds < MIN_SECONDS_DISTURBED
     risen_mask = mask & is_steady & tonal_ok & (ratio >= 1.0) & judged
     half_mask = mask & (ratio >= 0.5)
     clf_rise = (
