@@ -99,6 +99,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = _load(args.config)
     except ConfigError as exc:
         return _config_errors(exc)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     tags = sum(len(getattr(d, "tags", ())) for d in config.devices)
     print(
         f"{config.source}: OK ({len(config.devices)} devices, {tags} tags, "
@@ -119,6 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from water_edge.agent.secrets import config_secrets
 
     logs.configure(config.log.level, config.log.json_lines, secrets=config_secrets(config))
+    if config.warnings:
+        import structlog
+
+        for warning in config.warnings:
+            structlog.get_logger(__name__).warning("config.warning", detail=warning)
     try:
         return asyncio.run(run_agent(config))
     except AgentError as exc:

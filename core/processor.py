@@ -11,6 +11,7 @@ Optional capabilities, each a `runtime_checkable` protocol:
 - `HasModelSlot` (processor): a model that `model_update` commands swap while it runs;
 - `Calibratable` (processor or factory): a signed calibration command it carries out;
 - `ChecksSections` (factory): config checks across its tables or against the devices;
+- `WarnsSections` (factory): what is valid but deserves a warning (a deprecated key);
 - `WindowSource` (driver, re-exported by `drivers.base`): audio analysis windows, defined here
   because a processor that consumes them may not import `drivers`.
 """
@@ -107,6 +108,17 @@ class ChecksSections(Protocol):
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
         """Problems with `sections`; `devices` maps every configured device name to its kind."""
+        ...
+
+
+@runtime_checkable
+class WarnsSections(Protocol):
+    """A factory capability: what is accepted but deserves a warning (a deprecated key, and what
+    replaced it); the config loader collects them, `check-config` prints them, the agent logs them."""
+
+    @classmethod
+    def section_warnings(cls, sections: Sequence[Any]) -> list[ConfigProblem]:
+        """Warnings about valid `sections` (`where` continues after `models.<kind>`)."""
         ...
 
 

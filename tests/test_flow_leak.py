@@ -154,3 +154,26 @@ def test_config_names_the_time_zone_and_refuses_a_tag_both_in_and_out() -> None:
         FlowLeakSection(name="d", inflow=["a"], timezone="Mars/Base")
     with pytest.raises(ValidationError, match="both inflow and outflow: a"):
         FlowLeakSection(name="d", inflow=["a"], outflow=["a"])
+
+
+@pytest.mark.parametrize("scale", [0.2, 1.0, 20.0])
+def test_a_rise_of_a_share_of_the_night_flow_is_found_alike_in_small_and_big_districts(scale: float) -> None:
+    # The detector works on log flow with the district's own noise: 20 m3/h or 2000, same answer.
+    values = [v * scale for v in _series(60, {30: 8.0})]
+    det = StepDetector(StepParams(baseline_nights=14))
+    events = [r for i, v in enumerate(values) if (r := det.update(START + timedelta(days=i), v)).event]
+    assert [e.onset for e in events] == [START + timedelta(days=30)]
+    assert events[0].added == pytest.approx(8.0 * scale, rel=0.25)
+
+
+def test_a_state_saved_by_the_previous_detector_keeps_its_baseline() -> None:
+    old = {"learning": [], "baseline": 100.0, "sigma": 2.0, "weekend_offset": 5.0, "s_up": 1.0,
+           "s_down": 0.0, "onset": None, "since_onset": [], "rises": 2}  # fmt: skip
+    det = StepDetector.from_dict(old, StepParams(baseline_nights=14))
+    assert det.state == "armed"
+    assert det.baseline == pytest.approx(100.0)
+    assert det.rises == 2
+    weekday = date(2024, 3, 4)  # a Monday night: no weekend offset
+    assert det.update(weekday, 101.0).baseline == pytest.approx(100.0, abs=0.2)
+    again = StepDetector.from_dict(det.to_dict(), StepParams(baseline_nights=14))
+    assert again.baseline == pytest.approx(det.baseline)

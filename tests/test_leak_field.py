@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -301,3 +302,63 @@ async def test_the_signed_leak_calibration_command_reaches_the_leak_factory(tmp_
     assert result.detail["nights"] == 3
     with pytest.raises(CommandFailedError, match="argument 'sensor' missing"):
         await handlers["leak_calibration"](envelope({"pump": "x"}))
+
+
+def _metal_baseline() -> tuple[Baseline, np.ndarray]:
+    """A metal pipe's quiet nights: night demand lifts its flow-noise bands 12-16 together by
+    0-6 dB from night to night, as flow noise does; everything else holds still."""
+    rng = np.random.default_rng(3)
+    level = -60.0 + np.linspace(10, -10, NB)
+    pattern = np.zeros(NB)
+    pattern[12:17] = 1.0
+    checks = [
+        _check(f"2025-01-{i + 1:02d}", level + a * pattern + rng.normal(0, 0.3, NB))
+        for i, a in enumerate(rng.uniform(0, 6, 10))
+    ]
+    return Baseline.learn(checks, sensor="hyd.M", material="ductile_iron"), pattern
+
+
+def test_a_weak_leak_in_a_metal_pipe_shows_where_its_own_flow_noise_patterns_cannot_explain_it() -> None:
+    base, pattern = _metal_baseline()
+    assert base.nuisance is not None  # learned from the steady baseline checks
+    leak = base.level.copy()
+    leak[[13, 14]] += 4.0  # within the bands' night-to-night swing: no level or shape rise alone
+    j = judge(_check("2025-02-01", leak), base)
+    assert j.positive
+    assert [b["band_hz"] for b in j.risen] == [float(CENTRES[13]), float(CENTRES[14])]
+    assert all(b["residual_db"] >= 2.0 for b in j.risen)
+    # Without the nuisance model the same check is not positive: the residual is what found it.
+    plain = Baseline.from_dict({**base.to_dict(), "nuisance": None})
+    assert plain.nuisance is None
+    assert not judge(_check("2025-02-01", leak), plain).positive
+    # A night of more flow, as loud as the loudest baseline night: explained, not a leak.
+    flow = base.level + 5.0 * pattern
+    assert not judge(_check("2025-02-01", flow), base).positive
+    # The nuisance model survives the baseline file.
+    again = Baseline.from_dict(json.loads(json.dumps(base.to_dict())))
+    assert again.nuisance is not None
+    assert np.allclose(again.nuisance.residual(leak), base.nuisance.residual(leak), atol=0.01)
+
+
+def test_a_disturbed_check_is_not_judged_and_does_not_count_towards_clearing() -> None:
+    base = _baseline()
+    up = base.level.copy()
+    up[[8, 9]] += 8.0
+    rain = judge(_check("n", up, lower=8.0), base)  # every band wanders: rain, works in the street
+    assert not rain.judged
+    assert not rain.positive
+    assert not rain.quiet
+    assert rain.evidence()["unsteady_bands"] == NB
+    # From an 8 s check (`score leak` on a file) the percentiles cannot tell: it is judged.
+    short = judge(dataclasses.replace(_check("n", up, lower=8.0), seconds=8), base)
+    assert short.judged
+    pos, quiet = judge(_check("n", up), base), judge(_check("n", base.level), base)
+    c = Confirmation(clear_nights=2)
+    assert c.update("2025-03-01", pos) == "warning"
+    assert c.update("2025-03-02", pos) == "leak"
+    for night in ("2025-03-03", "2025-03-04", "2025-03-05"):
+        assert c.update(night, rain) is None  # rainy nights say nothing either way
+    assert c.state == "leak"
+    assert c.update("2025-03-06", quiet) is None
+    assert c.update("2025-03-07", quiet) is None
+    assert c.update("2025-03-08", quiet) == "cleared"  # two judged quiet nights

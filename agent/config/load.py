@@ -25,7 +25,7 @@ from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
-from water_edge.core.processor import ChecksSections
+from water_edge.core.processor import ChecksSections, WarnsSections
 from water_edge.core.reading import EVENTS_STREAM
 from water_edge.core.redact import is_secret_key
 from water_edge.core.secrets import SecretRef
@@ -52,6 +52,9 @@ class Config:
     # `[[models.<kind>]]` tables by processor kind, each validated by that kind's config model;
     # only kinds with at least one table, in file order.
     models: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    # Accepted but worth saying (a deprecated key): "file: key: what to do", for check-config and
+    # the agent's log.
+    warnings: tuple[str, ...] = ()
 
     @property
     def buffer_path(self) -> Path:
@@ -138,10 +141,15 @@ def _validate_device(
 
 
 def _validate_models(
-    source: Path, raw_models: object, devices: Mapping[str, str], problems: list[str]
+    source: Path,
+    raw_models: object,
+    devices: Mapping[str, str],
+    problems: list[str],
+    warnings: list[str] | None = None,
 ) -> dict[str, tuple[Any, ...]]:
     """Each `[[models.<kind>]]` list by the config model of the processor kind that its key names,
-    then by the kind's own checks across its tables (`ChecksSections`) when every table is valid."""
+    then by the kind's own checks across its tables (`ChecksSections`) when every table is valid;
+    the kind's warnings (`WarnsSections`) go to `warnings`."""
     if not isinstance(raw_models, dict):
         return {}  # absent; or not a table, which the schema has reported
     models: dict[str, tuple[Any, ...]] = {}
@@ -167,6 +175,9 @@ def _validate_models(
         if len(sections) == len(tables) and isinstance(factory, ChecksSections):
             for found in factory.check_sections(sections, devices):
                 problems.append(f"{source}: {key_path(('models', kind, *found.where))}: {found.message}")
+        if warnings is not None and isinstance(factory, WarnsSections):
+            for found in factory.section_warnings(sections):
+                warnings.append(f"{source}: {key_path(('models', kind, *found.where))}: {found.message}")
         if sections:
             models[kind] = tuple(sections)
     return models
@@ -192,13 +203,16 @@ def load_config(path: str | Path) -> Config:
     if version != SCHEMA_VERSION:
         raise ConfigError([f"{source}: schema_version: expected {SCHEMA_VERSION} (got {version!r})"])
     problems: list[str] = []
+    warnings: list[str] = []
     try:
         section = AgentSection.model_validate(raw)
     except ValidationError as exc:
         problems.extend(_problems(source, exc))
         section = None
 
-    models = _validate_models(source, raw.get("models"), _device_kinds(raw.get("devices")), problems)
+    models = _validate_models(
+        source, raw.get("models"), _device_kinds(raw.get("devices")), problems, warnings
+    )
     devices: list[DeviceConfig] = []
     try:
         devices = validate_devices(source, raw.get("devices", []))
@@ -223,6 +237,7 @@ def load_config(path: str | Path) -> Config:
         update=section.update,
         clock=section.clock,
         models=models,
+        warnings=tuple(warnings),
     )
 
 

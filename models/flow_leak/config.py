@@ -38,8 +38,9 @@ class FlowLeakSection(BaseModel):
     min_added_pct: float = Field(default=4.0, gt=0, le=100)
     min_added_m3h: float = Field(default=0.0, ge=0)
     min_added_sigma: float = Field(default=1.5, ge=0.5, le=10)
-    h: float = Field(default=7.0, ge=1, le=50)
+    h: float = Field(default=6.0, ge=1, le=50)
     track_nights: int = Field(default=28, ge=3, le=365)
+    sigma_nights: int = Field(default=56, ge=0, le=365)  # noise re-measured over these; 0: keep the learned
     pressure_exponent: float = Field(default=1.0, ge=0.2, le=2.5)  # FAVAD N1
     reference_rise_pct: float = Field(default=20.0, gt=0, le=500)  # the fixed-threshold rule's margin
     site: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)  # default: name

@@ -1,22 +1,29 @@
 """Minimum night flow -> step changes: each new leak on top of the old ones is its own event.
 
 Per night the district's minimum night flow (MNF, m3/h; pressure-corrected when a pressure tag is
-given: MNF x (P_ref / P_night)^N1, the FAVAD exponent N1) goes into `StepDetector.update`:
+given: MNF x (P_ref / P_night)^N1, the FAVAD exponent N1) goes into `StepDetector.update`. The
+detector works on the **logarithm** of the MNF: a district's night use wanders by a share of itself,
+so one noise figure holds at 20 m3/h and at 200, and a rise of x % is the same step at any level.
 
-- **learning**: the first `baseline_nights` nights give the baseline (median), the night-to-night
-  noise sigma (1.4826 x MAD, at least `min_sigma_pct` % of the baseline) and the weekend offset
-  (Friday and Saturday nights differ in most districts; learned when >= 2 of each were seen);
-- **armed**: a one-sided CUSUM of the standardised excess, S = max(0, S + min(d / sigma - k, 3))
-  with k = half the smallest step worth reporting (the largest of `min_added_pct` % of the
-  baseline, `min_added_m3h` and `min_added_sigma` x sigma: a per-site threshold, so a noisy
-  district reports only the rises it can tell from its noise), declares a rise when S >= h.
-  One night adds at most 3 so a single odd night (a pool filled, a main flushed) cannot raise
-  an event alone. The added flow is the median excess of the last three nights, the onset the
-  first night that carried half of it. The baseline then **moves on** to include the new leak, so
-  the next one is found on top of it;
-- between rises the baseline follows slow change (seasons, growth) with an exponential average
-  over `track_nights`, but only on nights that show no sign of a rise (S == 0); a drop (a repair)
-  found by the mirror CUSUM resets it downwards.
+- **learning**: the first `baseline_nights` nights give the baseline (median of log MNF), the
+  weekend offset (Friday and Saturday nights differ in most districts; learned when >= 2 of each
+  were seen) and the district's own night-to-night noise sigma (1.4826 x MAD of the log residuals,
+  at least `min_sigma_pct` %);
+- **armed**: each night's standardised residual `z = (log MNF - expected) / sigma` feeds a
+  one-sided CUSUM `S = max(0, S + min(z - k, CAP))` (one night adds at most `CAP` = 3 < h, so one
+  odd night - a pool filled, a main flushed - never raises an event alone), with `k` half the
+  smallest step worth reporting (in sigma: the largest of `min_added_pct` % of the baseline,
+  `min_added_m3h` and `min_added_sigma` x sigma - a per-site threshold, so a noisy district reports
+  only the rises it can tell from its noise). A rise is declared when `S >= h`. Its onset is the
+  first night since the CUSUM last stood at zero that carried half of what the last three nights
+  show, its size the median excess from the onset on. The baseline then **moves on** (re-anchored
+  by the step) so the next leak is found on top of this one;
+- sigma is **re-measured** every night over the last `sigma_nights` residuals (robustly, around
+  their median, so a step in progress does not widen it): seasons change a district's noise;
+- between rises the baseline **tracks** slow change (seasons, growth in the district) with an
+  exponential average over `track_nights` of the residual clipped to +-k: a drift slower than
+  k sigma per `track_nights` nights is followed, a step or a leak growing faster is not absorbed
+  before the CUSUM declares it. A drop (a repair) found by the mirror CUSUM re-anchors it downwards.
 
 `FixedThreshold` is the plain rule utilities start with, kept as the reference to beat: an alarm
 when MNF exceeds the calibration median by `rise_pct` %, a new onset each time it crosses upwards.
@@ -40,9 +47,10 @@ class StepParams:
     min_added_pct: float = 4.0  # smallest rise worth an event, % of the baseline
     min_added_m3h: float = 0.0  # ... and in m3/h (whichever is larger)
     min_added_sigma: float = 1.5  # ... and in the site's own night-to-night noise
-    h: float = 7.0  # CUSUM decision interval, in sigma (chosen on dev seeds 100-105)
+    h: float = 6.0  # CUSUM decision interval, in sigma (chosen on dev seeds 100-139)
     min_sigma_pct: float = 1.0
     track_nights: int = 28
+    sigma_nights: int = 56  # sigma is re-measured over the residuals of this many recent nights
 
 
 @dataclass
@@ -69,127 +77,175 @@ def _weekend(night: date) -> bool:
     return night.weekday() in (4, 5)  # the nights after Friday and Saturday evenings
 
 
+def _log(value: float) -> float:
+    return math.log(max(value, 1e-9))
+
+
 @dataclass
 class StepDetector:
-    """See the module docstring; `update` takes nights in order and returns the night's row."""
+    """See the module docstring; `update` takes nights in order and returns the night's row.
+
+    `level` (log m3/h), `weekend_offset` and `sigma` (both in log units, i.e. shares of the flow)
+    describe the baseline; `baseline` is the weekday baseline in m3/h."""
 
     params: StepParams = field(default_factory=StepParams)
     learning: list[tuple[date, float]] = field(default_factory=list)
-    baseline: float | None = None
+    level: float | None = None
     sigma: float | None = None
     weekend_offset: float = 0.0
     s_up: float = 0.0
     s_down: float = 0.0
-    onset: date | None = None
-    since_onset: list[tuple[date, float]] = field(default_factory=list)  # excess per night while S > 0
+    since_onset: list[tuple[date, float]] = field(default_factory=list)  # log excess while S > 0
+    since_drop: list[float] = field(default_factory=list)
+    recent: list[float] = field(default_factory=list)  # the last `sigma_nights` log residuals
     rises: int = 0
 
     @property
     def state(self) -> str:
-        return "learning" if self.baseline is None else "armed"
+        return "learning" if self.level is None else "armed"
+
+    @property
+    def baseline(self) -> float | None:
+        return None if self.level is None else math.exp(self.level)
 
     def _expected(self, night: date) -> float:
-        assert self.baseline is not None
-        return self.baseline + (self.weekend_offset if _weekend(night) else 0.0)
+        assert self.level is not None
+        return self.level + (self.weekend_offset if _weekend(night) else 0.0)
 
     def _learn(self) -> None:
-        values = np.array([v for _, v in self.learning])
+        values = np.array([_log(v) for _, v in self.learning])
         weekend = np.array([_weekend(d) for d, _ in self.learning])
         offset = 0.0
         if weekend.sum() >= 2 and (~weekend).sum() >= 2:
             offset = float(np.median(values[weekend]) - np.median(values[~weekend]))
         adjusted = values - np.where(weekend, offset, 0.0)
-        base = float(np.median(adjusted))
-        mad = 1.4826 * float(np.median(np.abs(adjusted - base)))
-        self.baseline, self.weekend_offset = base, offset
-        self.sigma = max(mad, self.params.min_sigma_pct / 100 * abs(base), 1e-9)
-
-    def _k(self) -> float:
-        assert self.baseline is not None
-        assert self.sigma is not None
-        return 0.5 * self.min_step / self.sigma
+        level = float(np.median(adjusted))
+        mad = 1.4826 * float(np.median(np.abs(adjusted - level)))
+        self.level, self.weekend_offset = level, offset
+        self.sigma = max(mad, math.log1p(self.params.min_sigma_pct / 100))
 
     @property
     def min_step(self) -> float:
         """The smallest rise this site reports (m3/h): a noisy district only reports bigger ones."""
-        assert self.baseline is not None
+        return math.expm1(self._min_step_log()) * (self.baseline or 0.0)
+
+    def _min_step_log(self) -> float:
+        assert self.level is not None
         assert self.sigma is not None
         p = self.params
+        base = math.exp(self.level)
         return max(
-            p.min_added_pct / 100 * abs(self.baseline), p.min_added_m3h, p.min_added_sigma * self.sigma
+            math.log1p(p.min_added_pct / 100),
+            math.log1p(p.min_added_m3h / base),
+            p.min_added_sigma * self.sigma,
         )
 
     def update(self, night: date, value: float | None) -> Night:
         row = Night(night, value)
-        if value is None or not math.isfinite(value):
-            row.night_flow = None
-            row.baseline = None if self.baseline is None else self._expected(night)
+        if value is None or not math.isfinite(value) or value <= 0:
+            row.night_flow = None if value is None or not math.isfinite(value) else value
+            row.baseline = None if self.level is None else math.exp(self._expected(night))
             return row
-        if self.baseline is None:
+        if self.level is None:
             self.learning.append((night, value))
             if len(self.learning) >= self.params.baseline_nights:
                 self._learn()
             return row
         assert self.sigma is not None
         expected = self._expected(night)
-        row.baseline = expected
-        d = (value - expected) / self.sigma
-        k = self._k()
-        if self.s_up == 0.0:
-            self.onset, self.since_onset = night, []
-        self.s_up = max(0.0, self.s_up + min(d - k, CAP))
-        self.s_down = max(0.0, self.s_down + min(-d - k, CAP))
-        if self.s_up > 0:
-            self.since_onset.append((night, value - expected))
-        else:
-            self.onset, self.since_onset = None, []
-        row.added = value - expected
-        if self.s_up >= self.params.h and self.since_onset:
-            # The rise as the last nights show it (a quiet night or two before the step may have
-            # started the sum), and its onset: the first night that carried half of it.
-            added = float(np.median([v for _, v in self.since_onset[-3:]]))
-            onset = next((n for n, v in self.since_onset if v >= 0.5 * added), self.since_onset[-1][0])
-            if added >= 0.75 * self.min_step:
-                row.event, row.onset, row.added = "leak", onset, added
+        row.baseline = math.exp(expected)
+        row.added = value - row.baseline
+        excess = _log(value) - expected  # log units: the night's excess as a share of the baseline
+        self._measure_noise(excess)
+        z = excess / self.sigma
+        k = 0.5 * self._min_step_log() / self.sigma
+        self.s_up = max(0.0, self.s_up + min(z - k, CAP))
+        self.s_down = max(0.0, self.s_down + min(-z - k, CAP))
+        self.since_onset = [*self.since_onset, (night, excess)] if self.s_up > 0 else []
+        self.since_drop = [*self.since_drop, excess] if self.s_down > 0 else []
+        if self.s_up >= self.params.h:
+            # The onset: the first night since the CUSUM left zero that carried half of what the
+            # last nights show (a few ordinary nights may have started the sum); the step: the
+            # median excess from the onset on (an odd night among them does not set the size).
+            tail = float(np.median([e for _, e in self.since_onset[-3:]]))
+            start = next(
+                i
+                for i, (_, e) in enumerate(self.since_onset)
+                if e >= 0.5 * tail or i == len(self.since_onset) - 1
+            )
+            onset = self.since_onset[start][0]
+            step = float(np.median([e for _, e in self.since_onset[start:]]))
+            if step >= 0.75 * self._min_step_log():
+                row.event, row.onset = "leak", onset
+                row.added = math.expm1(step) * math.exp(self.level)
                 self.rises += 1
             # Either way the baseline moves on: the next leak is found on top of this one (a rise
             # too small to report, the rest of an underestimated step, is absorbed without an event).
-            self.baseline += added
-            self.s_up, self.s_down, self.onset, self.since_onset = 0.0, 0.0, None, []
+            self.level += step
+            self._reset()
         elif self.s_down >= self.params.h:
-            # A repair: follow the night flow down.
-            self.baseline = value - (self.weekend_offset if _weekend(night) else 0.0)
-            self.s_up, self.s_down = 0.0, 0.0
-        elif self.s_up == 0.0:
-            alpha = 1.0 / self.params.track_nights
-            self.baseline += alpha * (value - expected)
+            # A repair (or less night use): follow the night flow down.
+            self.level += float(np.median(self.since_drop))
+            self._reset()
+        else:
+            # Slow change is followed; a night's pull is clipped to k so that a step is not.
+            self.level += min(max(excess, -k * self.sigma), k * self.sigma) / self.params.track_nights
         return row
+
+    def _measure_noise(self, excess: float) -> None:
+        """Night-to-night noise as the district shows it now (seasons change it): a robust spread
+        of the recent residuals around their median, so a step in progress does not widen it."""
+        n = self.params.sigma_nights
+        self.recent = [*self.recent[-(n - 1) :], excess] if n > 0 else []
+        if n > 0 and len(self.recent) >= n // 2:
+            values = np.array(self.recent)
+            mad = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+            self.sigma = max(mad, math.log1p(self.params.min_sigma_pct / 100))
+
+    def _reset(self) -> None:
+        self.s_up, self.s_down, self.since_onset, self.since_drop = 0.0, 0.0, [], []
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "format": "log/2",
             "learning": [[d.isoformat(), v] for d, v in self.learning],
-            "baseline": self.baseline,
-            "sigma": self.sigma,
-            "weekend_offset": self.weekend_offset,
+            "level": self.level,
+            "sigma_log": self.sigma,
+            "weekend_offset_log": self.weekend_offset,
             "s_up": self.s_up,
             "s_down": self.s_down,
-            "onset": None if self.onset is None else self.onset.isoformat(),
             "since_onset": [[n.isoformat(), v] for n, v in self.since_onset],
+            "since_drop": self.since_drop,
+            "recent": self.recent,
             "rises": self.rises,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], params: StepParams) -> StepDetector:
+        learning = [(date.fromisoformat(n), float(v)) for n, v in d.get("learning", [])]
+        if d.get("format") != "log/2":
+            # A state written before the detector worked on log flow: keep what was learned (the
+            # baseline and its noise as shares of it); the sums in progress start again.
+            base = d.get("baseline")
+            out = cls(params=params, learning=learning, rises=int(d.get("rises", 0)))
+            if base is not None and float(base) > 0:
+                out.level = math.log(float(base))
+                out.sigma = max(
+                    float(d.get("sigma") or 0.0) / float(base), math.log1p(params.min_sigma_pct / 100)
+                )
+                out.weekend_offset = math.log1p(float(d.get("weekend_offset", 0.0)) / float(base))
+            return out
         return cls(
             params=params,
-            learning=[(date.fromisoformat(n), float(v)) for n, v in d.get("learning", [])],
-            baseline=d.get("baseline"),
-            sigma=d.get("sigma"),
-            weekend_offset=float(d.get("weekend_offset", 0.0)),
+            learning=learning,
+            level=d.get("level"),
+            sigma=d.get("sigma_log"),
+            weekend_offset=float(d.get("weekend_offset_log", 0.0)),
             s_up=float(d.get("s_up", 0.0)),
             s_down=float(d.get("s_down", 0.0)),
-            onset=None if d.get("onset") is None else date.fromisoformat(d["onset"]),
             since_onset=[(date.fromisoformat(n), float(v)) for n, v in d.get("since_onset", [])],
+            since_drop=[float(v) for v in d.get("since_drop", [])],
+            recent=[float(v) for v in d.get("recent", [])],
             rises=int(d.get("rises", 0)),
         )
 

@@ -117,6 +117,7 @@ class FlowLeakProcessor:
             min_added_sigma=cfg.min_added_sigma,
             h=cfg.h,
             track_nights=cfg.track_nights,
+            sigma_nights=cfg.sigma_nights,
         )
 
     # -- state ----------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ import numpy as np
 import numpy.typing as npt
 
 from water_edge.models.leak import features
+from water_edge.models.leak.levels import unsteady_bands
+from water_edge.models.leak.nuisance import Nuisance
 
 FORMAT: Final = "water-edge-leak-baseline/1"
 PRIOR_SIGMA_DB: Final = 1.0  # the check-to-check variability assumed before any is seen
@@ -170,6 +172,7 @@ class Baseline:
     to_ts: str | None = None
     material: str | None = None
     version: int = 0
+    nuisance: Nuisance | None = None  # the night-to-night patterns of its steady checks
 
     @classmethod
     def learn(
@@ -181,7 +184,11 @@ class Baseline:
         material: str | None = None,
         from_ts: str | None = None,
         to_ts: str | None = None,
+        spread_tol_db: float = 3.0,
+        max_unsteady_bands: int = 4,
     ) -> Baseline:
+        """`spread_tol_db` / `max_unsteady_bands`: which checks are steady enough (not disturbed)
+        to learn the nuisance patterns from (`judge.JudgeParams` has the same two)."""
         if len(checks) < max(1, min_checks):
             raise BaselineError(f"sensor {sensor}: {len(checks)} quiet check(s), need at least {min_checks}")
         p10 = np.stack([c.p10 for c in checks])
@@ -197,6 +204,8 @@ class Baseline:
         for c in checks:
             nights.setdefault(c.night, []).append(c)
         night_quiet = [round(float(np.median([c.quiet_db for c in group])), 2) for group in nights.values()]
+        calm = [c.p10 for c in checks if unsteady_bands(c.p10, c.p50, spread_tol_db) <= max_unsteady_bands]
+        nuisance = Nuisance.learn(np.stack(calm)) if calm else None
         return cls(
             sensor=sensor,
             level=level,
@@ -216,6 +225,7 @@ class Baseline:
             from_ts=from_ts,
             to_ts=to_ts,
             material=material,
+            nuisance=nuisance,
         )
 
     def quality(self, wanted_nights: int = 7) -> str:
@@ -251,6 +261,7 @@ class Baseline:
             "tonal_db": _r(self.tonal),
             "clf_logit": None if self.clf_logit is None else round(self.clf_logit, 3),
             "clf_sigma": round(self.clf_sigma, 3),
+            "nuisance": None if self.nuisance is None else self.nuisance.to_dict(),
         }
 
     @classmethod
@@ -267,6 +278,8 @@ class Baseline:
             if any(a.shape != (features.N_BANDS,) or not np.all(np.isfinite(a)) for a in arrays.values()):
                 raise BaselineError(f"band arrays must hold {features.N_BANDS} finite numbers")
             clf = d.get("clf_logit")
+            # Baselines written before the nuisance model have none (judged by level and shape).
+            nuisance = d.get("nuisance")
             return cls(
                 sensor=str(d["sensor"]),
                 level=arrays["level_db"],
@@ -286,6 +299,7 @@ class Baseline:
                 to_ts=d.get("to"),
                 material=d.get("material"),
                 version=int(d.get("version", 0)),
+                nuisance=None if nuisance is None else Nuisance.from_dict(nuisance, features.N_BANDS),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, BaselineError):

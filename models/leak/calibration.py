@@ -63,6 +63,8 @@ def calibrate_sensor(
             material=section.material,
             from_ts=_iso(checks[0].start_ns),
             to_ts=_iso(checks[-1].start_ns),
+            spread_tol_db=section.detection.spread_tol_db,
+            max_unsteady_bands=section.detection.max_unsteady_bands,
         )
     except (ValueError, BaselineError) as exc:
         raise CalibrationFailedError(str(exc)) from None

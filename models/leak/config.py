@@ -20,6 +20,7 @@ baseline. Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -32,6 +33,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Deprecated keys -> what replaced them (the detector judges checks against each sensor's baseline
+# and confirms over nights; the classifier is one piece of evidence and raises nothing on its own).
+DEPRECATED: Final = {
+    "alpha": "ignored since the per-sensor baseline detector (the classifier is no longer smoothed "
+    "into alarms); remove it",
+    "on_windows": "ignored; confirmation now takes two positive checks (same or next night): see "
+    "[models.leak.detection] confirm_next_night",
+    "off_windows": "ignored; a leak now clears after quiet nights: see [models.leak.detection] clear_nights",
+}
+
+
 class DetectionSection(_Section):
     """How a check is judged against the baseline (`models.leak.judge.JudgeParams`)."""
 
@@ -40,6 +52,8 @@ class DetectionSection(_Section):
     k_sigma: float = Field(default=3.0, ge=1, le=10)
     min_bands: int = Field(default=2, ge=1, le=20)
     spread_tol_db: float = Field(default=3.0, ge=0, le=40)
+    # A check with more bands wandering than this (rain, works in the street) is not judged at all.
+    max_unsteady_bands: int = Field(default=4, ge=0, le=20)
     tonal_tol_db: float = Field(default=3.0, ge=0, le=40)
     clf_logit_rise: float = Field(default=1.5, ge=0, le=24)
     clear_nights: int = Field(default=2, ge=1, le=30)
@@ -67,6 +81,16 @@ class LeakModelSection(_Section):
     correlate_s: float = Field(default=30.0, ge=2, le=120)  # audio kept per channel to locate
     site: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)
     detection: DetectionSection = DetectionSection()
+    # Deprecated (the classifier-only detector's smoothing and hysteresis, before the baseline per
+    # sensor): still accepted and range-checked so a config that ran before still starts, but
+    # ignored; `check-config` and the agent's log say what replaced them (`DEPRECATED`).
+    alpha: float | None = Field(default=None, gt=0, le=1)
+    on_windows: int | None = Field(default=None, ge=1)
+    off_windows: int | None = Field(default=None, ge=1)
+
+    def deprecated_keys(self) -> list[str]:
+        """The deprecated keys this table sets (in `DEPRECATED`'s order)."""
+        return [k for k in DEPRECATED if k in self.model_fields_set]
 
     @field_validator("timezone")
     @classmethod

@@ -63,6 +63,17 @@ class LeakFactory:
             if devices.get(section.device) != AUDIO_KIND
         ]
 
+    @classmethod
+    def section_warnings(cls, sections: Sequence[Any]) -> list[ConfigProblem]:
+        """A deprecated key (`alpha`, `on_windows`, `off_windows`): accepted, ignored, named."""
+        from water_edge.models.leak.config import DEPRECATED
+
+        return [
+            ConfigProblem((index, key), f"deprecated: {DEPRECATED[key]}")
+            for index, section in enumerate(sections)
+            for key in section.deprecated_keys()
+        ]
+
     def processors(self) -> list[Processor]:
         from water_edge.models.leak.processor import AudioLeakProcessor
 

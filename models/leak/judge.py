@@ -1,17 +1,25 @@
 """Is this check a leak? The rise from the sensor's own baseline, judged band by band, then confirmed.
 
-`judge(check, baseline, params)` compares one check with the baseline. Per band (only the leak
-bands of the pipe material when it is known, else all 20):
+`judge(check, baseline, params)` compares one check with the baseline.
+
+A check (of at least `MIN_SECONDS_DISTURBED`) in which more than `max_unsteady_bands` of the 20
+bands wander (`levels.unsteady_bands`: rain, a storm, works in the street) is **disturbed**: not a
+quiet window, so it is not judged at all (neither positive nor quiet; confirmation and clearing
+wait for a judged check). Otherwise,
+per band (only the leak bands of the pipe material when it is known, else all 20):
 
 - `rise_db`: quiet level (10th percentile of one-second levels) minus the baseline's;
 - `shape_rise_db`: the same for the spectral shape (quiet level minus the median band), which a
   change of gain or of broadband background does not move;
-- risen when either exceeds its threshold `max(min_rise_db, k_sigma x the baseline's variability)`
-  (a level rise only counts where it exceeds the median rise over all bands by `min_shape_rise_db`:
-  more flow noise or a louder street lifts every band alike, a leak lifts its own)
-  *and* the band is steady: the lower half of its one-second levels (p50 - p10) is no wider than a
-  steady noise's in that band plus `spread_tol_db` (a leak is a constant hiss; rain and traffic
-  wander, passing vehicles and clicks are brief and only reach the upper half), and not tonal: its
+- `residual_db`: the rise that none of the sensor's own nuisance patterns explains
+  (`nuisance.Nuisance`: how flow noise, traffic, a pump, the floor moved its bands together on
+  the baseline nights) — in a metal pipe, where more night flow lifts the very bands a leak
+  lifts, this is where a weak leak shows;
+- risen when any of them exceeds its threshold: level and shape `max(min_rise_db, k_sigma x the
+  baseline's variability)` (a level rise only counts where it exceeds the median rise over all
+  bands by `min_shape_rise_db`: a louder street lifts every band alike, a leak lifts its own);
+  the residual `k_sigma x its leave-one-out spread` and at least `min_residual_db`;
+  *and* the band is steady (`levels.steady`: a leak is a constant hiss) and not tonal: its
   strongest bin stands no more than `tonal_tol_db` further out of the band than in the baseline
   (a pump that started puts a line into a band; a leak is broadband within it).
 
@@ -19,7 +27,7 @@ A check is positive when at least `min_bands` bands rose, or one band rose and t
 log-odds rose by `clf_logit_rise` over the baseline's: the classifier is one more piece of evidence,
 never the gate. `Confirmation` turns positive checks into a warning, then a leak (a second
 positive later the same night or the next night), and clears a leak after `clear_nights`
-consecutive nights without a risen band at half the thresholds (hysteresis).
+judged nights without a risen band at half the thresholds (hysteresis).
 """
 
 from __future__ import annotations
@@ -34,15 +42,14 @@ import numpy.typing as npt
 
 from water_edge.models.leak import features, pipes
 from water_edge.models.leak.baseline import Baseline, CheckStats
+from water_edge.models.leak.levels import steady, unsteady_bands
 
 FloatArray = npt.NDArray[np.float64]
 CENTRES = np.array(features.band_centres_hz())
-_WIDTHS = np.diff(features.BAND_EDGES_HZ)
-# How much the one-second level of a *steady* noise wanders in each band: a 1 s Hann-windowed
-# measurement of band B has about nu = 2 B / 1.5 degrees of freedom, so its level has a standard
-# deviation of about 4.34 sqrt(2 / nu) dB (capped at the 5.6 dB of nu = 2). p50 - p10 of a normal
-# spread is 1.28 sigma.
-STEADY_LOWER_SPREAD_DB = 1.28 * np.minimum(5.6, 4.34 * np.sqrt(2 / (2 * _WIDTHS / 1.5)))
+# A check shorter than this is always judged: from a handful of one-second levels the 10th and 50th
+# percentiles are too uncertain to call a check disturbed (of 8 values the 10th percentile is about
+# the lowest), and `score leak` cuts files into 8 s checks. Gateway checks are 30 min long.
+MIN_SECONDS_DISTURBED = 30
 
 
 @dataclass(frozen=True)
@@ -51,9 +58,11 @@ class JudgeParams:
 
     min_rise_db: float = 3.0
     min_shape_rise_db: float = 1.5
+    min_residual_db: float = 1.5
     k_sigma: float = 3.0
     min_bands: int = 2
     spread_tol_db: float = 3.0
+    max_unsteady_bands: int = 4
     tonal_tol_db: float = 3.0
     clf_logit_rise: float = 1.5
     material: str | None = None
@@ -73,15 +82,19 @@ class Judgement:
     """What one check says, with the evidence an engineer reads."""
 
     positive: bool
-    quiet: bool  # no band rose even at half the thresholds (counts towards clearing)
-    risen: list[dict[str, float]]  # per risen band: band_hz, rise_db, shape_rise_db, threshold_db
+    quiet: bool  # judged, and no band rose even at half the thresholds (counts towards clearing)
+    risen: list[dict[str, float]]  # per risen band: band_hz, rise/shape/residual dB, threshold_db
     rise_db: dict[str, float]  # every judged band's rise
     clf_logit_rise: float | None
     quiet_db: float  # the check's quiet level over all bands
     score: float  # strongest band's rise over its threshold (>= 1: that band rose)
+    judged: bool = True  # False: a disturbed check (too many bands wandering), not judged
+    unsteady_bands: int = 0
 
     def evidence(self) -> dict[str, Any]:
         return {
+            "judged": self.judged,
+            "unsteady_bands": self.unsteady_bands,
             "bands_risen": self.risen,
             "rise_db": self.rise_db,
             "classifier_logit_rise": None if self.clf_logit_rise is None else round(self.clf_logit_rise, 2),
@@ -105,14 +118,20 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     common = float(np.median(rise))
     level_ratio = np.where(rise - common >= p.min_shape_rise_db, rise / t_level, 0.0)
     ratio = np.maximum(level_ratio, shape_rise / t_shape)
-    # Lower half only (p50 - p10): passing vehicles and clicks are brief and stay above the median;
-    # rain and traffic that wander widen the lower half too, a leak's constant hiss does not.
-    steady = (check.p50 - check.p10) <= STEADY_LOWER_SPREAD_DB + p.spread_tol_db
+    residual = np.zeros(features.N_BANDS)
+    t_residual = np.full(features.N_BANDS, np.inf)
+    if baseline.nuisance is not None:
+        residual = baseline.nuisance.residual(check.p10)
+        t_residual = np.maximum(p.min_residual_db, p.k_sigma * baseline.nuisance.sigma)
+        ratio = np.maximum(ratio, np.where(residual >= p.min_residual_db, residual / t_residual, 0.0))
+    is_steady = steady(check.p10, check.p50, p.spread_tol_db)
     # A line that was not there (a pump started, a mains hum) raises a band without being a leak.
     tonal_ok = np.ones(features.N_BANDS, dtype=bool)
     if check.tonal is not None:
         tonal_ok = check.tonal <= baseline.tonal + p.tonal_tol_db
-    risen_mask = mask & steady & tonal_ok & (ratio >= 1.0)
+    unsteady = unsteady_bands(check.p10, check.p50, p.spread_tol_db)
+    judged = unsteady <= p.max_unsteady_bands or check.seconds < MIN_SECONDS_DISTURBED
+    risen_mask = mask & is_steady & tonal_ok & (ratio >= 1.0) & judged
     half_mask = mask & (ratio >= 0.5)
     clf_rise = (
         None
@@ -121,23 +140,27 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     )
     n = int(risen_mask.sum())
     positive = n >= p.min_bands or (n >= 1 and clf_rise is not None and clf_rise >= p.clf_logit_rise)
+    threshold = np.minimum(np.minimum(t_level, t_shape), t_residual)
     risen = [
         {
             "band_hz": float(CENTRES[i]),
             "rise_db": round(float(rise[i]), 1),
             "shape_rise_db": round(float(shape_rise[i]), 1),
-            "threshold_db": round(float(min(t_level[i], t_shape[i])), 1),
+            "residual_db": round(float(residual[i]), 1),
+            "threshold_db": round(float(threshold[i]), 1),
         }
         for i in np.flatnonzero(risen_mask)
     ]
     return Judgement(
         positive=positive,
-        quiet=not bool(half_mask.any()),
+        quiet=judged and not bool(half_mask.any()),
         risen=risen,
         rise_db={f"{CENTRES[i]:g}": round(float(rise[i]), 1) for i in np.flatnonzero(mask)},
         clf_logit_rise=clf_rise,
         quiet_db=check.quiet_db,
         score=float(np.max(np.where(mask, ratio, -np.inf))),
+        judged=judged,
+        unsteady_bands=unsteady,
     )
 
 
@@ -164,14 +187,17 @@ class Confirmation:
     _quiet_nights: int = 0
     _night: str | None = None
     _night_all_quiet: bool = True
+    _night_judged: bool = False
     history: list[str] = field(default_factory=list)
 
     def update(self, night: str, j: Judgement) -> Transition | None:
         out: Transition | None = None
         if night != self._night:
             out = self._night_ended(night)
-            self._night, self._night_all_quiet = night, True
-        self._night_all_quiet = self._night_all_quiet and j.quiet
+            self._night, self._night_all_quiet, self._night_judged = night, True, False
+        if j.judged:  # a disturbed check says nothing either way
+            self._night_judged = True
+            self._night_all_quiet = self._night_all_quiet and j.quiet
         if j.positive:
             self._quiet_nights = 0
             self.positives += 1
@@ -195,7 +221,7 @@ class Confirmation:
         ):
             self._reset()
             return "expired"
-        if self.state == "leak":
+        if self.state == "leak" and self._night_judged:  # a night with no judged check: no count
             self._quiet_nights = self._quiet_nights + 1 if self._night_all_quiet else 0
             if self._quiet_nights >= self.clear_nights:
                 self._reset()

@@ -26,6 +26,25 @@ _FLOOR_DB: Final = -200.0
 FloatArray = npt.NDArray[np.float64]
 
 
+_WIDTHS: Final = np.diff(features.BAND_EDGES_HZ)
+# How much the one-second level of a *steady* noise wanders in each band: a 1 s Hann-windowed
+# measurement of band B has about nu = 2 B / 1.5 degrees of freedom, so its level has a standard
+# deviation of about 4.34 sqrt(2 / nu) dB (capped at the 5.6 dB of nu = 2). p50 - p10 of a normal
+# spread is 1.28 sigma.
+STEADY_LOWER_SPREAD_DB: Final = 1.28 * np.minimum(5.6, 4.34 * np.sqrt(2 / (2 * _WIDTHS / 1.5)))
+
+
+def steady(p10: FloatArray, p50: FloatArray, tol_db: float) -> npt.NDArray[np.bool_]:
+    """Per band: is the lower half of the one-second levels no wider than a steady noise's + tol?"""
+    out: npt.NDArray[np.bool_] = (p50 - p10) <= STEADY_LOWER_SPREAD_DB + tol_db
+    return out
+
+
+def unsteady_bands(p10: FloatArray, p50: FloatArray, tol_db: float) -> int:
+    """How many bands wander (not `steady`): rain and storms move many at once, a leak none."""
+    return int(np.count_nonzero(~steady(p10, p50, tol_db)))
+
+
 _STARTS: Final = np.argmax(features.BAND_MATRIX > 0, axis=1)
 _COUNTS: Final = features.BAND_MATRIX.sum(axis=1)
 

@@ -139,6 +139,7 @@ class AudioLeakProcessor:
             k_sigma=d.k_sigma,
             min_bands=d.min_bands,
             spread_tol_db=d.spread_tol_db,
+            max_unsteady_bands=d.max_unsteady_bands,
             tonal_tol_db=d.tonal_tol_db,
             clf_logit_rise=d.clf_logit_rise,
             material=section.material,
@@ -335,7 +336,13 @@ class AudioLeakProcessor:
         checks = [
             c for c in last_nights(s.store.checks(), self.section.baseline_nights + 1) if c.night in done
         ]
-        baseline = Baseline.learn(checks, sensor=s.name, material=self.section.material)
+        baseline = Baseline.learn(
+            checks,
+            sensor=s.name,
+            material=self.section.material,
+            spread_tol_db=self.params.spread_tol_db,
+            max_unsteady_bands=self.params.max_unsteady_bands,
+        )
         s.baseline = s.store.save(baseline)
         log.info(
             "leak.baseline_learned", sensor=s.name, version=s.baseline.version, nights=len(baseline.nights)

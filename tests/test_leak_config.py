@@ -1,0 +1,77 @@
+"""`[[models.leak]]` tables written for the classifier-only detector still load and start: their
+removed keys (`alpha`, `on_windows`, `off_windows`) are accepted, range-checked, ignored, and named
+with what replaced them by `check-config` and in the agent's log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.testing import write_agent_config
+from water_edge.agent.assembly import build_processors
+from water_edge.agent.cli import main
+from water_edge.agent.config import load_config
+from water_edge.core.errors import ConfigError
+from water_edge.core.processor import AudioWindowLike
+from water_edge.models.leak.processor import AudioLeakProcessor
+
+AUDIO = '[[devices]]\nname = "hyd"\nkind = "audio"\nsource = "file"\npath = "/tmp/none.wav"\n'
+# The `[[models.leak]]` table of deploy/samples/models.toml before the per-sensor baselines.
+OLD_TABLE = '[[models.leak]]\ndevice = "hyd"\nalpha = 0.4\non_windows = 3\noff_windows = 5\n'
+
+
+class _Windows:
+    """An audio device as the leak processor sees it (no audio needed to build one)."""
+
+    def add_window_listener(self, callback: Callable[[AudioWindowLike], None]) -> Callable[[], None]:
+        return lambda: None
+
+
+def test_an_old_leak_table_loads_builds_and_each_removed_key_is_a_warning(tmp_path: Path) -> None:
+    path = write_agent_config(tmp_path, devices=AUDIO, models=OLD_TABLE)
+    config = load_config(path)
+    assert [w.replace(str(path), "FILE") for w in config.warnings] == [
+        "FILE: models.leak[0].alpha: deprecated: ignored since the per-sensor baseline detector "
+        "(the classifier is no longer smoothed into alarms); remove it",
+        "FILE: models.leak[0].on_windows: deprecated: ignored; confirmation now takes two positive "
+        "checks (same or next night): see [models.leak.detection] confirm_next_night",
+        "FILE: models.leak[0].off_windows: deprecated: ignored; a leak now clears after quiet "
+        "nights: see [models.leak.detection] clear_nights",
+    ]
+    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
+    assert isinstance(processor, AudioLeakProcessor)
+    # Ignored means ignored: the judgement is the default one.
+    (section,) = config.models["leak"]
+    assert processor.params.min_bands == section.detection.min_bands
+
+
+def test_check_config_accepts_an_old_table_and_prints_the_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_agent_config(tmp_path, devices=AUDIO, models=OLD_TABLE)
+    assert main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "OK" in out.out
+    warnings = out.err.splitlines()
+    assert len(warnings) == 3
+    assert all(w.startswith(f"warning: {path}: models.leak[0].") for w in warnings)
+    assert "on_windows: deprecated" in warnings[1]
+
+
+def test_a_current_table_has_no_warnings_and_a_removed_key_is_still_range_checked(tmp_path: Path) -> None:
+    assert (
+        load_config(
+            write_agent_config(tmp_path, devices=AUDIO, models='[[models.leak]]\ndevice = "hyd"\n')
+        ).warnings
+        == ()
+    )
+    bad = write_agent_config(
+        tmp_path, devices=AUDIO, models=OLD_TABLE.replace("on_windows = 3", "on_windows = 0")
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert info.value.problems == [
+        f"{bad}: models.leak[0].on_windows: Input should be greater than or equal to 1 (got 0)"
+    ]
