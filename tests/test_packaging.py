@@ -4,14 +4,12 @@ namespace, the production wheel carries the product alone, every driver loads.""
 from __future__ import annotations
 
 import configparser
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.support.releases import build_wheel, copy_of_tree
 from water_edge.drivers import registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,35 +52,7 @@ def test_every_centre_package_folder_is_listed_in_its_own_setup_cfg() -> None:
 
 
 def test_the_production_wheel_carries_the_product_alone(tmp_path: Path) -> None:
-    # Built from a copy: setuptools leaves build/ behind in the tree it builds, and a stale one
-    # would be packed into the next wheel.
-    source = tmp_path / "src"
-    shutil.copytree(
-        ROOT,
-        source,
-        symlinks=True,
-        ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache"),
-    )
-    built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert built.returncode == 0, built.stderr
-    (wheel,) = tmp_path.glob("water_edge_agent-*.whl")
+    wheel = build_wheel(copy_of_tree(tmp_path / "src"), tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
     assert tops == {"water_edge"}

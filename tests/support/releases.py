@@ -107,28 +107,23 @@ def dependency_wheelhouse(into: Path) -> list[Path]:
     return [repack(dist, into) for dist in runtime_closure()]
 
 
-def agent_wheel(into: Path, version: str, *, break_it: bool = False) -> Path:
-    """A real build of the agent at `version` (from a copy of this tree); `break_it`: it cannot start."""
-    source = into / f"src-{version}"
+def copy_of_tree(into: Path, *, skip: tuple[str, ...] = ()) -> Path:
+    """A copy of this tree to build from: setuptools leaves build/ behind in the tree it builds,
+    and a stale one would be packed into the next wheel."""
     shutil.copytree(
         ROOT,
-        source,
+        into,
         symlinks=True,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", "bench"
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", *skip
         ),
     )
-    init = source / "agent" / "__init__.py"
-    init.write_text(re.sub(r'__version__ = ".*"', f'__version__ = "{version}"', init.read_text()))
-    if break_it:
-        runtime = source / "agent" / "runtime.py"
-        text = runtime.read_text()
-        marker = "async def run_agent(config: Config) -> int:\n"
-        runtime.write_text(
-            text.replace(marker, marker + '    raise RuntimeError("deliberately broken build")\n', 1)
-        )
-    out = into / f"wheel-{version}"
-    subprocess.run(
+    return into
+
+
+def build_wheel(source: Path, out: Path) -> Path:
+    """`pip wheel` of the agent from `source`, offline (no dependencies, no build isolation)."""
+    built = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -141,12 +136,31 @@ def agent_wheel(into: Path, version: str, *, break_it: bool = False) -> Path:
             str(out),
             str(source),
         ],
-        check=True,
         capture_output=True,
+        text=True,
+        check=False,
         timeout=300,
     )
-    shutil.rmtree(source)
+    if built.returncode != 0:
+        raise RuntimeError(f"pip wheel {source} failed:\n{built.stderr}")
     (wheel,) = out.glob("water_edge_agent-*.whl")
+    return wheel
+
+
+def agent_wheel(into: Path, version: str, *, break_it: bool = False) -> Path:
+    """A real build of the agent at `version` (from a copy of this tree); `break_it`: it cannot start."""
+    source = copy_of_tree(into / f"src-{version}", skip=("bench",))
+    init = source / "agent" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = ".*"', f'__version__ = "{version}"', init.read_text()))
+    if break_it:
+        runtime = source / "agent" / "runtime.py"
+        text = runtime.read_text()
+        marker = "async def run_agent(config: Config) -> int:\n"
+        runtime.write_text(
+            text.replace(marker, marker + '    raise RuntimeError("deliberately broken build")\n', 1)
+        )
+    wheel = build_wheel(source, into / f"wheel-{version}")
+    shutil.rmtree(source)
     return wheel
 
 
