@@ -324,6 +324,5 @@ if __name__ == "__main__":
                     figures += failover(Path(tmp)) if part == "failover" else globals()[part](Path(tmp), pg)
         else:
             figures = run(Path(tmp))
-        for figure in figures:
-            print(f"{figure['name']:<36} {figure['value']:>14,} {figure['unit']:<14} ({figure['target']})")
+        print_figures(figures)
         print(f"  done in {time.monotonic() - started:.0f} s")
