@@ -33,7 +33,7 @@ import psutil
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.figures import figure
+from bench.figures import figure, print_figures
 from tests.support.broker import Mosquitto
 from tests.support.centre import IngestProcess, query
 from tests.support.cluster import RabbitCluster, rabbitmq_available
