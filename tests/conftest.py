@@ -22,6 +22,21 @@ from water_edge.agent.uplink.mqtt import MqttUplink
 from water_edge.buffer.async_outbox import AsyncOutbox
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Agents the tests start announce their status socket (agent.locate) in a directory of the
+    session's own, never in the machine's /run/edge-agent where a real agent or a demo may be."""
+    import os
+
+    before = os.environ.get("EDGE_AGENT_RUNTIME_DIR")
+    os.environ["EDGE_AGENT_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("runtime"))
+    yield
+    if before is None:
+        del os.environ["EDGE_AGENT_RUNTIME_DIR"]
+    else:
+        os.environ["EDGE_AGENT_RUNTIME_DIR"] = before
+
+
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
     """In-process CLI tests configure structlog onto their captured stderr; never let that leak."""

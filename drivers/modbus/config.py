@@ -150,6 +150,10 @@ class ModbusTcpConfig(ModbusDeviceConfig):
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(default=502, ge=1, le=65535)
 
+    def endpoint_text(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
 
 Parity = Literal["none", "even", "odd"]
 BAUD_RATES: Final = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -172,6 +176,9 @@ class ModbusRtuConfig(ModbusDeviceConfig):
     # Silence kept between two frames; default 3.5 character times (fixed 1.75 ms above
     # 19200 baud, as the Modbus serial-line spec says).
     inter_frame_ms: float | None = Field(default=None, ge=0, le=1000)
+
+    def endpoint_text(self) -> str:
+        return f"{self.port} {self.baudrate} {self.bytesize}{self.parity[0].upper()}{self.stopbits}"
 
     @model_validator(mode="after")
     def _check_line(self) -> Self:
