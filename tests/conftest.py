@@ -39,9 +39,22 @@ def _own_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
 
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
-    """In-process CLI tests configure structlog onto their captured stderr; never let that leak."""
+    """In-process CLI tests configure structlog (and the standard library's logging, which
+    `core.logs` routes through it) onto their captured stderr; never let that leak."""
+    import logging
+
+    from water_edge.core import logs
+
+    root = logging.getLogger()
+    level = root.level
     yield
     structlog.reset_defaults()
+    for handler in list(root.handlers):
+        if isinstance(handler, logs.RoutedHandler):
+            root.removeHandler(handler)
+    root.setLevel(level)
+    for name in logs.QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -144,6 +145,27 @@ def test_tail_prints_live_readings(agent: AgentProcess) -> None:
         proc.wait()
     assert all(line["tag"] == "level" and line["value"] == 3.5 and line["unit"] == "m" for line in lines)
     assert [line["ts"] for line in lines] == sorted(line["ts"] for line in lines)
+
+
+def test_tail_for_people_finds_the_agent_and_prints_local_time_and_the_value(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    env = dict(os.environ, EDGE_AGENT_CONFIG=str(tmp_path / "none.toml"))  # no config: it is found
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "water_edge.agent.cli", "tail", "--tag", "lev*"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().rstrip("\n") for _ in range(2)]
+    finally:
+        proc.kill()
+        proc.wait()
+    for line in lines:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}  fake-plc/level = 3\.5 m", line), line
 
 
 def test_check_config_on_an_invalid_file_lists_problems_without_traceback(tmp_path: Path) -> None:
