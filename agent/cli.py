@@ -115,11 +115,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = _load(args.config)
     except ConfigError as exc:
         return _config_errors(exc)
-    tags = sum(len(getattr(d, "tags", ())) for d in config.devices)
+    from water_edge.agent.config.memory import count_tags, estimate, warnings
+
     print(
-        f"{config.source}: OK ({len(config.devices)} devices, {tags} tags, "
-        f"broker {config.uplink.brokers_text()})"
+        f"{config.source}: OK ({len(config.devices)} devices, {count_tags(config):,} tags, "
+        f"broker {config.uplink.brokers_text()}, about {estimate(config).total_mib:.0f} MiB to run)"
     )
+    for line in warnings(config):
+        print(f"{config.source}: warning: {line}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -94,7 +94,7 @@ class UplinkHealth:
         lines = [where, counters]
         if self.servers > 1:
             which = f"{self.server_index + 1} of {self.servers}"
-            lines.append(f"broker {which} configured  failovers {self.failovers}")
+            lines.append(f"broker {which}  failovers {self.failovers}")
         if self.sparkplug is not None:
             lines += self.sparkplug.status_lines()
         return lines

@@ -60,6 +60,9 @@ class MbusConfig(DeviceConfig):
     def endpoint_text(self) -> str:
         return f"{self.port} {self.baudrate} Bd"
 
+    def point_count(self) -> int:
+        return len(self.meters)
+
     @model_validator(mode="after")
     def _unique(self) -> Self:
         names = [m.name for m in self.meters]

@@ -138,6 +138,9 @@ class ModbusDeviceConfig(DeviceConfig):
                 )
         return self
 
+    def point_count(self) -> int:
+        return len(self.tags)
+
     def unit_of(self, tag: ModbusTag) -> int:
         """The unit ID a tag is read from."""
         return self.unit_id if tag.unit_id is None else tag.unit_id

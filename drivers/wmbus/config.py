@@ -73,6 +73,9 @@ class WmbusConfig(DeviceConfig):
         where = self.port if self.port is not None else f"{self.host}:{self.tcp_port}"
         return f"{self.receiver} {where}"
 
+    def point_count(self) -> int:
+        return len(self.meters)
+
     @model_validator(mode="after")
     def _source(self) -> Self:
         if (self.port is None) == (self.host is None):
