@@ -115,11 +115,11 @@ def test_leak_and_pump_processors_run_from_the_config_and_a_model_is_swapped_liv
 [[models.pump]]
 name = "pump1"
   [models.pump.signals]
-  flow = "pump1_flow"
-  motor_current = "pump1_motor_current"
-  speed = "pump1_speed"
-  discharge_pressure = "pump1_discharge_pressure"
-  vibration_x = "pump1_vibration_x"
+  flow = "pump1.flow"
+  motor_current = "pump1.motor_current"
+  speed = "pump1.speed"
+  discharge_pressure = "pump1.discharge_pressure"
+  vibration_x = "pump1.vibration_x"
 
 [[models.leak]]
 device = "hydrophones"

@@ -43,9 +43,9 @@ def test_probe_reads_every_tag_of_a_live_plc(tmp_path: Path) -> None:
     digits = {v: len(v.replace("-", "").replace(".", "").lstrip("0")) for v in values}
     assert all(n <= 9 for n in digits.values()), digits
     rows = [json.loads(line) for line in as_json.stdout.splitlines()]
-    assert {r["tag"] for r in rows} >= {"station_name", "pump1_flow", "outlet_total"}
+    assert {r["tag"] for r in rows} >= {"station.name", "pump1.flow", "meter.total"}
     assert all(r["quality"] == "good" for r in rows)
-    flow = next(r for r in rows if r["tag"] == "pump1_flow")
+    flow = next(r for r in rows if r["tag"] == "pump1.flow")
     assert flow["unit"] == "m3/h"
     assert isinstance(flow["value"], float)
 

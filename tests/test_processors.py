@@ -55,9 +55,9 @@ def test_models_tables_are_validated_by_their_kinds_models() -> None:
     (leak,) = config.models["leak"]
     (flow,) = config.models["flow_leak"]
     assert isinstance(flow, FlowLeakSection)
-    assert flow.inflow == ["outlet_flow"]
+    assert flow.inflow == ["meter.flow"]
     assert isinstance(pump, PumpModelConfig)
-    assert pump.signals["flow"] == "pump1_flow"
+    assert pump.signals["flow"] == "pump1.flow"
     assert isinstance(leak, LeakModelSection)
     assert leak.device == "hydrophones"
 
