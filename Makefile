@@ -9,7 +9,7 @@ setup:
 	@bash scripts/bootstrap.sh
 
 demo: setup
-	@DEMO_SECONDS=$(DEMO_SECONDS) bash scripts/demo.sh
+	@DEMO_SECONDS=$(DEMO_SECONDS) exec bash scripts/demo.sh
 
 test: setup lint
 	$(VENV)/bin/pytest -q

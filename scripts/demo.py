@@ -21,6 +21,8 @@ the default disposition, visible in /proc) and stops as if it had received it.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -47,10 +49,11 @@ SITE, GATEWAY = "demo-plant", "gw-01"
 TOPIC = f"water/{SITE}/{GATEWAY}"
 SPEED = 5
 PUMP_CALIBRATION_S = 90
+PR_SET_PDEATHSIG = 1
 DEVICES = [  # name, kind, the tags shown in the live view
     ("pump-station", "modbus_tcp", ["pump1.flow", "pump1.vibration_x", "station.tank_level"]),
     ("outlet-rtu", "modbus_rtu", ["meter.flow", "meter.total"]),
-    ("pumps-ua", "opcua", ["pump2.flow", "pump2.discharge_pressure"]),
+    ("pumps-ua", "opcua", ["pump1.discharge_pressure", "pump2.flow"]),
     ("house-meters", "mbus", ["m1.volume", "m2.volume"]),
     ("flat-meters", "wmbus", ["flat2.volume", "flat2.status"]),
     ("hydrophones", "audio", ["A.rms_dbfs", "B.rms_dbfs"]),
@@ -97,20 +100,34 @@ def _sigint_caught(status: str) -> bool:
 
 
 def parent_is_make() -> tuple[int, bool]:
-    ppid = os.getppid()
-    try:
-        comm = Path(f"/proc/{ppid}/comm").read_text().strip()
-        status = Path(f"/proc/{ppid}/status").read_text()
-    except OSError:
-        return ppid, False
-    # `make demo` runs the recipe through /bin/sh -c, which execs bash, which execs us.
-    return ppid, comm in ("make", "gmake") and _sigint_caught(status)
+    """The `make` this demo runs under (through shells that did not exec), if any."""
+    pid = os.getppid()
+    for _ in range(4):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return pid, False
+        if comm in ("make", "gmake"):
+            return pid, _sigint_caught(status)
+        if comm not in ("sh", "bash", "dash"):
+            return pid, False
+        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+    return pid, False
+
+
+def _die_with_the_demo() -> None:
+    """In each child: SIGTERM when the demo itself dies (killed, its terminal closed), so nothing it
+    started outlives it; the agent still drains on that SIGTERM."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Demo:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.run = Path(tempfile.mkdtemp(prefix="edge-demo."))
+        self.run = Path(tempfile.mkdtemp(prefix="edge-demo.", dir=os.environ.get("DEMO_DIR") or None))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.stop = threading.Event()
         self.view: LiveView | None = None
@@ -120,9 +137,19 @@ class Demo:
 
     # -- start ------------------------------------------------------------------------------------
 
-    def spawn(self, name: str, args: list[str], log: str) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, args: list[str], log: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         out = (self.run / log).open("wb")
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # Own sessions: a Ctrl-C in the terminal reaches the demo only, which stops them in order.
+        proc = subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_the_demo,  # noqa: PLW1509 - prctl only, no threads touched
+            env={**os.environ, **(env or {})},
+        )
         self.procs[name] = proc
         return proc
 
@@ -139,7 +166,8 @@ class Demo:
         endpoints = self.run / "endpoints.json"
         args = [str(BIN / "edge-sim"), "run", "--port", str(free_port(5020)), "--scenario", str(SCENARIO)]
         args += ["--endpoints-file", str(endpoints), "--workdir", str(self.run / "sim")]
-        proc = self.spawn("sim", args, "sim.log")
+        # OPC UA's 4840 may be taken (another demo, a test): then any free port; the config follows.
+        proc = self.spawn("sim", args, "sim.log", env={"EDGE_SIM_OPCUA_PORT": str(free_port(4840))})
 
         def ready() -> bool:
             if proc.poll() is not None:
@@ -151,30 +179,46 @@ class Demo:
         return result
 
     def leak_baseline(self) -> None:
-        """Two simulated quiet nights per hydrophone -> a baseline in the agent's state dir."""
+        """Three simulated quiet nights -> a baseline for each hydrophone in the agent's state dir."""
         quiet = []
         for seed in (101, 102, 103):
             wav = self.run / f"quiet-night-{seed}.wav"
-            subprocess.run(
-                [str(BIN / "edge-sim"), "hydrophones", "--wav", str(wav), "--seconds", "24", "--seed", str(seed),
-                 "--material", "ductile_iron", "--diameter-mm", "150", "--spacing-m", "100", "--snr-db", "10"],
-                check=True, capture_output=True,
-            )  # fmt: skip
+            pipe = [
+                "--material",
+                "ductile_iron",
+                "--diameter-mm",
+                "150",
+                "--spacing-m",
+                "100",
+                "--snr-db",
+                "10",
+            ]
+            args = [
+                str(BIN / "edge-sim"),
+                "hydrophones",
+                "--wav",
+                str(wav),
+                "--seconds",
+                "24",
+                "--seed",
+                str(seed),
+            ]
+            subprocess.run([*args, *pipe], check=True, capture_output=True)
             quiet.append(str(wav))
+        out = self.run / "quiet-baseline.json"
+        subprocess.run(
+            [str(BIN / "edge-agent"), "models", "calibrate", "leak", *quiet, "--out", str(out),
+             "--material", "ductile_iron"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        # The simulated pair is symmetric: both hydrophones start from the same quiet.
         for channel in ("A", "B"):
             sensor = f"hydrophones.{channel}"
             folder = self.state / "leak" / sensor
             folder.mkdir(parents=True, exist_ok=True)
-            out = self.run / f"{sensor}.json"
-            subprocess.run(
-                [str(BIN / "edge-agent"), "models", "calibrate", "leak", *quiet, "--out", str(out),
-                 "--material", "ductile_iron"],
-                check=True, capture_output=True,
-            )  # fmt: skip
             baseline = json.loads(out.read_text())
             baseline["sensor"] = sensor
-            baseline.setdefault("version", 1)
-            for target in (folder / "baseline.json", folder / f"baseline.v{baseline['version']}.json"):
+            for target in (folder / "baseline.json", folder / f"baseline.v{baseline.get('version', 0)}.json"):
                 target.write_text(json.dumps(baseline, indent=2) + "\n")
 
     def write_config(self, ep: dict[str, Any]) -> None:
@@ -187,7 +231,10 @@ class Demo:
 
     def start_agent(self) -> None:
         check = subprocess.run(
-            [str(BIN / "edge-agent"), "check-config", "-c", str(self.config)], capture_output=True, text=True
+            [str(BIN / "edge-agent"), "check-config", "-c", str(self.config)],
+            check=False,
+            capture_output=True,
+            text=True,
         )
         if check.returncode != 0:
             raise RuntimeError(f"the demo's config does not check:\n{check.stdout}{check.stderr}")
@@ -211,10 +258,10 @@ class Demo:
                 clean = False
         if self.view is not None:
             with_view = self.view
-            try:
-                wait_for(lambda: with_view.presence.get("state") == "offline", 5, "the retained status offline")
-            except RuntimeError:
-                pass
+            with contextlib.suppress(RuntimeError):
+                wait_for(
+                    lambda: with_view.presence.get("state") == "offline", 5, "the retained status offline"
+                )
             clean = self.report_stop(with_view) and clean
             with_view.close()
         for name in ("sim", "broker"):
@@ -236,10 +283,18 @@ class Demo:
         return clean
 
     def report_stop(self, view: LiveView) -> bool:
+        if "agent" not in self.procs:
+            say("stopped before the agent started")
+            return False
         rows = outbox_rows(self.state / "outbox.sqlite")
         stopped = bool(view.events_of("agent_stopped"))
         presence = view.presence
-        ok = rows == 0 and stopped and presence.get("state") == "offline" and presence.get("reason") == "stopped"
+        ok = (
+            rows == 0
+            and stopped
+            and presence.get("state") == "offline"
+            and presence.get("reason") == "stopped"
+        )
         say(
             f"clean stop: outbox {rows} rows, agent_stopped {'received' if stopped else 'MISSING'}, "
             f"retained status {presence.get('state')}/{presence.get('reason')}"
@@ -259,26 +314,34 @@ class Demo:
         try:
             say("1/5 broker ...")
             self.start_broker()
-            say(f"2/5 firmware-sim: Modbus TCP + RTU, OPC UA, M-Bus, wireless M-Bus, hydrophones ({SPEED}x) ...")
-            ep = self.start_plant()
-            say("3/5 leak model: a baseline from three simulated quiet nights per hydrophone ...")
+            say(
+                "2/5 leak model: a baseline from three simulated quiet nights (edge-sim hydrophones, "
+                "edge-agent models calibrate leak) ..."
+            )
             self.leak_baseline()
+            say(
+                f"3/5 firmware-sim ({SPEED}x): "
+                "Modbus TCP + RTU, OPC UA, M-Bus, wireless M-Bus, hydrophones ..."
+            )
+            ep = self.start_plant()
+            plant_start = time.monotonic()
             say("4/5 agent ...")
             self.write_config(ep)
             self.start_agent()
             say(f"5/5 live view ({time.monotonic() - t0:.0f} s to here)")
-            plant_start = time.monotonic()
             self.view = LiveView(
                 "127.0.0.1", self.broker_port, TOPIC, DEVICES, self.state / "status.sock",
                 plant_clock=lambda: plant_clock(plant_start),
             )  # fmt: skip
             say(
-                f"in another terminal: .venv/bin/edge-agent status   |   .venv/bin/edge-agent tail --tag 'pump1.*'"
-                f"   (or -c {self.config})"
+                "in another terminal: .venv/bin/edge-agent status   |   "
+                f".venv/bin/edge-agent tail --tag 'pump1.*'   (or -c {self.config})"
             )
             say(
-                "what to expect: a leak opens at about 0:15 (found at the first one-minute check), a wireless "
-                "meter is tampered with at 0:40, pump 1's bearing fails at 2:00, the RTU line drops at 2:40"
+                "what to expect: a wireless meter reports tampering at about 0:20 (clear at 1:20); "
+                "a leak opens at 0:15 and is heard at the next one-minute check (warning, then leak); "
+                "pump 1's bearing fails at 2:00 (pump_anomaly once it shows); "
+                "the RTU line goes silent at 2:40 for 20 s"
             )
             self.loop(ppid, watch_make)
         except RuntimeError as exc:
@@ -447,12 +510,16 @@ endpoint = "{ua["url"]}"
 mode = "subscribe"
 
 [[devices.tags]]
-name = "pump2.flow"
-path = "PumpStation/Pump2/Flow"
+name = "pump1.discharge_pressure"
+path = "PumpStation/Pump1/DischargePressure"
 
 [[devices.tags]]
-name = "pump2.discharge_pressure"
-path = "PumpStation/Pump2/DischargePressure"
+name = "pump2.flow"
+path = "PumpStation/Pump2/Flow"        # pump 2 stands by at night: 0
+
+[[devices.tags]]
+name = "station.tank_level"
+node = "ns=2;s=station.tank_level"
 
 [[devices]]
 name = "house-meters"
@@ -480,7 +547,7 @@ name = "pump1"
 persistence = 5
 clear_after = 30
   [models.pump.calibration]
-  auto_hours = {PUMP_CALIBRATION_S / 3600:.4f}     # {PUMP_CALIBRATION_S} s instead of a day: the demo's night is steady
+  auto_hours = {PUMP_CALIBRATION_S / 3600:.4f}     # {PUMP_CALIBRATION_S} s, not a day: the night is steady
   min_samples = 64
   [models.pump.signals]
 {signals}

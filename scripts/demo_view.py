@@ -121,7 +121,13 @@ class LiveView:
                 for event in body.get("events") or []:
                     self.all_events.append(event)
                     self.events.append(
-                        Arrived(time.monotonic(), event["kind"], event["source"], event["severity"], describe(event))
+                        Arrived(
+                            time.monotonic(),
+                            event["kind"],
+                            event["source"],
+                            event["severity"],
+                            describe(event),
+                        )
                     )
             elif stream in self.devices and isinstance(body.get("readings"), list):
                 device = self.devices[stream]
@@ -226,7 +232,8 @@ class LiveView:
             devices = Table(expand=True, box=None, pad_edge=False, show_edge=False)
             for column, style in (("device", "bold"), ("kind", "dim"), ("state", ""), ("readings", ""),
                                   ("latest values (as the centre received them)", "")):  # fmt: skip
-                devices.add_column(column, style=style, no_wrap=column != "latest values (as the centre received them)")
+                last = column.startswith("latest")
+                devices.add_column(column, style=style, no_wrap=not last, ratio=1 if last else None)
             for device in self.devices.values():
                 state, endpoint = self.device_state(device.name)
                 good, bad = device.counts()
@@ -256,14 +263,14 @@ class LiveView:
                 )
             models = Table(expand=True, box=None, show_header=False, pad_edge=False)
             models.add_column("model", style="bold", no_wrap=True)
-            models.add_column("state")
+            models.add_column("state", ratio=1)
             for proc in self.status.get("processors") or []:
                 for i, text in enumerate(proc.get("lines") or []):
                     models.add_row(proc["name"] if i == 0 else "", text)
             events = Table(expand=True, box=None, show_header=False, pad_edge=False)
             events.add_column("when", style="dim", no_wrap=True)
             events.add_column("kind", no_wrap=True)
-            events.add_column("what")
+            events.add_column("what", ratio=1)
             for e in list(self.events)[::-1]:
                 style = {"alarm": "bold red", "critical": "bold red", "warning": "yellow"}.get(e.severity, "")
                 when = datetime.fromtimestamp(time.time() - (time.monotonic() - e.at)).strftime("%H:%M:%S")
@@ -285,7 +292,7 @@ class LiveView:
         )
 
 
-def describe(event: dict[str, Any]) -> str:
+def describe(event: dict[str, Any]) -> str:  # noqa: PLR0911 - one short answer per kind
     """An event's detail in one line a person reads."""
     d = event.get("detail") or {}
     kind = event["kind"]
@@ -303,7 +310,9 @@ def describe(event: dict[str, Any]) -> str:
     if kind == "meter_alarm":
         return f"{d.get('alarm')} {d.get('state')}"
     if kind == "driver_down":
-        return f"down: {d.get('reason')}"
+        reason = str(d.get("reason") or "")
+        prefix = f"{event['source']}: "
+        return reason.removeprefix(prefix) or "down"
     if kind == "driver_up":
         return f"back after {d.get('down_for_s', 0):.0f} s"
     if kind in ("pump_anomaly_cleared", "leak_cleared"):
