@@ -55,7 +55,7 @@ DEVICES = [  # name, kind, the tags shown in the live view
     ("outlet-rtu", "modbus_rtu", ["meter.flow", "meter.total"]),
     ("pumps-ua", "opcua", ["pump1.discharge_pressure", "pump2.flow"]),
     ("house-meters", "mbus", ["m1.volume", "m2.volume"]),
-    ("flat-meters", "wmbus", ["flat2.volume", "flat2.status"]),
+    ("flat-meters", "wmbus", ["flat2.volume", "flat4.volume"]),
     ("hydrophones", "audio", ["A.rms_dbfs", "B.rms_dbfs"]),
 ]
 
