@@ -61,7 +61,9 @@ DEVICES = [  # name, kind, the tags shown in the live view
 
 
 def say(text: str) -> None:
-    print(f"demo: {text}", flush=True)
+    # The terminal may be gone (a closed tmux pane, a dropped ssh session): the stop must go on.
+    with contextlib.suppress(OSError):
+        print(f"demo: {text}", flush=True)
 
 
 def free_port(preferred: int) -> int:
@@ -218,7 +220,8 @@ class Demo:
             folder.mkdir(parents=True, exist_ok=True)
             baseline = json.loads(out.read_text())
             baseline["sensor"] = sensor
-            for target in (folder / "baseline.json", folder / f"baseline.v{baseline.get('version', 0)}.json"):
+            baseline["version"] = 1  # as the gateway numbers the first baseline it learns
+            for target in (folder / "baseline.json", folder / f"baseline.v{baseline['version']}.json"):
                 target.write_text(json.dumps(baseline, indent=2) + "\n")
 
     def write_config(self, ep: dict[str, Any]) -> None:
@@ -244,6 +247,14 @@ class Demo:
 
     def shutdown(self) -> bool:
         """Agent first (it drains and says stopped), then the view, the simulator, the broker."""
+        try:
+            clean = self.stop_agent()
+        finally:
+            self.stop_plant_and_broker()
+        say(f"stopped; logs and the agent's state kept in {self.run}")
+        return clean
+
+    def stop_agent(self) -> bool:
         clean = True
         agent = self.procs.get("agent")
         if agent is not None and agent.poll() is None:
@@ -264,6 +275,9 @@ class Demo:
                 )
             clean = self.report_stop(with_view) and clean
             with_view.close()
+        return clean
+
+    def stop_plant_and_broker(self) -> None:
         for name in ("sim", "broker"):
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is None:
@@ -279,8 +293,6 @@ class Demo:
         shutil.rmtree(self.run / "sim", ignore_errors=True)  # the OPC UA server's key among them
         for wav in self.run.glob("quiet-night-*.wav"):
             wav.unlink()
-        say(f"stopped; logs and the agent's state kept in {self.run}")
-        return clean
 
     def report_stop(self, view: LiveView) -> bool:
         if "agent" not in self.procs:
@@ -344,7 +356,8 @@ class Demo:
                 "the RTU line goes silent at 2:40 for 20 s"
             )
             self.loop(ppid, watch_make)
-        except RuntimeError as exc:
+        except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+            # OSError also when the terminal went away (SIGHUP follows): say() stays quiet then.
             say(f"cannot run: {exc}")
         finally:
             clean = self.shutdown()
@@ -368,7 +381,7 @@ class Demo:
             from rich.live import Live
 
             with Live(view.renderable(), console=Console(), refresh_per_second=2, screen=False) as live:
-                while not done():
+                while not done() and terminal_alive():
                     view.poll_status()
                     live.update(view.renderable())
                     self.stop.wait(0.5)
@@ -387,6 +400,16 @@ class Demo:
                 print(line, flush=True)
         if agent.poll() is not None:
             say(f"the agent exited with {agent.returncode}; see {self.run / 'agent.log'}")
+
+
+def terminal_alive() -> bool:
+    """False once our terminal hung up (a closed tmux pane or ssh session): the kernel signals only
+    the session leader, so the demo notices here and stops as for Ctrl-C."""
+    try:
+        os.tcgetpgrp(sys.stdout.fileno())
+    except OSError:
+        return False
+    return True
 
 
 def plant_clock(started: float) -> str:

@@ -68,6 +68,8 @@ class Arrived:
     source: str
     severity: str
     text: str
+    flaps: int = 0  # earlier driver_down/driver_up of the same source folded into this row
+    since: float = 0.0
 
 
 class LiveView:
@@ -120,7 +122,7 @@ class LiveView:
             elif stream == "events":
                 for event in body.get("events") or []:
                     self.all_events.append(event)
-                    self.events.append(
+                    self._show(
                         Arrived(
                             time.monotonic(),
                             event["kind"],
@@ -140,6 +142,16 @@ class LiveView:
                     device.readings[r["tag"]] = Latest(
                         r["value"], r.get("unit", ""), r["quality"], r.get("reason"), r["ts"]
                     )
+
+    def _show(self, new: Arrived) -> None:
+        """A device going down and up again folds into one row, so it cannot push the other events
+        out of view (every event still goes to `all_events` and to the plain output)."""
+        flapping = {"driver_down", "driver_up"}
+        last = self.events[-1] if self.events else None
+        if last is not None and last.source == new.source and {last.kind, new.kind} <= flapping:
+            new.flaps, new.since = last.flaps + 1, last.since or last.at
+            self.events.pop()
+        self.events.append(new)
 
     def poll_status(self) -> None:
         from water_edge.agent.status import AgentNotRunningError, request_status
@@ -213,6 +225,26 @@ class LiveView:
 
     # -- rich (terminal) -------------------------------------------------------------------------
 
+    def _events_table(self) -> Any:
+        from rich.table import Table
+        from rich.text import Text
+
+        events = Table(expand=True, box=None, show_header=False, pad_edge=False)
+        events.add_column("when", style="dim", no_wrap=True)
+        events.add_column("kind", no_wrap=True)
+        events.add_column("what", ratio=1)
+        for e in list(self.events)[::-1]:
+            style = {"alarm": "bold red", "critical": "bold red", "warning": "yellow"}.get(e.severity, "")
+            when = datetime.fromtimestamp(time.time() - (time.monotonic() - e.at)).strftime("%H:%M:%S")
+            text = f"{e.source}: {e.text}"
+            if e.flaps:
+                first = datetime.fromtimestamp(time.time() - (time.monotonic() - e.since)).strftime(
+                    "%H:%M:%S"
+                )
+                text += f"  (down/up {e.flaps + 1} times since {first})"
+            events.add_row(when, Text(e.kind, style=style), text)
+        return events
+
     def renderable(self) -> Any:
         from rich.console import Group
         from rich.panel import Panel
@@ -267,14 +299,7 @@ class LiveView:
             for proc in self.status.get("processors") or []:
                 for i, text in enumerate(proc.get("lines") or []):
                     models.add_row(proc["name"] if i == 0 else "", text)
-            events = Table(expand=True, box=None, show_header=False, pad_edge=False)
-            events.add_column("when", style="dim", no_wrap=True)
-            events.add_column("kind", no_wrap=True)
-            events.add_column("what", ratio=1)
-            for e in list(self.events)[::-1]:
-                style = {"alarm": "bold red", "critical": "bold red", "warning": "yellow"}.get(e.severity, "")
-                when = datetime.fromtimestamp(time.time() - (time.monotonic() - e.at)).strftime("%H:%M:%S")
-                events.add_row(when, Text(e.kind, style=style), f"{e.source}: {e.text}")
+            events = self._events_table()
             uplink = (self.status.get("uplink") or {}).get("lines") or ["…"]
             buffer = (self.status.get("buffer") or {}).get("lines") or ["…"]
             centre = self.presence.get("state", "?")
