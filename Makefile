@@ -9,7 +9,7 @@ setup:
 	@bash scripts/bootstrap.sh
 
 demo: setup
-	@DEMO_SECONDS=$(DEMO_SECONDS) bash scripts/demo.sh
+	@DEMO_SECONDS=$(DEMO_SECONDS) exec bash scripts/demo.sh
 
 test: setup lint
 	$(VENV)/bin/pytest -q
@@ -27,13 +27,21 @@ bench: setup
 # Model evaluation on held-out simulated data and the real recordings and features; rewrites docs/img,
 # metrics and the docs/*-eval*.json figures.
 eval: setup
+	@echo 'eval: 1/8 leak classifier (held-out clips, real recordings) ...'
 	$(PY) -m water_edge.models.train.leak_eval --update-manifest
+	@echo 'eval: 2/8 leak baseline calibration ...'
 	$(PY) -m water_edge.models.train.leak_calibration
+	@echo 'eval: 3/8 field leak detector (simulated nights) ...'
 	$(PY) -m water_edge.models.train.leak_field_eval --update-manifest
+	@echo 'eval: 4/8 night flow ...'
 	$(PY) -m water_edge.models.train.flow_leak_eval
+	@echo 'eval: 5/8 pump detector (held-out faults) ...'
 	$(PY) -m water_edge.models.train.pump_eval --write
+	@echo 'eval: 6/8 pump detector on the test rig ...'
 	$(PY) -m water_edge.models.train.pump_eval_rig --set evaluation --json docs/pump-eval-rig.json --plot docs/img/pump_rig_scores.png
+	@echo 'eval: 7/8 pump detector, short calibrations ...'
 	$(PY) -m water_edge.models.train.pump_eval_short --set evaluation --json docs/pump-eval-short.json
+	@echo 'eval: 8/8 machine sound (MIMII features) ...'
 	$(PY) -m water_edge.models.train.machine_sound_eval --write
 
 soak: setup

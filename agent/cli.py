@@ -1,7 +1,9 @@
 """`edge-agent`: run the agent, check a config, and look inside a running one.
 
-Exit codes: 0 ok; 1 the agent or a command failed at run time; 2 bad usage or an invalid config;
-3 no agent is running (status, tail).
+Exit codes: 0 ok; 1 the agent or a command failed at run time; 2 bad usage or an invalid config.
+`status` speaks to monitoring systems (docs/status.md): 0 the agent is ok, 1 it is degraded (a
+device down, the uplink not online, the outbox nearly full), 2 no agent answers; `tail` exits 2
+when no agent answers.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import orjson
 from water_edge.agent import __version__
 
 DEFAULT_CONFIG = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_DEGRADED, EXIT_NOT_RUNNING = 1, 2  # `status`, as monitoring plugins count: ok, warning, critical
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,16 +47,29 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 if not")
     with_config(check)
 
-    status = sub.add_parser("status", help="ask the running agent how it is doing")
-    with_config(status)
-    status.add_argument("--socket", help="status socket (default: from the config)")
+    def finding_agent(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-c",
+            "--config",
+            help="a hint: the config of the agent to ask (default: find the running agent; "
+            "a broken config still gives its socket)",
+        )
+        p.add_argument("--socket", help="status socket of the agent to ask (overrides -c)")
+
+    status = sub.add_parser(
+        "status",
+        help="ask the running agent how it is doing (exit 0 ok, 1 degraded, 2 no agent answers)",
+    )
+    finding_agent(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("-v", "--verbose", action="store_true", help="also each driver's own counters")
 
     tail = sub.add_parser("tail", help="print readings live as the running agent takes them")
-    with_config(tail)
-    tail.add_argument("--socket", help="status socket (default: from the config)")
+    finding_agent(tail)
     tail.add_argument("--tag", default="*", help="only tags matching this glob, e.g. 'pump1.*'")
-    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.add_argument("--device", default="*", help="only devices matching this glob")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line (exact values)")
+    tail.add_argument("--raw", action="store_true", help="exact values and nanosecond timestamps")
 
     buffer = sub.add_parser("buffer", help="inspect the outbox database")
     buffer_sub = buffer.add_subparsers(dest="buffer_command", required=True)
@@ -99,13 +115,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = _load(args.config)
     except ConfigError as exc:
         return _config_errors(exc)
+    from water_edge.agent.config.memory import count_tags, estimate, warnings
+
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    tags = sum(len(getattr(d, "tags", ())) for d in config.devices)
     print(
-        f"{config.source}: OK ({len(config.devices)} devices, {tags} tags, "
-        f"broker {config.uplink.brokers_text()})"
+        f"{config.source}: OK ({len(config.devices)} devices, {count_tags(config):,} tags, "
+        f"broker {config.uplink.brokers_text()}, about {estimate(config).total_mib:.0f} MiB to run)"
     )
+    for line in warnings(config):
+        print(f"{config.source}: warning: {line}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -134,9 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _socket_path(args: argparse.Namespace) -> Path:
-    if args.socket:
-        return Path(args.socket)
-    return Path(_load(args.config).status_socket)
+    """The running agent's status socket; `locate.NoAgentError` when none can be found."""
+    from water_edge.agent.locate import find_socket
+
+    return find_socket(args.socket, args.config, Path(DEFAULT_CONFIG))
 
 
 # `edge-agent status` lays out the status document (agent.status_document, docs/status.md): a label
@@ -145,16 +165,24 @@ def _socket_path(args: argparse.Namespace) -> Path:
 SECTION_LABELS = (("uplink", "uplink   "), ("pipeline", "pipeline "), ("buffer", "buffer   "))
 
 
-def format_status(snap: dict[str, Any]) -> str:
+def format_status(snap: dict[str, Any], *, verbose: bool = False) -> str:
     lines = _labelled("edge-agent ", snap["agent"])
+    verdict = snap.get("verdict")
+    if verdict:
+        problems = verdict.get("problems") or []
+        lines.append(f"state    {verdict['state']}" + (": " + "; ".join(problems) if problems else ""))
     for section, label in SECTION_LABELS:
         lines += _labelled(label, snap[section])
     for proc in snap.get("processors") or []:
         lines += [f"model    {proc['name']}: {line}" for line in proc.get("lines") or []]
     lines += [f"ALARM    {alarm}" for alarm in snap.get("alarms") or []]
     lines.append("drivers")
+    width = max((len(d["name"]) for d in snap["drivers"]), default=0)
     for device in snap["drivers"]:
-        lines += _labelled(f"  {device['name']:<24} ", device)
+        label = f"  {device['name']:<{width}}  "
+        lines += _labelled(label, device)
+        if verbose:
+            lines += [" " * len(label) + "  " + line for line in device.get("driver_lines") or []]
     return "\n".join(lines)
 
 
@@ -165,37 +193,54 @@ def _labelled(label: str, section: dict[str, Any]) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from water_edge.agent.locate import NoAgentError
     from water_edge.agent.status import AgentNotRunningError, request_status
 
     try:
         snap = request_status(_socket_path(args))
-    except AgentNotRunningError as exc:
+    except (AgentNotRunningError, NoAgentError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
     if args.json:
         sys.stdout.write(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(format_status(snap))
-    return EXIT_OK
+        print(format_status(snap, verbose=args.verbose))
+    state = (snap.get("verdict") or {}).get("state", "ok")
+    return EXIT_OK if state == "ok" else EXIT_DEGRADED
+
+
+def format_reading(reading: dict[str, Any], *, raw: bool = False) -> str:
+    """One line of `tail`: local time, device/tag, the value at its precision, unit, quality."""
+    from water_edge.core import units
+
+    when = str(reading["ts"]) if raw else units.timestamp(reading["ts"])
+    value = (
+        repr(reading["value"])
+        if raw and isinstance(reading["value"], float)
+        else units.value(reading["value"])
+    )
+    unit = f" {reading['unit']}" if reading.get("unit") else ""
+    quality = "" if reading["quality"] == "good" else f"  [{reading['quality']}]"
+    reason = f" {reading['reason']}" if reading.get("reason") else ""
+    return f"{when}  {reading['source']}/{reading['tag']} = {value}{unit}{quality}{reason}"
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    from water_edge.agent.locate import NoAgentError
     from water_edge.agent.status import AgentNotRunningError, tail_lines
 
     try:
         for reading in tail_lines(_socket_path(args)):
             if not fnmatch.fnmatchcase(reading["tag"], args.tag):
                 continue
+            if not fnmatch.fnmatchcase(reading["source"], args.device):
+                continue
             if args.json:
                 sys.stdout.write(orjson.dumps(reading).decode() + "\n")
             else:
-                reason = f" ({reading['reason']})" if reading.get("reason") else ""
-                print(
-                    f"{reading['ts']}  {reading['source']}/{reading['tag']} = "
-                    f"{reading['value']} {reading['unit']}  [{reading['quality']}]{reason}"
-                )
+                print(format_reading(reading, raw=args.raw))
             sys.stdout.flush()
-    except AgentNotRunningError as exc:
+    except (AgentNotRunningError, NoAgentError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
     except KeyboardInterrupt:

@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from water_edge.agent import __version__
+from water_edge.agent import __version__, locate
 from water_edge.agent.assembly import EXIT_RESTART, build_command_channel, build_drivers, build_processors
 from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSync
 from water_edge.agent.config import Config
@@ -321,6 +321,8 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         await self.status.start()
+        # `edge-agent status` finds the agent without its config (agent.locate).
+        announcement = locate.announce(self.config.status_socket)
         log.info(
             "agent.started",
             version=__version__,
@@ -374,6 +376,7 @@ class Agent:
                 for task in background:
                     task.cancel()
         finally:
+            announcement.close()
             await self.status.close()
             self.notifier.close()
 

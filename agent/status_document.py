@@ -21,6 +21,7 @@ from water_edge.agent.update.report import UpdateHealth
 from water_edge.agent.uplink.health import UplinkHealth
 from water_edge.agent.watchdog import WatchdogHealth
 from water_edge.buffer.stats import BufferHealth
+from water_edge.core import units
 from water_edge.core.health import Health, health_json
 
 
@@ -39,7 +40,8 @@ class AgentStatus:
     def status_lines(self) -> list[str]:
         return [
             f"{self.version}  site {self.site}  gateway {self.gateway}  pid {self.pid}  "
-            f"up {self.uptime_s:.0f} s"
+            f"up {units.duration(self.uptime_s)}",
+            f"config {self.config}",
         ]
 
 
@@ -67,6 +69,27 @@ class RejectedInputs:
     commands: int  # command messages rejected by the uplink (oversized, bad topic)
     commands_dropped: int  # command messages dropped because the command queue was full
     undecodable_rows: int  # outbox rows the uplink could not encode
+
+
+# Above this share of its quota the outbox is about to evict: the agent is degraded.
+BUFFER_DEGRADED_PCT = 90.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The agent in one word for monitoring: `ok`, or `degraded` with a line per problem.
+
+    `edge-agent status` turns it into its exit code (0 ok, 1 degraded; 2 when no agent answers).
+    A problem is the agent's own (a device it cannot read, an uplink that is not online, an outbox
+    close to full or quarantined, a stalled loop), never a detection in the plant: a leak event is
+    the agent doing its job.
+    """
+
+    state: str  # ok | degraded
+    problems: tuple[str, ...]
+
+    def status_lines(self) -> list[str]:
+        return [self.state, *self.problems]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +120,7 @@ class StatusDocument:
                 agent["lines"] = agent["lines"] + section.status_lines()
         return {
             "agent": agent,
-            "drivers": [_read(d) for d in self.drivers],
+            "drivers": [_read(d) | {"driver_lines": d.driver.status_lines()} for d in self.drivers],
             "pipeline": _read(self.pipeline),
             "buffer": {} if self.buffer is None else _read(self.buffer),
             "uplink": _read(self.uplink),
@@ -113,7 +136,23 @@ class StatusDocument:
             "update": None if self.update is None else _read(self.update),
             "clock": None if self.clock is None else _read(self.clock),
             "certificate": None if self.certificate is None else _read(self.certificate),
+            "verdict": health_json(self.verdict()),
         }
+
+    def verdict(self) -> Verdict:
+        problems = [f"device {d.name} is down" for d in self.drivers if d.state == "down"]
+        if self.uplink.state != "online":
+            problems.append(f"uplink {self.uplink.state} ({self.uplink.broker})")
+        if self.buffer is not None:
+            problems += self.buffer.alarm_lines()
+            if self.buffer.used_pct >= BUFFER_DEGRADED_PCT:
+                problems.append(f"outbox {self.buffer.used_pct:.0f} % full")
+        if self.watchdog is not None and self.watchdog.stalled:
+            problems.append(f"stalled: {', '.join(self.watchdog.stalled)}")
+        for lifecycle in (self.clock, self.certificate):
+            if lifecycle is not None:
+                problems += lifecycle.alarm_lines()
+        return Verdict("degraded" if problems else "ok", tuple(problems))
 
 
 def _read(section: Health) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Literal
 
 import structlog
 
+from water_edge.core import units
 from water_edge.core.backoff import Backoff
 from water_edge.core.errors import DriverIOError
 from water_edge.core.health import Health
@@ -42,6 +43,7 @@ class DeviceStats:
     reconnects: int = 0
     last_read_ns: int | None = None
     last_error: str | None = None
+    last_error_ns: int | None = None
     down_since_ns: int | None = None
 
 
@@ -62,17 +64,28 @@ class RunnerStatus:
     reconnects: int
     last_read_ns: int | None
     last_read_age_s: float | None  # at the time of this status
-    last_error: str | None
+    last_error: str | None  # why the device is down; None while it is up
     down_since_ns: int | None
     driver: Health
+    endpoint: str = ""  # where the device is reached (`DeviceConfig.endpoint_text()`)
+    last_error_ns: int | None = None  # when `last_error` last happened (the latest failed attempt)
+    last_error_age_s: float | None = None  # at the time of this status
+    down_for_s: float | None = None  # at the time of this status
 
     def status_lines(self) -> list[str]:
-        last_read = "never" if self.last_read_age_s is None else f"{self.last_read_age_s:.1f} s ago"
-        err = f"  error: {self.last_error}" if self.state != "up" and self.last_error else ""
-        return [
-            f"{self.kind:<12} {self.state:<8} last read {last_read}  polls {self.polls}  bad "
-            f"{self.bad_readings}  overruns {self.overruns}  restarts {self.reconnects}{err}"
-        ]
+        last_read = "never" if self.last_read_age_s is None else f"{units.duration(self.last_read_age_s)} ago"
+        state = str(self.state)
+        if self.state == "down" and self.down_for_s is not None:
+            state += f" {units.duration(self.down_for_s)}"
+        where = f" {self.endpoint} " if self.endpoint else ""
+        line = (
+            f"{self.kind:<11} {state:<8}{where} last read {last_read}  polls {self.polls}  bad "
+            f"{self.bad_readings}  overruns {self.overruns}  restarts {self.reconnects}"
+        )
+        if self.state != "up" and self.last_error:
+            when = "" if self.last_error_age_s is None else f" {units.duration(self.last_error_age_s)} ago"
+            line += f"  error{when}: {self.last_error}"
+        return [line]
 
 
 class DeviceRunner:
@@ -117,7 +130,7 @@ class DeviceRunner:
         self._rescheduled.set()
 
     def status(self) -> RunnerStatus:
-        s = self.stats
+        s, now = self.stats, now_ns()
         return RunnerStatus(
             name=self.name,
             kind=self.config.kind,
@@ -131,10 +144,14 @@ class DeviceRunner:
             crashes=s.crashes,
             reconnects=s.reconnects,
             last_read_ns=s.last_read_ns,
-            last_read_age_s=None if s.last_read_ns is None else round((now_ns() - s.last_read_ns) / 1e9, 3),
+            last_read_age_s=None if s.last_read_ns is None else round((now - s.last_read_ns) / 1e9, 3),
             last_error=s.last_error,
             down_since_ns=s.down_since_ns,
             driver=self.driver.health(),
+            endpoint=self.config.endpoint_text(),
+            last_error_ns=s.last_error_ns,
+            last_error_age_s=None if s.last_error_ns is None else round((now - s.last_error_ns) / 1e9, 1),
+            down_for_s=None if s.down_since_ns is None else round((now - s.down_since_ns) / 1e9, 1),
         )
 
     async def run(self) -> None:
@@ -231,11 +248,12 @@ class DeviceRunner:
         else:
             log.info("driver.opened", driver=self.name)
         self.stats.down_since_ns = None
+        self.stats.last_error = self.stats.last_error_ns = None
 
     async def _mark_down(self, reason: str, *, crashed: bool) -> None:
         self.stats.failures += 1
         self.stats.crashes += int(crashed)
-        self.stats.last_error = reason
+        self.stats.last_error, self.stats.last_error_ns = reason, now_ns()
         await self._close()
         delay = self._backoff.next_delay()
         self._retry_at = asyncio.get_running_loop().time() + delay

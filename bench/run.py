@@ -25,6 +25,7 @@ SUITES = [
     "bench.bench_uplink",
     "bench.bench_backlog",
     "bench.bench_agent",
+    "bench.bench_config_memory",
     "bench.bench_sparkplug",
     "bench.bench_opcua",
     "bench.bench_mbus",

@@ -12,6 +12,7 @@ from typing import Any
 
 from water_edge.buffer import schema
 from water_edge.buffer.types import OutboxStats
+from water_edge.core import units
 from water_edge.core.errors import BufferError
 
 
@@ -34,10 +35,11 @@ class BufferHealth:
 
     def status_lines(self) -> list[str]:
         pct = _pct_of(self.bytes, self.max_bytes)
-        oldest = "-" if self.oldest_age_s is None else f"{self.oldest_age_s} s"
+        oldest = "-" if self.oldest_age_s is None else units.duration(self.oldest_age_s)
         return [
-            f"{self.rows} rows / {self.readings} readings  {self.bytes} bytes ({pct:.1f} % of quota)  "
-            f"oldest {oldest}  evicted {self.evicted_readings} readings"
+            f"{self.rows} rows / {self.readings} readings  {units.size(self.bytes)} of "
+            f"{units.size(self.max_bytes)} ({pct:.1f} %)  oldest {oldest}  "
+            f"evicted {self.evicted_readings} readings"
         ]
 
     def alarm_lines(self) -> list[str]:
@@ -116,8 +118,8 @@ def format_stats(stats: OutboxStats, now_ns: int) -> str:
     age = _age_s(stats, now_ns)
     lines = [
         f"depth:    {stats.rows:,} rows, {stats.readings:,} readings",
-        f"bytes:    {_size(stats.bytes)} of {_size(stats.max_bytes)} ({_pct(stats):.1f} %)",
-        f"oldest:   {'-' if age is None else _duration(age) + ' ago'}",
+        f"bytes:    {units.size(stats.bytes)} of {units.size(stats.max_bytes)} ({_pct(stats):.1f} %)",
+        f"oldest:   {'-' if age is None else units.duration(age) + ' ago'}",
         f"evicted:  {stats.evicted_rows:,} rows, {stats.evicted_readings:,} readings",
     ]
     if stats.expired_rows:
@@ -146,23 +148,3 @@ def _age_s(stats: OutboxStats, now_ns: int) -> float | None:
         return None
     # A clock stepped back (NTP after a cold boot) must not print a negative age.
     return max(0.0, (now_ns - stats.oldest_created_ns) / 1e9)
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{seconds:.1f} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    if s < 86400:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86400} d {s % 86400 // 3600} h"

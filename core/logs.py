@@ -1,4 +1,10 @@
-"""structlog set-up: JSON lines under systemd (no TTY), a readable console renderer on a terminal."""
+"""structlog set-up: JSON lines under systemd (no TTY), a readable console renderer on a terminal.
+
+Libraries that log through the standard `logging` module (pymodbus, asyncua, paho) are routed
+through the same renderer, so the agent's log holds one format only (no bare `Failed to connect`
+line among the JSON). The libraries whose failures the drivers already report in their own words
+(`QUIET_LIBRARIES`) are heard only at `debug`.
+"""
 
 from __future__ import annotations
 
@@ -23,23 +29,55 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+# pymodbus logs every failed connect and retry ("Failed to connect ...", "Repeating....") at error
+# level; the Modbus drivers raise, count and report the same failure (a bad reading, driver.down).
+QUIET_LIBRARIES = ("pymodbus",)
+
+
 def configure(level: str = "info", json: bool | None = None, secrets: Sequence[str] = ()) -> None:
-    """Route structlog to stderr; `json=None` picks JSON when stderr is not a terminal."""
+    """Route structlog and the standard library's logging to stderr; `json=None` picks JSON when
+    stderr is not a terminal."""
     if json is None:
         json = not sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    shared: list[structlog.typing.Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        RedactingProcessor(secrets),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            RedactingProcessor(secrets),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        processors=[structlog.contextvars.merge_contextvars, *shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
+    _route_stdlib(numeric, shared, renderer)
+
+
+class RoutedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler `configure` installs (replaced, not stacked, when called again)."""
+
+
+def _route_stdlib(
+    level: int, shared: list[structlog.typing.Processor], renderer: structlog.typing.Processor
+) -> None:
+    """One handler on the root logger that renders library records as structlog events."""
+    handler = RoutedHandler(_CurrentStderr())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, RoutedHandler) or type(old) is logging.StreamHandler:
+            root.removeHandler(old)  # ours from an earlier call, or a basicConfig() default
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL)

@@ -53,6 +53,14 @@ class DeviceConfig(BaseModel):
     def stream_name(self) -> str:
         return self.stream or self.name
 
+    def endpoint_text(self) -> str:
+        """Where the device is reached, as `status` shows it (`10.0.0.5:502`, `/dev/ttyUSB0`)."""
+        return ""
+
+    def point_count(self) -> int:
+        """The tags (or meters) configured: what `check-config` counts and sizes memory by."""
+        return 0
+
 
 @dataclass(frozen=True, slots=True)
 class TagInfo:

@@ -35,6 +35,9 @@ class FakeConfig(DeviceConfig):
     unreachable: bool = False
     fail_after_reads: int | None = Field(default=None, ge=0)
 
+    def point_count(self) -> int:
+        return len(self.tags)
+
 
 @dataclass(frozen=True, slots=True)
 class FakeHealth:

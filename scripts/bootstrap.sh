@@ -38,15 +38,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ firmware-sim/setup.cfg -nt "$stamp" ] || [ centre/setup.cfg -nt "$stamp" ]; then
-  echo "bootstrap: installing the project and its Python dependencies into $VENV"
+  echo "bootstrap: installing the project and its Python dependencies into $VENV (a minute or two the first time)"
   log="$VENV/install.log"
-  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
-         "$VENV/bin/python" -m pip install -q -e ".[test,dev]" &&
+  # A line per step, so a first `make demo` is not a silent minute.
+  step() { echo "bootstrap: $1/4 $2 ..."; }
+  if ! { step 1 "pip" && "$VENV/bin/python" -m pip install -q --upgrade pip >"$log" 2>&1 &&
+         step 2 "the agent and its test/dev tools" &&
+         "$VENV/bin/python" -m pip install -q -e ".[test,dev]" >>"$log" 2>&1 &&
          # The simulator is its own distribution; installed second so its `edge-sim` script is the
          # one left when an older single-distribution install is replaced.
-         "$VENV/bin/python" -m pip install -q -e ./firmware-sim &&
+         step 3 "firmware-sim" && "$VENV/bin/python" -m pip install -q -e ./firmware-sim >>"$log" 2>&1 &&
          # The reference centre-side ingest (edge-centre): its own distribution, never on a gateway.
-         "$VENV/bin/python" -m pip install -q -e ./centre; } >"$log" 2>&1; then
+         step 4 "the centre-side ingest" && "$VENV/bin/python" -m pip install -q -e ./centre >>"$log" 2>&1; }; then
     cat "$log" >&2
     echo "bootstrap: pip install failed (log above, also in $log)" >&2
     exit 1

@@ -22,11 +22,39 @@ from water_edge.agent.uplink.mqtt import MqttUplink
 from water_edge.buffer.async_outbox import AsyncOutbox
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Agents the tests start announce their status socket (agent.locate) in a directory of the
+    session's own, never in the machine's /run/edge-agent where a real agent or a demo may be."""
+    import os
+
+    before = os.environ.get("EDGE_AGENT_RUNTIME_DIR")
+    os.environ["EDGE_AGENT_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("runtime"))
+    yield
+    if before is None:
+        del os.environ["EDGE_AGENT_RUNTIME_DIR"]
+    else:
+        os.environ["EDGE_AGENT_RUNTIME_DIR"] = before
+
+
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
-    """In-process CLI tests configure structlog onto their captured stderr; never let that leak."""
+    """In-process CLI tests configure structlog (and the standard library's logging, which
+    `core.logs` routes through it) onto their captured stderr; never let that leak."""
+    import logging
+
+    from water_edge.core import logs
+
+    root = logging.getLogger()
+    level = root.level
     yield
     structlog.reset_defaults()
+    for handler in list(root.handlers):
+        if isinstance(handler, logs.RoutedHandler):
+            root.removeHandler(handler)
+    root.setLevel(level)
+    for name in logs.QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 @pytest.fixture

@@ -115,11 +115,11 @@ def test_leak_and_pump_processors_run_from_the_config_and_a_model_is_swapped_liv
 [[models.pump]]
 name = "pump1"
   [models.pump.signals]
-  flow = "pump1_flow"
-  motor_current = "pump1_motor_current"
-  speed = "pump1_speed"
-  discharge_pressure = "pump1_discharge_pressure"
-  vibration_x = "pump1_vibration_x"
+  flow = "pump1.flow"
+  motor_current = "pump1.motor_current"
+  speed = "pump1.speed"
+  discharge_pressure = "pump1.discharge_pressure"
+  vibration_x = "pump1.vibration_x"
 
 [[models.leak]]
 device = "hydrophones"
@@ -167,7 +167,7 @@ channel_names = ["A", "B"]
             [sys.executable, "-m", "water_edge.agent.cli", "status", "-c", str(config)],
             capture_output=True,
             text=True,
-            check=True,
+            check=False,  # exit 1 (degraded) until the uplink is online: the text is what counts here
         ).stdout
         with (
             Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/events") as sub,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -59,10 +60,14 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
 
 def test_status_is_readable_and_json(agent: AgentProcess) -> None:
     human = cli("status", "-c", str(agent.config))
-    assert human.returncode == 0, human.stderr
+    assert human.returncode == 1, human.stderr  # degraded: its broker never answers
     assert "fake-plc" in human.stdout
     assert "up" in human.stdout
-    assert "uplink" in human.stdout
+    broker = json.loads(cli("status", "-c", str(agent.config), "--json").stdout)["uplink"]["broker"]
+    uplink = next(line for line in human.stdout.splitlines() if line.startswith("uplink"))
+    assert broker in uplink, uplink
+    assert "never connected" in uplink, uplink
+    assert f"state    degraded: uplink offline ({broker})" in human.stdout
     snap = json.loads(cli("status", "-c", str(agent.config), "--json").stdout)
     assert snap["drivers"][0]["state"] == "up"
     assert snap["uplink"]["state"] != "online"
@@ -72,23 +77,28 @@ def test_status_is_readable_and_json(agent: AgentProcess) -> None:
 
 def test_status_json_matches_the_published_schema(agent: AgentProcess) -> None:
     result = cli("status", "-c", str(agent.config), "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
     snap = json.loads(result.stdout)
     jsonschema.validate(snap, STATUS_SCHEMA)
+    assert snap["verdict"] == {
+        "state": "degraded",
+        "problems": [f"uplink offline ({snap['uplink']['broker']})"],
+    }
     assert snap["buffer"]["rows"] >= 3  # measured, not the empty placeholder
     assert (snap["watchdog"], snap["commands"], snap["alarms"]) == (None, None, [])
 
 
 def test_status_text_lays_out_every_section_the_agent_renders(agent: AgentProcess) -> None:
     human = cli("status", "-c", str(agent.config)).stdout.splitlines()
-    starts = ["edge-agent ", "uplink   ", "pipeline ", "buffer   ", "drivers", f"  {'fake-plc':<24} fake "]
+    starts = ["edge-agent ", "           config ", "state    ", "uplink   ", "         published ",
+              "pipeline ", "buffer   ", "drivers", "  fake-plc  fake "]  # fmt: skip
     assert len(human) == len(starts), human
     assert all(line.startswith(start) for line, start in zip(human, starts, strict=True)), human
 
 
-def test_status_without_an_agent_says_so_and_exits_3(tmp_path: Path) -> None:
+def test_status_without_an_agent_says_so_and_exits_2(tmp_path: Path) -> None:
     result = cli("status", "--socket", str(tmp_path / "none.sock"))
-    assert result.returncode == 3
+    assert result.returncode == 2
     assert "no agent answers" in result.stderr
 
 
@@ -135,6 +145,27 @@ def test_tail_prints_live_readings(agent: AgentProcess) -> None:
         proc.wait()
     assert all(line["tag"] == "level" and line["value"] == 3.5 and line["unit"] == "m" for line in lines)
     assert [line["ts"] for line in lines] == sorted(line["ts"] for line in lines)
+
+
+def test_tail_for_people_finds_the_agent_and_prints_local_time_and_the_value(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    env = dict(os.environ, EDGE_AGENT_CONFIG=str(tmp_path / "none.toml"))  # no config: it is found
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "water_edge.agent.cli", "tail", "--tag", "lev*"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().rstrip("\n") for _ in range(2)]
+    finally:
+        proc.kill()
+        proc.wait()
+    for line in lines:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}  fake-plc/level = 3\.5 m", line), line
 
 
 def test_check_config_on_an_invalid_file_lists_problems_without_traceback(tmp_path: Path) -> None:

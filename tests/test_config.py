@@ -90,9 +90,35 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert any("devices[0] (sim).kind" in p and "unknown driver 'modbus_udp'" in p for p in problems)
 
 
-def test_schema_version_is_required_first(tmp_path: Path) -> None:
+def test_schema_version_is_checked_with_everything_else(tmp_path: Path) -> None:
     (problem,) = problems_for(tmp_path, GOOD.replace("schema_version = 1", "schema_version = 7"))
     assert "schema_version: expected 1 (got 7)" in problem
+    both = GOOD.replace("schema_version = 1", "").replace('site = "north-plant"', "")
+    assert problems_for(tmp_path, both) == [
+        f"{tmp_path / 'agent.toml'}: schema_version: required key is missing (expected 1)",
+        f"{tmp_path / 'agent.toml'}: gateway.site: required key is missing",
+    ]
+
+
+def test_an_empty_file_says_what_a_config_needs(tmp_path: Path) -> None:
+    (problem,) = problems_for(tmp_path, "# nothing yet\n")
+    assert "the file holds no settings" in problem
+    assert "schema_version = 1, [gateway] and [uplink]" in problem
+    assert "None" not in problem
+
+
+def test_a_number_in_quotes_is_text_not_a_number(tmp_path: Path) -> None:
+    text = GOOD.replace("port = 1883", 'port = "1883"').replace(
+        "poll_interval_ms = 500", 'poll_interval_ms = "500"'
+    )
+    problems = problems_for(tmp_path, text)
+    assert problems == [
+        f"{tmp_path / 'agent.toml'}: uplink.port: expected an integer, without quotes (got '1883')",
+        f"{tmp_path / 'agent.toml'}: devices[0] (sim).poll_interval_ms: expected an integer, without quotes "
+        "(got '500')",
+    ]
+    # An integer where a number with a fraction is expected is fine: TOML writes 100 for 100.0.
+    load_config(write(tmp_path, GOOD.replace("offset = 100.0", "offset = 100")))
 
 
 def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
@@ -104,6 +130,28 @@ def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the config file"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_a_duplicate_tag_does_not_hide_a_duplicate_device(tmp_path: Path) -> None:
+    plc = '\n[[devices]]\nname = "plc"\nkind = "modbus_tcp"\nhost = "10.0.0.5"\n'
+    tag = '[[devices.tags]]\nname = "level"\naddress = 0\ntype = "float32"\n'
+    problems = problems_for(tmp_path, GOOD + plc + tag + plc + tag + tag)
+    assert any("devices[2] (plc)" in p and "duplicate tag names: level" in p for p in problems), problems
+    assert any("devices[2].name: device name 'plc' is used twice (also devices[1])" in p for p in problems)
+
+
+def test_a_config_too_big_for_the_unit_is_valid_with_a_warning_and_the_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tags = "".join(f'\n  [[devices.tags]]\n  name = "t{i}"\n' for i in range(80_000))
+    big = write(tmp_path, GOOD.replace("  offset = 100.0\n", "  offset = 100.0\n" + tags))
+    assert main(["check-config", "-c", str(big)]) == 0
+    out, err = capsys.readouterr()
+    assert "80,001 tags" in out
+    (warning,) = [line for line in err.splitlines() if "MemoryMax" in line]
+    need = int(warning.split("will need about ")[1].split(" MiB")[0])
+    assert 256 < need < 300, warning  # 60 MiB to run + 2.65 KiB per tag, measured (bench_config_memory)
+    assert "systemd would kill it" in warning
 
 
 def test_duplicate_device_names_and_reserved_streams(tmp_path: Path) -> None:
@@ -124,7 +172,10 @@ def test_bad_size_string(tmp_path: Path) -> None:
 def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write(tmp_path, GOOD)
     assert main(["check-config", "-c", str(good)]) == 0
-    assert "OK (1 devices, 1 tags" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "OK (1 devices, 1 tags" in out
+    assert "MiB to run" in out
+    assert err == ""
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace("[gateway]", "[gateway]\ncolour = 'blue'"))
     assert main(["check-config", "-c", str(bad)]) == 2

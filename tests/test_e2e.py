@@ -103,15 +103,19 @@ def test_every_reading_reaches_the_broker_in_order_with_values_and_units(
             assert r["unit"] == units[r["tag"]]
             assert r["ts"] > last_ts.get(r["tag"], 0), "readings of a tag arrive in time order"
             last_ts[r["tag"]] = r["ts"]
-        if "demand" in by_tag and "demand_cdab" in by_tag:
+        if "station.demand" in by_tag and "station.demand_cdab" in by_tag:
             # the same register value sent word-swapped decodes to the same number
-            assert by_tag["demand_cdab"]["value"] == pytest.approx(by_tag["demand"]["value"], rel=1e-6)
-        if "tank_level" in by_tag and "tank_level_cm" in by_tag:
-            assert by_tag["tank_level_cm"]["value"] == pytest.approx(by_tag["tank_level"]["value"], abs=0.011)
-        if "station_name" in by_tag:
-            assert by_tag["station_name"]["value"] == "PS-NORTH"
+            assert by_tag["station.demand_cdab"]["value"] == pytest.approx(
+                by_tag["station.demand"]["value"], rel=1e-6
+            )
+        if "station.tank_level" in by_tag and "station.tank_level_cm" in by_tag:
+            assert by_tag["station.tank_level_cm"]["value"] == pytest.approx(
+                by_tag["station.tank_level"]["value"], abs=0.011
+            )
+        if "station.name" in by_tag:
+            assert by_tag["station.name"]["value"] == "PS-NORTH"
     assert polls >= 5
-    flows = [r["value"] for b in station for r in b["readings"] if r["tag"].endswith("_flow")]
+    flows = [r["value"] for b in station for r in b["readings"] if r["tag"].endswith(".flow")]
     assert len(set(flows)) > 1, "live values change between polls"
     assert all(0 <= f < 5000 for f in flows)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,12 +29,23 @@ def test_probe_reads_every_tag_of_a_live_plc(tmp_path: Path) -> None:
         human = probe("--devices-file", str(devices))
         as_json = probe("--devices-file", str(devices), "pump-station", "--json")
     assert human.returncode == 0, human.stderr
-    assert "pump-station (modbus_tcp)" in human.stdout
+    assert human.stderr == "", "library log lines leaked into the output"
+    header, *table = human.stdout.splitlines()
+    assert re.fullmatch(
+        rf"pump-station \(modbus_tcp, 127\.0\.0\.1:{plant.port}\): \d+ readings at "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}",
+        header,
+    ), header
     assert "PS-NORTH" in human.stdout
+    # Columns line up, and a float32 register is shown at its own precision, not as a double.
+    assert len({line.index(" good") for line in table}) == 1, table
+    values = [line.split()[1] for line in table]
+    digits = {v: len(v.replace("-", "").replace(".", "").lstrip("0")) for v in values}
+    assert all(n <= 9 for n in digits.values()), digits
     rows = [json.loads(line) for line in as_json.stdout.splitlines()]
-    assert {r["tag"] for r in rows} >= {"station_name", "pump1_flow", "outlet_total"}
+    assert {r["tag"] for r in rows} >= {"station.name", "pump1.flow", "meter.total"}
     assert all(r["quality"] == "good" for r in rows)
-    flow = next(r for r in rows if r["tag"] == "pump1_flow")
+    flow = next(r for r in rows if r["tag"] == "pump1.flow")
     assert flow["unit"] == "m3/h"
     assert isinstance(flow["value"], float)
 
@@ -54,3 +66,14 @@ def test_probe_of_an_unknown_device_is_a_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no device named 'no-such-plc'" in result.stderr
     assert "pump-station" in result.stderr
+    assert "invalid configuration" not in result.stderr  # the file is fine; the name is not in it
+
+
+def test_probe_of_a_host_that_does_not_resolve_says_so_in_words(tmp_path: Path) -> None:
+    devices = tmp_path / "devices.toml"
+    devices.write_text(demo_devices(502).replace('host = "127.0.0.1"', 'host = "plc-x.invalid"'))
+    result = probe("--devices-file", str(devices))
+    assert result.returncode == 1
+    assert "cannot resolve host plc-x.invalid: " in result.stdout, result.stdout
+    assert "unknown error" not in result.stdout
+    assert result.stderr == "", result.stderr

@@ -55,9 +55,9 @@ def test_models_tables_are_validated_by_their_kinds_models() -> None:
     (leak,) = config.models["leak"]
     (flow,) = config.models["flow_leak"]
     assert isinstance(flow, FlowLeakSection)
-    assert flow.inflow == ["outlet_flow"]
+    assert flow.inflow == ["meter.flow"]
     assert isinstance(pump, PumpModelConfig)
-    assert pump.signals["flow"] == "pump1_flow"
+    assert pump.signals["flow"] == "pump1.flow"
     assert isinstance(leak, LeakModelSection)
     assert leak.device == "hydrophones"
 
@@ -88,10 +88,13 @@ def test_an_unknown_kind_names_the_file_the_key_and_the_installed_kinds(tmp_path
             PUMP + "[[models.pump]]\nname = 'P2'\npersistence = 0\n[models.pump.signals]\nflow = 'x'\n",
             "models.pump[1].persistence: Input should be greater than or equal to 1 (got 0)",
         ),
-        ('[models.pump]\nname = "P1"\n', "models.pump: Input should be a valid list"),
+        (
+            '[models.pump]\nname = "P1"\n',
+            "models.pump: expected [[models.pump]] tables (double brackets; [models.pump] is one table)",
+        ),
         (
             '[models]\npump = ["P1"]\n',
-            "models.pump[0]: Input should be a valid dictionary or instance of PumpModelConfig (got 'P1')",
+            "models.pump[0]: expected a table (got 'P1')",
         ),
         (
             '[[models.leak]]\ndevice = "hyd"\ntimezone = "Mars/Base"\n',

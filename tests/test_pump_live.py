@@ -44,12 +44,12 @@ PUMP = """
 name = "pump1"
 sample_interval_s = 0.2
   [models.pump.signals]
-  flow = "pump1_flow"
-  motor_current = "pump1_motor_current"
-  speed = "pump1_speed"
-  discharge_pressure = "pump1_discharge_pressure"
-  vibration_x = "pump1_vibration_x"
-  vibration_y = "pump1_vibration_y"
+  flow = "pump1.flow"
+  motor_current = "pump1.motor_current"
+  speed = "pump1.speed"
+  discharge_pressure = "pump1.discharge_pressure"
+  vibration_x = "pump1.vibration_x"
+  vibration_y = "pump1.vibration_y"
   [models.pump.calibration]
   auto_hours = 0.006             # 108 samples of 0.2 s
   min_samples = 64

@@ -112,6 +112,7 @@ def realistic_document() -> StatusDocument:
                 requests=7200, errors=3, timeouts=2, exceptions=1, last_ok_ns=T0 - 400_000_000, connected=True
             ),
             overruns=2,
+            endpoint="10.20.0.7:502",
         ),
         runner(
             "well-3",
@@ -153,6 +154,10 @@ def realistic_document() -> StatusDocument:
             last_read_age_s=None,
             last_error="meters: M-Bus port /dev/ttyUSB0: cannot open: [Errno 2] No such file or directory",
             down_since_ns=T0 - 12_000_000_000,
+            last_error_ns=T0 - 2_000_000_000,
+            last_error_age_s=2.0,
+            down_for_s=12.0,
+            endpoint="/dev/ttyUSB0 2400 Bd",
         ),
         runner(
             "plc-ua",
@@ -261,6 +266,8 @@ def realistic_document() -> StatusDocument:
             ack_errors=0,
             last_error="Not authorized",
             last_error_ns=T0 - 2_000_000_000,
+            last_error_age_s=2.0,
+            down_for_s=3725.4,
             last_ack_ns=None,
             ack_rate_msg_s=0.0,
             ack_rate_readings_s=0.0,
@@ -296,27 +303,29 @@ def as_received(document: StatusDocument) -> dict[str, Any]:
 
 
 EXPECTED_LINES = [
-    "edge-agent 0.1.0  site plant-north  gateway gw-03  pid 4242  up 3725 s",
-    "uplink   refused  published 0  acked 0  in flight 0  reconnects 7  last error: Not authorized",
+    "edge-agent 0.1.0  site plant-north  gateway gw-03  pid 4242  up 1 h 2 min",
+    "           config /etc/edge-agent/config.toml",
+    "state    degraded: device meters is down; uplink refused (mqtt.example.net:8883); corrupt outbox "
+    "quarantined to /var/lib/edge-agent/outbox.sqlite.quarantined-20251125T0800Z",
+    "uplink   refused  mqtt.example.net:8883  never connected, 8 attempts  error 2.0 s ago: Not authorized",
+    "         published 0  acked 0  in flight 0  last ack never",
     "pipeline 45 readings/s  pending 50  committed 159950  append errors 0  dropped 0",
-    "buffer   1500 rows / 64500 readings  3145728 bytes (1.2 % of quota)  oldest 1499.8 s  "
+    "buffer   1500 rows / 64500 readings  3.0 MiB of 256.0 MiB (1.2 %)  oldest 24 min 59 s  "
     "evicted 0 readings",
     "model    pump_anomaly: P1 learning, P2 alarm  crashes 2",
     "model    leak:hydro1: 712 windows scored, leak probability 0.0132",
     "ALARM    corrupt outbox quarantined to /var/lib/edge-agent/outbox.sqlite.quarantined-20251125T0800Z",
     "drivers",
-    "  pump-station             modbus_tcp   up       last read 0.4 s ago  polls 3600  bad 0  overruns 2  "
+    "  pump-station  modbus_tcp  up       10.20.0.7:502  last read 0.4 s ago  polls 3600  bad 0  overruns 2  "
     "restarts 0",
-    "  well-3                   modbus_rtu   up       last read 0.4 s ago  polls 3600  bad 0  overruns 0  "
-    "restarts 0",
-    "  meters                   mbus         down     last read never  polls 12  bad 48  overruns 0  "
-    "restarts 0  error: meters: M-Bus port /dev/ttyUSB0: cannot open: [Errno 2] No such file or directory",
-    "  plc-ua                   opcua        starting last read never  polls 0  bad 0  overruns 0  "
-    "restarts 3  error: plc-ua: connection refused",
-    "  hydro1                   audio        up       last read 12.2 s ago  polls 36  bad 0  overruns 0  "
-    "restarts 0",
-    "  fake-plc                 fake         up       last read 0.4 s ago  polls 3600  bad 1  overruns 0  "
-    "restarts 1",
+    "  well-3        modbus_rtu  up       last read 0.4 s ago  polls 3600  bad 0  overruns 0  restarts 0",
+    "  meters        mbus        down 12.0 s /dev/ttyUSB0 2400 Bd  last read never  polls 12  bad 48  "
+    "overruns 0  restarts 0  error 2.0 s ago: meters: M-Bus port /dev/ttyUSB0: cannot open: [Errno 2] No "
+    "such file or directory",
+    "  plc-ua        opcua       starting last read never  polls 0  bad 0  overruns 0  restarts 3  "
+    "error: plc-ua: connection refused",
+    "  hydro1        audio       up       last read 12.2 s ago  polls 36  bad 0  overruns 0  restarts 0",
+    "  fake-plc      fake        up       last read 0.4 s ago  polls 3600  bad 1  overruns 0  restarts 1",
 ]
 
 
@@ -350,14 +359,14 @@ def test_a_status_before_the_first_buffer_measurement_prints_no_buffer_line() ->
     jsonschema.validate(received, SCHEMA)
     lines = format_status(received).splitlines()
     assert not any(line.startswith(("buffer", "ALARM", "model")) for line in lines)
-    assert lines[3] == "drivers"
+    assert lines[6] == "drivers"
 
 
 def test_multi_line_sections_line_up_under_their_label() -> None:
     received = as_received(realistic_document())
     received["uplink"]["lines"] = ["online", "second line"]
     lines = format_status(received).splitlines()
-    assert lines[1:3] == ["uplink   online", "         second line"]
+    assert lines[3:5] == ["uplink   online", "         second line"]
 
 
 def test_the_realistic_document_matches_the_schema() -> None:
@@ -417,12 +426,12 @@ def documented_parts() -> dict[str, type]:
 
 # Keys a section has beyond its class's fields: the rendered lines, and the document's own additions.
 EXTRA_KEYS = {
-    "StatusDocument": {"alarms"},
+    "StatusDocument": {"alarms", "verdict"},
+    "RunnerStatus": {"lines", "driver_lines"},
     **{
         name: {"lines"}
         for name in (
             "AgentStatus",
-            "RunnerStatus",
             "PipelineHealth",
             "BufferHealth",
             "UplinkHealth",

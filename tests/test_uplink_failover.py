@@ -51,4 +51,6 @@ async def test_killing_the_broker_in_use_moves_the_agent_to_the_next_and_every_r
             seen = set(data_seqs(on_first)) | set(data_seqs(on_second))
     assert seen == set(range(1, 101)), "every committed row arrived at least once"
     assert (health.broker, health.server_index, health.failovers) == (f"{second.host}:{second.port}", 1, 1)
-    assert health.status_lines()[1] == f"broker {second.host}:{second.port} (2 of 2)  failovers 1"
+    lines = health.status_lines()  # host:port on the first line (what a technician reads first)
+    assert lines[0].startswith(f"online  {second.host}:{second.port}")
+    assert "broker 2 of 2  failovers 1" in lines

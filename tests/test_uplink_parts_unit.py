@@ -176,7 +176,9 @@ def health(**changes: object) -> UplinkHealth:
 
 def test_health_json_has_the_keys_it_always_had_plus_the_error_time_failover_and_sparkplug() -> None:
     doc = orjson.loads(orjson.dumps(health_json(health(commands=CommandStats(received=1)))))
-    added = ["last_error_ns", "servers", "server_index", "failovers", "sparkplug"]
+    added = ["last_error_ns", "servers", "server_index", "failovers", "sparkplug", "connections",
+             "online_since_ns", "down_since_ns", "online_for_s", "down_for_s", "last_error_age_s",
+             "last_ack_age_s"]  # fmt: skip
     assert sorted(doc) == sorted([*KEYS_BEFORE, *added])
     assert doc["state"] == "online"
     assert doc["commands"] == {"received": 1, "handled": 0, "dropped": 0, "rejected": 0, "failed": 0}
@@ -185,11 +187,40 @@ def test_health_json_has_the_keys_it_always_had_plus_the_error_time_failover_and
 
 def test_health_renders_its_own_line_with_the_reason() -> None:
     h = health(state=ConnState.REFUSED, connected=False, published=7, acked=5, inflight=2, reconnects=3,
-               last_error="Not authorized")  # fmt: skip
+               last_error="Not authorized", last_error_age_s=4.2)  # fmt: skip
     assert isinstance(h, Health)
     assert h.status_lines() == [
-        "refused  published 7  acked 5  in flight 2  reconnects 3  last error: Not authorized"
+        "refused  127.0.0.1:1883  never connected, 4 attempts  error 4.2 s ago: Not authorized",
+        "published 7  acked 5  in flight 2  last ack never",
     ]
     assert h.summary() == "refused: Not authorized"
     assert health(last_error="old trouble").summary() == "online"
-    assert health().status_lines() == ["online  published 0  acked 0  in flight 0  reconnects 0"]
+    online = health(connections=3, online_for_s=192.0, published=9, acked=9, last_ack_age_s=0.4)
+    assert online.status_lines() == [
+        "online  127.0.0.1:1883  for 3 min 12 s",
+        "published 9  acked 9  in flight 0  last ack 0.4 s ago  reconnected 2 times",
+    ]
+    lost = health(state=ConnState.OFFLINE, connections=1, down_for_s=75.0, last_error="connection lost",
+                  last_error_age_s=75.0)  # fmt: skip
+    assert (
+        lost.status_lines()[0]
+        == "offline  127.0.0.1:1883  down 1 min 15 s  error 1 min 15 s ago: connection lost"
+    )
+
+
+def test_an_error_is_the_current_states_and_goes_when_the_connection_comes_online() -> None:
+    state = ConnectionState()
+    state.to(ConnState.CONNECTING)
+    state.fail(ConnState.OFFLINE, "connection refused")
+    assert (state.last_error, state.connections) == ("connection refused", 0)
+    assert state.down_since_ns is not None
+    assert state.online_since_ns is None
+    state.to(ConnState.CONNECTING)
+    state.to(ConnState.ONLINE)
+    assert (state.last_error, state.last_error_ns, state.connections) == (None, None, 1)
+    assert state.online_since_ns is not None
+    assert state.down_since_ns is None
+    state.fail(ConnState.OFFLINE, "connection lost: Keep alive timeout")
+    assert state.last_error == "connection lost: Keep alive timeout"
+    assert state.down_since_ns is not None
+    assert state.online_since_ns is None

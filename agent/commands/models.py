@@ -141,7 +141,14 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
         )
     except ModelError as exc:
         return _error(str(exc))
+    lines = list(lines)
     sys.stdout.write("\n".join(lines) + "\n")
+    marked = sum(1 for line in lines[1:] if line.endswith(",1"))
+    scored = max(0, len(lines) - 1 - args.calibrate_rows)
+    sys.stderr.write(
+        f"edge-agent models: {marked:,} of {scored:,} rows after the {args.calibrate_rows:,} "
+        "calibration rows marked anomalous\n"
+    )
     return EXIT_OK
 
 

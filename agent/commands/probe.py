@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -21,8 +22,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from water_edge.core import units
 from water_edge.core.errors import AgentError, ConfigError
 from water_edge.core.reading import Reading
+
+DEFAULT_CONFIG_HINT = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml")
 
 
 def register(sub: Any) -> None:
@@ -33,7 +37,8 @@ def register(sub: Any) -> None:
     source.add_argument(
         "--devices-file", dest="devices_file", help="a TOML file holding only [[devices]] sections"
     )
-    parser.add_argument("--json", action="store_true", help="one JSON object per reading")
+    parser.add_argument("--json", action="store_true", help="one JSON object per reading (exact values)")
+    parser.add_argument("--raw", action="store_true", help="exact values instead of the tag's precision")
     parser.add_argument(
         "--listen",
         type=float,
@@ -66,21 +71,22 @@ def _device_configs(args: argparse.Namespace) -> list[Any]:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
         devices = validate_devices(path, raw.get("devices", []))
     else:
-        from water_edge.agent.cli import DEFAULT_CONFIG
-
-        devices = list(load_config(args.config or DEFAULT_CONFIG).devices)
+        devices = list(load_config(args.config or DEFAULT_CONFIG_HINT).devices)
     if args.devices:
         known = {d.name for d in devices}
         unknown = [name for name in args.devices if name not in known]
         if unknown:
-            raise ConfigError(
-                [
-                    f"no device named {', '.join(map(repr, unknown))}; "
-                    f"configured: {', '.join(sorted(known)) or 'none'}"
-                ]
+            source = args.devices_file or args.config or DEFAULT_CONFIG_HINT
+            raise UnknownDeviceError(
+                f"no device named {', '.join(map(repr, unknown))} in {source}; "
+                f"its devices: {', '.join(sorted(known)) or 'none'}"
             )
         devices = [d for d in devices if d.name in args.devices]
     return devices
+
+
+class UnknownDeviceError(Exception):
+    """A device name on the command line that the config does not have (usage, not a config error)."""
 
 
 async def _probe(device: Any, listen_s: float | None) -> tuple[list[Reading], str | None, Sequence[Any]]:
@@ -123,15 +129,17 @@ def _print_heard(device: Any, heard: Sequence[Any], as_json: bool) -> None:
         )
 
 
-def _print(device: Any, readings: list[Reading], error: str | None, as_json: bool) -> None:
+def _print(device: Any, readings: list[Reading], error: str | None, as_json: bool, raw: bool = False) -> None:
+    where = device.endpoint_text()
     if error is not None:
         if as_json:
             sys.stdout.write(orjson.dumps({"device": device.name, "error": error}).decode() + "\n")
         else:
-            print(f"{device.name}: UNREACHABLE: {error}")
+            print(f"{device.name} ({device.kind}{', ' + where if where else ''}): UNREACHABLE: {error}")
         return
     if not as_json:
-        print(f"{device.name} ({device.kind}): {len(readings)} readings")
+        _print_table(device, readings, raw)
+        return
     for r in readings:
         if as_json:
             out = {
@@ -144,9 +152,29 @@ def _print(device: Any, readings: list[Reading], error: str | None, as_json: boo
                 "ts": r.ts_ns,
             }
             sys.stdout.write(orjson.dumps(out).decode() + "\n")
-        else:
-            reason = f"  ({r.reason})" if r.reason else ""
-            print(f"  {r.tag:<32} {r.value!s:>16} {r.unit:<6} {r.quality}{reason}")
+
+
+def _print_table(device: Any, readings: list[Reading], raw: bool) -> None:
+    """Columns sized to what came back: tag, value (at the tag's precision), unit, quality, reason."""
+    where = device.endpoint_text()
+    when = f" at {units.timestamp(max(r.ts_ns for r in readings))}" if readings else ""
+    print(f"{device.name} ({device.kind}{', ' + where if where else ''}): {len(readings)} readings{when}")
+    rows = [
+        (
+            r.tag,
+            repr(r.value) if raw and isinstance(r.value, float) else units.value(r.value),
+            r.unit,
+            r.quality,
+            r.reason or "",
+        )
+        for r in readings
+    ]
+    if not rows:
+        return
+    tag_w, value_w, unit_w, quality_w = (max(len(row[i]) for row in rows) for i in range(4))
+    for tag, value, unit, quality, reason in rows:
+        line = f"  {tag:<{tag_w}}  {value:>{value_w}} {unit:<{unit_w}}  {quality:<{quality_w}}  {reason}"
+        print(line.rstrip())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
     logs.configure("warning")  # stdout carries the readings; driver logs go to stderr
     try:
         devices = _device_configs(args)
+    except UnknownDeviceError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print("invalid configuration:", file=sys.stderr)
         for line in exc.problems:
@@ -170,6 +201,6 @@ def run(args: argparse.Namespace) -> int:
             _print_heard(device, heard, args.json)
             all_good = all_good and bool(heard)
             continue
-        _print(device, readings, error, args.json)
+        _print(device, readings, error, args.json, args.raw)
         all_good = all_good and error is None and all(r.quality == "good" for r in readings)
     return 0 if all_good else 1

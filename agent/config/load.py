@@ -6,8 +6,9 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from water_edge.agent import processors
@@ -25,7 +26,7 @@ from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
-from water_edge.core.processor import ChecksSections, WarnsSections
+from water_edge.core.processor import ChecksSections, ProcessorFactory, WarnsSections
 from water_edge.core.reading import EVENTS_STREAM
 from water_edge.core.redact import is_secret_key
 from water_edge.core.secrets import SecretRef
@@ -34,6 +35,14 @@ from water_edge.drivers.base import DeviceConfig
 
 RESERVED_STREAMS = frozenset({EVENTS_STREAM, "status", "cmd"})
 _TABLES = TypeAdapter(list[Any])
+M = TypeVar("M", bound=BaseModel)
+
+
+def strict(model: type[M], raw: Any) -> M:
+    """Validate a TOML table with no type coercion: TOML values are typed, so `port = "1883"` is
+    a string where a number belongs, and says so. Validated as JSON (TOML dates become ISO text),
+    whose strict mode still takes text for paths and dates and an integer for a float."""
+    return model.model_validate_json(orjson.dumps(raw), strict=True)
 
 
 @dataclass(frozen=True)
@@ -76,19 +85,35 @@ def key_path(loc: Sequence[int | str]) -> str:
     return out
 
 
+# Type errors in the words of the file's own language (TOML), not pydantic's or JSON's.
+_TOML_TYPES = {
+    "model_type": "expected a table",
+    "dict_type": "expected a table",
+    "model_attributes_type": "expected a table",
+    "list_type": "expected a list",
+    "tuple_type": "expected a list",
+    "int_type": "expected an integer",
+    "float_type": "expected a number",
+    "string_type": "expected a string",
+    "bool_type": "expected true or false",
+}
+
+
 def _describe(error: Any, secret: bool = False) -> str:
     kind = error["type"]
-    message = str(error["msg"])
+    message = _TOML_TYPES.get(kind) or str(error["msg"])
+    got = error.get("input")
+    if kind == "int_type" and isinstance(got, str) and got.strip().lstrip("+-").isdigit():
+        message = "expected an integer, without quotes"
     if kind == "extra_forbidden":
         return "unknown key (not part of the schema; check the spelling)"
     if kind == "missing":
         return "required key is missing"
     if kind in ("value_error", "assertion_error"):
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    got = error.get("input")
     if secret:
         # A mistyped password is still a password: say what is wrong, never what was given.
-        return f"{message.replace('Input should be a valid string', 'expected a string')} (value not shown)"
+        return f"{message} (value not shown)"
     if kind != "missing" and not isinstance(got, dict | list):
         return f"{message} (got {got!r})"
     return message
@@ -134,7 +159,7 @@ def _validate_device(
         )
         return None
     try:
-        return factory.config_model.model_validate(raw)
+        return strict(factory.config_model, raw)
     except ValidationError as exc:
         problems.extend(_problems(source, exc, where))
         return None
@@ -150,8 +175,11 @@ def _validate_models(
     """Each `[[models.<kind>]]` list by the config model of the processor kind that its key names,
     then by the kind's own checks across its tables (`ChecksSections`) when every table is valid;
     the kind's warnings (`WarnsSections`) go to `warnings`."""
+    if raw_models is None:
+        return {}
     if not isinstance(raw_models, dict):
-        return {}  # absent; or not a table, which the schema has reported
+        problems.append(f"{source}: models: expected a table of [[models.<kind>]] lists (got {raw_models!r})")
+        return {}
     models: dict[str, tuple[Any, ...]] = {}
     for kind, raw_tables in raw_models.items():
         factory = processors.load(kind)
@@ -161,26 +189,49 @@ def _validate_models(
                 f"{', '.join(processors.known_kinds())}"
             )
             continue
-        try:
-            tables = _TABLES.validate_python(raw_tables)
-        except ValidationError as exc:
-            problems.extend(_problems(source, exc, f"models.{kind}"))
+        if isinstance(raw_tables, dict):
+            problems.append(
+                f"{source}: models.{kind}: expected [[models.{kind}]] tables "
+                f"(double brackets; [models.{kind}] is one table)"
+            )
             continue
-        sections = []
-        for index, table in enumerate(tables):
-            try:
-                sections.append(factory.config_model.model_validate(table))
-            except ValidationError as exc:
-                problems.extend(_problems(source, exc, f"models.{kind}[{index}]"))
-        if len(sections) == len(tables) and isinstance(factory, ChecksSections):
-            for found in factory.check_sections(sections, devices):
-                problems.append(f"{source}: {key_path(('models', kind, *found.where))}: {found.message}")
-        if warnings is not None and isinstance(factory, WarnsSections):
-            for found in factory.section_warnings(sections):
-                warnings.append(f"{source}: {key_path(('models', kind, *found.where))}: {found.message}")
+        sections = _validate_kind(
+            source, kind, factory, raw_tables, devices=devices, problems=problems, warnings=warnings
+        )
         if sections:
             models[kind] = tuple(sections)
     return models
+
+
+def _validate_kind(
+    source: Path,
+    kind: str,
+    factory: type[ProcessorFactory],
+    raw_tables: object,
+    *,
+    devices: Mapping[str, str],
+    problems: list[str],
+    warnings: list[str] | None,
+) -> list[Any]:
+    """The valid tables of one processor kind; problems and warnings appended as found."""
+    try:
+        tables = _TABLES.validate_python(raw_tables)
+    except ValidationError as exc:
+        problems.extend(_problems(source, exc, f"models.{kind}"))
+        return []
+    sections = []
+    for index, table in enumerate(tables):
+        try:
+            sections.append(strict(factory.config_model, table))
+        except ValidationError as exc:
+            problems.extend(_problems(source, exc, f"models.{kind}[{index}]"))
+    if len(sections) == len(tables) and isinstance(factory, ChecksSections):
+        for found in factory.check_sections(sections, devices):
+            problems.append(f"{source}: {key_path(('models', kind, *found.where))}: {found.message}")
+    if warnings is not None and isinstance(factory, WarnsSections):
+        for found in factory.section_warnings(sections):
+            warnings.append(f"{source}: {key_path(('models', kind, *found.where))}: {found.message}")
+    return sections
 
 
 def _device_kinds(raw_devices: object) -> dict[str, str]:
@@ -199,13 +250,28 @@ def load_config(path: str | Path) -> Config:
     """Parse and validate the whole file; raise ConfigError listing every problem found."""
     source = Path(path)
     raw = _read_toml(source)
+    if not raw:
+        raise ConfigError(
+            [
+                f"{source}: the file holds no settings; a config needs at least schema_version = "
+                f"{SCHEMA_VERSION}, [gateway] and [uplink] (see deploy/config.example.toml)"
+            ]
+        )
+    problems: list[str] = []
     version = raw.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ConfigError([f"{source}: schema_version: expected {SCHEMA_VERSION} (got {version!r})"])
-    problems: list[str] = []
+        # Reported, then the rest is checked as this version's: every problem in one pass.
+        problems.append(
+            f"{source}: schema_version: required key is missing (expected {SCHEMA_VERSION})"
+            if version is None
+            else f"{source}: schema_version: expected {SCHEMA_VERSION} (got {version!r})"
+        )
+        raw = {**raw, "schema_version": SCHEMA_VERSION}
     warnings: list[str] = []
     try:
-        section = AgentSection.model_validate(raw)
+        # Devices and models are validated table by table below, each by its own model: a copy of
+        # every table here would double what a large config costs to check.
+        section = strict(AgentSection, {k: v for k, v in raw.items() if k not in ("devices", "models")})
     except ValidationError as exc:
         problems.extend(_problems(source, exc))
         section = None
@@ -267,18 +333,28 @@ def validate_devices(source: Path, raw_devices: object) -> list[DeviceConfig]:
         device = _validate_device(source, index, item, problems)
         if device is not None:
             devices.append(device)
-    _check_names(source, devices, problems)
+    _check_names(source, raw_devices, devices, problems)
     if problems:
         raise ConfigError(problems)
     return devices
 
 
-def _check_names(source: Path, devices: list[DeviceConfig], problems: list[str]) -> None:
-    seen: set[str] = set()
+def _check_names(
+    source: Path, raw_devices: list[Any], devices: list[DeviceConfig], problems: list[str]
+) -> None:
+    # Names from the raw tables: a device with a mistake elsewhere still takes its name.
+    seen: dict[str, int] = {}
+    for index, item in enumerate(raw_devices):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            problems.append(
+                f"{source}: devices[{index}].name: device name {name!r} is used twice "
+                f"(also devices[{seen[name]}])"
+            )
+        seen.setdefault(name, index)
     for device in devices:
-        if device.name in seen:
-            problems.append(f"{source}: devices: device name {device.name!r} is used twice")
-        seen.add(device.name)
         if device.stream_name in RESERVED_STREAMS:
             problems.append(
                 f"{source}: devices ({device.name}).stream: {device.stream_name!r} is reserved "

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from water_edge.agent.uplink.sparkplug.health import SparkplugHealth
 from water_edge.agent.uplink.state import ConnState
+from water_edge.core import units
 
 # The two failure kinds whose reason used to be part of the state text ("refused: Not authorized").
 _REASON_SHOWN = frozenset((ConnState.REFUSED, ConnState.TLS_ERROR))
@@ -38,7 +39,7 @@ class UplinkHealth:
     acked: int
     readings_acked: int
     inflight: int
-    reconnects: int
+    reconnects: int  # connection attempts after the first (failed ones and re-connections)
     refused: int
     rejected: int
     encode_errors: int
@@ -56,6 +57,14 @@ class UplinkHealth:
     server_index: int = 0  # which of them `broker` is (0-based, in list order)
     failovers: int = 0  # times the uplink started working on another server than the last one
     sparkplug: SparkplugHealth | None = None  # with encoding = "sparkplug_b"
+    connections: int = 0  # times a connection came online
+    online_since_ns: int | None = None  # while online
+    down_since_ns: int | None = None  # while not online: since the start or since the connection was lost
+    # Ages at the time of this health (what status prints), from the *_ns fields above.
+    online_for_s: float | None = None
+    down_for_s: float | None = None
+    last_error_age_s: float | None = None
+    last_ack_age_s: float | None = None
 
     def summary(self) -> str:
         """The state in a few words for one-line summaries (systemd STATUS=): `refused: Not authorized`."""
@@ -64,14 +73,37 @@ class UplinkHealth:
         return str(self.state)
 
     def status_lines(self) -> list[str]:
-        last_error = f"  last error: {self.last_error}" if self.last_error else ""
-        lines = [
-            f"{self.state}  published {self.published}  acked {self.acked}  in flight {self.inflight}"
-            f"  reconnects {self.reconnects}{last_error}"
-        ]
+        """Now, not history: the broker, how long it has been up or down, the error that keeps it
+        down (with its age; an error that is over is gone), then the counters."""
+        where = f"{self.state}  {self.broker}"
+        if self.state is ConnState.ONLINE and self.online_for_s is not None:
+            where += f"  for {units.duration(self.online_for_s)}"
+        elif self.connections == 0:
+            tries = f", {self.reconnects + 1} attempts" if self.reconnects else ""
+            where += f"  never connected{tries}"
+        elif self.down_for_s is not None:
+            where += f"  down {units.duration(self.down_for_s)}"
+        if self.last_error:
+            where += f"  error{_ago(self.last_error_age_s)}: {self.last_error}"
+        last_ack = "never" if self.last_ack_age_s is None else f"{units.duration(self.last_ack_age_s)} ago"
+        counters = (
+            f"published {self.published}  acked {self.acked}  in flight {self.inflight}  last ack {last_ack}"
+        )
+        if self.connections > 1:
+            counters += f"  reconnected {self.connections - 1} times"
+        lines = [where, counters]
         if self.servers > 1:
             which = f"{self.server_index + 1} of {self.servers}"
-            lines.append(f"broker {self.broker} ({which})  failovers {self.failovers}")
+            lines.append(f"broker {which}  failovers {self.failovers}")
         if self.sparkplug is not None:
             lines += self.sparkplug.status_lines()
         return lines
+
+
+def _ago(age_s: float | None) -> str:
+    return "" if age_s is None else f" {units.duration(age_s)} ago"
+
+
+def age_s(then_ns: int | None, now_ns: int) -> float | None:
+    """Seconds from `then_ns` to `now_ns` (never negative), None for never."""
+    return None if then_ns is None else round(max(0, now_ns - then_ns) / 1e9, 1)

@@ -61,7 +61,7 @@ from water_edge.agent.uplink.commands import CommandHandler, CommandInbox
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.uplink.connection import PahoTransport
 from water_edge.agent.uplink.drain import Drain
-from water_edge.agent.uplink.health import UplinkHealth
+from water_edge.agent.uplink.health import UplinkHealth, age_s
 from water_edge.agent.uplink.interfaces import Encoder, LeaseAckOutbox
 from water_edge.agent.uplink.json_encoding import JsonEncoder
 from water_edge.agent.uplink.metrics import UplinkMetrics
@@ -78,6 +78,7 @@ from water_edge.agent.uplink.transport import (
     TransportFactory,
 )
 from water_edge.core.errors import UplinkError
+from water_edge.core.reading import now_ns
 
 __all__ = ["CommandHandler", "MqttUplink", "StateHook"]
 
@@ -162,6 +163,7 @@ class MqttUplink:
         """State and counters for the status socket and the CLI."""
         m, state, session = self._metrics, self._state, self._session
         msg_rate, rdg_rate = m.rates()
+        now = now_ns()
         return UplinkHealth(
             state=state.state,
             connected=session is not None and state.state is ConnState.ONLINE,
@@ -178,6 +180,13 @@ class MqttUplink:
             ack_errors=m.ack_errors,
             last_error=state.last_error,
             last_error_ns=state.last_error_ns,
+            connections=state.connections,
+            online_since_ns=state.online_since_ns,
+            down_since_ns=state.down_since_ns,
+            online_for_s=age_s(state.online_since_ns, now),
+            down_for_s=age_s(state.down_since_ns, now),
+            last_error_age_s=age_s(state.last_error_ns, now),
+            last_ack_age_s=age_s(m.last_ack_ns, now),
             last_ack_ns=m.last_ack_ns,
             ack_rate_msg_s=msg_rate,
             ack_rate_readings_s=rdg_rate,

@@ -2,7 +2,8 @@
 
 The reason a connection failed is not part of the state: `state` says what kind of failure it was
 (`refused`, `tls-error`, `offline`), `last_error` says why, so code compares states as values and
-people still read the broker's words.
+people still read the broker's words. An error is the current state's: reaching `online` clears it,
+so `status` never shows a reason for a failure that is over.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class ConnectionState:
         self.state = ConnState.IDLE
         self.last_error: str | None = None
         self.last_error_ns: int | None = None
+        self.connections = 0  # times the state became `online`
+        self.online_since_ns: int | None = None  # while online: since when
+        self.down_since_ns: int | None = now_ns()  # while not online: since the start or the loss
         self._on_change = on_change
 
     def to(self, state: ConnState) -> None:
@@ -56,7 +60,14 @@ class ConnectionState:
             return
         if state is not ConnState.STOPPED and state not in _NEXT[self.state]:
             raise UplinkError(f"uplink state cannot go from {self.state} to {state}")
+        was_online = self.state is ConnState.ONLINE
         self.state = state
+        if state is ConnState.ONLINE:
+            self.connections += 1
+            self.last_error = self.last_error_ns = None
+            self.online_since_ns, self.down_since_ns = now_ns(), None
+        elif was_online:
+            self.online_since_ns, self.down_since_ns = None, now_ns()
         if self._on_change is not None:
             self._on_change(state)
 

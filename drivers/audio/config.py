@@ -40,6 +40,13 @@ class AudioConfig(DeviceConfig):
     stream_url: str | None = None
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
 
+    def endpoint_text(self) -> str:
+        if self.source == "stream":
+            return str(self.stream_url)
+        if self.source == "file":
+            return str(self.path)
+        return "default input" if self.device is None else f"sound card {self.device}"
+
     # Required for a device; for a file or stream it is an expectation checked at open().
     sample_rate: int | None = Field(default=None, ge=1000, le=384_000)
     channels: int | None = Field(default=None, ge=1, le=32)

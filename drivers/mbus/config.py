@@ -57,6 +57,12 @@ class MbusConfig(DeviceConfig):
     retries: int = Field(default=2, ge=0, le=5)
     meters: list[MbusMeter] = Field(min_length=1)
 
+    def endpoint_text(self) -> str:
+        return f"{self.port} {self.baudrate} Bd"
+
+    def point_count(self) -> int:
+        return len(self.meters)
+
     @model_validator(mode="after")
     def _unique(self) -> Self:
         names = [m.name for m in self.meters]

@@ -138,6 +138,9 @@ class ModbusDeviceConfig(DeviceConfig):
                 )
         return self
 
+    def point_count(self) -> int:
+        return len(self.tags)
+
     def unit_of(self, tag: ModbusTag) -> int:
         """The unit ID a tag is read from."""
         return self.unit_id if tag.unit_id is None else tag.unit_id
@@ -149,6 +152,10 @@ class ModbusTcpConfig(ModbusDeviceConfig):
     kind: Literal["modbus_tcp"]
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(default=502, ge=1, le=65535)
+
+    def endpoint_text(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 Parity = Literal["none", "even", "odd"]
@@ -172,6 +179,9 @@ class ModbusRtuConfig(ModbusDeviceConfig):
     # Silence kept between two frames; default 3.5 character times (fixed 1.75 ms above
     # 19200 baud, as the Modbus serial-line spec says).
     inter_frame_ms: float | None = Field(default=None, ge=0, le=1000)
+
+    def endpoint_text(self) -> str:
+        return f"{self.port} {self.baudrate} {self.bytesize}{self.parity[0].upper()}{self.stopbits}"
 
     @model_validator(mode="after")
     def _check_line(self) -> Self:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
 
 import structlog
 
 from water_edge.core.errors import DriverIOError
+from water_edge.core.networds import network_error
 from water_edge.core.reading import Reading
 from water_edge.drivers.base import DeviceConfig
 from water_edge.drivers.modbus.adapter import (
@@ -214,8 +216,10 @@ async def _why_unreachable(host: str, port: int, timeout_s: float) -> str:
             _reader, writer = await asyncio.open_connection(host, port)
     except TimeoutError:
         return f"no answer within {timeout_s:g} s (host down, firewall or wrong address?)"
+    except socket.gaierror as exc:
+        return network_error(exc, host)
     except OSError as exc:
         # asyncio wraps the errno in "Connect call failed (...)"; the errno's own text says more
-        return (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+        return (os.strerror(exc.errno) if exc.errno and exc.errno > 0 else network_error(exc, host)).lower()
     writer.close()
     return "connection failed during the Modbus handshake"

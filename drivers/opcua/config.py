@@ -76,6 +76,13 @@ class OpcUaConfig(DeviceConfig):
     # A literal, or a reference: { file = "/etc/edge-agent/opcua.pass" } or { env = "VAR" }.
     password: Secret | None = None
     mode: Mode = "subscribe"
+
+    def endpoint_text(self) -> str:
+        return self.endpoint
+
+    def point_count(self) -> int:
+        return len(self.tags)
+
     publishing_interval_ms: float = Field(default=1000, gt=0, le=3_600_000)
     sampling_interval_ms: float = Field(default=1000, ge=0, le=86_400_000)
     # Notifications the server may queue per item between two publishes (1 = latest only).

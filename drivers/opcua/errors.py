@@ -4,6 +4,7 @@ refusals."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -12,6 +13,7 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from water_edge.core.errors import DriverIOError
+from water_edge.core.networds import network_error
 from water_edge.drivers.opcua.values import status_name
 
 # What a failed connect or request raises; the config-file checks before a connect add ValueError.
@@ -40,6 +42,8 @@ def explain(exc: BaseException) -> str:  # noqa: PLR0911 - one answer per kind o
         return "no answer in time (server down, firewall or wrong address?)"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the server running on that port?)"
+    if isinstance(exc, socket.gaierror):
+        return network_error(exc)
     if isinstance(exc, OSError):
         return exc.strerror.lower() if exc.strerror else str(exc) or type(exc).__name__
     text = str(exc)

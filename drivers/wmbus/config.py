@@ -69,6 +69,13 @@ class WmbusConfig(DeviceConfig):
     listen: bool = False
     meters: list[WmbusMeter] = Field(default_factory=list)
 
+    def endpoint_text(self) -> str:
+        where = self.port if self.port is not None else f"{self.host}:{self.tcp_port}"
+        return f"{self.receiver} {where}"
+
+    def point_count(self) -> int:
+        return len(self.meters)
+
     @model_validator(mode="after")
     def _source(self) -> Self:
         if (self.port is None) == (self.host is None):

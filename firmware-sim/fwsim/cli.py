@@ -47,7 +47,7 @@ def _parser(*, datasets: bool = True) -> argparse.ArgumentParser:
     )
     run.add_argument("--workdir", type=Path, default=None, help="where components put files")
     lister = sub.add_parser("list", help="describe the register map, or what a scenario contains")
-    lister.add_argument("--scenario", type=Path, default=None)
+    lister.add_argument("--scenario", type=Path, nargs="+", default=None, metavar="FILE")
     # Its own parser lives with the WAV writer (fwsim.hydrophone_stream); listed here for --help.
     sub.add_parser("hydrophones", help="write synthetic hydrophone audio to a WAV file", add_help=False)
     sub.add_parser("machine-sound", help="write a pump's sound (with faults) to a WAV file", add_help=False)
@@ -75,6 +75,22 @@ def _list() -> None:
         )
 
 
+def _list_scenarios(paths: list[Path]) -> int:
+    """Each scenario's timeline, a blank line between; a bad file is reported and the rest listed."""
+    from water_edge.sim.scenario import ScenarioError, load_scenario
+
+    status = 0
+    for i, path in enumerate(paths):
+        if i:
+            print()
+        try:
+            print("\n".join(load_scenario(path).describe()))
+        except ScenarioError as exc:
+            print(f"edge-sim: {exc}", file=sys.stderr)
+            status = 2
+    return status
+
+
 def _components(value: str) -> list[str] | None:
     if value == "all":
         return None
@@ -96,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
     args = _parser(datasets=argv[:1] == ["dataset"] or "-h" in argv or "--help" in argv).parse_args(argv)
     from water_edge.sim.scenario import ScenarioError, load_scenario
 
+    if args.command == "list":
+        if args.scenario:
+            return _list_scenarios(args.scenario)
+        _list()
+        return 0
     scenario = None
     try:
         if getattr(args, "scenario", None) is not None:
@@ -103,12 +124,6 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
     except ScenarioError as exc:
         print(f"edge-sim: {exc}", file=sys.stderr)
         return 2
-    if args.command == "list":
-        if scenario is not None:
-            print("\n".join(scenario.describe()))
-        else:
-            _list()
-        return 0
     if args.command == "dataset":
         from water_edge.sim.dataset import run as run_dataset
 

@@ -117,7 +117,10 @@ def write(out: Path, specs: list[ClipSpec], seed: int) -> dict[str, Any]:
     rows = []
     for split in {s.split for s in specs}:
         (out / split).mkdir(parents=True, exist_ok=True)
-    for spec in specs:
+    every = max(1, len(specs) // 10)
+    for n, spec in enumerate(specs, 1):
+        if n % every == 0 or n == len(specs):  # progress on stderr; stdout keeps the summary
+            sys.stderr.write(f"edge-sim dataset leak: {n:,}/{len(specs):,} clips\n")
         pcm, gain_db = render_clip(spec)
         wavfile.write(out / spec.file, spec.scene.sample_rate, pcm)
         rows.append({**spec.row(), "gain_db": round(gain_db, 2)})

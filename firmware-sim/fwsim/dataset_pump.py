@@ -118,9 +118,13 @@ def write_dataset(
     n_rows = max(3, round(hours * 3600))
     entries = []
     for i, name in enumerate(runs):
+        # Progress on stderr, a line per run (stdout keeps the summary scripts read).
+        sys.stderr.write(f"edge-sim dataset pump: run {i + 1}/{len(runs)} {name}, {n_rows:,} rows ...")
+        sys.stderr.flush()
         started = time.perf_counter()
         entry = _write_run(out, name, seed=seed + i * 1000, rows=n_rows, pump=pump, start_s=start_s)
         entry["wall_s"] = round(time.perf_counter() - started, 3)
+        sys.stderr.write(f" {entry['wall_s']:.1f} s\n")
         entries.append(entry)
     manifest = {
         "kind": "pump",

@@ -286,6 +286,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--snr-db", type=float, default=10.0)
     p.add_argument("--backgrounds", default=",".join(BACKGROUNDS), help="comma-separated, or ''")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--site-seed",
+        type=int,
+        default=None,
+        help="the site's character (background mix, sensor floor); with it --seed draws only the noise,"
+        " so one site can be recorded on several nights",
+    )
     return p
 
 
@@ -306,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sample_rate=args.sample_rate,
             channels=args.channels,
             seed=args.seed,
+            site_seed=args.site_seed,
         )
     except ValueError as exc:
         sys.stderr.write(f"edge-sim hydrophones: {exc}\n")
@@ -329,7 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"edge-sim hydrophones: {args.wav}: {exc.strerror or exc}\n")
         return 1
     note = f"; {clipped} samples clipped at full scale" if clipped else ""
-    what = f"{args.seconds:g} s, {args.channels} ch, {args.sample_rate} Hz, 16-bit PCM"
+    leak = (
+        "no leak (--leak-position-m adds one)"
+        if args.leak_position_m is None
+        else f"a leak {args.leak_position_m:g} m from sensor A"
+    )
+    what = f"{args.seconds:g} s, {args.channels} ch, {args.sample_rate} Hz, 16-bit PCM, {leak}"
     sys.stdout.write(f"{args.wav}: {what}{note}\n")
     return 0
 

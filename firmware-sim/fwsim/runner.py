@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import json
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -107,12 +108,15 @@ async def run(
     plant.update_bench(0)
     server, bound = await start_modbus_tcp(plant, host, port, comm)
     endpoints: list[Endpoint | Announcement] = [Endpoint("modbus_tcp", host, bound)]
+    # Without --workdir the parts' files (the OPC UA server's key, pty links) go in a temporary
+    # folder that is removed at stop; a given workdir is kept (a client may pin the certificate).
+    own_tmp = None if workdir is not None else Path(tempfile.mkdtemp(prefix="edge-sim-"))
     ctx = SimContext(
         station=station,
         points=plant.points,
         seed=seed,
         host=host,
-        workdir=workdir or Path(tempfile.mkdtemp(prefix="edge-sim-")),
+        workdir=workdir or own_tmp or Path("."),
         plant=plant,
         comm=comm,
     )
@@ -144,6 +148,8 @@ async def run(
         for component in reversed(started):
             await component.stop()
         await server.shutdown()  # type: ignore[no-untyped-call]
+        if own_tmp is not None:
+            shutil.rmtree(own_tmp, ignore_errors=True)
 
 
 async def _tick(station: PumpStation, plant: Plant, stop: asyncio.Event, rate: float = 1.0) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from water_edge.models.manifest import ModelError
-from water_edge.models.pump import steady
+from water_edge.models.pump import coverage, steady
 from water_edge.models.pump.detector import (
     DEFAULT_MARGIN,
     DEFAULT_QUANTILE,
@@ -249,6 +249,9 @@ def score_csv(
         raise InputError(f"--calibrate-rows {calibrate_rows} exceeds the {n} data rows in the file")
     for name in table.ignored:
         warn(f"ignoring non-numeric column {name!r}")
+    covered = coverage.check(table.values, table.names, calibrate_rows)
+    if covered is not None and covered.poor():
+        warn(covered.message(calibrate_rows))
     if calibrate_rows < STEADY_MAX_ROWS:
         p = steady_params or steady.SteadyParams()
         p = replace(

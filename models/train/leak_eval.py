@@ -104,6 +104,8 @@ def detection_report(scorer: LeakScorer, table: Table) -> dict[str, Any]:
     out["clips"] = _summary(cp, cy, thr)
     out["clips_snr_ge_0"] = _summary(cp[sel], cy[sel], thr)
     out["_scores"] = (p, y)
+    out["_snr"] = snr
+    out["_noleak"] = noleak
     return out
 
 
@@ -154,51 +156,90 @@ def real_report(scorer: LeakScorer, folder: Path = REAL_DIR) -> dict[str, Any]:
     }
 
 
-def plots(out: Path, report: dict[str, Any], seed: int) -> list[Path]:
+def spectrograms(out: Path, seed: int) -> Path:
+    """Spectrograms of simulated sensor A audio, two materials, without and with a leak."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from scipy import signal
 
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    p, y = report["detection"]["_scores"]
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    order = np.argsort(-p)
-    tpr = np.concatenate([[0], np.cumsum(y[order] == 1) / max(int((y == 1).sum()), 1)])
-    fpr = np.concatenate([[0], np.cumsum(y[order] == 0) / max(int((y == 0).sum()), 1)])
-    ax.plot(fpr, tpr, label=f"all SNR, AUC {report['detection']['windows']['auc']:.3f}")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(
-        xlabel="false positive rate",
-        ylabel="true positive rate",
-        title="Leak detector ROC (held-out, 2 s windows)",
-    )
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "leak_roc.png", dpi=110)
-    written.append(out / "leak_roc.png")
-    plt.close(fig)
-
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharey="row")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True, sharey=True)
+    mesh = None
     for col, mat in enumerate(("ductile_iron", "pvc")):
         for row, pos in enumerate((None, 40.0)):
             scene = PipeScene(mat, 150.0, 100.0, pos, 1.0, 0.0, BACKGROUNDS, seed=seed)
             x = HydrophoneSynth(scene).render_seconds(6)[:, 0]
             f, t, s = signal.spectrogram(x, 16000, nperseg=2048, noverlap=1536)
             keep = f <= 2500
-            axes[row, col].pcolormesh(
+            mesh = axes[row, col].pcolormesh(
                 t, f[keep], 10 * np.log10(s[keep] + 1e-14), shading="auto", vmin=-130, vmax=-50
             )
             axes[row, col].set_title(
-                f"{pipes.material(mat).label}, {'leak at 0 dB SNR' if pos else 'no leak'}"
+                f"{pipes.material(mat).label} DN150, {'leak 40 m from A, 0 dB SNR' if pos else 'no leak'}",
+                fontsize=10,
             )
-            axes[row, col].set_ylabel("Hz")
-    fig.tight_layout()
+            if col == 0:
+                axes[row, col].set_ylabel("frequency (Hz)")
+            if row == 1:
+                axes[row, col].set_xlabel("time (s)")
+    assert mesh is not None
+    fig.colorbar(mesh, ax=axes, label="power spectral density (dB re 1 full scale²/Hz)", shrink=0.9)
+    fig.suptitle("Simulated hydrophone A (edge-sim), 2048-point FFT, 0-2.5 kHz")
     fig.savefig(out / "leak_spectrograms.png", dpi=100)
-    written.append(out / "leak_spectrograms.png")
     plt.close(fig)
+    return out / "leak_spectrograms.png"
+
+
+def plots(out: Path, report: dict[str, Any], seed: int) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    det = report["detection"]
+    p, y = det["_scores"]
+    thr = float(det["threshold"])
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    headline = det["_noleak"] | (det["_snr"] >= 0)
+    curves = (
+        (np.ones_like(y, dtype=bool), "all SNR (-10..+20 dB)", det["windows"]["auc"], "tab:blue"),
+        (headline, "SNR >= 0 dB (headline)", det["windows_snr_ge_0"]["auc"], "tab:green"),
+    )
+    for sel, label, auc, colour in curves:
+        ps, ys = p[sel], y[sel]
+        order = np.argsort(-ps)
+        tpr = np.concatenate([[0], np.cumsum(ys[order] == 1) / max(int((ys == 1).sum()), 1)])
+        fpr = np.concatenate([[0], np.cumsum(ys[order] == 0) / max(int((ys == 0).sum()), 1)])
+        ax.plot(fpr, tpr, color=colour, label=f"{label}, AUC {auc:.3f}")
+        # The operating point: the shipped threshold on this curve.
+        op_tpr = float(np.mean(ps[ys == 1] >= thr))
+        op_fpr = float(np.mean(ps[ys == 0] >= thr))
+        ax.plot(op_fpr, op_tpr, "o", color=colour, ms=7, mec="k")
+        ax.annotate(
+            f"threshold {thr:g}: TPR {op_tpr:.2f}, FPR {op_fpr:.2f}",
+            (op_fpr, op_tpr),
+            textcoords="offset points",
+            xytext=(10, -16),
+            fontsize=8,
+        )
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="chance")
+    ax.set(
+        xlabel="false positive rate (no-leak windows called leak)",
+        ylabel="true positive rate (leak windows found)",
+        title="Leak classifier ROC, held-out 2 s windows",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "leak_roc.png", dpi=110)
+    written.append(out / "leak_roc.png")
+    plt.close(fig)
+
+    written.append(spectrograms(out, seed))
 
     scene = PipeScene("pvc", 150.0, 100.0, 30.0, 1.0, 0.0, BACKGROUNDS, seed=seed)
     x = HydrophoneSynth(scene).render_seconds(10)

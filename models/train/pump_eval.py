@@ -154,31 +154,44 @@ def evaluate(
 
 
 def plot(outcomes: list[Outcome], out: Path) -> None:
+    """One run per fault: the score in units of its alarm level (log), the fault's rows, the alarm."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    shown = {}
+    shown: dict[str, Outcome] = {}
     for o in outcomes:
-        if o.fault and o.fault not in shown:
-            shown[o.fault] = o
-    fig, axes = plt.subplots(len(shown), 1, figsize=(9, 2.0 * len(shown)), sharex=True)
+        key = o.fault or "normal (no fault)"
+        if key not in shown:
+            shown[key] = o
+    fig, axes = plt.subplots(len(shown), 1, figsize=(9, 1.6 * len(shown) + 0.8), sharex=True)
+    lo, hi = 0.05, 100.0
     for ax, (fault, o) in zip(axes, shown.items(), strict=True):
         calib = len(o.scores) - len(o.alarm)
         scores = o.scores[max(0, calib - 3600) :]  # the last hour of calibration, then the scored hours
         calib = min(calib, 3600)
         t = (np.arange(len(scores)) - calib) / 60.0
-        ax.plot(t, scores, lw=0.6, label="score")
-        ax.axhline(o.threshold, color="k", ls="--", lw=0.8, label="threshold")
-        ax.fill_between(t[calib:], 0, o.labels * scores.max(), color="tab:red", alpha=0.12, label="fault")
-        ax.fill_between(t[calib:], 0, o.alarm * o.threshold, color="tab:orange", alpha=0.5, label="alarm")
-        ax.set_yscale("symlog", linthresh=max(o.threshold, 1e-3))
-        ax.set_ylabel(fault, fontsize=8)
-    axes[0].legend(fontsize=7, ncol=4, loc="upper left")
-    axes[-1].set_xlabel("minutes after calibration")
-    fig.tight_layout()
+        level = np.clip(scores / o.threshold, lo, hi)  # clipped so a fault's score stays in view
+        ax.plot(t, level, lw=0.6, color="tab:blue", label="score / alarm level (clipped to 0.05..100)")
+        ax.axhline(1.0, color="k", ls="--", lw=0.8, label="alarm level (the operating point)")
+        ax.fill_between(
+            t[calib:], lo, np.where(o.labels > 0, hi, lo), color="tab:red", alpha=0.12, label="fault present"
+        )
+        ax.fill_between(
+            t[calib:], lo, np.where(o.alarm > 0, 0.1, lo), color="tab:orange", alpha=0.8, label="alarm raised"
+        )
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.set_yscale("log")
+        ax.set_ylim(lo, hi)
+        ax.set_yticks([0.1, 1, 10, 100], ["0.1", "1", "10", "100"])
+        ax.text(0.01, 0.85, fault, transform=ax.transAxes, fontsize=9, weight="bold")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, fontsize=8)
+    fig.supylabel("score in units of the alarm level (log)")
+    axes[-1].set_xlabel("minutes after the end of calibration (a day of normal duty; the last hour shown)")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     fig.savefig(out / "pump_scores.png", dpi=90)
     plt.close(fig)
 
@@ -189,8 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-fault", type=int, default=6)
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    ap.add_argument(
+        "--plot-only", action="store_true", help="one run per fault, docs/img/pump_scores.png only"
+    )
     args = ap.parse_args(argv)
     model = load_model(MANIFEST)
+    if args.plot_only:
+        _, outcomes = evaluate(model, args.seed, 1, jobs=args.jobs)
+        plot(outcomes, ROOT / "docs" / "img")
+        return 0
     report, outcomes = evaluate(model, args.seed, args.per_fault, jobs=args.jobs)
     stress = max(2, args.per_fault // 2)
     hour, _ = evaluate(model, args.seed + 60_000, stress, calib_s=3600, jobs=args.jobs)

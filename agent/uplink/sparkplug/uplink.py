@@ -33,7 +33,7 @@ import structlog
 from water_edge.agent.uplink.commands import CommandHandler, CommandInbox
 from water_edge.agent.uplink.config import MqttConfig, SparkplugConfig
 from water_edge.agent.uplink.connection import PahoTransport
-from water_edge.agent.uplink.health import UplinkHealth
+from water_edge.agent.uplink.health import UplinkHealth, age_s
 from water_edge.agent.uplink.interfaces import BodyCodec, LeaseAckOutbox
 from water_edge.agent.uplink.metrics import UplinkMetrics
 from water_edge.agent.uplink.servers import Rotation, Server
@@ -154,6 +154,7 @@ class SparkplugUplink:
     def health(self) -> UplinkHealth:
         m, state, session = self._metrics, self._state, self._session
         msg_rate, rdg_rate = m.rates()
+        now = now_ns()
         c, cmd = self._counters, self._commands
         return UplinkHealth(
             state=state.state,
@@ -171,6 +172,13 @@ class SparkplugUplink:
             ack_errors=m.ack_errors,
             last_error=state.last_error,
             last_error_ns=state.last_error_ns,
+            connections=state.connections,
+            online_since_ns=state.online_since_ns,
+            down_since_ns=state.down_since_ns,
+            online_for_s=age_s(state.online_since_ns, now),
+            down_for_s=age_s(state.down_since_ns, now),
+            last_error_age_s=age_s(state.last_error_ns, now),
+            last_ack_age_s=age_s(m.last_ack_ns, now),
             last_ack_ns=m.last_ack_ns,
             ack_rate_msg_s=msg_rate,
             ack_rate_readings_s=rdg_rate,
