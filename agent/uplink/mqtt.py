@@ -1,10 +1,12 @@
 """The MQTT uplink: drains the outbox to the broker at QoS 1 and deletes rows only on PUBACK.
 
-`MqttUplink` is the orchestration: connect → serve → reconnect with capped, jittered backoff;
-stop (drain within a deadline, then the retained offline status and DISCONNECT); the retained
-status topic (`online` after connect, `offline` on stop, and as Last Will on loss). The parts,
-one job each:
+`MqttUplink` is one connection of the JSON encoding: CONNECT with the Last Will, the retained
+status topic (`online` after connect, `offline` on stop, and as Last Will on loss), the drain, and
+the clean end on stop (drain within a deadline, the retained offline status, DISCONNECT). The loop
+around connections (reconnect with capped, jittered backoff, failover, stop) is shared with the
+Sparkplug uplink in base.py. The parts, one job each:
 
+    base.py        `UplinkLoop`: the connection loop, stop, CONNACK handling, shared health
     transport.py   the seam to an MQTT library: `Transport` (one connection), its events, errors
     connection.py  `PahoTransport`, the real one: paho driven on the asyncio loop (design notes there)
     testing.py     `FakeBroker`/`FakeTransport`: scripted connections for tests without a broker
