@@ -146,7 +146,7 @@ async def test_silence_and_garbage_become_timeouts_then_recover(line: Line) -> N
         await driver.aclose()
 
 
-async def test_three_silent_requests_in_a_row_raise_driver_io_error_until_the_unit_answers(line: Line) -> None:
+async def test_three_silent_requests_raise_driver_io_error_until_the_unit_answers(line: Line) -> None:
     driver = line.driver(tags=[{"name": "v", "address": 8}])
     await driver.open()
     line.comm.add(CommFault("silence", 0.0, 100.0, "modbus_rtu"))
