@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fnmatch
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +19,14 @@ from typing import Any
 import orjson
 
 from water_edge.agent import __version__
-
-DEFAULT_CONFIG = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EXIT_DEGRADED, EXIT_NOT_RUNNING = 1, 2  # `status`, as monitoring plugins count: ok, warning, critical
+from water_edge.agent.commands._exits import (
+    DEFAULT_CONFIG,
+    EXIT_DEGRADED,
+    EXIT_FAILED,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,6 +95,7 @@ def _command_modules() -> list[Any]:
     return [
         importlib.import_module(f"water_edge.agent.commands.{info.name}")
         for info in sorted(pkgutil.iter_modules(water_edge.agent.commands.__path__), key=lambda i: i.name)
+        if not info.name.startswith("_")  # shared helpers, not commands
     ]
 
 

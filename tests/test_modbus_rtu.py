@@ -146,15 +146,25 @@ async def test_silence_and_garbage_become_timeouts_then_recover(line: Line) -> N
         await driver.aclose()
 
 
-async def test_three_silent_requests_in_a_row_raise_driver_io_error(line: Line) -> None:
+async def test_three_silent_requests_raise_driver_io_error_until_the_unit_answers(line: Line) -> None:
     driver = line.driver(tags=[{"name": "v", "address": 8}])
     await driver.open()
     line.comm.add(CommFault("silence", 0.0, 100.0, "modbus_rtu"))
     try:
         assert (await driver.read())[0].reason == "timeout"
         assert (await driver.read())[0].reason == "timeout"
-        with pytest.raises(DriverIOError, match="did not answer"):
+        with pytest.raises(DriverIOError, match="did not answer 3 requests"):
             await driver.read()
+        # Reopening a serial port always works: a unit still silent after the back-off is still
+        # down at its first request (the supervisor must not see a read that "worked" and flap).
+        await driver.open()
+        with pytest.raises(DriverIOError, match="did not answer 4 requests"):
+            await driver.read()
+        line.now = 150.0  # the silence is over
+        await driver.open()
+        assert (await driver.read())[0].value == 2
+        line.comm.add(CommFault("silence", 150.0, 100.0, "modbus_rtu"))
+        assert (await driver.read())[0].reason == "timeout"  # an answer restarted the count
     finally:
         await driver.aclose()
 

@@ -212,7 +212,7 @@ async def test_rule_2_and_10_the_will_carries_the_birth_bdseq_which_goes_on_acro
             assert got[n].metric("bdSeq").long_value == expected
             if expected == 255:
                 # Lost without DISCONNECT: the broker publishes the Will, the NDEATH of that bdSeq.
-                uplink._drop()  # the test stands in for a dead network
+                uplink._drop_connection()  # the test stands in for a dead network
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             else:

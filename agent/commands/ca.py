@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK
 from water_edge.provisioning.enrol_options import add_service_arguments
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def register(subparsers: Any) -> None:

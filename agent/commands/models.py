@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_USAGE = 0, 2
+from water_edge.agent.commands._exits import EXIT_OK, EXIT_USAGE
+
 MIN_CALIBRATION_HOURS = 24.0  # a daily demand cycle (docs/pump-anomaly.md)
 
 

@@ -1,10 +1,12 @@
 """The MQTT uplink: drains the outbox to the broker at QoS 1 and deletes rows only on PUBACK.
 
-`MqttUplink` is the orchestration: connect → serve → reconnect with capped, jittered backoff;
-stop (drain within a deadline, then the retained offline status and DISCONNECT); the retained
-status topic (`online` after connect, `offline` on stop, and as Last Will on loss). The parts,
-one job each:
+`MqttUplink` is one connection of the JSON encoding: CONNECT with the Last Will, the retained
+status topic (`online` after connect, `offline` on stop, and as Last Will on loss), the drain, and
+the clean end on stop (drain within a deadline, the retained offline status, DISCONNECT). The loop
+around connections (reconnect with capped, jittered backoff, failover, stop) is shared with the
+Sparkplug uplink in base.py. The parts, one job each:
 
+    base.py        `UplinkLoop`: the connection loop, stop, CONNACK handling, shared health
     transport.py   the seam to an MQTT library: `Transport` (one connection), its events, errors
     connection.py  `PahoTransport`, the real one: paho driven on the asyncio loop (design notes there)
     testing.py     `FakeBroker`/`FakeTransport`: scripted connections for tests without a broker
@@ -48,7 +50,6 @@ Two lanes, PUBACK failures, commands
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -57,44 +58,36 @@ import structlog
 
 from water_edge.agent.secrets import resolve_secret
 from water_edge.agent.uplink import presence
-from water_edge.agent.uplink.commands import CommandHandler, CommandInbox
+from water_edge.agent.uplink.base import UplinkLoop
+from water_edge.agent.uplink.commands import CommandHandler
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.uplink.connection import PahoTransport
 from water_edge.agent.uplink.drain import Drain
-from water_edge.agent.uplink.health import UplinkHealth, age_s
+from water_edge.agent.uplink.health import UplinkHealth
 from water_edge.agent.uplink.interfaces import Encoder, LeaseAckOutbox
 from water_edge.agent.uplink.json_encoding import JsonEncoder
-from water_edge.agent.uplink.metrics import UplinkMetrics
-from water_edge.agent.uplink.servers import Rotation, Server
+from water_edge.agent.uplink.servers import Server
 from water_edge.agent.uplink.session import Session
-from water_edge.agent.uplink.state import ConnectionState, ConnState, StateHook
-from water_edge.agent.uplink.topics import Topics
+from water_edge.agent.uplink.state import ConnState, StateHook
 from water_edge.agent.uplink.transport import (
     CertificateTimeError,
-    ConnectError,
     ConnectOptions,
     PublishProperties,
     TlsError,
     TransportFactory,
 )
-from water_edge.core.errors import UplinkError
-from water_edge.core.reading import now_ns
 
 __all__ = ["CommandHandler", "MqttUplink", "StateHook"]
 
 log = structlog.get_logger(__name__)
 
-STOP_GRACE_S = 5.0
 # Room for the fixed header, topic and properties around the largest command payload; commands up
 # to twice the limit still reach the inbox, so their refusal is audited and answered.
 PACKET_HEADROOM: Final = 4096
 MIN_PACKET_SIZE: Final = 64 * 1024
-# Longest a wait inside the uplink lasts before it marks itself alive again (for the watchdog;
-# `beat_s` shortens it when the watchdog interval is short).
-_BEAT_S: Final = 1.0
 
 
-class MqttUplink:
+class MqttUplink(UplinkLoop[Session]):
     """Publishes outbox rows to an MQTT broker, at least once and in order per stream.
 
     Call `run()` as a task, `notify()` after each outbox append, `stop()` to finish cleanly.
@@ -102,6 +95,8 @@ class MqttUplink:
     one connection per call (default: paho); `commands` is the command inbox when `on_command`
     is given.
     """
+
+    _drain: Drain
 
     def __init__(
         self,
@@ -117,20 +112,20 @@ class MqttUplink:
         transport: TransportFactory = PahoTransport,
         clock_synchronised: Callable[[], bool | None] | None = None,
     ) -> None:
-        self._cfg = config
-        self.topics = Topics(config.prefix, site, gateway)
+        super().__init__(
+            config,
+            site,
+            gateway,
+            on_state_change=on_state_change,
+            on_command=on_command,
+            beat_s=beat_s,
+            transport=transport,
+        )
         encoder = encoder or JsonEncoder(self.topics, compression=config.compression)
-        self._client_id = config.effective_client_id(site, gateway)
-        self._new_transport = transport
         self._clock_synchronised = clock_synchronised
-        self._servers = Rotation(config.server_list())
-        self._state = ConnectionState(on_state_change)
-        self._metrics = UplinkMetrics()
-        self.commands = None if on_command is None else CommandInbox(self.topics, on_command)
         self._password = resolve_secret(config.password)
         largest = 0 if self.commands is None else 2 * self.commands.max_bytes
         self._max_packet = max(MIN_PACKET_SIZE, PACKET_HEADROOM + largest)
-        self._beat_s = min(beat_s, _BEAT_S)
         props = None if config.protocol != "5" else PublishProperties(encoder.content_type, encoder.utf8)
         self._drain = Drain(
             outbox,
@@ -141,131 +136,15 @@ class MqttUplink:
             properties=props,
             beat_s=self._beat_s,
         )
-        self._beats = 0
-        self._stop_requested = asyncio.Event()
-        self._finished = asyncio.Event()
-        self._running = False
-        self._stop_deadline = 0.0
-        self._session: Session | None = None
 
     # ------------------------------------------------------------------ public API
 
-    @property
-    def heartbeat(self) -> int:
-        """Bumped by every pass of the drain, backoff and keepalive: the watchdog's proof of life."""
-        return self._beats + self._drain.beats
-
-    def notify(self) -> None:
-        """New rows were appended: wake the drain if it is waiting for work."""
-        self._drain.notify()
-
     def health(self) -> UplinkHealth:
         """State and counters for the status socket and the CLI."""
-        m, state, session = self._metrics, self._state, self._session
-        msg_rate, rdg_rate = m.rates()
-        now = now_ns()
-        return UplinkHealth(
-            state=state.state,
-            connected=session is not None and state.state is ConnState.ONLINE,
-            broker=self._servers.current.address,
-            client_id=self._client_id,
-            published=m.published,
-            acked=m.acked,
-            readings_acked=m.readings_acked,
-            inflight=len(session.inflight) if session else 0,
-            reconnects=m.reconnects,
-            refused=m.refused,
-            rejected=m.rejected,
-            encode_errors=m.encode_errors,
-            ack_errors=m.ack_errors,
-            last_error=state.last_error,
-            last_error_ns=state.last_error_ns,
-            connections=state.connections,
-            online_since_ns=state.online_since_ns,
-            down_since_ns=state.down_since_ns,
-            online_for_s=age_s(state.online_since_ns, now),
-            down_for_s=age_s(state.down_since_ns, now),
-            last_error_age_s=age_s(state.last_error_ns, now),
-            last_ack_age_s=age_s(m.last_ack_ns, now),
-            last_ack_ns=m.last_ack_ns,
-            ack_rate_msg_s=msg_rate,
-            ack_rate_readings_s=rdg_rate,
-            backlog_upto_id=m.backlog_upto_id,
-            published_live=m.published_live,
-            published_backlog=m.published_backlog,
-            commands=None if self.commands is None else self.commands.stats(),
-            servers=len(self._servers.servers),
-            server_index=self._servers.index,
-            failovers=self._servers.failovers,
-        )
+        return self._health()
 
-    async def stop(self, drain_timeout_s: float = 5.0) -> None:
-        """Finish cleanly: drain, publish the retained offline status, disconnect.
-
-        Within `drain_timeout_s` the uplink keeps sending what the outbox holds (so an event
-        appended just before `stop()`, e.g. "agent stopped", still goes out) and waits for the
-        in-flight PUBACKs; whatever is not acknowledged by then stays in the outbox for next time.
-        If the broker is unreachable it returns at once (no waiting for a reconnect).
-        """
-        if not self._running:
-            return
-        self._stop_deadline = asyncio.get_running_loop().time() + drain_timeout_s
-        self._stop_requested.set()
-        self._drain.wake.set()
-        try:
-            # The run loop honours the deadline; this bound is the backstop that keeps a stuck
-            # connection from holding up shutdown (unacked rows simply stay in the outbox).
-            async with asyncio.timeout(drain_timeout_s + STOP_GRACE_S):
-                await self._finished.wait()
-        except TimeoutError:
-            log.warning(
-                "uplink.stop_timed_out",
-                after_s=drain_timeout_s + STOP_GRACE_S,
-                state=self._state.state,
-                inflight=len(self._session.inflight) if self._session else 0,
-            )
-            self._drop_connection()
-
-    async def run(self) -> None:
-        """Connect, drain, reconnect with backoff; returns after `stop()`."""
-        if self._running:
-            raise UplinkError("MqttUplink.run() is already running")
-        self._running = True
-        self._finished.clear()
-        attempt = 0
-        worker = (
-            None
-            if self.commands is None
-            else asyncio.create_task(self.commands.run(), name="uplink-commands")
-        )
-        try:
-            while not self._stop_requested.is_set():
-                self._beats += 1
-                session = await self._connect(self._servers.current)
-                if session is not None:
-                    attempt = 0
-                    self._servers.worked()
-                    await self._serve(session)
-                    await self._drain.flush_acks(session)
-                    self._servers.lost()
-                if self._stop_requested.is_set():
-                    break
-                if session is None and self._servers.failed():
-                    self._metrics.reconnects += 1
-                    continue  # the next server of this round, at once
-                attempt += 1
-                self._metrics.reconnects += 1
-                delay = self._backoff(attempt)
-                log.info("uplink.backoff", delay_s=round(delay, 3), attempt=attempt)
-                await self._sleep_beating(delay)
-        finally:
-            if worker is not None:
-                worker.cancel()
-            self._drop_connection()
-            self._running = False
-            self._stop_requested.clear()
-            self._state.to(ConnState.STOPPED)
-            self._finished.set()
+    def _inflight(self) -> int:
+        return len(self._session.inflight) if self._session else 0
 
     # ------------------------------------------------------------------ connection
 
@@ -291,24 +170,7 @@ class MqttUplink:
             password=self._password,
             max_packet_size=self._max_packet,
         )
-        try:
-            await transport.open(options, session)
-        except TlsError as exc:
-            self._fail(ConnState.TLS_ERROR, self._tls_reason(exc))
-            return None
-        except ConnectError as exc:
-            self._fail(ConnState.OFFLINE, str(exc))
-            return None
-        self._session = session
-
-        reason = await session.wait(session.connack, cfg.connect_timeout_s, self._stop_requested)
-        if reason is None or reason.is_failure:
-            if reason is not None:
-                self._metrics.refused += 1
-                self._fail(ConnState.REFUSED, str(reason))
-            else:
-                self._fail(ConnState.OFFLINE, session.close_reason or "no CONNACK from broker")
-            self._drop_connection()
+        if not await self._open(transport, options, session, self._tls_reason):
             return None
 
         if self.commands is not None:
@@ -328,6 +190,11 @@ class MqttUplink:
             after_s=round(time.monotonic() - started, 3),
         )
         return session
+
+    async def _after_connect(self, session: Session) -> bool:
+        await self._serve(session)
+        await self._drain.flush_acks(session)
+        return False
 
     async def _serve(self, session: Session) -> None:
         loop = asyncio.get_running_loop()
@@ -370,34 +237,3 @@ class MqttUplink:
                 "will be accepted once NTP has set the time"
             )
         return f"{exc} (by the gateway's clock, which reads {now})"
-
-    def _drop_connection(self) -> None:
-        if self._session is not None:
-            self._session.abort()
-            self._session = None
-
-    def _fail(self, kind: ConnState, reason: str) -> None:
-        self._state.fail(kind, reason)
-        log.warning("uplink.connect_failed", kind=str(kind), reason=reason, server=self._servers.current.uri)
-
-    # ------------------------------------------------------------------ waiting
-
-    def _backoff(self, attempt: int) -> float:
-        lo, hi = self._cfg.reconnect_min_s, self._cfg.reconnect_max_s
-        cap = min(hi, lo * 2.0 ** min(attempt, 32))
-        return random.uniform(lo, cap)  # noqa: S311 - jitter, not cryptography
-
-    async def _sleep_beating(self, delay_s: float) -> None:
-        """Sleep `delay_s` (or until stop), marking the uplink alive at least every second."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + delay_s
-        while not self._stop_requested.is_set():
-            left = until - loop.time()
-            if left <= 0:
-                return
-            self._beats += 1
-            try:
-                async with asyncio.timeout(min(left, self._beat_s)):
-                    await self._stop_requested.wait()
-            except TimeoutError:
-                pass

@@ -10,7 +10,10 @@ its client with the factory it was given (default: pymodbus's, from `adapter.py`
 Answers map as on TCP: an exception answer gives bad readings `modbus exception <code>: <name>`;
 no answer (or only garbage: pymodbus's framer discards bytes that are not a valid frame) gives
 bad readings `timeout`, and `MAX_SILENT_REQUESTS` silent requests in a row raise
-`DriverIOError` so the supervisor backs off that device alone. A port that vanishes (USB adapter
+`DriverIOError` so the supervisor backs off that device alone. The count of silent requests ends
+only with an answer, not with a reopen: after the back-off a unit that is still silent is still
+down at its first request (reopening a serial port always works, so resetting the count there
+made a dead unit flap down/up every back-off). A port that vanishes (USB adapter
 pulled) raises `DriverIOError`; `open()` reopens it by path once it is back.
 """
 
@@ -93,7 +96,6 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
         except serial_bus.PortSettingsConflictError as exc:
             raise DriverIOError(f"{self.name}: {exc}") from None
         self._port = port
-        self._silent = 0
         async with port.transaction():
             if port.client is not None and port.client.connected:
                 return
@@ -168,10 +170,8 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
                 self._stats["timeouts"] += 1
                 self._silent += 1
                 if self._silent >= MAX_SILENT_REQUESTS:
-                    self._silent = 0
                     raise DriverIOError(
-                        f"{self.name}: unit {cfg.unit_id} did not answer "
-                        f"{MAX_SILENT_REQUESTS} requests in a row"
+                        f"{self.name}: unit {cfg.unit_id} did not answer {self._silent} requests in a row"
                     ) from exc
                 raise RequestFailedError("timeout") from exc
             except BadAnswerError as exc:

@@ -7,7 +7,9 @@ translates what it raises). This module sends the requests and decides what an o
 - an answer: good readings, stamped when it arrived;
 - an exception answer: bad readings `modbus exception <code>: <name>` for that request's tags;
 - no answer after `retries`: bad readings `timeout`; `MAX_SILENT_REQUESTS` such requests in a
-  row mean the device is gone: the connection is closed and `DriverIOError` raised;
+  row mean the device is gone: the connection is closed and `DriverIOError` raised; the count
+  ends only with an answer, so a PLC that accepts connections but stays silent is down again at
+  its first request after the reconnect (no down/up flapping);
 - refused, reset or closed connections: `DriverIOError` from `open()`/`read()`.
 
 pymodbus is never allowed to reconnect on its own (`reconnect_delay=0`, and a request is never
@@ -89,7 +91,6 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
             why = await _why_unreachable(cfg.host, cfg.port, cfg.timeout_ms / 1000)
             raise DriverIOError(f"{self.name}: cannot connect to {cfg.host}:{cfg.port}: {why}")
         self._connected = True
-        self._silent = 0
         log.info("modbus.connected", driver=self.name, host=cfg.host, port=cfg.port)
 
     async def aclose(self) -> None:

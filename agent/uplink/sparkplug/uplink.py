@@ -22,7 +22,6 @@ Rows are acknowledged by the rolling history (history.py), never by PUBACK: DATA
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,13 +29,13 @@ from typing import Final
 
 import structlog
 
-from water_edge.agent.uplink.commands import CommandHandler, CommandInbox
+from water_edge.agent.uplink.base import UplinkLoop
+from water_edge.agent.uplink.commands import CommandHandler
 from water_edge.agent.uplink.config import MqttConfig, SparkplugConfig
 from water_edge.agent.uplink.connection import PahoTransport
-from water_edge.agent.uplink.health import UplinkHealth, age_s
+from water_edge.agent.uplink.health import UplinkHealth
 from water_edge.agent.uplink.interfaces import BodyCodec, LeaseAckOutbox
-from water_edge.agent.uplink.metrics import UplinkMetrics
-from water_edge.agent.uplink.servers import Rotation, Server
+from water_edge.agent.uplink.servers import Server
 from water_edge.agent.uplink.sparkplug import payloads
 from water_edge.agent.uplink.sparkplug.bdseq import BdSeqStore
 from water_edge.agent.uplink.sparkplug.catalog import Catalog
@@ -52,12 +51,9 @@ from water_edge.agent.uplink.sparkplug.history import RollingHistory
 from water_edge.agent.uplink.sparkplug.host import HostState
 from water_edge.agent.uplink.sparkplug.session import CommandCounts, SparkplugSession
 from water_edge.agent.uplink.sparkplug.topics import SparkplugTopics, state_topic
-from water_edge.agent.uplink.state import ConnectionState, ConnState, StateHook
-from water_edge.agent.uplink.topics import Topics
+from water_edge.agent.uplink.state import ConnState, StateHook
 from water_edge.agent.uplink.transport import (
-    ConnectError,
     ConnectOptions,
-    TlsError,
     TransportFactory,
     Will,
 )
@@ -66,9 +62,7 @@ from water_edge.core.reading import Reading, now_ns
 
 log = structlog.get_logger(__name__)
 
-STOP_GRACE_S: Final = 5.0
 HISTORY_FACTOR: Final = 1.5  # rows are kept 1.5 x keep-alive after they went out
-_BEAT_S: Final = 1.0
 
 
 def _no_values() -> Mapping[tuple[str, str], Reading]:
@@ -79,8 +73,11 @@ def _all_up() -> Mapping[str, bool]:
     return {}
 
 
-class SparkplugUplink:
+class SparkplugUplink(UplinkLoop[SparkplugSession]):
     """Publishes the outbox as a Sparkplug B Edge Node (see the module docstring)."""
+
+    log_prefix = "sparkplug"
+    _drain: SparkplugDrain
 
     def __init__(
         self,
@@ -101,24 +98,24 @@ class SparkplugUplink:
         history_keep_s: float | None = None,
     ) -> None:
         """`history_keep_s` overrides 1.5 x keep-alive (tests only: the keep-alive is at least 5 s)."""
-        self._cfg = config
+        super().__init__(
+            config,
+            site,
+            gateway,
+            on_state_change=on_state_change,
+            on_command=on_command,
+            beat_s=beat_s,
+            transport=transport,
+        )
         spb = config.sparkplug or SparkplugConfig()
         self.spb = spb
-        self.topics = Topics(config.prefix, site, gateway)  # the signed-command tree
         self.sp_topics = SparkplugTopics(spb.group_id or site, spb.edge_node_id or gateway)
-        self._client_id = config.effective_client_id(site, gateway)
-        self._new_transport = transport
-        self._servers = Rotation(config.server_list())
-        self._state = ConnectionState(on_state_change)
-        self._metrics = UplinkMetrics()
         self._counters = SparkplugCounters()
         self._commands = CommandCounts()
-        self.commands = None if on_command is None else CommandInbox(self.topics, on_command)
         self._bdseq = BdSeqStore(bdseq_path)
         self._host = None if spb.primary_host_id is None else HostState(spb.primary_host_id)
         self._state_topic = None if spb.primary_host_id is None else state_topic(spb.primary_host_id)
         self.catalog = catalog
-        self._beat_s = min(beat_s, _BEAT_S)
         keep_s = HISTORY_FACTOR * config.keepalive_s if history_keep_s is None else history_keep_s
         self._keep_s = keep_s
         self._drain = SparkplugDrain(
@@ -135,60 +132,12 @@ class SparkplugUplink:
             beat_s=self._beat_s,
             codec=codec,
         )
-        self._beats = 0
-        self._stop_requested = asyncio.Event()
-        self._finished = asyncio.Event()
-        self._running = False
-        self._stop_deadline = 0.0
-        self._session: SparkplugSession | None = None
 
     # ------------------------------------------------------------------ public API
 
-    @property
-    def heartbeat(self) -> int:
-        return self._beats + self._drain.beats
-
-    def notify(self) -> None:
-        self._drain.notify()
-
     def health(self) -> UplinkHealth:
-        m, state, session = self._metrics, self._state, self._session
-        msg_rate, rdg_rate = m.rates()
-        now = now_ns()
-        c, cmd = self._counters, self._commands
-        return UplinkHealth(
-            state=state.state,
-            connected=session is not None and state.state is ConnState.ONLINE,
-            broker=self._servers.current.address,
-            client_id=self._client_id,
-            published=m.published,
-            acked=m.acked,
-            readings_acked=m.readings_acked,
-            inflight=len(session.history) if session else 0,
-            reconnects=m.reconnects,
-            refused=m.refused,
-            rejected=m.rejected,
-            encode_errors=m.encode_errors,
-            ack_errors=m.ack_errors,
-            last_error=state.last_error,
-            last_error_ns=state.last_error_ns,
-            connections=state.connections,
-            online_since_ns=state.online_since_ns,
-            down_since_ns=state.down_since_ns,
-            online_for_s=age_s(state.online_since_ns, now),
-            down_for_s=age_s(state.down_since_ns, now),
-            last_error_age_s=age_s(state.last_error_ns, now),
-            last_ack_age_s=age_s(m.last_ack_ns, now),
-            last_ack_ns=m.last_ack_ns,
-            ack_rate_msg_s=msg_rate,
-            ack_rate_readings_s=rdg_rate,
-            backlog_upto_id=m.backlog_upto_id,
-            published_live=m.published_live,
-            published_backlog=m.published_backlog,
-            commands=None if self.commands is None else self.commands.stats(),
-            servers=len(self._servers.servers),
-            server_index=self._servers.index,
-            failovers=self._servers.failovers,
+        session, c, cmd = self._session, self._counters, self._commands
+        return self._health(
             sparkplug=SparkplugHealth(
                 group_id=self.sp_topics.group,
                 edge_node_id=self.sp_topics.node,
@@ -212,62 +161,8 @@ class SparkplugUplink:
             ),
         )
 
-    async def stop(self, drain_timeout_s: float = 5.0) -> None:
-        """Publish what is live, then NDEATH and DISCONNECT (unreleased rows stay in the outbox)."""
-        if not self._running:
-            return
-        self._stop_deadline = asyncio.get_running_loop().time() + drain_timeout_s
-        self._stop_requested.set()
-        self._drain.wake.set()
-        try:
-            async with asyncio.timeout(drain_timeout_s + STOP_GRACE_S):
-                await self._finished.wait()
-        except TimeoutError:
-            log.warning("sparkplug.stop_timed_out", after_s=drain_timeout_s + STOP_GRACE_S)
-            self._drop()
-
-    async def run(self) -> None:
-        if self._running:
-            raise UplinkError("SparkplugUplink.run() is already running")
-        self._running = True
-        self._finished.clear()
-        attempt = 0
-        worker = (
-            None
-            if self.commands is None
-            else asyncio.create_task(self.commands.run(), name="uplink-commands")
-        )
-        try:
-            while not self._stop_requested.is_set():
-                self._beats += 1
-                session = await self._connect(self._servers.current)
-                outcome: Outcome | None = None
-                if session is not None:
-                    attempt = 0
-                    self._servers.worked()
-                    outcome = await self._serve(session)
-                    if outcome in (Outcome.HOST_OFFLINE, Outcome.NEXT_SERVER):
-                        self._metrics.reconnects += 1
-                        if self._servers.failed():
-                            continue  # the next server, at once
-                    else:
-                        self._servers.lost()
-                if self._stop_requested.is_set():
-                    break
-                if session is None and self._servers.failed():
-                    self._metrics.reconnects += 1
-                    continue
-                attempt += 1
-                self._metrics.reconnects += 1
-                await self._sleep(self._backoff(attempt))
-        finally:
-            if worker is not None:
-                worker.cancel()
-            self._drop()
-            self._running = False
-            self._stop_requested.clear()
-            self._state.to(ConnState.STOPPED)
-            self._finished.set()
+    def _inflight(self) -> int:
+        return len(self._session.history) if self._session else 0
 
     # ------------------------------------------------------------------ one connection
 
@@ -294,23 +189,7 @@ class SparkplugUplink:
             inbox=self.commands,
         )
         options = ConnectOptions.from_config(cfg, server, self._client_id, will)
-        try:
-            await transport.open(options, session)
-        except TlsError as exc:
-            self._fail(ConnState.TLS_ERROR, str(exc))
-            return None
-        except ConnectError as exc:
-            self._fail(ConnState.OFFLINE, str(exc))
-            return None
-        self._session = session
-        reason = await session.wait(session.connack, cfg.connect_timeout_s, self._stop_requested)
-        if reason is None or reason.is_failure:
-            if reason is not None:
-                self._metrics.refused += 1
-                self._fail(ConnState.REFUSED, str(reason))
-            else:
-                self._fail(ConnState.OFFLINE, session.close_reason or "no CONNACK from broker")
-            self._drop()
+        if not await self._open(transport, options, session):
             return None
         # Every subscription goes out before any birth (the broker handles them in order).
         transport.subscribe(self.sp_topics.ncmd, qos=1)
@@ -331,6 +210,9 @@ class SparkplugUplink:
 
     def _death(self, bdseq: int) -> bytes:
         return payloads.ndeath(bdseq, now_ns() // 1_000_000).SerializeToString()
+
+    async def _after_connect(self, session: SparkplugSession) -> bool:
+        return await self._serve(session) in (Outcome.HOST_OFFLINE, Outcome.NEXT_SERVER)
 
     async def _serve(self, session: SparkplugSession) -> Outcome:
         bdseq = self._bdseq.current
@@ -365,7 +247,7 @@ class SparkplugUplink:
             reason = session.close_reason or "connection closed"
             self._state.fail(ConnState.OFFLINE, reason)
             log.warning("sparkplug.disconnected", reason=reason, unreleased=len(session.history))
-            self._drop()
+            self._drop_connection()
             return Outcome.LOST
         if outcome is Outcome.STOPPED:
             self._state.to(ConnState.STOPPING)
@@ -384,37 +266,8 @@ class SparkplugUplink:
         if outcome is not Outcome.STOPPED:
             self._state.fail(ConnState.OFFLINE, f"left the server: {outcome}")
         log.info("sparkplug.left", outcome=str(outcome), unreleased=len(session.history))
-        self._drop()
+        self._drop_connection()
         return outcome
-
-    def _drop(self) -> None:
-        if self._session is not None:
-            self._session.abort()
-            self._session = None
-
-    def _fail(self, kind: ConnState, reason: str) -> None:
-        self._state.fail(kind, reason)
-        log.warning(
-            "sparkplug.connect_failed", kind=str(kind), reason=reason, server=self._servers.current.uri
-        )
-
-    def _backoff(self, attempt: int) -> float:
-        lo, hi = self._cfg.reconnect_min_s, self._cfg.reconnect_max_s
-        return random.uniform(lo, min(hi, lo * 2.0 ** min(attempt, 32)))  # noqa: S311 - jitter
-
-    async def _sleep(self, delay_s: float) -> None:
-        loop = asyncio.get_running_loop()
-        until = loop.time() + delay_s
-        while not self._stop_requested.is_set():
-            left = until - loop.time()
-            if left <= 0:
-                return
-            self._beats += 1
-            try:
-                async with asyncio.timeout(min(left, self._beat_s)):
-                    await self._stop_requested.wait()
-            except TimeoutError:
-                pass
 
 
 __all__ = ["SparkplugUplink"]
