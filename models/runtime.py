@@ -10,8 +10,13 @@ and self-tests the new one in a worker thread and replaces the old one only if e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import os
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,29 @@ from water_edge.models.manifest import Manifest, ModelError, read_manifest, veri
 log = structlog.get_logger(__name__)
 
 _BACKENDS = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+_NATIVE_STDERR = threading.Lock()
+
+
+@contextlib.contextmanager
+def _native_stderr_logged(model: str) -> Iterator[None]:
+    """What the TFLite runtime's C++ code prints on file descriptor 2 while this block runs
+    ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.") becomes structured log lines, so
+    the agent's log stays one JSON object per line. LiteRT has no switch for its log level. The
+    block is short (allocating tensors); a Python log line written by another thread meanwhile is
+    re-logged inside a `litert.native_output` line, not lost."""
+    with _NATIVE_STDERR, tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    log.info("litert.native_output", model=model, line=line.strip())
 
 
 def _interpreter_class() -> tuple[str, Any]:
@@ -115,8 +143,9 @@ def load_model(manifest_path: Path | str, *, num_threads: int = 1, self_test: bo
     model_path = verify_file(manifest, manifest_path)
     backend, interpreter_cls = _interpreter_class()
     try:
-        interpreter = interpreter_cls(model_path=str(model_path), num_threads=num_threads)
-        interpreter.allocate_tensors()
+        with _native_stderr_logged(manifest.name):
+            interpreter = interpreter_cls(model_path=str(model_path), num_threads=num_threads)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"{model_path}: not a loadable TFLite model: {exc}") from exc
     model = Model(manifest, model_path, interpreter, backend)

@@ -11,7 +11,7 @@ import string
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from water_edge.agent.config import load_config
@@ -104,6 +104,7 @@ def check(text: str) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(LINES, max_size=25))
+@example(["0=19000000000000000000"])  # an integer beyond 64 bits: tomllib reads it, orjson did not
 def test_config_files_built_from_real_keys_load_or_give_config_error(lines: list[str]) -> None:
     check(GOOD + "\n".join(lines))
 

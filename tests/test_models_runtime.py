@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from water_edge.models.manifest import ModelError, sha256_file
 from water_edge.models.runtime import ModelSlot, load_model
@@ -31,6 +32,20 @@ def edit(manifest: Path, **changes: object) -> None:
     data = json.loads(manifest.read_text())
     data.update(changes)
     manifest.write_text(json.dumps(data))
+
+
+def test_what_the_native_runtime_prints_reaches_the_log_as_json_not_raw_stderr(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # LiteRT's C++ code prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on fd 2
+    # at every load: under systemd that was a non-JSON line in a JSON log.
+    with capture_logs() as logs:
+        model = load_model(SHIPPED)
+    assert "TensorFlow Lite" not in capfd.readouterr().err
+    native = [e for e in logs if e["event"] == "litert.native_output"]
+    if model.backend == "ai_edge_litert":
+        assert any("XNNPACK" in e["line"] for e in native)
+    assert all(e["model"] == model.name for e in native)
 
 
 def test_shipped_model_loads_verifies_and_passes_its_self_test() -> None:

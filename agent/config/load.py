@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +44,22 @@ def strict(model: type[M], raw: Any) -> M:
     """Validate a TOML table with no type coercion: TOML values are typed, so `port = "1883"` is
     a string where a number belongs, and says so. Validated as JSON (TOML dates become ISO text),
     whose strict mode still takes text for paths and dates and an integer for a float."""
-    return model.model_validate_json(orjson.dumps(raw), strict=True)
+    return model.model_validate_json(_as_json(raw), strict=True)
+
+
+def _as_json(raw: Any) -> bytes:
+    try:
+        return orjson.dumps(raw)
+    except TypeError:
+        # An integer beyond 64 bits: tomllib reads any size, orjson refuses them. The standard
+        # library writes it, and the model then says where it is out of range.
+        return json.dumps(raw, default=_iso_text).encode()
+
+
+def _iso_text(value: object) -> str:
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a TOML value")
 
 
 @dataclass(frozen=True)
