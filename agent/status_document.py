@@ -125,9 +125,7 @@ class StatusDocument:
             "buffer": {} if self.buffer is None else _read(self.buffer),
             "uplink": _read(self.uplink),
             "processors": [_read(p) for p in self.processors],
-            "alarms": ([] if self.buffer is None else self.buffer.alarm_lines())
-            + ([] if self.clock is None else self.clock.alarm_lines())
-            + ([] if self.certificate is None else self.certificate.alarm_lines()),
+            "alarms": self.alarm_lines(),
             "watchdog": None if self.watchdog is None else health_json(self.watchdog),
             "rejected": health_json(self.rejected),
             "commands": (
@@ -139,19 +137,20 @@ class StatusDocument:
             "verdict": health_json(self.verdict()),
         }
 
+    def alarm_lines(self) -> list[str]:
+        """The one-line conditions someone must act on (the outbox, the clock, the certificate)."""
+        return [line for part in (self.buffer, self.clock, self.certificate) if part is not None
+                for line in part.alarm_lines()]  # fmt: skip
+
     def verdict(self) -> Verdict:
         problems = [f"device {d.name} is down" for d in self.drivers if d.state == "down"]
         if self.uplink.state != "online":
             problems.append(f"uplink {self.uplink.state} ({self.uplink.broker})")
-        if self.buffer is not None:
-            problems += self.buffer.alarm_lines()
-            if self.buffer.used_pct >= BUFFER_DEGRADED_PCT:
-                problems.append(f"outbox {self.buffer.used_pct:.0f} % full")
+        problems += self.alarm_lines()
+        if self.buffer is not None and self.buffer.used_pct >= BUFFER_DEGRADED_PCT:
+            problems.append(f"outbox {self.buffer.used_pct:.0f} % full")
         if self.watchdog is not None and self.watchdog.stalled:
             problems.append(f"stalled: {', '.join(self.watchdog.stalled)}")
-        for lifecycle in (self.clock, self.certificate):
-            if lifecycle is not None:
-                problems += lifecycle.alarm_lines()
         return Verdict("degraded" if problems else "ok", tuple(problems))
 
 

@@ -159,8 +159,8 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from water_edge.core import logs
+    from water_edge.core.instants import instant_ns
     from water_edge.models.manifest import ModelError
-    from water_edge.models.pump.calibration import instant_ns
     from water_edge.models.pump.config import load_pump_section
     from water_edge.models.pump.processor import DEFAULT_MANIFEST, recalibrate
     from water_edge.models.pump.store import CalibrationStore, FeatureHistory, pump_dir

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -33,6 +32,7 @@ from water_edge.models.flow_leak.detector import FixedThreshold, StepDetector, S
 from water_edge.models.flow_leak.mnf import minimum_night_flow
 from water_edge.models.leak.fusion import SiteEvidence
 from water_edge.models.nightwindow import NightWindow, zone
+from water_edge.models.versioned_store import write_atomic
 
 log = structlog.get_logger(__name__)
 NS = 1_000_000_000
@@ -151,11 +151,7 @@ class FlowLeakProcessor:
             "last_flow": d.last_flow,
         }
         d.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = d.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, d.state_path)
+        write_atomic(d.state_path, json.dumps(data))
 
     # -- run ------------------------------------------------------------------------------------
 

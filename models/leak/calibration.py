@@ -9,25 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from water_edge.core.instants import range_ns
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.leak.baseline import Baseline, BaselineError
 from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.store import SensorStore, sensor_dir
-
-
-def instant_ns(text: str) -> int:
-    """ISO 8601 (UTC when no zone is given) or epoch seconds -> UTC nanoseconds."""
-    try:
-        return int(float(text) * 1e9)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a time: use ISO 8601 or epoch seconds") from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1e9)
 
 
 def section_for(sections: Sequence[LeakModelSection], sensor: str) -> LeakModelSection:
@@ -51,9 +37,7 @@ def calibrate_sensor(
     if not store.checks_path.exists():
         raise CalibrationFailedError(f"no night checks for {sensor} yet (at {sensor_dir(state_dir, sensor)})")
     try:
-        bounds = [None if args.get(k) is None else instant_ns(str(args[k])) for k in ("from", "to")]
-        if bounds[0] is not None and bounds[1] is not None and bounds[1] <= bounds[0]:
-            raise ValueError("'to' must be after 'from'")
+        bounds = range_ns(args)
         checks = store.checks(bounds[0], bounds[1])
         if not checks:
             raise ValueError(f"no night checks of {sensor} in that range")

@@ -235,11 +235,9 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
 
 def _calibrate_on_gateway(args: argparse.Namespace) -> int:
     import os
-    import tomllib
-
-    from pydantic import ValidationError
 
     from water_edge.core.processor import CalibrationFailedError
+    from water_edge.models.config_file import processor_sections
     from water_edge.models.leak.calibration import calibrate_sensor, summary
     from water_edge.models.leak.config import LeakModelSection
 
@@ -248,23 +246,11 @@ def _calibrate_on_gateway(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
     try:
-        raw = tomllib.loads(config.read_text(encoding="utf-8"))
-    except OSError as exc:
-        _err(f"{config}: cannot read the config file: {exc.strerror or exc}")
+        config_state_dir, sections = processor_sections(config, "leak", LeakModelSection)
+    except ValueError as exc:
+        _err(str(exc))
         return EXIT_BAD_INPUT
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        _err(f"{config}: not valid TOML: {exc}")
-        return EXIT_BAD_INPUT
-    state_dir = args.state_dir or Path((raw.get("gateway") or {}).get("state_dir", "/var/lib/edge-agent"))
-    sections = []
-    for i, item in enumerate((raw.get("models") or {}).get("leak") or []):
-        try:
-            sections.append(LeakModelSection.model_validate(item))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            _err(f"{config}: models.leak[{i}].{where}: {first['msg']}")
-            return EXIT_BAD_INPUT
+    state_dir = args.state_dir or config_state_dir
     try:
         baseline = calibrate_sensor(
             sections, state_dir, args.sensor, {"from": args.from_ts, "to": args.to_ts}

@@ -11,25 +11,17 @@ pump calibrations: next version, temp file + fsync + rename, so a reader sees ol
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
+from water_edge.models.versioned_store import VersionedJsonStore, write_atomic
 
 
 def sensor_dir(state_dir: Path, sensor: str) -> Path:
     return Path(state_dir) / "leak" / sensor
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class SensorStore:
@@ -39,7 +31,8 @@ class SensorStore:
         self.sensor = sensor
         self.dir = sensor_dir(state_dir, sensor)
         self.checks_path = self.dir / "checks.jsonl"
-        self.baseline_path = self.dir / "baseline.json"
+        self._baselines = VersionedJsonStore(self.dir, "baseline", Baseline.from_dict, BaselineError)
+        self.baseline_path = self._baselines.path
         self.keep_nights = keep_nights
         self.bad_lines = 0
 
@@ -84,40 +77,19 @@ class SensorStore:
         text = "".join(
             json.dumps(c.to_dict(), separators=(",", ":")) + "\n" for c in checks if c.night in keep
         )
-        _write_atomic(self.checks_path, text)
+        write_atomic(self.checks_path, text)
 
     # -- baselines ------------------------------------------------------------------------------
 
     def load(self) -> Baseline | None:
-        try:
-            text = self.baseline_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise BaselineError(f"{self.baseline_path}: cannot read: {exc.strerror or exc}") from exc
-        try:
-            return Baseline.from_dict(json.loads(text))
-        except ValueError as exc:
-            raise BaselineError(f"{self.baseline_path}: {exc}") from exc
+        return self._baselines.load()
 
     def versions(self) -> list[int]:
-        found = []
-        for p in self.dir.glob("baseline.v*.json"):
-            with contextlib.suppress(ValueError):
-                found.append(int(p.stem.removeprefix("baseline.v")))
-        return sorted(found)
+        return self._baselines.versions()
 
     def save(self, baseline: Baseline) -> Baseline:
         """Give `baseline` the next version, keep it as `baseline.v<N>.json` and put it in service."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        current = None
-        with contextlib.suppress(BaselineError):
-            current = self.load()
-        baseline.version = max([0, *self.versions(), current.version if current else 0]) + 1
-        text = json.dumps(baseline.to_dict(), indent=1) + "\n"
-        for target in (self.dir / f"baseline.v{baseline.version}.json", self.baseline_path):
-            _write_atomic(target, text)
-        return baseline
+        return self._baselines.save(baseline)
 
 
 def last_nights(checks: Iterable[CheckStats], nights: int) -> list[CheckStats]:

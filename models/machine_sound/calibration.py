@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from water_edge.core.instants import range_ns
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.machine_sound.config import MachineSoundSection
 from water_edge.models.machine_sound.detector import CalibrationError, SoundCalibration, calibrate
 from water_edge.models.machine_sound.store import SoundCalibrationStore, open_history
 from water_edge.models.manifest import ModelError
-from water_edge.models.pump.calibration import instant_ns
 from water_edge.models.pump.store import FeatureHistory
 
 NS = 1_000_000_000
@@ -61,7 +61,7 @@ def calibrate_from_history(
     """Args `from` / `to` (ISO 8601 or epoch seconds; default all the history). A running processor
     picks the new version up by itself. `CalibrationFailedError` says why when it cannot."""
     try:
-        bounds = [None if args.get(k) is None else instant_ns(str(args[k])) for k in ("from", "to")]
+        bounds = range_ns(args)
         history = open_history(state_dir, section.name, section.history_days, create=False)
         try:
             cal = recalibrate(section, history, SoundCalibrationStore(state_dir, section.name), *bounds)

@@ -70,26 +70,6 @@ class MachineSoundSection(_Section):
 def load_machine_sound_sections(path: Path) -> tuple[Path, list[MachineSoundSection]]:
     """`gateway.state_dir` and the `[[models.machine_sound]]` list of an agent config file, read with
     tomllib so the CLI works without the whole agent config; `ValueError` with one line on a problem."""
-    import tomllib
+    from water_edge.models.config_file import processor_sections
 
-    from pydantic import ValidationError
-
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid TOML: {exc}") from exc
-    state_dir = Path((raw.get("gateway") or {}).get("state_dir", "/var/lib/edge-agent"))
-    items = (raw.get("models") or {}).get("machine_sound") or []
-    if not isinstance(items, list):
-        raise ValueError(f"{path}: models.machine_sound: expected a list of [[models.machine_sound]] tables")
-    sections = []
-    for i, item in enumerate(items):
-        try:
-            sections.append(MachineSoundSection.model_validate(item))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"{path}: models.machine_sound[{i}].{where}: {first['msg']}") from exc
-    return state_dir, sections
+    return processor_sections(path, "machine_sound", MachineSoundSection)

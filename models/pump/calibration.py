@@ -5,27 +5,12 @@ shares with `edge-agent models calibrate pump`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from water_edge.core.instants import range_ns
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.pump.config import PumpModelConfig
-
-
-def instant_ns(text: str) -> int:
-    """ISO 8601 (UTC when no zone is given) or epoch seconds -> UTC nanoseconds."""
-    try:
-        return int(float(text) * 1e9)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a time: use ISO 8601 or epoch seconds") from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1e9)
 
 
 def calibrate_from_history(cfg: PumpModelConfig, state_dir: Path, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,7 +28,7 @@ def calibrate_from_history(cfg: PumpModelConfig, state_dir: Path, args: Mapping[
     if not path.exists():
         raise CalibrationFailedError(f"no feature history for pump {name} yet")
     try:
-        bounds = [None if args.get(k) is None else instant_ns(str(args[k])) for k in ("from", "to")]
+        bounds = range_ns(args)
         model = load_model(cfg.model or DEFAULT_MANIFEST)
         history = FeatureHistory(path, list(cfg.signals), cfg.history_days, reset_on_change=False)
         try:

@@ -104,32 +104,8 @@ class PumpModelConfig(_Section):
 
 
 def load_pump_section(path: Path) -> tuple[Path, list[PumpModelConfig]]:
-    """`gateway.state_dir` and the `[[models.pump]]` list of an agent config file.
+    """`gateway.state_dir` and the `[[models.pump]]` list of an agent config file (see
+    `models.config_file`); raises `ValueError` with one line on any problem."""
+    from water_edge.models.config_file import processor_sections
 
-    Read here with tomllib (not the agent's full config loader) so the pump tools work before the
-    agent's schema knows the `[models]` section; raises `ValueError` with one line on any problem.
-    """
-    import tomllib
-
-    from pydantic import ValidationError
-
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid TOML: {exc}") from exc
-    gateway = raw.get("gateway") or {}
-    state_dir = Path(gateway.get("state_dir", "/var/lib/edge-agent"))
-    items = (raw.get("models") or {}).get("pump") or []
-    if not isinstance(items, list):
-        raise ValueError(f"{path}: models.pump: expected a list of [[models.pump]] tables")
-    pumps = []
-    for i, item in enumerate(items):
-        try:
-            pumps.append(PumpModelConfig.model_validate(item))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"{path}: models.pump[{i}].{where}: {first['msg']}") from exc
-    return state_dir, pumps
+    return processor_sections(path, "pump", PumpModelConfig)

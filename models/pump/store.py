@@ -15,9 +15,7 @@ outbox's transactions.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -28,6 +26,7 @@ import numpy.typing as npt
 
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump.detector import Calibration
+from water_edge.models.versioned_store import VersionedJsonStore
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
@@ -37,53 +36,11 @@ def pump_dir(state_dir: Path, pump: str) -> Path:
     return Path(state_dir) / "pump" / pump
 
 
-class CalibrationStore:
+class CalibrationStore(VersionedJsonStore[Calibration]):
     """Reads and writes one pump's calibration; each write gets the next version number."""
 
     def __init__(self, state_dir: Path, pump: str) -> None:
-        self.dir = pump_dir(state_dir, pump)
-        self.path = self.dir / "calibration.json"
-
-    def load(self) -> Calibration | None:
-        """The calibration in service, or None if the pump was never calibrated."""
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise ModelError(f"{self.path}: cannot read: {exc.strerror or exc}") from exc
-        try:
-            return Calibration.from_dict(json.loads(text))
-        except (ValueError, ModelError) as exc:
-            raise ModelError(f"{self.path}: {exc}") from exc
-
-    def versions(self) -> list[int]:
-        found = []
-        for p in self.dir.glob("calibration.v*.json"):
-            with contextlib.suppress(ValueError):
-                found.append(int(p.stem.removeprefix("calibration.v")))
-        return sorted(found)
-
-    def next_version(self) -> int:
-        current = None
-        with contextlib.suppress(ModelError):
-            current = self.load()
-        highest = max([0, *self.versions(), current.version if current else 0])
-        return highest + 1
-
-    def save(self, cal: Calibration) -> Calibration:
-        """Give `cal` the next version, write it as `calibration.v<N>.json` and put it in service
-        (atomic rename: a reader sees the old or the new file, never half of one)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        cal.version = self.next_version()
-        text = json.dumps(cal.to_dict(), indent=1) + "\n"
-        for target in (self.dir / f"calibration.v{cal.version}.json", self.path):
-            tmp = target.with_suffix(".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        return cal
+        super().__init__(pump_dir(state_dir, pump), "calibration", Calibration.from_dict)
 
 
 class FeatureHistory:

@@ -1,0 +1,31 @@
+"""Instants as people and commands write them: ISO 8601 (UTC when no zone is given) or epoch
+seconds, and the `from` / `to` range a calibration command takes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+
+def instant_ns(text: str) -> int:
+    """ISO 8601 (UTC when no zone is given) or epoch seconds -> UTC nanoseconds."""
+    try:
+        return int(float(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a time: use ISO 8601 or epoch seconds") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1e9)
+
+
+def range_ns(args: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """A command's optional `from` and `to` in UTC nanoseconds; `ValueError` if `to` is not after `from`."""
+    start, end = (None if args.get(k) is None else instant_ns(str(args[k])) for k in ("from", "to"))
+    if start is not None and end is not None and end <= start:
+        raise ValueError("'to' must be after 'from'")
+    return start, end

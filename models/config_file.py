@@ -1,0 +1,38 @@
+"""One processor kind's `[[models.<kind>]]` tables and `gateway.state_dir`, read from an agent
+config file for the offline model tools (`edge-agent models calibrate ...`), which work on a
+technician's copy of a config without loading the whole agent config."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+DEFAULT_STATE_DIR = "/var/lib/edge-agent"
+
+
+def processor_sections(path: Path, kind: str, model: type[M]) -> tuple[Path, list[M]]:
+    """`gateway.state_dir` and the validated `[[models.<kind>]]` tables; `ValueError` with one line
+    naming the file and the key on any problem."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+    state_dir = Path((raw.get("gateway") or {}).get("state_dir", DEFAULT_STATE_DIR))
+    items = (raw.get("models") or {}).get(kind) or []
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: models.{kind}: expected a list of [[models.{kind}]] tables")
+    sections = []
+    for i, item in enumerate(items):
+        try:
+            sections.append(model.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{path}: models.{kind}[{i}].{where}: {first['msg']}") from exc
+    return state_dir, sections

@@ -1,0 +1,88 @@
+"""A versioned JSON document in a gateway's state directory (calibrations, baselines):
+
+    <dir>/<stem>.json        the version in service (the highest)
+    <dir>/<stem>.v<N>.json   every version ever written (audit, roll back)
+
+Each save takes the next version and is put in service with temp file + fsync + rename, so a
+reader sees the old document or the new one, never half of one. Blocking file I/O: call from a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from water_edge.models.manifest import ModelError
+
+
+class Versioned(Protocol):
+    version: int
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+DocT = TypeVar("DocT", bound=Versioned)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text`: a reader sees the old file or the new one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class VersionedJsonStore(Generic[DocT]):
+    """`load`, `versions` and `save` of one document; problems raise `error` naming the file."""
+
+    def __init__(
+        self,
+        directory: Path,
+        stem: str,
+        from_dict: Callable[[Any], DocT],
+        error: type[Exception] = ModelError,
+    ) -> None:
+        self.dir = directory
+        self.path = directory / f"{stem}.json"
+        self._stem = stem
+        self._from_dict = from_dict
+        self._error = error
+
+    def load(self) -> DocT | None:
+        """The document in service, or None if none was ever saved."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._error(f"{self.path}: cannot read: {exc.strerror or exc}") from exc
+        try:
+            return self._from_dict(json.loads(text))
+        except (ValueError, ModelError, self._error) as exc:
+            raise self._error(f"{self.path}: {exc}") from exc
+
+    def versions(self) -> list[int]:
+        found = []
+        for p in self.dir.glob(f"{self._stem}.v*.json"):
+            with contextlib.suppress(ValueError):
+                found.append(int(p.stem.removeprefix(f"{self._stem}.v")))
+        return sorted(found)
+
+    def save(self, doc: DocT) -> DocT:
+        """Give `doc` the next version (above every one kept and the one in service, even if that
+        one is unreadable), keep it as `<stem>.v<N>.json` and put it in service."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        current = None
+        with contextlib.suppress(self._error):
+            current = self.load()
+        doc.version = max([0, *self.versions(), current.version if current else 0]) + 1
+        text = json.dumps(doc.to_dict(), indent=1) + "\n"
+        for target in (self.dir / f"{self._stem}.v{doc.version}.json", self.path):
+            write_atomic(target, text)
+        return doc
