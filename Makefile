@@ -26,6 +26,9 @@ bench: setup
 
 # Model evaluation on held-out simulated data and the real recordings and features; rewrites docs/img,
 # metrics and the docs/*-eval*.json figures.
+# One BLAS thread: the evaluations render thousands of small arrays, where a threaded BLAS spends
+# about ten times the CPU on handing work between threads.
+eval: export OPENBLAS_NUM_THREADS := 1
 eval: setup
 	@echo 'eval: 1/8 leak classifier (held-out clips, real recordings) ...'
 	$(PY) -m water_edge.models.train.leak_eval --update-manifest
