@@ -409,3 +409,53 @@ def test_more_night_demand_than_the_baseline_heard_is_explained_along_its_patter
     old = base.to_dict()
     old["nuisance"] = {k: v for k, v in old["nuisance"].items() if k not in ("spans", "span_range_db")}
     assert judge(_check("2025-02-01", loud), Baseline.from_dict(old), pvc).positive
+
+
+def test_a_weak_broadband_leak_in_a_metal_pipe_is_found_by_its_bands_together_not_one_by_one() -> None:
+    base, pattern = _metal_baseline()
+    di = JudgeParams(material="ductile_iron", diameter_mm=150)
+    band = di.band_mask()
+    # A weak leak lifts every band of ductile iron's leak band by 1.2 dB: below each band's own
+    # threshold (at least 1.5 dB of residual), but nine bands rose together.
+    leak = base.level + 1.2 * band
+    j = judge(_check("2025-02-01", leak), base, di)
+    assert j.risen == []
+    assert j.positive
+    assert j.joint_z is not None
+    assert j.joint_threshold is not None
+    assert j.joint_z >= j.joint_threshold >= di.joint_z
+    assert j.evidence()["joint_z"] == round(j.joint_z, 2)
+    # With the joint test off (`joint_z = 0`) the same check is not positive.
+    assert not judge(_check("2025-02-01", leak), base, dataclasses.replace(di, joint_z=0.0)).positive
+    # Leak-free nights, loud or quiet flow within what the baseline heard, stay below it.
+    rng = np.random.default_rng(11)
+    for a in (0.5, 3.0, 5.5):
+        quiet = judge(_check("2025-02-02", base.level + a * pattern + rng.normal(0, 0.3, NB)), base, di)
+        assert not quiet.positive
+        assert quiet.joint_z is not None
+        assert quiet.joint_threshold is not None
+        assert quiet.joint_z < quiet.joint_threshold
+    # A baseline written before the leave-one-out residuals were kept judges band by band only.
+    d = base.to_dict()
+    assert d["nuisance"]["loo_residuals_db"]
+    old = Baseline.from_dict(
+        {**d, "nuisance": {k: v for k, v in d["nuisance"].items() if k != "loo_residuals_db"}}
+    )
+    assert judge(_check("2025-02-01", leak), old, di).joint_z is None
+    assert not judge(_check("2025-02-01", leak), old, di).positive
+    again = Baseline.from_dict(json.loads(json.dumps(d)))
+    assert judge(_check("2025-02-01", leak), again, di).joint_z == pytest.approx(j.joint_z, abs=0.05)
+    bad = {**d, "nuisance": {**d["nuisance"], "loo_residuals_db": [[0.0, float("nan")]]}}
+    with pytest.raises(ValueError, match="leave-one-out"):
+        Baseline.from_dict(bad)
+
+
+def test_the_joint_test_is_not_applied_to_plastic_pipes_where_flow_noise_lifts_the_leak_band_alike() -> None:
+    base, flow = _plastic_baseline()
+    pvc = JudgeParams(material="pvc", diameter_mm=150)
+    # A night of a little more flow noise than the baseline heard lifts PVC's leak band broadly,
+    # as a weak leak would: summed, it would look like one (dev seeds: leak-free PVC nights reach
+    # 8 standard deviations), so plastic pipes are judged band by band.
+    j = judge(_check("2025-02-01", base.level + 3.0 * flow), base, pvc)
+    assert j.joint_z is None
+    assert not j.positive

@@ -32,7 +32,15 @@ per band (only the leak bands of the pipe material when it is known, else all 20
 
 A check is positive when at least `min_bands` bands rose, or one band rose and the classifier's
 log-odds rose by `clf_logit_rise` over the baseline's: the classifier is one more piece of evidence,
-never the gate. `Confirmation` turns positive checks into a warning, then a leak (a second
+never the gate. In a metal pipe it is also positive when the leak band's residual, summed over its
+steady, non-tonal bands and scaled by the sum's spread under the residuals' band-to-band
+correlation (`joint.joint_z`), reaches `joint_z` (or `joint_k` x its spread on the baseline's own
+checks, if higher), or `JOINT_WITH_CLF` of that with the classifier's rise: a weak leak lifts its
+bands 1-2 dB each, below every band's threshold, but together. Plastic pipes are judged band by
+band only: there a little more flow noise than the baseline heard lifts the same low band broadly
+(dev seeds: leak-free PVC nights reached 8 standard deviations), and baselines written before the
+leave-one-out residuals were kept (`nuisance.Nuisance.loo`) have no joint test until recalibrated.
+`Confirmation` turns positive checks into a warning, then a leak (a second
 positive later the same night or the next night), and clears a leak after `clear_nights`
 judged nights without a risen band at half the thresholds (hysteresis).
 """
@@ -49,6 +57,7 @@ import numpy.typing as npt
 
 from water_edge.models.leak import features, pipes
 from water_edge.models.leak.baseline import Baseline, CheckStats
+from water_edge.models.leak.joint import joint_z
 from water_edge.models.leak.levels import steady, unsteady_bands
 
 FloatArray = npt.NDArray[np.float64]
@@ -61,6 +70,9 @@ MIN_SECONDS_DISTURBED = 30
 # lies beyond the baseline's range along a pattern, the less exactly the line fits it: that
 # fraction of the extrapolated dB is allowed as residual on top of the learned residual spread.
 EXTRAPOLATION_TOL = 0.25
+# With the classifier's log-odds risen too (`clf_logit_rise`), this fraction of the joint threshold
+# is enough, as one risen band is with it (dev seeds: no warning more on leak-free metal nights).
+JOINT_WITH_CLF = 0.75
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,8 @@ class JudgeParams:
     tonal_tol_db: float = 3.0
     clf_logit_rise: float = 1.5
     extend_patterns: bool = True
+    joint_z: float = 2.0
+    joint_k: float = 3.0
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -102,6 +116,8 @@ class Judgement:
     score: float  # strongest band's rise over its threshold (>= 1: that band rose)
     judged: bool = True  # False: a disturbed check (too many bands wandering), not judged
     unsteady_bands: int = 0
+    joint_z: float | None = None  # the leak band's residual judged as one (`joint.py`)
+    joint_threshold: float | None = None
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -112,6 +128,8 @@ class Judgement:
             "classifier_logit_rise": None if self.clf_logit_rise is None else round(self.clf_logit_rise, 2),
             "quiet_level_db": round(self.quiet_db, 1),
             "score": round(self.score, 3),
+            "joint_z": None if self.joint_z is None else round(self.joint_z, 2),
+            "joint_threshold": None if self.joint_threshold is None else round(self.joint_threshold, 2),
         }
 
 
@@ -160,6 +178,29 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     )
     n = int(risen_mask.sum())
     positive = n >= p.min_bands or (n >= 1 and clf_rise is not None and clf_rise >= p.clf_logit_rise)
+    jz: float | None = None
+    jt: float | None = None
+    if (
+        baseline.nuisance is not None
+        and baseline.nuisance.loo is not None
+        and p.joint_z > 0
+        and judged
+        and p.material is not None
+        and pipes.material(p.material).metal
+    ):
+        jo = joint_z(
+            residual,
+            baseline.nuisance.sigma,
+            baseline.nuisance.loo,
+            mask & is_steady & tonal_ok,
+            EXTRAPOLATION_TOL * np.abs(beyond),
+        )
+        if jo is not None:
+            centre = float(np.median(jo.loo))
+            spread = 1.4826 * float(np.median(np.abs(jo.loo - centre)))
+            jz, jt = jo.z, max(p.joint_z, centre + p.joint_k * spread)
+            clf_up = clf_rise is not None and clf_rise >= p.clf_logit_rise
+            positive = positive or jz >= jt or (clf_up and jz >= JOINT_WITH_CLF * jt)
     threshold = np.minimum(np.minimum(t_level, t_shape), t_residual)
     risen = [
         {
@@ -182,6 +223,8 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         score=float(np.max(np.where(mask, ratio, -np.inf))),
         judged=judged,
         unsteady_bands=unsteady,
+        joint_z=jz,
+        joint_threshold=jt,
     )
 
 

@@ -83,6 +83,9 @@ class Nuisance:
     spans: FloatArray | None = None  # (k, bands), unit vectors
     lo: FloatArray | None = None
     hi: FloatArray | None = None
+    # Each steady baseline check's leave-one-out residual (checks, bands), dB: how the residuals of
+    # neighbouring bands move together (`joint.py`). None in baselines written before.
+    loo: FloatArray | None = None
 
     @classmethod
     def learn(cls, p10: FloatArray, components: int = COMPONENTS) -> Nuisance | None:
@@ -102,7 +105,7 @@ class Nuisance:
         # small to tell how far along it a check went (the fit would blow noise up).
         spans = spans[np.linalg.norm(spans - spans.mean(axis=1, keepdims=True), axis=1) >= MIN_SPAN_SHAPE]
         coef = _along(spans, p10 - centre)
-        return cls(centre, vecs, sigma, n, spans, coef.min(axis=0), coef.max(axis=0))
+        return cls(centre, vecs, sigma, n, spans, coef.min(axis=0), coef.max(axis=0), loo)
 
     def residual(self, p10: FloatArray) -> FloatArray:
         """The part of a check's quiet level that no nuisance pattern explains (dB per band)."""
@@ -140,6 +143,8 @@ class Nuisance:
             out["span_range_db"] = [
                 [round(float(a), 3), round(float(b), 3)] for a, b in zip(self.lo, self.hi, strict=True)
             ]
+        if self.loo is not None:
+            out["loo_residuals_db"] = [[round(float(v), 3) for v in row] for row in self.loo]
         return out
 
     @classmethod
@@ -162,4 +167,9 @@ class Nuisance:
             if np.any(rng[:, 0] > rng[:, 1]):
                 raise ValueError("nuisance span range has low above high")
             lo, hi = rng[:, 0], rng[:, 1]
-        return cls(centre, comps, sigma, int(d["checks"]), spans, lo, hi)
+        loo = None
+        if d.get("loo_residuals_db") is not None:  # absent in baselines written before
+            loo = np.asarray(d["loo_residuals_db"], dtype=np.float64)
+            if loo.ndim != 2 or loo.shape[1] != bands or not np.all(np.isfinite(loo)):
+                raise ValueError(f"nuisance leave-one-out residuals must be finite rows of {bands} bands")
+        return cls(centre, comps, sigma, int(d["checks"]), spans, lo, hi, loo)
