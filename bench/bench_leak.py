@@ -84,12 +84,13 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
 def _field(tmpdir: Path, audio: Any) -> list[dict[str, Any]]:
     """Night listening as the agent runs it (16 kHz, 1 s windows, 0.5 s hop, 2 channels: stateful
     decimation, per-second band levels and tonality, the classifier every 5 s, checks stored), then
-    a baseline learned from 7 nights x 4 checks and one check judged."""
+    a baseline learned from 7 nights x 4 checks and one check judged (as in a ductile-iron pipe:
+    the band-by-band judgement and the joint test of the leak band)."""
     import numpy as np
 
     from water_edge.models.leak.baseline import Baseline, CheckStats
     from water_edge.models.leak.config import LeakModelSection
-    from water_edge.models.leak.judge import judge
+    from water_edge.models.leak.judge import JudgeParams, judge
     from water_edge.models.leak.processor import AudioLeakProcessor
 
     class _NoDriver:
@@ -127,8 +128,9 @@ def _field(tmpdir: Path, audio: Any) -> list[dict[str, Any]]:
         base = Baseline.learn(checks, sensor="hyd.A")
     learn_ms = (time.perf_counter() - t1) / 100 * 1000
     t1 = time.perf_counter()
+    metal = JudgeParams(material="ductile_iron")
     for _ in range(1000):
-        judge(checks[0], base)
+        judge(checks[0], base, metal)
     judge_ms = (time.perf_counter() - t1) / 1000 * 1000
     return [
         {

@@ -75,3 +75,33 @@ def test_a_current_table_has_no_warnings_and_a_removed_key_is_still_range_checke
     assert info.value.problems == [
         f"{bad}: models.leak[0].on_windows: Input should be greater than or equal to 1 (got 0)"
     ]
+
+
+def test_extend_patterns_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
+    table = '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\nextend_patterns = false\n'
+    config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
+    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
+    assert isinstance(processor, AudioLeakProcessor)
+    assert processor.params.extend_patterns is False
+    default = load_config(
+        write_agent_config(tmp_path, devices=AUDIO, models='[[models.leak]]\ndevice = "hyd"\n')
+    )
+    (on,) = build_processors(default, {"hyd": _Windows()}).processors
+    assert isinstance(on, AudioLeakProcessor)
+    assert on.params.extend_patterns is True
+    bad = write_agent_config(tmp_path, devices=AUDIO, models=table.replace("false", '"sometimes"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert any("models.leak[0].detection.extend_patterns" in p for p in info.value.problems)
+
+
+def test_joint_z_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
+    table = '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\njoint_z = 0\njoint_k = 4.5\n'
+    config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
+    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
+    assert isinstance(processor, AudioLeakProcessor)
+    assert (processor.params.joint_z, processor.params.joint_k) == (0.0, 4.5)
+    bad = write_agent_config(tmp_path, devices=AUDIO, models=table.replace("joint_z = 0", "joint_z = -1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert any("models.leak[0].detection.joint_z" in p for p in info.value.problems)

@@ -56,6 +56,14 @@ class DetectionSection(_Section):
     max_unsteady_bands: int = Field(default=4, ge=0, le=20)
     tonal_tol_db: float = Field(default=3.0, ge=0, le=40)
     clf_logit_rise: float = Field(default=1.5, ge=0, le=24)
+    # A rise along a learned nuisance pattern (more night demand than the baseline nights held)
+    # is explained even beyond the baseline's range; false: judged against that range only.
+    extend_patterns: bool = True
+    # Metal pipes: the leak band's unexplained rise summed over its bands (`models/leak/joint.py`)
+    # makes a check positive at this many standard deviations (or `joint_k` x its spread on the
+    # baseline's own checks, whichever is higher); 0 turns the joint test off.
+    joint_z: float = Field(default=2.0, ge=0, le=20)
+    joint_k: float = Field(default=3.0, ge=0, le=20)
     clear_nights: int = Field(default=2, ge=1, le=30)
     # A second positive confirms a warning later the same night or the next night; true: only on a
     # later night (fewer false alarms from one loud night, a little slower; docs/leak-detection.md).

@@ -15,17 +15,32 @@ per band (only the leak bands of the pipe material when it is known, else all 20
   (`nuisance.Nuisance`: how flow noise, traffic, a pump, the floor moved its bands together on
   the baseline nights) — in a metal pipe, where more night flow lifts the very bands a leak
   lifts, this is where a weak leak shows;
+- before level and shape are judged, the part of the check that lies along a learned nuisance
+  pattern *beyond* the range the baseline's checks spanned (`Nuisance.beyond`, `pattern_db` in
+  the evidence: more night demand than on any baseline night) is taken out: the pattern explains
+  it, however far it went (up to twice its range's width); `extend_patterns = false` judges
+  against the baseline's range only;
 - risen when any of them exceeds its threshold: level and shape `max(min_rise_db, k_sigma x the
   baseline's variability)` (a level rise only counts where it exceeds the median rise over all
   bands by `min_shape_rise_db`: a louder street lifts every band alike, a leak lifts its own);
-  the residual `k_sigma x its leave-one-out spread` and at least `min_residual_db`;
+  the residual `k_sigma x its leave-one-out spread` (plus `EXTRAPOLATION_TOL` of the part taken
+  out along a pattern: a straight line in dB fits less well the further it is extended) and at
+  least `min_residual_db`;
   *and* the band is steady (`levels.steady`: a leak is a constant hiss) and not tonal: its
   strongest bin stands no more than `tonal_tol_db` further out of the band than in the baseline
   (a pump that started puts a line into a band; a leak is broadband within it).
 
 A check is positive when at least `min_bands` bands rose, or one band rose and the classifier's
 log-odds rose by `clf_logit_rise` over the baseline's: the classifier is one more piece of evidence,
-never the gate. `Confirmation` turns positive checks into a warning, then a leak (a second
+never the gate. In a metal pipe it is also positive when the leak band's residual, summed over its
+steady, non-tonal bands and scaled by the sum's spread under the residuals' band-to-band
+correlation (`joint.joint_z`), reaches `joint_z` (or `joint_k` x its spread on the baseline's own
+checks, if higher), or `JOINT_WITH_CLF` of that with the classifier's rise: a weak leak lifts its
+bands 1-2 dB each, below every band's threshold, but together. Plastic pipes are judged band by
+band only: there a little more flow noise than the baseline heard lifts the same low band broadly
+(dev seeds: leak-free PVC nights reached 8 standard deviations), and baselines written before the
+leave-one-out residuals were kept (`nuisance.Nuisance.loo`) have no joint test until recalibrated.
+`Confirmation` turns positive checks into a warning, then a leak (a second
 positive later the same night or the next night), and clears a leak after `clear_nights`
 judged nights without a risen band at half the thresholds (hysteresis).
 """
@@ -42,6 +57,7 @@ import numpy.typing as npt
 
 from water_edge.models.leak import features, pipes
 from water_edge.models.leak.baseline import Baseline, CheckStats
+from water_edge.models.leak.joint import joint_z
 from water_edge.models.leak.levels import steady, unsteady_bands
 
 FloatArray = npt.NDArray[np.float64]
@@ -50,6 +66,13 @@ CENTRES = np.array(features.band_centres_hz())
 # percentiles are too uncertain to call a check disturbed (of 8 values the 10th percentile is about
 # the lowest), and `score leak` cuts files into 8 s checks. Gateway checks are 30 min long.
 MIN_SECONDS_DISTURBED = 30
+# The nuisance patterns are straight lines in dB; sources add in power, so the further a check
+# lies beyond the baseline's range along a pattern, the less exactly the line fits it: that
+# fraction of the extrapolated dB is allowed as residual on top of the learned residual spread.
+EXTRAPOLATION_TOL = 0.25
+# With the classifier's log-odds risen too (`clf_logit_rise`), this fraction of the joint threshold
+# is enough, as one risen band is with it (dev seeds: no warning more on leak-free metal nights).
+JOINT_WITH_CLF = 0.75
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,9 @@ class JudgeParams:
     max_unsteady_bands: int = 4
     tonal_tol_db: float = 3.0
     clf_logit_rise: float = 1.5
+    extend_patterns: bool = True
+    joint_z: float = 2.0
+    joint_k: float = 3.0
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -90,6 +116,8 @@ class Judgement:
     score: float  # strongest band's rise over its threshold (>= 1: that band rose)
     judged: bool = True  # False: a disturbed check (too many bands wandering), not judged
     unsteady_bands: int = 0
+    joint_z: float | None = None  # the leak band's residual judged as one (`joint.py`)
+    joint_threshold: float | None = None
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -100,6 +128,8 @@ class Judgement:
             "classifier_logit_rise": None if self.clf_logit_rise is None else round(self.clf_logit_rise, 2),
             "quiet_level_db": round(self.quiet_db, 1),
             "score": round(self.score, 3),
+            "joint_z": None if self.joint_z is None else round(self.joint_z, 2),
+            "joint_threshold": None if self.joint_threshold is None else round(self.joint_threshold, 2),
         }
 
 
@@ -107,7 +137,14 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     p = params or JudgeParams()
     mask = p.band_mask()
     rise = check.p10 - baseline.level
-    shape_rise = check.shape - baseline.shape
+    beyond = np.zeros(features.N_BANDS)
+    if baseline.nuisance is not None and p.extend_patterns:
+        # A nuisance louder (or quieter) than on any baseline night moves the bands along its
+        # learned pattern beyond the range the thresholds were learned from: that part is explained.
+        beyond = baseline.nuisance.beyond(check.p10)
+    unexplained = check.p10 - beyond
+    level_rise = unexplained - baseline.level
+    shape_rise = (unexplained - float(np.median(unexplained))) - baseline.shape
     t_level = np.maximum(p.min_rise_db, p.k_sigma * baseline.level_sigma)
     t_shape = np.maximum(p.min_rise_db, p.k_sigma * baseline.shape_sigma)
     # A rise of the level counts when the spectrum's shape moved with it: a leak lifts its own
@@ -115,14 +152,15 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     # "Alike" is measured against the median rise over all 20 bands (the common mode), not against
     # the median band level: a loud leak that lifts most of its bands moves the median *level* a
     # lot, but its own bands still stand above the common rise.
-    common = float(np.median(rise))
-    level_ratio = np.where(rise - common >= p.min_shape_rise_db, rise / t_level, 0.0)
+    common = float(np.median(level_rise))
+    level_ratio = np.where(level_rise - common >= p.min_shape_rise_db, level_rise / t_level, 0.0)
     ratio = np.maximum(level_ratio, shape_rise / t_shape)
     residual = np.zeros(features.N_BANDS)
     t_residual = np.full(features.N_BANDS, np.inf)
     if baseline.nuisance is not None:
         residual = baseline.nuisance.residual(check.p10)
         t_residual = np.maximum(p.min_residual_db, p.k_sigma * baseline.nuisance.sigma)
+        t_residual = t_residual + EXTRAPOLATION_TOL * np.abs(beyond)
         ratio = np.maximum(ratio, np.where(residual >= p.min_residual_db, residual / t_residual, 0.0))
     is_steady = steady(check.p10, check.p50, p.spread_tol_db)
     # A line that was not there (a pump started, a mains hum) raises a band without being a leak.
@@ -140,6 +178,29 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     )
     n = int(risen_mask.sum())
     positive = n >= p.min_bands or (n >= 1 and clf_rise is not None and clf_rise >= p.clf_logit_rise)
+    jz: float | None = None
+    jt: float | None = None
+    if (
+        baseline.nuisance is not None
+        and baseline.nuisance.loo is not None
+        and p.joint_z > 0
+        and judged
+        and p.material is not None
+        and pipes.material(p.material).metal
+    ):
+        jo = joint_z(
+            residual,
+            baseline.nuisance.sigma,
+            baseline.nuisance.loo,
+            mask & is_steady & tonal_ok,
+            EXTRAPOLATION_TOL * np.abs(beyond),
+        )
+        if jo is not None:
+            centre = float(np.median(jo.loo))
+            spread = 1.4826 * float(np.median(np.abs(jo.loo - centre)))
+            jz, jt = jo.z, max(p.joint_z, centre + p.joint_k * spread)
+            clf_up = clf_rise is not None and clf_rise >= p.clf_logit_rise
+            positive = positive or jz >= jt or (clf_up and jz >= JOINT_WITH_CLF * jt)
     threshold = np.minimum(np.minimum(t_level, t_shape), t_residual)
     risen = [
         {
@@ -147,6 +208,7 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
             "rise_db": round(float(rise[i]), 1),
             "shape_rise_db": round(float(shape_rise[i]), 1),
             "residual_db": round(float(residual[i]), 1),
+            "pattern_db": round(float(beyond[i]), 1),
             "threshold_db": round(float(threshold[i]), 1),
         }
         for i in np.flatnonzero(risen_mask)
@@ -161,6 +223,8 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         score=float(np.max(np.where(mask, ratio, -np.inf))),
         judged=judged,
         unsteady_bands=unsteady,
+        joint_z=jz,
+        joint_threshold=jt,
     )
 
 

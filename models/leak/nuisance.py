@@ -12,7 +12,14 @@ components of the dB vectors, after the all-bands pattern, which is always one: 
 a uniformly louder background is never evidence), and measures each band's leave-one-out
 residual: how far a quiet check the model did not see stands from what the patterns explain
 (robust 1.4826 x MAD, shrunk to `PRIOR_SIGMA_DB`). `residual(p10)` is then a new check's rise
-that the patterns cannot explain, per band, in dB; with `sigma` it is a z-score. With fewer than
+that the patterns cannot explain, per band, in dB; with `sigma` it is a z-score.
+
+The baseline's checks only show each nuisance over the nights it happened to cover: a night of more
+demand than any of them moves the bands further along the same pattern. `spans` are the directions
+the checks moved in as they are (principal directions of the raw deviations, so louder flow noise
+is one direction, lifting its bands), with how far along each the checks went; `beyond(p10)` is the
+part of a check that lies along them past that range, which the judgement takes out before it
+compares levels and shapes band by band. With fewer than
 `MIN_CHECKS` steady checks there is too little to learn patterns from and no model is made (the
 judgement then uses level and shape alone).
 """
@@ -31,6 +38,8 @@ COMPONENTS: Final = 3  # learned nuisance patterns kept (flow, traffic, floor or
 MIN_CHECKS: Final = 6  # steady checks needed to learn them (with fewer, no model)
 PRIOR_SIGMA_DB: Final = 1.0  # a residual's spread assumed before any is seen ...
 PRIOR_WEIGHT: Final = 3.0  # ... worth this many checks
+SPAN_REACH: Final = 2.0  # how far beyond its range (in range widths) a pattern may explain
+MIN_SPAN_SHAPE: Final = 0.3  # a span's part off the all-bands direction (of 1) to be kept
 
 
 def _fit(rows: FloatArray, k: int) -> tuple[FloatArray, FloatArray]:
@@ -46,6 +55,15 @@ def _fit(rows: FloatArray, k: int) -> tuple[FloatArray, FloatArray]:
     return centre, components
 
 
+def _along(spans: FloatArray, d: FloatArray) -> FloatArray:
+    """How far each row of `d` (checks, bands) goes along each span, fitted jointly with an
+    all-bands offset: a uniformly louder background (a gain change) is then the offset's, not a
+    span's, whatever all-bands part the spans carry."""
+    basis = np.vstack([np.full((1, spans.shape[1]), 1.0 / np.sqrt(spans.shape[1])), spans])
+    coef: FloatArray = d @ np.linalg.pinv(basis, rcond=1e-6)
+    return coef[:, 1:]
+
+
 def _explain(d: FloatArray, components: FloatArray) -> FloatArray:
     out: FloatArray = d - components.T @ (components @ d)
     return out
@@ -59,6 +77,15 @@ class Nuisance:
     components: FloatArray  # (k, bands)
     sigma: FloatArray  # per band, dB
     checks: int
+    # The directions the baseline's checks moved in as they are (the all-bands part not taken
+    # out: louder flow noise lifts its bands, it does not only reshape them), and how far along
+    # each the checks went (dB, the projection's min and max). None in baselines written before.
+    spans: FloatArray | None = None  # (k, bands), unit vectors
+    lo: FloatArray | None = None
+    hi: FloatArray | None = None
+    # Each steady baseline check's leave-one-out residual (checks, bands), dB: how the residuals of
+    # neighbouring bands move together (`joint.py`). None in baselines written before.
+    loo: FloatArray | None = None
 
     @classmethod
     def learn(cls, p10: FloatArray, components: int = COMPONENTS) -> Nuisance | None:
@@ -73,19 +100,52 @@ class Nuisance:
         )
         mad = 1.4826 * np.median(np.abs(loo), axis=0)
         sigma = np.sqrt((n * mad**2 + PRIOR_WEIGHT * PRIOR_SIGMA_DB**2) / (n + PRIOR_WEIGHT))
-        return cls(centre, vecs, sigma, n)
+        spans = np.linalg.svd(p10 - centre, full_matrices=False)[2][:k]
+        # A span that is (nearly) all-bands is a gain change, the offset's: its shape part is too
+        # small to tell how far along it a check went (the fit would blow noise up).
+        spans = spans[np.linalg.norm(spans - spans.mean(axis=1, keepdims=True), axis=1) >= MIN_SPAN_SHAPE]
+        coef = _along(spans, p10 - centre)
+        return cls(centre, vecs, sigma, n, spans, coef.min(axis=0), coef.max(axis=0), loo)
 
     def residual(self, p10: FloatArray) -> FloatArray:
         """The part of a check's quiet level that no nuisance pattern explains (dB per band)."""
         return _explain(p10 - self.centre, self.components)
 
+    def beyond(self, p10: FloatArray) -> FloatArray:
+        """The part of a check's quiet level that lies along the learned patterns (not the
+        all-bands one) but *beyond* the range the baseline's checks spanned, per band in dB.
+
+        More night demand than on any baseline night moves the bands along the flow-noise pattern
+        further than the baseline saw: band-by-band thresholds (learned from that range) then call
+        it a rise, although the pattern explains it. Subtracting this part before the level and
+        shape are judged lets a nuisance grow beyond its learned range; what a leak adds off the
+        patterns stays (and the residual, which removes every along-pattern part, is unchanged).
+        """
+        if self.spans is None or self.lo is None or self.hi is None or self.spans.shape[0] == 0:
+            return np.zeros(self.centre.shape)
+        coef = _along(self.spans, (p10 - self.centre)[None, :])[0]
+        # At most twice the range's width beyond it: a check far off every pattern (rain, a new
+        # pump) is not stretched onto one.
+        width = SPAN_REACH * (self.hi - self.lo)
+        excess = np.clip(coef - np.clip(coef, self.lo, self.hi), -width, width)
+        out: FloatArray = self.spans.T @ excess
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "centre_db": [round(float(v), 3) for v in self.centre],
             "components": [[round(float(v), 5) for v in row] for row in self.components],
             "sigma_db": [round(float(v), 3) for v in self.sigma],
             "checks": self.checks,
         }
+        if self.spans is not None and self.lo is not None and self.hi is not None:
+            out["spans"] = [[round(float(v), 5) for v in row] for row in self.spans]
+            out["span_range_db"] = [
+                [round(float(a), 3), round(float(b), 3)] for a, b in zip(self.lo, self.hi, strict=True)
+            ]
+        if self.loo is not None:
+            out["loo_residuals_db"] = [[round(float(v), 3) for v in row] for row in self.loo]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], bands: int) -> Nuisance:
@@ -96,4 +156,20 @@ class Nuisance:
             raise ValueError(f"nuisance model must have {bands} bands")
         if not (np.all(np.isfinite(centre)) and np.all(np.isfinite(comps)) and np.all(sigma > 0)):
             raise ValueError("nuisance model holds non-finite values")
-        return cls(centre, comps, sigma, int(d["checks"]))
+        spans = lo = hi = None
+        if d.get("spans") is not None:  # absent in baselines written before they were kept
+            spans = np.asarray(d["spans"], dtype=np.float64).reshape(-1, bands)
+            rng = np.asarray(d["span_range_db"], dtype=np.float64).reshape(-1, 2)
+            if rng.shape != (spans.shape[0], 2) or not (
+                np.all(np.isfinite(rng)) and np.all(np.isfinite(spans))
+            ):
+                raise ValueError("nuisance spans need a finite [low, high] each")
+            if np.any(rng[:, 0] > rng[:, 1]):
+                raise ValueError("nuisance span range has low above high")
+            lo, hi = rng[:, 0], rng[:, 1]
+        loo = None
+        if d.get("loo_residuals_db") is not None:  # absent in baselines written before
+            loo = np.asarray(d["loo_residuals_db"], dtype=np.float64)
+            if loo.ndim != 2 or loo.shape[1] != bands or not np.all(np.isfinite(loo)):
+                raise ValueError(f"nuisance leave-one-out residuals must be finite rows of {bands} bands")
+        return cls(centre, comps, sigma, int(d["checks"]), spans, lo, hi, loo)

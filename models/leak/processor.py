@@ -142,6 +142,9 @@ class AudioLeakProcessor:
             max_unsteady_bands=d.max_unsteady_bands,
             tonal_tol_db=d.tonal_tol_db,
             clf_logit_rise=d.clf_logit_rise,
+            extend_patterns=d.extend_patterns,
+            joint_z=d.joint_z,
+            joint_k=d.joint_k,
             material=section.material,
             diameter_mm=section.diameter_mm,
         )
