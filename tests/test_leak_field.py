@@ -425,6 +425,14 @@ def test_a_weak_broadband_leak_in_a_metal_pipe_is_found_by_its_bands_together_no
     assert j.joint_threshold is not None
     assert j.joint_z >= j.joint_threshold >= di.joint_z
     assert j.evidence()["joint_z"] == round(j.joint_z, 2)
+    # While the band stays up together the check is not quiet: a leak found this way does not clear.
+    weaker = judge(_check("2025-02-01", base.level + 0.5 * band), base, di)
+    assert weaker.risen == []
+    assert weaker.joint_z is not None
+    assert weaker.joint_threshold is not None
+    assert weaker.joint_z >= 0.5 * weaker.joint_threshold
+    assert not j.quiet
+    assert not weaker.quiet
     # With the joint test off (`joint_z = 0`) the same check is not positive.
     assert not judge(_check("2025-02-01", leak), base, dataclasses.replace(di, joint_z=0.0)).positive
     # Leak-free nights, loud or quiet flow within what the baseline heard, stay below it.

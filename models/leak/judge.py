@@ -108,7 +108,7 @@ class Judgement:
     """What one check says, with the evidence an engineer reads."""
 
     positive: bool
-    quiet: bool  # judged, and no band rose even at half the thresholds (counts towards clearing)
+    quiet: bool  # judged, not positive, nothing up even at half its threshold (counts towards clearing)
     risen: list[dict[str, float]]  # per risen band: band_hz, rise/shape/residual dB, threshold_db
     rise_db: dict[str, float]  # every judged band's rise
     clf_logit_rise: float | None
@@ -213,9 +213,12 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         }
         for i in np.flatnonzero(risen_mask)
     ]
+    # A leak found by its band together keeps the check from counting towards clearing while the
+    # band stays up together (at half the joint threshold, as single bands do at half theirs).
+    joint_up = jz is not None and jt is not None and jz >= 0.5 * jt
     return Judgement(
         positive=positive,
-        quiet=judged and not bool(half_mask.any()),
+        quiet=judged and not positive and not bool(half_mask.any()) and not joint_up,
         risen=risen,
         rise_db={f"{CENTRES[i]:g}": round(float(rise[i]), 1) for i in np.flatnonzero(mask)},
         clf_logit_rise=clf_rise,
