@@ -49,6 +49,8 @@ def recalibrate(
         shrinkage=c.shrinkage,
         quantile=c.quantile,
         margin=c.margin,
+        eigen_power=c.eigen_power,
+        shape_weight=c.shape_weight,
         from_ts=iso(int(ts[0])),
         to_ts=iso(int(ts[-1])),
     )

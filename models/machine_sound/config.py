@@ -30,7 +30,10 @@ class SoundCalibrationConfig(_Section):
     auto_hours: float = Field(default=24.0, gt=0, le=24 * 30)  # clips of the first N hours after install
     min_clips: int = Field(default=100, ge=10)  # never calibrate on fewer
     max_clips: int = Field(default=2000, ge=10)  # more are thinned evenly over the range
-    shrinkage: float = Field(default=0.003, gt=0, lt=1)  # of the feature covariance towards identity
+    shrinkage: float = Field(default=0.01, gt=0, lt=1)  # of the feature covariance towards identity
+    # The detector's statistic (docs/machine-sound.md, "How it works"); 1 and 0: plain Mahalanobis.
+    eigen_power: float = Field(default=2.0, ge=1.0, le=4.0)  # weight 1 / variance^p per direction
+    shape_weight: float = Field(default=1.0, ge=0.0, le=10.0)  # of the spectral-shape shift term
     quantile: float = Field(default=0.99, gt=0.5, lt=1.0)  # of out-of-fold calibration distances
     margin: float = Field(default=1.1, ge=1.0, le=10.0)  # alarm level = quantile x margin
 

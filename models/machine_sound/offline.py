@@ -20,8 +20,10 @@ import numpy as np
 import numpy.typing as npt
 
 from water_edge.models.machine_sound.detector import (
+    DEFAULT_EIGEN_POWER,
     DEFAULT_MARGIN,
     DEFAULT_QUANTILE,
+    DEFAULT_SHAPE_WEIGHT,
     DEFAULT_SHRINKAGE,
     calibrate,
     explain,
@@ -57,9 +59,18 @@ def score_lines(
     shrinkage: float = DEFAULT_SHRINKAGE,
     quantile: float = DEFAULT_QUANTILE,
     margin: float = DEFAULT_MARGIN,
+    eigen_power: float = DEFAULT_EIGEN_POWER,
+    shape_weight: float = DEFAULT_SHAPE_WEIGHT,
 ) -> Iterator[str]:
     """Calibrate on `normal`, then one JSON line per row of `features` (non-finite rows: score null)."""
-    cal = calibrate(normal, shrinkage=shrinkage, quantile=quantile, margin=margin)
+    cal = calibrate(
+        normal,
+        shrinkage=shrinkage,
+        quantile=quantile,
+        margin=margin,
+        eigen_power=eigen_power,
+        shape_weight=shape_weight,
+    )
     finite = np.isfinite(features).all(axis=1)
     scores = np.full(len(features), np.nan)
     if finite.any():
