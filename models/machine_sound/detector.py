@@ -56,7 +56,8 @@ F64 = npt.NDArray[np.float64]
 CALIBRATION_FORMAT: Final = 2
 READABLE_FORMATS: Final = (1, 2)  # format 1: the plain Mahalanobis distance (no shape term)
 MIN_CLIPS: Final = 10
-DEFAULT_SHRINKAGE: Final = 0.01
+DEFAULT_SHRINKAGE: Final = 0.01  # towards the identity (no prior)
+DEFAULT_PRIOR_SHRINKAGE: Final = 0.3  # towards a prior (`prior.py`)
 DEFAULT_EIGEN_POWER: Final = 2.0
 DEFAULT_SHAPE_WEIGHT: Final = 1.0
 SHAPE_TERMS: Final = 4  # DCT shapes along the mel bands in the shape shift (level, tilt, ...)
@@ -109,13 +110,16 @@ def to_bands(features: npt.ArrayLike) -> F64:
     return np.concatenate([bands, x[:, N_MELS:]], axis=1)
 
 
-def _shrunk_cov(z: F64, shrinkage: float) -> F64:
+def _shrunk_cov(z: F64, shrinkage: float, target: F64 | None = None) -> F64:
+    """Covariance of the standardised clips shrunk towards `target` (a correlation: a prior), or
+    towards the identity."""
     cov = np.atleast_2d(np.cov(z, rowvar=False))
-    return np.asarray((1.0 - shrinkage) * cov + shrinkage * np.eye(cov.shape[0]), dtype=np.float64)
+    tgt = np.eye(cov.shape[0]) if target is None else target
+    return np.asarray((1.0 - shrinkage) * cov + shrinkage * tgt, dtype=np.float64)
 
 
-def _precision(z: F64, shrinkage: float) -> F64:
-    return np.asarray(np.linalg.inv(_shrunk_cov(z, shrinkage)), dtype=np.float64)
+def _precision(z: F64, shrinkage: float, target: F64 | None = None) -> F64:
+    return np.asarray(np.linalg.inv(_shrunk_cov(z, shrinkage, target)), dtype=np.float64)
 
 
 def _distance(z: F64, precision: F64) -> F64:
@@ -139,8 +143,8 @@ class _Fit:
     shape: F64  # (136, m): |z @ shape|^2 is the shape-shift likelihood-ratio statistic
 
     @classmethod
-    def of(cls, z: F64, scale: F64, shrinkage: float, eigen_power: float) -> _Fit:
-        lam, vec = np.linalg.eigh(_shrunk_cov(z, shrinkage))
+    def of(cls, z: F64, scale: F64, shrinkage: float, eigen_power: float, target: F64 | None) -> _Fit:
+        lam, vec = np.linalg.eigh(_shrunk_cov(z, shrinkage, target))
         lam = np.maximum(lam, 1e-12)
         precision = (vec / lam) @ vec.T
         # The shift is confined to span(B) in band units; in standardised units the basis is B / scale.
@@ -180,6 +184,7 @@ class SoundCalibration:
     shape_weight_scaled: float = 0.0
     eigen_power: float = 1.0
     shape_weight: float = 0.0
+    prior: str | None = None  # the prior the covariance was shrunk towards ("pump 1.0.0"), if any
     version: int = 1
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     from_ts: str | None = None
@@ -246,7 +251,13 @@ def _folds(n: int, k: int) -> list[npt.NDArray[np.int64]]:
 
 
 def _oof_measures(
-    z: F64, scale: F64, shrinkage: float, eigen_power: float, folds: list[npt.NDArray[np.int64]]
+    z: F64,
+    scale: F64,
+    folds: list[npt.NDArray[np.int64]],
+    *,
+    shrinkage: float,
+    eigen_power: float,
+    target: F64 | None,
 ) -> tuple[F64, F64]:
     """Each clip's two measures under a fit without its fold (statistics refitted too); `scale`:
     the columns' spread in band units, which the shape basis is expressed in."""
@@ -256,12 +267,12 @@ def _oof_measures(
         keep[f] = False
         train = z[keep]
         mu, sd = train.mean(axis=0), train.std(axis=0) + 1e-12
-        fit = _Fit.of((train - mu) / sd, scale * sd, shrinkage, eigen_power)
+        fit = _Fit.of((train - mu) / sd, scale * sd, shrinkage, eigen_power, target)
         dist[f], shape[f] = fit.measures((z[f] - mu) / sd)
     return dist, shape
 
 
-def _oof_distances(z: F64, shrinkage: float, folds: list[npt.NDArray[np.int64]]) -> F64:
+def _oof_distances(z: F64, shrinkage: float, target: F64 | None, folds: list[npt.NDArray[np.int64]]) -> F64:
     """Each clip's distance under a model fitted without its fold (statistics refitted too)."""
     out = np.empty(len(z))
     for f in folds:
@@ -269,7 +280,7 @@ def _oof_distances(z: F64, shrinkage: float, folds: list[npt.NDArray[np.int64]])
         keep[f] = False
         train = z[keep]
         mu, sd = train.mean(axis=0), train.std(axis=0) + 1e-12
-        out[f] = _distance((z[f] - mu) / sd, _precision((train - mu) / sd, shrinkage))
+        out[f] = _distance((z[f] - mu) / sd, _precision((train - mu) / sd, shrinkage, target))
     return out
 
 
@@ -281,10 +292,15 @@ def calibrate(
     margin: float = DEFAULT_MARGIN,
     eigen_power: float = DEFAULT_EIGEN_POWER,
     shape_weight: float = DEFAULT_SHAPE_WEIGHT,
+    prior: F64 | None = None,
+    prior_name: str | None = None,
     from_ts: str | None = None,
     to_ts: str | None = None,
 ) -> SoundCalibration:
-    """Learn a machine's normal from `features` (clips x 136) of normal clips."""
+    """Learn a machine's normal from `features` (clips x 136) of normal clips. `prior`: a (136, 136)
+    correlation the covariance is shrunk towards instead of the identity (`prior.py`)."""
+    if prior is not None and np.shape(prior) != (N_FEATURES, N_FEATURES):
+        raise CalibrationError(f"a prior must be ({N_FEATURES}, {N_FEATURES}), got {np.shape(prior)}")
     raw = np.asarray(features, dtype=np.float64)
     if raw.ndim != 2 or raw.shape[1] != N_FEATURES:
         raise CalibrationError(f"calibration features must be (clips, {N_FEATURES}), got {raw.shape}")
@@ -300,7 +316,9 @@ def calibrate(
     # whole stretch of the calibration (its distance then measures drift, not a new clip).
     order = np.random.default_rng(len(z)).permutation(len(z))
     folds = [order[f] for f in _folds(len(z), FOLDS)]
-    oof_dist, oof_shape = _oof_measures(z, scale, shrinkage, eigen_power, folds)
+    oof_dist, oof_shape = _oof_measures(
+        z, scale, folds, shrinkage=shrinkage, eigen_power=eigen_power, target=prior
+    )
     # Each measure in units of its own out-of-fold spread, so that the weight means the same on
     # every machine (the two measures' scales differ with the number of clips and the machine).
     # Without the shape term the statistic stays the distance itself, as in a format-1 file.
@@ -308,13 +326,14 @@ def calibrate(
     shape_weight_scaled = shape_weight / max(float(oof_shape.std()), 1e-12)
     oof = distance_weight * oof_dist + shape_weight_scaled * oof_shape
     threshold = float(np.quantile(oof, quantile) * margin)
-    fit = _Fit.of(z, scale, shrinkage, eigen_power)
+    fit = _Fit.of(z, scale, shrinkage, eigen_power, prior)
     groups = {}
     for name, cols in GROUPS.items():
-        g_oof = _oof_distances(z[:, cols], shrinkage, folds)
+        g_target = None if prior is None else prior[np.ix_(cols, cols)]
+        g_oof = _oof_distances(z[:, cols], shrinkage, g_target, folds)
         groups[name] = GroupModel(
             cols,
-            _precision(z[:, cols], shrinkage).tolist(),
+            _precision(z[:, cols], shrinkage, g_target).tolist(),
             max(1e-9, float(np.quantile(g_oof, quantile) * margin)),
         )
     return SoundCalibration(
@@ -333,6 +352,7 @@ def calibrate(
         shape_weight_scaled=shape_weight_scaled,
         eigen_power=eigen_power,
         shape_weight=shape_weight,
+        prior=prior_name if prior is not None else None,
         from_ts=from_ts,
         to_ts=to_ts,
     )

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from water_edge.models.machine_sound.detector import (
     DEFAULT_EIGEN_POWER,
     DEFAULT_MARGIN,
+    DEFAULT_PRIOR_SHRINKAGE,
     DEFAULT_QUANTILE,
     DEFAULT_SHAPE_WEIGHT,
     DEFAULT_SHRINKAGE,
@@ -29,6 +30,7 @@ from water_edge.models.machine_sound.detector import (
     explain,
 )
 from water_edge.models.machine_sound.features import CLIP_S, N_FEATURES, clip_features
+from water_edge.models.machine_sound.prior import PriorName, prior_label, prior_target
 from water_edge.models.manifest import ModelError
 
 F64 = npt.NDArray[np.float64]
@@ -56,15 +58,21 @@ def score_lines(
     features: F64,
     normal: F64,
     *,
-    shrinkage: float = DEFAULT_SHRINKAGE,
+    prior: PriorName = "pump",
+    shrinkage: float | None = None,
     quantile: float = DEFAULT_QUANTILE,
     margin: float = DEFAULT_MARGIN,
     eigen_power: float = DEFAULT_EIGEN_POWER,
     shape_weight: float = DEFAULT_SHAPE_WEIGHT,
 ) -> Iterator[str]:
-    """Calibrate on `normal`, then one JSON line per row of `features` (non-finite rows: score null)."""
+    """Calibrate on `normal` (covariance shrunk towards `prior`), then one JSON line per row of
+    `features` (non-finite rows: score null)."""
+    if shrinkage is None:
+        shrinkage = DEFAULT_SHRINKAGE if prior == "none" else DEFAULT_PRIOR_SHRINKAGE
     cal = calibrate(
         normal,
+        prior=prior_target(prior),
+        prior_name=prior_label(prior),
         shrinkage=shrinkage,
         quantile=quantile,
         margin=margin,

@@ -33,10 +33,15 @@ The families (numpy and scipy only; logistic regressions by L-BFGS):
   distance (d/sd + beta s/sd);
 - `eigen_smooth`: eigen-weighted distance sum y_i^2 / lambda_i^p with the smooth-shift term;
 - `heavy_tailed`: sum of log(1 + y_i^2 / nu) over whitened principal coordinates (Student-t scoring);
-- `fleet_normal_cov`: covariance shrunk towards the other pumps' normal correlation, not identity;
+- `fleet_normal_cov`: Mahalanobis distance, covariance shrunk towards the other pumps' normal
+  correlation (normal clips only, pooled over the noise mixes) instead of the identity;
+- `fleet_target_shape`: `eigen_smooth` with that target (shrinkage, power, weight all chosen);
+  `fleet_target_shrinkage`: the same with power 2 and weight 1 fixed (the settings chosen without
+  a prior on all four pumps) and only the shrinkage chosen: the shipped detector's family;
 - `kde`: a Gaussian kernel density in the whitened principal space, bandwidth by out-of-fold
   log-likelihood of the calibration clips.
-About 2 min on two cores. Prints one table; nothing is written.
+About 15 min on one core (most of it `eigen_smooth` and `fleet_target_shape`; `--only NAME` runs
+one family). Prints one table; nothing is written.
 """
 
 from __future__ import annotations
@@ -164,12 +169,12 @@ def shift_statistic(w: Whitened, basis: F64, x: F64) -> F64:
 Stat = Callable[[Whitened, F64], F64]
 
 
-def oof_sd(cal: F64, stats: list[Stat], shrinkage: float = SHRINKAGE) -> F64:
+def oof_sd(cal: F64, stats: list[Stat], shrinkage: float = SHRINKAGE, target: F64 | None = None) -> F64:
     """Spread of each statistic over calibration clips scored by a model fitted without them."""
     order = np.random.default_rng(len(cal)).permutation(len(cal))
     out = np.zeros((len(cal), len(stats)))
     for fold in np.array_split(order, FOLDS):
-        w = Whitened.fit(np.delete(cal, fold, axis=0), shrinkage)
+        w = Whitened.fit(np.delete(cal, fold, axis=0), shrinkage, target)
         out[fold] = np.stack([s(w, cal[fold]) for s in stats], axis=1)
     return np.asarray(np.maximum(out.std(axis=0), 1e-12), dtype=np.float64)
 
@@ -202,6 +207,18 @@ def _prior_rows(data: Path, pump: str) -> list[tuple[F64, F64, F64, F64]]:
 
 
 @cache
+def _normal_correlation(data: Path, pump: str) -> F64:
+    """A pump's normal clips' column correlation, averaged over the three noise levels."""
+    return np.asarray(np.mean([np.corrcoef(_load(data, snr, pump)[0], rowvar=False) for snr in SNRS], axis=0))
+
+
+def normal_target(data: Path, pumps: tuple[str, ...]) -> F64:
+    """The fleet's normal correlation (a shrinkage target): normal clips only, no fault labels."""
+    corr = np.mean([_normal_correlation(data, p) for p in pumps], axis=0)
+    return np.asarray(0.99 * corr + 0.01 * np.eye(corr.shape[0]))
+
+
+@cache
 def learn_prior(data: Path, pumps: tuple[str, ...]) -> Prior:
     rows = [r for p in pumps for r in _prior_rows(data, p)]
     label = np.concatenate([np.r_[np.zeros(len(r[0])), np.ones(len(r[1]))] for r in rows])
@@ -226,7 +243,15 @@ def _both(d: Draw, f: Callable[[F64], F64]) -> Scores:
     return f(d.rest), f(d.abnormal)
 
 
-FLEET = ("fleet_rank", "fleet_direction", "fleet_subspace")  # families that learn from other pumps' faults
+# Families that learn from other pumps' clips (faulty ones, or normal ones for the two targets).
+FLEET = (
+    "fleet_rank",
+    "fleet_direction",
+    "fleet_subspace",
+    "fleet_normal_cov",
+    "fleet_target_shape",
+    "fleet_target_shrinkage",
+)
 
 
 def families(data: Path) -> dict[str, tuple[list[Any], Scorer]]:
@@ -293,14 +318,23 @@ def families(data: Path) -> dict[str, tuple[list[Any], Scorer]]:
         w = Whitened.fit(d.cal)
         return _both(d, lambda x: np.log1p(w.pcs(x) ** 2 / nu).sum(axis=1))
 
-    def fleet_normal_cov(s: float, d: Draw, _: tuple[str, ...]) -> Scores:
-        corr = [np.corrcoef(_load(data, d.snr, p)[0], rowvar=False) for p in PUMPS if p != d.pump]
-        target = 0.99 * np.mean(corr, axis=0) + 0.01 * np.eye(136)
-        base = Whitened.fit(d.cal, 0.0)
-        cov = (base.vec * base.lam) @ base.vec.T
-        lam, vec = np.linalg.eigh((1 - s) * cov + s * target)
-        w = Whitened(base.mean, base.sd, lam, vec)
+    def fleet_normal_cov(s: float, d: Draw, pumps: tuple[str, ...]) -> Scores:
+        w = Whitened.fit(d.cal, s, normal_target(data, pumps))
         return _both(d, lambda x: distance(w, x))
+
+    def fleet_target_shape(cfg: tuple[float, float, float], d: Draw, pumps: tuple[str, ...]) -> Scores:
+        s, p, beta = cfg
+        target, basis = normal_target(data, pumps), smooth_basis(4)
+
+        def e(v: Whitened, x: F64) -> F64:
+            y = v.pcs(x) * np.sqrt(v.lam)
+            return np.asarray(np.sqrt((y**2 / v.lam**p).sum(axis=1)), dtype=np.float64)
+
+        def sh(v: Whitened, x: F64) -> F64:
+            return shift_statistic(v, basis, x)
+
+        w, sd = Whitened.fit(d.cal, s, target), oof_sd(d.cal, [e, sh], s, target)
+        return _both(d, lambda x: e(w, x) / sd[0] + beta * sh(w, x) / sd[1])
 
     def kde(m: int, d: Draw, _: tuple[str, ...]) -> Scores:
         w = Whitened.fit(d.cal)
@@ -335,6 +369,12 @@ def families(data: Path) -> dict[str, tuple[list[Any], Scorer]]:
         ),
         "heavy_tailed": ([1.0, 3.0, 10.0, 30.0], heavy_tailed),
         "fleet_normal_cov": ([0.05, 0.2, 0.5], fleet_normal_cov),
+        "fleet_target_shape": (
+            [(s, p, b) for s in (0.1, 0.2, 0.3, 0.5) for p in (1.5, 2.0, 2.5) for b in (0.5, 1.0)],
+            fleet_target_shape,
+        ),
+        # the statistic's settings as chosen without a prior (eigen_smooth); only the shrinkage
+        "fleet_target_shrinkage": ([(s, 2.0, 1.0) for s in (0.01, 0.1, 0.2, 0.3, 0.5)], fleet_target_shape),
         "kde": ([60, 136], kde),
     }
 
