@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from water_edge.models.machine_sound.detector import (
-    DEFAULT_PRIOR_SHRINKAGE,
     CalibrationError,
     SoundCalibration,
     auc,
@@ -132,7 +131,7 @@ def test_on_real_pumps_it_beats_the_plain_distances(snr: str) -> None:
         cal, rest = normal[order[:100]], normal[order[100:]]
         prior = normal_target(DATA, tuple(p for p in PUMPS if p != pump))
         for out, model in (
-            (ours, calibrate(cal, prior=prior, shrinkage=DEFAULT_PRIOR_SHRINKAGE)),
+            (ours, calibrate(cal, prior=prior)),
             (alone, calibrate(cal)),
             (plain, calibrate(cal, eigen_power=1.0, shape_weight=0.0, shrinkage=0.003)),
         ):

@@ -47,7 +47,8 @@ def recalibrate(
         ts, x = ts[keep], x[keep]
     cal = calibrate(
         x,
-        shrinkage=c.effective_shrinkage,
+        shrinkage=c.shrinkage,
+        prior_clips=c.prior_clips,
         quantile=c.quantile,
         margin=c.margin,
         eigen_power=c.eigen_power,

@@ -33,21 +33,15 @@ class SoundCalibrationConfig(_Section):
     # What the covariance is shrunk towards: "pump", how pumps' features co-vary in normal running
     # (models/machine_sound/pump_prior.npy); "none", the identity (a machine that is not a pump).
     prior: Literal["pump", "none"] = "pump"
-    # Of the feature covariance towards the prior; default 0.3 with "pump", 0.01 with "none".
+    # Of the feature covariance towards the prior; default: with "pump" prior_clips / (clips +
+    # prior_clips), the prior counting as that many clips (0.3 with 100 clips); with "none" 0.01.
     shrinkage: float | None = Field(default=None, gt=0, lt=1)
+    prior_clips: float = Field(default=43.0, gt=0, le=10_000)
     # The detector's statistic (docs/machine-sound.md, "How it works"); 1 and 0: plain Mahalanobis.
     eigen_power: float = Field(default=2.0, ge=1.0, le=4.0)  # weight 1 / variance^p per direction
     shape_weight: float = Field(default=1.0, ge=0.0, le=10.0)  # of the spectral-shape shift term
     quantile: float = Field(default=0.99, gt=0.5, lt=1.0)  # of out-of-fold calibration distances
     margin: float = Field(default=1.1, ge=1.0, le=10.0)  # alarm level = quantile x margin
-
-    @property
-    def effective_shrinkage(self) -> float:
-        from water_edge.models.machine_sound.detector import DEFAULT_PRIOR_SHRINKAGE, DEFAULT_SHRINKAGE
-
-        if self.shrinkage is not None:
-            return self.shrinkage
-        return DEFAULT_PRIOR_SHRINKAGE if self.prior != "none" else DEFAULT_SHRINKAGE
 
     @model_validator(mode="after")
     def _order(self) -> Self:

@@ -57,7 +57,9 @@ CALIBRATION_FORMAT: Final = 2
 READABLE_FORMATS: Final = (1, 2)  # format 1: the plain Mahalanobis distance (no shape term)
 MIN_CLIPS: Final = 10
 DEFAULT_SHRINKAGE: Final = 0.01  # towards the identity (no prior)
-DEFAULT_PRIOR_SHRINKAGE: Final = 0.3  # towards a prior (`prior.py`)
+# A prior counts as this many clips: shrinkage prior_clips / (clips + prior_clips), 0.3 with 100
+# clips, fading as a machine's own clips grow (0.02 with 2000).
+DEFAULT_PRIOR_CLIPS: Final = 43.0
 DEFAULT_EIGEN_POWER: Final = 2.0
 DEFAULT_SHAPE_WEIGHT: Final = 1.0
 SHAPE_TERMS: Final = 4  # DCT shapes along the mel bands in the shape shift (level, tilt, ...)
@@ -287,18 +289,20 @@ def _oof_distances(z: F64, shrinkage: float, target: F64 | None, folds: list[npt
 def calibrate(
     features: npt.ArrayLike,
     *,
-    shrinkage: float = DEFAULT_SHRINKAGE,
+    shrinkage: float | None = None,
     quantile: float = DEFAULT_QUANTILE,
     margin: float = DEFAULT_MARGIN,
     eigen_power: float = DEFAULT_EIGEN_POWER,
     shape_weight: float = DEFAULT_SHAPE_WEIGHT,
     prior: F64 | None = None,
     prior_name: str | None = None,
+    prior_clips: float = DEFAULT_PRIOR_CLIPS,
     from_ts: str | None = None,
     to_ts: str | None = None,
 ) -> SoundCalibration:
     """Learn a machine's normal from `features` (clips x 136) of normal clips. `prior`: a (136, 136)
-    correlation the covariance is shrunk towards instead of the identity (`prior.py`)."""
+    correlation the covariance is shrunk towards instead of the identity (`prior.py`); `shrinkage`
+    (default: `DEFAULT_SHRINKAGE` without a prior, prior_clips / (clips + prior_clips) with one)."""
     if prior is not None and np.shape(prior) != (N_FEATURES, N_FEATURES):
         raise CalibrationError(f"a prior must be ({N_FEATURES}, {N_FEATURES}), got {np.shape(prior)}")
     raw = np.asarray(features, dtype=np.float64)
@@ -307,6 +311,8 @@ def calibrate(
     raw = raw[np.isfinite(raw).all(axis=1)]
     if len(raw) < MIN_CLIPS:
         raise CalibrationError(f"need at least {MIN_CLIPS} finite calibration clips, got {len(raw)}")
+    if shrinkage is None:
+        shrinkage = DEFAULT_SHRINKAGE if prior is None else prior_clips / (len(raw) + prior_clips)
     x = to_bands(raw)
     mean = x.mean(axis=0)
     scale = x.std(axis=0)

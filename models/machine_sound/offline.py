@@ -22,10 +22,8 @@ import numpy.typing as npt
 from water_edge.models.machine_sound.detector import (
     DEFAULT_EIGEN_POWER,
     DEFAULT_MARGIN,
-    DEFAULT_PRIOR_SHRINKAGE,
     DEFAULT_QUANTILE,
     DEFAULT_SHAPE_WEIGHT,
-    DEFAULT_SHRINKAGE,
     calibrate,
     explain,
 )
@@ -67,8 +65,6 @@ def score_lines(
 ) -> Iterator[str]:
     """Calibrate on `normal` (covariance shrunk towards `prior`), then one JSON line per row of
     `features` (non-finite rows: score null)."""
-    if shrinkage is None:
-        shrinkage = DEFAULT_SHRINKAGE if prior == "none" else DEFAULT_PRIOR_SHRINKAGE
     cal = calibrate(
         normal,
         prior=prior_target(prior),

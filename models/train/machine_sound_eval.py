@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.models.machine_sound.detector import DEFAULT_PRIOR_SHRINKAGE, auc, calibrate, to_bands
+from water_edge.models.machine_sound.detector import auc, calibrate, to_bands
 from water_edge.models.machine_sound.features import N_FEATURES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +90,7 @@ def evaluate(data: Path, splits: int) -> dict[str, Any]:
             prior = normal_target(data, tuple(p for p in PUMPS if p != pump))
 
             def shipped(cal: F64, prior: F64 = prior) -> Any:
-                return calibrate(cal, prior=prior, shrinkage=DEFAULT_PRIOR_SHRINKAGE)
+                return calibrate(cal, prior=prior)
 
             row: dict[str, Any] = {}
             for k in KS:

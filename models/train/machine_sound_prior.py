@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.models.machine_sound.detector import DEFAULT_PRIOR_SHRINKAGE, auc, calibrate
+from water_edge.models.machine_sound.detector import auc, calibrate
 from water_edge.models.machine_sound.features import N_FEATURES
 from water_edge.models.machine_sound.prior import PRIOR_DIR, PRIOR_VERSION
 from water_edge.models.manifest import sha256_file
@@ -55,7 +55,7 @@ def leave_one_pump_out(data: Path, splits: int) -> dict[str, Any]:
             for split in range(splits):
                 order = np.random.default_rng(1000 * split + K).permutation(len(normal))
                 cal, rest = normal[order[:K]], normal[order[K:]]
-                model = calibrate(cal, prior=target, shrinkage=DEFAULT_PRIOR_SHRINKAGE)
+                model = calibrate(cal, prior=target)
                 with_prior.append(auc(model.score(rest), model.score(abnormal)))
                 plain = calibrate(cal)
                 without.append(auc(plain.score(rest), plain.score(abnormal)))
