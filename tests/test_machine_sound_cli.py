@@ -45,11 +45,11 @@ def test_features_from_wav_are_one_row_per_whole_10_s_clip(features: dict[str, P
     assert np.load(features["faulty"]).shape == (4, 136)  # 45 s: the last 5 s are not a clip
 
 
-@pytest.mark.parametrize("prior", [[], ["--prior", "none"]], ids=["pump-prior", "no-prior"])
+@pytest.mark.parametrize("prior", [[], ["--prior", "pump"]], ids=["no-prior", "pump-prior"])
 def test_score_prints_one_json_line_per_row_and_flags_the_fault(
     features: dict[str, Path], capsys: pytest.CaptureFixture[str], prior: list[str]
 ) -> None:
-    # The pump prior by default; a machine that is not a pump is scored without one, as well.
+    # No prior by default; with the pump prior the same contract holds.
     code = main(
         ["models", "score", "machine-sound", "--features", str(features["faulty"]),
          "--calibrate", str(features["normal"]), *prior]
@@ -149,13 +149,14 @@ async def test_calibration_from_history_by_command_and_by_cli(
     assert store.versions() == [1, 2]
     cal = store.load()
     assert cal is not None
-    assert cal.prior == "pump 1.0.0"  # the default prior, recorded with its version
+    assert cal.prior is None  # no prior by default
+    assert cal.shrinkage == 0.01  # towards the identity
 
 
-def test_a_machine_that_is_not_a_pump_calibrates_without_the_prior(
+def test_a_pump_calibrated_with_the_pump_prior_records_it_and_finds_a_fault(
     tmp_path: Path, features: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = config_file(tmp_path, prior="none")
+    path = config_file(tmp_path, prior="pump")
     history = open_history(load_config(path).gateway.state_dir, "P1-sound", 14.0)
     start = time.time_ns() - 300 * 10**9
     normal = np.load(features["normal"]).astype(np.float64)
@@ -166,7 +167,7 @@ def test_a_machine_that_is_not_a_pump_calibrates_without_the_prior(
     assert code == 0, out.err
     cal = SoundCalibrationStore(load_config(path).gateway.state_dir, "P1-sound").load()
     assert cal is not None
-    assert cal.prior is None
-    assert cal.shrinkage == 0.01  # towards the identity
+    assert cal.prior == "pump 1.0.0"  # recorded with its version
+    assert cal.shrinkage == pytest.approx(43 / (25 + 43))  # the prior counts as 43 clips
     faulty = np.load(features["faulty"]).astype(np.float64)
-    assert (cal.score(faulty[2:]) > 1).all()  # the cavitating clips, without any prior
+    assert (cal.score(faulty[2:]) > 1).all()  # the cavitating clips

@@ -244,9 +244,9 @@ def _register_machine_sound(models_sub: Any, score_sub: Any, calibrate_sub: Any)
     sound.add_argument(
         "--prior",
         choices=("pump", "none"),
-        default="pump",
-        help="what the machine's covariance is shrunk towards: how pumps sound (default) or nothing "
-        "(a machine that is not a pump)",
+        default="none",
+        help="what the machine's covariance is shrunk towards: nothing (default) or how pumps sound "
+        "(helps a short calibration file, <= 100 clips, that spans the machine's normal)",
     )
     sound.set_defaults(func=cmd_score_machine_sound)
 

@@ -30,9 +30,11 @@ class SoundCalibrationConfig(_Section):
     auto_hours: float = Field(default=24.0, gt=0, le=24 * 30)  # clips of the first N hours after install
     min_clips: int = Field(default=100, ge=10)  # never calibrate on fewer
     max_clips: int = Field(default=2000, ge=10)  # more are thinned evenly over the range
-    # What the covariance is shrunk towards: "pump", how pumps' features co-vary in normal running
-    # (models/machine_sound/pump_prior.npy); "none", the identity (a machine that is not a pump).
-    prior: Literal["pump", "none"] = "pump"
+    # What the covariance is shrunk towards: "none", the identity; "pump", how pumps' features
+    # co-vary in normal running (models/machine_sound/pump_prior.npy). The prior helps a short
+    # calibration (<= 100 clips) that spans the machine's normal, and costs a little on longer or
+    # consecutive ones (docs/machine-sound.md): off by default.
+    prior: Literal["pump", "none"] = "none"
     # Of the feature covariance towards the prior; default: with "pump" prior_clips / (clips +
     # prior_clips), the prior counting as that many clips (0.3 with 100 clips); with "none" 0.01.
     shrinkage: float | None = Field(default=None, gt=0, lt=1)

@@ -56,7 +56,7 @@ def score_lines(
     features: F64,
     normal: F64,
     *,
-    prior: PriorName = "pump",
+    prior: PriorName = "none",
     shrinkage: float | None = None,
     quantile: float = DEFAULT_QUANTILE,
     margin: float = DEFAULT_MARGIN,
