@@ -37,7 +37,7 @@ The families (numpy and scipy only; logistic regressions by L-BFGS):
   correlation (normal clips only, pooled over the noise mixes) instead of the identity;
 - `fleet_target_shape`: `eigen_smooth` with that target (shrinkage, power, weight all chosen);
   `fleet_target_shrinkage`: the same with power 2 and weight 1 fixed (the settings chosen without
-  a prior on all four pumps) and only the shrinkage chosen: the shipped detector's family;
+  a prior on all four pumps) and only the shrinkage chosen: the opt-in `prior = "pump"`'s family;
 - `kde`: a Gaussian kernel density in the whitened principal space, bandwidth by out-of-fold
   log-likelihood of the calibration clips.
 About 15 min on one core (most of it `eigen_smooth` and `fleet_target_shape`; `--only NAME` runs
