@@ -106,6 +106,20 @@ def test_a_calibration_file_of_the_plain_detector_keeps_scoring_as_it_did(
     np.testing.assert_allclose(again.score(machine["bearing"]), plain.score(machine["bearing"]), rtol=1e-12)
 
 
+def test_a_column_that_never_varied_calibrates_and_its_change_is_abnormal(
+    machine: dict[str, np.ndarray],
+) -> None:
+    # A DC offset of exactly 0 in every calibration clip (a coupled-out microphone) is not a
+    # singular system: the clips calibrate, and a clip where that column moves scores above 1.
+    normal = machine["normal"].copy()
+    normal[:, 133] = 0.0  # the "mean" statistic
+    cal = calibrate(normal[:33])
+    assert (cal.score(normal[33:]) < 1.0).mean() >= 0.9
+    moved = normal[33:36].copy()
+    moved[:, 133] = 1e-3
+    assert (cal.score(moved) > 1.0).all()
+
+
 def test_unusable_calibration_data_is_refused_with_the_reason() -> None:
     with pytest.raises(CalibrationError, match="at least 10"):
         calibrate(np.ones((5, 136)))

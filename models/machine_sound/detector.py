@@ -151,12 +151,14 @@ class _Fit:
     def of(cls, z: F64, scale: F64, shrinkage: float, eigen_power: float, target: F64 | None) -> _Fit:
         lam, vec = np.linalg.eigh(_shrunk_cov(z, shrinkage, target))
         lam = np.maximum(lam, 1e-12)
-        precision = (vec / lam) @ vec.T
+        whiten = (vec / np.sqrt(lam)) @ vec.T
         # The shift is confined to span(B) in band units; in standardised units the basis is B / scale.
+        # The statistic is the whitened clip's length inside the whitened span: an orthonormal basis
+        # of it by SVD, so a column that never varied (scale ~ 0) makes no singular system.
         b = shape_basis() / scale[:, None]
-        pb = precision @ b
-        root = np.linalg.cholesky(np.linalg.inv(b.T @ pb))
-        return cls(np.asarray((vec / lam**eigen_power) @ vec.T), np.asarray(pb @ root))
+        u, sv, _ = np.linalg.svd(whiten @ (b / np.linalg.norm(b, axis=0)), full_matrices=False)
+        span = u[:, sv > sv[0] * 1e-10]
+        return cls(np.asarray((vec / lam**eigen_power) @ vec.T), np.asarray(whiten @ span))
 
     def measures(self, z: F64) -> tuple[F64, F64]:
         return _distance(z, self.weighted), np.asarray(np.linalg.norm(z @ self.shape, axis=1))
