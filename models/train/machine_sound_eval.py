@@ -18,7 +18,7 @@ in file order instead of a random draw; and the AUC of the median score of 3 cli
 
 The data (`../shared/data/mimii-pump-features`, CC BY-SA 4.0, see its README) is read where it
 lies, never copied. `--write` stores the figures in docs/machine-sound-eval.json and plots
-docs/img/machine_sound_auc.png. About 1 min on two cores.
+docs/img/machine_sound_auc.png. About 3 min on two cores.
 """
 
 from __future__ import annotations
