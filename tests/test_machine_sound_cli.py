@@ -45,12 +45,14 @@ def test_features_from_wav_are_one_row_per_whole_10_s_clip(features: dict[str, P
     assert np.load(features["faulty"]).shape == (4, 136)  # 45 s: the last 5 s are not a clip
 
 
+@pytest.mark.parametrize("prior", [[], ["--prior", "pump"]], ids=["no-prior", "pump-prior"])
 def test_score_prints_one_json_line_per_row_and_flags_the_fault(
-    features: dict[str, Path], capsys: pytest.CaptureFixture[str]
+    features: dict[str, Path], capsys: pytest.CaptureFixture[str], prior: list[str]
 ) -> None:
+    # No prior by default; with the pump prior the same contract holds.
     code = main(
         ["models", "score", "machine-sound", "--features", str(features["faulty"]),
-         "--calibrate", str(features["normal"])]
+         "--calibrate", str(features["normal"]), *prior]
     )  # fmt: skip
     out = capsys.readouterr()
     assert code == 0, out.err
@@ -86,8 +88,9 @@ def test_bad_feature_files_are_one_line_on_stderr_and_exit_2(
     assert message in out.err
 
 
-def config_file(tmp_path: Path) -> Path:
+def config_file(tmp_path: Path, prior: str | None = None) -> Path:
     path = tmp_path / "agent.toml"
+    prior_line = f'prior = "{prior}"' if prior else ""
     path.write_text(f"""schema_version = 1
 [gateway]
 site = "s"
@@ -100,6 +103,7 @@ name = "P1-sound"
 device = "mic"
   [models.machine_sound.calibration]
   min_clips = 20
+  {prior_line}
 [[devices]]
 name = "mic"
 kind = "audio"
@@ -143,4 +147,27 @@ async def test_calibration_from_history_by_command_and_by_cli(
     assert json.loads(out.out)["version"] == 2
     store = SoundCalibrationStore(config.gateway.state_dir, "P1-sound")
     assert store.versions() == [1, 2]
-    assert store.load() is not None
+    cal = store.load()
+    assert cal is not None
+    assert cal.prior is None  # no prior by default
+    assert cal.shrinkage == 0.01  # towards the identity
+
+
+def test_a_pump_calibrated_with_the_pump_prior_records_it_and_finds_a_fault(
+    tmp_path: Path, features: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config_file(tmp_path, prior="pump")
+    history = open_history(load_config(path).gateway.state_dir, "P1-sound", 14.0)
+    start = time.time_ns() - 300 * 10**9
+    normal = np.load(features["normal"]).astype(np.float64)
+    history.append([(start + 10 * i * 10**9, row) for i, row in enumerate(normal)])
+    history.close()
+    code = main(["models", "calibrate", "machine-sound", "--machine", "P1-sound", "-c", str(path)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    cal = SoundCalibrationStore(load_config(path).gateway.state_dir, "P1-sound").load()
+    assert cal is not None
+    assert cal.prior == "pump 1.0.0"  # recorded with its version
+    assert cal.shrinkage == pytest.approx(43 / (25 + 43))  # the prior counts as 43 clips
+    faulty = np.load(features["faulty"]).astype(np.float64)
+    assert (cal.score(faulty[2:]) > 1).all()  # the cavitating clips

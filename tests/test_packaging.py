@@ -61,7 +61,13 @@ def test_the_production_wheel_carries_the_product_alone(tmp_path: Path) -> None:
     )
     # The namespace is shared with the simulator's distribution: no water_edge/__init__.py.
     assert "water_edge/__init__.py" not in names
-    for shipped in ("leak/leak_detector.tflite", "leak/leak_detector.json", "pump/pump_scorer.tflite"):
+    for shipped in (
+        "leak/leak_detector.tflite",
+        "leak/leak_detector.json",
+        "pump/pump_scorer.tflite",
+        "machine_sound/pump_prior.npy",
+        "machine_sound/pump_prior.json",
+    ):
         assert f"water_edge/models/{shipped}" in names
 
 

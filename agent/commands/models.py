@@ -241,6 +241,13 @@ def _register_machine_sound(models_sub: Any, score_sub: Any, calibrate_sub: Any)
     sound.add_argument(
         "--calibrate", required=True, type=Path, help="normal clips of the same machine: .npy (clips, 136)"
     )
+    sound.add_argument(
+        "--prior",
+        choices=("pump", "none"),
+        default="none",
+        help="what the machine's covariance is shrunk towards: nothing (default) or how pumps sound "
+        "(helps a short calibration file, <= 100 clips, that spans the machine's normal)",
+    )
     sound.set_defaults(func=cmd_score_machine_sound)
 
     features = models_sub.add_parser("features", help="compute model features from recordings")
@@ -278,7 +285,9 @@ def cmd_score_machine_sound(args: argparse.Namespace) -> int:
 
     logs.configure("warning", json=False)
     try:
-        lines = list(score_lines(load_features(args.features), load_features(args.calibrate)))
+        lines = list(
+            score_lines(load_features(args.features), load_features(args.calibrate), prior=args.prior)
+        )
     except ModelError as exc:
         return _error(str(exc))
     sys.stdout.write("\n".join(lines) + "\n")

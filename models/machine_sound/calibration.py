@@ -15,6 +15,7 @@ from water_edge.core.instants import range_ns
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.machine_sound.config import MachineSoundSection
 from water_edge.models.machine_sound.detector import CalibrationError, SoundCalibration, calibrate
+from water_edge.models.machine_sound.prior import prior_label, prior_target
 from water_edge.models.machine_sound.store import SoundCalibrationStore, open_history
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump.store import FeatureHistory
@@ -47,8 +48,13 @@ def recalibrate(
     cal = calibrate(
         x,
         shrinkage=c.shrinkage,
+        prior_clips=c.prior_clips,
         quantile=c.quantile,
         margin=c.margin,
+        eigen_power=c.eigen_power,
+        shape_weight=c.shape_weight,
+        prior=prior_target(c.prior),
+        prior_name=prior_label(c.prior),
         from_ts=iso(int(ts[0])),
         to_ts=iso(int(ts[-1])),
     )

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,7 +30,18 @@ class SoundCalibrationConfig(_Section):
     auto_hours: float = Field(default=24.0, gt=0, le=24 * 30)  # clips of the first N hours after install
     min_clips: int = Field(default=100, ge=10)  # never calibrate on fewer
     max_clips: int = Field(default=2000, ge=10)  # more are thinned evenly over the range
-    shrinkage: float = Field(default=0.003, gt=0, lt=1)  # of the feature covariance towards identity
+    # What the covariance is shrunk towards: "none", the identity; "pump", how pumps' features
+    # co-vary in normal running (models/machine_sound/pump_prior.npy). The prior helps a short
+    # calibration (<= 100 clips) that spans the machine's normal, and costs a little on longer or
+    # consecutive ones (docs/machine-sound.md): off by default.
+    prior: Literal["pump", "none"] = "none"
+    # Of the feature covariance towards the prior; default: with "pump" prior_clips / (clips +
+    # prior_clips), the prior counting as that many clips (0.3 with 100 clips); with "none" 0.01.
+    shrinkage: float | None = Field(default=None, gt=0, lt=1)
+    prior_clips: float = Field(default=43.0, gt=0, le=10_000)
+    # The detector's statistic (docs/machine-sound.md, "How it works"); 1 and 0: plain Mahalanobis.
+    eigen_power: float = Field(default=2.0, ge=1.0, le=4.0)  # weight 1 / variance^p per direction
+    shape_weight: float = Field(default=1.0, ge=0.0, le=10.0)  # of the spectral-shape shift term
     quantile: float = Field(default=0.99, gt=0.5, lt=1.0)  # of out-of-fold calibration distances
     margin: float = Field(default=1.1, ge=1.0, le=10.0)  # alarm level = quantile x margin
 

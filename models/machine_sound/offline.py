@@ -20,13 +20,15 @@ import numpy as np
 import numpy.typing as npt
 
 from water_edge.models.machine_sound.detector import (
+    DEFAULT_EIGEN_POWER,
     DEFAULT_MARGIN,
     DEFAULT_QUANTILE,
-    DEFAULT_SHRINKAGE,
+    DEFAULT_SHAPE_WEIGHT,
     calibrate,
     explain,
 )
 from water_edge.models.machine_sound.features import CLIP_S, N_FEATURES, clip_features
+from water_edge.models.machine_sound.prior import PriorName, prior_label, prior_target
 from water_edge.models.manifest import ModelError
 
 F64 = npt.NDArray[np.float64]
@@ -54,12 +56,25 @@ def score_lines(
     features: F64,
     normal: F64,
     *,
-    shrinkage: float = DEFAULT_SHRINKAGE,
+    prior: PriorName = "none",
+    shrinkage: float | None = None,
     quantile: float = DEFAULT_QUANTILE,
     margin: float = DEFAULT_MARGIN,
+    eigen_power: float = DEFAULT_EIGEN_POWER,
+    shape_weight: float = DEFAULT_SHAPE_WEIGHT,
 ) -> Iterator[str]:
-    """Calibrate on `normal`, then one JSON line per row of `features` (non-finite rows: score null)."""
-    cal = calibrate(normal, shrinkage=shrinkage, quantile=quantile, margin=margin)
+    """Calibrate on `normal` (covariance shrunk towards `prior`), then one JSON line per row of
+    `features` (non-finite rows: score null)."""
+    cal = calibrate(
+        normal,
+        prior=prior_target(prior),
+        prior_name=prior_label(prior),
+        shrinkage=shrinkage,
+        quantile=quantile,
+        margin=margin,
+        eigen_power=eigen_power,
+        shape_weight=shape_weight,
+    )
     finite = np.isfinite(features).all(axis=1)
     scores = np.full(len(features), np.nan)
     if finite.any():
