@@ -38,6 +38,7 @@ import structlog
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
 from water_edge.core.reading import Event, Severity
 from water_edge.models.leak import features
+from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
 from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.detector import LeakScorer
@@ -210,7 +211,11 @@ class AudioLeakProcessor:
 
     def _confirmation(self) -> Confirmation:
         d = self.section.detection
-        return Confirmation(clear_nights=d.clear_nights, next_night=d.confirm_next_night)
+        return Confirmation(
+            clear_nights=d.clear_nights,
+            next_night=d.confirm_next_night,
+            accumulation=Accumulation(k=d.accumulate_k, h=d.accumulate_h, nights=d.accumulate_nights),
+        )
 
     def _window(self, win: AudioWindowLike) -> list[Event]:
         samples = np.asarray(win.samples, dtype=np.float64)
@@ -320,10 +325,11 @@ class AudioLeakProcessor:
                 events += self._learn(s, night, nights)
                 continue
             j = judge(check, s.baseline, self.params)
-            s.last = j
             if not s.night_quiet or s.night_quiet[-1][0] != check.night:
                 s.night_quiet.append((check.night, round(j.quiet_db, 1)))
             change = s.confirmation.update(check.night, j)
+            j = s.confirmation.last or j  # positive by accumulated evidence, if it was
+            s.last = j
             if j.positive:
                 positive.append(s)
             if change is not None:
