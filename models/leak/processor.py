@@ -199,7 +199,7 @@ class AudioLeakProcessor:
             sensor = f"{self.section.device}.{name}"
             store = SensorStore(self.state_dir, sensor, self.section.keep_nights)
             s = _Sensor(
-                sensor, names.index(name), store, Decimator(int(win.sample_rate)), self._confirmation()
+                sensor, names.index(name), store, Decimator(int(win.sample_rate)), self.new_confirmation()
             )
             try:
                 s.baseline = store.load()
@@ -209,7 +209,8 @@ class AudioLeakProcessor:
             self.sensors.append(s)
         self._rate = int(win.sample_rate)
 
-    def _confirmation(self) -> Confirmation:
+    def new_confirmation(self) -> Confirmation:
+        """A sensor's confirmation as configured (`[models.leak.detection]`), from quiet."""
         d = self.section.detection
         return Confirmation(
             clear_nights=d.clear_nights,
@@ -318,7 +319,7 @@ class AudioLeakProcessor:
                 log.error("leak.baseline_unreadable", sensor=s.name, error=str(exc))
                 stored = s.baseline
             if stored is not None and (s.baseline is None or stored.version != s.baseline.version):
-                s.baseline, s.confirmation = stored, self._confirmation()
+                s.baseline, s.confirmation = stored, self.new_confirmation()
             nights = s.store.nights()
             s.nights_heard = len(nights)
             if s.baseline is None:
