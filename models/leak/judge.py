@@ -41,8 +41,11 @@ band only: there a little more flow noise than the baseline heard lifts the same
 (dev seeds: leak-free PVC nights reached 8 standard deviations), and baselines written before the
 leave-one-out residuals were kept (`nuisance.Nuisance.loo`) have no joint test until recalibrated.
 `Confirmation` turns positive checks into a warning, then a leak (a second
-positive later the same night or the next night), and clears a leak after `clear_nights`
-judged nights without a risen band at half the thresholds (hysteresis).
+positive later the same night or the next night) — a check also counts as positive when the
+sensor's evidence accumulated over checks reaches its level (`accumulate.Accumulation`, metal
+pipes; `Confirmation.last` is then a positive copy of the judgement with `accumulated`) — and
+clears a leak after `clear_nights` judged nights without a risen band at half the thresholds
+(hysteresis).
 """
 
 from __future__ import annotations
