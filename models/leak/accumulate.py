@@ -8,7 +8,9 @@ leave-one-out spread on the baseline's checks, so a sensor whose quiet wanders m
     S = max(0, S + u - k)        reached when S >= h
 
 `k` (the reference value, in spreads) is what a check must exceed to add anything: a quiet check
-subtracts, so checks wandering within the baseline's spread do not build up. A disturbed or
+subtracts, so checks wandering within the baseline's spread do not build up. The checks of one
+night share its nuisance (on leak-free dev nights two checks of one night correlate at 0.89,
+consecutive nights at 0.05), so a run counts only once it reaches into a later night. A disturbed or
 unjudged check (rain, works) is skipped, not counted either way. A slow seasonal drift would add a
 little every check for months; so the sum only looks back `nights` nights: when the run began
 earlier, it restarts from the current check (a real leak reaches `h` within its first nights, the
