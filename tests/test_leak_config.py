@@ -105,3 +105,23 @@ def test_joint_z_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path:
     with pytest.raises(ConfigError) as info:
         load_config(bad)
     assert any("models.leak[0].detection.joint_z" in p for p in info.value.problems)
+
+
+def test_accumulation_keys_reach_each_sensors_confirmation_and_a_wrong_value_names_the_key(
+    tmp_path: Path,
+) -> None:
+    table = (
+        '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\n'
+        "accumulate_k = 1.5\naccumulate_h = 3\naccumulate_nights = 3\n"
+    )
+    config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
+    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
+    assert isinstance(processor, AudioLeakProcessor)
+    acc = processor.new_confirmation().accumulation
+    assert (acc.k, acc.h, acc.nights) == (1.5, 3.0, 3)
+    bad = write_agent_config(
+        tmp_path, devices=AUDIO, models=table.replace("accumulate_h = 3", "accumulate_h = -1")
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert any("models.leak[0].detection.accumulate_h" in p for p in info.value.problems)

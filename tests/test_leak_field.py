@@ -19,6 +19,7 @@ from scipy.io import wavfile
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.core.reading import Event
 from water_edge.models.leak import features
+from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, CheckStats
 from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.factory import LeakFactory
@@ -467,3 +468,85 @@ def test_the_joint_test_is_not_applied_to_plastic_pipes_where_flow_noise_lifts_t
     j = judge(_check("2025-02-01", base.level + 3.0 * flow), base, pvc)
     assert j.joint_z is None
     assert not j.positive
+
+
+def _nights(first: int, count: int) -> list[str]:
+    return [date.fromordinal(date(2025, 2, 1).toordinal() + first + n).isoformat() for n in range(count)]
+
+
+def test_a_weak_leak_that_persists_into_the_next_night_reaches_a_leak_by_its_accumulated_evidence() -> None:
+    base, _ = _metal_baseline()
+    di = JudgeParams(material="ductile_iron", diameter_mm=150)
+    # 0.6 dB over ductile iron's leak band: each check alone is below the joint threshold.
+    weak = judge(_check("n", base.level + 0.6 * di.band_mask()), base, di)
+    assert not weak.positive
+    assert weak.joint_u is not None
+    assert 1.5 < weak.joint_u < 3.0
+    c = Confirmation()
+    first, second = _nights(0, 2)
+    # Two checks of one night share its nuisance: the sum waits for the next night.
+    assert [c.update(first, weak), c.update(first, weak)] == [None, None]
+    assert c.update(second, weak) == "warning"
+    assert c.update(second, weak) == "leak"
+    assert c.since_night == second
+    assert c.last is not None
+    assert c.last.positive
+    acc = c.last.evidence()["accumulated"]
+    assert acc["checks"] == 4
+    assert acc["since_night"] == first
+    assert acc["value"] >= acc["threshold"] == 2.0
+    assert not weak.positive  # the caller's judgement is what the check alone says
+    # With the accumulation off (`accumulate_h = 0`) the same checks raise nothing.
+    off = Confirmation(accumulation=Accumulation(h=0.0))
+    assert [off.update(n, weak) for n in (first, first, second, second)] == [None] * 4
+
+
+def test_quiet_checks_and_a_slow_drift_within_the_baselines_spread_do_not_accumulate_to_a_warning() -> None:
+    base, pattern = _metal_baseline()
+    di = JudgeParams(material="ductile_iron", diameter_mm=150)
+    rng = np.random.default_rng(11)
+    c = Confirmation()
+    changes, us = [], []
+    for night in _nights(0, 60):  # two months of quiet nights, flow noise as loud as the baseline's
+        for _ in range(2):
+            p10 = base.level + rng.uniform(0, 6) * pattern + rng.normal(0, 0.3, NB)
+            j = judge(_check(night, p10), base, di)
+            assert j.joint_u is not None
+            us.append(j.joint_u)
+            changes.append(c.update(night, j))
+    assert max(us) > 1.0  # some checks stand above the reference value...
+    assert changes == [None] * 120  # ...but none adds up to a warning
+    # A slow drift just above the reference value every check (a season, not a leak): the sum only
+    # looks back two nights, so it never gets there; summed over the whole month it would.
+    drift = judge(_check("n", base.level + 0.35 * di.band_mask()), base, di)
+    assert drift.joint_u is not None
+    assert 1.0 < drift.joint_u < 1.5
+    windowed, unbounded = Confirmation(), Confirmation(accumulation=Accumulation(nights=30))
+    month = [n for n in _nights(0, 30) for _ in range(2)]
+    assert all(windowed.update(n, drift) is None for n in month)
+    assert "warning" in [unbounded.update(n, drift) for n in month]
+
+
+def test_a_disturbed_check_neither_adds_to_nor_resets_the_accumulated_evidence() -> None:
+    base, _ = _metal_baseline()
+    di = JudgeParams(material="ductile_iron", diameter_mm=150)
+    weak = judge(_check("n", base.level + 0.6 * di.band_mask()), base, di)
+    rain = judge(_check("n", base.level, lower=8.0), base, di)
+    assert not rain.judged
+    c = Confirmation()
+    first, second = _nights(0, 2)
+    c.update(first, weak)
+    before = c.accumulation.value
+    assert c.update(first, rain) is None
+    assert c.accumulation.value == before
+    c.update(first, weak)
+    assert c.update(second, rain) is None
+    assert c.update(second, weak) == "warning"
+    assert c.update(second, weak) == "leak"
+    # A quiet check takes away what it falls short of the reference value by.
+    up = c.accumulation.value
+    quiet = judge(_check("n", base.level), base, di)
+    assert quiet.judged
+    assert quiet.quiet
+    c.update(_nights(2, 1)[0], quiet)
+    assert c.accumulation.value < up

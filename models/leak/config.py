@@ -64,6 +64,13 @@ class DetectionSection(_Section):
     # baseline's own checks, whichever is higher); 0 turns the joint test off.
     joint_z: float = Field(default=2.0, ge=0, le=20)
     joint_k: float = Field(default=3.0, ge=0, le=20)
+    # Metal pipes: a one-sided sum (CUSUM) of the joint statistic over judged checks
+    # (`models/leak/accumulate.py`), in spreads of the sensor's own quiet: each check adds what it
+    # exceeds `accumulate_k` by; reaching `accumulate_h` makes a check positive; the sum looks back
+    # at most `accumulate_nights` nights (a slow drift is not a leak). accumulate_h = 0 turns it off.
+    accumulate_k: float = Field(default=1.0, ge=0, le=10)
+    accumulate_h: float = Field(default=2.0, ge=0, le=50)
+    accumulate_nights: int = Field(default=2, ge=1, le=14)
     clear_nights: int = Field(default=2, ge=1, le=30)
     # A second positive confirms a warning later the same night or the next night; true: only on a
     # later night (fewer false alarms from one loud night, a little slower; docs/leak-detection.md).

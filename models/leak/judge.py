@@ -41,14 +41,17 @@ band only: there a little more flow noise than the baseline heard lifts the same
 (dev seeds: leak-free PVC nights reached 8 standard deviations), and baselines written before the
 leave-one-out residuals were kept (`nuisance.Nuisance.loo`) have no joint test until recalibrated.
 `Confirmation` turns positive checks into a warning, then a leak (a second
-positive later the same night or the next night), and clears a leak after `clear_nights`
-judged nights without a risen band at half the thresholds (hysteresis).
+positive later the same night or the next night) — a check also counts as positive when the
+sensor's evidence accumulated over checks reaches its level (`accumulate.Accumulation`, metal
+pipes; `Confirmation.last` is then a positive copy of the judgement with `accumulated`) — and
+clears a leak after `clear_nights` judged nights without a risen band at half the thresholds
+(hysteresis).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any, Literal
 
@@ -56,6 +59,7 @@ import numpy as np
 import numpy.typing as npt
 
 from water_edge.models.leak import features, pipes
+from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, CheckStats
 from water_edge.models.leak.joint import joint_z
 from water_edge.models.leak.levels import steady, unsteady_bands
@@ -118,6 +122,9 @@ class Judgement:
     unsteady_bands: int = 0
     joint_z: float | None = None  # the leak band's residual judged as one (`joint.py`)
     joint_threshold: float | None = None
+    # The joint z standardised by its spread on the baseline's own checks (`accumulate.py` sums it).
+    joint_u: float | None = None
+    accumulated: dict[str, Any] | None = None  # set when accumulated evidence made the check positive
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -130,6 +137,7 @@ class Judgement:
             "score": round(self.score, 3),
             "joint_z": None if self.joint_z is None else round(self.joint_z, 2),
             "joint_threshold": None if self.joint_threshold is None else round(self.joint_threshold, 2),
+            "accumulated": self.accumulated,
         }
 
 
@@ -180,6 +188,7 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     positive = n >= p.min_bands or (n >= 1 and clf_rise is not None and clf_rise >= p.clf_logit_rise)
     jz: float | None = None
     jt: float | None = None
+    ju: float | None = None
     if (
         baseline.nuisance is not None
         and baseline.nuisance.loo is not None
@@ -199,6 +208,8 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
             centre = float(np.median(jo.loo))
             spread = 1.4826 * float(np.median(np.abs(jo.loo - centre)))
             jz, jt = jo.z, max(p.joint_z, centre + p.joint_k * spread)
+            # In spreads of the sensor's own quiet, floored where the absolute floor `joint_z` binds.
+            ju = (jz - centre) / max(spread, p.joint_z / p.joint_k if p.joint_k > 0 else 1.0)
             clf_up = clf_rise is not None and clf_rise >= p.clf_logit_rise
             positive = positive or jz >= jt or (clf_up and jz >= JOINT_WITH_CLF * jt)
     threshold = np.minimum(np.minimum(t_level, t_shape), t_residual)
@@ -228,6 +239,7 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         unsteady_bands=unsteady,
         joint_z=jz,
         joint_threshold=jt,
+        joint_u=ju,
     )
 
 
@@ -256,15 +268,23 @@ class Confirmation:
     _night_all_quiet: bool = True
     _night_judged: bool = False
     history: list[str] = field(default_factory=list)
+    accumulation: Accumulation = field(default_factory=Accumulation)
+    last: Judgement | None = None
 
     def update(self, night: str, j: Judgement) -> Transition | None:
+        """Take one check's judgement; `last` is then that judgement as confirmation counted it."""
         out: Transition | None = None
         if night != self._night:
             out = self._night_ended(night)
             self._night, self._night_all_quiet, self._night_judged = night, True, False
         if j.judged:  # a disturbed check says nothing either way
+            if self.accumulation.update(night, j.joint_u) and not j.positive:
+                # Positive by the evidence of the checks before it (`accumulate.py`); a copy, so
+                # the caller's judgement stays what this check alone says.
+                j = replace(j, positive=True, quiet=False, accumulated=self.accumulation.evidence())
             self._night_judged = True
             self._night_all_quiet = self._night_all_quiet and j.quiet
+        self.last = j
         if j.positive:
             self._quiet_nights = 0
             self.positives += 1
@@ -298,6 +318,7 @@ class Confirmation:
     def _reset(self) -> None:
         self.state, self.since_night, self.warning_night = "quiet", None, None
         self.positives, self._quiet_nights = 0, 0
+        self.accumulation.reset()
 
 
 def confirmed(judgements: Sequence[Judgement]) -> bool:

@@ -38,6 +38,7 @@ import structlog
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
 from water_edge.core.reading import Event, Severity
 from water_edge.models.leak import features
+from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
 from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.detector import LeakScorer
@@ -198,7 +199,7 @@ class AudioLeakProcessor:
             sensor = f"{self.section.device}.{name}"
             store = SensorStore(self.state_dir, sensor, self.section.keep_nights)
             s = _Sensor(
-                sensor, names.index(name), store, Decimator(int(win.sample_rate)), self._confirmation()
+                sensor, names.index(name), store, Decimator(int(win.sample_rate)), self.new_confirmation()
             )
             try:
                 s.baseline = store.load()
@@ -208,9 +209,14 @@ class AudioLeakProcessor:
             self.sensors.append(s)
         self._rate = int(win.sample_rate)
 
-    def _confirmation(self) -> Confirmation:
+    def new_confirmation(self) -> Confirmation:
+        """A sensor's confirmation as configured (`[models.leak.detection]`), from quiet."""
         d = self.section.detection
-        return Confirmation(clear_nights=d.clear_nights, next_night=d.confirm_next_night)
+        return Confirmation(
+            clear_nights=d.clear_nights,
+            next_night=d.confirm_next_night,
+            accumulation=Accumulation(k=d.accumulate_k, h=d.accumulate_h, nights=d.accumulate_nights),
+        )
 
     def _window(self, win: AudioWindowLike) -> list[Event]:
         samples = np.asarray(win.samples, dtype=np.float64)
@@ -313,17 +319,18 @@ class AudioLeakProcessor:
                 log.error("leak.baseline_unreadable", sensor=s.name, error=str(exc))
                 stored = s.baseline
             if stored is not None and (s.baseline is None or stored.version != s.baseline.version):
-                s.baseline, s.confirmation = stored, self._confirmation()
+                s.baseline, s.confirmation = stored, self.new_confirmation()
             nights = s.store.nights()
             s.nights_heard = len(nights)
             if s.baseline is None:
                 events += self._learn(s, night, nights)
                 continue
             j = judge(check, s.baseline, self.params)
-            s.last = j
             if not s.night_quiet or s.night_quiet[-1][0] != check.night:
                 s.night_quiet.append((check.night, round(j.quiet_db, 1)))
             change = s.confirmation.update(check.night, j)
+            j = s.confirmation.last or j  # positive by accumulated evidence, if it was
+            s.last = j
             if j.positive:
                 positive.append(s)
             if change is not None:
