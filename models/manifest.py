@@ -8,7 +8,6 @@ was built: a gateway runs them before it puts the model in service.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from water_edge.core.digests import sha256_file
 from water_edge.core.errors import AgentError
 
 DType = Literal["float32", "int8", "uint8", "int16"]
@@ -77,14 +77,6 @@ class Manifest(_Strict):
 
     def model_path(self, manifest_path: Path) -> Path:
         return manifest_path.parent / self.model_file
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(path: Path) -> Manifest:

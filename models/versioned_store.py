@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from water_edge.core.files import atomic_write
 from water_edge.models.manifest import ModelError
 
 
@@ -27,15 +27,6 @@ class Versioned(Protocol):
 
 
 DocT = TypeVar("DocT", bound=Versioned)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text`: a reader sees the old file or the new one."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class VersionedJsonStore(Generic[DocT]):
@@ -84,5 +75,5 @@ class VersionedJsonStore(Generic[DocT]):
         doc.version = max([0, *self.versions(), current.version if current else 0]) + 1
         text = json.dumps(doc.to_dict(), indent=1) + "\n"
         for target in (self.dir / f"{self._stem}.v{doc.version}.json", self.path):
-            write_atomic(target, text)
+            atomic_write(target, text.encode("utf-8"))
         return doc

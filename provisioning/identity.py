@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from water_edge.core.files import atomic_write
 from water_edge.provisioning.errors import ProvisioningError
-from water_edge.provisioning.files import atomic_write
 
 log = structlog.get_logger(__name__)
 

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from water_edge.core import envelope
+from water_edge.core.files import atomic_write
 from water_edge.provisioning.errors import ProvisioningError
-from water_edge.provisioning.files import atomic_write
 
 
 def new_operator_key(path: Path) -> str:

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from water_edge.core.digests import sha256_file
 from water_edge.models.machine_sound.features import N_FEATURES
 from water_edge.models.machine_sound.prior import load_prior, manifest_path, prior_target
-from water_edge.models.manifest import ModelError, read_manifest, sha256_file, verify_file
+from water_edge.models.manifest import ModelError, read_manifest, verify_file
 
 
 def test_the_prior_file_matches_its_manifest() -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from water_edge.models.manifest import ModelError, sha256_file
+from water_edge.core.digests import sha256_file
+from water_edge.models.manifest import ModelError
 from water_edge.models.runtime import ModelSlot, load_model
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "pump" / "pump_scorer.json"

@@ -118,8 +118,8 @@ def _init(args: argparse.Namespace) -> int:
 
 @_guarded
 def _sign(args: argparse.Namespace) -> int:
+    from water_edge.core.files import atomic_write
     from water_edge.provisioning.ca import CertificateAuthority
-    from water_edge.provisioning.files import atomic_write
 
     ca = CertificateAuthority.open(args.dir)
     atomic_write(args.out, ca.sign_csr(args.csr.read_bytes(), days=args.days))
@@ -157,8 +157,8 @@ def _list(args: argparse.Namespace) -> int:
 
 @_guarded
 def _server_cert(args: argparse.Namespace) -> int:
+    from water_edge.core.files import atomic_write
     from water_edge.provisioning.ca import CertificateAuthority
-    from water_edge.provisioning.files import atomic_write
 
     ca = CertificateAuthority.open(args.dir)
     atomic_write(args.cert, ca.issue_server(args.cn, args.host or [args.cn], args.key, args.days))
@@ -168,8 +168,8 @@ def _server_cert(args: argparse.Namespace) -> int:
 
 @_guarded
 def _client_cert(args: argparse.Namespace) -> int:
+    from water_edge.core.files import atomic_write
     from water_edge.provisioning.ca import CertificateAuthority
-    from water_edge.provisioning.files import atomic_write
 
     ca = CertificateAuthority.open(args.dir)
     atomic_write(args.cert, ca.issue_client(args.cn, args.key, args.days))

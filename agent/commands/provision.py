@@ -109,7 +109,7 @@ def _guarded(fn: Any) -> Any:
 
 @_guarded
 def _csr(args: argparse.Namespace, r: _Resolved) -> int:
-    from water_edge.provisioning.files import atomic_write
+    from water_edge.core.files import atomic_write
     from water_edge.provisioning.identity import DeviceIdentity
 
     if r.cn is None:

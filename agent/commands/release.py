@@ -45,7 +45,7 @@ def _keygen(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from water_edge.agent.update.bundle import public_key_text
-    from water_edge.provisioning.files import atomic_write
+    from water_edge.core.files import atomic_write
 
     if args.out.exists():
         sys.stderr.write(f"edge-agent release: {args.out} exists; not overwriting a key\n")

@@ -146,8 +146,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     from water_edge.agent.remote.result import CommandRefusedError
-    from water_edge.agent.update.bundle import sha256_file
     from water_edge.agent.update.receive import UpdateReceiver
+    from water_edge.core.digests import sha256_file
 
     config = _config(args)
     receiver = UpdateReceiver(config.update, _files(config))

@@ -46,8 +46,8 @@ from water_edge.agent.remote.result import CommandFailedError, CommandRefusedErr
 from water_edge.agent.writes import WriteRefusedError
 from water_edge.core.envelope import Envelope
 from water_edge.core.errors import ConfigError
+from water_edge.core.files import atomic_write
 from water_edge.core.processor import Calibratable, CalibrationFailedError, ModelSlotLike, SwapOutcome
-from water_edge.provisioning.files import atomic_write
 
 if TYPE_CHECKING:
     from water_edge.agent.config import Config

@@ -34,6 +34,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from water_edge.core.digests import sha256_file
 from water_edge.core.errors import AgentError
 
 SIGNING_DOMAIN: Final = b"water-edge-agent/release/v1\n"
@@ -79,14 +80,6 @@ class Manifest:
             "created": self.created,
             "wheels": [{"file": w.file, "sha256": w.sha256, "size": w.size} for w in self.wheels],
         }
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------ keys

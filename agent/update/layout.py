@@ -26,15 +26,9 @@ from typing import Any
 
 import orjson
 
+from water_edge.core.files import fsync_dir
+
 RELEASE_INFO = "release.json"
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)

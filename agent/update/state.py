@@ -13,31 +13,20 @@ Every file is replaced atomically (temp + fsync + rename), so a reader never see
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
+from water_edge.core.files import atomic_write
+
 Phase = Literal["idle", "verifying", "installing", "trial", "committed", "rolled_back", "failed"]
 TERMINAL: frozenset[str] = frozenset({"idle", "committed", "rolled_back", "failed"})
 
 
 def write_json(path: Path, doc: dict[str, Any], mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2), mode)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -37,11 +37,11 @@ from water_edge.agent.update.bundle import (
     extract_wheels,
     load_release_keys,
     read_manifest,
-    sha256_file,
 )
 from water_edge.agent.update.layout import Layout
 from water_edge.agent.update.service import CommandService
 from water_edge.agent.update.state import TERMINAL, UpdateFiles, UpdateState
+from water_edge.core.digests import sha256_file
 
 log = structlog.get_logger(__name__)
 

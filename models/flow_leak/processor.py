@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from water_edge.core.files import atomic_write
 from water_edge.core.processor import EventSink
 from water_edge.core.reading import BAD, Event, Reading, Severity
 from water_edge.models.flow_leak.config import FlowLeakSection
@@ -32,7 +33,6 @@ from water_edge.models.flow_leak.detector import FixedThreshold, StepDetector, S
 from water_edge.models.flow_leak.mnf import minimum_night_flow
 from water_edge.models.leak.fusion import SiteEvidence
 from water_edge.models.nightwindow import NightWindow, zone
-from water_edge.models.versioned_store import write_atomic
 
 log = structlog.get_logger(__name__)
 NS = 1_000_000_000
@@ -151,7 +151,7 @@ class FlowLeakProcessor:
             "last_flow": d.last_flow,
         }
         d.state_path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(d.state_path, json.dumps(data))
+        atomic_write(d.state_path, json.dumps(data).encode("utf-8"))
 
     # -- run ------------------------------------------------------------------------------------
 

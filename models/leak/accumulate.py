@@ -31,7 +31,6 @@ class Accumulation:
     k: float = 1.0
     h: float = 2.0
     nights: int = 2
-    span: bool = True
     value: float = 0.0
     checks: int = 0  # checks in the current run (S > 0)
     since_night: str | None = None
@@ -52,7 +51,7 @@ class Accumulation:
         self.checks += 1
         # The checks of one night share its nuisance (the night's flow noise, its traffic): only a
         # run that has lasted into a later night is a persistent change.
-        return self.value >= self.h and (not self.span or self.since_night != night)
+        return self.value >= self.h and self.since_night != night
 
     def reset(self) -> None:
         self.value, self.checks, self.since_night = 0.0, 0, None

@@ -10,11 +10,12 @@ the evidence outlives a restart: a rise of night flow two nights ago still count
 from __future__ import annotations
 
 import json
-import os
 import threading
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
+
+from water_edge.core.files import atomic_write
 
 Kind = Literal["acoustic", "night_flow"]
 KEEP_DAYS = 60
@@ -41,10 +42,7 @@ class SiteEvidence:
                 if (night - date.fromisoformat(str(r.get("night", night.isoformat())))).days <= KEEP_DAYS
             ]
             rows.append({"kind": kind, "night": night.isoformat(), **detail})
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rows), encoding="utf-8")
-            os.replace(tmp, self.path)
+            atomic_write(self.path, json.dumps(rows).encode("utf-8"))
 
     def recent(self, kind: Kind, night: date, within_nights: int = 3) -> dict[str, Any] | None:
         """The latest record of `kind` at most `within_nights` nights before or after `night`."""

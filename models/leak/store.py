@@ -16,8 +16,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from water_edge.core.files import atomic_write
 from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
-from water_edge.models.versioned_store import VersionedJsonStore, write_atomic
+from water_edge.models.versioned_store import VersionedJsonStore
 
 
 def sensor_dir(state_dir: Path, sensor: str) -> Path:
@@ -77,7 +78,7 @@ class SensorStore:
         text = "".join(
             json.dumps(c.to_dict(), separators=(",", ":")) + "\n" for c in checks if c.night in keep
         )
-        write_atomic(self.checks_path, text)
+        atomic_write(self.checks_path, text.encode("utf-8"))
 
     # -- baselines ------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ way ("louder", "more energy above 2 kHz", "more impulsive").
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -257,38 +257,22 @@ def _folds(n: int, k: int) -> list[npt.NDArray[np.int64]]:
     return [f for f in np.array_split(np.arange(n), min(k, n)) if len(f)]
 
 
-def _oof_measures(
-    z: F64,
-    scale: F64,
-    folds: list[npt.NDArray[np.int64]],
-    *,
-    shrinkage: float,
-    eigen_power: float,
-    target: F64 | None,
-) -> tuple[F64, F64]:
-    """Each clip's two measures under a fit without its fold (statistics refitted too); `scale`:
-    the columns' spread in band units, which the shape basis is expressed in."""
-    dist, shape = np.empty(len(z)), np.empty(len(z))
+def _out_of_fold(
+    z: F64, folds: list[npt.NDArray[np.int64]], measure: Callable[[F64, F64, F64], tuple[F64, ...]]
+) -> tuple[F64, ...]:
+    """Each clip's measures under a fit without its fold (the standardisation refitted too):
+    `measure(train, held_out, sd)` gets both standardised by the remaining clips, and their `sd`."""
+    out: list[F64] = []
     for f in folds:
         keep = np.ones(len(z), dtype=bool)
         keep[f] = False
         train = z[keep]
         mu, sd = train.mean(axis=0), train.std(axis=0) + 1e-12
-        fit = _Fit.of((train - mu) / sd, scale * sd, shrinkage, eigen_power, target)
-        dist[f], shape[f] = fit.measures((z[f] - mu) / sd)
-    return dist, shape
-
-
-def _oof_distances(z: F64, shrinkage: float, target: F64 | None, folds: list[npt.NDArray[np.int64]]) -> F64:
-    """Each clip's distance under a model fitted without its fold (statistics refitted too)."""
-    out = np.empty(len(z))
-    for f in folds:
-        keep = np.ones(len(z), dtype=bool)
-        keep[f] = False
-        train = z[keep]
-        mu, sd = train.mean(axis=0), train.std(axis=0) + 1e-12
-        out[f] = _distance((z[f] - mu) / sd, _precision((train - mu) / sd, shrinkage, target))
-    return out
+        values = measure((train - mu) / sd, (z[f] - mu) / sd, sd)
+        out = out or [np.empty(len(z)) for _ in values]
+        for column, v in zip(out, values, strict=True):
+            column[f] = v
+    return tuple(out)
 
 
 def calibrate(
@@ -327,8 +311,9 @@ def calibrate(
     # whole stretch of the calibration (its distance then measures drift, not a new clip).
     order = np.random.default_rng(len(z)).permutation(len(z))
     folds = [order[f] for f in _folds(len(z), FOLDS)]
-    oof_dist, oof_shape = _oof_measures(
-        z, scale, folds, shrinkage=shrinkage, eigen_power=eigen_power, target=prior
+    # The shape basis is expressed in band units: a fold's standardisation rescales it by `sd`.
+    oof_dist, oof_shape = _out_of_fold(
+        z, folds, lambda tr, te, sd: _Fit.of(tr, scale * sd, shrinkage, eigen_power, prior).measures(te)
     )
     # Each measure in units of its own out-of-fold spread, so that the weight means the same on
     # every machine (the two measures' scales differ with the number of clips and the machine).
@@ -341,7 +326,11 @@ def calibrate(
     groups = {}
     for name, cols in GROUPS.items():
         g_target = None if prior is None else prior[np.ix_(cols, cols)]
-        g_oof = _oof_distances(z[:, cols], shrinkage, g_target, folds)
+
+        def group_distance(tr: F64, te: F64, _sd: F64, target: F64 | None = g_target) -> tuple[F64]:
+            return (_distance(te, _precision(tr, shrinkage, target)),)
+
+        (g_oof,) = _out_of_fold(z[:, cols], folds, group_distance)
         groups[name] = GroupModel(
             cols,
             _precision(z[:, cols], shrinkage, g_target).tolist(),

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from water_edge.core.digests import sha256_file
 from water_edge.models.leak import features
-from water_edge.models.manifest import sha256_file
 from water_edge.models.train.leak_data import Table, render_table
 
 NAME = "leak_detector"

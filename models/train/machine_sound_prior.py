@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from water_edge.core.digests import sha256_file
 from water_edge.models.machine_sound.detector import auc, calibrate
 from water_edge.models.machine_sound.features import N_FEATURES
 from water_edge.models.machine_sound.prior import PRIOR_DIR, PRIOR_VERSION
-from water_edge.models.manifest import sha256_file
 from water_edge.models.train.machine_sound_eval import DATA, IDENTITY_SHARE, PUMPS, SNRS, normal_target
 
 F64 = npt.NDArray[np.float64]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from water_edge.models.manifest import sha256_file
+from water_edge.core.digests import sha256_file
 from water_edge.models.train.pump_data import MAX_CHANNELS, WINDOW, build, random_cases
 from water_edge.models.train.pump_sim import FAULTS
 

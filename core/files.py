@@ -1,4 +1,5 @@
-"""Small file helpers for key material: atomic replace (temp + fsync + rename) and 0600 creation."""
+"""Durable file replacement: temp + fsync + rename + directory fsync, with the file's mode set from
+the start. Keys, certificates, update state, baselines and calibrations are all written this way."""
 
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     # The rename is durable only once the directory entry is on disk (power cut on an SD card).
     fd = os.open(directory, os.O_RDONLY)
     try:
