@@ -121,7 +121,9 @@ def test_after_a_valve_closure_the_warmer_fluid_is_the_rigs_new_normal(tmp_path:
 
 def test_re_basing_waits_for_the_channels_that_raised_the_alarm_to_come_back() -> None:
     """A shift that never ends keeps its alarm; one that ends leaves a displaced second channel
-    (an integrator) that no longer counts once the first is back."""
+    (an integrator, above the hysteresis level but never above the alarm level) that no longer
+    counts once the first is back. A second channel that itself passed the alarm level and stays
+    there is part of the event: the alarm stays."""
     rng = np.random.default_rng(3)
     x = _run(rng)
     x[600:, 2] += 4.0  # a shift to the end of the run
@@ -130,9 +132,37 @@ def test_re_basing_waits_for_the_channels_that_raised_the_alarm_to_come_back() -
     assert alarm[620:].all()
     y = _run(rng)
     y[600:800, 2] += 4.0  # the event ends at row 800...
-    y[620:, 4] += 3.0  # ...the second channel stays where it went
-    _, alarm = steady.detect(steady.fit(y[:400]), y, 400)
+    z = y.copy()
+    y[620:, 4] += 1.2  # ...the second channel stays where it went
+    model = steady.fit(y[:400])
+    follower = model.channel_scores(y)[:, 4]
+    assert follower[620:800].max() < 1.0  # never above the alarm level...
+    assert np.median(follower[900:]) > 0.8  # ...but above the hysteresis level: it holds an alarm
+    _, alarm = steady.detect(model, y, 400)
     assert alarm[620:790].all()
     assert not alarm[900:].any()
     _, before = steady.detect(steady.fit(y[:400], steady.SteadyParams(rebase=False)), y, 400)
-    assert before[900:].all()  # without re-basing the displaced channel holds the alarm
+    assert before[900:].mean() > 0.5  # without re-basing the displaced channel holds it on and off
+    z[620:, 4] += 3.0  # the second channel goes past the alarm level itself and stays there
+    _, alarm = steady.detect(steady.fit(z[:400]), z, 400)
+    assert alarm[620:].all()
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_a_growing_fault_keeps_an_alarm_a_nuisance_step_raised(seed: int) -> None:
+    """A grid-voltage step (channel 0, rows 600-660) raises the alarm while a gradual fault
+    (channel 3, from row 590, full after 200 rows, to the end) is still small. When the step is
+    over the fault is still growing: the event is not over, nothing is re-based, and the alarm
+    stays up to the end of the run (re-basing on the channels that raised the alarm alone dropped
+    5 % of these rows)."""
+    x = _run(np.random.default_rng(seed))
+    x[600:660, 0] += 4.0
+    x[590:, 3] += np.minimum(1.0, np.arange(len(x) - 590) / 200) * 4.0
+    model = steady.fit(x[:400])
+    scores = model.channel_scores(x)
+    _, alarm = steady.detect(model, x, 400)
+    first = 400 + int(np.argmax(alarm[400:]))
+    assert 600 <= first < 640
+    assert scores[first, 0] > 1.0 > scores[first, 3]  # raised by the step, not by the fault
+    assert scores[700:, 0].max() < 0.8  # the step is over well before the end
+    assert alarm[first:].all()

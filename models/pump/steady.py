@@ -31,10 +31,12 @@ them, smoothed by a trailing median, over `factor`: above 1 is abnormal. Channel
 columns, any names. Parameters were chosen on the tuning runs of `models/train/pump_eval_rig.py`
 and checked on those of `pump_eval_short.py` (docs/pump-anomaly.md).
 
-`detect` raises the alarms and re-bases after an event (`SteadyParams.rebase`): once the channels
-that raised an alarm are back, a channel the event left displaced (a closed loop's fluid warmer, a
-drained tank's pressure lower) is normal anywhere between its calibration level and where it
-settled. The level statistics then depend on the alarm state, so `detect` runs row by row.
+`detect` raises the alarms and re-bases after an event (`SteadyParams.rebase`): once every channel
+that passed the alarm level while the alarm was up is back (not only those that raised it: a fault
+growing under an alarm a nuisance step raised is still going on), a channel the event left
+displaced (a closed loop's fluid warmer, a drained tank's pressure lower) is normal anywhere between
+its calibration level and where it settled. The level statistics then depend on the alarm state,
+so `detect` runs row by row.
 
 `backdate` and `trim_cleared` are for offline files only: once an alarm is confirmed, the rows
 since its score began to rise (at most `backdate_max`) are marked too, and once it has cleared, the
@@ -85,11 +87,12 @@ class SteadyParams:
     hysteresis: float = 0.8
     backdate_level: float = 0.5  # offline: an alarm's rows reach back while the score was above this...
     backdate_max: int = 60  # ...for at most this many rows
-    # After an event (`detect`): once every channel that raised an alarm has come back to within
-    # `rebase_frac` of its largest deviation during it for `rebase_settle` rows, the experiment is
-    # over; a channel then still (or later) above the hysteresis level takes the span between its
-    # calibration level and its present level as normal, once per event (a closed loop's fluid
-    # stays warmer, a drained tank's pressure lower: the rig settles somewhere new).
+    # After an event (`detect`): once every channel that was above the alarm level at any time
+    # during the alarm has come back to within `rebase_frac` of its largest deviation during it
+    # for `rebase_settle` rows, the experiment is over; a channel then still (or later) above the
+    # hysteresis level takes the span between its calibration level and its present level as
+    # normal, once per event (a closed loop's fluid stays warmer, a drained tank's pressure lower:
+    # the rig settles somewhere new).
     rebase: bool = True
     rebase_settle: int = 15
     rebase_frac: float = 0.33
@@ -356,6 +359,9 @@ def detect(model: SteadyModel, x: F64, start: int) -> tuple[F64, I8]:
             settled[:] = 0
             used[:] = False
         if alarm.active:
+            # a channel that passes the alarm level at any time during the alarm is a raiser too:
+            # a fault growing under an alarm a nuisance channel raised keeps the event open
+            raisers |= ch[t] >= 1.0
             peak = np.maximum(peak, dev[t])
             settled = np.where(dev[t] <= p.rebase_frac * peak, settled + 1, 0)
             over = bool(raisers.any() and (settled[raisers] >= p.rebase_settle).all())
