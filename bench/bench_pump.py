@@ -46,7 +46,7 @@ def run(tmpdir: Path) -> list[dict[str, object]]:
 
     rig, _, _ = simulate_run(11, 1200, "outlet_valve", onset_s=700, ramp_s=60, duration_s=300)
     t0 = time.perf_counter()
-    steady.fit(rig[:400]).score(rig)
+    steady.detect(steady.fit(rig[:400]), rig, 400)
     steady_ms = (time.perf_counter() - t0) * 1000 / len(rig)
     path = write_csv(tmpdir / "rig.csv", rig, 11)
     t0 = time.perf_counter()

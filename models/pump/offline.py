@@ -9,7 +9,8 @@ Which detector scores the file depends on how much normal it was given:
 
 - fewer than `STEADY_MAX_ROWS` calibration rows (an hour at 1 s): `models.pump.steady`, per-channel
   level and noise statistics around the one operating point such a short stretch can show (a test
-  bed, a commissioning run). The score is in units of its threshold.
+  bed, a commissioning run), re-based after an event (`steady.detect`). The score is in units of
+  its threshold.
 - more: the gateway's detector (`models.pump.detector`: relations between signals and the shared
   TFLite scorer), which needs calibration to have seen the pump's range of operating points.
 
@@ -195,12 +196,7 @@ def score_steady(
         warn(f"ignoring column {name!r}: constant or empty during calibration")
     x = values[:, keep]
     model = steady.fit(x[:calibrate_rows], p)
-    scores = model.score(x)
-    alarm = np.zeros(len(x), dtype=np.int8)
-    alarm[calibrate_rows:] = alarm_series(
-        scores[calibrate_rows:], 1.0, p.persistence, p.clear_after, p.hysteresis
-    )
-    return scores, alarm
+    return steady.detect(model, x, calibrate_rows)
 
 
 def _as_history(

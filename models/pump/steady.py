@@ -31,6 +31,13 @@ them, smoothed by a trailing median, over `factor`: above 1 is abnormal. Channel
 columns, any names. Parameters were chosen on the tuning runs of `models/train/pump_eval_rig.py`
 and checked on those of `pump_eval_short.py` (docs/pump-anomaly.md).
 
+`detect` raises the alarms and re-bases after an event (`SteadyParams.rebase`): once every channel
+that passed the alarm level while the alarm was up is back (not only those that raised it: a fault
+growing under an alarm a nuisance step raised is still going on), a channel the event left
+displaced (a closed loop's fluid warmer, a drained tank's pressure lower) is normal anywhere between
+its calibration level and where it settled. The level statistics then depend on the alarm state,
+so `detect` runs row by row.
+
 `backdate` and `trim_cleared` are for offline files only: once an alarm is confirmed, the rows
 since its score began to rise (at most `backdate_max`) are marked too, and once it has cleared, the
 rows it waited through below the hysteresis level are unmarked, so a history shows an anomaly from
@@ -45,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.models.pump.detector import trailing_mean
+from water_edge.models.pump.detector import Alarm, trailing_mean
 
 F64 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int8]
@@ -80,6 +87,15 @@ class SteadyParams:
     hysteresis: float = 0.8
     backdate_level: float = 0.5  # offline: an alarm's rows reach back while the score was above this...
     backdate_max: int = 60  # ...for at most this many rows
+    # After an event (`detect`): once every channel that was above the alarm level at any time
+    # during the alarm has come back to within `rebase_frac` of its largest deviation during it
+    # for `rebase_settle` rows, the experiment is over; a channel then still (or later) above the
+    # hysteresis level takes the span between its calibration level and its present level as
+    # normal, once per event (a closed loop's fluid stays warmer, a drained tank's pressure lower:
+    # the rig settles somewhere new).
+    rebase: bool = True
+    rebase_settle: int = 15
+    rebase_frac: float = 0.33
 
 
 def _fill(x: F64) -> F64:
@@ -177,23 +193,42 @@ class SteadyModel:
     quantiles: list[F64] = field(default_factory=list)  # per statistic, per channel
     z_limit: F64 | None = None  # per channel, |z| beyond this counts as this much (see `fit`)
 
+    def z(self, x: F64) -> F64:
+        """Robust z-scores of rows `x`, gaps filled, clipped at `z_limit`."""
+        limit = 1e3 if self.z_limit is None else self.z_limit
+        return np.clip((_fill(x) - self.center) / self.scale, -limit, limit)
+
+    def level_statistic(
+        self, lm: LevelModel, level: F64, mid: F64, horizon: F64, other: F64 | None = None
+    ) -> F64:
+        """How far a window's trailing mean `level` is from `mid` (or from the span between `mid`
+        and `other`), in allowed spreads."""
+        if other is None:
+            dev = np.abs(level - mid)
+        else:
+            lo, hi = np.minimum(mid, other), np.maximum(mid, other)
+            dev = np.maximum(0.0, np.maximum(lo - level, level - hi))
+        a = dev / lm.allowed(horizon)
+        a[self.recovering(lm, dev)] = 0.0
+        return a
+
+    def recovering(self, lm: LevelModel, dev: F64) -> npt.NDArray[np.bool_]:
+        """Rows where a channel's deviation shrank by `recover_by` spreads over `recover_lag`."""
+        p = self.params
+        lag = p.recover_lag
+        back = np.zeros_like(dev, dtype=bool)
+        if lag > 0 and len(dev) > lag:
+            back[lag:] = dev[lag:] < dev[:-lag] - p.recover_by * lm.sd
+        return back
+
     def statistics(self, x: F64) -> list[F64]:
         """Each statistic (the level windows, then noise) as rows x channels, unnormalised."""
         p = self.params
-        limit = 1e3 if self.z_limit is None else self.z_limit
-        z = np.clip((_fill(x) - self.center) / self.scale, -limit, limit)
+        z = self.z(x)
         horizon = np.arange(len(z), dtype=np.float64) - self.n_calibration / 2
         out = []
         for lm in self.levels:
-            level = trailing_mean(z, lm.window)
-            dev = np.abs(level - lm.mid)
-            a = dev / lm.allowed(horizon)
-            lag = p.recover_lag
-            if lag > 0 and len(dev) > lag:
-                back = np.zeros_like(dev, dtype=bool)
-                back[lag:] = dev[lag:] < dev[:-lag] - p.recover_by * lm.sd
-                a[back] = 0.0
-            out.append(a)
+            out.append(self.level_statistic(lm, trailing_mean(z, lm.window), lm.mid, horizon))
         if p.use_noise:
             d = np.vstack([np.zeros((1, z.shape[1])), np.diff(z, axis=0)])
             rms = np.sqrt(trailing_mean(d * d, p.noise_window))
@@ -291,3 +326,59 @@ def trim_cleared(scores: F64, alarm: I8, level: float) -> I8:
             out[t] = 0
             t -= 1
     return out
+
+
+def detect(model: SteadyModel, x: F64, start: int) -> tuple[F64, I8]:
+    """Per-row scores and live (causal) alarms from row `start` on, re-basing channels after an
+    event (`SteadyParams.rebase`): the state of the alarm decides the statistics, so this runs row
+    by row, recomputing a channel's level statistics from the row it is re-based at."""
+    p = model.params
+    n = len(x)
+    z = model.z(x)
+    levels = [trailing_mean(z, lm.window) for lm in model.levels]
+    per = np.stack([s / q for s, q in zip(model.statistics(x), model.quantiles, strict=True)]) / model.factor
+    ch = per.max(axis=0)  # rows x channels, in units of the alarm level
+    score = _trailing_median(ch.max(axis=1), p.smooth)
+    out = np.zeros(n, dtype=np.int8)
+    alarm = Alarm(p.persistence, p.clear_after, p.hysteresis)
+    n_ch = z.shape[1]
+    short = model.levels[int(np.argmin([lm.window for lm in model.levels]))]
+    dev = np.abs(trailing_mean(z, short.window) - short.mid)  # how far each channel is, in z
+    back = np.zeros((n, n_ch), dtype=bool)
+    for lm, level in zip(model.levels, levels, strict=True):
+        back |= model.recovering(lm, np.abs(level - lm.mid))
+    raisers = np.zeros(n_ch, dtype=bool)
+    peak = np.zeros(n_ch)
+    settled = np.zeros(n_ch, dtype=np.int64)
+    used = np.zeros(n_ch, dtype=bool)
+    over = False  # the last event's raisers have come back
+    for t in range(start, n):
+        if alarm.update(float(score[t]), 1.0) is True:
+            raisers = (ch[max(start, t - p.persistence + 1) : t + 1] >= 1.0).any(axis=0)
+            peak, over = dev[t].copy(), False
+            settled[:] = 0
+            used[:] = False
+        if alarm.active:
+            # a channel that passes the alarm level at any time during the alarm is a raiser too:
+            # a fault growing under an alarm a nuisance channel raised keeps the event open
+            raisers |= ch[t] >= 1.0
+            peak = np.maximum(peak, dev[t])
+            settled = np.where(dev[t] <= p.rebase_frac * peak, settled + 1, 0)
+            over = bool(raisers.any() and (settled[raisers] >= p.rebase_settle).all())
+        if p.rebase and over:
+            # a channel recovering towards calibration is already not counted (`recovering`)
+            moved = (ch[t] >= p.hysteresis) & ~used & (alarm.active | ~back[t])
+            for c in np.flatnonzero(moved):
+                horizon = np.arange(t, n, dtype=np.float64) - model.n_calibration / 2
+                for k, (lm, level) in enumerate(zip(model.levels, levels, strict=True)):
+                    now = lm.mid.copy()
+                    now[c] = level[t, c]
+                    a = model.level_statistic(lm, level[t:], lm.mid, horizon, now)
+                    per[k, t:, c] = a[:, c] / model.quantiles[k][c] / model.factor
+                ch[t:, c] = per[:, t:, c].max(axis=0)
+                back[t:, c] = False
+                used[c] = True
+            if moved.any():
+                score[t:] = _trailing_median(ch.max(axis=1), p.smooth)[t:]
+        out[t] = alarm.active
+    return score, out
