@@ -46,11 +46,8 @@ with nuisance patterns and `relative_sigma`): the shape is a band's rise over th
 rise* (the median rise over all 20 bands) against `k_sigma` x its variability of that on the
 baseline checks (at least `min_rise_db`), not the band level minus the spectrum's median band: a
 booster pump switching off drops four or five bands by 20-35 dB and moves the median *band* by up
-to 18 dB, so every other band's "shape" rose although none got louder. The raw level is not judged
-there: night demand lifts the whole plastic leak band, and a band's own variability over 7 nights
-understated it (dev seeds: most plastic false alarms were level rises of 4-6 dB in flow bands on
-nights of more demand than any baseline night). And a residual rise counts only where the band's
-level rose: a leak adds energy.
+to 18 dB, so every other band's "shape" rose although none got louder; a leak adds energy to its
+bands, which then stand above the common rise. Level and residual are judged as before.
 `Confirmation` turns positive checks into a warning, then a leak (a second
 positive later the same night or the next night) — a check also counts as positive when the
 sensor's evidence accumulated over checks reaches its level (`accumulate.Accumulation`, metal
@@ -172,11 +169,6 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         t_residual = np.maximum(p.min_residual_db, p.k_sigma * baseline.nuisance.sigma)
         t_residual = t_residual + EXTRAPOLATION_TOL * np.abs(beyond)
         res_ratio = np.where(residual >= p.min_residual_db, residual / t_residual, 0.0)
-        if relative is not None:
-            # A leak adds energy: a band quieter than on the baseline nights has had none added,
-            # whatever a straight line in dB along a nuisance pattern says (a pump that stopped
-            # drops its bands to what else is there, not by its full pattern).
-            res_ratio = np.where(rise >= 0.0, res_ratio, 0.0)
         ratio = np.maximum(ratio, res_ratio)
     is_steady = steady(check.p10, check.p50, p.spread_tol_db)
     # A line that was not there (a pump started, a mains hum) raises a band without being a leak.
@@ -255,7 +247,7 @@ def _level_and_shape(
     p: JudgeParams, baseline: Baseline, unexplained: FloatArray, relative: FloatArray | None
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """Per band: the larger of the level's and the shape's rise over their thresholds, the shape
-    rise, and both thresholds (the level's infinite where it is not judged)."""
+    rise, and both thresholds."""
     level_rise = unexplained - baseline.level
     # A rise of the level counts when the spectrum's shape moved with it: a leak lifts its own
     # bands; more flow noise or a louder street lifts them all alike and leaves the shape.
@@ -263,16 +255,17 @@ def _level_and_shape(
     # the median band level: a loud leak that lifts most of its bands moves the median *level* a
     # lot, but its own bands still stand above the common rise.
     common = float(np.median(level_rise))
+    t_level: FloatArray = np.maximum(p.min_rise_db, p.k_sigma * baseline.level_sigma)
+    level_ratio = np.where(level_rise - common >= p.min_shape_rise_db, level_rise / t_level, 0.0)
     if relative is not None:
-        # A plastic pipe: a band rose when it stands out of the common-mode rise by its own
-        # variability of that on the baseline checks; its raw level is not judged (see above).
+        # A plastic pipe: the shape is the band's rise over the common-mode rise, against its own
+        # variability of that on the baseline checks (see above): a band that got no louder than
+        # the bulk of the spectrum did not rise, whatever the spectrum's median band did.
         shape_rise: FloatArray = level_rise - common
         t_shape: FloatArray = np.maximum(p.min_rise_db, p.k_sigma * relative)
-        return shape_rise / t_shape, shape_rise, np.full(features.N_BANDS, np.inf), t_shape
-    shape_rise = (unexplained - float(np.median(unexplained))) - baseline.shape
-    t_level: FloatArray = np.maximum(p.min_rise_db, p.k_sigma * baseline.level_sigma)
-    t_shape = np.maximum(p.min_rise_db, p.k_sigma * baseline.shape_sigma)
-    level_ratio = np.where(level_rise - common >= p.min_shape_rise_db, level_rise / t_level, 0.0)
+    else:
+        shape_rise = (unexplained - float(np.median(unexplained))) - baseline.shape
+        t_shape = np.maximum(p.min_rise_db, p.k_sigma * baseline.shape_sigma)
     ratio: FloatArray = np.maximum(level_ratio, shape_rise / t_shape)
     return ratio, shape_rise, t_level, t_shape
 
