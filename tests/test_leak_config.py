@@ -95,6 +95,24 @@ def test_extend_patterns_reaches_the_judgement_and_a_wrong_value_names_the_key(t
     assert any("models.leak[0].detection.extend_patterns" in p for p in info.value.problems)
 
 
+def test_plastic_common_mode_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
+    table = '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\nplastic_common_mode = false\n'
+    config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
+    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
+    assert isinstance(processor, AudioLeakProcessor)
+    assert processor.params.plastic_common_mode is False
+    default = load_config(
+        write_agent_config(tmp_path, devices=AUDIO, models='[[models.leak]]\ndevice = "hyd"\n')
+    )
+    (on,) = build_processors(default, {"hyd": _Windows()}).processors
+    assert isinstance(on, AudioLeakProcessor)
+    assert on.params.plastic_common_mode is True
+    bad = write_agent_config(tmp_path, devices=AUDIO, models=table.replace("false", '"sometimes"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert any("models.leak[0].detection.plastic_common_mode" in p for p in info.value.problems)
+
+
 def test_joint_z_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
     table = '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\njoint_z = 0\njoint_k = 4.5\n'
     config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))

@@ -12,7 +12,10 @@ median quiet level and its variability across checks and nights, the same for th
 band and cancels there), the usual spread, and the classifier's usual log-odds. Variability is
 robust (1.4826 x MAD) and shrunk towards a prior (`PRIOR_SIGMA_DB` with weight `PRIOR_WEIGHT`
 checks), so a baseline from one night or one short file does not promise a precision it has not
-seen. Serialised as JSON (`to_dict` / `from_dict`) and versioned by `models.leak.store`.
+seen. Each band's *relative* variability is kept too: how far its rise stood from the check's
+common-mode rise (the median rise over all bands) on the baseline checks — what a plastic pipe's
+bands are judged by (`judge.py`). Serialised as JSON (`to_dict` / `from_dict`) and versioned by
+`models.leak.store`.
 """
 
 from __future__ import annotations
@@ -142,6 +145,16 @@ def _bands(values: Any) -> FloatArray:
     return out
 
 
+def relative_rise(p10: FloatArray, level: FloatArray) -> FloatArray:
+    """Each band's rise over the common-mode rise: quiet level(s) minus the baseline's, minus the
+    median of that over the bands (per row). A gain change or a background that moved every band
+    alike cancels; so does a tonal source switching in a few bands, which moves the median *band
+    level* of a spectrum (the shape's reference) by up to 18 dB but not the median *rise*."""
+    rise = np.atleast_2d(p10) - level
+    out: FloatArray = rise - np.median(rise, axis=1, keepdims=True)
+    return out
+
+
 def _robust_sigma(values: FloatArray, centre: FloatArray) -> FloatArray:
     """Per-column 1.4826 x MAD, shrunk towards the prior with `PRIOR_WEIGHT` pseudo-checks."""
     n = values.shape[0]
@@ -173,6 +186,9 @@ class Baseline:
     material: str | None = None
     version: int = 0
     nuisance: Nuisance | None = None  # the night-to-night patterns of its steady checks
+    # Per band, the variability of its rise over the common-mode rise (the median rise over all
+    # bands) on the baseline checks, dB. None in baselines written before it was kept.
+    relative_sigma: FloatArray | None = None
 
     @classmethod
     def learn(
@@ -206,6 +222,7 @@ class Baseline:
         night_quiet = [round(float(np.median([c.quiet_db for c in group])), 2) for group in nights.values()]
         calm = [c.p10 for c in checks if unsteady_bands(c.p10, c.p50, spread_tol_db) <= max_unsteady_bands]
         nuisance = Nuisance.learn(np.stack(calm)) if calm else None
+        relative = relative_rise(p10, level)
         return cls(
             sensor=sensor,
             level=level,
@@ -226,6 +243,7 @@ class Baseline:
             to_ts=to_ts,
             material=material,
             nuisance=nuisance,
+            relative_sigma=_robust_sigma(relative, np.median(relative, axis=0)),
         )
 
     def quality(self, wanted_nights: int = 7) -> str:
@@ -262,6 +280,7 @@ class Baseline:
             "clf_logit": None if self.clf_logit is None else round(self.clf_logit, 3),
             "clf_sigma": round(self.clf_sigma, 3),
             "nuisance": None if self.nuisance is None else self.nuisance.to_dict(),
+            "relative_sigma_db": None if self.relative_sigma is None else _r(self.relative_sigma),
         }
 
     @classmethod
@@ -280,6 +299,7 @@ class Baseline:
             clf = d.get("clf_logit")
             # Baselines written before the nuisance model have none (judged by level and shape).
             nuisance = d.get("nuisance")
+            relative = d.get("relative_sigma_db")  # absent in baselines written before it
             return cls(
                 sensor=str(d["sensor"]),
                 level=arrays["level_db"],
@@ -300,6 +320,7 @@ class Baseline:
                 material=d.get("material"),
                 version=int(d.get("version", 0)),
                 nuisance=None if nuisance is None else Nuisance.from_dict(nuisance, features.N_BANDS),
+                relative_sigma=None if relative is None else _bands(relative),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, BaselineError):

@@ -59,6 +59,11 @@ class DetectionSection(_Section):
     # A rise along a learned nuisance pattern (more night demand than the baseline nights held)
     # is explained even beyond the baseline's range; false: judged against that range only.
     extend_patterns: bool = True
+    # Plastic pipes: a band's shape rose when it stands out of the spectrum's common-mode rise (the
+    # median rise over the bands) by its own variability of that over the baseline nights, not
+    # against the spectrum's median band (which jumps when a pump stops). false: the fifth pass's
+    # rule (`docs/leak-detection.md`, sixth pass).
+    plastic_common_mode: bool = True
     # Metal pipes: the leak band's unexplained rise summed over its bands (`models/leak/joint.py`)
     # makes a check positive at this many standard deviations (or `joint_k` x its spread on the
     # baseline's own checks, whichever is higher); 0 turns the joint test off.

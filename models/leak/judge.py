@@ -40,6 +40,14 @@ bands 1-2 dB each, below every band's threshold, but together. Plastic pipes are
 band only: there a little more flow noise than the baseline heard lifts the same low band broadly
 (dev seeds: leak-free PVC nights reached 8 standard deviations), and baselines written before the
 leave-one-out residuals were kept (`nuisance.Nuisance.loo`) have no joint test until recalibrated.
+
+**Plastic pipes, judged against the common mode** (`plastic_common_mode`, sixth pass; baselines
+with nuisance patterns and `relative_sigma`): the shape is a band's rise over the *common-mode
+rise* (the median rise over all 20 bands) against `k_sigma` x its variability of that on the
+baseline checks (at least `min_rise_db`), not the band level minus the spectrum's median band: a
+booster pump switching off drops four or five bands by 20-35 dB and moves the median *band* by up
+to 18 dB, so every other band's "shape" rose although none got louder; a leak adds energy to its
+bands, which then stand above the common rise. Level and residual are judged as before.
 `Confirmation` turns positive checks into a warning, then a leak (a second
 positive later the same night or the next night) — a check also counts as positive when the
 sensor's evidence accumulated over checks reaches its level (`accumulate.Accumulation`, metal
@@ -95,6 +103,7 @@ class JudgeParams:
     extend_patterns: bool = True
     joint_z: float = 2.0
     joint_k: float = 3.0
+    plastic_common_mode: bool = True
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -151,25 +160,16 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         # learned pattern beyond the range the thresholds were learned from: that part is explained.
         beyond = baseline.nuisance.beyond(check.p10)
     unexplained = check.p10 - beyond
-    level_rise = unexplained - baseline.level
-    shape_rise = (unexplained - float(np.median(unexplained))) - baseline.shape
-    t_level = np.maximum(p.min_rise_db, p.k_sigma * baseline.level_sigma)
-    t_shape = np.maximum(p.min_rise_db, p.k_sigma * baseline.shape_sigma)
-    # A rise of the level counts when the spectrum's shape moved with it: a leak lifts its own
-    # bands; more flow noise or a louder street lifts them all alike and leaves the shape.
-    # "Alike" is measured against the median rise over all 20 bands (the common mode), not against
-    # the median band level: a loud leak that lifts most of its bands moves the median *level* a
-    # lot, but its own bands still stand above the common rise.
-    common = float(np.median(level_rise))
-    level_ratio = np.where(level_rise - common >= p.min_shape_rise_db, level_rise / t_level, 0.0)
-    ratio = np.maximum(level_ratio, shape_rise / t_shape)
+    relative = _common_mode(p, baseline)
+    ratio, shape_rise, t_level, t_shape = _level_and_shape(p, baseline, unexplained, relative)
     residual = np.zeros(features.N_BANDS)
     t_residual = np.full(features.N_BANDS, np.inf)
     if baseline.nuisance is not None:
         residual = baseline.nuisance.residual(check.p10)
         t_residual = np.maximum(p.min_residual_db, p.k_sigma * baseline.nuisance.sigma)
         t_residual = t_residual + EXTRAPOLATION_TOL * np.abs(beyond)
-        ratio = np.maximum(ratio, np.where(residual >= p.min_residual_db, residual / t_residual, 0.0))
+        res_ratio = np.where(residual >= p.min_residual_db, residual / t_residual, 0.0)
+        ratio = np.maximum(ratio, res_ratio)
     is_steady = steady(check.p10, check.p50, p.spread_tol_db)
     # A line that was not there (a pump started, a mains hum) raises a band without being a leak.
     tonal_ok = np.ones(features.N_BANDS, dtype=bool)
@@ -241,6 +241,44 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         joint_threshold=jt,
         joint_u=ju,
     )
+
+
+def _level_and_shape(
+    p: JudgeParams, baseline: Baseline, unexplained: FloatArray, relative: FloatArray | None
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Per band: the larger of the level's and the shape's rise over their thresholds, the shape
+    rise, and both thresholds."""
+    level_rise = unexplained - baseline.level
+    # A rise of the level counts when the spectrum's shape moved with it: a leak lifts its own
+    # bands; more flow noise or a louder street lifts them all alike and leaves the shape.
+    # "Alike" is measured against the median rise over all 20 bands (the common mode), not against
+    # the median band level: a loud leak that lifts most of its bands moves the median *level* a
+    # lot, but its own bands still stand above the common rise.
+    common = float(np.median(level_rise))
+    t_level: FloatArray = np.maximum(p.min_rise_db, p.k_sigma * baseline.level_sigma)
+    level_ratio = np.where(level_rise - common >= p.min_shape_rise_db, level_rise / t_level, 0.0)
+    if relative is not None:
+        # A plastic pipe: the shape is the band's rise over the common-mode rise, against its own
+        # variability of that on the baseline checks (see above): a band that got no louder than
+        # the bulk of the spectrum did not rise, whatever the spectrum's median band did.
+        shape_rise: FloatArray = level_rise - common
+        t_shape: FloatArray = np.maximum(p.min_rise_db, p.k_sigma * relative)
+    else:
+        shape_rise = (unexplained - float(np.median(unexplained))) - baseline.shape
+        t_shape = np.maximum(p.min_rise_db, p.k_sigma * baseline.shape_sigma)
+    ratio: FloatArray = np.maximum(level_ratio, shape_rise / t_shape)
+    return ratio, shape_rise, t_level, t_shape
+
+
+def _common_mode(p: JudgeParams, baseline: Baseline) -> FloatArray | None:
+    """The bands' variability relative to the common-mode rise when a plastic pipe is judged by
+    it: `plastic_common_mode`, a plastic material, and a baseline that learned the sensor's
+    night-to-night variation (nuisance patterns, `relative_sigma`); else None (judged as before)."""
+    if not p.plastic_common_mode or p.material is None or pipes.material(p.material).metal:
+        return None
+    if baseline.nuisance is None or baseline.relative_sigma is None:
+        return None
+    return baseline.relative_sigma
 
 
 Transition = Literal["warning", "leak", "cleared", "expired"]

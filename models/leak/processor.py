@@ -144,6 +144,7 @@ class AudioLeakProcessor:
             tonal_tol_db=d.tonal_tol_db,
             clf_logit_rise=d.clf_logit_rise,
             extend_patterns=d.extend_patterns,
+            plastic_common_mode=d.plastic_common_mode,
             joint_z=d.joint_z,
             joint_k=d.joint_k,
             material=section.material,
