@@ -21,7 +21,14 @@ import pytest
 from water_edge.agent.cli import main
 from water_edge.models.pump import steady
 from water_edge.models.pump.detector import alarm_series
-from water_edge.models.train.pump_eval_rig import RIG_FAULTS, make_cases, report, run_cases
+from water_edge.models.train.pump_eval_rig import (
+    RIG_FAULTS,
+    evaluation_cases,
+    make_cases,
+    report,
+    run_cases,
+    shared_rigs,
+)
 from water_edge.models.train.pump_eval_short import parse_output, write_csv
 from water_edge.sim.rig import simulate_run
 
@@ -187,3 +194,12 @@ def test_an_added_mass_on_the_rotor_is_flagged_while_it_is_on(tmp_path: Path, se
     assert alarm[onset : onset + 20].any()
     assert alarm[onset + 20 : onset + duration].all()
     assert not alarm[onset + duration + 60 :].any()
+
+
+def test_the_evaluation_set_shares_no_rig_with_the_tuning_pool() -> None:
+    """A run's rig is drawn from its seed: an evaluation run whose seed a tuning run also has was
+    seen (as a rig) while the detector was tuned. The shipped evaluation set has none, and the
+    check finds the overlap that set 760000 had with the tuning seed 710000's normal runs."""
+    assert shared_rigs(evaluation_cases()) == []
+    overlap = shared_rigs(make_cases(760_000, RIG_FAULTS, per_fault=12, normal=8))
+    assert overlap == list(range(760_000, 760_012))
