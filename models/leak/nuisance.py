@@ -125,12 +125,14 @@ class Nuisance:
         `witness` (bands, bool): measure how far along the patterns the check went on these bands
         only (a metal pipe's bands outside its leak band, `judge.py`): there a nuisance shows and
         a leak does not, so a leak cannot pass itself off as more of a nuisance whose pattern
-        covers its band. With fewer than `MIN_WITNESS` extra bands per pattern, None is taken.
+        covers its band. Every band is used instead when the witness bands are too few (fewer than
+        `MIN_WITNESS` beyond the fit's unknowns) or a pattern barely moves them (its part there,
+        off their mean, under `MIN_SPAN_SHAPE`): they could not tell how far that pattern went.
         """
         if self.spans is None or self.lo is None or self.hi is None or self.spans.shape[0] == 0:
             return np.zeros(self.centre.shape)
         d = p10 - self.centre
-        if witness is not None and int(witness.sum()) >= self.spans.shape[0] + 1 + MIN_WITNESS:
+        if witness is not None and self._witnessed(witness):
             coef = _along(self.spans[:, witness], d[None, witness])[0]
         else:
             coef = _along(self.spans, d[None, :])[0]
@@ -140,6 +142,15 @@ class Nuisance:
         excess = np.clip(coef - np.clip(coef, self.lo, self.hi), -width, width)
         out: FloatArray = self.spans.T @ excess
         return out
+
+    def _witnessed(self, witness: npt.NDArray[np.bool_]) -> bool:
+        """Whether the `witness` bands can tell how far along every learned span a check went."""
+        assert self.spans is not None
+        if int(witness.sum()) < self.spans.shape[0] + 1 + MIN_WITNESS:
+            return False
+        part = self.spans[:, witness]
+        part = part - part.mean(axis=1, keepdims=True)
+        return bool(np.all(np.linalg.norm(part, axis=1) >= MIN_SPAN_SHAPE))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
