@@ -143,3 +143,21 @@ def test_accumulation_keys_reach_each_sensors_confirmation_and_a_wrong_value_nam
     with pytest.raises(ConfigError) as info:
         load_config(bad)
     assert any("models.leak[0].detection.accumulate_h" in p for p in info.value.problems)
+
+
+def test_metal_witness_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
+    table = '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\nmetal_witness = false\n'
+    config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
+    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
+    assert isinstance(processor, AudioLeakProcessor)
+    assert processor.params.metal_witness is False
+    default = load_config(
+        write_agent_config(tmp_path, devices=AUDIO, models='[[models.leak]]\ndevice = "hyd"\n')
+    )
+    (on,) = build_processors(default, {"hyd": _Windows()}).processors
+    assert isinstance(on, AudioLeakProcessor)
+    assert on.params.metal_witness is True
+    bad = write_agent_config(tmp_path, devices=AUDIO, models=table.replace("false", '"sometimes"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert any("models.leak[0].detection.metal_witness" in p for p in info.value.problems)

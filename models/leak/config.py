@@ -64,6 +64,10 @@ class DetectionSection(_Section):
     # against the spectrum's median band (which jumps when a pump stops). false: the fifth pass's
     # rule (`docs/leak-detection.md`, sixth pass).
     plastic_common_mode: bool = True
+    # Metal pipes: how far a nuisance pattern (more night flow) went beyond the baseline's range is
+    # read from the bands outside the leak band, where flow noise shows and a leak does not; false:
+    # from every band, as before the seventh pass (a loud leak then passed for more flow noise).
+    metal_witness: bool = True
     # Metal pipes: the leak band's unexplained rise summed over its bands (`models/leak/joint.py`)
     # makes a check positive at this many standard deviations (or `joint_k` x its spread on the
     # baseline's own checks, whichever is higher); 0 turns the joint test off.

@@ -19,7 +19,10 @@ per band (only the leak bands of the pipe material when it is known, else all 20
   pattern *beyond* the range the baseline's checks spanned (`Nuisance.beyond`, `pattern_db` in
   the evidence: more night demand than on any baseline night) is taken out: the pattern explains
   it, however far it went (up to twice its range's width); `extend_patterns = false` judges
-  against the baseline's range only;
+  against the baseline's range only. In a metal pipe how far the check went along the patterns is
+  read from the bands outside the leak band (`metal_witness`, seventh pass): there the flow noise
+  shows too and a leak does not, so a loud leak, whose band is the flow noise's, does not pass
+  for more night demand than the baseline heard;
 - risen when any of them exceeds its threshold: level and shape `max(min_rise_db, k_sigma x the
   baseline's variability)` (a level rise only counts where it exceeds the median rise over all
   bands by `min_shape_rise_db`: a louder street lifts every band alike, a leak lifts its own);
@@ -104,6 +107,7 @@ class JudgeParams:
     joint_z: float = 2.0
     joint_k: float = 3.0
     plastic_common_mode: bool = True
+    metal_witness: bool = True
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -158,7 +162,7 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     if baseline.nuisance is not None and p.extend_patterns:
         # A nuisance louder (or quieter) than on any baseline night moves the bands along its
         # learned pattern beyond the range the thresholds were learned from: that part is explained.
-        beyond = baseline.nuisance.beyond(check.p10)
+        beyond = baseline.nuisance.beyond(check.p10, _witness(p, mask))
     unexplained = check.p10 - beyond
     relative = _common_mode(p, baseline)
     ratio, shape_rise, t_level, t_shape = _level_and_shape(p, baseline, unexplained, relative)
@@ -268,6 +272,19 @@ def _level_and_shape(
         t_shape = np.maximum(p.min_rise_db, p.k_sigma * baseline.shape_sigma)
     ratio: FloatArray = np.maximum(level_ratio, shape_rise / t_shape)
     return ratio, shape_rise, t_level, t_shape
+
+
+def _witness(p: JudgeParams, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_] | None:
+    """The bands that tell how far a nuisance pattern went in a metal pipe: those outside its
+    leak band (`metal_witness`). In a metal pipe the flow-noise pattern covers the very bands a
+    leak lifts, so a loud leak looks like much more flow noise than the baseline heard and the
+    range extension explained it away (a steel leak at +5 dB taken for +21 dB of flow noise); more
+    night flow lifts the low bands below the leak band too, a leak does not. None: all bands
+    (plastic pipes, whose leak band is the flow noise's own low band; no material)."""
+    if not p.metal_witness or p.material is None or not pipes.material(p.material).metal:
+        return None
+    out: npt.NDArray[np.bool_] = ~mask
+    return out
 
 
 def _common_mode(p: JudgeParams, baseline: Baseline) -> FloatArray | None:

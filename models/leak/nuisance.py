@@ -40,6 +40,7 @@ PRIOR_SIGMA_DB: Final = 1.0  # a residual's spread assumed before any is seen ..
 PRIOR_WEIGHT: Final = 3.0  # ... worth this many checks
 SPAN_REACH: Final = 2.0  # how far beyond its range (in range widths) a pattern may explain
 MIN_SPAN_SHAPE: Final = 0.3  # a span's part off the all-bands direction (of 1) to be kept
+MIN_WITNESS: Final = 3  # bands beyond the fit's unknowns to measure a pattern's reach on
 
 
 def _fit(rows: FloatArray, k: int) -> tuple[FloatArray, FloatArray]:
@@ -111,7 +112,7 @@ class Nuisance:
         """The part of a check's quiet level that no nuisance pattern explains (dB per band)."""
         return _explain(p10 - self.centre, self.components)
 
-    def beyond(self, p10: FloatArray) -> FloatArray:
+    def beyond(self, p10: FloatArray, witness: npt.NDArray[np.bool_] | None = None) -> FloatArray:
         """The part of a check's quiet level that lies along the learned patterns (not the
         all-bands one) but *beyond* the range the baseline's checks spanned, per band in dB.
 
@@ -120,16 +121,36 @@ class Nuisance:
         it a rise, although the pattern explains it. Subtracting this part before the level and
         shape are judged lets a nuisance grow beyond its learned range; what a leak adds off the
         patterns stays (and the residual, which removes every along-pattern part, is unchanged).
+
+        `witness` (bands, bool): measure how far along the patterns the check went on these bands
+        only (a metal pipe's bands outside its leak band, `judge.py`): there a nuisance shows and
+        a leak does not, so a leak cannot pass itself off as more of a nuisance whose pattern
+        covers its band. Every band is used instead when the witness bands are too few (fewer than
+        `MIN_WITNESS` beyond the fit's unknowns) or a pattern barely moves them (its part there,
+        off their mean, under `MIN_SPAN_SHAPE`): they could not tell how far that pattern went.
         """
         if self.spans is None or self.lo is None or self.hi is None or self.spans.shape[0] == 0:
             return np.zeros(self.centre.shape)
-        coef = _along(self.spans, (p10 - self.centre)[None, :])[0]
+        d = p10 - self.centre
+        if witness is not None and self._witnessed(witness):
+            coef = _along(self.spans[:, witness], d[None, witness])[0]
+        else:
+            coef = _along(self.spans, d[None, :])[0]
         # At most twice the range's width beyond it: a check far off every pattern (rain, a new
         # pump) is not stretched onto one.
         width = SPAN_REACH * (self.hi - self.lo)
         excess = np.clip(coef - np.clip(coef, self.lo, self.hi), -width, width)
         out: FloatArray = self.spans.T @ excess
         return out
+
+    def _witnessed(self, witness: npt.NDArray[np.bool_]) -> bool:
+        """Whether the `witness` bands can tell how far along every learned span a check went."""
+        assert self.spans is not None
+        if int(witness.sum()) < self.spans.shape[0] + 1 + MIN_WITNESS:
+            return False
+        part = self.spans[:, witness]
+        part = part - part.mean(axis=1, keepdims=True)
+        return bool(np.all(np.linalg.norm(part, axis=1) >= MIN_SPAN_SHAPE))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -145,6 +145,7 @@ class AudioLeakProcessor:
             clf_logit_rise=d.clf_logit_rise,
             extend_patterns=d.extend_patterns,
             plastic_common_mode=d.plastic_common_mode,
+            metal_witness=d.metal_witness,
             joint_z=d.joint_z,
             joint_k=d.joint_k,
             material=section.material,
