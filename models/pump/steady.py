@@ -20,10 +20,7 @@ Per channel, from the calibration rows only:
   noise not at all; the growth is measured once, on the short window, which has the most lags),
   and the spread allowed at a row is that growth at the row's distance from the calibration. A
   channel whose deviation is shrinking (a temperature cooling back after the fault is gone) does
-  not count while it recovers. A slow monotone drift the whole calibration already shows (a motor
-  or a closed loop's fluid warming: a regression slope over every calibration row, clear of its
-  standard error and of the row-to-row noise, `drift_t`, `drift_noise`) may go on in its own
-  direction at up to that rate plus its uncertainty: the level counts only beyond that band;
+  not count while it recovers;
 - a *noise* statistic: the log of the trailing RMS of row-to-row changes, standardised the same
   way, two-sided (cavitation is louder, a frozen register silent).
 
@@ -74,7 +71,7 @@ class SteadyParams:
     z_limit: float = 30.0  # readings count as at most max(this, 2 x calibration's largest) |z|
     use_noise: bool = True
     wander_lags: tuple[int, ...] = (30, 60, 120, 200)  # lags at which the level's change is measured
-    smooth: int = 1  # trailing median of the score (rows; 1: none, issue 16's sixth pass)
+    smooth: int = 5  # trailing median of the score (rows)
     quantile: float = 0.99  # of each statistic on the calibration rows
     channel_floor: float = 2.5  # a statistic's calibration quantile never counts as less than this
     # Alarm level, in multiples of each statistic's calibration quantile: `factor` at
@@ -99,13 +96,6 @@ class SteadyParams:
     rebase: bool = True
     rebase_settle: int = 15
     rebase_frac: float = 0.33
-    # A slow monotone drift already visible over the whole calibration (a regression slope with
-    # t >= `drift_t`, its standard error widened for autocorrelated residuals) and larger over
-    # the calibration span than `drift_noise` row-to-row noise spreads (a motor or a fluid warming)
-    # may go on at up to that rate plus `drift_se` standard errors, in its own direction (0: off).
-    drift_t: float = 3.0
-    drift_se: float = 1.0
-    drift_noise: float = 2.0
 
 
 def _fill(x: F64) -> F64:
@@ -202,14 +192,6 @@ class SteadyModel:
     factor: float
     quantiles: list[F64] = field(default_factory=list)  # per statistic, per channel
     z_limit: F64 | None = None  # per channel, |z| beyond this counts as this much (see `fit`)
-    drift: F64 | None = None  # per channel, allowed drift of the level in z per row (signed)
-
-    def drift_band(self, n: int, lm: LevelModel) -> F64 | None:
-        """The far edge of the allowed drift at each of `n` rows (None: no channel drifts)."""
-        if self.drift is None or not self.drift.any():
-            return None
-        h = np.maximum(np.arange(n, dtype=np.float64) - self.n_calibration / 2, 0.0)
-        return np.asarray(lm.mid + h[:, None] * self.drift[None, :], dtype=np.float64)
 
     def z(self, x: F64) -> F64:
         """Robust z-scores of rows `x`, gaps filled, clipped at `z_limit`."""
@@ -246,8 +228,7 @@ class SteadyModel:
         horizon = np.arange(len(z), dtype=np.float64) - self.n_calibration / 2
         out = []
         for lm in self.levels:
-            band = self.drift_band(len(z), lm)
-            out.append(self.level_statistic(lm, trailing_mean(z, lm.window), lm.mid, horizon, band))
+            out.append(self.level_statistic(lm, trailing_mean(z, lm.window), lm.mid, horizon))
         if p.use_noise:
             d = np.vstack([np.zeros((1, z.shape[1])), np.diff(z, axis=0)])
             rms = np.sqrt(trailing_mean(d * d, p.noise_window))
@@ -263,24 +244,6 @@ class SteadyModel:
     def score(self, x: F64) -> F64:
         """Per-row score in units of the alarm level (above 1: abnormal)."""
         return _trailing_median(self.channel_scores(x).max(axis=1), self.params.smooth)
-
-
-def _drift(z: F64, p: SteadyParams) -> F64:
-    """Per channel, the signed drift rate (z per row) allowed after calibration, 0 where none shows."""
-    n = len(z)
-    t = np.arange(n, dtype=np.float64) - (n - 1) / 2
-    sxx = float((t * t).sum())
-    zc = z - z.mean(axis=0)
-    slope = (t[:, None] * zc).sum(axis=0) / sxx
-    res = zc - t[:, None] * slope
-    r1 = (res[1:] * res[:-1]).sum(axis=0) / np.maximum((res * res).sum(axis=0), 1e-12)
-    r1 = np.clip(r1, 0.0, 0.99)
-    n_eff = np.maximum(2.0, n * (1 - r1) / (1 + r1))
-    se = np.sqrt((res * res).sum(axis=0) / max(1, n - 2) / sxx * n / n_eff)
-    noise = np.sqrt(np.mean(np.diff(z, axis=0) ** 2, axis=0) / 2.0)
-    keep = (np.abs(slope) >= p.drift_t * se) & (np.abs(slope) * n >= p.drift_noise * noise)
-    rate = np.sign(slope) * (np.abs(slope) + p.drift_se * se)
-    return np.asarray(np.where(keep, rate, 0.0), dtype=np.float64)
 
 
 def alarm_factor(rows: int, p: SteadyParams) -> float:
@@ -331,8 +294,6 @@ def fit(x: F64, params: SteadyParams | None = None) -> SteadyModel:
         factor=alarm_factor(n, p),
         z_limit=z_limit,
     )
-    if p.drift_t > 0:
-        model.drift = _drift(np.clip(z, -z_limit, z_limit), p)
     model.quantiles = [
         np.maximum(np.quantile(s[skip:], p.quantile, axis=0), p.channel_floor) for s in model.statistics(x)
     ]

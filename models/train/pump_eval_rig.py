@@ -44,7 +44,7 @@ from water_edge.sim.rig import RIG_FAULTS, simulate_run
 
 CALIB_ROWS = 400
 TUNING_SEED = 710_000
-EVAL_SEED = 795_000  # fresh, judged once (issue 16, sixth pass, old and new defaults in one look)
+EVAL_SEED = 795_000  # fresh, judged once (issue 16, sixth pass: shipped defaults + a withdrawn candidate)
 # looked at before: continuity only (785_000 judged once after the fifth pass, re-run once in the
 # sixth; 760_000's outlet-valve runs share their rigs with the normal runs of the tuning seed
 # 710_000, found after it was judged)
