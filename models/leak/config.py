@@ -68,7 +68,7 @@ class DetectionSection(_Section):
     # read from the bands outside the leak band, where flow noise shows and a leak does not; false:
     # from every band, as before the seventh pass (a loud leak then passed for more flow noise).
     metal_witness: bool = True
-    # Metal pipes: rain's signature is the bands above the leak band risen and wandering by this
+    # With a material: rain's signature is the bands above the leak band risen and wandering by this
     # much more than a steady noise; a check with it is judged as rained on (only bands this steady
     # count, no joint test, nothing accumulated: docs/leak-detection.md, eighth pass). 0: off.
     rain_spread_db: float = Field(default=1.5, ge=0, le=20)

@@ -51,15 +51,16 @@ baseline checks (at least `min_rise_db`), not the band level minus the spectrum'
 booster pump switching off drops four or five bands by 20-35 dB and moves the median *band* by up
 to 18 dB, so every other band's "shape" rose although none got louder; a leak adds energy to its
 bands, which then stand above the common rise. Level and residual are judged as before.
-**Rain on a metal pipe** (`rain_spread_db`, eighth pass): light rain wanders in too few bands for
-the disturbed gate but lifts the top of a metal pipe's leak band like a leak (dev seeds: every metal
-false alarm in rain). Rain on the street is broadband and reaches above the leak band, where a leak
-heard along the pipe does not, and it gusts: when the bands above the leak band rose over the
-common-mode rise by `min_rise_db` on average *and* their lower half of one-second levels is on
-average `rain_spread_db` wider than a steady noise's, the check is judged as rained on (`rain` in
-the evidence): a band counts only when its own spread is within `rain_spread_db` of a steady
-noise's (not `spread_tol_db`), the joint test is not made, the check adds nothing to the evidence
+**Rain** (`rain_spread_db`, eighth pass): light rain wanders in too few bands for the disturbed
+gate but lifts the top of a metal pipe's leak band like a leak (dev seeds: every metal false alarm
+in rain). Rain on the street is broadband and reaches above a pipe's leak band, where a leak heard
+along the pipe does not, and it gusts: when the bands above the leak band rose over the common-mode
+rise by `min_rise_db` on average *and* their lower half of one-second levels is on average
+`rain_spread_db` wider than a steady noise's, the check is judged as rained on (`rain` in the
+evidence): a band counts only when its own spread is within `rain_spread_db` of a steady noise's
+(not `spread_tol_db`), the joint test is not made, the check adds nothing to the evidence
 accumulated over checks and never counts as quiet. A loud leak still stands steady under the rain.
+Without a material (every band judged) there is no band above the leak band: no rain rule.
 `Confirmation` turns positive checks into a warning, then a leak (a second
 positive later the same night or the next night) — a check also counts as positive when the
 sensor's evidence accumulated over checks reaches its level (`accumulate.Accumulation`, metal
@@ -148,7 +149,7 @@ class Judgement:
     # The joint z standardised by its spread on the baseline's own checks (`accumulate.py` sums it).
     joint_u: float | None = None
     accumulated: dict[str, Any] | None = None  # set when accumulated evidence made the check positive
-    rain: bool = False  # a metal pipe's check with rain's signature above its leak band (`_rain`)
+    rain: bool = False  # rain's signature above the pipe's leak band (`_rain`): judged as rained on
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -268,16 +269,18 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
 
 
 def _rain(check: CheckStats, baseline: Baseline, p: JudgeParams, mask: npt.NDArray[np.bool_]) -> bool:
-    """Does a metal pipe's check carry rain's signature above its leak band (`rain_spread_db`)?
+    """Does the check carry rain's signature above the pipe's leak band (`rain_spread_db`)?
 
     Rain on the street is broadband and reaches well above a metal pipe's leak band, where a leak's
-    noise, attenuated along the pipe, does not; and it gusts, so those bands wander. Both at once:
+    noise, attenuated along the pipe, does not (a plastic pipe's even less: its leak band ends at a
+    few hundred Hz); and it gusts, so those bands wander. Both at once:
     the bands above the leak band rose over the common-mode rise by `min_rise_db` on average *and*
     their lower half of one-second levels is on average `rain_spread_db` wider than a steady
     noise's. Light rain wanders too little to reach the disturbed gate (`max_unsteady_bands`) but
-    lifts the top of the leak band like a leak (dev seeds: every metal false alarm in rain).
+    lifts the top of the leak band like a leak (dev seeds: every metal false alarm in rain; no dry
+    check of 24000-24023 or 23000-23047 carries the signature, 95 % of the rain checks do).
     """
-    if p.rain_spread_db <= 0 or p.material is None or not pipes.material(p.material).metal:
+    if p.rain_spread_db <= 0 or p.material is None:
         return False
     above = float(np.max(CENTRES[mask])) < CENTRES
     if not above.any():
