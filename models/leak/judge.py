@@ -277,8 +277,9 @@ def _rain(check: CheckStats, baseline: Baseline, p: JudgeParams, mask: npt.NDArr
     the bands above the leak band rose over the common-mode rise by `min_rise_db` on average *and*
     their lower half of one-second levels is on average `rain_spread_db` wider than a steady
     noise's. Light rain wanders too little to reach the disturbed gate (`max_unsteady_bands`) but
-    lifts the top of the leak band like a leak (dev seeds: every metal false alarm in rain; no dry
-    check of 24000-24023 or 23000-23047 carries the signature, 95 % of the rain checks do).
+    lifts the top of the leak band like a leak (dev seeds: every metal false alarm in rain). On the
+    dev seeds no dry check carries the signature (leak-free or with a leak up to +5 dB), every metal
+    rain check of 24000-24023 does and 95 % of the plastic ones of 23000-23047.
     """
     if p.rain_spread_db <= 0 or p.material is None:
         return False
