@@ -161,3 +161,15 @@ def test_metal_witness_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp
     with pytest.raises(ConfigError) as info:
         load_config(bad)
     assert any("models.leak[0].detection.metal_witness" in p for p in info.value.problems)
+
+
+def test_rain_spread_db_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
+    table = '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\nrain_spread_db = 0\n'
+    config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
+    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
+    assert isinstance(processor, AudioLeakProcessor)
+    assert processor.params.rain_spread_db == 0.0
+    bad = write_agent_config(tmp_path, devices=AUDIO, models=table.replace("= 0", "= -1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert any("models.leak[0].detection.rain_spread_db" in p for p in info.value.problems)

@@ -652,3 +652,57 @@ def test_a_loud_metal_leak_is_not_explained_away_as_more_flow_noise_than_the_bas
     assert j.joint_z is not None
     assert j_old.joint_z is not None
     assert j_old.joint_z < 0.6 * j.joint_z
+
+
+def _rained_on(base: Baseline, leak: np.ndarray | None = None) -> CheckStats:
+    """Light rain on a steel main (DN150, leak band 100 Hz - 2 kHz): the two bands above the leak
+    band 6 dB up and gusting (lower half of the one-second levels 4 dB wide), the top three of the
+    leak band 6 dB up and wandering 2.5 dB (under `spread_tol_db`, and under the disturbed gate:
+    five bands wander, not more than four by 3 dB); `leak` adds a steady rise."""
+    p10 = base.level.copy()
+    lower = np.full(NB, 0.5)
+    p10[18:] += 6.0
+    lower[18:] = 4.0
+    p10[15:18] += 6.0
+    lower[15:18] = 2.5
+    if leak is not None:
+        p10 = p10 + leak
+    return dataclasses.replace(_check("2025-02-01", p10), p50=p10 + lower, p90=p10 + 2 * lower)
+
+
+def test_light_rain_is_no_leak_but_a_steady_leak_under_it_still_rises() -> None:
+    base, _ = _steel_flow_baseline()
+    steel = JudgeParams(material="steel", diameter_mm=150)
+    assert list(np.flatnonzero(steel.band_mask())) == list(range(8, 18))
+    rain = _rained_on(base)
+    # Before this rule the top of the leak band, lifted and not quite wandering enough, was a leak.
+    old = judge(rain, base, dataclasses.replace(steel, rain_spread_db=0.0))
+    assert old.judged
+    assert old.positive
+    assert not old.rain
+    j = judge(rain, base, steel)
+    assert j.rain
+    assert j.evidence()["rain"] is True
+    assert j.judged  # light rain: under the disturbed gate, judged as rained on
+    assert not j.positive
+    assert not j.quiet  # rain never counts towards clearing a leak
+    assert j.joint_z is None
+    assert j.joint_u is None
+    # A rained-on check adds nothing to the evidence accumulated over checks.
+    c = Confirmation()
+    c.accumulation.value, c.accumulation.since_night = 1.5, "2025-01-31"
+    assert c.update("2025-02-01", j) is None
+    assert c.accumulation.value == 1.5
+    # A leak is a steady hiss: under the same rain its steady bands rise and are counted.
+    leak = np.zeros(NB)
+    leak[10:15] = 8.0
+    wet_leak = judge(_rained_on(base, leak), base, steel)
+    assert wet_leak.rain
+    assert wet_leak.positive
+    assert {b["band_hz"] for b in wet_leak.risen} <= set(CENTRES[10:15].tolist())
+    # A dry steady leak, loud enough to lift the bands above its band a little, is not rain.
+    dry = base.level + leak
+    dry[18:] += 4.0
+    assert not judge(_check("2025-02-01", dry), base, steel).rain
+    # Without a material every band is judged: no band lies above the leak band to tell rain by.
+    assert not judge(rain, base, JudgeParams()).rain

@@ -68,6 +68,10 @@ class DetectionSection(_Section):
     # read from the bands outside the leak band, where flow noise shows and a leak does not; false:
     # from every band, as before the seventh pass (a loud leak then passed for more flow noise).
     metal_witness: bool = True
+    # With a material: rain's signature is the bands above the leak band risen and wandering by this
+    # much more than a steady noise; a check with it is judged as rained on (only bands this steady
+    # count, no joint test, nothing accumulated: docs/leak-detection.md, eighth pass). 0: off.
+    rain_spread_db: float = Field(default=1.5, ge=0, le=20)
     # Metal pipes: the leak band's unexplained rise summed over its bands (`models/leak/joint.py`)
     # makes a check positive at this many standard deviations (or `joint_k` x its spread on the
     # baseline's own checks, whichever is higher); 0 turns the joint test off.

@@ -51,6 +51,16 @@ baseline checks (at least `min_rise_db`), not the band level minus the spectrum'
 booster pump switching off drops four or five bands by 20-35 dB and moves the median *band* by up
 to 18 dB, so every other band's "shape" rose although none got louder; a leak adds energy to its
 bands, which then stand above the common rise. Level and residual are judged as before.
+**Rain** (`rain_spread_db`, eighth pass): light rain wanders in too few bands for the disturbed
+gate but lifts the top of a metal pipe's leak band like a leak (dev seeds: every metal false alarm
+in rain). Rain on the street is broadband and reaches above a pipe's leak band, where a leak heard
+along the pipe does not, and it gusts: when the bands above the leak band rose over the common-mode
+rise by `min_rise_db` on average *and* their lower half of one-second levels is on average
+`rain_spread_db` wider than a steady noise's, the check is judged as rained on (`rain` in the
+evidence): a band counts only when its own spread is within `rain_spread_db` of a steady noise's
+(not `spread_tol_db`), the joint test is not made, the check adds nothing to the evidence
+accumulated over checks and never counts as quiet. A loud leak still stands steady under the rain.
+Without a material (every band judged) there is no band above the leak band: no rain rule.
 `Confirmation` turns positive checks into a warning, then a leak (a second
 positive later the same night or the next night) — a check also counts as positive when the
 sensor's evidence accumulated over checks reaches its level (`accumulate.Accumulation`, metal
@@ -73,7 +83,7 @@ from water_edge.models.leak import features, pipes
 from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, CheckStats
 from water_edge.models.leak.joint import joint_z
-from water_edge.models.leak.levels import steady, unsteady_bands
+from water_edge.models.leak.levels import STEADY_LOWER_SPREAD_DB, steady, unsteady_bands
 
 FloatArray = npt.NDArray[np.float64]
 CENTRES = np.array(features.band_centres_hz())
@@ -108,6 +118,7 @@ class JudgeParams:
     joint_k: float = 3.0
     plastic_common_mode: bool = True
     metal_witness: bool = True
+    rain_spread_db: float = 1.5
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -138,11 +149,13 @@ class Judgement:
     # The joint z standardised by its spread on the baseline's own checks (`accumulate.py` sums it).
     joint_u: float | None = None
     accumulated: dict[str, Any] | None = None  # set when accumulated evidence made the check positive
+    rain: bool = False  # rain's signature above the pipe's leak band (`_rain`): judged as rained on
 
     def evidence(self) -> dict[str, Any]:
         return {
             "judged": self.judged,
             "unsteady_bands": self.unsteady_bands,
+            "rain": self.rain,
             "bands_risen": self.risen,
             "rise_db": self.rise_db,
             "classifier_logit_rise": None if self.clf_logit_rise is None else round(self.clf_logit_rise, 2),
@@ -180,7 +193,13 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     if check.tonal is not None:
         tonal_ok = check.tonal <= baseline.tonal + p.tonal_tol_db
     unsteady = unsteady_bands(check.p10, check.p50, p.spread_tol_db)
-    judged = unsteady <= p.max_unsteady_bands or check.seconds < MIN_SECONDS_DISTURBED
+    short = check.seconds < MIN_SECONDS_DISTURBED
+    rain = not short and _rain(check, baseline, p, mask)
+    judged = unsteady <= p.max_unsteady_bands or short
+    if rain:
+        # Rain gusts in the bands it reaches (the top of the leak band): in rain only a band as
+        # steady as a leak's hiss counts, the joint test is not made and nothing is accumulated.
+        is_steady = steady(check.p10, check.p50, p.rain_spread_db)
     risen_mask = mask & is_steady & tonal_ok & (ratio >= 1.0) & judged
     half_mask = mask & (ratio >= 0.5)
     clf_rise = (
@@ -198,6 +217,7 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         and baseline.nuisance.loo is not None
         and p.joint_z > 0
         and judged
+        and not rain
         and p.material is not None
         and pipes.material(p.material).metal
     ):
@@ -233,7 +253,7 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     joint_up = jz is not None and jt is not None and jz >= 0.5 * jt
     return Judgement(
         positive=positive,
-        quiet=judged and not positive and not bool(half_mask.any()) and not joint_up,
+        quiet=judged and not rain and not positive and not bool(half_mask.any()) and not joint_up,
         risen=risen,
         rise_db={f"{CENTRES[i]:g}": round(float(rise[i]), 1) for i in np.flatnonzero(mask)},
         clf_logit_rise=clf_rise,
@@ -244,7 +264,32 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         joint_z=jz,
         joint_threshold=jt,
         joint_u=ju,
+        rain=rain,
     )
+
+
+def _rain(check: CheckStats, baseline: Baseline, p: JudgeParams, mask: npt.NDArray[np.bool_]) -> bool:
+    """Does the check carry rain's signature above the pipe's leak band (`rain_spread_db`)?
+
+    Rain on the street is broadband and reaches well above a metal pipe's leak band, where a leak's
+    noise, attenuated along the pipe, does not (a plastic pipe's even less: its leak band ends at a
+    few hundred Hz); and it gusts, so those bands wander. Both at once:
+    the bands above the leak band rose over the common-mode rise by `min_rise_db` on average *and*
+    their lower half of one-second levels is on average `rain_spread_db` wider than a steady
+    noise's. Light rain wanders too little to reach the disturbed gate (`max_unsteady_bands`) but
+    lifts the top of the leak band like a leak (dev seeds: every metal false alarm in rain). On the
+    dev seeds no dry check carries the signature (leak-free or with a leak up to +5 dB), every metal
+    rain check of 24000-24023 does and 95 % of the plastic ones of 23000-23047.
+    """
+    if p.rain_spread_db <= 0 or p.material is None:
+        return False
+    above = float(np.max(CENTRES[mask])) < CENTRES
+    if not above.any():
+        return False
+    rise = check.p10 - baseline.level
+    lifted = float(np.mean(rise[above] - np.median(rise))) >= p.min_rise_db
+    spread = check.p50[above] - check.p10[above] - STEADY_LOWER_SPREAD_DB[above]
+    return lifted and float(np.mean(spread)) >= p.rain_spread_db
 
 
 def _level_and_shape(

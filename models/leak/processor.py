@@ -146,6 +146,7 @@ class AudioLeakProcessor:
             extend_patterns=d.extend_patterns,
             plastic_common_mode=d.plastic_common_mode,
             metal_witness=d.metal_witness,
+            rain_spread_db=d.rain_spread_db,
             joint_z=d.joint_z,
             joint_k=d.joint_k,
             material=section.material,
