@@ -5,7 +5,13 @@
 A check (of at least `MIN_SECONDS_DISTURBED`) in which more than `max_unsteady_bands` of the 20
 bands wander (`levels.unsteady_bands`: rain, a storm, works in the street) is **disturbed**: not a
 quiet window, so it is not judged at all (neither positive nor quiet; confirmation and clearing
-wait for a judged check). Otherwise,
+wait for a judged check). But a leak does not stop when it rains (`disturbed_confirms`, ninth
+pass): with a material, the leak bands the disturbance left steady (within `rain_spread_db` of a
+steady noise's spread, not tonal) whose level rose over the baseline's by the level threshold are
+counted, and `min_bands` of them make the check positive — which `Confirmation` takes only to
+confirm an open warning (or keep a leak up), never to open one (`steady_only` in the judgement).
+Only the level counts there: a disturbance is none of the learned nuisance patterns (their fit
+breaks) and lifts most bands (no shape), and the classifier hears rain as a leak. Otherwise,
 per band (only the leak bands of the pipe material when it is known, else all 20):
 
 - `rise_db`: quiet level (10th percentile of one-second levels) minus the baseline's;
@@ -158,6 +164,7 @@ class Judgement:
             "judged": self.judged,
             "unsteady_bands": self.unsteady_bands,
             "rain": self.rain,
+            "steady_only": self.steady_only,
             "bands_risen": self.risen,
             "rise_db": self.rise_db,
             "classifier_logit_rise": None if self.clf_logit_rise is None else round(self.clf_logit_rise, 2),
