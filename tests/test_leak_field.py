@@ -706,3 +706,61 @@ def test_light_rain_is_no_leak_but_a_steady_leak_under_it_still_rises() -> None:
     assert not judge(_check("2025-02-01", dry), base, steel).rain
     # Without a material every band is judged: no band lies above the leak band to tell rain by.
     assert not judge(rain, base, JudgeParams()).rain
+
+
+def _pouring(base: Baseline, leak: np.ndarray | None = None) -> CheckStats:
+    """Rain on a PVC main (leak band 10-300 Hz): bands from 68 Hz up 20 dB louder and gusting
+    (lower half of the one-second levels 6 dB wide): a disturbed check. `leak` adds a steady rise."""
+    p10 = base.level.copy()
+    lower = np.full(NB, 0.5)
+    p10[6:] += 20.0
+    lower[6:] = 6.0
+    if leak is not None:
+        p10 = p10 + leak
+    return dataclasses.replace(
+        _check("2025-02-02", p10), p50=p10 + lower, p90=p10 + 2 * lower, clf_logit=12.0
+    )
+
+
+def test_a_disturbed_checks_steady_leak_bands_confirm_a_warning_but_never_open_one() -> None:
+    base, _ = _plastic_baseline()
+    base = dataclasses.replace(base, clf_logit=0.0)
+    pvc = JudgeParams(material="pvc", diameter_mm=150)
+    leak = np.zeros(NB)
+    leak[[1, 2]] = 8.0  # 15.5 and 20.9 Hz, below the rain: a steady hiss
+    wet = judge(_pouring(base, leak), base, pvc)
+    assert not wet.judged  # disturbed: not judged (no quiet, no accumulation, no clearing count) ...
+    assert not wet.quiet
+    assert wet.joint_z is None
+    assert wet.positive  # ... but its steady leak bands rose over the baseline's level
+    assert wet.evidence()["steady_only"] is True
+    assert {b["band_hz"] for b in wet.risen} == {15.5, 20.9}
+    # Alone it opens nothing: a rainy night with no dry warning says nothing.
+    c = Confirmation()
+    assert c.update("2025-02-02", wet) is None
+    assert c.state == "quiet"
+    assert c.last is not None
+    assert not c.last.positive
+    # After a dry warning the night before, the rainy night's steady bands confirm the leak.
+    dry = judge(_check("2025-02-01", base.level + leak), base, pvc)
+    assert dry.judged
+    assert dry.positive
+    c = Confirmation()
+    assert c.update("2025-02-01", dry) == "warning"
+    assert c.update("2025-02-02", wet) == "leak"
+    # Rain alone (no steady band risen) confirms nothing; nor does one band with the classifier
+    # risen, which hears rain as a leak (+12 log-odds here).
+    c = Confirmation()
+    assert c.update("2025-02-01", dry) == "warning"
+    assert not judge(_pouring(base), base, pvc).positive
+    assert c.update("2025-02-02", judge(_pouring(base), base, pvc)) is None
+    one = np.zeros(NB)
+    one[2] = 8.0
+    lone = judge(_pouring(base, one), base, pvc)
+    assert len(lone.risen) == 1
+    assert not lone.positive
+    assert c.update("2025-02-02", lone) is None
+    assert c.state == "warning"
+    # Off (`disturbed_confirms = false`), or without a material: a disturbed check says nothing.
+    assert not judge(_pouring(base, leak), base, dataclasses.replace(pvc, disturbed_confirms=False)).positive
+    assert not judge(_pouring(base, leak), base, JudgeParams()).positive

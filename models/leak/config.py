@@ -72,6 +72,11 @@ class DetectionSection(_Section):
     # much more than a steady noise; a check with it is judged as rained on (only bands this steady
     # count, no joint test, nothing accumulated: docs/leak-detection.md, eighth pass). 0: off.
     rain_spread_db: float = Field(default=1.5, ge=0, le=20)
+    # A disturbed check (more than `max_unsteady_bands` wandering: rain, works) is not judged, but
+    # at least `min_bands` leak bands steady within `rain_spread_db` whose level rose over the
+    # baseline's by its threshold confirm an open warning (never open one; docs/leak-detection.md,
+    # ninth pass). Needs `material` and `rain_spread_db` > 0.
+    disturbed_confirms: bool = True
     # Metal pipes: the leak band's unexplained rise summed over its bands (`models/leak/joint.py`)
     # makes a check positive at this many standard deviations (or `joint_k` x its spread on the
     # baseline's own checks, whichever is higher); 0 turns the joint test off.

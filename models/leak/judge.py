@@ -5,7 +5,13 @@
 A check (of at least `MIN_SECONDS_DISTURBED`) in which more than `max_unsteady_bands` of the 20
 bands wander (`levels.unsteady_bands`: rain, a storm, works in the street) is **disturbed**: not a
 quiet window, so it is not judged at all (neither positive nor quiet; confirmation and clearing
-wait for a judged check). Otherwise,
+wait for a judged check). But a leak does not stop when it rains (`disturbed_confirms`, ninth
+pass): with a material, the leak bands the disturbance left steady (within `rain_spread_db` of a
+steady noise's spread, not tonal) whose level rose over the baseline's by the level threshold are
+counted, and `min_bands` of them make the check positive — which `Confirmation` takes only to
+confirm an open warning (or keep a leak up), never to open one (`steady_only` in the judgement).
+Only the level counts there: a disturbance is none of the learned nuisance patterns (their fit
+breaks) and lifts most bands (no shape), and the classifier hears rain as a leak. Otherwise,
 per band (only the leak bands of the pipe material when it is known, else all 20):
 
 - `rise_db`: quiet level (10th percentile of one-second levels) minus the baseline's;
@@ -119,6 +125,7 @@ class JudgeParams:
     plastic_common_mode: bool = True
     metal_witness: bool = True
     rain_spread_db: float = 1.5
+    disturbed_confirms: bool = True
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -150,12 +157,14 @@ class Judgement:
     joint_u: float | None = None
     accumulated: dict[str, Any] | None = None  # set when accumulated evidence made the check positive
     rain: bool = False  # rain's signature above the pipe's leak band (`_rain`): judged as rained on
+    steady_only: bool = False  # disturbed, judged on its steady bands' levels only (may confirm a warning)
 
     def evidence(self) -> dict[str, Any]:
         return {
             "judged": self.judged,
             "unsteady_bands": self.unsteady_bands,
             "rain": self.rain,
+            "steady_only": self.steady_only,
             "bands_risen": self.risen,
             "rise_db": self.rise_db,
             "classifier_logit_rise": None if self.clf_logit_rise is None else round(self.clf_logit_rise, 2),
@@ -196,11 +205,19 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     short = check.seconds < MIN_SECONDS_DISTURBED
     rain = not short and _rain(check, baseline, p, mask)
     judged = unsteady <= p.max_unsteady_bands or short
-    if rain:
+    # A leak does not stop when it rains: a disturbed check still hears the bands the disturbance
+    # left steady, and they may confirm an open warning (`disturbed_confirms`, `Confirmation`).
+    steady_only = not judged and p.disturbed_confirms and p.rain_spread_db > 0 and p.material is not None
+    if rain or steady_only:
         # Rain gusts in the bands it reaches (the top of the leak band): in rain only a band as
         # steady as a leak's hiss counts, the joint test is not made and nothing is accumulated.
         is_steady = steady(check.p10, check.p50, p.rain_spread_db)
-    risen_mask = mask & is_steady & tonal_ok & (ratio >= 1.0) & judged
+    if steady_only:
+        # The level over the baseline's only: a disturbance is none of the sensor's learned patterns
+        # (the residuals' fit breaks; dev seeds: leak-free PVC bands in rain 4-16 dB of residual) and
+        # lifts most bands (the common-mode rise moves by tens of dB, so no shape either).
+        ratio = (check.p10 - baseline.level) / t_level
+    risen_mask = mask & is_steady & tonal_ok & (ratio >= 1.0) & (judged or steady_only)
     half_mask = mask & (ratio >= 0.5)
     clf_rise = (
         None
@@ -208,7 +225,9 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         else check.clf_logit - baseline.clf_logit
     )
     n = int(risen_mask.sum())
-    positive = n >= p.min_bands or (n >= 1 and clf_rise is not None and clf_rise >= p.clf_logit_rise)
+    clf_up = clf_rise is not None and clf_rise >= p.clf_logit_rise
+    # A disturbed check's classifier hears the disturbance (leak-free rain: +10 to +16 log-odds).
+    positive = n >= p.min_bands or (n >= 1 and clf_up and not steady_only)
     jz: float | None = None
     jt: float | None = None
     ju: float | None = None
@@ -234,9 +253,8 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
             jz, jt = jo.z, max(p.joint_z, centre + p.joint_k * spread)
             # In spreads of the sensor's own quiet, floored where the absolute floor `joint_z` binds.
             ju = (jz - centre) / max(spread, p.joint_z / p.joint_k if p.joint_k > 0 else 1.0)
-            clf_up = clf_rise is not None and clf_rise >= p.clf_logit_rise
             positive = positive or jz >= jt or (clf_up and jz >= JOINT_WITH_CLF * jt)
-    threshold = np.minimum(np.minimum(t_level, t_shape), t_residual)
+    threshold = t_level if steady_only else np.minimum(np.minimum(t_level, t_shape), t_residual)
     risen = [
         {
             "band_hz": float(CENTRES[i]),
@@ -265,6 +283,7 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         joint_threshold=jt,
         joint_u=ju,
         rain=rain,
+        steady_only=steady_only,
     )
 
 
@@ -384,6 +403,9 @@ class Confirmation:
                 j = replace(j, positive=True, quiet=False, accumulated=self.accumulation.evidence())
             self._night_judged = True
             self._night_all_quiet = self._night_all_quiet and j.quiet
+        if j.positive and j.steady_only and self.state == "quiet":
+            # A disturbed check's steady bands confirm a warning (or keep a leak up); never open one.
+            j = replace(j, positive=False)
         self.last = j
         if j.positive:
             self._quiet_nights = 0

@@ -147,6 +147,7 @@ class AudioLeakProcessor:
             plastic_common_mode=d.plastic_common_mode,
             metal_witness=d.metal_witness,
             rain_spread_db=d.rain_spread_db,
+            disturbed_confirms=d.disturbed_confirms,
             joint_z=d.joint_z,
             joint_k=d.joint_k,
             material=section.material,
