@@ -77,40 +77,29 @@ def test_a_current_table_has_no_warnings_and_a_removed_key_is_still_range_checke
     ]
 
 
-def test_extend_patterns_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
-    table = '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\nextend_patterns = false\n'
+@pytest.mark.parametrize(
+    "switch", ["extend_patterns", "plastic_common_mode", "metal_witness", "disturbed_confirms"]
+)
+def test_a_detection_switch_reaches_the_judgement_and_a_wrong_value_names_the_key(
+    tmp_path: Path, switch: str
+) -> None:
+    """Each on/off rule of `[models.leak.detection]` is on by default, `false` reaches the
+    judgement's parameters, and a value that is not a boolean names the key."""
+    table = f'[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\n{switch} = false\n'
     config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
     (processor,) = build_processors(config, {"hyd": _Windows()}).processors
     assert isinstance(processor, AudioLeakProcessor)
-    assert processor.params.extend_patterns is False
+    assert getattr(processor.params, switch) is False
     default = load_config(
         write_agent_config(tmp_path, devices=AUDIO, models='[[models.leak]]\ndevice = "hyd"\n')
     )
     (on,) = build_processors(default, {"hyd": _Windows()}).processors
     assert isinstance(on, AudioLeakProcessor)
-    assert on.params.extend_patterns is True
+    assert getattr(on.params, switch) is True
     bad = write_agent_config(tmp_path, devices=AUDIO, models=table.replace("false", '"sometimes"'))
     with pytest.raises(ConfigError) as info:
         load_config(bad)
-    assert any("models.leak[0].detection.extend_patterns" in p for p in info.value.problems)
-
-
-def test_plastic_common_mode_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
-    table = '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\nplastic_common_mode = false\n'
-    config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
-    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
-    assert isinstance(processor, AudioLeakProcessor)
-    assert processor.params.plastic_common_mode is False
-    default = load_config(
-        write_agent_config(tmp_path, devices=AUDIO, models='[[models.leak]]\ndevice = "hyd"\n')
-    )
-    (on,) = build_processors(default, {"hyd": _Windows()}).processors
-    assert isinstance(on, AudioLeakProcessor)
-    assert on.params.plastic_common_mode is True
-    bad = write_agent_config(tmp_path, devices=AUDIO, models=table.replace("false", '"sometimes"'))
-    with pytest.raises(ConfigError) as info:
-        load_config(bad)
-    assert any("models.leak[0].detection.plastic_common_mode" in p for p in info.value.problems)
+    assert any(f"models.leak[0].detection.{switch}" in p for p in info.value.problems)
 
 
 def test_joint_z_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
@@ -143,24 +132,6 @@ def test_accumulation_keys_reach_each_sensors_confirmation_and_a_wrong_value_nam
     with pytest.raises(ConfigError) as info:
         load_config(bad)
     assert any("models.leak[0].detection.accumulate_h" in p for p in info.value.problems)
-
-
-def test_metal_witness_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
-    table = '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\nmetal_witness = false\n'
-    config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
-    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
-    assert isinstance(processor, AudioLeakProcessor)
-    assert processor.params.metal_witness is False
-    default = load_config(
-        write_agent_config(tmp_path, devices=AUDIO, models='[[models.leak]]\ndevice = "hyd"\n')
-    )
-    (on,) = build_processors(default, {"hyd": _Windows()}).processors
-    assert isinstance(on, AudioLeakProcessor)
-    assert on.params.metal_witness is True
-    bad = write_agent_config(tmp_path, devices=AUDIO, models=table.replace("false", '"sometimes"'))
-    with pytest.raises(ConfigError) as info:
-        load_config(bad)
-    assert any("models.leak[0].detection.metal_witness" in p for p in info.value.problems)
 
 
 def test_rain_spread_db_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
