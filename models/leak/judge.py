@@ -87,7 +87,7 @@ import numpy.typing as npt
 
 from water_edge.models.leak import features, pipes
 from water_edge.models.leak.accumulate import Accumulation
-from water_edge.models.leak.baseline import Baseline, CheckStats
+from water_edge.models.leak.baseline import Baseline, CheckStats, relative_rise
 from water_edge.models.leak.joint import joint_z
 from water_edge.models.leak.levels import STEADY_LOWER_SPREAD_DB, steady, unsteady_bands
 
@@ -305,8 +305,7 @@ def _rain(check: CheckStats, baseline: Baseline, p: JudgeParams, mask: npt.NDArr
     above = float(np.max(CENTRES[mask])) < CENTRES
     if not above.any():
         return False
-    rise = check.p10 - baseline.level
-    lifted = float(np.mean(rise[above] - np.median(rise))) >= p.min_rise_db
+    lifted = float(np.mean(relative_rise(check.p10, baseline.level)[0, above])) >= p.min_rise_db
     spread = check.p50[above] - check.p10[above] - STEADY_LOWER_SPREAD_DB[above]
     return lifted and float(np.mean(spread)) >= p.rain_spread_db
 

@@ -235,11 +235,14 @@ class SteadyModel:
             out.append(np.abs(np.log(rms + self.noise_eps) - self.noise_mid) / self.noise_sd)
         return out
 
+    def statistic_scores(self, x: F64) -> F64:
+        """Each statistic in units of the alarm level: statistics x rows x channels (unsmoothed)."""
+        per = [s / q for s, q in zip(self.statistics(x), self.quantiles, strict=True)]
+        return np.asarray(np.stack(per) / self.factor, dtype=np.float64)
+
     def channel_scores(self, x: F64) -> F64:
         """Per row and channel, the largest statistic in units of the alarm level (unsmoothed)."""
-        stats = self.statistics(x)
-        per = [s / q for s, q in zip(stats, self.quantiles, strict=True)]
-        return np.asarray(np.max(np.stack(per), axis=0) / self.factor, dtype=np.float64)
+        return np.asarray(self.statistic_scores(x).max(axis=0), dtype=np.float64)
 
     def score(self, x: F64) -> F64:
         """Per-row score in units of the alarm level (above 1: abnormal)."""
@@ -336,7 +339,7 @@ def detect(model: SteadyModel, x: F64, start: int) -> tuple[F64, I8]:
     n = len(x)
     z = model.z(x)
     levels = [trailing_mean(z, lm.window) for lm in model.levels]
-    per = np.stack([s / q for s, q in zip(model.statistics(x), model.quantiles, strict=True)]) / model.factor
+    per = model.statistic_scores(x)
     ch = per.max(axis=0)  # rows x channels, in units of the alarm level
     score = _trailing_median(ch.max(axis=1), p.smooth)
     out = np.zeros(n, dtype=np.int8)
