@@ -470,6 +470,62 @@ def test_the_joint_test_is_not_applied_to_plastic_pipes_where_flow_noise_lifts_t
     assert not j.positive
 
 
+def _steel_baseline() -> Baseline:
+    """A steel main's quiet nights: the background (flow noise, rumble) is loud at the bottom of
+    the leak band and falls by 24 dB towards its top; night demand lifts the low and middle bands
+    by 0-5 dB from night to night."""
+    rng = np.random.default_rng(5)
+    level = -40.0 - np.concatenate([np.zeros(12), np.linspace(3, 24, 8)])
+    flow = np.zeros(NB)
+    flow[:14] = 1.0
+    checks = [
+        _check(f"2025-01-{i + 1:02d}", level + a * flow + rng.normal(0, 0.3, NB))
+        for i, a in enumerate(rng.uniform(0, 5, 10))
+    ]
+    return Baseline.learn(checks, sensor="hyd.S", material="steel")
+
+
+def test_a_weak_steel_leak_is_found_where_it_rises_over_the_quiet_not_averaged_over_its_band() -> None:
+    base = _steel_baseline()
+    steel = JudgeParams(material="steel", diameter_mm=150)
+    band = steel.band_mask()
+    top = int(np.flatnonzero(band)[-1])
+    # A weak leak, a flat hiss over steel's leak band, adds the same power per Hz to every band: it
+    # lifts the quiet top of the band by 2.2 dB and the loud bottom by hundredths of a dB.
+    widths = np.diff(features.BAND_EDGES_HZ)
+    gain = 10 ** (base.level[top] / 10) * (10 ** (2.2 / 10) - 1) / widths[top]
+    p10 = 10 * np.log10(10 ** (base.level / 10) + gain * widths * band)
+    assert (p10 - base.level)[band][0] < 0.05
+    j = judge(_check("2025-02-01", p10), base, steel)
+    assert j.risen == []  # no band alone
+    assert j.positive
+    assert j.matched_z is not None
+    assert j.matched_threshold is not None
+    assert j.matched_z >= j.matched_threshold >= steel.joint_z
+    assert j.evidence()["matched_z"] == round(j.matched_z, 2)
+    assert not j.quiet
+    # The band judged as one with every band alike (the joint test) does not find it: the nine
+    # bands where the leak is drowned dilute the one where it shows. The rule before this pass.
+    assert j.joint_z is not None
+    assert j.joint_threshold is not None
+    assert j.joint_z < j.joint_threshold
+    old = judge(_check("2025-02-01", p10), base, dataclasses.replace(steel, metal_matched=False))
+    assert not old.positive
+    assert old.matched_z is None
+    # Leak-free nights of more or less night demand, within what the baseline heard, stay below it.
+    rng = np.random.default_rng(13)
+    flow = np.zeros(NB)
+    flow[:14] = 1.0
+    for a in (0.5, 2.5, 4.5):
+        quiet = judge(_check("2025-02-02", base.level + a * flow + rng.normal(0, 0.3, NB)), base, steel)
+        assert not quiet.positive
+        assert quiet.matched_z is not None
+        assert quiet.matched_threshold is not None
+        assert quiet.matched_z < quiet.matched_threshold
+    # Plastic pipes are not judged this way (their leak band is the flow noise's own).
+    assert judge(_check("2025-02-01", p10), base, JudgeParams(material="pvc")).matched_z is None
+
+
 def _nights(first: int, count: int) -> list[str]:
     return [date.fromordinal(date(2025, 2, 1).toordinal() + first + n).isoformat() for n in range(count)]
 
