@@ -49,6 +49,10 @@ bands 1-2 dB each, below every band's threshold, but together. Plastic pipes are
 band only: there a little more flow noise than the baseline heard lifts the same low band broadly
 (dev seeds: leak-free PVC nights reached 8 standard deviations), and baselines written before the
 leave-one-out residuals were kept (`nuisance.Nuisance.loo`) have no joint test until recalibrated.
+**The leak band weighted where a leak shows** (`metal_matched`, tenth pass): in a metal pipe the
+same judgement is made of the leak band's residual weighted by what a leak would add to each band
+over the sensor's quiet (`matched.py`): the background is loudest at the bottom of a metal pipe's
+leak band, so a weak leak shows at its quiet top, and weighing every band alike dilutes it.
 
 **Plastic pipes, judged against the common mode** (`plastic_common_mode`, sixth pass; baselines
 with nuisance patterns and `relative_sigma`): the shape is a band's rise over the *common-mode
