@@ -49,6 +49,9 @@ bands 1-2 dB each, below every band's threshold, but together. Plastic pipes are
 band only: there a little more flow noise than the baseline heard lifts the same low band broadly
 (dev seeds: leak-free PVC nights reached 8 standard deviations), and baselines written before the
 leave-one-out residuals were kept (`nuisance.Nuisance.loo`) have no joint test until recalibrated.
+**Metal pipes, judged against the common mode too** (`metal_common_mode`, tenth pass), as plastic
+pipes are (below): a booster pump that stops moves the spectrum's median band in a metal pipe as
+well (dev site 26102).
 **The leak band weighted where a leak shows** (`metal_matched`, tenth pass): in a metal pipe the
 same judgement is made of the leak band's residual weighted by what a leak would add to each band
 over the sensor's quiet (`matched.py`): the background is loudest at the bottom of a metal pipe's
@@ -128,6 +131,7 @@ class JudgeParams:
     joint_z: float = 2.0
     joint_k: float = 3.0
     metal_matched: bool = True
+    metal_common_mode: bool = True
     plastic_common_mode: bool = True
     metal_witness: bool = True
     rain_spread_db: float = 1.5
@@ -197,7 +201,7 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         # learned pattern beyond the range the thresholds were learned from: that part is explained.
         beyond = baseline.nuisance.beyond(check.p10, _witness(p, mask))
     unexplained = check.p10 - beyond
-    relative = _common_mode(p, baseline)
+    relative = _relative(p, baseline)
     ratio, shape_rise, t_level, t_shape = _level_and_shape(p, baseline, unexplained, relative)
     residual = np.zeros(features.N_BANDS)
     t_residual = np.full(features.N_BANDS, np.inf)
@@ -360,9 +364,10 @@ def _level_and_shape(
     t_level: FloatArray = np.maximum(p.min_rise_db, p.k_sigma * baseline.level_sigma)
     level_ratio = np.where(level_rise - common >= p.min_shape_rise_db, level_rise / t_level, 0.0)
     if relative is not None:
-        # A plastic pipe: the shape is the band's rise over the common-mode rise, against its own
-        # variability of that on the baseline checks (see above): a band that got no louder than
-        # the bulk of the spectrum did not rise, whatever the spectrum's median band did.
+        # A plastic pipe (or a metal one, `metal_common_mode`): the shape is the band's rise over
+        # the common-mode rise, against its own variability of that on the baseline checks (see
+        # above): a band that got no louder than the bulk of the spectrum did not rise, whatever
+        # the spectrum's median band did.
         shape_rise: FloatArray = level_rise - common
         t_shape: FloatArray = np.maximum(p.min_rise_db, p.k_sigma * relative)
     else:
@@ -390,6 +395,27 @@ def _common_mode(p: JudgeParams, baseline: Baseline) -> FloatArray | None:
     it: `plastic_common_mode`, a plastic material, and a baseline that learned the sensor's
     night-to-night variation (nuisance patterns, `relative_sigma`); else None (judged as before)."""
     if not p.plastic_common_mode or p.material is None or pipes.material(p.material).metal:
+        return None
+    if baseline.nuisance is None or baseline.relative_sigma is None:
+        return None
+    return baseline.relative_sigma
+
+
+def _relative(p: JudgeParams, baseline: Baseline) -> FloatArray | None:
+    """The bands' variability relative to the common-mode rise, when the shape is judged by it:
+    in a plastic pipe (`_common_mode`) or a metal one (`_metal_common_mode`); else None."""
+    plastic = _common_mode(p, baseline)
+    return plastic if plastic is not None else _metal_common_mode(p, baseline)
+
+
+def _metal_common_mode(p: JudgeParams, baseline: Baseline) -> FloatArray | None:
+    """The same in a metal pipe (`metal_common_mode`, tenth pass): a booster pump that stops drops
+    its bands and a night of more demand lifts the rest, and the spectrum's median *band* moves with
+    neither as the bands do (dev site 26102, cast iron: four alarms on pump-off nights of more or
+    less demand, the leak band 3-5 dB "above" a median band that had not moved while the bulk of the
+    spectrum rose 3-5 dB). Against the common-mode rise nothing stood out; a leak's bands still do.
+    None: judged as before (a plastic pipe, no material, or an older baseline)."""
+    if not p.metal_common_mode or p.material is None or not pipes.material(p.material).metal:
         return None
     if baseline.nuisance is None or baseline.relative_sigma is None:
         return None
