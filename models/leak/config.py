@@ -82,6 +82,14 @@ class DetectionSection(_Section):
     # baseline's own checks, whichever is higher); 0 turns the joint test off.
     joint_z: float = Field(default=2.0, ge=0, le=20)
     joint_k: float = Field(default=3.0, ge=0, le=20)
+    # Metal pipes: the leak band's residual also weighted by what a leak would add to each band over
+    # the sensor's quiet (most at the quiet top of the band), thresholded as the joint test
+    # (`models/leak/matched.py`, docs/leak-detection.md, tenth pass); false: the joint test alone.
+    metal_matched: bool = True
+    # Metal pipes: a band's shape is judged against the spectrum's common-mode rise, as a plastic
+    # pipe's (`plastic_common_mode`): a booster pump stopping moves the spectrum's median band, not
+    # the bands' common rise (docs/leak-detection.md, tenth pass); false: against the median band.
+    metal_common_mode: bool = True
     # Metal pipes: a one-sided sum (CUSUM) of the joint statistic over judged checks
     # (`models/leak/accumulate.py`), in spreads of the sensor's own quiet: each check adds what it
     # exceeds `accumulate_k` by; reaching `accumulate_h` makes a check positive; the sum looks back

@@ -49,6 +49,13 @@ bands 1-2 dB each, below every band's threshold, but together. Plastic pipes are
 band only: there a little more flow noise than the baseline heard lifts the same low band broadly
 (dev seeds: leak-free PVC nights reached 8 standard deviations), and baselines written before the
 leave-one-out residuals were kept (`nuisance.Nuisance.loo`) have no joint test until recalibrated.
+**Metal pipes, judged against the common mode too** (`metal_common_mode`, tenth pass), as plastic
+pipes are (below): a booster pump that stops moves the spectrum's median band in a metal pipe as
+well (dev site 26102).
+**The leak band weighted where a leak shows** (`metal_matched`, tenth pass): in a metal pipe the
+same judgement is made of the leak band's residual weighted by what a leak would add to each band
+over the sensor's quiet (`matched.py`): the background is loudest at the bottom of a metal pipe's
+leak band, so a weak leak shows at its quiet top, and weighing every band alike dilutes it.
 
 **Plastic pipes, judged against the common mode** (`plastic_common_mode`, sixth pass; baselines
 with nuisance patterns and `relative_sigma`): the shape is a band's rise over the *common-mode
@@ -88,8 +95,9 @@ import numpy.typing as npt
 from water_edge.models.leak import features, pipes
 from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, CheckStats, relative_rise
-from water_edge.models.leak.joint import joint_z
+from water_edge.models.leak.joint import Joint, joint_z
 from water_edge.models.leak.levels import STEADY_LOWER_SPREAD_DB, steady, unsteady_bands
+from water_edge.models.leak.matched import leak_template, matched_z
 
 FloatArray = npt.NDArray[np.float64]
 CENTRES = np.array(features.band_centres_hz())
@@ -122,6 +130,8 @@ class JudgeParams:
     extend_patterns: bool = True
     joint_z: float = 2.0
     joint_k: float = 3.0
+    metal_matched: bool = True
+    metal_common_mode: bool = True
     plastic_common_mode: bool = True
     metal_witness: bool = True
     rain_spread_db: float = 1.5
@@ -153,6 +163,9 @@ class Judgement:
     unsteady_bands: int = 0
     joint_z: float | None = None  # the leak band's residual judged as one (`joint.py`)
     joint_threshold: float | None = None
+    # The leak band weighted by what a leak would add to each band (`matched.py`, metal pipes).
+    matched_z: float | None = None
+    matched_threshold: float | None = None
     # The joint z standardised by its spread on the baseline's own checks (`accumulate.py` sums it).
     joint_u: float | None = None
     accumulated: dict[str, Any] | None = None  # set when accumulated evidence made the check positive
@@ -172,6 +185,8 @@ class Judgement:
             "score": round(self.score, 3),
             "joint_z": None if self.joint_z is None else round(self.joint_z, 2),
             "joint_threshold": None if self.joint_threshold is None else round(self.joint_threshold, 2),
+            "matched_z": None if self.matched_z is None else round(self.matched_z, 2),
+            "matched_threshold": None if self.matched_threshold is None else round(self.matched_threshold, 2),
             "accumulated": self.accumulated,
         }
 
@@ -186,7 +201,7 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         # learned pattern beyond the range the thresholds were learned from: that part is explained.
         beyond = baseline.nuisance.beyond(check.p10, _witness(p, mask))
     unexplained = check.p10 - beyond
-    relative = _common_mode(p, baseline)
+    relative = _relative(p, baseline)
     ratio, shape_rise, t_level, t_shape = _level_and_shape(p, baseline, unexplained, relative)
     residual = np.zeros(features.N_BANDS)
     t_residual = np.full(features.N_BANDS, np.inf)
@@ -228,9 +243,8 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     clf_up = clf_rise is not None and clf_rise >= p.clf_logit_rise
     # A disturbed check's classifier hears the disturbance (leak-free rain: +10 to +16 log-odds).
     positive = n >= p.min_bands or (n >= 1 and clf_up and not steady_only)
-    jz: float | None = None
-    jt: float | None = None
-    ju: float | None = None
+    joint: _Test | None = None
+    matched: _Test | None = None
     if (
         baseline.nuisance is not None
         and baseline.nuisance.loo is not None
@@ -240,20 +254,20 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         and p.material is not None
         and pipes.material(p.material).metal
     ):
-        jo = joint_z(
-            residual,
-            baseline.nuisance.sigma,
-            baseline.nuisance.loo,
-            mask & is_steady & tonal_ok,
-            EXTRAPOLATION_TOL * np.abs(beyond),
+        use, extra = mask & is_steady & tonal_ok, EXTRAPOLATION_TOL * np.abs(beyond)
+        jo = joint_z(residual, baseline.nuisance.sigma, baseline.nuisance.loo, use, extra)
+        joint = None if jo is None else _Test.of(jo, p)
+        if p.metal_matched:
+            # Weighted by what a leak would add to each band over the sensor's quiet (`matched.py`).
+            template = leak_template(baseline.level, baseline.nuisance.components, mask)
+            mo = matched_z(
+                residual, baseline.nuisance.sigma, baseline.nuisance.loo, use, extra, template=template
+            )
+            matched = None if mo is None else _Test.of(mo, p)
+        # Either test, alone or at `JOINT_WITH_CLF` of its threshold with the classifier's rise.
+        positive = positive or any(
+            t.up(1.0) or (clf_up and t.up(JOINT_WITH_CLF)) for t in (joint, matched) if t
         )
-        if jo is not None:
-            centre = float(np.median(jo.loo))
-            spread = 1.4826 * float(np.median(np.abs(jo.loo - centre)))
-            jz, jt = jo.z, max(p.joint_z, centre + p.joint_k * spread)
-            # In spreads of the sensor's own quiet, floored where the absolute floor `joint_z` binds.
-            ju = (jz - centre) / max(spread, p.joint_z / p.joint_k if p.joint_k > 0 else 1.0)
-            positive = positive or jz >= jt or (clf_up and jz >= JOINT_WITH_CLF * jt)
     threshold = t_level if steady_only else np.minimum(np.minimum(t_level, t_shape), t_residual)
     risen = [
         {
@@ -268,7 +282,7 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     ]
     # A leak found by its band together keeps the check from counting towards clearing while the
     # band stays up together (at half the joint threshold, as single bands do at half theirs).
-    joint_up = jz is not None and jt is not None and jz >= 0.5 * jt
+    joint_up = any(t.up(0.5) for t in (joint, matched) if t)
     return Judgement(
         positive=positive,
         quiet=judged and not rain and not positive and not bool(half_mask.any()) and not joint_up,
@@ -279,12 +293,37 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         score=float(np.max(np.where(mask, ratio, -np.inf))),
         judged=judged,
         unsteady_bands=unsteady,
-        joint_z=jz,
-        joint_threshold=jt,
-        joint_u=ju,
+        joint_z=None if joint is None else joint.z,
+        joint_threshold=None if joint is None else joint.threshold,
+        # The accumulated evidence (`accumulate.py`) takes the larger of the two tests' spreads.
+        joint_u=max((t.u for t in (joint, matched) if t), default=None),
+        matched_z=None if matched is None else matched.z,
+        matched_threshold=None if matched is None else matched.threshold,
         rain=rain,
         steady_only=steady_only,
     )
+
+
+@dataclass(frozen=True)
+class _Test:
+    """A metal pipe's leak band judged as one (`joint.py`, `matched.py`) against the sensor's own
+    quiet: the threshold is `joint_z`, or `joint_k` x the statistic's spread on the baseline's
+    checks if higher; `u` is the statistic in spreads of that quiet (floored where the absolute
+    floor `joint_z` binds), what `accumulate.py` sums."""
+
+    z: float
+    threshold: float
+    u: float
+
+    @classmethod
+    def of(cls, jo: Joint, p: JudgeParams) -> _Test:
+        centre = float(np.median(jo.loo))
+        spread = 1.4826 * float(np.median(np.abs(jo.loo - centre)))
+        u = (jo.z - centre) / max(spread, p.joint_z / p.joint_k if p.joint_k > 0 else 1.0)
+        return cls(jo.z, max(p.joint_z, centre + p.joint_k * spread), u)
+
+    def up(self, fraction: float) -> bool:
+        return self.z >= fraction * self.threshold
 
 
 def _rain(check: CheckStats, baseline: Baseline, p: JudgeParams, mask: npt.NDArray[np.bool_]) -> bool:
@@ -325,9 +364,10 @@ def _level_and_shape(
     t_level: FloatArray = np.maximum(p.min_rise_db, p.k_sigma * baseline.level_sigma)
     level_ratio = np.where(level_rise - common >= p.min_shape_rise_db, level_rise / t_level, 0.0)
     if relative is not None:
-        # A plastic pipe: the shape is the band's rise over the common-mode rise, against its own
-        # variability of that on the baseline checks (see above): a band that got no louder than
-        # the bulk of the spectrum did not rise, whatever the spectrum's median band did.
+        # A plastic pipe (or a metal one, `metal_common_mode`): the shape is the band's rise over
+        # the common-mode rise, against its own variability of that on the baseline checks (see
+        # above): a band that got no louder than the bulk of the spectrum did not rise, whatever
+        # the spectrum's median band did.
         shape_rise: FloatArray = level_rise - common
         t_shape: FloatArray = np.maximum(p.min_rise_db, p.k_sigma * relative)
     else:
@@ -355,6 +395,27 @@ def _common_mode(p: JudgeParams, baseline: Baseline) -> FloatArray | None:
     it: `plastic_common_mode`, a plastic material, and a baseline that learned the sensor's
     night-to-night variation (nuisance patterns, `relative_sigma`); else None (judged as before)."""
     if not p.plastic_common_mode or p.material is None or pipes.material(p.material).metal:
+        return None
+    if baseline.nuisance is None or baseline.relative_sigma is None:
+        return None
+    return baseline.relative_sigma
+
+
+def _relative(p: JudgeParams, baseline: Baseline) -> FloatArray | None:
+    """The bands' variability relative to the common-mode rise, when the shape is judged by it:
+    in a plastic pipe (`_common_mode`) or a metal one (`_metal_common_mode`); else None."""
+    plastic = _common_mode(p, baseline)
+    return plastic if plastic is not None else _metal_common_mode(p, baseline)
+
+
+def _metal_common_mode(p: JudgeParams, baseline: Baseline) -> FloatArray | None:
+    """The same in a metal pipe (`metal_common_mode`, tenth pass): a booster pump that stops drops
+    its bands and a night of more demand lifts the rest, and the spectrum's median *band* moves with
+    neither as the bands do (dev site 26102, cast iron: four alarms on pump-off nights of more or
+    less demand, the leak band 3-5 dB "above" a median band that had not moved while the bulk of the
+    spectrum rose 3-5 dB). Against the common-mode rise nothing stood out; a leak's bands still do.
+    None: judged as before (a plastic pipe, no material, or an older baseline)."""
+    if not p.metal_common_mode or p.material is None or not pipes.material(p.material).metal:
         return None
     if baseline.nuisance is None or baseline.relative_sigma is None:
         return None

@@ -150,6 +150,8 @@ class AudioLeakProcessor:
             disturbed_confirms=d.disturbed_confirms,
             joint_z=d.joint_z,
             joint_k=d.joint_k,
+            metal_matched=d.metal_matched,
+            metal_common_mode=d.metal_common_mode,
             material=section.material,
             diameter_mm=section.diameter_mm,
         )

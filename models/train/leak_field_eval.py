@@ -358,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (--materials pvc,pe), 24000-24023 (--materials steel,cast_iron,ductile_iron) and 24100-24159
     # (--materials steel,cast_iron); 25000+ with the simulator's rain on half the nights (a script,
     # docs/leak-detection.md, eighth pass).
+    # Tenth pass (metal): 26000-26059 detection and 26100-26115 false alarms
+    # (--materials steel,steel,cast_iron,ductile_iron).
     ap.add_argument("--fa-seed", type=int, default=7600)
     ap.add_argument("--det-seed", type=int, default=10300)
     ap.add_argument(
