@@ -78,7 +78,8 @@ def test_a_current_table_has_no_warnings_and_a_removed_key_is_still_range_checke
 
 
 @pytest.mark.parametrize(
-    "switch", ["extend_patterns", "plastic_common_mode", "metal_witness", "disturbed_confirms"]
+    "switch",
+    ["extend_patterns", "plastic_common_mode", "metal_witness", "disturbed_confirms", "plastic_demand"],
 )
 def test_a_detection_switch_reaches_the_judgement_and_a_wrong_value_names_the_key(
     tmp_path: Path, switch: str
