@@ -77,6 +77,11 @@ class DetectionSection(_Section):
     # baseline's by its threshold confirm an open warning (never open one; docs/leak-detection.md,
     # ninth pass). Needs `material` and `rain_spread_db` > 0.
     disturbed_confirms: bool = True
+    # Plastic pipes: a check positive only because its leak band rose together (a night of more
+    # demand than the baseline nights heard: `models/leak/demand.py`) may open a warning but not
+    # confirm it on the same night; false: it confirms as any positive check (the ninth pass's
+    # rule; docs/leak-detection.md, tenth pass).
+    plastic_demand: bool = True
     # Metal pipes: the leak band's unexplained rise summed over its bands (`models/leak/joint.py`)
     # makes a check positive at this many standard deviations (or `joint_k` x its spread on the
     # baseline's own checks, whichever is higher); 0 turns the joint test off.

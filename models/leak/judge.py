@@ -74,6 +74,9 @@ evidence): a band counts only when its own spread is within `rain_spread_db` of 
 (not `spread_tol_db`), the joint test is not made, the check adds nothing to the evidence
 accumulated over checks and never counts as quiet. A loud leak still stands steady under the rain.
 Without a material (every band judged) there is no band above the leak band: no rain rule.
+**Plastic pipes, a night of more demand** (`plastic_demand`, tenth pass, `demand.py`): a check
+positive only by its leak band's common rise (`demand_db`: the median rise of the non-tonal leak
+bands, at most `min_rise_db`) is `demand_like`; it confirms a warning only on a later night.
 `Confirmation` turns positive checks into a warning, then a leak (a second
 positive later the same night or the next night) — a check also counts as positive when the
 sensor's evidence accumulated over checks reaches its level (`accumulate.Accumulation`, metal
@@ -87,12 +90,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.models.leak import features, pipes
+from water_edge.models.leak import demand, features, pipes
 from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, CheckStats, relative_rise
 from water_edge.models.leak.joint import Joint, joint_z
@@ -136,6 +139,7 @@ class JudgeParams:
     metal_witness: bool = True
     rain_spread_db: float = 1.5
     disturbed_confirms: bool = True
+    plastic_demand: bool = True
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -171,6 +175,10 @@ class Judgement:
     accumulated: dict[str, Any] | None = None  # set when accumulated evidence made the check positive
     rain: bool = False  # rain's signature above the pipe's leak band (`_rain`): judged as rained on
     steady_only: bool = False  # disturbed, judged on its steady bands' levels only (may confirm a warning)
+    # A plastic pipe's night of more demand (`demand.py`): how far the leak band rose together, and
+    # whether the check is positive only by it (then it does not confirm on its warning's night).
+    demand_db: float | None = None
+    demand_like: bool = False
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -188,6 +196,8 @@ class Judgement:
             "matched_z": None if self.matched_z is None else round(self.matched_z, 2),
             "matched_threshold": None if self.matched_threshold is None else round(self.matched_threshold, 2),
             "accumulated": self.accumulated,
+            "demand_db": None if self.demand_db is None else round(self.demand_db, 1),
+            "demand_like": self.demand_like,
         }
 
 
@@ -301,6 +311,21 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         matched_threshold=None if matched is None else matched.threshold,
         rain=rain,
         steady_only=steady_only,
+        **(
+            _demand(
+                p,
+                baseline,
+                level_rise=unexplained - baseline.level,
+                rises=(shape_rise, t_level, t_shape, residual, t_residual),
+                counted=mask & is_steady & tonal_ok,
+                tonal_ok=tonal_ok,
+                clf_up=clf_up,
+                positive=positive,
+            )
+            # Plastic pipes only: judged against their common mode (`_common_mode`).
+            if _common_mode(p, baseline) is not None and p.plastic_demand and judged and not steady_only
+            else _Demand(demand_db=None, demand_like=False)
+        ),
     )
 
 
@@ -347,6 +372,43 @@ def _rain(check: CheckStats, baseline: Baseline, p: JudgeParams, mask: npt.NDArr
     lifted = float(np.mean(relative_rise(check.p10, baseline.level)[0, above])) >= p.min_rise_db
     spread = check.p50[above] - check.p10[above] - STEADY_LOWER_SPREAD_DB[above]
     return lifted and float(np.mean(spread)) >= p.rain_spread_db
+
+
+class _Demand(TypedDict):
+    """A plastic check's demand plateau and whether it alone made the check positive."""
+
+    demand_db: float | None
+    demand_like: bool
+
+
+def _demand(
+    p: JudgeParams,
+    baseline: Baseline,
+    *,
+    level_rise: FloatArray,
+    rises: tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray],
+    counted: npt.NDArray[np.bool_],
+    tonal_ok: npt.NDArray[np.bool_],
+    clf_up: bool,
+    positive: bool,
+) -> _Demand:
+    """A plastic pipe's check against a night of more demand (`plastic_demand`, tenth pass): the
+    leak band's demand plateau (`demand.plateau_db`) and whether the check would still be positive
+    with every band's rise (level, shape over the common mode, residual) lowered by it. Not: the
+    check is demand-like (dev seeds: 3-7 dB plateaus of leak-free high-demand nights, whose two
+    or three highest bands cleared their thresholds; a leak's bands stand above the plateau)."""
+    shape_rise, t_level, t_shape, residual, t_residual = rises
+    bands = demand.plateau_bands(p.band_mask(), baseline.tonal, tonal_ok, p.tonal_tol_db)
+    d = demand.plateau_db(level_rise, bands, p.min_rise_db)
+    if d <= 0 or not positive:
+        return _Demand(demand_db=d, demand_like=False)
+    common = float(np.median(level_rise))
+    level = np.where(level_rise - common >= p.min_shape_rise_db, (level_rise - d) / t_level, 0.0)
+    shape = (shape_rise - max(d - common, 0.0)) / t_shape
+    left = residual - d
+    res = np.where(left >= p.min_residual_db, left / t_residual, 0.0)
+    n = int((counted & (np.maximum(np.maximum(level, shape), res) >= 1.0)).sum())
+    return _Demand(demand_db=d, demand_like=not (n >= p.min_bands or (n >= 1 and clf_up)))
 
 
 def _level_and_shape(
@@ -473,7 +535,10 @@ class Confirmation:
             if self.state == "quiet":
                 self.state, self.since_night, self.warning_night = "warning", night, night
                 return "warning"
-            if self.state == "warning" and not (self.next_night and night == self.warning_night):
+            # A demand-like check (`demand.py`) confirms only on a later night than the warning's:
+            # the night's demand lifted both of its checks alike.
+            same_night = night == self.warning_night
+            if self.state == "warning" and not ((self.next_night or j.demand_like) and same_night):
                 self.state = "leak"
                 return "leak"
         return out

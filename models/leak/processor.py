@@ -148,6 +148,7 @@ class AudioLeakProcessor:
             metal_witness=d.metal_witness,
             rain_spread_db=d.rain_spread_db,
             disturbed_confirms=d.disturbed_confirms,
+            plastic_demand=d.plastic_demand,
             joint_z=d.joint_z,
             joint_k=d.joint_k,
             metal_matched=d.metal_matched,
