@@ -9,7 +9,9 @@ wait for a judged check). But a leak does not stop when it rains (`disturbed_con
 pass): with a material, the leak bands the disturbance left steady (within `rain_spread_db` of a
 steady noise's spread, not tonal) whose level rose over the baseline's by the level threshold are
 counted, and `min_bands` of them make the check positive — which `Confirmation` takes only to
-confirm an open warning (or keep a leak up), never to open one (`steady_only` in the judgement).
+confirm an open warning (or keep a leak up), never to open one (`steady_only` in the judgement) —
+except in a plastic pipe, where its leak bands below 45 Hz risen twice their level threshold open
+one (`plastic_rain_opens`, eleventh pass, `rained_out.py`: `rain_opens` in the judgement).
 Only the level counts there: a disturbance is none of the learned nuisance patterns (their fit
 breaks) and lifts most bands (no shape), and the classifier hears rain as a leak. Otherwise,
 per band (only the leak bands of the pipe material when it is known, else all 20):
