@@ -361,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Tenth pass (metal): 26000-26059 detection and 26100-26115 false alarms
     # (--materials steel,steel,cast_iron,ductile_iron); (plastic) 27000-27099 and 27100-27147
     # (--materials pe,pvc). Eleventh pass (plastic under rain): 28000-28099 detection and
-    # 28100-28163 false alarms (--materials pvc,pe) with rain on 60 % of the nights after the
+    # 28100-28199 false alarms (--materials pvc,pe) with rain on 60 % of the nights after the
     # baseline (a dev script, docs/leak-detection.md, eleventh pass).
     ap.add_argument("--fa-seed", type=int, default=7600)
     ap.add_argument("--det-seed", type=int, default=10300)
