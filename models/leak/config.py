@@ -82,6 +82,11 @@ class DetectionSection(_Section):
     # confirm it on the same night; false: it confirms as any positive check (the ninth pass's
     # rule; docs/leak-detection.md, tenth pass).
     plastic_demand: bool = True
+    # Plastic pipes: a disturbed check (rain) whose steady leak bands below 45 Hz rose 2 x their
+    # level threshold may open a warning, confirmed by a dry check or a disturbed one that clears
+    # the same bar (`models/leak/rained_out.py`); false: a disturbed check only confirms (the tenth
+    # pass's rule; docs/leak-detection.md, eleventh pass). Needs `disturbed_confirms`.
+    plastic_rain_opens: bool = True
     # Metal pipes: the leak band's unexplained rise summed over its bands (`models/leak/joint.py`)
     # makes a check positive at this many standard deviations (or `joint_k` x its spread on the
     # baseline's own checks, whichever is higher); 0 turns the joint test off.

@@ -9,7 +9,9 @@ wait for a judged check). But a leak does not stop when it rains (`disturbed_con
 pass): with a material, the leak bands the disturbance left steady (within `rain_spread_db` of a
 steady noise's spread, not tonal) whose level rose over the baseline's by the level threshold are
 counted, and `min_bands` of them make the check positive — which `Confirmation` takes only to
-confirm an open warning (or keep a leak up), never to open one (`steady_only` in the judgement).
+confirm an open warning (or keep a leak up), never to open one (`steady_only` in the judgement) —
+except in a plastic pipe, where its leak bands below 45 Hz risen twice their level threshold open
+one (`plastic_rain_opens`, eleventh pass, `rained_out.py`: `rain_opens` in the judgement).
 Only the level counts there: a disturbance is none of the learned nuisance patterns (their fit
 breaks) and lifts most bands (no shape), and the classifier hears rain as a leak. Otherwise,
 per band (only the leak bands of the pipe material when it is known, else all 20):
@@ -95,7 +97,7 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.models.leak import demand, features, pipes
+from water_edge.models.leak import demand, features, pipes, rained_out
 from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, CheckStats, relative_rise
 from water_edge.models.leak.joint import Joint, joint_z
@@ -140,6 +142,7 @@ class JudgeParams:
     rain_spread_db: float = 1.5
     disturbed_confirms: bool = True
     plastic_demand: bool = True
+    plastic_rain_opens: bool = True
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -179,6 +182,9 @@ class Judgement:
     # whether the check is positive only by it (then it does not confirm on its warning's night).
     demand_db: float | None = None
     demand_like: bool = False
+    # A plastic pipe's disturbed check whose low leak bands rose enough to open a warning
+    # (`rained_out.py`, `plastic_rain_opens`).
+    rain_opens: bool = False
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -186,6 +192,7 @@ class Judgement:
             "unsteady_bands": self.unsteady_bands,
             "rain": self.rain,
             "steady_only": self.steady_only,
+            "rain_opens": self.rain_opens,
             "bands_risen": self.risen,
             "rise_db": self.rise_db,
             "classifier_logit_rise": None if self.clf_logit_rise is None else round(self.clf_logit_rise, 2),
@@ -311,6 +318,11 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         matched_threshold=None if matched is None else matched.threshold,
         rain=rain,
         steady_only=steady_only,
+        # In a plastic pipe a leak under rain shows below it: there a disturbed check may open a
+        # warning (`rained_out.py`).
+        rain_opens=steady_only
+        and p.plastic_rain_opens
+        and rained_out.opens(p.material, rise, t_level, mask & is_steady & tonal_ok, p.min_bands),
         **(
             _demand(
                 p,
@@ -511,6 +523,7 @@ class Confirmation:
     history: list[str] = field(default_factory=list)
     accumulation: Accumulation = field(default_factory=Accumulation)
     last: Judgement | None = None
+    _rain_opened: bool = False  # the open warning came from a disturbed check (`rained_out.py`)
 
     def update(self, night: str, j: Judgement) -> Transition | None:
         """Take one check's judgement; `last` is then that judgement as confirmation counted it."""
@@ -525,8 +538,15 @@ class Confirmation:
                 j = replace(j, positive=True, quiet=False, accumulated=self.accumulation.evidence())
             self._night_judged = True
             self._night_all_quiet = self._night_all_quiet and j.quiet
-        if j.positive and j.steady_only and self.state == "quiet":
-            # A disturbed check's steady bands confirm a warning (or keep a leak up); never open one.
+        if (
+            j.positive
+            and j.steady_only
+            and not j.rain_opens
+            and (self.state == "quiet" or (self.state == "warning" and self._rain_opened))
+        ):
+            # A disturbed check's steady bands confirm a warning (or keep a leak up); they open one,
+            # and confirm one a disturbed check opened, only in a plastic pipe, low and well risen
+            # (`rained_out.py`).
             j = replace(j, positive=False)
         self.last = j
         if j.positive:
@@ -534,6 +554,7 @@ class Confirmation:
             self.positives += 1
             if self.state == "quiet":
                 self.state, self.since_night, self.warning_night = "warning", night, night
+                self._rain_opened = j.steady_only
                 return "warning"
             # A demand-like check (`demand.py`) confirms only on a later night than the warning's:
             # the night's demand lifted both of its checks alike.
@@ -565,6 +586,7 @@ class Confirmation:
     def _reset(self) -> None:
         self.state, self.since_night, self.warning_night = "quiet", None, None
         self.positives, self._quiet_nights = 0, 0
+        self._rain_opened = False
         self.accumulation.reset()
 
 

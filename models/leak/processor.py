@@ -149,6 +149,7 @@ class AudioLeakProcessor:
             rain_spread_db=d.rain_spread_db,
             disturbed_confirms=d.disturbed_confirms,
             plastic_demand=d.plastic_demand,
+            plastic_rain_opens=d.plastic_rain_opens,
             joint_z=d.joint_z,
             joint_k=d.joint_k,
             metal_matched=d.metal_matched,

@@ -361,7 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # docs/leak-detection.md, eighth pass).
     # Tenth pass (metal): 26000-26059 detection and 26100-26115 false alarms
     # (--materials steel,steel,cast_iron,ductile_iron); (plastic): 27000-27099 detection and
-    # 27100-27147 false alarms (--materials pe,pvc).
+    # 27100-27147 false alarms (--materials pe,pvc). Eleventh pass (plastic under rain):
+    # 28000-28099 detection and 28100-28199 false alarms (--materials pvc,pe) with rain on 60 % of
+    # the nights after the baseline (a dev script, docs/leak-detection.md, eleventh pass).
     ap.add_argument("--fa-seed", type=int, default=7700)
     ap.add_argument("--det-seed", type=int, default=10400)
     ap.add_argument(
