@@ -334,8 +334,8 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
                 clf_up=clf_up,
                 positive=positive,
             )
-            # Plastic pipes only: judged against their common mode (`_common_mode`).
-            if _common_mode(p, baseline) is not None and p.plastic_demand and judged and not steady_only
+            # Plastic pipes judged against their common mode only.
+            if relative is not None and _plastic(p) and p.plastic_demand and judged and not steady_only
             else _Demand(demand_db=None, demand_like=False)
         ),
     )
@@ -464,36 +464,22 @@ def _witness(p: JudgeParams, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool
     return out
 
 
-def _common_mode(p: JudgeParams, baseline: Baseline) -> FloatArray | None:
-    """The bands' variability relative to the common-mode rise when a plastic pipe is judged by
-    it: `plastic_common_mode`, a plastic material, and a baseline that learned the sensor's
-    night-to-night variation (nuisance patterns, `relative_sigma`); else None (judged as before)."""
-    if not p.plastic_common_mode or p.material is None or pipes.material(p.material).metal:
-        return None
-    if baseline.nuisance is None or baseline.relative_sigma is None:
-        return None
-    return baseline.relative_sigma
-
-
 def _relative(p: JudgeParams, baseline: Baseline) -> FloatArray | None:
-    """The bands' variability relative to the common-mode rise, when the shape is judged by it:
-    in a plastic pipe (`_common_mode`) or a metal one (`_metal_common_mode`); else None."""
-    plastic = _common_mode(p, baseline)
-    return plastic if plastic is not None else _metal_common_mode(p, baseline)
+    """The bands' variability relative to the common-mode rise when the shape is judged by it: in a
+    plastic pipe with `plastic_common_mode` (sixth pass), in a metal one with `metal_common_mode`
+    (tenth pass: a booster pump that stops drops its bands and a night of more demand lifts the
+    rest, and the spectrum's median *band* moves with neither; dev site 26102, cast iron, alarmed
+    four times on pump-off nights with the leak band 3-5 dB "above" a median band that had not
+    moved). Needs a baseline that learned the sensor's night-to-night variation (nuisance patterns,
+    `relative_sigma`); None: judged as before (switched off, no material, or an older baseline)."""
+    if p.material is None or baseline.nuisance is None or baseline.relative_sigma is None:
+        return None
+    metal = pipes.material(p.material).metal
+    return baseline.relative_sigma if (p.metal_common_mode if metal else p.plastic_common_mode) else None
 
 
-def _metal_common_mode(p: JudgeParams, baseline: Baseline) -> FloatArray | None:
-    """The same in a metal pipe (`metal_common_mode`, tenth pass): a booster pump that stops drops
-    its bands and a night of more demand lifts the rest, and the spectrum's median *band* moves with
-    neither as the bands do (dev site 26102, cast iron: four alarms on pump-off nights of more or
-    less demand, the leak band 3-5 dB "above" a median band that had not moved while the bulk of the
-    spectrum rose 3-5 dB). Against the common-mode rise nothing stood out; a leak's bands still do.
-    None: judged as before (a plastic pipe, no material, or an older baseline)."""
-    if not p.metal_common_mode or p.material is None or not pipes.material(p.material).metal:
-        return None
-    if baseline.nuisance is None or baseline.relative_sigma is None:
-        return None
-    return baseline.relative_sigma
+def _plastic(p: JudgeParams) -> bool:
+    return p.material is not None and not pipes.material(p.material).metal
 
 
 Transition = Literal["warning", "leak", "cleared", "expired"]
