@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from tests.support.leak_nights import plastic_baseline
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.core.reading import Event
 from water_edge.models.leak import features
@@ -365,25 +366,8 @@ def test_a_disturbed_check_is_not_judged_and_does_not_count_towards_clearing() -
     assert c.update("2025-03-08", quiet) == "cleared"  # two judged quiet nights
 
 
-def _plastic_baseline() -> tuple[Baseline, np.ndarray]:
-    """A plastic main's quiet nights: night demand moves its flow noise (28-164 Hz, strongest at
-    50-90 Hz) by -2..+2 dB from night to night, traffic rumble its lowest bands; seven nights."""
-    rng = np.random.default_rng(5)
-    level = -60.0 + np.linspace(10, -10, NB)
-    flow = np.zeros(NB)
-    flow[3:10] = [0.4, 0.8, 1.0, 1.0, 0.8, 0.6, 0.3]
-    traffic = np.zeros(NB)
-    traffic[0:3] = [1.0, 0.7, 0.3]
-    checks = [
-        _check(f"2025-01-0{n + 1}", level + f * flow + t * traffic + rng.normal(0, 0.3, NB))
-        for n in range(7)
-        for f, t in [(rng.uniform(-2, 2), rng.normal(0, 1.5))] * 2
-    ]
-    return Baseline.learn(checks, sensor="hyd.P", material="pvc"), flow
-
-
 def test_more_night_demand_than_the_baseline_heard_is_explained_along_its_pattern_but_a_leak_is_not() -> None:
-    base, flow = _plastic_baseline()
+    base, flow = plastic_baseline()
     pvc = JudgeParams(material="pvc", diameter_mm=150)
     assert base.nuisance is not None
     assert base.nuisance.spans is not None
@@ -460,7 +444,7 @@ def test_a_weak_broadband_leak_in_a_metal_pipe_is_found_by_its_bands_together_no
 
 
 def test_the_joint_test_is_not_applied_to_plastic_pipes_where_flow_noise_lifts_the_leak_band_alike() -> None:
-    base, flow = _plastic_baseline()
+    base, flow = plastic_baseline()
     pvc = JudgeParams(material="pvc", diameter_mm=150)
     # A night of a little more flow noise than the baseline heard lifts PVC's leak band broadly,
     # as a weak leak would: summed, it would look like one (dev seeds: leak-free PVC nights reach
@@ -817,7 +801,7 @@ def _pouring(base: Baseline, leak: np.ndarray | None = None) -> CheckStats:
 
 
 def test_a_disturbed_checks_steady_leak_bands_confirm_a_warning_but_never_open_one() -> None:
-    base, _ = _plastic_baseline()
+    base, _ = plastic_baseline()
     base = dataclasses.replace(base, clf_logit=0.0)
     # The ninth pass's rule as it stands without `plastic_rain_opens` (low leak bands risen this
     # far under rain in a plastic pipe now open a warning: tests/test_leak_rained_out.py).

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 
+from tests.support.leak_nights import plastic_baseline
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import Baseline, CheckStats
 from water_edge.models.leak.judge import Confirmation, Judgement, JudgeParams, judge
@@ -21,21 +22,7 @@ def _check(night: str, index: int, p10: np.ndarray, lower: np.ndarray) -> CheckS
 
 
 def _baseline() -> Baseline:
-    """Seven quiet nights of a PVC main: flow noise moving 28-164 Hz, traffic the lowest bands."""
-    rng = np.random.default_rng(5)
-    level = -60.0 + np.linspace(10, -10, NB)
-    flow = np.zeros(NB)
-    flow[3:10] = [0.4, 0.8, 1.0, 1.0, 0.8, 0.6, 0.3]
-    traffic = np.zeros(NB)
-    traffic[0:3] = [1.0, 0.7, 0.3]
-    checks = [
-        _check(
-            f"2025-01-0{n + 1}", c, level + f * flow + t * traffic + rng.normal(0, 0.3, NB), np.full(NB, 0.5)
-        )
-        for n in range(7)
-        for c, (f, t) in enumerate([(rng.uniform(-2, 2), rng.normal(0, 1.5))] * 2)
-    ]
-    return Baseline.learn(checks, sensor="hyd.P", material="pvc")
+    return plastic_baseline()[0]
 
 
 def _t_level(base: Baseline) -> np.ndarray:
