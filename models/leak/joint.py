@@ -38,19 +38,30 @@ class Joint:
 
 
 def joint_z(
-    residual: FloatArray, sigma: FloatArray, loo: FloatArray, use: BoolArray, extra_db: FloatArray
+    residual: FloatArray,
+    sigma: FloatArray,
+    loo: FloatArray,
+    use: BoolArray,
+    extra_db: FloatArray,
+    *,
+    weights: FloatArray | None = None,
 ) -> Joint | None:
     """`residual` (bands,) dB, `sigma` its per-band spread, `loo` (checks, bands) the baseline's
     leave-one-out residuals, `use` the bands summed, `extra_db` an extra per-band uncertainty of
-    this check (the nuisance patterns extrapolated beyond their range). None with < 2 bands."""
+    this check (the nuisance patterns extrapolated beyond their range); `weights` (bands,) weigh
+    each band's z-score in the sum (`matched.py`; None: alike). None with < 2 bands or no
+    positive weight."""
     m = int(use.sum())
     if m < 2 or loo.shape[0] < 3:
         return None
     s = sigma[use]
+    w = np.ones(m) if weights is None else weights[use]
+    if not np.any(w > 0):
+        return None
     zl = loo[:, use] / s
     cov = zl.T @ zl / zl.shape[0]
     d = np.sqrt(np.maximum(np.diag(cov), 1e-12))
     corr = (1.0 - SHRINK) * (cov / np.outer(d, d)) + SHRINK * np.eye(m)
-    scale = float(np.sqrt(np.sum(corr)))
+    scale = float(np.sqrt(max(float(w @ corr @ w), 1e-12)))
     z = residual[use] / np.sqrt(s**2 + extra_db[use] ** 2)
-    return Joint(z=float(np.sum(z)) / scale, loo=np.sum(zl, axis=1) / scale, bands=m)
+    return Joint(z=float(w @ z) / scale, loo=(zl @ w) / scale, bands=m)

@@ -248,9 +248,9 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         # The level over the baseline's only: a disturbance is none of the sensor's learned patterns
         # (the residuals' fit breaks; dev seeds: leak-free PVC bands in rain 4-16 dB of residual) and
         # lifts most bands (the common-mode rise moves by tens of dB, so no shape either).
-        ratio = (check.p10 - baseline.level) / t_level
-    risen_mask = mask & is_steady & tonal_ok & (ratio >= 1.0) & (judged or steady_only)
-    half_mask = mask & (ratio >= 0.5)
+        ratio = rise / t_level
+    counted = mask & is_steady & tonal_ok
+    risen_mask = counted & (ratio >= 1.0) & (judged or steady_only)
     clf_rise = (
         None
         if check.clf_logit is None or baseline.clf_logit is None
@@ -268,17 +268,16 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         and p.joint_z > 0
         and judged
         and not rain
-        and p.material is not None
-        and pipes.material(p.material).metal
+        and _metal(p)
     ):
-        use, extra = mask & is_steady & tonal_ok, EXTRAPOLATION_TOL * np.abs(beyond)
-        jo = joint_z(residual, baseline.nuisance.sigma, baseline.nuisance.loo, use, extra)
+        extra = EXTRAPOLATION_TOL * np.abs(beyond)
+        jo = joint_z(residual, baseline.nuisance.sigma, baseline.nuisance.loo, counted, extra)
         joint = None if jo is None else _Test.of(jo, p)
         if p.metal_matched:
             # Weighted by what a leak would add to each band over the sensor's quiet (`matched.py`).
             template = leak_template(baseline.level, baseline.nuisance.components, mask)
             mo = matched_z(
-                residual, baseline.nuisance.sigma, baseline.nuisance.loo, use, extra, template=template
+                residual, baseline.nuisance.sigma, baseline.nuisance.loo, counted, extra, template=template
             )
             matched = None if mo is None else _Test.of(mo, p)
         # Either test, alone or at `JOINT_WITH_CLF` of its threshold with the classifier's rise.
@@ -302,7 +301,11 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
     joint_up = any(t.up(0.5) for t in (joint, matched) if t)
     return Judgement(
         positive=positive,
-        quiet=judged and not rain and not positive and not bool(half_mask.any()) and not joint_up,
+        quiet=judged
+        and not rain
+        and not positive
+        and not bool((mask & (ratio >= 0.5)).any())
+        and not joint_up,
         risen=risen,
         rise_db={f"{CENTRES[i]:g}": round(float(rise[i]), 1) for i in np.flatnonzero(mask)},
         clf_logit_rise=clf_rise,
@@ -322,14 +325,16 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         # warning (`rained_out.py`).
         rain_opens=steady_only
         and p.plastic_rain_opens
-        and rained_out.opens(p.material, rise, t_level, mask & is_steady & tonal_ok, p.min_bands),
+        and _plastic(p)
+        and rained_out.opens(rise, t_level, counted, p.min_bands),
         **(
             _demand(
                 p,
                 baseline,
                 level_rise=unexplained - baseline.level,
                 rises=(shape_rise, t_level, t_shape, residual, t_residual),
-                counted=mask & is_steady & tonal_ok,
+                mask=mask,
+                counted=counted,
                 tonal_ok=tonal_ok,
                 clf_up=clf_up,
                 positive=positive,
@@ -399,6 +404,7 @@ def _demand(
     *,
     level_rise: FloatArray,
     rises: tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray],
+    mask: npt.NDArray[np.bool_],
     counted: npt.NDArray[np.bool_],
     tonal_ok: npt.NDArray[np.bool_],
     clf_up: bool,
@@ -410,7 +416,7 @@ def _demand(
     check is demand-like (dev seeds: 3-7 dB plateaus of leak-free high-demand nights, whose two
     or three highest bands cleared their thresholds; a leak's bands stand above the plateau)."""
     shape_rise, t_level, t_shape, residual, t_residual = rises
-    bands = demand.plateau_bands(p.band_mask(), baseline.tonal, tonal_ok, p.tonal_tol_db)
+    bands = demand.plateau_bands(mask, baseline.tonal, tonal_ok, p.tonal_tol_db)
     d = demand.plateau_db(level_rise, bands, p.min_rise_db)
     if d <= 0 or not positive:
         return _Demand(demand_db=d, demand_like=False)
@@ -458,7 +464,7 @@ def _witness(p: JudgeParams, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool
     range extension explained it away (a steel leak at +5 dB taken for +21 dB of flow noise); more
     night flow lifts the low bands below the leak band too, a leak does not. None: all bands
     (plastic pipes, whose leak band is the flow noise's own low band; no material)."""
-    if not p.metal_witness or p.material is None or not pipes.material(p.material).metal:
+    if not p.metal_witness or not _metal(p):
         return None
     out: npt.NDArray[np.bool_] = ~mask
     return out
@@ -474,8 +480,11 @@ def _relative(p: JudgeParams, baseline: Baseline) -> FloatArray | None:
     `relative_sigma`); None: judged as before (switched off, no material, or an older baseline)."""
     if p.material is None or baseline.nuisance is None or baseline.relative_sigma is None:
         return None
-    metal = pipes.material(p.material).metal
-    return baseline.relative_sigma if (p.metal_common_mode if metal else p.plastic_common_mode) else None
+    return baseline.relative_sigma if (p.metal_common_mode if _metal(p) else p.plastic_common_mode) else None
+
+
+def _metal(p: JudgeParams) -> bool:
+    return p.material is not None and pipes.material(p.material).metal
 
 
 def _plastic(p: JudgeParams) -> bool:

@@ -11,9 +11,9 @@ unit of leak power (small rises add linearly in power). The nuisance patterns (`
 part of that rise away; the template is what they leave (the same projection), so a leak that the
 patterns partly explain is weighed by the part they cannot.
 
-`matched_z` scales the weighted sum of the bands' standardised residuals by its spread under the
-residuals' band-to-band correlation (shrunk like the joint test's), and gives the same statistic on
-each baseline check's leave-one-out residual, from which the judgement sets its threshold.
+`matched_z` is the joint test's statistic (`joint.joint_z`: the sum's spread under the residuals'
+shrunk band-to-band correlation, and the same statistic on each baseline check's leave-one-out
+residual, from which the judgement sets its threshold) with the bands weighted by that template.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from water_edge.models.leak import features
-from water_edge.models.leak.joint import SHRINK, Joint
+from water_edge.models.leak.joint import Joint, joint_z
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -52,19 +52,6 @@ def matched_z(
     *,
     template: FloatArray,
 ) -> Joint | None:
-    """Like `joint.joint_z`, with each band's z-score weighted by the template's z (the residual
-    rise a leak would leave, over the band's spread). None with < 2 bands or no weight."""
-    m = int(use.sum())
-    if m < 2 or loo.shape[0] < 3:
-        return None
-    s = sigma[use]
-    w = template[use] / s
-    if not np.any(w > 0):
-        return None
-    zl = loo[:, use] / s
-    cov = zl.T @ zl / zl.shape[0]
-    d = np.sqrt(np.maximum(np.diag(cov), 1e-12))
-    corr = (1.0 - SHRINK) * (cov / np.outer(d, d)) + SHRINK * np.eye(m)
-    scale = float(np.sqrt(max(float(w @ corr @ w), 1e-12)))
-    z = residual[use] / np.sqrt(s**2 + extra_db[use] ** 2)
-    return Joint(z=float(w @ z) / scale, loo=(zl @ w) / scale, bands=m)
+    """`joint.joint_z` with each band's z-score weighted by the template's z (the residual rise a
+    leak would leave, over the band's spread). None with < 2 bands or no weight."""
+    return joint_z(residual, sigma, loo, use, extra_db, weights=template / sigma)

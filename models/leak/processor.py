@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -134,28 +134,10 @@ class AudioLeakProcessor:
         self.state_dir = Path(state_dir)
         self.window = NightWindow(section.night_start, section.night_end, zone(section.timezone))
         d = section.detection
+        # Every `[models.leak.detection]` key that is a judgement parameter, by name.
+        judged = {f.name for f in fields(JudgeParams)}
         self.params = JudgeParams(
-            min_rise_db=d.min_rise_db,
-            min_shape_rise_db=d.min_shape_rise_db,
-            k_sigma=d.k_sigma,
-            min_bands=d.min_bands,
-            spread_tol_db=d.spread_tol_db,
-            max_unsteady_bands=d.max_unsteady_bands,
-            tonal_tol_db=d.tonal_tol_db,
-            clf_logit_rise=d.clf_logit_rise,
-            extend_patterns=d.extend_patterns,
-            plastic_common_mode=d.plastic_common_mode,
-            metal_witness=d.metal_witness,
-            rain_spread_db=d.rain_spread_db,
-            disturbed_confirms=d.disturbed_confirms,
-            plastic_demand=d.plastic_demand,
-            plastic_rain_opens=d.plastic_rain_opens,
-            joint_z=d.joint_z,
-            joint_k=d.joint_k,
-            metal_matched=d.metal_matched,
-            metal_common_mode=d.metal_common_mode,
-            material=section.material,
-            diameter_mm=section.diameter_mm,
+            **d.model_dump(include=judged), material=section.material, diameter_mm=section.diameter_mm
         )
         self.evidence = SiteEvidence(self.state_dir, section.site) if section.site else None
         self._driver = driver

@@ -26,7 +26,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.models.leak import features, pipes
+from water_edge.models.leak import features
 
 FloatArray = npt.NDArray[np.float64]
 CENTRES: Final = np.array(features.band_centres_hz())
@@ -37,16 +37,10 @@ OPEN_MAX_HZ: Final = 45.0
 
 
 def opens(
-    material: str | None,
-    level_rise: FloatArray,
-    t_level: FloatArray,
-    counted: npt.NDArray[np.bool_],
-    min_bands: int,
+    level_rise: FloatArray, t_level: FloatArray, counted: npt.NDArray[np.bool_], min_bands: int
 ) -> bool:
-    """In a plastic pipe, do at least `min_bands` of the `counted` bands (leak bands, steady in the
-    rain, not tonal) below `OPEN_MAX_HZ` stand `OPEN_K` x their level threshold over the baseline's
-    level? (Never in a metal pipe or without a material.)"""
-    if material is None or pipes.material(material).metal:
-        return False
+    """Do at least `min_bands` of the `counted` bands (leak bands, steady in the rain, not tonal)
+    below `OPEN_MAX_HZ` stand `OPEN_K` x their level threshold over the baseline's level? (The
+    judgement asks only for a plastic pipe.)"""
     up = counted & (CENTRES <= OPEN_MAX_HZ) & (level_rise >= OPEN_K * t_level)
     return int(np.count_nonzero(up)) >= min_bands

@@ -371,8 +371,8 @@ def detect(model: SteadyModel, x: F64, start: int) -> tuple[F64, I8]:
         if p.rebase and over:
             # a channel recovering towards calibration is already not counted (`recovering`)
             moved = (ch[t] >= p.hysteresis) & ~used & (alarm.active | ~back[t])
+            horizon = np.arange(t, n, dtype=np.float64) - model.n_calibration / 2
             for c in np.flatnonzero(moved):
-                horizon = np.arange(t, n, dtype=np.float64) - model.n_calibration / 2
                 for k, (lm, level) in enumerate(zip(model.levels, levels, strict=True)):
                     now = lm.mid.copy()
                     now[c] = level[t, c]
