@@ -1,6 +1,6 @@
 """`edge-agent models ...`: check models offline on historical data and calibrate pumps and machines.
 
-    edge-agent models score pump --csv FILE --calibrate-rows N [--model MANIFEST] [--causal]
+    edge-agent models score pump --csv FILE --calibrate-rows N [--model MANIFEST] [--causal] [--explain]
     edge-agent models calibrate pump --pump NAME --from T --to T [-c CONFIG] [--state-dir DIR]
     edge-agent models score machine-sound --features FILE.npy --calibrate FILE.npy
     edge-agent models features machine-sound REC.wav ... --out FILE.npy
@@ -15,6 +15,7 @@ one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
 import sys
 from pathlib import Path
@@ -60,6 +61,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="flag rows as a live gateway would, when an alarm is confirmed (default: an alarm "
         "is marked from where its score began to rise, at most a minute earlier)",
+    )
+    pump.add_argument(
+        "--explain",
+        action="store_true",
+        help="add a 'signals' column: on each marked row the signals it stands on and which way "
+        "they moved (above, below, noisier, steadier)",
     )
     pump.set_defaults(func=cmd_score_pump)
 
@@ -118,6 +125,7 @@ def _warn(message: str) -> None:
 def cmd_score_pump(args: argparse.Namespace) -> int:
     from water_edge.core import logs
     from water_edge.models.manifest import ModelError
+    from water_edge.models.pump.explain import summary
     from water_edge.models.pump.offline import score_csv
     from water_edge.models.pump.processor import DEFAULT_MANIFEST
     from water_edge.models.runtime import load_model
@@ -138,18 +146,24 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
             persistence=args.persistence,
             clear_after=args.clear_after,
             causal=args.causal,
+            explained=args.explain,
             warn=_warn,
         )
     except ModelError as exc:
         return _error(str(exc))
     lines = list(lines)
     sys.stdout.write("\n".join(lines) + "\n")
-    marked = sum(1 for line in lines[1:] if line.endswith(",1"))
+    rows = list(csv.reader(lines[1:]))
+    marked = sum(1 for row in rows if row[2] == "1")
     scored = max(0, len(lines) - 1 - args.calibrate_rows)
     sys.stderr.write(
         f"edge-agent models: {marked:,} of {scored:,} rows after the {args.calibrate_rows:,} "
         "calibration rows marked anomalous\n"
     )
+    if args.explain and marked:
+        sys.stderr.write(
+            f"edge-agent models: signals behind the marked rows: {summary([r[3] for r in rows])}\n"
+        )
     return EXIT_OK
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from water_edge.models.manifest import ModelError
-from water_edge.models.pump import coverage, steady
+from water_edge.models.pump import coverage, explain, steady
 from water_edge.models.pump.detector import (
     DEFAULT_MARGIN,
     DEFAULT_QUANTILE,
@@ -182,21 +182,38 @@ def usable(x: np.ndarray, names: list[str]) -> tuple[list[int], list[str]]:
     return keep, [n for j, n in enumerate(names) if not varies[j]]
 
 
+@dataclass(frozen=True)
+class Why:
+    """What the explanation of marked rows needs (`models.pump.explain`)."""
+
+    names: list[str]
+    channel: np.ndarray  # rows x channels, in units of the alarm level
+    moved: list[list[str]]  # rows x channels, the word for which way each channel moved
+
+    def texts(self, alarm: np.ndarray) -> list[str]:
+        return explain.signals(self.names, self.channel, self.moved, alarm)
+
+
 def score_steady(
     values: np.ndarray,
     names: list[str],
     calibrate_rows: int,
     params: steady.SteadyParams | None = None,
     warn: Callable[[str], None] = lambda _m: None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row scores (in units of the threshold) and 0/1 alarms from the steady detector."""
+) -> tuple[np.ndarray, np.ndarray, Why]:
+    """Per-row scores (in units of the threshold), 0/1 alarms from the steady detector, and what
+    the explanation of a marked row needs."""
     p = params or steady.SteadyParams()
     keep, dropped = usable(values[:calibrate_rows], names)
     for name in dropped:
         warn(f"ignoring column {name!r}: constant or empty during calibration")
     x = values[:, keep]
     model = steady.fit(x[:calibrate_rows], p)
-    return steady.detect(model, x, calibrate_rows)
+    scores, alarm, per = steady.detect_per_statistic(model, x, calibrate_rows)
+    why = Why(
+        [names[j] for j in keep], per.max(axis=0), explain.steady_words(per, model.directions(x), p.use_noise)
+    )
+    return scores, alarm, why
 
 
 def _as_history(
@@ -227,12 +244,14 @@ def score_csv(
     size_factor: float = DEFAULT_SIZE_FACTOR,
     steady_params: steady.SteadyParams | None = None,
     causal: bool = False,
+    explained: bool = False,
     warn: Callable[[str], None] = lambda _m: None,
 ) -> Iterable[str]:
     """Validate, calibrate and score; the output CSV's lines (header first).
 
     `persistence`, `clear_after` and `hysteresis` override the chosen detector's alarm defaults;
-    `causal` leaves alarms where a live gateway would have raised them (no backdating)."""
+    `causal` leaves alarms where a live gateway would have raised them (no backdating);
+    `explained` adds a `signals` column naming what each marked row stands on."""
     try:
         text = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as exc:
@@ -256,10 +275,10 @@ def score_csv(
             clear_after=p.clear_after if clear_after is None else clear_after,
             hysteresis=p.hysteresis if hysteresis is None else hysteresis,
         )
-        scores, alarm = score_steady(table.values, table.names, calibrate_rows, p, warn)
+        scores, alarm, why = score_steady(table.values, table.names, calibrate_rows, p, warn)
         if not causal:
             alarm = _as_history(scores, alarm, calibrate_rows, 1.0, p.hysteresis)
-        return _lines(table.timestamps, scores, alarm)
+        return _lines(table.timestamps, scores, alarm, why.texts(alarm) if explained else None)
     cal = calibrate(
         table.values[:calibrate_rows],
         table.names,
@@ -284,13 +303,20 @@ def score_csv(
     if not causal:
         hyst = HYSTERESIS if hysteresis is None else hysteresis
         alarm = _as_history(scored.score, alarm, calibrate_rows, cal.threshold, hyst)
-    return _lines(table.timestamps, scored.score, alarm)
+    texts = None
+    if explained:
+        why = Why(list(cal.channels), scored.channel / cal.threshold, explain.relation_words(scored.residual))
+        texts = why.texts(alarm)
+    return _lines(table.timestamps, scored.score, alarm, texts)
 
 
-def _lines(timestamps: list[str], scores: np.ndarray, alarm: np.ndarray) -> list[str]:
+def _lines(
+    timestamps: list[str], scores: np.ndarray, alarm: np.ndarray, texts: list[str] | None
+) -> list[str]:
+    """The output CSV: `timestamp,score,anomaly`, and `signals` when `texts` are given."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["timestamp", "score", "anomaly"])
-    for ts, s, a in zip(timestamps, scores, alarm, strict=True):
-        writer.writerow([ts, f"{s:.6g}", int(a)])
+    writer.writerow(["timestamp", "score", "anomaly", *(["signals"] if texts is not None else [])])
+    for i, (ts, s, a) in enumerate(zip(timestamps, scores, alarm, strict=True)):
+        writer.writerow([ts, f"{s:.6g}", int(a), *([texts[i]] if texts is not None else [])])
     return out.getvalue().splitlines()

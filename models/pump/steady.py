@@ -230,10 +230,23 @@ class SteadyModel:
         for lm in self.levels:
             out.append(self.level_statistic(lm, trailing_mean(z, lm.window), lm.mid, horizon))
         if p.use_noise:
-            d = np.vstack([np.zeros((1, z.shape[1])), np.diff(z, axis=0)])
-            rms = np.sqrt(trailing_mean(d * d, p.noise_window))
-            out.append(np.abs(np.log(rms + self.noise_eps) - self.noise_mid) / self.noise_sd)
+            out.append(np.abs(self._log_noise(z) - self.noise_mid) / self.noise_sd)
         return out
+
+    def _log_noise(self, z: F64) -> F64:
+        d = np.vstack([np.zeros((1, z.shape[1])), np.diff(z, axis=0)])
+        rms = np.sqrt(trailing_mean(d * d, self.params.noise_window))
+        return np.asarray(np.log(rms + self.noise_eps), dtype=np.float64)
+
+    def directions(self, x: F64) -> F64:
+        """Which way each statistic moved, +1 or -1 (statistics x rows x channels, as
+        `statistic_scores`): a level above or below its calibration middle, a noise larger or
+        smaller than calibration's."""
+        z = self.z(x)
+        out = [np.sign(trailing_mean(z, lm.window) - lm.mid) for lm in self.levels]
+        if self.params.use_noise:
+            out.append(np.sign(self._log_noise(z) - self.noise_mid))
+        return np.stack(out)
 
     def statistic_scores(self, x: F64) -> F64:
         """Each statistic in units of the alarm level: statistics x rows x channels (unsmoothed)."""
@@ -335,6 +348,13 @@ def detect(model: SteadyModel, x: F64, start: int) -> tuple[F64, I8]:
     """Per-row scores and live (causal) alarms from row `start` on, re-basing channels after an
     event (`SteadyParams.rebase`): the state of the alarm decides the statistics, so this runs row
     by row, recomputing a channel's level statistics from the row it is re-based at."""
+    score, alarm, _ = detect_per_statistic(model, x, start)
+    return score, alarm
+
+
+def detect_per_statistic(model: SteadyModel, x: F64, start: int) -> tuple[F64, I8, F64]:
+    """`detect`, and what it judged: each statistic in units of the alarm level (statistics x rows
+    x channels; the level windows in `model.levels` order, then noise), after re-basing."""
     p = model.params
     n = len(x)
     z = model.z(x)
@@ -384,4 +404,4 @@ def detect(model: SteadyModel, x: F64, start: int) -> tuple[F64, I8]:
             if moved.any():
                 score[t:] = _trailing_median(ch.max(axis=1), p.smooth)[t:]
         out[t] = alarm.active
-    return score, out
+    return score, out, per
