@@ -97,7 +97,7 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.models.leak import demand, features, pipes, rained_out
+from water_edge.models.leak import demand, features, pipes, rained_out, under_rain
 from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, CheckStats, relative_rise
 from water_edge.models.leak.joint import Joint, joint_z
@@ -143,6 +143,7 @@ class JudgeParams:
     disturbed_confirms: bool = True
     plastic_demand: bool = True
     plastic_rain_opens: bool = True
+    metal_below_rain: bool = True
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -185,6 +186,12 @@ class Judgement:
     # A plastic pipe's disturbed check whose low leak bands rose enough to open a warning
     # (`rained_out.py`, `plastic_rain_opens`).
     rain_opens: bool = False
+    # A metal pipe's rained-on check: its leak bands below the rain's reach judged as one
+    # (`under_rain.py`, `metal_below_rain`): the larger statistic and its threshold.
+    below_rain_z: float | None = None
+    below_rain_threshold: float | None = None
+    below_rain: bool = False  # positive by that test
+    below_rain_only: bool = False  # ... and by nothing else
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -205,6 +212,10 @@ class Judgement:
             "accumulated": self.accumulated,
             "demand_db": None if self.demand_db is None else round(self.demand_db, 1),
             "demand_like": self.demand_like,
+            "below_rain_z": None if self.below_rain_z is None else round(self.below_rain_z, 2),
+            "below_rain_threshold": None
+            if self.below_rain_threshold is None
+            else round(self.below_rain_threshold, 2),
         }
 
 
@@ -284,6 +295,12 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         positive = positive or any(
             t.up(1.0) or (clf_up and t.up(JOINT_WITH_CLF)) for t in (joint, matched) if t
         )
+    below: _Test | None = None
+    if (rain or steady_only) and p.metal_below_rain and _metal(p):
+        below = _below_rain(check, baseline, p, mask, residual, counted)
+    below_up = below is not None and below.up(under_rain.RAIN_K)
+    below_only = below_up and not positive
+    positive = positive or below_up
     threshold = t_level if steady_only else np.minimum(np.minimum(t_level, t_shape), t_residual)
     risen = [
         {
@@ -324,9 +341,14 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         # In a plastic pipe a leak under rain shows below it: there a disturbed check may open a
         # warning (`rained_out.py`).
         rain_opens=steady_only
-        and p.plastic_rain_opens
-        and _plastic(p)
-        and rained_out.opens(rise, t_level, counted, p.min_bands),
+        and (
+            (p.plastic_rain_opens and _plastic(p) and rained_out.opens(rise, t_level, counted, p.min_bands))
+            or below_up
+        ),
+        below_rain_z=None if below is None else below.z,
+        below_rain_threshold=None if below is None else below.threshold,
+        below_rain=below_up,
+        below_rain_only=below_only,
         **(
             _demand(
                 p,
@@ -366,6 +388,32 @@ class _Test:
 
     def up(self, fraction: float) -> bool:
         return self.z >= fraction * self.threshold
+
+
+def _below_rain(
+    check: CheckStats,
+    baseline: Baseline,
+    p: JudgeParams,
+    mask: npt.NDArray[np.bool_],
+    residual: FloatArray,
+    counted: npt.NDArray[np.bool_],
+) -> _Test | None:
+    """A metal pipe's rained-on check: its leak bands below the rain's reach judged as one, the
+    patterns refitted on the bands the rain left clean (`under_rain.py`); the larger of the joint
+    and weighted tests (by their margin over threshold), or None."""
+    nu = baseline.nuisance
+    if nu is None or nu.loo is None or p.joint_z <= 0:
+        return None
+    clean = under_rain.clean_bands(check.p10, check.p50, baseline.level)
+    if clean is None:
+        return None
+    extra = EXTRAPOLATION_TOL * np.abs(nu.beyond(check.p10, ~mask & clean))
+    template = leak_template(baseline.level, nu.components, mask) if p.metal_matched else None
+    br = under_rain.tests(residual, nu.components, nu.loo, counted, clean, extra, template)
+    if br is None:
+        return None
+    found = [_Test.of(t, p) for t in (br.joint, br.matched) if t is not None]
+    return max(found, key=lambda t: t.z - t.threshold, default=None)
 
 
 def _rain(check: CheckStats, baseline: Baseline, p: JudgeParams, mask: npt.NDArray[np.bool_]) -> bool:
@@ -519,6 +567,7 @@ class Confirmation:
     accumulation: Accumulation = field(default_factory=Accumulation)
     last: Judgement | None = None
     _rain_opened: bool = False  # the open warning came from a disturbed check (`rained_out.py`)
+    _below_opened: bool = False  # ... from a metal check's bands below the rain only (`under_rain.py`)
 
     def update(self, night: str, j: Judgement) -> Transition | None:
         """Take one check's judgement; `last` is then that judgement as confirmation counted it."""
@@ -543,6 +592,16 @@ class Confirmation:
             # and confirm one a disturbed check opened, only in a plastic pipe, low and well risen
             # (`rained_out.py`).
             j = replace(j, positive=False)
+        if (
+            j.positive
+            and self.state == "warning"
+            and self._below_opened
+            and (j.rain or j.steady_only)
+            and not j.below_rain
+        ):
+            # A warning only the bands below the rain opened is confirmed by a dry positive check
+            # or by that test again, not by a rained-on check's other evidence.
+            j = replace(j, positive=False)
         self.last = j
         if j.positive:
             self._quiet_nights = 0
@@ -550,6 +609,7 @@ class Confirmation:
             if self.state == "quiet":
                 self.state, self.since_night, self.warning_night = "warning", night, night
                 self._rain_opened = j.steady_only
+                self._below_opened = j.below_rain_only
                 return "warning"
             # A demand-like check (`demand.py`) confirms only on a later night than the warning's:
             # the night's demand lifted both of its checks alike.
@@ -582,6 +642,7 @@ class Confirmation:
         self.state, self.since_night, self.warning_night = "quiet", None, None
         self.positives, self._quiet_nights = 0, 0
         self._rain_opened = False
+        self._below_opened = False
         self.accumulation.reset()
 
 
