@@ -187,7 +187,7 @@ class Judgement:
     # (`rained_out.py`, `plastic_rain_opens`).
     rain_opens: bool = False
     # A metal pipe's rained-on check: its leak bands below the rain's reach judged as one
-    # (`under_rain.py`, `metal_below_rain`): the larger statistic and its threshold.
+    # (`under_rain.py`, `metal_below_rain`): the larger statistic and the bar it is held to.
     below_rain_z: float | None = None
     below_rain_threshold: float | None = None
     below_rain: bool = False  # positive by that test
@@ -219,7 +219,9 @@ class Judgement:
         }
 
 
-def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = None) -> Judgement:
+def judge(  # noqa: PLR0915 - one check's judgement, read top to bottom
+    check: CheckStats, baseline: Baseline, params: JudgeParams | None = None
+) -> Judgement:
     p = params or JudgeParams()
     mask = p.band_mask()
     rise = check.p10 - baseline.level
@@ -295,9 +297,8 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         positive = positive or any(
             t.up(1.0) or (clf_up and t.up(JOINT_WITH_CLF)) for t in (joint, matched) if t
         )
-    below: _Test | None = None
-    if (rain or steady_only) and p.metal_below_rain and _metal(p):
-        below = _below_rain(check, baseline, p, mask, residual, counted)
+    # A metal pipe's rained-on check: its leak bands below the rain judged as one (`under_rain.py`).
+    below = _below_rain(check, baseline, p, mask, residual, counted) if rain or steady_only else None
     below_up = below is not None and below.up(under_rain.RAIN_K)
     below_only = below_up and not positive
     positive = positive or below_up
@@ -341,12 +342,11 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         # In a plastic pipe a leak under rain shows below it: there a disturbed check may open a
         # warning (`rained_out.py`).
         rain_opens=steady_only
-        and (
-            (p.plastic_rain_opens and _plastic(p) and rained_out.opens(rise, t_level, counted, p.min_bands))
-            or below_up
-        ),
+        and p.plastic_rain_opens
+        and _plastic(p)
+        and rained_out.opens(rise, t_level, counted, p.min_bands),
         below_rain_z=None if below is None else below.z,
-        below_rain_threshold=None if below is None else below.threshold,
+        below_rain_threshold=None if below is None else under_rain.RAIN_K * below.threshold,
         below_rain=below_up,
         below_rain_only=below_only,
         **(
@@ -390,7 +390,7 @@ class _Test:
         return self.z >= fraction * self.threshold
 
 
-def _below_rain(
+def _below_rain(  # noqa: PLR0917 - the judgement's own intermediate results, in its order
     check: CheckStats,
     baseline: Baseline,
     p: JudgeParams,
@@ -402,14 +402,16 @@ def _below_rain(
     patterns refitted on the bands the rain left clean (`under_rain.py`); the larger of the joint
     and weighted tests (by their margin over threshold), or None."""
     nu = baseline.nuisance
-    if nu is None or nu.loo is None or p.joint_z <= 0:
+    if not (p.metal_below_rain and _metal(p)) or nu is None or nu.loo is None or p.joint_z <= 0:
         return None
     clean = under_rain.clean_bands(check.p10, check.p50, baseline.level)
     if clean is None:
         return None
     extra = EXTRAPOLATION_TOL * np.abs(nu.beyond(check.p10, ~mask & clean))
     template = leak_template(baseline.level, nu.components, mask) if p.metal_matched else None
-    br = under_rain.tests(residual, nu.components, nu.loo, counted, clean, extra, template)
+    br = under_rain.tests(
+        residual, nu.components, nu.loo, use=counted, clean=clean, extra_db=extra, template=template
+    )
     if br is None:
         return None
     found = [_Test.of(t, p) for t in (br.joint, br.matched) if t is not None]
@@ -585,12 +587,12 @@ class Confirmation:
         if (
             j.positive
             and j.steady_only
-            and not j.rain_opens
+            and not (j.rain_opens or j.below_rain)
             and (self.state == "quiet" or (self.state == "warning" and self._rain_opened))
         ):
             # A disturbed check's steady bands confirm a warning (or keep a leak up); they open one,
             # and confirm one a disturbed check opened, only in a plastic pipe, low and well risen
-            # (`rained_out.py`).
+            # (`rained_out.py`), or in a metal one by its leak bands below the rain (`under_rain.py`).
             j = replace(j, positive=False)
         if (
             j.positive

@@ -57,17 +57,11 @@ def reach(p10: FloatArray, p50: FloatArray, level: FloatArray) -> int | None:
     spread = p50 - p10 - STEADY_LOWER_SPREAD_DB
     rel = relative_rise(p10, level)[0]
     touched = (spread >= TOUCH_SPREAD_DB) | (rel >= TOUCH_RISE_DB)
-    n = touched.size
-    if not touched[n - 1]:
+    if not touched[-1]:
         return None
-    low = n - 1
-    i = n - 2
-    while i >= 0:
-        if touched[i]:
-            low = i
-        elif i == 0 or not touched[i - 1]:
-            break
-        i -= 1
+    low = int(touched.size - 1)
+    while low > 0 and (touched[low - 1] or (low > 1 and touched[low - 2])):
+        low -= 1 if touched[low - 1] else 2
     return low
 
 
@@ -103,6 +97,7 @@ def tests(
     residual: FloatArray,
     components: FloatArray,
     loo: FloatArray,
+    *,
     use: BoolArray,
     clean: BoolArray,
     extra_db: FloatArray,
