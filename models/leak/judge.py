@@ -58,6 +58,11 @@ well (dev site 26102).
 same judgement is made of the leak band's residual weighted by what a leak would add to each band
 over the sensor's quiet (`matched.py`): the background is loudest at the bottom of a metal pipe's
 leak band, so a weak leak shows at its quiet top, and weighing every band alike dilutes it.
+**A metal pipe's leak under rain** (`metal_below_rain`, twelfth pass, `under_rain.py`): a
+rained-on or disturbed check's leak bands below where the rain reaches are judged as one, the
+nuisance patterns refitted on the bands the rain left clean (`below_rain_z` in the judgement);
+positive, such a check opens or confirms a warning, and a warning only it opened is confirmed by a
+dry positive check or by the same test again.
 
 **Plastic pipes, judged against the common mode** (`plastic_common_mode`, sixth pass; baselines
 with nuisance patterns and `relative_sigma`): the shape is a band's rise over the *common-mode

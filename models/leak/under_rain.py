@@ -3,22 +3,24 @@
 Rain on the street reaches a buried metal main from the top of the spectrum down: it is broadband,
 but the background at a metal pipe's sensor (flow noise, rumble) is loudest at the bottom of the
 leak band and 5-20 dB quieter at its top, so the rain stands over the background at the top, and
-gusts there, while lower bands do not hear it at all (simulator: rain band-passed 150 Hz-3 kHz,
-flat in between; on the dev seeds light rain lifts the bands from about 1 kHz up, heavier rain from
-a few hundred Hz). Since the eighth pass a rained-on check is not given the joint tests
-(`joint.py`, `matched.py`): the rain is none of the sensor's learned nuisance patterns, and fitting
-the patterns over every band, rain-lifted ones included, pushes the residual of the bands below
-the rain 3-7 spreads down (dev site 26032) — nothing is left to judge. So a weak leak whose nights
-were rained on was lost.
+gusts there, while the lower bands do not hear it (simulator: rain band-passed 150 Hz - 3 kHz, flat
+in between; on the rainy dev seeds its lowest touched band lies at 0.3-1.3 kHz in three rained-on
+checks of four, lower in heavy rain). Since the eighth pass a rained-on check is not given the
+joint tests (`joint.py`, `matched.py`): the rain is none of the sensor's learned nuisance
+patterns, and fitting the patterns over every band, rain-lifted ones included, pushes the residual
+of the bands below the rain 3-7 spreads down (dev site 26032): nothing is left to judge. So a weak
+leak whose nights were rained on was lost.
 
 Here the rain's reach is read from the check itself: from the top band down, the run of bands
 that wander (their lower half of one-second levels `TOUCH_SPREAD_DB` wider than a steady noise's)
 or stand `TOUCH_RISE_DB` over the common-mode rise; the bands more than `MARGIN` bands below its
 lowest (the rain's skirt) are **clean**. The nuisance patterns are then fitted on the clean bands
-only, and the residual of the clean leak bands judged as one, with the same tests and thresholds
-as a dry check (`judge._Test`), the baseline's leave-one-out residuals refitted the same way. A
-check where the rain does not come from the top (traffic wandering in the low bands), or leaves
-too few clean bands, has no such test.
+only (the baseline's leave-one-out residuals refitted the same way), and the residual of the clean
+leak bands is judged as one with the tests of a dry check (`judge._Test`) at `RAIN_K` times their
+threshold. Positive, the check opens or confirms a warning; a warning only this test opened is
+confirmed by a dry positive check or by the test again (`judge.Confirmation`). A check where the
+rain does not come from the top (traffic wandering in the low bands), or that leaves too few clean
+bands, has no such test.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ BoolArray = npt.NDArray[np.bool_]
 TOUCH_SPREAD_DB: Final = 1.0  # a band the rain gusts in: this much wider than a steady noise
 TOUCH_RISE_DB: Final = 1.5  # ... or this much above the check's common-mode rise
 # Bands below the rain's lowest touched band left out: its skirt (a band down, the rain stands
-# some 4-6 dB lower against a background that is louder there; four bands, 1.7 octaves, take it to
-# about a tenth of a dB; on the dev seeds one to three bands left leak-free rained checks over
-# the threshold 1-4 % of the time, four 0.3 %).
+# some 4-6 dB lower against a background that is louder there). On the older metal dev sets'
+# leak-free rained checks the clean statistic reached the dry threshold in 7 % of them with one
+# band left out, 3.5 % two, 2 % three, 1 % four (0.3 % at `RAIN_K`): docs/leak-detection.md,
+# twelfth pass.
 MARGIN: Final = 4
 # The tests' bar under rain, as a multiple of a dry check's threshold (the refit on fewer bands
 # is less exact): a leak found only under the rain must show a little more strongly.
