@@ -142,13 +142,13 @@ class JudgeParams:
     joint_k: float = 3.0
     metal_matched: bool = True
     metal_common_mode: bool = True
+    metal_below_rain: bool = True
     plastic_common_mode: bool = True
     metal_witness: bool = True
     rain_spread_db: float = 1.5
     disturbed_confirms: bool = True
     plastic_demand: bool = True
     plastic_rain_opens: bool = True
-    metal_below_rain: bool = True
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -179,6 +179,12 @@ class Judgement:
     # The leak band weighted by what a leak would add to each band (`matched.py`, metal pipes).
     matched_z: float | None = None
     matched_threshold: float | None = None
+    # A metal pipe's rained-on check: its leak bands below the rain's reach judged as one
+    # (`under_rain.py`, `metal_below_rain`): the larger statistic and the bar it is held to.
+    below_rain_z: float | None = None
+    below_rain_threshold: float | None = None
+    below_rain: bool = False  # positive by that test
+    below_rain_only: bool = False  # ... and by nothing else
     # The joint z standardised by its spread on the baseline's own checks (`accumulate.py` sums it).
     joint_u: float | None = None
     accumulated: dict[str, Any] | None = None  # set when accumulated evidence made the check positive
@@ -191,12 +197,6 @@ class Judgement:
     # A plastic pipe's disturbed check whose low leak bands rose enough to open a warning
     # (`rained_out.py`, `plastic_rain_opens`).
     rain_opens: bool = False
-    # A metal pipe's rained-on check: its leak bands below the rain's reach judged as one
-    # (`under_rain.py`, `metal_below_rain`): the larger statistic and the bar it is held to.
-    below_rain_z: float | None = None
-    below_rain_threshold: float | None = None
-    below_rain: bool = False  # positive by that test
-    below_rain_only: bool = False  # ... and by nothing else
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -214,13 +214,13 @@ class Judgement:
             "joint_threshold": None if self.joint_threshold is None else round(self.joint_threshold, 2),
             "matched_z": None if self.matched_z is None else round(self.matched_z, 2),
             "matched_threshold": None if self.matched_threshold is None else round(self.matched_threshold, 2),
-            "accumulated": self.accumulated,
-            "demand_db": None if self.demand_db is None else round(self.demand_db, 1),
-            "demand_like": self.demand_like,
             "below_rain_z": None if self.below_rain_z is None else round(self.below_rain_z, 2),
             "below_rain_threshold": None
             if self.below_rain_threshold is None
             else round(self.below_rain_threshold, 2),
+            "accumulated": self.accumulated,
+            "demand_db": None if self.demand_db is None else round(self.demand_db, 1),
+            "demand_like": self.demand_like,
         }
 
 
@@ -342,6 +342,10 @@ def judge(  # noqa: PLR0915 - one check's judgement, read top to bottom
         joint_u=max((t.u for t in (joint, matched) if t), default=None),
         matched_z=None if matched is None else matched.z,
         matched_threshold=None if matched is None else matched.threshold,
+        below_rain_z=None if below is None else below.z,
+        below_rain_threshold=None if below is None else under_rain.RAIN_K * below.threshold,
+        below_rain=below_up,
+        below_rain_only=below_only,
         rain=rain,
         steady_only=steady_only,
         # In a plastic pipe a leak under rain shows below it: there a disturbed check may open a
@@ -350,10 +354,6 @@ def judge(  # noqa: PLR0915 - one check's judgement, read top to bottom
         and p.plastic_rain_opens
         and _plastic(p)
         and rained_out.opens(rise, t_level, counted, p.min_bands),
-        below_rain_z=None if below is None else below.z,
-        below_rain_threshold=None if below is None else under_rain.RAIN_K * below.threshold,
-        below_rain=below_up,
-        below_rain_only=below_only,
         **(
             _demand(
                 p,
