@@ -88,6 +88,7 @@ def test_a_current_table_has_no_warnings_and_a_removed_key_is_still_range_checke
         "plastic_rain_opens",
         "metal_matched",
         "metal_common_mode",
+        "metal_below_rain",
     ],
 )
 def test_a_detection_switch_reaches_the_judgement_and_a_wrong_value_names_the_key(

@@ -100,6 +100,13 @@ class DetectionSection(_Section):
     # pipe's (`plastic_common_mode`): a booster pump stopping moves the spectrum's median band, not
     # the bands' common rise (docs/leak-detection.md, tenth pass); false: against the median band.
     metal_common_mode: bool = True
+    # Metal pipes: a rained-on check's leak bands below where the rain reaches (read from the check:
+    # the bands wandering or standing out from the top of the spectrum down, and the rain's skirt
+    # below them) are judged as one, the nuisance patterns refitted on the bands the rain left
+    # clean (`models/leak/under_rain.py`); positive, it may open or confirm a warning. false: a
+    # rained-on metal check has no joint test (the eleventh pass's rule; docs/leak-detection.md,
+    # twelfth pass).
+    metal_below_rain: bool = True
     # Metal pipes: a one-sided sum (CUSUM) of the joint statistic over judged checks
     # (`models/leak/accumulate.py`), in spreads of the sensor's own quiet: each check adds what it
     # exceeds `accumulate_k` by; reaching `accumulate_h` makes a check positive; the sum looks back

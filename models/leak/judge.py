@@ -58,6 +58,11 @@ well (dev site 26102).
 same judgement is made of the leak band's residual weighted by what a leak would add to each band
 over the sensor's quiet (`matched.py`): the background is loudest at the bottom of a metal pipe's
 leak band, so a weak leak shows at its quiet top, and weighing every band alike dilutes it.
+**A metal pipe's leak under rain** (`metal_below_rain`, twelfth pass, `under_rain.py`): a
+rained-on or disturbed check's leak bands below where the rain reaches are judged as one, the
+nuisance patterns refitted on the bands the rain left clean (`below_rain_z` in the judgement);
+positive, such a check opens or confirms a warning, and a warning only it opened is confirmed by a
+dry positive check or by the same test again.
 
 **Plastic pipes, judged against the common mode** (`plastic_common_mode`, sixth pass; baselines
 with nuisance patterns and `relative_sigma`): the shape is a band's rise over the *common-mode
@@ -97,7 +102,7 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.models.leak import demand, features, pipes, rained_out
+from water_edge.models.leak import demand, features, pipes, rained_out, under_rain
 from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, CheckStats, relative_rise
 from water_edge.models.leak.joint import Joint, joint_z
@@ -137,6 +142,7 @@ class JudgeParams:
     joint_k: float = 3.0
     metal_matched: bool = True
     metal_common_mode: bool = True
+    metal_below_rain: bool = True
     plastic_common_mode: bool = True
     metal_witness: bool = True
     rain_spread_db: float = 1.5
@@ -173,6 +179,12 @@ class Judgement:
     # The leak band weighted by what a leak would add to each band (`matched.py`, metal pipes).
     matched_z: float | None = None
     matched_threshold: float | None = None
+    # A metal pipe's rained-on check: its leak bands below the rain's reach judged as one
+    # (`under_rain.py`, `metal_below_rain`): the larger statistic and the bar it is held to.
+    below_rain_z: float | None = None
+    below_rain_threshold: float | None = None
+    below_rain: bool = False  # positive by that test
+    below_rain_only: bool = False  # ... and by nothing else
     # The joint z standardised by its spread on the baseline's own checks (`accumulate.py` sums it).
     joint_u: float | None = None
     accumulated: dict[str, Any] | None = None  # set when accumulated evidence made the check positive
@@ -202,13 +214,19 @@ class Judgement:
             "joint_threshold": None if self.joint_threshold is None else round(self.joint_threshold, 2),
             "matched_z": None if self.matched_z is None else round(self.matched_z, 2),
             "matched_threshold": None if self.matched_threshold is None else round(self.matched_threshold, 2),
+            "below_rain_z": None if self.below_rain_z is None else round(self.below_rain_z, 2),
+            "below_rain_threshold": None
+            if self.below_rain_threshold is None
+            else round(self.below_rain_threshold, 2),
             "accumulated": self.accumulated,
             "demand_db": None if self.demand_db is None else round(self.demand_db, 1),
             "demand_like": self.demand_like,
         }
 
 
-def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = None) -> Judgement:
+def judge(  # noqa: PLR0915 - one check's judgement, read top to bottom
+    check: CheckStats, baseline: Baseline, params: JudgeParams | None = None
+) -> Judgement:
     p = params or JudgeParams()
     mask = p.band_mask()
     rise = check.p10 - baseline.level
@@ -284,6 +302,11 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         positive = positive or any(
             t.up(1.0) or (clf_up and t.up(JOINT_WITH_CLF)) for t in (joint, matched) if t
         )
+    # A metal pipe's rained-on check: its leak bands below the rain judged as one (`under_rain.py`).
+    below = _below_rain(check, baseline, p, mask, residual, counted) if rain or steady_only else None
+    below_up = below is not None and below.up(under_rain.RAIN_K)
+    below_only = below_up and not positive
+    positive = positive or below_up
     threshold = t_level if steady_only else np.minimum(np.minimum(t_level, t_shape), t_residual)
     risen = [
         {
@@ -319,6 +342,10 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         joint_u=max((t.u for t in (joint, matched) if t), default=None),
         matched_z=None if matched is None else matched.z,
         matched_threshold=None if matched is None else matched.threshold,
+        below_rain_z=None if below is None else below.z,
+        below_rain_threshold=None if below is None else under_rain.RAIN_K * below.threshold,
+        below_rain=below_up,
+        below_rain_only=below_only,
         rain=rain,
         steady_only=steady_only,
         # In a plastic pipe a leak under rain shows below it: there a disturbed check may open a
@@ -366,6 +393,34 @@ class _Test:
 
     def up(self, fraction: float) -> bool:
         return self.z >= fraction * self.threshold
+
+
+def _below_rain(  # noqa: PLR0917 - the judgement's own intermediate results, in its order
+    check: CheckStats,
+    baseline: Baseline,
+    p: JudgeParams,
+    mask: npt.NDArray[np.bool_],
+    residual: FloatArray,
+    counted: npt.NDArray[np.bool_],
+) -> _Test | None:
+    """A metal pipe's rained-on check: its leak bands below the rain's reach judged as one, the
+    patterns refitted on the bands the rain left clean (`under_rain.py`); the larger of the joint
+    and weighted tests (by their margin over threshold), or None."""
+    nu = baseline.nuisance
+    if not (p.metal_below_rain and _metal(p)) or nu is None or nu.loo is None or p.joint_z <= 0:
+        return None
+    clean = under_rain.clean_bands(check.p10, check.p50, baseline.level)
+    if clean is None:
+        return None
+    extra = EXTRAPOLATION_TOL * np.abs(nu.beyond(check.p10, ~mask & clean))
+    template = leak_template(baseline.level, nu.components, mask) if p.metal_matched else None
+    br = under_rain.tests(
+        residual, nu.components, nu.loo, use=counted, clean=clean, extra_db=extra, template=template
+    )
+    if br is None:
+        return None
+    found = [_Test.of(t, p) for t in (br.joint, br.matched) if t is not None]
+    return max(found, key=lambda t: t.z - t.threshold, default=None)
 
 
 def _rain(check: CheckStats, baseline: Baseline, p: JudgeParams, mask: npt.NDArray[np.bool_]) -> bool:
@@ -519,6 +574,7 @@ class Confirmation:
     accumulation: Accumulation = field(default_factory=Accumulation)
     last: Judgement | None = None
     _rain_opened: bool = False  # the open warning came from a disturbed check (`rained_out.py`)
+    _below_opened: bool = False  # ... from a metal check's bands below the rain only (`under_rain.py`)
 
     def update(self, night: str, j: Judgement) -> Transition | None:
         """Take one check's judgement; `last` is then that judgement as confirmation counted it."""
@@ -536,12 +592,22 @@ class Confirmation:
         if (
             j.positive
             and j.steady_only
-            and not j.rain_opens
+            and not (j.rain_opens or j.below_rain)
             and (self.state == "quiet" or (self.state == "warning" and self._rain_opened))
         ):
             # A disturbed check's steady bands confirm a warning (or keep a leak up); they open one,
             # and confirm one a disturbed check opened, only in a plastic pipe, low and well risen
-            # (`rained_out.py`).
+            # (`rained_out.py`), or in a metal one by its leak bands below the rain (`under_rain.py`).
+            j = replace(j, positive=False)
+        if (
+            j.positive
+            and self.state == "warning"
+            and self._below_opened
+            and (j.rain or j.steady_only)
+            and not j.below_rain
+        ):
+            # A warning only the bands below the rain opened is confirmed by a dry positive check
+            # or by that test again, not by a rained-on check's other evidence.
             j = replace(j, positive=False)
         self.last = j
         if j.positive:
@@ -550,6 +616,7 @@ class Confirmation:
             if self.state == "quiet":
                 self.state, self.since_night, self.warning_night = "warning", night, night
                 self._rain_opened = j.steady_only
+                self._below_opened = j.below_rain_only
                 return "warning"
             # A demand-like check (`demand.py`) confirms only on a later night than the warning's:
             # the night's demand lifted both of its checks alike.
@@ -582,6 +649,7 @@ class Confirmation:
         self.state, self.since_night, self.warning_night = "quiet", None, None
         self.positives, self._quiet_nights = 0, 0
         self._rain_opened = False
+        self._below_opened = False
         self.accumulation.reset()
 
 
