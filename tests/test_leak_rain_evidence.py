@@ -63,20 +63,22 @@ def _dry(base: Baseline, night: str, bands: list[int]) -> Judgement:
 
 def test_three_low_bands_at_the_second_bar_open_a_warning_under_the_rain() -> None:
     base = plastic_baseline()[0]
-    # A weak leak lifts three low bands (15.5-28 Hz) 1.5 x their level thresholds: under the
-    # first bar (two at 2 x), over the second (three at 1.25 x).
-    three = judge(_rained_out(base, "2025-02-01", 0, [1, 2, 3], 1.5), base, PVC)
+    # A weak leak lifts three low bands (15.5-28 Hz) 1.7 x their level thresholds: under the
+    # first bar (two at 2 x), over the second (three at 1.5 x).
+    three = judge(_rained_out(base, "2025-02-01", 0, [1, 2, 3], 1.7), base, PVC)
     assert not three.judged
     assert three.steady_only
     assert three.rain_opens
     assert Confirmation().update("2025-02-01", three) == "warning"
-    assert not judge(_rained_out(base, "2025-02-01", 0, [1, 2, 3], 1.5), base, ELEVENTH).rain_opens
+    assert not judge(_rained_out(base, "2025-02-01", 0, [1, 2, 3], 1.7), base, ELEVENTH).rain_opens
+    # Three at 1.3 x (rain's skirt on a night of more demand: dev site 29150) do not open.
+    assert not judge(_rained_out(base, "2025-02-01", 0, [1, 2, 3], 1.3), base, PVC).rain_opens
     # The rain's skirt lifts two bands: the second bar asks for three.
-    two = judge(_rained_out(base, "2025-02-01", 0, [3, 4], 1.5), base, PVC)
+    two = judge(_rained_out(base, "2025-02-01", 0, [3, 4], 1.7), base, PVC)
     assert two.positive
     assert not two.rain_opens
     # Three bands, but one of them above 45 Hz where the rain is: not the second bar either.
-    assert not judge(_rained_out(base, "2025-02-01", 0, [2, 3, 5], 1.5), base, PVC).rain_opens
+    assert not judge(_rained_out(base, "2025-02-01", 0, [2, 3, 5], 1.7), base, PVC).rain_opens
 
 
 def test_in_light_rain_the_classifier_counts_only_with_a_band_under_the_rain() -> None:

@@ -88,7 +88,7 @@ class DetectionSection(_Section):
     # pass's rule; docs/leak-detection.md, eleventh pass). Needs `disturbed_confirms`.
     plastic_rain_opens: bool = True
     # Plastic pipes, rain (docs/leak-detection.md, twelfth pass): three leak bands below 45 Hz at
-    # 1.25 x their level threshold also open a warning from a disturbed check
+    # 1.5 x their level threshold also open a warning from a disturbed check
     # (`models/leak/rained_out.py`; needs `plastic_rain_opens`); false: two at 2 x only.
     plastic_rain_second_bar: bool = True
     # Plastic pipes: in a check judged as rained on, one risen band and the classifier's rise make it

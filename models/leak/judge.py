@@ -12,9 +12,9 @@ counted, and `min_bands` of them make the check positive — which `Confirmation
 confirm an open warning (or keep a leak up), never to open one (`steady_only` in the judgement) —
 except in a plastic pipe, where its leak bands below 45 Hz risen twice their level threshold open
 one (`plastic_rain_opens`, eleventh pass, `rained_out.py`: `rain_opens` in the judgement), or
-three of them 1.25 x (`plastic_rain_second_bar`, twelfth pass); there a disturbed check confirms
+three of them 1.5 x (`plastic_rain_second_bar`, twelfth pass); there a disturbed check confirms
 a warning only with a band the warning showed, its neighbour, or three bands, not with the rain's
-skirt (`plastic_rain_same_bands`, `rain_evidence.py`: `same_bands` in the judgement).
+skirt (`plastic_rain_same_bands`, `rain_evidence.py`).
 Only the level counts there: a disturbance is none of the learned nuisance patterns (their fit
 breaks) and lifts most bands (no shape), and the classifier hears rain as a leak. Otherwise,
 per band (only the leak bands of the pipe material when it is known, else all 20):

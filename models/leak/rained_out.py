@@ -15,7 +15,7 @@ bands below `OPEN_MAX_HZ`, steady within `rain_spread_db` and not tonal, rose ov
 level by `OPEN_K` times their level threshold; and a warning so opened is confirmed by a disturbed
 check only when that check clears the same bar (`Confirmation`), by a dry check as any warning.
 The second bar (`plastic_rain_second_bar`, twelfth pass): `SECOND_BANDS` (3) such bands at
-`SECOND_K` (1.25) x open too — a weak leak lifts three or four low bands a little, the rain's skirt
+`SECOND_K` (1.5) x open too — a weak leak lifts three or four low bands a little, the rain's skirt
 mostly two (dev seeds: docs/leak-detection.md, twelfth pass).
 Only the level counts, as for confirming: the residual and the classifier are fooled by rain (ninth
 pass). Metal pipes are not changed: rain overlaps a metal pipe's leak band (tenth pass: opening on
@@ -40,7 +40,7 @@ OPEN_MAX_HZ: Final = 45.0
 # The second bar (`plastic_rain_second_bar`, twelfth pass): this many bands below `OPEN_MAX_HZ` at
 # this multiple open too. A leak lifts three or four low bands; the rain's skirt mostly two.
 SECOND_BANDS: Final = 3
-SECOND_K: Final = 1.25
+SECOND_K: Final = 1.5
 
 
 def opens(
