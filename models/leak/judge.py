@@ -12,9 +12,7 @@ counted, and `min_bands` of them make the check positive — which `Confirmation
 confirm an open warning (or keep a leak up), never to open one (`steady_only` in the judgement) —
 except in a plastic pipe, where its leak bands below 45 Hz risen twice their level threshold open
 one (`plastic_rain_opens`, eleventh pass, `rained_out.py`: `rain_opens` in the judgement), or
-three of them 1.5 x (`plastic_rain_second_bar`, twelfth pass); there a disturbed check confirms
-a warning only with a band the warning showed, its neighbour, or three bands, not with the rain's
-skirt (`plastic_rain_same_bands`, `rain_evidence.py`).
+three of them 1.5 x theirs (`plastic_rain_second_bar`, twelfth pass).
 Only the level counts there: a disturbance is none of the learned nuisance patterns (their fit
 breaks) and lifts most bands (no shape), and the classifier hears rain as a leak. Otherwise,
 per band (only the leak bands of the pipe material when it is known, else all 20):
@@ -79,9 +77,6 @@ evidence): a band counts only when its own spread is within `rain_spread_db` of 
 (not `spread_tol_db`), the joint test is not made, the check adds nothing to the evidence
 accumulated over checks and never counts as quiet. A loud leak still stands steady under the rain.
 Without a material (every band judged) there is no band above the leak band: no rain rule.
-In a plastic check judged as rained on the classifier (which hears rain as a leak) counts with one
-band only when that band lies under the rain (`plastic_rain_low_classifier`, twelfth pass,
-`rain_evidence.py`).
 **Plastic pipes, a night of more demand** (`plastic_demand`, tenth pass, `demand.py`): a check
 positive only by its leak band's common rise (`demand_db`: the median rise of the non-tonal leak
 bands, at most `min_rise_db`) is `demand_like`; it confirms a warning only on a later night.
@@ -103,7 +98,7 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.models.leak import demand, features, pipes, rain_evidence, rained_out
+from water_edge.models.leak import demand, features, pipes, rained_out
 from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, CheckStats, relative_rise
 from water_edge.models.leak.joint import Joint, joint_z
@@ -150,8 +145,6 @@ class JudgeParams:
     plastic_demand: bool = True
     plastic_rain_opens: bool = True
     plastic_rain_second_bar: bool = True
-    plastic_rain_low_classifier: bool = True
-    plastic_rain_same_bands: bool = True
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -194,9 +187,6 @@ class Judgement:
     # A plastic pipe's disturbed check whose low leak bands rose enough to open a warning
     # (`rained_out.py`, `plastic_rain_opens`).
     rain_opens: bool = False
-    # A plastic pipe's disturbed check that confirms a warning only with a band the warning showed
-    # or its neighbour, or with `rain_evidence.FREE_BANDS` bands (`plastic_rain_same_bands`).
-    same_bands: bool = False
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -269,10 +259,9 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         else check.clf_logit - baseline.clf_logit
     )
     n = int(risen_mask.sum())
-    clf_up = _classifier_counts(
-        p, clf_rise is not None and clf_rise >= p.clf_logit_rise, steady_only, rain, risen_mask
-    )
-    positive = n >= p.min_bands or (n >= 1 and clf_up)
+    clf_up = clf_rise is not None and clf_rise >= p.clf_logit_rise
+    # A disturbed check's classifier hears the disturbance (leak-free rain: +10 to +16 log-odds).
+    positive = n >= p.min_bands or (n >= 1 and clf_up and not steady_only)
     joint: _Test | None = None
     matched: _Test | None = None
     if (
@@ -340,8 +329,6 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         and p.plastic_rain_opens
         and _plastic(p)
         and rained_out.opens(rise, t_level, counted, p.min_bands, second_bar=p.plastic_rain_second_bar),
-        # ... and confirms a plastic warning only with the bands the warning showed (`rain_evidence.py`).
-        same_bands=steady_only and p.plastic_rain_same_bands and _plastic(p),
         **(
             _demand(
                 p,
@@ -359,19 +346,6 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
             else _Demand(demand_db=None, demand_like=False)
         ),
     )
-
-
-def _classifier_counts(
-    p: JudgeParams, clf_up: bool, steady_only: bool, rain: bool, risen: npt.NDArray[np.bool_]
-) -> bool:
-    """Does the classifier's rise count as evidence in this check? Not in a disturbed one (it hears
-    the disturbance: leak-free rain +10 to +16 log-odds); in a plastic check judged as rained on
-    only with a risen band under the rain (`rain_evidence.py`, `plastic_rain_low_classifier`)."""
-    if not clf_up or steady_only:
-        return False
-    if rain and p.plastic_rain_low_classifier and _plastic(p):
-        return rain_evidence.classifier_counts(CENTRES[risen])
-    return True
 
 
 @dataclass(frozen=True)
@@ -547,7 +521,6 @@ class Confirmation:
     accumulation: Accumulation = field(default_factory=Accumulation)
     last: Judgement | None = None
     _rain_opened: bool = False  # the open warning came from a disturbed check (`rained_out.py`)
-    _warning_hz: tuple[float, ...] = ()  # the bands the open warning showed (`rain_evidence.py`)
 
     def update(self, night: str, j: Judgement) -> Transition | None:
         """Take one check's judgement; `last` is then that judgement as confirmation counted it."""
@@ -572,15 +545,6 @@ class Confirmation:
             # and confirm one a disturbed check opened, only in a plastic pipe, low and well risen
             # (`rained_out.py`).
             j = replace(j, positive=False)
-        if (
-            j.positive
-            and j.same_bands
-            and self.state == "warning"
-            and not self._rain_opened
-            and not rain_evidence.confirms(self._warning_hz, [b["band_hz"] for b in j.risen])
-        ):
-            # A rained-out plastic check confirms with the warning's bands, not the rain's skirt.
-            j = replace(j, positive=False)
         self.last = j
         if j.positive:
             self._quiet_nights = 0
@@ -588,7 +552,6 @@ class Confirmation:
             if self.state == "quiet":
                 self.state, self.since_night, self.warning_night = "warning", night, night
                 self._rain_opened = j.steady_only
-                self._warning_hz = tuple(b["band_hz"] for b in j.risen)
                 return "warning"
             # A demand-like check (`demand.py`) confirms only on a later night than the warning's:
             # the night's demand lifted both of its checks alike.
@@ -621,7 +584,6 @@ class Confirmation:
         self.state, self.since_night, self.warning_night = "quiet", None, None
         self.positives, self._quiet_nights = 0, 0
         self._rain_opened = False
-        self._warning_hz = ()
         self.accumulation.reset()
 
 
