@@ -12,7 +12,9 @@ counted, and `min_bands` of them make the check positive — which `Confirmation
 confirm an open warning (or keep a leak up), never to open one (`steady_only` in the judgement) —
 except in a plastic pipe, where its leak bands below 45 Hz risen twice their level threshold open
 one (`plastic_rain_opens`, eleventh pass, `rained_out.py`: `rain_opens` in the judgement), or
-three of them 1.5 x theirs (`plastic_rain_second_bar`, twelfth pass).
+three of them 1.5 x theirs (`plastic_rain_second_bar`, twelfth pass); there a disturbed check
+confirms a warning only with a band the warning showed, its neighbour, three bands, or after a
+demand-like warning — not with the rain's skirt (`plastic_rain_same_bands`, `rain_confirms.py`).
 Only the level counts there: a disturbance is none of the learned nuisance patterns (their fit
 breaks) and lifts most bands (no shape), and the classifier hears rain as a leak. Otherwise,
 per band (only the leak bands of the pipe material when it is known, else all 20):
@@ -98,7 +100,7 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.models.leak import demand, features, pipes, rained_out
+from water_edge.models.leak import demand, features, pipes, rain_confirms, rained_out
 from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, CheckStats, relative_rise
 from water_edge.models.leak.joint import Joint, joint_z
@@ -145,6 +147,7 @@ class JudgeParams:
     plastic_demand: bool = True
     plastic_rain_opens: bool = True
     plastic_rain_second_bar: bool = True
+    plastic_rain_same_bands: bool = True
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -187,6 +190,9 @@ class Judgement:
     # A plastic pipe's disturbed check whose low leak bands rose enough to open a warning
     # (`rained_out.py`, `plastic_rain_opens`).
     rain_opens: bool = False
+    # A plastic pipe's disturbed check that confirms a warning only with the warning's bands
+    # (`rain_confirms.py`, `plastic_rain_same_bands`).
+    same_bands: bool = False
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -329,6 +335,8 @@ def judge(check: CheckStats, baseline: Baseline, params: JudgeParams | None = No
         and p.plastic_rain_opens
         and _plastic(p)
         and rained_out.opens(rise, t_level, counted, p.min_bands, second_bar=p.plastic_rain_second_bar),
+        # ... and confirms a plastic warning with the warning's bands (`rain_confirms.py`).
+        same_bands=steady_only and p.plastic_rain_same_bands and _plastic(p),
         **(
             _demand(
                 p,
@@ -521,6 +529,8 @@ class Confirmation:
     accumulation: Accumulation = field(default_factory=Accumulation)
     last: Judgement | None = None
     _rain_opened: bool = False  # the open warning came from a disturbed check (`rained_out.py`)
+    _warning_hz: tuple[float, ...] = ()  # the bands the open warning showed (`rain_confirms.py`)
+    _warning_demand: bool = False  # ... and whether its check was demand-like
 
     def update(self, night: str, j: Judgement) -> Transition | None:
         """Take one check's judgement; `last` is then that judgement as confirmation counted it."""
@@ -545,6 +555,17 @@ class Confirmation:
             # and confirm one a disturbed check opened, only in a plastic pipe, low and well risen
             # (`rained_out.py`).
             j = replace(j, positive=False)
+        if (
+            j.positive
+            and j.same_bands
+            and self.state == "warning"
+            and not self._rain_opened
+            and not rain_confirms.confirms(
+                self._warning_hz, [b["band_hz"] for b in j.risen], demand_like=self._warning_demand
+            )
+        ):
+            # A rained-out plastic check confirms with the warning's bands, not the rain's skirt.
+            j = replace(j, positive=False)
         self.last = j
         if j.positive:
             self._quiet_nights = 0
@@ -552,6 +573,8 @@ class Confirmation:
             if self.state == "quiet":
                 self.state, self.since_night, self.warning_night = "warning", night, night
                 self._rain_opened = j.steady_only
+                self._warning_hz = tuple(b["band_hz"] for b in j.risen)
+                self._warning_demand = j.demand_like
                 return "warning"
             # A demand-like check (`demand.py`) confirms only on a later night than the warning's:
             # the night's demand lifted both of its checks alike.
@@ -584,6 +607,7 @@ class Confirmation:
         self.state, self.since_night, self.warning_night = "quiet", None, None
         self.positives, self._quiet_nights = 0, 0
         self._rain_opened = False
+        self._warning_hz, self._warning_demand = (), False
         self.accumulation.reset()
 
 
