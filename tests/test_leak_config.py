@@ -86,6 +86,8 @@ def test_a_current_table_has_no_warnings_and_a_removed_key_is_still_range_checke
         "disturbed_confirms",
         "plastic_demand",
         "plastic_rain_opens",
+        "plastic_rain_second_bar",
+        "plastic_rain_same_bands",
         "metal_matched",
         "metal_common_mode",
         "metal_below_rain",

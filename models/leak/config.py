@@ -87,6 +87,14 @@ class DetectionSection(_Section):
     # the same bar (`models/leak/rained_out.py`); false: a disturbed check only confirms (the tenth
     # pass's rule; docs/leak-detection.md, eleventh pass). Needs `disturbed_confirms`.
     plastic_rain_opens: bool = True
+    # Plastic pipes, rain (docs/leak-detection.md, twelfth pass): three leak bands below 45 Hz at
+    # 1.5 x their level threshold also open a warning from a disturbed check
+    # (`models/leak/rained_out.py`; needs `plastic_rain_opens`); false: two at 2 x only.
+    plastic_rain_second_bar: bool = True
+    # Plastic pipes: a disturbed check confirms a warning only with a band the warning showed (or
+    # its neighbour), with three steady bands, or after a demand-like warning — not with the rain's
+    # skirt (`models/leak/rain_confirms.py`); false: any two steady bands confirm, as before.
+    plastic_rain_same_bands: bool = True
     # Metal pipes: the leak band's unexplained rise summed over its bands (`models/leak/joint.py`)
     # makes a check positive at this many standard deviations (or `joint_k` x its spread on the
     # baseline's own checks, whichever is higher); 0 turns the joint test off.

@@ -11,7 +11,10 @@ steady noise's spread, not tonal) whose level rose over the baseline's by the le
 counted, and `min_bands` of them make the check positive — which `Confirmation` takes only to
 confirm an open warning (or keep a leak up), never to open one (`steady_only` in the judgement) —
 except in a plastic pipe, where its leak bands below 45 Hz risen twice their level threshold open
-one (`plastic_rain_opens`, eleventh pass, `rained_out.py`: `rain_opens` in the judgement).
+one (`plastic_rain_opens`, eleventh pass, `rained_out.py`: `rain_opens` in the judgement), or
+three of them 1.5 x theirs (`plastic_rain_second_bar`, twelfth pass); there a disturbed check
+confirms a warning only with a band the warning showed, its neighbour, three bands, or after a
+demand-like warning — not with the rain's skirt (`plastic_rain_same_bands`, `rain_confirms.py`).
 Only the level counts there: a disturbance is none of the learned nuisance patterns (their fit
 breaks) and lifts most bands (no shape), and the classifier hears rain as a leak. Otherwise,
 per band (only the leak bands of the pipe material when it is known, else all 20):
@@ -102,7 +105,7 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.models.leak import demand, features, pipes, rained_out, under_rain
+from water_edge.models.leak import demand, features, pipes, rain_confirms, rained_out, under_rain
 from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, CheckStats, relative_rise
 from water_edge.models.leak.joint import Joint, joint_z
@@ -149,6 +152,8 @@ class JudgeParams:
     disturbed_confirms: bool = True
     plastic_demand: bool = True
     plastic_rain_opens: bool = True
+    plastic_rain_second_bar: bool = True
+    plastic_rain_same_bands: bool = True
     material: str | None = None
     diameter_mm: float = 150.0
 
@@ -197,6 +202,9 @@ class Judgement:
     # A plastic pipe's disturbed check whose low leak bands rose enough to open a warning
     # (`rained_out.py`, `plastic_rain_opens`).
     rain_opens: bool = False
+    # A plastic pipe's disturbed check that confirms a warning only with the warning's bands
+    # (`rain_confirms.py`, `plastic_rain_same_bands`).
+    same_bands: bool = False
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -353,7 +361,9 @@ def judge(  # noqa: PLR0915 - one check's judgement, read top to bottom
         rain_opens=steady_only
         and p.plastic_rain_opens
         and _plastic(p)
-        and rained_out.opens(rise, t_level, counted, p.min_bands),
+        and rained_out.opens(rise, t_level, counted, p.min_bands, second_bar=p.plastic_rain_second_bar),
+        # ... and confirms a plastic warning with the warning's bands (`rain_confirms.py`).
+        same_bands=steady_only and p.plastic_rain_same_bands and _plastic(p),
         **(
             _demand(
                 p,
@@ -575,6 +585,8 @@ class Confirmation:
     last: Judgement | None = None
     _rain_opened: bool = False  # the open warning came from a disturbed check (`rained_out.py`)
     _below_opened: bool = False  # ... from a metal check's bands below the rain only (`under_rain.py`)
+    _warning_hz: tuple[float, ...] = ()  # the bands the open warning showed (`rain_confirms.py`)
+    _warning_demand: bool = False  # ... and whether its check was demand-like
 
     def update(self, night: str, j: Judgement) -> Transition | None:
         """Take one check's judgement; `last` is then that judgement as confirmation counted it."""
@@ -609,6 +621,17 @@ class Confirmation:
             # A warning only the bands below the rain opened is confirmed by a dry positive check
             # or by that test again, not by a rained-on check's other evidence.
             j = replace(j, positive=False)
+        if (
+            j.positive
+            and j.same_bands
+            and self.state == "warning"
+            and not self._rain_opened
+            and not rain_confirms.confirms(
+                self._warning_hz, [b["band_hz"] for b in j.risen], demand_like=self._warning_demand
+            )
+        ):
+            # A rained-out plastic check confirms with the warning's bands, not the rain's skirt.
+            j = replace(j, positive=False)
         self.last = j
         if j.positive:
             self._quiet_nights = 0
@@ -617,6 +640,8 @@ class Confirmation:
                 self.state, self.since_night, self.warning_night = "warning", night, night
                 self._rain_opened = j.steady_only
                 self._below_opened = j.below_rain_only
+                self._warning_hz = tuple(b["band_hz"] for b in j.risen)
+                self._warning_demand = j.demand_like
                 return "warning"
             # A demand-like check (`demand.py`) confirms only on a later night than the warning's:
             # the night's demand lifted both of its checks alike.
@@ -650,6 +675,7 @@ class Confirmation:
         self.positives, self._quiet_nights = 0, 0
         self._rain_opened = False
         self._below_opened = False
+        self._warning_hz, self._warning_demand = (), False
         self.accumulation.reset()
 
 

@@ -14,6 +14,9 @@ Hence: a disturbed check in a plastic pipe *opens* a warning when at least `min_
 bands below `OPEN_MAX_HZ`, steady within `rain_spread_db` and not tonal, rose over the baseline's
 level by `OPEN_K` times their level threshold; and a warning so opened is confirmed by a disturbed
 check only when that check clears the same bar (`Confirmation`), by a dry check as any warning.
+The second bar (`plastic_rain_second_bar`, twelfth pass): `SECOND_BANDS` (3) such bands at
+`SECOND_K` (1.5) x open too — a weak leak lifts three or four low bands a little, the rain's skirt
+mostly two (dev seeds: docs/leak-detection.md, twelfth pass).
 Only the level counts, as for confirming: the residual and the classifier are fooled by rain (ninth
 pass). Metal pipes are not changed: rain overlaps a metal pipe's leak band (tenth pass: opening on
 the steady bands there took 24000-24023 from 1 to 12 false alarms), and it starts above 45 Hz.
@@ -34,13 +37,24 @@ CENTRES: Final = np.array(features.band_centres_hz())
 OPEN_K: Final = 2.0
 # Only bands below this open: a plastic leak's strongest bands, under the rain's (60 Hz up).
 OPEN_MAX_HZ: Final = 45.0
+# The second bar (`plastic_rain_second_bar`, twelfth pass): this many bands below `OPEN_MAX_HZ` at
+# this multiple open too. A leak lifts three or four low bands; the rain's skirt mostly two.
+SECOND_BANDS: Final = 3
+SECOND_K: Final = 1.5
 
 
 def opens(
-    level_rise: FloatArray, t_level: FloatArray, counted: npt.NDArray[np.bool_], min_bands: int
+    level_rise: FloatArray,
+    t_level: FloatArray,
+    counted: npt.NDArray[np.bool_],
+    min_bands: int,
+    *,
+    second_bar: bool = False,
 ) -> bool:
     """Do at least `min_bands` of the `counted` bands (leak bands, steady in the rain, not tonal)
-    below `OPEN_MAX_HZ` stand `OPEN_K` x their level threshold over the baseline's level? (The
-    judgement asks only for a plastic pipe.)"""
-    up = counted & (CENTRES <= OPEN_MAX_HZ) & (level_rise >= OPEN_K * t_level)
-    return int(np.count_nonzero(up)) >= min_bands
+    below `OPEN_MAX_HZ` stand `OPEN_K` x their level threshold over the baseline's level, or (with
+    `second_bar`) `SECOND_BANDS` of them `SECOND_K` x? (The judgement asks only for a plastic pipe.)"""
+    low = counted & (CENTRES <= OPEN_MAX_HZ)
+    if int(np.count_nonzero(low & (level_rise >= OPEN_K * t_level))) >= min_bands:
+        return True
+    return second_bar and int(np.count_nonzero(low & (level_rise >= SECOND_K * t_level))) >= SECOND_BANDS
