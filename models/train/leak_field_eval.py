@@ -9,12 +9,12 @@
    judged as one night each (8 s checks); a recording "raises a leak" when the confirmation rule
    does (two positive checks). Margins are reported per check: the strongest band's rise over
    its threshold (`score`, >= 1 is a risen band) and the bands that rose.
-2. **False alarms** (simulated, held-out seeds `--fa-seed`, 7800+): `--sites` sites (materials in turn), a
+2. **False alarms** (simulated, held-out seeds `--fa-seed`, 7900+): `--sites` sites (materials in turn), a
    7-night baseline, then `--nights` leak-free nights with the night-to-night variation of
    `fwsim.hydrophone_nights` (traffic, weekends, passing vehicles, pumps, night demand, rain).
    Each night is `--checks` checks of `--check-s` seconds of 8 kHz audio (a real night gives
    2 h; see docs/leak-detection.md for what the shortening does).
-3. **Detection** (simulated, held-out seeds `--det-seed`, 10500+): per trial a new site, its 7-night baseline,
+3. **Detection** (simulated, held-out seeds `--det-seed`, 10600+): per trial a new site, its 7-night baseline,
    then a leak from night 8 at an SNR from {-15, -10, -5, 0, +5} dB against the site's nominal
    background; detected when the confirmation rule raises `leak` within 2 nights. And, where the
    site has one within a year, a leak at -10, -5 and 0 dB that begins on a dry night of >= 2 dB
@@ -353,7 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the leak band), 7500/10200 the next (rain read above the leak band), 7600/10300 the next (a
     # disturbed check's steady bands confirm a warning), 7700/10400 the tenth pass (metal pipes'
     # weighted leak band and common mode, plastic pipes' night of more demand), 7800/10500 the
-    # eleventh (a rained-out plastic check may open a warning). Dev sets: 100-109,
+    # eleventh (a rained-out plastic check may open a warning), 7900/10600 the twelfth (metal pipes'
+    # leak bands below the rain, plastic pipes' second rain bar and same-band confirmation). Dev
+    # sets: 100-109,
     # 200-319, 20000-20023
     # (--materials pvc,pe,pvc,pe,ductile_iron,pvc,pe,cast_iron,steel), 21000-21029, 22000-22011
     # and 22100-22129 (--materials ductile_iron,cast_iron,steel), 23000-23047 and 23100-23129
@@ -364,9 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (--materials steel,steel,cast_iron,ductile_iron); (plastic): 27000-27099 detection and
     # 27100-27147 false alarms (--materials pe,pvc). Eleventh pass (plastic under rain):
     # 28000-28099 detection and 28100-28199 false alarms (--materials pvc,pe) with rain on 60 % of
-    # the nights after the baseline (a dev script, docs/leak-detection.md, eleventh pass).
-    ap.add_argument("--fa-seed", type=int, default=7800)
-    ap.add_argument("--det-seed", type=int, default=10500)
+    # the nights after the baseline (a dev script, docs/leak-detection.md, eleventh pass). Twelfth
+    # pass, the same way: plastic 29000-29099, 29500-29559 detection and 29100-29199, 29600-29749
+    # false alarms; metal 29200-29299 detection and 29300-29399 false alarms.
+    ap.add_argument("--fa-seed", type=int, default=7900)
+    ap.add_argument("--det-seed", type=int, default=10600)
     ap.add_argument(
         "--materials",
         default=",".join(MATERIALS),
