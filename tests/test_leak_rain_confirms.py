@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
-from tests.support.leak_nights import plastic_baseline, quiet_check
+from tests.support.leak_nights import plastic_baseline, quiet_check, rained_out_check
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import Baseline, CheckStats
 from water_edge.models.leak.judge import Confirmation, Judgement, JudgeParams, judge
@@ -17,21 +15,9 @@ PVC = JudgeParams(material="pvc", diameter_mm=150)  # leak band 10-300 Hz: bands
 ELEVENTH = dataclasses.replace(PVC, plastic_rain_same_bands=False)  # any two steady bands confirm
 
 
-def _t_level(base: Baseline) -> np.ndarray:
-    out: np.ndarray = np.maximum(PVC.min_rise_db, PVC.k_sigma * base.level_sigma)
-    return out
-
-
 def _rained_out(base: Baseline, bands: list[int], times: float) -> CheckStats:
-    """The second night's check: rain from 68 Hz up (20 dB louder, gusting: disturbed), `bands`
-    below it risen steady by `times` their level threshold (a leak's hiss, or the rain's skirt)."""
-    p10 = base.level.copy()
-    lower = np.full(NB, 0.5)
-    p10[6:] += 20.0
-    lower[6:] = 6.0
-    p10[bands] += times * _t_level(base)[bands]
-    check = quiet_check("2025-02-02", 0, p10)
-    return dataclasses.replace(check, p50=p10 + lower, p90=p10 + 2 * lower, clf_logit=12.0)
+    """The second night's check, rained out (`rained_out_check`)."""
+    return rained_out_check(base, "2025-02-02", 0, bands, times, PVC)
 
 
 def _dry(base: Baseline, bands: list[int]) -> Judgement:

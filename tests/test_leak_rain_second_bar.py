@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
-from tests.support.leak_nights import plastic_baseline, quiet_check
+from tests.support.leak_nights import plastic_baseline, rained_out_check
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import Baseline, CheckStats
 from water_edge.models.leak.judge import Confirmation, JudgeParams, judge
@@ -18,21 +16,8 @@ PVC = JudgeParams(material="pvc", diameter_mm=150)  # leak band 10-300 Hz: bands
 ELEVENTH = dataclasses.replace(PVC, plastic_rain_second_bar=False)  # the eleventh pass's rule
 
 
-def _t_level(base: Baseline) -> np.ndarray:
-    out: np.ndarray = np.maximum(PVC.min_rise_db, PVC.k_sigma * base.level_sigma)
-    return out
-
-
 def _rained_out(base: Baseline, night: str, index: int, bands: list[int], times: float) -> CheckStats:
-    """Rain from 68 Hz up (20 dB louder, gusting: a disturbed check); `bands` below it risen steady
-    by `times` their level threshold (a leak's hiss, or the rain's skirt)."""
-    p10 = base.level.copy()
-    lower = np.full(NB, 0.5)
-    p10[6:] += 20.0
-    lower[6:] = 6.0
-    p10[bands] += times * _t_level(base)[bands]
-    check = quiet_check(night, index, p10)
-    return dataclasses.replace(check, p50=p10 + lower, p90=p10 + 2 * lower, clf_logit=12.0)
+    return rained_out_check(base, night, index, bands, times, PVC)
 
 
 def test_three_low_bands_at_the_second_bar_open_a_warning_under_the_rain() -> None:

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from tests.support.leak_nights import plastic_baseline
+from tests.support.leak_nights import plastic_baseline, rained_out_check
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import Baseline, CheckStats
 from water_edge.models.leak.judge import Confirmation, Judgement, JudgeParams, judge
@@ -21,24 +21,12 @@ def _check(night: str, index: int, p10: np.ndarray, lower: np.ndarray) -> CheckS
     return CheckStats(night, index, 0, 1800, p10, p10 + lower, p10 + 2 * lower, None, np.full(NB, 6.0))
 
 
+def _rained_out(base: Baseline, night: str, index: int, bands: list[int], times: float) -> CheckStats:
+    return rained_out_check(base, night, index, bands, times, PVC)
+
+
 def _baseline() -> Baseline:
     return plastic_baseline()[0]
-
-
-def _t_level(base: Baseline) -> np.ndarray:
-    out: np.ndarray = np.maximum(PVC.min_rise_db, PVC.k_sigma * base.level_sigma)
-    return out
-
-
-def _rained_out(base: Baseline, night: str, index: int, bands: list[int], times: float) -> CheckStats:
-    """Rain from 68 Hz up (20 dB louder, gusting: a disturbed check); `bands` below it risen steady
-    by `times` their level threshold (a leak's hiss, or the rain's skirt)."""
-    p10 = base.level.copy()
-    lower = np.full(NB, 0.5)
-    p10[6:] += 20.0
-    lower[6:] = 6.0
-    p10[bands] += times * _t_level(base)[bands]
-    return dataclasses.replace(_check(night, index, p10, lower), clf_logit=12.0)
 
 
 def _run(judgements: list[tuple[str, Judgement]]) -> list[str | None]:

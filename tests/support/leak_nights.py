@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import Baseline, CheckStats
+from water_edge.models.leak.judge import JudgeParams
 
 NB = features.N_BANDS
 
@@ -31,3 +34,23 @@ def plastic_baseline() -> tuple[Baseline, np.ndarray]:
         for c, (f, t) in enumerate([(rng.uniform(-2, 2), rng.normal(0, 1.5))] * 2)
     ]
     return Baseline.learn(checks, sensor="hyd.P", material="pvc"), flow
+
+
+def level_threshold(base: Baseline, params: JudgeParams) -> np.ndarray:
+    """Each band's level threshold in dB, as the judgement sets it."""
+    out: np.ndarray = np.maximum(params.min_rise_db, params.k_sigma * base.level_sigma)
+    return out
+
+
+def rained_out_check(
+    base: Baseline, night: str, index: int, bands: list[int], times: float, params: JudgeParams
+) -> CheckStats:
+    """Rain from 68 Hz up (20 dB louder, gusting: a disturbed check); `bands` below it risen steady
+    by `times` their level threshold (a leak's hiss, or the rain's skirt)."""
+    p10 = base.level.copy()
+    lower = np.full(NB, 0.5)
+    p10[6:] += 20.0
+    lower[6:] = 6.0
+    p10[bands] += times * level_threshold(base, params)[bands]
+    check = quiet_check(night, index, p10)
+    return dataclasses.replace(check, p50=p10 + lower, p90=p10 + 2 * lower, clf_logit=12.0)
