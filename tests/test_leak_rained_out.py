@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
-from tests.support.leak_nights import plastic_baseline, rained_out_check
+from tests.support.leak_nights import plastic_baseline, quiet_check, rained_out_check
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import Baseline, CheckStats
 from water_edge.models.leak.judge import Confirmation, Judgement, JudgeParams, judge
@@ -15,10 +13,6 @@ from water_edge.models.leak.judge import Confirmation, Judgement, JudgeParams, j
 NB = features.N_BANDS
 PVC = JudgeParams(material="pvc", diameter_mm=150)  # leak band 10-300 Hz
 OLD = dataclasses.replace(PVC, plastic_rain_opens=False)  # the tenth pass's rule
-
-
-def _check(night: str, index: int, p10: np.ndarray, lower: np.ndarray) -> CheckStats:
-    return CheckStats(night, index, 0, 1800, p10, p10 + lower, p10 + 2 * lower, None, np.full(NB, 6.0))
 
 
 def _rained_out(base: Baseline, night: str, index: int, bands: list[int], times: float) -> CheckStats:
@@ -72,7 +66,7 @@ def test_the_rains_skirt_below_it_opens_nothing_and_does_not_confirm_a_rained_ou
     assert c.update("2025-02-02", leak) == "leak"
     dry_p10 = base.level.copy()
     dry_p10[[1, 2]] += 8.0
-    dry = judge(_check("2025-02-02", 0, dry_p10, np.full(NB, 0.5)), base, PVC)
+    dry = judge(quiet_check("2025-02-02", 0, dry_p10), base, PVC)
     assert dry.judged
     assert dry.positive
     c = Confirmation()

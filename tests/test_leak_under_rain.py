@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from tests.support.leak_nights import quiet_check
 from water_edge.models.leak import features, under_rain
 from water_edge.models.leak.baseline import Baseline, CheckStats
 from water_edge.models.leak.judge import Confirmation, JudgeParams, judge
@@ -16,10 +17,6 @@ from water_edge.models.leak.judge import Confirmation, JudgeParams, judge
 NB = features.N_BANDS
 STEEL = JudgeParams(material="steel", diameter_mm=150)  # leak band 100 Hz - 2 kHz: bands 8-17
 OLD = dataclasses.replace(STEEL, metal_below_rain=False)  # the eleventh pass's rule
-
-
-def _check(night: str, index: int, p10: np.ndarray, lower: np.ndarray) -> CheckStats:
-    return CheckStats(night, index, 0, 1800, p10, p10 + lower, p10 + 2 * lower, None, np.full(NB, 6.0))
 
 
 def _steel_baseline() -> tuple[Baseline, np.ndarray]:
@@ -31,7 +28,7 @@ def _steel_baseline() -> tuple[Baseline, np.ndarray]:
     flow = np.zeros(NB)
     flow[3:16] = 1.0
     checks = [
-        _check(f"2025-01-0{n + 1}", c, level + f * flow + rng.normal(0, 0.3, NB), np.full(NB, 0.5))
+        quiet_check(f"2025-01-0{n + 1}", c, level + f * flow + rng.normal(0, 0.3, NB))
         for n in range(7)
         for c, f in enumerate([rng.uniform(-2, 2)] * 2)
     ]
@@ -51,7 +48,7 @@ def _rain(base: Baseline, night: str, index: int, *, low: int, leak: np.ndarray 
     lower[low:] = 4.0
     if leak is not None:
         p10 = p10 + leak
-    return _check(night, index, p10, lower)
+    return quiet_check(night, index, p10, lower)
 
 
 def _weak_leak(db: float = 2.0) -> np.ndarray:
@@ -117,7 +114,7 @@ def test_a_disturbance_that_does_not_come_from_the_top_is_not_read_as_rain() -> 
     lower = np.full(NB, 0.5)
     lower[:7] = 5.0
     p10 = p10 + _weak_leak()
-    c = _check("2025-02-01", 0, p10, lower)
+    c = quiet_check("2025-02-01", 0, p10, lower)
     assert under_rain.clean_bands(c.p10, c.p50, base.level) is None
     j = judge(c, base, STEEL)
     assert j.below_rain_z is None
@@ -148,7 +145,7 @@ def test_a_warning_only_the_bands_below_the_rain_opened_is_confirmed_only_at_the
     assert c.update("2025-02-02", again) == "leak"
     dry_p10 = base.level.copy()
     dry_p10[[9, 10]] += 6.0
-    dry = judge(_check("2025-02-02", 0, dry_p10, np.full(NB, 0.5)), base, STEEL)
+    dry = judge(quiet_check("2025-02-02", 0, dry_p10), base, STEEL)
     assert dry.judged
     assert not dry.rain
     assert dry.positive

@@ -583,10 +583,10 @@ class Confirmation:
     history: list[str] = field(default_factory=list)
     accumulation: Accumulation = field(default_factory=Accumulation)
     last: Judgement | None = None
-    _rain_opened: bool = False  # the open warning came from a disturbed check (`rained_out.py`)
-    _below_opened: bool = False  # ... from a metal check's bands below the rain only (`under_rain.py`)
-    _warning_hz: tuple[float, ...] = ()  # the bands the open warning showed (`rain_confirms.py`)
-    _warning_demand: bool = False  # ... and whether its check was demand-like
+    # The judgement that opened the warning (as counted): whether a disturbed check opened it
+    # (`rained_out.py`), the bands below the rain alone (`under_rain.py`), and its bands
+    # (`rain_confirms.py`) decide what may confirm it.
+    _opened_by: Judgement | None = None
 
     def update(self, night: str, j: Judgement) -> Transition | None:
         """Take one check's judgement; `last` is then that judgement as confirmation counted it."""
@@ -601,11 +601,12 @@ class Confirmation:
                 j = replace(j, positive=True, quiet=False, accumulated=self.accumulation.evidence())
             self._night_judged = True
             self._night_all_quiet = self._night_all_quiet and j.quiet
+        opened = self._opened_by if self.state == "warning" else None
         if (
             j.positive
             and j.steady_only
             and not (j.rain_opens or j.below_rain)
-            and (self.state == "quiet" or (self.state == "warning" and self._rain_opened))
+            and (self.state == "quiet" or (opened is not None and opened.steady_only))
         ):
             # A disturbed check's steady bands confirm a warning (or keep a leak up); they open one,
             # and confirm one a disturbed check opened, only in a plastic pipe, low and well risen
@@ -613,8 +614,8 @@ class Confirmation:
             j = replace(j, positive=False)
         if (
             j.positive
-            and self.state == "warning"
-            and self._below_opened
+            and opened is not None
+            and opened.below_rain_only
             and (j.rain or j.steady_only)
             and not j.below_rain
         ):
@@ -624,10 +625,12 @@ class Confirmation:
         if (
             j.positive
             and j.same_bands
-            and self.state == "warning"
-            and not self._rain_opened
+            and opened is not None
+            and not opened.steady_only
             and not rain_confirms.confirms(
-                self._warning_hz, [b["band_hz"] for b in j.risen], demand_like=self._warning_demand
+                [b["band_hz"] for b in opened.risen],
+                [b["band_hz"] for b in j.risen],
+                demand_like=opened.demand_like,
             )
         ):
             # A rained-out plastic check confirms with the warning's bands, not the rain's skirt.
@@ -638,10 +641,7 @@ class Confirmation:
             self.positives += 1
             if self.state == "quiet":
                 self.state, self.since_night, self.warning_night = "warning", night, night
-                self._rain_opened = j.steady_only
-                self._below_opened = j.below_rain_only
-                self._warning_hz = tuple(b["band_hz"] for b in j.risen)
-                self._warning_demand = j.demand_like
+                self._opened_by = j
                 return "warning"
             # A demand-like check (`demand.py`) confirms only on a later night than the warning's:
             # the night's demand lifted both of its checks alike.
@@ -673,9 +673,7 @@ class Confirmation:
     def _reset(self) -> None:
         self.state, self.since_night, self.warning_night = "quiet", None, None
         self.positives, self._quiet_nights = 0, 0
-        self._rain_opened = False
-        self._below_opened = False
-        self._warning_hz, self._warning_demand = (), False
+        self._opened_by = None
         self.accumulation.reset()
 
 

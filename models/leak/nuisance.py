@@ -65,6 +65,15 @@ def _along(spans: FloatArray, d: FloatArray) -> FloatArray:
     return coef[:, 1:]
 
 
+def residual_sigma(loo: FloatArray) -> FloatArray:
+    """Per band, the spread of leave-one-out residuals `loo` (checks, bands): robust 1.4826 x MAD,
+    shrunk towards `PRIOR_SIGMA_DB` as if it were `PRIOR_WEIGHT` checks."""
+    n = loo.shape[0]
+    mad = 1.4826 * np.median(np.abs(loo), axis=0)
+    out: FloatArray = np.sqrt((n * mad**2 + PRIOR_WEIGHT * PRIOR_SIGMA_DB**2) / (n + PRIOR_WEIGHT))
+    return out
+
+
 def _explain(d: FloatArray, components: FloatArray) -> FloatArray:
     out: FloatArray = d - components.T @ (components @ d)
     return out
@@ -99,8 +108,7 @@ class Nuisance:
         loo = np.stack(
             [_explain(p10[i] - c, v) for i in range(n) for c, v in [_fit(np.delete(p10, i, axis=0), k)]]
         )
-        mad = 1.4826 * np.median(np.abs(loo), axis=0)
-        sigma = np.sqrt((n * mad**2 + PRIOR_WEIGHT * PRIOR_SIGMA_DB**2) / (n + PRIOR_WEIGHT))
+        sigma = residual_sigma(loo)
         spans = np.linalg.svd(p10 - centre, full_matrices=False)[2][:k]
         # A span that is (nearly) all-bands is a gain change, the offset's: its shape part is too
         # small to tell how far along it a check went (the fit would blow noise up).

@@ -34,6 +34,8 @@ import numpy.typing as npt
 from water_edge.models.leak.baseline import relative_rise
 from water_edge.models.leak.joint import Joint, joint_z
 from water_edge.models.leak.levels import STEADY_LOWER_SPREAD_DB
+from water_edge.models.leak.matched import matched_z
+from water_edge.models.leak.nuisance import residual_sigma
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -50,8 +52,6 @@ MARGIN: Final = 4
 # is less exact): a leak found only under the rain must show a little more strongly.
 RAIN_K: Final = 1.25
 MIN_CLEAN_EXTRA: Final = 3  # clean bands needed beyond the patterns' unknowns to refit them
-PRIOR_SIGMA_DB: Final = 1.0
-PRIOR_WEIGHT: Final = 3.0
 
 
 def reach(p10: FloatArray, p50: FloatArray, level: FloatArray) -> int | None:
@@ -113,13 +113,11 @@ def tests(
         return None
     r = _refit(residual[None, :], components, clean)[0]
     lo = _refit(loo, components, clean)
-    n = lo.shape[0]
-    mad = 1.4826 * np.median(np.abs(lo), axis=0)
-    sigma = np.sqrt((n * mad**2 + PRIOR_WEIGHT * PRIOR_SIGMA_DB**2) / (n + PRIOR_WEIGHT))
+    sigma = residual_sigma(lo)  # the spread of the refitted residuals, as the baseline's own
     bands = use & clean
     jo = joint_z(r, sigma, lo, bands, extra_db)
     mo = None
     if template is not None:
         t = _refit(template[None, :], components, clean)[0]
-        mo = joint_z(r, sigma, lo, bands, extra_db, weights=t / sigma)
+        mo = matched_z(r, sigma, lo, bands, extra_db, template=t)
     return BelowRain(jo, mo, clean)

@@ -16,44 +16,43 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from water_edge.models.pump.detector import trailing_mean
+
 F64 = npt.NDArray[np.float64]
+Words = npt.NDArray[np.str_]  # rows x channels: which way each channel moved
 
 SHARE = 0.5  # of the alarm level: a channel this far up helps carry the row
 TOP = 3
 
 
-def _row(names: Sequence[str], score: F64, words: Sequence[str]) -> str:
+def _row(names: Sequence[str], score: F64, words: Words) -> str:
     order = np.argsort(-score, kind="stable")[:TOP]
     chosen = [int(c) for c in order if score[c] >= SHARE] or [int(order[0])]
     return "; ".join(f"{names[c]} {words[c]}" for c in chosen)
 
 
-def signals(
-    names: Sequence[str], channel: F64, moved: Sequence[Sequence[str]], alarm: npt.NDArray[np.int8]
-) -> list[str]:
+def signals(names: Sequence[str], channel: F64, moved: Words, alarm: npt.NDArray[np.int8]) -> list[str]:
     """One text per row: `channel` (rows x channels) in units of the alarm level, `moved[t][c]`
     the word for how channel c moved at row t; empty where `alarm` is 0."""
     return [_row(names, channel[t], moved[t]) if alarm[t] else "" for t in range(len(alarm))]
 
 
-def steady_words(per: F64, direction: F64, noise: bool) -> list[list[str]]:
+def steady_words(per: F64, direction: F64, noise: bool) -> Words:
     """How each channel moved, by the statistic that scores it highest (`steady.detect_per_statistic`
     and `SteadyModel.directions`, statistics x rows x channels; the last is the noise statistic
     when `noise`)."""
     winner = per.argmax(axis=0)  # rows x channels
     up = np.take_along_axis(direction, winner[None], axis=0)[0] >= 0
     by_noise = winner == per.shape[0] - 1 if noise else np.zeros_like(up)
-    table = np.where(by_noise, np.where(up, "noisier", "steadier"), np.where(up, "above", "below"))
-    return [list(map(str, row)) for row in table]
+    out: Words = np.where(by_noise, np.where(up, "noisier", "steadier"), np.where(up, "above", "below"))
+    return out
 
 
-def relation_words(residual: F64, window: int = 8) -> list[list[str]]:
+def relation_words(residual: F64, window: int = 8) -> Words:
     """The gateway detector's channels moved `above` or `below` their calibrated relation by the
     sign of their mean residual over the last `window` rows."""
-    c = np.cumsum(np.vstack([np.zeros((1, residual.shape[1])), np.nan_to_num(residual)]), axis=0)
-    idx = np.arange(1, len(residual) + 1)
-    mean = c[idx] - c[np.maximum(0, idx - window)]
-    return [["above" if v >= 0 else "below" for v in row] for row in mean]
+    out: Words = np.where(trailing_mean(np.nan_to_num(residual), window) >= 0, "above", "below")
+    return out
 
 
 def summary(texts: Sequence[str]) -> str:

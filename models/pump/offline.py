@@ -34,6 +34,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -182,16 +183,8 @@ def usable(x: np.ndarray, names: list[str]) -> tuple[list[int], list[str]]:
     return keep, [n for j, n in enumerate(names) if not varies[j]]
 
 
-@dataclass(frozen=True)
-class Why:
-    """What the explanation of marked rows needs (`models.pump.explain`)."""
-
-    names: list[str]
-    channel: np.ndarray  # rows x channels, in units of the alarm level
-    moved: list[list[str]]  # rows x channels, the word for which way each channel moved
-
-    def texts(self, alarm: np.ndarray) -> list[str]:
-        return explain.signals(self.names, self.channel, self.moved, alarm)
+# The `signals` column for the rows a final 0/1 alarm marks (`models.pump.explain.signals`).
+Explanation = Callable[[np.ndarray], list[str]]
 
 
 def score_steady(
@@ -200,9 +193,11 @@ def score_steady(
     calibrate_rows: int,
     params: steady.SteadyParams | None = None,
     warn: Callable[[str], None] = lambda _m: None,
-) -> tuple[np.ndarray, np.ndarray, Why]:
-    """Per-row scores (in units of the threshold), 0/1 alarms from the steady detector, and what
-    the explanation of a marked row needs."""
+    *,
+    explained: bool = False,
+) -> tuple[np.ndarray, np.ndarray, Explanation | None]:
+    """Per-row scores (in units of the threshold), 0/1 alarms from the steady detector, and (when
+    `explained`) the explanation of the rows an alarm marks."""
     p = params or steady.SteadyParams()
     keep, dropped = usable(values[:calibrate_rows], names)
     for name in dropped:
@@ -210,10 +205,10 @@ def score_steady(
     x = values[:, keep]
     model = steady.fit(x[:calibrate_rows], p)
     scores, alarm, per = steady.detect_per_statistic(model, x, calibrate_rows)
-    why = Why(
-        [names[j] for j in keep], per.max(axis=0), explain.steady_words(per, model.directions(x), p.use_noise)
-    )
-    return scores, alarm, why
+    if not explained:
+        return scores, alarm, None
+    words = explain.steady_words(per, model.directions(x), p.use_noise)
+    return scores, alarm, partial(explain.signals, [names[j] for j in keep], per.max(axis=0), words)
 
 
 def _as_history(
@@ -275,10 +270,12 @@ def score_csv(
             clear_after=p.clear_after if clear_after is None else clear_after,
             hysteresis=p.hysteresis if hysteresis is None else hysteresis,
         )
-        scores, alarm, why = score_steady(table.values, table.names, calibrate_rows, p, warn)
+        scores, alarm, why = score_steady(
+            table.values, table.names, calibrate_rows, p, warn, explained=explained
+        )
         if not causal:
             alarm = _as_history(scores, alarm, calibrate_rows, 1.0, p.hysteresis)
-        return _lines(table.timestamps, scores, alarm, why.texts(alarm) if explained else None)
+        return _lines(table.timestamps, scores, alarm, None if why is None else why(alarm))
     cal = calibrate(
         table.values[:calibrate_rows],
         table.names,
@@ -303,10 +300,13 @@ def score_csv(
     if not causal:
         hyst = HYSTERESIS if hysteresis is None else hysteresis
         alarm = _as_history(scored.score, alarm, calibrate_rows, cal.threshold, hyst)
-    texts = None
-    if explained:
-        why = Why(list(cal.channels), scored.channel / cal.threshold, explain.relation_words(scored.residual))
-        texts = why.texts(alarm)
+    texts = (
+        explain.signals(
+            cal.channels, scored.channel / cal.threshold, explain.relation_words(scored.residual), alarm
+        )
+        if explained
+        else None
+    )
     return _lines(table.timestamps, scored.score, alarm, texts)
 
 

@@ -13,8 +13,9 @@ from water_edge.models.leak.judge import JudgeParams
 NB = features.N_BANDS
 
 
-def quiet_check(night: str, index: int, p10: np.ndarray, lower: float = 0.5) -> CheckStats:
-    """A steady check: its 1 s levels spread `lower` dB above the 10th percentile per step."""
+def quiet_check(night: str, index: int, p10: np.ndarray, lower: float | np.ndarray = 0.5) -> CheckStats:
+    """A check whose 1 s levels spread `lower` dB (per band, or all alike) above the 10th percentile
+    per step: steady at 0.5 dB, wandering like rain at several dB."""
     return CheckStats(night, index, 0, 1800, p10, p10 + lower, p10 + 2 * lower, None, np.full(NB, 6.0))
 
 
@@ -52,5 +53,4 @@ def rained_out_check(
     p10[6:] += 20.0
     lower[6:] = 6.0
     p10[bands] += times * level_threshold(base, params)[bands]
-    check = quiet_check(night, index, p10)
-    return dataclasses.replace(check, p50=p10 + lower, p90=p10 + 2 * lower, clf_logit=12.0)
+    return dataclasses.replace(quiet_check(night, index, p10, lower), clf_logit=12.0)
