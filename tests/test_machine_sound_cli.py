@@ -7,10 +7,12 @@ import contextlib
 import io
 import json
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.io import wavfile
 
 from water_edge.agent.assembly import build_processors, calibration_targets
 from water_edge.agent.cli import main
@@ -86,6 +88,53 @@ def test_bad_feature_files_are_one_line_on_stderr_and_exit_2(
     assert out.out == ""
     assert len(out.err.strip().splitlines()) == 1
     assert message in out.err
+
+
+def _write_pcm24(path: Path, x: np.ndarray, rate: int) -> None:
+    """scipy writes no 24-bit PCM; field recorders do."""
+    pcm = np.round(np.clip(x, -1, 1 - 2**-23) * 2**23).astype("<i4").view(np.uint8).reshape(-1, 4)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(3)
+        w.setframerate(rate)
+        w.writeframes(pcm[:, :3].tobytes())
+
+
+def test_features_are_the_same_from_a_recorders_24_bit_float_or_stereo_wav(tmp_path: Path) -> None:
+    # A handheld recorder writes 24-bit PCM, an audio editor 32-bit float, a two-capsule
+    # microphone stereo: the same sound must give the same features as 16-bit mono.
+    x = MachineSoundSynth(SCENE, seed=6).render_seconds(10.0)
+    x = 0.5 * x / np.max(np.abs(x))
+    files = {
+        "pcm16": lambda p: wavfile.write(p, 16_000, np.round(x * 32767).astype(np.int16)),
+        "pcm24": lambda p: _write_pcm24(p, x, 16_000),
+        "float32": lambda p: wavfile.write(p, 16_000, x.astype(np.float32)),
+        "stereo16": lambda p: wavfile.write(p, 16_000, np.round(np.c_[x, x] * 32767).astype(np.int16)),
+    }
+    got = {}
+    for name, write in files.items():
+        write(tmp_path / f"{name}.wav")
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["models", "features", "machine-sound", str(tmp_path / f"{name}.wav"),
+                         "--out", str(tmp_path / f"{name}.npy")]) == 0  # fmt: skip
+        got[name] = np.load(tmp_path / f"{name}.npy")
+    for name in ("pcm24", "float32", "stereo16"):
+        assert got[name].shape == (1, 136)
+        # 16-bit quantisation noise is the only difference: far below any band's level. The
+        # histogram entropy (column 135) is left out: 16-bit steps fall unevenly into its 256 bins.
+        assert np.allclose(got[name][:, :128], got["pcm16"][:, :128], atol=1e-2), name
+        assert np.allclose(got[name][:, 128:135], got["pcm16"][:, 128:135], rtol=1e-2, atol=1e-3), name
+
+
+def test_an_unreadable_wav_is_one_line_on_stderr_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    assert main(["models", "features", "machine-sound", str(bad), "--out", str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "not a readable WAV file" in err
 
 
 def config_file(tmp_path: Path, prior: str | None = None) -> Path:

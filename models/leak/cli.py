@@ -109,12 +109,12 @@ def _err(message: str) -> None:
 
 def cmd_score_leak(args: argparse.Namespace) -> int:
     from water_edge.core import logs
+    from water_edge.core.wavio import WavError, read_wav
     from water_edge.models.leak import features
     from water_edge.models.leak.baseline import Baseline, BaselineError
     from water_edge.models.leak.detector import DEFAULT_MANIFEST, LeakScorer
     from water_edge.models.leak.judge import JudgeParams, confirmed, judge
     from water_edge.models.leak.recording import recording_checks
-    from water_edge.models.leak.wavio import WavError, read_wav
     from water_edge.models.manifest import ModelError
     from water_edge.models.runtime import load_model
 
@@ -196,11 +196,11 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
     if not args.files or args.out is None:
         _err("give quiet recordings and --out BASELINE.json (or --sensor DEVICE.CHANNEL --from T --to T)")
         return EXIT_BAD_INPUT
+    from water_edge.core.wavio import WavError, read_wav
     from water_edge.models.leak import features, pipes
     from water_edge.models.leak.baseline import Baseline, BaselineError
     from water_edge.models.leak.detector import LeakScorer
     from water_edge.models.leak.recording import recording_checks
-    from water_edge.models.leak.wavio import WavError, read_wav
     from water_edge.models.manifest import ModelError
 
     checks = []
@@ -271,8 +271,8 @@ def _calibrate_on_gateway(args: argparse.Namespace) -> int:
 def cmd_locate(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from water_edge.core.wavio import WavError, read_wav
     from water_edge.models.leak.localise import locate
-    from water_edge.models.leak.wavio import WavError, read_wav
 
     notes: list[str] = []
     try:

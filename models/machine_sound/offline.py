@@ -11,7 +11,6 @@ anomalous row. Rows are scored one by one: a file need not be in time order.
 from __future__ import annotations
 
 import json
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from water_edge.core import wavio
 from water_edge.models.machine_sound.detector import (
     DEFAULT_EIGEN_POWER,
     DEFAULT_MARGIN,
@@ -93,21 +93,12 @@ def score_lines(
 
 
 def read_wav(path: Path) -> tuple[F64, int]:
-    """Mono float samples (channels averaged, full scale +-1) and the rate of a PCM WAV file."""
+    """Mono samples (channels averaged, full scale +-1) and the rate of any PCM or float WAV."""
     try:
-        with wave.open(str(path), "rb") as w:
-            width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
-            raw = w.readframes(w.getnframes())
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, wave.Error, EOFError) as exc:
-        raise InputError(f"{path}: not a PCM WAV file ({exc})") from None
-    kinds = {2: ("<i2", 32768.0), 4: ("<i4", 2147483648.0)}
-    if width not in kinds:
-        raise InputError(f"{path}: {8 * width}-bit samples; 16- or 32-bit PCM expected")
-    dtype, full = kinds[width]
-    x = np.frombuffer(raw, dtype=dtype).astype(np.float64) / full
-    return x.reshape(-1, channels).mean(axis=1), rate
+        x, rate = wavio.read_wav(path)
+    except wavio.WavError as exc:
+        raise InputError(str(exc)) from None
+    return x.mean(axis=1), rate
 
 
 def wav_features(path: Path, clip_s: float = CLIP_S) -> F64:

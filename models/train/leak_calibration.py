@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
-from water_edge.models.leak.wavio import read_wav
+from water_edge.core.wavio import read_wav
 from water_edge.models.train.leak_eval import REAL_DIR, REPO
 from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from water_edge.core.wavio import read_wav
 from water_edge.models.leak import pipes
 from water_edge.models.leak.detector import DEFAULT_MANIFEST, LeakScorer
 from water_edge.models.leak.localise import locate
-from water_edge.models.leak.wavio import read_wav
 from water_edge.models.runtime import load_model
 from water_edge.models.train.leak_data import Table, render_table
 from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene

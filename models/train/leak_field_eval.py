@@ -38,13 +38,13 @@ from typing import Any
 
 import numpy as np
 
+from water_edge.core.wavio import read_wav
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import Baseline, CheckStats
 from water_edge.models.leak.detector import DEFAULT_MANIFEST, LeakScorer
 from water_edge.models.leak.judge import Confirmation, JudgeParams, confirmed, judge
 from water_edge.models.leak.levels import second_bands
 from water_edge.models.leak.recording import recording_checks
-from water_edge.models.leak.wavio import read_wav
 from water_edge.models.train.leak_eval import REAL_DIR
 from water_edge.sim.hydrophone_nights import LeakSpec, NightPlan, Site
 
