@@ -80,6 +80,45 @@ def test_score_flow_leak_reads_a_european_export_and_prints_one_row_per_night(tm
     assert "no column(s) inlet" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("time_format", "sep", "decimal"),
+    [
+        ("%d.%m.%Y %H:%M:%S", ";", ","),  # German
+        ("%m/%d/%Y %I:%M %p", ",", "."),  # US, 12-hour clock
+        ("%Y/%m/%d %H:%M", ",", "."),  # Japanese
+        ("%d/%m/%Y %H:%M", ";", ","),  # French, British
+    ],
+    ids=["de", "us", "jp", "fr"],
+)
+def test_score_flow_leak_reads_each_countrys_date_order_alike(
+    tmp_path: Path, time_format: str, sep: str, decimal: str
+) -> None:
+    # A month-first US export must not be read day first: 02/01 is the 1st of February in
+    # Paris and the 2nd of January in Houston; the column's dates with a field above 12 tell.
+    district = District(5, mean_demand_m3h=200.0, leaks=[DistrictLeak(datetime(2024, 1, 25, 14), 8.0)])
+    columns = district.simulate(35)
+    iso, local = tmp_path / "iso.csv", tmp_path / "local.csv"
+    write_csv(columns, str(iso))
+    write_csv(columns, str(local), sep=sep, decimal=decimal, time_format=time_format)
+    args = ("--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--calibrate-days", "14")
+    want, got = _cli("--csv", str(iso), *args), _cli("--csv", str(local), *args)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == want.stdout
+    assert "warning" not in got.stderr
+    assert any(line.endswith(",leak") for line in got.stdout.splitlines())
+
+
+def test_score_flow_leak_says_when_nothing_tells_day_from_month(tmp_path: Path) -> None:
+    # Nine days of early-month dates: 03/04 could be either; read day first, and said so.
+    columns = District(6, mean_demand_m3h=100.0).simulate(9)
+    path = tmp_path / "short.csv"
+    write_csv(columns, str(path), time_format="%d/%m/%Y %H:%M")
+    res = _cli("--csv", str(path), "--flow", "inflow_a", "--calibrate-days", "3")
+    assert res.returncode == 0, res.stderr
+    assert "read as DD/MM/YYYY" in res.stderr
+    assert res.stdout.splitlines()[1].startswith(START.isoformat())
+
+
 def test_score_flow_leak_takes_offset_timestamps_across_dst(tmp_path: Path) -> None:
     # Hourly UTC-offset stamps across the October change in Rome: nights stay one per date.
     lines = ["time,q"]

@@ -132,9 +132,15 @@ class District:
 
 
 def write_csv(
-    columns: dict[str, F64 | list[datetime]], path: str, *, sep: str = ",", decimal: str = "."
+    columns: dict[str, F64 | list[datetime]],
+    path: str,
+    *,
+    sep: str = ",",
+    decimal: str = ".",
+    time_format: str = "%Y-%m-%d %H:%M",
 ) -> None:
-    """A SCADA-like export: timestamp first, then inflow_a, inflow_b, outflow, pressure."""
+    """A SCADA-like export: timestamp first (`time_format`), then inflow_a, inflow_b, outflow,
+    pressure."""
     names = ["inflow_a", "inflow_b", "outflow", "pressure"]
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(sep.join(["timestamp", *names]) + "\n")
@@ -142,4 +148,4 @@ def write_csv(
         assert isinstance(times, list)
         for i, ti in enumerate(times):
             cells = [f"{float(np.asarray(columns[c])[i]):.3f}".replace(".", decimal) for c in names]
-            fh.write(sep.join([ti.strftime("%Y-%m-%d %H:%M"), *cells]) + "\n")
+            fh.write(sep.join([ti.strftime(time_format), *cells]) + "\n")

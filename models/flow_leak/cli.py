@@ -88,6 +88,10 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
         params=params,
         fixed_rise_pct=args.fixed_rise_pct,
     )
+    if flows.guessed_day_first:
+        sys.stderr.write(
+            "edge-agent models: warning: no date in the file has a day above 12: read as DD/MM/YYYY\n"
+        )
     if flows.skipped:
         sys.stderr.write(
             f"edge-agent models: warning: {flows.skipped} row(s) with unreadable values skipped\n"

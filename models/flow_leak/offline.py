@@ -2,7 +2,10 @@
 
 The file has a header and a timestamp column first; columns are separated by ',' or ';' and
 numbers use a decimal point or a decimal comma (European exports: "12,5" with ';'). Timestamps
-are ISO 8601 or 'YYYY-MM-DD HH:MM[:SS]' / 'DD/MM/YYYY HH:MM[:SS]'; without an offset they are
+are ISO 8601, 'YYYY-MM-DD' or 'YYYY/MM/DD' (Japanese exports), or a numeric date with the year
+last: 'DD.MM.YYYY', and 'DD/MM/YYYY' or 'MM/DD/YYYY' (US exports) — the order is read from the whole
+column (a first field above 12 is a day, a second field above 12 is a day), day first when nothing
+in the file tells; a time 'HH:MM[:SS]', or 'h:MM[:SS] AM/PM', follows. Without an offset they are
 local times of `--timezone`, with one they are converted to it. Any regular interval works.
 Net flow per row = sum of the `--flow` columns minus the `--minus` columns; a row with an empty or
 unreadable cell in them is skipped and counted.
@@ -13,7 +16,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from pathlib import Path
@@ -22,20 +26,46 @@ from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDete
 from water_edge.models.flow_leak.mnf import minimum_night_flow
 from water_edge.models.nightwindow import NightWindow
 
-_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d.%m.%Y %H:%M")
+_TIMES = ("%H:%M:%S", "%H:%M", "%I:%M:%S %p", "%I:%M %p")
+_YEAR_FIRST = ("%Y-%m-%d", "%Y/%m/%d")
+_DAY_FIRST = ("%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y")
+_MONTH_FIRST = ("%m/%d/%Y", "%d.%m.%Y", "%m-%d-%Y")  # dotted dates are day first everywhere
+_YEAR_LAST = re.compile(r"\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{4}\b")
+
+
+def _formats(dates: Sequence[str]) -> tuple[str, ...]:
+    return tuple(f"{d} {t}" for d in (*_YEAR_FIRST, *dates) for t in _TIMES)
+
+
+_DAY_FIRST_FORMATS = _formats(_DAY_FIRST)
+_MONTH_FIRST_FORMATS = _formats(_MONTH_FIRST)
+
+
+def day_first(cells: Iterable[str]) -> bool | None:
+    """Whether numeric dates with the year last ('03/04/2026') put the day first, read from the whole
+    column: True or False when some date says so (a field above 12 is a day), None when none does."""
+    for cell in cells:
+        m = _YEAR_LAST.match(cell)
+        if m is None:
+            continue
+        if int(m.group(1)) > 12:
+            return True
+        if int(m.group(2)) > 12:
+            return False
+    return None
 
 
 class FlowCsvError(ValueError):
     """The file cannot be used; the message names the file and what is wrong."""
 
 
-def parse_time(text: str, tz: tzinfo) -> datetime:
+def parse_time(text: str, tz: tzinfo, day_first: bool = True) -> datetime:
     """A local wall-clock datetime in `tz` (naive inputs are taken as local already)."""
     text = text.strip()
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        for fmt in _FORMATS:
+        for fmt in _DAY_FIRST_FORMATS if day_first else _MONTH_FIRST_FORMATS:
             try:
                 when = datetime.strptime(text, fmt)
                 break
@@ -63,6 +93,7 @@ class NightFlows:
     nights: list[tuple[date, float | None, float | None]]
     rows: int
     skipped: int
+    guessed_day_first: bool = False  # numeric dates none of which said day or month first
 
 
 def read_night_flows(
@@ -92,6 +123,7 @@ def read_night_flows(
         raise FlowCsvError(f"{path}: no column(s) {', '.join(missing)} (columns: {', '.join(header[1:])})")
     idx = {c: header.index(c) for c in wanted}
     decimal_comma = sep == ";"
+    order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
     per_night: dict[date, tuple[list[int], list[float], list[float]]] = {}
     rows = skipped = 0
     for line_no, row in enumerate(reader, start=2):
@@ -99,7 +131,7 @@ def read_night_flows(
             continue
         rows += 1
         try:
-            local = parse_time(row[0], window.tz)
+            local = parse_time(row[0], window.tz, order is not False)
             net = sum(_number(row[idx[c]], decimal_comma) for c in flow) - sum(
                 _number(row[idx[c]], decimal_comma) for c in minus
             )
@@ -128,7 +160,8 @@ def read_night_flows(
         mnf = minimum_night_flow(ts, values, window_min=window.length_min, average_minutes=average_minutes)
         finite = [p for p in pressures if math.isfinite(p)]
         nights.append((night, mnf, sum(finite) / len(finite) if finite else None))
-    return NightFlows(nights, rows, skipped)
+    ambiguous = order is None and any(_YEAR_LAST.match(line) for line in lines[1:3])
+    return NightFlows(nights, rows, skipped, guessed_day_first=ambiguous)
 
 
 def correct_for_pressure(
