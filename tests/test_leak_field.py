@@ -144,11 +144,12 @@ class _Window:
     channel_names: tuple[str, ...]
 
 
-def _night_windows(night: date, scene: PipeScene, seconds: int) -> list[_Window]:
-    """A night window's audio in 1 s windows with 0.5 s hop (as the audio driver delivers them)."""
+def _night_windows(night: date, scene: PipeScene, seconds: int, gain: float = 1.0) -> list[_Window]:
+    """A night window's audio in 1 s windows with 0.5 s hop (as the audio driver delivers them);
+    `gain` 0 is a dead input (digital silence)."""
     tz = zone("Europe/Amsterdam")
     start = int(datetime(night.year, night.month, night.day, 2, 0, tzinfo=tz).timestamp() * 10**9)
-    x = HydrophoneSynth(scene).render_seconds(seconds + 1)
+    x = gain * HydrophoneSynth(scene).render_seconds(seconds + 1)
     sr = scene.sample_rate
     return [
         _Window(start + i * 10**9 // 2, sr, x[i * sr // 2 : i * sr // 2 + sr], ("A", "B"))
@@ -217,6 +218,97 @@ async def test_the_processor_learns_each_sensors_quiet_then_warns_confirms_and_l
     assert all(b["rise_db"] >= 3.0 or b["shape_rise_db"] >= 3.0 for b in leak.detail["bands_risen"])
     assert leak.detail["position"]["position_m"] == pytest.approx(40.0, abs=10.0)
     assert again.health().sensors["hyd.A"].state == "leak"
+
+
+def _pipe_scene(night: int, leak: float | None = None) -> PipeScene:
+    return PipeScene("ductile_iron", 150.0, 100.0, leak, 1.0, 0.0, BACKGROUNDS, sample_rate=8000,
+                     channels=2, seed=100 + night, site_seed=7)  # fmt: skip
+
+
+async def _run_nights(proc: AudioLeakProcessor, plan: list[tuple[date, float]]) -> list[Event]:
+    """Each night of `plan` at the given input gain (0: the hydrophones' input is dead)."""
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    async def windows() -> AsyncIterator[_Window]:
+        for k, (night, gain) in enumerate(plan):
+            for w in _night_windows(night, _pipe_scene(k), 125, gain):
+                yield w
+
+    await proc.consume(windows(), emit)
+    return events
+
+
+async def test_a_dead_or_unplugged_hydrophone_is_reported_as_lost_never_as_a_leak(tmp_path: Path) -> None:
+    # A cut cable or an input sending zeros leaves every band 100+ dB below the baseline; relative
+    # to each other the bands still change shape, which must not read as a leak's spectrum.
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+    await _run_nights(proc, [(date(2025, 3, d), 1.0) for d in (1, 2, 3)])
+    events = await _run_nights(
+        proc, [(date(2025, 3, 4), 0.0), (date(2025, 3, 5), 0.003), (date(2025, 3, 6), 1.0)]
+    )
+    assert not [e for e in events if e.kind in ("leak_warning", "leak")]
+    lost = [e for e in events if e.kind == "hydrophone_signal_lost"]
+    assert sorted(e.source for e in lost) == ["hyd.A", "hyd.B"]  # once per sensor, not per check
+    assert lost[0].severity == "warning"
+    assert lost[0].detail["night"] == "2025-03-04"
+    assert lost[0].detail["reason"] == "digital silence"
+    restored = [e for e in events if e.kind == "hydrophone_signal_restored"]
+    assert sorted(e.source for e in restored) == ["hyd.A", "hyd.B"]
+    assert restored[0].detail["since_night"] == "2025-03-04"
+    assert restored[0].detail["night"] == "2025-03-06"
+    assert proc.health().sensors["hyd.A"].signal_lost_since is None
+
+
+async def test_a_hydrophone_turned_far_down_is_lost_while_it_stays_down(tmp_path: Path) -> None:
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+    await _run_nights(proc, [(date(2025, 3, d), 1.0) for d in (1, 2, 3)])
+    events = await _run_nights(proc, [(date(2025, 3, 4), 0.003)])  # 50 dB of gain lost
+    lost = [e for e in events if e.kind == "hydrophone_signal_lost"]
+    assert [e.detail["reason"] for e in lost] == ["every band far below the baseline"] * 2
+    assert lost[0].detail["below_baseline_db"] == pytest.approx(50.0, abs=3.0)
+    assert not [e for e in events if e.kind in ("leak_warning", "leak")]
+    assert "hyd.A: armed, baseline v1 (3 nights, good, 0 d old), SIGNAL LOST since 2025-03-04" in (
+        proc.health().status_lines()
+    )
+    assert proc.health().sensors["hyd.B"].signal_lost_since == "2025-03-04"
+
+
+async def test_nights_of_digital_silence_are_not_learned_from(tmp_path: Path) -> None:
+    # Installed with the input unplugged for two nights: the baseline waits for three heard nights.
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+    events = await _run_nights(proc, [(date(2025, 3, d), 0.0) for d in (1, 2, 3, 4)])
+    assert not [e for e in events if e.kind == "leak_baseline"]
+    assert [e.kind for e in events if e.source == "hyd.A"] == ["hydrophone_signal_lost"]
+    assert proc.health().sensors["hyd.A"].nights_heard == 0
+    events = await _run_nights(proc, [(date(2025, 3, d), 1.0) for d in (5, 6, 7, 8)])
+    learned = [e for e in events if e.kind == "leak_baseline" and e.source == "hyd.A"]
+    assert learned[0].detail["nights"] == ["2025-03-05", "2025-03-06", "2025-03-07"]
+    assert ("hydrophone_signal_restored", "hyd.A") in [(e.kind, e.source) for e in events]
+
+
+def test_cli_refuses_a_baseline_of_silence_and_does_not_judge_a_silent_file(tmp_path: Path) -> None:
+    silence = tmp_path / "unplugged.wav"
+    wavfile.write(silence, 8000, np.zeros(8000 * 20, dtype=np.int16))
+    res = _cli("calibrate", "leak", str(silence), "--out", str(tmp_path / "base.json"))
+    assert res.returncode == 2
+    assert "no signal" in res.stderr
+    assert not (tmp_path / "base.json").exists()
+    scene = PipeScene("pvc", 150.0, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=8000, channels=1,
+                      seed=1, site_seed=2)  # fmt: skip
+    quiet = tmp_path / "quiet.wav"
+    x = HydrophoneSynth(scene).render_seconds(24)[:, 0]
+    wavfile.write(quiet, 8000, (x / np.max(np.abs(x)) * 0.5 * 32767).astype(np.int16))
+    assert _cli("calibrate", "leak", str(quiet), "--out", str(tmp_path / "base.json")).returncode == 0
+    res = _cli("score", "leak", str(silence), "--baseline", str(tmp_path / "base.json"))
+    assert res.returncode == 0, res.stderr
+    line = json.loads(res.stdout)
+    assert line["leak"] is False
+    assert line["warning"] is False
+    assert line["signal_lost_checks"] == len(line["evidence"]["checks"]) == 2
+    assert "not heard" in res.stderr
 
 
 def test_leak_calibration_writes_the_next_baseline_version_from_stored_nights(tmp_path: Path) -> None:

@@ -30,7 +30,9 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     scene = MachineScene.random(np.random.default_rng(9), snr_db=6.0)
     synth = MachineSoundSynth(scene, seed=9)
     synth.inject("bearing", severity=0.5, at_s=FAULT_AT_S - SILENT_S, ramp_s=5.0)
-    sound = np.concatenate([np.zeros(SILENT_S * RATE, np.float32), synth.render_seconds(TOTAL_S - SILENT_S)])
+    # Off, the microphone still hears the room (-80 dBFS): quiet, not digital silence.
+    room = 1e-4 * np.random.default_rng(1).standard_normal(SILENT_S * RATE).astype(np.float32)
+    sound = np.concatenate([room, synth.render_seconds(TOTAL_S - SILENT_S)])
     path = tmp_path_factory.mktemp("mic") / "pump.wav"
     write_wav(path, sound, RATE)
     return path
@@ -50,13 +52,17 @@ class NoReadings:
         return await self.get()
 
 
-async def test_learns_the_normal_sound_then_names_a_bearing_fault(recording: Path, tmp_path: Path) -> None:
-    driver = AudioDriver(
+def _driver(path: Path) -> AudioDriver:
+    return AudioDriver(
         AudioConfig(
-            name="mic", kind="audio", source="file", path=recording, playback_speed=40,
+            name="mic", kind="audio", source="file", path=path, playback_speed=40,
             window_s=1.0, hop_s=0.5, channel_names=["mic"],
         )
     )  # fmt: skip
+
+
+async def test_learns_the_normal_sound_then_names_a_bearing_fault(recording: Path, tmp_path: Path) -> None:
+    driver = _driver(recording)
     section = MachineSoundSection.model_validate(
         {
             "name": "P1-sound",
@@ -115,3 +121,45 @@ async def test_learns_the_normal_sound_then_names_a_bearing_fault(recording: Pat
     assert health.scored >= 4
     assert "alarm" in health.status_lines()[0]
     assert (tmp_path / "machine_sound" / "P1-sound" / "history.sqlite").exists()
+
+
+async def test_an_unplugged_microphone_is_reported_not_learnt_and_not_an_anomaly(tmp_path: Path) -> None:
+    # Normal sound, then the input sends digital zeros for 30 s (a cable pulled), then sound again:
+    # a silent microphone is no change in the machine, and must not be learnt as its normal.
+    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(3), snr_db=6.0), seed=3)
+    sound = np.concatenate(
+        [synth.render_seconds(120), np.zeros(30 * RATE, np.float32), synth.render_seconds(130)]
+    )
+    path = tmp_path / "unplugged.wav"
+    write_wav(path, sound, RATE)
+    driver = _driver(path)
+    section = MachineSoundSection.model_validate(
+        {"name": "P2-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
+    )
+    processor = MachineSoundProcessor(section, driver, tmp_path)
+    events: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+
+    async def capture() -> None:
+        async for _ in driver.stream():
+            pass
+
+    await driver.open()
+    tasks = [asyncio.create_task(capture()), asyncio.create_task(processor.run(NoReadings(), emit))]
+    try:
+        await eventually(lambda: len(events) >= 2, within_s=30, what="signal lost and restored")
+        await eventually(lambda: processor.health().state == "armed", within_s=30, what="calibration")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await driver.aclose()
+    assert [e.kind for e in events] == ["microphone_signal_lost", "microphone_signal_restored"]
+    assert events[0].severity == "warning"
+    health = processor.health()
+    assert health.clips_silent == 3
+    assert health.calibration is not None
+    assert health.calibration["clips"] == 20  # 12 + 8 heard clips; the 3 silent ones left out
+    assert health.last_error is None

@@ -41,6 +41,9 @@ LOGIT_CLIP: Final = 12.0
 FloatArray = npt.NDArray[np.float64]
 
 
+DIGITAL_SILENCE_DB = -150.0  # median band level of a check with no signal (see `CheckStats.silent`)
+
+
 class BaselineError(ValueError):
     """A baseline cannot be learned or read; the message says why."""
 
@@ -96,6 +99,12 @@ class CheckStats:
         """Quiet level of each band relative to the median band: the spectrum's shape, gain-free."""
         out: FloatArray = self.p10 - float(np.median(self.p10))
         return out
+
+    @property
+    def silent(self) -> bool:
+        """Digital silence: no signal at all (a disconnected input, an ADC sending zeros). Below
+        a 24-bit converter's own noise (-146 dBFS), so no hydrophone, however quiet its pipe."""
+        return float(np.median(self.p50)) <= DIGITAL_SILENCE_DB
 
     @property
     def quiet_db(self) -> float:
@@ -205,6 +214,13 @@ class Baseline:
     ) -> Baseline:
         """`spread_tol_db` / `max_unsteady_bands`: which checks are steady enough (not disturbed)
         to learn the nuisance patterns from (`judge.JudgeParams` has the same two)."""
+        heard = [c for c in checks if not c.silent]
+        if checks and not heard:
+            raise BaselineError(
+                f"sensor {sensor}: no signal in any of its {len(checks)} check(s) (digital silence): "
+                "is the hydrophone connected and its input enabled?"
+            )
+        checks = heard
         if len(checks) < max(1, min_checks):
             raise BaselineError(f"sensor {sensor}: {len(checks)} quiet check(s), need at least {min_checks}")
         p10 = np.stack([c.p10 for c in checks])

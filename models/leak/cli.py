@@ -18,9 +18,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from water_edge.models.leak.baseline import Baseline
+    from water_edge.models.leak.judge import Judgement
 
 # Measured by models/train/leak_cli_false_alarms.py (40 files of edge-sim hydrophones at its
 # defaults, no leak; docs/leak-cli-false-alarms.json): the classifier alone is one piece of evidence,
@@ -99,6 +103,12 @@ def _judging_arguments(p: Any) -> None:
     p.add_argument("--diameter", type=float, default=150.0, metavar="MM", help="inner diameter (default 150)")
 
 
+SIGNAL_LOST_NOTE = (
+    "the hydrophone is not heard (digital silence, or every band 40 dB or more below the baseline): "
+    "check the sensor, its cable and the audio input"
+)
+
+
 def _out(obj: dict[str, Any]) -> None:
     sys.stdout.write(orjson.dumps(obj).decode() + "\n")
 
@@ -113,7 +123,7 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
     from water_edge.models.leak import features
     from water_edge.models.leak.baseline import Baseline, BaselineError
     from water_edge.models.leak.detector import DEFAULT_MANIFEST, LeakScorer
-    from water_edge.models.leak.judge import JudgeParams, confirmed, judge
+    from water_edge.models.leak.judge import JudgeParams, judge
     from water_edge.models.leak.recording import recording_checks
     from water_edge.models.manifest import ModelError
     from water_edge.models.runtime import load_model
@@ -164,24 +174,34 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
             "model": scorer.model.version,
         }
         if judged is not None and baseline is not None:
-            best = max(judged, key=lambda j: j.score)
-            line.update(
-                {
-                    "leak": confirmed(judged),
-                    "warning": any(j.positive for j in judged),
-                    "decision": "against baseline",
-                    "classifier_leak": score.leak_probability >= scorer.threshold,
-                    "rise_db": best.rise_db,
-                    "evidence": {
-                        "baseline_sensor": baseline.sensor,
-                        "baseline_version": baseline.version,
-                        "positive_checks": sum(j.positive for j in judged),
-                        "checks": [j.evidence() for j in judged],
-                    },
-                }
-            )
+            line.update(_against_baseline(judged, baseline, classifier_leak=line["leak"]))
+            if judged and all(j.signal_lost for j in judged):
+                _err(f"{path}: not judged: {SIGNAL_LOST_NOTE}")
         _out(line)
     return status
+
+
+def _against_baseline(
+    judged: list[Judgement], baseline: Baseline, *, classifier_leak: bool
+) -> dict[str, Any]:
+    """The JSON line's decision against a baseline: a recording is one night of checks."""
+    from water_edge.models.leak.judge import confirmed
+
+    best = max(judged, key=lambda j: j.score)
+    return {
+        "leak": confirmed(judged),
+        "warning": any(j.positive for j in judged),
+        "decision": "against baseline",
+        "classifier_leak": classifier_leak,
+        "rise_db": best.rise_db,
+        "signal_lost_checks": sum(j.signal_lost for j in judged),
+        "evidence": {
+            "baseline_sensor": baseline.sensor,
+            "baseline_version": baseline.version,
+            "positive_checks": sum(j.positive for j in judged),
+            "checks": [j.evidence() for j in judged],
+        },
+    }
 
 
 def cmd_calibrate_leak(args: argparse.Namespace) -> int:
@@ -212,6 +232,8 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
             checks += recording_checks(canon, path.name, check_s=args.check_s, scorer=scorer)
         material = None if args.material is None else pipes.material(args.material).name
         baseline = Baseline.learn(checks, sensor=args.out.stem, material=material)
+        if silent := sum(c.silent for c in checks):
+            _err(f"warning: {silent} check(s) of digital silence left out (no signal: a dropout?)")
     except (WavError, ValueError, ModelError, BaselineError) as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT

@@ -125,6 +125,13 @@ EXTRAPOLATION_TOL = 0.25
 # With the classifier's log-odds risen too (`clf_logit_rise`), this fraction of the joint threshold
 # is enough, as one risen band is with it (dev seeds: no warning more on leak-free metal nights).
 JOINT_WITH_CLF = 0.75
+# A check this far below the sensor's own baseline (median over every band) is a lost signal, not a
+# quiet pipe: a leak only adds sound. A cut cable, an unplugged hydrophone, a gain turned down.
+# Not judged, so a dead sensor can never read as the changed spectrum of a leak (its bands fall
+# unevenly, which the shape test would read as some of them rising). Simulated nights go down to
+# 29.4 dB below (66 432 held-out checks: a pump beside the sensor on every baseline night, off
+# later; a leak there is still found by its shape, so 20 dB would lose it); real PVC 3-5 dB.
+SIGNAL_LOST_DB = 40.0
 
 
 @dataclass(frozen=True)
@@ -205,10 +212,13 @@ class Judgement:
     # A plastic pipe's disturbed check that confirms a warning only with the warning's bands
     # (`rain_confirms.py`, `plastic_rain_same_bands`).
     same_bands: bool = False
+    # Every band far below the baseline (`SIGNAL_LOST_DB`): the sensor is not heard, not judged.
+    signal_lost: bool = False
 
     def evidence(self) -> dict[str, Any]:
         return {
             "judged": self.judged,
+            "signal_lost": self.signal_lost,
             "unsteady_bands": self.unsteady_bands,
             "rain": self.rain,
             "steady_only": self.steady_only,
@@ -238,6 +248,18 @@ def judge(  # noqa: PLR0915 - one check's judgement, read top to bottom
     p = params or JudgeParams()
     mask = p.band_mask()
     rise = check.p10 - baseline.level
+    if check.silent or float(np.median(rise)) <= -SIGNAL_LOST_DB:
+        return Judgement(
+            positive=False,
+            quiet=False,
+            risen=[],
+            rise_db={f"{CENTRES[i]:g}": round(float(rise[i]), 1) for i in np.flatnonzero(mask)},
+            clf_logit_rise=None,
+            quiet_db=check.quiet_db,
+            score=0.0,
+            judged=False,
+            signal_lost=True,
+        )
     beyond = np.zeros(features.N_BANDS)
     if baseline.nuisance is not None and p.extend_patterns:
         # A nuisance louder (or quieter) than on any baseline night moves the bands along its

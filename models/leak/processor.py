@@ -68,6 +68,7 @@ class SensorHealth:
     learning_needs: int
     checks: int
     last_rise_db: float | None  # the strongest judged band's rise in the last check
+    signal_lost_since: str | None = None  # night since which the hydrophone is not heard
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class LeakHealth:
                     f"{name}: {s.state}, baseline v{s.baseline_version} "
                     f"({s.baseline_nights} nights, {s.baseline_quality}{age})"
                 )
+            if s.signal_lost_since is not None:
+                lines[-1] += f", SIGNAL LOST since {s.signal_lost_since}"
         return lines
 
 
@@ -108,6 +111,7 @@ class _Sensor:
     tail: FloatArray = field(default_factory=lambda: np.zeros(0))  # last 2 s, for the classifier
     ring: deque[FloatArray] = field(default_factory=deque)  # last correlate_s seconds, for locating
     last: Judgement | None = None
+    signal_lost_since: str | None = None  # night of the first check not heard, while it lasts
     night_quiet: deque[tuple[str, float]] = field(default_factory=lambda: deque(maxlen=30))
 
 
@@ -310,12 +314,16 @@ class AudioLeakProcessor:
                 stored = s.baseline
             if stored is not None and (s.baseline is None or stored.version != s.baseline.version):
                 s.baseline, s.confirmation = stored, self.new_confirmation()
-            nights = s.store.nights()
-            s.nights_heard = len(nights)
             if s.baseline is None:
-                events += self._learn(s, night, nights)
+                # Nights of digital silence (no hydrophone on the input) are not nights heard.
+                heard = [c for c in s.store.checks() if not c.silent]
+                s.nights_heard = len({c.night for c in heard})
+                events += self._signal(s, check.silent, check, None, night)
+                events += self._learn(s, night, heard)
                 continue
+            s.nights_heard = len(s.store.nights())
             j = judge(check, s.baseline, self.params)
+            events += self._signal(s, j.signal_lost, check, s.baseline, night)
             if not s.night_quiet or s.night_quiet[-1][0] != check.night:
                 s.night_quiet.append((check.night, round(j.quiet_db, 1)))
             change = s.confirmation.update(check.night, j)
@@ -329,25 +337,52 @@ class AudioLeakProcessor:
             self._locate(positive, events)
         return events
 
-    def _learn(self, s: _Sensor, night: date, nights: list[str]) -> list[Event]:
-        done = [n for n in nights if n != night.isoformat()]
-        if len(done) < self.section.baseline_nights:
+    def _learn(self, s: _Sensor, night: date, heard: list[CheckStats]) -> list[Event]:
+        """Learn the baseline from the last `baseline_nights` finished nights the sensor was heard."""
+        done = [c for c in heard if c.night != night.isoformat()]
+        if len({c.night for c in done}) < self.section.baseline_nights:
             return []
-        checks = [
-            c for c in last_nights(s.store.checks(), self.section.baseline_nights + 1) if c.night in done
-        ]
-        baseline = Baseline.learn(
-            checks,
-            sensor=s.name,
-            material=self.section.material,
-            spread_tol_db=self.params.spread_tol_db,
-            max_unsteady_bands=self.params.max_unsteady_bands,
-        )
+        checks = last_nights(done, self.section.baseline_nights)
+        try:
+            baseline = Baseline.learn(
+                checks,
+                sensor=s.name,
+                material=self.section.material,
+                spread_tol_db=self.params.spread_tol_db,
+                max_unsteady_bands=self.params.max_unsteady_bands,
+            )
+        except BaselineError as exc:  # nothing heard on those nights: keep learning
+            log.error("leak.baseline_not_learned", sensor=s.name, error=str(exc))
+            return []
         s.baseline = s.store.save(baseline)
         log.info(
             "leak.baseline_learned", sensor=s.name, version=s.baseline.version, nights=len(baseline.nights)
         )
         return [Event("leak_baseline", s.name, self._now(), "info", None, self._baseline_detail(s.baseline))]
+
+    def _signal(
+        self, s: _Sensor, lost: bool, check: CheckStats, baseline: Baseline | None, night: date
+    ) -> list[Event]:
+        """`hydrophone_signal_lost` when a sensor stops being heard, `..._restored` when it is again."""
+        if lost == (s.signal_lost_since is not None):
+            return []
+        detail: dict[str, Any] = {"sensor": s.name, "night": night.isoformat()}
+        if not lost:
+            detail["since_night"] = s.signal_lost_since
+            s.signal_lost_since = None
+            log.info("leak.signal_restored", sensor=s.name)
+            return [Event("hydrophone_signal_restored", s.name, self._now(), "info", None, detail)]
+        s.signal_lost_since = night.isoformat()
+        drop = None if baseline is None else float(np.median(check.p10 - baseline.level))
+        detail.update(
+            quiet_level_db=round(check.quiet_db, 1),
+            below_baseline_db=None if drop is None else round(-drop, 1),
+            baseline_version=None if baseline is None else baseline.version,
+            reason="digital silence" if check.silent else "every band far below the baseline",
+            action="check the hydrophone, its cable, its gain and the audio input",
+        )
+        log.warning("leak.signal_lost", sensor=s.name, reason=detail["reason"])
+        return [Event("hydrophone_signal_lost", s.name, self._now(), "warning", None, detail)]
 
     def _baseline_detail(self, b: Baseline) -> dict[str, Any]:
         return {
@@ -440,6 +475,7 @@ class AudioLeakProcessor:
                 learning_needs=self.section.baseline_nights,
                 checks=s.checks,
                 last_rise_db=None if s.last is None else round(max(s.last.rise_db.values(), default=0.0), 1),
+                signal_lost_since=s.signal_lost_since,
             )
         return LeakHealth(self.windows_scored, self.windows_dropped, self.last_probability, sensors)
 

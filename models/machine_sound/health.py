@@ -26,6 +26,7 @@ class MachineSoundHealth:
     clips: int  # complete clips taken from the device
     clips_dropped: int  # clips lost because scoring fell behind
     clips_stopped: int  # quieter than running_min_dbfs: the machine was off
+    clips_silent: int  # digital silence: the microphone was not heard
     clips_broken: int  # clips abandoned because audio was lost inside them
     scored: int
     events: int

@@ -45,6 +45,9 @@ log = structlog.get_logger(__name__)
 FLUSH_CLIPS = 6  # history rows kept in memory before one SQLite transaction (a minute of clips)
 RELOAD_EVERY = 30  # clips between checks for a calibration written by the CLI or a command
 _RMS = N_MELS + STAT_NAMES.index("rms")  # the clip RMS column of the features
+# A clip this quiet (RMS, dBFS) is digital silence: below a 24-bit converter's own noise, so no
+# microphone is heard (unplugged, its input muted), whatever the machine does.
+SILENT_DBFS = -140.0
 F64 = npt.NDArray[np.float64]
 
 
@@ -107,7 +110,8 @@ class MachineSoundProcessor:
         self._assembler = ClipAssembler(section.clip_s, section.channels)
         self._alarm = self._new_alarm()
         self._state: _State | None = None
-        self.clips = self.clips_dropped = self.clips_stopped = 0
+        self.clips = self.clips_dropped = self.clips_stopped = self.clips_silent = 0
+        self._silent_since_ns: int | None = None
         self.scored = self.events = 0
         self.last_score: float | None = None
         self.last_error: str | None = None
@@ -179,8 +183,11 @@ class MachineSoundProcessor:
         if not np.isfinite(features).all():
             self.last_error = "a clip gave non-finite features (silence or garbage): skipped"
             return
+        rms_dbfs = 20 * math.log10(max(float(features[_RMS]), 1e-12))
+        if await self._heard(rms_dbfs > SILENT_DBFS, clip.start_ts_ns, emit):
+            return
         floor = self.section.running_min_dbfs
-        if floor is not None and 20 * math.log10(max(float(features[_RMS]), 1e-12)) < floor:
+        if floor is not None and rms_dbfs < floor:
             self.clips_stopped += 1
             return
         state.pending.append((clip.start_ts_ns, features))
@@ -205,6 +212,27 @@ class MachineSoundProcessor:
             await emit(self._event(state, clip.start_ts_ns, change, score))
             if not change:
                 state.abnormal.clear()
+
+    async def _heard(self, heard: bool, ts_ns: int, emit: EventSink) -> bool:
+        """False for a clip of digital silence (neither learnt nor scored: a silent microphone is no
+        anomaly of the machine); `microphone_signal_lost` / `_restored` on each change."""
+        if not heard:
+            self.clips_silent += 1
+        if heard == (self._silent_since_ns is None):
+            return not heard
+        detail: dict[str, Any] = {"machine": self.section.name, "device": self.section.device}
+        if heard:
+            detail["since"] = iso(self._silent_since_ns or ts_ns)
+            self._silent_since_ns = None
+            self.last_error = None
+            await emit(Event("microphone_signal_restored", self.section.name, ts_ns, "info", None, detail))
+            return False
+        self._silent_since_ns = ts_ns
+        self.last_error = "microphone not heard (digital silence): check its cable, input and gain"
+        log.warning("machine_sound.signal_lost", machine=self.section.name)
+        detail["action"] = "check the microphone, its cable, the audio input and its gain"
+        await emit(Event("microphone_signal_lost", self.section.name, ts_ns, "warning", None, detail))
+        return True
 
     def _need(self) -> int:
         c = self.section.calibration
@@ -306,6 +334,7 @@ class MachineSoundProcessor:
             clips=self.clips,
             clips_dropped=self.clips_dropped,
             clips_stopped=self.clips_stopped,
+            clips_silent=self.clips_silent,
             clips_broken=self._assembler.gaps,
             scored=self.scored,
             events=self.events,
