@@ -169,8 +169,9 @@ class FakeStream:
 class FakeCapture:
     """A capture backend: the test plays PortAudio's thread by calling the callback it was given."""
 
-    def __init__(self, refuse: str | None = None) -> None:
+    def __init__(self, refuse: str | None = None, only_rate: int | None = None) -> None:
         self.refuse = refuse
+        self.only_rate = only_rate  # a USB interface that runs at this rate and no other
         self.settings: CaptureSettings | None = None
         self.callback: CaptureCallback | None = None
         self.stream = FakeStream()
@@ -179,6 +180,11 @@ class FakeCapture:
         self.settings = settings
         if self.refuse:
             raise DriverIOError(f"audio device {settings.device!r}: {self.refuse}")
+        if self.only_rate is not None and settings.sample_rate != self.only_rate:
+            raise DriverIOError(f"audio device {settings.device!r}: Invalid sample rate [PaErrorCode -9997]")
+
+    def native_rate(self, device: str | int | None) -> int | None:
+        return self.only_rate
 
     def start(self, settings: CaptureSettings, callback: CaptureCallback) -> FakeStream:
         self.callback = callback
@@ -239,6 +245,46 @@ async def test_a_device_the_backend_refuses_is_a_driver_io_error_naming_it() -> 
     driver = device_driver(FakeCapture(refuse="Invalid number of channels"))
     with pytest.raises(DriverIOError, match=r"^hyd: audio device 'USB': Invalid number of channels$"):
         await driver.open()
+
+
+async def test_a_device_that_runs_at_48_khz_only_is_captured_at_48_khz_when_no_rate_is_set() -> None:
+    # Many USB audio interfaces refuse 16 kHz. Without a configured sample_rate the driver captures
+    # at the device's own rate (the models resample); with one, the error says what the device runs at.
+    capture = FakeCapture(only_rate=48_000)
+    config = AudioConfig(
+        name="hyd", kind="audio", source="device", device="USB", window_s=0.5, hop_s=0.5, level_interval_s=1
+    )
+    driver = AudioDriver(config, capture=capture)
+    windows: list[AudioWindow] = []
+    driver.add_window_listener(windows.append)
+    await driver.open()
+    assert capture.settings is not None
+    assert capture.settings.sample_rate == 48_000
+    callback = capture.callback
+    assert callback is not None
+
+    def portaudio_thread() -> None:
+        block = np.full((4800, 1), 0.25, dtype=np.float32)
+        for _ in range(20):  # 2 s at 48 kHz
+            callback(
+                block, 4800, SimpleNamespace(inputBufferAdcTime=0.0), SimpleNamespace(input_overflow=False)
+            )
+
+    stream = driver.stream()
+    await asyncio.to_thread(portaudio_thread)
+    readings = {r.tag: r for r in await asyncio.wait_for(anext(stream), 5)}
+    assert readings["A.rms_dbfs"].value == pytest.approx(-12.04, abs=0.01)
+    assert windows
+    assert all(w.sample_rate == 48_000 and w.samples.shape == (24_000, 1) for w in windows)
+    assert driver.health().sample_rate == 48_000
+    await stream.aclose()
+    await driver.aclose()
+
+    fixed = AudioConfig(name="hyd", kind="audio", source="device", device="USB", sample_rate=16_000)
+    with pytest.raises(
+        DriverIOError, match=r"Invalid sample rate .* runs at 48000 Hz: set sample_rate = 48000"
+    ):
+        await AudioDriver(fixed, capture=FakeCapture(only_rate=48_000)).open()
 
 
 BASE = {"name": "h1", "kind": "audio"}

@@ -13,7 +13,7 @@ backend of their own and drive the callback themselves.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import structlog
@@ -64,6 +64,10 @@ class CaptureBackend(Protocol):
         """A running stream that calls `callback(indata, frames, time_info, status)` for every block."""
         ...
 
+    def native_rate(self, device: str | int | None) -> int | None:
+        """The input device's own sample rate (what it runs at by default), None if unknown."""
+        ...
+
 
 def _sounddevice() -> Any:
     import sounddevice as sd  # type: ignore[import-untyped,unused-ignore]
@@ -85,6 +89,14 @@ class SoundDeviceBackend:
             )
         except (sd.PortAudioError, ValueError) as exc:
             raise DriverIOError(f"audio device {settings.device!r}: {exc}") from exc
+
+    def native_rate(self, device: str | int | None) -> int | None:
+        sd = _sounddevice()
+        try:
+            rate = sd.query_devices(device, "input")["default_samplerate"]
+        except (sd.PortAudioError, ValueError, KeyError):
+            return None
+        return round(rate) if rate else None
 
     def start(self, settings: CaptureSettings, callback: CaptureCallback) -> CaptureStream:
         sd = _sounddevice()
@@ -182,7 +194,27 @@ class DeviceSource:
         try:
             self._backend.check(self._settings)
         except DriverIOError as exc:
-            raise DriverIOError(f"{self.config.name}: {exc}") from exc
+            own = self._backend.native_rate(self.config.device)
+            if own is None or own == self.sample_rate:
+                raise DriverIOError(f"{self.config.name}: {exc}") from exc
+            if self.config.sample_rate is not None:
+                raise DriverIOError(
+                    f"{self.config.name}: {exc} (the device runs at {own} Hz: set sample_rate = {own}, "
+                    "or leave sample_rate out to use the device's own rate)"
+                ) from exc
+            self._fall_back_to(own, exc)
+
+    def _fall_back_to(self, rate: int, refused: DriverIOError) -> None:
+        """No sample_rate configured and the device refuses 16 kHz (many USB interfaces run at
+        44.1 or 48 kHz only): capture at its own rate; the models resample what they need."""
+        settings = replace(self._settings, sample_rate=rate)
+        try:
+            self._backend.check(settings)
+        except DriverIOError:
+            raise DriverIOError(f"{self.config.name}: {refused}") from refused
+        log.warning("audio.device_rate", driver=self.config.name, refused=self.sample_rate, sample_rate=rate)
+        self._settings, self.sample_rate = settings, rate
+        self.clock = Clock(now_ns(), rate)
 
     def start(self, sink: Sink) -> None:
         self.callback = CaptureCallback(sink, self.clock, self.gaps)
