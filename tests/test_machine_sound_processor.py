@@ -5,6 +5,7 @@ normal sound, then a bearing fault raising `machine_sound_anomaly` with its evid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -61,6 +62,29 @@ def _driver(path: Path) -> AudioDriver:
     )  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def running(processor: MachineSoundProcessor, driver: AudioDriver) -> AsyncIterator[list[Event]]:
+    """The processor on the driver's playback while the block runs; yields the events it emits."""
+    events: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+
+    async def capture() -> None:
+        async for _ in driver.stream():
+            pass
+
+    await driver.open()
+    tasks = [asyncio.create_task(capture()), asyncio.create_task(processor.run(NoReadings(), emit))]
+    try:
+        yield events
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await driver.aclose()
+
+
 async def test_learns_the_normal_sound_then_names_a_bearing_fault(recording: Path, tmp_path: Path) -> None:
     driver = _driver(recording)
     section = MachineSoundSection.model_validate(
@@ -73,32 +97,16 @@ async def test_learns_the_normal_sound_then_names_a_bearing_fault(recording: Pat
     )
     processor = MachineSoundProcessor(section, driver, tmp_path)
     assert processor.streams == frozenset()
-    events: list[Event] = []
     starts: list[int] = []
     driver.add_window_listener(lambda w: starts.append(w.start_ts_ns))  # the file's time zero
-
-    async def emit(event: Event) -> None:
-        events.append(event)
-
-    async def capture() -> None:
-        async for _ in driver.stream():
-            pass
-
-    await driver.open()
-    tasks = [asyncio.create_task(capture()), asyncio.create_task(processor.run(NoReadings(), emit))]
-    try:
+    async with running(processor, driver) as events:
         await eventually(lambda: processor.health().state == "armed", within_s=30, what="calibration")
         health = processor.health()
         assert health.calibration is not None
         assert health.calibration["version"] == 1
         assert health.calibration["clips"] == 20
-        assert health.clips_stopped == 2  # the silent start was not learnt
+        assert health.clips_stopped == 2  # the quiet start was not learnt
         await eventually(lambda: bool(events), within_s=30, what="an anomaly event")
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await driver.aclose()
 
     event = events[0]
     assert event.kind == "machine_sound_anomaly"
@@ -137,25 +145,9 @@ async def test_an_unplugged_microphone_is_reported_not_learnt_and_not_an_anomaly
         {"name": "P2-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
     )
     processor = MachineSoundProcessor(section, driver, tmp_path)
-    events: list[Event] = []
-
-    async def emit(event: Event) -> None:
-        events.append(event)
-
-    async def capture() -> None:
-        async for _ in driver.stream():
-            pass
-
-    await driver.open()
-    tasks = [asyncio.create_task(capture()), asyncio.create_task(processor.run(NoReadings(), emit))]
-    try:
+    async with running(processor, driver) as events:
         await eventually(lambda: len(events) >= 2, within_s=30, what="signal lost and restored")
         await eventually(lambda: processor.health().state == "armed", within_s=30, what="calibration")
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await driver.aclose()
     assert [e.kind for e in events] == ["microphone_signal_lost", "microphone_signal_restored"]
     assert events[0].severity == "warning"
     health = processor.health()
