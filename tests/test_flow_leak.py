@@ -3,6 +3,7 @@ exports, and the processor on meter readings (state kept over restarts, fused wi
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from datetime import date, datetime, timedelta
@@ -184,6 +185,86 @@ async def test_the_processor_finds_a_rise_in_the_readings_keeps_state_and_fuses_
     line = again.health().status_lines()[0]
     assert line.startswith("dma-north: armed, baseline ")
     assert line.endswith("1 rise(s)")
+
+
+async def test_a_meters_volume_register_gives_the_same_nights_as_its_flow_and_survives_a_reset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bulk meter read over M-Bus gives its index (m3, 0.1 m3 steps), not a flow; on day 15 it is
+    # replaced and its index starts again from 0. The nights must come out as from the flow itself.
+    monkeypatch.setenv("TZ", "UTC")
+    readings = _readings(40, leak_day=25)
+    total, index, replaced = 54_321.0, [], False
+    for r in readings:
+        if r.tag == "inflow_a":
+            if not replaced and r.ts_ns - readings[0].ts_ns >= 15 * 86_400 * 10**9:
+                total, replaced = 0.0, True  # the new meter
+            total += float(r.value) * 0.25  # type: ignore[arg-type]  # 15 min of flow
+            index.append(dataclasses.replace(r, tag="inflow_a_index", value=round(total, 1)))
+    common = {"name": "dma", "outflow": ["outflow"], "timezone": "UTC", "sample_s": 900,
+              "stale_after_s": 1800, "baseline_nights": 10}  # fmt: skip
+    by_flow = FlowLeakSection(inflow=["inflow_a", "inflow_b"], **common)  # type: ignore[arg-type]
+    by_index = FlowLeakSection(inflow=["inflow_a_index", "inflow_b"], volume=["inflow_a_index"], **common)  # type: ignore[arg-type]
+
+    async def run(
+        section: FlowLeakSection, rs: list[Reading], where: Path
+    ) -> tuple[list[Event], FlowLeakProcessor]:
+        events: list[Event] = []
+
+        async def emit(e: Event) -> None:
+            events.append(e)
+
+        async def feed():  # type: ignore[no-untyped-def]
+            yield ("plc", rs)
+
+        proc = FlowLeakProcessor([section], where)
+        await proc.run(feed(), emit)
+        return events, proc
+
+    flow_events, _ = await run(by_flow, readings, tmp_path / "flow")
+    merged = sorted([*readings, *index], key=lambda r: r.ts_ns)  # as a poll of both devices delivers them
+    index_events, proc = await run(by_index, merged, tmp_path / "index")
+    want = {e.detail["night"]: e.detail["night_flow_m3h"] for e in flow_events if e.kind == "night_flow"}
+    got = {e.detail["night"]: e.detail["night_flow_m3h"] for e in index_events if e.kind == "night_flow"}
+    assert len(got) >= 38
+    assert all(got[n] == pytest.approx(want[n], rel=0.02) for n in got)
+    rises = [e.detail["began_night"] for e in index_events if e.kind == "flow_leak"]
+    assert rises == [e.detail["began_night"] for e in flow_events if e.kind == "flow_leak"]
+    assert proc.health().districts["dma"].volume_resets == 1
+
+
+def test_config_refuses_a_volume_tag_that_is_neither_inflow_nor_outflow() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"volume tag.* not in inflow or outflow: b"):
+        FlowLeakSection(name="d", inflow=["a"], volume=["b"])
+
+
+def test_score_flow_leak_reads_flow_from_a_volume_column_and_refuses_one_given_as_flow(
+    tmp_path: Path,
+) -> None:
+    district = District(7, mean_demand_m3h=150.0, leaks=[DistrictLeak(datetime(2024, 1, 25, 14), 8.0)])
+    columns = district.simulate(40)
+    flows, index = tmp_path / "flow.csv", tmp_path / "index.csv"
+    write_csv(columns, str(flows))
+    total = np.round(1e5 + np.cumsum(np.asarray(columns["inflow_a"]) * 0.25), 1)
+    with_index = {**columns, "inflow_a": total}
+    write_csv(with_index, str(index))
+    args = ("--flow", "inflow_a", "--calibrate-days", "14")
+    want = _cli("--csv", str(flows), *args)
+    got = _cli("--csv", str(index), *args, "--volume")
+    assert got.returncode == 0, got.stderr
+    rows = {line.split(",")[0]: line.split(",") for line in got.stdout.splitlines()[1:]}
+    for line in want.stdout.splitlines()[1:]:
+        night, flow, *_ = line.split(",")
+        assert float(rows[night][1]) == pytest.approx(float(flow), rel=0.02)
+    assert [r[0] for r in rows.values() if r[4] == "leak"] == [
+        line.split(",")[0] for line in want.stdout.splitlines()[1:] if line.endswith(",leak")
+    ]
+    refused = _cli("--csv", str(index), *args)
+    assert refused.returncode == 2
+    assert "volume totaliser" in refused.stderr
+    assert "--volume" in refused.stderr
 
 
 def test_config_names_the_time_zone_and_refuses_a_tag_both_in_and_out() -> None:

@@ -26,6 +26,11 @@ def register(score_sub: Any) -> None:
     p.add_argument("--csv", required=True, type=Path, help="header; timestamp first; ',' or ';' separated")
     p.add_argument("--flow", required=True, action="append", metavar="COL", help="an inflow column (m3/h)")
     p.add_argument("--minus", action="append", default=[], metavar="COL", help="an outflow column")
+    p.add_argument(
+        "--volume",
+        action="store_true",
+        help="the --flow/--minus columns are volume totalisers (m3, a meter's index), not flows",
+    )
     p.add_argument("--pressure", default=None, metavar="COL", help="inlet pressure: night flow is corrected")
     p.add_argument("--calibrate-days", required=True, type=int, metavar="N", help="the first N nights learn")
     p.add_argument("--night", default="02:00-04:00", help="local night window (default 02:00-04:00)")
@@ -66,6 +71,7 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
             pressure=args.pressure,
             window=window,
             average_minutes=args.average_minutes,
+            volume=args.volume,
         )
     except FlowCsvError as exc:
         return _err(str(exc))
@@ -91,6 +97,11 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
     if flows.guessed_day_first:
         sys.stderr.write(
             "edge-agent models: warning: no date in the file has a day above 12: read as DD/MM/YYYY\n"
+        )
+    if flows.resets:
+        sys.stderr.write(
+            f"edge-agent models: warning: a volume register went down {flows.resets} time(s) "
+            "(a meter replaced? a register rolled over?): those intervals skipped\n"
         )
     if flows.skipped:
         sys.stderr.write(

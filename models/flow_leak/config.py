@@ -4,6 +4,7 @@
 name = "dma-north"                       # event source, state directory, fusion site
 inflow = ["plc1/inlet_a_flow", "plc1/inlet_b_flow"]   # tags ("tag" or "device/tag"), m3/h
 outflow = ["plc1/transfer_flow"]         # subtracted
+volume = []                              # those of the tags above that are totalisers (m3)
 pressure = "plc1/inlet_pressure"         # optional: night flow is pressure-corrected
 timezone = "Europe/Rome"                 # nights are local; default: the system's zone
 night_start = "02:00"
@@ -27,6 +28,9 @@ class FlowLeakSection(BaseModel):
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
     inflow: list[str] = Field(min_length=1)
     outflow: list[str] = Field(default_factory=list)
+    # Inflow/outflow tags that are a meter's total-volume register (m3), not a flow: read through
+    # `volume.VolumeRate` (the flow between two readings).
+    volume: list[str] = Field(default_factory=list)
     pressure: str | None = None
     timezone: str | None = None
     night_start: str = "02:00"
@@ -63,6 +67,9 @@ class FlowLeakSection(BaseModel):
         both = set(self.inflow) & set(self.outflow)
         if both:
             raise ValueError(f"tag(s) both inflow and outflow: {', '.join(sorted(both))}")
+        stray = set(self.volume) - set(self.inflow) - set(self.outflow)
+        if stray:
+            raise ValueError(f"volume tag(s) not in inflow or outflow: {', '.join(sorted(stray))}")
         return self
 
     @property

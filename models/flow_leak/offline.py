@@ -24,6 +24,7 @@ from pathlib import Path
 
 from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDetector, StepParams
 from water_edge.models.flow_leak.mnf import minimum_night_flow
+from water_edge.models.flow_leak.volume import VolumeRate, looks_like_totaliser
 from water_edge.models.nightwindow import NightWindow
 
 _TIMES = ("%H:%M:%S", "%H:%M", "%I:%M:%S %p", "%I:%M %p")
@@ -94,17 +95,26 @@ class NightFlows:
     rows: int
     skipped: int
     guessed_day_first: bool = False  # numeric dates none of which said day or month first
+    resets: int = 0  # volume registers that went down (with `volume`): those intervals skipped
 
 
-def read_night_flows(
-    path: Path,
-    flow: Sequence[str],
-    minus: Sequence[str] = (),
-    *,
-    pressure: str | None = None,
-    window: NightWindow,
-    average_minutes: float = 15.0,
-) -> NightFlows:
+@dataclass
+class _Row:
+    local: datetime  # wall clock in the night window's zone
+    instant: int  # UTC ns: a DST change falls inside the night window
+    cells: dict[str, float]  # the flow and minus columns
+    pressure: float
+
+
+@dataclass
+class _Table:
+    rows: list[_Row]
+    read: int  # data rows in the file
+    skipped: int  # unreadable
+    guessed_day_first: bool
+
+
+def _read_table(path: Path, columns: Sequence[str], pressure: str | None, tz: tzinfo) -> _Table:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -117,51 +127,93 @@ def read_night_flows(
     sep = ";" if lines[0].count(";") > lines[0].count(",") else ","
     reader = csv.reader(io.StringIO(text), delimiter=sep)
     header = [h.strip() for h in next(reader)]
-    wanted = [*flow, *minus, *([pressure] if pressure else [])]
+    wanted = [*columns, *([pressure] if pressure else [])]
     missing = [c for c in wanted if c not in header]
     if missing:
         raise FlowCsvError(f"{path}: no column(s) {', '.join(missing)} (columns: {', '.join(header[1:])})")
     idx = {c: header.index(c) for c in wanted}
     decimal_comma = sep == ";"
     order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
-    per_night: dict[date, tuple[list[int], list[float], list[float]]] = {}
-    rows = skipped = 0
+    table = _Table([], 0, 0, order is None and any(_YEAR_LAST.match(line) for line in lines[1:3]))
     for line_no, row in enumerate(reader, start=2):
         if not row or not any(cell.strip() for cell in row):
             continue
-        rows += 1
+        table.read += 1
         try:
-            local = parse_time(row[0], window.tz, order is not False)
-            net = sum(_number(row[idx[c]], decimal_comma) for c in flow) - sum(
-                _number(row[idx[c]], decimal_comma) for c in minus
-            )
+            local = parse_time(row[0], tz, order is not False)
+            cells = {c: _number(row[idx[c]], decimal_comma) for c in columns}
             p = _number(row[idx[pressure]], decimal_comma) if pressure else math.nan
         except (ValueError, IndexError) as exc:
-            if rows == 1 and "timestamp" in str(exc):
+            if table.read == 1 and "timestamp" in str(exc):
                 raise FlowCsvError(f"{path}: line {line_no}: {exc}") from None
-            skipped += 1
+            table.skipped += 1
             continue
-        night = window.night_of_local(local)
-        if night is None:
-            continue
-        ts, values, pressures = per_night.setdefault(night, ([], [], []))
-        ts.append(
-            int(local.timestamp() * 1e9)
-            if local.tzinfo
-            else int((local - datetime(1970, 1, 1)).total_seconds() * 1e9)
-        )
-        values.append(net)
-        pressures.append(p)
-    if rows == 0:
+        table.rows.append(_Row(local, int(local.replace(tzinfo=tz).timestamp() * 1e9), cells, p))
+    if table.read == 0:
         raise FlowCsvError(f"{path}: no data rows")
+    return table
+
+
+def _from_volumes(rows: list[_Row]) -> tuple[list[_Row], int]:
+    """Rows whose columns are totalisers turned into flows (`volume.VolumeRate`), and the resets."""
+    meters: dict[str, VolumeRate] = {}
+    out = []
+    for row in rows:
+        flows = {c: meters.setdefault(c, VolumeRate()).rate(row.instant, v) for c, v in row.cells.items()}
+        # The first row, a repeated time or a reset gives no flow for its interval.
+        if all(f is not None for f in flows.values()):
+            out.append(
+                _Row(row.local, row.instant, {c: f for c, f in flows.items() if f is not None}, row.pressure)
+            )
+    return out, sum(m.resets for m in meters.values())
+
+
+def _refuse_totalisers(path: Path, rows: list[_Row], flow: Sequence[str]) -> None:
+    instants = [r.instant for r in rows]
+    for c in flow:
+        if looks_like_totaliser(instants, [r.cells[c] for r in rows]):
+            days = (instants[-1] - instants[0]) / 86.4e12
+            raise FlowCsvError(
+                f"{path}: column {c!r} rises and never falls over {days:.0f} days: a volume totaliser "
+                "(m3), not a flow (m3/h); give --volume to read the flow from the meter's index"
+            )
+
+
+def read_night_flows(
+    path: Path,
+    flow: Sequence[str],
+    minus: Sequence[str] = (),
+    *,
+    pressure: str | None = None,
+    window: NightWindow,
+    average_minutes: float = 15.0,
+    volume: bool = False,
+) -> NightFlows:
+    """`volume`: the flow and minus columns are totalisers (m³); each row's flow is the volume
+    drawn since the row before over the time between them (`volume.VolumeRate`)."""
+    table = _read_table(path, [*flow, *minus], pressure, window.tz)
+    rows, resets = _from_volumes(table.rows) if volume else (table.rows, 0)
+    if not volume:
+        _refuse_totalisers(path, rows, flow)
+    per_night: dict[date, list[_Row]] = {}
+    for row in rows:
+        night = window.night_of_local(row.local)
+        if night is not None:
+            per_night.setdefault(night, []).append(row)
     nights = []
     for night in sorted(per_night):
-        ts, values, pressures = per_night[night]
-        mnf = minimum_night_flow(ts, values, window_min=window.length_min, average_minutes=average_minutes)
-        finite = [p for p in pressures if math.isfinite(p)]
+        group = per_night[night]
+        mnf = minimum_night_flow(
+            [int((r.local - datetime(1970, 1, 1)).total_seconds() * 1e9) for r in group],
+            [sum(r.cells[c] for c in flow) - sum(r.cells[c] for c in minus) for r in group],
+            window_min=window.length_min,
+            average_minutes=average_minutes,
+        )
+        finite = [r.pressure for r in group if math.isfinite(r.pressure)]
         nights.append((night, mnf, sum(finite) / len(finite) if finite else None))
-    ambiguous = order is None and any(_YEAR_LAST.match(line) for line in lines[1:3])
-    return NightFlows(nights, rows, skipped, guessed_day_first=ambiguous)
+    return NightFlows(
+        nights, table.read, table.skipped, guessed_day_first=table.guessed_day_first, resets=resets
+    )
 
 
 def correct_for_pressure(

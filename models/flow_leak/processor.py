@@ -31,6 +31,7 @@ from water_edge.core.reading import BAD, Event, Reading, Severity
 from water_edge.models.flow_leak.config import FlowLeakSection
 from water_edge.models.flow_leak.detector import FixedThreshold, StepDetector, StepParams
 from water_edge.models.flow_leak.mnf import minimum_night_flow
+from water_edge.models.flow_leak.volume import VolumeRate
 from water_edge.models.leak.fusion import SiteEvidence
 from water_edge.models.nightwindow import NightWindow, zone
 
@@ -49,6 +50,7 @@ class DistrictHealth:
     rises: int
     samples: int
     skipped_samples: int
+    volume_resets: int = 0  # a volume register that went down (a meter replaced, rolled over)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class _District:
     fixed: FixedThreshold
     state_path: Path
     latest: dict[str, tuple[int, float]] = field(default_factory=dict)
+    meters: dict[str, VolumeRate] = field(default_factory=dict)  # the volume tags
+    flows: dict[str, tuple[int, float]] = field(default_factory=dict)  # ... as flows (reading time)
     next_due_ns: int | None = None
     night: date | None = None
     ts: list[int] = field(default_factory=list)
@@ -102,6 +106,7 @@ class FlowLeakProcessor:
                 StepDetector(self._params(cfg)),
                 FixedThreshold(cfg.baseline_nights, cfg.reference_rise_pct),
                 self.state_dir / "flow_leak" / cfg.name / "state.json",
+                meters={tag: VolumeRate() for tag in cfg.volume},
             )
             self._restore(d)
             self.districts.append(d)
@@ -186,6 +191,7 @@ class FlowLeakProcessor:
 
     async def _sample(self, d: _District, ts: int) -> list[Event]:
         events: list[Event] = []
+        self._volume_flows(d)
         night = d.window.night_of(ts)
         if d.night is not None and night != d.night:
             events += await asyncio.to_thread(self._close_night, d)
@@ -195,7 +201,7 @@ class FlowLeakProcessor:
         stale = int(d.cfg.stale_after_s * NS)
 
         def fresh(tag: str) -> float | None:
-            got = d.latest.get(tag)
+            got = (d.flows if tag in d.meters else d.latest).get(tag)
             return got[1] if got is not None and ts - got[0] <= stale else None
 
         flows = [fresh(t) for t in d.cfg.inflow], [fresh(t) for t in d.cfg.outflow]
@@ -208,6 +214,21 @@ class FlowLeakProcessor:
         p = fresh(d.cfg.pressure) if d.cfg.pressure else None
         d.pressure.append(math.nan if p is None else p)
         return events
+
+    @staticmethod
+    def _volume_flows(d: _District) -> None:
+        """The flow through each volume register since its reading at the previous sample."""
+        for tag, meter in d.meters.items():
+            got = d.latest.get(tag)
+            if got is None:
+                continue
+            resets = meter.resets
+            flow = meter.rate(*got)
+            if flow is not None:
+                d.flows[tag] = (got[0], flow)
+            elif meter.resets > resets:
+                d.flows.pop(tag, None)
+                log.warning("flow_leak.volume_reset", district=d.cfg.name, tag=tag, volume=got[1])
 
     def _close_night(self, d: _District) -> list[Event]:
         night = d.night
@@ -281,6 +302,7 @@ class FlowLeakProcessor:
                     rises=d.step.rises,
                     samples=d.samples,
                     skipped_samples=d.skipped,
+                    volume_resets=sum(m.resets for m in d.meters.values()),
                 )
                 for d in self.districts
             }
