@@ -267,7 +267,7 @@ async def test_a_hydrophone_turned_far_down_is_lost_while_it_stays_down(tmp_path
     await _run_nights(proc, [(date(2025, 3, d), 1.0) for d in (1, 2, 3)])
     events = await _run_nights(proc, [(date(2025, 3, 4), 0.003)])  # 50 dB of gain lost
     lost = [e for e in events if e.kind == "hydrophone_signal_lost"]
-    assert [e.detail["reason"] for e in lost] == ["every band far below the baseline"] * 2
+    assert [e.detail["reason"] for e in lost] == ["its bands 40 dB or more below the baseline"] * 2
     assert lost[0].detail["below_baseline_db"] == pytest.approx(50.0, abs=3.0)
     assert not [e for e in events if e.kind in ("leak_warning", "leak")]
     assert "hyd.A: armed, baseline v1 (3 nights, good, 0 d old), SIGNAL LOST since 2025-03-04" in (

@@ -104,7 +104,7 @@ def _judging_arguments(p: Any) -> None:
 
 
 SIGNAL_LOST_NOTE = (
-    "the hydrophone is not heard (digital silence, or every band 40 dB or more below the baseline): "
+    "the hydrophone is not heard (digital silence, or its bands {db:g} dB or more below the baseline): "
     "check the sensor, its cable and the audio input"
 )
 
@@ -123,7 +123,7 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
     from water_edge.models.leak import features
     from water_edge.models.leak.baseline import Baseline, BaselineError
     from water_edge.models.leak.detector import DEFAULT_MANIFEST, LeakScorer
-    from water_edge.models.leak.judge import JudgeParams, judge
+    from water_edge.models.leak.judge import SIGNAL_LOST_DB, JudgeParams, judge
     from water_edge.models.leak.recording import recording_checks
     from water_edge.models.manifest import ModelError
     from water_edge.models.runtime import load_model
@@ -176,7 +176,7 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
         if judged is not None and baseline is not None:
             line.update(_against_baseline(judged, baseline, classifier_leak=line["leak"]))
             if judged and all(j.signal_lost for j in judged):
-                _err(f"{path}: not judged: {SIGNAL_LOST_NOTE}")
+                _err(f"{path}: not judged: {SIGNAL_LOST_NOTE.format(db=SIGNAL_LOST_DB)}")
         _out(line)
     return status
 

@@ -14,6 +14,9 @@ probability (it runs every `classifier_every_s`, day and night, for the status),
   is configured (`material`, `spacing_m`), their last `correlate_s` seconds are correlated and
   the position goes into the event. When the site's night flow rose within 3 nights
   (`fusion.SiteEvidence`), the event carries it and its severity rises.
+- **not heard**: a check of digital silence, or whose bands lie `judge.SIGNAL_LOST_DB` below the
+  baseline, is not judged (a dead input must never read as a leak): `hydrophone_signal_lost` once,
+  `hydrophone_signal_restored` when it is heard again; silent nights are not learned from.
 
 A baseline written by `edge-agent models calibrate leak` or the `leak_calibration` command is
 picked up at the next check. Windows come from the device's `WindowSource` on the event loop; a
@@ -43,7 +46,7 @@ from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
 from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.detector import LeakScorer
 from water_edge.models.leak.fusion import SiteEvidence
-from water_edge.models.leak.judge import Confirmation, Judgement, JudgeParams, judge
+from water_edge.models.leak.judge import SIGNAL_LOST_DB, Confirmation, Judgement, JudgeParams, judge
 from water_edge.models.leak.levels import SECOND, Decimator, second_bands
 from water_edge.models.leak.store import SensorStore, last_nights
 from water_edge.models.nightwindow import NightWindow, minutes, zone
@@ -378,7 +381,9 @@ class AudioLeakProcessor:
             quiet_level_db=round(check.quiet_db, 1),
             below_baseline_db=None if drop is None else round(-drop, 1),
             baseline_version=None if baseline is None else baseline.version,
-            reason="digital silence" if check.silent else "every band far below the baseline",
+            reason="digital silence"
+            if check.silent
+            else f"its bands {SIGNAL_LOST_DB:g} dB or more below the baseline",
             action="check the hydrophone, its cable, its gain and the audio input",
         )
         log.warning("leak.signal_lost", sensor=s.name, reason=detail["reason"])
