@@ -184,7 +184,7 @@ class MachineSoundProcessor:
             self.last_error = "a clip gave non-finite features (silence or garbage): skipped"
             return
         rms_dbfs = 20 * math.log10(max(float(features[_RMS]), 1e-12))
-        if await self._heard(rms_dbfs > SILENT_DBFS, clip.start_ts_ns, emit):
+        if await self._silent(rms_dbfs, clip.start_ts_ns, emit):
             return
         floor = self.section.running_min_dbfs
         if floor is not None and rms_dbfs < floor:
@@ -213,15 +213,15 @@ class MachineSoundProcessor:
             if not change:
                 state.abnormal.clear()
 
-    async def _heard(self, heard: bool, ts_ns: int, emit: EventSink) -> bool:
-        """False for a clip of digital silence (neither learnt nor scored: a silent microphone is no
-        anomaly of the machine); `microphone_signal_lost` / `_restored` on each change."""
-        if not heard:
-            self.clips_silent += 1
-        if heard == (self._silent_since_ns is None):
-            return not heard
+    async def _silent(self, rms_dbfs: float, ts_ns: int, emit: EventSink) -> bool:
+        """Whether the clip is digital silence, to be neither learnt nor scored (a silent microphone
+        is no anomaly of the machine); `microphone_signal_lost` / `_restored` on each change."""
+        silent = rms_dbfs <= SILENT_DBFS
+        self.clips_silent += silent
+        if silent == (self._silent_since_ns is not None):
+            return silent
         detail: dict[str, Any] = {"machine": self.section.name, "device": self.section.device}
-        if heard:
+        if not silent:
             detail["since"] = iso(self._silent_since_ns or ts_ns)
             self._silent_since_ns = None
             self.last_error = None
