@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 if not")
     with_config(check)
+    # `edge-agent check-config /etc/edge-agent/config.toml` is what people type first.
+    check.add_argument("file", nargs="?", default=None, help="the config file (the same as -c FILE)")
 
     def finding_agent(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -116,7 +118,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from water_edge.core.errors import ConfigError
 
     try:
-        config = _load(args.config)
+        config = _load(args.file or args.config)
     except ConfigError as exc:
         return _config_errors(exc)
     from water_edge.agent.config.memory import count_tags, estimate, warnings

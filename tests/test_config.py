@@ -182,6 +182,10 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert "gateway.colour" in err
     assert "Traceback" not in err
+    # The file as a plain argument, as people type it first.
+    assert main(["check-config", str(bad)]) == 2
+    assert "gateway.colour" in capsys.readouterr().err
+    assert main(["check-config", str(good)]) == 0
 
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
