@@ -10,7 +10,7 @@ the classifier's median log-odds.
 median quiet level and its variability across checks and nights, the same for the spectral shape
 (quiet level minus the median over bands: a change of gain or of broadband background moves every
 band and cancels there), the usual spread, and the classifier's usual log-odds. Variability is
-robust (1.4826 x MAD) and shrunk towards a prior (`PRIOR_SIGMA_DB` with weight `PRIOR_WEIGHT`
+robust (1.4826 x MAD) and shrunk towards a prior (`nuisance.residual_sigma`: 1 dB, worth 3
 checks), so a baseline from one night or one short file does not promise a precision it has not
 seen. Each band's *relative* variability is kept too: how far its rise stood from the check's
 common-mode rise (the median rise over all bands) on the baseline checks — what a plastic pipe's
@@ -31,11 +31,9 @@ import numpy.typing as npt
 
 from water_edge.models.leak import features
 from water_edge.models.leak.levels import unsteady_bands
-from water_edge.models.leak.nuisance import Nuisance
+from water_edge.models.leak.nuisance import PRIOR_SIGMA_DB, Nuisance, residual_sigma
 
 FORMAT: Final = "water-edge-leak-baseline/1"
-PRIOR_SIGMA_DB: Final = 1.0  # the check-to-check variability assumed before any is seen
-PRIOR_WEIGHT: Final = 3.0  # ... worth this many checks
 LOGIT_CLIP: Final = 12.0
 
 FloatArray = npt.NDArray[np.float64]
@@ -164,14 +162,6 @@ def relative_rise(p10: FloatArray, level: FloatArray) -> FloatArray:
     return out
 
 
-def _robust_sigma(values: FloatArray, centre: FloatArray) -> FloatArray:
-    """Per-column 1.4826 x MAD, shrunk towards the prior with `PRIOR_WEIGHT` pseudo-checks."""
-    n = values.shape[0]
-    mad: FloatArray = 1.4826 * np.median(np.abs(values - centre), axis=0) if n > 1 else np.zeros(centre.shape)
-    out: FloatArray = np.sqrt((n * mad**2 + PRIOR_WEIGHT * PRIOR_SIGMA_DB**2) / (n + PRIOR_WEIGHT))
-    return out
-
-
 @dataclass
 class Baseline:
     """A sensor's reference quiet (see the module docstring); `version` is set by the store."""
@@ -229,9 +219,7 @@ class Baseline:
         shape = np.median(shapes, axis=0)
         logits = np.array([c.clf_logit for c in checks if c.clf_logit is not None])
         clf = float(np.median(logits)) if logits.size else None
-        clf_sigma = (
-            float(_robust_sigma(logits[:, None], np.array([clf]))[0]) if clf is not None else PRIOR_SIGMA_DB
-        )
+        clf_sigma = float(residual_sigma(logits[:, None] - clf)[0]) if clf is not None else PRIOR_SIGMA_DB
         nights: dict[str, list[CheckStats]] = {}
         for c in checks:
             nights.setdefault(c.night, []).append(c)
@@ -242,9 +230,9 @@ class Baseline:
         return cls(
             sensor=sensor,
             level=level,
-            level_sigma=_robust_sigma(p10, level),
+            level_sigma=residual_sigma(p10 - level),
             shape=shape,
-            shape_sigma=_robust_sigma(shapes, shape),
+            shape_sigma=residual_sigma(shapes - shape),
             spread=np.median(np.stack([c.spread for c in checks]), axis=0),
             tonal=np.median(np.stack([c.tonal for c in checks if c.tonal is not None]), axis=0)
             if any(c.tonal is not None for c in checks)
@@ -259,7 +247,7 @@ class Baseline:
             to_ts=to_ts,
             material=material,
             nuisance=nuisance,
-            relative_sigma=_robust_sigma(relative, np.median(relative, axis=0)),
+            relative_sigma=residual_sigma(relative - np.median(relative, axis=0)),
         )
 
     def quality(self, wanted_nights: int = 7) -> str:

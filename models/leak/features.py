@@ -55,6 +55,9 @@ def band_centres_hz() -> list[float]:
     return [round(float(np.sqrt(a * b)), 1) for a, b in itertools.pairwise(BAND_EDGES_HZ)]
 
 
+CENTRES_HZ: Final = np.array(band_centres_hz())  # the same, as an array for band masks
+
+
 def prepare(samples: npt.ArrayLike, sample_rate: int) -> tuple[FloatArray, list[str]]:
     """First channel at 8 kHz, mean removed; and the list of what was done to get there."""
     x = np.asarray(samples, dtype=np.float64)

@@ -113,7 +113,7 @@ from water_edge.models.leak.levels import STEADY_LOWER_SPREAD_DB, steady, unstea
 from water_edge.models.leak.matched import leak_template, matched_z
 
 FloatArray = npt.NDArray[np.float64]
-CENTRES = np.array(features.band_centres_hz())
+CENTRES = features.CENTRES_HZ
 # A check shorter than this is always judged: from a handful of one-second levels the 10th and 50th
 # percentiles are too uncertain to call a check disturbed (of 8 values the 10th percentile is about
 # the lowest), and `score leak` cuts files into 8 s checks. Gateway checks are 30 min long.

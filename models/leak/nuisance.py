@@ -36,7 +36,7 @@ FloatArray = npt.NDArray[np.float64]
 
 COMPONENTS: Final = 3  # learned nuisance patterns kept (flow, traffic, floor or pump, in any mix)
 MIN_CHECKS: Final = 6  # steady checks needed to learn them (with fewer, no model)
-PRIOR_SIGMA_DB: Final = 1.0  # a residual's spread assumed before any is seen ...
+PRIOR_SIGMA_DB: Final = 1.0  # a level's or residual's spread assumed before any is seen ...
 PRIOR_WEIGHT: Final = 3.0  # ... worth this many checks
 SPAN_REACH: Final = 2.0  # how far beyond its range (in range widths) a pattern may explain
 MIN_SPAN_SHAPE: Final = 0.3  # a span's part off the all-bands direction (of 1) to be kept
@@ -66,8 +66,9 @@ def _along(spans: FloatArray, d: FloatArray) -> FloatArray:
 
 
 def residual_sigma(loo: FloatArray) -> FloatArray:
-    """Per band, the spread of leave-one-out residuals `loo` (checks, bands): robust 1.4826 x MAD,
-    shrunk towards `PRIOR_SIGMA_DB` as if it were `PRIOR_WEIGHT` checks."""
+    """Per band, the spread of deviations `loo` (checks, bands) — leave-one-out residuals, or quiet
+    levels about their median: robust 1.4826 x MAD, shrunk towards `PRIOR_SIGMA_DB` as if it were
+    `PRIOR_WEIGHT` checks."""
     n = loo.shape[0]
     mad = 1.4826 * np.median(np.abs(loo), axis=0)
     out: FloatArray = np.sqrt((n * mad**2 + PRIOR_WEIGHT * PRIOR_SIGMA_DB**2) / (n + PRIOR_WEIGHT))

@@ -20,7 +20,7 @@ from typing import Final
 
 from water_edge.models.leak import features
 
-CENTRES: Final = tuple(features.band_centres_hz())
+CENTRES: Final = features.CENTRES_HZ
 # A rained-out check with at least this many steady leak bands risen confirms whatever bands the
 # warning showed.
 FREE_BANDS: Final = 3

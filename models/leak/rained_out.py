@@ -32,7 +32,7 @@ import numpy.typing as npt
 from water_edge.models.leak import features
 
 FloatArray = npt.NDArray[np.float64]
-CENTRES: Final = np.array(features.band_centres_hz())
+CENTRES: Final = features.CENTRES_HZ
 # A band opens only at this multiple of its level threshold (confirming needs 1 x).
 OPEN_K: Final = 2.0
 # Only bands below this open: a plastic leak's strongest bands, under the rain's (60 Hz up).
