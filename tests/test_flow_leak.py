@@ -233,6 +233,38 @@ async def test_a_meters_volume_register_gives_the_same_nights_as_its_flow_and_su
     assert proc.health().districts["dma"].volume_resets == 1
 
 
+async def test_an_hourly_volume_register_gives_every_night_at_the_default_sampling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A battery M-Bus bulk meter read once an hour, the district's only inlet, default sampling
+    # (1 min, 5 min before stale): the hour's flow holds until the next reading is due.
+    monkeypatch.setenv("TZ", "UTC")
+    total, index = 0.0, []
+    for r in _readings(30, leak_day=20):
+        if r.tag == "inflow_a":
+            total += float(r.value) * 0.25  # type: ignore[arg-type]  # 15 min of flow
+            if r.ts_ns % (3600 * 10**9) == 0:
+                index.append(dataclasses.replace(r, tag="index", value=round(total, 1)))
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    async def feed():  # type: ignore[no-untyped-def]
+        yield ("mbus", index)
+
+    section = FlowLeakSection(
+        name="dma", inflow=["index"], volume=["index"], timezone="UTC", baseline_nights=10
+    )
+    proc = FlowLeakProcessor([section], tmp_path)
+    await proc.run(feed(), emit)
+    nights = [e.detail["night_flow_m3h"] for e in events if e.kind == "night_flow"]
+    assert len(nights) >= 28
+    assert all(v is not None and v > 0 for v in nights)
+    rises = [e.detail["began_night"] for e in events if e.kind == "flow_leak"]
+    assert rises and rises[0] in ("2024-01-21", "2024-01-22", "2024-01-23")
+
+
 def test_config_refuses_a_volume_tag_that_is_neither_inflow_nor_outflow() -> None:
     from pydantic import ValidationError
 
