@@ -262,7 +262,8 @@ async def test_an_hourly_volume_register_gives_every_night_at_the_default_sampli
     assert len(nights) >= 28
     assert all(v is not None and v > 0 for v in nights)
     rises = [e.detail["began_night"] for e in events if e.kind == "flow_leak"]
-    assert rises and rises[0] in ("2024-01-21", "2024-01-22", "2024-01-23")
+    assert rises
+    assert rises[0] in ("2024-01-21", "2024-01-22", "2024-01-23")
 
 
 def test_config_refuses_a_volume_tag_that_is_neither_inflow_nor_outflow() -> None:
