@@ -65,6 +65,7 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
     field = _field(tmpdir, audio)
     return [
         *field,
+        *_long_file(tmpdir),
         {
             "name": "leak inference per 2 s window (LiteRT)",
             "value": round(infer_ms, 4),
@@ -177,3 +178,41 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as d:
         for r in run(Path(d)):
             print(r)
+
+
+def _long_file(tmpdir: Path) -> list[dict[str, Any]]:
+    """`models score leak` on a logger's night: 2 h at 16 kHz (230 MB of 16-bit PCM), its peak RSS
+    (measured by a parent of its own: this process's other children must not count)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from scipy.io import wavfile
+
+    path = tmpdir / "night.wav"
+    wavfile.write(
+        path, 16000, (np.random.default_rng(1).standard_normal(7200 * 16000) * 3000).astype(np.int16)
+    )
+    cli = [sys.executable, "-m", "water_edge.agent.cli", "models", "score", "leak", str(path)]
+    probe = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        f"subprocess.run({cli!r}, check=True, capture_output=True); "
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+    elapsed, peak_kib = (float(v) for v in out.split())
+    path.unlink()
+    return [
+        {
+            "name": "leak score CLI on a 2 h 16 kHz recording: peak RSS",
+            "value": round(peak_kib / 1024, 1),
+            "unit": "MiB",
+            "target": "bounded (read whole, 30 min took 790 MB)",
+        },
+        {
+            "name": "leak score CLI on a 2 h 16 kHz recording: time",
+            "value": round(elapsed, 1),
+            "unit": "s",
+            "target": "reference",
+        },
+    ]

@@ -1,5 +1,8 @@
 """Read any PCM or float WAV a field technician may bring: 8/16/24/32-bit integer or float, any rate,
 any channel count, as float64 in -1..1. Every problem is one `WavError` with a plain reason.
+
+`open_wav` gives the samples as stored, memory-mapped where the format allows (all but 24-bit PCM),
+so a night-long recording can be read a piece at a time with `to_float`; `read_wav` is both at once.
 """
 
 from __future__ import annotations
@@ -7,6 +10,7 @@ from __future__ import annotations
 import struct
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -17,12 +21,17 @@ class WavError(ValueError):
     """The file is not a WAV this tool can read."""
 
 
-def read_wav(path: Path) -> tuple[npt.NDArray[np.float64], int]:
-    """Samples shaped (frames, channels) scaled to -1..1, and the sample rate."""
+def open_wav(path: Path) -> tuple[np.ndarray[Any, Any], int]:
+    """The samples as stored, shaped (frames, channels) (a memory map unless 24-bit PCM), and the rate."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", wavfile.WavFileWarning)  # unknown chunks: read past them
-            rate, data = wavfile.read(path)
+            try:
+                rate, data = wavfile.read(path, mmap=True)
+            except ValueError as exc:
+                if "not compatible" not in str(exc):
+                    raise
+                rate, data = wavfile.read(path, mmap=False)  # 24-bit PCM cannot be mapped
     except FileNotFoundError:
         raise WavError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -33,19 +42,31 @@ def read_wav(path: Path) -> tuple[npt.NDArray[np.float64], int]:
         raise WavError(f"{path}: not a readable WAV file ({exc})") from exc
     if data.size == 0:
         raise WavError(f"{path}: contains no samples")
-    x = np.asarray(data)
-    if x.dtype == np.uint8:
-        out = (x.astype(np.float64) - 128.0) / 128.0
-    elif np.issubdtype(x.dtype, np.integer):
-        out = x.astype(np.float64) / float(2 ** (8 * x.dtype.itemsize - 1))
-    elif np.issubdtype(x.dtype, np.floating):
-        out = x.astype(np.float64)
-        if not np.all(np.isfinite(out)):
-            raise WavError(f"{path}: contains NaN or infinite samples")
-    else:
-        raise WavError(f"{path}: unsupported sample type {x.dtype}")
-    if out.ndim == 1:
-        out = out[:, None]
+    if not (
+        data.dtype == np.uint8
+        or np.issubdtype(data.dtype, np.integer)
+        or np.issubdtype(data.dtype, np.floating)
+    ):
+        raise WavError(f"{path}: unsupported sample type {data.dtype}")
     if rate <= 0:
         raise WavError(f"{path}: invalid sample rate {rate}")
-    return out, int(rate)
+    return (data if data.ndim == 2 else data.reshape(-1, 1)), int(rate)
+
+
+def to_float(block: np.ndarray[Any, Any], path: Path | str = "") -> npt.NDArray[np.float64]:
+    """Stored samples (any slice of `open_wav`'s) as float64 in -1..1."""
+    x = np.asarray(block)
+    if x.dtype == np.uint8:
+        return (x.astype(np.float64) - 128.0) / 128.0
+    if np.issubdtype(x.dtype, np.integer):
+        return x.astype(np.float64) / float(2 ** (8 * x.dtype.itemsize - 1))
+    out = x.astype(np.float64)
+    if not np.all(np.isfinite(out)):
+        raise WavError(f"{path}: contains NaN or infinite samples")
+    return out
+
+
+def read_wav(path: Path) -> tuple[npt.NDArray[np.float64], int]:
+    """Samples shaped (frames, channels) scaled to -1..1, and the sample rate."""
+    data, rate = open_wav(path)
+    return to_float(data, path), rate

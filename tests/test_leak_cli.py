@@ -120,3 +120,48 @@ def test_locate_refuses_a_mono_file_without_a_traceback(wavs: dict[str, Path]) -
     assert res.returncode == 2
     assert "1 channel" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 44100])
+def test_a_long_recording_read_a_segment_at_a_time_gives_what_reading_it_whole_gives(
+    tmp_path: Path, rate: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A logger's night is read in segments so memory stays bounded; the segments (here 3 checks of
+    # 8 s, shrunk from 5 minutes) must not change a check's statistics or the verdict.
+    from water_edge.agent.cli import main
+    from water_edge.models.leak import recording
+
+    quiet = PipeScene("pvc", 150.0, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=rate, channels=1,
+                      seed=5, site_seed=6)  # fmt: skip
+    leak = PipeScene("pvc", 150.0, 100.0, 30.0, 1.0, 0.0, BACKGROUNDS, sample_rate=rate, channels=1,
+                     seed=6, site_seed=6)  # fmt: skip
+    x = np.concatenate(
+        [HydrophoneSynth(quiet).render_seconds(50)[:, 0], HydrophoneSynth(leak).render_seconds(53)[:, 0]]
+    )
+    night = tmp_path / "night.wav"
+    wavfile.write(night, rate, (x / np.max(np.abs(x)) * 0.5 * 32767).astype(np.int16))
+    base = tmp_path / "base.json"
+    wavfile.write(
+        tmp_path / "q.wav", rate, (x[: 40 * rate] / np.max(np.abs(x)) * 0.5 * 32767).astype(np.int16)
+    )
+    assert main(["models", "calibrate", "leak", str(tmp_path / "q.wav"), "--out", str(base)]) == 0
+    capsys.readouterr()
+
+    def scored() -> dict:  # type: ignore[type-arg]
+        assert main(["models", "score", "leak", str(night), "--baseline", str(base)]) == 0
+        return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+    whole = scored()
+    monkeypatch.setattr(recording, "LONG_S", 60)
+    monkeypatch.setattr(recording, "SEGMENT_S", 24)
+    pieces = scored()
+    assert "read in 4 segments of about 24 s (a long recording)" in pieces["input"]  # 12 checks
+    assert [c["rise_db"] for c in pieces["evidence"]["checks"]] == [
+        c["rise_db"] for c in whole["evidence"]["checks"]
+    ]
+    assert [c["score"] for c in pieces["evidence"]["checks"]] == [
+        c["score"] for c in whole["evidence"]["checks"]
+    ]
+    assert (pieces["leak"], pieces["warning"]) == (whole["leak"], whole["warning"])
+    assert pieces["level_dbfs"] == pytest.approx(whole["level_dbfs"], abs=0.1)
+    assert pieces["leak_probability"] == pytest.approx(whole["leak_probability"], abs=0.02)

@@ -119,12 +119,11 @@ def _err(message: str) -> None:
 
 def cmd_score_leak(args: argparse.Namespace) -> int:
     from water_edge.core import logs
-    from water_edge.core.wavio import WavError, read_wav
-    from water_edge.models.leak import features
+    from water_edge.core.wavio import WavError
     from water_edge.models.leak.baseline import Baseline, BaselineError
     from water_edge.models.leak.detector import DEFAULT_MANIFEST, LeakScorer
     from water_edge.models.leak.judge import SIGNAL_LOST_DB, JudgeParams, judge
-    from water_edge.models.leak.recording import recording_checks
+    from water_edge.models.leak.recording import read_recording
     from water_edge.models.manifest import ModelError
     from water_edge.models.runtime import load_model
 
@@ -152,20 +151,15 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for path in args.files:
         try:
-            samples, rate = read_wav(path)
-            notes = [f"{rate} Hz, {samples.shape[1]} channel(s), {samples.shape[0] / rate:.2f} s"]
-            score = scorer.score(samples, rate)
-            judged = None
-            if baseline is not None:
-                canon, _ = features.prepare(samples, rate)
-                checks = recording_checks(canon, path.name, check_s=args.check_s, scorer=scorer)
-                judged = [judge(c, baseline, params) for c in checks]
+            score, checks = read_recording(
+                path, check_s=args.check_s, scorer=scorer, checks=baseline is not None
+            )
+            judged = None if baseline is None else [judge(c, baseline, params) for c in checks]
         except (WavError, ValueError, ModelError) as exc:
             _err(f"{path}: {exc}" if str(path) not in str(exc) else str(exc))
             status = EXIT_BAD_INPUT
             continue
         body = score.to_json()
-        body["input"] = notes + body["input"]
         line: dict[str, Any] = {
             "file": str(path),
             **body,
@@ -216,20 +210,18 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
     if not args.files or args.out is None:
         _err("give quiet recordings and --out BASELINE.json (or --sensor DEVICE.CHANNEL --from T --to T)")
         return EXIT_BAD_INPUT
-    from water_edge.core.wavio import WavError, read_wav
-    from water_edge.models.leak import features, pipes
+    from water_edge.core.wavio import WavError
+    from water_edge.models.leak import pipes
     from water_edge.models.leak.baseline import Baseline, BaselineError
     from water_edge.models.leak.detector import LeakScorer
-    from water_edge.models.leak.recording import recording_checks
+    from water_edge.models.leak.recording import read_recording
     from water_edge.models.manifest import ModelError
 
     checks = []
     try:
         scorer = LeakScorer()
         for path in args.files:
-            samples, rate = read_wav(path)
-            canon, _ = features.prepare(samples, rate)
-            checks += recording_checks(canon, path.name, check_s=args.check_s, scorer=scorer)
+            checks += read_recording(path, check_s=args.check_s, scorer=scorer)[1]
         material = None if args.material is None else pipes.material(args.material).name
         baseline = Baseline.learn(checks, sensor=args.out.stem, material=material)
         if silent := sum(c.silent for c in checks):

@@ -54,7 +54,7 @@ class Score:
         }
 
 
-def _band_levels(row: npt.NDArray[np.float64]) -> dict[str, float]:
+def band_levels(row: npt.NDArray[np.float64]) -> dict[str, float]:
     return {f"{c:g}Hz": round(float(v), 1) for c, v in zip(features.band_centres_hz(), row, strict=False)}
 
 
@@ -98,7 +98,7 @@ class LeakScorer:
             [float(p) for p in probs],
             float(probs.mean()),
             features.rms_dbfs(canon),
-            _band_levels(rows.mean(axis=0)),
+            band_levels(rows.mean(axis=0)),
             notes,
         )
 
@@ -216,7 +216,7 @@ class LeakProcessor:
             "probability_trend": [round(p, 3) for p in self.trend],
             "threshold": self.scorer.threshold,
             "level_dbfs": round(level, 1),
-            "band_levels_db": _band_levels(row[: features.N_BANDS]),
+            "band_levels_db": band_levels(row[: features.N_BANDS]),
             "model": self.scorer.model.version,
             "night_noise": self.night.summary(),
         }

@@ -3,22 +3,32 @@
 A recording is treated as one listening night cut into checks of `check_s` seconds (the last,
 shorter piece joins the one before). Each check gets its one-second band levels and the
 classifier's probabilities on its 2 s windows (hop 1 s), summarised by `CheckStats`.
+
+A recording longer than `LONG_S` (a logger's night) is read from its memory-mapped file and brought
+to 8 kHz a segment of whole checks at a time, with `PAD_S` of context each side for the resampler,
+so memory stays that of one segment: a 30 min file at 16 kHz took 790 MB read whole, and a Pi
+running the agent has little more.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
+from water_edge.core.wavio import open_wav, to_float
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import CheckStats
-from water_edge.models.leak.detector import LeakScorer
+from water_edge.models.leak.detector import LeakScorer, Score, band_levels
 from water_edge.models.leak.levels import SECOND, second_bands
 
 DEFAULT_CHECK_S: Final = 8.0
 MIN_CHECK_S: Final = 2
+LONG_S: Final = 600  # longer recordings are read a segment at a time
+SEGMENT_S: Final = 300  # about this much per segment: a whole number of checks
+PAD_S: Final = 2  # resampler context each side of a segment, cut off after
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -61,3 +71,73 @@ def recording_checks(
             )
         )
     return out
+
+
+def read_recording(
+    path: Path, *, check_s: float = DEFAULT_CHECK_S, scorer: LeakScorer, checks: bool = True
+) -> tuple[Score, list[CheckStats]]:
+    """A WAV file's classifier score and (with `checks`) its checks; `WavError` / `ValueError` when
+    it cannot be used. The score's `notes` say what was done to read it."""
+    raw, rate = open_wav(path)
+    seconds = raw.shape[0] / rate
+    notes = [f"{rate} Hz, {raw.shape[1]} channel(s), {seconds:.2f} s"]
+    if seconds <= LONG_S:
+        samples = to_float(raw, path)
+        score = scorer.score(samples, rate)
+        score.notes[:0] = notes
+        canon = features.prepare(samples, rate)[0] if checks else np.zeros(0)
+        return score, recording_checks(canon, path.name, check_s=check_s, scorer=scorer) if checks else []
+    return _long(raw, rate, path, check_s=check_s, scorer=scorer, notes=notes)
+
+
+def _long(
+    raw: np.ndarray[Any, Any], rate: int, path: Path, *, check_s: float, scorer: LeakScorer, notes: list[str]
+) -> tuple[Score, list[CheckStats]]:
+    ranges = split_checks(raw.shape[0] // rate, check_s)
+    per_segment = max(1, round(SEGMENT_S / (ranges[0][1] - ranges[0][0])))
+    out: list[CheckStats] = []
+    probs: list[float] = []
+    energy, samples, rows_sum, rows = 0.0, 0, np.zeros(features.N_FEATURES), 0
+    for first in range(0, len(ranges), per_segment):
+        group = ranges[first : first + per_segment]
+        a, b = group[0][0], group[-1][1]
+        lo, hi = max(0, a - PAD_S), min(raw.shape[0] // rate, b + PAD_S)
+        canon, done = features.prepare(to_float(_frames(raw, lo * rate, hi * rate), path), rate)
+        if first == 0:
+            notes += done
+        canon = canon[(a - lo) * SECOND : (b - lo) * SECOND]
+        energy, samples = energy + float(np.sum(canon * canon)), samples + canon.size
+        levels, tonal = second_bands(canon)
+        for index, (ca, cb) in enumerate(group, start=first):
+            piece = canon[(ca - a) * SECOND : (cb - a) * SECOND]
+            feats = features.windows(piece, hop_s=1.0)
+            p = [float(v) for v in scorer.probabilities(feats)]
+            probs += p
+            rows_sum, rows = rows_sum + feats.sum(axis=0), rows + feats.shape[0]
+            out.append(
+                CheckStats.from_levels(
+                    levels[ca - a : cb - a],
+                    night=path.name,
+                    index=index,
+                    start_ns=ca * 1_000_000_000,
+                    probabilities=p,
+                    tonality=tonal[ca - a : cb - a],
+                )
+            )
+    notes.append(
+        f"read in {-(-len(ranges) // per_segment)} segments of about {SEGMENT_S} s (a long recording)"
+    )
+    level = float(10 * np.log10(energy / max(samples, 1) + 1e-12))
+    score = Score(probs, float(np.mean(probs)), level, band_levels(rows_sum / max(rows, 1)), notes)
+    return score, out
+
+
+def _frames(raw: np.ndarray[Any, Any], start: int, stop: int) -> np.ndarray[Any, Any]:
+    """Frames [start, stop) of `open_wav`'s array. From a memory map they are read from the file,
+    not through the map: pages touched through a map stay in the process's memory until it ends."""
+    if not isinstance(raw, np.memmap) or raw.filename is None:
+        return raw[start:stop]
+    channels = raw.shape[1]
+    offset = raw.offset + start * channels * raw.dtype.itemsize
+    block = np.fromfile(raw.filename, dtype=raw.dtype, count=(stop - start) * channels, offset=offset)
+    return block.reshape(-1, channels)
