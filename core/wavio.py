@@ -66,6 +66,17 @@ def to_float(block: np.ndarray[Any, Any], path: Path | str = "") -> npt.NDArray[
     return out
 
 
+def frames(raw: np.ndarray[Any, Any], start: int, stop: int) -> np.ndarray[Any, Any]:
+    """Frames [start, stop) of `open_wav`'s array, as stored. From a memory map they are read from the
+    file, not through the map: pages touched through a map stay in the process's memory."""
+    if not isinstance(raw, np.memmap) or raw.filename is None:
+        return raw[start:stop]
+    channels = raw.shape[1]
+    offset = raw.offset + start * channels * raw.dtype.itemsize
+    block = np.fromfile(raw.filename, dtype=raw.dtype, count=(stop - start) * channels, offset=offset)
+    return block.reshape(-1, channels)
+
+
 def read_wav(path: Path) -> tuple[npt.NDArray[np.float64], int]:
     """Samples shaped (frames, channels) scaled to -1..1, and the sample rate."""
     data, rate = open_wav(path)

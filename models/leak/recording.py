@@ -18,7 +18,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.core.wavio import open_wav, to_float
+from water_edge.core.wavio import frames, open_wav, to_float
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import CheckStats
 from water_edge.models.leak.detector import LeakScorer, Score, band_levels
@@ -102,7 +102,7 @@ def _long(
         group = ranges[first : first + per_segment]
         a, b = group[0][0], group[-1][1]
         lo, hi = max(0, a - PAD_S), min(raw.shape[0] // rate, b + PAD_S)
-        canon, done = features.prepare(to_float(_frames(raw, lo * rate, hi * rate), path), rate)
+        canon, done = features.prepare(to_float(frames(raw, lo * rate, hi * rate), path), rate)
         if first == 0:
             notes += done
         canon = canon[(a - lo) * SECOND : (b - lo) * SECOND]
@@ -130,14 +130,3 @@ def _long(
     level = float(10 * np.log10(energy / max(samples, 1) + 1e-12))
     score = Score(probs, float(np.mean(probs)), level, band_levels(rows_sum / max(rows, 1)), notes)
     return score, out
-
-
-def _frames(raw: np.ndarray[Any, Any], start: int, stop: int) -> np.ndarray[Any, Any]:
-    """Frames [start, stop) of `open_wav`'s array. From a memory map they are read from the file,
-    not through the map: pages touched through a map stay in the process's memory until it ends."""
-    if not isinstance(raw, np.memmap) or raw.filename is None:
-        return raw[start:stop]
-    channels = raw.shape[1]
-    offset = raw.offset + start * channels * raw.dtype.itemsize
-    block = np.fromfile(raw.filename, dtype=raw.dtype, count=(stop - start) * channels, offset=offset)
-    return block.reshape(-1, channels)

@@ -92,20 +92,23 @@ def score_lines(
         yield json.dumps(row)
 
 
-def read_wav(path: Path) -> tuple[F64, int]:
-    """Mono samples (channels averaged, full scale +-1) and the rate of any PCM or float WAV."""
+def wav_features(path: Path, clip_s: float = CLIP_S) -> F64:
+    """The 136 features of each whole `clip_s` clip of a recording (a shorter tail is left out); any
+    PCM or float WAV, channels averaged, read a clip at a time (a day of sound fits in memory)."""
     try:
-        x, rate = wavio.read_wav(path)
+        raw, rate = wavio.open_wav(path)
     except wavio.WavError as exc:
         raise InputError(str(exc)) from None
-    return x.mean(axis=1), rate
-
-
-def wav_features(path: Path, clip_s: float = CLIP_S) -> F64:
-    """The 136 features of each whole `clip_s` clip of a recording (a shorter tail is left out)."""
-    x, rate = read_wav(path)
     n = round(clip_s * rate)
-    clips = len(x) // n
+    clips = raw.shape[0] // n
     if clips == 0:
         raise InputError(f"{path}: shorter than one {clip_s:g} s clip")
-    return np.vstack([clip_features(x[i * n : (i + 1) * n], rate) for i in range(clips)])
+
+    def clip(i: int) -> F64:
+        try:
+            mono: F64 = wavio.to_float(wavio.frames(raw, i * n, (i + 1) * n), path).mean(axis=1)
+        except wavio.WavError as exc:
+            raise InputError(str(exc)) from None
+        return mono
+
+    return np.vstack([clip_features(clip(i), rate) for i in range(clips)])
