@@ -17,7 +17,8 @@ import csv
 import io
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from pathlib import Path
@@ -107,14 +108,16 @@ class _Row:
 
 
 @dataclass
-class _Table:
-    rows: list[_Row]
-    read: int  # data rows in the file
-    skipped: int  # unreadable
-    guessed_day_first: bool
+class _Counts:
+    read: int = 0  # data rows in the file
+    skipped: int = 0  # unreadable
+    guessed_day_first: bool = False
 
 
-def _read_table(path: Path, columns: Sequence[str], pressure: str | None, tz: tzinfo) -> _Table:
+def _rows(
+    path: Path, columns: Sequence[str], pressure: str | None, tz: tzinfo, counts: _Counts
+) -> Iterator[_Row]:
+    """The file's readable rows, one at a time (a year of minutes is half a million of them)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -134,49 +137,58 @@ def _read_table(path: Path, columns: Sequence[str], pressure: str | None, tz: tz
     idx = {c: header.index(c) for c in wanted}
     decimal_comma = sep == ";"
     order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
-    table = _Table([], 0, 0, order is None and any(_YEAR_LAST.match(line) for line in lines[1:3]))
+    counts.guessed_day_first = order is None and any(_YEAR_LAST.match(line) for line in lines[1:3])
     for line_no, row in enumerate(reader, start=2):
         if not row or not any(cell.strip() for cell in row):
             continue
-        table.read += 1
+        counts.read += 1
         try:
             local = parse_time(row[0], tz, order is not False)
             cells = {c: _number(row[idx[c]], decimal_comma) for c in columns}
             p = _number(row[idx[pressure]], decimal_comma) if pressure else math.nan
         except (ValueError, IndexError) as exc:
-            if table.read == 1 and "timestamp" in str(exc):
+            if counts.read == 1 and "timestamp" in str(exc):
                 raise FlowCsvError(f"{path}: line {line_no}: {exc}") from None
-            table.skipped += 1
+            counts.skipped += 1
             continue
-        table.rows.append(_Row(local, int(local.replace(tzinfo=tz).timestamp() * 1e9), cells, p))
-    if table.read == 0:
+        yield _Row(local, int(local.replace(tzinfo=tz).timestamp() * 1e9), cells, p)
+    if counts.read == 0:
         raise FlowCsvError(f"{path}: no data rows")
-    return table
 
 
-def _from_volumes(rows: list[_Row]) -> tuple[list[_Row], int]:
-    """Rows whose columns are totalisers turned into flows (`volume.VolumeRate`), and the resets."""
-    meters: dict[str, VolumeRate] = {}
-    out = []
+def _from_volumes(rows: Iterable[_Row], meters: dict[str, VolumeRate]) -> Iterator[_Row]:
+    """Rows whose columns are totalisers, as flows (`volume.VolumeRate`); resets are counted in
+    `meters`. The first row, a repeated time or a reset gives no flow for its interval."""
     for row in rows:
         flows = {c: meters.setdefault(c, VolumeRate()).rate(row.instant, v) for c, v in row.cells.items()}
-        # The first row, a repeated time or a reset gives no flow for its interval.
         if all(f is not None for f in flows.values()):
-            out.append(
-                _Row(row.local, row.instant, {c: f for c, f in flows.items() if f is not None}, row.pressure)
+            yield _Row(
+                row.local, row.instant, {c: f for c, f in flows.items() if f is not None}, row.pressure
             )
-    return out, sum(m.resets for m in meters.values())
 
 
-def _refuse_totalisers(path: Path, rows: list[_Row], flow: Sequence[str]) -> None:
-    instants = [r.instant for r in rows]
-    for c in flow:
-        if looks_like_totaliser(instants, [r.cells[c] for r in rows]):
-            days = (instants[-1] - instants[0]) / 86.4e12
-            raise FlowCsvError(
-                f"{path}: column {c!r} rises and never falls over {days:.0f} days: a volume totaliser "
-                "(m3), not a flow (m3/h); give --volume to read the flow from the meter's index"
-            )
+class _Given:
+    """The flow columns as given, kept compactly to tell a totaliser passed as a flow."""
+
+    def __init__(self, flow: Sequence[str]) -> None:
+        self.instants = array("q")
+        self.values = {c: array("d") for c in flow}
+
+    def watch(self, rows: Iterable[_Row]) -> Iterator[_Row]:
+        for row in rows:
+            self.instants.append(row.instant)
+            for c, values in self.values.items():
+                values.append(row.cells[c])
+            yield row
+
+    def refuse_totalisers(self, path: Path) -> None:
+        for c, values in self.values.items():
+            if looks_like_totaliser(self.instants, values):
+                days = (self.instants[-1] - self.instants[0]) / 86.4e12
+                raise FlowCsvError(
+                    f"{path}: column {c!r} rises and never falls over {days:.0f} days: a volume totaliser "
+                    "(m3), not a flow (m3/h); give --volume to read the flow from the meter's index"
+                )
 
 
 def read_night_flows(
@@ -191,28 +203,29 @@ def read_night_flows(
 ) -> NightFlows:
     """`volume`: the flow and minus columns are totalisers (m³); each row's flow is the volume
     drawn since the row before over the time between them (`volume.VolumeRate`)."""
-    table = _read_table(path, [*flow, *minus], pressure, window.tz)
-    rows, resets = _from_volumes(table.rows) if volume else (table.rows, 0)
-    if not volume:
-        _refuse_totalisers(path, rows, flow)
-    per_night: dict[date, list[_Row]] = {}
+    counts, meters, given = _Counts(), dict[str, VolumeRate](), _Given(flow)
+    rows = _rows(path, [*flow, *minus], pressure, window.tz, counts)
+    rows = _from_volumes(rows, meters) if volume else given.watch(rows)
+    per_night: dict[date, tuple[list[int], list[float], list[float]]] = {}
     for row in rows:
         night = window.night_of_local(row.local)
-        if night is not None:
-            per_night.setdefault(night, []).append(row)
+        if night is None:
+            continue
+        ts, values, pressures = per_night.setdefault(night, ([], [], []))
+        ts.append(int((row.local - datetime(1970, 1, 1)).total_seconds() * 1e9))
+        values.append(sum(row.cells[c] for c in flow) - sum(row.cells[c] for c in minus))
+        pressures.append(row.pressure)
+    if not volume:
+        given.refuse_totalisers(path)
     nights = []
     for night in sorted(per_night):
-        group = per_night[night]
-        mnf = minimum_night_flow(
-            [int((r.local - datetime(1970, 1, 1)).total_seconds() * 1e9) for r in group],
-            [sum(r.cells[c] for c in flow) - sum(r.cells[c] for c in minus) for r in group],
-            window_min=window.length_min,
-            average_minutes=average_minutes,
-        )
-        finite = [r.pressure for r in group if math.isfinite(r.pressure)]
+        ts, values, pressures = per_night[night]
+        mnf = minimum_night_flow(ts, values, window_min=window.length_min, average_minutes=average_minutes)
+        finite = [p for p in pressures if math.isfinite(p)]
         nights.append((night, mnf, sum(finite) / len(finite) if finite else None))
+    resets = sum(m.resets for m in meters.values())
     return NightFlows(
-        nights, table.read, table.skipped, guessed_day_first=table.guessed_day_first, resets=resets
+        nights, counts.read, counts.skipped, guessed_day_first=counts.guessed_day_first, resets=resets
     )
 
 
