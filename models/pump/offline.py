@@ -32,7 +32,7 @@ import io
 import itertools
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -111,53 +111,104 @@ def _thousands(sep: str, raw: list[str]) -> bool:
 
 
 def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Table:
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
+    """The file as a table. Two passes over the rows, neither holding them: the first learns each
+    column's number format from all its cells, the second parses into arrays (a week at 1 s is
+    600,000 rows; held as strings they took a gigabyte)."""
+    clean = "\n".join(line for line in text.splitlines() if line.strip()).lstrip("\ufeff")
+    if not clean:
         raise InputError("the file is empty")
-    sep = _separator(lines[0].lstrip("\ufeff"))
-    rows = list(csv.reader(io.StringIO("\n".join(lines).lstrip("\ufeff")), delimiter=sep))
-    header, data = rows[0], rows[1:]
+    sep = _separator(clean.split("\n", 1)[0])
+
+    def rows() -> Iterator[list[str]]:
+        reader = csv.reader(io.StringIO(clean), delimiter=sep)
+        next(reader)
+        for row in reader:
+            yield (row + [""] * width)[:width]
+
+    header = next(csv.reader(io.StringIO(clean), delimiter=sep))
     if len(header) < 2:
         raise InputError("need a timestamp column and at least one signal column")
     width = len(header)
-    cells = [(row + [""] * width)[:width] for row in data]
-    # Rows right under the header with text in every signal cell and no number (units,
-    # descriptions, tag addresses) belong to the header, not to the data.
-    # At most a few, and only when numbers follow: a file of text only is "no numeric column".
-    skip = 0
-    while skip < min(_MAX_UNIT_ROWS, len(cells) - 1) and _header_row(cells[skip], sep):
-        skip += 1
-    if skip and _header_row(cells[skip], sep):
-        skip = 0
+    skip = _unit_rows(list(itertools.islice(rows(), _MAX_UNIT_ROWS + 1)), sep)
     if skip:
         warn(f"skipping {skip} row(s) under the header with no numbers in them (units?)")
-        cells = cells[skip:]
-    if not cells:
+    formats = _Formats(sep, width)
+    for row in itertools.islice(rows(), skip, None):
+        formats.see(row)
+    if formats.rows == 0:
         raise InputError("the file has a header but no data rows")
-    names, columns, ignored = [], [], []
-    for j in range(1, width):
-        raw = [r[j] for r in cells]
-        decimal_comma = _decimal_comma(sep, raw)
-        if _thousands(sep, raw):
-            raw = [c.replace(",", "") for c in raw]
-        parsed = [_number(c, decimal_comma) for c in raw]
-        filled = sum(1 for c in raw if c.strip())
-        good = sum(1 for v in parsed if not math.isnan(v))
-        name = header[j].strip() or f"column {j + 1}"
-        if filled and good >= NUMERIC_SHARE * filled:
-            names.append(name)
-            columns.append(parsed)
-        else:
-            ignored.append(name)
+    stamps: list[str] = []
+    values = np.empty((formats.rows, width), dtype=np.float64)
+    for i, row in enumerate(itertools.islice(rows(), skip, None)):
+        stamps.append(row[0].strip())
+        values[i, 0] = _number(row[0], _decimal_comma(sep, [row[0]]))
+        for j in range(1, width):
+            values[i, j] = formats.parse(j, row[j])
+    names, keep, ignored = _numeric(header, values, formats.filled)
     if not names:
         raise InputError("no numeric signal column found")
-    first = [_number(r[0], _decimal_comma(sep, [r[0]])) for r in cells]
-    if all(not math.isnan(v) for v in first) and any(b < a for a, b in itertools.pairwise(first)):
+    first = values[:, 0]
+    if not np.isnan(first).any() and (np.diff(first) < 0).any():
         warn(
             f"the first column {header[0].strip()!r} is read as the timestamp (echoed, not scored), "
             "but its numbers go down: if it is a signal, put a timestamp column first"
         )
-    return Table([r[0].strip() for r in cells], names, np.array(columns, dtype=np.float64).T, ignored)
+    return Table(stamps, names, np.asfortranarray(values[:, keep]), ignored)  # column-major, as before
+
+
+def _unit_rows(head: list[list[str]], sep: str) -> int:
+    """How many rows right under the header are part of it: text in every signal cell and no
+    number (units, descriptions, tag addresses). At most a few, and only when numbers follow: a
+    file of text only is "no numeric column"."""
+    skip = 0
+    while skip < min(_MAX_UNIT_ROWS, len(head) - 1) and _header_row(head[skip], sep):
+        skip += 1
+    return 0 if skip and _header_row(head[skip], sep) else skip
+
+
+def _numeric(
+    header: list[str], values: np.ndarray, filled: list[int]
+) -> tuple[list[str], list[int], list[str]]:
+    """The signal columns that are numbers (at least `NUMERIC_SHARE` of their filled cells parse):
+    names, indices, and the names of the others."""
+    names, keep, ignored = [], [], []
+    for j in range(1, len(header)):
+        name = header[j].strip() or f"column {j + 1}"
+        good = int(np.count_nonzero(~np.isnan(values[:, j])))
+        if filled[j] and good >= NUMERIC_SHARE * filled[j]:
+            names.append(name)
+            keep.append(j)
+        else:
+            ignored.append(name)
+    return names, keep, ignored
+
+
+class _Formats:
+    """What each column's cells say about its number format (`_decimal_comma`, `_thousands`), seen
+    one row at a time, and the parse that follows from it."""
+
+    def __init__(self, sep: str, width: int) -> None:
+        self.sep = sep
+        self.rows = 0
+        self.filled = [0] * width
+        self.commas = [False] * width  # some cell has a comma
+        self.grouping = [True] * width  # ... and every such cell reads as thousands grouping
+
+    def see(self, row: list[str]) -> None:
+        self.rows += 1
+        for j, cell in enumerate(row):
+            if cell.strip():
+                self.filled[j] += 1
+            if "," in cell:
+                self.commas[j] = True
+                self.grouping[j] = self.grouping[j] and bool(_THOUSANDS.fullmatch(cell.strip()))
+
+    def parse(self, j: int, cell: str) -> float:
+        if self.sep != ",":
+            return _number(cell, True)
+        if self.commas[j] and self.grouping[j]:  # thousands grouping: '1,234.5'
+            return _number(cell.replace(",", ""), False)
+        return _number(cell, self.commas[j])
 
 
 _MISSING = frozenset({"nan", "na", "n/a", "#n/a", "null", "none", "-", "--", "?", "inf", "-inf"})
