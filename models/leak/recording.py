@@ -53,24 +53,41 @@ def recording_checks(
 ) -> list[CheckStats]:
     """Checks of a canonical (8 kHz, one channel) recording; the classifier is skipped without a scorer."""
     levels, tonal = second_bands(canon)
-    out = []
-    for index, (a, b) in enumerate(split_checks(levels.shape[0], check_s)):
-        probs: list[float] = []
-        if scorer is not None:
-            piece = canon[a * SECOND : b * SECOND]
-            if piece.size >= features.NFFT:
-                probs = [float(p) for p in scorer.probabilities(features.windows(piece, hop_s=1.0))]
-        out.append(
-            CheckStats.from_levels(
-                levels[a:b],
-                night=name,
-                index=index,
-                start_ns=a * 1_000_000_000,
-                probabilities=probs,
-                tonality=tonal[a:b],
-            )
-        )
-    return out
+    return [
+        _check(
+            canon[a * SECOND : b * SECOND],
+            levels[a:b],
+            tonal[a:b],
+            name=name,
+            index=index,
+            start_s=a,
+            scorer=scorer,
+        )[0]
+        for index, (a, b) in enumerate(split_checks(levels.shape[0], check_s))
+    ]
+
+
+def _check(
+    piece: FloatArray,
+    levels: FloatArray,
+    tonal: FloatArray,
+    *,
+    name: str,
+    index: int,
+    start_s: int,
+    scorer: LeakScorer | None,
+) -> tuple[CheckStats, FloatArray | None, list[float]]:
+    """One check's statistics, and the classifier's feature rows and probabilities on its 2 s
+    windows (hop 1 s)."""
+    rows = None
+    probs: list[float] = []
+    if scorer is not None and piece.size >= features.NFFT:
+        rows = features.windows(piece, hop_s=1.0)
+        probs = [float(p) for p in scorer.probabilities(rows)]
+    stats = CheckStats.from_levels(
+        levels, night=name, index=index, start_ns=start_s * 1_000_000_000, probabilities=probs, tonality=tonal
+    )
+    return stats, rows, probs
 
 
 def read_recording(
@@ -109,21 +126,20 @@ def _long(
         energy, samples = energy + float(np.sum(canon * canon)), samples + canon.size
         levels, tonal = second_bands(canon)
         for index, (ca, cb) in enumerate(group, start=first):
-            piece = canon[(ca - a) * SECOND : (cb - a) * SECOND]
-            feats = features.windows(piece, hop_s=1.0)
-            p = [float(v) for v in scorer.probabilities(feats)]
-            probs += p
-            rows_sum, rows = rows_sum + feats.sum(axis=0), rows + feats.shape[0]
-            out.append(
-                CheckStats.from_levels(
-                    levels[ca - a : cb - a],
-                    night=path.name,
-                    index=index,
-                    start_ns=ca * 1_000_000_000,
-                    probabilities=p,
-                    tonality=tonal[ca - a : cb - a],
-                )
+            i, j = ca - a, cb - a
+            stats, feats, p = _check(
+                canon[i * SECOND : j * SECOND],
+                levels[i:j],
+                tonal[i:j],
+                name=path.name,
+                index=index,
+                start_s=ca,
+                scorer=scorer,
             )
+            out.append(stats)
+            probs += p
+            if feats is not None:
+                rows_sum, rows = rows_sum + feats.sum(axis=0), rows + feats.shape[0]
     notes.append(
         f"read in {-(-len(ranges) // per_segment)} segments of about {SEGMENT_S} s (a long recording)"
     )
