@@ -42,11 +42,7 @@ def open_wav(path: Path) -> tuple[np.ndarray[Any, Any], int]:
         raise WavError(f"{path}: not a readable WAV file ({exc})") from exc
     if data.size == 0:
         raise WavError(f"{path}: contains no samples")
-    if not (
-        data.dtype == np.uint8
-        or np.issubdtype(data.dtype, np.integer)
-        or np.issubdtype(data.dtype, np.floating)
-    ):
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise WavError(f"{path}: unsupported sample type {data.dtype}")
     if rate <= 0:
         raise WavError(f"{path}: invalid sample rate {rate}")

@@ -214,14 +214,14 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
     from water_edge.models.leak import pipes
     from water_edge.models.leak.baseline import Baseline, BaselineError
     from water_edge.models.leak.detector import LeakScorer
-    from water_edge.models.leak.recording import read_recording
+    from water_edge.models.leak.recording import file_checks
     from water_edge.models.manifest import ModelError
 
     checks = []
     try:
         scorer = LeakScorer()
         for path in args.files:
-            checks += read_recording(path, check_s=args.check_s, scorer=scorer)[1]
+            checks += file_checks(path, check_s=args.check_s, scorer=scorer)
         material = None if args.material is None else pipes.material(args.material).name
         baseline = Baseline.learn(checks, sensor=args.out.stem, material=material)
         if silent := sum(c.silent for c in checks):

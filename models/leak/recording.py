@@ -96,15 +96,25 @@ def read_recording(
     """A WAV file's classifier score and (with `checks`) its checks; `WavError` / `ValueError` when
     it cannot be used. The score's `notes` say what was done to read it."""
     raw, rate = open_wav(path)
-    seconds = raw.shape[0] / rate
-    notes = [f"{rate} Hz, {raw.shape[1]} channel(s), {seconds:.2f} s"]
-    if seconds <= LONG_S:
+    notes = [f"{rate} Hz, {raw.shape[1]} channel(s), {raw.shape[0] / rate:.2f} s"]
+    if raw.shape[0] / rate <= LONG_S:
         samples = to_float(raw, path)
         score = scorer.score(samples, rate)
         score.notes[:0] = notes
-        canon = features.prepare(samples, rate)[0] if checks else np.zeros(0)
-        return score, recording_checks(canon, path.name, check_s=check_s, scorer=scorer) if checks else []
+        if not checks:
+            return score, []
+        canon = features.prepare(samples, rate)[0]
+        return score, recording_checks(canon, path.name, check_s=check_s, scorer=scorer)
     return _long(raw, rate, path, check_s=check_s, scorer=scorer, notes=notes)
+
+
+def file_checks(path: Path, *, check_s: float = DEFAULT_CHECK_S, scorer: LeakScorer) -> list[CheckStats]:
+    """A WAV file's checks alone (what a calibration learns from): no whole-file classifier score."""
+    raw, rate = open_wav(path)
+    if raw.shape[0] / rate <= LONG_S:
+        canon = features.prepare(to_float(raw, path), rate)[0]
+        return recording_checks(canon, path.name, check_s=check_s, scorer=scorer)
+    return _long(raw, rate, path, check_s=check_s, scorer=scorer, notes=[])[1]
 
 
 def _long(
