@@ -26,7 +26,10 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
     mp = pytest.MonkeyPatch()
     mp.setenv("EDGE_SIM_OPCUA_PORT", "0")  # beside a demo on 4840
     try:
-        with running_plant(seed=3, components="opcua", workdir=tmp_path_factory.mktemp("plant")) as p:
+        # One model tick every 2 s: a Modbus poll, an OPC UA read and a second Modbus poll fit in
+        # one tick even on a loaded CI machine (at the real 0.1 s tick, CI once never managed it).
+        workdir = tmp_path_factory.mktemp("plant")
+        with running_plant(seed=3, components="opcua", workdir=workdir, speed=0.05) as p:
             yield p
     finally:
         mp.undo()

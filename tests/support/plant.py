@@ -62,11 +62,14 @@ def start_plant(
     workdir: Path | None = None,
     components: str = "none",
     scenario: str | Path | None = None,
+    speed: float | None = None,
 ) -> Plant:
     """Start `edge-sim run` and wait until it listens. `port=0`: a free port, chosen by the OS.
 
     `components`: what to start besides the Modbus TCP PLC, as `edge-sim run --components` takes
-    it ("none" by default, so a Modbus test does not pay for an OPC UA server).
+    it ("none" by default, so a Modbus test does not pay for an OPC UA server). `speed`: model
+    seconds per wall second (`edge-sim run --speed`); below 1 a test that must read several views
+    within one 0.1 s model tick gets the time to.
     """
     directory = Path(workdir or tempfile.mkdtemp(prefix="edge-sim-"))
     endpoints_file = directory / f"endpoints-{os.getpid()}-{time.monotonic_ns()}.json"
@@ -76,6 +79,7 @@ def start_plant(
         "--endpoints-file", str(endpoints_file), "--components", components,
         "--workdir", str(directory),
         *(["--scenario", str(scenario)] if scenario is not None else []),
+        *(["--speed", str(speed)] if speed is not None else []),
     ]  # fmt: skip
     env = dict(os.environ)
     root = Path(__file__).resolve().parents[2]
