@@ -18,6 +18,7 @@ Optional capabilities, each a `runtime_checkable` protocol:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,13 @@ class ConfigProblem:
 
     where: tuple[int | str, ...]
     message: str
+
+
+def names_used_twice(names: Sequence[str], what: str) -> list[ConfigProblem]:
+    """One problem per name that two tables share, in name order: a processor's name is its state
+    directory and its events' source, so two tables of one name would overwrite each other."""
+    twice = sorted(name for name, count in Counter(names).items() if count > 1)
+    return [ConfigProblem((), f"{what} name {name!r} is used twice") for name in twice]
 
 
 class ProcessorFactory(Protocol):

@@ -29,13 +29,19 @@ def open_wav(path: Path) -> tuple[np.ndarray[Any, Any], int]:
             try:
                 rate, data = wavfile.read(path, mmap=True)
             except ValueError as exc:
+                if "greater than file size" in str(exc):
+                    raise WavError(f"{path}: truncated WAV file (data runs past its end)") from exc
                 if "not compatible" not in str(exc):
                     raise
                 rate, data = wavfile.read(path, mmap=False)  # 24-bit PCM cannot be mapped
+    except WavError:
+        raise
     except FileNotFoundError:
         raise WavError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise WavError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise WavError(f"{path}: cannot read (permission denied)") from None
     # scipy's reader fails on garbage with whatever its parser trips over, including an
     # UnboundLocalError when no 'fmt ' chunk precedes 'data'.
     except (ValueError, EOFError, OSError, struct.error, IndexError, UnboundLocalError) as exc:

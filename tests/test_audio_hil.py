@@ -282,10 +282,10 @@ async def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
     truncated = tmp_path / "cut.wav"
     truncated.write_bytes(RECORDING.read_bytes()[:20000])
     cases = [
-        (text, "not a WAV file"),
-        (truncated, "truncated"),
-        (wav_with_format_tag(tmp_path / "mp3.wav", 0x55), "not a WAV file"),
-        (tmp_path / "missing.wav", "cannot read"),
+        (text, "not a readable WAV file"),
+        (truncated, "truncated WAV file"),
+        (wav_with_format_tag(tmp_path / "mp3.wav", 0x55), "not a readable WAV file"),
+        (tmp_path / "missing.wav", "no such file"),
     ]
     for path, message in cases:
         with pytest.raises(DriverIOError, match=message) as err:

@@ -73,8 +73,10 @@ def test_score_leak_prints_one_json_line_per_file_and_says_what_it_did(wavs: dic
 
 
 def test_a_bad_file_is_one_line_on_stderr_exit_2_and_the_others_are_still_scored(
-    wavs: dict[str, Path],
+    wavs: dict[str, Path], tmp_path: Path
 ) -> None:
+    cut = tmp_path / "cut.wav"  # a copy that stopped part way (a full card, a pulled stick)
+    cut.write_bytes(wavs["leak16k2ch"].read_bytes()[:20000])
     res = cli(
         "score",
         "leak",
@@ -82,6 +84,7 @@ def test_a_bad_file_is_one_line_on_stderr_exit_2_and_the_others_are_still_scored
         str(wavs["leak16k2ch"]),
         str(wavs["short"]),
         str(wavs["bad"].with_name("missing.wav")),
+        str(cut),
     )
     assert res.returncode == 2
     assert [json.loads(line)["file"] for line in res.stdout.splitlines()] == [str(wavs["leak16k2ch"])]
@@ -89,11 +92,12 @@ def test_a_bad_file_is_one_line_on_stderr_exit_2_and_the_others_are_still_scored
     # (and without --baseline, one note that the verdict is the classifier's alone)
     lines = res.stderr.splitlines()
     errors = [line for line in lines if line.startswith("edge-agent models:") and "note:" not in line]
-    assert len(errors) == 3
+    assert len(errors) == 4
     assert "Traceback" not in res.stderr
     assert "bad.wav" in errors[0]
     assert "too short" in errors[1]
     assert "no such file" in errors[2]
+    assert "cut.wav: truncated WAV file" in errors[3]
 
 
 def test_locate_a_two_channel_wav_and_two_mono_wavs(wavs: dict[str, Path]) -> None:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import structlog
-from scipy.io import wavfile  # type: ignore[import-untyped,unused-ignore]
 
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import now_ns
+from water_edge.core.wavio import WavError, open_wav
 from water_edge.drivers.audio.config import AudioConfig
 from water_edge.drivers.audio.health import SourceHealth
 from water_edge.drivers.audio.source import Sink, to_float32
@@ -30,32 +29,15 @@ BLOCK_S = 0.064  # a typical capture block; fine enough for 50 ms hops
 
 
 def load_wav(path: Path) -> tuple[int, np.ndarray[Any, Any]]:
-    """(sample rate, samples shaped (n, channels)); DriverIOError naming the file when unusable."""
+    """(sample rate, samples shaped (n, channels), memory-mapped where the format allows);
+    DriverIOError naming the file when unusable (the same reasons `models score leak` gives)."""
     try:
-        with warnings.catch_warnings():
-            # scipy warns on chunks it skips (LIST, cue); a truncated data chunk is checked below.
-            warnings.simplefilter("ignore", wavfile.WavFileWarning)
-            try:
-                rate, data = wavfile.read(path, mmap=True)
-            except ValueError as exc:
-                if "greater than file size" in str(exc):
-                    raise DriverIOError(f"{path}: truncated WAV file (data runs past its end)") from exc
-                if "not compatible" not in str(exc):
-                    raise
-                rate, data = wavfile.read(path, mmap=False)  # 24-bit PCM cannot be mapped
-    except OSError as exc:
-        raise DriverIOError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except (ValueError, EOFError, IndexError) as exc:
-        raise DriverIOError(f"{path}: not a WAV file this driver can play ({exc})") from exc
-    if data.ndim == 1:
-        data = data.reshape(-1, 1)
-    if data.dtype.kind not in "fiu" or (data.dtype.kind == "u" and data.dtype.itemsize != 1):
-        raise DriverIOError(f"{path}: unsupported sample format {data.dtype}")
-    if len(data) == 0:
-        raise DriverIOError(f"{path}: the file holds no audio frames")
+        data, rate = open_wav(path)
+    except WavError as exc:
+        raise DriverIOError(str(exc)) from exc
     if rate < 1000:
         raise DriverIOError(f"{path}: implausible sample rate {rate} Hz")
-    return int(rate), data
+    return rate, data
 
 
 class FileSource:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel
 
-from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext
+from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext, names_used_twice
 from water_edge.models.flow_leak.config import FlowLeakSection
 
 
@@ -27,9 +27,7 @@ class FlowLeakFactory:
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
         """A district's name is its state directory and its events' source: one name, one district."""
-        names = [s.name for s in sections]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        return [ConfigProblem((), f"district name {name!r} is used twice") for name in twice]
+        return names_used_twice([s.name for s in sections], "district")
 
     def processors(self) -> list[Processor]:
         if not self.sections:

@@ -22,6 +22,7 @@ from water_edge.core.processor import (
     Processor,
     ProcessorContext,
     WindowSource,
+    names_used_twice,
 )
 from water_edge.models.machine_sound.config import MachineSoundSection
 
@@ -60,10 +61,7 @@ class MachineSoundFactory:
             for index, section in enumerate(sections)
             if devices.get(section.device) != AUDIO_KIND
         ]
-        names = [s.name for s in sections]
-        for name in sorted({n for n in names if names.count(n) > 1}):
-            problems.append(ConfigProblem((), f"machine name {name!r} is used twice"))
-        return problems
+        return problems + names_used_twice([s.name for s in sections], "machine")
 
     def processors(self) -> list[Processor]:
         from water_edge.models.machine_sound.processor import MachineSoundProcessor

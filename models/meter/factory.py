@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Final, Self
 
 from pydantic import BaseModel
 
-from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext
+from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext, names_used_twice
 from water_edge.models.meter.config import MeterGroupConfig
 
 METER_DEVICE_KINDS: Final = frozenset({"wmbus", "mbus"})
@@ -27,10 +27,7 @@ class MeterFactory:
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
         """Group names are unique (they name the events' group); a named device is a meter bus."""
-        problems = []
-        names = [g.name for g in sections]
-        for name in sorted({n for n in names if names.count(n) > 1}):
-            problems.append(ConfigProblem((), f"meter group name {name!r} is used twice"))
+        problems = names_used_twice([g.name for g in sections], "meter group")
         for index, group in enumerate(sections):
             if group.device is None:
                 continue

@@ -13,7 +13,13 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel
 
-from water_edge.core.processor import CalibrationFailedError, ConfigProblem, Processor, ProcessorContext
+from water_edge.core.processor import (
+    CalibrationFailedError,
+    ConfigProblem,
+    Processor,
+    ProcessorContext,
+    names_used_twice,
+)
 from water_edge.models.pump.config import PumpModelConfig
 
 
@@ -34,9 +40,7 @@ class PumpFactory:
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
         """A pump's name is its state directory and its events' source: one name, one pump."""
-        names = [p.name for p in sections]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        return [ConfigProblem((), f"pump name {name!r} is used twice") for name in twice]
+        return names_used_twice([p.name for p in sections], "pump")
 
     def processors(self) -> list[Processor]:
         if not self.pumps:
