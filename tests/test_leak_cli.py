@@ -169,3 +169,67 @@ def test_a_long_recording_read_a_segment_at_a_time_gives_what_reading_it_whole_g
     assert (pieces["leak"], pieces["warning"]) == (whole["leak"], whole["warning"])
     assert pieces["level_dbfs"] == pytest.approx(whole["level_dbfs"], abs=0.1)
     assert pieces["leak_probability"] == pytest.approx(whole["leak_probability"], abs=0.02)
+
+
+def test_start_and_end_judge_a_part_of_a_file_as_if_it_had_been_cut_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A logger records the whole evening; the engineer judges its quiet hours only. The part must
+    # give what a file cut to it gives (read whole or a segment at a time), with the checks' times
+    # counted in the original file.
+    from water_edge.agent.cli import main
+    from water_edge.models.leak import recording
+
+    rate = 16000
+    quiet = PipeScene("pvc", 150.0, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=rate, channels=1,
+                      seed=7, site_seed=8)  # fmt: skip
+    leak = PipeScene("pvc", 150.0, 100.0, 30.0, 1.0, 0.0, BACKGROUNDS, sample_rate=rate, channels=1,
+                     seed=8, site_seed=8)  # fmt: skip
+    x = np.concatenate(
+        [HydrophoneSynth(quiet).render_seconds(60)[:, 0], HydrophoneSynth(leak).render_seconds(60)[:, 0]]
+    )
+    pcm = (x / np.max(np.abs(x)) * 0.5 * 32767).astype(np.int16)
+    evening, cut, quiet_part = tmp_path / "evening.wav", tmp_path / "cut.wav", tmp_path / "quiet.wav"
+    wavfile.write(evening, rate, pcm)
+    wavfile.write(cut, rate, pcm[44 * rate : 108 * rate])
+    wavfile.write(quiet_part, rate, pcm[: 40 * rate])
+
+    def run(*args: str) -> dict:  # type: ignore[type-arg]
+        assert main(["models", *args]) == 0
+        return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+    from_part = run("calibrate", "leak", str(evening), "--end", "0:40", "--out", str(tmp_path / "a.json"))
+    from_file = run("calibrate", "leak", str(quiet_part), "--out", str(tmp_path / "b.json"))
+    assert from_part["checks"] == from_file["checks"] == 5
+    learned = [json.loads((tmp_path / f"{n}.json").read_text()) for n in ("a", "b")]
+    for key in ("level_db", "level_sigma_db", "shape_db", "spread_db", "tonal_db", "clf_logit"):
+        assert learned[0][key] == learned[1][key], key
+
+    base = str(tmp_path / "b.json")
+    whole = run("score", "leak", str(cut), "--baseline", base)
+    part = run("score", "leak", str(evening), "--start", "44", "--end", "1:48", "--baseline", base)
+    monkeypatch.setattr(recording, "LONG_S", 30)
+    monkeypatch.setattr(recording, "SEGMENT_S", 24)
+    segmented = run("score", "leak", str(evening), "--start", "44", "--end", "108", "--baseline", base)
+    assert "judged from 44 s to 108 s" in part["input"]
+    assert "read in 3 segments of about 24 s (a long recording)" in segmented["input"]
+    for judged in (part, segmented):
+        checks = judged["evidence"]["checks"]
+        assert [c["start_s"] for c in checks] == [44 + 8 * i for i in range(8)]
+        assert [c["score"] for c in checks] == [c["score"] for c in whole["evidence"]["checks"]]
+        assert (judged["leak"], judged["warning"]) == (whole["leak"], whole["warning"])
+    assert whole["leak"]  # the leak starts at 60 s: the part holds it
+
+
+def test_a_start_or_end_outside_the_file_is_a_clear_error(wavs: dict[str, Path]) -> None:
+    path = str(wavs["quiet16k"])  # 6 s
+    past = cli("score", "leak", path, "--start", "10")
+    assert past.returncode == 2
+    assert "--start 10 s is outside the recording (the recording is 6.00 s long)" in past.stderr
+    backwards = cli("score", "leak", path, "--start", "4", "--end", "3")
+    assert backwards.returncode == 2
+    assert "--end 3 s is not after --start 4 s" in backwards.stderr
+    garbled = cli("score", "leak", path, "--start", "1:75")
+    assert garbled.returncode == 2
+    assert "expected seconds or [H:]MM:SS, got '1:75'" in garbled.stderr
+    assert "Traceback" not in past.stderr + backwards.stderr + garbled.stderr

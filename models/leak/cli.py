@@ -1,8 +1,9 @@
 """`edge-agent models score leak`, `calibrate leak` and `locate`: the leak models on recorded WAV files
 and on the gateway's stored nights.
 
-    edge-agent models score leak FILE.wav [FILE.wav ...] [--baseline BASELINE.json]
+    edge-agent models score leak FILE.wav [FILE.wav ...] [--baseline BASELINE.json] [--start T] [--end T]
     edge-agent models calibrate leak FILE.wav [FILE.wav ...] --out BASELINE.json [--material M]
+                                     [--start T] [--end T]
     edge-agent models calibrate leak --sensor DEVICE.CHANNEL --from T --to T [-c CONFIG]
     edge-agent models locate PAIR.wav --distance M (--material NAME [--diameter MM] | --wave-speed M_S)
     edge-agent models locate A.wav B.wav --distance M ... [--offset-s S]
@@ -11,6 +12,9 @@ Output is JSON (one line per scored file). A file that cannot be read or scored 
 stderr and exit code 2; the other files are still scored. With `--baseline`, each file is judged
 as one listening night cut into checks of `--check-s` seconds against the baseline a calibration
 wrote: `leak` is then the confirmed decision (two positive checks), `warning` one positive check.
+`--start` / `--end` (seconds, or [H:]MM:SS, from the beginning of each file) keep a part of every
+file: the quiet hours of a logger's evening-long recording, or the first half of a quiet file to
+learn from and the second half to judge.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
-    from water_edge.models.leak.baseline import Baseline
+    from water_edge.models.leak.baseline import Baseline, CheckStats
     from water_edge.models.leak.judge import Judgement
 
 # Measured by models/train/leak_cli_false_alarms.py (40 files of edge-sim hydrophones at its
@@ -97,7 +101,32 @@ def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None
     loc.set_defaults(func=cmd_locate)
 
 
+def offset_seconds(text: str) -> float:
+    """`--start` / `--end`: seconds (`17`, `17.5`) or [H:]MM:SS (`1:30`, `2:05:00`) into a file."""
+    parts = text.strip().split(":")
+    try:
+        if len(parts) > 3 or any(p == "" for p in parts):
+            raise ValueError
+        fields = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or [H:]MM:SS, got {text!r}") from None
+    if any(f < 0 for f in fields) or any(f >= 60 for f in fields[1:]):
+        raise argparse.ArgumentTypeError(f"expected seconds or [H:]MM:SS, got {text!r}")
+    seconds = 0.0
+    for f in fields:
+        seconds = seconds * 60 + f
+    return seconds
+
+
 def _judging_arguments(p: Any) -> None:
+    p.add_argument(
+        "--start",
+        type=offset_seconds,
+        default=None,
+        metavar="T",
+        help="judge from T into each file (s or [H:]MM:SS)",
+    )
+    p.add_argument("--end", type=offset_seconds, default=None, metavar="T", help="... up to T into each file")
     p.add_argument("--check-s", type=float, default=8.0, help="seconds of a recording per check (default 8)")
     p.add_argument("--material", default=None, help="pipe material: judge its leak bands only")
     p.add_argument("--diameter", type=float, default=150.0, metavar="MM", help="inner diameter (default 150)")
@@ -152,7 +181,11 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
     for path in args.files:
         try:
             score, checks = read_recording(
-                path, check_s=args.check_s, scorer=scorer, checks=baseline is not None
+                path,
+                check_s=args.check_s,
+                scorer=scorer,
+                checks=baseline is not None,
+                span=(args.start, args.end),
             )
             judged = None if baseline is None else [judge(c, baseline, params) for c in checks]
         except (WavError, ValueError, ModelError) as exc:
@@ -168,7 +201,7 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
             "model": scorer.model.version,
         }
         if judged is not None and baseline is not None:
-            line.update(_against_baseline(judged, baseline, classifier_leak=line["leak"]))
+            line.update(_against_baseline(judged, checks, baseline, classifier_leak=line["leak"]))
             if judged and all(j.signal_lost for j in judged):
                 _err(f"{path}: not judged: {SIGNAL_LOST_NOTE.format(db=SIGNAL_LOST_DB)}")
         _out(line)
@@ -176,9 +209,10 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
 
 
 def _against_baseline(
-    judged: list[Judgement], baseline: Baseline, *, classifier_leak: bool
+    judged: list[Judgement], checks: list[CheckStats], baseline: Baseline, *, classifier_leak: bool
 ) -> dict[str, Any]:
-    """The JSON line's decision against a baseline: a recording is one night of checks."""
+    """The JSON line's decision against a baseline: a recording is one night of checks (each
+    check's evidence says the second of the file it starts at)."""
     from water_edge.models.leak.judge import confirmed
 
     best = max(judged, key=lambda j: j.score)
@@ -193,7 +227,10 @@ def _against_baseline(
             "baseline_sensor": baseline.sensor,
             "baseline_version": baseline.version,
             "positive_checks": sum(j.positive for j in judged),
-            "checks": [j.evidence() for j in judged],
+            "checks": [
+                {"start_s": c.start_ns // 1_000_000_000, **j.evidence()}
+                for c, j in zip(checks, judged, strict=True)
+            ],
         },
     }
 
@@ -203,8 +240,8 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
 
     logs.configure("warning", json=False)
     if args.sensor is not None:
-        if args.files or args.out is not None:
-            _err("give either FILEs with --out, or --sensor with --from/--to")
+        if args.files or args.out is not None or args.start is not None or args.end is not None:
+            _err("give either FILEs with --out (and --start/--end), or --sensor with --from/--to")
             return EXIT_BAD_INPUT
         return _calibrate_on_gateway(args)
     if not args.files or args.out is None:
@@ -221,7 +258,7 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
     try:
         scorer = LeakScorer()
         for path in args.files:
-            checks += file_checks(path, check_s=args.check_s, scorer=scorer)
+            checks += file_checks(path, check_s=args.check_s, scorer=scorer, span=(args.start, args.end))
         material = None if args.material is None else pipes.material(args.material).name
         baseline = Baseline.learn(checks, sensor=args.out.stem, material=material)
         if silent := sum(c.silent for c in checks):

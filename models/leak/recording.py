@@ -4,6 +4,10 @@ A recording is treated as one listening night cut into checks of `check_s` secon
 shorter piece joins the one before). Each check gets its one-second band levels and the
 classifier's probabilities on its 2 s windows (hop 1 s), summarised by `CheckStats`.
 
+`span` keeps a part of the file, (start, end) in seconds from its beginning (either None: the file's
+own): a logger's recording of the whole evening, judged on its quiet hours only. Checks then count
+from the span's start, and their `start_ns` is still the second of the file they begin at.
+
 A recording longer than `LONG_S` (a logger's night) is read from its memory-mapped file and brought
 to 8 kHz a segment of whole checks at a time, with `PAD_S` of context each side for the resampler,
 so memory stays that of one segment: a 30 min file at 16 kHz took 790 MB read whole, and a Pi
@@ -31,6 +35,21 @@ SEGMENT_S: Final = 300  # about this much per segment: a whole number of checks
 PAD_S: Final = 2  # resampler context each side of a segment, cut off after
 
 FloatArray = npt.NDArray[np.float64]
+Span = tuple[float | None, float | None]
+WHOLE: Final[Span] = (None, None)
+
+
+def span_frames(n_frames: int, rate: int, span: Span) -> tuple[int, int]:
+    """Frames [a, b) of a recording of `n_frames` that `span` keeps; ValueError when it keeps none."""
+    start, end = span
+    a = 0 if start is None else round(start * rate)
+    b = n_frames if end is None else min(n_frames, round(end * rate))
+    length = f"the recording is {n_frames / rate:.2f} s long"
+    if start is not None and (start < 0 or a >= n_frames):
+        raise ValueError(f"--start {start:g} s is outside the recording ({length})")
+    if end is not None and end <= (start or 0.0):
+        raise ValueError(f"--end {end:g} s is not after --start {start or 0:g} s")
+    return a, b
 
 
 def split_checks(n_seconds: int, check_s: float) -> list[tuple[int, int]]:
@@ -50,8 +69,10 @@ def recording_checks(
     *,
     check_s: float = DEFAULT_CHECK_S,
     scorer: LeakScorer | None = None,
+    offset_s: int = 0,
 ) -> list[CheckStats]:
-    """Checks of a canonical (8 kHz, one channel) recording; the classifier is skipped without a scorer."""
+    """Checks of a canonical (8 kHz, one channel) recording; the classifier is skipped without a
+    scorer. `offset_s`: where the recording starts in its file (the checks' `start_ns`)."""
     levels, tonal = second_bands(canon)
     return [
         _check(
@@ -60,7 +81,7 @@ def recording_checks(
             tonal[a:b],
             name=name,
             index=index,
-            start_s=a,
+            start_s=offset_s + a,
             scorer=scorer,
         )[0]
         for index, (a, b) in enumerate(split_checks(levels.shape[0], check_s))
@@ -91,36 +112,57 @@ def _check(
 
 
 def read_recording(
-    path: Path, *, check_s: float = DEFAULT_CHECK_S, scorer: LeakScorer, checks: bool = True
+    path: Path,
+    *,
+    check_s: float = DEFAULT_CHECK_S,
+    scorer: LeakScorer,
+    checks: bool = True,
+    span: Span = WHOLE,
 ) -> tuple[Score, list[CheckStats]]:
-    """A WAV file's classifier score and (with `checks`) its checks; `WavError` / `ValueError` when
-    it cannot be used. The score's `notes` say what was done to read it."""
+    """A WAV file's (or its `span`'s) classifier score and (with `checks`) its checks; `WavError` /
+    `ValueError` when it cannot be used. The score's `notes` say what was done to read it."""
     raw, rate = open_wav(path)
+    a, b = span_frames(raw.shape[0], rate, span)
     notes = [f"{rate} Hz, {raw.shape[1]} channel(s), {raw.shape[0] / rate:.2f} s"]
-    if raw.shape[0] / rate <= LONG_S:
-        samples = to_float(raw, path)
+    if (a, b) != (0, raw.shape[0]):
+        notes.append(f"judged from {a / rate:g} s to {b / rate:g} s")
+    if (b - a) / rate <= LONG_S:
+        samples = to_float(frames(raw, a, b), path)
         score = scorer.score(samples, rate)
         score.notes[:0] = notes
         if not checks:
             return score, []
         canon = features.prepare(samples, rate)[0]
-        return score, recording_checks(canon, path.name, check_s=check_s, scorer=scorer)
-    return _long(raw, rate, path, check_s=check_s, scorer=scorer, notes=notes)
+        return score, recording_checks(canon, path.name, check_s=check_s, scorer=scorer, offset_s=a // rate)
+    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=scorer, notes=notes)
 
 
-def file_checks(path: Path, *, check_s: float = DEFAULT_CHECK_S, scorer: LeakScorer) -> list[CheckStats]:
-    """A WAV file's checks alone (what a calibration learns from): no whole-file classifier score."""
+def file_checks(
+    path: Path, *, check_s: float = DEFAULT_CHECK_S, scorer: LeakScorer, span: Span = WHOLE
+) -> list[CheckStats]:
+    """A WAV file's (or its `span`'s) checks alone (what a calibration learns from): no whole-file
+    classifier score."""
     raw, rate = open_wav(path)
-    if raw.shape[0] / rate <= LONG_S:
-        canon = features.prepare(to_float(raw, path), rate)[0]
-        return recording_checks(canon, path.name, check_s=check_s, scorer=scorer)
-    return _long(raw, rate, path, check_s=check_s, scorer=scorer, notes=[])[1]
+    a, b = span_frames(raw.shape[0], rate, span)
+    if (b - a) / rate <= LONG_S:
+        canon = features.prepare(to_float(frames(raw, a, b), path), rate)[0]
+        return recording_checks(canon, path.name, check_s=check_s, scorer=scorer, offset_s=a // rate)
+    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=scorer, notes=[])[1]
 
 
 def _long(
-    raw: np.ndarray[Any, Any], rate: int, path: Path, *, check_s: float, scorer: LeakScorer, notes: list[str]
+    raw: np.ndarray[Any, Any],
+    rate: int,
+    path: Path,
+    kept: tuple[int, int],
+    *,
+    check_s: float,
+    scorer: LeakScorer,
+    notes: list[str],
 ) -> tuple[Score, list[CheckStats]]:
-    ranges = split_checks(raw.shape[0] // rate, check_s)
+    first_frame, stop_frame = kept
+    seconds = (stop_frame - first_frame) // rate
+    ranges = split_checks(seconds, check_s)
     per_segment = max(1, round(SEGMENT_S / (ranges[0][1] - ranges[0][0])))
     out: list[CheckStats] = []
     probs: list[float] = []
@@ -128,8 +170,9 @@ def _long(
     for first in range(0, len(ranges), per_segment):
         group = ranges[first : first + per_segment]
         a, b = group[0][0], group[-1][1]
-        lo, hi = max(0, a - PAD_S), min(raw.shape[0] // rate, b + PAD_S)
-        canon, done = features.prepare(to_float(frames(raw, lo * rate, hi * rate), path), rate)
+        lo, hi = max(0, a - PAD_S), min(seconds, b + PAD_S)
+        piece = frames(raw, first_frame + lo * rate, first_frame + hi * rate)
+        canon, done = features.prepare(to_float(piece, path), rate)
         if first == 0:
             notes += done
         canon = canon[(a - lo) * SECOND : (b - lo) * SECOND]
@@ -143,7 +186,7 @@ def _long(
                 tonal[i:j],
                 name=path.name,
                 index=index,
-                start_s=ca,
+                start_s=first_frame // rate + ca,
                 scorer=scorer,
             )
             out.append(stats)
