@@ -229,7 +229,9 @@ def test_a_start_or_end_outside_the_file_is_a_clear_error(wavs: dict[str, Path])
     backwards = cli("score", "leak", path, "--start", "4", "--end", "3")
     assert backwards.returncode == 2
     assert "--end 3 s is not after --start 4 s" in backwards.stderr
-    garbled = cli("score", "leak", path, "--start", "1:75")
-    assert garbled.returncode == 2
-    assert "expected seconds or [H:]MM:SS, got '1:75'" in garbled.stderr
-    assert "Traceback" not in past.stderr + backwards.stderr + garbled.stderr
+    for garbled in ("1:75", "inf", "nan", "1::2", "-3"):
+        res = cli("score", "leak", path, f"--start={garbled}")
+        assert res.returncode == 2
+        assert f"expected seconds or [H:]MM:SS, got '{garbled}'" in res.stderr
+        assert "Traceback" not in res.stderr
+    assert "Traceback" not in past.stderr + backwards.stderr

@@ -20,6 +20,7 @@ learn from and the second half to judge.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,7 +111,7 @@ def offset_seconds(text: str) -> float:
         fields = [float(p) for p in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds or [H:]MM:SS, got {text!r}") from None
-    if any(f < 0 for f in fields) or any(f >= 60 for f in fields[1:]):
+    if not all(math.isfinite(f) and f >= 0 for f in fields) or any(f >= 60 for f in fields[1:]):
         raise argparse.ArgumentTypeError(f"expected seconds or [H:]MM:SS, got {text!r}")
     seconds = 0.0
     for f in fields:
