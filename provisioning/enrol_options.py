@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from water_edge.core.cli_numbers import whole
+
 
 def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     """The service's options, shared by `edge-agent ca serve-enrolment` and this module's `main`."""
     parser.add_argument("--host", required=True)
-    parser.add_argument("--port", type=int, default=8883)
+    parser.add_argument("--port", type=whole(1, 65535), default=8883)
     parser.add_argument("--cert", type=Path, required=True, help="the service's client certificate")
     parser.add_argument("--key", type=Path, required=True)
     parser.add_argument("--broker-ca", type=Path, help="CA of the broker's certificate (default: this CA)")
     parser.add_argument("--topic-prefix", default="enrol")
     parser.add_argument("--allow", type=Path, help="file of device serials allowed to enrol, one a line")
-    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--days", type=whole(1), default=365)

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from water_edge.core import envelope
+from water_edge.core.cli_numbers import whole
 from water_edge.core.files import atomic_write
 from water_edge.provisioning.errors import ProvisioningError
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", required=True)
     parser.add_argument("--args", default="{}")
     parser.add_argument("--args-file")
-    parser.add_argument("--ttl", type=int, default=300)
+    parser.add_argument("--ttl", type=whole(1), default=300)
     a = parser.parse_args(argv)
     try:
         out = signed_command(

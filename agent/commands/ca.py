@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK
+from water_edge.core.cli_numbers import whole
 from water_edge.provisioning.enrol_options import add_service_arguments
 
 
@@ -22,14 +23,14 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("init", help="create a new CA (EC P-256) in --dir")
     with_dir(p)
     p.add_argument("--name", required=True, help="CA common name, e.g. 'North Water gateways CA'")
-    p.add_argument("--days", type=int, default=3650)
+    p.add_argument("--days", type=whole(1), default=3650)
     p.set_defaults(func=_init)
 
     p = sub.add_parser("sign", help="sign a device CSR; writes the certificate")
     with_dir(p)
     p.add_argument("csr", type=Path)
     p.add_argument("-o", "--out", type=Path, required=True)
-    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--days", type=whole(1), default=365)
     p.set_defaults(func=_sign)
 
     p = sub.add_parser("revoke", help="revoke a certificate by serial (hex) and rewrite crl.pem")
@@ -39,7 +40,7 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("crl", help="rewrite crl.pem (do it before next_update, default 30 days)")
     with_dir(p)
-    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--days", type=whole(1), default=30)
     p.set_defaults(func=_crl)
 
     p = sub.add_parser("list", help="issued certificates and revocations")
@@ -61,7 +62,7 @@ def _register_issuing(sub: Any, with_dir: Any) -> None:
         p.add_argument("--host", action="append", default=[], help="DNS name or IP (server-cert)")
         p.add_argument("--cert", type=Path, required=True)
         p.add_argument("--key", type=Path, required=True)
-        p.add_argument("--days", type=int, default=365)
+        p.add_argument("--days", type=whole(1), default=365)
         p.set_defaults(func=_server_cert if name == "server-cert" else _client_cert)
 
 
@@ -77,7 +78,7 @@ def _register_commands(sub: Any, with_dir: Any) -> None:
     p.add_argument("--target", required=True, help="site/gateway")
     p.add_argument("--args", default="{}", help="JSON object of arguments")
     p.add_argument("--args-file", type=Path, help="read a string argument from a file: NAME=PATH")
-    p.add_argument("--ttl", type=int, default=300, help="seconds until it expires")
+    p.add_argument("--ttl", type=whole(1), default=300, help="seconds until it expires")
     p.set_defaults(func=_sign_command)
 
     p = sub.add_parser("serve-enrolment", help="run the reference claim-enrolment service")

@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 
 from water_edge.core import units
+from water_edge.core.cli_numbers import number
 from water_edge.core.errors import AgentError, ConfigError
 from water_edge.core.reading import Reading
 
@@ -41,7 +42,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--raw", action="store_true", help="exact values instead of the tag's precision")
     parser.add_argument(
         "--listen",
-        type=float,
+        type=number(above=0),
         metavar="SECONDS",
         help="receivers that hear meters on their own (wmbus): listen this long and list every meter "
         "heard, configured or not (commissioning)",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from water_edge.agent.commands._exits import DEFAULT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from water_edge.core.cli_numbers import number
 
 
 def register(subparsers: Any) -> None:
@@ -39,7 +40,9 @@ def register(subparsers: Any) -> None:
             help="how to restart the agent (default: systemctl restart --no-block edge-agent.service)",
         )
         p.add_argument("--python", help="interpreter new releases are built with (default: this one's base)")
-        p.add_argument("--health-window", type=float, help="seconds (default: [update] health_window_s)")
+        p.add_argument(
+            "--health-window", type=number(above=0), help="seconds (default: [update] health_window_s)"
+        )
 
     p = sub.add_parser("status", help="releases on this gateway and the last update")
     common(p)

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from water_edge.core.cli_numbers import number
+
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 
@@ -36,10 +38,20 @@ def register(score_sub: Any) -> None:
     p.add_argument("--night", default="02:00-04:00", help="local night window (default 02:00-04:00)")
     p.add_argument("--timezone", default=None, help="IANA zone of the timestamps (default: the system's)")
     p.add_argument("--method", choices=("step", "fixed"), default="step")
-    p.add_argument("--fixed-rise-pct", type=float, default=20.0, help="fixed rule: % over calibration median")
-    p.add_argument("--average-minutes", type=float, default=15.0, help="MNF averaging (default 15)")
+    p.add_argument(
+        "--fixed-rise-pct",
+        type=number(high=500, above=0),
+        default=20.0,
+        help="fixed rule: % over calibration median",
+    )
+    p.add_argument("--average-minutes", type=number(1, 240), default=15.0, help="MNF averaging (default 15)")
     p.add_argument("--pressure-exponent", type=float, default=1.0, help="FAVAD N1 (default 1.0)")
-    p.add_argument("--min-added-pct", type=float, default=None, help="smallest rise reported, % (default 4)")
+    p.add_argument(
+        "--min-added-pct",
+        type=number(high=100, above=0),
+        default=None,
+        help="smallest rise reported, % (default 4)",
+    )
     p.set_defaults(func=cmd_score_flow_leak)
 
 

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from water_edge.core.cli_numbers import number
+
 if TYPE_CHECKING:
     from water_edge.models.leak.baseline import Baseline, CheckStats
     from water_edge.models.leak.judge import Judgement
@@ -90,12 +92,12 @@ def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None
     speed.add_argument("--material", help="ductile_iron, steel, cast_iron, pvc or pe")
     speed.add_argument("--wave-speed", type=float, metavar="M_PER_S")
     loc.add_argument(
-        "--diameter", type=float, default=150.0, metavar="MM", help="inner diameter (default 150)"
+        "--diameter", type=number(10, 3000), default=150.0, metavar="MM", help="inner diameter (default 150)"
     )
     loc.add_argument("--weighting", choices=("phat", "scot"), default="phat")
     loc.add_argument(
         "--offset-s",
-        type=float,
+        type=number(),
         default=0.0,
         help="with two WAVs: start of B minus start of A, in seconds (from their timestamps)",
     )
@@ -128,9 +130,13 @@ def _judging_arguments(p: Any) -> None:
         help="judge from T into each file (s or [H:]MM:SS)",
     )
     p.add_argument("--end", type=offset_seconds, default=None, metavar="T", help="... up to T into each file")
-    p.add_argument("--check-s", type=float, default=8.0, help="seconds of a recording per check (default 8)")
+    p.add_argument(
+        "--check-s", type=number(2), default=8.0, help="seconds of a recording per check (default 8)"
+    )
     p.add_argument("--material", default=None, help="pipe material: judge its leak bands only")
-    p.add_argument("--diameter", type=float, default=150.0, metavar="MM", help="inner diameter (default 150)")
+    p.add_argument(
+        "--diameter", type=number(10, 3000), default=150.0, metavar="MM", help="inner diameter (default 150)"
+    )
 
 
 SIGNAL_LOST_NOTE = (
