@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from scipy.io import wavfile
 
@@ -126,6 +127,21 @@ def test_locate_refuses_a_mono_file_without_a_traceback(wavs: dict[str, Path]) -
     assert "Traceback" not in res.stderr
 
 
+def _quiet_then_leak(
+    rate: int, seconds: tuple[int, int], *, seeds: tuple[int, int], site_seed: int
+) -> npt.NDArray[np.int16]:
+    """A PVC main's quiet, then a leak 30 m from the sensor, as one 16-bit mono recording."""
+    scenes = [
+        PipeScene("pvc", 150.0, 100.0, leak_m, 1.0, 0.0, BACKGROUNDS, sample_rate=rate, channels=1,
+                  seed=seed, site_seed=site_seed)
+        for leak_m, seed in zip((None, 30.0), seeds, strict=True)
+    ]  # fmt: skip
+    parts = [HydrophoneSynth(s).render_seconds(n)[:, 0] for s, n in zip(scenes, seconds, strict=True)]
+    x = np.concatenate(parts)
+    pcm: npt.NDArray[np.int16] = (x / np.max(np.abs(x)) * 0.5 * 32767).astype(np.int16)
+    return pcm
+
+
 @pytest.mark.parametrize("rate", [8000, 16000, 44100])
 def test_a_long_recording_read_a_segment_at_a_time_gives_what_reading_it_whole_gives(
     tmp_path: Path, rate: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -135,19 +151,11 @@ def test_a_long_recording_read_a_segment_at_a_time_gives_what_reading_it_whole_g
     from water_edge.agent.cli import main
     from water_edge.models.leak import recording
 
-    quiet = PipeScene("pvc", 150.0, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=rate, channels=1,
-                      seed=5, site_seed=6)  # fmt: skip
-    leak = PipeScene("pvc", 150.0, 100.0, 30.0, 1.0, 0.0, BACKGROUNDS, sample_rate=rate, channels=1,
-                     seed=6, site_seed=6)  # fmt: skip
-    x = np.concatenate(
-        [HydrophoneSynth(quiet).render_seconds(50)[:, 0], HydrophoneSynth(leak).render_seconds(53)[:, 0]]
-    )
+    pcm = _quiet_then_leak(rate, (50, 53), seeds=(5, 6), site_seed=6)
     night = tmp_path / "night.wav"
-    wavfile.write(night, rate, (x / np.max(np.abs(x)) * 0.5 * 32767).astype(np.int16))
+    wavfile.write(night, rate, pcm)
     base = tmp_path / "base.json"
-    wavfile.write(
-        tmp_path / "q.wav", rate, (x[: 40 * rate] / np.max(np.abs(x)) * 0.5 * 32767).astype(np.int16)
-    )
+    wavfile.write(tmp_path / "q.wav", rate, pcm[: 40 * rate])
     assert main(["models", "calibrate", "leak", str(tmp_path / "q.wav"), "--out", str(base)]) == 0
     capsys.readouterr()
 
@@ -181,14 +189,7 @@ def test_start_and_end_judge_a_part_of_a_file_as_if_it_had_been_cut_out(
     from water_edge.models.leak import recording
 
     rate = 16000
-    quiet = PipeScene("pvc", 150.0, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=rate, channels=1,
-                      seed=7, site_seed=8)  # fmt: skip
-    leak = PipeScene("pvc", 150.0, 100.0, 30.0, 1.0, 0.0, BACKGROUNDS, sample_rate=rate, channels=1,
-                     seed=8, site_seed=8)  # fmt: skip
-    x = np.concatenate(
-        [HydrophoneSynth(quiet).render_seconds(60)[:, 0], HydrophoneSynth(leak).render_seconds(60)[:, 0]]
-    )
-    pcm = (x / np.max(np.abs(x)) * 0.5 * 32767).astype(np.int16)
+    pcm = _quiet_then_leak(rate, (60, 60), seeds=(7, 8), site_seed=8)
     evening, cut, quiet_part = tmp_path / "evening.wav", tmp_path / "cut.wav", tmp_path / "quiet.wav"
     wavfile.write(evening, rate, pcm)
     wavfile.write(cut, rate, pcm[44 * rate : 108 * rate])
