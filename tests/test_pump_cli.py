@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,78 @@ def test_an_error_code_for_three_rows_is_not_a_minute_of_alarm(
     anomaly = np.array([int(r.split(",")[2]) for r in out.splitlines()[1:]])
     assert anomaly[690:790].sum() < 30  # the 15-row window sees it briefly; the 60-row one holds no alarm
     assert anomaly[labels == 1].mean() > 0.5  # and the real fault is still found
+
+
+def _score(capsys: pytest.CaptureFixture[str], path: Path, *calibration: str) -> tuple[int, str, str]:
+    code = main(["models", "score", "pump", "--csv", str(path), *calibration])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    ("stamp", "until"),
+    [
+        # ISO with an offset (a historian), until given in UTC
+        (lambda i: f"2024-03-01T10:{i // 60:02d}:{i % 60:02d}+01:00", "2024-03-01T09:10:00Z"),
+        # a US export: month first, 12-hour clock; until typed the same way
+        (lambda i: f"03/01/2024 10:{i // 60:02d}:{i % 60:02d} AM", "03/01/2024 10:10:00 AM"),
+        # a German export, until typed as ISO
+        (lambda i: f"01.03.2024 10:{i // 60:02d}:{i % 60:02d}", "2024-03-01 10:10"),
+    ],
+)
+def test_calibrate_until_a_time_is_calibrating_on_the_rows_before_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    sim: tuple[np.ndarray, np.ndarray],
+    stamp: Callable[[int], str],
+    until: str,
+) -> None:
+    # "normal until 10:10" is what an engineer knows about a history, not a row count.
+    x, _ = sim
+    rows = [[stamp(i)] + [f"{v:.4f}" for v in row] for i, row in enumerate(np.nan_to_num(x))]
+    path = write(tmp_path / "p.csv", ["time", *SIGNALS], rows, ";" if "." in stamp(0)[:6] else ",")
+    code, by_time, err = _score(capsys, path, "--calibrate-until", until)
+    assert code == 0, err
+    assert "calibrating on the first 600 rows (stamped before" in err
+    assert "of 600 rows after the 600 calibration rows marked anomalous" in err
+    code, by_rows, _ = _score(capsys, path, "--calibrate-rows", "600")
+    assert code == 0
+    assert by_time == by_rows
+
+
+def test_calibrate_until_refuses_what_it_cannot_apply(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = sim
+    ts = timestamps(len(x))
+    rows = [[t] + [f"{v:.4f}" for v in row] for t, row in zip(ts, np.nan_to_num(x), strict=True)]
+    path = write(tmp_path / "p.csv", ["time", *SIGNALS], rows, ",")
+    code, _, err = _score(capsys, path, "--calibrate-until", "2024-03-01 10:00:05")
+    assert code == 2
+    assert "leaves 5 row(s) before it; calibration needs at least 10" in err
+    code, _, err = _score(capsys, path, "--calibrate-until", "tomorrow")
+    assert code == 2
+    assert "--calibrate-until 'tomorrow' is not a timestamp" in err
+    rows[3][0] = "n/a"
+    code, _, err = _score(
+        capsys,
+        write(tmp_path / "q.csv", ["time", *SIGNALS], rows, ","),
+        "--calibrate-until",
+        "2024-03-01 10:10",
+    )
+    assert code == 2
+    assert "data row 4: timestamp 'n/a' cannot be read" in err
+    with pytest.raises(SystemExit):  # one or the other, not both
+        main(
+            [
+                "models",
+                "score",
+                "pump",
+                "--csv",
+                str(path),
+                "--calibrate-rows",
+                "600",
+                "--calibrate-until",
+                "x",
+            ]
+        )

@@ -36,11 +36,17 @@ def register(subparsers: Any) -> None:
         "pump", help="pump anomaly scores for a CSV (header; timestamp, then numeric signals)"
     )
     pump.add_argument("--csv", required=True, type=Path, help="history file, ',' or ';' separated")
-    pump.add_argument(
+    calibration = pump.add_mutually_exclusive_group(required=True)
+    calibration.add_argument(
         "--calibrate-rows",
-        required=True,
         type=int,
         help="the first N data rows are normal operation, used to calibrate only",
+    )
+    calibration.add_argument(
+        "--calibrate-until",
+        metavar="TIME",
+        help="the rows stamped before TIME are normal operation (as the file writes times; "
+        "without an offset, local time)",
     )
     pump.add_argument("--model", type=Path, default=None, help="model manifest (default: the shipped scorer)")
     pump.add_argument(
@@ -137,7 +143,7 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
         return _error("--persistence and --clear-after must be at least 1")
     try:
         model = load_model(args.model or DEFAULT_MANIFEST)
-        lines = score_csv(
+        scored_csv = score_csv(
             args.csv,
             args.calibrate_rows,
             model,
@@ -147,17 +153,18 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
             clear_after=args.clear_after,
             causal=args.causal,
             explained=args.explain,
+            calibrate_until=args.calibrate_until,
             warn=_warn,
         )
     except ModelError as exc:
         return _error(str(exc))
-    lines = list(lines)
+    lines = scored_csv.lines
     sys.stdout.write("\n".join(lines) + "\n")
     rows = list(csv.reader(lines[1:]))
     marked = sum(1 for row in rows if row[2] == "1")
-    scored = max(0, len(lines) - 1 - args.calibrate_rows)
+    scored = max(0, len(lines) - 1 - scored_csv.calibrate_rows)
     sys.stderr.write(
-        f"edge-agent models: {marked:,} of {scored:,} rows after the {args.calibrate_rows:,} "
+        f"edge-agent models: {marked:,} of {scored:,} rows after the {scored_csv.calibrate_rows:,} "
         "calibration rows marked anomalous\n"
     )
     if args.explain and marked:

@@ -16,66 +16,21 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from pathlib import Path
 
+from water_edge.core.timestamps import day_first, parse_time, year_last
 from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDetector, StepParams
 from water_edge.models.flow_leak.mnf import minimum_night_flow
 from water_edge.models.flow_leak.volume import VolumeRate, looks_like_totaliser
 from water_edge.models.nightwindow import NightWindow
 
-_TIMES = ("%H:%M:%S", "%H:%M", "%I:%M:%S %p", "%I:%M %p")
-_YEAR_FIRST = ("%Y-%m-%d", "%Y/%m/%d")
-_DAY_FIRST = ("%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y")
-_MONTH_FIRST = ("%m/%d/%Y", "%d.%m.%Y", "%m-%d-%Y")  # dotted dates are day first everywhere
-_YEAR_LAST = re.compile(r"\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{4}\b")
-
-
-def _formats(dates: Sequence[str]) -> tuple[str, ...]:
-    return tuple(f"{d} {t}" for d in (*_YEAR_FIRST, *dates) for t in _TIMES)
-
-
-_DAY_FIRST_FORMATS = _formats(_DAY_FIRST)
-_MONTH_FIRST_FORMATS = _formats(_MONTH_FIRST)
-
-
-def day_first(cells: Iterable[str]) -> bool | None:
-    """Whether numeric dates with the year last ('03/04/2026') put the day first, read from the whole
-    column: True or False when some date says so (a field above 12 is a day), None when none does."""
-    for cell in cells:
-        m = _YEAR_LAST.match(cell)
-        if m is None:
-            continue
-        if int(m.group(1)) > 12:
-            return True
-        if int(m.group(2)) > 12:
-            return False
-    return None
-
 
 class FlowCsvError(ValueError):
     """The file cannot be used; the message names the file and what is wrong."""
-
-
-def parse_time(text: str, tz: tzinfo, day_first: bool = True) -> datetime:
-    """A local wall-clock datetime in `tz` (naive inputs are taken as local already)."""
-    text = text.strip()
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        for fmt in _DAY_FIRST_FORMATS if day_first else _MONTH_FIRST_FORMATS:
-            try:
-                when = datetime.strptime(text, fmt)
-                break
-            except ValueError:
-                continue
-        else:
-            raise ValueError(f"{text!r} is not a timestamp") from None
-    return when.astimezone(tz).replace(tzinfo=None) if when.tzinfo is not None else when
 
 
 def _number(cell: str, decimal_comma: bool) -> float:
@@ -137,7 +92,7 @@ def _rows(
     idx = {c: header.index(c) for c in wanted}
     decimal_comma = sep == ";"
     order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
-    counts.guessed_day_first = order is None and any(_YEAR_LAST.match(line) for line in lines[1:3])
+    counts.guessed_day_first = order is None and any(year_last(line) for line in lines[1:3])
     for line_no, row in enumerate(reader, start=2):
         if not row or not any(cell.strip() for cell in row):
             continue

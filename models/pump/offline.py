@@ -32,13 +32,15 @@ import io
 import itertools
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, tzinfo
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from water_edge.core.timestamps import day_first, parse_time
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump import coverage, explain, steady
 from water_edge.models.pump.detector import (
@@ -275,9 +277,39 @@ def _as_history(
     return out
 
 
+@dataclass(frozen=True)
+class ScoredCsv:
+    """The output CSV's lines (header first) and how many data rows calibrated."""
+
+    lines: list[str]
+    calibrate_rows: int
+
+
+def rows_before(timestamps: list[str], until: str, tz: tzinfo) -> int:
+    """How many leading rows are stamped before `until` (`--calibrate-until`): calibration ends at
+    the first row at or after it. Stamps and `until` are read alike (`core.timestamps`; without an
+    offset, local times of `tz`)."""
+    order = day_first(timestamps) is not False
+    try:
+        limit = parse_time(until, tz, order)
+    except ValueError:
+        raise InputError(f"--calibrate-until {until!r} is not a timestamp (e.g. 2026-03-04T06:00)") from None
+    for i, stamp in enumerate(timestamps):
+        try:
+            when = parse_time(stamp, tz, order)
+        except ValueError:
+            raise InputError(
+                f"data row {i + 1}: timestamp {stamp!r} cannot be read, so --calibrate-until cannot be "
+                "applied: give --calibrate-rows N instead"
+            ) from None
+        if when >= limit:
+            return i
+    return len(timestamps)
+
+
 def score_csv(
     path: Path,
-    calibrate_rows: int,
+    calibrate_rows: int | None,
     model: Scorer,
     *,
     window: int,
@@ -291,10 +323,14 @@ def score_csv(
     steady_params: steady.SteadyParams | None = None,
     causal: bool = False,
     explained: bool = False,
+    calibrate_until: str | None = None,
+    tz: tzinfo | None = None,
     warn: Callable[[str], None] = lambda _m: None,
-) -> Iterable[str]:
+) -> ScoredCsv:
     """Validate, calibrate and score; the output CSV's lines (header first).
 
+    Calibration is the first `calibrate_rows` data rows, or (with `calibrate_rows` None) the rows
+    stamped before `calibrate_until` (naive times in `tz`, default the system's zone);
     `persistence`, `clear_after` and `hysteresis` override the chosen detector's alarm defaults;
     `causal` leaves alarms where a live gateway would have raised them (no backdating);
     `explained` adds a `signals` column naming what each marked row stands on."""
@@ -304,6 +340,16 @@ def score_csv(
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     table = read_table(text, warn)
     n = len(table.timestamps)
+    if calibrate_rows is None:
+        if calibrate_until is None:
+            raise InputError("give --calibrate-rows N or --calibrate-until TIME")
+        calibrate_rows = rows_before(table.timestamps, calibrate_until, tz or _local_zone())
+        if calibrate_rows < MIN_CALIBRATION_ROWS:
+            raise InputError(
+                f"--calibrate-until {calibrate_until} leaves {calibrate_rows} row(s) before it; "
+                f"calibration needs at least {MIN_CALIBRATION_ROWS}"
+            )
+        warn(f"calibrating on the first {calibrate_rows:,} rows (stamped before {calibrate_until})")
     if calibrate_rows < MIN_CALIBRATION_ROWS:
         raise InputError(f"--calibrate-rows must be at least {MIN_CALIBRATION_ROWS}")
     if calibrate_rows > n:
@@ -326,7 +372,9 @@ def score_csv(
         )
         if not causal:
             alarm = _as_history(scores, alarm, calibrate_rows, 1.0, p.hysteresis)
-        return _lines(table.timestamps, scores, alarm, None if why is None else why(alarm))
+        return ScoredCsv(
+            _lines(table.timestamps, scores, alarm, None if why is None else why(alarm)), calibrate_rows
+        )
     cal = calibrate(
         table.values[:calibrate_rows],
         table.names,
@@ -358,7 +406,11 @@ def score_csv(
         if explained
         else None
     )
-    return _lines(table.timestamps, scored.score, alarm, texts)
+    return ScoredCsv(_lines(table.timestamps, scored.score, alarm, texts), calibrate_rows)
+
+
+def _local_zone() -> tzinfo:
+    return datetime.now().astimezone().tzinfo or UTC
 
 
 def _lines(
