@@ -67,6 +67,41 @@ def test_score_prints_one_json_line_per_row_and_flags_the_fault(
     assert rows[3]["groups"][0]["score"] >= 1
 
 
+def test_score_takes_wav_recordings_directly_and_leaves_silence_out(
+    features: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An engineer with two recordings need not featurise them first: the same scores as the .npy
+    # route, each clip says where it is, and a stretch of an unplugged input is neither learnt nor
+    # called a fault.
+    wavs = features["normal"].parent
+    silent = tmp_path / "unplugged.wav"
+    write_wav(silent, np.zeros(20 * 16_000, dtype=np.float32), 16_000)
+
+    def score(*argv: str) -> tuple[list[dict], str]:  # type: ignore[type-arg]
+        assert main(["models", "score", "machine-sound", *argv]) == 0
+        out = capsys.readouterr()
+        return [json.loads(line) for line in out.out.splitlines()], out.err
+
+    via_npy, _ = score("--features", str(features["faulty"]), "--calibrate", str(features["normal"]))
+    direct, err = score(
+        "--features", str(wavs / "faulty.wav"), str(silent),
+        "--calibrate", str(wavs / "normal.wav"), str(silent),
+    )  # fmt: skip
+    # (the .npy route stores float32 features: the same scores to that precision)
+    assert [r["score"] for r in direct[:4]] == pytest.approx([r["score"] for r in via_npy], rel=1e-3)
+    assert [r["anomaly"] for r in direct[:4]] == [r["anomaly"] for r in via_npy]
+    assert [(r["file"], r["start_s"]) for r in direct] == [
+        *((str(wavs / "faulty.wav"), 10.0 * i) for i in range(4)),
+        (str(silent), 0.0),
+        (str(silent), 10.0),
+    ]
+    assert all(r["score"] is None and r["anomaly"] is None and "not heard" in r["error"] for r in direct[4:])
+    assert "2 calibration clip(s) of digital silence left out" in err
+    code = main(["models", "score", "machine-sound", "--features", str(silent), "--calibrate", str(silent)])
+    assert code == 2
+    assert "every calibration clip is digital silence" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

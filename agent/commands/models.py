@@ -258,9 +258,19 @@ def _register_machine_sound(models_sub: Any, score_sub: Any, calibrate_sub: Any)
         "machine-sound",
         help="machine-sound anomaly scores for clip features (JSON lines: row, score, anomaly)",
     )
-    sound.add_argument("--features", required=True, type=Path, help="clips to score: .npy array (clips, 136)")
     sound.add_argument(
-        "--calibrate", required=True, type=Path, help="normal clips of the same machine: .npy (clips, 136)"
+        "--features",
+        required=True,
+        nargs="+",
+        type=Path,
+        help="clips to score: .npy arrays (clips, 136) or WAV recordings (10 s clips)",
+    )
+    sound.add_argument(
+        "--calibrate",
+        required=True,
+        nargs="+",
+        type=Path,
+        help="normal sound of the same machine: .npy arrays (clips, 136) or WAV recordings",
     )
     sound.add_argument(
         "--prior",
@@ -301,14 +311,15 @@ def _register_machine_sound(models_sub: Any, score_sub: Any, calibrate_sub: Any)
 
 def cmd_score_machine_sound(args: argparse.Namespace) -> int:
     from water_edge.core import logs
-    from water_edge.models.machine_sound.offline import load_features, score_lines
+    from water_edge.models.machine_sound.offline import Clips, score_clips
     from water_edge.models.manifest import ModelError
 
     logs.configure("warning", json=False)
     try:
-        lines = list(
-            score_lines(load_features(args.features), load_features(args.calibrate), prior=args.prior)
-        )
+        normal = Clips.read(args.calibrate)
+        if silent := int(normal.silent.sum()):
+            _warn(f"{silent} calibration clip(s) of digital silence left out (the microphone was not heard)")
+        lines = list(score_clips(Clips.read(args.features), normal, prior=args.prior))
     except ModelError as exc:
         return _error(str(exc))
     sys.stdout.write("\n".join(lines) + "\n")

@@ -52,6 +52,16 @@ STAT_NAMES: Final[tuple[str, ...]] = (
     "entropy",
 )
 FEATURE_NAMES: Final[tuple[str, ...]] = (*(f"mel_dct_{i}" for i in range(N_MELS)), *STAT_NAMES)
+RMS_COLUMN: Final = N_MELS + STAT_NAMES.index("rms")
+# A clip this quiet (RMS, dBFS) is digital silence: below a 24-bit converter's own noise, so no
+# microphone is heard (unplugged, its input muted), whatever the machine does.
+SILENT_DBFS: Final = -140.0
+
+
+def rms_dbfs(features: F64) -> F64:
+    """The clip RMS of feature rows (the last axis is the 136 features), in dB re full scale."""
+    out: F64 = 20 * np.log10(np.maximum(np.asarray(features, dtype=np.float64)[..., RMS_COLUMN], 1e-12))
+    return out
 
 
 def _hz_to_mel(hz: F64) -> F64:

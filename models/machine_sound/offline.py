@@ -2,16 +2,20 @@
 `edge-agent models features machine-sound` run.
 
 Feature files are numpy `.npy` arrays of shape (clips, 136) in the column order of
-`features.FEATURE_NAMES` (the MIMII feature files are such arrays). Scoring calibrates on one file
-of normal clips and prints one JSON object per row of the other: `row`, `score` (in units of the
-alarm level) and `anomaly` (1 when the score is above 1), with the feature groups that moved for an
-anomalous row. Rows are scored one by one: a file need not be in time order.
+`features.FEATURE_NAMES` (the MIMII feature files are such arrays); a WAV recording stands for the
+features of its 10 s clips. Scoring calibrates on the normal clips and prints one JSON object per
+clip to score: `row` (counted over all the files given), `score` (in units of the alarm level) and
+`anomaly` (1 when the score is above 1), with the feature groups that moved for an anomalous row;
+a clip from a WAV also says its `file` and `start_s`. A WAV clip of digital silence (a microphone not
+heard) is neither learnt from nor scored, as on the gateway. Rows are scored one by one: a file need
+not be in time order.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,13 @@ from water_edge.models.machine_sound.detector import (
     calibrate,
     explain,
 )
-from water_edge.models.machine_sound.features import CLIP_S, N_FEATURES, clip_features
+from water_edge.models.machine_sound.features import (
+    CLIP_S,
+    N_FEATURES,
+    SILENT_DBFS,
+    clip_features,
+    rms_dbfs,
+)
 from water_edge.models.machine_sound.prior import PriorName, prior_label, prior_target
 from water_edge.models.manifest import ModelError
 
@@ -50,6 +60,56 @@ def load_features(path: Path) -> F64:
     if len(x) == 0:
         raise InputError(f"{path}: the array has no rows")
     return np.asarray(x, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Clips:
+    """Feature rows read from .npy files and WAV recordings, with where each WAV row came from."""
+
+    features: F64
+    origin: list[dict[str, Any] | None]  # per row: {"file", "start_s"} for a WAV clip, else None
+    silent: npt.NDArray[np.bool_]  # per row: a WAV clip of digital silence
+
+    @classmethod
+    def read(cls, paths: Sequence[Path]) -> Clips:
+        """`.wav` files are cut into 10 s clips and featurised, anything else is a feature array."""
+        parts: list[F64] = []
+        origin: list[dict[str, Any] | None] = []
+        silent: list[npt.NDArray[np.bool_]] = []
+        for path in paths:
+            if path.suffix.lower() == ".wav":
+                x = wav_features(path)
+                origin += [{"file": str(path), "start_s": round(i * CLIP_S, 3)} for i in range(len(x))]
+                silent.append(rms_dbfs(x) <= SILENT_DBFS)
+            else:
+                x = load_features(path)
+                origin += [None] * len(x)
+                silent.append(np.zeros(len(x), dtype=bool))
+            parts.append(x)
+        return cls(np.vstack(parts), origin, np.concatenate(silent))
+
+    def normal(self) -> F64:
+        """The rows to calibrate on: every one but the silent; InputError when none is left."""
+        kept: F64 = self.features[~self.silent]
+        if len(kept) == 0:
+            raise InputError("every calibration clip is digital silence: the microphone was not heard")
+        return kept
+
+
+def score_clips(clips: Clips, normal: Clips, *, prior: PriorName = "none") -> Iterator[str]:
+    """`score_lines` for `Clips`: WAV rows gain `file` and `start_s`, silent WAV clips are left out
+    of the calibration and scored as not heard."""
+    for i, line in enumerate(score_lines(clips.features, normal.normal(), prior=prior)):
+        origin = clips.origin[i]
+        if origin is None:
+            yield line
+            continue
+        row = {**json.loads(line), **origin}
+        if clips.silent[i]:
+            row.update(score=None, anomaly=None, error="digital silence: the microphone was not heard")
+            row.pop("explanation", None)
+            row.pop("groups", None)
+        yield json.dumps(row)
 
 
 def score_lines(

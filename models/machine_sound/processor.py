@@ -34,7 +34,7 @@ from water_edge.models.machine_sound.calibration import iso, recalibrate
 from water_edge.models.machine_sound.clips import Clip, ClipAssembler
 from water_edge.models.machine_sound.config import MachineSoundSection
 from water_edge.models.machine_sound.detector import SoundCalibration, explain
-from water_edge.models.machine_sound.features import N_MELS, STAT_NAMES, clip_features
+from water_edge.models.machine_sound.features import SILENT_DBFS, clip_features, rms_dbfs
 from water_edge.models.machine_sound.health import MachineSoundHealth, SoundState
 from water_edge.models.machine_sound.store import SoundCalibrationStore, open_history
 from water_edge.models.manifest import ModelError
@@ -44,10 +44,6 @@ log = structlog.get_logger(__name__)
 
 FLUSH_CLIPS = 6  # history rows kept in memory before one SQLite transaction (a minute of clips)
 RELOAD_EVERY = 30  # clips between checks for a calibration written by the CLI or a command
-_RMS = N_MELS + STAT_NAMES.index("rms")  # the clip RMS column of the features
-# A clip this quiet (RMS, dBFS) is digital silence: below a 24-bit converter's own noise, so no
-# microphone is heard (unplugged, its input muted), whatever the machine does.
-SILENT_DBFS = -140.0
 F64 = npt.NDArray[np.float64]
 
 
@@ -183,11 +179,11 @@ class MachineSoundProcessor:
         if not np.isfinite(features).all():
             self.last_error = "a clip gave non-finite features (silence or garbage): skipped"
             return
-        rms_dbfs = 20 * math.log10(max(float(features[_RMS]), 1e-12))
-        if await self._silent(rms_dbfs, clip.start_ts_ns, emit):
+        level_dbfs = float(rms_dbfs(features))
+        if await self._silent(level_dbfs, clip.start_ts_ns, emit):
             return
         floor = self.section.running_min_dbfs
-        if floor is not None and rms_dbfs < floor:
+        if floor is not None and level_dbfs < floor:
             self.clips_stopped += 1
             return
         state.pending.append((clip.start_ts_ns, features))
@@ -213,10 +209,10 @@ class MachineSoundProcessor:
             if not change:
                 state.abnormal.clear()
 
-    async def _silent(self, rms_dbfs: float, ts_ns: int, emit: EventSink) -> bool:
+    async def _silent(self, level_dbfs: float, ts_ns: int, emit: EventSink) -> bool:
         """Whether the clip is digital silence, to be neither learnt nor scored (a silent microphone
         is no anomaly of the machine); `microphone_signal_lost` / `_restored` on each change."""
-        silent = rms_dbfs <= SILENT_DBFS
+        silent = level_dbfs <= SILENT_DBFS
         self.clips_silent += silent
         if silent == (self._silent_since_ns is not None):
             return silent
