@@ -97,6 +97,11 @@ def test_score_takes_wav_recordings_directly_and_leaves_silence_out(
     ]
     assert all(r["score"] is None and r["anomaly"] is None and "not heard" in r["error"] for r in direct[4:])
     assert "2 calibration clip(s) of digital silence left out" in err
+    muted = tmp_path / "muted.npy"  # a feature export holding a silent clip is judged alike
+    np.save(muted, np.vstack([np.load(features["faulty"])[:1], np.zeros((1, 136))]))
+    exported, _ = score("--features", str(muted), "--calibrate", str(features["normal"]))
+    assert exported[0]["score"] == via_npy[0]["score"]
+    assert (exported[1]["row"], exported[1]["score"], exported[1]["anomaly"]) == (1, None, None)
     code = main(["models", "score", "machine-sound", "--features", str(silent), "--calibrate", str(silent)])
     assert code == 2
     assert "every calibration clip is digital silence" in capsys.readouterr().err

@@ -6,9 +6,9 @@ Feature files are numpy `.npy` arrays of shape (clips, 136) in the column order 
 features of its 10 s clips. Scoring calibrates on the normal clips and prints one JSON object per
 clip to score: `row` (counted over all the files given), `score` (in units of the alarm level) and
 `anomaly` (1 when the score is above 1), with the feature groups that moved for an anomalous row;
-a clip from a WAV also says its `file` and `start_s`. A WAV clip of digital silence (a microphone not
-heard) is neither learnt from nor scored, as on the gateway. Rows are scored one by one: a file need
-not be in time order.
+a clip from a WAV also says its `file` and `start_s`. A clip of digital silence (RMS <= -140 dBFS: a
+microphone not heard) is neither learnt from nor scored, as on the gateway. Rows are scored one by
+one: a file need not be in time order.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Clips:
 
     features: F64
     origin: list[dict[str, Any] | None]  # per row: {"file", "start_s"} for a WAV clip, else None
-    silent: npt.NDArray[np.bool_]  # per row: a WAV clip of digital silence
+    silent: npt.NDArray[np.bool_]  # per row: a clip of digital silence
 
     @classmethod
     def read(cls, paths: Sequence[Path]) -> Clips:
@@ -80,11 +80,10 @@ class Clips:
             if path.suffix.lower() == ".wav":
                 x = wav_features(path)
                 origin += [{"file": str(path), "start_s": round(i * CLIP_S, 3)} for i in range(len(x))]
-                silent.append(rms_dbfs(x) <= SILENT_DBFS)
             else:
                 x = load_features(path)
                 origin += [None] * len(x)
-                silent.append(np.zeros(len(x), dtype=bool))
+            silent.append(rms_dbfs(x) <= SILENT_DBFS)
             parts.append(x)
         return cls(np.vstack(parts), origin, np.concatenate(silent))
 
@@ -97,14 +96,14 @@ class Clips:
 
 
 def score_clips(clips: Clips, normal: Clips, *, prior: PriorName = "none") -> Iterator[str]:
-    """`score_lines` for `Clips`: WAV rows gain `file` and `start_s`, silent WAV clips are left out
-    of the calibration and scored as not heard."""
+    """`score_lines` for `Clips`: WAV rows gain `file` and `start_s`, silent clips are left out of
+    the calibration and printed as not heard."""
     for i, line in enumerate(score_lines(clips.features, normal.normal(), prior=prior)):
         origin = clips.origin[i]
-        if origin is None:
+        if origin is None and not clips.silent[i]:
             yield line
             continue
-        row = {**json.loads(line), **origin}
+        row = {**json.loads(line), **(origin or {})}
         if clips.silent[i]:
             row.update(score=None, anomaly=None, error="digital silence: the microphone was not heard")
             row.pop("explanation", None)
