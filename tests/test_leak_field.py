@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from scipy.io import wavfile
 
 from tests.support.leak_nights import plastic_baseline
+from water_edge.agent.cli import main
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.core.reading import Event
 from water_edge.models.leak import features
@@ -177,8 +179,31 @@ SECTION = LeakModelSection(
 )
 
 
+# SECTION as an agent config, for the CLI's --sensor commands.
+SECTION_TOML = """
+[[devices]]
+name = "hyd"
+kind = "audio"
+source = "file"
+path = "/tmp/none.wav"
+
+[[models.leak]]
+device = "hyd"
+timezone = "Europe/Amsterdam"
+night_start = "02:00"
+night_end = "02:02"
+check_minutes = 1
+baseline_nights = 3
+classifier_every_s = 10
+material = "ductile_iron"
+diameter_mm = 150
+spacing_m = 100
+correlate_s = 20
+"""
+
+
 async def test_the_processor_learns_each_sensors_quiet_then_warns_confirms_and_locates_a_leak(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     events: list[Event] = []
 
@@ -218,6 +243,35 @@ async def test_the_processor_learns_each_sensors_quiet_then_warns_confirms_and_l
     assert all(b["rise_db"] >= 3.0 or b["shape_rise_db"] >= 3.0 for b in leak.detail["bands_risen"])
     assert leak.detail["position"]["position_m"] == pytest.approx(40.0, abs=10.0)
     assert again.health().sensors["hyd.A"].state == "leak"
+
+    # A technician replays the stored nights before trusting the alarm: the same nights, judged as
+    # the gateway judged them, say when the warning and the leak came and which bands rose.
+    config = tmp_path / "agent.toml"
+    config.write_text(SECTION_TOML, encoding="utf-8")
+
+    def models(*argv: str) -> tuple[list[dict[str, Any]], str]:
+        capsys.readouterr()  # the processors' own log lines
+        assert main(["models", *argv, "-c", str(config), "--state-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr()
+        return [json.loads(line) for line in out.out.splitlines()], out.err
+
+    nights, err = models("score", "leak", "--sensor", "hyd.A")
+    assert [n["night"] for n in nights] == [f"2025-03-0{d}" for d in range(1, 6)]
+    assert all(n["events"] == [] and n["state"] == "quiet" for n in nights[:4])
+    assert nights[4]["events"] == ["warning", "leak"]
+    assert nights[4]["state"] == "leak"
+    assert {b["band_hz"] for b in nights[4]["bands_risen"]} & {
+        b["band_hz"] for b in leak.detail["bands_risen"]
+    }
+    assert nights[4]["score"] > max(n["score"] for n in nights[:4])
+    assert "5 night(s) of hyd.A judged again against its baseline v1" in err
+    only_leak, _ = models("score", "leak", "--sensor", "hyd.A", "--from", "2025-03-05")
+    assert [(n["night"], n["events"]) for n in only_leak] == [("2025-03-05", ["warning", "leak"])]
+    # ... and, the leak repaired, recalibrates on the quiet nights (version 2).
+    (made,), _ = models(
+        "calibrate", "leak", "--sensor", "hyd.A", "--from", "2025-03-01", "--to", "2025-03-04T23:00"
+    )
+    assert (made["version"], made["nights"]) == (2, 4)
 
 
 def _pipe_scene(night: int, leak: float | None = None) -> PipeScene:
@@ -936,3 +990,20 @@ def test_a_disturbed_checks_steady_leak_bands_confirm_a_warning_but_never_open_o
     # Off (`disturbed_confirms = false`), or without a material: a disturbed check says nothing.
     assert not judge(_pouring(base, leak), base, dataclasses.replace(pvc, disturbed_confirms=False)).positive
     assert not judge(_pouring(base, leak), base, JudgeParams()).positive
+
+
+def test_replaying_a_sensor_says_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(SECTION_TOML, encoding="utf-8")
+    gateway = ["-c", str(config), "--state-dir", str(tmp_path)]
+
+    def refused(*argv: str) -> str:
+        assert main(["models", "score", "leak", *argv]) == 2
+        return capsys.readouterr().err
+
+    assert "no leak sensor 'pump.A'" in refused("--sensor", "pump.A", *gateway)
+    assert "hyd.A has no baseline yet" in refused("--sensor", "hyd.A", *gateway)
+    assert "give either FILEs" in refused("x.wav", "--sensor", "hyd.A", *gateway)
+    assert "give WAV recordings to score, or --sensor" in refused()
+    SensorStore(tmp_path, "hyd.A").save(plastic_baseline()[0])
+    assert "no night checks of hyd.A in that range" in refused("--sensor", "hyd.A", *gateway)

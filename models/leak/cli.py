@@ -31,6 +31,7 @@ from water_edge.core.cli_numbers import number
 
 if TYPE_CHECKING:
     from water_edge.models.leak.baseline import Baseline, CheckStats
+    from water_edge.models.leak.config import LeakModelSection
     from water_edge.models.leak.judge import Judgement
 
 # Measured by models/train/leak_cli_false_alarms.py (40 files of edge-sim hydrophones at its
@@ -49,7 +50,7 @@ EXIT_BAD_INPUT = 2
 
 def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None:
     leak = score_sub.add_parser("leak", help="leak probability of WAV recordings (one JSON line each)")
-    leak.add_argument("files", nargs="+", type=Path, metavar="FILE.wav")
+    leak.add_argument("files", nargs="*", type=Path, metavar="FILE.wav")
     leak.add_argument("--model", type=Path, default=None, help="model manifest (default: the shipped one)")
     leak.add_argument(
         "--baseline",
@@ -57,6 +58,7 @@ def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None
         default=None,
         help="judge against this sensor baseline (calibrate leak --out)",
     )
+    _gateway_arguments(leak, "replay the stored nights of DEVICE.CHANNEL on the gateway (no FILEs)")
     _judging_arguments(leak)
     leak.set_defaults(func=cmd_score_leak)
 
@@ -69,13 +71,7 @@ def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None
             "files", nargs="*", type=Path, metavar="FILE.wav", help="quiet recordings, one per night"
         )
         cal.add_argument("--out", type=Path, default=None, help="write the baseline JSON here (with FILEs)")
-        cal.add_argument("--sensor", default=None, help="DEVICE.CHANNEL on the gateway (with --from/--to)")
-        cal.add_argument("--from", dest="from_ts", default=None, help="ISO 8601 (UTC if no zone) or epoch s")
-        cal.add_argument("--to", dest="to_ts", default=None)
-        cal.add_argument(
-            "-c", "--config", type=Path, default=None, help="agent config (default $EDGE_AGENT_CONFIG)"
-        )
-        cal.add_argument("--state-dir", type=Path, default=None, help="override gateway.state_dir")
+        _gateway_arguments(cal, "DEVICE.CHANNEL on the gateway (with --from/--to)")
         _judging_arguments(cal)
         cal.set_defaults(func=cmd_calibrate_leak)
 
@@ -102,6 +98,17 @@ def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None
         help="with two WAVs: start of B minus start of A, in seconds (from their timestamps)",
     )
     loc.set_defaults(func=cmd_locate)
+
+
+def _gateway_arguments(p: Any, sensor_help: str) -> None:
+    """A hydrophone on this gateway and a stretch of its stored nights."""
+    p.add_argument("--sensor", default=None, help=sensor_help)
+    p.add_argument("--from", dest="from_ts", default=None, help="ISO 8601 (UTC if no zone) or epoch s")
+    p.add_argument("--to", dest="to_ts", default=None)
+    p.add_argument(
+        "-c", "--config", type=Path, default=None, help="agent config (default $EDGE_AGENT_CONFIG)"
+    )
+    p.add_argument("--state-dir", type=Path, default=None, help="override gateway.state_dir")
 
 
 def offset_seconds(text: str) -> float:
@@ -155,6 +162,20 @@ def _err(message: str) -> None:
 
 def cmd_score_leak(args: argparse.Namespace) -> int:
     from water_edge.core import logs
+
+    logs.configure("warning", json=False)
+    if args.sensor is not None:
+        if args.files or args.baseline is not None or args.start is not None or args.end is not None:
+            _err("give either FILEs (with --baseline), or --sensor with --from/--to")
+            return EXIT_BAD_INPUT
+        return _replay_on_gateway(args)
+    if not args.files:
+        _err("give WAV recordings to score, or --sensor DEVICE.CHANNEL to replay its stored nights")
+        return EXIT_BAD_INPUT
+    return _score_files(args)
+
+
+def _score_files(args: argparse.Namespace) -> int:
     from water_edge.core.wavio import WavError
     from water_edge.models.leak.baseline import Baseline, BaselineError
     from water_edge.models.leak.detector import DEFAULT_MANIFEST, LeakScorer
@@ -163,7 +184,6 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
     from water_edge.models.manifest import ModelError
     from water_edge.models.runtime import load_model
 
-    logs.configure("warning", json=False)
     try:
         scorer = LeakScorer(load_model(args.model or DEFAULT_MANIFEST))
     except ModelError as exc:
@@ -291,24 +311,59 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _calibrate_on_gateway(args: argparse.Namespace) -> int:
+def _leak_sections(args: argparse.Namespace) -> tuple[Path, list[LeakModelSection]] | None:
+    """The gateway's state directory and `[[models.leak]]` tables (-c, --state-dir), or None after
+    saying why on stderr."""
     import os
 
-    from water_edge.core.processor import CalibrationFailedError
     from water_edge.models.config_file import processor_sections
-    from water_edge.models.leak.calibration import calibrate_sensor, summary
     from water_edge.models.leak.config import LeakModelSection
 
-    if args.from_ts is None or args.to_ts is None:
-        _err("--sensor needs --from and --to (the quiet nights to learn from)")
-        return EXIT_BAD_INPUT
     config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
     try:
         config_state_dir, sections = processor_sections(config, "leak", LeakModelSection)
     except ValueError as exc:
         _err(str(exc))
+        return None
+    return args.state_dir or config_state_dir, list(sections)
+
+
+def _replay_on_gateway(args: argparse.Namespace) -> int:
+    from water_edge.core.processor import CalibrationFailedError
+    from water_edge.models.leak.replay import replay_sensor
+
+    found = _leak_sections(args)
+    if found is None:
         return EXIT_BAD_INPUT
-    state_dir = args.state_dir or config_state_dir
+    state_dir, sections = found
+    try:
+        baseline, nights = replay_sensor(
+            sections, state_dir, args.sensor, {"from": args.from_ts, "to": args.to_ts}
+        )
+    except CalibrationFailedError as exc:
+        _err(str(exc))
+        return EXIT_BAD_INPUT
+    for night in nights:
+        _out({"sensor": args.sensor, **night})
+    sys.stderr.write(
+        f"edge-agent models: {len(nights)} night(s) of {args.sensor} judged again against its baseline "
+        f"v{baseline.version} ({baseline.from_ts} .. {baseline.to_ts}); the live events came from the "
+        "baseline in service each night\n"
+    )
+    return EXIT_OK
+
+
+def _calibrate_on_gateway(args: argparse.Namespace) -> int:
+    from water_edge.core.processor import CalibrationFailedError
+    from water_edge.models.leak.calibration import calibrate_sensor, summary
+
+    if args.from_ts is None or args.to_ts is None:
+        _err("--sensor needs --from and --to (the quiet nights to learn from)")
+        return EXIT_BAD_INPUT
+    found = _leak_sections(args)
+    if found is None:
+        return EXIT_BAD_INPUT
+    state_dir, sections = found
     try:
         baseline = calibrate_sensor(
             sections, state_dir, args.sensor, {"from": args.from_ts, "to": args.to_ts}

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -41,12 +41,12 @@ import structlog
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
 from water_edge.core.reading import Event, Severity
 from water_edge.models.leak import features
-from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
 from water_edge.models.leak.config import LeakModelSection
+from water_edge.models.leak.configured import judge_params, new_confirmation
 from water_edge.models.leak.detector import LeakScorer
 from water_edge.models.leak.fusion import SiteEvidence
-from water_edge.models.leak.judge import SIGNAL_LOST_DB, Confirmation, Judgement, JudgeParams, judge
+from water_edge.models.leak.judge import SIGNAL_LOST_DB, Confirmation, Judgement, judge
 from water_edge.models.leak.levels import SECOND, Decimator, second_bands
 from water_edge.models.leak.store import SensorStore, last_nights
 from water_edge.models.nightwindow import NightWindow, minutes, zone
@@ -140,12 +140,7 @@ class AudioLeakProcessor:
         self.name = f"leak:{section.device}"
         self.state_dir = Path(state_dir)
         self.window = NightWindow(section.night_start, section.night_end, zone(section.timezone))
-        d = section.detection
-        # Every `[models.leak.detection]` key that is a judgement parameter, by name.
-        judged = {f.name for f in fields(JudgeParams)}
-        self.params = JudgeParams(
-            **d.model_dump(include=judged), material=section.material, diameter_mm=section.diameter_mm
-        )
+        self.params = judge_params(section)
         self.evidence = SiteEvidence(self.state_dir, section.site) if section.site else None
         self._driver = driver
         self._max_queued = max_queued
@@ -208,12 +203,7 @@ class AudioLeakProcessor:
 
     def new_confirmation(self) -> Confirmation:
         """A sensor's confirmation as configured (`[models.leak.detection]`), from quiet."""
-        d = self.section.detection
-        return Confirmation(
-            clear_nights=d.clear_nights,
-            next_night=d.confirm_next_night,
-            accumulation=Accumulation(k=d.accumulate_k, h=d.accumulate_h, nights=d.accumulate_nights),
-        )
+        return new_confirmation(self.section)
 
     def _window(self, win: AudioWindowLike) -> list[Event]:
         samples = np.asarray(win.samples, dtype=np.float64)
