@@ -33,22 +33,22 @@ def replay_nights(
     """One summary per night of `checks` (in order): its checks judged and confirmed as the
     processor does, the strongest check's evidence, the state after it and the transitions in it."""
     nights: list[dict[str, Any]] = []
-    judged: list[Judgement] = []
+    tonight: list[Judgement] = []
 
     def close() -> None:
-        if not judged:
+        if not tonight:
             return
-        best = max(judged, key=lambda j: j.score)
+        best = max(tonight, key=lambda j: j.score)
         nights[-1].update(
-            judged_checks=sum(j.judged for j in judged),
-            positive_checks=sum(j.positive for j in judged),
-            signal_lost_checks=sum(j.signal_lost for j in judged),
+            judged_checks=sum(j.judged for j in tonight),
+            positive_checks=sum(j.positive for j in tonight),
+            signal_lost_checks=sum(j.signal_lost for j in tonight),
             score=round(best.score, 3),
-            quiet_level_db=round(float(np.median([j.quiet_db for j in judged])), 1),
+            quiet_level_db=round(float(np.median([j.quiet_db for j in tonight])), 1),
             bands_risen=[{"band_hz": b["band_hz"], "rise_db": b["rise_db"]} for b in best.risen],
             state=confirmation.state,
         )
-        judged.clear()
+        tonight.clear()
 
     for check in checks:
         if not nights or nights[-1]["night"] != check.night:
@@ -56,7 +56,7 @@ def replay_nights(
             nights.append({"night": check.night, "checks": 0, "events": []})
         j = judge(check, baseline, params)
         change = confirmation.update(check.night, j)
-        judged.append(confirmation.last or j)  # as confirmation counted it (accumulated evidence)
+        tonight.append(confirmation.last or j)  # as confirmation counted it (accumulated evidence)
         nights[-1]["checks"] += 1
         if change is not None:
             nights[-1]["events"].append(change)
