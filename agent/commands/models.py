@@ -260,17 +260,25 @@ def _register_machine_sound(models_sub: Any, score_sub: Any, calibrate_sub: Any)
     )
     sound.add_argument(
         "--features",
-        required=True,
         nargs="+",
         type=Path,
         help="clips to score: .npy arrays (clips, 136) or WAV recordings (10 s clips)",
     )
     sound.add_argument(
         "--calibrate",
-        required=True,
         nargs="+",
         type=Path,
         help="normal sound of the same machine: .npy arrays (clips, 136) or WAV recordings",
+    )
+    sound.add_argument(
+        "--machine",
+        help="instead: score again the clips this gateway kept of a machine ([[models.machine_sound]] name)",
+    )
+    sound.add_argument("--from", dest="from_ts", default=None, help="with --machine: ISO 8601 or epoch s")
+    sound.add_argument("--to", dest="to_ts", default=None, help="with --machine (default: now)")
+    sound.add_argument("-c", "--config", type=Path, default=None, help="with --machine: agent config")
+    sound.add_argument(
+        "--state-dir", type=Path, default=None, help="with --machine: override gateway.state_dir"
     )
     sound.add_argument(
         "--prior",
@@ -315,6 +323,12 @@ def cmd_score_machine_sound(args: argparse.Namespace) -> int:
     from water_edge.models.manifest import ModelError
 
     logs.configure("warning", json=False)
+    if args.machine is not None:
+        if args.features or args.calibrate:
+            return _error("give either --features with --calibrate, or --machine (with --from/--to)")
+        return _replay_machine_sound(args)
+    if not args.features or not args.calibrate:
+        return _error("give --features and --calibrate files, or --machine M to score its stored clips")
     try:
         normal = Clips.read(args.calibrate)
         if silent := int(normal.silent.sum()):
@@ -346,29 +360,64 @@ def cmd_features_machine_sound(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_calibrate_machine_sound(args: argparse.Namespace) -> int:
-    import json
+def _machine_section(args: argparse.Namespace) -> tuple[Path, Any] | str:
+    """The gateway's state directory and the `[[models.machine_sound]]` table named `--machine`, or
+    why not."""
     import os
 
-    from water_edge.core import logs
-    from water_edge.core.processor import CalibrationFailedError
-    from water_edge.models.machine_sound.calibration import calibrate_from_history
     from water_edge.models.machine_sound.config import load_machine_sound_sections
 
-    logs.configure("warning", json=False)
     config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
     try:
         state_dir, sections = load_machine_sound_sections(config)
     except ValueError as exc:
-        return _error(str(exc))
+        return str(exc)
     section = next((s for s in sections if s.name == args.machine), None)
     if section is None:
         known = ", ".join(s.name for s in sections) or "none"
-        return _error(f"no machine {args.machine!r} in {config} (configured: {known})")
+        return f"no machine {args.machine!r} in {config} (configured: {known})"
+    return args.state_dir or state_dir, section
+
+
+def _replay_machine_sound(args: argparse.Namespace) -> int:
+    import json
+
+    from water_edge.core.processor import CalibrationFailedError
+    from water_edge.models.machine_sound.replay import replay_machine
+
+    found = _machine_section(args)
+    if isinstance(found, str):
+        return _error(found)
+    state_dir, section = found
     try:
-        done = calibrate_from_history(
-            section, args.state_dir or state_dir, {"from": args.from_ts, "to": args.to_ts}
-        )
+        cal, clips = replay_machine(section, state_dir, {"from": args.from_ts, "to": args.to_ts})
+    except CalibrationFailedError as exc:
+        return _error(str(exc))
+    n = raised = 0
+    for clip in clips:
+        sys.stdout.write(json.dumps({"machine": section.name, **clip}) + "\n")
+        n, raised = n + 1, raised + (clip["event"] == "raised")
+    sys.stderr.write(
+        f"edge-agent models: {n:,} clip(s) of {section.name} scored again against calibration "
+        f"v{cal.version}: the event rule raised {raised} time(s)\n"
+    )
+    return EXIT_OK
+
+
+def cmd_calibrate_machine_sound(args: argparse.Namespace) -> int:
+    import json
+
+    from water_edge.core import logs
+    from water_edge.core.processor import CalibrationFailedError
+    from water_edge.models.machine_sound.calibration import calibrate_from_history
+
+    logs.configure("warning", json=False)
+    found = _machine_section(args)
+    if isinstance(found, str):
+        return _error(found)
+    state_dir, section = found
+    try:
+        done = calibrate_from_history(section, state_dir, {"from": args.from_ts, "to": args.to_ts})
     except CalibrationFailedError as exc:
         return _error(str(exc))
     sys.stdout.write(json.dumps(done) + "\n")

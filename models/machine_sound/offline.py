@@ -28,6 +28,7 @@ from water_edge.models.machine_sound.detector import (
     DEFAULT_MARGIN,
     DEFAULT_QUANTILE,
     DEFAULT_SHAPE_WEIGHT,
+    SoundCalibration,
     calibrate,
     explain,
 )
@@ -134,12 +135,19 @@ def score_lines(
         eigen_power=eigen_power,
         shape_weight=shape_weight,
     )
+    for i, row in enumerate(scored_rows(cal, features)):
+        yield json.dumps({"row": i, **row})
+
+
+def scored_rows(cal: SoundCalibration, features: F64) -> Iterator[dict[str, Any]]:
+    """Per row of `features`: `score` and `anomaly` against `cal`, with the `explanation` and
+    `groups` of an anomalous row (non-finite rows: score null, `error`)."""
     finite = np.isfinite(features).all(axis=1)
     scores = np.full(len(features), np.nan)
     if finite.any():
         scores[finite] = cal.score(features[finite])
     for i, s in enumerate(scores):
-        row: dict[str, Any] = {"row": i}
+        row: dict[str, Any] = {}
         if not np.isfinite(s):
             row.update(score=None, anomaly=None, error="non-finite features")
         else:
@@ -148,7 +156,7 @@ def score_lines(
                 evidence = cal.evidence(features[i : i + 1])
                 row["explanation"] = explain(evidence)
                 row["groups"] = [e for e in evidence if float(e["score"]) >= 1.0] or evidence[:1]
-        yield json.dumps(row)
+        yield row
 
 
 def wav_features(path: Path, clip_s: float = CLIP_S) -> F64:

@@ -30,6 +30,7 @@ import structlog
 
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
 from water_edge.core.reading import Event, Severity
+from water_edge.models.machine_sound.alarm import SoundAlarm, sound_alarm
 from water_edge.models.machine_sound.calibration import iso, recalibrate
 from water_edge.models.machine_sound.clips import Clip, ClipAssembler
 from water_edge.models.machine_sound.config import MachineSoundSection
@@ -45,35 +46,6 @@ log = structlog.get_logger(__name__)
 FLUSH_CLIPS = 6  # history rows kept in memory before one SQLite transaction (a minute of clips)
 RELOAD_EVERY = 30  # clips between checks for a calibration written by the CLI or a command
 F64 = npt.NDArray[np.float64]
-
-
-class SoundAlarm:
-    """Raise when `on` of the last `of` scores are above 1; clear after `off` in a row below
-    `hysteresis`. Remembers when the clips that raised it began."""
-
-    def __init__(self, on: int, of: int, off: int, hysteresis: float) -> None:
-        self.on, self.of, self.off, self.hysteresis = on, of, off, hysteresis
-        self.active = False
-        self.recent: deque[tuple[int, bool]] = deque(maxlen=of)
-        self._below = 0
-        self.since_ns: int | None = None
-
-    def update(self, ts_ns: int, score: float) -> bool | None:
-        """True when the alarm rises, False when it clears, None otherwise."""
-        above = score > 1.0
-        self.recent.append((ts_ns, above))
-        if not self.active:
-            if sum(a for _, a in self.recent) >= self.on:
-                self.active, self._below = True, 0
-                self.since_ns = next(ts for ts, a in self.recent if a)
-                return True
-            return None
-        self._below = self._below + 1 if score < self.hysteresis else 0
-        if self._below >= self.off:
-            self.active = False
-            self.recent.clear()
-            return False
-        return None
 
 
 @dataclass
@@ -113,8 +85,7 @@ class MachineSoundProcessor:
         self.last_error: str | None = None
 
     def _new_alarm(self) -> SoundAlarm:
-        s = self.section
-        return SoundAlarm(s.on_clips, s.of_clips, s.off_clips, s.hysteresis)
+        return sound_alarm(self.section)
 
     # -- set-up -----------------------------------------------------------------------------------
 
