@@ -264,7 +264,10 @@ async def test_the_processor_learns_each_sensors_quiet_then_warns_confirms_and_l
         b["band_hz"] for b in leak.detail["bands_risen"]
     }
     assert nights[4]["score"] > max(n["score"] for n in nights[:4])
-    assert "5 night(s) of hyd.A judged again against its baseline v1" in err
+    assert (
+        "5 night(s) of hyd.A judged again against its baseline v1 (learned on 2025-03-01 .. 2025-03-03)"
+        in err
+    )
     only_leak, _ = models("score", "leak", "--sensor", "hyd.A", "--from", "2025-03-05")
     assert [(n["night"], n["events"]) for n in only_leak] == [("2025-03-05", ["warning", "leak"])]
     # ... and, the leak repaired, recalibrates on the quiet nights (version 2).

@@ -345,10 +345,11 @@ def _replay_on_gateway(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for night in nights:
         _out({"sensor": args.sensor, **night})
+    learned = f"{baseline.nights[0]} .. {baseline.nights[-1]}" if baseline.nights else "no nights"
     sys.stderr.write(
         f"edge-agent models: {len(nights)} night(s) of {args.sensor} judged again against its baseline "
-        f"v{baseline.version} ({baseline.from_ts} .. {baseline.to_ts}); the live events came from the "
-        "baseline in service each night\n"
+        f"v{baseline.version} (learned on {learned}); the live events came from the baseline in "
+        "service each night\n"
     )
     return EXIT_OK
 
