@@ -160,12 +160,17 @@ def _err(message: str) -> None:
     sys.stderr.write(f"edge-agent models: {message}\n")
 
 
+def _file_options(args: argparse.Namespace, *others: object) -> bool:
+    """Whether anything that belongs to FILEs was given (refused together with --sensor)."""
+    return bool(args.files) or any(o is not None for o in (args.start, args.end, *others))
+
+
 def cmd_score_leak(args: argparse.Namespace) -> int:
     from water_edge.core import logs
 
     logs.configure("warning", json=False)
     if args.sensor is not None:
-        if args.files or args.baseline is not None or args.start is not None or args.end is not None:
+        if _file_options(args, args.baseline):
             _err("give either FILEs (with --baseline), or --sensor with --from/--to")
             return EXIT_BAD_INPUT
         return _replay_on_gateway(args)
@@ -267,7 +272,7 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
 
     logs.configure("warning", json=False)
     if args.sensor is not None:
-        if args.files or args.out is not None or args.start is not None or args.end is not None:
+        if _file_options(args, args.out):
             _err("give either FILEs with --out (and --start/--end), or --sensor with --from/--to")
             return EXIT_BAD_INPUT
         return _calibrate_on_gateway(args)
