@@ -11,8 +11,11 @@ the same length, a clear after the fault is gone), not wall-clock timing.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +80,19 @@ def run(proc: PumpProcessor, x: np.ndarray) -> list[Event]:
     return events
 
 
-def test_fault_alarms_after_onset_names_vibration_and_clears(tmp_path: Path, model: Model) -> None:
+def _config_file(tmp_path: Path) -> Path:
+    cfg_path = tmp_path / "agent.toml"
+    signals = "\n".join(f'{r} = "plc1/p1_{r}"' for r in SIGNALS)
+    cfg_path.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path}"\n\n[[models.pump]]\nname = "P1"\n'
+        f"[models.pump.signals]\n{signals}\n"
+    )
+    return cfg_path
+
+
+def test_fault_alarms_after_onset_names_vibration_and_clears(
+    tmp_path: Path, model: Model, capsys: pytest.CaptureFixture[str]
+) -> None:
     onset, end = CALIB_S + 600, CALIB_S + 1500
     x, _ = simulate(
         Scenario(
@@ -114,6 +129,25 @@ def test_fault_alarms_after_onset_names_vibration_and_clears(tmp_path: Path, mod
     assert health.calibration["version"] == 1
     assert health.state == "armed"
     assert health.calibration["rows"] >= CALIB_S - 5
+
+    # Before trusting the alarm an engineer scores the kept samples again: the replay raises and
+    # clears where the live run did (the history keeps float32 values: a sample or two of slack).
+    cfg_path = _config_file(tmp_path)
+    capsys.readouterr()  # the processor's own log lines
+    code = main(["models", "score", "pump", "--pump", "P1", "-c", str(cfg_path)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    table = list(csv.reader(io.StringIO(out.out)))
+    assert table[0] == ["timestamp", "score", "anomaly", "event"]
+    assert len(x) - 5 <= len(table) - 1 <= len(x)  # every sample the processor took and kept
+    at = {
+        e: [datetime.fromisoformat(r[0]).timestamp() - T0 / NS for r in table[1:] if r[3] == e]
+        for e in ("raised", "cleared")
+    }
+    assert at["raised"][0] == pytest.approx((first.ts_ns - T0) / NS, abs=2)
+    assert at["cleared"][-1] == pytest.approx((clears[-1].ts_ns - T0) / NS, abs=2)
+    assert len(at["raised"]) == len(rises)
+    assert "scored again against calibration v1" in out.err
 
 
 def test_normal_run_of_the_same_length_does_not_alarm(tmp_path: Path, model: Model) -> None:
@@ -207,12 +241,7 @@ def test_calibrate_cli_writes_a_new_version_from_history(
         "to",
         "model_version",
     ]
-    cfg_path = tmp_path / "agent.toml"
-    signals = "\n".join(f'{r} = "plc1/p1_{r}"' for r in SIGNALS)
-    cfg_path.write_text(
-        f'[gateway]\nstate_dir = "{tmp_path}"\n\n[[models.pump]]\nname = "P1"\n'
-        f"[models.pump.signals]\n{signals}\n"
-    )
+    cfg_path = _config_file(tmp_path)
     start = "2023-11-14T22:13:20"  # T0 in UTC
     end = str((T0 + 1200 * NS) / NS)
     code = main(

@@ -35,8 +35,8 @@ def register(subparsers: Any) -> None:
     pump = score_sub.add_parser(
         "pump", help="pump anomaly scores for a CSV (header; timestamp, then numeric signals)"
     )
-    pump.add_argument("--csv", required=True, type=Path, help="history file, ',' or ';' separated")
-    calibration = pump.add_mutually_exclusive_group(required=True)
+    pump.add_argument("--csv", type=Path, help="history file, ',' or ';' separated")
+    calibration = pump.add_mutually_exclusive_group()
     calibration.add_argument(
         "--calibrate-rows",
         type=int,
@@ -74,6 +74,14 @@ def register(subparsers: Any) -> None:
         help="add a 'signals' column: on each marked row the signals it stands on and which way "
         "they moved (above, below, noisier, steadier)",
     )
+    pump.add_argument(
+        "--pump",
+        help="instead of --csv: score again the samples this gateway kept of a pump ([[models.pump]] name)",
+    )
+    pump.add_argument("--from", dest="from_ts", default=None, help="with --pump: ISO 8601 or epoch s")
+    pump.add_argument("--to", dest="to_ts", default=None, help="with --pump (default: now)")
+    pump.add_argument("-c", "--config", type=Path, default=None, help="with --pump: agent config")
+    pump.add_argument("--state-dir", type=Path, default=None, help="with --pump: override gateway.state_dir")
     pump.set_defaults(func=cmd_score_pump)
 
     calibrate = models_sub.add_parser(
@@ -137,6 +145,14 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
     from water_edge.models.runtime import load_model
 
     logs.configure("warning", json=False)  # stdout carries the CSV and nothing else
+    if args.pump is not None:
+        if args.csv is not None or args.calibrate_rows is not None or args.calibrate_until is not None:
+            return _error(
+                "give either --csv with --calibrate-rows/--calibrate-until, or --pump (with --from/--to)"
+            )
+        return _replay_pump(args)
+    if args.csv is None or (args.calibrate_rows is None and args.calibrate_until is None):
+        return _error("give --csv FILE with --calibrate-rows N or --calibrate-until TIME, or --pump P")
     if (args.persistence is not None and args.persistence < 1) or (
         args.clear_after is not None and args.clear_after < 1
     ):
@@ -171,6 +187,44 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
         sys.stderr.write(
             f"edge-agent models: signals behind the marked rows: {summary([r[3] for r in rows])}\n"
         )
+    return EXIT_OK
+
+
+def _replay_pump(args: argparse.Namespace) -> int:
+    import os
+
+    from water_edge.core.processor import CalibrationFailedError
+    from water_edge.models.manifest import ModelError
+    from water_edge.models.pump.config import load_pump_section
+    from water_edge.models.pump.processor import DEFAULT_MANIFEST
+    from water_edge.models.pump.replay import replay_pump
+    from water_edge.models.runtime import load_model
+
+    config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
+    try:
+        state_dir, pumps = load_pump_section(config)
+    except ValueError as exc:
+        return _error(str(exc))
+    cfg = next((p for p in pumps if p.name == args.pump), None)
+    if cfg is None:
+        known = ", ".join(p.name for p in pumps) or "none"
+        return _error(f"no pump {args.pump!r} in {config} (configured: {known})")
+    try:
+        model = load_model(args.model or cfg.model or DEFAULT_MANIFEST)
+        window = int(model.manifest.extra.get("window", 32))
+        cal, lines = replay_pump(
+            cfg, args.state_dir or state_dir, model, window, {"from": args.from_ts, "to": args.to_ts}
+        )
+        raised = 0
+        for line in lines:
+            sys.stdout.write(line + "\n")
+            raised += line.endswith(",raised")
+    except (CalibrationFailedError, ModelError) as exc:
+        return _error(str(exc))
+    sys.stderr.write(
+        f"edge-agent models: pump {cfg.name} scored again against calibration v{cal.version} "
+        f"(threshold {cal.threshold:.4g}): the alarm was raised {raised} time(s)\n"
+    )
     return EXIT_OK
 
 
