@@ -233,3 +233,22 @@ def test_calibrate_until_refuses_what_it_cannot_apply(
                 "x",
             ]
         )
+
+
+def test_a_file_or_a_pump_is_needed_and_not_both(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "score", "pump", "--calibrate-rows", "400"]) == 2
+    assert (
+        "give --csv FILE with --calibrate-rows N or --calibrate-until TIME, or --pump P"
+        in capsys.readouterr().err
+    )
+    assert main(["models", "score", "pump", "--csv", "x.csv"]) == 2
+    assert "give --csv FILE with" in capsys.readouterr().err
+    assert main(["models", "score", "pump", "--csv", "x.csv", "--calibrate-rows", "400", "--pump", "P1"]) == 2
+    assert "give either --csv" in capsys.readouterr().err
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[gateway]\nstate_dir = "{tmp_path}"\n\n[[models.pump]]\nname = "P1"\n'
+                      '[models.pump.signals]\nflow = "plc/flow"\n')  # fmt: skip
+    assert main(["models", "score", "pump", "--pump", "P2", "-c", str(config)]) == 2
+    assert "no pump 'P2'" in capsys.readouterr().err
+    assert main(["models", "score", "pump", "--pump", "P1", "-c", str(config)]) == 2
+    assert "pump P1 has no calibration yet" in capsys.readouterr().err
