@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from water_edge.core.processor import CalibrationFailedError
+
 
 def instant_ns(text: str) -> int:
     """ISO 8601 (UTC when no zone is given) or epoch seconds -> UTC nanoseconds."""
@@ -21,6 +23,14 @@ def instant_ns(text: str) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1e9)
+
+
+def stretch(args: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """`range_ns` for a command that reports `CalibrationFailedError` (a replay, a calibration)."""
+    try:
+        return range_ns(args)
+    except ValueError as exc:
+        raise CalibrationFailedError(str(exc)) from None
 
 
 def range_ns(args: Mapping[str, Any]) -> tuple[int | None, int | None]:

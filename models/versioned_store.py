@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from water_edge.core.files import atomic_write
+from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.manifest import ModelError
 
 
@@ -57,6 +58,17 @@ class VersionedJsonStore(Generic[DocT]):
             return self._from_dict(json.loads(text))
         except (ValueError, ModelError, self._error) as exc:
             raise self._error(f"{self.path}: {exc}") from exc
+
+    def in_service(self, what: str) -> DocT:
+        """The document in service for a command that needs one (a replay): `CalibrationFailedError`
+        naming `what` and the directory when there is none or it cannot be read."""
+        try:
+            doc = self.load()
+        except (ModelError, self._error) as exc:
+            raise CalibrationFailedError(f"{what}: {exc}") from None
+        if doc is None:
+            raise CalibrationFailedError(f"{what} has no {self._stem} yet (at {self.dir})")
+        return doc
 
     def versions(self) -> list[int]:
         found = []

@@ -18,6 +18,7 @@ import argparse
 import csv
 import importlib
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,31 +191,46 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _replay_pump(args: argparse.Namespace) -> int:
+def _named_table(
+    args: argparse.Namespace, load: Callable[[Path], tuple[Path, Sequence[Any]]], name: str, what: str
+) -> tuple[Path, Any] | str:
+    """The gateway's state directory (-c, --state-dir) and the table of `load`ed ones named `name`,
+    or why not."""
     import os
 
+    config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
+    try:
+        state_dir, tables = load(config)
+    except ValueError as exc:
+        return str(exc)
+    table = next((t for t in tables if t.name == name), None)
+    if table is None:
+        known = ", ".join(t.name for t in tables) or "none"
+        return f"no {what} {name!r} in {config} (configured: {known})"
+    return args.state_dir or state_dir, table
+
+
+def _pump_config(args: argparse.Namespace) -> tuple[Path, Any] | str:
+    from water_edge.models.pump.config import load_pump_section
+
+    return _named_table(args, load_pump_section, args.pump, "pump")
+
+
+def _replay_pump(args: argparse.Namespace) -> int:
     from water_edge.core.processor import CalibrationFailedError
     from water_edge.models.manifest import ModelError
-    from water_edge.models.pump.config import load_pump_section
     from water_edge.models.pump.processor import DEFAULT_MANIFEST
     from water_edge.models.pump.replay import replay_pump
     from water_edge.models.runtime import load_model
 
-    config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
-    try:
-        state_dir, pumps = load_pump_section(config)
-    except ValueError as exc:
-        return _error(str(exc))
-    cfg = next((p for p in pumps if p.name == args.pump), None)
-    if cfg is None:
-        known = ", ".join(p.name for p in pumps) or "none"
-        return _error(f"no pump {args.pump!r} in {config} (configured: {known})")
+    found = _pump_config(args)
+    if isinstance(found, str):
+        return _error(found)
+    state_dir, cfg = found
     try:
         model = load_model(args.model or cfg.model or DEFAULT_MANIFEST)
         window = int(model.manifest.extra.get("window", 32))
-        cal, lines = replay_pump(
-            cfg, args.state_dir or state_dir, model, window, {"from": args.from_ts, "to": args.to_ts}
-        )
+        cal, lines = replay_pump(cfg, state_dir, model, window, {"from": args.from_ts, "to": args.to_ts})
         raised = 0
         for line in lines:
             sys.stdout.write(line + "\n")
@@ -230,31 +246,26 @@ def _replay_pump(args: argparse.Namespace) -> int:
 
 def cmd_calibrate_pump(args: argparse.Namespace) -> int:
     import json
-    import os
     from datetime import datetime
 
     from water_edge.core import logs
     from water_edge.core.instants import instant_ns
     from water_edge.models.manifest import ModelError
-    from water_edge.models.pump.config import load_pump_section
     from water_edge.models.pump.processor import DEFAULT_MANIFEST, recalibrate
     from water_edge.models.pump.store import CalibrationStore, FeatureHistory, pump_dir
     from water_edge.models.runtime import load_model
 
     logs.configure("warning", json=False)
-    config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
+    found = _pump_config(args)
+    if isinstance(found, str):
+        return _error(found)
+    state_dir, cfg = found
     try:
-        state_dir, pumps = load_pump_section(config)
         from_ns, to_ns = instant_ns(args.from_ts), instant_ns(args.to_ts)
     except ValueError as exc:
         return _error(str(exc))
     if to_ns <= from_ns:
         return _error("--to must be after --from")
-    state_dir = args.state_dir or state_dir
-    cfg = next((p for p in pumps if p.name == args.pump), None)
-    if cfg is None:
-        known = ", ".join(p.name for p in pumps) or "none"
-        return _error(f"no pump {args.pump!r} in {config} (configured: {known})")
     history_path = pump_dir(state_dir, cfg.name) / "history.sqlite"
     if not history_path.exists():
         return _error(f"no feature history for pump {cfg.name} at {history_path}")
@@ -415,22 +426,9 @@ def cmd_features_machine_sound(args: argparse.Namespace) -> int:
 
 
 def _machine_section(args: argparse.Namespace) -> tuple[Path, Any] | str:
-    """The gateway's state directory and the `[[models.machine_sound]]` table named `--machine`, or
-    why not."""
-    import os
-
     from water_edge.models.machine_sound.config import load_machine_sound_sections
 
-    config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
-    try:
-        state_dir, sections = load_machine_sound_sections(config)
-    except ValueError as exc:
-        return str(exc)
-    section = next((s for s in sections if s.name == args.machine), None)
-    if section is None:
-        known = ", ".join(s.name for s in sections) or "none"
-        return f"no machine {args.machine!r} in {config} (configured: {known})"
-    return args.state_dir or state_dir, section
+    return _named_table(args, load_machine_sound_sections, args.machine, "machine")
 
 
 def _replay_machine_sound(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from water_edge.core.instants import range_ns
+from water_edge.core.instants import stretch
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.machine_sound.alarm import sound_alarm
 from water_edge.models.machine_sound.calibration import iso
@@ -34,13 +34,8 @@ def replay_machine(
     after it) and `event` (`raised` / `cleared` on the clip that did it). `CalibrationFailedError`
     says why when it cannot."""
     where = machine_dir(state_dir, section.name)
-    try:
-        cal = SoundCalibrationStore(state_dir, section.name).load()
-        bounds = range_ns(args)
-    except (ValueError, ModelError) as exc:
-        raise CalibrationFailedError(f"machine {section.name}: {exc}") from None
-    if cal is None:
-        raise CalibrationFailedError(f"machine {section.name} has no calibration yet (at {where})")
+    cal = SoundCalibrationStore(state_dir, section.name).in_service(f"machine {section.name}")
+    bounds = stretch(args)
     try:
         history = open_history(state_dir, section.name, section.history_days, create=False)
     except (ValueError, ModelError) as exc:

@@ -19,9 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from water_edge.core.instants import range_ns
+from water_edge.core.instants import stretch
 from water_edge.core.processor import CalibrationFailedError
-from water_edge.models.manifest import ModelError
 from water_edge.models.pump.config import PumpModelConfig
 from water_edge.models.pump.detector import Alarm, Calibration, Scorer, score
 from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory, pump_dir
@@ -35,13 +34,8 @@ def replay_pump(
     """The calibration in service and the replay's CSV lines (header first) for the kept rows between
     args `from` / `to` (ISO 8601 or epoch s; default all). `CalibrationFailedError` says why not."""
     where = pump_dir(state_dir, cfg.name)
-    try:
-        cal = CalibrationStore(state_dir, cfg.name).load()
-        bounds = range_ns(args)
-    except (ValueError, ModelError) as exc:
-        raise CalibrationFailedError(f"pump {cfg.name}: {exc}") from None
-    if cal is None:
-        raise CalibrationFailedError(f"pump {cfg.name} has no calibration yet (at {where})")
+    cal = CalibrationStore(state_dir, cfg.name).in_service(f"pump {cfg.name}")
+    bounds = stretch(args)
     path = where / "history.sqlite"
     if not path.exists():
         raise CalibrationFailedError(f"no feature history for pump {cfg.name} at {path}")
