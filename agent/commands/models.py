@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from water_edge.agent.commands._exits import EXIT_OK, EXIT_USAGE
+from water_edge.models.gateway_args import add_history_arguments, config_path
 
 MIN_CALIBRATION_HOURS = 24.0  # a daily demand cycle (docs/pump-anomaly.md)
 
@@ -79,10 +80,7 @@ def register(subparsers: Any) -> None:
         "--pump",
         help="instead of --csv: score again the samples this gateway kept of a pump ([[models.pump]] name)",
     )
-    pump.add_argument("--from", dest="from_ts", default=None, help="with --pump: ISO 8601 or epoch s")
-    pump.add_argument("--to", dest="to_ts", default=None, help="with --pump (default: now)")
-    pump.add_argument("-c", "--config", type=Path, default=None, help="with --pump: agent config")
-    pump.add_argument("--state-dir", type=Path, default=None, help="with --pump: override gateway.state_dir")
+    add_history_arguments(pump, "--pump")
     pump.set_defaults(func=cmd_score_pump)
 
     calibrate = models_sub.add_parser(
@@ -196,9 +194,7 @@ def _named_table(
 ) -> tuple[Path, Any] | str:
     """The gateway's state directory (-c, --state-dir) and the table of `load`ed ones named `name`,
     or why not."""
-    import os
-
-    config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
+    config = config_path(args.config)
     try:
         state_dir, tables = load(config)
     except ValueError as exc:
@@ -252,7 +248,7 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
     from water_edge.core.instants import instant_ns
     from water_edge.models.manifest import ModelError
     from water_edge.models.pump.processor import DEFAULT_MANIFEST, recalibrate
-    from water_edge.models.pump.store import CalibrationStore, FeatureHistory, pump_dir
+    from water_edge.models.pump.store import CalibrationStore, FeatureHistory
     from water_edge.models.runtime import load_model
 
     logs.configure("warning", json=False)
@@ -266,13 +262,9 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
         return _error(str(exc))
     if to_ns <= from_ns:
         return _error("--to must be after --from")
-    history_path = pump_dir(state_dir, cfg.name) / "history.sqlite"
-    if not history_path.exists():
-        return _error(f"no feature history for pump {cfg.name} at {history_path}")
     try:
         model = load_model(args.model or cfg.model or DEFAULT_MANIFEST)
-        history = FeatureHistory(history_path, list(cfg.signals), cfg.history_days, reset_on_change=False)
-        try:
+        with FeatureHistory.existing(state_dir, cfg.name, list(cfg.signals), cfg.history_days) as history:
             cal = recalibrate(
                 cfg,
                 history,
@@ -283,8 +275,6 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
                 from_ns=from_ns,
                 to_ns=to_ns,
             )
-        finally:
-            history.close()
     except ModelError as exc:
         return _error(str(exc))
     # The rows the calibration used, not the range asked for: history may hold less.
@@ -339,12 +329,7 @@ def _register_machine_sound(models_sub: Any, score_sub: Any, calibrate_sub: Any)
         "--machine",
         help="instead: score again the clips this gateway kept of a machine ([[models.machine_sound]] name)",
     )
-    sound.add_argument("--from", dest="from_ts", default=None, help="with --machine: ISO 8601 or epoch s")
-    sound.add_argument("--to", dest="to_ts", default=None, help="with --machine (default: now)")
-    sound.add_argument("-c", "--config", type=Path, default=None, help="with --machine: agent config")
-    sound.add_argument(
-        "--state-dir", type=Path, default=None, help="with --machine: override gateway.state_dir"
-    )
+    add_history_arguments(sound, "--machine")
     sound.add_argument(
         "--prior",
         choices=("pump", "none"),

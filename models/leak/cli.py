@@ -102,13 +102,10 @@ def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None
 
 def _gateway_arguments(p: Any, sensor_help: str) -> None:
     """A hydrophone on this gateway and a stretch of its stored nights."""
+    from water_edge.models.gateway_args import add_history_arguments
+
     p.add_argument("--sensor", default=None, help=sensor_help)
-    p.add_argument("--from", dest="from_ts", default=None, help="ISO 8601 (UTC if no zone) or epoch s")
-    p.add_argument("--to", dest="to_ts", default=None)
-    p.add_argument(
-        "-c", "--config", type=Path, default=None, help="agent config (default $EDGE_AGENT_CONFIG)"
-    )
-    p.add_argument("--state-dir", type=Path, default=None, help="override gateway.state_dir")
+    add_history_arguments(p)
 
 
 def offset_seconds(text: str) -> float:
@@ -319,12 +316,11 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
 def _leak_sections(args: argparse.Namespace) -> tuple[Path, list[LeakModelSection]] | None:
     """The gateway's state directory and `[[models.leak]]` tables (-c, --state-dir), or None after
     saying why on stderr."""
-    import os
-
     from water_edge.models.config_file import processor_sections
+    from water_edge.models.gateway_args import config_path
     from water_edge.models.leak.config import LeakModelSection
 
-    config = args.config or Path(os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml"))
+    config = config_path(args.config)
     try:
         config_state_dir, sections = processor_sections(config, "leak", LeakModelSection)
     except ValueError as exc:

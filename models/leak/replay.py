@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from water_edge.core.instants import range_ns
+from water_edge.core.instants import stretch
 from water_edge.core.processor import CalibrationFailedError
-from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
+from water_edge.models.leak.baseline import Baseline, CheckStats
 from water_edge.models.leak.calibration import section_for
 from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.configured import judge_params, new_confirmation
 from water_edge.models.leak.judge import Confirmation, Judgement, JudgeParams, judge
-from water_edge.models.leak.store import SensorStore, sensor_dir
+from water_edge.models.leak.store import SensorStore
 
 
 def replay_nights(
@@ -71,18 +71,8 @@ def replay_sensor(
     replayed against its baseline in service. `CalibrationFailedError` says why when it cannot."""
     section = section_for(sections, sensor)
     store = SensorStore(state_dir, sensor, section.keep_nights)
-    where = sensor_dir(state_dir, sensor)
-    try:
-        baseline = store.load()
-    except BaselineError as exc:
-        raise CalibrationFailedError(f"{sensor}: baseline unreadable: {exc}") from None
-    if baseline is None:
-        raise CalibrationFailedError(f"{sensor} has no baseline yet (at {where}): nothing to judge against")
-    try:
-        bounds = range_ns(args)
-    except ValueError as exc:
-        raise CalibrationFailedError(str(exc)) from None
-    checks = store.checks(bounds[0], bounds[1]) if store.checks_path.exists() else []
+    baseline = store.in_service()
+    checks = store.checks(*stretch(args))
     if not checks:
-        raise CalibrationFailedError(f"no night checks of {sensor} in that range (at {where})")
+        raise CalibrationFailedError(f"no night checks of {sensor} in that range (at {store.dir})")
     return baseline, replay_nights(checks, baseline, judge_params(section), new_confirmation(section))

@@ -85,6 +85,10 @@ class SensorStore:
     def load(self) -> Baseline | None:
         return self._baselines.load()
 
+    def in_service(self) -> Baseline:
+        """The baseline in service, or `CalibrationFailedError` saying why there is none."""
+        return self._baselines.in_service(self.sensor)
+
     def versions(self) -> list[int]:
         return self._baselines.versions()
 

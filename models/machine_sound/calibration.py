@@ -68,11 +68,8 @@ def calibrate_from_history(
     picks the new version up by itself. `CalibrationFailedError` says why when it cannot."""
     try:
         bounds = range_ns(args)
-        history = open_history(state_dir, section.name, section.history_days, create=False)
-        try:
+        with open_history(state_dir, section.name, section.history_days, create=False) as history:
             cal = recalibrate(section, history, SoundCalibrationStore(state_dir, section.name), *bounds)
-        finally:
-            history.close()
     except (ValueError, ModelError) as exc:
         raise CalibrationFailedError(str(exc)) from None
     return {

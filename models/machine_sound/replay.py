@@ -37,13 +37,10 @@ def replay_machine(
     cal = SoundCalibrationStore(state_dir, section.name).in_service(f"machine {section.name}")
     bounds = stretch(args)
     try:
-        history = open_history(state_dir, section.name, section.history_days, create=False)
+        with open_history(state_dir, section.name, section.history_days, create=False) as history:
+            ts, x = history.read(*bounds)
     except (ValueError, ModelError) as exc:
         raise CalibrationFailedError(f"machine {section.name}: {exc}") from None
-    try:
-        ts, x = history.read(*bounds)
-    finally:
-        history.close()
     if len(ts) == 0:
         raise CalibrationFailedError(f"no stored clips of machine {section.name} in that range (at {where})")
     alarm = sound_alarm(section)

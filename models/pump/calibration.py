@@ -20,18 +20,14 @@ def calibrate_from_history(cfg: PumpModelConfig, state_dir: Path, args: Mapping[
     `CalibrationFailedError` says why when it cannot."""
     from water_edge.models.manifest import ModelError
     from water_edge.models.pump.processor import DEFAULT_MANIFEST, recalibrate
-    from water_edge.models.pump.store import CalibrationStore, FeatureHistory, pump_dir
+    from water_edge.models.pump.store import CalibrationStore, FeatureHistory
     from water_edge.models.runtime import load_model
 
     name = cfg.name
-    path = pump_dir(state_dir, name) / "history.sqlite"
-    if not path.exists():
-        raise CalibrationFailedError(f"no feature history for pump {name} yet")
     try:
         bounds = range_ns(args)
         model = load_model(cfg.model or DEFAULT_MANIFEST)
-        history = FeatureHistory(path, list(cfg.signals), cfg.history_days, reset_on_change=False)
-        try:
+        with FeatureHistory.existing(state_dir, name, list(cfg.signals), cfg.history_days) as history:
             cal = recalibrate(
                 cfg,
                 history,
@@ -42,8 +38,6 @@ def calibrate_from_history(cfg: PumpModelConfig, state_dir: Path, args: Mapping[
                 from_ns=bounds[0],
                 to_ns=bounds[1],
             )
-        finally:
-            history.close()
     except (ValueError, ModelError) as exc:
         raise CalibrationFailedError(str(exc)) from None
     return {

@@ -12,8 +12,6 @@ scored (`score` empty), as live.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 from water_edge.core.instants import stretch
 from water_edge.core.processor import CalibrationFailedError
+from water_edge.models.manifest import ModelError
 from water_edge.models.pump.config import PumpModelConfig
 from water_edge.models.pump.detector import Alarm, Calibration, Scorer, score
 from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory, pump_dir
@@ -36,45 +35,31 @@ def replay_pump(
     where = pump_dir(state_dir, cfg.name)
     cal = CalibrationStore(state_dir, cfg.name).in_service(f"pump {cfg.name}")
     bounds = stretch(args)
-    path = where / "history.sqlite"
-    if not path.exists():
-        raise CalibrationFailedError(f"no feature history for pump {cfg.name} at {path}")
     roles = [str(r) for r in cfg.signals]
-    history = FeatureHistory(path, roles, cfg.history_days, reset_on_change=False)
     try:
-        ts, rows = history.read(*bounds)
-    finally:
-        history.close()
+        with FeatureHistory.existing(state_dir, cfg.name, roles, cfg.history_days) as history:
+            ts, rows = history.read(*bounds)
+    except ModelError as exc:
+        raise CalibrationFailedError(str(exc)) from None
     if len(ts) == 0:
         raise CalibrationFailedError(f"no kept samples of pump {cfg.name} in that range (at {where})")
     x = rows[:, [roles.index(c) for c in cal.channels]]
     gap_ns = int(GAP_SAMPLES * cfg.sample_interval_s * NS)
 
     def lines() -> Iterator[str]:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="")
         alarm = Alarm(cfg.persistence, cfg.clear_after, cfg.hysteresis)
         start = 0  # first row of the current run (no gap since)
-        writer.writerow(["timestamp", "score", "anomaly", "event"])
-        yield _take(out)
+        yield "timestamp,score,anomaly,event"
         for i, t in enumerate(ts):
             if i and t - ts[i - 1] > gap_ns:
                 start = i
             stamp = datetime.fromtimestamp(int(t) / NS, UTC).isoformat()
             if i - start + 1 < window:
-                writer.writerow([stamp, "", int(alarm.active), ""])
-            else:
-                total = float(score(x[i - window + 1 : i + 1], cal, model).score[-1])
-                change = alarm.update(total, cal.threshold)
-                event = "" if change is None else ("raised" if change else "cleared")
-                writer.writerow([stamp, f"{total:.6g}", int(alarm.active), event])
-            yield _take(out)
+                yield f"{stamp},,{int(alarm.active)},"
+                continue
+            total = float(score(x[i - window + 1 : i + 1], cal, model).score[-1])
+            change = alarm.update(total, cal.threshold)
+            event = "" if change is None else ("raised" if change else "cleared")
+            yield f"{stamp},{total:.6g},{int(alarm.active)},{event}"
 
     return cal, lines()
-
-
-def _take(out: io.StringIO) -> str:
-    line = out.getvalue()
-    out.seek(0)
-    out.truncate()
-    return line

@@ -85,6 +85,23 @@ class FeatureHistory:
     ) -> FeatureHistory:
         return cls(pump_dir(state_dir, pump) / "history.sqlite", channels, history_days)
 
+    @classmethod
+    def existing(
+        cls, state_dir: Path, pump: str, channels: Sequence[str], history_days: float
+    ) -> FeatureHistory:
+        """A pump's history for reading only (a calibration, a replay): `ModelError` when there is
+        none yet or it holds other signals, never a new or emptied one."""
+        path = pump_dir(state_dir, pump) / "history.sqlite"
+        if not path.exists():
+            raise ModelError(f"no feature history for pump {pump} at {path}")
+        return cls(path, channels, history_days, reset_on_change=False)
+
+    def __enter__(self) -> FeatureHistory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def append(self, rows: Sequence[tuple[int, npt.NDArray[np.float64]]]) -> None:
         """Store `(ts_ns, values)` rows (values in `channels` order, NaN = missing); prune old ones."""
         if not rows:
