@@ -246,10 +246,8 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
 
     from water_edge.core import logs
     from water_edge.core.instants import instant_ns
-    from water_edge.models.manifest import ModelError
-    from water_edge.models.pump.processor import DEFAULT_MANIFEST, recalibrate
-    from water_edge.models.pump.store import CalibrationStore, FeatureHistory
-    from water_edge.models.runtime import load_model
+    from water_edge.core.processor import CalibrationFailedError
+    from water_edge.models.pump.calibration import calibrate_pump
 
     logs.configure("warning", json=False)
     found = _pump_config(args)
@@ -263,19 +261,8 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
     if to_ns <= from_ns:
         return _error("--to must be after --from")
     try:
-        model = load_model(args.model or cfg.model or DEFAULT_MANIFEST)
-        with FeatureHistory.existing(state_dir, cfg.name, list(cfg.signals), cfg.history_days) as history:
-            cal = recalibrate(
-                cfg,
-                history,
-                CalibrationStore(state_dir, cfg.name),
-                model,
-                window=int(model.manifest.extra.get("window", 32)),
-                model_version=model.version,
-                from_ns=from_ns,
-                to_ns=to_ns,
-            )
-    except ModelError as exc:
+        cal = calibrate_pump(cfg, state_dir, from_ns, to_ns, args.model)
+    except CalibrationFailedError as exc:
         return _error(str(exc))
     # The rows the calibration used, not the range asked for: history may hold less.
     span_h = 0.0

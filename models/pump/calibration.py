@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from water_edge.core.instants import range_ns
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.pump.config import PumpModelConfig
+
+if TYPE_CHECKING:
+    from water_edge.models.pump.detector import Calibration
 
 
 def calibrate_from_history(cfg: PumpModelConfig, state_dir: Path, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -18,31 +21,46 @@ def calibrate_from_history(cfg: PumpModelConfig, state_dir: Path, args: Mapping[
     seconds; default: all of it) and store the next version; a running `PumpProcessor` picks it
     up by itself. Blocking (SQLite, numpy, TFLite): run it in a thread.
     `CalibrationFailedError` says why when it cannot."""
+    try:
+        bounds = range_ns(args)
+    except ValueError as exc:
+        raise CalibrationFailedError(str(exc)) from None
+    cal = calibrate_pump(cfg, state_dir, *bounds)
+    return {
+        "pump": cfg.name,
+        "version": cal.version,
+        "rows": cal.n_samples,
+        "threshold": round(cal.threshold, 6),
+    }
+
+
+def calibrate_pump(
+    cfg: PumpModelConfig,
+    state_dir: Path,
+    from_ns: int | None,
+    to_ns: int | None,
+    model_path: Path | None = None,
+) -> Calibration:
+    """The next calibration version of `cfg`'s pump from its stored history between `from_ns`
+    and `to_ns` (None: that end of the history), with the model at `model_path` (default: the
+    pump's); `CalibrationFailedError` says why when it cannot."""
     from water_edge.models.manifest import ModelError
     from water_edge.models.pump.processor import DEFAULT_MANIFEST, recalibrate
     from water_edge.models.pump.store import CalibrationStore, FeatureHistory
     from water_edge.models.runtime import load_model
 
-    name = cfg.name
     try:
-        bounds = range_ns(args)
-        model = load_model(cfg.model or DEFAULT_MANIFEST)
-        with FeatureHistory.existing(state_dir, name, list(cfg.signals), cfg.history_days) as history:
-            cal = recalibrate(
+        model = load_model(model_path or cfg.model or DEFAULT_MANIFEST)
+        with FeatureHistory.existing(state_dir, cfg.name, list(cfg.signals), cfg.history_days) as history:
+            return recalibrate(
                 cfg,
                 history,
-                CalibrationStore(state_dir, name),
+                CalibrationStore(state_dir, cfg.name),
                 model,
                 window=int(model.manifest.extra.get("window", 32)),
                 model_version=model.version,
-                from_ns=bounds[0],
-                to_ns=bounds[1],
+                from_ns=from_ns,
+                to_ns=to_ns,
             )
     except (ValueError, ModelError) as exc:
         raise CalibrationFailedError(str(exc)) from None
-    return {
-        "pump": name,
-        "version": cal.version,
-        "rows": cal.n_samples,
-        "threshold": round(cal.threshold, 6),
-    }
