@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,18 +34,7 @@ Role = Literal[
     "bearing_temp",
     "speed",
 ]
-ROLES: tuple[str, ...] = (
-    "motor_current",
-    "voltage",
-    "suction_pressure",
-    "discharge_pressure",
-    "flow",
-    "vibration_x",
-    "vibration_y",
-    "winding_temp",
-    "bearing_temp",
-    "speed",
-)
+ROLES: tuple[str, ...] = get_args(Role)
 # How an operator names each role in an explanation.
 ROLE_WORDS: dict[str, str] = {
     "motor_current": "motor current",

@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from water_edge.models.train import pump_eval
-from water_edge.models.train.pump_sim import FAULTS, SEVERITY, SIGNALS, SteadyStation
+from water_edge.models.train.pump_sim import FAULTS, SEVERITY, SIGNALS, SteadyStation, signal_values
 from water_edge.sim.pumpstation import PumpParams
 
 CALIB_ROWS = 400
@@ -124,20 +124,7 @@ def simulate_short(case: ShortCase) -> tuple[F64, I8, list[str]]:
         labels[case.onset : case.onset + case.duration] = 1
     raw = np.empty((ROWS, len(SIGNALS)))
     for i in range(ROWS):
-        s = station.step()
-        p = s.pumps[0]
-        raw[i] = (
-            p.current_a,
-            s.supply_v,
-            p.suction_bar,
-            p.discharge_bar,
-            p.flow_m3h,
-            p.vibration_x_mm_s,
-            p.vibration_y_mm_s,
-            p.winding_temp_c,
-            p.bearing_temp_c,
-            p.speed_rpm,
-        )
+        raw[i] = signal_values(station.step())
     raw *= np.array([size, 1, 1, 1, size, size**0.5, size**0.5, 1, 1, 1])
     level = np.abs(raw[:CALIB_ROWS].mean(axis=0)) + 1e-3
     rel = np.array([np.exp(rng.uniform(np.log(a), np.log(b))) for a, b in (_NOISE_REL[s] for s in SIGNALS)])

@@ -16,20 +16,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.sim.pumpstation import PumpParams, PumpStation
+from water_edge.models.pump.config import ROLES
+from water_edge.sim.pumpstation import PumpParams, PumpStation, StationState
 
-SIGNALS: tuple[str, ...] = (
-    "motor_current",
-    "voltage",
-    "suction_pressure",
-    "discharge_pressure",
-    "flow",
-    "vibration_x",
-    "vibration_y",
-    "winding_temp",
-    "bearing_temp",
-    "speed",
-)
+SIGNALS: tuple[str, ...] = ROLES  # every role a pump can be configured with, in its order
 FAULTS: tuple[str, ...] = (
     "bearing_wear",
     "cavitation",
@@ -118,20 +108,8 @@ def simulate(sc: Scenario) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int8
     raw = np.empty((n, len(SIGNALS)))
     for i in range(n):
         s = station.step()
-        p = s.pumps[0]
         sensors.now_s = s.elapsed_s
-        values = (
-            p.current_a,
-            s.supply_v,
-            p.suction_bar,
-            p.discharge_bar,
-            p.flow_m3h,
-            p.vibration_x_mm_s,
-            p.vibration_y_mm_s,
-            p.winding_temp_c,
-            p.bearing_temp_c,
-            p.speed_rpm,
-        )
+        values = signal_values(s)
         raw[i] = [float(sensors.apply(f"pump1.{name}", v)) for name, v in zip(SIGNALS, values, strict=True)]
     raw *= np.array([size, 1, 1, 1, size, size**0.5, size**0.5, 1, 1, 1])
     spread = np.maximum(np.nanstd(raw[: min(n, 3600)], axis=0), 0.02 * np.abs(np.nanmean(raw, axis=0)) + 1e-3)
@@ -139,3 +117,20 @@ def simulate(sc: Scenario) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int8
     noisy = np.round(noisy / _QUANTUM) * _QUANTUM
     noisy[rng.random(noisy.shape) < sc.missing] = np.nan
     return noisy, labels
+
+
+def signal_values(state: StationState) -> tuple[float, ...]:
+    """The first pump's `SIGNALS` in one station step."""
+    p = state.pumps[0]
+    return (
+        p.current_a,
+        state.supply_v,
+        p.suction_bar,
+        p.discharge_bar,
+        p.flow_m3h,
+        p.vibration_x_mm_s,
+        p.vibration_y_mm_s,
+        p.winding_temp_c,
+        p.bearing_temp_c,
+        p.speed_rpm,
+    )
