@@ -20,10 +20,10 @@ from types import TracebackType
 from typing import TypeVar
 
 from water_edge.buffer.outbox import Outbox, Synchronous
-from water_edge.buffer.quarantine import quarantine
 from water_edge.buffer.schema import OutboxUnusableError
 from water_edge.buffer.types import Batch, OutboxRow, OutboxStats
 from water_edge.core.errors import BufferError
+from water_edge.core.quarantine import quarantine
 
 _T = TypeVar("_T")
 
@@ -73,7 +73,12 @@ class AsyncOutbox:
             except OutboxUnusableError as exc:
                 if not quarantine_unusable:
                     raise
-                moved = (quarantine(Path(path)), str(exc))
+                try:
+                    moved = (quarantine(Path(path)), str(exc))
+                except OSError as move_exc:
+                    raise BufferError(
+                        f"outbox {path}: cannot move the unusable file aside: {move_exc}"
+                    ) from exc
                 outbox = await loop.run_in_executor(executor, make)
         except BaseException:
             executor.shutdown(wait=False)

@@ -49,7 +49,7 @@ class VersionedJsonStore(Generic[DocT]):
     def load(self) -> DocT | None:
         """The document in service, or None if none was ever saved."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_bytes()  # json.loads decodes it: bad bytes are a ValueError below
         except FileNotFoundError:
             return None
         except OSError as exc:

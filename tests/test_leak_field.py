@@ -23,7 +23,7 @@ from water_edge.core.processor import CalibrationFailedError
 from water_edge.core.reading import Event
 from water_edge.models.leak import features
 from water_edge.models.leak.accumulate import Accumulation
-from water_edge.models.leak.baseline import Baseline, CheckStats
+from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
 from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.factory import LeakFactory
 from water_edge.models.leak.judge import Confirmation, JudgeParams, judge
@@ -390,6 +390,26 @@ def test_leak_calibration_writes_the_next_baseline_version_from_stored_nights(tm
         asyncio.run(factory.calibrate("pump.A", {}))
     with pytest.raises(CalibrationFailedError, match="no night checks"):
         asyncio.run(factory.calibrate("hyd.B", {}))
+
+
+def test_a_card_that_corrupted_stored_checks_or_a_baseline_costs_those_lines_not_the_sensor(
+    tmp_path: Path,
+) -> None:
+    store = SensorStore(tmp_path, "hyd.A")
+    level = -60.0 + np.linspace(10, -10, NB)
+    for d in range(1, 4):
+        store.append(_check(f"2025-05-0{d}", level))
+    with open(store.checks_path, "ab") as fh:
+        fh.write(b"\xff\xfe\x00\x9c garbage from a worn card\n")  # not UTF-8, not JSON
+    store.append(_check("2025-05-04", level))
+    assert [c.night for c in store.checks()] == ["2025-05-01", "2025-05-02", "2025-05-03", "2025-05-04"]
+    assert store.bad_lines == 1
+
+    (store.dir / "baseline.json").write_bytes(b"\xff\xfe\x9c\x00" * 64)
+    with pytest.raises(BaselineError, match=r"baseline\.json"):
+        store.load()  # named and refused; the processor reports it and learns again
+    with pytest.raises(CalibrationFailedError, match=r"baseline\.json"):
+        store.in_service()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

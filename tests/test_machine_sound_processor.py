@@ -155,3 +155,32 @@ async def test_an_unplugged_microphone_is_reported_not_learnt_and_not_an_anomaly
     assert health.calibration is not None
     assert health.calibration["clips"] == 20  # 12 + 8 heard clips; the 3 silent ones left out
     assert health.last_error is None
+
+
+async def test_a_history_the_card_corrupted_is_kept_aside_and_the_machine_learns_again(
+    tmp_path: Path,
+) -> None:
+    history = tmp_path / "machine_sound" / "P3-sound" / "history.sqlite"
+    history.parent.mkdir(parents=True)
+    history.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)  # a torn header and pages
+    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(4), snr_db=6.0), seed=4)
+    path = tmp_path / "pump.wav"
+    write_wav(path, synth.render_seconds(240), RATE)
+    driver = _driver(path)
+    section = MachineSoundSection.model_validate(
+        {"name": "P3-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
+    )
+    processor = MachineSoundProcessor(section, driver, tmp_path)
+    async with running(processor, driver) as events:
+        await eventually(lambda: processor.health().state == "armed", within_s=60, what="calibration")
+    assert [e.kind for e in events][:1] == ["history_quarantined"]
+    assert "machine_sound_anomaly" not in [e.kind for e in events]
+    kept = Path(events[0].detail["moved_to"])
+    assert kept.name.startswith("history.sqlite.quarantined-")
+    assert kept.read_bytes().startswith(b"SQLite format 3\x00")
+    assert events[0].detail["model"] == "machine_sound"
+    health = processor.health()
+    assert health.calibration is not None
+    assert health.calibration["clips"] >= 20  # learnt from the clips heard since, in a new history
+    assert health.last_error is not None
+    assert str(kept) in health.last_error

@@ -286,3 +286,44 @@ def test_calibrate_cli_writes_a_new_version_from_history(
         assert out.out == ""
         assert len(out.err.strip().splitlines()) == 1
         assert message in out.err, out.err
+
+
+def test_a_history_the_card_corrupted_is_kept_aside_and_the_pump_keeps_being_watched(
+    tmp_path: Path, model: Model, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A power cut on a worn SD card leaves the history file unreadable. Before, the processor
+    # raised at every restart and no pump of the gateway was watched again.
+    history = tmp_path / "pump" / "P1" / "history.sqlite"
+    history.parent.mkdir(parents=True)
+    history.write_bytes(b"\x00\x13garbage\xff" * 400)
+    cfg_path = _config_file(tmp_path)
+
+    span = ["--from", "2023-11-14", "--to", "2023-11-15"]
+    code = main(["models", "calibrate", "pump", "--pump", "P1", *span, "-c", str(cfg_path)])
+    out = capsys.readouterr()
+    assert code == 2
+    assert len(out.err.strip().splitlines()) == 1
+    assert "not a readable history database" in out.err
+    assert history.read_bytes().startswith(b"\x00\x13garbage")  # a command reads; it moves nothing
+
+    x, _ = simulate(Scenario(seed=32, hours=0.1, start_hour=2.0, steady=True))
+    proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
+    events = run(proc, x)
+    assert [e.kind for e in events] == ["history_quarantined"]
+    event = events[0]
+    assert event.severity == "warning"
+    assert event.source == "P1"
+    kept = Path(event.detail["moved_to"])
+    assert kept.parent == history.parent
+    assert kept.name.startswith("history.sqlite.quarantined-")
+    assert kept.read_bytes().startswith(b"\x00\x13garbage")  # kept for a person, never deleted
+    assert event.detail["reason"] == "file is not a database"
+
+    status = proc.health().pumps["P1"]
+    assert status.state == "learning"  # a fresh history: learning again, from these samples
+    assert status.last_error is not None
+    assert str(kept) in status.last_error
+    fresh = FeatureHistory.for_pump(tmp_path, "P1", list(config().signals), 14.0)
+    assert fresh.quarantined is None
+    assert fresh.count() == status.samples - status.stopped_samples > 300
+    fresh.close()

@@ -52,7 +52,8 @@ class SensorStore:
         counted in `bad_lines` and skipped (a torn last line after a power cut)."""
         out: list[CheckStats] = []
         try:
-            lines = self.checks_path.read_text(encoding="utf-8").splitlines()
+            # Undecodable bytes (a corrupted card) become a line that fails to parse, not an error.
+            lines = self.checks_path.read_text(encoding="utf-8", errors="replace").splitlines()
         except FileNotFoundError:
             return out
         self.bad_lines = 0

@@ -197,6 +197,10 @@ class PumpProcessor:
         `ReadingFeed`) until the source ends; emit events as they happen."""
         if not self.pumps:
             await asyncio.to_thread(self._ensure_open)
+            for pump in self.pumps.values():
+                if (event := pump.history.quarantine_event("pump", pump.cfg.name)) is not None:
+                    pump.last_error = f"history unreadable at start, moved to {event.detail['moved_to']}"
+                    await emit(event)
         try:
             async for item in readings:
                 if isinstance(item, Reading):

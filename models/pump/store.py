@@ -15,18 +15,24 @@ outbox's transactions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
+from water_edge.core.quarantine import quarantine
+from water_edge.core.reading import Event, now_ns
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump.detector import Calibration
 from water_edge.models.versioned_store import VersionedJsonStore
+
+log = structlog.get_logger(__name__)
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
@@ -58,26 +64,63 @@ class FeatureHistory:
         self.channels = list(channels)
         self.keep_ns = int(history_days * DAY_NS)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS samples (ts_ns INTEGER PRIMARY KEY, v BLOB NOT NULL)")
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
-        if row is not None and json.loads(row[0]) != self.channels and not reset_on_change:
-            self._db.close()
-            raise ModelError(
-                f"{self.path}: holds signals {', '.join(json.loads(row[0]))}, "
-                f"the config maps {', '.join(self.channels)}"
-            )
-        if row is None or json.loads(row[0]) != self.channels:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM samples")
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('channels', ?)", (json.dumps(self.channels),)
-            )
-            self._db.execute("COMMIT")
+        # Set when the file found at start was not a readable database (a card corrupted by a
+        # power cut): (where it was moved, why). Only a history that may be created is moved.
+        self.quarantined: tuple[Path, str] | None = None
+        try:
+            self._db = self._connect(reset_on_change)
+        except sqlite3.DatabaseError as exc:
+            if not reset_on_change:
+                raise ModelError(
+                    f"{self.path}: not a readable history database ({exc}); the agent moves it "
+                    "aside and starts a new history when it next opens it"
+                ) from None
+            try:
+                self.quarantined = (quarantine(self.path), str(exc))
+            except OSError as move_exc:
+                raise ModelError(
+                    f"{self.path}: unreadable ({exc}) and cannot be moved aside: {move_exc}"
+                ) from None
+            self._db = self._connect(reset_on_change)
         self.pruned = 0
+
+    def _connect(self, reset_on_change: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            if reset_on_change:  # the agent's own open: a damaged file is moved aside, not used
+                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS samples (ts_ns INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+            row = db.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
+            if row is not None and json.loads(row[0]) != self.channels and not reset_on_change:
+                raise ModelError(
+                    f"{self.path}: holds signals {', '.join(json.loads(row[0]))}, "
+                    f"the config maps {', '.join(self.channels)}"
+                )
+            if row is None or json.loads(row[0]) != self.channels:
+                db.execute("BEGIN")
+                db.execute("DELETE FROM samples")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('channels', ?)", (json.dumps(self.channels),))
+                db.execute("COMMIT")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def quarantine_event(self, model: str, name: str) -> Event | None:
+        """The `history_quarantined` warning for the centre when the file found at start had to be
+        moved aside (logged here too), else None. The model keeps its calibration and goes on
+        scoring; what is lost is the history a recalibration or a replay would read."""
+        if self.quarantined is None:
+            return None
+        moved, reason = self.quarantined
+        log.error("model.history_quarantined", model=model, name=name, moved_to=str(moved), reason=reason)
+        detail = {"model": model, "name": name, "moved_to": str(moved), "reason": reason}
+        return Event("history_quarantined", name, now_ns(), "warning", detail=detail)
 
     @classmethod
     def for_pump(
@@ -122,8 +165,8 @@ class FeatureHistory:
         """Timestamps and (rows, channels) values with `from_ns <= ts <= to_ns`, oldest first."""
         lo = -(2**63) if from_ns is None else int(from_ns)
         hi = 2**63 - 1 if to_ns is None else int(to_ns)
-        with self._lock:
-            got = self._db.execute(
+        with self._query() as db:
+            got = db.execute(
                 "SELECT ts_ns, v FROM samples WHERE ts_ns BETWEEN ? AND ? ORDER BY ts_ns", (lo, hi)
             ).fetchall()
         ts = np.array([r[0] for r in got], dtype=np.int64)
@@ -135,17 +178,26 @@ class FeatureHistory:
         return ts, values
 
     def count(self, from_ns: int | None = None) -> int:
-        with self._lock:
-            row = self._db.execute(
+        with self._query() as db:
+            row = db.execute(
                 "SELECT COUNT(*) FROM samples WHERE ts_ns >= ?",
                 (-(2**63) if from_ns is None else int(from_ns),),
             ).fetchone()
         return int(row[0])
 
     def span(self) -> tuple[int, int] | None:
-        with self._lock:
-            row = self._db.execute("SELECT MIN(ts_ns), MAX(ts_ns) FROM samples").fetchone()
+        with self._query() as db:
+            row = db.execute("SELECT MIN(ts_ns), MAX(ts_ns) FROM samples").fetchone()
         return None if row[0] is None else (int(row[0]), int(row[1]))
+
+    @contextlib.contextmanager
+    def _query(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, for a read; a damaged file is a `ModelError` naming it."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.DatabaseError as exc:
+                raise ModelError(f"{self.path}: cannot read the history database ({exc})") from None
 
     def close(self) -> None:
         with self._lock:

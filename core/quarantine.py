@@ -1,0 +1,29 @@
+"""Moving an unusable state file aside (renamed with a UTC timestamp, never deleted).
+
+A corrupt, foreign or too-new SQLite file (the outbox, a pump's or a machine's history) must not
+keep the agent from collecting or a model from working: the file and its `-wal`/`-shm` companions
+are renamed to `<name>.quarantined-<UTC time><suffix>` in the same directory, kept for a person to
+inspect or recover, and the owner creates a fresh one in its place.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def quarantine(path: Path, now_s: float | None = None) -> Path:
+    """Rename `path` (and its WAL and shared-memory files) aside; return the new main path.
+    `OSError` when it cannot be moved (the caller says what the file was)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now_s is None else now_s))
+    target = path.with_name(f"{path.name}.quarantined-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.quarantined-{stamp}-{n}")
+    # WAL first: a main file without its WAL would lose committed rows if opened alone.
+    for suffix in ("-wal", "-shm", ""):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.rename(Path(f"{target}{suffix}"))
+    return target
