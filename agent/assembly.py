@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import structlog
 
 from water_edge.agent import processors as processor_kinds
 from water_edge.agent.config import Config
@@ -23,8 +26,11 @@ from water_edge.core.processor import (
     ProcessorContext,
     ProcessorFactory,
 )
+from water_edge.core.reading import Event, now_ns
 from water_edge.drivers import registry
 from water_edge.drivers.base import Driver, Writable
+
+log = structlog.get_logger(__name__)
 
 EXIT_RESTART = 75  # EX_TEMPFAIL: a restart asked for by command; systemd's Restart=on-failure obeys it
 
@@ -84,6 +90,14 @@ class CommandWiring:
     restart_requested: list[str] = field(default_factory=list)
 
 
+def nonce_store_alarm(quarantined: tuple[Path, str], reset_at: int | None) -> Event:
+    """The start-up alarm for a nonce store that had to be started afresh (logged here too)."""
+    moved, reason = quarantined
+    log.error("commands.nonce_store_quarantined", moved_to=str(moved), reason=reason)
+    detail = {"moved_to": str(moved), "reason": reason, "refuses_issued_until": reset_at}
+    return Event("nonce_store_quarantined", "commands", now_ns(), "alarm", detail=detail)
+
+
 def build_command_channel(
     config: Config, drivers: Mapping[str, Driver], analytics: Analytics | None = None
 ) -> CommandWiring | None:
@@ -131,11 +145,12 @@ def build_command_channel(
         update=UpdateReceiver(config.update, UpdateFiles(state)),
         apply_config=apply_config,
     )
+    nonces = NonceStore(state / security.nonce_db)
     processor = CommandProcessor(
         security,
         site=config.gateway.site,
         gateway=config.gateway.id,
-        nonces=NonceStore(state / security.nonce_db),
+        nonces=nonces,
         audit=audit,
         handlers=build_handlers(targets),
     )
@@ -144,5 +159,7 @@ def build_command_channel(
     def bind(agent: Any) -> None:
         wiring_agent.append(agent)
         channel.bind(agent.emit)
+        if nonces.quarantined is not None:
+            agent.startup_events.append(nonce_store_alarm(nonces.quarantined, nonces.reset_at))
 
     return CommandWiring(channel, processor.stats, bind, restart)

@@ -139,6 +139,8 @@ class Agent:
         self._command_stats = command_stats
         self._stop: asyncio.Event | None = None
         self._processor_crashes = {p.name: 0 for p in processors}
+        # Found while the agent was put together (a state file moved aside...), sent after agent_started.
+        self.startup_events: list[Event] = []
         self.status = StatusServer(
             config.status_socket, self.snapshot, self.pipeline.tap, self.pipeline.untap
         )
@@ -344,6 +346,8 @@ class Agent:
                     detail={"moved_to": str(moved), "reason": reason},
                 )
             )
+        for event in self.startup_events:
+            await self.emit(event)
         try:
             async with asyncio.TaskGroup() as tasks:
                 background = [

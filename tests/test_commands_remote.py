@@ -4,6 +4,7 @@ every refusal is audited and counted; updates are validated and swapped atomical
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from water_edge.agent.remote.handlers import Targets, build_handlers
 from water_edge.agent.remote.nonces import NonceStore
 from water_edge.agent.remote.processor import CommandProcessor
 from water_edge.core import envelope
+from water_edge.core.errors import AgentError
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.core.reading import Event
 from water_edge.models.manifest import shipped
@@ -298,3 +300,65 @@ async def test_calibration_commands_go_to_the_target_offering_them(tmp_path: Pat
     unnamed = await rig.proc.handle("pump_calibration", rig.sign("pump_calibration", {}))
     assert (unnamed.status, unnamed.reason) == ("failed", "argument 'pump' missing or not str")
     rig.close()
+
+
+async def test_a_corrupt_nonce_store_is_kept_aside_and_no_command_from_before_can_be_replayed(
+    tmp_path: Path,
+) -> None:
+    # A power cut on a worn card leaves the nonce store unreadable. Before, the agent refused to
+    # start at all ("cannot open the nonce store"), so the gateway stopped collecting.
+    async def read_now(devices: list[str] | None) -> dict[str, Any]:
+        return {"devices_read": devices or ["all"]}
+
+    rig = Rig(tmp_path, Targets(read_now=read_now))
+    before = rig.sign("read_now", now=int(time.time()) - 30)  # accepted once, before the damage
+    assert (await rig.proc.handle("read_now", before)).status == "ok"
+    rig.close()
+    (tmp_path / "nonces.sqlite").write_bytes(b"SQLite format 3\x00" + b"\xa5" * 4000)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"nonces.sqlite{suffix}").unlink(missing_ok=True)
+
+    rig.open()
+    assert rig.nonces.quarantined is not None
+    kept, reason = rig.nonces.quarantined
+    assert kept.name.startswith("nonces.sqlite.quarantined-")
+    assert kept.read_bytes().startswith(b"SQLite format 3\x00\xa5")
+    assert reason
+    reset_at = rig.nonces.reset_at
+    assert reset_at is not None
+    assert abs(reset_at - time.time()) < 5
+
+    # The forgotten nonce cannot let the old command in again, nor one signed just before the reset
+    # on a clock up to clock_skew_s ahead.
+    for payload in (before, rig.sign("read_now", now=reset_at + 60)):
+        result = await rig.proc.handle("read_now", payload)
+        assert result.status == "refused"
+        assert result.reason is not None
+        assert result.reason.startswith("issued_before_nonce_reset")
+    rig.close()
+
+    # Later (past the skew), commands run again, and the reset holds across a restart.
+    rig.open()
+    assert rig.nonces.quarantined is None
+    assert rig.nonces.reset_at == reset_at
+    later = time.time() + 61
+    rig.proc = CommandProcessor(
+        rig.config, site=SITE, gateway=GW, nonces=rig.nonces, audit=rig.audit,
+        handlers=build_handlers(rig.targets), clock=lambda: later,
+    )  # fmt: skip
+    fresh = rig.sign("read_now", now=int(later))
+    assert (await rig.proc.handle("read_now", fresh)).status == "ok"
+    replay = await rig.proc.handle("read_now", fresh)
+    assert replay.reason is not None
+    assert replay.reason.startswith("replay")
+    assert rig.proc.stats().refused_by_reason == {"replay": 1}
+    rig.close()
+
+
+def test_a_nonce_store_that_cannot_be_opened_for_another_reason_is_not_moved(tmp_path: Path) -> None:
+    store = tmp_path / "nonces.sqlite"
+    store.mkdir()  # not a file at all: an operator's mistake, not the card's
+    with pytest.raises(AgentError, match="cannot open the nonce store"):
+        NonceStore(store)
+    assert store.is_dir()
+    assert list(tmp_path.iterdir()) == [store]

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import sqlite3
 import time
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Received, Subscriber
@@ -110,15 +113,38 @@ def test_ten_minute_outage_soak(plant: Plant, tmp_path: Path, request: pytest.Fi
 def test_a_corrupt_outbox_is_quarantined_and_the_agent_runs(
     plant: Plant, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    config = write_agent_config(tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port))
+    # The signed-command nonce store on the same worn card is damaged too: it no longer keeps the
+    # agent from starting (it refused to start before).
+    operator = base64.b64encode(
+        Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    ).decode()
+    security = {"operators": [{"name": "ops", "public_key": operator, "commands": ["read_now"]}]}
+    config = write_agent_config(
+        tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port), security=security
+    )
     state = config.parent / "state"
     state.mkdir()
     garbage = b"SQLite format 3\x00" + os.urandom(20_000)
     (state / "outbox.sqlite").write_bytes(garbage)
+    (state / "nonces.sqlite").write_bytes(garbage)
     with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub, running_agent(config) as agent:
         status = agent.wait_status(lambda s: s["uplink"]["readings_acked"] > 0, timeout=30)
-        messages = sub.wait_until(lambda ms: b"buffer_quarantined" in b"".join(m.payload for m in ms))
+        messages = sub.wait_until(
+            lambda ms: all(k in b"".join(m.payload for m in ms) for k in (b"buffer_q", b"nonce_store_q"))
+        )
         assert agent.stop() == 0
+    (nonces_kept,) = state.glob("nonces.sqlite.quarantined-*[0-9TZ]")
+    assert nonces_kept.read_bytes() == garbage
+    alarms = {
+        e["kind"]: e
+        for m in messages
+        if m.topic.endswith("/events")
+        for e in m.json()["events"]
+        if e["kind"].endswith("_quarantined")
+    }
+    assert alarms["nonce_store_quarantined"]["severity"] == "alarm"
+    assert alarms["nonce_store_quarantined"]["detail"]["moved_to"] == str(nonces_kept)
+    assert alarms["nonce_store_quarantined"]["detail"]["refuses_issued_until"] > 0
     (kept,) = state.glob("outbox.sqlite.quarantined-*[0-9TZ]")
     assert kept.read_bytes() == garbage
     assert status["buffer"]["quarantined"] == str(kept)

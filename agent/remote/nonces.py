@@ -11,25 +11,39 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from water_edge.core.errors import AgentError
+from water_edge.core.quarantine import quarantine
 
 
 class NonceStore:
-    def __init__(self, path: Path) -> None:
+    """`reset_at`: when the store was last started afresh because its file was unreadable (unix
+    s), else None. Until every command issued before then has expired, only the time rule could
+    refuse its replay, so the processor refuses every command issued by then (`quarantined`
+    says where the old file was kept and why, for the start-up alarm)."""
+
+    def __init__(self, path: Path, now_s: float | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Created 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self.quarantined: tuple[Path, str] | None = None
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires_at INTEGER NOT NULL)"
-            )
-        except sqlite3.Error as exc:
+            self._db = _open(path)
+        except sqlite3.OperationalError as exc:  # locked, no permission, no space: not the file's fault
             raise AgentError(f"cannot open the nonce store {path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            # A corrupt store must not keep the gateway from collecting: keep it aside, start afresh.
+            try:
+                self.quarantined = (quarantine(path), str(exc))
+                self._db = _open(path)
+            except (OSError, sqlite3.Error) as again:
+                raise AgentError(f"cannot open the nonce store {path}: {exc}; then: {again}") from exc
+            reset = int(time.time() if now_s is None else now_s)
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('reset_at', ?)", (str(reset),))
+        except (OSError, sqlite3.Error) as exc:
+            raise AgentError(f"cannot open the nonce store {path}: {exc}") from exc
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'reset_at'").fetchone()
+        self.reset_at: int | None = None if row is None else int(row[0])
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(f"{path}{suffix}", 0o600)
@@ -52,3 +66,23 @@ class NonceStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The store at `path`, created 0600 if new; `sqlite3.DatabaseError` when the file is not a
+    usable database (`quick_check` included)."""
+    # Created 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires_at INTEGER NOT NULL)")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    except BaseException:
+        db.close()
+        raise
+    return db

@@ -152,6 +152,13 @@ class CommandProcessor:
             raise EnvelopeError("expired", f"expired {now - env.expires_at} s ago")
         if env.issued_at > now + cfg.clock_skew_s:
             raise EnvelopeError("not_yet_valid", f"issued {env.issued_at - now} s in the future")
+        reset_at = self._nonces.reset_at
+        if reset_at is not None and env.issued_at <= reset_at + cfg.clock_skew_s:
+            raise EnvelopeError(
+                "issued_before_nonce_reset",
+                f"issued before this gateway's nonce store was started afresh ({reset_at}): "
+                "a replay could not be told apart; send it again",
+            )
         if env.expires_at - env.issued_at > cfg.max_command_ttl_s:
             raise EnvelopeError("ttl_too_long", f"lifetime over {cfg.max_command_ttl_s} s")
         if env.type not in allowed:

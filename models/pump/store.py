@@ -69,6 +69,8 @@ class FeatureHistory:
         self.quarantined: tuple[Path, str] | None = None
         try:
             self._db = self._connect(reset_on_change)
+        except sqlite3.OperationalError:  # locked, no permission, no space: not the file's fault
+            raise
         except sqlite3.DatabaseError as exc:
             if not reset_on_change:
                 raise ModelError(
