@@ -10,6 +10,7 @@ from typing import Final
 
 from water_edge.buffer.types import OutboxStats
 from water_edge.core.errors import BufferError
+from water_edge.core.quarantine import require_intact
 
 SCHEMA_VERSION: Final = 1
 
@@ -110,13 +111,11 @@ def inspect(conn: sqlite3.Connection, path: Path) -> int | None:
 
 
 def check_integrity(conn: sqlite3.Connection, path: Path) -> None:
-    """`PRAGMA quick_check` (b-tree and page structure, O(size) but no index cross-check)."""
+    """`core.quarantine.require_intact`, as an `OutboxUnusableError`."""
     try:
-        result = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        require_intact(conn)
     except sqlite3.DatabaseError as exc:
         raise OutboxUnusableError(f"outbox {path}: corrupt: {exc}") from exc
-    if result != ["ok"]:
-        raise OutboxUnusableError(f"outbox {path}: corrupt: {'; '.join(map(str, result))}")
 
 
 def create(conn: sqlite3.Connection, max_bytes: int) -> None:

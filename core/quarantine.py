@@ -1,4 +1,5 @@
-"""Moving an unusable state file aside (renamed with a UTC timestamp, never deleted).
+"""Telling a damaged SQLite state file, and moving an unusable one aside (renamed with a UTC
+timestamp, never deleted).
 
 A corrupt, foreign or too-new SQLite file (the outbox, a pump's or a machine's history) must not
 keep the agent from collecting or a model from working: the file and its `-wal`/`-shm` companions
@@ -8,6 +9,7 @@ inspect or recover, and the owner creates a fresh one in its place.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -27,3 +29,11 @@ def quarantine(path: Path, now_s: float | None = None) -> Path:
         if src.exists():
             src.rename(Path(f"{target}{suffix}"))
     return target
+
+
+def require_intact(db: sqlite3.Connection) -> None:
+    """`PRAGMA quick_check` (b-tree and page structure; O(size), no index cross-check):
+    `sqlite3.DatabaseError` saying what is damaged (the first five findings)."""
+    found = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)")]
+    if found != ["ok"]:
+        raise sqlite3.DatabaseError(f"quick_check: {'; '.join(found)}")

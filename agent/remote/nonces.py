@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from water_edge.core.errors import AgentError
-from water_edge.core.quarantine import quarantine
+from water_edge.core.quarantine import quarantine, require_intact
 
 
 class NonceStore:
@@ -75,9 +75,7 @@ def _open(path: Path) -> sqlite3.Connection:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     try:
-        verdict = db.execute("PRAGMA quick_check").fetchone()[0]
-        if verdict != "ok":
-            raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+        require_intact(db)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires_at INTEGER NOT NULL)")

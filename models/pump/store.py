@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from water_edge.core.quarantine import quarantine
+from water_edge.core.quarantine import quarantine, require_intact
 from water_edge.core.reading import Event, now_ns
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump.detector import Calibration
@@ -90,9 +90,7 @@ class FeatureHistory:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
             if reset_on_change:  # the agent's own open: a damaged file is moved aside, not used
-                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
-                if verdict != "ok":
-                    raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+                require_intact(db)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
