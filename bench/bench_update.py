@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.figures import figure, run_alone
 from tests.support.broker import Mosquitto
-from tests.support.selfupdate import update_then_roll_back
+from tests.support.selfupdate import BROKEN_WINDOW_S, GOOD_WINDOW_S, update_then_roll_back
 
 
 def run(tmpdir: Path) -> list[dict[str, Any]]:
@@ -20,9 +20,17 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
     lost = len(set(range(1, result.last_seq + 1)) - result.delivered - result.queued)
     return [
         figure("update.apply_to_publishing", result.to_publishing_s, "s", "<= 60"),
-        figure("update.apply_to_committed", result.to_committed_s, "s", "reference (health window 20 s)"),
         figure(
-            "update.broken_to_rolled_back", result.to_rolled_back_s, "s", "reference (health window 20 s)"
+            "update.apply_to_committed",
+            result.to_committed_s,
+            "s",
+            f"reference (health window {GOOD_WINDOW_S} s)",
+        ),
+        figure(
+            "update.broken_to_rolled_back",
+            result.to_rolled_back_s,
+            "s",
+            f"reference (health window {BROKEN_WINDOW_S} s)",
         ),
         figure("update.readings_lost", lost, "rows", f"0 (of {result.last_seq})"),
         figure("update.thin_bundle", result.good_bundle_bytes / 2**10, "KiB", "reference"),

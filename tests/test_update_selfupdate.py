@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Mosquitto
-from tests.support.selfupdate import update_then_roll_back
+from tests.support.selfupdate import BROKEN_WINDOW_S, update_then_roll_back
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +40,7 @@ def test_a_signed_update_is_applied_and_a_broken_one_rolled_back(
     assert rolled["detail"]["to"] == "0.3.0"
     assert rolled["detail"]["from"] == "0.2.0"
     assert "health check failed" in rolled["detail"]["reason"]
+    assert f"within {BROKEN_WINDOW_S} s" in rolled["detail"]["reason"]  # the command's own window
     assert rolled["severity"] == "alarm"
     assert run.after_rollback["agent"]["version"] == "0.2.0"
     assert run.current_after_rollback.startswith("0.2.0-")

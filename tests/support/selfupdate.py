@@ -38,6 +38,10 @@ from water_edge.core import envelope
 BASE = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
 TARGET = f"{AGENT_SITE}/{AGENT_GATEWAY}"
 CHUNK = 200 * 1024
+# The good build is committed as soon as it passes, so its window (the config's) only has to be
+# generous; the broken one can never pass, so its window (sent with its command) is all waiting.
+GOOD_WINDOW_S = 60
+BROKEN_WINDOW_S = 10
 
 
 @dataclass
@@ -139,7 +143,7 @@ def update_then_roll_back(tmp: Path, mosquitto: Mosquitto) -> UpdateRun:
             f'name = "release-ops"\npublic_key = "{public_key_text(operator)}"\n'
             'commands = ["update", "update_chunk"]\nmax_per_minute = 120\n'
         ),
-        extra=f'[update]\nroot = "{root}"\nrelease_keys = "{keys}"\nhealth_window_s = 20\n',
+        extra=f'[update]\nroot = "{root}"\nrelease_keys = "{keys}"\nhealth_window_s = {GOOD_WINDOW_S}\n',
     )
     state_dir = tmp / "state"
     socket = state_dir / "status.sock"
@@ -196,7 +200,7 @@ def update_then_roll_back(tmp: Path, mosquitto: Mosquitto) -> UpdateRun:
             try:
                 broken_sha = hashlib.sha256(bundles["broken"].read_bytes()).hexdigest()
                 sent = time.monotonic()
-                send(pub, "update", {"url": url, "sha256": broken_sha})
+                send(pub, "update", {"url": url, "sha256": broken_sha, "health_window_s": BROKEN_WINDOW_S})
                 manager.wait_updater(lambda: _outcome(sub, "rolled_back"), 120)
                 to_rolled_back = time.monotonic() - sent
             finally:
