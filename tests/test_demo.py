@@ -80,6 +80,12 @@ def make_demo(tmp_path: Path, seconds: int | None) -> Iterator[Demo]:
         env["DEMO_SECONDS"] = str(seconds)
     (tmp_path / "runtime").mkdir()
     out = tmp_path / "demo.out"
+    # A test run started as a background job inherits SIGINT ignored, and so would make (and the
+    # demo under it), which then never sees the Ctrl-C a user's terminal delivers. A handler (not
+    # SIG_IGN) is reset to the default in the child.
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     with out.open("wb") as sink:
         process = subprocess.Popen(
             ["make", "-s", "demo", f"VENV={BIN.parent}"],
@@ -88,6 +94,8 @@ def make_demo(tmp_path: Path, seconds: int | None) -> Iterator[Demo]:
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     demo = Demo(process, out, tmp_path, env)
     try:
         yield demo
