@@ -114,6 +114,8 @@ def test_score_takes_wav_recordings_directly_and_leaves_silence_out(
     [
         (lambda p: np.save(p, np.zeros((5, 20))), "shape (clips, 136)"),
         (lambda p: p.write_text("not numpy"), "not a numpy .npy array"),
+        (lambda p: p.write_text("1.0,2.0\n3.0,4.0\n"), "save it with numpy.save"),  # a CSV named .npy
+        (lambda p: p.mkdir(), "a directory"),
         (lambda p: np.save(p, np.zeros((0, 136))), "no rows"),
     ],
 )
@@ -130,6 +132,21 @@ def test_bad_feature_files_are_one_line_on_stderr_and_exit_2(
     assert out.out == ""
     assert len(out.err.strip().splitlines()) == 1
     assert message in out.err
+
+
+def test_a_calibration_of_one_clip_repeated_is_refused_not_learnt(
+    tmp_path: Path, features: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A stuck export repeats one row: learnt, its zero spread made every later clip score ~1e17.
+    stuck = tmp_path / "stuck.npy"
+    np.save(stuck, np.tile(np.load(features["normal"])[0], (100, 1)))
+    code = main(
+        ["models", "score", "machine-sound", "--features", str(features["faulty"]), "--calibrate", str(stuck)]
+    )
+    out = capsys.readouterr()
+    assert code == 2
+    assert out.out == ""
+    assert "need at least 10 different calibration clips, got 1 different of 100" in out.err
 
 
 def _write_pcm24(path: Path, x: np.ndarray, rate: int) -> None:

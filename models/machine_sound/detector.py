@@ -300,6 +300,11 @@ def calibrate(
     raw = raw[np.isfinite(raw).all(axis=1)]
     if len(raw) < MIN_CLIPS:
         raise CalibrationError(f"need at least {MIN_CLIPS} finite calibration clips, got {len(raw)}")
+    if (distinct := len(np.unique(raw, axis=0))) < MIN_CLIPS:
+        # Real sound never gives one clip's 136 features twice: a stuck export or a copied row.
+        raise CalibrationError(
+            f"need at least {MIN_CLIPS} different calibration clips, got {distinct} different of {len(raw)}"
+        )
     if shrinkage is None:
         shrinkage = DEFAULT_SHRINKAGE if prior is None else prior_clips / (len(raw) + prior_clips)
     x = to_bands(raw)

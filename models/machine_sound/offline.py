@@ -49,13 +49,25 @@ class InputError(ModelError):
     """A file cannot be used; the message says why in one line."""
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def load_features(path: Path) -> F64:
+    magic = b""
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(len(NPY_MAGIC))
         x = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: a directory, not a .npy file") from None
     except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"{path}: not a numpy .npy array ({exc})") from None
+        # numpy's own message for a file of another kind speaks of pickles
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if magic and magic != NPY_MAGIC:
+            why = "it does not start as a .npy file does; save it with numpy.save"
+        raise InputError(f"{path}: not a numpy .npy array ({why})") from None
     if x.ndim != 2 or x.shape[1] != N_FEATURES or not np.issubdtype(x.dtype, np.number):
         raise InputError(f"{path}: expected a numeric array of shape (clips, {N_FEATURES}), got {x.shape}")
     if len(x) == 0:
