@@ -160,6 +160,29 @@ def test_an_error_code_for_three_rows_is_not_a_minute_of_alarm(
     assert anomaly[labels == 1].mean() > 0.5  # and the real fault is still found
 
 
+def test_a_float_max_sentinel_in_calibration_reads_as_missing_and_does_not_blind_the_channel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
+) -> None:
+    # Some loggers write the largest double for "no value". Read as a number it overflowed every
+    # square of the channel: its calibration spread became infinite and its faults invisible.
+    x, labels = sim
+    vibration = SIGNALS.index("vibration_x")
+
+    def marked(sentinel: str) -> np.ndarray:
+        stamps = timestamps(len(x))
+        rows = [
+            [t] + ["" if np.isnan(v) else f"{v:.4f}" for v in row] for t, row in zip(stamps, x, strict=True)
+        ]
+        rows[100][1 + vibration] = sentinel
+        code, out, err = run(capsys, write(tmp_path / "s.csv", ["time", *SIGNALS], rows, ","), CALIB)
+        assert code == 0, err
+        assert "Warning" not in err
+        return np.array([int(r.split(",")[2]) for r in out.splitlines()[1:]])
+
+    assert np.array_equal(marked("1.7976931348623157e308"), marked(""))  # the same as a blank cell
+    assert marked("1.7976931348623157e308")[labels == 1].mean() > 0.5
+
+
 def _score(capsys: pytest.CaptureFixture[str], path: Path, *calibration: str) -> tuple[int, str, str]:
     code = main(["models", "score", "pump", "--csv", str(path), *calibration])
     out = capsys.readouterr()

@@ -196,7 +196,8 @@ class SteadyModel:
     def z(self, x: F64) -> F64:
         """Robust z-scores of rows `x`, gaps filled, clipped at `z_limit`."""
         limit = 1e3 if self.z_limit is None else self.z_limit
-        return np.clip((_fill(x) - self.center) / self.scale, -limit, limit)
+        with np.errstate(over="ignore"):  # an error code such as 1e308 is inf here, then clipped
+            return np.clip((_fill(x) - self.center) / self.scale, -limit, limit)
 
     def level_statistic(
         self, lm: LevelModel, level: F64, mid: F64, horizon: F64, other: F64 | None = None
