@@ -22,6 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from water_edge.core.names import NAME_PATTERN
 
+# No pump signal reaches this; a logger's or a server's "largest double" for no value (1.8e308)
+# does, and would overflow every square taken of it (and the float32 history): read as missing.
+LARGEST_SIGNAL = 1e150
+
 Role = Literal[
     "motor_current",
     "voltage",

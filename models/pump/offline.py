@@ -43,6 +43,7 @@ import numpy as np
 from water_edge.core.timestamps import day_first, parse_time
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump import coverage, explain, steady
+from water_edge.models.pump.config import LARGEST_SIGNAL
 from water_edge.models.pump.detector import (
     DEFAULT_MARGIN,
     DEFAULT_QUANTILE,
@@ -82,7 +83,6 @@ def _separator(header: str) -> str:
     return sep
 
 
-_LARGEST = 1e150  # larger, or not finite: read as a missing value
 _MAX_UNIT_ROWS = 3  # text-only rows under the header read as part of it (units, descriptions)
 _GROUPING = str.maketrans("", "", " \u00a0\u202f'")  # digit grouping: spaces, no-break spaces, 1'234.5
 _THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d*)?")  # "0,512" is a decimal comma
@@ -97,8 +97,7 @@ def _number(cell: str, decimal_comma: bool) -> float:
         value = float(text)
     except ValueError:
         return math.nan
-    # No signal reaches 1e150; a float64-max sentinel (1.79e308) would overflow every square taken of it.
-    return value if abs(value) < _LARGEST else math.nan
+    return value if abs(value) < LARGEST_SIGNAL else math.nan
 
 
 def _decimal_comma(sep: str, raw: list[str]) -> bool:

@@ -25,7 +25,6 @@ feed behaves exactly as a live one.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ import structlog
 
 from water_edge.core.reading import BAD, Event, Reading, Severity
 from water_edge.models.manifest import ModelError, shipped
-from water_edge.models.pump.config import ROLE_WORDS, PumpModelConfig
+from water_edge.models.pump.config import LARGEST_SIGNAL, ROLE_WORDS, PumpModelConfig
 from water_edge.models.pump.detector import Alarm, Calibration, Scorer, calibrate, contributors, score
 from water_edge.models.pump.health import PumpHealth, PumpState, PumpStatus
 from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory
@@ -425,4 +424,4 @@ def _number(r: Reading) -> float | None:
     if r.quality == BAD or r.value is None or isinstance(r.value, str):
         return None
     value = float(r.value)
-    return value if math.isfinite(value) else None
+    return value if abs(value) < LARGEST_SIGNAL else None
