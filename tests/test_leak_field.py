@@ -449,6 +449,32 @@ def test_cli_calibrates_on_quiet_files_and_scores_a_leak_file_against_the_baseli
     assert "base" not in bad.stdout
 
 
+def test_a_click_in_a_recording_does_not_make_the_whole_file_a_leak(tmp_path: Path) -> None:
+    # A float WAV from a field recorder with a 12 ms electrical click a million times the signal:
+    # a file's mean carried the click's offset into every second, whose leakage lifted the lowest
+    # bands of every check (and the classifier's every window) into a "leak".
+    scene = PipeScene("steel", 150.0, 100.0, None, 1.0, -5.0, BACKGROUNDS, sample_rate=16000,
+                      channels=1, seed=4, site_seed=3)  # fmt: skip
+    quiet = HydrophoneSynth(scene).render_seconds(48)[:, 0] * 0.5
+    wavfile.write(tmp_path / "quiet.wav", 16000, quiet[: 24 * 16000].astype(np.float32))
+    later = quiet[24 * 16000 :].astype(np.float32)
+    clicked = later.copy()
+    clicked[3 * 16000 : 3 * 16000 + 200] = 1e6
+    wavfile.write(tmp_path / "later.wav", 16000, later)
+    wavfile.write(tmp_path / "clicked.wav", 16000, clicked)
+    res = _cli("calibrate", "leak", str(tmp_path / "quiet.wav"), "--out", str(tmp_path / "b.json"))
+    assert res.returncode == 0, res.stderr
+    res = _cli("score", "leak", str(tmp_path / "later.wav"), str(tmp_path / "clicked.wav"),
+               "--baseline", str(tmp_path / "b.json"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    plain, click = (json.loads(line) for line in res.stdout.splitlines())
+    assert (click["leak"], click["warning"], click["classifier_leak"]) == (False, False, False)
+    # Only the check holding the click (the first 8 s) is touched; the others are as without it.
+    scores = [[c["score"] for c in line["evidence"]["checks"]] for line in (plain, click)]
+    assert scores[1][1:] == scores[0][1:]
+    assert abs(click["leak_probability"] - plain["leak_probability"]) < 0.05
+
+
 async def test_the_signed_leak_calibration_command_reaches_the_leak_factory(tmp_path: Path) -> None:
     from water_edge.agent.assembly import calibration_targets
     from water_edge.agent.remote.config import COMMAND_TYPES

@@ -56,7 +56,10 @@ def second_bands(x: FloatArray) -> tuple[FloatArray, FloatArray]:
     n = x.size // SECOND
     if n == 0:
         return np.zeros((0, features.N_BANDS)), np.zeros((0, features.N_BANDS))
-    frames = x[: n * SECOND].reshape(n, SECOND) * _WIN
+    frames = x[: n * SECOND].reshape(n, SECOND)
+    # Each second's own mean, as the gateway removes it: a file's mean carries a click's or a
+    # dropout's offset into every second, where its leakage lifts the lowest bands.
+    frames = (frames - frames.mean(axis=1, keepdims=True)) * _WIN
     spec = np.abs(np.fft.rfft(frames, features.NFFT, axis=1)) ** 2
     power = spec @ features.BAND_MATRIX.T
     peak = np.maximum.reduceat(spec, _STARTS, axis=1)[:, : features.N_BANDS]
