@@ -323,6 +323,7 @@ def test_a_history_the_card_corrupted_is_kept_aside_and_the_pump_keeps_being_wat
     assert status.state == "learning"  # a fresh history: learning again, from these samples
     assert status.last_error is not None
     assert str(kept) in status.last_error
+    assert proc.health().status_lines() == ["P1 learning", f"P1: {status.last_error}"]  # what `status` prints
     fresh = FeatureHistory.for_pump(tmp_path, "P1", list(config().signals), 14.0)
     assert fresh.quarantined is None
     assert fresh.count() == status.samples - status.stopped_samples > 300

@@ -44,4 +44,5 @@ class PumpHealth:
     pumps: dict[str, PumpStatus]
 
     def status_lines(self) -> list[str]:
-        return [", ".join(f"{name} {pump.state}" for name, pump in self.pumps.items())]
+        lines = [", ".join(f"{name} {pump.state}" for name, pump in self.pumps.items())]
+        return lines + [f"{name}: {pump.last_error}" for name, pump in self.pumps.items() if pump.last_error]
