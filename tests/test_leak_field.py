@@ -319,6 +319,39 @@ async def test_a_dead_or_unplugged_hydrophone_is_reported_as_lost_never_as_a_lea
     assert proc.health().sensors["hyd.A"].signal_lost_since is None
 
 
+async def _ignore(_: Event) -> None:
+    return None
+
+
+async def test_a_baseline_the_card_corrupted_is_reported_and_learnt_again(tmp_path: Path) -> None:
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+    await _run_nights(proc, [(date(2025, 3, d), 1.0) for d in (1, 2, 3, 4)])
+    assert proc.health().sensors["hyd.A"].baseline_version == 1
+    store = SensorStore(tmp_path, "hyd.A")
+    store.baseline_path.write_bytes(b"\xff\xfe\x9c\x00" * 64)
+
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]  # a restart
+    events = await _run_nights(proc, [(date(2025, 3, 5), 1.0)])
+    assert not [e for e in events if e.kind in ("leak_warning", "leak")]
+    health = proc.health().sensors["hyd.A"]
+    assert health.baseline_version == 2  # learnt again from the nights it kept
+    assert health.last_error is None
+    assert store.versions() == [1, 2]  # the damaged file was replaced, version 1 is still kept
+
+    store.baseline_path.write_bytes(b"\x00" * 10)
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+
+    async def one_window() -> AsyncIterator[_Window]:
+        yield next(iter(_night_windows(date(2025, 3, 6), _pipe_scene(5), 125, 1.0)))
+
+    await proc.consume(one_window(), _ignore)
+    health = proc.health().sensors["hyd.A"]
+    assert health.baseline_version is None
+    assert health.last_error is not None
+    assert "baseline unreadable" in health.last_error
+    assert f"hyd.A: {health.last_error}" in proc.health().status_lines()  # what `status` prints
+
+
 async def test_a_hydrophone_turned_far_down_is_lost_while_it_stays_down(tmp_path: Path) -> None:
     proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
     await _run_nights(proc, [(date(2025, 3, d), 1.0) for d in (1, 2, 3)])

@@ -72,6 +72,7 @@ class SensorHealth:
     checks: int
     last_rise_db: float | None  # the strongest judged band's rise in the last check
     signal_lost_since: str | None = None  # night since which the hydrophone is not heard
+    last_error: str | None = None  # why its stored baseline cannot be used (a damaged file)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class LeakHealth:
                 )
             if s.signal_lost_since is not None:
                 lines[-1] += f", SIGNAL LOST since {s.signal_lost_since}"
+            if s.last_error is not None:
+                lines.append(f"{name}: {s.last_error}")
         return lines
 
 
@@ -115,6 +118,7 @@ class _Sensor:
     ring: deque[FloatArray] = field(default_factory=deque)  # last correlate_s seconds, for locating
     last: Judgement | None = None
     signal_lost_since: str | None = None  # night of the first check not heard, while it lasts
+    last_error: str | None = None
     night_quiet: deque[tuple[str, float]] = field(default_factory=lambda: deque(maxlen=30))
 
 
@@ -197,6 +201,7 @@ class AudioLeakProcessor:
                 s.baseline = store.load()
             except BaselineError as exc:
                 log.error("leak.baseline_unreadable", sensor=sensor, error=str(exc))
+                s.last_error = f"baseline unreadable, learning again: {exc}"
             s.nights_heard = len(store.nights())
             self.sensors.append(s)
         self._rate = int(win.sample_rate)
@@ -302,8 +307,10 @@ class AudioLeakProcessor:
             s.checks += 1
             try:
                 stored = s.store.load()  # a new calibration (CLI, command) takes effect here
+                s.last_error = None
             except BaselineError as exc:
                 log.error("leak.baseline_unreadable", sensor=s.name, error=str(exc))
+                s.last_error = f"baseline unreadable: {exc}"
                 stored = s.baseline
             if stored is not None and (s.baseline is None or stored.version != s.baseline.version):
                 s.baseline, s.confirmation = stored, self.new_confirmation()
@@ -471,6 +478,7 @@ class AudioLeakProcessor:
                 checks=s.checks,
                 last_rise_db=None if s.last is None else round(max(s.last.rise_db.values(), default=0.0), 1),
                 signal_lost_since=s.signal_lost_since,
+                last_error=s.last_error,
             )
         return LeakHealth(self.windows_scored, self.windows_dropped, self.last_probability, sensors)
 
