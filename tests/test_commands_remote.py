@@ -4,6 +4,7 @@ every refusal is audited and counted; updates are validated and swapped atomical
 from __future__ import annotations
 
 import base64
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -362,3 +363,18 @@ def test_a_nonce_store_that_cannot_be_opened_for_another_reason_is_not_moved(tmp
         NonceStore(store)
     assert store.is_dir()
     assert list(tmp_path.iterdir()) == [store]
+
+
+def test_a_nonce_store_reset_on_a_clock_that_booted_behind_still_covers_its_last_claim(
+    tmp_path: Path,
+) -> None:
+    # No RTC: after the power cut the clock starts from a time saved before the store's last claims.
+    path = tmp_path / "nonces.sqlite"
+    path.write_bytes(b"SQLite format 3\x00" + b"\x5a" * 4000)
+    last_claim = time.time()
+    os.utime(path, (last_claim, last_claim))
+    store = NonceStore(path, now_s=last_claim - 3600)
+    assert store.quarantined is not None
+    assert store.reset_at is not None
+    assert store.reset_at >= int(last_claim)  # (whole seconds, as commands are issued): all it accepted
+    store.close()

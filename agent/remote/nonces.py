@@ -33,12 +33,15 @@ class NonceStore:
             raise AgentError(f"cannot open the nonce store {path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             # A corrupt store must not keep the gateway from collecting: keep it aside, start afresh.
+            # The old store's last write is no earlier than its last claim: a clock that booted
+            # behind (no RTC, a saved time from before the power cut) must not reset to before it.
+            last_write = max((_mtime(f"{path}{suffix}") for suffix in ("", "-wal", "-shm")), default=0.0)
             try:
                 self.quarantined = (quarantine(path), str(exc))
                 self._db = _open(path)
             except (OSError, sqlite3.Error) as again:
                 raise AgentError(f"cannot open the nonce store {path}: {exc}; then: {again}") from exc
-            reset = int(time.time() if now_s is None else now_s)
+            reset = int(max(time.time() if now_s is None else now_s, last_write))
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('reset_at', ?)", (str(reset),))
         except (OSError, sqlite3.Error) as exc:
             raise AgentError(f"cannot open the nonce store {path}: {exc}") from exc
@@ -84,3 +87,10 @@ def _open(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
