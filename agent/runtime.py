@@ -57,6 +57,7 @@ from water_edge.core.errors import AgentError
 from water_edge.core.processor import Processor, WantsStreams
 from water_edge.core.reading import Event, Reading, now_ns
 from water_edge.core.redact import redact
+from water_edge.core.tasks import cancel_all
 from water_edge.core.timesync import AdjtimexSource, FlagFileSource, NoSource, SyncSource, best_source
 from water_edge.drivers import registry
 from water_edge.drivers.base import Driver, Streaming
@@ -371,14 +372,12 @@ class Agent:
                 await stop.wait()
                 log.info("agent.stopping")
                 self.notifier.send("STOPPING=1")
-                for task in pollers:
-                    task.cancel()
+                await cancel_all(pollers)
                 await asyncio.gather(*pollers, return_exceptions=True)
                 await self.emit(Event("agent_stopped", "agent", now_ns(), "info"))
                 await self.pipeline.flush()
                 await self.uplink.stop()
-                for task in background:
-                    task.cancel()
+                await cancel_all(background)
         finally:
             announcement.close()
             await self.status.close()

@@ -26,6 +26,7 @@ import orjson
 import structlog
 
 from water_edge.core.reading import Reading
+from water_edge.core.tasks import cancel_all
 
 log = structlog.get_logger(__name__)
 
@@ -92,8 +93,7 @@ class StatusServer:
         if self._server is not None:
             self._server.close()
             # Tails wait for readings that no longer come: end them, as their clients would.
-            for task in list(self._handlers):
-                task.cancel()
+            await cancel_all(list(self._handlers))
             await asyncio.gather(*self._handlers, return_exceptions=True)
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
@@ -126,7 +126,8 @@ class StatusServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), timeout=REQUEST_TIMEOUT_S)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                line = await reader.readline()
         except (ValueError, asyncio.LimitOverrunError):
             # Over the stream's limit: refused without buffering the rest of the line.
             self.bad_requests += 1

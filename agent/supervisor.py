@@ -169,7 +169,8 @@ class DeviceRunner:
         self._rescheduled.clear()
         ticker = self.ticker
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._rescheduled.wait(), ticker.next_delay())
+            async with asyncio.timeout(ticker.next_delay()):
+                await self._rescheduled.wait()
         if ticker is not self.ticker:  # rescheduled: wait one new period before the next poll
             await self._next_tick()
 

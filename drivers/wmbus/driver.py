@@ -166,7 +166,8 @@ class WmbusDriver:
             if stream is None:
                 raise DriverIOError(f"{self.name}: not open")
             try:
-                data = await asyncio.wait_for(stream.read(), SILENCE_CHECK_S)
+                async with asyncio.timeout(SILENCE_CHECK_S):
+                    data = await stream.read()
             except TimeoutError:
                 data = b""
             readings = self.feed(data) if data else []
@@ -191,7 +192,8 @@ class WmbusDriver:
         pending = {s.meter.name for s in self._meters.values()}
         while loop.time() < deadline and (pending or not until_all_heard):
             try:
-                data = await asyncio.wait_for(stream.read(), max(0.01, deadline - loop.time()))
+                async with asyncio.timeout(max(0.01, deadline - loop.time())):
+                    data = await stream.read()
             except TimeoutError:
                 break
             got = self.feed(data)

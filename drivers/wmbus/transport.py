@@ -116,7 +116,8 @@ class TcpStream:
 async def open_tcp(host: str, port: int, timeout_s: float = 5.0) -> ByteStream:
     what = f"tcp://{host}:{port}"
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError) as exc:
         raise DriverIOError(f"{what}: cannot connect: {exc}") from exc
     return TcpStream(reader, writer, what)
