@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import structlog
 
 from water_edge.agent import processors as processor_kinds
 from water_edge.agent.config import Config
@@ -26,11 +23,9 @@ from water_edge.core.processor import (
     ProcessorContext,
     ProcessorFactory,
 )
-from water_edge.core.reading import Event, now_ns
+from water_edge.core.quarantine import moved_aside_event
 from water_edge.drivers import registry
 from water_edge.drivers.base import Driver, Writable
-
-log = structlog.get_logger(__name__)
 
 EXIT_RESTART = 75  # EX_TEMPFAIL: a restart asked for by command; systemd's Restart=on-failure obeys it
 
@@ -88,14 +83,6 @@ class CommandWiring:
     stats: Callable[[], CommandCounts]
     bind: Callable[[Any], None]
     restart_requested: list[str] = field(default_factory=list)
-
-
-def nonce_store_alarm(quarantined: tuple[Path, str], reset_at: int | None) -> Event:
-    """The start-up alarm for a nonce store that had to be started afresh (logged here too)."""
-    moved, reason = quarantined
-    log.error("commands.nonce_store_quarantined", moved_to=str(moved), reason=reason)
-    detail = {"moved_to": str(moved), "reason": reason, "refuses_issued_until": reset_at}
-    return Event("nonce_store_quarantined", "commands", now_ns(), "alarm", detail=detail)
 
 
 def build_command_channel(
@@ -160,6 +147,14 @@ def build_command_channel(
         wiring_agent.append(agent)
         channel.bind(agent.emit)
         if nonces.quarantined is not None:
-            agent.startup_events.append(nonce_store_alarm(nonces.quarantined, nonces.reset_at))
+            agent.startup_events.append(
+                moved_aside_event(
+                    "nonce_store_quarantined",
+                    "commands",
+                    "alarm",
+                    nonces.quarantined,
+                    refuses_issued_until=nonces.reset_at,
+                )
+            )
 
     return CommandWiring(channel, processor.stats, bind, restart)

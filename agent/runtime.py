@@ -55,6 +55,7 @@ from water_edge.buffer.stats import BufferHealth, buffer_health
 from water_edge.core.backoff import Backoff
 from water_edge.core.errors import AgentError
 from water_edge.core.processor import Processor, WantsStreams
+from water_edge.core.quarantine import moved_aside_event
 from water_edge.core.reading import Event, Reading, now_ns
 from water_edge.core.redact import redact
 from water_edge.core.tasks import cancel_all
@@ -336,16 +337,8 @@ class Agent:
         )
         await self.emit(Event("agent_started", "agent", now_ns(), "info", detail={"version": __version__}))
         if self.outbox.quarantined is not None:
-            moved, reason = self.outbox.quarantined
-            log.error("buffer.quarantined", moved_to=str(moved), reason=reason)
             await self.emit(
-                Event(
-                    "buffer_quarantined",
-                    "buffer",
-                    now_ns(),
-                    "alarm",
-                    detail={"moved_to": str(moved), "reason": reason},
-                )
+                moved_aside_event("buffer_quarantined", "buffer", "alarm", self.outbox.quarantined)
             )
         for event in self.startup_events:
             await self.emit(event)

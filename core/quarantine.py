@@ -1,10 +1,11 @@
 """Telling a damaged SQLite state file, and moving an unusable one aside (renamed with a UTC
 timestamp, never deleted).
 
-A corrupt, foreign or too-new SQLite file (the outbox, a pump's or a machine's history) must not
-keep the agent from collecting or a model from working: the file and its `-wal`/`-shm` companions
-are renamed to `<name>.quarantined-<UTC time><suffix>` in the same directory, kept for a person to
-inspect or recover, and the owner creates a fresh one in its place.
+A corrupt, foreign or too-new SQLite file (the outbox, the nonce store, a pump's or a machine's
+history) must not keep the agent from collecting or a model from working: the file and its
+`-wal`/`-shm` companions are renamed to `<name>.quarantined-<UTC time><suffix>` in the same
+directory, kept for a person to inspect or recover, the owner creates a fresh one in its place, and
+an event names the kept file.
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
+
+import structlog
+
+from water_edge.core.reading import Event, Severity, now_ns
+
+log = structlog.get_logger(__name__)
 
 
 def quarantine(path: Path, now_s: float | None = None) -> Path:
@@ -37,3 +45,14 @@ def require_intact(db: sqlite3.Connection) -> None:
     found = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)")]
     if found != ["ok"]:
         raise sqlite3.DatabaseError(f"quick_check: {'; '.join(found)}")
+
+
+def moved_aside_event(
+    kind: str, source: str, severity: Severity, quarantined: tuple[Path, str], **detail: Any
+) -> Event:
+    """The event that tells the centre a state file was moved aside (`quarantined`: where to and
+    why; `detail`: what else it should know), logged as an error too."""
+    moved, reason = quarantined
+    full = {"moved_to": str(moved), "reason": reason, **detail}
+    log.error(kind, source=source, **full)
+    return Event(kind, source, now_ns(), severity, detail=full)

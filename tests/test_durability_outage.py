@@ -125,6 +125,7 @@ def test_a_corrupt_outbox_is_quarantined_and_the_agent_runs(
     state = config.parent / "state"
     state.mkdir()
     garbage = b"SQLite format 3\x00" + os.urandom(20_000)
+    damaged_at = int(time.time())
     (state / "outbox.sqlite").write_bytes(garbage)
     (state / "nonces.sqlite").write_bytes(garbage)
     with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub, running_agent(config) as agent:
@@ -144,7 +145,8 @@ def test_a_corrupt_outbox_is_quarantined_and_the_agent_runs(
     }
     assert alarms["nonce_store_quarantined"]["severity"] == "alarm"
     assert alarms["nonce_store_quarantined"]["detail"]["moved_to"] == str(nonces_kept)
-    assert alarms["nonce_store_quarantined"]["detail"]["refuses_issued_until"] > 0
+    # Commands are refused up to the agent's start (the store's reset), not earlier, not for long.
+    assert damaged_at <= alarms["nonce_store_quarantined"]["detail"]["refuses_issued_until"] <= time.time()
     (kept,) = state.glob("outbox.sqlite.quarantined-*[0-9TZ]")
     assert kept.read_bytes() == garbage
     assert status["buffer"]["quarantined"] == str(kept)

@@ -114,7 +114,7 @@ class MachineSoundProcessor:
     async def run(self, source: ReadingSource, emit: EventSink) -> None:
         state = self._state = await asyncio.to_thread(self._open)
         if (event := state.history.quarantine_event("machine_sound", self.section.name)) is not None:
-            self.last_error = f"history unreadable at start, moved to {event.detail['moved_to']}"
+            self.last_error = state.history.quarantine_note
             await emit(event)
         queue: asyncio.Queue[Clip] = asyncio.Queue(self._max_queued)
 

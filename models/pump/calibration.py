@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from water_edge.core.instants import range_ns
+from water_edge.core.instants import stretch
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.pump.config import PumpModelConfig
 
@@ -21,11 +21,7 @@ def calibrate_from_history(cfg: PumpModelConfig, state_dir: Path, args: Mapping[
     seconds; default: all of it) and store the next version; a running `PumpProcessor` picks it
     up by itself. Blocking (SQLite, numpy, TFLite): run it in a thread.
     `CalibrationFailedError` says why when it cannot."""
-    try:
-        bounds = range_ns(args)
-    except ValueError as exc:
-        raise CalibrationFailedError(str(exc)) from None
-    cal = calibrate_pump(cfg, state_dir, *bounds)
+    cal = calibrate_pump(cfg, state_dir, *stretch(args))
     return {
         "pump": cfg.name,
         "version": cal.version,

@@ -198,7 +198,7 @@ class PumpProcessor:
             await asyncio.to_thread(self._ensure_open)
             for pump in self.pumps.values():
                 if (event := pump.history.quarantine_event("pump", pump.cfg.name)) is not None:
-                    pump.last_error = f"history unreadable at start, moved to {event.detail['moved_to']}"
+                    pump.last_error = pump.history.quarantine_note
                     await emit(event)
         try:
             async for item in readings:

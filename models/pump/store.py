@@ -24,15 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import structlog
 
-from water_edge.core.quarantine import quarantine, require_intact
-from water_edge.core.reading import Event, now_ns
+from water_edge.core.quarantine import moved_aside_event, quarantine, require_intact
+from water_edge.core.reading import Event
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump.detector import Calibration
 from water_edge.models.versioned_store import VersionedJsonStore
-
-log = structlog.get_logger(__name__)
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
@@ -113,14 +110,22 @@ class FeatureHistory:
 
     def quarantine_event(self, model: str, name: str) -> Event | None:
         """The `history_quarantined` warning for the centre when the file found at start had to be
-        moved aside (logged here too), else None. The model keeps its calibration and goes on
-        scoring; what is lost is the history a recalibration or a replay would read."""
+        moved aside, else None. The model keeps its calibration and goes on scoring; what is lost
+        is the history a recalibration or a replay would read."""
         if self.quarantined is None:
             return None
-        moved, reason = self.quarantined
-        log.error("model.history_quarantined", model=model, name=name, moved_to=str(moved), reason=reason)
-        detail = {"model": model, "name": name, "moved_to": str(moved), "reason": reason}
-        return Event("history_quarantined", name, now_ns(), "warning", detail=detail)
+        return moved_aside_event(
+            "history_quarantined", name, "warning", self.quarantined, model=model, name=name
+        )
+
+    @property
+    def quarantine_note(self) -> str | None:
+        """The owner's `last_error` while the history found at start is the one moved aside."""
+        return (
+            None
+            if self.quarantined is None
+            else f"history unreadable at start, moved to {self.quarantined[0]}"
+        )
 
     @classmethod
     def for_pump(
