@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.testing import eventually
+from tests.support.testing import damage_sqlite_under_its_owner, eventually
 from water_edge.core.reading import Event, Reading
 from water_edge.drivers.audio.config import AudioConfig
 from water_edge.drivers.audio.driver import AudioDriver
@@ -184,3 +184,33 @@ async def test_a_history_the_card_corrupted_is_kept_aside_and_the_machine_learns
     assert health.calibration["clips"] >= 20  # learnt from the clips heard since, in a new history
     assert health.last_error is not None
     assert str(kept) in health.last_error
+
+
+async def test_a_history_damaged_while_running_is_kept_aside_and_the_machine_stays_watched(
+    tmp_path: Path,
+) -> None:
+    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(5), snr_db=6.0), seed=5)
+    path = tmp_path / "pump.wav"
+    write_wav(path, synth.render_seconds(600), RATE)
+    driver = _driver(path)
+    section = MachineSoundSection.model_validate(
+        {"name": "P4-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
+    )
+    processor = MachineSoundProcessor(section, driver, tmp_path)
+    history = tmp_path / "machine_sound" / "P4-sound" / "history.sqlite"
+    async with running(processor, driver) as events:
+        await eventually(lambda: processor.health().scored >= 10, within_s=60, what="scoring")
+        damage_sqlite_under_its_owner(history, seed=5)
+        scored_at_damage = processor.health().scored
+        await eventually(lambda: bool(events), within_s=60, what="the damage reported")
+        await eventually(
+            lambda: processor.health().scored >= scored_at_damage + 10, within_s=60, what="scoring on"
+        )
+    assert [e.kind for e in events] == ["history_quarantined"]
+    assert events[0].detail["found"] == "while running"
+    kept = Path(events[0].detail["moved_to"])
+    assert kept.name.startswith("history.sqlite.quarantined-")
+    health = processor.health()
+    assert health.state == "armed"
+    assert health.last_error is not None
+    assert "damaged while running" in health.last_error

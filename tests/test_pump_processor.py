@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.testing import damage_sqlite_under_its_owner
 from water_edge.agent.cli import main
 from water_edge.core.health import Health, health_json
 from water_edge.core.reading import Event, Reading
@@ -328,3 +329,75 @@ def test_a_history_the_card_corrupted_is_kept_aside_and_the_pump_keeps_being_wat
     assert fresh.quarantined is None
     assert fresh.count() == status.samples - status.stopped_samples > 300
     fresh.close()
+
+
+def test_a_history_damaged_while_running_is_kept_aside_and_the_pump_stays_watched(
+    tmp_path: Path, model: Model
+) -> None:
+    # Before, the first write after the damage raised, the processor restarted with backoff and
+    # raised again at every restart: the pump went unwatched until the agent itself restarted.
+    x, _ = simulate(Scenario(seed=33, hours=0.75, start_hour=2.0, steady=True))
+    damage_at = CALIB_S + 300
+    proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
+    history = tmp_path / "pump" / "P1" / "history.sqlite"
+    scored_before: list[int] = []
+
+    async def damaged_source() -> AsyncIterator[tuple[str, list[Reading]]]:
+        for i, item in enumerate(feed(x)):
+            if i == damage_at:
+                scored_before.append(proc.health().pumps["P1"].scored)
+                damage_sqlite_under_its_owner(history, seed=33)
+            yield item
+
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    asyncio.run(proc.run(damaged_source(), emit))
+
+    assert [e.kind for e in events] == ["history_quarantined"]
+    event = events[0]
+    assert event.detail["found"] == "while running"
+    assert "malformed" in event.detail["reason"] or "not a database" in event.detail["reason"]
+    kept = Path(event.detail["moved_to"])
+    assert kept.exists()
+    assert kept.name.startswith("history.sqlite.quarantined-")
+
+    status = proc.health().pumps["P1"]
+    assert status.state == "armed"  # the calibration was not in the history: still watching
+    assert status.scored > scored_before[0] + 300  # scored on after the damage
+    assert status.last_error is not None
+    assert str(kept) in status.last_error
+    fresh = FeatureHistory.for_pump(tmp_path, "P1", list(config().signals), 14.0)
+    assert fresh.quarantined is None  # the new history is sound ...
+    assert fresh.count() >= len(x) - damage_at - 60  # ... and holds the rows since the damage
+    fresh.close()
+
+
+def test_a_history_damaged_while_learning_starts_the_stretch_again(tmp_path: Path, model: Model) -> None:
+    x, _ = simulate(Scenario(seed=34, hours=0.75, start_hour=2.0, steady=True))
+    damage_at = 900
+    proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
+    history = tmp_path / "pump" / "P1" / "history.sqlite"
+
+    async def damaged_source() -> AsyncIterator[tuple[str, list[Reading]]]:
+        for i, item in enumerate(feed(x)):
+            if i == damage_at:
+                damage_sqlite_under_its_owner(history, seed=34)
+            yield item
+
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    asyncio.run(proc.run(damaged_source(), emit))
+
+    assert [e.kind for e in events] == ["history_quarantined"]
+    status = proc.health().pumps["P1"]
+    # The first 900 rows went with the damaged file: learning counts again from the damage, and
+    # 1800 samples have not passed since, so it has not calibrated on a stretch it cannot read.
+    assert status.state == "learning"
+    assert status.last_error is not None
+    assert "damaged while running" in status.last_error

@@ -113,9 +113,7 @@ class MachineSoundProcessor:
 
     async def run(self, source: ReadingSource, emit: EventSink) -> None:
         state = self._state = await asyncio.to_thread(self._open)
-        if (event := state.history.quarantine_event("machine_sound", self.section.name)) is not None:
-            self.last_error = state.history.quarantine_note
-            await emit(event)
+        await self._report_history(state, emit)
         queue: asyncio.Queue[Clip] = asyncio.Queue(self._max_queued)
 
         def offer(window: AudioWindowLike) -> None:
@@ -140,6 +138,17 @@ class MachineSoundProcessor:
             remove()
             await asyncio.to_thread(self._close, state)
 
+    async def _report_history(self, state: _State, emit: EventSink) -> None:
+        """Say so when the machine's history was found damaged and moved aside (at start or while
+        running); a machine still learning starts its stretch again, its clips having gone with it."""
+        event = state.history.quarantine_event("machine_sound", self.section.name)
+        if event is None:
+            return
+        self.last_error = state.history.quarantine_note
+        if state.cal is None and state.history.found_while_running:
+            state.learning_clips, state.learning_since_ns = 0, None
+        await emit(event)
+
     def _close(self, state: _State) -> None:
         self._flush(state)
         state.history.close()
@@ -163,12 +172,14 @@ class MachineSoundProcessor:
         state.pending.append((clip.start_ts_ns, features))
         if len(state.pending) >= FLUSH_CLIPS:
             await asyncio.to_thread(self._flush, state)
+            await self._report_history(state, emit)
         state.since_reload += 1
         if state.since_reload >= RELOAD_EVERY:
             state.since_reload = 0
             await asyncio.to_thread(self._reload, state)
         if state.cal is None:
             await self._learn(state, clip.start_ts_ns)
+            await self._report_history(state, emit)
             return
         score = float(state.cal.score(features)[0])
         self.scored += 1

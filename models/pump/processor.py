@@ -197,9 +197,7 @@ class PumpProcessor:
         if not self.pumps:
             await asyncio.to_thread(self._ensure_open)
             for pump in self.pumps.values():
-                if (event := pump.history.quarantine_event("pump", pump.cfg.name)) is not None:
-                    pump.last_error = pump.history.quarantine_note
-                    await emit(event)
+                await self._report_history(pump, emit)
         try:
             async for item in readings:
                 if isinstance(item, Reading):
@@ -255,12 +253,14 @@ class PumpProcessor:
         pump.pending.append((ts_ns, row))
         if len(pump.pending) >= FLUSH_ROWS:
             await asyncio.to_thread(self._flush, pump)
+            await self._report_history(pump, emit)
         pump.since_reload += 1
         if pump.since_reload >= RELOAD_EVERY:
             pump.since_reload = 0
             await asyncio.to_thread(self._reload, pump)
         if pump.cal is None:
             await self._learn(pump, ts_ns)
+            await self._report_history(pump, emit)
             return
         assert self._window is not None
         pump.window.append(row)
@@ -317,6 +317,17 @@ class PumpProcessor:
             rows=cal.n_samples,
             threshold=round(cal.threshold, 4),
         )
+
+    async def _report_history(self, pump: _Pump, emit: Callable[[Event], Awaitable[None]]) -> None:
+        """Say so when the pump's history was found damaged and moved aside (at start or while
+        running); a pump still learning starts its stretch again, its rows having gone with it."""
+        event = pump.history.quarantine_event("pump", pump.cfg.name)
+        if event is None:
+            return
+        pump.last_error = pump.history.quarantine_note
+        if pump.cal is None and pump.history.found_while_running:
+            pump.learning_rows, pump.learning_since_ns = 0, None
+        await emit(event)
 
     def _arm(self, pump: _Pump, cal: Calibration) -> None:
         pump.cal = cal

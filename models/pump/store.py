@@ -61,9 +61,13 @@ class FeatureHistory:
         self.channels = list(channels)
         self.keep_ns = int(history_days * DAY_NS)
         self._lock = threading.Lock()
-        # Set when the file found at start was not a readable database (a card corrupted by a
-        # power cut): (where it was moved, why). Only a history that may be created is moved.
+        # The agent's own history (may be created) moves a damaged file aside and starts anew, at
+        # start (a card corrupted by a power cut) and while running (a card going bad under it).
+        self._own = reset_on_change
+        # (where the damaged file was moved, why); `_unreported` until the owner has sent its event.
         self.quarantined: tuple[Path, str] | None = None
+        self._unreported = False
+        self.found_while_running = False
         try:
             self._db = self._connect(reset_on_change)
         except sqlite3.OperationalError:  # locked, no permission, no space: not the file's fault
@@ -74,13 +78,7 @@ class FeatureHistory:
                     f"{self.path}: not a readable history database ({exc}); the agent moves it "
                     "aside and starts a new history when it next opens it"
                 ) from None
-            try:
-                self.quarantined = (quarantine(self.path), str(exc))
-            except OSError as move_exc:
-                raise ModelError(
-                    f"{self.path}: unreadable ({exc}) and cannot be moved aside: {move_exc}"
-                ) from None
-            self._db = self._connect(reset_on_change)
+            self._move_aside(exc)
         self.pruned = 0
 
     def _connect(self, reset_on_change: bool) -> sqlite3.Connection:
@@ -108,24 +106,57 @@ class FeatureHistory:
             raise
         return db
 
+    def _move_aside(self, exc: sqlite3.DatabaseError, damaged: sqlite3.Connection | None = None) -> None:
+        """Quarantine the damaged file and open a new, empty history in its place. The damaged
+        file's connection is closed only once the file is moved: if it cannot be, the history
+        stays as it was and the error says why."""
+        try:
+            moved = quarantine(self.path)
+        except OSError as move_exc:
+            raise ModelError(
+                f"{self.path}: unreadable ({exc}) and cannot be moved aside: {move_exc}"
+            ) from None
+        if damaged is not None:
+            with contextlib.suppress(sqlite3.Error):
+                damaged.close()
+        self.quarantined, self._unreported = (moved, str(exc)), True
+        self._db = self._connect(True)
+
+    def _damaged_while_running(self, exc: sqlite3.DatabaseError) -> bool:
+        """(lock held) Whether `exc` was damage this history has just replaced by a new file:
+        only the agent's own history does, and an `OperationalError` (I/O, locked, full) is the
+        card's or the system's state, not a damaged file."""
+        if not self._own or isinstance(exc, sqlite3.OperationalError):
+            return False
+        self._move_aside(exc, self._db)
+        self.found_while_running = True
+        return True
+
     def quarantine_event(self, model: str, name: str) -> Event | None:
-        """The `history_quarantined` warning for the centre when the file found at start had to be
-        moved aside, else None. The model keeps its calibration and goes on scoring; what is lost
-        is the history a recalibration or a replay would read."""
-        if self.quarantined is None:
+        """The `history_quarantined` warning for the centre when a damaged file was moved aside
+        since the last call (at start or while running), else None. The model keeps its
+        calibration and goes on scoring; what is lost is the history a recalibration or a replay
+        would read."""
+        if self.quarantined is None or not self._unreported:
             return None
+        self._unreported = False
         return moved_aside_event(
-            "history_quarantined", name, "warning", self.quarantined, model=model, name=name
+            "history_quarantined",
+            name,
+            "warning",
+            self.quarantined,
+            model=model,
+            name=name,
+            found="while running" if self.found_while_running else "at start",
         )
 
     @property
     def quarantine_note(self) -> str | None:
-        """The owner's `last_error` while the history found at start is the one moved aside."""
-        return (
-            None
-            if self.quarantined is None
-            else f"history unreadable at start, moved to {self.quarantined[0]}"
-        )
+        """The owner's `last_error` once a damaged history has been moved aside."""
+        if self.quarantined is None:
+            return None
+        when = "damaged while running" if self.found_while_running else "unreadable at start"
+        return f"history {when}, moved to {self.quarantined[0]}"
 
     @classmethod
     def for_pump(
@@ -155,6 +186,15 @@ class FeatureHistory:
         if not rows:
             return
         with self._lock:
+            try:
+                self._insert(rows)
+            except sqlite3.DatabaseError as exc:
+                if not self._damaged_while_running(exc):
+                    raise
+                self._insert(rows)  # into the new history: these rows were never committed
+
+    def _insert(self, rows: Sequence[tuple[int, npt.NDArray[np.float64]]]) -> None:
+        try:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT OR REPLACE INTO samples VALUES (?, ?)",
@@ -163,6 +203,11 @@ class FeatureHistory:
             cutoff = int(rows[-1][0]) - self.keep_ns
             self.pruned += self._db.execute("DELETE FROM samples WHERE ts_ns < ?", (cutoff,)).rowcount
             self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise
 
     def read(
         self, from_ns: int | None = None, to_ns: int | None = None
@@ -202,7 +247,16 @@ class FeatureHistory:
             try:
                 yield self._db
             except sqlite3.DatabaseError as exc:
+                if self._damaged_while_running(exc):
+                    raise ModelError(
+                        f"{self.path}: damaged ({exc}); moved to {self.quarantined_path}, "
+                        "a new history started"
+                    ) from None
                 raise ModelError(f"{self.path}: cannot read the history database ({exc})") from None
+
+    @property
+    def quarantined_path(self) -> Path | None:
+        return None if self.quarantined is None else self.quarantined[0]
 
     def close(self) -> None:
         with self._lock:

@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import random
 import re
 import socket
+import sqlite3
 import tempfile
 import time
 import tomllib
@@ -279,3 +281,20 @@ def demo_devices(plant_port: int, *, poll_interval_ms: int | None = None) -> str
             r"^poll_interval_ms = \d+", f"poll_interval_ms = {poll_interval_ms}", devices, flags=re.M
         )
     return devices
+
+
+def damage_sqlite_under_its_owner(path: Path, seed: int) -> None:
+    """What a card going bad does to a feature history the agent has open: another connection's
+    write (to its `meta` table) makes the agent's connection reread pages from the file, and the
+    file's pages from the third on are now garbage."""
+    other = sqlite3.connect(path)
+    other.execute("INSERT OR REPLACE INTO meta VALUES ('touched', '1')")
+    other.commit()
+    other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    other.close()
+    page = 4096
+    size = path.stat().st_size
+    assert size > 3 * page, size  # page 3 on: the second table's root, then its rows
+    with path.open("r+b") as f:
+        f.seek(2 * page)
+        f.write(random.Random(seed).randbytes(size - 2 * page))
