@@ -331,22 +331,17 @@ def test_a_history_the_card_corrupted_is_kept_aside_and_the_pump_keeps_being_wat
     fresh.close()
 
 
-def test_a_history_damaged_while_running_is_kept_aside_and_the_pump_stays_watched(
-    tmp_path: Path, model: Model
-) -> None:
-    # Before, the first write after the damage raised, the processor restarted with backoff and
-    # raised again at every restart: the pump went unwatched until the agent itself restarted.
-    x, _ = simulate(Scenario(seed=33, hours=0.75, start_hour=2.0, steady=True))
-    damage_at = CALIB_S + 300
-    proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
-    history = tmp_path / "pump" / "P1" / "history.sqlite"
+def run_damaging_history(proc: PumpProcessor, x: np.ndarray, at: int, seed: int) -> tuple[list[Event], int]:
+    """Run the processor over `x`, damaging P1's history under it before row `at`: the events,
+    and how many samples had been scored by then."""
+    history = proc.state_dir / "pump" / "P1" / "history.sqlite"
     scored_before: list[int] = []
 
     async def damaged_source() -> AsyncIterator[tuple[str, list[Reading]]]:
         for i, item in enumerate(feed(x)):
-            if i == damage_at:
+            if i == at:
                 scored_before.append(proc.health().pumps["P1"].scored)
-                damage_sqlite_under_its_owner(history, seed=33)
+                damage_sqlite_under_its_owner(history, seed=seed)
             yield item
 
     events: list[Event] = []
@@ -355,6 +350,18 @@ def test_a_history_damaged_while_running_is_kept_aside_and_the_pump_stays_watche
         events.append(e)
 
     asyncio.run(proc.run(damaged_source(), emit))
+    return events, scored_before[0]
+
+
+def test_a_history_damaged_while_running_is_kept_aside_and_the_pump_stays_watched(
+    tmp_path: Path, model: Model
+) -> None:
+    # Before, the first write after the damage raised, the processor restarted with backoff and
+    # raised again at every restart: the pump went unwatched until the agent itself restarted.
+    x, _ = simulate(Scenario(seed=33, hours=0.75, start_hour=2.0, steady=True))
+    damage_at = CALIB_S + 300
+    proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
+    events, scored_before = run_damaging_history(proc, x, damage_at, seed=33)
 
     assert [e.kind for e in events] == ["history_quarantined"]
     event = events[0]
@@ -366,7 +373,7 @@ def test_a_history_damaged_while_running_is_kept_aside_and_the_pump_stays_watche
 
     status = proc.health().pumps["P1"]
     assert status.state == "armed"  # the calibration was not in the history: still watching
-    assert status.scored > scored_before[0] + 300  # scored on after the damage
+    assert status.scored > scored_before + 300  # scored on after the damage
     assert status.last_error is not None
     assert str(kept) in status.last_error
     fresh = FeatureHistory.for_pump(tmp_path, "P1", list(config().signals), 14.0)
@@ -379,20 +386,7 @@ def test_a_history_damaged_while_learning_starts_the_stretch_again(tmp_path: Pat
     x, _ = simulate(Scenario(seed=34, hours=0.75, start_hour=2.0, steady=True))
     damage_at = 900
     proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
-    history = tmp_path / "pump" / "P1" / "history.sqlite"
-
-    async def damaged_source() -> AsyncIterator[tuple[str, list[Reading]]]:
-        for i, item in enumerate(feed(x)):
-            if i == damage_at:
-                damage_sqlite_under_its_owner(history, seed=34)
-            yield item
-
-    events: list[Event] = []
-
-    async def emit(e: Event) -> None:
-        events.append(e)
-
-    asyncio.run(proc.run(damaged_source(), emit))
+    events, _ = run_damaging_history(proc, x, damage_at, seed=34)
 
     assert [e.kind for e in events] == ["history_quarantined"]
     status = proc.health().pumps["P1"]
