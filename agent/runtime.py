@@ -391,7 +391,8 @@ def sync_source(config: Config) -> SyncSource:
 
 async def run_agent(config: Config) -> int:
     """Run the agent the config describes; the exit code is 0, or EXIT_RESTART when a signed
-    restart command asked for one (systemd's Restart=on-failure then starts it again)."""
+    restart command asked for one or the outbox was found damaged while in use (systemd's
+    Restart=on-failure then starts it again; the new start moves a damaged outbox aside)."""
     config.gateway.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     drivers = build_drivers(config)
     analytics = build_processors(config, drivers)
@@ -417,6 +418,13 @@ async def run_agent(config: Config) -> int:
         if commands is not None:
             commands.bind(agent)
         stop = asyncio.Event()
+
+        def outbox_damaged(reason: str) -> None:
+            # Every append would fail from here on; the next start moves the file aside.
+            log.critical("buffer.damaged_restarting", error=reason, exit_code=EXIT_RESTART)
+            stop.set()
+
+        outbox.on_damaged = outbox_damaged
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -429,6 +437,8 @@ async def run_agent(config: Config) -> int:
     finally:
         await outbox.close()
     log.info("agent.stopped")
+    if outbox.damaged is not None:
+        return EXIT_RESTART
     if commands is not None and commands.restart_requested:
         log.info("agent.restart_requested", reason=commands.restart_requested[-1])
         return EXIT_RESTART

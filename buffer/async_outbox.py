@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from water_edge.buffer.outbox import Outbox, Synchronous
-from water_edge.buffer.schema import OutboxUnusableError
+from water_edge.buffer.schema import OutboxDamagedError, OutboxUnusableError
 from water_edge.buffer.types import Batch, OutboxRow, OutboxStats
 from water_edge.core.errors import BufferError
 from water_edge.core.quarantine import quarantine
@@ -38,6 +38,10 @@ class AsyncOutbox:
         self._closed = False
         # Set by `open(..., quarantine_unusable=True)` when it had to move a bad file aside.
         self.quarantined: tuple[Path, str] | None = None
+        # Set at the first call that found the file damaged (`OutboxDamagedError`); then
+        # `on_damaged` is called once, with the error.
+        self.damaged: str | None = None
+        self.on_damaged: Callable[[str], None] | None = None
 
     @classmethod
     async def open(
@@ -90,7 +94,14 @@ class AsyncOutbox:
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
         if self._closed:
             raise BufferError(f"outbox {self._outbox.path} is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except OutboxDamagedError as exc:
+            if self.damaged is None:
+                self.damaged = str(exc)
+                if self.on_damaged is not None:
+                    self.on_damaged(self.damaged)
+            raise
 
     @property
     def path(self) -> Path:

@@ -25,6 +25,7 @@ from water_edge.buffer import schema
 from water_edge.buffer.codec import decode_readings, encode_events, encode_readings
 from water_edge.buffer.types import Batch, OutboxRow, OutboxStats, RowClass
 from water_edge.core.errors import BufferError
+from water_edge.core.quarantine import is_damaged_file
 from water_edge.core.reading import EVENTS_STREAM, Event, Severity, now_ns
 
 Synchronous = Literal["full", "normal"]
@@ -226,6 +227,8 @@ class Outbox:
         try:
             yield
         except sqlite3.Error as exc:
+            if is_damaged_file(exc):
+                raise schema.OutboxDamagedError(f"outbox {self.path}: {what} failed: {exc}") from exc
             raise BufferError(f"outbox {self.path}: {what} failed: {exc}") from exc
 
     @contextmanager

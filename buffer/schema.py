@@ -34,6 +34,14 @@ class OutboxUnusableError(BufferError):
     """
 
 
+class OutboxDamagedError(BufferError):
+    """SQLite found the outbox file damaged while the agent was using it (a malformed page).
+
+    The agent restarts (exit code 75, systemd starts it again) so that its open moves the file
+    aside as it would any unusable outbox: every append until then would fail.
+    """
+
+
 class OutboxTooNewError(BufferError):
     """The outbox was written by a newer agent (its schema is newer than this code's).
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.testing import damage_sqlite_under_its_owner
 from water_edge.buffer import schema
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.codec import decode_events
@@ -145,6 +146,27 @@ async def test_a_damaged_page_is_found_at_open_and_quarantined(tmp_path: Path) -
     async with await AsyncOutbox.open(db, max_bytes=10**9, quarantine_unusable=True) as box:
         assert box.quarantined is not None
         assert (await box.stats()).rows == 0
+
+
+async def test_damage_found_while_in_use_is_told_apart_and_reported_once(tmp_path: Path) -> None:
+    # A card going bad under a running agent: every append would fail from here on, so the agent
+    # must learn that this is damage (and restart, so its open moves the file aside), not a full
+    # disk or a lock, which it rides out.
+    db = tmp_path / "outbox.sqlite"
+    reported: list[str] = []
+    async with await AsyncOutbox.open(db, max_bytes=10**9, quarantine_unusable=True) as box:
+        box.on_damaged = reported.append
+        await box.append(telemetry(300))
+        damage_sqlite_under_its_owner(db, seed=7)
+        with pytest.raises(schema.OutboxDamagedError, match=r"malformed|not a database"):
+            await box.append(telemetry(1))
+        with pytest.raises(schema.OutboxDamagedError):
+            await box.lease(0, 10)
+        assert box.damaged is not None
+        assert reported == [box.damaged]  # once, at the first call that found it
+    async with await AsyncOutbox.open(db, max_bytes=10**9, quarantine_unusable=True) as box:
+        assert box.quarantined is not None  # the next start moves it aside
+        assert box.damaged is None
 
 
 async def test_without_quarantine_a_foreign_file_still_raises(tmp_path: Path) -> None:

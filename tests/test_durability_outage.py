@@ -27,10 +27,12 @@ from tests.support.plant import Plant, running_plant
 from tests.support.testing import (
     AGENT_GATEWAY,
     AGENT_SITE,
+    damage_sqlite_under_its_owner,
     demo_devices,
     skip_unless_soak,
     write_agent_config,
 )
+from water_edge.agent.assembly import EXIT_RESTART
 
 TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
 OUTAGE_S = float(os.environ.get("OUTAGE_S", "15"))
@@ -158,4 +160,33 @@ def test_a_corrupt_outbox_is_quarantined_and_the_agent_runs(
         if e["kind"] == "buffer_quarantined"
     )
     assert alarm["severity"] == "alarm"
+    assert alarm["detail"]["moved_to"] == str(kept)
+
+
+def test_an_outbox_damaged_under_the_running_agent_is_moved_aside_by_a_restart(
+    plant: Plant, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    # Before, every append after the damage failed (counted, readings dropped past the memory
+    # bound) for as long as the agent ran: the gateway collected nothing until someone restarted it.
+    config = write_agent_config(tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port))
+    with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub:
+        with running_agent(config) as agent:
+            agent.wait_status(lambda s: s["uplink"]["readings_acked"] > 0, timeout=30)
+            damage_sqlite_under_its_owner(agent.outbox, seed=11)
+            # The agent stops itself with systemd's restart code (Restart=on-failure).
+            assert agent.process.wait(timeout=60) == EXIT_RESTART
+            assert "buffer.damaged_restarting" in agent.log()
+        with running_agent(config) as again:  # what systemd does next
+            status = again.wait_status(lambda s: s["uplink"]["readings_acked"] > 0, timeout=30)
+            messages = sub.wait_until(lambda ms: b"buffer_quarantined" in b"".join(m.payload for m in ms))
+            assert again.stop() == 0
+    (kept,) = agent.outbox.parent.glob("outbox.sqlite.quarantined-*[0-9TZ]")
+    assert status["buffer"]["quarantined"] == str(kept)
+    alarm = next(
+        e
+        for m in messages
+        if m.topic.endswith("/events")
+        for e in m.json()["events"]
+        if e["kind"] == "buffer_quarantined"
+    )
     assert alarm["detail"]["moved_to"] == str(kept)

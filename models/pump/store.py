@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.core.quarantine import moved_aside_event, quarantine, require_intact
+from water_edge.core.quarantine import is_damaged_file, moved_aside_event, quarantine, require_intact
 from water_edge.core.reading import Event
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump.detector import Calibration
@@ -124,9 +124,9 @@ class FeatureHistory:
 
     def _damaged_while_running(self, exc: sqlite3.DatabaseError) -> bool:
         """(lock held) Whether `exc` was damage this history has just replaced by a new file:
-        only the agent's own history does, and an `OperationalError` (I/O, locked, full) is the
-        card's or the system's state, not a damaged file."""
-        if not self._own or isinstance(exc, sqlite3.OperationalError):
+        only the agent's own history does, and only for damage (an I/O error, a lock or a full
+        disk is the card's or the system's state, not the file's)."""
+        if not self._own or not is_damaged_file(exc):
             return False
         self._move_aside(exc, self._db)
         self.found_while_running = True

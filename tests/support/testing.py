@@ -284,9 +284,9 @@ def demo_devices(plant_port: int, *, poll_interval_ms: int | None = None) -> str
 
 
 def damage_sqlite_under_its_owner(path: Path, seed: int) -> None:
-    """What a card going bad does to a feature history the agent has open: another connection's
-    write (to its `meta` table) makes the agent's connection reread pages from the file, and the
-    file's pages from the third on are now garbage."""
+    """What a card going bad does to an SQLite file the agent has open (a feature history, the
+    outbox: both have a `meta` table): another connection's write there makes the agent's
+    connection reread pages from the file, and the file's pages from the third on are garbage."""
     other = sqlite3.connect(path)
     other.execute("INSERT OR REPLACE INTO meta VALUES ('touched', '1')")
     other.commit()
