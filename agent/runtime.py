@@ -53,7 +53,7 @@ from water_edge.agent.watchdog import Notifier, Watchdog, watchdog_interval_s
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.stats import BufferHealth, buffer_health
 from water_edge.core.backoff import Backoff
-from water_edge.core.errors import AgentError
+from water_edge.core.errors import AgentError, BufferError
 from water_edge.core.processor import Processor, WantsStreams
 from water_edge.core.quarantine import moved_aside_event
 from water_edge.core.reading import Event, Reading, now_ns
@@ -278,10 +278,16 @@ class Agent:
     async def _refresh_buffer_stats(self) -> None:
         """Status must answer instantly, so buffer figures are refreshed here, off the request path."""
         while True:
-            stats = await self.outbox.stats()
-            quarantined = self.outbox.quarantined
-            self._buffer = buffer_health(stats, now_ns(), None if quarantined is None else quarantined[0])
-            self.notifier.send(f"STATUS={self._status_line()}")
+            try:
+                stats = await self.outbox.stats()
+            except BufferError as exc:
+                # An I/O error or a lock on the card: status keeps the last figures; a damaged
+                # file has already asked for the restart (`run_agent`). Never the agent's end.
+                log.warning("buffer.stats_failed", error=str(exc))
+            else:
+                quarantined = self.outbox.quarantined
+                self._buffer = buffer_health(stats, now_ns(), None if quarantined is None else quarantined[0])
+                self.notifier.send(f"STATUS={self._status_line()}")
             await asyncio.sleep(STATUS_REFRESH_S)
 
     def _status_line(self) -> str:

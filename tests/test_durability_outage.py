@@ -176,6 +176,7 @@ def test_an_outbox_damaged_under_the_running_agent_is_moved_aside_by_a_restart(
             # The agent stops itself with systemd's restart code (Restart=on-failure).
             assert agent.process.wait(timeout=60) == EXIT_RESTART
             assert "buffer.damaged_restarting" in agent.log()
+            assert "Traceback" not in agent.log()  # an orderly stop, not a crash
         with running_agent(config) as again:  # what systemd does next
             status = again.wait_status(lambda s: s["uplink"]["readings_acked"] > 0, timeout=30)
             messages = sub.wait_until(lambda ms: b"buffer_quarantined" in b"".join(m.payload for m in ms))
