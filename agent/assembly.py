@@ -133,6 +133,8 @@ def build_command_channel(
         apply_config=apply_config,
     )
     nonces = NonceStore(state / security.nonce_db)
+    # Damage found while running: restart, so that the start moves the store aside and resets it.
+    nonces.on_damaged = lambda reason: request_restart(f"nonce store damaged: {reason}")
     processor = CommandProcessor(
         security,
         site=config.gateway.site,

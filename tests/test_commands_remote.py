@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.support.testing import agent_config
+from tests.support.testing import agent_config, damage_sqlite_under_its_owner
 from water_edge.agent.remote.audit import AuditLog, read_audit
 from water_edge.agent.remote.channel import CommandChannel
 from water_edge.agent.remote.config import OperatorKey, SecuritySection
@@ -301,6 +301,36 @@ async def test_calibration_commands_go_to_the_target_offering_them(tmp_path: Pat
     unnamed = await rig.proc.handle("pump_calibration", rig.sign("pump_calibration", {}))
     assert (unnamed.status, unnamed.reason) == ("failed", "argument 'pump' missing or not str")
     rig.close()
+
+
+async def test_a_nonce_store_damaged_while_running_refuses_commands_and_asks_for_a_restart(
+    tmp_path: Path,
+) -> None:
+    # Before, the damaged store's error escaped the processor: no answer, no audit line. A command
+    # whose nonce cannot be recorded must be refused (it could be replayed), and the restart moves
+    # the store aside (the test above: the start's quarantine and reset).
+    async def read_now(devices: list[str] | None) -> dict[str, Any]:
+        return {"devices_read": devices or ["all"]}
+
+    rig = Rig(tmp_path, Targets(read_now=read_now))
+    restarts: list[str] = []
+    rig.nonces.on_damaged = restarts.append
+    for _ in range(3):
+        assert (await rig.proc.handle("read_now", rig.sign("read_now"))).status == "ok"
+    damage_sqlite_under_its_owner(tmp_path / "nonces.sqlite", seed=3)
+    for _ in range(2):
+        result = await rig.proc.handle("read_now", rig.sign("read_now"))
+        assert result.status == "refused"
+        assert result.reason is not None
+        assert result.reason.startswith("nonce_store_unavailable")
+        assert "malformed" in result.reason
+    assert len(restarts) == 1  # asked once
+    assert "malformed" in restarts[0]
+    rig.close()
+    audited = [
+        line["reason"] for line in read_audit(tmp_path / "audit.log") if line.get("outcome") == "refused"
+    ]
+    assert [r.split(":", 1)[0] for r in audited] == ["nonce_store_unavailable"] * 2
 
 
 async def test_a_corrupt_nonce_store_is_kept_aside_and_no_command_from_before_can_be_replayed(

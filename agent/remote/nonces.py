@@ -12,10 +12,16 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from water_edge.core.errors import AgentError
-from water_edge.core.quarantine import quarantine, require_intact
+from water_edge.core.quarantine import is_damaged_file, quarantine, require_intact
+
+
+class NonceStoreError(AgentError):
+    """The store could not be read or written (an I/O error, a lock, a damaged file): the command
+    whose nonce it was to record must be refused, never run unrecorded."""
 
 
 class NonceStore:
@@ -26,7 +32,12 @@ class NonceStore:
 
     def __init__(self, path: Path, now_s: float | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.quarantined: tuple[Path, str] | None = None
+        # Set at the first claim that found the file damaged while the agent ran; `on_damaged` is
+        # then called once (the agent restarts, and its start moves the file aside as above).
+        self.damaged: str | None = None
+        self.on_damaged: Callable[[str], None] | None = None
         try:
             self._db = _open(path)
         except sqlite3.OperationalError as exc:  # locked, no permission, no space: not the file's fault
@@ -53,12 +64,20 @@ class NonceStore:
         self._lock = threading.Lock()
 
     def claim(self, nonce: str, expires_at: int, now: int) -> bool:
-        """Record `nonce`; False if it was already used (a replay). Prunes expired entries."""
+        """Record `nonce`; False if it was already used (a replay). Prunes expired entries.
+        `NonceStoreError` when the store cannot be read or written."""
         with self._lock:
-            self._db.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO nonces (nonce, expires_at) VALUES (?, ?)", (nonce, expires_at)
-            )
+            try:
+                self._db.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO nonces (nonce, expires_at) VALUES (?, ?)", (nonce, expires_at)
+                )
+            except sqlite3.Error as exc:
+                if is_damaged_file(exc) and self.damaged is None:
+                    self.damaged = str(exc)
+                    if self.on_damaged is not None:
+                        self.on_damaged(self.damaged)
+                raise NonceStoreError(f"the nonce store {self.path} cannot record it: {exc}") from exc
             return cur.rowcount == 1
 
     def __len__(self) -> int:

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from water_edge.agent.remote.audit import AuditLog
 from water_edge.agent.remote.config import SecuritySection, decode_public_key
 from water_edge.agent.remote.limits import KeyRates, RefusalBudget
-from water_edge.agent.remote.nonces import NonceStore
+from water_edge.agent.remote.nonces import NonceStore, NonceStoreError
 from water_edge.agent.remote.result import (
     CommandCounts,
     CommandFailedError,
@@ -168,7 +168,12 @@ class CommandProcessor:
                 "rate_limited", f"key {env.key_id!r} sent over {per_minute} commands a minute"
             )
         # Kept until expiry + skew: until then the time check alone would still let a replay in.
-        if not self._nonces.claim(env.nonce, env.expires_at + cfg.clock_skew_s, now):
+        try:
+            fresh = self._nonces.claim(env.nonce, env.expires_at + cfg.clock_skew_s, now)
+        except NonceStoreError as exc:
+            # Fail closed: a command whose nonce cannot be recorded could be replayed.
+            raise EnvelopeError("nonce_store_unavailable", f"{exc}; not run") from None
+        if not fresh:
             raise EnvelopeError("replay", f"nonce of command {env.id!r} was already used")
         return env
 
