@@ -4,7 +4,10 @@ every refusal is audited and counted; updates are validated and swapped atomical
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import resource
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,6 +303,45 @@ async def test_calibration_commands_go_to_the_target_offering_them(tmp_path: Pat
     assert unknown.to_event().detail["reason"] == "no pump 'P9' (configured: P1)"
     unnamed = await rig.proc.handle("pump_calibration", rig.sign("pump_calibration", {}))
     assert (unnamed.status, unnamed.reason) == ("failed", "argument 'pump' missing or not str")
+    rig.close()
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """The kernel's own refusal to grow a file past `limit` bytes (EFBIG, as a full card gives
+    ENOSPC), for this process while the block runs."""
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+async def test_a_command_the_audit_log_cannot_record_is_refused_and_answered(tmp_path: Path) -> None:
+    # Before, the audit log's write error escaped CommandProcessor.handle: no answer to the
+    # operator, and nothing said why. Nothing may run that the audit log cannot show.
+    ran: list[list[str] | None] = []
+
+    async def read_now(devices: list[str] | None) -> dict[str, Any]:
+        ran.append(devices)
+        return {"devices_read": devices or ["all"]}
+
+    rig = Rig(tmp_path, Targets(read_now=read_now))
+    assert (await rig.proc.handle("read_now", rig.sign("read_now"))).status == "ok"
+    audit = tmp_path / "audit.log"
+    with audit.open("ab") as earlier:  # larger than anything else this process writes meanwhile
+        earlier.write(b'{"ts":0,"action":"earlier","outcome":"ok"}\n' * 20_000)
+    with file_size_limit(audit.stat().st_size):
+        full = await rig.proc.handle("read_now", rig.sign("read_now"))
+    assert full.status == "refused"
+    assert full.reason is not None
+    assert full.reason.startswith("audit_unavailable: cannot write")
+    assert len(ran) == 1  # it did not run
+    assert rig.proc.stats().refused_by_reason["audit_unavailable"] == 1
+    assert (await rig.proc.handle("read_now", rig.sign("read_now"))).status == "ok"  # room again
     rig.close()
 
 

@@ -56,25 +56,41 @@ class AuditLog:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.rotations = 0
+        self.write_errors = 0
+        self.last_error: str | None = None
 
     def _open(self) -> int:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.fchmod(fd, 0o600)  # explicitly, whatever the umask or a previous mode
         return fd
 
-    def record(self, action: str, outcome: str, **fields: Any) -> None:
-        """Append `{ts, action, outcome, ...fields}`; `outcome` is ok, refused, failed or mismatch."""
+    def record(self, action: str, outcome: str, **fields: Any) -> bool:
+        """Append `{ts, action, outcome, ...fields}`; `outcome` is ok, refused, failed or mismatch.
+        False when the line could not be written (a full or failing card: logged with the line,
+        counted in `write_errors`); a caller that must not act unaudited checks it."""
         entry = {"ts": now_ns(), "action": action, "outcome": outcome, **bounded(fields)}
         line = orjson.dumps(entry, default=str) + b"\n"
+        written = True
         with self._lock:
-            if self._size + len(line) > self.max_bytes and self._size > 0:
-                self._rotate()
-            os.write(self._fd, line)
-            os.fsync(self._fd)
-            self._size += len(line)
-            self.counts[f"{action}.{outcome}"] += 1
+            try:
+                if self._size + len(line) > self.max_bytes and self._size > 0:
+                    self._rotate()
+                os.write(self._fd, line)
+                os.fsync(self._fd)
+                self._size += len(line)
+                self.counts[f"{action}.{outcome}"] += 1
+            except OSError as exc:
+                written = False
+                self.write_errors += 1
+                self.last_error = f"cannot write {self.path}: {exc.strerror or exc}"
+        if not written:
+            log.error(
+                "audit.write_failed", error=self.last_error, **{k: v for k, v in entry.items() if k != "ts"}
+            )
+            return False
         level = log.info if outcome in ("ok", "accepted") else log.warning
         level("audit", **{k: v for k, v in entry.items() if k != "ts"})
+        return True
 
     def _rotate(self) -> None:
         """audit.log -> audit.log.1 -> ... -> audit.log.<keep> (dropped); a new audit.log."""

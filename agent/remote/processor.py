@@ -98,7 +98,12 @@ class CommandProcessor:
             return self.refuse(
                 "unsupported", f"no handler for {env.type!r} on this gateway", topic_suffix, digest, env=env
             )
-        self.audit.record("command", "accepted", id=env.id, type=env.type, key=env.key_id, sha=digest)
+        if not self.audit.record("command", "accepted", id=env.id, type=env.type, key=env.key_id, sha=digest):
+            # Fail closed: nothing runs on this gateway that its audit log cannot show.
+            self._count_refusal("audit_unavailable")
+            return CommandResult(
+                "refused", env.id, env.type, f"audit_unavailable: {self.audit.last_error}; not run"
+            )
         result = await self._run(handler, env)
         result.command_id, result.command_type = env.id, env.type
         if result.status == "refused":
