@@ -14,7 +14,7 @@ import asyncio
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -331,17 +331,18 @@ def test_a_history_the_card_corrupted_is_kept_aside_and_the_pump_keeps_being_wat
     fresh.close()
 
 
-def run_damaging_history(proc: PumpProcessor, x: np.ndarray, at: int, seed: int) -> tuple[list[Event], int]:
-    """Run the processor over `x`, damaging P1's history under it before row `at`: the events,
-    and how many samples had been scored by then."""
-    history = proc.state_dir / "pump" / "P1" / "history.sqlite"
+def run_interrupted(
+    proc: PumpProcessor, x: np.ndarray, at: int, happen: Callable[[], object]
+) -> tuple[list[Event], int]:
+    """Run the processor over `x`, `happen` happening before row `at`: the events, and how many
+    samples had been scored by then."""
     scored_before: list[int] = []
 
     async def damaged_source() -> AsyncIterator[tuple[str, list[Reading]]]:
         for i, item in enumerate(feed(x)):
             if i == at:
                 scored_before.append(proc.health().pumps["P1"].scored)
-                damage_sqlite_under_its_owner(history, seed=seed)
+                happen()
             yield item
 
     events: list[Event] = []
@@ -361,7 +362,10 @@ def test_a_history_damaged_while_running_is_kept_aside_and_the_pump_stays_watche
     x, _ = simulate(Scenario(seed=33, hours=0.75, start_hour=2.0, steady=True))
     damage_at = CALIB_S + 300
     proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
-    events, scored_before = run_damaging_history(proc, x, damage_at, seed=33)
+    history = tmp_path / "pump" / "P1" / "history.sqlite"
+    events, scored_before = run_interrupted(
+        proc, x, damage_at, lambda: damage_sqlite_under_its_owner(history, seed=33)
+    )
 
     assert [e.kind for e in events] == ["history_quarantined"]
     event = events[0]
@@ -386,7 +390,8 @@ def test_a_history_damaged_while_learning_starts_the_stretch_again(tmp_path: Pat
     x, _ = simulate(Scenario(seed=34, hours=0.75, start_hour=2.0, steady=True))
     damage_at = 900
     proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
-    events, _ = run_damaging_history(proc, x, damage_at, seed=34)
+    history = tmp_path / "pump" / "P1" / "history.sqlite"
+    events, _ = run_interrupted(proc, x, damage_at, lambda: damage_sqlite_under_its_owner(history, seed=34))
 
     assert [e.kind for e in events] == ["history_quarantined"]
     status = proc.health().pumps["P1"]
@@ -395,3 +400,24 @@ def test_a_history_damaged_while_learning_starts_the_stretch_again(tmp_path: Pat
     assert status.state == "learning"
     assert status.last_error is not None
     assert "damaged while running" in status.last_error
+
+
+def test_a_full_card_leaves_a_gap_in_the_history_not_the_pump_unwatched(tmp_path: Path, model: Model) -> None:
+    # Before, "database or disk is full" at a history write crashed the processor, which was
+    # restarted with backoff again and again: half the time nobody watched the pump.
+    x, _ = simulate(Scenario(seed=35, hours=0.75, start_hour=2.0, steady=True))
+    full_at = CALIB_S + 300
+    proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
+
+    def card_full() -> None:  # SQLite's own "disk is full" path: no page may be added
+        db = proc.pumps["P1"].history._db
+        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+
+    events, scored_before = run_interrupted(proc, x, full_at, card_full)
+    assert events == []  # no crash, no quarantine: the file is fine, the card is full
+    status = proc.health().pumps["P1"]
+    assert status.state == "armed"
+    assert status.scored > scored_before + 300  # scored on
+    assert status.last_error is not None
+    assert "rows not stored" in status.last_error
+    assert "full" in status.last_error

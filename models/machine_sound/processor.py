@@ -155,7 +155,11 @@ class MachineSoundProcessor:
 
     def _flush(self, state: _State) -> None:
         rows, state.pending = state.pending, []
-        state.history.append(rows)
+        try:
+            state.history.append(rows)
+        except ModelError as exc:  # a full card: the machine is still scored, its history has a gap
+            self.last_error = str(exc)
+            log.warning("machine_sound.history_not_written", machine=self.section.name, error=str(exc))
 
     async def _clip(self, state: _State, clip: Clip, emit: EventSink) -> None:
         features = await asyncio.to_thread(clip_features, clip.samples, clip.sample_rate)

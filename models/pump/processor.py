@@ -358,7 +358,11 @@ class PumpProcessor:
 
     def _flush(self, pump: _Pump) -> None:
         rows, pump.pending = pump.pending, []
-        pump.history.append(rows)
+        try:
+            pump.history.append(rows)
+        except ModelError as exc:  # a full card: the pump is still scored, its history has a gap
+            pump.last_error = str(exc)
+            log.warning("pump.history_not_written", pump=pump.cfg.name, error=str(exc))
 
     def _event(  # noqa: PLR0917
         self,

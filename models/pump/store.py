@@ -80,6 +80,7 @@ class FeatureHistory:
                 ) from None
             self._move_aside(exc)
         self.pruned = 0
+        self.write_errors = 0
 
     def _connect(self, reset_on_change: bool) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
@@ -182,12 +183,18 @@ class FeatureHistory:
         self.close()
 
     def append(self, rows: Sequence[tuple[int, npt.NDArray[np.float64]]]) -> None:
-        """Store `(ts_ns, values)` rows (values in `channels` order, NaN = missing); prune old ones."""
+        """Store `(ts_ns, values)` rows (values in `channels` order, NaN = missing); prune old ones.
+        `ModelError` when they cannot be written (a full disk, an I/O error): nothing is stored."""
         if not rows:
             return
         with self._lock:
             try:
                 self._insert(rows)
+            except sqlite3.OperationalError as exc:
+                # A full or failing card, a lock: these rows are lost to the history (it is what
+                # a recalibration reads, not what is scored), the model goes on.
+                self.write_errors += 1
+                raise ModelError(f"{self.path}: {len(rows)} rows not stored ({exc})") from None
             except sqlite3.DatabaseError as exc:
                 if not self._damaged_while_running(exc):
                     raise
