@@ -352,6 +352,35 @@ async def test_a_baseline_the_card_corrupted_is_reported_and_learnt_again(tmp_pa
     assert f"hyd.A: {health.last_error}" in proc.health().status_lines()  # what `status` prints
 
 
+async def test_a_card_that_refuses_writes_costs_the_stored_checks_not_the_leak_alarm(tmp_path: Path) -> None:
+    # Before, the OSError of a check that could not be stored (a full card) ended the check for
+    # every sensor: the processor crashed and was restarted, and no check was ever judged again.
+    # Here the refusal is a directory where the checks file was (the same OSError path as ENOSPC).
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+    await _run_nights(proc, [(date(2025, 3, d), 1.0) for d in (1, 2, 3, 4)])
+    assert proc.health().sensors["hyd.A"].baseline_version == 1
+    for sensor in ("hyd.A", "hyd.B"):
+        checks = SensorStore(tmp_path, sensor).checks_path
+        checks.unlink()
+        checks.mkdir()
+
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    async def leak_night() -> AsyncIterator[_Window]:
+        for w in _night_windows(date(2025, 3, 5), _pipe_scene(5, leak=40.0), 125):
+            yield w
+
+    await proc.consume(leak_night(), emit)
+    assert ("leak", "hyd.A") in [(e.kind, e.source) for e in events]  # judged all the same
+    health = proc.health().sensors["hyd.A"]
+    assert health.last_error is not None
+    assert health.last_error.startswith("check not stored: Is a directory")
+    assert f"hyd.A: {health.last_error}" in proc.health().status_lines()
+
+
 async def test_a_hydrophone_turned_far_down_is_lost_while_it_stays_down(tmp_path: Path) -> None:
     proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
     await _run_nights(proc, [(date(2025, 3, d), 1.0) for d in (1, 2, 3)])

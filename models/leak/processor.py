@@ -303,11 +303,11 @@ class AudioLeakProcessor:
                 probabilities=probs,
                 tonality=np.array(tonal),
             )
-            s.store.append(check)
+            not_stored = self._store_check(s, check)
             s.checks += 1
             try:
                 stored = s.store.load()  # a new calibration (CLI, command) takes effect here
-                s.last_error = None
+                s.last_error = not_stored
             except BaselineError as exc:
                 log.error("leak.baseline_unreadable", sensor=s.name, error=str(exc))
                 s.last_error = f"baseline unreadable: {exc}"
@@ -316,12 +316,12 @@ class AudioLeakProcessor:
                 s.baseline, s.confirmation = stored, self.new_confirmation()
             if s.baseline is None:
                 # Nights of digital silence (no hydrophone on the input) are not nights heard.
-                heard = [c for c in s.store.checks() if not c.silent]
-                s.nights_heard = len({c.night for c in heard})
+                heard = [c for c in self._stored_checks(s) if not c.silent]
+                s.nights_heard = len({c.night for c in heard}) or s.nights_heard
                 events += self._signal(s, check.silent, check, None, night)
                 events += self._learn(s, night, heard)
                 continue
-            s.nights_heard = len(s.store.nights())
+            s.nights_heard = len({c.night for c in self._stored_checks(s)}) or s.nights_heard
             j = judge(check, s.baseline, self.params)
             events += self._signal(s, j.signal_lost, check, s.baseline, night)
             if not s.night_quiet or s.night_quiet[-1][0] != check.night:
@@ -336,6 +336,26 @@ class AudioLeakProcessor:
         if len(positive) >= 2:
             self._locate(positive, events)
         return events
+
+    @staticmethod
+    def _store_check(s: _Sensor, check: CheckStats) -> str | None:
+        """Keep the check for later baselines; why not, when the card refuses (full, failing).
+        The check is judged all the same: the baseline in service is in memory."""
+        try:
+            s.store.append(check)
+        except OSError as exc:
+            log.error("leak.check_not_stored", sensor=s.name, error=str(exc))
+            return f"check not stored: {exc.strerror or exc} ({s.store.checks_path})"
+        return None
+
+    @staticmethod
+    def _stored_checks(s: _Sensor) -> list[CheckStats]:
+        """The sensor's stored checks; none when they cannot be read (logged; learning waits)."""
+        try:
+            return s.store.checks()
+        except OSError as exc:
+            log.error("leak.checks_unreadable", sensor=s.name, error=str(exc))
+            return []
 
     def _learn(self, s: _Sensor, night: date, heard: list[CheckStats]) -> list[Event]:
         """Learn the baseline from the last `baseline_nights` finished nights the sensor was heard."""
@@ -354,7 +374,12 @@ class AudioLeakProcessor:
         except BaselineError as exc:  # nothing heard on those nights: keep learning
             log.error("leak.baseline_not_learned", sensor=s.name, error=str(exc))
             return []
-        s.baseline = s.store.save(baseline)
+        try:
+            s.baseline = s.store.save(baseline)
+        except OSError as exc:  # a full card: learning tries again at the next check
+            log.error("leak.baseline_not_stored", sensor=s.name, error=str(exc))
+            s.last_error = f"baseline not stored: {exc.strerror or exc}"
+            return []
         log.info(
             "leak.baseline_learned", sensor=s.name, version=s.baseline.version, nights=len(baseline.nights)
         )
