@@ -79,7 +79,8 @@ class VersionedJsonStore(Generic[DocT]):
 
     def save(self, doc: DocT) -> DocT:
         """Give `doc` the next version (above every one kept and the one in service, even if that
-        one is unreadable), keep it as `<stem>.v<N>.json` and put it in service."""
+        one is unreadable), keep it as `<stem>.v<N>.json` and put it in service; `error` naming
+        the file when it cannot be written."""
         self.dir.mkdir(parents=True, exist_ok=True)
         current = None
         with contextlib.suppress(self._error):
@@ -87,5 +88,10 @@ class VersionedJsonStore(Generic[DocT]):
         doc.version = max([0, *self.versions(), current.version if current else 0]) + 1
         text = json.dumps(doc.to_dict(), indent=1) + "\n"
         for target in (self.dir / f"{self._stem}.v{doc.version}.json", self.path):
-            atomic_write(target, text.encode("utf-8"))
+            try:
+                atomic_write(target, text.encode("utf-8"))
+            except OSError as exc:  # a full or failing card: the caller goes on without it
+                raise self._error(
+                    f"{target}: cannot store version {doc.version}: {exc.strerror or exc}"
+                ) from exc
         return doc

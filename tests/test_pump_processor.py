@@ -421,3 +421,21 @@ def test_a_full_card_leaves_a_gap_in_the_history_not_the_pump_unwatched(tmp_path
     assert status.last_error is not None
     assert "rows not stored" in status.last_error
     assert "full" in status.last_error
+
+
+def test_a_calibration_the_card_cannot_store_leaves_the_pump_learning_and_says_why(
+    tmp_path: Path, model: Model
+) -> None:
+    # Before, the OSError of writing calibration.json escaped the learning step: the processor
+    # crashed, was restarted and crashed again at each attempt. Here a directory stands where the
+    # file goes (the same OSError path as a full card).
+    (tmp_path / "pump" / "P1" / "calibration.json").mkdir(parents=True)
+    x, _ = simulate(Scenario(seed=36, hours=0.6, start_hour=2.0, steady=True))
+    proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
+    assert run(proc, x) == []
+    status = proc.health().pumps["P1"]
+    assert status.state == "learning"  # not armed on a calibration it could not keep ...
+    assert status.learning_progress < 0.5  # ... tried at 1800 samples, learning again since
+    assert status.last_error is not None
+    assert "calibration.json" in status.last_error
+    assert "Is a directory" in status.last_error

@@ -50,9 +50,9 @@ def calibrate_sensor(
             spread_tol_db=section.detection.spread_tol_db,
             max_unsteady_bands=section.detection.max_unsteady_bands,
         )
+        return store.save(baseline)
     except (ValueError, BaselineError) as exc:
         raise CalibrationFailedError(str(exc)) from None
-    return store.save(baseline)
 
 
 def _iso(ts_ns: int) -> str:

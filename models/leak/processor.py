@@ -376,9 +376,9 @@ class AudioLeakProcessor:
             return []
         try:
             s.baseline = s.store.save(baseline)
-        except OSError as exc:  # a full card: learning tries again at the next check
+        except BaselineError as exc:  # a full card: learning tries again at the next check
             log.error("leak.baseline_not_stored", sensor=s.name, error=str(exc))
-            s.last_error = f"baseline not stored: {exc.strerror or exc}"
+            s.last_error = f"baseline not stored: {exc}"
             return []
         log.info(
             "leak.baseline_learned", sensor=s.name, version=s.baseline.version, nights=len(baseline.nights)
