@@ -187,6 +187,44 @@ async def test_the_processor_finds_a_rise_in_the_readings_keeps_state_and_fuses_
     assert line.endswith("1 rise(s)")
 
 
+async def test_a_card_that_refuses_writes_costs_the_stored_state_not_the_flow_leak_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the OSError of storing the district's state after a night (a full card) ended the
+    # night before its events: the processor crashed and the rise was never reported. Here a
+    # directory stands where the state and the site's evidence go (the same OSError path).
+    monkeypatch.setenv("TZ", "UTC")
+    section = FlowLeakSection(
+        name="dma-north", inflow=["plc/inflow_a", "inflow_b"], outflow=["outflow"], pressure="pressure",
+        timezone="UTC", sample_s=900, stale_after_s=1800, baseline_nights=10,
+    )  # fmt: skip
+    readings = _readings(40, leak_day=25)
+    split = next(i for i, r in enumerate(readings) if r.ts_ns >= int(datetime(2024, 1, 21).timestamp() * 1e9))
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    async def feed(rs: list[Reading]):  # type: ignore[no-untyped-def]
+        yield ("plc", rs)
+
+    proc = FlowLeakProcessor([section], tmp_path)
+    await proc.run(feed(readings[:split]), emit)
+    state = tmp_path / "flow_leak" / "dma-north" / "state.json"
+    state.unlink()
+    state.mkdir()
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "sites" / "dma-north.json").mkdir()
+    await proc.run(feed(readings[split:]), emit)
+    rises = [e for e in events if e.kind == "flow_leak"]
+    assert len(rises) == 1  # found and reported all the same
+    assert rises[0].detail["added_m3h"] == pytest.approx(12.0, rel=0.35)
+    district = proc.health().districts["dma-north"]
+    assert district.last_error is not None
+    assert district.last_error.startswith("state not stored: Is a directory")
+    assert f"dma-north: {district.last_error}" in proc.health().status_lines()
+
+
 async def test_a_meters_volume_register_gives_the_same_nights_as_its_flow_and_survives_a_reset(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

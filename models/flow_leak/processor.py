@@ -51,6 +51,7 @@ class DistrictHealth:
     samples: int
     skipped_samples: int
     volume_resets: int = 0  # a volume register that went down (a meter replaced, rolled over)
+    last_error: str | None = None  # why its state could not be stored (a full or failing card)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class FlowLeakHealth:
             else:
                 last = "" if d.last_night_flow_m3h is None else f", last night {d.last_night_flow_m3h:.1f}"
                 lines.append(f"{name}: armed, baseline {d.baseline_m3h:.1f} m3/h{last}, {d.rises} rise(s)")
+            if d.last_error is not None:
+                lines.append(f"{name}: {d.last_error}")
         return lines
 
 
@@ -90,6 +93,7 @@ class _District:
     samples: int = 0
     skipped: int = 0
     learning_pressure: list[float] = field(default_factory=list)
+    last_error: str | None = None
 
 
 class FlowLeakProcessor:
@@ -155,8 +159,16 @@ class FlowLeakProcessor:
             "last_night": d.last_night,
             "last_flow": d.last_flow,
         }
-        d.state_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(d.state_path, json.dumps(data).encode("utf-8"))
+        try:
+            d.state_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(d.state_path, json.dumps(data).encode("utf-8"))
+        except OSError as exc:
+            # The night is judged all the same; a restart before the card has room again
+            # starts from the last state it could store.
+            d.last_error = f"state not stored: {exc.strerror or exc} ({d.state_path})"
+            log.error("flow_leak.state_not_stored", district=d.cfg.name, error=str(exc))
+        else:
+            d.last_error = None
 
     # -- run ------------------------------------------------------------------------------------
 
@@ -303,6 +315,7 @@ class FlowLeakProcessor:
                     samples=d.samples,
                     skipped_samples=d.skipped,
                     volume_resets=sum(m.resets for m in d.meters.values()),
+                    last_error=d.last_error,
                 )
                 for d in self.districts
             }

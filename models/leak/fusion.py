@@ -15,7 +15,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
+import structlog
+
 from water_edge.core.files import atomic_write
+
+log = structlog.get_logger(__name__)
 
 Kind = Literal["acoustic", "night_flow"]
 KEEP_DAYS = 60
@@ -29,8 +33,11 @@ class SiteEvidence:
 
     def _read(self) -> list[dict[str, Any]]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = json.loads(self.path.read_text(encoding="utf-8", errors="replace"))
         except (FileNotFoundError, ValueError):
+            return []
+        except OSError as exc:  # evidence is best effort: a leak is raised without it
+            log.error("leak.evidence_unreadable", path=str(self.path), error=str(exc))
             return []
         return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
 
@@ -42,7 +49,10 @@ class SiteEvidence:
                 if (night - date.fromisoformat(str(r.get("night", night.isoformat())))).days <= KEEP_DAYS
             ]
             rows.append({"kind": kind, "night": night.isoformat(), **detail})
-            atomic_write(self.path, json.dumps(rows).encode("utf-8"))
+            try:
+                atomic_write(self.path, json.dumps(rows).encode("utf-8"))
+            except OSError as exc:  # a full card: this night's evidence is not shared, nothing else
+                log.error("leak.evidence_not_stored", path=str(self.path), kind=kind, error=str(exc))
 
     def recent(self, kind: Kind, night: date, within_nights: int = 3) -> dict[str, Any] | None:
         """The latest record of `kind` at most `within_nights` nights before or after `night`."""
