@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -104,6 +105,13 @@ def test_broker_outage_at_a_high_rate_loses_nothing(plant: Plant, tmp_path: Path
     outage_run(plant, tmp_path, OUTAGE_S)
 
 
+def event_of(messages: list[Received], kind: str) -> dict[str, Any]:
+    """The first event of `kind` among the messages of the `events` stream."""
+    return next(
+        e for m in messages if m.topic.endswith("/events") for e in m.json()["events"] if e["kind"] == kind
+    )
+
+
 @pytest.mark.soak
 @pytest.mark.timeout(3600)
 def test_ten_minute_outage_soak(plant: Plant, tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -152,13 +160,7 @@ def test_a_corrupt_outbox_is_quarantined_and_the_agent_runs(
     (kept,) = state.glob("outbox.sqlite.quarantined-*[0-9TZ]")
     assert kept.read_bytes() == garbage
     assert status["buffer"]["quarantined"] == str(kept)
-    alarm = next(
-        e
-        for m in messages
-        if m.topic.endswith("/events")
-        for e in m.json()["events"]
-        if e["kind"] == "buffer_quarantined"
-    )
+    alarm = event_of(messages, "buffer_quarantined")
     assert alarm["severity"] == "alarm"
     assert alarm["detail"]["moved_to"] == str(kept)
 
@@ -183,11 +185,5 @@ def test_an_outbox_damaged_under_the_running_agent_is_moved_aside_by_a_restart(
             assert again.stop() == 0
     (kept,) = agent.outbox.parent.glob("outbox.sqlite.quarantined-*[0-9TZ]")
     assert status["buffer"]["quarantined"] == str(kept)
-    alarm = next(
-        e
-        for m in messages
-        if m.topic.endswith("/events")
-        for e in m.json()["events"]
-        if e["kind"] == "buffer_quarantined"
-    )
+    alarm = event_of(messages, "buffer_quarantined")
     assert alarm["detail"]["moved_to"] == str(kept)

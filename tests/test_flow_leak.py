@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -148,31 +149,39 @@ def _readings(days: int, leak_day: int) -> list[Reading]:
     return out
 
 
-async def test_the_processor_finds_a_rise_in_the_readings_keeps_state_and_fuses_acoustic_evidence(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("TZ", "UTC")
+def _north_district() -> tuple[FlowLeakSection, list[Reading], list[Reading]]:
+    """A district with a 12 m3/h leak from day 25: its section, its readings before 21 January
+    (learning, then armed) and after."""
     section = FlowLeakSection(
         name="dma-north", inflow=["plc/inflow_a", "inflow_b"], outflow=["outflow"], pressure="pressure",
         timezone="UTC", sample_s=900, stale_after_s=1800, baseline_nights=10,
     )  # fmt: skip
     readings = _readings(40, leak_day=25)
     split = next(i for i, r in enumerate(readings) if r.ts_ns >= int(datetime(2024, 1, 21).timestamp() * 1e9))
+    return section, readings[:split], readings[split:]
+
+
+async def _feed(readings: list[Reading]) -> AsyncIterator[tuple[str, list[Reading]]]:
+    yield ("plc", readings)
+
+
+async def test_the_processor_finds_a_rise_in_the_readings_keeps_state_and_fuses_acoustic_evidence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    section, before, after = _north_district()
     events: list[Event] = []
 
     async def emit(e: Event) -> None:
         events.append(e)
 
-    async def feed(rs: list[Reading]):  # type: ignore[no-untyped-def]
-        yield ("plc", rs)
-
     first = FlowLeakProcessor([section], tmp_path)
-    await first.run(feed(readings[:split]), emit)
+    await first.run(_feed(before), emit)
     assert first.health().districts["dma-north"].state == "armed"
     # The hydrophone at the same site raised a leak the night before the flow rose.
     SiteEvidence(tmp_path, "dma-north").record("acoustic", date(2024, 1, 26), {"sensor": "hyd.A"})
     again = FlowLeakProcessor([section], tmp_path)  # a restart keeps the baseline
-    await again.run(feed(readings[split:]), emit)
+    await again.run(_feed(after), emit)
     nights = [e for e in events if e.kind == "night_flow"]
     assert len(nights) >= 38
     rises = [e for e in events if e.kind == "flow_leak"]
@@ -194,28 +203,20 @@ async def test_a_card_that_refuses_writes_costs_the_stored_state_not_the_flow_le
     # night before its events: the processor crashed and the rise was never reported. Here a
     # directory stands where the state and the site's evidence go (the same OSError path).
     monkeypatch.setenv("TZ", "UTC")
-    section = FlowLeakSection(
-        name="dma-north", inflow=["plc/inflow_a", "inflow_b"], outflow=["outflow"], pressure="pressure",
-        timezone="UTC", sample_s=900, stale_after_s=1800, baseline_nights=10,
-    )  # fmt: skip
-    readings = _readings(40, leak_day=25)
-    split = next(i for i, r in enumerate(readings) if r.ts_ns >= int(datetime(2024, 1, 21).timestamp() * 1e9))
+    section, before, after = _north_district()
     events: list[Event] = []
 
     async def emit(e: Event) -> None:
         events.append(e)
 
-    async def feed(rs: list[Reading]):  # type: ignore[no-untyped-def]
-        yield ("plc", rs)
-
     proc = FlowLeakProcessor([section], tmp_path)
-    await proc.run(feed(readings[:split]), emit)
+    await proc.run(_feed(before), emit)
     state = tmp_path / "flow_leak" / "dma-north" / "state.json"
     state.unlink()
     state.mkdir()
     (tmp_path / "sites").mkdir()
     (tmp_path / "sites" / "dma-north.json").mkdir()
-    await proc.run(feed(readings[split:]), emit)
+    await proc.run(_feed(after), emit)
     rises = [e for e in events if e.kind == "flow_leak"]
     assert len(rises) == 1  # found and reported all the same
     assert rises[0].detail["added_m3h"] == pytest.approx(12.0, rel=0.35)
