@@ -87,6 +87,10 @@ class Updater:
     def run(self) -> UpdateState:
         """Resume an interrupted trial, else carry out the pending request (if any)."""
         if self.state.phase == "trial":
+            current = self.layout.release(self.layout.current)
+            if current is None or current.name != self.state.to_release:
+                self._finish("failed", "interrupted before the switch; nothing was switched")
+                return self.state
             self._note("resumed after an interruption: judging the release again")
             self._judge_and_finish(self.state.health_window_s)
             return self.state
@@ -131,6 +135,8 @@ class Updater:
         self.state.phase = "trial"
         self.state.trial_deadline_ns = self._now() + int(window * 1e9)
         self.state.baseline = judge.Baseline.from_status(baseline).to_json()
+        # On disk before the switch: a power cut right after it must find a trial to judge at boot.
+        self.files.write_state(self.state)
         self.layout.switch(target)
         self._note(f"switched current to {target.name}; restarting the agent")
         self._audit("switched", to=manifest.version, release=target.name)
