@@ -1,5 +1,6 @@
-"""The updater interrupted: a power cut (kill -9) just before or right after it switched `current`.
-Either way the gateway ends on a release that was judged, and says truly what happened.
+"""The updater interrupted or asked twice: a power cut (kill -9) just before or right after it
+switched `current`, and the same bundle sent again. Either way the gateway ends on a release that
+was judged, and the centre hears every outcome.
 
 The new release is installed beforehand as a complete release directory (its `release.json`
 written, its `edge-agent` this venv's), as the updater itself leaves one after building it, so the
@@ -9,6 +10,7 @@ answers on the status socket, so the new release never passes and is rolled back
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import multiprocessing
 import os
@@ -16,15 +18,19 @@ import platform
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.testing import write_agent_config
 from water_edge.agent.update.bundle import build_bundle, public_key_text
 from water_edge.agent.update.layout import Layout, Release
+from water_edge.agent.update.report import UpdateWatch
 from water_edge.agent.update.service import CommandService
 from water_edge.agent.update.state import UpdateFiles
 from water_edge.agent.update.updater import Updater
+from water_edge.core.reading import Event
 
 WINDOW_S = 5.0
 
@@ -104,6 +110,11 @@ def _apply_until_the_power_cut(tmp: Path, config: Path, keys: Path, after: bool)
     _updater(tmp, layout, config, keys).run()
 
 
+def _reported(tmp: Path, watch: UpdateWatch, events: list[Event]) -> list[dict[str, Any]]:
+    asyncio.run(watch.check())
+    return [e.detail for e in events if e.kind == "update"]
+
+
 def _cut_power_at_the_switch(tmp: Path, config: Path, keys: Path, sha: str, *, after: bool) -> None:
     _request(tmp, sha)
     child = multiprocessing.get_context("fork").Process(
@@ -136,3 +147,21 @@ def test_a_power_cut_just_before_the_switch_ends_failed_with_nothing_switched(tm
     assert state.reason == "interrupted before the switch; nothing was switched"
     assert _link(root, "current") == "0.1.0-dev"
     assert _link(root, "previous") is None  # not the release before it: nothing to roll back
+
+
+def test_the_same_bundle_sent_twice_reports_both_outcomes(tmp_path: Path) -> None:
+    root, config, keys, sha = _gateway(tmp_path)
+    events: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+
+    watch = UpdateWatch(UpdateFiles(tmp_path / "state"), emit)
+    for attempt in (1, 2):
+        _request(tmp_path, sha)
+        state = _updater(tmp_path, Layout(root), config, keys).run()
+        assert state.phase == "rolled_back", state
+        assert _link(root, "current") == "0.1.0-dev"
+        reported = _reported(tmp_path, watch, events)
+        assert [(e["id"], e["outcome"]) for e in reported] == [(sha, "rolled_back")] * attempt
+    assert orjson.loads((tmp_path / "state" / "update" / "reported.json").read_bytes())["id"] == sha
