@@ -1,6 +1,7 @@
-"""The updater interrupted or asked twice: a power cut (kill -9) just before or right after it
-switched `current`, and the same bundle sent again. Either way the gateway ends on a release that
-was judged, and the centre hears every outcome.
+"""The updater interrupted, asked twice or out of disk: a power cut (kill -9) just before or right
+after it switched `current`, the same bundle sent again, a disk that fills while the bundle is
+unpacked. Either way the gateway ends on a release that was judged, and the centre hears every
+outcome.
 
 The new release is installed beforehand as a complete release directory (its `release.json`
 written, its `edge-agent` this venv's), as the updater itself leaves one after building it, so the
@@ -15,12 +16,16 @@ import hashlib
 import multiprocessing
 import os
 import platform
+import shutil
 import signal
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.testing import write_agent_config
@@ -50,11 +55,11 @@ class PowerCutBeforeSwitch(PowerCutAtSwitch):
     after = False
 
 
-def _gateway(tmp: Path) -> tuple[Path, Path, Path, str]:
+def _gateway(tmp: Path, wheel_bytes: int = 1700, *, built: bool = True) -> tuple[Path, Path, Path, str]:
     """Install root (0.1.0 current, 0.2.0 built beside it), config, keys file, and the 0.2.0
     bundle's sha256, spooled by the agent as a signed command would have it."""
     root = tmp / "opt"
-    (root / "releases").mkdir(parents=True)
+    (root / "releases").mkdir(parents=True, exist_ok=True)
     (root / "releases" / "0.1.0-dev").symlink_to(Path(sys.prefix))
     (root / "current").symlink_to("releases/0.1.0-dev")
     key = Ed25519PrivateKey.generate()
@@ -62,7 +67,7 @@ def _gateway(tmp: Path) -> tuple[Path, Path, Path, str]:
     keys.write_text(f"rel-test {public_key_text(key)}\n")
     wheel = tmp / "w" / "water_edge_agent-0.2.0-py3-none-any.whl"
     wheel.parent.mkdir()
-    wheel.write_bytes(b"the agent's wheel" * 100)
+    wheel.write_bytes(os.urandom(wheel_bytes))
     files = UpdateFiles(tmp / "state")
     files.spool.mkdir(parents=True)
     bundle = tmp / "agent-0.2.0.tar"
@@ -70,10 +75,11 @@ def _gateway(tmp: Path) -> tuple[Path, Path, Path, str]:
     build_bundle([wheel], [], key, "rel-test", bundle, python=python, config_schema=(1, 1), outbox_schema=1)
     sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
     bundle.replace(files.spool / f"{sha}.tar")
-    built = root / "releases" / f"0.2.0-{sha[:8]}"
-    (built / "bin").mkdir(parents=True)
-    (built / "bin" / "edge-agent").symlink_to(Path(sys.prefix) / "bin" / "edge-agent")
-    (built / "release.json").write_text('{"version": "0.2.0"}')
+    if built:
+        release = root / "releases" / f"0.2.0-{sha[:8]}"
+        (release / "bin").mkdir(parents=True)
+        (release / "bin" / "edge-agent").symlink_to(Path(sys.prefix) / "bin" / "edge-agent")
+        (release / "release.json").write_text('{"version": "0.2.0"}')
     config = write_agent_config(tmp, extra=f'[update]\nroot = "{root}"\nrelease_keys = "{keys}"\n')
     return root, config, keys, sha
 
@@ -165,3 +171,53 @@ def test_the_same_bundle_sent_twice_reports_both_outcomes(tmp_path: Path) -> Non
         reported = _reported(tmp_path, watch, events)
         assert [(e["id"], e["outcome"]) for e in reported] == [(sha, "rolled_back")] * attempt
     assert orjson.loads((tmp_path / "state" / "update" / "reported.json").read_bytes())["id"] == sha
+
+
+def _small_disk(mount: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs at `mount` (root only), for a disk that fills up during an update."""
+    mount.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_staging(tmp_path: Path) -> Iterator[Path]:
+    yield from _small_disk(tmp_path / "opt" / "staging")
+
+
+@pytest.fixture
+def small_releases(tmp_path: Path) -> Iterator[Path]:
+    yield from _small_disk(tmp_path / "opt" / "releases")
+
+
+def test_a_disk_full_while_unpacking_fails_the_update_and_frees_the_space(
+    tmp_path: Path, small_staging: Path
+) -> None:
+    root, config, keys, sha = _gateway(tmp_path, wheel_bytes=300 * 1024)  # the copy fits, twice not
+    _request(tmp_path, sha)
+    state = _updater(tmp_path, Layout(root), config, keys).run()
+    assert state.phase == "failed", state
+    assert state.reason is not None
+    assert "No space left on device" in state.reason, state.reason
+    assert _link(root, "current") == "0.1.0-dev"
+    assert list(small_staging.iterdir()) == []  # the copy and the half-unpacked wheels are gone
+    assert shutil.disk_usage(small_staging).used < 64 * 1024
+
+
+def test_a_disk_full_while_building_the_release_fails_the_update_and_frees_the_space(
+    tmp_path: Path, small_releases: Path
+) -> None:
+    root, config, keys, sha = _gateway(tmp_path, built=False)
+    _request(tmp_path, sha)
+    state = _updater(tmp_path, Layout(root), config, keys).run()
+    assert state.phase == "failed", state
+    assert state.reason is not None
+    assert state.reason.startswith("creating the virtualenv failed"), state.reason
+    assert _link(root, "current") == "0.1.0-dev"
+    assert [p.name for p in small_releases.iterdir()] == ["0.1.0-dev"]  # no half-built release
+    assert shutil.disk_usage(small_releases).used < 64 * 1024
