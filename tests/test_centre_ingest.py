@@ -190,3 +190,23 @@ def test_a_message_the_database_cannot_store_is_rejected_and_the_ingest_goes_on(
     assert "duplicate key" in reasons[3]
     assert reasons[2] == "reason must be a string (got dict)"
     assert "Traceback" not in ingest.log()
+
+
+def test_an_eviction_event_with_a_malformed_range_does_not_stop_the_gap_check(centre_db: str) -> None:
+    """A `buffer_eviction` whose seq range is not two integers (a buggy or hostile gateway) made the
+    gap check's explanation query fail on its cast; the error ended the consumer at every check."""
+    store = Store(centre_db)
+    bad = [["a", "b"], [4.5, 9], [5, 1e30], {"first": 1}, "3..4", [None, None]]  # none covers 3..4
+    store.commit([*(eviction_with("gw1", i, r) for i, r in enumerate(bad, 1)), *messages("gw1", [1, 2, 5])])
+    (gap,) = store.check_gaps(timeout_s=0) or []
+    store.close()
+    assert (gap.gateway, gap.first_seq, gap.last_seq, gap.explained) == ("gw1", 3, 4, None)
+
+
+def eviction_with(gateway: str, seq: int, seqs: object) -> Message:
+    body = {
+        "v": 1, "stream": "events", "seq": seq, "site": "s1", "gateway": gateway, "sent_ns": 1,
+        "events": [{"kind": "buffer_eviction", "source": "buffer", "ts": 1, "severity": "warning",
+                    "score": None, "detail": {"reason": "quota", "streams": {"plc1": seqs}}}],
+    }  # fmt: skip
+    return parse(f"water/s1/{gateway}/events", orjson.dumps(body))

@@ -297,7 +297,7 @@ class Consumer:
     def _check_gaps(self) -> None:
         try:
             found = self._store.check_gaps(self.cfg.gap_timeout_s)
-        except StoreError as exc:
+        except (StoreError, StoreRefusedError) as exc:
             log.warning("ingest.gap_check_failed", error=str(exc))
             return
         for gap in found or ():
