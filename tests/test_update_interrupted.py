@@ -74,7 +74,6 @@ def _gateway(tmp: Path, wheel_bytes: int = 1700, *, built: bool = True) -> tuple
     python = ".".join(platform.python_version_tuple()[:2])
     build_bundle([wheel], [], key, "rel-test", bundle, python=python, config_schema=(1, 1), outbox_schema=1)
     sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
-    bundle.replace(files.spool / f"{sha}.tar")
     if built:
         release = root / "releases" / f"0.2.0-{sha[:8]}"
         (release / "bin").mkdir(parents=True)
@@ -104,7 +103,9 @@ def _link(root: Path, name: str) -> str | None:
 
 
 def _request(tmp: Path, sha: str) -> None:
+    """What the agent does for a signed `update` command: spool the bundle, write the request."""
     files = UpdateFiles(tmp / "state")
+    shutil.copyfile(tmp / "agent-0.2.0.tar", files.spool / f"{sha}.tar")
     files.write_request(
         {"action": "apply", "bundle": str(files.spool / f"{sha}.tar"), "sha256": sha,
          "requested_by": "command c1 from release-ops", "health_window_s": WINDOW_S}
@@ -170,6 +171,7 @@ def test_the_same_bundle_sent_twice_reports_both_outcomes(tmp_path: Path) -> Non
         assert _link(root, "current") == "0.1.0-dev"
         reported = _reported(tmp_path, watch, events)
         assert [(e["id"], e["outcome"]) for e in reported] == [(sha, "rolled_back")] * attempt
+        assert list(UpdateFiles(tmp_path / "state").spool.iterdir()) == []  # reported: bundle dropped
     assert orjson.loads((tmp_path / "state" / "update" / "reported.json").read_bytes())["id"] == sha
 
 

@@ -109,6 +109,17 @@ class UpdateWatch:
             {"id": state.id, "started_ns": state.started_ns, "phase": state.phase, "reported_ns": now_ns()},
         )
         log.info("update.reported", id=state.id[:16], phase=state.phase)
+        self._drop_spooled(state.id)
+
+    def _drop_spooled(self, sha: str) -> None:
+        """The bundle of an update that has ended is done with (a retry sends it again), unless a
+        new request names it: on a gateway the spool shares its disk with the outbox."""
+        if (read_json(self.files.request) or {}).get("sha256") == sha:
+            return
+        try:
+            (self.files.spool / f"{sha}.tar").unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("update.spool_not_removed", id=sha[:16], error=str(exc))
 
     @staticmethod
     def _event(state: UpdateState) -> Event:
