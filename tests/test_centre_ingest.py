@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.support.broker import Mosquitto
+from tests.support.broker import Mosquitto, Publisher
 from tests.support.centre import committed_in_last_run, committed_seqs, ingest_process, query
 from tests.support.testing import wait_until
 from water_edge.centre.loadgen import FleetResult, FleetSpec, payload
@@ -123,3 +123,90 @@ def test_two_consumers_share_a_fleet_with_an_outage_burst_and_one_killed_midway_
     assert query(centre_db, "SELECT count(*) FROM readings") == [(800 * 20,)]
     # Both shared the load: each committed some of the fleet's messages in its last run.
     assert all(committed_in_last_run(log) > 0 for log in logs), logs
+
+
+def _data(seq: int, **reading: object) -> bytes:
+    body = orjson.loads(payload("s1", "gw1", seq, 10**18 + seq, 1))
+    body["readings"][0].update(reading)
+    return orjson.dumps(body)
+
+
+def test_a_message_the_database_cannot_store_is_rejected_and_the_ingest_goes_on(
+    centre_db: str, tmp_path: Path
+) -> None:
+    """Valid JSON in the documented shape whose values PostgreSQL refuses (a NUL in a text, an
+    integer beyond bigint, an object as reason, a tag twice at one ts, a NUL in an event's detail)
+    used to end the consumer with a traceback; restarted, it met the same unacknowledged batch
+    again. Now each is kept in `rejected` with the database's reason, and the good ones committed."""
+    twice = orjson.loads(payload("s1", "gw1", 5, 10**18, 1))
+    twice["readings"] *= 2
+    event = {
+        "v": 1, "stream": "events", "seq": 1, "site": "s1", "gateway": "gw1", "sent_ns": 1,
+        "events": [{"kind": "k", "source": "agent", "ts": 1, "severity": "info", "detail": {"x": "\u0000"}}],
+    }  # fmt: skip
+    hostile = [
+        ("water/s1/gw1/plc1", _data(2, tag="flow\u0000")),
+        ("water/s1/gw1/plc1", _data(3, ts=2**63)),
+        ("water/s1/gw1/plc1", _data(4, reason={"not": "text"})),
+        ("water/s1/gw1/plc1", orjson.dumps(twice)),
+        ("water/s1/gw1/events", orjson.dumps(event)),
+        ("water/s1/gw1/plc1", b'{"v": 1, "site": "\xff"}'),
+        ("water/s1/gw1/plc1", b"[" * 100_000),
+    ]
+    with Mosquitto() as broker:
+        ingest = ingest_process(tmp_path, "c1", centre_db, [f"mqtt://{broker.host}:{broker.port}"])
+        ingest.start()
+        try:
+            ingest.wait_subscribed()
+            with Publisher(broker.host, broker.port) as pub:
+                pub.publish("water/s1/gw1/plc1", _data(1))
+                for topic, body in hostile:
+                    pub.publish(topic, body)
+                pub.publish("water/s1/gw1/plc1", _data(6))
+            process = ingest.process
+            assert process is not None
+
+            def done() -> bool:
+                rejected = query(centre_db, "SELECT count(*) FROM rejected")[0][0]
+                return rejected == len(hostile) and 6 in committed_seqs(centre_db).get(
+                    ("s1", "gw1", "plc1"), []
+                )
+
+            wait_until(lambda: done() or process.poll() is not None, 30)
+            assert process.poll() is None, ingest.log()[-3000:]
+        finally:
+            ingest.stop()
+    assert committed_seqs(centre_db) == {("s1", "gw1", "plc1"): [1, 6]}
+    rejected = {
+        bytes(body): (topic, reason)
+        for topic, reason, body in query(centre_db, "SELECT topic, reason, payload FROM rejected")
+    }
+    assert {(topic, body) for body, (topic, _) in rejected.items()} == set(hostile)  # kept as received
+    reasons = [rejected[body][1] for _, body in hostile]
+    for reason in (reasons[0], reasons[1], reasons[3], reasons[4]):
+        assert reason.startswith("refused by the database: "), reasons
+    assert "NUL" in reasons[0]
+    assert "out of range" in reasons[1]
+    assert "duplicate key" in reasons[3]
+    assert reasons[2] == "reason must be a string (got dict)"
+    assert "Traceback" not in ingest.log()
+
+
+def test_an_eviction_event_with_a_malformed_range_does_not_stop_the_gap_check(centre_db: str) -> None:
+    """A `buffer_eviction` whose seq range is not two integers (a buggy or hostile gateway) made the
+    gap check's explanation query fail on its cast; the error ended the consumer at every check."""
+    store = Store(centre_db)
+    bad = [["a", "b"], [4.5, 9], [5, 1e30], {"first": 1}, "3..4", [None, None]]  # none covers 3..4
+    store.commit([*(eviction_with("gw1", i, r) for i, r in enumerate(bad, 1)), *messages("gw1", [1, 2, 5])])
+    (gap,) = store.check_gaps(timeout_s=0) or []
+    store.close()
+    assert (gap.gateway, gap.first_seq, gap.last_seq, gap.explained) == ("gw1", 3, 4, None)
+
+
+def eviction_with(gateway: str, seq: int, seqs: object) -> Message:
+    body = {
+        "v": 1, "stream": "events", "seq": seq, "site": "s1", "gateway": gateway, "sent_ns": 1,
+        "events": [{"kind": "buffer_eviction", "source": "buffer", "ts": 1, "severity": "warning",
+                    "score": None, "detail": {"reason": "quota", "streams": {"plc1": seqs}}}],
+    }  # fmt: skip
+    return parse(f"water/s1/{gateway}/events", orjson.dumps(body))

@@ -6,6 +6,9 @@ rollback` switches to the previous release and back, by hand."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import datetime as dt
 import io
 import tarfile
 from pathlib import Path
@@ -16,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.support.testing import write_agent_config
 from water_edge.agent.cli import main
 from water_edge.agent.remote.audit import read_audit
+from water_edge.agent.remote.result import CommandFailedError, CommandResult
 from water_edge.agent.update.bundle import (
     BundleError,
     build_bundle,
@@ -24,7 +28,11 @@ from water_edge.agent.update.bundle import (
     public_key_text,
     read_manifest,
 )
-from water_edge.agent.update.state import UpdateFiles
+from water_edge.agent.update.config import UpdateSection
+from water_edge.agent.update.receive import UpdateReceiver
+from water_edge.agent.update.state import UpdateFiles, read_json
+from water_edge.core import envelope
+from water_edge.core.digests import sha256_file
 
 
 def _wheels(folder: Path) -> list[Path]:
@@ -167,3 +175,52 @@ def test_a_technician_rolls_back_by_hand_and_forward_again(
     assert main(["update", "rollback", *args]) != 0
     assert "no previous release" in capsys.readouterr().out
     assert (root / "current").resolve().name == "0.2.0-bbbb"
+
+
+def test_a_second_update_while_the_first_still_waits_for_the_updater_is_refused_not_swapped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two signed `update` commands close together (two operators, a retried wave): the second used
+    to overwrite request.json before the updater took the first, whose command had been answered
+    `staged` and whose update then never happened, with no event to say so."""
+    trusted = Ed25519PrivateKey.generate()
+    keys = _keys(tmp_path, ("rel-2026", trusted))
+    config = write_agent_config(
+        tmp_path, extra=f'[update]\nrelease_keys = "{keys}"\nroot = "{tmp_path / "opt"}"\n'
+    )
+    files = UpdateFiles(tmp_path / "state")
+    receiver = UpdateReceiver(UpdateSection(release_keys=keys), files)
+    operator = Ed25519PrivateKey.generate()
+    bundles = []
+    for day, name in enumerate(("a", "b"), 1):
+        (tmp_path / name).mkdir()
+        bundle = tmp_path / name / "agent-0.2.0.tar"
+        build_bundle(
+            _wheels(tmp_path / name / "w"), [], trusted, "rel-2026", bundle, python="3.11",
+            config_schema=(1, 1), outbox_schema=1, now=dt.datetime(2026, 12, day, tzinfo=dt.UTC),
+        )  # fmt: skip
+        sha = sha256_file(bundle)
+        data = base64.b64encode(bundle.read_bytes()).decode()
+        chunk = {"transfer": sha, "index": 0, "count": 1, "data": data}
+        asyncio.run(
+            receiver.chunk(envelope.parse(envelope.sign(operator, "ops", "update_chunk", "s/g", chunk)))
+        )
+        bundles.append((bundle, sha))
+    (_, first_sha), (second, second_sha) = bundles
+
+    def update(sha: str) -> CommandResult:
+        signed = envelope.sign(operator, "ops", "update", "s/g", {"transfer": sha})
+        return asyncio.run(receiver.update(envelope.parse(signed)))
+
+    assert update(first_sha).detail["staged"] == first_sha
+    with pytest.raises(CommandFailedError, match=f"another update request \\({first_sha[:16]}, command "):
+        update(second_sha)
+    assert read_json(files.request)["sha256"] == first_sha  # type: ignore[index]
+
+    # On site, the same: the technician is told what waits, nothing is swapped.
+    assert main(["update", "apply", str(second), "-c", str(config)]) != 0
+    assert "is waiting for the updater" in capsys.readouterr().err
+    assert read_json(files.request)["sha256"] == first_sha  # type: ignore[index]
+    files.take_request()  # the updater took it: the next one is welcome
+    assert main(["update", "apply", str(second), "-c", str(config)]) == 0
+    assert read_json(files.request)["sha256"] == second_sha  # type: ignore[index]

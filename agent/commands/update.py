@@ -148,7 +148,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from water_edge.agent.remote.result import CommandRefusedError
+    from water_edge.agent.remote.result import CommandFailedError, CommandRefusedError
     from water_edge.agent.update.receive import UpdateReceiver
     from water_edge.core.digests import sha256_file
 
@@ -158,6 +158,11 @@ def _apply(args: argparse.Namespace) -> int:
         sys.stderr.write(f"edge-agent update: no bundle at {args.bundle}\n")
         return EXIT_USAGE
     sha = sha256_file(args.bundle)
+    try:
+        receiver.no_other_request(sha)
+    except CommandFailedError as exc:
+        sys.stderr.write(f"edge-agent update: not requested: {exc.reason}\n")
+        return EXIT_FAILED
     staged = receiver.spool(args.bundle, sha)
     try:
         manifest = receiver.check(staged)

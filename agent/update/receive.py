@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import re
 import shutil
@@ -29,7 +30,7 @@ import structlog
 from water_edge.agent.remote.result import CommandFailedError, CommandRefusedError, CommandResult
 from water_edge.agent.update.bundle import BundleError, Manifest, load_release_keys, read_manifest
 from water_edge.agent.update.config import UpdateSection
-from water_edge.agent.update.state import UpdateFiles, write_json
+from water_edge.agent.update.state import UpdateFiles, read_json, write_json
 from water_edge.core.envelope import Envelope
 from water_edge.core.reading import now_ns
 
@@ -74,9 +75,11 @@ class UpdateReceiver:
             raise CommandFailedError("health_window_s must be a number of seconds, 5-3600")
         if "transfer" in env.args:
             sha = _sha(env.args.get("transfer"), "transfer")
+            self.no_other_request(sha)
             bundle = await asyncio.to_thread(self._assemble, sha)
         elif "url" in env.args:
             sha = _sha(env.args.get("sha256"), "sha256")
+            self.no_other_request(sha)  # before a download of up to max_bundle_bytes
             bundle = await asyncio.to_thread(self._download, str(env.args["url"]), sha)
         else:
             raise CommandFailedError("give 'transfer' (chunks sent before) or 'url' and 'sha256'")
@@ -105,7 +108,22 @@ class UpdateReceiver:
         tmp.replace(target)
         return target
 
+    def no_other_request(self, sha: str) -> None:
+        """CommandFailedError if a request for another bundle still waits for the updater:
+        overwriting it would drop an update whose command was already answered `staged`."""
+        pending = read_json(self.files.request)
+        if pending is None or pending.get("sha256") == sha:
+            return
+        since = pending.get("requested_ns")
+        when = _utc(since) if isinstance(since, int) else "an unknown time"
+        raise CommandFailedError(
+            f"another update request ({str(pending.get('sha256', '?'))[:16]}, "
+            f"{str(pending.get('requested_by', ''))[:80]}, since {when}) is waiting for the "
+            "updater (edge-agent-update.path); send this one when that update has ended"
+        )
+
     def request(self, bundle: Path, sha: str, requested_by: str, window: float | None = None) -> None:
+        self.no_other_request(sha)
         doc: dict[str, Any] = {
             "action": "apply",
             "bundle": str(bundle),
@@ -189,6 +207,10 @@ def _sha(value: object, name: str) -> str:
     if not isinstance(value, str) or not _SHA.match(value):
         raise CommandFailedError(f"argument {name!r} must be a sha256 in lower-case hex")
     return value
+
+
+def _utc(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _write(path: Path, data: bytes) -> None:

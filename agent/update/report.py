@@ -3,7 +3,8 @@ document (`UpdateHealth`), and each outcome the updater wrote as one `update` ev
 
 The updater is another process; it writes state.json. The agent polls that file's mtime (a stat
 every few seconds) and turns an outcome it has not reported yet into an event, remembering it in
-reported.json, so every outcome reaches the centre once through the outbox, whichever release is
+reported.json (the bundle's sha256 and when that attempt started: the same bundle sent again is
+another outcome), so every outcome reaches the centre once through the outbox, whichever release is
 running when it is decided (the new one after a commit, the old one after a rollback).
 """
 
@@ -95,11 +96,30 @@ class UpdateWatch:
         if state.phase not in TERMINAL or state.phase == "idle" or not state.id:
             return
         reported = read_json(self.files.reported) or {}
-        if reported.get("id") == state.id:
+        # The same bundle can be sent again (a retry, a second wave): each attempt is its own
+        # outcome. A reported.json from before `started_ns` was kept counts as this attempt's.
+        if (
+            reported.get("id") == state.id
+            and reported.get("started_ns", state.started_ns) == state.started_ns
+        ):
             return
         await self._emit(self._event(state))
-        write_json(self.files.reported, {"id": state.id, "phase": state.phase, "reported_ns": now_ns()})
+        write_json(
+            self.files.reported,
+            {"id": state.id, "started_ns": state.started_ns, "phase": state.phase, "reported_ns": now_ns()},
+        )
         log.info("update.reported", id=state.id[:16], phase=state.phase)
+        self._drop_spooled(state.id)
+
+    def _drop_spooled(self, sha: str) -> None:
+        """The bundle of an update that has ended is done with (a retry sends it again), unless a
+        new request names it: on a gateway the spool shares its disk with the outbox."""
+        if (read_json(self.files.request) or {}).get("sha256") == sha:
+            return
+        try:
+            (self.files.spool / f"{sha}.tar").unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("update.spool_not_removed", id=sha[:16], error=str(exc))
 
     @staticmethod
     def _event(state: UpdateState) -> Event:

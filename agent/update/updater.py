@@ -87,6 +87,10 @@ class Updater:
     def run(self) -> UpdateState:
         """Resume an interrupted trial, else carry out the pending request (if any)."""
         if self.state.phase == "trial":
+            current = self.layout.release(self.layout.current)
+            if current is None or current.name != self.state.to_release:
+                self._finish("failed", "interrupted before the switch; nothing was switched")
+                return self.state
             self._note("resumed after an interruption: judging the release again")
             self._judge_and_finish(self.state.health_window_s)
             return self.state
@@ -118,19 +122,30 @@ class Updater:
         self.state.from_version = current.version if current else None
         self._note(f"requested by {self.state.requested_by or 'someone on the gateway'}")
         try:
-            manifest, wheels = self._verify(request)
-            self.state.to_version = manifest.version
-            self.state.phase = "installing"
-            self._note(f"verified {manifest.version}, signed by {manifest.key_id}")
-            target = self._install(manifest, wheels, sha)
+            try:
+                manifest, wheels = self._verify(request)
+                self.state.to_version = manifest.version
+                self.state.phase = "installing"
+                self._note(f"verified {manifest.version}, signed by {manifest.key_id}")
+                target = self._install(manifest, wheels, sha)
+            finally:
+                # Installed (its wheels hard-linked into the cache) or not, the copy and the unpacked
+                # wheels are done with: on a disk that filled up, they are what filled it.
+                shutil.rmtree(self._work_dir(), ignore_errors=True)
         except (UpdateFailedError, BundleError) as exc:
             self._finish("failed", str(exc))
+            return
+        except OSError as exc:  # a full disk, an I/O error while unpacking or installing
+            where = f" ({exc.filename})" if exc.filename else ""
+            self._finish("failed", f"unpacking or installing failed: {exc.strerror or exc}{where}")
             return
         baseline = self._status()
         self.state.to_release = target.name
         self.state.phase = "trial"
         self.state.trial_deadline_ns = self._now() + int(window * 1e9)
         self.state.baseline = judge.Baseline.from_status(baseline).to_json()
+        # On disk before the switch: a power cut right after it must find a trial to judge at boot.
+        self.files.write_state(self.state)
         self.layout.switch(target)
         self._note(f"switched current to {target.name}; restarting the agent")
         self._audit("switched", to=manifest.version, release=target.name)
@@ -144,7 +159,7 @@ class Updater:
             raise UpdateFailedError(f"bundle {str(source)[:120]!r} is not in {spool}")
         self.layout.staging.mkdir(parents=True, exist_ok=True)
         os.chmod(self.layout.staging, 0o700)
-        work = self.layout.staging / (self.state.id[:16] or "bundle")
+        work = self._work_dir()
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
         copy = work / "bundle.tar"
@@ -171,6 +186,9 @@ class Updater:
                 )
             paths.append(cached)
         return manifest, paths
+
+    def _work_dir(self) -> Path:
+        return self.layout.staging / (self.state.id[:16] or "bundle")
 
     def _check_fit(self, manifest: Manifest) -> None:
         here = ".".join(platform.python_version_tuple()[:2])
@@ -201,12 +219,16 @@ class Updater:
         if not self.layout.complete(target):
             shutil.rmtree(target, ignore_errors=True)
             self.layout.releases.mkdir(parents=True, exist_ok=True)
-            self._run([self.python, "-m", "venv", str(target)], "creating the virtualenv")
-            self._run(
-                [str(target / "bin" / "python"), "-m", "pip", "install", "--no-index", "--no-deps",
-                 "--disable-pip-version-check", "--quiet", *map(str, wheels)],
-                "installing the wheels",
-            )  # fmt: skip
+            try:
+                self._run([self.python, "-m", "venv", str(target)], "creating the virtualenv")
+                self._run(
+                    [str(target / "bin" / "python"), "-m", "pip", "install", "--no-index", "--no-deps",
+                     "--disable-pip-version-check", "--quiet", *map(str, wheels)],
+                    "installing the wheels",
+                )  # fmt: skip
+            except (UpdateFailedError, OSError):
+                shutil.rmtree(target, ignore_errors=True)  # half a virtualenv: space a full disk needs
+                raise
             self._note(f"installed {len(wheels)} wheels into {target.name}")
         self._run(
             [str(target / "bin" / "edge-agent"), "check-config", "-c", str(self.config_path)],

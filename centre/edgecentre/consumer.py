@@ -39,7 +39,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from water_edge.centre.payload import Message, PayloadError, parse
-from water_edge.centre.store import Store, StoreError
+from water_edge.centre.store import Committed, Store, StoreError, StoreRefusedError
 
 log = structlog.get_logger(__name__)
 
@@ -220,8 +220,10 @@ class Consumer:
                 break
         return batch
 
-    def _sort(self, batch: list[_Delivery]) -> tuple[list[Message], list[tuple[str, str, bytes]]]:
-        messages: list[Message] = []
+    def _sort(
+        self, batch: list[_Delivery]
+    ) -> tuple[list[tuple[_Delivery, Message]], list[tuple[str, str, bytes]]]:
+        messages: list[tuple[_Delivery, Message]] = []
         rejected: list[tuple[str, str, bytes]] = []
         part = self.cfg.partition
         for d in batch:
@@ -235,18 +237,40 @@ class Consumer:
                     self.counters.other_partition += 1
                     continue
             try:
-                messages.append(parse(d.topic, d.payload))
+                messages.append((d, parse(d.topic, d.payload)))
             except PayloadError as exc:
                 rejected.append((d.topic, str(exc), d.payload))
                 log.warning("ingest.rejected", topic=d.topic, reason=str(exc))
         return messages, rejected
 
+    def _write(
+        self, parsed: list[tuple[_Delivery, Message]], rejected: list[tuple[str, str, bytes]]
+    ) -> Committed | None:
+        """The batch in one transaction; if the database refuses a value in it, message by message,
+        and each message it refuses goes to `rejected` with its reason (never retried forever)."""
+        if not (parsed or rejected):
+            return None
+        try:
+            return self._store.commit([m for _, m in parsed], rejected)
+        except StoreRefusedError:
+            pass
+        done, refused = Committed(0, 0, 0, 0, 0), list(rejected)
+        for d, m in parsed:
+            try:
+                done += self._store.commit([m])
+            except StoreRefusedError as exc:
+                reason = f"refused by the database: {exc}"
+                refused.append((d.topic, reason, d.payload))
+                log.warning("ingest.rejected", topic=d.topic, reason=reason)
+        return done + self._store.commit([], refused) if refused else done
+
     def _commit(self, batch: list[_Delivery]) -> None:
-        messages, rejected = self._sort(batch)
+        parsed, rejected = self._sort(batch)
+        messages = [m for _, m in parsed]
         delay = 0.2
         while True:
             try:
-                done = self._store.commit(messages, rejected) if (messages or rejected) else None
+                done = self._write(parsed, rejected)
                 break
             except StoreError as exc:
                 self.counters.store_errors += 1
@@ -273,7 +297,7 @@ class Consumer:
     def _check_gaps(self) -> None:
         try:
             found = self._store.check_gaps(self.cfg.gap_timeout_s)
-        except StoreError as exc:
+        except (StoreError, StoreRefusedError) as exc:
             log.warning("ingest.gap_check_failed", error=str(exc))
             return
         for gap in found or ():

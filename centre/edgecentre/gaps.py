@@ -36,12 +36,16 @@ def _explanation(
     cur: psycopg.Cursor[TupleRow], names: tuple[str, str, str], first: int, last: int
 ) -> str | None:
     site, gateway, stream = names
+    # The range is the gateway's word: cast only two JSON numbers (CASE fixes the order of
+    # evaluation), so a malformed one explains nothing instead of failing the whole check.
     cur.execute(
-        "SELECT e.detail->>'reason' FROM events e JOIN streams s ON s.id = e.stream_id"
+        "SELECT e.detail->>'reason' FROM events e JOIN streams s ON s.id = e.stream_id,"
+        " LATERAL (SELECT e.detail->'streams'->%s AS r) x"
         " WHERE s.site = %s AND s.gateway = %s AND e.kind = 'buffer_eviction'"
-        " AND (e.detail->'streams'->%s->>0)::bigint <= %s AND (e.detail->'streams'->%s->>1)::bigint >= %s"
+        " AND CASE WHEN jsonb_typeof(x.r->0) = 'number' AND jsonb_typeof(x.r->1) = 'number'"
+        " THEN (x.r->>0)::numeric <= %s AND (x.r->>1)::numeric >= %s ELSE false END"
         " LIMIT 1",
-        (site, gateway, stream, first, stream, last),
+        (stream, site, gateway, first, last),
     )
     row = cur.fetchone()
     return None if row is None else f"buffer_eviction: {row[0]}"

@@ -108,12 +108,12 @@ def _readings(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         if quality not in _QUALITIES:
             raise PayloadError(f"quality {quality!r} is not good/uncertain/bad")
         value, text = _value(r["value"])
-        ts = r["ts"]
+        ts, reason = r["ts"], r.get("reason")
         if not isinstance(ts, int) or isinstance(ts, bool):
             raise PayloadError(f"ts must be an integer (got {ts!r})")
-        out.append(
-            (str(r["tag"]), ts, value, text, quality, r.get("reason"), str(r["unit"]), str(r["source"]))
-        )
+        if reason is not None and not isinstance(reason, str):
+            raise PayloadError(f"reason must be a string (got {type(reason).__name__})")
+        out.append((str(r["tag"]), ts, value, text, quality, reason, str(r["unit"]), str(r["source"])))
     return out
 
 

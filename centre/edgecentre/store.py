@@ -8,7 +8,9 @@ for the first transaction and then sees the conflict), therefore adds nothing. T
 its acknowledgements only after the commit (consumer.py): a crash before it means redelivery,
 which this makes harmless.
 
-psycopg's errors are translated here into `StoreError` (the ingest retries) and nothing else.
+psycopg's errors are translated here: `StoreError` when the database is unavailable (the ingest
+retries), `StoreRefusedError` when it refuses a value in the batch (a NUL in a text, an integer
+beyond bigint, a key twice in one message: the ingest rejects the message that carries it).
 """
 
 from __future__ import annotations
@@ -33,10 +35,16 @@ class StoreError(Exception):
     """The database could not take the batch (connection lost, server down); nothing was committed."""
 
 
+class StoreRefusedError(Exception):
+    """The database refused a value in the batch; nothing was committed. Retrying cannot help."""
+
+
 @contextlib.contextmanager
 def _db_errors() -> Iterator[None]:
     try:
         yield
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        raise StoreRefusedError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
     except psycopg.OperationalError as exc:
         raise StoreError(f"database unavailable: {exc}") from exc
     except psycopg.errors.SerializationFailure as exc:  # pragma: no cover - not at READ COMMITTED
@@ -80,6 +88,15 @@ class Committed:
     readings: int
     events: int
     rejected: int
+
+    def __add__(self, other: Committed) -> Committed:
+        return Committed(
+            self.messages + other.messages,
+            self.duplicates + other.duplicates,
+            self.readings + other.readings,
+            self.events + other.events,
+            self.rejected + other.rejected,
+        )
 
 
 class Store:
@@ -134,8 +151,8 @@ class Store:
         try:
             with _db_errors():
                 return self._commit(messages, rejected)
-        except StoreError:
-            self.close()  # a broken connection is not reused
+        except (StoreError, StoreRefusedError):
+            self.close()  # a broken connection is not reused, nor one left in a failed COPY
             raise
 
     def _commit(self, messages: Sequence[Message], rejected: Sequence[tuple[str, str, bytes]]) -> Committed:

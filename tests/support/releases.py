@@ -20,6 +20,7 @@ import csv
 import hashlib
 import importlib.metadata as md
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -184,12 +185,23 @@ class ServiceManager:
         self._thread.start()
         return self
 
+    def _env(self) -> dict[str, str]:
+        """A release runs its own code: a PYTHONPATH the tests run with (a worktree's checkout) is
+        only for the first release, which is this venv; later ones would import it instead of
+        themselves and answer with the old version."""
+        env = dict(os.environ)
+        if (self.root / "current").resolve() != Path(sys.prefix).resolve():
+            env.pop("PYTHONPATH", None)
+        return env
+
     def _spawn(self) -> None:
         exe = self.root / "current" / "bin" / "edge-agent"
         self.starts.append((self.root / "current").resolve().name)
         with self.log.open("ab") as out:
             out.write(f"--- start {self.starts[-1]}\n".encode())
-            self.process = subprocess.Popen([str(exe), "run", "-c", str(self.config)], stdout=out, stderr=out)
+            self.process = subprocess.Popen(
+                [str(exe), "run", "-c", str(self.config)], stdout=out, stderr=out, env=self._env()
+            )
 
     def _terminate(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -206,7 +218,7 @@ class ServiceManager:
             out.write(b"--- updater\n")
             argv = [str(exe), "update", "run", "-c", str(self.config), *self.updater_args]
             argv += ["--restart-command", self.restart_command]
-            subprocess.run(argv, stdout=out, stderr=out, check=False, timeout=600)
+            subprocess.run(argv, stdout=out, stderr=out, check=False, timeout=600, env=self._env())
 
     def _loop(self) -> None:
         self._spawn()

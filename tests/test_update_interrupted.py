@@ -1,0 +1,225 @@
+"""The updater interrupted, asked twice or out of disk: a power cut (kill -9) just before or right
+after it switched `current`, the same bundle sent again, a disk that fills while the bundle is
+unpacked. Either way the gateway ends on a release that was judged, and the centre hears every
+outcome.
+
+The new release is installed beforehand as a complete release directory (its `release.json`
+written, its `edge-agent` this venv's), as the updater itself leaves one after building it, so the
+updater goes straight to the new release's check-config, the switch and the health check; no agent
+answers on the status socket, so the new release never passes and is rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests.support.testing import write_agent_config
+from water_edge.agent.update.bundle import build_bundle, public_key_text
+from water_edge.agent.update.layout import Layout, Release
+from water_edge.agent.update.report import UpdateWatch
+from water_edge.agent.update.service import CommandService
+from water_edge.agent.update.state import UpdateFiles
+from water_edge.agent.update.updater import Updater
+from water_edge.core.reading import Event
+
+WINDOW_S = 5.0
+
+
+class PowerCutAtSwitch(Layout):
+    """The layout, with the power cut the instant before or after `current` names the new release."""
+
+    after = True
+
+    def switch(self, target: Path) -> Release | None:
+        old = super().switch(target) if self.after else None
+        os.kill(os.getpid(), signal.SIGKILL)
+        return old
+
+
+class PowerCutBeforeSwitch(PowerCutAtSwitch):
+    after = False
+
+
+def _gateway(tmp: Path, wheel_bytes: int = 1700, *, built: bool = True) -> tuple[Path, Path, Path, str]:
+    """Install root (0.1.0 current, 0.2.0 built beside it), config, keys file, and the 0.2.0
+    bundle's sha256, spooled by the agent as a signed command would have it."""
+    root = tmp / "opt"
+    (root / "releases").mkdir(parents=True, exist_ok=True)
+    (root / "releases" / "0.1.0-dev").symlink_to(Path(sys.prefix))
+    (root / "current").symlink_to("releases/0.1.0-dev")
+    key = Ed25519PrivateKey.generate()
+    keys = tmp / "release-keys"
+    keys.write_text(f"rel-test {public_key_text(key)}\n")
+    wheel = tmp / "w" / "water_edge_agent-0.2.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(os.urandom(wheel_bytes))
+    files = UpdateFiles(tmp / "state")
+    files.spool.mkdir(parents=True)
+    bundle = tmp / "agent-0.2.0.tar"
+    python = ".".join(platform.python_version_tuple()[:2])
+    build_bundle([wheel], [], key, "rel-test", bundle, python=python, config_schema=(1, 1), outbox_schema=1)
+    sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    if built:
+        release = root / "releases" / f"0.2.0-{sha[:8]}"
+        (release / "bin").mkdir(parents=True)
+        (release / "bin" / "edge-agent").symlink_to(Path(sys.prefix) / "bin" / "edge-agent")
+        (release / "release.json").write_text('{"version": "0.2.0"}')
+    config = write_agent_config(tmp, extra=f'[update]\nroot = "{root}"\nrelease_keys = "{keys}"\n')
+    return root, config, keys, sha
+
+
+def _updater(tmp: Path, layout: Layout, config: Path, keys: Path) -> Updater:
+    return Updater(
+        layout=layout,
+        files=UpdateFiles(tmp / "state"),
+        keys_file=keys,
+        config_path=config,
+        status_socket=tmp / "state" / "status.sock",
+        service=CommandService(["true"]),
+        audit_path=tmp / "state" / "audit.log",
+        poll_s=0.2,
+    )
+
+
+def _link(root: Path, name: str) -> str | None:
+    """The release `current` or `previous` names (not resolved: the first release is a link itself)."""
+    release = Layout(root).release(root / name)
+    return None if release is None else release.name
+
+
+def _request(tmp: Path, sha: str) -> None:
+    """What the agent does for a signed `update` command: spool the bundle, write the request."""
+    files = UpdateFiles(tmp / "state")
+    shutil.copyfile(tmp / "agent-0.2.0.tar", files.spool / f"{sha}.tar")
+    files.write_request(
+        {"action": "apply", "bundle": str(files.spool / f"{sha}.tar"), "sha256": sha,
+         "requested_by": "command c1 from release-ops", "health_window_s": WINDOW_S}
+    )  # fmt: skip
+
+
+def _apply_until_the_power_cut(tmp: Path, config: Path, keys: Path, after: bool) -> None:
+    layout = (PowerCutAtSwitch if after else PowerCutBeforeSwitch)(tmp / "opt")
+    _updater(tmp, layout, config, keys).run()
+
+
+def _reported(tmp: Path, watch: UpdateWatch, events: list[Event]) -> list[dict[str, Any]]:
+    asyncio.run(watch.check())
+    return [e.detail for e in events if e.kind == "update"]
+
+
+def _cut_power_at_the_switch(tmp: Path, config: Path, keys: Path, sha: str, *, after: bool) -> None:
+    _request(tmp, sha)
+    child = multiprocessing.get_context("fork").Process(
+        target=_apply_until_the_power_cut, args=(tmp, config, keys, after)
+    )
+    child.start()
+    child.join(120)
+    assert child.exitcode == -signal.SIGKILL
+
+
+def test_a_power_cut_right_after_the_switch_is_judged_at_boot_and_rolled_back(tmp_path: Path) -> None:
+    root, config, keys, sha = _gateway(tmp_path)
+    _cut_power_at_the_switch(tmp_path, config, keys, sha, after=True)
+    assert _link(root, "current") == f"0.2.0-{sha[:8]}"  # switched, never judged
+
+    # The boot: edge-agent-update.service runs once and finds the interrupted update.
+    state = _updater(tmp_path, Layout(root), config, keys).run()
+    assert state.phase == "rolled_back", state
+    assert state.reason is not None
+    assert "health check failed" in state.reason
+    assert _link(root, "current") == "0.1.0-dev"
+    assert _link(root, "previous") == f"0.2.0-{sha[:8]}"
+
+
+def test_a_power_cut_just_before_the_switch_ends_failed_with_nothing_switched(tmp_path: Path) -> None:
+    root, config, keys, sha = _gateway(tmp_path)
+    _cut_power_at_the_switch(tmp_path, config, keys, sha, after=False)
+    state = _updater(tmp_path, Layout(root), config, keys).run()
+    assert state.phase == "failed", state
+    assert state.reason == "interrupted before the switch; nothing was switched"
+    assert _link(root, "current") == "0.1.0-dev"
+    assert _link(root, "previous") is None  # not the release before it: nothing to roll back
+
+
+def test_the_same_bundle_sent_twice_reports_both_outcomes(tmp_path: Path) -> None:
+    root, config, keys, sha = _gateway(tmp_path)
+    events: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+
+    watch = UpdateWatch(UpdateFiles(tmp_path / "state"), emit)
+    for attempt in (1, 2):
+        _request(tmp_path, sha)
+        state = _updater(tmp_path, Layout(root), config, keys).run()
+        assert state.phase == "rolled_back", state
+        assert _link(root, "current") == "0.1.0-dev"
+        reported = _reported(tmp_path, watch, events)
+        assert [(e["id"], e["outcome"]) for e in reported] == [(sha, "rolled_back")] * attempt
+        assert list(UpdateFiles(tmp_path / "state").spool.iterdir()) == []  # reported: bundle dropped
+    assert orjson.loads((tmp_path / "state" / "update" / "reported.json").read_bytes())["id"] == sha
+
+
+def _small_disk(mount: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs at `mount` (root only), for a disk that fills up during an update."""
+    mount.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_staging(tmp_path: Path) -> Iterator[Path]:
+    yield from _small_disk(tmp_path / "opt" / "staging")
+
+
+@pytest.fixture
+def small_releases(tmp_path: Path) -> Iterator[Path]:
+    yield from _small_disk(tmp_path / "opt" / "releases")
+
+
+def test_a_disk_full_while_unpacking_fails_the_update_and_frees_the_space(
+    tmp_path: Path, small_staging: Path
+) -> None:
+    root, config, keys, sha = _gateway(tmp_path, wheel_bytes=300 * 1024)  # the copy fits, twice not
+    _request(tmp_path, sha)
+    state = _updater(tmp_path, Layout(root), config, keys).run()
+    assert state.phase == "failed", state
+    assert state.reason is not None
+    assert "No space left on device" in state.reason, state.reason
+    assert _link(root, "current") == "0.1.0-dev"
+    assert list(small_staging.iterdir()) == []  # the copy and the half-unpacked wheels are gone
+    assert shutil.disk_usage(small_staging).used < 64 * 1024
+
+
+def test_a_disk_full_while_building_the_release_fails_the_update_and_frees_the_space(
+    tmp_path: Path, small_releases: Path
+) -> None:
+    root, config, keys, sha = _gateway(tmp_path, built=False)
+    _request(tmp_path, sha)
+    state = _updater(tmp_path, Layout(root), config, keys).run()
+    assert state.phase == "failed", state
+    assert state.reason is not None
+    assert state.reason.startswith("creating the virtualenv failed"), state.reason
+    assert _link(root, "current") == "0.1.0-dev"
+    assert [p.name for p in small_releases.iterdir()] == ["0.1.0-dev"]  # no half-built release
+    assert shutil.disk_usage(small_releases).used < 64 * 1024
