@@ -11,10 +11,13 @@ import threading
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.support.broker import Mosquitto
 from tests.support.centre import committed_in_last_run, committed_seqs, ingest_process, query
-from tests.support.testing import wait_until
+from tests.support.testing import eventually, wait_until
+from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
+from water_edge.agent.uplink.memory import MemoryOutbox
 from water_edge.centre.loadgen import FleetResult, FleetSpec, payload
 from water_edge.centre.loadgen import run as run_fleet
 from water_edge.centre.payload import Message, parse
@@ -123,3 +126,31 @@ def test_two_consumers_share_a_fleet_with_an_outage_burst_and_one_killed_midway_
     assert query(centre_db, "SELECT count(*) FROM readings") == [(800 * 20,)]
     # Both shared the load: each committed some of the fleet's messages in its last run.
     assert all(committed_in_last_run(log) > 0 for log in logs), logs
+
+
+@pytest.mark.parametrize("compression", ["deflate", "zstd"])
+async def test_a_gateway_that_compresses_its_json_is_ingested_like_any_other(
+    compression: str, centre_db: str, tmp_path: Path, mosquitto: Mosquitto, start_uplink: StartUplink
+) -> None:
+    uri = f"mqtt://{mosquitto.host}:{mosquitto.port}"
+    consumer = ingest_process(tmp_path, "c1", centre_db, [uri]).start()
+    try:
+        consumer.wait_subscribed()
+        box = MemoryOutbox()
+        box.append_sync(reading_batches(5, streams=("plc1",), per_row=4))
+        await start_uplink(mqtt_config(mosquitto, compression=compression), box)
+        await eventually(
+            lambda: query(centre_db, "SELECT count(*) FROM messages")[0][0] + _rejected(centre_db) >= 5,
+            30,
+            what=lambda: consumer.log()[-2000:],
+        )
+    finally:
+        consumer.stop()
+    assert query(centre_db, "SELECT reason FROM rejected") == []
+    assert committed_seqs(centre_db) == {(SITE, GATEWAY, "plc1"): [1, 2, 3, 4, 5]}
+    assert query(centre_db, "SELECT count(*), count(value) FROM readings") == [(20, 15)]
+
+
+def _rejected(dsn: str) -> int:
+    count: int = query(dsn, "SELECT count(*) FROM rejected")[0][0]
+    return count

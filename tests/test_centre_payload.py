@@ -5,14 +5,17 @@ No database and no broker: the JSON contract of docs/payload.md against `water_e
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
+import zstandard
 
 from water_edge.centre.consumer import partition_of
 from water_edge.centre.loadgen import payload
-from water_edge.centre.payload import PayloadError, parse
+from water_edge.centre.payload import MAX_JSON_BYTES, PayloadError, parse
 
 TOPIC = "water/north/gw-03/plc1"
 
@@ -91,3 +94,45 @@ def test_partitions_are_stable_and_spread_a_fleet() -> None:
     parts = [partition_of(site, gw, "plc1", 4) for site, gw in names]
     assert parts == [partition_of(site, gw, "plc1", 4) for site, gw in names]
     assert all(200 <= parts.count(p) <= 300 for p in range(4))
+
+
+@pytest.mark.parametrize(
+    ("content_type", "pack"),
+    [
+        ("application/json; compression=deflate", zlib.compress),
+        ("application/json; compression=zstd", zstandard.ZstdCompressor().compress),
+        (None, zlib.compress),  # an MQTT 3.1.1 subscription: no content type, the bytes say it
+        (None, zstandard.ZstdCompressor().compress),
+    ],
+)
+def test_a_compressed_message_is_read_as_the_json_it_carries(
+    content_type: str | None, pack: Callable[[bytes], bytes]
+) -> None:
+    plain = orjson.dumps(doc())
+    msg = parse(TOPIC, pack(plain), content_type)
+    assert msg == parse(TOPIC, plain)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "complaint"),
+    [
+        ("application/json; compression=lz4", b"\x04\x22\x4d\x18", "unknown compression 'lz4'"),
+        ("application/json; compression=deflate", b"{not deflate", "deflate payload does not decompress"),
+        ("application/json; compression=zstd", zlib.compress(b"{}"), "zstd payload does not decompress"),
+        ("application/json; compression=deflate", zlib.compress(orjson.dumps(doc()))[:-9], "cut short"),
+    ],
+)
+def test_a_compressed_message_that_cannot_be_read_is_refused_with_the_reason(
+    content_type: str, body: bytes, complaint: str
+) -> None:
+    with pytest.raises(PayloadError, match=complaint):
+        parse(TOPIC, body, content_type)
+
+
+@pytest.mark.parametrize("pack", [zlib.compress, zstandard.ZstdCompressor().compress])
+def test_a_compressed_message_that_unpacks_beyond_the_limit_is_refused_without_unpacking_it_all(
+    pack: Callable[[bytes], bytes],
+) -> None:
+    bomb = pack(b" " * (MAX_JSON_BYTES + 1))
+    with pytest.raises(PayloadError, match=f"more than {MAX_JSON_BYTES} bytes"):
+        parse(TOPIC, bomb)
