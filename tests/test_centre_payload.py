@@ -53,6 +53,21 @@ def test_a_data_message_becomes_rows_with_exact_values() -> None:
     assert by_tag["b"][2:4] == (1.0, "true")
 
 
+def test_a_nan_or_infinite_value_is_kept_as_text_not_lost_as_a_missing_value() -> None:
+    ts = 1764059400000000000
+    nonfinite = [reading(f"f{i}", ts, None, nonfinite=kind) for i, kind in enumerate(("nan", "inf", "-inf"))]
+    missing = reading("missing", ts, None, "bad", reason="timeout")
+    msg = parse(TOPIC, orjson.dumps(doc(readings=[*nonfinite, missing])))
+    assert [r[2:5] for r in msg.readings] == [
+        (None, "nan", "good"),
+        (None, "inf", "good"),
+        (None, "-inf", "good"),
+        (None, None, "bad"),
+    ]
+    with pytest.raises(PayloadError, match="nonfinite 'NaN' is not nan/inf/-inf"):
+        parse(TOPIC, orjson.dumps(doc(readings=[reading("f", ts, None, nonfinite="NaN")])))
+
+
 def test_an_event_message_keeps_its_detail() -> None:
     events = [{"kind": "buffer_eviction", "source": "buffer", "ts": 5, "severity": "warning", "score": None,
                "detail": {"reason": "quota", "streams": {"plc1": [3, 9]}}}]  # fmt: skip

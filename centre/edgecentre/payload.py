@@ -17,6 +17,7 @@ import zstandard
 
 _EXACT = 2**53
 _QUALITIES = frozenset(("good", "uncertain", "bad"))
+_NONFINITE = frozenset(("nan", "inf", "-inf"))
 # A compressed message is unpacked to at most this much JSON: a gateway's message is one outbox
 # row (well under a megabyte); a few hundred bytes of deflate must not become gigabytes in memory.
 MAX_JSON_BYTES: Final = 64 * 1024 * 1024
@@ -157,6 +158,13 @@ def _readings(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         if quality not in _QUALITIES:
             raise PayloadError(f"quality {quality!r} is not good/uncertain/bad")
         value, text = _value(r["value"])
+        nonfinite = r.get("nonfinite")
+        if nonfinite is not None:
+            # JSON has no NaN: the value is null and this says what it was. Kept as text, so it is
+            # not mistaken for a missing value and does not turn a column's avg() into NaN.
+            if nonfinite not in _NONFINITE:
+                raise PayloadError(f"nonfinite {nonfinite!r} is not nan/inf/-inf")
+            text = nonfinite
         ts = r["ts"]
         if not isinstance(ts, int) or isinstance(ts, bool):
             raise PayloadError(f"ts must be an integer (got {ts!r})")
