@@ -154,3 +154,29 @@ async def test_a_gateway_that_compresses_its_json_is_ingested_like_any_other(
 def _rejected(dsn: str) -> int:
     count: int = query(dsn, "SELECT count(*) FROM rejected")[0][0]
     return count
+
+
+def test_a_heartbeat_repeats_a_reading_in_the_stream_without_doubling_it_in_the_tag_views(
+    centre_db: str,
+) -> None:
+    t0, t1 = 10**18, 10**18 + 900 * 10**9
+
+    def message(seq: int, *readings: dict[str, object]) -> Message:
+        body = {"v": 1, "stream": "plc1", "seq": seq, "site": "s1", "gateway": "gw1", "sent_ns": t1,
+                "readings": list(readings)}  # fmt: skip
+        return parse("water/s1/gw1/plc1", orjson.dumps(body))
+
+    def reading(tag: str, ts: int, value: float, **extra: object) -> dict[str, object]:
+        base = {"tag": tag, "ts": ts, "value": value, "quality": "good", "unit": "bar", "source": "plc1"}
+        return base | extra
+
+    store = Store(centre_db)
+    # Report by exception: p changed at t0 and is unchanged since; 900 s later its heartbeat.
+    store.commit([message(1, reading("p", t0, 4.5), reading("q", t0, 1.0))])
+    store.commit([message(2, reading("p", t0, 4.5, repeat=True), reading("q", t1, 2.0))])
+    store.close()
+    trend = query(centre_db, "SELECT tag, ts_ns, value FROM tag_readings ORDER BY tag, ts_ns")
+    assert trend == [("p", t0, 4.5), ("q", t0, 1.0), ("q", t1, 2.0)]
+    assert query(centre_db, "SELECT tag, value FROM tag_latest ORDER BY tag") == [("p", 4.5), ("q", 2.0)]
+    # The heartbeat itself is kept, marked: it says the value still held when seq 2 was sent.
+    assert query(centre_db, "SELECT seq, tag FROM readings WHERE repeat") == [(2, "p")]

@@ -92,6 +92,7 @@ def test_an_event_message_keeps_its_detail() -> None:
         (orjson.dumps(doc(readings=[{"tag": "p"}])), "malformed reading"),
         (orjson.dumps(doc(readings=[{**doc()["readings"][0], "quality": "ok"}])), "quality 'ok'"),
         (orjson.dumps(doc(readings=[{**doc()["readings"][0], "value": [1]}])), "value must be"),
+        (orjson.dumps(doc(readings=[{**doc()["readings"][0], "repeat": False}])), "repeat must be true"),
     ],
 )
 def test_anything_else_is_refused_with_the_reason(body: bytes, complaint: str) -> None:

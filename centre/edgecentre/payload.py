@@ -37,7 +37,7 @@ class Message:
     stream: str
     seq: int
     sent_ns: int
-    # (tag, ts_ns, value, value_text, quality, reason, unit, source)
+    # (tag, ts_ns, value, value_text, quality, reason, unit, source, repeat)
     readings: list[tuple[Any, ...]]
     # (idx, kind, source, ts_ns, severity, score, detail_json)
     events: list[tuple[Any, ...]]
@@ -168,9 +168,11 @@ def _readings(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         ts = r["ts"]
         if not isinstance(ts, int) or isinstance(ts, bool):
             raise PayloadError(f"ts must be an integer (got {ts!r})")
-        out.append(
-            (str(r["tag"]), ts, value, text, quality, r.get("reason"), str(r["unit"]), str(r["source"]))
-        )
+        repeat = r.get("repeat", False)
+        if "repeat" in r and repeat is not True:
+            raise PayloadError(f"repeat must be true when present (got {repeat!r})")
+        reason, unit, source = r.get("reason"), str(r["unit"]), str(r["source"])
+        out.append((str(r["tag"]), ts, value, text, quality, reason, unit, source, repeat))
     return out
 
 
