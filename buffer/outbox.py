@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from water_edge.buffer import schema
-from water_edge.buffer.codec import decode_readings, encode_events, encode_readings
+from water_edge.buffer.codec import decode_events, decode_readings, encode_events, encode_readings
 from water_edge.buffer.types import Batch, OutboxRow, OutboxStats, RowClass
 from water_edge.core.errors import BufferError
 from water_edge.core.quarantine import is_damaged_file
@@ -83,6 +83,19 @@ class _Victims:
         span = self.seqs.setdefault(stream, [seq, seq])
         span[0] = min(span[0], seq)
         span[1] = max(span[1], seq)
+
+
+@dataclass(frozen=True, slots=True)
+class _Notice:
+    """A removal notice of this process that no reader has leased yet: the next removal for the
+    same reason is added to it rather than announced in a row of its own (docs/buffer.md)."""
+
+    row_id: int
+    body: bytes
+    event: Event
+
+
+_Note = Callable[[_Victims, RemovalReason, bytes, _Notice | None], None]
 
 
 class _DiskFullError(Exception):
@@ -221,6 +234,9 @@ class Outbox:
         self._next_id: int = (row[0] if row else 0) + 1
         # The newest row this process has handed to a reader: rows after it nobody has seen yet.
         self._max_leased = 0
+        # Reason -> row id of this process's latest removal notice. Not rebuilt at open: a notice
+        # of an earlier process may have been sent, so it is never added to.
+        self._notices: dict[str, int] = {}
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -280,6 +296,7 @@ class Outbox:
         next_id = self._next_id
         rows: list[_Row] = []
         removed: list[_Victims] = []
+        notices: dict[str, int] = {}
 
         def add_row(stream: str, row_class: str, count: int, body: bytes) -> None:
             nonlocal next_id
@@ -288,25 +305,25 @@ class Outbox:
             rows.append((next_id, stream, seq, row_class, created, count, body))
             next_id += 1
 
-        def note(victims: _Victims, reason: RemovalReason, body: bytes) -> None:
+        def note(victims: _Victims, reason: RemovalReason, body: bytes, into: _Notice | None) -> None:
             nonlocal new_bytes
             removed.append(victims)
-            new_bytes += len(body) + schema.ROW_OVERHEAD
-            add_row(EVENTS_STREAM, "event", 1, body)
+            if into is None:
+                new_bytes += len(body) + schema.ROW_OVERHEAD
+                add_row(EVENTS_STREAM, "event", 1, body)
+                notices[reason] = rows[-1][0]
+            else:
+                new_bytes += len(body) - len(into.body)
+                conn.execute("UPDATE outbox SET body = ? WHERE id = ?", (body, into.row_id))
             self._count(conn, reason, victims)
 
         try:
             with self._transaction() as conn:
-                freed = 0
-                if self.max_age_s is not None:
-                    aged = self._expire(conn, created - int(self.max_age_s * 1e9))
-                    if aged.rows:
-                        freed += aged.bytes
-                        note(aged, "age", encode_events([_removal_event(aged, created, "age")]))
+                freed = self._age_out(conn, created, note)
                 min_free = min(free_extra, self._bytes - freed)
                 if self._bytes - freed + new_bytes > self.max_bytes or min_free > 0:
                     reason: RemovalReason = "disk_full" if free_extra else "quota"
-                    victims, body = self._evict(
+                    victims, body, into = self._evict(
                         conn,
                         new_bytes=new_bytes,
                         now=created,
@@ -315,7 +332,7 @@ class Outbox:
                         reason=reason,
                     )
                     freed += victims.bytes
-                    note(victims, reason, body)
+                    note(victims, reason, body, into)
                 for stream, row_class, count, body in encoded:
                     add_row(stream, row_class, count, body)
                 conn.executemany(_INSERT, rows)
@@ -331,6 +348,7 @@ class Outbox:
             self._forget(victims)
         self._remember(rows)
         self._next_id = next_id
+        self._notices.update(notices)
         self._last_seq.update(last_seq)
         if free_extra:
             self._persist_counter("disk_full")
@@ -372,6 +390,30 @@ class Outbox:
         except sqlite3.Error:
             pass
 
+    def _age_out(self, conn: sqlite3.Connection, now: int, note: _Note) -> int:
+        """Remove telemetry older than `max_age_s` and announce it; the bytes freed."""
+        if self.max_age_s is None:
+            return 0
+        aged = self._expire(conn, now - int(self.max_age_s * 1e9))
+        if not aged.rows:
+            return 0
+        notice = self._unseen_notice(conn, "age")
+        earlier = None if notice is None else notice.event
+        note(aged, "age", encode_events([_removal_event(aged, now, "age", earlier)]), notice)
+        return aged.bytes
+
+    def _unseen_notice(self, conn: sqlite3.Connection, reason: RemovalReason) -> _Notice | None:
+        """This process's last notice for `reason`, if it is still here and no reader has leased it
+        (then it cannot have been sent, and adding to it changes no message anyone has)."""
+        row_id = self._notices.get(reason)
+        if row_id is None or row_id <= self._max_leased:
+            return None
+        row = conn.execute("SELECT body FROM outbox WHERE id = ?", (row_id,)).fetchone()
+        if row is None:
+            return None
+        (event,) = decode_events(row[0])
+        return _Notice(row_id, row[0], event)
+
     def _expire(self, conn: sqlite3.Connection, cutoff_ns: int) -> _Victims:
         """Remove telemetry created before `cutoff_ns` (oldest first; stops at the first newer row)."""
         victims = _Victims()
@@ -391,22 +433,26 @@ class Outbox:
         min_free: int,
         already_freed: int,
         reason: RemovalReason,
-    ) -> tuple[_Victims, bytes]:
+    ) -> tuple[_Victims, bytes, _Notice | None]:
         """Delete the oldest rows (telemetry first) until the append and its event fit the quota
-        and at least `min_free` bytes of rows are gone (disk full: room for the pages)."""
+        and at least `min_free` bytes of rows are gone (disk full: room for the pages). The event
+        is added to the unsent notice of `reason` unless that notice had to go too; the notice it
+        went into, if any."""
+        notice = self._unseen_notice(conn, reason)
         victims = _Victims()
         candidates = self._candidates(conn, ("telemetry", "event"))
+
+        def announce() -> tuple[bytes, _Notice | None]:
+            # The notice itself may be among the victims (events go once no telemetry is left).
+            into = notice if notice is not None and victims.last_id.get("event", 0) < notice.row_id else None
+            return encode_events(
+                [_removal_event(victims, now, reason, None if into is None else into.event)]
+            ), into
+
         while True:
-            event_body = encode_events([_removal_event(victims, now, reason)])
-            over_quota = (
-                self._bytes
-                - already_freed
-                + new_bytes
-                + len(event_body)
-                + schema.ROW_OVERHEAD
-                - victims.bytes
-                - self.max_bytes
-            )
+            event_body, into = announce()
+            event_cost = len(event_body) - len(into.body) if into else len(event_body) + schema.ROW_OVERHEAD
+            over_quota = self._bytes - already_freed + new_bytes + event_cost - victims.bytes - self.max_bytes
             excess = max(over_quota, min_free - victims.bytes)
             if excess <= 0:
                 break
@@ -428,7 +474,8 @@ class Outbox:
                     "evicting every row; nothing was stored"
                 )
         self._delete(conn, victims)
-        return victims, event_body
+        event_body, into = announce()  # the disk-full exit above leaves the loop with more victims
+        return victims, event_body, into
 
     @staticmethod
     def _delete(conn: sqlite3.Connection, victims: _Victims) -> None:
@@ -597,17 +644,29 @@ _SEVERITY: Final[dict[RemovalReason, Severity]] = {
 }
 
 
-def _removal_event(victims: _Victims, now: int, reason: RemovalReason) -> Event:
+def _removal_event(victims: _Victims, now: int, reason: RemovalReason, earlier: Event | None = None) -> Event:
+    """The notice of one removal, or of `earlier`'s removals and this one (counts summed, seq spans
+    widened, `ts_ns` the first removal and `last_ns` the latest)."""
+    detail: dict[str, Any] = {
+        "reason": reason,
+        "rows": victims.rows,
+        "readings": victims.readings,
+        "bytes": victims.bytes,
+        "streams": {s: list(span) for s, span in victims.seqs.items()},
+    }
+    if earlier is not None:
+        for key in ("rows", "readings", "bytes"):
+            detail[key] += int(earlier.detail[key])
+        streams = {s: list(span) for s, span in earlier.detail["streams"].items()}
+        for stream, (first, last) in detail["streams"].items():
+            span = streams.setdefault(stream, [first, last])
+            span[0], span[1] = min(span[0], first), max(span[1], last)
+        detail["streams"] = streams
+        detail["last_ns"] = now
     return Event(
         kind="buffer_eviction",
         source="buffer",
-        ts_ns=now,
+        ts_ns=now if earlier is None else earlier.ts_ns,
         severity=_SEVERITY[reason],
-        detail={
-            "reason": reason,
-            "rows": victims.rows,
-            "readings": victims.readings,
-            "bytes": victims.bytes,
-            "streams": {s: list(span) for s, span in victims.seqs.items()},
-        },
+        detail=detail,
     )

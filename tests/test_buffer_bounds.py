@@ -184,3 +184,16 @@ def test_lease_upto_bounds_the_backlog_lane(tmp_path: Path) -> None:
         box.append(telemetry(5))
         assert [r.id for r in box.lease(0, 100, split)] == list(range(1, split + 1))
         assert [r.id for r in box.lease(split, 100)] == list(range(split + 1, box.last_id() + 1))
+
+
+def test_rows_ageing_out_append_after_append_are_announced_in_one_notice(tmp_path: Path) -> None:
+    now = [T0]
+    with Outbox(tmp_path / "o.db", max_bytes=10**9, max_age_s=60, clock=lambda: now[0]) as box:
+        for _ in range(300):
+            box.append(telemetry(1))
+            now[0] += 10**9
+        stats = box.stats()
+        (notice,) = removal_events(box)
+    assert notice.detail["reason"] == "age"
+    assert notice.detail["streams"] == {"plc1": [1, stats.expired_rows]}
+    assert stats.expired_rows == 300 - 61

@@ -169,3 +169,67 @@ def test_batch_larger_than_the_quota_is_refused_and_nothing_is_lost(db: Path) ->
         assert outbox.stats().evicted_rows == 0
         outbox.append([tele("a")])
         assert [r.seq for r in outbox.lease(0, 10)] == [1, 2, 3]
+
+
+def test_a_long_outage_keeps_a_quota_of_telemetry_and_one_notice_not_a_notice_per_append(db: Path) -> None:
+    # Nothing is leased (the uplink is offline): every append evicts a row or two. Each used to add
+    # a notice of its own, and notices are not evicted while telemetry is left, so they crowded the
+    # telemetry out: after 500 appends into 20 rows of quota, 1 row of telemetry was left.
+    quota = 20 * ROW
+    with Outbox(db, max_bytes=quota) as outbox:
+        for _ in range(500):
+            outbox.append([tele("a")])
+        rows = outbox.lease(0, 1000)
+        stats = outbox.stats()
+    kept = [r.seq for r in rows if r.stream == "a"]
+    assert len(kept) >= 18
+    assert kept == list(range(501 - len(kept), 501)), "the newest telemetry, with no hole"
+    [notice] = eviction_events(rows)
+    assert notice.detail["streams"] == {"a": [1, 500 - len(kept)]}
+    assert notice.detail["rows"] == stats.evicted_rows == 500 - len(kept)
+    assert notice.detail["readings"] == stats.evicted_readings
+    assert notice.detail["last_ns"] >= notice.ts_ns
+    assert stats.bytes <= quota
+
+
+def test_a_notice_a_reader_has_seen_is_never_rewritten(db: Path) -> None:
+    with Outbox(db, max_bytes=6 * ROW) as outbox:
+        for _ in range(10):
+            outbox.append([tele("a")])
+        seen = {r.id: r.body for r in outbox.lease(0, 1000) if r.stream == "events"}
+        for _ in range(10):
+            outbox.append([tele("a")])
+        rows = outbox.lease(0, 1000)
+    assert {r.id: r.body for r in rows if r.id in seen} == seen, "what was leased may have been sent"
+    first, second = eviction_events(rows)
+    assert first.detail["streams"]["a"][1] + 1 == second.detail["streams"]["a"][0]
+    # After a restart nothing is known of what the last process sent: a new notice, too.
+    with Outbox(db, max_bytes=6 * ROW) as outbox:
+        outbox.append([tele("a")])
+        assert len(eviction_events(outbox.lease(0, 1000))) == 3
+
+
+def test_a_notice_that_has_to_go_itself_is_announced_by_the_next(tmp_path: Path) -> None:
+    """Events go once no telemetry is left, the unsent notice among them: the removal it would have
+    gathered gets a notice of its own, which names the old notice's seq."""
+    quota = 4 * ROW
+    for pad in range(1000, 1700, 4):  # the batch size at which everything but a new notice must go
+        with Outbox(tmp_path / f"{pad}.db", max_bytes=quota) as outbox:
+            for _ in range(6):
+                outbox.append([tele("a")])  # one notice (events seq 1) gathers these, unleased
+            big = Batch("b", readings=[Reading("plc1", "blob", 0, "x" * pad)])
+            try:
+                outbox.append([big])
+            except BufferError:
+                break
+            rows = outbox.lease(0, 100)
+            stats = outbox.stats()
+        [notice] = eviction_events(rows)
+        if "events" not in notice.detail["streams"]:
+            continue
+        assert [r.stream for r in rows] == ["events", "b"]
+        assert notice.detail["streams"] == {"a": [4, 6], "events": [1, 1]}
+        assert (notice.detail["rows"], stats.evicted_rows) == (4, 7)
+        assert stats.bytes <= quota
+        return
+    pytest.fail("no batch size made the notice itself go")

@@ -11,10 +11,13 @@ import threading
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.support.broker import Mosquitto, Publisher
 from tests.support.centre import committed_in_last_run, committed_seqs, ingest_process, query
-from tests.support.testing import wait_until
+from tests.support.testing import eventually, wait_until
+from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
+from water_edge.agent.uplink.memory import MemoryOutbox
 from water_edge.centre.loadgen import FleetResult, FleetSpec, payload
 from water_edge.centre.loadgen import run as run_fleet
 from water_edge.centre.payload import Message, parse
@@ -27,11 +30,12 @@ def messages(gateway: str, seqs: range | list[int], tags: int = 10) -> list[Mess
     ]
 
 
-def eviction(gateway: str, seq: int, first: int, last: int) -> Message:
+def eviction(gateway: str, seq: int, first: int, last: int, span: object = None) -> Message:
+    streams = {"plc1": [first, last] if span is None else span}
     body = {
         "v": 1, "stream": "events", "seq": seq, "site": "s1", "gateway": gateway, "sent_ns": 1,
         "events": [{"kind": "buffer_eviction", "source": "buffer", "ts": 1, "severity": "warning",
-                    "score": None, "detail": {"reason": "quota", "streams": {"plc1": [first, last]}}}],
+                    "score": None, "detail": {"reason": "quota", "streams": streams}}],
     }  # fmt: skip
     return parse(f"water/s1/{gateway}/events", orjson.dumps(body))
 
@@ -210,3 +214,74 @@ def eviction_with(gateway: str, seq: int, seqs: object) -> Message:
                     "score": None, "detail": {"reason": "quota", "streams": {"plc1": seqs}}}],
     }  # fmt: skip
     return parse(f"water/s1/{gateway}/events", orjson.dumps(body))
+
+
+@pytest.mark.parametrize("compression", ["deflate", "zstd"])
+async def test_a_gateway_that_compresses_its_json_is_ingested_like_any_other(
+    compression: str, centre_db: str, tmp_path: Path, mosquitto: Mosquitto, start_uplink: StartUplink
+) -> None:
+    uri = f"mqtt://{mosquitto.host}:{mosquitto.port}"
+    consumer = ingest_process(tmp_path, "c1", centre_db, [uri]).start()
+    try:
+        consumer.wait_subscribed()
+        box = MemoryOutbox()
+        box.append_sync(reading_batches(5, streams=("plc1",), per_row=4))
+        await start_uplink(mqtt_config(mosquitto, compression=compression), box)
+        await eventually(
+            lambda: query(centre_db, "SELECT count(*) FROM messages")[0][0] + _rejected(centre_db) >= 5,
+            30,
+            what=lambda: consumer.log()[-2000:],
+        )
+    finally:
+        consumer.stop()
+    assert query(centre_db, "SELECT reason FROM rejected") == []
+    assert committed_seqs(centre_db) == {(SITE, GATEWAY, "plc1"): [1, 2, 3, 4, 5]}
+    assert query(centre_db, "SELECT count(*), count(value) FROM readings") == [(20, 15)]
+
+
+def _rejected(dsn: str) -> int:
+    count: int = query(dsn, "SELECT count(*) FROM rejected")[0][0]
+    return count
+
+
+def test_a_heartbeat_repeats_a_reading_in_the_stream_without_doubling_it_in_the_tag_views(
+    centre_db: str,
+) -> None:
+    t0, t1 = 10**18, 10**18 + 900 * 10**9
+
+    def message(seq: int, *readings: dict[str, object]) -> Message:
+        body = {"v": 1, "stream": "plc1", "seq": seq, "site": "s1", "gateway": "gw1", "sent_ns": t1,
+                "readings": list(readings)}  # fmt: skip
+        return parse("water/s1/gw1/plc1", orjson.dumps(body))
+
+    def reading(tag: str, ts: int, value: float, **extra: object) -> dict[str, object]:
+        base = {"tag": tag, "ts": ts, "value": value, "quality": "good", "unit": "bar", "source": "plc1"}
+        return base | extra
+
+    store = Store(centre_db)
+    # Report by exception: p changed at t0 and is unchanged since; 900 s later its heartbeat.
+    store.commit([message(1, reading("p", t0, 4.5), reading("q", t0, 1.0))])
+    store.commit([message(2, reading("p", t0, 4.5, repeat=True), reading("q", t1, 2.0))])
+    store.close()
+    trend = query(centre_db, "SELECT tag, ts_ns, value FROM tag_readings ORDER BY tag, ts_ns")
+    assert trend == [("p", t0, 4.5), ("q", t0, 1.0), ("q", t1, 2.0)]
+    assert query(centre_db, "SELECT tag, value FROM tag_latest ORDER BY tag") == [("p", 4.5), ("q", 2.0)]
+    # The heartbeat itself is kept, marked: it says the value still held when seq 2 was sent.
+    assert query(centre_db, "SELECT seq, tag FROM readings WHERE repeat") == [(2, "p")]
+
+
+def test_a_gap_evicted_over_several_appends_is_explained_by_their_events_together(centre_db: str) -> None:
+    # A long outage with a full quota: each append of the gateway's outbox evicts a row or two and
+    # announces just those (buffer/outbox.py), so one hole at the centre is covered by many events.
+    store = Store(centre_db)
+    store.commit(messages("gw1", [1, 2, 3, 4, 5, 13]))
+    store.commit([eviction("gw1", 1, 6, 7), eviction("gw1", 2, 8, 8), eviction("gw1", 3, 9, 12)])
+    (gap,) = store.check_gaps(timeout_s=0) or []
+    assert (gap.first_seq, gap.last_seq, gap.explained) == (6, 12, "buffer_eviction: quota")
+    # A hole the events leave uncovered stays unexplained: the gateway did not announce it (and an
+    # event whose range is not two numbers explains nothing).
+    odd = eviction("gw1", 6, 17, 17, span=["seventeen", 17])
+    store.commit([*messages("gw1", [20]), eviction("gw1", 4, 14, 16), eviction("gw1", 5, 18, 19), odd])
+    (gap,) = store.check_gaps(timeout_s=0) or []
+    store.close()
+    assert (gap.first_seq, gap.last_seq, gap.explained) == (14, 19, None)

@@ -5,14 +5,17 @@ No database and no broker: the JSON contract of docs/payload.md against `water_e
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
+import zstandard
 
 from water_edge.centre.consumer import partition_of
 from water_edge.centre.loadgen import payload
-from water_edge.centre.payload import PayloadError, parse
+from water_edge.centre.payload import MAX_JSON_BYTES, PayloadError, parse
 
 TOPIC = "water/north/gw-03/plc1"
 
@@ -50,6 +53,21 @@ def test_a_data_message_becomes_rows_with_exact_values() -> None:
     assert by_tag["b"][2:4] == (1.0, "true")
 
 
+def test_a_nan_or_infinite_value_is_kept_as_text_not_lost_as_a_missing_value() -> None:
+    ts = 1764059400000000000
+    nonfinite = [reading(f"f{i}", ts, None, nonfinite=kind) for i, kind in enumerate(("nan", "inf", "-inf"))]
+    missing = reading("missing", ts, None, "bad", reason="timeout")
+    msg = parse(TOPIC, orjson.dumps(doc(readings=[*nonfinite, missing])))
+    assert [r[2:5] for r in msg.readings] == [
+        (None, "nan", "good"),
+        (None, "inf", "good"),
+        (None, "-inf", "good"),
+        (None, None, "bad"),
+    ]
+    with pytest.raises(PayloadError, match="nonfinite 'NaN' is not nan/inf/-inf"):
+        parse(TOPIC, orjson.dumps(doc(readings=[reading("f", ts, None, nonfinite="NaN")])))
+
+
 def test_an_event_message_keeps_its_detail() -> None:
     events = [{"kind": "buffer_eviction", "source": "buffer", "ts": 5, "severity": "warning", "score": None,
                "detail": {"reason": "quota", "streams": {"plc1": [3, 9]}}}]  # fmt: skip
@@ -74,6 +92,7 @@ def test_an_event_message_keeps_its_detail() -> None:
         (orjson.dumps(doc(readings=[{"tag": "p"}])), "malformed reading"),
         (orjson.dumps(doc(readings=[{**doc()["readings"][0], "quality": "ok"}])), "quality 'ok'"),
         (orjson.dumps(doc(readings=[{**doc()["readings"][0], "value": [1]}])), "value must be"),
+        (orjson.dumps(doc(readings=[{**doc()["readings"][0], "repeat": False}])), "repeat must be true"),
     ],
 )
 def test_anything_else_is_refused_with_the_reason(body: bytes, complaint: str) -> None:
@@ -91,3 +110,45 @@ def test_partitions_are_stable_and_spread_a_fleet() -> None:
     parts = [partition_of(site, gw, "plc1", 4) for site, gw in names]
     assert parts == [partition_of(site, gw, "plc1", 4) for site, gw in names]
     assert all(200 <= parts.count(p) <= 300 for p in range(4))
+
+
+@pytest.mark.parametrize(
+    ("content_type", "pack"),
+    [
+        ("application/json; compression=deflate", zlib.compress),
+        ("application/json; compression=zstd", zstandard.ZstdCompressor().compress),
+        (None, zlib.compress),  # an MQTT 3.1.1 subscription: no content type, the bytes say it
+        (None, zstandard.ZstdCompressor().compress),
+    ],
+)
+def test_a_compressed_message_is_read_as_the_json_it_carries(
+    content_type: str | None, pack: Callable[[bytes], bytes]
+) -> None:
+    plain = orjson.dumps(doc())
+    msg = parse(TOPIC, pack(plain), content_type)
+    assert msg == parse(TOPIC, plain)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "complaint"),
+    [
+        ("application/json; compression=lz4", b"\x04\x22\x4d\x18", "unknown compression 'lz4'"),
+        ("application/json; compression=deflate", b"{not deflate", "deflate payload does not decompress"),
+        ("application/json; compression=zstd", zlib.compress(b"{}"), "zstd payload does not decompress"),
+        ("application/json; compression=deflate", zlib.compress(orjson.dumps(doc()))[:-9], "cut short"),
+    ],
+)
+def test_a_compressed_message_that_cannot_be_read_is_refused_with_the_reason(
+    content_type: str, body: bytes, complaint: str
+) -> None:
+    with pytest.raises(PayloadError, match=complaint):
+        parse(TOPIC, body, content_type)
+
+
+@pytest.mark.parametrize("pack", [zlib.compress, zstandard.ZstdCompressor().compress])
+def test_a_compressed_message_that_unpacks_beyond_the_limit_is_refused_without_unpacking_it_all(
+    pack: Callable[[bytes], bytes],
+) -> None:
+    bomb = pack(b" " * (MAX_JSON_BYTES + 1))
+    with pytest.raises(PayloadError, match=f"more than {MAX_JSON_BYTES} bytes"):
+        parse(TOPIC, bomb)

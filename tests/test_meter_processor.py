@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -138,6 +139,31 @@ def test_meter_flags_start_and_clear_once() -> None:
     assert kinds(evs) == [("meter_alarm", "start"), ("meter_alarm", "clear")]
     assert evs[0].detail["alarm"] == "tamper"
     assert (evs[0].severity, evs[1].severity) == ("alarm", "info")
+
+
+def test_a_meter_flag_on_across_a_restart_is_not_started_twice_and_its_clear_still_comes(
+    tmp_path: Path,
+) -> None:
+    group = MeterGroupConfig(name="block-a", device="wm")
+
+    def tamper(on: bool, minute: int) -> Reading:
+        return Reading("wm", "flat1.alarm.tamper", START + minute * 60 * NS, on)
+
+    assert kinds(MeterProcessor([group], tmp_path).handle(tamper(True, 0))) == [("meter_alarm", "start")]
+    restarted = MeterProcessor([group], tmp_path)  # the agent restarted; the meter still says tamper
+    assert restarted.handle(tamper(True, 5)) == []
+    assert restarted.health().groups["block-a"].active == ["flat1 tamper"]
+    # Restarted again, and the flag went off while the agent was down: the centre gets its clear.
+    assert kinds(MeterProcessor([group], tmp_path).handle(tamper(False, 10))) == [("meter_alarm", "clear")]
+    assert MeterProcessor([group], tmp_path).handle(tamper(False, 15)) == []
+
+
+def test_an_unreadable_record_of_meter_flags_is_started_afresh(tmp_path: Path) -> None:
+    (tmp_path / "meter").mkdir()
+    (tmp_path / "meter" / "alarms.json").write_bytes(b"\xff{ torn by a power cut")
+    processor = MeterProcessor([MeterGroupConfig(name="g", device="wm")], tmp_path)
+    leak = Reading("wm", "flat1.alarm.leak", START, True)
+    assert kinds(processor.handle(leak)) == [("meter_alarm", "start")]
 
 
 def test_readings_of_other_devices_and_meters_are_ignored() -> None:

@@ -140,6 +140,28 @@ async def test_rules_1_to_8_a_session_waits_for_the_host_then_births_and_data(
         assert session_errors(got) == []
 
 
+async def test_rule_10_a_device_down_at_the_birth_gets_no_data_while_dead_and_its_history_a_birth(
+    mosquitto: Mosquitto, node: Callable[..., Any]
+) -> None:
+    box = MemoryOutbox()
+    box.append_sync(rows(3))  # before the outage ended the device answered...
+    dead = [Reading("plc1", "flow", T0 + (3 + i) * 10**6, None, "bad", "m3/h", "timeout") for i in range(3)]
+    box.append_sync([Batch("plc1", readings=[r]) for r in dead])  # ...then it stopped
+    with PrimaryHost(mosquitto.host, mosquitto.port) as host:
+        host.publish_state(True)
+        uplink, _ = node(config(mosquitto), box, device_states=lambda: {"plc1": False}, history_keep_s=0.3)
+        await eventually(lambda: box.pending() == 0, 10, what="every row released")
+        got = host.snapshot()
+    # Born, then dead at once (its driver is down); its good history is framed by a birth and a
+    # death of its own, and its bad stand-ins are not sent at all: the host would take any DDATA
+    # of a device it holds dead for a broken session and ask for a rebirth.
+    assert kinds(got)[:3] == ["NBIRTH", "DBIRTH/plc1", "DDEATH/plc1"]
+    assert flows(got, historical=True) == [0.0, 1.0, 2.0]
+    assert uplink.health().sparkplug.suppressed_dead == 3
+    assert kinds(got)[-1] == "DDEATH/plc1"
+    assert session_errors(got) == []
+
+
 async def test_rule_9_rebirth_on_command_keeps_bdseq_and_connection_and_unknown_commands_are_counted(
     mosquitto: Mosquitto, node: Callable[..., Any]
 ) -> None:

@@ -106,6 +106,7 @@ class _Delivery:
     qos: int
     topic: str
     payload: bytes
+    content_type: str | None  # MQTT 5: says whether the JSON is compressed
 
 
 def partition_of(site: str, gateway: str, stream: str, n: int) -> int:
@@ -165,7 +166,10 @@ class Consumer:
         log.warning("ingest.disconnected", reason=str(reason))
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        self._inbox.put(_Delivery(self._generation, msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
+        content_type = getattr(msg.properties, "ContentType", None) if msg.properties is not None else None
+        self._inbox.put(
+            _Delivery(self._generation, msg.mid, msg.qos, msg.topic, bytes(msg.payload), content_type)
+        )
 
     def _network(self) -> None:
         index, failures = 0, 0
@@ -237,7 +241,7 @@ class Consumer:
                     self.counters.other_partition += 1
                     continue
             try:
-                messages.append((d, parse(d.topic, d.payload)))
+                messages.append((d, parse(d.topic, d.payload, d.content_type)))
             except PayloadError as exc:
                 rejected.append((d.topic, str(exc), d.payload))
                 log.warning("ingest.rejected", topic=d.topic, reason=str(exc))

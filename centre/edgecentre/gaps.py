@@ -2,8 +2,8 @@
 
 Each stream has a watermark (`streams.checked_upto`): every seq up to it was received or reported.
 A check walks the seqs above it in order. A hole followed by a message received more than
-`timeout_s` ago is a gap: it is written to `gaps` (with the gateway's own `buffer_eviction` event
-as the explanation when one covers the range, `quota`/`age`/`disk_full`) and the watermark moves
+`timeout_s` ago is a gap: it is written to `gaps` (with the gateway's own `buffer_eviction` events
+as the explanation when they cover the range together, `quota`/`age`/`disk_full`) and the watermark moves
 past it. A younger hole stops the walk: the backlog lane of a reconnecting gateway delivers older
 seqs after newer ones (docs/payload.md), so it is not a gap yet. A gap whose seqs arrive after
 all is marked `filled_at`. A stream's watermark starts just below the lowest seq seen the first
@@ -32,23 +32,47 @@ class Gap:
     explained: str | None
 
 
+# The seq ranges the gateway's eviction events name for one stream. A bound that is not an integer
+# within bigint (a string, 4.5, 1e30) is NULL and explains nothing: the events come from outside,
+# and a malformed one must not break every later check.
+def _bound(i: int) -> str:
+    x = f"(e.detail->'streams'->%(stream)s->{i})"
+    # CASE evaluates its WHENs in order: no cast is tried on what is not a number.
+    return (
+        f"CASE WHEN jsonb_typeof({x}) IS DISTINCT FROM 'number' THEN NULL"
+        f" WHEN {x}::numeric = trunc({x}::numeric) AND abs({x}::numeric) <= 9223372036854775807"
+        f" THEN {x}::numeric::bigint END"
+    )
+
+
+# Built from the constants above; every value is a parameter.
+_EVICTED = (
+    f"SELECT r.lo, r.hi, r.reason FROM (SELECT {_bound(0)} AS lo, {_bound(1)} AS hi,"  # noqa: S608
+    " e.detail->>'reason' AS reason"
+    " FROM events e JOIN streams s ON s.id = e.stream_id"
+    " WHERE s.site = %(site)s AND s.gateway = %(gateway)s AND e.kind = 'buffer_eviction') r"
+    " WHERE r.lo <= %(last)s AND r.hi >= %(first)s ORDER BY r.lo"
+)
+
+
 def _explanation(
     cur: psycopg.Cursor[TupleRow], names: tuple[str, str, str], first: int, last: int
 ) -> str | None:
+    """The gateway's `buffer_eviction` events that cover `first..last` together, or None.
+
+    One hole is often many events: during an outage with a full quota every append evicts a row or
+    two and announces just those."""
     site, gateway, stream = names
-    # The range is the gateway's word: cast only two JSON numbers (CASE fixes the order of
-    # evaluation), so a malformed one explains nothing instead of failing the whole check.
-    cur.execute(
-        "SELECT e.detail->>'reason' FROM events e JOIN streams s ON s.id = e.stream_id,"
-        " LATERAL (SELECT e.detail->'streams'->%s AS r) x"
-        " WHERE s.site = %s AND s.gateway = %s AND e.kind = 'buffer_eviction'"
-        " AND CASE WHEN jsonb_typeof(x.r->0) = 'number' AND jsonb_typeof(x.r->1) = 'number'"
-        " THEN (x.r->>0)::numeric <= %s AND (x.r->>1)::numeric >= %s ELSE false END"
-        " LIMIT 1",
-        (stream, site, gateway, first, last),
-    )
-    row = cur.fetchone()
-    return None if row is None else f"buffer_eviction: {row[0]}"
+    cur.execute(_EVICTED, {"stream": stream, "site": site, "gateway": gateway, "first": first, "last": last})
+    covered, reasons = first - 1, set()
+    for lo, hi, reason in cur.fetchall():
+        if int(lo) > covered + 1:
+            break
+        covered = max(covered, int(hi))
+        reasons.add(str(reason))
+        if covered >= last:
+            return "buffer_eviction: " + ", ".join(sorted(reasons))
+    return None
 
 
 def check(conn: psycopg.Connection[TupleRow], timeout_s: float) -> list[Gap] | None:

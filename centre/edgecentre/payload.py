@@ -7,13 +7,21 @@ keeps it in the `rejected` table and moves on.
 
 from __future__ import annotations
 
+import io
+import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
+import zstandard
 
 _EXACT = 2**53
 _QUALITIES = frozenset(("good", "uncertain", "bad"))
+_NONFINITE = frozenset(("nan", "inf", "-inf"))
+# A compressed message is unpacked to at most this much JSON: a gateway's message is one outbox
+# row (well under a megabyte); a few hundred bytes of deflate must not become gigabytes in memory.
+MAX_JSON_BYTES: Final = 64 * 1024 * 1024
+_ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 
 
 class PayloadError(ValueError):
@@ -29,7 +37,7 @@ class Message:
     stream: str
     seq: int
     sent_ns: int
-    # (tag, ts_ns, value, value_text, quality, reason, unit, source)
+    # (tag, ts_ns, value, value_text, quality, reason, unit, source, repeat)
     readings: list[tuple[Any, ...]]
     # (idx, kind, source, ts_ns, severity, score, detail_json)
     events: list[tuple[Any, ...]]
@@ -71,8 +79,50 @@ def _text(doc: dict[str, Any], key: str) -> str:
     return value
 
 
-def parse(topic: str, payload: bytes) -> Message:
-    """Read one data message; the topic's site/gateway/stream must match the body's."""
+def _compression(content_type: str | None, payload: bytes) -> str:
+    """How the payload is compressed: by its MQTT 5 content type, else (an MQTT 3.1.1 delivery
+    carries none) by its first bytes; a JSON object starts with `{`, never like these."""
+    if content_type is not None:
+        for param in content_type.split(";")[1:]:
+            key, _, value = param.strip().partition("=")
+            if key.lower() == "compression":
+                return value.strip().lower()
+        return "none"
+    if payload.startswith(_ZSTD_MAGIC):
+        return "zstd"
+    if len(payload) >= 2 and payload[0] & 0x0F == 8 and (payload[0] << 8 | payload[1]) % 31 == 0:
+        return "deflate"  # a zlib header (RFC 1950): method 8, check bits
+    return "none"
+
+
+def unpack(payload: bytes, content_type: str | None = None) -> bytes:
+    """The JSON bytes of a message sent with `[uplink] compression` (docs/payload.md), or as it is."""
+    kind = _compression(content_type, payload)
+    if kind == "none":
+        return payload
+    try:
+        if kind == "deflate":
+            inflater = zlib.decompressobj()
+            out = inflater.decompress(payload, MAX_JSON_BYTES + 1)
+            if not inflater.eof and len(out) <= MAX_JSON_BYTES:
+                raise PayloadError("deflate payload does not decompress: the stream is cut short")
+        elif kind == "zstd":
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload)) as reader:
+                out = reader.read(MAX_JSON_BYTES + 1)
+        else:
+            raise PayloadError(f"unknown compression {kind!r} in content type {content_type!r}")
+    except (zlib.error, zstandard.ZstdError) as exc:
+        raise PayloadError(f"{kind} payload does not decompress: {exc}") from exc
+    if len(out) > MAX_JSON_BYTES:
+        raise PayloadError(f"{kind} payload unpacks to more than {MAX_JSON_BYTES} bytes")
+    return out
+
+
+def parse(topic: str, payload: bytes, content_type: str | None = None) -> Message:
+    """Read one data message; the topic's site/gateway/stream must match the body's.
+
+    `content_type` is the MQTT 5 property: a compressed payload is unpacked first."""
+    payload = unpack(payload, content_type)
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -108,12 +158,23 @@ def _readings(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         if quality not in _QUALITIES:
             raise PayloadError(f"quality {quality!r} is not good/uncertain/bad")
         value, text = _value(r["value"])
-        ts, reason = r["ts"], r.get("reason")
+        nonfinite = r.get("nonfinite")
+        if nonfinite is not None:
+            # JSON has no NaN: the value is null and this says what it was. Kept as text, so it is
+            # not mistaken for a missing value and does not turn a column's avg() into NaN.
+            if nonfinite not in _NONFINITE:
+                raise PayloadError(f"nonfinite {nonfinite!r} is not nan/inf/-inf")
+            text = nonfinite
+        ts = r["ts"]
         if not isinstance(ts, int) or isinstance(ts, bool):
             raise PayloadError(f"ts must be an integer (got {ts!r})")
+        repeat = r.get("repeat", False)
+        if "repeat" in r and repeat is not True:
+            raise PayloadError(f"repeat must be true when present (got {repeat!r})")
+        reason, unit, source = r.get("reason"), str(r["unit"]), str(r["source"])
         if reason is not None and not isinstance(reason, str):
             raise PayloadError(f"reason must be a string (got {type(reason).__name__})")
-        out.append((str(r["tag"]), ts, value, text, quality, reason, str(r["unit"]), str(r["source"])))
+        out.append((str(r["tag"]), ts, value, text, quality, reason, unit, source, repeat))
     return out
 
 

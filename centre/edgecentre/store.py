@@ -26,7 +26,7 @@ from psycopg.rows import TupleRow
 from water_edge.centre import gaps
 from water_edge.centre.payload import Message
 
-READING_COLUMNS = "stream_id, seq, tag, ts_ns, value, value_text, quality, reason, unit, source"
+READING_COLUMNS = "stream_id, seq, tag, ts_ns, value, value_text, quality, reason, unit, source, repeat"
 EVENT_COLUMNS = "stream_id, seq, idx, kind, source, ts_ns, severity, score, detail"
 _MIGRATION_LOCK = 0x5745_4345  # "WECE": one migrator at a time
 

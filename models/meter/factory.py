@@ -4,6 +4,7 @@ become one `MeterProcessor`. Imports nothing heavy: `check-config` loads it to v
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Final, Self
 
 from pydantic import BaseModel
@@ -17,12 +18,13 @@ METER_DEVICE_KINDS: Final = frozenset({"wmbus", "mbus"})
 class MeterFactory:
     config_model: ClassVar[type[BaseModel]] = MeterGroupConfig
 
-    def __init__(self, groups: Sequence[MeterGroupConfig]) -> None:
+    def __init__(self, groups: Sequence[MeterGroupConfig], state_dir: Path | None = None) -> None:
         self.groups = list(groups)
+        self.state_dir = state_dir
 
     @classmethod
     def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
-        return cls(sections)
+        return cls(sections, context.state_dir)
 
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
@@ -48,4 +50,4 @@ class MeterFactory:
             return []
         from water_edge.models.meter.processor import MeterProcessor
 
-        return [MeterProcessor(self.groups)]
+        return [MeterProcessor(self.groups, self.state_dir)]

@@ -14,12 +14,15 @@ group and the meter and carries what decided it (litres, hours).
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import structlog
 
+from water_edge.core.files import atomic_write
 from water_edge.core.reading import BAD, Event, Reading, Severity
 from water_edge.models.meter.config import MeterGroupConfig
 from water_edge.models.meter.consumption import Change, MeterUse
@@ -59,8 +62,40 @@ class _Group:
 class MeterProcessor:
     name = "meter"
 
-    def __init__(self, groups: Sequence[MeterGroupConfig]) -> None:
+    def __init__(self, groups: Sequence[MeterGroupConfig], state_dir: Path | None = None) -> None:
+        """With `state_dir`, the meters' own flags that are on are kept in `meter/alarms.json`, so
+        an agent restart neither starts them again nor loses the clear of one that went off."""
         self.groups = [_Group(g) for g in groups]
+        self._flags_path = None if state_dir is None else Path(state_dir) / "meter" / "alarms.json"
+        self._load_flags()
+
+    def _load_flags(self) -> None:
+        if self._flags_path is None or not self._flags_path.exists():
+            return
+        try:
+            saved = json.loads(self._flags_path.read_bytes())
+            on = {(g, m, a) for g, meters in saved.items() for m, alarms in meters.items() for a in alarms}
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            # A torn file must not stop the meters being watched: start afresh and say so.
+            log.warning("meter.flags_unreadable", path=str(self._flags_path), error=str(exc))
+            return
+        for group in self.groups:
+            for name, meter, alarm in on:
+                if name == group.cfg.name:
+                    group.flags[(meter, alarm)] = True
+
+    def _save_flags(self) -> None:
+        if self._flags_path is None:
+            return
+        saved: dict[str, dict[str, list[str]]] = {}
+        for group in self.groups:
+            for (meter, alarm), on in sorted(group.flags.items()):
+                if on:
+                    saved.setdefault(group.cfg.name, {}).setdefault(meter, []).append(alarm)
+        try:
+            atomic_write(self._flags_path, json.dumps(saved).encode("utf-8"))
+        except OSError as exc:
+            log.warning("meter.flags_not_saved", path=str(self._flags_path), error=str(exc))
 
     async def run(self, source: AsyncIterable[tuple[str, list[Reading]]], emit: Emit) -> None:
         async for _stream, readings in source:
@@ -94,6 +129,7 @@ class MeterProcessor:
         if before == on or (before is None and not on):
             return []
         group.events += 1
+        self._save_flags()
         severity: Severity = ALARM_SEVERITY.get(alarm, "warning") if on else "info"
         detail: dict[str, Any] = {
             "group": group.cfg.name,

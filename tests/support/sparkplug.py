@@ -179,9 +179,10 @@ def session_errors(messages: list[Message]) -> list[str]:
         elif kind in ("NDATA", "DDATA"):
             if m.qos != 0:
                 errors.append(f"{where}: DATA at QoS {m.qos}")
-            historical = all(x.is_historical for x in p.metrics)
-            if kind == "DDATA" and m.device not in born_devices and not historical:
-                errors.append(f"{where}: live DDATA of a device not born (or dead)")
+            # MQTT Engine takes DDATA of a device it holds offline, historical or not, for a
+            # broken session and asks for a rebirth ("DDATA before BIRTH").
+            if kind == "DDATA" and m.device not in born_devices:
+                errors.append(f"{where}: DDATA of a device not born (or dead)")
             stamps = [x.timestamp for x in p.metrics]
             if stamps != sorted(stamps):
                 errors.append(f"{where}: metrics not in time order")

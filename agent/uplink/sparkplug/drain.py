@@ -11,9 +11,11 @@ when the outbox may delete it; nothing here waits for an acknowledgement.
 
 A device's life follows its driver in the live lane: a `driver_down` event publishes DDEATH, a
 `driver_up` event DBIRTH with its current values. While a device is dead its bad stand-in readings
-are not published (the DDEATH says it, and when); a good reading of a dead device births it
-first. At a birth, devices their runner reports down get DBIRTH then DDEATH, so a host knows
-their metrics (and the aliases of their historical data) and that they are down.
+are not published, live or historical (the DDEATH says it, and when; a host takes DATA of a dead
+device for a broken session and asks for a rebirth); a good live reading of a dead device births
+it first, and its good history goes out between a DBIRTH and a DDEATH of its own. At a birth,
+devices their runner reports down get DBIRTH then DDEATH, so a host knows their metrics and that
+they are down.
 """
 
 from __future__ import annotations
@@ -334,13 +336,26 @@ class SparkplugDrain:
     def _publish_device(
         self, session: SparkplugSession, device: str, items: list[tuple[int, Reading]], *, historical: bool
     ) -> bool:
-        if not historical and not self._alive.get(device, True):
+        dead = not self._alive.get(device, True)
+        if dead:
+            # A host takes DATA of a device it holds dead, historical or not, for a broken session
+            # and asks for a rebirth (MQTT Engine: "DDATA before BIRTH"). Its stand-ins say nothing
+            # the DDEATH did not; good data means it is alive, or was when its history was taken.
             if all(reading.quality == BAD for _, reading in items):
                 self.counters.suppressed_dead += len(items)
                 return True
-            # A dead device delivering good data is alive: birth it before its data.
             if not self._device_up(session, device):
                 return False
+        if not self._publish_data(session, device, items, historical=historical):
+            return False
+        if dead and historical:  # born for its history only: its driver is still down
+            self.counters.device_deaths += 1
+            return self._ddeath(session, device)
+        return True
+
+    def _publish_data(
+        self, session: SparkplugSession, device: str, items: list[tuple[int, Reading]], *, historical: bool
+    ) -> bool:
         triples = []
         for alias, reading in items:
             metric = self._catalog.by_alias[alias][1]
