@@ -33,6 +33,7 @@ from water_edge.agent import __version__, locate
 from water_edge.agent.assembly import EXIT_RESTART, build_command_channel, build_drivers, build_processors
 from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSync
 from water_edge.agent.config import Config
+from water_edge.agent.devices_down import DOWN, UP, DownDevices
 from water_edge.agent.identity_keeper import IdentityKeeper
 from water_edge.agent.live_config import ConfigPlan, plan_changes
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
@@ -97,6 +98,11 @@ class Agent:
             for device in config.devices
             if device.enabled
         ]  # fmt: skip
+        self.down_devices = DownDevices(gw.state_dir / "devices_down.json")
+        self.down_devices.keep_only({r.name for r in self.runners})
+        for runner in self.runners:
+            if (since := self.down_devices.since.get(runner.name)) is not None:
+                runner.resume_down(since)
         beat_s = 1.0 if interval is None else interval / 3
         self.clock_sync = ClockSync(sync_source(config), interval_s=config.clock.check_interval_s)
         identity = config.security.identity
@@ -202,6 +208,8 @@ class Agent:
 
     async def emit(self, event: Event) -> None:
         await self.pipeline.submit_event(event)
+        if event.kind in (DOWN, UP) and self.down_devices.changed(event):
+            await asyncio.to_thread(self.down_devices.save, dict(self.down_devices.since))
 
     def apply_config(self, new: Config) -> ConfigPlan:
         """Take `new` as the running config if every change in it can be applied live (see

@@ -114,10 +114,19 @@ class DeviceRunner:
         self._guard_s = guard_s or max(10.0, 5 * self.ticker.period_s)
         # Set when the poll rate changes, so a long wait for the next tick ends at once.
         self._rescheduled = asyncio.Event()
+        self._down_from_last_run = False
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def resume_down(self, since_ns: int) -> None:
+        """The device was down when the agent last stopped (`agent.devices_down`): it starts down,
+        so that its coming back is a `driver_up` and its staying down no second `driver_down`."""
+        self.stats.state = "down"
+        self.stats.down_since_ns = since_ns
+        self.stats.last_error = "down when the agent last stopped"
+        self._down_from_last_run = True
 
     def set_poll_interval(self, poll_interval_ms: int) -> None:
         """Poll at a new rate from now on (a live config change); the next poll is one new
@@ -243,13 +252,15 @@ class DeviceRunner:
             self.stats.reconnects += 1
             down_for = (now_ns() - (self.stats.down_since_ns or now_ns())) / 1e9
             log.info("driver.up", driver=self.name, after_s=round(down_for, 1))
-            await self._on_event(
-                Event("driver_up", self.name, now_ns(), "info", detail={"down_for_s": round(down_for, 3)})
-            )
+            detail: dict[str, object] = {"down_for_s": round(down_for, 3)}
+            if self._down_from_last_run:  # the count includes time the agent was not running
+                detail["down_before_restart"] = True
+            await self._on_event(Event("driver_up", self.name, now_ns(), "info", detail=detail))
         else:
             log.info("driver.opened", driver=self.name)
         self.stats.down_since_ns = None
         self.stats.last_error = self.stats.last_error_ns = None
+        self._down_from_last_run = False
 
     async def _mark_down(self, reason: str, *, crashed: bool) -> None:
         self.stats.failures += 1
