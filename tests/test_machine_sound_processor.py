@@ -214,3 +214,29 @@ async def test_a_history_damaged_while_running_is_kept_aside_and_the_machine_sta
     assert health.state == "armed"
     assert health.last_error is not None
     assert "damaged while running" in health.last_error
+
+
+async def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_restart(
+    recording: Path, tmp_path: Path
+) -> None:
+    # Before, a restart forgot the raised alarm: the centre never got its clear.
+    section = MachineSoundSection.model_validate(
+        {"name": "P1-sound", "device": "mic", "running_min_dbfs": -70,
+         "calibration": {"auto_hours": 0.001, "min_clips": 20}}
+    )  # fmt: skip
+    first = MachineSoundProcessor(section, _driver(recording), tmp_path)
+    async with running(first, first._driver) as events:  # type: ignore[arg-type]
+        await eventually(lambda: bool(events), within_s=60, what="the anomaly")
+    assert [e.kind for e in events] == ["machine_sound_anomaly"]
+
+    # The bearing is replaced while the agent is stopped: the same pump, sounding normal again.
+    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(9), snr_db=6.0), seed=19)
+    repaired = tmp_path / "repaired.wav"
+    write_wav(repaired, synth.render_seconds(120), RATE)
+    again = MachineSoundProcessor(section, _driver(repaired), tmp_path)
+    async with running(again, again._driver) as after:  # type: ignore[arg-type]
+        await eventually(lambda: bool(after), within_s=60, what="the clear")
+    assert [e.kind for e in after] == ["machine_sound_anomaly_cleared"]
+    assert after[0].detail["calibration_version"] == events[0].detail["calibration_version"] == 1
+    record = tmp_path / "machine_sound" / "P1-sound" / "alarm.json"
+    assert record.read_text() == "{}"

@@ -439,3 +439,39 @@ def test_a_calibration_the_card_cannot_store_leaves_the_pump_learning_and_says_w
     assert status.last_error is not None
     assert "calibration.json" in status.last_error
     assert "Is a directory" in status.last_error
+
+
+def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_restart_not_raised_again(
+    tmp_path: Path, model: Model
+) -> None:
+    # Before, a restart forgot the raised alarm: the fault going on raised a second pump_anomaly,
+    # and the clear went with the forgetting (the centre paired them wrongly).
+    onset, end = CALIB_S + 600, CALIB_S + 1500
+    x, _ = simulate(
+        Scenario(seed=31, hours=2.5, fault="imbalance", onset_s=onset, duration_s=end - onset,
+                 ramp_s=30, severity=0.4, start_hour=10.0, steady=True)
+    )  # fmt: skip
+    batches = feed(x)
+    restart_at = onset + 700  # well inside the fault, after the alarm
+    before: list[Event] = []
+    after: list[Event] = []
+
+    async def run_part(part: list[tuple[str, list[Reading]]], into: list[Event]) -> None:
+        async def emit(e: Event) -> None:
+            into.append(e)
+
+        proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
+        await proc.run(source(part), emit)
+
+    asyncio.run(run_part(batches[:restart_at], before))
+    assert [e.kind for e in before] == ["pump_anomaly"]
+    record = tmp_path / "pump" / "P1" / "alarm.json"
+    left_raised = record.read_text() if record.exists() else None
+
+    asyncio.run(run_part(batches[restart_at:], after))
+    kinds = [e.kind for e in after]
+    assert kinds[0] == "pump_anomaly_cleared"  # the same alarm, cleared once the fault is over
+    assert (after[0].ts_ns - T0) / NS > end
+    assert left_raised is not None
+    assert json.loads(left_raised) == {"since_ns": before[0].ts_ns}
+    assert json.loads(record.read_text()) in ({}, {"since_ns": after[-1].ts_ns})

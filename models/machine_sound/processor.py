@@ -30,6 +30,7 @@ import structlog
 
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
 from water_edge.core.reading import Event, Severity
+from water_edge.models.alarm_record import AlarmRecord
 from water_edge.models.machine_sound.alarm import SoundAlarm, sound_alarm
 from water_edge.models.machine_sound.calibration import iso, recalibrate
 from water_edge.models.machine_sound.clips import Clip, ClipAssembler
@@ -37,7 +38,7 @@ from water_edge.models.machine_sound.config import MachineSoundSection
 from water_edge.models.machine_sound.detector import SoundCalibration, explain
 from water_edge.models.machine_sound.features import SILENT_DBFS, clip_features, rms_dbfs
 from water_edge.models.machine_sound.health import MachineSoundHealth, SoundState
-from water_edge.models.machine_sound.store import SoundCalibrationStore, open_history
+from water_edge.models.machine_sound.store import SoundCalibrationStore, machine_dir, open_history
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump.store import FeatureHistory
 
@@ -77,6 +78,7 @@ class MachineSoundProcessor:
         self._max_queued = max_queued
         self._assembler = ClipAssembler(section.clip_s, section.channels)
         self._alarm = self._new_alarm()
+        self._record = AlarmRecord(machine_dir(state_dir, section.name))
         self._state: _State | None = None
         self.clips = self.clips_dropped = self.clips_stopped = self.clips_silent = 0
         self._silent_since_ns: int | None = None
@@ -100,6 +102,9 @@ class MachineSoundProcessor:
         except ModelError as exc:
             self.last_error = str(exc)
             log.error("machine_sound.calibration_unreadable", machine=s.name, error=str(exc))
+        if state.cal is not None and (since := self._record.raised_since()) is not None:
+            # Raised at the last stop: it clears, or goes on, from here (no second start).
+            self._alarm.active, self._alarm.since_ns = True, since
         if state.cal is None:
             span = state.history.span()  # learning survives a restart: its clips are in the history
             if span is not None:
@@ -194,6 +199,8 @@ class MachineSoundProcessor:
         change = self._alarm.update(clip.start_ts_ns, score)
         if change is not None:
             self.events += 1
+            # Recorded first: a stop right after the event must not forget the alarm.
+            await asyncio.to_thread(self._record.save, self._alarm.since_ns if change else None)
             await emit(self._event(state, clip.start_ts_ns, change, score))
             if not change:
                 state.abnormal.clear()
@@ -248,7 +255,9 @@ class MachineSoundProcessor:
     def _arm(self, state: _State, cal: SoundCalibration) -> None:
         state.cal = cal
         state.abnormal.clear()
-        self._alarm = self._new_alarm()
+        raised, since = self._alarm.active, self._alarm.since_ns
+        self._alarm = self._new_alarm()  # a raised alarm stays raised until the new calibration clears it
+        self._alarm.active, self._alarm.since_ns = raised, since
 
     def _reload(self, state: _State) -> None:
         try:

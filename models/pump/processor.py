@@ -37,11 +37,12 @@ import numpy.typing as npt
 import structlog
 
 from water_edge.core.reading import BAD, Event, Reading, Severity
+from water_edge.models.alarm_record import AlarmRecord
 from water_edge.models.manifest import ModelError, shipped
 from water_edge.models.pump.config import LARGEST_SIGNAL, ROLE_WORDS, PumpModelConfig
 from water_edge.models.pump.detector import Alarm, Calibration, Scorer, calibrate, contributors, score
 from water_edge.models.pump.health import PumpHealth, PumpState, PumpStatus
-from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory
+from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory, pump_dir
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +115,7 @@ class _Pump:
     last_score: float | None = None
     last_error: str | None = None
     since_reload: int = 0
+    record: AlarmRecord | None = None  # the alarm raised or not, across restarts
 
 
 class PumpProcessor:
@@ -171,6 +173,9 @@ class PumpProcessor:
                 log.error("pump.calibration_unreadable", pump=cfg.name, error=str(exc))
             if pump.cal is not None and pump.cal.channels != [r for r in roles if r in pump.cal.channels]:
                 pump.cal = None  # the mapping changed since: learn again
+            pump.record = AlarmRecord(pump_dir(self.state_dir, cfg.name))
+            if pump.cal is not None and pump.record.raised_since() is not None:
+                pump.alarm.active = True  # raised at the last stop: it clears, or goes on, from here
             if pump.cal is None:
                 span = history.span()  # learning survives a restart: the rows are in the history
                 if span is not None:
@@ -274,6 +279,8 @@ class PumpProcessor:
         change = pump.alarm.update(total, pump.cal.threshold)
         if change is not None:
             pump.events += 1
+            if pump.record is not None:  # recorded first: a stop right after must not forget it
+                await asyncio.to_thread(pump.record.save, ts_ns if change else None)
             await emit(self._event(pump, ts_ns, change, total, channel, residual))
 
     async def _learn(self, pump: _Pump, ts_ns: int) -> None:
@@ -332,7 +339,9 @@ class PumpProcessor:
     def _arm(self, pump: _Pump, cal: Calibration) -> None:
         pump.cal = cal
         pump.window.clear()
+        raised = pump.alarm.active  # a raised alarm stays raised until the new calibration clears it
         pump.alarm = Alarm(pump.cfg.persistence, pump.cfg.clear_after, pump.cfg.hysteresis)
+        pump.alarm.active = raised
 
     def _reload(self, pump: _Pump) -> None:
         try:
