@@ -121,6 +121,39 @@ def test_a_number_in_quotes_is_text_not_a_number(tmp_path: Path) -> None:
     load_config(write(tmp_path, GOOD.replace("offset = 100.0", "offset = 100")))
 
 
+def test_a_key_with_several_forms_is_one_problem_in_the_files_words(tmp_path: Path) -> None:
+    # `password` is text or a secret reference: pydantic fails it once per form, under internal
+    # names ("password.str", "password.function-after[_exactly_one(), SecretRef]").
+    source = tmp_path / "agent.toml"
+    with_password = GOOD.replace("port = 1883", "port = 1883\nusername = 'gw'\npassword = {value}")
+    problems = problems_for(tmp_path, with_password.replace("{value}", "42"))
+    assert problems == [
+        f'{source}: uplink.password: expected a string or a table {{ file = "…" }} or {{ env = "…" }} '
+        "(value not shown)"
+    ]
+    # Written as a table: what is wrong inside it, at its own key.
+    problems = problems_for(
+        tmp_path, with_password.replace("{value}", '{ fil = "/etc/edge-agent/mqtt.pass" }')
+    )
+    assert problems == [
+        f"{source}: uplink.password.fil: unknown key (not part of the schema; check the spelling)"
+    ]
+    problems = problems_for(tmp_path, with_password.replace("{value}", '{ file = "/a", env = "B" }'))
+    assert problems == [
+        f"{source}: uplink.password: a secret reference takes exactly one of 'file' or 'env' "
+        "(value not shown)"
+    ]
+
+
+def test_a_choice_of_words_or_a_number_lists_both(tmp_path: Path) -> None:
+    fake_device = GOOD[GOOD.index('kind = "fake"') :]
+    text = GOOD.replace(fake_device, 'kind = "audio"\nsource = "device"\nchannels = 1\nlatency = "medium"\n')
+    assert problems_for(tmp_path, text) == [
+        f"{tmp_path / 'agent.toml'}: devices[0] (sim).latency: expected 'low' or 'high' or a number "
+        "(got 'medium')"
+    ]
+
+
 def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
     (problem,) = problems_for(tmp_path, GOOD.replace('id = "gw-01"', 'id = "gw-01'))
     assert "not valid TOML" in problem

@@ -23,6 +23,7 @@ from water_edge.agent.config.schema import (
     LogSection,
     StatusSection,
 )
+from water_edge.agent.config.unions import merge_union_errors
 from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
@@ -138,7 +139,7 @@ def _describe(error: Any, secret: bool = False) -> str:
 
 def _problems(source: Path, exc: ValidationError, prefix: str = "") -> list[str]:
     problems = []
-    for err in exc.errors():
+    for err in merge_union_errors(exc.errors()):
         rest = key_path(err["loc"]) if err["loc"] else ""
         where = f"{prefix}.{rest}" if prefix and rest else (prefix or rest or "(top level)")
         secret = any(is_secret_key(part) for part in err["loc"])
