@@ -154,6 +154,56 @@ def test_a_choice_of_words_or_a_number_lists_both(tmp_path: Path) -> None:
     ]
 
 
+def test_a_name_with_mqtt_wildcards_or_spaces_says_what_a_name_may_hold(tmp_path: Path) -> None:
+    text = GOOD.replace('name = "flow"', 'name = "pump1/flow#"').replace(
+        'site = "north-plant"', 'site = "north plant"'
+    )
+    problems = problems_for(tmp_path, text)
+    rule = (
+        "expected a name of letters, digits, '_', '.' and '-', starting with a letter or digit "
+        "(no spaces, no '/', '+' or '#')"
+    )
+    assert problems == [
+        f"{tmp_path / 'agent.toml'}: gateway.site: {rule} (got 'north plant')",
+        f"{tmp_path / 'agent.toml'}: devices[0] (sim).tags[0].name: {rule} (got 'pump1/flow#')",
+    ]
+    assert not any("pattern" in p for p in problems)
+
+
+OPCUA_DEVICE = """
+name = "ua"
+kind = "opcua"
+endpoint = "opc.tcp://10.0.0.5:4840"
+
+  [[devices.tags]]
+  name = "pump1.flow"
+  node = "ns=2;s=pump1.flow"
+"""
+
+
+def test_an_opcua_endpoint_and_node_id_are_explained_not_shown_as_a_pattern(tmp_path: Path) -> None:
+    fake_device = GOOD[GOOD.index('name = "sim"') :]
+    opcua = GOOD.replace(fake_device, OPCUA_DEVICE)
+    load_config(write(tmp_path, opcua))
+    source = tmp_path / "agent.toml"
+    endpoint = "expected an OPC UA endpoint opc.tcp://HOST[:PORT][/PATH] (e.g. opc.tcp://10.0.0.5:4840)"
+    node_id = (
+        "expected a NodeId: [ns=<index>;] then i=<number>, s=<text>, g=<GUID> or b=<base64> "
+        "(e.g. ns=2;s=pump1.flow or ns=2;i=5)"
+    )
+    text = opcua.replace('"opc.tcp://10.0.0.5:4840"', '"10.0.0.5:4840"').replace(
+        '"ns=2;s=pump1.flow"', '"ns=2,s=pump1.flow"'
+    )
+    assert problems_for(tmp_path, text) == [
+        f"{source}: devices[0] (ua).endpoint: {endpoint} (got '10.0.0.5:4840')",
+        f"{source}: devices[0] (ua).tags[0].node: {node_id} (got 'ns=2,s=pump1.flow')",
+    ]
+    text = opcua.replace("10.0.0.5:4840", "10.0.0.5:484000")
+    assert problems_for(tmp_path, text) == [
+        f"{source}: devices[0] (ua).endpoint: port 484000 is not in 1..65535 (got 'opc.tcp://10.0.0.5:484000')"
+    ]
+
+
 def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
     (problem,) = problems_for(tmp_path, GOOD.replace('id = "gw-01"', 'id = "gw-01'))
     assert "not valid TOML" in problem

@@ -117,7 +117,7 @@ def test_models_mistakes_are_reported_with_every_other_problem(tmp_path: Path) -
     devices = AUDIO.replace('kind = "audio"', 'kind = "audi"')
     problems = problems_for(tmp_path, PUMP.replace('"P1"', '"P 1"'), devices)
     assert len(problems) == 2
-    assert problems[0].startswith("FILE: models.pump[0].name: String should match pattern")
+    assert problems[0].startswith("FILE: models.pump[0].name: expected a name of letters, digits")
     assert "devices[0] (hyd).kind: unknown driver 'audi'" in problems[1]
 
 

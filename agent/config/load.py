@@ -29,6 +29,7 @@ from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
+from water_edge.core.patterns import pattern_words
 from water_edge.core.processor import ChecksSections, ProcessorFactory, WarnsSections
 from water_edge.core.reading import EVENTS_STREAM
 from water_edge.core.redact import is_secret_key
@@ -127,6 +128,9 @@ def _describe(error: Any, secret: bool = False) -> str:
         return "unknown key (not part of the schema; check the spelling)"
     if kind == "missing":
         return "required key is missing"
+    if kind == "string_pattern_mismatch":
+        words = pattern_words(error.get("ctx", {}).get("pattern"))
+        message = f"expected {words}" if words else message
     if kind in ("value_error", "assertion_error"):
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if secret:
