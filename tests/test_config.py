@@ -210,6 +210,32 @@ def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
     assert "line" in problem
 
 
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    # Windows editors save "UTF-8 with BOM"; tomllib alone says "Invalid statement (line 1)".
+    path = write(tmp_path, GOOD)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_config(path).gateway.site == "north-plant"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "expected"),
+    [
+        ("utf-16", "the file is UTF-16 text; save it as UTF-8"),
+        ("utf-16-le", "the file holds NUL bytes: UTF-16 text or not a text file; save it as UTF-8"),
+        ("utf-32", "the file is UTF-32 text; save it as UTF-8"),
+        ("latin-1", "not UTF-8 text (invalid continuation byte on line 1); save it as UTF-8"),
+    ],
+)
+def test_a_config_in_another_encoding_says_which_and_what_to_do(
+    tmp_path: Path, encoding: str, expected: str
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(f"# café\n{GOOD}".encode(encoding))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [f"{path}: {expected}"]
+
+
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the config file"):
         load_config(tmp_path / "nope.toml")

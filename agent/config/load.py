@@ -34,6 +34,7 @@ from water_edge.core.processor import ChecksSections, ProcessorFactory, WarnsSec
 from water_edge.core.reading import EVENTS_STREAM
 from water_edge.core.redact import is_secret_key
 from water_edge.core.secrets import SecretRef
+from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
 from water_edge.drivers import registry
 from water_edge.drivers.base import DeviceConfig
 
@@ -153,11 +154,11 @@ def _problems(source: Path, exc: ValidationError, prefix: str = "") -> list[str]
 
 def _read_toml(source: Path) -> dict[str, Any]:
     try:
-        text = source.read_text(encoding="utf-8")
+        text = read_toml_text(source)
     except OSError as exc:
         raise ConfigError([f"{source}: cannot read the config file: {exc.strerror}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{source}: not UTF-8 text: {exc.reason}"]) from exc
+    except NotUtf8TextError as exc:
+        raise ConfigError([f"{source}: {exc}"]) from exc
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
