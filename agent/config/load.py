@@ -23,6 +23,7 @@ from water_edge.agent.config.schema import (
     LogSection,
     StatusSection,
 )
+from water_edge.agent.config.tag_refs import check_tag_references
 from water_edge.agent.config.unions import merge_union_errors
 from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.update.config import UpdateSection
@@ -30,7 +31,7 @@ from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
 from water_edge.core.patterns import pattern_words
-from water_edge.core.processor import ChecksSections, ProcessorFactory, WarnsSections
+from water_edge.core.processor import ChecksSections, ProcessorFactory, ReadsTags, WarnsSections
 from water_edge.core.reading import EVENTS_STREAM
 from water_edge.core.redact import is_secret_key
 from water_edge.core.secrets import SecretRef
@@ -307,6 +308,8 @@ def load_config(path: str | Path) -> Config:
         devices = validate_devices(source, raw.get("devices", []))
     except ConfigError as exc:
         problems.extend(exc.problems)
+    else:
+        _check_model_tags(source, models, devices, problems, warnings)
     if section is not None:
         _check_secrets(source, section.uplink, "uplink", problems)
         for index, device in enumerate(devices):
@@ -328,6 +331,23 @@ def load_config(path: str | Path) -> Config:
         models=models,
         warnings=tuple(warnings),
     )
+
+
+def _check_model_tags(
+    source: Path,
+    models: Mapping[str, tuple[Any, ...]],
+    devices: list[DeviceConfig],
+    problems: list[str],
+    warnings: list[str],
+) -> None:
+    """Each tag a processor kind's tables name (`ReadsTags`) against the devices' tags."""
+    for kind, sections in models.items():
+        factory = processors.load(kind)
+        if not isinstance(factory, ReadsTags):
+            continue
+        found, doubtful = check_tag_references(factory.tag_references(sections), devices)
+        problems += [f"{source}: {key_path(('models', kind, *p.where))}: {p.message}" for p in found]
+        warnings += [f"{source}: {key_path(('models', kind, *p.where))}: {p.message}" for p in doubtful]
 
 
 def _check_secrets(source: Path, model: BaseModel, where: str, problems: list[str]) -> None:

@@ -141,6 +141,9 @@ class ModbusDeviceConfig(DeviceConfig):
     def point_count(self) -> int:
         return len(self.tags)
 
+    def tag_names(self) -> frozenset[str]:
+        return frozenset(tag.name for tag in self.tags)
+
     def unit_of(self, tag: ModbusTag) -> int:
         """The unit ID a tag is read from."""
         return self.unit_id if tag.unit_id is None else tag.unit_id

@@ -100,6 +100,9 @@ class OpcUaConfig(DeviceConfig):
     def point_count(self) -> int:
         return len(self.tags)
 
+    def tag_names(self) -> frozenset[str]:
+        return frozenset(tag.name for tag in self.tags)
+
     publishing_interval_ms: float = Field(default=1000, gt=0, le=3_600_000)
     sampling_interval_ms: float = Field(default=1000, ge=0, le=86_400_000)
     # Notifications the server may queue per item between two publishes (1 = latest only).
