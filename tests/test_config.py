@@ -204,6 +204,51 @@ def test_an_opcua_endpoint_and_node_id_are_explained_not_shown_as_a_pattern(tmp_
     ]
 
 
+RS485_DEVICES = """
+name = "plc-rtu"
+kind = "modbus_rtu"
+port = "/dev/ttyUSB0"
+baudrate = 19200
+
+  [[devices.tags]]
+  name = "pump1.flow"
+  address = 100
+  type = "float32"
+
+[[devices]]
+name = "meter-rtu"
+kind = "modbus_rtu"
+port = "/dev/ttyUSB0"
+baudrate = 19200
+unit_id = 2
+
+  [[devices.tags]]
+  name = "flow"
+  table = "input"
+  address = 0
+  type = "float32"
+"""
+
+
+def test_devices_on_one_serial_port_must_agree_on_its_line(tmp_path: Path) -> None:
+    fake_device = GOOD[GOOD.index('name = "sim"') :]
+    rs485 = GOOD.replace(fake_device, RS485_DEVICES)
+    assert [d.name for d in load_config(write(tmp_path, rs485)).devices] == ["plc-rtu", "meter-rtu"]
+    source = tmp_path / "agent.toml"
+    # Whichever device opened second used to fail on site ("line settings ... differ").
+    slower = rs485.replace("baudrate = 19200\nunit_id = 2", "baudrate = 9600\nunit_id = 2")
+    assert problems_for(tmp_path, slower) == [
+        f"{source}: devices[1] (meter-rtu).port: /dev/ttyUSB0 is also plc-rtu's, at Modbus RTU 19200 8E1; "
+        "devices on one port share its protocol and line settings (got Modbus RTU 9600 8E1)"
+    ]
+    mbus = rs485 + '\n[[devices]]\nname = "meters"\nkind = "mbus"\nport = "/dev/ttyUSB0"\n'
+    mbus += '\n  [[devices.meters]]\n  name = "house1"\n  address = 1\n'
+    assert problems_for(tmp_path, mbus) == [
+        f"{source}: devices[2] (meters).port: /dev/ttyUSB0 is also plc-rtu's, at Modbus RTU 19200 8E1; "
+        "devices on one port share its protocol and line settings (got M-Bus 2400 Bd)"
+    ]
+
+
 def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
     (problem,) = problems_for(tmp_path, GOOD.replace('id = "gw-01"', 'id = "gw-01'))
     assert "not valid TOML" in problem

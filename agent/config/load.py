@@ -397,11 +397,34 @@ def _check_names(
                 f"(also devices[{seen[name]}])"
             )
         seen.setdefault(name, index)
+    _check_serial_lines(source, raw_devices, devices, problems)
     for device in devices:
         if device.stream_name in RESERVED_STREAMS:
             problems.append(
                 f"{source}: devices ({device.name}).stream: {device.stream_name!r} is reserved "
                 f"for the agent's own messages"
+            )
+
+
+def _check_serial_lines(
+    source: Path, raw_devices: list[Any], devices: list[DeviceConfig], problems: list[str]
+) -> None:
+    """Devices naming one serial port share it, so they must agree on its protocol and line
+    settings; otherwise whichever opens second would fail on site, found here instead."""
+    index = {item.get("name"): i for i, item in enumerate(raw_devices) if isinstance(item, dict)}
+    first: dict[str, DeviceConfig] = {}
+    for device in devices:
+        line = device.serial_line()
+        if line is None:
+            continue
+        port, settings = line
+        owner = first.setdefault(port, device)
+        owner_line = owner.serial_line()
+        if owner is not device and owner_line is not None and owner_line[1] != settings:
+            problems.append(
+                f"{source}: devices[{index[device.name]}] ({device.name}).port: {port} is also "
+                f"{owner.name}'s, at {owner_line[1]}; devices on one port share its protocol and line "
+                f"settings (got {settings})"
             )
 
 

@@ -68,6 +68,9 @@ class MbusConfig(DeviceConfig):
     def endpoint_text(self) -> str:
         return f"{self.port} {self.baudrate} Bd"
 
+    def serial_line(self) -> tuple[str, str]:
+        return self.port, f"M-Bus {self.baudrate} Bd"
+
     def point_count(self) -> int:
         return len(self.meters)
 

@@ -192,6 +192,9 @@ class ModbusRtuConfig(ModbusDeviceConfig):
             raise ValueError(f"baudrate {self.baudrate} is not one of {', '.join(map(str, BAUD_RATES))}")
         return self
 
+    def serial_line(self) -> tuple[str, str]:
+        return self.port, f"Modbus RTU {self.endpoint_text().removeprefix(self.port + ' ')}"
+
     @property
     def char_time_s(self) -> float:
         bits = 1 + self.bytesize + (0 if self.parity == "none" else 1) + self.stopbits
