@@ -24,6 +24,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
+
 DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
 DEFAULT_SOCKET_NAME = "status.sock"
 ANNOUNCE_PREFIX = "agent-"
@@ -120,8 +122,8 @@ def socket_from_config(path: Path) -> Path | None:
     A file that is not TOML (half-edited) is searched for `state_dir = "..."` and `socket = "..."`.
     """
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        text = read_toml_text(path)
+    except (OSError, NotUtf8TextError):
         return None
     state_dir: object = None
     sock: object = None

@@ -3,7 +3,8 @@
 Libraries that log through the standard `logging` module (pymodbus, asyncua, paho) are routed
 through the same renderer, so the agent's log holds one format only (no bare `Failed to connect`
 line among the JSON). The libraries whose failures the drivers already report in their own words
-(`QUIET_LIBRARIES`) are heard only at `debug`.
+(`QUIET_LIBRARIES`) are heard only at `debug`, those that narrate their work at info
+(`CHATTY_LIBRARIES`) from `warning` up unless the level is `debug`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ class _CurrentStderr:
 # pymodbus logs every failed connect and retry ("Failed to connect ...", "Repeating....") at error
 # level; the Modbus drivers raise, count and report the same failure (a bad reading, driver.down).
 QUIET_LIBRARIES = ("pymodbus",)
+# asyncua narrates every connection at info: each step, and one `find_endpoint` record holding every
+# endpoint with the server's whole certificate (about 13 KB per connect, again at each reconnect).
+# The OPC UA driver says `opcua.connected` in one line; asyncua's info is heard at `debug`, its
+# warnings always.
+CHATTY_LIBRARIES = ("asyncua",)
 
 
 def configure(level: str = "info", json: bool | None = None, secrets: Sequence[str] = ()) -> None:
@@ -81,3 +87,7 @@ def _route_stdlib(
     root.setLevel(level)
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL)
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(
+            logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING)
+        )

@@ -7,5 +7,11 @@ from __future__ import annotations
 
 from typing import Final
 
+from water_edge.core.patterns import explained
+
 # Letters, digits, `_`, `.` and `-`, starting with a letter or digit.
-NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME_PATTERN: Final = explained(
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+    "a name of letters, digits, '_', '.' and '-', starting with a letter or digit "
+    "(no spaces, no '/', '+' or '#')",
+)

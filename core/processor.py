@@ -120,6 +120,18 @@ class ChecksSections(Protocol):
 
 
 @runtime_checkable
+class ReadsTags(Protocol):
+    """A factory capability: the tags its tables name (`"tag"` or `"device/tag"`), so that the config
+    loader can check each against the devices' tags: a bare tag two devices read would feed one
+    signal from both, a misspelt one would never arrive."""
+
+    @classmethod
+    def tag_references(cls, sections: Sequence[Any]) -> list[tuple[tuple[int | str, ...], str]]:
+        """`(where, reference)` per tag named; `where` continues after `models.<kind>`."""
+        ...
+
+
+@runtime_checkable
 class WarnsSections(Protocol):
     """A factory capability: what is accepted but deserves a warning (a deprecated key, and what
     replaced it); the config loader collects them, `check-config` prints them, the agent logs them."""

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs water-edge-agent on a Debian / Raspberry Pi OS gateway (run as root):
 #   a release venv under /opt/edge-agent/releases/ with /opt/edge-agent/current linking to it (the
-#   A/B layout signed self-updates switch; docs/updates.md), config under /etc/edge-agent, state under
+#   A/B layout signed self-updates switch; docs/updates.md), /usr/local/bin/edge-agent linking to
+#   current's command, config under /etc/edge-agent, state under
 #   /var/lib/edge-agent (systemd's StateDirectory), the systemd units installed and enabled.
 #   /etc/edge-agent is root:edge-agent 0750 (keys and secrets the agent reads, never writes);
 #   config.toml there is a link to managed/config.toml, in the one directory the agent may write
@@ -27,7 +28,7 @@ VENV_ARGS=""
 PIP_ARGS=""
 USER_NAME="edge-agent"
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -108,6 +109,9 @@ if [ -d "$OPT/venv" ] && [ ! -L "$OPT/venv" ]; then
     rm -rf "$OPT/venv"
 fi
 ln -sfn current "$OPT/venv"
+# The command the docs and the technician type (`edge-agent status`), following updates.
+mkdir -p "$ROOT/usr/local/bin"
+ln -sfn /opt/edge-agent/current/bin/edge-agent "$ROOT/usr/local/bin/edge-agent"
 mkdir -p "$OPT/docs"
 cp "$SOURCE/docs/operations.md" "$SOURCE/docs/durability.md" "$SOURCE/docs/updates.md" "$OPT/docs/" 2>/dev/null || true
 
@@ -168,4 +172,4 @@ if [ "$ENABLE" = 1 ]; then
         fi
     fi
 fi
-say "done. Check with: systemctl status edge-agent; edge-agent status -c /etc/edge-agent/config.toml"
+say "done. Check with: systemctl status edge-agent; edge-agent status"

@@ -61,6 +61,16 @@ class DeviceConfig(BaseModel):
         """The tags (or meters) configured: what `check-config` counts and sizes memory by."""
         return 0
 
+    def serial_line(self) -> tuple[str, str] | None:
+        """(port, protocol and line settings) of a device on a serial line that other devices may
+        share: every device naming one port must describe it alike."""
+        return None
+
+    def tag_names(self) -> frozenset[str] | None:
+        """Every tag the device's readings carry, or None when they are only known once read (a
+        meter's records, a sound card's levels)."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class TagInfo:

@@ -121,10 +121,164 @@ def test_a_number_in_quotes_is_text_not_a_number(tmp_path: Path) -> None:
     load_config(write(tmp_path, GOOD.replace("offset = 100.0", "offset = 100")))
 
 
+def test_a_key_with_several_forms_is_one_problem_in_the_files_words(tmp_path: Path) -> None:
+    # `password` is text or a secret reference: pydantic fails it once per form, under internal
+    # names ("password.str", "password.function-after[_exactly_one(), SecretRef]").
+    source = tmp_path / "agent.toml"
+    with_password = GOOD.replace("port = 1883", "port = 1883\nusername = 'gw'\npassword = {value}")
+    problems = problems_for(tmp_path, with_password.replace("{value}", "42"))
+    assert problems == [
+        f'{source}: uplink.password: expected a string or a table {{ file = "…" }} or {{ env = "…" }} '
+        "(value not shown)"
+    ]
+    # Written as a table: what is wrong inside it, at its own key.
+    problems = problems_for(
+        tmp_path, with_password.replace("{value}", '{ fil = "/etc/edge-agent/mqtt.pass" }')
+    )
+    assert problems == [
+        f"{source}: uplink.password.fil: unknown key (not part of the schema; check the spelling)"
+    ]
+    problems = problems_for(tmp_path, with_password.replace("{value}", '{ file = "/a", env = "B" }'))
+    assert problems == [
+        f"{source}: uplink.password: a secret reference takes exactly one of 'file' or 'env' "
+        "(value not shown)"
+    ]
+
+
+def test_a_choice_of_words_or_a_number_lists_both(tmp_path: Path) -> None:
+    fake_device = GOOD[GOOD.index('kind = "fake"') :]
+    text = GOOD.replace(fake_device, 'kind = "audio"\nsource = "device"\nchannels = 1\nlatency = "medium"\n')
+    assert problems_for(tmp_path, text) == [
+        f"{tmp_path / 'agent.toml'}: devices[0] (sim).latency: expected 'low' or 'high' or a number "
+        "(got 'medium')"
+    ]
+
+
+def test_a_name_with_mqtt_wildcards_or_spaces_says_what_a_name_may_hold(tmp_path: Path) -> None:
+    text = GOOD.replace('name = "flow"', 'name = "pump1/flow#"').replace(
+        'site = "north-plant"', 'site = "north plant"'
+    )
+    problems = problems_for(tmp_path, text)
+    rule = (
+        "expected a name of letters, digits, '_', '.' and '-', starting with a letter or digit "
+        "(no spaces, no '/', '+' or '#')"
+    )
+    assert problems == [
+        f"{tmp_path / 'agent.toml'}: gateway.site: {rule} (got 'north plant')",
+        f"{tmp_path / 'agent.toml'}: devices[0] (sim).tags[0].name: {rule} (got 'pump1/flow#')",
+    ]
+    assert not any("pattern" in p for p in problems)
+
+
+OPCUA_DEVICE = """
+name = "ua"
+kind = "opcua"
+endpoint = "opc.tcp://10.0.0.5:4840"
+
+  [[devices.tags]]
+  name = "pump1.flow"
+  node = "ns=2;s=pump1.flow"
+"""
+
+
+def test_an_opcua_endpoint_and_node_id_are_explained_not_shown_as_a_pattern(tmp_path: Path) -> None:
+    fake_device = GOOD[GOOD.index('name = "sim"') :]
+    opcua = GOOD.replace(fake_device, OPCUA_DEVICE)
+    load_config(write(tmp_path, opcua))
+    source = tmp_path / "agent.toml"
+    endpoint = "expected an OPC UA endpoint opc.tcp://HOST[:PORT][/PATH] (e.g. opc.tcp://10.0.0.5:4840)"
+    node_id = (
+        "expected a NodeId: [ns=<index>;] then i=<number>, s=<text>, g=<GUID> or b=<base64> "
+        "(e.g. ns=2;s=pump1.flow or ns=2;i=5)"
+    )
+    text = opcua.replace('"opc.tcp://10.0.0.5:4840"', '"10.0.0.5:4840"').replace(
+        '"ns=2;s=pump1.flow"', '"ns=2,s=pump1.flow"'
+    )
+    assert problems_for(tmp_path, text) == [
+        f"{source}: devices[0] (ua).endpoint: {endpoint} (got '10.0.0.5:4840')",
+        f"{source}: devices[0] (ua).tags[0].node: {node_id} (got 'ns=2,s=pump1.flow')",
+    ]
+    text = opcua.replace("10.0.0.5:4840", "10.0.0.5:484000")
+    assert problems_for(tmp_path, text) == [
+        f"{source}: devices[0] (ua).endpoint: port 484000 is not in 1..65535 (got 'opc.tcp://10.0.0.5:484000')"
+    ]
+
+
+RS485_DEVICES = """
+name = "plc-rtu"
+kind = "modbus_rtu"
+port = "/dev/ttyUSB0"
+baudrate = 19200
+
+  [[devices.tags]]
+  name = "pump1.flow"
+  address = 100
+  type = "float32"
+
+[[devices]]
+name = "meter-rtu"
+kind = "modbus_rtu"
+port = "/dev/ttyUSB0"
+baudrate = 19200
+unit_id = 2
+
+  [[devices.tags]]
+  name = "flow"
+  table = "input"
+  address = 0
+  type = "float32"
+"""
+
+
+def test_devices_on_one_serial_port_must_agree_on_its_line(tmp_path: Path) -> None:
+    fake_device = GOOD[GOOD.index('name = "sim"') :]
+    rs485 = GOOD.replace(fake_device, RS485_DEVICES)
+    assert [d.name for d in load_config(write(tmp_path, rs485)).devices] == ["plc-rtu", "meter-rtu"]
+    source = tmp_path / "agent.toml"
+    # Whichever device opened second used to fail on site ("line settings ... differ").
+    slower = rs485.replace("baudrate = 19200\nunit_id = 2", "baudrate = 9600\nunit_id = 2")
+    assert problems_for(tmp_path, slower) == [
+        f"{source}: devices[1] (meter-rtu).port: /dev/ttyUSB0 is also plc-rtu's, at Modbus RTU 19200 8E1; "
+        "devices on one port share its protocol and line settings (got Modbus RTU 9600 8E1)"
+    ]
+    mbus = rs485 + '\n[[devices]]\nname = "meters"\nkind = "mbus"\nport = "/dev/ttyUSB0"\n'
+    mbus += '\n  [[devices.meters]]\n  name = "house1"\n  address = 1\n'
+    assert problems_for(tmp_path, mbus) == [
+        f"{source}: devices[2] (meters).port: /dev/ttyUSB0 is also plc-rtu's, at Modbus RTU 19200 8E1; "
+        "devices on one port share its protocol and line settings (got M-Bus 2400 Bd)"
+    ]
+
+
 def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
     (problem,) = problems_for(tmp_path, GOOD.replace('id = "gw-01"', 'id = "gw-01'))
     assert "not valid TOML" in problem
     assert "line" in problem
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    # Windows editors save "UTF-8 with BOM"; tomllib alone says "Invalid statement (line 1)".
+    path = write(tmp_path, GOOD)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_config(path).gateway.site == "north-plant"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "expected"),
+    [
+        ("utf-16", "the file is UTF-16 text; save it as UTF-8"),
+        ("utf-16-le", "the file holds NUL bytes: UTF-16 text or not a text file; save it as UTF-8"),
+        ("utf-32", "the file is UTF-32 text; save it as UTF-8"),
+        ("latin-1", "not UTF-8 text (invalid continuation byte on line 1); save it as UTF-8"),
+    ],
+)
+def test_a_config_in_another_encoding_says_which_and_what_to_do(
+    tmp_path: Path, encoding: str, expected: str
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(f"# café\n{GOOD}".encode(encoding))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [f"{path}: {expected}"]
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
     root = tmp_path / "root"
     first = install(root)
     assert first.returncode == 0, first.stderr + first.stdout
+    assert first.stdout.splitlines()[-1].endswith("edge-agent status")
     opt = root / "opt" / "edge-agent"
     venv = opt / "venv"
     assert (venv / "bin" / "edge-agent").is_file()
@@ -58,6 +59,10 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
     assert json.loads((first / "release.json").read_text())["version"] == __version__
     assert os.readlink(venv) == "current"
     assert not (opt / "previous").exists()
+    # `edge-agent status`, as the docs and the install's last line say, works from any shell and
+    # follows `current` across updates.
+    command = root / "usr" / "local" / "bin" / "edge-agent"
+    assert os.readlink(command) == "/opt/edge-agent/current/bin/edge-agent"
     config = root / "etc" / "edge-agent" / "config.toml"
     assert config.read_text() == (ROOT / "deploy" / "config.example.toml").read_text()
     unit = root / "etc" / "systemd" / "system" / "edge-agent.service"

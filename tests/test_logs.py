@@ -40,3 +40,18 @@ def test_library_records_take_the_agents_format_and_level(capsys: pytest.Capture
     logs.configure("debug", json=True)
     logging.getLogger("pymodbus.logging").debug("Repeating....")
     assert json.loads(capsys.readouterr().err)["event"] == "Repeating...."
+
+
+def test_asyncua_narration_is_kept_for_debug_and_its_warnings_always(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # At info, asyncua logged each connection step, one record with the server's whole certificate.
+    logs.configure("info", json=True)
+    logging.getLogger("asyncua.client.client").info("find_endpoint [EndpointDescription(...)]")
+    logging.getLogger("asyncua.client.ua_session.UaSession").info("browse")
+    logging.getLogger("asyncua.common.subscription").warning("Subscription lost")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["event"] == "Subscription lost"
+    logs.configure("debug", json=True)
+    logging.getLogger("asyncua.client.client").info("find_endpoint [EndpointDescription(...)]")
+    assert json.loads(capsys.readouterr().err)["event"] == "find_endpoint [EndpointDescription(...)]"

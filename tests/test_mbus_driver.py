@@ -4,6 +4,8 @@ through its master factory with a scripted master (failure accounting, a shared 
 from __future__ import annotations
 
 import itertools
+import os
+import termios
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -283,3 +285,47 @@ async def test_two_sections_on_one_segment_share_the_first_ones_master() -> None
         await a.aclose()
         await b.aclose()
     assert not first.is_open  # the last user closed it
+
+
+class _UnpluggedPort:
+    """What pyserial hands back for a USB adapter that was pulled: its tcflush fails with EIO."""
+
+    def reset_input_buffer(self) -> None:
+        raise termios.error(5, "Input/output error")
+
+
+def test_a_port_refusing_its_line_settings_or_gone_is_a_driver_io_error() -> None:
+    # pyserial lets termios.error through (tcsetattr refusing 8E1: an adapter, or a pty opened a
+    # second time); the supervisor logged it as a driver crash with a traceback.
+    def refusing(*args: Any, **kwargs: Any) -> Any:
+        raise termios.error(22, "Invalid argument")
+
+    master = MbusMaster("/dev/ttyUSB0", 2400, serial_factory=refusing)
+    with pytest.raises(DriverIOError) as refused:
+        master.open()
+    assert (
+        str(refused.value)
+        == "M-Bus port /dev/ttyUSB0: cannot open: the port refuses 2400 Bd 8E1 (Invalid argument)"
+    )
+    master = MbusMaster("/dev/ttyUSB0", 2400, serial_factory=lambda *a, **k: _UnpluggedPort())
+    master.open()
+    with pytest.raises(DriverIOError, match=r"M-Bus port /dev/ttyUSB0: .*Input/output error"):
+        master.exchange(b"\x10\x5b\x01\x5c\x16")
+
+
+def test_a_pty_refusing_8e1_says_to_restart_the_simulator() -> None:
+    # Linux takes a pty's parity at its first open only: an agent restarted against a running
+    # edge-sim cannot open the M-Bus pty again.
+    def refusing(*args: Any, **kwargs: Any) -> Any:
+        raise termios.error(22, "Invalid argument")
+
+    master_fd, slave_fd = os.openpty()
+    try:
+        master = MbusMaster(os.ttyname(slave_fd), 2400, serial_factory=refusing)
+        with pytest.raises(
+            DriverIOError, match=r"\(Invalid argument\); a pseudo-terminal .* restart edge-sim$"
+        ):
+            master.open()
+    finally:
+        os.close(slave_fd)
+        os.close(master_fd)

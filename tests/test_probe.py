@@ -90,3 +90,14 @@ def test_probe_of_a_host_that_does_not_resolve_says_so_in_words(tmp_path: Path) 
     assert "cannot resolve host plc-x.invalid: " in result.stdout, result.stdout
     assert "unknown error" not in result.stdout
     assert result.stderr == "", result.stderr
+
+
+def test_a_devices_file_saved_as_utf16_is_named_not_a_traceback(tmp_path: Path) -> None:
+    devices = tmp_path / "devices.toml"
+    devices.write_text(demo_devices(5020), encoding="utf-16")
+    result = probe("--devices-file", str(devices))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "invalid configuration:",
+        f"  {devices}: the file is UTF-16 text; save it as UTF-8",
+    ]

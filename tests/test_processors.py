@@ -30,9 +30,14 @@ from water_edge.models.pump.factory import PumpFactory
 ROOT = Path(__file__).resolve().parents[1]
 PUMP = '[[models.pump]]\nname = "P1"\n[models.pump.signals]\nflow = "plc/flow"\n'
 AUDIO = '[[devices]]\nname = "hyd"\nkind = "audio"\nsource = "file"\npath = "/tmp/none.wav"\n'
+# The PLC whose tag PUMP names.
+PLC = (
+    '[[devices]]\nname = "plc"\nkind = "modbus_tcp"\nhost = "10.0.0.5"\n'
+    '[[devices.tags]]\nname = "flow"\naddress = 0\n'
+)
 
 
-def problems_for(tmp_path: Path, models: str, devices: str = AUDIO) -> list[str]:
+def problems_for(tmp_path: Path, models: str, devices: str = AUDIO + PLC) -> list[str]:
     path = write_agent_config(tmp_path, devices=devices, models=models)
     with pytest.raises(ConfigError) as info:
         load_config(path)
@@ -117,7 +122,7 @@ def test_models_mistakes_are_reported_with_every_other_problem(tmp_path: Path) -
     devices = AUDIO.replace('kind = "audio"', 'kind = "audi"')
     problems = problems_for(tmp_path, PUMP.replace('"P1"', '"P 1"'), devices)
     assert len(problems) == 2
-    assert problems[0].startswith("FILE: models.pump[0].name: String should match pattern")
+    assert problems[0].startswith("FILE: models.pump[0].name: expected a name of letters, digits")
     assert "devices[0] (hyd).kind: unknown driver 'audi'" in problems[1]
 
 
@@ -135,6 +140,31 @@ def test_a_kind_checks_its_tables_together_and_against_the_devices(tmp_path: Pat
     broken = AUDIO + "colour = 1\n"
     (problem,) = problems_for(tmp_path, '[[models.leak]]\ndevice = "hyd"\n', broken)
     assert "devices[0] (hyd).colour: unknown key" in problem
+
+
+def test_a_tag_two_devices_read_or_none_reads_is_refused_by_name(tmp_path: Path) -> None:
+    # Two RTU meters that each have a `flow`: a bare "flow" fed the pump both, alternately.
+    meter = PLC.replace('"plc"', '"meter"').replace("10.0.0.5", "10.0.0.6")
+    pump = PUMP.replace('"plc/flow"', '"flow"')
+    district = '[[models.flow_leak]]\nname = "d1"\ninflow = ["plc/flow", "plc/flwo", "pcl/flow"]\n'
+    assert problems_for(tmp_path, pump + district, PLC + meter) == [
+        "FILE: models.pump[0].signals.flow: tag 'flow' is read by devices meter and plc: say which, "
+        "e.g. 'meter/flow'",
+        "FILE: models.flow_leak[0].inflow[1]: device 'plc' has no tag 'flwo' (did you mean 'flow'?)",
+        "FILE: models.flow_leak[0].inflow[2]: no device named 'pcl' (devices: plc, meter)",
+    ]
+    assert problems_for(tmp_path, PUMP.replace('"plc/flow"', '"flwo"'), PLC) == [
+        "FILE: models.pump[0].signals.flow: no device reads a tag 'flwo' (did you mean 'flow'?)"
+    ]
+    # A device whose tags are only known once read (here audio levels) may still send it: a warning.
+    config = load_config(
+        write_agent_config(tmp_path, devices=AUDIO + PLC, models=pump.replace('"flow"', '"flwo"'))
+    )
+    assert [w.replace(str(config.source), "FILE") for w in config.warnings] == [
+        "FILE: models.pump[0].signals.flow: no device reads a tag 'flwo' (did you mean 'flow'?); only hyd "
+        "(tags known once read) could send it"
+    ]
+    assert load_config(write_agent_config(tmp_path, devices=PLC + meter, models=PUMP)).models["pump"]
 
 
 def test_the_config_schema_knows_no_processor() -> None:

@@ -26,6 +26,7 @@ from water_edge.core import units
 from water_edge.core.cli_numbers import number
 from water_edge.core.errors import AgentError, ConfigError
 from water_edge.core.reading import Reading
+from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
 
 DEFAULT_CONFIG_HINT = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml")
 
@@ -65,9 +66,11 @@ def _device_configs(args: argparse.Namespace) -> list[Any]:
     if args.devices_file:
         path = Path(args.devices_file)
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = tomllib.loads(read_toml_text(path))
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+        except NotUtf8TextError as exc:
+            raise ConfigError([f"{path}: {exc}"]) from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
         devices = validate_devices(path, raw.get("devices", []))

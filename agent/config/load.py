@@ -23,15 +23,19 @@ from water_edge.agent.config.schema import (
     LogSection,
     StatusSection,
 )
+from water_edge.agent.config.tag_refs import check_tag_references
+from water_edge.agent.config.unions import merge_union_errors
 from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
-from water_edge.core.processor import ChecksSections, ProcessorFactory, WarnsSections
+from water_edge.core.patterns import pattern_words
+from water_edge.core.processor import ChecksSections, ProcessorFactory, ReadsTags, WarnsSections
 from water_edge.core.reading import EVENTS_STREAM
 from water_edge.core.redact import is_secret_key
 from water_edge.core.secrets import SecretRef
+from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
 from water_edge.drivers import registry
 from water_edge.drivers.base import DeviceConfig
 
@@ -126,6 +130,9 @@ def _describe(error: Any, secret: bool = False) -> str:
         return "unknown key (not part of the schema; check the spelling)"
     if kind == "missing":
         return "required key is missing"
+    if kind == "string_pattern_mismatch":
+        words = pattern_words(error.get("ctx", {}).get("pattern"))
+        message = f"expected {words}" if words else message
     if kind in ("value_error", "assertion_error"):
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if secret:
@@ -138,7 +145,7 @@ def _describe(error: Any, secret: bool = False) -> str:
 
 def _problems(source: Path, exc: ValidationError, prefix: str = "") -> list[str]:
     problems = []
-    for err in exc.errors():
+    for err in merge_union_errors(exc.errors()):
         rest = key_path(err["loc"]) if err["loc"] else ""
         where = f"{prefix}.{rest}" if prefix and rest else (prefix or rest or "(top level)")
         secret = any(is_secret_key(part) for part in err["loc"])
@@ -148,11 +155,11 @@ def _problems(source: Path, exc: ValidationError, prefix: str = "") -> list[str]
 
 def _read_toml(source: Path) -> dict[str, Any]:
     try:
-        text = source.read_text(encoding="utf-8")
+        text = read_toml_text(source)
     except OSError as exc:
         raise ConfigError([f"{source}: cannot read the config file: {exc.strerror}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{source}: not UTF-8 text: {exc.reason}"]) from exc
+    except NotUtf8TextError as exc:
+        raise ConfigError([f"{source}: {exc}"]) from exc
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -301,6 +308,8 @@ def load_config(path: str | Path) -> Config:
         devices = validate_devices(source, raw.get("devices", []))
     except ConfigError as exc:
         problems.extend(exc.problems)
+    else:
+        _check_model_tags(source, models, devices, problems, warnings)
     if section is not None:
         _check_secrets(source, section.uplink, "uplink", problems)
         for index, device in enumerate(devices):
@@ -322,6 +331,23 @@ def load_config(path: str | Path) -> Config:
         models=models,
         warnings=tuple(warnings),
     )
+
+
+def _check_model_tags(
+    source: Path,
+    models: Mapping[str, tuple[Any, ...]],
+    devices: list[DeviceConfig],
+    problems: list[str],
+    warnings: list[str],
+) -> None:
+    """Each tag a processor kind's tables name (`ReadsTags`) against the devices' tags."""
+    for kind, sections in models.items():
+        factory = processors.load(kind)
+        if not isinstance(factory, ReadsTags):
+            continue
+        found, doubtful = check_tag_references(factory.tag_references(sections), devices)
+        problems += [f"{source}: {key_path(('models', kind, *p.where))}: {p.message}" for p in found]
+        warnings += [f"{source}: {key_path(('models', kind, *p.where))}: {p.message}" for p in doubtful]
 
 
 def _check_secrets(source: Path, model: BaseModel, where: str, problems: list[str]) -> None:
@@ -371,11 +397,34 @@ def _check_names(
                 f"(also devices[{seen[name]}])"
             )
         seen.setdefault(name, index)
+    _check_serial_lines(source, raw_devices, devices, problems)
     for device in devices:
         if device.stream_name in RESERVED_STREAMS:
             problems.append(
                 f"{source}: devices ({device.name}).stream: {device.stream_name!r} is reserved "
                 f"for the agent's own messages"
+            )
+
+
+def _check_serial_lines(
+    source: Path, raw_devices: list[Any], devices: list[DeviceConfig], problems: list[str]
+) -> None:
+    """Devices naming one serial port share it, so they must agree on its protocol and line
+    settings; otherwise whichever opens second would fail on site, found here instead."""
+    index = {item.get("name"): i for i, item in enumerate(raw_devices) if isinstance(item, dict)}
+    first: dict[str, DeviceConfig] = {}
+    for device in devices:
+        line = device.serial_line()
+        if line is None:
+            continue
+        port, settings = line
+        owner = first.setdefault(port, device)
+        owner_line = owner.serial_line()
+        if owner is not device and owner_line is not None and owner_line[1] != settings:
+            problems.append(
+                f"{source}: devices[{index[device.name]}] ({device.name}).port: {port} is also "
+                f"{owner.name}'s, at {owner_line[1]}; devices on one port share its protocol and line "
+                f"settings (got {settings})"
             )
 
 

@@ -42,6 +42,7 @@ from water_edge.agent.update.layout import Layout
 from water_edge.agent.update.service import CommandService
 from water_edge.agent.update.state import TERMINAL, UpdateFiles, UpdateState
 from water_edge.core.digests import sha256_file
+from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
 
 log = structlog.get_logger(__name__)
 
@@ -197,8 +198,8 @@ class Updater:
                 f"the release is built for Python {manifest.python}, this gateway runs {here}"
             )
         try:
-            schema = tomllib.loads(self.config_path.read_text(encoding="utf-8")).get("schema_version")
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            schema = tomllib.loads(read_toml_text(self.config_path)).get("schema_version")
+        except (OSError, NotUtf8TextError, tomllib.TOMLDecodeError) as exc:
             raise UpdateFailedError(f"cannot read the config {self.config_path}: {exc}") from None
         if (
             not isinstance(schema, int)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from water_edge.core.names import NAME_PATTERN
+from water_edge.core.patterns import explained
 from water_edge.drivers.base import DeviceConfig
+
+QUANTITY_PATTERN: Final = explained(r"^[a-z_]+$", "a quantity in lower case, such as volume or volume_flow")
+SECONDARY_PATTERN: Final = explained(
+    r"^[0-9A-Fa-f]{8}([0-9A-Fa-f]{8})?$",
+    "the 8-digit ID printed on the meter, optionally followed by 8 hex digits for manufacturer, "
+    "version and medium (F = any)",
+)
 
 Function = Literal["instantaneous", "maximum", "minimum", "error"]
 
@@ -17,7 +25,7 @@ class RecordSelector(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    quantity: str = Field(pattern=r"^[a-z_]+$", max_length=64)
+    quantity: str = Field(pattern=QUANTITY_PATTERN, max_length=64)
     storage: int = Field(default=0, ge=0)
     tariff: int = Field(default=0, ge=0)
     subunit: int = Field(default=0, ge=0)
@@ -32,7 +40,7 @@ class MbusMeter(BaseModel):
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
     address: int | None = Field(default=None, ge=0, le=250)
     # 8 ID digits as printed on the meter, optionally + manufacturer, version, medium (16 hex).
-    secondary: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{8}([0-9A-Fa-f]{8})?$")
+    secondary: str | None = Field(default=None, pattern=SECONDARY_PATTERN)
     records: Literal["all"] | list[RecordSelector] = "all"
     max_telegrams: int = Field(default=8, ge=1, le=64)
 
@@ -59,6 +67,9 @@ class MbusConfig(DeviceConfig):
 
     def endpoint_text(self) -> str:
         return f"{self.port} {self.baudrate} Bd"
+
+    def serial_line(self) -> tuple[str, str]:
+        return self.port, f"M-Bus {self.baudrate} Bd"
 
     def point_count(self) -> int:
         return len(self.meters)

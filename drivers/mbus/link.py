@@ -8,7 +8,9 @@ same FCB, so a meter resends the telegram we missed instead of moving on to the 
 
 from __future__ import annotations
 
+import os
 import select
+import termios
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ from water_edge.drivers.mbus.telegram import Telegram, decode_frame
 log = structlog.get_logger(__name__)
 
 BITS_PER_BYTE: Final = 11
+# Linux takes a pseudo-terminal's parity setting at its first open only and refuses it after.
+_PTY_HINT: Final = "; a pseudo-terminal (edge-sim's) takes 8E1 at its first open only: restart edge-sim"
 ID_DIGITS: Final = 8
 
 Probe = Literal["none", "single", "collision"]
@@ -112,6 +116,13 @@ class MbusMaster:
             )
         except (serial.SerialException, OSError, ValueError) as exc:
             raise DriverIOError(f"M-Bus port {self.port}: cannot open: {exc}") from exc
+        except termios.error as exc:
+            # pyserial lets tcsetattr's own error through: an adapter (or a pty) refusing 8E1.
+            hint = _PTY_HINT if os.path.realpath(self.port).startswith("/dev/pts/") else ""
+            raise DriverIOError(
+                f"M-Bus port {self.port}: cannot open: the port refuses {self.baudrate} Bd 8E1 "
+                f"({exc.args[-1]}){hint}"
+            ) from exc
 
     def close(self) -> None:
         if self._serial is not None:
@@ -145,7 +156,8 @@ class MbusMaster:
             # A pty passes the request at once while a real line (and the sim) takes its wire time.
             first_deadline = time.monotonic() + wire_time_s(len(request), self.baudrate) + self.timeout_s
             return self._read_frame(port, first_deadline)
-        except serial.SerialException as exc:
+        except (serial.SerialException, termios.error) as exc:
+            # termios.error: tcflush on an adapter that was unplugged (EIO).
             raise DriverIOError(f"M-Bus port {self.port}: {exc}") from exc
 
     def _read_frame(self, port: Any, first_deadline: float) -> bytes | None:

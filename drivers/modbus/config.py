@@ -141,6 +141,9 @@ class ModbusDeviceConfig(DeviceConfig):
     def point_count(self) -> int:
         return len(self.tags)
 
+    def tag_names(self) -> frozenset[str]:
+        return frozenset(tag.name for tag in self.tags)
+
     def unit_of(self, tag: ModbusTag) -> int:
         """The unit ID a tag is read from."""
         return self.unit_id if tag.unit_id is None else tag.unit_id
@@ -188,6 +191,9 @@ class ModbusRtuConfig(ModbusDeviceConfig):
         if self.baudrate not in BAUD_RATES:
             raise ValueError(f"baudrate {self.baudrate} is not one of {', '.join(map(str, BAUD_RATES))}")
         return self
+
+    def serial_line(self) -> tuple[str, str]:
+        return self.port, f"Modbus RTU {self.endpoint_text().removeprefix(self.port + ' ')}"
 
     @property
     def char_time_s(self) -> float:

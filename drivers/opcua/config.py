@@ -11,9 +11,10 @@ import re
 from pathlib import Path
 from typing import Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from water_edge.core.names import NAME_PATTERN
+from water_edge.core.patterns import explained
 from water_edge.core.secrets import Secret
 from water_edge.drivers.base import DeviceConfig
 
@@ -22,7 +23,15 @@ SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
 Mode = Literal["subscribe", "poll"]
 DeadbandType = Literal["absolute", "percent"]
 
-NODE_ID_PATTERN: Final = r"^(ns=\d+;)?(i=\d+|s=.+|g=[0-9A-Fa-f-]{36}|b=[A-Za-z0-9+/=]+)$"
+NODE_ID_PATTERN: Final = explained(
+    r"^(ns=\d+;)?(i=\d+|s=.+|g=[0-9A-Fa-f-]{36}|b=[A-Za-z0-9+/=]+)$",
+    "a NodeId: [ns=<index>;] then i=<number>, s=<text>, g=<GUID> or b=<base64> "
+    "(e.g. ns=2;s=pump1.flow or ns=2;i=5)",
+)
+ENDPOINT_PATTERN: Final = explained(
+    r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$",
+    "an OPC UA endpoint opc.tcp://HOST[:PORT][/PATH] (e.g. opc.tcp://10.0.0.5:4840)",
+)
 PATH_SEGMENT: Final = re.compile(r"^(\d+:)?[^/]+$")
 
 
@@ -64,7 +73,7 @@ class OpcUaConfig(DeviceConfig):
     """An OPC UA server (a PLC, SCADA server or gateway)."""
 
     kind: Literal["opcua"]
-    endpoint: str = Field(pattern=r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$", max_length=1024)
+    endpoint: str = Field(pattern=ENDPOINT_PATTERN, max_length=1024)
     security_policy: SecurityPolicy = "None"
     security_mode: SecurityMode = "None"
     # PEM or DER files; the client certificate's URI (SAN) is used as the application URI.
@@ -77,11 +86,22 @@ class OpcUaConfig(DeviceConfig):
     password: Secret | None = None
     mode: Mode = "subscribe"
 
+    @field_validator("endpoint")
+    @classmethod
+    def _port_in_range(cls, endpoint: str) -> str:
+        port = re.match(r"^opc\.tcp://[^/:]+:(\d+)", endpoint)
+        if port and not 1 <= int(port[1]) <= 65535:
+            raise ValueError(f"port {port[1]} is not in 1..65535")
+        return endpoint
+
     def endpoint_text(self) -> str:
         return self.endpoint
 
     def point_count(self) -> int:
         return len(self.tags)
+
+    def tag_names(self) -> frozenset[str]:
+        return frozenset(tag.name for tag in self.tags)
 
     publishing_interval_ms: float = Field(default=1000, gt=0, le=3_600_000)
     sampling_interval_ms: float = Field(default=1000, ge=0, le=86_400_000)

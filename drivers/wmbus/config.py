@@ -8,6 +8,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from water_edge.core.names import NAME_PATTERN
+from water_edge.core.patterns import explained
 from water_edge.core.secrets import SecretRef
 from water_edge.drivers.base import DeviceConfig
 from water_edge.drivers.mbus.config import RecordSelector
@@ -34,8 +35,10 @@ class WmbusMeter(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
     # The 8-digit identification printed on the meter (the link address), as the meter sends it.
-    id: str = Field(pattern=r"^[0-9A-Fa-f]{8}$")
-    manufacturer: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    id: str = Field(pattern=explained(r"^[0-9A-Fa-f]{8}$", "the 8-digit ID printed on the meter"))
+    manufacturer: str | None = Field(
+        default=None, pattern=explained(r"^[A-Z]{3}$", "a manufacturer code of 3 capital letters (e.g. KAM)")
+    )
     # AES-128 key, 32 hex digits, or a secret reference ({ file = ... } / { env = ... }).
     key: str | SecretRef | None = None
     records: Literal["all"] | list[RecordSelector] = "all"

@@ -29,6 +29,16 @@ class FlowLeakFactory:
         """A district's name is its state directory and its events' source: one name, one district."""
         return names_used_twice([s.name for s in sections], "district")
 
+    @classmethod
+    def tag_references(cls, sections: Sequence[Any]) -> list[tuple[tuple[int | str, ...], str]]:
+        found: list[tuple[tuple[int | str, ...], str]] = []
+        for index, district in enumerate(sections):
+            for key in ("inflow", "outflow"):
+                found += [((index, key, i), tag) for i, tag in enumerate(getattr(district, key))]
+            if district.pressure is not None:
+                found.append(((index, "pressure"), district.pressure))
+        return found
+
     def processors(self) -> list[Processor]:
         if not self.sections:
             return []

@@ -21,8 +21,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from water_edge.core.names import NAME_PATTERN
+from water_edge.core.patterns import explained
 
-WINDOW_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$"
+WINDOW_PATTERN = explained(
+    r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$", "a time window HH:MM-HH:MM such as 02:00-04:00"
+)
 
 
 def window_minutes(text: str) -> tuple[int, int]:

@@ -42,6 +42,14 @@ class PumpFactory:
         """A pump's name is its state directory and its events' source: one name, one pump."""
         return names_used_twice([p.name for p in sections], "pump")
 
+    @classmethod
+    def tag_references(cls, sections: Sequence[Any]) -> list[tuple[tuple[int | str, ...], str]]:
+        return [
+            ((index, "signals", role), tag)
+            for index, pump in enumerate(sections)
+            for role, tag in pump.signals.items()
+        ]
+
     def processors(self) -> list[Processor]:
         if not self.pumps:
             return []

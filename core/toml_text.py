@@ -1,0 +1,46 @@
+"""The text of a TOML file as editors save it: UTF-8, with or without the byte order mark Windows
+editors put first (tomllib refuses it: "Invalid statement (at line 1, column 1)"). UTF-16 or
+UTF-32 text ("Unicode" in Notepad) is named as such instead of failing on its first byte."""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+
+
+class NotUtf8TextError(ValueError):
+    """The file's bytes are not UTF-8 text; the message says what they are and what to do."""
+
+
+_WIDE_ENCODINGS = (
+    # UTF-32 first: its little-endian mark begins with UTF-16's.
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+def read_toml_text(path: Path) -> str:
+    """`path`'s text; OSError as reading raises it, NotUtf8TextError for any other encoding."""
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        return _decode(data[len(codecs.BOM_UTF8) :])
+    return _decode(data)
+
+
+def _decode(data: bytes) -> str:
+    for mark, name in _WIDE_ENCODINGS:
+        if data.startswith(mark):
+            raise NotUtf8TextError(f"the file is {name} text; save it as UTF-8")
+    if b"\x00" in data:
+        raise NotUtf8TextError("the file holds NUL bytes: UTF-16 text or not a text file; save it as UTF-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        where = f"{exc.reason} on line {line}"
+        raise NotUtf8TextError(f"not UTF-8 text ({where}); save it as UTF-8") from None
+
+
+__all__ = ["NotUtf8TextError", "read_toml_text"]
