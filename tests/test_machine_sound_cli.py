@@ -109,10 +109,17 @@ def test_score_takes_wav_recordings_directly_and_leaves_silence_out(
     assert "every calibration clip is digital silence" in capsys.readouterr().err
 
 
+def _save_npz(path: Path) -> None:
+    with path.open("wb") as fh:  # np.savez would add ".npz" to the name
+        np.savez(fh, features=np.zeros((5, 136)))
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda p: np.save(p, np.zeros((5, 20))), "shape (clips, 136)"),
+        (_save_npz, "a .npz archive (features), not a .npy array"),
+        (lambda p: np.save(p, np.ones((5, 136), dtype=np.complex128)), "numeric array of shape (clips, 136)"),
         (lambda p: p.write_text("not numpy"), "not a numpy .npy array"),
         (lambda p: p.write_text("1.0,2.0\n3.0,4.0\n"), "save it with numpy.save"),  # a CSV named .npy
         (lambda p: p.mkdir(), "a directory"),
