@@ -390,7 +390,8 @@ def cmd_features_machine_sound(args: argparse.Namespace) -> int:
     except ModelError as exc:
         return _error(str(exc))
     try:
-        np.save(args.out, x.astype(np.float32))
+        with open(args.out, "wb") as fh:  # the name given: np.save(path) would append ".npy" to it
+            np.save(fh, x.astype(np.float32))
     except OSError as exc:
         return _error(f"{args.out}: {exc.strerror or exc}")
     sys.stdout.write(f"{args.out}: {len(x)} clips x {x.shape[1]} features\n")
