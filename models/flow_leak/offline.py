@@ -111,6 +111,23 @@ def _rows(
         raise FlowCsvError(f"{path}: no data rows")
 
 
+def _oldest_first(rows: Iterable[_Row]) -> list[_Row]:
+    """A totaliser's rows in time order: flow is the difference to the reading before, so a
+    historian's newest-first export, read as it comes, gave no interval at all. Stable: readings of
+    one instant keep the file's order (the first is used)."""
+    return sorted(rows, key=lambda row: row.instant)
+
+
+def _in_time_order(
+    ts: list[int], values: list[float], pressures: list[float]
+) -> tuple[list[int], list[float], list[float]]:
+    """One night's samples sorted by time, a time given twice (overlapping exports pasted
+    together) kept once: the MNF's averaging runs over consecutive samples."""
+    order = sorted(range(len(ts)), key=ts.__getitem__)
+    kept = [i for n, i in enumerate(order) if n == 0 or ts[i] != ts[order[n - 1]]]
+    return [ts[i] for i in kept], [values[i] for i in kept], [pressures[i] for i in kept]
+
+
 def _from_volumes(rows: Iterable[_Row], meters: dict[str, VolumeRate]) -> Iterator[_Row]:
     """Rows whose columns are totalisers, as flows (`volume.VolumeRate`); resets are counted in
     `meters`. The first row, a repeated time or a reset gives no flow for its interval."""
@@ -137,9 +154,12 @@ class _Given:
             yield row
 
     def refuse_totalisers(self, path: Path) -> None:
-        for c, values in self.values.items():
-            if looks_like_totaliser(self.instants, values):
-                days = (self.instants[-1] - self.instants[0]) / 86.4e12
+        order = sorted(range(len(self.instants)), key=self.instants.__getitem__)  # newest-first files
+        instants = array("q", (self.instants[i] for i in order))
+        for c, given in self.values.items():
+            values = array("d", (given[i] for i in order))
+            if looks_like_totaliser(instants, values):
+                days = (instants[-1] - instants[0]) / 86.4e12
                 raise FlowCsvError(
                     f"{path}: column {c!r} rises and never falls over {days:.0f} days: a volume totaliser "
                     "(m3), not a flow (m3/h); give --volume to read the flow from the meter's index"
@@ -160,7 +180,7 @@ def read_night_flows(
     drawn since the row before over the time between them (`volume.VolumeRate`)."""
     counts, meters, given = _Counts(), dict[str, VolumeRate](), _Given(flow)
     rows = _rows(path, [*flow, *minus], pressure, window.tz, counts)
-    rows = _from_volumes(rows, meters) if volume else given.watch(rows)
+    rows = _from_volumes(_oldest_first(rows), meters) if volume else given.watch(rows)
     per_night: dict[date, tuple[list[int], list[float], list[float]]] = {}
     for row in rows:
         night = window.night_of_local(row.local)
@@ -174,7 +194,7 @@ def read_night_flows(
         given.refuse_totalisers(path)
     nights = []
     for night in sorted(per_night):
-        ts, values, pressures = per_night[night]
+        ts, values, pressures = _in_time_order(*per_night[night])
         mnf = minimum_night_flow(ts, values, window_min=window.length_min, average_minutes=average_minutes)
         finite = [p for p in pressures if math.isfinite(p)]
         nights.append((night, mnf, sum(finite) / len(finite) if finite else None))
