@@ -112,6 +112,21 @@ def test_missing_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "cannot read" in err
 
 
+def test_a_newest_first_export_is_refused_not_calibrated_on_its_newest_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
+) -> None:
+    # Read as it came, its first rows (the fault, the newest) calibrated and the normal hour was
+    # marked anomalous; and the detector ran backwards in time.
+    x, _ = sim
+    rows = [[t, *(f"{v:.4f}" for v in row)] for t, row in zip(timestamps(len(x)), x, strict=True)]
+    path = write(tmp_path / "desc.csv", ["time", *SIGNALS], rows[::-1], ",")
+    code, out, err = run(capsys, path, CALIB)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "the rows run newest first (2024-03-01 10:19:59 ... 2024-03-01 10:00:00)" in err
+    assert "sort the file oldest first" in err
+
+
 def test_few_rows_still_score_every_row(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
 ) -> None:

@@ -308,6 +308,23 @@ def rows_before(timestamps: list[str], until: str, tz: tzinfo) -> int:
     return len(timestamps)
 
 
+def refuse_newest_first(timestamps: list[str], tz: tzinfo) -> None:
+    """InputError when the last row is stamped before the first (a historian's newest-first export):
+    its first rows, which calibrate, would be the newest, and the detector would run backwards."""
+    if len(timestamps) < 2:
+        return
+    order = day_first(timestamps) is not False
+    try:
+        first, last = (parse_time(timestamps[i], tz, order) for i in (0, -1))
+    except ValueError:
+        return  # a first column that is no time (a row number): nothing to tell
+    if last < first:
+        raise InputError(
+            f"the rows run newest first ({timestamps[0]} ... {timestamps[-1]}): the first rows calibrate, "
+            "so sort the file oldest first: (head -1 FILE; tail -n +2 FILE | tac) > SORTED.csv"
+        )
+
+
 def score_csv(
     path: Path,
     calibrate_rows: int | None,
@@ -340,6 +357,7 @@ def score_csv(
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     table = read_table(text, warn)
+    refuse_newest_first(table.timestamps, tz or _local_zone())
     n = len(table.timestamps)
     if calibrate_rows is None:
         if calibrate_until is None:
