@@ -109,6 +109,23 @@ def test_score_flow_leak_reads_each_countrys_date_order_alike(
     assert any(line.endswith(",leak") for line in got.stdout.splitlines())
 
 
+@pytest.mark.parametrize("decimal", [".", ","], ids=["en", "de"])
+def test_score_flow_leak_reads_excels_unicode_text_export(tmp_path: Path, decimal: str) -> None:
+    # "Unicode text" is UTF-16 with a byte-order mark, tab-separated, numbers as the locale writes
+    # them; it was "not a text file (invalid start byte)".
+    district = District(9, mean_demand_m3h=200.0, leaks=[DistrictLeak(datetime(2024, 1, 25, 14), 8.0)])
+    columns = district.simulate(35)
+    plain, export = tmp_path / "plain.csv", tmp_path / "export.txt"
+    write_csv(columns, str(plain))
+    write_csv(columns, str(export), sep="\t", decimal=decimal)
+    export.write_text(export.read_text(), encoding="utf-16")
+    args = ("--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--calibrate-days", "14")
+    want, got = _cli("--csv", str(plain), *args), _cli("--csv", str(export), *args)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == want.stdout
+    assert any(line.endswith(",leak") for line in got.stdout.splitlines())
+
+
 def test_score_flow_leak_says_when_nothing_tells_day_from_month(tmp_path: Path) -> None:
     # Nine days of early-month dates: 03/04 could be either; read day first, and said so.
     columns = District(6, mean_demand_m3h=100.0).simulate(9)

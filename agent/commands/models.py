@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     pump = score_sub.add_parser(
         "pump", help="pump anomaly scores for a CSV (header; timestamp, then numeric signals)"
     )
-    pump.add_argument("--csv", type=Path, help="history file, ',' or ';' separated")
+    pump.add_argument("--csv", type=Path, help="history file, ',' ';' or tab separated, UTF-8 or UTF-16")
     calibration = pump.add_mutually_exclusive_group()
     calibration.add_argument(
         "--calibrate-rows",

@@ -25,7 +25,7 @@ def register(score_sub: Any) -> None:
     p = score_sub.add_parser(
         "flow-leak", help="minimum night flow and its steps from a district's flow history (CSV out)"
     )
-    p.add_argument("--csv", required=True, type=Path, help="header; timestamp first; ',' or ';' separated")
+    p.add_argument("--csv", required=True, type=Path, help="header; timestamp first; ',' ';' or tab")
     p.add_argument("--flow", required=True, action="append", metavar="COL", help="an inflow column (m3/h)")
     p.add_argument("--minus", action="append", default=[], metavar="COL", help="an outflow column")
     p.add_argument(

@@ -1,7 +1,8 @@
 """`edge-agent models score flow-leak`: minimum night flow and its steps from a SCADA export (CSV).
 
-The file has a header and a timestamp column first; columns are separated by ',' or ';' and
-numbers use a decimal point or a decimal comma (European exports: "12,5" with ';'). Timestamps
+The file has a header and a timestamp column first; columns are separated by ',', ';' or tabs
+(UTF-8, or UTF-16 with a byte-order mark: Excel's "Unicode text") and numbers use a decimal point
+or a decimal comma (European exports: "12,5" with ';' or a tab). Timestamps
 are ISO 8601, 'YYYY-MM-DD' or 'YYYY/MM/DD' (Japanese exports), or a numeric date with the year
 last: 'DD.MM.YYYY', and 'DD/MM/YYYY' or 'MM/DD/YYYY' (US exports) — the order is read from the whole
 column (a first field above 12 is a day, a second field above 12 is a day), day first when nothing
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from pathlib import Path
 
+from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time, year_last
 from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDetector, StepParams
 from water_edge.models.flow_leak.mnf import minimum_night_flow
@@ -74,7 +76,7 @@ def _rows(
 ) -> Iterator[_Row]:
     """The file's readable rows, one at a time (a year of minutes is half a million of them)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_export(path)
     except OSError as exc:
         raise FlowCsvError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
@@ -82,7 +84,7 @@ def _rows(
     lines = text.splitlines()
     if len(lines) < 2:
         raise FlowCsvError(f"{path}: needs a header and at least one data row")
-    sep = ";" if lines[0].count(";") > lines[0].count(",") else ","
+    sep = max((",", ";", "\t"), key=lines[0].count)  # ',' on a tie
     reader = csv.reader(io.StringIO(text), delimiter=sep)
     header = [h.strip() for h in next(reader)]
     wanted = [*columns, *([pressure] if pressure else [])]
@@ -90,7 +92,7 @@ def _rows(
     if missing:
         raise FlowCsvError(f"{path}: no column(s) {', '.join(missing)} (columns: {', '.join(header[1:])})")
     idx = {c: header.index(c) for c in wanted}
-    decimal_comma = sep == ";"
+    decimal_comma = sep != ","
     order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
     counts.guessed_day_first = order is None and any(year_last(line) for line in lines[1:3])
     for line_no, row in enumerate(reader, start=2):
