@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import pytest
 
 from tests.support.agent_proc import AgentProcess, running_agent
 from tests.support.testing import write_agent_config
-from water_edge.agent.cli import format_status
+from water_edge.agent.cli import _parser, format_status
 from water_edge.agent.pipeline import FeedHealth
 from water_edge.agent.status_document import ProcessorStatus
 from water_edge.core.health import health_json
@@ -203,3 +204,20 @@ def test_status_prints_each_processors_own_lines() -> None:
         "model    leak:hyd: 12 windows scored, leak probability 0.0132",
         "model    leak:quiet: 0 windows scored, leak probability None",
     ]
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_subcommands_help_prints() -> None:
+    # argparse expands '%' in help texts; a bare one ("rise, % over ...") made --help a traceback.
+    for path, parser in _parsers(_parser(), "edge-agent"):
+        assert parser.format_help().startswith("usage: "), path
+    result = cli("models", "score", "flow-leak", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--fixed-rise-pct" in result.stdout

@@ -110,6 +110,23 @@ def test_score_flow_leak_reads_each_countrys_date_order_alike(
     assert any(line.endswith(",leak") for line in got.stdout.splitlines())
 
 
+@pytest.mark.parametrize("decimal", [".", ","], ids=["en", "de"])
+def test_score_flow_leak_reads_excels_unicode_text_export(tmp_path: Path, decimal: str) -> None:
+    # "Unicode text" is UTF-16 with a byte-order mark, tab-separated, numbers as the locale writes
+    # them; it was "not a text file (invalid start byte)".
+    district = District(9, mean_demand_m3h=200.0, leaks=[DistrictLeak(datetime(2024, 1, 25, 14), 8.0)])
+    columns = district.simulate(35)
+    plain, export = tmp_path / "plain.csv", tmp_path / "export.txt"
+    write_csv(columns, str(plain))
+    write_csv(columns, str(export), sep="\t", decimal=decimal)
+    export.write_text(export.read_text(), encoding="utf-16")
+    args = ("--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--calibrate-days", "14")
+    want, got = _cli("--csv", str(plain), *args), _cli("--csv", str(export), *args)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == want.stdout
+    assert any(line.endswith(",leak") for line in got.stdout.splitlines())
+
+
 def test_score_flow_leak_says_when_nothing_tells_day_from_month(tmp_path: Path) -> None:
     # Nine days of early-month dates: 03/04 could be either; read day first, and said so.
     columns = District(6, mean_demand_m3h=100.0).simulate(9)
@@ -337,6 +354,38 @@ def test_score_flow_leak_reads_flow_from_a_volume_column_and_refuses_one_given_a
     assert refused.returncode == 2
     assert "volume totaliser" in refused.stderr
     assert "--volume" in refused.stderr
+
+
+def test_score_flow_leak_reads_a_newest_first_or_overlapping_export_as_the_oldest_first_one(
+    tmp_path: Path,
+) -> None:
+    # Historians often export newest first; read as it came, every night's MNF averaged samples
+    # running backwards and was left blank (and with --volume no interval was read at all).
+    district = District(8, mean_demand_m3h=120.0, leaks=[DistrictLeak(datetime(2024, 1, 22, 14), 8.0)])
+    columns = district.simulate(30)
+    total = np.round(1e5 + np.cumsum(np.asarray(columns["inflow_a"]) * 0.25), 1)
+    args = ("--flow", "inflow_a", "--calibrate-days", "14")
+    for name, cols, extra in (
+        ("flow", columns, ()),
+        ("index", {**columns, "inflow_a": total}, ("--volume",)),
+    ):
+        path = tmp_path / f"{name}.csv"
+        write_csv(cols, str(path))
+        header, *rows = path.read_text().splitlines()
+        newest_first, overlapping = tmp_path / f"{name}-desc.csv", tmp_path / f"{name}-twice.csv"
+        newest_first.write_text("\n".join([header, *reversed(rows)]) + "\n")
+        overlapping.write_text(
+            "\n".join([header, *rows[: len(rows) // 2 + 500], *rows[len(rows) // 2 :]]) + "\n"
+        )
+        want = _cli("--csv", str(path), *args, *extra)
+        assert want.returncode == 0, want.stderr
+        assert any(line.endswith(",leak") for line in want.stdout.splitlines())
+        for other in (newest_first, overlapping):
+            got = _cli("--csv", str(other), *args, *extra)
+            assert (got.returncode, got.stdout) == (0, want.stdout), (other.name, got.stderr)
+    refused = _cli("--csv", str(tmp_path / "index-desc.csv"), *args)  # a totaliser, given as flow
+    assert refused.returncode == 2
+    assert "volume totaliser" in refused.stderr
 
 
 def test_config_names_the_time_zone_and_refuses_a_tag_both_in_and_out() -> None:

@@ -109,10 +109,17 @@ def test_score_takes_wav_recordings_directly_and_leaves_silence_out(
     assert "every calibration clip is digital silence" in capsys.readouterr().err
 
 
+def _save_npz(path: Path) -> None:
+    with path.open("wb") as fh:  # np.savez would add ".npz" to the name
+        np.savez(fh, features=np.zeros((5, 136)))
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda p: np.save(p, np.zeros((5, 20))), "shape (clips, 136)"),
+        (_save_npz, "a .npz archive (features), not a .npy array"),
+        (lambda p: np.save(p, np.ones((5, 136), dtype=np.complex128)), "numeric array of shape (clips, 136)"),
         (lambda p: p.write_text("not numpy"), "not a numpy .npy array"),
         (lambda p: p.write_text("1.0,2.0\n3.0,4.0\n"), "save it with numpy.save"),  # a CSV named .npy
         (lambda p: p.mkdir(), "a directory"),
@@ -183,6 +190,36 @@ def test_features_are_the_same_from_a_recorders_24_bit_float_or_stereo_wav(tmp_p
         # histogram entropy (column 135) is left out: 16-bit steps fall unevenly into its 256 bins.
         assert np.allclose(got[name][:, :128], got["pcm16"][:, :128], atol=1e-2), name
         assert np.allclose(got[name][:, 128:135], got["pcm16"][:, 128:135], rtol=1e-2, atol=1e-3), name
+
+
+def test_features_are_written_to_the_file_named_and_nowhere_else(
+    tmp_path: Path, features: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    wav = tmp_path / "clip.wav"
+    write_wav(wav, MachineSoundSynth(SCENE, seed=6).render_seconds(10.0), 16_000)
+    out = tmp_path / "features"  # no .npy suffix
+    assert main(["models", "features", "machine-sound", str(wav), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"{out}: 1 clips x 136 features\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.wav", "features"]
+    assert np.load(out).shape == (1, 136)
+    assert (
+        main(
+            [
+                "models",
+                "score",
+                "machine-sound",
+                "--features",
+                str(out),
+                "--calibrate",
+                str(features["normal"]),
+            ]
+        )
+        == 0
+    )
+    (tmp_path / "folder").mkdir()
+    assert main(["models", "features", "machine-sound", str(wav), "--out", str(tmp_path / "folder")]) == 2
+    assert "folder: Is a directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.wav", "features", "folder"]
 
 
 def test_an_unreadable_wav_is_one_line_on_stderr_and_exit_2(

@@ -112,6 +112,40 @@ def test_missing_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "cannot read" in err
 
 
+def test_a_newest_first_export_is_refused_not_calibrated_on_its_newest_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
+) -> None:
+    # Read as it came, its first rows (the fault, the newest) calibrated and the normal hour was
+    # marked anomalous; and the detector ran backwards in time.
+    x, _ = sim
+    rows = [[t, *(f"{v:.4f}" for v in row)] for t, row in zip(timestamps(len(x)), x, strict=True)]
+    path = write(tmp_path / "desc.csv", ["time", *SIGNALS], rows[::-1], ",")
+    code, out, err = run(capsys, path, CALIB)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "the rows run newest first (2024-03-01 10:19:59 ... 2024-03-01 10:00:00)" in err
+    assert "sort the file oldest first" in err
+
+
+def test_excels_unicode_text_export_scores_as_the_plain_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
+) -> None:
+    # "Unicode text" is UTF-16 with a byte-order mark, tab-separated; read as UTF-8 it was
+    # "no numeric signal column found".
+    x, _ = sim
+    rows = [[t, *(f"{v:.4f}" for v in row)] for t, row in zip(timestamps(len(x)), x, strict=True)]
+    code, expected, err = run(capsys, write(tmp_path / "plain.csv", ["time", *SIGNALS], rows, ","), CALIB)
+    assert code == 0, err
+    unicode_text = tmp_path / "export.txt"
+    unicode_text.write_text(
+        "\n".join("\t".join(r) for r in [["time", *SIGNALS], *rows]) + "\n", encoding="utf-16"
+    )
+    assert unicode_text.read_bytes()[:2] == b"\xff\xfe"
+    code, out, err = run(capsys, unicode_text, CALIB)
+    assert code == 0, err
+    assert out == expected
+
+
 def test_few_rows_still_score_every_row(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
 ) -> None:

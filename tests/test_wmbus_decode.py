@@ -145,6 +145,13 @@ def test_cli_decode_wmbus_with_key_and_its_errors(capsys: pytest.CaptureFixture[
     assert main(["decode", "wmbus", v.raw.hex(), "--key", "1234"]) == 2
     _, err = capsys.readouterr()
     assert "32 hex digits" in err
+    # One digit left out copying the key off the delivery note: an odd count, not "other characters".
+    assert main(["decode", "wmbus", v.raw.hex(), "--key", v.key.hex()[:-1]]) == 2
+    _, err = capsys.readouterr()
+    assert err == "edge-agent decode wmbus: a meter key is 32 hex digits (AES-128), got 31\n"
+    assert main(["decode", "wmbus", v.raw.hex(), "--key", v.key.hex()[:-1] + "g"]) == 2
+    _, err = capsys.readouterr()
+    assert "it has other characters" in err
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     pump = score_sub.add_parser(
         "pump", help="pump anomaly scores for a CSV (header; timestamp, then numeric signals)"
     )
-    pump.add_argument("--csv", type=Path, help="history file, ',' or ';' separated")
+    pump.add_argument("--csv", type=Path, help="history file, ',' ';' or tab separated, UTF-8 or UTF-16")
     calibration = pump.add_mutually_exclusive_group()
     calibration.add_argument(
         "--calibrate-rows",
@@ -390,7 +390,8 @@ def cmd_features_machine_sound(args: argparse.Namespace) -> int:
     except ModelError as exc:
         return _error(str(exc))
     try:
-        np.save(args.out, x.astype(np.float32))
+        with open(args.out, "wb") as fh:  # the name given: np.save(path) would append ".npy" to it
+            np.save(fh, x.astype(np.float32))
     except OSError as exc:
         return _error(f"{args.out}: {exc.strerror or exc}")
     sys.stdout.write(f"{args.out}: {len(x)} clips x {x.shape[1]} features\n")

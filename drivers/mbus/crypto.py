@@ -8,6 +8,7 @@ decrypted.
 
 from __future__ import annotations
 
+import string
 from typing import Final
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -26,13 +27,11 @@ class MbusKeyError(MbusDecodeError):
 def parse_key(text: str) -> bytes:
     """A meter key as printed on its delivery note: 32 hex digits (spaces and colons allowed)."""
     digits = "".join(ch for ch in text if not ch.isspace() and ch not in ":-")
-    try:
-        key = bytes.fromhex(digits)
-    except ValueError as exc:
-        raise MbusKeyError("a meter key is 32 hex digits (AES-128); it has other characters") from exc
-    if len(key) != BLOCK:
+    if any(ch not in string.hexdigits for ch in digits):  # which ones is not said: it is a secret
+        raise MbusKeyError("a meter key is 32 hex digits (AES-128); it has other characters")
+    if len(digits) != 2 * BLOCK:  # a digit left out copying it is the usual mistake: say how many
         raise MbusKeyError(f"a meter key is 32 hex digits (AES-128), got {len(digits)}")
-    return key
+    return bytes.fromhex(digits)
 
 
 def _check(key: bytes, iv: bytes) -> None:

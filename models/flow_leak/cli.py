@@ -25,7 +25,7 @@ def register(score_sub: Any) -> None:
     p = score_sub.add_parser(
         "flow-leak", help="minimum night flow and its steps from a district's flow history (CSV out)"
     )
-    p.add_argument("--csv", required=True, type=Path, help="header; timestamp first; ',' or ';' separated")
+    p.add_argument("--csv", required=True, type=Path, help="header; timestamp first; ',' ';' or tab")
     p.add_argument("--flow", required=True, action="append", metavar="COL", help="an inflow column (m3/h)")
     p.add_argument("--minus", action="append", default=[], metavar="COL", help="an outflow column")
     p.add_argument(
@@ -42,7 +42,7 @@ def register(score_sub: Any) -> None:
         "--fixed-rise-pct",
         type=number(high=500, above=0),
         default=20.0,
-        help="fixed rule: % over calibration median",
+        help="fixed rule: %% over calibration median (default 20)",
     )
     p.add_argument("--average-minutes", type=number(1, 240), default=15.0, help="MNF averaging (default 15)")
     p.add_argument("--pressure-exponent", type=float, default=1.0, help="FAVAD N1 (default 1.0)")
@@ -50,7 +50,7 @@ def register(score_sub: Any) -> None:
         "--min-added-pct",
         type=number(high=100, above=0),
         default=None,
-        help="smallest rise reported, % (default 4)",
+        help="smallest rise reported, %% (default 4)",
     )
     p.set_defaults(func=cmd_score_flow_leak)
 

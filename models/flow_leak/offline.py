@@ -1,7 +1,8 @@
 """`edge-agent models score flow-leak`: minimum night flow and its steps from a SCADA export (CSV).
 
-The file has a header and a timestamp column first; columns are separated by ',' or ';' and
-numbers use a decimal point or a decimal comma (European exports: "12,5" with ';'). Timestamps
+The file has a header and a timestamp column first; columns are separated by ',', ';' or tabs
+(UTF-8, or UTF-16 with a byte-order mark: Excel's "Unicode text") and numbers use a decimal point
+or a decimal comma (European exports: "12,5" with ';' or a tab). Timestamps
 are ISO 8601, 'YYYY-MM-DD' or 'YYYY/MM/DD' (Japanese exports), or a numeric date with the year
 last: 'DD.MM.YYYY', and 'DD/MM/YYYY' or 'MM/DD/YYYY' (US exports) — the order is read from the whole
 column (a first field above 12 is a day, a second field above 12 is a day), day first when nothing
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from pathlib import Path
 
+from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time, year_last
 from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDetector, StepParams
 from water_edge.models.flow_leak.mnf import minimum_night_flow
@@ -74,7 +76,7 @@ def _rows(
 ) -> Iterator[_Row]:
     """The file's readable rows, one at a time (a year of minutes is half a million of them)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_export(path)
     except OSError as exc:
         raise FlowCsvError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
@@ -82,7 +84,7 @@ def _rows(
     lines = text.splitlines()
     if len(lines) < 2:
         raise FlowCsvError(f"{path}: needs a header and at least one data row")
-    sep = ";" if lines[0].count(";") > lines[0].count(",") else ","
+    sep = max((",", ";", "\t"), key=lines[0].count)  # ',' on a tie
     reader = csv.reader(io.StringIO(text), delimiter=sep)
     header = [h.strip() for h in next(reader)]
     wanted = [*columns, *([pressure] if pressure else [])]
@@ -90,7 +92,7 @@ def _rows(
     if missing:
         raise FlowCsvError(f"{path}: no column(s) {', '.join(missing)} (columns: {', '.join(header[1:])})")
     idx = {c: header.index(c) for c in wanted}
-    decimal_comma = sep == ";"
+    decimal_comma = sep != ","
     order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
     counts.guessed_day_first = order is None and any(year_last(line) for line in lines[1:3])
     for line_no, row in enumerate(reader, start=2):
@@ -109,6 +111,23 @@ def _rows(
         yield _Row(local, int(local.replace(tzinfo=tz).timestamp() * 1e9), cells, p)
     if counts.read == 0:
         raise FlowCsvError(f"{path}: no data rows")
+
+
+def _oldest_first(rows: Iterable[_Row]) -> list[_Row]:
+    """A totaliser's rows in time order: flow is the difference to the reading before, so a
+    historian's newest-first export, read as it comes, gave no interval at all. Stable: readings of
+    one instant keep the file's order (the first is used)."""
+    return sorted(rows, key=lambda row: row.instant)
+
+
+def _in_time_order(
+    ts: list[int], values: list[float], pressures: list[float]
+) -> tuple[list[int], list[float], list[float]]:
+    """One night's samples sorted by time, a time given twice (overlapping exports pasted
+    together) kept once: the MNF's averaging runs over consecutive samples."""
+    order = sorted(range(len(ts)), key=ts.__getitem__)
+    kept = [i for n, i in enumerate(order) if n == 0 or ts[i] != ts[order[n - 1]]]
+    return [ts[i] for i in kept], [values[i] for i in kept], [pressures[i] for i in kept]
 
 
 def _from_volumes(rows: Iterable[_Row], meters: dict[str, VolumeRate]) -> Iterator[_Row]:
@@ -137,9 +156,12 @@ class _Given:
             yield row
 
     def refuse_totalisers(self, path: Path) -> None:
-        for c, values in self.values.items():
-            if looks_like_totaliser(self.instants, values):
-                days = (self.instants[-1] - self.instants[0]) / 86.4e12
+        order = sorted(range(len(self.instants)), key=self.instants.__getitem__)  # newest-first files
+        instants = array("q", (self.instants[i] for i in order))
+        for c, given in self.values.items():
+            values = array("d", (given[i] for i in order))
+            if looks_like_totaliser(instants, values):
+                days = (instants[-1] - instants[0]) / 86.4e12
                 raise FlowCsvError(
                     f"{path}: column {c!r} rises and never falls over {days:.0f} days: a volume totaliser "
                     "(m3), not a flow (m3/h); give --volume to read the flow from the meter's index"
@@ -160,7 +182,7 @@ def read_night_flows(
     drawn since the row before over the time between them (`volume.VolumeRate`)."""
     counts, meters, given = _Counts(), dict[str, VolumeRate](), _Given(flow)
     rows = _rows(path, [*flow, *minus], pressure, window.tz, counts)
-    rows = _from_volumes(rows, meters) if volume else given.watch(rows)
+    rows = _from_volumes(_oldest_first(rows), meters) if volume else given.watch(rows)
     per_night: dict[date, tuple[list[int], list[float], list[float]]] = {}
     for row in rows:
         night = window.night_of_local(row.local)
@@ -174,7 +196,7 @@ def read_night_flows(
         given.refuse_totalisers(path)
     nights = []
     for night in sorted(per_night):
-        ts, values, pressures = per_night[night]
+        ts, values, pressures = _in_time_order(*per_night[night])
         mnf = minimum_night_flow(ts, values, window_min=window.length_min, average_minutes=average_minutes)
         finite = [p for p in pressures if math.isfinite(p)]
         nights.append((night, mnf, sum(finite) / len(finite) if finite else None))

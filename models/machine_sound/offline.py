@@ -68,8 +68,17 @@ def load_features(path: Path) -> F64:
         if magic and magic != NPY_MAGIC:
             why = "it does not start as a .npy file does; save it with numpy.save"
         raise InputError(f"{path}: not a numpy .npy array ({why})") from None
-    if x.ndim != 2 or x.shape[1] != N_FEATURES or not np.issubdtype(x.dtype, np.number):
-        raise InputError(f"{path}: expected a numeric array of shape (clips, {N_FEATURES}), got {x.shape}")
+    if isinstance(x, np.lib.npyio.NpzFile):  # np.load opens a .npz archive (a zip) as well
+        names = ", ".join(x.files)
+        x.close()
+        raise InputError(
+            f"{path}: a .npz archive ({names}), not a .npy array; save one array with numpy.save"
+        )
+    numeric = np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
+    if x.ndim != 2 or x.shape[1] != N_FEATURES or not numeric:
+        raise InputError(
+            f"{path}: expected a numeric array of shape (clips, {N_FEATURES}), got {x.shape} {x.dtype}"
+        )
     if len(x) == 0:
         raise InputError(f"{path}: the array has no rows")
     return np.asarray(x, dtype=np.float64)

@@ -1,7 +1,8 @@
 """Offline scoring of a CSV of pump history: what `edge-agent models score pump --csv` runs.
 
 The file has a header, timestamps in the first column and numeric signals in the others, under any
-names, separated by commas or semicolons (semicolon files may use decimal commas). Blank and
+names, separated by commas, semicolons or tabs (those two may use decimal commas), in UTF-8 or
+UTF-16 with a byte-order mark (`core.textfiles`). Blank and
 non-numeric cells count as missing; a column that is mostly text is ignored with a warning. The
 first `calibrate_rows` data rows calibrate the pump; every data row gets exactly one output row.
 
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump import coverage, explain, steady
@@ -79,7 +81,7 @@ def _separator(header: str) -> str:
     counts = {sep: header.count(sep) for sep in (";", ",", "\t")}
     sep = max(counts, key=lambda k: counts[k])
     if counts[sep] == 0:
-        raise InputError("the header has no ',' or ';' separator: need a timestamp column and signals")
+        raise InputError("the header has no ',', ';' or tab separator: need a timestamp column and signals")
     return sep
 
 
@@ -308,6 +310,23 @@ def rows_before(timestamps: list[str], until: str, tz: tzinfo) -> int:
     return len(timestamps)
 
 
+def refuse_newest_first(timestamps: list[str], tz: tzinfo) -> None:
+    """InputError when the last row is stamped before the first (a historian's newest-first export):
+    its first rows, which calibrate, would be the newest, and the detector would run backwards."""
+    if len(timestamps) < 2:
+        return
+    order = day_first(timestamps) is not False
+    try:
+        first, last = (parse_time(timestamps[i], tz, order) for i in (0, -1))
+    except ValueError:
+        return  # a first column that is no time (a row number): nothing to tell
+    if last < first:
+        raise InputError(
+            f"the rows run newest first ({timestamps[0]} ... {timestamps[-1]}): the first rows calibrate, "
+            "so sort the file oldest first: (head -1 FILE; tail -n +2 FILE | tac) > SORTED.csv"
+        )
+
+
 def score_csv(
     path: Path,
     calibrate_rows: int | None,
@@ -336,10 +355,11 @@ def score_csv(
     `causal` leaves alarms where a live gateway would have raised them (no backdating);
     `explained` adds a `signals` column naming what each marked row stands on."""
     try:
-        text = path.read_text(encoding="utf-8-sig", errors="replace")
+        text = read_export(path, errors="replace")
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     table = read_table(text, warn)
+    refuse_newest_first(table.timestamps, tz or _local_zone())
     n = len(table.timestamps)
     if calibrate_rows is None:
         if calibrate_until is None:
