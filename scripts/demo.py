@@ -457,7 +457,7 @@ def render_config(ep: dict[str, Any], broker_port: int, state: Path, night_start
         for m in flats
     )
     signals = "\n".join(
-        f'  {role} = "pump1.{role}"'
+        f'  {role} = "pump-station/pump1.{role}"'
         for role in ("flow", "motor_current", "speed", "suction_pressure", "discharge_pressure",
                      "vibration_x", "vibration_y", "winding_temp")
     )  # fmt: skip
