@@ -53,10 +53,10 @@ class NoReadings:
         return await self.get()
 
 
-def _driver(path: Path) -> AudioDriver:
+def _driver(path: Path, speed: float = 40) -> AudioDriver:
     return AudioDriver(
         AudioConfig(
-            name="mic", kind="audio", source="file", path=path, playback_speed=40,
+            name="mic", kind="audio", source="file", path=path, playback_speed=speed,
             window_s=1.0, hop_s=0.5, channel_names=["mic"],
         )
     )  # fmt: skip
@@ -192,7 +192,7 @@ async def test_a_history_damaged_while_running_is_kept_aside_and_the_machine_sta
     synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(5), snr_db=6.0), seed=5)
     path = tmp_path / "pump.wav"
     write_wav(path, synth.render_seconds(600), RATE)
-    driver = _driver(path)
+    driver = _driver(path, speed=100)
     section = MachineSoundSection.model_validate(
         {"name": "P4-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
     )
@@ -224,7 +224,7 @@ async def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_res
         {"name": "P1-sound", "device": "mic", "running_min_dbfs": -70,
          "calibration": {"auto_hours": 0.001, "min_clips": 20}}
     )  # fmt: skip
-    first = MachineSoundProcessor(section, _driver(recording), tmp_path)
+    first = MachineSoundProcessor(section, _driver(recording, speed=100), tmp_path)
     async with running(first, first._driver) as events:  # type: ignore[arg-type]
         await eventually(lambda: bool(events), within_s=60, what="the anomaly")
     assert [e.kind for e in events] == ["machine_sound_anomaly"]
@@ -233,7 +233,7 @@ async def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_res
     synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(9), snr_db=6.0), seed=19)
     repaired = tmp_path / "repaired.wav"
     write_wav(repaired, synth.render_seconds(120), RATE)
-    again = MachineSoundProcessor(section, _driver(repaired), tmp_path)
+    again = MachineSoundProcessor(section, _driver(repaired, speed=100), tmp_path)
     async with running(again, again._driver) as after:  # type: ignore[arg-type]
         await eventually(lambda: bool(after), within_s=60, what="the clear")
     assert [e.kind for e in after] == ["machine_sound_anomaly_cleared"]
