@@ -170,6 +170,17 @@ def test_a_name_with_mqtt_wildcards_or_spaces_says_what_a_name_may_hold(tmp_path
     assert not any("pattern" in p for p in problems)
 
 
+def test_a_relative_state_dir_is_refused_it_would_follow_the_working_directory(tmp_path: Path) -> None:
+    # Under systemd the working directory is /: "state" would put the outbox in /state, and an
+    # engineer testing by hand from their home would find another outbox there.
+    text = GOOD.replace('state_dir = "{state}"', 'state_dir = "state"')
+    assert text != GOOD
+    assert problems_for(tmp_path, text) == [
+        f"{tmp_path / 'agent.toml'}: gateway.state_dir: expected an absolute path, e.g. "
+        "/var/lib/edge-agent (got 'state')"
+    ]
+
+
 OPCUA_DEVICE = """
 name = "ua"
 kind = "opcua"

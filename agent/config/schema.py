@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.update.config import UpdateSection
@@ -30,6 +30,15 @@ class GatewaySection(_Section):
     site: str = Field(pattern=NAME_PATTERN, max_length=64)
     id: str = Field(pattern=NAME_PATTERN, max_length=64)
     state_dir: Path = Path("/var/lib/edge-agent")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # A relative directory would follow the working directory: / under systemd, wherever the
+        # engineer stood when testing by hand. The outbox must not move with it.
+        if not value.is_absolute():
+            raise ValueError("expected an absolute path, e.g. /var/lib/edge-agent")
+        return value
 
 
 class BufferSection(_Section):
