@@ -9,15 +9,10 @@ effort: an unreadable or unwritable record costs that pairing, nothing else.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import structlog
-
-from water_edge.core.files import atomic_write
+from water_edge.core.files import read_json_state, write_json_state
 from water_edge.core.reading import Event
-
-log = structlog.get_logger(__name__)
 
 DOWN, UP = "driver_down", "driver_up"
 
@@ -28,13 +23,7 @@ class DownDevices:
         self.since: dict[str, int] = self._load()
 
     def _load(self) -> dict[str, int]:
-        try:
-            data = json.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("devices_down.unreadable", path=str(self.path), error=str(exc))
-            return {}
+        data = read_json_state(self.path, "devices_down")
         if not isinstance(data, dict):
             return {}
         return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
@@ -55,7 +44,4 @@ class DownDevices:
 
     def save(self, since: dict[str, int]) -> None:
         """Write `since` (a snapshot of `self.since`, taken on the event loop); blocking."""
-        try:
-            atomic_write(self.path, json.dumps(since, sort_keys=True).encode("utf-8"))
-        except OSError as exc:
-            log.warning("devices_down.not_stored", path=str(self.path), error=str(exc))
+        write_json_state(self.path, since, "devices_down")

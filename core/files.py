@@ -4,9 +4,15 @@ the start. Keys, certificates, update state, baselines and calibrations are all 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -38,3 +44,28 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_json_state(path: Path, what: str) -> Any:
+    """The JSON in a small best-effort state file, or None when there is none yet or it cannot be
+    read (a torn or damaged file: logged as `<what>.unreadable`, then the owner starts afresh)."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning(f"{what}.unreadable", path=str(path), error=str(exc))
+        return None
+
+
+def write_json_state(path: Path, data: Any, what: str) -> str | None:
+    """Replace a small best-effort state file with `data` as JSON (blocking: off the event loop
+    where it matters); why it could not be written (a full or failing card: logged as
+    `<what>.not_stored`), else None."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(data, sort_keys=True).encode("utf-8"))
+    except OSError as exc:
+        log.warning(f"{what}.not_stored", path=str(path), error=str(exc))
+        return f"{exc.strerror or exc} ({path})"
+    return None

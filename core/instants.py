@@ -10,6 +10,11 @@ from typing import Any
 from water_edge.core.processor import CalibrationFailedError
 
 
+def iso(ts_ns: int) -> str:
+    """UTC nanoseconds -> ISO 8601 to the second, with its offset (`2026-03-04T02:13:20+00:00`)."""
+    return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(timespec="seconds")
+
+
 def instant_ns(text: str) -> int:
     """ISO 8601 (UTC when no zone is given) or epoch seconds -> UTC nanoseconds."""
     try:

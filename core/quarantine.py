@@ -47,14 +47,14 @@ def require_intact(db: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError(f"quick_check: {'; '.join(found)}")
 
 
+DAMAGED_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
 def is_damaged_file(exc: BaseException) -> bool:
     """Whether SQLite said the file itself is damaged (`SQLITE_CORRUPT`, `SQLITE_NOTADB`, with
     their extended codes) — not an I/O error, a lock or a full disk, which say nothing about it."""
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(exc, sqlite3.DatabaseError) and code is not None and code & 0xFF in DAMAGED_CODES
-
-
-DAMAGED_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
 
 def moved_aside_event(

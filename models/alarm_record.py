@@ -10,14 +10,9 @@ costs that pairing, nothing else).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import structlog
-
-from water_edge.core.files import atomic_write
-
-log = structlog.get_logger(__name__)
+from water_edge.core.files import read_json_state, write_json_state
 
 
 class AlarmRecord:
@@ -26,20 +21,10 @@ class AlarmRecord:
 
     def raised_since(self) -> int | None:
         """When the alarm left raised at the last stop began (ns), or None."""
-        try:
-            data = json.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("alarm_record.unreadable", path=str(self.path), error=str(exc))
-            return None
+        data = read_json_state(self.path, "alarm_record")
         since = data.get("since_ns") if isinstance(data, dict) else None
         return since if isinstance(since, int) and not isinstance(since, bool) else None
 
     def save(self, since_ns: int | None) -> None:
         """Record the alarm raised since `since_ns`, or cleared (None). Blocking: run it off the loop."""
-        data = {} if since_ns is None else {"since_ns": since_ns}
-        try:
-            atomic_write(self.path, json.dumps(data).encode("utf-8"))
-        except OSError as exc:
-            log.warning("alarm_record.not_stored", path=str(self.path), error=str(exc))
+        write_json_state(self.path, {} if since_ns is None else {"since_ns": since_ns}, "alarm_record")

@@ -224,8 +224,9 @@ async def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_res
         {"name": "P1-sound", "device": "mic", "running_min_dbfs": -70,
          "calibration": {"auto_hours": 0.001, "min_clips": 20}}
     )  # fmt: skip
-    first = MachineSoundProcessor(section, _driver(recording, speed=100), tmp_path)
-    async with running(first, first._driver) as events:  # type: ignore[arg-type]
+    driver = _driver(recording, speed=100)
+    first = MachineSoundProcessor(section, driver, tmp_path)
+    async with running(first, driver) as events:
         await eventually(lambda: bool(events), within_s=60, what="the anomaly")
     assert [e.kind for e in events] == ["machine_sound_anomaly"]
 
@@ -233,8 +234,9 @@ async def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_res
     synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(9), snr_db=6.0), seed=19)
     repaired = tmp_path / "repaired.wav"
     write_wav(repaired, synth.render_seconds(120), RATE)
-    again = MachineSoundProcessor(section, _driver(repaired, speed=100), tmp_path)
-    async with running(again, again._driver) as after:  # type: ignore[arg-type]
+    driver = _driver(repaired, speed=100)
+    again = MachineSoundProcessor(section, driver, tmp_path)
+    async with running(again, driver) as after:
         await eventually(lambda: bool(after), within_s=60, what="the clear")
     assert [e.kind for e in after] == ["machine_sound_anomaly_cleared"]
     assert after[0].detail["calibration_version"] == events[0].detail["calibration_version"] == 1

@@ -56,7 +56,6 @@ class AuditLog:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.rotations = 0
-        self.write_errors = 0
         self.last_error: str | None = None
 
     def _open(self) -> int:
@@ -67,7 +66,7 @@ class AuditLog:
     def record(self, action: str, outcome: str, **fields: Any) -> bool:
         """Append `{ts, action, outcome, ...fields}`; `outcome` is ok, refused, failed or mismatch.
         False when the line could not be written (a full or failing card: logged with the line,
-        counted in `write_errors`); a caller that must not act unaudited checks it."""
+        `last_error` says why); a caller that must not act unaudited checks it."""
         entry = {"ts": now_ns(), "action": action, "outcome": outcome, **bounded(fields)}
         line = orjson.dumps(entry, default=str) + b"\n"
         written = True
@@ -81,7 +80,6 @@ class AuditLog:
                 self.counts[f"{action}.{outcome}"] += 1
             except OSError as exc:
                 written = False
-                self.write_errors += 1
                 self.last_error = f"cannot write {self.path}: {exc.strerror or exc}"
         if not written:
             log.error(

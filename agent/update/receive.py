@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import datetime as dt
 import hashlib
 import re
 import shutil
@@ -32,6 +31,7 @@ from water_edge.agent.update.bundle import BundleError, Manifest, load_release_k
 from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.update.state import UpdateFiles, read_json, write_json
 from water_edge.core.envelope import Envelope
+from water_edge.core.instants import iso
 from water_edge.core.reading import now_ns
 
 log = structlog.get_logger(__name__)
@@ -115,7 +115,7 @@ class UpdateReceiver:
         if pending is None or pending.get("sha256") == sha:
             return
         since = pending.get("requested_ns")
-        when = _utc(since) if isinstance(since, int) else "an unknown time"
+        when = iso(since) if isinstance(since, int) else "an unknown time"
         raise CommandFailedError(
             f"another update request ({str(pending.get('sha256', '?'))[:16]}, "
             f"{str(pending.get('requested_by', ''))[:80]}, since {when}) is waiting for the "
@@ -207,10 +207,6 @@ def _sha(value: object, name: str) -> str:
     if not isinstance(value, str) or not _SHA.match(value):
         raise CommandFailedError(f"argument {name!r} must be a sha256 in lower-case hex")
     return value
-
-
-def _utc(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _write(path: Path, data: bytes) -> None:

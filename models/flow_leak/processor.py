@@ -15,7 +15,6 @@ restarts. Reading time drives everything, so a replayed history behaves as a liv
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from water_edge.core.files import atomic_write
+from water_edge.core.files import read_json_state, write_json_state
 from water_edge.core.processor import EventSink
 from water_edge.core.reading import BAD, Event, Reading, Severity
 from water_edge.models.flow_leak.config import FlowLeakSection
@@ -132,12 +131,8 @@ class FlowLeakProcessor:
     # -- state ----------------------------------------------------------------------------------
 
     def _restore(self, d: _District) -> None:
-        try:
-            data = json.loads(d.state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.error("flow_leak.state_unreadable", district=d.cfg.name, error=str(exc))
+        data = read_json_state(d.state_path, "flow_leak.state")
+        if not isinstance(data, dict):
             return
         d.step = StepDetector.from_dict(data.get("step", {}), self._params(d.cfg))
         fixed = data.get("fixed", {})
@@ -159,16 +154,10 @@ class FlowLeakProcessor:
             "last_night": d.last_night,
             "last_flow": d.last_flow,
         }
-        try:
-            d.state_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(d.state_path, json.dumps(data).encode("utf-8"))
-        except OSError as exc:
-            # The night is judged all the same; a restart before the card has room again
-            # starts from the last state it could store.
-            d.last_error = f"state not stored: {exc.strerror or exc} ({d.state_path})"
-            log.error("flow_leak.state_not_stored", district=d.cfg.name, error=str(exc))
-        else:
-            d.last_error = None
+        # The night is judged all the same; a restart before the card has room again starts from
+        # the last state it could store.
+        why = write_json_state(d.state_path, data, "flow_leak.state")
+        d.last_error = None if why is None else f"state not stored: {why}"
 
     # -- run ------------------------------------------------------------------------------------
 

@@ -5,11 +5,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from water_edge.core.instants import range_ns
+from water_edge.core.instants import iso, range_ns
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.leak.baseline import Baseline, BaselineError
 from water_edge.models.leak.config import LeakModelSection
@@ -45,18 +44,14 @@ def calibrate_sensor(
             checks,
             sensor=sensor,
             material=section.material,
-            from_ts=_iso(checks[0].start_ns),
-            to_ts=_iso(checks[-1].start_ns),
+            from_ts=iso(checks[0].start_ns),
+            to_ts=iso(checks[-1].start_ns),
             spread_tol_db=section.detection.spread_tol_db,
             max_unsteady_bands=section.detection.max_unsteady_bands,
         )
         return store.save(baseline)
     except (ValueError, BaselineError) as exc:
         raise CalibrationFailedError(str(exc)) from None
-
-
-def _iso(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(timespec="seconds")
 
 
 def summary(b: Baseline, wanted_nights: int) -> dict[str, Any]:

@@ -9,17 +9,12 @@ the evidence outlives a restart: a rise of night flow two nights ago still count
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-import structlog
-
-from water_edge.core.files import atomic_write
-
-log = structlog.get_logger(__name__)
+from water_edge.core.files import read_json_state, write_json_state
 
 Kind = Literal["acoustic", "night_flow"]
 KEEP_DAYS = 60
@@ -32,13 +27,7 @@ class SiteEvidence:
         self.site = site
 
     def _read(self) -> list[dict[str, Any]]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8", errors="replace"))
-        except (FileNotFoundError, ValueError):
-            return []
-        except OSError as exc:  # evidence is best effort: a leak is raised without it
-            log.error("leak.evidence_unreadable", path=str(self.path), error=str(exc))
-            return []
+        data = read_json_state(self.path, "leak.evidence")  # best effort: a leak is raised without it
         return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
 
     def record(self, kind: Kind, night: date, detail: dict[str, Any]) -> None:
@@ -49,10 +38,7 @@ class SiteEvidence:
                 if (night - date.fromisoformat(str(r.get("night", night.isoformat())))).days <= KEEP_DAYS
             ]
             rows.append({"kind": kind, "night": night.isoformat(), **detail})
-            try:
-                atomic_write(self.path, json.dumps(rows).encode("utf-8"))
-            except OSError as exc:  # a full card: this night's evidence is not shared, nothing else
-                log.error("leak.evidence_not_stored", path=str(self.path), kind=kind, error=str(exc))
+            write_json_state(self.path, rows, "leak.evidence")  # a full card: not shared, nothing else
 
     def recent(self, kind: Kind, night: date, within_nights: int = 3) -> dict[str, Any] | None:
         """The latest record of `kind` at most `within_nights` nights before or after `night`."""

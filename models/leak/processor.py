@@ -316,12 +316,15 @@ class AudioLeakProcessor:
                 s.baseline, s.confirmation = stored, self.new_confirmation()
             if s.baseline is None:
                 # Nights of digital silence (no hydrophone on the input) are not nights heard.
-                heard = [c for c in self._stored_checks(s) if not c.silent]
-                s.nights_heard = len({c.night for c in heard}) or s.nights_heard
+                stored_checks = self._stored_checks(s)
+                heard = [c for c in stored_checks or [] if not c.silent]
+                if stored_checks is not None:  # unreadable: the count stays as it was
+                    s.nights_heard = len({c.night for c in heard})
                 events += self._signal(s, check.silent, check, None, night)
                 events += self._learn(s, night, heard)
                 continue
-            s.nights_heard = len({c.night for c in self._stored_checks(s)}) or s.nights_heard
+            if (stored_checks := self._stored_checks(s)) is not None:
+                s.nights_heard = len({c.night for c in stored_checks})
             j = judge(check, s.baseline, self.params)
             events += self._signal(s, j.signal_lost, check, s.baseline, night)
             if not s.night_quiet or s.night_quiet[-1][0] != check.night:
@@ -349,13 +352,13 @@ class AudioLeakProcessor:
         return None
 
     @staticmethod
-    def _stored_checks(s: _Sensor) -> list[CheckStats]:
-        """The sensor's stored checks; none when they cannot be read (logged; learning waits)."""
+    def _stored_checks(s: _Sensor) -> list[CheckStats] | None:
+        """The sensor's stored checks; None when they cannot be read (logged; learning waits)."""
         try:
             return s.store.checks()
         except OSError as exc:
             log.error("leak.checks_unreadable", sensor=s.name, error=str(exc))
-            return []
+            return None
 
     def _learn(self, s: _Sensor, night: date, heard: list[CheckStats]) -> list[Event]:
         """Learn the baseline from the last `baseline_nights` finished nights the sensor was heard."""

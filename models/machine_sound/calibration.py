@@ -5,13 +5,12 @@ processor), on the `machine_sound_calibration` signed command (the factory) and 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from water_edge.core.instants import range_ns
+from water_edge.core.instants import iso, range_ns
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.machine_sound.config import MachineSoundSection
 from water_edge.models.machine_sound.detector import CalibrationError, SoundCalibration, calibrate
@@ -21,10 +20,6 @@ from water_edge.models.manifest import ModelError
 from water_edge.models.pump.store import FeatureHistory
 
 NS = 1_000_000_000
-
-
-def iso(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / NS, UTC).isoformat(timespec="seconds")
 
 
 def recalibrate(

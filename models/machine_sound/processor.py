@@ -28,11 +28,12 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from water_edge.core.instants import iso
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
 from water_edge.core.reading import Event, Severity
 from water_edge.models.alarm_record import AlarmRecord
 from water_edge.models.machine_sound.alarm import SoundAlarm, sound_alarm
-from water_edge.models.machine_sound.calibration import iso, recalibrate
+from water_edge.models.machine_sound.calibration import recalibrate
 from water_edge.models.machine_sound.clips import Clip, ClipAssembler
 from water_edge.models.machine_sound.config import MachineSoundSection
 from water_edge.models.machine_sound.detector import SoundCalibration, explain

@@ -15,10 +15,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from water_edge.core.instants import stretch
+from water_edge.core.instants import iso, stretch
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.machine_sound.alarm import sound_alarm
-from water_edge.models.machine_sound.calibration import iso
 from water_edge.models.machine_sound.config import MachineSoundSection
 from water_edge.models.machine_sound.detector import SoundCalibration
 from water_edge.models.machine_sound.offline import scored_rows

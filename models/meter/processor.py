@@ -14,7 +14,6 @@ group and the meter and carries what decided it (litres, hours).
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Final
 
 import structlog
 
-from water_edge.core.files import atomic_write
+from water_edge.core.files import read_json_state, write_json_state
 from water_edge.core.reading import BAD, Event, Reading, Severity
 from water_edge.models.meter.config import MeterGroupConfig
 from water_edge.models.meter.consumption import Change, MeterUse
@@ -70,13 +69,17 @@ class MeterProcessor:
         self._load_flags()
 
     def _load_flags(self) -> None:
-        if self._flags_path is None or not self._flags_path.exists():
+        if self._flags_path is None:
             return
+        saved = read_json_state(self._flags_path, "meter.flags")
         try:
-            saved = json.loads(self._flags_path.read_bytes())
-            on = {(g, m, a) for g, meters in saved.items() for m, alarms in meters.items() for a in alarms}
-        except (OSError, ValueError, AttributeError, TypeError) as exc:
-            # A torn file must not stop the meters being watched: start afresh and say so.
+            on = {
+                (g, m, a)
+                for g, meters in (saved or {}).items()
+                for m, alarms in meters.items()
+                for a in alarms
+            }
+        except (AttributeError, TypeError) as exc:  # JSON of another shape: start afresh and say so
             log.warning("meter.flags_unreadable", path=str(self._flags_path), error=str(exc))
             return
         for group in self.groups:
@@ -92,10 +95,7 @@ class MeterProcessor:
             for (meter, alarm), on in sorted(group.flags.items()):
                 if on:
                     saved.setdefault(group.cfg.name, {}).setdefault(meter, []).append(alarm)
-        try:
-            atomic_write(self._flags_path, json.dumps(saved).encode("utf-8"))
-        except OSError as exc:
-            log.warning("meter.flags_not_saved", path=str(self._flags_path), error=str(exc))
+        write_json_state(self._flags_path, saved, "meter.flags")
 
     async def run(self, source: AsyncIterable[tuple[str, list[Reading]]], emit: Emit) -> None:
         async for _stream, readings in source:

@@ -28,7 +28,6 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from water_edge.core.instants import iso
 from water_edge.core.reading import BAD, Event, Reading, Severity
 from water_edge.models.alarm_record import AlarmRecord
 from water_edge.models.manifest import ModelError, shipped
@@ -49,10 +49,6 @@ log = structlog.get_logger(__name__)
 DEFAULT_MANIFEST = shipped("water_edge.models.pump", "pump_scorer.json")
 FLUSH_ROWS = 60  # history rows buffered in memory before one SQLite transaction
 RELOAD_EVERY = 60  # samples between checks for a calibration written by the CLI
-
-
-def iso(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / NS, UTC).isoformat(timespec="seconds")
 
 
 def recalibrate(
@@ -100,6 +96,7 @@ class _Pump:
     history: FeatureHistory
     store: CalibrationStore
     alarm: Alarm
+    record: AlarmRecord  # the alarm raised or not, across restarts
     latest: dict[str, tuple[int, float]] = field(default_factory=dict)  # role -> (ts_ns, value)
     next_due_ns: int | None = None
     window: deque[npt.NDArray[np.float64]] = field(default_factory=deque)
@@ -115,7 +112,6 @@ class _Pump:
     last_score: float | None = None
     last_error: str | None = None
     since_reload: int = 0
-    record: AlarmRecord | None = None  # the alarm raised or not, across restarts
 
 
 class PumpProcessor:
@@ -165,7 +161,9 @@ class PumpProcessor:
             roles = [str(r) for r in cfg.signals]
             history = FeatureHistory.for_pump(self.state_dir, cfg.name, roles, cfg.history_days)
             store = CalibrationStore(self.state_dir, cfg.name)
-            pump = _Pump(cfg, roles, history, store, Alarm(cfg.persistence, cfg.clear_after, cfg.hysteresis))
+            alarm = Alarm(cfg.persistence, cfg.clear_after, cfg.hysteresis)
+            record = AlarmRecord(pump_dir(self.state_dir, cfg.name))
+            pump = _Pump(cfg, roles, history, store, alarm, record)
             try:
                 pump.cal = store.load()
             except ModelError as exc:
@@ -173,8 +171,7 @@ class PumpProcessor:
                 log.error("pump.calibration_unreadable", pump=cfg.name, error=str(exc))
             if pump.cal is not None and pump.cal.channels != [r for r in roles if r in pump.cal.channels]:
                 pump.cal = None  # the mapping changed since: learn again
-            pump.record = AlarmRecord(pump_dir(self.state_dir, cfg.name))
-            if pump.cal is not None and pump.record.raised_since() is not None:
+            if pump.cal is not None and record.raised_since() is not None:
                 pump.alarm.active = True  # raised at the last stop: it clears, or goes on, from here
             if pump.cal is None:
                 span = history.span()  # learning survives a restart: the rows are in the history
@@ -279,8 +276,8 @@ class PumpProcessor:
         change = pump.alarm.update(total, pump.cal.threshold)
         if change is not None:
             pump.events += 1
-            if pump.record is not None:  # recorded first: a stop right after must not forget it
-                await asyncio.to_thread(pump.record.save, ts_ns if change else None)
+            # Recorded first: a stop right after the event must not forget the alarm.
+            await asyncio.to_thread(pump.record.save, ts_ns if change else None)
             await emit(self._event(pump, ts_ns, change, total, channel, residual))
 
     async def _learn(self, pump: _Pump, ts_ns: int) -> None:

@@ -80,7 +80,6 @@ class FeatureHistory:
                 ) from None
             self._move_aside(exc)
         self.pruned = 0
-        self.write_errors = 0
 
     def _connect(self, reset_on_change: bool) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
@@ -193,7 +192,6 @@ class FeatureHistory:
             except sqlite3.OperationalError as exc:
                 # A full or failing card, a lock: these rows are lost to the history (it is what
                 # a recalibration reads, not what is scored), the model goes on.
-                self.write_errors += 1
                 raise ModelError(f"{self.path}: {len(rows)} rows not stored ({exc})") from None
             except sqlite3.DatabaseError as exc:
                 if not self._damaged_while_running(exc):
@@ -255,15 +253,8 @@ class FeatureHistory:
                 yield self._db
             except sqlite3.DatabaseError as exc:
                 if self._damaged_while_running(exc):
-                    raise ModelError(
-                        f"{self.path}: damaged ({exc}); moved to {self.quarantined_path}, "
-                        "a new history started"
-                    ) from None
+                    raise ModelError(f"{self.path}: damaged ({exc}); {self.quarantine_note}") from None
                 raise ModelError(f"{self.path}: cannot read the history database ({exc})") from None
-
-    @property
-    def quarantined_path(self) -> Path | None:
-        return None if self.quarantined is None else self.quarantined[0]
 
     def close(self) -> None:
         with self._lock:
