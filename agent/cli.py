@@ -121,6 +121,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = _load(args.file or args.config)
     except ConfigError as exc:
         return _config_errors(exc)
+    from water_edge.agent.config.files import file_problems
     from water_edge.agent.config.memory import count_tags, estimate, warnings
 
     for warning in config.warnings:
@@ -129,7 +130,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{config.source}: OK ({len(config.devices)} devices, {count_tags(config):,} tags, "
         f"broker {config.uplink.brokers_text()}, about {estimate(config).total_mib:.0f} MiB to run)"
     )
-    for line in warnings(config):
+    for line in warnings(config) + file_problems(config):
         print(f"{config.source}: warning: {line}", file=sys.stderr)
     return EXIT_OK
 
@@ -146,11 +147,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from water_edge.agent.secrets import config_secrets
 
     logs.configure(config.log.level, config.log.json_lines, secrets=config_secrets(config))
-    if config.warnings:
-        import structlog
+    import structlog
 
-        for warning in config.warnings:
-            structlog.get_logger(__name__).warning("config.warning", detail=warning)
+    from water_edge.agent.config.files import file_problems
+
+    for warning in config.warnings:
+        structlog.get_logger(__name__).warning("config.warning", detail=warning)
+    for problem in file_problems(config):
+        # Started all the same: the devices are read and buffered while the file is put right.
+        structlog.get_logger(__name__).error("config.file_problem", file=str(config.source), detail=problem)
     try:
         return asyncio.run(run_agent(config))
     except AgentError as exc:

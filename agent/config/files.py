@@ -1,0 +1,92 @@
+"""The TLS files a config names, checked on this machine.
+
+A CA file that is missing, a key that does not belong to its certificate or one locked by a
+passphrase is otherwise found at the first connection, as a TLS error repeated every backoff while
+readings pile up in the buffer. `check-config` names each problem as a warning and `run` logs it
+once at start; neither refuses the config (systemd runs check-config before every start): without
+its TLS files the agent still reads and buffers the devices, and sends once the file is put right."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+
+if TYPE_CHECKING:
+    from water_edge.agent.config.load import Config
+
+
+class _PassphraseError(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal, and under systemd hang or fail.
+    raise _PassphraseError
+
+
+def _read(key: str, path: Path) -> tuple[bytes | None, str | None]:
+    try:
+        return path.read_bytes(), None
+    except FileNotFoundError:
+        return None, f'{key} = "{path}": no such file'
+    except IsADirectoryError:
+        return None, f'{key} = "{path}": a directory, not a file'
+    except OSError as exc:
+        return None, f'{key} = "{path}": cannot be read ({exc.strerror or exc})'
+
+
+def _certificates(key: str, path: Path) -> str | None:
+    data, problem = _read(key, path)
+    if data is None:
+        return problem
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return f'{key} = "{path}": not a PEM certificate (expected "-----BEGIN CERTIFICATE-----")'
+    return None
+
+
+def _pair(section: str, cert: Path, key: Path) -> list[str]:
+    problems = _found(_certificates(f"{section}.cert_file", cert), _read(f"{section}.key_file", key)[1])
+    if problems:
+        return problems
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except _PassphraseError:
+        return [
+            f'{section}.key_file = "{key}": protected by a passphrase, which the agent cannot '
+            "enter (store the key unencrypted, readable by the agent's user only)"
+        ]
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+            return [f'{section}.key_file = "{key}": not the key of {section}.cert_file "{cert}"']
+        return [f'{section}.key_file = "{key}": not a PEM private key ({exc.reason or exc})']
+    return []
+
+
+def _found(*problems: str | None) -> list[str]:
+    return [p for p in problems if p is not None]
+
+
+def file_problems(config: Config) -> list[str]:
+    """One line per TLS file the agent will need and cannot use, naming its key and path."""
+    problems: list[str] = []
+    claim = config.security.identity.claim
+    tls = config.uplink.tls
+    if tls is not None:
+        problems += _found(_certificates("uplink.tls.ca_file", tls.ca_file))
+        if tls.cert_file is not None and tls.key_file is not None:
+            # With a claim, the device certificate is written at enrolment: absent until then.
+            pending = claim is not None and not tls.cert_file.exists()
+            if not pending:
+                problems += _pair("uplink.tls", tls.cert_file, tls.key_file)
+    if claim is not None:
+        problems += _found(_certificates("security.identity.claim.ca_file", claim.ca_file))
+        problems += _pair("security.identity.claim", claim.cert_file, claim.key_file)
+    if config.update.ca_file is not None:
+        problems += _found(_certificates("update.ca_file", config.update.ca_file))
+    return problems

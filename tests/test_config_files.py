@@ -1,0 +1,104 @@
+"""check-config names the TLS files the agent cannot use, so an engineer finds them at install and
+not as a TLS error repeated every backoff; it warns and does not refuse (systemd runs it before
+every start, and without its TLS files the agent still reads and buffers the devices)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.support.pki import Pki
+from tests.support.testing import write_agent_config
+from water_edge.agent.cli import main
+from water_edge.agent.config import load_config
+from water_edge.agent.config.files import file_problems
+
+
+def _config(tmp_path: Path, ca: Path, cert: Path, key: Path, security: str | None = None) -> Path:
+    tls = f'[uplink.tls]\nca_file = "{ca}"\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+    return write_agent_config(tmp_path, extra=tls, security=security)
+
+
+def _warnings(path: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    assert main(["check-config", "-c", str(path)]) == 0
+    return [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+def test_a_usable_certificate_and_key_give_no_warning(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, key = pki.client("gw-1")
+    assert _warnings(_config(tmp_path, pki.ca_file, cert, key), capsys) == []
+
+
+def test_missing_files_are_named_with_their_key_and_the_config_still_passes(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = tmp_path / "tls"
+    path = _config(tmp_path, gone / "ca.pem", gone / "gw.pem", gone / "gw.key")
+    lines = _warnings(path, capsys)
+    assert lines == [
+        f'{path}: warning: uplink.tls.ca_file = "{gone}/ca.pem": no such file',
+        f'{path}: warning: uplink.tls.cert_file = "{gone}/gw.pem": no such file',
+        f'{path}: warning: uplink.tls.key_file = "{gone}/gw.key": no such file',
+    ]
+
+
+def test_a_key_of_another_certificate_is_named(tmp_path: Path, pki: Pki) -> None:
+    cert, _ = pki.client("gw-1")
+    _, other_key = pki.client("gw-2")
+    config = load_config(_config(tmp_path, pki.ca_file, cert, other_key))
+    assert file_problems(config) == [
+        f'uplink.tls.key_file = "{other_key}": not the key of uplink.tls.cert_file "{cert}"'
+    ]
+
+
+def test_a_key_locked_by_a_passphrase_is_named_without_prompting(tmp_path: Path, pki: Pki) -> None:
+    cert, key = pki.client("gw-1")
+    locked = tmp_path / "locked.key"
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    locked.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"site-password"),
+        )
+    )
+    (problem,) = file_problems(load_config(_config(tmp_path, pki.ca_file, cert, locked)))
+    assert problem.startswith(f'uplink.tls.key_file = "{locked}": protected by a passphrase')
+
+
+def test_a_file_that_is_not_a_certificate_or_cannot_be_read(tmp_path: Path, pki: Pki) -> None:
+    cert, key = pki.client("gw-1")
+    config = load_config(_config(tmp_path, key, cert, tmp_path))  # the key where the CA belongs
+    assert file_problems(config) == [
+        f'uplink.tls.ca_file = "{key}": not a PEM certificate (expected "-----BEGIN CERTIFICATE-----")',
+        f'uplink.tls.key_file = "{tmp_path}": a directory, not a file',
+    ]
+
+
+def test_with_a_claim_the_device_certificate_may_wait_for_enrolment(tmp_path: Path, pki: Pki) -> None:
+    claim_cert, claim_key = pki.client("claim")
+    identity = tmp_path / "state" / "identity"
+    claim = (
+        "[security.identity.claim]\n"
+        f'cert_file = "{claim_cert}"\nkey_file = "{tmp_path / "no-claim.key"}"\n'
+        f'ca_file = "{pki.ca_file}"\nhost = "127.0.0.1"\n'
+    )
+    config = load_config(
+        _config(tmp_path, pki.ca_file, identity / "device.pem", identity / "device.key", claim)
+    )
+    # The device certificate is not there yet (written at enrolment); the claim's key must be.
+    assert file_problems(config) == [
+        f'security.identity.claim.key_file = "{tmp_path / "no-claim.key"}": no such file'
+    ]
+    assert claim_key.exists()
