@@ -245,33 +245,38 @@ class DeviceRunner:
         await self._on_readings(self.config.stream_name, readings)
 
     async def _mark_up(self) -> None:
-        was_down = self.stats.state == "down"
+        was_down, down_since = self.stats.state == "down", self.stats.down_since_ns
+        from_last_run = self._down_from_last_run
+        # All of the state changes before the event is awaited: a status read meanwhile must not
+        # show the device up with the error and the down time it had.
         self.stats.state = "up"
-        self._backoff.reset()
-        if was_down:
-            self.stats.reconnects += 1
-            down_for = (now_ns() - (self.stats.down_since_ns or now_ns())) / 1e9
-            log.info("driver.up", driver=self.name, after_s=round(down_for, 1))
-            detail: dict[str, object] = {"down_for_s": round(down_for, 3)}
-            if self._down_from_last_run:  # the count includes time the agent was not running
-                detail["down_before_restart"] = True
-            await self._on_event(Event("driver_up", self.name, now_ns(), "info", detail=detail))
-        else:
-            log.info("driver.opened", driver=self.name)
         self.stats.down_since_ns = None
         self.stats.last_error = self.stats.last_error_ns = None
         self._down_from_last_run = False
+        self._backoff.reset()
+        if not was_down:
+            log.info("driver.opened", driver=self.name)
+            return
+        self.stats.reconnects += 1
+        down_for = (now_ns() - (down_since or now_ns())) / 1e9
+        log.info("driver.up", driver=self.name, after_s=round(down_for, 1))
+        detail: dict[str, object] = {"down_for_s": round(down_for, 3)}
+        if from_last_run:  # the count includes time the agent was not running
+            detail["down_before_restart"] = True
+        await self._on_event(Event("driver_up", self.name, now_ns(), "info", detail=detail))
 
     async def _mark_down(self, reason: str, *, crashed: bool) -> None:
         self.stats.failures += 1
         self.stats.crashes += int(crashed)
         self.stats.last_error, self.stats.last_error_ns = reason, now_ns()
+        went_down = self.stats.state != "down"
+        if went_down:
+            self.stats.state = "down"
+            self.stats.down_since_ns = now_ns()
         await self._close()
         delay = self._backoff.next_delay()
         self._retry_at = asyncio.get_running_loop().time() + delay
-        if self.stats.state != "down":
-            self.stats.state = "down"
-            self.stats.down_since_ns = now_ns()
+        if went_down:
             log.warning("driver.down", driver=self.name, reason=reason, retry_in_s=round(delay, 2))
             await self._on_event(
                 Event(

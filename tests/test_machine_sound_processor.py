@@ -224,7 +224,7 @@ async def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_res
         {"name": "P1-sound", "device": "mic", "running_min_dbfs": -70,
          "calibration": {"auto_hours": 0.001, "min_clips": 20}}
     )  # fmt: skip
-    driver = _driver(recording, speed=100)
+    driver = _driver(recording, speed=40)
     first = MachineSoundProcessor(section, driver, tmp_path)
     async with running(first, driver) as events:
         await eventually(lambda: bool(events), within_s=60, what="the anomaly")
@@ -234,7 +234,7 @@ async def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_res
     synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(9), snr_db=6.0), seed=19)
     repaired = tmp_path / "repaired.wav"
     write_wav(repaired, synth.render_seconds(120), RATE)
-    driver = _driver(repaired, speed=100)
+    driver = _driver(repaired, speed=40)
     again = MachineSoundProcessor(section, driver, tmp_path)
     async with running(again, driver) as after:
         await eventually(lambda: bool(after), within_s=60, what="the clear")

@@ -132,6 +132,29 @@ async def test_device_that_drops_and_returns_is_reopened_with_events() -> None:
     assert runner.stats.state == "stopped"
 
 
+async def test_status_read_while_an_event_is_delivered_agrees_with_the_event() -> None:
+    """The event goes to the outbox, which may wait (a busy card); `status` read meanwhile must
+    already show what the event says: up with no error, or down with its reason."""
+    seen: list[tuple[str, str, str | None, bool]] = []
+    driver = FlakyDriver(fail_from=3, fail_until=6)
+
+    async def slow_outbox(event: Event) -> None:
+        await asyncio.sleep(0)  # the emit yields: the status refresh runs here
+        status = runner.status()
+        seen.append((event.kind, status.state, status.last_error, status.down_since_ns is not None))
+
+    runner = DeviceRunner(
+        fake_config(), driver, Collector().on_readings, slow_outbox, backoff_min_s=0.01, backoff_max_s=0.02
+    )
+    runner.resume_down(now_ns() - 5_000_000_000)  # down when the agent last stopped
+    await run_until(runner, lambda: driver.reads >= 10, "reads well after the device is back")
+    assert seen == [
+        ("driver_up", "up", None, False),
+        ("driver_down", "down", "connection reset by peer", True),
+        ("driver_up", "up", None, False),
+    ]
+
+
 async def test_driver_bug_is_caught_counted_and_restarted() -> None:
     sink = Collector()
     driver = FlakyDriver(fail_from=2, fail_until=3, crash=True)
