@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_view import LiveView  # noqa: E402
 
 BIN = Path(os.environ.get("VENV", ROOT / ".venv")) / "bin"
+# A Unix socket's path holds 107 bytes on Linux (the agent's check-config refuses longer).
+MAX_SOCKET_PATH_BYTES = 107
 SCENARIO = ROOT / "deploy" / "scenarios" / "demo-tour.toml"
 SITE, GATEWAY = "demo-plant", "gw-01"
 TOPIC = f"water/{SITE}/{GATEWAY}"
@@ -136,6 +138,9 @@ class Demo:
         self.broker_port = 0
         self.config = self.run / "agent.toml"
         self.state = self.run / "state"
+        self.socket = self.state / "status.sock"
+        if len(os.fsencode(self.socket)) > MAX_SOCKET_PATH_BYTES:  # a long DEMO_DIR
+            self.socket = Path(tempfile.mkdtemp(prefix="edge-demo-sock.")) / "status.sock"
 
     # -- start ------------------------------------------------------------------------------------
 
@@ -229,7 +234,8 @@ class Demo:
         night_start = now.strftime("%H:%M")
         night_end = (now + timedelta(minutes=40)).strftime("%H:%M")
         self.config.write_text(
-            render_config(ep, self.broker_port, self.state, night_start, night_end), encoding="utf-8"
+            render_config(ep, self.broker_port, self.state, night_start, night_end, socket_path=self.socket),
+            encoding="utf-8",
         )
 
     def start_agent(self) -> None:
@@ -291,6 +297,8 @@ class Demo:
                     proc.kill()
                     proc.wait()
         shutil.rmtree(self.run / "sim", ignore_errors=True)  # the OPC UA server's key among them
+        if self.socket.parent != self.state:
+            shutil.rmtree(self.socket.parent, ignore_errors=True)
         for wav in self.run.glob("quiet-night-*.wav"):
             wav.unlink()
 
@@ -342,7 +350,7 @@ class Demo:
             self.start_agent()
             say(f"5/5 live view ({time.monotonic() - t0:.0f} s to here)")
             self.view = LiveView(
-                "127.0.0.1", self.broker_port, TOPIC, DEVICES, self.state / "status.sock",
+                "127.0.0.1", self.broker_port, TOPIC, DEVICES, self.socket,
                 plant_clock=lambda: plant_clock(plant_start),
             )  # fmt: skip
             say(
@@ -433,7 +441,9 @@ def outbox_rows(path: Path) -> int:
         conn.close()
 
 
-def render_config(ep: dict[str, Any], broker_port: int, state: Path, night_start: str, night_end: str) -> str:
+def render_config(
+    ep: dict[str, Any], broker_port: int, state: Path, night_start: str, night_end: str, *, socket_path: Path
+) -> str:
     tcp, rtu, ua, mbus, wmbus, hydro = (
         ep["modbus_tcp"], ep["modbus_rtu"], ep["opcua"], ep["mbus"], ep["wmbus"], ep["hydrophones"]
     )  # fmt: skip
@@ -468,6 +478,9 @@ schema_version = 1
 site = "{SITE}"
 id = "{GATEWAY}"
 state_dir = "{state}"
+
+[status]
+socket = "{socket_path}"
 
 [uplink]
 host = "127.0.0.1"

@@ -181,6 +181,21 @@ def test_a_relative_state_dir_is_refused_it_would_follow_the_working_directory(t
     ]
 
 
+def test_a_status_socket_path_too_long_for_the_kernel_is_refused_by_name(tmp_path: Path) -> None:
+    # Before, the agent started and died binding it with a traceback ("AF_UNIX path too long").
+    deep = "/srv/" + "edge-agent-state-of-the-north-plant-gateway/" * 3
+    text = GOOD.replace('state_dir = "{state}"', f'state_dir = "{deep}"')
+    socket = f"{deep}status.sock"
+    assert problems_for(tmp_path, text) == [
+        f"{tmp_path / 'agent.toml'}: status.socket: the status socket {socket} is {len(socket)} bytes "
+        "long; a Unix socket's path holds at most 107: set [status] socket to a shorter absolute "
+        "path, or use a shorter gateway.state_dir"
+    ]
+    # What the message advises works: the state stays where it is, the socket moves.
+    config = load_config(write(tmp_path, text + '\n[status]\nsocket = "/run/edge-agent/status.sock"\n'))
+    assert config.status_socket == Path("/run/edge-agent/status.sock")
+
+
 OPCUA_DEVICE = """
 name = "ua"
 kind = "opcua"

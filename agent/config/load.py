@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
 from water_edge.drivers import registry
 from water_edge.drivers.base import DeviceConfig
 
+# A Unix socket's path (sun_path) is 108 bytes on Linux, its terminating NUL included.
+MAX_SOCKET_PATH_BYTES = 107
 RESERVED_STREAMS = frozenset({EVENTS_STREAM, "status", "cmd"})
 _TABLES = TypeAdapter(list[Any])
 M = TypeVar("M", bound=BaseModel)
@@ -314,6 +317,7 @@ def load_config(path: str | Path) -> Config:
         _check_secrets(source, section.uplink, "uplink", problems)
         for index, device in enumerate(devices):
             _check_secrets(source, device, f"devices[{index}] ({device.name})", problems)
+        _check_status_socket(source, section.gateway.state_dir / section.status.socket, problems)
     if problems or section is None:
         raise ConfigError(problems)
     return Config(
@@ -348,6 +352,16 @@ def _check_model_tags(
         found, doubtful = check_tag_references(factory.tag_references(sections), devices)
         problems += [f"{source}: {key_path(('models', kind, *p.where))}: {p.message}" for p in found]
         warnings += [f"{source}: {key_path(('models', kind, *p.where))}: {p.message}" for p in doubtful]
+
+
+def _check_status_socket(source: Path, path: Path, problems: list[str]) -> None:
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH_BYTES:
+        problems.append(
+            f"{source}: status.socket: the status socket {path} is {size} bytes long; a Unix socket's "
+            f"path holds at most {MAX_SOCKET_PATH_BYTES}: set [status] socket to a shorter "
+            "absolute path, or use a shorter gateway.state_dir"
+        )
 
 
 def _check_secrets(source: Path, model: BaseModel, where: str, problems: list[str]) -> None:
