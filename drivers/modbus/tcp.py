@@ -158,7 +158,7 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
             self._stats["errors"] += 1
             await self.aclose()
             raise
-        return self._accept(response, f"{self.name}: read {request.table} {request.start}")
+        return self._accept(response, f"{self.name}: read {request.table} {request.start}", request)
 
     # -- writes (opt-in capability; FC 5/6/15/16 only, see writes.py) -----------------------------
 
