@@ -214,8 +214,8 @@ def test_an_opcua_endpoint_and_node_id_are_explained_not_shown_as_a_pattern(tmp_
     source = tmp_path / "agent.toml"
     endpoint = "expected an OPC UA endpoint opc.tcp://HOST[:PORT][/PATH] (e.g. opc.tcp://10.0.0.5:4840)"
     node_id = (
-        "expected a NodeId: [ns=<index>;] then i=<number>, s=<text>, g=<GUID> or b=<base64> "
-        "(e.g. ns=2;s=pump1.flow or ns=2;i=5)"
+        "expected a NodeId: [ns=<index>; or nsu=<namespace URI>;] then i=<number>, s=<text>, g=<GUID> "
+        "or b=<base64> (e.g. ns=2;s=pump1.flow, nsu=urn:vendor:plc;i=5)"
     )
     text = opcua.replace('"opc.tcp://10.0.0.5:4840"', '"10.0.0.5:4840"').replace(
         '"ns=2;s=pump1.flow"', '"ns=2,s=pump1.flow"'

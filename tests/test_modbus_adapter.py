@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import termios
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from pymodbus.exceptions import (
@@ -16,7 +17,8 @@ from pymodbus.exceptions import (
     ParameterException,
 )
 from pymodbus.pdu import ExceptionResponse
-from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
+from pymodbus.pdu.bit_message import ReadCoilsResponse
+from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
 from water_edge.core.errors import DeviceError, DriverIOError
 from water_edge.drivers.modbus.adapter import (
@@ -30,7 +32,9 @@ from water_edge.drivers.modbus.adapter import (
     pymodbus_tcp_client,
     raise_for_error_pdu,
 )
-from water_edge.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
+from water_edge.drivers.modbus.config import ModbusRtuConfig, ModbusTag, ModbusTcpConfig
+from water_edge.drivers.modbus.plan import ReadRequest, plan
+from water_edge.drivers.modbus.poller import answer_mismatch
 
 # What pymodbus 3.16 raises, as it words it (transaction/transaction.py, client/*.py).
 NO_RESPONSE = "No response received after 1 retries, continue with next request"
@@ -151,3 +155,38 @@ async def test_request_limits_reach_the_shared_serial_client() -> None:
     client.set_request_limits(0.4, 2)
     assert client.ctx.comm_params.timeout_connect == 0.4  # type: ignore[attr-defined]
     assert client.ctx.retries == 2  # type: ignore[attr-defined]
+
+
+def _request(table: str, count: int) -> ReadRequest:
+    kind = "bool" if table in ("coil", "discrete") else "uint16"
+    tags = [
+        ModbusTag.model_validate({"name": f"t{i}", "table": table, "address": i, "type": kind})
+        for i in range(count)
+    ]
+    (request,) = plan(tags, default_unit=1, max_registers=125, max_bits=2000, max_gap=0)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("table", "count", "response", "problem"),
+    [
+        ("holding", 2, ReadHoldingRegistersResponse(registers=[1, 2]), None),
+        ("holding", 2, ReadHoldingRegistersResponse(registers=[1, 2, 3]), "3 registers for a request of 2"),
+        ("holding", 2, ReadHoldingRegistersResponse(registers=[1]), "1 registers for a request of 2"),
+        (
+            "holding",
+            2,
+            ReadInputRegistersResponse(registers=[1, 2]),
+            "answer to function 4, request was function 3",
+        ),
+        ("holding", 2, ExceptionResponse(3, 6), None),  # busy: an exception answer, not a mismatch
+        ("holding", 2, ExceptionResponse(4, 2), "answer to function 4, request was function 3"),
+        ("coil", 10, ReadCoilsResponse(bits=[True] * 16), None),  # bits come in whole bytes
+        ("coil", 10, ReadCoilsResponse(bits=[True] * 8), "1 data bytes for 10 bits (expected 2)"),
+        ("discrete", 3, ReadCoilsResponse(bits=[True] * 8), "answer to function 1, request was function 2"),
+    ],
+)
+def test_an_answer_that_does_not_fit_its_request_is_named(
+    table: str, count: int, response: Any, problem: str | None
+) -> None:
+    assert answer_mismatch(_request(table, count), response) == problem

@@ -14,6 +14,7 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
+from tests.support.testing import eventually
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DeviceError, DriverIOError
 from water_edge.core.health import Health, health_json
@@ -140,15 +141,22 @@ async def test_tcp_silent_device_goes_down_after_three_and_reopens_on_a_new_clie
 
 
 async def test_tcp_drop_fails_the_request_in_flight_at_once() -> None:
-    driver, clients = tcp_driver([asyncio.get_running_loop().create_future()])
+    # A drop under a read sends it once more on a new connection (gateways hang up on their own,
+    # tests/test_modbus_gateway.py); a second drop fails it. Both at once, not after a timeout.
+    loop = asyncio.get_running_loop()
+    driver, clients = tcp_driver([loop.create_future()], [loop.create_future()])
     await driver.open()
     reading = asyncio.create_task(driver.read())
     await clients[0].waiting.wait()
     clients[0].drop()
+    async with asyncio.timeout(1):
+        await eventually(lambda: len(clients) == 2 and clients[1].waiting.is_set(), 1, what="the repeat")
+    clients[1].drop()
     async with asyncio.timeout(1):  # not after a request timeout: at once
         with pytest.raises(DriverIOError, match=r"^ps: connection lost$"):
             await reading
     assert not driver.health().connected
+    assert driver.health().reconnects == 1
     await driver.aclose()
 
 
@@ -198,6 +206,7 @@ async def test_typed_health_reaches_the_status_document_as_plain_json() -> None:
     runner = DeviceRunner(driver._config, driver, ignore, ignore)  # type: ignore[arg-type]
     assert health_json(runner.status())["driver"] == {
         "requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0, "last_ok_ns": None, "connected": True,
+        "reconnects": 0,
     }  # fmt: skip
     await driver.aclose()
 

@@ -146,6 +146,56 @@ async def test_silence_and_garbage_become_timeouts_then_recover(line: Line) -> N
         await driver.aclose()
 
 
+async def test_a_late_answer_is_not_taken_for_the_next_request(line: Line) -> None:
+    # A slave that answers after the timeout once (busy writing its EEPROM, a slow gateway):
+    # without a transaction id, its late answer to `a` must not become `b`'s value.
+    driver = line.driver(tags=[{"name": "a", "address": 8}, {"name": "b", "address": WRITABLE_BASE}])
+    await driver.open()
+    try:
+        await driver.write(1, "holding", WRITABLE_BASE, [250])
+        line.comm.add(CommFault("latency", 10.0, 1.0, "modbus_rtu", 0.25))  # timeout is 0.15 s
+        line.now = 10.5
+        polls = [by_tag(await driver.read())]
+        line.now = 20.0
+        polls += [by_tag(await driver.read()) for _ in range(3)]
+    finally:
+        await driver.aclose()
+    assert polls[0]["a"].reason == "timeout"
+    for poll in polls:
+        assert poll["a"].value in (None, 2), poll
+        assert poll["b"].value in (None, 250), poll
+    assert (polls[-1]["a"].value, polls[-1]["b"].value) == (2, 250)
+
+
+async def test_an_answer_that_does_not_fit_its_request_is_bad_not_decoded(line: Line) -> None:
+    # Slower than the timeout and the wait after it: the answer to the float `a` (two registers,
+    # asked twice) arrives while the one-register `b` is asked for. It used to be cut to one
+    # register and reported as b's good value; its size gives it away.
+    driver = line.driver(
+        tags=[{"name": "a", "address": 20, "type": "float32"}, {"name": "b", "address": WRITABLE_BASE}],
+        timeout_ms=200,
+        retries=1,
+    )
+    await driver.open()
+    try:
+        line.comm.add(CommFault("latency", 10.0, 1.0, "modbus_rtu", 0.5))
+        line.now = 10.5
+        first = by_tag(await driver.read())
+        line.now = 20.0
+        after = [by_tag(await driver.read()) for _ in range(3)]
+    finally:
+        await driver.aclose()
+    assert first["a"].reason == "timeout"
+    assert (first["b"].quality, first["b"].value) == ("bad", None)
+    assert first["b"].reason == "bad response: 2 registers for a request of 1"
+    demand = pytest.approx(line.station.state.demand_m3h, rel=1e-6)
+    for poll in after:
+        assert poll["a"].value is None or poll["a"].value == demand, poll
+        assert poll["b"].value in (None, 400), poll  # the set-point, 4.0 m in centimetres
+    assert after[-1]["a"].value == demand
+    assert driver.health().errors >= 2
+
+
 async def test_three_silent_requests_raise_driver_io_error_until_the_unit_answers(line: Line) -> None:
     driver = line.driver(tags=[{"name": "v", "address": 8}])
     await driver.open()

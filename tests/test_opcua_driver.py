@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import shutil
 import time
@@ -24,7 +25,7 @@ from water_edge.drivers.opcua.certs import make_client_certificate
 from water_edge.drivers.opcua.config import OpcUaConfig
 from water_edge.drivers.opcua.driver import OpcUaDriver
 from water_edge.sim.component import SimContext
-from water_edge.sim.opcua_server import OpcUaComponent
+from water_edge.sim.opcua_server import NAMESPACE_URI, OpcUaComponent
 from water_edge.sim.pumpstation import PumpStation
 from water_edge.sim.registers import POINTS
 
@@ -110,6 +111,33 @@ async def test_browse_paths_and_node_ids_read_with_units(sim: Sim) -> None:
     assert readings["unknown"].quality == "bad"
     assert readings["unknown"].reason == "BadNodeIdUnknown"
     assert drv.health().unresolved == {"missing": readings["missing"].reason}
+
+
+async def test_a_namespace_given_by_uri_survives_a_server_that_renumbers_its_namespaces(sim: Sim) -> None:
+    # Servers may number their namespaces differently after a restart or a project change; the
+    # station's namespace moves from index 2 to 3 here.
+    tags = [
+        {"name": "by_uri", "node": f"nsu={NAMESPACE_URI};s=station.name"},
+        {"name": "by_index", "node": "ns=2;s=station.name"},
+        {"name": "elsewhere", "node": "nsu=urn:nobody:here;s=station.name"},
+    ]
+    # A second server beside the module's one, its namespaces numbered differently.
+    renumbered = OpcUaComponent()
+    ctx = dataclasses.replace(sim.ctx, options={"port": 0, "extra_namespaces": 1})
+    url = str((await renumbered.start(ctx))[0].detail["url"])
+    drv = driver(url, tags)
+    try:
+        await drv.open()
+        try:
+            readings = {r.tag: r for r in await drv.read()}
+        finally:
+            await drv.aclose()
+    finally:
+        await renumbered.stop()
+    assert (readings["by_uri"].quality, readings["by_uri"].value) == ("good", "PS-NORTH")
+    assert readings["by_index"].reason == "BadNodeIdUnknown"  # ns=2 is another namespace now
+    assert readings["elsewhere"].reason == "namespace not on the server: urn:nobody:here"
+    assert drv.health().unresolved == {"elsewhere": "namespace not on the server: urn:nobody:here"}
 
 
 async def test_deadband_reduces_notifications(sim: Sim) -> None:

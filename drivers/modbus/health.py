@@ -27,10 +27,12 @@ class ModbusTcpHealth:
     exceptions: int
     last_ok_ns: int | None
     connected: bool
+    reconnects: int = 0  # connections the device closed between requests, or under a read
 
     def status_lines(self) -> list[str]:
         counts = _request_line(self.requests, self.errors, self.timeouts, self.exceptions)
-        return [f"{counts}  connected {_yes_no(self.connected)}"]
+        line = f"{counts}  connected {_yes_no(self.connected)}"
+        return [line + f"  reconnects {self.reconnects}" if self.reconnects else line]
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ log = structlog.get_logger(__name__)
 
 MAX_SILENT_REQUESTS: Final = 3
 ILLEGAL_DATA_ADDRESS: Final = 2
+READ_FUNCTION: Final[dict[str, int]] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
 
 class RequestFailedError(Exception):
@@ -35,6 +36,25 @@ class RequestFailedError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def answer_mismatch(request: ReadRequest, response: ModbusPDU) -> str | None:
+    """Why `response` cannot be the answer to `request` (another function code, another size),
+    or None. On RTU, with no transaction id, this is how an answer meant for an earlier request
+    (a slave that answered after its timeout) shows; its values belong to other registers."""
+    asked = READ_FUNCTION[request.table]
+    code = int(response.function_code) & 0x7F
+    if code != asked:
+        return f"answer to function {code}, request was function {asked}"
+    if response.isError():
+        return None
+    if request.is_bits:
+        got_bytes, want_bytes = len(response.bits) // 8, (request.count + 7) // 8
+        if got_bytes != want_bytes:
+            return f"{got_bytes} data bytes for {request.count} bits (expected {want_bytes})"
+    elif len(response.registers) != request.count:
+        return f"{len(response.registers)} registers for a request of {request.count}"
+    return None
 
 
 # Sends one request; returns its answer, or raises `RequestFailedError` (no usable answer),
@@ -141,10 +161,17 @@ class PolledModbusDriver(Generic[ConfigT]):
     def tags(self) -> Sequence[TagInfo]:
         return [TagInfo(t.name, t.unit) for t in self._config.tags]
 
-    def _accept(self, response: ModbusPDU, where: str) -> ModbusPDU:
-        """Account for an answer that arrived: an exception answer raises `ExceptionAnswerError`
-        (`where` starts its message); any answer ends a run of silent requests."""
+    def _accept(self, response: ModbusPDU, where: str, request: ReadRequest | None = None) -> ModbusPDU:
+        """Account for an answer that arrived: an answer that does not fit `request` raises
+        `RequestFailedError`, an exception answer `ExceptionAnswerError` (`where` starts its
+        message); any answer ends a run of silent requests."""
         self._silent = 0
+        if request is not None and (problem := answer_mismatch(request, response)) is not None:
+            self._stats["errors"] += 1
+            log.warning(
+                "modbus.answer_mismatch", driver=self._config.name, start=request.start, problem=problem
+            )
+            raise RequestFailedError(f"bad response: {problem}")
         try:
             raise_for_error_pdu(response, where)
         except ExceptionAnswerError:

@@ -15,11 +15,21 @@ only with an answer, not with a reopen: after the back-off a unit that is still 
 down at its first request (reopening a serial port always works, so resetting the count there
 made a dead unit flap down/up every back-off). A port that vanishes (USB adapter
 pulled) raises `DriverIOError`; `open()` reopens it by path once it is back.
+
+RTU frames carry no transaction id: a slave that answers after its timeout would have that late
+answer taken for the answer to the next request to it, and every value after belong to another
+register. So after any attempt to a unit timed out (or its answer did not fit the request), the
+next request to that unit waits one more `timeout_ms` first, as libmodbus does after a timeout;
+a late answer arriving meanwhile finds no request waiting and is dropped (requests to other
+units carry on: their answers are told apart by the unit id). An answer whose function code or
+size does not fit its request is a bad `bad response: ...`, never decoded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
 
@@ -69,6 +79,8 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
         self._silent = 0
         self._stats = {"requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0, "writes": 0}
         self._last_ok_ns: int | None = None
+        # unit id -> monotonic time before which a late answer from it may still arrive
+        self._quiet_until: dict[int, float] = {}
 
     def health(self) -> ModbusRtuHealth:
         s = self._stats
@@ -134,7 +146,9 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
 
     async def read(self) -> list[Reading]:
         return await self._poller.read(
-            lambda request: self._transact(self._read_call(request), f"read {request.table} {request.start}")
+            lambda request: self._transact(
+                self._read_call(request), f"read {request.table} {request.start}", request.unit_id, request
+            )
         )
 
     def _read_call(self, request: ReadRequest) -> Call:
@@ -149,13 +163,20 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
 
         return call
 
-    async def _transact(self, call: Call, what: str) -> ModbusPDU:
-        """Run one request on the shared port with this device's timeout and retries; an exception
-        answer raises `ExceptionAnswerError` (a `DeviceError`) whose message starts `name: what`."""
+    async def _transact(
+        self, call: Call, what: str, unit_id: int, request: ReadRequest | None = None
+    ) -> ModbusPDU:
+        """Run one request to `unit_id` on the shared port with this device's timeout and retries;
+        an exception answer raises `ExceptionAnswerError` (a `DeviceError`) whose message starts
+        `name: what`, an answer that does not fit `request` `RequestFailedError`."""
         port = self._port
         if port is None:
             raise DriverIOError(f"{self.name}: not open")
         cfg = self._config
+        # Outside the port's lock: the other units on the line are not held up by this one.
+        late = self._quiet_until.pop(unit_id, 0.0) - time.monotonic()
+        if late > 0:
+            await asyncio.sleep(late)
         async with port.transaction(cfg.inter_frame_s):
             client: SerialModbusClient | None = port.client
             if client is None or not client.connected:
@@ -166,6 +187,7 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
                 with modbus_errors(f"{self.name}: {cfg.port}"):
                     response = await call(client)
             except NoAnswerError as exc:
+                self._late_answer_possible(unit_id)
                 self._stats["errors"] += 1
                 self._stats["timeouts"] += 1
                 self._silent += 1
@@ -175,12 +197,22 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
                     ) from exc
                 raise RequestFailedError("timeout") from exc
             except BadAnswerError as exc:
+                self._late_answer_possible(unit_id)
                 self._stats["errors"] += 1
                 raise RequestFailedError(f"bad response: {exc.detail}") from exc
             except DriverIOError:
                 self._stats["errors"] += 1
                 raise
-        return self._accept(response, f"{self.name}: {what}")
+        if response.retries:  # an attempt before the one answered timed out: its answer may follow
+            self._late_answer_possible(unit_id)
+        try:
+            return self._accept(response, f"{self.name}: {what}", request)
+        except RequestFailedError:
+            self._late_answer_possible(unit_id)
+            raise
+
+    def _late_answer_possible(self, unit_id: int) -> None:
+        self._quiet_until[unit_id] = time.monotonic() + self._config.timeout_ms / 1000
 
     # -- writes (opt-in capability) ---------------------------------------------------------------
 
@@ -194,7 +226,7 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
         def call(client: SerialModbusClient) -> Awaitable[ModbusPDU]:
             return write_call(client, fc, address, values, unit_id)
 
-        await self._transact_write(call, f"write {table} {address}")
+        await self._transact_write(call, f"write {table} {address}", unit_id)
         self._stats["writes"] += 1
 
     async def read_back(
@@ -207,12 +239,12 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
                 return client.read_coils(address, count=count, device_id=unit_id)
             return client.read_holding_registers(address, count=count, device_id=unit_id)
 
-        response = await self._transact_write(call, f"read back {table} {address}")
+        response = await self._transact_write(call, f"read back {table} {address}", unit_id)
         return list(response.bits[:count]) if table == "coil" else list(response.registers)
 
-    async def _transact_write(self, call: Call, what: str) -> ModbusPDU:
+    async def _transact_write(self, call: Call, what: str, unit_id: int) -> ModbusPDU:
         """`_transact` for the write path: a request without a usable answer is `DriverIOError`."""
         try:
-            return await self._transact(call, what)
+            return await self._transact(call, what, unit_id)
         except RequestFailedError as failed:
             raise DriverIOError(f"{self.name}: {what}: {failed.reason}") from None

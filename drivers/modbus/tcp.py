@@ -12,6 +12,12 @@ translates what it raises). This module sends the requests and decides what an o
   its first request after the reconnect (no down/up flapping);
 - refused, reset or closed connections: `DriverIOError` from `open()`/`read()`.
 
+Gateways and PLCs hang up on their own: after an idle time without a request, or right after
+each answer. A connection the device closed between two requests is opened again for the next
+one, and a read whose connection drops while it waits is sent once more on a new connection
+(reads change nothing; the close may cross the next request on the wire). Only when that
+connect fails, or the read's second connection drops too, is the device down.
+
 pymodbus is never allowed to reconnect on its own (`reconnect_delay=0`, and a request is never
 sent while disconnected, which would make pymodbus connect inside `execute`): the supervisor owns
 reconnects and their backoff. Requests to one device go one at a time: pymodbus 3.16 serialises
@@ -71,10 +77,15 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
         self._connected = False
         self._inflight: asyncio.Future[ModbusPDU] | None = None
         self._silent = 0
-        self._stats = {"requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0}
+        self._stats = {"requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0, "reconnects": 0}
         self._last_ok_ns: int | None = None
 
     async def open(self) -> None:
+        await self._connect()
+        cfg = self._config
+        log.info("modbus.connected", driver=self.name, host=cfg.host, port=cfg.port)
+
+    async def _connect(self) -> None:
         await self.aclose()
         cfg = self._config
         client = self._new_client(cfg, self._on_connection)
@@ -91,7 +102,12 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
             why = await _why_unreachable(cfg.host, cfg.port, cfg.timeout_ms / 1000)
             raise DriverIOError(f"{self.name}: cannot connect to {cfg.host}:{cfg.port}: {why}")
         self._connected = True
-        log.info("modbus.connected", driver=self.name, host=cfg.host, port=cfg.port)
+
+    async def _reconnect(self, why: str) -> None:
+        """A new connection in place of one the device closed; `DriverIOError` if none is had."""
+        self._stats["reconnects"] += 1
+        log.debug("modbus.reconnecting", driver=self.name, why=why)
+        await self._connect()
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -108,6 +124,7 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
             exceptions=s["exceptions"],
             last_ok_ns=self._last_ok_ns,
             connected=self._connected,
+            reconnects=s["reconnects"],
         )
 
     async def read(self) -> list[Reading]:
@@ -115,6 +132,23 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
 
     async def _execute(self, request: ReadRequest) -> ModbusPDU:
         """Send one request; return its answer, or raise `RequestFailedError`/`DriverIOError`."""
+        await self._connected_client()
+        try:
+            return await self._send(request)
+        except _DroppedError:
+            await self._reconnect("connection dropped during a read")
+            return await self._send(request)
+
+    async def _connected_client(self) -> ModbusClient:
+        """The client, connected again if the device closed it since the last request."""
+        if self._client is not None and not self._connected:
+            await self._reconnect("closed by the device between requests")
+        client = self._client
+        if client is None or not self._connected:
+            raise DriverIOError(f"{self.name}: not connected")
+        return client
+
+    async def _send(self, request: ReadRequest) -> ModbusPDU:
         client = self._client
         if client is None or not self._connected:
             raise DriverIOError(f"{self.name}: not connected")
@@ -141,11 +175,11 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
             if self._connected or (current is not None and current.cancelling()):
                 raise
             self._stats["errors"] += 1
-            raise DriverIOError(f"{self.name}: connection lost") from None
+            raise _DroppedError(f"{self.name}: connection lost") from None
         except (NoAnswerError, BadAnswerError) as exc:
             self._stats["errors"] += 1
             if not self._connected:
-                raise DriverIOError(f"{self.name}: connection lost") from exc
+                raise _DroppedError(f"{self.name}: connection lost") from exc
             if isinstance(exc, BadAnswerError):
                 raise RequestFailedError(f"bad response: {exc.detail}") from exc
             self._stats["timeouts"] += 1
@@ -158,7 +192,7 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
             self._stats["errors"] += 1
             await self.aclose()
             raise
-        return self._accept(response, f"{self.name}: read {request.table} {request.start}")
+        return self._accept(response, f"{self.name}: read {request.table} {request.start}", request)
 
     # -- writes (opt-in capability; FC 5/6/15/16 only, see writes.py) -----------------------------
 
@@ -189,9 +223,7 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
         return list(response.bits[:count]) if table == "coil" else list(response.registers)
 
     async def _call(self, make: Callable[[ModbusClient], Awaitable[ModbusPDU]], where: str) -> ModbusPDU:
-        client = self._client
-        if client is None or not self._connected:
-            raise DriverIOError(f"{self.name}: not connected")
+        client = await self._connected_client()
         try:
             with modbus_errors(where):
                 return await make(client)
@@ -203,11 +235,17 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
         """pymodbus's connect/disconnect hook: a drop fails the request in flight at once."""
         if connected:
             return
-        if self._connected:
+        if self._inflight is not None:
             log.warning("modbus.connection_lost", driver=self.name)
+        elif self._connected:  # between requests: the next one connects again
+            log.debug("modbus.closed_by_device", driver=self.name)
         self._connected = False
         if self._inflight is not None:
             self._inflight.cancel()
+
+
+class _DroppedError(DriverIOError):
+    """The connection dropped while a request waited for its answer."""
 
 
 async def _why_unreachable(host: str, port: int, timeout_s: float) -> str:

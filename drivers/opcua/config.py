@@ -1,8 +1,10 @@
 """The `[[devices]]` schema of an OPC UA server and its tags (pydantic; validated without I/O).
 
-A tag names its variable either by NodeId (`node = "ns=2;s=pump1.flow"`, `"ns=2;i=5"`) or by
-browse path below Objects (`path = "PumpStation/Pump1/Flow"`, resolved when the driver opens;
-a segment may carry its namespace index, `2:Flow`, and otherwise matches any namespace).
+A tag names its variable either by NodeId (`node = "ns=2;s=pump1.flow"`, `"ns=2;i=5"`, or with
+the namespace's URI, which survives a server restart that renumbers its namespaces:
+`"nsu=urn:vendor:plc;s=pump1.flow"`) or by browse path below Objects (`path =
+"PumpStation/Pump1/Flow"`, resolved when the driver opens; a segment may carry its namespace
+index, `2:Flow`, and otherwise matches any namespace).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ Mode = Literal["subscribe", "poll"]
 DeadbandType = Literal["absolute", "percent"]
 
 NODE_ID_PATTERN: Final = explained(
-    r"^(ns=\d+;)?(i=\d+|s=.+|g=[0-9A-Fa-f-]{36}|b=[A-Za-z0-9+/=]+)$",
-    "a NodeId: [ns=<index>;] then i=<number>, s=<text>, g=<GUID> or b=<base64> "
-    "(e.g. ns=2;s=pump1.flow or ns=2;i=5)",
+    r"^((ns=\d+|nsu=[^;]+);)?(i=\d+|s=.+|g=[0-9A-Fa-f-]{36}|b=[A-Za-z0-9+/=]+)$",
+    "a NodeId: [ns=<index>; or nsu=<namespace URI>;] then i=<number>, s=<text>, g=<GUID> or "
+    "b=<base64> (e.g. ns=2;s=pump1.flow, nsu=urn:vendor:plc;i=5)",
 )
 ENDPOINT_PATTERN: Final = explained(
     r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$",

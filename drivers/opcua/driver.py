@@ -209,13 +209,28 @@ class OpcUaDriver:
         )
 
     async def _resolve(self, client: Client) -> None:
-        """NodeIds for every tag; a path that does not resolve makes that tag bad, not the device."""
+        """NodeIds for every tag; a path that does not resolve makes that tag bad, not the device.
+
+        A namespace given by URI (`nsu=`) is looked up in the server's NamespaceArray at every
+        open: a server may number its namespaces differently after a restart."""
         self._nodes = []
         self._unresolved = {}
         children: dict[ua.NodeId, list[ua.ReferenceDescription]] = {}
+        namespaces: list[str] | None = None
         for i, tag in enumerate(self._config.tags):
             if tag.node is not None:
-                self._nodes.append(ua.NodeId.from_string(tag.node))
+                node_id = ua.NodeId.from_string(tag.node)
+                uri = node_id.NamespaceUri if isinstance(node_id, ua.ExpandedNodeId) else None
+                if uri:
+                    if namespaces is None:
+                        namespaces = [str(u) for u in await client.get_namespace_array()]
+                    if uri not in namespaces:
+                        self._unresolved[i] = f"namespace not on the server: {uri}"
+                        self._nodes.append(None)
+                        continue
+                    identifier = tag.node.split(";", 1)[1]  # the config's pattern keeps ';' out of URIs
+                    node_id = ua.NodeId.from_string(f"ns={namespaces.index(uri)};{identifier}")
+                self._nodes.append(node_id)
                 continue
             node: ua.NodeId | None = OBJECTS
             for segment in tag.path.strip("/").split("/") if tag.path else []:

@@ -20,7 +20,10 @@ otherwise every time-valid certificate is accepted and recorded in `pki/accepted
 
 Options (`ctx.options`, or the environment for `edge-sim run`): `port` / EDGE_SIM_OPCUA_PORT
 (default 4840, 0 picks a free port), `bench_tags` / EDGE_SIM_OPCUA_BENCH_TAGS (N Float variables
-`PumpStation/Bench/bench_00000`.. reading i/2 + (second mod 100), for benchmarks).
+`PumpStation/Bench/bench_00000`.. reading i/2 + (second mod 100), for benchmarks),
+`extra_namespaces` (N namespaces `urn:water-edge-agent:fwsim:other<i>` registered before the
+station's, which then gets index 2 + N: a server that numbers its namespaces differently after a
+restart or a project change, as real ones do).
 """
 
 from __future__ import annotations
@@ -182,6 +185,7 @@ class OpcUaComponent:
         if self.port is not None:
             port = self.port  # a restart keeps the port it had
         bench = int(opts.get("bench_tags", os.environ.get("EDGE_SIM_OPCUA_BENCH_TAGS", "0")))
+        extra_namespaces = int(opts.get("extra_namespaces", 0))
         if port == 0:
             port = _free_port(ctx.host)
         self.pki = ctx.workdir / "opcua" / "pki"
@@ -210,6 +214,8 @@ class OpcUaComponent:
             return await create(*args, **kwargs)
 
         service.create_subscription = create_subscription  # type: ignore[method-assign]
+        for i in range(extra_namespaces):
+            await server.register_namespace(f"urn:water-edge-agent:fwsim:other{i}")
         ns = await server.register_namespace(NAMESPACE_URI)
         self._vars = await _build_address_space(server, ns, ctx.points, bench)
         await self._update(server)
