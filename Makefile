@@ -12,7 +12,7 @@ demo: setup
 	@DEMO_SECONDS=$(DEMO_SECONDS) exec bash scripts/demo.sh
 
 test: setup lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --numprocesses=auto --maxprocesses=4 --dist=loadfile
 
 # Style, types and the layer contract (docs/architecture.md); each fails the build on its own.
 lint: setup
