@@ -399,6 +399,15 @@ ATTACKS = {
         lambda t: t.replace('state_dir = "', 'state_dir = "/tmp/elsewhere'),
         "security",
     ),
+    # The outbox quarantines a file that is not an outbox; the status socket replaces its path.
+    "the outbox pointed at the nonce store": (
+        lambda t: t.replace("[buffer]\n", '[buffer]\npath = "nonces.sqlite"\n'),
+        "security",
+    ),
+    "the status socket pointed at the device key": (
+        lambda t: t.replace("[buffer]\n", '[status]\nsocket = "identity/current/key.pem"\n[buffer]\n'),
+        "security",
+    ),
 }
 
 
@@ -437,6 +446,33 @@ async def test_config_update_needs_its_own_right_for_security_writes_and_uplink(
     )
     assert ok["status"] == "ok", ok
     assert (etc / "config.toml").read_text() == new
+
+
+async def test_a_failover_uplink_is_not_redirected_without_the_uplink_right(
+    managed: tuple[Centre, Path],
+) -> None:
+    c, etc = managed
+    on_servers = (
+        (etc / "config.toml")
+        .read_text()
+        .replace('host = "mqtt.north.example"\nport = 8883', 'servers = ["mqtts://mqtt.north.example:8883"]')
+    )
+    detail = await c.send(
+        "config_update", c.sign("config_update", {"config": on_servers, "restart": False}, key="admin")
+    )
+    assert detail["status"] == "ok", detail
+    for attack in (
+        on_servers.replace(
+            'servers = ["mqtts://mqtt.north.example:8883"]', 'servers = ["mqtts://evil.example:8883"]'
+        ),
+        on_servers.replace("[buffer]\n", '[uplink.sparkplug]\nedge_node_id = "gw-02"\n[buffer]\n').replace(
+            "[uplink.tls]", 'encoding = "sparkplug_b"\n[uplink.tls]'
+        ),
+    ):
+        refused = await c.send("config_update", c.sign("config_update", {"config": attack, "restart": False}))
+        assert refused["status"] == "refused", refused
+        assert "(needs the 'uplink' right)" in refused["reason"], refused["reason"]
+        assert (etc / "config.toml").read_text() == on_servers
 
 
 async def test_an_ordinary_config_change_lands_in_the_managed_file(managed: tuple[Centre, Path]) -> None:

@@ -5,12 +5,14 @@ models, buffer, log, ...). Three kinds of change each need their own right, list
 as `config_rights`:
 
 - `security`: `[security]` (operators, their rights, limits, identity, audit and nonce files),
-  `gateway.state_dir` (moving it would start an empty nonce store and a new audit log) and
+  `gateway.state_dir` (moving it would start an empty nonce store and a new audit log),
+  `buffer.path` and `status.socket` (files the agent moves aside or replaces where they are named:
+  pointed at the nonce store, the device key or the config itself, they would remove it) and
   `[update]` (which release keys the agent checks bundles with, where its releases live);
 - `writes`: `[writes]`, and any `[[devices]]` table a write rule names (pointing a device named in
   the allow-list at another PLC would redirect the allowed writes there);
-- `uplink`: where the data goes and as whom (`host`, `port`, `protocol`, `prefix`, `client_id`,
-  `username`, `password`, `tls`).
+- `uplink`: where the data goes and as whom (`host`, `port`, `servers`, `protocol`, `prefix`,
+  `client_id`, `username`, `password`, `tls`, and Sparkplug's `group_id` and `edge_node_id`).
 
 Without the right the whole update is refused and nothing changes; the reason names every key
 that needed it.
@@ -21,7 +23,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-UPLINK_DESTINATION = ("host", "port", "protocol", "prefix", "client_id", "username", "password", "tls")
+UPLINK_DESTINATION = (
+    "host", "port", "servers", "protocol", "prefix", "client_id", "username", "password", "tls",
+)  # fmt: skip
+SPARKPLUG_IDENTITY = ("group_id", "edge_node_id")
 
 
 def changes_needing_rights(old: Any, new: Any) -> dict[str, list[str]]:
@@ -31,6 +36,10 @@ def changes_needing_rights(old: Any, new: Any) -> dict[str, list[str]]:
         needed["security"].append("[security]")
     if old.gateway.state_dir != new.gateway.state_dir:
         needed["security"].append("gateway.state_dir")
+    if old.buffer.path != new.buffer.path:
+        needed["security"].append("buffer.path")
+    if old.status.socket != new.status.socket:
+        needed["security"].append("status.socket")
     if old.update != new.update:
         needed["security"].append("[update]")
     if old.writes != new.writes:
@@ -44,6 +53,9 @@ def changes_needing_rights(old: Any, new: Any) -> dict[str, list[str]]:
     for key in UPLINK_DESTINATION:
         if getattr(old.uplink, key) != getattr(new.uplink, key):
             needed["uplink"].append(f"uplink.{key}")
+    for key in SPARKPLUG_IDENTITY:
+        if getattr(old.uplink.sparkplug, key, None) != getattr(new.uplink.sparkplug, key, None):
+            needed["uplink"].append(f"uplink.sparkplug.{key}")
     return {right: keys for right, keys in needed.items() if keys}
 
 
