@@ -164,6 +164,36 @@ async def test_replay_is_refused_even_after_a_restart(rig: Rig) -> None:
     assert rig.reads == [None]  # type: ignore[attr-defined]
 
 
+async def test_a_clock_that_went_back_cannot_revive_a_command_whose_nonce_was_pruned(rig: Rig) -> None:
+    """A gateway without a real-time clock comes back from a power cut with its clock behind (the
+    time saved before the cut): a command it ran then, whose nonce it has since forgotten, must not
+    run again when it is sent again."""
+    t0 = int(time.time())
+    clock = [float(t0)]
+
+    def processor() -> CommandProcessor:
+        return CommandProcessor(
+            rig.config, site=SITE, gateway=GW, nonces=rig.nonces, audit=rig.audit,
+            handlers=build_handlers(rig.targets), clock=lambda: clock[0],
+        )  # fmt: skip
+
+    captured = rig.sign("read_now", now=t0, ttl_s=300)
+    assert (await processor().handle("read_now", captured)).status == "ok"
+    clock[0] = t0 + 1000.0  # later, another command: the first one's nonce is pruned
+    assert (await processor().handle("read_now", rig.sign("read_now", now=t0 + 1000))).status == "ok"
+    rig.close()
+    rig.open()  # the power cut; the clock comes back at the time saved before it
+    clock[0] = t0 + 10.0
+    again = await processor().handle("read_now", captured)
+    assert again.status == "refused"
+    assert again.reason is not None
+    assert again.reason.startswith("expired"), again.reason
+    assert rig.reads == [None, None]  # type: ignore[attr-defined]
+    # A command issued at the restored time (the clock is the only one the gateway has) still runs.
+    later = rig.sign("read_now", now=t0 + 10, ttl_s=3000)
+    assert (await processor().handle("read_now", later)).status == "ok"
+
+
 def test_nonce_store_prunes_expired_entries(tmp_path: Path) -> None:
     store = NonceStore(tmp_path / "n.sqlite")
     assert store.claim("a" * 32, expires_at=100, now=50)

@@ -152,20 +152,7 @@ class CommandProcessor:
             ) from None
         if env.target != self.target:
             raise EnvelopeError("wrong_target", f"for {env.target!r}, this is {self.target!r}")
-        now = int(self._clock())
-        if env.expires_at < now - cfg.clock_skew_s:
-            raise EnvelopeError("expired", f"expired {now - env.expires_at} s ago")
-        if env.issued_at > now + cfg.clock_skew_s:
-            raise EnvelopeError("not_yet_valid", f"issued {env.issued_at - now} s in the future")
-        reset_at = self._nonces.reset_at
-        if reset_at is not None and env.issued_at <= reset_at + cfg.clock_skew_s:
-            raise EnvelopeError(
-                "issued_before_nonce_reset",
-                f"issued before this gateway's nonce store was started afresh ({reset_at}): "
-                "a replay could not be told apart; send it again",
-            )
-        if env.expires_at - env.issued_at > cfg.max_command_ttl_s:
-            raise EnvelopeError("ttl_too_long", f"lifetime over {cfg.max_command_ttl_s} s")
+        now = self._check_time(env)
         if env.type not in allowed:
             raise EnvelopeError("not_authorised", f"key {env.key_id!r} may not send {env.type!r}")
         if not self._rates.allow(env.key_id, per_minute):
@@ -181,6 +168,34 @@ class CommandProcessor:
         if not fresh:
             raise EnvelopeError("replay", f"nonce of command {env.id!r} was already used")
         return env
+
+    def _check_time(self, env: Envelope) -> int:
+        """The gateway's time now if `env` is within its time window; EnvelopeError otherwise."""
+        cfg = self._cfg
+        now = int(self._clock())
+        if env.expires_at < now - cfg.clock_skew_s:
+            raise EnvelopeError("expired", f"expired {now - env.expires_at} s ago")
+        # The nonce store forgets a command's nonce once it expired by the latest time it pruned at;
+        # a clock that went back since (a power cut without an RTC) must not let that command in.
+        latest = self._nonces.latest_claim
+        if latest is not None and env.expires_at < latest - cfg.clock_skew_s:
+            raise EnvelopeError(
+                "expired",
+                f"expired {latest - env.expires_at} s before a time this gateway has already seen "
+                f"(its clock is {latest - now} s behind that)",
+            )
+        if env.issued_at > now + cfg.clock_skew_s:
+            raise EnvelopeError("not_yet_valid", f"issued {env.issued_at - now} s in the future")
+        reset_at = self._nonces.reset_at
+        if reset_at is not None and env.issued_at <= reset_at + cfg.clock_skew_s:
+            raise EnvelopeError(
+                "issued_before_nonce_reset",
+                f"issued before this gateway's nonce store was started afresh ({reset_at}): "
+                "a replay could not be told apart; send it again",
+            )
+        if env.expires_at - env.issued_at > cfg.max_command_ttl_s:
+            raise EnvelopeError("ttl_too_long", f"lifetime over {cfg.max_command_ttl_s} s")
+        return now
 
     def _count_refusal(self, reason: str) -> None:
         self._refusals[reason.split(":", 1)[0]] += 1
