@@ -59,11 +59,11 @@ class UpdateReceiver:
         except (binascii.Error, ValueError):
             raise CommandFailedError("argument 'data' is not base64") from None
         folder = self.files.chunks / sha
-        held = sum(p.stat().st_size for p in folder.glob("*.part")) if folder.is_dir() else 0
-        if held + len(raw) > self.config.max_bundle_bytes:
+        if _held(folder) + len(raw) > self.config.max_bundle_bytes:
             raise CommandRefusedError(
                 "too_large", f"transfer over [update] max_bundle_bytes ({self.config.max_bundle_bytes})"
             )
+        await asyncio.to_thread(self._make_room, sha, len(raw))
         await asyncio.to_thread(_write, folder / f"{index:06d}.part", raw)
         (folder / "count").write_text(str(count))
         received = len(list(folder.glob("*.part")))
@@ -138,6 +138,20 @@ class UpdateReceiver:
 
     # ------------------------------------------------------------------ getting the bytes (threads)
 
+    def _make_room(self, sha: str, size: int) -> None:
+        """Keep every transfer's chunks together within max_bundle_bytes: a transfer that needs the
+        room takes it from those least recently added to (abandoned ones), which are removed."""
+        if not self.files.chunks.is_dir():
+            return
+        others = [(_last_added(f), f) for f in self.files.chunks.iterdir() if f.is_dir() and f.name != sha]
+        total = _held(self.files.chunks / sha) + size + sum(_held(f) for _, f in others)
+        for _, folder in sorted(others):
+            if total <= self.config.max_bundle_bytes:
+                break
+            total -= _held(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("update.transfer_dropped", transfer=folder.name[:16], for_transfer=sha[:16])
+
     def _assemble(self, sha: str) -> Path:
         folder = self.files.chunks / sha
         try:
@@ -207,6 +221,15 @@ def _sha(value: object, name: str) -> str:
     if not isinstance(value, str) or not _SHA.match(value):
         raise CommandFailedError(f"argument {name!r} must be a sha256 in lower-case hex")
     return value
+
+
+def _held(folder: Path) -> int:
+    """Bytes of chunks a transfer holds (0 if it has none)."""
+    return sum(p.stat().st_size for p in folder.glob("*.part")) if folder.is_dir() else 0
+
+
+def _last_added(folder: Path) -> float:
+    return max((p.stat().st_mtime for p in folder.iterdir()), default=folder.stat().st_mtime)
 
 
 def _write(path: Path, data: bytes) -> None:
