@@ -300,6 +300,24 @@ async def test_model_update_swaps_only_a_verified_model(tmp_path: Path) -> None:
     rig.close()
 
 
+async def test_model_updates_keep_only_the_bundle_in_service_on_disk(tmp_path: Path) -> None:
+    """Each accepted model_update left its bundle in the state directory for good: a key allowed
+    model_update could fill the disk the outbox shares by sending a valid model again and again."""
+    slot = ModelSlot(load_model(LEAK_MANIFEST))
+    rig = Rig(tmp_path / "state", Targets(models_dir=tmp_path / "models", model_slots={"leak-h1": slot}))
+    model = (LEAK_MANIFEST.parent / "leak_detector.tflite").read_bytes()
+    for n in range(3):
+        manifest = {**orjson.loads(LEAK_MANIFEST.read_bytes()), "version": f"9.9.{n}-test"}
+        args = {"slot": "leak-h1", "manifest": "manifest.json", "files": bundle(manifest, model)}
+        result = await rig.proc.handle("model_update", rig.sign("model_update", args))
+        assert result.status == "ok", result.reason
+        kept = list((tmp_path / "models" / "leak-h1").iterdir())
+        assert len(kept) == 1, kept
+    assert slot.model.version == "9.9.2-test"
+    assert slot.model.invoke(slot.model.manifest.self_test[0].input) is not None  # still serving
+    rig.close()
+
+
 async def test_command_for_an_unavailable_capability_fails_cleanly(rig: Rig) -> None:
     result = await rig.proc.handle("restart", rig.sign("restart"))
     assert result.status == "failed"
