@@ -319,6 +319,18 @@ async def test_one_key_cannot_drive_unbounded_plc_reads(centre: Centre) -> None:
     assert (await centre.send("read_now", centre.sign("read_now", key="viewer")))["status"] == "ok"
 
 
+async def test_replays_of_a_captured_command_do_not_use_up_its_keys_rate(centre: Centre) -> None:
+    """Whoever may publish on the command topic (a central service's account) but holds no
+    operator key can resend a command it saw: the replays are refused, and used to count against
+    the key's rate, locking its operator out for the minute."""
+    captured = centre.sign("read_now", key="viewer")
+    assert (await centre.send("read_now", captured))["status"] == "ok"
+    limit = centre.config.max_commands_per_minute
+    replays = [await centre.send("read_now", captured) for _ in range(2 * limit)]
+    assert {a["reason"].split(":")[0] for a in replays} == {"replay"}
+    assert (await centre.send("read_now", centre.sign("read_now", key="viewer")))["status"] == "ok"
+
+
 # ---------------------------------------------------------------- finding 5: config_update within rights
 
 BASE_CONFIG = """schema_version = 1

@@ -87,13 +87,27 @@ class NonceStore:
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-                if is_damaged_file(exc) and self.damaged is None:
-                    self.damaged = str(exc)
-                    if self.on_damaged is not None:
-                        self.on_damaged(self.damaged)
-                raise NonceStoreError(f"the nonce store {self.path} cannot record it: {exc}") from exc
+                raise self._failed(exc, "record it") from exc
             self.latest_claim = latest
             return cur.rowcount == 1
+
+    def seen(self, nonce: str) -> bool:
+        """True if `nonce` was claimed and is still kept (a replay); only reads the store.
+        `NonceStoreError` when it cannot be read."""
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT 1 FROM nonces WHERE nonce = ?", (nonce,)).fetchone()
+            except sqlite3.Error as exc:
+                raise self._failed(exc, "read it") from exc
+            return row is not None
+
+    def _failed(self, exc: sqlite3.Error, doing: str) -> NonceStoreError:
+        """The error to raise for `exc`; damage found the first time asks for the restart."""
+        if is_damaged_file(exc) and self.damaged is None:
+            self.damaged = str(exc)
+            if self.on_damaged is not None:
+                self.on_damaged(self.damaged)
+        return NonceStoreError(f"the nonce store {self.path} cannot {doing}: {exc}")
 
     def __len__(self) -> int:
         with self._lock:

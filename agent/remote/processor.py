@@ -155,18 +155,21 @@ class CommandProcessor:
         now = self._check_time(env)
         if env.type not in allowed:
             raise EnvelopeError("not_authorised", f"key {env.key_id!r} may not send {env.type!r}")
-        if not self._rates.allow(env.key_id, per_minute):
-            raise EnvelopeError(
-                "rate_limited", f"key {env.key_id!r} sent over {per_minute} commands a minute"
-            )
-        # Kept until expiry + skew: until then the time check alone would still let a replay in.
         try:
-            fresh = self._nonces.claim(env.nonce, env.expires_at + cfg.clock_skew_s, now)
+            # A replay is told apart before the rate: resent by whoever may publish on the command
+            # topic, it would otherwise use up its key's rate and lock the operator out.
+            if self._nonces.seen(env.nonce):
+                raise EnvelopeError("replay", f"nonce of command {env.id!r} was already used")
+            if not self._rates.allow(env.key_id, per_minute):
+                raise EnvelopeError(
+                    "rate_limited", f"key {env.key_id!r} sent over {per_minute} commands a minute"
+                )
+            # Kept until expiry + skew: until then the time check alone would still let a replay in.
+            if not self._nonces.claim(env.nonce, env.expires_at + cfg.clock_skew_s, now):
+                raise EnvelopeError("replay", f"nonce of command {env.id!r} was already used")
         except NonceStoreError as exc:
             # Fail closed: a command whose nonce cannot be recorded could be replayed.
             raise EnvelopeError("nonce_store_unavailable", f"{exc}; not run") from None
-        if not fresh:
-            raise EnvelopeError("replay", f"nonce of command {env.id!r} was already used")
         return env
 
     def _check_time(self, env: Envelope) -> int:
