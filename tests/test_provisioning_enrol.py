@@ -283,3 +283,31 @@ def test_a_stolen_gateway_that_renewed_itself_is_revoked_by_its_name(
     again = service.answer("gw-01", orjson.dumps({"csr": thief.make_csr("SER-1", "gw-01", SITE).decode()}))
     assert again["status"] == "refused"
     assert main(["ca", "revoke", "--dir", str(ca_dir), "--name", "gw-01"]) != 0  # nothing left to revoke
+
+
+def test_a_refusal_of_another_claimers_unreadable_request_is_not_taken_as_ours(tmp_path: Path) -> None:
+    """Every holder of the claim certificate reads the same reply topic. A request the service
+    cannot read is refused without a serial; taking such a refusal as its own answer, every device
+    enrolling at that moment failed, whenever one claim holder sent garbage."""
+    import paho.mqtt.client as paho
+
+    from water_edge.provisioning.enrol import _Exchange
+
+    pki = Pki(tmp_path)
+    claim_cert, claim_key = pki.client("claim")
+    claim = ClaimSection(cert_file=claim_cert, key_file=claim_key, ca_file=pki.ca_file, host="localhost")
+    exchange = _Exchange(claim, "SER-1", b"csr")
+    service = EnrolmentService(pki.ca, allow={"SER-1": GATEWAY})
+
+    def reply(answer: dict[str, object]) -> paho.MQTTMessage:
+        msg = paho.MQTTMessage(topic=b"enrol/claim/cert")
+        msg.payload = orjson.dumps(answer)
+        return msg
+
+    exchange.on_message(None, None, reply(service.answer("claim", b"garbage")))  # type: ignore[arg-type]
+    assert not exchange.done.is_set()
+    exchange.on_message(None, None, reply({"status": "refused", "serial": "SER-2", "reason": "x"}))  # type: ignore[arg-type]
+    assert not exchange.done.is_set()
+    exchange.on_message(None, None, reply({"status": "refused", "serial": "SER-1", "reason": "ours"}))  # type: ignore[arg-type]
+    assert exchange.done.is_set()
+    assert exchange.reply["reason"] == "ours"
