@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from water_edge.agent.remote.audit import read_audit
+from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.update.layout import Layout
+from water_edge.agent.update.receive import UpdateReceiver
 from water_edge.agent.update.service import CommandService
 from water_edge.agent.update.state import UpdateFiles, UpdateState
 from water_edge.agent.update.updater import Updater
@@ -124,3 +126,21 @@ def test_a_bundle_over_the_size_limit_is_not_copied(tmp_path: Path) -> None:
     assert outcome.reason is not None
     assert "max_bundle_bytes" in outcome.reason, outcome.reason
     assert not list((tmp_path / "opt" / "staging").rglob("*.tar"))
+
+
+def test_update_apply_never_copies_the_bundle_through_a_link_in_the_spool(tmp_path: Path) -> None:
+    """`edge-agent update apply` runs as root and spools the stick's bundle under its sha256, a
+    name the agent can know beforehand (the release is published): it used to copy through a link
+    the agent placed at `<sha>.part`, overwriting whatever root file the link named."""
+    state = _state_dir(tmp_path)
+    bundle = tmp_path / "usb" / "agent-0.2.0.tar"
+    bundle.parent.mkdir()
+    bundle.write_bytes(b"release bundle bytes")
+    victim = tmp_path / "etc-shadow"
+    victim.write_text("root:$6$...:19000:0:99999:7:::\n")
+    (state / "update" / "spool" / f"{SHA}.part").symlink_to(victim)
+    receiver = UpdateReceiver(UpdateSection(release_keys=tmp_path / "keys"), UpdateFiles(state))
+    staged = receiver.spool(bundle, SHA)
+    assert victim.read_text() == "root:$6$...:19000:0:99999:7:::\n"
+    assert not staged.is_symlink()
+    assert staged.read_bytes() == b"release bundle bytes"

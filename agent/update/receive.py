@@ -17,9 +17,11 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import os
 import re
 import shutil
 import ssl
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -100,12 +102,19 @@ class UpdateReceiver:
             raise CommandRefusedError("bad_release", str(exc)) from None
 
     def spool(self, source: Path, sha: str) -> Path:
-        """Copy a bundle (from a USB stick, say) into the spool under its sha256."""
+        """Copy a bundle (from a USB stick, say) into the spool under its sha256. Run by root
+        (`edge-agent update apply`) in the agent's directory: the copy goes to a new file of its
+        own (O_EXCL), never through a link the agent placed at a name it could predict."""
         target = self.files.spool / f"{sha}.tar"
         self.files.spool.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".part")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{sha[:16]}.", suffix=".part", dir=self.files.spool)
+        try:
+            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return target
 
     def no_other_request(self, sha: str) -> None:
