@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import orjson
 import structlog
 
+from water_edge.core.errors import AgentError
 from water_edge.core.reading import Reading
 from water_edge.core.tasks import cancel_all
 
@@ -81,8 +83,7 @@ class StatusServer:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        _remove_socket(self.path, refuse_other=True)
         self._server = await asyncio.start_unix_server(
             self._handle, path=str(self.path), limit=MAX_REQUEST_BYTES
         )
@@ -96,8 +97,7 @@ class StatusServer:
             await cancel_all(list(self._handlers))
             await asyncio.gather(*self._handlers, return_exceptions=True)
             await self._server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        _remove_socket(self.path, refuse_other=False)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.clients >= self.max_clients:
@@ -173,6 +173,20 @@ class StatusServer:
                 await writer.drain()
         finally:
             self._untap(queue)
+
+
+def _remove_socket(path: Path, *, refuse_other: bool) -> None:
+    """Remove a stale socket at `path`. Anything else there is kept: the path comes from the config,
+    and a socket path naming the outbox, the nonce store or the device key must not delete it
+    (AgentError at start, so the agent says which file is in the way)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISSOCK(mode):
+        path.unlink(missing_ok=True)
+    elif refuse_other:
+        raise AgentError(f"status socket {path}: a file that is not a socket is there; not replacing it")
 
 
 class AgentNotRunningError(Exception):

@@ -26,6 +26,7 @@ WriteType = Literal["uint16", "int16", "uint32", "int32", "float32", "bool"]
 # Reads (1-4) and writes (5, 6, 15, 16): nothing else is ever sent.
 ALLOWED_FUNCTION_CODES: Final = frozenset({1, 2, 3, 4, 5, 6, 15, 16})
 _FORMATS: Final = {"uint16": ">H", "int16": ">h", "uint32": ">I", "int32": ">i", "float32": ">f"}
+_WIDTH: Final = {"uint32": 2, "int32": 2, "float32": 2}  # registers a value takes; others take one
 
 
 class WriteRefusedError(AgentError):
@@ -66,6 +67,22 @@ class WritesSection(BaseModel):
 
     enabled: bool = False
     allow: list[WriteRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_rule_per_register(self) -> Self:
+        # A 32-bit rule writes its address and the next: overlapping another rule's register, it
+        # would write that register outside the other rule's range and rate. A command names no unit
+        # id, so two rules on one address (any unit) would leave one of them silently unused.
+        taken: dict[tuple[str, str, int], int] = {}
+        for i, rule in enumerate(self.allow):
+            for register in range(rule.address, rule.address + _WIDTH.get(rule.type, 1)):
+                other = taken.setdefault((rule.device, rule.table, register), i)
+                if other != i:
+                    raise ValueError(
+                        f"allow[{i}] and allow[{other}] both cover {rule.device} {rule.table} {register}: "
+                        "one rule per register"
+                    )
+        return self
 
 
 def encode(rule: WriteRule, value: Any) -> list[int] | list[bool]:

@@ -323,6 +323,22 @@ class CertificateAuthority:
         self.write_crl()
         log.info("ca.revoked", serial=serial, subject=entry["subject"])
 
+    def revoke_name(self, common_name: str) -> list[str]:
+        """Revoke every valid certificate issued for `common_name` and rewrite the CRL; the serials
+        revoked. A gateway renews its certificate by itself, so whoever holds a lost or stolen one
+        may hold a newer certificate than the serial an inventory lists: only all of them end it."""
+        valid = [i.serial for i in self.issued() if i.valid and i.common_name == common_name]
+        if not valid:
+            raise ProvisioningError(f"no valid certificate of this CA is issued for {common_name!r}")
+        index = self._load_index()
+        now = _utcnow().isoformat()
+        for serial in valid:
+            index["issued"][serial]["revoked_at"] = now
+        self._save_index(index)
+        self.write_crl()
+        log.info("ca.revoked_name", common_name=common_name, serials=valid)
+        return valid
+
     def write_crl(self, days: int = 30) -> bytes:
         """Write crl.pem listing every revoked certificate; returns its PEM."""
         now = _utcnow()

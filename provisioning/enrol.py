@@ -58,7 +58,9 @@ class _Exchange:
         except orjson.JSONDecodeError:
             return
         # Devices sharing a claim certificate share its reply topic: take only the answer for us.
-        if isinstance(doc, dict) and doc.get("serial") in (self.serial, None):
+        # Ours names our serial (only a request the service could not read is answered without
+        # one, and any claim holder can send such a request to fail everyone's enrolment).
+        if isinstance(doc, dict) and doc.get("serial") == self.serial:
             self.reply.update(doc)
             self.done.set()
 

@@ -164,6 +164,36 @@ async def test_replay_is_refused_even_after_a_restart(rig: Rig) -> None:
     assert rig.reads == [None]  # type: ignore[attr-defined]
 
 
+async def test_a_clock_that_went_back_cannot_revive_a_command_whose_nonce_was_pruned(rig: Rig) -> None:
+    """A gateway without a real-time clock comes back from a power cut with its clock behind (the
+    time saved before the cut): a command it ran then, whose nonce it has since forgotten, must not
+    run again when it is sent again."""
+    t0 = int(time.time())
+    clock = [float(t0)]
+
+    def processor() -> CommandProcessor:
+        return CommandProcessor(
+            rig.config, site=SITE, gateway=GW, nonces=rig.nonces, audit=rig.audit,
+            handlers=build_handlers(rig.targets), clock=lambda: clock[0],
+        )  # fmt: skip
+
+    captured = rig.sign("read_now", now=t0, ttl_s=300)
+    assert (await processor().handle("read_now", captured)).status == "ok"
+    clock[0] = t0 + 1000.0  # later, another command: the first one's nonce is pruned
+    assert (await processor().handle("read_now", rig.sign("read_now", now=t0 + 1000))).status == "ok"
+    rig.close()
+    rig.open()  # the power cut; the clock comes back at the time saved before it
+    clock[0] = t0 + 10.0
+    again = await processor().handle("read_now", captured)
+    assert again.status == "refused"
+    assert again.reason is not None
+    assert again.reason.startswith("expired"), again.reason
+    assert rig.reads == [None, None]  # type: ignore[attr-defined]
+    # A command issued at the restored time (the clock is the only one the gateway has) still runs.
+    later = rig.sign("read_now", now=t0 + 10, ttl_s=3000)
+    assert (await processor().handle("read_now", later)).status == "ok"
+
+
 def test_nonce_store_prunes_expired_entries(tmp_path: Path) -> None:
     store = NonceStore(tmp_path / "n.sqlite")
     assert store.claim("a" * 32, expires_at=100, now=50)
@@ -267,6 +297,24 @@ async def test_model_update_swaps_only_a_verified_model(tmp_path: Path) -> None:
     assert good.status == "ok", good.reason
     assert good.detail == {"slot": "leak-h1", "version": "9.9.9-test"}
     assert slot.model.version == "9.9.9-test"
+    rig.close()
+
+
+async def test_model_updates_keep_only_the_bundle_in_service_on_disk(tmp_path: Path) -> None:
+    """Each accepted model_update left its bundle in the state directory for good: a key allowed
+    model_update could fill the disk the outbox shares by sending a valid model again and again."""
+    slot = ModelSlot(load_model(LEAK_MANIFEST))
+    rig = Rig(tmp_path / "state", Targets(models_dir=tmp_path / "models", model_slots={"leak-h1": slot}))
+    model = (LEAK_MANIFEST.parent / "leak_detector.tflite").read_bytes()
+    for n in range(3):
+        manifest = {**orjson.loads(LEAK_MANIFEST.read_bytes()), "version": f"9.9.{n}-test"}
+        args = {"slot": "leak-h1", "manifest": "manifest.json", "files": bundle(manifest, model)}
+        result = await rig.proc.handle("model_update", rig.sign("model_update", args))
+        assert result.status == "ok", result.reason
+        kept = list((tmp_path / "models" / "leak-h1").iterdir())
+        assert len(kept) == 1, kept
+    assert slot.model.version == "9.9.2-test"
+    assert slot.model.invoke(slot.model.manifest.self_test[0].input) is not None  # still serving
     rig.close()
 
 

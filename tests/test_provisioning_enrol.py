@@ -6,6 +6,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.support.pki import Pki
@@ -16,7 +17,7 @@ from water_edge.provisioning.config import ClaimSection
 from water_edge.provisioning.enrol import enrol_with_claim, renewal_section
 from water_edge.provisioning.enrol_service import EnrolmentService
 from water_edge.provisioning.errors import ProvisioningError
-from water_edge.provisioning.identity import DeviceIdentity, device_serial
+from water_edge.provisioning.identity import DeviceIdentity, device_serial, load_cert
 
 
 def test_offline_enrolment_with_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -257,3 +258,56 @@ def test_the_ca_never_issues_a_reserved_or_an_already_held_gateway_id(tmp_path: 
     for item in ca.issued():
         ca.revoke(item.serial)
     ca.sign_csr(csr("d", "gw-01", "SER-B"))  # once revoked, the name can move
+
+
+def test_a_stolen_gateway_that_renewed_itself_is_revoked_by_its_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whoever holds a gateway's key renews its certificate through the enrolment service (as the
+    gateway does by itself); revoking the serial an inventory lists left the renewed one valid, and
+    with it the renewals after. `ca revoke --name` ends them all."""
+    from water_edge.provisioning.ca import CertificateAuthority
+
+    ca_dir = tmp_path / "ca"
+    ca = CertificateAuthority.init(ca_dir, "Utility CA")
+    service = EnrolmentService(ca)
+    listed = ca.sign_csr(DeviceIdentity(tmp_path / "gw").make_csr("SER-1", "gw-01", SITE))
+    thief = DeviceIdentity(tmp_path / "thief")
+    renewed = service.answer("gw-01", orjson.dumps({"csr": thief.make_csr("SER-1", "gw-01", SITE).decode()}))
+    assert renewed["status"] == "ok"
+    assert main(["ca", "revoke", "--dir", str(ca_dir), "--name", "gw-01"]) == 0
+    out = capsys.readouterr().out
+    for pem in (listed, renewed["cert"].encode()):
+        assert format(load_cert(pem, "cert").serial_number, "x") in out
+    assert ca.holder("gw-01") is None
+    again = service.answer("gw-01", orjson.dumps({"csr": thief.make_csr("SER-1", "gw-01", SITE).decode()}))
+    assert again["status"] == "refused"
+    assert main(["ca", "revoke", "--dir", str(ca_dir), "--name", "gw-01"]) != 0  # nothing left to revoke
+
+
+def test_a_refusal_of_another_claimers_unreadable_request_is_not_taken_as_ours(tmp_path: Path) -> None:
+    """Every holder of the claim certificate reads the same reply topic. A request the service
+    cannot read is refused without a serial; taking such a refusal as its own answer, every device
+    enrolling at that moment failed, whenever one claim holder sent garbage."""
+    import paho.mqtt.client as paho
+
+    from water_edge.provisioning.enrol import _Exchange
+
+    pki = Pki(tmp_path)
+    claim_cert, claim_key = pki.client("claim")
+    claim = ClaimSection(cert_file=claim_cert, key_file=claim_key, ca_file=pki.ca_file, host="localhost")
+    exchange = _Exchange(claim, "SER-1", b"csr")
+    service = EnrolmentService(pki.ca, allow={"SER-1": GATEWAY})
+
+    def reply(answer: dict[str, object]) -> paho.MQTTMessage:
+        msg = paho.MQTTMessage(topic=b"enrol/claim/cert")
+        msg.payload = orjson.dumps(answer)
+        return msg
+
+    exchange.on_message(None, None, reply(service.answer("claim", b"garbage")))  # type: ignore[arg-type]
+    assert not exchange.done.is_set()
+    exchange.on_message(None, None, reply({"status": "refused", "serial": "SER-2", "reason": "x"}))  # type: ignore[arg-type]
+    assert not exchange.done.is_set()
+    exchange.on_message(None, None, reply({"status": "refused", "serial": "SER-1", "reason": "ours"}))  # type: ignore[arg-type]
+    assert exchange.done.is_set()
+    assert exchange.reply["reason"] == "ours"

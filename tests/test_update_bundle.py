@@ -224,3 +224,30 @@ def test_a_second_update_while_the_first_still_waits_for_the_updater_is_refused_
     files.take_request()  # the updater took it: the next one is welcome
     assert main(["update", "apply", str(second), "-c", str(config)]) == 0
     assert read_json(files.request)["sha256"] == second_sha  # type: ignore[index]
+
+
+def test_abandoned_transfers_never_hold_more_than_one_bundle_of_the_state_disk(tmp_path: Path) -> None:
+    """A rollout given up halfway over a poor link, again and again (or a key sending parts of ever
+    new transfers): the parts used to stay for good, max_bundle_bytes each, on the disk the outbox
+    shares. Together they now stay within max_bundle_bytes; the transfer least recently added to
+    gives way."""
+    limit = 2**20
+    files = UpdateFiles(tmp_path / "state")
+    receiver = UpdateReceiver(UpdateSection(release_keys=tmp_path / "keys", max_bundle_bytes=limit), files)
+    operator = Ed25519PrivateKey.generate()
+
+    def send(transfer: str, index: int) -> None:
+        data = base64.b64encode(bytes(300 * 1024)).decode()
+        args = {"transfer": transfer, "index": index, "count": 4, "data": data}
+        signed = envelope.sign(operator, "ops", "update_chunk", "s/g", args)
+        assert asyncio.run(receiver.chunk(envelope.parse(signed))).status == "ok"
+
+    abandoned, current = "a" * 64, "b" * 64
+    for index in range(3):
+        send(abandoned, index)
+    for index in range(3):
+        send(current, index)
+        held = sum(p.stat().st_size for p in files.chunks.rglob("*.part"))
+        assert held <= limit, f"{held} bytes of parts held after part {index} of the new transfer"
+    assert sorted(p.name for p in files.chunks.iterdir()) == [current]
+    assert len(list((files.chunks / current).glob("*.part"))) == 3

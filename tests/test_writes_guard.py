@@ -138,3 +138,19 @@ def test_rule_validation_and_encoding() -> None:
     assert encode(f, 1.5) == [0x3FC0, 0x0000]
     i = WriteRule(device="d", table="holding", address=1, type="int16", min=-100, max=100)
     assert encode(i, -2) == [0xFFFE]
+
+
+def test_rules_that_share_a_register_are_refused() -> None:
+    """A float32 rule at 499 writes 499 and 500: with its own range it wrote register 500 past the
+    range and the rate of the rule made for 500."""
+    setpoint = WriteRule(device="d", table="holding", address=500, type="uint16", min=50, max=400)
+    wide = WriteRule(device="d", table="holding", address=499, type="float32", min=0, max=1e6)
+    with pytest.raises(ValueError, match="both cover d holding 500"):
+        WritesSection(enabled=True, allow=[setpoint, wide])
+    other_unit = setpoint.model_copy(update={"unit_id": 2, "max": 60000})
+    with pytest.raises(ValueError, match="one rule per register"):
+        WritesSection(enabled=True, allow=[setpoint, other_unit])
+    coil = WriteRule(device="d", table="coil", address=500, type="bool")
+    beside = WriteRule(device="d", table="holding", address=501, type="int32", min=0, max=9)
+    below = wide.model_copy(update={"address": 498})  # 498 and 499
+    assert len(WritesSection(allow=[setpoint, below, coil, beside]).allow) == 4

@@ -33,9 +33,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--days", type=whole(1), default=365)
     p.set_defaults(func=_sign)
 
-    p = sub.add_parser("revoke", help="revoke a certificate by serial (hex) and rewrite crl.pem")
+    p = sub.add_parser(
+        "revoke", help="revoke a certificate by serial (hex), or every one of a --name, and rewrite crl.pem"
+    )
     with_dir(p)
-    p.add_argument("serial")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("serial", nargs="?")
+    which.add_argument(
+        "--name", help="revoke every valid certificate of this gateway id (a lost or stolen gateway)"
+    )
     p.set_defaults(func=_revoke)
 
     p = sub.add_parser("crl", help="rewrite crl.pem (do it before next_update, default 30 days)")
@@ -132,8 +138,13 @@ def _sign(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     from water_edge.provisioning.ca import CertificateAuthority
 
-    CertificateAuthority.open(args.dir).revoke(args.serial)
-    _out(f"revoked {args.serial}; copy {args.dir / 'crl.pem'} to the broker and reload it")
+    ca = CertificateAuthority.open(args.dir)
+    if args.name is not None:
+        revoked = ", ".join(ca.revoke_name(args.name))
+    else:
+        ca.revoke(args.serial)
+        revoked = args.serial
+    _out(f"revoked {revoked}; copy {args.dir / 'crl.pem'} to the broker and reload it")
     return EXIT_OK
 
 

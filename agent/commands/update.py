@@ -96,6 +96,7 @@ def _updater(args: argparse.Namespace, config: Any) -> Any:
         audit_path=config.gateway.state_dir / config.security.audit_log,
         python=args.python,
         health_window_s=args.health_window or config.update.health_window_s,
+        max_bundle_bytes=config.update.max_bundle_bytes,
     )
 
 

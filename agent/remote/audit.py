@@ -6,12 +6,20 @@ only their digests. Every field is bounded (`MAX_FIELD_CHARS` per string, `MAX_I
 object), so whatever a sender puts in an envelope costs at most a few hundred bytes of log; and the
 file is rotated at `max_bytes` keeping `keep` old files (`audit.log.1` the newest), so the log never
 takes more than `(keep + 1) * max_bytes` of the SD card.
+
+The root updater appends to the agent's log, in a directory the agent owns: it opens it with
+`in_owners_directory=True`, which never follows a link at the log's name, accepts only a regular
+file with one link that the directory's owner holds, and gives a file it makes there to that
+owner through its own descriptor (a link planted there would otherwise have root create, chmod
+and hand over any file the agent names, e.g. a `.pth` the updater's Python runs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import threading
 from collections import Counter
 from pathlib import Path
@@ -46,10 +54,18 @@ def bounded(value: Any, chars: int = MAX_FIELD_CHARS) -> Any:
 
 
 class AuditLog:
-    def __init__(self, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        keep: int = DEFAULT_KEEP,
+        in_owners_directory: bool = False,
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
+        self._guarded = in_owners_directory
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = self._open()
         self._size = os.fstat(self._fd).st_size
@@ -59,6 +75,8 @@ class AuditLog:
         self.last_error: str | None = None
 
     def _open(self) -> int:
+        if self._guarded:
+            return _open_in_owners_directory(self.path)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.fchmod(fd, 0o600)  # explicitly, whatever the umask or a previous mode
         return fd
@@ -114,6 +132,30 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             os.close(self._fd)
+
+
+def _open_in_owners_directory(path: Path) -> int:
+    """`path` opened for appending by a process more privileged than its directory's owner; OSError
+    for a link, a FIFO or device, a file with other links, or one its directory's owner does not hold."""
+    owner = os.stat(path.parent)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd, made = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
+    except FileExistsError:
+        fd, made = os.open(path, flags), False  # ELOOP for a link, ENXIO for a FIFO
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise OSError(errno.EPERM, "not a regular file with a single link", str(path))
+        if not made and st.st_uid != owner.st_uid:
+            raise OSError(errno.EPERM, f"held by uid {st.st_uid}, not by its directory's owner", str(path))
+        if made and st.st_uid != owner.st_uid:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def read_audit(path: Path) -> list[dict[str, Any]]:

@@ -5,12 +5,17 @@ models, buffer, log, ...). Three kinds of change each need their own right, list
 as `config_rights`:
 
 - `security`: `[security]` (operators, their rights, limits, identity, audit and nonce files),
-  `gateway.state_dir` (moving it would start an empty nonce store and a new audit log) and
-  `[update]` (which release keys the agent checks bundles with, where its releases live);
+  `gateway.state_dir` (moving it would start an empty nonce store and a new audit log),
+  `buffer.path` and `status.socket` (files the agent moves aside or replaces where they are named:
+  pointed at the nonce store, the device key or the config itself, they would remove it),
+  `[update]` (which release keys the agent checks bundles with, where its releases live), and
+  any `[[devices]]` table with a secret reference (`{ file = ... }`, `{ env = ... }`) that is
+  added or changed (the device would send what the reference names, say the device key, the claim
+  key or the MQTT password, as its password to a server the key chose);
 - `writes`: `[writes]`, and any `[[devices]]` table a write rule names (pointing a device named in
   the allow-list at another PLC would redirect the allowed writes there);
-- `uplink`: where the data goes and as whom (`host`, `port`, `protocol`, `prefix`, `client_id`,
-  `username`, `password`, `tls`).
+- `uplink`: where the data goes and as whom (`host`, `port`, `servers`, `protocol`, `prefix`,
+  `client_id`, `username`, `password`, `tls`, and Sparkplug's `group_id` and `edge_node_id`).
 
 Without the right the whole update is refused and nothing changes; the reason names every key
 that needed it.
@@ -21,30 +26,58 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-UPLINK_DESTINATION = ("host", "port", "protocol", "prefix", "client_id", "username", "password", "tls")
+from water_edge.agent.secrets import SecretRef, secret_fields
+
+UPLINK_DESTINATION = (
+    "host", "port", "servers", "protocol", "prefix", "client_id", "username", "password", "tls",
+)  # fmt: skip
+SPARKPLUG_IDENTITY = ("group_id", "edge_node_id")
 
 
 def changes_needing_rights(old: Any, new: Any) -> dict[str, list[str]]:
     """Right -> the keys `new` changes relative to `old` that need it (empty lists left out)."""
-    needed: dict[str, list[str]] = {"security": [], "writes": [], "uplink": []}
-    if old.security != new.security:
-        needed["security"].append("[security]")
-    if old.gateway.state_dir != new.gateway.state_dir:
-        needed["security"].append("gateway.state_dir")
-    if old.update != new.update:
-        needed["security"].append("[update]")
-    if old.writes != new.writes:
-        needed["writes"].append("[writes]")
+    needed = {
+        "security": _security_changes(old, new),
+        "writes": _writes_changes(old, new),
+        "uplink": _uplink_changes(old, new),
+    }
+    return {right: keys for right, keys in needed.items() if keys}
+
+
+def _security_changes(old: Any, new: Any) -> list[str]:
+    sections = {
+        "[security]": (old.security, new.security),
+        "gateway.state_dir": (old.gateway.state_dir, new.gateway.state_dir),
+        "buffer.path": (old.buffer.path, new.buffer.path),
+        "status.socket": (old.status.socket, new.status.socket),
+        "[update]": (old.update, new.update),
+    }
+    keys = [key for key, (was, now) in sections.items() if was != now]
+    old_devices = {d.name: d for d in old.devices}
+    for device in new.devices:
+        reads_secret = any(isinstance(secret, SecretRef) for secret in secret_fields(device))
+        if reads_secret and old_devices.get(device.name) != device:
+            keys.append(f"devices ({device.name}: a secret reference)")
+    return keys
+
+
+def _writes_changes(old: Any, new: Any) -> list[str]:
+    keys = ["[writes]"] if old.writes != new.writes else []
     written = {rule.device for rule in (*old.writes.allow, *new.writes.allow)}
     old_devices = {d.name: d for d in old.devices}
     new_devices = {d.name: d for d in new.devices}
-    for name in sorted(written):
-        if old_devices.get(name) != new_devices.get(name):
-            needed["writes"].append(f"devices ({name})")
-    for key in UPLINK_DESTINATION:
-        if getattr(old.uplink, key) != getattr(new.uplink, key):
-            needed["uplink"].append(f"uplink.{key}")
-    return {right: keys for right, keys in needed.items() if keys}
+    return keys + [
+        f"devices ({name})" for name in sorted(written) if old_devices.get(name) != new_devices.get(name)
+    ]
+
+
+def _uplink_changes(old: Any, new: Any) -> list[str]:
+    changed = [key for key in UPLINK_DESTINATION if getattr(old.uplink, key) != getattr(new.uplink, key)]
+    return [f"uplink.{key}" for key in changed] + [
+        f"uplink.sparkplug.{key}"
+        for key in SPARKPLUG_IDENTITY
+        if getattr(old.uplink.sparkplug, key, None) != getattr(new.uplink.sparkplug, key, None)
+    ]
 
 
 def missing_rights(needed: Mapping[str, list[str]], granted: frozenset[str]) -> str | None:

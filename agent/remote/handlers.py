@@ -298,6 +298,11 @@ async def _model_update(env: Envelope, targets: Targets) -> CommandResult:
         # Refused (sha256, self-test): the slot keeps the old model.
         shutil.rmtree(target, ignore_errors=True)
         raise CommandFailedError(f"model refused, the old one stays: {outcome.reason}")
+    # The slot now serves this bundle (the model it replaced is loaded, and gone with its last
+    # reader): earlier bundles would otherwise pile up on the disk the outbox shares.
+    for earlier in target.parent.glob("cmd-*"):
+        if earlier != target:
+            shutil.rmtree(earlier, ignore_errors=True)
     return CommandResult("ok", detail={"slot": slot_name, **_swap_detail(outcome)})
 
 

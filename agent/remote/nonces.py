@@ -2,7 +2,10 @@
 
 Kept in SQLite (synchronous=FULL) so a replay is refused after a restart or a power cut too. It stays
 small because commands live at most `max_command_ttl_s`: a nonce past its command's expiry can be
-forgotten, since the expiry check alone refuses that command.
+forgotten, since the expiry check alone refuses that command - judged by the latest time the store
+has pruned at (`latest_claim`, kept with the nonces), not by the clock alone: a gateway without a
+real-time clock comes back from a power cut with its clock behind, where a forgotten command would
+look unexpired again.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class NonceStore:
             raise AgentError(f"cannot open the nonce store {path}: {exc}") from exc
         row = self._db.execute("SELECT value FROM meta WHERE key = 'reset_at'").fetchone()
         self.reset_at: int | None = None if row is None else int(row[0])
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'latest_claim'").fetchone()
+        # The latest `now` a claim pruned at: every nonce forgotten expired before it.
+        self.latest_claim: int | None = None if row is None else int(row[0])
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(f"{path}{suffix}", 0o600)
@@ -67,18 +73,41 @@ class NonceStore:
         """Record `nonce`; False if it was already used (a replay). Prunes expired entries.
         `NonceStoreError` when the store cannot be read or written."""
         with self._lock:
+            latest = max(now, self.latest_claim or now)
             try:
+                # One transaction: the prune and the time it pruned at are on disk together.
+                self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+                if latest != self.latest_claim:
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES ('latest_claim', ?)", (str(latest),))
                 cur = self._db.execute(
                     "INSERT OR IGNORE INTO nonces (nonce, expires_at) VALUES (?, ?)", (nonce, expires_at)
                 )
+                self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                if is_damaged_file(exc) and self.damaged is None:
-                    self.damaged = str(exc)
-                    if self.on_damaged is not None:
-                        self.on_damaged(self.damaged)
-                raise NonceStoreError(f"the nonce store {self.path} cannot record it: {exc}") from exc
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise self._failed(exc, "record it") from exc
+            self.latest_claim = latest
             return cur.rowcount == 1
+
+    def seen(self, nonce: str) -> bool:
+        """True if `nonce` was claimed and is still kept (a replay); only reads the store.
+        `NonceStoreError` when it cannot be read."""
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT 1 FROM nonces WHERE nonce = ?", (nonce,)).fetchone()
+            except sqlite3.Error as exc:
+                raise self._failed(exc, "read it") from exc
+            return row is not None
+
+    def _failed(self, exc: sqlite3.Error, doing: str) -> NonceStoreError:
+        """The error to raise for `exc`; damage found the first time asks for the restart."""
+        if is_damaged_file(exc) and self.damaged is None:
+            self.damaged = str(exc)
+            if self.on_damaged is not None:
+                self.on_damaged(self.damaged)
+        return NonceStoreError(f"the nonce store {self.path} cannot {doing}: {exc}")
 
     def __len__(self) -> int:
         with self._lock:

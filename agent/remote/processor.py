@@ -152,9 +152,41 @@ class CommandProcessor:
             ) from None
         if env.target != self.target:
             raise EnvelopeError("wrong_target", f"for {env.target!r}, this is {self.target!r}")
+        now = self._check_time(env)
+        if env.type not in allowed:
+            raise EnvelopeError("not_authorised", f"key {env.key_id!r} may not send {env.type!r}")
+        try:
+            # A replay is told apart before the rate: resent by whoever may publish on the command
+            # topic, it would otherwise use up its key's rate and lock the operator out.
+            if self._nonces.seen(env.nonce):
+                raise EnvelopeError("replay", f"nonce of command {env.id!r} was already used")
+            if not self._rates.allow(env.key_id, per_minute):
+                raise EnvelopeError(
+                    "rate_limited", f"key {env.key_id!r} sent over {per_minute} commands a minute"
+                )
+            # Kept until expiry + skew: until then the time check alone would still let a replay in.
+            if not self._nonces.claim(env.nonce, env.expires_at + cfg.clock_skew_s, now):
+                raise EnvelopeError("replay", f"nonce of command {env.id!r} was already used")
+        except NonceStoreError as exc:
+            # Fail closed: a command whose nonce cannot be recorded could be replayed.
+            raise EnvelopeError("nonce_store_unavailable", f"{exc}; not run") from None
+        return env
+
+    def _check_time(self, env: Envelope) -> int:
+        """The gateway's time now if `env` is within its time window; EnvelopeError otherwise."""
+        cfg = self._cfg
         now = int(self._clock())
         if env.expires_at < now - cfg.clock_skew_s:
             raise EnvelopeError("expired", f"expired {now - env.expires_at} s ago")
+        # The nonce store forgets a command's nonce once it expired by the latest time it pruned at;
+        # a clock that went back since (a power cut without an RTC) must not let that command in.
+        latest = self._nonces.latest_claim
+        if latest is not None and env.expires_at < latest - cfg.clock_skew_s:
+            raise EnvelopeError(
+                "expired",
+                f"expired {latest - env.expires_at} s before a time this gateway has already seen "
+                f"(its clock is {latest - now} s behind that)",
+            )
         if env.issued_at > now + cfg.clock_skew_s:
             raise EnvelopeError("not_yet_valid", f"issued {env.issued_at - now} s in the future")
         reset_at = self._nonces.reset_at
@@ -166,21 +198,7 @@ class CommandProcessor:
             )
         if env.expires_at - env.issued_at > cfg.max_command_ttl_s:
             raise EnvelopeError("ttl_too_long", f"lifetime over {cfg.max_command_ttl_s} s")
-        if env.type not in allowed:
-            raise EnvelopeError("not_authorised", f"key {env.key_id!r} may not send {env.type!r}")
-        if not self._rates.allow(env.key_id, per_minute):
-            raise EnvelopeError(
-                "rate_limited", f"key {env.key_id!r} sent over {per_minute} commands a minute"
-            )
-        # Kept until expiry + skew: until then the time check alone would still let a replay in.
-        try:
-            fresh = self._nonces.claim(env.nonce, env.expires_at + cfg.clock_skew_s, now)
-        except NonceStoreError as exc:
-            # Fail closed: a command whose nonce cannot be recorded could be replayed.
-            raise EnvelopeError("nonce_store_unavailable", f"{exc}; not run") from None
-        if not fresh:
-            raise EnvelopeError("replay", f"nonce of command {env.id!r} was already used")
-        return env
+        return now
 
     def _count_refusal(self, reason: str) -> None:
         self._refusals[reason.split(":", 1)[0]] += 1

@@ -17,9 +17,11 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import os
 import re
 import shutil
 import ssl
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -59,11 +61,11 @@ class UpdateReceiver:
         except (binascii.Error, ValueError):
             raise CommandFailedError("argument 'data' is not base64") from None
         folder = self.files.chunks / sha
-        held = sum(p.stat().st_size for p in folder.glob("*.part")) if folder.is_dir() else 0
-        if held + len(raw) > self.config.max_bundle_bytes:
+        if _held(folder) + len(raw) > self.config.max_bundle_bytes:
             raise CommandRefusedError(
                 "too_large", f"transfer over [update] max_bundle_bytes ({self.config.max_bundle_bytes})"
             )
+        await asyncio.to_thread(self._make_room, sha, len(raw))
         await asyncio.to_thread(_write, folder / f"{index:06d}.part", raw)
         (folder / "count").write_text(str(count))
         received = len(list(folder.glob("*.part")))
@@ -100,12 +102,19 @@ class UpdateReceiver:
             raise CommandRefusedError("bad_release", str(exc)) from None
 
     def spool(self, source: Path, sha: str) -> Path:
-        """Copy a bundle (from a USB stick, say) into the spool under its sha256."""
+        """Copy a bundle (from a USB stick, say) into the spool under its sha256. Run by root
+        (`edge-agent update apply`) in the agent's directory: the copy goes to a new file of its
+        own (O_EXCL), never through a link the agent placed at a name it could predict."""
         target = self.files.spool / f"{sha}.tar"
         self.files.spool.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".part")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{sha[:16]}.", suffix=".part", dir=self.files.spool)
+        try:
+            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return target
 
     def no_other_request(self, sha: str) -> None:
@@ -137,6 +146,20 @@ class UpdateReceiver:
         log.info("update.requested", sha256=sha[:16], by=requested_by)
 
     # ------------------------------------------------------------------ getting the bytes (threads)
+
+    def _make_room(self, sha: str, size: int) -> None:
+        """Keep every transfer's chunks together within max_bundle_bytes: a transfer that needs the
+        room takes it from those least recently added to (abandoned ones), which are removed."""
+        if not self.files.chunks.is_dir():
+            return
+        others = [(_last_added(f), f) for f in self.files.chunks.iterdir() if f.is_dir() and f.name != sha]
+        total = _held(self.files.chunks / sha) + size + sum(_held(f) for _, f in others)
+        for _, folder in sorted(others):
+            if total <= self.config.max_bundle_bytes:
+                break
+            total -= _held(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("update.transfer_dropped", transfer=folder.name[:16], for_transfer=sha[:16])
 
     def _assemble(self, sha: str) -> Path:
         folder = self.files.chunks / sha
@@ -207,6 +230,15 @@ def _sha(value: object, name: str) -> str:
     if not isinstance(value, str) or not _SHA.match(value):
         raise CommandFailedError(f"argument {name!r} must be a sha256 in lower-case hex")
     return value
+
+
+def _held(folder: Path) -> int:
+    """Bytes of chunks a transfer holds (0 if it has none)."""
+    return sum(p.stat().st_size for p in folder.glob("*.part")) if folder.is_dir() else 0
+
+
+def _last_added(folder: Path) -> float:
+    return max((p.stat().st_mtime for p in folder.iterdir()), default=folder.stat().st_mtime)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -15,9 +15,11 @@ the updater service runs again at boot and judges the release afresh.
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -66,6 +68,7 @@ class Updater:
         audit_path: Path | None,
         python: str | None = None,
         health_window_s: float = 300.0,
+        max_bundle_bytes: int = 512 * 2**20,
         poll_s: float = 1.0,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -79,6 +82,7 @@ class Updater:
         # The base interpreter new virtualenvs are made with (the venv module needs a real one).
         self.python: str = python or str(getattr(sys, "_base_executable", sys.executable))
         self.health_window_s = health_window_s
+        self.max_bundle_bytes = max_bundle_bytes
         self.poll_s = poll_s
         self._now = clock_ns
         self.state = files.read_state()
@@ -165,7 +169,8 @@ class Updater:
         work.mkdir()
         copy = work / "bundle.tar"
         try:
-            shutil.copyfile(source, copy)  # out of the agent's reach before anything is read from it
+            # Out of the agent's reach before anything is read from it.
+            _copy_regular_file(source, copy, self.max_bundle_bytes)
         except OSError as exc:
             raise UpdateFailedError(f"cannot read the bundle {source}: {exc.strerror}") from None
         if self.state.id and sha256_file(copy) != self.state.id:
@@ -322,16 +327,38 @@ class Updater:
     def _audit(self, outcome: str, **fields: Any) -> None:
         if self.audit_path is None:
             return
-        created = not self.audit_path.exists()
-        audit = AuditLog(self.audit_path, max_bytes=2**40)
+        # The agent's log, in the agent's directory: opened without following a link there, and a
+        # file made here is the agent's (see AuditLog, in_owners_directory). The path comes from the
+        # config the agent may rewrite, so a log outside the state directory is not written by root.
+        try:
+            if self.audit_path.parent.resolve() != self.files.dir.parent.resolve():
+                raise OSError(errno.EPERM, "outside the state directory", str(self.audit_path))
+            audit = AuditLog(self.audit_path, max_bytes=2**40, in_owners_directory=True)
+        except OSError as exc:
+            log.warning("update.audit_refused", path=str(self.audit_path), error=str(exc))
+            self.state.log = [*self.state.log[-30:], f"audit log not written: {exc}"]
+            self.files.write_state(self.state)
+            return
         try:
             audit.record("update", outcome, id=self.state.id[:64], by=self.state.requested_by, **fields)
         finally:
             audit.close()
-        if created:
-            # The agent opens this log too: it must stay the agent's file, not root's.
-            owner = self.audit_path.parent.stat()
-            try:
-                os.chown(self.audit_path, owner.st_uid, owner.st_gid)
-            except PermissionError:
-                log.warning("update.audit_owner_kept", path=str(self.audit_path))
+
+
+def _copy_regular_file(source: Path, target: Path, limit: int) -> None:
+    """Copy `source`, a file in the agent's spool, as root: never through a link at its name, only a
+    regular file of at most `limit` bytes (not /dev/zero behind a spool the agent replaced, nor a
+    sparse terabyte), so the agent cannot make root fill the install root's disk."""
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as src:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EPERM, "not a regular file", str(source))
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than [update] max_bundle_bytes ({limit})", str(source))
+        with target.open("wb") as out:
+            # At most `limit` bytes even if the file grows while it is copied.
+            while (left := limit + 1 - out.tell()) > 0 and (block := src.read(min(1 << 20, left))):
+                out.write(block)
+            if out.tell() > limit:
+                raise OSError(errno.EFBIG, f"larger than [update] max_bundle_bytes ({limit})", str(source))
