@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from water_edge.agent import processors as processor_kinds
+from water_edge.agent import pushed_models
 from water_edge.agent.config import Config
 from water_edge.agent.remote.result import CommandCounts
 from water_edge.core.errors import AgentError
@@ -122,7 +123,7 @@ def build_command_channel(
 
     targets = Targets(
         config_path=config.source,
-        models_dir=state / "models",
+        models_dir=state / pushed_models.MODELS_DIR,
         read_now=read_now,
         request_restart=request_restart,
         model_slots=model_slots(analytics.processors),

@@ -29,8 +29,14 @@ from typing import Any
 
 import structlog
 
-from water_edge.agent import __version__, locate
-from water_edge.agent.assembly import EXIT_RESTART, build_command_channel, build_drivers, build_processors
+from water_edge.agent import __version__, locate, pushed_models
+from water_edge.agent.assembly import (
+    EXIT_RESTART,
+    build_command_channel,
+    build_drivers,
+    build_processors,
+    model_slots,
+)
 from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSync
 from water_edge.agent.config import Config
 from water_edge.agent.devices_down import DOWN, UP, DownDevices
@@ -431,6 +437,10 @@ async def run_agent(config: Config) -> int:
         )
         if commands is not None:
             commands.bind(agent)
+        # Before the processors run: a pushed model is back in service from the first window.
+        agent.startup_events += await pushed_models.restore(
+            config.gateway.state_dir / pushed_models.MODELS_DIR, model_slots(analytics.processors)
+        )
         stop = asyncio.Event()
 
         def outbox_damaged(reason: str) -> None:

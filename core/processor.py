@@ -174,6 +174,11 @@ class ModelSlotLike(Protocol):
 
     def swap(self, manifest_path: Path) -> Any: ...
 
+    @property
+    def fingerprint(self) -> str | None:
+        """The model in service as "<name> <version> <sha256>" (None: none loaded)."""
+        ...
+
 
 @runtime_checkable
 class HasModelSlot(Protocol):

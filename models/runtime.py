@@ -214,6 +214,13 @@ class ModelSlot:
     def loaded(self) -> bool:
         return self._model is not None
 
+    @property
+    def fingerprint(self) -> str | None:
+        if self._model is None:
+            return None
+        m = self._model.manifest
+        return f"{m.name} {m.version} {m.sha256}"
+
     async def swap(self, manifest_path: Path | str) -> SwapResult:
         """Load, verify and self-test a new model off the loop; put it in service only if all passed."""
         async with self._swap_lock:

@@ -203,3 +203,19 @@ channel_names = ["A", "B"]
     assert by_name["leak:hydrophones"]["crashes"] == 0
     leak = by_name["leak:hydrophones"]["health"]
     assert 0.0 <= leak["leak_probability"] <= 1.0
+    assert leak["classifier"].startswith("leak_detector ")  # the shipped one, before the push
+
+    # Restarted (a power cut, an update): the pushed model is in service again, and said so.
+    with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/events") as sub, running_agent(config) as again:
+        restored = again.wait_status(
+            lambda s: any(p["name"] == "leak:hydrophones" for p in s["processors"]), timeout=30
+        )
+
+        def restored_events(messages: list[Any]) -> list[dict[str, Any]]:
+            return [e for m in messages for e in m.json()["events"] if e["kind"] == "model_restored"]
+
+        (event,) = restored_events(sub.wait_until(restored_events, timeout=20))
+        assert again.stop() == 0
+    leak_again = {p["name"]: p for p in restored["processors"]}["leak:hydrophones"]["health"]
+    assert leak_again["classifier"] == "leak_detector 9.9.9"
+    assert event["detail"] == {"slot": "leak-hydrophones", "version": "9.9.9"}

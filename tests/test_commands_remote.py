@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.testing import agent_config, damage_sqlite_under_its_owner
+from water_edge.agent import pushed_models
 from water_edge.agent.remote.audit import AuditLog, read_audit
 from water_edge.agent.remote.channel import CommandChannel
 from water_edge.agent.remote.config import OperatorKey, SecuritySection
@@ -311,7 +312,7 @@ async def test_model_updates_keep_only_the_bundle_in_service_on_disk(tmp_path: P
         args = {"slot": "leak-h1", "manifest": "manifest.json", "files": bundle(manifest, model)}
         result = await rig.proc.handle("model_update", rig.sign("model_update", args))
         assert result.status == "ok", result.reason
-        kept = list((tmp_path / "models" / "leak-h1").iterdir())
+        kept = list((tmp_path / "models" / "leak-h1").glob("cmd-*"))
         assert len(kept) == 1, kept
     assert slot.model.version == "9.9.2-test"
     assert slot.model.invoke(slot.model.manifest.self_test[0].input) is not None  # still serving
@@ -498,3 +499,68 @@ def test_a_nonce_store_reset_on_a_clock_that_booted_behind_still_covers_its_last
     assert store.reset_at is not None
     assert store.reset_at >= int(last_claim)  # (whole seconds, as commands are issued): all it accepted
     store.close()
+
+
+async def test_a_pushed_model_is_back_in_service_after_a_restart(tmp_path: Path) -> None:
+    """Before, a restart (power cut, update, config change) quietly put the configured model back
+    while the centre believed the pushed one ran."""
+    models = tmp_path / "models"
+    slot = ModelSlot(load_model(LEAK_MANIFEST))
+    rig = Rig(tmp_path / "state", Targets(models_dir=models, model_slots={"leak-h1": slot}))
+    model = (LEAK_MANIFEST.parent / "leak_detector.tflite").read_bytes()
+    for version in ("9.9.1-test", "9.9.2-test"):  # the second replaces the first, not the configured
+        manifest = {**orjson.loads(LEAK_MANIFEST.read_bytes()), "version": version}
+        args = {"slot": "leak-h1", "manifest": "manifest.json", "files": bundle(manifest, model)}
+        assert (await rig.proc.handle("model_update", rig.sign("model_update", args))).status == "ok"
+    rig.close()
+
+    # The agent starts again: its processor loads the configured model into a new slot.
+    configured = ModelSlot(load_model(LEAK_MANIFEST))
+    (event,) = await pushed_models.restore(models, {"leak-h1": configured})
+    assert (event.kind, event.source, event.detail) == (
+        "model_restored", "leak-h1", {"slot": "leak-h1", "version": "9.9.2-test"}
+    )  # fmt: skip
+    assert configured.model.version == "9.9.2-test"
+
+    # A card that changed the stored bundle: the slot's own check refuses it, the configured one serves.
+    (pushed,) = (models / "leak-h1").glob("cmd-*/*.tflite")
+    pushed.write_bytes(pushed.read_bytes()[:-1] + b"\x00")
+    again = ModelSlot(load_model(LEAK_MANIFEST))
+    (refused,) = await pushed_models.restore(models, {"leak-h1": again})
+    assert (refused.kind, refused.severity) == ("model_not_restored", "warning")
+    assert "sha256" in refused.detail["reason"]
+    assert again.model.version == load_model(LEAK_MANIFEST).version
+    assert await pushed_models.restore(models, {"leak-h1": again}) == []  # said once, then forgotten
+
+
+async def test_a_configured_model_that_changed_since_the_push_stays_in_service(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    slot = ModelSlot(load_model(LEAK_MANIFEST))
+    rig = Rig(tmp_path / "state", Targets(models_dir=models, model_slots={"leak-h1": slot}))
+    model = (LEAK_MANIFEST.parent / "leak_detector.tflite").read_bytes()
+    manifest = {**orjson.loads(LEAK_MANIFEST.read_bytes()), "version": "9.9.9-test"}
+    args = {"slot": "leak-h1", "manifest": "manifest.json", "files": bundle(manifest, model)}
+    assert (await rig.proc.handle("model_update", rig.sign("model_update", args))).status == "ok"
+    rig.close()
+    # A release ships another model (here: the pushed bundle itself, as its configured model).
+    (shipped_now,) = (models / "leak-h1").glob("cmd-*/manifest.json")
+    configured = ModelSlot(load_model(shipped_now))
+    (event,) = await pushed_models.restore(models, {"leak-h1": configured})
+    assert event.kind == "model_not_restored"
+    assert event.detail["reason"] == "the configured model changed since the push: it stays in service"
+    assert configured.model.version == "9.9.9-test"  # the configured one, not restored over
+
+
+async def test_a_pushed_model_whose_processor_left_the_config_is_said_and_forgotten(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    slot = ModelSlot(load_model(LEAK_MANIFEST))
+    rig = Rig(tmp_path / "state", Targets(models_dir=models, model_slots={"leak-h1": slot}))
+    model = (LEAK_MANIFEST.parent / "leak_detector.tflite").read_bytes()
+    manifest = {**orjson.loads(LEAK_MANIFEST.read_bytes()), "version": "9.9.9-test"}
+    args = {"slot": "leak-h1", "manifest": "manifest.json", "files": bundle(manifest, model)}
+    assert (await rig.proc.handle("model_update", rig.sign("model_update", args))).status == "ok"
+    rig.close()
+    (event,) = await pushed_models.restore(models, {})
+    assert (event.kind, event.source) == ("model_not_restored", "leak-h1")
+    assert event.detail["reason"].startswith("no such model slot in this config")
+    assert await pushed_models.restore(models, {}) == []

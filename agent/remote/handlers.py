@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from water_edge.agent import pushed_models
 from water_edge.agent.remote.config import COMMAND_TYPES
 from water_edge.agent.remote.config_rights import changes_needing_rights, missing_rights
 from water_edge.agent.remote.model_bundle import check_bundle
@@ -272,6 +273,7 @@ async def _model_update(env: Envelope, targets: Targets) -> CommandResult:
     ):
         raise CommandFailedError("file and slot names must be plain names (no paths)")
     target = models_dir / slot_name / f"cmd-{hashlib.sha256(env.id.encode()).hexdigest()[:12]}"
+    replaces = pushed_models.replaced_model(target.parent, slot)
     try:
         target.mkdir(mode=0o750, parents=True, exist_ok=False)
     except FileExistsError:
@@ -298,12 +300,21 @@ async def _model_update(env: Envelope, targets: Targets) -> CommandResult:
         # Refused (sha256, self-test): the slot keeps the old model.
         shutil.rmtree(target, ignore_errors=True)
         raise CommandFailedError(f"model refused, the old one stays: {outcome.reason}")
-    # The slot now serves this bundle (the model it replaced is loaded, and gone with its last
-    # reader): earlier bundles would otherwise pile up on the disk the outbox shares.
-    for earlier in target.parent.glob("cmd-*"):
-        if earlier != target:
+    detail = {"slot": slot_name, **_swap_detail(outcome)}
+    if (problem := _keep_in_service(target, manifest, replaces)) is not None:
+        detail["after_restart"] = f"the configured model: the pushed one could not be recorded ({problem})"
+    return CommandResult("ok", detail=detail)
+
+
+def _keep_in_service(bundle: Path, manifest: str, replaces: str | None) -> str | None:
+    """The slot now serves `bundle`: record it for the next start, remove the bundles before it
+    (the model it replaced is loaded, and gone with its last reader; they would otherwise pile up
+    on the disk the outbox shares). Why the record could not be written, else None."""
+    problem = pushed_models.remember(bundle.parent, bundle, manifest, replaces)
+    for earlier in bundle.parent.glob("cmd-*"):
+        if earlier != bundle:
             shutil.rmtree(earlier, ignore_errors=True)
-    return CommandResult("ok", detail={"slot": slot_name, **_swap_detail(outcome)})
+    return problem
 
 
 def _swap_detail(outcome: object) -> dict[str, Any]:

@@ -81,9 +81,13 @@ class LeakHealth:
     windows_dropped: int
     leak_probability: float | None  # the classifier's latest, before any judgement
     sensors: dict[str, SensorHealth] = field(default_factory=dict)
+    classifier: str | None = None  # "<name> <version>" in service (model_update swaps it)
 
     def status_lines(self) -> list[str]:
-        lines = [f"{self.windows_scored} windows scored, leak probability {self.leak_probability}"]
+        lines = [
+            f"{self.windows_scored} windows scored, leak probability {self.leak_probability}"
+            + ("" if self.classifier is None else f", classifier {self.classifier}")
+        ]
         for name, s in self.sensors.items():
             if s.baseline_version is None:
                 lines.append(f"{name}: learning, {s.nights_heard}/{s.learning_needs} nights heard")
@@ -508,7 +512,14 @@ class AudioLeakProcessor:
                 signal_lost_since=s.signal_lost_since,
                 last_error=s.last_error,
             )
-        return LeakHealth(self.windows_scored, self.windows_dropped, self.last_probability, sensors)
+        model = self.slot.health().model
+        return LeakHealth(
+            self.windows_scored,
+            self.windows_dropped,
+            self.last_probability,
+            sensors,
+            None if model is None else f"{model.name} {model.version}",
+        )
 
 
 async def _drain(queue: asyncio.Queue[AudioWindowLike]) -> AsyncIterator[AudioWindowLike]:
