@@ -418,3 +418,15 @@ def test_a_state_saved_by_the_previous_detector_keeps_its_baseline() -> None:
     assert det.update(weekday, 101.0).baseline == pytest.approx(100.0, abs=0.2)
     again = StepDetector.from_dict(det.to_dict(), StepParams(baseline_nights=14))
     assert again.baseline == pytest.approx(det.baseline)
+
+
+def test_score_flow_leak_refuses_a_column_name_given_twice(tmp_path: Path) -> None:
+    # Before, the first of the two was read, silently: the other meter never counted.
+    path = tmp_path / "twice.csv"
+    path.write_text("time;inflow;inflow\n2024-01-01T00:00;1,5;2,5\n", encoding="utf-8")
+    got = _cli("--csv", str(path), "--flow", "inflow", "--calibrate-days", "7")
+    assert got.returncode == 2
+    assert got.stderr.strip().endswith(
+        "column 'inflow' appears 2 times (columns 2, 3): rename them in the header so that each "
+        "name says which meter it is"
+    )

@@ -105,6 +105,28 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(
     assert message in err
 
 
+def test_a_name_given_to_two_columns_keeps_both_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
+) -> None:
+    # Both columns were scored before too, but under one name: a warning or an explanation naming
+    # 'vibration_x' could mean either. Now the second is 'vibration_x (2)', and the file says so.
+    x, _ = sim
+    rows = [
+        [t] + ["" if np.isnan(v) else f"{v:.4f}" for v in row]
+        for t, row in zip(timestamps(len(x)), x, strict=True)
+    ]
+    twice = ["time", *SIGNALS]
+    twice[SIGNALS.index("vibration_y") + 1] = "vibration_x"
+    code, out, err = run(capsys, write(tmp_path / "twice.csv", twice, rows, ","), CALIB)
+    assert code == 0, err
+    assert "column 'vibration_x' appears 2 times: read as 'vibration_x', 'vibration_x (2)'" in err
+    renamed = ["time", *SIGNALS]
+    renamed[SIGNALS.index("vibration_y") + 1] = "vibration_x (2)"
+    want, want_out, _ = run(capsys, write(tmp_path / "renamed.csv", renamed, rows, ","), CALIB)
+    assert want == 0
+    assert out == want_out
+
+
 def test_missing_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, tmp_path / "nope.csv", 10)
     assert code == 2

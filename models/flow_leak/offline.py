@@ -91,6 +91,13 @@ def _rows(
     missing = [c for c in wanted if c not in header]
     if missing:
         raise FlowCsvError(f"{path}: no column(s) {', '.join(missing)} (columns: {', '.join(header[1:])})")
+    for c in dict.fromkeys(wanted):
+        where = [str(j + 1) for j, h in enumerate(header) if h == c]
+        if len(where) > 1:
+            raise FlowCsvError(
+                f"{path}: column {c!r} appears {len(where)} times (columns {', '.join(where)}): "
+                "rename them in the header so that each name says which meter it is"
+            )
     idx = {c: header.index(c) for c in wanted}
     decimal_comma = sep != ","
     order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])

@@ -149,6 +149,12 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
         values[i, 0] = _number(row[0], _decimal_comma(sep, [row[0]]))
         for j in range(1, width):
             values[i, j] = formats.parse(j, row[j])
+    header, repeated = _unique_names(header)
+    for name, count in repeated.items():
+        warn(
+            f"column {name!r} appears {count} times: read as {name!r}, "
+            + ", ".join(f"'{name} ({k})'" for k in range(2, count + 1))
+        )
     names, keep, ignored = _numeric(header, values, formats.filled)
     if not names:
         raise InputError("no numeric signal column found")
@@ -159,6 +165,19 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
             "but its numbers go down: if it is a signal, put a timestamp column first"
         )
     return Table(stamps, names, np.asfortranarray(values[:, keep]), ignored)  # column-major, as before
+
+
+def _unique_names(header: list[str]) -> tuple[list[str], dict[str, int]]:
+    """The header with a repeated name numbered from its second time on ('Current', 'Current (2)'):
+    exports put one tag name in two places, and a name stands for one column in the output, the
+    explanations and the calibration."""
+    seen: dict[str, int] = {}
+    unique = [header[0]]
+    for raw in header[1:]:
+        name = raw.strip()
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 or not name else f"{name} ({seen[name]})")
+    return unique, {name: n for name, n in seen.items() if n > 1 and name}
 
 
 def _unit_rows(head: list[list[str]], sep: str) -> int:
