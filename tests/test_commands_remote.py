@@ -501,18 +501,26 @@ def test_a_nonce_store_reset_on_a_clock_that_booted_behind_still_covers_its_last
     store.close()
 
 
-async def test_a_pushed_model_is_back_in_service_after_a_restart(tmp_path: Path) -> None:
-    """Before, a restart (power cut, update, config change) quietly put the configured model back
-    while the centre believed the pushed one ran."""
+async def push_models(tmp_path: Path, *versions: str) -> Path:
+    """A gateway's leak slot sent these versions by model_update, one after the other, then
+    stopped; the directory its models are kept in."""
     models = tmp_path / "models"
     slot = ModelSlot(load_model(LEAK_MANIFEST))
     rig = Rig(tmp_path / "state", Targets(models_dir=models, model_slots={"leak-h1": slot}))
     model = (LEAK_MANIFEST.parent / "leak_detector.tflite").read_bytes()
-    for version in ("9.9.1-test", "9.9.2-test"):  # the second replaces the first, not the configured
+    for version in versions:
         manifest = {**orjson.loads(LEAK_MANIFEST.read_bytes()), "version": version}
         args = {"slot": "leak-h1", "manifest": "manifest.json", "files": bundle(manifest, model)}
         assert (await rig.proc.handle("model_update", rig.sign("model_update", args))).status == "ok"
     rig.close()
+    return models
+
+
+async def test_a_pushed_model_is_back_in_service_after_a_restart(tmp_path: Path) -> None:
+    """Before, a restart (power cut, update, config change) quietly put the configured model back
+    while the centre believed the pushed one ran."""
+    # The second replaces the first, not the configured model.
+    models = await push_models(tmp_path, "9.9.1-test", "9.9.2-test")
 
     # The agent starts again: its processor loads the configured model into a new slot.
     configured = ModelSlot(load_model(LEAK_MANIFEST))
@@ -534,14 +542,7 @@ async def test_a_pushed_model_is_back_in_service_after_a_restart(tmp_path: Path)
 
 
 async def test_a_configured_model_that_changed_since_the_push_stays_in_service(tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    slot = ModelSlot(load_model(LEAK_MANIFEST))
-    rig = Rig(tmp_path / "state", Targets(models_dir=models, model_slots={"leak-h1": slot}))
-    model = (LEAK_MANIFEST.parent / "leak_detector.tflite").read_bytes()
-    manifest = {**orjson.loads(LEAK_MANIFEST.read_bytes()), "version": "9.9.9-test"}
-    args = {"slot": "leak-h1", "manifest": "manifest.json", "files": bundle(manifest, model)}
-    assert (await rig.proc.handle("model_update", rig.sign("model_update", args))).status == "ok"
-    rig.close()
+    models = await push_models(tmp_path, "9.9.9-test")
     # A release ships another model (here: the pushed bundle itself, as its configured model).
     (shipped_now,) = (models / "leak-h1").glob("cmd-*/manifest.json")
     configured = ModelSlot(load_model(shipped_now))
@@ -552,14 +553,7 @@ async def test_a_configured_model_that_changed_since_the_push_stays_in_service(t
 
 
 async def test_a_pushed_model_whose_processor_left_the_config_is_said_and_forgotten(tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    slot = ModelSlot(load_model(LEAK_MANIFEST))
-    rig = Rig(tmp_path / "state", Targets(models_dir=models, model_slots={"leak-h1": slot}))
-    model = (LEAK_MANIFEST.parent / "leak_detector.tflite").read_bytes()
-    manifest = {**orjson.loads(LEAK_MANIFEST.read_bytes()), "version": "9.9.9-test"}
-    args = {"slot": "leak-h1", "manifest": "manifest.json", "files": bundle(manifest, model)}
-    assert (await rig.proc.handle("model_update", rig.sign("model_update", args))).status == "ok"
-    rig.close()
+    models = await push_models(tmp_path, "9.9.9-test")
     (event,) = await pushed_models.restore(models, {})
     assert (event.kind, event.source) == ("model_not_restored", "leak-h1")
     assert event.detail["reason"].startswith("no such model slot in this config")
