@@ -126,6 +126,8 @@ def subscribe(demo: Demo) -> Subscriber:
     return Subscriber("127.0.0.1", demo.broker_port(), f"{TOPIC}/#")
 
 
+# A guard against a hang, not a speed limit: ~45-60 s here, beside another worker's file.
+@pytest.mark.timeout(300)
 def test_demo_with_demo_seconds_shows_every_part_and_stops_cleanly(tmp_path: Path) -> None:
     with make_demo(tmp_path, seconds=40) as demo:
         # The first line comes at once; the live view within seconds.

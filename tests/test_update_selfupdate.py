@@ -21,6 +21,8 @@ from tests.support.selfupdate import BROKEN_WINDOW_S, update_then_roll_back
 pytestmark = pytest.mark.slow
 
 
+# A guard against a hang, not a speed limit: ~45-60 s here, beside another worker's file.
+@pytest.mark.timeout(300)
 def test_a_signed_update_is_applied_and_a_broken_one_rolled_back(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
