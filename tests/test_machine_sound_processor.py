@@ -192,7 +192,7 @@ async def test_a_history_damaged_while_running_is_kept_aside_and_the_machine_sta
     synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(5), snr_db=6.0), seed=5)
     path = tmp_path / "pump.wav"
     write_wav(path, synth.render_seconds(600), RATE)
-    driver = _driver(path, speed=100)
+    driver = _driver(path, speed=40)
     section = MachineSoundSection.model_validate(
         {"name": "P4-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
     )
