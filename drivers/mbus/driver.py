@@ -25,7 +25,7 @@ from water_edge.drivers.base import DeviceConfig, TagInfo
 from water_edge.drivers.mbus.config import MbusConfig, MbusMeter, RecordSelector
 from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError
 from water_edge.drivers.mbus.health import MbusHealth
-from water_edge.drivers.mbus.link import LinkStats, MbusMaster, MbusTimeoutError
+from water_edge.drivers.mbus.link import LinkStats, MbusMaster, MbusTimeoutError, MbusWrongMeterError
 from water_edge.drivers.mbus.telegram import Header, Record, Telegram
 
 log = structlog.get_logger(__name__)
@@ -227,6 +227,8 @@ class MbusDriver:
                 error: str | None = None
             except MbusTimeoutError:
                 telegrams, error = [], "timeout"
+            except MbusWrongMeterError as exc:
+                telegrams, error = [], f"wrong meter: {exc}"
             except MbusFrameError as exc:
                 telegrams, error = [], f"bad frame: {exc}"
             except MbusDecodeError as exc:
@@ -272,5 +274,6 @@ class MbusDriver:
             timeouts=link.timeouts,
             checksum_errors=link.checksum_errors,
             frame_errors=link.frame_errors,
+            wrong_meter=link.wrong_meter,
             bus=None if self._port is None else self._port.health(),
         )

@@ -8,7 +8,8 @@ a request counts as received only once its bytes would have crossed the wire (11
 
 Several meters answering at once collide the way the bus does: a space (0) from any meter wins, so
 the master sees the bytewise AND of the answers (identical E5 acks survive, frames turn to garbage).
-Faults per meter (`inject`): "checksum", "truncate", "silent", "collision".
+Faults per meter (`inject`): "checksum", "truncate", "silent", "collision"; a meter whose
+`state.ignores_select` is set takes every selection by secondary address as its own.
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ class MbusBus:
             return None
         chosen = []
         for m in self.meters:
-            m.state.selected = m.matches(mask)
+            m.state.selected = m.matches(mask) or m.state.ignores_select
             if m.state.selected:
                 m.state.last_fcb, m.state.telegram_index, m.state.last_answer = 0, 0, None
                 chosen.append(m)
