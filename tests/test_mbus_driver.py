@@ -208,6 +208,32 @@ async def test_wildcard_selection_reads_the_one_meter_it_names(bus: MbusBus) -> 
     assert driver.health().wrong_meter == 0
 
 
+async def test_an_adapter_echoing_every_request_is_read_with_local_echo(bus: MbusBus) -> None:
+    bus.echo = True
+    meters = [
+        {"name": "house1", "address": 1},
+        {"name": "house3", "secondary": f"{bus.meter(3).spec.ident:08d}"},
+    ]
+    got, driver = await read_once(config(bus, meters, local_echo=True, retries=0))
+    assert got["house1.volume"].quality == "good"
+    assert got["house3.volume.storage5"].quality == "good"  # the second telegram (FCB toggled)
+    assert (driver.health().frame_errors, driver.health().meter_failures) == (0, 0)
+
+
+async def test_without_local_echo_an_echoing_adapter_answers_every_request_with_it(bus: MbusBus) -> None:
+    bus.echo = True
+    got, _ = await read_once(config(bus, [{"name": "house1", "address": 1}], retries=0))
+    assert got["house1.status"].reason == "bad frame: SND_NKE to 1: answer is not the E5 acknowledgement"
+
+
+async def test_local_echo_on_an_adapter_that_does_not_echo_says_so(bus: MbusBus) -> None:
+    got, driver = await read_once(config(bus, [{"name": "house1", "address": 1}], local_echo=True, retries=0))
+    reason = got["house1.status"].reason or ""
+    assert reason.startswith("bad frame: local echo: expected the request back, got ")
+    assert reason.endswith("(does this adapter echo?)")
+    assert driver.health().frame_errors == 1
+
+
 def test_identity_check_compares_what_the_mask_names() -> None:
     header = Header("12345678", "KAM", 0x1B, 0x07, access_number=1, status=0, signature=0)
     assert identity_mismatch(secondary_mask("12345678"), header) is None

@@ -143,7 +143,9 @@ MasterFactory = Callable[[MbusConfig], MbusLink]
 def serial_master(config: MbusConfig) -> MbusMaster:
     """The real master: pyserial on the configured port (opened later, by `open()`)."""
     timeout = None if config.timeout_ms is None else config.timeout_ms / 1000.0
-    return MbusMaster(config.port, config.baudrate, timeout_s=timeout, retries=config.retries)
+    return MbusMaster(
+        config.port, config.baudrate, timeout_s=timeout, retries=config.retries, local_echo=config.local_echo
+    )
 
 
 class MbusDriver:
@@ -180,7 +182,7 @@ class MbusDriver:
     async def open(self) -> None:
         if self._port is not None:
             return
-        settings = ("mbus", self._config.baudrate, "8E1")
+        settings = ("mbus", self._config.baudrate, "8E1", self._config.local_echo)
         try:
             port = serial_bus.attach(self._config.port, settings)
         except serial_bus.PortSettingsConflict as exc:

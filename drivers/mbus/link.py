@@ -135,12 +135,14 @@ class MbusMaster:
         *,
         timeout_s: float | None = None,
         retries: int = 2,
+        local_echo: bool = False,
         serial_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.port = port
         self.baudrate = baudrate
         self.timeout_s = timeout_s if timeout_s is not None else answer_timeout_s(baudrate)
         self.retries = retries
+        self.local_echo = local_echo
         self.stats = LinkStats()
         self._factory = serial_factory or serial.Serial
         self._serial: Any = None
@@ -194,6 +196,8 @@ class MbusMaster:
             port.reset_input_buffer()
             port.write(request)
             port.flush()
+            if self.local_echo:
+                self._skip_echo(port, request)
             if not expect_answer:
                 return None
             # A pty passes the request at once while a real line (and the sim) takes its wire time.
@@ -202,6 +206,17 @@ class MbusMaster:
         except (serial.SerialException, termios.error) as exc:
             # termios.error: tcflush on an adapter that was unplugged (EIO).
             raise DriverIOError(f"M-Bus port {self.port}: {exc}") from exc
+
+    def _skip_echo(self, port: Any, request: bytes) -> None:
+        """Read back the request the adapter echoes; anything else is a broken exchange."""
+        deadline = time.monotonic() + wire_time_s(len(request), self.baudrate) * 1.5 + 0.05
+        echo = self._read(port, len(request), deadline)
+        if echo != request:
+            self._drain(port)
+            got = "nothing" if not echo else echo.hex(" ").upper()
+            raise fr.MbusFrameError(
+                f"local echo: expected the request back, got {got} (does this adapter echo?)"
+            )
 
     def _read_frame(self, port: Any, first_deadline: float) -> bytes | None:
         head = self._read(port, 1, first_deadline)
