@@ -18,11 +18,17 @@ from water_edge.core.reading import Reading
 from water_edge.drivers.mbus.config import MbusConfig
 from water_edge.drivers.mbus.driver import MbusDriver
 from water_edge.drivers.mbus.frame import MbusDecodeError
-from water_edge.drivers.mbus.link import LinkStats, MbusMaster, MbusTimeoutError
+from water_edge.drivers.mbus.link import (
+    LinkStats,
+    MbusMaster,
+    MbusTimeoutError,
+    identity_mismatch,
+    secondary_mask,
+)
 from water_edge.drivers.mbus.telegram import Header, Record, Telegram
 from water_edge.sim.component import SimContext
 from water_edge.sim.mbus_bus import MbusBus, MbusComponent
-from water_edge.sim.mbus_meter import STATUS_PERMANENT_ERROR, STATUS_POWER_LOW
+from water_edge.sim.mbus_meter import STATUS_PERMANENT_ERROR, STATUS_POWER_LOW, manufacturer_field
 from water_edge.sim.pumpstation import PumpStation
 
 SAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "samples" / "mbus.toml"
@@ -160,6 +166,88 @@ async def test_secondary_wildcard_scan_finds_every_meter(bus: MbusBus) -> None:
     assert sorted(a[:8] for a in found) == sorted(f"{m.spec.ident:08d}" for m in bus.meters)
     assert all(a.endswith("07") for a in found)  # medium water
     assert primary == [m.spec.address for m in bus.meters]
+
+
+async def test_a_meter_answering_in_place_of_the_selected_one_is_bad_never_stored(bus: MbusBus) -> None:
+    # Meter 2 takes every selection as its own; the configured meter 00000001 is gone from the bus.
+    # Before the identity check its telegram was stored as the missing meter's volume.
+    neighbour = bus.meter(2)
+    neighbour.state.ignores_select = True
+    cfg = config(bus, [
+        {"name": "gone", "secondary": "00000001", "records": [{"quantity": "volume"}]},
+        {"name": "house4", "secondary": f"{bus.meter(4).spec.ident:08d}"},
+    ], retries=0)  # fmt: skip
+    got, driver = await read_once(cfg)
+    for tag in ("gone.status", "gone.volume"):
+        assert (got[tag].quality, got[tag].value) == ("bad", None)
+        assert got[tag].reason == (
+            f"wrong meter: another meter answered: ID {neighbour.spec.ident:08d}, selected 00000001FFFFFFFF"
+        )
+    # Meter 4 selected, meter 2 answering over it: a collision, never meter 2's nor a mix stored.
+    assert got["house4.status"].quality == "bad"
+    assert "checksum" in (got["house4.status"].reason or "")
+    health = driver.health()
+    assert (health.wrong_meter, health.meter_failures, health.meter_reads) == (1, 2, 0)
+    assert any("wrong meter 1" in line for line in health.status_lines())
+
+
+async def test_wildcard_selection_reads_the_one_meter_it_names(bus: MbusBus) -> None:
+    m3 = bus.meter(3)
+    man = manufacturer_field(m3.spec.manufacturer)
+    rest = f"{man & 0xFF:02X}{man >> 8:02X}{m3.spec.version:02X}{m3.spec.medium:02X}"
+    cfg = config(bus, [
+        {"name": "by_make", "secondary": "FFFFFFFF" + rest},
+        {"name": "everyone", "secondary": "FFFFFFFF"},
+    ], retries=0)  # fmt: skip
+    got, driver = await read_once(cfg)
+    totaliser = bus._ctx.state().totaliser_m3
+    assert got["by_make.volume"].quality == "good"
+    assert got["by_make.volume"].value == pytest.approx(m3.volume_litres(totaliser) / 1000, abs=0.01)
+    # Four meters answer at once: garbage on the line, a bad reading, nothing stored.
+    assert got["everyone.status"].quality == "bad"
+    assert driver.health().wrong_meter == 0
+
+
+async def test_an_adapter_echoing_every_request_is_read_with_local_echo(bus: MbusBus) -> None:
+    bus.echo = True
+    meters = [
+        {"name": "house1", "address": 1},
+        {"name": "house3", "secondary": f"{bus.meter(3).spec.ident:08d}"},
+    ]
+    got, driver = await read_once(config(bus, meters, local_echo=True, retries=0))
+    assert got["house1.volume"].quality == "good"
+    assert got["house3.volume.storage5"].quality == "good"  # the second telegram (FCB toggled)
+    assert (driver.health().frame_errors, driver.health().meter_failures) == (0, 0)
+
+
+async def test_without_local_echo_an_echoing_adapter_answers_every_request_with_it(bus: MbusBus) -> None:
+    bus.echo = True
+    got, _ = await read_once(config(bus, [{"name": "house1", "address": 1}], retries=0))
+    assert got["house1.status"].reason == "bad frame: SND_NKE to 1: answer is not the E5 acknowledgement"
+
+
+async def test_local_echo_on_an_adapter_that_does_not_echo_says_so(bus: MbusBus) -> None:
+    got, driver = await read_once(config(bus, [{"name": "house1", "address": 1}], local_echo=True, retries=0))
+    reason = got["house1.status"].reason or ""
+    assert reason.startswith("bad frame: local echo: expected the request back, got ")
+    assert reason.endswith("(does this adapter echo?)")
+    assert driver.health().frame_errors == 1
+
+
+def test_identity_check_compares_what_the_mask_names() -> None:
+    header = Header("12345678", "KAM", 0x1B, 0x07, access_number=1, status=0, signature=0)
+    assert identity_mismatch(secondary_mask("12345678"), header) is None
+    assert identity_mismatch(secondary_mask("1234FFFF2D2C1B07"), header) is None
+    assert identity_mismatch(secondary_mask("12345679"), header) == (
+        "another meter answered: ID 12345678, selected 12345679FFFFFFFF"
+    )
+    assert identity_mismatch(secondary_mask("12345678A511FFFF"), header) == (
+        "another meter answered: manufacturer KAM, selected 12345678A511FFFF"
+    )
+    assert identity_mismatch(secondary_mask("12345678FFFF1C06"), header) == (
+        "another meter answered: version 1B, medium 07, selected 12345678FFFF1C06"
+    )
+    assert "no identification" in (identity_mismatch(secondary_mask("12345678"), None) or "")
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

@@ -77,6 +77,30 @@ async def test_reads_the_documented_map_from_two_units(line: Line) -> None:
     assert got["running"].value is True
 
 
+async def test_an_adapter_echoing_every_request_is_read_with_local_echo(line: Line) -> None:
+    # A 2-wire RS-485 adapter hands each request back before the answer. Without local_echo the
+    # echo of a write (FC 6: the answer repeats the request) was taken for its answer and the real
+    # answer for the next request's: "bad response: answer to function 3, request was function 2".
+    line.sim.echo = True
+    driver = line.driver(local_echo=True)
+    await driver.open()
+    try:
+        first = by_tag(await driver.read())
+        await driver.write(1, "holding", WRITABLE_BASE, [250])
+        await driver.write(1, "coil", 10, [False, True])
+        assert await driver.read_back(1, "holding", WRITABLE_BASE, 1) == [250]
+        after = by_tag(await driver.read())
+    finally:
+        await driver.aclose()
+    for got in (first, after):
+        assert {r.quality for r in got.values()} == {"good"}, got
+        assert got["map_version"].value == 2
+        assert got["flow"].value == pytest.approx(line.station.state.pumps[0].flow_m3h, rel=1e-6)
+    assert driver.health().errors == 0
+    assert line.station.state.setpoints.level_m == 2.5
+    assert not line.station.state.pumps[0].enabled
+
+
 async def test_unmapped_address_is_a_bad_reading_with_the_exception(line: Line) -> None:
     driver = line.driver(tags=[{"name": "hole", "address": 60}])
     await driver.open()

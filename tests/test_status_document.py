@@ -143,6 +143,7 @@ def realistic_document() -> StatusDocument:
                 timeouts=0,
                 checksum_errors=0,
                 frame_errors=0,
+                wrong_meter=0,
                 bus=None,
             ),
             state="down",

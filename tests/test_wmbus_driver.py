@@ -4,6 +4,7 @@ rtl_wmbus TCP stream, encrypted meters with and without their keys, alarms, sile
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from water_edge.core.health import health_json
 from water_edge.core.reading import Reading
 from water_edge.drivers.wmbus.config import WmbusConfig
 from water_edge.drivers.wmbus.driver import WmbusDriver
+from water_edge.drivers.wmbus.duplicates import HOP_COUNTER_BIT, Duplicates
+from water_edge.drivers.wmbus.frame import LinkFrame
 from water_edge.sim.component import SimContext
 from water_edge.sim.pumpstation import PumpStation
 from water_edge.sim.wmbus_air import WmbusComponent
@@ -222,3 +225,64 @@ def test_config_errors_name_what_was_expected(change: dict[str, Any], fragment: 
             "meters": [{"name": "a", "id": "12345678"}]}  # fmt: skip
     with pytest.raises(ValidationError, match=fragment):
         WmbusConfig.model_validate({**base, **change})
+
+
+async def test_a_telegram_heard_again_through_a_repeater_gives_readings_once(
+    air_factory: Callable[..., Any],
+) -> None:
+    # Every telegram is on the air twice: from the meter and, 0.2 model seconds later, from a
+    # repeater (hop counter bit set in the compact meter's extended link layer). rtl_wmbus hears
+    # both link modes. A leak makes each meter's volume grow from one telegram to the next, so a
+    # copy turned into readings shows as a volume that does not grow.
+    leak = {"leak_lph": 36_000.0}
+    air = await air_factory(meters=2, compact_share=0.5, repeater_delay_s=0.2, faults={"0": leak, "1": leak})
+    assert [m["kind"] for m in air.meters] == ["compact", "oms"]
+    cfg = WmbusConfig.model_validate(
+        {"name": "sdr", "kind": "wmbus", "receiver": "rtlwmbus", "host": "127.0.0.1",
+         "tcp_port": air.detail["rtlwmbus"]["port"], "link_modes": ["T1", "C1"],
+         "meters": [air.meter(0), air.meter(1)]}
+    )  # fmt: skip
+    driver = WmbusDriver.from_config(cfg)
+    await driver.open()
+    readings: list[Reading] = []
+    try:
+
+        def volumes(name: str) -> list[float]:
+            return [float(r.value or 0) for r in readings if r.tag == f"{name}.volume"]
+
+        async with asyncio.timeout(10):
+            while min(len(volumes("m0")), len(volumes("m1"))) < 6:
+                readings += await driver.listen_readings(0.5)
+    finally:
+        await driver.aclose()
+    assert air.component.air is not None
+    assert air.component.air.counters["repeated"] >= 12
+    for name in ("m0", "m1"):
+        got = volumes(name)
+        assert all(b > a for a, b in itertools.pairwise(got)), f"{name}: a copy gave readings: {got}"
+    health = driver.health()
+    assert health.duplicates >= 10
+    assert health.wrong_key == 0  # the relayed copies never reached decryption
+    assert any(f"duplicates {health.duplicates}" in line for line in health.status_lines())
+
+
+def _link(payload: bytes, ident: bytes = b"\x78\x56\x34\x12") -> LinkFrame:
+    return LinkFrame(len(payload) + 10, 0x44, 0x2C2D, ident, 0x1B, 0x16, payload, "none")
+
+
+def test_duplicates_within_the_window_only_and_by_content() -> None:
+    ell = bytes.fromhex("8D2042") + bytes(range(12))  # ELL II, CC 20, access number 42
+    relayed = ell[:1] + bytes((ell[1] | HOP_COUNTER_BIT,)) + ell[2:]
+    seen = Duplicates(window_s=30.0)
+    assert not seen.seen(_link(ell), 100.0)
+    assert seen.seen(_link(relayed), 101.0)  # the repeater's copy
+    assert seen.seen(_link(ell), 102.0)  # a second receiver's copy
+    assert not seen.seen(_link(ell, ident=b"\x79\x56\x34\x12"), 102.0)  # another meter
+    assert not seen.seen(_link(ell[:2] + b"\x43" + ell[3:]), 103.0)  # the next access number
+    assert not seen.seen(_link(ell[:-1] + b"\xff"), 104.0)  # same access number, other content
+    assert not seen.seen(_link(ell), 130.5)  # the access number came round again: not a copy
+    assert not Duplicates(window_s=0).seen(_link(ell), 100.0)  # 0: every copy kept
+    bounded = Duplicates(window_s=30.0, capacity=2)
+    for n in range(3):
+        bounded.seen(_link(bytes((0x7A, n, 0, 0, 0))), 1.0)
+    assert not bounded.seen(_link(bytes((0x7A, 0, 0, 0, 0))), 1.0)  # forgotten first, never unbounded

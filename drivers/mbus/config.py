@@ -63,13 +63,16 @@ class MbusConfig(DeviceConfig):
     # Per attempt; default from the standard: 330 bit times + 50 ms (187.5 ms at 2400 Bd).
     timeout_ms: int | None = Field(default=None, ge=10, le=60_000)
     retries: int = Field(default=2, ge=0, le=5)
+    # The master's adapter hands every request back before the answer (a 2-wire converter that
+    # hears itself): the link strips that echo.
+    local_echo: bool = False
     meters: list[MbusMeter] = Field(min_length=1)
 
     def endpoint_text(self) -> str:
         return f"{self.port} {self.baudrate} Bd"
 
     def serial_line(self) -> tuple[str, str]:
-        return self.port, f"M-Bus {self.baudrate} Bd"
+        return self.port, f"M-Bus {self.baudrate} Bd" + (", local echo" if self.local_echo else "")
 
     def point_count(self) -> int:
         return len(self.meters)

@@ -25,7 +25,7 @@ from water_edge.drivers.base import DeviceConfig, TagInfo
 from water_edge.drivers.mbus.config import MbusConfig, MbusMeter, RecordSelector
 from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError
 from water_edge.drivers.mbus.health import MbusHealth
-from water_edge.drivers.mbus.link import LinkStats, MbusMaster, MbusTimeoutError
+from water_edge.drivers.mbus.link import LinkStats, MbusMaster, MbusTimeoutError, MbusWrongMeterError
 from water_edge.drivers.mbus.telegram import Header, Record, Telegram
 
 log = structlog.get_logger(__name__)
@@ -143,7 +143,9 @@ MasterFactory = Callable[[MbusConfig], MbusLink]
 def serial_master(config: MbusConfig) -> MbusMaster:
     """The real master: pyserial on the configured port (opened later, by `open()`)."""
     timeout = None if config.timeout_ms is None else config.timeout_ms / 1000.0
-    return MbusMaster(config.port, config.baudrate, timeout_s=timeout, retries=config.retries)
+    return MbusMaster(
+        config.port, config.baudrate, timeout_s=timeout, retries=config.retries, local_echo=config.local_echo
+    )
 
 
 class MbusDriver:
@@ -180,7 +182,7 @@ class MbusDriver:
     async def open(self) -> None:
         if self._port is not None:
             return
-        settings = ("mbus", self._config.baudrate, "8E1")
+        settings = ("mbus", self._config.baudrate, "8E1", self._config.local_echo)
         try:
             port = serial_bus.attach(self._config.port, settings)
         except serial_bus.PortSettingsConflict as exc:
@@ -227,6 +229,8 @@ class MbusDriver:
                 error: str | None = None
             except MbusTimeoutError:
                 telegrams, error = [], "timeout"
+            except MbusWrongMeterError as exc:
+                telegrams, error = [], f"wrong meter: {exc}"
             except MbusFrameError as exc:
                 telegrams, error = [], f"bad frame: {exc}"
             except MbusDecodeError as exc:
@@ -272,5 +276,6 @@ class MbusDriver:
             timeouts=link.timeouts,
             checksum_errors=link.checksum_errors,
             frame_errors=link.frame_errors,
+            wrong_meter=link.wrong_meter,
             bus=None if self._port is None else self._port.health(),
         )

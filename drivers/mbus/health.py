@@ -21,6 +21,7 @@ class MbusHealth:
     timeouts: int
     checksum_errors: int
     frame_errors: int
+    wrong_meter: int  # secondary reads answered by another meter's telegram (never stored)
     bus: SerialBusHealth | None  # the shared port, None while the device is not open
 
     def status_lines(self) -> list[str]:
@@ -28,6 +29,7 @@ class MbusHealth:
             f"meter reads {self.meter_reads}  failures {self.meter_failures}  decode errors "
             f"{self.decode_errors}  open {'yes' if self.open else 'no'}",
             f"link requests {self.requests}  retries {self.retries}  timeouts {self.timeouts}  "
-            f"checksum errors {self.checksum_errors}  frame errors {self.frame_errors}",
+            f"checksum errors {self.checksum_errors}  frame errors {self.frame_errors}  wrong meter "
+            f"{self.wrong_meter}",
             *(self.bus.status_lines() if self.bus is not None else []),
         ]

@@ -19,9 +19,9 @@ from typing import Any, Final, Literal
 import serial
 import structlog
 
-from water_edge.core.errors import DriverIOError
+from water_edge.core.errors import DeviceError, DriverIOError
 from water_edge.drivers.mbus import frame as fr
-from water_edge.drivers.mbus.telegram import Telegram, decode_frame
+from water_edge.drivers.mbus.telegram import Header, Telegram, decode_frame, manufacturer_value
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +35,11 @@ Probe = Literal["none", "single", "collision"]
 
 class MbusTimeoutError(DriverIOError):
     """No answer from a meter within the standard's response time, after all retries."""
+
+
+class MbusWrongMeterError(DeviceError):
+    """A meter read by secondary address answered with another meter's identification (a meter
+    that ignores selection, a wildcard that selected a neighbour): its data is not the selected meter's."""
 
 
 def answer_timeout_s(baudrate: int) -> float:
@@ -54,6 +59,7 @@ class LinkStats:
     checksum_errors: int = 0
     frame_errors: int = 0
     collisions: int = 0
+    wrong_meter: int = 0  # secondary reads answered by a telegram of another meter
 
 
 def secondary_mask(text: str) -> bytes:
@@ -71,13 +77,50 @@ def secondary_mask(text: str) -> bytes:
     return ident + rest
 
 
+def _manufacturer_field(code: str) -> int | None:
+    try:
+        return manufacturer_value(code)
+    except ValueError:
+        return None
+
+
+def identity_mismatch(mask: bytes, header: Header | None) -> str | None:
+    """Why a telegram is not from the meter `mask` selected, or None when it is as far as the mask
+    says (F digits and FF bytes match anything).
+
+    A telegram without an identification (no long header) cannot show it is the selected meter's
+    and is refused; manufacturer, version and medium are compared where the telegram carries them.
+    """
+    want = secondary_text_of_mask(mask)
+    if header is None or header.id is None:
+        return f"the answer carries no identification to check against {want} (no long header)"
+    got_id = header.id.upper()
+    digits = zip(want[:ID_DIGITS], got_id, strict=False)
+    id_ok = len(got_id) == ID_DIGITS and all(w in ("F", g) for w, g in digits)
+    checks: list[tuple[bool, str]] = [(id_ok, f"ID {header.id}")]
+    if mask[4:6] != b"\xff\xff" and header.manufacturer is not None:
+        man = _manufacturer_field(header.manufacturer)
+        checks.append((man == int.from_bytes(mask[4:6], "little"), f"manufacturer {header.manufacturer}"))
+    if mask[6] != 0xFF and header.version is not None:
+        checks.append((header.version == mask[6], f"version {header.version:02X}"))
+    if mask[7] != 0xFF and header.medium is not None:
+        checks.append((header.medium == mask[7], f"medium {header.medium:02X}"))
+    wrong = [what for ok, what in checks if not ok]
+    if not wrong:
+        return None
+    return f"another meter answered: {', '.join(wrong)}, selected {want}"
+
+
+def secondary_text_of_mask(mask: bytes) -> str:
+    """The 16 hex characters of a selection mask as `secondary_mask` reads them."""
+    return mask[3::-1].hex().upper() + mask[4:].hex().upper()
+
+
 def secondary_text(t: Telegram) -> str:
     """The 16-character secondary address of a telegram's meter (ID + man LE + version + medium)."""
     h = t.header
     if h is None or h.id is None or h.manufacturer is None:
         return ""
-    from water_edge.drivers.mbus.telegram import manufacturer_value
-
     man = manufacturer_value(h.manufacturer) if h.manufacturer.isalpha() else 0
     return f"{h.id}{man & 0xFF:02X}{man >> 8:02X}{h.version or 0:02X}{h.medium or 0:02X}"
 
@@ -92,12 +135,14 @@ class MbusMaster:
         *,
         timeout_s: float | None = None,
         retries: int = 2,
+        local_echo: bool = False,
         serial_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.port = port
         self.baudrate = baudrate
         self.timeout_s = timeout_s if timeout_s is not None else answer_timeout_s(baudrate)
         self.retries = retries
+        self.local_echo = local_echo
         self.stats = LinkStats()
         self._factory = serial_factory or serial.Serial
         self._serial: Any = None
@@ -151,6 +196,8 @@ class MbusMaster:
             port.reset_input_buffer()
             port.write(request)
             port.flush()
+            if self.local_echo:
+                self._skip_echo(port, request)
             if not expect_answer:
                 return None
             # A pty passes the request at once while a real line (and the sim) takes its wire time.
@@ -159,6 +206,17 @@ class MbusMaster:
         except (serial.SerialException, termios.error) as exc:
             # termios.error: tcflush on an adapter that was unplugged (EIO).
             raise DriverIOError(f"M-Bus port {self.port}: {exc}") from exc
+
+    def _skip_echo(self, port: Any, request: bytes) -> None:
+        """Read back the request the adapter echoes; anything else is a broken exchange."""
+        deadline = time.monotonic() + wire_time_s(len(request), self.baudrate) * 1.5 + 0.05
+        echo = self._read(port, len(request), deadline)
+        if echo != request:
+            self._drain(port)
+            got = "nothing" if not echo else echo.hex(" ").upper()
+            raise fr.MbusFrameError(
+                f"local echo: expected the request back, got {got} (does this adapter echo?)"
+            )
 
     def _read_frame(self, port: Any, first_deadline: float) -> bytes | None:
         head = self._read(port, 1, first_deadline)
@@ -250,11 +308,15 @@ class MbusMaster:
         if answer != bytes((fr.ACK,)):
             raise fr.MbusFrameError("selection: answer is not the E5 acknowledgement")
 
-    def read_telegrams(self, address: int, *, max_telegrams: int = 8, reset: bool = True) -> list[Telegram]:
+    def read_telegrams(
+        self, address: int, *, max_telegrams: int = 8, reset: bool = True, identity: bytes | None = None
+    ) -> list[Telegram]:
         """REQ_UD2 until a telegram no longer says "more records follow" (DIF 1F), toggling FCB.
 
         `reset`: send SND_NKE first so the sequence starts at the first telegram (not for a meter
         selected by secondary address: SND_NKE to 0xFD would deselect it; selection resets it).
+        `identity`: the selection mask every telegram's header must match, else
+        `MbusWrongMeterError` (counted) and no further requests.
         """
         if reset:
             self.snd_nke(address)
@@ -263,6 +325,9 @@ class MbusMaster:
         for _ in range(max_telegrams):
             answer = self._retrying(fr.req_ud2(address, fcb), f"REQ_UD2 to {address}")
             telegram = decode_frame(answer)
+            if identity is not None and (why := identity_mismatch(identity, telegram.header)) is not None:
+                self.stats.wrong_meter += 1
+                raise MbusWrongMeterError(why)
             telegrams.append(telegram)
             if not telegram.more_follows:
                 break
@@ -270,8 +335,11 @@ class MbusMaster:
         return telegrams
 
     def read_secondary(self, secondary: str, *, max_telegrams: int = 8) -> list[Telegram]:
-        self.select(secondary_mask(secondary))
-        return self.read_telegrams(fr.NETWORK_LAYER, max_telegrams=max_telegrams, reset=False)
+        """Select the meter and read it; every telegram must carry the selected identification
+        (a meter that ignores selection answers in its place otherwise)."""
+        mask = secondary_mask(secondary)
+        self.select(mask)
+        return self.read_telegrams(fr.NETWORK_LAYER, max_telegrams=max_telegrams, reset=False, identity=mask)
 
     # --- scans --------------------------------------------------------------------------------
     def scan_primary(self, addresses: range = range(fr.MAX_PRIMARY + 1)) -> list[int]:

@@ -238,6 +238,7 @@ def pymodbus_serial_client(config: ModbusRtuConfig) -> SerialModbusClient:
         timeout=config.timeout_ms / 1000,
         retries=config.retries,
         reconnect_delay=0,  # the supervisor owns reconnects
+        handle_local_echo=config.local_echo,
         name=config.port,
     )
     client.set_max_no_responses(_NEVER)

@@ -182,6 +182,9 @@ class ModbusRtuConfig(ModbusDeviceConfig):
     # Silence kept between two frames; default 3.5 character times (fixed 1.75 ms above
     # 19200 baud, as the Modbus serial-line spec says).
     inter_frame_ms: float | None = Field(default=None, ge=0, le=1000)
+    # A 2-wire RS-485 adapter that hears its own transmission hands every request back before the
+    # answer; pymodbus drops that echo (`handle_local_echo`). A property of the port's adapter.
+    local_echo: bool = False
 
     def endpoint_text(self) -> str:
         return f"{self.port} {self.baudrate} {self.bytesize}{self.parity[0].upper()}{self.stopbits}"
@@ -193,7 +196,8 @@ class ModbusRtuConfig(ModbusDeviceConfig):
         return self
 
     def serial_line(self) -> tuple[str, str]:
-        return self.port, f"Modbus RTU {self.endpoint_text().removeprefix(self.port + ' ')}"
+        echo = ", local echo" if self.local_echo else ""
+        return self.port, f"Modbus RTU {self.endpoint_text().removeprefix(self.port + ' ')}{echo}"
 
     @property
     def char_time_s(self) -> float:
@@ -207,8 +211,8 @@ class ModbusRtuConfig(ModbusDeviceConfig):
         return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_time_s
 
     @property
-    def line_settings(self) -> tuple[int, str, int, int]:
-        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
+    def line_settings(self) -> tuple[int, str, int, int, bool]:
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize, self.local_echo)
 
 
 __all__ = [

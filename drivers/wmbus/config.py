@@ -70,6 +70,9 @@ class WmbusConfig(DeviceConfig):
     )
     # Report every meter heard (id, manufacturer, RSSI, encrypted, key known) as readings.
     listen: bool = False
+    # A telegram heard again within this many seconds (through a repeater, or decoded twice) is
+    # dropped; 0 keeps every copy. Keep it well under 256 send intervals (the access number wraps).
+    duplicate_window_s: float = Field(default=30.0, ge=0, le=3600)
     meters: list[WmbusMeter] = Field(default_factory=list)
 
     def endpoint_text(self) -> str:

@@ -7,8 +7,10 @@ telegram gave nothing), `<meter>.rssi` and `<meter>.alarm.<name>` (true/false) f
 its telegrams carry (`alarms.py`). A telegram that cannot be read — encrypted without a key, a key
 that does not decrypt it, a corrupt frame — is counted in `health()` and gives a bad `status`
 reading with the reason, never a crash. A meter silent for `silent_after_s` gets a bad `status`
-("not heard for ..."). Meters heard but not configured are counted and listed; with `listen = true`
-each also gives readings `heard.<ID>.rssi` (and its total volume when it is readable without a key).
+("not heard for ..."). A telegram heard again within `duplicate_window_s` (through a repeater, or
+decoded twice by rtl_wmbus) is counted and dropped (`duplicates.py`). Meters heard but not
+configured are counted and listed; with `listen = true` each also gives readings `heard.<ID>.rssi`
+(and its total volume when it is readable without a key).
 
 Keys are read from the config or their secret references when the driver opens, never logged.
 """
@@ -16,6 +18,7 @@ Keys are read from the config or their secret references when the driver opens, 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ from water_edge.drivers.wmbus import receivers, transport
 from water_edge.drivers.wmbus.alarms import alarm_flags
 from water_edge.drivers.wmbus.compact import FormatStore
 from water_edge.drivers.wmbus.config import WmbusConfig, WmbusMeter
+from water_edge.drivers.wmbus.duplicates import Duplicates
 from water_edge.drivers.wmbus.frame import link_frame
 from water_edge.drivers.wmbus.health import WmbusHealth
 from water_edge.drivers.wmbus.telegram import decode_wireless
@@ -91,8 +95,10 @@ class WmbusDriver:
         self._heard: OrderedDict[str, Heard] = OrderedDict()
         self._started_ns = now_ns()
         self._counts = dict.fromkeys(
-            ("decoded", "undecodable", "no_key", "wrong_key", "unknown_frames", "link_errors"), 0
+            ("decoded", "undecodable", "no_key", "wrong_key", "unknown_frames", "link_errors", "duplicates"),
+            0,
         )
+        self._duplicates = Duplicates(config.duplicate_window_s)
         self._last_frame_ns: int | None = None
 
     @classmethod
@@ -219,6 +225,9 @@ class WmbusDriver:
         except MbusFrameError:
             self._counts["link_errors"] += 1
             return []
+        if self._duplicates.seen(link, time.monotonic()):
+            self._counts["duplicates"] += 1
+            return []
         ident = link.ident.upper()
         heard = self._note_heard(ident, link.manufacturer, link.device_type, received, ts)
         state = self._meters.get(ident)
@@ -343,6 +352,7 @@ class WmbusDriver:
             no_key=self._counts["no_key"],
             wrong_key=self._counts["wrong_key"],
             unknown_frames=self._counts["unknown_frames"],
+            duplicates=self._counts["duplicates"],
             meters_configured=len(self._meters),
             meters_heard=sum(1 for s in self._meters.values() if s.last_ns is not None),
             meters_silent=silent,

@@ -17,6 +17,7 @@ class WmbusHealth:
     no_key: int  # encrypted telegrams of configured meters without a usable key
     wrong_key: int  # telegrams the configured key does not decrypt
     unknown_frames: int  # telegrams of meters not configured
+    duplicates: int  # copies of a telegram already heard (repeater, receiver), dropped
     meters_configured: int
     meters_heard: int  # configured meters heard at least once
     meters_silent: list[str]  # configured meters not heard within their silent_after_s
@@ -27,7 +28,8 @@ class WmbusHealth:
     def status_lines(self) -> list[str]:
         lines = [
             f"{self.receiver} {'open' if self.open else 'closed'}  frames {self.frames}  decoded "
-            f"{self.decoded}  crc errors {self.crc_errors}  undecodable {self.undecodable}",
+            f"{self.decoded}  crc errors {self.crc_errors}  undecodable {self.undecodable}  duplicates "
+            f"{self.duplicates}",
             f"meters heard {self.meters_heard}/{self.meters_configured}  silent {len(self.meters_silent)}"
             f"  no key {self.no_key}  wrong key {self.wrong_key}  not configured {self.unknown_frames}",
         ]

@@ -8,7 +8,9 @@ a request counts as received only once its bytes would have crossed the wire (11
 
 Several meters answering at once collide the way the bus does: a space (0) from any meter wins, so
 the master sees the bytewise AND of the answers (identical E5 acks survive, frames turn to garbage).
-Faults per meter (`inject`): "checksum", "truncate", "silent", "collision".
+With `echo`, every byte the master sends comes straight back to it, as from an adapter that hears
+its own transmission. Faults per meter (`inject`): "checksum", "truncate", "silent", "collision";
+a meter whose `state.ignores_select` is set takes every selection by secondary address as its own.
 """
 
 from __future__ import annotations
@@ -81,11 +83,14 @@ def collide(answers: Sequence[bytes]) -> bytes:
 class MbusBus:
     """The meters and the pty; `start()` opens it, the agent opens `path`."""
 
-    def __init__(self, ctx: SimContext, meters: Sequence[MeterSpec], baudrate: int = 2400) -> None:
+    def __init__(
+        self, ctx: SimContext, meters: Sequence[MeterSpec], baudrate: int = 2400, *, echo: bool = False
+    ) -> None:
         if baudrate not in BAUD_TERMIOS:
             raise ValueError(f"M-Bus baud rate must be one of {sorted(BAUD_TERMIOS)}, got {baudrate}")
         self._ctx = ctx
         self.baudrate = baudrate
+        self.echo = echo
         totaliser = ctx.state().totaliser_m3
         self.meters = [WaterMeter(spec, totaliser) for spec in meters]
         self.path = ""
@@ -154,6 +159,9 @@ class MbusBus:
             chunk = b""
         if not chunk:
             return
+        if self.echo:
+            with contextlib.suppress(OSError):
+                os.write(self._master_fd, chunk)
         now = asyncio.get_running_loop().time()
         if not self._buffer:
             self._first_byte_at = now
@@ -254,7 +262,7 @@ class MbusBus:
             return None
         chosen = []
         for m in self.meters:
-            m.state.selected = m.matches(mask)
+            m.state.selected = m.matches(mask) or m.state.ignores_select
             if m.state.selected:
                 m.state.last_fcb, m.state.telegram_index, m.state.last_answer = 0, 0, None
                 chosen.append(m)
@@ -324,7 +332,8 @@ class MbusBus:
 
 
 class MbusComponent:
-    """`edge-sim run` part: options `meters` (count, default 4) and `baudrate` (default 2400)."""
+    """`edge-sim run` part: options `meters` (count, default 4), `baudrate` (default 2400) and `echo`
+    (default false: true echoes the master's requests back to it)."""
 
     name = "mbus"
 
@@ -341,7 +350,12 @@ class MbusComponent:
             candidate = rng.randrange(10_000_000, 100_000_000)
             if candidate not in ids:
                 ids.append(candidate)
-        self.bus = MbusBus(ctx, default_meters(count, ids), int(ctx.options.get("baudrate", 2400)))
+        self.bus = MbusBus(
+            ctx,
+            default_meters(count, ids),
+            int(ctx.options.get("baudrate", 2400)),
+            echo=bool(ctx.options.get("echo", False)),
+        )
         await self.bus.start()
         log.info("mbus.started", path=self.bus.path, meters=count)
         return [Announcement("mbus", self.bus.describe())]

@@ -77,6 +77,9 @@ class MeterState:
     telegram_index: int = 0
     last_answer: bytes | None = None
     selected: bool = False
+    # A faulty meter that takes every selection as its own: it acknowledges any SND_UD to 0xFD and
+    # answers REQ_UD2 there, in its neighbours' place or over them.
+    ignores_select: bool = False
     faults: dict[str, int] = field(default_factory=dict)
 
 

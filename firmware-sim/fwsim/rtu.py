@@ -12,7 +12,8 @@ silence, garbage (random bytes instead of the answer) and unplug (the pty closes
 under a new /dev/pts name; the `link` symlink follows it).
 
 Options (`[components.modbus_rtu]` in a scenario): baudrate (19200), parity ("N", "E", "O"),
-stopbits (1, 2), wire_time (true).
+stopbits (1, 2), wire_time (true), echo (false: true hands every byte the master sends straight
+back, as a 2-wire RS-485 adapter that hears its own transmission does).
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class RtuComponent:
         self.parity = "N"
         self.stopbits = 1
         self.wire_time = True
+        self.echo = False
         self.stats = {"requests": 0, "answers": 0, "crc_errors": 0, "ignored": 0, "garbage": 0}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -152,6 +154,7 @@ class RtuComponent:
         self.parity = str(opts.pop("parity", "N")).upper()[:1]
         self.stopbits = int(opts.pop("stopbits", 1))
         self.wire_time = bool(opts.pop("wire_time", True))
+        self.echo = bool(opts.pop("echo", False))
         if opts:
             raise OSError(f"modbus_rtu: unknown option(s) {', '.join(sorted(opts))}")
         if self.parity not in ("N", "E", "O") or self.stopbits not in (1, 2) or self.baudrate < 300:
@@ -233,6 +236,9 @@ class RtuComponent:
             return  # EIO while nobody holds the slave: nothing to read
         if not chunk:
             return
+        if self.echo:
+            with contextlib.suppress(OSError):
+                os.write(self._link.master_fd, chunk)
         self._buf += chunk
         if self._gap_handle is not None:
             self._gap_handle.cancel()

@@ -8,7 +8,9 @@ Options (`[components.wmbus]` or defaults): `meters` (20), `interval_s` (120 mod
 `stick` ("im871a" or "amb8465"), `compact_share` (0.3: Kamstrup-style ELL/compact meters on C1, the
 others OMS on T1), `security` ("mixed": mode 5 and 7 alternating; or "mode5", "mode7", "none"),
 `line_faults` (0.0: share of stick frames spoiled on the serial line), `faults` (per meter index:
-{"leak_lph", "backflow_lph", "tamper", "battery_low", "silent", "mute"}).
+{"leak_lph", "backflow_lph", "tamper", "battery_low", "silent", "mute"}), `repeater_delay_s` (0: none;
+else a single-hop repeater in range of every meter sends each telegram again this many model
+seconds later, with the hop counter bit of an extended link layer's CC field set).
 Events (`component = "wmbus"`): `meter` (index), `meter_fault` (leak, backflow, tamper, battery, silent,
 mute, clear), `rate_lph`.
 """
@@ -33,11 +35,20 @@ log = structlog.get_logger(__name__)
 TICK_S: Final = 0.02
 BITRATE: Final = {"T1": 100_000 * 2 / 3, "C1": 100_000.0}  # T1's 3-of-6 code costs a third
 PREAMBLE_S: Final = 0.0006
+ELL_CI: Final = frozenset({0x8C, 0x8D, 0x8E, 0x8F})
+HOP_COUNTER_BIT: Final = 0x10  # ELL CC field H, set by a repeater when it relays (EN 13757-4/-5)
 
 
 def meter_key(seed: int, ident: int) -> bytes:
     """A deterministic per-meter AES key (announced, so a test or demo can configure the agent)."""
     return hashlib.sha256(f"wmbus:{seed}:{ident}".encode()).digest()[:16]
+
+
+def relayed(telegram: bytes) -> bytes:
+    """The telegram as a repeater sends it on (L field first, no CRCs: those are recomputed on air)."""
+    if len(telegram) > 12 and telegram[10] in ELL_CI:  # CI after L C M(2) A(6)
+        return telegram[:11] + bytes((telegram[11] | HOP_COUNTER_BIT,)) + telegram[12:]
+    return telegram
 
 
 def airtime_s(telegram: bytes, link_mode: str) -> float:
@@ -83,10 +94,12 @@ class WmbusAir:
         self.sdr = RtlWmbusFace(ctx.host)
         self._events = sorted(ctx.events, key=lambda e: float(e.get("at", 0)))
         self._queue: list[tuple[float, int]] = []
+        self._repeater_delay_s = float(options.get("repeater_delay_s", 0.0))
+        self._repeats: list[tuple[float, int, bytes]] = []  # (when, meter index, telegram)
         self._last_advance: list[float] = [0.0] * count
         # Frames on the air, delivered when their last bit has been sent: [end, telegram, meter, collided].
         self._on_air: list[list[Any]] = []
-        self.counters = {"sent": 0, "collisions": 0}
+        self.counters = {"sent": 0, "collisions": 0, "repeated": 0}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -134,20 +147,35 @@ class WmbusAir:
         while self._events and float(self._events[0].get("at", 0)) <= now:
             self.apply(self._events.pop(0))
         hour = (self._ctx.state().time_of_day_s / 3600.0) % 24.0
-        while self._queue and self._queue[0][0] <= now:
+        while True:
+            next_send = self._queue[0][0] if self._queue else float("inf")
+            next_repeat = self._repeats[0][0] if self._repeats else float("inf")
+            if min(next_send, next_repeat) > now:
+                break
+            if next_repeat < next_send:
+                at, i, telegram = heapq.heappop(self._repeats)
+                self.counters["repeated"] += 1
+                self._on_air_add(at, relayed(telegram), self.meters[i])
+                continue
             at, i = heapq.heappop(self._queue)
             meter = self.meters[i]
             meter.advance(at - self._last_advance[i], hour)
             self._last_advance[i] = at
             heapq.heappush(self._queue, (at + meter.spec.interval_s * self._rng.uniform(0.9, 1.1), i))
             if not meter.faults.mute:
-                self._transmit(at, meter)
+                self._transmit(at, i)
         self._deliver(now)
 
-    def _transmit(self, at: float, meter: WirelessMeter) -> None:
+    def _transmit(self, at: float, index: int) -> None:
+        meter = self.meters[index]
         wall = dt.datetime.now()
         telegram = meter.telegram((wall.year, wall.month, wall.day, wall.hour, wall.minute))
         self.counters["sent"] += 1
+        if self._repeater_delay_s > 0:
+            heapq.heappush(self._repeats, (at + self._repeater_delay_s, index, telegram))
+        self._on_air_add(at, telegram, meter)
+
+    def _on_air_add(self, at: float, telegram: bytes, meter: WirelessMeter) -> None:
         frame: list[Any] = [at + airtime_s(telegram, meter.link_mode), telegram, meter, False]
         for other in self._on_air:
             if other[0] > at:  # still on the air: both are lost
