@@ -121,19 +121,20 @@ def test_update_apply_refuses_an_untrusted_bundle_and_requests_a_trusted_one(
         tmp_path, extra=f'[update]\nrelease_keys = "{keys}"\nroot = "{tmp_path / "opt"}"\n'
     )
     files = UpdateFiles(tmp_path / "state")
+    where = ["-c", str(config), "--state-dir", str(tmp_path / "state")]  # root: its own, not the config's
     untrusted_dir = tmp_path / "untrusted"
     untrusted_dir.mkdir()
     untrusted = _bundle(untrusted_dir, Ed25519PrivateKey.generate())
-    assert main(["update", "apply", str(untrusted), "-c", str(config)]) != 0
+    assert main(["update", "apply", str(untrusted), *where]) != 0
     assert "refused" in capsys.readouterr().err
     assert not files.request.exists()
 
     good = _bundle(tmp_path, trusted)
-    assert main(["update", "apply", str(good), "-c", str(config)]) == 0
+    assert main(["update", "apply", str(good), *where]) == 0
     assert "version 0.2.0, signed by rel-2026; requested" in capsys.readouterr().out
     assert files.request.exists()  # what edge-agent-update.path starts the updater on
 
-    assert main(["update", "status", "-c", str(config)]) == 0
+    assert main(["update", "status", *where]) == 0
     assert "not installed in" in capsys.readouterr().out  # no A/B layout in this temp dir
 
 
@@ -154,14 +155,15 @@ def test_a_technician_rolls_back_by_hand_and_forward_again(
     (root / "previous").symlink_to("releases/0.1.0-aaaa")
     config = write_agent_config(tmp_path, extra=f'[update]\nroot = "{root}"\n')
     restarts = tmp_path / "restarts"
-    args = ["-c", str(config), "--now", "--restart-command", f"sh -c 'echo x >> {restarts}'"]
+    where = ["-c", str(config), "--state-dir", str(tmp_path / "state")]
+    args = [*where, "--now", "--restart-command", f"sh -c 'echo x >> {restarts}'"]
 
     assert main(["update", "rollback", *args]) == 0
     assert (root / "current").resolve().name == "0.1.0-aaaa"
     assert (root / "previous").resolve().name == "0.2.0-bbbb"  # the way forward again
     assert restarts.read_text().count("x") == 1
     assert "rolled back" in capsys.readouterr().out
-    assert main(["update", "status", "-c", str(config)]) == 0
+    assert main(["update", "status", *where]) == 0
     out = capsys.readouterr().out
     assert "current  0.1.0-aaaa" in out
     assert "previous 0.2.0-bbbb" in out
@@ -189,6 +191,7 @@ def test_a_second_update_while_the_first_still_waits_for_the_updater_is_refused_
         tmp_path, extra=f'[update]\nrelease_keys = "{keys}"\nroot = "{tmp_path / "opt"}"\n'
     )
     files = UpdateFiles(tmp_path / "state")
+    where = ["-c", str(config), "--state-dir", str(tmp_path / "state")]  # root: its own, not the config's
     receiver = UpdateReceiver(UpdateSection(release_keys=keys), files)
     operator = Ed25519PrivateKey.generate()
     bundles = []
@@ -218,11 +221,11 @@ def test_a_second_update_while_the_first_still_waits_for_the_updater_is_refused_
     assert read_json(files.request)["sha256"] == first_sha  # type: ignore[index]
 
     # On site, the same: the technician is told what waits, nothing is swapped.
-    assert main(["update", "apply", str(second), "-c", str(config)]) != 0
+    assert main(["update", "apply", str(second), *where]) != 0
     assert "is waiting for the updater" in capsys.readouterr().err
     assert read_json(files.request)["sha256"] == first_sha  # type: ignore[index]
     files.take_request()  # the updater took it: the next one is welcome
-    assert main(["update", "apply", str(second), "-c", str(config)]) == 0
+    assert main(["update", "apply", str(second), *where]) == 0
     assert read_json(files.request)["sha256"] == second_sha  # type: ignore[index]
 
 

@@ -158,7 +158,11 @@ def update_then_roll_back(tmp: Path, mosquitto: Mosquitto) -> UpdateRun:
         return found
 
     manager = ServiceManager(
-        root, config, state_dir, ["--root", str(root), "--keys", str(keys)], tmp / "service.log"
+        root,
+        config,
+        state_dir,
+        ["--root", str(root), "--keys", str(keys), "--state-dir", str(state_dir)],
+        tmp / "service.log",
     )
     with (
         Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/#") as sub,
