@@ -7,7 +7,8 @@ socket (mode 0660) in the state directory, so only local users in the agent's gr
 What a local client can cost the agent is bounded: at most `max_clients` connections are open at
 once and at most `max_tails` of them tail (one more is told `busy` and closed at once, so clients
 that never leave cannot exhaust the agent's file descriptors, and a technician's `status` still
-gets through while tails are held); a connection that sends no request within 5 s is closed; a
+gets through while tails are held); a connection that sends no request within 5 s is closed, and
+so is one that does not take an answer (a snapshot, a tail line) within `WRITE_TIMEOUT_S`; a
 request line longer than `MAX_REQUEST_BYTES` is answered with an error without being buffered;
 every turned-away request is counted, never a traceback.
 """
@@ -37,6 +38,8 @@ MAX_REQUEST_BYTES = 4096
 MAX_CLIENTS = 64
 MAX_TAILS = 8
 REQUEST_TIMEOUT_S = 5.0
+# A reader on a loaded Pi takes a snapshot within a second; one that stops reading is let go.
+WRITE_TIMEOUT_S = 10.0
 _BUSY = b'{"error": "busy: too many clients of the status socket; try again"}\n'
 _UNKNOWN = b'{"error": "unknown request; expected {\\"cmd\\": \\"status\\"|\\"tail\\"}"}\n'
 _TOO_LONG = b'{"error": "request line too long"}\n'
@@ -66,6 +69,7 @@ class StatusServer:
         *,
         max_clients: int = MAX_CLIENTS,
         max_tails: int = MAX_TAILS,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
         self.path = path
         self._snapshot = snapshot
@@ -74,10 +78,12 @@ class StatusServer:
         self._server: asyncio.AbstractServer | None = None
         self.max_clients = max_clients
         self.max_tails = max_tails
+        self.write_timeout_s = write_timeout_s
         self.clients = 0
         self.tails = 0
         self.bad_requests = 0
         self.busy_refusals = 0
+        self.write_timeouts = 0
         self._handlers: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -112,6 +118,11 @@ class StatusServer:
             self._handlers.add(task)
         try:
             await self._serve(reader, writer)
+        except _StalledError:
+            self.write_timeouts += 1
+            self.bad_requests += 1  # turned away, like a malformed request
+            # close() would keep the connection until the buffered answer is read, i.e. for good.
+            writer.transport.abort()
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
@@ -131,8 +142,7 @@ class StatusServer:
         except (ValueError, asyncio.LimitOverrunError):
             # Over the stream's limit: refused without buffering the rest of the line.
             self.bad_requests += 1
-            writer.write(_TOO_LONG)
-            await writer.drain()
+            await self._send(writer, _TOO_LONG)
             return
         try:
             request = orjson.loads(line)
@@ -140,13 +150,11 @@ class StatusServer:
         except orjson.JSONDecodeError:
             cmd = None
         if cmd == "status":
-            writer.write(orjson.dumps(self._snapshot()) + b"\n")
-            await writer.drain()
+            await self._send(writer, orjson.dumps(self._snapshot()) + b"\n")
         elif cmd == "tail" and self.tails >= self.max_tails:
             self.busy_refusals += 1
             self.bad_requests += 1
-            writer.write(_BUSY)
-            await writer.drain()
+            await self._send(writer, _BUSY)
         elif cmd == "tail":
             self.tails += 1
             try:
@@ -155,8 +163,16 @@ class StatusServer:
                 self.tails -= 1
         else:
             self.bad_requests += 1
-            writer.write(_UNKNOWN)
-            await writer.drain()
+            await self._send(writer, _UNKNOWN)
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Write `data`; _StalledError if the client has not taken it within the write timeout."""
+        writer.write(data)
+        try:
+            async with asyncio.timeout(self.write_timeout_s):
+                await writer.drain()
+        except TimeoutError:
+            raise _StalledError from None
 
     @staticmethod
     async def _close(writer: asyncio.StreamWriter) -> None:
@@ -169,10 +185,13 @@ class StatusServer:
         try:
             while True:
                 reading = await queue.get()
-                writer.write(orjson.dumps(reading_json(reading)) + b"\n")
-                await writer.drain()
+                await self._send(writer, orjson.dumps(reading_json(reading)) + b"\n")
         finally:
             self._untap(queue)
+
+
+class _StalledError(Exception):
+    """The client did not take an answer within the write timeout."""
 
 
 def _remove_socket(path: Path, *, refuse_other: bool) -> None:

@@ -3,6 +3,8 @@ over MQTT with the reference service; the enrolled identity then works with the 
 
 from __future__ import annotations
 
+import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -311,3 +313,41 @@ def test_a_refusal_of_another_claimers_unreadable_request_is_not_taken_as_ours(t
     exchange.on_message(None, None, reply({"status": "refused", "serial": "SER-1", "reason": "ours"}))  # type: ignore[arg-type]
     assert exchange.done.is_set()
     assert exchange.reply["reason"] == "ours"
+
+
+AGENT_UID = 65534  # `nobody`, standing for edge-agent
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="what root may do")
+def test_provisioning_as_root_refuses_the_agents_identity_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sudo edge-agent provision csr` made a root-owned key in the agent's state directory, which
+    the agent then could not read; and root followed whatever the agent had placed there."""
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, AGENT_UID, AGENT_UID)
+    ident = state / "identity"
+    csr = ["provision", "csr", "--identity-dir", str(ident), "--cn", GATEWAY, "--serial", "10000000abcdef01"]
+    assert main(csr) == 2
+    err = capsys.readouterr().err
+    assert f"run it as that user: sudo -u {pwd.getpwuid(AGENT_UID).pw_name} edge-agent provision csr" in err
+    assert not ident.exists()
+    assert main(["provision", "install", "--identity-dir", str(ident), "cert.pem", "ca.pem"]) == 2
+    assert "sudo -u" in capsys.readouterr().err
+    # An identity directory root made there before is refused too: the agent can swap it for a link.
+    ident.mkdir(mode=0o700)
+    assert main(csr) == 2
+    assert not (ident / "pending").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="what root may do")
+def test_provisioning_as_root_never_follows_a_link_at_the_identity_directory(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "etc-edge-agent"  # a directory root's link would have it chmod and fill
+    elsewhere.mkdir(mode=0o755)
+    ident = tmp_path / "identity"
+    ident.symlink_to(elsewhere)
+    argv = ["provision", "csr", "--identity-dir", str(ident), "--cn", GATEWAY, "--serial", "10000000abcdef01"]
+    assert main(argv) == 2
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755
+    assert not list(elsewhere.iterdir())

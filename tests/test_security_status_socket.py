@@ -15,7 +15,15 @@ import pytest
 
 from tests.support.agent_proc import running_agent, write_config
 from tests.support.broker import Mosquitto
-from water_edge.agent.status import MAX_CLIENTS, MAX_TAILS, StatusRefusedError, StatusServer, tail_lines
+from tests.support.testing import eventually
+from water_edge.agent.status import (
+    MAX_CLIENTS,
+    MAX_TAILS,
+    StatusRefusedError,
+    StatusServer,
+    request_status,
+    tail_lines,
+)
 from water_edge.core.errors import AgentError
 
 ATTACK_CONNECTIONS = 1100
@@ -139,3 +147,38 @@ async def test_a_socket_path_naming_another_file_never_removes_it(tmp_path: Path
     await server.start()
     await server.close()
     assert not stale.exists()
+
+
+def _read_to_eof(sock: socket.socket) -> None:
+    while sock.recv(1 << 20):
+        pass
+
+
+async def test_a_client_that_never_reads_its_answer_gives_its_connection_back() -> None:
+    """A snapshot larger than the socket's buffers to a client that asks and never reads: the
+    answer used to wait for it for good, one of the 64 connections held for each such client."""
+    path = Path(tempfile.mkdtemp(prefix="st-")) / "status.sock"
+    snapshot = {"drivers": ["x" * 1000] * 8000}  # 8 MB of JSON, far beyond a unix socket's buffers
+    server = StatusServer(
+        path, lambda: snapshot, asyncio.Queue, lambda q: None, max_clients=2, write_timeout_s=0.3
+    )
+    await server.start()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(str(path))
+        client.sendall(b'{"cmd": "status"}\n')  # ... and never a recv()
+        await eventually(lambda: server.clients == 1, 5, what="the request taken")
+        await eventually(lambda: server.clients == 0, 5, what="the stalled answer given up")
+        assert server.write_timeouts == 1
+        assert server.bad_requests == 1  # `rejected.status_requests` in the agent's status
+        # The connection was closed, not left half-written: the client reads what was sent, then EOF
+        # (in a thread: the server closes the socket on this event loop).
+        client.settimeout(5)
+        await asyncio.to_thread(_read_to_eof, client)
+        # A client that reads still gets the whole snapshot.
+        reply = await asyncio.to_thread(request_status, path)
+        assert reply == snapshot
+    finally:
+        client.close()
+        await server.close()

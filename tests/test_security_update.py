@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.testing import write_agent_config
+from water_edge.agent.cli import main
+from water_edge.agent.commands import update as update_command
 from water_edge.agent.remote.audit import read_audit
 from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.update.layout import Layout
@@ -144,3 +147,53 @@ def test_update_apply_never_copies_the_bundle_through_a_link_in_the_spool(tmp_pa
     assert victim.read_text() == "root:$6$...:19000:0:99999:7:::\n"
     assert not staged.is_symlink()
     assert staged.read_bytes() == b"release bundle bytes"
+
+
+def _decoy(tmp: Path) -> tuple[Path, Path]:
+    """A config whose `gateway.state_dir` the agent chose (config_update, or written as the agent),
+    with a request of its own waiting there."""
+    (tmp / "agent-wrote").mkdir()
+    config = write_agent_config(tmp / "agent-wrote", extra=f'[update]\nroot = "{tmp / "opt"}"\n')
+    decoy = tmp / "agent-wrote" / "state"
+    UpdateFiles(decoy).write_request({"action": "rollback", "requested_by": "the decoy"})
+    return config, decoy
+
+
+def _untouched(decoy: Path) -> None:
+    assert (decoy / "update" / "request.json").exists(), "root took the decoy's request"
+    assert not (decoy / "update" / "state.json").exists()
+    assert not (decoy / "audit.log").exists()
+
+
+def test_the_root_updater_works_in_the_state_directory_of_its_command_line(tmp_path: Path) -> None:
+    """`update run` took the state directory, and with it the request it acts on, the files it writes
+    as root and the socket that judges a release, from the config the agent may rewrite."""
+    config, decoy = _decoy(tmp_path)
+    state = _state_dir(tmp_path)
+    UpdateFiles(state).write_request({"action": "rollback", "requested_by": "the technician"})
+    argv = ["update", "run", "-c", str(config), "--root", str(tmp_path / "opt"), "--restart-command", "true"]
+    argv += ["--state-dir", str(state)]
+    assert main(argv) != 0  # no previous release to roll back to, in an empty install root
+    _untouched(decoy)
+    outcome = UpdateFiles(state).read_state()
+    assert (outcome.requested_by, outcome.phase) == ("the technician", "failed")
+    assert not UpdateFiles(state).request.exists()
+    (entry,) = read_audit(state / "audit.log")
+    assert (entry["action"], entry["outcome"]) == ("update", "failed")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the default that differs is root's")
+def test_without_the_flag_root_uses_the_services_state_directory_not_the_configs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A unit file of an older install passes no --state-dir: root then works in the directory
+    edge-agent.service has and edge-agent-update.path watches, and says so."""
+    config, decoy = _decoy(tmp_path)
+    service = _state_dir(tmp_path)
+    monkeypatch.setattr(update_command, "SERVICE_STATE_DIR", service)
+    UpdateFiles(service).write_request({"action": "rollback", "requested_by": "the service's"})
+    argv = ["update", "run", "-c", str(config), "--root", str(tmp_path / "opt"), "--restart-command", "true"]
+    assert main(argv) != 0
+    _untouched(decoy)
+    assert UpdateFiles(service).read_state().requested_by == "the service's"
+    assert f"as root the state directory is {service}, not the config's {decoy}" in capsys.readouterr().err

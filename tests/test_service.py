@@ -69,9 +69,13 @@ def test_the_updater_units_take_their_trust_from_root_owned_places() -> None:
     # The keys and the install root on the command line, never from the agent-writable config.
     assert "--keys /etc/edge-agent/release-keys" in command
     assert "--root /opt/edge-agent" in command
+    # The state directory too: root must not read its request or write its state where the config
+    # (which the agent may rewrite) says. It is the one the path unit watches and the agent's unit has.
+    assert "--state-dir /var/lib/edge-agent" in command
     assert command.startswith("/opt/edge-agent/current/bin/edge-agent update run")
     path = _settings(deploy / "edge-agent-update.path")
     assert path["PathExists"] == ["/var/lib/edge-agent/update/request.json"]
+    assert _settings(UNIT)["StateDirectory"] == ["edge-agent"]
     assert path["Unit"] == ["edge-agent-update.service"]
     # The agent itself runs whatever release `current` points at.
     assert _settings(UNIT)["ExecStart"][0].startswith("/opt/edge-agent/current/bin/edge-agent run")

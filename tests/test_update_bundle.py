@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
+import http.server
 import io
+import ssl
 import tarfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.support.testing import write_agent_config
 from water_edge.agent.cli import main
 from water_edge.agent.remote.audit import read_audit
-from water_edge.agent.remote.result import CommandFailedError, CommandResult
+from water_edge.agent.remote.result import CommandFailedError, CommandRefusedError, CommandResult
 from water_edge.agent.update.bundle import (
     BundleError,
     build_bundle,
@@ -33,6 +38,7 @@ from water_edge.agent.update.receive import UpdateReceiver
 from water_edge.agent.update.state import UpdateFiles, read_json
 from water_edge.core import envelope
 from water_edge.core.digests import sha256_file
+from water_edge.provisioning.ca import CertificateAuthority
 
 
 def _wheels(folder: Path) -> list[Path]:
@@ -121,19 +127,20 @@ def test_update_apply_refuses_an_untrusted_bundle_and_requests_a_trusted_one(
         tmp_path, extra=f'[update]\nrelease_keys = "{keys}"\nroot = "{tmp_path / "opt"}"\n'
     )
     files = UpdateFiles(tmp_path / "state")
+    where = ["-c", str(config), "--state-dir", str(tmp_path / "state")]  # root: its own, not the config's
     untrusted_dir = tmp_path / "untrusted"
     untrusted_dir.mkdir()
     untrusted = _bundle(untrusted_dir, Ed25519PrivateKey.generate())
-    assert main(["update", "apply", str(untrusted), "-c", str(config)]) != 0
+    assert main(["update", "apply", str(untrusted), *where]) != 0
     assert "refused" in capsys.readouterr().err
     assert not files.request.exists()
 
     good = _bundle(tmp_path, trusted)
-    assert main(["update", "apply", str(good), "-c", str(config)]) == 0
+    assert main(["update", "apply", str(good), *where]) == 0
     assert "version 0.2.0, signed by rel-2026; requested" in capsys.readouterr().out
     assert files.request.exists()  # what edge-agent-update.path starts the updater on
 
-    assert main(["update", "status", "-c", str(config)]) == 0
+    assert main(["update", "status", *where]) == 0
     assert "not installed in" in capsys.readouterr().out  # no A/B layout in this temp dir
 
 
@@ -154,14 +161,15 @@ def test_a_technician_rolls_back_by_hand_and_forward_again(
     (root / "previous").symlink_to("releases/0.1.0-aaaa")
     config = write_agent_config(tmp_path, extra=f'[update]\nroot = "{root}"\n')
     restarts = tmp_path / "restarts"
-    args = ["-c", str(config), "--now", "--restart-command", f"sh -c 'echo x >> {restarts}'"]
+    where = ["-c", str(config), "--state-dir", str(tmp_path / "state")]
+    args = [*where, "--now", "--restart-command", f"sh -c 'echo x >> {restarts}'"]
 
     assert main(["update", "rollback", *args]) == 0
     assert (root / "current").resolve().name == "0.1.0-aaaa"
     assert (root / "previous").resolve().name == "0.2.0-bbbb"  # the way forward again
     assert restarts.read_text().count("x") == 1
     assert "rolled back" in capsys.readouterr().out
-    assert main(["update", "status", "-c", str(config)]) == 0
+    assert main(["update", "status", *where]) == 0
     out = capsys.readouterr().out
     assert "current  0.1.0-aaaa" in out
     assert "previous 0.2.0-bbbb" in out
@@ -189,6 +197,7 @@ def test_a_second_update_while_the_first_still_waits_for_the_updater_is_refused_
         tmp_path, extra=f'[update]\nrelease_keys = "{keys}"\nroot = "{tmp_path / "opt"}"\n'
     )
     files = UpdateFiles(tmp_path / "state")
+    where = ["-c", str(config), "--state-dir", str(tmp_path / "state")]  # root: its own, not the config's
     receiver = UpdateReceiver(UpdateSection(release_keys=keys), files)
     operator = Ed25519PrivateKey.generate()
     bundles = []
@@ -218,11 +227,11 @@ def test_a_second_update_while_the_first_still_waits_for_the_updater_is_refused_
     assert read_json(files.request)["sha256"] == first_sha  # type: ignore[index]
 
     # On site, the same: the technician is told what waits, nothing is swapped.
-    assert main(["update", "apply", str(second), "-c", str(config)]) != 0
+    assert main(["update", "apply", str(second), *where]) != 0
     assert "is waiting for the updater" in capsys.readouterr().err
     assert read_json(files.request)["sha256"] == first_sha  # type: ignore[index]
     files.take_request()  # the updater took it: the next one is welcome
-    assert main(["update", "apply", str(second), "-c", str(config)]) == 0
+    assert main(["update", "apply", str(second), *where]) == 0
     assert read_json(files.request)["sha256"] == second_sha  # type: ignore[index]
 
 
@@ -251,3 +260,104 @@ def test_abandoned_transfers_never_hold_more_than_one_bundle_of_the_state_disk(t
         assert held <= limit, f"{held} bytes of parts held after part {index} of the new transfer"
     assert sorted(p.name for p in files.chunks.iterdir()) == [current]
     assert len(list((files.chunks / current).glob("*.part"))) == 3
+
+
+# ---------------------------------------------------------------- update by URL: where the gateway fetches
+
+
+@contextlib.contextmanager
+def _web(
+    body: bytes = b"", redirect: str | None = None, tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[str, list[str]]]:
+    """A web server on a free port of 127.0.0.1 answering GET with `body` or a redirect; yields its
+    base URL and the paths it was asked for."""
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(302 if redirect else 200)
+            if redirect:
+                self.send_header("Location", redirect)
+            self.send_header("Content-Length", str(0 if redirect else len(body)))
+            self.end_headers()
+            if not redirect:
+                self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _update_by_url(receiver: UpdateReceiver, url: str, sha: str) -> CommandResult:
+    signed = envelope.sign(Ed25519PrivateKey.generate(), "ops", "update", "s/g", {"url": url, "sha256": sha})
+    return asyncio.run(receiver.update(envelope.parse(signed)))
+
+
+def test_an_update_url_is_fetched_over_https_only_unless_http_is_allowed(tmp_path: Path) -> None:
+    """A key allowed `update` made the gateway GET any http:// URL of the plant network (a PLC's
+    web page, a historian's API) and follow any redirect; the bundle's signature protects the
+    gateway, not what the request does on the way."""
+    trusted = Ed25519PrivateKey.generate()
+    keys = _keys(tmp_path, ("rel-2026", trusted))
+    bundle = _bundle(tmp_path, trusted)
+    sha = sha256_file(bundle)
+    files = UpdateFiles(tmp_path / "state")
+    by_default = UpdateReceiver(UpdateSection(release_keys=keys), files)
+    with _web(bundle.read_bytes()) as (plain, asked):
+        with pytest.raises(CommandRefusedError, match=r"only https:// URLs are fetched") as refused:
+            _update_by_url(by_default, f"{plain}/agent.tar", sha)
+        assert refused.value.code == "bad_url"
+        assert asked == [], "the gateway sent the request anyway"
+
+        # https that redirects to http is held to the same rule.
+        ca = CertificateAuthority.init(tmp_path / "ca", "release server CA")
+        cert = tmp_path / "web.pem"
+        cert.write_bytes(ca.issue_server("web", ["127.0.0.1"], tmp_path / "web.key"))
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cert, tmp_path / "web.key")
+        trusting = UpdateReceiver(UpdateSection(release_keys=keys, ca_file=tmp_path / "ca" / "ca.pem"), files)
+        with _web(redirect=f"{plain}/agent.tar", tls=tls) as (secure, redirected):
+            with pytest.raises(CommandRefusedError, match=r"only https:// URLs"):
+                _update_by_url(trusting, f"{secure}/agent.tar", sha)
+            assert redirected == ["/agent.tar"]
+        assert asked == []
+        with _web(bundle.read_bytes(), tls=tls) as (secure, _):
+            assert _update_by_url(trusting, f"{secure}/agent.tar", sha).detail["staged"] == sha
+        files.take_request()
+
+        allowing = UpdateReceiver(UpdateSection(release_keys=keys, allow_http=True), files)
+        assert _update_by_url(allowing, f"{plain}/agent.tar", sha).detail["staged"] == sha
+        assert asked == ["/agent.tar"]
+
+
+def test_download_hosts_hold_the_url_and_every_redirect(tmp_path: Path) -> None:
+    trusted = Ed25519PrivateKey.generate()
+    keys = _keys(tmp_path, ("rel-2026", trusted))
+    bundle = _bundle(tmp_path, trusted)
+    sha = sha256_file(bundle)
+    section = UpdateSection(release_keys=keys, allow_http=True, download_hosts=("LOCALHOST",))
+    receiver = UpdateReceiver(section, UpdateFiles(tmp_path / "state"))
+    with _web(bundle.read_bytes()) as (other, asked):
+        port = other.rsplit(":", 1)[1]
+        with pytest.raises(CommandRefusedError, match=r"127.0.0.1 is not in \[update\] download_hosts"):
+            _update_by_url(receiver, f"{other}/agent.tar", sha)
+        with _web(redirect=f"{other}/agent.tar") as (redirecting, _):
+            listed = redirecting.replace("127.0.0.1", "localhost")
+            with pytest.raises(CommandRefusedError, match=r"not in \[update\] download_hosts"):
+                _update_by_url(receiver, f"{listed}/agent.tar", sha)
+        assert asked == [], "the gateway fetched from a host it does not list"
+        assert _update_by_url(receiver, f"http://localhost:{port}/agent.tar", sha).detail["staged"] == sha
+    for wrong in ("https://releases.example", "releases.example:443", "releases.example/bundles"):
+        with pytest.raises(ValueError, match="not a host name or address"):
+            UpdateSection(download_hosts=(wrong,))
+    assert UpdateSection(download_hosts=("[fd00::1]",)).download_hosts == ("fd00::1",)

@@ -3,11 +3,18 @@ enrol with a claim certificate over MQTT, and show what is installed.
 
 Identity, gateway id and site come from the config (`[gateway]`, `[security.identity]`); each can be
 given on the command line instead, so a gateway can be provisioned before its config exists.
+
+`csr`, `install` and `enrol` write the identity as the user who runs them; as root they refuse an
+identity directory that is not root's own (the agent's, under its state directory): the key root
+makes there is one the agent cannot read, and root would follow any link the agent placed there.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import pwd
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,6 +92,42 @@ class _UsageError(Exception):
     pass
 
 
+def _refuse_root_in_anothers_directory(directory: Path, command: str) -> None:
+    """_UsageError if root would write `directory` while someone else can change it or what is in
+    it: the directory (or one above it) is another user's or writable by others, or it is a link."""
+    if os.geteuid() != 0:
+        return
+    directory = Path(os.path.abspath(directory))
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        info = None
+    if info is not None and stat.S_ISLNK(info.st_mode):
+        raise _UsageError(f"{directory} is a link; not following it as root: give the directory it names")
+    # Every existing directory from the identity directory up: root's, and writable by no one else
+    # but under a sticky bit (/tmp), so nobody can swap a name on the way for a link.
+    chain = [directory] if info is not None else []
+    chain += [p for p in [directory.parent.resolve(), *directory.parent.resolve().parents] if p.exists()]
+    for path in chain:
+        st = os.stat(path)
+        if st.st_uid == 0 and not (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+            continue
+        if st.st_uid == 0:
+            raise _UsageError(f"not as root: {path} is writable by others, who could plant a link in it")
+        owner = _user_name(st.st_uid)
+        raise _UsageError(
+            f"not as root: {path} is {owner}'s, and a key root makes in {directory} is one {owner} "
+            f"cannot read; run it as that user: sudo -u {owner} edge-agent provision {command} ..."
+        )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"#{uid}"  # sudo -u takes a uid this way
+
+
 def _guarded(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         from water_edge.core.errors import AgentError, ConfigError
@@ -114,6 +157,7 @@ def _csr(args: argparse.Namespace, r: _Resolved) -> int:
 
     if r.cn is None:
         raise _UsageError("give --cn (the gateway id) or a config")
+    _refuse_root_in_anothers_directory(r.directory, "csr")
     pem = DeviceIdentity(r.directory).make_csr(r.serial(), r.cn, r.site)
     if args.out:
         atomic_write(args.out, pem)
@@ -127,6 +171,7 @@ def _csr(args: argparse.Namespace, r: _Resolved) -> int:
 def _install(args: argparse.Namespace, r: _Resolved) -> int:
     from water_edge.provisioning.identity import DeviceIdentity
 
+    _refuse_root_in_anothers_directory(r.directory, "install")
     identity = DeviceIdentity(r.directory)
     target = identity.install(args.cert.read_bytes(), args.ca.read_bytes())
     sys.stdout.write(
@@ -147,6 +192,7 @@ def _enrol(args: argparse.Namespace, r: _Resolved) -> int:
         raise _UsageError("no [security.identity.claim] section in the config")
     if r.cn is None:
         raise _UsageError("give --cn (the gateway id) or a config")
+    _refuse_root_in_anothers_directory(r.directory, "enrol")
     identity = DeviceIdentity(r.directory)
     if args.renew:
         claim = renewal_section(identity, claim)

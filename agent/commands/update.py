@@ -8,6 +8,10 @@
 `apply` and `rollback` write a request that edge-agent-update.service (started by its path unit)
 carries out; `--now` carries it out in this process instead (no systemd, or to watch it happen).
 Run them as root: the install root and the restart are root's. See docs/updates.md.
+
+As root, the state directory (update files, audit log, status socket) comes from `--state-dir`, or
+is the service's `/var/lib/edge-agent`, never the config's `gateway.state_dir`: the agent may
+rewrite its config (`config_update`), and root must not work in a directory the agent picked.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from typing import Any
 from water_edge.agent.commands._exits import DEFAULT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from water_edge.core.cli_numbers import number
 
+# edge-agent.service's StateDirectory=, the directory edge-agent-update.path watches.
+SERVICE_STATE_DIR = Path("/var/lib/edge-agent")
+
 
 def register(subparsers: Any) -> None:
     update = subparsers.add_parser("update", help="self-update: releases, apply a bundle, roll back")
@@ -30,6 +37,12 @@ def register(subparsers: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})"
+        )
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            help=f"the agent's state directory (default as root: {SERVICE_STATE_DIR}; "
+            "otherwise gateway.state_dir)",
         )
 
     def updater_options(p: argparse.ArgumentParser) -> None:
@@ -75,37 +88,56 @@ def _config(args: argparse.Namespace) -> Any:
     return load_config(args.config)
 
 
-def _files(config: Any) -> Any:
+def _state_dir(args: argparse.Namespace, config: Any) -> Path:
+    """The state directory to work in: root takes it from its own command line or its own default,
+    never from the config the agent may rewrite (it chose where root reads the request, writes its
+    state and audit line, and which socket judges a release). Anyone else may follow the config."""
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    configured = Path(config.gateway.state_dir)
+    if os.geteuid() != 0:
+        return configured
+    if configured != SERVICE_STATE_DIR:
+        sys.stderr.write(
+            f"edge-agent update: as root the state directory is {SERVICE_STATE_DIR}, not the config's "
+            f"{configured}; give --state-dir for another\n"
+        )
+    return SERVICE_STATE_DIR
+
+
+def _files(state_dir: Path) -> Any:
     from water_edge.agent.update.state import UpdateFiles
 
-    return UpdateFiles(config.gateway.state_dir)
+    return UpdateFiles(state_dir)
 
 
-def _updater(args: argparse.Namespace, config: Any) -> Any:
+def _updater(args: argparse.Namespace, config: Any, state_dir: Path) -> Any:
     from water_edge.agent.update.layout import Layout
     from water_edge.agent.update.service import CommandService
     from water_edge.agent.update.updater import Updater
 
     return Updater(
         layout=Layout(args.root or config.update.root),
-        files=_files(config),
+        files=_files(state_dir),
         keys_file=args.keys or config.update.release_keys,
         config_path=Path(args.config),
-        status_socket=config.status_socket,
+        # The config names the socket and the log inside the state directory (an absolute socket,
+        # e.g. /run/edge-agent/status.sock, is documented; root only asks it for a status).
+        status_socket=state_dir / config.status.socket,
         service=CommandService.parse(args.restart_command),
-        audit_path=config.gateway.state_dir / config.security.audit_log,
+        audit_path=state_dir / config.security.audit_log,
         python=args.python,
         health_window_s=args.health_window or config.update.health_window_s,
         max_bundle_bytes=config.update.max_bundle_bytes,
     )
 
 
-def _run_locked(args: argparse.Namespace, config: Any) -> int:
+def _run_locked(args: argparse.Namespace, config: Any, state_dir: Path) -> int:
     from water_edge.agent.update.layout import Layout, locked
 
     try:
         with locked(Layout(args.root or config.update.root).lock_path()):
-            state = _updater(args, config).run()
+            state = _updater(args, config, state_dir).run()
     except RuntimeError as exc:
         sys.stderr.write(f"edge-agent update: {exc}\n")
         return EXIT_FAILED
@@ -132,14 +164,13 @@ def _status(args: argparse.Namespace) -> int:
     from water_edge.core.health import health_json
 
     config = _config(args)
+    files = _files(_state_dir(args, config))
     root = config.update.root
-    health = update_health(
-        __version__, _files(config), Layout(root) if (root / "current").is_symlink() else None
-    )
+    health = update_health(__version__, files, Layout(root) if (root / "current").is_symlink() else None)
     if args.json:
         sys.stdout.write(orjson.dumps(health_json(health), option=orjson.OPT_INDENT_2).decode() + "\n")
         return EXIT_OK
-    state = _files(config).read_state()
+    state = files.read_state()
     print(f"current  {health.current_release or '(not installed in ' + str(root) + ')'}")
     print(f"previous {health.previous_release or '-'}")
     print(_describe(state))
@@ -154,7 +185,8 @@ def _apply(args: argparse.Namespace) -> int:
     from water_edge.core.digests import sha256_file
 
     config = _config(args)
-    receiver = UpdateReceiver(config.update, _files(config))
+    state_dir = _state_dir(args, config)
+    receiver = UpdateReceiver(config.update, _files(state_dir))
     if not args.bundle.is_file():
         sys.stderr.write(f"edge-agent update: no bundle at {args.bundle}\n")
         return EXIT_USAGE
@@ -176,12 +208,11 @@ def _apply(args: argparse.Namespace) -> int:
     )
     print(f"{args.bundle.name}: version {manifest.version}, signed by {manifest.key_id}; requested")
     if args.now:
-        return _run_locked(args, config)
-    return _follow(config, sha) if args.wait else EXIT_OK
+        return _run_locked(args, config, state_dir)
+    return _follow(_files(state_dir), sha) if args.wait else EXIT_OK
 
 
-def _follow(config: Any, update_id: str) -> int:
-    files = _files(config)
+def _follow(files: Any, update_id: str) -> int:
     seen = 0
     while True:
         state = files.read_state()
@@ -200,9 +231,10 @@ def _rollback(args: argparse.Namespace) -> int:
     from water_edge.core.reading import now_ns
 
     config = _config(args)
+    state_dir = _state_dir(args, config)
     user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
     write_json(
-        _files(config).request,
+        _files(state_dir).request,
         {
             "action": "rollback",
             "requested_by": f"edge-agent update rollback by {user}",
@@ -211,10 +243,11 @@ def _rollback(args: argparse.Namespace) -> int:
         mode=0o640,
     )
     if args.now:
-        return _run_locked(args, config)
+        return _run_locked(args, config, state_dir)
     print("rollback requested; follow it with: edge-agent update status")
     return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
-    return _run_locked(args, _config(args))
+    config = _config(args)
+    return _run_locked(args, config, _state_dir(args, config))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from water_edge.core.sizes import ByteSize
 
@@ -24,3 +25,25 @@ class UpdateSection(BaseModel):
     download_timeout_s: float = Field(default=600.0, gt=0, le=7200)
     # CA bundle for https downloads (default: the system's).
     ca_file: Path | None = None
+    # An `update` by URL makes the gateway fetch it from inside the plant network: https only (a
+    # plant host rarely has a certificate the gateway trusts), unless this says otherwise ...
+    allow_http: bool = False
+    # ... and, when listed, only from these hosts (redirects included). Empty: any host.
+    download_hosts: tuple[str, ...] = ()
+
+    @field_validator("download_hosts")
+    @classmethod
+    def _host_names(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(h.strip().strip("[]").lower() for h in hosts)
+        for name in names:
+            if not name or any(c in name for c in "/@ \t?#") or (":" in name and not _ipv6(name)):
+                raise ValueError(f"{name!r} is not a host name or address (no scheme, path or port)")
+        return names
+
+
+def _ipv6(name: str) -> bool:
+    try:
+        ipaddress.IPv6Address(name)
+    except ValueError:
+        return False
+    return True

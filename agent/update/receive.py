@@ -9,6 +9,10 @@ its own copy. Commands:
     update       {"transfer": "<sha256>"}                        (the chunks sent before)
     update       {"url": "https://...", "sha256": "<hex>"}      (downloaded by the agent)
                  optional "health_window_s"
+
+A URL is fetched only over https (`[update] allow_http` to allow http) and, when `[update]
+download_hosts` lists any, only from those hosts; every redirect is held to the same rules, so a
+key allowed `update` cannot make the gateway request other addresses of the plant network.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import shutil
 import ssl
 import tempfile
 import urllib.request
+from collections.abc import Callable
+from http.client import HTTPMessage
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -189,20 +196,40 @@ class UpdateReceiver:
         shutil.rmtree(folder, ignore_errors=True)
         return target
 
+    def check_url(self, url: str) -> None:
+        """CommandRefusedError (`bad_url`) unless `[update]` lets the gateway fetch `url`."""
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:
+            raise CommandRefusedError("bad_url", f"not a URL: {url[:200]!r}") from None
+        schemes = ("https", "http") if self.config.allow_http else ("https",)
+        if parts.scheme not in schemes:
+            allowed = " and ".join(f"{s}://" for s in schemes)
+            hint = "" if self.config.allow_http else " ([update] allow_http = true for http)"
+            raise CommandRefusedError("bad_url", f"only {allowed} URLs are fetched{hint}: {url[:200]}")
+        if not host:
+            raise CommandRefusedError("bad_url", f"no host in {url[:200]}")
+        hosts = self.config.download_hosts
+        if hosts and host not in hosts:
+            raise CommandRefusedError(
+                "bad_url", f"{host[:100]} is not in [update] download_hosts ({', '.join(hosts)[:200]})"
+            )
+
     def _download(self, url: str, sha: str) -> Path:
-        if not url.startswith(("https://", "http://")):
-            raise CommandRefusedError("bad_url", "only http:// and https:// URLs are fetched")
-        context = None
-        if url.startswith("https://"):
-            ca = self.config.ca_file
-            context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        self.check_url(url)
+        ca = self.config.ca_file
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=context), _CheckedRedirects(self.check_url)
+        )
         self.files.spool.mkdir(parents=True, exist_ok=True)
         target = self.files.spool / f"{sha}.tar"
         part = target.with_suffix(".part")
         digest, size, limit = hashlib.sha256(), 0, self.config.max_bundle_bytes
         try:
             with (
-                urllib.request.urlopen(url, timeout=self.config.download_timeout_s, context=context) as resp,  # noqa: S310 - scheme checked above
+                opener.open(url, timeout=self.config.download_timeout_s) as resp,
                 part.open("wb") as out,
             ):
                 while block := resp.read(1 << 20):
@@ -224,6 +251,25 @@ class UpdateReceiver:
             raise CommandFailedError("the downloaded bundle does not have the sha256 the command names")
         part.replace(target)
         return target
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a URL the download rules allow (urllib's own takes any http(s))."""
+
+    def __init__(self, check: Callable[[str], None]) -> None:
+        self._check = check
+
+    def redirect_request(  # noqa: PLR0917 - urllib's signature
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        self._check(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 def _sha(value: object, name: str) -> str:

@@ -143,7 +143,11 @@ def update_then_roll_back(tmp: Path, mosquitto: Mosquitto) -> UpdateRun:
             f'name = "release-ops"\npublic_key = "{public_key_text(operator)}"\n'
             'commands = ["update", "update_chunk"]\nmax_per_minute = 120\n'
         ),
-        extra=f'[update]\nroot = "{root}"\nrelease_keys = "{keys}"\nhealth_window_s = {GOOD_WINDOW_S}\n',
+        # The broken release comes from a plain http server of the test on 127.0.0.1.
+        extra=(
+            f'[update]\nroot = "{root}"\nrelease_keys = "{keys}"\nhealth_window_s = {GOOD_WINDOW_S}\n'
+            'allow_http = true\ndownload_hosts = ["127.0.0.1"]\n'
+        ),
     )
     state_dir = tmp / "state"
     socket = state_dir / "status.sock"
@@ -158,7 +162,11 @@ def update_then_roll_back(tmp: Path, mosquitto: Mosquitto) -> UpdateRun:
         return found
 
     manager = ServiceManager(
-        root, config, state_dir, ["--root", str(root), "--keys", str(keys)], tmp / "service.log"
+        root,
+        config,
+        state_dir,
+        ["--root", str(root), "--keys", str(keys), "--state-dir", str(state_dir)],
+        tmp / "service.log",
     )
     with (
         Subscriber(mosquitto.host, mosquitto.port, f"{BASE}/#") as sub,
