@@ -36,7 +36,14 @@ def _state_dir(tmp: Path) -> Path:
     return state
 
 
-def _run(tmp: Path, state: Path, bundle: Path, max_bundle_bytes: int = 512 * 2**20) -> UpdateState:
+def _run(
+    tmp: Path,
+    state: Path,
+    bundle: Path,
+    max_bundle_bytes: int = 512 * 2**20,
+    audit_path: Path | None = None,
+) -> UpdateState:
+    """Root's updater, asked to apply `bundle`; its audit log `<state>/audit.log` unless given."""
     files = UpdateFiles(state)
     files.write_request({"action": "apply", "bundle": str(bundle), "sha256": SHA, "requested_by": "c1"})
     updater = Updater(
@@ -46,7 +53,7 @@ def _run(tmp: Path, state: Path, bundle: Path, max_bundle_bytes: int = 512 * 2**
         config_path=tmp / "config.toml",
         status_socket=state / "status.sock",
         service=CommandService(["true"]),
-        audit_path=state / "audit.log",
+        audit_path=audit_path or state / "audit.log",
         max_bundle_bytes=max_bundle_bytes,
     )
     return updater.run()
@@ -79,21 +86,11 @@ def test_a_link_to_an_existing_file_is_neither_appended_to_nor_chmodded(tmp_path
 
 def test_an_audit_log_outside_the_state_directory_is_not_written_by_root(tmp_path: Path) -> None:
     state = _state_dir(tmp_path)
-    files = UpdateFiles(state)
-    files.write_request({"action": "apply", "bundle": "x.tar", "sha256": SHA})
     elsewhere = tmp_path / "opt" / "current" / "bin" / "edge-agent"  # `audit_log` is the agent's to set
     elsewhere.parent.mkdir(parents=True)
     elsewhere.write_text("#!/usr/bin/python\n")
-    updater = Updater(
-        layout=Layout(tmp_path / "opt"),
-        files=files,
-        keys_file=tmp_path / "keys",
-        config_path=tmp_path / "config.toml",
-        status_socket=state / "status.sock",
-        service=CommandService(["true"]),
-        audit_path=elsewhere,
-    )
-    assert updater.run().phase == "failed"
+    outcome = _run(tmp_path, state, state / "update" / "spool" / "x.tar", audit_path=elsewhere)
+    assert outcome.phase == "failed"
     assert elsewhere.read_text() == "#!/usr/bin/python\n"
 
 
