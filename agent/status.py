@@ -20,6 +20,7 @@ import contextlib
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -238,14 +239,51 @@ def _connect(path: Path, timeout: float) -> socket.socket:
     return sock
 
 
+# Far above any agent's status (a few hundred KiB with hundreds of meters); what the root updater
+# reads from a socket a config names must not be able to take its memory.
+MAX_STATUS_BYTES = 16 * 2**20
+
+
 def request_status(path: Path, timeout: float = 5.0) -> dict[str, Any]:
-    with _connect(path, timeout) as sock, sock.makefile("rwb") as stream:
-        stream.write(b'{"cmd": "status"}\n')
-        stream.flush()
-        line = stream.readline()
-    if not line:
-        raise AgentNotRunningError(f"the agent on {path} closed the connection")
-    return _checked(orjson.loads(line), path)
+    """The running agent's status document; `AgentNotRunningError` when nothing answers on `path`
+    within `timeout` seconds in all (an agent that is busy or hung), closes, or answers with more
+    than `MAX_STATUS_BYTES` or something that is not a status."""
+    deadline = time.monotonic() + timeout
+    with _connect(path, timeout) as sock:
+        try:
+            sock.sendall(b'{"cmd": "status"}\n')
+            line = _reply_line(sock, deadline, path)
+        except TimeoutError:
+            raise AgentNotRunningError(
+                f"the agent on {path} did not answer within {timeout:g} s (busy or hung?)"
+            ) from None
+        except OSError as exc:
+            raise AgentNotRunningError(f"the agent on {path}: {exc.strerror or exc}") from None
+    try:
+        reply = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise StatusRefusedError(f"the agent on {path} sent something that is not JSON") from None
+    return _checked(reply, path)
+
+
+def _reply_line(sock: socket.socket, deadline: float, path: Path) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AgentNotRunningError(f"the agent on {path} closed the connection")
+        end = chunk.find(b"\n")
+        parts.append(chunk if end < 0 else chunk[: end + 1])
+        size += len(parts[-1])
+        if size > MAX_STATUS_BYTES:
+            raise StatusRefusedError(f"the answer on {path} passed {MAX_STATUS_BYTES} bytes: not a status")
+        if end >= 0:
+            return b"".join(parts)
 
 
 def tail_lines(path: Path) -> Iterator[dict[str, Any]]:

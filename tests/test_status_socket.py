@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,7 +15,13 @@ import pytest
 from tests.support.testing import eventually
 from tests.test_pipeline import RecordingAppender
 from water_edge.agent.pipeline import Pipeline
-from water_edge.agent.status import AgentNotRunningError, StatusServer, request_status, tail_lines
+from water_edge.agent.status import (
+    MAX_STATUS_BYTES,
+    AgentNotRunningError,
+    StatusServer,
+    request_status,
+    tail_lines,
+)
 from water_edge.core.reading import Reading
 
 
@@ -80,3 +91,63 @@ async def test_garbage_request_gets_an_error_and_is_counted(sock_path: Path) -> 
         await server.close()
     assert b"unknown request" in line
     assert server.bad_requests == 1
+
+
+class _Listener:
+    """Something that listens on the status socket's path but is not a well agent: it takes the
+    request, then answers as `behave(connection)` does."""
+
+    def __init__(self, path: Path, behave: Callable[[socket.socket], None]) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(1)
+        self.thread = threading.Thread(target=self._serve, args=(behave,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, behave: Callable[[socket.socket], None]) -> None:
+        conn, _ = self.server.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.recv(100)
+            behave(conn)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _silent(conn: socket.socket) -> None:
+    time.sleep(3)  # a hung agent: it took the request and says nothing
+
+
+def _trickle(conn: socket.socket) -> None:
+    for _ in range(60):  # a byte every 50 ms, never a whole line
+        conn.sendall(b" ")
+        time.sleep(0.05)
+
+
+def _endless(conn: socket.socket) -> None:
+    chunk = b"x" * 65536
+    while True:
+        conn.sendall(chunk)
+
+
+@pytest.mark.parametrize(
+    ("behave", "said"),
+    [
+        (_silent, "did not answer within 0.5 s (busy or hung?)"),
+        (_trickle, "did not answer within 0.5 s (busy or hung?)"),
+        (_endless, f"passed {MAX_STATUS_BYTES} bytes: not a status"),
+    ],
+)
+def test_an_answer_that_never_ends_is_an_error_within_the_timeout(
+    sock_path: Path, behave: Callable[[socket.socket], None], said: str
+) -> None:
+    # Before: a hung agent gave `edge-agent status` a traceback (a TimeoutError) after 5 s, a
+    # trickle held it (and the root updater judging a release) for as long as it went on, and an
+    # endless answer took their memory.
+    listener = _Listener(sock_path, behave)
+    started = time.monotonic()
+    with pytest.raises(AgentNotRunningError) as info:
+        request_status(sock_path, timeout=0.5)
+    assert time.monotonic() - started < 2.0
+    assert str(info.value).endswith(said)
+    listener.close()
