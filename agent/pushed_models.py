@@ -89,17 +89,25 @@ async def _restore_one(
             "reason": "the configured model changed since the push: it stays in service",
             "configured": slot.fingerprint,
         }
-    return await _swap(slot, record_path.parent / bundle / manifest)
+    ok, detail = await swap(slot, record_path.parent / bundle / manifest)
+    if not ok:
+        detail["reason"] = f"the pushed model was refused: {detail['reason']}"
+    return ok, detail
 
 
-async def _swap(slot: ModelSlotLike, manifest: Path) -> tuple[bool, dict[str, Any]]:
+async def swap(slot: ModelSlotLike, manifest: Path) -> tuple[bool, dict[str, Any]]:
+    """Put `manifest`'s model in service in `slot` (its sha256 and self-test decide): whether it
+    did, and what an accepted swap reports (a slot's dict as it is, else the version now in
+    service) or why it refused (`reason`; the slot keeps its model)."""
     try:
         outcome = slot.swap(manifest)
         if inspect.isawaitable(outcome):
             outcome = await outcome
     except (OSError, ValueError, RuntimeError) as exc:
-        return False, {"reason": f"the pushed model was refused: {exc}"}
+        return False, {"reason": str(exc)}
+    if isinstance(outcome, dict):
+        return True, outcome
     version = outcome.version if isinstance(outcome, SwapOutcome) else None
     if isinstance(outcome, SwapOutcome) and not outcome.ok:
-        return False, {"reason": f"the pushed model was refused: {outcome.reason}", "version": version}
+        return False, {"reason": str(outcome.reason), "version": version}
     return True, {"version": version}

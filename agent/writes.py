@@ -26,7 +26,6 @@ WriteType = Literal["uint16", "int16", "uint32", "int32", "float32", "bool"]
 # Reads (1-4) and writes (5, 6, 15, 16): nothing else is ever sent.
 ALLOWED_FUNCTION_CODES: Final = frozenset({1, 2, 3, 4, 5, 6, 15, 16})
 _FORMATS: Final = {"uint16": ">H", "int16": ">h", "uint32": ">I", "int32": ">i", "float32": ">f"}
-_WIDTH: Final = {"uint32": 2, "int32": 2, "float32": 2}  # registers a value takes; others take one
 
 
 class WriteRefusedError(AgentError):
@@ -75,7 +74,7 @@ class WritesSection(BaseModel):
         # id, so two rules on one address (any unit) would leave one of them silently unused.
         taken: dict[tuple[str, str, int], int] = {}
         for i, rule in enumerate(self.allow):
-            for register in range(rule.address, rule.address + _WIDTH.get(rule.type, 1)):
+            for register in range(rule.address, rule.address + _registers(rule.type)):
                 other = taken.setdefault((rule.device, rule.table, register), i)
                 if other != i:
                     raise ValueError(
@@ -83,6 +82,11 @@ class WritesSection(BaseModel):
                         "one rule per register"
                     )
         return self
+
+
+def _registers(write_type: WriteType) -> int:
+    """How many registers (or coils) a value of `write_type` takes."""
+    return struct.calcsize(_FORMATS[write_type]) // 2 if write_type in _FORMATS else 1
 
 
 def encode(rule: WriteRule, value: Any) -> list[int] | list[bool]:

@@ -87,7 +87,7 @@ def test_a_file_that_is_not_a_certificate_or_cannot_be_read(tmp_path: Path, pki:
 
 
 def test_with_a_claim_the_device_certificate_may_wait_for_enrolment(tmp_path: Path, pki: Pki) -> None:
-    claim_cert, claim_key = pki.client("claim")
+    claim_cert, _ = pki.client("claim")
     identity = tmp_path / "state" / "identity"
     claim = (
         "[security.identity.claim]\n"
@@ -101,4 +101,3 @@ def test_with_a_claim_the_device_certificate_may_wait_for_enrolment(tmp_path: Pa
     assert file_problems(config) == [
         f'security.identity.claim.key_file = "{tmp_path / "no-claim.key"}": no such file'
     ]
-    assert claim_key.exists()

@@ -27,7 +27,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import inspect
 import os
 import re
 import shutil
@@ -48,7 +47,7 @@ from water_edge.agent.writes import WriteRefusedError
 from water_edge.core.envelope import Envelope
 from water_edge.core.errors import ConfigError
 from water_edge.core.files import atomic_write
-from water_edge.core.processor import Calibratable, CalibrationFailedError, ModelSlotLike, SwapOutcome
+from water_edge.core.processor import Calibratable, CalibrationFailedError, ModelSlotLike
 
 if TYPE_CHECKING:
     from water_edge.agent.config import Config
@@ -286,21 +285,18 @@ async def _model_update(env: Envelope, targets: Targets) -> CommandResult:
                 raise CommandFailedError(f"file {name!r} is not base64") from None
             atomic_write(target / name, content, mode=0o640)
         check_bundle(target, manifest, set(files), slot)
-        outcome = slot.swap(target / manifest)
-        if inspect.isawaitable(outcome):
-            outcome = await outcome
+        accepted, swapped = await pushed_models.swap(slot, target / manifest)
     except (CommandFailedError, CommandRefusedError):
         shutil.rmtree(target, ignore_errors=True)
         raise
     except (OSError, ValueError, RuntimeError) as exc:
-        # The slot refused it (sha256 mismatch, self-test failed): it keeps serving the old model.
         shutil.rmtree(target, ignore_errors=True)
         raise CommandFailedError(f"model refused, the old one stays: {exc}") from None
-    if isinstance(outcome, SwapOutcome) and not outcome.ok:
-        # Refused (sha256, self-test): the slot keeps the old model.
+    if not accepted:
+        # The slot refused it (sha256 mismatch, self-test failed): it keeps serving the old model.
         shutil.rmtree(target, ignore_errors=True)
-        raise CommandFailedError(f"model refused, the old one stays: {outcome.reason}")
-    detail = {"slot": slot_name, **_swap_detail(outcome)}
+        raise CommandFailedError(f"model refused, the old one stays: {swapped['reason']}")
+    detail = {"slot": slot_name, **swapped}
     if (problem := _keep_in_service(target, manifest, replaces)) is not None:
         detail["after_restart"] = f"the configured model: the pushed one could not be recorded ({problem})"
     return CommandResult("ok", detail=detail)
@@ -315,10 +311,3 @@ def _keep_in_service(bundle: Path, manifest: str, replaces: str | None) -> str |
         if earlier != bundle:
             shutil.rmtree(earlier, ignore_errors=True)
     return problem
-
-
-def _swap_detail(outcome: object) -> dict[str, Any]:
-    """What an accepted swap reports: a slot's dict as it is, else the version now in service."""
-    if isinstance(outcome, dict):
-        return outcome
-    return {"version": outcome.version if isinstance(outcome, SwapOutcome) else None}

@@ -159,12 +159,14 @@ class UpdateReceiver:
         room takes it from those least recently added to (abandoned ones), which are removed."""
         if not self.files.chunks.is_dir():
             return
-        others = [(_last_added(f), f) for f in self.files.chunks.iterdir() if f.is_dir() and f.name != sha]
-        total = _held(self.files.chunks / sha) + size + sum(_held(f) for _, f in others)
-        for _, folder in sorted(others):
+        others = [
+            (_last_added(f), _held(f), f) for f in self.files.chunks.iterdir() if f.is_dir() and f.name != sha
+        ]
+        total = _held(self.files.chunks / sha) + size + sum(held for _, held, _ in others)
+        for _, held, folder in sorted(others):
             if total <= self.config.max_bundle_bytes:
                 break
-            total -= _held(folder)
+            total -= held
             shutil.rmtree(folder, ignore_errors=True)
             log.info("update.transfer_dropped", transfer=folder.name[:16], for_transfer=sha[:16])
 

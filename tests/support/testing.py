@@ -36,6 +36,8 @@ from typing import Any, TypeVar, overload
 
 import pytest
 
+from water_edge.agent.config.load import MAX_SOCKET_PATH_BYTES
+
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,9 +137,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 Section = str | Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 
-# A unix socket path must fit in sun_path (108 bytes with its NUL on Linux).
-_MAX_SOCKET_PATH = 100
-
 
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
@@ -203,7 +202,7 @@ def _section(name: str, value: Section) -> str:
 def status_socket_for(state_dir: Path) -> Path:
     """`<state_dir>/status.sock`, or one in a short temporary directory when that path is too long."""
     path = state_dir / "status.sock"
-    if len(str(path).encode()) <= _MAX_SOCKET_PATH:
+    if len(str(path).encode()) <= MAX_SOCKET_PATH_BYTES:  # what check-config takes
         return path
     return Path(tempfile.mkdtemp(prefix="ea-")) / "status.sock"
 
