@@ -21,6 +21,7 @@ from water_edge.models.leak.fusion import SiteEvidence
 from water_edge.sim.district import District, DistrictLeak, write_csv
 
 START = date(2024, 1, 1)
+HOUR_NS = 3_600_000_000_000
 
 
 def _series(n: int, steps: dict[int, float], odd: int | None = None, seed: int = 1) -> list[float]:
@@ -430,3 +431,82 @@ def test_score_flow_leak_refuses_a_column_name_given_twice(tmp_path: Path) -> No
         "column 'inflow' appears 2 times (columns 2, 3): rename them in the header so that each "
         "name says which meter it is"
     )
+
+
+def test_score_flow_leak_skips_a_meters_error_codes_instead_of_taking_them_for_the_night_flow(
+    tmp_path: Path,
+) -> None:
+    # Before, one -9999 in a night window was that night's minimum: printed as its night flow,
+    # and the night went unjudged without a word.
+    district = District(4, mean_demand_m3h=300.0, leaks=[DistrictLeak(datetime(2024, 1, 20, 14), 10.0)])
+    clean, coded = tmp_path / "clean.csv", tmp_path / "coded.csv"
+    write_csv(district.simulate(30), str(clean), sep=";", decimal=",")
+    lines = clean.read_text(encoding="utf-8").splitlines()
+    marked = 0
+    for i, line in enumerate(lines):
+        cells = line.split(";")
+        if cells[0].startswith(("2024-01-12 03:00", "2024-01-23 02:30")):
+            cells[1] = "-9999"
+            marked += 1
+        elif cells[0].startswith("2024-01-16 03:30"):
+            cells[4] = "-999,0"  # the pressure's error code
+            marked += 1
+        lines[i] = ";".join(cells)
+    coded.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert marked == 3
+    args = ("--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--pressure", "pressure",
+            "--calibrate-days", "10")  # fmt: skip
+    want, got = _cli("--csv", str(clean), *args), _cli("--csv", str(coded), *args)
+    assert want.returncode == got.returncode == 0, got.stderr
+    assert "3 row(s) holding a meter error code (-999, -9999, -99999) skipped" in got.stderr
+    assert "error code" not in want.stderr
+    want_rows = [line.split(",") for line in want.stdout.splitlines()[1:]]
+    got_rows = [line.split(",") for line in got.stdout.splitlines()[1:]]
+    assert [r[0] for r in got_rows] == [r[0] for r in want_rows]
+    for w, g in zip(want_rows, got_rows, strict=True):
+        assert float(g[1]) == pytest.approx(float(w[1]), rel=0.05), (w, g)
+    assert [r[4] for r in got_rows] == [r[4] for r in want_rows]
+    assert "leak" in [r[4] for r in got_rows]
+
+
+def test_score_flow_leak_warns_of_nights_with_no_positive_night_flow(tmp_path: Path) -> None:
+    district = District(4, mean_demand_m3h=300.0)
+    path = tmp_path / "dma.csv"
+    write_csv(district.simulate(14), str(path))
+    # The district's outflow given as its inflow: a net flow below zero every night.
+    got = _cli("--csv", str(path), "--flow", "outflow", "--minus", "inflow_a", "--calibrate-days", "5")
+    assert got.returncode == 0, got.stderr
+    assert "14 night(s) with a night flow of zero or less, not judged (first 2024-01-01)" in got.stderr
+
+
+async def test_the_processor_takes_a_meters_error_code_as_missing_and_counts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    section, before, _ = _north_district()
+    night = int(datetime(2024, 1, 8, 3).timestamp() * 1e9)
+    coded = [
+        dataclasses.replace(r, value=-9999.0)
+        if r.tag == "inflow_a" and night <= r.ts_ns < night + HOUR_NS
+        else r
+        for r in before
+    ]
+    replaced = sum(1 for a, b in zip(before, coded, strict=True) if a is not b)
+    assert replaced >= 2
+
+    async def night_flows(readings: list[Reading], state: Path) -> tuple[dict[str, float], FlowLeakProcessor]:
+        events: list[Event] = []
+
+        async def emit(e: Event) -> None:
+            events.append(e)
+
+        proc = FlowLeakProcessor([section], state)
+        await proc.run(_feed(readings), emit)
+        return {e.detail["night"]: e.detail["night_flow_m3h"] for e in events if e.kind == "night_flow"}, proc
+
+    want, _ = await night_flows(before, tmp_path / "clean")
+    got, proc = await night_flows(coded, tmp_path / "coded")
+    assert got.keys() == want.keys()
+    assert got["2024-01-08"] == pytest.approx(want["2024-01-08"], rel=0.05)
+    assert all(v > 0 for v in got.values())
+    assert proc.health().districts["dma-north"].error_codes == replaced

@@ -62,6 +62,7 @@ def _err(message: str) -> int:
 
 def cmd_score_flow_leak(args: argparse.Namespace) -> int:
     from water_edge.models.flow_leak.detector import StepParams
+    from water_edge.models.flow_leak.mnf import ERROR_CODES
     from water_edge.models.flow_leak.offline import (
         FlowCsvError,
         correct_for_pressure,
@@ -118,6 +119,19 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
     if flows.skipped:
         sys.stderr.write(
             f"edge-agent models: warning: {flows.skipped} row(s) with unreadable values skipped\n"
+        )
+    if flows.error_codes:
+        codes = ", ".join(f"{c:g}" for c in sorted(ERROR_CODES, reverse=True))
+        sys.stderr.write(
+            f"edge-agent models: warning: {flows.error_codes} row(s) holding a meter error code "
+            f"({codes}) skipped\n"
+        )
+    unjudged = [r.night for r in rows if r.night_flow is not None and r.night_flow <= 0]
+    if unjudged:
+        sys.stderr.write(
+            f"edge-agent models: warning: {len(unjudged)} night(s) with a night flow of zero or less, "
+            f"not judged (first {unjudged[0].isoformat()}): an outflow given with --flow instead of "
+            "--minus, or a meter that reads zero when it fails?\n"
         )
     sys.stdout.write("date,night_flow,baseline,added,event\n")
     sys.stdout.write("".join(r.csv() + "\n" for r in rows))

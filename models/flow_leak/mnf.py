@@ -13,6 +13,14 @@ from collections.abc import Sequence
 import numpy as np
 
 NS = 1_000_000_000
+# What historians and PLCs write into a flow or pressure value they could not measure. One of them in
+# a night used to be that night's "minimum" (-9999 m3/h), and the night went unjudged. No meter reads
+# exactly these, so a value equal to one is treated as missing, counted, and said.
+ERROR_CODES = frozenset((-999.0, -9999.0, -99999.0))
+
+
+def is_error_code(value: float) -> bool:
+    return value in ERROR_CODES
 
 
 def minimum_night_flow(

@@ -26,7 +26,7 @@ from pathlib import Path
 from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time, year_last
 from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDetector, StepParams
-from water_edge.models.flow_leak.mnf import minimum_night_flow
+from water_edge.models.flow_leak.mnf import is_error_code, minimum_night_flow
 from water_edge.models.flow_leak.volume import VolumeRate, looks_like_totaliser
 from water_edge.models.nightwindow import NightWindow
 
@@ -54,6 +54,7 @@ class NightFlows:
     skipped: int
     guessed_day_first: bool = False  # numeric dates none of which said day or month first
     resets: int = 0  # volume registers that went down (with `volume`): those intervals skipped
+    error_codes: int = 0  # rows skipped for a meter's error code (mnf.ERROR_CODES) in a used column
 
 
 @dataclass
@@ -68,6 +69,7 @@ class _Row:
 class _Counts:
     read: int = 0  # data rows in the file
     skipped: int = 0  # unreadable
+    error_codes: int = 0  # a flow or pressure cell holding a meter's error code (mnf.ERROR_CODES)
     guessed_day_first: bool = False
 
 
@@ -114,6 +116,9 @@ def _rows(
             if counts.read == 1 and "timestamp" in str(exc):
                 raise FlowCsvError(f"{path}: line {line_no}: {exc}") from None
             counts.skipped += 1
+            continue
+        if is_error_code(p) or any(is_error_code(v) for v in cells.values()):
+            counts.error_codes += 1
             continue
         yield _Row(local, int(local.replace(tzinfo=tz).timestamp() * 1e9), cells, p)
     if counts.read == 0:
@@ -209,7 +214,12 @@ def read_night_flows(
         nights.append((night, mnf, sum(finite) / len(finite) if finite else None))
     resets = sum(m.resets for m in meters.values())
     return NightFlows(
-        nights, counts.read, counts.skipped, guessed_day_first=counts.guessed_day_first, resets=resets
+        nights,
+        counts.read,
+        counts.skipped,
+        guessed_day_first=counts.guessed_day_first,
+        resets=resets,
+        error_codes=counts.error_codes,
     )
 
 

@@ -29,7 +29,7 @@ from water_edge.core.processor import EventSink
 from water_edge.core.reading import BAD, Event, Reading, Severity
 from water_edge.models.flow_leak.config import FlowLeakSection
 from water_edge.models.flow_leak.detector import FixedThreshold, StepDetector, StepParams
-from water_edge.models.flow_leak.mnf import minimum_night_flow
+from water_edge.models.flow_leak.mnf import is_error_code, minimum_night_flow
 from water_edge.models.flow_leak.volume import VolumeRate
 from water_edge.models.leak.fusion import SiteEvidence
 from water_edge.models.nightwindow import NightWindow, zone
@@ -50,6 +50,7 @@ class DistrictHealth:
     samples: int
     skipped_samples: int
     volume_resets: int = 0  # a volume register that went down (a meter replaced, rolled over)
+    error_codes: int = 0  # readings holding a meter's error code (mnf.ERROR_CODES), taken as missing
     last_error: str | None = None  # why its state could not be stored (a full or failing card)
 
 
@@ -91,6 +92,7 @@ class _District:
     last_flow: float | None = None
     samples: int = 0
     skipped: int = 0
+    error_codes: int = 0
     learning_pressure: list[float] = field(default_factory=list)
     last_error: str | None = None
 
@@ -184,7 +186,9 @@ class FlowLeakProcessor:
                 d.next_due_ns = max(due + step, (r.ts_ns // step) * step)
                 events += await self._sample(d, due)
             value = _number(r)
-            if value is not None:
+            if value is not None and is_error_code(value):
+                d.error_codes += 1  # missing, like a bad reading: the last good value ages out
+            elif value is not None:
                 d.latest[tag] = (r.ts_ns, value)
             if d.next_due_ns is None:
                 d.next_due_ns = (r.ts_ns // step + 1) * step
@@ -304,6 +308,7 @@ class FlowLeakProcessor:
                     samples=d.samples,
                     skipped_samples=d.skipped,
                     volume_resets=sum(m.resets for m in d.meters.values()),
+                    error_codes=d.error_codes,
                     last_error=d.last_error,
                 )
                 for d in self.districts
