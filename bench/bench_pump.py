@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
+
+import numpy as np
 
 from water_edge.agent.cli import main as cli
 from water_edge.models.pump import steady
@@ -53,7 +57,14 @@ def run(tmpdir: Path) -> list[dict[str, object]]:
     with contextlib.redirect_stdout(io.StringIO()):
         cli(["models", "score", "pump", "--csv", str(path), "--calibrate-rows", "400"])
     cli_s = time.perf_counter() - t0
+    week_rss_mib, week_mb = _week_csv_peak_rss(tmpdir / "week.csv", x)
     return [
+        {
+            "name": "pump.cli_score_week_1s_peak_rss",
+            "value": round(week_rss_mib, 1),
+            "unit": "MiB",
+            "target": f"reference (a week at 1 s, {week_mb:.0f} MB of CSV, 1 day calibration; whole process)",
+        },
         {
             "name": "pump.steady_fit_and_score_per_row",
             "value": round(steady_ms, 4),
@@ -86,6 +97,30 @@ def run(tmpdir: Path) -> list[dict[str, object]]:
             "target": "fits a Pi beside the agent",
         },
     ]
+
+
+def _week_csv_peak_rss(path: Path, day: np.ndarray) -> tuple[float, float]:
+    """`models score pump --csv` on a week of 1 s rows (the simulated day seven times) in a process
+    of its own: the peak resident memory of the whole command (what a technician running it on a
+    gateway needs free), and the file's size."""
+    start = np.datetime64("2024-03-04T00:00:00")
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(",".join(["time", *SIGNALS]) + "\n")
+        for d in range(7):
+            stamps = (start + np.arange(d * len(day), (d + 1) * len(day)).astype("timedelta64[s]")).astype(
+                str
+            )
+            fh.write("".join(f"{t.replace('T', ' ')},{','.join(f'{v:.4f}' for v in row)}\n"
+                             for t, row in zip(stamps, day, strict=True)))  # fmt: skip
+    probe = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL,"
+        " stderr=subprocess.DEVNULL, check=True);"
+        " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    argv = [sys.executable, "-m", "water_edge.agent.cli", "models", "score", "pump", "--csv", str(path),
+            "--calibrate-rows", "86400"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip()) / 1024, path.stat().st_size / 1e6
 
 
 if __name__ == "__main__":

@@ -331,3 +331,22 @@ def test_a_file_or_a_pump_is_needed_and_not_both(tmp_path: Path, capsys: pytest.
     assert "no pump 'P2'" in capsys.readouterr().err
     assert main(["models", "score", "pump", "--pump", "P1", "-c", str(config)]) == 2
     assert "pump P1 has no calibration yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\r"], ids=["windows", "classic-mac"])
+def test_other_line_ends_a_bom_and_blank_lines_score_as_the_plain_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray], newline: str
+) -> None:
+    # The reader goes through the text a line at a time (a week at 1 s held as a list of lines,
+    # and again as a copy, took 300 MB): what it sees must be what the plain file says.
+    x, _ = sim
+    rows = [[t, *(f"{v:.4f}" for v in row)] for t, row in zip(timestamps(len(x)), x, strict=True)]
+    code, expected, err = run(capsys, write(tmp_path / "plain.csv", ["time", *SIGNALS], rows, ","), CALIB)
+    assert code == 0, err
+    lines = [",".join(r) for r in [["time", *SIGNALS], *rows]]
+    lines[400:400] = ["", "  "]  # blank lines in the middle, and the file ends in two
+    other = tmp_path / "other.csv"
+    other.write_bytes(("\ufeff" + newline.join(lines) + newline * 2).encode("utf-8"))
+    code, out, err = run(capsys, other, CALIB)
+    assert code == 0, err
+    assert out == expected

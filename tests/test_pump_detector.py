@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from water_edge.models.manifest import ModelError
+from water_edge.models.pump import detector
 from water_edge.models.pump.detector import (
     Alarm,
     Calibration,
@@ -138,3 +139,19 @@ def test_an_overflowing_scorer_reads_as_very_abnormal_not_as_a_gap() -> None:
     assert np.isfinite(out).all()
     alarm = alarm_series(out.max(axis=1), 1.0, 5, 30, 0.8)
     assert alarm[4] == 1  # raised after 5 samples, as any score above threshold
+
+
+def test_scoring_a_long_history_in_pieces_gives_the_figures_of_one_piece(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `score` takes long files a piece at a time, each with the rows its trailing windows reach
+    # back to; a piece that did not reach back would restart the windows at every boundary.
+    x, _ = simulate(Scenario(seed=8, hours=1.0, fault="cavitation", onset_s=2000, duration_s=900))
+    cal = calibrate(x[:1800], list(SIGNALS), model, window=32, model_version=model.version)
+    rows = select(x, list(SIGNALS), cal)
+    whole = score(rows, cal, model)
+    monkeypatch.setattr(detector, "SCORE_CHUNK_ROWS", 500)  # 8 pieces, boundaries inside the fault
+    pieces = score(rows, cal, model)
+    np.testing.assert_allclose(pieces.channel, whole.channel, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(pieces.score, whole.score, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(pieces.residual, whole.residual)

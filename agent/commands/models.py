@@ -15,7 +15,6 @@ one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -173,19 +172,15 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
         )
     except ModelError as exc:
         return _error(str(exc))
-    lines = scored_csv.lines
-    sys.stdout.write("\n".join(lines) + "\n")
-    rows = list(csv.reader(lines[1:]))
-    marked = sum(1 for row in rows if row[2] == "1")
-    scored = max(0, len(lines) - 1 - scored_csv.calibrate_rows)
+    scored_csv.write(sys.stdout)
+    marked = scored_csv.marked
+    scored = max(0, len(scored_csv.timestamps) - scored_csv.calibrate_rows)
     sys.stderr.write(
         f"edge-agent models: {marked:,} of {scored:,} rows after the {scored_csv.calibrate_rows:,} "
         "calibration rows marked anomalous\n"
     )
-    if args.explain and marked:
-        sys.stderr.write(
-            f"edge-agent models: signals behind the marked rows: {summary([r[3] for r in rows])}\n"
-        )
+    if scored_csv.texts is not None and marked:
+        sys.stderr.write(f"edge-agent models: signals behind the marked rows: {summary(scored_csv.texts)}\n")
     return EXIT_OK
 
 

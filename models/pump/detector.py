@@ -56,6 +56,7 @@ DEFAULT_SIZE_FACTOR = 3.5
 LEVEL_WINDOW = 30  # samples in the relation arm's trailing mean (<= the scorer's window)
 SCORE_CAP = 1e6  # scorer outputs beyond this (or inf) are capped
 CHUNK_ROWS = 4096  # calibration scores this many rows at a time (bounded memory on a Pi)
+SCORE_CHUNK_ROWS = 65_536  # `score` takes this many rows at a time
 
 
 def threshold_margin(
@@ -328,7 +329,22 @@ def select(x: F64, channels: Sequence[str], cal: Calibration) -> F64:
 
 
 def score(x: F64, cal: Calibration, model: Scorer) -> Scored:
-    """Score rows of `x` whose columns are `cal.channels`, in order."""
+    """Score rows of `x` whose columns are `cal.channels`, in order, `SCORE_CHUNK_ROWS` at a time:
+    each piece with the rows before it that its trailing windows reach back to, so the figures are
+    those of one piece, without a week of 1 Hz rows' temporaries at once (~220 MB)."""
+    n = len(x)
+    if n <= SCORE_CHUNK_ROWS:
+        return _score_rows(x, cal, model)
+    back = max(cal.window, cal.level_window) - 1
+    channel, residual = np.empty(x.shape), np.empty(x.shape)
+    for start in range(0, n, SCORE_CHUNK_ROWS):
+        lo, stop = max(0, start - back), min(n, start + SCORE_CHUNK_ROWS)
+        part = _score_rows(x[lo:stop], cal, model)
+        channel[start:stop], residual[start:stop] = part.channel[start - lo :], part.residual[start - lo :]
+    return Scored(channel.max(axis=1), channel, residual)
+
+
+def _score_rows(x: F64, cal: Calibration, model: Scorer) -> Scored:
     z = zscores(x, cal)
     r = residuals(
         z, np.asarray(cal.coef), np.asarray(cal.residual_scale), np.asarray(cal.z_low), np.asarray(cal.z_high)

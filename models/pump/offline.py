@@ -29,7 +29,6 @@ what a live gateway would have flagged at each row instead.
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import math
 import re
@@ -38,6 +37,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, tzinfo
 from functools import partial
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -119,18 +119,22 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
     """The file as a table. Two passes over the rows, neither holding them: the first learns each
     column's number format from all its cells, the second parses into arrays (a week at 1 s is
     600,000 rows; held as strings they took a gigabyte)."""
-    clean = "\n".join(line for line in text.splitlines() if line.strip()).lstrip("\ufeff")
-    if not clean:
+
+    def lines() -> Iterator[str]:
+        return _text_lines(text)
+
+    header_line = next(lines(), None)
+    if header_line is None:
         raise InputError("the file is empty")
-    sep = _separator(clean.split("\n", 1)[0])
+    sep = _separator(header_line)
 
     def rows() -> Iterator[list[str]]:
-        reader = csv.reader(io.StringIO(clean), delimiter=sep)
+        reader = csv.reader(lines(), delimiter=sep)
         next(reader)
         for row in reader:
             yield (row + [""] * width)[:width]
 
-    header = next(csv.reader(io.StringIO(clean), delimiter=sep))
+    header = next(csv.reader(lines(), delimiter=sep))
     if len(header) < 2:
         raise InputError("need a timestamp column and at least one signal column")
     width = len(header)
@@ -143,7 +147,7 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
     if formats.rows == 0:
         raise InputError("the file has a header but no data rows")
     stamps: list[str] = []
-    values = np.empty((formats.rows, width), dtype=np.float64)
+    values = np.empty((formats.rows, width), dtype=np.float64, order="F")  # column-major, as scored
     for i, row in enumerate(itertools.islice(rows(), skip, None)):
         stamps.append(row[0].strip())
         values[i, 0] = _number(row[0], _decimal_comma(sep, [row[0]]))
@@ -164,7 +168,24 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
             f"the first column {header[0].strip()!r} is read as the timestamp (echoed, not scored), "
             "but its numbers go down: if it is a signal, put a timestamp column first"
         )
-    return Table(stamps, names, np.asfortranarray(values[:, keep]), ignored)  # column-major, as before
+    # Every signal column kept (the usual case): a view, not a second copy of the table.
+    run = keep == list(range(keep[0], keep[-1] + 1))
+    kept = values[:, keep[0] : keep[-1] + 1] if run else values[:, keep]
+    return Table(stamps, names, np.asfortranarray(kept), ignored)
+
+
+def _text_lines(text: str) -> Iterator[str]:
+    """The non-blank lines of `text` (a leading BOM dropped), one at a time: `splitlines` held a
+    list of them and `io.StringIO` a copy of the text at four bytes a character (a week at 1 s:
+    75 MB and 180 MB). Line ends are "\n": `read_export` reads with universal newlines."""
+    start, size = (1 if text.startswith("\ufeff") else 0), len(text)
+    while start < size:
+        end = text.find("\n", start)
+        end = size if end < 0 else end
+        line = text[start:end]
+        start = end + 1
+        if line.strip():
+            yield line
 
 
 def _unique_names(header: list[str]) -> tuple[list[str], dict[str, int]]:
@@ -301,10 +322,26 @@ def _as_history(
 
 @dataclass(frozen=True)
 class ScoredCsv:
-    """The output CSV's lines (header first) and how many data rows calibrated."""
+    """The scored rows and how many data rows calibrated; `write` prints the output CSV, one row at
+    a time (a week at 1 s held as output lines took more memory than the scoring)."""
 
-    lines: list[str]
+    timestamps: list[str]
+    scores: np.ndarray
+    alarm: np.ndarray
+    texts: list[str] | None  # what each marked row stands on (`explained`), "" for the others
     calibrate_rows: int
+
+    @property
+    def marked(self) -> int:
+        return int(np.count_nonzero(self.alarm))
+
+    def write(self, out: TextIO) -> None:
+        """`timestamp,score,anomaly`, and `signals` when explained."""
+        writer = csv.writer(out, lineterminator="\n")
+        texts = self.texts
+        writer.writerow(["timestamp", "score", "anomaly", *(["signals"] if texts is not None else [])])
+        for i, (ts, s, a) in enumerate(zip(self.timestamps, self.scores, self.alarm, strict=True)):
+            writer.writerow([ts, f"{s:.6g}", int(a), *([texts[i]] if texts is not None else [])])
 
 
 def rows_before(timestamps: list[str], until: str, tz: tzinfo) -> int:
@@ -378,6 +415,7 @@ def score_csv(
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     table = read_table(text, warn)
+    del text  # a week at 1 s is 50 MB of it, not needed again
     refuse_newest_first(table.timestamps, tz or _local_zone())
     n = len(table.timestamps)
     if calibrate_rows is None:
@@ -412,9 +450,7 @@ def score_csv(
         )
         if not causal:
             alarm = _as_history(scores, alarm, calibrate_rows, 1.0, p.hysteresis)
-        return ScoredCsv(
-            _lines(table.timestamps, scores, alarm, None if why is None else why(alarm)), calibrate_rows
-        )
+        return ScoredCsv(table.timestamps, scores, alarm, None if why is None else why(alarm), calibrate_rows)
     cal = calibrate(
         table.values[:calibrate_rows],
         table.names,
@@ -446,20 +482,8 @@ def score_csv(
         if explained
         else None
     )
-    return ScoredCsv(_lines(table.timestamps, scored.score, alarm, texts), calibrate_rows)
+    return ScoredCsv(table.timestamps, scored.score, alarm, texts, calibrate_rows)
 
 
 def _local_zone() -> tzinfo:
     return datetime.now().astimezone().tzinfo or UTC
-
-
-def _lines(
-    timestamps: list[str], scores: np.ndarray, alarm: np.ndarray, texts: list[str] | None
-) -> list[str]:
-    """The output CSV: `timestamp,score,anomaly`, and `signals` when `texts` are given."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["timestamp", "score", "anomaly", *(["signals"] if texts is not None else [])])
-    for i, (ts, s, a) in enumerate(zip(timestamps, scores, alarm, strict=True)):
-        writer.writerow([ts, f"{s:.6g}", int(a), *([texts[i]] if texts is not None else [])])
-    return out.getvalue().splitlines()
