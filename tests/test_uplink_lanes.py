@@ -38,6 +38,10 @@ async def test_live_rows_overtake_a_long_backlog_and_everything_arrives(
                 within_s=60,
             )
             health = run.uplink.health()
+            # Stopped while its outbox is open: the fixture's teardown came after the outbox closed,
+            # and an uplink still leasing then failed the test at teardown (seen under load).
+            await run.uplink.stop(drain_timeout_s=1.0)
+            await asyncio.wait_for(run.task, 10)
     seqs = [m.json()["seq"] for m in sub.snapshot() if not m.topic.endswith("/status")]
     live_at = seqs.index(BACKLOG + 1)
     assert live_at < seqs.index(BACKLOG), "the live row went out before the backlog finished"
