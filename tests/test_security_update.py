@@ -5,21 +5,30 @@ any other file through a link, a device or a sparse file placed there.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
+import pwd
+import shutil
 import stat
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from structlog.testing import capture_logs
 
 from tests.support.testing import write_agent_config
 from water_edge.agent.cli import main
 from water_edge.agent.commands import update as update_command
 from water_edge.agent.remote.audit import read_audit
+from water_edge.agent.update.bundle import build_bundle, public_key_text
 from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.update.layout import Layout
 from water_edge.agent.update.receive import UpdateReceiver
 from water_edge.agent.update.service import CommandService
-from water_edge.agent.update.state import UpdateFiles, UpdateState
+from water_edge.agent.update.state import UnsafeUpdateFileError, UpdateFiles, UpdateState
 from water_edge.agent.update.updater import Updater
 
 AGENT_UID = 65534  # a user other than the test's, standing for edge-agent
@@ -113,6 +122,12 @@ def test_the_bundle_is_copied_only_from_a_regular_file_in_the_spool(tmp_path: Pa
     outcome = _run(tmp_path, state, spool / "null")
     assert outcome.phase == "failed"
     assert outcome.reason is not None
+    assert f"{spool}: a link where a directory belongs" in outcome.reason, outcome.reason
+    spool.unlink()
+    spool.mkdir()
+    os.mkfifo(spool / "fifo.tar")  # in the spool itself: opened without blocking, refused
+    outcome = _run(tmp_path, state, spool / "fifo.tar")
+    assert outcome.reason is not None
     assert "not a regular file" in outcome.reason, outcome.reason
 
 
@@ -194,3 +209,222 @@ def test_without_the_flag_root_uses_the_services_state_directory_not_the_configs
     _untouched(decoy)
     assert UpdateFiles(service).read_state().requested_by == "the service's"
     assert f"as root the state directory is {service}, not the config's {decoy}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the update directory itself
+
+
+def _root_only_dir(tmp: Path) -> Path:
+    """A directory of root's, holding a file of root's, where the agent would like root to work."""
+    target = tmp / "etc-somewhere"
+    target.mkdir(mode=0o700)
+    (target / "secret.json").write_text('{"phase": "trial", "requested_by": "SECRET"}')
+    return target
+
+
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def test_a_link_at_the_update_directory_is_never_followed_and_the_run_fails_non_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agent swapped `update` for a link: root wrote state.json (temp + rename) into whatever
+    directory it named, and read and removed the request.json there."""
+    state = _state_dir(tmp_path)
+    elsewhere = _root_only_dir(tmp_path)
+    (elsewhere / "request.json").write_text('{"action": "rollback", "requested_by": "the link"}')
+    before = _contents(elsewhere)
+    shutil.rmtree(state / "update")
+    (state / "update").symlink_to(elsewhere)
+    argv = ["update", "run", "-c", str(write_agent_config(tmp_path)), "--root", str(tmp_path / "opt")]
+    argv += ["--restart-command", "true", "--state-dir", str(state)]
+    with capture_logs() as logs:
+        assert main(argv) != 0
+    assert _contents(elsewhere) == before, "root wrote, read or removed a file through the link"
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o700
+    out, err = capsys.readouterr()
+    assert f"failed: refused {state / 'update'}: a link where a directory belongs" in out, out
+    assert f"state not written: {state / 'update'}" in err, err
+    (written,) = [e for e in logs if e["event"] == "update.state_not_written"]
+    assert (written["path"], written["log_level"]) == (str(state / "update" / "state.json"), "error")
+    (entry,) = read_audit(state / "audit.log")  # the audit log is beside `update`, not in it
+    assert (entry["outcome"], entry["reason"].startswith(f"refused {state / 'update'}")) == ("failed", True)
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo", "hard link"])
+def test_a_request_that_is_not_a_regular_file_is_removed_unread_and_the_update_fails(
+    tmp_path: Path, kind: str
+) -> None:
+    state = _state_dir(tmp_path)
+    secret = _root_only_dir(tmp_path) / "secret.json"
+    request = state / "update" / "request.json"
+    if kind == "link":
+        request.symlink_to(secret)
+    elif kind == "fifo":
+        os.mkfifo(request)  # opening it to read would hang root
+    else:
+        os.link(secret, request)  # what root may do; the agent, where protected_hardlinks is off
+    outcome = _updater(tmp_path, state).run()
+    assert outcome.phase == "failed"
+    assert outcome.reason is not None
+    assert outcome.reason.startswith(f"refused {request}: "), outcome.reason
+    assert outcome.id.startswith("refused-"), "without an id the agent would not report it"
+    assert not os.path.lexists(request), "left for the path unit to start the updater again"
+    assert secret.read_text() == '{"phase": "trial", "requested_by": "SECRET"}'
+    assert b"SECRET" not in (state / "update" / "state.json").read_bytes()
+
+
+def test_a_link_at_state_json_is_replaced_never_read_or_written_through(tmp_path: Path) -> None:
+    state = _state_dir(tmp_path)
+    secret = _root_only_dir(tmp_path) / "secret.json"
+    os.chmod(secret, 0o600)
+    link = state / "update" / "state.json"
+    link.symlink_to(secret)
+    outcome = _updater(tmp_path, state).run()
+    assert (outcome.phase, outcome.reason) == (
+        "failed",
+        f"refused {link}: a link where a regular file belongs: not followed",
+    )
+    assert secret.read_text() == '{"phase": "trial", "requested_by": "SECRET"}'
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert not link.is_symlink(), "state.json is root's own file again, renamed over the link"
+    assert stat.S_IMODE(link.stat().st_mode) == 0o644  # the agent reads it (its `update` events)
+    assert UpdateFiles(state).read_state().reason == outcome.reason
+
+
+def test_a_state_or_request_write_never_goes_through_a_link_at_the_update_directory(tmp_path: Path) -> None:
+    """What both sides write (state.json by root, request.json by the agent or `update rollback` as
+    root, the spool by `update apply` as root): refused, nothing made where the link points."""
+    state = _state_dir(tmp_path)
+    elsewhere = _root_only_dir(tmp_path)
+    before = _contents(elsewhere)
+    shutil.rmtree(state / "update")
+    (state / "update").symlink_to(elsewhere)
+    files = UpdateFiles(state)
+    with pytest.raises(UnsafeUpdateFileError, match="a link where a directory belongs"):
+        files.write_state(UpdateState(phase="failed"))
+    with pytest.raises(UnsafeUpdateFileError):
+        files.write_request({"action": "rollback"})
+    bundle = tmp_path / "usb.tar"
+    bundle.write_bytes(b"bundle")
+    with pytest.raises(UnsafeUpdateFileError):
+        UpdateReceiver(UpdateSection(release_keys=tmp_path / "keys"), files).spool(bundle, SHA)
+    assert files.read_state() == UpdateState()  # the agent's side: nothing to read
+    assert _contents(elsewhere) == before
+
+
+def test_update_apply_never_spools_into_a_directory_a_link_at_the_spool_names(tmp_path: Path) -> None:
+    state = _state_dir(tmp_path)
+    elsewhere = _root_only_dir(tmp_path)
+    spool = state / "update" / "spool"
+    spool.rmdir()
+    spool.symlink_to(elsewhere)
+    bundle = tmp_path / "usb.tar"
+    bundle.write_bytes(b"bundle")
+    with pytest.raises(UnsafeUpdateFileError, match=f"{spool}: a link where a directory belongs"):
+        UpdateReceiver(UpdateSection(release_keys=tmp_path / "keys"), UpdateFiles(state)).spool(bundle, SHA)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["secret.json"]
+
+
+def _updater(tmp: Path, state: Path, *, root: Path | None = None, config: Path | None = None) -> Updater:
+    return Updater(
+        layout=Layout(root or tmp / "opt"),
+        files=UpdateFiles(state),
+        keys_file=tmp / "release-keys",
+        config_path=config or tmp / "config.toml",
+        status_socket=state / "status.sock",
+        service=CommandService(["true"]),
+        audit_path=state / "audit.log",
+    )
+
+
+# ---------------------------------------------------------------------- check-config of the new release
+
+
+def _built_release(root: Path, tmp: Path, state: Path, check_config_exit: int = 3) -> tuple[Path, str]:
+    """A signed bundle spooled with its request, and its release already built under `root` (as an
+    earlier attempt leaves it), whose `edge-agent` records who runs it and ends check-config with
+    `check_config_exit`."""
+    key = Ed25519PrivateKey.generate()
+    (tmp / "release-keys").write_text(f"rel-test {public_key_text(key)}\n")
+    wheel = tmp / "w" / "water_edge_agent-0.2.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(os.urandom(1000))
+    python = ".".join(platform.python_version_tuple()[:2])
+    bundle = state / "update" / "spool" / "bundle.tar"
+    build_bundle([wheel], [], key, "rel-test", bundle, python=python, config_schema=(1, 1), outbox_schema=1)
+    sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    UpdateFiles(state).write_request({"action": "apply", "bundle": str(bundle), "sha256": sha})
+    release = root / "releases" / f"0.2.0-{sha[:8]}"
+    (release / "bin").mkdir(parents=True)
+    (release / "release.json").write_text('{"version": "0.2.0"}')
+    record = root / "ran-as"
+    record.mkdir(mode=0o777)
+    os.chmod(record, 0o777)
+    stand_in = release / "bin" / "edge-agent"
+    stand_in.write_text(f"#!/bin/sh\nid -u > {record}/uid\nid -g > {record}/gid\nexit {check_config_exit}\n")
+    os.chmod(stand_in, 0o755)
+    return record, sha
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a command as another user needs root")
+@pytest.mark.parametrize("owner", ["the agent", "root"])
+def test_the_new_releases_check_config_runs_as_the_user_who_owns_the_state_directory(
+    tmp_path: Path, owner: str
+) -> None:
+    """The config is the agent's to rewrite (`config_update`): root no longer loads it with the new
+    release's code. A state directory of root's (no agent user to be) runs it as before."""
+    try:
+        agent = pwd.getpwuid(AGENT_UID)
+    except KeyError:
+        pytest.skip(f"no user with uid {AGENT_UID} on this machine")
+    # The install root where the agent's user can reach it (pytest's tmp_path is root's alone).
+    root = Path(tempfile.mkdtemp(prefix="edge-agent-opt-"))
+    try:
+        os.chmod(root, 0o755)
+        state = _state_dir(tmp_path)
+        if owner == "root":
+            os.chown(state, 0, 0)
+        record, _ = _built_release(root, tmp_path, state)
+        config = write_agent_config(tmp_path)
+        outcome = _updater(tmp_path, state, root=root, config=config).run()
+        assert outcome.phase == "failed"
+        assert outcome.reason is not None
+        assert "check-config on the live config failed" in outcome.reason, outcome.reason
+        expected = (agent.pw_uid, agent.pw_gid) if owner == "the agent" else (0, 0)
+        ran_as = (int((record / "uid").read_text()), int((record / "gid").read_text()))
+        assert ran_as == expected
+    finally:
+        shutil.rmtree(root)
+
+
+class SwapsTheUpdateDirectoryWhenBuilt(Layout):
+    """The agent swaps `update` for a link while root builds the release (its last step is this)."""
+
+    def write_info(self, path: Path, info: dict[str, Any]) -> None:
+        super().write_info(path, info)
+        state = self.root.parent / "state"
+        shutil.rmtree(state / "update")
+        (state / "update").symlink_to(self.root.parent / "etc-somewhere")
+
+
+def test_a_trial_that_cannot_be_recorded_is_never_switched_to(tmp_path: Path) -> None:
+    """The trial goes to state.json before `current` is switched (a power cut must find it to judge)."""
+    state = _state_dir(tmp_path)
+    os.chown(state, 0, 0)  # check-config as is: the stand-in release is in root's tmp_path
+    elsewhere = _root_only_dir(tmp_path)
+    root = tmp_path / "opt"
+    (root / "releases" / "0.1.0-dev").mkdir(parents=True)
+    (root / "current").symlink_to("releases/0.1.0-dev")
+    _built_release(root, tmp_path, state, check_config_exit=0)
+    updater = _updater(tmp_path, state, config=write_agent_config(tmp_path))
+    updater.layout = SwapsTheUpdateDirectoryWhenBuilt(root)
+    outcome = updater.run()
+    assert outcome.phase == "failed"
+    assert outcome.reason is not None
+    assert outcome.reason.startswith("the trial could not be recorded ("), outcome.reason
+    assert outcome.reason.endswith("nothing was switched"), outcome.reason
+    assert os.readlink(root / "current") == "releases/0.1.0-dev"
+    assert updater.state_unwritten is not None
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["secret.json"]

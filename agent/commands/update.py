@@ -137,11 +137,15 @@ def _run_locked(args: argparse.Namespace, config: Any, state_dir: Path) -> int:
 
     try:
         with locked(Layout(args.root or config.update.root).lock_path()):
-            state = _updater(args, config, state_dir).run()
+            updater = _updater(args, config, state_dir)
+            state = updater.run()
     except RuntimeError as exc:
         sys.stderr.write(f"edge-agent update: {exc}\n")
         return EXIT_FAILED
     print(_describe(state))
+    if updater.state_unwritten is not None:
+        sys.stderr.write(f"edge-agent update: state not written: {updater.state_unwritten}\n")
+        return EXIT_FAILED
     # A rollback asked for by hand ends in `rolled_back` when it worked.
     done = ("idle", "committed", "rolled_back") if state.action == "rollback" else ("idle", "committed")
     return EXIT_OK if state.phase in done else EXIT_FAILED
@@ -196,7 +200,11 @@ def _apply(args: argparse.Namespace) -> int:
     except CommandFailedError as exc:
         sys.stderr.write(f"edge-agent update: not requested: {exc.reason}\n")
         return EXIT_FAILED
-    staged = receiver.spool(args.bundle, sha)
+    try:
+        staged = receiver.spool(args.bundle, sha)
+    except OSError as exc:  # a link at update/ or spool/ (refused), a full disk
+        sys.stderr.write(f"edge-agent update: not spooled: {exc}\n")
+        return EXIT_FAILED
     try:
         manifest = receiver.check(staged)
     except CommandRefusedError as exc:
@@ -233,15 +241,19 @@ def _rollback(args: argparse.Namespace) -> int:
     config = _config(args)
     state_dir = _state_dir(args, config)
     user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
-    write_json(
-        _files(state_dir).request,
-        {
-            "action": "rollback",
-            "requested_by": f"edge-agent update rollback by {user}",
-            "requested_ns": now_ns(),
-        },
-        mode=0o640,
-    )
+    try:
+        write_json(
+            _files(state_dir).request,
+            {
+                "action": "rollback",
+                "requested_by": f"edge-agent update rollback by {user}",
+                "requested_ns": now_ns(),
+            },
+            mode=0o640,
+        )
+    except OSError as exc:  # a link at update/ (refused), a full disk
+        sys.stderr.write(f"edge-agent update: rollback not requested: {exc}\n")
+        return EXIT_FAILED
     if args.now:
         return _run_locked(args, config, state_dir)
     print("rollback requested; follow it with: edge-agent update status")

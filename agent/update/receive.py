@@ -21,11 +21,9 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import os
 import re
 import shutil
 import ssl
-import tempfile
 import urllib.request
 from collections.abc import Callable
 from http.client import HTTPMessage
@@ -105,24 +103,16 @@ class UpdateReceiver:
         try:
             return read_manifest(bundle, load_release_keys(self.config.release_keys))
         except BundleError as exc:
-            bundle.unlink(missing_ok=True)
+            self.files.remove_spooled(bundle.name)  # `bundle` is in the spool (as root: never through a link)
             raise CommandRefusedError("bad_release", str(exc)) from None
 
     def spool(self, source: Path, sha: str) -> Path:
         """Copy a bundle (from a USB stick, say) into the spool under its sha256. Run by root
         (`edge-agent update apply`) in the agent's directory: the copy goes to a new file of its
-        own (O_EXCL), never through a link the agent placed at a name it could predict."""
-        target = self.files.spool / f"{sha}.tar"
-        self.files.spool.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{sha[:16]}.", suffix=".part", dir=self.files.spool)
-        try:
-            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        own (O_EXCL), never through a link the agent placed at a name it could predict, nor into a
+        directory a link at `update` or `spool` names (UnsafeUpdateFileError)."""
+        with source.open("rb") as src:
+            return self.files.spool_copy(src, f"{sha}.tar")
 
     def no_other_request(self, sha: str) -> None:
         """CommandFailedError if a request for another bundle still waits for the updater:

@@ -117,7 +117,7 @@ class UpdateWatch:
         if (read_json(self.files.request) or {}).get("sha256") == sha:
             return
         try:
-            (self.files.spool / f"{sha}.tar").unlink(missing_ok=True)
+            self.files.remove_spooled(f"{sha}.tar")
         except OSError as exc:
             log.warning("update.spool_not_removed", id=sha[:16], error=str(exc))
 

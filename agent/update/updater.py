@@ -18,15 +18,15 @@ from __future__ import annotations
 import errno
 import os
 import platform
+import pwd
 import shutil
-import stat
 import subprocess
 import sys
 import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 import structlog
 
@@ -42,7 +42,7 @@ from water_edge.agent.update.bundle import (
 )
 from water_edge.agent.update.layout import Layout
 from water_edge.agent.update.service import CommandService
-from water_edge.agent.update.state import TERMINAL, UpdateFiles, UpdateState
+from water_edge.agent.update.state import TERMINAL, UnsafeUpdateFileError, UpdateFiles, UpdateState
 from water_edge.core.digests import sha256_file
 from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
 
@@ -53,6 +53,14 @@ PIP_TIMEOUT_S = 1800
 
 class UpdateFailedError(Exception):
     """The update stopped before the switch; nothing changed for the running agent."""
+
+
+class RunAs(NamedTuple):
+    """The user a command runs as instead of root (subprocess.run's user, group, extra_groups)."""
+
+    uid: int
+    gid: int
+    groups: list[int]
 
 
 class Updater:
@@ -86,29 +94,46 @@ class Updater:
         self.poll_s = poll_s
         self._now = clock_ns
         self.state = files.read_state()
+        # Why state.json could not be written the last time it was tried; None once it was.
+        self.state_unwritten: str | None = None
 
     # ------------------------------------------------------------------ entry point
 
     def run(self) -> UpdateState:
-        """Resume an interrupted trial, else carry out the pending request (if any)."""
+        """Resume an interrupted trial, else carry out the pending request (if any). A link or a
+        file the updater may not trust in the update directory ends it `failed`, naming the path."""
+        try:
+            self.state = self.files.load_state()
+            self._resume_or_take_request()
+        except UnsafeUpdateFileError as exc:
+            self._refused(exc)
+        return self.state
+
+    def _resume_or_take_request(self) -> None:
         if self.state.phase == "trial":
             current = self.layout.release(self.layout.current)
             if current is None or current.name != self.state.to_release:
                 self._finish("failed", "interrupted before the switch; nothing was switched")
-                return self.state
+                return
             self._note("resumed after an interruption: judging the release again")
             self._judge_and_finish(self.state.health_window_s)
-            return self.state
+            return
         if self.state.phase not in TERMINAL:
             self._finish("failed", f"interrupted while {self.state.phase}; nothing was switched")
         request = self.files.take_request()
         if request is None:
-            return self.state
+            return
         if request.get("action") == "rollback":
             self.rollback(str(request.get("requested_by", "")))
         else:
             self.apply(request)
-        return self.state
+
+    def _refused(self, exc: UnsafeUpdateFileError) -> None:
+        log.error("update.refused", path=exc.filename, error=exc.strerror)
+        now = self._now()
+        # An id of its own: the agent reports only outcomes with one, and the centre should hear this.
+        self.state = UpdateState(id=f"refused-{now}", phase="verifying", started_ns=now)
+        self._finish("failed", f"refused {exc}")
 
     # ------------------------------------------------------------------ apply
 
@@ -150,7 +175,10 @@ class Updater:
         self.state.trial_deadline_ns = self._now() + int(window * 1e9)
         self.state.baseline = judge.Baseline.from_status(baseline).to_json()
         # On disk before the switch: a power cut right after it must find a trial to judge at boot.
-        self.files.write_state(self.state)
+        if not self._save():
+            why = f"the trial could not be recorded ({self.state_unwritten}); nothing was switched"
+            self._finish("failed", why)
+            return
         self.layout.switch(target)
         self._note(f"switched current to {target.name}; restarting the agent")
         self._audit("switched", to=manifest.version, release=target.name)
@@ -170,7 +198,10 @@ class Updater:
         copy = work / "bundle.tar"
         try:
             # Out of the agent's reach before anything is read from it.
-            _copy_regular_file(source, copy, self.max_bundle_bytes)
+            with self.files.open_spooled(source.name) as src:
+                _copy_limited(src, source, copy, self.max_bundle_bytes)
+        except UnsafeUpdateFileError as exc:
+            raise UpdateFailedError(f"the bundle {source} was not read: {exc}") from None
         except OSError as exc:
             raise UpdateFailedError(f"cannot read the bundle {source}: {exc.strerror}") from None
         if self.state.id and sha256_file(copy) != self.state.id:
@@ -239,6 +270,7 @@ class Updater:
         self._run(
             [str(target / "bin" / "edge-agent"), "check-config", "-c", str(self.config_path)],
             "the new release's check-config on the live config",
+            as_user=self._agent_user(),
         )
         for wheel in wheels:
             self.layout.cache_wheel(wheel)
@@ -248,11 +280,30 @@ class Updater:
         )  # fmt: skip
         return target
 
-    def _run(self, argv: list[str], what: str) -> None:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
+    def _run(self, argv: list[str], what: str, as_user: RunAs | None = None) -> None:
+        uid, gid, groups = as_user or (None, None, None)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False,
+            user=uid, group=gid, extra_groups=groups, cwd="/" if as_user else None,
+        )  # fmt: skip
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
             raise UpdateFailedError(f"{what} failed: {' / '.join(tail)[-600:]}")
+
+    def _agent_user(self) -> RunAs | None:
+        """Who the new release's check-config runs as: the config is the agent's to rewrite
+        (`config_update`), so root does not load it; the agent's user is the owner of the state
+        directory. None (run as is) when the updater is not root or root owns that directory."""
+        if os.geteuid() != 0:
+            return None
+        st = os.stat(self.files.dir.parent)
+        if st.st_uid == 0:
+            return None
+        try:
+            user = pwd.getpwuid(st.st_uid)
+        except KeyError:  # a uid without a name: its own group only
+            return RunAs(st.st_uid, st.st_gid, [])
+        return RunAs(user.pw_uid, user.pw_gid, os.getgrouplist(user.pw_name, user.pw_gid))
 
     # ------------------------------------------------------------------ judging
 
@@ -270,7 +321,7 @@ class Updater:
                 return
             if time.monotonic() - last_write > 5:
                 self.state.reason = "; ".join(problems)
-                self.files.write_state(self.state)
+                self._save()
                 last_write = time.monotonic()
             time.sleep(self.poll_s)
         reason = f"health check failed within {window_s:g} s: {'; '.join(problems)}"
@@ -315,7 +366,21 @@ class Updater:
     def _note(self, line: str) -> None:
         log.info("update.step", id=self.state.id[:16], line=line)
         self.state.log = [*self.state.log[-30:], line]
-        self.files.write_state(self.state)
+        self._save()
+
+    def _save(self) -> bool:
+        """Write state.json; False, with why in the journal, when it cannot be written (safely): the
+        update goes on to its end where it can (a trial is judged and rolled back all the same), and
+        `update run` exits non-zero."""
+        try:
+            self.files.write_state(self.state)
+        except OSError as exc:
+            if str(exc) != self.state_unwritten:
+                log.error("update.state_not_written", path=str(self.files.state), error=str(exc))
+            self.state_unwritten = str(exc)
+            return False
+        self.state_unwritten = None
+        return True
 
     def _finish(self, phase: str, reason: str | None) -> None:
         self.state.phase = phase  # type: ignore[assignment]  # one of the terminal phases
@@ -337,7 +402,7 @@ class Updater:
         except OSError as exc:
             log.warning("update.audit_refused", path=str(self.audit_path), error=str(exc))
             self.state.log = [*self.state.log[-30:], f"audit log not written: {exc}"]
-            self.files.write_state(self.state)
+            self._save()
             return
         try:
             audit.record("update", outcome, id=self.state.id[:64], by=self.state.requested_by, **fields)
@@ -345,20 +410,15 @@ class Updater:
             audit.close()
 
 
-def _copy_regular_file(source: Path, target: Path, limit: int) -> None:
-    """Copy `source`, a file in the agent's spool, as root: never through a link at its name, only a
-    regular file of at most `limit` bytes (not /dev/zero behind a spool the agent replaced, nor a
-    sparse terabyte), so the agent cannot make root fill the install root's disk."""
-    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as src:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EPERM, "not a regular file", str(source))
-        if st.st_size > limit:
+def _copy_limited(src: IO[bytes], source: Path, target: Path, limit: int) -> None:
+    """Copy `src`, the spooled bundle `source` opened as a regular file (`UpdateFiles.open_spooled`),
+    only if it is at most `limit` bytes (not a sparse terabyte), so the agent cannot make root fill the
+    install root's disk."""
+    if os.fstat(src.fileno()).st_size > limit:
+        raise OSError(errno.EFBIG, f"larger than [update] max_bundle_bytes ({limit})", str(source))
+    with target.open("wb") as out:
+        # At most `limit` bytes even if the file grows while it is copied.
+        while (left := limit + 1 - out.tell()) > 0 and (block := src.read(min(1 << 20, left))):
+            out.write(block)
+        if out.tell() > limit:
             raise OSError(errno.EFBIG, f"larger than [update] max_bundle_bytes ({limit})", str(source))
-        with target.open("wb") as out:
-            # At most `limit` bytes even if the file grows while it is copied.
-            while (left := limit + 1 - out.tell()) > 0 and (block := src.read(min(1 << 20, left))):
-                out.write(block)
-            if out.tell() > limit:
-                raise OSError(errno.EFBIG, f"larger than [update] max_bundle_bytes ({limit})", str(source))
