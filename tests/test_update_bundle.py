@@ -12,6 +12,8 @@ import contextlib
 import datetime as dt
 import http.server
 import io
+import os
+import pwd
 import ssl
 import tarfile
 import threading
@@ -361,3 +363,34 @@ def test_download_hosts_hold_the_url_and_every_redirect(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="not a host name or address"):
             UpdateSection(download_hosts=(wrong,))
     assert UpdateSection(download_hosts=("[fd00::1]",)).download_hosts == ("fd00::1",)
+
+
+def test_a_request_the_agent_cannot_read_is_never_overwritten_by_a_command(tmp_path: Path) -> None:
+    """`update apply` run as root leaves request.json 0640 root:root; the agent, reading it as its own
+    user, took it for no request at all and a signed `update` command replaced it."""
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no unprivileged user 'nobody' on this machine")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to write the request as root and check as another user")
+    files = UpdateFiles(tmp_path / "state")
+    files.write_request({"action": "apply", "sha256": "a" * 64, "requested_by": "technician"})
+    receiver = UpdateReceiver(UpdateSection(), files)
+    pid = os.fork()
+    if pid == 0:  # the agent's side, as an unprivileged user: it can reach the file, not read it
+        code = 3
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            receiver.no_other_request("b" * 64)
+            code = 1  # taken for no request
+        except CommandFailedError as exc:
+            code = 0 if "an update request the agent cannot read (Permission denied)" in str(exc) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    verdict = {0: "refused", 1: "taken for no request", 2: "refused with another message", 3: "failed"}
+    assert verdict[os.waitstatus_to_exitcode(status)] == "refused"
+    assert read_json(files.request)["requested_by"] == "technician"  # type: ignore[index]

@@ -36,7 +36,7 @@ import structlog
 from water_edge.agent.remote.result import CommandFailedError, CommandRefusedError, CommandResult
 from water_edge.agent.update.bundle import BundleError, Manifest, load_release_keys, read_manifest
 from water_edge.agent.update.config import UpdateSection
-from water_edge.agent.update.state import UpdateFiles, read_json, write_json
+from water_edge.agent.update.state import UpdateFiles, load_json, write_json
 from water_edge.core.envelope import Envelope
 from water_edge.core.instants import iso
 from water_edge.core.reading import now_ns
@@ -117,7 +117,13 @@ class UpdateReceiver:
     def no_other_request(self, sha: str) -> None:
         """CommandFailedError if a request for another bundle still waits for the updater:
         overwriting it would drop an update whose command was already answered `staged`."""
-        pending = read_json(self.files.request)
+        try:
+            pending = load_json(self.files.request)
+        except OSError as exc:  # `update apply` run as root leaves a request the agent cannot read
+            raise CommandFailedError(
+                f"an update request the agent cannot read ({exc.strerror}) is waiting for the updater "
+                "(edge-agent-update.path); send this one when that update has ended"
+            ) from None
         if pending is None or pending.get("sha256") == sha:
             return
         since = pending.get("requested_ns")
