@@ -428,3 +428,35 @@ def test_a_trial_that_cannot_be_recorded_is_never_switched_to(tmp_path: Path) ->
     assert os.readlink(root / "current") == "releases/0.1.0-dev"
     assert updater.state_unwritten is not None
     assert sorted(p.name for p in elsewhere.iterdir()) == ["secret.json"]
+
+
+def test_the_directories_root_makes_for_an_update_are_the_agents(tmp_path: Path) -> None:
+    """`edge-agent update apply` run as root on a gateway whose agent never staged an update made
+    `update/` and `spool/` root's: the agent could then stage no signed update (no `chunks/`, no
+    `request.json`). They now belong to the state directory's owner, as if the agent had made them."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, AGENT_UID, AGENT_UID)
+    bundle = tmp_path / "usb.tar"
+    bundle.write_bytes(b"bundle")
+    files = UpdateFiles(state)
+    UpdateReceiver(UpdateSection(release_keys=tmp_path / "keys"), files).spool(bundle, SHA)
+    files.write_request({"action": "apply", "sha256": SHA})
+    for made in (files.dir, files.spool):
+        st = os.lstat(made)
+        assert stat.S_ISDIR(st.st_mode)
+        assert (st.st_uid, st.st_gid) == (AGENT_UID, AGENT_UID), made
+    assert os.stat(files.request).st_uid == 0  # root's own file in it stays root's (0640)
+
+
+def test_a_state_directory_reached_through_a_link_is_used(tmp_path: Path) -> None:
+    # The installer may put the state directory on a data partition behind a link: only what is in
+    # `update/` is the agent's to plant.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "state").symlink_to(tmp_path / "data")
+    files = UpdateFiles(tmp_path / "state")
+    files.write_request({"action": "apply", "sha256": SHA})
+    assert files.take_request() == {"action": "apply", "sha256": SHA}
+    assert (tmp_path / "data" / "update").is_dir()

@@ -95,10 +95,29 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
 
 
 def _make_dir(path: Path) -> None:
+    """`path`, the update directory, made if missing. Its parent, the state directory, is taken as
+    given (a link there is the installer's, e.g. to a data partition): opened following links."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # mkdir never follows a link at its last component (it fails: the open after it refuses).
-    with contextlib.suppress(FileExistsError):
-        path.mkdir()
+    parent_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _make_dir_at(parent_fd, path.name)
+    finally:
+        os.close(parent_fd)
+
+
+def _make_dir_at(parent_fd: int, name: str) -> None:
+    """The directory `name` in `parent_fd`, made if missing. Made by root (`edge-agent update
+    apply`, the updater), it is given to the owner of the directory it is in, as if the agent had
+    made it: a root-owned `update/` or `spool/` left the agent unable to stage the next signed
+    update. mkdir never follows a link at its name (it fails, and the open after it refuses), and
+    the chown does not either."""
+    try:
+        os.mkdir(name, dir_fd=parent_fd)
+    except FileExistsError:
+        return
+    if os.geteuid() == 0:
+        owner = os.fstat(parent_fd)
+        os.chown(name, owner.st_uid, owner.st_gid, dir_fd=parent_fd, follow_symlinks=False)
 
 
 @contextlib.contextmanager
@@ -258,8 +277,8 @@ class UpdateFiles:
         """Copy `source` into the spool as `name`, through a new file of our own renamed into place:
         `edge-agent update apply` runs as root, and the agent can know the name beforehand."""
         _make_dir(self.dir)
-        with _opened_dir(self.dir) as update_fd, contextlib.suppress(FileExistsError):
-            os.mkdir(self.spool.name, dir_fd=update_fd)
+        with _opened_dir(self.dir) as update_fd:
+            _make_dir_at(update_fd, self.spool.name)
         with self._spool_dir() as spool_fd:
             _replace_at(spool_fd, name, lambda out: shutil.copyfileobj(source, out, 1 << 20), 0o600)
         return self.spool / name
