@@ -33,7 +33,7 @@ from water_edge.agent.update.bundle import build_bundle, public_key_text
 from water_edge.agent.update.layout import Layout, Release
 from water_edge.agent.update.report import UpdateWatch
 from water_edge.agent.update.service import CommandService
-from water_edge.agent.update.state import UpdateFiles
+from water_edge.agent.update.state import UpdateFiles, UpdateState
 from water_edge.agent.update.updater import Updater
 from water_edge.core.reading import Event
 
@@ -223,3 +223,27 @@ def test_a_disk_full_while_building_the_release_fails_the_update_and_frees_the_s
     assert _link(root, "current") == "0.1.0-dev"
     assert [p.name for p in small_releases.iterdir()] == ["0.1.0-dev"]  # no half-built release
     assert shutil.disk_usage(small_releases).used < 64 * 1024
+
+
+def test_a_reported_bundle_stays_while_a_request_the_agent_cannot_read_waits(tmp_path: Path) -> None:
+    """The agent drops a finished update's bundle unless a new request names it. A request it cannot
+    read (root's 0640 file from `update apply`; here a FIFO, which it refuses to read alike) was
+    taken for none, and the bundle the technician had just asked for again was removed."""
+    files = UpdateFiles(tmp_path / "state")
+    sha = "ab" * 32
+    files.write_state(UpdateState(id=sha, phase="rolled_back", started_ns=1))
+    files.spool.mkdir(parents=True)
+    (files.spool / f"{sha}.tar").write_bytes(b"bundle")
+    os.mkfifo(files.request)
+    events: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+
+    assert [e["outcome"] for e in _reported(tmp_path, UpdateWatch(files, emit), events)] == ["rolled_back"]
+    assert (files.spool / f"{sha}.tar").exists()
+    files.request.unlink()  # the updater took it, and the next attempt ended: now the bundle goes
+    files.write_state(UpdateState(id=sha, phase="failed", started_ns=2))
+    reported = _reported(tmp_path, UpdateWatch(files, emit), events)
+    assert [e["outcome"] for e in reported] == ["rolled_back", "failed"]
+    assert not (files.spool / f"{sha}.tar").exists()

@@ -235,21 +235,18 @@ def _follow(files: Any, update_id: str) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from water_edge.agent.update.state import write_json
     from water_edge.core.reading import now_ns
 
     config = _config(args)
     state_dir = _state_dir(args, config)
     user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
     try:
-        write_json(
-            _files(state_dir).request,
+        _files(state_dir).write_request(
             {
                 "action": "rollback",
                 "requested_by": f"edge-agent update rollback by {user}",
                 "requested_ns": now_ns(),
-            },
-            mode=0o640,
+            }
         )
     except OSError as exc:  # a link at update/ (refused), a full disk
         sys.stderr.write(f"edge-agent update: rollback not requested: {exc}\n")

@@ -36,7 +36,7 @@ import structlog
 from water_edge.agent.remote.result import CommandFailedError, CommandRefusedError, CommandResult
 from water_edge.agent.update.bundle import BundleError, Manifest, load_release_keys, read_manifest
 from water_edge.agent.update.config import UpdateSection
-from water_edge.agent.update.state import UpdateFiles, load_json, write_json
+from water_edge.agent.update.state import UpdateFiles, load_json
 from water_edge.core.envelope import Envelope
 from water_edge.core.instants import iso
 from water_edge.core.reading import now_ns
@@ -145,7 +145,7 @@ class UpdateReceiver:
         }
         if window is not None:
             doc["health_window_s"] = float(window)
-        write_json(self.files.request, doc, mode=0o640)
+        self.files.write_request(doc)
         log.info("update.requested", sha256=sha[:16], by=requested_by)
 
     # ------------------------------------------------------------------ getting the bytes (threads)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import structlog
 
 from water_edge.agent.update.layout import Layout
-from water_edge.agent.update.state import TERMINAL, UpdateFiles, UpdateState, read_json, write_json
+from water_edge.agent.update.state import TERMINAL, UpdateFiles, UpdateState, load_json, read_json, write_json
 from water_edge.core.reading import Event, Severity, now_ns
 
 log = structlog.get_logger(__name__)
@@ -113,8 +113,12 @@ class UpdateWatch:
 
     def _drop_spooled(self, sha: str) -> None:
         """The bundle of an update that has ended is done with (a retry sends it again), unless a
-        new request names it: on a gateway the spool shares its disk with the outbox."""
-        if (read_json(self.files.request) or {}).get("sha256") == sha:
+        new request names it, or one is waiting that the agent cannot read (root's, from `update
+        apply`): on a gateway the spool shares its disk with the outbox."""
+        try:
+            if (load_json(self.files.request) or {}).get("sha256") == sha:
+                return
+        except OSError:
             return
         try:
             self.files.remove_spooled(f"{sha}.tar")
