@@ -10,9 +10,9 @@ A larger utility will use its existing PKI; the agent only needs PEM files from 
 
 A certificate's common name is its holder's MQTT identity (the broker takes it as the username and
 the client id), so the CA keeps names unambiguous: a device certificate is never issued for a name
-reserved for central services or claim certificates (`reserved_name`), nor for a gateway id that
-another device holds a valid certificate for, nor for a device serial that holds a valid
-certificate under another gateway id. Revoke the old certificate first to move a name or a serial.
+reserved for central services, claim certificates or Sparkplug hosts (`reserved_name`), nor for a
+gateway id that another device holds a valid certificate for, nor for a device serial that holds a
+valid certificate under another gateway id. Revoke the old certificate first to move a name or a serial.
 """
 
 from __future__ import annotations
@@ -39,14 +39,18 @@ log = structlog.get_logger(__name__)
 _ALLOWED_SUBJECT = (NameOID.COMMON_NAME, NameOID.SERIAL_NUMBER, NameOID.ORGANIZATIONAL_UNIT_NAME)
 _PEM = serialization.Encoding.PEM
 # Names of central services in the shipped broker ACL (deploy/mosquitto/acl); claim certificates
-# are named `claim` or `claim-...`. None of them may become a gateway id.
+# are named `claim` or `claim-...`, Sparkplug host applications `sparkplug-host` or
+# `sparkplug-host-...`. None of them may become a gateway id.
 RESERVED_NAMES = frozenset({"centre", "enrolment-service"})
 CLAIM_PREFIX = "claim"
+SPARKPLUG_HOST_PREFIX = "sparkplug-host"
 
 
 def reserved_name(name: str) -> bool:
-    """True for the names of central services and claim certificates."""
-    return name in RESERVED_NAMES or name == CLAIM_PREFIX or name.startswith(CLAIM_PREFIX + "-")
+    """True for the names of central services, claim certificates and Sparkplug hosts."""
+    return name in RESERVED_NAMES or any(
+        name == prefix or name.startswith(prefix + "-") for prefix in (CLAIM_PREFIX, SPARKPLUG_HOST_PREFIX)
+    )
 
 
 def normalise_serial(serial: str) -> str:
@@ -192,7 +196,8 @@ class CertificateAuthority:
             raise ProvisioningError(f"the CSR is for {common_name!r}, expected {expect_common_name!r}")
         if reserved_name(common_name):
             raise ProvisioningError(
-                f"{common_name!r} is reserved for central services and claim certificates, not a gateway id"
+                f"{common_name!r} is reserved for central services, claim certificates and Sparkplug "
+                "hosts, not a gateway id"
             )
         serials = [str(a.value) for a in names if a.oid == NameOID.SERIAL_NUMBER]
         self.check_unambiguous(common_name, serials[0] if serials else None)

@@ -11,15 +11,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.pki import Pki
-from tests.support.testing import write_agent_config
+from tests.support.testing import AGENT_GATEWAY, write_agent_config
 from water_edge.agent.cli import main
 from water_edge.agent.config import load_config
 from water_edge.agent.config.files import file_problems
 
 
-def _config(tmp_path: Path, ca: Path, cert: Path, key: Path, security: str | None = None) -> Path:
+def _config(
+    tmp_path: Path, ca: Path, cert: Path, key: Path, security: str | None = None, node: str | None = None
+) -> Path:
+    """A config with these TLS files; `node`: Sparkplug B with this edge_node_id."""
     tls = f'[uplink.tls]\nca_file = "{ca}"\ncert_file = "{cert}"\nkey_file = "{key}"\n'
-    return write_agent_config(tmp_path, extra=tls, security=security)
+    if node is None:
+        return write_agent_config(tmp_path, extra=tls, security=security)
+    tls += f'[uplink.sparkplug]\nedge_node_id = "{node}"\n'
+    return write_agent_config(tmp_path, extra=tls, security=security, uplink={"encoding": "sparkplug_b"})
 
 
 def _warnings(path: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -35,8 +41,32 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def test_a_usable_certificate_and_key_give_no_warning(
     tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cert, key = pki.client("gw-1")
+    cert, key = pki.client(AGENT_GATEWAY)
     assert _warnings(_config(tmp_path, pki.ca_file, cert, key), capsys) == []
+
+
+def test_a_certificate_issued_to_another_name_is_named(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shipped ACL grants topics by the certificate's name: another gateway's certificate (a
+    copied SD card image, a mixed-up file) or a Sparkplug node id of its own means every message is
+    dropped by the broker without a word, so check-config says so at install."""
+    cert, key = pki.client("gw-north-07")
+    path = _config(tmp_path, pki.ca_file, cert, key)
+    assert _warnings(path, capsys) == [
+        f'{path}: warning: uplink.tls.cert_file = "{cert}": issued to "gw-north-07", not to this '
+        f'gateway (gateway.id = "{AGENT_GATEWAY}"): a broker that grants topics by the certificate\'s '
+        "name, as the shipped ACL does, drops everything the gateway publishes"
+    ]
+    own_cert, own_key = pki.client(AGENT_GATEWAY)
+    config = load_config(_config(tmp_path, pki.ca_file, own_cert, own_key, node="pumps-east"))
+    assert file_problems(config) == [
+        f'uplink.sparkplug.edge_node_id = "pumps-east": not the name the certificate "{own_cert}" is '
+        f'issued to ("{AGENT_GATEWAY}"): the shipped broker ACL lets an Edge Node publish only under '
+        "its certificate's name"
+    ]
+    same = _config(tmp_path, pki.ca_file, own_cert, own_key, node=AGENT_GATEWAY)
+    assert file_problems(load_config(same)) == []
 
 
 def test_missing_files_are_named_with_their_key_and_the_config_still_passes(

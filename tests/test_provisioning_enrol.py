@@ -248,7 +248,8 @@ def test_the_ca_never_issues_a_reserved_or_an_already_held_gateway_id(tmp_path: 
     def csr(name: str, cn: str, serial: str) -> bytes:
         return DeviceIdentity(tmp_path / name).make_csr(serial, cn, SITE)
 
-    for reserved in ("claim", "claim-batch7", "centre", "enrolment-service"):
+    services = ("centre", "enrolment-service", "sparkplug-host", "sparkplug-host-b")
+    for reserved in ("claim", "claim-batch7", *services):
         with pytest.raises(ProvisioningError, match="reserved"):
             ca.sign_csr(csr(reserved, reserved, "SER-R1"))
     ca.sign_csr(csr("a", "gw-01", "SER-A"))

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto
-from tests.support.sparkplug import Message, PrimaryHost, kinds, session_errors
+from tests.support.sparkplug import T0, TAGS, PrimaryHost, flows, kinds, rows, session_errors
 from tests.support.testing import eventually, write_agent_config
 from tests.support.uplink import StateLog
 from water_edge.agent.uplink.config import MqttConfig, SparkplugConfig
@@ -30,36 +30,6 @@ from water_edge.agent.uplink.sparkplug.uplink import SparkplugUplink
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.types import Batch
 from water_edge.core.reading import Reading
-
-T0 = 1_750_000_000 * 10**9
-TAGS = [("flow", "m3/h"), ("level", "m"), ("running", "")]
-
-
-def rows(n: int, start: int = 0) -> list[Batch]:
-    """n rows of plc1 readings: flow = row number (so every reading can be found again)."""
-    return [
-        Batch(
-            "plc1",
-            readings=[Reading("plc1", "flow", T0 + (start + i) * 10**6, float(start + i), unit="m3/h")],
-        )
-        for i in range(n)
-    ]
-
-
-def flows(messages: list[Message], *, historical: bool | None = None) -> list[float]:
-    """Every flow value the host got in DDATA (alias of flow resolved from the births)."""
-    alias = None
-    out = []
-    for m in messages:
-        if m.kind == "DBIRTH":
-            alias = next(x.alias for x in m.payload.metrics if x.name == "flow")
-        if m.kind == "DDATA":
-            out += [
-                x.double_value
-                for x in m.payload.metrics
-                if x.alias == alias and (historical is None or x.is_historical == historical)
-            ]
-    return out
 
 
 @pytest.fixture

@@ -2,9 +2,13 @@
 
 A CA file that is missing, a key that does not belong to its certificate or one locked by a
 passphrase is otherwise found at the first connection, as a TLS error repeated every backoff while
-readings pile up in the buffer. `check-config` names each problem as a warning and `run` logs it
-once at start; neither refuses the config (systemd runs check-config before every start): without
-its TLS files the agent still reads and buffers the devices, and sends once the file is put right."""
+readings pile up in the buffer. A certificate issued to another name than the gateway's id (or its
+Sparkplug Edge Node id) is found later still: the shipped broker ACL grants topics by the
+certificate's common name, and silently drops what a gateway publishes under another.
+
+`check-config` names each problem as a warning and `run` logs it once at start; neither refuses the
+config (systemd runs check-config before every start): without its TLS files the agent still reads
+and buffers the devices, and sends once the file is put right."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
     from water_edge.agent.config.load import Config
@@ -68,6 +73,38 @@ def _pair(section: str, cert: Path, key: Path) -> list[str]:
     return []
 
 
+def _common_name(cert: Path) -> str | None:
+    certificate = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
+def _identity(config: Config, cert: Path) -> list[str]:
+    """The names the gateway publishes under against the name its certificate proves."""
+    name = _common_name(cert)
+    if name is None:
+        return [
+            f'uplink.tls.cert_file = "{cert}": has no common name, '
+            "which the broker takes as the gateway's name"
+        ]
+    problems = []
+    if name != config.gateway.id:
+        problems.append(
+            f'uplink.tls.cert_file = "{cert}": issued to "{name}", not to this gateway (gateway.id = '
+            f'"{config.gateway.id}"): a broker that grants topics by the certificate\'s name, as the '
+            "shipped ACL does, drops everything the gateway publishes"
+        )
+    sparkplug = config.uplink.sparkplug
+    node = sparkplug.edge_node_id if sparkplug is not None else None
+    if config.uplink.encoding == "sparkplug_b" and node is not None and node != name:
+        problems.append(
+            f'uplink.sparkplug.edge_node_id = "{node}": not the name the certificate "{cert}" is issued '
+            f'to ("{name}"): the shipped broker ACL lets an Edge Node publish only under its '
+            "certificate's name"
+        )
+    return problems
+
+
 def _found(*problems: str | None) -> list[str]:
     return [p for p in problems if p is not None]
 
@@ -83,7 +120,8 @@ def file_problems(config: Config) -> list[str]:
             # With a claim, the device certificate is written at enrolment: absent until then.
             pending = claim is not None and not tls.cert_file.exists()
             if not pending:
-                problems += _pair("uplink.tls", tls.cert_file, tls.key_file)
+                pair = _pair("uplink.tls", tls.cert_file, tls.key_file)
+                problems += pair or _identity(config, tls.cert_file)
     if claim is not None:
         problems += _found(_certificates("security.identity.claim.ca_file", claim.ca_file))
         problems += _pair("security.identity.claim", claim.cert_file, claim.key_file)

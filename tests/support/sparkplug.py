@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,6 +20,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from water_edge.agent.uplink.sparkplug.proto import Payload
+from water_edge.buffer.types import Batch
+from water_edge.core.reading import Reading
 
 
 @dataclass
@@ -45,15 +48,52 @@ class Message:
         raise KeyError(name)
 
 
+T0 = 1_750_000_000 * 10**9
+TAGS = [("flow", "m3/h"), ("level", "m"), ("running", "")]
+
+
+def rows(n: int, start: int = 0) -> list[Batch]:
+    """n rows of plc1 readings: flow = row number (so every reading can be found again)."""
+    return [
+        Batch(
+            "plc1",
+            readings=[Reading("plc1", "flow", T0 + (start + i) * 10**6, float(start + i), unit="m3/h")],
+        )
+        for i in range(n)
+    ]
+
+
+def flows(messages: list[Message], *, historical: bool | None = None) -> list[float]:
+    """Every flow value the host got in DDATA (alias of flow resolved from the births)."""
+    alias = None
+    out = []
+    for m in messages:
+        if m.kind == "DBIRTH":
+            alias = next(x.alias for x in m.payload.metrics if x.name == "flow")
+        if m.kind == "DDATA":
+            out += [
+                x.double_value
+                for x in m.payload.metrics
+                if x.alias == alias and (historical is None or x.is_historical == historical)
+            ]
+    return out
+
+
 class PrimaryHost:
     """A Primary Host application: STATE publisher and Sparkplug decoder (see the module docstring)."""
 
-    def __init__(self, host: str, port: int, host_id: str = "scada") -> None:
+    def __init__(
+        self, host: str, port: int, host_id: str = "scada", *, tls: tuple[Path, Path, Path] | None = None
+    ) -> None:
+        """`tls` = (CA file, certificate, key): connect with a client certificate (a secure broker)."""
         self.host_id = host_id
         self.messages: list[Message] = []
         self._cond = threading.Condition()
         self._ready = threading.Event()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"host-{host_id}")
+        if tls is not None:
+            ca, cert, key = tls
+            self._client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key))
         self.online = False  # as a real host: once online, it says so again on every reconnect
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_a: self._ready.set()
