@@ -88,6 +88,8 @@ class Issued:
     not_after: str
     revoked_at: str | None = None
     device_serial: str | None = None
+    not_before: str | None = None  # recorded since the renewal limit; None in older indexes
+    pem: str | None = None  # the certificate itself, likewise
 
     @property
     def common_name(self) -> str | None:
@@ -101,6 +103,14 @@ class Issued:
     def valid(self) -> bool:
         """Not revoked and not expired."""
         return self.revoked_at is None and dt.datetime.fromisoformat(self.not_after) > _utcnow()
+
+    def lived(self, now: dt.datetime) -> float | None:
+        """The fraction of its lifetime this certificate has lived at `now` (None: not recorded)."""
+        if self.not_before is None:
+            return None
+        start = dt.datetime.fromisoformat(self.not_before)
+        end = dt.datetime.fromisoformat(self.not_after)
+        return (now - start) / (end - start)
 
 
 class CertificateAuthority:
@@ -304,14 +314,17 @@ class CertificateAuthority:
         index = self._load_index()
         serial = format(cert.serial_number, "x")
         device = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
+        pem = cert.public_bytes(_PEM)
         index["issued"][serial] = {
             "subject": cert.subject.rfc4514_string(),
             "device_serial": str(device[0].value) if device else None,
+            "not_before": cert.not_valid_before_utc.isoformat(),
             "not_after": cert.not_valid_after_utc.isoformat(),
+            "pem": pem.decode(),
         }
         self._save_index(index)
         log.info("ca.issued", serial=serial, subject=cert.subject.rfc4514_string())
-        return cert.public_bytes(_PEM)
+        return pem
 
     # ------------------------------------------------------------------ revocation
 
@@ -367,7 +380,15 @@ class CertificateAuthority:
 
     def issued(self) -> list[Issued]:
         return [
-            Issued(serial, e["subject"], e["not_after"], e.get("revoked_at"), e.get("device_serial"))
+            Issued(
+                serial,
+                e["subject"],
+                e["not_after"],
+                e.get("revoked_at"),
+                e.get("device_serial"),
+                e.get("not_before"),
+                e.get("pem"),
+            )
             for serial, e in self._load_index()["issued"].items()
         ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from water_edge.core.cli_numbers import whole
+from water_edge.core.cli_numbers import number, whole
 
 
 def add_service_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,3 +18,10 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic-prefix", default="enrol")
     parser.add_argument("--allow", type=Path, help="file of device serials allowed to enrol, one a line")
     parser.add_argument("--days", type=whole(1), default=365)
+    parser.add_argument(
+        "--renew-after",
+        type=number(0, 1),
+        default=0.5,
+        help="a gateway's renewal is signed once its certificate has lived this fraction of its "
+        "lifetime (default 0.5; the agent asks at 0.67)",
+    )

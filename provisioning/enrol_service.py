@@ -11,7 +11,11 @@ and the service accepts a CSR only for that identity:
   `SERIAL GATEWAY_ID` per line), for exactly the gateway id listed with it, once per serial
   ever (a revoked or lost gateway is re-enrolled offline, never again by whoever holds the
   shared claim certificate), and never for a gateway id another device holds;
-- from an enrolled gateway: the renewal of its own certificate, with the same device serial.
+- from an enrolled gateway: the renewal of its own certificate, with the same device serial, once
+  its newest certificate has lived `renew_after` of its lifetime (half, by default: the agent
+  renews at two thirds). Whoever holds a gateway's key could otherwise have certificates signed in
+  a loop: an index, and after `ca revoke --name` a CRL every broker loads, growing without bound.
+  The same request again (the same key: its answer was lost) gets the same certificate again.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import orjson
 import paho.mqtt.client as paho
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -60,6 +65,12 @@ def _read_request(payload: bytes) -> tuple[bytes, str]:
     if len(serials) != 1:
         raise ProvisioningError("the CSR must carry exactly one serialNumber (the device serial)")
     return csr_pem, str(serials[0].value)
+
+
+def _same_key(csr: x509.CertificateSigningRequest, cert_pem: str) -> bool:
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(csr.public_key().public_bytes(*der) == cert.public_key().public_bytes(*der))
 
 
 def load_allow_list(path: Path) -> dict[str, str]:
@@ -95,8 +106,10 @@ class EnrolmentService:
         allow: dict[str, str] | None = None,
         days: int = 365,
         lifetime: dt.timedelta | None = None,
+        renew_after: float = 0.5,
     ) -> None:
         self.ca = ca
+        self.renew_after = renew_after
         self.prefix = topic_prefix
         self.allow = allow
         self.days = days
@@ -135,6 +148,19 @@ class EnrolmentService:
         if current.device_serial != serial:
             raise ProvisioningError(
                 f"the CSR's serialNumber {serial!r} is not the one of {identity!r}'s certificate"
+            )
+        if current.pem is not None and _same_key(csr, current.pem):
+            return current.pem.encode()  # a repeated request: its answer was lost on the way
+        now = dt.datetime.now(dt.UTC)
+        lived = current.lived(now)
+        if lived is not None and lived < self.renew_after:
+            start = dt.datetime.fromisoformat(current.not_before or "")
+            end = dt.datetime.fromisoformat(current.not_after)
+            due = start + (end - start) * self.renew_after
+            raise ProvisioningError(
+                f"renewal too early: the certificate {current.serial} of {identity!r} has lived "
+                f"{lived:.0%} of its lifetime; renewals are signed from {due:%Y-%m-%d %H:%M:%S} UTC "
+                f"({self.renew_after:.0%} of it)"
             )
         return self.ca.sign_csr(csr_pem, days=self.days, **self._window(), expect_common_name=identity)
 
@@ -207,7 +233,9 @@ class EnrolmentService:
 def serve_forever(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.open(args.dir)
     allow = load_allow_list(args.allow) if args.allow else None
-    service = EnrolmentService(ca, topic_prefix=args.topic_prefix, allow=allow, days=args.days)
+    service = EnrolmentService(
+        ca, topic_prefix=args.topic_prefix, allow=allow, days=args.days, renew_after=args.renew_after
+    )
     service.start(
         args.host, args.port, cert=args.cert, key=args.key, ca_file=args.broker_ca or args.dir / "ca.pem"
     )

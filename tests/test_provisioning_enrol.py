@@ -3,6 +3,7 @@ over MQTT with the reference service; the enrolled identity then works with the 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import pwd
 import stat
@@ -133,7 +134,8 @@ async def test_claim_enrolment_over_mqtt(
     pki = Pki(tmp_path)
     claim_cert, claim_key = pki.client("claim")
     svc_cert, svc_key = pki.client("enrolment-service")
-    service = EnrolmentService(pki.ca, allow={"SER-CLAIM-1": GATEWAY, "SER-CLAIM-2": "gw2"})
+    # renew_after=0: this test renews the minute it enrolled (the protocol, not the renewal limit).
+    service = EnrolmentService(pki.ca, allow={"SER-CLAIM-1": GATEWAY, "SER-CLAIM-2": "gw2"}, renew_after=0)
     with pki.broker() as broker:
         service.start(broker.host, broker.port, cert=svc_cert, key=svc_key, ca_file=pki.ca_file)
         try:
@@ -274,7 +276,10 @@ def test_a_stolen_gateway_that_renewed_itself_is_revoked_by_its_name(
     ca_dir = tmp_path / "ca"
     ca = CertificateAuthority.init(ca_dir, "Utility CA")
     service = EnrolmentService(ca)
-    listed = ca.sign_csr(DeviceIdentity(tmp_path / "gw").make_csr("SER-1", "gw-01", SITE))
+    # Stolen seven months into its year: its certificate may be renewed.
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=210)
+    csr = DeviceIdentity(tmp_path / "gw").make_csr("SER-1", "gw-01", SITE)
+    listed = ca.sign_csr(csr, not_before=start, not_after=start + dt.timedelta(days=365))
     thief = DeviceIdentity(tmp_path / "thief")
     renewed = service.answer("gw-01", orjson.dumps({"csr": thief.make_csr("SER-1", "gw-01", SITE).decode()}))
     assert renewed["status"] == "ok"
@@ -286,6 +291,44 @@ def test_a_stolen_gateway_that_renewed_itself_is_revoked_by_its_name(
     again = service.answer("gw-01", orjson.dumps({"csr": thief.make_csr("SER-1", "gw-01", SITE).decode()}))
     assert again["status"] == "refused"
     assert main(["ca", "revoke", "--dir", str(ca_dir), "--name", "gw-01"]) != 0  # nothing left to revoke
+
+
+def test_a_gateway_renews_once_per_half_lifetime_and_a_lost_answer_is_answered_again(tmp_path: Path) -> None:
+    """Whoever holds a gateway's key could have certificates signed in a loop; after `ca revoke
+    --name` every one of them is a CRL entry that every broker loads. A renewal is signed once the
+    newest certificate has lived half its life (the agent asks at two thirds); the same request
+    again, whose answer was lost, gets the same certificate again and not a refusal."""
+    from water_edge.provisioning.ca import CertificateAuthority
+
+    ca = CertificateAuthority.init(tmp_path / "ca", "Utility CA")
+    service = EnrolmentService(ca)
+    year = dt.timedelta(days=365)
+
+    def enrolled(lived_days: int) -> None:
+        for item in ca.issued():
+            ca.revoke(item.serial)
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(days=lived_days)
+        csr = DeviceIdentity(tmp_path / f"gw{lived_days}").make_csr("SER-1", "gw-01", SITE)
+        ca.sign_csr(csr, not_before=start, not_after=start + year)
+
+    def renew(name: str) -> dict[str, str]:
+        csr = DeviceIdentity(tmp_path / name).make_csr("SER-1", "gw-01", SITE)
+        reply: dict[str, str] = service.answer("gw-01", orjson.dumps({"csr": csr.decode()}))
+        return reply
+
+    enrolled(lived_days=120)  # a third of its life
+    early = renew("early")
+    assert early["status"] == "refused"
+    assert early["reason"].startswith("renewal too early: the certificate ")
+    assert " of 'gw-01' has lived 33% of its lifetime; renewals are signed from " in early["reason"]
+
+    enrolled(lived_days=245)  # two thirds: when the agent asks
+    first = renew("renew")
+    assert first["status"] == "ok"
+    assert renew("renew") == first  # the same key again: the same certificate, nothing new signed
+    assert renew("another-key")["status"] == "refused"  # a second renewal at once
+    assert len([i for i in ca.issued() if i.valid]) == 2  # the one it had and one renewal
+    assert service.counts == {"issued": 2, "refused": 2}
 
 
 def test_a_refusal_of_another_claimers_unreadable_request_is_not_taken_as_ours(tmp_path: Path) -> None:

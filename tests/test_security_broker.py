@@ -56,7 +56,9 @@ def client(pki: Pki, broker: Any, cn: str, identity: DeviceIdentity | None = Non
 def enrolment(tmp_path: Path) -> Iterator[tuple[Pki, Any, EnrolmentService]]:
     own = Pki(tmp_path)  # the CA's index changes: not the shared one
     service = EnrolmentService(
-        own.ca, allow={"RTGW0009": "gw-09", "RTGW0002": "gw-02", "RTGW0099": "gw-02", "RTGW0007": "gw-07"}
+        own.ca,
+        allow={"RTGW0009": "gw-09", "RTGW0002": "gw-02", "RTGW0099": "gw-02", "RTGW0007": "gw-07"},
+        renew_after=0,  # these tests renew a minute-old certificate: whose, not when
     )
     svc_cert, svc_key = own.client("enrolment-service")
     with own.broker() as broker:
