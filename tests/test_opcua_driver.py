@@ -187,6 +187,7 @@ async def test_status_codes_map_to_quality(sim: Sim) -> None:
         await drv.aclose()
         sim.component.override("pump1.flow", None)
         sim.component.override("pump1.speed", None)
+    assert drv.fast_publishes >= 1  # the pushed readings came through fast_publish
     for readings in (polled, pushed):
         assert readings["flow"].quality == "bad"
         assert readings["flow"].value is None
@@ -276,6 +277,11 @@ async def _check_secure(
         await drv.open()
         try:
             assert [r.value for r in await drv.read()] == ["PS-NORTH"]
+            # Subscribed too: the data changes come through the secured channel, decoded by the
+            # driver's own decoder (fast_publish) as on a plain one.
+            pushed = await collect(drv, bool)
+            assert [r.value for r in pushed] == ["PS-NORTH"]
+            assert drv.fast_publishes >= 1
         finally:
             await drv.aclose()
 

@@ -13,11 +13,13 @@ from functools import lru_cache
 from typing import Any, Final
 
 from asyncua import ua
+from asyncua.ua.uatypes import MAX_FILETIME_EPOCH_AS_UTC_DATETIME, MAX_OPC_FILETIME
 
 from water_edge.core.reading import BAD, GOOD, UNCERTAIN, Quality, Value
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_NAIVE: Final = dt.datetime(1970, 1, 1)  # asyncua decodes UTC as naive datetimes
+_FILETIME_1970_US: Final = 11_644_473_600_000_000  # 1601-01-01 to 1970-01-01 in microseconds
 
 
 @lru_cache(maxsize=256)
@@ -61,16 +63,39 @@ def to_value(raw: Any) -> tuple[Value, str | None]:  # noqa: PLR0911 - one case 
     return None, f"unsupported value type {type(raw).__name__}"
 
 
+def ticks_to_ns(ticks: int) -> int | None:
+    """A DateTime as sent (100 ns ticks since 1601) in UTC nanoseconds, as `to_ns` gives it for the
+    datetime asyncua makes of it (whole microseconds; None for 0, negative or before 1970)."""
+    if ticks >= MAX_OPC_FILETIME:
+        return to_ns(MAX_FILETIME_EPOCH_AS_UTC_DATETIME)
+    ns = (ticks // 10 - _FILETIME_1970_US) * 1000
+    return ns if ns > 0 else None
+
+
 def reading_parts(datavalue: ua.DataValue, receive_ns: int) -> tuple[int, Value, Quality, str | None]:
     """(ts_ns, value, quality, reason) of one DataValue; source time first, then server, then receipt."""
     status = datavalue.StatusCode
-    code = status.value if status is not None else 0
+    variant = datavalue.Value
+    return _parts(
+        status.value if status is not None else 0,
+        to_ns(datavalue.SourceTimestamp) or to_ns(datavalue.ServerTimestamp) or receive_ns,
+        variant.Value if variant is not None else None,
+    )
+
+
+def change_parts(
+    status: int, source_ticks: int, server_ticks: int, raw: Any, receive_ns: int
+) -> tuple[int, Value, Quality, str | None]:
+    """The same for a data change decoded by `fast_publish` (ticks 0 = no timestamp)."""
+    ts = (source_ticks and ticks_to_ns(source_ticks)) or (server_ticks and ticks_to_ns(server_ticks))
+    return _parts(status, ts or receive_ns, raw)
+
+
+def _parts(code: int, ts: int, raw: Any) -> tuple[int, Value, Quality, str | None]:
     quality, reason = status_quality(code)
-    ts = to_ns(datavalue.SourceTimestamp) or to_ns(datavalue.ServerTimestamp) or receive_ns
     if quality == BAD:
         return ts, None, BAD, reason
-    variant = datavalue.Value
-    value, problem = to_value(variant.Value if variant is not None else None)
+    value, problem = to_value(raw)
     if problem is not None:
         return ts, None, BAD, problem
     return ts, value, quality, reason
