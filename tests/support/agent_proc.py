@@ -15,10 +15,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, wait_until, write_agent_config
 from water_edge.agent.status import AgentNotRunningError, request_status
+
+if TYPE_CHECKING:
+    from water_edge.agent.config import Config
 
 
 @dataclass
@@ -75,10 +78,12 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_agent(config: Path) -> AgentProcess:
+def start_agent(config: Path, loaded: Config | None = None) -> AgentProcess:
+    """Start `edge-agent run -c config`; `loaded` is the config already loaded (a caller timing the
+    agent's start loads it first, so that its own parsing is not counted)."""
     from water_edge.agent.config import load_config
 
-    loaded = load_config(config)
+    loaded = loaded or load_config(config)
     log_path = config.with_suffix(".log")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log_path.open("wb") as log_file:
