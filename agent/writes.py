@@ -14,18 +14,23 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from water_edge.agent.remote.audit import AuditLog
+from water_edge.agent.remote.audit import AuditLog, recent_entries
 from water_edge.core.errors import AgentError, DriverError
+from water_edge.core.reading import now_ns
 from water_edge.drivers.base import Writable
 
 WriteType = Literal["uint16", "int16", "uint32", "int32", "float32", "bool"]
 # Reads (1-4) and writes (5, 6, 15, 16): nothing else is ever sent.
 ALLOWED_FUNCTION_CODES: Final = frozenset({1, 2, 3, 4, 5, 6, 15, 16})
 _FORMATS: Final = {"uint16": ">H", "int16": ">h", "uint32": ">I", "int32": ">i", "float32": ">f"}
+RATE_WINDOW_NS: Final = 60 * 10**9
+# Audit outcomes of a write that went (or may have gone) to the PLC: what the rate counts.
+WRITES_THAT_COUNT: Final = frozenset({"ok", "mismatch", "failed"})
 
 
 class WriteRefusedError(AgentError):
@@ -136,6 +141,19 @@ class WriteGuard:
         self._audit = audit
         self._clock = clock
         self._recent: dict[tuple[str, str, int], deque[float]] = {}
+        self._recall(audit.path)
+
+    def _recall(self, audit_path: Path) -> None:
+        """Count the writes of the last minute that the audit log holds, so that a restart (a crash
+        loop, a `config_update`) does not give each register a fresh minute of writes."""
+        now_mono, now_wall = self._clock(), now_ns()
+        entries = recent_entries(audit_path, "plc_write", RATE_WINDOW_NS, now_wall)
+        for entry in sorted(entries, key=lambda e: int(e["ts"])):
+            key = (entry.get("device"), entry.get("table"), entry.get("address"))
+            if entry.get("outcome") not in WRITES_THAT_COUNT or key not in self._rules:
+                continue
+            age_s = max(0, now_wall - int(entry["ts"])) / 1e9  # stamped later: counted as now
+            self._recent.setdefault(key, deque()).append(now_mono - age_s)
 
     async def write(
         self, device: str, table: str, address: int, value: Any, *, requested_by: str
@@ -176,7 +194,7 @@ class WriteGuard:
         values = encode(rule, value)
         now = self._clock()
         recent = self._recent.setdefault((device, table, address), deque())
-        while recent and now - recent[0] >= 60.0:
+        while recent and now - recent[0] >= RATE_WINDOW_NS / 1e9:
             recent.popleft()
         if len(recent) >= rule.max_per_minute:
             raise WriteRefusedError(

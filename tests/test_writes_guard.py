@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.pdu import ModbusPDU
@@ -14,6 +15,7 @@ from pymodbus.pdu import ModbusPDU
 from tests.support.plant import Plant, start_plant
 from water_edge.agent.remote.audit import AuditLog, read_audit
 from water_edge.agent.writes import WriteGuard, WriteRefusedError, WriteRule, WritesSection, encode, fc_guard
+from water_edge.core.reading import now_ns
 from water_edge.drivers.modbus.writes import check_write, write_call
 
 SETPOINT = 500  # station.level_setpoint_cm (fwsim WRITABLE_BASE), unit 1
@@ -117,6 +119,40 @@ async def test_writes_are_refused_unless_enabled_allowed_in_range_and_in_rate(
     # 17/43 (identification) or programming codes.
     assert set(writer.sent) <= {1, 2, 3, 4, 5, 6, 15, 16}
     assert 6 in writer.sent or 16 in writer.sent
+    audit.close()
+
+
+async def test_a_restart_does_not_give_a_register_a_fresh_minute_of_writes(
+    writer: TcpWriter, tmp_path: Path
+) -> None:
+    """The rate was held in memory only: every restart (a crash loop, a config_update) let each
+    register take another `max_per_minute` writes at once. A new guard counts the writes of the
+    last minute that the audit log holds, in its newest rotated file too."""
+    path = tmp_path / "audit.log"
+    audit = AuditLog(path)
+    first = WriteGuard(WritesSection(enabled=True, allow=[RULE]), {"station": writer}, audit)
+    for v in (100, 110):
+        await first.write("station", "holding", SETPOINT, v, requested_by="t")
+    audit.close()
+    path.rename(path.with_name("audit.log.1"))  # as a rotation leaves it
+    stale = now_ns() - 120 * 10**9  # three writes two minutes ago: outside the window
+    lines = [
+        orjson.dumps({"ts": stale, "action": "plc_write", "outcome": "ok", "device": "station",
+                      "table": "holding", "address": SETPOINT})
+        for _ in range(3)
+    ]  # fmt: skip
+    path.write_bytes(b"\n".join([*lines, b'{"ts": 17, "action": "plc_wr']) + b"\n")  # and a torn line
+
+    clock = [500.0]
+    audit = AuditLog(path)
+    again = WriteGuard(
+        WritesSection(enabled=True, allow=[RULE]), {"station": writer}, audit, clock=lambda: clock[0]
+    )
+    await again.write("station", "holding", SETPOINT, 120, requested_by="t")  # the third this minute
+    with pytest.raises(WriteRefusedError, match="more than 3 writes a minute"):
+        await again.write("station", "holding", SETPOINT, 130, requested_by="t")
+    clock[0] += 61
+    await again.write("station", "holding", SETPOINT, 140, requested_by="t")
     audit.close()
 
 

@@ -158,6 +158,36 @@ def _open_in_owners_directory(path: Path) -> int:
     return fd
 
 
+RECENT_TAIL_BYTES: Final = 256 * 1024
+
+
+def recent_entries(path: Path, action: str, within_ns: int, now: int | None = None) -> list[dict[str, Any]]:
+    """Entries of `action` from the last `within_ns` (and any stamped later: a clock set back), in
+    the log and its newest rotated file; only their last `RECENT_TAIL_BYTES` are read. A line that
+    does not parse (one cut short by a power cut) is skipped."""
+    since = (now_ns() if now is None else now) - within_ns
+    found: list[dict[str, Any]] = []
+    for file in (path.with_name(f"{path.name}.1"), path):
+        try:
+            with file.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - RECENT_TAIL_BYTES))
+                tail = f.read()
+        except OSError:
+            continue
+        lines = tail.splitlines()[1:] if size > RECENT_TAIL_BYTES else tail.splitlines()
+        for line in lines:
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(entry, dict) or entry.get("action") != action:
+                continue
+            if isinstance(entry.get("ts"), int) and entry["ts"] >= since:
+                found.append(entry)
+    return found
+
+
 def read_audit(path: Path) -> list[dict[str, Any]]:
     """Every entry of an audit log file (for `edge-agent` tooling and tests)."""
     if not path.exists():
