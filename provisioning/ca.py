@@ -104,13 +104,11 @@ class Issued:
         """Not revoked and not expired."""
         return self.revoked_at is None and dt.datetime.fromisoformat(self.not_after) > _utcnow()
 
-    def lived(self, now: dt.datetime) -> float | None:
-        """The fraction of its lifetime this certificate has lived at `now` (None: not recorded)."""
+    def validity(self) -> tuple[dt.datetime, dt.datetime] | None:
+        """(not before, not after); None in an index written before starts were recorded."""
         if self.not_before is None:
             return None
-        start = dt.datetime.fromisoformat(self.not_before)
-        end = dt.datetime.fromisoformat(self.not_after)
-        return (now - start) / (end - start)
+        return dt.datetime.fromisoformat(self.not_before), dt.datetime.fromisoformat(self.not_after)
 
 
 class CertificateAuthority:

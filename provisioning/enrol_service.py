@@ -32,7 +32,6 @@ import orjson
 import paho.mqtt.client as paho
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -40,6 +39,7 @@ from water_edge.provisioning.ca import CertificateAuthority, reserved_name
 from water_edge.provisioning.enrol_options import add_service_arguments
 from water_edge.provisioning.enrol_protocol import cert_topic, identity_of, is_claim
 from water_edge.provisioning.errors import ProvisioningError
+from water_edge.provisioning.identity import public_der
 
 log = structlog.get_logger(__name__)
 
@@ -65,12 +65,6 @@ def _read_request(payload: bytes) -> tuple[bytes, str]:
     if len(serials) != 1:
         raise ProvisioningError("the CSR must carry exactly one serialNumber (the device serial)")
     return csr_pem, str(serials[0].value)
-
-
-def _same_key(csr: x509.CertificateSigningRequest, cert_pem: str) -> bool:
-    cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    return bool(csr.public_key().public_bytes(*der) == cert.public_key().public_bytes(*der))
 
 
 def load_allow_list(path: Path) -> dict[str, str]:
@@ -149,19 +143,21 @@ class EnrolmentService:
             raise ProvisioningError(
                 f"the CSR's serialNumber {serial!r} is not the one of {identity!r}'s certificate"
             )
-        if current.pem is not None and _same_key(csr, current.pem):
+        if current.pem is not None and public_der(csr.public_key()) == public_der(
+            x509.load_pem_x509_certificate(current.pem.encode()).public_key()
+        ):
             return current.pem.encode()  # a repeated request: its answer was lost on the way
+        validity = current.validity()
         now = dt.datetime.now(dt.UTC)
-        lived = current.lived(now)
-        if lived is not None and lived < self.renew_after:
-            start = dt.datetime.fromisoformat(current.not_before or "")
-            end = dt.datetime.fromisoformat(current.not_after)
+        if validity is not None:
+            start, end = validity
             due = start + (end - start) * self.renew_after
-            raise ProvisioningError(
-                f"renewal too early: the certificate {current.serial} of {identity!r} has lived "
-                f"{lived:.0%} of its lifetime; renewals are signed from {due:%Y-%m-%d %H:%M:%S} UTC "
-                f"({self.renew_after:.0%} of it)"
-            )
+            if now < due:
+                raise ProvisioningError(
+                    f"renewal too early: the certificate {current.serial} of {identity!r} has lived "
+                    f"{(now - start) / (end - start):.0%} of its lifetime; renewals are signed from "
+                    f"{due:%Y-%m-%d %H:%M:%S} UTC ({self.renew_after:.0%} of it)"
+                )
         return self.ca.sign_csr(csr_pem, days=self.days, **self._window(), expect_common_name=identity)
 
     def _first_certificate(self, csr_pem: bytes, serial: str, common_name: str | None) -> bytes:

@@ -128,7 +128,8 @@ class IdentityStatus:
     pending: bool
 
 
-def _public_der(key: object) -> bytes:
+def public_der(key: object) -> bytes:
+    """An EC public key as DER (SubjectPublicKeyInfo), to compare keys; b"" for any other kind."""
     if not isinstance(key, ec.EllipticCurvePublicKey):
         return b""
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -217,7 +218,7 @@ class DeviceIdentity:
             raise ProvisioningError(f"no pending key in {self.pending}: run `edge-agent provision csr` first")
         cert = load_cert(cert_pem, "the certificate")
         cas = load_certs(ca_pem, "the CA bundle")
-        if _public_der(cert.public_key()) != _public_der(self.backend.public_key(self.pending)):
+        if public_der(cert.public_key()) != public_der(self.backend.public_key(self.pending)):
             raise ProvisioningError("the certificate is not for this device's key (public keys differ)")
         issuer = next((ca for ca in cas if ca.subject == cert.issuer), None)
         if issuer is None:
