@@ -19,7 +19,10 @@ One consumer process = one MQTT client with a persistent session + one database 
   only valid on the connection that delivered the message: after a reconnect the old ones are
   dropped (the broker redelivers those messages; they are duplicates by then).
 
-paho runs in a network thread (`loop()`), the writer in the calling thread.
+paho runs in a network thread (`loop()`). The calling thread gathers and parses batches and hands
+each to a writer thread, which commits them one at a time in the order received (and checks for
+gaps between them): a batch is parsed while the one before is in the database, so one consumer
+keeps a core and the database busy at once. At most one parsed batch waits for the writer.
 """
 
 from __future__ import annotations
@@ -109,6 +112,10 @@ class _Delivery:
     content_type: str | None  # MQTT 5: says whether the JSON is compressed
 
 
+# A batch as received, its messages parsed, and the ones refused with their reasons.
+_Sorted = tuple[list[_Delivery], list[tuple[_Delivery, Message]], list[tuple[str, str, bytes]]]
+
+
 def partition_of(site: str, gateway: str, stream: str, n: int) -> int:
     """Which of `n` partitions a stream belongs to (stable across processes and runs).
 
@@ -125,6 +132,9 @@ class Consumer:
         self.counters = Counters()
         self._store = Store(config.dsn)
         self._inbox: queue.Queue[_Delivery] = queue.Queue()
+        # Sorted batches for the writer thread; None tells it to end.
+        self._sorted: queue.Queue[_Sorted | None] = queue.Queue(maxsize=1)
+        self._writer_failed: BaseException | None = None
         self._stop = threading.Event()
         self._generation = 0
         self._connected = threading.Event()
@@ -268,8 +278,12 @@ class Consumer:
                 log.warning("ingest.rejected", topic=d.topic, reason=reason)
         return done + self._store.commit([], refused) if refused else done
 
-    def _commit(self, batch: list[_Delivery]) -> None:
-        parsed, rejected = self._sort(batch)
+    def _commit(
+        self,
+        batch: list[_Delivery],
+        parsed: list[tuple[_Delivery, Message]],
+        rejected: list[tuple[str, str, bytes]],
+    ) -> None:
         messages = [m for _, m in parsed]
         delay = 0.2
         while True:
@@ -318,27 +332,68 @@ class Consumer:
 
     def run(self) -> None:
         net = threading.Thread(target=self._network, name="mqtt", daemon=True)
+        writer = threading.Thread(target=self._writer, name="commit", daemon=True)
         net.start()
-        next_gaps = time.monotonic() + self.cfg.gap_check_s
-        next_log = time.monotonic() + 10.0
+        writer.start()
         try:
             while not self._stop.is_set():
                 batch = self._batch()
                 if batch:
-                    self._commit(batch)
-                now = time.monotonic()
-                if now >= next_gaps:
-                    self._check_gaps()
-                    next_gaps = now + self.cfg.gap_check_s
-                if now >= next_log:
-                    log.info("ingest.progress", **vars(self.counters))
-                    next_log = now + 10.0
+                    self._hand_over((batch, *self._sort(batch)))
         finally:
             self._stop.set()
+            while writer.is_alive():  # it commits what it was handed, then ends
+                try:
+                    self._sorted.put(None, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            writer.join(timeout=30)
             net.join(timeout=5)
             self._client.disconnect()
             self._store.close()
             log.info("ingest.stopped", **vars(self.counters))
+        if self._writer_failed is not None:
+            raise self._writer_failed
+
+    def _hand_over(self, sorted_batch: _Sorted) -> None:
+        # Waits while the writer commits the batch before: at most one sorted batch waits.
+        while not self._stop.is_set():
+            try:
+                self._sorted.put(sorted_batch, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _writer(self) -> None:
+        """Commits the sorted batches in the order they were received, with gap checks between.
+
+        An unexpected error ends the ingest, as it did when one thread did both: `run()` raises it."""
+        try:
+            self._write_batches()
+        except BaseException as exc:  # noqa: BLE001  # handed to run(), which raises it
+            self._writer_failed = exc
+            self._stop.set()
+
+    def _write_batches(self) -> None:
+        next_gaps = time.monotonic() + self.cfg.gap_check_s
+        next_log = time.monotonic() + 10.0
+        while True:
+            try:
+                item = self._sorted.get(timeout=min(1.0, self.cfg.gap_check_s))
+            except queue.Empty:
+                pass
+            else:
+                if item is None:
+                    return
+                self._commit(*item)
+            now = time.monotonic()
+            if now >= next_gaps:
+                self._check_gaps()
+                next_gaps = now + self.cfg.gap_check_s
+            if now >= next_log:
+                log.info("ingest.progress", **vars(self.counters))
+                next_log = now + 10.0
 
     def stop(self) -> None:
         self._stop.set()
