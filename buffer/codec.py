@@ -25,7 +25,7 @@ from typing import Any, Final
 import orjson
 
 from water_edge.core.errors import BufferError
-from water_edge.core.reading import Event, Reading
+from water_edge.core.reading import Event, Reading, ReadingFields
 
 _QUALITIES: Final = frozenset(("good", "uncertain", "bad"))
 _SEVERITIES: Final = frozenset(("info", "warning", "alarm", "critical"))
@@ -116,7 +116,14 @@ def _dumps(rows: list[list[Any]], what: str) -> bytes:
 
 def decode_readings(body: bytes) -> list[Reading]:
     """Decode a body written by `encode_readings`; anything else raises `BufferError`."""
-    out: list[Reading] = []
+    return [Reading(*fields) for fields in decode_reading_fields(body)]
+
+
+def decode_reading_fields(body: bytes) -> list[ReadingFields]:
+    """`decode_readings` as plain tuples: what the uplink's JSON encoding reads, without building
+    a `Reading` per value (a frozen dataclass's constructor sets each field through
+    `object.__setattr__`: the costliest part of decoding)."""
+    out: list[ReadingFields] = []
     for i, row in enumerate(_loads(body, "readings")):
         if type(row) is not list or not 7 <= len(row) <= 8:
             raise BufferError(f"outbox body: reading {i} is not a 7-element array")
@@ -132,7 +139,7 @@ def decode_readings(body: bytes) -> list[Reading]:
         if not _valid_reading(fields):
             raise BufferError(f"outbox body: reading {i} has a field of the wrong type: {row!r}")
         source, tag, ts_ns, value, quality, unit, reason = fields
-        out.append(Reading(source, tag, ts_ns, value, quality, unit, reason, repeat))
+        out.append((source, tag, ts_ns, value, quality, unit, reason, repeat))
     return out
 
 

@@ -45,6 +45,11 @@ class Reading:
     repeat: bool = False
 
 
+# A reading's fields in `Reading`'s order (source, tag, ts_ns, value, quality, unit, reason,
+# repeat): where many values are only passed on, a tuple is far cheaper to make than a `Reading`.
+ReadingFields = tuple[str, str, int, Value, Quality, str, str | None, bool]
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """Something the agent noticed: a detection, a driver down or back, a buffer eviction."""

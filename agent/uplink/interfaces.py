@@ -12,7 +12,7 @@ from typing import Protocol
 
 from water_edge.buffer.types import OutboxRow
 from water_edge.core.errors import UplinkError
-from water_edge.core.reading import Event, Reading
+from water_edge.core.reading import Event, Reading, ReadingFields
 
 
 class LeaseAckOutbox(Protocol):
@@ -35,6 +35,8 @@ class BodyCodec(Protocol):
     """Decodes an outbox row body (the `buffer.codec` module has this shape)."""
 
     def decode_readings(self, body: bytes) -> list[Reading]: ...
+
+    def decode_reading_fields(self, body: bytes) -> list[ReadingFields]: ...
 
     def decode_events(self, body: bytes) -> list[Event]: ...
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -20,31 +21,32 @@ from water_edge.agent.uplink.interfaces import BodyCodec, EncodeError, Message
 from water_edge.agent.uplink.topics import Topics
 from water_edge.buffer.types import OutboxRow
 from water_edge.core.errors import BufferError, UplinkError
-from water_edge.core.reading import GOOD, Event, Reading, now_ns
+from water_edge.core.reading import GOOD, Event, Reading, ReadingFields, now_ns
 
 PAYLOAD_VERSION: Final = 1
 CONTENT_TYPE: Final = "application/json"
 _OPTS: Final = orjson.OPT_NON_STR_KEYS
+_R = TypeVar("_R")
 
 
-def _reading(r: Reading) -> dict[str, Any]:
+def _reading(fields: ReadingFields) -> dict[str, Any]:
+    source, tag, ts_ns, value, quality, unit, reason, repeat = fields
     out: dict[str, Any] = {
-        "tag": r.tag,
-        "ts": r.ts_ns,
-        "value": r.value,
-        "quality": r.quality,
-        "unit": r.unit,
-        "source": r.source,
+        "tag": tag,
+        "ts": ts_ns,
+        "value": value,
+        "quality": quality,
+        "unit": unit,
+        "source": source,
     }
-    if r.quality != GOOD:
-        out["reason"] = r.reason or ""
-    if r.repeat:
+    if quality != GOOD:
+        out["reason"] = reason or ""
+    if repeat:
         out["repeat"] = True
-    v = r.value
     # x - x is 0.0 for every finite float and NaN for NaN and both infinities.
-    if type(v) is float and v - v != 0.0:
+    if type(value) is float and value - value != 0.0:
         out["value"] = None
-        out["nonfinite"] = "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        out["nonfinite"] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return out
 
 
@@ -69,11 +71,11 @@ def encode_items(
     site: str,
     gateway: str,
     *,
-    readings: list[Reading] | None,
+    readings: Sequence[ReadingFields] | None,
     events: list[Event] | None,
     sent_ns: int | None = None,
 ) -> bytes:
-    """The JSON document for one row whose body is already decoded."""
+    """The JSON document for one row whose body is already decoded (readings as `ReadingFields`)."""
     doc: dict[str, Any] = {
         "v": PAYLOAD_VERSION,
         "stream": row.stream,
@@ -100,17 +102,30 @@ def default_codec() -> BodyCodec:
 
 def decode_body(codec: BodyCodec, row: OutboxRow) -> tuple[list[Reading] | None, list[Event] | None]:
     """Readings or events of a row, by its row class; a corrupt body raises `EncodeError`."""
+    return _decode(row, codec.decode_readings, codec.decode_events)
+
+
+def decode_body_fields(
+    codec: BodyCodec, row: OutboxRow
+) -> tuple[list[ReadingFields] | None, list[Event] | None]:
+    """`decode_body` with readings as `ReadingFields`, for encodings that only pass values on."""
+    return _decode(row, codec.decode_reading_fields, codec.decode_events)
+
+
+def _decode(
+    row: OutboxRow, readings: Callable[[bytes], _R], events: Callable[[bytes], list[Event]]
+) -> tuple[_R | None, list[Event] | None]:
     try:
         if row.row_class == "event":
-            return None, codec.decode_events(row.body)
-        return codec.decode_readings(row.body), None
+            return None, events(row.body)
+        return readings(row.body), None
     except (BufferError, ValueError, TypeError) as exc:
         raise EncodeError(f"row {row.id} of stream {row.stream!r}: undecodable body: {exc}") from exc
 
 
 def encode(row: OutboxRow, site: str, gateway: str, codec: BodyCodec | None = None) -> bytes:
     """The JSON payload of one outbox row (body decoded with `buffer.codec` unless `codec` is given)."""
-    readings, events = decode_body(codec or default_codec(), row)
+    readings, events = decode_body_fields(codec or default_codec(), row)
     return encode_items(row, site, gateway, readings=readings, events=events)
 
 
@@ -138,7 +153,7 @@ class JsonEncoder:
             self._topic_cache[row.stream] = topic
         if self._codec is None:
             self._codec = default_codec()
-        readings, events = decode_body(self._codec, row)
+        readings, events = decode_body_fields(self._codec, row)
         payload = encode_items(row, self._topics.site, self._topics.gateway, readings=readings, events=events)
         compress = self._compression.compress
         return Message(topic, payload if compress is None else compress(payload))
