@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import orjson
+import psycopg
 import pytest
 
 from tests.support.broker import Mosquitto, Publisher
@@ -194,6 +195,38 @@ def test_a_message_the_database_cannot_store_is_rejected_and_the_ingest_goes_on(
     assert "duplicate key" in reasons[3]
     assert reasons[2] == "reason must be a string (got dict)"
     assert "Traceback" not in ingest.log()
+
+
+def test_a_database_error_it_cannot_judge_ends_the_ingest_with_nothing_acknowledged(
+    centre_db: str, tmp_path: Path
+) -> None:
+    """A table gone from under the ingest is neither a bad value nor an outage: the consumer's
+    writer thread meets it, and the process ends with the error (for systemd to restart it and an
+    operator to read) instead of hanging or acknowledging what it did not store; once the table is
+    back, the restarted consumer gets the message again and stores it."""
+    with psycopg.connect(centre_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE readings RENAME TO readings_aside")
+    with Mosquitto() as broker:
+        ingest = ingest_process(tmp_path, "c1", centre_db, [f"mqtt://{broker.host}:{broker.port}"])
+        ingest.start()
+        try:
+            ingest.wait_subscribed()
+            with Publisher(broker.host, broker.port) as pub:
+                pub.publish("water/s1/gw1/plc1", _data(1))
+            process = ingest.process
+            assert process is not None
+            wait_until(lambda: process.poll() is not None, 30, what=lambda: ingest.log()[-3000:])
+            assert process.returncode != 0
+            assert 'relation "readings" does not exist' in ingest.log()
+            assert query(centre_db, "SELECT count(*) FROM messages") == [(0,)]
+
+            with psycopg.connect(centre_db, autocommit=True) as conn:
+                conn.execute("ALTER TABLE readings_aside RENAME TO readings")
+            ingest.start()  # the same client id: its session holds the unacknowledged message
+            wait_until(lambda: committed_seqs(centre_db), 30, what=lambda: ingest.log()[-3000:])
+        finally:
+            ingest.stop()
+    assert committed_seqs(centre_db) == {("s1", "gw1", "plc1"): [1]}
 
 
 def test_an_eviction_event_with_a_malformed_range_does_not_stop_the_gap_check(centre_db: str) -> None:

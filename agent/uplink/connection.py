@@ -206,7 +206,7 @@ class _BoundedClient(paho.Client):
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         """A success PUBACK without properties, handled without paho's per-packet objects.
 
-        paho builds a `ReasonCode` and an empty `Properties` for every PUBACK, a third of the
+        paho builds a `ReasonCode` and an empty `Properties` for every PUBACK, a fifth of the
         uplink's CPU per one-reading message; shared ones serve every success PUBACK without
         properties (`_SUCCESS_PUBACKS`). Anything else — a failure, properties, a PUBCOMP, a
         packet too short — goes through paho unchanged.
