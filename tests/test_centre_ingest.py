@@ -7,7 +7,9 @@ The same ingest through a RabbitMQ cluster with a broker node killed: test_fleet
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -15,7 +17,13 @@ import psycopg
 import pytest
 
 from tests.support.broker import Mosquitto, Publisher
-from tests.support.centre import committed_in_last_run, committed_seqs, ingest_process, query
+from tests.support.centre import (
+    IngestProcess,
+    committed_in_last_run,
+    committed_seqs,
+    ingest_process,
+    query,
+)
 from tests.support.testing import eventually, wait_until
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
 from water_edge.agent.uplink.memory import MemoryOutbox
@@ -136,6 +144,18 @@ def _data(seq: int, **reading: object) -> bytes:
     return orjson.dumps(body)
 
 
+@contextlib.contextmanager
+def one_ingest(tmp_path: Path, dsn: str, broker: Mosquitto) -> Iterator[IngestProcess]:
+    """One `edge-centre ingest` process subscribed to `broker`; stopped on the way out."""
+    ingest = ingest_process(tmp_path, "c1", dsn, [f"mqtt://{broker.host}:{broker.port}"])
+    ingest.start()
+    try:
+        ingest.wait_subscribed()
+        yield ingest
+    finally:
+        ingest.stop()
+
+
 def test_a_message_the_database_cannot_store_is_rejected_and_the_ingest_goes_on(
     centre_db: str, tmp_path: Path
 ) -> None:
@@ -158,29 +178,21 @@ def test_a_message_the_database_cannot_store_is_rejected_and_the_ingest_goes_on(
         ("water/s1/gw1/plc1", b'{"v": 1, "site": "\xff"}'),
         ("water/s1/gw1/plc1", b"[" * 100_000),
     ]
-    with Mosquitto() as broker:
-        ingest = ingest_process(tmp_path, "c1", centre_db, [f"mqtt://{broker.host}:{broker.port}"])
-        ingest.start()
-        try:
-            ingest.wait_subscribed()
-            with Publisher(broker.host, broker.port) as pub:
-                pub.publish("water/s1/gw1/plc1", _data(1))
-                for topic, body in hostile:
-                    pub.publish(topic, body)
-                pub.publish("water/s1/gw1/plc1", _data(6))
-            process = ingest.process
-            assert process is not None
+    with Mosquitto() as broker, one_ingest(tmp_path, centre_db, broker) as ingest:
+        with Publisher(broker.host, broker.port) as pub:
+            pub.publish("water/s1/gw1/plc1", _data(1))
+            for topic, body in hostile:
+                pub.publish(topic, body)
+            pub.publish("water/s1/gw1/plc1", _data(6))
+        process = ingest.process
+        assert process is not None
 
-            def done() -> bool:
-                rejected = query(centre_db, "SELECT count(*) FROM rejected")[0][0]
-                return rejected == len(hostile) and 6 in committed_seqs(centre_db).get(
-                    ("s1", "gw1", "plc1"), []
-                )
+        def done() -> bool:
+            rejected = query(centre_db, "SELECT count(*) FROM rejected")[0][0]
+            return rejected == len(hostile) and 6 in committed_seqs(centre_db).get(("s1", "gw1", "plc1"), [])
 
-            wait_until(lambda: done() or process.poll() is not None, 30)
-            assert process.poll() is None, ingest.log()[-3000:]
-        finally:
-            ingest.stop()
+        wait_until(lambda: done() or process.poll() is not None, 30)
+        assert process.poll() is None, ingest.log()[-3000:]
     assert committed_seqs(centre_db) == {("s1", "gw1", "plc1"): [1, 6]}
     rejected = {
         bytes(body): (topic, reason)
@@ -206,26 +218,20 @@ def test_a_database_error_it_cannot_judge_ends_the_ingest_with_nothing_acknowled
     back, the restarted consumer gets the message again and stores it."""
     with psycopg.connect(centre_db, autocommit=True) as conn:
         conn.execute("ALTER TABLE readings RENAME TO readings_aside")
-    with Mosquitto() as broker:
-        ingest = ingest_process(tmp_path, "c1", centre_db, [f"mqtt://{broker.host}:{broker.port}"])
-        ingest.start()
-        try:
-            ingest.wait_subscribed()
-            with Publisher(broker.host, broker.port) as pub:
-                pub.publish("water/s1/gw1/plc1", _data(1))
-            process = ingest.process
-            assert process is not None
-            wait_until(lambda: process.poll() is not None, 30, what=lambda: ingest.log()[-3000:])
-            assert process.returncode != 0
-            assert 'relation "readings" does not exist' in ingest.log()
-            assert query(centre_db, "SELECT count(*) FROM messages") == [(0,)]
+    with Mosquitto() as broker, one_ingest(tmp_path, centre_db, broker) as ingest:
+        with Publisher(broker.host, broker.port) as pub:
+            pub.publish("water/s1/gw1/plc1", _data(1))
+        process = ingest.process
+        assert process is not None
+        wait_until(lambda: process.poll() is not None, 30, what=lambda: ingest.log()[-3000:])
+        assert process.returncode != 0
+        assert 'relation "readings" does not exist' in ingest.log()
+        assert query(centre_db, "SELECT count(*) FROM messages") == [(0,)]
 
-            with psycopg.connect(centre_db, autocommit=True) as conn:
-                conn.execute("ALTER TABLE readings_aside RENAME TO readings")
-            ingest.start()  # the same client id: its session holds the unacknowledged message
-            wait_until(lambda: committed_seqs(centre_db), 30, what=lambda: ingest.log()[-3000:])
-        finally:
-            ingest.stop()
+        with psycopg.connect(centre_db, autocommit=True) as conn:
+            conn.execute("ALTER TABLE readings_aside RENAME TO readings")
+        ingest.start()  # the same client id: its session holds the unacknowledged message
+        wait_until(lambda: committed_seqs(centre_db), 30, what=lambda: ingest.log()[-3000:])
     assert committed_seqs(centre_db) == {("s1", "gw1", "plc1"): [1]}
 
 
