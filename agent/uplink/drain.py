@@ -101,7 +101,14 @@ class Drain:
         return True
 
     async def _lease(self, lanes: LaneScheduler, lane: Lane) -> bool:
-        rows = await self._outbox.lease(lane.cursor, self._lease_rows, lane.upto)
+        try:
+            rows = await self._outbox.lease(lane.cursor, self._lease_rows, lane.upto)
+        except BufferError as exc:
+            # Said and retried at the next beat, never the agent's end: a damaged outbox has
+            # already asked the agent to restart (`buffer.damaged_restarting`, exit code 75).
+            self._state.error(f"outbox lease failed: {exc}")
+            log.error("uplink.lease_failed", error=str(exc))
+            return False
         lanes.add(lane, rows)
         return bool(rows)
 
