@@ -31,13 +31,12 @@ Bounded reads
     the agent a few bytes of header rather than hundreds of MB of RSS. This leans on paho 2.x's
     `_sock_recv` and `_in_packet` (pinned `<3`; tests/test_security_limits.py proves it).
 
-Per-message shortcuts
-    paho's work per QoS 1 message, not the network, bounds a drain of small messages. The client
-    therefore serves paho's small reads (a packet's first byte, its length, its body) from one
-    chunk read off the socket, writes a window of queued PUBLISHes with one system call, and hands
-    a success PUBACK to the listener without building paho's reason-code and properties objects.
-    Each leans on paho 2.x internals as the bounded reads do; tests/test_uplink_paho_fast_paths.py
-    proves each is taken and changes nothing delivered or reported.
+Success PUBACKs without paho's objects
+    paho's work per QoS 1 message, not the network, bounds a drain of small messages, and a fifth
+    of it was building a reason-code and a properties object for every PUBACK. The client hands a
+    success PUBACK to the listener with shared ones instead. This leans on paho 2.x internals as
+    the bounded reads do; tests/test_uplink_paho_fast_paths.py proves it is taken and changes
+    nothing delivered or reported.
 
 paho's exceptions and return codes are translated here, and only here, into `transport`'s errors.
 """
@@ -70,7 +69,6 @@ from water_edge.agent.uplink.transport import (
 from water_edge.core.errors import UplinkError
 
 _RECV_CHUNK = 64 * 1024
-_SEND_CHUNK = 64 * 1024
 # OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: judged by our clock.
 _TIME_CODES = frozenset((9, 10))
 # Two lookups at a time: one may hang on a dead resolver while the next attempt still gets a thread.
@@ -122,9 +120,6 @@ class _BoundedClient(paho.Client):
     refused: str | None = None  # why the last oversized packet was refused
     addresses: tuple[Address, ...] = ()  # resolved beforehand (`resolve`); the hostname stays for TLS
     fast_acks = 0  # success PUBACKs handled without paho's decoding (`_handle_pubackcomp`)
-    joined_writes = 0  # writes that carried several PUBLISHes (`_coalesce_publishes`)
-    _read = b""  # the last chunk read off the socket (`_sock_recv`), served to paho from `_read_at`
-    _read_at = 0
 
     def _create_socket_connection(self) -> socket.socket:
         """Connect to the addresses resolved beforehand, in order, instead of resolving again."""
@@ -149,59 +144,8 @@ class _BoundedClient(paho.Client):
             self.refused = f"incoming packet of {packet['remaining_length']} bytes > {self.max_packet}"
             # An OSError: paho reports the connection lost and closes the socket (on_disconnect).
             raise PacketTooLargeError(self.refused)
-        # paho asks for a packet's first byte, then its length byte by byte, then its body: three
-        # system calls for a 4-byte PUBACK. One read of up to `_RECV_CHUNK` serves them all.
-        if self._read_at >= len(self._read):
-            data: bytes = super()._sock_recv(_RECV_CHUNK)
-            if len(data) <= bufsize:
-                return data
-            self._read, self._read_at = data, 0
-        start = self._read_at
-        self._read_at = min(start + bufsize, len(self._read))
-        return self._read[start : self._read_at]
-
-    def _packet_write(self) -> MQTTErrorCode:
-        self._coalesce_publishes()
-        rc: MQTTErrorCode = super()._packet_write()
-        return rc
-
-    def _coalesce_publishes(self) -> None:
-        """Join the queue's leading QoS 1/2 PUBLISH packets into one write of up to `_SEND_CHUNK`.
-
-        paho sends every queued packet with a system call of its own; the uplink queues a window
-        of them at once. Nothing is done when such a packet is written out (its PUBACK completes
-        it), so one joined packet stands for them; QoS 0 packets, other packets and a packet
-        already partly written are left as they are.
-        """
-        queue = self._out_packet
-        if len(queue) < 2:
-            return
-        joined: list[bytes | bytearray] = []
-        size = 0
-        for queued in queue:
-            data = queued["packet"]
-            if (
-                queued["command"] & 0xF0 != paho.PUBLISH
-                or queued["qos"] == 0
-                or queued["pos"] != 0
-                or (joined and size + len(data) > _SEND_CHUNK)
-            ):
-                break
-            joined.append(data)
-            size += len(data)
-        if len(joined) < 2:
-            return
-        first = queue[0]
-        for _ in joined:
-            queue.popleft()
-        packet = b"".join(joined)
-        self.joined_writes += 1
-        queue.appendleft({**first, "pos": 0, "to_process": len(packet), "packet": packet})
-
-    @property
-    def buffered(self) -> int:
-        """Bytes read off the socket that paho has not asked for yet."""
-        return len(self._read) - self._read_at
+        data: bytes = super()._sock_recv(min(bufsize, _RECV_CHUNK))
+        return data
 
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         """A success PUBACK without properties, handled without paho's per-packet objects.
@@ -399,18 +343,11 @@ class PahoTransport:
     def _readable(self) -> None:
         c = self._connected()
         c.loop_read()
-        # Bytes already off the socket are not announced by the loop again: a chunk read holds
-        # many packets (`_BoundedClient._sock_recv`), and TLS can hold decrypted bytes the kernel
-        # no longer reports as readable. Read on while either has some and paho takes them.
-        while True:
-            sock = c.socket()
-            tls_pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-            before = c.buffered
-            if sock is None or not (before or tls_pending):
-                return
+        # TLS can hold decrypted bytes the kernel no longer reports as readable.
+        sock = c.socket()
+        while isinstance(sock, ssl.SSLSocket) and sock.pending():
             c.loop_read()
-            if c.buffered == before and not tls_pending:
-                return
+            sock = c.socket()
 
     def _register_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
         self._ev().add_writer(sock, self._connected().loop_write)
