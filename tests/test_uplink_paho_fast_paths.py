@@ -1,9 +1,10 @@
-"""The real transport's shortcuts around paho's per-packet work, against a real Mosquitto.
+"""The real transport's success-PUBACK shortcut around paho's per-packet work, against a real Mosquitto.
 
 `PahoTransport` acknowledges success PUBACKs without paho's decoding. What a user relies on is
-that this changes nothing delivered or acknowledged: every message arrives
-once, whole and in order; every PUBACK reaches the listener once with the broker's own reason; a
-refused PUBLISH is still reported as refused; a message bigger than one read still arrives whole.
+that this changes nothing delivered or acknowledged: every message arrives once, whole and in
+order; every PUBACK reaches the listener once with the broker's own reason; a refused PUBLISH is
+still reported as refused; messages coming in beside the PUBACKs, one of them longer than one
+bounded read, still arrive whole.
 """
 
 from __future__ import annotations
@@ -141,18 +142,6 @@ async def test_a_refused_publish_is_still_reported_as_refused(
     # does on a refusal anyway).
     assert heard.acks == [(allowed, 0x10, False), (denied, 0x87, True)]
     assert fast == 1
-
-
-async def test_publishes_bigger_than_one_joined_write_arrive_whole(
-    mosquitto: Mosquitto, opened: list[PahoTransport]
-) -> None:
-    # 20 KB each: a window of them is several joined writes of at most 64 KiB.
-    payloads = [bytes([i]) * 20_000 for i in range(60)]
-    with Subscriber(mosquitto.host, mosquitto.port, "big/#") as sub:
-        transport, heard = await connect(opened, mosquitto)
-        await publish_windows(transport, heard, "big/blob", payloads)
-        received = await sub.wait_for_async(len(payloads))
-    assert [m.payload for m in received] == payloads
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])

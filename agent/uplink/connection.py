@@ -99,10 +99,11 @@ _NO_PROPERTIES = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
 
 def _success_pubacks() -> dict[bytes, ReasonCode]:
-    by_tail = {b"": ReasonCode(PacketTypes.PUBACK, identifier=0x00)}
+    by_tail: dict[bytes, ReasonCode] = {}
     for code in (0x00, 0x10):
         reason = ReasonCode(PacketTypes.PUBACK, identifier=code)
         by_tail |= {bytes([code]): reason, bytes([code, 0]): reason}
+    by_tail[b""] = by_tail[b"\x00"]
     return by_tail
 
 

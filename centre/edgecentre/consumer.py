@@ -339,15 +339,11 @@ class Consumer:
             while not self._stop.is_set():
                 batch = self._batch()
                 if batch:
-                    self._hand_over((batch, *self._sort(batch)))
+                    # Waits while the writer commits the batch before: at most one sorted batch waits.
+                    self._offer((batch, *self._sort(batch)), lambda: not self._stop.is_set())
         finally:
             self._stop.set()
-            while writer.is_alive():  # it commits what it was handed, then ends
-                try:
-                    self._sorted.put(None, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
+            self._offer(None, writer.is_alive)  # it commits what it was handed, then ends
             writer.join(timeout=30)
             net.join(timeout=5)
             self._client.disconnect()
@@ -356,11 +352,11 @@ class Consumer:
         if self._writer_failed is not None:
             raise self._writer_failed
 
-    def _hand_over(self, sorted_batch: _Sorted) -> None:
-        # Waits while the writer commits the batch before: at most one sorted batch waits.
-        while not self._stop.is_set():
+    def _offer(self, item: _Sorted | None, keep_trying: Callable[[], bool]) -> None:
+        """Hand `item` to the writer once it has room, for as long as `keep_trying()` holds."""
+        while keep_trying():
             try:
-                self._sorted.put(sorted_batch, timeout=0.2)
+                self._sorted.put(item, timeout=0.2)
                 return
             except queue.Full:
                 continue
