@@ -27,6 +27,7 @@ from tests.support.testing import (
     AGENT_GATEWAY,
     AGENT_SITE,
     demo_devices,
+    outbox_last_seqs,
     skip_unless_soak,
     write_agent_config,
 )
@@ -45,14 +46,6 @@ def integrity(db: Path) -> str:
     conn = sqlite3.connect(db)
     try:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
-    finally:
-        conn.close()
-
-
-def committed_seqs(db: Path) -> dict[str, int]:
-    conn = sqlite3.connect(db)
-    try:
-        return dict(conn.execute("SELECT stream, last_seq FROM streams").fetchall())
     finally:
         conn.close()
 
@@ -99,7 +92,7 @@ def run_crash_cycles(plant: Plant, tmp_path: Path, cycles: int, seed: int) -> di
         agent.wait_status(lambda s: s["uplink"]["state"] == "online", timeout=20)
         assert agent.stop() == 0, agent.log()
         assert integrity(db) == "ok"
-        last = committed_seqs(db)
+        last = outbox_last_seqs(db)
         messages = sub.wait_until(
             lambda ms: all(
                 set(range(1, n + 1)) <= set(seqs_by_stream(ms).get(s, [])) for s, n in last.items()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import os
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from tests.support.testing import (
     AGENT_SITE,
     damage_sqlite_under_its_owner,
     demo_devices,
+    outbox_last_seqs,
     skip_unless_soak,
     write_agent_config,
 )
@@ -52,14 +52,6 @@ def seqs(messages: list[Received]) -> dict[str, set[int]]:
             body = m.json()
             out[body["stream"]].add(body["seq"])
     return out
-
-
-def last_seqs(db: Path) -> dict[str, int]:
-    conn = sqlite3.connect(db)
-    try:
-        return dict(conn.execute("SELECT stream, last_seq FROM streams").fetchall())
-    finally:
-        conn.close()
 
 
 def outage_run(plant: Plant, tmp_path: Path, outage_s: float) -> dict[str, float]:
@@ -88,7 +80,7 @@ def outage_run(plant: Plant, tmp_path: Path, outage_s: float) -> dict[str, float
                 timeout=60,
             )
             assert agent.stop() == 0, agent.log()
-        last = last_seqs(config.parent / "state" / "outbox.sqlite")
+        last = outbox_last_seqs(config.parent / "state" / "outbox.sqlite")
         sub.wait_until(
             lambda ms: all(set(range(1, n + 1)) <= seqs(ms).get(s, set()) for s, n in last.items()),
             timeout=60,

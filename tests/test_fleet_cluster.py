@@ -10,7 +10,6 @@ subscriptions, so the two consumers split the fleet by static partition (docs/fl
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,13 @@ import pytest
 from tests.support.agent_proc import start_agent
 from tests.support.centre import committed_in_last_run, committed_seqs, ingest_process, query
 from tests.support.cluster import RabbitCluster, rabbitmq_available
-from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, wait_until, write_agent_config
+from tests.support.testing import (
+    AGENT_GATEWAY,
+    AGENT_SITE,
+    outbox_last_seqs,
+    wait_until,
+    write_agent_config,
+)
 from water_edge.centre.store import Store
 
 pytestmark = [
@@ -44,11 +49,6 @@ FAKE_DEVICES = [fake_device("plc1", 10), fake_device("meters", 5)]
 def cluster() -> Iterator[RabbitCluster]:
     with RabbitCluster() as c:
         yield c
-
-
-def outbox_last_seqs(outbox: Path) -> dict[str, int]:
-    with sqlite3.connect(outbox) as db:
-        return dict(db.execute("SELECT stream, last_seq FROM streams").fetchall())
 
 
 def missing(want: dict[tuple[str, str, str], list[int]], dsn: str) -> str:

@@ -282,6 +282,16 @@ def demo_devices(plant_port: int, *, poll_interval_ms: int | None = None) -> str
     return devices
 
 
+def outbox_last_seqs(outbox: Path) -> dict[str, int]:
+    """stream -> the last seq the agent ever gave a row of it (the outbox's `streams` table): a
+    subscriber has the whole of a stream when it holds every seq from 1 to this."""
+    conn = sqlite3.connect(outbox)
+    try:
+        return dict(conn.execute("SELECT stream, last_seq FROM streams").fetchall())
+    finally:
+        conn.close()
+
+
 def damage_sqlite_under_its_owner(path: Path, seed: int) -> None:
     """What a card going bad does to an SQLite file the agent has open (a feature history, the
     outbox: both have a `meta` table): another connection's write there makes the agent's
