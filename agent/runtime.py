@@ -131,6 +131,7 @@ class Agent:
                 on_command=on_command,
                 beat_s=beat_s,
                 clock_synchronised=lambda: self.clock_sync.state.synchronised,
+                epoch=outbox.epoch,
             )
         self.pipeline = Pipeline(
             outbox if self.exceptions is None else ReportByException(outbox, self.exceptions),

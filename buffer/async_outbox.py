@@ -107,6 +107,11 @@ class AsyncOutbox:
     def path(self) -> Path:
         return self._outbox.path
 
+    @property
+    def epoch(self) -> int:
+        """See `Outbox.epoch`: fixed while the file lives, so read without the worker."""
+        return self._outbox.epoch
+
     async def append(self, batches: Sequence[Batch]) -> list[int]:
         """See `Outbox.append`."""
         # A snapshot of the list: the caller may reuse its list while the worker encodes.

@@ -229,6 +229,8 @@ class Outbox:
         self._bytes: int = body_bytes + schema.ROW_OVERHEAD * self._rows
         self._counters: dict[str, int] = dict(conn.execute("SELECT name, value FROM counters").fetchall())
         self._last_seq: dict[str, int] = dict(conn.execute("SELECT stream, last_seq FROM streams").fetchall())
+        # Fixed for the life of the file: with the seqs, the identity of every row it ever held.
+        self.epoch: int = schema.read_epoch(conn)
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         # Ids are assigned here rather than read back, so append knows them without a query.
         self._next_id: int = (row[0] if row else 0) + 1

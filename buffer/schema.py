@@ -4,6 +4,7 @@ and the stats query shared by the writer and the read-only `edge-agent buffer st
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from pathlib import Path
 from typing import Final
@@ -24,6 +25,11 @@ APPLICATION_ID: Final = 0x5745414F
 ROW_OVERHEAD: Final = 64
 
 COUNTER_NAMES: Final = ("evicted_rows", "evicted_readings")
+
+# An outbox made before epochs existed keeps seq-ing where it was: its epoch reads as this.
+LEGACY_EPOCH: Final = 0
+# Epochs fit a JSON number exactly (consumers in JavaScript read integers up to 2^53).
+MAX_EPOCH: Final = 2**53 - 1
 
 
 class OutboxUnusableError(BufferError):
@@ -107,6 +113,9 @@ def inspect(conn: sqlite3.Connection, path: Path) -> int | None:
         )
     if version < 1:
         raise OutboxUnusableError(f"outbox {path}: invalid schema version {version}")
+    epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    if epoch is not None and not (type(epoch[0]) is int and LEGACY_EPOCH < epoch[0] <= MAX_EPOCH):
+        raise OutboxUnusableError(f"outbox {path}: 'meta' epoch {epoch[0]!r} is not in 1..{MAX_EPOCH}")
     missing = _TABLES - tables
     if missing:
         raise OutboxUnusableError(f"outbox {path}: damaged, tables missing: {', '.join(sorted(missing))}")
@@ -137,7 +146,7 @@ def create(conn: sqlite3.Connection, max_bytes: int) -> None:
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         conn.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?)",
-            [("schema_version", SCHEMA_VERSION), ("max_bytes", max_bytes)],
+            [("schema_version", SCHEMA_VERSION), ("max_bytes", max_bytes), ("epoch", new_epoch())],
         )
         # AUTOINCREMENT: ids are never reused, even after the newest row is acked, because the
         # uplink's lease cursor is an id and must never skip a row.
@@ -160,6 +169,17 @@ def create(conn: sqlite3.Connection, max_bytes: int) -> None:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def new_epoch() -> int:
+    """A random epoch for a new outbox: the centre tells its seqs from an earlier outbox's by it."""
+    return 1 + secrets.randbelow(MAX_EPOCH)
+
+
+def read_epoch(conn: sqlite3.Connection) -> int:
+    """The outbox's epoch; `LEGACY_EPOCH` for an outbox created before epochs."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    return LEGACY_EPOCH if row is None else int(row[0])  # checked by `inspect`
 
 
 def query_stats(conn: sqlite3.Connection, max_bytes: int) -> OutboxStats:

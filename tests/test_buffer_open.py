@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from water_edge.buffer.outbox import Outbox
-from water_edge.buffer.schema import SCHEMA_VERSION
+from water_edge.buffer.schema import MAX_EPOCH, SCHEMA_VERSION, OutboxUnusableError
 from water_edge.buffer.stats import read_stats
 from water_edge.buffer.types import Batch
 from water_edge.core.errors import BufferError
@@ -65,6 +65,45 @@ def test_another_application_id_is_refused(tmp_path: Path) -> None:
     conn.execute("PRAGMA application_id = 1234")
     conn.close()
     with pytest.raises(BufferError, match="application_id"):
+        Outbox(path, max_bytes=BIG)
+
+
+def test_every_new_outbox_has_an_epoch_of_its_own_for_life(tmp_path: Path) -> None:
+    """The centre tells a new outbox's seqs (from 1 again) from an old one's by the epoch."""
+    epochs = []
+    for name in ("first.db", "replaced-card.db"):
+        with Outbox(tmp_path / name, max_bytes=BIG) as outbox:
+            outbox.append(one_batch())
+            epochs.append(outbox.epoch)
+        with Outbox(tmp_path / name, max_bytes=BIG) as outbox:
+            assert outbox.epoch == epochs[-1], "reopened, the same outbox"
+            (row,) = outbox.lease(0, 10)
+            assert row.seq == 1
+    assert all(1 <= e <= MAX_EPOCH for e in epochs)
+    assert epochs[0] != epochs[1]
+
+
+def test_an_outbox_from_before_epochs_is_epoch_0_and_seqs_on(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    with Outbox(path, max_bytes=BIG) as outbox:
+        outbox.append(one_batch())
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM meta WHERE key = 'epoch'")
+    conn.close()
+    with Outbox(path, max_bytes=BIG) as outbox:
+        outbox.append(one_batch())
+        assert outbox.epoch == 0
+        assert [r.seq for r in outbox.lease(0, 10)] == [1, 2]
+
+
+@pytest.mark.parametrize("epoch", [0, -5, 2**53, "seven", 1.5])
+def test_an_outbox_whose_epoch_is_not_one_is_unusable(tmp_path: Path, epoch: object) -> None:
+    path = tmp_path / "outbox.db"
+    Outbox(path, max_bytes=BIG).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
+    conn.close()
+    with pytest.raises(OutboxUnusableError, match=f"{re.escape(str(path))}: 'meta' epoch"):
         Outbox(path, max_bytes=BIG)
 
 

@@ -8,6 +8,7 @@ The same ingest through a RabbitMQ cluster with a broker node killed: test_fleet
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import orjson
 import psycopg
 import pytest
 
+from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Publisher
 from tests.support.centre import (
     IngestProcess,
@@ -24,7 +26,8 @@ from tests.support.centre import (
     ingest_process,
     query,
 )
-from tests.support.testing import eventually, wait_until
+from tests.support.plant import running_plant
+from tests.support.testing import demo_devices, eventually, outbox_last_seqs, wait_until, write_agent_config
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
 from water_edge.agent.uplink.memory import MemoryOutbox
 from water_edge.centre.loadgen import FleetResult, FleetSpec, payload
@@ -33,16 +36,18 @@ from water_edge.centre.payload import Message, parse
 from water_edge.centre.store import Store, migrate, migrations
 
 
-def messages(gateway: str, seqs: range | list[int], tags: int = 10) -> list[Message]:
+def messages(gateway: str, seqs: range | list[int], tags: int = 10, epoch: int = 1) -> list[Message]:
     return [
-        parse(f"water/s1/{gateway}/plc1", payload("s1", gateway, seq, 10**18 + seq, tags)) for seq in seqs
+        parse(f"water/s1/{gateway}/plc1", payload("s1", gateway, seq, 10**18 + seq, tags, epoch=epoch))
+        for seq in seqs
     ]
 
 
-def eviction(gateway: str, seq: int, first: int, last: int, span: object = None) -> Message:
+def eviction(gateway: str, seq: int, first: int, last: int, span: object = None, epoch: int = 1) -> Message:
     streams = {"plc1": [first, last] if span is None else span}
     body = {
-        "v": 1, "stream": "events", "seq": seq, "site": "s1", "gateway": gateway, "sent_ns": 1,
+        "v": 2, "epoch": epoch, "stream": "events", "seq": seq, "site": "s1", "gateway": gateway,
+        "sent_ns": 1,
         "events": [{"kind": "buffer_eviction", "source": "buffer", "ts": 1, "severity": "warning",
                     "score": None, "detail": {"reason": "quota", "streams": streams}}],
     }  # fmt: skip
@@ -102,6 +107,28 @@ def test_a_missing_seq_is_reported_after_its_timeout_with_the_eviction_that_expl
     assert open_gaps == [("gw1", 7, 9, "buffer_eviction: quota")]
 
 
+def test_a_gateway_with_a_new_outbox_starts_again_at_seq_1_and_none_of_it_is_dropped(centre_db: str) -> None:
+    """A replaced card or a damaged outbox moved aside: the gateway's seqs restart at 1 under a new
+    epoch. Version 1 deduplicated them against the old outbox's and dropped them all."""
+    store = Store(centre_db)
+    old = store.commit([*messages("gw1", range(1, 6), epoch=11), eviction("gw1", 1, 3, 4, epoch=11)])
+    new = store.commit(messages("gw1", [1, 2, 5], epoch=22))
+    resent = store.commit(messages("gw1", [2], epoch=22))
+    assert (old.messages, new.messages, new.duplicates, resent.duplicates) == (6, 3, 0, 1)
+    by_epoch = query(
+        centre_db,
+        "SELECT s.epoch, array_agg(m.seq ORDER BY m.seq) FROM messages m JOIN streams s ON s.id = m.stream_id"
+        " WHERE s.stream = 'plc1' GROUP BY s.epoch ORDER BY s.epoch",
+    )
+    assert by_epoch == [(11, [1, 2, 3, 4, 5]), (22, [1, 2, 5])]
+    assert query(centre_db, "SELECT count(*) FROM readings") == [(80,)]
+    # The old outbox's eviction of its seqs 3..4 says nothing of the new outbox's 3..4.
+    (gap,) = store.check_gaps(timeout_s=0) or []
+    store.close()
+    assert (gap.epoch, gap.first_seq, gap.last_seq, gap.explained) == (22, 3, 4, None)
+    assert query(centre_db, "SELECT epoch, first_seq, missing FROM open_gaps") == [(22, 3, 2)]
+
+
 def test_two_consumers_share_a_fleet_with_an_outage_burst_and_one_killed_midway_lose_and_double_nothing(
     centre_db: str, tmp_path: Path
 ) -> None:
@@ -154,6 +181,45 @@ def one_ingest(tmp_path: Path, dsn: str, broker: Mosquitto) -> Iterator[IngestPr
         yield ingest
     finally:
         ingest.stop()
+
+
+def test_a_gateway_on_a_new_card_is_stored_in_full_beside_what_its_old_card_sent(
+    centre_db: str, tmp_path: Path
+) -> None:
+    """The real agent, broker and ingest: a gateway runs, its card is replaced (the outbox is gone,
+    as after a quarantine), it runs again from seq 1. Both outboxes' messages are stored whole."""
+    config = tmp_path / "gw" / "agent.toml"
+    outbox = config.parent / "state" / "outbox.sqlite"
+    sent: dict[int, dict[str, int]] = {}
+    with running_plant(seed=3) as plant, Mosquitto() as broker, one_ingest(tmp_path, centre_db, broker):
+        config.parent.mkdir()
+        write_agent_config(config.parent, broker_port=broker.port, devices=demo_devices(plant.port))
+        for _card in range(2):
+            with running_agent(config) as agent:
+                agent.wait_status(lambda s: s["uplink"]["readings_acked"] >= 3 * 43)
+                assert agent.stop() == 0
+            with contextlib.closing(sqlite3.connect(outbox)) as db:
+                (epoch,) = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+                assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,), "all delivered"
+            sent[epoch] = outbox_last_seqs(outbox)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{outbox}{suffix}").unlink(missing_ok=True)
+
+        def stored() -> dict[int, dict[str, list[int]]]:
+            rows = query(
+                centre_db,
+                "SELECT s.epoch, s.stream, array_agg(m.seq ORDER BY m.seq) FROM messages m"
+                " JOIN streams s ON s.id = m.stream_id GROUP BY 1, 2",
+            )
+            out: dict[int, dict[str, list[int]]] = {}
+            for epoch, stream, seqs in rows:
+                out.setdefault(epoch, {})[stream] = seqs
+            return out
+
+        want = {e: {s: list(range(1, n + 1)) for s, n in last.items()} for e, last in sent.items()}
+        wait_until(lambda: stored() == want, 30, what=lambda: f"stored {stored()}, sent {sent}")
+    assert len(sent) == 2, "each card's outbox has an epoch of its own"
+    assert all(last["pump-station"] >= 3 for last in sent.values())
 
 
 def test_a_message_the_database_cannot_store_is_rejected_and_the_ingest_goes_on(
@@ -240,19 +306,12 @@ def test_an_eviction_event_with_a_malformed_range_does_not_stop_the_gap_check(ce
     gap check's explanation query fail on its cast; the error ended the consumer at every check."""
     store = Store(centre_db)
     bad = [["a", "b"], [4.5, 9], [5, 1e30], {"first": 1}, "3..4", [None, None]]  # none covers 3..4
-    store.commit([*(eviction_with("gw1", i, r) for i, r in enumerate(bad, 1)), *messages("gw1", [1, 2, 5])])
+    store.commit(
+        [*(eviction("gw1", i, 0, 0, span=r) for i, r in enumerate(bad, 1)), *messages("gw1", [1, 2, 5])]
+    )
     (gap,) = store.check_gaps(timeout_s=0) or []
     store.close()
     assert (gap.gateway, gap.first_seq, gap.last_seq, gap.explained) == ("gw1", 3, 4, None)
-
-
-def eviction_with(gateway: str, seq: int, seqs: object) -> Message:
-    body = {
-        "v": 1, "stream": "events", "seq": seq, "site": "s1", "gateway": gateway, "sent_ns": 1,
-        "events": [{"kind": "buffer_eviction", "source": "buffer", "ts": 1, "severity": "warning",
-                    "score": None, "detail": {"reason": "quota", "streams": {"plc1": seqs}}}],
-    }  # fmt: skip
-    return parse(f"water/s1/{gateway}/events", orjson.dumps(body))
 
 
 @pytest.mark.parametrize("compression", ["deflate", "zstd"])

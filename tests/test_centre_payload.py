@@ -29,7 +29,8 @@ def reading(
 def doc(**changes: Any) -> dict[str, Any]:
     ts = 1764059400000000000
     base: dict[str, Any] = {
-        "v": 1, "stream": "plc1", "seq": 7, "site": "north", "gateway": "gw-03", "sent_ns": ts + 10**9,
+        "v": 2, "epoch": 5, "stream": "plc1", "seq": 7, "site": "north", "gateway": "gw-03",
+        "sent_ns": ts + 10**9,
         "readings": [
             reading("p", ts, 4.52, unit="bar"),
             reading("i", ts, None, "bad", "A", reason="timeout"),
@@ -44,13 +45,19 @@ def doc(**changes: Any) -> dict[str, Any]:
 
 def test_a_data_message_becomes_rows_with_exact_values() -> None:
     msg = parse(TOPIC, orjson.dumps(doc()))
-    assert (msg.key, msg.seq, msg.items) == (("north", "gw-03", "plc1"), 7, 5)
+    assert (msg.key, msg.seq, msg.items) == (("north", "gw-03", "plc1", 5), 7, 5)
     by_tag = {r[0]: r for r in msg.readings}
     assert by_tag["p"][2:5] == (4.52, None, "good")
     assert by_tag["i"][2:6] == (None, None, "bad", "timeout")
     assert by_tag["n"][3] == str(2**60 + 1), "integers beyond 2^53 keep their digits"
     assert by_tag["s"][2:4] == (None, "AUTO")
     assert by_tag["b"][2:4] == (1.0, "true")
+
+
+def test_a_version_1_message_is_read_as_epoch_0() -> None:
+    """Gateways not yet updated send version 1: no epoch, their outbox from before epochs."""
+    v1 = {k: v for k, v in doc(v=1).items() if k != "epoch"}
+    assert parse(TOPIC, orjson.dumps(v1)).key == ("north", "gw-03", "plc1", 0)
 
 
 def test_a_nan_or_infinite_value_is_kept_as_text_not_lost_as_a_missing_value() -> None:
@@ -84,7 +91,15 @@ def test_an_event_message_keeps_its_detail() -> None:
     [
         (b"\xff\xfe", "not JSON"),
         (b"[1, 2]", "not a JSON object"),
-        (orjson.dumps(doc(v=2)), "unknown payload version 2"),
+        (orjson.dumps(doc(v=3)), "unknown payload version 3"),
+        (orjson.dumps(doc(v=True)), "unknown payload version True"),
+        (
+            orjson.dumps({k: v for k, v in doc().items() if k != "epoch"}),
+            "epoch must be a non-negative integer",
+        ),
+        (orjson.dumps(doc(epoch=-1)), "epoch must be a non-negative integer"),
+        (orjson.dumps(doc(epoch="5")), "epoch must be a non-negative integer"),
+        (orjson.dumps(doc(epoch=2**53 + 1)), "epoch must be at most 2"),
         (orjson.dumps(doc(seq=0)), "seq must be >= 1"),
         (orjson.dumps(doc(seq="7")), "seq must be a non-negative integer"),
         (orjson.dumps(doc(gateway="gw-04")), "does not end in north/gw-04/plc1"),
@@ -101,8 +116,8 @@ def test_anything_else_is_refused_with_the_reason(body: bytes, complaint: str) -
 
 
 def test_the_load_generator_speaks_the_same_contract() -> None:
-    msg = parse("water/site000/gw00001/plc1", payload("site000", "gw00001", 3, 10**18, 100))
-    assert (msg.seq, len(msg.readings)) == (3, 100)
+    msg = parse("water/site000/gw00001/plc1", payload("site000", "gw00001", 3, 10**18, 100, epoch=9))
+    assert (msg.epoch, msg.seq, len(msg.readings)) == (9, 3, 100)
 
 
 def test_partitions_are_stable_and_spread_a_fleet() -> None:

@@ -87,10 +87,11 @@ def test_reading_payload() -> None:
             Reading("plc1", "n", 10**18 + 5, 2**53 + 1),
         ]
     )
-    doc = orjson.loads(encode(row(body), "site1", "gw1"))
+    doc = orjson.loads(encode(row(body), "site1", "gw1", epoch=2**53 - 1))
     VALIDATOR.validate(doc)
-    assert {k: doc[k] for k in ("v", "stream", "seq", "site", "gateway")} == {
-        "v": 1,
+    assert {k: doc[k] for k in ("v", "epoch", "stream", "seq", "site", "gateway")} == {
+        "v": 2,
+        "epoch": 2**53 - 1,
         "stream": "plc1",
         "seq": 7,
         "site": "site1",

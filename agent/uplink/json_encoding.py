@@ -1,9 +1,10 @@
 """The JSON payload encoding (documented in docs/payload.md, schema in docs/payload.schema.json).
 
-One outbox row becomes one message. Timestamps are integer UTC nanoseconds; `(stream, seq)` is
-the deduplication key for the centre. JSON has no NaN or infinity: such a float `value` is sent
-as `null` with `"nonfinite": "nan" | "inf" | "-inf"` beside it, so it is neither hidden nor
-mistaken for a missing value.
+One outbox row becomes one message. Timestamps are integer UTC nanoseconds; `(epoch, stream, seq)`
+is the deduplication key for the centre: `epoch` is the outbox's, so the seqs of a new outbox (a
+replaced card, a damaged file moved aside) are never taken for repeats of the old one's. JSON has
+no NaN or infinity: such a float `value` is sent as `null` with `"nonfinite": "nan" | "inf" |
+"-inf"` beside it, so it is neither hidden nor mistaken for a missing value.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from water_edge.buffer.types import OutboxRow
 from water_edge.core.errors import BufferError, UplinkError
 from water_edge.core.reading import GOOD, Event, Reading, ReadingFields, now_ns
 
-PAYLOAD_VERSION: Final = 1
+PAYLOAD_VERSION: Final = 2
 CONTENT_TYPE: Final = "application/json"
 _OPTS: Final = orjson.OPT_NON_STR_KEYS
 _R = TypeVar("_R")
@@ -71,6 +72,7 @@ def encode_items(
     site: str,
     gateway: str,
     *,
+    epoch: int,
     readings: Sequence[ReadingFields] | None,
     events: list[Event] | None,
     sent_ns: int | None = None,
@@ -78,6 +80,7 @@ def encode_items(
     """The JSON document for one row whose body is already decoded (readings as `ReadingFields`)."""
     doc: dict[str, Any] = {
         "v": PAYLOAD_VERSION,
+        "epoch": epoch,
         "stream": row.stream,
         "seq": row.seq,
         "site": site,
@@ -123,20 +126,28 @@ def _decode(
         raise EncodeError(f"row {row.id} of stream {row.stream!r}: undecodable body: {exc}") from exc
 
 
-def encode(row: OutboxRow, site: str, gateway: str, codec: BodyCodec | None = None) -> bytes:
+def encode(
+    row: OutboxRow, site: str, gateway: str, codec: BodyCodec | None = None, *, epoch: int = 0
+) -> bytes:
     """The JSON payload of one outbox row (body decoded with `buffer.codec` unless `codec` is given)."""
     readings, events = decode_body_fields(codec or default_codec(), row)
-    return encode_items(row, site, gateway, readings=readings, events=events)
+    return encode_items(row, site, gateway, epoch=epoch, readings=readings, events=events)
 
 
 class JsonEncoder:
-    """The `Encoder` for JSON: topic `{prefix}/{site}/{gateway}/{stream}`, payload per `encode()`,
-    compressed when `compression` says so (`agent.uplink.compression`)."""
+    """The `Encoder` for JSON: topic `{prefix}/{site}/{gateway}/{stream}`, payload per `encode()`
+    with the outbox's `epoch`, compressed when `compression` says so (`agent.uplink.compression`)."""
 
     def __init__(
-        self, topics: Topics, codec: BodyCodec | None = None, compression: Compression = "none"
+        self,
+        topics: Topics,
+        codec: BodyCodec | None = None,
+        compression: Compression = "none",
+        *,
+        epoch: int = 0,
     ) -> None:
         self._topics = topics
+        self._epoch = epoch
         self._codec = codec
         self._topic_cache: dict[str, str] = {}
         self._compression = compressor(compression)
@@ -154,6 +165,8 @@ class JsonEncoder:
         if self._codec is None:
             self._codec = default_codec()
         readings, events = decode_body_fields(self._codec, row)
-        payload = encode_items(row, self._topics.site, self._topics.gateway, readings=readings, events=events)
+        payload = encode_items(
+            row, self._topics.site, self._topics.gateway, epoch=self._epoch, readings=readings, events=events
+        )
         compress = self._compression.compress
         return Message(topic, payload if compress is None else compress(payload))

@@ -93,7 +93,7 @@ class MqttUplink(UplinkLoop[Session]):
     Call `run()` as a task, `notify()` after each outbox append, `stop()` to finish cleanly.
     All methods must be called from the event loop thread that runs `run()`. `transport` makes
     one connection per call (default: paho); `commands` is the command inbox when `on_command`
-    is given.
+    is given. `epoch` is the outbox's (`AsyncOutbox.epoch`), sent in every message.
     """
 
     _drain: Drain
@@ -111,6 +111,7 @@ class MqttUplink(UplinkLoop[Session]):
         beat_s: float = 1.0,
         transport: TransportFactory = PahoTransport,
         clock_synchronised: Callable[[], bool | None] | None = None,
+        epoch: int = 0,
     ) -> None:
         super().__init__(
             config,
@@ -121,7 +122,7 @@ class MqttUplink(UplinkLoop[Session]):
             beat_s=beat_s,
             transport=transport,
         )
-        encoder = encoder or JsonEncoder(self.topics, compression=config.compression)
+        encoder = encoder or JsonEncoder(self.topics, compression=config.compression, epoch=epoch)
         self._clock_synchronised = clock_synchronised
         self._password = resolve_secret(config.password)
         largest = 0 if self.commands is None else 2 * self.commands.max_bytes

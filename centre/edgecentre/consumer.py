@@ -325,6 +325,7 @@ class Consumer:
                 site=gap.site,
                 gateway=gap.gateway,
                 stream=gap.stream,
+                epoch=gap.epoch,
                 first_seq=gap.first_seq,
                 last_seq=gap.last_seq,
                 explained=gap.explained,

@@ -1,6 +1,7 @@
 """Gap detection per stream: a seq still missing after a timeout is reported, never guessed.
 
-Each stream has a watermark (`streams.checked_upto`): every seq up to it was received or reported.
+Each stream — one seq counter: (site, gateway, stream, epoch), a new outbox on the gateway being a
+new epoch — has a watermark (`streams.checked_upto`): every seq up to it was received or reported.
 A check walks the seqs above it in order. A hole followed by a message received more than
 `timeout_s` ago is a gap: it is written to `gaps` (with the gateway's own `buffer_eviction` events
 as the explanation when they cover the range together, `quota`/`age`/`disk_full`) and the watermark moves
@@ -27,6 +28,7 @@ class Gap:
     site: str
     gateway: str
     stream: str
+    epoch: int
     first_seq: int
     last_seq: int
     explained: str | None
@@ -50,20 +52,25 @@ _EVICTED = (
     f"SELECT r.lo, r.hi, r.reason FROM (SELECT {_bound(0)} AS lo, {_bound(1)} AS hi,"  # noqa: S608
     " e.detail->>'reason' AS reason"
     " FROM events e JOIN streams s ON s.id = e.stream_id"
-    " WHERE s.site = %(site)s AND s.gateway = %(gateway)s AND e.kind = 'buffer_eviction') r"
+    " WHERE s.site = %(site)s AND s.gateway = %(gateway)s AND s.epoch = %(epoch)s"
+    " AND e.kind = 'buffer_eviction') r"
     " WHERE r.lo <= %(last)s AND r.hi >= %(first)s ORDER BY r.lo"
 )
 
 
 def _explanation(
-    cur: psycopg.Cursor[TupleRow], names: tuple[str, str, str], first: int, last: int
+    cur: psycopg.Cursor[TupleRow], names: tuple[str, str, str, int], first: int, last: int
 ) -> str | None:
     """The gateway's `buffer_eviction` events that cover `first..last` together, or None.
 
     One hole is often many events: during an outage with a full quota every append evicts a row or
-    two and announces just those."""
-    site, gateway, stream = names
-    cur.execute(_EVICTED, {"stream": stream, "site": site, "gateway": gateway, "first": first, "last": last})
+    two and announces just those. Only events of the same outbox (epoch) explain: another outbox's
+    seqs are other messages."""
+    site, gateway, stream, epoch = names
+    cur.execute(
+        _EVICTED,
+        {"stream": stream, "site": site, "gateway": gateway, "epoch": epoch, "first": first, "last": last},
+    )
     covered, reasons = first - 1, set()
     for lo, hi, reason in cur.fetchall():
         if int(lo) > covered + 1:
@@ -89,7 +96,7 @@ def check(conn: psycopg.Connection[TupleRow], timeout_s: float) -> list[Gap] | N
             " WHERE s.id = m.stream_id AND s.checked_upto IS NULL"
         )
         cur.execute(
-            "SELECT s.id, s.site, s.gateway, s.stream, s.checked_upto, m.seq,"
+            "SELECT s.id, s.site, s.gateway, s.stream, s.epoch, s.checked_upto, m.seq,"
             " extract(epoch FROM clock_timestamp() - m.received_at)::float8"
             " FROM streams s JOIN messages m ON m.stream_id = s.id AND m.seq > s.checked_upto"
             " ORDER BY s.id, m.seq"
@@ -97,7 +104,7 @@ def check(conn: psycopg.Connection[TupleRow], timeout_s: float) -> list[Gap] | N
         rows = cur.fetchall()
         marks: dict[int, int] = {}
         blocked: set[int] = set()
-        for sid_, site, gateway, stream, upto, seq_, age in rows:
+        for sid_, site, gateway, stream, epoch, upto, seq_, age in rows:
             sid, seq = int(sid_), int(seq_)
             if sid in blocked:
                 continue
@@ -106,7 +113,7 @@ def check(conn: psycopg.Connection[TupleRow], timeout_s: float) -> list[Gap] | N
                 if float(age) < timeout_s:
                     blocked.add(sid)
                     continue
-                names = (str(site), str(gateway), str(stream))
+                names = (str(site), str(gateway), str(stream), int(epoch))
                 gap = Gap(*names, prev + 1, seq - 1, _explanation(cur, names, prev + 1, seq - 1))
                 cur.execute(
                     "INSERT INTO gaps (stream_id, first_seq, last_seq, explained) VALUES (%s, %s, %s, %s)"

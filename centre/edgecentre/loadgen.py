@@ -53,7 +53,7 @@ def gateway_names(spec: FleetSpec) -> list[tuple[str, str]]:
     return [(f"{spec.site_prefix}{i // 50:03d}", f"gw{i:05d}") for i in range(spec.gateways)]
 
 
-def payload(site: str, gateway: str, seq: int, ts_ns: int, tags: int) -> bytes:
+def payload(site: str, gateway: str, seq: int, ts_ns: int, tags: int, *, epoch: int = 1) -> bytes:
     readings = [
         {
             "tag": f"t{j:03d}",
@@ -66,7 +66,8 @@ def payload(site: str, gateway: str, seq: int, ts_ns: int, tags: int) -> bytes:
         for j in range(tags)
     ]
     doc = {
-        "v": 1,
+        "v": 2,
+        "epoch": epoch,
         "stream": "plc1",
         "seq": seq,
         "site": site,

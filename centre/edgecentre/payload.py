@@ -1,4 +1,4 @@
-"""The documented JSON payload (docs/payload.md, version 1) read into rows for the database.
+"""The documented JSON payload (docs/payload.md, versions 1 and 2) read into rows for the database.
 
 Written from the documented contract, not from the agent's code (the centre never imports the
 agent). A message that is not that contract raises `PayloadError` with the reason; the ingest
@@ -16,6 +16,9 @@ import orjson
 import zstandard
 
 _EXACT = 2**53
+# Version 2 adds the outbox `epoch`; a version 1 message is epoch 0 (an outbox from before epochs).
+_VERSIONS = (1, 2)
+LEGACY_EPOCH: Final = 0
 _QUALITIES = frozenset(("good", "uncertain", "bad"))
 _NONFINITE = frozenset(("nan", "inf", "-inf"))
 # A compressed message is unpacked to at most this much JSON: a gateway's message is one outbox
@@ -25,16 +28,17 @@ _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 
 
 class PayloadError(ValueError):
-    """The message is not a version 1 data message; the text says what is wrong."""
+    """The message is not a version 1 or 2 data message; the text says what is wrong."""
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One data message: its identity (site, gateway, stream, seq) and its rows."""
+    """One data message: its identity (site, gateway, stream, epoch, seq) and its rows."""
 
     site: str
     gateway: str
     stream: str
+    epoch: int
     seq: int
     sent_ns: int
     # (tag, ts_ns, value, value_text, quality, reason, unit, source, repeat)
@@ -43,8 +47,9 @@ class Message:
     events: list[tuple[Any, ...]]
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return self.site, self.gateway, self.stream
+    def key(self) -> tuple[str, str, str, int]:
+        """The seq counter the message belongs to."""
+        return self.site, self.gateway, self.stream, self.epoch
 
     @property
     def items(self) -> int:
@@ -129,8 +134,14 @@ def parse(topic: str, payload: bytes, content_type: str | None = None) -> Messag
         raise PayloadError(f"not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise PayloadError("not a JSON object")
-    if doc.get("v") != 1:
-        raise PayloadError(f"unknown payload version {doc.get('v')!r} (this ingest reads v 1)")
+    version = doc.get("v")
+    if version not in _VERSIONS or isinstance(version, bool):
+        raise PayloadError(f"unknown payload version {version!r} (this ingest reads v 1 and 2)")
+    epoch = LEGACY_EPOCH
+    if version == 2:
+        epoch = _int(doc, "epoch")
+        if epoch > _EXACT:
+            raise PayloadError(f"epoch must be at most 2^53 (got {epoch})")
     site, gateway, stream = _text(doc, "site"), _text(doc, "gateway"), _text(doc, "stream")
     levels = topic.split("/")
     if levels[-3:] != [site, gateway, stream]:
@@ -148,7 +159,7 @@ def parse(topic: str, payload: bytes, content_type: str | None = None) -> Messag
         if isinstance(exc, PayloadError):
             raise
         raise PayloadError(f"malformed reading or event: {exc!r}") from exc
-    return Message(site, gateway, stream, seq, sent_ns, readings, events)
+    return Message(site, gateway, stream, epoch, seq, sent_ns, readings, events)
 
 
 def _readings(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:

@@ -115,7 +115,7 @@ class Store:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._conn: psycopg.Connection[TupleRow] | None = None
-        self._stream_ids: dict[tuple[str, str, str], int] = {}
+        self._stream_ids: dict[tuple[str, str, str, int], int] = {}
 
     def _connection(self) -> psycopg.Connection[TupleRow]:
         if self._conn is None or self._conn.closed:
@@ -137,22 +137,24 @@ class Store:
             self._conn.close()
             self._conn = None
 
-    def _ids(self, conn: psycopg.Connection[TupleRow], keys: set[tuple[str, str, str]]) -> None:
+    def _ids(self, conn: psycopg.Connection[TupleRow], keys: set[tuple[str, str, str, int]]) -> None:
         missing = keys - self._stream_ids.keys()
         if not missing:
             return
         rows = sorted(missing)
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO streams (site, gateway, stream) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", rows
+                "INSERT INTO streams (site, gateway, stream, epoch) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                rows,
             )
             cur.execute(
-                "SELECT site, gateway, stream, id FROM streams WHERE (site, gateway, stream) IN"
-                " (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
-                ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+                "SELECT site, gateway, stream, epoch, id FROM streams WHERE (site, gateway, stream, epoch) IN"
+                " (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]))",
+                ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]),
             )
-            for site, gateway, stream, sid in cur.fetchall():
-                self._stream_ids[(str(site), str(gateway), str(stream))] = int(sid)
+            for site, gateway, stream, epoch, sid in cur.fetchall():
+                self._stream_ids[(str(site), str(gateway), str(stream), int(epoch))] = int(sid)
 
     def commit(
         self, messages: Sequence[Message], rejected: Sequence[tuple[str, str, bytes]] = ()
