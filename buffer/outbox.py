@@ -590,6 +590,7 @@ class Outbox:
             expired_readings=counters.get("expired_readings", 0),
             disk_full=counters["disk_full"],
             max_age_s=self.max_age_s,
+            epoch=self.epoch,
         )
 
     def pragmas(self) -> dict[str, int | str]:

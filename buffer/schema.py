@@ -207,6 +207,7 @@ def query_stats(conn: sqlite3.Connection, max_bytes: int) -> OutboxStats:
         expired_rows=counters.get("expired_rows", 0),
         expired_readings=counters.get("expired_readings", 0),
         disk_full=counters.get("disk_full", 0),
+        epoch=read_epoch(conn),
     )
 
 

@@ -110,6 +110,7 @@ def stats_to_json(stats: OutboxStats, now_ns: int) -> dict[str, Any]:
         "expired_readings": stats.expired_readings,
         "disk_full": stats.disk_full,
         "streams": dict(sorted(stats.streams.items())),
+        "epoch": stats.epoch,
     }
 
 
@@ -132,6 +133,7 @@ def format_stats(stats: OutboxStats, now_ns: int) -> str:
         lines += [f"  {name:<{width}}  {rows:,} rows" for name, rows in sorted(stats.streams.items())]
     else:
         lines.append("streams:  none")
+    lines.append(f"epoch:    {stats.epoch}")
     return "\n".join(lines)
 
 

@@ -51,3 +51,4 @@ class OutboxStats:
     expired_readings: int = 0
     disk_full: int = 0  # times an append found the disk (or max_page_count) full
     max_age_s: float | None = None
+    epoch: int = 0  # the outbox's (docs/payload.md): a new outbox has a new one

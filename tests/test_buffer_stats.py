@@ -73,6 +73,7 @@ def sample() -> OutboxStats:
         evicted_rows=3,
         evicted_readings=1500,
         streams={"plc1": 1100, "events": 100},
+        epoch=6143980127734471,
     )
 
 
@@ -84,6 +85,7 @@ def test_format_stats_says_depth_quota_age_evictions_and_streams() -> None:
     assert "3 rows, 1,500 readings" in text
     assert re.search(r"plc1\s+1,100 rows", text)
     assert re.search(r"events\s+100 rows", text)
+    assert "epoch:    6143980127734471" in text, "what the centre's data carries, to match them"
 
 
 def test_format_stats_of_an_empty_outbox() -> None:
@@ -105,7 +107,9 @@ def test_stats_of_a_real_outbox_with_events(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     with Outbox(path, max_bytes=BIG) as outbox:
         outbox.append([tele("a", 4), Batch("events", events=[Event("leak", "hyd1", 1)])])
+        epoch = outbox.epoch
     doc = stats_to_json(read_stats(path), now_ns=now_ns())
-    assert (doc["rows"], doc["readings"]) == (2, 5)
+    assert (doc["rows"], doc["readings"], doc["epoch"]) == (2, 5, epoch)
+    assert epoch > 0
     assert doc["oldest_age_s"] is not None
     assert doc["oldest_age_s"] >= 0
