@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from water_edge.buffer.types import OutboxStats
 from water_edge.core.errors import BufferError
@@ -68,6 +68,12 @@ _OUTBOX_COLUMNS: Final = {
 _TABLES: Final = {"meta", "outbox", "streams", "counters"}
 
 
+def _meta(conn: sqlite3.Connection, key: str) -> Any:
+    """The `meta` value under `key` as stored (SQLite may hold any type there), or None."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
 def _table_names(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
@@ -100,10 +106,9 @@ def inspect(conn: sqlite3.Connection, path: Path) -> int | None:
             f"outbox {path}: not an outbox database (no 'meta' table; tables: "
             f"{', '.join(sorted(tables)) or 'none'})"
         )
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None or type(row[0]) is not int:
+    version = _meta(conn, "schema_version")
+    if type(version) is not int:
         raise OutboxUnusableError(f"outbox {path}: 'meta' table has no integer schema_version")
-    version: int = row[0]
     if version > SCHEMA_VERSION:
         raise OutboxTooNewError(
             f"outbox {path}: schema version {version} is newer than this agent supports "
@@ -113,9 +118,9 @@ def inspect(conn: sqlite3.Connection, path: Path) -> int | None:
         )
     if version < 1:
         raise OutboxUnusableError(f"outbox {path}: invalid schema version {version}")
-    epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-    if epoch is not None and not (type(epoch[0]) is int and LEGACY_EPOCH < epoch[0] <= MAX_EPOCH):
-        raise OutboxUnusableError(f"outbox {path}: 'meta' epoch {epoch[0]!r} is not in 1..{MAX_EPOCH}")
+    epoch = _meta(conn, "epoch")
+    if epoch is not None and not (type(epoch) is int and LEGACY_EPOCH < epoch <= MAX_EPOCH):
+        raise OutboxUnusableError(f"outbox {path}: 'meta' epoch {epoch!r} is not in 1..{MAX_EPOCH}")
     missing = _TABLES - tables
     if missing:
         raise OutboxUnusableError(f"outbox {path}: damaged, tables missing: {', '.join(sorted(missing))}")
@@ -178,8 +183,8 @@ def new_epoch() -> int:
 
 def read_epoch(conn: sqlite3.Connection) -> int:
     """The outbox's epoch; `LEGACY_EPOCH` for an outbox created before epochs."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-    return LEGACY_EPOCH if row is None else int(row[0])  # checked by `inspect`
+    epoch = _meta(conn, "epoch")
+    return LEGACY_EPOCH if epoch is None else int(epoch)  # `inspect` checked it
 
 
 def query_stats(conn: sqlite3.Connection, max_bytes: int) -> OutboxStats:
@@ -213,5 +218,5 @@ def query_stats(conn: sqlite3.Connection, max_bytes: int) -> OutboxStats:
 
 def stored_max_bytes(conn: sqlite3.Connection) -> int:
     """The quota the writer last opened the outbox with (recorded for read-only readers)."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'max_bytes'").fetchone()
-    return int(row[0]) if row else 0
+    max_bytes = _meta(conn, "max_bytes")
+    return 0 if max_bytes is None else int(max_bytes)

@@ -8,7 +8,6 @@ The same ingest through a RabbitMQ cluster with a broker node killed: test_fleet
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.support.plant import running_plant
 from tests.support.testing import demo_devices, eventually, outbox_last_seqs, wait_until, write_agent_config
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
 from water_edge.agent.uplink.memory import MemoryOutbox
+from water_edge.buffer.stats import read_stats
 from water_edge.centre.loadgen import FleetResult, FleetSpec, payload
 from water_edge.centre.loadgen import run as run_fleet
 from water_edge.centre.payload import Message, parse
@@ -188,20 +188,20 @@ def test_a_gateway_on_a_new_card_is_stored_in_full_beside_what_its_old_card_sent
 ) -> None:
     """The real agent, broker and ingest: a gateway runs, its card is replaced (the outbox is gone,
     as after a quarantine), it runs again from seq 1. Both outboxes' messages are stored whole."""
-    config = tmp_path / "gw" / "agent.toml"
-    outbox = config.parent / "state" / "outbox.sqlite"
     sent: dict[int, dict[str, int]] = {}
     with running_plant(seed=3) as plant, Mosquitto() as broker, one_ingest(tmp_path, centre_db, broker):
-        config.parent.mkdir()
-        write_agent_config(config.parent, broker_port=broker.port, devices=demo_devices(plant.port))
+        (tmp_path / "gw").mkdir()
+        config = write_agent_config(
+            tmp_path / "gw", broker_port=broker.port, devices=demo_devices(plant.port)
+        )
+        outbox = config.parent / "state" / "outbox.sqlite"
         for _card in range(2):
             with running_agent(config) as agent:
                 agent.wait_status(lambda s: s["uplink"]["readings_acked"] >= 3 * 43)
                 assert agent.stop() == 0
-            with contextlib.closing(sqlite3.connect(outbox)) as db:
-                (epoch,) = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-                assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,), "all delivered"
-            sent[epoch] = outbox_last_seqs(outbox)
+            stats = read_stats(outbox)  # what `edge-agent buffer stats` shows the technician
+            assert stats.rows == 0, "all delivered"
+            sent[stats.epoch] = outbox_last_seqs(outbox)
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{outbox}{suffix}").unlink(missing_ok=True)
 

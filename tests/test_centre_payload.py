@@ -99,7 +99,7 @@ def test_an_event_message_keeps_its_detail() -> None:
         ),
         (orjson.dumps(doc(epoch=-1)), "epoch must be a non-negative integer"),
         (orjson.dumps(doc(epoch="5")), "epoch must be a non-negative integer"),
-        (orjson.dumps(doc(epoch=2**53 + 1)), "epoch must be at most 2"),
+        (orjson.dumps(doc(epoch=2**53)), "epoch must be at most 2"),
         (orjson.dumps(doc(seq=0)), "seq must be >= 1"),
         (orjson.dumps(doc(seq="7")), "seq must be a non-negative integer"),
         (orjson.dumps(doc(gateway="gw-04")), "does not end in north/gw-04/plc1"),

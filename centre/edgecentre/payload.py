@@ -19,6 +19,7 @@ _EXACT = 2**53
 # Version 2 adds the outbox `epoch`; a version 1 message is epoch 0 (an outbox from before epochs).
 _VERSIONS = (1, 2)
 LEGACY_EPOCH: Final = 0
+MAX_EPOCH: Final = 2**53 - 1  # as the schema says: exact in every JSON reader
 _QUALITIES = frozenset(("good", "uncertain", "bad"))
 _NONFINITE = frozenset(("nan", "inf", "-inf"))
 # A compressed message is unpacked to at most this much JSON: a gateway's message is one outbox
@@ -140,8 +141,8 @@ def parse(topic: str, payload: bytes, content_type: str | None = None) -> Messag
     epoch = LEGACY_EPOCH
     if version == 2:
         epoch = _int(doc, "epoch")
-        if epoch > _EXACT:
-            raise PayloadError(f"epoch must be at most 2^53 (got {epoch})")
+        if epoch > MAX_EPOCH:
+            raise PayloadError(f"epoch must be at most 2^53 - 1 (got {epoch})")
     site, gateway, stream = _text(doc, "site"), _text(doc, "gateway"), _text(doc, "stream")
     levels = topic.split("/")
     if levels[-3:] != [site, gateway, stream]:
