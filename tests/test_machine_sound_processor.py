@@ -74,9 +74,15 @@ async def running(processor: MachineSoundProcessor, driver: AudioDriver) -> Asyn
         async for _ in driver.stream():
             pass
 
-    await driver.open()
-    tasks = [asyncio.create_task(capture()), asyncio.create_task(processor.run(NoReadings(), emit))]
+    # The processor listens before the file starts to play, so its clips start at the file's time
+    # zero: at 40 times real time the driver's 10 s buffer fills in a quarter of a second, and a
+    # start-up slowed by a busy machine would otherwise lose the first windows and shift every clip.
+    listeners = driver.health().window_listeners
+    tasks = [asyncio.create_task(processor.run(NoReadings(), emit))]
     try:
+        await eventually(lambda: driver.health().window_listeners > listeners, what="the processor listening")
+        await driver.open()
+        tasks.append(asyncio.create_task(capture()))
         yield events
     finally:
         for task in tasks:

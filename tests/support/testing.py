@@ -126,11 +126,21 @@ def skip_unless_soak(config: pytest.Config) -> None:
         pytest.skip("soak run: select it with -m soak (make soak)")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listened on a moment ago (a broker to start, or 'connection refused')."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nothing listened on a moment ago (a broker to start, or 'connection refused').
+
+    Never one this process was given before: the kernel can hand a just-released port out again,
+    and two servers given one port (a cluster's nodes, a PLC and its gateway) do not both start."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 # --- an agent config ------------------------------------------------------------------------------
