@@ -11,8 +11,11 @@ setup:
 demo: setup
 	@DEMO_SECONDS=$(DEMO_SECONDS) exec bash scripts/demo.sh
 
+# Bytecode is cached for the run (under __pycache__/, ignored by git) even where the environment
+# says PYTHONDONTWRITEBYTECODE: every agent, simulator and CLI the tests start, and each worker's
+# assertion rewriting, would otherwise compile the same sources again.
 test: setup lint
-	$(VENV)/bin/pytest -q --numprocesses=auto --maxprocesses=4 --dist=loadfile
+	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/pytest -q --numprocesses=auto --maxprocesses=4 --dist=loadfile --no-loadscope-reorder
 
 # Style, types and the layer contract (docs/architecture.md); each fails the build on its own.
 lint: setup

@@ -35,6 +35,8 @@ from water_edge.centre.loadgen import run as run_fleet
 from water_edge.centre.payload import Message, parse
 from water_edge.centre.store import Store, migrate, migrations
 
+pytestmark = pytest.mark.slow
+
 
 def messages(gateway: str, seqs: range | list[int], tags: int = 10, epoch: int = 1) -> list[Message]:
     return [

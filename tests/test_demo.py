@@ -26,6 +26,8 @@ from tests.support.broker import Received, Subscriber
 from tests.support.testing import skip_unless_soak, wait_until
 from water_edge.buffer.stats import read_stats
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TOPIC = "water/demo-plant/gw-01"

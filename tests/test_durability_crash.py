@@ -32,6 +32,8 @@ from tests.support.testing import (
     write_agent_config,
 )
 
+pytestmark = pytest.mark.slow
+
 TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
 WINDOW = 16
 

@@ -35,6 +35,8 @@ from tests.support.testing import (
 )
 from water_edge.agent.assembly import EXIT_RESTART
 
+pytestmark = pytest.mark.slow
+
 TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
 OUTAGE_S = float(os.environ.get("OUTAGE_S", "15"))
 

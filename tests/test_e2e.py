@@ -24,6 +24,8 @@ from tests.support.plant import Plant, running_plant
 from tests.support.testing import demo_devices, free_port, outbox_last_seqs, write_agent_config
 from water_edge.buffer.stats import read_stats
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "payload.schema.json").read_text())
 STATUS_SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())

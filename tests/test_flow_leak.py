@@ -20,6 +20,8 @@ from water_edge.models.flow_leak.processor import FlowLeakProcessor
 from water_edge.models.leak.fusion import SiteEvidence
 from water_edge.sim.district import District, DistrictLeak, write_csv
 
+pytestmark = pytest.mark.slow
+
 START = date(2024, 1, 1)
 HOUR_NS = 3_600_000_000_000
 

@@ -11,10 +11,14 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.agent_proc import running_agent
 from tests.support.pki import Pki
 from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, write_agent_config
 from water_edge.provisioning.enrol_service import EnrolmentService
+
+pytestmark = pytest.mark.slow
 
 SERIAL = "SER-FIRST-BOOT-1"
 LIFETIME_S = 12

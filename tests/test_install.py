@@ -18,10 +18,13 @@ from water_edge.agent import __version__
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
-pytestmark = pytest.mark.skipif(
-    not SYSTEM_PYTHON.exists() or shutil.which("systemctl") is None,
-    reason="needs Debian's python3 (with setuptools) and systemctl",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not SYSTEM_PYTHON.exists() or shutil.which("systemctl") is None,
+        reason="needs Debian's python3 (with setuptools) and systemctl",
+    ),
+]
 
 
 def install(root: Path) -> subprocess.CompletedProcess[str]:

@@ -14,6 +14,8 @@ from scipy.io import wavfile
 
 from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
+pytestmark = pytest.mark.slow
+
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

@@ -33,6 +33,8 @@ from water_edge.models.leak.store import SensorStore
 from water_edge.models.nightwindow import NightWindow, zone
 from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
+pytestmark = pytest.mark.slow
+
 NB = features.N_BANDS
 CENTRES = np.array(features.band_centres_hz())
 

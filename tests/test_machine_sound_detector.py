@@ -26,6 +26,8 @@ from water_edge.models.manifest import ModelError
 from water_edge.models.train.machine_sound_eval import DATA, PUMPS, load, normal_target, reference_scores
 from water_edge.sim.machine_sound import MachineScene, MachineSoundSynth
 
+pytestmark = pytest.mark.slow
+
 NEW_IN_FORMAT_2 = ("shape", "distance_weight", "shape_weight_scaled", "eigen_power", "shape_weight", "prior")
 
 

@@ -20,6 +20,8 @@ from water_edge.models.machine_sound.config import MachineSoundSection
 from water_edge.models.machine_sound.processor import MachineSoundProcessor
 from water_edge.sim.machine_sound import MachineScene, MachineSoundSynth, write_wav
 
+pytestmark = pytest.mark.slow
+
 RATE = 16_000
 SILENT_S = 20  # the machine is off: 2 clips below running_min_dbfs
 FAULT_AT_S = 270  # into the file: 25 normal clips after the silence, then a failing bearing

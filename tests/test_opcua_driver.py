@@ -38,7 +38,7 @@ class Sim:
 
 
 # One server for the module (starting one costs about 2 s); tests that change it undo it.
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

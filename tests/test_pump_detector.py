@@ -24,6 +24,8 @@ from water_edge.models.pump.detector import (
 from water_edge.models.runtime import Model, load_model
 from water_edge.models.train.pump_sim import SIGNALS, Scenario, simulate
 
+pytestmark = pytest.mark.slow
+
 MANIFEST = Path(__file__).resolve().parents[1] / "models" / "pump" / "pump_scorer.json"
 DAY = 24 * 3600  # calibration covers a daily demand cycle, as `auto_hours = 24` does on a gateway
 

@@ -14,10 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.plant import running_plant
 from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, demo_devices, write_agent_config
+
+pytestmark = pytest.mark.slow
 
 TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
 SPEED = 10.0  # model seconds per wall second

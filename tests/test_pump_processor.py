@@ -32,6 +32,8 @@ from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory
 from water_edge.models.runtime import Model, load_model
 from water_edge.models.train.pump_sim import SIGNALS, Scenario, simulate
 
+pytestmark = pytest.mark.slow
+
 MANIFEST = Path(__file__).resolve().parents[1] / "models" / "pump" / "pump_scorer.json"
 T0 = 1_700_000_000 * NS
 CALIB_S = 1800  # auto_hours = 0.5

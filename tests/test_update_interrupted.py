@@ -37,6 +37,8 @@ from water_edge.agent.update.state import UpdateFiles, UpdateState
 from water_edge.agent.update.updater import Updater
 from water_edge.core.reading import Event
 
+pytestmark = pytest.mark.slow
+
 WINDOW_S = 5.0
 
 
