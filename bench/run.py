@@ -1,6 +1,8 @@
 """`make bench`: runs every benchmark, prints one table and writes bench/results.json.
 
-Benchmarks report figures against their targets; they never pass or fail.
+Benchmarks report figures against their targets; they never pass or fail. A suite that crashes
+is reported (and listed under `failed` in results.json) and the others still run; the command then
+exits non-zero.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
@@ -52,6 +55,7 @@ def _machine() -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     wanted = argv or SUITES
     figures: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
     for name in wanted:
         try:
             module = import_module(name)
@@ -62,7 +66,12 @@ def main(argv: list[str]) -> int:
         print(f"running {name} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             started = time.monotonic()
-            results = runner(Path(tmp))
+            try:
+                results = runner(Path(tmp))
+            except Exception as exc:  # noqa: BLE001 - one suite's crash must not cost the others' figures
+                traceback.print_exc()
+                failed[name.rsplit(".", 1)[-1]] = f"{type(exc).__name__}: {exc}"[:2000]
+                continue
         for figure in results:
             figure["suite"] = name.rsplit(".", 1)[-1]
         figures.extend(results)
@@ -84,6 +93,7 @@ def main(argv: list[str]) -> int:
                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "machine": _machine(),
                 "figures": figures,
+                "failed": failed,
             },
             indent=2,
         )
@@ -91,7 +101,9 @@ def main(argv: list[str]) -> int:
     )
     _write_table(figures)
     print(f"\nwritten to {RESULTS} and {TABLE}")
-    return 0
+    for suite, error in failed.items():
+        print(f"FAILED {suite} (no figures; rerun: .venv/bin/python -m bench.run bench.{suite}): {error}")
+    return 1 if failed else 0
 
 
 def _write_table(figures: list[dict[str, Any]]) -> None:
