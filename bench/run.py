@@ -99,14 +99,14 @@ def main(argv: list[str]) -> int:
         )
         + "\n"
     )
-    _write_table(figures)
+    _write_table(figures, failed)
     print(f"\nwritten to {RESULTS} and {TABLE}")
     for suite, error in failed.items():
         print(f"FAILED {suite} (no figures; rerun: .venv/bin/python -m bench.run bench.{suite}): {error}")
     return 1 if failed else 0
 
 
-def _write_table(figures: list[dict[str, Any]]) -> None:
+def _write_table(figures: list[dict[str, Any]], failed: dict[str, str]) -> None:
     machine = _machine()
     lines = [
         "# Benchmark results",
@@ -121,6 +121,9 @@ def _write_table(figures: list[dict[str, Any]]) -> None:
     lines += [
         f"| {f['suite']} | {f['name']} | {f['value']:,} | {f['unit']} | {f['target']} |" for f in figures
     ]
+    if failed:  # a reader of the table must see which suites have no figures in it, and why
+        lines += ["", "Suites that crashed (no figures in this run):", ""]
+        lines += [f"- {suite}: `{(error.splitlines() or [''])[0]}`" for suite, error in failed.items()]
     TABLE.write_text("\n".join(lines) + "\n")
 
 
