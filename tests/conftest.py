@@ -7,6 +7,9 @@ never from this file.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +18,29 @@ import pytest
 import structlog
 
 from tests.support.broker import Mosquitto
+from tests.support.testing import PORT_CLAIMS_ENV
 from tests.support.uplink import GATEWAY, SITE, Running, StartUplink, StateLog
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.uplink.interfaces import LeaseAckOutbox
 from water_edge.agent.uplink.mqtt import MqttUplink
 from water_edge.buffer.async_outbox import AsyncOutbox
+
+_OWN_PORT_CLAIMS = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The first process of a run (xdist's controller, or pytest alone) makes the directory in
+    which `free_port` claims ports; the workers it starts inherit it through the environment."""
+    if PORT_CLAIMS_ENV not in os.environ:
+        os.environ[PORT_CLAIMS_ENV] = tempfile.mkdtemp(prefix="water-edge-ports-")
+        config.stash[_OWN_PORT_CLAIMS] = os.environ[PORT_CLAIMS_ENV]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    claims = config.stash.get(_OWN_PORT_CLAIMS, None)
+    if claims is not None:
+        shutil.rmtree(claims, ignore_errors=True)
+        del os.environ[PORT_CLAIMS_ENV]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,8 +55,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _own_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Agents the tests start announce their status socket (agent.locate) in a directory of the
     session's own, never in the machine's /run/edge-agent where a real agent or a demo may be."""
-    import os
-
     before = os.environ.get("EDGE_AGENT_RUNTIME_DIR")
     os.environ["EDGE_AGENT_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("runtime"))
     yield

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import random
 import re
 import socket
@@ -127,20 +128,34 @@ def skip_unless_soak(config: pytest.Config) -> None:
 
 
 _HANDED_OUT: set[int] = set()
+PORT_CLAIMS_ENV = "WATER_EDGE_TEST_PORT_CLAIMS"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listened on a moment ago (a broker to start, or 'connection refused').
 
-    Never one this process was given before: the kernel can hand a just-released port out again,
-    and two servers given one port (a cluster's nodes, a PLC and its gateway) do not both start."""
+    Never one this test run has given before, in this process or in another worker: the kernel can
+    hand a just-released port out again, and two servers given one port (a cluster's nodes, a PLC
+    and its gateway) do not both start. Workers share the run's claims through a directory
+    (`PORT_CLAIMS_ENV`, made by tests/conftest.py): a port is claimed by creating its file there."""
+    claims = os.environ.get(PORT_CLAIMS_ENV)
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
             port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
+        if port in _HANDED_OUT:
+            continue
+        _HANDED_OUT.add(port)
+        if claims is None or _claim(Path(claims) / str(port)):
             return port
+
+
+def _claim(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True
 
 
 # --- an agent config ------------------------------------------------------------------------------
