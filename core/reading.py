@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar, dataclass_transform
 
 Quality = Literal["good", "uncertain", "bad"]
 GOOD: Final = "good"
@@ -21,13 +21,24 @@ Severity = Literal["info", "warning", "alarm", "critical"]
 
 EVENTS_STREAM: Final = "events"
 
+_T = TypeVar("_T")
+
 
 def now_ns() -> int:
     """UTC wall-clock time in nanoseconds, the timestamp every reading and event carries."""
     return time.time_ns()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass_transform(frozen_default=True)
+def _immutable_record(cls: type[_T]) -> type[_T]:
+    """A frozen dataclass to the type checker (mypy --strict refuses any assignment to a field), a
+    plain slots dataclass at run time: a frozen dataclass sets each field through
+    object.__setattr__, and making a Reading took 2.3 µs instead of 0.5 — at 10,000 tags a second,
+    2 % of a core on the agent's busiest path. unsafe_hash keeps it hashable, as frozen made it."""
+    return dataclass(slots=True, unsafe_hash=True)(cls)
+
+
+@_immutable_record
 class Reading:
     """One value of one tag at one instant. `reason` says why quality is not good.
 
