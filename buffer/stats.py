@@ -32,6 +32,7 @@ class BufferHealth:
     expired_readings: int
     disk_full: int
     quarantined: str | None  # where a corrupt outbox found at start was moved to
+    epoch: int  # the outbox's, in every message it sends: which of a gateway's outboxes the centre sees
 
     def status_lines(self) -> list[str]:
         pct = _pct_of(self.bytes, self.max_bytes)
@@ -39,7 +40,8 @@ class BufferHealth:
         return [
             f"{self.rows} rows / {self.readings} readings  {units.size(self.bytes)} of "
             f"{units.size(self.max_bytes)} ({pct:.1f} %)  oldest {oldest}  "
-            f"evicted {self.evicted_readings} readings"
+            f"evicted {self.evicted_readings} readings",
+            f"epoch {self.epoch}",
         ]
 
     def alarm_lines(self) -> list[str]:
@@ -62,6 +64,7 @@ def buffer_health(stats: OutboxStats, now_ns: int, quarantined: Path | None = No
         expired_readings=stats.expired_readings,
         disk_full=stats.disk_full,
         quarantined=None if quarantined is None else str(quarantined),
+        epoch=stats.epoch,
     )
 
 

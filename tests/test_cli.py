@@ -92,7 +92,7 @@ def test_status_json_matches_the_published_schema(agent: AgentProcess) -> None:
 def test_status_text_lays_out_every_section_the_agent_renders(agent: AgentProcess) -> None:
     human = cli("status", "-c", str(agent.config)).stdout.splitlines()
     starts = ["edge-agent ", "           config ", "state    ", "uplink   ", "         published ",
-              "pipeline ", "buffer   ", "drivers", "  fake-plc  fake "]  # fmt: skip
+              "pipeline ", "buffer   ", "         epoch ", "drivers", "  fake-plc  fake "]  # fmt: skip
     assert len(human) == len(starts), human
     assert all(line.startswith(start) for line, start in zip(human, starts, strict=True)), human
 
@@ -113,6 +113,16 @@ def test_buffer_stats_shows_what_waits_for_the_broker(agent: AgentProcess) -> No
     assert shown is not None, human.stdout
     assert 3 <= int(shown.group(1)) <= data["rows"]  # the outbox only grows while the broker is away
     assert "fake-plc" in human.stdout
+
+
+def test_status_names_the_outbox_epoch_the_centre_sees(agent: AgentProcess) -> None:
+    """The technician asked "which outbox is this?" reads it in `status`, as in `buffer stats`."""
+    epoch = json.loads(cli("buffer", "stats", "--db", str(agent.outbox), "--json").stdout)["epoch"]
+    assert epoch > 0  # drawn when the file was made
+    assert json.loads(cli("status", "-c", str(agent.config), "--json").stdout)["buffer"]["epoch"] == epoch
+    human = cli("status", "-c", str(agent.config)).stdout.splitlines()
+    after_buffer = human[next(i for i, line in enumerate(human) if line.startswith("buffer   ")) + 1]
+    assert after_buffer == f"         epoch {epoch}", human
 
 
 def test_buffer_stats_on_a_missing_file_is_an_error_not_a_new_file(tmp_path: Path) -> None:

@@ -250,6 +250,7 @@ def realistic_document() -> StatusDocument:
             expired_readings=0,
             disk_full=0,
             quarantined="/var/lib/edge-agent/outbox.sqlite.quarantined-20251125T0800Z",
+            epoch=6_143_980_127_734_471,
         ),
         uplink=UplinkHealth(
             state=ConnState.REFUSED,
@@ -313,6 +314,7 @@ EXPECTED_LINES = [
     "pipeline 45 readings/s  pending 50  committed 159950  append errors 0  dropped 0",
     "buffer   1500 rows / 64500 readings  3.0 MiB of 256.0 MiB (1.2 %)  oldest 24 min 59 s  "
     "evicted 0 readings",
+    "         epoch 6143980127734471",
     "model    pump_anomaly: P1 learning, P2 alarm  crashes 2",
     "model    leak:hydro1: 712 windows scored, leak probability 0.0132",
     "ALARM    corrupt outbox quarantined to /var/lib/edge-agent/outbox.sqlite.quarantined-20251125T0800Z",
