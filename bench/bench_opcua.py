@@ -64,7 +64,11 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
             check=False,
         )
         if child.returncode != 0:
-            raise RuntimeError(f"the OPC UA bench client exited {child.returncode}: {child.stderr[-2000:]}")
+            # The exception is the last line of a traceback; asyncua's log lines come before it.
+            lines = child.stderr.strip().splitlines() or ["(no output)"]
+            raise RuntimeError(
+                f"the OPC UA bench client exited {child.returncode}: {lines[-1]}\n{child.stderr[-2000:]}"
+            )
         result = json.loads(child.stdout.strip().splitlines()[-1])
     finally:
         server.terminate()
