@@ -19,7 +19,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from bench.figures import print_figures
+from bench.figures import figure, print_figures
 
 RESULTS = Path(__file__).with_name("results.json")
 TABLE = Path(__file__).with_name("results.md")
@@ -52,6 +52,27 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(stolen, total) CPU time of the whole machine so far, from /proc/stat; None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    counts = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return (counts[7], sum(counts)) if len(counts) == 8 else None
+
+
+def _stolen(before: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """The share of the machine's CPU time a hypervisor gave to other guests during a suite: a
+    run on a shared VM that is slow for that reason says so in its own results."""
+    after = _cpu_jiffies()
+    if before is None or after is None or after[1] <= before[1]:
+        return []
+    pct = 100 * (after[0] - before[0]) / (after[1] - before[1])
+    target = "reference (taken by a VM's neighbours; 0 on a Pi)"
+    return [figure("machine.cpu_stolen", pct, "% of CPU time", target, digits=2)]
+
+
 def main(argv: list[str]) -> int:
     wanted = argv or SUITES
     figures: list[dict[str, Any]] = []
@@ -65,15 +86,16 @@ def main(argv: list[str]) -> int:
         runner: Callable[[Path], list[dict[str, Any]]] = module.run
         print(f"running {name} ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            started = time.monotonic()
+            started, jiffies = time.monotonic(), _cpu_jiffies()
             try:
                 results = runner(Path(tmp))
             except Exception as exc:  # noqa: BLE001 - one suite's crash must not cost the others' figures
                 traceback.print_exc()
                 failed[name.rsplit(".", 1)[-1]] = f"{type(exc).__name__}: {exc}"[:2000]
                 continue
-        for figure in results:
-            figure["suite"] = name.rsplit(".", 1)[-1]
+        results += _stolen(jiffies)
+        for measured in results:
+            measured["suite"] = name.rsplit(".", 1)[-1]
         figures.extend(results)
         print(f"  done in {time.monotonic() - started:.0f} s", flush=True)
 
