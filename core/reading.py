@@ -34,7 +34,7 @@ def _immutable_record(cls: type[_T]) -> type[_T]:
     """A frozen dataclass to the type checker (mypy --strict refuses any assignment to a field), a
     plain slots dataclass at run time: a frozen dataclass sets each field through
     object.__setattr__, and making a Reading took 2.3 µs instead of 0.5 — at 10,000 tags a second,
-    2 % of a core on the agent's busiest path. unsafe_hash keeps it hashable, as frozen made it."""
+    1.3 points of the agent's CPU (docs/benchmarks.md). unsafe_hash keeps it hashable, as frozen did."""
     return dataclass(slots=True, unsafe_hash=True)(cls)
 
 
