@@ -92,6 +92,7 @@ def main(argv: list[str]) -> int:
             except Exception as exc:  # noqa: BLE001 - one suite's crash must not cost the others' figures
                 traceback.print_exc()
                 failed[name.rsplit(".", 1)[-1]] = f"{type(exc).__name__}: {exc}"[:2000]
+                figures.extend({**f, "suite": name.rsplit(".", 1)[-1]} for f in _stolen(jiffies))
                 continue
         results += _stolen(jiffies)
         for measured in results:
