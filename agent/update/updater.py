@@ -16,9 +16,11 @@ the updater service runs again at boot and judges the release afresh.
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import os
 import platform
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +51,17 @@ from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
 log = structlog.get_logger(__name__)
 
 PIP_TIMEOUT_S = 1800
+
+
+def _pip_installs_elsewhere() -> bool:
+    """Whether the updater's own environment has a pip that installs into another one (`--python`,
+    pip 22.3 and later)."""
+    try:
+        version = importlib.metadata.version("pip")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return found is not None and (int(found[1]), int(found[2])) >= (22, 3)
 
 
 class UpdateFailedError(Exception):
@@ -257,12 +270,7 @@ class Updater:
             shutil.rmtree(target, ignore_errors=True)
             self.layout.releases.mkdir(parents=True, exist_ok=True)
             try:
-                self._run([self.python, "-m", "venv", str(target)], "creating the virtualenv")
-                self._run(
-                    [str(target / "bin" / "python"), "-m", "pip", "install", "--no-index", "--no-deps",
-                     "--disable-pip-version-check", "--quiet", *map(str, wheels)],
-                    "installing the wheels",
-                )  # fmt: skip
+                self._build_venv(target, wheels)
             except (UpdateFailedError, OSError):
                 shutil.rmtree(target, ignore_errors=True)  # half a virtualenv: space a full disk needs
                 raise
@@ -279,6 +287,21 @@ class Updater:
                      "outbox_schema": manifest.outbox_schema, "installed_ns": self._now()},
         )  # fmt: skip
         return target
+
+    def _build_venv(self, target: Path, wheels: list[Path]) -> None:
+        """A virtualenv at `target` with exactly `wheels` installed (and byte-compiled)."""
+        install = ["install", "--no-index", "--no-deps", "--disable-pip-version-check", "--quiet"]
+        python = str(target / "bin" / "python")
+        if _pip_installs_elsewhere() and any(wheel.name.startswith("pip-") for wheel in wheels):
+            # The release lists its own pip, so the venv module's bootstrap pip (ensurepip: a third
+            # of the build here, and replaced by the listed one anyway) is left out; the updater's
+            # pip installs into the new environment. The release ends up as it would otherwise.
+            self._run([self.python, "-m", "venv", "--without-pip", str(target)], "creating the virtualenv")
+            pip = [sys.executable, "-m", "pip", "--python", python]
+        else:
+            self._run([self.python, "-m", "venv", str(target)], "creating the virtualenv")
+            pip = [python, "-m", "pip"]
+        self._run([*pip, *install, *map(str, wheels)], "installing the wheels")
 
     def _run(self, argv: list[str], what: str, as_user: RunAs | None = None) -> None:
         uid, gid, groups = as_user or (None, None, None)

@@ -1,0 +1,68 @@
+"""How the updater builds a release's virtualenv when the release does not list a pip of its own:
+the venv module's bootstrap pip installs the wheels, and the release keeps that pip (for the next
+update and for a technician). A release that lists its pip (as the agent's does: sqlite-utils needs
+it) is built without that bootstrap; test_update_selfupdate.py runs that path end to end."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import subprocess
+import zipfile
+from pathlib import Path
+
+from water_edge.agent.update.layout import Layout
+from water_edge.agent.update.service import CommandService
+from water_edge.agent.update.state import UpdateFiles
+from water_edge.agent.update.updater import Updater
+
+
+def _wheel(into: Path) -> Path:
+    """A small pure-Python wheel: `release_probe`, whose VALUE is 42."""
+    files = {
+        "release_probe/__init__.py": b"VALUE = 42\n",
+        "release_probe-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: release-probe\nVersion: 1.0\n",
+        "release_probe-1.0.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = io.StringIO()
+    writer = csv.writer(record, lineterminator="\n")
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        writer.writerow([name, f"sha256={digest}", len(data)])
+    writer.writerow(["release_probe-1.0.dist-info/RECORD", "", ""])
+    wheel = into / "release_probe-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+        zf.writestr("release_probe-1.0.dist-info/RECORD", record.getvalue())
+    return wheel
+
+
+def test_a_release_without_its_own_pip_is_built_with_the_venv_modules_pip(tmp_path: Path) -> None:
+    updater = Updater(
+        layout=Layout(tmp_path / "opt"),
+        files=UpdateFiles(tmp_path / "state"),
+        keys_file=tmp_path / "release-keys",
+        config_path=tmp_path / "agent.toml",
+        status_socket=tmp_path / "status.sock",
+        service=CommandService(["true"]),
+        audit_path=None,
+    )
+    target = tmp_path / "opt" / "releases" / "1.0-probe"
+    updater._build_venv(target, [_wheel(tmp_path)])
+
+    python = str(target / "bin" / "python")
+    imported = subprocess.run(
+        [python, "-c", "import release_probe; print(release_probe.VALUE)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert imported.stdout.strip() == "42"
+    pip = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, text=True, check=False)
+    assert pip.returncode == 0, pip.stderr
+    assert str(target) in pip.stdout  # the release's own pip, not one from elsewhere
+    # Byte-compiled at install: the agent, running as its own user, cannot write a cache there.
+    assert list((target / "lib").glob("python3*/site-packages/release_probe/__pycache__/*.pyc"))
