@@ -4,8 +4,6 @@ exports, and the processor on meter readings (state kept over restarts, fused wi
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.cli import CliRun, edge_agent
 from water_edge.core.reading import Event, Reading
 from water_edge.models.flow_leak.config import FlowLeakSection
 from water_edge.models.flow_leak.detector import FixedThreshold, StepDetector, StepParams
@@ -56,11 +55,8 @@ def test_the_fixed_threshold_reference_stays_in_alarm_and_misses_the_second_leak
     assert [e.night for e in events] == [START + timedelta(days=30)]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "water_edge.agent.cli", "models", "score", "flow-leak", *args],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+def _cli(*args: str) -> CliRun:
+    return edge_agent("models", "score", "flow-leak", *args)
 
 
 def test_score_flow_leak_reads_a_european_export_and_prints_one_row_per_night(tmp_path: Path) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -17,6 +15,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from tests.support.cli import CliRun, edge_agent
 from tests.support.leak_nights import plastic_baseline
 from water_edge.agent.cli import main
 from water_edge.core.processor import CalibrationFailedError
@@ -476,11 +475,8 @@ def test_a_card_that_corrupted_stored_checks_or_a_baseline_costs_those_lines_not
         store.in_service()
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "water_edge.agent.cli", "models", *args],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+def _cli(*args: str) -> CliRun:
+    return edge_agent("models", *args)
 
 
 def test_cli_calibrates_on_quiet_files_and_scores_a_leak_file_against_the_baseline(tmp_path: Path) -> None:
