@@ -18,7 +18,7 @@ def misfits() -> list[str]:
     here = platform.python_version()
     found = []
     for dist in importlib.metadata.distributions():
-        wanted = dist.metadata.get("Requires-Python")
+        wanted = next(iter(dist.metadata.get_all("Requires-Python") or []), None)
         try:
             fits = not wanted or SpecifierSet(wanted).contains(here, prereleases=True)
         except InvalidSpecifier:
