@@ -43,10 +43,13 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$sta
   : >"$log"
   # A line per step, so a first `make demo` is not a silent minute.
   step() { echo "bootstrap: $1 $2 ..."; }
-  # The agent with its test/dev tools, then the simulator (its own distribution, installed second
-  # so its `edge-sim` script is the one left when an older single-distribution install is
-  # replaced), then the reference centre-side ingest (edge-centre, never on a gateway).
-  projects=(-e ".[test,dev]" -e ./firmware-sim -e ./centre)
+  # The agent with its test/dev tools, the simulator (its own distribution: pip installs it after
+  # the agent so that its `edge-sim` script is the one left when an older single-distribution
+  # install is replaced; after uv the scripts are checked) and the reference centre-side ingest
+  # (edge-centre, never on a gateway).
+  agent=(-e ".[test,dev]")
+  sim=(-e ./firmware-sim)
+  centre=(-e ./centre)
   # uv (from PyPI) resolves and installs the same requirements in about 30 s where pip takes over
   # two minutes on a 2-core machine, most of a fresh CI run's setup. pip stays the way in wherever
   # uv cannot be had or fails (a registry only pip is configured for, say).
@@ -59,7 +62,7 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$sta
       step 2/2 "the agent, its test/dev tools, firmware-sim and the centre-side ingest" || return 1
     for _ in 1 2 3; do
       "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --constraint "$excluded" \
-        --upgrade-package pip pip "${projects[@]}" >>"$log" 2>&1 || return 1
+        --upgrade-package pip pip "${agent[@]}" "${sim[@]}" "${centre[@]}" >>"$log" 2>&1 || return 1
       "$VENV/bin/python" scripts/python_misfits.py >"$excluded.new" 2>>"$log" || return 1
       if [ ! -s "$excluded.new" ]; then
         rm -f "$excluded.new"
@@ -74,9 +77,9 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$sta
   with_pip() {
     step 1/4 "pip" && "$VENV/bin/python" -m pip install -q --upgrade pip >>"$log" 2>&1 &&
       step 2/4 "the agent and its test/dev tools" &&
-      "$VENV/bin/python" -m pip install -q "${projects[0]}" "${projects[1]}" >>"$log" 2>&1 &&
-      step 3/4 "firmware-sim" && "$VENV/bin/python" -m pip install -q "${projects[2]}" "${projects[3]}" >>"$log" 2>&1 &&
-      step 4/4 "the centre-side ingest" && "$VENV/bin/python" -m pip install -q "${projects[4]}" "${projects[5]}" >>"$log" 2>&1
+      "$VENV/bin/python" -m pip install -q "${agent[@]}" >>"$log" 2>&1 &&
+      step 3/4 "firmware-sim" && "$VENV/bin/python" -m pip install -q "${sim[@]}" >>"$log" 2>&1 &&
+      step 4/4 "the centre-side ingest" && "$VENV/bin/python" -m pip install -q "${centre[@]}" >>"$log" 2>&1
   }
   if ! with_uv; then
     echo "bootstrap: uv did not install the project (log in $log); installing with pip" >&2

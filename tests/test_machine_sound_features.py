@@ -35,14 +35,16 @@ SHAPE_ATOL = 1e-5  # skewness and kurtosis: scipy computes them in float32 for f
 
 def reference(y: np.ndarray) -> np.ndarray:
     """The definition in the data set's README, computed with librosa and scipy.stats."""
-    window = np.zeros(512)
-    window[56:456] = signal.get_window("hann", 400, fftbins=True)
+    n_fft, win_length, hop = 512, 400, 160
+    window = np.zeros(n_fft)  # the Hann window of win_length, centred in n_fft (librosa's)
+    start = (n_fft - win_length) // 2
+    window[start : start + win_length] = signal.get_window("hann", win_length, fftbins=True)
     _, _, spectrum = signal.stft(
-        y.astype(np.float64), window=window, nperseg=512, noverlap=512 - 160, boundary="zeros",
+        y.astype(np.float64), window=window, nperseg=n_fft, noverlap=n_fft - hop, boundary="zeros",
         padded=False, return_onesided=True,
     )  # fmt: skip
     power = np.abs(spectrum * window.sum()) ** 2  # scipy scales a frame by 1 / sum(window)
-    mel = librosa.filters.mel(sr=SR, n_fft=512, n_mels=128, dtype=np.float64) @ power
+    mel = librosa.filters.mel(sr=SR, n_fft=n_fft, n_mels=128, dtype=np.float64) @ power
     cepstra = scipy.fft.dct(np.log(mel + 1e-8), type=2, norm="ortho", axis=0).mean(axis=1)
     hist, _ = np.histogram(y, bins=256, density=True)
     hist = hist[hist > 0]

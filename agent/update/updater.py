@@ -293,7 +293,7 @@ class Updater:
         install = ["install", "--no-index", "--no-deps", "--disable-pip-version-check", "--quiet"]
         python = str(target / "bin" / "python")
         if _pip_installs_elsewhere() and any(wheel.name.startswith("pip-") for wheel in wheels):
-            # The release lists its own pip, so the venv module's bootstrap pip (ensurepip: a third
+            # The release lists its own pip, so the venv module's bootstrap pip (ensurepip: a quarter
             # of the build here, and replaced by the listed one anyway) is left out; the updater's
             # pip installs into the new environment. The release ends up as it would otherwise.
             self._run([self.python, "-m", "venv", "--without-pip", str(target)], "creating the virtualenv")
