@@ -30,7 +30,7 @@ def run(tmpdir: Path) -> list[dict[str, Any]]:
             "update.broken_to_rolled_back",
             result.to_rolled_back_s,
             "s",
-            f"reference (health window {BROKEN_WINDOW_S} s)",
+            f"reference (rolled back after 3 restarts; window {BROKEN_WINDOW_S} s)",
         ),
         figure("update.readings_lost", lost, "rows", f"0 (of {result.last_seq})"),
         figure("update.thin_bundle", result.good_bundle_bytes / 2**10, "KiB", "reference"),

@@ -1,7 +1,7 @@
 """The updater interrupted, asked twice or out of disk: a power cut (kill -9) just before or right
 after it switched `current`, the same bundle sent again, a disk that fills while the bundle is
-unpacked. Either way the gateway ends on a release that was judged, and the centre hears every
-outcome.
+unpacked; and a release its supervisor keeps restarting. Either way the gateway ends on a release
+that was judged, and the centre hears every outcome.
 
 The new release is installed beforehand as a complete release directory (its `release.json`
 written, its `edge-agent` this venv's), as the updater itself leaves one after building it, so the
@@ -20,6 +20,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from tests.support.testing import write_agent_config
 from water_edge.agent.update.bundle import build_bundle, public_key_text
 from water_edge.agent.update.layout import Layout, Release
 from water_edge.agent.update.report import UpdateWatch
-from water_edge.agent.update.service import CommandService
+from water_edge.agent.update.service import CommandService, RestartCount
 from water_edge.agent.update.state import UpdateFiles, UpdateState
 from water_edge.agent.update.updater import Updater
 from water_edge.core.reading import Event
@@ -85,14 +87,16 @@ def _gateway(tmp: Path, wheel_bytes: int = 1700, *, built: bool = True) -> tuple
     return root, config, keys, sha
 
 
-def _updater(tmp: Path, layout: Layout, config: Path, keys: Path) -> Updater:
+def _updater(
+    tmp: Path, layout: Layout, config: Path, keys: Path, service: CommandService | None = None
+) -> Updater:
     return Updater(
         layout=layout,
         files=UpdateFiles(tmp / "state"),
         keys_file=keys,
         config_path=config,
         status_socket=tmp / "state" / "status.sock",
-        service=CommandService(["true"]),
+        service=service or CommandService(["true"]),
         audit_path=tmp / "state" / "audit.log",
         poll_s=0.2,
     )
@@ -104,13 +108,13 @@ def _link(root: Path, name: str) -> str | None:
     return None if release is None else release.name
 
 
-def _request(tmp: Path, sha: str) -> None:
+def _request(tmp: Path, sha: str, window_s: float = WINDOW_S) -> None:
     """What the agent does for a signed `update` command: spool the bundle, write the request."""
     files = UpdateFiles(tmp / "state")
     shutil.copyfile(tmp / "agent-0.2.0.tar", files.spool / f"{sha}.tar")
     files.write_request(
         {"action": "apply", "bundle": str(files.spool / f"{sha}.tar"), "sha256": sha,
-         "requested_by": "command c1 from release-ops", "health_window_s": WINDOW_S}
+         "requested_by": "command c1 from release-ops", "health_window_s": window_s}
     )  # fmt: skip
 
 
@@ -249,3 +253,75 @@ def test_a_reported_bundle_stays_while_a_request_the_agent_cannot_read_waits(tmp
     reported = _reported(tmp_path, UpdateWatch(files, emit), events)
     assert [e["outcome"] for e in reported] == ["rolled_back", "failed"]
     assert not (files.spool / f"{sha}.tar").exists()
+
+
+def _count_restarts(counter: Path, start: int, every_s: float, stop: threading.Event) -> None:
+    """systemd's part for a release that exits at start: NRestarts goes up once every RestartSec."""
+    restarts = start
+    while not stop.wait(every_s):
+        restarts += 1
+        counter.write_text(f"{restarts}\n")
+
+
+def test_a_release_its_supervisor_keeps_restarting_is_rolled_back_long_before_its_window_ends(
+    tmp_path: Path,
+) -> None:
+    root, config, keys, sha = _gateway(tmp_path)
+    _request(tmp_path, sha, window_s=300)  # the default window: five minutes without a reading
+    counter = tmp_path / "n-restarts"
+    counter.write_text("7\n")  # restarts of the old release before the update count for nothing
+    service = CommandService(["true"], ["cat", str(counter)])
+    stop = threading.Event()
+    supervisor = threading.Thread(target=_count_restarts, args=(counter, 7, 0.5, stop), daemon=True)
+    supervisor.start()
+    started = time.monotonic()
+    try:
+        state = _updater(tmp_path, Layout(root), config, keys, service).run()
+    finally:
+        stop.set()
+        supervisor.join()
+    assert state.phase == "rolled_back"
+    assert state.reason is not None
+    assert state.reason.startswith("health check failed: the agent exited and was restarted 3 times in ")
+    assert "(of a 300 s window): no answer on the status socket" in state.reason, state.reason
+    assert time.monotonic() - started < 120
+    assert _link(root, "current") == "0.1.0-dev"
+
+
+def test_a_release_without_a_restart_count_is_judged_on_its_window_alone(tmp_path: Path) -> None:
+    root, config, keys, sha = _gateway(tmp_path)
+    _request(tmp_path, sha)
+    # A supervisor that gives no count (another init system, or no `--restarts-command`).
+    service = CommandService(["true"], ["sh", "-c", "echo not-a-number"])
+    assert service.restarts() is None
+    state = _updater(tmp_path, Layout(root), config, keys, service).run()
+    assert state.phase == "rolled_back"
+    assert state.reason is not None
+    assert state.reason.startswith(f"health check failed within {WINDOW_S:g} s: "), state.reason
+    assert _link(root, "current") == "0.1.0-dev"
+
+
+def test_the_restart_count_goes_on_across_a_reset_of_the_supervisors_counter(tmp_path: Path) -> None:
+    counter = tmp_path / "n-restarts"
+    counter.write_text("5\n")
+    count = RestartCount(CommandService(["true"], ["cat", str(counter)]))
+    assert count.since_start() == 0
+    counter.write_text("7\n")
+    assert count.since_start() == 2
+    # `systemctl restart` started the unit by hand: systemd begins NRestarts again from 0.
+    counter.write_text("0\n")
+    assert count.since_start() == 2
+    counter.write_text("1\n")
+    assert count.since_start() == 3
+    counter.unlink()  # unreadable for a moment: what was counted stays
+    assert count.since_start() == 3
+
+
+def test_the_restart_count_comes_from_systemd_only_when_systemd_restarts_the_agent() -> None:
+    assert CommandService.parse(None).restarts_argv == (
+        "systemctl", "show", "--property=NRestarts", "--value", "edge-agent.service",
+    )  # fmt: skip
+    assert CommandService.parse("/usr/local/bin/restart-agent").restarts_argv is None
+    custom = CommandService.parse("svc -t /service/agent", "cat /run/agent-restarts")
+    assert custom.argv == ("svc", "-t", "/service/agent")
+    assert custom.restarts_argv == ("cat", "/run/agent-restarts")

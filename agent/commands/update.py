@@ -52,6 +52,11 @@ def register(subparsers: Any) -> None:
             "--restart-command",
             help="how to restart the agent (default: systemctl restart --no-block edge-agent.service)",
         )
+        p.add_argument(
+            "--restarts-command",
+            help="prints how often the supervisor has restarted the agent (default with systemd's restart: "
+            "systemctl show --property=NRestarts --value edge-agent.service; none with another)",
+        )
         p.add_argument("--python", help="interpreter new releases are built with (default: this one's base)")
         p.add_argument(
             "--health-window", type=number(above=0), help="seconds (default: [update] health_window_s)"
@@ -124,10 +129,11 @@ def _updater(args: argparse.Namespace, config: Any, state_dir: Path) -> Any:
         # The config names the socket and the log inside the state directory (an absolute socket,
         # e.g. /run/edge-agent/status.sock, is documented; root only asks it for a status).
         status_socket=state_dir / config.status.socket,
-        service=CommandService.parse(args.restart_command),
+        service=CommandService.parse(args.restart_command, args.restarts_command),
         audit_path=state_dir / config.security.audit_log,
         python=args.python,
         health_window_s=args.health_window or config.update.health_window_s,
+        rollback_after_restarts=config.update.rollback_after_restarts,
         max_bundle_bytes=config.update.max_bundle_bytes,
     )
 

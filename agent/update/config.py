@@ -20,6 +20,9 @@ class UpdateSection(BaseModel):
     release_keys: Path = Path("/etc/edge-agent/release-keys")
     # A new release is kept only if it passes the health check within this time.
     health_window_s: float = Field(default=300.0, ge=5, le=3600)
+    # ... and rolled back before the window ends once its supervisor (systemd's NRestarts) has had to
+    # restart it this many times: a release that cannot start reads no device. 0: the window only.
+    rollback_after_restarts: int = Field(default=3, ge=0, le=100)
     # Largest bundle the agent downloads or assembles from chunks.
     max_bundle_bytes: ByteSize = Field(default=512 * 2**20, ge=2**20, le=4 * 2**30)
     download_timeout_s: float = Field(default=600.0, gt=0, le=7200)

@@ -7,6 +7,7 @@ starts, so switching `current` never changes the code doing the switching.
     -> build releases/<version>-<id> (venv + exactly the listed wheels) -> its check-config on the
     live config -> note what works now (baseline) -> switch current (atomic) -> restart the agent
     -> judge its status within the health window -> committed, or switch back, restart, rolled back
+    (at once when the supervisor has had to restart it `rollback_after_restarts` times)
 
 Every step goes to state.json (for `edge-agent update status` and the agent's `update` events) and
 the outcome to the security audit log. A power cut during a trial leaves state.json in `trial`;
@@ -43,7 +44,7 @@ from water_edge.agent.update.bundle import (
     read_manifest,
 )
 from water_edge.agent.update.layout import Layout
-from water_edge.agent.update.service import CommandService
+from water_edge.agent.update.service import CommandService, RestartCount
 from water_edge.agent.update.state import TERMINAL, UnsafeUpdateFileError, UpdateFiles, UpdateState
 from water_edge.core.digests import sha256_file
 from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
@@ -89,6 +90,7 @@ class Updater:
         audit_path: Path | None,
         python: str | None = None,
         health_window_s: float = 300.0,
+        rollback_after_restarts: int = 3,
         max_bundle_bytes: int = 512 * 2**20,
         poll_s: float = 1.0,
         clock_ns: Callable[[], int] = time.time_ns,
@@ -103,6 +105,9 @@ class Updater:
         # The base interpreter new virtualenvs are made with (the venv module needs a real one).
         self.python: str = python or str(getattr(sys, "_base_executable", sys.executable))
         self.health_window_s = health_window_s
+        # A release restarted this many times by its supervisor without passing is rolled back at
+        # once (0: only the window decides): a crash loop reads no devices while the window runs.
+        self.rollback_after_restarts = rollback_after_restarts
         self.max_bundle_bytes = max_bundle_bytes
         self.poll_s = poll_s
         self._now = clock_ns
@@ -333,10 +338,12 @@ class Updater:
     def _judge_and_finish(self, window_s: float) -> None:
         version = self.state.to_version or ""
         baseline = judge.Baseline.from_json(self.state.baseline)
-        deadline = time.monotonic() + window_s
+        started = time.monotonic()
+        restarts = RestartCount(self.service)
         last_write = 0.0
         problems = ["not judged yet"]
-        while time.monotonic() < deadline:
+        reason = ""
+        while not reason:
             problems = judge.problems(self._status(), version, baseline)
             if not problems:
                 self._finish("committed", None)
@@ -346,8 +353,17 @@ class Updater:
                 self.state.reason = "; ".join(problems)
                 self._save()
                 last_write = time.monotonic()
-            time.sleep(self.poll_s)
-        reason = f"health check failed within {window_s:g} s: {'; '.join(problems)}"
+            crashes = restarts.since_start()
+            if self.rollback_after_restarts and crashes >= self.rollback_after_restarts:
+                took = time.monotonic() - started
+                reason = (
+                    f"health check failed: the agent exited and was restarted {crashes} times in "
+                    f"{took:.0f} s (of a {window_s:g} s window): {'; '.join(problems)}"
+                )
+            elif time.monotonic() - started >= window_s:
+                reason = f"health check failed within {window_s:g} s: {'; '.join(problems)}"
+            else:
+                time.sleep(self.poll_s)
         self._note(reason)
         back = self.layout.swap_back()
         if back is None:

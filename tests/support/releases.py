@@ -8,9 +8,9 @@
   its version bumped (and, for the broken build, its start made to fail), `pip wheel`.
 - `ServiceManager`: what systemd does for the agent on a gateway, for a test without systemd:
   runs `<root>/current/bin/edge-agent run` (resolving the link at every start, like ExecStart),
-  restarts it when it exits (Restart=) or when the restart command touches its trigger file
-  (`systemctl restart`), and starts `edge-agent update run` when the agent writes an update
-  request (edge-agent-update.path).
+  restarts it when it exits (Restart=, counted in a file the updater reads as systemd's NRestarts)
+  or when the restart command touches its trigger file (`systemctl restart`), and starts
+  `edge-agent update run` when the agent writes an update request (edge-agent-update.path).
 """
 
 from __future__ import annotations
@@ -173,6 +173,9 @@ class ServiceManager:
         self.request = state_dir / "update" / "request.json"
         self.trigger = root.parent / "restart-requested"
         self.restart_command = f"touch {self.trigger}"
+        self.restarts = 0  # automatic restarts, after the agent exited
+        self.restarts_file = root.parent / "restarts"
+        self.restarts_file.write_text("0\n")
         self.updater_args = updater_args
         self.process: subprocess.Popen[bytes] | None = None
         self.starts: list[str] = []  # the release each start ran
@@ -218,6 +221,7 @@ class ServiceManager:
             out.write(b"--- updater\n")
             argv = [str(exe), "update", "run", "-c", str(self.config), *self.updater_args]
             argv += ["--restart-command", self.restart_command]
+            argv += ["--restarts-command", f"cat {self.restarts_file}"]
             subprocess.run(argv, stdout=out, stderr=out, check=False, timeout=600, env=self._env())
 
     def _loop(self) -> None:
@@ -230,6 +234,8 @@ class ServiceManager:
             elif self.process is not None and self.process.poll() is not None:
                 time.sleep(0.5)  # RestartSec
                 self._spawn()
+                self.restarts += 1
+                self.restarts_file.write_text(f"{self.restarts}\n")
             if self.request.exists() and (self._updater is None or not self._updater.is_alive()):
                 self.updater_runs += 1
                 self._updater = threading.Thread(target=self._run_updater, name="fake-updater", daemon=True)

@@ -39,9 +39,11 @@ BASE = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
 TARGET = f"{AGENT_SITE}/{AGENT_GATEWAY}"
 CHUNK = 200 * 1024
 # The good build is committed as soon as it passes, so its window (the config's) only has to be
-# generous; the broken one can never pass, so its window (sent with its command) is all waiting.
+# generous. The broken one can never pass: it exits at start, and is rolled back once the service
+# manager has restarted it `[update] rollback_after_restarts` (3) times, long before its window (the
+# default, sent with its command) ends.
 GOOD_WINDOW_S = 60
-BROKEN_WINDOW_S = 10
+BROKEN_WINDOW_S = 300
 
 
 @dataclass
