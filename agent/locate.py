@@ -20,11 +20,10 @@ import contextlib
 import os
 import re
 import socket
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
+from water_edge.core.toml_text import NotUtf8TextError, TOMLDecodeError, parse_toml, read_toml_text
 
 DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
 DEFAULT_SOCKET_NAME = "status.sock"
@@ -128,8 +127,8 @@ def socket_from_config(path: Path) -> Path | None:
     state_dir: object = None
     sock: object = None
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
+        raw = parse_toml(text)
+    except TOMLDecodeError:
         found_dir, found_sock = _STATE_DIR.search(text), _SOCKET.search(text)
         state_dir = found_dir.group(1) if found_dir else None
         sock = found_sock.group(1) if found_sock else None

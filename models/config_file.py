@@ -4,13 +4,12 @@ technician's copy of a config without loading the whole agent config."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
+from water_edge.core.toml_text import NotUtf8TextError, TOMLDecodeError, parse_toml, read_toml_text
 
 M = TypeVar("M", bound=BaseModel)
 DEFAULT_STATE_DIR = "/var/lib/edge-agent"
@@ -20,12 +19,12 @@ def processor_sections(path: Path, kind: str, model: type[M]) -> tuple[Path, lis
     """`gateway.state_dir` and the validated `[[models.<kind>]]` tables; `ValueError` with one line
     naming the file and the key on any problem."""
     try:
-        raw = tomllib.loads(read_toml_text(Path(path)))
+        raw = parse_toml(read_toml_text(Path(path)))
     except OSError as exc:
         raise ValueError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
     except NotUtf8TextError as exc:
         raise ValueError(f"{path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except TOMLDecodeError as exc:
         raise ValueError(f"{path}: not valid TOML: {exc}") from exc
     state_dir = Path((raw.get("gateway") or {}).get("state_dir", DEFAULT_STATE_DIR))
     items = (raw.get("models") or {}).get(kind) or []

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -26,7 +25,7 @@ from water_edge.core import units
 from water_edge.core.cli_numbers import number
 from water_edge.core.errors import AgentError, ConfigError
 from water_edge.core.reading import Reading
-from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
+from water_edge.core.toml_text import NotUtf8TextError, TOMLDecodeError, parse_toml, read_toml_text
 
 DEFAULT_CONFIG_HINT = os.environ.get("EDGE_AGENT_CONFIG", "/etc/edge-agent/config.toml")
 
@@ -66,12 +65,12 @@ def _device_configs(args: argparse.Namespace) -> list[Any]:
     if args.devices_file:
         path = Path(args.devices_file)
         try:
-            raw = tomllib.loads(read_toml_text(path))
+            raw = parse_toml(read_toml_text(path))
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
         except NotUtf8TextError as exc:
             raise ConfigError([f"{path}: {exc}"]) from exc
-        except tomllib.TOMLDecodeError as exc:
+        except TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
         devices = validate_devices(path, raw.get("devices", []))
     else:

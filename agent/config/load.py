@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from water_edge.core.processor import ChecksSections, ProcessorFactory, ReadsTag
 from water_edge.core.reading import EVENTS_STREAM
 from water_edge.core.redact import is_secret_key
 from water_edge.core.secrets import SecretRef
-from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
+from water_edge.core.toml_text import NotUtf8TextError, TOMLDecodeError, parse_toml, read_toml_text
 from water_edge.drivers import registry
 from water_edge.drivers.base import DeviceConfig
 
@@ -58,7 +57,7 @@ def _as_json(raw: Any) -> bytes:
     try:
         return orjson.dumps(raw)
     except TypeError:
-        # An integer beyond 64 bits: tomllib reads any size, orjson refuses them. The standard
+        # An integer beyond 64 bits: TOML parsers read any size, orjson refuses them. The standard
         # library writes it, and the model then says where it is out of range.
         return json.dumps(raw, default=_iso_text).encode()
 
@@ -164,8 +163,8 @@ def _read_toml(source: Path) -> dict[str, Any]:
     except NotUtf8TextError as exc:
         raise ConfigError([f"{source}: {exc}"]) from exc
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        return parse_toml(text)
+    except TOMLDecodeError as exc:
         raise ConfigError([f"{source}: not valid TOML: {exc}"]) from exc
 
 

@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -47,7 +46,7 @@ from water_edge.agent.update.layout import Layout
 from water_edge.agent.update.service import CommandService, RestartCount
 from water_edge.agent.update.state import TERMINAL, UnsafeUpdateFileError, UpdateFiles, UpdateState
 from water_edge.core.digests import sha256_file
-from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
+from water_edge.core.toml_text import NotUtf8TextError, TOMLDecodeError, parse_toml, read_toml_text
 
 log = structlog.get_logger(__name__)
 
@@ -252,8 +251,8 @@ class Updater:
                 f"the release is built for Python {manifest.python}, this gateway runs {here}"
             )
         try:
-            schema = tomllib.loads(read_toml_text(self.config_path)).get("schema_version")
-        except (OSError, NotUtf8TextError, tomllib.TOMLDecodeError) as exc:
+            schema = parse_toml(read_toml_text(self.config_path)).get("schema_version")
+        except (OSError, NotUtf8TextError, TOMLDecodeError) as exc:
             raise UpdateFailedError(f"cannot read the config {self.config_path}: {exc}") from None
         if (
             not isinstance(schema, int)
