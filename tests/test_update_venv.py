@@ -5,14 +5,10 @@ it) is built without that bootstrap; test_update_selfupdate.py runs that path en
 
 from __future__ import annotations
 
-import base64
-import csv
-import hashlib
-import io
 import subprocess
-import zipfile
 from pathlib import Path
 
+from tests.support.releases import write_wheel
 from water_edge.agent.update.layout import Layout
 from water_edge.agent.update.service import CommandService
 from water_edge.agent.update.state import UpdateFiles
@@ -28,18 +24,8 @@ def _wheel(into: Path) -> Path:
             b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
         ),
     }
-    record = io.StringIO()
-    writer = csv.writer(record, lineterminator="\n")
-    for name, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        writer.writerow([name, f"sha256={digest}", len(data)])
-    writer.writerow(["release_probe-1.0.dist-info/RECORD", "", ""])
     wheel = into / "release_probe-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-        zf.writestr("release_probe-1.0.dist-info/RECORD", record.getvalue())
-    return wheel
+    return write_wheel(wheel, files.items(), "release_probe-1.0.dist-info")
 
 
 def test_a_release_without_its_own_pip_is_built_with_the_venv_modules_pip(tmp_path: Path) -> None:

@@ -338,7 +338,8 @@ class Updater:
         version = self.state.to_version or ""
         baseline = judge.Baseline.from_json(self.state.baseline)
         started = time.monotonic()
-        restarts = RestartCount(self.service)
+        # Read only when it can decide something: each read runs the supervisor's probe.
+        restarts = RestartCount(self.service) if self.rollback_after_restarts else None
         last_write = 0.0
         problems = ["not judged yet"]
         reason = ""
@@ -352,8 +353,8 @@ class Updater:
                 self.state.reason = "; ".join(problems)
                 self._save()
                 last_write = time.monotonic()
-            crashes = restarts.since_start()
-            if self.rollback_after_restarts and crashes >= self.rollback_after_restarts:
+            crashes = 0 if restarts is None else restarts.since_start()
+            if restarts is not None and crashes >= self.rollback_after_restarts:
                 took = time.monotonic() - started
                 reason = (
                     f"health check failed: the agent exited and was restarted {crashes} times in "

@@ -321,36 +321,31 @@ class PumpStation:
     ) -> tuple[float, list[float]]:
         """Header head (m) and per-pump flows where the pumps meet the system curve."""
         static = self._static_head()
-        shutoff = [pp.h0_m * r * r * ci for pp, r, ci in zip(self.params, ratios, c, strict=True)]
+        # (shut-off head, loss coefficient) of each pump
+        pumps = [
+            (pp.h0_m * r * r * ci, pp.k + kvi)
+            for pp, r, ci, kvi in zip(self.params, ratios, c, kv, strict=True)
+        ]
+        sqrt = math.sqrt
 
-        def pump_flows(head: float) -> list[float]:
-            return [
-                math.sqrt((so - head) / (pp.k + kvi)) if so > head else 0.0
-                for pp, so, kvi in zip(self.params, shutoff, kv, strict=True)
-            ]
+        def pump_flows(head: float, which: list[tuple[float, float]]) -> list[float]:
+            return [sqrt((so - head) / loss) if so > head else 0.0 for so, loss in which]
 
-        top = max(shutoff, default=0.0)
+        top = max((so for so, _ in pumps), default=0.0)
         if top <= static:
             return static, [0.0] * len(ratios)
-        # The search below runs 40 times a tick, a simulated day ~3.5 million times: it leaves out
-        # the pumps that cannot lift above the static head (their 0.0 adds nothing to the sum)
-        # and keeps each pump's loss coefficient, so every float operation is the one
-        # `pump_flows` does, in the same order, and the operating point is bit for bit the same.
-        lifting = [
-            (so, pp.k + kvi) for pp, so, kvi in zip(self.params, shutoff, kv, strict=True) if so > static
-        ]
-        sqrt, r_system = math.sqrt, R_SYSTEM
+        # The search runs 40 times a tick, a simulated day ~3.5 million times: the pumps that
+        # cannot lift above the static head are left out of it (their 0.0 adds nothing to a sum).
+        lifting = [(so, loss) for so, loss in pumps if so > static]
         lo, hi = static, top
         for _ in range(40):  # 40 halvings: far below a float32 register's resolution
             mid = 0.5 * (lo + hi)
-            if sum([sqrt((so - mid) / loss) for so, loss in lifting if so > mid]) > sqrt(
-                (mid - static) / r_system
-            ):
+            if sum(pump_flows(mid, lifting)) > sqrt((mid - static) / R_SYSTEM):
                 lo = mid
             else:
                 hi = mid
         head = 0.5 * (lo + hi)
-        return head, pump_flows(head)
+        return head, pump_flows(head, pumps)
 
     def _update_outputs(self, target_speed: float | None, dt: float) -> None:  # noqa: PLR0915 - one physics pass, read top to bottom
         s = self.state

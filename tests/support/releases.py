@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -73,34 +73,40 @@ def _wheel_tag(dist: md.Distribution) -> str:
     return "-".join(".".join(dict.fromkeys(part)) for part in (py, abi, plat))
 
 
+def write_wheel(wheel: Path, files: Iterable[tuple[str, bytes]], info_dir: str) -> Path:
+    """A wheel at `wheel` holding `files` ((path inside the wheel, bytes), read one at a time) and
+    the RECORD of them in `info_dir` (`name-version.dist-info`)."""
+    record = io.StringIO()
+    writer = csv.writer(record, lineterminator="\n")
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED) as zf:
+        for rel, data in files:
+            zf.writestr(rel, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            writer.writerow((rel, f"sha256={digest}", str(len(data))))
+        writer.writerow((f"{info_dir}/RECORD", "", ""))
+        zf.writestr(f"{info_dir}/RECORD", record.getvalue())
+    return wheel
+
+
 def repack(dist: md.Distribution, into: Path) -> Path:
     """A wheel of an installed distribution: the files its RECORD lists inside site-packages."""
     name = re.sub(r"[-_.]+", "_", dist.metadata["Name"])
-    wheel = into / f"{name}-{dist.version}-{_wheel_tag(dist)}.whl"
     base = Path(str(dist.locate_file("")))
-    record: list[tuple[str, str, str]] = []
+    kept: list[str] = []
     info_dir = None
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_STORED) as zf:
-        for entry in dist.files or []:
-            rel = str(entry)
-            if rel.startswith("..") or "__pycache__" in rel or rel.endswith(".pyc"):
-                continue
-            if rel.endswith((".dist-info/RECORD", ".dist-info/INSTALLER", ".dist-info/REQUESTED")):
-                info_dir = rel.rsplit("/", 1)[0]
-                continue
-            if rel.endswith(".dist-info/direct_url.json"):
-                continue
-            data = (base / rel).read_bytes()
-            zf.writestr(rel, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append((rel, f"sha256={digest}", str(len(data))))
-        if info_dir is None:
-            raise ValueError(f"{dist.metadata['Name']}: no RECORD")
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerows([*record, (f"{info_dir}/RECORD", "", "")])
-        zf.writestr(f"{info_dir}/RECORD", out.getvalue())
-    return wheel
+    for entry in dist.files or []:
+        rel = str(entry)
+        if rel.startswith("..") or "__pycache__" in rel or rel.endswith(".pyc"):
+            continue
+        if rel.endswith((".dist-info/RECORD", ".dist-info/INSTALLER", ".dist-info/REQUESTED")):
+            info_dir = rel.rsplit("/", 1)[0]
+            continue
+        if not rel.endswith(".dist-info/direct_url.json"):
+            kept.append(rel)
+    if info_dir is None:
+        raise ValueError(f"{dist.metadata['Name']}: no RECORD")
+    wheel = into / f"{name}-{dist.version}-{_wheel_tag(dist)}.whl"
+    return write_wheel(wheel, ((rel, (base / rel).read_bytes()) for rel in kept), info_dir)
 
 
 def dependency_wheelhouse(into: Path) -> list[Path]:
