@@ -93,11 +93,19 @@ class Issued:
 
     @property
     def common_name(self) -> str | None:
+        return self._attribute(NameOID.COMMON_NAME)
+
+    @property
+    def site(self) -> str | None:
+        """The site the device named in its CSR (the subject's OU), if any."""
+        return self._attribute(NameOID.ORGANIZATIONAL_UNIT_NAME)
+
+    def _attribute(self, oid: x509.ObjectIdentifier) -> str | None:
         try:
-            names = x509.Name.from_rfc4514_string(self.subject).get_attributes_for_oid(NameOID.COMMON_NAME)
+            values = x509.Name.from_rfc4514_string(self.subject).get_attributes_for_oid(oid)
         except ValueError:
             return None
-        return str(names[0].value) if names else None
+        return str(values[0].value) if values else None
 
     @property
     def valid(self) -> bool:

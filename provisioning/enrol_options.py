@@ -16,7 +16,9 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", type=Path, required=True)
     parser.add_argument("--broker-ca", type=Path, help="CA of the broker's certificate (default: this CA)")
     parser.add_argument("--topic-prefix", default="enrol")
-    parser.add_argument("--allow", type=Path, help="file of device serials allowed to enrol, one a line")
+    parser.add_argument(
+        "--allow", type=Path, help="file of 'SERIAL GATEWAY_ID [SITE]' lines: the devices allowed to enrol"
+    )
     parser.add_argument("--days", type=whole(1), default=365)
     parser.add_argument(
         "--renew-after",
@@ -25,3 +27,11 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         help="a gateway's renewal is signed once its certificate has lived this fraction of its "
         "lifetime (default 0.5; the agent asks at 0.67)",
     )
+    parser.add_argument(
+        "--acl",
+        type=Path,
+        help="keep this site-bound Mosquitto ACL: written at start and after every certificate issued",
+    )
+    parser.add_argument("--acl-reload", help="run after each ACL write, e.g. 'systemctl reload mosquitto'")
+    parser.add_argument("--acl-prefix", default="water", help="the gateways' [uplink] prefix (ACL)")
+    parser.add_argument("--acl-host-id", default="scada", help="the Sparkplug primary_host_id (ACL)")

@@ -8,25 +8,33 @@ The identity in the topic is the one the requester's certificate proves (see `en
 and the service accepts a CSR only for that identity:
 
 - from a claim certificate: a first certificate for a serial on the allow-list (`--allow`,
-  `SERIAL GATEWAY_ID` per line), for exactly the gateway id listed with it, once per serial
-  ever (a revoked or lost gateway is re-enrolled offline, never again by whoever holds the
-  shared claim certificate), and never for a gateway id another device holds;
-- from an enrolled gateway: the renewal of its own certificate, with the same device serial, once
-  its newest certificate has lived `renew_after` of its lifetime (half, by default: the agent
-  renews at two thirds). Whoever holds a gateway's key could otherwise have certificates signed in
-  a loop: an index, and after `ca revoke --name` a CRL every broker loads, growing without bound.
-  The same request again (the same key: its answer was lost) gets the same certificate again.
+  `SERIAL GATEWAY_ID [SITE]` per line), for exactly the gateway id listed with it (and the site,
+  when the line names one), once per serial ever (a revoked or lost gateway is re-enrolled
+  offline, never again by whoever holds the shared claim certificate), and never for a gateway id
+  another device holds;
+- from an enrolled gateway: the renewal of its own certificate, with the same device serial and
+  the same site, once its newest certificate has lived `renew_after` of its lifetime (half, by
+  default: the agent renews at two thirds). Whoever holds a gateway's key could otherwise have
+  certificates signed in a loop: an index, and after `ca revoke --name` a CRL every broker loads,
+  growing without bound. The same request again (the same key: its answer was lost) gets the same
+  certificate again. A gateway moves to another site by offline re-enrolment (`ca sign`).
+
+With `--acl FILE` the service keeps a site-bound broker ACL (`broker_acl`): written at start and
+after every certificate it issues, then the broker is told to reload it (`--acl-reload`), before
+the reply goes out, so a gateway's first connection with its new certificate is already allowed.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import shlex
 import ssl
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import paho.mqtt.client as paho
@@ -35,6 +43,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
+from water_edge.provisioning.broker_acl import SiteBoundAcl, is_name
 from water_edge.provisioning.ca import CertificateAuthority, reserved_name
 from water_edge.provisioning.enrol_options import add_service_arguments
 from water_edge.provisioning.enrol_protocol import cert_topic, identity_of, is_claim
@@ -67,9 +76,16 @@ def _read_request(payload: bytes) -> tuple[bytes, str]:
     return csr_pem, str(serials[0].value)
 
 
-def load_allow_list(path: Path) -> dict[str, str]:
-    """`SERIAL GATEWAY_ID` per line; `#` starts a comment. ProvisioningError naming the line if not."""
-    allowed: dict[str, str] = {}
+class Allowed(NamedTuple):
+    """An allow-list line: the gateway id a serial enrols as, and the site, when the line names one."""
+
+    gateway: str
+    site: str | None = None
+
+
+def load_allow_list(path: Path) -> dict[str, Allowed]:
+    """`SERIAL GATEWAY_ID [SITE]` per line; `#` starts a comment. ProvisioningError naming the line if not."""
+    allowed: dict[str, Allowed] = {}
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -78,15 +94,26 @@ def load_allow_list(path: Path) -> dict[str, str]:
         words = line.split("#", 1)[0].split()
         if not words:
             continue
-        if len(words) != 2:
-            raise ProvisioningError(f"{path}:{number}: expected 'SERIAL GATEWAY_ID', got {line.strip()!r}")
-        serial, gateway = words
+        if len(words) not in (2, 3):
+            raise ProvisioningError(
+                f"{path}:{number}: expected 'SERIAL GATEWAY_ID [SITE]', got {line.strip()!r}"
+            )
+        serial, gateway, *site = words
         if reserved_name(gateway):
             raise ProvisioningError(f"{path}:{number}: {gateway!r} is reserved, not a gateway id")
+        if site and not is_name(site[0]):
+            raise ProvisioningError(
+                f"{path}:{number}: site {site[0]!r} is not a name (letters, digits, '_', '.', '-')"
+            )
         if serial in allowed:
             raise ProvisioningError(f"{path}:{number}: serial {serial!r} is listed twice")
-        allowed[serial] = gateway
+        allowed[serial] = Allowed(gateway, site[0] if site else None)
     return allowed
+
+
+def _csr_site(csr: x509.CertificateSigningRequest) -> str | None:
+    units = csr.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return str(units[0].value) if units else None
 
 
 class EnrolmentService:
@@ -97,19 +124,26 @@ class EnrolmentService:
         ca: CertificateAuthority,
         *,
         topic_prefix: str = "enrol",
-        allow: dict[str, str] | None = None,
+        allow: Mapping[str, str | Allowed] | None = None,
         days: int = 365,
         lifetime: dt.timedelta | None = None,
         renew_after: float = 0.5,
+        acl: SiteBoundAcl | None = None,
     ) -> None:
         self.ca = ca
         self.renew_after = renew_after
         self.prefix = topic_prefix
-        self.allow = allow
+        self.allow = (
+            None
+            if allow is None
+            else {k: v if isinstance(v, Allowed) else Allowed(v) for k, v in allow.items()}
+        )
+        self.acl = acl
         self.days = days
         # A lifetime shorter than a day (a test CA's short-lived certificates); `days` otherwise.
         self.lifetime = lifetime
         self.counts = {"issued": 0, "refused": 0}
+        self.acl_failures = 0
         self._client: paho.Client | None = None
         self._ready = threading.Event()
 
@@ -125,7 +159,25 @@ class EnrolmentService:
             return {"status": "refused", "serial": serial, "reason": str(exc)}
         self.counts["issued"] += 1
         log.info("enrol.issued", identity=identity, serial=serial)
+        self.write_acl()
         return {"status": "ok", "serial": serial, "cert": cert.decode(), "ca": self.ca.cert_pem.decode()}
+
+    def write_acl(self) -> bool:
+        """Write the site-bound ACL for the register as it is now and have the broker reload it
+        (with `acl`); False, counted and logged, when that fails: the gateways enrolled since are
+        refused by the broker until it succeeds (at the next certificate, or `ca acl` by hand)."""
+        if self.acl is None:
+            return True
+        try:
+            found = self.acl.write(self.ca)
+        except (ProvisioningError, OSError) as exc:
+            self.acl_failures += 1
+            log.error("enrol.acl_failed", path=str(self.acl.path), reason=str(exc))
+            return False
+        log.info(
+            "enrol.acl_written", path=str(self.acl.path), gateways=len(found.sites), left_out=found.left_out
+        )
+        return True
 
     def _issue(self, identity: str, csr_pem: bytes, serial: str) -> bytes:
         csr = x509.load_pem_x509_csr(csr_pem)
@@ -142,6 +194,12 @@ class EnrolmentService:
         if current.device_serial != serial:
             raise ProvisioningError(
                 f"the CSR's serialNumber {serial!r} is not the one of {identity!r}'s certificate"
+            )
+        if current.site is not None and _csr_site(csr) != current.site:
+            # The site is what a site-bound ACL binds a gateway to; its key must not move it.
+            raise ProvisioningError(
+                f"the CSR names site {_csr_site(csr)!r}, {identity!r}'s certificate {current.site!r}; "
+                "a gateway moves to another site by offline re-enrolment (edge-agent ca sign)"
             )
         if current.pem is not None and public_der(csr.public_key()) == public_der(
             x509.load_pem_x509_certificate(current.pem.encode()).public_key()
@@ -163,11 +221,15 @@ class EnrolmentService:
     def _first_certificate(self, csr_pem: bytes, serial: str, common_name: str | None) -> bytes:
         if self.allow is None:
             raise ProvisioningError("this service enrols no claim certificates (no allow-list)")
-        gateway = self.allow.get(serial)
-        if gateway is None:
+        allowed = self.allow.get(serial)
+        if allowed is None:
             raise ProvisioningError(f"serial {serial!r} is not on the enrolment allow-list")
+        gateway = allowed.gateway
         if common_name != gateway:
             raise ProvisioningError(f"the CSR is for {common_name!r}, expected {gateway!r}")
+        site = _csr_site(x509.load_pem_x509_csr(csr_pem))
+        if allowed.site is not None and site != allowed.site:
+            raise ProvisioningError(f"the CSR names site {site!r}, the allow-list {allowed.site!r}")
         if any(i.device_serial == serial for i in self.ca.issued()):
             raise ProvisioningError(
                 f"serial {serial!r} was already enrolled; re-enrol it offline (edge-agent ca sign)"
@@ -229,9 +291,21 @@ class EnrolmentService:
 def serve_forever(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.open(args.dir)
     allow = load_allow_list(args.allow) if args.allow else None
+    acl = None
+    if args.acl is not None:
+        acl = SiteBoundAcl(
+            args.acl,
+            prefix=args.acl_prefix,
+            host_id=args.acl_host_id,
+            enrol_prefix=args.topic_prefix,
+            reload_command=shlex.split(args.acl_reload or ""),
+        )
     service = EnrolmentService(
-        ca, topic_prefix=args.topic_prefix, allow=allow, days=args.days, renew_after=args.renew_after
+        ca, topic_prefix=args.topic_prefix, allow=allow, days=args.days, renew_after=args.renew_after, acl=acl
     )
+    if not service.write_acl():
+        sys.stderr.write(f"enrolment service: cannot write or reload the ACL {args.acl} (see the log)\n")
+        return 1
     service.start(
         args.host, args.port, cert=args.cert, key=args.key, ca_file=args.broker_ca or args.dir / "ca.pem"
     )

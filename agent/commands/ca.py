@@ -1,5 +1,6 @@
 """`edge-agent ca ...`: a small certificate authority (init, sign, revoke, crl, server/client certs),
-operator signing keys and signed commands, and the reference claim-enrolment service."""
+the broker's ACL, operator signing keys and signed commands, and the reference claim-enrolment
+service."""
 
 from __future__ import annotations
 
@@ -52,8 +53,29 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("list", help="issued certificates and revocations")
     with_dir(p)
     p.set_defaults(func=_list)
+    _register_acl(sub)
     _register_issuing(sub, with_dir)
     _register_commands(sub, with_dir)
+
+
+def _register_acl(sub: Any) -> None:
+    p = sub.add_parser(
+        "acl",
+        help="write the broker's Mosquitto ACL: every gateway bound to its id and the site in its "
+        "certificate (--dir), or to its id only (--id-bound, the shipped file)",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--dir", type=Path, help="CA directory: bind each gateway to its certificate's site")
+    which.add_argument("--id-bound", action="store_true", help="the shipped ACL (no CA needed)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the ACL file Mosquitto's acl_file names")
+    p.add_argument("--prefix", default="water", help="the gateways' [uplink] prefix (default water)")
+    p.add_argument("--host-id", default="scada", help="the Sparkplug primary_host_id (default scada)")
+    p.add_argument("--enrol-prefix", default="enrol", help="the enrolment service's --topic-prefix")
+    p.add_argument(
+        "--reload-command",
+        help="run after writing, e.g. 'systemctl reload mosquitto' (Mosquitto re-reads its ACL on SIGHUP)",
+    )
+    p.set_defaults(func=_acl)
 
 
 def _register_issuing(sub: Any, with_dir: Any) -> None:
@@ -164,6 +186,36 @@ def _list(args: argparse.Namespace) -> int:
     for item in CertificateAuthority.open(args.dir).issued():
         state = f"revoked {item.revoked_at}" if item.revoked_at else "valid"
         _out(f"{item.serial}  {item.subject}  until {item.not_after}  {state}")
+    return EXIT_OK
+
+
+@_guarded
+def _acl(args: argparse.Namespace) -> int:
+    import shlex
+
+    from water_edge.core.files import atomic_write
+    from water_edge.provisioning.broker_acl import SiteBoundAcl, reload_broker, render
+    from water_edge.provisioning.ca import CertificateAuthority
+    from water_edge.provisioning.errors import ProvisioningError
+
+    reload_command = shlex.split(args.reload_command or "")
+    words = {"prefix": args.prefix, "host_id": args.host_id, "enrol_prefix": args.enrol_prefix}
+    if args.id_bound:
+        try:
+            atomic_write(args.out, render(**words).encode())
+        except ValueError as exc:
+            raise ProvisioningError(str(exc)) from exc
+        reload_broker(reload_command)
+        _out(f"wrote {args.out}: every gateway bound to its own id, in any site")
+        return EXIT_OK
+    found = SiteBoundAcl(args.out, reload_command=reload_command, **words).write(
+        CertificateAuthority.open(args.dir)
+    )
+    _out(f"wrote {args.out}: {len(found.sites)} gateway(s) bound to their id and site")
+    for name, why in found.left_out.items():
+        sys.stderr.write(f"edge-agent ca acl: left out {name}: {why}\n")
+    if reload_command:
+        _out(f"ran {args.reload_command!r}")
     return EXIT_OK
 
 

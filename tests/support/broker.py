@@ -110,6 +110,12 @@ class Mosquitto:
         self.config_path.write_text("\n".join(lines) + "\n" + extra_config)
 
     @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("mosquitto is not running")
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
