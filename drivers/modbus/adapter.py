@@ -27,6 +27,7 @@ from pymodbus.pdu import ModbusPDU
 
 from water_edge.core.errors import DeviceError, DriverIOError
 from water_edge.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
+from water_edge.drivers.modbus.responses import HoldingRegistersAnswer, InputRegistersAnswer
 
 __all__ = [
     "EXCEPTION_MAP",
@@ -212,6 +213,7 @@ def pymodbus_tcp_client(config: ModbusTcpConfig, on_connection: Callable[[bool],
         name=config.name,
     )
     client.set_max_no_responses(_NEVER)
+    _register_answers(client)
     return client
 
 
@@ -242,4 +244,11 @@ def pymodbus_serial_client(config: ModbusRtuConfig) -> SerialModbusClient:
         name=config.port,
     )
     client.set_max_no_responses(_NEVER)
+    _register_answers(client)
     return client
+
+
+def _register_answers(client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
+    """Register reads answered as `drivers.modbus.responses` decodes them."""
+    client.register(HoldingRegistersAnswer)
+    client.register(InputRegistersAnswer)

@@ -145,13 +145,19 @@ class BlockLayout:
         )
 
 
-def decode_registers(layout: BlockLayout, registers: Sequence[int]) -> list[Value | Bad]:
-    """One value (or `Bad`) per field of `layout`, in field order."""
+def decode_registers(
+    layout: BlockLayout, registers: Sequence[int], wire: bytes | None = None
+) -> list[Value | Bad]:
+    """One value (or `Bad`) per field of `layout`, in field order. `wire`, when the answer kept
+    them, is the registers' bytes as received (big-endian), so they need not be packed again."""
     if len(registers) < layout.count:
         return [SHORT_RESPONSE] * len(layout.fields)
     try:
         regs = registers[: layout.count] if len(registers) > layout.count else registers
-        wire = layout.pack_wire.pack(*regs)
+        if wire is None or len(wire) != 2 * len(registers):
+            wire = layout.pack_wire.pack(*regs)
+        elif len(registers) > layout.count:
+            wire = wire[: 2 * layout.count]
         swapped = layout.pack_swapped.pack(*regs) if layout.needs_swapped else wire
     except struct.error:
         # Only a value outside 0..65535 gets here; a real response cannot carry one.

@@ -119,7 +119,7 @@ class RequestPoller:
         values: list[Value | Bad] = (
             decode_bits(entry.offsets, response.bits)
             if request.layout is None
-            else decode_registers(request.layout, response.registers)
+            else decode_registers(request.layout, response.registers, getattr(response, "wire", None))
         )
         return [
             Reading(self.source, tag, ts, None, BAD, unit, value.reason)
