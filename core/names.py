@@ -5,6 +5,7 @@ One rule, so a name the config accepts is always a valid MQTT topic level, file 
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from water_edge.core.patterns import explained
@@ -15,3 +16,11 @@ NAME_PATTERN: Final = explained(
     "a name of letters, digits, '_', '.' and '-', starting with a letter or digit "
     "(no spaces, no '/', '+' or '#')",
 )
+NAME_MAX_LENGTH: Final = 64
+_NAME: Final = re.compile(NAME_PATTERN)
+
+
+def is_name(text: str) -> bool:
+    """A name `NAME_PATTERN` accepts, at most `NAME_MAX_LENGTH` characters long (what the config
+    takes for a gateway id or a site)."""
+    return len(text) <= NAME_MAX_LENGTH and _NAME.match(text) is not None

@@ -24,15 +24,13 @@ from pathlib import Path
 from typing import Final
 
 from water_edge.core.files import atomic_write
-from water_edge.core.names import NAME_PATTERN
+from water_edge.core.names import is_name
 from water_edge.provisioning.ca import CertificateAuthority, Issued, reserved_name
 from water_edge.provisioning.errors import ProvisioningError
 
 DEFAULT_PREFIX: Final = "water"
 DEFAULT_HOST_ID: Final = "scada"
 DEFAULT_ENROL_PREFIX: Final = "enrol"
-_NAME: Final = re.compile(NAME_PATTERN)
-_NAME_MAX: Final = 64
 # One or more MQTT topic levels without wildcards, as [uplink] prefix allows.
 _PREFIX: Final = re.compile(r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*$")
 
@@ -134,11 +132,6 @@ class GatewaySites:
 
     sites: dict[str, str] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)
-
-
-def is_name(text: str) -> bool:
-    """A gateway id or site the agent accepts (`core.names.NAME_PATTERN`, at most 64 characters)."""
-    return len(text) <= _NAME_MAX and _NAME.match(text) is not None
 
 
 def gateway_sites(issued: list[Issued]) -> GatewaySites:

@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from water_edge.core.files import atomic_write
+from water_edge.core.names import NAME_MAX_LENGTH, NAME_PATTERN, is_name
+from water_edge.core.patterns import pattern_words
 from water_edge.provisioning.errors import ProvisioningError
 
 log = structlog.get_logger(__name__)
@@ -204,10 +206,18 @@ class CertificateAuthority:
         cns = [a.value for a in names if a.oid == NameOID.COMMON_NAME]
         if len(cns) != 1 or not str(cns[0]):
             raise ProvisioningError("the CSR must carry exactly one common name (the gateway id)")
-        if any(ch in str(cns[0]) for ch in "+#/"):
-            # The CN becomes the MQTT username; broker ACL patterns must not see wildcards in it.
-            raise ProvisioningError(f"common name {cns[0]!r} contains an MQTT wildcard or '/'")
         common_name = str(cns[0])
+        # The CN is the gateway id (the MQTT username: ACL patterns must not see wildcards in it)
+        # and the OU its site, in topics and in a site-bound broker ACL: only what the agent's
+        # config accepts for them (no wildcards, no '/', no spaces, no control characters).
+        for what, value in (
+            ("common name", common_name),
+            *(("site (OU)", str(a.value)) for a in names if a.oid == NameOID.ORGANIZATIONAL_UNIT_NAME),
+        ):
+            if not is_name(value):
+                raise ProvisioningError(
+                    f"{what} {value!r} is not {pattern_words(NAME_PATTERN)}, at most {NAME_MAX_LENGTH} long"
+                )
         if expect_common_name is not None and common_name != expect_common_name:
             raise ProvisioningError(f"the CSR is for {common_name!r}, expected {expect_common_name!r}")
         if reserved_name(common_name):

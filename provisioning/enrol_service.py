@@ -43,7 +43,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from water_edge.provisioning.broker_acl import SiteBoundAcl, is_name
+from water_edge.core.names import is_name
+from water_edge.provisioning.broker_acl import SiteBoundAcl
 from water_edge.provisioning.ca import CertificateAuthority, reserved_name
 from water_edge.provisioning.enrol_options import add_service_arguments
 from water_edge.provisioning.enrol_protocol import cert_topic, identity_of, is_claim
@@ -195,10 +196,11 @@ class EnrolmentService:
             raise ProvisioningError(
                 f"the CSR's serialNumber {serial!r} is not the one of {identity!r}'s certificate"
             )
-        if current.site is not None and _csr_site(csr) != current.site:
+        site = _csr_site(csr)
+        if current.site is not None and site != current.site:
             # The site is what a site-bound ACL binds a gateway to; its key must not move it.
             raise ProvisioningError(
-                f"the CSR names site {_csr_site(csr)!r}, {identity!r}'s certificate {current.site!r}; "
+                f"the CSR names site {site!r}, {identity!r}'s certificate {current.site!r}; "
                 "a gateway moves to another site by offline re-enrolment (edge-agent ca sign)"
             )
         if current.pem is not None and public_der(csr.public_key()) == public_der(

@@ -6,6 +6,7 @@ holder enrol it into a site the allow-list does not name."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,15 @@ def test_the_allow_list_takes_an_optional_site(tmp_path: Path) -> None:
     path.write_text("SER-1 gw-01 nörth\n")
     with pytest.raises(ProvisioningError, match="allow:1: site 'nörth' is not a name"):
         load_allow_list(path)
+
+
+def test_the_ca_signs_only_names_the_agent_accepts_as_gateway_id_and_site(tmp_path: Path) -> None:
+    # The CN and OU are written into a site-bound ACL and into topics: a CSR cannot bring a space,
+    # a wildcard or a new line into either.
+    pki = Pki(tmp_path)
+    cases = [("gw 01", "north", "common name 'gw 01'"), ("gw-01", "north\ntopic readwrite #", "site (OU)")]
+    for i, (cn, site, what) in enumerate([*cases, ("gw+1", "north", "common name 'gw+1'")]):
+        csr = DeviceIdentity(tmp_path / f"d{i}").make_csr(f"SER-{i}", cn, site)
+        with pytest.raises(ProvisioningError, match=f"^{re.escape(what)}.* is not a name of letters, digits"):
+            pki.ca.sign_csr(csr)
+    assert pki.ca.sign_csr(DeviceIdentity(tmp_path / "ok").make_csr("SER-OK", "gw-01", "north.plant_2"))

@@ -16,7 +16,7 @@ from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
-from water_edge.core.names import NAME_PATTERN
+from water_edge.core.names import NAME_MAX_LENGTH, NAME_PATTERN
 from water_edge.core.sizes import ByteSize
 
 SCHEMA_VERSION = 1
@@ -27,8 +27,8 @@ class _Section(BaseModel):
 
 
 class GatewaySection(_Section):
-    site: str = Field(pattern=NAME_PATTERN, max_length=64)
-    id: str = Field(pattern=NAME_PATTERN, max_length=64)
+    site: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)
+    id: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)
     state_dir: Path = Path("/var/lib/edge-agent")
 
     @field_validator("state_dir")
