@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.pki import Pki
-from tests.support.testing import AGENT_GATEWAY, write_agent_config
+from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, write_agent_config
 from water_edge.agent.cli import main
 from water_edge.agent.config import load_config
 from water_edge.agent.config.files import file_problems
@@ -67,6 +67,38 @@ def test_a_certificate_issued_to_another_name_is_named(
     ]
     same = _config(tmp_path, pki.ca_file, own_cert, own_key, node=AGENT_GATEWAY)
     assert file_problems(load_config(same)) == []
+
+
+def test_a_certificate_for_another_site_is_named(tmp_path: Path) -> None:
+    """A site-bound broker ACL (`ca acl --dir`) binds a gateway to the site its certificate names:
+    a config moved to another site, or a Sparkplug group of its own, is dropped by that broker."""
+    pki = Pki(tmp_path / "pki")
+    north = pki.device("site-north", AGENT_GATEWAY, "SER-SITE-N", "north")
+    config = load_config(_config(tmp_path, pki.ca_file, north.cert_file, north.key_file))
+    assert file_problems(config) == [
+        f'uplink.tls.cert_file = "{north.cert_file}": issued for site "north", not this gateway\'s '
+        f'(gateway.site = "{AGENT_SITE}"): a broker with a site-bound ACL (edge-agent ca acl --dir) '
+        "drops everything the gateway publishes"
+    ]
+    pki.ca.revoke_name(AGENT_GATEWAY)
+    own = pki.device("site-own", AGENT_GATEWAY, "SER-SITE-O", AGENT_SITE)
+    tls = (
+        f'[uplink.tls]\nca_file = "{pki.ca_file}"\n'
+        f'cert_file = "{own.cert_file}"\nkey_file = "{own.key_file}"\n'
+    )
+    for group, expected in ((AGENT_SITE, []), ("pumps", ["group_id"])):
+        path = write_agent_config(
+            tmp_path,
+            extra=tls + f'[uplink.sparkplug]\ngroup_id = "{group}"\n',
+            uplink={"encoding": "sparkplug_b"},
+        )
+        found = file_problems(load_config(path))
+        assert [p.split(" ")[0].removeprefix("uplink.sparkplug.") for p in found] == expected
+    assert found == [
+        f'uplink.sparkplug.group_id = "pumps": not the site the certificate "{own.cert_file}" is issued '
+        f'for ("{AGENT_SITE}"): a broker with a site-bound ACL (edge-agent ca acl --dir) drops the Edge '
+        "Node's births and data in any other group"
+    ]
 
 
 def test_missing_files_are_named_with_their_key_and_the_config_still_passes(

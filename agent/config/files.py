@@ -73,15 +73,17 @@ def _pair(section: str, cert: Path, key: Path) -> list[str]:
     return []
 
 
-def _common_name(cert: Path) -> str | None:
-    certificate = x509.load_pem_x509_certificates(cert.read_bytes())[0]
-    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else None
+def _subject(cert: Path) -> tuple[str | None, str | None]:
+    """The certificate's common name and site (OU), either None when it names none."""
+    subject = x509.load_pem_x509_certificates(cert.read_bytes())[0].subject
+    names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    units = subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return (str(names[0].value) if names else None), (str(units[0].value) if units else None)
 
 
 def _identity(config: Config, cert: Path) -> list[str]:
-    """The names the gateway publishes under against the name its certificate proves."""
-    name = _common_name(cert)
+    """The names the gateway publishes under against the names its certificate proves."""
+    name, site = _subject(cert)
     if name is None:
         return [
             f'uplink.tls.cert_file = "{cert}": has no common name, '
@@ -101,6 +103,28 @@ def _identity(config: Config, cert: Path) -> list[str]:
             f'uplink.sparkplug.edge_node_id = "{node}": not the name the certificate "{cert}" is issued '
             f'to ("{name}"): the shipped broker ACL lets an Edge Node publish only under its '
             "certificate's name"
+        )
+    return problems + _site(config, cert, site)
+
+
+def _site(config: Config, cert: Path, site: str | None) -> list[str]:
+    """The site the gateway publishes in against the one its certificate names, which a site-bound
+    broker ACL (`edge-agent ca acl --dir`) binds it to; nothing when the certificate names none."""
+    if site is None:
+        return []
+    bound = "a broker with a site-bound ACL (edge-agent ca acl --dir) drops"
+    problems = []
+    if site != config.gateway.site:
+        problems.append(
+            f'uplink.tls.cert_file = "{cert}": issued for site "{site}", not this gateway\'s '
+            f'(gateway.site = "{config.gateway.site}"): {bound} everything the gateway publishes'
+        )
+    sparkplug = config.uplink.sparkplug
+    group = sparkplug.group_id if sparkplug is not None else None
+    if config.uplink.encoding == "sparkplug_b" and group is not None and group != site:
+        problems.append(
+            f'uplink.sparkplug.group_id = "{group}": not the site the certificate "{cert}" is issued '
+            f'for ("{site}"): {bound} the Edge Node\'s births and data in any other group'
         )
     return problems
 
