@@ -140,14 +140,7 @@ async def test_claim_enrolment_over_mqtt(
         service.start(broker.host, broker.port, cert=svc_cert, key=svc_key, ca_file=pki.ca_file)
         try:
             assert service.wait_ready()
-            claim = ClaimSection(
-                cert_file=claim_cert,
-                key_file=claim_key,
-                ca_file=pki.ca_file,
-                host=broker.host,
-                port=broker.port,
-                timeout_s=10,
-            )
+            claim = pki.claim(broker, claim_cert, claim_key)
             identity = DeviceIdentity(tmp_path / "device")
             await _in_thread(enrol_with_claim, identity, claim, "SER-CLAIM-1", GATEWAY, SITE)
             first = identity.status().serial_number

@@ -128,13 +128,9 @@ def test_an_enrolled_gateway_cannot_get_a_certificate_for_another(
     claimer.close()
 
     # The real gw-09 is not locked out: it enrols with the claim certificate and can publish.
-    from water_edge.provisioning.config import ClaimSection
     from water_edge.provisioning.enrol import enrol_with_claim
 
-    claim_cert, claim_key = pki.root / "claim.pem", pki.root / "claim.key"
-    section = ClaimSection(
-        cert_file=claim_cert, key_file=claim_key, ca_file=pki.ca_file, host=broker.host, port=broker.port
-    )
+    section = pki.claim(broker, pki.root / "claim.pem", pki.root / "claim.key")
     gw09 = DeviceIdentity(tmp_path / "gw09")
     enrol_with_claim(gw09, section, "RTGW0009", "gw-09", SITE)
     assert "CN=gw-09" in str(gw09.status().subject)

@@ -16,7 +16,6 @@ import pytest
 from tests.support.pki import SHIPPED_ACL, Pki, TlsClient
 from water_edge.agent.cli import main
 from water_edge.provisioning.broker_acl import SiteBoundAcl, render
-from water_edge.provisioning.config import ClaimSection
 from water_edge.provisioning.enrol import enrol_with_claim
 from water_edge.provisioning.enrol_service import Allowed, EnrolmentService, load_allow_list
 from water_edge.provisioning.errors import ProvisioningError
@@ -111,14 +110,7 @@ def test_the_enrolment_service_keeps_the_acl_and_the_broker_reloads_it(
         service.start(broker.host, broker.port, cert=svc_cert, key=svc_key, ca_file=pki.ca_file)
         try:
             assert service.wait_ready()
-            claim = ClaimSection(
-                cert_file=claim_cert,
-                key_file=claim_key,
-                ca_file=pki.ca_file,
-                host=broker.host,
-                port=broker.port,
-                timeout_s=10,
-            )
+            claim = pki.claim(broker, claim_cert, claim_key)
             new = DeviceIdentity(tmp_path / "gw09")
             enrol_with_claim(new, claim, "SER-N9", "gw-09", "north")
             # A claim holder cannot choose the site the allow-list names for a serial.

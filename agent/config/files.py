@@ -96,15 +96,23 @@ def _identity(config: Config, cert: Path) -> list[str]:
             f'"{config.gateway.id}"): a broker that grants topics by the certificate\'s name, as the '
             "shipped ACL does, drops everything the gateway publishes"
         )
-    sparkplug = config.uplink.sparkplug
-    node = sparkplug.edge_node_id if sparkplug is not None else None
-    if config.uplink.encoding == "sparkplug_b" and node is not None and node != name:
-        problems.append(
-            f'uplink.sparkplug.edge_node_id = "{node}": not the name the certificate "{cert}" is issued '
-            f'to ("{name}"): the shipped broker ACL lets an Edge Node publish only under its '
-            "certificate's name"
-        )
+    problems += _sparkplug_differs(
+        config,
+        "edge_node_id",
+        f'the name the certificate "{cert}" is issued to ("{name}")',
+        name,
+        "the shipped broker ACL lets an Edge Node publish only under its certificate's name",
+    )
     return problems + _site(config, cert, site)
+
+
+def _sparkplug_differs(config: Config, key: str, what: str, expected: str, why: str) -> list[str]:
+    """`[uplink.sparkplug] key` when Sparkplug B is the encoding and it is set to other than `expected`."""
+    sparkplug = config.uplink.sparkplug
+    value = getattr(sparkplug, key) if sparkplug is not None else None
+    if config.uplink.encoding != "sparkplug_b" or value is None or value == expected:
+        return []
+    return [f'uplink.sparkplug.{key} = "{value}": not {what}: {why}']
 
 
 def _site(config: Config, cert: Path, site: str | None) -> list[str]:
@@ -119,14 +127,13 @@ def _site(config: Config, cert: Path, site: str | None) -> list[str]:
             f'uplink.tls.cert_file = "{cert}": issued for site "{site}", not this gateway\'s '
             f'(gateway.site = "{config.gateway.site}"): {bound} everything the gateway publishes'
         )
-    sparkplug = config.uplink.sparkplug
-    group = sparkplug.group_id if sparkplug is not None else None
-    if config.uplink.encoding == "sparkplug_b" and group is not None and group != site:
-        problems.append(
-            f'uplink.sparkplug.group_id = "{group}": not the site the certificate "{cert}" is issued '
-            f'for ("{site}"): {bound} the Edge Node\'s births and data in any other group'
-        )
-    return problems
+    return problems + _sparkplug_differs(
+        config,
+        "group_id",
+        f'the site the certificate "{cert}" is issued for ("{site}")',
+        site,
+        f"{bound} the Edge Node's births and data in any other group",
+    )
 
 
 def _found(*problems: str | None) -> list[str]:

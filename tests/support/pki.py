@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tests.support.broker import ClientTls, Mosquitto, Subscriber
 from water_edge.agent.uplink.config import TlsConfig
 from water_edge.provisioning.ca import CertificateAuthority
+from water_edge.provisioning.config import ClaimSection
 from water_edge.provisioning.identity import DeviceIdentity
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +85,17 @@ class Pki:
     def refresh_crl(self) -> None:
         """Copy the CA's current CRL where the broker reads it (then restart the broker)."""
         (self.broker_dir / "crl.pem").write_bytes(self.crl_file.read_bytes())
+
+    def claim(self, broker: Mosquitto, cert: Path, key: Path, timeout_s: float = 10.0) -> ClaimSection:
+        """The `[security.identity.claim]` a new gateway enrols with through `broker`."""
+        return ClaimSection(
+            cert_file=cert,
+            key_file=key,
+            ca_file=self.ca_file,
+            host=broker.host,
+            port=broker.port,
+            timeout_s=timeout_s,
+        )
 
     def subscriber(self, broker: Mosquitto, topic: str, session: str | None = None) -> Subscriber:
         return Subscriber(
