@@ -47,10 +47,15 @@ def test_offline_enrolment_with_the_cli(tmp_path: Path, capsys: pytest.CaptureFi
     )
     assert stat.S_IMODE((ident / "pending" / "key.pem").stat().st_mode) == 0o600
     assert b"PRIVATE" not in (tmp_path / "gw.csr").read_bytes()
+    capsys.readouterr()
     assert (
         main(["ca", "sign", "--dir", str(ca_dir), str(tmp_path / "gw.csr"), "-o", str(tmp_path / "gw.pem")])
         == 0
     )
+    # The operator sees the id and the site signed for: the site is what a site-bound ACL binds.
+    signed = capsys.readouterr().out
+    assert f"certificate for OU={SITE},2.5.4.5=10000000abcdef01,CN={GATEWAY} written to" in signed
+    assert "edge-agent ca acl --dir CA" in signed
 
     # A certificate for some other key is refused: it would never work with ours.
     other = DeviceIdentity(tmp_path / "other")

@@ -115,6 +115,11 @@ def _register_commands(sub: Any, with_dir: Any) -> None:
     p.set_defaults(func=_serve)
 
 
+_ACL_HINT = (
+    "with a site-bound broker ACL, write it again: edge-agent ca acl --dir CA -o ACL --reload-command CMD"
+)
+
+
 def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
@@ -147,12 +152,17 @@ def _init(args: argparse.Namespace) -> int:
 
 @_guarded
 def _sign(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
     from water_edge.core.files import atomic_write
     from water_edge.provisioning.ca import CertificateAuthority
 
     ca = CertificateAuthority.open(args.dir)
-    atomic_write(args.out, ca.sign_csr(args.csr.read_bytes(), days=args.days))
-    _out(f"certificate written to {args.out}; give it to the device with {args.dir / 'ca.pem'}")
+    pem = ca.sign_csr(args.csr.read_bytes(), days=args.days)
+    atomic_write(args.out, pem)
+    subject = x509.load_pem_x509_certificate(pem).subject.rfc4514_string()
+    _out(f"certificate for {subject} written to {args.out}; give it to the device with {args.dir / 'ca.pem'}")
+    _out(_ACL_HINT)
     return EXIT_OK
 
 
@@ -167,6 +177,7 @@ def _revoke(args: argparse.Namespace) -> int:
         ca.revoke(args.serial)
         revoked = args.serial
     _out(f"revoked {revoked}; copy {args.dir / 'crl.pem'} to the broker and reload it")
+    _out(_ACL_HINT)
     return EXIT_OK
 
 
