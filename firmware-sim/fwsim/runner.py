@@ -130,15 +130,15 @@ async def run(
             )
         endpoints.extend(await component.start(own))
         started.append(component)
-    for endpoint in endpoints:
-        announce(str(endpoint))
-    if endpoints_file is not None:
-        write_endpoints(endpoints_file, endpoints)
-
+    # Handlers first, then readiness: whoever waits for the endpoints may stop the plant at once.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    for endpoint in endpoints:
+        announce(str(endpoint))
+    if endpoints_file is not None:
+        write_endpoints(endpoints_file, endpoints)
     rate = speed if speed is not None else (scenario.header.speed if scenario is not None else 1.0)
     try:
         await _tick(station, plant, stop, rate)
