@@ -26,6 +26,7 @@ from typing import Literal
 
 import structlog
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from water_edge.core.errors import AgentError
 from water_edge.core.reading import Event, Severity, now_ns
@@ -63,7 +64,8 @@ class CertificateHealth:
         until = _date(self.not_after_ns)
         renew = f"  renews {_date(self.renew_at_ns)}" if self.renew_at_ns else ""
         err = f"  last error: {self.last_error}" if self.last_error and self.failed_attempts else ""
-        return [f"cert     {self.state}  until {until}{renew}  renewed {self.renewals}x{err}"]
+        holder = _holder(self.subject)
+        return [f"cert     {self.state}{holder}  until {until}{renew}  renewed {self.renewals}x{err}"]
 
     def alarm_lines(self) -> list[str]:
         if self.state == "expired":
@@ -71,6 +73,21 @@ class CertificateHealth:
         if self.state == "expiring":
             return [f"device certificate expires {_date(self.not_after_ns)} and is not renewed yet"]
         return []
+
+
+def _holder(subject: str | None) -> str:
+    """`  gw-01, site north`: the name and site the broker knows the gateway by (a site-bound ACL
+    grants it only that site's topics), from the certificate's subject."""
+    if subject is None:
+        return ""
+    try:
+        name = x509.Name.from_rfc4514_string(subject)
+    except ValueError:
+        return ""
+    cn = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ou = name.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    text = f"  {cn[0].value}" if cn else ""
+    return text + (f", site {ou[0].value}" if ou else "")
 
 
 def _date(ns: int | None) -> str:

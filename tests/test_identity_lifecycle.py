@@ -118,3 +118,20 @@ async def test_first_boot_enrolment_renewal_and_the_expiry_alarm(tmp_path: Path)
     seqs = sorted({m.json()["seq"] for m in sub.snapshot() if m.topic.endswith("/plc")})
     assert seqs[0] == 1
     assert seqs == list(range(1, seqs[-1] + 1))
+
+
+def test_status_names_the_gateway_and_site_the_certificate_is_for() -> None:
+    # A technician checks at a glance which name and site the broker knows this gateway by (a
+    # site-bound ACL grants it that site's topics only).
+    from water_edge.agent.identity_keeper import CertificateHealth
+
+    def line(subject: str | None) -> str:
+        health = CertificateHealth("valid", subject, 0, 1_900_000_000 * 10**9, None, 0, 0, None)
+        (text,) = health.status_lines()
+        return text
+
+    assert line("OU=north,2.5.4.5=RTGW0009,CN=gw-09") == (
+        "cert     valid  gw-09, site north  until 2030-03-17 17:46:40 UTC  renewed 0x"
+    )
+    assert line("CN=gw-09") == "cert     valid  gw-09  until 2030-03-17 17:46:40 UTC  renewed 0x"
+    assert line(None) == "cert     valid  until 2030-03-17 17:46:40 UTC  renewed 0x"
