@@ -84,10 +84,9 @@ def _holder(subject: str | None) -> str:
         name = x509.Name.from_rfc4514_string(subject)
     except ValueError:
         return ""
-    cn = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    ou = name.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    text = f"  {cn[0].value}" if cn else ""
-    return text + (f", site {ou[0].value}" if ou else "")
+    cn = [str(a.value) for a in name.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    ou = [str(a.value) for a in name.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
+    return (f"  {cn[0]}" if cn else "") + (f", site {ou[0]}" if ou else "")
 
 
 def _date(ns: int | None) -> str:
