@@ -167,7 +167,9 @@ class Mosquitto:
         """SIGHUP, as `systemctl reload mosquitto` sends it; returns once Mosquitto has taken it."""
         before = self.log().count("Reloading config.")
         os.kill(self.pid, signal.SIGHUP)
-        wait_until(lambda: self.log().count("Reloading config.") > before, every_s=0.02, what="mosquitto reload")
+        wait_until(
+            lambda: self.log().count("Reloading config.") > before, every_s=0.02, what="mosquitto reload"
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
