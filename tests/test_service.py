@@ -79,3 +79,40 @@ def test_the_updater_units_take_their_trust_from_root_owned_places() -> None:
     assert path["Unit"] == ["edge-agent-update.service"]
     # The agent itself runs whatever release `current` points at.
     assert _settings(UNIT)["ExecStart"][0].startswith("/opt/edge-agent/current/bin/edge-agent run")
+
+
+def test_the_enrolment_service_unit_runs_what_the_cli_accepts_and_keeps_the_brokers_acl() -> None:
+    # Central side: the unit's command line parses with this release's CLI (a renamed option would
+    # fail here, not on the broker host), and the ACL it keeps is the one the shipped Mosquitto
+    # config reads, in a directory the sandbox lets it write.
+    import shlex
+
+    from water_edge.agent.cli import _parser
+
+    unit = _settings(UNIT.parent / "edge-enrolment.service")
+    (command,) = unit["ExecStart"]
+    argv = shlex.split(command)
+    assert argv[0] == "/opt/edge-agent/current/bin/edge-agent"
+    args = _parser().parse_args(argv[1:])
+    assert args.ca_command == "serve-enrolment"
+    assert shlex.split(args.acl_reload) == ["systemctl", "reload", "mosquitto"]
+    conf = (UNIT.parent / "mosquitto" / "edge-agent.conf").read_text()
+    assert f"acl_file {args.acl}\n" in conf
+    assert str(args.acl.parent) in unit["ReadWritePaths"][0].split()
+    assert str(args.dir) == "/var/lib/" + unit["StateDirectory"][0]
+    assert unit["CapabilityBoundingSet"] == [""]
+    assert unit["ProtectSystem"] == ["strict"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="apt-get install systemd")
+def test_the_enrolment_service_unit_is_hardened() -> None:
+    unit = UNIT.parent / "edge-enrolment.service"
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
