@@ -30,6 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from water_edge.core.errors import AgentError
 from water_edge.core.reading import Event, Severity, now_ns
+from water_edge.provisioning.ca import subject_attribute
 from water_edge.provisioning.config import ClaimSection, IdentitySection
 from water_edge.provisioning.enrol import enrol_with_claim, renewal_section
 from water_edge.provisioning.identity import DeviceIdentity, device_serial
@@ -84,9 +85,9 @@ def _holder(subject: str | None) -> str:
         name = x509.Name.from_rfc4514_string(subject)
     except ValueError:
         return ""
-    cn = [str(a.value) for a in name.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    ou = [str(a.value) for a in name.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
-    return (f"  {cn[0]}" if cn else "") + (f", site {ou[0]}" if ou else "")
+    cn = subject_attribute(name, NameOID.COMMON_NAME)
+    ou = subject_attribute(name, NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return (f"  {cn}" if cn else "") + (f", site {ou}" if ou else "")
 
 
 def _date(ns: int | None) -> str:

@@ -16,6 +16,16 @@ NAME_PATTERN: Final = explained(
     "a name of letters, digits, '_', '.' and '-', starting with a letter or digit "
     "(no spaces, no '/', '+' or '#')",
 )
+# One MQTT topic level: no wildcards, no separator, no NUL; kept to what every broker accepts.
+TOPIC_LEVEL_PATTERN: Final = explained(
+    r"^[A-Za-z0-9_.:-]+$", "one MQTT topic level of letters, digits, '_', '.', ':' and '-'"
+)
+# A topic prefix may span levels ("utility/water") but never starts or ends with "/" or has empty
+# levels.
+TOPIC_PREFIX_PATTERN: Final = explained(
+    r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*$",
+    "topic levels of letters, digits, '_', '.', ':' and '-' joined by '/' (e.g. utility/water)",
+)
 NAME_MAX_LENGTH: Final = 64
 _NAME: Final = re.compile(NAME_PATTERN)
 

@@ -24,15 +24,17 @@ from pathlib import Path
 from typing import Final
 
 from water_edge.core.files import atomic_write
-from water_edge.core.names import is_name
+from water_edge.core.names import TOPIC_LEVEL_PATTERN, TOPIC_PREFIX_PATTERN, is_name
+from water_edge.core.patterns import pattern_words
 from water_edge.provisioning.ca import CertificateAuthority, Issued, reserved_name
 from water_edge.provisioning.errors import ProvisioningError
 
 DEFAULT_PREFIX: Final = "water"
 DEFAULT_HOST_ID: Final = "scada"
 DEFAULT_ENROL_PREFIX: Final = "enrol"
-# One or more MQTT topic levels without wildcards, as [uplink] prefix allows.
-_PREFIX: Final = re.compile(r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*$")
+# What the gateways' config accepts for [uplink] prefix and [uplink.sparkplug] primary_host_id.
+_PREFIX: Final = re.compile(TOPIC_PREFIX_PATTERN)
+_LEVEL: Final = re.compile(TOPIC_LEVEL_PATTERN)
 
 _HEADER = """\
 # Mosquitto ACL for water-edge-agent (deploy/mosquitto/edge-agent.conf). Every user name is the
@@ -134,19 +136,14 @@ class GatewaySites:
     left_out: dict[str, str] = field(default_factory=dict)
 
 
-def gateway_sites(issued: list[Issued]) -> GatewaySites:
-    """Each gateway's site: the OU of its newest valid certificate (the one `CertificateAuthority.holder`
-    names). Central services, claim certificates, the broker's own and certificates without a site
-    are left out, as are names the agent would not accept (no such name can be written into an ACL)."""
-    newest: dict[str, Issued] = {}
+def gateway_sites(holders: Mapping[str, Issued]) -> GatewaySites:
+    """Each gateway's site: the OU of its newest valid certificate (`CertificateAuthority.holders`).
+    Central services, claim certificates, the broker's own and certificates without a site are left
+    out, as are names the agent would not accept (no such name can be written into an ACL)."""
     out = GatewaySites()
-    for item in issued:
-        name = item.common_name
-        if not item.valid or name is None or reserved_name(name):
+    for name, item in sorted(holders.items()):
+        if reserved_name(name):
             continue
-        if name not in newest or item.not_after > newest[name].not_after:
-            newest[name] = item
-    for name, item in sorted(newest.items()):
         site = item.site
         if not is_name(name):
             out.left_out[repr(name)] = "not a gateway id the agent accepts"
@@ -170,11 +167,13 @@ def render(
     enrol_prefix: str = DEFAULT_ENROL_PREFIX,
 ) -> str:
     """The ACL file: id-bound without `sites`, else site-bound with one block per gateway."""
-    for what, value in (("prefix", prefix), ("enrolment prefix", enrol_prefix)):
-        if not _PREFIX.match(value):
-            raise ValueError(f"the {what} {value!r} is not MQTT topic levels without wildcards")
-    if not is_name(host_id):
-        raise ValueError(f"the Sparkplug host id {host_id!r} is not a name (letters, digits, '_', '.', '-')")
+    for what, value, pattern in (
+        ("prefix", prefix, _PREFIX),
+        ("enrolment prefix", enrol_prefix, _PREFIX),
+        ("Sparkplug host id", host_id, _LEVEL),
+    ):
+        if not pattern.match(value):
+            raise ValueError(f"the {what} {value!r} is not {pattern_words(pattern.pattern)}")
     words = {"prefix": prefix, "host_id": host_id, "enrol": enrol_prefix}
     text = _HEADER.format(**words) + _CENTRAL.format(**words)
     if sites is None:
@@ -188,8 +187,8 @@ def render(
 
 
 @dataclass(frozen=True)
-class SiteBoundAcl:
-    """Where a site-bound ACL is written, what it assumes, and how the broker is told to reload it."""
+class BrokerAcl:
+    """Where the broker's ACL is written, what it assumes, and how the broker is told to reload it."""
 
     path: Path
     prefix: str = DEFAULT_PREFIX
@@ -198,13 +197,17 @@ class SiteBoundAcl:
     reload_command: Sequence[str] = ()
     reload_timeout_s: float = 30.0
 
-    def write(self, ca: CertificateAuthority) -> GatewaySites:
-        """Write the ACL for the CA's register as it is now (atomically), then run the reload
-        command; `ProvisioningError` if either fails (a written file stays written)."""
-        found = gateway_sites(ca.issued())
+    def write(self, ca: CertificateAuthority | None) -> GatewaySites:
+        """Write the ACL (atomically), site-bound for the CA's register as it is now or id-bound
+        without a CA, then run the reload command; `ProvisioningError` if either fails (a written
+        file stays written)."""
+        found = GatewaySites() if ca is None else gateway_sites(ca.holders())
         try:
             text = render(
-                found.sites, prefix=self.prefix, host_id=self.host_id, enrol_prefix=self.enrol_prefix
+                None if ca is None else found.sites,
+                prefix=self.prefix,
+                host_id=self.host_id,
+                enrol_prefix=self.enrol_prefix,
             )
         except ValueError as exc:
             raise ProvisioningError(str(exc)) from exc

@@ -65,6 +65,12 @@ def normalise_serial(serial: str) -> str:
         raise ProvisioningError(f"{serial!r} is not a certificate serial (hexadecimal)") from None
 
 
+def subject_attribute(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
+    """The first value of `oid` in a subject (a certificate's or a CSR's), as text; None if absent."""
+    values = name.get_attributes_for_oid(oid)
+    return str(values[0].value) if values else None
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -104,10 +110,9 @@ class Issued:
 
     def _attribute(self, oid: x509.ObjectIdentifier) -> str | None:
         try:
-            values = x509.Name.from_rfc4514_string(self.subject).get_attributes_for_oid(oid)
+            return subject_attribute(x509.Name.from_rfc4514_string(self.subject), oid)
         except ValueError:
             return None
-        return str(values[0].value) if values else None
 
     @property
     def valid(self) -> bool:
@@ -256,8 +261,18 @@ class CertificateAuthority:
 
     def holder(self, common_name: str) -> Issued | None:
         """The newest valid certificate issued for `common_name`, if any."""
-        valid = [i for i in self.issued() if i.valid and i.common_name == common_name]
-        return max(valid, key=lambda i: i.not_after) if valid else None
+        return self.holders().get(common_name)
+
+    def holders(self) -> dict[str, Issued]:
+        """Every common name with a valid certificate, and its newest one."""
+        newest: dict[str, Issued] = {}
+        for item in self.issued():
+            name = item.common_name
+            if not item.valid or name is None:
+                continue
+            if name not in newest or item.not_after > newest[name].not_after:
+                newest[name] = item
+        return newest
 
     def issue_server(self, common_name: str, hosts: list[str], key_path: Path, days: int = 825) -> bytes:
         """A server certificate for the broker; its key is written (0600) to `key_path`."""
@@ -329,11 +344,10 @@ class CertificateAuthority:
         cert = builder.sign(self._key, hashes.SHA256())
         index = self._load_index()
         serial = format(cert.serial_number, "x")
-        device = cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
         pem = cert.public_bytes(_PEM)
         index["issued"][serial] = {
             "subject": cert.subject.rfc4514_string(),
-            "device_serial": str(device[0].value) if device else None,
+            "device_serial": subject_attribute(cert.subject, NameOID.SERIAL_NUMBER),
             "not_before": cert.not_valid_before_utc.isoformat(),
             "not_after": cert.not_valid_after_utc.isoformat(),
             "pem": pem.decode(),

@@ -44,8 +44,8 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
 from water_edge.core.names import is_name
-from water_edge.provisioning.broker_acl import SiteBoundAcl
-from water_edge.provisioning.ca import CertificateAuthority, reserved_name
+from water_edge.provisioning.broker_acl import BrokerAcl
+from water_edge.provisioning.ca import CertificateAuthority, reserved_name, subject_attribute
 from water_edge.provisioning.enrol_options import add_service_arguments
 from water_edge.provisioning.enrol_protocol import cert_topic, identity_of, is_claim
 from water_edge.provisioning.errors import ProvisioningError
@@ -112,11 +112,6 @@ def load_allow_list(path: Path) -> dict[str, Allowed]:
     return allowed
 
 
-def _csr_site(csr: x509.CertificateSigningRequest) -> str | None:
-    units = csr.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    return str(units[0].value) if units else None
-
-
 class EnrolmentService:
     """Decides on one request; pure of MQTT (`answer`) plus a paho client to serve it (`start`)."""
 
@@ -129,7 +124,7 @@ class EnrolmentService:
         days: int = 365,
         lifetime: dt.timedelta | None = None,
         renew_after: float = 0.5,
-        acl: SiteBoundAcl | None = None,
+        acl: BrokerAcl | None = None,
     ) -> None:
         self.ca = ca
         self.renew_after = renew_after
@@ -184,8 +179,9 @@ class EnrolmentService:
         csr = x509.load_pem_x509_csr(csr_pem)
         names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         common_name = str(names[0].value) if len(names) == 1 else None
+        site = subject_attribute(csr.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
         if is_claim(identity):
-            return self._first_certificate(csr_pem, serial, common_name)
+            return self._first_certificate(csr_pem, serial, common_name, site)
         # An enrolled gateway: its own certificate again, same name, same device.
         if common_name != identity:
             raise ProvisioningError(f"a gateway connected as {identity!r} may renew only its own certificate")
@@ -196,7 +192,6 @@ class EnrolmentService:
             raise ProvisioningError(
                 f"the CSR's serialNumber {serial!r} is not the one of {identity!r}'s certificate"
             )
-        site = _csr_site(csr)
         if current.site is not None and site != current.site:
             # The site is what a site-bound ACL binds a gateway to; its key must not move it.
             raise ProvisioningError(
@@ -220,7 +215,9 @@ class EnrolmentService:
                 )
         return self.ca.sign_csr(csr_pem, days=self.days, **self._window(), expect_common_name=identity)
 
-    def _first_certificate(self, csr_pem: bytes, serial: str, common_name: str | None) -> bytes:
+    def _first_certificate(
+        self, csr_pem: bytes, serial: str, common_name: str | None, site: str | None
+    ) -> bytes:
         if self.allow is None:
             raise ProvisioningError("this service enrols no claim certificates (no allow-list)")
         allowed = self.allow.get(serial)
@@ -229,7 +226,6 @@ class EnrolmentService:
         gateway = allowed.gateway
         if common_name != gateway:
             raise ProvisioningError(f"the CSR is for {common_name!r}, expected {gateway!r}")
-        site = _csr_site(x509.load_pem_x509_csr(csr_pem))
         if allowed.site is not None and site != allowed.site:
             raise ProvisioningError(f"the CSR names site {site!r}, the allow-list {allowed.site!r}")
         if any(i.device_serial == serial for i in self.ca.issued()):
@@ -295,7 +291,7 @@ def serve_forever(args: argparse.Namespace) -> int:
     allow = load_allow_list(args.allow) if args.allow else None
     acl = None
     if args.acl is not None:
-        acl = SiteBoundAcl(
+        acl = BrokerAcl(
             args.acl,
             prefix=args.acl_prefix,
             host_id=args.acl_host_id,

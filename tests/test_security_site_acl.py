@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.pki import SHIPPED_ACL, Pki, TlsClient
 from water_edge.agent.cli import main
-from water_edge.provisioning.broker_acl import SiteBoundAcl, render
+from water_edge.provisioning.broker_acl import BrokerAcl, render
 from water_edge.provisioning.enrol import enrol_with_claim
 from water_edge.provisioning.enrol_service import Allowed, EnrolmentService, load_allow_list
 from water_edge.provisioning.errors import ProvisioningError
@@ -102,7 +102,7 @@ def test_the_enrolment_service_keeps_the_acl_and_the_broker_reloads_it(
     svc_cert, svc_key = pki.client("enrolment-service")
     acl_file = pki.broker_dir / "acl"
     with pki.broker(acl=site_bound_acl(pki, tmp_path, capsys)) as broker:
-        acl = SiteBoundAcl(acl_file, reload_command=["kill", "-HUP", str(broker.pid)])
+        acl = BrokerAcl(acl_file, reload_command=["kill", "-HUP", str(broker.pid)])
         service = EnrolmentService(
             pki.ca, allow={"SER-N9": Allowed("gw-09", "north"), "SER-S8": Allowed("gw-08", "south")}, acl=acl
         )
@@ -131,7 +131,7 @@ def test_the_enrolment_service_keeps_the_acl_and_the_broker_reloads_it(
 
 def test_a_failed_reload_is_counted_and_the_certificate_still_answered(tmp_path: Path) -> None:
     pki = Pki(tmp_path)
-    acl = SiteBoundAcl(tmp_path / "acl", reload_command=["false"])
+    acl = BrokerAcl(tmp_path / "acl", reload_command=["false"])
     service = EnrolmentService(pki.ca, allow={"SER-1": "gw-01"}, acl=acl)
     csr = DeviceIdentity(tmp_path / "gw").make_csr("SER-1", "gw-01", "north")
     reply = service.answer("claim", orjson.dumps({"csr": csr.decode()}))

@@ -204,28 +204,24 @@ def _list(args: argparse.Namespace) -> int:
 def _acl(args: argparse.Namespace) -> int:
     import shlex
 
-    from water_edge.core.files import atomic_write
-    from water_edge.provisioning.broker_acl import SiteBoundAcl, reload_broker, render
+    from water_edge.provisioning.broker_acl import BrokerAcl
     from water_edge.provisioning.ca import CertificateAuthority
-    from water_edge.provisioning.errors import ProvisioningError
 
-    reload_command = shlex.split(args.reload_command or "")
-    words = {"prefix": args.prefix, "host_id": args.host_id, "enrol_prefix": args.enrol_prefix}
-    if args.id_bound:
-        try:
-            atomic_write(args.out, render(**words).encode())
-        except ValueError as exc:
-            raise ProvisioningError(str(exc)) from exc
-        reload_broker(reload_command)
-        _out(f"wrote {args.out}: every gateway bound to its own id, in any site")
-        return EXIT_OK
-    found = SiteBoundAcl(args.out, reload_command=reload_command, **words).write(
-        CertificateAuthority.open(args.dir)
+    acl = BrokerAcl(
+        args.out,
+        prefix=args.prefix,
+        host_id=args.host_id,
+        enrol_prefix=args.enrol_prefix,
+        reload_command=shlex.split(args.reload_command or ""),
     )
-    _out(f"wrote {args.out}: {len(found.sites)} gateway(s) bound to their id and site")
+    found = acl.write(None if args.id_bound else CertificateAuthority.open(args.dir))
+    if args.id_bound:
+        _out(f"wrote {args.out}: every gateway bound to its own id, in any site")
+    else:
+        _out(f"wrote {args.out}: {len(found.sites)} gateway(s) bound to their id and site")
     for name, why in found.left_out.items():
         sys.stderr.write(f"edge-agent ca acl: left out {name}: {why}\n")
-    if reload_command:
+    if acl.reload_command:
         _out(f"ran {args.reload_command!r}")
     return EXIT_OK
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from water_edge.provisioning.ca import subject_attribute
+
 if TYPE_CHECKING:
     from water_edge.agent.config.load import Config
 
@@ -76,9 +78,10 @@ def _pair(section: str, cert: Path, key: Path) -> list[str]:
 def _subject(cert: Path) -> tuple[str | None, str | None]:
     """The certificate's common name and site (OU), either None when it names none."""
     subject = x509.load_pem_x509_certificates(cert.read_bytes())[0].subject
-    names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    units = subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    return (str(names[0].value) if names else None), (str(units[0].value) if units else None)
+    return (
+        subject_attribute(subject, NameOID.COMMON_NAME),
+        subject_attribute(subject, NameOID.ORGANIZATIONAL_UNIT_NAME),
+    )
 
 
 def _identity(config: Config, cert: Path) -> list[str]:

@@ -353,8 +353,7 @@ class Updater:
                 self.state.reason = "; ".join(problems)
                 self._save()
                 last_write = time.monotonic()
-            crashes = 0 if restarts is None else restarts.since_start()
-            if restarts is not None and crashes >= self.rollback_after_restarts:
+            if restarts is not None and (crashes := restarts.since_start()) >= self.rollback_after_restarts:
                 took = time.monotonic() - started
                 reason = (
                     f"health check failed: the agent exited and was restarted {crashes} times in "

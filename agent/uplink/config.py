@@ -9,18 +9,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from water_edge.agent.uplink.servers import Server, parse_server
 from water_edge.core.errors import UplinkError
-from water_edge.core.patterns import explained
+from water_edge.core.names import TOPIC_LEVEL_PATTERN, TOPIC_PREFIX_PATTERN
 from water_edge.core.secrets import Secret
-
-# One MQTT topic level: no wildcards, no separator, no NUL; kept to what every broker accepts.
-TOPIC_LEVEL_PATTERN = explained(
-    r"^[A-Za-z0-9_.:-]+$", "one MQTT topic level of letters, digits, '_', '.', ':' and '-'"
-)
-# The prefix may span levels ("utility/water") but never starts or ends with "/" or has empty levels.
-TOPIC_PREFIX_PATTERN = explained(
-    r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*$",
-    "topic levels of letters, digits, '_', '.', ':' and '-' joined by '/' (e.g. utility/water)",
-)
 
 
 class TlsConfig(BaseModel):

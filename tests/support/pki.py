@@ -83,7 +83,7 @@ class Pki:
         return ShippedMosquitto(self.broker_dir, persistence=persistence)
 
     def refresh_crl(self) -> None:
-        """Copy the CA's current CRL where the broker reads it (then restart the broker)."""
+        """Copy the CA's current CRL where the broker reads it (then reload the broker)."""
         (self.broker_dir / "crl.pem").write_bytes(self.crl_file.read_bytes())
 
     def claim(self, broker: Mosquitto, cert: Path, key: Path, timeout_s: float = 10.0) -> ClaimSection:
