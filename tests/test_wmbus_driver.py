@@ -14,6 +14,8 @@ import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
+from tests.support.testing import free_port
+from water_edge.core.errors import DriverIOError
 from water_edge.core.health import health_json
 from water_edge.core.reading import Reading
 from water_edge.drivers.wmbus.config import WmbusConfig
@@ -286,3 +288,158 @@ def test_duplicates_within_the_window_only_and_by_content() -> None:
     for n in range(3):
         bounded.seen(_link(bytes((0x7A, n, 0, 0, 0))), 1.0)
     assert not bounded.seen(_link(bytes((0x7A, 0, 0, 0, 0))), 1.0)  # forgotten first, never unbounded
+
+
+def two_receivers(air: Air, meters: list[dict[str, Any]], sdr_port: int | None = None) -> WmbusConfig:
+    """The stick ("roof") and the rtl_wmbus stream ("cellar") as one device's receivers."""
+    return WmbusConfig.model_validate(
+        {"name": "w", "kind": "wmbus", "meters": meters,
+         "receivers": [
+             {"name": "roof", "receiver": "im871a", "port": air.detail["path"], "link_modes": ["T1"]},
+             {"name": "cellar", "receiver": "rtlwmbus", "host": "127.0.0.1",
+              "tcp_port": sdr_port or air.detail["rtlwmbus"]["port"], "link_modes": ["T1", "C1"]},
+         ]}
+    )  # fmt: skip
+
+
+def volumes(readings: list[Reading], name: str) -> list[float]:
+    return [float(r.value or 0) for r in readings if r.tag == f"{name}.volume"]
+
+
+async def test_two_receivers_give_each_meter_once_whichever_hears_it(air_factory: Callable[..., Any]) -> None:
+    # Meters 0 and 1 are out of the stick's range, 4 and 5 out of the SDR's; 2 and 3 both hear. A
+    # leak makes each volume grow from one telegram to the next: a second copy turned into
+    # readings would show as a volume that does not grow.
+    leak = {"leak_lph": 36_000.0}
+    air = await air_factory(
+        compact_share=0.0, out_of_range={"stick": [0, 1], "rtlwmbus": [4, 5]},
+        faults={str(i): leak for i in range(6)},
+    )  # fmt: skip
+    driver = WmbusDriver.from_config(two_receivers(air, [air.meter(i) for i in range(6)]))
+    await driver.open()
+    readings: list[Reading] = []
+    try:
+        async with asyncio.timeout(20):
+            while min(len(volumes(readings, f"m{i}")) for i in range(6)) < 4:
+                readings += await driver.listen_readings(0.5)
+        health = driver.health()
+    finally:
+        await driver.aclose()
+    for i in range(6):
+        got = volumes(readings, f"m{i}")
+        assert all(b > a for a, b in itertools.pairwise(got)), f"m{i}: a copy gave readings: {got}"
+    by_id = {h.ident: h for h in driver.heard()}
+    heard_by = [set(by_id[air.meters[i]["id"]].receivers) for i in range(6)]
+    assert heard_by == [{"cellar"}] * 2 + [{"roof", "cellar"}] * 2 + [{"roof"}] * 2
+    roof_rssi = by_id[air.meters[2]["id"]].receivers["roof"]
+    assert roof_rssi is not None
+    assert -100 < roof_rssi < -50
+    assert health.duplicates >= 6  # meters 2 and 3, each of their telegrams once more
+    assert health.receiver == "im871a + rtlwmbus"
+    roof, cellar = health.receivers
+    assert (roof.name, cellar.name) == ("roof", "cellar")
+    assert min(roof.first_copies, cellar.first_copies) > 0
+    assert roof.first_copies + cellar.first_copies + health.duplicates == roof.frames + cellar.frames
+    lines = health.status_lines()
+    assert any(line.startswith("roof: im871a ") and " open " in line for line in lines), lines
+    assert orjson.loads(orjson.dumps(health_json(health)))["receivers"][1]["name"] == "cellar"
+
+
+async def test_a_lost_receiver_is_reopened_while_the_other_goes_on(air_factory: Callable[..., Any]) -> None:
+    air = await air_factory(compact_share=0.0, out_of_range={"stick": [0], "rtlwmbus": [1]})
+    driver = WmbusDriver.from_config(two_receivers(air, [air.meter(0), air.meter(1)]))
+    sim = air.component.air
+    assert sim is not None
+    await driver.open()
+    seen: list[Reading] = []
+    try:
+        async with asyncio.timeout(30):
+            stream = driver.stream()
+            while not volumes(seen, "m0"):  # meter 0 only through the SDR
+                seen += await anext(stream)
+            sim.apply({"component": "wmbus", "receiver_fault": "drop"})  # the scenario event
+            dropped_at = len(seen)
+            while not driver.health().receivers[1].reopens:
+                seen += await anext(stream)
+            during = seen[dropped_at:]
+            after = len(seen)
+            while not volumes(seen[after:], "m0"):
+                seen += await anext(stream)
+        cellar = driver.health().receivers[1]
+    finally:
+        await driver.aclose()
+    assert volumes(during, "m1"), "the stick's meter stopped while the SDR was away"
+    assert (cellar.open, cellar.reopens) == (True, 1)
+    assert "closed by the peer" in str(cellar.last_error)
+
+
+async def test_a_receiver_that_cannot_open_is_retried_and_only_all_down_fails(
+    air_factory: Callable[..., Any],
+) -> None:
+    air = await air_factory(compact_share=0.0)
+    nothing = free_port()
+    driver = WmbusDriver.from_config(two_receivers(air, [air.meter(0)], sdr_port=nothing))
+    await driver.open()
+    try:
+        got = await driver.listen_readings(10.0, until_all_heard=True)
+        health = driver.health()
+    finally:
+        await driver.aclose()
+    assert any(r.tag == "m0.volume" and r.quality == "good" for r in got)
+    cellar = health.receivers[1]
+    assert not cellar.open
+    assert "cannot connect" in str(cellar.last_error)
+    lines = health.status_lines()
+    assert any(line.startswith("cellar: rtlwmbus ") and "cannot connect" in line for line in lines), lines
+    air.detail["path"] = "/nonexistent/tty"
+    all_down = WmbusDriver.from_config(two_receivers(air, [air.meter(0)], sdr_port=nothing))
+    with pytest.raises(
+        DriverIOError, match=r"no receiver could be opened \(roof: .*nonexistent.*; cellar: .*connect"
+    ):
+        await all_down.open()
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"receiver": "im871a"}, "not both"),
+        ({"duplicate_window_s": 0}, "must be above 0"),
+        (
+            {
+                "receivers": [
+                    {"receiver": "rtlwmbus", "port": "/run/a"},
+                    {"name": "r1", "receiver": "rtlwmbus", "port": "/run/b"},
+                ]
+            },
+            "'r1' is used twice",
+        ),
+        ({"receivers": [{"receiver": "im871a", "host": "sdr", "tcp_port": 7000}]}, "USB stick"),
+        ({"receivers": []}, "give 'receiver'"),
+    ],
+)
+def test_receivers_config_errors_name_what_was_expected(change: dict[str, Any], fragment: str) -> None:
+    base = {"name": "w", "kind": "wmbus", "meters": [{"name": "a", "id": "12345678"}],
+            "receivers": [{"receiver": "im871a", "port": "/dev/ttyUSB0"},
+                          {"receiver": "rtlwmbus", "host": "sdr", "tcp_port": 7000,
+                           "link_modes": ["T1", "C1"]}]}  # fmt: skip
+    assert [r.label for r in WmbusConfig.model_validate(base).receiver_configs()] == ["r1", "r2"]
+    with pytest.raises(ValidationError, match=fragment):
+        WmbusConfig.model_validate({**base, **change})
+
+
+def test_probe_lists_which_receiver_heard_each_meter(capsys: pytest.CaptureFixture[str]) -> None:
+    from water_edge.agent.commands.probe import _print_heard
+    from water_edge.drivers.wmbus.driver import Heard
+
+    cfg = WmbusConfig.model_validate(
+        {"name": "w", "kind": "wmbus", "listen": True,
+         "receivers": [{"name": "roof", "receiver": "im871a", "port": "/dev/ttyUSB0"},
+                       {"name": "cellar", "receiver": "rtlwmbus", "port": "/run/wmbus.fifo"}]}
+    )  # fmt: skip
+    both = Heard("30000005", "SIM", 7, frames=3, rssi=-71.5, receivers={"roof": -76.5, "cellar": -71.5})
+    one = Heard("30000012", "KAM", 22, frames=1, rssi=None, receivers={"cellar": None})
+    _print_heard(cfg, [both, one], as_json=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith("configured   heard by (rssi)")
+    assert lines[2].endswith("roof -76.5, cellar -71.5")
+    assert lines[3].split()[-2:] == ["-", "cellar"]  # not configured; no RSSI from that receiver

@@ -1,7 +1,8 @@
 """Wireless meters through the whole chain: firmware-sim's meters broadcasting encrypted telegrams,
-its simulated iM871A on a pseudo-terminal, `edge-agent run` with the wmbus driver (one key from a
-secret file) and the meter processor, and a tamper alarm starting and clearing at a real Mosquitto.
-`edge-agent probe --listen` lists every meter in range for commissioning."""
+heard by two receivers of one device (its simulated iM871A on a pseudo-terminal and its rtl_wmbus
+TCP stream), `edge-agent run` with the wmbus driver (one key from a secret file) and the meter
+processor, and a tamper alarm starting and clearing at a real Mosquitto. `edge-agent probe --listen`
+lists every meter in range, and which receiver heard it, for commissioning."""
 
 from __future__ import annotations
 
@@ -51,14 +52,25 @@ def alarms(messages: Sequence[Received]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def devices(stick: str, meters: list[dict[str, Any]], key_file: Path) -> str:
+def devices(air: dict[str, Any], key_file: Path) -> str:
+    meters = air["meters"]
     text = f"""
 [[devices]]
 name = "wmeters"
 kind = "wmbus"
+
+[[devices.receivers]]
+name = "roof"
 receiver = "im871a"
-port = "{stick}"
+port = "{air["path"]}"
 link_modes = ["T1"]
+
+[[devices.receivers]]
+name = "cellar"
+receiver = "rtlwmbus"
+host = "{air["rtlwmbus"]["host"]}"
+tcp_port = {air["rtlwmbus"]["port"]}
+link_modes = ["T1", "C1"]
 """
     for index in (0, 1, 2):
         key = f'{{ file = "{key_file}" }}' if index == 0 else f'"{meters[index]["key"]}"'
@@ -91,7 +103,7 @@ def test_tamper_on_an_encrypted_meter_reaches_the_broker_and_clears(
         key_file.write_text(meters[0]["key"])
         key_file.chmod(0o600)
         config = write_agent_config(
-            tmp_path, broker_port=mosquitto.port, devices=devices(air["path"], meters, key_file), extra=GROUP
+            tmp_path, broker_port=mosquitto.port, devices=devices(air, key_file), extra=GROUP
         )
         with (
             Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub,
@@ -109,6 +121,8 @@ def test_tamper_on_an_encrypted_meter_reaches_the_broker_and_clears(
             status = agent.status()
             device = next(d for d in status["drivers"] if d["name"] == "wmeters")
             assert device["driver"]["decoded"] > 3
+            assert device["driver"]["duplicates"] > 0
+            assert [r["name"] for r in device["driver"]["receivers"] if r["open"]] == ["roof", "cellar"]
             assert meters[0]["key"].lower() not in json.dumps(status).lower()
             assert meters[0]["key"].lower() not in agent.log().lower()
         listen = subprocess.run(
@@ -122,3 +136,4 @@ def test_tamper_on_an_encrypted_meter_reaches_the_broker_and_clears(
     assert heard[meters[3]["id"]]["configured"] is None
     assert heard[meters[0]["id"]]["configured"] == "flat0"
     assert heard[meters[0]["id"]]["total_volume_m3"] is not None
+    assert set(heard[meters[0]["id"]]["receivers"]) == {"roof", "cellar"}

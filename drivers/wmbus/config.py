@@ -56,10 +56,30 @@ class WmbusMeter(BaseModel):
         return value
 
 
-class WmbusConfig(DeviceConfig):
+MAX_RECEIVERS = 8
+SOURCE_KEYS = ("receiver", "port", "host", "tcp_port", "baudrate", "link_modes")
+
+
+def _source_problem(receiver: ReceiverKind, port: str | None, host: str | None, tcp_port: int | None,
+                    link_modes: list[LinkMode]) -> str | None:  # fmt: skip
+    if (port is None) == (host is None):
+        return "give exactly one of 'port' (serial device or FIFO) or 'host' + 'tcp_port'"
+    if host is not None and tcp_port is None:
+        return "'host' needs 'tcp_port'"
+    if host is not None and receiver != "rtlwmbus":
+        return f"receiver {receiver!r} is a USB stick: give its serial 'port'"
+    if receiver != "rtlwmbus" and len(link_modes) > 1:
+        return f"an {receiver} listens on one link mode at a time; give one"
+    return None
+
+
+class ReceiverConfig(BaseModel):
     """One receiver: a USB stick on a serial port, or rtl_wmbus's lines from a FIFO or TCP."""
 
-    kind: Literal["wmbus"]
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # How status and commissioning name it; several receivers default to r1, r2, ...
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)
     receiver: ReceiverKind
     port: str | None = Field(default=None, min_length=1, max_length=255)  # serial device or FIFO
     host: str | None = Field(default=None, min_length=1, max_length=255)  # rtl_wmbus over TCP
@@ -68,30 +88,86 @@ class WmbusConfig(DeviceConfig):
     link_modes: list[LinkMode] = Field(
         default_factory=lambda: list[LinkMode](["T1"]), min_length=1, max_length=3
     )
-    # Report every meter heard (id, manufacturer, RSSI, encrypted, key known) as readings.
-    listen: bool = False
-    # A telegram heard again within this many seconds (through a repeater, or decoded twice) is
-    # dropped; 0 keeps every copy. Keep it well under 256 send intervals (the access number wraps).
-    duplicate_window_s: float = Field(default=30.0, ge=0, le=3600)
-    meters: list[WmbusMeter] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _source(self) -> Self:
+        problem = _source_problem(self.receiver, self.port, self.host, self.tcp_port, self.link_modes)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.receiver
 
     def endpoint_text(self) -> str:
         where = self.port if self.port is not None else f"{self.host}:{self.tcp_port}"
         return f"{self.receiver} {where}"
 
+    @property
+    def serial_baudrate(self) -> int | None:
+        return self.baudrate if self.baudrate is not None else DEFAULT_BAUD[self.receiver]
+
+
+class WmbusConfig(DeviceConfig):
+    """The meters to report and the receiver that hears them (`receiver`, `port`, ... at the top), or
+    several receivers (`[[devices.receivers]]`) whose telegrams are merged: a meter is reported once,
+    whichever receiver heard it."""
+
+    kind: Literal["wmbus"]
+    receiver: ReceiverKind | None = None
+    port: str | None = Field(default=None, min_length=1, max_length=255)  # serial device or FIFO
+    host: str | None = Field(default=None, min_length=1, max_length=255)  # rtl_wmbus over TCP
+    tcp_port: int | None = Field(default=None, ge=1, le=65535)
+    baudrate: int | None = Field(default=None, ge=1200, le=921_600)
+    link_modes: list[LinkMode] = Field(
+        default_factory=lambda: list[LinkMode](["T1"]), min_length=1, max_length=3
+    )
+    receivers: list[ReceiverConfig] = Field(default_factory=list, max_length=MAX_RECEIVERS)
+    # Report every meter heard (id, manufacturer, RSSI, encrypted, key known) as readings.
+    listen: bool = False
+    # A telegram heard again within this many seconds (through a repeater, decoded twice, or by a
+    # second receiver) is dropped; 0 keeps every copy. Keep it well under 256 send intervals (the
+    # access number wraps).
+    duplicate_window_s: float = Field(default=30.0, ge=0, le=3600)
+    meters: list[WmbusMeter] = Field(default_factory=list)
+
+    def endpoint_text(self) -> str:
+        return ", ".join(r.endpoint_text() for r in self.receiver_configs())
+
     def point_count(self) -> int:
         return len(self.meters)
 
+    def receiver_configs(self) -> list[ReceiverConfig]:
+        """The receivers to listen to, in the order configured (the top-level one alone)."""
+        if self.receivers:
+            return self.receivers
+        assert self.receiver is not None  # the validator guarantees one of the two forms
+        return [
+            ReceiverConfig(receiver=self.receiver, port=self.port, host=self.host, tcp_port=self.tcp_port,
+                           baudrate=self.baudrate, link_modes=self.link_modes)
+        ]  # fmt: skip
+
     @model_validator(mode="after")
     def _source(self) -> Self:
-        if (self.port is None) == (self.host is None):
-            raise ValueError("give exactly one of 'port' (serial device or FIFO) or 'host' + 'tcp_port'")
-        if self.host is not None and self.tcp_port is None:
-            raise ValueError("'host' needs 'tcp_port'")
-        if self.host is not None and self.receiver != "rtlwmbus":
-            raise ValueError(f"receiver {self.receiver!r} is a USB stick: give its serial 'port'")
-        if self.receiver != "rtlwmbus" and len(self.link_modes) > 1:
-            raise ValueError(f"an {self.receiver} listens on one link mode at a time; give one")
+        if self.receivers:
+            given = [k for k in SOURCE_KEYS if k in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"give the receiver either at the top ('receiver', 'port', ...) or as "
+                    f"[[devices.receivers]], not both (found {', '.join(repr(k) for k in given)} beside "
+                    "'receivers')"
+                )
+            if self.duplicate_window_s <= 0:
+                raise ValueError(
+                    "several receivers hear the same telegrams: 'duplicate_window_s' must be above 0"
+                )
+        elif self.receiver is None:
+            raise ValueError("give 'receiver' (with 'port' or 'host'), or [[devices.receivers]]")
+        else:
+            problem = _source_problem(self.receiver, self.port, self.host, self.tcp_port, self.link_modes)
+            if problem is not None:
+                raise ValueError(problem)
         if not self.meters and not self.listen:
             raise ValueError("configure 'meters', or set 'listen = true' to report every meter heard")
         names = [m.name for m in self.meters]
@@ -104,6 +180,12 @@ class WmbusConfig(DeviceConfig):
             raise ValueError(f"meter id {twice[0]} is configured twice")
         return self
 
-    @property
-    def serial_baudrate(self) -> int | None:
-        return self.baudrate if self.baudrate is not None else DEFAULT_BAUD[self.receiver]
+    @field_validator("receivers")
+    @classmethod
+    def _named(cls, value: list[ReceiverConfig]) -> list[ReceiverConfig]:
+        named = [r if r.name else r.model_copy(update={"name": f"r{i}"}) for i, r in enumerate(value, 1)]
+        labels = [r.label for r in named]
+        twice = sorted({n for n in labels if labels.count(n) > 1})
+        if twice:
+            raise ValueError(f"receiver name {twice[0]!r} is used twice")
+        return named

@@ -1,5 +1,6 @@
-"""The wireless M-Bus driver: listens to one receiver and turns the telegrams of the configured
-meters into readings as they arrive (a streaming driver: meters send on their own schedule).
+"""The wireless M-Bus driver: listens to one receiver, or several whose telegrams it merges
+(`links.py`), and turns the telegrams of the configured meters into readings as they arrive (a
+streaming driver: meters send on their own schedule).
 
 Per meter, tags as the wired driver names them (`<meter>.volume`, `<meter>.volume_backward`,
 `<meter>.volume.storage1`, ...) plus `<meter>.status` (the header status byte; its reason when a
@@ -8,7 +9,8 @@ its telegrams carry (`alarms.py`). A telegram that cannot be read — encrypted 
 that does not decrypt it, a corrupt frame — is counted in `health()` and gives a bad `status`
 reading with the reason, never a crash. A meter silent for `silent_after_s` gets a bad `status`
 ("not heard for ..."). A telegram heard again within `duplicate_window_s` (through a repeater, or
-decoded twice by rtl_wmbus) is counted and dropped (`duplicates.py`). Meters heard but not
+decoded twice by rtl_wmbus, or by a second receiver) is counted and dropped (`duplicates.py`): a
+meter heard by two receivers gives its readings once, from the copy that arrived first. Meters heard but not
 configured are counted and listed; with `listen = true` each also gives readings `heard.<ID>.rssi`
 (and its total volume when it is readable without a key).
 
@@ -26,7 +28,7 @@ from typing import Any, ClassVar, Final, Self
 
 import structlog
 
-from water_edge.core.errors import AgentError, DriverIOError
+from water_edge.core.errors import AgentError
 from water_edge.core.reading import BAD, GOOD, Reading, now_ns
 from water_edge.core.secrets import resolve_secret
 from water_edge.drivers.base import DeviceConfig, TagInfo
@@ -34,13 +36,14 @@ from water_edge.drivers.mbus.crypto import MbusKeyError, parse_key
 from water_edge.drivers.mbus.driver import selector_tag, telegram_readings
 from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError
 from water_edge.drivers.mbus.security import MbusEncryptedError
-from water_edge.drivers.wmbus import receivers, transport
+from water_edge.drivers.wmbus import receivers
 from water_edge.drivers.wmbus.alarms import alarm_flags
 from water_edge.drivers.wmbus.compact import FormatStore
 from water_edge.drivers.wmbus.config import WmbusConfig, WmbusMeter
 from water_edge.drivers.wmbus.duplicates import Duplicates
 from water_edge.drivers.wmbus.frame import link_frame
-from water_edge.drivers.wmbus.health import WmbusHealth
+from water_edge.drivers.wmbus.health import ReceiverHealth, WmbusHealth
+from water_edge.drivers.wmbus.links import Link, Links, StreamOpener, open_receiver_stream
 from water_edge.drivers.wmbus.telegram import decode_wireless
 
 log = structlog.get_logger(__name__)
@@ -63,6 +66,8 @@ class Heard:
     encrypted: bool = False
     total_volume_m3: float | None = None
     configured: str | None = None  # the configured meter's name
+    # Receiver name -> the RSSI of its latest copy (copies dropped as duplicates included).
+    receivers: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,20 +81,18 @@ class _MeterState:
 
 
 class WmbusDriver:
-    """One receiver, the meters it reports."""
+    """The receivers of one device, the meters they report."""
 
     config_model: ClassVar[type[DeviceConfig]] = WmbusConfig
 
     def __init__(
         self,
         config: WmbusConfig,
-        stream_factory: transport.StreamFactory | None = None,
+        stream_opener: StreamOpener = open_receiver_stream,
     ) -> None:
         self.name = config.name
         self.config = config
-        self._open_stream = stream_factory or self._default_stream
-        self._stream: transport.ByteStream | None = None
-        self._receiver = receivers.build(config.receiver)
+        self._links = Links(config.name, config.receiver_configs(), stream_opener)
         self._formats = FormatStore()
         self._meters = {m.id.upper(): _MeterState(m) for m in config.meters}
         self._heard: OrderedDict[str, Heard] = OrderedDict()
@@ -108,13 +111,6 @@ class WmbusDriver:
         return cls(config)
 
     # -- set-up ----------------------------------------------------------------------------------
-
-    async def _default_stream(self) -> transport.ByteStream:
-        cfg = self.config
-        if cfg.host is not None and cfg.tcp_port is not None:
-            return await transport.open_tcp(cfg.host, cfg.tcp_port)
-        assert cfg.port is not None  # the config validator guarantees one source
-        return await transport.open_path(cfg.port, cfg.serial_baudrate)
 
     def _load_keys(self) -> None:
         for state in self._meters.values():
@@ -135,21 +131,12 @@ class WmbusDriver:
                 )
 
     async def open(self) -> None:
-        await self.aclose()
+        """Open every receiver (DriverIOError when none opens; the others are retried)."""
         self._load_keys()
-        stream = await self._open_stream()
-        try:
-            for command in self._receiver.setup(tuple(self.config.link_modes)):
-                await stream.write(command)
-        except DriverIOError:
-            await stream.aclose()
-            raise
-        self._stream = stream
+        await self._links.open()
 
     async def aclose(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            await stream.aclose()
+        await self._links.aclose()
 
     # -- tags ------------------------------------------------------------------------------------
 
@@ -168,15 +155,7 @@ class WmbusDriver:
 
     async def stream(self) -> AsyncIterator[list[Reading]]:
         while True:
-            stream = self._stream
-            if stream is None:
-                raise DriverIOError(f"{self.name}: not open")
-            try:
-                async with asyncio.timeout(SILENCE_CHECK_S):
-                    data = await stream.read()
-            except TimeoutError:
-                data = b""
-            readings = self.feed(data) if data else []
+            readings = self._feed(await self._links.receive(SILENCE_CHECK_S))
             readings += self._silence(now_ns())
             if readings:
                 yield readings
@@ -189,20 +168,12 @@ class WmbusDriver:
     async def listen_readings(self, seconds: float, *, until_all_heard: bool = False) -> list[Reading]:
         """Everything heard for `seconds` (commissioning), or less once every configured meter gave
         a good reading when `until_all_heard`."""
-        stream = self._stream
-        if stream is None:
-            raise DriverIOError(f"{self.name}: not open")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         out: list[Reading] = []
         pending = {s.meter.name for s in self._meters.values()}
         while loop.time() < deadline and (pending or not until_all_heard):
-            try:
-                async with asyncio.timeout(max(0.01, deadline - loop.time())):
-                    data = await stream.read()
-            except TimeoutError:
-                break
-            got = self.feed(data)
+            got = self._feed(await self._links.receive(max(0.01, deadline - loop.time())))
             out += got
             pending -= {r.tag.split(".", 1)[0] for r in got if r.quality == GOOD}
         return out
@@ -211,25 +182,30 @@ class WmbusDriver:
         """Every meter heard since the driver started, most recent last (commissioning)."""
         return list(self._heard.values())
 
-    def feed(self, data: bytes) -> list[Reading]:
-        """Bytes from the receiver; the readings of the telegrams they complete."""
+    def _feed(self, chunks: list[tuple[Link, bytes]]) -> list[Reading]:
+        """Bytes from the receivers; the readings of the telegrams they complete."""
         out: list[Reading] = []
-        for received in self._receiver.feed(data):
-            out += self._telegram(received, now_ns())
+        for source, data in chunks:
+            for received in source.parser.feed(data):
+                out += self._telegram(source, received, now_ns())
         return out
 
-    def _telegram(self, received: receivers.Received, ts: int) -> list[Reading]:
-        self._last_frame_ns = ts
+    def _telegram(self, source: Link, received: receivers.Received, ts: int) -> list[Reading]:
+        self._last_frame_ns = source.last_frame_ns = ts
         try:
             link = link_frame(received.raw)
         except MbusFrameError:
             self._counts["link_errors"] += 1
             return []
+        ident = link.ident.upper()
         if self._duplicates.seen(link, time.monotonic()):
             self._counts["duplicates"] += 1
+            if (copy_of := self._heard.get(ident)) is not None:
+                copy_of.receivers[source.name] = received.rssi
             return []
-        ident = link.ident.upper()
+        source.first_copies += 1
         heard = self._note_heard(ident, link.manufacturer, link.device_type, received, ts)
+        heard.receivers[source.name] = received.rssi
         state = self._meters.get(ident)
         if state is not None and state.meter.manufacturer not in (None, link.manufacturer):
             state = None  # same number, another manufacturer's meter
@@ -340,14 +316,14 @@ class WmbusDriver:
             if (h := self._heard.get(s.meter.id.upper())) is not None and h.encrypted and s.key is None
         ]
         unknown = [f"{h.ident} {h.manufacturer}" for h in self._heard.values() if h.configured is None]
-        counters = self._receiver.counters
+        links = self._links.links
         return WmbusHealth(
-            receiver=self.config.receiver,
-            open=self._stream is not None,
-            frames=counters.frames,
+            receiver=" + ".join(link.config.receiver for link in links),
+            open=self._links.any_open(),
+            frames=sum(link.parser.counters.frames for link in links),
             decoded=self._counts["decoded"],
-            crc_errors=counters.crc_errors + self._counts["link_errors"],
-            garbage_bytes=counters.garbage_bytes,
+            crc_errors=sum(link.parser.counters.crc_errors for link in links) + self._counts["link_errors"],
+            garbage_bytes=sum(link.parser.counters.garbage_bytes for link in links),
             undecodable=self._counts["undecodable"],
             no_key=self._counts["no_key"],
             wrong_key=self._counts["wrong_key"],
@@ -359,4 +335,20 @@ class WmbusDriver:
             meters_without_key=without_key,
             unknown_meters=unknown[-UNKNOWN_LISTED:],
             last_frame_ns=self._last_frame_ns,
+            receivers=[
+                ReceiverHealth(
+                    name=link.name,
+                    endpoint=link.config.endpoint_text(),
+                    open=link.stream is not None,
+                    frames=link.parser.counters.frames,
+                    first_copies=link.first_copies,
+                    crc_errors=link.parser.counters.crc_errors,
+                    garbage_bytes=link.parser.counters.garbage_bytes,
+                    reopens=max(0, link.opens - 1),
+                    last_error=link.last_error,
+                    last_error_ns=link.last_error_ns,
+                    last_frame_ns=link.last_frame_ns,
+                )
+                for link in links
+            ],
         )

@@ -1,4 +1,5 @@
-"""`WmbusDriver.health()`: the receiver, what it heard, and every reason a telegram gave no reading."""
+"""`WmbusDriver.health()`: the receivers, what they heard, and every reason a telegram gave no
+reading."""
 
 from __future__ import annotations
 
@@ -6,10 +7,35 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
-class WmbusHealth:
-    receiver: str
+class ReceiverHealth:
+    name: str  # as configured (r1, r2, ... by default; the kind for a single top-level receiver)
+    endpoint: str  # kind and where: "im871a /dev/ttyUSB0", "rtlwmbus 10.0.0.7:7000"
     open: bool
-    frames: int  # telegrams the receiver delivered
+    frames: int  # telegrams it delivered
+    first_copies: int  # telegrams it delivered before any other receiver (the ones decoded)
+    crc_errors: int  # frames it marked or that failed its checksum
+    garbage_bytes: int
+    reopens: int  # times it was opened again after a failure
+    last_error: str | None  # why it last failed to open or was lost
+    last_error_ns: int | None
+    last_frame_ns: int | None
+
+    def status_line(self) -> str:
+        state = "open" if self.open else "closed"
+        line = (
+            f"{self.name}: {self.endpoint} {state}  frames {self.frames}  first {self.first_copies}  "
+            f"crc errors {self.crc_errors}  reopens {self.reopens}"
+        )
+        if not self.open and self.last_error:
+            line += f"  ({self.last_error})"
+        return line
+
+
+@dataclass(frozen=True, slots=True)
+class WmbusHealth:
+    receiver: str  # the receivers' kinds, joined by " + " when there are several
+    open: bool  # any receiver is open
+    frames: int  # telegrams the receivers delivered
     decoded: int  # telegrams of configured meters turned into readings
     crc_errors: int  # corrupted frames (receiver CRC/checksum, or the link layer's)
     garbage_bytes: int  # bytes between frames that were no frame
@@ -24,6 +50,7 @@ class WmbusHealth:
     meters_without_key: list[str]  # configured meters heard encrypted, no key (or unreadable)
     unknown_meters: list[str]  # "ID MAN" of meters heard but not configured (most recent 20)
     last_frame_ns: int | None
+    receivers: list[ReceiverHealth]
 
     def status_lines(self) -> list[str]:
         lines = [
@@ -33,6 +60,8 @@ class WmbusHealth:
             f"meters heard {self.meters_heard}/{self.meters_configured}  silent {len(self.meters_silent)}"
             f"  no key {self.no_key}  wrong key {self.wrong_key}  not configured {self.unknown_frames}",
         ]
+        if len(self.receivers) > 1:
+            lines += [r.status_line() for r in self.receivers]
         if self.meters_without_key:
             lines.append("without key: " + ", ".join(self.meters_without_key))
         if self.meters_silent:

@@ -10,9 +10,12 @@ others OMS on T1), `security` ("mixed": mode 5 and 7 alternating; or "mode5", "m
 `line_faults` (0.0: share of stick frames spoiled on the serial line), `faults` (per meter index:
 {"leak_lph", "backflow_lph", "tamper", "battery_low", "silent", "mute"}), `repeater_delay_s` (0: none;
 else a single-hop repeater in range of every meter sends each telegram again this many model
-seconds later, with the hop counter bit of an extended link layer's CC field set).
+seconds later, with the hop counter bit of an extended link layer's CC field set), `out_of_range`
+({"stick": [indices], "rtlwmbus": [indices]}: meters a receiver cannot hear; by default both hear
+every meter).
 Events (`component = "wmbus"`): `meter` (index), `meter_fault` (leak, backflow, tamper, battery, silent,
-mute, clear), `rate_lph`.
+mute, clear), `rate_lph`; or `receiver_fault = "drop"` (the rtl_wmbus TCP stream closes its
+connections, as when `nc` restarts; it keeps listening).
 """
 
 from __future__ import annotations
@@ -92,6 +95,12 @@ class WmbusAir:
             float(options.get("line_faults", 0.0)),
         )
         self.sdr = RtlWmbusFace(ctx.host)
+        deaf = {str(k): [int(i) for i in v] for k, v in dict(options.get("out_of_range", {})).items()}
+        unknown = sorted(set(deaf) - {"stick", "rtlwmbus"})
+        if unknown:
+            raise ValueError(f"wmbus: out_of_range names 'stick' and 'rtlwmbus', not {unknown[0]!r}")
+        self._stick_deaf = {self.meters[i].spec.ident for i in deaf.get("stick", [])}
+        self._sdr_deaf = {self.meters[i].spec.ident for i in deaf.get("rtlwmbus", [])}
         self._events = sorted(ctx.events, key=lambda e: float(e.get("at", 0)))
         self._queue: list[tuple[float, int]] = []
         self._repeater_delay_s = float(options.get("repeater_delay_s", 0.0))
@@ -121,6 +130,11 @@ class WmbusAir:
         await self.sdr.stop()
 
     def apply(self, event: dict[str, Any]) -> None:
+        if "receiver_fault" in event:
+            if event["receiver_fault"] != "drop":
+                raise ValueError(f"wmbus: unknown receiver fault {event['receiver_fault']!r}")
+            self.sdr.drop_clients()
+            return
         meter = self.meters[int(event["meter"])]
         fault, rate = str(event["meter_fault"]), float(event.get("rate_lph", 0.0))
         f = meter.faults
@@ -190,11 +204,11 @@ class WmbusAir:
             ident = f"{meter.spec.ident:08d}"
             if collided:
                 self.counters["collisions"] += 1
-                self.sdr.deliver(telegram, rssi, meter.link_mode, crc_ok=False, ident=ident)
-            else:
-                self.sdr.deliver(telegram, rssi, meter.link_mode, crc_ok=True, ident=ident)
-                if meter.link_mode == self.stick.link_mode:
-                    self.stick.deliver(telegram, rssi)
+            if meter.spec.ident not in self._sdr_deaf:
+                self.sdr.deliver(telegram, rssi, meter.link_mode, crc_ok=not collided, ident=ident)
+            stick_hears = meter.link_mode == self.stick.link_mode and meter.spec.ident not in self._stick_deaf
+            if not collided and stick_hears:
+                self.stick.deliver(telegram, rssi - 5.0)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -150,6 +150,11 @@ class RtlWmbusFace:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
+    def drop_clients(self) -> None:
+        """Close every connection and keep listening (rtl_wmbus | nc -l restarted)."""
+        for writer in list(self._clients):
+            writer.close()
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients.add(writer)
         try:
