@@ -338,6 +338,7 @@ async def test_two_receivers_give_each_meter_once_whichever_hears_it(air_factory
     assert health.receiver == "im871a + rtlwmbus"
     roof, cellar = health.receivers
     assert (roof.name, cellar.name) == ("roof", "cellar")
+    assert (roof.setup, cellar.setup) == ("confirmed", "none")  # the stick answered its set-up
     assert min(roof.first_copies, cellar.first_copies) > 0
     assert roof.first_copies + cellar.first_copies + health.duplicates == roof.frames + cellar.frames
     lines = health.status_lines()
@@ -443,3 +444,24 @@ def test_probe_lists_which_receiver_heard_each_meter(capsys: pytest.CaptureFixtu
     assert lines[1].endswith("configured   heard by (rssi)")
     assert lines[2].endswith("roof -76.5, cellar -71.5")
     assert lines[3].split()[-2:] == ["-", "cellar"]  # not configured; no RSSI from that receiver
+
+
+async def test_a_stick_that_does_not_answer_its_set_up_is_named_in_status(
+    air_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An AMB8465 configured where the iM871A is (the wrong kind, or the wrong port): the iM871A
+    # ignores Amber's command, so nothing confirms the link mode.
+    monkeypatch.setattr("water_edge.drivers.wmbus.links.SETUP_ANSWER_S", 0.2)
+    air = await air_factory(compact_share=0.0)
+    cfg = stick_config(air, [air.meter(0)]).model_copy(update={"receiver": "amb8465"})
+    driver = WmbusDriver.from_config(cfg)
+    await driver.open()
+    try:
+        await driver.listen_readings(1.0)
+        health = driver.health()
+    finally:
+        await driver.aclose()
+    assert health.receivers[0].setup == "unanswered"
+    assert f"amb8465: no answer to its link-mode set-up: is an amb8465 on {air.detail['path']}?" in (
+        health.status_lines()
+    )

@@ -64,6 +64,20 @@ def test_im871a_setup_sets_the_link_mode_in_ram() -> None:
     assert crc_ccitt(command[1:-2]) == int.from_bytes(command[-2:], "little")
 
 
+@pytest.mark.parametrize("status", [0, 1])
+def test_the_sticks_answers_to_their_set_up_are_read(status: int) -> None:
+    im871a = build("im871a")
+    head = bytes((0x80 | 0x01, 0x04, 1, status))  # DEVMGMT SET_CONFIG_RSP, CRC attached
+    assert im871a.feed(b"\xa5" + head + crc_ccitt(head).to_bytes(2, "little") + hci_ind(TELEGRAM, 99))
+    assert im871a.setup_status == status
+    amber = build("amb8465")
+    confirmation = bytes((0xFF, 0x84, 1, status))  # SET_MODE_CNF
+    amber.feed(confirmation + bytes((reduce(lambda a, b: a ^ b, confirmation, 0),)))
+    assert amber.setup_status == status
+    assert amber.counters.frames == 0
+    assert build("rtlwmbus").setup_status is None
+
+
 def test_amber_data_indications_with_rssi_and_bad_checksum() -> None:
     stick = build("amb8465")
     bad = bytearray(amber_ind(TELEGRAM, 0x20))

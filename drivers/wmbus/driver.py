@@ -340,6 +340,7 @@ class WmbusDriver:
                     name=link.name,
                     endpoint=link.config.endpoint_text(),
                     open=link.stream is not None,
+                    setup=link.setup_state(now),
                     frames=link.parser.counters.frames,
                     first_copies=link.first_copies,
                     crc_errors=link.parser.counters.crc_errors,

@@ -4,6 +4,9 @@ reading."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+SetupState = Literal["none", "sent", "confirmed", "refused", "unanswered"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -11,6 +14,9 @@ class ReceiverHealth:
     name: str  # as configured (r1, r2, ... by default; the kind for a single top-level receiver)
     endpoint: str  # kind and where: "im871a /dev/ttyUSB0", "rtlwmbus 10.0.0.7:7000"
     open: bool
+    # A stick's answer to its link-mode set-up: none (rtl_wmbus), sent, confirmed, refused, or
+    # unanswered (not this kind of stick, or not the stick's port).
+    setup: SetupState
     frames: int  # telegrams it delivered
     first_copies: int  # telegrams it delivered before any other receiver (the ones decoded)
     crc_errors: int  # frames it marked or that failed its checksum
@@ -29,6 +35,14 @@ class ReceiverHealth:
         if not self.open and self.last_error:
             line += f"  ({self.last_error})"
         return line
+
+    def setup_problem(self) -> str | None:
+        if self.setup == "unanswered":
+            kind, where = self.endpoint.split(" ", 1)
+            return f"{self.name}: no answer to its link-mode set-up: is an {kind} on {where}?"
+        if self.setup == "refused":
+            return f"{self.name}: the stick refused its link-mode set-up"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +76,7 @@ class WmbusHealth:
         ]
         if len(self.receivers) > 1:
             lines += [r.status_line() for r in self.receivers]
+        lines += [problem for r in self.receivers if r.open and (problem := r.setup_problem()) is not None]
         if self.meters_without_key:
             lines.append("without key: " + ", ".join(self.meters_without_key))
         if self.meters_silent:

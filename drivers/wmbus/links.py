@@ -21,11 +21,13 @@ from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import now_ns
 from water_edge.drivers.wmbus import receivers, transport
 from water_edge.drivers.wmbus.config import ReceiverConfig
+from water_edge.drivers.wmbus.health import SetupState
 
 log = structlog.get_logger(__name__)
 
 REOPEN_MIN_S: Final = 1.0
 REOPEN_MAX_S: Final = 60.0
+SETUP_ANSWER_S: Final = 5.0  # a stick answers its set-up within milliseconds
 
 StreamOpener = Callable[[ReceiverConfig], Awaitable[transport.ByteStream]]
 
@@ -53,10 +55,21 @@ class Link:
     last_error_ns: int | None = None
     first_copies: int = 0  # telegrams this receiver delivered before any other did
     last_frame_ns: int | None = None
+    setup_sent_ns: int | None = None  # when set-up commands were last written (None: it has none)
 
     @property
     def name(self) -> str:
         return self.config.label
+
+    def setup_state(self, now: int) -> SetupState:
+        """`none` (nothing to set up), `sent`, `confirmed`, `refused` (an error status), or
+        `unanswered` (no answer within SETUP_ANSWER_S: not this kind of stick, or not this port)."""
+        if self.setup_sent_ns is None:
+            return "none"
+        status = self.parser.setup_status
+        if status is None:
+            return "unanswered" if now - self.setup_sent_ns > SETUP_ANSWER_S * 1e9 else "sent"
+        return "confirmed" if status == 0 else "refused"
 
 
 class Links:
@@ -128,8 +141,11 @@ class Links:
         except DriverIOError as exc:
             self._failed(link, str(exc), now)
             return
+        commands = link.parser.setup(tuple(link.config.link_modes))
+        link.parser.setup_status = None
+        link.setup_sent_ns = now_ns() if commands else None
         try:
-            for command in link.parser.setup(tuple(link.config.link_modes)):
+            for command in commands:
                 await stream.write(command)
         except DriverIOError as exc:
             await stream.aclose()

@@ -33,6 +33,9 @@ class ReceiverCounters:
 class Receiver(Protocol):
     kind: str
     counters: ReceiverCounters
+    # The status byte of the stick's answer to the last set-up command (0: done), None until one
+    # arrives; the driver clears it before sending set-up commands.
+    setup_status: int | None
 
     def setup(self, link_modes: tuple[str, ...]) -> list[bytes]:
         """Commands to write once the stream is open (none for a listen-only source)."""

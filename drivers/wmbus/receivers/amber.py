@@ -18,6 +18,7 @@ from water_edge.drivers.wmbus.receivers.framing import FrameSplitter
 SOF: Final = 0xFF
 DATA_IND: Final = 0x03
 SET_MODE_REQ: Final = 0x04
+CONFIRMATION: Final = 0x80  # a command's confirmation is the command | 80h
 # SET_MODE values for a collector (the "other" role) in the AMB8465 manual.
 LINK_MODE_CODES: Final = {"S1": 0x03, "T1": 0x08, "C1": 0x0E}
 
@@ -50,6 +51,7 @@ class Amb8465:
             self.counters,
         )
         self._rssi = rssi_appended
+        self.setup_status: int | None = None
 
     def setup(self, link_modes: tuple[str, ...]) -> list[bytes]:
         mode = LINK_MODE_CODES[link_modes[0]] if link_modes else LINK_MODE_CODES["T1"]
@@ -58,8 +60,11 @@ class Amb8465:
     def feed(self, data: bytes) -> list[Received]:
         out: list[Received] = []
         for frame in self._frames.feed(data):
+            if frame[1] == SET_MODE_REQ | CONFIRMATION and frame[2] >= 1:
+                self.setup_status = frame[3]
+                continue
             if frame[1] != DATA_IND or frame[2] < 10 + (1 if self._rssi else 0):
-                continue  # a command's confirmation
+                continue  # another command's confirmation
             payload = frame[3:-1]
             rssi = None
             if self._rssi:

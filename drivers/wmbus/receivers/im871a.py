@@ -20,6 +20,7 @@ DEVMGMT: Final = 0x01
 RADIOLINK: Final = 0x02
 WMBUSMSG_IND: Final = 0x03
 SET_CONFIG_REQ: Final = 0x03
+SET_CONFIG_RSP: Final = 0x04
 HAS_TIMESTAMP: Final = 0x20
 HAS_RSSI: Final = 0x40
 HAS_CRC: Final = 0x80
@@ -66,6 +67,7 @@ class Im871a:
     def __init__(self) -> None:
         self.counters = ReceiverCounters()
         self._frames = FrameSplitter(SOF, 4, _frame_size, _crc_ok, self.counters)
+        self.setup_status: int | None = None
 
     def setup(self, link_modes: tuple[str, ...]) -> list[bytes]:
         mode = LINK_MODE_CODES[link_modes[0]] if link_modes else LINK_MODE_CODES["T1"]
@@ -75,6 +77,9 @@ class Im871a:
     def feed(self, data: bytes) -> list[Received]:
         out: list[Received] = []
         for frame in self._frames.feed(data):
+            if frame[1] & 0x0F == DEVMGMT and frame[2] == SET_CONFIG_RSP and frame[3] >= 1:
+                self.setup_status = frame[4]
+                continue
             received = self._message(frame, frame[1] & 0xF0)
             if received is not None:
                 self.counters.frames += 1

@@ -22,6 +22,7 @@ class RtlWmbus:
     def __init__(self) -> None:
         self.counters = ReceiverCounters()
         self._buffer = bytearray()
+        self.setup_status: int | None = None  # nothing to set up: never answered
 
     def setup(self, link_modes: tuple[str, ...]) -> list[bytes]:
         return []  # the demodulator is configured on its own command line
