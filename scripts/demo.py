@@ -466,7 +466,8 @@ def render_config(
     mbus_meters = "".join(
         f'\n[[devices.meters]]\nname = "m{m["address"]}"\naddress = {m["address"]}\n' for m in mbus["meters"]
     )
-    # A stick hears one link mode; the T1 meters (OMS, encrypted) are the flats of this block.
+    # The T1 meters (OMS, encrypted) are the flats of this block, heard by a stick and an SDR
+    # (one device, two receivers: each telegram reported once).
     flats = [m for m in wmbus["meters"] if m["link_mode"] == "T1"]
     wmbus_meters = "".join(
         f'\n[[devices.meters]]\nname = "flat{m["index"]}"\nid = "{m["id"]}"\nkey = "{m["key"]}"\n'
@@ -579,9 +580,19 @@ poll_interval_ms = 10000
 [[devices]]
 name = "flat-meters"
 kind = "wmbus"
+
+[[devices.receivers]]
+name = "stick"
 receiver = "im871a"
 port = "{wmbus["path"]}"
 link_modes = ["T1"]
+
+[[devices.receivers]]
+name = "sdr"
+receiver = "rtlwmbus"
+host = "{wmbus["rtlwmbus"]["host"]}"
+tcp_port = {wmbus["rtlwmbus"]["port"]}
+link_modes = ["T1", "C1"]
 {wmbus_meters}
 [[devices]]
 name = "hydrophones"
