@@ -73,14 +73,12 @@ def _source_problem(receiver: ReceiverKind, port: str | None, host: str | None, 
     return None
 
 
-class ReceiverConfig(BaseModel):
-    """One receiver: a USB stick on a serial port, or rtl_wmbus's lines from a FIFO or TCP."""
+class ReceiverSource(BaseModel):
+    """Where a receiver is reached and what it listens to: the keys of one receiver, at the top of
+    a wmbus device or in each of its `[[devices.receivers]]`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # How status and commissioning name it; several receivers default to r1, r2, ...
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)
-    receiver: ReceiverKind
     port: str | None = Field(default=None, min_length=1, max_length=255)  # serial device or FIFO
     host: str | None = Field(default=None, min_length=1, max_length=255)  # rtl_wmbus over TCP
     tcp_port: int | None = Field(default=None, ge=1, le=65535)
@@ -88,6 +86,14 @@ class ReceiverConfig(BaseModel):
     link_modes: list[LinkMode] = Field(
         default_factory=lambda: list[LinkMode](["T1"]), min_length=1, max_length=3
     )
+
+
+class ReceiverConfig(ReceiverSource):
+    """One receiver: a USB stick on a serial port, or rtl_wmbus's lines from a FIFO or TCP."""
+
+    # How status and commissioning name it; several receivers default to r1, r2, ...
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)
+    receiver: ReceiverKind
 
     @model_validator(mode="after")
     def _source(self) -> Self:
@@ -109,20 +115,13 @@ class ReceiverConfig(BaseModel):
         return self.baudrate if self.baudrate is not None else DEFAULT_BAUD[self.receiver]
 
 
-class WmbusConfig(DeviceConfig):
+class WmbusConfig(DeviceConfig, ReceiverSource):
     """The meters to report and the receiver that hears them (`receiver`, `port`, ... at the top), or
     several receivers (`[[devices.receivers]]`) whose telegrams are merged: a meter is reported once,
     whichever receiver heard it."""
 
     kind: Literal["wmbus"]
     receiver: ReceiverKind | None = None
-    port: str | None = Field(default=None, min_length=1, max_length=255)  # serial device or FIFO
-    host: str | None = Field(default=None, min_length=1, max_length=255)  # rtl_wmbus over TCP
-    tcp_port: int | None = Field(default=None, ge=1, le=65535)
-    baudrate: int | None = Field(default=None, ge=1200, le=921_600)
-    link_modes: list[LinkMode] = Field(
-        default_factory=lambda: list[LinkMode](["T1"]), min_length=1, max_length=3
-    )
     receivers: list[ReceiverConfig] = Field(default_factory=list, max_length=MAX_RECEIVERS)
     # Report every meter heard (id, manufacturer, RSSI, encrypted, key known) as readings.
     listen: bool = False
