@@ -193,6 +193,33 @@ async def test_line_faults_on_the_stick_are_counted_and_reading_goes_on(
     assert sum(1 for i in range(1, 6) if f"m{i}.volume" in got) >= 3
 
 
+async def test_lost_telegrams_are_counted_from_access_number_gaps(air_factory: Callable[..., Any]) -> None:
+    # Nine in ten of the stick's frames spoiled on the line, half of them beyond repair (a broken
+    # checksum): about 45 % of each meter's telegrams never arrive.
+    air = await air_factory(compact_share=0.5, line_faults=0.9)
+    cfg = stick_config(air, [air.meter(i) for i in (3, 4, 5)], listen=True)  # the OMS meters, on T1
+    driver = WmbusDriver.from_config(cfg)
+    await driver.open()
+    try:
+        async with asyncio.timeout(20):
+            while min((h.reception.received for h in driver.heard()), default=0) < 12:
+                await driver.listen_readings(0.5)
+        health = driver.health()
+    finally:
+        await driver.aclose()
+    assert air.component.air is not None
+    heard = driver.heard()
+    lost = sum(h.reception.lost for h in heard)
+    spoiled = air.component.air.stick.counters["line_faults"] + air.component.air.counters["collisions"]
+    assert 0 < lost <= spoiled  # a broken checksum loses a telegram; junk before a frame mostly not
+    for h in heard:
+        share = h.reception.share
+        assert share is not None
+        assert 0.3 < share < 0.8, (h.ident, h.reception)
+    assert sorted(name.split()[0] for name in health.meters_poor_reception) == ["m3", "m4", "m5"]
+    assert any(line.startswith("poor reception (telegrams received): m") for line in health.status_lines())
+
+
 async def test_rtl_wmbus_over_tcp_hears_both_link_modes_and_counts_collisions(
     air_factory: Callable[..., Any],
 ) -> None:
@@ -313,7 +340,7 @@ async def test_two_receivers_give_each_meter_once_whichever_hears_it(air_factory
     leak = {"leak_lph": 36_000.0}
     air = await air_factory(
         compact_share=0.0, out_of_range={"stick": [0, 1], "rtlwmbus": [4, 5]},
-        faults={str(i): leak for i in range(6)},
+        faults={str(i): leak for i in range(6)}, line_faults=0.3,
     )  # fmt: skip
     driver = WmbusDriver.from_config(two_receivers(air, [air.meter(i) for i in range(6)]))
     await driver.open()
@@ -331,9 +358,13 @@ async def test_two_receivers_give_each_meter_once_whichever_hears_it(air_factory
     by_id = {h.ident: h for h in driver.heard()}
     heard_by = [set(by_id[air.meters[i]["id"]].receivers) for i in range(6)]
     assert heard_by == [{"cellar"}] * 2 + [{"roof", "cellar"}] * 2 + [{"roof"}] * 2
-    roof_rssi = by_id[air.meters[2]["id"]].receivers["roof"]
+    roof_rssi = by_id[air.meters[2]["id"]].receivers["roof"].rssi
     assert roof_rssi is not None
     assert -100 < roof_rssi < -50
+    # The stick loses telegrams on its line; what the SDR heard fills them in.
+    both = [by_id[air.meters[i]["id"]] for i in (2, 3)]
+    roof_lost = sum(h.receivers["roof"].reception.lost for h in both)
+    assert roof_lost > sum(h.reception.lost for h in both)
     assert health.duplicates >= 6  # meters 2 and 3, each of their telegrams once more
     assert health.receiver == "im871a + rtlwmbus"
     roof, cellar = health.receivers
@@ -437,13 +468,17 @@ def test_probe_lists_which_receiver_heard_each_meter(capsys: pytest.CaptureFixtu
          "receivers": [{"name": "roof", "receiver": "im871a", "port": "/dev/ttyUSB0"},
                        {"name": "cellar", "receiver": "rtlwmbus", "port": "/run/wmbus.fifo"}]}
     )  # fmt: skip
-    both = Heard("30000005", "SIM", 7, frames=3, rssi=-71.5, receivers={"roof": -76.5, "cellar": -71.5})
-    one = Heard("30000012", "KAM", 22, frames=1, rssi=None, receivers={"cellar": None})
+    both = Heard("30000005", "SIM", 7, frames=3, rssi=-71.5)
+    for name, rssi, numbers in (("roof", -76.5, (7, 10)), ("cellar", -71.5, (7, 8, 9, 10))):
+        for access in numbers:
+            both.heard_by(name, rssi, access)
+    one = Heard("30000012", "KAM", 22, frames=1, rssi=None)
+    one.heard_by("cellar", None, None)
     _print_heard(cfg, [both, one], as_json=False)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].endswith("configured   heard by (rssi)")
-    assert lines[2].endswith("roof -76.5, cellar -71.5")
-    assert lines[3].split()[-2:] == ["-", "cellar"]  # not configured; no RSSI from that receiver
+    assert lines[1].endswith("configured   heard by (rssi, lost)")
+    assert lines[2].endswith("roof -76.5 (lost 2), cellar -71.5 (lost 0)")
+    assert lines[3].split()[-4:] == ["-", "cellar", "(lost", "0)"]  # not configured; no RSSI there
 
 
 async def test_a_stick_that_does_not_answer_its_set_up_is_named_in_status(
@@ -465,3 +500,25 @@ async def test_a_stick_that_does_not_answer_its_set_up_is_named_in_status(
     assert f"amb8465: no answer to its link-mode set-up: is an amb8465 on {air.detail['path']}?" in (
         health.status_lines()
     )
+
+
+def test_access_numbers_are_read_in_the_clear_and_gaps_counted() -> None:
+    from water_edge.drivers.wmbus.reception import Reception, access_number
+
+    assert access_number(_link(bytes.fromhex("7A2A000000"))) == 0x2A  # short transport header
+    assert access_number(_link(bytes.fromhex("72785634122D2C1B072B000000"))) == 0x2B  # long header
+    assert access_number(_link(bytes.fromhex("8D202C") + bytes(8))) == 0x2C  # the ELL's, outermost
+    assert (
+        access_number(_link(bytes.fromhex("9003000000") + bytes.fromhex("7A2D000000"))) == 0x2D
+    )  # past the AFL
+    assert access_number(_link(bytes.fromhex("78") + bytes(4))) is None  # no header: no number
+    seen = Reception()
+    for access in (250, 251, 254, 254, 1):  # 252, 253 lost; 254 twice is one telegram; 255, 0 lost
+        seen.note(access)
+    assert (seen.received, seen.lost) == (4, 4)
+    seen.note(1 + 200)  # a gap of 199: a long silence, or a meter that does not count each telegram
+    assert (seen.received, seen.lost) == (5, 4)
+    assert seen.share == 5 / 9
+    assert not seen.is_poor()  # fewer than 10 due: not judged yet
+    seen.note(205)
+    assert seen.is_poor()  # 6 of 12

@@ -116,30 +116,37 @@ def _print_heard(device: Any, heard: Sequence[Any], as_json: bool) -> None:
                 "device": device.name, "heard": h.ident, "manufacturer": h.manufacturer,
                 "device_type": h.device_type, "frames": h.frames, "rssi": h.rssi,
                 "encrypted": h.encrypted, "configured": h.configured, "total_volume_m3": h.total_volume_m3,
-                "receivers": h.receivers,
+                "received": h.reception.received, "lost": h.reception.lost,
+                "receivers": {
+                    name: {"rssi": by.rssi, "received": by.reception.received, "lost": by.reception.lost}
+                    for name, by in h.receivers.items()
+                },
             }  # fmt: skip
             sys.stdout.write(orjson.dumps(doc).decode() + "\n")
         return
     several = len(getattr(device, "receivers", ())) > 1
-    print(f"{device.name}: {len(heard)} meter(s) heard")
-    head = ("id", "man", "type", "frames", "rssi", "encrypted", "volume m3")
+    print(f"{device.name}: {len(heard)} meter(s) heard (lost: telegrams missed, from access-number gaps)")
+    head = ("id", "man", "type", "frames", "lost", "rssi", "encrypted", "volume m3", "configured")
     print(
-        "  {:<10} {:<4} {:>4} {:>6} {:>7} {:<9} {:>12} {:<12}".format(*head, "configured")
-        + (" heard by (rssi)" if several else "")
+        "  {:<10} {:<4} {:>4} {:>6} {:>5} {:>7} {:<9} {:>12} {:<12}".format(*head)
+        + (" heard by (rssi, lost)" if several else "")
     )
     for h in heard:
         rssi = "" if h.rssi is None else f"{h.rssi:.1f}"
         volume = "" if h.total_volume_m3 is None else f"{h.total_volume_m3:.3f}"
         configured = h.configured or "-"
         line = (
-            f"  {h.ident:<10} {h.manufacturer:<4} {h.device_type:>4} {h.frames:>6} {rssi:>7} "
-            f"{'yes' if h.encrypted else 'no':<9} {volume:>12} {configured:<12}"
+            f"  {h.ident:<10} {h.manufacturer:<4} {h.device_type:>4} {h.frames:>6} {h.reception.lost:>5} "
+            f"{rssi:>7} {'yes' if h.encrypted else 'no':<9} {volume:>12} {configured:<12}"
         )
         if several:
-            line += " " + ", ".join(
-                name if level is None else f"{name} {level:.1f}" for name, level in h.receivers.items()
-            )
+            line += " " + ", ".join(_heard_by(name, by) for name, by in h.receivers.items())
         print(line.rstrip())
+
+
+def _heard_by(name: str, by: Any) -> str:
+    level = "" if by.rssi is None else f" {by.rssi:.1f}"
+    return f"{name}{level} (lost {by.reception.lost})"
 
 
 def _print(device: Any, readings: list[Reading], error: str | None, as_json: bool, raw: bool = False) -> None:

@@ -44,6 +44,7 @@ from water_edge.drivers.wmbus.duplicates import Duplicates
 from water_edge.drivers.wmbus.frame import link_frame
 from water_edge.drivers.wmbus.health import ReceiverHealth, WmbusHealth
 from water_edge.drivers.wmbus.links import Link, Links, StreamOpener, open_receiver_stream
+from water_edge.drivers.wmbus.reception import Reception, access_number
 from water_edge.drivers.wmbus.telegram import decode_wireless
 
 log = structlog.get_logger(__name__)
@@ -51,6 +52,14 @@ log = structlog.get_logger(__name__)
 NS: Final = 1_000_000_000
 SILENCE_CHECK_S: Final = 30.0
 UNKNOWN_LISTED: Final = 20
+
+
+@dataclass
+class HeardBy:
+    """What one receiver made of a meter: its latest signal and its own share of the telegrams."""
+
+    rssi: float | None = None
+    reception: Reception = field(default_factory=Reception)
 
 
 @dataclass
@@ -66,8 +75,14 @@ class Heard:
     encrypted: bool = False
     total_volume_m3: float | None = None
     configured: str | None = None  # the configured meter's name
-    # Receiver name -> the RSSI of its latest copy (copies dropped as duplicates included).
-    receivers: dict[str, float | None] = field(default_factory=dict)
+    reception: Reception = field(default_factory=Reception)  # by any receiver
+    # Receiver name -> what that receiver heard (copies dropped as duplicates included).
+    receivers: dict[str, HeardBy] = field(default_factory=dict)
+
+    def heard_by(self, receiver: str, rssi: float | None, access: int | None) -> None:
+        by = self.receivers.setdefault(receiver, HeardBy())
+        by.rssi = rssi
+        by.reception.note(access)
 
 
 @dataclass
@@ -198,14 +213,16 @@ class WmbusDriver:
             self._counts["link_errors"] += 1
             return []
         ident = link.ident.upper()
+        access = access_number(link)
         if self._duplicates.seen(link, time.monotonic()):
             self._counts["duplicates"] += 1
             if (copy_of := self._heard.get(ident)) is not None:
-                copy_of.receivers[source.name] = received.rssi
+                copy_of.heard_by(source.name, received.rssi, access)
             return []
         source.first_copies += 1
         heard = self._note_heard(ident, link.manufacturer, link.device_type, received, ts)
-        heard.receivers[source.name] = received.rssi
+        heard.reception.note(access)
+        heard.heard_by(source.name, received.rssi, access)
         state = self._meters.get(ident)
         if state is not None and state.meter.manufacturer not in (None, link.manufacturer):
             state = None  # same number, another manufacturer's meter
@@ -316,6 +333,11 @@ class WmbusDriver:
             if (h := self._heard.get(s.meter.id.upper())) is not None and h.encrypted and s.key is None
         ]
         unknown = [f"{h.ident} {h.manufacturer}" for h in self._heard.values() if h.configured is None]
+        poor = [
+            f"{h.configured} {100 * (h.reception.share or 0):.0f} %"
+            for h in self._heard.values()
+            if h.configured is not None and h.reception.is_poor()
+        ]
         links = self._links.links
         return WmbusHealth(
             receiver=" + ".join(link.config.receiver for link in links),
@@ -334,6 +356,7 @@ class WmbusDriver:
             meters_silent=silent,
             meters_without_key=without_key,
             unknown_meters=unknown[-UNKNOWN_LISTED:],
+            meters_poor_reception=poor,
             last_frame_ns=self._last_frame_ns,
             receivers=[
                 ReceiverHealth(

@@ -63,6 +63,9 @@ class WmbusHealth:
     meters_silent: list[str]  # configured meters not heard within their silent_after_s
     meters_without_key: list[str]  # configured meters heard encrypted, no key (or unreadable)
     unknown_meters: list[str]  # "ID MAN" of meters heard but not configured (most recent 20)
+    # "name share %" of configured meters whose telegrams arrive less than 80 % of the time (from
+    # access-number gaps, once 10 were due)
+    meters_poor_reception: list[str]
     last_frame_ns: int | None
     receivers: list[ReceiverHealth]
 
@@ -81,4 +84,6 @@ class WmbusHealth:
             lines.append("without key: " + ", ".join(self.meters_without_key))
         if self.meters_silent:
             lines.append("silent: " + ", ".join(self.meters_silent))
+        if self.meters_poor_reception:
+            lines.append("poor reception (telegrams received): " + ", ".join(self.meters_poor_reception))
         return lines
