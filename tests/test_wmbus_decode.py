@@ -167,3 +167,17 @@ def test_cli_accepts_the_capture_forms_tools_print(form: str, capsys: pytest.Cap
     text = form.format(hex=v.raw.hex(), head=v.raw[:15].hex(), tail=v.raw[15:].hex())
     assert main(["decode", "wmbus", text]) == 0
     assert orjson.loads(capsys.readouterr().out)["total_volume_m3"] == pytest.approx(123.529)
+
+
+@pytest.mark.parametrize("v", STANDARD, ids=lambda v: v.name)
+def test_the_access_number_read_in_the_clear_is_the_decoders(v: Vector) -> None:
+    from water_edge.drivers.wmbus.reception import access_number
+
+    telegram = decode_wireless(v.raw, key=v.key, formats=FormatStore())
+    header = telegram.application.header if telegram.application is not None else None
+    if telegram.ell is not None:
+        expected = telegram.ell.access_number
+    else:
+        assert header is not None
+        expected = header.access_number
+    assert access_number(link_frame(v.raw)) == expected
