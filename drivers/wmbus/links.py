@@ -133,6 +133,8 @@ class Links:
                 out.append((link, task.result()))
             except DriverIOError as exc:
                 await self._lost(link, str(exc))
+            else:
+                link.backoff.reset()  # bytes came: a receiver that opens and drops at once backs off
         return out
 
     async def _open(self, link: Link, now: float) -> None:
@@ -156,7 +158,6 @@ class Links:
             raise
         link.stream = stream
         link.opens += 1
-        link.backoff.reset()
         if self.several and link.opens > 1:
             log.info("wmbus.receiver_reopened", driver=self.device, receiver=link.name)
 
