@@ -200,10 +200,11 @@ async def test_lost_telegrams_are_counted_from_access_number_gaps(air_factory: C
     cfg = stick_config(air, [air.meter(i) for i in (3, 4, 5)], listen=True)  # the OMS meters, on T1
     driver = WmbusDriver.from_config(cfg)
     await driver.open()
+    readings: list[Reading] = []
     try:
         async with asyncio.timeout(20):
             while min((h.reception.received for h in driver.heard()), default=0) < 12:
-                await driver.listen_readings(0.5)
+                readings += await driver.listen_readings(0.5)
         health = driver.health()
     finally:
         await driver.aclose()
@@ -217,6 +218,12 @@ async def test_lost_telegrams_are_counted_from_access_number_gaps(air_factory: C
         assert share is not None
         assert 0.3 < share < 0.8, (h.ident, h.reception)
     assert sorted(name.split()[0] for name in health.meters_poor_reception) == ["m3", "m4", "m5"]
+    # Each telegram says how many were lost before it: what the centre sums per meter and day.
+    for h in heard:
+        name = h.configured
+        assert (
+            sum(int(r.value or 0) for r in readings if r.tag == f"{name}.telegrams_lost") == h.reception.lost
+        )
     assert any(line.startswith("poor reception (telegrams received): m") for line in health.status_lines())
 
 

@@ -4,15 +4,17 @@ streaming driver: meters send on their own schedule).
 
 Per meter, tags as the wired driver names them (`<meter>.volume`, `<meter>.volume_backward`,
 `<meter>.volume.storage1`, ...) plus `<meter>.status` (the header status byte; its reason when a
-telegram gave nothing), `<meter>.rssi` and `<meter>.alarm.<name>` (true/false) for the alarm flags
-its telegrams carry (`alarms.py`). A telegram that cannot be read — encrypted without a key, a key
-that does not decrypt it, a corrupt frame — is counted in `health()` and gives a bad `status`
-reading with the reason, never a crash. A meter silent for `silent_after_s` gets a bad `status`
-("not heard for ..."). A telegram heard again within `duplicate_window_s` (through a repeater, or
-decoded twice by rtl_wmbus, or by a second receiver) is counted and dropped (`duplicates.py`): a
-meter heard by two receivers gives its readings once, from the copy that arrived first. Meters heard but not
-configured are counted and listed; with `listen = true` each also gives readings `heard.<ID>.rssi`
-(and its total volume when it is readable without a key).
+telegram gave nothing), `<meter>.rssi`, `<meter>.alarm.<name>` (true/false) for the alarm flags its
+telegrams carry (`alarms.py`), and `<meter>.telegrams_lost`: how many of its telegrams were lost
+since the one before, from the access numbers (`reception.py`). A telegram that cannot be read —
+encrypted without a key, a key that does not decrypt it, a corrupt frame — is counted in
+`health()` and gives a bad `status` reading with the reason, never a crash. A meter silent for
+`silent_after_s` gets a bad `status` ("not heard for ..."). A telegram heard again within
+`duplicate_window_s` (through a repeater, decoded twice by rtl_wmbus, or by a second receiver) is
+counted and dropped (`duplicates.py`): a meter heard by two receivers gives its readings once, from
+the copy that arrived first. Meters heard but not configured are counted and listed; with `listen
+= true` each also gives readings `heard.<ID>.rssi` (and its total volume when it is readable
+without a key).
 
 Keys are read from the config or their secret references when the driver opens, never logged.
 """
@@ -159,7 +161,11 @@ class WmbusDriver:
         out: list[TagInfo] = []
         for state in self._meters.values():
             m = state.meter
-            out += [TagInfo(f"{m.name}.status"), TagInfo(f"{m.name}.rssi")]
+            out += [
+                TagInfo(f"{m.name}.status"),
+                TagInfo(f"{m.name}.rssi"),
+                TagInfo(f"{m.name}.telegrams_lost"),
+            ]
             if m.records == "all":
                 out.extend(TagInfo(tag, unit) for tag, unit in state.known.items())
             else:
@@ -221,7 +227,7 @@ class WmbusDriver:
             return []
         source.first_copies += 1
         heard = self._note_heard(ident, link.manufacturer, link.device_type, received, ts)
-        heard.reception.note(access)
+        lost = heard.reception.note(access)
         heard.heard_by(source.name, received.rssi, access)
         state = self._meters.get(ident)
         if state is not None and state.meter.manufacturer not in (None, link.manufacturer):
@@ -231,7 +237,10 @@ class WmbusDriver:
             return self._listen(heard, received, ts) if self.config.listen else []
         heard.configured = state.meter.name
         state.last_ns, state.silent_reported_ns = ts, None
-        return self._meter_readings(state, heard, received, ts)
+        out = self._meter_readings(state, heard, received, ts)
+        if lost is not None:
+            out.append(Reading(self.name, f"{state.meter.name}.telegrams_lost", ts, lost, GOOD))
+        return out
 
     def _note_heard(
         self, ident: str, manufacturer: str, device_type: int, received: receivers.Received, ts: int

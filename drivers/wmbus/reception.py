@@ -51,17 +51,21 @@ class Reception:
     lost: int = 0
     last_access: int | None = None
 
-    def note(self, access: int | None) -> None:
+    def note(self, access: int | None) -> int | None:
+        """Count a telegram; the number lost since the one before, when that can be told."""
         if access is not None and access == self.last_access:
-            return  # the same telegram again (a repeater's copy heard by the same receiver)
+            return None  # the same telegram again (a repeater's copy heard by the same receiver)
         self.received += 1
         if access is None:
-            return
+            return None
+        counted = None
         if self.last_access is not None:
             gap = (access - self.last_access - 1) % 256
             if gap < MAX_GAP:
                 self.lost += gap
+                counted = gap
         self.last_access = access
+        return counted
 
     @property
     def share(self) -> float | None:
