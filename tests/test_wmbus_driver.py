@@ -408,6 +408,10 @@ async def test_a_lost_receiver_is_reopened_while_the_other_goes_on(air_factory: 
     finally:
         await driver.aclose()
     assert volumes(during, "m1"), "the stick's meter stopped while the SDR was away"
+    # The centre sees it too: each receiver's state as it changes.
+    states = [(r.tag, r.value) for r in seen if r.tag.startswith("receiver.")]
+    assert states == [("receiver.roof.open", True), ("receiver.cellar.open", True),
+                      ("receiver.cellar.open", False), ("receiver.cellar.open", True)]  # fmt: skip
     assert (cellar.open, cellar.reopens) == (True, 1)
     assert "closed by the peer" in str(cellar.last_error)
 
@@ -425,6 +429,9 @@ async def test_a_receiver_that_cannot_open_is_retried_and_only_all_down_fails(
     finally:
         await driver.aclose()
     assert any(r.tag == "m0.volume" and r.quality == "good" for r in got)
+    assert {(r.tag, r.value) for r in got if r.tag.startswith("receiver.")} == {
+        ("receiver.roof.open", True), ("receiver.cellar.open", False),
+    }  # fmt: skip
     cellar = health.receivers[1]
     assert not cellar.open
     assert "cannot connect" in str(cellar.last_error)

@@ -170,6 +170,8 @@ class WmbusDriver:
                 out.extend(TagInfo(tag, unit) for tag, unit in state.known.items())
             else:
                 out.extend(TagInfo(f"{m.name}.{selector_tag(s)}") for s in m.records)
+        if self._links.several:
+            out += [TagInfo(f"receiver.{link.name}.open") for link in self._links.links]
         return out
 
     # -- receiving -------------------------------------------------------------------------------
@@ -204,8 +206,10 @@ class WmbusDriver:
         return list(self._heard.values())
 
     def _feed(self, chunks: list[tuple[Link, bytes]]) -> list[Reading]:
-        """Bytes from the receivers; the readings of the telegrams they complete."""
-        out: list[Reading] = []
+        """Bytes from the receivers; the readings of the telegrams they complete, after those of
+        receivers opened or lost since the last call (several receivers only)."""
+        changes, self._links.changes = self._links.changes, []
+        out = [Reading(self.name, f"receiver.{link.name}.open", ts, up, GOOD) for link, up, ts in changes]
         for source, data in chunks:
             for received in source.parser.feed(data):
                 out += self._telegram(source, received, now_ns())

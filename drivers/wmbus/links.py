@@ -56,6 +56,7 @@ class Link:
     first_copies: int = 0  # telegrams this receiver delivered before any other did
     last_frame_ns: int | None = None
     setup_sent_ns: int | None = None  # when set-up commands were last written (None: it has none)
+    reported_open: bool | None = None  # the state last put in `Links.changes`
 
     @property
     def name(self) -> str:
@@ -78,6 +79,9 @@ class Links:
         self.links = [Link(c, receivers.build(c.receiver)) for c in configs]
         self._opener = opener
         self.opened = False  # between open() and aclose()
+        # With several receivers: each one opening or going down, in order, for the driver to
+        # report (a single receiver's state is the device's own: the supervisor reports it).
+        self.changes: list[tuple[Link, bool, int]] = []
 
     @property
     def several(self) -> bool:
@@ -158,14 +162,21 @@ class Links:
             raise
         link.stream = stream
         link.opens += 1
+        self._report(link, True)
         if self.several and link.opens > 1:
             log.info("wmbus.receiver_reopened", driver=self.device, receiver=link.name)
 
     def _failed(self, link: Link, error: str, now: float) -> None:
         link.last_error, link.last_error_ns = error, now_ns()
         link.retry_at = now + link.backoff.next_delay()
-        if self.several:
+        if self.several and link.reported_open is not False:
             log.warning("wmbus.receiver_down", driver=self.device, receiver=link.name, error=error)
+        self._report(link, False)
+
+    def _report(self, link: Link, is_open: bool) -> None:
+        if self.several and link.reported_open is not is_open:
+            link.reported_open = is_open
+            self.changes.append((link, is_open, now_ns()))
 
     async def _lost(self, link: Link, error: str) -> None:
         await self._close(link)
