@@ -461,6 +461,15 @@ async def test_a_receiver_that_cannot_open_is_retried_and_only_all_down_fails(
         ),
         ({"receivers": [{"receiver": "im871a", "host": "sdr", "tcp_port": 7000}]}, "USB stick"),
         ({"receivers": []}, "give 'receiver'"),
+        (
+            {
+                "receivers": [
+                    {"receiver": "im871a", "port": "/dev/ttyUSB0"},
+                    {"receiver": "amb8465", "port": "/dev/ttyUSB0"},
+                ]
+            },
+            "two receivers name /dev/ttyUSB0",
+        ),
     ],
 )
 def test_receivers_config_errors_name_what_was_expected(change: dict[str, Any], fragment: str) -> None:

@@ -187,4 +187,9 @@ class WmbusConfig(DeviceConfig, ReceiverSource):
         twice = sorted({n for n in labels if labels.count(n) > 1})
         if twice:
             raise ValueError(f"receiver name {twice[0]!r} is used twice")
+        where = [r.endpoint_text().split(" ", 1)[1] for r in named]
+        shared = sorted({w for w in where if where.count(w) > 1})
+        if shared:
+            # Two opens of one stick or stream would split its telegrams between them at random.
+            raise ValueError(f"two receivers name {shared[0]}; give each receiver its own port or host")
         return named
