@@ -545,3 +545,32 @@ def test_access_numbers_are_read_in_the_clear_and_gaps_counted() -> None:
     assert not seen.is_poor()  # fewer than 10 due: not judged yet
     seen.note(205)
     assert seen.is_poor()  # 6 of 12
+
+
+async def test_an_unforeseen_error_opening_a_receiver_is_a_failed_open_retried_later(
+    air_factory: Callable[..., Any],
+) -> None:
+    from water_edge.drivers.wmbus.config import ReceiverConfig
+    from water_edge.drivers.wmbus.links import open_receiver_stream
+    from water_edge.drivers.wmbus.transport import ByteStream
+
+    attempts = 0
+
+    async def opener(cfg: ReceiverConfig) -> ByteStream:
+        nonlocal attempts
+        if cfg.label == "cellar":
+            attempts += 1
+            raise RuntimeError("a driver library's surprise")
+        return await open_receiver_stream(cfg)
+
+    air = await air_factory(compact_share=0.0)
+    driver = WmbusDriver(two_receivers(air, [air.meter(0)]), stream_opener=opener)
+    await driver.open()
+    try:
+        got = await driver.listen_readings(2.5)
+        cellar = driver.health().receivers[1]
+    finally:
+        await driver.aclose()
+    assert any(r.tag == "m0.volume" for r in got)  # the stick went on
+    assert cellar.last_error == "open failed: RuntimeError: a driver library's surprise"
+    assert 2 <= attempts <= 4  # retried on the backoff (1 s, then 1-2 s), not in a loop

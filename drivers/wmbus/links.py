@@ -137,6 +137,9 @@ class Links:
                 out.append((link, task.result()))
             except DriverIOError as exc:
                 await self._lost(link, str(exc))
+            except Exception as exc:  # as in _open: a receiver lost, whatever the cause
+                log.exception("wmbus.receiver_read_crashed", driver=self.device, receiver=link.name)
+                await self._lost(link, f"read failed: {type(exc).__name__}: {exc}")
             else:
                 link.backoff.reset()  # bytes came: a receiver that opens and drops at once backs off
         return out
@@ -146,6 +149,10 @@ class Links:
             stream = await self._opener(link.config)
         except DriverIOError as exc:
             self._failed(link, str(exc), now)
+            return
+        except Exception as exc:  # an OS or library error no transport foresaw: still a failed open
+            log.exception("wmbus.receiver_open_crashed", driver=self.device, receiver=link.name)
+            self._failed(link, f"open failed: {type(exc).__name__}: {exc}", now)
             return
         commands = link.parser.setup(tuple(link.config.link_modes))
         link.parser.setup_status = None
