@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from water_edge.core.errors import AgentError
 from water_edge.core.reading import Event, Severity, now_ns
-from water_edge.provisioning.ca import subject_attribute
+from water_edge.provisioning.ca import subject_text_attribute
 from water_edge.provisioning.config import ClaimSection, IdentitySection
 from water_edge.provisioning.enrol import enrol_with_claim, renewal_section
 from water_edge.provisioning.identity import DeviceIdentity, device_serial
@@ -81,12 +81,8 @@ def _holder(subject: str | None) -> str:
     grants it only that site's topics), from the certificate's subject."""
     if subject is None:
         return ""
-    try:
-        name = x509.Name.from_rfc4514_string(subject)
-    except ValueError:
-        return ""
-    cn = subject_attribute(name, NameOID.COMMON_NAME)
-    ou = subject_attribute(name, NameOID.ORGANIZATIONAL_UNIT_NAME)
+    cn = subject_text_attribute(subject, NameOID.COMMON_NAME)
+    ou = subject_text_attribute(subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
     return (f"  {cn}" if cn else "") + (f", site {ou}" if ou else "")
 
 

@@ -71,6 +71,15 @@ def subject_attribute(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None
     return str(values[0].value) if values else None
 
 
+def subject_text_attribute(subject: str, oid: x509.ObjectIdentifier) -> str | None:
+    """The same in a subject written as RFC 4514 text (the CA's index, the status document); None
+    also when the text is not a subject."""
+    try:
+        return subject_attribute(x509.Name.from_rfc4514_string(subject), oid)
+    except ValueError:
+        return None
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -109,10 +118,7 @@ class Issued:
         return self._attribute(NameOID.ORGANIZATIONAL_UNIT_NAME)
 
     def _attribute(self, oid: x509.ObjectIdentifier) -> str | None:
-        try:
-            return subject_attribute(x509.Name.from_rfc4514_string(self.subject), oid)
-        except ValueError:
-            return None
+        return subject_text_attribute(self.subject, oid)
 
     @property
     def valid(self) -> bool:

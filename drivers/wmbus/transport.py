@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from water_edge.core.errors import DriverIOError
@@ -30,9 +30,6 @@ class ByteStream(Protocol):
     async def write(self, data: bytes) -> None: ...
 
     async def aclose(self) -> None: ...
-
-
-StreamFactory = Callable[[], Awaitable[ByteStream]]
 
 
 class FdStream:
