@@ -10,7 +10,13 @@ What a district's inlet meters see (m3/h, at `interval_min`):
 - **pressure** at the inlet: set point minus head loss (~Q^2), with a pressure-reducing valve whose
   set point is changed once in a while (+-5 %): night flow then moves through the leakage alone;
 - **leaks** (`DistrictLeak`): each starts at a given time, abrupt or growing linearly over days
-  (incipient), and stays; several may overlap. Their flow is pressure-dependent too.
+  (incipient), and stays, or is repaired at `end` (a burst); several may overlap. Their flow is
+  pressure-dependent too.
+- **daytime life** (`daytime_events = True`, for burst detection; off by default, and drawn from a
+  random stream of its own, so the nights of a seed are the same either way): heat spells (a few
+  days of +10-30 % daytime demand, mostly in summer), public holidays (a weekday run as a Sunday),
+  hydrant use and mains flushing (+5-25 % of the mean demand for 0.5-3 h, by day: what a burst
+  looks like for a while), and demand that wanders for hours (weather) rather than slot by slot.
 The district is fed by two inlets (60/40 split) and passes some water on through one outlet, so the
 net flow is `in_a + in_b - out`. Deterministic for the seed. Timestamps are naive local times
 (as SCADA exports give them), so nights never skip or repeat an hour here.
@@ -35,12 +41,17 @@ class DistrictLeak:
     start: datetime
     m3h: float
     grow_days: float = 0.0
+    end: datetime | None = None  # repaired (a burst); None: it stays
 
     def flow(self, t: list[datetime] | npt.NDArray[np.object_]) -> F64:
         days = np.array([(ti - self.start).total_seconds() / 86400.0 for ti in t])
         if self.grow_days <= 0:
-            return np.where(days >= 0, self.m3h, 0.0)
-        out: F64 = self.m3h * np.clip(days / self.grow_days, 0.0, 1.0)
+            out: F64 = np.where(days >= 0, self.m3h, 0.0)
+        else:
+            out = self.m3h * np.clip(days / self.grow_days, 0.0, 1.0)
+        if self.end is not None:
+            end = self.end
+            out = np.where(np.array([ti < end for ti in t]), out, 0.0)
         return out
 
 
@@ -54,6 +65,7 @@ class District:
     leaks: list[DistrictLeak] = field(default_factory=list)
     prv_changes_per_year: float = 1.0
     start: datetime = datetime(2024, 1, 1)
+    daytime_events: bool = False
 
     def simulate(self, days: int, interval_min: int = 15) -> dict[str, F64 | list[datetime]]:
         """Columns `time` (naive local), `inflow_a`, `inflow_b`, `outflow`, `pressure`, and the
@@ -80,6 +92,11 @@ class District:
         day_level = 1 + rng.normal(0, 0.04, days + 1)[day_idx]
         demand = self.mean_demand_m3h * shape * (1 + 0.25 * summer) * day_level / 0.62
         demand *= 1 + rng.normal(0, 0.05, n)
+        draws, holiday = np.zeros(n), np.zeros(n, dtype=bool)
+        if self.daytime_events:
+            demand, draws, holiday = self._daytime_life(
+                demand, t=t, hour=hour, day_idx=day_idx, days=days, interval_min=interval_min
+            )
         # Legitimate night use: per night a level, Fri/Sat nights +8 %, summer irrigation +10 %.
         night_level = 1 + rng.normal(0, 0.035, days + 2)
         fri_sat = np.array([(ti - timedelta(hours=12)).weekday() in (4, 5) for ti in t])
@@ -110,10 +127,10 @@ class District:
             leak_ref += leak.flow(t)
         background = self.mean_demand_m3h * self.background_leak_pct / 100
         # Head loss grows with the square of the flow; leakage follows pressure (N1 = 1).
-        q_guess = demand + night_use + odd + background + leak_ref
+        q_guess = demand + night_use + odd + draws + background + leak_ref
         pressure = setpoint - 0.8 * (q_guess / (2.2 * self.mean_demand_m3h)) ** 2
         leak_ratio = pressure / self.pressure_bar
-        net = demand + night_use + odd + (background + leak_ref) * leak_ratio
+        net = demand + night_use + odd + draws + (background + leak_ref) * leak_ratio
         net *= 1 + rng.normal(0, 0.005, n)  # meter noise
         outflow = 0.15 * self.mean_demand_m3h * (1 + 0.1 * np.sin(2 * math.pi * hour / 24)) + rng.normal(
             0, 1, n
@@ -128,7 +145,69 @@ class District:
             "pressure": pressure + rng.normal(0, 0.02, n),
             "leak": leak_ref * leak_ratio,
             "net": net,
+            "draws": draws,
+            "holiday": holiday,
         }
+
+    def _daytime_life(
+        self,
+        demand: F64,
+        *,
+        t: list[datetime],
+        hour: F64,
+        day_idx: npt.NDArray[np.int64],
+        days: int,
+        interval_min: int,
+    ) -> tuple[F64, F64, npt.NDArray[np.bool_]]:
+        """Demand with heat spells, holidays and hours-long wander; the hydrant draws (m3/h); which
+        samples fall on a public holiday."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 22]))
+        n = len(t)
+        # Weather: the day's demand wanders for hours (an AR(1) of ~4 h), not only slot by slot.
+        phi = math.exp(-interval_min / 240.0)
+        wander = np.zeros(n)
+        shocks = rng.normal(0, 0.03 * math.sqrt(1 - phi * phi), n)
+        for i in range(1, n):
+            wander[i] = phi * wander[i - 1] + shocks[i]
+        factor = 1 + wander
+        # Heat spells: ~3 a year, 3-7 days, +10-30 % by day; more likely in summer.
+        day_factor = np.ones(days + 1)
+        d = 0
+        while d < days:
+            doy = (self.start + timedelta(days=d)).timetuple().tm_yday
+            # a spell starts on ~1.4 % of midsummer days, 0.2 % of winter ones
+            chance = 0.002 + 0.012 * 0.5 * (1 - math.cos(2 * math.pi * (doy - 15) / 365.25))
+            if rng.random() < chance:
+                length = int(rng.integers(3, 8))
+                peak = rng.uniform(0.10, 0.30)
+                ramp = np.sin(np.linspace(0.3, math.pi - 0.3, length))
+                day_factor[d : d + length] *= 1 + peak * ramp[: len(day_factor[d : d + length])]
+                d += length
+            d += 1
+        factor *= day_factor[day_idx]
+        # Public holidays: ~10 a year, a weekday with a Sunday's later, lower morning.
+        holiday = np.zeros(days + 1, dtype=bool)
+        for d in range(days):
+            if (self.start + timedelta(days=d)).weekday() < 5 and rng.random() < 10 / 261:
+                holiday[d] = True
+        on_holiday = holiday[day_idx]
+        if on_holiday.any():
+            weekday_morning = 0.9 * np.exp(-0.5 * ((hour - 7.5) / 1.6) ** 2)
+            sunday_morning = 0.9 * np.exp(-0.5 * ((hour - 9.5) / 1.6) ** 2)
+            base = 0.35 + 0.7 * np.exp(-0.5 * ((hour - 19.5) / 2.2) ** 2)
+            base = base + 0.25 * np.exp(-0.5 * ((hour - 13.0) / 2.5) ** 2)
+            ratio = np.where(demand > 0, (base + sunday_morning) / (base + weekday_morning), 1.0)
+            factor = np.where(on_holiday, factor * ratio * 0.92, factor)
+        out: F64 = demand * factor
+        # Hydrant use and mains flushing: ~8 a year, by day, +5-25 % of the mean demand, 0.5-3 h.
+        draws = np.zeros(n)
+        for d in range(days):
+            if rng.random() < 8 / 365:
+                start_h = rng.uniform(7.0, 17.0)
+                length_h = rng.uniform(0.5, 3.0)
+                size = self.mean_demand_m3h * rng.uniform(0.05, 0.25)
+                draws[(day_idx == d) & (hour >= start_h) & (hour < start_h + length_h)] += size
+        return out, draws, on_holiday
 
 
 def write_csv(

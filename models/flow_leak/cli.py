@@ -1,4 +1,5 @@
-"""`edge-agent models score flow-leak`: night flow of a district from a SCADA export, night by night.
+"""`edge-agent models score flow-leak` (night flow of a district from a SCADA export, night by night)
+and `edge-agent models score burst` (the same export, slot by slot: bursts within hours).
 
     edge-agent models score flow-leak --csv FILE --flow COL [--flow COL ...] [--minus COL ...]
         [--pressure COL] --calibrate-days N [--night 02:00-04:00] [--timezone ZONE]
@@ -12,6 +13,7 @@ on the night a new rise is declared (the step detector) or MNF crosses the fixed
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,45 @@ def register(score_sub: Any) -> None:
         help="smallest rise reported, %% (default 4)",
     )
     p.set_defaults(func=cmd_score_flow_leak)
+    _register_burst(score_sub)
+
+
+def _register_burst(score_sub: Any) -> None:
+    p = score_sub.add_parser(
+        "burst", help="bursts in a district's flow history, slot by slot (CSV out; events only with --events)"
+    )
+    p.add_argument("--csv", required=True, type=Path, help="header; timestamp first; ',' ';' or tab")
+    p.add_argument("--flow", required=True, action="append", metavar="COL", help="an inflow column (m3/h)")
+    p.add_argument("--minus", action="append", default=[], metavar="COL", help="an outflow column")
+    p.add_argument("--volume", action="store_true", help="the flow columns are volume totalisers (m3)")
+    p.add_argument(
+        "--pressure", default=None, metavar="COL", help="inlet pressure: its drop goes with a burst"
+    )
+    p.add_argument("--timezone", default=None, help="IANA zone of the timestamps (default: the system's)")
+    p.add_argument(
+        "--slot-minutes",
+        type=int,
+        default=None,
+        help="slot length (default 15, or the file's interval when longer: 60 for an hourly export)",
+    )
+    p.add_argument("--learn-days", type=int, default=14, help="days learnt before judging (default 14)")
+    p.add_argument(
+        "--min-added-pct",
+        type=number(high=500, above=0),
+        default=10.0,
+        help="smallest burst, %% of mean flow",
+    )
+    p.add_argument("--min-added-m3h", type=number(0, 1e9), default=0.0, help="smallest burst, m3/h")
+    p.add_argument("--z", type=number(1, 50), default=5.0, help="alarm level in spreads of the usual excess")
+    p.add_argument(
+        "--holiday", action="append", default=[], metavar="YYYY-MM-DD", help="a day judged as a Sunday"
+    )
+    p.add_argument("--method", choices=("profile", "fixed"), default="profile")
+    p.add_argument(
+        "--fixed-rise-pct", type=number(high=500, above=0), default=20.0, help="fixed rule's margin"
+    )
+    p.add_argument("--events", action="store_true", help="print only the slots where something happened")
+    p.set_defaults(func=cmd_score_burst)
 
 
 def _err(message: str) -> int:
@@ -136,3 +177,87 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
     sys.stdout.write("date,night_flow,baseline,added,event\n")
     sys.stdout.write("".join(r.csv() + "\n" for r in rows))
     return EXIT_OK
+
+
+def cmd_score_burst(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, FixedExcess
+    from water_edge.models.flow_leak.offline import FlowCsvError, read_net_flows
+    from water_edge.models.nightwindow import zone
+
+    try:
+        holidays = frozenset(date.fromisoformat(h) for h in args.holiday)
+    except ValueError as exc:
+        return _err(f"--holiday: expected a date as YYYY-MM-DD ({exc})")
+    if args.learn_days < 7:
+        return _err("--learn-days must be at least 7 (the profile needs weekdays and a weekend)")
+    try:
+        flows = read_net_flows(
+            args.csv,
+            args.flow,
+            args.minus,
+            pressure=args.pressure,
+            tz=zone(args.timezone),
+            volume=args.volume,
+        )
+    except (FlowCsvError, ValueError) as exc:
+        return _err(str(exc))
+    samples = flows.samples
+    if len(samples) < 2:
+        return _err(f"{args.csv}: needs at least two readable rows")
+    gaps = sorted((b[0] - a[0]).total_seconds() / 60 for a, b in itertools.pairwise(samples))
+    interval = gaps[len(gaps) // 2]
+    slot = args.slot_minutes or next((m for m in (15, 20, 30, 60, 120, 180, 240) if m >= interval), 240)
+    if slot <= 0 or 1440 % slot:
+        return _err("--slot-minutes must divide a day (15, 20, 30, 60 ...)")
+    params = BurstParams(
+        slot_minutes=slot,
+        learn_days=args.learn_days,
+        min_added_pct=args.min_added_pct,
+        min_added_m3h=args.min_added_m3h,
+        z=args.z,
+        holidays=holidays,
+    )
+    detector, fixed = BurstDetector(params), FixedExcess(args.fixed_rise_pct)
+    _warn_read(flows)
+    out = ["time,flow,expected,added,event,onset,size_m3h,volume_m3"]
+    counted = {"burst": 0, "cleared": 0, "accepted": 0}
+    rows = [r for local, q, p in samples for r in detector.add(local, q, p)] + detector.flush()
+    for row in rows:
+        if args.method == "fixed":
+            row.event = "burst" if fixed.update(row) else ""
+            row.onset, row.size = (row.start, row.added) if row.event else (None, None)
+        if row.event:
+            counted[row.event] += 1
+        elif args.events:
+            continue
+        extra = (
+            "" if row.onset is None else row.onset.isoformat(sep=" ", timespec="minutes"),
+            "" if row.size is None else f"{row.size:.3f}",
+            "" if row.volume_m3 is None else f"{row.volume_m3:.1f}",
+        )
+        out.append(row.csv() + "," + ",".join(extra))
+    sys.stdout.write("\n".join(out) + "\n")
+    sys.stderr.write(
+        f"edge-agent models: {len(rows)} slots of {slot} min; {counted['burst']} burst(s), "
+        f"{counted['cleared']} cleared, {counted['accepted']} accepted as the new level\n"
+    )
+    return EXIT_OK
+
+
+def _warn_read(flows: Any) -> None:
+    if flows.guessed_day_first:
+        sys.stderr.write(
+            "edge-agent models: warning: no date in the file has a day above 12: read as DD/MM/YYYY\n"
+        )
+    if flows.skipped:
+        sys.stderr.write(
+            f"edge-agent models: warning: {flows.skipped} row(s) with unreadable values skipped\n"
+        )
+    if flows.error_codes:
+        sys.stderr.write(
+            f"edge-agent models: warning: {flows.error_codes} row(s) holding a meter error code skipped\n"
+        )
+    if flows.resets:
+        sys.stderr.write(f"edge-agent models: warning: a volume register went down {flows.resets} time(s)\n")

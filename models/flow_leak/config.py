@@ -14,10 +14,36 @@ baseline_nights = 14
 
 from __future__ import annotations
 
+from datetime import date
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from water_edge.core.names import NAME_PATTERN
 from water_edge.models.nightwindow import check_zone, minutes
+
+
+class BurstSection(BaseModel):
+    """`[models.flow_leak.burst]`: bursts found within hours (`burst.py`); off unless enabled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    slot_minutes: int = Field(default=15, ge=5, le=240)
+    learn_days: int = Field(default=14, ge=7, le=90)
+    profile_days: int = Field(default=28, ge=14, le=120)
+    min_added_pct: float = Field(default=10.0, gt=0, le=500)
+    min_added_m3h: float = Field(default=0.0, ge=0)
+    z: float = Field(default=5.0, ge=1, le=50)
+    clear_minutes: float = Field(default=60.0, ge=15, le=1440)
+    accept_hours: float = Field(default=72.0, ge=6, le=2160)
+    holidays: list[date] = Field(default_factory=list)  # judged as Sundays
+
+    @field_validator("slot_minutes")
+    @classmethod
+    def _divides_a_day(cls, value: int) -> int:
+        if 1440 % value:
+            raise ValueError("must divide a day (15, 20, 30, 60 ...)")
+        return value
 
 
 class FlowLeakSection(BaseModel):
@@ -48,6 +74,7 @@ class FlowLeakSection(BaseModel):
     pressure_exponent: float = Field(default=1.0, ge=0.2, le=2.5)  # FAVAD N1
     reference_rise_pct: float = Field(default=20.0, gt=0, le=500)  # the fixed-threshold rule's margin
     site: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)  # default: name
+    burst: BurstSection = Field(default_factory=BurstSection)
 
     @field_validator("timezone")
     @classmethod

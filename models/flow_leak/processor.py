@@ -18,7 +18,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import structlog
 from water_edge.core.files import read_json_state, write_json_state
 from water_edge.core.processor import EventSink
 from water_edge.core.reading import BAD, Event, Reading, Severity
+from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, SlotRow
 from water_edge.models.flow_leak.config import FlowLeakSection
 from water_edge.models.flow_leak.detector import FixedThreshold, StepDetector, StepParams
 from water_edge.models.flow_leak.mnf import is_error_code, minimum_night_flow
@@ -52,6 +53,10 @@ class DistrictHealth:
     volume_resets: int = 0  # a volume register that went down (a meter replaced, rolled over)
     error_codes: int = 0  # readings holding a meter's error code (mnf.ERROR_CODES), taken as missing
     last_error: str | None = None  # why its state could not be stored (a full or failing card)
+    burst_state: str | None = None  # learning | armed | burst; None: burst detection off
+    burst_learned_days: int = 0
+    bursts: int = 0
+    burst_since: str | None = None  # the onset of the burst in progress (local time)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,10 @@ class FlowLeakHealth:
             else:
                 last = "" if d.last_night_flow_m3h is None else f", last night {d.last_night_flow_m3h:.1f}"
                 lines.append(f"{name}: armed, baseline {d.baseline_m3h:.1f} m3/h{last}, {d.rises} rise(s)")
+            if d.burst_state == "burst":
+                lines.append(f"{name}: BURST since {d.burst_since} (local time)")
+            elif d.burst_state == "learning":
+                lines.append(f"{name}: bursts: learning, {d.burst_learned_days} days")
             if d.last_error is not None:
                 lines.append(f"{name}: {d.last_error}")
         return lines
@@ -95,6 +104,8 @@ class _District:
     error_codes: int = 0
     learning_pressure: list[float] = field(default_factory=list)
     last_error: str | None = None
+    burst: BurstDetector | None = None
+    burst_slots: int = 0  # the detector's slot count when its state was last stored
 
 
 class FlowLeakProcessor:
@@ -114,6 +125,11 @@ class FlowLeakProcessor:
                 meters={tag: VolumeRate() for tag in cfg.volume},
             )
             self._restore(d)
+            if cfg.burst.enabled:
+                stored = read_json_state(self._burst_path(d), "flow_leak.burst")
+                d.burst = BurstDetector.from_dict(
+                    stored if isinstance(stored, dict) else {}, self._burst_params(cfg)
+                )
             self.districts.append(d)
             for tag in {*cfg.inflow, *cfg.outflow, *([cfg.pressure] if cfg.pressure else [])}:
                 self._routes.setdefault(tag, []).append((d, tag))
@@ -129,6 +145,25 @@ class FlowLeakProcessor:
             track_nights=cfg.track_nights,
             sigma_nights=cfg.sigma_nights,
         )
+
+    @staticmethod
+    def _burst_params(cfg: FlowLeakSection) -> BurstParams:
+        b = cfg.burst
+        return BurstParams(
+            slot_minutes=b.slot_minutes,
+            learn_days=b.learn_days,
+            profile_days=b.profile_days,
+            min_added_pct=b.min_added_pct,
+            min_added_m3h=b.min_added_m3h,
+            z=b.z,
+            clear_minutes=b.clear_minutes,
+            accept_hours=b.accept_hours,
+            holidays=frozenset(b.holidays),
+        )
+
+    @staticmethod
+    def _burst_path(d: _District) -> Path:
+        return d.state_path.with_name("burst.json")
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -201,7 +236,7 @@ class FlowLeakProcessor:
         if d.night is not None and night != d.night:
             events += await asyncio.to_thread(self._close_night, d)
         d.night = night
-        if night is None:
+        if night is None and d.burst is None:
             return events
         stale = int(d.cfg.stale_after_s * NS)
 
@@ -214,11 +249,53 @@ class FlowLeakProcessor:
         if any(v is None for v in (*flows[0], *flows[1])):
             d.skipped += 1
             return events
-        d.ts.append(ts)
-        d.flow.append(sum(v for v in flows[0] if v is not None) - sum(v for v in flows[1] if v is not None))
+        net = sum(v for v in flows[0] if v is not None) - sum(v for v in flows[1] if v is not None)
         p = fresh(d.cfg.pressure) if d.cfg.pressure else None
+        if d.burst is not None:
+            events += self._burst_sample(d, ts, net, math.nan if p is None else p)
+        if night is None:
+            return events
+        d.ts.append(ts)
+        d.flow.append(net)
         d.pressure.append(math.nan if p is None else p)
         return events
+
+    def _burst_sample(self, d: _District, ts: int, net: float, pressure: float) -> list[Event]:
+        assert d.burst is not None
+        local = datetime.fromtimestamp(ts / NS, d.window.tz).replace(tzinfo=None)
+        events = [e for row in d.burst.add(local, net, pressure) if (e := self._burst_event(d, row, ts))]
+        # Stored hourly and at every event: a restart loses at most an hour of profile
+        if events or d.burst.slots_closed - d.burst_slots >= max(1, 60 // d.cfg.burst.slot_minutes):
+            d.burst_slots = d.burst.slots_closed
+            why = write_json_state(self._burst_path(d), d.burst.to_dict(), "flow_leak.burst")
+            d.last_error = None if why is None else f"burst state not stored: {why}"
+        return events
+
+    def _burst_event(self, d: _District, row: SlotRow, ts: int) -> Event | None:
+        if not row.event:
+            return None
+        onset = None if row.onset is None else row.onset.isoformat(timespec="minutes")
+        detail: dict[str, Any] = {
+            "district": d.cfg.name,
+            "onset_local": onset,
+            "slot_local": row.start.isoformat(timespec="minutes"),
+            "added_m3h": None if row.size is None else round(row.size, 3),
+            "flow_m3h": None if row.flow is None else round(row.flow, 3),
+            "expected_m3h": None if row.expected is None else round(row.expected, 3),
+        }
+        if row.event == "burst":
+            assert d.burst is not None
+            b = d.burst.min_burst
+            detail["min_burst_m3h"] = None if b is None else round(b, 3)
+            if row.pressure_drop is not None:
+                detail["pressure_drop"] = round(row.pressure_drop, 3)
+            big = row.size is not None and b is not None and row.size >= 3 * b
+            log.warning("flow_leak.burst", district=d.cfg.name, added_m3h=detail["added_m3h"], onset=onset)
+            return Event("burst", d.cfg.name, ts, "critical" if big else "alarm", detail["added_m3h"], detail)
+        detail["how"] = "repaired" if row.event == "cleared" else "accepted as the new level"
+        detail["duration_h"] = None if row.duration_h is None else round(row.duration_h, 2)
+        detail["volume_lost_m3"] = None if row.volume_m3 is None else round(row.volume_m3, 1)
+        return Event("burst_cleared", d.cfg.name, ts, "info", detail["added_m3h"], detail)
 
     @staticmethod
     def _volume_flows(d: _District) -> None:
@@ -310,6 +387,12 @@ class FlowLeakProcessor:
                     volume_resets=sum(m.resets for m in d.meters.values()),
                     error_codes=d.error_codes,
                     last_error=d.last_error,
+                    burst_state=None if d.burst is None else d.burst.state,
+                    burst_learned_days=0 if d.burst is None else d.burst.learned_days,
+                    bursts=0 if d.burst is None else d.burst.bursts,
+                    burst_since=None
+                    if d.burst is None or d.burst.alarm_since is None
+                    else d.burst.alarm_since.isoformat(timespec="minutes"),
                 )
                 for d in self.districts
             }
