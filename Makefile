@@ -33,22 +33,24 @@ bench: setup
 # about ten times the CPU on handing work between threads.
 eval: export OPENBLAS_NUM_THREADS := 1
 eval: setup
-	@echo 'eval: 1/8 leak classifier (held-out clips, real recordings) ...'
+	@echo 'eval: 1/9 leak classifier (held-out clips, real recordings) ...'
 	$(PY) -m water_edge.models.train.leak_eval --update-manifest
-	@echo 'eval: 2/8 leak baseline calibration ...'
+	@echo 'eval: 2/9 leak baseline calibration ...'
 	$(PY) -m water_edge.models.train.leak_calibration
-	@echo 'eval: 3/8 field leak detector (simulated nights) ...'
+	@echo 'eval: 3/9 field leak detector (simulated nights) ...'
 	$(PY) -m water_edge.models.train.leak_field_eval --update-manifest
-	@echo 'eval: 4/8 night flow ...'
+	@echo 'eval: 4/9 night flow ...'
 	$(PY) -m water_edge.models.train.flow_leak_eval
-	@echo 'eval: 5/8 pump detector (held-out faults) ...'
+	@echo 'eval: 5/9 pump detector (held-out faults) ...'
 	$(PY) -m water_edge.models.train.pump_eval --write
-	@echo 'eval: 6/8 pump detector on the test rig ...'
+	@echo 'eval: 6/9 pump detector on the test rig ...'
 	$(PY) -m water_edge.models.train.pump_eval_rig --set evaluation --json docs/pump-eval-rig.json --plot docs/img/pump_rig_scores.png
-	@echo 'eval: 7/8 pump detector, short calibrations ...'
+	@echo 'eval: 7/9 pump detector, short calibrations ...'
 	$(PY) -m water_edge.models.train.pump_eval_short --set evaluation --json docs/pump-eval-short.json
-	@echo 'eval: 8/8 machine sound (MIMII features) ...'
+	@echo 'eval: 8/9 machine sound (MIMII features) ...'
 	$(PY) -m water_edge.models.train.machine_sound_eval --write
+	@echo 'eval: 9/9 bursts (simulated districts, real BWDF inflows) ...'
+	$(PY) -m water_edge.models.train.burst_eval --set evaluation --json docs/burst-eval.json
 
 soak: setup
 	$(VENV)/bin/pytest -q -m soak -p no:cacheprovider --timeout 7200 tests
