@@ -23,13 +23,18 @@ from water_edge.core.cli_numbers import number
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 
+def _file_arguments(p: Any) -> None:
+    """The export and its columns, alike for `score flow-leak` and `score burst`."""
+    p.add_argument("--csv", required=True, type=Path, help="header; timestamp first; ',' ';' or tab")
+    p.add_argument("--flow", required=True, action="append", metavar="COL", help="an inflow column (m3/h)")
+    p.add_argument("--minus", action="append", default=[], metavar="COL", help="an outflow column")
+
+
 def register(score_sub: Any) -> None:
     p = score_sub.add_parser(
         "flow-leak", help="minimum night flow and its steps from a district's flow history (CSV out)"
     )
-    p.add_argument("--csv", required=True, type=Path, help="header; timestamp first; ',' ';' or tab")
-    p.add_argument("--flow", required=True, action="append", metavar="COL", help="an inflow column (m3/h)")
-    p.add_argument("--minus", action="append", default=[], metavar="COL", help="an outflow column")
+    _file_arguments(p)
     p.add_argument(
         "--volume",
         action="store_true",
@@ -62,9 +67,7 @@ def _register_burst(score_sub: Any) -> None:
     p = score_sub.add_parser(
         "burst", help="bursts in a district's flow history, slot by slot (CSV out; events only with --events)"
     )
-    p.add_argument("--csv", required=True, type=Path, help="header; timestamp first; ',' ';' or tab")
-    p.add_argument("--flow", required=True, action="append", metavar="COL", help="an inflow column (m3/h)")
-    p.add_argument("--minus", action="append", default=[], metavar="COL", help="an outflow column")
+    _file_arguments(p)
     p.add_argument("--volume", action="store_true", help="the flow columns are volume totalisers (m3)")
     p.add_argument(
         "--pressure", default=None, metavar="COL", help="inlet pressure: its drop goes with a burst"
