@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.cli import edge_agent
 from water_edge.core.reading import Event, Reading
-from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, SlotRow
+from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, FixedExcess, SlotRow
 from water_edge.models.flow_leak.config import BurstSection, FlowLeakSection
 from water_edge.models.flow_leak.processor import FlowLeakProcessor
 from water_edge.sim.district import District, DistrictLeak, write_csv
@@ -68,8 +68,6 @@ def test_months_of_daytime_life_raise_few_alarms_where_the_fixed_rule_raises_man
     cols = District(33, daytime_events=True).simulate(200)
     rows = _slots(cols, BurstParams())
     alarms = sum(r.event == "burst" for r in rows)
-    from water_edge.models.flow_leak.burst import FixedExcess
-
     fixed = FixedExcess(20.0)
     reference = sum(fixed.update(r) for r in rows)
     assert alarms <= 3, [(r.start, r.size) for r in rows if r.event == "burst"]

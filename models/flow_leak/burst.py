@@ -7,8 +7,11 @@ so the district's net inflow leaves what it normally draws at that time of day.
 - **Slots**: the net flow is averaged over `slot_minutes` (15) of local time; a slot with no
   sample is missing, not zero.
 - **Profile** (per day): for each slot, the median over the last `profile_days` (28) days of the
-  same kind (weekdays, or Saturdays and Sundays). Slots of a burst are left out of it.
-- **Excess**: the flow over the profile, averaged over the last `window_minutes` (60).
+  same kind (weekdays, or Saturdays, Sundays and the listed `holidays`). Slots of a burst are left
+  out of it. It is scaled by how the flow followed it over the last day (`_scale`: the slope of
+  flow on profile): a warm spell scales the peaks and leaves the night, a burst adds the same m3/h
+  everywhere and leaves the slope alone.
+- **Excess**: the flow over the scaled profile, averaged over the last `window_minutes` (60).
 - **How far an excess is unusual**, per slot of the day: the spread of that hour-long excess over
   the past days (1.4826 x MAD around its median). A district's demand wanders by a share of itself
   for hours at a time (a warm afternoon, a holiday), so the spread is large at the morning peak
@@ -84,7 +87,6 @@ class SlotRow:
     size: float | None = None  # on `burst` / `accepted`: the burst's m3/h; on `cleared`: too
     volume_m3: float | None = None  # on `cleared` / `accepted`: the water lost while it ran
     duration_h: float | None = None
-    pressure: float | None = None
     pressure_drop: float | None = None  # on `burst`: the expected pressure minus the slot's
 
     def csv(self) -> str:
@@ -209,7 +211,7 @@ class BurstDetector:
     def judge(
         self, day: date, slot: int, start: datetime, flow: float | None, pressure: float | None
     ) -> SlotRow:
-        row = SlotRow(start, flow, pressure=pressure)
+        row = SlotRow(start, flow)
         if day != self._profile_day:
             self._new_day(day)
         keep = flow if flow is not None and flow > 0 else math.nan
@@ -255,9 +257,7 @@ class BurstDetector:
         return row
 
     def day_scale(self) -> float:
-        """How much more (or less) the district drew than its profile over the last day, weighted
-        by flow: a warm spell, a season turning. A burst adds the same m3/h at every hour and moves
-        this by its share of the day's water; a day of more demand moves it fully."""
+        """The factor the profile is scaled by: how the flow followed it over the last day."""
         return _scale(self.day_flows, self.params.slots_per_day) if self.params.follow_demand else 1.0
 
     def _follow_repair(self, excess: float, b: float) -> None:
@@ -347,7 +347,7 @@ class BurstDetector:
                 before = past[ordered[i - 1]]
                 kept = [
                     (float(q), float(e))
-                    for q, e in zip(before, profiles[_weekend(ordered[i - 1], p.holidays)], strict=False)
+                    for q, e in zip(before, profiles[_weekend(ordered[i - 1], p.holidays)], strict=True)
                     if math.isfinite(q) and math.isfinite(e)
                 ]
                 scale = _scale(kept, n)

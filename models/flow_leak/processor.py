@@ -106,6 +106,7 @@ class _District:
     last_error: str | None = None
     burst: BurstDetector | None = None
     burst_slots: int = 0  # the detector's slot count when its state was last stored
+    burst_error: str | None = None  # why the burst state could not be stored (kept apart: hourly)
 
 
 class FlowLeakProcessor:
@@ -148,18 +149,8 @@ class FlowLeakProcessor:
 
     @staticmethod
     def _burst_params(cfg: FlowLeakSection) -> BurstParams:
-        b = cfg.burst
-        return BurstParams(
-            slot_minutes=b.slot_minutes,
-            learn_days=b.learn_days,
-            profile_days=b.profile_days,
-            min_added_pct=b.min_added_pct,
-            min_added_m3h=b.min_added_m3h,
-            z=b.z,
-            clear_minutes=b.clear_minutes,
-            accept_hours=b.accept_hours,
-            holidays=frozenset(b.holidays),
-        )
+        keys = cfg.burst.model_dump(exclude={"enabled", "holidays"})
+        return BurstParams(**keys, holidays=frozenset(cfg.burst.holidays))
 
     @staticmethod
     def _burst_path(d: _District) -> Path:
@@ -252,7 +243,7 @@ class FlowLeakProcessor:
         net = sum(v for v in flows[0] if v is not None) - sum(v for v in flows[1] if v is not None)
         p = fresh(d.cfg.pressure) if d.cfg.pressure else None
         if d.burst is not None:
-            events += self._burst_sample(d, ts, net, math.nan if p is None else p)
+            events += await self._burst_sample(d, ts, net, math.nan if p is None else p)
         if night is None:
             return events
         d.ts.append(ts)
@@ -260,15 +251,16 @@ class FlowLeakProcessor:
         d.pressure.append(math.nan if p is None else p)
         return events
 
-    def _burst_sample(self, d: _District, ts: int, net: float, pressure: float) -> list[Event]:
+    async def _burst_sample(self, d: _District, ts: int, net: float, pressure: float) -> list[Event]:
         assert d.burst is not None
         local = datetime.fromtimestamp(ts / NS, d.window.tz).replace(tzinfo=None)
         events = [e for row in d.burst.add(local, net, pressure) if (e := self._burst_event(d, row, ts))]
         # Stored hourly and at every event: a restart loses at most an hour of profile
         if events or d.burst.slots_closed - d.burst_slots >= max(1, 60 // d.cfg.burst.slot_minutes):
             d.burst_slots = d.burst.slots_closed
-            why = write_json_state(self._burst_path(d), d.burst.to_dict(), "flow_leak.burst")
-            d.last_error = None if why is None else f"burst state not stored: {why}"
+            state = d.burst.to_dict()
+            why = await asyncio.to_thread(write_json_state, self._burst_path(d), state, "flow_leak.burst")
+            d.burst_error = None if why is None else f"burst state not stored: {why}"
         return events
 
     def _burst_event(self, d: _District, row: SlotRow, ts: int) -> Event | None:
@@ -386,7 +378,7 @@ class FlowLeakProcessor:
                     skipped_samples=d.skipped,
                     volume_resets=sum(m.resets for m in d.meters.values()),
                     error_codes=d.error_codes,
-                    last_error=d.last_error,
+                    last_error=d.last_error or d.burst_error,
                     burst_state=None if d.burst is None else d.burst.state,
                     burst_learned_days=0 if d.burst is None else d.burst.learned_days,
                     bursts=0 if d.burst is None else d.burst.bursts,

@@ -76,9 +76,7 @@ def simulated(which: str) -> dict[str, Any]:
         rows, fixed = _judge(times, net, pressure, params)
         bursts = [r for r in rows if r.event == "burst"]
         index = {t: i for i, t in enumerate(times)}
-        on_draws += sum(
-            1 for r in bursts if draws[index.get(r.start, 0)] > 0 or _draw_near(r, times, draws, index)
-        )
+        on_draws += sum(_on_draw(r, draws, index) for r in bursts)
         alarms += len(bursts)
         fixed_alarms += len(fixed)
         district_years += (365 - params.learn_days) / 365
@@ -126,7 +124,8 @@ def simulated(which: str) -> dict[str, Any]:
     }
 
 
-def _draw_near(row: SlotRow, times: list[datetime], draws: Any, index: dict[datetime, int]) -> bool:
+def _on_draw(row: SlotRow, draws: Any, index: dict[datetime, int]) -> bool:
+    """A hydrant draw ran in the alarm's slot or the two hours before it."""
     i = index.get(row.start)
     if i is None:
         return False
