@@ -11,7 +11,9 @@ and the service accepts a CSR only for that identity:
   `SERIAL GATEWAY_ID [SITE]` per line), for exactly the gateway id listed with it (and the site,
   when the line names one), once per serial ever (a revoked or lost gateway is re-enrolled
   offline, never again by whoever holds the shared claim certificate), and never for a gateway id
-  another device holds;
+  another device holds. The same key asking again gets the same certificate again: gateways
+  enrolling at the same moment share the claim identity, the broker keeps one connection per
+  identity, and a gateway whose connection was taken over asks again when it is back;
 - from an enrolled gateway: the renewal of its own certificate, with the same device serial and
   the same site, once its newest certificate has lived `renew_after` of its lifetime (half, by
   default: the agent renews at two thirds). Whoever holds a gateway's key could otherwise have
@@ -22,12 +24,18 @@ and the service accepts a CSR only for that identity:
 With `--acl FILE` the service keeps a site-bound broker ACL (`broker_acl`): written at start and
 after every certificate it issues, then the broker is told to reload it (`--acl-reload`), before
 the reply goes out, so a gateway's first connection with its new certificate is already allowed.
+
+Requests are answered one at a time by a worker thread, in the order they arrived, never on the
+MQTT client's network thread: signing, the ACL write and the broker's reload (up to 30 s) would
+otherwise stop keep-alives and acknowledgements while they run. At most `QUEUE_LIMIT` requests
+wait; more are dropped, counted and logged (a gateway asks again).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import queue
 import shlex
 import ssl
 import sys
@@ -45,7 +53,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from water_edge.core.names import is_name
 from water_edge.provisioning.broker_acl import BrokerAcl
-from water_edge.provisioning.ca import CertificateAuthority, reserved_name, subject_attribute
+from water_edge.provisioning.ca import CertificateAuthority, Issued, reserved_name, subject_attribute
 from water_edge.provisioning.enrol_options import add_service_arguments
 from water_edge.provisioning.enrol_protocol import cert_topic, identity_of, is_claim
 from water_edge.provisioning.errors import ProvisioningError
@@ -54,6 +62,7 @@ from water_edge.provisioning.identity import public_der
 log = structlog.get_logger(__name__)
 
 MAX_REQUEST_BYTES = 16 * 1024
+QUEUE_LIMIT = 256
 
 
 def _read_request(payload: bytes) -> tuple[bytes, str]:
@@ -75,6 +84,14 @@ def _read_request(payload: bytes) -> tuple[bytes, str]:
     if len(serials) != 1:
         raise ProvisioningError("the CSR must carry exactly one serialNumber (the device serial)")
     return csr_pem, str(serials[0].value)
+
+
+def _same_key(csr: x509.CertificateSigningRequest, issued: Issued) -> bool:
+    """Whether `issued` certifies the key the CSR was made with (signed by, so held by, the requester)."""
+    if issued.pem is None or not csr.is_signature_valid:
+        return False
+    cert = x509.load_pem_x509_certificate(issued.pem.encode())
+    return public_der(csr.public_key()) == public_der(cert.public_key())
 
 
 class Allowed(NamedTuple):
@@ -138,10 +155,12 @@ class EnrolmentService:
         self.days = days
         # A lifetime shorter than a day (a test CA's short-lived certificates); `days` otherwise.
         self.lifetime = lifetime
-        self.counts = {"issued": 0, "refused": 0}
+        self.counts = {"issued": 0, "refused": 0, "dropped": 0, "failed": 0}
         self.acl_failures = 0
         self._client: paho.Client | None = None
         self._ready = threading.Event()
+        self._requests: queue.Queue[tuple[str, bytes] | None] = queue.Queue(QUEUE_LIMIT)
+        self._worker: threading.Thread | None = None
 
     def answer(self, identity: str, payload: bytes) -> dict[str, Any]:
         """The reply to a request published on `{prefix}/{identity}/csr` (never raises)."""
@@ -198,9 +217,8 @@ class EnrolmentService:
                 f"the CSR names site {site!r}, {identity!r}'s certificate {current.site!r}; "
                 "a gateway moves to another site by offline re-enrolment (edge-agent ca sign)"
             )
-        if current.pem is not None and public_der(csr.public_key()) == public_der(
-            x509.load_pem_x509_certificate(current.pem.encode()).public_key()
-        ):
+        if _same_key(csr, current):
+            assert current.pem is not None
             return current.pem.encode()  # a repeated request: its answer was lost on the way
         validity = current.validity()
         now = dt.datetime.now(dt.UTC)
@@ -228,7 +246,15 @@ class EnrolmentService:
             raise ProvisioningError(f"the CSR is for {common_name!r}, expected {gateway!r}")
         if allowed.site is not None and site != allowed.site:
             raise ProvisioningError(f"the CSR names site {site!r}, the allow-list {allowed.site!r}")
-        if any(i.device_serial == serial for i in self.ca.issued()):
+        enrolled = [i for i in self.ca.issued() if i.device_serial == serial]
+        csr = x509.load_pem_x509_csr(csr_pem)
+        for item in enrolled:
+            # The same key asking again: its answer was lost (gateways enrolling at the same moment
+            # share the claim identity, and the broker keeps one connection per identity).
+            if item.valid and item.common_name == gateway and _same_key(csr, item):
+                assert item.pem is not None
+                return item.pem.encode()
+        if enrolled:
             raise ProvisioningError(
                 f"serial {serial!r} was already enrolled; re-enrol it offline (edge-agent ca sign)"
             )
@@ -262,14 +288,25 @@ class EnrolmentService:
         client.on_subscribe = lambda *_a: self._ready.set()
         client.on_message = self._on_message
         client.reconnect_delay_set(1, 30)
+        self._client = client
+        self._worker = threading.Thread(target=self._serve, name="enrolment-requests", daemon=True)
+        self._worker.start()
         client.connect(host, port, keepalive=30)
         client.loop_start()
-        self._client = client
+
+    @property
+    def waiting(self) -> int:
+        """Requests received and not yet taken up by the worker."""
+        return self._requests.qsize()
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         return self._ready.wait(timeout)
 
     def stop(self) -> None:
+        if self._worker is not None:
+            self._requests.put(None)  # after the requests already waiting
+            self._worker.join()
+            self._worker = None
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
@@ -282,8 +319,24 @@ class EnrolmentService:
         if identity is None:
             log.warning("enrol.ignored", topic=msg.topic[:200])
             return
-        reply = self.answer(identity, bytes(msg.payload))
-        client.publish(cert_topic(self.prefix, identity), orjson.dumps(reply), qos=1)
+        try:
+            self._requests.put_nowait((identity, bytes(msg.payload)))
+        except queue.Full:
+            self.counts["dropped"] += 1
+            log.warning("enrol.dropped", identity=identity[:64], waiting=QUEUE_LIMIT)
+
+    def _serve(self) -> None:
+        """The worker: answer each waiting request and publish the reply, until `stop`."""
+        while (request := self._requests.get()) is not None:
+            identity, payload = request
+            try:
+                reply = self.answer(identity, payload)
+            except Exception:  # a request the service cannot judge must not stop it
+                self.counts["failed"] += 1
+                log.exception("enrol.failed", identity=identity[:64])
+                reply = {"status": "refused", "serial": None, "reason": "the service failed on this request"}
+            assert self._client is not None
+            self._client.publish(cert_topic(self.prefix, identity), orjson.dumps(reply), qos=1)
 
 
 def serve_forever(args: argparse.Namespace) -> int:

@@ -170,7 +170,7 @@ async def test_claim_enrolment_over_mqtt(
                 )
         finally:
             service.stop()
-        assert service.counts == {"issued": 2, "refused": 3}
+        assert service.counts == {"issued": 2, "refused": 3, "dropped": 0, "failed": 0}
 
         # The claim certificate itself cannot publish telemetry ...
         claim_tls = mqtt_config(broker, client_id="claimer")
@@ -326,7 +326,7 @@ def test_a_gateway_renews_once_per_half_lifetime_and_a_lost_answer_is_answered_a
     assert renew("renew") == first  # the same key again: the same certificate, nothing new signed
     assert renew("another-key")["status"] == "refused"  # a second renewal at once
     assert len([i for i in ca.issued() if i.valid]) == 2  # the one it had and one renewal
-    assert service.counts == {"issued": 2, "refused": 2}
+    assert service.counts == {"issued": 2, "refused": 2, "dropped": 0, "failed": 0}
 
 
 def test_a_refusal_of_another_claimers_unreadable_request_is_not_taken_as_ours(tmp_path: Path) -> None:
@@ -393,3 +393,23 @@ def test_provisioning_as_root_never_follows_a_link_at_the_identity_directory(tmp
     assert main(argv) == 2
     assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o755
     assert not list(elsewhere.iterdir())
+
+
+def test_a_first_enrolment_asked_again_with_the_same_key_gets_the_same_certificate(tmp_path: Path) -> None:
+    """Gateways enrolling at once share the claim identity and take each other's connection; one
+    whose answer was lost asks again with the same key and must get its certificate, not 'already
+    enrolled'. Another key for that serial is still refused: once per serial ever."""
+    from water_edge.provisioning.ca import CertificateAuthority
+
+    ca = CertificateAuthority.init(tmp_path / "ca", "Utility CA")
+    service = EnrolmentService(ca, allow={"SER-1": "gw-01"})
+    device = DeviceIdentity(tmp_path / "gw")
+    request = orjson.dumps({"csr": device.make_csr("SER-1", "gw-01", SITE).decode()})
+    first = service.answer("claim", request)
+    assert first["status"] == "ok"
+    assert service.answer("claim", request) == first
+    other = DeviceIdentity(tmp_path / "other").make_csr("SER-1", "gw-01", SITE)
+    again = service.answer("claim", orjson.dumps({"csr": other.decode()}))
+    assert again["status"] == "refused"
+    assert "already enrolled" in again["reason"]
+    assert len(ca.issued()) == 1

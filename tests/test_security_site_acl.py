@@ -7,6 +7,8 @@ holder enrol it into a site the allow-list does not name."""
 from __future__ import annotations
 
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +120,7 @@ def test_the_enrolment_service_keeps_the_acl_and_the_broker_reloads_it(
                 enrol_with_claim(DeviceIdentity(tmp_path / "gw08"), claim, "SER-S8", "gw-08", "north")
         finally:
             service.stop()
-        assert service.counts == {"issued": 1, "refused": 1}
+        assert service.counts == {"issued": 1, "refused": 1, "dropped": 0, "failed": 0}
         assert service.acl_failures == 0
         assert "user gw-09\ntopic write water/north/gw-09/+\n" in acl_file.read_text()
 
@@ -183,3 +185,69 @@ def test_the_ca_signs_only_names_the_agent_accepts_as_gateway_id_and_site(tmp_pa
         with pytest.raises(ProvisioningError, match=f"^{re.escape(what)}.* is not a name of letters, digits"):
             pki.ca.sign_csr(csr)
     assert pki.ca.sign_csr(DeviceIdentity(tmp_path / "ok").make_csr("SER-OK", "gw-01", "north.plant_2"))
+
+
+def test_gateways_enrolling_at_once_are_answered_while_the_broker_reloads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rollout powers up gateways together, and all of them enrol with the one claim certificate:
+    the broker keeps one connection per identity, so each new claimer takes the connection of the
+    one before, which reconnects and asks again. The same key asking again gets its certificate
+    again (it was refused as 'already enrolled', and that refusal, naming its serial, was taken as
+    its answer). And a broker's reload may take its time (up to 30 s): answered on the MQTT
+    client's own thread, one slow reload stopped the service from receiving anything - and from
+    answering the broker's keep-alive - until it returned; requests now wait their turn."""
+    pki = Pki(tmp_path)
+    pki.device("north", "gw-01", "SER-N1", "north")
+    pki.device("south", "gw-02", "SER-S2", "south")
+    claim_cert, claim_key = pki.client("claim")
+    svc_cert, svc_key = pki.client("enrolment-service")
+    gate = tmp_path / "reload-may-finish"
+    with pki.broker(acl=site_bound_acl(pki, tmp_path, capsys)) as broker:
+        reload = ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; kill -HUP {broker.pid}"]
+        acl = BrokerAcl(pki.broker_dir / "acl", reload_command=reload)
+        service = EnrolmentService(
+            pki.ca, allow={"SER-N9": Allowed("gw-09", "north"), "SER-S8": Allowed("gw-08", "south")}, acl=acl
+        )
+        gate.touch()
+        assert service.write_acl()
+        gate.unlink()
+        service.start(broker.host, broker.port, cert=svc_cert, key=svc_key, ca_file=pki.ca_file)
+        errors: list[BaseException] = []
+
+        def enrol(name: str, serial: str, site: str) -> None:
+            try:
+                enrol_with_claim(DeviceIdentity(tmp_path / name), claim, serial, name, site)
+            except BaseException as exc:  # reported by the test below
+                errors.append(exc)
+
+        try:
+            assert service.wait_ready()
+            claim = pki.claim(broker, claim_cert, claim_key, timeout_s=30)
+            first = threading.Thread(target=enrol, args=("gw-09", "SER-N9", "north"))
+            first.start()
+            deadline = time.monotonic() + 20
+            while service.counts["issued"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert service.counts["issued"] == 1  # signed; its reload now waits on the gate
+            second = threading.Thread(target=enrol, args=("gw-08", "SER-S8", "south"))
+            second.start()
+            while service.waiting < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert service.waiting >= 1, "no request was received during the reload"
+            assert first.is_alive()  # its answer goes out only after the reload
+            gate.touch()
+            first.join(40)
+            second.join(40)
+        finally:
+            gate.touch()
+            service.stop()
+        assert errors == []
+        assert service.counts["refused"] == service.counts["failed"] == service.counts["dropped"] == 0
+        enrolled = [i.common_name for i in pki.ca.issued() if i.device_serial in ("SER-N9", "SER-S8")]
+        assert sorted(n or "" for n in enrolled) == ["gw-08", "gw-09"]  # one each, however often they asked
+        assert service.acl_failures == 0
+        for name, site in (("gw-09", "north"), ("gw-08", "south")):
+            gw = tls_client(pki, broker, DeviceIdentity(tmp_path / name))
+            assert not refused(gw, f"water/{site}/{name}/plc1")
+            gw.close()
