@@ -22,6 +22,7 @@ from water_edge.drivers.wmbus.config import WmbusConfig
 from water_edge.drivers.wmbus.driver import WmbusDriver
 from water_edge.drivers.wmbus.duplicates import HOP_COUNTER_BIT, Duplicates
 from water_edge.drivers.wmbus.frame import LinkFrame
+from water_edge.drivers.wmbus.receivers import Received
 from water_edge.sim.component import SimContext
 from water_edge.sim.pumpstation import PumpStation
 from water_edge.sim.wmbus_air import WmbusComponent
@@ -369,6 +370,10 @@ async def test_two_receivers_give_each_meter_once_whichever_hears_it(air_factory
     roof_rssi = by_id[air.meters[2]["id"]].receivers["roof"].rssi
     assert roof_rssi is not None
     assert -100 < roof_rssi < -50
+    # One unit per `.rssi` tag: the stick's dBm; rtl_wmbus's own figure stays in `heard`.
+    assert {r.unit for r in readings if r.tag.endswith(".rssi")} == {"dBm"}
+    assert not [r for r in readings if r.tag in ("m0.rssi", "m1.rssi")]  # heard by the SDR alone
+    assert by_id[air.meters[0]["id"]].receivers["cellar"].rssi_unit == ""
     # The stick loses telegrams on its line; what the SDR heard fills them in.
     both = [by_id[air.meters[i]["id"]] for i in (2, 3)]
     roof_lost = sum(h.receivers["roof"].reception.lost for h in both)
@@ -492,17 +497,26 @@ def test_probe_lists_which_receiver_heard_each_meter(capsys: pytest.CaptureFixtu
          "receivers": [{"name": "roof", "receiver": "im871a", "port": "/dev/ttyUSB0"},
                        {"name": "cellar", "receiver": "rtlwmbus", "port": "/run/wmbus.fifo"}]}
     )  # fmt: skip
-    both = Heard("30000005", "SIM", 7, frames=3, rssi=-71.5)
-    for name, rssi, numbers in (("roof", -76.5, (7, 10)), ("cellar", -71.5, (7, 8, 9, 10))):
+    both = Heard("30000005", "SIM", 7, frames=3, rssi=-76.5)
+    for name, received, numbers in (
+        ("roof", Received(b"", -76.5), (7, 10)),
+        ("cellar", Received(b"", 31.5, rssi_unit=""), (7, 8, 9, 10)),
+    ):
         for access in numbers:
-            both.heard_by(name, rssi, access)
+            both.heard_by(name, received, access)
     one = Heard("30000012", "KAM", 22, frames=1, rssi=None)
-    one.heard_by("cellar", None, None)
+    one.heard_by("cellar", Received(b"", None, rssi_unit=""), None)
     _print_heard(cfg, [both, one], as_json=False)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].endswith("configured   heard by (rssi, lost)")
-    assert lines[2].endswith("roof -76.5 (lost 2), cellar -71.5 (lost 0)")
+    # rtl_wmbus's level is its own figure, not dBm: marked, so nobody compares it with the stick's.
+    assert lines[2].endswith("roof -76.5 (lost 2), cellar 31.5* (lost 0)")
     assert lines[3].split()[-4:] == ["-", "cellar", "(lost", "0)"]  # not configured; no RSSI there
+    assert lines[4] == "  rssi in dBm; *: rtl_wmbus's own level, comparable only with its own"
+    _print_heard(cfg, [both], as_json=True)
+    doc = orjson.loads(capsys.readouterr().out)
+    assert doc["rssi_unit"] == "dBm"
+    assert doc["receivers"]["cellar"] == {"rssi": 31.5, "rssi_unit": "", "received": 4, "lost": 0}
 
 
 async def test_a_stick_that_does_not_answer_its_set_up_is_named_in_status(

@@ -114,11 +114,12 @@ def _print_heard(device: Any, heard: Sequence[Any], as_json: bool) -> None:
         for h in heard:
             doc = {
                 "device": device.name, "heard": h.ident, "manufacturer": h.manufacturer,
-                "device_type": h.device_type, "frames": h.frames, "rssi": h.rssi,
+                "device_type": h.device_type, "frames": h.frames, "rssi": h.rssi, "rssi_unit": h.rssi_unit,
                 "encrypted": h.encrypted, "configured": h.configured, "total_volume_m3": h.total_volume_m3,
                 "received": h.reception.received, "lost": h.reception.lost,
                 "receivers": {
-                    name: {"rssi": by.rssi, "received": by.reception.received, "lost": by.reception.lost}
+                    name: {"rssi": by.rssi, "rssi_unit": by.rssi_unit, "received": by.reception.received,
+                           "lost": by.reception.lost}
                     for name, by in h.receivers.items()
                 },
             }  # fmt: skip
@@ -132,7 +133,7 @@ def _print_heard(device: Any, heard: Sequence[Any], as_json: bool) -> None:
         + (" heard by (rssi, lost)" if several else "")
     )
     for h in heard:
-        rssi = "" if h.rssi is None else f"{h.rssi:.1f}"
+        rssi = "" if h.rssi is None else f"{h.rssi:.1f}{'' if h.rssi_unit else UNCALIBRATED}"
         volume = "" if h.total_volume_m3 is None else f"{h.total_volume_m3:.3f}"
         configured = h.configured or "-"
         line = (
@@ -142,10 +143,17 @@ def _print_heard(device: Any, heard: Sequence[Any], as_json: bool) -> None:
         if several:
             line += " " + ", ".join(_heard_by(name, by) for name, by in h.receivers.items())
         print(line.rstrip())
+    levels = [h.rssi_unit for h in heard if h.rssi is not None]
+    levels += [by.rssi_unit for h in heard for by in h.receivers.values() if by.rssi is not None]
+    if "" in levels:
+        print(f"  rssi in dBm; {UNCALIBRATED}: rtl_wmbus's own level, comparable only with its own")
+
+
+UNCALIBRATED = "*"
 
 
 def _heard_by(name: str, by: Any) -> str:
-    level = "" if by.rssi is None else f" {by.rssi:.1f}"
+    level = "" if by.rssi is None else f" {by.rssi:.1f}{'' if by.rssi_unit else UNCALIBRATED}"
     return f"{name}{level} (lost {by.reception.lost})"
 
 

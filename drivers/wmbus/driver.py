@@ -46,6 +46,7 @@ from water_edge.drivers.wmbus.duplicates import Duplicates
 from water_edge.drivers.wmbus.frame import link_frame
 from water_edge.drivers.wmbus.health import ReceiverHealth, WmbusHealth
 from water_edge.drivers.wmbus.links import Link, Links, StreamOpener, open_receiver_stream
+from water_edge.drivers.wmbus.receivers import Received
 from water_edge.drivers.wmbus.reception import Reception, access_number
 from water_edge.drivers.wmbus.telegram import decode_wireless
 
@@ -61,6 +62,7 @@ class HeardBy:
     """What one receiver made of a meter: its latest signal and its own share of the telegrams."""
 
     rssi: float | None = None
+    rssi_unit: str = "dBm"  # "": the receiver's own uncalibrated figure (rtl_wmbus)
     reception: Reception = field(default_factory=Reception)
 
 
@@ -74,6 +76,7 @@ class Heard:
     frames: int = 0
     last_ns: int = 0
     rssi: float | None = None
+    rssi_unit: str = "dBm"
     encrypted: bool = False
     total_volume_m3: float | None = None
     configured: str | None = None  # the configured meter's name
@@ -81,9 +84,9 @@ class Heard:
     # Receiver name -> what that receiver heard (copies dropped as duplicates included).
     receivers: dict[str, HeardBy] = field(default_factory=dict)
 
-    def heard_by(self, receiver: str, rssi: float | None, access: int | None) -> None:
+    def heard_by(self, receiver: str, received: Received, access: int | None) -> None:
         by = self.receivers.setdefault(receiver, HeardBy())
-        by.rssi = rssi
+        by.rssi, by.rssi_unit = received.rssi, received.rssi_unit
         by.reception.note(access)
 
 
@@ -120,6 +123,10 @@ class WmbusDriver:
         )
         self._duplicates = Duplicates(config.duplicate_window_s)
         self._last_frame_ns: int | None = None
+        # One unit per `.rssi` tag: with sticks and rtl_wmbus on one device, the level is reported
+        # from the sticks' copies only (rtl_wmbus's figure is not dBm; `heard` keeps every level).
+        kinds = {receivers.RSSI_UNITS.get(r.receiver, "") for r in config.receiver_configs()}
+        self._rssi_unit = "dBm" if "dBm" in kinds else ""
 
     @classmethod
     def from_config(cls, config: Any) -> Self:
@@ -163,7 +170,7 @@ class WmbusDriver:
             m = state.meter
             out += [
                 TagInfo(f"{m.name}.status"),
-                TagInfo(f"{m.name}.rssi"),
+                TagInfo(f"{m.name}.rssi", self._rssi_unit),
                 TagInfo(f"{m.name}.telegrams_lost"),
             ]
             if m.records == "all":
@@ -227,12 +234,12 @@ class WmbusDriver:
         if self._duplicates.seen(link, time.monotonic()):
             self._counts["duplicates"] += 1
             if (copy_of := self._heard.get(ident)) is not None:
-                copy_of.heard_by(source.name, received.rssi, access)
+                copy_of.heard_by(source.name, received, access)
             return []
         source.first_copies += 1
         heard = self._note_heard(ident, link.manufacturer, link.device_type, received, ts)
         lost = heard.reception.note(access)
-        heard.heard_by(source.name, received.rssi, access)
+        heard.heard_by(source.name, received, access)
         state = self._meters.get(ident)
         if state is not None and state.meter.manufacturer not in (None, link.manufacturer):
             state = None  # same number, another manufacturer's meter
@@ -251,7 +258,7 @@ class WmbusDriver:
     ) -> Heard:
         heard = self._heard.get(ident) or Heard(ident, manufacturer, device_type)
         heard.frames += 1
-        heard.last_ns, heard.rssi = ts, received.rssi
+        heard.last_ns, heard.rssi, heard.rssi_unit = ts, received.rssi, received.rssi_unit
         self._heard[ident] = heard
         self._heard.move_to_end(ident)
         while len(self._heard) > 1000:
@@ -288,7 +295,7 @@ class WmbusDriver:
         app = telegram.application
         selectors = None if meter.records == "all" else meter.records
         out = telegram_readings(self.name, meter.name, [app] if app is not None else [], ts, selectors)
-        if received.rssi is not None:
+        if received.rssi is not None and received.rssi_unit == self._rssi_unit:
             out.append(Reading(self.name, f"{meter.name}.rssi", ts, received.rssi, GOOD, received.rssi_unit))
         flags = alarm_flags(telegram.link.manufacturer, telegram.status, telegram.records, meter.alarm_bits)
         out += [Reading(self.name, f"{meter.name}.alarm.{n}", ts, v, GOOD) for n, v in sorted(flags.items())]
@@ -300,7 +307,7 @@ class WmbusDriver:
     def _listen(self, heard: Heard, received: receivers.Received, ts: int) -> list[Reading]:
         prefix = f"heard.{heard.ident}"
         out = []
-        if received.rssi is not None:
+        if received.rssi is not None and received.rssi_unit == self._rssi_unit:
             out.append(Reading(self.name, f"{prefix}.rssi", ts, received.rssi, GOOD, received.rssi_unit))
         try:
             telegram = decode_wireless(received.raw, formats=self._formats)

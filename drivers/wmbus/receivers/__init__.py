@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 LINK_MODES = ("T1", "C1", "S1")
+# What each kind's signal level is in: the sticks report dBm; rtl_wmbus an uncalibrated figure of
+# its own, comparable only with itself.
+RSSI_UNITS = {"im871a": "dBm", "amb8465": "dBm", "rtlwmbus": ""}
 
 
 @dataclass(frozen=True, slots=True)
