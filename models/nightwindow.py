@@ -15,6 +15,8 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from water_edge.core.local_zone import keeps_utc, system_zone
+
 HHMM: Final = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 NS: Final = 1_000_000_000
 
@@ -29,14 +31,24 @@ def minutes(hhmm: str) -> int:
 def zone(name: str | None) -> tzinfo:
     """The IANA zone `name`, or the system's local zone for None; ValueError for an unknown name."""
     if name is None:
-        local = datetime.now().astimezone().tzinfo
-        assert local is not None
-        return local
+        return system_zone()[0]
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         expected = "an IANA name such as 'Europe/Amsterdam'"
         raise ValueError(f"unknown time zone {name!r} (expected {expected})") from exc
+
+
+def unset_zone_warning(what: str) -> str | None:
+    """For a section whose `timezone` is not set: a warning when this machine's zone is UTC or a
+    fixed offset (nights and day slots would then not follow the district's clock), else None."""
+    tz, source = system_zone()
+    if keeps_utc(tz):
+        return (
+            f"not set, and this machine's zone is {source}: {what} are read in it, and do not follow "
+            "daylight saving; set it to the site's IANA zone (e.g. 'Europe/Rome') unless the site keeps UTC"
+        )
+    return None
 
 
 def check_zone(name: str | None) -> str | None:

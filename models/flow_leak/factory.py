@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext, names_used_twice
 from water_edge.models.flow_leak.config import FlowLeakSection
+from water_edge.models.nightwindow import unset_zone_warning
 
 
 class FlowLeakFactory:
@@ -28,6 +29,13 @@ class FlowLeakFactory:
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
         """A district's name is its state directory and its events' source: one name, one district."""
         return names_used_twice([s.name for s in sections], "district")
+
+    @classmethod
+    def section_warnings(cls, sections: Sequence[Any]) -> list[ConfigProblem]:
+        """A district without `timezone` on a machine that keeps UTC: nights and the day profile in UTC."""
+        unset = [index for index, district in enumerate(sections) if district.timezone is None]
+        why = unset_zone_warning("its nights and the day profile of burst detection") if unset else None
+        return [ConfigProblem((index, "timezone"), why) for index in unset] if why else []
 
     @classmethod
     def tag_references(cls, sections: Sequence[Any]) -> list[tuple[tuple[int | str, ...], str]]:

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from water_edge.core.errors import ConfigError
 from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext, WindowSource
 from water_edge.models.leak.config import LeakModelSection
+from water_edge.models.nightwindow import unset_zone_warning
 
 log = structlog.get_logger(__name__)
 
@@ -65,14 +66,19 @@ class LeakFactory:
 
     @classmethod
     def section_warnings(cls, sections: Sequence[Any]) -> list[ConfigProblem]:
-        """A deprecated key (`alpha`, `on_windows`, `off_windows`): accepted, ignored, named."""
+        """A deprecated key (`alpha`, `on_windows`, `off_windows`): accepted, ignored, named; no
+        `timezone` on a machine that keeps UTC (nights in UTC)."""
         from water_edge.models.leak.config import DEPRECATED
 
-        return [
+        found = [
             ConfigProblem((index, key), f"deprecated: {DEPRECATED[key]}")
             for index, section in enumerate(sections)
             for key in section.deprecated_keys()
         ]
+        unset = [index for index, section in enumerate(sections) if section.timezone is None]
+        if unset and (why := unset_zone_warning("its nights")):
+            found += [ConfigProblem((index, "timezone"), why) for index in unset]
+        return found
 
     def processors(self) -> list[Processor]:
         from water_edge.models.leak.processor import AudioLeakProcessor
