@@ -71,6 +71,8 @@ def buffer_health(stats: OutboxStats, now_ns: int, quarantined: Path | None = No
 def read_stats(path: str | Path) -> OutboxStats:
     """Stats from the outbox at `path`, opened read-only; never creates or changes a file."""
     path = Path(path)
+    if path.is_dir():
+        raise BufferError(f"outbox {path}: a directory, not an outbox file")
     if not path.is_file():
         raise BufferError(f"outbox {path}: no such file")
     # mode=ro: a stats reader must not create, convert (WAL) or lock out the running writer.
@@ -90,11 +92,39 @@ def read_stats(path: str | Path) -> OutboxStats:
             raise BufferError(f"outbox {path}: empty database, not an outbox")
         # One read transaction, so the figures are one consistent snapshot.
         conn.execute("BEGIN")
-        return schema.query_stats(conn, schema.stored_max_bytes(conn))
+        try:
+            max_bytes = schema.stored_max_bytes(conn)
+        except (ValueError, TypeError) as exc:  # a value the writer never stores: edited or damaged
+            raise BufferError(f"outbox {path}: damaged: 'meta' max_bytes is not a whole number") from exc
+        return _whole_numbers(schema.query_stats(conn, max_bytes), path)
     except sqlite3.Error as exc:
         raise BufferError(f"outbox {path}: cannot read stats: {exc}") from exc
     finally:
         conn.close()
+
+
+_COUNTS = (
+    "rows",
+    "readings",
+    "bytes",
+    "max_bytes",
+    "oldest_created_ns",
+    "evicted_rows",
+    "evicted_readings",
+    "expired_rows",
+    "expired_readings",
+    "disk_full",
+)
+
+
+def _whole_numbers(stats: OutboxStats, path: Path) -> OutboxStats:
+    """`stats`, or BufferError naming the first figure that is no 64-bit whole number (SQLite keeps
+    any value in any column: text or a blob written into a counter by hand)."""
+    for name in _COUNTS:
+        value = getattr(stats, name)
+        if value is not None and (type(value) is not int or not -(2**63) <= value < 2**63):
+            raise BufferError(f"outbox {path}: damaged: {name} is {value!r:.40}, not a 64-bit whole number")
+    return stats
 
 
 def stats_to_json(stats: OutboxStats, now_ns: int) -> dict[str, Any]:

@@ -85,6 +85,8 @@ def read_manifest(path: Path) -> Manifest:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ModelError(f"{path}: cannot read manifest: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"{path}: not a manifest: not UTF-8 JSON (byte {exc.start})") from exc
     try:
         return Manifest.model_validate_json(text)
     except ValidationError as exc:

@@ -351,7 +351,8 @@ def _register_machine_sound(models_sub: Any, score_sub: Any, calibrate_sub: Any)
 
 def cmd_score_machine_sound(args: argparse.Namespace) -> int:
     from water_edge.core import logs
-    from water_edge.models.machine_sound.offline import Clips, score_clips
+    from water_edge.models.machine_sound.detector import CalibrationError
+    from water_edge.models.machine_sound.offline import Clips, InputError, score_clips
     from water_edge.models.manifest import ModelError
 
     logs.configure("warning", json=False)
@@ -365,7 +366,11 @@ def cmd_score_machine_sound(args: argparse.Namespace) -> int:
         normal = Clips.read(args.calibrate)
         if silent := int(normal.silent.sum()):
             _warn(f"{silent} calibration clip(s) of digital silence left out (the microphone was not heard)")
-        lines = list(score_clips(Clips.read(args.features), normal, prior=args.prior))
+        features = Clips.read(args.features)
+        try:
+            lines = list(score_clips(features, normal, prior=args.prior))
+        except (CalibrationError, InputError) as exc:  # the files were read: it is what they hold
+            raise ModelError(f"--calibrate {' '.join(map(str, args.calibrate))}: {exc}") from None
     except ModelError as exc:
         return _error(str(exc))
     sys.stdout.write("\n".join(lines) + "\n")

@@ -163,10 +163,9 @@ def parse_hex(text: str) -> bytes:
     digits = "".join(ch for ch in cleaned if not ch.isspace() and ch not in ":,-")
     if not digits:
         raise MbusDecodeError("no hex digits in the input")
+    bad = next((ch for ch in digits if ch not in "0123456789abcdefABCDEF"), None)
+    if bad is not None:  # before the count: 'é' or a stray byte is no half a byte
+        raise MbusDecodeError(f"not a hex digit: {bad!r}")
     if len(digits) % 2:
         raise MbusDecodeError(f"odd number of hex digits ({len(digits)}): a byte is cut in half")
-    try:
-        return bytes.fromhex(digits)
-    except ValueError as exc:
-        bad = next(ch for ch in digits if ch not in "0123456789abcdefABCDEF")
-        raise MbusDecodeError(f"not a hex digit: {bad!r}") from exc
+    return bytes.fromhex(digits)

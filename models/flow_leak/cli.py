@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from water_edge.core.cli_numbers import number
+from water_edge.core.cli_numbers import number, whole
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
@@ -75,7 +75,7 @@ def _register_burst(score_sub: Any) -> None:
     p.add_argument("--timezone", default=None, help="IANA zone of the timestamps (default: the system's)")
     p.add_argument(
         "--slot-minutes",
-        type=int,
+        type=whole(5, 240),
         default=None,
         help="slot length (default 15, or the file's interval when longer: 60 for an hourly export)",
     )
@@ -134,6 +134,9 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
         return _err(str(exc))
     except ValueError as exc:
         return _err(str(exc))
+    if not flows.nights:
+        resets = f" (a volume register went down {flows.resets} time(s))" if flows.resets else ""
+        return _err(f"{args.csv}: no usable reading falls in the night window {args.night}{resets}")
     nights = (
         correct_for_pressure(flows.nights, args.calibrate_days, args.pressure_exponent)
         if args.pressure
@@ -193,8 +196,8 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
         holidays = frozenset(date.fromisoformat(h) for h in args.holiday)
     except ValueError as exc:
         return _err(f"--holiday: expected a date as YYYY-MM-DD ({exc})")
-    if args.learn_days < 7:
-        return _err("--learn-days must be at least 7 (the profile needs weekdays and a weekend)")
+    if not 7 <= args.learn_days <= 90:
+        return _err("--learn-days must be from 7 (the profile needs weekdays and a weekend) to 90")
     try:
         flows = read_net_flows(
             args.csv,
@@ -209,6 +212,12 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
     samples = flows.samples
     if len(samples) < 2:
         return _err(f"{args.csv}: needs at least two readable rows")
+    days = (samples[-1][0] - samples[0][0]).total_seconds() / 86400
+    if days <= args.learn_days:
+        sys.stderr.write(
+            f"edge-agent models: warning: the file covers {days:.1f} day(s), no more than --learn-days "
+            f"{args.learn_days}: every slot is learnt from, none is judged\n"
+        )
     gaps = sorted((b[0] - a[0]).total_seconds() / 60 for a, b in itertools.pairwise(samples))
     interval = gaps[len(gaps) // 2]
     slot = args.slot_minutes or next((m for m in (15, 20, 30, 60, 120, 180, 240) if m >= interval), 240)

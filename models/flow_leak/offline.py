@@ -69,6 +69,7 @@ class _Row:
 class _Counts:
     read: int = 0  # data rows in the file
     skipped: int = 0  # unreadable
+    first_bad: dict[str, str] | None = None  # per column: its first unreadable cell
     error_codes: int = 0  # a flow or pressure cell holding a meter's error code (mnf.ERROR_CODES)
     guessed_day_first: bool = False
 
@@ -89,7 +90,48 @@ def _rows(
     sep = max((",", ";", "\t"), key=lines[0].count)  # ',' on a tie
     reader = csv.reader(io.StringIO(text), delimiter=sep)
     header = [h.strip() for h in next(reader)]
-    wanted = [*columns, *([pressure] if pressure else [])]
+    idx = _columns(path, lines[0], header, [*columns, *([pressure] if pressure else [])])
+    decimal_comma = sep != ","
+    order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
+    counts.guessed_day_first = order is None and any(year_last(line) for line in lines[1:3])
+    counts.first_bad = {}
+    kept = 0
+    for line_no, row in enumerate(reader, start=2):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        counts.read += 1
+        try:
+            local = parse_time(row[0], tz, order is not False)
+        except ValueError as exc:
+            if counts.read == 1:
+                raise FlowCsvError(f"{path}: line {line_no}: {exc}") from None
+            counts.skipped += 1
+            continue
+        numbers = _numbers(row, idx, decimal_comma)
+        if isinstance(numbers, str):  # the column whose cell is no number
+            counts.skipped += 1
+            counts.first_bad.setdefault(numbers, row[idx[numbers]] if idx[numbers] < len(row) else "")
+            continue
+        cells = {c: numbers[c] for c in columns}
+        p = numbers[pressure] if pressure else math.nan
+        if is_error_code(p) or any(is_error_code(v) for v in cells.values()):
+            counts.error_codes += 1
+            continue
+        kept += 1
+        yield _Row(local, int(local.replace(tzinfo=tz).timestamp() * 1e9), cells, p)
+    if counts.read == 0:
+        raise FlowCsvError(f"{path}: no data rows")
+    if kept == 0:
+        raise FlowCsvError(f"{path}: none of its {counts.read} data rows is usable: {_why_none(counts)}")
+
+
+def _columns(path: Path, line: str, header: list[str], wanted: list[str]) -> dict[str, int]:
+    """Where each wanted column is in the header; FlowCsvError when one is absent or given twice."""
+    if len(header) < 2:
+        raise FlowCsvError(
+            f"{path}: the header {line[:60]!r} has no ',', ';' or tab separator: "
+            "need a timestamp column and the flow columns"
+        )
     missing = [c for c in wanted if c not in header]
     if missing:
         raise FlowCsvError(f"{path}: no column(s) {', '.join(missing)} (columns: {', '.join(header[1:])})")
@@ -100,29 +142,29 @@ def _rows(
                 f"{path}: column {c!r} appears {len(where)} times (columns {', '.join(where)}): "
                 "rename them in the header so that each name says which meter it is"
             )
-    idx = {c: header.index(c) for c in wanted}
-    decimal_comma = sep != ","
-    order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
-    counts.guessed_day_first = order is None and any(year_last(line) for line in lines[1:3])
-    for line_no, row in enumerate(reader, start=2):
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        counts.read += 1
+    return {c: header.index(c) for c in wanted}
+
+
+def _numbers(row: list[str], idx: dict[str, int], decimal_comma: bool) -> dict[str, float] | str:
+    """The row's cells in the columns of `idx` as numbers, or the first column whose cell is none."""
+    out = {}
+    for column, j in idx.items():
         try:
-            local = parse_time(row[0], tz, order is not False)
-            cells = {c: _number(row[idx[c]], decimal_comma) for c in columns}
-            p = _number(row[idx[pressure]], decimal_comma) if pressure else math.nan
-        except (ValueError, IndexError) as exc:
-            if counts.read == 1 and "timestamp" in str(exc):
-                raise FlowCsvError(f"{path}: line {line_no}: {exc}") from None
-            counts.skipped += 1
-            continue
-        if is_error_code(p) or any(is_error_code(v) for v in cells.values()):
-            counts.error_codes += 1
-            continue
-        yield _Row(local, int(local.replace(tzinfo=tz).timestamp() * 1e9), cells, p)
-    if counts.read == 0:
-        raise FlowCsvError(f"{path}: no data rows")
+            out[column] = _number(row[j], decimal_comma)
+        except (ValueError, IndexError):
+            return column
+    return out
+
+
+def _why_none(counts: _Counts) -> str:
+    """Why no row could be used: the columns whose cells are no numbers, or the meter's error codes."""
+    bad = counts.first_bad or {}
+    if not bad:
+        return f"every row holds a meter error code ({counts.error_codes} rows)"
+    return "; ".join(
+        f"column {c!r} holds no number" + (f" (e.g. {cell.strip()!r})" if cell.strip() else " (empty)")
+        for c, cell in bad.items()
+    )
 
 
 def _oldest_first(rows: Iterable[_Row]) -> list[_Row]:

@@ -29,7 +29,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from water_edge.models.leak import features
+from water_edge.models.leak import features, pipes
 from water_edge.models.leak.levels import unsteady_bands
 from water_edge.models.leak.nuisance import PRIOR_SIGMA_DB, Nuisance, residual_sigma
 
@@ -289,6 +289,8 @@ class Baseline:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Baseline:
+        if not isinstance(d, dict):
+            raise BaselineError(f"not a leak baseline (a JSON {type(d).__name__}, expected an object)")
         if d.get("format") != FORMAT:
             raise BaselineError(f"not a leak baseline (format {d.get('format')!r}, expected {FORMAT!r})")
         if d.get("band_centres_hz") != features.band_centres_hz():
@@ -300,6 +302,17 @@ class Baseline:
             }
             if any(a.shape != (features.N_BANDS,) or not np.all(np.isfinite(a)) for a in arrays.values()):
                 raise BaselineError(f"band arrays must hold {features.N_BANDS} finite numbers")
+            for k in ("level_sigma_db", "shape_sigma_db", "spread_db"):
+                if np.any(arrays[k] < 0):
+                    raise BaselineError(f"{k!r} holds a negative spread")
+            material = d.get("material")
+            if material is not None:
+                if not isinstance(material, str):
+                    raise BaselineError(f"'material' must be a pipe material's name, got {material!r}")
+                material = pipes.material(material).name
+            version = d.get("version", 0)
+            if type(version) is not int or not 0 <= version < 2**53:
+                raise BaselineError(f"'version' must be a whole number from 0, got {version!r}")
             clf = d.get("clf_logit")
             # Baselines written before the nuisance model have none (judged by level and shape).
             nuisance = d.get("nuisance")
@@ -321,8 +334,8 @@ class Baseline:
                 created=str(d["created"]),
                 from_ts=d.get("from"),
                 to_ts=d.get("to"),
-                material=d.get("material"),
-                version=int(d.get("version", 0)),
+                material=material,
+                version=version,
                 nuisance=None if nuisance is None else Nuisance.from_dict(nuisance, features.N_BANDS),
                 relative_sigma=None if relative is None else _bands(relative),
             )

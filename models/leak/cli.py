@@ -162,10 +162,27 @@ def _file_options(args: argparse.Namespace, *others: object) -> bool:
     return bool(args.files) or any(o is not None for o in (args.start, args.end, *others))
 
 
+def _unknown_material(args: argparse.Namespace) -> bool:
+    """Whether `--material` names no pipe material (said on stderr): refused before any file is read,
+    not once per file."""
+    from water_edge.models.leak import pipes
+
+    if args.material is None:
+        return False
+    try:
+        pipes.material(args.material)
+    except ValueError as exc:
+        _err(f"--material: {exc}")
+        return True
+    return False
+
+
 def cmd_score_leak(args: argparse.Namespace) -> int:
     from water_edge.core import logs
 
     logs.configure("warning", json=False)
+    if _unknown_material(args):
+        return EXIT_BAD_INPUT
     if args.sensor is not None:
         if _file_options(args, args.baseline):
             _err("give either FILEs (with --baseline), or --sensor with --from/--to")
@@ -206,6 +223,8 @@ def _score_files(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
     if baseline is None:
         sys.stderr.write(CLASSIFIER_ALONE_NOTE)
+        if args.material is not None:
+            _err("warning: --material picks the bands judged against a baseline: unused without one")
     status = EXIT_OK
     for path in args.files:
         try:
@@ -285,10 +304,10 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
 
     checks = []
     try:
+        material = None if args.material is None else pipes.material(args.material).name
         scorer = LeakScorer()
         for path in args.files:
             checks += file_checks(path, check_s=args.check_s, scorer=scorer, span=(args.start, args.end))
-        material = None if args.material is None else pipes.material(args.material).name
         baseline = Baseline.learn(checks, sensor=args.out.stem, material=material)
         if silent := sum(c.silent for c in checks):
             _err(f"warning: {silent} check(s) of digital silence left out (no signal: a dropout?)")
@@ -412,6 +431,11 @@ def cmd_locate(args: argparse.Namespace) -> int:
             elif shift < 0:
                 b = b[-shift:]
             n = min(a.size, b.size)
+            if shift and n < 0.5 * rate:
+                raise WavError(
+                    f"--offset-s {args.offset_s:g} leaves {max(n, 0) / rate:.2f} s in which both recordings "
+                    f"run (A {xa.shape[0] / rate:.2f} s, B {xb.shape[0] / rate_b:.2f} s): need 0.5 s"
+                )
             a, b = a[:n], b[:n]
         else:
             raise WavError("give one 2-channel WAV or two WAVs (A then B)")

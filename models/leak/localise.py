@@ -169,6 +169,13 @@ def locate(
         raise ValueError("need two 1-D signals of at least 0.5 s each")
     # Search a little beyond the span so an outside source shows up as such rather than wrapping.
     max_lag_s = 1.2 * distance_m / c
+    seconds = min(xa.size, xb.size) / sample_rate
+    if seconds < 2 * max_lag_s:  # the correlation would rest on a sliver of overlap, or none
+        raise ValueError(
+            f"sensors {distance_m:g} m apart hear a sound up to {distance_m / c:.3g} s apart at "
+            f"{c:.0f} m/s: {seconds:.2f} s of recording cannot tell where between them (check the "
+            f"distance, or record at least {2 * max_lag_s:.3g} s)"
+        )
     lags, cc = gcc(xa, xb, sample_rate, band_hz, weighting=weighting, max_lag_s=max_lag_s)
     tau, width_s, psr = _peak(lags, cc, sample_rate)
     position = (distance_m + c * tau) / 2

@@ -33,14 +33,16 @@ import itertools
 import math
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from functools import partial
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
+from water_edge.core.local_zone import system_zone
 from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time
 from water_edge.models.manifest import ModelError
@@ -61,6 +63,7 @@ from water_edge.models.pump.detector import (
 
 NUMERIC_SHARE = 0.5  # a column is numeric when at least this share of its filled cells parse
 STEADY_MAX_ROWS = 3600  # shorter calibrations are scored by `models.pump.steady`
+ORDER_SAMPLE = 5000  # rows whose timestamps are checked for order
 # The gateway detector's alarm defaults (the steady detector's are in `steady.SteadyParams`).
 PERSISTENCE, CLEAR_AFTER, HYSTERESIS = 5, 30, 0.8
 
@@ -383,6 +386,32 @@ def refuse_newest_first(timestamps: list[str], tz: tzinfo) -> None:
         )
 
 
+def warn_out_of_order(timestamps: list[str], tz: tzinfo, warn: Callable[[str], None]) -> None:
+    """Warn when rows are stamped before a row above them (a shuffled or pasted-together export):
+    rows are scored in file order, so the detector would see time jump about. Judged on at most
+    `ORDER_SAMPLE` rows spread over the file (a week at 1 s of dotted dates takes a minute to parse
+    whole). One step back of at most an hour is the autumn clock change of local times: let pass."""
+    order = day_first(timestamps) is not False
+    stride = max(1, len(timestamps) // ORDER_SAMPLE)
+    back: list[tuple[int, int, timedelta]] = []
+    prev: tuple[int, datetime] | None = None
+    for i in range(0, len(timestamps), stride):
+        try:
+            when = parse_time(timestamps[i], tz, order)
+        except ValueError:
+            continue
+        if prev is not None and when < prev[1]:
+            back.append((prev[0], i, prev[1] - when))
+        prev = (i, when)
+    if not back or (len(back) == 1 and back[0][2] <= timedelta(hours=1)):
+        return
+    before, after, _ = back[0]
+    warn(
+        f"the timestamps go back in time (first: data row {after + 1}, {timestamps[after]!r}, after "
+        f"row {before + 1}, {timestamps[before]!r}); rows are scored in file order: sort the file by time"
+    )
+
+
 def score_csv(
     path: Path,
     calibrate_rows: int | None,
@@ -410,24 +439,27 @@ def score_csv(
     `persistence`, `clear_after` and `hysteresis` override the chosen detector's alarm defaults;
     `causal` leaves alarms where a live gateway would have raised them (no backdating);
     `explained` adds a `signals` column naming what each marked row stands on."""
+    if calibrate_rows is None and calibrate_until is None:
+        raise InputError("give --calibrate-rows N or --calibrate-until TIME")
     try:
         text = read_export(path, errors="replace")
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    table = read_table(text, warn)
-    del text  # a week at 1 s is 50 MB of it, not needed again
-    refuse_newest_first(table.timestamps, tz or _local_zone())
+    zone = tz or _local_zone()
+    with _in_file(path):
+        table = read_table(text, warn)
+        del text  # a week at 1 s is 50 MB of it, not needed again
+        refuse_newest_first(table.timestamps, zone)
+        warn_out_of_order(table.timestamps, zone, warn)
+        if calibrate_rows is None:
+            calibrate_rows = rows_before(table.timestamps, calibrate_until or "", zone)
+            if calibrate_rows < MIN_CALIBRATION_ROWS:
+                raise InputError(
+                    f"--calibrate-until {calibrate_until} leaves {calibrate_rows} row(s) before it; "
+                    f"calibration needs at least {MIN_CALIBRATION_ROWS}"
+                )
+            warn(f"calibrating on the first {calibrate_rows:,} rows (stamped before {calibrate_until})")
     n = len(table.timestamps)
-    if calibrate_rows is None:
-        if calibrate_until is None:
-            raise InputError("give --calibrate-rows N or --calibrate-until TIME")
-        calibrate_rows = rows_before(table.timestamps, calibrate_until, tz or _local_zone())
-        if calibrate_rows < MIN_CALIBRATION_ROWS:
-            raise InputError(
-                f"--calibrate-until {calibrate_until} leaves {calibrate_rows} row(s) before it; "
-                f"calibration needs at least {MIN_CALIBRATION_ROWS}"
-            )
-        warn(f"calibrating on the first {calibrate_rows:,} rows (stamped before {calibrate_until})")
     if calibrate_rows < MIN_CALIBRATION_ROWS:
         raise InputError(f"--calibrate-rows must be at least {MIN_CALIBRATION_ROWS}")
     if calibrate_rows > n:
@@ -445,22 +477,24 @@ def score_csv(
             clear_after=p.clear_after if clear_after is None else clear_after,
             hysteresis=p.hysteresis if hysteresis is None else hysteresis,
         )
-        scores, alarm, why = score_steady(
-            table.values, table.names, calibrate_rows, p, warn, explained=explained
-        )
+        with _named(path, table.names, calibrate_rows):
+            scores, alarm, why = score_steady(
+                table.values, table.names, calibrate_rows, p, warn, explained=explained
+            )
         if not causal:
             alarm = _as_history(scores, alarm, calibrate_rows, 1.0, p.hysteresis)
         return ScoredCsv(table.timestamps, scores, alarm, None if why is None else why(alarm), calibrate_rows)
-    cal = calibrate(
-        table.values[:calibrate_rows],
-        table.names,
-        model,
-        window=window,
-        model_version=model_version,
-        quantile=quantile,
-        margin=margin,
-        size_factor=size_factor,
-    )
+    with _named(path, table.names, calibrate_rows):
+        cal = calibrate(
+            table.values[:calibrate_rows],
+            table.names,
+            model,
+            window=window,
+            model_version=model_version,
+            quantile=quantile,
+            margin=margin,
+            size_factor=size_factor,
+        )
     for name in cal.dropped:
         warn(f"ignoring column {name!r}: constant or empty during calibration")
     scored = score(select(table.values, table.names, cal), cal, model)
@@ -485,5 +519,27 @@ def score_csv(
     return ScoredCsv(table.timestamps, scored.score, alarm, texts, calibrate_rows)
 
 
+@contextmanager
+def _in_file(path: Path) -> Iterator[None]:
+    """An `InputError` about the file's content names the file (one about an option is left as it is)."""
+    try:
+        yield
+    except InputError as exc:
+        if str(exc).startswith("--"):
+            raise
+        raise InputError(f"{path}: {exc}") from None
+
+
+@contextmanager
+def _named(path: Path, names: list[str], calibrate_rows: int) -> Iterator[None]:
+    """A `CalibrationError` as an `InputError` naming the file, its rows and its signal columns."""
+    try:
+        yield
+    except CalibrationError as exc:
+        raise InputError(
+            f"{path}: {exc} in its first {calibrate_rows:,} data rows (signals: {', '.join(names)})"
+        ) from None
+
+
 def _local_zone() -> tzinfo:
-    return datetime.now().astimezone().tzinfo or UTC
+    return system_zone()[0]
