@@ -161,6 +161,37 @@ def test_update_apply_never_copies_the_bundle_through_a_link_in_the_spool(tmp_pa
     assert staged.read_bytes() == b"release bundle bytes"
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("sha256", "../../victim", "sha256 '../../victim' is not a sha256 in lower-case hex"),
+        ("health_window_s", "soon", "health_window_s 'soon' is not a number of seconds"),
+    ],
+)
+def test_a_request_root_cannot_act_on_safely_is_refused_before_anything_is_done(
+    tmp_path: Path, field: str, value: Any, reason: str
+) -> None:
+    """The agent writes the request. Root named its work directory (removed before and after use)
+    after the request's `sha256`: `../../victim` had root remove a directory of the agent's
+    choosing (`/etc`, or `/` itself) before the bundle was even read. A health window that is not
+    a number of seconds crashed the updater with the request already taken."""
+    state = _state_dir(tmp_path)
+    victim = tmp_path / "victim"  # what `<install root>/staging/../../victim` names
+    victim.mkdir()
+    (victim / "secret.json").write_text("root's")
+    bundle = state / "update" / "spool" / "bundle.tar"
+    bundle.write_bytes(b"never read")
+    request = {"action": "apply", "bundle": str(bundle), "sha256": SHA, "requested_by": "c1", field: value}
+    UpdateFiles(state).write_request(request)
+    outcome = _updater(tmp_path, state).run()
+    assert sorted(p.name for p in victim.iterdir()) == ["secret.json"]
+    assert outcome.phase == "failed"
+    assert outcome.reason == f"the request's {reason}; nothing was done", outcome.reason
+    assert outcome.id.startswith("refused-")
+    assert not (tmp_path / "opt" / "staging").exists()
+    assert not UpdateFiles(state).request.exists()
+
+
 def _decoy(tmp: Path) -> tuple[Path, Path]:
     """A config whose `gateway.state_dir` the agent chose (config_update, or written as the agent),
     with a request of its own waiting there."""

@@ -17,6 +17,7 @@ import pwd
 import ssl
 import tarfile
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +119,41 @@ def test_a_changed_manifest_or_a_swapped_wheel_is_refused(tmp_path: Path) -> Non
     with pytest.raises(BundleError, match="sha256 does not match the signed manifest"):
         extract_wheels(swapped, manifest, tmp_path / "out2")  # ... the wheel is not
     assert not (tmp_path / "out2" / name.split("/")[1]).exists()
+
+
+def test_a_bundle_costs_no_memory_for_the_members_behind_its_manifest_before_it_is_trusted(
+    tmp_path: Path,
+) -> None:
+    """The signature is checked by the agent (an `update` command needs an operator key, not a
+    release key) and by the root updater: finding the manifest used to load the header of every
+    member first, and a bundle of max_bundle_bytes (512 MiB) holds a million of them, some
+    400 MB of Python objects on a gateway, before any signature had said who made it."""
+    key = Ed25519PrivateKey.generate()
+    bundle = _bundle(tmp_path, key)
+    with tarfile.open(bundle, "a") as tar:
+        for i in range(10_000):
+            tar.addfile(tarfile.TarInfo(f"padding/{i}"))
+    other = load_release_keys(_keys(tmp_path, ("rel-2026", Ed25519PrivateKey.generate())))
+    tracemalloc.start()
+    try:
+        with pytest.raises(BundleError, match="does not verify"):
+            read_manifest(bundle, other)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak} bytes to refuse a bundle of {bundle.stat().st_size}"
+
+    # The manifest and its signature lead the bundle, as `release bundle` writes them.
+    with tarfile.open(bundle) as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else b"") for m in tar]  # type: ignore[union-attr]
+    reordered = tmp_path / "reordered.tar"
+    with tarfile.open(reordered, "w:", format=tarfile.PAX_FORMAT) as tar:
+        for member, data in [*members[2:3], *members[:2], *members[3:5]]:
+            tar.addfile(member, io.BytesIO(data))
+    keys = load_release_keys(_keys(tmp_path, ("rel-2026", key)))
+    with pytest.raises(BundleError, match=r"does not start with manifest\.json and manifest\.sig"):
+        read_manifest(reordered, keys)
+    assert read_manifest(bundle, keys).version == "0.2.0"
 
 
 def test_update_apply_refuses_an_untrusted_bundle_and_requests_a_trusted_one(

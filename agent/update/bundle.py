@@ -8,6 +8,9 @@ A bundle is an uncompressed tar (the wheels are already compressed):
     manifest.sig    {"key_id": "release-2026", "sig": "<base64 Ed25519 signature>"}
     wheels/*.whl    the wheels carried; a thin bundle leaves out those the gateways already hold
 
+manifest.json and manifest.sig come first, in either order: nothing behind them is read before the
+signature is checked.
+
 The signature covers `SIGNING_DOMAIN + manifest.json` byte for byte, so nothing is re-serialised
 before it is checked; the domain keeps a release signature from being valid as anything else the
 key might sign. The manifest lists *every* wheel of the release with its sha256, carried or not:
@@ -164,17 +167,27 @@ def verify_manifest(data: bytes, signature: bytes, keys: dict[str, Ed25519Public
     return parse_manifest(data, key_id)
 
 
-def _member(tar: tarfile.TarFile, name: str, limit: int) -> bytes:
-    try:
-        info = tar.getmember(name)
-    except KeyError:
-        raise BundleError(f"the bundle has no {name}") from None
-    if not info.isfile() or info.size > limit:
-        raise BundleError(f"{name} in the bundle is not a regular file of at most {limit} bytes")
-    handle = tar.extractfile(info)
-    if handle is None:
-        raise BundleError(f"cannot read {name} from the bundle")
-    return handle.read()
+def _leading(tar: tarfile.TarFile) -> dict[str, bytes]:
+    """manifest.json and manifest.sig, which must be the bundle's first two members (`build_bundle`
+    writes them first): no header behind them is read before the signature is checked (a bundle of
+    max_bundle_bytes can hold a million, each a Python object once read)."""
+    limits = {MANIFEST: MAX_MANIFEST_BYTES, SIGNATURE: 4096}
+    found: dict[str, bytes] = {}
+    while len(found) < len(limits):
+        try:
+            info = tar.next()
+        except tarfile.TarError as exc:
+            raise BundleError(f"the bundle is not a readable tar: {exc}") from None
+        if info is None or info.name not in limits or info.name in found:
+            raise BundleError(f"the bundle does not start with {MANIFEST} and {SIGNATURE}")
+        limit = limits[info.name]
+        if not info.isfile() or info.size > limit:
+            raise BundleError(f"{info.name} in the bundle is not a regular file of at most {limit} bytes")
+        handle = tar.extractfile(info)
+        if handle is None:
+            raise BundleError(f"cannot read {info.name} from the bundle")
+        found[info.name] = handle.read()
+    return found
 
 
 def open_bundle(path: Path) -> tarfile.TarFile:
@@ -187,9 +200,8 @@ def open_bundle(path: Path) -> tarfile.TarFile:
 def read_manifest(path: Path, keys: dict[str, Ed25519PublicKey]) -> Manifest:
     """Verify the bundle's signed manifest without unpacking anything else."""
     with open_bundle(path) as tar:
-        return verify_manifest(
-            _member(tar, MANIFEST, MAX_MANIFEST_BYTES), _member(tar, SIGNATURE, 4096), keys
-        )
+        leading = _leading(tar)
+    return verify_manifest(leading[MANIFEST], leading[SIGNATURE], keys)
 
 
 def extract_wheels(path: Path, manifest: Manifest, into: Path) -> list[str]:

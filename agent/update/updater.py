@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import importlib.metadata
+import math
 import os
 import platform
 import pwd
@@ -51,6 +52,7 @@ from water_edge.core.toml_text import NotUtf8TextError, TOMLDecodeError, parse_t
 log = structlog.get_logger(__name__)
 
 PIP_TIMEOUT_S = 1800
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _pip_installs_elsewhere() -> bool:
@@ -156,7 +158,18 @@ class Updater:
 
     def apply(self, request: dict[str, Any]) -> None:
         sha = str(request.get("sha256", ""))
-        window = float(request.get("health_window_s") or self.health_window_s)
+        window = request.get("health_window_s") or self.health_window_s
+        # The agent writes the request: its sha256 names root's work directory and the release.
+        problem = None if _SHA256.fullmatch(sha) else f"sha256 {sha[:80]!r} is not a sha256 in lower-case hex"
+        if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window < math.inf:
+            problem = problem or f"health_window_s {str(window)[:40]!r} is not a number of seconds"
+        if problem is not None:
+            now = self._now()
+            by = str(request.get("requested_by", ""))[:200]
+            self.state = UpdateState(id=f"refused-{now}", phase="verifying", requested_by=by, started_ns=now)
+            self._finish("failed", f"the request's {problem}; nothing was done")
+            return
+        window = float(window)
         self.state = UpdateState(
             id=sha,
             phase="verifying",
