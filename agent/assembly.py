@@ -143,6 +143,8 @@ def build_command_channel(
         nonces=nonces,
         audit=audit,
         handlers=build_handlers(targets),
+        # A download may take all of download_timeout_s; checking and staging it, a little more.
+        time_limits={"update": config.update.download_timeout_s + 60.0},
     )
     channel = CommandChannel(processor)
 

@@ -3,6 +3,7 @@ every refusal is audited and counted; updates are validated and swapped atomical
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -558,3 +559,45 @@ async def test_a_pushed_model_whose_processor_left_the_config_is_said_and_forgot
     assert (event.kind, event.source) == ("model_not_restored", "leak-h1")
     assert event.detail["reason"].startswith("no such model slot in this config")
     assert await pushed_models.restore(models, {}) == []
+
+
+async def test_a_command_over_its_time_limit_is_answered_failed_and_audited(rig: Rig) -> None:
+    """The inbox used to cancel a handler after 30 s: the nonce was used and the audit log said
+    'accepted', then nothing - no result line, no answer (an `update` by URL may download for up
+    to download_timeout_s). The processor bounds each type itself and answers; the inbox waits
+    beyond the longest of those bounds."""
+    from water_edge.agent.uplink.commands import CommandInbox
+    from water_edge.agent.uplink.topics import Topics
+
+    async def hangs(devices: list[str] | None) -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {}
+
+    rig.proc = CommandProcessor(
+        rig.config, site=SITE, gateway=GW, nonces=rig.nonces, audit=rig.audit,
+        handlers=build_handlers(Targets(read_now=hangs)), time_limits={"read_now": 0.2},
+    )  # fmt: skip
+    events: list[Event] = []
+    answered = asyncio.Event()
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+        answered.set()
+
+    channel = CommandChannel(rig.proc, emit)
+    inbox = CommandInbox(Topics("water", SITE, GW), channel)
+    inbox.offer(f"water/{SITE}/{GW}/cmd/read_now", rig.sign("read_now", command_id="c-slow"))
+    worker = asyncio.create_task(inbox.run())
+    try:
+        async with asyncio.timeout(5):
+            await answered.wait()
+    finally:
+        worker.cancel()
+    (event,) = events
+    assert event.detail["id"] == "c-slow"
+    assert event.detail["status"] == "failed"
+    assert event.detail["reason"] == "timed out after 0.2 s"
+    outcomes = [(e["action"], e["outcome"], e["id"]) for e in read_audit(rig.state / "audit.log")]
+    assert outcomes == [("command", "accepted", "c-slow"), ("command", "failed", "c-slow")]
+    assert inbox.stats().handled == 1
+    assert inbox.stats().failed == 0

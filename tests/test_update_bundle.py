@@ -17,6 +17,7 @@ import pwd
 import ssl
 import tarfile
 import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -430,3 +431,37 @@ def test_a_request_the_agent_cannot_read_is_never_overwritten_by_a_command(tmp_p
     verdict = {0: "refused", 1: "taken for no request", 2: "refused with another message", 3: "failed"}
     assert verdict[os.waitstatus_to_exitcode(status)] == "refused"
     assert read_json(files.request)["requested_by"] == "technician"  # type: ignore[index]
+
+
+def test_a_download_ends_at_download_timeout_s_however_steadily_it_trickles(tmp_path: Path) -> None:
+    """The timeout bounded each read, not the download: a server trickling the bundle kept the
+    download going for as long as it liked, in a thread that went on after the command's answer.
+    Now the whole download ends at `download_timeout_s`, and its part file with it."""
+    keys = _keys(tmp_path, ("rel-2026", Ed25519PrivateKey.generate()))
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(64 * 65536))
+            self.end_headers()
+            for _ in range(64):  # 64 KiB every 0.1 s: each read is quick, the whole takes 6.4 s
+                self.wfile.write(b"\0" * 65536)
+                time.sleep(0.1)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    files = UpdateFiles(tmp_path / "state")
+    section = UpdateSection(release_keys=keys, allow_http=True, download_timeout_s=0.5)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/agent.tar"
+        with pytest.raises(
+            CommandFailedError, match=r"not done within \[update\] download_timeout_s \(0.5 s"
+        ):
+            _update_by_url(UpdateReceiver(section, files), url, "0" * 64)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not list(files.spool.glob("*.part"))

@@ -34,6 +34,10 @@ class CommandChannel:
     def max_bytes(self) -> int:
         return self._processor.max_bytes
 
+    @property
+    def time_limit_s(self) -> float:
+        return self._processor.time_limit_s
+
     def bind(self, emit: Emit) -> None:
         self._emit = emit
 

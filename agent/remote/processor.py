@@ -8,13 +8,15 @@ failing is refused with a reason code and never reaches a handler.
 
 Every command ends with one audit line and one `command_result`, whatever happened: refused by a
 check, refused by its handler (`CommandRefusedError`: a write outside the allow-list, a config
-change beyond the key's rights), failed, or broken by a bug in a handler. Refusals by the checks
+change beyond the key's rights), failed, broken by a bug in a handler, or over its time limit
+(`time_limits`, per type; `TIME_LIMIT_S` otherwise: `failed`, "timed out"). Refusals by the checks
 above share a budget (`limits.RefusalBudget`): beyond it they are counted, and summarised in the
 audit log and in the next answer, instead of costing a log line and an answer each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import Counter
@@ -40,6 +42,8 @@ log = structlog.get_logger(__name__)
 
 Handler = Callable[[Envelope], Awaitable[CommandResult]]
 
+TIME_LIMIT_S = 30.0  # a command's handler, unless `time_limits` names its type
+
 
 class CommandProcessor:
     def __init__(
@@ -51,6 +55,7 @@ class CommandProcessor:
         nonces: NonceStore,
         audit: AuditLog,
         handlers: Mapping[str, Handler],
+        time_limits: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -67,6 +72,7 @@ class CommandProcessor:
         self._nonces = nonces
         self.audit = audit
         self._handlers = dict(handlers)
+        self._time_limits = dict(time_limits or {})
         self._clock = clock
         self._rates = KeyRates(monotonic)
         self._budget = RefusalBudget(config.max_refusals_per_minute, monotonic)
@@ -76,6 +82,11 @@ class CommandProcessor:
     @property
     def max_bytes(self) -> int:
         return self._cfg.max_command_bytes
+
+    @property
+    def time_limit_s(self) -> float:
+        """The longest any command may run (the inbox's own bound must lie beyond it)."""
+        return max([TIME_LIMIT_S, *self._time_limits.values()])
 
     def stats(self) -> CommandCounts:
         """Counters for `status`: commands by outcome, and refusals by reason code."""
@@ -116,6 +127,15 @@ class CommandProcessor:
         return result
 
     async def _run(self, handler: Handler, env: Envelope) -> CommandResult:
+        limit = self._time_limits.get(env.type, TIME_LIMIT_S)
+        try:
+            async with asyncio.timeout(limit):
+                return await self._outcome(handler, env)
+        except TimeoutError:  # the limit's (one the handler raised is its outcome, below)
+            log.error("command.timed_out", id=env.id, type=env.type, after_s=limit)
+            return CommandResult("failed", reason=f"timed out after {limit:g} s")
+
+    async def _outcome(self, handler: Handler, env: Envelope) -> CommandResult:
         try:
             return await handler(env)
         except CommandRefusedError as exc:

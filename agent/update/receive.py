@@ -24,6 +24,7 @@ import hashlib
 import re
 import shutil
 import ssl
+import time
 import urllib.request
 from collections.abc import Callable
 from http.client import HTTPMessage
@@ -225,9 +226,13 @@ class UpdateReceiver:
         target = self.files.spool / f"{sha}.tar"
         part = target.with_suffix(".part")
         digest, size, limit = hashlib.sha256(), 0, self.config.max_bundle_bytes
+        # The whole download, not only each read: the command that asked for it is answered
+        # `timed out` soon after, and this thread must not go on writing behind that answer.
+        seconds = self.config.download_timeout_s
+        deadline = time.monotonic() + seconds
         try:
             with (
-                opener.open(url, timeout=self.config.download_timeout_s) as resp,
+                opener.open(url, timeout=seconds) as resp,
                 part.open("wb") as out,
             ):
                 while block := resp.read(1 << 20):
@@ -236,12 +241,17 @@ class UpdateReceiver:
                         raise CommandRefusedError(
                             "too_large", f"bundle over [update] max_bundle_bytes ({limit})"
                         )
+                    if time.monotonic() > deadline:
+                        raise CommandFailedError(
+                            f"download failed: not done within [update] download_timeout_s ({seconds:g} s, "
+                            f"{size:,} bytes received)"
+                        )
                     digest.update(block)
                     out.write(block)
         except OSError as exc:  # URLError, HTTPError, timeouts, TLS
             part.unlink(missing_ok=True)
             raise CommandFailedError(f"download failed: {getattr(exc, 'reason', exc)}") from None
-        except CommandRefusedError:
+        except (CommandRefusedError, CommandFailedError):
             part.unlink(missing_ok=True)
             raise
         if digest.hexdigest() != sha:

@@ -3,7 +3,9 @@
 The drain never waits for a handler: `offer()` runs on the loop thread as a message arrives and
 only checks and enqueues; one worker (`run()`) calls the handler, each call bounded by a timeout.
 A full queue drops the command, a payload over the size limit or a topic that is not a command
-topic rejects it; both are counted and logged, never raised.
+topic rejects it; both are counted and logged, never raised. The timeout is a last resort: a
+handler that names its own time limit (`time_limit_s`) answers a command that runs out of time
+itself, so the inbox waits beyond that.
 
 A handler with the `SizedCommandHandler` capability sets the size limit (`max_bytes`) and is told
 of each oversized command (`refuse_oversize`, through the same queue), so that refusal is audited
@@ -55,6 +57,13 @@ def command_limit(handler: CommandHandler | None) -> int:
     return handler.max_bytes if isinstance(handler, SizedCommandHandler) else MAX_COMMAND_BYTES
 
 
+def command_timeout(handler: CommandHandler) -> float:
+    """The inbox's bound on one call of `handler`: beyond the handler's own time limit when it
+    names one (`time_limit_s`), so that the handler answers a command it ran out of time on."""
+    own = getattr(handler, "time_limit_s", None)
+    return COMMAND_TIMEOUT_S if not isinstance(own, int | float) else max(COMMAND_TIMEOUT_S, own + 10.0)
+
+
 class CommandInbox:
     """Checks and queues command messages for `handler(suffix, payload)`; counts what became of each."""
 
@@ -65,13 +74,13 @@ class CommandInbox:
         *,
         size: int = COMMAND_QUEUE,
         max_bytes: int | None = None,
-        timeout_s: float = COMMAND_TIMEOUT_S,
+        timeout_s: float | None = None,
     ) -> None:
         self._topics = topics
         self._handler = handler
         self._sized = handler if isinstance(handler, SizedCommandHandler) else None
         self.max_bytes = command_limit(handler) if max_bytes is None else max_bytes
-        self._timeout_s = timeout_s
+        self._timeout_s = command_timeout(handler) if timeout_s is None else timeout_s
         self._queue: asyncio.Queue[tuple[str, bytes | _Oversize]] = asyncio.Queue(size)
         self.received = 0
         self.handled = 0
