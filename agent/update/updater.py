@@ -299,6 +299,10 @@ class Updater:
         )
         for wheel in wheels:
             self.layout.cache_wheel(wheel)
+        # release.json marks the release complete and is reused by a later request for the same
+        # bundle: pip wrote thousands of files and synced none, so after a power cut they could be
+        # empty behind a release.json that was on disk. The release's files reach the disk first.
+        os.sync()
         self.layout.write_info(
             target, {"version": manifest.version, "bundle_sha256": sha, "key_id": manifest.key_id,
                      "outbox_schema": manifest.outbox_schema, "installed_ns": self._now()},
