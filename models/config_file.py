@@ -5,7 +5,7 @@ technician's copy of a config without loading the whole agent config."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -26,8 +26,11 @@ def processor_sections(path: Path, kind: str, model: type[M]) -> tuple[Path, lis
         raise ValueError(f"{path}: {exc}") from exc
     except TOMLDecodeError as exc:
         raise ValueError(f"{path}: not valid TOML: {exc}") from exc
-    state_dir = Path((raw.get("gateway") or {}).get("state_dir", DEFAULT_STATE_DIR))
-    items = (raw.get("models") or {}).get(kind) or []
+    gateway = _table(path, raw, "gateway")
+    state_dir = gateway.get("state_dir", DEFAULT_STATE_DIR)
+    if not isinstance(state_dir, str):
+        raise ValueError(f"{path}: gateway.state_dir: expected a string (got {state_dir!r})")
+    items = _table(path, raw, "models").get(kind) or []
     if not isinstance(items, list):
         raise ValueError(f"{path}: models.{kind}: expected a list of [[models.{kind}]] tables")
     sections = []
@@ -36,6 +39,14 @@ def processor_sections(path: Path, kind: str, model: type[M]) -> tuple[Path, lis
             sections.append(model.model_validate(item))
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"{path}: models.{kind}[{i}].{where}: {first['msg']}") from exc
-    return state_dir, sections
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise ValueError(f"{path}: models.{kind}[{i}]{where}: {message}") from exc
+    return Path(state_dir), sections
+
+
+def _table(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: {key}: expected a table (got {value!r})")
+    return value

@@ -34,7 +34,8 @@ def zone(name: str | None) -> tzinfo:
         return system_zone()[0]
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    # OSError: a name too long for a file name (ZoneInfo looks it up as one).
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         expected = "an IANA name such as 'Europe/Amsterdam'"
         raise ValueError(f"unknown time zone {name!r} (expected {expected})") from exc
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from water_edge.core.redact import is_secret_key
 from water_edge.core.secrets import SecretRef
 from water_edge.core.toml_text import NotUtf8TextError, TOMLDecodeError, parse_toml, read_toml_text
 from water_edge.drivers import registry
-from water_edge.drivers.base import DeviceConfig
+from water_edge.drivers.base import DeviceConfig, Writable
 
 # A Unix socket's path (sun_path) is 108 bytes on Linux, its terminating NUL included.
 MAX_SOCKET_PATH_BYTES = 107
@@ -46,20 +47,56 @@ _TABLES = TypeAdapter(list[Any])
 M = TypeVar("M", bound=BaseModel)
 
 
-def strict(model: type[M], raw: Any) -> M:
-    """Validate a TOML table with no type coercion: TOML values are typed, so `port = "1883"` is
-    a string where a number belongs, and says so. Validated as JSON (TOML dates become ISO text),
-    whose strict mode still takes text for paths and dates and an integer for a float."""
-    return model.model_validate_json(_as_json(raw), strict=True)
-
-
 def _as_json(raw: Any) -> bytes:
     try:
-        return orjson.dumps(raw)
+        data = orjson.dumps(raw)
     except TypeError:
         # An integer beyond 64 bits: TOML parsers read any size, orjson refuses them. The standard
         # library writes it, and the model then says where it is out of range.
         return json.dumps(raw, default=_iso_text).encode()
+    # orjson writes TOML's nan and inf as null, which an optional key takes as "not set": the
+    # standard library keeps them (NaN, Infinity), for the model and `_unusable` to refuse.
+    return json.dumps(raw, default=_iso_text).encode() if b"null" in data else data
+
+
+def _unusable(raw: Any, loc: tuple[int | str, ...] = ()) -> list[tuple[tuple[int | str, ...], str, Any]]:
+    """(where, error type, value) of each value TOML writes but no setting means: nan and inf, and
+    text holding a NUL character (which no file name, host or name can hold)."""
+    if isinstance(raw, float):
+        return [] if math.isfinite(raw) else [(loc, "finite_number", raw)]
+    if isinstance(raw, str):
+        return [(loc, "nul_character", raw)] if "\x00" in raw else []
+    if isinstance(raw, dict):
+        return [found for key, value in raw.items() for found in _unusable(value, (*loc, key))]
+    if isinstance(raw, list):
+        return [found for i, value in enumerate(raw) for found in _unusable(value, (*loc, i))]
+    return []
+
+
+def _validate(source: Path, model: type[M], raw: Any, where: str, problems: list[str]) -> M | None:
+    """`raw` validated by `model`, or None with every problem found appended to `problems`.
+
+    No type coercion: TOML values are typed, so `port = "1883"` is a string where a number belongs,
+    and says so. Validated as JSON (TOML dates become ISO text), whose strict mode still takes text
+    for paths and dates and an integer for a float."""
+    data = _as_json(raw)
+    errors: list[dict[str, Any]] = []
+    try:
+        section = model.model_validate_json(data, strict=True)
+    except ValidationError as exc:
+        errors = merge_union_errors(exc.errors())
+        section = None
+    if b"NaN" in data or b"Infinity" in data or b"\\u0000" in data:
+        # Where the model said nothing of it: an unbounded number (a scale, an offset) takes nan, a
+        # path or a password takes a NUL, which fails only when used, with a traceback.
+        said = [tuple(e["loc"]) for e in errors]
+        errors += [
+            {"type": kind, "loc": loc, "input": value}
+            for loc, kind, value in _unusable(raw)
+            if not any(found[: len(loc)] == loc for found in said)
+        ]
+    problems.extend(_lines(source, errors, where))
+    return None if errors else section
 
 
 def _iso_text(value: object) -> str:
@@ -119,6 +156,8 @@ _TOML_TYPES = {
     "float_type": "expected a number",
     "string_type": "expected a string",
     "bool_type": "expected true or false",
+    "finite_number": "expected a finite number",
+    "nul_character": "expected text without a NUL character (\\u0000)",
 }
 
 
@@ -140,14 +179,18 @@ def _describe(error: Any, secret: bool = False) -> str:
     if secret:
         # A mistyped password is still a password: say what is wrong, never what was given.
         return f"{message} (value not shown)"
-    if kind != "missing" and not isinstance(got, dict | list):
+    if kind != "missing" and not isinstance(got, dict | list) and f"(got {got!r})" not in message:
         return f"{message} (got {got!r})"
     return message
 
 
 def _problems(source: Path, exc: ValidationError, prefix: str = "") -> list[str]:
+    return _lines(source, merge_union_errors(exc.errors()), prefix)
+
+
+def _lines(source: Path, errors: Sequence[Any], prefix: str = "") -> list[str]:
     problems = []
-    for err in merge_union_errors(exc.errors()):
+    for err in errors:
         rest = key_path(err["loc"]) if err["loc"] else ""
         where = f"{prefix}.{rest}" if prefix and rest else (prefix or rest or "(top level)")
         secret = any(is_secret_key(part) for part in err["loc"])
@@ -184,11 +227,7 @@ def _validate_device(
             f"{', '.join(registry.known_kinds())}"
         )
         return None
-    try:
-        return strict(factory.config_model, raw)
-    except ValidationError as exc:
-        problems.extend(_problems(source, exc, where))
-        return None
+    return _validate(source, factory.config_model, raw, where, problems)
 
 
 def _validate_models(
@@ -247,10 +286,9 @@ def _validate_kind(
         return []
     sections = []
     for index, table in enumerate(tables):
-        try:
-            sections.append(strict(factory.config_model, table))
-        except ValidationError as exc:
-            problems.extend(_problems(source, exc, f"models.{kind}[{index}]"))
+        section = _validate(source, factory.config_model, table, f"models.{kind}[{index}]", problems)
+        if section is not None:
+            sections.append(section)
     if len(sections) == len(tables) and isinstance(factory, ChecksSections):
         for found in factory.check_sections(sections, devices):
             problems.append(f"{source}: {key_path(('models', kind, *found.where))}: {found.message}")
@@ -285,7 +323,8 @@ def load_config(path: str | Path) -> Config:
         )
     problems: list[str] = []
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
+    # `true` equals 1 in Python, and the schema's Literal[1] takes it too.
+    if version != SCHEMA_VERSION or isinstance(version, bool):
         # Reported, then the rest is checked as this version's: every problem in one pass.
         problems.append(
             f"{source}: schema_version: required key is missing (expected {SCHEMA_VERSION})"
@@ -294,13 +333,10 @@ def load_config(path: str | Path) -> Config:
         )
         raw = {**raw, "schema_version": SCHEMA_VERSION}
     warnings: list[str] = []
-    try:
-        # Devices and models are validated table by table below, each by its own model: a copy of
-        # every table here would double what a large config costs to check.
-        section = strict(AgentSection, {k: v for k, v in raw.items() if k not in ("devices", "models")})
-    except ValidationError as exc:
-        problems.extend(_problems(source, exc))
-        section = None
+    # Devices and models are validated table by table below, each by its own model: a copy of
+    # every table here would double what a large config costs to check.
+    rest = {k: v for k, v in raw.items() if k not in ("devices", "models")}
+    section = _validate(source, AgentSection, rest, "", problems)
 
     models = _validate_models(
         source, raw.get("models"), _device_kinds(raw.get("devices")), problems, warnings
@@ -317,6 +353,7 @@ def load_config(path: str | Path) -> Config:
         for index, device in enumerate(devices):
             _check_secrets(source, device, f"devices[{index}] ({device.name})", problems)
         _check_status_socket(source, section.gateway.state_dir / section.status.socket, problems)
+        _check_write_devices(source, section.writes, _device_kinds(raw.get("devices")), problems)
     if problems or section is None:
         raise ConfigError(problems)
     return Config(
@@ -351,6 +388,27 @@ def _check_model_tags(
         found, doubtful = check_tag_references(factory.tag_references(sections), devices)
         problems += [f"{source}: {key_path(('models', kind, *p.where))}: {p.message}" for p in found]
         warnings += [f"{source}: {key_path(('models', kind, *p.where))}: {p.message}" for p in doubtful]
+
+
+def _check_write_devices(
+    source: Path, writes: WritesSection, devices: Mapping[str, str], problems: list[str]
+) -> None:
+    """Each `[[writes.allow]]` rule names a device whose driver writes; otherwise the rule is one
+    no write can ever pass, found only when a set-point is needed."""
+    writers = sorted(name for name, kind in devices.items() if _writes(kind))
+    for index, rule in enumerate(writes.allow):
+        if rule.device in devices and _writes(devices[rule.device]):
+            continue
+        got = f"{rule.device!r}" + (f", of kind {devices[rule.device]}" if rule.device in devices else "")
+        problems.append(
+            f"{source}: writes.allow[{index}].device: expected the name of a device whose driver "
+            f"writes, e.g. Modbus (got {got}; such devices: {', '.join(writers) or 'none'})"
+        )
+
+
+def _writes(kind: str) -> bool:
+    factory = registry.load(kind)
+    return factory is not None and issubclass(factory, Writable)
 
 
 def _check_status_socket(source: Path, path: Path, problems: list[str]) -> None:
@@ -424,7 +482,11 @@ def _check_serial_lines(
 ) -> None:
     """Devices naming one serial port share it, so they must agree on its protocol and line
     settings; otherwise whichever opens second would fail on site, found here instead."""
-    index = {item.get("name"): i for i, item in enumerate(raw_devices) if isinstance(item, dict)}
+    index = {
+        item["name"]: i
+        for i, item in enumerate(raw_devices)
+        if isinstance(item, dict) and isinstance(item.get("name"), str)
+    }
     first: dict[str, DeviceConfig] = {}
     for device in devices:
         line = device.serial_line()

@@ -44,7 +44,8 @@ class GatewaySection(_Section):
 class BufferSection(_Section):
     # Relative paths are taken from gateway.state_dir.
     path: Path = Path("outbox.sqlite")
-    max_bytes: ByteSize = Field(default=256 * 2**20, ge=2**20)
+    # At most 1 PiB: the outbox keeps it in an SQLite integer, which a larger number overflows.
+    max_bytes: ByteSize = Field(default=256 * 2**20, ge=2**20, le=2**50)
     # Rows older than this are evicted (telemetry first), whatever the quota; None: no age limit.
     max_age_s: float | None = Field(default=None, gt=0)
     # Caps the database file in SQLite pages (4 KiB), making "disk full" deterministic; None: off.

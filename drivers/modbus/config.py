@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from water_edge.core.names import NAME_PATTERN
 from water_edge.drivers.base import DeviceConfig
@@ -188,6 +188,14 @@ class ModbusRtuConfig(ModbusDeviceConfig):
 
     def endpoint_text(self) -> str:
         return f"{self.port} {self.baudrate} {self.bytesize}{self.parity[0].upper()}{self.stopbits}"
+
+    @field_validator("stopbits", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: object) -> object:
+        # `true` equals 1, and a Literal takes it even in strict mode.
+        if isinstance(value, bool):
+            raise ValueError("expected 1 or 2")
+        return value
 
     @model_validator(mode="after")
     def _check_line(self) -> Self:

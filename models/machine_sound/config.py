@@ -64,7 +64,7 @@ class MachineSoundSection(_Section):
     # Clips quieter than this (RMS, dBFS) are taken as the machine stopped: not learnt, not scored.
     running_min_dbfs: float | None = Field(default=None, ge=-160.0, le=0.0)
     on_clips: int = Field(default=3, ge=1)  # clips above the alarm level among the last `of_clips`...
-    of_clips: int = Field(default=4, ge=1)  # ...to raise an event
+    of_clips: int = Field(default=4, ge=1, le=1000)  # ...to raise an event (kept in memory)
     off_clips: int = Field(default=6, ge=1)  # consecutive clips below hysteresis to clear it
     hysteresis: float = Field(default=0.8, gt=0, le=1.0)
     trend_clips: int = Field(default=30, ge=2, le=1000)  # recent scores kept for events and status

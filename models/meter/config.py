@@ -70,7 +70,8 @@ class MeterGroupConfig(BaseModel):
     def _zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
+        # OSError: a name too long for a file name (ZoneInfo looks it up as one).
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
             raise ValueError(f"unknown time zone {value!r} (an IANA name such as 'Europe/Berlin')") from exc
         return value
 
