@@ -36,9 +36,17 @@ _WIDE_ENCODINGS = (
 )
 
 
+MAX_CONFIG_BYTES = 64 * 2**20  # a 10,000-tag config is ~1 MB
+
+
 def read_toml_text(path: Path) -> str:
-    """`path`'s text; OSError as reading raises it, NotUtf8TextError for any other encoding."""
-    data = path.read_bytes()
+    """`path`'s text; OSError as reading raises it, NotUtf8TextError for any other encoding, and
+    for more than MAX_CONFIG_BYTES (`/dev/zero`, a log file given by mistake: read to the end,
+    either would take all the memory there is)."""
+    with path.open("rb") as file:
+        data = file.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise NotUtf8TextError(f"more than {MAX_CONFIG_BYTES // 2**20} MiB: not a config file")
     if data.startswith(codecs.BOM_UTF8):
         return _decode(data[len(codecs.BOM_UTF8) :])
     return _decode(data)

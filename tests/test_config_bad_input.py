@@ -250,3 +250,9 @@ async def test_a_config_update_with_such_a_file_is_refused_by_name_and_the_old_o
         assert running.read_text() == before
     nonces.close()
     audit.close()
+
+
+def test_a_file_that_never_ends_is_refused_not_read_into_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    """`check-config -c /dev/zero` (or a huge log given by mistake) read until memory ran out."""
+    assert main(["check-config", "-c", "/dev/zero"]) == 2
+    assert "/dev/zero: more than 64 MiB: not a config file" in capsys.readouterr().err
