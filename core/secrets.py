@@ -11,6 +11,7 @@ service user, or `0640 root:edge-agent` as `deploy/install.sh` lays out `/etc/ed
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Self
 
@@ -31,6 +32,8 @@ class SecretRef(BaseModel):
     def _exactly_one(self) -> Self:
         if (self.file is None) == (self.env is None):
             raise ValueError("a secret reference takes exactly one of 'file' or 'env'")
+        if self.env is not None and not self.env.strip():
+            raise ValueError("'env' names no environment variable (it is empty)")
         return self
 
     def resolve(self) -> str:
@@ -43,7 +46,10 @@ class SecretRef(BaseModel):
         if self.file is None:  # excluded by the validator; says so to the type checker
             raise ConfigError(["secret: a reference needs 'file' or 'env'"])
         try:
-            if self.file.stat().st_mode & 0o027:
+            mode = self.file.stat().st_mode
+            if not stat.S_ISREG(mode):
+                raise ConfigError([f"secret: {self.file} is not a regular file (a directory?)"])
+            if mode & 0o027:
                 raise ConfigError(
                     [f"secret: {self.file} is readable by others or writable by its group; chmod 640 it"]
                 )

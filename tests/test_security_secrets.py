@@ -34,6 +34,11 @@ def test_secret_references_resolve_from_file_and_env(tmp_path: Path, monkeypatch
         SecretRef(env="EDGE_MISSING_SECRET").resolve()
     with pytest.raises(ValueError, match="exactly one"):
         SecretRef(file=secret, env="X")
+    # A directory used to be "readable by others; chmod 640 it", an empty name "variable  is not set".
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        SecretRef(file=tmp_path).resolve()
+    with pytest.raises(ValueError, match="'env' names no environment variable"):
+        SecretRef(env=" ")
     os.environ.pop("EDGE_TEST_SECRET", None)
 
 
