@@ -163,3 +163,28 @@ def test_with_a_claim_the_device_certificate_may_wait_for_enrolment(tmp_path: Pa
     assert file_problems(config) == [
         f'security.identity.claim.key_file = "{tmp_path / "no-claim.key"}": no such file'
     ]
+
+
+def test_a_model_manifest_or_opc_ua_certificate_that_is_not_there_is_named_at_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found only when the agent ran, and then without the key: the OPC UA connection failing at
+    every retry, the model not loaded."""
+    gone = tmp_path / "gone"
+    devices = f"""
+[[devices]]
+name = "ua1"
+kind = "opcua"
+endpoint = "opc.tcp://127.0.0.1:4840"
+security_policy = "Basic256Sha256"
+security_mode = "SignAndEncrypt"
+certificate = "{gone}/client.der"
+private_key = "{gone}/client.pem"
+tags = [{{ name = "flow", node = "ns=2;i=2" }}]
+"""
+    models = f'[[models.pump]]\nname = "p1"\nmodel = "{gone}/pump.json"\nsignals = {{ flow = "flow" }}\n'
+    path = write_agent_config(tmp_path, devices=devices, models=models)
+    lines = _warnings(path, capsys)
+    assert f'{path}: warning: devices[0] (ua1).certificate = "{gone}/client.der": no such file' in lines
+    assert f'{path}: warning: devices[0] (ua1).private_key = "{gone}/client.pem": no such file' in lines
+    assert f'{path}: warning: models.pump[0].model = "{gone}/pump.json": no such file' in lines

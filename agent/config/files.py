@@ -144,7 +144,8 @@ def _found(*problems: str | None) -> list[str]:
 
 
 def file_problems(config: Config) -> list[str]:
-    """One line per TLS file the agent will need and cannot use, naming its key and path."""
+    """One line per TLS file (and other file: `_other_files`) the agent will need and cannot use,
+    naming its key and path."""
     problems: list[str] = []
     claim = config.security.identity.claim
     tls = config.uplink.tls
@@ -161,4 +162,22 @@ def file_problems(config: Config) -> list[str]:
         problems += _pair("security.identity.claim", claim.cert_file, claim.key_file)
     if config.update.ca_file is not None:
         problems += _found(_certificates("update.ca_file", config.update.ca_file))
-    return problems
+    return problems + _other_files(config)
+
+
+def _other_files(config: Config) -> list[str]:
+    """The other files a config names that the agent reads only once it runs: an OPC UA device's
+    certificates and key (else its connection fails at every retry), a model's manifest (else the
+    model is not loaded)."""
+    found: list[str | None] = []
+    for index, device in enumerate(config.devices):
+        for key in ("certificate", "private_key", "server_certificate"):
+            path = getattr(device, key, None)
+            if isinstance(path, Path):
+                found.append(_read(f"devices[{index}] ({device.name}).{key}", path)[1])
+    for kind, sections in config.models.items():
+        for index, section in enumerate(sections):
+            path = getattr(section, "model", None)
+            if isinstance(path, Path):
+                found.append(_read(f"models.{kind}[{index}].model", path)[1])
+    return _found(*found)
