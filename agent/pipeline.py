@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import structlog
 
 from water_edge.agent.clock_sync import UNSYNC_REASON, ClockSync, restamped
+from water_edge.agent.storable import replace_unstorable
 from water_edge.buffer.types import Batch
 from water_edge.core.clock import ClockStep, ClockWatch
 from water_edge.core.errors import BufferError
@@ -155,6 +156,7 @@ class PipelineStats:
     readings_per_s: float = 0.0
     clock_steps: int = 0
     clock_flagged_readings: int = 0
+    unstorable: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,9 @@ class PipelineHealth:
     clock_steps: int
     clock_flagged_readings: int
     pending: int  # readings and events not yet committed
+    # readings committed as bad, and events with their detail replaced, because the outbox could
+    # not store them as given (text that is not Unicode, an integer past 64 bits, a foreign type)
+    unstorable: int = 0
 
     def status_lines(self) -> list[str]:
         return [
@@ -361,15 +366,27 @@ class Pipeline:
             pending, events = self._pending, self._pending_events
             self._pending, self._pending_events, count = {}, [], self._pending_count
             self._pending_count = 0
-            batches = self._batches(pending, events)
             try:
-                await self._outbox.append(batches)
+                await self._outbox.append(self._batches(pending, events))
             except BufferError as exc:
-                self.stats.append_errors += 1
-                self.stats.last_error = str(exc)
-                log.error("pipeline.append_failed", error=str(exc), readings=count)
-                self._requeue(pending, events, count)
-                return
+                # One value the outbox cannot encode fails the whole transaction, and would again
+                # at every retry: replace it and try once more at once.
+                replaced = replace_unstorable(pending, events)
+                failed: BufferError | None = exc
+                if replaced:
+                    self.stats.unstorable += replaced
+                    log.warning("pipeline.unstorable", replaced=replaced, error=str(exc))
+                    try:
+                        await self._outbox.append(self._batches(pending, events))
+                        failed = None
+                    except BufferError as again:
+                        failed = again
+                if failed is not None:
+                    self.stats.append_errors += 1
+                    self.stats.last_error = str(failed)
+                    log.error("pipeline.append_failed", error=str(failed), readings=count)
+                    self._requeue(pending, events, count)
+                    return
             self.stats.flushes += 1
             self.stats.committed_readings += count
             self.stats.committed_events += len(events)

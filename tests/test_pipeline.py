@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import numpy as np
+
 from tests.support.testing import eventually
 from water_edge.agent.pipeline import Pipeline
+from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.buffer.codec import decode_events, decode_readings
 from water_edge.buffer.types import Batch
 from water_edge.core.errors import BufferError
 from water_edge.core.reading import Event, Reading
@@ -198,3 +202,46 @@ async def test_a_stuck_processor_costs_counted_drops_not_a_stuck_pipeline() -> N
     assert feed.dropped_readings == 9  # the first batch fits, the next three wait, then drop
     assert sum(len(b.readings or []) for c in sink.calls for b in c) == 12, "the outbox got all"
     assert feed.health().held_readings == 3
+
+
+async def test_values_the_outbox_cannot_store_become_counted_bad_readings_not_a_stuck_pipeline(
+    outbox: AsyncOutbox,
+) -> None:
+    # Each of these fails the outbox's encoding, which used to fail every commit from then on,
+    # for every stream, until max_pending dropped the oldest readings.
+    odd = [
+        Reading("ua", "big", 1, 2**64),
+        Reading("ua", "numpy", 2, np.float32(1.5)),  # type: ignore[arg-type]
+        Reading("ua", "text", 3, "PS-\udcff"),
+        Reading("ua", "unit", 4, 1.0, unit="m\udcb3"),
+    ]
+    events = [
+        Event("pump_anomaly", "pump1", 5, "alarm", 0.9, {"z": np.float32(3.5)}),
+        Event("leak", "hydrophone1", 6, "alarm", 0.8, {"position_m": 12.5}),
+    ]
+    pipe = Pipeline(outbox, lambda: None)
+    await pipe.submit("ua", [*odd, Reading("ua", "fine", 7, 2.5)])
+    await pipe.submit("plc", readings(3))
+    for event in events:
+        await pipe.submit_event(event)
+    await pipe.flush()
+    assert pipe.pending == 0
+    assert pipe.stats.append_errors == 0
+    assert pipe.health().unstorable == 5
+    rows = await outbox.lease(0, 10)
+    telemetry = [r for row in rows if row.row_class == "telemetry" for r in decode_readings(row.body)]
+    stored = {r.tag: r for r in telemetry if r.source == "ua"}
+    assert {tag: (r.value, r.quality, r.reason) for tag, r in stored.items()} == {
+        "big": (None, "bad", "not storable: the value is an integer past 64 bits"),
+        "numpy": (None, "bad", "not storable: a value of type float32"),
+        "text": (None, "bad", "not storable: the value is not valid Unicode text"),
+        "unit": (None, "bad", "not storable: the unit is not valid Unicode text"),
+        "fine": (2.5, "good", None),
+    }
+    assert stored["unit"].unit == "m?"
+    assert [r.value for r in telemetry if r.source == "dev"] == [0.0, 1.0, 2.0]
+    (event_row,) = [row for row in rows if row.row_class == "event"]
+    anomaly, leak = decode_events(event_row.body)
+    assert anomaly.detail == {"not_storable": "{'z': np.float32(3.5)}"}
+    assert (anomaly.kind, anomaly.score) == ("pump_anomaly", 0.9)
+    assert leak.detail == {"position_m": 12.5}

@@ -348,3 +348,33 @@ def test_the_agent_as_an_edge_node_births_its_devices_and_sends_changes_only(
         agent.stop()
         got = host.wait(lambda ms: "NDEATH" in kinds(ms), 10)
         assert next(m for m in got if m.kind == "NDEATH").metric("bdSeq").long_value == 0
+
+
+async def test_an_integer_past_int64_is_born_uint64_and_read_back_exact_without_rebirths(
+    mosquitto: Mosquitto, node: Callable[..., Any]
+) -> None:
+    # An OPC UA UInt64 (a counter, a serial number) at its top: the Python int has no declared
+    # type. As Int64 it went out as -1, and each row asked for another rebirth.
+    top = 2**64 - 1
+    box = MemoryOutbox()
+    box.append_sync(
+        [Batch("plc1", readings=[Reading("plc1", "counter", T0 + i * 10**6, top - i)]) for i in range(3)]
+    )
+    with PrimaryHost(mosquitto.host, mosquitto.port) as host:
+        host.publish_state(True)
+        uplink, states = node(config(mosquitto), box)
+        await states.wait(lambda s: s == "online")
+        await eventually(lambda: box.pending() == 0, 10, what="every row released")
+        box.append_sync([Batch("plc1", readings=[Reading("plc1", "counter", T0 + 10**9, top)])])
+        uplink.notify()
+        got = await asyncio.to_thread(
+            host.wait, lambda ms: sum(len(m.payload.metrics) for m in ms if m.kind == "DDATA") >= 4
+        )
+    births = [m for m in got if m.kind == "DBIRTH"]
+    # The birth from the config, then one for the metric no config declared: no more after it.
+    assert len(births) == 2, kinds(got)
+    counter = births[1].metric("counter")
+    assert counter.datatype == DataType.UInt64
+    values = [datatypes.get(x) for m in got if m.kind == "DDATA" for x in m.payload.metrics]
+    assert sorted(values) == [top - 2, top - 1, top, top]  # type: ignore[type-var]
+    assert session_errors(got) == []

@@ -173,6 +173,7 @@ class OpcUaComponent:
         self._ctx: SimContext | None = None
         self._vars: list[_Var] = []
         self._overrides: dict[str, int] = {}
+        self._served: dict[str, Any] = {}
         self._refuse_subscriptions = False
         self.port: int | None = None
         self.url = ""
@@ -257,6 +258,15 @@ class OpcUaComponent:
         else:
             self._overrides[point_name] = getattr(StatusCodes, status)
 
+    def serve(self, point_name: str, value: Any) -> None:
+        """Fault injection: serve `point_name` with `value` (in the point's own Variant type: a
+        string that is not UTF-8, given with surrogate escapes, a NaN...), or with its live value
+        again when `value` is None."""
+        if value is None:
+            self._served.pop(point_name, None)
+        else:
+            self._served[point_name] = value
+
     def refuse_subscriptions(self, refuse: bool = True) -> None:
         """Fault injection: answer CreateSubscription with BadServiceUnsupported, as some small
         PLC servers do (clients must fall back to polling)."""
@@ -288,6 +298,7 @@ class OpcUaComponent:
                 if isinstance(value, float) and not math.isfinite(value):
                     value, status = None, StatusCodes.BadSensorFailure
                 status = self._overrides.get(var.point.name, status)
+                value = self._served.get(var.point.name, value)
             if value == var.last and status == var.last_status:
                 continue
             var.last, var.last_status = value, status

@@ -6,8 +6,8 @@ Where the datatype comes from, in order:
    int16 → Int16, uint16 → UInt16, int32/uint32/int64/uint64 alike, float32 → Float,
    float64 → Double, bool and bit → Boolean, string → String; a tag with `scale`/`offset` is
    Double, because scaling makes a float);
-2. otherwise the Python type of the first value seen: bool → Boolean, int → Int64,
-   float → Double, str → String;
+2. otherwise the Python type of the first value seen: bool → Boolean, int → Int64 (UInt64 above
+   2^63 - 1), float → Double, str → String;
 3. a tag with neither (declared by its driver, never read yet) is born as Double with `is_null`.
 
 A later value that the birth's datatype cannot hold (a string in a Double, 2.5 in an Int64) makes
@@ -67,6 +67,9 @@ STRING: Final = int(DataType.String)
 FLOAT: Final = int(DataType.Float)
 DOUBLE: Final = int(DataType.Double)
 _INT64: Final = int(DataType.Int64)
+_UINT64: Final = int(DataType.UInt64)
+_INT64_MAX: Final = 2**63 - 1
+_UINT64_MAX: Final = 2**64 - 1
 _FLOATS: Final = frozenset((FLOAT, DOUBLE))
 
 
@@ -94,7 +97,10 @@ def of_value(value: Value) -> int | None:
     if kind is bool:
         return BOOLEAN
     if kind is int:
-        return _INT64
+        if value <= _INT64_MAX:  # type: ignore[operator]
+            return _INT64
+        # An Int64 metric cannot hold it: it would go out wrapped, and ask for a rebirth each time.
+        return _UINT64 if value <= _UINT64_MAX else DOUBLE  # type: ignore[operator]
     if kind is str:
         return STRING
     return None
