@@ -209,9 +209,8 @@ def test_gateways_enrolling_at_once_are_answered_while_the_broker_reloads(
         service = EnrolmentService(
             pki.ca, allow={"SER-N9": Allowed("gw-09", "north"), "SER-S8": Allowed("gw-08", "south")}, acl=acl
         )
-        gate.touch()
-        assert service.write_acl()
-        gate.unlink()
+        # No reload right after the broker started: a SIGHUP before Mosquitto set its handler up
+        # ends it (the broker's ACL is the register's already).
         service.start(broker.host, broker.port, cert=svc_cert, key=svc_key, ca_file=pki.ca_file)
         errors: list[BaseException] = []
 
