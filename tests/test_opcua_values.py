@@ -58,6 +58,23 @@ def test_bad_status_drops_the_value_and_nan_is_bad() -> None:
     assert reading_parts(array, 1)[2:] == ("bad", "unsupported value type list")
 
 
+def test_a_good_status_without_a_value_is_uncertain_and_undecodable_text_is_repaired() -> None:
+    """A Good null said nothing and went out `good`; a String's invalid UTF-8 (asyncua's lone
+    surrogates) could not be stored at all."""
+    empty = ua.DataValue(ua.Variant())
+    assert reading_parts(empty, 5)[1:] == (None, "uncertain", "no value (null)")
+    text = ua.DataValue(ua.Variant(ua.LocalizedText(None)))
+    assert reading_parts(text, 5)[1:] == (None, "uncertain", "no value (null)")
+    odd = ua.DataValue(ua.Variant("PS-\udcff", ua.VariantType.String))
+    assert reading_parts(odd, 5)[1:] == (
+        "PS-\ufffd",
+        "uncertain",
+        "text that is not UTF-8, undecodable bytes replaced",
+    )
+    fine = ua.DataValue(ua.Variant("PS-NORTH", ua.VariantType.String))
+    assert reading_parts(fine, 5)[1:] == ("PS-NORTH", "good", None)
+
+
 def test_engineering_units_round_trip_through_unece_codes() -> None:
     for unit in ("m3/h", "bar", "A", "mm/s", "degC", "rpm"):
         assert unit_from_eu(eu_information(unit)) == unit

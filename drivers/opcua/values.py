@@ -98,7 +98,29 @@ def _parts(code: int, ts: int, raw: Any) -> tuple[int, Value, Quality, str | Non
     value, problem = to_value(raw)
     if problem is not None:
         return ts, None, BAD, problem
+    if value is None and quality == GOOD:
+        # A Good status with no value (a null Variant, a LocalizedText without text): a reading
+        # that says nothing is not a good one.
+        return ts, None, UNCERTAIN, "no value (null)"
+    if isinstance(value, str):
+        text = valid_text(value)
+        if text is not value:
+            why = "text that is not UTF-8, undecodable bytes replaced"
+            return ts, text, UNCERTAIN, why if reason is None else f"{reason}; {why}"
     return ts, value, quality, reason
+
+
+def valid_text(text: str) -> str:
+    """`text`, or a copy with U+FFFD for the bytes that were not UTF-8: asyncua decodes a server's
+    invalid UTF-8 into lone surrogates, which no JSON encoder or outbox takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # surrogates not from undecodable bytes
+            return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 # UNECE codes (OPC UA Part 8 EUInformation.UnitId) to the unit spellings the agent's other
