@@ -34,13 +34,48 @@ from typing import Any, Protocol
 import structlog
 
 from water_edge.agent.clock_sync import UNSYNC_REASON, ClockSync, restamped
-from water_edge.agent.storable import replace_unstorable
+from water_edge.agent.storable import replace_unstorable, too_large
 from water_edge.buffer.types import Batch
 from water_edge.core.clock import ClockStep, ClockWatch
-from water_edge.core.errors import BufferError
+from water_edge.core.errors import BufferError, QuotaExceededError
 from water_edge.core.reading import EVENTS_STREAM, GOOD, UNCERTAIN, Event, Reading, now_ns
 
 log = structlog.get_logger(__name__)
+
+
+class _AppendStoppedError(Exception):
+    """An append failed (not for the quota): the batches not committed, and why."""
+
+    def __init__(self, remaining: list[Batch], error: BufferError) -> None:
+        super().__init__(str(error))
+        self.remaining, self.error = remaining, error
+
+
+def _halves(batches: list[Batch]) -> list[list[Batch]] | None:
+    """`batches` split in two, in order (a single batch by its items); None for a single item."""
+    if len(batches) > 1:
+        mid = len(batches) // 2
+        return [batches[:mid], batches[mid:]]
+    (batch,) = batches
+    items: list[Any] = batch.readings if batch.readings is not None else list(batch.events or ())
+    if len(items) < 2:
+        return None
+    mid = len(items) // 2
+    if batch.readings is not None:
+        return [[Batch(batch.stream, readings=items[:mid])], [Batch(batch.stream, readings=items[mid:])]]
+    return [[Batch(batch.stream, events=items[:mid])], [Batch(batch.stream, events=items[mid:])]]
+
+
+def _unbatched(batches: list[Batch]) -> tuple[dict[str, list[Reading]], list[Event]]:
+    """The readings by stream and the events of `batches`, in order."""
+    pending: dict[str, list[Reading]] = {}
+    events: list[Event] = []
+    for batch in batches:
+        if batch.events is not None:
+            events += batch.events
+        else:
+            pending.setdefault(batch.stream, []).extend(batch.readings or ())
+    return pending, events
 
 
 class Appender(Protocol):
@@ -359,38 +394,69 @@ class Pipeline:
             self._rate_mark = (now, self.stats.readings_in)
 
     async def flush(self) -> None:
-        """Commit everything pending in one transaction; on failure keep it for the next try."""
+        """Commit everything pending; what cannot be committed is kept for the next try."""
         async with self._flush_lock:
             if not self._pending and not self._pending_events:
                 return
             pending, events = self._pending, self._pending_events
-            self._pending, self._pending_events, count = {}, [], self._pending_count
-            self._pending_count = 0
+            self._pending, self._pending_events, self._pending_count = {}, [], 0
+            remaining = self._batches(pending, events)
+            committed = [0, 0]  # readings, events
             try:
-                await self._outbox.append(self._batches(pending, events))
-            except BufferError as exc:
-                # One value the outbox cannot encode fails the whole transaction, and would again
-                # at every retry: replace it and try once more at once.
+                remaining = await self._append_within_quota(remaining, committed)
+            except _AppendStoppedError as first:
+                # One value the outbox cannot encode fails its transaction, and would again at
+                # every retry: replace it and try once more at once.
+                remaining, error = first.remaining, first.error
+                pending, events = _unbatched(remaining)
                 replaced = replace_unstorable(pending, events)
-                failed: BufferError | None = exc
                 if replaced:
                     self.stats.unstorable += replaced
-                    log.warning("pipeline.unstorable", replaced=replaced, error=str(exc))
+                    log.warning("pipeline.unstorable", replaced=replaced, error=str(error))
                     try:
-                        await self._outbox.append(self._batches(pending, events))
-                        failed = None
-                    except BufferError as again:
-                        failed = again
-                if failed is not None:
+                        remaining = await self._append_within_quota(self._batches(pending, events), committed)
+                    except _AppendStoppedError as again:
+                        remaining, error = again.remaining, again.error
+                if remaining:
+                    pending, events = _unbatched(remaining)
+                    count = sum(len(r) for r in pending.values())
                     self.stats.append_errors += 1
-                    self.stats.last_error = str(failed)
-                    log.error("pipeline.append_failed", error=str(failed), readings=count)
+                    self.stats.last_error = str(error)
+                    log.error("pipeline.append_failed", error=str(error), readings=count)
                     self._requeue(pending, events, count)
-                    return
+            if committed == [0, 0]:
+                return
             self.stats.flushes += 1
-            self.stats.committed_readings += count
-            self.stats.committed_events += len(events)
+            self.stats.committed_readings += committed[0]
+            self.stats.committed_events += committed[1]
         self._on_committed()
+
+    async def _append_within_quota(self, batches: list[Batch], committed: list[int]) -> list[Batch]:
+        """Append `batches` in one transaction or, when that is more than the outbox's whole quota
+        (a backlog that built up while the disk was full, under a small quota), in parts that fit,
+        in order; a reading or event larger than the quota on its own is stored as what it is (see
+        `storable.too_large`). Counts what was committed into `committed`; `_AppendStoppedError` with what
+        was not when an append fails otherwise. Returns [] (nothing remains)."""
+        parts = deque([batches])
+        while parts:
+            part = parts.popleft()
+            try:
+                await self._outbox.append(part)
+            except QuotaExceededError as exc:
+                halves = _halves(part)
+                if halves is None:  # one reading or event alone
+                    self.stats.unstorable += 1
+                    log.warning("pipeline.too_large", stream=part[0].stream, error=str(exc))
+                    parts.appendleft([too_large(part[0])])
+                else:
+                    parts.extendleft(reversed(halves))
+                continue
+            except BufferError as exc:
+                raise _AppendStoppedError([b for p in (part, *parts) for b in p], exc) from None
+            for batch in part:
+                committed[0] += len(batch.readings or ())
+                committed[1] += len(batch.events or ())
+        return []
 
     def _batches(self, pending: dict[str, list[Reading]], events: list[Event]) -> list[Batch]:
         batches = [Batch(EVENTS_STREAM, events=events)] if events else []

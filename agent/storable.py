@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from water_edge.buffer.codec import encode_events, encode_readings
+from water_edge.buffer.types import Batch
 from water_edge.core.errors import BufferError
 from water_edge.core.reading import BAD, Event, Reading, now_ns
 
@@ -96,3 +97,17 @@ def _storable_event(event: Event) -> Event:
     ts_ns = event.ts_ns if type(event.ts_ns) is int else now_ns()
     severity = event.severity if event.severity in ("info", "warning", "alarm", "critical") else "warning"
     return Event(_text(event.kind), _text(event.source), ts_ns, severity, score, detail)
+
+
+def too_large(batch: Batch) -> Batch:
+    """In place of a batch of one reading or event that is larger than the outbox's whole quota
+    (a multi-megabyte string under a small quota): the reading as a bad one without its value, the
+    event without its detail."""
+    why = "larger than the outbox's whole quota"
+    if batch.readings:
+        r = batch.readings[0]
+        reading = Reading(r.source, r.tag[:200], r.ts_ns, None, BAD, r.unit[:50], f"not storable: {why}")
+        return Batch(batch.stream, readings=[reading])
+    e = (batch.events or [])[0]
+    event = Event(e.kind[:200], e.source[:200], e.ts_ns, e.severity, None, {"not_storable": why})
+    return Batch(batch.stream, events=[event])

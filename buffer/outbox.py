@@ -24,7 +24,7 @@ from typing import Any, Final, Literal
 from water_edge.buffer import schema
 from water_edge.buffer.codec import decode_events, decode_readings, encode_events, encode_readings
 from water_edge.buffer.types import Batch, OutboxRow, OutboxStats, RowClass
-from water_edge.core.errors import BufferError
+from water_edge.core.errors import BufferError, QuotaExceededError
 from water_edge.core.quarantine import is_damaged_file
 from water_edge.core.reading import EVENTS_STREAM, Event, Severity, now_ns
 
@@ -272,7 +272,7 @@ class Outbox:
         encoded = [_encode(b) for b in batches]
         new_bytes = sum(len(body) + schema.ROW_OVERHEAD for _, _, _, body in encoded)
         if new_bytes > self.max_bytes:
-            raise BufferError(
+            raise QuotaExceededError(
                 f"outbox {self.path}: append of {new_bytes} bytes exceeds the whole quota "
                 f"of {self.max_bytes} bytes; nothing was stored"
             )

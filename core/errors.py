@@ -44,5 +44,9 @@ class BufferError(AgentError):
     """The outbox database cannot be opened or written."""
 
 
+class QuotaExceededError(BufferError):
+    """An append larger than the outbox's whole quota: it never fits, however much is evicted."""
+
+
 class UplinkError(AgentError):
     """The broker connection cannot be configured or used."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -245,3 +246,34 @@ async def test_values_the_outbox_cannot_store_become_counted_bad_readings_not_a_
     assert anomaly.detail == {"not_storable": "{'z': np.float32(3.5)}"}
     assert (anomaly.kind, anomaly.score) == ("pump_anomaly", 0.9)
     assert leak.detail == {"position_m": 12.5}
+
+
+async def test_a_backlog_larger_than_the_outbox_quota_is_committed_in_parts_not_retried_forever(
+    tmp_path: Path,
+) -> None:
+    """Readings kept in memory while the disk was full can come to more than a small quota: one
+    transaction of all of them never fits, and the pipeline retried it at every flush until
+    max_pending dropped them. Now they go in parts that fit, in order; the quota evicts the oldest,
+    counted, as for any full outbox. A reading larger than the quota on its own is stored bad."""
+    async with await AsyncOutbox.open(tmp_path / "o.db", max_bytes=2**20, synchronous="normal") as box:
+        pipe = Pipeline(box, lambda: None, max_pending=200_000)
+        backlog = [Reading("plc", f"t{i % 500}", 1_000 + i, float(i), unit="m3/h") for i in range(40_000)]
+        await pipe.submit("plc", backlog)  # ~2.5 MB encoded: more than the 1 MiB quota
+        await pipe.submit("ua", [Reading("ua", "name", 5, "x" * 2**21), Reading("ua", "ok", 6, 1.0)])
+        await pipe.flush()
+        assert pipe.pending == 0
+        assert pipe.stats.append_errors == 0
+        assert pipe.stats.committed_readings == 40_002
+        assert pipe.health().unstorable == 1
+        stats = await box.stats()
+        assert stats.evicted_readings > 0  # the quota made room, as it does for any outbox
+        rows = await box.lease(0, 10_000)
+        kept = [r for row in rows if row.row_class == "telemetry" for r in decode_readings(row.body)]
+        assert stats.evicted_readings + len(kept) == 40_002  # and the eviction notice, an event
+        plc = [r.value for r in kept if r.source == "plc"]
+        assert plc == [float(i) for i in range(40_000 - len(plc), 40_000)]  # the newest, in order
+        ua = {r.tag: (r.value, r.quality, r.reason) for r in kept if r.source == "ua"}
+        assert ua == {
+            "name": (None, "bad", "not storable: larger than the outbox's whole quota"),
+            "ok": (1.0, "good", None),
+        }
