@@ -380,8 +380,13 @@ class PahoTransport:
     def _on_connect(self, _c: paho.Client, _u: Any, _flags: Any, reason: Any, props: Any) -> None:
         receive_max = getattr(props, "ReceiveMaximum", None)
         valid = isinstance(receive_max, int) and receive_max > 0
+        max_packet = getattr(props, "MaximumPacketSize", None)
         if self._listener is not None:
-            self._listener.on_connack(reason, receive_max if valid else None)
+            self._listener.on_connack(
+                reason,
+                receive_max if valid else None,
+                max_packet if isinstance(max_packet, int) and max_packet > 0 else None,
+            )
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         refused = self._client.refused if self._client is not None else None

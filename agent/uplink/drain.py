@@ -18,7 +18,7 @@ from water_edge.agent.uplink.lanes import Lane, LaneScheduler
 from water_edge.agent.uplink.metrics import UplinkMetrics
 from water_edge.agent.uplink.session import Session
 from water_edge.agent.uplink.state import ConnectionState
-from water_edge.agent.uplink.transport import PublishProperties
+from water_edge.agent.uplink.transport import PublishProperties, publish_packet_size
 from water_edge.core.errors import BufferError
 
 log = structlog.get_logger(__name__)
@@ -127,9 +127,20 @@ class Drain:
                 self._state.error(str(exc))
                 log.error("uplink.encode_failed", row=row.id, stream=row.stream, error=str(exc))
             else:
-                if not session.publish_row(row, msg.topic, msg.payload, self._props):
+                size = publish_packet_size(msg.topic, msg.payload, self._props)
+                if session.max_packet is not None and size > session.max_packet:
+                    # Published, it would get the connection dropped, and again at every
+                    # reconnect, with every row behind it waiting: left in the outbox, as above.
+                    metrics.encode_errors += 1
+                    why = f"row {row.id}: a message of {size} bytes, over the broker's Maximum Packet Size"
+                    self._state.error(f"{why} ({session.max_packet}): not sent, left in the outbox")
+                    log.error(
+                        "uplink.too_large", row=row.id, stream=row.stream, size=size, limit=session.max_packet
+                    )
+                elif not session.publish_row(row, msg.topic, msg.payload, self._props):
                     break
-                metrics.published += 1
+                else:
+                    metrics.published += 1
             taken = True
             metrics.lane_published(lane)
         return taken

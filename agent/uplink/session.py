@@ -44,6 +44,7 @@ class Session:
         self.close_reason = ""
         self.inflight: dict[int, OutboxRow] = {}
         self.rejected = False
+        self.max_packet: int | None = None  # the broker's Maximum Packet Size, once it said one
         self._status_acks: dict[int, asyncio.Future[Reason]] = {}
         self._acked_ids: list[int] = []
         self._metrics = metrics
@@ -98,7 +99,8 @@ class Session:
 
     # ------------------------------------------------------------------ TransportListener
 
-    def on_connack(self, reason: Reason, receive_maximum: int | None) -> None:
+    def on_connack(self, reason: Reason, receive_maximum: int | None, max_packet: int | None = None) -> None:
+        self.max_packet = max_packet
         if receive_maximum is not None:
             # The broker's Receive Maximum bounds our window: exceeding it gets us disconnected.
             self.window = min(self.window, receive_maximum)

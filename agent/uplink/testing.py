@@ -190,10 +190,12 @@ class FakeTransport:
 
     # ------------------------------------------------------------------ the broker's side
 
-    def answer_connect(self, reason: Reason = SUCCESS, receive_maximum: int | None = None) -> None:
+    def answer_connect(
+        self, reason: Reason = SUCCESS, receive_maximum: int | None = None, max_packet: int | None = None
+    ) -> None:
         """Send CONNACK."""
         if self._listener is not None and not self.closed:
-            self._listener.on_connack(reason, receive_maximum)
+            self._listener.on_connack(reason, receive_maximum, max_packet)
             self.broker.changed()
 
     def puback(self, mid: int, reason: Reason = SUCCESS) -> None:

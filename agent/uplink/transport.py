@@ -118,11 +118,26 @@ class PublishProperties:
     utf8: bool = True
 
 
+def _varint_len(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 16_384 else 3 if n < 2_097_152 else 4
+
+
+def publish_packet_size(topic: str, payload: bytes, properties: PublishProperties | None) -> int:
+    """The size of the QoS 1 PUBLISH packet carrying `payload` on `topic`, as MQTT 5 counts it
+    against a Maximum Packet Size (the whole packet, fixed header included)."""
+    props = (
+        0 if properties is None else 3 + len(properties.content_type.encode()) + (2 if properties.utf8 else 0)
+    )
+    remaining = 2 + len(topic.encode()) + 2 + _varint_len(props) + props + len(payload)
+    return 1 + _varint_len(remaining) + remaining
+
+
 class TransportListener(Protocol):
     """What a connection reports, called on the event loop thread."""
 
-    def on_connack(self, reason: Reason, receive_maximum: int | None) -> None:
-        """The broker answered CONNECT; `receive_maximum` if it announced one (MQTT 5)."""
+    def on_connack(self, reason: Reason, receive_maximum: int | None, max_packet: int | None = None) -> None:
+        """The broker answered CONNECT; `receive_maximum` and its Maximum Packet Size
+        (`max_packet`) if it announced them (MQTT 5)."""
 
     def on_puback(self, mid: int, reason: Reason) -> None:
         """The broker acknowledged the QoS 1 PUBLISH with message id `mid`."""

@@ -129,7 +129,7 @@ class SparkplugSession:
 
     # ------------------------------------------------------------------ TransportListener
 
-    def on_connack(self, reason: Reason, receive_maximum: int | None) -> None:
+    def on_connack(self, reason: Reason, receive_maximum: int | None, max_packet: int | None = None) -> None:
         if not self.connack.done():
             self.connack.set_result(reason)
 
