@@ -8,6 +8,7 @@ The same ingest through a RabbitMQ cluster with a broker node killed: test_fleet
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from tests.support.testing import demo_devices, eventually, outbox_last_seqs, wa
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
 from water_edge.agent.uplink.memory import MemoryOutbox
 from water_edge.buffer.stats import read_stats
+from water_edge.centre import store as store_module
 from water_edge.centre.loadgen import FleetResult, FleetSpec, payload
 from water_edge.centre.loadgen import run as run_fleet
 from water_edge.centre.payload import Message, parse
@@ -277,6 +279,115 @@ def test_a_message_the_database_cannot_store_is_rejected_and_the_ingest_goes_on(
     assert "Traceback" not in ingest.log()
 
 
+def test_a_message_that_cannot_be_stored_or_kept_as_rejected_does_not_wedge_every_other_gateway(
+    centre_db: str, tmp_path: Path
+) -> None:
+    """Two messages of one gateway each stopped the whole ingest. A NUL in the body's site (which
+    does not match the topic) went into the rejection's reason, which PostgreSQL then refused:
+    the consumer ended, and met the same unacknowledged batch at every restart. A tag longer than
+    an index entry may be (a few KB) was taken for the database being down and retried forever,
+    while every other gateway's messages waited behind it."""
+    nul_site = orjson.loads(_data(2))
+    nul_site["site"] = "s\u0000"
+    hostile = [
+        ("water/s1/gw1/plc1", orjson.dumps(nul_site)),
+        ("water/s1/gw1/plc1", _data(3, tag=secrets.token_hex(4000))),
+    ]
+    with Mosquitto() as broker, one_ingest(tmp_path, centre_db, broker) as ingest:
+        with Publisher(broker.host, broker.port) as pub:
+            for topic, body in hostile:
+                pub.publish(topic, body)
+            pub.publish("water/s2/gw2/plc1", payload("s2", "gw2", 1, 10**18, 1))
+        process = ingest.process
+        assert process is not None
+
+        def done() -> bool:
+            rejected = query(centre_db, "SELECT count(*) FROM rejected")[0][0]
+            return rejected == len(hostile) and ("s2", "gw2", "plc1") in committed_seqs(centre_db)
+
+        wait_until(lambda: done() or process.poll() is not None, 30, what=lambda: ingest.log()[-3000:])
+        assert process.poll() is None, ingest.log()[-3000:]
+    reasons = dict(query(centre_db, "SELECT payload, reason FROM rejected"))
+    assert reasons[hostile[0][1]] == "topic 'water/s1/gw1/plc1' does not end in 's\\x00/gw1/plc1'"
+    assert reasons[hostile[1][1]].startswith("refused by the database: index row size")
+    assert committed_seqs(centre_db) == {("s2", "gw2", "plc1"): [1]}
+    assert "Traceback" not in ingest.log()
+    assert "ingest.store_failed" not in ingest.log(), "a value is not an outage"
+
+
+def _event(seq: int, **event: object) -> bytes:
+    item = {"kind": "k", "source": "agent", "ts": 1, "severity": "info", "score": None, "detail": {}}
+    body = {
+        "v": 2, "epoch": 1, "stream": "events", "seq": seq, "site": "s1", "gateway": "gw1", "sent_ns": 1,
+        "events": [item | event],
+    }  # fmt: skip
+    return orjson.dumps(body)
+
+
+def test_readings_and_events_with_fields_of_the_wrong_type_are_rejected_not_stored_as_something_else(
+    centre_db: str, tmp_path: Path
+) -> None:
+    """A broken gateway's fields of the wrong type were turned into rows: a tag that was an object
+    became its Python repr, a missing unit the text 'None', an event's score "nan" a NaN (which
+    turns every avg() over the column into NaN), a ts of "12" or 1.9 the integer 12 or 1, a negative
+    ts a date before 1970, an unknown severity or a detail that is not an object kept as sent."""
+    bad_readings = [{"tag": 5}, {"tag": {"a": 1}}, {"unit": None}, {"source": [1]}, {"ts": -5}]
+    bad_events = [
+        {"kind": {"a": 1}}, {"source": 5}, {"ts": "12"}, {"ts": 1.9}, {"ts": -1}, {"severity": "apocalypse"},
+        {"score": "nan"}, {"score": True}, {"detail": [1]}, {"detail": "x"},
+    ]  # fmt: skip
+    hostile = [("water/s1/gw1/plc1", _data(seq, **r)) for seq, r in enumerate(bad_readings, 2)]
+    hostile += [("water/s1/gw1/events", _event(seq, **e)) for seq, e in enumerate(bad_events, 2)]
+    with Mosquitto() as broker, one_ingest(tmp_path, centre_db, broker) as ingest:
+        with Publisher(broker.host, broker.port) as pub:
+            for topic, body in hostile:
+                pub.publish(topic, body)
+            pub.publish("water/s1/gw1/plc1", _data(1))
+            pub.publish("water/s1/gw1/events", _event(1))
+
+        def done() -> bool:
+            seqs = committed_seqs(centre_db)
+            good = all(seqs.get(("s1", "gw1", s)) == [1] for s in ("plc1", "events"))
+            return good and _rejected(centre_db) == len(hostile)
+
+        wait_until(done, 30, what=lambda: f"{committed_seqs(centre_db)}\n{ingest.log()[-3000:]}")
+    assert query(centre_db, "SELECT seq, tag, unit, source, ts_ns FROM readings") == [
+        (1, "t000", "bar", "plc1", 10**18 + 1)
+    ]
+    assert query(centre_db, "SELECT seq, kind, source, ts_ns, severity, score FROM events") == [
+        (1, "k", "agent", 1, "info", None)
+    ]
+    stored = {bytes(body) for (body,) in query(centre_db, "SELECT payload FROM rejected")}
+    assert stored == {body for _, body in hostile}
+
+
+def test_a_gateway_sending_a_refused_message_now_and_then_does_not_slow_everyone_to_a_commit_per_message(
+    centre_db: str, tmp_path: Path
+) -> None:
+    """A batch the database refuses was committed again message by message, a transaction (and a
+    WAL flush) each: one gateway sending a NUL in a tag once in a while put every batch of every
+    gateway on that path, and the ingest to about a tenth of its speed. A message's `received_at`
+    is its transaction's start, so the number of distinct ones counts the transactions."""
+    good, every = 1000, 100
+    with Mosquitto() as broker, one_ingest(tmp_path, centre_db, broker) as ingest:
+        with Publisher(broker.host, broker.port) as pub:
+            for seq in range(1, good + 1):
+                pub.publish("water/s2/gw2/plc1", payload("s2", "gw2", seq, 10**18, 10), wait=False)
+                if seq % every == 0:
+                    pub.publish("water/s1/gw1/plc1", _data(seq, tag="x\u0000"), wait=False)
+            pub.publish("water/s2/gw2/plc1", payload("s2", "gw2", good + 1, 10**18, 10))
+        wait_until(
+            lambda: (
+                query(centre_db, "SELECT count(*) FROM messages")[0][0] == good + 1
+                and _rejected(centre_db) == good // every
+            ),
+            60,
+            what=lambda: ingest.log()[-3000:],
+        )
+    (transactions,) = query(centre_db, "SELECT count(DISTINCT received_at) FROM messages")[0]
+    assert transactions <= good // 4, f"{transactions} transactions for {good} messages"
+
+
 def test_a_database_error_it_cannot_judge_ends_the_ingest_with_nothing_acknowledged(
     centre_db: str, tmp_path: Path
 ) -> None:
@@ -301,6 +412,25 @@ def test_a_database_error_it_cannot_judge_ends_the_ingest_with_nothing_acknowled
         ingest.start()  # the same client id: its session holds the unacknowledged message
         wait_until(lambda: committed_seqs(centre_db), 30, what=lambda: ingest.log()[-3000:])
     assert committed_seqs(centre_db) == {("s1", "gw1", "plc1"): [1]}
+
+
+def test_a_gateway_with_a_new_epoch_in_every_message_does_not_grow_the_ingest_without_bound(
+    centre_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each (site, gateway, stream, epoch) gets a streams row, and its id was kept in memory for the
+    life of the process: a gateway starting a new outbox in every message (or naming a new site or
+    stream in each: its topics' site level is open to it) grew the consumer by ~300 bytes a message."""
+    monkeypatch.setattr(store_module, "STREAM_IDS_CACHED", 100, raising=False)
+    store = Store(centre_db)
+    for first in range(1, 1001, 250):
+        store.commit([messages("gw1", [1], tags=1, epoch=e)[0] for e in range(first, first + 250)])
+    again = store.commit(messages("gw1", [1], tags=1, epoch=1))  # its id no longer in memory
+    cached = len(store._stream_ids)
+    store.close()
+    assert cached <= 100
+    assert (again.messages, again.duplicates) == (0, 1)
+    assert query(centre_db, "SELECT count(*), count(DISTINCT epoch) FROM streams") == [(1000, 1000)]
+    assert query(centre_db, "SELECT count(*) FROM readings") == [(1000,)]
 
 
 def test_an_eviction_event_with_a_malformed_range_does_not_stop_the_gap_check(centre_db: str) -> None:

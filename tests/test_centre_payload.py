@@ -102,17 +102,50 @@ def test_an_event_message_keeps_its_detail() -> None:
         (orjson.dumps(doc(epoch=2**53)), "epoch must be at most 2"),
         (orjson.dumps(doc(seq=0)), "seq must be >= 1"),
         (orjson.dumps(doc(seq="7")), "seq must be a non-negative integer"),
-        (orjson.dumps(doc(gateway="gw-04")), "does not end in north/gw-04/plc1"),
+        (orjson.dumps(doc(gateway="gw-04")), "does not end in 'north/gw-04/plc1'"),
         (orjson.dumps(doc(events=[])), "exactly one of readings and events"),
         (orjson.dumps(doc(readings=[{"tag": "p"}])), "malformed reading"),
         (orjson.dumps(doc(readings=[{**doc()["readings"][0], "quality": "ok"}])), "quality 'ok'"),
         (orjson.dumps(doc(readings=[{**doc()["readings"][0], "value": [1]}])), "value must be"),
         (orjson.dumps(doc(readings=[{**doc()["readings"][0], "repeat": False}])), "repeat must be true"),
+        (orjson.dumps(doc(readings=[{**doc()["readings"][0], "tag": {"a": 1}}])), "tag must be a string"),
+        (orjson.dumps(doc(readings=[{**doc()["readings"][0], "unit": None}])), "unit must be a string"),
+        (
+            orjson.dumps(doc(readings=[{**doc()["readings"][0], "ts": -1}])),
+            "ts must be a non-negative integer",
+        ),
+        (
+            orjson.dumps(doc(readings=[{**doc()["readings"][0], "ts": 1.5}])),
+            "ts must be a non-negative integer",
+        ),
+        (orjson.dumps(doc(site="s\u0000")), r"does not end in 's\\x00/gw-03/plc1'"),
     ],
 )
 def test_anything_else_is_refused_with_the_reason(body: bytes, complaint: str) -> None:
     with pytest.raises(PayloadError, match=complaint):
         parse(TOPIC, body)
+
+
+@pytest.mark.parametrize(
+    ("event", "complaint"),
+    [
+        ({"kind": 5}, "kind must be a string"),
+        ({"source": None}, "source must be a string"),
+        ({"ts": "12"}, "ts must be a non-negative integer"),
+        ({"ts": -1}, "ts must be a non-negative integer"),
+        ({"severity": "apocalypse"}, "severity 'apocalypse' is not info/warning/alarm/critical"),
+        ({"score": "nan"}, "score must be a number or null"),
+        ({"score": True}, "score must be a number or null"),
+        ({"detail": [1]}, "detail must be an object"),
+    ],
+)
+def test_an_event_field_of_the_wrong_type_is_refused_with_the_reason(
+    event: dict[str, Any], complaint: str
+) -> None:
+    base = {"kind": "leak", "source": "h1", "ts": 5, "severity": "alarm", "score": 0.9, "detail": {}}
+    body = {k: v for k, v in doc(stream="events").items() if k != "readings"} | {"events": [base | event]}
+    with pytest.raises(PayloadError, match=complaint):
+        parse("water/north/gw-03/events", orjson.dumps(body))
 
 
 def test_the_load_generator_speaks_the_same_contract() -> None:

@@ -260,23 +260,38 @@ class Consumer:
     def _write(
         self, parsed: list[tuple[_Delivery, Message]], rejected: list[tuple[str, str, bytes]]
     ) -> Committed | None:
-        """The batch in one transaction; if the database refuses a value in it, message by message,
-        and each message it refuses goes to `rejected` with its reason (never retried forever)."""
+        """The batch in one transaction; if the database refuses a value in it, in halves, and each
+        message it refuses goes to `rejected` with its reason (never retried forever)."""
         if not (parsed or rejected):
             return None
         try:
             return self._store.commit([m for _, m in parsed], rejected)
         except StoreRefusedError:
             pass
-        done, refused = Committed(0, 0, 0, 0, 0), list(rejected)
-        for d, m in parsed:
-            try:
-                done += self._store.commit([m])
-            except StoreRefusedError as exc:
-                reason = f"refused by the database: {exc}"
-                refused.append((d.topic, reason, d.payload))
-                log.warning("ingest.rejected", topic=d.topic, reason=reason)
+        refused = list(rejected)
+        half = len(parsed) // 2
+        done = self._bisect(parsed[:half], refused) + self._bisect(parsed[half:], refused)
         return done + self._store.commit([], refused) if refused else done
+
+    def _bisect(
+        self, parsed: list[tuple[_Delivery, Message]], refused: list[tuple[str, str, bytes]]
+    ) -> Committed:
+        """Commit `parsed`, or where the database refuses it, its halves down to the refused messages
+        alone (added to `refused`): a refused message costs a few transactions, not one per message
+        of its batch, so a gateway that sends one now and then cannot slow the ingest to a crawl."""
+        if not parsed:
+            return Committed(0, 0, 0, 0, 0)
+        try:
+            return self._store.commit([m for _, m in parsed])
+        except StoreRefusedError as exc:
+            if len(parsed) > 1:
+                half = len(parsed) // 2
+                return self._bisect(parsed[:half], refused) + self._bisect(parsed[half:], refused)
+            d = parsed[0][0]
+            reason = f"refused by the database: {exc}"
+            refused.append((d.topic, reason, d.payload))
+            log.warning("ingest.rejected", topic=d.topic, reason=reason)
+            return Committed(0, 0, 0, 0, 0)
 
     def _commit(
         self,

@@ -21,6 +21,7 @@ _VERSIONS = (1, 2)
 LEGACY_EPOCH: Final = 0
 MAX_EPOCH: Final = 2**53 - 1  # as the schema says: exact in every JSON reader
 _QUALITIES = frozenset(("good", "uncertain", "bad"))
+_SEVERITIES = frozenset(("info", "warning", "alarm", "critical"))
 _NONFINITE = frozenset(("nan", "inf", "-inf"))
 # A compressed message is unpacked to at most this much JSON: a gateway's message is one outbox
 # row (well under a megabyte); a few hundred bytes of deflate must not become gigabytes in memory.
@@ -85,6 +86,13 @@ def _text(doc: dict[str, Any], key: str) -> str:
     return value
 
 
+def _string(item: dict[str, Any], key: str) -> str:
+    value = item[key]
+    if not isinstance(value, str):
+        raise PayloadError(f"{key} must be a string (got {type(value).__name__})")
+    return value
+
+
 def _compression(content_type: str | None, payload: bytes) -> str:
     """How the payload is compressed: by its MQTT 5 content type, else (an MQTT 3.1.1 delivery
     carries none) by its first bytes; a JSON object starts with `{`, never like these."""
@@ -146,7 +154,8 @@ def parse(topic: str, payload: bytes, content_type: str | None = None) -> Messag
     site, gateway, stream = _text(doc, "site"), _text(doc, "gateway"), _text(doc, "stream")
     levels = topic.split("/")
     if levels[-3:] != [site, gateway, stream]:
-        raise PayloadError(f"topic {topic!r} does not end in {site}/{gateway}/{stream}")
+        # Quoted like every other value in a reason: a NUL here made the reason itself unstorable.
+        raise PayloadError(f"topic {topic!r} does not end in {f'{site}/{gateway}/{stream}'!r}")
     seq, sent_ns = _int(doc, "seq"), _int(doc, "sent_ns")
     if seq < 1:
         raise PayloadError("seq must be >= 1")
@@ -177,26 +186,31 @@ def _readings(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
             if nonfinite not in _NONFINITE:
                 raise PayloadError(f"nonfinite {nonfinite!r} is not nan/inf/-inf")
             text = nonfinite
-        ts = r["ts"]
-        if not isinstance(ts, int) or isinstance(ts, bool):
-            raise PayloadError(f"ts must be an integer (got {ts!r})")
+        ts = _int(r, "ts")
         repeat = r.get("repeat", False)
         if "repeat" in r and repeat is not True:
             raise PayloadError(f"repeat must be true when present (got {repeat!r})")
-        reason, unit, source = r.get("reason"), str(r["unit"]), str(r["source"])
+        reason, unit, source = r.get("reason"), _string(r, "unit"), _string(r, "source")
         if reason is not None and not isinstance(reason, str):
             raise PayloadError(f"reason must be a string (got {type(reason).__name__})")
-        out.append((str(r["tag"]), ts, value, text, quality, reason, unit, source, repeat))
+        out.append((_string(r, "tag"), ts, value, text, quality, reason, unit, source, repeat))
     return out
 
 
 def _events(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     out = []
     for idx, e in enumerate(items):
+        severity = e["severity"]
+        if severity not in _SEVERITIES:
+            raise PayloadError(f"severity {severity!r} is not info/warning/alarm/critical")
         score = e.get("score")
-        detail = orjson.dumps(e.get("detail", {})).decode()
+        if score is not None and (not isinstance(score, (int, float)) or isinstance(score, bool)):
+            raise PayloadError(f"score must be a number or null (got {type(score).__name__})")
+        detail = e.get("detail", {})
+        if not isinstance(detail, dict):
+            raise PayloadError(f"detail must be an object (got {type(detail).__name__})")
         out.append(
-            (idx, str(e["kind"]), str(e["source"]), int(e["ts"]), str(e["severity"]),
-             float(score) if score is not None else None, detail)
+            (idx, _string(e, "kind"), _string(e, "source"), _int(e, "ts"), severity,
+             float(score) if score is not None else None, orjson.dumps(detail).decode())
         )  # fmt: skip
     return out

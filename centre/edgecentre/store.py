@@ -10,13 +10,15 @@ which this makes harmless.
 
 psycopg's errors are translated here: `StoreError` when the database is unavailable (the ingest
 retries), `StoreRefusedError` when it refuses a value in the batch (a NUL in a text, an integer
-beyond bigint, a key twice in one message: the ingest rejects the message that carries it). An
-integer beyond bigint in a reading is refused on this side: binary COPY packs it here.
+beyond bigint, a key twice in one message, a text too long to index: the ingest rejects the message
+that carries it). An integer beyond bigint in a reading is refused on this side: binary COPY packs
+it here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -37,6 +39,10 @@ READING_TYPES = (
 )  # fmt: skip
 EVENT_COLUMNS = "stream_id, seq, idx, kind, source, ts_ns, severity, score, detail"
 _MIGRATION_LOCK = 0x5745_4345  # "WECE": one migrator at a time
+# Stream ids kept in memory: a fleet's streams several times over (about 300 bytes each). Bounded
+# because gateways name them: a new epoch, site or stream in every message would otherwise grow
+# the process for ever. One that is no longer kept is looked up again with its next batch.
+STREAM_IDS_CACHED = 200_000
 
 
 class StoreError(Exception):
@@ -56,6 +62,10 @@ def _db_errors() -> Iterator[None]:
     except OverflowError as exc:  # binary COPY packs integers here, before the database sees them
         raise StoreRefusedError(f"integer out of range for its column ({exc})") from exc
     except psycopg.OperationalError as exc:
+        # Class 54 (program limit exceeded) is the value's doing, not an outage: a text too long for
+        # an index entry (a tag of a few KB) would otherwise be retried forever, holding up the rest.
+        if exc.sqlstate is not None and exc.sqlstate.startswith("54"):
+            raise StoreRefusedError(str(exc).splitlines()[0]) from exc
         raise StoreError(f"database unavailable: {exc}") from exc
     except psycopg.errors.SerializationFailure as exc:  # pragma: no cover - not at READ COMMITTED
         raise StoreError(f"serialisation failure: {exc}") from exc
@@ -137,11 +147,21 @@ class Store:
             self._conn.close()
             self._conn = None
 
-    def _ids(self, conn: psycopg.Connection[TupleRow], keys: set[tuple[str, str, str, int]]) -> None:
+    def _ids(
+        self, conn: psycopg.Connection[TupleRow], keys: set[tuple[str, str, str, int]]
+    ) -> dict[tuple[str, str, str, int], int]:
+        """The streams row id of each key, made where it is new."""
         missing = keys - self._stream_ids.keys()
-        if not missing:
-            return
-        rows = sorted(missing)
+        if missing:
+            self._fetch_ids(conn, sorted(missing))
+        ids = {k: self._stream_ids[k] for k in keys}
+        excess = len(self._stream_ids) - STREAM_IDS_CACHED
+        if excess > 0:  # the oldest go first (a dict keeps its insertion order)
+            for key in list(itertools.islice(self._stream_ids, excess)):
+                del self._stream_ids[key]
+        return ids
+
+    def _fetch_ids(self, conn: psycopg.Connection[TupleRow], rows: list[tuple[str, str, str, int]]) -> None:
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO streams (site, gateway, stream, epoch) VALUES (%s, %s, %s, %s)"
@@ -169,10 +189,10 @@ class Store:
 
     def _commit(self, messages: Sequence[Message], rejected: Sequence[tuple[str, str, bytes]]) -> Committed:
         conn = self._connection()
-        self._ids(conn, {m.key for m in messages})
+        ids = self._ids(conn, {m.key for m in messages})
         by_key: dict[tuple[int, int], Message] = {}
         for m in messages:
-            by_key.setdefault((self._stream_ids[m.key], m.seq), m)
+            by_key.setdefault((ids[m.key], m.seq), m)
         keys = list(by_key)
         readings = events = 0
         with conn.transaction(), conn.cursor() as cur:
