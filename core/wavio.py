@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -68,14 +68,30 @@ def to_float(block: np.ndarray[Any, Any], path: Path | str = "") -> npt.NDArray[
     return out
 
 
-def frames(raw: np.ndarray[Any, Any], start: int, stop: int) -> np.ndarray[Any, Any]:
+def frames(
+    raw: np.ndarray[Any, Any], start: int, stop: int, file: BinaryIO | None = None
+) -> np.ndarray[Any, Any]:
     """Frames [start, stop) of `open_wav`'s array, as stored. From a memory map they are read from the
-    file, not through the map: pages touched through a map stay in the process's memory."""
+    file (`file`, that file kept open, else by its name), not through the map: pages touched through
+    a map stay in the process's memory, and a page past the end of a file cut short since it was
+    opened (`cp` over it) kills the process (SIGBUS); read, a file that no longer holds them is a
+    `WavError`."""
     if not isinstance(raw, np.memmap) or raw.filename is None:
         return raw[start:stop]
     channels = raw.shape[1]
+    stop = min(stop, raw.shape[0])
     offset = raw.offset + start * channels * raw.dtype.itemsize
-    block = np.fromfile(raw.filename, dtype=raw.dtype, count=(stop - start) * channels, offset=offset)
+    count = max(0, stop - start) * channels
+    if file is None:
+        block = np.fromfile(raw.filename, dtype=raw.dtype, count=count, offset=offset)
+    else:
+        file.seek(offset)
+        block = np.fromfile(file, dtype=raw.dtype, count=count)
+    if block.size < count:
+        raise WavError(
+            f"{raw.filename}: now ends before frame {start + block.size // channels} of {raw.shape[0]}: "
+            "the file changed while it was read"
+        )
     return block.reshape(-1, channels)
 
 

@@ -5,6 +5,8 @@ and a generated two-sensor WAV through the file player, firmware-sim's live stre
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -263,6 +265,41 @@ async def test_stream_lost_and_back_is_reopened_by_the_supervisor() -> None:
         await sim.stop()
 
 
+async def test_nan_and_infinite_samples_are_read_as_silence_counted_and_flagged(
+    tmp_path: Path, closing: list[AudioDriver]
+) -> None:
+    # A float WAV (or a float source) may hold NaN or infinity: a broken converter, a damaged
+    # file. Before, they went into every level (NaN readings of quality good), every window (the
+    # leak detector dropped them uncounted; an infinity crashed the machine-sound processor).
+    rate = 8000
+    x = 0.1 * np.random.default_rng(2).standard_normal((6 * rate, 2)).astype(np.float32)
+    x[rate + 17, 0] = np.nan
+    x[rate + 400, 1] = np.inf
+    x[2 * rate + 5, 0] = -np.inf
+    x[4 * rate :] = np.nan  # from here the input sends nothing but NaN
+    path = tmp_path / "garbage.wav"
+    wavfile.write(path, rate, x)
+    d = audio(source="file", path=path, playback_speed=20, window_s=0.5, hop_s=0.25,
+              level_interval_s=1, channel_names=["A", "B"])  # fmt: skip
+    closing.append(d)
+    windows: list[AudioWindow] = []
+    d.add_window_listener(windows.append)
+    await d.open()
+    readings = await collect(d, lambda got: sum(r.tag == "B.rms_dbfs" for r in got) >= 6)
+    assert all(np.isfinite(r.value) for r in readings if isinstance(r.value, float))
+    assert all(np.isfinite(w.samples).all() for w in windows)
+    assert len(windows) == 4 * 6 - 1
+    rms = [r for r in readings if r.tag == "A.rms_dbfs"]
+    assert [r.quality for r in rms] == ["good", "uncertain", "uncertain", "good", "uncertain", "uncertain"]
+    assert rms[1].reason == "2 frame(s) held NaN or infinite samples, read as 0"
+    assert rms[0].value == pytest.approx(rms_db(x[:rate, 0]), abs=0.006)
+    assert rms[4].value == -200.0  # read as digital silence: the models report a lost signal
+    health = d.health()
+    assert health.nonfinite_frames == 3 + 2 * rate
+    assert health.dropped_frames == 0
+    assert f"{3 + 2 * rate} frames held NaN or infinite samples (read as 0)" in health.status_lines()
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 
@@ -295,6 +332,49 @@ async def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
         await audio(source="file", path=RECORDING, channel_names=["A", "B"]).open()
     with pytest.raises(DriverIOError, match="sampled at 8000 Hz but the config expects sample_rate = 16000"):
         await audio(source="file", path=RECORDING, sample_rate=16000).open()
+
+
+OVERWRITE_WHILE_PLAYED = """
+import asyncio, os, sys
+from pathlib import Path
+from water_edge.drivers.audio.config import AudioConfig
+from water_edge.drivers.audio.driver import AudioDriver
+
+async def main() -> None:
+    path = Path(sys.argv[1])
+    d = AudioDriver(AudioConfig(name="hydro1", kind="audio", source="file", path=path, playback_speed=4))
+    await d.open()
+    async def play() -> None:
+        async for _ in d.stream():
+            pass
+    task = asyncio.create_task(play())
+    await asyncio.sleep(0.5)
+    os.truncate(path, 1001)  # what `cp new.wav rec.wav` does first
+    try:
+        await asyncio.wait_for(task, 10)
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+    await d.aclose()
+
+asyncio.run(main())
+"""
+
+
+def test_a_file_overwritten_while_it_is_played_is_a_driver_error_not_a_crash(tmp_path: Path) -> None:
+    # Before, blocks were read through the file's memory map: the pages past the new end raised
+    # SIGBUS and the whole agent died, without a word in its log.
+    path = tmp_path / "rec.wav"
+    wavfile.write(path, 8000, (1000 * np.sin(np.arange(8000 * 20) / 5)).astype(np.int16))
+    res = subprocess.run(
+        [sys.executable, "-c", OVERWRITE_WHILE_PLAYED, str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"DriverIOError hydro1: {path}: now ends before frame" in res.stdout
+    assert "the file changed while it was read" in res.stdout
 
 
 async def test_bad_streams_give_clear_errors() -> None:

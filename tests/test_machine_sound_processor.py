@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.io import wavfile
 
 from tests.support.testing import damage_sqlite_under_its_owner, eventually
 from water_edge.core.reading import Event, Reading
@@ -163,6 +164,59 @@ async def test_an_unplugged_microphone_is_reported_not_learnt_and_not_an_anomaly
     assert health.calibration is not None
     assert health.calibration["clips"] == 20  # 12 + 8 heard clips; the 3 silent ones left out
     assert health.last_error is None
+
+
+async def test_a_converter_stuck_at_one_code_is_a_lost_microphone_not_an_anomaly(tmp_path: Path) -> None:
+    # An input that reads one code whatever happens (an unplugged input on a converter with an
+    # offset: -1 LSB of 16-bit, -90 dBFS of DC) is as silent as zeros. Before, only the RMS was
+    # tested, DC included: the clips were learnt and scored, and the armed machine raised a
+    # `machine_sound_anomaly` alarm (score 350) for a dead microphone.
+    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(3), snr_db=6.0), seed=3)
+    sound = np.concatenate(
+        [synth.render_seconds(220), np.full(30 * RATE, -1 / 32767, np.float32), synth.render_seconds(70)]
+    )
+    path = tmp_path / "stuck.wav"
+    write_wav(path, sound, RATE)
+    driver = _driver(path)
+    section = MachineSoundSection.model_validate(
+        {"name": "P2-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
+    )
+    processor = MachineSoundProcessor(section, driver, tmp_path)
+    async with running(processor, driver) as events:
+        await eventually(lambda: processor.health().clips >= 32, within_s=30, what="the whole file")
+    assert [e.kind for e in events] == ["microphone_signal_lost", "microphone_signal_restored"]
+    health = processor.health()
+    assert health.clips_silent == 3
+    assert health.state == "armed"
+
+
+async def test_a_microphone_sending_nan_or_infinity_is_reported_as_lost_and_never_stops_the_machine(
+    tmp_path: Path,
+) -> None:
+    # A float source's garbage: a few infinite samples in the machine's sound, then 30 s of NaN
+    # only. Before, the first infinity crashed the processor (np.histogram of the clip), again
+    # after each restart, and a NaN clip was skipped uncounted with no event.
+    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(3), snr_db=6.0), seed=3)
+    sound = np.concatenate(
+        [synth.render_seconds(120), np.full(30 * RATE, np.nan, np.float32), synth.render_seconds(130)]
+    )
+    sound[np.random.default_rng(4).integers(0, 120 * RATE, 20)] = np.inf
+    path = tmp_path / "garbage.wav"
+    wavfile.write(path, RATE, sound)
+    driver = _driver(path)
+    section = MachineSoundSection.model_validate(
+        {"name": "P2-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
+    )
+    processor = MachineSoundProcessor(section, driver, tmp_path)
+    async with running(processor, driver) as events:
+        await eventually(lambda: len(events) >= 2, within_s=30, what="signal lost and restored")
+        await eventually(lambda: processor.health().state == "armed", within_s=30, what="calibration")
+    assert [e.kind for e in events] == ["microphone_signal_lost", "microphone_signal_restored"]
+    health = processor.health()
+    assert health.clips_silent == 3
+    assert health.calibration is not None
+    assert health.calibration["clips"] == 20
+    assert driver.health().nonfinite_frames == 20 + 30 * RATE
 
 
 async def test_a_history_the_card_corrupted_is_kept_aside_and_the_machine_learns_again(

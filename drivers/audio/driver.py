@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar, Final, Self
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from water_edge.core.errors import DriverIOError
@@ -39,8 +40,8 @@ from water_edge.drivers.audio.config import AudioConfig, bands_below_nyquist
 from water_edge.drivers.audio.device import CaptureBackend, DeviceSource
 from water_edge.drivers.audio.health import AudioHealth, SourceHealth
 from water_edge.drivers.audio.levels import LevelMeter, NightTracker, db
-from water_edge.drivers.audio.ring import FrameRing, Frames
-from water_edge.drivers.audio.source import GapLog, Source
+from water_edge.drivers.audio.ring import Chunk, FrameRing, Frames
+from water_edge.drivers.audio.source import GapLog, Source, zero_nonfinite
 from water_edge.drivers.audio.streamclient import StreamSource
 from water_edge.drivers.audio.wavfile import FileSource
 from water_edge.drivers.audio.window import AudioWindow, Windower
@@ -73,6 +74,7 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
         self.windows = 0
         self.listener_errors = 0
         self.frames_captured = 0
+        self.nonfinite_frames = 0
 
     @classmethod
     def from_config(cls, config: Any) -> Self:
@@ -182,9 +184,10 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
                 chunks = ring.drain()
                 if chunks:
                     self.frames_captured += sum(len(ch.frames) for ch in chunks)
+                    nonfinite = self._zero_nonfinite(chunks)
                     for window in windower.feed(chunks):
                         self._deliver(window)
-                    readings = await asyncio.to_thread(meter.feed, chunks)
+                    readings = await asyncio.to_thread(meter.feed, chunks, nonfinite)
                     if readings:
                         readings.append(
                             Reading(
@@ -201,6 +204,15 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
                     raise DriverIOError(f"{self.name}: {source.error}")
         finally:
             self._consuming = False
+
+    def _zero_nonfinite(self, chunks: Sequence[Chunk]) -> npt.NDArray[np.int64]:
+        """The absolute indices of the frames that held NaN or infinity, now 0 (counted)."""
+        bad = np.concatenate([ch.start + zero_nonfinite(ch.frames).astype(np.int64) for ch in chunks])
+        if bad.size:
+            if not self.nonfinite_frames:
+                log.warning("audio.nonfinite_samples", driver=self.name, frames=int(bad.size))
+            self.nonfinite_frames += int(bad.size)
+        return bad
 
     async def _wait(self, source: Source, wake: asyncio.Event) -> None:
         if source.finished and not wake.is_set():
@@ -244,7 +256,9 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
                 parts.append(chunk.frames)
             if source.finished and ring.fill == 0:
                 break
-        x = np.concatenate(parts)[:need].astype(np.float64)
+        x = np.concatenate(parts)[:need]
+        zero_nonfinite(x)
+        x = x.astype(np.float64)
         ts = source.clock.ts(first or 0)
         names = self.config.names_for(source.channels)
         rms = db(np.mean(x * x, axis=0))
@@ -278,6 +292,7 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
             windows=self.windows,
             window_listeners=len(self._listeners),
             listener_errors=self.listener_errors,
+            nonfinite_frames=self.nonfinite_frames,
             dropped_frames=gaps.dropped_frames,
             dropped_by_cause=gaps.dropped_by_cause,
             gaps=gaps.gaps,

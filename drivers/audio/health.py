@@ -56,6 +56,7 @@ class AudioHealth(SourceHealth):
     windows: int
     window_listeners: int
     listener_errors: int
+    nonfinite_frames: int  # frames that held NaN or infinite samples, read as 0
     dropped_frames: int
     dropped_by_cause: dict[str, int]
     gaps: int
@@ -76,4 +77,6 @@ class AudioHealth(SourceHealth):
         ]
         if self.dropped_by_cause:
             lines.append("dropped " + ", ".join(f"{c} {n}" for c, n in sorted(self.dropped_by_cause.items())))
+        if self.nonfinite_frames:
+            lines.append(f"{self.nonfinite_frames} frames held NaN or infinite samples (read as 0)")
         return lines

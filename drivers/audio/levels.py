@@ -128,14 +128,23 @@ class LevelMeter:
         self._ms_sum = np.zeros(ch)
         self._peak = np.zeros(ch)
         self._psd_sum = np.zeros((len(freqs), ch))
+        self._nonfinite: dict[int, int] = {}  # interval -> frames that held NaN or inf (read as 0)
 
-    def feed(self, chunks: Sequence[Chunk]) -> list[Reading]:
+    def feed(self, chunks: Sequence[Chunk], nonfinite: npt.NDArray[np.int64] | None = None) -> list[Reading]:
+        """Readings of the intervals `chunks` complete; `nonfinite`: absolute indices of their frames
+        that held NaN or infinite samples (the driver has set them to 0), to mark those intervals."""
         out: list[Reading] = []
+        if chunks and not self._started:
+            self._started = True
+            self._origin = chunks[0].start
+        if nonfinite is not None and nonfinite.size:
+            intervals, counts = np.unique(
+                (nonfinite - self._origin) // (self.sr * self.interval_s), return_counts=True
+            )
+            for interval, count in zip(intervals.tolist(), counts.tolist(), strict=True):
+                self._nonfinite[interval] = self._nonfinite.get(interval, 0) + count
         for chunk in chunks:
             frames, start = chunk.frames, chunk.start
-            if not self._started:
-                self._started = True
-                self._origin = start
             if self._fill and start != self._next:
                 self._fill = 0  # a gap cut this second: drop it
             self._next = start + len(frames)
@@ -180,9 +189,16 @@ class LevelMeter:
         end_index = self._origin + (self._interval + 1) * self.interval_s * self.sr
         ts = self.clock.ts(end_index)
         quality: Quality = GOOD
-        reason: str | None = None
+        why = []
         if n < self.interval_s:
-            quality, reason = UNCERTAIN, f"incomplete interval: {n} of {self.interval_s} s of audio"
+            why.append(f"incomplete interval: {n} of {self.interval_s} s of audio")
+        if nonfinite := self._nonfinite.pop(self._interval, 0):
+            why.append(f"{nonfinite} frame(s) held NaN or infinite samples, read as 0")
+        for stale in [k for k in self._nonfinite if k < self._interval]:  # in seconds cut by a gap
+            del self._nonfinite[stale]
+        reason = "; ".join(why) or None
+        if why:
+            quality = UNCERTAIN
         rms = db(self._ms_sum / n)
         peak = db(self._peak**2)
         psd = self._psd_sum / n

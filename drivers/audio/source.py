@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from water_edge.core.reading import now_ns
 from water_edge.drivers.audio.health import Gap, GapCounts, SourceHealth
@@ -83,3 +84,16 @@ def to_float32(data: np.ndarray[Any, Any]) -> Frames:
     if kind == "u" and size == 1:
         return ((data.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
     raise ValueError(f"unsupported sample type {data.dtype}")
+
+
+def zero_nonfinite(frames: Frames) -> npt.NDArray[np.intp]:
+    """Set NaN and infinite samples to 0 in place and return the rows (frames) that held any.
+
+    They carry no sound (a float source's garbage: a broken converter, a damaged file) and would
+    make every level, feature and baseline computed over them NaN; read as 0, an input sending
+    nothing else reads as digital silence, which the models report as a lost signal."""
+    finite = np.isfinite(frames)
+    if finite.all():
+        return np.zeros(0, dtype=np.intp)
+    frames[~finite] = 0.0
+    return np.flatnonzero(~finite.all(axis=1))

@@ -1,8 +1,10 @@
 """The file source: a WAV recording played into the ring in real time (or faster), once or looped.
 
-The file is memory-mapped, so a day-long recording costs no RAM; a thread paces blocks by the
-monotonic clock so the driver sees audio arrive as a device would deliver it. Timestamps follow
-the recording's own timeline starting at the moment playback began.
+The file is opened as a memory map but read a block at a time (`core.wavio.frames`), so a day-long
+recording costs no RAM and a file cut short while it plays (`cp` over it) is a driver error, not a
+SIGBUS; a thread paces blocks by the monotonic clock so the driver sees audio arrive as a device
+would deliver it. Timestamps follow the recording's own timeline starting at the moment playback
+began.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import structlog
 
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import now_ns
-from water_edge.core.wavio import WavError, open_wav
+from water_edge.core.wavio import WavError, frames, open_wav
 from water_edge.drivers.audio.config import AudioConfig
 from water_edge.drivers.audio.health import SourceHealth
 from water_edge.drivers.audio.source import Sink, to_float32
@@ -53,11 +55,14 @@ class FileSource:
         self.finished = False
         self.loops = 0
         self._data: np.ndarray[Any, Any] | None = None
+        self._file: BinaryIO | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def open(self) -> None:
         self.sample_rate, self._data = load_wav(self.path)
+        # Read through this handle: a file replaced by a rename plays on as it was opened.
+        self._file = self.path.open("rb")
         self.channels = self._data.shape[1]
         self.clock = Clock(now_ns(), self.sample_rate)
 
@@ -84,7 +89,7 @@ class FileSource:
                 due = began + (index + n) / (sr * speed)
                 if self._stop.wait(max(0.0, due - time.monotonic())):
                     return
-                sink(to_float32(np.asarray(data[pos : pos + n])), index)
+                sink(to_float32(frames(data, pos, pos + n, self._file)), index)
                 index += n
                 pos += n
                 if pos >= len(data):
@@ -94,8 +99,8 @@ class FileSource:
                         return
                     pos = 0
                     self.loops += 1
-        except (OSError, ValueError) as exc:  # an I/O error on the card while reading the map
-            self.error = f"{self.path}: read failed: {exc}"
+        except (OSError, ValueError) as exc:  # the file cut short while played; an I/O error on the card
+            self.error = str(exc) if isinstance(exc, WavError) else f"{self.path}: read failed: {exc}"
             sink(np.zeros((0, self.channels), np.float32), index)  # wake the driver to see it
 
     def stop(self) -> None:
@@ -104,6 +109,9 @@ class FileSource:
             self._thread.join(timeout=5)
             self._thread = None
         self._data = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def health(self) -> SourceHealth:
         return SourceHealth(

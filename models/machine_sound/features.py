@@ -53,14 +53,23 @@ STAT_NAMES: Final[tuple[str, ...]] = (
 )
 FEATURE_NAMES: Final[tuple[str, ...]] = (*(f"mel_dct_{i}" for i in range(N_MELS)), *STAT_NAMES)
 RMS_COLUMN: Final = N_MELS + STAT_NAMES.index("rms")
-# A clip this quiet (RMS, dBFS) is digital silence: below a 24-bit converter's own noise, so no
-# microphone is heard (unplugged, its input muted), whatever the machine does.
+STD_COLUMN: Final = N_MELS + STAT_NAMES.index("std")
+# A clip this quiet (RMS about its mean, dBFS) is digital silence: below a 24-bit converter's own
+# noise, so no microphone is heard (unplugged, its input muted), whatever the machine does.
 SILENT_DBFS: Final = -140.0
 
 
 def rms_dbfs(features: F64) -> F64:
     """The clip RMS of feature rows (the last axis is the 136 features), in dB re full scale."""
     out: F64 = 20 * np.log10(np.maximum(np.asarray(features, dtype=np.float64)[..., RMS_COLUMN], 1e-12))
+    return out
+
+
+def silent(features: F64) -> npt.NDArray[np.bool_]:
+    """Per feature row: a clip of digital silence. Its RMS about its mean, not its RMS: a converter
+    stuck at one code (an offset, no sound: an unplugged input) is as silent as zeros."""
+    std = np.asarray(features, dtype=np.float64)[..., STD_COLUMN]
+    out: npt.NDArray[np.bool_] = 20 * np.log10(np.maximum(std, 1e-12)) <= SILENT_DBFS
     return out
 
 

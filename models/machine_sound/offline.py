@@ -6,9 +6,9 @@ Feature files are numpy `.npy` arrays of shape (clips, 136) in the column order 
 features of its 10 s clips. Scoring calibrates on the normal clips and prints one JSON object per
 clip to score: `row` (counted over all the files given), `score` (in units of the alarm level) and
 `anomaly` (1 when the score is above 1), with the feature groups that moved for an anomalous row;
-a clip from a WAV also says its `file` and `start_s`. A clip of digital silence (RMS <= -140 dBFS: a
-microphone not heard) is neither learnt from nor scored, as on the gateway. Rows are scored one by
-one: a file need not be in time order.
+a clip from a WAV also says its `file` and `start_s`. A clip of digital silence (RMS about its mean
+<= -140 dBFS: a microphone not heard) is neither learnt from nor scored, as on the gateway. Rows are
+scored one by one: a file need not be in time order.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ from water_edge.models.machine_sound.detector import (
 from water_edge.models.machine_sound.features import (
     CLIP_S,
     N_FEATURES,
-    SILENT_DBFS,
     clip_features,
-    rms_dbfs,
 )
+from water_edge.models.machine_sound.features import silent as is_silent
 from water_edge.models.machine_sound.prior import PriorName, prior_label, prior_target
 from water_edge.models.manifest import ModelError
 
@@ -105,7 +104,7 @@ class Clips:
             else:
                 x = load_features(path)
                 origin += [None] * len(x)
-            silent.append(rms_dbfs(x) <= SILENT_DBFS)
+            silent.append(is_silent(x))
             parts.append(x)
         return cls(np.vstack(parts), origin, np.concatenate(silent))
 

@@ -37,7 +37,7 @@ from water_edge.models.machine_sound.calibration import recalibrate
 from water_edge.models.machine_sound.clips import Clip, ClipAssembler
 from water_edge.models.machine_sound.config import MachineSoundSection
 from water_edge.models.machine_sound.detector import SoundCalibration, explain
-from water_edge.models.machine_sound.features import SILENT_DBFS, clip_features, rms_dbfs
+from water_edge.models.machine_sound.features import clip_features, rms_dbfs, silent
 from water_edge.models.machine_sound.health import MachineSoundHealth, SoundState
 from water_edge.models.machine_sound.store import SoundCalibrationStore, machine_dir, open_history
 from water_edge.models.manifest import ModelError
@@ -172,9 +172,9 @@ class MachineSoundProcessor:
         if not np.isfinite(features).all():
             self.last_error = "a clip gave non-finite features (silence or garbage): skipped"
             return
-        level_dbfs = float(rms_dbfs(features))
-        if await self._silent(level_dbfs, clip.start_ts_ns, emit):
+        if await self._silent(bool(silent(features)), clip.start_ts_ns, emit):
             return
+        level_dbfs = float(rms_dbfs(features))
         floor = self.section.running_min_dbfs
         if floor is not None and level_dbfs < floor:
             self.clips_stopped += 1
@@ -206,15 +206,14 @@ class MachineSoundProcessor:
             if not change:
                 state.abnormal.clear()
 
-    async def _silent(self, level_dbfs: float, ts_ns: int, emit: EventSink) -> bool:
+    async def _silent(self, is_silent: bool, ts_ns: int, emit: EventSink) -> bool:
         """Whether the clip is digital silence, to be neither learnt nor scored (a silent microphone
         is no anomaly of the machine); `microphone_signal_lost` / `_restored` on each change."""
-        silent = level_dbfs <= SILENT_DBFS
-        self.clips_silent += silent
-        if silent == (self._silent_since_ns is not None):
-            return silent
+        self.clips_silent += is_silent
+        if is_silent == (self._silent_since_ns is not None):
+            return is_silent
         detail: dict[str, Any] = {"machine": self.section.name, "device": self.section.device}
-        if not silent:
+        if not is_silent:
             detail["since"] = iso(self._silent_since_ns or ts_ns)
             self._silent_since_ns = None
             self.last_error = None
