@@ -1116,3 +1116,28 @@ def test_replaying_a_sensor_says_what_is_missing(tmp_path: Path, capsys: pytest.
     assert "give WAV recordings to score, or --sensor" in refused()
     SensorStore(tmp_path, "hyd.A").save(plastic_baseline()[0])
     assert "no night checks of hyd.A in that range" in refused("--sensor", "hyd.A", *gateway)
+
+
+async def test_a_configured_channel_the_device_does_not_deliver_is_shown_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`channels = ["A", "C"]` on a device delivering A and B: C was logged at every window (twice
+    a second) and absent from status, as if it had never been configured."""
+    section = SECTION.model_copy(update={"channels": ["A", "C"]})
+    proc = AudioLeakProcessor(section, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+
+    async def emit(_e: Event) -> None:
+        pass
+
+    async def windows() -> AsyncIterator[_Window]:
+        for w in _night_windows(date(2025, 3, 1), _pipe_scene(0), 10):
+            yield w
+
+    await proc.consume(windows(), emit)
+    health = proc.health()
+    assert list(health.sensors) == ["hyd.A", "hyd.C"]
+    missing = health.sensors["hyd.C"]
+    assert missing.state == "missing"
+    assert missing.last_error == "channel 'C' is not one of the device's (A, B)"
+    assert "hyd.C: MISSING: channel 'C' is not one of the device's (A, B)" in health.status_lines()
+    assert capsys.readouterr().out.count("leak.channel_missing") == 1  # 19 windows, said once

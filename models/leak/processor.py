@@ -62,7 +62,7 @@ FloatArray = npt.NDArray[np.float64]
 class SensorHealth:
     """One hydrophone: its state, its baseline (version, nights, quality, age) and counters."""
 
-    state: str  # learning | armed | warning | leak
+    state: str  # learning | armed | warning | leak | missing (a configured channel the device lacks)
     baseline_version: int | None
     baseline_nights: int | None
     baseline_quality: str | None
@@ -89,6 +89,9 @@ class LeakHealth:
             + ("" if self.classifier is None else f", classifier {self.classifier}")
         ]
         for name, s in self.sensors.items():
+            if s.state == "missing":
+                lines.append(f"{name}: MISSING: {s.last_error}")
+                continue
             if s.baseline_version is None:
                 lines.append(f"{name}: learning, {s.nights_heard}/{s.learning_needs} nights heard")
             else:
@@ -157,6 +160,7 @@ class AudioLeakProcessor:
         self.windows_scored = 0
         self.last_probability: float | None = None
         self.bad_windows = 0
+        self.missing: dict[str, str] = {}  # configured channel -> why it is not listened to
         self._rate: int | None = None
         self._next_ns: int | None = None  # where the next new sample starts (UTC ns)
         self._second_ns: int | None = None  # start of the next whole second of canonical audio
@@ -192,9 +196,18 @@ class AudioLeakProcessor:
         names = list(win.channel_names) or [f"ch{i}" for i in range(win.samples.shape[1])]
         wanted = self.section.channels or names
         self.sensors = []
+        has = ", ".join(names)
+        missing = {
+            f"{self.section.device}.{name}": f"channel {name!r} is not one of the device's ({has})"
+            for name in wanted
+            if name not in names
+        }
+        if missing != self.missing:  # said once, not at every window
+            for sensor, why in missing.items():
+                log.warning("leak.channel_missing", sensor=sensor, reason=why)
+        self.missing = missing
         for name in wanted:
             if name not in names:
-                log.warning("leak.channel_missing", device=self.section.device, channel=name, has=names)
                 continue
             sensor = f"{self.section.device}.{name}"
             store = SensorStore(self.state_dir, sensor, self.section.keep_nights)
@@ -220,7 +233,7 @@ class AudioLeakProcessor:
             self.bad_windows += 1
             return []
         rate = int(win.sample_rate)
-        if not self.sensors or rate != self._rate:
+        if rate != self._rate:
             self._setup(win)
             self._next_ns = None
         start = int(win.start_ts_ns)
@@ -512,6 +525,8 @@ class AudioLeakProcessor:
                 signal_lost_since=s.signal_lost_since,
                 last_error=s.last_error,
             )
+        for name, why in self.missing.items():
+            sensors[name] = SensorHealth("missing", None, None, None, None, 0, 0, 0, None, None, why)
         model = self.slot.health().model
         return LeakHealth(
             self.windows_scored,
