@@ -300,6 +300,28 @@ async def test_nan_and_infinite_samples_are_read_as_silence_counted_and_flagged(
     assert f"{3 + 2 * rate} frames held NaN or infinite samples (read as 0)" in health.status_lines()
 
 
+async def test_an_input_driven_into_clipping_is_counted_and_said(
+    tmp_path: Path, closing: list[AudioDriver]
+) -> None:
+    """A preamp with its gain too high flattens the loud parts at full scale: every level and
+    feature the models learn is distorted, and nothing said so."""
+    rate = 8000
+    x = (0.05 * np.random.default_rng(3).standard_normal((4 * rate, 1))).astype(np.float32)
+    x[rate : rate + 800] = 1.0  # a tenth of a second pinned at full scale
+    x[2 * rate : 2 * rate + 200] = -1.0
+    path = tmp_path / "clipped.wav"
+    wavfile.write(path, rate, (x * 32767).astype(np.int16))
+    d = audio(source="file", path=path, playback_speed=20, window_s=0.5, hop_s=0.25, level_interval_s=1)
+    closing.append(d)
+    await d.open()
+    await collect(d, lambda got: sum(r.tag.endswith(".rms_dbfs") for r in got) >= 4)
+    health = d.health()
+    assert health.clipped_frames == 1000
+    assert "CLIPPING: 1000 frames at full scale (3.12% of those captured): lower the input gain" in (
+        health.status_lines()
+    )
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 

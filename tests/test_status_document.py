@@ -196,6 +196,7 @@ def realistic_document() -> StatusDocument:
                 window_listeners=1,
                 listener_errors=0,
                 nonfinite_frames=3,
+                clipped_frames=0,
                 dropped_frames=1600,
                 dropped_by_cause={"stream_gap": 1600},
                 gaps=1,

@@ -51,6 +51,8 @@ log = structlog.get_logger(__name__)
 
 WindowListener = Callable[[AudioWindow], None]
 PROBE_S: Final = 1.0
+# A sample this close to full scale is taken as clipped (int16 full scale reads 32767/32768).
+FULL_SCALE: Final = 0.999
 
 __all__ = ["AudioConfig", "AudioDriver", "AudioWindow", "WindowListener"]
 
@@ -75,6 +77,7 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
         self.listener_errors = 0
         self.frames_captured = 0
         self.nonfinite_frames = 0
+        self.clipped_frames = 0
 
     @classmethod
     def from_config(cls, config: Any) -> Self:
@@ -185,6 +188,7 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
                 if chunks:
                     self.frames_captured += sum(len(ch.frames) for ch in chunks)
                     nonfinite = self._zero_nonfinite(chunks)
+                    self._count_clipped(chunks)
                     for window in windower.feed(chunks):
                         self._deliver(window)
                     readings = await asyncio.to_thread(meter.feed, chunks, nonfinite)
@@ -213,6 +217,15 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
                 log.warning("audio.nonfinite_samples", driver=self.name, frames=int(bad.size))
             self.nonfinite_frames += int(bad.size)
         return bad
+
+    def _count_clipped(self, chunks: Sequence[Chunk]) -> None:
+        """Count the frames with a sample at full scale: a preamp driven into clipping distorts
+        every level and feature the models learn from, and says so nowhere else."""
+        clipped = sum(int(np.count_nonzero((np.abs(ch.frames) >= FULL_SCALE).any(axis=1))) for ch in chunks)
+        if clipped:
+            if not self.clipped_frames:
+                log.warning("audio.clipping", driver=self.name, frames=clipped)
+            self.clipped_frames += clipped
 
     async def _wait(self, source: Source, wake: asyncio.Event) -> None:
         if source.finished and not wake.is_set():
@@ -293,6 +306,7 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
             window_listeners=len(self._listeners),
             listener_errors=self.listener_errors,
             nonfinite_frames=self.nonfinite_frames,
+            clipped_frames=self.clipped_frames,
             dropped_frames=gaps.dropped_frames,
             dropped_by_cause=gaps.dropped_by_cause,
             gaps=gaps.gaps,

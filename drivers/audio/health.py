@@ -57,6 +57,7 @@ class AudioHealth(SourceHealth):
     window_listeners: int
     listener_errors: int
     nonfinite_frames: int  # frames that held NaN or infinite samples, read as 0
+    clipped_frames: int  # frames with a sample at full scale: the input gain is too high
     dropped_frames: int
     dropped_by_cause: dict[str, int]
     gaps: int
@@ -79,4 +80,10 @@ class AudioHealth(SourceHealth):
             lines.append("dropped " + ", ".join(f"{c} {n}" for c, n in sorted(self.dropped_by_cause.items())))
         if self.nonfinite_frames:
             lines.append(f"{self.nonfinite_frames} frames held NaN or infinite samples (read as 0)")
+        if self.clipped_frames:
+            share = self.clipped_frames / max(1, self.frames_captured)
+            lines.append(
+                f"CLIPPING: {self.clipped_frames} frames at full scale ({share:.2%} of those captured): "
+                "lower the input gain"
+            )
         return lines
