@@ -89,6 +89,32 @@ def test_the_same_messages_from_two_consumers_at_once_are_committed_exactly_once
     assert len(latest) == 10
 
 
+def test_a_second_gateway_publishing_under_the_same_identity_is_told_from_a_resend(centre_db: str) -> None:
+    """An SD card cloned from a running gateway carries its identity and its outbox's epoch: both
+    number their rows alike. The centre kept the first message of each seq and dropped the other
+    gateway's as duplicates, without a word; a resend (the same row again) must stay harmless."""
+    first = messages("gw1", range(1, 11))
+    resend = messages("gw1", range(1, 11))  # the same rows again, sent later
+    clone = [  # the clone's rows: the same seqs, its own readings taken a little later
+        parse("water/s1/gw1/plc1", payload("s1", "gw1", seq, 10**18 + seq + 250_000_000, 10, epoch=1))
+        for seq in range(6, 16)
+    ]
+    store = Store(centre_db)
+    try:
+        assert store.commit(first).messages == 10
+        again = store.commit(resend)
+        assert (again.messages, again.duplicates, again.conflicts) == (0, 10, 0)
+        both = store.commit(clone)
+    finally:
+        store.close()
+    assert (both.messages, both.duplicates, both.conflicts) == (5, 5, 5)
+    seqs = [
+        row[0]
+        for row in query(centre_db, "SELECT seq FROM gateway_conflicts WHERE gateway = 'gw1' ORDER BY seq")
+    ]
+    assert seqs == [6, 7, 8, 9, 10]
+
+
 def test_a_missing_seq_is_reported_after_its_timeout_with_the_eviction_that_explains_it(
     centre_db: str,
 ) -> None:

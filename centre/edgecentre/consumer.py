@@ -91,6 +91,7 @@ class Counters:
     received: int = 0
     committed: int = 0
     duplicates: int = 0
+    conflicts: int = 0  # duplicates with other content: two gateways publishing as one
     readings: int = 0
     events: int = 0
     rejected: int = 0
@@ -316,6 +317,7 @@ class Consumer:
         if done is not None:
             c.committed += done.messages
             c.duplicates += done.duplicates
+            c.conflicts += done.conflicts
             c.readings += done.readings
             c.events += done.events
             c.rejected += done.rejected

@@ -24,10 +24,13 @@ from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+import structlog
 from psycopg.rows import TupleRow
 
 from water_edge.centre import gaps
 from water_edge.centre.payload import Message
+
+log = structlog.get_logger(__name__)
 
 READING_COLUMNS = "stream_id, seq, tag, ts_ns, value, value_text, quality, reason, unit, source, repeat"
 # The readings' types in COPY order. Readings are copied in binary: it spares the ingest turning
@@ -108,6 +111,7 @@ class Committed:
     readings: int
     events: int
     rejected: int
+    conflicts: int = 0  # of the duplicates, those with other content than the stored message
 
     def __add__(self, other: Committed) -> Committed:
         return Committed(
@@ -116,6 +120,7 @@ class Committed:
             self.readings + other.readings,
             self.events + other.events,
             self.rejected + other.rejected,
+            self.conflicts + other.conflicts,
         )
 
 
@@ -194,22 +199,26 @@ class Store:
         for m in messages:
             by_key.setdefault((ids[m.key], m.seq), m)
         keys = list(by_key)
-        readings = events = 0
+        readings = events = conflicts = 0
         with conn.transaction(), conn.cursor() as cur:
             new: list[tuple[int, int]] = []
             if keys:
+                prints = {k: by_key[k].fingerprint for k in keys}
                 cur.execute(
-                    "INSERT INTO messages (stream_id, seq, sent_ns, items)"
-                    " SELECT * FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::int[])"
+                    "INSERT INTO messages (stream_id, seq, sent_ns, items, fingerprint)"
+                    " SELECT * FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::int[], %s::bigint[])"
                     " ON CONFLICT DO NOTHING RETURNING stream_id, seq",
                     (
                         [k[0] for k in keys],
                         [k[1] for k in keys],
                         [by_key[k].sent_ns for k in keys],
                         [by_key[k].items for k in keys],
+                        [prints[k] for k in keys],
                     ),
                 )
                 new = [(int(sid), int(seq)) for sid, seq in cur.fetchall()]
+                if len(new) < len(keys):
+                    conflicts = self._conflicts(cur, set(keys) - set(new), prints, by_key)
             fresh = [(k, by_key[k]) for k in new]
             if any(m.readings for _, m in fresh):
                 with cur.copy(f"COPY readings ({READING_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
@@ -227,5 +236,49 @@ class Store:
             if rejected:
                 cur.executemany("INSERT INTO rejected (topic, reason, payload) VALUES (%s, %s, %s)", rejected)
         return Committed(
-            len(new), len(keys) - len(new) + (len(messages) - len(by_key)), readings, events, len(rejected)
+            len(new),
+            len(keys) - len(new) + (len(messages) - len(by_key)),
+            readings,
+            events,
+            len(rejected),
+            conflicts,
         )
+
+    @staticmethod
+    def _conflicts(
+        cur: psycopg.Cursor[TupleRow],
+        seen: set[tuple[int, int]],
+        prints: dict[tuple[int, int], int],
+        by_key: dict[tuple[int, int], Message],
+    ) -> int:
+        """Record the messages of `seen` (keys already held) whose content is not the stored one's:
+        not a resend but another sender under the same seq. How many."""
+        cur.execute(
+            "SELECT m.stream_id, m.seq, m.fingerprint FROM messages m"
+            " JOIN unnest(%s::int[], %s::bigint[]) AS k (sid, seq) ON m.stream_id = k.sid AND m.seq = k.seq"
+            " WHERE m.fingerprint IS NOT NULL",
+            ([k[0] for k in seen], [k[1] for k in seen]),
+        )
+        found = [
+            (int(sid), int(seq), int(stored), prints[(sid, seq)], by_key[(sid, seq)].sent_ns)
+            for sid, seq, stored in cur.fetchall()
+            if int(stored) != prints[(sid, seq)]
+        ]
+        if found:
+            cur.executemany(
+                "INSERT INTO conflicts (stream_id, seq, stored_fingerprint, fingerprint, sent_ns)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                found,
+            )
+            for sid, seq, *_ in found:
+                m = by_key[(sid, seq)]
+                log.warning(
+                    "ingest.conflict",
+                    site=m.site,
+                    gateway=m.gateway,
+                    stream=m.stream,
+                    epoch=m.epoch,
+                    seq=seq,
+                    why="this seq already holds another message: two gateways publishing as one?",
+                )
+        return len(found)
