@@ -65,6 +65,23 @@ def _driver(path: Path, speed: float = 40) -> AudioDriver:
     )  # fmt: skip
 
 
+def _quick_calibrating(
+    tmp_path: Path, sound: np.ndarray, name: str
+) -> tuple[AudioDriver, MachineSoundProcessor]:
+    """`sound` as a 16 kHz WAV (float when it holds NaN or infinity) played to a machine that
+    calibrates on its first 20 clips heard."""
+    path = tmp_path / name
+    if np.isfinite(sound).all():
+        write_wav(path, sound, RATE)
+    else:
+        wavfile.write(path, RATE, sound)
+    driver = _driver(path)
+    section = MachineSoundSection.model_validate(
+        {"name": "P2-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
+    )
+    return driver, MachineSoundProcessor(section, driver, tmp_path)
+
+
 @contextlib.asynccontextmanager
 async def running(processor: MachineSoundProcessor, driver: AudioDriver) -> AsyncIterator[list[Event]]:
     """The processor on the driver's playback while the block runs; yields the events it emits."""
@@ -147,13 +164,7 @@ async def test_an_unplugged_microphone_is_reported_not_learnt_and_not_an_anomaly
     sound = np.concatenate(
         [synth.render_seconds(120), np.zeros(30 * RATE, np.float32), synth.render_seconds(130)]
     )
-    path = tmp_path / "unplugged.wav"
-    write_wav(path, sound, RATE)
-    driver = _driver(path)
-    section = MachineSoundSection.model_validate(
-        {"name": "P2-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
-    )
-    processor = MachineSoundProcessor(section, driver, tmp_path)
+    driver, processor = _quick_calibrating(tmp_path, sound, "unplugged.wav")
     async with running(processor, driver) as events:
         await eventually(lambda: len(events) >= 2, within_s=30, what="signal lost and restored")
         await eventually(lambda: processor.health().state == "armed", within_s=30, what="calibration")
@@ -175,13 +186,7 @@ async def test_a_converter_stuck_at_one_code_is_a_lost_microphone_not_an_anomaly
     sound = np.concatenate(
         [synth.render_seconds(220), np.full(30 * RATE, -1 / 32767, np.float32), synth.render_seconds(70)]
     )
-    path = tmp_path / "stuck.wav"
-    write_wav(path, sound, RATE)
-    driver = _driver(path)
-    section = MachineSoundSection.model_validate(
-        {"name": "P2-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
-    )
-    processor = MachineSoundProcessor(section, driver, tmp_path)
+    driver, processor = _quick_calibrating(tmp_path, sound, "stuck.wav")
     async with running(processor, driver) as events:
         await eventually(lambda: processor.health().clips >= 32, within_s=30, what="the whole file")
     assert [e.kind for e in events] == ["microphone_signal_lost", "microphone_signal_restored"]
@@ -201,13 +206,7 @@ async def test_a_microphone_sending_nan_or_infinity_is_reported_as_lost_and_neve
         [synth.render_seconds(120), np.full(30 * RATE, np.nan, np.float32), synth.render_seconds(130)]
     )
     sound[np.random.default_rng(4).integers(0, 120 * RATE, 20)] = np.inf
-    path = tmp_path / "garbage.wav"
-    wavfile.write(path, RATE, sound)
-    driver = _driver(path)
-    section = MachineSoundSection.model_validate(
-        {"name": "P2-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
-    )
-    processor = MachineSoundProcessor(section, driver, tmp_path)
+    driver, processor = _quick_calibrating(tmp_path, sound, "garbage.wav")
     async with running(processor, driver) as events:
         await eventually(lambda: len(events) >= 2, within_s=30, what="signal lost and restored")
         await eventually(lambda: processor.health().state == "armed", within_s=30, what="calibration")

@@ -16,6 +16,7 @@ import jsonschema  # type: ignore[import-untyped]  # no stubs in the test extra
 import pytest
 
 from tests.support.broker import Mosquitto, Received, Subscriber
+from tests.support.opcua_sim import opcua_station
 from tests.support.testing import eventually
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config
 from water_edge.agent.pipeline import Pipeline
@@ -24,10 +25,7 @@ from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.core.reading import Event
 from water_edge.drivers.opcua.config import OpcUaConfig
 from water_edge.drivers.opcua.driver import OpcUaDriver
-from water_edge.sim.component import SimContext
 from water_edge.sim.opcua_server import OpcUaComponent
-from water_edge.sim.pumpstation import PumpStation
-from water_edge.sim.registers import POINTS
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "docs" / "payload.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
@@ -58,29 +56,8 @@ def readings_of(docs: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def opcua_sim(tmp_path: Path) -> AsyncIterator[OpcUaComponent]:
-    station = PumpStation(1, tick_s=0.1, start_time_of_day_s=8 * 3600)
-    ctx = SimContext(
-        station=station,
-        points=POINTS,
-        seed=1,
-        host="127.0.0.1",
-        workdir=tmp_path / "sim",
-        options={"port": 0},
-    )
-
-    async def tick() -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            station.step(1)
-
-    component = OpcUaComponent()
-    await component.start(ctx)
-    ticker = asyncio.create_task(tick())
-    yield component
-    ticker.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await ticker
-    await component.stop()
+    async with opcua_station(tmp_path / "sim") as running:
+        yield running.component
 
 
 async def test_an_opcua_string_that_is_not_utf8_is_sent_repaired_and_does_not_hold_up_later_readings(

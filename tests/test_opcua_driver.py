@@ -10,13 +10,13 @@ import itertools
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from tests.support.opcua_sim import Sim, opcua_station
 from tests.support.testing import eventually, free_port
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
@@ -24,18 +24,7 @@ from water_edge.core.reading import Event, Reading
 from water_edge.drivers.opcua.certs import make_client_certificate
 from water_edge.drivers.opcua.config import OpcUaConfig
 from water_edge.drivers.opcua.driver import OpcUaDriver
-from water_edge.sim.component import SimContext
 from water_edge.sim.opcua_server import NAMESPACE_URI, OpcUaComponent
-from water_edge.sim.pumpstation import PumpStation
-from water_edge.sim.registers import POINTS
-
-
-@dataclass
-class Sim:
-    component: OpcUaComponent
-    ctx: SimContext
-    url: str
-
 
 # One server for the module (starting one costs about 2 s); tests that change it undo it.
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -43,30 +32,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sim]:
-    tmp_path = tmp_path_factory.mktemp("opcua")
-    station = PumpStation(1, tick_s=0.1, start_time_of_day_s=8 * 3600)
-    ctx = SimContext(
-        station=station,
-        points=POINTS,
-        seed=1,
-        host="127.0.0.1",
-        workdir=tmp_path / "sim",
-        options={"port": 0},
-    )
-
-    async def tick() -> None:
-        while True:
-            await asyncio.sleep(0.1)  # the model's clock, as edge-sim runs it: a tick every 100 ms
-            station.step(1)
-
-    component = OpcUaComponent()
-    url = (await component.start(ctx))[0].detail["url"]
-    ticker = asyncio.create_task(tick())
-    yield Sim(component, ctx, str(url))
-    ticker.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await ticker
-    await component.stop()
+    async with opcua_station(tmp_path_factory.mktemp("opcua") / "sim") as running:
+        yield running
 
 
 def driver(url: str, tags: list[dict[str, Any]], **extra: Any) -> OpcUaDriver:
