@@ -83,9 +83,16 @@ class PrimaryHost:
     """A Primary Host application: STATE publisher and Sparkplug decoder (see the module docstring)."""
 
     def __init__(
-        self, host: str, port: int, host_id: str = "scada", *, tls: tuple[Path, Path, Path] | None = None
+        self,
+        host: str,
+        port: int,
+        host_id: str = "scada",
+        *,
+        tls: tuple[Path, Path, Path] | None = None,
+        login: tuple[str, str] | None = None,
     ) -> None:
-        """`tls` = (CA file, certificate, key): connect with a client certificate (a secure broker)."""
+        """`tls` = (CA file, certificate, key): connect with a client certificate (a secure broker);
+        `login` = (username, password) for a broker with users."""
         self.host_id = host_id
         self.messages: list[Message] = []
         self._cond = threading.Condition()
@@ -94,6 +101,8 @@ class PrimaryHost:
         if tls is not None:
             ca, cert, key = tls
             self._client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key))
+        if login is not None:
+            self._client.username_pw_set(*login)
         self.online = False  # as a real host: once online, it says so again on every reconnect
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_a: self._ready.set()

@@ -31,11 +31,13 @@ class BdSeqStore:
         try:
             text = self.path.read_text(encoding="ascii").strip()
             value = int(text)
+            if not 0 <= value <= 255:
+                raise ValueError(f"{value} is not a bdSeq (0..255)")
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             # A damaged file must not stop the uplink: start again at 0 and say so.
             log.warning("sparkplug.bdseq_unreadable", path=str(self.path), error=str(exc))
             return None
-        return value if 0 <= value <= 255 else None
+        return value
 
     def next(self) -> int:
         """The bdSeq of the connection about to be made: the last one + 1, 255 → 0; 0 the first time."""

@@ -16,6 +16,11 @@ device for a broken session and asks for a rebirth); a good live reading of a de
 it first, and its good history goes out between a DBIRTH and a DDEATH of its own. At a birth,
 devices their runner reports down get DBIRTH then DDEATH, so a host knows their metrics and that
 they are down.
+
+A message over the broker's Maximum Packet Size is not sent (the broker would drop the connection
+for it at every reconnect, and nothing would get through): a device whose DBIRTH is too large stays
+unborn until the next birth, and a row that cannot go (too large, or of such a device) stays in the
+outbox, as with the JSON drain; each is counted and reported.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 import structlog
 
@@ -35,7 +41,7 @@ from water_edge.agent.uplink.json_encoding import decode_body, default_codec
 from water_edge.agent.uplink.metrics import UplinkMetrics
 from water_edge.agent.uplink.sparkplug import payloads
 from water_edge.agent.uplink.sparkplug.catalog import EVENT, Catalog, Device
-from water_edge.agent.uplink.sparkplug.session import SparkplugSession
+from water_edge.agent.uplink.sparkplug.session import SparkplugSession, TooLargeError
 from water_edge.agent.uplink.sparkplug.topics import SparkplugTopics
 from water_edge.agent.uplink.state import ConnectionState
 from water_edge.buffer.types import OutboxRow
@@ -43,6 +49,11 @@ from water_edge.core.errors import BufferError
 from water_edge.core.reading import BAD, GOOD, Event, Reading
 
 log = structlog.get_logger(__name__)
+
+# Births asked for (NCMD Rebirth, the host back) come at most this often: a host that floods
+# rebirth requests gets one birth per interval, the last request included, not a birth of every
+# metric per request.
+REBIRTH_EVERY_S: Final = 1.0
 
 Values = Callable[[], Mapping[tuple[str, str], Reading]]
 DeviceStates = Callable[[], Mapping[str, bool]]  # device name -> up
@@ -77,6 +88,7 @@ class SparkplugCounters:
         self.suppressed_dead = 0  # stand-in readings of a dead device, not published
         self.historical_rows = 0
         self.released_rows = 0
+        self.too_large = 0  # births and rows not sent: over the broker's Maximum Packet Size
 
 
 class SparkplugDrain:
@@ -115,6 +127,8 @@ class SparkplugDrain:
         self._more = True
         self._alive: dict[str, bool] = {}
         self._good: dict[int, bool] = {}  # alias -> last quality published on this session was good
+        self._born_at = float("-inf")  # loop time of the last NBIRTH
+        self._unborn: set[str] = set()  # devices whose DBIRTH the broker would not take, until a birth
 
     def notify(self) -> None:
         self._more = True
@@ -131,17 +145,27 @@ class SparkplugDrain:
             catalog.settle(reading)
             per_device[source][tag] = reading
         now_ms = time.time_ns() // 1_000_000
-        if not session.publish(
-            topics.nbirth, payloads.nbirth(catalog, bdseq, now_ms, __version__), birth=True
-        ):
+        try:
+            if not session.publish(
+                topics.nbirth, payloads.nbirth(catalog, bdseq, now_ms, __version__), birth=True
+            ):
+                return False
+        except TooLargeError as exc:
+            self._too_large(str(exc))
             return False
         self._good = {}
+        self._unborn = set()
+        self._born_at = asyncio.get_running_loop().time()
         up = self._device_states()
         for device in catalog.devices.values():
             current = per_device.get(device.name, {})
             if not self._dbirth(session, device, current):
                 return False
-            if up.get(device.name) is False and not self._ddeath(session, device.name):
+            if (
+                up.get(device.name) is False
+                and device.name not in self._unborn
+                and not self._ddeath(session, device.name)
+            ):
                 return False
         session.born = True
         session.rebirth = False
@@ -149,10 +173,18 @@ class SparkplugDrain:
         return True
 
     def _dbirth(self, session: SparkplugSession, device: Device, current: Mapping[str, Reading]) -> bool:
-        if not session.publish(
-            self._topics.dbirth(device.name), payloads.dbirth(device, current, time.time_ns() // 1_000_000)
-        ):
-            return False
+        try:
+            if not session.publish(
+                self._topics.dbirth(device.name),
+                payloads.dbirth(device, current, time.time_ns() // 1_000_000),
+            ):
+                return False
+        except TooLargeError as exc:
+            # The node and its other devices go on; this one is unknown to the host until a birth fits.
+            self._unborn.add(device.name)
+            self._alive[device.name] = False
+            self._too_large(f"device {device.name} not born: {exc}")
+            return True
         for tag, reading in current.items():
             metric = device.metrics.get(tag)
             if metric is not None:
@@ -181,7 +213,7 @@ class SparkplugDrain:
         while True:
             self.wake.clear()
             self.beats += 1
-            leave = self._leave_for(session, bdseq)
+            leave = self._leave_for(session, bdseq, loop.time())
             if leave is not None:
                 return leave
             await self._release(session, loop.time())
@@ -198,7 +230,7 @@ class SparkplugDrain:
             if not self._more:
                 await self._wait(session, loop.time(), lanes)
 
-    def _leave_for(self, session: SparkplugSession, bdseq: int) -> Outcome | None:
+    def _leave_for(self, session: SparkplugSession, bdseq: int, now: float) -> Outcome | None:
         """Why the drain must end now (or a rebirth that failed), or None to go on."""
         if session.closed.is_set():
             return Outcome.LOST
@@ -206,7 +238,7 @@ class SparkplugDrain:
             return Outcome.HOST_OFFLINE
         if session.next_server:
             return Outcome.NEXT_SERVER
-        if session.rebirth:
+        if session.rebirth and now >= self._born_at + REBIRTH_EVERY_S:
             self.counters.rebirths += 1
             log.info("sparkplug.rebirth", bdseq=bdseq)
             if not self.birth(session, bdseq):
@@ -237,6 +269,8 @@ class SparkplugDrain:
 
     async def _wait(self, session: SparkplugSession, now: float, lanes: _Lanes) -> None:
         waits = [self._beat_s]
+        if session.rebirth:
+            waits.append(max(0.01, self._born_at + REBIRTH_EVERY_S - now))
         if lanes.open:
             waits.append(max(0.0, (1.0 - lanes.tokens) / self._rate))
         release = session.history.next_release_in(now)
@@ -295,10 +329,15 @@ class SparkplugDrain:
                 self._state.error(str(exc))
                 log.error("sparkplug.encode_failed", row=row.id, stream=row.stream, error=str(exc))
                 continue
-            if events is not None:
-                ok = self._publish_events(session, events, historical=historical)
-            else:
-                ok = self._publish_readings(session, readings or [], bdseq, historical=historical)
+            try:
+                if events is not None:
+                    ok = self._publish_events(session, events, historical=historical)
+                else:
+                    ok = self._publish_readings(session, readings or [], bdseq, historical=historical)
+            except TooLargeError as exc:
+                self._metrics.encode_errors += 1
+                self._too_large(f"row {row.id}: {exc}: not sent, left in the outbox", row=row.id)
+                continue
             if not ok:
                 return False
             session.history.add(row.id, row.count, asyncio.get_running_loop().time())
@@ -336,6 +375,10 @@ class SparkplugDrain:
     def _publish_device(
         self, session: SparkplugSession, device: str, items: list[tuple[int, Reading]], *, historical: bool
     ) -> bool:
+        if device in self._unborn:
+            raise TooLargeError(
+                f"device {device} has no birth: its DBIRTH is over the broker's Maximum Packet Size"
+            )
         dead = not self._alive.get(device, True)
         if dead:
             # A host takes DATA of a device it holds dead, historical or not, for a broken session
@@ -395,8 +438,15 @@ class SparkplugDrain:
         return True
 
     def _device_up(self, session: SparkplugSession, device: str) -> bool:
+        if device in self._unborn:
+            return True  # its DBIRTH did not fit at this birth; it will not now
         self.counters.device_births += 1
         current = {tag: r for (source, tag), r in self._values().items() if source == device}
         for reading in current.values():
             self._catalog.settle(reading)
         return self._dbirth(session, self._catalog.devices[device], current)
+
+    def _too_large(self, why: str, **context: object) -> None:
+        self.counters.too_large += 1
+        self._state.error(why)
+        log.error("sparkplug.too_large", error=why, **context)

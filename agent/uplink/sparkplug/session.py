@@ -25,10 +25,16 @@ from water_edge.agent.uplink.sparkplug.history import RollingHistory
 from water_edge.agent.uplink.sparkplug.host import HostState, Verdict
 from water_edge.agent.uplink.sparkplug.proto import Payload
 from water_edge.agent.uplink.sparkplug.topics import SparkplugTopics
-from water_edge.agent.uplink.transport import PublishError, Reason, Transport
+from water_edge.agent.uplink.transport import PublishError, Reason, Transport, publish_packet_size
+from water_edge.core.errors import UplinkError
 from water_edge.core.reading import now_ns
 
 log = structlog.get_logger(__name__)
+
+
+class TooLargeError(UplinkError):
+    """A message over the broker's Maximum Packet Size, not sent: the broker would drop the
+    connection for it, and again at every reconnect."""
 
 
 @dataclass
@@ -39,7 +45,7 @@ class CommandCounts:
     next_server: int = 0  # Node Control/Next Server = true
     refused: int = 0  # a write to a known metric: writes go through signed commands only
     unknown: int = 0  # a metric this node does not have
-    invalid: int = 0  # not a Sparkplug payload
+    invalid: int = 0  # not a Sparkplug payload, or a node control that is not Boolean
 
 
 class SparkplugSession:
@@ -57,13 +63,16 @@ class SparkplugSession:
         counts: CommandCounts,
         wake: Callable[[], None],
         inbox: CommandInbox | None,
+        error: Callable[[str], None] = lambda _why: None,
     ) -> None:
+        """`error` notes what the operator must see (`ConnectionState.error`: the status' last error)."""
         self.transport = transport
         self.connack: asyncio.Future[Reason] = asyncio.get_running_loop().create_future()
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.history = history
         self.seq = 0
+        self.max_packet: int | None = None  # the broker's Maximum Packet Size, if it said one (MQTT 5)
         self.born = False
         self.rebirth = False  # asked for by NCMD, the host coming back, or a new metric
         self.host_online = False  # a valid online STATE arrived on this connection
@@ -76,18 +85,25 @@ class SparkplugSession:
         self._counts = counts
         self._wake = wake
         self._inbox = inbox
+        self._error = error
         self._acks: dict[int, asyncio.Future[Reason]] = {}
 
     # ------------------------------------------------------------------ publishing
 
     def publish(self, topic: str, payload: Payload, *, birth: bool = False) -> bool:
-        """Publish at QoS 0 with the next `seq` (0 for an NBIRTH); False (session closed) if it cannot."""
+        """Publish at QoS 0 with the next `seq` (0 for an NBIRTH); False (session closed) if it cannot.
+
+        `TooLargeError` if the broker would not take it: nothing is sent and `seq` stays."""
         if birth:
             self.seq = 0
         payload.seq = self.seq
         payload.timestamp = now_ns() // 1_000_000
+        data = payload.SerializeToString()
+        if self.max_packet is not None and (size := publish_packet_size(topic, data, None)) > self.max_packet:
+            limit = self.max_packet
+            raise TooLargeError(f"{topic}: {size} bytes, over the broker's Maximum Packet Size ({limit})")
         try:
-            self.transport.publish(topic, payload.SerializeToString(), 0)
+            self.transport.publish(topic, data, 0)
         except PublishError as exc:
             self.on_closed(str(exc))
             return False
@@ -130,6 +146,7 @@ class SparkplugSession:
     # ------------------------------------------------------------------ TransportListener
 
     def on_connack(self, reason: Reason, receive_maximum: int | None, max_packet: int | None = None) -> None:
+        self.max_packet = max_packet
         if not self.connack.done():
             self.connack.set_result(reason)
 
@@ -164,7 +181,10 @@ class SparkplugSession:
     def _on_state(self, payload: bytes) -> None:
         assert self._host is not None  # checked by the caller
         verdict = self._host.verdict(payload)
-        if verdict is Verdict.OFFLINE:
+        if verdict is Verdict.IGNORED:
+            # The node may wait for ever on a host that speaks another STATE: the status says why.
+            self._error(f"STATE of Primary Host {self._host.host_id} ignored: {self._host.why}")
+        elif verdict is Verdict.OFFLINE:
             self.host_online = False
             self.host_offline = True
             log.warning("sparkplug.host_offline", host=self._host.host_id, timestamp=self._host.timestamp)
@@ -187,13 +207,21 @@ class SparkplugSession:
             if not name and metric.HasField("alias"):
                 found = self._catalog.by_alias.get(metric.alias)
                 name = found[1].name if found is not None and found[0] == device else ""
-            if device is None and name == REBIRTH:
-                if metric.WhichOneof("value") == "boolean_value" and metric.boolean_value:
+            if device is None and name in (REBIRTH, NEXT_SERVER):
+                if metric.WhichOneof("value") != "boolean_value":
+                    # Both are Boolean: an Int 1 or a String "true" from a custom host is not
+                    # obeyed, and the host's author has to be able to see why.
+                    counts.invalid += 1
+                    log.warning(
+                        "sparkplug.command_invalid",
+                        device=None,
+                        metric=name,
+                        value=metric.WhichOneof("value"),
+                    )
+                elif metric.boolean_value and name == REBIRTH:
                     counts.rebirths += 1
                     self.rebirth = True
-                continue
-            if device is None and name == NEXT_SERVER:
-                if metric.WhichOneof("value") == "boolean_value" and metric.boolean_value:
+                elif metric.boolean_value:
                     counts.next_server += 1
                     self.next_server = True
                 continue

@@ -29,12 +29,14 @@ from typing import Final
 
 import structlog
 
+from water_edge.agent.secrets import resolve_secret
 from water_edge.agent.uplink.base import UplinkLoop
 from water_edge.agent.uplink.commands import CommandHandler
 from water_edge.agent.uplink.config import MqttConfig, SparkplugConfig
 from water_edge.agent.uplink.connection import PahoTransport
 from water_edge.agent.uplink.health import UplinkHealth
 from water_edge.agent.uplink.interfaces import BodyCodec, LeaseAckOutbox
+from water_edge.agent.uplink.mqtt import MIN_PACKET_SIZE, PACKET_HEADROOM
 from water_edge.agent.uplink.servers import Server
 from water_edge.agent.uplink.sparkplug import payloads
 from water_edge.agent.uplink.sparkplug.bdseq import BdSeqStore
@@ -116,6 +118,11 @@ class SparkplugUplink(UplinkLoop[SparkplugSession]):
         self._host = None if spb.primary_host_id is None else HostState(spb.primary_host_id)
         self._state_topic = None if spb.primary_host_id is None else state_topic(spb.primary_host_id)
         self.catalog = catalog
+        self._password = resolve_secret(config.password)
+        # As the JSON uplink: the broker drops, unannounced, a message over what CONNECT said we take,
+        # so a signed command up to the handler's limit must fit (and one over it arrive, to be refused).
+        largest = 0 if self.commands is None else 2 * self.commands.max_bytes
+        self._max_packet = max(MIN_PACKET_SIZE, PACKET_HEADROOM + largest)
         keep_s = HISTORY_FACTOR * config.keepalive_s if history_keep_s is None else history_keep_s
         self._keep_s = keep_s
         self._drain = SparkplugDrain(
@@ -187,8 +194,11 @@ class SparkplugUplink(UplinkLoop[SparkplugSession]):
             counts=self._commands,
             wake=self._drain.wake.set,
             inbox=self.commands,
+            error=self._state.error,
         )
-        options = ConnectOptions.from_config(cfg, server, self._client_id, will)
+        options = ConnectOptions.from_config(
+            cfg, server, self._client_id, will, password=self._password, max_packet_size=self._max_packet
+        )
         if not await self._open(transport, options, session):
             return None
         # Every subscription goes out before any birth (the broker handles them in order).
