@@ -3,6 +3,7 @@ holidays, hydrant draws), the CSV command, and the processor on meter readings a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -51,6 +52,21 @@ def test_a_burst_by_day_is_found_sized_and_cleared_when_repaired_with_the_water_
     assert len(cleared) == 1
     assert start + timedelta(days=2) <= cleared[0].start <= start + timedelta(days=2, hours=3)
     assert cleared[0].volume_m3 == pytest.approx(0.4 * MEAN * 48, rel=0.3)
+
+
+def test_a_burst_of_many_times_the_mean_flow_is_found_not_skipped_as_a_glitch() -> None:
+    """A single sample beyond 10x the mean flow is a glitch; an inlet sized for fire flow can pass
+    that much for hours when a large main bursts, and that must be raised within the hour."""
+    start = datetime(2024, 2, 20, 10, 0)
+    cols = District(31, daytime_events=True).simulate(60)
+    during = np.array([start <= t < start + timedelta(hours=6) for t in cols["time"]])  # type: ignore[union-attr]
+    cols["inflow_a"] = np.asarray(cols["inflow_a"]) + np.where(
+        during, 12 * MEAN, 0.0
+    )  # what the inlet meter sees
+    found = [r for r in _slots(cols, BurstParams()) if r.event == "burst" and r.start >= start]
+    assert found
+    assert found[0].start - start <= timedelta(hours=1)
+    assert found[0].size == pytest.approx(12 * MEAN, rel=0.2)
 
 
 def test_a_burst_too_small_to_see_by_day_is_found_in_the_night_after_it() -> None:
@@ -201,3 +217,45 @@ async def test_the_processor_raises_a_burst_with_its_size_and_pressure_drop_acro
 def test_config_refuses_a_slot_that_does_not_divide_a_day() -> None:
     with pytest.raises(ValueError, match="divide a day"):
         BurstSection(enabled=True, slot_minutes=25)
+
+
+@pytest.mark.parametrize("factor", [1000.0, -1000.0], ids=["spike", "negative"])
+async def test_one_glitched_flow_reading_raises_no_burst_and_costs_no_night(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factor: float
+) -> None:
+    # Before, one inflow reading of 1000x at 03:00 set the profile's day scale to its floor: a
+    # false burst every morning for four days (the scale kept the glitch while in alarm); one of
+    # -1000x made that night's flow -70,000 m3/h, and the night went unjudged.
+    monkeypatch.setenv("TZ", "UTC")
+    readings = _readings(District(37, daytime_events=False, prv_changes_per_year=0.0).simulate(32))
+    glitch = int(datetime(2024, 1, 25, 3).timestamp() * 1e9)
+    glitched = [
+        r if r.tag != "inflow_a" or r.ts_ns != glitch
+        else dataclasses.replace(r, value=float(r.value) * factor)  # type: ignore[arg-type]
+        for r in readings
+    ]  # fmt: skip
+    section = FlowLeakSection(
+        name="dma-east", inflow=["inflow_a", "inflow_b"], outflow=["outflow"], pressure="pressure",
+        timezone="UTC", sample_s=900, stale_after_s=1800, baseline_nights=10,
+        burst=BurstSection(enabled=True),
+    )  # fmt: skip
+
+    async def run(rs: list[Reading], where: Path) -> tuple[list[Event], FlowLeakProcessor]:
+        events: list[Event] = []
+
+        async def emit(e: Event) -> None:
+            events.append(e)
+
+        proc = FlowLeakProcessor([section], where)
+        await proc.run(_feed(rs), emit)
+        return events, proc
+
+    clean, _ = await run(readings, tmp_path / "clean")
+    events, proc = await run(glitched, tmp_path / "glitched")
+    assert [e.kind for e in events if e.kind != "night_flow"] == []
+    nights = {e.detail["night"]: e.detail["night_flow_m3h"] for e in events if e.kind == "night_flow"}
+    want = {e.detail["night"]: e.detail["night_flow_m3h"] for e in clean if e.kind == "night_flow"}
+    assert nights["2024-01-25"] == pytest.approx(want["2024-01-25"], rel=0.05)
+    district = proc.health().districts["dma-east"]
+    assert district.spikes == 1
+    assert "dma-east: 1 glitched sample(s) skipped" in proc.health().status_lines()

@@ -4,6 +4,8 @@ ordinary household and a silent meter raise nothing."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -186,3 +188,24 @@ def test_config_checks() -> None:
     assert any("is a modbus_tcp, not a meter bus" in m for m in messages)
     assert any("no device 'nope' (meter buses: wm)" in m for m in messages)
     assert MeterFactory.from_config(groups[:1], ProcessorContext(state_dir=None)).processors()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_a_register_read_as_infinite_or_nan_is_skipped_and_counted(value: float) -> None:
+    # Before, one infinite reading at 03:10 made the night's use infinite: a meter_night_use
+    # start with "litres": Infinity, which is not JSON; NaN made the hours around it NaN.
+    rng = random.Random(4)
+    glitch = START + (48 + 3) * 3600 * NS + 600 * NS
+    processor = MeterProcessor([MeterGroupConfig(name="block-a", device="wm", night="02:00-04:00")])
+    evs: list[Event] = []
+    for r in replay(72, lambda h, _: household(rng, h)):
+        evs += processor.handle(dataclasses.replace(r, value=value) if r.ts_ns == glitch else r)
+    assert evs == []
+    group = processor.health().groups["block-a"]
+    assert group.skipped == 1
+    assert group.readings == 72 * 12
+    assert processor.health().status_lines() == [
+        "block-a: 1 meters, 0 events, active: none, 1 readings skipped"
+    ]
+    use = processor.groups[0].meters["flat1"]
+    assert all(math.isfinite(v) for v in use.hours.values())

@@ -477,3 +477,24 @@ def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_restart_n
     assert left_raised is not None
     assert json.loads(left_raised) == {"since_ns": before[0].ts_ns}
     assert json.loads(record.read_text()) in ({}, {"since_ns": after[-1].ts_ns})
+
+
+def test_one_sensor_glitch_while_learning_does_not_blind_the_calibration_to_that_signal(
+    tmp_path: Path, model: Model
+) -> None:
+    # Before, a single reading of 1000x in the calibration stretch set that channel's scale from a
+    # standard deviation it dominated (113 instead of 0.007 bar): the drift of that sensor after
+    # calibration was never raised, for as long as the calibration stayed in service.
+    onset = CALIB_S + 600
+    x, _ = simulate(
+        Scenario(seed=31, hours=1.5, fault="sensor_drift", onset_s=onset, duration_s=1800, ramp_s=30,
+                 severity=0.4, start_hour=10.0, steady=True)
+    )  # fmt: skip
+    x[600, SIGNALS.index("discharge_pressure")] *= 1000.0  # one glitch, 10 minutes into learning
+    proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
+    rises = [e for e in run(proc, x) if e.kind == "pump_anomaly"]
+    assert rises, "the drifting sensor was not raised"
+    assert onset <= (rises[0].ts_ns - T0) / NS <= onset + 120
+    cal = CalibrationStore(tmp_path, "P1").load()
+    assert cal is not None
+    assert cal.scale[cal.channels.index("discharge_pressure")] < 0.1

@@ -47,6 +47,11 @@ import numpy.typing as npt
 
 F64 = npt.NDArray[np.float64]
 BurstEvent = Literal["", "burst", "cleared", "accepted"]
+# A sample beyond this many times the district's mean flow, either way, is a glitch (a register
+# misread, a scaling error for one poll), not demand - unless it lasts: an inlet sized for fire
+# flow can pass that much when a large main bursts, and the burst must not be skipped.
+GLITCH_FACTOR = 10.0
+GLITCH_SAMPLES = 2  # samples in a row skipped as glitches; from the next one on, they count
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,8 @@ class BurstDetector:
     below: int = 0  # slots in a row under B/2 while in alarm
     bursts: int = 0
     slots_closed: int = 0  # slots judged by this instance (not stored)
+    glitches: int = 0  # samples `add` skipped as glitches (not stored)
+    _beyond: int = 0  # samples in a row beyond GLITCH_FACTOR x the mean flow
     _acc: _Accumulator = field(default_factory=_Accumulator)
     _profile_day: date | None = None
     _profile: F64 | None = None
@@ -167,6 +174,17 @@ class BurstDetector:
             return None
         return max(self.params.min_added_pct / 100 * self._mean_flow, self.params.min_added_m3h)
 
+    def glitch(self, flow: float) -> bool:
+        """Whether a sample is a glitch rather than demand (known once armed): one such sample
+        used to set the profile's day scale to its floor and raise a false burst for days. A flow
+        that stays that far out is real (a large main burst) and counts from its third sample."""
+        mean = self._mean_flow
+        if mean is None or mean <= 0 or abs(flow) <= GLITCH_FACTOR * mean:
+            self._beyond = 0
+            return False
+        self._beyond += 1
+        return self._beyond <= GLITCH_SAMPLES
+
     def _ready(self, day: date) -> bool:
         past = [d for d, v in self.days.items() if d < day and np.isfinite(v).any()]
         weekend = sum(_weekend(d, self.params.holidays) for d in past)
@@ -185,7 +203,9 @@ class BurstDetector:
         if self._acc.key is None:
             start = datetime.combine(key[0], datetime.min.time()) + timedelta(minutes=key[1] * p.slot_minutes)
             self._acc = _Accumulator(key=key, start=start)
-        if math.isfinite(flow):
+        if self.glitch(flow):
+            self.glitches += 1
+        elif math.isfinite(flow):
             self._acc.flow_sum += flow
             self._acc.n += 1
         if math.isfinite(pressure):

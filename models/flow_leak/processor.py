@@ -52,6 +52,7 @@ class DistrictHealth:
     skipped_samples: int
     volume_resets: int = 0  # a volume register that went down (a meter replaced, rolled over)
     error_codes: int = 0  # readings holding a meter's error code (mnf.ERROR_CODES), taken as missing
+    spikes: int = 0  # net-flow samples skipped as glitches (burst.GLITCH_FACTOR x the mean flow)
     last_error: str | None = None  # why its state could not be stored (a full or failing card)
     burst_state: str | None = None  # learning | armed | burst; None: burst detection off
     burst_learned_days: int = 0
@@ -75,6 +76,8 @@ class FlowLeakHealth:
                 lines.append(f"{name}: BURST since {d.burst_since} (local time)")
             elif d.burst_state == "learning":
                 lines.append(f"{name}: bursts: learning, {d.burst_learned_days} days")
+            if d.spikes:
+                lines.append(f"{name}: {d.spikes} glitched sample(s) skipped")
             if d.last_error is not None:
                 lines.append(f"{name}: {d.last_error}")
         return lines
@@ -102,6 +105,7 @@ class _District:
     samples: int = 0
     skipped: int = 0
     error_codes: int = 0
+    spikes: int = 0
     learning_pressure: list[float] = field(default_factory=list)
     last_error: str | None = None
     burst: BurstDetector | None = None
@@ -241,6 +245,9 @@ class FlowLeakProcessor:
             d.skipped += 1
             return events
         net = sum(v for v in flows[0] if v is not None) - sum(v for v in flows[1] if v is not None)
+        if d.burst is not None and d.burst.glitch(net):
+            d.spikes += 1  # kept out of the night too: a glitch below zero was that night's flow
+            return events
         p = fresh(d.cfg.pressure) if d.cfg.pressure else None
         if d.burst is not None:
             events += await self._burst_sample(d, ts, net, math.nan if p is None else p)
@@ -378,6 +385,7 @@ class FlowLeakProcessor:
                     skipped_samples=d.skipped,
                     volume_resets=sum(m.resets for m in d.meters.values()),
                     error_codes=d.error_codes,
+                    spikes=d.spikes,
                     last_error=d.last_error or d.burst_error,
                     burst_state=None if d.burst is None else d.burst.state,
                     burst_learned_days=0 if d.burst is None else d.burst.learned_days,

@@ -11,6 +11,7 @@ class GroupStatus:
     readings: int  # total-volume readings used
     events: int
     active: list[str]  # "<meter> <condition or alarm>" active now
+    skipped: int = 0  # register readings that were not a finite number (text, NaN, inf)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,5 +22,6 @@ class MeterHealth:
         lines = []
         for name, g in self.groups.items():
             active = ", ".join(g.active[:8]) + (" ..." if len(g.active) > 8 else "") if g.active else "none"
-            lines.append(f"{name}: {g.meters} meters, {g.events} events, active: {active}")
+            skipped = f", {g.skipped} readings skipped" if g.skipped else ""
+            lines.append(f"{name}: {g.meters} meters, {g.events} events, active: {active}{skipped}")
         return lines or ["no meter groups"]

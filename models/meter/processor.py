@@ -4,7 +4,8 @@ group.
 A reading belongs to a group when its source is the group's `device` (or any source) and its tag
 starts with one of the group's meter names: `<meter>.<volume_tag>` drives the hourly accounting
 (`consumption.py`), `<meter>.<backflow_tag>` the backflow check, `<meter>.alarm.<name>` the meter's
-own flags. Bad readings are skipped (a reading the meter did not send is no use).
+own flags. Bad readings are skipped (a reading the meter did not send is no use), and so are register
+readings that are not a finite number (text, NaN, inf: counted in `skipped`).
 
 Events (the centre routes on `kind`; `detail.state` is "start" or "clear"):
 `meter_alarm` (detail.alarm: leak, burst, backflow, dry, tamper, battery, error, alarm),
@@ -14,6 +15,7 @@ group and the meter and carries what decided it (litres, hours).
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,7 @@ class _Group:
     flags: dict[tuple[str, str], bool] = field(default_factory=dict)
     events: int = 0
     readings: int = 0
+    skipped: int = 0
 
     def owns(self, source: str, meter: str) -> bool:
         if self.cfg.device is not None and source != self.cfg.device:
@@ -113,10 +116,12 @@ class MeterProcessor:
             if not group.owns(r.source, meter):
                 continue
             cfg = group.cfg
-            if rest == cfg.volume_tag and _is_number(r.value):
+            if rest in (cfg.volume_tag, cfg.backflow_tag) and not _is_number(r.value):
+                group.skipped += 1  # text, NaN or inf for a register: as if the meter had not sent it
+            elif rest == cfg.volume_tag:
                 group.readings += 1
                 out += self._changes(group, meter, group.use(meter).volume(r.ts_ns, float(r.value)))
-            elif rest == cfg.backflow_tag and _is_number(r.value):
+            elif rest == cfg.backflow_tag:
                 out += self._changes(group, meter, group.use(meter).backward(r.ts_ns, float(r.value)))
             elif cfg.alarms and rest.startswith("alarm.") and isinstance(r.value, bool):
                 out += self._flag(group, meter, rest.removeprefix("alarm."), r.value, r.ts_ns)
@@ -161,10 +166,10 @@ class MeterProcessor:
             )
             active += sorted(f"{meter} {alarm}" for (meter, alarm), on in g.flags.items() if on)
             groups[g.cfg.name] = GroupStatus(
-                meters=len(g.meters), readings=g.readings, events=g.events, active=active
+                meters=len(g.meters), readings=g.readings, events=g.events, active=active, skipped=g.skipped
             )
         return MeterHealth(groups)
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

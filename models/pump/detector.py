@@ -57,6 +57,7 @@ LEVEL_WINDOW = 30  # samples in the relation arm's trailing mean (<= the scorer'
 SCORE_CAP = 1e6  # scorer outputs beyond this (or inf) are capped
 CHUNK_ROWS = 4096  # calibration scores this many rows at a time (bounded memory on a Pi)
 SCORE_CHUNK_ROWS = 65_536  # `score` takes this many rows at a time
+GLITCH_PCT = 0.1  # % of calibration rows at each end a channel's spread is not taken from
 
 
 def threshold_margin(
@@ -238,9 +239,13 @@ def calibrate(
         raise CalibrationError(
             f"need at least {MIN_CALIBRATION_ROWS} calibration rows, got {x.shape[0] if x.ndim else 0}"
         )
-    center = np.nanmedian(np.where(np.isfinite(x), x, np.nan), axis=0)
-    std = np.nanstd(np.where(np.isfinite(x), x, np.nan), axis=0)
-    q75, q25 = np.nanpercentile(np.where(np.isfinite(x), x, np.nan), [75, 25], axis=0)
+    finite = np.where(np.isfinite(x), x, np.nan)
+    center = np.nanmedian(finite, axis=0)
+    lo, q25, q75, hi = np.nanpercentile(finite, [GLITCH_PCT, 25, 75, 100 - GLITCH_PCT], axis=0)
+    # The standard deviation (a pump with two duty points) over the central rows only: one sensor
+    # glitch of 1000x in a day's calibration made the channel's scale 1000x too wide, and a fault
+    # of that signal went unseen for as long as the calibration was in service.
+    std = np.nanstd(np.clip(finite, lo, hi), axis=0)
     scale = np.maximum(std, (q75 - q25) / 1.349)
     tiny = 1e-9 * (np.abs(center) + 1.0)
     keep = np.isfinite(center) & np.isfinite(scale) & (scale > tiny)
