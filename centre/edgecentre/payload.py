@@ -198,14 +198,19 @@ def _readings(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
             if nonfinite not in _NONFINITE:
                 raise PayloadError(f"nonfinite {nonfinite!r} is not nan/inf/-inf")
             text = nonfinite
-        ts = _int(r, "ts")
+        ts = r["ts"]
+        if type(ts) is not int or ts < 0:  # checked inline: this loop is the ingest's hot path
+            ts = _int(r, "ts")  # raises, naming the key
         repeat = r.get("repeat", False)
         if "repeat" in r and repeat is not True:
             raise PayloadError(f"repeat must be true when present (got {repeat!r})")
-        reason, unit, source = r.get("reason"), _string(r, "unit"), _string(r, "source")
-        if reason is not None and not isinstance(reason, str):
+        tag, unit, source, reason = r["tag"], r["unit"], r["source"], r.get("reason")
+        if type(tag) is not str or type(unit) is not str or type(source) is not str:
+            for key in ("tag", "unit", "source"):
+                _string(r, key)  # raises, naming the key
+        if reason is not None and type(reason) is not str:
             raise PayloadError(f"reason must be a string (got {type(reason).__name__})")
-        out.append((_string(r, "tag"), ts, value, text, quality, reason, unit, source, repeat))
+        out.append((tag, ts, value, text, quality, reason, unit, source, repeat))
     return out
 
 
