@@ -17,14 +17,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.support.broker import Mosquitto
-from tests.support.sparkplug import TAGS, PrimaryHost, flows, kinds, rows, session_errors
+from tests.support.sparkplug import TAGS, PrimaryHost, edge_nodes, flows, kinds, rows, session_errors
+from tests.support.sparkplug import edge_config as config
 from tests.support.testing import eventually
-from tests.support.uplink import StateLog
-from water_edge.agent.uplink.config import MqttConfig, SparkplugConfig
 from water_edge.agent.uplink.memory import MemoryOutbox
-from water_edge.agent.uplink.sparkplug.catalog import Catalog, DeviceSpec
+from water_edge.agent.uplink.sparkplug.catalog import DeviceSpec
 from water_edge.agent.uplink.sparkplug.proto import DataType, Payload
-from water_edge.agent.uplink.sparkplug.uplink import SparkplugUplink
 from water_edge.buffer.types import Batch
 from water_edge.core.reading import Reading
 
@@ -33,43 +31,8 @@ NCMD = "spBv1.0/site1/NCMD/gw1"
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    made: list[tuple[SparkplugUplink, asyncio.Task[None]]] = []
-
-    def make(
-        config: MqttConfig, box: Any, devices: list[DeviceSpec] | None = None, **kw: Any
-    ) -> tuple[SparkplugUplink, StateLog]:
-        states = StateLog()
-        uplink = SparkplugUplink(
-            config,
-            box,
-            "site1",
-            "gw1",
-            catalog=Catalog(devices or [DeviceSpec("plc1", TAGS)]),
-            bdseq_path=tmp_path / "bdseq",
-            on_state_change=states,
-            **kw,
-        )
-        made.append((uplink, asyncio.create_task(uplink.run())))
-        return uplink, states
-
-    yield make
-    for uplink, task in made:
-        await uplink.stop(drain_timeout_s=1.0)
-        await asyncio.wait_for(task, 10)
-
-
-def config(broker: Mosquitto, **kw: Any) -> MqttConfig:
-    base: dict[str, Any] = {
-        "host": broker.host,
-        "port": broker.port,
-        "encoding": "sparkplug_b",
-        "reconnect_min_s": 0.1,
-        "reconnect_max_s": 0.3,
-        "keepalive_s": 5,
-        "sparkplug": SparkplugConfig(primary_host_id="scada", backlog_rows_per_s=200),
-    }
-    base.update(kw)
-    return MqttConfig(**base)
+    async with edge_nodes(tmp_path, [DeviceSpec("plc1", TAGS)]) as make:
+        yield make
 
 
 def rebirth(**value: Any) -> Payload:

@@ -18,9 +18,9 @@ import pytest
 
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto
-from tests.support.sparkplug import T0, TAGS, PrimaryHost, flows, kinds, rows, session_errors
+from tests.support.sparkplug import T0, TAGS, PrimaryHost, edge_nodes, flows, kinds, rows, session_errors
+from tests.support.sparkplug import edge_config as config
 from tests.support.testing import eventually, write_agent_config
-from tests.support.uplink import StateLog
 from water_edge.agent.uplink.config import MqttConfig, SparkplugConfig
 from water_edge.agent.uplink.memory import MemoryOutbox
 from water_edge.agent.uplink.sparkplug import datatypes
@@ -34,41 +34,8 @@ from water_edge.core.reading import Reading
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    made: list[tuple[SparkplugUplink, asyncio.Task[None]]] = []
-
-    def make(config: MqttConfig, box: Any, **kw: Any) -> tuple[SparkplugUplink, StateLog]:
-        states = StateLog()
-        uplink = SparkplugUplink(
-            config,
-            box,
-            "site1",
-            "gw1",
-            catalog=Catalog([DeviceSpec("plc1", TAGS, {"running": DataType.Boolean})]),
-            bdseq_path=tmp_path / "bdseq",
-            on_state_change=states,
-            **kw,
-        )
-        made.append((uplink, asyncio.create_task(uplink.run())))
-        return uplink, states
-
-    yield make
-    for uplink, task in made:
-        await uplink.stop(drain_timeout_s=1.0)
-        await asyncio.wait_for(task, 10)
-
-
-def config(broker: Mosquitto, **kw: Any) -> MqttConfig:
-    base: dict[str, Any] = {
-        "host": broker.host,
-        "port": broker.port,
-        "encoding": "sparkplug_b",
-        "reconnect_min_s": 0.1,
-        "reconnect_max_s": 0.3,
-        "keepalive_s": 5,
-        "sparkplug": SparkplugConfig(primary_host_id="scada", backlog_rows_per_s=200),
-    }
-    base.update(kw)
-    return MqttConfig(**base)
+    async with edge_nodes(tmp_path, [DeviceSpec("plc1", TAGS, {"running": DataType.Boolean})]) as make:
+        yield make
 
 
 async def test_rules_1_to_8_a_session_waits_for_the_host_then_births_and_data(

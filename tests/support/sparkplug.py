@@ -9,19 +9,28 @@ session that the stream breaks (seq order, births before data, aliases, bdSeq of
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from water_edge.agent.uplink.config import MqttConfig, SparkplugConfig
+from water_edge.agent.uplink.sparkplug.catalog import Catalog, DeviceSpec
 from water_edge.agent.uplink.sparkplug.proto import Payload
+from water_edge.agent.uplink.sparkplug.uplink import SparkplugUplink
 from water_edge.buffer.types import Batch
 from water_edge.core.reading import Reading
+
+if TYPE_CHECKING:
+    from tests.support.broker import Mosquitto
 
 
 @dataclass
@@ -241,3 +250,51 @@ def session_errors(messages: list[Message]) -> list[str]:
         elif kind == "DDEATH" and m.device is not None:
             born_devices.discard(m.device)
     return errors
+
+
+def edge_config(broker: Mosquitto, **kw: Any) -> MqttConfig:
+    """Sparkplug B settings for an Edge Node of site1/gw1 on a test broker (short backoff)."""
+    base: dict[str, Any] = {
+        "host": broker.host,
+        "port": broker.port,
+        "encoding": "sparkplug_b",
+        "reconnect_min_s": 0.1,
+        "reconnect_max_s": 0.3,
+        "keepalive_s": 5,
+        "sparkplug": SparkplugConfig(primary_host_id="scada", backlog_rows_per_s=200),
+    }
+    base.update(kw)
+    return MqttConfig(**base)
+
+
+@contextlib.asynccontextmanager
+async def edge_nodes(tmp_path: Path, devices: list[DeviceSpec]) -> AsyncIterator[Callable[..., Any]]:
+    """`make(config, box, devices=None, **kw)` runs an Edge Node of site1/gw1 (its catalog
+    `devices`, else these); every node made is stopped when the block ends."""
+    from tests.support.uplink import StateLog
+
+    made: list[tuple[SparkplugUplink, asyncio.Task[None]]] = []
+
+    def make(
+        config: MqttConfig, box: Any, devices_: list[DeviceSpec] | None = None, **kw: Any
+    ) -> tuple[SparkplugUplink, StateLog]:
+        states = StateLog()
+        uplink = SparkplugUplink(
+            config,
+            box,
+            "site1",
+            "gw1",
+            catalog=Catalog(devices_ or devices),
+            bdseq_path=tmp_path / "bdseq",
+            on_state_change=states,
+            **kw,
+        )
+        made.append((uplink, asyncio.create_task(uplink.run())))
+        return uplink, states
+
+    try:
+        yield make
+    finally:
+        for uplink, task in made:
+            await uplink.stop(drain_timeout_s=1.0)
+            await asyncio.wait_for(task, 10)
