@@ -141,7 +141,7 @@ def test_flow_leak_with_no_reading_in_the_night_window_is_an_error(tmp_path: Pat
     [
         (["--slot-minutes", "0"], "argument --slot-minutes: expected a whole number from 5 to 240, got '0'"),
         (["--slot-minutes", "1440"], "expected a whole number from 5 to 240, got '1440'"),
-        (["--learn-days", "100"], "--learn-days must be from 7"),
+        (["--learn-days", "100"], "argument --learn-days: expected a whole number from 7 to 90, got '100'"),
     ],
 )
 def test_burst_refuses_out_of_range_options(tmp_path: Path, option: list[str], message: str) -> None:

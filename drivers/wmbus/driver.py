@@ -125,8 +125,8 @@ class WmbusDriver:
         self._last_frame_ns: int | None = None
         # One unit per `.rssi` tag: with sticks and rtl_wmbus on one device, the level is reported
         # from the sticks' copies only (rtl_wmbus's figure is not dBm; `heard` keeps every level).
-        kinds = {receivers.RSSI_UNITS.get(r.receiver, "") for r in config.receiver_configs()}
-        self._rssi_unit = "dBm" if "dBm" in kinds else ""
+        units = {link.parser.rssi_unit for link in self._links.links}
+        self._rssi_unit = "dBm" if "dBm" in units else ""
 
     @classmethod
     def from_config(cls, config: Any) -> Self:

@@ -28,6 +28,7 @@ def _file_arguments(p: Any) -> None:
     p.add_argument("--csv", required=True, type=Path, help="header; timestamp first; ',' ';' or tab")
     p.add_argument("--flow", required=True, action="append", metavar="COL", help="an inflow column (m3/h)")
     p.add_argument("--minus", action="append", default=[], metavar="COL", help="an outflow column")
+    p.add_argument("--timezone", default=None, help="IANA zone of the timestamps (default: the system's)")
 
 
 def register(score_sub: Any) -> None:
@@ -43,7 +44,6 @@ def register(score_sub: Any) -> None:
     p.add_argument("--pressure", default=None, metavar="COL", help="inlet pressure: night flow is corrected")
     p.add_argument("--calibrate-days", required=True, type=int, metavar="N", help="the first N nights learn")
     p.add_argument("--night", default="02:00-04:00", help="local night window (default 02:00-04:00)")
-    p.add_argument("--timezone", default=None, help="IANA zone of the timestamps (default: the system's)")
     p.add_argument("--method", choices=("step", "fixed"), default="step")
     p.add_argument(
         "--fixed-rise-pct",
@@ -72,14 +72,15 @@ def _register_burst(score_sub: Any) -> None:
     p.add_argument(
         "--pressure", default=None, metavar="COL", help="inlet pressure: its drop goes with a burst"
     )
-    p.add_argument("--timezone", default=None, help="IANA zone of the timestamps (default: the system's)")
     p.add_argument(
         "--slot-minutes",
         type=whole(5, 240),
         default=None,
         help="slot length (default 15, or the file's interval when longer: 60 for an hourly export)",
     )
-    p.add_argument("--learn-days", type=int, default=14, help="days learnt before judging (default 14)")
+    p.add_argument(
+        "--learn-days", type=whole(7, 90), default=14, help="days learnt before judging (default 14)"
+    )
     p.add_argument(
         "--min-added-pct",
         type=number(high=500, above=0),
@@ -196,8 +197,6 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
         holidays = frozenset(date.fromisoformat(h) for h in args.holiday)
     except ValueError as exc:
         return _err(f"--holiday: expected a date as YYYY-MM-DD ({exc})")
-    if not 7 <= args.learn_days <= 90:
-        return _err("--learn-days must be from 7 (the profile needs weekdays and a weekend) to 90")
     try:
         flows = read_net_flows(
             args.csv,

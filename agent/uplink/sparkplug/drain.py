@@ -20,7 +20,7 @@ they are down.
 A message over the broker's Maximum Packet Size is not sent (the broker would drop the connection
 for it at every reconnect, and nothing would get through): a device whose DBIRTH is too large stays
 unborn until the next birth, and a row that cannot go (too large, or of such a device) stays in the
-outbox, as with the JSON drain; each is counted and reported.
+outbox, as with the JSON drain (a row counted in encode_errors); each is logged and named in the status.
 """
 
 from __future__ import annotations
@@ -88,7 +88,6 @@ class SparkplugCounters:
         self.suppressed_dead = 0  # stand-in readings of a dead device, not published
         self.historical_rows = 0
         self.released_rows = 0
-        self.too_large = 0  # births and rows not sent: over the broker's Maximum Packet Size
 
 
 class SparkplugDrain:
@@ -447,6 +446,5 @@ class SparkplugDrain:
         return self._dbirth(session, self._catalog.devices[device], current)
 
     def _too_large(self, why: str, **context: object) -> None:
-        self.counters.too_large += 1
         self._state.error(why)
         log.error("sparkplug.too_large", error=why, **context)

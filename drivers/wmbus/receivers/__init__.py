@@ -10,9 +10,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 LINK_MODES = ("T1", "C1", "S1")
-# What each kind's signal level is in: the sticks report dBm; rtl_wmbus an uncalibrated figure of
-# its own, comparable only with itself.
-RSSI_UNITS = {"im871a": "dBm", "amb8465": "dBm", "rtlwmbus": ""}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +32,9 @@ class ReceiverCounters:
 
 class Receiver(Protocol):
     kind: str
+    # What its signal levels are in: the sticks report dBm; rtl_wmbus an uncalibrated figure of its
+    # own ("": comparable only with itself).
+    rssi_unit: str
     counters: ReceiverCounters
     # The status byte of the stick's answer to the last set-up command (0: done), None until one
     # arrives; the driver clears it before sending set-up commands.

@@ -40,6 +40,7 @@ def rssi_dbm(raw: int) -> float:
 
 class Amb8465:
     kind = "amb8465"
+    rssi_unit = "dBm"
 
     def __init__(self, rssi_appended: bool = True) -> None:
         self.counters = ReceiverCounters()

@@ -63,6 +63,7 @@ def _crc_ok(frame: bytes) -> bool:
 
 class Im871a:
     kind = "im871a"
+    rssi_unit = "dBm"
 
     def __init__(self) -> None:
         self.counters = ReceiverCounters()

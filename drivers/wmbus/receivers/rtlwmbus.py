@@ -18,6 +18,7 @@ FIELDS: Final = 8
 
 class RtlWmbus:
     kind = "rtlwmbus"
+    rssi_unit = ""
 
     def __init__(self) -> None:
         self.counters = ReceiverCounters()
@@ -60,4 +61,4 @@ class RtlWmbus:
         except ValueError:
             rssi = None
         self.counters.frames += 1
-        return Received(raw, rssi, fields[0] or None, rssi_unit="")
+        return Received(raw, rssi, fields[0] or None, rssi_unit=self.rssi_unit)
