@@ -118,8 +118,16 @@ async def test_a_rebirth_flood_gives_a_few_births_data_goes_on_and_the_last_requ
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "protocol",
+    [
+        pytest.param({"protocol": "5"}, id="mqtt5-announced"),
+        # MQTT 3.1.1 brokers announce no limit (cloud brokers publish theirs): the config says it.
+        pytest.param({"protocol": "3.1.1", "broker_max_packet_size": "1MiB"}, id="mqtt311-configured"),
+    ],
+)
 async def test_a_dbirth_over_the_brokers_maximum_packet_size_leaves_that_device_unborn_not_the_node_in_a_loop(
-    node: Callable[..., Any],
+    node: Callable[..., Any], protocol: dict[str, str]
 ) -> None:
     # 15,000 tags with names as Ignition shows them: a DBIRTH of 1.1 MB, over the shipped
     # broker's 1 MiB. Mosquitto dropped the connection at every birth: NBIRTH, NDEATH, reconnect,
@@ -138,7 +146,10 @@ async def test_a_dbirth_over_the_brokers_maximum_packet_size_leaves_that_device_
     ):
         host.publish_state(True)
         uplink, _ = node(
-            config(broker), box, [DeviceSpec("plc1", TAGS), DeviceSpec("big", big)], history_keep_s=0.3
+            config(broker, **protocol),
+            box,
+            [DeviceSpec("plc1", TAGS), DeviceSpec("big", big)],
+            history_keep_s=0.3,
         )
         got = await asyncio.to_thread(host.wait, lambda ms: len(flows(ms)) >= 3)
         # The other devices' rows are delivered and released; the big device's row waits.

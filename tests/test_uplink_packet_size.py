@@ -6,6 +6,8 @@ the centre sees the gap in its stream's seq."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.testing import eventually
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
@@ -16,15 +18,25 @@ from water_edge.core.reading import Reading
 LIMIT = 20_000
 
 
+@pytest.mark.parametrize(
+    ("broker_limit", "settings"),
+    [
+        pytest.param(LIMIT, {}, id="mqtt5-announced"),
+        # MQTT 3.1.1 has no way to announce it: the config says what the broker takes.
+        pytest.param(LIMIT, {"protocol": "3.1.1", "broker_max_packet_size": LIMIT}, id="mqtt311-configured"),
+        # Configured below what an MQTT 5 broker announces (a bridge further on takes less): the smaller.
+        pytest.param(10 * LIMIT, {"broker_max_packet_size": LIMIT}, id="mqtt5-configured-smaller"),
+    ],
+)
 async def test_a_row_over_the_brokers_maximum_packet_size_is_left_and_the_rest_flows(
-    outbox: AsyncOutbox, start_uplink: StartUplink
+    outbox: AsyncOutbox, start_uplink: StartUplink, broker_limit: int, settings: dict[str, object]
 ) -> None:
     await outbox.append(reading_batches(2))
     await outbox.append([Batch("plc1", readings=[Reading("plc1", "name", 10**18, "x" * 50_000)])])
     await outbox.append(reading_batches(3, start_ns=2 * 10**18))
-    broker = Mosquitto(extra_config=f"max_packet_size {LIMIT}\n")
+    broker = Mosquitto(extra_config=f"max_packet_size {broker_limit}\n")
     with broker, Subscriber(broker.host, broker.port, f"water/{SITE}/{GATEWAY}/#") as sub:
-        run = await start_uplink(mqtt_config(broker), outbox)
+        run = await start_uplink(mqtt_config(broker, **settings), outbox)
         data = await sub.wait_for_async(5, 10, f"water/{SITE}/{GATEWAY}/plc1")
         await eventually(lambda: run.uplink.health().acked >= 5, 5, what="the five acknowledged")
         health = run.uplink.health()

@@ -11,6 +11,7 @@ from water_edge.agent.uplink.servers import Server, parse_server
 from water_edge.core.errors import UplinkError
 from water_edge.core.names import TOPIC_LEVEL_PATTERN, TOPIC_PREFIX_PATTERN
 from water_edge.core.secrets import Secret
+from water_edge.core.sizes import ByteSize
 
 
 class TlsConfig(BaseModel):
@@ -98,6 +99,10 @@ class MqttConfig(BaseModel):
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
     lease_rows: int = Field(default=64, ge=1, le=10_000)
+    # The broker's largest packet where it does not announce one (MQTT 3.1.1; cloud brokers publish
+    # theirs: AWS IoT Core 128 KiB, Azure IoT Hub 256 KiB). Over MQTT 5 the smaller of this and the
+    # announced one. A message over it is never sent: the broker would drop the connection for it.
+    broker_max_packet_size: ByteSize | None = Field(default=None, ge=1024, le=268_435_460)
     encoding: Literal["json", "sparkplug_b"] = "json"
     compression: Literal["none", "deflate", "zstd"] = "none"  # JSON only, announced in MQTT 5
     rbe: RbeConfig | None = None

@@ -162,6 +162,7 @@ class MqttUplink(UplinkLoop[Session]):
             state=self._state,
             wake=self._drain.wake.set,
             inbox=self.commands,
+            broker_max_packet=cfg.broker_max_packet_size,
         )
         options = ConnectOptions.from_config(
             cfg,

@@ -18,7 +18,7 @@ import structlog
 from water_edge.agent.uplink.commands import CommandInbox
 from water_edge.agent.uplink.metrics import UplinkMetrics
 from water_edge.agent.uplink.state import ConnectionState
-from water_edge.agent.uplink.transport import PublishError, PublishProperties, Reason, Transport
+from water_edge.agent.uplink.transport import PublishError, PublishProperties, Reason, Transport, packet_limit
 from water_edge.buffer.types import OutboxRow
 
 log = structlog.get_logger(__name__)
@@ -36,7 +36,9 @@ class Session:
         state: ConnectionState,
         wake: Callable[[], None],
         inbox: CommandInbox | None = None,
+        broker_max_packet: int | None = None,
     ) -> None:
+        """`broker_max_packet`: the broker's packet limit as configured, for brokers that announce none."""
         self.transport = transport
         self.window = window
         self.connack: asyncio.Future[Reason] = asyncio.get_running_loop().create_future()
@@ -44,7 +46,8 @@ class Session:
         self.close_reason = ""
         self.inflight: dict[int, OutboxRow] = {}
         self.rejected = False
-        self.max_packet: int | None = None  # the broker's Maximum Packet Size, once it said one
+        self.max_packet: int | None = None  # the broker's Maximum Packet Size, once connected (if known)
+        self._broker_max_packet = broker_max_packet
         self._status_acks: dict[int, asyncio.Future[Reason]] = {}
         self._acked_ids: list[int] = []
         self._metrics = metrics
@@ -100,7 +103,7 @@ class Session:
     # ------------------------------------------------------------------ TransportListener
 
     def on_connack(self, reason: Reason, receive_maximum: int | None, max_packet: int | None = None) -> None:
-        self.max_packet = max_packet
+        self.max_packet = packet_limit(max_packet, self._broker_max_packet)
         if receive_maximum is not None:
             # The broker's Receive Maximum bounds our window: exceeding it gets us disconnected.
             self.window = min(self.window, receive_maximum)

@@ -132,6 +132,13 @@ def publish_packet_size(topic: str, payload: bytes, properties: PublishPropertie
     return 1 + _varint_len(remaining) + remaining
 
 
+def packet_limit(announced: int | None, configured: int | None) -> int | None:
+    """The largest packet the broker takes: the smaller of what it announced in its CONNACK (MQTT 5)
+    and what the config says of it (`broker_max_packet_size`), None when neither is known."""
+    known = [n for n in (announced, configured) if n is not None]
+    return min(known) if known else None
+
+
 class TransportListener(Protocol):
     """What a connection reports, called on the event loop thread."""
 

@@ -25,7 +25,13 @@ from water_edge.agent.uplink.sparkplug.history import RollingHistory
 from water_edge.agent.uplink.sparkplug.host import HostState, Verdict
 from water_edge.agent.uplink.sparkplug.proto import Payload
 from water_edge.agent.uplink.sparkplug.topics import SparkplugTopics
-from water_edge.agent.uplink.transport import PublishError, Reason, Transport, publish_packet_size
+from water_edge.agent.uplink.transport import (
+    PublishError,
+    Reason,
+    Transport,
+    packet_limit,
+    publish_packet_size,
+)
 from water_edge.core.errors import UplinkError
 from water_edge.core.reading import now_ns
 
@@ -64,15 +70,18 @@ class SparkplugSession:
         wake: Callable[[], None],
         inbox: CommandInbox | None,
         error: Callable[[str], None] = lambda _why: None,
+        broker_max_packet: int | None = None,
     ) -> None:
-        """`error` notes what the operator must see (`ConnectionState.error`: the status' last error)."""
+        """`error` notes what the operator must see (`ConnectionState.error`: the status' last error);
+        `broker_max_packet` is the broker's packet limit as configured, for brokers that announce none."""
         self.transport = transport
         self.connack: asyncio.Future[Reason] = asyncio.get_running_loop().create_future()
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.history = history
         self.seq = 0
-        self.max_packet: int | None = None  # the broker's Maximum Packet Size, if it said one (MQTT 5)
+        self.max_packet: int | None = None  # the broker's Maximum Packet Size, once connected (if known)
+        self._broker_max_packet = broker_max_packet
         self.born = False
         self.rebirth = False  # asked for by NCMD, the host coming back, or a new metric
         self.host_online = False  # a valid online STATE arrived on this connection
@@ -146,7 +155,7 @@ class SparkplugSession:
     # ------------------------------------------------------------------ TransportListener
 
     def on_connack(self, reason: Reason, receive_maximum: int | None, max_packet: int | None = None) -> None:
-        self.max_packet = max_packet
+        self.max_packet = packet_limit(max_packet, self._broker_max_packet)
         if not self.connack.done():
             self.connack.set_result(reason)
 

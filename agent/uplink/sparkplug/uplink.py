@@ -195,6 +195,7 @@ class SparkplugUplink(UplinkLoop[SparkplugSession]):
             wake=self._drain.wake.set,
             inbox=self.commands,
             error=self._state.error,
+            broker_max_packet=cfg.broker_max_packet_size,
         )
         options = ConnectOptions.from_config(
             cfg, server, self._client_id, will, password=self._password, max_packet_size=self._max_packet
