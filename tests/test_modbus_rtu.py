@@ -334,3 +334,21 @@ def test_arbitrary_bytes_on_the_line_never_crash_the_driver(tmp_path: Path, nois
     first, second = asyncio.run(scenario())
     assert first.quality in ("good", "bad")  # whatever the noise was, a reading came back
     assert second.value == 2  # and the line recovered for the next request
+
+
+async def test_a_noise_byte_before_every_answer_is_skipped(line: Line) -> None:
+    # RS-485 transceivers often put one 0x00 (or 0xFF) on the line as it turns round. pymodbus's
+    # framer threw the whole buffer away when that byte did not start a frame with a good CRC:
+    # every intact answer was a timeout, and the unit down for good.
+    line.sim.answer_prefix = b"\x00"
+    driver = line.driver()
+    await driver.open()
+    try:
+        polls = [by_tag(await driver.read()) for _ in range(2)]
+    finally:
+        await driver.aclose()
+    for got in polls:
+        assert {r.quality for r in got.values()} == {"good"}, got
+        assert got["map_version"].value == 2
+        assert got["flow"].value == pytest.approx(line.station.state.pumps[0].flow_m3h, rel=1e-6)
+    assert driver.health().errors == 0

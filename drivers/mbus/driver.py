@@ -277,5 +277,7 @@ class MbusDriver:
             checksum_errors=link.checksum_errors,
             frame_errors=link.frame_errors,
             wrong_meter=link.wrong_meter,
+            stray_answers=link.stray_answers,
+            noise_bytes=link.noise_bytes,
             bus=None if self._port is None else self._port.health(),
         )

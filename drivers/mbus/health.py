@@ -23,6 +23,8 @@ class MbusHealth:
     frame_errors: int
     wrong_meter: int  # secondary reads answered by another meter's telegram (never stored)
     bus: SerialBusHealth | None  # the shared port, None while the device is not open
+    stray_answers: int = 0  # answers of the wrong kind or from another address (a late one), asked again
+    noise_bytes: int = 0  # bytes of line noise skipped in front of answers
 
     def status_lines(self) -> list[str]:
         return [
@@ -30,6 +32,6 @@ class MbusHealth:
             f"{self.decode_errors}  open {'yes' if self.open else 'no'}",
             f"link requests {self.requests}  retries {self.retries}  timeouts {self.timeouts}  "
             f"checksum errors {self.checksum_errors}  frame errors {self.frame_errors}  wrong meter "
-            f"{self.wrong_meter}",
+            f"{self.wrong_meter}  stray answers {self.stray_answers}  noise bytes {self.noise_bytes}",
             *(self.bus.status_lines() if self.bus is not None else []),
         ]

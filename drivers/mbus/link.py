@@ -4,6 +4,13 @@ One `MbusMaster` owns one port. Timing follows the standard: a slave answers wit
 + 50 ms of the end of a request; once an answer starts, its bytes follow at the baud rate (11 bits
 a byte, 8E1). The master repeats a request that got no valid answer up to `retries` times with the
 same FCB, so a meter resends the telegram we missed instead of moving on to the next.
+
+What the line adds is not taken for an answer. Bytes that cannot start a frame in front of one (the
+spurious byte a level converter makes as a slave starts to send) are skipped and counted. An answer
+of the wrong kind (an E5 where a telegram was asked for, or a telegram where an E5 was), or an
+RSP_UD from another primary address than the one asked, is a stray, typically the late answer of
+a meter asked before: it is counted, the line waited quiet and the request repeated, never decoded
+as the asked meter's.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from water_edge.drivers.mbus.telegram import Header, Telegram, decode_frame, man
 log = structlog.get_logger(__name__)
 
 BITS_PER_BYTE: Final = 11
+# Noise bytes skipped before an answer's start byte; more is garbage, not a glitch.
+MAX_NOISE_BYTES: Final = 32
+_START_BYTES: Final = frozenset((fr.ACK, fr.SHORT_START, fr.LONG_START))
 # Linux takes a pseudo-terminal's parity setting at its first open only and refuses it after.
 _PTY_HINT: Final = "; a pseudo-terminal (edge-sim's) takes 8E1 at its first open only: restart edge-sim"
 ID_DIGITS: Final = 8
@@ -60,6 +70,8 @@ class LinkStats:
     frame_errors: int = 0
     collisions: int = 0
     wrong_meter: int = 0  # secondary reads answered by a telegram of another meter
+    stray_answers: int = 0  # answers of the wrong kind or from another address, dropped and asked again
+    noise_bytes: int = 0  # bytes before an answer's start byte, skipped
 
 
 def secondary_mask(text: str) -> bytes:
@@ -224,6 +236,16 @@ class MbusMaster:
             return None
         # Once the answer started, the rest follows at the baud rate; allow half again plus 50 ms.
         per_byte = BITS_PER_BYTE / self.baudrate
+        skipped = 0
+        while head[0] not in _START_BYTES and skipped < MAX_NOISE_BYTES:
+            # Noise in front of the answer: its start byte follows within the first deadline or
+            # right after the noise.
+            skipped += 1
+            head = self._read(port, 1, max(first_deadline, time.monotonic() + per_byte * 1.5 + 0.05))
+            if not head:
+                self.stats.noise_bytes += skipped
+                raise fr.MbusFrameError(f"{skipped} byte(s) of noise and no frame after them")
+        self.stats.noise_bytes += skipped
         buf = bytearray(head)
         if buf[0] == fr.LONG_START:
             buf += self._read(port, 3, time.monotonic() + 3 * per_byte * 1.5 + 0.05)
@@ -263,8 +285,11 @@ class MbusMaster:
         while self._read(port, 256, deadline):
             pass
 
-    def _retrying(self, request: bytes, what: str) -> bytes:
-        """Exchange with retries; a valid frame or MbusTimeoutError / the last frame error."""
+    def _retrying(self, request: bytes, what: str, address: int | None = None) -> bytes:
+        """Exchange with retries; a valid frame or MbusTimeoutError / the last frame error.
+
+        `address`: a long frame from this primary address is expected (0xFD/0xFE: from any),
+        else the E5 acknowledgement; any other valid frame is a stray, dropped and asked again."""
         last_error: fr.MbusFrameError | None = None
         for attempt in range(self.retries + 1):
             if attempt:
@@ -279,10 +304,16 @@ class MbusMaster:
                 self.stats.timeouts += 1
                 continue
             try:
-                fr.parse_frame(answer)
+                frame = fr.parse_frame(answer)
             except fr.MbusFrameError as exc:
                 self._count(exc)
                 last_error = exc
+                continue
+            if (stray := _stray(frame, address)) is not None:
+                self.stats.stray_answers += 1
+                log.info("mbus.stray_answer", port=self.port, request=what, answer=stray)
+                last_error = fr.MbusFrameError(f"{what}: {stray}")
+                self._drain(self._serial)
                 continue
             return answer
         if last_error is not None:
@@ -298,15 +329,11 @@ class MbusMaster:
     # --- operations ---------------------------------------------------------------------------
     def snd_nke(self, address: int) -> None:
         """Reset the meter's link (its FCB and telegram sequence); it answers E5."""
-        answer = self._retrying(fr.snd_nke(address), f"SND_NKE to {address}")
-        if answer != bytes((fr.ACK,)):
-            raise fr.MbusFrameError(f"SND_NKE to {address}: answer is not the E5 acknowledgement")
+        self._retrying(fr.snd_nke(address), f"SND_NKE to {address}")
 
     def select(self, mask: bytes) -> None:
         """Select one meter by secondary address; raises MbusTimeoutError if none answers."""
-        answer = self._retrying(fr.select_secondary(mask), f"select {mask.hex().upper()}")
-        if answer != bytes((fr.ACK,)):
-            raise fr.MbusFrameError("selection: answer is not the E5 acknowledgement")
+        self._retrying(fr.select_secondary(mask), f"select {mask.hex().upper()}")
 
     def read_telegrams(
         self, address: int, *, max_telegrams: int = 8, reset: bool = True, identity: bytes | None = None
@@ -323,7 +350,7 @@ class MbusMaster:
         telegrams: list[Telegram] = []
         fcb = True  # the first REQ_UD2 after SND_NKE / selection carries FCB = 1
         for _ in range(max_telegrams):
-            answer = self._retrying(fr.req_ud2(address, fcb), f"REQ_UD2 to {address}")
+            answer = self._retrying(fr.req_ud2(address, fcb), f"REQ_UD2 to {address}", address)
             telegram = decode_frame(answer)
             if identity is not None and (why := identity_mismatch(identity, telegram.header)) is not None:
                 self.stats.wrong_meter += 1
@@ -397,6 +424,17 @@ class MbusMaster:
             return
         for child in _children(digits, pos):
             self._scan(child, pos + 1, found)
+
+
+def _stray(frame: fr.Frame, address: int | None) -> str | None:
+    """Why a valid frame is not the answer expected (see `MbusMaster._retrying`), or None."""
+    if address is None:
+        return None if frame.kind == "ack" else f"answer is not the E5 acknowledgement (a {frame.kind} frame)"
+    if frame.kind != "long":
+        return f"answer is not a telegram (a{'n' if frame.kind == 'ack' else ''} {frame.kind} frame)"
+    if address not in (fr.NETWORK_LAYER, fr.BROADCAST_REPLY) and frame.address != address:
+        return f"answer is a telegram from address {frame.address} (a late answer from another meter?)"
+    return None
 
 
 def _children(digits: list[str], pos: int) -> Iterator[list[str]]:

@@ -22,7 +22,7 @@ from typing import Final, Protocol
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer import FramerType
+from pymodbus.framer import FramerRTU, FramerType
 from pymodbus.pdu import ModbusPDU
 
 from water_edge.core.errors import DeviceError, DriverIOError
@@ -217,6 +217,38 @@ def pymodbus_tcp_client(config: ModbusTcpConfig, on_connection: Callable[[bool],
     return client
 
 
+class _HuntingRtuFramer(FramerRTU):
+    """pymodbus's RTU framer, but a candidate frame start whose CRC fails is passed over for the
+    next byte instead of the whole buffer being thrown away.
+
+    pymodbus 3.16 hunts for a frame start past bytes that cannot begin one, yet at the first
+    candidate whose CRC fails it drops everything received. One byte of line noise in front of an
+    answer (the 0x00 or 0xFF many RS-485 transceivers put on the line as it turns round) usually
+    reads as a candidate with a plausible length: every intact answer behind it was lost, a
+    timeout, and the unit down for good. The good path is pymodbus's: the first candidate is the
+    frame and its CRC is checked once.
+    """
+
+    def decode(self, data: bytes) -> tuple[int, int, int, bytes]:
+        data_len = len(data)
+        for start in range(data_len):
+            if data_len - start < self.MIN_SIZE:
+                break
+            if not (pdu_class := self.decoder.lookupPduClass(data[start:])):
+                continue
+            if not (size := pdu_class.calculateRtuFrameSize(data[start:])) or data_len < start + size:
+                break  # not all here yet: wait for more, keeping this candidate
+            crc_start = start + size - 2
+            if FramerRTU.check_CRC(
+                data[start:crc_start], int.from_bytes(data[crc_start : crc_start + 2], "big")
+            ):
+                return data_len, int(data[start]), 0, data[start + 1 : crc_start]
+        else:
+            start = data_len
+        # Drop the bytes ruled out as frame starts; wait for more (a timeout ends the wait).
+        return start, 0, 0, self.EMPTY
+
+
 class _SharedSerialClient(AsyncModbusSerialClient):
     def set_request_limits(self, timeout_s: float, retries: int) -> None:
         # Unavoidable internals: pymodbus 3.16 fixes timeout and retries when the client is built
@@ -244,6 +276,10 @@ def pymodbus_serial_client(config: ModbusRtuConfig) -> SerialModbusClient:
         name=config.port,
     )
     client.set_max_no_responses(_NEVER)
+    # Unavoidable internals, as in set_request_limits: pymodbus 3.16 builds the framer from
+    # `FramerType` and takes no framer instance; tests/test_modbus_rtu.py's noise test fails if
+    # this stops taking effect.
+    client.ctx.framer = _HuntingRtuFramer(client.ctx.framer.decoder)
     _register_answers(client)
     return client
 

@@ -18,6 +18,12 @@ one, and a read whose connection drops while it waits is sent once more on a new
 (reads change nothing; the close may cross the next request on the wire). Only when that
 connect fails, or the read's second connection drops too, is the device down.
 
+An answer is matched to its request by the transaction id, but pymodbus takes an answer with
+transaction id 0 for any request (some devices and gateways never copy the id). On a connection
+where a request timed out, such an answer may be that request's late answer, and every answer after
+it would belong to the request before: so it is not used, and the request is sent once more on a
+new connection, where no late answer can arrive.
+
 pymodbus is never allowed to reconnect on its own (`reconnect_delay=0`, and a request is never
 sent while disconnected, which would make pymodbus connect inside `execute`): the supervisor owns
 reconnects and their backoff. Requests to one device go one at a time: pymodbus 3.16 serialises
@@ -77,6 +83,9 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
         self._connected = False
         self._inflight: asyncio.Future[ModbusPDU] | None = None
         self._silent = 0
+        # A request on this connection went unanswered: its answer may still come, so an answer
+        # without a transaction id cannot be told from it.
+        self._late_answer_possible = False
         self._stats = {"requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0, "reconnects": 0}
         self._last_ok_ns: int | None = None
 
@@ -102,6 +111,7 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
             why = await _why_unreachable(cfg.host, cfg.port, cfg.timeout_ms / 1000)
             raise DriverIOError(f"{self.name}: cannot connect to {cfg.host}:{cfg.port}: {why}")
         self._connected = True
+        self._late_answer_possible = False
 
     async def _reconnect(self, why: str) -> None:
         """A new connection in place of one the device closed; `DriverIOError` if none is had."""
@@ -135,8 +145,8 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
         await self._connected_client()
         try:
             return await self._send(request)
-        except _DroppedError:
-            await self._reconnect("connection dropped during a read")
+        except _DroppedError as dropped:
+            await self._reconnect(dropped.why)
             return await self._send(request)
 
     async def _connected_client(self) -> ModbusClient:
@@ -182,6 +192,7 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
                 raise _DroppedError(f"{self.name}: connection lost") from exc
             if isinstance(exc, BadAnswerError):
                 raise RequestFailedError(f"bad response: {exc.detail}") from exc
+            self._late_answer_possible = True
             self._stats["timeouts"] += 1
             self._silent += 1
             if self._silent >= MAX_SILENT_REQUESTS:
@@ -192,6 +203,13 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
             self._stats["errors"] += 1
             await self.aclose()
             raise
+        if self._late_answer_possible and not response.transaction_id:
+            self._stats["errors"] += 1
+            log.info("modbus.unverifiable_answer", driver=self.name, start=request.start)
+            raise _DroppedError(
+                f"{self.name}: answer without a transaction id after a timeout",
+                why="an answer without a transaction id may be a late one",
+            )
         return self._accept(response, f"{self.name}: read {request.table} {request.start}", request)
 
     # -- writes (opt-in capability; FC 5/6/15/16 only, see writes.py) -----------------------------
@@ -226,10 +244,17 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
         client = await self._connected_client()
         try:
             with modbus_errors(where):
-                return await make(client)
+                response = await make(client)
         except DriverIOError:
             self._stats["errors"] += 1
             raise
+        if self._late_answer_possible and not response.transaction_id:
+            # Not sent again (a write); the next request goes on a new connection.
+            self._stats["errors"] += 1
+            self._connected = False
+            client.close()
+            raise DriverIOError(f"{where}: the answer carries no transaction id after a timeout: unconfirmed")
+        return response
 
     def _on_connection(self, connected: bool) -> None:
         """pymodbus's connect/disconnect hook: a drop fails the request in flight at once."""
@@ -245,7 +270,12 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
 
 
 class _DroppedError(DriverIOError):
-    """The connection dropped while a request waited for its answer."""
+    """The connection dropped while a request waited for its answer, or its answer cannot be
+    trusted to be this request's; `why` is logged with the reconnect."""
+
+    def __init__(self, message: str, why: str = "connection dropped during a read") -> None:
+        super().__init__(message)
+        self.why = why
 
 
 async def _why_unreachable(host: str, port: int, timeout_s: float) -> str:

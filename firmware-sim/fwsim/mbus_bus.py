@@ -9,8 +9,12 @@ a request counts as received only once its bytes would have crossed the wire (11
 Several meters answering at once collide the way the bus does: a space (0) from any meter wins, so
 the master sees the bytewise AND of the answers (identical E5 acks survive, frames turn to garbage).
 With `echo`, every byte the master sends comes straight back to it, as from an adapter that hears
-its own transmission. Faults per meter (`inject`): "checksum", "truncate", "silent", "collision";
-a meter whose `state.ignores_select` is set takes every selection by secondary address as its own.
+its own transmission. Faults per meter (`inject`): "checksum", "truncate", "silent", "collision",
+"late" (the RSP_UD leaves only once the bus hears a REQ_UD2 to another address, in front of that
+meter's answer: a meter so slow that the master gave up on it and moved on); a meter whose
+`state.ignores_select` is set takes every selection by secondary address as its own. `noise` (bytes,
+default none) goes out in front of every answer, as the spurious byte some level converters
+produce when a slave starts to send.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ log = structlog.get_logger(__name__)
 
 BITS_PER_BYTE: Final = 11  # start + 8 data + even parity + stop
 NETWORK_LAYER: Final = 0xFD
-FAULTS: Final = frozenset({"checksum", "truncate", "silent", "collision"})
+FAULTS: Final = frozenset({"checksum", "truncate", "silent", "collision", "late"})
 MANUFACTURERS: Final = ("ZRI", "KAM", "SEN", "DME", "ITW", "APA")
 BAUD_TERMIOS: Final = {300: termios.B300, 2400: termios.B2400, 9600: termios.B9600}
 
@@ -70,6 +74,10 @@ def _long(control: int, address: int, user_data: bytes) -> bytes:
     return bytes((0x68, len(body), len(body), 0x68)) + body + bytes((sum(body) & 0xFF, 0x16))
 
 
+def _is_req_ud2(request: bytes) -> bool:
+    return request[0] == 0x10 and request[1] & 0xDF == 0x5B
+
+
 def collide(answers: Sequence[bytes]) -> bytes:
     """What the master receives when several meters send at once: the bytewise AND (idle = 0xFF)."""
     size = max(len(a) for a in answers)
@@ -91,6 +99,9 @@ class MbusBus:
         self._ctx = ctx
         self.baudrate = baudrate
         self.echo = echo
+        self.noise = b""  # sent in front of every answer
+        # a late meter's RSP_UD (its address, the frame), sent before the next REQ_UD2 to another
+        self._held: tuple[int, bytes] | None = None
         totaliser = ctx.state().totaliser_m3
         self.meters = [WaterMeter(spec, totaliser) for spec in meters]
         self.path = ""
@@ -196,8 +207,13 @@ class MbusBus:
             self.counters["requests"] += 1
             self.counters["bytes_in"] += len(request)
             answer = self._answer(request)
+            held = self._held
+            if held is not None and _is_req_ud2(request) and request[2] != held[0]:
+                self._held = None
+                answer = held[1] + (answer or b"")
             if answer is None:
                 continue
+            answer = self.noise + answer
             # EN 13757-2: the slave waits at least 11 bit times before it answers.
             await asyncio.sleep(max(0.0, received_at + BITS_PER_BYTE / self.baudrate - loop.time()))
             await self._send(answer)
@@ -287,12 +303,17 @@ class MbusBus:
         out = list(answers)
         for i, m in enumerate(meters):
             faults = m.state.faults
-            fault = next((f for f in ("silent", "checksum", "truncate", "collision") if faults.get(f)), None)
-            if fault is None or (fault in ("checksum", "truncate") and len(out[i]) < 6):
+            fault = next(
+                (f for f in ("silent", "checksum", "truncate", "collision", "late") if faults.get(f)), None
+            )
+            if fault is None or (fault in ("checksum", "truncate", "late") and len(out[i]) < 6):
                 continue  # frame faults wait for a frame; an E5 has no checksum to break
             faults[fault] -= 1
             self.counters["faults"] += 1
             if fault == "silent":
+                out[i] = b""
+            elif fault == "late":
+                self._held = (m.spec.address, out[i])
                 out[i] = b""
             elif fault == "checksum":
                 out[i] = out[i][:-2] + bytes(((out[i][-2] + 1) & 0xFF, out[i][-1]))

@@ -13,7 +13,8 @@ under a new /dev/pts name; the `link` symlink follows it).
 
 Options (`[components.modbus_rtu]` in a scenario): baudrate (19200), parity ("N", "E", "O"),
 stopbits (1, 2), wire_time (true), echo (false: true hands every byte the master sends straight
-back, as a 2-wire RS-485 adapter that hears its own transmission does).
+back, as a 2-wire RS-485 adapter that hears its own transmission does), glitch (false: true puts
+one 0x00 byte in front of every answer, as many RS-485 transceivers do when the line turns round).
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ class RtuComponent:
         self.stopbits = 1
         self.wire_time = True
         self.echo = False
+        self.answer_prefix = b""  # line noise in front of every answer (the `glitch` option)
         self.stats = {"requests": 0, "answers": 0, "crc_errors": 0, "ignored": 0, "garbage": 0}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -155,6 +157,7 @@ class RtuComponent:
         self.stopbits = int(opts.pop("stopbits", 1))
         self.wire_time = bool(opts.pop("wire_time", True))
         self.echo = bool(opts.pop("echo", False))
+        self.answer_prefix = b"\x00" if opts.pop("glitch", False) else b""
         if opts:
             raise OSError(f"modbus_rtu: unknown option(s) {', '.join(sorted(opts))}")
         if self.parity not in ("N", "E", "O") or self.stopbits not in (1, 2) or self.baudrate < 300:
@@ -291,5 +294,5 @@ class RtuComponent:
         if link is None or not link.plugged:
             return
         with contextlib.suppress(OSError):
-            os.write(link.master_fd, answer)
+            os.write(link.master_fd, self.answer_prefix + answer)
             self.stats["answers"] += 1
