@@ -138,6 +138,15 @@ if [ ! -f "$ETC/release-keys" ]; then
 KEYS
 fi
 chmod 0640 "$ETC/release-keys"
+# The minimum release version (docs/updates.md, "The minimum release version"): the updater installs
+# no release below it, however validly signed, so an old signed bundle with a known hole cannot put
+# the gateway back on it. It is $OPT/min-version.json, {"min_version": "1.3.0"}, root's (the agent
+# cannot write it) and in the install root rather than here because the updater raises it itself
+# (its unit may write /opt/edge-agent, not /etc/edge-agent): once a release whose signed manifest
+# carries min_version (`edge-agent release bundle --min-version`) has passed its health check. No
+# file, no minimum: this script writes none and does not check it (it is root, on site). Raise it
+# on site with `edge-agent update min-version 1.3.0` (never above the current release; lower only
+# with --lower); `edge-agent update status` shows it.
 ln -sfn managed/config.toml "$ETC/config.toml"
 mkdir -p "$ROOT/usr/lib/tmpfiles.d"
 cat >"$ROOT/usr/lib/tmpfiles.d/edge-agent.conf" <<TMPFILES

@@ -37,6 +37,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--key-id", required=True)
     p.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}")
     p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument(
+        "--min-version",
+        help="the lowest release a gateway may install once it has committed this one (a release "
+        "fixing a security hole sets its own version); default: the gateway's floor stays",
+    )
     p.set_defaults(func=_bundle)
 
 
@@ -77,6 +82,7 @@ def _bundle(args: argparse.Namespace) -> int:
         manifest = build_bundle(
             packed, cached, key, args.key_id, args.out,
             python=args.python, config_schema=(SCHEMA_VERSION, SCHEMA_VERSION), outbox_schema=OUTBOX_SCHEMA,
+            min_version=args.min_version,
         )  # fmt: skip
     except BundleError as exc:
         sys.stderr.write(f"edge-agent release: {exc}\n")
@@ -84,5 +90,6 @@ def _bundle(args: argparse.Namespace) -> int:
     print(
         f"{args.out}: water-edge-agent {manifest.version}, {len(manifest.wheels)} wheels listed, "
         f"{len(packed)} packed, signed by {args.key_id}"
+        + (f"; sets the minimum release {manifest.min_version}" if manifest.min_version else "")
     )
     return EXIT_OK

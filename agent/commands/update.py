@@ -3,6 +3,7 @@
     edge-agent update status                   releases, the last update and how it ended
     edge-agent update apply /media/usb/x.tar   check a bundle's signature, hand it to the updater
     edge-agent update rollback                 back to the previous release, now
+    edge-agent update min-version [1.3.0]      the lowest release this gateway installs; raise it
     edge-agent update run                      the updater itself (edge-agent-update.service runs it)
 
 `apply` and `rollback` write a request that edge-agent-update.service (started by its path unit)
@@ -80,6 +81,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--now", action="store_true", help="run the updater here instead of through its service")
     updater_options(p)
     p.set_defaults(func=_rollback)
+
+    p = sub.add_parser("min-version", help="the lowest release this gateway installs, or raise it (root)")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    p.add_argument("--root", type=Path, help="install root (default: [update] root)")
+    p.add_argument(
+        "version", nargs="?", help="raise the minimum to this release version (at most the current one)"
+    )
+    p.add_argument("--lower", action="store_true", help="allow a version below the present minimum")
+    p.set_defaults(func=_min_version)
 
     p = sub.add_parser("run", help="carry out a pending request or resume a trial (the updater service)")
     common(p)
@@ -183,6 +193,7 @@ def _status(args: argparse.Namespace) -> int:
     state = files.read_state()
     print(f"current  {health.current_release or '(not installed in ' + str(root) + ')'}")
     print(f"previous {health.previous_release or '-'}")
+    print(f"minimum  {_floor_line(Layout(root))}")
     print(_describe(state))
     for line in state.log[-8:]:
         print(f"  {line}")
@@ -261,6 +272,78 @@ def _rollback(args: argparse.Namespace) -> int:
         return _run_locked(args, config, state_dir)
     print("rollback requested; follow it with: edge-agent update status")
     return EXIT_OK
+
+
+def _floor_line(layout: Any) -> str:
+    from water_edge.agent.update.floor import FloorError, read_floor
+
+    try:
+        floor = read_floor(layout.min_version)
+    except FloorError as exc:
+        return f"unreadable, no release is installed until it is fixed: {exc}"
+    if floor is None:
+        return "none (any signed release installs)"
+    return f"{floor.version}" + (f" (raised by {floor.raised_by})" if floor.raised_by else "")
+
+
+def _min_version(args: argparse.Namespace) -> int:
+    """Show root's minimum release version, or raise it: never above the release that is current
+    (a failed update returns to it), never lower without --lower."""
+    from water_edge.agent.update.floor import FloorError, read_floor, write_floor
+    from water_edge.agent.update.layout import Layout, locked
+    from water_edge.agent.update.versions import ReleaseVersion, VersionError
+    from water_edge.core.reading import now_ns
+
+    layout = Layout(args.root or _config(args).update.root)
+    if args.version is None:
+        print(f"minimum  {_floor_line(layout)}")
+        return EXIT_OK
+    try:
+        wanted = ReleaseVersion(args.version)
+    except VersionError as exc:
+        sys.stderr.write(f"edge-agent update: {exc}\n")
+        return EXIT_USAGE
+    try:
+        floor, was = read_floor(layout.min_version), None
+    except FloorError as exc:
+        floor, was = None, f"unreadable: {exc}"  # replacing it is how an unreadable floor is fixed
+    if problem := _floor_problem(layout, wanted, None if floor is None else floor.version, args.lower):
+        sys.stderr.write(f"edge-agent update: {problem}\n")
+        return EXIT_FAILED
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
+    try:
+        with locked(layout.lock_path()):
+            write_floor(layout.min_version, wanted, f"edge-agent update min-version by {user}", now_ns())
+    except (RuntimeError, OSError) as exc:
+        sys.stderr.write(f"edge-agent update: minimum not set: {exc}\n")
+        return EXIT_FAILED
+    print(f"minimum  {wanted} (was {was or (floor.version if floor else 'none')})")
+    return EXIT_OK
+
+
+def _floor_problem(layout: Any, wanted: Any, floor: Any, lower: bool) -> str | None:
+    """Why the minimum may not be set to `wanted` (a ReleaseVersion) over `floor`, or None."""
+    from water_edge.agent.update.versions import ReleaseVersion, VersionError
+
+    current = layout.release(layout.current)
+    try:
+        running = None if current is None else ReleaseVersion(current.version or "")
+    except VersionError:
+        running = None
+    if running is None:
+        return (
+            f"the current release in {layout.root} has no version to compare {wanted} with; "
+            "the minimum is set only at or below the release that runs"
+        )
+    if wanted > running:
+        return (
+            f"the current release is {running}; a minimum above it would leave a failed update only a "
+            f"release below it to return to: update to {wanted} or later first (a release signed with "
+            "`release bundle --min-version` raises it when it is committed)"
+        )
+    if floor is not None and wanted < floor and not lower:
+        return f"the minimum is {floor} already; give --lower to set a lower one"
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:

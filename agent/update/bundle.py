@@ -4,7 +4,8 @@ A bundle is an uncompressed tar (the wheels are already compressed):
 
     manifest.json   {"format": 1, "name": "water-edge-agent", "version": "0.2.0", "python": "3.11",
                      "config_schema": {"min": 1, "max": 1}, "outbox_schema": 1, "created": "...",
-                     "wheels": [{"file": "...whl", "sha256": "...", "size": N}, ...]}
+                     "wheels": [{"file": "...whl", "sha256": "...", "size": N}, ...],
+                     "min_version": "0.2.0"}   (optional: the floor the release sets, floor.py)
     manifest.sig    {"key_id": "release-2026", "sig": "<base64 Ed25519 signature>"}
     wheels/*.whl    the wheels carried; a thin bundle leaves out those the gateways already hold
 
@@ -37,6 +38,7 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from water_edge.agent.update.versions import EXPECTED, ReleaseVersion, VersionError
 from water_edge.core.digests import sha256_file
 from water_edge.core.errors import AgentError
 
@@ -71,9 +73,12 @@ class Manifest:
     key_id: str
     created: str
     name: str = "water-edge-agent"
+    # The lowest release a gateway may install once this one is committed there (floor.py); None:
+    # it leaves the floor as it is.
+    min_version: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "format": FORMAT,
             "name": self.name,
             "version": self.version,
@@ -83,6 +88,9 @@ class Manifest:
             "created": self.created,
             "wheels": [{"file": w.file, "sha256": w.sha256, "size": w.size} for w in self.wheels],
         }
+        if self.min_version is not None:
+            doc["min_version"] = self.min_version
+        return doc
 
 
 # ------------------------------------------------------------------ keys
@@ -137,14 +145,39 @@ def parse_manifest(data: bytes, key_id: str) -> Manifest:
         raise BundleError(f"manifest.json: missing or malformed field {exc}") from None
     if not _VERSION.match(version):
         raise BundleError(f"manifest.json: version {version[:40]!r} is not a version")
+    min_version = _min_version(doc.get("min_version"), version)
     if not wheels:
         raise BundleError("manifest.json lists no wheels")
     for wheel in wheels:
         if not _WHEEL_NAME.match(wheel.file) or not re.fullmatch(r"[0-9a-f]{64}", wheel.sha256):
             raise BundleError(f"manifest.json: wheel entry {wheel.file[:80]!r} is malformed")
     return Manifest(
-        version, python, lo, hi, outbox, wheels, key_id, str(doc.get("created", "")), str(doc["name"])
-    )
+        version, python, lo, hi, outbox, wheels, key_id, str(doc.get("created", "")), str(doc["name"]),
+        min_version,
+    )  # fmt: skip
+
+
+def _min_version(value: Any, version: str) -> str | None:
+    """The manifest's `min_version`, if it has one: a release version no higher than the release's
+    own (a release that set a floor above itself would make its gateways refuse it)."""
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str):
+            raise VersionError(value)
+        floor = ReleaseVersion(value)
+    except VersionError:
+        raise BundleError(f"manifest.json: min_version {str(value)[:40]!r} is not {EXPECTED}") from None
+    try:
+        own = ReleaseVersion(version)
+    except VersionError:
+        raise BundleError(
+            f"manifest.json: a release that sets min_version needs a version that can be compared "
+            f"with it; {version[:40]!r} is not {EXPECTED}"
+        ) from None
+    if own < floor:
+        raise BundleError(f"manifest.json: min_version {value} is above the release's own version {version}")
+    return value
 
 
 def verify_manifest(data: bytes, signature: bytes, keys: dict[str, Ed25519PublicKey]) -> Manifest:
@@ -257,8 +290,10 @@ def build_bundle(
     config_schema: tuple[int, int],
     outbox_schema: int,
     now: dt.datetime | None = None,
+    min_version: str | None = None,
 ) -> Manifest:
-    """Sign a manifest of `packed` + `cached` wheels and write the bundle with `packed` inside."""
+    """Sign a manifest of `packed` + `cached` wheels and write the bundle with `packed` inside;
+    `min_version`: the floor a gateway takes once it has committed the release (floor.py)."""
     if not _KEY_NAME.match(key_id):
         raise BundleError(f"key id {key_id!r} must be 1-64 letters, digits or '_.@-'")
     everything = sorted({*packed, *cached}, key=lambda p: p.name)
@@ -275,7 +310,9 @@ def build_bundle(
         wheels=tuple(Wheel(p.name, sha256_file(p), p.stat().st_size) for p in everything),
         key_id=key_id,
         created=created,
+        min_version=min_version,
     )
+    _min_version(min_version, manifest.version)  # never sign a floor a gateway would refuse
     data = orjson.dumps(manifest.to_json(), option=orjson.OPT_INDENT_2)
     sig = orjson.dumps({"key_id": key_id, "sig": base64.b64encode(key.sign(SIGNING_DOMAIN + data)).decode()})
     tmp = out.with_name(out.name + ".tmp")

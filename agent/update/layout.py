@@ -8,6 +8,7 @@
     wheels/                    every wheel ever installed, checked by sha256: thin bundles need only
                                carry what changed
     staging/                   bundles copied out of the agent's reach while they are checked
+    min-version.json           the lowest release this gateway installs (floor.py); none: no floor
 
 A virtualenv cannot be moved (its scripts name their interpreter by absolute path), so each release
 is built where it stays. `switch()` swaps `current` with one rename, which is atomic: a power cut
@@ -46,6 +47,7 @@ class Layout:
         self.previous = root / "previous"
         self.wheels = root / "wheels"
         self.staging = root / "staging"
+        self.min_version = root / "min-version.json"
 
     def release(self, link: Path) -> Release | None:
         """The release a link points at, or None if there is none."""

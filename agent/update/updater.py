@@ -3,11 +3,13 @@ keeps it or rolls back. Runs as its own process (edge-agent-update.service, star
 when the agent writes a request; `edge-agent update run`), from the release that is current when it
 starts, so switching `current` never changes the code doing the switching.
 
-    take request -> copy bundle out of the agent's reach -> verify signature and hashes
-    -> build releases/<version>-<id> (venv + exactly the listed wheels) -> its check-config on the
-    live config -> note what works now (baseline) -> switch current (atomic) -> restart the agent
-    -> judge its status within the health window -> committed, or switch back, restart, rolled back
-    (at once when the supervisor has had to restart it `rollback_after_restarts` times)
+    take request -> copy bundle out of the agent's reach -> verify signature and hashes -> refuse
+    a release below root's minimum version (floor.py) -> build releases/<version>-<id> (venv +
+    exactly the listed wheels) -> its check-config on the live config -> note what works now
+    (baseline) -> switch current (atomic) -> restart the agent -> judge its status within the
+    health window -> raise the minimum to the release's signed `min_version`, committed; or switch
+    back, restart, rolled back (at once when the supervisor has had to restart it
+    `rollback_after_restarts` times)
 
 Every step goes to state.json (for `edge-agent update status` and the agent's `update` events) and
 the outcome to the security audit log. A power cut during a trial leaves state.json in `trial`;
@@ -43,9 +45,11 @@ from water_edge.agent.update.bundle import (
     load_release_keys,
     read_manifest,
 )
-from water_edge.agent.update.layout import Layout
+from water_edge.agent.update.floor import Floor, FloorError, read_floor, refusal, write_floor
+from water_edge.agent.update.layout import Layout, Release
 from water_edge.agent.update.service import CommandService, RestartCount
 from water_edge.agent.update.state import TERMINAL, UnsafeUpdateFileError, UpdateFiles, UpdateState
+from water_edge.agent.update.versions import ReleaseVersion, VersionError
 from water_edge.core.digests import sha256_file
 from water_edge.core.toml_text import NotUtf8TextError, TOMLDecodeError, parse_toml, read_toml_text
 
@@ -134,6 +138,11 @@ class Updater:
             if current is None or current.name != self.state.to_release:
                 self._finish("failed", "interrupted before the switch; nothing was switched")
                 return
+            if self._floor_raised_by_this_update():
+                # It had passed: judged again and failed, it would go back below the new minimum.
+                self._note("resumed after an interruption: the release had passed its health check")
+                self._commit()
+                return
             self._note("resumed after an interruption: judging the release again")
             self._judge_and_finish(self.state.health_window_s)
             return
@@ -184,7 +193,6 @@ class Updater:
         try:
             try:
                 manifest, wheels = self._verify(request)
-                self.state.to_version = manifest.version
                 self.state.phase = "installing"
                 self._note(f"verified {manifest.version}, signed by {manifest.key_id}")
                 target = self._install(manifest, wheels, sha)
@@ -238,6 +246,10 @@ class Updater:
             raise UpdateFailedError("the bundle's sha256 is not the one requested")
         keys = load_release_keys(self.keys_file)
         manifest = read_manifest(copy, keys)
+        self.state.to_version = manifest.version
+        # Signed or not, a release below root's minimum is not installed (a rollback attack).
+        if problem := refusal(self._floor(), manifest.version, f"release {manifest.version}"):
+            raise UpdateFailedError(problem)
         self._check_fit(manifest)
         carried = set(extract_wheels(copy, manifest, work / "wheels"))
         paths: list[Path] = []
@@ -253,6 +265,14 @@ class Updater:
                 )
             paths.append(cached)
         return manifest, paths
+
+    def _floor(self) -> Floor | None:
+        """root's minimum release version; UpdateFailedError when its file is not one (no release
+        is installed until it is fixed: a floor nobody can read is not taken for none)."""
+        try:
+            return read_floor(self.layout.min_version)
+        except FloorError as exc:
+            raise UpdateFailedError(f"refused: {exc}; no release is installed until it is fixed") from None
 
     def _work_dir(self) -> Path:
         return self.layout.staging / (self.state.id[:16] or "bundle")
@@ -305,7 +325,8 @@ class Updater:
         os.sync()
         self.layout.write_info(
             target, {"version": manifest.version, "bundle_sha256": sha, "key_id": manifest.key_id,
-                     "outbox_schema": manifest.outbox_schema, "installed_ns": self._now()},
+                     "outbox_schema": manifest.outbox_schema, "installed_ns": self._now(),
+                     "min_version": manifest.min_version},
         )  # fmt: skip
         return target
 
@@ -363,8 +384,7 @@ class Updater:
         while not reason:
             problems = judge.problems(self._status(), version, baseline)
             if not problems:
-                self._finish("committed", None)
-                self.layout.prune({self.layout.current.resolve(), self.layout.previous.resolve()})
+                self._commit()
                 return
             if time.monotonic() - last_write > 5:
                 self.state.reason = "; ".join(problems)
@@ -381,6 +401,12 @@ class Updater:
             else:
                 time.sleep(self.poll_s)
         self._note(reason)
+        # Not true of a trial this updater began: the minimum rises only once a release is committed,
+        # and `update min-version` never sets it above the current one. A `trial` state.json the agent
+        # forged for the committed release would otherwise take the gateway back below it.
+        if problem := self._below_floor(self.layout.release(self.layout.previous)):
+            self._finish("failed", f"{reason}; not rolled back, {problem}")
+            return
         back = self.layout.swap_back()
         if back is None:
             self._finish("failed", reason + "; no previous release to roll back to")
@@ -389,14 +415,71 @@ class Updater:
         self._restart()
         self._finish("rolled_back", reason)
 
+    def _commit(self) -> None:
+        """The release on trial passed: the minimum rises to what it sets, then it is committed.
+        Never the other way round: a trial a power cut interrupted in between would be judged again
+        and, failing, go back to a release below the new minimum."""
+        self._raise_floor()
+        self._finish("committed", None)
+        self.layout.prune({self.layout.current.resolve(), self.layout.previous.resolve()})
+
+    def _raise_floor(self) -> None:
+        """Raise root's minimum to the `min_version` the current release's signed manifest set
+        (kept in its release.json), when that is higher; never lower it."""
+        current = self.layout.release(self.layout.current)
+        sets = None if current is None else self.layout.info(current.path).get("min_version")
+        if current is None or not isinstance(sets, str):
+            return
+        try:
+            wanted = ReleaseVersion(sets)
+            floor = read_floor(self.layout.min_version)
+        except (VersionError, FloorError) as exc:
+            self._note(f"the minimum release was not raised: {exc}")
+            return
+        if floor is not None and wanted <= floor.version:
+            return
+        update = f"{self.state.id}@{self.state.started_ns}"
+        try:
+            write_floor(self.layout.min_version, wanted, current.name, self._now(), update)
+        except OSError as exc:
+            self._note(f"the minimum release was not raised to {wanted}: {exc}")
+            return
+        old = "none" if floor is None else str(floor.version)
+        self._note(f"raised this gateway's minimum release from {old} to {wanted} (set by {current.name})")
+        self._audit("min_version_raised", to=str(wanted), release=current.name, **{"from": old})
+
+    def _below_floor(self, previous: Release | None) -> str | None:
+        """Why switching back to `previous` is refused (below root's minimum, or the minimum
+        unreadable), or None."""
+        if previous is None:
+            return None
+        try:
+            return refusal(self._floor(), previous.version, f"the previous release {previous.name}")
+        except UpdateFailedError as exc:
+            return str(exc)
+
+    def _floor_raised_by_this_update(self) -> bool:
+        try:
+            floor = read_floor(self.layout.min_version)
+        except FloorError:
+            return False
+        return floor is not None and floor.update == f"{self.state.id}@{self.state.started_ns}"
+
     def rollback(self, requested_by: str) -> None:
-        """A rollback asked for by hand: previous becomes current, no health window."""
+        """A rollback asked for by hand: previous becomes current, no health window; refused when
+        previous is below root's minimum (a request the agent can write, too)."""
         current = self.layout.release(self.layout.current)
         self.state = UpdateState(
             id=f"rollback-{self._now()}", phase="verifying", action="rollback", requested_by=requested_by,
             from_release=current.name if current else None, from_version=current.version if current else None,
             started_ns=self._now(),
         )  # fmt: skip
+        previous = self.layout.release(self.layout.previous)
+        if previous is not None:
+            self.state.to_release, self.state.to_version = previous.name, previous.version
+        if problem := self._below_floor(previous):
+            self._finish("failed", f"{problem}; nothing was switched")
+            return
         back = self.layout.swap_back()
         if back is None:
             self._finish("failed", "no previous release to roll back to")
