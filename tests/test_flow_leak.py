@@ -4,17 +4,20 @@ exports, and the processor on meter readings (state kept over restarts, fused wi
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from tests.support.cli import CliRun, edge_agent
 from water_edge.core.reading import Event, Reading
 from water_edge.models.flow_leak.config import FlowLeakSection
 from water_edge.models.flow_leak.detector import FixedThreshold, StepDetector, StepParams
+from water_edge.models.flow_leak.glitch import night_glitches
 from water_edge.models.flow_leak.processor import FlowLeakProcessor
 from water_edge.models.leak.fusion import SiteEvidence
 from water_edge.sim.district import District, DistrictLeak, write_csv
@@ -508,3 +511,202 @@ async def test_the_processor_takes_a_meters_error_code_as_missing_and_counts_it(
     assert got["2024-01-08"] == pytest.approx(want["2024-01-08"], rel=0.05)
     assert all(v > 0 for v in got.values())
     assert proc.health().districts["dma-north"].error_codes == replaced
+
+
+async def _run(
+    section: FlowLeakSection, readings: list[Reading], state: Path
+) -> tuple[list[Event], FlowLeakProcessor]:
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    proc = FlowLeakProcessor([section], state)
+    await proc.run(_feed(readings), emit)
+    return events, proc
+
+
+def _nights(events: list[Event]) -> dict[str, dict[str, Any]]:
+    return {e.detail["night"]: e.detail for e in events if e.kind == "night_flow"}
+
+
+def _rises(events: list[Event]) -> list[tuple[str, str]]:
+    return [(e.detail["night"], e.detail["began_night"]) for e in events if e.kind == "flow_leak"]
+
+
+def _one_reading_changed(
+    readings: list[Reading], tag: str, at: datetime, change: Callable[[float], float]
+) -> list[Reading]:
+    ts = int(at.timestamp() * 1e9)
+    return [
+        dataclasses.replace(r, value=change(float(r.value))) if r.tag == tag and r.ts_ns == ts else r  # type: ignore[arg-type]
+        for r in readings
+    ]
+
+
+@pytest.mark.parametrize("factor", [1000.0, -1000.0], ids=["spike", "negative"])
+async def test_one_glitched_night_reading_changes_no_night_and_no_event_without_burst_detection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factor: float
+) -> None:
+    # Before, the glitch rule needed the armed burst detector's mean flow: with burst detection off,
+    # one inflow reading of -1000x at 03:00 on the night the leak began made that night's flow
+    # -83,191 m3/h; the night went unjudged and the rise was declared a night late, dated a night
+    # late. One of +1000x left the minimum alone but was not counted.
+    monkeypatch.setenv("TZ", "UTC")
+    section, before, after = _north_district()
+    clean = before + after
+    glitched = _one_reading_changed(clean, "inflow_a", datetime(2024, 1, 27, 3), lambda v: v * factor)
+    want, _ = await _run(section, clean, tmp_path / "clean")
+    got, proc = await _run(section, glitched, tmp_path / "glitched")
+    want_nights, got_nights = _nights(want), _nights(got)
+    assert got_nights.keys() == want_nights.keys()
+    for night, w in want_nights.items():
+        g = got_nights[night]
+        assert g["night_flow_m3h"] == pytest.approx(w["night_flow_m3h"], rel=0.05), night
+    assert _rises(got) == _rises(want) == [("2024-01-28", "2024-01-27")]
+    district = proc.health().districts["dma-north"]
+    assert district.spikes == 1
+    assert "dma-north: 1 glitched sample(s) skipped" in proc.health().status_lines()
+
+
+async def test_a_sustained_rise_of_many_times_the_night_flow_is_not_skipped_as_a_glitch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A main bursting at 03:15: three samples of 15 times the night flow before the window ends,
+    # more than the two in a row a glitch may last. The night keeps them, and the next nights
+    # report the rise.
+    monkeypatch.setenv("TZ", "UTC")
+    section, _, _ = _north_district()
+    burst = DistrictLeak(datetime(2024, 1, 27, 3, 15), 850.0)
+    cols = District(5, mean_demand_m3h=400.0, prv_changes_per_year=0.0, leaks=[burst]).simulate(32)
+    times = cols["time"]
+    assert isinstance(times, list)
+    readings = [
+        Reading("plc", tag, int(when.timestamp() * 1e9), float(np.asarray(cols[tag])[i]))
+        for i, when in enumerate(times)
+        for tag in ("inflow_a", "inflow_b", "outflow", "pressure")
+    ]
+    events, proc = await _run(section, readings, tmp_path)
+    nights = _nights(events)
+    assert nights["2024-01-26"]["night_flow_m3h"] < 100
+    assert nights["2024-01-28"]["night_flow_m3h"] > 700
+    rises = [e for e in events if e.kind == "flow_leak"]
+    assert [(e.detail["night"], e.detail["began_night"]) for e in rises] == [("2024-01-29", "2024-01-28")]
+    assert rises[0].detail["added_m3h"] == pytest.approx(850.0, rel=0.3)
+    assert proc.health().districts["dma-north"].spikes == 0
+
+
+@pytest.mark.parametrize("change", [1000.0, 0.0], ids=["spike", "zero"])
+async def test_one_glitched_pressure_reading_does_not_distort_the_corrected_night_flow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: float
+) -> None:
+    # Before, a night's pressure was the mean of its samples: one pressure reading of 1000x at
+    # 03:00 on an armed night made its pressure 504 bar and its corrected flow 0.56 m3/h against
+    # 70.6, and the leak was dated two nights late; one of 0 (a transmitter's dropout) gave a
+    # corrected flow 14 % high and a rise of 18.1 m3/h against 13.4.
+    monkeypatch.setenv("TZ", "UTC")
+    section, before, after = _north_district()
+    clean = before + after
+    glitched = _one_reading_changed(clean, "pressure", datetime(2024, 1, 28, 3), lambda v: v * change)
+    want, _ = await _run(section, clean, tmp_path / "clean")
+    got, _ = await _run(section, glitched, tmp_path / "glitched")
+    w, g = _nights(want)["2024-01-28"], _nights(got)["2024-01-28"]
+    assert g["pressure"] == pytest.approx(w["pressure"], rel=0.01)
+    assert g["night_flow_corrected_m3h"] == pytest.approx(w["night_flow_corrected_m3h"], rel=0.02)
+    assert _rises(got) == _rises(want)
+    added = [e.detail["added_m3h"] for e in got if e.kind == "flow_leak"]
+    assert added == pytest.approx([e.detail["added_m3h"] for e in want if e.kind == "flow_leak"], rel=0.05)
+
+
+def test_score_flow_leak_skips_an_isolated_glitch_in_a_nights_flow_and_pressure(tmp_path: Path) -> None:
+    # Before, one flow cell of -1000x in a night window was that night's "night flow" (-70,000
+    # m3/h, the night unjudged), and one pressure cell of 1000x made that night's pressure-corrected
+    # flow a hundredth of itself.
+    district = District(4, mean_demand_m3h=300.0, leaks=[DistrictLeak(datetime(2024, 1, 20, 14), 10.0)])
+    clean, glitched = tmp_path / "clean.csv", tmp_path / "glitched.csv"
+    write_csv(district.simulate(30), str(clean))
+    lines = clean.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        cells = line.split(",")
+        if cells[0] == "2024-01-21 03:00":
+            cells[1] = f"{float(cells[1]) * -1000:.3f}"
+        elif cells[0] == "2024-01-22 02:30":
+            cells[4] = f"{float(cells[4]) * 1000:.3f}"
+        lines[i] = ",".join(cells)
+    glitched.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = ("--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--pressure", "pressure",
+            "--calibrate-days", "10")  # fmt: skip
+    want, got = _cli("--csv", str(clean), *args), _cli("--csv", str(glitched), *args)
+    assert want.returncode == got.returncode == 0, got.stderr
+    assert "1 night sample(s) beyond 10x the night's median flow skipped as a glitch" in got.stderr
+    assert "glitch" not in want.stderr
+    want_rows = [line.split(",") for line in want.stdout.splitlines()[1:]]
+    got_rows = [line.split(",") for line in got.stdout.splitlines()[1:]]
+    assert [r[0] for r in got_rows] == [r[0] for r in want_rows]
+    for w, g in zip(want_rows, got_rows, strict=True):
+        assert float(g[1]) == pytest.approx(float(w[1]), rel=0.05), (w, g)
+    assert [r[4] for r in got_rows] == [r[4] for r in want_rows]
+    assert "leak" in [r[4] for r in got_rows]
+
+
+async def test_a_clock_stepped_back_restarts_sampling_at_the_readings_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gateway without a real-time clock ran 25 h 7 min ahead until NTP corrected it at noon on
+    # 15 January. Before, sampling waited for reading time to catch up with the next sample due:
+    # 25 hours without a sample, and a night lost, without a word.
+    monkeypatch.setenv("TZ", "UTC")
+    section, before, after = _north_district()
+    clean = before + after
+    ahead, corrected = (25 * 3600 + 7 * 60) * 10**9, int(datetime(2024, 1, 15, 12).timestamp() * 1e9)
+    stepped = [dataclasses.replace(r, ts_ns=r.ts_ns + ahead) if r.ts_ns < corrected else r for r in clean]
+    want, unstepped = await _run(section, clean, tmp_path / "clean")
+    with capture_logs() as logs:
+        got, proc = await _run(section, stepped, tmp_path / "stepped")
+    # Every night of the district is judged once; the nights after the step are named by the
+    # corrected clock (so the night of 16 January, named ahead before, is named again).
+    got_nights = [e.detail["night"] for e in got if e.kind == "night_flow"]
+    assert len(got_nights) == len([e for e in want if e.kind == "night_flow"])
+    assert got_nights.count("2024-01-16") == 2
+    assert _nights(got)["2024-01-20"]["night_flow_m3h"] == _nights(want)["2024-01-20"]["night_flow_m3h"]
+    assert _rises(got) == _rises(want)
+    district = proc.health().districts["dma-north"]
+    assert district.clock_steps_back == 1
+    assert "dma-north: clock stepped back 1 time(s): sampling went on from the readings' time" in (
+        proc.health().status_lines()
+    )
+    steps = [e for e in logs if e["event"] == "flow_leak.clock_stepped_back"]
+    assert len(steps) == 1
+    assert steps[0]["log_level"] == "warning"
+    assert steps[0]["step_s"] == pytest.approx(ahead / 1e9, abs=900)
+    assert district.samples == unstepped.health().districts["dma-north"].samples  # before: a night's fewer
+
+
+async def test_a_clock_stepped_back_inside_a_night_keeps_its_samples_in_time_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40 minutes ahead, corrected at 03:00 on the night of 20 January: the samples the night took
+    # stamped after the corrected time are dropped (they would come again, out of order), the
+    # earlier ones kept; the night is judged once, with the samples it has.
+    monkeypatch.setenv("TZ", "UTC")
+    section, before, after = _north_district()
+    clean = before + after
+    ahead, corrected = 40 * 60 * 10**9, int(datetime(2024, 1, 20, 3).timestamp() * 1e9)
+    stepped = [dataclasses.replace(r, ts_ns=r.ts_ns + ahead) if r.ts_ns < corrected else r for r in clean]
+    want, _ = await _run(section, clean, tmp_path / "clean")
+    got, proc = await _run(section, stepped, tmp_path / "stepped")
+    got_nights = [e.detail["night"] for e in got if e.kind == "night_flow"]
+    assert got_nights == [e.detail["night"] for e in want if e.kind == "night_flow"]
+    assert _nights(got)["2024-01-20"]["night_flow_m3h"] == pytest.approx(
+        _nights(want)["2024-01-20"]["night_flow_m3h"], rel=0.05
+    )
+    assert proc.health().districts["dma-north"].clock_steps_back == 1
+
+
+def test_a_glitch_is_at_most_two_samples_in_a_row_beyond_ten_times_the_nights_median() -> None:
+    q = 50.0
+    assert night_glitches([q, q, -1000 * q, q, q]) == [False, False, True, False, False]
+    assert night_glitches([q, q, q, 20 * q, 20 * q, q]) == [False, False, False, True, True, False]
+    assert not any(night_glitches([q] * 5 + [20 * q] * 3))  # three in a row: flow (a burst)
+    assert not any(night_glitches([q, -1000 * q]))  # two samples have no median to go by
+    assert not any(night_glitches([-q, -q, 1000 * q]))  # a night's median at or below zero: none

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import io
 import json
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from tests.support.testing import damage_sqlite_under_its_owner
 from water_edge.agent.cli import main
@@ -193,6 +195,7 @@ def test_learning_state_stopped_pump_and_history(tmp_path: Path, model: Model) -
         "events",
         "last_score",
         "last_error",
+        "clock_steps_back",
     ]
     assert values.shape[1] == len(SIGNALS)
     assert np.all(np.diff(ts) > 0)
@@ -498,3 +501,45 @@ def test_one_sensor_glitch_while_learning_does_not_blind_the_calibration_to_that
     cal = CalibrationStore(tmp_path, "P1").load()
     assert cal is not None
     assert cal.scale[cal.channels.index("discharge_pressure")] < 0.1
+
+
+def test_a_clock_stepped_back_while_learning_restarts_sampling_and_the_learning_stretch(
+    tmp_path: Path, model: Model
+) -> None:
+    # The gateway's clock ran 2 h ahead and NTP corrected it 15 minutes into learning. Before,
+    # sampling waited for reading time to catch up with the next sample due: two hours without a
+    # sample (the rest of this run), the pump left learning, without a word.
+    x, _ = simulate(Scenario(seed=34, hours=1.0, fault=None, start_hour=10.0, steady=True))
+    ahead, step_at = 7200 * NS, 900
+    batches = [
+        (stream, [dataclasses.replace(r, ts_ns=r.ts_ns + ahead) for r in rs]) if i < step_at else (stream, rs)
+        for i, (stream, rs) in enumerate(feed(x))
+    ]
+    proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    with capture_logs() as logs:
+        asyncio.run(proc.run(source(batches), emit))
+    assert not [e for e in events if e.kind == "pump_anomaly"]
+    h = proc.health().pumps["P1"]
+    assert h.state == "armed"
+    assert h.calibration is not None
+    # Learnt from the step on only: rows stamped by the clock running ahead are not mixed in.
+    assert h.calibration["from"] is not None
+    assert datetime.fromisoformat(h.calibration["from"]).timestamp() >= (T0 + step_at * NS) / NS
+    assert h.samples >= len(x) - 5  # before: 898, none after the step
+    history = FeatureHistory.existing(tmp_path, "P1", list(SIGNALS), 14)
+    ts, _ = history.read()
+    history.close()
+    assert ts.max() < T0 + len(x) * NS  # the rows stamped ahead were deleted, not mixed in
+    assert h.clock_steps_back == 1
+    assert "P1: clock stepped back 1 time(s): sampling went on from the readings' time" in (
+        proc.health().status_lines()
+    )
+    steps = [e for e in logs if e["event"] == "pump.clock_stepped_back"]
+    assert len(steps) == 1
+    assert steps[0]["log_level"] == "warning"
+    assert steps[0]["step_s"] == pytest.approx(7200, abs=2)

@@ -45,13 +45,10 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from water_edge.models.flow_leak.glitch import GLITCH_FACTOR, GLITCH_SAMPLES
+
 F64 = npt.NDArray[np.float64]
 BurstEvent = Literal["", "burst", "cleared", "accepted"]
-# A sample beyond this many times the district's mean flow, either way, is a glitch (a register
-# misread, a scaling error for one poll), not demand - unless it lasts: an inlet sized for fire
-# flow can pass that much when a large main bursts, and the burst must not be skipped.
-GLITCH_FACTOR = 10.0
-GLITCH_SAMPLES = 2  # samples in a row skipped as glitches; from the next one on, they count
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ def _err(message: str) -> int:
 
 def cmd_score_flow_leak(args: argparse.Namespace) -> int:
     from water_edge.models.flow_leak.detector import StepParams
+    from water_edge.models.flow_leak.glitch import GLITCH_FACTOR, GLITCH_SAMPLES
     from water_edge.models.flow_leak.mnf import ERROR_CODES
     from water_edge.models.flow_leak.offline import (
         FlowCsvError,
@@ -173,6 +174,12 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
         sys.stderr.write(
             f"edge-agent models: warning: {flows.error_codes} row(s) holding a meter error code "
             f"({codes}) skipped\n"
+        )
+    if flows.glitches:
+        sys.stderr.write(
+            f"edge-agent models: warning: {flows.glitches} night sample(s) beyond {GLITCH_FACTOR:g}x "
+            f"the night's median flow skipped as a glitch (at most {GLITCH_SAMPLES} in a row: "
+            "a longer run is flow)\n"
         )
     unjudged = [r.night for r in rows if r.night_flow is not None and r.night_flow <= 0]
     if unjudged:

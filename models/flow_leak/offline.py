@@ -26,7 +26,7 @@ from pathlib import Path
 from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time, year_last
 from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDetector, StepParams
-from water_edge.models.flow_leak.mnf import is_error_code, minimum_night_flow
+from water_edge.models.flow_leak.mnf import is_error_code, night_figures
 from water_edge.models.flow_leak.volume import VolumeRate, looks_like_totaliser
 from water_edge.models.nightwindow import NightWindow
 
@@ -47,7 +47,7 @@ def _number(cell: str, decimal_comma: bool) -> float:
 
 @dataclass
 class NightFlows:
-    """Per night (local date the window began): MNF (pressure-corrected if asked) and pressure."""
+    """Per night (local date the window began): MNF and pressure (`mnf.night_figures`)."""
 
     nights: list[tuple[date, float | None, float | None]]
     rows: int
@@ -55,6 +55,7 @@ class NightFlows:
     guessed_day_first: bool = False  # numeric dates none of which said day or month first
     resets: int = 0  # volume registers that went down (with `volume`): those intervals skipped
     error_codes: int = 0  # rows skipped for a meter's error code (mnf.ERROR_CODES) in a used column
+    glitches: int = 0  # night rows left out of their night's MNF as glitches (glitch.night_glitches)
 
 
 @dataclass
@@ -248,12 +249,14 @@ def read_night_flows(
         pressures.append(row.pressure)
     if not volume:
         given.refuse_totalisers(path)
-    nights = []
+    nights, glitches = [], 0
     for night in sorted(per_night):
         ts, values, pressures = _in_time_order(*per_night[night])
-        mnf = minimum_night_flow(ts, values, window_min=window.length_min, average_minutes=average_minutes)
-        finite = [p for p in pressures if math.isfinite(p)]
-        nights.append((night, mnf, sum(finite) / len(finite) if finite else None))
+        got = night_figures(
+            ts, values, pressures, window_min=window.length_min, average_minutes=average_minutes
+        )
+        nights.append((night, got.flow, got.pressure))
+        glitches += got.glitches
     resets = sum(m.resets for m in meters.values())
     return NightFlows(
         nights,
@@ -262,6 +265,7 @@ def read_night_flows(
         guessed_day_first=counts.guessed_day_first,
         resets=resets,
         error_codes=counts.error_codes,
+        glitches=glitches,
     )
 
 

@@ -4,7 +4,8 @@ Per `[[models.flow_leak]]` district: readings of the inflow, outflow and pressur
 latest values; every `sample_s` of reading time a net-flow sample is taken (all flow tags fresh and
 good, else skipped and counted); samples inside the local night window are kept for that night.
 When the night window ends the night's MNF (`mnf.minimum_night_flow`, pressure-corrected when a
-pressure tag is mapped) goes to the district's `StepDetector` and to the fixed-threshold reference:
+pressure tag is mapped; its glitches left out and counted, `mnf.night_figures`) goes to the
+district's `StepDetector` and to the fixed-threshold reference:
 a declared rise is a `flow_leak` event (added m3/h, the night it began, the night flow and the new
 baseline, what the reference rule says), carrying the site's acoustic evidence when a hydrophone
 there raised a leak within 3 nights (severity then `critical`). Every night also gives an info
@@ -15,6 +16,7 @@ restarts. Reading time drives everything, so a replayed history behaves as a liv
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
@@ -27,10 +29,11 @@ import structlog
 from water_edge.core.files import read_json_state, write_json_state
 from water_edge.core.processor import EventSink
 from water_edge.core.reading import BAD, Event, Reading, Severity
+from water_edge.core.sampling import SampleTimes
 from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, SlotRow
 from water_edge.models.flow_leak.config import FlowLeakSection
 from water_edge.models.flow_leak.detector import FixedThreshold, StepDetector, StepParams
-from water_edge.models.flow_leak.mnf import is_error_code, minimum_night_flow
+from water_edge.models.flow_leak.mnf import is_error_code, night_figures
 from water_edge.models.flow_leak.volume import VolumeRate
 from water_edge.models.leak.fusion import SiteEvidence
 from water_edge.models.nightwindow import NightWindow, zone
@@ -52,12 +55,13 @@ class DistrictHealth:
     skipped_samples: int
     volume_resets: int = 0  # a volume register that went down (a meter replaced, rolled over)
     error_codes: int = 0  # readings holding a meter's error code (mnf.ERROR_CODES), taken as missing
-    spikes: int = 0  # net-flow samples skipped as glitches (burst.GLITCH_FACTOR x the mean flow)
+    spikes: int = 0  # net-flow samples skipped as glitches (glitch.py: by the bursts and the night)
     last_error: str | None = None  # why its state could not be stored (a full or failing card)
     burst_state: str | None = None  # learning | armed | burst; None: burst detection off
     burst_learned_days: int = 0
     bursts: int = 0
     burst_since: str | None = None  # the onset of the burst in progress (local time)
+    clock_steps_back: int = 0  # readings found stamped earlier than before: sampling went on from them
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,11 @@ class FlowLeakHealth:
                 lines.append(f"{name}: bursts: learning, {d.burst_learned_days} days")
             if d.spikes:
                 lines.append(f"{name}: {d.spikes} glitched sample(s) skipped")
+            if d.clock_steps_back:
+                back = d.clock_steps_back
+                lines.append(
+                    f"{name}: clock stepped back {back} time(s): sampling went on from the readings' time"
+                )
             if d.last_error is not None:
                 lines.append(f"{name}: {d.last_error}")
         return lines
@@ -90,10 +99,10 @@ class _District:
     step: StepDetector
     fixed: FixedThreshold
     state_path: Path
+    times: SampleTimes  # when a net-flow sample is due (reading time)
     latest: dict[str, tuple[int, float]] = field(default_factory=dict)
     meters: dict[str, VolumeRate] = field(default_factory=dict)  # the volume tags
     flows: dict[str, tuple[int, float]] = field(default_factory=dict)  # ... as flows (reading time)
-    next_due_ns: int | None = None
     night: date | None = None
     ts: list[int] = field(default_factory=list)
     flow: list[float] = field(default_factory=list)
@@ -127,6 +136,7 @@ class FlowLeakProcessor:
                 StepDetector(self._params(cfg)),
                 FixedThreshold(cfg.baseline_nights, cfg.reference_rise_pct),
                 self.state_dir / "flow_leak" / cfg.name / "state.json",
+                SampleTimes(cfg.sample_s),
                 meters={tag: VolumeRate() for tag in cfg.volume},
             )
             self._restore(d)
@@ -210,19 +220,41 @@ class FlowLeakProcessor:
             return []
         events: list[Event] = []
         for d, tag in routes:
-            step = int(d.cfg.sample_s * NS)
-            while d.next_due_ns is not None and r.ts_ns > d.next_due_ns:
-                due = d.next_due_ns
-                d.next_due_ns = max(due + step, (r.ts_ns // step) * step)
-                events += await self._sample(d, due)
+            due = d.times.reading(r.ts_ns)
+            if due.stepped_back_ns:
+                self._stepped_back(d, r.ts_ns, due.stepped_back_ns)
+            for ts in due.samples:
+                events += await self._sample(d, ts)
             value = _number(r)
             if value is not None and is_error_code(value):
                 d.error_codes += 1  # missing, like a bad reading: the last good value ages out
             elif value is not None:
                 d.latest[tag] = (r.ts_ns, value)
-            if d.next_due_ns is None:
-                d.next_due_ns = (r.ts_ns // step + 1) * step
         return events
+
+    @staticmethod
+    def _stepped_back(d: _District, ts: int, back_ns: int) -> None:
+        """The gateway's clock was stepped back to `ts`: what was stamped after it, it stamped
+        running ahead. The night in progress keeps its samples from before `ts`, so that none is
+        out of time order (a step back past its start leaves it none: it is sampled as the clock
+        comes to it); the latest values and the volume registers' readings stamped after `ts` are
+        forgotten, so a tag not read again is missing, not fresh until reading time catches up."""
+        keep = bisect.bisect_left(d.ts, ts)
+        dropped = len(d.ts) - keep
+        del d.ts[keep:], d.flow[keep:], d.pressure[keep:]
+        if not d.ts:
+            d.night = None
+        d.latest = {tag: got for tag, got in d.latest.items() if got[0] <= ts}
+        d.flows = {tag: got for tag, got in d.flows.items() if got[0] <= ts}
+        for meter in d.meters.values():
+            if meter.last is not None and meter.last[0] > ts:
+                meter.last = None  # its next reading starts the register again
+        log.warning(
+            "flow_leak.clock_stepped_back",
+            district=d.cfg.name,
+            step_s=round(back_ns / NS, 1),
+            night_samples_dropped=dropped,
+        )
 
     async def _sample(self, d: _District, ts: int) -> list[Event]:
         events: list[Event] = []
@@ -246,7 +278,7 @@ class FlowLeakProcessor:
             return events
         net = sum(v for v in flows[0] if v is not None) - sum(v for v in flows[1] if v is not None)
         if d.burst is not None and d.burst.glitch(net):
-            d.spikes += 1  # kept out of the night too: a glitch below zero was that night's flow
+            d.spikes += 1  # kept out of the night too (the night has its own rule: `_close_night`)
             return events
         p = fresh(d.cfg.pressure) if d.cfg.pressure else None
         if d.burst is not None:
@@ -314,11 +346,11 @@ class FlowLeakProcessor:
     def _close_night(self, d: _District) -> list[Event]:
         night = d.night
         assert night is not None
-        mnf = minimum_night_flow(
-            d.ts, d.flow, window_min=d.window.length_min, average_minutes=d.cfg.average_minutes
+        measured = night_figures(
+            d.ts, d.flow, d.pressure, window_min=d.window.length_min, average_minutes=d.cfg.average_minutes
         )
-        finite = [p for p in d.pressure if math.isfinite(p)]
-        pressure = sum(finite) / len(finite) if finite else None
+        mnf, pressure = measured.flow, measured.pressure
+        d.spikes += measured.glitches
         d.ts, d.flow, d.pressure = [], [], []
         value = mnf
         if mnf is not None and d.cfg.pressure and pressure is not None and pressure > 0:
@@ -333,7 +365,7 @@ class FlowLeakProcessor:
         d.nights += 1
         d.last_night, d.last_flow = night.isoformat(), None if value is None else round(value, 3)
         self._save(d)
-        ts = d.next_due_ns or 0
+        ts = d.times.next_ns or 0
         figures: dict[str, Any] = {
             "district": d.cfg.name,
             "night": night.isoformat(),
@@ -386,6 +418,7 @@ class FlowLeakProcessor:
                     volume_resets=sum(m.resets for m in d.meters.values()),
                     error_codes=d.error_codes,
                     spikes=d.spikes,
+                    clock_steps_back=d.times.steps_back,
                     last_error=d.last_error or d.burst_error,
                     burst_state=None if d.burst is None else d.burst.state,
                     burst_learned_days=0 if d.burst is None else d.burst.learned_days,

@@ -36,6 +36,7 @@ class PumpStatus:
     events: int
     last_score: float | None
     last_error: str | None
+    clock_steps_back: int = 0  # readings found stamped earlier than before: sampling went on from them
 
 
 @dataclass(frozen=True)
@@ -45,4 +46,10 @@ class PumpHealth:
 
     def status_lines(self) -> list[str]:
         lines = [", ".join(f"{name} {pump.state}" for name, pump in self.pumps.items())]
+        for name, pump in self.pumps.items():
+            if pump.clock_steps_back:
+                back = pump.clock_steps_back
+                lines.append(
+                    f"{name}: clock stepped back {back} time(s): sampling went on from the readings' time"
+                )
         return lines + [f"{name}: {pump.last_error}" for name, pump in self.pumps.items() if pump.last_error]

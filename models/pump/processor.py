@@ -37,6 +37,7 @@ import structlog
 
 from water_edge.core.instants import iso
 from water_edge.core.reading import BAD, Event, Reading, Severity
+from water_edge.core.sampling import SampleTimes
 from water_edge.models.alarm_record import AlarmRecord
 from water_edge.models.manifest import ModelError, shipped
 from water_edge.models.pump.config import LARGEST_SIGNAL, ROLE_WORDS, PumpModelConfig
@@ -97,8 +98,8 @@ class _Pump:
     store: CalibrationStore
     alarm: Alarm
     record: AlarmRecord  # the alarm raised or not, across restarts
+    times: SampleTimes  # when a sample is due (reading time)
     latest: dict[str, tuple[int, float]] = field(default_factory=dict)  # role -> (ts_ns, value)
-    next_due_ns: int | None = None
     window: deque[npt.NDArray[np.float64]] = field(default_factory=deque)
     pending: list[tuple[int, npt.NDArray[np.float64]]] = field(default_factory=list)
     cal: Calibration | None = None
@@ -163,7 +164,7 @@ class PumpProcessor:
             store = CalibrationStore(self.state_dir, cfg.name)
             alarm = Alarm(cfg.persistence, cfg.clear_after, cfg.hysteresis)
             record = AlarmRecord(pump_dir(self.state_dir, cfg.name))
-            pump = _Pump(cfg, roles, history, store, alarm, record)
+            pump = _Pump(cfg, roles, history, store, alarm, record, SampleTimes(cfg.sample_interval_s))
             try:
                 pump.cal = store.load()
             except ModelError as exc:
@@ -216,18 +217,38 @@ class PumpProcessor:
         if not routes:
             return
         for pump, role in routes:
-            while pump.next_due_ns is not None and r.ts_ns > pump.next_due_ns:
-                due = pump.next_due_ns
-                step = int(pump.cfg.sample_interval_s * NS)
-                # After a gap take one sample, not one per missed interval.
-                pump.next_due_ns = max(due + step, (r.ts_ns // step) * step)
-                await self._sample(pump, due, emit)
+            due = pump.times.reading(r.ts_ns)
+            if due.stepped_back_ns:
+                await self._stepped_back(pump, r.ts_ns, due.stepped_back_ns)
+            for ts_ns in due.samples:
+                await self._sample(pump, ts_ns, emit)
             value = _number(r)
             if value is not None:
                 pump.latest[role] = (r.ts_ns, value)
-            if pump.next_due_ns is None:
-                step = int(pump.cfg.sample_interval_s * NS)
-                pump.next_due_ns = (r.ts_ns // step + 1) * step
+
+    async def _stepped_back(self, pump: _Pump, ts_ns: int, back_ns: int) -> None:
+        """The gateway's clock was stepped back to `ts_ns`: what was stamped after it, it stamped
+        running ahead. Those history rows are deleted (the rows sampled as that time comes again
+        would be mixed with them), a learning stretch starts again from here (a calibration
+        learns from one clock), and the latest values stamped after `ts_ns` are forgotten. The
+        scoring window and an alarm go on: the pump ran on, only its clock moved."""
+        pump.latest = {role: got for role, got in pump.latest.items() if got[0] <= ts_ns}
+        pump.pending = [(t, row) for t, row in pump.pending if t <= ts_ns]
+        try:
+            deleted = await asyncio.to_thread(pump.history.forget_after, ts_ns)
+        except ModelError as exc:
+            deleted = 0
+            pump.last_error = str(exc)
+        relearn = pump.cal is None and pump.learning_rows > 0
+        if relearn:
+            pump.learning_rows, pump.learning_since_ns = 0, None
+        log.warning(
+            "pump.clock_stepped_back",
+            pump=pump.cfg.name,
+            step_s=round(back_ns / NS, 1),
+            history_rows_deleted=deleted,
+            learning_restarted=relearn,
+        )
 
     def _row(self, pump: _Pump, ts_ns: int) -> npt.NDArray[np.float64]:
         stale = int(pump.cfg.stale_after_s * NS)
@@ -437,6 +458,7 @@ class PumpProcessor:
                 events=pump.events,
                 last_score=None if pump.last_score is None else round(pump.last_score, 4),
                 last_error=pump.last_error,
+                clock_steps_back=pump.times.steps_back,
             )
         return PumpHealth(self._model_version, pumps)
 

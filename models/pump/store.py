@@ -198,6 +198,21 @@ class FeatureHistory:
                     raise
                 self._insert(rows)  # into the new history: these rows were never committed
 
+    def forget_after(self, ts_ns: int) -> int:
+        """Delete the rows stamped after `ts_ns` (the gateway's clock was stepped back to it: they
+        were stamped by it running ahead); how many. `ModelError` when they cannot be deleted."""
+        with self._lock:
+            try:
+                return int(self._db.execute("DELETE FROM samples WHERE ts_ns > ?", (int(ts_ns),)).rowcount)
+            except sqlite3.OperationalError as exc:
+                raise ModelError(
+                    f"{self.path}: rows stamped ahead of the clock not deleted ({exc})"
+                ) from None
+            except sqlite3.DatabaseError as exc:
+                if not self._damaged_while_running(exc):
+                    raise
+                return 0  # a new, empty history: nothing stamped ahead in it
+
     def _insert(self, rows: Sequence[tuple[int, npt.NDArray[np.float64]]]) -> None:
         try:
             self._db.execute("BEGIN")

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from water_edge.models.flow_leak.detector import Night, StepParams
-from water_edge.models.flow_leak.mnf import minimum_night_flow
+from water_edge.models.flow_leak.mnf import minimum_night_flow, night_figures
 from water_edge.models.flow_leak.offline import correct_for_pressure, score_nights
 from water_edge.models.nightwindow import NightWindow
 from water_edge.sim.district import District, DistrictLeak
@@ -45,8 +45,8 @@ WINDOW = NightWindow("02:00", "04:00")
 def nightly(
     columns: dict[str, Any],
 ) -> tuple[list[tuple[date, float | None, float | None]], dict[date, float]]:
-    """MNF and mean pressure per night from the simulated meters (as the CLI computes them), and
-    the true leak flow per night."""
+    """MNF and pressure per night from the simulated meters (`mnf.night_figures`, as the CLI and
+    the gateway compute them), and the true leak flow per night."""
     t: list[datetime] = columns["time"]
     net = columns["inflow_a"] + columns["inflow_b"] - columns["outflow"]
     groups: dict[date, list[int]] = {}
@@ -59,8 +59,9 @@ def nightly(
     for n in sorted(groups):
         idx = groups[n]
         ts = [int((t[i] - datetime(1970, 1, 1)).total_seconds() * 1e9) for i in idx]
-        mnf = minimum_night_flow(ts, net[idx], window_min=WINDOW.length_min)
-        out.append((n, mnf, float(np.mean(columns["pressure"][idx]))))
+        pressure = [float(p) for p in columns["pressure"][idx]]
+        got = night_figures(ts, [float(q) for q in net[idx]], pressure, window_min=WINDOW.length_min)
+        out.append((n, got.flow, got.pressure))
         truth[n] = float(np.mean(columns["leak"][idx]))
     return out, truth
 
