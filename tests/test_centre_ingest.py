@@ -23,7 +23,9 @@ from tests.support.centre import (
     IngestProcess,
     committed_in_last_run,
     committed_seqs,
+    eviction,
     ingest_process,
+    messages,
     query,
 )
 from tests.support.plant import running_plant
@@ -38,24 +40,6 @@ from water_edge.centre.payload import Message, parse
 from water_edge.centre.store import Store, migrate, migrations
 
 pytestmark = pytest.mark.slow
-
-
-def messages(gateway: str, seqs: range | list[int], tags: int = 10, epoch: int = 1) -> list[Message]:
-    return [
-        parse(f"water/s1/{gateway}/plc1", payload("s1", gateway, seq, 10**18 + seq, tags, epoch=epoch))
-        for seq in seqs
-    ]
-
-
-def eviction(gateway: str, seq: int, first: int, last: int, span: object = None, epoch: int = 1) -> Message:
-    streams = {"plc1": [first, last] if span is None else span}
-    body = {
-        "v": 2, "epoch": epoch, "stream": "events", "seq": seq, "site": "s1", "gateway": gateway,
-        "sent_ns": 1,
-        "events": [{"kind": "buffer_eviction", "source": "buffer", "ts": 1, "severity": "warning",
-                    "score": None, "detail": {"reason": "quota", "streams": streams}}],
-    }  # fmt: skip
-    return parse(f"water/s1/{gateway}/events", orjson.dumps(body))
 
 
 def test_migrations_apply_once(centre_db: str) -> None:

@@ -81,7 +81,7 @@ def test_leak_behind_the_meter_is_continuous_flow_and_clears_when_fixed() -> Non
         leak = 8.0 * STEP_S / 3600 if step * STEP_S / 3600 < leak_until_h else 0.0  # 8 l/h dripping
         return household(rng, h) + leak
 
-    evs = events(replay(72, draw))
+    evs = events(replay(72.1, draw))  # to 72:05: the 72:00 reading is used when the next one confirms it
     assert kinds(evs) == [("meter_continuous_flow", "start"), ("meter_continuous_flow", "clear")]
     start, clear = evs
     assert start.ts_ns == START + 24 * 3600 * NS  # after 24 hours with flow in every one
@@ -209,3 +209,96 @@ def test_a_register_read_as_infinite_or_nan_is_skipped_and_counted(value: float)
     ]
     use = processor.groups[0].meters["flat1"]
     assert all(math.isfinite(v) for v in use.hours.values())
+
+
+# -- a register misread for one reading ----------------------------------------------------------
+
+SPIKE_AT = START + (48 + 3) * 3600 * NS + 600 * NS  # 03:10 of the third night, inside 02:00-04:00
+
+
+def spiked(
+    readings: Iterator[Reading], at: int, factor: float, tag: str = "flat1.volume"
+) -> Iterator[Reading]:
+    for r in readings:
+        if r.ts_ns == at and r.tag == tag:
+            assert isinstance(r.value, float)
+            yield dataclasses.replace(r, value=r.value * factor)
+        else:
+            yield r
+
+
+def run_meter(readings: Iterator[Reading], **cfg: Any) -> tuple[MeterProcessor, list[Event]]:
+    processor = MeterProcessor([MeterGroupConfig(name="block-a", device="wm", **cfg)])
+    out: list[Event] = []
+    for r in readings:
+        out += processor.handle(r)
+    return processor, out
+
+
+@pytest.mark.parametrize("factor", [1000.0, 0.001], ids=["up", "down-then-back"])
+def test_a_register_spiking_for_one_reading_is_dropped_and_counted(factor: float) -> None:
+    # Before: x1000 at 03:10 put 124,229,646 l into that night (a meter_night_use start); /1000 read as
+    # a meter exchanged, then the way back up as 124,229.6 l drawn in five minutes (the same start).
+    def draw(h: float, _: int) -> float:
+        return household(random.Random(int(h * 12)), h)
+
+    clean, _ = run_meter(replay(72.5, draw))
+    processor, evs = run_meter(spiked(replay(72.5, draw), SPIKE_AT, factor))
+    assert evs == []
+    group = processor.health().groups["block-a"]
+    assert (group.register_glitches, group.register_resets) == (1, 0)
+    assert group.readings == 871  # 72.5 hours every five minutes, the glitch among them
+    assert processor.health().status_lines() == [
+        "block-a: 1 meters, 0 events, active: none, 1 register glitches"
+    ]
+    use, before = processor.groups[0].meters["flat1"], clean.groups[0].meters["flat1"]
+    assert use.hours == pytest.approx(before.hours)  # the night (and every other hour) as without it
+
+
+def test_a_spike_during_real_night_flow_does_not_change_the_litres() -> None:
+    rng = random.Random(3)
+
+    def draw(h: float, step: int) -> float:
+        return household(rng, h) + (10.0 if 2 < h <= 4 and 288 <= step < 576 else 0.0)
+
+    _, evs = run_meter(spiked(replay(72, draw), START + (24 + 3) * 3600 * NS, 1000.0))
+    assert kinds(evs) == [("meter_night_use", "start"), ("meter_night_use", "clear")]
+    assert evs[0].ts_ns == START + (24 + 4) * 3600 * NS
+    assert evs[0].detail["litres"] == pytest.approx(240.0)
+
+
+def test_a_meter_exchanged_is_one_reset_and_use_is_counted_again_after_it() -> None:
+    exchanged = START + 36 * 3600 * NS  # noon of the second day: the new meter starts at 0.0
+
+    def readings() -> Iterator[Reading]:
+        for r in replay(72, lambda h, _: 8.0 * STEP_S / 3600):  # 8 l/h, continuous
+            assert isinstance(r.value, float)
+            yield dataclasses.replace(r, value=round(r.value - 123.3, 4)) if r.ts_ns >= exchanged else r
+
+    processor, evs = run_meter(readings())
+    group = processor.health().groups["block-a"]
+    assert (group.register_glitches, group.register_resets) == (0, 1)
+    assert processor.health().status_lines() == [
+        "block-a: 1 meters, 1 events, active: flat1 continuous_flow, 1 register resets"
+    ]
+    # The continuous flow starts after 24 hours, not again after the exchange (whose hour is unknown).
+    assert kinds(evs) == [("meter_continuous_flow", "start")]
+    use = processor.groups[0].meters["flat1"]
+    hour0 = START // (3600 * NS)
+    assert use.hours[hour0 + 35] == pytest.approx(8.0 * 11 / 12, abs=0.1)  # 5 min across it: unknown
+    assert use.hours[hour0 + 36] == pytest.approx(8.0, abs=0.1)  # counted again on the new meter
+
+
+def test_a_real_large_draw_is_use() -> None:
+    # 500 l in the five minutes before 03:10 (a burst pipe behind the meter), and the register stays.
+    _, evs = run_meter(replay(30, lambda h, step: 500.0 if step == 3 * 12 + 2 else 0.0))
+    assert kinds(evs) == [("meter_night_use", "start"), ("meter_night_use", "clear")]  # the next night
+    assert evs[0].detail["litres"] == pytest.approx(500.0)
+
+
+def test_a_backward_register_spiking_for_one_reading_is_no_backflow() -> None:
+    # Before: the x1000 reading was 123,000 l of backflow (a meter_backflow start, cleared a day later).
+    readings = replay(30, lambda h, _: 0.0, backward=lambda h: 0.1 if h < 1 else 0.0)
+    processor, evs = run_meter(spiked(readings, START + 10 * 3600 * NS, 1000.0, "flat1.volume_backward"))
+    assert evs == []
+    assert processor.health().groups["block-a"].register_glitches == 1

@@ -7,20 +7,42 @@ A check walks the seqs above it in order. A hole followed by a message received 
 as the explanation when they cover the range together, `quota`/`age`/`disk_full`) and the watermark moves
 past it. A younger hole stops the walk: the backlog lane of a reconnecting gateway delivers older
 seqs after newer ones (docs/payload.md), so it is not a gap yet. A gap whose seqs arrive after
-all is marked `filled_at`. A stream's watermark starts just below the lowest seq seen the first
-time it is checked: history from before the ingest met the gateway is not a gap.
+all is marked `filled_at` (looked for during `FILL_HORIZON` after the gap was found: by then the
+backlog and the consumers' sessions are long delivered). A stream's watermark starts just below the
+lowest seq seen the first time it is checked: history from before the ingest met the gateway is not
+a gap.
+
+A hole of more than `FAR` seqs is no plausible loss, and the watermark would leave the stream behind
+it: a seq of 2^63 - 1 from a buggy or hostile gateway moved it to the bigint maximum, and every later
+message looked old. Such a hole is a gap only once the stream has gone on past it (a message beyond
+it, and none below it received since); while the stream goes on below it, the message after it is
+an outlier: recorded once in `seq_outliers`, never walked past. A check reads at most two messages
+beyond `FAR` per stream, so a run of far seqs costs it nothing more.
 
 Checks from several consumers serialise on an advisory lock; one that finds it taken skips.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
 
 import psycopg
+import structlog
 from psycopg.rows import TupleRow
 
+log = structlog.get_logger(__name__)
+
 _GAP_LOCK = 0x5745_4750  # "WEGP"
+# A gap of more than a million seqs (2.3 days of a stream flushing every 200 ms, the default, with
+# every row evicted) must be confirmed by the stream going on past it. It is also the most a single
+# wild seq within it can hold gap detection back: the stream catches up with the watermark.
+FAR: Final = 1_000_000
+FILL_HORIZON: Final = "7 days"
+_BIGINT_MAX: Final = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +104,42 @@ def _explanation(
     return None
 
 
+# The first time a stream is checked, its watermark goes just below its lowest seq (one index probe
+# per new stream, not an aggregate over every message).
+_START = (
+    "UPDATE streams s SET checked_upto = (SELECT min(m.seq) FROM messages m WHERE m.stream_id = s.id) - 1"
+    " WHERE s.checked_upto IS NULL AND EXISTS (SELECT 1 FROM messages m WHERE m.stream_id = s.id)"
+)
+# Per stream, the seqs above its watermark up to FAR beyond it, and the first two further on.
+_UPTO_FAR = f"LEAST(s.checked_upto, {_BIGINT_MAX} - %(far)s) + %(far)s"  # no bigint overflow
+_WALK = (
+    "SELECT s.id, s.site, s.gateway, s.stream, s.epoch, s.checked_upto, m.seq, m.received_at,"  # noqa: S608
+    " extract(epoch FROM clock_timestamp() - m.received_at)::float8"
+    " FROM streams s CROSS JOIN LATERAL ("
+    " (SELECT seq, received_at FROM messages WHERE stream_id = s.id"
+    f" AND seq > s.checked_upto AND seq <= {_UPTO_FAR} ORDER BY seq)"
+    " UNION ALL"
+    f" (SELECT seq, received_at FROM messages WHERE stream_id = s.id AND seq > {_UPTO_FAR}"
+    " ORDER BY seq LIMIT 2)) m"
+    " WHERE s.checked_upto IS NOT NULL ORDER BY s.id, m.seq"
+)
+_FILLED = (
+    "UPDATE gaps g SET filled_at = now() WHERE g.filled_at IS NULL"  # noqa: S608
+    f" AND g.detected_at > now() - interval '{FILL_HORIZON}' AND ("
+    " SELECT count(*) FROM messages m WHERE m.stream_id = g.stream_id"
+    " AND m.seq BETWEEN g.first_seq AND g.last_seq) = g.last_seq - g.first_seq + 1"
+)
+
+_Row = tuple[int, datetime, float]  # seq, received_at, age in seconds
+
+
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    sid: int
+    names: tuple[str, str, str, int]  # site, gateway, stream, epoch
+    upto: int  # its watermark
+
+
 def check(conn: psycopg.Connection[TupleRow], timeout_s: float) -> list[Gap] | None:
     """One pass over every stream; the gaps found now (None if another consumer is checking)."""
     found: list[Gap] = []
@@ -90,43 +148,75 @@ def check(conn: psycopg.Connection[TupleRow], timeout_s: float) -> list[Gap] | N
         row = cur.fetchone()
         if row is None or not row[0]:
             return None
-        cur.execute(
-            "UPDATE streams s SET checked_upto = m.lo - 1"
-            " FROM (SELECT stream_id, min(seq) AS lo FROM messages GROUP BY stream_id) m"
-            " WHERE s.id = m.stream_id AND s.checked_upto IS NULL"
-        )
-        cur.execute(
-            "SELECT s.id, s.site, s.gateway, s.stream, s.epoch, s.checked_upto, m.seq,"
-            " extract(epoch FROM clock_timestamp() - m.received_at)::float8"
-            " FROM streams s JOIN messages m ON m.stream_id = s.id AND m.seq > s.checked_upto"
-            " ORDER BY s.id, m.seq"
-        )
-        rows = cur.fetchall()
+        cur.execute(_START)
+        cur.execute(_WALK, {"far": FAR})
         marks: dict[int, int] = {}
-        blocked: set[int] = set()
-        for sid_, site, gateway, stream, epoch, upto, seq_, age in rows:
-            sid, seq = int(sid_), int(seq_)
-            if sid in blocked:
-                continue
-            prev = marks.get(sid, int(upto))
-            if seq > prev + 1:
-                if float(age) < timeout_s:
-                    blocked.add(sid)
-                    continue
-                names = (str(site), str(gateway), str(stream), int(epoch))
-                gap = Gap(*names, prev + 1, seq - 1, _explanation(cur, names, prev + 1, seq - 1))
-                cur.execute(
-                    "INSERT INTO gaps (stream_id, first_seq, last_seq, explained) VALUES (%s, %s, %s, %s)"
-                    " ON CONFLICT DO NOTHING",
-                    (sid, gap.first_seq, gap.last_seq, gap.explained),
-                )
-                found.append(gap)
-            marks[sid] = seq
-        for sid, mark in marks.items():
-            cur.execute("UPDATE streams SET checked_upto = %s WHERE id = %s", (mark, sid))
-        cur.execute(
-            "UPDATE gaps g SET filled_at = now() WHERE g.filled_at IS NULL AND ("
-            " SELECT count(*) FROM messages m WHERE m.stream_id = g.stream_id"
-            " AND m.seq BETWEEN g.first_seq AND g.last_seq) = g.last_seq - g.first_seq + 1"
-        )
+        for head, rows in itertools.groupby(cur.fetchall(), key=lambda r: r[:6]):
+            sid, site, gateway, stream, epoch, upto = head
+            one = _Stream(int(sid), (str(site), str(gateway), str(stream), int(epoch)), int(upto))
+            seqs = [(int(r[6]), r[7], float(r[8])) for r in rows]
+            mark = _walk(cur, one, seqs, timeout_s=timeout_s, found=found)
+            if mark != one.upto:
+                marks[one.sid] = mark
+        if marks:  # one statement, not one per stream: a fleet's streams are thousands
+            cur.execute(
+                "UPDATE streams s SET checked_upto = v.mark"
+                " FROM unnest(%s::int[], %s::bigint[]) AS v (id, mark) WHERE s.id = v.id",
+                (list(marks), list(marks.values())),
+            )
+        cur.execute(_FILLED)
     return found
+
+
+def _walk(
+    cur: psycopg.Cursor[TupleRow], one: _Stream, rows: Sequence[_Row], *, timeout_s: float, found: list[Gap]
+) -> int:
+    """Walk one stream's seqs above its watermark; its new watermark. The gaps go into `found`."""
+    prev, prev_at = one.upto, None
+    for i, (seq, received_at, age) in enumerate(rows):
+        if seq > prev + 1:
+            if age < timeout_s:
+                break  # young: the backlog lane may still bring the seqs before it
+            if seq - prev > FAR:
+                below = prev_at if prev_at is not None else _received_at(cur, one.sid, prev)
+                if below is not None and below > received_at:  # the stream went on below it
+                    _outlier(cur, one, seq, prev)
+                    break
+                if i + 1 == len(rows):
+                    break  # alone, the stream quiet since: wait until it goes on, past it or below it
+            gap = Gap(*one.names, prev + 1, seq - 1, _explanation(cur, one.names, prev + 1, seq - 1))
+            cur.execute(
+                "INSERT INTO gaps (stream_id, first_seq, last_seq, explained) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                (one.sid, gap.first_seq, gap.last_seq, gap.explained),
+            )
+            found.append(gap)
+        prev, prev_at = seq, received_at
+    return prev
+
+
+def _received_at(cur: psycopg.Cursor[TupleRow], sid: int, seq: int) -> datetime | None:
+    cur.execute("SELECT received_at FROM messages WHERE stream_id = %s AND seq = %s", (sid, seq))
+    row = cur.fetchone()
+    return None if row is None else row[0]
+
+
+def _outlier(cur: psycopg.Cursor[TupleRow], one: _Stream, seq: int, upto: int) -> None:
+    """Record a seq far ahead of a stream that went on below it (once), and log it then."""
+    cur.execute(
+        "INSERT INTO seq_outliers (stream_id, seq, checked_upto) VALUES (%s, %s, %s)"
+        " ON CONFLICT DO NOTHING RETURNING seq",
+        (one.sid, seq, upto),
+    )
+    if cur.fetchone() is not None:
+        site, gateway, stream, epoch = one.names
+        log.warning(
+            "ingest.seq_outlier",
+            site=site,
+            gateway=gateway,
+            stream=stream,
+            epoch=epoch,
+            seq=seq,
+            checked_upto=upto,
+            why="a seq far ahead of its stream, which went on below it: not adopted",
+        )

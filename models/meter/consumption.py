@@ -1,10 +1,12 @@
 """One meter's water use, hour by hour, from its total-volume register, and the conditions judged on
 it. Pure: reading time drives everything, so a replayed history gives the events a live one would.
 
-Use between two readings is spread over the hours they span in proportion to time (meters send
-every few minutes, so an hour is well covered); a gap longer than `max_gap_h`, or a register that
-went backwards (a meter exchanged), leaves the hours unknown. An unknown hour never counts as use
-nor as no use: a silent meter neither raises a leak nor a watch-over alarm.
+Each register reading is used one reading late (`register.py`): a reading the next one contradicts
+is dropped as misread. Use between two readings is spread over the hours they span in proportion to
+time (meters send every few minutes, so an hour is well covered); a gap longer than `max_gap_h`, or
+a register that went backwards and stayed there (a meter exchanged), leaves the hours unknown. An
+unknown hour never counts as use nor as no use: a silent meter neither raises a leak nor a
+watch-over alarm. An hour is judged once a used reading shows it is over.
 
 Conditions, each with a start and a clear:
 - continuous flow: use >= `continuous_min_l` in every one of the last `continuous_hours` hours;
@@ -26,6 +28,7 @@ from typing import Final
 from zoneinfo import ZoneInfo
 
 from water_edge.models.meter.config import MeterGroupConfig, in_window, window_minutes
+from water_edge.models.meter.register import Register
 
 HOUR_NS: Final = 3600 * 1_000_000_000
 KEEP_HOURS: Final = 170
@@ -45,7 +48,8 @@ class Change:
 class MeterUse:
     cfg: MeterGroupConfig
     hours: dict[int, float] = field(default_factory=dict)  # hour index (UTC) -> litres; absent: unknown
-    last: tuple[int, float] | None = None  # (ts_ns, m3) of the last volume reading
+    total: Register = field(default_factory=Register)  # the total-volume register, m3
+    reverse: Register = field(default_factory=Register)  # the backward register, m3
     done_hour: int | None = None  # the last hour whose conditions were judged
     active: dict[str, bool] = field(default_factory=dict)
     expected_dry_hours: int = 0
@@ -61,14 +65,20 @@ class MeterUse:
     # -- readings -------------------------------------------------------------------------------
 
     def volume(self, ts_ns: int, m3: float) -> list[Change]:
-        """A total-volume reading; the changes of every hour it completed."""
-        last, self.last = self.last, (ts_ns, m3)
-        if last is not None and ts_ns > last[0]:
-            self._spread(last, (ts_ns, m3))
-        return self._judge_until(ts_ns // HOUR_NS)
+        """A total-volume reading; the changes of every hour the reading it confirms completed."""
+        step = self.total.read(ts_ns, m3)
+        if step is None:
+            return []
+        if step.before is not None and step.after[0] > step.before[0]:
+            self._spread(step.before, step.after)
+        return self._judge_until(step.after[0] // HOUR_NS)
 
     def backward(self, ts_ns: int, m3: float) -> list[Change]:
-        """A backflow-register reading."""
+        """A backflow-register reading; the change the reading it confirms makes."""
+        step = self.reverse.read(ts_ns, m3)
+        return [] if step is None else self._backflow(*step.after)
+
+    def _backflow(self, ts_ns: int, m3: float) -> list[Change]:
         window = int(self.cfg.backflow_hours * HOUR_NS)
         q = self.backflow
         if q and m3 < q[-1][1]:

@@ -5,7 +5,8 @@ A reading belongs to a group when its source is the group's `device` (or any sou
 starts with one of the group's meter names: `<meter>.<volume_tag>` drives the hourly accounting
 (`consumption.py`), `<meter>.<backflow_tag>` the backflow check, `<meter>.alarm.<name>` the meter's
 own flags. Bad readings are skipped (a reading the meter did not send is no use), and so are register
-readings that are not a finite number (text, NaN, inf: counted in `skipped`).
+readings that are not a finite number (text, NaN, inf: counted in `skipped`). A register reading is
+used when the next one confirms it; one it contradicts is dropped (`register.py`).
 
 Events (the centre routes on `kind`; `detail.state` is "start" or "clear"):
 `meter_alarm` (detail.alarm: leak, burst, backflow, dry, tamper, battery, error, alarm),
@@ -165,8 +166,15 @@ class MeterProcessor:
                 f"{meter} {cond}" for meter, use in g.meters.items() for cond, on in use.active.items() if on
             )
             active += sorted(f"{meter} {alarm}" for (meter, alarm), on in g.flags.items() if on)
+            registers = [r for use in g.meters.values() for r in (use.total, use.reverse)]
             groups[g.cfg.name] = GroupStatus(
-                meters=len(g.meters), readings=g.readings, events=g.events, active=active, skipped=g.skipped
+                meters=len(g.meters),
+                readings=g.readings,
+                events=g.events,
+                active=active,
+                skipped=g.skipped,
+                register_glitches=sum(r.glitches for r in registers),
+                register_resets=sum(r.resets for r in registers),
             )
         return MeterHealth(groups)
 

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 
 from tests.support.testing import wait_until
+from water_edge.centre.loadgen import payload
+from water_edge.centre.payload import Message, parse
 
 
 @dataclass
@@ -91,3 +94,27 @@ def committed_seqs(dsn: str) -> dict[tuple[str, str, str], list[int]]:
     for site, gateway, stream, seq in rows:
         out.setdefault((site, gateway, stream), []).append(seq)
     return out
+
+
+def messages(gateway: str, seqs: range | list[int], tags: int = 10, epoch: int = 1) -> list[Message]:
+    """Data messages of stream s1/<gateway>/plc1 with these seqs, as the ingest parses them (read at
+    10^18 + seq ns; a seq of 10^9 or more wraps there, so that a seq up to 2^63 - 1 keeps `ts` in range)."""
+    return [
+        parse(
+            f"water/s1/{gateway}/plc1",
+            payload("s1", gateway, seq, 10**18 + seq % 10**9, tags, epoch=epoch),
+        )
+        for seq in seqs
+    ]
+
+
+def eviction(gateway: str, seq: int, first: int, last: int, span: object = None, epoch: int = 1) -> Message:
+    """The gateway's `buffer_eviction` event naming plc1's seqs first..last (or `span` as given)."""
+    streams = {"plc1": [first, last] if span is None else span}
+    body = {
+        "v": 2, "epoch": epoch, "stream": "events", "seq": seq, "site": "s1", "gateway": gateway,
+        "sent_ns": 1,
+        "events": [{"kind": "buffer_eviction", "source": "buffer", "ts": 1, "severity": "warning",
+                    "score": None, "detail": {"reason": "quota", "streams": streams}}],
+    }  # fmt: skip
+    return parse(f"water/s1/{gateway}/events", orjson.dumps(body))
