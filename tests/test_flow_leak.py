@@ -534,14 +534,21 @@ def _rises(events: list[Event]) -> list[tuple[str, str]]:
     return [(e.detail["night"], e.detail["began_night"]) for e in events if e.kind == "flow_leak"]
 
 
-def _one_reading_changed(
-    readings: list[Reading], tag: str, at: datetime, change: Callable[[float], float]
-) -> list[Reading]:
+async def _north_clean_and_with_one_reading_changed(
+    tmp_path: Path, tag: str, at: datetime, change: Callable[[float], float]
+) -> tuple[list[Event], list[Event], FlowLeakProcessor]:
+    """The north district's events as simulated, and with the one `tag` reading at `at` changed;
+    the processor of the changed run."""
+    section, before, after = _north_district()
+    clean = before + after
     ts = int(at.timestamp() * 1e9)
-    return [
+    changed = [
         dataclasses.replace(r, value=change(float(r.value))) if r.tag == tag and r.ts_ns == ts else r  # type: ignore[arg-type]
-        for r in readings
+        for r in clean
     ]
+    want, _ = await _run(section, clean, tmp_path / "clean")
+    got, proc = await _run(section, changed, tmp_path / "changed")
+    return want, got, proc
 
 
 @pytest.mark.parametrize("factor", [1000.0, -1000.0], ids=["spike", "negative"])
@@ -553,11 +560,9 @@ async def test_one_glitched_night_reading_changes_no_night_and_no_event_without_
     # -83,191 m3/h; the night went unjudged and the rise was declared a night late, dated a night
     # late. One of +1000x left the minimum alone but was not counted.
     monkeypatch.setenv("TZ", "UTC")
-    section, before, after = _north_district()
-    clean = before + after
-    glitched = _one_reading_changed(clean, "inflow_a", datetime(2024, 1, 27, 3), lambda v: v * factor)
-    want, _ = await _run(section, clean, tmp_path / "clean")
-    got, proc = await _run(section, glitched, tmp_path / "glitched")
+    want, got, proc = await _north_clean_and_with_one_reading_changed(
+        tmp_path, "inflow_a", datetime(2024, 1, 27, 3), lambda v: v * factor
+    )
     want_nights, got_nights = _nights(want), _nights(got)
     assert got_nights.keys() == want_nights.keys()
     for night, w in want_nights.items():
@@ -605,11 +610,9 @@ async def test_one_glitched_pressure_reading_does_not_distort_the_corrected_nigh
     # 70.6, and the leak was dated two nights late; one of 0 (a transmitter's dropout) gave a
     # corrected flow 14 % high and a rise of 18.1 m3/h against 13.4.
     monkeypatch.setenv("TZ", "UTC")
-    section, before, after = _north_district()
-    clean = before + after
-    glitched = _one_reading_changed(clean, "pressure", datetime(2024, 1, 28, 3), lambda v: v * change)
-    want, _ = await _run(section, clean, tmp_path / "clean")
-    got, _ = await _run(section, glitched, tmp_path / "glitched")
+    want, got, _ = await _north_clean_and_with_one_reading_changed(
+        tmp_path, "pressure", datetime(2024, 1, 28, 3), lambda v: v * change
+    )
     w, g = _nights(want)["2024-01-28"], _nights(got)["2024-01-28"]
     assert g["pressure"] == pytest.approx(w["pressure"], rel=0.01)
     assert g["night_flow_corrected_m3h"] == pytest.approx(w["night_flow_corrected_m3h"], rel=0.02)
