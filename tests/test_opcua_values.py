@@ -111,3 +111,26 @@ def test_config_errors_name_the_key(tmp_path: Path, device: str, expected: str) 
     text = str(err.value)
     assert "agent.toml" in text
     assert expected in text
+
+
+def test_a_right_server_clock_vouches_for_a_value_unchanged_for_a_day_and_a_wrong_one_stamps_nothing() -> (
+    None
+):
+    # A setpoint last changed yesterday keeps its day-old source timestamp in a data change or a
+    # Read, while the server's own timestamp is now: its clock is right, the value is stamped with
+    # the server's time (not a day back, and not as a wrong device clock stamped on arrival, which
+    # the driver counts and warns of). A server clock a day off: arrival.
+    now = dt.datetime(2026, 6, 1, 12, 0, 0)
+    receive = to_ns(now)
+    assert receive is not None
+    tolerance = 300 * 10**9
+    day = dt.timedelta(days=1)
+    unchanged = ua.DataValue(ua.Variant(4.5), SourceTimestamp=now - day, ServerTimestamp=now)
+    # arriving a second after the server sent it: the server's time, not the arrival time
+    assert reading_parts(unchanged, receive + 10**9, tolerance_ns=tolerance)[0] == receive
+    fresh = ua.DataValue(ua.Variant(4.5), SourceTimestamp=now - dt.timedelta(seconds=2), ServerTimestamp=now)
+    assert reading_parts(fresh, receive, tolerance_ns=tolerance)[0] == receive - 2 * 10**9
+    server_off = ua.DataValue(ua.Variant(4.5), SourceTimestamp=now + day, ServerTimestamp=now + day)
+    assert reading_parts(server_off, receive + 1, tolerance_ns=tolerance)[0] == receive + 1
+    source_only_off = ua.DataValue(ua.Variant(4.5), SourceTimestamp=now - day)
+    assert reading_parts(source_only_off, receive, tolerance_ns=tolerance)[0] == receive

@@ -113,6 +113,9 @@ class OpcUaConfig(DeviceConfig):
     request_timeout_ms: int = Field(default=5000, ge=100, le=600_000)
     # A subscription that delivers nothing (not even a keep-alive) for this long is lost.
     stale_after_ms: int | None = Field(default=None, ge=1000, le=3_600_000)
+    # A value whose device timestamp is further than this from the gateway's clock when it arrives
+    # (a PLC clock years off, reset to 1970) is stamped with its arrival time instead.
+    clock_tolerance_ms: int = Field(default=300_000, ge=1000, le=315_576_000_000)
     # Items per CreateMonitoredItems / Read request (servers limit this; 1000 is common).
     max_items_per_request: int = Field(default=1000, ge=1, le=100_000)
     tags: list[OpcUaTag] = Field(min_length=1)

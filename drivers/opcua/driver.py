@@ -8,7 +8,8 @@ publish. If the server refuses subscriptions (or `mode = "poll"`), `stream()` po
 requests every `poll_interval_ms` instead. `read()` is a one-shot Read of every tag (`probe`).
 
 asyncua is never allowed to reconnect on its own: a lost connection (its watchdog, a status
-change on the subscription, or silence beyond `stale_after_ms`) ends `stream()` with
+change on the subscription, BadNoSubscription in answer to a publish, or silence beyond
+`stale_after_ms`: no data and no keep-alive, asked for every `KEEPALIVE_MS`) ends `stream()` with
 `DriverIOError`; the supervisor stands in bad readings, backs off and calls `open()` again,
 which re-creates the session and the subscription.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -34,7 +36,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 
 from water_edge.core.errors import DriverIOError
-from water_edge.core.reading import BAD, Reading
+from water_edge.core.reading import BAD, GOOD, UNCERTAIN, Quality, Reading
 from water_edge.core.scheduler import FixedRateTicker
 from water_edge.core.secrets import resolve_secret
 from water_edge.drivers.base import DeviceConfig, TagInfo
@@ -43,7 +45,14 @@ from water_edge.drivers.opcua.config import OpcUaConfig, OpcUaTag
 from water_edge.drivers.opcua.errors import explain, ua_errors
 from water_edge.drivers.opcua.fast_publish import DataChanges
 from water_edge.drivers.opcua.health import OpcUaHealth
-from water_edge.drivers.opcua.values import change_parts, reading_parts, status_name, unit_from_eu
+from water_edge.drivers.opcua.values import (
+    change_parts,
+    reading_parts,
+    status_name,
+    ticks_to_ns,
+    to_ns,
+    unit_from_eu,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +64,9 @@ NO_SUBSCRIPTIONS: Final = frozenset({
     StatusCodes.BadNotImplemented,
 })  # fmt: skip
 MAX_QUEUED_BATCHES: Final = 256
+# The keep-alive period asked of the server: a quiet subscription still answers this often, so
+# that one that stopped publishing is noticed within `stale_after_ms` (3 of these by default).
+KEEPALIVE_MS: Final = 5000
 OBJECTS: Final = ua.NodeId.from_string("i=85")
 HAS_PROPERTY: Final = ua.NodeId.from_string("i=46")
 HIERARCHICAL: Final = ua.NodeId.from_string("i=33")
@@ -106,7 +118,14 @@ class OpcUaDriver:
         self._polling = config.mode == "poll"
         self._fallback: str | None = None
         self._failed_items: dict[str, str] = {}
-        self._stats = {"publishes": 0, "notifications": 0, "reads": 0, "dropped_batches": 0, "keepalives": 0}
+        self._stats = {
+            "publishes": 0, "notifications": 0, "reads": 0, "dropped_batches": 0, "keepalives": 0,
+            "uncertain_values": 0, "bad_values": 0, "clock_replaced": 0,
+        }  # fmt: skip
+        self._clock_offset_s: float | None = None
+        self._clock_warned = False
+        self._tolerance_ns = config.clock_tolerance_ms * 1_000_000
+        self._keepalive_s: float | None = None  # the server's revised keep-alive period
         self._last_ok_ns: int | None = None
         self._connected = False
         self.fast_publishes = 0  # publish responses decoded by fast_publish, not asyncua
@@ -132,6 +151,10 @@ class OpcUaDriver:
             reads=s["reads"],
             dropped_batches=s["dropped_batches"],
             keepalives=s["keepalives"],
+            uncertain_values=s["uncertain_values"],
+            bad_values=s["bad_values"],
+            clock_replaced=s["clock_replaced"],
+            device_clock_offset_s=self._clock_offset_s,
             connected=self._connected,
             mode="poll" if self._polling else "subscribe",
             fallback=self._fallback,
@@ -146,6 +169,7 @@ class OpcUaDriver:
         await self.aclose()
         cfg = self._config
         self._lost_reason = None
+        self._clock_warned = False
         self._queue.clear()
         self._polling = cfg.mode == "poll"
         self._fallback = None
@@ -292,19 +316,22 @@ class OpcUaDriver:
 
     async def _subscribe(self, client: Client) -> None:
         cfg = self._config
+        keepalive_count = max(1, math.ceil(KEEPALIVE_MS / cfg.publishing_interval_ms))
         params = ua.CreateSubscriptionParameters(
             RequestedPublishingInterval=cfg.publishing_interval_ms,
-            RequestedLifetimeCount=10_000,
-            RequestedMaxKeepAliveCount=client.get_keepalive_count(cfg.publishing_interval_ms),
+            RequestedLifetimeCount=max(10_000, 3 * keepalive_count),
+            RequestedMaxKeepAliveCount=keepalive_count,
             MaxNotificationsPerPublish=0,  # 0 = no limit: one publish carries every change
             PublishingEnabled=True,
             Priority=0,
         )
         # Data changes decoded in fast_publish where it can, by asyncua where it cannot.
-        fast_publish.install(client.uaclient.session, self._count_fast)
+        fast_publish.install(
+            client.uaclient.session, self._count_fast, lambda: self._subscription_gone(client)
+        )
         sub = _Feed(client.uaclient.session, params, self)
         try:
-            await sub.init()
+            revised = await sub.init()
         except UaStatusCodeError as exc:
             if exc.code not in NO_SUBSCRIPTIONS:
                 raise
@@ -313,6 +340,7 @@ class OpcUaDriver:
             log.warning("opcua.poll_fallback", driver=self.name, reason=self._fallback)
             return
         self._sub = sub
+        self._keepalive_s = revised.RevisedPublishingInterval * revised.RevisedMaxKeepAliveCount / 1000
         requests = [
             self._item_request(i, tag, node)
             for i, (tag, node) in enumerate(zip(cfg.tags, self._nodes, strict=True))
@@ -373,6 +401,7 @@ class OpcUaDriver:
     async def aclose(self) -> None:
         client, self._client = self._client, None
         self._sub = None
+        self._keepalive_s = None
         self._connected = False
         if client is not None:
             await _quiet_disconnect(client)
@@ -397,8 +426,7 @@ class OpcUaDriver:
                 why = self._unresolved[i]
                 out.append(Reading(self.name, tag.name, receive, None, BAD, self._units[i], why))
                 continue
-            ts, value, quality, reason = reading_parts(dv, receive)
-            out.append(Reading(self.name, tag.name, ts, value, quality, self._units[i], reason))
+            out.append(self._reading(i, dv, receive))
         return out
 
     async def _read_values(self, client: Client, nodes: Sequence[ua.NodeId]) -> list[ua.DataValue]:
@@ -447,10 +475,8 @@ class OpcUaDriver:
         cfg = self._config
         if cfg.stale_after_ms is not None:
             return cfg.stale_after_ms / 1000
-        keepalive = cfg.publishing_interval_ms * (
-            self._client.get_keepalive_count(cfg.publishing_interval_ms) if self._client else 10
-        )
-        return max(5.0, 3 * keepalive / 1000)
+        # the keep-alive period the server granted (it may revise what was asked)
+        return max(5.0, 3 * (self._keepalive_s or KEEPALIVE_MS / 1000))
 
     def _on_publish(self, result: ua.PublishResult) -> None:
         """Called by the publish loop once per PublishResponse: readings for every notification."""
@@ -461,20 +487,22 @@ class OpcUaDriver:
             self._stats["keepalives"] += 1
             return
         receive = time.time_ns()
-        source, tags, units = self.name, self._config.tags, self._units
+        source, tags, units, tolerance = self.name, self._config.tags, self._units, self._tolerance_ns
         batch: list[Reading] = []
         for notification in data:
             if isinstance(notification, DataChanges):
                 for i, status, source_ticks, server_ticks, raw in notification.items:
                     ts, value, quality, reason = change_parts(
-                        status, source_ticks, server_ticks, raw, receive
+                        status, source_ticks, server_ticks, raw, receive, tolerance_ns=tolerance
                     )
+                    if ts == receive and (source_ticks or server_ticks):
+                        self._clock_off(ticks_to_ns(server_ticks or source_ticks), receive)
+                    if quality != GOOD:
+                        self._count(quality)
                     batch.append(Reading(source, tags[i].name, ts, value, quality, units[i], reason))
             elif isinstance(notification, ua.DataChangeNotification):
                 for item in notification.MonitoredItems:
-                    i = item.ClientHandle
-                    ts, value, quality, reason = reading_parts(item.Value, receive)
-                    batch.append(Reading(source, tags[i].name, ts, value, quality, units[i], reason))
+                    batch.append(self._reading(item.ClientHandle, item.Value, receive))
             elif isinstance(notification, ua.StatusChangeNotification):
                 self._lost(f"subscription status {status_name(notification.Status.value)}")
         if batch:
@@ -482,8 +510,33 @@ class OpcUaDriver:
             self._last_ok_ns = receive
             self._push(batch)
 
+    def _reading(self, i: int, dv: ua.DataValue, receive: int) -> Reading:
+        """The reading of tag `i` from a DataValue asyncua decoded (a Read, a data change)."""
+        ts, value, quality, reason = reading_parts(dv, receive, tolerance_ns=self._tolerance_ns)
+        if ts == receive and (dv.SourceTimestamp is not None or dv.ServerTimestamp is not None):
+            self._clock_off(to_ns(dv.ServerTimestamp) or to_ns(dv.SourceTimestamp), receive)
+        if quality != GOOD:
+            self._count(quality)
+        return Reading(self.name, self._config.tags[i].name, ts, value, quality, self._units[i], reason)
+
+    def _count(self, quality: Quality) -> None:
+        self._stats["uncertain_values" if quality == UNCERTAIN else "bad_values"] += 1
+
+    def _clock_off(self, device_ns: int | None, receive: int) -> None:
+        """A value stamped on arrival although the device sent a time (wrong clock, before 1970)."""
+        self._stats["clock_replaced"] += 1
+        self._clock_offset_s = None if device_ns is None else round((device_ns - receive) / 1e9, 1)
+        if not self._clock_warned:  # once per connection
+            self._clock_warned = True
+            log.warning("opcua.device_clock_off", driver=self.name, offset_s=self._clock_offset_s)
+
     def _count_fast(self) -> None:
         self.fast_publishes += 1
+
+    def _subscription_gone(self, client: Client) -> None:
+        """The server says the session has no subscription any more (it ended it: lifetime, reset)."""
+        if client is self._client:
+            self._lost("the server ended the subscription (BadNoSubscription)")
 
     def _push(self, batch: list[Reading]) -> None:
         if len(self._queue) >= MAX_QUEUED_BATCHES:

@@ -22,7 +22,7 @@ from asyncua import ua
 from asyncua.common.utils import Buffer
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.ua_binary import get_string_encoding, struct_from_binary
-from asyncua.ua.uaerrors import UaStructParsingError
+from asyncua.ua.uaerrors import BadNoSubscription, UaStructParsingError
 
 PUBLISH_RESPONSE: Final = ObjectIds.PublishResponse_Encoding_DefaultBinary  # 829
 DATA_CHANGE: Final = ObjectIds.DataChangeNotification_Encoding_DefaultBinary  # 811
@@ -75,17 +75,26 @@ def decode(body: bytes) -> ua.PublishResponse | None:
         return None
 
 
-def install(session: Any, on_fast: Callable[[], None] | None = None) -> None:
+def install(
+    session: Any, on_fast: Callable[[], None] | None = None, on_gone: Callable[[], None] | None = None
+) -> None:
     """Make `session` (asyncua's UaSession) decode PublishResponses here when it can.
 
     Its publish loop calls `session.publish(acks)`; this replaces that one method on the instance
     with the same request, decoded by `decode` first. `on_fast` is called per response decoded here.
+    `on_gone` is called when the server says the session has no subscription (BadNoSubscription, or
+    a response for subscription 0): asyncua's publish loop then ends without telling anyone.
     """
 
     async def publish(acks: list[ua.SubscriptionAcknowledgement]) -> ua.PublishResponse:
         request = ua.PublishRequest()
         request.Parameters.SubscriptionAcknowledgements = acks if acks else []
-        data: Buffer = await session._send_request(request, timeout=0)
+        try:
+            data: Buffer = await session._send_request(request, timeout=0)
+        except BadNoSubscription:
+            if on_gone is not None:
+                on_gone()
+            raise
         response = decode(bytes(data.copy().read(len(data))))
         if response is not None:
             if on_fast is not None:
@@ -95,6 +104,8 @@ def install(session: Any, on_fast: Callable[[], None] | None = None) -> None:
             parsed: ua.PublishResponse = struct_from_binary(ua.PublishResponse, data)
         except Exception as exc:
             raise UaStructParsingError from exc
+        if not parsed.Parameters.SubscriptionId and on_gone is not None:
+            on_gone()
         return parsed
 
     session.publish = publish

@@ -21,6 +21,10 @@ class OpcUaHealth:
     unresolved: dict[str, str]  # tag -> why its browse path did not resolve
     failed_items: dict[str, str]  # tag -> the status code with which its monitored item was refused
     last_ok_ns: int | None
+    uncertain_values: int = 0  # values the server sent (or a read returned) that are uncertain
+    bad_values: int = 0  # ... that are bad (a Bad status code, or a value that cannot be a reading)
+    clock_replaced: int = 0  # values stamped on arrival: the device's time was off or before 1970
+    device_clock_offset_s: float | None = None  # the last such device time minus arrival
 
     def status_lines(self) -> list[str]:
         lines = [
@@ -31,6 +35,12 @@ class OpcUaHealth:
             lines.append(f"fallback: {self.fallback}")
         if self.unresolved or self.failed_items:
             lines.append(f"tags unresolved {len(self.unresolved)}  items refused {len(self.failed_items)}")
+        if self.uncertain_values or self.bad_values:
+            lines.append(f"values uncertain {self.uncertain_values}  bad {self.bad_values}")
+        if self.clock_replaced:
+            off = self.device_clock_offset_s
+            clock = "before 1970" if off is None else f"off by {off:+.0f} s"
+            lines.append(f"device clock {clock}: {self.clock_replaced} values stamped on arrival")
         if self.dropped_batches:
             lines.append(f"dropped batches {self.dropped_batches}")
         return lines

@@ -72,23 +72,54 @@ def ticks_to_ns(ticks: int) -> int | None:
     return ns if ns > 0 else None
 
 
-def reading_parts(datavalue: ua.DataValue, receive_ns: int) -> tuple[int, Value, Quality, str | None]:
-    """(ts_ns, value, quality, reason) of one DataValue; source time first, then server, then receipt."""
+def stamp(source_ns: int | None, server_ns: int | None, receive_ns: int, tolerance_ns: int | None) -> int:
+    """A value's timestamp from its source and server timestamps (None: absent or before 1970).
+
+    Without a tolerance: the source timestamp, else the server's, else the arrival time. With one,
+    the device's clock is judged by the server timestamp (the time it sent the value: a clock that
+    is right gives about now), or the source timestamp when there is no server timestamp; a clock
+    further than `tolerance_ns` from the gateway's when the value arrives (a PLC clock years off,
+    reset to 1970) stamps nothing: the arrival time. A clock that is right gives the source
+    timestamp, or the server's when the source timestamp is that far off: a value unchanged since
+    long ago, or a field device behind the server with its own wrong clock, is stamped when the
+    server vouched for it, not on the day it last changed.
+    """
+    if tolerance_ns is None:
+        return source_ns or server_ns or receive_ns
+    reference = server_ns if server_ns is not None else source_ns
+    if reference is None or abs(reference - receive_ns) > tolerance_ns:
+        return receive_ns
+    if source_ns is not None and abs(source_ns - receive_ns) <= tolerance_ns:
+        return source_ns
+    return reference
+
+
+def reading_parts(
+    datavalue: ua.DataValue, receive_ns: int, *, tolerance_ns: int | None = None
+) -> tuple[int, Value, Quality, str | None]:
+    """(ts_ns, value, quality, reason) of one DataValue; the time as `stamp` gives it."""
     status = datavalue.StatusCode
     variant = datavalue.Value
     return _parts(
         status.value if status is not None else 0,
-        to_ns(datavalue.SourceTimestamp) or to_ns(datavalue.ServerTimestamp) or receive_ns,
+        stamp(to_ns(datavalue.SourceTimestamp), to_ns(datavalue.ServerTimestamp), receive_ns, tolerance_ns),
         variant.Value if variant is not None else None,
     )
 
 
 def change_parts(
-    status: int, source_ticks: int, server_ticks: int, raw: Any, receive_ns: int
+    status: int,
+    source_ticks: int,
+    server_ticks: int,
+    raw: Any,
+    receive_ns: int,
+    *,
+    tolerance_ns: int | None = None,
 ) -> tuple[int, Value, Quality, str | None]:
     """The same for a data change decoded by `fast_publish` (ticks 0 = no timestamp)."""
-    ts = (source_ticks and ticks_to_ns(source_ticks)) or (server_ticks and ticks_to_ns(server_ticks))
-    return _parts(status, ts or receive_ns, raw)
+    source = ticks_to_ns(source_ticks) if source_ticks else None
+    server = ticks_to_ns(server_ticks) if server_ticks else None
+    return _parts(status, stamp(source, server, receive_ns, tolerance_ns), raw)
 
 
 def _parts(code: int, ts: int, raw: Any) -> tuple[int, Value, Quality, str | None]:

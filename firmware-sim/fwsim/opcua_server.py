@@ -160,6 +160,7 @@ class _Var:
     variant: ua.VariantType
     last: Any = None
     last_status: int = -1
+    retyped: bool = False  # served as `variant` (Float/Double) instead of the point's own type
 
 
 class OpcUaComponent:
@@ -175,6 +176,9 @@ class OpcUaComponent:
         self._overrides: dict[str, int] = {}
         self._served: dict[str, Any] = {}
         self._refuse_subscriptions = False
+        self._hold_publishes = False
+        self._retyped: dict[str, ua.VariantType] = {}
+        self._clock: tuple[float | None, float | None] = (0.0, 0.0)
         self.port: int | None = None
         self.url = ""
         self.pki: Path | None = None
@@ -212,13 +216,15 @@ class OpcUaComponent:
         async def create_subscription(*args: Any, **kwargs: Any) -> ua.CreateSubscriptionResult:
             if self._refuse_subscriptions:
                 raise ServiceError(StatusCodes.BadServiceUnsupported)
-            return await create(*args, **kwargs)
+            result: ua.CreateSubscriptionResult = await create(*args, **kwargs)
+            self._holdable(service.subscriptions[result.SubscriptionId])
+            return result
 
         service.create_subscription = create_subscription  # type: ignore[method-assign]
         for i in range(extra_namespaces):
             await server.register_namespace(f"urn:water-edge-agent:fwsim:other{i}")
         ns = await server.register_namespace(NAMESPACE_URI)
-        self._vars = await _build_address_space(server, ns, ctx.points, bench)
+        self._vars = await _build_address_space(server, ns, ctx.points, bench, self._retyped)
         await self._update(server)
         # asyncua logs a bind failure with its traceback; the OSError below says it in one line
         server_log = logging.getLogger("asyncua.server.server")
@@ -272,6 +278,91 @@ class OpcUaComponent:
         PLC servers do (clients must fall back to polling)."""
         self._refuse_subscriptions = refuse
 
+    def hold_publishes(self, hold: bool = True) -> None:
+        """Fault injection: the subscriptions stop publishing — no data, no keep-alive — while the
+        session, the TCP connection and every other service (Read, Browse) carry on: a server whose
+        publish engine hangs. The publish requests the client sends are kept unanswered."""
+        self._hold_publishes = hold
+
+    async def end_subscriptions(self, status: str | None = None) -> int:
+        """Fault injection: the server ends every subscription while the sessions stay, as one does
+        whose subscription lifetime ran out or that reset its subscriptions (a project download).
+        With `status` (e.g. "BadTimeout") each subscription first publishes a StatusChangeNotification
+        with it; without, it just goes. The publish requests the server still holds are then answered
+        with BadNoSubscription (as open62541 does; asyncua's server would keep them forever).
+        Returns how many subscriptions ended."""
+        assert self._server is not None
+        service = self._server.iserver.subscription_service
+        subs = list(service.subscriptions.values())
+        if status is not None:
+            code = ua.StatusCode(getattr(StatusCodes, status))
+            for sub in subs:
+                sub._triggered_statuschanges.append(code)
+                sub._startup = True  # publish now, not at the next keep-alive
+                await sub.publish_results()
+            # sent with the next publish request, if none was waiting at the server
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    while any(sub._triggered_statuschanges for sub in subs):  # noqa: ASYNC110 - no event to wait on
+                        await asyncio.sleep(0.01)
+        await service.delete_subscriptions([sub.data.SubscriptionId for sub in subs])
+        fault = ua.ServiceFault()
+        fault.ResponseHeader.ServiceResult = ua.StatusCode(ua.UInt32(StatusCodes.BadNoSubscription))
+        bserver = self._server.bserver
+        for protocol in bserver.clients if bserver is not None else []:
+            processor = protocol.processor
+            while processor is not None and processor._publish_requests:
+                request = processor._publish_requests.popleft()
+                processor.send_response(request.requesthdr.RequestHandle, request.seqhdr, fault)  # type: ignore[no-untyped-call]
+        return len(subs)
+
+    async def delete_point(self, point_name: str) -> None:
+        """Fault injection: delete a point's variable while clients monitor it, as a project download
+        that removed the tag does. Its monitored items get a data change with BadNodeIdUnknown, as
+        open62541 and PLC servers report it (asyncua's server would report nothing). The point comes
+        back at the next `start()`."""
+        assert self._server is not None
+        var = next(v for v in self._vars if v.point is not None and v.point.name == point_name)
+        self._vars.remove(var)
+        aspace = self._server.iserver.aspace
+        stamp = cast(ua.DateTime, dt.datetime.now(dt.UTC))
+        gone = ua.DataValue(
+            StatusCode=ua.StatusCode(ua.UInt32(StatusCodes.BadNodeIdUnknown)),
+            SourceTimestamp=stamp,
+            ServerTimestamp=stamp,
+        )
+        callbacks = aspace[var.node].attributes[AttributeIds.Value].datachange_callbacks
+        for handle, callback in list(callbacks.items()):
+            await callback(handle, gone)
+            aspace.delete_datachange_callback(handle)
+        await self._server.delete_nodes([self._server.get_node(var.node)], recursive=True)
+
+    def retype(self, point_name: str, variant: str | None = "Float") -> None:
+        """Fault injection: from the next `start()` on, serve a point as `variant` ("Float" or
+        "Double") instead of its own type — a PLC whose tag changed from INT to REAL with a project
+        download; None serves its own type again."""
+        if variant is None:
+            self._retyped.pop(point_name, None)
+        else:
+            self._retyped[point_name] = getattr(ua.VariantType, variant)
+
+    def clock(self, source_offset_s: float | None = 0.0, server_offset_s: float | None = 0.0) -> None:
+        """Fault injection: stamp the values written from now on with a clock that is off by these
+        many seconds (source and server timestamp each), or without that timestamp when None — a PLC
+        whose clock is years off, or was reset to 1970."""
+        self._clock = (source_offset_s, server_offset_s)
+
+    def _holdable(self, sub: Any) -> None:
+        """Make a new subscription obey `hold_publishes`."""
+        publish = sub.publish_results
+
+        async def publish_results(requestdata: Any = None) -> bool:
+            if self._hold_publishes:
+                return False
+            return bool(await publish(requestdata))
+
+        sub.publish_results = publish_results
+
     async def _run(self, server: Server) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
@@ -285,6 +376,10 @@ class OpcUaComponent:
         assert self._ctx is not None
         state = self._ctx.state()
         now = dt.datetime.now(dt.UTC)
+        source, server_ts = (
+            None if offset is None else cast(ua.DateTime, now + dt.timedelta(seconds=offset))
+            for offset in self._clock
+        )
         second = int(state.elapsed_s)
         for var in self._vars:
             status = StatusCodes.Good
@@ -299,13 +394,14 @@ class OpcUaComponent:
                     value, status = None, StatusCodes.BadSensorFailure
                 status = self._overrides.get(var.point.name, status)
                 value = self._served.get(var.point.name, value)
+                if var.retyped and isinstance(value, int | float):
+                    value = float(value)
             if value == var.last and status == var.last_status:
                 continue
             var.last, var.last_status = value, status
             variant = ua.Variant(value, var.variant if value is not None else ua.VariantType.Null)
-            stamp = cast(ua.DateTime, now)
             code = ua.StatusCode(ua.UInt32(status))
-            datavalue = ua.DataValue(variant, code, SourceTimestamp=stamp, ServerTimestamp=stamp)
+            datavalue = ua.DataValue(variant, code, SourceTimestamp=source, ServerTimestamp=server_ts)
             await server.write_attribute_value(var.node, datavalue)
 
     async def _validate_client(self, cert: x509.Certificate, app: ua.ApplicationDescription) -> None:
@@ -329,7 +425,9 @@ class OpcUaComponent:
         (accepted / f"{thumb[:16]}.der").write_bytes(der)
 
 
-async def _build_address_space(server: Server, ns: int, points: Sequence[Point], bench: int) -> list[_Var]:
+async def _build_address_space(
+    server: Server, ns: int, points: Sequence[Point], bench: int, retyped: dict[str, ua.VariantType]
+) -> list[_Var]:
     objects = server.nodes.objects
     root = await objects.add_object(f"ns={ns};s={ROOT_OBJECT}", ua.QualifiedName(ROOT_OBJECT, ns))
     groups: dict[str, Any] = {}
@@ -342,6 +440,8 @@ async def _build_address_space(server: Server, ns: int, points: Sequence[Point],
                 f"ns={ns};s={ROOT_OBJECT}.{group_name}", ua.QualifiedName(group_name, ns)
             )
         value, variant = opc_value(point, _initial(point))
+        if point.name in retyped:
+            value, variant = float(value), retyped[point.name]
         var = await groups[group_name].add_variable(
             f"ns={ns};s={point.name}", ua.QualifiedName(leaf, ns), ua.Variant(value, variant)
         )
@@ -355,7 +455,7 @@ async def _build_address_space(server: Server, ns: int, points: Sequence[Point],
                 ua.Variant(eu_information(point.unit), ua.VariantType.ExtensionObject),
                 datatype=ua.NodeId.from_string("i=887"),  # EUInformation
             )
-        out.append(_Var(point, var.nodeid, variant))
+        out.append(_Var(point, var.nodeid, variant, retyped=point.name in retyped))
     if bench:
         folder = await root.add_object(f"ns={ns};s={ROOT_OBJECT}.Bench", ua.QualifiedName("Bench", ns))
         for i in range(bench):
