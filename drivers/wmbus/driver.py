@@ -12,9 +12,11 @@ encrypted without a key, a key that does not decrypt it, a corrupt frame — is 
 `silent_after_s` gets a bad `status` ("not heard for ..."). A telegram heard again within
 `duplicate_window_s` (through a repeater, decoded twice by rtl_wmbus, or by a second receiver) is
 counted and dropped (`duplicates.py`): a meter heard by two receivers gives its readings once, from
-the copy that arrived first. Meters heard but not configured are counted and listed; with `listen
-= true` each also gives readings `heard.<ID>.rssi` (and its total volume when it is readable
-without a key).
+the copy that arrived first. An older telegram sent again after that (replayed, or flushed late by a
+repeater) is counted and dropped too (`freshness.py`): a meter's register never steps back to an
+old value. Meters heard but not configured are counted and the last 1000 listed (a configured
+meter is never pushed out by them); with `listen = true` each also gives readings
+`heard.<ID>.rssi` (and its total volume when it is readable without a key).
 
 Keys are read from the config or their secret references when the driver opens, never logged.
 """
@@ -44,17 +46,22 @@ from water_edge.drivers.wmbus.compact import FormatStore
 from water_edge.drivers.wmbus.config import WmbusConfig, WmbusMeter
 from water_edge.drivers.wmbus.duplicates import Duplicates
 from water_edge.drivers.wmbus.frame import link_frame
+from water_edge.drivers.wmbus.freshness import Freshness, meter_time
 from water_edge.drivers.wmbus.health import ReceiverHealth, WmbusHealth
 from water_edge.drivers.wmbus.links import Link, Links, StreamOpener, open_receiver_stream
 from water_edge.drivers.wmbus.receivers import Received
 from water_edge.drivers.wmbus.reception import Reception, access_number
-from water_edge.drivers.wmbus.telegram import decode_wireless
+from water_edge.drivers.wmbus.telegram import WirelessTelegram, decode_wireless
 
 log = structlog.get_logger(__name__)
 
 NS: Final = 1_000_000_000
 SILENCE_CHECK_S: Final = 30.0
 UNKNOWN_LISTED: Final = 20
+COUNTS: Final = (
+    "decoded", "undecodable", "no_key", "wrong_key", "unknown_frames", "link_errors", "duplicates", "stale",
+)  # fmt: skip
+HEARD_KEPT: Final = 1000  # meters heard but not configured, remembered for status and probe
 
 
 @dataclass
@@ -98,6 +105,10 @@ class _MeterState:
     last_ns: int | None = None
     silent_reported_ns: int | None = None
     known: dict[str, str] = field(default_factory=dict)  # tag -> unit, learnt from telegrams
+    heard: Heard | None = None  # what the receivers made of it, once heard
+    freshness: Freshness = field(default_factory=Freshness)  # to tell an old telegram sent again
+    stale: int = 0  # old telegrams dropped
+    key_fails: bool = False  # the configured key did not decrypt its latest telegram
 
 
 class WmbusDriver:
@@ -117,10 +128,7 @@ class WmbusDriver:
         self._meters = {m.id.upper(): _MeterState(m) for m in config.meters}
         self._heard: OrderedDict[str, Heard] = OrderedDict()
         self._started_ns = now_ns()
-        self._counts = dict.fromkeys(
-            ("decoded", "undecodable", "no_key", "wrong_key", "unknown_frames", "link_errors", "duplicates"),
-            0,
-        )
+        self._counts = dict.fromkeys(COUNTS, 0)
         self._duplicates = Duplicates(config.duplicate_window_s)
         self._last_frame_ns: int | None = None
         # One unit per `.rssi` tag: with sticks and rtl_wmbus on one device, the level is reported
@@ -209,8 +217,10 @@ class WmbusDriver:
         return out
 
     def heard(self) -> list[Heard]:
-        """Every meter heard since the driver started, most recent last (commissioning)."""
-        return list(self._heard.values())
+        """Every configured meter heard since the driver started and the last `HEARD_KEPT` others,
+        most recent last (commissioning)."""
+        configured = [s.heard for s in self._meters.values() if s.heard is not None]
+        return sorted([*configured, *self._heard.values()], key=lambda h: h.last_ns)
 
     def _feed(self, chunks: list[tuple[Link, bytes]]) -> list[Reading]:
         """Bytes from the receivers; the readings of the telegrams they complete, after those of
@@ -231,63 +241,108 @@ class WmbusDriver:
             return []
         ident = link.ident.upper()
         access = access_number(link)
-        if self._duplicates.seen(link, time.monotonic()):
+        now_s = time.monotonic()
+        if self._duplicates.seen(link, now_s):
             self._counts["duplicates"] += 1
-            if (copy_of := self._heard.get(ident)) is not None:
+            if (copy_of := self._heard_entry(ident)) is not None:
                 copy_of.heard_by(source.name, received, access)
             return []
         source.first_copies += 1
-        heard = self._note_heard(ident, link.manufacturer, link.device_type, received, ts)
-        lost = heard.reception.note(access)
-        heard.heard_by(source.name, received, access)
         state = self._meters.get(ident)
         if state is not None and state.meter.manufacturer not in (None, link.manufacturer):
             state = None  # same number, another manufacturer's meter
         if state is None:
+            heard = self._note_heard(ident, link.manufacturer, link.device_type, received, ts)
+            heard.reception.note(access)
+            heard.heard_by(source.name, received, access)
             self._counts["unknown_frames"] += 1
             return self._listen(heard, received, ts) if self.config.listen else []
-        heard.configured = state.meter.name
+        heard = self._note_configured(state, link.manufacturer, link.device_type, received, ts)
+        telegram, out = self._decode(state, heard, received, ts)
+        if telegram is not None:
+            when = meter_time(telegram.records)
+            counter = telegram.afl.message_counter if telegram.afl is not None else None
+            old = state.freshness.judge(access, when, counter, now_s)
+            if old is not None:
+                # Not the meter now: no reading, no reception count, and the silence clock runs on.
+                self._counts["stale"] += 1
+                state.stale += 1
+                log.warning("wmbus.old_telegram_dropped", driver=self.name, meter=state.meter.name, why=old)
+                return []
+            state.freshness.accept(access, when, counter, now_s)
+            out = self._meter_readings(state, heard, telegram, received, ts)
+        lost = heard.reception.note(access)
+        heard.heard_by(source.name, received, access)
         state.last_ns, state.silent_reported_ns = ts, None
-        out = self._meter_readings(state, heard, received, ts)
         if lost is not None:
             out.append(Reading(self.name, f"{state.meter.name}.telegrams_lost", ts, lost, GOOD))
         return out
 
+    def _heard_entry(self, ident: str) -> Heard | None:
+        state = self._meters.get(ident)
+        if state is not None and state.heard is not None:
+            return state.heard
+        return self._heard.get(ident)
+
     def _note_heard(
         self, ident: str, manufacturer: str, device_type: int, received: receivers.Received, ts: int
     ) -> Heard:
+        """A meter not configured: kept among the last `HEARD_KEPT` of them, oldest forgotten first."""
         heard = self._heard.get(ident) or Heard(ident, manufacturer, device_type)
         heard.frames += 1
         heard.last_ns, heard.rssi, heard.rssi_unit = ts, received.rssi, received.rssi_unit
         self._heard[ident] = heard
         self._heard.move_to_end(ident)
-        while len(self._heard) > 1000:
+        while len(self._heard) > HEARD_KEPT:
             self._heard.popitem(last=False)
         return heard
 
-    def _meter_readings(
+    def _note_configured(
+        self, state: _MeterState, manufacturer: str, device_type: int, received: receivers.Received, ts: int
+    ) -> Heard:
+        """A configured meter: its entry is its own, never pushed out by neighbours' meters."""
+        if state.heard is None:
+            ident = state.meter.id.upper()
+            state.heard = self._heard.pop(ident, None) or Heard(ident, manufacturer, device_type)
+            state.heard.configured = state.meter.name
+        heard = state.heard
+        heard.frames += 1
+        heard.last_ns, heard.rssi, heard.rssi_unit = ts, received.rssi, received.rssi_unit
+        return heard
+
+    def _decode(
         self, state: _MeterState, heard: Heard, received: receivers.Received, ts: int
-    ) -> list[Reading]:
-        meter = state.meter
-        status_tag = f"{meter.name}.status"
+    ) -> tuple[WirelessTelegram | None, list[Reading]]:
+        """The telegram decoded, or None and the bad status reading that says why not."""
+        status_tag = f"{state.meter.name}.status"
         try:
             telegram = decode_wireless(received.raw, key=state.key, formats=self._formats)
         except MbusEncryptedError:
             heard.encrypted = True
             self._counts["no_key"] += 1
             reason = state.key_problem or "encrypted telegram and no key configured for this meter"
-            return [Reading(self.name, status_tag, ts, None, BAD, "", reason)]
+            return None, [Reading(self.name, status_tag, ts, None, BAD, "", reason)]
         except MbusKeyError:
             heard.encrypted = True
+            state.key_fails = True
             self._counts["wrong_key"] += 1
-            return [
-                Reading(
-                    self.name, status_tag, ts, None, BAD, "", "the configured key does not decrypt this meter"
-                )
-            ]
+            reason = "the configured key does not decrypt this meter"
+            return None, [Reading(self.name, status_tag, ts, None, BAD, "", reason)]
         except MbusDecodeError as exc:
             self._counts["undecodable"] += 1
-            return [Reading(self.name, status_tag, ts, None, BAD, "", f"undecodable telegram: {exc}")]
+            return None, [Reading(self.name, status_tag, ts, None, BAD, "", f"undecodable telegram: {exc}")]
+        state.key_fails = False
+        return telegram, []
+
+    def _meter_readings(
+        self,
+        state: _MeterState,
+        heard: Heard,
+        telegram: WirelessTelegram,
+        received: receivers.Received,
+        ts: int,
+    ) -> list[Reading]:
+        meter = state.meter
         heard.encrypted = telegram.encrypted
         total = telegram.total_volume()
         heard.total_volume_m3 = None if total is None else float(total.value or 0)
@@ -347,16 +402,17 @@ class WmbusDriver:
             for s in self._meters.values()
             if now - (s.last_ns if s.last_ns is not None else self._started_ns) >= s.meter.silent_after_s * NS
         ]
+        heard = [s.heard for s in self._meters.values() if s.heard is not None]
         without_key = [
             s.meter.name
             for s in self._meters.values()
-            if (h := self._heard.get(s.meter.id.upper())) is not None and h.encrypted and s.key is None
+            if s.heard is not None and s.heard.encrypted and s.key is None
         ]
-        unknown = [f"{h.ident} {h.manufacturer}" for h in self._heard.values() if h.configured is None]
+        unknown = [f"{h.ident} {h.manufacturer}" for h in self._heard.values()]
         poor = [
             f"{h.configured} {100 * (h.reception.share or 0):.0f} %"
-            for h in self._heard.values()
-            if h.configured is not None and h.reception.is_poor()
+            for h in sorted(heard, key=lambda h: h.last_ns)
+            if h.reception.is_poor()
         ]
         links = self._links.links
         return WmbusHealth(
@@ -371,10 +427,13 @@ class WmbusDriver:
             wrong_key=self._counts["wrong_key"],
             unknown_frames=self._counts["unknown_frames"],
             duplicates=self._counts["duplicates"],
+            stale=self._counts["stale"],
             meters_configured=len(self._meters),
             meters_heard=sum(1 for s in self._meters.values() if s.last_ns is not None),
             meters_silent=silent,
             meters_without_key=without_key,
+            meters_wrong_key=[s.meter.name for s in self._meters.values() if s.key_fails],
+            meters_stale=[s.meter.name for s in self._meters.values() if s.stale],
             unknown_meters=unknown[-UNKNOWN_LISTED:],
             meters_poor_reception=poor,
             last_frame_ns=self._last_frame_ns,

@@ -17,9 +17,10 @@ from collections import OrderedDict
 from typing import Final
 
 from water_edge.drivers.wmbus.frame import LinkFrame
-from water_edge.drivers.wmbus.layers import ELL_CI
+from water_edge.drivers.wmbus.layers import ELL_CI, HOP_COUNTER_BIT
 
-HOP_COUNTER_BIT: Final = 0x10  # CC field H: 0 from the meter, 1 once a repeater relayed it
+__all__ = ["HOP_COUNTER_BIT", "Duplicates", "telegram_key"]
+
 MAX_REMEMBERED: Final = 4096
 
 

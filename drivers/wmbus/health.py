@@ -36,6 +36,13 @@ class ReceiverHealth:
             line += f"  ({self.last_error})"
         return line
 
+    def reopened_line(self) -> str | None:
+        """A receiver on its own: that it was lost (or failed to open) and opened again, and why."""
+        if not self.reopens:
+            return None
+        times = "1 time" if self.reopens == 1 else f"{self.reopens} times"
+        return f"{self.name}: reopened {times}, last error: {self.last_error}"
+
     def setup_problem(self) -> str | None:
         if self.setup == "unanswered":
             kind, where = self.endpoint.split(" ", 1)
@@ -58,10 +65,13 @@ class WmbusHealth:
     wrong_key: int  # telegrams the configured key does not decrypt
     unknown_frames: int  # telegrams of meters not configured
     duplicates: int  # copies of a telegram already heard (repeater, receiver), dropped
+    stale: int  # telegrams older than the meter's last one accepted (replayed, or delayed), dropped
     meters_configured: int
     meters_heard: int  # configured meters heard at least once
     meters_silent: list[str]  # configured meters not heard within their silent_after_s
     meters_without_key: list[str]  # configured meters heard encrypted, no key (or unreadable)
+    meters_wrong_key: list[str]  # configured meters whose latest telegram their key did not decrypt
+    meters_stale: list[str]  # configured meters an old telegram of which was dropped
     unknown_meters: list[str]  # "ID MAN" of meters heard but not configured (most recent 20)
     # "name share %" of configured meters whose telegrams arrive less than 80 % of the time (from
     # access-number gaps, once 10 were due)
@@ -70,18 +80,25 @@ class WmbusHealth:
     receivers: list[ReceiverHealth]
 
     def status_lines(self) -> list[str]:
+        garbage = f"  garbage bytes {self.garbage_bytes}" if self.garbage_bytes else ""
         lines = [
             f"{self.receiver} {'open' if self.open else 'closed'}  frames {self.frames}  decoded "
-            f"{self.decoded}  crc errors {self.crc_errors}  undecodable {self.undecodable}  duplicates "
-            f"{self.duplicates}",
+            f"{self.decoded}  crc errors {self.crc_errors}{garbage}  undecodable {self.undecodable}  "
+            f"duplicates {self.duplicates}  stale {self.stale}",
             f"meters heard {self.meters_heard}/{self.meters_configured}  silent {len(self.meters_silent)}"
             f"  no key {self.no_key}  wrong key {self.wrong_key}  not configured {self.unknown_frames}",
         ]
         if len(self.receivers) > 1:
             lines += [r.status_line() for r in self.receivers]
+        elif self.receivers and (reopened := self.receivers[0].reopened_line()) is not None:
+            lines.append(reopened)
         lines += [problem for r in self.receivers if r.open and (problem := r.setup_problem()) is not None]
         if self.meters_without_key:
             lines.append("without key: " + ", ".join(self.meters_without_key))
+        if self.meters_wrong_key:
+            lines.append("key does not decrypt: " + ", ".join(self.meters_wrong_key))
+        if self.meters_stale:
+            lines.append("old telegrams dropped (replayed or delayed): " + ", ".join(self.meters_stale))
         if self.meters_silent:
             lines.append("silent: " + ", ".join(self.meters_silent))
         if self.meters_poor_reception:

@@ -8,12 +8,15 @@
     ELL IV  8F  CC ACC M(2) A(6) SN(4) | PayloadCRC(2) payload...
     AFL     90  AFLL FCL(2) [MCL] [KI(2)] [MCR(4)] [MAC] [ML(2)]
 
-The ELL counter block is M A CC SN FN(0) BC(0); the decrypted payload starts with the CRC-16 of
-the rest, so a wrong key is caught, never decoded.
+The ELL counter block is M A CC SN FN(0) BC(0), the CC field as the meter sent it (a repeater sets
+the hop counter bit H when it relays and cannot re-encrypt: a relayed telegram is decrypted with H
+clear); the decrypted payload starts with the CRC-16 of the rest, so a wrong key is caught, never
+decoded.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -27,6 +30,7 @@ from water_edge.drivers.wmbus.frame import crc16
 ELL_CI: Final = {0x8C: (False, False), 0x8D: (False, True), 0x8E: (True, False), 0x8F: (True, True)}
 AFL_CI: Final = 0x90
 ELL_ENCRYPTION_AES_CTR: Final = 1
+HOP_COUNTER_BIT: Final = 0x10  # CC field H: 0 from the meter, 1 once a repeater relayed it
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +105,15 @@ def ell(payload: bytes, link_address: bytes, key: bytes | None) -> tuple[Ell, by
         if plain_already:  # decrypted by the receiver or a tool; the CRC proves it
             return Ell(ci, cc, acc, address, session, False), rest[2:]
         raise MbusEncryptedError("encrypted extended link layer (AES-128-CTR): the meter's key is needed", 0)
-    counter = (address or link_address) + bytes((cc,)) + sn_raw + b"\x00\x00\x00"
-    try:
-        return info, _checked(crypto.ctr(key, counter, rest), "AES-128-CTR")
-    except MbusKeyError:
-        if plain_already:
-            return Ell(ci, cc, acc, address, session, False), rest[2:]
-        raise
+    # A repeater sets the hop counter bit when it relays, and cannot re-encrypt: a relayed telegram
+    # decrypts with the CC field its meter sent, the bit clear.
+    for sent_cc in dict.fromkeys((cc, cc & ~HOP_COUNTER_BIT)):
+        counter = (address or link_address) + bytes((sent_cc,)) + sn_raw + b"\x00\x00\x00"
+        with contextlib.suppress(MbusKeyError):
+            return info, _checked(crypto.ctr(key, counter, rest), "AES-128-CTR")
+    if plain_already:
+        return Ell(ci, cc, acc, address, session, False), rest[2:]
+    raise MbusKeyError("AES-128-CTR: payload CRC does not match after decryption: wrong key for this meter?")
 
 
 def _checked(data: bytes, what: str) -> bytes:

@@ -154,6 +154,7 @@ class Links:
             log.exception("wmbus.receiver_open_crashed", driver=self.device, receiver=link.name)
             self._failed(link, f"open failed: {type(exc).__name__}: {exc}", now)
             return
+        link.parser.reset()  # half a frame from before a loss would swallow the stick's answer
         commands = link.parser.setup(tuple(link.config.link_modes))
         link.parser.setup_status = None
         link.setup_sent_ns = now_ns() if commands else None

@@ -10,12 +10,17 @@ others OMS on T1), `security` ("mixed": mode 5 and 7 alternating; or "mode5", "m
 `line_faults` (0.0: share of stick frames spoiled on the serial line), `faults` (per meter index:
 {"leak_lph", "backflow_lph", "tamper", "battery_low", "silent", "mute"}), `repeater_delay_s` (0: none;
 else a single-hop repeater in range of every meter sends each telegram again this many model
-seconds later, with the hop counter bit of an extended link layer's CC field set), `out_of_range`
+seconds later, with the hop counter bit of an extended link layer's CC field set; `repeater_only`:
+[indices] of meters the receivers hear only through it), `out_of_range`
 ({"stick": [indices], "rtlwmbus": [indices]}: meters a receiver cannot hear; by default both hear
 every meter).
 Events (`component = "wmbus"`): `meter` (index), `meter_fault` (leak, backflow, tamper, battery, silent,
-mute, clear), `rate_lph`; or `receiver_fault = "drop"` (the rtl_wmbus TCP stream closes its
-connections, as when `nc` restarts; it keeps listening).
+mute, clear), `rate_lph`; `meter` with `replay = k` (the telegram that meter sent k telegrams ago is
+sent again now: a recorder replaying it, or a store-and-forward repeater flushing an old one); or
+`receiver_fault = "drop"` (the rtl_wmbus TCP stream closes its connections, as when `nc` restarts;
+it keeps listening), `"cut"` (the same, half-way through a line), `"unplug"` (the USB stick is
+pulled while sending: half a frame, then its pty closes) or `"replug"` (a new pty, the link
+repointed, the stick back in its power-on link mode S1 until it is set up again).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import heapq
+from collections import deque
 from typing import Any, Final
 
 import structlog
@@ -40,6 +46,7 @@ BITRATE: Final = {"T1": 100_000 * 2 / 3, "C1": 100_000.0}  # T1's 3-of-6 code co
 PREAMBLE_S: Final = 0.0006
 ELL_CI: Final = frozenset({0x8C, 0x8D, 0x8E, 0x8F})
 HOP_COUNTER_BIT: Final = 0x10  # ELL CC field H, set by a repeater when it relays (EN 13757-4/-5)
+REPLAY_KEPT: Final = 16  # telegrams kept per meter for `replay`
 
 
 def meter_key(seed: int, ident: int) -> bytes:
@@ -101,14 +108,18 @@ class WmbusAir:
             raise ValueError(f"wmbus: out_of_range names 'stick' and 'rtlwmbus', not {unknown[0]!r}")
         self._stick_deaf = {self.meters[i].spec.ident for i in deaf.get("stick", [])}
         self._sdr_deaf = {self.meters[i].spec.ident for i in deaf.get("rtlwmbus", [])}
+        # Meters no receiver hears directly, only through the repeater (a meter down a shaft).
+        self._repeater_only = {self.meters[int(i)].spec.ident for i in options.get("repeater_only", [])}
         self._events = sorted(ctx.events, key=lambda e: float(e.get("at", 0)))
         self._queue: list[tuple[float, int]] = []
         self._repeater_delay_s = float(options.get("repeater_delay_s", 0.0))
         self._repeats: list[tuple[float, int, bytes]] = []  # (when, meter index, telegram)
         self._last_advance: list[float] = [0.0] * count
-        # Frames on the air, delivered when their last bit has been sent: [end, telegram, meter, collided].
+        # Frames on the air, delivered when their last bit has been sent:
+        # [end, telegram, meter, collided, relayed by the repeater].
         self._on_air: list[list[Any]] = []
-        self.counters = {"sent": 0, "collisions": 0, "repeated": 0}
+        self._sent: list[deque[bytes]] = [deque(maxlen=REPLAY_KEPT) for _ in range(count)]
+        self.counters = {"sent": 0, "collisions": 0, "repeated": 0, "replayed": 0}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -131,9 +142,18 @@ class WmbusAir:
 
     def apply(self, event: dict[str, Any]) -> None:
         if "receiver_fault" in event:
-            if event["receiver_fault"] != "drop":
-                raise ValueError(f"wmbus: unknown receiver fault {event['receiver_fault']!r}")
-            self.sdr.drop_clients()
+            fault = event["receiver_fault"]
+            if fault in ("drop", "cut"):
+                self.sdr.drop_clients(mid_line=fault == "cut")
+            elif fault == "unplug":
+                self.stick.unplug()
+            elif fault == "replug":
+                self.stick.replug()
+            else:
+                raise ValueError(f"wmbus: unknown receiver fault {fault!r}")
+            return
+        if "replay" in event:
+            self.replay(int(event["meter"]), int(event["replay"]))
             return
         meter = self.meters[int(event["meter"])]
         fault, rate = str(event["meter_fault"]), float(event.get("rate_lph", 0.0))
@@ -150,6 +170,15 @@ class WmbusAir:
             meter.faults = MeterFaults()
         else:
             raise ValueError(f"wmbus: unknown meter fault {fault!r}")
+
+    def replay(self, index: int, back: int) -> None:
+        """Send again, now, the telegram meter `index` sent `back` telegrams ago (1: its latest), as a
+        recorder replaying it or a store-and-forward repeater flushing an old one would."""
+        sent = self._sent[index]
+        if not 1 <= back <= len(sent):
+            raise ValueError(f"wmbus: meter {index} has sent {len(sent)} telegram(s) kept, not {back}")
+        self.counters["replayed"] += 1
+        self._hear(sent[-back], self.meters[index], collided=False)  # close by, loud: it never collides
 
     async def _run(self) -> None:
         while True:
@@ -169,7 +198,7 @@ class WmbusAir:
             if next_repeat < next_send:
                 at, i, telegram = heapq.heappop(self._repeats)
                 self.counters["repeated"] += 1
-                self._on_air_add(at, relayed(telegram), self.meters[i])
+                self._on_air_add(at, relayed(telegram), self.meters[i], relayed=True)
                 continue
             at, i = heapq.heappop(self._queue)
             meter = self.meters[i]
@@ -185,12 +214,13 @@ class WmbusAir:
         wall = dt.datetime.now()
         telegram = meter.telegram((wall.year, wall.month, wall.day, wall.hour, wall.minute))
         self.counters["sent"] += 1
+        self._sent[index].append(telegram)
         if self._repeater_delay_s > 0:
             heapq.heappush(self._repeats, (at + self._repeater_delay_s, index, telegram))
         self._on_air_add(at, telegram, meter)
 
-    def _on_air_add(self, at: float, telegram: bytes, meter: WirelessMeter) -> None:
-        frame: list[Any] = [at + airtime_s(telegram, meter.link_mode), telegram, meter, False]
+    def _on_air_add(self, at: float, telegram: bytes, meter: WirelessMeter, *, relayed: bool = False) -> None:
+        frame: list[Any] = [at + airtime_s(telegram, meter.link_mode), telegram, meter, False, relayed]
         for other in self._on_air:
             if other[0] > at:  # still on the air: both are lost
                 other[3] = frame[3] = True
@@ -199,16 +229,21 @@ class WmbusAir:
     def _deliver(self, now: float) -> None:
         done = [f for f in self._on_air if f[0] <= now]
         self._on_air = [f for f in self._on_air if f[0] > now]
-        for _end, telegram, meter, collided in done:
-            rssi = -60.0 - 30.0 * self._rng.random()
-            ident = f"{meter.spec.ident:08d}"
+        for _end, telegram, meter, collided, by_repeater in done:
             if collided:
                 self.counters["collisions"] += 1
-            if meter.spec.ident not in self._sdr_deaf:
-                self.sdr.deliver(telegram, rssi, meter.link_mode, crc_ok=not collided, ident=ident)
-            stick_hears = meter.link_mode == self.stick.link_mode and meter.spec.ident not in self._stick_deaf
-            if not collided and stick_hears:
-                self.stick.deliver(telegram, rssi - 5.0)
+            if by_repeater or meter.spec.ident not in self._repeater_only:
+                self._hear(telegram, meter, collided=collided)
+
+    def _hear(self, telegram: bytes, meter: WirelessMeter, *, collided: bool) -> None:
+        """A frame that has left the air reaches the receivers in range."""
+        rssi = -60.0 - 30.0 * self._rng.random()
+        ident = f"{meter.spec.ident:08d}"
+        if meter.spec.ident not in self._sdr_deaf:
+            self.sdr.deliver(telegram, rssi, meter.link_mode, crc_ok=not collided, ident=ident)
+        stick_hears = meter.link_mode == self.stick.link_mode and meter.spec.ident not in self._stick_deaf
+        if not collided and stick_hears:
+            self.stick.deliver(telegram, rssi - 5.0)
 
     def describe(self) -> dict[str, Any]:
         return {

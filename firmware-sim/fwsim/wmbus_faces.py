@@ -23,6 +23,8 @@ HCI_SOF: Final = 0xA5
 AMB_SOF: Final = 0xFF
 IM871A_MODES: Final = {0x00: "S1", 0x03: "T1", 0x06: "C1"}
 AMB_MODES: Final = {0x03: "S1", 0x08: "T1", 0x0E: "C1"}
+POWER_ON_MODE: Final = "S1"  # a replugged stick's mode until it is set up again
+UNPLUG_AFTER_S: Final = 0.2  # wall seconds between the half frame and the port closing
 
 
 def _crc_ccitt(data: bytes) -> int:
@@ -48,7 +50,10 @@ class StickFace:
         self._rng = rng
         self._line_faults = line_faults
         self._inbox = bytearray()
-        self.counters = {"delivered": 0, "line_faults": 0, "commands": 0}
+        self._last_frame = b""
+        self._pulled = False
+        self._closing: asyncio.TimerHandle | None = None
+        self.counters = {"delivered": 0, "line_faults": 0, "commands": 0, "replugs": 0}
 
     @property
     def path(self) -> str:
@@ -59,13 +64,43 @@ class StickFace:
         asyncio.get_running_loop().add_reader(self._pty.master_fd, self._on_readable)
 
     def stop(self) -> None:
+        self._unplug()
+        self._pty.close()
+
+    def unplug(self, *, mid_frame: bool = True) -> None:
+        """The stick pulled out: with `mid_frame`, while it was sending a telegram (the first half
+        of a frame reaches the gateway, then the port closes a moment later)."""
+        if not self._pty.plugged or self._pulled:
+            return
+        if mid_frame and self._last_frame:
+            self._write(self._last_frame[: len(self._last_frame) // 2])
+            self._pulled = True  # nothing more leaves the stick
+            self._closing = asyncio.get_running_loop().call_later(UNPLUG_AFTER_S, self._unplug)
+        else:
+            self._pulled = True
+            self._unplug()
+
+    def replug(self) -> None:
+        """Plugged in again: a new pty (the link points at it) and the stick as it powers up, in its
+        stored link mode, not the one the gateway set in RAM."""
+        self._unplug()
+        self._pulled = False
+        self._inbox.clear()
+        self.link_mode = POWER_ON_MODE
+        self.start()
+        self.counters["replugs"] += 1
+
+    def _unplug(self) -> None:
+        if self._closing is not None:
+            self._closing.cancel()
+            self._closing = None
         if self._pty.plugged:
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(self._pty.master_fd)
-        self._pty.close()
+        self._pty.unplug()
 
     def _write(self, data: bytes) -> None:
-        if self._pty.plugged:
+        if self._pty.plugged and not self._pulled:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.write(self._pty.master_fd, data)
 
@@ -107,6 +142,8 @@ class StickFace:
 
     def deliver(self, telegram: bytes, rssi_dbm: float) -> None:
         """A telegram (L field first, no CRCs) that reached the stick intact."""
+        if self._pulled or not self._pty.plugged:
+            return
         payload = telegram[1:]  # sticks drop the L field
         if self.kind == "im871a":
             raw_rssi = max(0, min(255, round((rssi_dbm + 100.0 + 4000.0 / 150.0) * 150.0 / 80.0)))
@@ -125,6 +162,7 @@ class StickFace:
                 spoiled[-1] ^= 0x5A  # the serial checksum no longer matches
                 frame = bytes(spoiled)
         self._write(frame)
+        self._last_frame = frame
         self.counters["delivered"] += 1
 
 
@@ -136,7 +174,8 @@ class RtlWmbusFace:
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self.port = 0
-        self.counters = {"lines": 0, "crc_failed_lines": 0}
+        self._last_line = b""
+        self.counters = {"lines": 0, "crc_failed_lines": 0, "cut_bytes": 0}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._client, self._host, 0)
@@ -150,9 +189,14 @@ class RtlWmbusFace:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
-    def drop_clients(self) -> None:
-        """Close every connection and keep listening (rtl_wmbus | nc -l restarted)."""
+    def drop_clients(self, *, mid_line: bool = False) -> None:
+        """Close every connection and keep listening (rtl_wmbus | nc -l restarted); with `mid_line`,
+        after the first half of a line (the pipe's block buffering cut it)."""
         for writer in list(self._clients):
+            if mid_line and self._last_line and not writer.is_closing():
+                half = self._last_line[: len(self._last_line) // 2]
+                writer.write(half)
+                self.counters["cut_bytes"] += len(half)
             writer.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -169,7 +213,8 @@ class RtlWmbusFace:
         line = f"{link_mode};{flag};{flag};{now};{round(rssi + 140)};120;{ident};0x{telegram.hex()}\n"
         self.counters["lines"] += 1
         self.counters["crc_failed_lines"] += not crc_ok
+        self._last_line = line.encode()
         for writer in list(self._clients):
             if writer.is_closing():
                 continue
-            writer.write(line.encode())
+            writer.write(self._last_line)

@@ -48,6 +48,11 @@ class Receiver(Protocol):
         """Bytes as they arrived; the telegrams they complete."""
         ...
 
+    def reset(self) -> None:
+        """Forget a frame or line begun before the stream was lost (its bytes count as garbage): what
+        a reopened stream sends starts afresh."""
+        ...
+
 
 def build(kind: str) -> Receiver:
     if kind == "im871a":

@@ -58,6 +58,9 @@ class Amb8465:
         mode = LINK_MODE_CODES[link_modes[0]] if link_modes else LINK_MODE_CODES["T1"]
         return [command(SET_MODE_REQ, bytes((mode,)))]
 
+    def reset(self) -> None:
+        self._frames.reset()
+
     def feed(self, data: bytes) -> list[Received]:
         out: list[Received] = []
         for frame in self._frames.feed(data):

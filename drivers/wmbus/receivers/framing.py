@@ -29,6 +29,10 @@ class FrameSplitter:
         self._counters = counters
         self._buffer = bytearray()
 
+    def reset(self) -> None:
+        self._counters.garbage_bytes += len(self._buffer)
+        self._buffer.clear()
+
     def feed(self, data: bytes) -> list[bytes]:
         """The whole, checked frames that `data` completes, start byte included."""
         buf = self._buffer

@@ -75,6 +75,9 @@ class Im871a:
         # NVM flag 0 (RAM), IIFlag1 bit 0 device mode + bit 1 link mode; device mode 0 (other).
         return [message(DEVMGMT, SET_CONFIG_REQ, bytes((0x00, 0x03, 0x00, mode)))]
 
+    def reset(self) -> None:
+        self._frames.reset()
+
     def feed(self, data: bytes) -> list[Received]:
         out: list[Received] = []
         for frame in self._frames.feed(data):

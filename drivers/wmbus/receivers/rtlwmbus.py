@@ -28,6 +28,10 @@ class RtlWmbus:
     def setup(self, link_modes: tuple[str, ...]) -> list[bytes]:
         return []  # the demodulator is configured on its own command line
 
+    def reset(self) -> None:
+        self.counters.garbage_bytes += len(self._buffer)
+        self._buffer.clear()
+
     def feed(self, data: bytes) -> list[Received]:
         self._buffer += data
         out: list[Received] = []
