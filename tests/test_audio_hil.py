@@ -290,10 +290,14 @@ async def test_nan_and_infinite_samples_are_read_as_silence_counted_and_flagged(
     assert all(np.isfinite(w.samples).all() for w in windows)
     assert len(windows) == 4 * 6 - 1
     rms = [r for r in readings if r.tag == "A.rms_dbfs"]
-    assert [r.quality for r in rms] == ["good", "uncertain", "uncertain", "good", "uncertain", "uncertain"]
+    assert [r.quality for r in rms] == ["good", "uncertain", "uncertain", "good", "bad", "bad"]
     assert rms[1].reason == "2 frame(s) held NaN or infinite samples, read as 0"
     assert rms[0].value == pytest.approx(rms_db(x[:rate, 0]), abs=0.006)
     assert rms[4].value == -200.0  # read as digital silence: the models report a lost signal
+    assert rms[4].reason == (
+        f"{rate} frame(s) held NaN or infinite samples, read as 0; sensor fault: digital silence in 1 of 1 s"
+    )
+    assert all(w.faults == ("silence", "silence") for w in windows[-3:])  # kept out of the baselines
     health = d.health()
     assert health.nonfinite_frames == 3 + 2 * rate
     assert health.dropped_frames == 0

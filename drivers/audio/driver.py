@@ -13,7 +13,10 @@ capability): `add_window_listener(callback)` registers `callback(window: AudioWi
 It is called on the event loop, in time order, for every window of `window_s` seconds, one every
 `hop_s` seconds. `window.samples` is a float32 array (frames, channels), full scale +-1.0, owned by the
 callee; `start_ts_ns` is the UTC time of its first frame; `channel_names` label the columns;
-`dropped_before` counts the frames lost since the previous window (a window never spans a gap).
+`dropped_before` counts the frames lost since the previous window (a window never spans a gap);
+`faults` names, per channel, a sensor fault the window's samples show (`drivers.audio.faults`:
+digital silence, DC, mains hum only, saturation, a copy of another channel), which consumers keep
+out of what they learn and judge.
 A callback must return quickly (queue heavy work to a thread): while it runs the ring fills, and
 if it stays longer than `buffer_s` frames are dropped and counted. Listeners stay registered
 across reconnects; the returned function removes one.
@@ -38,6 +41,7 @@ from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import GOOD, Reading
 from water_edge.drivers.audio.config import AudioConfig, bands_below_nyquist
 from water_edge.drivers.audio.device import CaptureBackend, DeviceSource
+from water_edge.drivers.audio.faults import FULL_SCALE, classify, describe
 from water_edge.drivers.audio.health import AudioHealth, SourceHealth
 from water_edge.drivers.audio.levels import LevelMeter, NightTracker, db
 from water_edge.drivers.audio.ring import Chunk, FrameRing, Frames
@@ -51,8 +55,6 @@ log = structlog.get_logger(__name__)
 
 WindowListener = Callable[[AudioWindow], None]
 PROBE_S: Final = 1.0
-# A sample this close to full scale is taken as clipped (int16 full scale reads 32767/32768).
-FULL_SCALE: Final = 0.999
 
 __all__ = ["AudioConfig", "AudioDriver", "AudioWindow", "WindowListener"]
 
@@ -78,6 +80,8 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
         self.frames_captured = 0
         self.nonfinite_frames = 0
         self.clipped_frames = 0
+        self.fault_windows: dict[str, int] = {}  # "<channel>.<fault>" -> windows that showed it
+        self.sensor_faults: dict[str, str] = {}  # channel -> the fault its latest window shows
 
     @classmethod
     def from_config(cls, config: Any) -> Self:
@@ -243,6 +247,20 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
 
     def _deliver(self, window: AudioWindow) -> None:
         self.windows += 1
+        faults = classify(window.samples, window.sample_rate)
+        window = dataclasses.replace(window, faults=faults)
+        for name, fault in zip(window.channel_names, faults, strict=True):
+            if fault is None:
+                if self.sensor_faults.pop(name, None) is not None:
+                    log.info("audio.sensor_fault_cleared", driver=self.name, channel=name)
+                continue
+            key = f"{name}.{fault}"
+            self.fault_windows[key] = self.fault_windows.get(key, 0) + 1
+            if self.sensor_faults.get(name) != fault:
+                log.warning(
+                    "audio.sensor_fault", driver=self.name, channel=name, fault=fault, means=describe(fault)
+                )
+                self.sensor_faults[name] = fault
         for callback in list(self._listeners):
             try:
                 callback(window)
@@ -293,6 +311,7 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
             await asyncio.to_thread(source.stop)
         self._ring = None
         self._wake = None
+        self.sensor_faults.clear()  # unknown until audio comes again
 
     def health(self) -> AudioHealth:
         source, ring, gaps = self._source, self._ring, self.gaps.snapshot()
@@ -307,6 +326,8 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
             listener_errors=self.listener_errors,
             nonfinite_frames=self.nonfinite_frames,
             clipped_frames=self.clipped_frames,
+            sensor_faults=dict(self.sensor_faults),
+            fault_windows=dict(self.fault_windows),
             dropped_frames=gaps.dropped_frames,
             dropped_by_cause=gaps.dropped_by_cause,
             gaps=gaps.gaps,

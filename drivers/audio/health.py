@@ -8,8 +8,10 @@ kind of source, or to a source that is not open, is None.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from water_edge.drivers.audio.faults import describe
 
 SourceKind = Literal["device", "file", "stream"]
 
@@ -40,6 +42,9 @@ class SourceHealth:
     device: str | None = None  # device: the configured PortAudio device
     callbacks: int | None = None
     input_overflows: int | None = None
+    repeated_blocks: int | None = None  # blocks bitwise equal to the one before: dropped as gaps
+    clock_error_ms: float | None = None  # frame timestamps minus the gateway clock, last measured
+    clock_rate_hz: float | None = None  # the rate the frames are counted at (the card's own)
     path: str | None = None  # file
     loop: bool | None = None
     loops: int | None = None
@@ -58,6 +63,9 @@ class AudioHealth(SourceHealth):
     listener_errors: int
     nonfinite_frames: int  # frames that held NaN or infinite samples, read as 0
     clipped_frames: int  # frames with a sample at full scale: the input gain is too high
+    # channel -> the fault its latest window shows (none: absent); "<channel>.<fault>" -> windows
+    sensor_faults: dict[str, str] = field(default_factory=dict)
+    fault_windows: dict[str, int] = field(default_factory=dict)
     dropped_frames: int
     dropped_by_cause: dict[str, int]
     gaps: int
@@ -86,4 +94,18 @@ class AudioHealth(SourceHealth):
                 f"CLIPPING: {self.clipped_frames} frames at full scale ({share:.2%} of those captured): "
                 "lower the input gain"
             )
+        for channel, fault in sorted(self.sensor_faults.items()):
+            lines.append(f"SENSOR FAULT {channel}: {describe(fault)}: kept out of the models' baselines")
+        if self.fault_windows:
+            lines.append(
+                "windows with a sensor fault: "
+                + ", ".join(f"{key} {n}" for key, n in sorted(self.fault_windows.items()))
+            )
+        if self.clock_rate_hz is not None and self.clock_error_ms is not None:
+            lines.append(
+                f"clock: frames counted at {self.clock_rate_hz:g} Hz, "
+                f"{self.clock_error_ms:+g} ms from the gateway clock at the last check"
+            )
+        if self.repeated_blocks:
+            lines.append(f"{self.repeated_blocks} repeated blocks from the sound card (dropped as gaps)")
         return lines

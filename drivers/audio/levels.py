@@ -6,6 +6,9 @@ an interval covers exactly `interval_s * sample_rate` frames and a test can reco
 file. A second cut by a gap is discarded; an interval missing seconds is reported `uncertain`.
 Levels are dBFS with full scale = amplitude 1.0 (a full-scale sine reads -3.01 dBFS); with a
 per-channel calibration offset they are also given in dB (re 1 uPa for a hydrophone).
+A second in which a channel shows a sensor fault (`drivers.audio.faults`) makes that channel's
+interval `uncertain` (`bad` when every second of it was not the pipe at all: silence, DC, hum, a
+copied channel) and is left out of its night minimum.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import signal  # type: ignore[import-untyped,unused-ignore]
 
-from water_edge.core.reading import GOOD, UNCERTAIN, Quality, Reading
+from water_edge.core.reading import BAD, GOOD, UNCERTAIN, Quality, Reading
+from water_edge.drivers.audio.faults import classify, describe
 from water_edge.drivers.audio.ring import Chunk
 from water_edge.drivers.audio.window import Clock
 
@@ -61,7 +65,9 @@ class NightTracker:
         self._history: deque[F64] = deque(maxlen=history)
 
     def feed(self, ts_ns: int, level_db: F64) -> tuple[F64, F64 | None] | None:
-        """Feed one 1-s level per channel; returns (night minimum, spread) when a night closes."""
+        """Feed one 1-s level per channel (+inf: a second not to count, a sensor fault); returns
+        (night minimum, spread) when a night closes. A channel with no second counted in a night
+        has +inf as its minimum, and NaN as its spread while fewer than 2 of its nights counted."""
         t = ts_ns / 1e9
         local = self._localtime(t)
         minute = local.tm_hour * 60 + local.tm_min
@@ -85,7 +91,15 @@ class NightTracker:
         self._min = np.full_like(self._min, np.inf)
         spread = None
         if len(self._history) >= 2:
-            spread = np.std(np.stack(self._history), axis=0, ddof=1)
+            history = np.stack(self._history)
+            spread = np.array(
+                [
+                    np.std(col[np.isfinite(col)], ddof=1)
+                    if np.count_nonzero(np.isfinite(col)) >= 2
+                    else np.nan
+                    for col in history.T
+                ]
+            )
         return minimum, spread
 
 
@@ -129,6 +143,7 @@ class LevelMeter:
         self._peak = np.zeros(ch)
         self._psd_sum = np.zeros((len(freqs), ch))
         self._nonfinite: dict[int, int] = {}  # interval -> frames that held NaN or inf (read as 0)
+        self._faults: list[dict[str, int]] = [{} for _ in range(ch)]  # this interval: fault -> seconds
 
     def feed(self, chunks: Sequence[Chunk], nonfinite: npt.NDArray[np.int64] | None = None) -> list[Reading]:
         """Readings of the intervals `chunks` complete; `nonfinite`: absolute indices of their frames
@@ -176,8 +191,13 @@ class LevelMeter:
         _, psd = signal.welch(x, fs=self.sr, nperseg=self.nfft, axis=0, detrend=False)
         self._psd_sum += psd
         self._seconds += 1
+        level = db(ms)
+        for c, fault in enumerate(classify(self._sec, self.sr)):
+            if fault is not None:
+                self._faults[c][fault] = self._faults[c].get(fault, 0) + 1
+                level[c] = np.inf  # not the pipe's level: out of the night minimum
         ts = self.clock.ts(self._origin + k * self.sr)
-        closed = self.night.feed(ts, db(ms))
+        closed = self.night.feed(ts, level)
         if closed is not None:
             out.extend(self._night_readings(ts, *closed))
         if k % self.interval_s == self.interval_s - 1:
@@ -196,7 +216,6 @@ class LevelMeter:
             why.append(f"{nonfinite} frame(s) held NaN or infinite samples, read as 0")
         for stale in [k for k in self._nonfinite if k < self._interval]:  # in seconds cut by a gap
             del self._nonfinite[stale]
-        reason = "; ".join(why) or None
         if why:
             quality = UNCERTAIN
         rms = db(self._ms_sum / n)
@@ -204,11 +223,27 @@ class LevelMeter:
         psd = self._psd_sum / n
         out: list[Reading] = []
         for c, name in enumerate(self.names):
-
-            def put(tag: str, value: float, unit: str, c_name: str = name) -> None:
-                out.append(
-                    Reading(self.source, f"{c_name}.{tag}", ts, round(float(value), 2), quality, unit, reason)
+            c_quality, c_why = quality, list(why)
+            if faults := self._faults[c]:
+                # not the pipe all along: bad; saturated (the pipe, distorted) or in part: uncertain
+                not_pipe = sum(s for f, s in faults.items() if f != "clipping")
+                c_quality = BAD if not_pipe >= n else UNCERTAIN
+                c_why.append(
+                    "sensor fault: "
+                    + ", ".join(f"{describe(f)} in {s} of {n} s" for f, s in sorted(faults.items()))
                 )
+            reason = "; ".join(c_why) or None
+
+            def put(
+                tag: str,
+                value: float,
+                unit: str,
+                *,
+                c_name: str = name,
+                q: Quality = c_quality,
+                r: str | None = reason,
+            ) -> None:
+                out.append(Reading(self.source, f"{c_name}.{tag}", ts, round(float(value), 2), q, unit, r))
 
             put("rms_dbfs", rms[c], "dBFS")
             put("peak_dbfs", peak[c], "dBFS")
@@ -222,6 +257,7 @@ class LevelMeter:
                 else:
                     put(f"band_{band_label(fc)}hz_db", level + cal, "dB")
         self._seconds = 0
+        self._faults = [{} for _ in self.names]
         self._ms_sum[:] = 0
         self._peak[:] = 0
         self._psd_sum[:] = 0
@@ -230,6 +266,8 @@ class LevelMeter:
     def _night_readings(self, ts: int, minimum: F64, spread: F64 | None) -> list[Reading]:
         out = []
         for c, name in enumerate(self.names):
+            if not np.isfinite(minimum[c]):  # no second of this night without a sensor fault
+                continue
             if self.calibration is None:
                 out.append(
                     Reading(
@@ -239,7 +277,7 @@ class LevelMeter:
             else:
                 value = float(minimum[c] + self.calibration[c])
                 out.append(Reading(self.source, f"{name}.night_min_db", ts, round(value, 2), GOOD, "dB"))
-            if spread is not None:
+            if spread is not None and np.isfinite(spread[c]):
                 out.append(
                     Reading(
                         self.source, f"{name}.night_min_spread_db", ts, round(float(spread[c]), 2), GOOD, "dB"

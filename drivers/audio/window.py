@@ -26,6 +26,9 @@ class AudioWindow:
     samples: Frames
     channel_names: tuple[str, ...]
     dropped_before: int = 0
+    # Per channel, the sensor fault its samples show (`drivers.audio.faults`: "silence", "dc",
+    # "mains_hum", "clipping", "duplicate"), or None; empty when not classified.
+    faults: tuple[str | None, ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -33,14 +36,35 @@ class AudioWindow:
 
 
 class Clock:
-    """Maps absolute frame indices to UTC ns: index 0 was sampled at `t0_ns`."""
+    """Maps absolute frame indices to UTC ns: index 0 was sampled at `t0_ns`, then one frame every
+    1/sample_rate s, until `steer` says how long a frame really lasts from some index on (a sound
+    card's clock is a little off: timestamps would drift from the wall clock by seconds a day)."""
 
     def __init__(self, t0_ns: int, sample_rate: int) -> None:
         self.t0_ns = t0_ns
         self.sample_rate = sample_rate
+        # (from index, its ts, ns per frame) of the steered segments: the one before and the latest,
+        # swapped as one tuple so a reader on another thread sees a consistent pair.
+        self._steered: tuple[tuple[int, int, float], tuple[int, int, float]] | None = None
 
     def ts(self, index: int) -> int:
-        return self.t0_ns + index * 1_000_000_000 // self.sample_rate
+        steered = self._steered
+        if steered is None:
+            return self.t0_ns + index * 1_000_000_000 // self.sample_rate
+        before, latest = steered
+        start, start_ns, period = latest if index >= latest[0] else before
+        return start_ns + round((index - start) * period)
+
+    def steer(self, index: int, period_ns: float) -> None:
+        """From frame `index` on, a frame lasts `period_ns`; the timestamps stay continuous."""
+        here = (index, self.ts(index), period_ns)
+        steered = self._steered
+        before = (0, self.t0_ns, 1e9 / self.sample_rate) if steered is None else steered[1]
+        self._steered = (before, here)
+
+    def restart(self, index: int, ts_ns: int) -> None:
+        """Frame `index` was sampled at `ts_ns` (the wall clock stepped): count from there."""
+        self._steered = ((index, ts_ns, 1e9 / self.sample_rate), (index, ts_ns, 1e9 / self.sample_rate))
 
 
 class Windower:

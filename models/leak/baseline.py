@@ -68,6 +68,9 @@ class CheckStats:
     p90: FloatArray
     clf_logit: float | None = None  # median classifier log-odds over the check's windows
     tonal: FloatArray | None = None  # median band tonality (dB, `levels.second_bands`)
+    # Seconds the audio driver saw saturated at full scale: judged (a leak may be that loud), never
+    # learnt from (every band of a clipped second is distorted).
+    saturated_s: int = 0
 
     @classmethod
     def from_levels(
@@ -79,13 +82,14 @@ class CheckStats:
         start_ns: int = 0,
         probabilities: Sequence[float] = (),
         tonality: FloatArray | None = None,
+        saturated_s: int = 0,
     ) -> CheckStats:
         if levels.ndim != 2 or levels.shape[1] != features.N_BANDS or levels.shape[0] < 1:
             raise BaselineError(f"need one-second band levels shaped (n, {features.N_BANDS})")
         p10, p50, p90 = np.percentile(levels, [10, 50, 90], axis=0)
         clf = float(np.median([logit(p) for p in probabilities])) if len(probabilities) else None
         tonal = None if tonality is None or tonality.shape[0] == 0 else np.median(tonality, axis=0)
-        return cls(night, index, start_ns, int(levels.shape[0]), p10, p50, p90, clf, tonal)
+        return cls(night, index, start_ns, int(levels.shape[0]), p10, p50, p90, clf, tonal, saturated_s)
 
     @property
     def spread(self) -> FloatArray:
@@ -120,7 +124,7 @@ class CheckStats:
             "p90": _r(self.p90),
             "clf_logit": None if self.clf_logit is None else round(self.clf_logit, 3),
             "tonal": None if self.tonal is None else _r(self.tonal),
-        }
+        } | ({"saturated_s": self.saturated_s} if self.saturated_s else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CheckStats:
@@ -140,6 +144,7 @@ class CheckStats:
                 arrays[2],
                 None if clf is None else float(clf),
                 None if tonal is None else _bands(tonal),
+                int(d.get("saturated_s", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BaselineError(f"not a check record: {exc}") from exc
@@ -210,7 +215,13 @@ class Baseline:
                 f"sensor {sensor}: no signal in any of its {len(checks)} check(s) (digital silence): "
                 "is the hydrophone connected and its input enabled?"
             )
-        checks = heard
+        clean = [c for c in heard if not c.saturated_s]
+        if heard and not clean:
+            raise BaselineError(
+                f"sensor {sensor}: every one of its {len(heard)} check(s) held audio saturated at full "
+                "scale: lower the input gain"
+            )
+        checks = clean
         if len(checks) < max(1, min_checks):
             raise BaselineError(f"sensor {sensor}: {len(checks)} quiet check(s), need at least {min_checks}")
         p10 = np.stack([c.p10 for c in checks])

@@ -17,6 +17,13 @@ probability (it runs every `classifier_every_s`, day and night, for the status),
 - **not heard**: a check of digital silence, or whose bands lie `judge.SIGNAL_LOST_DB` below the
   baseline, is not judged (a dead input must never read as a leak): `hydrophone_signal_lost` once,
   `hydrophone_signal_restored` when it is heard again; silent nights are not learned from.
+- **sensor faults**: a second that overlaps a window the audio driver marked with a sensor fault on
+  the sensor's channel (`AudioWindow.faults`: digital silence, DC, mains hum only, a copy of the
+  other channel) is left out of the check (counted, `fault_seconds`): a dropout of zeros is not the
+  pipe's quiet. A check left with too few seconds is neither stored nor judged; when the faults
+  filled it, that is `hydrophone_signal_lost` with the fault as the reason. A second saturated at
+  full scale (`clipping`) is the pipe, distorted: it is judged (a leak may be that loud) but its
+  check (`CheckStats.saturated_s`) is never learnt from (`saturated_seconds`).
 
 A baseline written by `edge-agent models calibrate leak` or the `leak_calibration` command is
 picked up at the next check. Windows come from the device's `WindowSource` on the event loop; a
@@ -55,6 +62,13 @@ from water_edge.models.runtime import load_model
 log = structlog.get_logger(__name__)
 
 NS = 1_000_000_000
+# The audio driver's sensor faults (`AudioWindow.faults`), as the lost-signal event words them.
+FAULT_REASONS = {
+    "silence": "digital silence",
+    "dc": "sensor fault: a constant value (DC only)",
+    "mains_hum": "sensor fault: mains hum only (a hydrophone disconnected at its preamp?)",
+    "duplicate": "sensor fault: a copy of another channel",
+}
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -73,6 +87,8 @@ class SensorHealth:
     last_rise_db: float | None  # the strongest judged band's rise in the last check
     signal_lost_since: str | None = None  # night since which the hydrophone is not heard
     last_error: str | None = None  # why its stored baseline cannot be used (a damaged file)
+    fault_seconds: int = 0  # night seconds left out: the audio driver saw a sensor fault in them
+    saturated_seconds: int = 0  # night seconds saturated at full scale: judged, never learnt from
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,10 @@ class LeakHealth:
                 )
             if s.signal_lost_since is not None:
                 lines[-1] += f", SIGNAL LOST since {s.signal_lost_since}"
+            if s.fault_seconds:
+                lines[-1] += f", {s.fault_seconds} s with a sensor fault left out"
+            if s.saturated_seconds:
+                lines[-1] += f", {s.saturated_seconds} s saturated (not learnt from: lower the gain)"
             if s.last_error is not None:
                 lines.append(f"{name}: {s.last_error}")
         return lines
@@ -127,6 +147,12 @@ class _Sensor:
     signal_lost_since: str | None = None  # night of the first check not heard, while it lasts
     last_error: str | None = None
     night_quiet: deque[tuple[str, float]] = field(default_factory=lambda: deque(maxlen=30))
+    faulty: deque[tuple[int, int, str]] = field(default_factory=deque)  # (from, to ns, fault) marked
+    fault_seconds: int = 0  # night seconds left out for a sensor fault, since start
+    check_faults: dict[str, int] = field(default_factory=dict)  # this check: fault -> seconds
+    saturated: deque[tuple[int, int]] = field(default_factory=deque)  # (from, to ns) marked clipping
+    saturated_seconds: int = 0  # night seconds saturated at full scale, since start
+    check_saturated: int = 0  # this check's
 
 
 class AudioLeakProcessor:
@@ -239,18 +265,30 @@ class AudioLeakProcessor:
         start = int(win.start_ts_ns)
         n = samples.shape[0]
         end = start + n * NS // rate
+        if self._next_ns is not None and end <= self._next_ns:  # nothing new: the clock stepped back
+            self._next_ns = None
         if self._next_ns is not None and start < self._next_ns:  # overlapping windows: new part only
             skip = round((self._next_ns - start) * rate / NS)
             samples = samples[skip:]
             if samples.shape[0] == 0:
                 return []
-        elif self._next_ns is None or start > self._next_ns + NS // 2:  # first window or a gap
+        elif (
+            self._next_ns is None
+            or start > self._next_ns + NS // 2
+            or getattr(win, "dropped_before", 0) > 0  # frames lost before it: not a continuous clip
+        ):  # first window or a gap
             for s in self.sensors:
                 s.decimator, s.pending = Decimator(rate), np.zeros(0)
             self._second_ns = start
         self._next_ns = end
+        faults = tuple(getattr(win, "faults", ()) or ())
         events: list[Event] = []
         for s in self.sensors:
+            fault = faults[s.channel] if s.channel < len(faults) else None
+            if fault == "clipping":
+                s.saturated.append((start, end))
+            elif fault is not None:
+                s.faulty.append((start, end, str(fault)))
             canon = s.decimator.feed(samples[:, s.channel]) if s.channel < samples.shape[1] else np.zeros(0)
             s.pending = np.concatenate([s.pending, canon])
         whole = min(s.pending.size for s in self.sensors) // SECOND if self.sensors else 0
@@ -276,6 +314,16 @@ class AudioLeakProcessor:
         keep = int(self.section.correlate_s)
         for s in self.sensors:
             x, s.pending = s.pending[:SECOND], s.pending[SECOND:]
+            if (fault := self._fault_in(s, ts)) is not None:
+                # not the pipe: neither scored, nor in the check, nor correlated across
+                s.tail, s.ring = np.zeros(0), deque()
+                if key is not None:
+                    s.fault_seconds += 1
+                    s.check_faults[fault] = s.check_faults.get(fault, 0) + 1
+                continue
+            if key is not None and self._saturated_in(s, ts):
+                s.saturated_seconds += 1
+                s.check_saturated += 1
             x = x - x.mean()
             s.tail = np.concatenate([s.tail, x])[-features.WINDOW :]
             p = None
@@ -295,6 +343,23 @@ class AudioLeakProcessor:
                 s.ring.popleft()
         return events
 
+    @staticmethod
+    def _fault_in(s: _Sensor, ts: int) -> str | None:
+        """The sensor fault of a marked window overlapping the second from `ts`, if any."""
+        while s.faulty and s.faulty[0][1] <= ts:
+            s.faulty.popleft()
+        for start, end, fault in s.faulty:
+            if start < ts + NS and end > ts:
+                return fault
+        return None
+
+    @staticmethod
+    def _saturated_in(s: _Sensor, ts: int) -> bool:
+        """Whether a window marked saturated overlaps the second from `ts`."""
+        while s.saturated and s.saturated[0][1] <= ts:
+            s.saturated.popleft()
+        return any(start < ts + NS and end > ts for start, end in s.saturated)
+
     def _check_index(self, night: date, ts: int) -> int:
         start_min = minutes(self.section.night_start)
         local_start = datetime(night.year, night.month, night.day, start_min // 60, start_min % 60)
@@ -309,8 +374,12 @@ class AudioLeakProcessor:
         positive: list[_Sensor] = []
         for s in self.sensors:
             levels, tonal, probs = s.levels, s.tonal, s.probs
+            faults, s.check_faults = s.check_faults, {}
+            saturated, s.check_saturated = s.check_saturated, 0
             s.levels, s.tonal, s.probs = [], [], []
             if len(levels) < need:
+                if sum(faults.values()) >= need:
+                    events += self._fault_lost(s, faults, night)
                 continue
             check = CheckStats.from_levels(
                 np.array(levels),
@@ -319,6 +388,7 @@ class AudioLeakProcessor:
                 start_ns=self._second_ns - len(levels) * NS if self._second_ns else 0,
                 probabilities=probs,
                 tonality=np.array(tonal),
+                saturated_s=saturated,
             )
             not_stored = self._store_check(s, check)
             s.checks += 1
@@ -332,9 +402,10 @@ class AudioLeakProcessor:
             if stored is not None and (s.baseline is None or stored.version != s.baseline.version):
                 s.baseline, s.confirmation = stored, self.new_confirmation()
             if s.baseline is None:
-                # Nights of digital silence (no hydrophone on the input) are not nights heard.
+                # Nights of digital silence (no hydrophone on the input) are not nights heard, nor
+                # are checks of a saturated input (distorted bands) learnt from.
                 stored_checks = self._stored_checks(s)
-                heard = [c for c in stored_checks or [] if not c.silent]
+                heard = [c for c in stored_checks or [] if not c.silent and not c.saturated_s]
                 if stored_checks is not None:  # unreadable: the count stays as it was
                     s.nights_heard = len({c.night for c in heard})
                 events += self._signal(s, check.silent, check, None, night)
@@ -352,7 +423,7 @@ class AudioLeakProcessor:
             if j.positive:
                 positive.append(s)
             if change is not None:
-                events.append(self._event(s, change, j, night))
+                events.append(self._event(s, change, j, night, check.saturated_s))
         if len(positive) >= 2:
             self._locate(positive, events)
         return events
@@ -431,6 +502,23 @@ class AudioLeakProcessor:
         log.warning("leak.signal_lost", sensor=s.name, reason=detail["reason"])
         return [Event("hydrophone_signal_lost", s.name, self._now(), "warning", None, detail)]
 
+    def _fault_lost(self, s: _Sensor, faults: dict[str, int], night: date) -> list[Event]:
+        """`hydrophone_signal_lost` for a check the driver's sensor faults filled (once, as `_signal`)."""
+        if s.signal_lost_since is not None:
+            return []
+        s.signal_lost_since = night.isoformat()
+        fault = max(faults, key=lambda f: faults[f])
+        reason = FAULT_REASONS.get(fault, f"sensor fault: {fault}")
+        log.warning("leak.signal_lost", sensor=s.name, reason=reason)
+        detail: dict[str, Any] = {
+            "sensor": s.name,
+            "night": night.isoformat(),
+            "reason": reason,
+            "fault_seconds": dict(sorted(faults.items())),
+            "action": "check the hydrophone, its cable, its gain and the audio input",
+        }
+        return [Event("hydrophone_signal_lost", s.name, self._now(), "warning", None, detail)]
+
     def _baseline_detail(self, b: Baseline) -> dict[str, Any]:
         return {
             "sensor": b.sensor,
@@ -443,7 +531,7 @@ class AudioLeakProcessor:
     def _now(self) -> int:
         return self._second_ns or 0
 
-    def _event(self, s: _Sensor, change: str, j: Judgement, night: date) -> Event:
+    def _event(self, s: _Sensor, change: str, j: Judgement, night: date, saturated_s: int = 0) -> Event:
         b = s.baseline
         assert b is not None
         detail: dict[str, Any] = {
@@ -456,6 +544,8 @@ class AudioLeakProcessor:
             "night_quiet_trend_db": [q for _, q in s.night_quiet],
             **j.evidence(),
         }
+        if saturated_s:  # judged all the same (a leak may be that loud); the technician should know
+            detail["input_saturated_s"] = saturated_s
         ts = self._now()
         if change == "warning":
             log.warning("leak.warning", sensor=s.name, bands=[r["band_hz"] for r in j.risen])
@@ -524,6 +614,8 @@ class AudioLeakProcessor:
                 last_rise_db=None if s.last is None else round(max(s.last.rise_db.values(), default=0.0), 1),
                 signal_lost_since=s.signal_lost_since,
                 last_error=s.last_error,
+                fault_seconds=s.fault_seconds,
+                saturated_seconds=s.saturated_seconds,
             )
         for name, why in self.missing.items():
             sensors[name] = SensorHealth("missing", None, None, None, None, 0, 0, 0, None, None, why)

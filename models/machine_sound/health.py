@@ -33,6 +33,8 @@ class MachineSoundHealth:
     last_score: float | None
     recent_scores: list[float]  # the last few clips' scores, oldest first
     last_error: str | None
+    clips_faulty: int = 0  # windows left out and clips abandoned for a sensor fault the driver saw
+    clips_saturated: int = 0  # clips saturated at full scale: scored once armed, never learnt from
 
     def status_lines(self) -> list[str]:
         if self.state == "learning":
@@ -48,6 +50,15 @@ class MachineSoundHealth:
             lines.append(
                 f"{self.clips_dropped} clips dropped (scoring behind), "
                 f"{self.clips_broken} broken by lost audio"
+            )
+        if self.clips_faulty:
+            lines.append(
+                f"{self.clips_faulty} windows or clips left out for a sensor fault "
+                "(hum, a dead or copied channel): neither learnt nor scored"
+            )
+        if self.clips_saturated:
+            lines.append(
+                f"{self.clips_saturated} clips saturated at full scale: not learnt from (lower the gain)"
             )
         if self.last_error:
             lines.append(f"last error: {self.last_error}")

@@ -82,6 +82,7 @@ class MachineSoundProcessor:
         self._record = AlarmRecord(machine_dir(state_dir, section.name))
         self._state: _State | None = None
         self.clips = self.clips_dropped = self.clips_stopped = self.clips_silent = 0
+        self.clips_saturated = 0
         self._silent_since_ns: int | None = None
         self.scored = self.events = 0
         self.last_score: float | None = None
@@ -179,7 +180,13 @@ class MachineSoundProcessor:
         if floor is not None and level_dbfs < floor:
             self.clips_stopped += 1
             return
-        state.pending.append((clip.start_ts_ns, features))
+        if clip.saturated:
+            # distorted: never into the history calibrations are computed from; scored once armed
+            self.clips_saturated += 1
+            if state.cal is None:
+                return
+        else:
+            state.pending.append((clip.start_ts_ns, features))
         if len(state.pending) >= FLUSH_CLIPS:
             await asyncio.to_thread(self._flush, state)
             await self._report_history(state, emit)
@@ -335,4 +342,6 @@ class MachineSoundProcessor:
             last_score=None if self.last_score is None else round(self.last_score, 4),
             recent_scores=[round(v, 3) for _, v in list(state.scores)[-10:]] if state else [],
             last_error=self.last_error,
+            clips_faulty=self._assembler.faulty,
+            clips_saturated=self.clips_saturated,
         )
