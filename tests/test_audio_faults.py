@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from tests.support.supervised import supervised
 from tests.support.testing import eventually
-from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.reading import Event, Reading
 from water_edge.drivers.audio import device as device_module
 from water_edge.drivers.audio.config import AudioConfig
@@ -571,44 +571,37 @@ async def test_a_usb_interface_unplugged_and_plugged_back_is_seen_and_recovers_w
     driver = AudioDriver(config)
     windows: list[AudioWindow] = []
     driver.add_window_listener(windows.append)
-    events: list[Event] = []
-    readings: list[Reading] = []
-
-    async def on_readings(_stream: str, batch: list[Reading]) -> None:
-        readings.extend(batch)
-
-    async def on_event(event: Event) -> None:
-        events.append(event)
-
-    runner = DeviceRunner(config, driver, on_readings, on_event, backoff_min_s=0.2, backoff_max_s=0.5)
-    task = asyncio.create_task(runner.run())
     try:
-        await eventually(lambda: any(r.tag == "A.rms_dbfs" and r.quality == "good" for r in readings), 10)
-        pa.plugged.remove(usb)  # unplugged
-        unplugged = time.monotonic()
-        await eventually(lambda: any(e.kind == "driver_down" for e in events), 10)
-        noticed = time.monotonic() - unplugged
-        assert noticed < 1.5  # PortAudio said the stream died: before the 2 s stall timeout
-        assert runner.stats.state == "down"
-        down = next(e for e in events if e.kind == "driver_down")
-        assert "stopped delivering audio" in str(down.detail)
-        n = len(readings)
-        await eventually(lambda: any(r.quality == "bad" and r.tag == "A.rms_dbfs" for r in readings[n:]), 10)
+        async with supervised(config, driver) as run:
+            readings, events, runner = run.readings, run.events, run.runner
+            await eventually(lambda: any(r.tag == "A.rms_dbfs" and r.quality == "good" for r in readings), 10)
+            pa.plugged.remove(usb)  # unplugged
+            unplugged = time.monotonic()
+            await eventually(lambda: any(e.kind == "driver_down" for e in events), 10)
+            noticed = time.monotonic() - unplugged
+            assert noticed < 1.5  # PortAudio said the stream died: before the 2 s stall timeout
+            assert runner.stats.state == "down"
+            down = next(e for e in events if e.kind == "driver_down")
+            assert "stopped delivering audio" in str(down.detail)
+            n = len(readings)
+            await eventually(
+                lambda: any(r.quality == "bad" and r.tag == "A.rms_dbfs" for r in readings[n:]), 10
+            )
 
-        # Plugged back into another port: the kernel gives it another card number, PortAudio
-        # another index. Before: PortAudio's list from start-up still held the old entry, every
-        # reopen failed with "Device unavailable", and only an agent restart brought it back.
-        pa.plugged.insert(0, FakeCard("Scarlett Solo USB: Audio (hw:2,0)"))
-        await eventually(lambda: any(e.kind == "driver_up" for e in events), 10)
-        n = len(readings)
-        await eventually(lambda: any(r.tag == "A.rms_dbfs" and r.quality == "good" for r in readings[n:]), 10)
-        assert runner.stats.crashes == 0
-        assert pa.streams[-1].device == 0
-        assert pa.restarts_with_streams_open == 0
-        assert all(w.faults == (None,) for w in windows)  # no zeros stood in for the gap
+            # Plugged back into another port: the kernel gives it another card number, PortAudio
+            # another index. Before: PortAudio's list from start-up still held the old entry, every
+            # reopen failed with "Device unavailable", and only an agent restart brought it back.
+            pa.plugged.insert(0, FakeCard("Scarlett Solo USB: Audio (hw:2,0)"))
+            await eventually(lambda: any(e.kind == "driver_up" for e in events), 10)
+            n = len(readings)
+            await eventually(
+                lambda: any(r.tag == "A.rms_dbfs" and r.quality == "good" for r in readings[n:]), 10
+            )
+            assert runner.stats.crashes == 0
+            assert pa.streams[-1].device == 0
+            assert pa.restarts_with_streams_open == 0
+            assert all(w.faults == (None,) for w in windows)  # no zeros stood in for the gap
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         await driver.aclose()
 
 

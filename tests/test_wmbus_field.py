@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.supervised import supervised
 from tests.support.testing import eventually
 from tests.test_wmbus_driver import air_factory, stick_config, volumes
-from water_edge.agent.supervisor import DeviceRunner
-from water_edge.core.reading import Event, Reading
+from water_edge.core.reading import Reading
 from water_edge.drivers.wmbus.config import WmbusConfig
 from water_edge.drivers.wmbus.driver import WmbusDriver
 
@@ -223,18 +223,8 @@ async def test_a_stick_pulled_mid_frame_and_plugged_back_in_is_reopened_and_set_
     assert sim is not None
     config = stick_config(air, [air.meter(0), air.meter(1)])
     driver = WmbusDriver.from_config(config)
-    readings: list[Reading] = []
-    events: list[Event] = []
-
-    async def on_readings(stream: str, got: list[Reading]) -> None:
-        readings.extend(got)
-
-    async def on_event(event: Event) -> None:
-        events.append(event)
-
-    runner = DeviceRunner(config, driver, on_readings, on_event, backoff_min_s=0.2, backoff_max_s=0.5)
-    task = asyncio.create_task(runner.run())
-    try:
+    async with supervised(config, driver) as run:
+        readings, events = run.readings, run.events
         await eventually(lambda: volumes(readings, "m0") and volumes(readings, "m1"), 10)
         sim.apply({"component": "wmbus", "receiver_fault": "unplug"})
         await eventually(lambda: any(e.kind == "driver_down" for e in events), 10)
@@ -251,10 +241,6 @@ async def test_a_stick_pulled_mid_frame_and_plugged_back_in_is_reopened_and_set_
         after = len(readings)
         await eventually(lambda: volumes(readings[after:], "m0") and volumes(readings[after:], "m1"), 10)
         health = driver.health()
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
     assert [e.kind for e in events] == ["driver_down", "driver_up"]
     # The half frame is counted as bytes that were no frame, not as a corrupted telegram.
     assert health.crc_errors == 0
@@ -281,28 +267,14 @@ async def test_an_rtl_wmbus_stream_cut_mid_line_loses_no_telegram_after_it_recon
          "meters": [air.meter(0), air.meter(1)]}
     )  # fmt: skip
     driver = WmbusDriver.from_config(config)
-    readings: list[Reading] = []
-    events: list[Event] = []
-
-    async def on_readings(stream: str, got: list[Reading]) -> None:
-        readings.extend(got)
-
-    async def on_event(event: Event) -> None:
-        events.append(event)
-
-    runner = DeviceRunner(config, driver, on_readings, on_event, backoff_min_s=0.2, backoff_max_s=0.5)
-    task = asyncio.create_task(runner.run())
-    try:
+    async with supervised(config, driver) as run:
+        readings, events = run.readings, run.events
         await eventually(lambda: volumes(readings, "m0") and volumes(readings, "m1"), 10)
         sim.apply({"component": "wmbus", "receiver_fault": "cut"})
         await eventually(lambda: driver.health().receivers[0].reopens == 1, 10)
         after = len(readings)
         await eventually(lambda: len(volumes(readings[after:], "m0")) >= 3, 10)
         health = driver.health()
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
     assert [e.kind for e in events] == ["driver_down", "driver_up"]
     half_line = sim.sdr.counters["cut_bytes"]
     assert half_line > 0
