@@ -24,6 +24,7 @@ from scipy.io import wavfile
 
 from tests.support.supervised import supervised
 from tests.support.testing import eventually
+from tests.test_leak_field import SECTION
 from water_edge.core.reading import Event, Reading
 from water_edge.drivers.audio import device as device_module
 from water_edge.drivers.audio.config import AudioConfig
@@ -36,7 +37,6 @@ from water_edge.drivers.audio.source import GapLog
 from water_edge.drivers.audio.window import AudioWindow, Clock, Windower
 from water_edge.models.leak.baseline import Baseline, BaselineError
 from water_edge.models.leak.calibration import calibrate_sensor
-from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.processor import AudioLeakProcessor
 from water_edge.models.leak.store import SensorStore
 from water_edge.models.machine_sound.clips import ClipAssembler
@@ -223,20 +223,6 @@ def test_what_is_and_is_not_a_sensor_fault() -> None:
 
 
 # --- the leak baseline never learns a fault as the pipe's quiet -------------------------------
-
-SECTION = LeakModelSection(
-    device="hyd",
-    timezone="Europe/Amsterdam",
-    night_start="02:00",
-    night_end="02:02",
-    check_minutes=1,
-    baseline_nights=3,
-    classifier_every_s=10,
-    material="ductile_iron",
-    diameter_mm=150,
-    spacing_m=100,
-    correlate_s=20,
-)
 
 
 async def test_a_dropout_and_a_hydrophone_off_its_preamp_stay_out_of_the_leak_baseline(

@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from tests.support.opcua_sim import Sim, opcua_station
 from tests.support.testing import eventually
+from tests.test_opcua_driver import collect
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Event, Reading
@@ -79,18 +80,6 @@ def first(got: list[Arrived], since: float, test: Callable[[Reading], bool]) -> 
     return next((a for a in got if a.at >= since and test(a.reading)), None)
 
 
-async def batches(
-    drv: OpcUaDriver, until: Callable[[list[Reading]], bool], within_s: float = 10.0
-) -> list[Reading]:
-    got: list[Reading] = []
-    async with asyncio.timeout(within_s):
-        async for batch in drv.stream():
-            got += batch
-            if until(got):
-                return got
-    raise AssertionError(f"the stream ended after {len(got)} readings")
-
-
 # --- 2. the session stays, the subscription goes ---------------------------------------------------
 
 
@@ -132,7 +121,7 @@ async def test_a_subscription_that_stops_publishing_is_noticed_within_stale_afte
     drv = driver(sim.url, [TICKS])
     await drv.open()
     try:
-        await batches(drv, bool)
+        await collect(drv, bool)
         sim.component.hold_publishes()
         held_at = time.monotonic()
         try:
@@ -176,7 +165,7 @@ async def test_uncertain_and_bad_values_are_counted_in_the_drivers_status(sim: S
             speeds = [r.quality for r in readings if r.tag == "speed"]
             return "bad" in flows and "uncertain" in speeds
 
-        pushed = await batches(drv, both)
+        pushed = await collect(drv, both)
         polled = await drv.read()
         health = drv.health()
     finally:
@@ -252,9 +241,9 @@ async def test_a_node_deleted_while_subscribed_reads_bad_not_its_last_value(sim:
     drv = driver(sim.url, [{"name": "flow", "node": "ns=2;s=pump1.flow"}, TICKS], **FAST)
     await drv.open()
     try:
-        before = await batches(drv, lambda rs: any(r.tag == "flow" for r in rs))
+        before = await collect(drv, lambda rs: any(r.tag == "flow" for r in rs))
         await sim.component.delete_point("pump1.flow")
-        after = await batches(
+        after = await collect(
             drv, lambda rs: any(r.tag == "flow" for r in rs) and sum(r.tag == "ticks" for r in rs) > 5
         )
         health = drv.health()
