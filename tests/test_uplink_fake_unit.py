@@ -176,7 +176,7 @@ async def test_rows_are_deleted_only_on_a_success_puback() -> None:
         await broker.wait_until(lambda: box.pending() == 0)
 
 
-async def test_a_failed_puback_drops_the_connection_and_the_row_is_sent_again_not_skipped() -> None:
+async def test_a_failed_puback_keeps_the_row_sets_its_stream_aside_and_sends_it_again_later() -> None:
     box = filled(5)
     broker = FakeBroker()
     refused: list[int] = []
@@ -193,17 +193,36 @@ async def test_a_failed_puback_drops_the_connection_and_the_row_is_sent_again_no
             await broker.wait_until(lambda: box.pending() == 0)
             states = list(rig.states.states)
             health = rig.uplink.health()
-    first, second = broker.connections[:2]
-    assert seqs(first.sent) == [1, 2, 3, 4, 5]
-    assert first.disconnected, "the connection is closed after a failure reason code"
-    # Row 1 was acknowledged before the failure; rows 3-5 were acknowledged after it, on a
-    # connection whose acks no longer count, so they go again too, in order.
-    assert seqs(second.sent) == [2, 3, 4, 5]
-    assert states == ["connecting", "online", "offline", "connecting", "online"]
+    (only,) = broker.connections  # a refused row does not cost the connection
+    # Row 2 was refused and kept; rows 3-5 went on; row 2 went again after the backoff, accepted.
+    assert seqs(only.sent) == [1, 2, 3, 4, 5, 2]
+    assert states == ["connecting", "online"]
     assert health.rejected == 1
-    # The rejection is logged; last_error then says how the connection ended.
+    assert (health.refused_streams, health.held_back) == (0, 0)
     (rejected,) = [e for e in logs if e["event"] == "uplink.rejected"]
     assert (rejected["row"], rejected["reason"]) == (2, "Quota exceeded")
+
+
+async def test_a_long_refused_stream_is_held_in_memory_up_to_a_bound_and_none_of_it_is_lost() -> None:
+    """300 rows on a denied topic: 256 held in memory, 44 left only in the outbox. Once the broker
+    takes the topic again the held ones go on the same connection and a clean reconnect leases
+    the rest: every row arrives, none is deleted before its success PUBACK."""
+    box = filled(600, ("plc1", "plc2"))
+    broker = FakeBroker()
+    deny = [True]
+    broker.puback = lambda msg: NOT_AUTHORIZED if deny[0] and msg.topic.endswith("/plc2") else SUCCESS
+    async with running(box, broker, config(lease_rows=1000)) as rig:
+        await broker.wait_until(lambda: rig.uplink.health().acked == 300)
+        health = rig.uplink.health()
+        assert (health.refused_streams, health.held_back) == (1, 300)
+        assert box.pending() == 300
+        deny[0] = False
+        await broker.wait_until(lambda: box.pending() == 0)
+        after = rig.uplink.health()
+    plc2 = {m.json()["seq"] for m in broker.data() if m.topic.endswith("/plc2")}
+    assert plc2 == set(range(1, 301))
+    assert len(broker.connections) == 2, "one clean reconnect for the rows not held in memory"
+    assert (after.refused_streams, after.held_back) == (0, 0)
 
 
 async def test_an_outbox_that_cannot_delete_keeps_the_rows_for_a_resend() -> None:

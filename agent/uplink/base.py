@@ -33,6 +33,7 @@ from water_edge.agent.uplink.servers import Rotation, Server
 from water_edge.agent.uplink.state import ConnectionState, ConnState, StateHook
 from water_edge.agent.uplink.topics import Topics
 from water_edge.agent.uplink.transport import (
+    TAKEN_OVER,
     ConnectError,
     ConnectOptions,
     Reason,
@@ -47,6 +48,12 @@ from water_edge.core.reading import now_ns
 log = structlog.get_logger(__name__)
 
 STOP_GRACE_S: Final = 5.0
+# A connection that ends sooner than this after coming online does not reset the backoff: a
+# broker that closes every connection at once (another gateway with the same client id taking it
+# over, a publish it denies and drops us for) meets a growing backoff, not a reconnect loop.
+STABLE_S: Final = 10.0
+# Short connections in a row after which `last_error` says what usually causes them.
+FLAPS_TO_EXPLAIN: Final = 3
 # Longest a wait inside the uplink lasts before it marks itself alive again (for the watchdog;
 # `beat_s` shortens it when the watchdog interval is short).
 _BEAT_S: Final = 1.0
@@ -167,6 +174,8 @@ class UplinkLoop(Generic[SessionT]):
             servers=len(self._servers.servers),
             server_index=self._servers.index,
             failovers=self._servers.failovers,
+            taken_over=m.taken_over,
+            ack_timeouts=m.ack_timeouts,
             **encoding,
         )
 
@@ -200,6 +209,8 @@ class UplinkLoop(Generic[SessionT]):
         self._running = True
         self._finished.clear()
         attempt = 0
+        flaps = 0  # connections in a row that ended within STABLE_S
+        loop = asyncio.get_running_loop()
         worker = (
             None
             if self.commands is None
@@ -210,9 +221,13 @@ class UplinkLoop(Generic[SessionT]):
                 self._beats += 1
                 session = await self._connect(self._servers.current)
                 if session is not None:
-                    attempt = 0
+                    online_at = loop.time()
                     self._servers.worked()
-                    if await self._after_connect(session):
+                    moved = await self._after_connect(session)
+                    flaps = self._after_loss(session, loop.time() - online_at, flaps)
+                    if not flaps:
+                        attempt = 0
+                    if moved:
                         self._metrics.reconnects += 1
                         if self._servers.failed():
                             continue  # the next server, at once
@@ -266,6 +281,28 @@ class UplinkLoop(Generic[SessionT]):
             self._fail(ConnState.OFFLINE, session.close_reason or "no CONNACK from broker")
         self._drop_connection()
         return False
+
+    def _after_loss(self, session: SessionT, lasted_s: float, flaps: int) -> int:
+        """Count and explain how a connection ended; the new count of short connections in a row."""
+        reason = session.close_reason
+        if reason.startswith(TAKEN_OVER):
+            self._metrics.taken_over += 1
+            log.warning(
+                f"{self.log_prefix}.client_id_taken_over",
+                client_id=self._client_id,
+                after_s=round(lasted_s, 1),
+                hint="another client uses this client id (a cloned gateway?)",
+            )
+        if self._stop_requested.is_set() or lasted_s >= STABLE_S:
+            return 0
+        flaps += 1
+        if flaps >= FLAPS_TO_EXPLAIN and not reason.startswith(TAKEN_OVER):
+            self._state.error(
+                f"{reason or 'connection lost'}: {flaps} connections in a row ended within "
+                f"{STABLE_S:g} s; if another client uses this client id ({self._client_id}, a cloned "
+                "gateway?) they take it from each other; backing off"
+            )
+        return flaps
 
     def _drop_connection(self) -> None:
         if self._session is not None:

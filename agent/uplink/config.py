@@ -96,6 +96,9 @@ class MqttConfig(BaseModel):
     password: Secret | None = None
     tls: TlsConfig | None = None
     max_inflight: int = Field(default=32, ge=1, le=1000)
+    # Messages in flight and no PUBACK for this long: the broker is stuck; the connection is
+    # dropped and the rows, still in the outbox, go again on the next one (JSON encoding).
+    ack_timeout_s: float = Field(default=60.0, gt=0, le=3600)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
     lease_rows: int = Field(default=64, ge=1, le=10_000)

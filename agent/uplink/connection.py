@@ -58,6 +58,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from water_edge.agent.uplink.transport import (
+    TAKEN_OVER,
     CertificateTimeError,
     ConnectError,
     ConnectOptions,
@@ -69,6 +70,7 @@ from water_edge.agent.uplink.transport import (
 from water_edge.core.errors import UplinkError
 
 _RECV_CHUNK = 64 * 1024
+_SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected with our client id
 # OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: judged by our clock.
 _TIME_CODES = frozenset((9, 10))
 # Two lookups at a time: one may hang on a dead resolver while the next attempt still gets a thread.
@@ -390,7 +392,12 @@ class PahoTransport:
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         refused = self._client.refused if self._client is not None else None
-        self._closed(f"dropped the connection: {refused}" if refused else f"connection lost: {reason}")
+        if refused:
+            self._closed(f"dropped the connection: {refused}")
+        elif getattr(reason, "value", None) == _SESSION_TAKEN_OVER:
+            self._closed(f"{TAKEN_OVER} (broker DISCONNECT 0x8E)")
+        else:
+            self._closed(f"connection lost: {reason}")
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: Any, _props: Any) -> None:
         if self._listener is not None:

@@ -4,12 +4,21 @@ It lives as long as the uplink (it owns the wake-up event `notify()` sets) and s
 `Session` at a time; which rows go next is `lanes.LaneScheduler`'s decision, what a PUBACK means
 is the session's. When the connection ends, or a stop has drained what it could, `serve()` returns
 and `MqttUplink` decides what comes next.
+
+Rows the broker refuses (a PUBACK failure reason code, session.py) stay in the outbox, and their
+stream is set aside (`Refusals`): its rows are skipped, the other streams keep flowing, and after a
+backoff (doubling from `retry_min_s` to `retry_max_s`) the stream's oldest row goes as a probe.
+Accepted, the stream flows again; refused, it waits longer. This survives reconnects, since some
+brokers close the connection after a refusal (Mosquitto 2.0 does for an ACL denial).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
 
 import structlog
 
@@ -19,9 +28,125 @@ from water_edge.agent.uplink.metrics import UplinkMetrics
 from water_edge.agent.uplink.session import Session
 from water_edge.agent.uplink.state import ConnectionState
 from water_edge.agent.uplink.transport import PublishProperties, publish_packet_size
+from water_edge.buffer.types import OutboxRow
 from water_edge.core.errors import BufferError
 
 log = structlog.get_logger(__name__)
+
+HELD_MAX: Final = 256  # rows of refused streams kept in memory per connection; the rest wait in the outbox
+
+
+@dataclass
+class Parked:
+    """A stream whose topic the broker refused: its rows wait in the outbox until `until`."""
+
+    topic: str
+    reason: str
+    until: float
+    delay: float
+    probe_id: int | None = None  # the row sent to find out whether the broker takes it again
+    overflow: int = 0  # rows skipped on this connection and not held in memory
+
+
+class Refusals:
+    """Streams the broker refused (PUBACK failure codes) and the rows held back for them.
+
+    Kept across connections (a broker may close the connection after refusing, as Mosquitto 2.0
+    does for an ACL denial), so a refused stream does not cost every connection its life: its
+    rows are skipped, left in the outbox, until a probe (its oldest row) is due after a backoff
+    that doubles from `retry_min_s` to `retry_max_s`; the probe accepted, the stream flows again.
+    """
+
+    def __init__(self, retry_min_s: float, retry_max_s: float) -> None:
+        self.parked: dict[str, Parked] = {}
+        self.held: list[OutboxRow] = []  # this connection's skipped rows, oldest first per stream
+        self._min = retry_min_s
+        self._max = max(retry_max_s, retry_min_s)
+
+    @property
+    def waiting(self) -> int:
+        """Rows skipped on this connection (in memory or only in the outbox)."""
+        return len(self.held) + sum(p.overflow for p in self.parked.values())
+
+    def describe(self) -> str:
+        return "; ".join(
+            f"broker refused {p.topic}: {p.reason}; its rows are kept in the outbox and tried again"
+            for p in self.parked.values()
+        )
+
+    def new_connection(self, now: float) -> None:
+        """What was held belongs to the last connection: the outbox gives it again, oldest first.
+        The next probe waits a full delay, so a broker that drops us for a refusal still lets
+        each connection carry the other streams first."""
+        self.held = []
+        for park in self.parked.values():
+            park.probe_id = None
+            park.overflow = 0
+            park.until = max(park.until, now + park.delay)
+
+    def take(self, refused: list[tuple[OutboxRow, str, str]], now: float) -> bool:
+        """Set aside the streams of the rows a session saw refused (and empty its list); True if any."""
+        for row, topic, reason in refused:
+            self.refused(row, topic, reason, now)
+        took = bool(refused)
+        refused.clear()
+        return took
+
+    def refused(self, row: OutboxRow, topic: str, reason: str, now: float) -> None:
+        park = self.parked.get(row.stream)
+        delay = self._min if park is None else min(park.delay * 2, self._max)
+        if park is None:
+            park = self.parked[row.stream] = Parked(topic, reason, now + delay, delay)
+        park.topic, park.reason, park.until, park.delay, park.probe_id = (
+            topic,
+            reason,
+            now + delay,
+            delay,
+            None,
+        )
+        self._hold(row, park)
+
+    def skip(self, row: OutboxRow, now: float) -> bool:
+        """True if `row` is not to be sent now (its stream is refused); it is then held."""
+        park = self.parked.get(row.stream)
+        if park is None or park.probe_id == row.id:
+            return False
+        if park.probe_id is None and now >= park.until:
+            park.probe_id = row.id
+            return False
+        self._hold(row, park)
+        return True
+
+    def probes(self, now: float) -> list[OutboxRow]:
+        """For each refused stream whose wait is over, its oldest held row, sent as the probe."""
+        out = []
+        for stream, park in self.parked.items():
+            if park.probe_id is None and now >= park.until:
+                rows = [r for r in self.held if r.stream == stream]
+                if rows:
+                    probe = min(rows, key=lambda r: r.id)
+                    self.held.remove(probe)
+                    park.probe_id = probe.id
+                    out.append(probe)
+        return out
+
+    def acked(self, ids: list[int]) -> tuple[list[OutboxRow], int]:
+        """A probe was accepted: its stream flows again. The held rows to send, and how many rows
+        were skipped without being held (only a new connection leases them again)."""
+        done = {s for s, p in self.parked.items() if p.probe_id is not None and p.probe_id in ids}
+        if not done:
+            return [], 0
+        release = [r for r in self.held if r.stream in done]
+        self.held = [r for r in self.held if r.stream not in done]
+        overflow = sum(self.parked.pop(s).overflow for s in done)
+        log.info("uplink.refused_stream_accepted", streams=sorted(done), rows=len(release) + overflow)
+        return release, overflow
+
+    def _hold(self, row: OutboxRow, park: Parked) -> None:
+        if len(self.held) < HELD_MAX:
+            self.held.append(row)
+        else:
+            park.overflow += 1
 
 
 class Drain:
@@ -37,6 +162,9 @@ class Drain:
         lease_rows: int,
         properties: PublishProperties | None,
         beat_s: float,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 60.0,
+        ack_timeout_s: float = 60.0,
     ) -> None:
         self._outbox = outbox
         self._encoder = encoder
@@ -48,6 +176,10 @@ class Drain:
         self.wake = asyncio.Event()
         self.beats = 0  # every pass of the loop: part of the uplink's proof of life
         self._more = True  # rows may have been committed since the live lane's last lease
+        self.refusals = Refusals(retry_min_s, retry_max_s)  # refused streams, across connections
+        self._released: list[OutboxRow] = []  # held rows of a stream the broker takes again
+        self._reconnect_for = 0  # skipped rows not held: sent after a clean reconnect
+        self._ack_timeout_s = ack_timeout_s
 
     def notify(self) -> None:
         """New rows were appended: wake the drain if it is waiting for work."""
@@ -61,12 +193,24 @@ class Drain:
         self._metrics.backlog_upto_id = split
         lanes = LaneScheduler(split, session.window)
         self._more = True
+        refusals = self.refusals
+        refusals.new_connection(loop.time())
+        if refusals.parked:
+            self._state.error(refusals.describe())
+        answered = loop.time()  # the last PUBACK, or when nothing was in flight
         while True:
             self.wake.clear()
             self.beats += 1
+            now = loop.time()
+            took = refusals.take(session.refused, now)
             if session.closed.is_set():
                 return False
             progressed = await self.flush_acks(session)
+            answered = now if took or progressed or not session.inflight else answered
+            if now - answered >= self._ack_timeout_s:
+                self._ack_timed_out(session, now - answered)
+                return False
+            progressed |= self._refused_rows_again(session, lanes, now)
             stopping = stop.is_set()
             idle = not session.inflight and lanes.exhausted and not self._more
             if stopping and (idle or loop.time() >= deadline()):
@@ -84,6 +228,40 @@ class Drain:
                 elif session.inflight or lanes.has_pending or self._more:
                     await self._wait_wake(min(self._beat_s, max(0.0, deadline() - loop.time())))
 
+    def _refused_rows_again(self, session: Session, lanes: LaneScheduler, now: float) -> bool:
+        """Put the due probes and the rows of streams the broker takes again back in their lanes;
+        True if any."""
+        again = self.refusals.probes(now)
+        if self._released:
+            again += self._released
+            self._released = []
+        if self._reconnect_for and not session.inflight:
+            # Rows of a stream the broker takes again were skipped without being held: a clean
+            # reconnect leases them again from the oldest.
+            session.close_reason = (
+                f"reconnecting to send {self._reconnect_for} rows the broker refused earlier"
+            )
+            log.info("uplink.refused_rows_resend", rows=self._reconnect_for)
+            self._reconnect_for = 0
+            session.transport.disconnect()
+        if not again:
+            return False
+        for row in again:
+            (lanes.live if lanes.is_live(row) else lanes.backlog).pending.append(row)
+        for lane in (lanes.live, lanes.backlog):
+            lane.pending = deque(sorted(lane.pending, key=lambda r: r.id))
+        return True
+
+    def _ack_timed_out(self, session: Session, waited_s: float) -> None:
+        """The broker takes PUBLISHes and answers none: give the connection up. Nothing in flight
+        was deleted, so the next connection sends it again from the outbox."""
+        self._metrics.ack_timeouts += 1
+        session.close_reason = (
+            f"no PUBACK from the broker for {waited_s:.0f} s with {len(session.inflight)} messages "
+            f"in flight (ack_timeout_s = {self._ack_timeout_s:g}): reconnecting, the rows stay in the outbox"
+        )
+        log.warning("uplink.ack_timeout", waited_s=round(waited_s, 1), inflight=len(session.inflight))
+
     async def flush_acks(self, session: Session) -> bool:
         """Delete PUBACKed rows from the outbox in one call; True if there were any."""
         ids = session.take_acked()
@@ -98,6 +276,10 @@ class Drain:
             log.error("uplink.ack_failed", rows=len(ids), error=str(exc))
             return True
         self._metrics.acks_deleted()
+        if self.refusals.parked:
+            release, overflow = self.refusals.acked(ids)
+            self._released += release
+            self._reconnect_for += overflow
         return True
 
     async def _lease(self, lanes: LaneScheduler, lane: Lane) -> bool:
@@ -116,9 +298,14 @@ class Drain:
         """Fill the window with what the scheduler picks; True if any row was taken."""
         metrics = self._metrics
         taken = False
+        now = asyncio.get_running_loop().time()
+        refusals = self.refusals if self.refusals.parked else None
         for lane, row in lanes.plan(session.inflight.values()):
             if session.closed.is_set():
                 break
+            if refusals is not None and refusals.skip(row, now):
+                taken = True
+                continue
             try:
                 msg = self._encoder.encode(row)
             except EncodeError as exc:

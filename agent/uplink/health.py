@@ -56,6 +56,10 @@ class UplinkHealth:
     servers: int = 1  # brokers configured ([uplink] servers)
     server_index: int = 0  # which of them `broker` is (0-based, in list order)
     failovers: int = 0  # times the uplink started working on another server than the last one
+    refused_streams: int = 0  # streams whose topic the broker refused (PUBACK failure code), set aside
+    held_back: int = 0  # rows of those streams skipped on this connection, kept in the outbox
+    taken_over: int = 0  # connections the broker closed because another client took the client id
+    ack_timeouts: int = 0  # connections dropped because the broker sent no PUBACK within ack_timeout_s
     sparkplug: SparkplugHealth | None = None  # with encoding = "sparkplug_b"
     connections: int = 0  # times a connection came online
     online_since_ns: int | None = None  # while online
@@ -91,7 +95,16 @@ class UplinkHealth:
         )
         if self.connections > 1:
             counters += f"  reconnected {self.connections - 1} times"
+        if self.ack_timeouts:
+            counters += f"  no-PUBACK timeouts {self.ack_timeouts}"
+        if self.taken_over:
+            counters += f"  client id taken over {self.taken_over} times"
         lines = [where, counters]
+        if self.refused_streams:
+            lines.append(
+                f"refused by the broker: {self.refused_streams} streams, {self.held_back} rows held back"
+                f" in the outbox (tried again with backoff)  rejected {self.rejected}"
+            )
         if self.servers > 1:
             which = f"{self.server_index + 1} of {self.servers}"
             lines.append(f"broker {which}  failovers {self.failovers}")

@@ -23,6 +23,8 @@ class UplinkMetrics:
         self.rejected = 0
         self.encode_errors = 0
         self.ack_errors = 0
+        self.ack_timeouts = 0  # connections given up: messages in flight, no PUBACK for ack_timeout_s
+        self.taken_over = 0  # connections the broker closed: another client took our client id
         self.published_live = 0
         self.published_backlog = 0
         self.backlog_upto_id = 0  # the split of the current (or last) connection

@@ -40,8 +40,9 @@ Several brokers (failover)
 
 Two lanes, PUBACK failures, commands
     Live rows go out before a backlog, which keeps a reserved share of the window (lanes.py);
-    a PUBACK with a failure reason code drops the connection so the row is retried, not skipped
-    (session.py). With `on_command`, every connection subscribes (QoS 1) to
+    a row the broker refuses (a PUBACK with a failure reason code, such as 0x87 when an ACL denies
+    its topic) stays in the outbox and is offered again with backoff while the other rows flow on
+    the same connection (session.py, drain.py). With `on_command`, every connection subscribes (QoS 1) to
     `{prefix}/{site}/{gateway}/cmd/#` and hands messages to the command inbox (commands.py).
     Subscriptions live on the clean-start connection only, so commands sent while the gateway is
     offline are not delivered: the sender watches for the `command_result` event and retries.
@@ -136,13 +137,17 @@ class MqttUplink(UplinkLoop[Session]):
             lease_rows=config.lease_rows,
             properties=props,
             beat_s=self._beat_s,
+            retry_min_s=config.reconnect_min_s,
+            retry_max_s=config.reconnect_max_s,
+            ack_timeout_s=config.ack_timeout_s,
         )
 
     # ------------------------------------------------------------------ public API
 
     def health(self) -> UplinkHealth:
         """State and counters for the status socket and the CLI."""
-        return self._health()
+        refusals = self._drain.refusals
+        return self._health(refused_streams=len(refusals.parked), held_back=refusals.waiting)
 
     def _inflight(self) -> int:
         return len(self._session.inflight) if self._session else 0

@@ -2,9 +2,11 @@
 
 A `Session` is the `TransportListener` of one transport and lives exactly as long as the
 connection: what is in flight on it dies with it, and the next connection leases again from the
-outbox. A PUBACK deletes a row (through `take_acked`) only with a success reason code; after a
-failure reason code nothing more on this connection counts as delivered and it is closed, so the
-rejected row is sent again on the next connection instead of being skipped.
+outbox. A PUBACK deletes a row (through `take_acked`) only with a success reason code. A row the
+broker refuses (a PUBACK with a failure reason code: 0x87 an ACL denies its topic, 0x97 quota
+exceeded, 0x99 payload format invalid, 0x80...) stays in the outbox and goes to `refused`, for the
+drain to set its stream aside and try again later (drain.py); the connection and every other row
+go on, so a denied topic neither loses data nor blocks the streams the broker takes.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class Session:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.inflight: dict[int, OutboxRow] = {}
-        self.rejected = False
+        self.refused: list[tuple[OutboxRow, str, str]] = []  # (row, topic, reason), for the drain
+        self._topics: dict[int, str] = {}  # the topic of each row in flight, to name a refusal
         self.max_packet: int | None = None  # the broker's Maximum Packet Size, once connected (if known)
         self._broker_max_packet = broker_max_packet
         self._status_acks: dict[int, asyncio.Future[Reason]] = {}
@@ -67,6 +70,7 @@ class Session:
             self.on_closed(str(exc))
             return False
         self.inflight[mid] = row
+        self._topics[mid] = topic
         return True
 
     def publish_status(self, topic: str, payload: bytes) -> asyncio.Future[Reason]:
@@ -112,18 +116,23 @@ class Session:
 
     def on_puback(self, mid: int, reason: Reason) -> None:
         row = self.inflight.pop(mid, None)
+        topic = self._topics.pop(mid, "")
         if row is None:
             status = self._status_acks.pop(mid, None)
             if status is not None and not status.done():
                 status.set_result(reason)
             return
-        if reason.is_failure or self.rejected:
-            if not self.rejected:
-                self.rejected = True
-                self._metrics.rejected += 1
-                self._state.error(f"publish of row {row.id} rejected: {reason}")
-                log.warning("uplink.rejected", row=row.id, stream=row.stream, reason=str(reason))
-                self.transport.disconnect()
+        if reason.is_failure:
+            # Not delivered: the row stays in the outbox and is offered again later (drain.py).
+            why = f"{reason} (0x{reason.value:02X})"
+            self.refused.append((row, topic, why))
+            self._metrics.rejected += 1
+            self._state.error(
+                f"broker refused row {row.id} on {topic}: {why}; its rows are kept in the outbox "
+                "and tried again"
+            )
+            log.warning("uplink.rejected", row=row.id, stream=row.stream, topic=topic, reason=str(reason))
+            self._wake()
             return
         self._acked_ids.append(row.id)
         self._metrics.acked += 1

@@ -21,6 +21,10 @@ from water_edge.agent.uplink.config import MqttConfig, TlsConfig
 from water_edge.agent.uplink.servers import Server
 from water_edge.core.errors import UplinkError
 
+# How a transport's close reason starts when the broker said (MQTT 5 DISCONNECT 0x8E) that another
+# client connected with our client id.
+TAKEN_OVER = "session taken over: another client uses this client id"
+
 
 class TransportError(UplinkError):
     """One connection could not be opened or used; the uplink backs off and tries a new one."""

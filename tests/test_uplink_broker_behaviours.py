@@ -1,0 +1,228 @@
+"""Broker behaviours the other uplink tests do not cover, each against a real Mosquitto the test
+starts (or, where Mosquitto cannot behave so, a small raw-socket MQTT peer):
+
+- an ACL that denies one stream's topic (MQTT 5 PUBACK 0x87 "Not authorized"): the denied rows
+  stay in the outbox, counted and named in `last_error`, and every other stream keeps flowing on
+  the same connection (it used to drop the connection at each refusal and crawl);
+- a small Receive Maximum (Mosquitto's `max_inflight_messages`): the window stays under it;
+- a second gateway with the same client id (MQTT 5 DISCONNECT 0x8E "Session taken over"):
+  counted, said plainly, and backed off instead of a reconnect loop of several per second;
+- a broker that takes PUBLISHes and never answers PUBACK: the connection is dropped after
+  `ack_timeout_s` and the rows, still in the outbox, are sent again on the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from pathlib import Path
+
+from tests.support.broker import Mosquitto, Subscriber
+from tests.support.testing import eventually
+from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
+from water_edge.buffer.async_outbox import AsyncOutbox
+
+PREFIX = f"water/{SITE}/{GATEWAY}"
+
+
+def _acl(tmp_path: Path, denied_stream: str) -> Path:
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic deny {PREFIX}/{denied_stream}\ntopic write {PREFIX}/#\ntopic read #\n")
+    return acl
+
+
+async def test_a_topic_the_acl_denies_keeps_its_rows_and_the_other_streams_flow(
+    outbox: AsyncOutbox, start_uplink: StartUplink, tmp_path: Path
+) -> None:
+    # 60 rows, every other one on plc2, a topic the broker's ACL denies (MQTT 5: PUBACK 0x87).
+    await outbox.append(reading_batches(60, streams=("plc1", "plc2")))
+    broker = Mosquitto(extra_config=f"acl_file {_acl(tmp_path, 'plc2')}\n")
+    with broker, Subscriber(broker.host, broker.port, f"{PREFIX}/#") as sub:
+        config = mqtt_config(broker, max_inflight=8, reconnect_min_s=0.5, reconnect_max_s=30)
+        run = await start_uplink(config, outbox)
+        # Generous: the 30 allowed rows take well under a second on one connection.
+        await eventually(lambda: run.uplink.health().acked >= 30, 15, what="every plc1 row acknowledged")
+        health = run.uplink.health()
+        plc1 = [m.json()["seq"] for m in sub.snapshot() if m.topic == f"{PREFIX}/plc1"]
+    assert sorted(set(plc1)) == list(range(1, 31))
+    # Mosquitto 2.0 closes the connection after an ACL denial: one reconnect, then plc2 waits (its
+    # next probe is 1 s later, then 2, 4... up to reconnect_max_s) while plc1 flows.
+    assert health.reconnects <= 2, "a refused topic does not cost the other streams their connection"
+    assert health.state == "online"
+    assert health.rejected >= 1  # PUBACKs with a failure code: the first refusal and each failed probe
+    assert (health.refused_streams, health.held_back) == (1, 30)
+    assert health.last_error is not None
+    assert f"{PREFIX}/plc2" in health.last_error
+    assert "Not authorized" in health.last_error
+    assert "kept in the outbox" in health.last_error
+    stats = await outbox.stats()
+    assert stats.rows == 30, "every denied row is still in the outbox: nothing is lost"
+    assert any("1 streams, 30 rows held back" in line for line in health.status_lines())
+
+
+async def test_a_denied_stream_flows_again_once_the_acl_allows_it(
+    outbox: AsyncOutbox, start_uplink: StartUplink, tmp_path: Path
+) -> None:
+    await outbox.append(reading_batches(20, streams=("plc1", "plc2")))
+    acl = _acl(tmp_path, "plc2")
+    broker = Mosquitto(extra_config=f"acl_file {acl}\n")
+    with broker, Subscriber(broker.host, broker.port, f"{PREFIX}/#") as sub:
+        config = mqtt_config(broker, max_inflight=8, reconnect_min_s=0.2, reconnect_max_s=2)
+        run = await start_uplink(config, outbox)
+        await eventually(lambda: run.uplink.health().acked >= 10, 15, what="the plc1 rows")
+        acl.write_text(f"topic write {PREFIX}/#\ntopic read #\n")
+        broker.reload()
+        await eventually(lambda: run.uplink.health().acked >= 20, 20, what="the plc2 rows, at a probe")
+        health = run.uplink.health()
+        plc2 = [m.json()["seq"] for m in sub.snapshot() if m.topic == f"{PREFIX}/plc2"]
+    assert sorted(set(plc2)) == list(range(1, 11))
+    assert (await outbox.stats()).rows == 0
+    assert (health.refused_streams, health.held_back) == (0, 0)
+
+
+class SilentBroker:
+    """A raw-socket MQTT peer that CONNACKs, PUBACKs retained (status) messages and PINGs, and never
+    PUBACKs data: a broker stuck behind its socket, which Mosquitto cannot be made into."""
+
+    def __init__(self, *, take_over: bool = False) -> None:
+        self.take_over = take_over  # answer the status, then DISCONNECT 0x8E "Session taken over"
+        self.connections = 0
+        self.data: list[list[bytes]] = []  # the data PUBLISH payloads, per connection
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> SilentBroker:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        mine: list[bytes] = []
+        self.data.append(mine)
+        try:
+            while True:
+                first = (await reader.readexactly(1))[0]
+                length, shift = 0, 0
+                while True:
+                    byte = (await reader.readexactly(1))[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                body = await reader.readexactly(length)
+                kind = first >> 4
+                if kind == 1:  # CONNECT (MQTT 5): CONNACK success, no properties
+                    writer.write(bytes([0x20, 3, 0, 0, 0]))
+                elif kind == 3:  # PUBLISH at QoS 1
+                    (topic_len,) = struct.unpack("!H", body[:2])
+                    mid = body[2 + topic_len : 4 + topic_len]
+                    if first & 1:  # retained: the status; answered, or the uplink never goes online
+                        writer.write(bytes([0x40, 2]) + mid)
+                        if self.take_over:
+                            writer.write(bytes([0xE0, 1, 0x8E]))
+                    else:
+                        mine.append(body)
+                elif kind == 12:  # PINGREQ: the peer is alive, only its PUBACKs are stuck
+                    writer.write(bytes([0xD0, 0]))
+                elif kind == 14:
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_broker_that_never_pubacks_is_given_up_and_the_rows_go_again(
+    outbox: AsyncOutbox, start_uplink: StartUplink
+) -> None:
+    await outbox.append(reading_batches(5))
+    async with SilentBroker() as peer:
+        config = mqtt_config(_Where(peer.port), ack_timeout_s=2, keepalive_s=5)
+        run = await start_uplink(config, outbox)
+        # Before: the uplink sat online with 5 in flight for as long as the test waited.
+        await eventually(
+            lambda: len(peer.data) >= 2 and len(peer.data[1]) == 5, 20, what="a second connection"
+        )
+        health = run.uplink.health()
+    assert len(peer.data[0]) == 5
+    assert health.ack_timeouts >= 1
+    assert (await outbox.stats()).rows == 5, "nothing unacknowledged is deleted"
+    assert f"no-PUBACK timeouts {health.ack_timeouts}" in health.status_lines()[1]
+
+
+class _Where:
+    """Just the address `mqtt_config` reads from a broker."""
+
+    def __init__(self, port: int) -> None:
+        self.host = "127.0.0.1"
+        self.port = port
+
+
+async def test_two_gateways_with_one_client_id_back_off_and_say_so(
+    outbox: AsyncOutbox, start_uplink: StartUplink, tmp_path: Path
+) -> None:
+    """A cloned SD card: two gateways, one client id; each connection takes the other's over.
+    Mosquitto 2.0.11 just closes the old connection (newer brokers send DISCONNECT 0x8E, counted in
+    `taken_over`). Before: each side reconnected within 0.1-0.2 s, some 10 connections a second
+    between them, for ever, with only "connection lost: Unspecified error" to go by."""
+    explained: list[str] = []
+    async with await AsyncOutbox.open(tmp_path / "clone.db", max_bytes=64 * 1024 * 1024) as clone:
+        with Mosquitto() as broker:
+            config = mqtt_config(broker, reconnect_min_s=0.1, reconnect_max_s=4)
+            first = await start_uplink(config, outbox)
+            await first.states.wait(lambda s: s == "online")
+            second = await start_uplink(config, clone)
+            started = time.monotonic()
+            while time.monotonic() - started < 8:
+                for run in (first, second):
+                    error = run.uplink.health().last_error or ""
+                    if "another client uses this client id" in error:
+                        explained.append(error)
+                await asyncio.sleep(0.05)
+            elapsed = time.monotonic() - started
+            a, b = first.uplink.health(), second.uplink.health()
+    connections = a.connections + b.connections
+    # With the backoff growing to 4 s on each side: a handful, where there were some 80.
+    assert connections / elapsed < 2.0, f"{connections} connections in {elapsed:.1f} s"
+    assert explained, "the reason is said while the uplink backs off"
+
+
+async def test_a_session_taken_over_is_counted_and_named(
+    outbox: AsyncOutbox, start_uplink: StartUplink
+) -> None:
+    """Brokers that say so (MQTT 5 DISCONNECT 0x8E, as EMQX and HiveMQ do): counted, named, backed off."""
+    async with SilentBroker(take_over=True) as peer:
+        config = mqtt_config(_Where(peer.port), reconnect_min_s=0.1, reconnect_max_s=4)
+        run = await start_uplink(config, outbox)
+        await eventually(lambda: run.uplink.health().taken_over >= 2, 10, what="two take-overs")
+        await asyncio.sleep(4)
+        health = run.uplink.health()
+    assert health.last_error is not None
+    assert "session taken over: another client uses this client id" in health.last_error
+    # Some 6 expected with the growing backoff; without it (0.1-0.2 s each time) some 30.
+    assert health.taken_over <= 12, "backed off, not a reconnect loop"
+    assert f"client id taken over {health.taken_over} times" in health.status_lines()[1]
+
+
+async def test_the_window_stays_under_mosquittos_receive_maximum(
+    outbox: AsyncOutbox, start_uplink: StartUplink
+) -> None:
+    """Mosquitto announces `max_inflight_messages` as its Receive Maximum (MQTT 5 CONNACK); MQTT 5
+    lets a broker drop a client that exceeds it (0x93). The uplink's window (32 here) shrinks to it.
+    Already handled (session.py `on_connack`); this proves it against the real broker."""
+    await outbox.append(reading_batches(300))
+    with Mosquitto(extra_config="max_inflight_messages 10\n") as broker:
+        run = await start_uplink(mqtt_config(broker, max_inflight=32), outbox)
+        await eventually(lambda: run.uplink.health().acked == 300, 20, what="all 300 acknowledged")
+        health = run.uplink.health()
+        session = run.uplink._session
+        window = None if session is None else session.window
+    assert (health.reconnects, health.published) == (0, 300)
+    assert window == 10
