@@ -62,6 +62,18 @@ def _cli(*args: str) -> CliRun:
     return edge_agent("models", "score", "flow-leak", *args)
 
 
+def _assert_same_nights_and_leaks(want: CliRun, got: CliRun) -> None:
+    """`got` prints the nights `want` does, each night flow within 5 %, and the same leak nights
+    (at least one)."""
+    want_rows = [line.split(",") for line in want.stdout.splitlines()[1:]]
+    got_rows = [line.split(",") for line in got.stdout.splitlines()[1:]]
+    assert [r[0] for r in got_rows] == [r[0] for r in want_rows]
+    for w, g in zip(want_rows, got_rows, strict=True):
+        assert float(g[1]) == pytest.approx(float(w[1]), rel=0.05), (w, g)
+    assert [r[4] for r in got_rows] == [r[4] for r in want_rows]
+    assert "leak" in [r[4] for r in got_rows]
+
+
 def test_score_flow_leak_reads_a_european_export_and_prints_one_row_per_night(tmp_path: Path) -> None:
     district = District(3, mean_demand_m3h=300.0, leaks=[DistrictLeak(datetime(2024, 2, 20, 14), 8.0)])
     path = tmp_path / "dma.csv"
@@ -461,13 +473,7 @@ def test_score_flow_leak_skips_a_meters_error_codes_instead_of_taking_them_for_t
     assert want.returncode == got.returncode == 0, got.stderr
     assert "3 row(s) holding a meter error code (-999, -9999, -99999) skipped" in got.stderr
     assert "error code" not in want.stderr
-    want_rows = [line.split(",") for line in want.stdout.splitlines()[1:]]
-    got_rows = [line.split(",") for line in got.stdout.splitlines()[1:]]
-    assert [r[0] for r in got_rows] == [r[0] for r in want_rows]
-    for w, g in zip(want_rows, got_rows, strict=True):
-        assert float(g[1]) == pytest.approx(float(w[1]), rel=0.05), (w, g)
-    assert [r[4] for r in got_rows] == [r[4] for r in want_rows]
-    assert "leak" in [r[4] for r in got_rows]
+    _assert_same_nights_and_leaks(want, got)
 
 
 def test_score_flow_leak_warns_of_nights_with_no_positive_night_flow(tmp_path: Path) -> None:
@@ -643,13 +649,7 @@ def test_score_flow_leak_skips_an_isolated_glitch_in_a_nights_flow_and_pressure(
     assert want.returncode == got.returncode == 0, got.stderr
     assert "1 night sample(s) beyond 10x the night's median flow skipped as a glitch" in got.stderr
     assert "glitch" not in want.stderr
-    want_rows = [line.split(",") for line in want.stdout.splitlines()[1:]]
-    got_rows = [line.split(",") for line in got.stdout.splitlines()[1:]]
-    assert [r[0] for r in got_rows] == [r[0] for r in want_rows]
-    for w, g in zip(want_rows, got_rows, strict=True):
-        assert float(g[1]) == pytest.approx(float(w[1]), rel=0.05), (w, g)
-    assert [r[4] for r in got_rows] == [r[4] for r in want_rows]
-    assert "leak" in [r[4] for r in got_rows]
+    _assert_same_nights_and_leaks(want, got)
 
 
 async def test_a_clock_stepped_back_restarts_sampling_at_the_readings_time(

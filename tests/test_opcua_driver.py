@@ -4,7 +4,6 @@ in this process so a test can inject status codes and restart it)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import shutil
@@ -17,10 +16,10 @@ import pytest
 import pytest_asyncio
 
 from tests.support.opcua_sim import Sim, opcua_station
+from tests.support.supervised import supervised
 from tests.support.testing import eventually, free_port
-from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
-from water_edge.core.reading import Event, Reading
+from water_edge.core.reading import Reading
 from water_edge.drivers.opcua.certs import make_client_certificate
 from water_edge.drivers.opcua.config import OpcUaConfig
 from water_edge.drivers.opcua.driver import OpcUaDriver
@@ -275,19 +274,8 @@ async def test_server_restart_driver_reconnects_and_resubscribes(sim: Sim) -> No
         publishing_interval_ms=100,
         sampling_interval_ms=100,
     )
-    readings: list[Reading] = []
-    events: list[Event] = []
-
-    async def on_readings(_stream: str, batch: list[Reading]) -> None:
-        readings.extend(batch)
-
-    async def on_event(event: Event) -> None:
-        events.append(event)
-
-    runner = DeviceRunner(drv.config, drv, on_readings, on_event, backoff_min_s=0.2, backoff_max_s=0.5)
-    task = asyncio.create_task(runner.run())
-
-    try:
+    async with supervised(drv.config, drv) as run:
+        readings, events, runner = run.readings, run.events, run.runner
         await eventually(lambda: sum(r.quality == "good" for r in readings) >= 5, 10)
         await sim.component.stop()
         await eventually(lambda: any(r.quality == "bad" for r in readings), 10)
@@ -296,10 +284,6 @@ async def test_server_restart_driver_reconnects_and_resubscribes(sim: Sim) -> No
         await sim.component.start(sim.ctx)
         mark = len(readings)
         await eventually(lambda: sum(r.quality == "good" for r in readings[mark:]) >= 5, 15)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     kinds = [e.kind for e in events]
     assert kinds.index("driver_down") < kinds.index("driver_up")
     first_bad = next(i for i, r in enumerate(readings) if r.quality == "bad")

@@ -93,17 +93,10 @@ class Refusals:
         return took
 
     def refused(self, row: OutboxRow, topic: str, reason: str, now: float) -> None:
-        park = self.parked.get(row.stream)
-        delay = self._min if park is None else min(park.delay * 2, self._max)
-        if park is None:
-            park = self.parked[row.stream] = Parked(topic, reason, now + delay, delay)
-        park.topic, park.reason, park.until, park.delay, park.probe_id = (
-            topic,
-            reason,
-            now + delay,
-            delay,
-            None,
-        )
+        before = self.parked.get(row.stream)
+        delay = self._min if before is None else min(before.delay * 2, self._max)
+        overflow = 0 if before is None else before.overflow
+        park = self.parked[row.stream] = Parked(topic, reason, now + delay, delay, overflow=overflow)
         self._hold(row, park)
 
     def skip(self, row: OutboxRow, now: float) -> bool:
