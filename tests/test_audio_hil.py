@@ -26,6 +26,7 @@ from water_edge.drivers.audio.driver import AudioDriver
 from water_edge.drivers.audio.window import AudioWindow
 from water_edge.sim import hydrophone_stream
 from water_edge.sim.component import SimContext
+from water_edge.sim.hydrophone import BACKGROUND_RMS_DBFS
 from water_edge.sim.pumpstation import PumpStation
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "leak-pvc-hydrophone"
@@ -116,6 +117,25 @@ def two_channel_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def test_a_leak_at_10_db_is_recorded_without_clipping_at_the_default_gain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's scene: a leak 10 dB over the background. At the recorder's old unity gain it ran
+    past full scale (the agent then refused to learn from those seconds); the default gain leaves
+    headroom, and a gain set too high is named as the cause."""
+    scene = ["--seconds", "20", "--leak-position-m", "35", "--snr-db", "10", "--seed", "7"]
+    default, hot = tmp_path / "default.wav", tmp_path / "hot.wav"
+    assert hydrophone_stream.main(["--wav", str(default), *scene]) == 0
+    assert "clipped" not in capsys.readouterr().out
+    _, x = wavfile.read(default)
+    assert np.abs(x.astype(np.int32)).max() < 32767
+    assert hydrophone_stream.main(["--wav", str(hot), *scene, "--gain-db", "0"]) == 0
+    assert "clipped at full scale (lower --gain-db)" in capsys.readouterr().out
+    _, y = wavfile.read(hot)
+    assert y.max() == 32767  # held at full scale, not wrapped round
+    assert y.min() == -32768
+
+
 async def test_generated_two_channel_file_loops_seamlessly(
     two_channel_wav: Path, closing: list[AudioDriver]
 ) -> None:
@@ -179,7 +199,9 @@ async def test_live_stream_from_the_sim_delivers_windows_without_loss(
     # timestamps are the sim's clock: within a block or two of now
     assert abs(windows[-1].start_ts_ns + 1_000_000_000 - before) < 4_000_000_000
     level = next(r for r in readings if r.tag == "A.rms_dbfs")
-    assert -25 < float(level.value) < -5  # the synth's calibrated background is ~-15 dBFS
+    quiet_dbfs = BACKGROUND_RMS_DBFS + float(hyd["gain_db"])  # the calibrated background, after the gain
+    assert quiet_dbfs - 10 < float(level.value) < quiet_dbfs + 10
+    assert all(np.abs(w.samples).max() <= 1.0 for w in windows)  # a converter's output, even as float32
     h = d.health()
     assert h.dropped_frames == 0
     assert (h.blocks or 0) > 10

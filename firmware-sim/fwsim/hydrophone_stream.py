@@ -17,6 +17,9 @@ Scene: `[components.hydrophones]` options (below) or defaults: two sensors 100 m
 150 mm ductile-iron main, no leak. Scenario events (`component = "hydrophones"`) change the leak:
 `{at = "30s", component = "hydrophones", leak_position_m = 120, leak_size = 1.0}`; a
 `leak_position_m` below 0 closes it.
+
+Both outputs go through the recorder's input stage (`recorder_input`): `gain_db` (default
+`DEFAULT_GAIN_DB`), then full scale, as a real converter does — no sample leaves beyond +-1.0.
 """
 
 from __future__ import annotations
@@ -52,6 +55,11 @@ DTYPE_CODES: Final[dict[str, tuple[int, np.dtype[Any]]]] = {
     "int16": (2, np.dtype("<i2")),
 }
 LOOPBACK_CARDS: Final = Path("/proc/asound/cards")
+# The recorder's input gain. The synthesised background sits at the real PVC recordings' level
+# (-15 dBFS rms); a leak 10 dB above it then reached -4.6 dBFS rms with peaks far beyond full scale,
+# and a detector rightly refused to learn from it. A field technician sets the gain for headroom:
+# at -15 dB the quiet sits at -30 dBFS and a leak 15 dB above it still peaks under full scale.
+DEFAULT_GAIN_DB: Final = -15.0
 
 
 class HydrophoneOptions(BaseModel):
@@ -72,6 +80,7 @@ class HydrophoneOptions(BaseModel):
     leak_size: float = 1.0
     snr_db: float = 10.0
     backgrounds: tuple[str, ...] = BACKGROUNDS
+    gain_db: float = Field(default=DEFAULT_GAIN_DB, ge=-60.0, le=20.0)
 
     def scene(self, seed: int) -> PipeScene:
         return PipeScene(
@@ -86,6 +95,14 @@ class HydrophoneOptions(BaseModel):
             channels=self.channels,
             seed=seed,
         )
+
+
+def recorder_input(samples: npt.NDArray[np.float32], gain_db: float) -> tuple[npt.NDArray[np.float32], int]:
+    """`samples` through the recorder's input gain and converter: scaled by `gain_db`, held within
+    full scale; and how many samples the converter clipped."""
+    scaled = samples * np.float32(10 ** (gain_db / 20))
+    clipped = int(np.count_nonzero(np.abs(scaled) > 1.0))
+    return (np.clip(scaled, -1.0, 1.0) if clipped else scaled), clipped
 
 
 def encode(samples: npt.NDArray[np.float32], dtype: str) -> bytes:
@@ -184,7 +201,7 @@ class HydrophoneComponent:
             "unix_path": None if opts.unix_path is None else str(opts.unix_path),
             "sample_rate": opts.sample_rate, "channels": opts.channels, "dtype": opts.dtype,
             "block_ms": opts.block_ms, "material": opts.material, "diameter_mm": opts.diameter_mm,
-            "spacing_m": opts.spacing_m, "leak_position_m": opts.leak_position_m,
+            "spacing_m": opts.spacing_m, "leak_position_m": opts.leak_position_m, "gain_db": opts.gain_db,
             # The loopback device played into, or None where there is no usable snd-aloop card.
             "alsa_loopback": loopback,
         }  # fmt: skip
@@ -214,14 +231,23 @@ class HydrophoneComponent:
         loop = asyncio.get_running_loop()
         began = loop.time()
         index = seq = 0
+        warned = False  # about clipping, once per scene
         while True:
             due = began + (index + block) / opts.sample_rate
             await asyncio.sleep(max(0.0, due - loop.time()))
             while events and float(events[0].get("at", 0)) <= ctx.station.state.elapsed_s:
                 scene = self._apply(events.pop(0), scene)
                 synth = HydrophoneSynth(scene)
+                warned = False
             if self._clients or self._loopback is not None:
-                samples = await asyncio.to_thread(synth.render, block)
+                rendered = await asyncio.to_thread(synth.render, block)
+                samples, clipped = recorder_input(rendered, opts.gain_db)
+                if clipped and not warned:
+                    warned = True
+                    log.warning(
+                        "hydrophones.clipping", samples=clipped, block=block * opts.channels,
+                        gain_db=opts.gain_db, hint="lower [components.hydrophones] gain_db",
+                    )  # fmt: skip
                 if self._loopback is not None:
                     await asyncio.to_thread(self._loopback.play, samples)
                 data = BLOCK.pack(seq, index, block) + encode(samples, opts.dtype)
@@ -285,6 +311,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--leak-size", type=float, default=1.0)
     p.add_argument("--snr-db", type=float, default=10.0)
     p.add_argument("--backgrounds", default=",".join(BACKGROUNDS), help="comma-separated, or ''")
+    p.add_argument(
+        "--gain-db",
+        type=float,
+        default=DEFAULT_GAIN_DB,
+        help=f"the recorder's input gain (default {DEFAULT_GAIN_DB:g}: the quiet at -30 dBFS); samples beyond"
+        " full scale are clipped, as a converter clips them",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--site-seed",
@@ -329,14 +362,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             done = 0
             while done < total:
                 n = min(args.sample_rate, total - done)
-                samples = synth.render(n)
-                clipped += int(np.count_nonzero(np.abs(samples) >= 1.0))
+                samples, clipped_now = recorder_input(synth.render(n), args.gain_db)
+                clipped += clipped_now
                 out.writeframes(encode(samples, "int16"))
                 done += n
     except OSError as exc:
         sys.stderr.write(f"edge-sim hydrophones: {args.wav}: {exc.strerror or exc}\n")
         return 1
-    note = f"; {clipped} samples clipped at full scale" if clipped else ""
+    note = f"; {clipped} samples clipped at full scale (lower --gain-db)" if clipped else ""
     leak = (
         "no leak (--leak-position-m adds one)"
         if args.leak_position_m is None
