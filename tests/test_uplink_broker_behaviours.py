@@ -3,7 +3,8 @@ starts (or, where Mosquitto cannot behave so, a small raw-socket MQTT peer):
 
 - an ACL that denies one stream's topic (MQTT 5 PUBACK 0x87 "Not authorized"): the denied rows
   stay in the outbox, counted and named in `last_error`, and every other stream keeps flowing on
-  the same connection (it used to drop the connection at each refusal and crawl);
+  the same connection (it used to drop the connection at each refusal and crawl); once the quota
+  has evicted every denied row, the stream is no longer reported refused;
 - a small Receive Maximum (Mosquitto's `max_inflight_messages`): the window stays under it;
 - a second gateway with the same client id (MQTT 5 DISCONNECT 0x8E "Session taken over"):
   counted, said plainly, and backed off instead of a reconnect loop of several per second;
@@ -79,6 +80,40 @@ async def test_a_denied_stream_flows_again_once_the_acl_allows_it(
     assert sorted(set(plc2)) == list(range(1, 11))
     assert (await outbox.stats()).rows == 0
     assert (health.refused_streams, health.held_back) == (0, 0)
+
+
+async def test_a_denied_stream_whose_rows_were_evicted_is_no_longer_reported_refused(
+    start_uplink: StartUplink, tmp_path: Path
+) -> None:
+    """The outbox's quota evicts the denied stream's rows (the oldest): with nothing left to probe
+    with, the stream used to stay "refused, rows held back" in the status until a restart."""
+    first = reading_batches(20, streams=("plc1", "plc2"))
+    later = reading_batches(40, streams=("plc3",), start_ns=2 * 10**18)
+    async with await AsyncOutbox.open(tmp_path / "probe.db", max_bytes=1 << 20) as sizing:
+        await sizing.append(later)
+        quota = (await sizing.stats()).bytes + 300  # the later rows and the eviction notice fit, no more
+    broker = Mosquitto(extra_config=f"acl_file {_acl(tmp_path, 'plc2')}\n")
+    async with await AsyncOutbox.open(tmp_path / "outbox.db", max_bytes=quota) as box:
+        await box.append(first)
+        with broker, Subscriber(broker.host, broker.port, f"{PREFIX}/#") as sub:
+            config = mqtt_config(broker, max_inflight=8, reconnect_min_s=0.2, reconnect_max_s=1)
+            run = await start_uplink(config, box)
+            await eventually(lambda: run.uplink.health().refused_streams == 1, 15, what="plc2 refused")
+            await eventually(lambda: run.uplink.health().acked >= 10, 15, what="the plc1 rows")
+            await box.append(later)  # over the quota: the oldest rows, plc2's among them, are evicted
+            assert "plc2" not in {r.stream for r in await box.lease(0, 1000)}, "every plc2 row evicted"
+            await eventually(lambda: run.uplink.health().refused_streams == 0, 20, what="plc2 forgotten")
+            await eventually(
+                lambda: (
+                    {m.json()["seq"] for m in sub.snapshot() if m.topic == f"{PREFIX}/plc3"}
+                    == set(range(1, 41))
+                ),
+                15,
+                what="every plc3 row",
+            )
+            health = run.uplink.health()
+    assert health.held_back == 0
+    assert not any("refused by the broker" in line for line in health.status_lines())
 
 
 class SilentBroker:

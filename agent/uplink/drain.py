@@ -9,7 +9,9 @@ Rows the broker refuses (a PUBACK failure reason code, session.py) stay in the o
 stream is set aside (`Refusals`): its rows are skipped, the other streams keep flowing, and after a
 backoff (doubling from `retry_min_s` to `retry_max_s`) the stream's oldest row goes as a probe.
 Accepted, the stream flows again; refused, it waits longer. This survives reconnects, since some
-brokers close the connection after a refusal (Mosquitto 2.0 does for an ACL denial).
+brokers close the connection after a refusal (Mosquitto 2.0 does for an ACL denial). A refused
+stream whose rows have all left the outbox (evicted, aged out) is forgotten once the outbox has been
+read to its end on a connection and its wait is over: there is nothing left to probe with.
 """
 
 from __future__ import annotations
@@ -123,6 +125,22 @@ class Refusals:
                     out.append(probe)
         return out
 
+    def forget_gone(self, now: float) -> list[str]:
+        """Drop the refused streams that have no row left to probe, once the outbox has been read
+        to its end on this connection: their rows aged out or were evicted, so no probe can ever
+        come and the stream would be reported refused until a restart. The streams dropped."""
+        held = {r.stream for r in self.held}
+        gone = [
+            stream
+            for stream, park in self.parked.items()
+            if park.probe_id is None and now >= park.until and not park.overflow and stream not in held
+        ]
+        for stream in gone:
+            del self.parked[stream]
+        if gone:
+            log.info("uplink.refused_stream_gone", streams=gone)
+        return gone
+
     def acked(self, ids: list[int]) -> tuple[list[OutboxRow], int]:
         """A probe was accepted: its stream flows again. The held rows to send, and how many rows
         were skipped without being held (only a new connection leases them again)."""
@@ -205,6 +223,8 @@ class Drain:
                 return False
             progressed |= self._refused_rows_again(session, lanes, now)
             stopping = stop.is_set()
+            if refusals.parked and lanes.exhausted and not self._more:
+                refusals.forget_gone(now)
             idle = not session.inflight and lanes.exhausted and not self._more
             if stopping and (idle or loop.time() >= deadline()):
                 return True
