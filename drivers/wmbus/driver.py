@@ -8,7 +8,9 @@ telegram gave nothing), `<meter>.rssi`, `<meter>.alarm.<name>` (true/false) for 
 telegrams carry (`alarms.py`), and `<meter>.telegrams_lost`: how many of its telegrams were lost
 since the one before, from the access numbers (`reception.py`). A telegram that cannot be read —
 encrypted without a key, a key that does not decrypt it, a corrupt frame — is counted in
-`health()` and gives a bad `status` reading with the reason, never a crash. A meter silent for
+`health()` and gives a bad `status` reading with the reason, never a crash. A mode 7 telegram whose
+AFL MAC does not match (altered on the way) or is missing is refused the same way, counted in
+`bad_mac`; like an old telegram, it counts neither as heard nor for reception. A meter silent for
 `silent_after_s` gets a bad `status` ("not heard for ..."). A telegram heard again within
 `duplicate_window_s` (through a repeater, decoded twice by rtl_wmbus, or by a second receiver) is
 counted and dropped (`duplicates.py`): a meter heard by two receivers gives its readings once, from
@@ -39,7 +41,7 @@ from water_edge.drivers.base import DeviceConfig, TagInfo
 from water_edge.drivers.mbus.crypto import MbusKeyError, parse_key
 from water_edge.drivers.mbus.driver import selector_tag, telegram_readings
 from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError
-from water_edge.drivers.mbus.security import MbusEncryptedError
+from water_edge.drivers.mbus.security import MbusEncryptedError, MbusMacError
 from water_edge.drivers.wmbus import receivers
 from water_edge.drivers.wmbus.alarms import alarm_flags
 from water_edge.drivers.wmbus.compact import FormatStore
@@ -59,7 +61,8 @@ NS: Final = 1_000_000_000
 SILENCE_CHECK_S: Final = 30.0
 UNKNOWN_LISTED: Final = 20
 COUNTS: Final = (
-    "decoded", "undecodable", "no_key", "wrong_key", "unknown_frames", "link_errors", "duplicates", "stale",
+    "decoded", "undecodable", "no_key", "wrong_key", "bad_mac", "unknown_frames", "link_errors", "duplicates",
+    "stale",
 )  # fmt: skip
 HEARD_KEPT: Final = 1000  # meters heard but not configured, remembered for status and probe
 
@@ -109,6 +112,7 @@ class _MeterState:
     freshness: Freshness = field(default_factory=Freshness)  # to tell an old telegram sent again
     stale: int = 0  # old telegrams dropped
     key_fails: bool = False  # the configured key did not decrypt its latest telegram
+    mac_fails: bool = False  # its latest telegram was refused for its AFL MAC
 
 
 class WmbusDriver:
@@ -259,6 +263,9 @@ class WmbusDriver:
             return self._listen(heard, received, ts) if self.config.listen else []
         heard = self._note_configured(state, link.manufacturer, link.device_type, received, ts)
         telegram, out = self._decode(state, heard, received, ts)
+        if telegram is None and state.mac_fails:
+            # Not the meter's word: its access number may be forged too, so no reception count.
+            return out
         if telegram is not None:
             when = meter_time(telegram.records)
             counter = telegram.afl.message_counter if telegram.afl is not None else None
@@ -324,14 +331,20 @@ class WmbusDriver:
             return None, [Reading(self.name, status_tag, ts, None, BAD, "", reason)]
         except MbusKeyError:
             heard.encrypted = True
-            state.key_fails = True
+            state.key_fails, state.mac_fails = True, False
             self._counts["wrong_key"] += 1
             reason = "the configured key does not decrypt this meter"
             return None, [Reading(self.name, status_tag, ts, None, BAD, "", reason)]
+        except MbusMacError as exc:
+            heard.encrypted = True
+            state.key_fails, state.mac_fails = False, True
+            self._counts["bad_mac"] += 1
+            log.warning("wmbus.telegram_refused", driver=self.name, meter=state.meter.name, why=str(exc))
+            return None, [Reading(self.name, status_tag, ts, None, BAD, "", f"telegram refused: {exc}")]
         except MbusDecodeError as exc:
             self._counts["undecodable"] += 1
             return None, [Reading(self.name, status_tag, ts, None, BAD, "", f"undecodable telegram: {exc}")]
-        state.key_fails = False
+        state.key_fails, state.mac_fails = False, False
         return telegram, []
 
     def _meter_readings(
@@ -425,6 +438,7 @@ class WmbusDriver:
             undecodable=self._counts["undecodable"],
             no_key=self._counts["no_key"],
             wrong_key=self._counts["wrong_key"],
+            bad_mac=self._counts["bad_mac"],
             unknown_frames=self._counts["unknown_frames"],
             duplicates=self._counts["duplicates"],
             stale=self._counts["stale"],
@@ -433,6 +447,7 @@ class WmbusDriver:
             meters_silent=silent,
             meters_without_key=without_key,
             meters_wrong_key=[s.meter.name for s in self._meters.values() if s.key_fails],
+            meters_bad_mac=[s.meter.name for s in self._meters.values() if s.mac_fails],
             meters_stale=[s.meter.name for s in self._meters.values() if s.stale],
             unknown_meters=unknown[-UNKNOWN_LISTED:],
             meters_poor_reception=poor,

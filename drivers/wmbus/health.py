@@ -63,6 +63,7 @@ class WmbusHealth:
     undecodable: int  # telegrams of configured meters that could not be decoded
     no_key: int  # encrypted telegrams of configured meters without a usable key
     wrong_key: int  # telegrams the configured key does not decrypt
+    bad_mac: int  # mode 7 telegrams refused: their AFL MAC does not match or is missing
     unknown_frames: int  # telegrams of meters not configured
     duplicates: int  # copies of a telegram already heard (repeater, receiver), dropped
     stale: int  # telegrams older than the meter's last one accepted (replayed, or delayed), dropped
@@ -71,6 +72,7 @@ class WmbusHealth:
     meters_silent: list[str]  # configured meters not heard within their silent_after_s
     meters_without_key: list[str]  # configured meters heard encrypted, no key (or unreadable)
     meters_wrong_key: list[str]  # configured meters whose latest telegram their key did not decrypt
+    meters_bad_mac: list[str]  # configured meters whose latest telegram was refused for its MAC
     meters_stale: list[str]  # configured meters an old telegram of which was dropped
     unknown_meters: list[str]  # "ID MAN" of meters heard but not configured (most recent 20)
     # "name share %" of configured meters whose telegrams arrive less than 80 % of the time (from
@@ -86,7 +88,8 @@ class WmbusHealth:
             f"{self.decoded}  crc errors {self.crc_errors}{garbage}  undecodable {self.undecodable}  "
             f"duplicates {self.duplicates}  stale {self.stale}",
             f"meters heard {self.meters_heard}/{self.meters_configured}  silent {len(self.meters_silent)}"
-            f"  no key {self.no_key}  wrong key {self.wrong_key}  not configured {self.unknown_frames}",
+            f"  no key {self.no_key}  wrong key {self.wrong_key}  bad MAC {self.bad_mac}"
+            f"  not configured {self.unknown_frames}",
         ]
         if len(self.receivers) > 1:
             lines += [r.status_line() for r in self.receivers]
@@ -97,6 +100,8 @@ class WmbusHealth:
             lines.append("without key: " + ", ".join(self.meters_without_key))
         if self.meters_wrong_key:
             lines.append("key does not decrypt: " + ", ".join(self.meters_wrong_key))
+        if self.meters_bad_mac:
+            lines.append("MAC missing or not matching, telegrams refused: " + ", ".join(self.meters_bad_mac))
         if self.meters_stale:
             lines.append("old telegrams dropped (replayed or delayed): " + ", ".join(self.meters_stale))
         if self.meters_silent:

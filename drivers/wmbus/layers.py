@@ -1,6 +1,6 @@
 """The layers between the wireless link header and the application data: the extended link layer
 (ELL, CI 8Ch-8Fh) with its AES-128-CTR encryption, and the authentication and fragmentation layer
-(AFL, CI 90h) that carries mode 7's message counter.
+(AFL, CI 90h) that carries mode 7's message counter and MAC.
 
     ELL I   8C  CC ACC
     ELL II  8D  CC ACC SN(4) | PayloadCRC(2) payload...      (encrypted from PayloadCRC on)
@@ -23,7 +23,7 @@ from typing import Any, Final
 from water_edge.drivers.mbus import crypto
 from water_edge.drivers.mbus.crypto import MbusKeyError
 from water_edge.drivers.mbus.frame import MbusDecodeError
-from water_edge.drivers.mbus.security import MbusEncryptedError
+from water_edge.drivers.mbus.security import AflMac, MbusEncryptedError
 from water_edge.drivers.wmbus.frame import crc16
 
 # CI -> (has the meter's address, has a session number and payload CRC)
@@ -31,6 +31,14 @@ ELL_CI: Final = {0x8C: (False, False), 0x8D: (False, True), 0x8E: (True, False),
 AFL_CI: Final = 0x90
 ELL_ENCRYPTION_AES_CTR: Final = 1
 HOP_COUNTER_BIT: Final = 0x10  # CC field H: 0 from the meter, 1 once a repeater relayed it
+# AFL fragmentation control field: which of the AFL's fields are present
+FCL_MORE_FRAGMENTS: Final = 0x4000
+FCL_MCL: Final = 0x2000
+FCL_ML: Final = 0x1000
+FCL_MCR: Final = 0x0800
+FCL_MAC: Final = 0x0400
+FCL_KI: Final = 0x0200
+MCL_AUTHENTICATION_TYPE: Final = 0x0F
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +68,20 @@ class Afl:
     message_control: int | None
     message_counter: int | None
     mac: bytes
+    mac_covers: bytes = b""  # MCL, MCR and ML as transmitted (those present): the MAC's first bytes
 
     @property
     def more_fragments(self) -> bool:
-        return bool(self.fragment_control & 0x4000)
+        return bool(self.fragment_control & FCL_MORE_FRAGMENTS)
+
+    @property
+    def authentication_type(self) -> int | None:
+        return None if self.message_control is None else self.message_control & MCL_AUTHENTICATION_TYPE
+
+    def authentication(self, message: bytes) -> AflMac:
+        """The MAC and what it covers; `message` is every byte from the CI after the AFL to the end
+        of the message, as transmitted."""
+        return AflMac(self.authentication_type, self.mac, self.mac_covers + message)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"fcl": self.fragment_control, "more_fragments": self.more_fragments}
@@ -135,17 +153,21 @@ def afl(payload: bytes) -> tuple[Afl, bytes]:
     fcl = int.from_bytes(body[0:2], "little")
     pos = 2
     mcl = None
+    covers = b""
     counter = None
-    if fcl & 0x2000:  # MCL present
+    if fcl & FCL_MCL:
         mcl = body[pos] if pos < length else None
+        covers += body[pos : pos + 1]
         pos += 1
-    if fcl & 0x0200:  # key information present
+    if fcl & FCL_KI:
         pos += 2
-    if fcl & 0x0800:  # message counter present
+    if fcl & FCL_MCR:
         if pos + 4 > length:
             raise MbusDecodeError("AFL ends before its message counter")
+        covers += body[pos : pos + 4]
         counter = int.from_bytes(body[pos : pos + 4], "little")
         pos += 4
-    mac_end = length - (2 if fcl & 0x1000 else 0)
-    mac = body[pos:mac_end] if fcl & 0x0400 else b""
-    return Afl(fcl, mcl, counter, mac), payload[2 + length :]
+    mac_end = length - (2 if fcl & FCL_ML else 0)
+    mac = body[pos:mac_end] if fcl & FCL_MAC else b""
+    covers += body[mac_end:length] if fcl & FCL_ML else b""
+    return Afl(fcl, mcl, counter, mac, covers), payload[2 + length :]

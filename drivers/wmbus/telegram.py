@@ -15,7 +15,7 @@ from typing import Any, Final
 from water_edge.drivers.mbus import telegram as tpl
 from water_edge.drivers.mbus.frame import MbusDecodeError
 from water_edge.drivers.mbus.records import Record, parse_records
-from water_edge.drivers.mbus.security import SecurityContext
+from water_edge.drivers.mbus.security import AflMac, SecurityContext
 from water_edge.drivers.mbus.vif import medium_name
 from water_edge.drivers.wmbus import compact, layers
 from water_edge.drivers.wmbus.frame import LinkFrame, link_frame
@@ -114,6 +114,7 @@ class WirelessTelegram:
 class _State:
     ell: layers.Ell | None = None
     afl: layers.Afl | None = None
+    afl_mac: AflMac | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -121,7 +122,8 @@ def decode_wireless(
     raw: bytes, *, key: bytes | None = None, formats: compact.FormatStore | None = None
 ) -> WirelessTelegram:
     """Decode a received telegram (L field first, with or without CRCs). Raises MbusDecodeError
-    (MbusEncryptedError without a key, MbusKeyError for a wrong one) when it cannot."""
+    (MbusEncryptedError without a key, MbusKeyError for a wrong one, MbusMacError for a mode 7
+    telegram whose AFL MAC is missing or does not match) when it cannot."""
     store = formats if formats is not None else _SHARED_FORMATS
     link = link_frame(raw)
     payload = link.payload
@@ -136,6 +138,7 @@ def decode_wireless(
             state.afl, payload = layers.afl(payload)
             if state.afl.more_fragments:
                 raise MbusDecodeError("a fragment of a longer message (AFL more-fragments); not reassembled")
+            state.afl_mac = state.afl.authentication(payload)
         else:
             break
     else:
@@ -143,7 +146,7 @@ def decode_wireless(
     ci = payload[0]
     address = state.ell.address if state.ell is not None and state.ell.address else link.address
     counter = state.afl.message_counter if state.afl is not None else None
-    context = SecurityContext(key=key, address=address, message_counter=counter)
+    context = SecurityContext(key=key, address=address, message_counter=counter, afl_mac=state.afl_mac)
     if ci in TPL_CI:
         app = tpl.decode_user_data(ci, payload[1:], address=0, control=link.control, security=context)
         _learn(app, store)
