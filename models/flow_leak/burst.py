@@ -147,6 +147,7 @@ class BurstDetector:
     _center: F64 | None = None  # per slot: the usual hour-long excess (m3/h) ...
     _spread: F64 | None = None  # ... and its spread over the past days
     _mean_flow: float | None = None
+    _learnt_flow: float | None = None  # while learning: the median slot flow learnt so far
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -172,11 +173,14 @@ class BurstDetector:
         return max(self.params.min_added_pct / 100 * self._mean_flow, self.params.min_added_m3h)
 
     def glitch(self, flow: float) -> bool:
-        """Whether a sample is a glitch rather than demand (known once armed): one such sample
-        used to set the profile's day scale to its floor and raise a false burst for days. A flow
-        that stays that far out is real (a large main burst) and counts from its third sample."""
-        mean = self._mean_flow
-        if mean is None or mean <= 0 or abs(flow) <= GLITCH_FACTOR * mean:
+        """Whether a sample is a glitch rather than demand: beyond `GLITCH_FACTOR` x the district's
+        mean flow once armed, x the median slot flow learnt so far while learning. One such sample
+        used to set the profile's day scale to its floor and raise a false burst for days; while
+        learning, it went into the district's mean flow and raised the smallest burst reported for
+        weeks. A flow that stays that far out is real (a large main burst) and counts from its
+        third sample."""
+        reference = self._mean_flow if self._mean_flow is not None else self._learnt_flow
+        if reference is None or reference <= 0 or abs(flow) <= GLITCH_FACTOR * reference:
             self._beyond = 0
             return False
         self._beyond += 1
@@ -221,7 +225,22 @@ class BurstDetector:
         assert acc.start is not None
         flow = acc.flow_sum / acc.n if acc.n else None
         pressure = acc.p_sum / acc.p_n if acc.p_n else None
-        return self.judge(acc.key[0], acc.key[1], acc.start, flow, pressure)
+        row = self.judge(acc.key[0], acc.key[1], acc.start, flow, pressure)
+        if self._mean_flow is None:
+            self._learnt_flow = self._learnt_median()
+        return row
+
+    def _learnt_median(self) -> float | None:
+        """The median of the slot flows learnt so far, once half a day of them is: a day's slots
+        take in its peaks, where a window of the last samples would hold only a low night, and the
+        step to the morning's flow can be ten times that (the simulated district's 05:30)."""
+        if not self.days:
+            return None
+        flows = np.concatenate(list(self.days.values()))
+        flows = flows[np.isfinite(flows)]
+        if flows.size < self.params.slots_per_day // 2:
+            return None
+        return float(np.median(flows)) + self.offset
 
     # -- the judgement ---------------------------------------------------------------------------
 
@@ -435,6 +454,7 @@ class BurstDetector:
         out.alarm_since = None if since is None else datetime.fromisoformat(since)
         out.alarm_excess = [float(e) for e in data.get("alarm_excess", [])]
         out.below = int(data.get("below", 0))
+        out._learnt_flow = out._learnt_median()
         return out
 
 

@@ -3,9 +3,10 @@ either way, that lasts at most `GLITCH_SAMPLES` samples in a row.
 
 A register misread or a poll scaled wrong gives one such sample; an inlet sized for fire flow can
 pass that much for hours when a large main bursts, and a flow that stays out there is real. The
-burst detector judges each sample as it comes against the district's mean flow (`burst.py`); a
-night's samples are judged together, once the night is over, against the night's median
-(`night_glitches`), so the night flow needs no burst detection and no learnt figure.
+burst detector judges each sample as it comes against the district's mean flow, and while it
+learns against the median slot flow learnt so far (`burst.py`); a night's samples are judged
+together, once the night is over, against the night's median (`night_glitches`), so the night flow
+needs no burst detection and no learnt figure.
 """
 
 from __future__ import annotations
