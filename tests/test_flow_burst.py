@@ -153,6 +153,30 @@ def test_score_burst_reads_a_european_export_and_lists_the_burst(tmp_path: Path)
     assert len(full.stdout.splitlines()) > 55 * 96 - 10  # every slot without --events
 
 
+def test_score_burst_skips_a_glitched_row_while_learning_and_says_so(tmp_path: Path) -> None:
+    cols = District(36, daytime_events=True).simulate(12)
+    clean, glitched = tmp_path / "clean.csv", tmp_path / "glitched.csv"
+    write_csv(cols, str(clean))
+    inflow = list(cols["inflow_a"])  # type: ignore[call-overload]
+    row = 3 * 96 + 40  # 10:00 on the fourth day, while the profile learns
+    inflow[row] = 1000 * inflow[row]
+    write_csv({**cols, "inflow_a": inflow}, str(glitched))
+    args = ["--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--timezone", "UTC"]
+    want = edge_agent("models", "score", "burst", "--csv", str(clean), *args)
+    got = edge_agent("models", "score", "burst", "--csv", str(glitched), *args)
+    assert got.returncode == 0, got.stderr
+    assert "1 sample(s) beyond 10x the district's mean flow" in got.stderr
+    assert "glitch" not in want.stderr
+    differ = [
+        i
+        for i, (a, b) in enumerate(zip(want.stdout.splitlines(), got.stdout.splitlines(), strict=True))
+        if a != b
+    ]
+    assert differ == [
+        row + 1
+    ]  # its slot only (one sample per slot, after the header): nothing learnt from it
+
+
 def test_score_burst_names_a_bad_holiday() -> None:
     run = edge_agent("models", "score", "burst", "--csv", "x.csv", "--flow", "a", "--holiday", "25/12/2024")
     assert run.returncode == 2

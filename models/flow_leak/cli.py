@@ -197,6 +197,7 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
     from datetime import date
 
     from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, FixedExcess
+    from water_edge.models.flow_leak.glitch import GLITCH_FACTOR, GLITCH_SAMPLES
     from water_edge.models.flow_leak.offline import FlowCsvError, read_net_flows
     from water_edge.models.nightwindow import zone
 
@@ -257,6 +258,12 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
         )
         out.append(row.csv() + "," + ",".join(extra))
     sys.stdout.write("\n".join(out) + "\n")
+    if detector.glitches:
+        sys.stderr.write(
+            f"edge-agent models: warning: {detector.glitches} sample(s) beyond {GLITCH_FACTOR:g}x the "
+            "district's mean flow (while learning, its median slot flow) skipped as a glitch (at most "
+            f"{GLITCH_SAMPLES} in a row: a longer run is flow)\n"
+        )
     sys.stderr.write(
         f"edge-agent models: {len(rows)} slots of {slot} min; {counted['burst']} burst(s), "
         f"{counted['cleared']} cleared, {counted['accepted']} accepted as the new level\n"
