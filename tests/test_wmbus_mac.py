@@ -5,6 +5,7 @@ kind that cannot be checked are refused with `MbusMacError`; a wrong key stays a
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -194,7 +195,8 @@ def test_a_copy_a_receiver_decrypted_is_read_without_a_key_and_refused_with_one(
 def test_cli_decode_wmbus_says_the_mac_does_not_match(capsys: pytest.CaptureFixture[str]) -> None:
     raw = mode7()
     assert main(["decode", "wmbus", raw.hex(), "--key", KEY.hex()]) == 0
-    capsys.readouterr()
+    decoded = json.loads(capsys.readouterr().out)
+    assert decoded["security"] == {"mode": 7, "decrypted": True, "authenticated": True}
     altered = changed(raw, len(raw) - 1, 0x01)
     assert main(["decode", "wmbus", altered.hex(), "--key", KEY.hex()]) == 2
     out, err = capsys.readouterr()

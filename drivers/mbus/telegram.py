@@ -119,6 +119,9 @@ class Telegram:
             out["application_error"] = self.application_error
         if self.security_mode:
             out["security"] = {"mode": self.security_mode, "decrypted": self.decrypted}
+            if self.security_mode == 7:
+                # Mode 7 is only decrypted with its AFL MAC checked (security.decrypt refuses it otherwise).
+                out["security"]["authenticated"] = self.decrypted
         if self.notes:
             out["notes"] = list(self.notes)
         return out
