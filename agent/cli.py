@@ -146,7 +146,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _config_errors(exc)
     from water_edge.agent.secrets import config_secrets
 
-    logs.configure(config.log.level, config.log.json_lines, secrets=config_secrets(config))
+    logs.configure(
+        config.log.level,
+        config.log.json_lines,
+        secrets=config_secrets(config),
+        flood_burst=config.log.flood_burst,
+        flood_window_s=config.log.flood_window_s,
+    )
     import structlog
 
     from water_edge.agent.config.files import file_problems

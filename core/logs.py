@@ -4,7 +4,8 @@ Libraries that log through the standard `logging` module (pymodbus, asyncua, pah
 through the same renderer, so the agent's log holds one format only (no bare `Failed to connect`
 line among the JSON). The libraries whose failures the drivers already report in their own words
 (`QUIET_LIBRARIES`) are heard only at `debug`, those that narrate their work at info
-(`CHATTY_LIBRARIES`) from `warning` up unless the level is `debug`.
+(`CHATTY_LIBRARIES`) from `warning` up unless the level is `debug`. Both kinds of line pass one
+flood guard (`core.log_flood`): at most a burst of lines of one kind per window, the rest counted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from water_edge.core.log_flood import DEFAULT_BURST, DEFAULT_WINDOW_S, FloodGuard
 from water_edge.core.redact import RedactingProcessor
 
 
@@ -40,17 +42,25 @@ QUIET_LIBRARIES = ("pymodbus",)
 CHATTY_LIBRARIES = ("asyncua",)
 
 
-def configure(level: str = "info", json: bool | None = None, secrets: Sequence[str] = ()) -> None:
+def configure(
+    level: str = "info",
+    json: bool | None = None,
+    secrets: Sequence[str] = (),
+    flood_burst: int = DEFAULT_BURST,
+    flood_window_s: float = DEFAULT_WINDOW_S,
+) -> None:
     """Route structlog and the standard library's logging to stderr; `json=None` picks JSON when
-    stderr is not a terminal."""
+    stderr is not a terminal. `flood_burst=0` writes every line (no flood guard)."""
     if json is None:
         json = not sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    guard: list[structlog.typing.Processor] = [FloodGuard(flood_burst, flood_window_s)] if flood_burst else []
     shared: list[structlog.typing.Processor] = [
         structlog.processors.add_log_level,
+        *guard,  # before the time stamp and rendering, so that a line left out costs little
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         RedactingProcessor(secrets),
@@ -66,6 +76,14 @@ def configure(level: str = "info", json: bool | None = None, secrets: Sequence[s
 
 class RoutedHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler `configure` installs (replaced, not stacked, when called again)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            super().emit(record)
+        except structlog.DropEvent:
+            # The flood guard left the record out (and counted it). DropEvent is a BaseException,
+            # which `logging` does not catch: it would reach the library that logged.
+            return
 
 
 def _route_stdlib(

@@ -16,6 +16,7 @@ from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
+from water_edge.core.log_flood import DEFAULT_BURST, DEFAULT_WINDOW_S
 from water_edge.core.names import NAME_MAX_LENGTH, NAME_PATTERN
 from water_edge.core.sizes import ByteSize
 
@@ -77,6 +78,10 @@ class LogSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # None: JSON when not on a terminal (systemd), readable text on one.
     json_lines: bool | None = Field(default=None, alias="json")
+    # At most flood_burst lines of one kind (logger, event) per flood_window_s, the rest counted
+    # (`core.log_flood`); 0 writes every line. At least a second: a flood starts a timer per window.
+    flood_burst: int = Field(default=DEFAULT_BURST, ge=0, le=100_000)
+    flood_window_s: float = Field(default=DEFAULT_WINDOW_S, ge=1, le=86_400)
 
 
 class ModelsSection(BaseModel):
