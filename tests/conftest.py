@@ -10,7 +10,7 @@ import asyncio
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import structlog
 from tests.support.broker import Mosquitto
 from tests.support.testing import PORT_CLAIMS_ENV
 from tests.support.uplink import GATEWAY, SITE, Running, StartUplink, StateLog
+from tests.support.wmbus_air import Air, air_started
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.uplink.interfaces import LeaseAckOutbox
 from water_edge.agent.uplink.mqtt import MqttUplink
@@ -139,3 +140,10 @@ def centre_db(postgres_server: Any, request: pytest.FixtureRequest) -> str:
     dsn: str = postgres_server.create_db(name)
     migrate(dsn)
     return dsn
+
+
+@pytest.fixture
+async def air_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Air]]]:
+    """`await air_factory(**options)`: firmware-sim's wireless meters on the air (tests/support/wmbus_air)."""
+    async with air_started(tmp_path) as start:
+        yield start

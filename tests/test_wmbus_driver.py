@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from tests.support.testing import free_port
+from tests.support.wmbus_air import Air, stick_config, volumes
 from water_edge.core.errors import DriverIOError
 from water_edge.core.health import health_json
 from water_edge.core.reading import Reading
@@ -23,57 +24,6 @@ from water_edge.drivers.wmbus.driver import WmbusDriver
 from water_edge.drivers.wmbus.duplicates import HOP_COUNTER_BIT, Duplicates
 from water_edge.drivers.wmbus.frame import LinkFrame
 from water_edge.drivers.wmbus.receivers import Received
-from water_edge.sim.component import SimContext
-from water_edge.sim.pumpstation import PumpStation
-from water_edge.sim.wmbus_air import WmbusComponent
-
-TAMPER = {"record": "error_flags", "bit": 2, "alarm": "tamper"}  # the simulator's data sheet
-
-
-class Air:
-    def __init__(self, component: WmbusComponent, detail: dict[str, Any]) -> None:
-        self.component = component
-        self.detail = detail
-        self.meters: list[dict[str, Any]] = detail["meters"]
-
-    def meter(self, index: int, **extra: Any) -> dict[str, Any]:
-        m = self.meters[index]
-        return {"name": f"m{index}", "id": m["id"], "key": m["key"], "alarm_bits": [TAMPER], **extra}
-
-
-@pytest.fixture
-async def air_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    started: list[tuple[WmbusComponent, asyncio.Task[None]]] = []
-
-    async def start(**options: Any) -> Air:
-        station = PumpStation(5)
-        station.step(10)
-        ctx = SimContext(
-            station=station, points=[], seed=5, host="127.0.0.1", workdir=tmp_path,
-            options={"meters": 6, "interval_s": 1.0, **options},
-        )  # fmt: skip
-        component = WmbusComponent()
-        (announcement,) = await component.start(ctx)
-
-        async def clock() -> None:  # 50 model seconds per wall second
-            while True:
-                station.step(10)
-                await asyncio.sleep(0.02)
-
-        started.append((component, asyncio.create_task(clock())))
-        return Air(component, announcement.detail)
-
-    yield start
-    for component, task in started:
-        task.cancel()
-        await component.stop()
-
-
-def stick_config(air: Air, meters: list[dict[str, Any]], mode: str = "T1", **extra: Any) -> WmbusConfig:
-    return WmbusConfig.model_validate(
-        {"name": "w", "kind": "wmbus", "receiver": "im871a", "port": air.detail["path"],
-         "link_modes": [mode], "meters": meters, **extra}
-    )  # fmt: skip
 
 
 async def listen(cfg: WmbusConfig, seconds: float = 10.0) -> tuple[dict[str, Reading], WmbusDriver]:
@@ -336,10 +286,6 @@ def two_receivers(air: Air, meters: list[dict[str, Any]], sdr_port: int | None =
               "tcp_port": sdr_port or air.detail["rtlwmbus"]["port"], "link_modes": ["T1", "C1"]},
          ]}
     )  # fmt: skip
-
-
-def volumes(readings: list[Reading], name: str) -> list[float]:
-    return [float(r.value or 0) for r in readings if r.tag == f"{name}.volume"]
 
 
 async def test_two_receivers_give_each_meter_once_whichever_hears_it(air_factory: Callable[..., Any]) -> None:

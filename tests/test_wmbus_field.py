@@ -15,12 +15,10 @@ import pytest
 
 from tests.support.supervised import supervised
 from tests.support.testing import eventually
-from tests.test_wmbus_driver import air_factory, stick_config, volumes
+from tests.support.wmbus_air import stick_config, volumes
 from water_edge.core.reading import Reading
 from water_edge.drivers.wmbus.config import WmbusConfig
 from water_edge.drivers.wmbus.driver import WmbusDriver
-
-__all__ = ["air_factory"]  # the fixture, shared with test_wmbus_driver
 
 LEAK = {"leak_lph": 36_000.0}  # the register grows with every telegram: an old one shows as a dip
 
