@@ -334,6 +334,19 @@ def test_a_config_too_big_for_the_unit_is_valid_with_a_warning_and_the_figure(
     assert "systemd would kill it" in warning
 
 
+def test_mqtt_3_1_1_is_valid_with_a_warning_that_a_denied_topic_goes_unseen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    default = write(tmp_path, GOOD)
+    assert main(["check-config", "-c", str(default)]) == 0
+    assert "uplink.protocol" not in capsys.readouterr().err
+    old = write(tmp_path, GOOD.replace("port = 1883\n", 'port = 1883\nprotocol = "3.1.1"\n'))
+    assert main(["check-config", "-c", str(old)]) == 0
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "uplink.protocol" in line]
+    assert warning.startswith(f"warning: {old}: uplink.protocol:")
+    assert "deleted as delivered" in warning
+
+
 def test_duplicate_device_names_and_reserved_streams(tmp_path: Path) -> None:
     second = GOOD.split("[[devices]]")[1]
     reserved = '\n[[devices]]\nname = "x"\nkind = "fake"\nstream = "events"\n[[devices.tags]]\nname = "a"\n'

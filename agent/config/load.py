@@ -349,6 +349,7 @@ def load_config(path: str | Path) -> Config:
     else:
         _check_model_tags(source, models, devices, problems, warnings)
     if section is not None:
+        warnings += _uplink_warnings(source, section.uplink)
         _check_secrets(source, section.uplink, "uplink", problems)
         for index, device in enumerate(devices):
             _check_secrets(source, device, f"devices[{index}] ({device.name})", problems)
@@ -371,6 +372,17 @@ def load_config(path: str | Path) -> Config:
         models=models,
         warnings=tuple(warnings),
     )
+
+
+def _uplink_warnings(source: Path, uplink: MqttConfig) -> list[str]:
+    if uplink.protocol != "3.1.1":
+        return []
+    return [
+        f'{source}: uplink.protocol: "3.1.1" cannot tell a topic the broker refuses: the broker '
+        "acknowledges a publish its ACL denies and drops it, and the rows are deleted as delivered. "
+        'Use "5" (Mosquitto, EMQX, HiveMQ, VerneMQ speak it), or check the broker\'s ACL for this '
+        "gateway's topics"
+    ]
 
 
 def _check_model_tags(
