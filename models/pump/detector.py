@@ -6,7 +6,7 @@ Works on any set of numeric channels (the mapped roles of one pump, or the colum
    ridge regression of each channel from the others (`1, z_j, z_j**2`): the pump's normal relations
    (current follows flow and head, vibration follows speed...). Residuals are cross-fitted over
    contiguous blocks so their spread is what unseen normal data shows, not the fit's optimism.
-2. Two arms score each channel:
+2. Two arms and a frozen test score each channel:
    - the *relation arm*: the trailing mean of the channel's relation residual over `level_window`
      samples, standardised by how much that mean wandered on cross-fitted calibration data. A
      valve closing, a drifting sensor or a worn bearing pulls a signal off its normal relation to
@@ -15,9 +15,15 @@ Works on any set of numeric channels (the mapped roles of one pump, or the colum
      the shared TFLite scorer, which turns a window into one non-negative number (its strength is
      the window's shape: cavitation's unsteadiness, vibration growing). The scorer never sees
      channel names, so one model serves every pump and every CSV.
-   Each arm is divided by its own threshold; a channel's score is the larger of the two and the
+   Each arm is divided by its own threshold; a channel's score is the largest of them and the
    pump's score the largest over its channels, so the score is in units of the alarm level
    (`threshold` is 1: above it is abnormal, 2 is twice the alarm level).
+   - the *frozen test*: a register that holds its last value (a transmitter or PLC input card
+     frozen) repeats one reading exactly, which a channel whose noise is above its resolution
+     never does for long. Per channel: the current run of identical readings over the channel's
+     `frozen_limit` (`run / limit`, so above 1 is abnormal). See `frozen_limits` for which
+     channels qualify and why the limit is what it is; 0 means no frozen test (a coarsely
+     quantised or slow channel, or a calibration written before the test existed).
 3. Each arm's threshold is a high quantile of its calibration scores times a margin that grows as
    the calibration gets shorter: `margin * (1 + size_factor / sqrt(n / window))`. Windows overlap,
    so `n / window` is roughly the number of independent looks at normal the quantile rests on; the
@@ -58,6 +64,11 @@ SCORE_CAP = 1e6  # scorer outputs beyond this (or inf) are capped
 CHUNK_ROWS = 4096  # calibration scores this many rows at a time (bounded memory on a Pi)
 SCORE_CHUNK_ROWS = 65_536  # `score` takes this many rows at a time
 GLITCH_PCT = 0.1  # % of calibration rows at each end a channel's spread is not taken from
+# The frozen test (`frozen_limits` says why these values):
+FROZEN_MAX_REPEAT = 0.05  # a channel qualifies when at most this share of its readings repeat
+FROZEN_MIN_PAIRS = 600  # ... measured on at least this many pairs of successive readings
+FROZEN_FLOOR = 30  # rows: no limit is shorter
+FROZEN_K = 2.0  # times the longest run of identical readings calibration saw
 
 
 def threshold_margin(
@@ -104,6 +115,11 @@ class Calibration:
     from_ts: str | None = None
     to_ts: str | None = None
     dropped: list[str] = field(default_factory=list)  # constant during calibration: ignored
+    # The frozen test, per channel (empty: none, as in a calibration written before it existed).
+    # frozen_limit 0: the channel does not qualify (it repeats too often to be judged this way).
+    frozen_limit: list[float] = field(default_factory=list)
+    repeat_share: list[float] = field(default_factory=list)  # of successive readings, identical
+    longest_run: list[int] = field(default_factory=list)  # of identical readings, in calibration
     format: int = CALIBRATION_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,9 +133,141 @@ class Calibration:
                 "release): calibrate the pump again (edge-agent models calibrate pump)"
             )
         try:
-            return cls(**data)
+            cal = cls(**data)
         except TypeError as exc:
             raise ModelError(f"calibration file is malformed: {exc}") from exc
+        if cal.frozen_limit and len(cal.frozen_limit) != len(cal.channels):
+            raise ModelError(
+                f"calibration file is malformed: {len(cal.frozen_limit)} frozen limits for "
+                f"{len(cal.channels)} channels"
+            )
+        return cal
+
+    def frozen(self, run: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """(C,) or (n, C): which channels' runs of identical readings are past their limit."""
+        if not self.frozen_limit:
+            return np.zeros(np.shape(run), dtype=bool)
+        lim = np.asarray(self.frozen_limit, dtype=np.float64)
+        return np.asarray((lim > 0) & (np.asarray(run, dtype=np.float64) > lim), dtype=bool)
+
+
+@dataclass(frozen=True, slots=True)
+class Runs:
+    """Where each channel's run of identical readings stands after the rows seen so far: its last
+    reading (float32, NaN before any) and how many readings in a row have had that value (0 before
+    any). What the gateway carries from one sample to the next and across a restart."""
+
+    last: F32
+    length: F64
+
+    @classmethod
+    def start(cls, n_channels: int) -> Runs:
+        return cls(np.full(n_channels, np.nan, dtype=np.float32), np.zeros(n_channels))
+
+
+def repeat_runs(x: F64, before: Runs | None = None) -> tuple[F32, Runs]:
+    """(n, C) the length of the run of identical readings each row's reading belongs to (1: it
+    differs from the previous reading; float32, exact to 16 million rows, half the memory of a
+    week's file), and where the runs stand after the last row.
+
+    Readings are compared at float32 precision, the precision the gateway keeps its history in
+    (calibration reads it from there). A missing cell neither breaks nor extends a run: it carries
+    the run as it stood (the register was not read, so nothing says it changed), and the next
+    reading extends the run if it equals the last one read. `before` continues runs from earlier
+    rows (a gateway's previous samples); without it every channel starts afresh.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, n_ch = x.shape
+    state = before or Runs.start(n_ch)
+    with np.errstate(over="ignore", invalid="ignore"):
+        v32 = x.astype(np.float32)
+    if n == 1:  # the gateway, a sample at a time: no loop over channels
+        seen = np.isfinite(v32[0])
+        length = np.where(seen, np.where(v32[0] == state.last, state.length + 1.0, 1.0), state.length)
+        return length[None].astype(np.float32), Runs(np.where(seen, v32[0], state.last), length)
+    out = np.empty((n, n_ch), dtype=np.float32)
+    last = state.last.copy()
+    length = state.length.copy()
+    for c in range(n_ch):
+        rows = np.flatnonzero(np.isfinite(v32[:, c]))
+        if len(rows) == 0:
+            out[:, c] = length[c]
+            continue
+        v = v32[rows, c]
+        new = np.ones(len(v), dtype=bool)
+        new[1:] = v[1:] != v[:-1]
+        carried = bool(v[0] == last[c])  # False when `last` is NaN: no run before
+        new[0] = not carried
+        k = np.arange(len(v))
+        start = np.maximum.accumulate(np.where(new, k, 0))
+        run = (k - start + 1).astype(np.float64)
+        if carried:
+            first = int(np.argmax(new)) if new.any() else len(v)  # the rows of the carried run
+            run[:first] += length[c]
+        # each row: the run of the last reading at or before it (missing cells carry it)
+        at = np.searchsorted(rows, np.arange(n), side="right") - 1
+        out[:, c] = np.where(at >= 0, run[np.maximum(at, 0)], length[c])
+        last[c], length[c] = v[-1], run[-1]
+    return out, Runs(last, length)
+
+
+def frozen_limits(x: F64) -> tuple[list[float], list[float], list[int]]:
+    """Per channel of calibration rows `x`: the frozen test's limit in rows (0: no test), the share
+    of successive readings that were identical and the longest run of identical readings.
+
+    Which channels: a reading that equals the one before is what a frozen register does all the
+    time and what a channel whose noise is larger than its resolution seldom does. A channel
+    qualifies when at most `FROZEN_MAX_REPEAT` (5 %) of its successive readings repeat (with
+    Gaussian noise of spread s over a resolution q, the share is about q / (2 s sqrt(pi)): 5 % is
+    noise over five steps of resolution, so readings are close to independent draws), measured on
+    at least `FROZEN_MIN_PAIRS` pairs (with 600, a channel repeating 10 % of the time shows 5 % or
+    less with odds of about 1 in 160,000). A channel read in coarse steps (a pressure in 0.1 bar, a
+    temperature) or one that holds still (a speed at its maximum) repeats more often and is left
+    to the other arms; so is one calibration never saw read (empty, mostly missing).
+
+    The limit: `max(FROZEN_FLOOR, FROZEN_K x longest run)`.
+    - K = 2: if runs of identical readings have a geometric tail (each reading repeats the last
+      with some chance r), the longest run L in the n calibration rows has r**L ~ 1/n; a run of 2L
+      then turns up with chance ~ n * r**(2L) ~ 1/n in the next n rows: at 1 s, about once in
+      86,400 days. The longest run of a year of service is about 1.5 L (log(365 n) / log(n)).
+      Taking the channel's own longest run, not the share alone, is what covers a channel that
+      is noisy most of the day but holds one value for an hour at night (a speed at its limit):
+      its limit is two hours.
+    - The floor, 30 rows, is not set by chance: at the qualifying bound (5 % repeats, independent)
+      a run of 7 readings turns up about once in 700 days of 1 s rows (86,400 x 0.05**6 = 0.0014
+      a day). It is set by what else makes a value repeat and what an alarm costs: the gateway
+      repeats a value whose poll failed for up to `stale_after_s` (10 s: 10 samples) before it
+      reads it missing, and an alarm, once raised, holds for at least `clear_after` (30) samples:
+      a freeze shorter than the hold it would cause is not worth an event. With the alarm's
+      persistence (5 samples above the limit) a frozen register is flagged 35 samples after it
+      froze on a channel whose calibration runs stay under 16 (35 s at 1 s), 2L + 5 samples after
+      otherwise.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    runs, _ = repeat_runs(x)
+    limits: list[float] = []
+    shares: list[float] = []
+    longest: list[int] = []
+    with np.errstate(over="ignore", invalid="ignore"):
+        v32 = x.astype(np.float32)
+    for c in range(x.shape[1]):
+        v = v32[np.isfinite(v32[:, c]), c]
+        pairs = max(0, len(v) - 1)
+        share = float(np.mean(v[1:] == v[:-1])) if pairs else 1.0
+        long_run = int(runs[:, c].max()) if len(runs) else 0
+        ok = pairs >= FROZEN_MIN_PAIRS and share <= FROZEN_MAX_REPEAT
+        limits.append(max(float(FROZEN_FLOOR), FROZEN_K * long_run) if ok else 0.0)
+        shares.append(round(share, 6))
+        longest.append(long_run)
+    return limits, shares, longest
+
+
+def frozen_scores(runs: F32, limits: Sequence[float]) -> F64:
+    """(n, C) the frozen test per channel: run / limit (above 1: longer than the limit), 0 where a
+    channel has no limit (no test)."""
+    lim = np.asarray(limits, dtype=np.float64) if len(limits) else np.zeros(runs.shape[1])
+    on = lim > 0
+    return np.where(on, runs.astype(np.float64) / np.where(on, lim, 1.0), 0.0)
 
 
 def _fill(z: F64) -> F64:
@@ -290,6 +438,7 @@ def calibrate(
 
     scores = scorer_scores(model, z, r, window).max(axis=1)[filled:]
     q = float(np.quantile(scores, quantile))
+    frozen_limit, repeat_share, longest_run = frozen_limits(x)
     return Calibration(
         channels=names,
         center=center.tolist(),
@@ -312,6 +461,9 @@ def calibrate(
         from_ts=from_ts,
         to_ts=to_ts,
         dropped=dropped,
+        frozen_limit=frozen_limit,
+        repeat_share=repeat_share,
+        longest_run=longest_run,
     )
 
 
@@ -322,6 +474,7 @@ class Scored:
     score: F64  # (n,) in units of the alarm level (above `Calibration.threshold`, 1, is abnormal)
     channel: F64  # (n, C) the same per channel
     residual: F64  # (n, C)
+    run: F32  # (n, C) each reading's run of identical readings (`repeat_runs`)
 
 
 def select(x: F64, channels: Sequence[str], cal: Calibration) -> F64:
@@ -333,33 +486,43 @@ def select(x: F64, channels: Sequence[str], cal: Calibration) -> F64:
     return np.asarray(x, dtype=np.float64)[:, [index[c] for c in cal.channels]]
 
 
-def score(x: F64, cal: Calibration, model: Scorer) -> Scored:
+def score(x: F64, cal: Calibration, model: Scorer, runs: F32 | None = None) -> Scored:
     """Score rows of `x` whose columns are `cal.channels`, in order, `SCORE_CHUNK_ROWS` at a time:
     each piece with the rows before it that its trailing windows reach back to, so the figures are
-    those of one piece, without a week of 1 Hz rows' temporaries at once (~220 MB)."""
+    those of one piece, without a week of 1 Hz rows' temporaries at once (~220 MB).
+
+    `runs` (n, C): each row's run of identical readings, from a caller that counts them from
+    before `x` (the gateway scores a 32-row window; a frozen register's run is longer). Without
+    it they are counted on `x` whole, before it is cut into pieces: a run reaches back further than
+    any piece's look-back."""
+    x = np.asarray(x, dtype=np.float64)
+    if runs is None:
+        runs, _ = repeat_runs(x)
     n = len(x)
     if n <= SCORE_CHUNK_ROWS:
-        return _score_rows(x, cal, model)
+        return _score_rows(x, cal, model, runs)
     back = max(cal.window, cal.level_window) - 1
     channel, residual = np.empty(x.shape), np.empty(x.shape)
     for start in range(0, n, SCORE_CHUNK_ROWS):
         lo, stop = max(0, start - back), min(n, start + SCORE_CHUNK_ROWS)
-        part = _score_rows(x[lo:stop], cal, model)
+        part = _score_rows(x[lo:stop], cal, model, runs[lo:stop])
         channel[start:stop], residual[start:stop] = part.channel[start - lo :], part.residual[start - lo :]
-    return Scored(channel.max(axis=1), channel, residual)
+    return Scored(channel.max(axis=1), channel, residual, runs)
 
 
-def _score_rows(x: F64, cal: Calibration, model: Scorer) -> Scored:
+def _score_rows(x: F64, cal: Calibration, model: Scorer, runs: F32) -> Scored:
     z = zscores(x, cal)
     r = residuals(
         z, np.asarray(cal.coef), np.asarray(cal.residual_scale), np.asarray(cal.z_low), np.asarray(cal.z_high)
     )
     level = level_stats(r, cal.level_window, np.asarray(cal.level_mid), np.asarray(cal.level_sd))
-    ch = (
-        np.maximum(level / cal.level_threshold, scorer_scores(model, z, r, cal.window) / cal.scorer_threshold)
-        * cal.threshold
+    ch = np.maximum(
+        level / cal.level_threshold, scorer_scores(model, z, r, cal.window) / cal.scorer_threshold
     )
-    return Scored(ch.max(axis=1), ch, r)
+    if cal.frozen_limit:  # a calibration written before the frozen test has none: scored as then
+        ch = np.maximum(ch, frozen_scores(runs, cal.frozen_limit))
+    ch = ch * cal.threshold
+    return Scored(ch.max(axis=1), ch, r, runs)
 
 
 class Alarm:
@@ -408,11 +571,15 @@ def contributors(
     residual_window: F64,
     top: int = 2,
     words: dict[str, str] | None = None,
+    *,
+    run: npt.ArrayLike | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
     """The channels driving a score and one sentence for an operator.
 
     `channel_score` is (C,) at the alarm; `residual_window` (w, C) the recent residuals whose mean
-    sign says above or below normal, and the regression says normal relative to what.
+    sign says above or below normal, and the regression says normal relative to what. `run` (C,),
+    the runs of identical readings at the alarm (`Scored.run`): a channel past its frozen limit is
+    `frozen` ("flow frozen: the same value for 40 samples"), with `same_value_samples`.
     """
     words = words or {}
     n_ch = len(cal.channels)
@@ -421,8 +588,21 @@ def contributors(
     chosen = [int(i) for i in order if channel_score[i] >= limit] or [int(order[0])]
     coef = np.asarray(cal.coef)
     mean_r = residual_window.mean(axis=0)
+    runs = np.zeros(n_ch) if run is None else np.asarray(run, dtype=np.float64)
+    frozen = cal.frozen(runs)
     signals: list[dict[str, Any]] = []
     for i in chosen:
+        if frozen[i]:
+            signals.append(
+                {
+                    "signal": cal.channels[i],
+                    "score": round(float(channel_score[i]), 3),
+                    "direction": "frozen",
+                    "relative_to": None,
+                    "same_value_samples": int(runs[i]),
+                }
+            )
+            continue
         weight = np.abs(coef[i, 1 : 1 + n_ch]) + np.abs(coef[i, 1 + n_ch :])
         weight[i] = 0.0
         ref = cal.channels[int(np.argmax(weight))] if n_ch > 1 and weight.max() > 0.05 else None
@@ -438,7 +618,11 @@ def contributors(
     def say(name: str | None) -> str:
         return words.get(name, name) if name else ""
 
-    parts: list[str] = []
+    parts = [
+        f"{say(s['signal'])} frozen: the same value for {s['same_value_samples']} samples"
+        for s in signals
+        if s["direction"] == "frozen"
+    ]
     for direction in ("above", "below"):
         group = [s for s in signals if s["direction"] == direction]
         if not group:

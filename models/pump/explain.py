@@ -5,7 +5,8 @@ signal, and which way?" before trusting it. Per marked row: the channels whose o
 `SHARE` of the alarm level, strongest first (at most `TOP`; the strongest alone when none did),
 each with the way it moved — `above` / `below` its calibrated level (or, for the gateway detector,
 its calibrated relation to the other signals), `noisier` / `steadier` when the steady detector
-judged its row-to-row noise. Unmarked rows are left empty.
+judged its row-to-row noise, `frozen: the same value for N samples` when the gateway detector's
+frozen test holds it. Unmarked rows are left empty.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ Words = npt.NDArray[np.str_]  # rows x channels: which way each channel moved
 
 SHARE = 0.5  # of the alarm level: a channel this far up helps carry the row
 TOP = 3
+FROZEN = " frozen: "  # how a frozen channel's words start (`frozen_words`)
 
 
 def _row(names: Sequence[str], score: F64, words: Words) -> str:
@@ -55,10 +57,22 @@ def relation_words(residual: F64, window: int = 8) -> Words:
     return out
 
 
+def frozen_words(words: Words, run: npt.NDArray[np.float32], frozen: npt.NDArray[np.bool_]) -> Words:
+    """`words` with `frozen: the same value for N samples` where `frozen` (rows x channels, the
+    gateway detector's frozen test past its limit, `Calibration.frozen`); `run` the runs."""
+    if not frozen.any():
+        return words
+    said = np.char.add(
+        "frozen: the same value for ", np.char.add(run.astype(np.int64).astype(str), " samples")
+    )
+    out: Words = np.where(frozen, said, words)
+    return out
+
+
 def summary(texts: Sequence[str]) -> str:
     """How many marked rows name each signal, most named first: `Current 250, Pressure 80`."""
     counts: Counter[str] = Counter()
     for text in texts:
         for part in filter(None, text.split("; ")):
-            counts[part.rsplit(" ", 1)[0]] += 1
+            counts[part.split(FROZEN)[0] if FROZEN in part else part.rsplit(" ", 1)[0]] += 1
     return ", ".join(f"{name} {n:,}" for name, n in counts.most_common())

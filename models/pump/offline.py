@@ -511,7 +511,10 @@ def score_csv(
         alarm = _as_history(scored.score, alarm, calibrate_rows, cal.threshold, hyst)
     texts = (
         explain.signals(
-            cal.channels, scored.channel / cal.threshold, explain.relation_words(scored.residual), alarm
+            cal.channels,
+            scored.channel / cal.threshold,
+            explain.frozen_words(explain.relation_words(scored.residual), scored.run, cal.frozen(scored.run)),
+            alarm,
         )
         if explained
         else None

@@ -15,7 +15,12 @@ Per configured pump (`PumpModelConfig`):
 6. state `armed`/`alarm`: once the pump's window is full (the scorer's 32 samples after
    calibration or a restart), each sample is scored against the calibration (off the event loop)
    and fed to persistence/hysteresis; a rise emits `pump_anomaly` naming the signals that moved, a clear
-   emits `pump_anomaly_cleared`.
+   emits `pump_anomaly_cleared`;
+7. the frozen test's runs of identical readings are longer than the window: each running sample
+   extends or breaks them (`detector.repeat_runs`), carried from sample to sample and, at a
+   restart, taken up from the end of the history. Samples not taken (the pump stopped, the agent
+   down) neither break nor extend a run, like a missing cell: a register frozen across a stop
+   reads the same value after it.
 
 A calibration written by `edge-agent models calibrate pump` while the agent runs is picked up
 within `RELOAD_EVERY` samples. Reading time (not the wall clock) drives sampling, so a replayed
@@ -41,7 +46,16 @@ from water_edge.core.sampling import SampleTimes
 from water_edge.models.alarm_record import AlarmRecord
 from water_edge.models.manifest import ModelError, shipped
 from water_edge.models.pump.config import LARGEST_SIGNAL, ROLE_WORDS, PumpModelConfig
-from water_edge.models.pump.detector import Alarm, Calibration, Scorer, calibrate, contributors, score
+from water_edge.models.pump.detector import (
+    Alarm,
+    Calibration,
+    Runs,
+    Scorer,
+    calibrate,
+    contributors,
+    repeat_runs,
+    score,
+)
 from water_edge.models.pump.health import PumpHealth, PumpState, PumpStatus
 from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory, pump_dir
 
@@ -101,6 +115,8 @@ class _Pump:
     times: SampleTimes  # when a sample is due (reading time)
     latest: dict[str, tuple[int, float]] = field(default_factory=dict)  # role -> (ts_ns, value)
     window: deque[npt.NDArray[np.float64]] = field(default_factory=deque)
+    runs: Runs | None = None  # runs of identical readings per role, after the last running sample
+    run_window: deque[npt.NDArray[np.float32]] = field(default_factory=deque)  # beside `window`
     pending: list[tuple[int, npt.NDArray[np.float64]]] = field(default_factory=list)
     cal: Calibration | None = None
     learning_since_ns: int | None = None
@@ -174,6 +190,8 @@ class PumpProcessor:
                 pump.cal = None  # the mapping changed since: learn again
             if pump.cal is not None and record.raised_since() is not None:
                 pump.alarm.active = True  # raised at the last stop: it clears, or goes on, from here
+            if pump.cal is not None:
+                pump.runs = self._runs_from_history(pump, pump.cal)
             if pump.cal is None:
                 span = history.span()  # learning survives a restart: the rows are in the history
                 if span is not None:
@@ -182,6 +200,21 @@ class PumpProcessor:
             self.pumps[cfg.name] = pump
             for role, tag in cfg.signals.items():
                 self._routes.setdefault(tag, []).append((pump, role))
+
+    @staticmethod
+    def _runs_from_history(pump: _Pump, cal: Calibration) -> Runs | None:
+        """Where the runs of identical readings stood at the last kept sample: a register frozen
+        before a restart is still counted from when it froze (the history's float32 rows are the
+        precision runs are compared at). Twice the longest limit is enough to hold an alarm."""
+        need = 2 * int(max(cal.frozen_limit, default=0.0))
+        if need == 0:
+            return None
+        try:
+            rows = pump.history.tail(need)
+        except ModelError as exc:
+            pump.last_error = str(exc)
+            return None
+        return repeat_runs(rows)[1] if len(rows) else None
 
     def _ensure_open(self) -> None:
         if not self.pumps:
@@ -272,7 +305,9 @@ class PumpProcessor:
         if not self._running(pump, row) or not np.isfinite(row).any():
             pump.stopped_samples += 1
             pump.window.clear()
+            pump.run_window.clear()
             return
+        run_rows, pump.runs = repeat_runs(row[None], pump.runs)
         pump.pending.append((ts_ns, row))
         if len(pump.pending) >= FLUSH_ROWS:
             await asyncio.to_thread(self._flush, pump)
@@ -287,11 +322,13 @@ class PumpProcessor:
             return
         assert self._window is not None
         pump.window.append(row)
+        pump.run_window.append(run_rows[0])
         while len(pump.window) > self._window:
             pump.window.popleft()
+            pump.run_window.popleft()
         if len(pump.window) < self._window:
             return  # a window padded with its first sample is not a shape the scorer was trained on
-        total, channel, residual = await asyncio.to_thread(self._score, pump)
+        total, channel, residual, run = await asyncio.to_thread(self._score, pump)
         pump.scored += 1
         pump.last_score = total
         change = pump.alarm.update(total, pump.cal.threshold)
@@ -299,7 +336,7 @@ class PumpProcessor:
             pump.events += 1
             # Recorded first: a stop right after the event must not forget the alarm.
             await asyncio.to_thread(pump.record.save, ts_ns if change else None)
-            await emit(self._event(pump, ts_ns, change, total, channel, residual))
+            await emit(self._event(pump, ts_ns, change, total, channel, residual, run))
 
     async def _learn(self, pump: _Pump, ts_ns: int) -> None:
         if pump.learning_since_ns is None:
@@ -357,6 +394,7 @@ class PumpProcessor:
     def _arm(self, pump: _Pump, cal: Calibration) -> None:
         pump.cal = cal
         pump.window.clear()
+        pump.run_window.clear()
         raised = pump.alarm.active  # a raised alarm stays raised until the new calibration clears it
         pump.alarm = Alarm(pump.cfg.persistence, pump.cfg.clear_after, pump.cfg.hysteresis)
         pump.alarm.active = raised
@@ -375,13 +413,16 @@ class PumpProcessor:
         assert self._model is not None
         return self._model
 
-    def _score(self, pump: _Pump) -> tuple[float, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    def _score(
+        self, pump: _Pump
+    ) -> tuple[float, npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float32]]:
         cal = pump.cal
         assert cal is not None
-        rows = np.vstack(list(pump.window))
-        x = rows[:, [pump.roles.index(c) for c in cal.channels]]
-        scored = score(x, cal, self._scorer())
-        return float(scored.score[-1]), scored.channel[-1], scored.residual
+        cols = [pump.roles.index(c) for c in cal.channels]
+        x = np.vstack(list(pump.window))[:, cols]
+        runs = np.vstack(list(pump.run_window))[:, cols]
+        scored = score(x, cal, self._scorer(), runs)
+        return float(scored.score[-1]), scored.channel[-1], scored.residual, scored.run[-1]
 
     def _flush(self, pump: _Pump) -> None:
         rows, pump.pending = pump.pending, []
@@ -399,10 +440,13 @@ class PumpProcessor:
         total: float,
         channel: npt.NDArray[np.float64],
         residual: npt.NDArray[np.float64],
+        run: npt.NDArray[np.float32],
     ) -> Event:
         cal = pump.cal
         assert cal is not None
-        signals, sentence = contributors(cal, channel, residual[-min(len(residual), 8) :], words=ROLE_WORDS)
+        signals, sentence = contributors(
+            cal, channel, residual[-min(len(residual), 8) :], words=ROLE_WORDS, run=run
+        )
         detail: dict[str, Any] = {
             "pump": pump.cfg.name,
             "signals": signals,

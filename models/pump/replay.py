@@ -7,7 +7,8 @@ as the processor scores them: each against the window of the `window` rows up to
 emptied where the history has a gap (the pump stopped, the agent was down), through the pump's
 persistence and hysteresis (`detector.Alarm`). The calibration is the one in service now (a sample
 scored live under an older version may read otherwise here); rows before the window fills are not
-scored (`score` empty), as live.
+scored (`score` empty), as live. The frozen test's runs of identical readings are counted over the
+kept rows from the first one replayed, through gaps, as the processor counts them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from water_edge.core.instants import stretch
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump.config import PumpModelConfig
-from water_edge.models.pump.detector import Alarm, Calibration, Scorer, score
+from water_edge.models.pump.detector import Alarm, Calibration, Scorer, repeat_runs, score
 from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory, pump_dir
 
 GAP_SAMPLES = 1.5  # a step longer than this many sample intervals: the pump stopped in between
@@ -44,6 +45,7 @@ def replay_pump(
     if len(ts) == 0:
         raise CalibrationFailedError(f"no kept samples of pump {cfg.name} in that range (at {where})")
     x = rows[:, [roles.index(c) for c in cal.channels]]
+    runs, _ = repeat_runs(x)
     gap_ns = int(GAP_SAMPLES * cfg.sample_interval_s * NS)
 
     def lines() -> Iterator[str]:
@@ -57,7 +59,9 @@ def replay_pump(
             if i - start + 1 < window:
                 yield f"{stamp},,{int(alarm.active)},"
                 continue
-            total = float(score(x[i - window + 1 : i + 1], cal, model).score[-1])
+            total = float(
+                score(x[i - window + 1 : i + 1], cal, model, runs[i - window + 1 : i + 1]).score[-1]
+            )
             change = alarm.update(total, cal.threshold)
             event = "" if change is None else ("raised" if change else "cleared")
             yield f"{stamp},{total:.6g},{int(alarm.active)},{event}"

@@ -247,6 +247,19 @@ class FeatureHistory:
         )
         return ts, values
 
+    def tail(self, rows: int) -> npt.NDArray[np.float64]:
+        """The last `rows` rows' values (rows, channels), oldest first."""
+        with self._query() as db:
+            got = db.execute(
+                "SELECT v FROM (SELECT ts_ns, v FROM samples ORDER BY ts_ns DESC LIMIT ?) ORDER BY ts_ns",
+                (max(0, int(rows)),),
+            ).fetchall()
+        return (
+            np.frombuffer(b"".join(r[0] for r in got), dtype="<f4")
+            .astype(np.float64)
+            .reshape(len(got), len(self.channels))
+        )
+
     def count(self, from_ns: int | None = None) -> int:
         with self._query() as db:
             row = db.execute(
