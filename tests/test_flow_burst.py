@@ -90,6 +90,32 @@ def test_months_of_daytime_life_raise_few_alarms_where_the_fixed_rule_raises_man
     assert reference >= 3 * max(alarms, 1)
 
 
+@pytest.mark.parametrize(
+    ("seed", "daytime"), [(5036, False), (5018, True), (42, False)], ids=["5036", "5018-daytime", "42"]
+)
+def test_the_first_weeks_armed_raise_no_burst_at_the_morning_rise(seed: int, daytime: bool) -> None:
+    """A spread measured over 14 days is itself uncertain, and five such spreads were crossed at the
+    weekday morning rise: District 5036 raised a burst of 120 m3/h on 16 Jan 06:30, its second day
+    armed (seeds 31-60 and 5000-5049: 2-3 times the false bursts of later weeks). The level is now
+    raised while fewer than `profile_days` days are learnt; a burst is still found."""
+    cols = District(seed, daytime_events=daytime).simulate(60)
+    rows = _slots(cols, BurstParams())
+    armed = next(r.start for r in rows if r.expected is not None)
+    assert armed == datetime(2024, 1, 15)
+    early = [(r.start, r.size) for r in rows if r.event == "burst" and r.start < armed + timedelta(days=14)]
+    assert not early
+
+
+def test_a_burst_in_the_first_days_armed_is_found_by_the_night_after_it() -> None:
+    start = datetime(2024, 1, 17, 11, 0)  # the third day armed
+    burst = DistrictLeak(start, 0.1 * MEAN, end=start + timedelta(days=3))
+    cols = District(5036, leaks=[burst]).simulate(60)
+    found = [r for r in _slots(cols, BurstParams()) if r.event == "burst" and r.start >= start]
+    assert found
+    assert found[0].start <= datetime(2024, 1, 18, 6, 0)
+    assert found[0].size == pytest.approx(0.1 * MEAN, rel=0.35)
+
+
 def test_a_burst_left_running_is_accepted_and_the_next_one_is_found_on_top_of_it() -> None:
     first = DistrictLeak(datetime(2024, 2, 5, 14, 0), 0.2 * MEAN)  # never repaired
     second = DistrictLeak(datetime(2024, 2, 20, 9, 0), 0.4 * MEAN, end=datetime(2024, 2, 22))
