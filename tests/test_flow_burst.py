@@ -269,6 +269,20 @@ def test_config_refuses_a_slot_that_does_not_divide_a_day() -> None:
         BurstSection(enabled=True, slot_minutes=25)
 
 
+async def _processed(
+    section: FlowLeakSection, readings: list[Reading], where: Path
+) -> tuple[list[Event], FlowLeakProcessor]:
+    """The events a flow-leak processor with state in `where` emits for `readings`, and it."""
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    proc = FlowLeakProcessor([section], where)
+    await proc.run(_feed(readings), emit)
+    return events, proc
+
+
 @pytest.mark.parametrize("factor", [1000.0, -1000.0], ids=["spike", "negative"])
 async def test_one_glitched_flow_reading_raises_no_burst_and_costs_no_night(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factor: float
@@ -290,18 +304,8 @@ async def test_one_glitched_flow_reading_raises_no_burst_and_costs_no_night(
         burst=BurstSection(enabled=True),
     )  # fmt: skip
 
-    async def run(rs: list[Reading], where: Path) -> tuple[list[Event], FlowLeakProcessor]:
-        events: list[Event] = []
-
-        async def emit(e: Event) -> None:
-            events.append(e)
-
-        proc = FlowLeakProcessor([section], where)
-        await proc.run(_feed(rs), emit)
-        return events, proc
-
-    clean, _ = await run(readings, tmp_path / "clean")
-    events, proc = await run(glitched, tmp_path / "glitched")
+    clean, _ = await _processed(section, readings, tmp_path / "clean")
+    events, proc = await _processed(section, glitched, tmp_path / "glitched")
     assert [e.kind for e in events if e.kind != "night_flow"] == []
     nights = {e.detail["night"]: e.detail["night_flow_m3h"] for e in events if e.kind == "night_flow"}
     want = {e.detail["night"]: e.detail["night_flow_m3h"] for e in clean if e.kind == "night_flow"}
@@ -336,18 +340,8 @@ async def test_a_glitch_while_learning_stays_out_of_the_profile_and_a_burst_by_d
         timezone="UTC", sample_s=900, stale_after_s=1800, burst=BurstSection(enabled=True),
     )  # fmt: skip
 
-    async def run(rs: list[Reading], where: Path) -> tuple[list[Event], FlowLeakProcessor]:
-        events: list[Event] = []
-
-        async def emit(e: Event) -> None:
-            events.append(e)
-
-        proc = FlowLeakProcessor([section], where)
-        await proc.run(_feed(rs), emit)
-        return events, proc
-
-    clean, _ = await run(readings, tmp_path / "clean")
-    events, proc = await run(glitched, tmp_path / "glitched")
+    clean, _ = await _processed(section, readings, tmp_path / "clean")
+    events, proc = await _processed(section, glitched, tmp_path / "glitched")
     want = next(e.detail for e in clean if e.kind == "burst")
     got = next(e.detail for e in events if e.kind == "burst")
     assert want["slot_local"] <= "2024-01-22T16:00"
