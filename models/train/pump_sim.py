@@ -115,6 +115,11 @@ def simulate(sc: Scenario) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int8
     spread = np.maximum(np.nanstd(raw[: min(n, 3600)], axis=0), 0.02 * np.abs(np.nanmean(raw, axis=0)) + 1e-3)
     noisy = raw + rng.normal(0, 1, raw.shape) * spread * rng.uniform(0.02, 0.1, len(SIGNALS)) * sc.noise
     noisy = np.round(noisy / _QUANTUM) * _QUANTUM
+    if sc.fault == "sensor_stuck" and sc.onset_s < n:
+        # A frozen register holds the reading it last took, noise and all: the transmitter's noise
+        # and the PLC's quantisation come before it (as pump_eval_short has it), not on top.
+        col, at = SIGNALS.index(SENSOR_TAG["sensor_stuck"]), int(sc.onset_s)
+        noisy[at : min(n, int(sc.onset_s + sc.duration_s)), col] = noisy[at, col]
     noisy[rng.random(noisy.shape) < sc.missing] = np.nan
     return noisy, labels
 
