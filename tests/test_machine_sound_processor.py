@@ -191,7 +191,9 @@ async def test_a_converter_stuck_at_one_code_is_a_lost_microphone_not_an_anomaly
         await eventually(lambda: processor.health().clips >= 32, within_s=30, what="the whole file")
     assert [e.kind for e in events] == ["microphone_signal_lost", "microphone_signal_restored"]
     health = processor.health()
-    assert health.clips_silent == 3
+    # 30 s stuck: three clips when they fall on the file's 10 s marks; two whole ones (and a part
+    # of another) when a machine busy with other work made the driver's buffer shift them.
+    assert health.clips_silent in (2, 3)
     assert health.state == "armed"
 
 
