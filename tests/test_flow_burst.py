@@ -269,6 +269,16 @@ def test_config_refuses_a_slot_that_does_not_divide_a_day() -> None:
         BurstSection(enabled=True, slot_minutes=25)
 
 
+def _inflow_a_glitched(readings: list[Reading], factors: dict[datetime, float]) -> list[Reading]:
+    """`readings` with the inflow_a reading at each (local, TZ=UTC) time multiplied by its factor."""
+    at = {int(when.timestamp() * 1e9): f for when, f in factors.items()}
+    return [
+        dataclasses.replace(r, value=float(r.value) * at[r.ts_ns])  # type: ignore[arg-type]
+        if r.tag == "inflow_a" and r.ts_ns in at else r
+        for r in readings
+    ]  # fmt: skip
+
+
 async def _processed(
     section: FlowLeakSection, readings: list[Reading], where: Path
 ) -> tuple[list[Event], FlowLeakProcessor]:
@@ -292,12 +302,7 @@ async def test_one_glitched_flow_reading_raises_no_burst_and_costs_no_night(
     # -1000x made that night's flow -70,000 m3/h, and the night went unjudged.
     monkeypatch.setenv("TZ", "UTC")
     readings = _readings(District(37, daytime_events=False, prv_changes_per_year=0.0).simulate(32))
-    glitch = int(datetime(2024, 1, 25, 3).timestamp() * 1e9)
-    glitched = [
-        r if r.tag != "inflow_a" or r.ts_ns != glitch
-        else dataclasses.replace(r, value=float(r.value) * factor)  # type: ignore[arg-type]
-        for r in readings
-    ]  # fmt: skip
+    glitched = _inflow_a_glitched(readings, {datetime(2024, 1, 25, 3): factor})
     section = FlowLeakSection(
         name="dma-east", inflow=["inflow_a", "inflow_b"], outflow=["outflow"], pressure="pressure",
         timezone="UTC", sample_s=900, stale_after_s=1800, baseline_nights=10,
@@ -328,13 +333,8 @@ async def test_a_glitch_while_learning_stays_out_of_the_profile_and_a_burst_by_d
     burst = DistrictLeak(start, 0.15 * MEAN, end=start + timedelta(days=2))
     cols = District(37, daytime_events=False, prv_changes_per_year=0.0, leaks=[burst]).simulate(30)
     readings = _readings(cols)
-    factors = {datetime(2024, 1, 9, 8): 1000.0, datetime(2024, 1, 11, 3): -1000.0}  # both while learning
-    at = {int(when.timestamp() * 1e9): f for when, f in factors.items()}
-    glitched = [
-        dataclasses.replace(r, value=float(r.value) * at[r.ts_ns])  # type: ignore[arg-type]
-        if r.tag == "inflow_a" and r.ts_ns in at else r
-        for r in readings
-    ]  # fmt: skip
+    learning = {datetime(2024, 1, 9, 8): 1000.0, datetime(2024, 1, 11, 3): -1000.0}  # both while learning
+    glitched = _inflow_a_glitched(readings, learning)
     section = FlowLeakSection(
         name="dma-east", inflow=["inflow_a", "inflow_b"], outflow=["outflow"], pressure="pressure",
         timezone="UTC", sample_s=900, stale_after_s=1800, burst=BurstSection(enabled=True),
