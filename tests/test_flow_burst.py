@@ -6,16 +6,19 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.support.cli import edge_agent
+from tests.support.cli import CliRun, edge_agent
+from water_edge.agent.config.load import load_config
+from water_edge.core.errors import ConfigError
 from water_edge.core.reading import Event, Reading
 from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, FixedExcess, SlotRow
 from water_edge.models.flow_leak.config import BurstSection, FlowLeakSection
+from water_edge.models.flow_leak.holiday_dates import HolidayCalendarError, public_holidays
 from water_edge.models.flow_leak.processor import FlowLeakProcessor
 from water_edge.sim.district import District, DistrictLeak, write_csv
 
@@ -402,3 +405,145 @@ def test_a_restart_while_learning_keeps_skipping_glitches() -> None:
     for t, q in zip(times[-7:], net[-7:], strict=True):
         again.add(t, float(q))
     assert again.glitches == 1
+
+
+# -- public holidays from a country's calendar ------------------------------------------------------
+
+ITALY = "IT"
+SPRING_2024 = datetime(2024, 2, 1)  # 100 days: Easter Monday (1 April), 25 April and 1 May are weekdays
+ITALIAN_WEEKDAY_HOLIDAYS = ("2024-04-01", "2024-04-25", "2024-05-01")
+
+
+def test_a_country_calendar_does_not_run_out_and_knows_regions() -> None:
+    italy = public_holidays(ITALY)
+    assert date(2031, 4, 14) in italy  # Easter Monday: Easter Sunday is 13 April 2031
+    assert date(2046, 12, 25) in italy  # two decades on, where a typed-in list has long ended
+    assert date(2030, 1, 14) in public_holidays("JP")  # Coming of Age Day, the 2nd Monday of January
+    assert date(2030, 1, 6) in public_holidays("DE", "BY")  # Epiphany in Bavaria ...
+    assert date(2030, 1, 6) not in public_holidays("DE", "BE")  # ... not in Berlin
+    with pytest.raises(HolidayCalendarError, match="unknown country 'XX'") as country:
+        public_holidays("XX")
+    assert country.value.key == "holidays_country"
+    with pytest.raises(HolidayCalendarError, match=r"no subdivision 'ZZ'.*BY") as region:
+        public_holidays("DE", "ZZ")
+    assert region.value.key == "holidays_subdivision"
+
+
+def _italian_spring_csv(tmp_path: Path) -> Path:
+    cols = District(30, daytime_events=True, start=SPRING_2024, holidays=public_holidays(ITALY)).simulate(100)
+    path = tmp_path / "dma.csv"
+    write_csv(cols, str(path))
+    return path
+
+
+def test_score_burst_judges_the_countrys_holidays_as_sundays(tmp_path: Path) -> None:
+    # A weekday holiday's Sunday-like morning (the peak two hours later) is a false burst when the
+    # holiday is judged as a weekday: one on each of the three, in this district.
+    csv = _italian_spring_csv(tmp_path)
+    args = ["--csv", str(csv), "--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow"]
+    args += ["--timezone", "UTC", "--events"]
+
+    def burst_days(run: CliRun) -> set[str]:
+        assert run.returncode == 0, run.stderr
+        return {line[:10] for line in run.stdout.splitlines()[1:] if line.split(",")[4] == "burst"}
+
+    plain = edge_agent("models", "score", "burst", *args)
+    assert set(ITALIAN_WEEKDAY_HOLIDAYS) <= burst_days(plain)
+    assert "no holidays given (--holidays-country CC)" in plain.stderr
+    judged = edge_agent("models", "score", "burst", *args, "--holidays-country", ITALY)
+    assert not burst_days(judged) & set(ITALIAN_WEEKDAY_HOLIDAYS)
+    assert "3 holiday(s) on weekdays judged as Sundays" in judged.stderr
+    bad = edge_agent("models", "score", "burst", *args, "--holidays-country", "XX")
+    assert bad.returncode == 2
+    assert "--holidays-country: unknown country 'XX'" in bad.stderr
+    orphan = edge_agent("models", "score", "burst", *args, "--holidays-subdivision", "BY")
+    assert orphan.returncode == 2
+    assert "--holidays-subdivision needs --holidays-country" in orphan.stderr
+
+
+async def test_the_processor_takes_the_configured_countrys_holidays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    cols = District(30, daytime_events=True, start=SPRING_2024, holidays=public_holidays(ITALY)).simulate(100)
+    readings = _readings(cols)
+    found = {}
+    for country in (None, ITALY):
+        section = FlowLeakSection(
+            name="dma-south", inflow=["inflow_a", "inflow_b"], outflow=["outflow"], timezone="UTC",
+            sample_s=900, stale_after_s=1800, burst=BurstSection(enabled=True, holidays_country=country),
+        )  # fmt: skip
+        events, _ = await _processed(section, readings, tmp_path / str(country))
+        found[country] = {e.detail["onset_local"][:10] for e in events if e.kind == "burst"}
+    assert set(ITALIAN_WEEKDAY_HOLIDAYS) <= found[None]
+    assert not found[ITALY] & set(ITALIAN_WEEKDAY_HOLIDAYS)
+
+
+DISTRICT_CONFIG = """
+schema_version = 1
+
+[gateway]
+site = "south"
+id = "gw-01"
+state_dir = "{state}"
+
+[uplink]
+host = "127.0.0.1"
+
+[[devices]]
+name = "plc"
+kind = "fake"
+poll_interval_ms = 1000
+
+  [[devices.tags]]
+  name = "inflow"
+
+[[models.flow_leak]]
+name = "dma-south"
+inflow = ["plc/inflow"]
+timezone = "Europe/Rome"
+
+  [models.flow_leak.burst]
+  enabled = true
+"""
+
+
+def _district_config(tmp_path: Path, burst: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(DISTRICT_CONFIG.replace("{state}", str(tmp_path / "state")) + burst)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("burst", "key", "expected"),
+    [
+        ('holidays_country = "XX"\n', "burst.holidays_country", "unknown country 'XX'"),
+        ('holidays_country = "DE"\nholidays_subdivision = "ZZ"\n', "burst.holidays_subdivision", "BY"),
+        ('holidays_subdivision = "BY"\n', "burst", "needs holidays_country"),
+        ('holidays_country = "italy"\n', "burst.holidays_country", "pattern"),
+    ],
+    ids=["unknown-country", "unknown-region", "region-alone", "not-a-code"],
+)
+def test_a_holiday_calendar_mistake_names_the_file_and_key(
+    tmp_path: Path, burst: str, key: str, expected: str
+) -> None:
+    path = _district_config(tmp_path, burst)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    assert str(path) in problem
+    assert f"models.flow_leak[0].{key}" in problem
+    assert expected in problem
+
+
+def test_check_config_warns_when_the_holiday_list_runs_out(tmp_path: Path) -> None:
+    yesterday = date.today() - timedelta(days=1)
+    ended = edge_agent("check-config", "-c", str(_district_config(tmp_path, f"holidays = [{yesterday}]\n")))
+    assert ended.returncode == 0, ended.stderr
+    assert f"burst.holidays: the list ends {yesterday}" in ended.stderr
+    assert "set holidays_country" in ended.stderr
+    none = edge_agent("check-config", "-c", str(_district_config(tmp_path, "")))
+    assert "burst.holidays: no public holidays" in none.stderr
+    calendar = edge_agent("check-config", "-c", str(_district_config(tmp_path, 'holidays_country = "IT"\n')))
+    assert calendar.returncode == 0, calendar.stderr
+    assert "holidays" not in calendar.stderr

@@ -14,7 +14,8 @@ What a district's inlet meters see (m3/h, at `interval_min`):
   pressure-dependent too.
 - **daytime life** (`daytime_events = True`, for burst detection; off by default, and drawn from a
   random stream of its own, so the nights of a seed are the same either way): heat spells (a few
-  days of +10-30 % daytime demand, mostly in summer), public holidays (a weekday run as a Sunday),
+  days of +10-30 % daytime demand, mostly in summer), public holidays (a weekday run as a Sunday;
+  random, or a country's calendar given as `holidays`),
   hydrant use and mains flushing (+5-25 % of the mean demand for 0.5-3 h, by day: what a burst
   looks like for a while), and demand that wanders for hours (weather) rather than slot by slot.
 The district is fed by two inlets (60/40 split) and passes some water on through one outlet, so the
@@ -25,8 +26,9 @@ net flow is `in_a + in_b - out`. Deterministic for the seed. Timestamps are naiv
 from __future__ import annotations
 
 import math
+from collections.abc import Container
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +68,9 @@ class District:
     prv_changes_per_year: float = 1.0
     start: datetime = datetime(2024, 1, 1)
     daytime_events: bool = False
+    # With daytime life: public holidays on these days (a country's calendar) instead of ~10
+    # random weekdays a year; the random stream is drawn the same either way.
+    holidays: Container[date] | None = None
 
     def simulate(self, days: int, interval_min: int = 15) -> dict[str, F64 | list[datetime]]:
         """Columns `time` (naive local), `inflow_a`, `inflow_b`, `outflow`, `pressure`, and the
@@ -188,8 +193,10 @@ class District:
         # Public holidays: ~10 a year, a weekday with a Sunday's later, lower morning.
         holiday = np.zeros(days + 1, dtype=bool)
         for d in range(days):
-            if (self.start + timedelta(days=d)).weekday() < 5 and rng.random() < 10 / 261:
-                holiday[d] = True
+            day = (self.start + timedelta(days=d)).date()
+            if day.weekday() < 5:
+                drawn = rng.random() < 10 / 261
+                holiday[d] = drawn if self.holidays is None else day in self.holidays
         on_holiday = holiday[day_idx]
         if on_holiday.any():
             weekday_morning = 0.9 * np.exp(-0.5 * ((hour - 7.5) / 1.6) ** 2)

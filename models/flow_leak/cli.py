@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,15 @@ def _register_burst(score_sub: Any) -> None:
     p.add_argument("--z", type=number(1, 50), default=5.0, help="alarm level in spreads of the usual excess")
     p.add_argument(
         "--holiday", action="append", default=[], metavar="YYYY-MM-DD", help="a day judged as a Sunday"
+    )
+    p.add_argument(
+        "--holidays-country",
+        default=None,
+        metavar="CC",
+        help="judge the country's public holidays as Sundays (ISO 3166-1: IT, JP, DE ...)",
+    )
+    p.add_argument(
+        "--holidays-subdivision", default=None, metavar="CODE", help="and its region's (BY for Bavaria ...)"
     )
     p.add_argument("--method", choices=("profile", "fixed"), default="profile")
     p.add_argument(
@@ -194,17 +204,15 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
 
 
 def cmd_score_burst(args: argparse.Namespace) -> int:
-    from datetime import date
-
     from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, FixedExcess
     from water_edge.models.flow_leak.glitch import GLITCH_FACTOR, GLITCH_SAMPLES
     from water_edge.models.flow_leak.offline import FlowCsvError, read_net_flows
     from water_edge.models.nightwindow import zone
 
     try:
-        holidays = frozenset(date.fromisoformat(h) for h in args.holiday)
+        holidays = _holidays(args)
     except ValueError as exc:
-        return _err(f"--holiday: expected a date as YYYY-MM-DD ({exc})")
+        return _err(str(exc))
     try:
         flows = read_net_flows(
             args.csv,
@@ -264,11 +272,37 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
             "district's mean flow (while learning, its median slot flow) skipped as a glitch (at most "
             f"{GLITCH_SAMPLES} in a row: a longer run is flow)\n"
         )
+    judged = _holidays_judged(holidays, samples[0][0].date(), samples[-1][0].date())
     sys.stderr.write(
         f"edge-agent models: {len(rows)} slots of {slot} min; {counted['burst']} burst(s), "
-        f"{counted['cleared']} cleared, {counted['accepted']} accepted as the new level\n"
+        f"{counted['cleared']} cleared, {counted['accepted']} accepted as the new level; {judged}\n"
     )
     return EXIT_OK
+
+
+def _holidays(args: argparse.Namespace) -> frozenset[date]:
+    """The days `score burst` judges as Sundays: `--holiday` dates and the country's calendar."""
+    from water_edge.models.flow_leak.holiday_dates import HolidayCalendarError, public_holidays
+
+    try:
+        days = frozenset(date.fromisoformat(h) for h in args.holiday)
+    except ValueError as exc:
+        raise ValueError(f"--holiday: expected a date as YYYY-MM-DD ({exc})") from None
+    if args.holidays_country is None:
+        if args.holidays_subdivision is not None:
+            raise ValueError("--holidays-subdivision needs --holidays-country")
+        return days
+    try:
+        return days | public_holidays(args.holidays_country, args.holidays_subdivision)
+    except HolidayCalendarError as exc:
+        raise ValueError(f"--{exc.key.replace('_', '-')}: {exc}") from None
+
+
+def _holidays_judged(holidays: frozenset[date], first: date, last: date) -> str:
+    if not holidays:
+        return "no holidays given (--holidays-country CC): they are judged as weekdays"
+    on_weekdays = sum(first <= d <= last and d.weekday() < 5 for d in holidays)
+    return f"{on_weekdays} holiday(s) on weekdays judged as Sundays"
 
 
 def _warn_read(flows: Any) -> None:

@@ -10,6 +10,11 @@ timezone = "Europe/Rome"                 # nights are local; default: the system
 night_start = "02:00"
 night_end = "04:00"
 baseline_nights = 14
+
+[models.flow_leak.burst]                 # bursts within hours (off unless enabled)
+enabled = true
+holidays_country = "IT"                  # public holidays judged as Sundays
+holidays = [2026-06-29]                  # and local ones (a patron saint's day)
 """
 
 from __future__ import annotations
@@ -36,7 +41,10 @@ class BurstSection(BaseModel):
     z: float = Field(default=5.0, ge=1, le=50)
     clear_minutes: float = Field(default=60.0, ge=15, le=1440)
     accept_hours: float = Field(default=72.0, ge=6, le=2160)
-    holidays: list[date] = Field(default_factory=list)  # judged as Sundays
+    holidays: list[date] = Field(default_factory=list)  # judged as Sundays, besides the country's
+    # Public holidays from a calendar that does not run out (`holiday_dates.py`): ISO 3166-1, -2.
+    holidays_country: str | None = Field(default=None, pattern=r"^[A-Z]{2,3}$")
+    holidays_subdivision: str | None = Field(default=None, min_length=1, max_length=16)
 
     @field_validator("slot_minutes")
     @classmethod
@@ -44,6 +52,12 @@ class BurstSection(BaseModel):
         if 1440 % value:
             raise ValueError("must divide a day (15, 20, 30, 60 ...)")
         return value
+
+    @model_validator(mode="after")
+    def _subdivision_of_a_country(self) -> BurstSection:
+        if self.holidays_subdivision is not None and self.holidays_country is None:
+            raise ValueError("holidays_subdivision needs holidays_country (the country it is part of)")
+        return self
 
 
 class FlowLeakSection(BaseModel):

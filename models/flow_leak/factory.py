@@ -4,13 +4,15 @@ districts in one `FlowLeakProcessor`. Imports nothing heavy: `check-config` load
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel
 
 from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext, names_used_twice
-from water_edge.models.flow_leak.config import FlowLeakSection
+from water_edge.models.flow_leak.config import BurstSection, FlowLeakSection
+from water_edge.models.flow_leak.holiday_dates import HolidayCalendarError, public_holidays
 from water_edge.models.nightwindow import unset_zone_warning
 
 
@@ -27,15 +29,32 @@ class FlowLeakFactory:
 
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
-        """A district's name is its state directory and its events' source: one name, one district."""
-        return names_used_twice([s.name for s in sections], "district")
+        """A district's name is its state directory and its events' source: one name, one district.
+        A holiday calendar must be one the `holidays` package knows."""
+        problems = names_used_twice([s.name for s in sections], "district")
+        for index, district in enumerate(sections):
+            burst = district.burst
+            if burst.holidays_country is None:
+                continue
+            try:
+                public_holidays(burst.holidays_country, burst.holidays_subdivision)
+            except HolidayCalendarError as exc:
+                problems.append(ConfigProblem((index, "burst", exc.key), str(exc)))
+        return problems
 
     @classmethod
     def section_warnings(cls, sections: Sequence[Any]) -> list[ConfigProblem]:
-        """A district without `timezone` on a machine that keeps UTC: nights and the day profile in UTC."""
+        """A district without `timezone` on a machine that keeps UTC: nights and the day profile in UTC.
+        Burst detection whose public holidays are a list that ends (or none): after it, a holiday
+        is judged as a weekday, and its Sunday-like morning can look like a burst."""
         unset = [index for index, district in enumerate(sections) if district.timezone is None]
         why = unset_zone_warning("its nights and the day profile of burst detection") if unset else None
-        return [ConfigProblem((index, "timezone"), why) for index in unset] if why else []
+        found = [ConfigProblem((index, "timezone"), why) for index in unset] if why else []
+        for index, district in enumerate(sections):
+            ends = _holiday_list_ends(district.burst)
+            if ends is not None:
+                found.append(ConfigProblem((index, "burst", "holidays"), ends))
+        return found
 
     @classmethod
     def tag_references(cls, sections: Sequence[Any]) -> list[tuple[tuple[int | str, ...], str]]:
@@ -53,3 +72,19 @@ class FlowLeakFactory:
         from water_edge.models.flow_leak.processor import FlowLeakProcessor
 
         return [FlowLeakProcessor(self.sections, self.state_dir)]
+
+
+HOLIDAY_LIST_NOTICE_DAYS = 90
+
+
+def _holiday_list_ends(burst: BurstSection, today: date | None = None) -> str | None:
+    """Why an enabled burst detector's holidays will soon be judged as weekdays, if they will."""
+    if not burst.enabled or burst.holidays_country is not None:
+        return None
+    advice = 'set holidays_country (e.g. "IT") for a calendar that does not run out'
+    if not burst.holidays:
+        return f"no public holidays: they are judged as weekdays; {advice}"
+    last = max(burst.holidays)
+    if last - (today or date.today()) > timedelta(days=HOLIDAY_LIST_NOTICE_DAYS):
+        return None
+    return f"the list ends {last.isoformat()}: after it public holidays are judged as weekdays; {advice}"

