@@ -254,4 +254,40 @@ def test_the_gateway_flags_a_frozen_vibration_register_and_counts_its_run_across
     assert top["direction"] == "frozen"
     assert top["same_value_samples"] >= after - 3  # counted from the freeze, through the restart
     assert "vibration axis 1 frozen: the same value for" in rises[0].detail["explanation"]
+    assert "cause" not in rises[0].detail  # one transmitter: its own fault
     assert second.health().pumps["P1"].state == "alarm"
+
+
+def test_every_signal_held_at_once_is_told_as_readings_held_upstream_not_the_pump(
+    tmp_path: Path, model: Model
+) -> None:
+    """A protocol gateway that lost its serial side and answers from its cache, or a PLC whose
+    input scan stopped: every register holds the value it had, from one poll on. Before, the event
+    named the first signal past its limit as a frozen sensor (an alarm: a technician sent to the
+    pump); it is the data path, and the pump is not being watched."""
+    held = CALIB_S + 600
+    station = SteadyStation(seed=9, tick_s=1.0, start_time_of_day_s=11 * 3600.0)
+    x = station_rows(station, CALIB_S + 900)
+    x[held:] = x[held]
+    cfg = PumpModelConfig.model_validate(
+        {
+            "name": "P1",
+            "signals": {role: f"plc1/p1_{role}" for role in ROLES},
+            "calibration": {"auto_hours": CALIB_S / 3600},
+        }
+    )
+    proc = PumpProcessor([cfg], tmp_path, model=model, model_version=model.version)
+    rises = [e for e in _run(proc, x, 0) if e.kind == "pump_anomaly"]
+    assert len(rises) == 1
+    cal = proc.pumps["P1"].cal
+    assert cal is not None
+    judged = {c for c, limit in zip(cal.channels, cal.frozen_limit, strict=True) if limit > 0}
+    assert len(judged) >= 2
+    detail = rises[0].detail
+    assert detail["cause"] == "readings_held_upstream"
+    assert rises[0].severity == "warning"
+    assert {s["signal"] for s in detail["signals"]} == judged  # every judged signal, not the first
+    assert {s["direction"] for s in detail["signals"]} == {"frozen"}
+    assert "stopped changing at the same sample" in detail["explanation"]
+    assert "not 2 sensors" not in detail["explanation"]
+    assert f"not {len(judged)} sensors failing at once" in detail["explanation"]

@@ -69,6 +69,10 @@ FROZEN_MAX_REPEAT = 0.05  # a channel qualifies when at most this share of its r
 FROZEN_MIN_PAIRS = 600  # ... measured on at least this many pairs of successive readings
 FROZEN_FLOOR = 30  # rows: no limit is shorter
 FROZEN_K = 2.0  # times the longest run of identical readings calibration saw
+# Signals held together (`held_together`): their runs began within this many samples of each other
+# (one poll, or polls of one device a little apart), each at least this long.
+HELD_TOGETHER_SLACK = 3
+HELD_TOGETHER_MIN_RUN = 10
 
 
 def threshold_margin(
@@ -149,6 +153,22 @@ class Calibration:
             return np.zeros(np.shape(run), dtype=bool)
         lim = np.asarray(self.frozen_limit, dtype=np.float64)
         return np.asarray((lim > 0) & (np.asarray(run, dtype=np.float64) > lim), dtype=bool)
+
+
+def held_together(cal: Calibration, run: npt.ArrayLike) -> list[int]:
+    """The channels that stopped changing at the same sample as a frozen one, when two or more did:
+    readings held upstream (a PLC, a protocol gateway or a server answering from its cache) rather
+    than several transmitters failing in the same second. Only channels the frozen test judges
+    count (a coarse channel sits still for long stretches by itself); [] otherwise."""
+    runs = np.asarray(run, dtype=np.float64)
+    frozen = cal.frozen(runs)
+    if not frozen.any():
+        return []
+    lim = np.asarray(cal.frozen_limit, dtype=np.float64)
+    longest = float(runs[frozen].max())
+    together = (lim > 0) & (runs >= HELD_TOGETHER_MIN_RUN) & (np.abs(runs - longest) <= HELD_TOGETHER_SLACK)
+    chosen = [int(i) for i in np.flatnonzero(together)]
+    return chosen if len(chosen) >= 2 else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,15 +613,7 @@ def contributors(
     signals: list[dict[str, Any]] = []
     for i in chosen:
         if frozen[i]:
-            signals.append(
-                {
-                    "signal": cal.channels[i],
-                    "score": round(float(channel_score[i]), 3),
-                    "direction": "frozen",
-                    "relative_to": None,
-                    "same_value_samples": int(runs[i]),
-                }
-            )
+            signals.append(_frozen_signal(cal, i, channel_score, runs))
             continue
         weight = np.abs(coef[i, 1 : 1 + n_ch]) + np.abs(coef[i, 1 + n_ch :])
         weight[i] = 0.0
@@ -618,6 +630,11 @@ def contributors(
     def say(name: str | None) -> str:
         return words.get(name, name) if name else ""
 
+    held = held_together(cal, runs)
+    if held:
+        return [_frozen_signal(cal, i, channel_score, runs) for i in held], _held_sentence(
+            [say(cal.channels[i]) for i in held], int(runs[held].min())
+        )
     parts = [
         f"{say(s['signal'])} frozen: the same value for {s['same_value_samples']} samples"
         for s in signals
@@ -638,3 +655,25 @@ def contributors(
         else:
             parts.append(f"{names} {direction} their normal range")
     return signals, "; ".join(parts)
+
+
+def _frozen_signal(cal: Calibration, i: int, channel_score: F64, runs: F64) -> dict[str, Any]:
+    return {
+        "signal": cal.channels[i],
+        "score": round(float(channel_score[i]), 3),
+        "direction": "frozen",
+        "relative_to": None,
+        "same_value_samples": int(runs[i]),
+    }
+
+
+def _held_sentence(names: list[str], run: int) -> str:
+    if len(names) <= 4:
+        listed = ", ".join(names[:-1]) + " and " + names[-1]
+    else:
+        listed = f"{', '.join(names[:3])} and {len(names) - 3} more"
+    return (
+        f"{listed} stopped changing at the same sample (the same values for {run} samples): readings "
+        "held upstream (a PLC, a protocol gateway or a server answering from its cache), not "
+        f"{len(names)} sensors failing at once"
+    )

@@ -53,6 +53,7 @@ from water_edge.models.pump.detector import (
     Scorer,
     calibrate,
     contributors,
+    held_together,
     repeat_runs,
     score,
 )
@@ -456,6 +457,10 @@ class PumpProcessor:
         }
         if rising:
             severity: Severity = "alarm" if total >= 2 * cal.threshold else "warning"
+            if held_together(cal, run):
+                # The pump is not what failed: nobody to send to it, but it is no longer watched.
+                detail["cause"] = "readings_held_upstream"
+                severity = "warning"
             log.warning("pump.anomaly", pump=pump.cfg.name, score=round(total, 4), explanation=sentence)
             return Event("pump_anomaly", pump.cfg.name, ts_ns, severity, round(total, 4), detail)
         log.info("pump.anomaly_cleared", pump=pump.cfg.name, score=round(total, 4))
