@@ -96,6 +96,41 @@ def test_score_flow_leak_reads_a_european_export_and_prints_one_row_per_night(tm
     assert "no column(s) inlet" in bad.stderr
 
 
+def test_score_flow_leak_and_burst_skip_an_exports_title_lines_and_units_row(tmp_path: Path) -> None:
+    """SCADA exports often open with their title and the period asked for, and put each column's
+    unit under its name: the nights come out as from the table alone, and the warnings say what was
+    skipped. Before, the first was read as a one-column header, the second as a bad timestamp."""
+    plain = tmp_path / "dma.csv"
+    write_csv(District(3, mean_demand_m3h=300.0).simulate(20), str(plain), sep=";", decimal=",")
+    header, *rows = plain.read_text().splitlines()
+    exported = tmp_path / "exported.csv"
+    exported.write_text(
+        "\n".join(
+            [
+                "SCADA export;;",
+                "DMA north;from 2024-01-01",
+                "",
+                header,
+                ";" + ";".join(["m3/h"] * (header.count(";"))),
+                *rows,
+            ]
+        )
+        + "\n"
+    )
+    args = ["--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--timezone", "Europe/Rome"]
+    want = _cli("--csv", str(plain), *args, "--calibrate-days", "7")
+    got = _cli("--csv", str(exported), *args, "--calibrate-days", "7")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == want.stdout
+    assert "skipping 2 line(s) before the header" in got.stderr
+    assert "skipping 1 row(s) under the header with no numbers in them (units?)" in got.stderr
+    burst_want = edge_agent("models", "score", "burst", "--csv", str(plain), *args)
+    burst_got = edge_agent("models", "score", "burst", "--csv", str(exported), *args)
+    assert burst_got.returncode == 0, burst_got.stderr
+    assert burst_got.stdout == burst_want.stdout
+    assert "skipping 2 line(s) before the header" in burst_got.stderr
+
+
 @pytest.mark.parametrize(
     ("time_format", "sep", "decimal"),
     [

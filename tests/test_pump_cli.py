@@ -350,3 +350,25 @@ def test_other_line_ends_a_bom_and_blank_lines_score_as_the_plain_file(
     code, out, err = run(capsys, other, CALIB)
     assert code == 0, err
     assert out == expected
+
+
+def test_an_exports_title_lines_before_the_header_are_skipped_and_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sim: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """A historian's export that opens with its title, the station and the period asked for (and a
+    blank line) scores as the table alone; before, the title was read as a header of one column."""
+    x, _ = sim
+    x = x[:900, :4]
+    rows = [[t, *(f"{v:.4f}" for v in row)] for t, row in zip(timestamps(len(x)), x, strict=True)]
+    header = ["time", "a", "b", "c", "d"]
+    code, expected, err = run(capsys, write(tmp_path / "plain.csv", header, rows, ";"), 300)
+    assert code == 0, err
+    exported = tmp_path / "exported.csv"
+    table = (tmp_path / "plain.csv").read_text()
+    exported.write_text(
+        "Historian export\nStation: North, pump 1\nPeriod: 2024-03-01 to 2024-03-02\n\n" + table
+    )
+    code, out, err = run(capsys, exported, 300)
+    assert code == 0, err
+    assert "skipping 3 line(s) before the header" in err
+    assert out == expected

@@ -118,7 +118,6 @@ def _err(message: str) -> int:
 def cmd_score_flow_leak(args: argparse.Namespace) -> int:
     from water_edge.models.flow_leak.detector import StepParams
     from water_edge.models.flow_leak.glitch import GLITCH_FACTOR, GLITCH_SAMPLES
-    from water_edge.models.flow_leak.mnf import ERROR_CODES
     from water_edge.models.flow_leak.offline import (
         FlowCsvError,
         correct_for_pressure,
@@ -166,25 +165,7 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
         params=params,
         fixed_rise_pct=args.fixed_rise_pct,
     )
-    if flows.guessed_day_first:
-        sys.stderr.write(
-            "edge-agent models: warning: no date in the file has a day above 12: read as DD/MM/YYYY\n"
-        )
-    if flows.resets:
-        sys.stderr.write(
-            f"edge-agent models: warning: a volume register went down {flows.resets} time(s) "
-            "(a meter replaced? a register rolled over?): those intervals skipped\n"
-        )
-    if flows.skipped:
-        sys.stderr.write(
-            f"edge-agent models: warning: {flows.skipped} row(s) with unreadable values skipped\n"
-        )
-    if flows.error_codes:
-        codes = ", ".join(f"{c:g}" for c in sorted(ERROR_CODES, reverse=True))
-        sys.stderr.write(
-            f"edge-agent models: warning: {flows.error_codes} row(s) holding a meter error code "
-            f"({codes}) skipped\n"
-        )
+    _warn_read(flows)
     if flows.glitches:
         sys.stderr.write(
             f"edge-agent models: warning: {flows.glitches} night sample(s) beyond {GLITCH_FACTOR:g}x "
@@ -306,17 +287,26 @@ def _holidays_judged(holidays: frozenset[date], first: date, last: date) -> str:
 
 
 def _warn_read(flows: Any) -> None:
+    """What reading the file skipped or guessed, as `score flow-leak` and `score burst` say it."""
+    from water_edge.models.flow_leak.mnf import ERROR_CODES
+
+    if flows.preamble:
+        _warn(f"skipping {flows.preamble} line(s) before the header (the export's title, station or period?)")
+    if flows.unit_rows:
+        _warn(f"skipping {flows.unit_rows} row(s) under the header with no numbers in them (units?)")
     if flows.guessed_day_first:
-        sys.stderr.write(
-            "edge-agent models: warning: no date in the file has a day above 12: read as DD/MM/YYYY\n"
+        _warn("no date in the file has a day above 12: read as DD/MM/YYYY")
+    if flows.resets:
+        _warn(
+            f"a volume register went down {flows.resets} time(s) "
+            "(a meter replaced? a register rolled over?): those intervals skipped"
         )
     if flows.skipped:
-        sys.stderr.write(
-            f"edge-agent models: warning: {flows.skipped} row(s) with unreadable values skipped\n"
-        )
+        _warn(f"{flows.skipped} row(s) with unreadable values skipped")
     if flows.error_codes:
-        sys.stderr.write(
-            f"edge-agent models: warning: {flows.error_codes} row(s) holding a meter error code skipped\n"
-        )
-    if flows.resets:
-        sys.stderr.write(f"edge-agent models: warning: a volume register went down {flows.resets} time(s)\n")
+        codes = ", ".join(f"{c:g}" for c in sorted(ERROR_CODES, reverse=True))
+        _warn(f"{flows.error_codes} row(s) holding a meter error code ({codes}) skipped")
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"edge-agent models: warning: {message}\n")

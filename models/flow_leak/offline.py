@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from pathlib import Path
 
+from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, preamble_lines
 from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time, year_last
 from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDetector, StepParams
@@ -56,6 +57,8 @@ class NightFlows:
     resets: int = 0  # volume registers that went down (with `volume`): those intervals skipped
     error_codes: int = 0  # rows skipped for a meter's error code (mnf.ERROR_CODES) in a used column
     glitches: int = 0  # night rows left out of their night's MNF as glitches (glitch.night_glitches)
+    preamble: int = 0  # lines skipped before the header
+    unit_rows: int = 0  # text-only rows skipped under the header
 
 
 @dataclass
@@ -73,37 +76,35 @@ class _Counts:
     first_bad: dict[str, str] | None = None  # per column: its first unreadable cell
     error_codes: int = 0  # a flow or pressure cell holding a meter's error code (mnf.ERROR_CODES)
     guessed_day_first: bool = False
+    preamble: int = 0  # lines before the header (an export's title, station, period)
+    unit_rows: int = 0  # text-only rows under the header (units, descriptions)
 
 
 def _rows(
     path: Path, columns: Sequence[str], pressure: str | None, tz: tzinfo, counts: _Counts
 ) -> Iterator[_Row]:
     """The file's readable rows, one at a time (a year of minutes is half a million of them)."""
-    try:
-        text = read_export(path)
-    except OSError as exc:
-        raise FlowCsvError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise FlowCsvError(f"{path}: not a text file ({exc.reason})") from exc
-    lines = text.splitlines()
-    if len(lines) < 2:
-        raise FlowCsvError(f"{path}: needs a header and at least one data row")
+    wanted = [*columns, *([pressure] if pressure else [])]
+    lines, text, first = _table(path, wanted, counts)
     sep = max((",", ";", "\t"), key=lines[0].count)  # ',' on a tie
     reader = csv.reader(io.StringIO(text), delimiter=sep)
     header = [h.strip() for h in next(reader)]
-    idx = _columns(path, lines[0], header, [*columns, *([pressure] if pressure else [])])
+    idx = _columns(path, lines[0], header, wanted)
     decimal_comma = sep != ","
     order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
     counts.guessed_day_first = order is None and any(year_last(line) for line in lines[1:3])
     counts.first_bad = {}
     kept = 0
-    for line_no, row in enumerate(reader, start=2):
+    for line_no, row in enumerate(reader, start=first + 2):
         if not row or not any(cell.strip() for cell in row):
             continue
         counts.read += 1
         try:
             local = parse_time(row[0], tz, order is not False)
         except ValueError as exc:
+            if counts.read == 1 and counts.unit_rows < MAX_UNIT_ROWS and _units_row(row, idx):
+                counts.read, counts.unit_rows = 0, counts.unit_rows + 1  # units: part of the header
+                continue
             if counts.read == 1:
                 raise FlowCsvError(f"{path}: line {line_no}: {exc}") from None
             counts.skipped += 1
@@ -144,6 +145,41 @@ def _columns(path: Path, line: str, header: list[str], wanted: list[str]) -> dic
                 "rename them in the header so that each name says which meter it is"
             )
     return {c: header.index(c) for c in wanted}
+
+
+def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[list[str], str, int]:
+    """The file's lines and text from its header on (past an export's preamble, counted in
+    `counts`), and the header's index among the file's lines."""
+    try:
+        text = read_export(path)
+    except OSError as exc:
+        raise FlowCsvError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise FlowCsvError(f"{path}: not a text file ({exc.reason})") from exc
+    lines = text.splitlines()
+    counts.preamble = preamble_lines(lines, wanted)
+    if counts.preamble:
+        first = [i for i, line in enumerate(lines) if line.strip()][counts.preamble]
+        lines = lines[first:]
+        text = "\n".join(lines)
+    if len(lines) < 2:
+        raise FlowCsvError(f"{path}: needs a header and at least one data row")
+    return lines, text, (first if counts.preamble else 0)
+
+
+def _units_row(row: list[str], idx: dict[str, int]) -> bool:
+    """A row under the header with text and no number in every column asked for (units, tag
+    descriptions)."""
+    cells = [row[j].strip() if j < len(row) else "" for j in idx.values()]
+    return all(cells) and all(_is_text(c) for c in cells)
+
+
+def _is_text(cell: str) -> bool:
+    try:
+        _number(cell, decimal_comma=True)
+    except ValueError:
+        return cell.lower() not in MISSING_MARKS
+    return False
 
 
 def _numbers(row: list[str], idx: dict[str, int], decimal_comma: bool) -> dict[str, float] | str:
@@ -266,6 +302,8 @@ def read_night_flows(
         resets=resets,
         error_codes=counts.error_codes,
         glitches=glitches,
+        preamble=counts.preamble,
+        unit_rows=counts.unit_rows,
     )
 
 
@@ -279,6 +317,8 @@ class NetFlows:
     guessed_day_first: bool = False
     resets: int = 0
     error_codes: int = 0
+    preamble: int = 0
+    unit_rows: int = 0
 
 
 def read_net_flows(
@@ -307,6 +347,8 @@ def read_net_flows(
         guessed_day_first=counts.guessed_day_first,
         resets=sum(m.resets for m in meters.values()),
         error_codes=counts.error_codes,
+        preamble=counts.preamble,
+        unit_rows=counts.unit_rows,
     )
 
 

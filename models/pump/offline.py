@@ -42,6 +42,7 @@ from typing import TextIO
 
 import numpy as np
 
+from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, preamble_lines
 from water_edge.core.local_zone import system_zone
 from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time
@@ -88,7 +89,6 @@ def _separator(header: str) -> str:
     return sep
 
 
-_MAX_UNIT_ROWS = 3  # text-only rows under the header read as part of it (units, descriptions)
 _GROUPING = str.maketrans("", "", " \u00a0\u202f'")  # digit grouping: spaces, no-break spaces, 1'234.5
 _THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d*)?")  # "0,512" is a decimal comma
 
@@ -123,8 +123,12 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
     column's number format from all its cells, the second parses into arrays (a week at 1 s is
     600,000 rows; held as strings they took a gigabyte)."""
 
+    preamble = preamble_lines(_text_lines(text))
+    if preamble:
+        warn(f"skipping {preamble} line(s) before the header (the export's title, station or period?)")
+
     def lines() -> Iterator[str]:
-        return _text_lines(text)
+        return itertools.islice(_text_lines(text), preamble, None)
 
     header_line = next(lines(), None)
     if header_line is None:
@@ -141,7 +145,7 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
     if len(header) < 2:
         raise InputError("need a timestamp column and at least one signal column")
     width = len(header)
-    skip = _unit_rows(list(itertools.islice(rows(), _MAX_UNIT_ROWS + 1)), sep)
+    skip = _unit_rows(list(itertools.islice(rows(), MAX_UNIT_ROWS + 1)), sep)
     if skip:
         warn(f"skipping {skip} row(s) under the header with no numbers in them (units?)")
     formats = _Formats(sep, width)
@@ -209,7 +213,7 @@ def _unit_rows(head: list[list[str]], sep: str) -> int:
     number (units, descriptions, tag addresses). At most a few, and only when numbers follow: a
     file of text only is "no numeric column"."""
     skip = 0
-    while skip < min(_MAX_UNIT_ROWS, len(head) - 1) and _header_row(head[skip], sep):
+    while skip < min(MAX_UNIT_ROWS, len(head) - 1) and _header_row(head[skip], sep):
         skip += 1
     return 0 if skip and _header_row(head[skip], sep) else skip
 
@@ -259,13 +263,10 @@ class _Formats:
         return _number(cell, self.commas[j])
 
 
-_MISSING = frozenset({"nan", "na", "n/a", "#n/a", "null", "none", "-", "--", "?", "inf", "-inf"})
-
-
 def _header_row(row: list[str], sep: str) -> bool:
     """Text in every signal cell and no number, nor a missing-value mark ('NaN', 'null', '-')."""
     signals = [c.strip() for c in row[1:]]
-    return all(c and c.lower() not in _MISSING for c in signals) and all(
+    return all(c and c.lower() not in MISSING_MARKS for c in signals) and all(
         math.isnan(_number(c, _decimal_comma(sep, [c]))) for c in signals
     )
 
