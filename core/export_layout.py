@@ -29,11 +29,13 @@ SEPARATORS = (";", ",", "\t")
 
 
 def _is_timestamp(cell: str) -> bool:
-    try:
-        parse_time(cell.strip().strip('"'), UTC)
-    except ValueError:
-        return False
-    return True
+    for day_first in (True, False):  # 13/03/2024 or 03/13/2024
+        try:
+            parse_time(cell.strip().strip('"'), UTC, day_first)
+        except ValueError:
+            continue
+        return True
+    return False
 
 
 def _separator(line: str) -> str | None:
