@@ -17,6 +17,7 @@ from typing import Literal
 
 import structlog
 
+from water_edge.agent.frozen_values import FrozenValues
 from water_edge.core import units
 from water_edge.core.backoff import Backoff
 from water_edge.core.errors import DriverIOError
@@ -71,6 +72,8 @@ class RunnerStatus:
     last_error_ns: int | None = None  # when `last_error` last happened (the latest failed attempt)
     last_error_age_s: float | None = None  # at the time of this status
     down_for_s: float | None = None  # at the time of this status
+    values_frozen_since_ns: int | None = None  # `frozen_after_s`: the last change before they froze
+    values_frozen_for_s: float | None = None  # at the time of this status
 
     def status_lines(self) -> list[str]:
         last_read = "never" if self.last_read_age_s is None else f"{units.duration(self.last_read_age_s)} ago"
@@ -85,6 +88,8 @@ class RunnerStatus:
         if self.state != "up" and self.last_error:
             when = "" if self.last_error_age_s is None else f" {units.duration(self.last_error_age_s)} ago"
             line += f"  error{when}: {self.last_error}"
+        if self.state == "up" and self.values_frozen_for_s is not None:
+            line += f"  VALUES FROZEN {units.duration(self.values_frozen_for_s)} (held upstream?)"
         return [line]
 
 
@@ -115,6 +120,8 @@ class DeviceRunner:
         # Set when the poll rate changes, so a long wait for the next tick ends at once.
         self._rescheduled = asyncio.Event()
         self._down_from_last_run = False
+        after = config.frozen_after_s
+        self.frozen = None if after is None else FrozenValues(after)
 
     @property
     def name(self) -> str:
@@ -140,6 +147,7 @@ class DeviceRunner:
 
     def status(self) -> RunnerStatus:
         s, now = self.stats, now_ns()
+        frozen_since = None if self.frozen is None else self.frozen.frozen_since_ns
         return RunnerStatus(
             name=self.name,
             kind=self.config.kind,
@@ -161,6 +169,8 @@ class DeviceRunner:
             last_error_ns=s.last_error_ns,
             last_error_age_s=None if s.last_error_ns is None else round((now - s.last_error_ns) / 1e9, 1),
             down_for_s=None if s.down_since_ns is None else round((now - s.down_since_ns) / 1e9, 1),
+            values_frozen_since_ns=frozen_since,
+            values_frozen_for_s=None if frozen_since is None else round((now - frozen_since) / 1e9, 1),
         )
 
     async def run(self) -> None:
@@ -197,6 +207,7 @@ class DeviceRunner:
                     self.stats.polls += 1
                     self._account(readings)
                     await self._on_readings(self.config.stream_name, readings)
+                    await self._judge_values(readings)
                 raise DriverIOError(f"{self.name}: stream ended")
             except (DriverIOError, TimeoutError) as exc:
                 await self._mark_down(str(exc) or "timed out", crashed=False)
@@ -231,6 +242,28 @@ class DeviceRunner:
             await self._mark_up()
         self._account(readings)
         await self._on_readings(self.config.stream_name, readings)
+        await self._judge_values(readings)
+
+    async def _judge_values(self, readings: list[Reading]) -> None:
+        """`frozen_after_s`: a `values_frozen` / `values_resumed` event when the values stop or
+        start changing again while the device answers (`agent.frozen_values`)."""
+        if self.frozen is None:
+            return
+        now = now_ns()
+        change = self.frozen.see(readings, now)
+        if change == "frozen":
+            since = self.frozen.frozen_since_ns or now
+            detail: dict[str, object] = {
+                "unchanged_for_s": round((now - since) / 1e9, 1),
+                "tags": len(self.frozen.moved),
+                "reason": "no tag has changed while the device answers: values held upstream "
+                "(a protocol gateway's cache, a PLC's stopped scan)?",
+            }
+            log.warning("driver.values_frozen", driver=self.name, unchanged_for_s=detail["unchanged_for_s"])
+            await self._on_event(Event("values_frozen", self.name, now, "warning", detail=detail))
+        elif change == "resumed":
+            log.info("driver.values_resumed", driver=self.name)
+            await self._on_event(Event("values_resumed", self.name, now, "info"))
 
     def _account(self, readings: list[Reading]) -> None:
         self.stats.readings += len(readings)
@@ -254,6 +287,8 @@ class DeviceRunner:
         self.stats.last_error = self.stats.last_error_ns = None
         self._down_from_last_run = False
         self._backoff.reset()
+        if self.frozen is not None:
+            self.frozen.restart(now_ns())
         if not was_down:
             log.info("driver.opened", driver=self.name)
             return

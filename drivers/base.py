@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from water_edge.core.health import Health
 from water_edge.core.names import NAME_PATTERN
@@ -48,6 +48,18 @@ class DeviceConfig(BaseModel):
     poll_interval_ms: int = Field(default=1000, ge=10, le=86_400_000)
     # MQTT stream (last topic level) the readings go to; defaults to the device name.
     stream: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)
+    # Values held upstream (`agent.frozen_values`): a `values_frozen` event when no tag that has
+    # moved changes for this long while the device answers. Off unless set.
+    frozen_after_s: float | None = Field(default=None, ge=1, le=7 * 86_400)
+
+    @model_validator(mode="after")
+    def _frozen_after_polls(self) -> Self:
+        if self.frozen_after_s is not None and self.frozen_after_s * 1000 < 3 * self.poll_interval_ms:
+            raise ValueError(
+                f"frozen_after_s ({self.frozen_after_s:g}) must span at least 3 polls "
+                f"(poll_interval_ms {self.poll_interval_ms}): a few unchanged polls are normal"
+            )
+        return self
 
     @property
     def stream_name(self) -> str:
