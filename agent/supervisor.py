@@ -249,7 +249,7 @@ class DeviceRunner:
         start changing again while the device answers (`agent.frozen_values`)."""
         if self.frozen is None:
             return
-        now = now_ns()
+        now, was_since = now_ns(), self.frozen.frozen_since_ns
         change = self.frozen.see(readings, now)
         if change == "frozen":
             since = self.frozen.frozen_since_ns or now
@@ -262,8 +262,9 @@ class DeviceRunner:
             log.warning("driver.values_frozen", driver=self.name, unchanged_for_s=detail["unchanged_for_s"])
             await self._on_event(Event("values_frozen", self.name, now, "warning", detail=detail))
         elif change == "resumed":
-            log.info("driver.values_resumed", driver=self.name)
-            await self._on_event(Event("values_resumed", self.name, now, "info"))
+            held = {"unchanged_for_s": round((now - (was_since or now)) / 1e9, 1)}
+            log.info("driver.values_resumed", driver=self.name, **held)
+            await self._on_event(Event("values_resumed", self.name, now, "info", detail=held))
 
     def _account(self, readings: list[Reading]) -> None:
         self.stats.readings += len(readings)

@@ -116,6 +116,8 @@ async def test_a_gateway_answering_from_its_cache_is_told_as_values_frozen_then_
 
         gw.answer_from_cache = False
         await eventually(lambda: sink.kinds() == ["values_frozen", "values_resumed"], 10, what="resumed")
+        resumed = sink.events[-1]
+        assert resumed.detail["unchanged_for_s"] > frozen.detail["unchanged_for_s"]  # the whole stretch
         assert runner.status().values_frozen_for_s is None
         assert "VALUES FROZEN" not in runner.status().status_lines()[0]
     finally:
