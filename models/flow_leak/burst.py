@@ -74,6 +74,13 @@ class BurstParams:
     def slots_per_day(self) -> int:
         return 1440 // self.slot_minutes
 
+    def day_kind(self, day: date) -> str:
+        """Which profile judges `day`: `weekday`, or `weekend` for Saturdays, Sundays and holidays
+        (`holiday` when it is one on a weekday)."""
+        if day.weekday() < 5:
+            return "holiday" if day in self.holidays else "weekday"
+        return "weekend"
+
     @property
     def window_slots(self) -> int:
         return max(1, round(self.window_minutes / self.slot_minutes))

@@ -323,6 +323,7 @@ class FlowLeakProcessor:
             assert d.burst is not None
             b = d.burst.min_burst
             detail["min_burst_m3h"] = None if b is None else round(b, 3)
+            detail["day_kind"] = d.burst.params.day_kind(row.start.date())  # the profile it is judged on
             if row.pressure_drop is not None:
                 detail["pressure_drop"] = round(row.pressure_drop, 3)
             big = row.size is not None and b is not None and row.size >= 3 * b
