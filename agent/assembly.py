@@ -45,7 +45,8 @@ class Analytics:
 
 def build_processors(config: Config, drivers: Mapping[str, Driver]) -> Analytics:
     """Each `[[models.<kind>]]` list through its kind's factory (the config loader has validated it)."""
-    context = ProcessorContext(state_dir=config.gateway.state_dir, drivers=drivers)
+    streams = {d.name: d.stream_name for d in config.devices if d.enabled}
+    context = ProcessorContext(state_dir=config.gateway.state_dir, drivers=drivers, streams=streams)
     factories: list[ProcessorFactory] = []
     for kind, sections in config.models.items():
         factory = processor_kinds.load(kind)

@@ -74,6 +74,9 @@ class ProcessorContext:
 
     state_dir: Path  # the gateway's state directory (calibrations, histories, ...)
     drivers: Mapping[str, object] = field(default_factory=dict)  # the built (enabled) drivers by name
+    # The stream each enabled device's readings are submitted to, by device name (what a processor
+    # that takes only some devices' readings names in its `streams`).
+    streams: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from scipy.io import wavfile
 
 from tests.support.testing import damage_sqlite_under_its_owner, eventually
+from water_edge.agent.assembly import build_drivers, build_processors
+from water_edge.agent.config.load import load_config
+from water_edge.core.errors import ConfigError
 from water_edge.core.reading import Event, Reading
 from water_edge.drivers.audio.config import AudioConfig
 from water_edge.drivers.audio.driver import AudioDriver
@@ -83,7 +87,9 @@ def _quick_calibrating(
 
 
 @contextlib.asynccontextmanager
-async def running(processor: MachineSoundProcessor, driver: AudioDriver) -> AsyncIterator[list[Event]]:
+async def running(
+    processor: MachineSoundProcessor, driver: AudioDriver, source: Any = None
+) -> AsyncIterator[list[Event]]:
     """The processor on the driver's playback while the block runs; yields the events it emits."""
     events: list[Event] = []
 
@@ -98,7 +104,7 @@ async def running(processor: MachineSoundProcessor, driver: AudioDriver) -> Asyn
     # zero: at 40 times real time the driver's 10 s buffer fills in a quarter of a second, and a
     # start-up slowed by a busy machine would otherwise lose the first windows and shift every clip.
     listeners = driver.health().window_listeners
-    tasks = [asyncio.create_task(processor.run(NoReadings(), emit))]
+    tasks = [asyncio.create_task(processor.run(source or NoReadings(), emit))]
     try:
         await eventually(lambda: driver.health().window_listeners > listeners, what="the processor listening")
         await driver.open()
@@ -305,3 +311,143 @@ async def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_res
     assert after[0].detail["calibration_version"] == events[0].detail["calibration_version"] == 1
     record = tmp_path / "machine_sound" / "P1-sound" / "alarm.json"
     assert record.read_text() == "{}"
+
+
+class RunSignalFeed:
+    """The PLC's run bit of the pump, one reading a second of the file's time (`running(s)` says
+    what it reads `s` seconds in), delivered as a batch once the file's time zero is known."""
+
+    def __init__(self, driver: AudioDriver, seconds: int, running: Any) -> None:
+        self._zero = asyncio.get_running_loop().create_future()
+        self._sent = False
+        self._seconds, self._running = seconds, running
+        driver.add_window_listener(lambda w: self._zero.done() or self._zero.set_result(w.start_ts_ns))
+
+    async def get(self) -> tuple[str, list[Reading]]:
+        if self._sent:
+            await asyncio.Event().wait()
+        t0 = await self._zero
+        self._sent = True
+        return "plc", [
+            Reading("plc", "pump1.running", t0 + s * 10**9, 1 if self._running(s) else 0)
+            for s in range(self._seconds)
+        ]
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, list[Reading]]]:
+        return self
+
+    async def __anext__(self) -> tuple[str, list[Reading]]:
+        return await self.get()
+
+
+OFF_FROM_S, OFF_TO_S = 240, 300  # the pump stops: the microphone hears its neighbour
+
+
+async def _listened_with(
+    tmp_path: Path, running_tag: str | None
+) -> tuple[list[Event], MachineSoundProcessor]:
+    pump = MachineSoundSynth(MachineScene.random(np.random.default_rng(9), snr_db=6.0), seed=9)
+    neighbour = MachineSoundSynth(MachineScene.random(np.random.default_rng(4), snr_db=6.0), seed=4)
+    sound = np.concatenate(
+        [
+            pump.render_seconds(OFF_FROM_S),
+            neighbour.render_seconds(OFF_TO_S - OFF_FROM_S),
+            pump.render_seconds(60),
+        ]
+    )
+    path = tmp_path / f"station-{running_tag is not None}.wav"
+    write_wav(path, sound, RATE)
+    driver = _driver(path)
+    section = MachineSoundSection.model_validate(
+        {
+            "name": "P1-sound",
+            "device": "mic",
+            "calibration": {"auto_hours": 0.001, "min_clips": 20},
+            **({"running_tag": running_tag} if running_tag else {}),
+        }
+    )
+    processor = MachineSoundProcessor(
+        section, driver, tmp_path / str(running_tag is not None), run_signal_streams=frozenset({"plc"})
+    )
+    feed = RunSignalFeed(driver, OFF_TO_S + 60, lambda s: not OFF_FROM_S <= s < OFF_TO_S)
+    async with running(processor, driver, feed if running_tag else None) as events:
+        clips = len(sound) // (10 * RATE)
+        await eventually(lambda: processor.clips >= clips, within_s=60, what="every clip")
+        await eventually(lambda: processor.health().scored + processor.clips_stopped >= clips - 20, 30)
+    return events, processor
+
+
+async def test_the_plcs_run_signal_keeps_a_stopped_pumps_station_out_of_its_sound(tmp_path: Path) -> None:
+    """When the pump stops, its microphone still hears the station (here a neighbouring pump, as
+    loud): scored against the running pump, that is a change of sound. With the PLC's run bit
+    (`running_tag`), those clips are neither learnt nor scored."""
+    plain, _ = await _listened_with(tmp_path, None)
+    assert [e.kind for e in plain][:1] == ["machine_sound_anomaly"]  # what the run signal prevents
+    events, processor = await _listened_with(tmp_path, "plc/pump1.running")
+    assert processor.streams == frozenset({"plc"})
+    assert [e.kind for e in events] == []
+    health = processor.health()
+    assert health.state == "armed"
+    off_clips = (OFF_TO_S - OFF_FROM_S) // 10
+    assert off_clips <= health.clips_stopped <= off_clips + 1  # and the clip that ends as it stops
+    assert health.clips_no_run_signal == 0
+    assert health.scored >= 5
+    assert max(health.recent_scores[-3:]) < 1.0  # the pump running again after its stop: normal
+    assert any("while the machine was off" in line for line in health.status_lines())
+
+
+RUN_SIGNAL_CONFIG = """
+schema_version = 1
+
+[gateway]
+site = "north"
+id = "gw-01"
+state_dir = "{state}"
+
+[uplink]
+host = "127.0.0.1"
+
+[[devices]]
+name = "plc"
+kind = "modbus_tcp"
+host = "127.0.0.1"
+stream = "station-a"
+
+  [[devices.tags]]
+  name = "pump1.running"
+  table = "coil"
+  type = "bool"
+  address = 0
+
+[[devices]]
+name = "mic"
+kind = "audio"
+source = "file"
+path = "{wav}"
+
+[[models.machine_sound]]
+name = "P1-sound"
+device = "mic"
+running_tag = "{tag}"
+"""
+
+
+def _run_signal_config(tmp_path: Path, tag: str) -> Path:
+    wav = tmp_path / "mic.wav"
+    write_wav(wav, np.zeros(RATE, np.float32), RATE)
+    path = tmp_path / "agent.toml"
+    path.write_text(RUN_SIGNAL_CONFIG.format(state=tmp_path / "state", wav=wav, tag=tag))
+    return path
+
+
+def test_the_run_signal_is_read_from_its_devices_stream_and_a_misspelt_one_is_named(tmp_path: Path) -> None:
+    config = load_config(_run_signal_config(tmp_path, "plc/pump1.running"))
+    drivers = build_drivers(config)
+    (processor,) = build_processors(config, drivers).processors
+    assert isinstance(processor, MachineSoundProcessor)
+    assert processor.streams == frozenset({"station-a"})  # the device's stream, not its name
+    with pytest.raises(ConfigError) as info:
+        load_config(_run_signal_config(tmp_path, "plc/pump1.runing"))
+    (problem,) = info.value.problems
+    assert "models.machine_sound[0].running_tag" in problem
+    assert "did you mean 'pump1.running'" in problem

@@ -6,6 +6,7 @@ Example:
     name = "P1-sound"          # the machine: its state directory and its events' source
     device = "mic-p1"          # a kind = "audio" device (a microphone next to the pump or motor)
     channels = ["mic"]         # which of the device's channels to average (default: all)
+    running_tag = "plc/pump1.running"   # optional: listen only while the PLC says it runs
     [models.machine_sound.calibration]
     auto_hours = 24            # learn the machine's normal sound over its first day
 """
@@ -63,6 +64,12 @@ class MachineSoundSection(_Section):
     clip_s: float = Field(default=10.0, ge=1.0, le=60.0)
     # Clips quieter than this (RMS, dBFS) are taken as the machine stopped: not learnt, not scored.
     running_min_dbfs: float | None = Field(default=None, ge=-160.0, le=0.0)
+    # The machine's run signal from its PLC ("tag" or "device/tag": a run bit, a motor current):
+    # a clip is learnt and scored only when the signal read at least `running_min` from before the
+    # clip to its end; a clip with no reading of it within `running_stale_s` before is not judged.
+    running_tag: str | None = Field(default=None, min_length=1, max_length=200)
+    running_min: float = 0.5
+    running_stale_s: float = Field(default=30.0, ge=1.0, le=3600.0)
     on_clips: int = Field(default=3, ge=1)  # clips above the alarm level among the last `of_clips`...
     of_clips: int = Field(default=4, ge=1, le=1000)  # ...to raise an event (kept in memory)
     off_clips: int = Field(default=6, ge=1)  # consecutive clips below hysteresis to clear it

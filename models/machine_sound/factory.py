@@ -38,15 +38,35 @@ class MachineSoundFactory:
     calibration_target = "machine"
 
     def __init__(
-        self, sections: Sequence[MachineSoundSection], state_dir: Path, drivers: Mapping[str, object]
+        self,
+        sections: Sequence[MachineSoundSection],
+        state_dir: Path,
+        drivers: Mapping[str, object],
+        streams: Mapping[str, str] | None = None,
     ) -> None:
         self.sections = list(sections)
         self.state_dir = Path(state_dir)
         self.drivers = drivers
+        self.streams = dict(streams or {})  # device name -> the stream its readings go to
 
     @classmethod
     def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
-        return cls(sections, context.state_dir, context.drivers)
+        return cls(sections, context.state_dir, context.drivers, context.streams)
+
+    @classmethod
+    def tag_references(cls, sections: Sequence[Any]) -> list[tuple[tuple[int | str, ...], str]]:
+        """The run signals named, so that the config loader checks each is read by a device."""
+        return [((i, "running_tag"), s.running_tag) for i, s in enumerate(sections) if s.running_tag]
+
+    def _run_signal_streams(self, section: MachineSoundSection) -> frozenset[str]:
+        """The streams the machine's run signal can come in: its device's, or every device's for a
+        bare tag name (the config loader has checked that one device reads it)."""
+        if section.running_tag is None:
+            return frozenset()
+        device, slash, _ = section.running_tag.partition("/")
+        if slash:
+            return frozenset({self.streams.get(device, device)})
+        return frozenset(self.streams.values())
 
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
@@ -75,7 +95,11 @@ class MachineSoundFactory:
             if not isinstance(driver, WindowSource):
                 where = f"models.machine_sound[{index}].device"
                 raise ConfigError([f"{where}: {section.device!r} is not an audio device (no windows)"])
-            out.append(MachineSoundProcessor(section, driver, self.state_dir))
+            out.append(
+                MachineSoundProcessor(
+                    section, driver, self.state_dir, run_signal_streams=self._run_signal_streams(section)
+                )
+            )
         return out
 
     async def calibrate(self, target_name: str, args: Mapping[str, Any]) -> dict[str, Any]:

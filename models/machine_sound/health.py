@@ -25,7 +25,7 @@ class MachineSoundHealth:
     calibrating: bool
     clips: int  # complete clips taken from the device
     clips_dropped: int  # clips lost because scoring fell behind
-    clips_stopped: int  # quieter than running_min_dbfs: the machine was off
+    clips_stopped: int  # the machine was off: quieter than running_min_dbfs, or its run signal said so
     clips_silent: int  # digital silence: the microphone was not heard
     clips_broken: int  # clips abandoned because audio was lost inside them
     scored: int
@@ -35,6 +35,7 @@ class MachineSoundHealth:
     last_error: str | None
     clips_faulty: int = 0  # windows left out and clips abandoned for a sensor fault the driver saw
     clips_saturated: int = 0  # clips saturated at full scale: scored once armed, never learnt from
+    clips_no_run_signal: int = 0  # `running_tag` set, but no fresh reading of it: not judged
 
     def status_lines(self) -> list[str]:
         if self.state == "learning":
@@ -59,6 +60,13 @@ class MachineSoundHealth:
         if self.clips_saturated:
             lines.append(
                 f"{self.clips_saturated} clips saturated at full scale: not learnt from (lower the gain)"
+            )
+        if self.clips_stopped:
+            lines.append(f"{self.clips_stopped} clips while the machine was off: neither learnt nor scored")
+        if self.clips_no_run_signal:
+            lines.append(
+                f"{self.clips_no_run_signal} clips not judged: no fresh reading of the run signal "
+                "(running_tag)"
             )
         if self.last_error:
             lines.append(f"last error: {self.last_error}")

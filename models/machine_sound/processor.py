@@ -31,6 +31,7 @@ import structlog
 from water_edge.core.instants import iso
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
 from water_edge.core.reading import Event, Severity
+from water_edge.core.tasks import cancel_all
 from water_edge.models.alarm_record import AlarmRecord
 from water_edge.models.machine_sound.alarm import SoundAlarm, sound_alarm
 from water_edge.models.machine_sound.calibration import recalibrate
@@ -39,6 +40,7 @@ from water_edge.models.machine_sound.config import MachineSoundSection
 from water_edge.models.machine_sound.detector import SoundCalibration, explain
 from water_edge.models.machine_sound.features import clip_features, rms_dbfs, silent
 from water_edge.models.machine_sound.health import MachineSoundHealth, SoundState
+from water_edge.models.machine_sound.run_signal import RunSignal
 from water_edge.models.machine_sound.store import SoundCalibrationStore, machine_dir, open_history
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump.store import FeatureHistory
@@ -67,11 +69,22 @@ class _State:
 class MachineSoundProcessor:
     """Machine sound monitoring for one machine (one `[[models.machine_sound]]` table)."""
 
-    streams: frozenset[str] = frozenset()  # clips come from the device's windows, not readings
-
     def __init__(
-        self, section: MachineSoundSection, driver: WindowSource, state_dir: Path, *, max_queued: int = 3
+        self,
+        section: MachineSoundSection,
+        driver: WindowSource,
+        state_dir: Path,
+        *,
+        max_queued: int = 3,
+        run_signal_streams: frozenset[str] = frozenset(),
     ) -> None:
+        # Clips come from the device's windows; readings only for the run signal (`running_tag`).
+        self.streams = run_signal_streams if section.running_tag else frozenset()
+        self._run = (
+            None
+            if section.running_tag is None
+            else RunSignal(section.running_tag, section.running_min, section.running_stale_s)
+        )
         self.section = section
         self.name = f"machine_sound:{section.name}"
         self.state_dir = Path(state_dir)
@@ -82,7 +95,7 @@ class MachineSoundProcessor:
         self._record = AlarmRecord(machine_dir(state_dir, section.name))
         self._state: _State | None = None
         self.clips = self.clips_dropped = self.clips_stopped = self.clips_silent = 0
-        self.clips_saturated = 0
+        self.clips_saturated = self.clips_no_run_signal = 0
         self._silent_since_ns: int | None = None
         self.scored = self.events = 0
         self.last_score: float | None = None
@@ -137,13 +150,39 @@ class MachineSoundProcessor:
                     queue.put_nowait(clip)
 
         remove = self._driver.add_window_listener(offer)
+        listening = None if self._run is None else asyncio.create_task(self._read_run_signal(source))
         try:
             while True:
                 clip = await queue.get()
                 await self._clip(state, clip, emit)
         finally:
             remove()
+            if listening is not None:
+                await cancel_all([listening])
             await asyncio.to_thread(self._close, state)
+
+    async def _read_run_signal(self, source: ReadingSource) -> None:
+        assert self._run is not None
+        async for _stream, readings in source:
+            for reading in readings:
+                self._run.take(reading)
+
+    def _stopped(self, clip: Clip, features: F64) -> bool:
+        """Whether the machine was off for `clip`: quieter than `running_min_dbfs`, or its run
+        signal said so (or said nothing)."""
+        floor = self.section.running_min_dbfs
+        if floor is not None and float(rms_dbfs(features)) < floor:
+            self.clips_stopped += 1
+            return True
+        if self._run is None:
+            return False
+        end_ns = clip.start_ts_ns + round(len(clip.samples) / clip.sample_rate * 1e9)
+        ran = self._run.ran_through(clip.start_ts_ns, end_ns)
+        if ran is None:
+            self.clips_no_run_signal += 1
+        elif not ran:
+            self.clips_stopped += 1
+        return not ran
 
     async def _report_history(self, state: _State, emit: EventSink) -> None:
         """Say so when the machine's history was found damaged and moved aside (at start or while
@@ -175,10 +214,7 @@ class MachineSoundProcessor:
             return
         if await self._silent(bool(silent(features)), clip.start_ts_ns, emit):
             return
-        level_dbfs = float(rms_dbfs(features))
-        floor = self.section.running_min_dbfs
-        if floor is not None and level_dbfs < floor:
-            self.clips_stopped += 1
+        if self._stopped(clip, features):
             return
         if clip.saturated:
             # distorted: never into the history calibrations are computed from; scored once armed
@@ -335,6 +371,7 @@ class MachineSoundProcessor:
             clips=self.clips,
             clips_dropped=self.clips_dropped,
             clips_stopped=self.clips_stopped,
+            clips_no_run_signal=self.clips_no_run_signal,
             clips_silent=self.clips_silent,
             clips_broken=self._assembler.gaps,
             scored=self.scored,
