@@ -156,7 +156,7 @@ def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[list[str
         raise FlowCsvError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise FlowCsvError(f"{path}: not a text file ({exc.reason})") from exc
-    lines = text.splitlines()
+    lines, first = text.splitlines(), 0
     counts.preamble = preamble_lines(lines, wanted)
     if counts.preamble:
         first = [i for i, line in enumerate(lines) if line.strip()][counts.preamble]
@@ -164,7 +164,7 @@ def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[list[str
         text = "\n".join(lines)
     if len(lines) < 2:
         raise FlowCsvError(f"{path}: needs a header and at least one data row")
-    return lines, text, (first if counts.preamble else 0)
+    return lines, text, first
 
 
 def _units_row(row: list[str], idx: dict[str, int]) -> bool:
