@@ -83,6 +83,10 @@ class DeviceConfig(BaseModel):
         meter's records, a sound card's levels)."""
         return None
 
+    def frozen_check_note(self) -> str | None:
+        """Why `frozen_after_s` cannot judge this device as configured, if it cannot."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class TagInfo:

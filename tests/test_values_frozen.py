@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.cli import edge_agent
 from tests.support.testing import eventually, free_port
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.reading import Event, Reading
@@ -150,3 +152,37 @@ def test_frozen_after_s_must_span_several_polls() -> None:
             {"name": "d", "kind": "modbus_tcp", "host": "127.0.0.1", "poll_interval_ms": 1000,
              "frozen_after_s": 2, "tags": TAGS}
         )  # fmt: skip
+
+
+OPCUA_CONFIG = """
+schema_version = 1
+
+[gateway]
+site = "north"
+id = "gw-01"
+state_dir = "{state}"
+
+[uplink]
+host = "127.0.0.1"
+
+[[devices]]
+name = "ua"
+kind = "opcua"
+endpoint = "opc.tcp://127.0.0.1:4840"
+mode = "{mode}"
+frozen_after_s = 600
+
+  [[devices.tags]]
+  name = "pump1.flow"
+  path = "PumpStation/Pump1/Flow"
+"""
+
+
+@pytest.mark.parametrize("mode", ["subscribe", "poll"])
+def test_check_config_says_a_subscription_cannot_be_judged_frozen(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(OPCUA_CONFIG.format(state=tmp_path / "state", mode=mode))
+    run = edge_agent("check-config", "-c", str(path))
+    assert run.returncode == 0, run.stderr
+    said = "devices[0] (ua).frozen_after_s: a subscription reports only changes" in run.stderr
+    assert said == (mode == "subscribe")

@@ -348,6 +348,11 @@ def load_config(path: str | Path) -> Config:
         problems.extend(exc.problems)
     else:
         _check_model_tags(source, models, devices, problems, warnings)
+    warnings += [
+        f"{source}: devices[{index}] ({device.name}).frozen_after_s: {note}"
+        for index, device in enumerate(devices)
+        if (note := device.frozen_check_note()) is not None
+    ]
     if section is not None:
         warnings += _uplink_warnings(source, section.uplink)
         _check_secrets(source, section.uplink, "uplink", problems)

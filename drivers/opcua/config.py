@@ -105,6 +105,15 @@ class OpcUaConfig(DeviceConfig):
     def tag_names(self) -> frozenset[str]:
         return frozenset(tag.name for tag in self.tags)
 
+    def frozen_check_note(self) -> str | None:
+        if self.frozen_after_s is None or self.mode != "subscribe":
+            return None
+        return (
+            "a subscription reports only changes: values that stop changing send nothing, and "
+            'nothing is judged; use mode = "poll" for this check (stale_after_ms notices a '
+            "subscription gone silent)"
+        )
+
     publishing_interval_ms: float = Field(default=1000, gt=0, le=3_600_000)
     sampling_interval_ms: float = Field(default=1000, ge=0, le=86_400_000)
     # Notifications the server may queue per item between two publishes (1 = latest only).
