@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.support.cli import CliRun, edge_agent
+from tests.support.configs import config_file
 from water_edge.agent.config.load import load_config
 from water_edge.core.errors import ConfigError
 from water_edge.core.reading import Event, Reading
@@ -483,17 +484,7 @@ async def test_the_processor_takes_the_configured_countrys_holidays(
     assert not found[ITALY] & set(ITALIAN_WEEKDAY_HOLIDAYS)
 
 
-DISTRICT_CONFIG = """
-schema_version = 1
-
-[gateway]
-site = "south"
-id = "gw-01"
-state_dir = "{state}"
-
-[uplink]
-host = "127.0.0.1"
-
+DISTRICT_TABLES = """
 [[devices]]
 name = "plc"
 kind = "fake"
@@ -513,9 +504,7 @@ timezone = "Europe/Rome"
 
 
 def _district_config(tmp_path: Path, burst: str) -> Path:
-    path = tmp_path / "agent.toml"
-    path.write_text(DISTRICT_CONFIG.replace("{state}", str(tmp_path / "state")) + burst)
-    return path
+    return config_file(tmp_path, DISTRICT_TABLES + burst)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from tests.support.configs import config_file
 from tests.support.testing import damage_sqlite_under_its_owner, eventually
 from water_edge.agent.assembly import build_drivers, build_processors
 from water_edge.agent.config.load import load_config
@@ -396,17 +397,7 @@ async def test_the_plcs_run_signal_keeps_a_stopped_pumps_station_out_of_its_soun
     assert any("while the machine was off" in line for line in health.status_lines())
 
 
-RUN_SIGNAL_CONFIG = """
-schema_version = 1
-
-[gateway]
-site = "north"
-id = "gw-01"
-state_dir = "{state}"
-
-[uplink]
-host = "127.0.0.1"
-
+RUN_SIGNAL_TABLES = """
 [[devices]]
 name = "plc"
 kind = "modbus_tcp"
@@ -435,9 +426,7 @@ running_tag = "{tag}"
 def _run_signal_config(tmp_path: Path, tag: str) -> Path:
     wav = tmp_path / "mic.wav"
     write_wav(wav, np.zeros(RATE, np.float32), RATE)
-    path = tmp_path / "agent.toml"
-    path.write_text(RUN_SIGNAL_CONFIG.format(state=tmp_path / "state", wav=wav, tag=tag))
-    return path
+    return config_file(tmp_path, RUN_SIGNAL_TABLES.format(wav=wav, tag=tag))
 
 
 def test_the_run_signal_is_read_from_its_devices_stream_and_a_misspelt_one_is_named(tmp_path: Path) -> None:

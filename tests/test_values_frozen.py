@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import edge_agent
+from tests.support.configs import config_file
 from tests.support.testing import eventually, free_port
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.reading import Event, Reading
@@ -154,17 +155,7 @@ def test_frozen_after_s_must_span_several_polls() -> None:
         )  # fmt: skip
 
 
-OPCUA_CONFIG = """
-schema_version = 1
-
-[gateway]
-site = "north"
-id = "gw-01"
-state_dir = "{state}"
-
-[uplink]
-host = "127.0.0.1"
-
+OPCUA_TABLES = """
 [[devices]]
 name = "ua"
 kind = "opcua"
@@ -180,8 +171,7 @@ frozen_after_s = 600
 
 @pytest.mark.parametrize("mode", ["subscribe", "poll"])
 def test_check_config_says_a_subscription_cannot_be_judged_frozen(tmp_path: Path, mode: str) -> None:
-    path = tmp_path / "agent.toml"
-    path.write_text(OPCUA_CONFIG.format(state=tmp_path / "state", mode=mode))
+    path = config_file(tmp_path, OPCUA_TABLES.format(mode=mode))
     run = edge_agent("check-config", "-c", str(path))
     assert run.returncode == 0, run.stderr
     said = "devices[0] (ua).frozen_after_s: a subscription reports only changes" in run.stderr
