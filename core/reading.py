@@ -6,6 +6,7 @@ Quality follows OPC UA's three classes; a failed read is a `bad` reading with a 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar, dataclass_transform
@@ -76,3 +77,12 @@ class Event:
 def bad(source: str, tag: str, ts_ns: int, reason: str, unit: str = "") -> Reading:
     """A failed read: a bad-quality reading carrying why."""
     return Reading(source, tag, ts_ns, None, BAD, unit, reason)
+
+
+def numeric_value(r: Reading) -> float | None:
+    """The reading's value as a finite number, or None: a bad reading, no value, text, NaN or
+    infinity (a bool reads 0 or 1: a run bit)."""
+    if r.quality == BAD or r.value is None or isinstance(r.value, str):
+        return None
+    value = float(r.value)
+    return value if math.isfinite(value) else None

@@ -77,7 +77,7 @@ class FlowLeakFactory:
 HOLIDAY_LIST_NOTICE_DAYS = 90
 
 
-def _holiday_list_ends(burst: BurstSection, today: date | None = None) -> str | None:
+def _holiday_list_ends(burst: BurstSection) -> str | None:
     """Why an enabled burst detector's holidays will soon be judged as weekdays, if they will."""
     if not burst.enabled or burst.holidays_country is not None:
         return None
@@ -85,6 +85,6 @@ def _holiday_list_ends(burst: BurstSection, today: date | None = None) -> str | 
     if not burst.holidays:
         return f"no public holidays: they are judged as weekdays; {advice}"
     last = max(burst.holidays)
-    if last - (today or date.today()) > timedelta(days=HOLIDAY_LIST_NOTICE_DAYS):
+    if last - date.today() > timedelta(days=HOLIDAY_LIST_NOTICE_DAYS):
         return None
     return f"the list ends {last.isoformat()}: after it public holidays are judged as weekdays; {advice}"

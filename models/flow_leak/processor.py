@@ -28,7 +28,7 @@ import structlog
 
 from water_edge.core.files import read_json_state, write_json_state
 from water_edge.core.processor import EventSink
-from water_edge.core.reading import BAD, Event, Reading, Severity
+from water_edge.core.reading import Event, Reading, Severity, numeric_value
 from water_edge.core.sampling import SampleTimes
 from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, SlotRow
 from water_edge.models.flow_leak.config import FlowLeakSection
@@ -230,7 +230,7 @@ class FlowLeakProcessor:
                 self._stepped_back(d, r.ts_ns, due.stepped_back_ns)
             for ts in due.samples:
                 events += await self._sample(d, ts)
-            value = _number(r)
+            value = numeric_value(r)
             if value is not None and is_error_code(value):
                 d.error_codes += 1  # missing, like a bad reading: the last good value ages out
             elif value is not None:
@@ -436,10 +436,3 @@ class FlowLeakProcessor:
                 for d in self.districts
             }
         )
-
-
-def _number(r: Reading) -> float | None:
-    if r.quality == BAD or r.value is None or isinstance(r.value, str):
-        return None
-    value = float(r.value)
-    return value if math.isfinite(value) else None

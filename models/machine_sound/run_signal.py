@@ -11,9 +11,8 @@ by what the signal said while it was recorded, whichever arrives first: the clip
 from __future__ import annotations
 
 import bisect
-import math
 
-from water_edge.core.reading import BAD, Reading
+from water_edge.core.reading import Reading, numeric_value
 
 KEEP = 8192
 NS = 1_000_000_000
@@ -33,10 +32,8 @@ class RunSignal:
         """Keep `r` if it is a good numeric reading of the signal."""
         if r.tag != self._tag or (self._device is not None and r.source != self._device):
             return
-        if r.quality == BAD or isinstance(r.value, str) or r.value is None:
-            return
-        value = float(r.value)
-        if math.isnan(value):
+        value = numeric_value(r)
+        if value is None:
             return
         i = bisect.bisect_right(self._ts, r.ts_ns)
         self._ts.insert(i, r.ts_ns)

@@ -70,9 +70,8 @@ FROZEN_MIN_PAIRS = 600  # ... measured on at least this many pairs of successive
 FROZEN_FLOOR = 30  # rows: no limit is shorter
 FROZEN_K = 2.0  # times the longest run of identical readings calibration saw
 # Signals held together (`held_together`): their runs began within this many samples of each other
-# (one poll, or polls of one device a little apart), each at least this long.
+# (one poll, or polls of one device a little apart).
 HELD_TOGETHER_SLACK = 3
-HELD_TOGETHER_MIN_RUN = 10
 
 
 def threshold_margin(
@@ -165,8 +164,8 @@ def held_together(cal: Calibration, run: npt.ArrayLike) -> list[int]:
     if not frozen.any():
         return []
     lim = np.asarray(cal.frozen_limit, dtype=np.float64)
-    longest = float(runs[frozen].max())
-    together = (lim > 0) & (runs >= HELD_TOGETHER_MIN_RUN) & (np.abs(runs - longest) <= HELD_TOGETHER_SLACK)
+    longest = float(runs[frozen].max())  # past its limit: at least FROZEN_FLOOR samples
+    together = (lim > 0) & (np.abs(runs - longest) <= HELD_TOGETHER_SLACK)
     chosen = [int(i) for i in np.flatnonzero(together)]
     return chosen if len(chosen) >= 2 else []
 

@@ -41,7 +41,7 @@ import numpy.typing as npt
 import structlog
 
 from water_edge.core.instants import iso
-from water_edge.core.reading import BAD, Event, Reading, Severity
+from water_edge.core.reading import Event, Reading, Severity, numeric_value
 from water_edge.core.sampling import SampleTimes
 from water_edge.models.alarm_record import AlarmRecord
 from water_edge.models.manifest import ModelError, shipped
@@ -513,7 +513,5 @@ class PumpProcessor:
 
 
 def _number(r: Reading) -> float | None:
-    if r.quality == BAD or r.value is None or isinstance(r.value, str):
-        return None
-    value = float(r.value)
-    return value if abs(value) < LARGEST_SIGNAL else None
+    value = numeric_value(r)
+    return value if value is not None and abs(value) < LARGEST_SIGNAL else None
