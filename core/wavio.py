@@ -42,6 +42,10 @@ def open_wav(path: Path) -> tuple[np.ndarray[Any, Any], int]:
         raise WavError(f"{path}: is a directory") from None
     except PermissionError:
         raise WavError(f"{path}: cannot read (permission denied)") from None
+    except ZeroDivisionError:  # scipy divides by the header's channel count and bytes per frame
+        raise WavError(
+            f"{path}: not a readable WAV file (its header says 0 channels or 0 bytes per frame)"
+        ) from None
     # scipy's reader fails on garbage with whatever its parser trips over, including an
     # UnboundLocalError when no 'fmt ' chunk precedes 'data'.
     except (ValueError, EOFError, OSError, struct.error, IndexError, UnboundLocalError) as exc:

@@ -99,6 +99,40 @@ def test_pump_one_step_back_of_the_autumn_clock_change_is_not_warned_of(tmp_path
     assert "go back in time" not in run.stderr
 
 
+def test_pump_a_stray_quote_spoils_its_own_row_not_the_rest_of_the_file(tmp_path: Path) -> None:
+    # Read as standard CSV, the quote never closed took the 400 lines after it into one cell: the
+    # output ended at that row, exit 0, and nothing said so.
+    rng = np.random.default_rng(5)
+    csv = pump_csv(tmp_path / "quote.csv", seconds(900), {"a": list(rng.normal(size=900)),
+                                                         "b": list(rng.normal(size=900))})  # fmt: skip
+    lines = csv.read_text().splitlines()
+    lines[501] = '"' + lines[501]  # data row 501
+    csv.write_text("\n".join(lines) + "\n")
+    run = edge_agent("models", "score", "pump", "--csv", str(csv), "--calibrate-rows", "400")
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.splitlines()
+    assert len(out) == 1 + 900
+    assert out[-1].startswith(seconds(900)[-1] + ",")
+    assert "1 row(s) have fewer cells than the header; the missing cells are read as missing " in run.stderr
+    assert "(first: data row 501: " in run.stderr
+
+
+def test_pump_text_in_a_signal_column_is_counted_and_the_first_named(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    values = [f"{v:.4f}" for v in rng.normal(size=300)]
+    values[210] = values[299] = "Err"  # data rows 211 and 300
+    stamps = seconds(300)
+    lines = ["time,flow,rpm", *(f"{stamps[i]},{v},{i % 7}" for i, v in enumerate(values))]
+    csv = tmp_path / "err.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    run = edge_agent("models", "score", "pump", "--csv", str(csv), "--calibrate-rows", "100")
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.splitlines()) == 1 + 300
+    assert ("2 cell(s) in signal columns are not numbers and are read as missing "
+            "(first: data row 211, column 'flow': 'Err')") in run.stderr  # fmt: skip
+    assert "fewer cells" not in run.stderr
+
+
 # -- models score flow-leak / burst -------------------------------------------------------------
 
 
@@ -160,6 +194,24 @@ def test_burst_warns_when_the_file_is_no_longer_than_the_learning(tmp_path: Path
     assert "no more than --learn-days 14: every slot is learnt from, none is judged" in run.stderr
 
 
+@pytest.mark.parametrize("model", ["flow-leak", "burst"])
+def test_flow_a_stray_quote_spoils_its_own_row_not_the_rest_of_the_file(tmp_path: Path, model: str) -> None:
+    # Read as standard CSV, the quote took every later line into one cell; on a long file csv raised
+    # "field larger than field limit" (a traceback), on a short one the later nights were gone.
+    csv = flow_csv(tmp_path / "quote.csv", 20)
+    lines = csv.read_text().splitlines()
+    lines[100] = '"' + lines[100]
+    csv.write_text("\n".join(lines) + "\n")
+    extra = ["--calibrate-days", "7"] if model == "flow-leak" else ["--learn-days", "7"]
+    run = edge_agent("models", "score", model, "--csv", str(csv), "--flow", "flow", *extra)
+    assert run.returncode == 0, run.stderr
+    assert "warning: 1 row(s) with unreadable values skipped" in run.stderr
+    if model == "flow-leak":
+        assert run.stdout.splitlines()[-1].startswith("2024-01-20,")  # the last night is there
+    else:
+        assert "2024-01-20 23:45" in run.stdout.splitlines()[-1]
+
+
 # -- models score machine-sound ------------------------------------------------------------------
 
 
@@ -194,6 +246,22 @@ def baseline_with(leak_files: dict[str, Path], name: str, content: Any) -> Path:
 
 def score_leak(leak_files: dict[str, Path], baseline: Path, *more: str) -> CliRun:
     return edge_agent("models", "score", "leak", str(leak_files["quiet"]), "--baseline", str(baseline), *more)
+
+
+@pytest.mark.parametrize("command", ["score", "calibrate"])
+def test_leak_a_wav_header_of_zero_channels_is_named_not_a_traceback(tmp_path: Path, command: str) -> None:
+    # scipy's reader divides by the header's channel count and bytes per frame: ZeroDivisionError.
+    import struct
+
+    fmt = struct.pack("<HHIIHH", 1, 0, 8000, 0, 0, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", 4) + b"\0" * 4
+    wav = tmp_path / "zero.wav"
+    wav.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    extra = ["--out", str(tmp_path / "b.json")] if command == "calibrate" else []
+    run = edge_agent("models", command, "leak", str(wav), *extra)
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr
+    assert f"{wav}: not a readable WAV file (its header says 0 channels or 0 bytes per frame)" in run.stderr
 
 
 @pytest.mark.parametrize("content", [[1, 2, 3], None, "hello", 42])

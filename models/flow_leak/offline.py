@@ -14,8 +14,6 @@ unreadable cell in them is skipped and counted.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,6 +21,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from pathlib import Path
 
+from water_edge.core.csv_records import records
 from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, preamble_lines
 from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time, year_last
@@ -85,9 +84,9 @@ def _rows(
 ) -> Iterator[_Row]:
     """The file's readable rows, one at a time (a year of minutes is half a million of them)."""
     wanted = [*columns, *([pressure] if pressure else [])]
-    lines, text, first = _table(path, wanted, counts)
+    lines, first = _table(path, wanted, counts)
     sep = max((",", ";", "\t"), key=lines[0].count)  # ',' on a tie
-    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    reader = records(lines, sep)
     header = [h.strip() for h in next(reader)]
     idx = _columns(path, lines[0], header, wanted)
     decimal_comma = sep != ","
@@ -147,9 +146,9 @@ def _columns(path: Path, line: str, header: list[str], wanted: list[str]) -> dic
     return {c: header.index(c) for c in wanted}
 
 
-def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[list[str], str, int]:
-    """The file's lines and text from its header on (past an export's preamble, counted in
-    `counts`), and the header's index among the file's lines."""
+def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[list[str], int]:
+    """The file's lines from its header on (past an export's preamble, counted in `counts`), and
+    the header's index among the file's lines."""
     try:
         text = read_export(path)
     except OSError as exc:
@@ -161,10 +160,9 @@ def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[list[str
     if counts.preamble:
         first = [i for i, line in enumerate(lines) if line.strip()][counts.preamble]
         lines = lines[first:]
-        text = "\n".join(lines)
     if len(lines) < 2:
         raise FlowCsvError(f"{path}: needs a header and at least one data row")
-    return lines, text, first
+    return lines, first
 
 
 def _units_row(row: list[str], idx: dict[str, int]) -> bool:

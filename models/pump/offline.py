@@ -42,6 +42,7 @@ from typing import TextIO
 
 import numpy as np
 
+from water_edge.core.csv_records import records
 from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, preamble_lines
 from water_edge.core.local_zone import system_zone
 from water_edge.core.textfiles import read_export
@@ -135,13 +136,14 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
         raise InputError("the file is empty")
     sep = _separator(header_line)
 
+    def raw_rows() -> Iterator[list[str]]:
+        return itertools.islice(records(lines(), sep), 1, None)
+
     def rows() -> Iterator[list[str]]:
-        reader = csv.reader(lines(), delimiter=sep)
-        next(reader)
-        for row in reader:
+        for row in raw_rows():
             yield (row + [""] * width)[:width]
 
-    header = next(csv.reader(lines(), delimiter=sep))
+    header = next(records(lines(), sep))
     if len(header) < 2:
         raise InputError("need a timestamp column and at least one signal column")
     width = len(header)
@@ -153,13 +155,7 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
         formats.see(row)
     if formats.rows == 0:
         raise InputError("the file has a header but no data rows")
-    stamps: list[str] = []
-    values = np.empty((formats.rows, width), dtype=np.float64, order="F")  # column-major, as scored
-    for i, row in enumerate(itertools.islice(rows(), skip, None)):
-        stamps.append(row[0].strip())
-        values[i, 0] = _number(row[0], _decimal_comma(sep, [row[0]]))
-        for j in range(1, width):
-            values[i, j] = formats.parse(j, row[j])
+    stamps, values, unreadable = _parse(itertools.islice(raw_rows(), skip, None), formats, width)
     header, repeated = _unique_names(header)
     for name, count in repeated.items():
         warn(
@@ -169,6 +165,8 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
     names, keep, ignored = _numeric(header, values, formats.filled)
     if not names:
         raise InputError("no numeric signal column found")
+    for message in unreadable.messages(keep, header):
+        warn(message)
     first = values[:, 0]
     if not np.isnan(first).any() and (np.diff(first) < 0).any():
         warn(
@@ -233,6 +231,79 @@ def _numeric(
         else:
             ignored.append(name)
     return names, keep, ignored
+
+
+def _parse(
+    raw: Iterator[list[str]], formats: _Formats, width: int
+) -> tuple[list[str], np.ndarray, _Unreadable]:
+    """The data rows as timestamps and a column-major array (as scored), and what could not be read."""
+    stamps: list[str] = []
+    values = np.empty((formats.rows, width), dtype=np.float64, order="F")
+    unreadable = _Unreadable()
+    for i, row in enumerate(raw):
+        cells = row
+        if len(row) < width:
+            unreadable.short_row(i, row)
+            cells = row + [""] * (width - len(row))
+        stamps.append(cells[0].strip())
+        values[i, 0] = _number(cells[0], _decimal_comma(formats.sep, [cells[0]]))
+        for j in range(1, width):
+            value = values[i, j] = formats.parse(j, cells[j])
+            if math.isnan(value):  # a blank, a missing mark, or text where a number was expected
+                unreadable.see(i, j, cells[j])
+    return stamps, values, unreadable
+
+
+class _Unreadable:
+    """What in the data rows was read as missing without saying so: rows with fewer cells than the
+    header (a cut-off line, a stray quote that took the row's separators) and signal cells holding
+    neither a number nor a mark of a missing value (a logger's "Err"). Told once each, with the
+    first."""
+
+    def __init__(self) -> None:
+        self.short = 0
+        self.first_short: tuple[int, str] | None = None  # (data row index, the row)
+        self.cells: dict[int, int] = {}  # column -> count
+        self.first: dict[int, tuple[int, str]] = {}  # column -> (data row index, cell)
+
+    def short_row(self, i: int, cells: list[str]) -> None:
+        self.short += 1
+        if self.first_short is None:
+            self.first_short = (i, ",".join(cells))
+
+    def see(self, i: int, j: int, cell: str) -> None:
+        text = cell.strip()
+        if not text or text.strip('"').lower() in MISSING_MARKS or _huge(text):
+            return
+        self.cells[j] = self.cells.get(j, 0) + 1
+        self.first.setdefault(j, (i, text))
+
+    def messages(self, columns: list[int], header: list[str]) -> list[str]:
+        """The warnings; cells only in `columns` (the numeric ones: a text column is ignored whole)."""
+        out = []
+        if self.first_short is not None:
+            i, row = self.first_short
+            out.append(
+                f"{self.short:,} row(s) have fewer cells than the header; the missing cells are read as "
+                f"missing (first: data row {i + 1}: {row[:60]!r})"
+            )
+        seen = [j for j in columns if j in self.cells]
+        if seen:
+            j = min(seen, key=lambda c: self.first[c][0])
+            i, text = self.first[j]
+            out.append(
+                f"{sum(self.cells[c] for c in seen):,} cell(s) in signal columns are not numbers and are "
+                f"read as missing (first: data row {i + 1}, column {header[j].strip()!r}: {text[:40]!r})"
+            )
+        return out
+
+
+def _huge(text: str) -> bool:
+    """A number too large for a signal (a logger's "largest double" for no value), read as missing."""
+    try:
+        return abs(float(text)) >= LARGEST_SIGNAL
+    except ValueError:
+        return False
 
 
 class _Formats:
