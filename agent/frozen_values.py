@@ -7,17 +7,22 @@ watches the readings the runner submits: once no tag that has changed since the 
 tag that never moved — a constant, a set point, a map version — says nothing) has changed for
 `frozen_after_s` while reads work, the values are frozen (`values_frozen`), and the first change
 ends it (`values_resumed`). A device coming back up starts the clock again: its first answers are
-judged afresh. Readings keep their quality: what the device sent is what is stored.
+judged afresh. While they are frozen, its good readings are stored `uncertain` with reason
+`values_frozen` (OPC UA's "last usable value"): the value is what the device sent, but nothing
+says it is the process's now. The readings before the event, inside the `frozen_after_s` that
+detection takes, keep their quality; `values_frozen`'s `unchanged_for_s` says how far back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Literal
 
-from water_edge.core.reading import BAD, Reading, Value
+from water_edge.core.reading import BAD, GOOD, UNCERTAIN, Reading, Value
 
 NS = 1_000_000_000
+FROZEN_REASON = "values_frozen"
 _UNSEEN = object()
 
 
@@ -56,3 +61,8 @@ class FrozenValues:
             self.frozen_since_ns = self._changed_ns
             return "frozen"
         return None
+
+
+def held_upstream(r: Reading) -> Reading:
+    """A reading taken while the device's values are frozen: a good one becomes uncertain."""
+    return dataclasses.replace(r, quality=UNCERTAIN, reason=FROZEN_REASON) if r.quality == GOOD else r

@@ -17,7 +17,7 @@ from typing import Literal
 
 import structlog
 
-from water_edge.agent.frozen_values import FrozenValues
+from water_edge.agent.frozen_values import FrozenValues, held_upstream
 from water_edge.core import units
 from water_edge.core.backoff import Backoff
 from water_edge.core.errors import DriverIOError
@@ -205,9 +205,7 @@ class DeviceRunner:
                     if self.stats.state != "up":
                         await self._mark_up()
                     self.stats.polls += 1
-                    self._account(readings)
-                    await self._on_readings(self.config.stream_name, readings)
-                    await self._judge_values(readings)
+                    await self._deliver(readings)
                 raise DriverIOError(f"{self.name}: stream ended")
             except (DriverIOError, TimeoutError) as exc:
                 await self._mark_down(str(exc) or "timed out", crashed=False)
@@ -240,22 +238,26 @@ class DeviceRunner:
             # Up means a read worked, not just a connect: a PLC that accepts TCP but cannot
             # answer must not flap between down and up on every poll.
             await self._mark_up()
-        self._account(readings)
-        await self._on_readings(self.config.stream_name, readings)
-        await self._judge_values(readings)
+        await self._deliver(readings)
 
-    async def _judge_values(self, readings: list[Reading]) -> None:
+    async def _deliver(self, readings: list[Reading]) -> None:
+        self._account(readings)
+        if self.frozen is not None:
+            await self._judge_values(self.frozen, readings)
+            if self.frozen.frozen_since_ns is not None:
+                readings = [held_upstream(r) for r in readings]
+        await self._on_readings(self.config.stream_name, readings)
+
+    async def _judge_values(self, frozen: FrozenValues, readings: list[Reading]) -> None:
         """`frozen_after_s`: a `values_frozen` / `values_resumed` event when the values stop or
         start changing again while the device answers (`agent.frozen_values`)."""
-        if self.frozen is None:
-            return
-        now, was_since = now_ns(), self.frozen.frozen_since_ns
-        change = self.frozen.see(readings, now)
+        now, was_since = now_ns(), frozen.frozen_since_ns
+        change = frozen.see(readings, now)
         if change == "frozen":
-            since = self.frozen.frozen_since_ns or now
+            since = frozen.frozen_since_ns or now
             detail: dict[str, object] = {
                 "unchanged_for_s": round((now - since) / 1e9, 1),
-                "tags": len(self.frozen.moved),
+                "tags": len(frozen.moved),
                 "reason": "no tag has changed while the device answers: values held upstream "
                 "(a protocol gateway's cache, a PLC's stopped scan)?",
             }

@@ -1,7 +1,8 @@
 """Values held upstream: a Modbus TCP gateway whose serial side is gone answers every poll from its
 cache (firmware-sim's `TcpGateway` with `answer_from_cache`, in front of the sim PLC, real sockets).
 The device is up, every read works, and nothing changes: with `frozen_after_s` the runner says so
-(`values_frozen`, `status`), and says when the values move again (`values_resumed`)."""
+(`values_frozen`, `status`, its readings stored `uncertain`), and says when the values move again
+(`values_resumed`)."""
 
 from __future__ import annotations
 
@@ -116,7 +117,10 @@ async def test_a_gateway_answering_from_its_cache_is_told_as_values_frozen_then_
         assert status.values_frozen_for_s is not None
         assert status.values_frozen_for_s >= FROZEN_AFTER_S
         assert "VALUES FROZEN" in status.status_lines()[0]
-        assert all(r.quality == "good" for r in sink.readings[-len(TAGS) :])  # stored as sent
+        # What the device sent is stored, as the last usable value: uncertain, and why.
+        held = sink.readings[-len(TAGS) :]
+        assert [(r.quality, r.reason) for r in held] == [("uncertain", "values_frozen")] * len(TAGS)
+        assert held[1].value is not None  # the value sent, not a stand-in
 
         gw.answer_from_cache = False
         await eventually(lambda: sink.kinds() == ["values_frozen", "values_resumed"], 10, what="resumed")
@@ -124,6 +128,7 @@ async def test_a_gateway_answering_from_its_cache_is_told_as_values_frozen_then_
         assert resumed.detail["unchanged_for_s"] > frozen.detail["unchanged_for_s"]  # the whole stretch
         assert runner.status().values_frozen_for_s is None
         assert "VALUES FROZEN" not in runner.status().status_lines()[0]
+        assert all(r.quality == "good" and r.reason is None for r in sink.readings[-len(TAGS) :])
     finally:
         await cancel_all([task])  # as the agent stops a runner (Python 3.11 may lose one cancel)
 
@@ -143,6 +148,7 @@ async def test_without_frozen_after_s_a_cached_gateway_raises_nothing(
         assert gw.stats.answered_from_cache > 0
         assert sink.kinds() == []
         assert runner.status().values_frozen_since_ns is None
+        assert all(r.quality == "good" for r in sink.readings)
     finally:
         await cancel_all([task])  # as the agent stops a runner (Python 3.11 may lose one cancel)
 
