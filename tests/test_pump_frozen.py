@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.cli import edge_agent
 from water_edge.core.reading import Event, Reading
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump import explain
@@ -291,3 +293,53 @@ def test_every_signal_held_at_once_is_told_as_readings_held_upstream_not_the_pum
     assert "stopped changing at the same sample" in detail["explanation"]
     assert "not 2 sensors" not in detail["explanation"]
     assert f"not {len(judged)} sensors failing at once" in detail["explanation"]
+
+
+def test_the_offline_command_tells_signals_held_together_as_held_upstream(tmp_path: Path) -> None:
+    """The same stop of the data path in an engineer's history file (`models score pump` with the
+    gateway detector's calibration, over 3600 rows): a note on stderr says where the values stopped,
+    and `--explain` says of each frozen signal how many others froze with it."""
+    calib, held = 4000, 4600
+    station = SteadyStation(seed=9, tick_s=1.0, start_time_of_day_s=11 * 3600.0)
+    x = station_rows(station, held + 400)
+    x[held:] = x[held]
+    start = np.datetime64("2024-03-01T06:00:00")
+    stamps = [str(start + np.timedelta64(i, "s")).replace("T", " ") for i in range(len(x))]
+    csv = tmp_path / "station.csv"
+    lines = ["time," + ",".join(ROLES)]
+    lines += [stamps[i] + "," + ",".join(f"{v:.6g}" for v in row) for i, row in enumerate(x)]
+    csv.write_text("\n".join(lines) + "\n")
+    run = edge_agent(
+        "models", "score", "pump", "--csv", str(csv), "--calibrate-rows", str(calib), "--explain"
+    )
+    assert run.returncode == 0, run.stderr
+    assert "stand on signals that stopped changing at the same sample" in run.stderr
+    assert f"from data row {held + 1}, '{stamps[held]}'): readings held upstream" in run.stderr
+    out = [line.split(",", 3) for line in run.stdout.splitlines()[1:]]
+    marked = [row[3] for row in out if row[2] == "1"]
+    assert marked
+    assert all(i >= held for i, row in enumerate(out) if row[2] == "1")
+    late = marked[-1]
+    assert "frozen: the same value for" in late
+    together = int(re.search(r"\(first: (\d+) signals from", run.stderr).group(1))  # type: ignore[union-attr]
+    assert together >= 2
+    assert f"samples, with {together - 1} others (held upstream?)" in late
+
+
+def test_one_frozen_register_offline_is_not_told_as_held_upstream(
+    tmp_path: Path, two_days: np.ndarray
+) -> None:
+    # calibration: the first 4000 s of the first day; then the third day's 04:05-04:25, the flow
+    # register frozen from 04:10 (the same hour of the day: the same duty)
+    rows = np.concatenate([two_days[:4000], two_days[FREEZE - 300 : FREEZE + 900]])
+    start = np.datetime64("2024-03-01T04:00:00")
+    csv = tmp_path / "one.csv"
+    lines = ["time," + ",".join(ROLES)]
+    lines += [str(start + np.timedelta64(i, "s")).replace("T", " ") + "," + ",".join(f"{v:.6g}" for v in row)
+              for i, row in enumerate(rows)]  # fmt: skip
+    csv.write_text("\n".join(lines) + "\n")
+    run = edge_agent("models", "score", "pump", "--csv", str(csv), "--calibrate-rows", "4000", "--explain")
+    assert run.returncode == 0, run.stderr
+    marked = [line.split(",", 3)[3] for line in run.stdout.splitlines()[1:] if line.split(",", 3)[2] == "1"]
+    assert any("flow frozen: the same value for" in m for m in marked)
+    assert "held upstream" not in run.stderr + run.stdout

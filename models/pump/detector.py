@@ -159,15 +159,20 @@ def held_together(cal: Calibration, run: npt.ArrayLike) -> list[int]:
     readings held upstream (a PLC, a protocol gateway or a server answering from its cache) rather
     than several transmitters failing in the same second. Only channels the frozen test judges
     count (a coarse channel sits still for long stretches by itself); [] otherwise."""
+    return [int(i) for i in np.flatnonzero(held_together_rows(cal, run))]
+
+
+def held_together_rows(cal: Calibration, run: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """`held_together` for runs of shape (C,) or (n, C), as a mask of the same shape."""
     runs = np.asarray(run, dtype=np.float64)
-    frozen = cal.frozen(runs)
-    if not frozen.any():
-        return []
+    if not cal.frozen_limit:
+        return np.zeros(runs.shape, dtype=bool)
     lim = np.asarray(cal.frozen_limit, dtype=np.float64)
-    longest = float(runs[frozen].max())  # past its limit: at least FROZEN_FLOOR samples
+    # The longest frozen run (past its limit: at least FROZEN_FLOOR samples); -inf: none frozen.
+    longest = np.where(cal.frozen(runs), runs, -np.inf).max(axis=-1, keepdims=True)
     together = (lim > 0) & (np.abs(runs - longest) <= HELD_TOGETHER_SLACK)
-    chosen = [int(i) for i in np.flatnonzero(together)]
-    return chosen if len(chosen) >= 2 else []
+    out: npt.NDArray[np.bool_] = together & (together.sum(axis=-1, keepdims=True) >= 2)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,15 +57,27 @@ def relation_words(residual: F64, window: int = 8) -> Words:
     return out
 
 
-def frozen_words(words: Words, run: npt.NDArray[np.float32], frozen: npt.NDArray[np.bool_]) -> Words:
+def frozen_words(
+    words: Words,
+    run: npt.NDArray[np.float32],
+    frozen: npt.NDArray[np.bool_],
+    held: npt.NDArray[np.bool_] | None = None,
+) -> Words:
     """`words` with `frozen: the same value for N samples` where `frozen` (rows x channels, the
-    gateway detector's frozen test past its limit, `Calibration.frozen`); `run` the runs."""
-    if not frozen.any():
+    gateway detector's frozen test past its limit, `Calibration.frozen`); `run` the runs. Where
+    `held` (`detector.held_together_rows`) the words add `, with K others (held upstream?)`."""
+    if not frozen.any() and (held is None or not held.any()):
         return words
     said = np.char.add(
         "frozen: the same value for ", np.char.add(run.astype(np.int64).astype(str), " samples")
     )
     out: Words = np.where(frozen, said, words)
+    if held is not None and held.any():
+        others = np.broadcast_to(held.sum(axis=1, keepdims=True) - 1, held.shape)
+        with_others = np.char.add(
+            np.char.add(np.char.add(said, ", with "), others.astype(str)), " others (held upstream?)"
+        )
+        out = np.where(held, with_others, out)
     return out
 
 

@@ -55,10 +55,13 @@ from water_edge.models.pump.detector import (
     DEFAULT_QUANTILE,
     DEFAULT_SIZE_FACTOR,
     MIN_CALIBRATION_ROWS,
+    Calibration,
     CalibrationError,
+    Scored,
     Scorer,
     alarm_series,
     calibrate,
+    held_together_rows,
     score,
     select,
 )
@@ -581,17 +584,44 @@ def score_csv(
     if not causal:
         hyst = HYSTERESIS if hysteresis is None else hysteresis
         alarm = _as_history(scored.score, alarm, calibrate_rows, cal.threshold, hyst)
-    texts = (
-        explain.signals(
-            cal.channels,
-            scored.channel / cal.threshold,
-            explain.frozen_words(explain.relation_words(scored.residual), scored.run, cal.frozen(scored.run)),
-            alarm,
-        )
-        if explained
-        else None
-    )
+    texts = _gateway_texts(cal, scored, alarm, table.timestamps, explained=explained, warn=warn)
     return ScoredCsv(table.timestamps, scored.score, alarm, texts, calibrate_rows)
+
+
+def _gateway_texts(
+    cal: Calibration,
+    scored: Scored,
+    alarm: np.ndarray,
+    timestamps: list[str],
+    *,
+    explained: bool,
+    warn: Callable[[str], None],
+) -> list[str] | None:
+    """The gateway detector's `signals` column (with `explained`), and the note when marked rows
+    stand on signals frozen together."""
+    marked = np.flatnonzero(alarm)
+    held = np.zeros(scored.run.shape, dtype=bool)
+    held[marked] = held_together_rows(cal, scored.run[marked])
+    if held.any():
+        warn(_held_upstream(timestamps, held, scored.run))
+    if not explained:
+        return None
+    moved = explain.relation_words(scored.residual)
+    words = explain.frozen_words(moved, scored.run, cal.frozen(scored.run), held)
+    return explain.signals(cal.channels, scored.channel / cal.threshold, words, alarm)
+
+
+def _held_upstream(timestamps: list[str], held: np.ndarray, run: np.ndarray) -> str:
+    """The note for marked rows that stand on signals frozen together (`held_together_rows`)."""
+    rows = np.flatnonzero(held.any(axis=1))
+    first = int(rows[0])
+    start = max(0, first - int(run[first][held[first]].min()) + 1)  # where the values stopped
+    return (
+        f"{len(rows):,} marked row(s) stand on signals that stopped changing at the same sample "
+        f"(first: {int(held[first].sum())} signals from data row {start + 1}, {timestamps[start]!r}): "
+        "readings held upstream (a PLC, a protocol gateway or a historian's interpolation holding the "
+        "last value), not the pump"
+    )
 
 
 @contextmanager
