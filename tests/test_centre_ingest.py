@@ -525,3 +525,25 @@ def test_a_gap_evicted_over_several_appends_is_explained_by_their_events_togethe
     (gap,) = store.check_gaps(timeout_s=0) or []
     store.close()
     assert (gap.first_seq, gap.last_seq, gap.explained) == (14, 19, None)
+
+
+def test_a_flood_of_bad_payloads_is_kept_whole_in_rejected_but_logged_as_a_burst(
+    centre_db: str, tmp_path: Path
+) -> None:
+    """A gateway (or a fleet after a bad update) sending bad payloads wrote one log line each: at a
+    few thousand a second journald drops every line of the ingest, the gap reports with them."""
+    flood = 300
+    with Mosquitto() as broker, one_ingest(tmp_path, centre_db, broker) as ingest:
+        with Publisher(broker.host, broker.port) as pub:
+            for i in range(flood):
+                pub.publish("water/s1/gw1/plc1", b"not json %d" % i, wait=False)
+            pub.publish("water/s2/gw2/plc1", payload("s2", "gw2", 1, 10**18, 10))
+        wait_until(
+            lambda: (
+                _rejected(centre_db) == flood and query(centre_db, "SELECT count(*) FROM messages")[0][0] == 1
+            ),
+            60,
+            what=lambda: ingest.log()[-3000:],
+        )
+        lines = ingest.log().count("ingest.rejected")
+    assert 1 <= lines <= 20, f"{lines} log lines for {flood} rejected messages"

@@ -200,3 +200,26 @@ def test_a_compressed_message_that_unpacks_beyond_the_limit_is_refused_without_u
     bomb = pack(b" " * (MAX_JSON_BYTES + 1))
     with pytest.raises(PayloadError, match=f"more than {MAX_JSON_BYTES} bytes"):
         parse(TOPIC, bomb)
+
+
+def test_rejections_past_the_burst_are_counted_and_said_once_the_window_ends() -> None:
+    from structlog.testing import capture_logs
+
+    from water_edge.centre.rejection_log import RejectionLog
+
+    now = [0.0]
+    rejections = RejectionLog(burst=3, window_s=60.0, clock=lambda: now[0])
+    with capture_logs() as logs:
+        for i in range(10):
+            rejections.rejected(f"water/s1/gw{i}/plc1", "not JSON")
+        rejections.roll()  # inside the window: nothing more to say
+        now[0] = 61.0
+        rejections.roll()
+        rejections.rejected("water/s1/gw1/plc1", "not JSON")
+    assert [e["event"] for e in logs] == ["ingest.rejected"] * 3 + [
+        "ingest.rejected_suppressed",
+        "ingest.rejected",
+    ]
+    summary = logs[3]
+    assert summary["count"] == 7
+    assert summary["first_topic"] == "water/s1/gw3/plc1"

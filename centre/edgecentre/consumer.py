@@ -42,6 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from water_edge.centre.payload import Message, PayloadError, parse
+from water_edge.centre.rejection_log import RejectionLog
 from water_edge.centre.store import Committed, Store, StoreError, StoreRefusedError
 
 log = structlog.get_logger(__name__)
@@ -140,6 +141,7 @@ class Consumer:
         self._generation = 0
         self._connected = threading.Event()
         self._on_commit = on_commit
+        self._rejection_log = RejectionLog()
         v5 = config.protocol == "5"
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -255,7 +257,7 @@ class Consumer:
                 messages.append((d, parse(d.topic, d.payload, d.content_type)))
             except PayloadError as exc:
                 rejected.append((d.topic, str(exc), d.payload))
-                log.warning("ingest.rejected", topic=d.topic, reason=str(exc))
+                self._rejection_log.rejected(d.topic, str(exc))
         return messages, rejected
 
     def _write(
@@ -291,7 +293,7 @@ class Consumer:
             d = parsed[0][0]
             reason = f"refused by the database: {exc}"
             refused.append((d.topic, reason, d.payload))
-            log.warning("ingest.rejected", topic=d.topic, reason=reason)
+            self._rejection_log.rejected(d.topic, reason)
             return Committed(0, 0, 0, 0, 0)
 
     def _commit(
@@ -326,6 +328,7 @@ class Consumer:
         for d in batch:  # in arrival order, as MQTT requires
             if d.generation == self._generation:
                 self._client.ack(d.mid, d.qos)
+        self._rejection_log.roll()
         if self._on_commit is not None:
             self._on_commit(c)
 
