@@ -89,7 +89,10 @@ class RunnerStatus:
             when = "" if self.last_error_age_s is None else f" {units.duration(self.last_error_age_s)} ago"
             line += f"  error{when}: {self.last_error}"
         if self.state == "up" and self.values_frozen_for_s is not None:
-            line += f"  VALUES FROZEN {units.duration(self.values_frozen_for_s)} (held upstream?)"
+            line += (
+                f"  VALUES FROZEN {units.duration(self.values_frozen_for_s)} (held upstream?), "
+                "readings stored uncertain"
+            )
         return [line]
 
 

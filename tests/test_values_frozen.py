@@ -117,6 +117,7 @@ async def test_a_gateway_answering_from_its_cache_is_told_as_values_frozen_then_
         assert status.values_frozen_for_s is not None
         assert status.values_frozen_for_s >= FROZEN_AFTER_S
         assert "VALUES FROZEN" in status.status_lines()[0]
+        assert "readings stored uncertain" in status.status_lines()[0]
         # What the device sent is stored, as the last usable value: uncertain, and why.
         held = sink.readings[-len(TAGS) :]
         assert [(r.quality, r.reason) for r in held] == [("uncertain", "values_frozen")] * len(TAGS)
