@@ -238,3 +238,55 @@ def test_a_start_or_end_outside_the_file_is_a_clear_error(wavs: dict[str, Path])
         assert f"expected seconds or [H:]MM:SS, got '{garbled}'" in res.stderr
         assert "Traceback" not in res.stderr
     assert "Traceback" not in past.stderr + backwards.stderr
+
+
+def test_a_recording_below_8_khz_is_not_given_to_the_classifier(tmp_path: Path) -> None:
+    """The classifier's features are band levels relative to the spectrum up to 4 kHz: a logger
+    recording at 4 kHz has no top, and its quiet pipe read as a leak (this quiet PVC pipe:
+    probability 1.0 at 4 kHz, 0.09 at 8 kHz; `leak: true`). Now the classifier is not applied below
+    8 kHz; against a baseline made at the same rate the field detector judges the levels."""
+    from scipy import signal
+
+    quiet = PipeScene("pvc", 152.4, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=8000, seed=5)
+    x8 = HydrophoneSynth(quiet).render_seconds(40)[:, 0] * 0.3
+    x4 = signal.resample_poly(x8, 1, 2)
+    at8, at4, first, second = (tmp_path / n for n in ("q8.wav", "q4.wav", "q4a.wav", "q4b.wav"))
+    wavfile.write(at8, 8000, x8.astype(np.float32))
+    wavfile.write(at4, 4000, x4.astype(np.float32))
+    wavfile.write(first, 4000, x4[: 4000 * 20].astype(np.float32))
+    wavfile.write(second, 4000, x4[4000 * 20 :].astype(np.float32))
+
+    r8, r4 = cli("score", "leak", str(at8)), cli("score", "leak", str(at4))
+    assert r8.returncode == r4.returncode == 0, r8.stderr + r4.stderr
+    line8, line4 = json.loads(r8.stdout), json.loads(r4.stdout)
+    assert line8["leak"] is False
+    assert 0 <= line8["leak_probability"] < 0.36
+    assert line4["leak"] is None
+    assert line4["leak_probability"] is None
+    assert line4["window_probabilities"] == []
+    assert any(
+        "the classifier (trained on 8000 Hz audio, bands to 4 kHz) is not applied" in n
+        for n in line4["input"]
+    )
+    assert f"{at4}: not judged: recorded below the classifier's 8000 Hz" in r4.stderr
+
+    base = tmp_path / "b4.json"
+    made = cli("calibrate", "leak", str(first), "--out", str(base))
+    assert made.returncode == 0, made.stderr
+    judged = cli("score", "leak", str(second), "--baseline", str(base))
+    assert judged.returncode == 0, judged.stderr
+    line = json.loads(judged.stdout)
+    assert line["decision"] == "against baseline"
+    assert line["leak"] is False
+    assert line["classifier_leak"] is None
+    assert all(c["classifier_logit_rise"] is None for c in line["evidence"]["checks"])
+    assert "not judged" not in judged.stderr
+
+
+def test_a_sample_rate_too_low_to_hear_a_pipe_is_refused(tmp_path: Path) -> None:
+    wav = tmp_path / "slow.wav"
+    wavfile.write(wav, 100, np.zeros(2000, dtype=np.int16) + 1000)
+    run = cli("score", "leak", str(wav))
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    assert f"{wav}: sample rate 100 Hz is too low to hear a pipe: need at least 1000 Hz" in run.stderr

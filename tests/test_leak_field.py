@@ -1141,3 +1141,33 @@ async def test_a_configured_channel_the_device_does_not_deliver_is_shown_missing
     assert missing.last_error == "channel 'C' is not one of the device's (A, B)"
     assert "hyd.C: MISSING: channel 'C' is not one of the device's (A, B)" in health.status_lines()
     assert capsys.readouterr().out.count("leak.channel_missing") == 1  # 19 windows, said once
+
+
+async def test_audio_below_8_khz_is_judged_on_its_levels_without_the_classifier(tmp_path: Path) -> None:
+    """A hydrophone input sampled at 4 kHz: the classifier (8 kHz audio, bands to 4 kHz) would read
+    its missing top as a leak. It is not run; the status says why; nights are still learnt."""
+    section = SECTION.model_copy(update={"classifier_every_s": 1})
+    proc = AudioLeakProcessor(section, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+
+    def scene(k: int) -> PipeScene:
+        return PipeScene("ductile_iron", 150.0, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=4000,
+                         channels=2, seed=100 + k, site_seed=7)  # fmt: skip
+
+    async def windows() -> AsyncIterator[_Window]:
+        for k, night in enumerate(date(2025, 3, d) for d in (1, 2, 3, 4)):
+            for w in _night_windows(night, scene(k), 125):
+                yield w
+
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    await proc.consume(windows(), emit)
+    health = proc.health()
+    assert health.windows_scored == 0
+    assert health.leak_probability is None
+    assert health.classifier_off == "audio at 4000 Hz, below its 8000 Hz"
+    assert "(not applied: audio at 4000 Hz, below its 8000 Hz)" in health.status_lines()[0]
+    assert health.sensors["hyd.A"].baseline_version == 1  # its quiet learnt from the levels
+    assert not [e for e in events if e.kind in ("leak_warning", "leak")]

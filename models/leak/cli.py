@@ -245,19 +245,24 @@ def _score_files(args: argparse.Namespace) -> int:
             "file": str(path),
             **body,
             "threshold": scorer.threshold,
-            "leak": score.leak_probability >= scorer.threshold,
+            "leak": score.leak_probability >= scorer.threshold if score.classified else None,
             "model": scorer.model.version,
         }
         if judged is not None and baseline is not None:
             line.update(_against_baseline(judged, checks, baseline, classifier_leak=line["leak"]))
             if judged and all(j.signal_lost for j in judged):
                 _err(f"{path}: not judged: {SIGNAL_LOST_NOTE.format(db=SIGNAL_LOST_DB)}")
+        elif not score.classified:
+            _err(
+                f"{path}: not judged: recorded below the classifier's 8000 Hz; judge it against a baseline "
+                "(calibrate leak on quiet recordings made at its rate, then --baseline)"
+            )
         _out(line)
     return status
 
 
 def _against_baseline(
-    judged: list[Judgement], checks: list[CheckStats], baseline: Baseline, *, classifier_leak: bool
+    judged: list[Judgement], checks: list[CheckStats], baseline: Baseline, *, classifier_leak: bool | None
 ) -> dict[str, Any]:
     """The JSON line's decision against a baseline: a recording is one night of checks (each
     check's evidence says the second of the file it starts at)."""

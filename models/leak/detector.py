@@ -13,6 +13,7 @@ spread over nights) and reports each night's minimum as an `Event(kind="leak_noi
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,15 +39,19 @@ DEFAULT_MANIFEST = shipped("water_edge.models.leak", "leak_detector.json")
 class Score:
     """One scored buffer: per-window probabilities and the evidence behind them."""
 
-    probabilities: list[float]
-    leak_probability: float
+    probabilities: list[float]  # empty when the classifier was not applied (`classified`)
+    leak_probability: float  # NaN when not classified
     level_dbfs: float
     band_levels_db: dict[str, float]
     notes: list[str]
 
+    @property
+    def classified(self) -> bool:
+        return bool(self.probabilities)
+
     def to_json(self) -> dict[str, Any]:
         return {
-            "leak_probability": round(self.leak_probability, 4),
+            "leak_probability": round(self.leak_probability, 4) if self.classified else None,
             "window_probabilities": [round(p, 4) for p in self.probabilities],
             "level_dbfs": round(self.level_dbfs, 1),
             "band_levels_db": self.band_levels_db,
@@ -82,8 +87,9 @@ class LeakScorer:
         out = self.model.invoke(rows.astype(np.float32))
         return np.asarray(out, dtype=np.float64).reshape(-1)
 
-    def score(self, samples: npt.ArrayLike, sample_rate: int) -> Score:
-        """Score a whole recording: mean probability over its 2 s windows (hop 1 s)."""
+    def score(self, samples: npt.ArrayLike, sample_rate: int, *, classify: bool = True) -> Score:
+        """Score a whole recording: mean probability over its 2 s windows (hop 1 s); with `classify`
+        False its levels only (`Score.classified` False)."""
         canon, notes = features.prepare(samples, sample_rate)
         if canon.size < features.NFFT:
             raise ValueError(
@@ -93,10 +99,10 @@ class LeakScorer:
         if canon.size < features.WINDOW:
             notes.append(f"shorter than one {features.WINDOW_S:g} s window; scored as one short window")
         rows = features.windows(canon, hop_s=1.0)
-        probs = self.probabilities(rows)
+        probs = self.probabilities(rows) if classify else np.zeros(0)
         return Score(
             [float(p) for p in probs],
-            float(probs.mean()),
+            float(probs.mean()) if probs.size else math.nan,
             features.rms_dbfs(canon),
             band_levels(rows.mean(axis=0)),
             notes,

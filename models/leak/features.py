@@ -23,6 +23,9 @@ import numpy.typing as npt
 from scipy import signal
 
 SAMPLE_RATE: Final = 8000
+# Below this a recording holds nothing of a pipe's leak bands worth judging (the audio driver's own
+# lower limit for `sample_rate`).
+MIN_SAMPLE_RATE: Final = 1000
 WINDOW_S: Final = 2.0
 WINDOW: Final = int(SAMPLE_RATE * WINDOW_S)
 NFFT: Final = 8192
@@ -68,8 +71,10 @@ def prepare(samples: npt.ArrayLike, sample_rate: int) -> tuple[FloatArray, list[
         x = x[:, 0]
     elif x.ndim != 1:
         raise ValueError(f"audio must be 1-D or (samples, channels), got shape {x.shape}")
-    if sample_rate <= 0:
-        raise ValueError(f"sample rate {sample_rate} must be positive")
+    if sample_rate < MIN_SAMPLE_RATE:
+        raise ValueError(
+            f"sample rate {sample_rate} Hz is too low to hear a pipe: need at least {MIN_SAMPLE_RATE} Hz"
+        )
     if not np.all(np.isfinite(x)):
         raise ValueError("audio contains NaN or infinite samples")
     if sample_rate != SAMPLE_RATE:

@@ -98,11 +98,13 @@ class LeakHealth:
     leak_probability: float | None  # the classifier's latest, before any judgement
     sensors: dict[str, SensorHealth] = field(default_factory=dict)
     classifier: str | None = None  # "<name> <version>" in service (model_update swaps it)
+    classifier_off: str | None = None  # why the classifier is not applied (audio below its rate)
 
     def status_lines(self) -> list[str]:
         lines = [
             f"{self.windows_scored} windows scored, leak probability {self.leak_probability}"
             + ("" if self.classifier is None else f", classifier {self.classifier}")
+            + ("" if self.classifier_off is None else f" (not applied: {self.classifier_off})")
         ]
         for name, s in self.sensors.items():
             if s.state == "missing":
@@ -249,6 +251,11 @@ class AudioLeakProcessor:
             self.sensors.append(s)
         self._rate = int(win.sample_rate)
 
+    def _classifier_hears(self) -> bool:
+        """The classifier's features are band levels relative to the spectrum up to 4 kHz: audio
+        sampled below its 8 kHz lacks the top and reads as a leak. The field detector judges it."""
+        return self._rate is None or self._rate >= features.SAMPLE_RATE
+
     def new_confirmation(self) -> Confirmation:
         """A sensor's confirmation as configured (`[models.leak.detection]`), from quiet."""
         return new_confirmation(self.section)
@@ -327,7 +334,7 @@ class AudioLeakProcessor:
             x = x - x.mean()
             s.tail = np.concatenate([s.tail, x])[-features.WINDOW :]
             p = None
-            if score_now and s.tail.size >= features.WINDOW:
+            if score_now and s.tail.size >= features.WINDOW and self._classifier_hears():
                 p = float(self.scorer.probabilities(features.window_features(s.tail)[None, :])[0])
                 self.windows_scored += 1
                 self.last_probability = round(p, 4)
@@ -620,12 +627,16 @@ class AudioLeakProcessor:
         for name, why in self.missing.items():
             sensors[name] = SensorHealth("missing", None, None, None, None, 0, 0, 0, None, None, why)
         model = self.slot.health().model
+        off = None
+        if not self._classifier_hears():
+            off = f"audio at {self._rate} Hz, below its {features.SAMPLE_RATE} Hz"
         return LeakHealth(
             self.windows_scored,
             self.windows_dropped,
             self.last_probability,
             sensors,
             None if model is None else f"{model.name} {model.version}",
+            off,
         )
 
 

@@ -16,6 +16,7 @@ running the agent has little more.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Final
 
@@ -102,9 +103,10 @@ def _check(
     windows (hop 1 s)."""
     rows = None
     probs: list[float] = []
-    if scorer is not None and piece.size >= features.NFFT:
+    if piece.size >= features.NFFT:
         rows = features.windows(piece, hop_s=1.0)
-        probs = [float(p) for p in scorer.probabilities(rows)]
+        if scorer is not None:
+            probs = [float(p) for p in scorer.probabilities(rows)]
     stats = CheckStats.from_levels(
         levels, night=name, index=index, start_ns=start_s * 1_000_000_000, probabilities=probs, tonality=tonal
     )
@@ -126,15 +128,32 @@ def read_recording(
     notes = [f"{rate} Hz, {raw.shape[1]} channel(s), {raw.shape[0] / rate:.2f} s"]
     if (a, b) != (0, raw.shape[0]):
         notes.append(f"judged from {a / rate:g} s to {b / rate:g} s")
+    classifier = _classifier(scorer, rate, notes)
     if (b - a) / rate <= LONG_S:
         samples = to_float(frames(raw, a, b), path)
-        score = scorer.score(samples, rate)
+        score = scorer.score(samples, rate, classify=classifier is not None)
         score.notes[:0] = notes
         if not checks:
             return score, []
         canon = features.prepare(samples, rate)[0]
-        return score, recording_checks(canon, path.name, check_s=check_s, scorer=scorer, offset_s=a // rate)
-    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=scorer, notes=notes)
+        return score, recording_checks(
+            canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate
+        )
+    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=notes)
+
+
+def _classifier(scorer: LeakScorer, rate: int, notes: list[str]) -> LeakScorer | None:
+    """The classifier, or None for a recording below its 8 kHz: its features are band levels
+    relative to the whole spectrum up to 4 kHz, and a recording without the top of it reads as a
+    leak (white noise at 4 kHz: probability 1.0). The field detector judges what the file holds."""
+    if rate >= features.SAMPLE_RATE:
+        return scorer
+    notes.append(
+        f"below {features.SAMPLE_RATE} Hz: the classifier (trained on {features.SAMPLE_RATE} Hz audio, "
+        f"bands to {features.SAMPLE_RATE // 2000} kHz) is not applied; judged on its band levels "
+        "against a baseline"
+    )
+    return None
 
 
 def file_checks(
@@ -144,10 +163,11 @@ def file_checks(
     classifier score."""
     raw, rate = open_wav(path)
     a, b = span_frames(raw.shape[0], rate, span)
+    classifier = _classifier(scorer, rate, [])
     if (b - a) / rate <= LONG_S:
         canon = features.prepare(to_float(frames(raw, a, b), path), rate)[0]
-        return recording_checks(canon, path.name, check_s=check_s, scorer=scorer, offset_s=a // rate)
-    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=scorer, notes=[])[1]
+        return recording_checks(canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate)
+    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=[])[1]
 
 
 def _long(
@@ -157,7 +177,7 @@ def _long(
     kept: tuple[int, int],
     *,
     check_s: float,
-    scorer: LeakScorer,
+    scorer: LeakScorer | None,
     notes: list[str],
 ) -> tuple[Score, list[CheckStats]]:
     first_frame, stop_frame = kept
@@ -197,5 +217,6 @@ def _long(
         f"read in {-(-len(ranges) // per_segment)} segments of about {SEGMENT_S} s (a long recording)"
     )
     level = float(10 * np.log10(energy / max(samples, 1) + 1e-12))
-    score = Score(probs, float(np.mean(probs)), level, band_levels(rows_sum / max(rows, 1)), notes)
+    leak = float(np.mean(probs)) if probs else math.nan
+    score = Score(probs, leak, level, band_levels(rows_sum / max(rows, 1)), notes)
     return score, out
