@@ -318,6 +318,20 @@ def test_locate_an_offset_past_the_recordings_names_it(tmp_path: Path) -> None:
     assert "--offset-s 10 leaves 0.00 s in which both recordings run (A 3.00 s, B 3.00 s)" in err
 
 
+@pytest.mark.parametrize("dead", ["A", "B"])
+def test_locate_a_sensor_of_digital_silence_is_named_not_placed_at_its_end(tmp_path: Path, dead: str) -> None:
+    # It gave position 0.0 m +- 6 m, "the source is likely at or beyond sensor A", exit 0.
+    live = write_wav(tmp_path / "live.wav", noise(4.0, seed=9))
+    silent = write_wav(tmp_path / "silent.wav", np.zeros(32000))
+    files = [silent, live] if dead == "A" else [live, silent]
+    run = edge_agent("models", "locate", *map(str, files), "--distance", "50", "--material", "pvc")
+    err = one_line_error(run)
+    assert f"{silent}: sensor {dead} holds one constant value (digital silence or a dead input)" in err
+    pair = write_wav(tmp_path / "pair.wav", np.stack([noise(4.0, seed=10), np.zeros(32000)], axis=1))
+    err = one_line_error(edge_agent("models", "locate", str(pair), "--distance", "50", "--material", "pvc"))
+    assert f"{pair}: sensor B holds one constant value" in err
+
+
 # -- decode, buffer stats ------------------------------------------------------------------------
 
 

@@ -444,6 +444,13 @@ def cmd_locate(args: argparse.Namespace) -> int:
             a, b = a[:n], b[:n]
         else:
             raise WavError("give one 2-channel WAV or two WAVs (A then B)")
+        for sensor, x in (("A", a), ("B", b)):
+            if x.size and float(np.ptp(x)) == 0.0:
+                what = args.files[0] if len(args.files) == 1 else args.files[0 if sensor == "A" else 1]
+                raise WavError(
+                    f"{what}: sensor {sensor} holds one constant value (digital silence or a dead input): "
+                    "nothing to correlate; check its sensor, cable and audio input"
+                )
         loc = locate(
             np.asarray(a),
             np.asarray(b),
