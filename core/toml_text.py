@@ -20,7 +20,10 @@ TOMLDecodeError = tomli.TOMLDecodeError
 
 def parse_toml(text: str) -> dict[str, Any]:
     """The TOML document `text`; `TOMLDecodeError` (a ValueError) says where it is not valid."""
-    return tomli.loads(text)
+    try:
+        return tomli.loads(text)
+    except RecursionError as exc:  # tomli's limit on nesting (400 levels) is a RecursionError
+        raise TOMLDecodeError(str(exc), text, 0) from None
 
 
 class NotUtf8TextError(ValueError):

@@ -145,6 +145,17 @@ def test_text_holding_a_nul_character_is_refused(tmp_path: Path, capsys: pytest.
     ]
 
 
+def test_values_nested_past_the_parsers_limit_are_a_toml_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # tomli raises RecursionError past 400 levels: a traceback from check-config and run, and from a
+    # config_update's validation.
+    text = GOOD + "\n[extra]\nvalue = " + "[" * 1000 + "]" * 1000 + "\n"
+    source = tmp_path / "agent.toml"
+    (problem,) = refused(tmp_path, text, capsys)
+    assert problem.startswith(f"{source}: not valid TOML: TOML inline arrays/tables are nested more than")
+
+
 def test_a_write_rule_names_a_device_that_can_be_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
