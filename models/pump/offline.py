@@ -246,7 +246,7 @@ def _parse(
     for i, row in enumerate(raw):
         cells = row
         if len(row) < width:
-            unreadable.short_row(i, row)
+            unreadable.short_row(i, formats.sep.join(row))
             cells = row + [""] * (width - len(row))
         stamps.append(cells[0].strip())
         values[i, 0] = _number(cells[0], _decimal_comma(formats.sep, [cells[0]]))
@@ -269,10 +269,10 @@ class _Unreadable:
         self.cells: dict[int, int] = {}  # column -> count
         self.first: dict[int, tuple[int, str]] = {}  # column -> (data row index, cell)
 
-    def short_row(self, i: int, cells: list[str]) -> None:
+    def short_row(self, i: int, line: str) -> None:
         self.short += 1
         if self.first_short is None:
-            self.first_short = (i, ",".join(cells))
+            self.first_short = (i, line)
 
     def see(self, i: int, j: int, cell: str) -> None:
         text = cell.strip()
