@@ -290,3 +290,43 @@ def test_a_sample_rate_too_low_to_hear_a_pipe_is_refused(tmp_path: Path) -> None
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
     assert f"{wav}: sample rate 100 Hz is too low to hear a pipe: need at least 1000 Hz" in run.stderr
+
+
+def test_clipped_seconds_of_a_recording_are_judged_but_never_learnt_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A logger's gain set too high: the gateway's audio driver flags saturated audio and a baseline
+    never learns from it; the offline commands learnt from a clipped recording as from any other
+    (its levels understated, its spectrum full of the clipping's harmonics)."""
+    from water_edge.agent.cli import main
+    from water_edge.models.leak import recording
+
+    pcm = _quiet_then_leak(8000, (48, 1), seeds=(5, 6), site_seed=6)[: 48 * 8000].astype(np.float64)
+    clipped = pcm.copy()
+    clipped[: 16 * 8000] = np.clip(clipped[: 16 * 8000] * 20, -32768, 32767)  # the first two checks
+    first, whole = tmp_path / "clipped_start.wav", tmp_path / "clipped_all.wav"
+    wavfile.write(first, 8000, clipped.astype(np.int16))
+    wavfile.write(whole, 8000, np.clip(pcm * 20, -32768, 32767).astype(np.int16))
+    base = tmp_path / "base.json"
+
+    assert main(["models", "calibrate", "leak", str(first), "--out", str(base)]) == 0
+    made = capsys.readouterr()
+    assert json.loads(made.out)["checks"] == 4  # of 6: the clipped two left out
+    assert "warning: 2 check(s) saturated at full scale left out (clipped: lower the gain)" in made.err
+    assert main(["models", "calibrate", "leak", str(whole), "--out", str(tmp_path / "b2.json")]) == 2
+    assert "every one of its 6 check(s) held audio saturated at full scale: lower the input gain" in (
+        capsys.readouterr().err
+    )
+
+    def scored() -> dict:  # type: ignore[type-arg]
+        assert main(["models", "score", "leak", str(first), "--baseline", str(base)]) == 0
+        return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+    lines = [scored()]
+    monkeypatch.setattr(recording, "LONG_S", 30)  # read a segment (three checks) at a time
+    monkeypatch.setattr(recording, "SEGMENT_S", 24)
+    lines.append(scored())
+    assert "read in 2 segments of about 24 s (a long recording)" in lines[1]["input"]
+    for line in lines:
+        assert "16 s saturated at full scale (clipped): judged, never learnt from" in line["input"]
+        assert [c.get("saturated_s", 0) for c in line["evidence"]["checks"]] == [8, 8, 0, 0, 0, 0]

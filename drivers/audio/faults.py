@@ -27,10 +27,10 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from water_edge.core.clipping import CLIPPED_SHARE, FULL_SCALE
+
 Fault = Literal["silence", "dc", "mains_hum", "clipping", "duplicate"]
 
-FULL_SCALE: Final = 0.999  # a sample this close to full scale is clipped (int16 reads 32767/32768)
-CLIPPED_SHARE: Final = 0.01  # of the frames at full scale: the input is saturated
 HUM_SHARE: Final = 0.98  # of the power within HUM_WIDTH_HZ of the mains harmonics: hum only
 HUM_FUNDAMENTAL_SHARE: Final = 0.1  # of the power at 50 (60) Hz itself
 HUM_WIDTH_HZ: Final = 2.0

@@ -281,7 +281,11 @@ def _against_baseline(
             "baseline_version": baseline.version,
             "positive_checks": sum(j.positive for j in judged),
             "checks": [
-                {"start_s": c.start_ns // 1_000_000_000, **j.evidence()}
+                {
+                    "start_s": c.start_ns // 1_000_000_000,
+                    **j.evidence(),
+                    **({"saturated_s": c.saturated_s} if c.saturated_s else {}),
+                }
                 for c, j in zip(checks, judged, strict=True)
             ],
         },
@@ -316,6 +320,8 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
         baseline = Baseline.learn(checks, sensor=args.out.stem, material=material)
         if silent := sum(c.silent for c in checks):
             _err(f"warning: {silent} check(s) of digital silence left out (no signal: a dropout?)")
+        if clipped := sum(bool(c.saturated_s) and not c.silent for c in checks):
+            _err(f"warning: {clipped} check(s) saturated at full scale left out (clipped: lower the gain)")
     except (WavError, ValueError, ModelError, BaselineError) as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT

@@ -23,6 +23,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from water_edge.core.clipping import saturated_seconds
 from water_edge.core.wavio import frames, open_wav, to_float
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import CheckStats
@@ -71,9 +72,11 @@ def recording_checks(
     check_s: float = DEFAULT_CHECK_S,
     scorer: LeakScorer | None = None,
     offset_s: int = 0,
+    saturated: npt.NDArray[np.bool_] | None = None,
 ) -> list[CheckStats]:
     """Checks of a canonical (8 kHz, one channel) recording; the classifier is skipped without a
-    scorer. `offset_s`: where the recording starts in its file (the checks' `start_ns`)."""
+    scorer. `offset_s`: where the recording starts in its file (the checks' `start_ns`);
+    `saturated`: per second, whether the recording as stored was saturated (`core.clipping`)."""
     levels, tonal = second_bands(canon)
     return [
         _check(
@@ -84,6 +87,7 @@ def recording_checks(
             index=index,
             start_s=offset_s + a,
             scorer=scorer,
+            saturated_s=0 if saturated is None else int(saturated[a:b].sum()),
         )[0]
         for index, (a, b) in enumerate(split_checks(levels.shape[0], check_s))
     ]
@@ -98,6 +102,7 @@ def _check(
     index: int,
     start_s: int,
     scorer: LeakScorer | None,
+    saturated_s: int = 0,
 ) -> tuple[CheckStats, FloatArray | None, list[float]]:
     """One check's statistics, and the classifier's feature rows and probabilities on its 2 s
     windows (hop 1 s)."""
@@ -108,7 +113,13 @@ def _check(
         if scorer is not None:
             probs = [float(p) for p in scorer.probabilities(rows)]
     stats = CheckStats.from_levels(
-        levels, night=name, index=index, start_ns=start_s * 1_000_000_000, probabilities=probs, tonality=tonal
+        levels,
+        night=name,
+        index=index,
+        start_ns=start_s * 1_000_000_000,
+        probabilities=probs,
+        tonality=tonal,
+        saturated_s=saturated_s,
     )
     return stats, rows, probs
 
@@ -131,15 +142,28 @@ def read_recording(
     classifier = _classifier(scorer, rate, notes)
     if (b - a) / rate <= LONG_S:
         samples = to_float(frames(raw, a, b), path)
+        saturated = _saturated(samples, rate, notes)
         score = scorer.score(samples, rate, classify=classifier is not None)
         score.notes[:0] = notes
         if not checks:
             return score, []
         canon = features.prepare(samples, rate)[0]
         return score, recording_checks(
-            canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate
+            canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate, saturated=saturated
         )
     return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=notes)
+
+
+def _saturated(samples: FloatArray, rate: int, notes: list[str]) -> npt.NDArray[np.bool_]:
+    """Per second of the judged (first) channel: saturated at full scale; a note says how many."""
+    saturated = saturated_seconds(samples[:, 0] if samples.ndim == 2 else samples, rate)
+    if saturated.any():
+        notes.append(_saturated_note(int(saturated.sum())))
+    return saturated
+
+
+def _saturated_note(seconds: int) -> str:
+    return f"{seconds} s saturated at full scale (clipped): judged, never learnt from"
 
 
 def _classifier(scorer: LeakScorer, rate: int, notes: list[str]) -> LeakScorer | None:
@@ -165,8 +189,12 @@ def file_checks(
     a, b = span_frames(raw.shape[0], rate, span)
     classifier = _classifier(scorer, rate, [])
     if (b - a) / rate <= LONG_S:
-        canon = features.prepare(to_float(frames(raw, a, b), path), rate)[0]
-        return recording_checks(canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate)
+        samples = to_float(frames(raw, a, b), path)
+        saturated = _saturated(samples, rate, [])
+        canon = features.prepare(samples, rate)[0]
+        return recording_checks(
+            canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate, saturated=saturated
+        )
     return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=[])[1]
 
 
@@ -187,12 +215,15 @@ def _long(
     out: list[CheckStats] = []
     probs: list[float] = []
     energy, samples, rows_sum, rows = 0.0, 0, np.zeros(features.N_FEATURES), 0
+    clipped_s = 0
     for first in range(0, len(ranges), per_segment):
         group = ranges[first : first + per_segment]
         a, b = group[0][0], group[-1][1]
         lo, hi = max(0, a - PAD_S), min(seconds, b + PAD_S)
-        piece = frames(raw, first_frame + lo * rate, first_frame + hi * rate)
-        canon, done = features.prepare(to_float(piece, path), rate)
+        piece = to_float(frames(raw, first_frame + lo * rate, first_frame + hi * rate), path)
+        saturated = saturated_seconds(piece[:, 0], rate)[a - lo : b - lo]
+        clipped_s += int(saturated.sum())
+        canon, done = features.prepare(piece, rate)
         if first == 0:
             notes += done
         canon = canon[(a - lo) * SECOND : (b - lo) * SECOND]
@@ -208,6 +239,7 @@ def _long(
                 index=index,
                 start_s=first_frame // rate + ca,
                 scorer=scorer,
+                saturated_s=int(saturated[i:j].sum()),
             )
             out.append(stats)
             probs += p
@@ -216,6 +248,8 @@ def _long(
     notes.append(
         f"read in {-(-len(ranges) // per_segment)} segments of about {SEGMENT_S} s (a long recording)"
     )
+    if clipped_s:
+        notes.append(_saturated_note(clipped_s))
     level = float(10 * np.log10(energy / max(samples, 1) + 1e-12))
     leak = float(np.mean(probs)) if probs else math.nan
     score = Score(probs, leak, level, band_levels(rows_sum / max(rows, 1)), notes)
