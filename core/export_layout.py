@@ -28,7 +28,7 @@ _LOOK_AHEAD = MAX_PREAMBLE_LINES + 5  # a units row or two, and the first data r
 SEPARATORS = (";", ",", "\t")
 
 
-def _is_timestamp(cell: str) -> bool:
+def is_timestamp(cell: str) -> bool:
     for day_first in (True, False):  # 13/03/2024 or 03/13/2024
         try:
             parse_time(cell.strip().strip('"'), UTC, day_first)
@@ -53,7 +53,7 @@ def preamble_lines(lines: Iterable[str], wanted: Sequence[str] = ()) -> int:
     head = [line for line in islice(lines, _LOOK_AHEAD) if line.strip()]
     for i, line in enumerate(head):
         sep = _separator(line)
-        if sep is None or not _is_timestamp(line.split(sep, 1)[0]):
+        if sep is None or not is_timestamp(line.split(sep, 1)[0]):
             continue
         if i == 0:
             return 0  # no header at all: the reader says so

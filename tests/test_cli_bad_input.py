@@ -133,6 +133,24 @@ def test_pump_text_in_a_signal_column_is_counted_and_the_first_named(tmp_path: P
     assert "fewer cells" not in run.stderr
 
 
+def test_pump_timestamps_in_a_later_column_are_named_when_the_first_is_numbers(tmp_path: Path) -> None:
+    # A rising totaliser first and the times second: the totaliser was taken as the timestamp and
+    # never scored, and nothing said so (the warning for a first column that goes down stays quiet).
+    stamps = seconds(300)
+    lines = [
+        "volume,time,flow",
+        *(f"{1000 + i * 0.5:.1f},{t},{5 + (i % 7) / 10}" for i, t in enumerate(stamps)),
+    ]
+    csv = tmp_path / "order.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    run = edge_agent("models", "score", "pump", "--csv", str(csv), "--calibrate-rows", "100")
+    assert run.returncode == 0, run.stderr
+    assert (f"column 'time' holds timestamps ('{stamps[0]}') and is not read; the first column 'volume' "
+            "holds numbers and is read as the timestamp (echoed, not scored): put the timestamp column first"
+            ) in run.stderr  # fmt: skip
+    assert "numbers go down" not in run.stderr
+
+
 # -- models score flow-leak / burst -------------------------------------------------------------
 
 

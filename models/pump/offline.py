@@ -43,7 +43,7 @@ from typing import TextIO
 import numpy as np
 
 from water_edge.core.csv_records import records
-from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, preamble_lines
+from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, is_timestamp, preamble_lines
 from water_edge.core.local_zone import system_zone
 from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time
@@ -158,7 +158,7 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
         formats.see(row)
     if formats.rows == 0:
         raise InputError("the file has a header but no data rows")
-    stamps, values, unreadable = _parse(itertools.islice(raw_rows(), skip, None), formats, width)
+    stamps, values, unreadable, first_row = _parse(itertools.islice(raw_rows(), skip, None), formats, width)
     header, repeated = _unique_names(header)
     for name, count in repeated.items():
         warn(
@@ -170,8 +170,9 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
         raise InputError("no numeric signal column found")
     for message in unreadable.messages(keep, header):
         warn(message)
+    told = _warn_timestamps_not_first(header, first_row, values[0, 0], warn)
     first = values[:, 0]
-    if not np.isnan(first).any() and (np.diff(first) < 0).any():
+    if not told and not np.isnan(first).any() and (np.diff(first) < 0).any():
         warn(
             f"the first column {header[0].strip()!r} is read as the timestamp (echoed, not scored), "
             "but its numbers go down: if it is a signal, put a timestamp column first"
@@ -238,23 +239,45 @@ def _numeric(
 
 def _parse(
     raw: Iterator[list[str]], formats: _Formats, width: int
-) -> tuple[list[str], np.ndarray, _Unreadable]:
-    """The data rows as timestamps and a column-major array (as scored), and what could not be read."""
+) -> tuple[list[str], np.ndarray, _Unreadable, list[str]]:
+    """The data rows as timestamps and a column-major array (as scored), what could not be read,
+    and the first row's cells."""
     stamps: list[str] = []
     values = np.empty((formats.rows, width), dtype=np.float64, order="F")
     unreadable = _Unreadable()
+    first_row: list[str] = []
     for i, row in enumerate(raw):
         cells = row
         if len(row) < width:
             unreadable.short_row(i, formats.sep.join(row))
             cells = row + [""] * (width - len(row))
+        if i == 0:
+            first_row = cells
         stamps.append(cells[0].strip())
         values[i, 0] = _number(cells[0], _decimal_comma(formats.sep, [cells[0]]))
         for j in range(1, width):
             value = values[i, j] = formats.parse(j, cells[j])
             if math.isnan(value):  # a blank, a missing mark, or text where a number was expected
                 unreadable.see(i, j, cells[j])
-    return stamps, values, unreadable
+    return stamps, values, unreadable, first_row
+
+
+def _warn_timestamps_not_first(
+    header: list[str], first_row: list[str], first_value: float, warn: Callable[[str], None]
+) -> bool:
+    """A numeric first column with the timestamps in a later one: the first is taken as the
+    timestamp (echoed, not scored), which is the signal an engineer would miss. Whether it said so."""
+    if math.isnan(first_value):
+        return False
+    for j in range(1, len(first_row)):
+        if is_timestamp(first_row[j]):
+            warn(
+                f"column {header[j].strip()!r} holds timestamps ({first_row[j].strip()!r}) and is not "
+                f"read; the first column {header[0].strip()!r} holds numbers and is read as the timestamp "
+                "(echoed, not scored): put the timestamp column first"
+            )
+            return True
+    return False
 
 
 class _Unreadable:
