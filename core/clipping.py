@@ -22,6 +22,7 @@ def saturated_seconds(x: npt.ArrayLike, sample_rate: int) -> npt.NDArray[np.bool
     """Per whole second of the 1-D signal `x` (full scale +-1): whether it is saturated."""
     samples = np.asarray(x)
     seconds = samples.size // sample_rate
-    clipped = np.abs(samples[: seconds * sample_rate]) >= FULL_SCALE
+    whole = samples[: seconds * sample_rate]
+    clipped = (whole >= FULL_SCALE) | (whole <= -FULL_SCALE)  # no float copy of a 5-minute segment
     out: npt.NDArray[np.bool_] = clipped.reshape(seconds, sample_rate).mean(axis=1) >= CLIPPED_SHARE
     return out
