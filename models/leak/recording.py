@@ -224,6 +224,7 @@ def _long(
         saturated = saturated_seconds(piece[:, 0], rate)[a - lo : b - lo]
         clipped_s += int(saturated.sum())
         canon, done = features.prepare(piece, rate)
+        del piece  # a segment's samples as float64 (38 MB at 16 kHz): not held through its checks
         if first == 0:
             notes += done
         canon = canon[(a - lo) * SECOND : (b - lo) * SECOND]
