@@ -448,7 +448,8 @@ class ScoredCsv:
 def rows_before(timestamps: list[str], until: str, tz: tzinfo) -> int:
     """How many leading rows are stamped before `until` (`--calibrate-until`): calibration ends at
     the first row at or after it. Stamps and `until` are read alike (`core.timestamps`; without an
-    offset, local times of `tz`)."""
+    offset, local times of `tz`). A row whose stamp cannot be read (a cut-off line, a glitch) is
+    taken where it stands in the file; a first stamp that cannot be read says the column cannot."""
     order = day_first(timestamps) is not False
     try:
         limit = parse_time(until, tz, order)
@@ -458,6 +459,8 @@ def rows_before(timestamps: list[str], until: str, tz: tzinfo) -> int:
         try:
             when = parse_time(stamp, tz, order)
         except ValueError:
+            if i > 0:
+                continue
             raise InputError(
                 f"data row {i + 1}: timestamp {stamp!r} cannot be read, so --calibrate-until cannot be "
                 "applied: give --calibrate-rows N instead"
