@@ -147,6 +147,11 @@ def test_a_newest_first_export_is_refused_not_calibrated_on_its_newest_rows(
     assert err.count("\n") == 1
     assert "the rows run newest first (2024-03-01 10:19:59 ... 2024-03-01 10:00:00)" in err
     assert "sort the file oldest first" in err
+    # the same export cut off in its last line (exported while the historian wrote): still refused
+    cut = write(tmp_path / "cut.csv", ["time", *SIGNALS], [*rows[::-1], ["2024-03-0"]], ",")
+    code, out, err = run(capsys, cut, CALIB)
+    assert (code, out) == (2, "")
+    assert "the rows run newest first (2024-03-01 10:19:59 ... 2024-03-01 10:00:00)" in err
 
 
 def test_excels_unicode_text_export_scores_as_the_plain_file(

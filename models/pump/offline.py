@@ -476,15 +476,29 @@ def refuse_newest_first(timestamps: list[str], tz: tzinfo) -> None:
     if len(timestamps) < 2:
         return
     order = day_first(timestamps) is not False
-    try:
-        first, last = (parse_time(timestamps[i], tz, order) for i in (0, -1))
-    except ValueError:
+    n = len(timestamps)
+    head = _first_readable(timestamps, range(min(n, 10)), tz, order)
+    tail = _first_readable(timestamps, range(n - 1, max(-1, n - 11), -1), tz, order)  # a cut-off last line
+    if head is None or tail is None:
         return  # a first column that is no time (a row number): nothing to tell
+    (i, first), (j, last) = head, tail
     if last < first:
         raise InputError(
-            f"the rows run newest first ({timestamps[0]} ... {timestamps[-1]}): the first rows calibrate, "
+            f"the rows run newest first ({timestamps[i]} ... {timestamps[j]}): the first rows calibrate, "
             "so sort the file oldest first: (head -1 FILE; tail -n +2 FILE | tac) > SORTED.csv"
         )
+
+
+def _first_readable(
+    timestamps: list[str], rows: range, tz: tzinfo, order: bool
+) -> tuple[int, datetime] | None:
+    """The first of `rows` whose stamp can be read, with its time."""
+    for i in rows:
+        try:
+            return i, parse_time(timestamps[i], tz, order)
+        except ValueError:
+            continue
+    return None
 
 
 def warn_out_of_order(timestamps: list[str], tz: tzinfo, warn: Callable[[str], None]) -> None:
