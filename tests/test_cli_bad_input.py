@@ -151,22 +151,6 @@ def test_pump_timestamps_in_a_later_column_are_named_when_the_first_is_numbers(t
     assert "numbers go down" not in run.stderr
 
 
-def test_pump_calibrate_until_steps_over_a_stamp_it_cannot_read(tmp_path: Path) -> None:
-    # One glitched stamp anywhere before the cut refused the whole option ("give --calibrate-rows").
-    rng = np.random.default_rng(7)
-    stamps = seconds(300)
-    stamps[50] = "#ERR"
-    csv = pump_csv(tmp_path / "glitch.csv", stamps, {"a": list(rng.normal(size=300))})
-    run = edge_agent("models", "score", "pump", "--csv", str(csv), "--calibrate-until", seconds(300)[200])
-    assert run.returncode == 0, run.stderr
-    assert f"calibrating on the first 200 rows (stamped before {seconds(300)[200]})" in run.stderr
-    stamps[0] = "#ERR"
-    csv = pump_csv(tmp_path / "first.csv", stamps, {"a": list(rng.normal(size=300))})
-    run = edge_agent("models", "score", "pump", "--csv", str(csv), "--calibrate-until", seconds(300)[200])
-    err = one_line_error(run)
-    assert "data row 1: timestamp '#ERR' cannot be read, so --calibrate-until cannot be applied" in err
-
-
 # -- models score flow-leak / burst -------------------------------------------------------------
 
 

@@ -330,3 +330,53 @@ def test_clipped_seconds_of_a_recording_are_judged_but_never_learnt_from(
     for line in lines:
         assert "16 s saturated at full scale (clipped): judged, never learnt from" in line["input"]
         assert [c.get("saturated_s", 0) for c in line["evidence"]["checks"]] == [8, 8, 0, 0, 0, 0]
+
+
+def test_dropouts_in_a_recording_are_left_out_not_learnt_as_the_pipes_quiet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A logger whose card stalled writes runs of one value (here 2 s of every 8 s check). The quiet
+    in the levels is their tenth percentile: the baseline learnt the dropouts' -150 dB as the pipe's
+    quiet, and the next clean night rose by 110-170 dB in every band: a leak. Scored against a clean
+    baseline, the same file was "not heard" in every check. The gateway's audio driver marks such
+    stretches and its detector leaves them out; now the offline commands do too."""
+    from water_edge.agent.cli import main
+
+    def night(seed: int) -> npt.NDArray[np.float64]:
+        scene = PipeScene("pvc", 152.4, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=8000, seed=seed,
+                          site_seed=7)  # fmt: skip
+        x = HydrophoneSynth(scene).render_seconds(48)[:, 0]
+        return np.asarray(x / np.abs(x).max() * 0.3 * 32767)
+
+    stalled, clean = night(5), night(6)
+    for k in range(6):
+        stalled[(k * 8 + 3) * 8000 : (k * 8 + 5) * 8000] = 0.0
+    paths = {name: tmp_path / f"{name}.wav" for name in ("stalled", "clean")}
+    for name, x in (("stalled", stalled), ("clean", clean)):
+        wavfile.write(paths[name], 8000, x.astype(np.int16))
+
+    def learnt(name: str) -> Path:
+        out = tmp_path / f"{name}.json"
+        assert main(["models", "calibrate", "leak", str(paths[name]), "--out", str(out)]) == 0
+        return out
+
+    def judged(name: str, baseline: Path) -> dict:  # type: ignore[type-arg]
+        assert main(["models", "score", "leak", str(paths[name]), "--baseline", str(baseline)]) == 0
+        return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+    from_stalled = learnt("stalled")
+    made = capsys.readouterr()
+    assert json.loads(made.out)["seconds"] == 48 - 12
+    assert (
+        f"warning: {paths['stalled']}: 12 s with dropouts (one value for 50 ms or more): left out" in made.err
+    )
+    line = judged("clean", from_stalled)
+    assert line["leak"] is False
+    assert max(line["rise_db"].values()) < 10
+
+    from_clean = learnt("clean")
+    capsys.readouterr()
+    line = judged("stalled", from_clean)
+    assert line["signal_lost_checks"] == 0
+    assert line["leak"] is False
+    assert "12 s with dropouts (one value for 50 ms or more): left out, not the pipe" in line["input"]

@@ -294,15 +294,24 @@ def test_calibrate_until_refuses_what_it_cannot_apply(
     code, _, err = _score(capsys, path, "--calibrate-until", "tomorrow")
     assert code == 2
     assert "--calibrate-until 'tomorrow' is not a timestamp" in err
-    rows[3][0] = "n/a"
+    rows[3][0] = "n/a"  # a glitch in the column: taken where it stands
     code, _, err = _score(
         capsys,
         write(tmp_path / "q.csv", ["time", *SIGNALS], rows, ","),
         "--calibrate-until",
         "2024-03-01 10:10",
     )
+    assert code == 0, err
+    assert "calibrating on the first 600 rows (stamped before 2024-03-01 10:10)" in err
+    rows[0][0] = "n/a"  # the first stamp: the column's format cannot be read
+    code, _, err = _score(
+        capsys,
+        write(tmp_path / "r.csv", ["time", *SIGNALS], rows, ","),
+        "--calibrate-until",
+        "2024-03-01 10:10",
+    )
     assert code == 2
-    assert "data row 4: timestamp 'n/a' cannot be read" in err
+    assert "data row 1: timestamp 'n/a' cannot be read" in err
     with pytest.raises(SystemExit):  # one or the other, not both
         main(
             [

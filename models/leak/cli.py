@@ -316,7 +316,13 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
         material = None if args.material is None else pipes.material(args.material).name
         scorer = LeakScorer()
         for path in args.files:
-            checks += file_checks(path, check_s=args.check_s, scorer=scorer, span=(args.start, args.end))
+            notes: list[str] = []
+            checks += file_checks(
+                path, check_s=args.check_s, scorer=scorer, span=(args.start, args.end), notes=notes
+            )
+            for note in notes:
+                if "dropouts" in note:
+                    _err(f"warning: {path}: {note}")
         baseline = Baseline.learn(checks, sensor=args.out.stem, material=material)
         if silent := sum(c.silent for c in checks):
             _err(f"warning: {silent} check(s) of digital silence left out (no signal: a dropout?)")

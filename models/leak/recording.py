@@ -17,6 +17,7 @@ running the agent has little more.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from water_edge.core.clipping import saturated_seconds
+from water_edge.core.dropouts import dropout_seconds
 from water_edge.core.wavio import frames, open_wav, to_float
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import CheckStats
@@ -72,11 +74,11 @@ def recording_checks(
     check_s: float = DEFAULT_CHECK_S,
     scorer: LeakScorer | None = None,
     offset_s: int = 0,
-    saturated: npt.NDArray[np.bool_] | None = None,
+    marks: SecondMarks | None = None,
 ) -> list[CheckStats]:
     """Checks of a canonical (8 kHz, one channel) recording; the classifier is skipped without a
-    scorer. `offset_s`: where the recording starts in its file (the checks' `start_ns`);
-    `saturated`: per second, whether the recording as stored was saturated (`core.clipping`)."""
+    scorer. `offset_s`: where the recording starts in its file (the checks' `start_ns`); `marks`:
+    its saturated and dropout seconds, as stored (`SecondMarks`)."""
     levels, tonal = second_bands(canon)
     return [
         _check(
@@ -87,10 +89,39 @@ def recording_checks(
             index=index,
             start_s=offset_s + a,
             scorer=scorer,
-            saturated_s=0 if saturated is None else int(saturated[a:b].sum()),
+            marks=None if marks is None else marks[a:b],
         )[0]
         for index, (a, b) in enumerate(split_checks(levels.shape[0], check_s))
     ]
+
+
+@dataclass(frozen=True)
+class SecondMarks:
+    """Per second of a recording as stored (its judged channel, at its own rate): saturated at full
+    scale (`core.clipping`: judged, never learnt from) and dropouts (`core.dropouts`: not the pipe,
+    left out of the levels, as the gateway leaves out what its audio driver marks)."""
+
+    saturated: npt.NDArray[np.bool_]
+    dropout: npt.NDArray[np.bool_]
+
+    @classmethod
+    def of(cls, channel: FloatArray, rate: int) -> SecondMarks:
+        return cls(saturated_seconds(channel, rate), dropout_seconds(channel, rate))
+
+    def __getitem__(self, seconds: slice) -> SecondMarks:
+        return SecondMarks(self.saturated[seconds], self.dropout[seconds])
+
+    def notes(self) -> list[str]:
+        return _mark_notes(int(self.saturated.sum()), int(self.dropout.sum()))
+
+
+def _mark_notes(saturated_s: int, dropout_s: int) -> list[str]:
+    out = []
+    if saturated_s:
+        out.append(f"{saturated_s} s saturated at full scale (clipped): judged, never learnt from")
+    if dropout_s:
+        out.append(f"{dropout_s} s with dropouts (one value for 50 ms or more): left out, not the pipe")
+    return out
 
 
 def _check(
@@ -102,10 +133,17 @@ def _check(
     index: int,
     start_s: int,
     scorer: LeakScorer | None,
-    saturated_s: int = 0,
+    marks: SecondMarks | None = None,
 ) -> tuple[CheckStats, FloatArray | None, list[float]]:
     """One check's statistics, and the classifier's feature rows and probabilities on its 2 s
-    windows (hop 1 s)."""
+    windows (hop 1 s). Dropout seconds are left out of its levels (all of them, when every second
+    is one: the check is then silent)."""
+    saturated_s = 0
+    if marks is not None:
+        saturated_s = int(marks.saturated.sum())
+        heard = ~marks.dropout[: levels.shape[0]]
+        if heard.any() and not heard.all():
+            levels, tonal = levels[heard], tonal[heard]
     rows = None
     probs: list[float] = []
     if piece.size >= features.NFFT:
@@ -142,28 +180,23 @@ def read_recording(
     classifier = _classifier(scorer, rate, notes)
     if (b - a) / rate <= LONG_S:
         samples = to_float(frames(raw, a, b), path)
-        saturated = _saturated(samples, rate, notes)
+        marks = _marks(samples, rate, notes)
         score = scorer.score(samples, rate, classify=classifier is not None)
         score.notes[:0] = notes
         if not checks:
             return score, []
         canon = features.prepare(samples, rate)[0]
         return score, recording_checks(
-            canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate, saturated=saturated
+            canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate, marks=marks
         )
     return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=notes)
 
 
-def _saturated(samples: FloatArray, rate: int, notes: list[str]) -> npt.NDArray[np.bool_]:
-    """Per second of the judged (first) channel: saturated at full scale; a note says how many."""
-    saturated = saturated_seconds(samples[:, 0] if samples.ndim == 2 else samples, rate)
-    if saturated.any():
-        notes.append(_saturated_note(int(saturated.sum())))
-    return saturated
-
-
-def _saturated_note(seconds: int) -> str:
-    return f"{seconds} s saturated at full scale (clipped): judged, never learnt from"
+def _marks(samples: FloatArray, rate: int, notes: list[str]) -> SecondMarks:
+    """The judged (first) channel's `SecondMarks`; notes say how many seconds of each."""
+    marks = SecondMarks.of(samples[:, 0] if samples.ndim == 2 else samples, rate)
+    notes += marks.notes()
+    return marks
 
 
 def _classifier(scorer: LeakScorer, rate: int, notes: list[str]) -> LeakScorer | None:
@@ -181,21 +214,27 @@ def _classifier(scorer: LeakScorer, rate: int, notes: list[str]) -> LeakScorer |
 
 
 def file_checks(
-    path: Path, *, check_s: float = DEFAULT_CHECK_S, scorer: LeakScorer, span: Span = WHOLE
+    path: Path,
+    *,
+    check_s: float = DEFAULT_CHECK_S,
+    scorer: LeakScorer,
+    span: Span = WHOLE,
+    notes: list[str] | None = None,
 ) -> list[CheckStats]:
     """A WAV file's (or its `span`'s) checks alone (what a calibration learns from): no whole-file
-    classifier score."""
+    classifier score. `notes` receives what was done to read it."""
+    said: list[str] = [] if notes is None else notes
     raw, rate = open_wav(path)
     a, b = span_frames(raw.shape[0], rate, span)
-    classifier = _classifier(scorer, rate, [])
+    classifier = _classifier(scorer, rate, said)
     if (b - a) / rate <= LONG_S:
         samples = to_float(frames(raw, a, b), path)
-        saturated = _saturated(samples, rate, [])
+        marks = _marks(samples, rate, said)
         canon = features.prepare(samples, rate)[0]
         return recording_checks(
-            canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate, saturated=saturated
+            canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate, marks=marks
         )
-    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=[])[1]
+    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=said)[1]
 
 
 def _long(
@@ -215,14 +254,14 @@ def _long(
     out: list[CheckStats] = []
     probs: list[float] = []
     energy, samples, rows_sum, rows = 0.0, 0, np.zeros(features.N_FEATURES), 0
-    clipped_s = 0
+    clipped_s = dropout_s = 0
     for first in range(0, len(ranges), per_segment):
         group = ranges[first : first + per_segment]
         a, b = group[0][0], group[-1][1]
         lo, hi = max(0, a - PAD_S), min(seconds, b + PAD_S)
         piece = to_float(frames(raw, first_frame + lo * rate, first_frame + hi * rate), path)
-        saturated = saturated_seconds(piece[:, 0], rate)[a - lo : b - lo]
-        clipped_s += int(saturated.sum())
+        marks = SecondMarks.of(piece[:, 0], rate)[a - lo : b - lo]
+        clipped_s, dropout_s = clipped_s + int(marks.saturated.sum()), dropout_s + int(marks.dropout.sum())
         canon, done = features.prepare(piece, rate)
         del piece  # a segment's samples as float64 (38 MB at 16 kHz): not held through its checks
         if first == 0:
@@ -240,7 +279,7 @@ def _long(
                 index=index,
                 start_s=first_frame // rate + ca,
                 scorer=scorer,
-                saturated_s=int(saturated[i:j].sum()),
+                marks=marks[i:j],
             )
             out.append(stats)
             probs += p
@@ -249,8 +288,7 @@ def _long(
     notes.append(
         f"read in {-(-len(ranges) // per_segment)} segments of about {SEGMENT_S} s (a long recording)"
     )
-    if clipped_s:
-        notes.append(_saturated_note(clipped_s))
+    notes += _mark_notes(clipped_s, dropout_s)
     level = float(10 * np.log10(energy / max(samples, 1) + 1e-12))
     leak = float(np.mean(probs)) if probs else math.nan
     score = Score(probs, leak, level, band_levels(rows_sum / max(rows, 1)), notes)
