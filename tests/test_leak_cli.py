@@ -380,3 +380,47 @@ def test_dropouts_in_a_recording_are_left_out_not_learnt_as_the_pipes_quiet(
     assert line["signal_lost_checks"] == 0
     assert line["leak"] is False
     assert "12 s with dropouts (one value for 50 ms or more): left out, not the pipe" in line["input"]
+
+
+def test_channel_picks_which_hydrophone_of_a_two_channel_logger_is_judged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A two-channel logger (sensors A and B, as `locate` takes them) was judged on its first channel
+    only: sensor B could not be scored without splitting the file, and a file with A unplugged was
+    "not heard" with no word that another channel holds the pipe."""
+    from water_edge.agent.cli import main
+    from water_edge.models.leak import recording
+
+    scene = PipeScene("pvc", 152.4, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=8000, seed=6, site_seed=7)
+    x = HydrophoneSynth(scene).render_seconds(48)[:, 0]
+    b_only = tmp_path / "b_only.wav"
+    wavfile.write(
+        b_only,
+        8000,
+        (np.stack([np.zeros_like(x), x / np.abs(x).max() * 0.3], axis=1) * 32767).astype(np.int16),
+    )
+    base = tmp_path / "b.json"
+    assert main(["models", "calibrate", "leak", str(b_only), "--channel", "2", "--out", str(base)]) == 0
+    assert json.loads(capsys.readouterr().out)["seconds"] == 48
+
+    def scored(*more: str) -> tuple[dict, str]:  # type: ignore[type-arg]
+        assert main(["models", "score", "leak", str(b_only), "--baseline", str(base), *more]) == 0
+        out = capsys.readouterr()
+        return json.loads(out.out), out.err
+
+    first, err = scored()
+    assert first["signal_lost_checks"] == 6
+    assert "not judged" in err
+    assert "; channel 1 of 2 judged: --channel N judges another" in err
+    second, err = scored("--channel", "2")
+    assert (second["signal_lost_checks"], second["leak"], second["warning"]) == (0, False, False)
+    assert "channel 2 of 2 judged (--channel)" in second["input"]
+    assert "not judged" not in err
+    monkeypatch.setattr(recording, "LONG_S", 30)  # read a segment at a time: the same channel
+    monkeypatch.setattr(recording, "SEGMENT_S", 24)
+    segmented, _ = scored("--channel", "2")
+    assert [c["rise_db"] for c in segmented["evidence"]["checks"]] == [
+        c["rise_db"] for c in second["evidence"]["checks"]
+    ]
+    assert main(["models", "score", "leak", str(b_only), "--channel", "3"]) == 2
+    assert f"{b_only}: has 2 channel(s): --channel 3 is not one of them" in capsys.readouterr().err

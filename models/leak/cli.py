@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from water_edge.core.cli_numbers import number
+from water_edge.core.cli_numbers import number, whole
 
 if TYPE_CHECKING:
     from water_edge.models.leak.baseline import Baseline, CheckStats
@@ -139,6 +139,13 @@ def _judging_arguments(p: Any) -> None:
     )
     p.add_argument("--material", default=None, help="pipe material: judge its leak bands only")
     p.add_argument(
+        "--channel",
+        type=whole(1),
+        default=1,
+        metavar="N",
+        help="the file's channel to judge, from 1 (default 1; a 2-channel logger: 2 for sensor B)",
+    )
+    p.add_argument(
         "--diameter", type=number(10, 3000), default=150.0, metavar="MM", help="inner diameter (default 150)"
     )
 
@@ -234,6 +241,7 @@ def _score_files(args: argparse.Namespace) -> int:
                 scorer=scorer,
                 checks=baseline is not None,
                 span=(args.start, args.end),
+                channel=args.channel - 1,
             )
             judged = None if baseline is None else [judge(c, baseline, params) for c in checks]
         except (WavError, ValueError, ModelError) as exc:
@@ -251,7 +259,12 @@ def _score_files(args: argparse.Namespace) -> int:
         if judged is not None and baseline is not None:
             line.update(_against_baseline(judged, checks, baseline, classifier_leak=line["leak"]))
             if judged and all(j.signal_lost for j in judged):
-                _err(f"{path}: not judged: {SIGNAL_LOST_NOTE.format(db=SIGNAL_LOST_DB)}")
+                which = next(
+                    (f"; {n.removesuffix(' (--channel)')}: --channel N judges another" for n in score.notes
+                     if n.startswith("channel ")),
+                    "",
+                )  # fmt: skip
+                _err(f"{path}: not judged: {SIGNAL_LOST_NOTE.format(db=SIGNAL_LOST_DB)}{which}")
         elif not score.classified:
             _err(
                 f"{path}: not judged: recorded below the classifier's 8000 Hz; judge it against a baseline "
@@ -318,7 +331,12 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
         for path in args.files:
             notes: list[str] = []
             checks += file_checks(
-                path, check_s=args.check_s, scorer=scorer, span=(args.start, args.end), notes=notes
+                path,
+                check_s=args.check_s,
+                scorer=scorer,
+                span=(args.start, args.end),
+                notes=notes,
+                channel=args.channel - 1,
             )
             for note in notes:
                 if "dropouts" in note:

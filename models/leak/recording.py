@@ -169,17 +169,20 @@ def read_recording(
     scorer: LeakScorer,
     checks: bool = True,
     span: Span = WHOLE,
+    channel: int = 0,
 ) -> tuple[Score, list[CheckStats]]:
-    """A WAV file's (or its `span`'s) classifier score and (with `checks`) its checks; `WavError` /
-    `ValueError` when it cannot be used. The score's `notes` say what was done to read it."""
+    """A WAV file's (or its `span`'s) classifier score and (with `checks`) its checks, on its
+    `channel` (from 0); `WavError` / `ValueError` when it cannot be used. The score's `notes` say
+    what was done to read it."""
     raw, rate = open_wav(path)
     a, b = span_frames(raw.shape[0], rate, span)
     notes = [f"{rate} Hz, {raw.shape[1]} channel(s), {raw.shape[0] / rate:.2f} s"]
+    _check_channel(raw, channel, notes)
     if (a, b) != (0, raw.shape[0]):
         notes.append(f"judged from {a / rate:g} s to {b / rate:g} s")
     classifier = _classifier(scorer, rate, notes)
     if (b - a) / rate <= LONG_S:
-        samples = to_float(frames(raw, a, b), path)
+        samples = to_float(frames(raw, a, b), path)[:, channel : channel + 1]
         marks = _marks(samples, rate, notes)
         score = scorer.score(samples, rate, classify=classifier is not None)
         score.notes[:0] = notes
@@ -189,7 +192,15 @@ def read_recording(
         return score, recording_checks(
             canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate, marks=marks
         )
-    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=notes)
+    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=notes, channel=channel)
+
+
+def _check_channel(raw: np.ndarray[Any, Any], channel: int, notes: list[str]) -> None:
+    """ValueError when the file has no `channel`; a note which one is judged when it has several."""
+    if not 0 <= channel < raw.shape[1]:
+        raise ValueError(f"has {raw.shape[1]} channel(s): --channel {channel + 1} is not one of them")
+    if raw.shape[1] > 1:
+        notes.append(f"channel {channel + 1} of {raw.shape[1]} judged (--channel)")
 
 
 def _marks(samples: FloatArray, rate: int, notes: list[str]) -> SecondMarks:
@@ -220,21 +231,23 @@ def file_checks(
     scorer: LeakScorer,
     span: Span = WHOLE,
     notes: list[str] | None = None,
+    channel: int = 0,
 ) -> list[CheckStats]:
-    """A WAV file's (or its `span`'s) checks alone (what a calibration learns from): no whole-file
-    classifier score. `notes` receives what was done to read it."""
+    """A WAV file's (or its `span`'s) checks alone (what a calibration learns from), on its
+    `channel`: no whole-file classifier score. `notes` receives what was done to read it."""
     said: list[str] = [] if notes is None else notes
     raw, rate = open_wav(path)
     a, b = span_frames(raw.shape[0], rate, span)
+    _check_channel(raw, channel, said)
     classifier = _classifier(scorer, rate, said)
     if (b - a) / rate <= LONG_S:
-        samples = to_float(frames(raw, a, b), path)
+        samples = to_float(frames(raw, a, b), path)[:, channel : channel + 1]
         marks = _marks(samples, rate, said)
         canon = features.prepare(samples, rate)[0]
         return recording_checks(
             canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate, marks=marks
         )
-    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=said)[1]
+    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=said, channel=channel)[1]
 
 
 def _long(
@@ -246,6 +259,7 @@ def _long(
     check_s: float,
     scorer: LeakScorer | None,
     notes: list[str],
+    channel: int = 0,
 ) -> tuple[Score, list[CheckStats]]:
     first_frame, stop_frame = kept
     seconds = (stop_frame - first_frame) // rate
@@ -259,7 +273,8 @@ def _long(
         group = ranges[first : first + per_segment]
         a, b = group[0][0], group[-1][1]
         lo, hi = max(0, a - PAD_S), min(seconds, b + PAD_S)
-        piece = to_float(frames(raw, first_frame + lo * rate, first_frame + hi * rate), path)
+        block = frames(raw, first_frame + lo * rate, first_frame + hi * rate)[:, channel : channel + 1]
+        piece = to_float(block, path)
         marks = SecondMarks.of(piece[:, 0], rate)[a - lo : b - lo]
         clipped_s, dropout_s = clipped_s + int(marks.saturated.sum()), dropout_s + int(marks.dropout.sum())
         canon, done = features.prepare(piece, rate)
