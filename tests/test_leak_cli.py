@@ -68,7 +68,7 @@ def test_score_leak_prints_one_json_line_per_file_and_says_what_it_did(wavs: dic
     leak, quiet, leak44 = lines
     assert leak["leak_probability"] > leak["threshold"] > quiet["leak_probability"]
     assert leak44["leak_probability"] > leak44["threshold"]
-    assert "first of 2 channels" in leak["input"]
+    assert "channel 1 of 2 judged (--channel)" in leak["input"]
     assert "resampled from 16000 Hz to 8000 Hz" in leak["input"]
     assert "resampled from 44100 Hz to 8000 Hz" in leak44["input"]
     assert len(leak["band_levels_db"]) == 20
