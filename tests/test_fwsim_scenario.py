@@ -76,6 +76,22 @@ def test_bad_scenario_names_file_and_key(tmp_path: Path) -> None:
     assert "events[0].at" in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"a = " + b"[" * 1000 + b"]" * 1000 + b"\n", "not valid TOML: values nested too deeply"),
+        (b"\xff\xfename = 'x'\n", "not UTF-8 text"),
+    ],
+)
+def test_a_scenario_file_the_parser_cannot_take_is_named_not_a_traceback(
+    tmp_path: Path, content: bytes, said: str
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(content)
+    with pytest.raises(ScenarioError, match=said):
+        load_scenario(bad)
+
+
 def test_scenario_drives_faults_on_model_time() -> None:
     scenario = load_scenario(ROOT / "deploy" / "scenarios" / "pump2-bearing-wear.toml")
     station = PumpStation(7, tick_s=1.0)

@@ -255,6 +255,10 @@ def load_scenario(path: Path) -> Scenario:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:  # Python 3.11's tomllib on values nested a thousand deep
+        raise ScenarioError(f"{path}: not valid TOML: values nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text ({exc.reason})") from None
     try:
         parsed = ScenarioFile.model_validate(doc)
     except ValidationError as exc:
