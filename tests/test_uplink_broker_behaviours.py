@@ -15,6 +15,7 @@ starts (or, where Mosquitto cannot behave so, a small raw-socket MQTT peer):
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 import time
 from pathlib import Path
@@ -42,14 +43,21 @@ async def test_a_topic_the_acl_denies_keeps_its_rows_and_the_other_streams_flow(
     with broker, Subscriber(broker.host, broker.port, f"{PREFIX}/#") as sub:
         config = mqtt_config(broker, max_inflight=8, reconnect_min_s=0.5, reconnect_max_s=30)
         run = await start_uplink(config, outbox)
+        started = time.monotonic()
         # Generous: the 30 allowed rows take well under a second on one connection.
         await eventually(lambda: run.uplink.health().acked >= 30, 15, what="every plc1 row acknowledged")
         health = run.uplink.health()
+        elapsed = time.monotonic() - started
         plc1 = [m.json()["seq"] for m in sub.snapshot() if m.topic == f"{PREFIX}/plc1"]
     assert sorted(set(plc1)) == list(range(1, 31))
     # Mosquitto 2.0 closes the connection after an ACL denial: one reconnect, then plc2 waits (its
-    # next probe is 1 s later, then 2, 4... up to reconnect_max_s) while plc1 flows.
-    assert health.reconnects <= 2, "a refused topic does not cost the other streams their connection"
+    # next probe is 1 s later, then 2, 4... up to reconnect_max_s) while plc1 flows. A loaded machine
+    # (the suite on two cores) takes longer over the 30 rows and sees the probes that fall in it;
+    # one reconnect per denied row would be 30.
+    probes = math.floor(math.log2(1 + elapsed))  # by `elapsed`: at 1, 3, 7, 15 s
+    assert health.reconnects <= 2 + probes, (
+        f"a refused topic does not cost the other streams their connection ({elapsed:.1f} s)"
+    )
     assert health.state == "online"
     assert health.rejected >= 1  # PUBACKs with a failure code: the first refusal and each failed probe
     assert (health.refused_streams, health.held_back) == (1, 30)
