@@ -61,6 +61,14 @@ def band_centres_hz() -> list[float]:
 CENTRES_HZ: Final = np.array(band_centres_hz())  # the same, as an array for band masks
 
 
+def classifier_hears(sample_rate: int) -> bool:
+    """Whether the classifier applies to audio sampled at `sample_rate`: its features are band
+    levels relative to the spectrum up to 4 kHz, and audio without the top of it reads as a leak (a
+    quiet PVC pipe at 4 kHz: probability 1.0, at 8 kHz 0.09). Below it the field detector judges
+    the levels alone, on the gateway and offline."""
+    return sample_rate >= SAMPLE_RATE
+
+
 def prepare(samples: npt.ArrayLike, sample_rate: int) -> tuple[FloatArray, list[str]]:
     """First channel at 8 kHz, its offset (median) removed; and the list of what was done to get there."""
     x = np.asarray(samples, dtype=np.float64)

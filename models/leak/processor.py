@@ -252,9 +252,7 @@ class AudioLeakProcessor:
         self._rate = int(win.sample_rate)
 
     def _classifier_hears(self) -> bool:
-        """The classifier's features are band levels relative to the spectrum up to 4 kHz: audio
-        sampled below its 8 kHz lacks the top and reads as a leak. The field detector judges it."""
-        return self._rate is None or self._rate >= features.SAMPLE_RATE
+        return self._rate is None or features.classifier_hears(self._rate)
 
     def new_confirmation(self) -> Confirmation:
         """A sensor's confirmation as configured (`[models.leak.detection]`), from quiet."""

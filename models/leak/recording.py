@@ -211,10 +211,8 @@ def _marks(samples: FloatArray, rate: int, notes: list[str]) -> SecondMarks:
 
 
 def _classifier(scorer: LeakScorer, rate: int, notes: list[str]) -> LeakScorer | None:
-    """The classifier, or None for a recording below its 8 kHz: its features are band levels
-    relative to the whole spectrum up to 4 kHz, and a recording without the top of it reads as a
-    leak (white noise at 4 kHz: probability 1.0). The field detector judges what the file holds."""
-    if rate >= features.SAMPLE_RATE:
+    """The classifier, or None (with a note) where it does not hear the file (`classifier_hears`)."""
+    if features.classifier_hears(rate):
         return scorer
     notes.append(
         f"below {features.SAMPLE_RATE} Hz: the classifier (trained on {features.SAMPLE_RATE} Hz audio, "
