@@ -5,7 +5,8 @@ No pipe sounds like that: even a quiet main read through a 16-bit input moves by
 one sample to the next. A twentieth of a second of identical samples (400 at 8 kHz) does not
 happen in anything the sensor heard. A second holding such a stretch is not the pipe, and the offline leak
 commands leave it out of the levels they learn from and judge, as the gateway leaves out the
-seconds its audio driver marks `silence` or `dc`.
+seconds its audio driver marks `silence`, `dc` or `dropout` (`holds_dropout`, the same rule on each
+analysis window).
 """
 
 from __future__ import annotations
@@ -29,5 +30,23 @@ def dropout_seconds(x: npt.ArrayLike, sample_rate: int) -> npt.NDArray[np.bool_]
         return np.zeros(seconds, dtype=bool)
     per_second = samples[: seconds * sample_rate].reshape(seconds, sample_rate)
     blocks = per_second[:, : BLOCKS_PER_SECOND * block].reshape(seconds, BLOCKS_PER_SECOND, block)
-    out: npt.NDArray[np.bool_] = (blocks.max(axis=2) == blocks.min(axis=2)).any(axis=1)
+    out: npt.NDArray[np.bool_] = np.asarray(_constant(blocks).any(axis=1), dtype=bool)
+    return out
+
+
+def holds_dropout(x: npt.ArrayLike, sample_rate: int) -> bool:
+    """Whether the 1-D stretch `x` (an analysis window of any length) holds a 50 ms block of one
+    value, its blocks counted from its first sample: the rule of `dropout_seconds`, for the
+    gateway's windows."""
+    samples = np.asarray(x)
+    block = sample_rate // BLOCKS_PER_SECOND
+    count = samples.size // block if block >= 2 else 0
+    if count == 0:
+        return False
+    return bool(_constant(samples[: count * block].reshape(count, block)).any())
+
+
+def _constant(blocks: npt.NDArray[np.generic]) -> npt.NDArray[np.bool_]:
+    """Per block (the last axis): whether it holds one value."""
+    out: npt.NDArray[np.bool_] = blocks.max(axis=-1) == blocks.min(axis=-1)
     return out

@@ -8,9 +8,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from water_edge.core.wavio import open_wav
+from water_edge.core.dropouts import dropout_seconds
+from water_edge.core.wavio import open_wav, read_wav
+from water_edge.drivers.audio.faults import classify
 from water_edge.models.leak.detector import LeakScorer
 from water_edge.models.train.leak_eval import REAL_DIR, REAL_FILES, real_report
 from water_edge.models.train.leak_field_eval import REAL_LEAKS
@@ -91,3 +94,20 @@ def test_the_cli_with_start_and_end_reproduces_the_fixed_protocol(
         # (the CLI prints scores to 3 decimals, the evaluation to 2)
         scores = [c["score"] for c in line["evidence"]["checks"]]
         assert scores == pytest.approx(expected["check_scores"], abs=0.0051), name
+
+
+def test_no_second_of_a_real_hydrophone_reads_as_a_sensor_fault() -> None:
+    # The driver's sensor faults (a dropout: 50 ms of one value, among them) must never take a real
+    # pipe's sound for a stalled or dead input: every 1 s window, 0.5 s apart, of the five
+    # recordings (the gateway's default windows) is clean.
+    for name in REAL_FILES:
+        x, rate = read_wav(REAL_DIR / f"{name}.wav")
+        frames = x.astype(np.float32)
+        marked = {
+            fault
+            for start in range(0, frames.shape[0] - rate + 1, rate // 2)
+            for fault in classify(frames[start : start + rate], rate)
+            if fault is not None
+        }
+        assert marked == set(), name
+        assert not dropout_seconds(x[:, 0], rate).any(), name

@@ -61,6 +61,12 @@ class NoReadings:
         return await self.get()
 
 
+# The files play at 40x: a clip each 0.25 s, where a microphone gives one each 10 s. The tests count
+# clips, so every clip is queued: a loaded machine (the suite on two cores) delays them, never drops
+# them (what a processor that falls behind does, by design).
+EVERY_CLIP = 100
+
+
 def _driver(path: Path, speed: float = 40) -> AudioDriver:
     return AudioDriver(
         AudioConfig(
@@ -84,7 +90,7 @@ def _quick_calibrating(
     section = MachineSoundSection.model_validate(
         {"name": "P2-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
     )
-    return driver, MachineSoundProcessor(section, driver, tmp_path)
+    return driver, MachineSoundProcessor(section, driver, tmp_path, max_queued=EVERY_CLIP)
 
 
 @contextlib.asynccontextmanager
@@ -128,7 +134,7 @@ async def test_learns_the_normal_sound_then_names_a_bearing_fault(recording: Pat
             "calibration": {"auto_hours": 0.001, "min_clips": 20},
         }
     )
-    processor = MachineSoundProcessor(section, driver, tmp_path)
+    processor = MachineSoundProcessor(section, driver, tmp_path, max_queued=EVERY_CLIP)
     assert processor.streams == frozenset()
     starts: list[int] = []
     driver.add_window_listener(lambda w: starts.append(w.start_ts_ns))  # the file's time zero
@@ -240,7 +246,7 @@ async def test_a_history_the_card_corrupted_is_kept_aside_and_the_machine_learns
     section = MachineSoundSection.model_validate(
         {"name": "P3-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
     )
-    processor = MachineSoundProcessor(section, driver, tmp_path)
+    processor = MachineSoundProcessor(section, driver, tmp_path, max_queued=EVERY_CLIP)
     async with running(processor, driver) as events:
         await eventually(lambda: processor.health().state == "armed", within_s=60, what="calibration")
     assert [e.kind for e in events][:1] == ["history_quarantined"]
@@ -266,7 +272,7 @@ async def test_a_history_damaged_while_running_is_kept_aside_and_the_machine_sta
     section = MachineSoundSection.model_validate(
         {"name": "P4-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
     )
-    processor = MachineSoundProcessor(section, driver, tmp_path)
+    processor = MachineSoundProcessor(section, driver, tmp_path, max_queued=EVERY_CLIP)
     history = tmp_path / "machine_sound" / "P4-sound" / "history.sqlite"
     async with running(processor, driver) as events:
         await eventually(lambda: processor.health().scored >= 10, within_s=60, what="scoring")
@@ -295,7 +301,7 @@ async def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_res
          "calibration": {"auto_hours": 0.001, "min_clips": 20}}
     )  # fmt: skip
     driver = _driver(recording, speed=40)
-    first = MachineSoundProcessor(section, driver, tmp_path)
+    first = MachineSoundProcessor(section, driver, tmp_path, max_queued=EVERY_CLIP)
     async with running(first, driver) as events:
         await eventually(lambda: bool(events), within_s=60, what="the anomaly")
     assert [e.kind for e in events] == ["machine_sound_anomaly"]
@@ -305,7 +311,7 @@ async def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_res
     repaired = tmp_path / "repaired.wav"
     write_wav(repaired, synth.render_seconds(120), RATE)
     driver = _driver(repaired, speed=40)
-    again = MachineSoundProcessor(section, driver, tmp_path)
+    again = MachineSoundProcessor(section, driver, tmp_path, max_queued=EVERY_CLIP)
     async with running(again, driver) as after:
         await eventually(lambda: bool(after), within_s=60, what="the clear")
     assert [e.kind for e in after] == ["machine_sound_anomaly_cleared"]
@@ -368,13 +374,11 @@ async def _listened_with(
         }
     )
     clips = len(sound) // (10 * RATE)
-    # The file plays at 40x: a clip each 0.25 s, where a microphone gives one each 10 s. Every clip
-    # is queued so that a loaded machine (the suite on two cores) delays this count, never drops it.
     processor = MachineSoundProcessor(
         section,
         driver,
         tmp_path / str(running_tag is not None),
-        max_queued=clips,
+        max_queued=EVERY_CLIP,
         run_signal_streams=frozenset({"plc"}),
     )
     feed = RunSignalFeed(driver, OFF_TO_S + 60, lambda s: not OFF_FROM_S <= s < OFF_TO_S)

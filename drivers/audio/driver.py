@@ -15,8 +15,9 @@ It is called on the event loop, in time order, for every window of `window_s` se
 callee; `start_ts_ns` is the UTC time of its first frame; `channel_names` label the columns;
 `dropped_before` counts the frames lost since the previous window (a window never spans a gap);
 `faults` names, per channel, a sensor fault the window's samples show (`drivers.audio.faults`:
-digital silence, DC, mains hum only, saturation, a copy of another channel), which consumers keep
-out of what they learn and judge.
+digital silence, DC, mains hum only, saturation, a copy of another channel, a dropout), which
+consumers keep out of what they learn and judge. Dropouts come and go with each stall: a channel
+stays shown with them (`sensor_faults`, one log line) until DROPOUT_HOLD_S pass without one.
 A callback must return quickly (queue heavy work to a thread): while it runs the ring fills, and
 if it stays longer than `buffer_s` frames are dropped and counted. Listeners stay registered
 across reconnects; the returned function removes one.
@@ -56,6 +57,7 @@ log = structlog.get_logger(__name__)
 
 WindowListener = Callable[[AudioWindow], None]
 PROBE_S: Final = 1.0
+DROPOUT_HOLD_S: Final = 60.0  # of audio time without a dropout before the fault is shown cleared
 
 __all__ = ["AudioConfig", "AudioDriver", "AudioWindow", "WindowListener"]
 
@@ -83,6 +85,7 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
         self.clipped_frames = 0
         self.fault_windows: dict[str, int] = {}  # "<channel>.<fault>" -> windows that showed it
         self.sensor_faults: dict[str, str] = {}  # channel -> the fault its latest window shows
+        self._dropout_seen_ns: dict[str, int] = {}  # channel -> start of its latest window with one
 
     @classmethod
     def from_config(cls, config: Any) -> Self:
@@ -251,6 +254,10 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
         faults = classify(window.samples, window.sample_rate)
         window = dataclasses.replace(window, faults=faults)
         for name, fault in zip(window.channel_names, faults, strict=True):
+            if fault == "dropout":
+                self._dropout_seen_ns[name] = window.start_ts_ns
+            elif fault is None and self._dropouts_recent(name, window.start_ts_ns):
+                continue
             if fault is None:
                 if self.sensor_faults.pop(name, None) is not None:
                     log.info("audio.sensor_fault_cleared", driver=self.name, channel=name)
@@ -268,6 +275,15 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
             except Exception:  # a consumer's bug must not stop capture: log and count
                 self.listener_errors += 1
                 log.exception("audio.listener_failed", driver=self.name)
+
+    def _dropouts_recent(self, channel: str, ts_ns: int) -> bool:
+        """Whether `channel` is shown with dropouts and had one within DROPOUT_HOLD_S: a stalling
+        card stalls again and again, and is one fault in the status and one log line, not two lines
+        per stall."""
+        seen = self._dropout_seen_ns.get(channel)
+        if self.sensor_faults.get(channel) != "dropout" or seen is None:
+            return False
+        return 0 <= ts_ns - seen < DROPOUT_HOLD_S * 1_000_000_000
 
     async def read(self) -> list[Reading]:
         """One-shot (`edge-agent probe`): RMS and peak of the next second of audio, per channel."""
@@ -313,6 +329,7 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
         self._ring = None
         self._wake = None
         self.sensor_faults.clear()  # unknown until audio comes again
+        self._dropout_seen_ns.clear()
 
     def health(self) -> AudioHealth:
         source, ring, gaps = self._source, self._ring, self.gaps.snapshot()

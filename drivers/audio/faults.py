@@ -11,6 +11,9 @@ the pipe's sound: a quiet night in a baseline, a pump that went silent. What suc
   disconnected at its preamp: the open input picks up the mains; a calibrator's single tone at
   250 Hz or 1 kHz is not hum);
 - `clipping`: `CLIPPED_SHARE` or more of the frames at full scale (a saturated input);
+- `dropout`: not constant throughout, but one value for 50 ms or more somewhere
+  (`core.dropouts.holds_dropout`: a buffer underrun, a stalled converter or USB transfer, a cable
+  pulled and put back, the edges of a `silence`);
 - `duplicate`: a channel identical sample for sample to an earlier one (a 2-channel capture whose
   second channel is a copy of the first: a card in mono mode, a channel stuck on its neighbour).
 
@@ -28,8 +31,9 @@ import numpy as np
 import numpy.typing as npt
 
 from water_edge.core.clipping import CLIPPED_SHARE, FULL_SCALE
+from water_edge.core.dropouts import holds_dropout
 
-Fault = Literal["silence", "dc", "mains_hum", "clipping", "duplicate"]
+Fault = Literal["silence", "dc", "mains_hum", "clipping", "duplicate", "dropout"]
 
 HUM_SHARE: Final = 0.98  # of the power within HUM_WIDTH_HZ of the mains harmonics: hum only
 HUM_FUNDAMENTAL_SHARE: Final = 0.1  # of the power at 50 (60) Hz itself
@@ -43,6 +47,7 @@ DESCRIPTION: Final[dict[str, str]] = {
     "mains_hum": "mains hum only (a hydrophone disconnected at its preamp?)",
     "clipping": "saturated at full scale",
     "duplicate": "a copy of another channel",
+    "dropout": "dropouts (one value for 50 ms or more: the input stalled)",
 }
 
 
@@ -64,6 +69,8 @@ def classify(frames: npt.NDArray[np.float32], sample_rate: int) -> tuple[Fault |
             out.append("clipping")
         elif any(np.array_equal(x, frames[:, j]) for j in range(c)):
             out.append("duplicate")
+        elif holds_dropout(x, sample_rate):
+            out.append("dropout")
         elif n >= MIN_HUM_S * sample_rate and hum_share(x, sample_rate) >= HUM_SHARE:
             out.append("mains_hum")
         else:

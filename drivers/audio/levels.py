@@ -28,6 +28,8 @@ from water_edge.drivers.audio.faults import classify, describe
 from water_edge.drivers.audio.ring import Chunk
 from water_edge.drivers.audio.window import Clock
 
+# Faults of a second that still holds the pipe: saturated (distorted), or with a dropout in it.
+PIPE_IN_PART: Final = frozenset({"clipping", "dropout"})
 FLOOR_DB: Final = -200.0  # the level of digital silence, instead of -inf
 F64 = npt.NDArray[np.float64]
 
@@ -226,7 +228,7 @@ class LevelMeter:
             c_quality, c_why = quality, list(why)
             if faults := self._faults[c]:
                 # not the pipe all along: bad; saturated (the pipe, distorted) or in part: uncertain
-                not_pipe = sum(s for f, s in faults.items() if f != "clipping")
+                not_pipe = sum(s for f, s in faults.items() if f not in PIPE_IN_PART)
                 c_quality = BAD if not_pipe >= n else UNCERTAIN
                 c_why.append(
                     "sensor fault: "

@@ -27,7 +27,7 @@ class AudioWindow:
     channel_names: tuple[str, ...]
     dropped_before: int = 0
     # Per channel, the sensor fault its samples show (`drivers.audio.faults`: "silence", "dc",
-    # "mains_hum", "clipping", "duplicate"), or None; empty when not classified.
+    # "mains_hum", "clipping", "duplicate", "dropout"), or None; empty when not classified.
     faults: tuple[str | None, ...] = ()
 
     @property

@@ -19,8 +19,9 @@ probability (it runs every `classifier_every_s`, day and night, for the status),
   `hydrophone_signal_restored` when it is heard again; silent nights are not learned from.
 - **sensor faults**: a second that overlaps a window the audio driver marked with a sensor fault on
   the sensor's channel (`AudioWindow.faults`: digital silence, DC, mains hum only, a copy of the
-  other channel) is left out of the check (counted, `fault_seconds`): a dropout of zeros is not the
-  pipe's quiet. A check left with too few seconds is neither stored nor judged; when the faults
+  other channel) or holding a dropout (50 ms of one value, `core.dropouts`, judged on the second
+  itself) is left out of the check (counted, `fault_seconds`): a dropout of zeros is not the pipe's
+  quiet. A check left with too few seconds is neither stored nor judged; when the faults
   filled it, that is `hydrophone_signal_lost` with the fault as the reason. A second saturated at
   full scale (`clipping`) is the pipe, distorted: it is judged (a leak may be that loud) but its
   check (`CheckStats.saturated_s`) is never learnt from (`saturated_seconds`).
@@ -45,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from water_edge.core.dropouts import holds_dropout
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
 from water_edge.core.reading import Event, Severity
 from water_edge.models.leak import features
@@ -68,8 +70,19 @@ FAULT_REASONS = {
     "dc": "sensor fault: a constant value (DC only)",
     "mains_hum": "sensor fault: mains hum only (a hydrophone disconnected at its preamp?)",
     "duplicate": "sensor fault: a copy of another channel",
+    "dropout": "sensor fault: dropouts (one value for 50 ms or more: the input stalled)",
 }
 FloatArray = npt.NDArray[np.float64]
+
+
+def _dropout(second: FloatArray) -> str | None:
+    """`dropout` when one second of the sensor's audio (canonical rate) holds a dropout, judged on
+    the second itself: the driver's window-wide mark would cost the two or three seconds around it.
+    A second of one value throughout is left to the driver's `silence` / `dc` (its windows) and to
+    the check's own silence: a dead input is reported as not heard, not as stalling."""
+    if second.size == 0 or second.max() == second.min():
+        return None
+    return "dropout" if holds_dropout(second, SECOND) else None
 
 
 @dataclass(frozen=True)
@@ -292,7 +305,7 @@ class AudioLeakProcessor:
             fault = faults[s.channel] if s.channel < len(faults) else None
             if fault == "clipping":
                 s.saturated.append((start, end))
-            elif fault is not None:
+            elif fault is not None and fault != "dropout":  # dropouts: found per second (`_second`)
                 s.faulty.append((start, end, str(fault)))
             canon = s.decimator.feed(samples[:, s.channel]) if s.channel < samples.shape[1] else np.zeros(0)
             s.pending = np.concatenate([s.pending, canon])
@@ -319,7 +332,7 @@ class AudioLeakProcessor:
         keep = int(self.section.correlate_s)
         for s in self.sensors:
             x, s.pending = s.pending[:SECOND], s.pending[SECOND:]
-            if (fault := self._fault_in(s, ts)) is not None:
+            if (fault := self._fault_in(s, ts) or _dropout(x)) is not None:
                 # not the pipe: neither scored, nor in the check, nor correlated across
                 s.tail, s.ring = np.zeros(0), deque()
                 if key is not None:

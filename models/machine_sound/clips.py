@@ -8,10 +8,11 @@ that, so any window and hop give the same clips; a window that starts after that
 lost) starts a new clip, and so does a change of sample rate or channels.
 
 A window the driver marked with a sensor fault on a chosen channel (`AudioWindow.faults`) may not
-be the machine's sound: mains hum only, a copy of another channel, or one channel dead while
-another is heard (the mix would be the machine 6 dB down) abandon the clip and are left out
-(`faulty`). Digital silence or DC on every chosen channel is kept, in clips of its own, for the
-processor to report the microphone not heard; a clip never mixes such audio with sound. A window
+be the machine's sound: mains hum only, a copy of another channel, a dropout (50 ms of one value:
+its silent frames would move the clip's level statistics), or one channel dead while another is
+heard (the mix would be the machine 6 dB down) abandon the clip and are left out (`faulty`).
+Digital silence or DC on every chosen channel is kept, in clips of its own, for the processor to
+report the microphone not heard; a clip never mixes such audio with sound. A window
 saturated at full scale (`clipping`) is the machine, distorted: its clip is marked `saturated`, to
 be scored (a machine that loud may be failing) but never learnt from.
 """
