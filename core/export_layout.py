@@ -6,8 +6,10 @@ the header reads as a header of one column. Shared by the CSV readers of `models
 `models score flow-leak` and `models score burst`.
 
 The first data row is the first line whose first cell is a timestamp; the header is the first line
-before it with as many separators as it has, preferring one that names the columns asked for (a
-units row under the header has as many too, and is the reader's own business). When no line of the
+before it with as many separators as it has, preferring one that names the columns asked for, then
+one with every cell filled: a spreadsheet saved as CSV pads its title lines to the table's width
+("Historian export;;;;"). A units row under the header has as many separators too, and is the
+reader's own business. When no line of the
 first `MAX_PREAMBLE_LINES` + a few is a data row, or the first line already is, there is no
 preamble to skip: the reader's own errors say what is wrong with the file.
 """
@@ -59,6 +61,9 @@ def preamble_lines(lines: Iterable[str], wanted: Sequence[str] = ()) -> int:
             return 0  # no header at all: the reader says so
         width = line.count(sep)
         shaped = [j for j, c in enumerate(head[: min(i, MAX_PREAMBLE_LINES + 1)]) if c.count(sep) == width]
-        naming = [j for j in shaped if all(w in _cells(head[j], sep) for w in wanted)]
-        return (naming or shaped or [0])[0]
+        naming = [j for j in shaped if wanted and all(w in _cells(head[j], sep) for w in wanted)]
+        # A spreadsheet pads every line to the table's width ("Station:;North;;;"): the header is
+        # the first line that names every column.
+        full = [j for j in shaped if all(_cells(head[j], sep))]
+        return (naming or full or shaped or [0])[0]
     return 0

@@ -386,3 +386,14 @@ def test_an_exports_title_lines_before_the_header_are_skipped_and_said(
     assert code == 0, err
     assert "skipping 3 line(s) before the header" in err
     assert out == expected
+    # The same saved from a spreadsheet: every line padded to the table's width. Before, the
+    # padded title was the header, the real header a "units" row, and the signals went unnamed.
+    padded = tmp_path / "padded.csv"
+    padded.write_text(
+        "Historian export;;;;\nStation:;North, pump 1;;;\nPeriod:;2024-03-01;2024-03-02;;\n" + table
+    )
+    code, out, err = run(capsys, padded, 300)
+    assert code == 0, err
+    assert "skipping 3 line(s) before the header" in err
+    assert "units" not in err
+    assert out == expected
