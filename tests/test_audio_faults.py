@@ -355,6 +355,9 @@ async def test_a_stalling_input_never_teaches_the_baseline_a_quieter_pipe(tmp_pa
     assert max(abs(s.quiet_db - c.quiet_db) for s in learnt for c in heard if s.index == c.index) < 1.0
     assert [e.source for e in events if e.kind == "leak_baseline"] == ["hyd.A", "hyd.B"]
     assert not [e for e in events if e.kind in ("leak", "leak_warning", "hydrophone_signal_lost")]
+    learnt_baseline = SensorStore(state, "hyd.A").load()
+    assert learnt_baseline is not None
+    assert learnt_baseline.sample_rate == RATE  # the device's rate: what `score leak` compares with
 
 
 async def test_a_saturated_hydrophone_is_judged_but_never_learnt_from(tmp_path: Path) -> None:

@@ -424,3 +424,56 @@ def test_channel_picks_which_hydrophone_of_a_two_channel_logger_is_judged(
     ]
     assert main(["models", "score", "leak", str(b_only), "--channel", "3"]) == 2
     assert f"{b_only}: has 2 channel(s): --channel 3 is not one of them" in capsys.readouterr().err
+
+
+def test_a_baseline_says_the_rate_it_was_made_at_and_a_file_at_another_is_warned_about(
+    tmp_path: Path,
+) -> None:
+    """A baseline learnt from a logger's 8 kHz nights, used to judge a night the gateway recorded
+    at 4 kHz: the bands above 2 kHz are missing (here -19 and -65 dB in the top two) and read as a
+    change of shape. Before, nothing said the rates differed: the baseline did not record its own."""
+    from scipy import signal
+
+    quiet = PipeScene("pvc", 152.4, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=8000, seed=5)
+    x8 = HydrophoneSynth(quiet).render_seconds(40)[:, 0] * 0.3
+    first, second, low, high = (tmp_path / n for n in ("a8.wav", "b8.wav", "b4.wav", "b16.wav"))
+    wavfile.write(first, 8000, x8[: 8000 * 20].astype(np.float32))
+    wavfile.write(second, 8000, x8[8000 * 20 :].astype(np.float32))
+    wavfile.write(low, 4000, signal.resample_poly(x8, 1, 2)[4000 * 20 :].astype(np.float32))
+    wavfile.write(high, 16000, signal.resample_poly(x8, 2, 1)[16000 * 20 :].astype(np.float32))
+    base = tmp_path / "b.json"
+    made = cli("calibrate", "leak", str(first), "--out", str(base))
+    assert made.returncode == 0, made.stderr
+    assert json.loads(base.read_text())["sample_rate_hz"] == 8000
+
+    same = cli("score", "leak", str(second), "--baseline", str(base))
+    assert same.returncode == 0, same.stderr
+    assert "sample rate" not in same.stderr
+    assert "recorded at" not in same.stderr
+    assert json.loads(same.stdout)["evidence"]["baseline_sample_rate_hz"] == 8000
+    lower = cli("score", "leak", str(low), "--baseline", str(base))
+    assert lower.returncode == 0, lower.stderr
+    assert (
+        f"warning: {low}: recorded at 4000 Hz, the baseline's audio at 8000 Hz: its bands above 2000 Hz "
+        "are missing, and read as a change; calibrate on quiet recordings made at 4000 Hz"
+    ) in lower.stderr
+    assert min(json.loads(lower.stdout)["rise_db"].values()) < -40  # what the warning is about
+    higher = cli("score", "leak", str(high), "--baseline", str(base))
+    assert "recorded at 16000 Hz, the baseline's audio at 8000 Hz: the bands near 4000 Hz" in higher.stderr
+
+    mixed = tmp_path / "mixed.json"
+    made = cli("calibrate", "leak", str(first), str(high), "--out", str(mixed))
+    assert made.returncode == 0, made.stderr
+    assert "different sample rates (a8.wav 8000 Hz, b16.wav 16000 Hz)" in made.stderr
+    assert json.loads(mixed.read_text())["sample_rate_hz"] is None
+
+    old = json.loads(base.read_text())
+    del old["sample_rate_hz"]  # a baseline written before the rate was kept: judged, not warned
+    base.write_text(json.dumps(old))
+    judged = cli("score", "leak", str(low), "--baseline", str(base))
+    assert judged.returncode == 0, judged.stderr
+    assert "recorded at" not in judged.stderr
+    base.write_text(json.dumps({**old, "sample_rate_hz": "8k"}))
+    refused = cli("score", "leak", str(second), "--baseline", str(base))
+    assert refused.returncode == 2
+    assert "'sample_rate_hz' must be a rate in Hz or null, got '8k'" in refused.stderr

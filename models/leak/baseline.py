@@ -193,6 +193,9 @@ class Baseline:
     # Per band, the variability of its rise over the common-mode rise (the median rise over all
     # bands) on the baseline checks, dB. None in baselines written before it was kept.
     relative_sigma: FloatArray | None = None
+    # The rate of the audio it was learnt from (a recorder's anti-alias filter shapes the top
+    # bands); None when not known (made from stored checks, or before it was kept) or mixed.
+    sample_rate: int | None = None
 
     @classmethod
     def learn(
@@ -296,6 +299,7 @@ class Baseline:
             "clf_sigma": round(self.clf_sigma, 3),
             "nuisance": None if self.nuisance is None else self.nuisance.to_dict(),
             "relative_sigma_db": None if self.relative_sigma is None else _r(self.relative_sigma),
+            "sample_rate_hz": self.sample_rate,
         }
 
     @classmethod
@@ -328,6 +332,9 @@ class Baseline:
             # Baselines written before the nuisance model have none (judged by level and shape).
             nuisance = d.get("nuisance")
             relative = d.get("relative_sigma_db")  # absent in baselines written before it
+            rate = d.get("sample_rate_hz")  # absent in baselines written before it
+            if rate is not None and (type(rate) is not int or not 0 < rate <= 10**6):
+                raise BaselineError(f"'sample_rate_hz' must be a rate in Hz or null, got {rate!r}")
             return cls(
                 sensor=str(d["sensor"]),
                 level=arrays["level_db"],
@@ -349,6 +356,7 @@ class Baseline:
                 version=version,
                 nuisance=None if nuisance is None else Nuisance.from_dict(nuisance, features.N_BANDS),
                 relative_sigma=None if relative is None else _bands(relative),
+                sample_rate=rate,
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, BaselineError):

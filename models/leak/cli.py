@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -258,6 +259,7 @@ def _score_files(args: argparse.Namespace) -> int:
         }
         if judged is not None and baseline is not None:
             line.update(_against_baseline(judged, checks, baseline, classifier_leak=line["leak"]))
+            _warn_other_rate(path, baseline)
             if judged and all(j.signal_lost for j in judged):
                 which = next(
                     (f"; {n.removesuffix(' (--channel)')}: --channel N judges another" for n in score.notes
@@ -272,6 +274,39 @@ def _score_files(args: argparse.Namespace) -> int:
             )
         _out(line)
     return status
+
+
+def _one_rate(paths: Sequence[Path]) -> int | None:
+    """The sample rate of every recording in `paths` (read), or None with a warning when they differ."""
+    from water_edge.core.wavio import open_wav
+
+    rates = {p: open_wav(p)[1] for p in paths}
+    if len(set(rates.values())) == 1:
+        return next(iter(rates.values()))
+    listed = ", ".join(f"{p.name} {r} Hz" for p, r in rates.items())
+    _err(f"warning: the recordings are at different sample rates ({listed}): the baseline records none")
+    return None
+
+
+def _warn_other_rate(path: Path, baseline: Baseline) -> None:
+    """Say so when `path` was recorded at another rate than the baseline's audio: the recorder's
+    anti-alias filter shapes the top bands, and at a lower rate they are missing altogether."""
+    from water_edge.core.wavio import open_wav
+    from water_edge.models.leak.features import SAMPLE_RATE
+
+    rate, made = open_wav(path)[1], baseline.sample_rate
+    if made is None or rate == made:
+        return
+    top = min(rate, made, SAMPLE_RATE) // 2
+    hint = (
+        f"its bands above {rate // 2} Hz are missing, and read as a change"
+        if rate < made and rate < SAMPLE_RATE
+        else f"the bands near {top} Hz may differ with the recorders' anti-alias filters"
+    )
+    _err(
+        f"warning: {path}: recorded at {rate} Hz, the baseline's audio at {made} Hz: {hint}; "
+        f"calibrate on quiet recordings made at {rate} Hz"
+    )
 
 
 def _against_baseline(
@@ -292,6 +327,7 @@ def _against_baseline(
         "evidence": {
             "baseline_sensor": baseline.sensor,
             "baseline_version": baseline.version,
+            "baseline_sample_rate_hz": baseline.sample_rate,
             "positive_checks": sum(j.positive for j in judged),
             "checks": [
                 {
@@ -342,6 +378,7 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
                 if "dropouts" in note:
                     _err(f"warning: {path}: {note}")
         baseline = Baseline.learn(checks, sensor=args.out.stem, material=material)
+        baseline.sample_rate = _one_rate(args.files)
         if silent := sum(c.silent for c in checks):
             _err(f"warning: {silent} check(s) of digital silence left out (no signal: a dropout?)")
         if clipped := sum(bool(c.saturated_s) and not c.silent for c in checks):

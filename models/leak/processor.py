@@ -483,6 +483,7 @@ class AudioLeakProcessor:
         except BaselineError as exc:  # nothing heard on those nights: keep learning
             log.error("leak.baseline_not_learned", sensor=s.name, error=str(exc))
             return []
+        baseline.sample_rate = self._rate  # the device's rate: what its nights were heard at
         try:
             s.baseline = s.store.save(baseline)
         except BaselineError as exc:  # a full card: learning tries again at the next check
