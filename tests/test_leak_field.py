@@ -1171,3 +1171,21 @@ async def test_audio_below_8_khz_is_judged_on_its_levels_without_the_classifier(
     assert "(not applied: audio at 4000 Hz, below its 8000 Hz)" in health.status_lines()[0]
     assert health.sensors["hyd.A"].baseline_version == 1  # its quiet learnt from the levels
     assert not [e for e in events if e.kind in ("leak_warning", "leak")]
+    assert health.sample_rate == health.sensors["hyd.A"].baseline_sample_rate_hz == 4000
+    assert not [line for line in health.status_lines() if "BASELINE LEARNT AT" in line]
+
+    # The device's sample_rate raised to 8 kHz in its config: the baseline's top bands were never
+    # heard, and the status says so until it is recalibrated.
+    async def faster() -> AsyncIterator[_Window]:
+        for w in _night_windows(date(2025, 3, 5), _pipe_scene(5), 125):
+            yield w
+
+    await proc.consume(faster(), emit)
+    health = proc.health()
+    assert health.sample_rate == 8000
+    assert health.sensors["hyd.A"].baseline_sample_rate_hz == 4000
+    said = [line for line in health.status_lines() if line.startswith("hyd.A:")]
+    assert (
+        "BASELINE LEARNT AT 4000 Hz, the device now at 8000 Hz (the top bands differ: recalibrate)"
+        in (said[0])
+    )

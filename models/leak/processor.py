@@ -102,6 +102,7 @@ class SensorHealth:
     last_error: str | None = None  # why its stored baseline cannot be used (a damaged file)
     fault_seconds: int = 0  # night seconds left out: the audio driver saw a sensor fault in them
     saturated_seconds: int = 0  # night seconds saturated at full scale: judged, never learnt from
+    baseline_sample_rate_hz: int | None = None  # the rate of the audio its baseline was learnt from
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class LeakHealth:
     sensors: dict[str, SensorHealth] = field(default_factory=dict)
     classifier: str | None = None  # "<name> <version>" in service (model_update swaps it)
     classifier_off: str | None = None  # why the classifier is not applied (audio below its rate)
+    sample_rate: int | None = None  # the device's, once heard
 
     def status_lines(self) -> list[str]:
         lines = [
@@ -137,6 +139,12 @@ class LeakHealth:
                 lines[-1] += f", {s.fault_seconds} s with a sensor fault left out"
             if s.saturated_seconds:
                 lines[-1] += f", {s.saturated_seconds} s saturated (not learnt from: lower the gain)"
+            made = s.baseline_sample_rate_hz
+            if made is not None and self.sample_rate is not None and made != self.sample_rate:
+                lines[-1] += (
+                    f", BASELINE LEARNT AT {made} Hz, the device now at {self.sample_rate} Hz "
+                    "(the top bands differ: recalibrate)"
+                )
             if s.last_error is not None:
                 lines.append(f"{name}: {s.last_error}")
         return lines
@@ -635,6 +643,7 @@ class AudioLeakProcessor:
                 last_error=s.last_error,
                 fault_seconds=s.fault_seconds,
                 saturated_seconds=s.saturated_seconds,
+                baseline_sample_rate_hz=None if b is None else b.sample_rate,
             )
         for name, why in self.missing.items():
             sensors[name] = SensorHealth("missing", None, None, None, None, 0, 0, 0, None, None, why)
@@ -649,6 +658,7 @@ class AudioLeakProcessor:
             sensors,
             None if model is None else f"{model.name} {model.version}",
             off,
+            self._rate,
         )
 
 
