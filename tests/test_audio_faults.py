@@ -251,10 +251,7 @@ async def test_a_dropout_and_a_hydrophone_off_its_preamp_stay_out_of_the_leak_ba
 ) -> None:
     # Night audio of two hydrophones. A: the USB interface dropped out for 25 s (the sound server
     # fed zeros) in the first check. B: disconnected at its preamp all along: mains hum only.
-    scene = PipeScene("ductile_iron", 150.0, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=RATE,
-                      channels=2, seed=101, site_seed=7)  # fmt: skip
-    x = HydrophoneSynth(scene).render_seconds(121).astype(np.float32)
-    x = 0.5 * x / np.max(np.abs(x))
+    x = _night_audio(seed=101)
     x[10 * RATE : 35 * RATE, 0] = 0.0
     t = np.arange(x.shape[0]) / RATE
     rng = np.random.default_rng(3)
@@ -268,20 +265,7 @@ async def test_a_dropout_and_a_hydrophone_off_its_preamp_stay_out_of_the_leak_ba
     _, windows, _ = await play(path, playback_speed=200, channel_names=["A", "B"])  # 1 s windows, 0.5 s hop
 
     state = tmp_path / "state"
-    proc = AudioLeakProcessor(SECTION, _NoDriver(), state)  # type: ignore[arg-type]
-    events: list[Event] = []
-
-    async def emit(e: Event) -> None:
-        events.append(e)
-
-    async def nights() -> Any:
-        tz = zone("Europe/Amsterdam")
-        for day in (1, 2, 3, 4):
-            start = int(datetime(2025, 3, day, 2, 0, tzinfo=tz).timestamp() * NS)
-            for w in windows:
-                yield dataclasses.replace(w, start_ts_ns=start + w.start_ts_ns - windows[0].start_ts_ns)
-
-    await proc.consume(nights(), emit)
+    proc, events = await _listened(state, [windows] * 4)
     checks = SensorStore(state, "hyd.A").checks()
     first, second = checks[0], checks[1]
     # Before: the 25 s of zeros were 42 % of the first check: its quiet level read -187 dB, the
@@ -308,10 +292,7 @@ async def test_a_stalling_input_never_teaches_the_baseline_a_quieter_pipe(tmp_pa
     # nights the baseline is learnt from; then it is replaced. No window is all zeros, so before,
     # nothing was marked: the tenth percentile of the one-second levels (a check's quiet) fell on
     # the stalled seconds, 17 dB under the pipe's, and the clean nights after rose 18 dB over it.
-    scene = PipeScene("ductile_iron", 150.0, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=RATE,
-                      channels=2, seed=103, site_seed=7)  # fmt: skip
-    x = HydrophoneSynth(scene).render_seconds(121).astype(np.float32)
-    x = 0.5 * x / np.max(np.abs(x))
+    x = _night_audio(seed=103)
     wavfile.write(tmp_path / "clean.wav", RATE, x)
     stalled = x.copy()
     for at in np.arange(1.2, 120, 5.0):
@@ -328,20 +309,7 @@ async def test_a_stalling_input_never_teaches_the_baseline_a_quieter_pipe(tmp_pa
     assert driver.health().fault_windows["A.dropout"] >= 2 * 24
 
     state = tmp_path / "state"
-    proc = AudioLeakProcessor(SECTION, _NoDriver(), state)  # type: ignore[arg-type]
-    events: list[Event] = []
-
-    async def emit(e: Event) -> None:
-        events.append(e)
-
-    async def nights() -> Any:
-        tz = zone("Europe/Amsterdam")
-        for day, windows in ((1, stalls), (2, stalls), (3, stalls), (4, clean), (5, clean), (6, clean)):
-            start = int(datetime(2025, 3, day, 2, 0, tzinfo=tz).timestamp() * NS)
-            for w in windows:
-                yield dataclasses.replace(w, start_ts_ns=start + w.start_ts_ns - windows[0].start_ts_ns)
-
-    await proc.consume(nights(), emit)
+    proc, events = await _listened(state, [stalls] * 3 + [clean] * 3)
     checks = SensorStore(state, "hyd.A").checks()
     learnt = [c for c in checks if c.night <= "2025-03-03"]
     heard = [c for c in checks if c.night >= "2025-03-04"]
@@ -364,10 +332,7 @@ async def test_a_saturated_hydrophone_is_judged_but_never_learnt_from(tmp_path: 
     # Three good nights, then the preamp's gain is turned up too far on A: it clips. A leak can be
     # loud enough to clip, so those nights are judged; a baseline learnt from them would be
     # distorted in every band. Before: nothing knew, and recalibrating took them in.
-    scene = PipeScene("ductile_iron", 150.0, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=RATE,
-                      channels=2, seed=102, site_seed=7)  # fmt: skip
-    x = HydrophoneSynth(scene).render_seconds(121).astype(np.float32)
-    x = 0.5 * x / np.max(np.abs(x))
+    x = _night_audio(seed=102)
     wavfile.write(tmp_path / "good.wav", RATE, x)
     hot = x.copy()
     hot[:, 0] = np.clip(20 * hot[:, 0], -1.0, 1.0)
@@ -377,20 +342,7 @@ async def test_a_saturated_hydrophone_is_judged_but_never_learnt_from(tmp_path: 
     assert all(w.faults == ("clipping", None) for w in clipped)
 
     state = tmp_path / "state"
-    proc = AudioLeakProcessor(SECTION, _NoDriver(), state)  # type: ignore[arg-type]
-    events: list[Event] = []
-
-    async def emit(e: Event) -> None:
-        events.append(e)
-
-    async def nights() -> Any:
-        tz = zone("Europe/Amsterdam")
-        for day, windows in ((1, good), (2, good), (3, good), (4, clipped), (5, clipped), (6, good)):
-            start = int(datetime(2025, 3, day, 2, 0, tzinfo=tz).timestamp() * NS)
-            for w in windows:
-                yield dataclasses.replace(w, start_ts_ns=start + w.start_ts_ns - windows[0].start_ts_ns)
-
-    await proc.consume(nights(), emit)
+    proc, events = await _listened(state, [good, good, good, clipped, clipped, good])
     learned = [(e.source, e.detail["nights"]) for e in events if e.kind == "leak_baseline"]
     assert ("hyd.A", ["2025-03-01", "2025-03-02", "2025-03-03"]) in learned
     # Judged: clipping spreads the pipe's sound into bands it never reached, which reads as a
@@ -413,6 +365,34 @@ async def test_a_saturated_hydrophone_is_judged_but_never_learnt_from(tmp_path: 
 class _NoDriver:
     def add_window_listener(self, callback: object) -> object:
         return lambda: None
+
+
+def _night_audio(seed: int) -> np.ndarray:
+    """121 s of two hydrophones on a quiet ductile-iron main, at half of full scale at most."""
+    scene = PipeScene("ductile_iron", 150.0, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=RATE,
+                      channels=2, seed=seed, site_seed=7)  # fmt: skip
+    x = HydrophoneSynth(scene).render_seconds(121).astype(np.float32)
+    return 0.5 * x / np.max(np.abs(x))
+
+
+async def _listened(state: Path, nights: list[list[AudioWindow]]) -> tuple[AudioLeakProcessor, list[Event]]:
+    """A leak processor (`SECTION`) on `state` given each night's windows, from 1 March 2025 at 02:00
+    local time on: the processor and the events it emitted."""
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), state)  # type: ignore[arg-type]
+    events: list[Event] = []
+
+    async def emit(e: Event) -> None:
+        events.append(e)
+
+    async def played() -> Any:
+        tz = zone("Europe/Amsterdam")
+        for day, windows in enumerate(nights, start=1):
+            start = int(datetime(2025, 3, day, 2, 0, tzinfo=tz).timestamp() * NS)
+            for w in windows:
+                yield dataclasses.replace(w, start_ts_ns=start + w.start_ts_ns - windows[0].start_ts_ns)
+
+    await proc.consume(played(), emit)
+    return proc, events
 
 
 async def test_audio_after_a_gap_is_not_joined_to_the_audio_before_it(tmp_path: Path) -> None:
