@@ -48,13 +48,18 @@ RATE = 8000
 NS = 1_000_000_000
 
 
-async def play(path: Path, **kw: Any) -> tuple[list[Reading], list[AudioWindow], AudioDriver]:
-    """Play a WAV through the driver (fast) to its end: every reading and window it gave. The ring
-    holds the whole file: at 200 times real time a busy machine would otherwise drop frames."""
+async def play(
+    path: Path, shown: list[str | None] | None = None, **kw: Any
+) -> tuple[list[Reading], list[AudioWindow], AudioDriver]:
+    """Play a WAV through the driver (fast) to its end: every reading and window it gave (and in
+    `shown`, channel A's `sensor_faults` as each window was delivered). The ring holds the whole
+    file: at 200 times real time a busy machine would otherwise drop frames."""
     kw.setdefault("buffer_s", 300)
     d = AudioDriver(AudioConfig(name="hyd", kind="audio", source="file", path=path, **kw))
     windows: list[AudioWindow] = []
     d.add_window_listener(windows.append)
+    if shown is not None:
+        d.add_window_listener(lambda _: shown.append(d.sensor_faults.get("A")))
     await d.open()
     got: list[Reading] = []
     frames = wavfile.read(path)[1].shape[0]
@@ -326,6 +331,29 @@ async def test_a_stalling_input_never_teaches_the_baseline_a_quieter_pipe(tmp_pa
     learnt_baseline = SensorStore(state, "hyd.A").load()
     assert learnt_baseline is not None
     assert learnt_baseline.sample_rate == RATE  # the device's rate: what `score leak` compares with
+
+
+async def test_a_card_that_stops_stalling_is_shown_cleared_after_a_minute(tmp_path: Path) -> None:
+    # Stalls in the first 20 s, then 80 s without one: one fault, one clear, the clear a minute of
+    # audio after the last stall (not after each stall, as with the other faults).
+    x = _night_audio(seed=104)[: 100 * RATE]
+    for at in (2.3, 7.3, 12.3, 17.3):
+        x[round(at * RATE) : round((at + 0.2) * RATE), 0] = 0.0
+    wavfile.write(tmp_path / "stalls.wav", RATE, x)
+    shown: list[str | None] = []
+    with capture_logs() as logs:
+        _, windows, _ = await play(
+            tmp_path / "stalls.wav", shown, playback_speed=200, channel_names=["A", "B"]
+        )
+    said = [(e["event"], e.get("fault")) for e in logs if e["event"].startswith("audio.sensor_fault")]
+    assert said == [("audio.sensor_fault", "dropout"), ("audio.sensor_fault_cleared", None)]
+    assert [w.faults[0] for w in windows].count("dropout") >= 4 * 2
+    assert all(w.faults[1] is None for w in windows)
+    t0 = windows[0].start_ts_ns
+    since = [(w.start_ts_ns - t0) / NS for w, fault in zip(windows, shown, strict=True) if fault]
+    stalled = [(w.start_ts_ns - t0) / NS for w in windows if w.faults[0] == "dropout"]
+    assert since[0] == stalled[0] == pytest.approx(1.5, abs=0.5)  # from the first stall's window
+    assert stalled[-1] + 59 <= since[-1] < stalled[-1] + 60  # to a minute after the last one's
 
 
 async def test_a_saturated_hydrophone_is_judged_but_never_learnt_from(tmp_path: Path) -> None:
