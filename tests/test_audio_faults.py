@@ -62,10 +62,11 @@ async def play(
         d.add_window_listener(lambda _: shown.append(d.sensor_faults.get("A")))
     await d.open()
     got: list[Reading] = []
-    frames = wavfile.read(path)[1].shape[0]
-    seconds = frames // RATE
+    rate, data = wavfile.read(path, mmap=True)
+    frames = data.shape[0]
+    seconds = frames // rate
     interval = kw.get("level_interval_s", 10)
-    window, hop = round(d.config.window_s * RATE), round(d.config.hop_s * RATE)
+    window, hop = round(d.config.window_s * rate), round(d.config.hop_s * rate)
 
     async def consume() -> None:
         async for batch in d.stream():
@@ -331,6 +332,29 @@ async def test_a_stalling_input_never_teaches_the_baseline_a_quieter_pipe(tmp_pa
     learnt_baseline = SensorStore(state, "hyd.A").load()
     assert learnt_baseline is not None
     assert learnt_baseline.sample_rate == RATE  # the device's rate: what `score leak` compares with
+
+
+async def test_a_stall_that_holds_a_value_is_left_out_at_a_rate_that_is_resampled(tmp_path: Path) -> None:
+    # At 44.1 kHz the leak detector's audio is resampled to 8 kHz, which blurs a held value: its
+    # seconds are not one value any more. The driver's window mark (on the audio as captured)
+    # leaves them out instead. Before: none of the ten 0.3 s stalls was left out.
+    from scipy import signal
+
+    x = signal.resample_poly(_night_audio(seed=105).astype(np.float64), 441, 80).astype(np.float32)
+    rate = 44100
+    for at in np.arange(5.2, 60, 6.0):
+        a = round(at * rate)
+        x[a : a + round(0.3 * rate), 0] = x[a - 1, 0]  # the converter stopped on its last value
+    path = tmp_path / "held.wav"
+    wavfile.write(path, rate, x[: 62 * rate])
+    _, windows, _ = await play(path, playback_speed=100, channel_names=["A", "B"])
+    assert sum(w.faults[0] == "dropout" for w in windows) >= 2 * 10
+    proc, events = await _listened(tmp_path / "state", [windows])
+    a, b = proc.health().sensors["hyd.A"], proc.health().sensors["hyd.B"]
+    # each stall: the second it falls in (a window's mark reaches the seconds not yet measured)
+    assert 10 <= a.fault_seconds <= 2 * 10
+    assert b.fault_seconds == 0
+    assert not [e for e in events if e.kind == "hydrophone_signal_lost"]
 
 
 async def test_a_card_that_stops_stalling_is_shown_cleared_after_a_minute(tmp_path: Path) -> None:

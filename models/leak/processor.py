@@ -313,7 +313,9 @@ class AudioLeakProcessor:
             fault = faults[s.channel] if s.channel < len(faults) else None
             if fault == "clipping":
                 s.saturated.append((start, end))
-            elif fault is not None and fault != "dropout":  # dropouts: found per second (`_second`)
+            elif fault is not None and (fault != "dropout" or not s.decimator.ratio):
+                # Dropouts are found per second (`_second`), exactly when the rate is a multiple of
+                # 8 kHz; a resampler (44.1 kHz) blurs a held value, so there the window's mark counts.
                 s.faulty.append((start, end, str(fault)))
             canon = s.decimator.feed(samples[:, s.channel]) if s.channel < samples.shape[1] else np.zeros(0)
             s.pending = np.concatenate([s.pending, canon])
