@@ -291,10 +291,14 @@ def _one_rate(paths: Sequence[Path]) -> int | None:
 def _warn_other_rate(path: Path, baseline: Baseline) -> None:
     """Say so when `path` was recorded at another rate than the baseline's audio: the recorder's
     anti-alias filter shapes the top bands, and at a lower rate they are missing altogether."""
-    from water_edge.core.wavio import open_wav
+    from water_edge.core.wavio import WavError, open_wav
     from water_edge.models.leak.features import SAMPLE_RATE
 
-    rate, made = open_wav(path)[1], baseline.sample_rate
+    made = baseline.sample_rate
+    try:
+        rate = open_wav(path)[1]
+    except WavError:  # read a moment ago and replaced since: its judged line is printed all the same
+        return
     if made is None or rate == made:
         return
     top = min(rate, made, SAMPLE_RATE) // 2
