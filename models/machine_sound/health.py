@@ -55,7 +55,7 @@ class MachineSoundHealth:
         if self.clips_faulty:
             lines.append(
                 f"{self.clips_faulty} windows or clips left out for a sensor fault "
-                "(hum, a dead or copied channel): neither learnt nor scored"
+                "(hum, a dead or copied channel, dropouts): neither learnt nor scored"
             )
         if self.clips_saturated:
             lines.append(
