@@ -410,6 +410,7 @@ async def test_a_saturated_hydrophone_is_judged_but_never_learnt_from(tmp_path: 
     assert {c.night for c in stored if c.saturated_s} == {"2025-03-04", "2025-03-05"}
     again = calibrate_sensor([SECTION], state, "hyd.A", {})
     assert again.nights == ["2025-03-01", "2025-03-02", "2025-03-03", "2025-03-06"]
+    assert again.sample_rate == RATE  # from its stored checks: the device's rate
     with pytest.raises(BaselineError, match="saturated at full scale: lower the input gain"):
         Baseline.learn([c for c in stored if c.saturated_s], sensor="hyd.A")
 

@@ -71,6 +71,7 @@ class CheckStats:
     # Seconds the audio driver saw saturated at full scale: judged (a leak may be that loud), never
     # learnt from (every band of a clipped second is distorted).
     saturated_s: int = 0
+    sample_rate: int | None = None  # of the audio as captured or recorded; None: not known
 
     @classmethod
     def from_levels(
@@ -83,13 +84,15 @@ class CheckStats:
         probabilities: Sequence[float] = (),
         tonality: FloatArray | None = None,
         saturated_s: int = 0,
+        sample_rate: int | None = None,
     ) -> CheckStats:
         if levels.ndim != 2 or levels.shape[1] != features.N_BANDS or levels.shape[0] < 1:
             raise BaselineError(f"need one-second band levels shaped (n, {features.N_BANDS})")
         p10, p50, p90 = np.percentile(levels, [10, 50, 90], axis=0)
         clf = float(np.median([logit(p) for p in probabilities])) if len(probabilities) else None
         tonal = None if tonality is None or tonality.shape[0] == 0 else np.median(tonality, axis=0)
-        return cls(night, index, start_ns, int(levels.shape[0]), p10, p50, p90, clf, tonal, saturated_s)
+        seconds = int(levels.shape[0])
+        return cls(night, index, start_ns, seconds, p10, p50, p90, clf, tonal, saturated_s, sample_rate)
 
     @property
     def spread(self) -> FloatArray:
@@ -114,17 +117,21 @@ class CheckStats:
         return float(10 * np.log10(np.sum(10 ** (self.p10 / 10))))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "night": self.night,
-            "index": self.index,
-            "start_ns": self.start_ns,
-            "seconds": self.seconds,
-            "p10": _r(self.p10),
-            "p50": _r(self.p50),
-            "p90": _r(self.p90),
-            "clf_logit": None if self.clf_logit is None else round(self.clf_logit, 3),
-            "tonal": None if self.tonal is None else _r(self.tonal),
-        } | ({"saturated_s": self.saturated_s} if self.saturated_s else {})
+        return (
+            {
+                "night": self.night,
+                "index": self.index,
+                "start_ns": self.start_ns,
+                "seconds": self.seconds,
+                "p10": _r(self.p10),
+                "p50": _r(self.p50),
+                "p90": _r(self.p90),
+                "clf_logit": None if self.clf_logit is None else round(self.clf_logit, 3),
+                "tonal": None if self.tonal is None else _r(self.tonal),
+            }
+            | ({"saturated_s": self.saturated_s} if self.saturated_s else {})
+            | ({} if self.sample_rate is None else {"sample_rate": self.sample_rate})
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CheckStats:
@@ -145,6 +152,7 @@ class CheckStats:
                 None if clf is None else float(clf),
                 None if tonal is None else _bands(tonal),
                 int(d.get("saturated_s", 0)),
+                _rate(d.get("sample_rate"), "sample_rate"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BaselineError(f"not a check record: {exc}") from exc
@@ -155,6 +163,13 @@ def _bands(values: Any) -> FloatArray:
     if out.shape != (features.N_BANDS,) or not np.all(np.isfinite(out)):
         raise BaselineError(f"band arrays must hold {features.N_BANDS} finite numbers")
     return out
+
+
+def _rate(value: Any, key: str) -> int | None:
+    """A stored sample rate: a whole number of Hz, or None (not known; absent in older records)."""
+    if value is not None and (type(value) is not int or not 0 < value <= 10**6):
+        raise BaselineError(f"{key!r} must be a rate in Hz or null, got {value!r}")
+    return value
 
 
 def relative_rise(p10: FloatArray, level: FloatArray) -> FloatArray:
@@ -194,7 +209,8 @@ class Baseline:
     # bands) on the baseline checks, dB. None in baselines written before it was kept.
     relative_sigma: FloatArray | None = None
     # The rate of the audio it was learnt from (a recorder's anti-alias filter shapes the top
-    # bands); None when not known (made from stored checks, or before it was kept) or mixed.
+    # bands): its checks' when they agree; None when they differ or do not say (stored before it
+    # was kept).
     sample_rate: int | None = None
 
     @classmethod
@@ -225,6 +241,7 @@ class Baseline:
                 "scale: lower the input gain"
             )
         checks = clean
+        rates = {c.sample_rate for c in checks}
         if len(checks) < max(1, min_checks):
             raise BaselineError(f"sensor {sensor}: {len(checks)} quiet check(s), need at least {min_checks}")
         p10 = np.stack([c.p10 for c in checks])
@@ -262,6 +279,7 @@ class Baseline:
             material=material,
             nuisance=nuisance,
             relative_sigma=residual_sigma(relative - np.median(relative, axis=0)),
+            sample_rate=rates.pop() if len(rates) == 1 else None,
         )
 
     def quality(self, wanted_nights: int = 7) -> str:
@@ -332,9 +350,7 @@ class Baseline:
             # Baselines written before the nuisance model have none (judged by level and shape).
             nuisance = d.get("nuisance")
             relative = d.get("relative_sigma_db")  # absent in baselines written before it
-            rate = d.get("sample_rate_hz")  # absent in baselines written before it
-            if rate is not None and (type(rate) is not int or not 0 < rate <= 10**6):
-                raise BaselineError(f"'sample_rate_hz' must be a rate in Hz or null, got {rate!r}")
+            rate = _rate(d.get("sample_rate_hz"), "sample_rate_hz")
             return cls(
                 sensor=str(d["sensor"]),
                 level=arrays["level_db"],

@@ -259,7 +259,7 @@ def _score_files(args: argparse.Namespace) -> int:
         }
         if judged is not None and baseline is not None:
             line.update(_against_baseline(judged, checks, baseline, classifier_leak=line["leak"]))
-            _warn_other_rate(path, baseline)
+            _warn_other_rate(path, checks, baseline)
             if judged and all(j.signal_lost for j in judged):
                 which = next(
                     (f"; {n.removesuffix(' (--channel)')}: --channel N judges another" for n in score.notes
@@ -276,30 +276,23 @@ def _score_files(args: argparse.Namespace) -> int:
     return status
 
 
-def _one_rate(paths: Sequence[Path]) -> int | None:
-    """The sample rate of every recording in `paths` (read), or None with a warning when they differ."""
-    from water_edge.core.wavio import open_wav
-
-    rates = {p: open_wav(p)[1] for p in paths}
-    if len(set(rates.values())) == 1:
-        return next(iter(rates.values()))
-    listed = ", ".join(f"{p.name} {r} Hz" for p, r in rates.items())
-    _err(f"warning: the recordings are at different sample rates ({listed}): the baseline records none")
-    return None
+def _warn_mixed_rates(checks: Sequence[CheckStats]) -> None:
+    """Say so when the recordings a baseline was learnt from differ in sample rate (it then records
+    none, and no file is warned about against it)."""
+    rates = {c.night: c.sample_rate for c in checks}  # a recording's checks share its name
+    if len(set(rates.values())) > 1:
+        listed = ", ".join(f"{name} {rate} Hz" for name, rate in rates.items())
+        _err(f"warning: the recordings are at different sample rates ({listed}): the baseline records none")
 
 
-def _warn_other_rate(path: Path, baseline: Baseline) -> None:
+def _warn_other_rate(path: Path, checks: Sequence[CheckStats], baseline: Baseline) -> None:
     """Say so when `path` was recorded at another rate than the baseline's audio: the recorder's
     anti-alias filter shapes the top bands, and at a lower rate they are missing altogether."""
-    from water_edge.core.wavio import WavError, open_wav
     from water_edge.models.leak.features import SAMPLE_RATE
 
     made = baseline.sample_rate
-    try:
-        rate = open_wav(path)[1]
-    except WavError:  # read a moment ago and replaced since: its judged line is printed all the same
-        return
-    if made is None or rate == made:
+    rate = next((c.sample_rate for c in checks if c.sample_rate is not None), None)
+    if made is None or rate is None or rate == made:
         return
     top = min(rate, made, SAMPLE_RATE) // 2
     hint = (
@@ -382,7 +375,7 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
                 if "dropouts" in note:
                     _err(f"warning: {path}: {note}")
         baseline = Baseline.learn(checks, sensor=args.out.stem, material=material)
-        baseline.sample_rate = _one_rate(args.files)
+        _warn_mixed_rates(checks)
         if silent := sum(c.silent for c in checks):
             _err(f"warning: {silent} check(s) of digital silence left out (no signal: a dropout?)")
         if clipped := sum(bool(c.saturated_s) and not c.silent for c in checks):

@@ -417,6 +417,7 @@ class AudioLeakProcessor:
                 probabilities=probs,
                 tonality=np.array(tonal),
                 saturated_s=saturated,
+                sample_rate=self._rate,
             )
             not_stored = self._store_check(s, check)
             s.checks += 1
@@ -493,7 +494,6 @@ class AudioLeakProcessor:
         except BaselineError as exc:  # nothing heard on those nights: keep learning
             log.error("leak.baseline_not_learned", sensor=s.name, error=str(exc))
             return []
-        baseline.sample_rate = self._rate  # the device's rate: what its nights were heard at
         try:
             s.baseline = s.store.save(baseline)
         except BaselineError as exc:  # a full card: learning tries again at the next check

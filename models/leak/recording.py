@@ -103,13 +103,14 @@ class SecondMarks:
 
     saturated: npt.NDArray[np.bool_]
     dropout: npt.NDArray[np.bool_]
+    sample_rate: int  # the recording's, for its checks (`CheckStats.sample_rate`)
 
     @classmethod
     def of(cls, channel: FloatArray, rate: int) -> SecondMarks:
-        return cls(saturated_seconds(channel, rate), dropout_seconds(channel, rate))
+        return cls(saturated_seconds(channel, rate), dropout_seconds(channel, rate), rate)
 
     def __getitem__(self, seconds: slice) -> SecondMarks:
-        return SecondMarks(self.saturated[seconds], self.dropout[seconds])
+        return SecondMarks(self.saturated[seconds], self.dropout[seconds], self.sample_rate)
 
     def notes(self) -> list[str]:
         return _mark_notes(int(self.saturated.sum()), int(self.dropout.sum()))
@@ -158,6 +159,7 @@ def _check(
         probabilities=probs,
         tonality=tonal,
         saturated_s=saturated_s,
+        sample_rate=None if marks is None else marks.sample_rate,
     )
     return stats, rows, probs
 
