@@ -21,7 +21,7 @@ from water_edge.provisioning.enrol_service import EnrolmentService
 pytestmark = pytest.mark.slow
 
 SERIAL = "SER-FIRST-BOOT-1"
-LIFETIME_S = 12
+LIFETIME_S = 20  # slack for a loaded machine: 12 s once ran out between a reconnect and the alarm
 
 
 def _events(sub: Any, kind: str) -> list[dict[str, Any]]:
@@ -83,7 +83,7 @@ async def test_first_boot_enrolment_renewal_and_the_expiry_alarm(tmp_path: Path)
                 first = status["certificate"]
                 assert first["state"] in ("valid", "renewing")
                 assert f"CN={AGENT_GATEWAY}" in first["subject"]
-                # Renewed before it expires (at 40 % of its 12 s) ...
+                # Renewed before it expires (at 40 % of its 20 s) ...
                 status = await asyncio.to_thread(
                     agent.wait_status, lambda s: s["certificate"]["renewals"] >= 1, 30
                 )
