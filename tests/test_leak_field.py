@@ -276,6 +276,7 @@ async def test_the_processor_learns_each_sensors_quiet_then_warns_confirms_and_l
         "calibrate", "leak", "--sensor", "hyd.A", "--from", "2025-03-01", "--to", "2025-03-04T23:00"
     )
     assert (made["version"], made["nights"]) == (2, 4)
+    assert made["sample_rate_hz"] == 8000  # the device's, stored with each night's checks
 
 
 def _pipe_scene(night: int, leak: float | None = None) -> PipeScene:
@@ -557,6 +558,7 @@ async def test_the_signed_leak_calibration_command_reaches_the_leak_factory(tmp_
     assert result.status == "ok"
     assert result.detail["version"] == 1
     assert result.detail["nights"] == 3
+    assert result.detail["sample_rate_hz"] is None  # checks stored without their rate (as before it was kept)
     with pytest.raises(CommandFailedError, match="argument 'sensor' missing"):
         await handlers["leak_calibration"](envelope({"pump": "x"}))
 

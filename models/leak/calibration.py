@@ -63,4 +63,5 @@ def summary(b: Baseline, wanted_nights: int) -> dict[str, Any]:
         "from": b.from_ts,
         "to": b.to_ts,
         "quality": b.quality(wanted_nights),
+        "sample_rate_hz": b.sample_rate,  # null: its nights were heard at different rates
     }
