@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from scipy.io import wavfile
+from structlog.testing import capture_logs
 
 from tests.support.cli import CliRun, edge_agent
 from tests.support.leak_nights import plastic_baseline
@@ -1179,10 +1180,17 @@ async def test_audio_below_8_khz_is_judged_on_its_levels_without_the_classifier(
     # The device's sample_rate raised to 8 kHz in its config: the baseline's top bands were never
     # heard, and the status says so until it is recalibrated.
     async def faster() -> AsyncIterator[_Window]:
-        for w in _night_windows(date(2025, 3, 5), _pipe_scene(5), 125):
-            yield w
+        for night in (date(2025, 3, 5), date(2025, 3, 6)):
+            for w in _night_windows(night, _pipe_scene(night.day), 125):
+                yield w
 
-    await proc.consume(faster(), emit)
+    with capture_logs() as logs:
+        await proc.consume(faster(), emit)
+    said = [e for e in logs if e["event"] == "leak.baseline_other_rate"]
+    # once per sensor for the baseline and rate, not once per check judged (three here)
+    assert [(e["sensor"], e["baseline_rate_hz"], e["rate_hz"]) for e in said] == [
+        ("hyd.A", 4000, 8000), ("hyd.B", 4000, 8000)
+    ]  # fmt: skip
     health = proc.health()
     assert health.sample_rate == 8000
     assert health.sensors["hyd.A"].baseline_sample_rate_hz == 4000

@@ -176,6 +176,7 @@ class _Sensor:
     saturated: deque[tuple[int, int]] = field(default_factory=deque)  # (from, to ns) marked clipping
     saturated_seconds: int = 0  # night seconds saturated at full scale, since start
     check_saturated: int = 0  # this check's
+    rate_said: tuple[int, int] | None = None  # (baseline version, rate) a mismatch was logged for
 
 
 class AudioLeakProcessor:
@@ -442,6 +443,7 @@ class AudioLeakProcessor:
                 continue
             if (stored_checks := self._stored_checks(s)) is not None:
                 s.nights_heard = len({c.night for c in stored_checks})
+            self._say_other_rate(s, s.baseline, check)
             j = judge(check, s.baseline, self.params)
             events += self._signal(s, j.signal_lost, check, s.baseline, night)
             if not s.night_quiet or s.night_quiet[-1][0] != check.night:
@@ -530,6 +532,23 @@ class AudioLeakProcessor:
         )
         log.warning("leak.signal_lost", sensor=s.name, reason=detail["reason"])
         return [Event("hydrophone_signal_lost", s.name, self._now(), "warning", None, detail)]
+
+    @staticmethod
+    def _say_other_rate(s: _Sensor, baseline: Baseline, check: CheckStats) -> None:
+        """Log once per baseline and rate that a check is judged against a baseline learnt at
+        another sample rate (the status says so while it lasts)."""
+        made, now = baseline.sample_rate, check.sample_rate
+        if made is None or now is None or made == now or s.rate_said == (baseline.version, now):
+            return
+        s.rate_said = (baseline.version, now)
+        log.warning(
+            "leak.baseline_other_rate",
+            sensor=s.name,
+            baseline_version=baseline.version,
+            baseline_rate_hz=made,
+            rate_hz=now,
+            action="recalibrate: the top bands differ with the sample rate",
+        )
 
     def _fault_lost(self, s: _Sensor, faults: dict[str, int], night: date) -> list[Event]:
         """`hydrophone_signal_lost` for a check the driver's sensor faults filled (once, as `_signal`)."""
