@@ -477,3 +477,25 @@ def test_a_baseline_says_the_rate_it_was_made_at_and_a_file_at_another_is_warned
     refused = cli("score", "leak", str(second), "--baseline", str(base))
     assert refused.returncode == 2
     assert "'sample_rate_hz' must be a rate in Hz or null, got '8k'" in refused.stderr
+
+
+def test_a_loggers_folder_per_night_of_same_named_files_is_learnt_as_that_many_nights(
+    tmp_path: Path,
+) -> None:
+    """Loggers write each night to its own folder under the same name (REC0001.WAV). The baseline
+    named a recording's night by its file name alone, so three nights were learnt as one
+    ('rec.wav', quality 'poor'), their night-to-night spread lost."""
+    quiet = PipeScene("pvc", 152.4, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=8000, seed=5)
+    synth = HydrophoneSynth(quiet)
+    paths = []
+    for night in ("2025-03-01", "2025-03-02", "2025-03-03"):
+        (tmp_path / night).mkdir()
+        paths.append(tmp_path / night / "REC0001.WAV")
+        wavfile.write(paths[-1], 8000, (synth.render_seconds(20)[:, 0] * 0.3).astype(np.float32))
+    base = tmp_path / "b.json"
+    made = cli("calibrate", "leak", *map(str, paths), "--out", str(base))
+    assert made.returncode == 0, made.stderr
+    baseline = json.loads(base.read_text())
+    assert baseline["nights"] == [str(p) for p in paths]
+    assert len(baseline["night_quiet_db"]) == 3
+    assert json.loads(made.stdout)["quality"] == "fair"  # 3 nights (7 make it "good")

@@ -276,6 +276,14 @@ def _score_files(args: argparse.Namespace) -> int:
     return status
 
 
+def _night_names(paths: Sequence[Path]) -> list[str]:
+    """What each recording's night is called in a baseline: its file name, or its path as given
+    when two share a name (a logger's folder per night of REC0001.WAV): otherwise their checks were
+    learnt as one night."""
+    names = [p.name for p in paths]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+
+
 def _warn_mixed_rates(checks: Sequence[CheckStats]) -> None:
     """Say so when the recordings a baseline was learnt from differ in sample rate (it then records
     none, and no file is warned about against it)."""
@@ -361,7 +369,7 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
     try:
         material = None if args.material is None else pipes.material(args.material).name
         scorer = LeakScorer()
-        for path in args.files:
+        for path, night in zip(args.files, _night_names(args.files), strict=True):
             notes: list[str] = []
             checks += file_checks(
                 path,
@@ -370,6 +378,7 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
                 span=(args.start, args.end),
                 notes=notes,
                 channel=args.channel - 1,
+                night=night,
             )
             for note in notes:
                 if "dropouts" in note:

@@ -16,6 +16,7 @@ running the agent has little more.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,9 +233,24 @@ def file_checks(
     span: Span = WHOLE,
     notes: list[str] | None = None,
     channel: int = 0,
+    night: str | None = None,
 ) -> list[CheckStats]:
     """A WAV file's (or its `span`'s) checks alone (what a calibration learns from), on its
-    `channel`: no whole-file classifier score. `notes` receives what was done to read it."""
+    `channel`: no whole-file classifier score. `notes` receives what was done to read it. `night`
+    names the night they are of (default: the file's name)."""
+    checks = _file_checks(path, check_s=check_s, scorer=scorer, span=span, notes=notes, channel=channel)
+    return checks if night is None else [dataclasses.replace(c, night=night) for c in checks]
+
+
+def _file_checks(
+    path: Path,
+    *,
+    check_s: float,
+    scorer: LeakScorer,
+    span: Span,
+    notes: list[str] | None,
+    channel: int,
+) -> list[CheckStats]:
     said: list[str] = [] if notes is None else notes
     raw, rate = open_wav(path)
     a, b = span_frames(raw.shape[0], rate, span)
