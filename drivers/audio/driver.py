@@ -41,9 +41,10 @@ import structlog
 from water_edge.core.clipping import FULL_SCALE
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import GOOD, Reading
+from water_edge.core.sensor_faults import describe
 from water_edge.drivers.audio.config import AudioConfig, bands_below_nyquist
 from water_edge.drivers.audio.device import CaptureBackend, DeviceSource
-from water_edge.drivers.audio.faults import classify, describe
+from water_edge.drivers.audio.faults import classify
 from water_edge.drivers.audio.health import AudioHealth, SourceHealth
 from water_edge.drivers.audio.levels import LevelMeter, NightTracker, db
 from water_edge.drivers.audio.ring import Chunk, FrameRing, Frames

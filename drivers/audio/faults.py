@@ -11,11 +11,13 @@ the pipe's sound: a quiet night in a baseline, a pump that went silent. What suc
   disconnected at its preamp: the open input picks up the mains; a calibrator's single tone at
   250 Hz or 1 kHz is not hum);
 - `clipping`: `CLIPPED_SHARE` or more of the frames at full scale (a saturated input);
+- `duplicate`: a channel identical sample for sample to an earlier one (a 2-channel capture whose
+  second channel is a copy of the first: a card in mono mode, a channel stuck on its neighbour);
 - `dropout`: not constant throughout, but one value for 50 ms or more somewhere
   (`core.dropouts.holds_dropout`: a buffer underrun, a stalled converter or USB transfer, a cable
-  pulled and put back, the edges of a `silence`);
-- `duplicate`: a channel identical sample for sample to an earlier one (a 2-channel capture whose
-  second channel is a copy of the first: a card in mono mode, a channel stuck on its neighbour).
+  pulled and put back, the edges of a `silence`).
+
+Each is described in words by `core.sensor_faults.describe`.
 
 No hydrophone on a pipe, however quiet, gives these: an analogue chain always has noise, and noise
 never repeats another channel exactly. The models' own thresholds are not involved: a stretch with a
@@ -40,19 +42,6 @@ HUM_FUNDAMENTAL_SHARE: Final = 0.1  # of the power at 50 (60) Hz itself
 HUM_WIDTH_HZ: Final = 2.0
 HUM_MAX_HZ: Final = 1000.0  # harmonics up to here
 MIN_HUM_S: Final = 0.2  # shorter stretches cannot resolve the harmonics from noise
-
-DESCRIPTION: Final[dict[str, str]] = {
-    "silence": "digital silence",
-    "dc": "a constant value (DC only)",
-    "mains_hum": "mains hum only (a hydrophone disconnected at its preamp?)",
-    "clipping": "saturated at full scale",
-    "duplicate": "a copy of another channel",
-    "dropout": "dropouts (one value for 50 ms or more: the input stalled)",
-}
-
-
-def describe(fault: str) -> str:
-    return DESCRIPTION.get(fault, fault)
 
 
 def classify(frames: npt.NDArray[np.float32], sample_rate: int) -> tuple[Fault | None, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from water_edge.drivers.audio.faults import describe
+from water_edge.core.sensor_faults import describe
 
 SourceKind = Literal["device", "file", "stream"]
 

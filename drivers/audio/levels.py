@@ -24,7 +24,8 @@ import numpy.typing as npt
 from scipy import signal  # type: ignore[import-untyped,unused-ignore]
 
 from water_edge.core.reading import BAD, GOOD, UNCERTAIN, Quality, Reading
-from water_edge.drivers.audio.faults import classify, describe
+from water_edge.core.sensor_faults import describe
+from water_edge.drivers.audio.faults import classify
 from water_edge.drivers.audio.ring import Chunk
 from water_edge.drivers.audio.window import Clock
 

@@ -49,6 +49,7 @@ import structlog
 from water_edge.core.dropouts import holds_dropout
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
 from water_edge.core.reading import Event, Severity
+from water_edge.core.sensor_faults import describe
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
 from water_edge.models.leak.config import LeakModelSection
@@ -64,14 +65,6 @@ from water_edge.models.runtime import load_model
 log = structlog.get_logger(__name__)
 
 NS = 1_000_000_000
-# The audio driver's sensor faults (`AudioWindow.faults`), as the lost-signal event words them.
-FAULT_REASONS = {
-    "silence": "digital silence",
-    "dc": "sensor fault: a constant value (DC only)",
-    "mains_hum": "sensor fault: mains hum only (a hydrophone disconnected at its preamp?)",
-    "duplicate": "sensor fault: a copy of another channel",
-    "dropout": "sensor fault: dropouts (one value for 50 ms or more: the input stalled)",
-}
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -556,7 +549,8 @@ class AudioLeakProcessor:
             return []
         s.signal_lost_since = night.isoformat()
         fault = max(faults, key=lambda f: faults[f])
-        reason = FAULT_REASONS.get(fault, f"sensor fault: {fault}")
+        # the audio driver's sensor fault (`AudioWindow.faults`), as the lost-signal event words it
+        reason = describe(fault) if fault == "silence" else f"sensor fault: {describe(fault)}"
         log.warning("leak.signal_lost", sensor=s.name, reason=reason)
         detail: dict[str, Any] = {
             "sensor": s.name,

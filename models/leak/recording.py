@@ -16,7 +16,6 @@ running the agent has little more.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +194,17 @@ def read_recording(
         return score, recording_checks(
             canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate, marks=marks
         )
-    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=notes, channel=channel)
+    return _long(
+        raw,
+        rate,
+        path,
+        (a, b),
+        check_s=check_s,
+        scorer=classifier,
+        notes=notes,
+        channel=channel,
+        name=path.name,
+    )
 
 
 def _check_channel(raw: np.ndarray[Any, Any], channel: int, notes: list[str]) -> None:
@@ -238,20 +247,8 @@ def file_checks(
     """A WAV file's (or its `span`'s) checks alone (what a calibration learns from), on its
     `channel`: no whole-file classifier score. `notes` receives what was done to read it. `night`
     names the night they are of (default: the file's name)."""
-    checks = _file_checks(path, check_s=check_s, scorer=scorer, span=span, notes=notes, channel=channel)
-    return checks if night is None else [dataclasses.replace(c, night=night) for c in checks]
-
-
-def _file_checks(
-    path: Path,
-    *,
-    check_s: float,
-    scorer: LeakScorer,
-    span: Span,
-    notes: list[str] | None,
-    channel: int,
-) -> list[CheckStats]:
     said: list[str] = [] if notes is None else notes
+    name = path.name if night is None else night
     raw, rate = open_wav(path)
     a, b = span_frames(raw.shape[0], rate, span)
     _check_channel(raw, channel, said)
@@ -261,9 +258,11 @@ def _file_checks(
         marks = _marks(samples, rate, said)
         canon = features.prepare(samples, rate)[0]
         return recording_checks(
-            canon, path.name, check_s=check_s, scorer=classifier, offset_s=a // rate, marks=marks
+            canon, name, check_s=check_s, scorer=classifier, offset_s=a // rate, marks=marks
         )
-    return _long(raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=said, channel=channel)[1]
+    return _long(
+        raw, rate, path, (a, b), check_s=check_s, scorer=classifier, notes=said, channel=channel, name=name
+    )[1]
 
 
 def _long(
@@ -275,8 +274,10 @@ def _long(
     check_s: float,
     scorer: LeakScorer | None,
     notes: list[str],
-    channel: int = 0,
+    channel: int,
+    name: str,
 ) -> tuple[Score, list[CheckStats]]:
+    """A long recording read a segment at a time; `name`: the night its checks are of."""
     first_frame, stop_frame = kept
     seconds = (stop_frame - first_frame) // rate
     ranges = split_checks(seconds, check_s)
@@ -306,7 +307,7 @@ def _long(
                 canon[i * SECOND : j * SECOND],
                 levels[i:j],
                 tonal[i:j],
-                name=path.name,
+                name=name,
                 index=index,
                 start_s=first_frame // rate + ca,
                 scorer=scorer,
