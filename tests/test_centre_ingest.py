@@ -8,6 +8,7 @@ The same ingest through a RabbitMQ cluster with a broker node killed: test_fleet
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import threading
 from collections.abc import Iterator
@@ -186,9 +187,9 @@ def _data(seq: int, **reading: object) -> bytes:
 
 
 @contextlib.contextmanager
-def one_ingest(tmp_path: Path, dsn: str, broker: Mosquitto) -> Iterator[IngestProcess]:
+def one_ingest(tmp_path: Path, dsn: str, broker: Mosquitto, *extra: str) -> Iterator[IngestProcess]:
     """One `edge-centre ingest` process subscribed to `broker`; stopped on the way out."""
-    ingest = ingest_process(tmp_path, "c1", dsn, [f"mqtt://{broker.host}:{broker.port}"])
+    ingest = ingest_process(tmp_path, "c1", dsn, [f"mqtt://{broker.host}:{broker.port}"], *extra)
     ingest.start()
     try:
         ingest.wait_subscribed()
@@ -547,3 +548,34 @@ def test_a_flood_of_bad_payloads_is_kept_whole_in_rejected_but_logged_as_a_burst
         )
         lines = ingest.log().count("ingest.rejected")
     assert 1 <= lines <= 20, f"{lines} log lines for {flood} rejected messages"
+
+
+def test_a_cloned_gateway_conflicting_in_every_message_is_logged_as_a_burst_and_a_gap_still_shows(
+    centre_db: str, tmp_path: Path
+) -> None:
+    """An SD card cloned from a running gateway makes a conflict of every message it sends: one log
+    line each had buried the ingest's log (and journald, past its rate limit, drops every line, the
+    gap reports with them). Every conflict is still recorded; another gateway's gap is still said."""
+    flood = 300
+    with Mosquitto() as broker, one_ingest(tmp_path, centre_db, broker, "--gap-timeout-s", "0") as ingest:
+        with Publisher(broker.host, broker.port) as pub:
+            for seq in range(1, flood + 1):
+                pub.publish("water/s1/gw1/plc1", payload("s1", "gw1", seq, 10**18 + seq, 10), wait=False)
+            wait_until(lambda: len(committed_seqs(centre_db).get(("s1", "gw1", "plc1"), [])) == flood, 60)
+            for seq in range(1, flood + 1):  # the clone: the same seqs, its own readings
+                pub.publish("water/s1/gw1/plc1", payload("s1", "gw1", seq, 10**18 + seq + 7, 10), wait=False)
+            for seq in (1, 2, 5, 6):
+                pub.publish("water/s3/gw3/plc1", payload("s3", "gw3", seq, 10**18 + seq, 10))
+        wait_until(
+            lambda: (
+                query(centre_db, "SELECT count(*) FROM gateway_conflicts")[0][0] == flood
+                and re.search(r"ingest\.gap\s.*gateway=gw3", ingest.log()) is not None
+            ),
+            60,
+            what=lambda: ingest.log()[-3000:],
+        )
+        log = ingest.log()
+    lines = len(re.findall(r"ingest\.conflict\s", log))
+    assert 1 <= lines <= 20, f"{lines} log lines for {flood} conflicts"
+    gap = re.search(r"ingest\.gap\s.*gateway=gw3.*", log)
+    assert gap is not None and "first_seq=3 " in gap[0] and "last_seq=4 " in gap[0], gap

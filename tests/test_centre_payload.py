@@ -202,20 +202,20 @@ def test_a_compressed_message_that_unpacks_beyond_the_limit_is_refused_without_u
         parse(TOPIC, bomb)
 
 
-def test_rejections_past_the_burst_are_counted_and_said_once_the_window_ends() -> None:
+def test_alerts_past_the_burst_are_counted_and_said_once_the_window_ends() -> None:
     from structlog.testing import capture_logs
 
-    from water_edge.centre.rejection_log import RejectionLog
+    from water_edge.centre.burst_log import BurstLog
 
     now = [0.0]
-    rejections = RejectionLog(burst=3, window_s=60.0, clock=lambda: now[0])
+    alerts = BurstLog(burst=3, window_s=60.0, clock=lambda: now[0])
     with capture_logs() as logs:
         for i in range(10):
-            rejections.rejected(f"water/s1/gw{i}/plc1", "not JSON")
-        rejections.roll()  # inside the window: nothing more to say
+            alerts.warning("ingest.rejected", topic=f"water/s1/gw{i}/plc1", reason="not JSON")
+        alerts.roll()  # inside the window: nothing more to say
         now[0] = 61.0
-        rejections.roll()
-        rejections.rejected("water/s1/gw1/plc1", "not JSON")
+        alerts.roll()
+        alerts.warning("ingest.rejected", topic="water/s1/gw1/plc1", reason="not JSON")
     assert [e["event"] for e in logs] == ["ingest.rejected"] * 3 + [
         "ingest.rejected_suppressed",
         "ingest.rejected",
@@ -223,3 +223,23 @@ def test_rejections_past_the_burst_are_counted_and_said_once_the_window_ends() -
     summary = logs[3]
     assert summary["count"] == 7
     assert summary["first_topic"] == "water/s1/gw3/plc1"
+    assert summary["note"] == "every rejected message is in the rejected table"
+
+
+def test_a_flood_of_one_kind_of_alert_does_not_silence_another() -> None:
+    """A cloned gateway's conflicts (one per message) must not hide the gap a third gateway has."""
+    from structlog.testing import capture_logs
+
+    from water_edge.centre.burst_log import BurstLog
+
+    now = [0.0]
+    alerts = BurstLog(burst=3, window_s=60.0, clock=lambda: now[0])
+    with capture_logs() as logs:
+        for seq in range(100):
+            alerts.warning("ingest.conflict", gateway="gw1", seq=seq)
+        alerts.warning("ingest.gap", gateway="gw3", first_seq=5, last_seq=9)
+        now[0] = 60.0
+        alerts.roll()
+    assert [e["event"] for e in logs] == ["ingest.conflict"] * 3 + ["ingest.gap", "ingest.conflict_suppressed"]
+    assert (logs[3]["gateway"], logs[3]["first_seq"]) == ("gw3", 5)
+    assert (logs[4]["count"], logs[4]["first_seq"]) == (97, 3)

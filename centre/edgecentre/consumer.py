@@ -41,8 +41,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from water_edge.centre.burst_log import BurstLog
 from water_edge.centre.payload import Message, PayloadError, parse
-from water_edge.centre.rejection_log import RejectionLog
 from water_edge.centre.store import Committed, Store, StoreError, StoreRefusedError
 
 log = structlog.get_logger(__name__)
@@ -132,7 +132,8 @@ class Consumer:
     def __init__(self, config: IngestConfig, *, on_commit: Callable[[Counters], None] | None = None) -> None:
         self.cfg = config
         self.counters = Counters()
-        self._store = Store(config.dsn)
+        self._alerts = BurstLog()
+        self._store = Store(config.dsn, alerts=self._alerts)
         self._inbox: queue.Queue[_Delivery] = queue.Queue()
         # Sorted batches for the writer thread; None tells it to end.
         self._sorted: queue.Queue[_Sorted | None] = queue.Queue(maxsize=1)
@@ -141,7 +142,6 @@ class Consumer:
         self._generation = 0
         self._connected = threading.Event()
         self._on_commit = on_commit
-        self._rejection_log = RejectionLog()
         v5 = config.protocol == "5"
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -257,7 +257,7 @@ class Consumer:
                 messages.append((d, parse(d.topic, d.payload, d.content_type)))
             except PayloadError as exc:
                 rejected.append((d.topic, str(exc), d.payload))
-                self._rejection_log.rejected(d.topic, str(exc))
+                self._alerts.warning("ingest.rejected", topic=d.topic, reason=str(exc))
         return messages, rejected
 
     def _write(
@@ -293,7 +293,7 @@ class Consumer:
             d = parsed[0][0]
             reason = f"refused by the database: {exc}"
             refused.append((d.topic, reason, d.payload))
-            self._rejection_log.rejected(d.topic, reason)
+            self._alerts.warning("ingest.rejected", topic=d.topic, reason=reason)
             return Committed(0, 0, 0, 0, 0)
 
     def _commit(
@@ -328,7 +328,7 @@ class Consumer:
         for d in batch:  # in arrival order, as MQTT requires
             if d.generation == self._generation:
                 self._client.ack(d.mid, d.qos)
-        self._rejection_log.roll()
+        self._alerts.roll()
         if self._on_commit is not None:
             self._on_commit(c)
 
@@ -340,7 +340,7 @@ class Consumer:
             return
         for gap in found or ():
             self.counters.gaps += 1
-            log.warning(
+            self._alerts.warning(
                 "ingest.gap",
                 site=gap.site,
                 gateway=gap.gateway,
@@ -350,6 +350,7 @@ class Consumer:
                 last_seq=gap.last_seq,
                 explained=gap.explained,
             )
+        self._alerts.roll()
 
     def run(self) -> None:
         net = threading.Thread(target=self._network, name="mqtt", daemon=True)

@@ -31,10 +31,9 @@ from datetime import datetime
 from typing import Final
 
 import psycopg
-import structlog
 from psycopg.rows import TupleRow
 
-log = structlog.get_logger(__name__)
+from water_edge.centre.burst_log import BurstLog
 
 _GAP_LOCK = 0x5745_4750  # "WEGP"
 # A gap of more than a million seqs (2.3 days of a stream flushing every 200 ms, the default, with
@@ -140,7 +139,7 @@ class _Stream:
     upto: int  # its watermark
 
 
-def check(conn: psycopg.Connection[TupleRow], timeout_s: float) -> list[Gap] | None:
+def check(conn: psycopg.Connection[TupleRow], timeout_s: float, alerts: BurstLog) -> list[Gap] | None:
     """One pass over every stream; the gaps found now (None if another consumer is checking)."""
     found: list[Gap] = []
     with conn.transaction(), conn.cursor() as cur:
@@ -155,7 +154,7 @@ def check(conn: psycopg.Connection[TupleRow], timeout_s: float) -> list[Gap] | N
             sid, site, gateway, stream, epoch, upto = head
             one = _Stream(int(sid), (str(site), str(gateway), str(stream), int(epoch)), int(upto))
             seqs = [(int(r[6]), r[7], float(r[8])) for r in rows]
-            mark = _walk(cur, one, seqs, timeout_s=timeout_s, found=found)
+            mark = _walk(cur, one, seqs, timeout_s=timeout_s, found=found, alerts=alerts)
             if mark != one.upto:
                 marks[one.sid] = mark
         if marks:  # one statement, not one per stream: a fleet's streams are thousands
@@ -169,7 +168,13 @@ def check(conn: psycopg.Connection[TupleRow], timeout_s: float) -> list[Gap] | N
 
 
 def _walk(
-    cur: psycopg.Cursor[TupleRow], one: _Stream, rows: Sequence[_Row], *, timeout_s: float, found: list[Gap]
+    cur: psycopg.Cursor[TupleRow],
+    one: _Stream,
+    rows: Sequence[_Row],
+    *,
+    timeout_s: float,
+    found: list[Gap],
+    alerts: BurstLog,
 ) -> int:
     """Walk one stream's seqs above its watermark; its new watermark. The gaps go into `found`."""
     prev, prev_at = one.upto, None
@@ -180,7 +185,7 @@ def _walk(
             if seq - prev > FAR:
                 below = prev_at if prev_at is not None else _received_at(cur, one.sid, prev)
                 if below is not None and below > received_at:  # the stream went on below it
-                    _outlier(cur, one, seq, prev)
+                    _outlier(cur, one, seq, prev, alerts)
                     break
                 if i + 1 == len(rows):
                     break  # alone, the stream quiet since: wait until it goes on, past it or below it
@@ -201,7 +206,7 @@ def _received_at(cur: psycopg.Cursor[TupleRow], sid: int, seq: int) -> datetime 
     return None if row is None else row[0]
 
 
-def _outlier(cur: psycopg.Cursor[TupleRow], one: _Stream, seq: int, upto: int) -> None:
+def _outlier(cur: psycopg.Cursor[TupleRow], one: _Stream, seq: int, upto: int, alerts: BurstLog) -> None:
     """Record a seq far ahead of a stream that went on below it (once), and log it then."""
     cur.execute(
         "INSERT INTO seq_outliers (stream_id, seq, checked_upto) VALUES (%s, %s, %s)"
@@ -210,7 +215,7 @@ def _outlier(cur: psycopg.Cursor[TupleRow], one: _Stream, seq: int, upto: int) -
     )
     if cur.fetchone() is not None:
         site, gateway, stream, epoch = one.names
-        log.warning(
+        alerts.warning(
             "ingest.seq_outlier",
             site=site,
             gateway=gateway,

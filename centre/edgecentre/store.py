@@ -24,13 +24,11 @@ from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
-import structlog
 from psycopg.rows import TupleRow
 
 from water_edge.centre import gaps
+from water_edge.centre.burst_log import BurstLog
 from water_edge.centre.payload import Message
-
-log = structlog.get_logger(__name__)
 
 READING_COLUMNS = "stream_id, seq, tag, ts_ns, value, value_text, quality, reason, unit, source, repeat"
 # The readings' types in COPY order. Readings are copied in binary: it spares the ingest turning
@@ -127,8 +125,9 @@ class Committed:
 class Store:
     """One connection to the database; `commit()` writes one batch in one transaction."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, alerts: BurstLog | None = None) -> None:
         self._dsn = dsn
+        self._alerts = alerts if alerts is not None else BurstLog()
         self._conn: psycopg.Connection[TupleRow] | None = None
         self._stream_ids: dict[tuple[str, str, str, int], int] = {}
 
@@ -142,7 +141,7 @@ class Store:
         """One gap check on this connection (between batches); None if another consumer runs one."""
         try:
             with _db_errors():
-                return gaps.check(self._connection(), timeout_s)
+                return gaps.check(self._connection(), timeout_s, self._alerts)
         except StoreError:
             self.close()
             raise
@@ -244,8 +243,8 @@ class Store:
             conflicts,
         )
 
-    @staticmethod
     def _conflicts(
+        self,
         cur: psycopg.Cursor[TupleRow],
         seen: set[tuple[int, int]],
         prints: dict[tuple[int, int], int],
@@ -272,7 +271,7 @@ class Store:
             )
             for sid, seq, *_ in found:
                 m = by_key[(sid, seq)]
-                log.warning(
+                self._alerts.warning(
                     "ingest.conflict",
                     site=m.site,
                     gateway=m.gateway,
