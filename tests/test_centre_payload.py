@@ -240,6 +240,7 @@ def test_a_flood_of_one_kind_of_alert_does_not_silence_another() -> None:
         alerts.warning("ingest.gap", gateway="gw3", first_seq=5, last_seq=9)
         now[0] = 60.0
         alerts.roll()
-    assert [e["event"] for e in logs] == ["ingest.conflict"] * 3 + ["ingest.gap", "ingest.conflict_suppressed"]
+    events = [e["event"] for e in logs]
+    assert events == ["ingest.conflict"] * 3 + ["ingest.gap", "ingest.conflict_suppressed"]
     assert (logs[3]["gateway"], logs[3]["first_seq"]) == ("gw3", 5)
     assert (logs[4]["count"], logs[4]["first_seq"]) == (97, 3)

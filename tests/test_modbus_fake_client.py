@@ -162,19 +162,21 @@ async def test_tcp_drop_fails_the_request_in_flight_at_once() -> None:
 
 async def test_tcp_answer_failures_stay_with_the_request_and_refusals_reach_the_caller() -> None:
     wrong_unit = ModbusIOException("ERROR: request uses device id=1 but received 2.")
-    driver, clients = tcp_driver([wrong_unit, ExceptionResponse(3, 2), None, ExceptionResponse(6, 3)])
+    refused = ExceptionResponse(3, 2)
+    driver, clients = tcp_driver([wrong_unit, refused, refused, None, None, ExceptionResponse(6, 3)])
     await driver.open()
     assert reasons(await driver.read()) == [f"bad response: {wrong_unit}"] * 2
-    # exception 2 on a gap-free request: nothing to split, the tags are bad with the exception
-    assert reasons(await driver.read()) == ["modbus exception 2: illegal data address"] * 2
+    # exception 2 on a gap-free request of two tags: read one by one; the one refused alone is bad
+    assert reasons(await driver.read()) == ["modbus exception 2: illegal data address", None]
+    assert clients[0].sent[1:] == [("holding", 0, 2, 1), ("holding", 0, 1, 1), ("holding", 1, 1, 1)]
     assert driver.health().connected
     await driver.write(1, "holding", 500, [350])
     with pytest.raises(DeviceError, match=r"^ps: write holding 8: modbus exception 3") as refused:
         await driver.write(1, "holding", 8, [3])
     assert refused.value.code == 3
     health = driver.health()
-    assert (health.requests, health.errors, health.exceptions, health.timeouts) == (2, 2, 1, 0)
-    assert clients[0].sent[2:] == [("write holding", 500, 1, 1), ("write holding", 8, 1, 1)]
+    assert (health.requests, health.errors, health.exceptions, health.timeouts) == (4, 3, 2, 0)
+    assert clients[0].sent[4:] == [("write holding", 500, 1, 1), ("write holding", 8, 1, 1)]
     await driver.aclose()
 
 

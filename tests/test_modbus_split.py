@@ -1,7 +1,9 @@
-"""A coalesced request that spans unmapped addresses is split when the PLC refuses it.
+"""A request the PLC refuses for the sake of part of it is split, and the tags that exist are read.
 
 Many PLCs answer exception 2 (illegal data address) to a read that touches any address they do
-not map. The driver must then read the tags that exist instead of reporting them all bad.
+not map, and exception 3 (illegal data value) to a read of more registers than they take at once.
+The driver must then read the tags that exist instead of reporting them all bad, and name a tag
+the PLC does not map.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.support.plant import Plant, running_plant
+from water_edge.core.reading import Reading
 from water_edge.drivers.modbus.config import ModbusTcpConfig
-from water_edge.drivers.modbus.plan import plan_requests, split_at_gaps
+from water_edge.drivers.modbus.plan import halve, plan_requests, split_at_gaps
 from water_edge.drivers.modbus.tcp import ModbusTcpDriver
 
 # Coils 0-3 and 10-12 exist in the sim; 4-9 do not. The planner joins them (gap 6 < 8*16 bits).
@@ -71,3 +75,105 @@ async def test_refused_coalesced_read_is_split_and_every_tag_read(plant: Plant) 
         ("holding", 20, 2),
     ]
     assert driver.health().exceptions == 1
+
+
+# Pump 1's block: 34 contiguous registers, holding 100..133 (`edge-sim list`).
+PUMP1 = {
+    "pump1.flow": (100, "float32"),
+    "pump1.suction_pressure": (102, "float32"),
+    "pump1.discharge_pressure": (104, "float32"),
+    "pump1.motor_current": (106, "float32"),
+    "pump1.vibration_x": (108, "float32"),
+    "pump1.vibration_y": (110, "float32"),
+    "pump1.winding_temp": (112, "float32"),
+    "pump1.speed": (114, "float32"),
+    "pump1.status": (116, "uint16"),
+    "pump1.motor_current_x10": (117, "int16"),
+    "pump1.winding_temp_x10": (118, "int16"),
+    "pump1.speed_int": (119, "uint16"),
+    "pump1.run_seconds": (120, "uint32"),
+    "pump1.starts": (122, "uint32"),
+    "pump1.bearing_temp": (124, "float32"),
+    "pump1.voltage": (126, "float32"),
+    "pump1.efficiency": (128, "float32"),
+    "pump1.head": (130, "float32"),
+    "pump1.power": (132, "float32"),
+}
+
+
+def pump1_config(port: int, **extra_tags: tuple[int, str]) -> ModbusTcpConfig:
+    tags = PUMP1 | extra_tags
+    return ModbusTcpConfig.model_validate({
+        "name": "plc", "kind": "modbus_tcp", "host": "127.0.0.1", "port": port,
+        "tags": [{"name": name, "address": address, "type": kind} for name, (address, kind) in tags.items()],
+    })  # fmt: skip
+
+
+async def polls(driver: ModbusTcpDriver, n: int) -> list[dict[str, Reading]]:
+    await driver.open()
+    try:
+        return [{r.tag: r for r in await driver.read()} for _ in range(n)]
+    finally:
+        await driver.aclose()
+
+
+async def test_a_tag_whose_address_the_plc_does_not_map_is_named_and_its_neighbours_are_read(
+    plant: Plant,
+) -> None:
+    """One tag typed one register past the end of pump 1's block: the PLC refuses the whole
+    gap-free request with exception 2. Before, all 20 tags read bad, and nothing said which one
+    was wrong."""
+    driver = ModbusTcpDriver(pump1_config(plant.port, **{"pump1.spare": (134, "float32")}))
+    with capture_logs() as logs:
+        first, second = await polls(driver, 2)
+    for readings in (first, second):
+        bad = {tag: r.reason for tag, r in readings.items() if r.quality != "good"}
+        assert bad == {"pump1.spare": "modbus exception 2: illegal data address"}
+        assert readings["pump1.speed_int"].value == round(readings["pump1.speed"].value)  # type: ignore[arg-type]
+    refused = [e for e in logs if e["event"] == "modbus.tag_refused"]
+    assert [(e["tag"], e["table"], e["address"], e["count"]) for e in refused] == [
+        ("pump1.spare", "holding", 134, 2)
+    ], "named once, not at every poll"
+    assert ("holding", 134, 2) in [(r.table, r.start, r.count) for r in driver.requests]
+    blocks = [(r.start, r.count) for r in driver.requests]
+    assert len(blocks) <= 6, f"its neighbours are still read in blocks: {blocks}"
+
+
+async def test_a_plc_that_takes_fewer_registers_a_request_than_asked_is_read_in_parts() -> None:
+    """A drive or small PLC that takes 16 registers a read refuses the planned 34 with exception 3
+    (illegal data value). Before, every tag of the block read bad until `max_registers_per_request`
+    was lowered by hand."""
+    with running_plant(seed=5, max_registers=16) as small:
+        driver = ModbusTcpDriver(pump1_config(small.port))
+        first, second = await polls(driver, 2)
+    for readings in (first, second):
+        assert {tag: r.reason for tag, r in readings.items() if r.quality != "good"} == {}
+        assert set(readings) == set(PUMP1)
+    blocks = [(r.start, r.count) for r in driver.requests]
+    assert all(count <= 16 for _, count in blocks), blocks
+    # halving finds parts the PLC takes in a few refusals, at most twice the fewest (3 of 16)
+    assert len(blocks) <= 6, blocks
+
+
+def test_halving_never_cuts_a_register_that_two_tags_read() -> None:
+    """A status word read whole and as bits: those tags share their register and stay together."""
+    tags = [
+        {"name": "status", "address": 116, "type": "uint16"},
+        {"name": "running", "address": 116, "type": "bit", "bit": 0},
+        {"name": "fault", "address": 116, "type": "bit", "bit": 1},
+    ]
+    cfg = ModbusTcpConfig.model_validate(
+        {"name": "plc", "kind": "modbus_tcp", "host": "127.0.0.1", "port": 1, "tags": tags}
+    )
+    (request,) = plan_requests(cfg)
+    assert halve(request) == [request]
+    more = ModbusTcpConfig.model_validate(
+        {"name": "plc", "kind": "modbus_tcp", "host": "127.0.0.1", "port": 1,
+         "tags": [*tags, {"name": "speed", "address": 117, "type": "int16"}]}
+    )  # fmt: skip
+    (request,) = plan_requests(more)
+    parts = halve(request)
+    assert [(p.start, p.count, [t.name for t, _ in p.tags]) for p in parts] == [
+        (116, 1, ["status", "running", "fault"]),
+        (117, 1, ["speed"]),
+    ]

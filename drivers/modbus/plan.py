@@ -102,9 +102,27 @@ def split_at_gaps(request: ReadRequest) -> list[ReadRequest]:
             end = tag.address + tag.width
     if len(runs) == 1:
         return [request]
-    out = []
-    for run in runs:
-        start = min(t.address for t in run)
-        stop = max(t.address + t.width for t in run)
-        out.append(_request(request.unit_id, request.table, start, stop - start, run))
-    return out
+    return [_covering(request, run) for run in runs]
+
+
+def halve(request: ReadRequest) -> list[ReadRequest]:
+    """The request cut in two where no tag spans the cut, as near its middle as that allows (one
+    request if every tag overlaps the next: a status word read as a whole and as bits)."""
+    tags = [tag for tag, _ in request.tags]  # in address order
+    cuts = []
+    end = -1
+    for i, tag in enumerate(tags):
+        if i and tag.address >= end:
+            cuts.append(i)
+        end = max(end, tag.address + tag.width)
+    if not cuts:
+        return [request]
+    middle = request.start + request.count / 2
+    i = min(cuts, key=lambda c: abs(tags[c].address - middle))
+    return [_covering(request, tags[:i]), _covering(request, tags[i:])]
+
+
+def _covering(request: ReadRequest, tags: list[ModbusTag]) -> ReadRequest:
+    start = min(t.address for t in tags)
+    stop = max(t.address + t.width for t in tags)
+    return _request(request.unit_id, request.table, start, stop - start, tags)

@@ -1,9 +1,17 @@
 """Turns planned read requests into readings, whatever the transport (TCP or RTU) sends them.
 
-A coalesced request may span addresses between tags that the device does not map; many PLCs
-then refuse the whole request with exception 2 (illegal data address). When that happens the
-request is split, once and for good, into gap-free requests and read again at once, so tags
-that exist are not reported bad because a neighbour's hole was read with them.
+A device refuses a whole request for the sake of part of it, and the tags that exist must not be
+reported bad with it. The request is then split, once and for good, and its parts read again at
+once:
+
+- exception 2 (illegal data address) to a request that spans addresses between tags: many PLCs
+  refuse a read that touches any address they do not map. Split into gap-free requests.
+- exception 2 to a gap-free request of several tags: one of them names registers the device does
+  not map (a typo in an address, a map of another firmware). Cut in halves, and so on down, so
+  that the refused tag is found and named (`modbus.tag_refused`) and its neighbours are read.
+- exception 3 (illegal data value) to a request of several tags: for a read, the quantity is more
+  than the device takes in one request (drives and small PLCs take 16-64 registers, not 125). Cut
+  in halves until the device takes them.
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ from water_edge.drivers.base import DeviceConfig, TagInfo
 from water_edge.drivers.modbus.adapter import ExceptionAnswerError, ModbusPDU, raise_for_error_pdu
 from water_edge.drivers.modbus.codec import Bad, decode_bits, decode_registers
 from water_edge.drivers.modbus.config import ModbusDeviceConfig
-from water_edge.drivers.modbus.plan import ReadRequest, split_at_gaps
+from water_edge.drivers.modbus.plan import ReadRequest, halve, split_at_gaps
 
 log = structlog.get_logger(__name__)
 
 MAX_SILENT_REQUESTS: Final = 3
 ILLEGAL_DATA_ADDRESS: Final = 2
+ILLEGAL_DATA_VALUE: Final = 3
 READ_FUNCTION: Final[dict[str, int]] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
 
@@ -67,10 +76,22 @@ class _Entry:
     request: ReadRequest
     labels: list[tuple[str, str]] = field(init=False)  # (tag, unit), built once, not per poll
     offsets: list[int] = field(init=False)
+    refused_said: bool = False  # `modbus.tag_refused` logged for this (one-tag) request
 
     def __post_init__(self) -> None:
         self.labels = [(t.name, t.unit) for t, _ in self.request.tags]
         self.offsets = [off for _, off in self.request.tags]
+
+
+def _parts(request: ReadRequest, code: int) -> list[ReadRequest]:
+    """What to read instead of `request`, which the device refused with exception `code` (the
+    request itself when cutting cannot help)."""
+    if code == ILLEGAL_DATA_ADDRESS:
+        parts = split_at_gaps(request)
+        return parts if len(parts) > 1 else halve(request)
+    if code == ILLEGAL_DATA_VALUE:
+        return halve(request)
+    return [request]
 
 
 class RequestPoller:
@@ -96,21 +117,36 @@ class RequestPoller:
         try:
             response = await execute(request)
         except ExceptionAnswerError as refused:
-            parts = split_at_gaps(request) if refused.code == ILLEGAL_DATA_ADDRESS else [request]
+            parts = _parts(request, refused.code)
             if len(parts) > 1:
                 self.splits += 1
                 log.warning(
                     "modbus.request_split",
                     driver=self.source,
+                    unit_id=request.unit_id,
                     table=request.table,
                     start=request.start,
                     count=request.count,
-                    into=len(parts),
+                    into=[(p.start, p.count) for p in parts],
+                    refused=refused.reason,
                 )
                 readings: list[Reading] = []
                 for part in parts:
                     readings.extend(await self._read(_Entry(part), execute, kept))
                 return readings
+            if refused.code == ILLEGAL_DATA_ADDRESS and len(request.tags) == 1 and not entry.refused_said:
+                entry.refused_said = True
+                tag = request.tags[0][0]
+                log.warning(
+                    "modbus.tag_refused",
+                    driver=self.source,
+                    tag=tag.name,
+                    unit_id=request.unit_id,
+                    table=request.table,
+                    address=tag.address,
+                    count=tag.width,
+                    why="the device does not map these addresses: check the tag's address, table and type",
+                )
             return self._bad(entry, kept, refused.reason)
         except RequestFailedError as failed:
             return self._bad(entry, kept, failed.reason)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from water_edge.sim.registers import MAX_BENCH_TAGS, POINTS
+from water_edge.sim.registers import MAX_BENCH_TAGS, MAX_READ_REGISTERS, POINTS
 
 
 def _parser(*, datasets: bool = True) -> argparse.ArgumentParser:
@@ -46,6 +46,14 @@ def _parser(*, datasets: bool = True) -> argparse.ArgumentParser:
         "(modbus_rtu, opcua, mbus, wmbus, hydrophones), 'none', or 'all' (default)",
     )
     run.add_argument("--workdir", type=Path, default=None, help="where components put files")
+    run.add_argument(
+        "--max-registers",
+        type=int,
+        default=MAX_READ_REGISTERS,
+        metavar="N",
+        help="the PLC refuses reads of more than N registers with exception 3, as drives and small "
+        f"PLCs do (Modbus TCP and RTU; 1..{MAX_READ_REGISTERS}, default {MAX_READ_REGISTERS})",
+    )
     lister = sub.add_parser("list", help="describe the register map, or what a scenario contains")
     lister.add_argument("--scenario", type=Path, nargs="+", default=None, metavar="FILE")
     # Its own parser lives with the WAV writer (fwsim.hydrophone_stream); listed here for --help.
@@ -131,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
     if not 0 <= args.bench_tags <= MAX_BENCH_TAGS:
         print(f"edge-sim: --bench-tags must be 0..{MAX_BENCH_TAGS}", file=sys.stderr)
         return 2
+    if not 1 <= args.max_registers <= MAX_READ_REGISTERS:
+        print(f"edge-sim: --max-registers must be 1..{MAX_READ_REGISTERS}", file=sys.stderr)
+        return 2
     if args.speed is not None and not 0 < args.speed <= 1000:
         print("edge-sim: --speed must be in (0, 1000]", file=sys.stderr)
         return 2
@@ -153,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
                 workdir=args.workdir,
                 scenario=scenario,
                 speed=args.speed,
+                max_read_registers=args.max_registers,
             )
         )
     except OSError as exc:

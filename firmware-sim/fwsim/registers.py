@@ -356,12 +356,22 @@ def apply_write(station: PumpStation, name: str, raw: int) -> None:
         raise KeyError(name)
 
 
+MAX_READ_REGISTERS: Final = 125  # Modbus's limit for function codes 3 and 4
+
+
 class Plant:
     """Register images for every unit ID the simulated gateway answers on."""
 
-    def __init__(self, points: Sequence[Point] = POINTS, bench_tags: int = 0) -> None:
+    def __init__(
+        self, points: Sequence[Point] = POINTS, bench_tags: int = 0, max_read_registers: int = 125
+    ) -> None:
         if not 0 <= bench_tags <= MAX_BENCH_TAGS:
             raise ValueError(f"bench tags must be 0..{MAX_BENCH_TAGS}")
+        if not 1 <= max_read_registers <= MAX_READ_REGISTERS:
+            raise ValueError(f"max read registers must be 1..{MAX_READ_REGISTERS}")
+        # A read of more registers is refused with exception 3 (illegal data value), as drives and
+        # small PLCs that take 16-64 registers a request refuse it; 125 is the protocol's own limit.
+        self.max_read_registers = max_read_registers
         self.on_write: Callable[[str, int], None] | None = None
         self.writes = 0
         self.points = list(points)
@@ -373,6 +383,10 @@ class Plant:
         self._bench_pack = struct.Struct(f">{bench_tags}f")
         if bench_tags:
             self.unit(STATION_UNIT).map("input", BENCH_BASE, 2 * bench_tags)
+
+    def read_limit(self, table: Table) -> int:
+        """The most registers (bits: 2000, the protocol's limit) one read of `table` may ask for."""
+        return 2000 if table in ("coil", "discrete") else self.max_read_registers
 
     def unit(self, unit_id: int) -> UnitImage:
         return self.units.setdefault(unit_id, UnitImage())

@@ -86,7 +86,7 @@ def handle_pdu(plant: Plant, unit_id: int, pdu: bytes) -> bytes:  # noqa: PLR091
         if len(pdu) != 5:
             return _exception(fc, 3)
         address, count = struct.unpack(">HH", pdu[1:5])
-        if not 1 <= count <= _MAX_COUNT[fc]:
+        if not 1 <= count <= min(_MAX_COUNT[fc], plant.read_limit(_READ_TABLES[fc])):
             return _exception(fc, 3)
         values = unit.read(_READ_TABLES[fc], address, count)
         if values is None:

@@ -91,9 +91,10 @@ async def run(
     workdir: Path | None = None,
     scenario: Scenario | None = None,
     speed: float | None = None,
+    max_read_registers: int = 125,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or cancellation). `speed`: model seconds per wall second
-    (default: the scenario's, else 1)."""
+    (default: the scenario's, else 1). `max_read_registers`: the PLC refuses longer reads."""
     local = time.localtime()
     start_tod = scenario.start_time_of_day_s if scenario is not None else None
     if start_tod is None:
@@ -102,7 +103,7 @@ async def run(
     comm = CommFaults(lambda: station.state.elapsed_s)
     if scenario is not None:
         scenario.apply(station, comm)
-    plant = Plant(bench_tags=bench_tags)
+    plant = Plant(bench_tags=bench_tags, max_read_registers=max_read_registers)
     plant.on_write = lambda name, raw: apply_write(station, name, raw)
     plant.update(station.state)
     plant.update_bench(0)

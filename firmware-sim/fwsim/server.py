@@ -2,7 +2,8 @@
 
 pymodbus's server asks its datastore context for values per request; `PlantContext` answers
 straight from the `Plant` register images (no copy per tick, one slice per request), refuses
-unmapped addresses with exception 2, writes outside the documented writable area with exception 2
+unmapped addresses with exception 2, reads of more registers than the plant's limit with 3
+(`Plant.max_read_registers`), writes outside the documented writable area with exception 2
 and out-of-range values with 3 (`Plant.write`), function codes other than 1-6, 15 and 16 with 1,
 and unknown unit IDs with exception 0x0B, "gateway target device failed to respond", the answer a
 Modbus TCP gateway gives for a slave that is not there (pymodbus's own SimCore would answer
@@ -64,6 +65,8 @@ class PlantContext(ModbusServerContext):
         table = _FUNCTION_TABLES.get(func_code) or _READ_BACK_TABLES.get(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
+        if count > self.plant.read_limit(table):
+            return ExcCodes.ILLEGAL_VALUE
         values = unit.read(table, address, count)
         if values is None:
             return ExcCodes.ILLEGAL_ADDRESS
