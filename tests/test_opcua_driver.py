@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from structlog.testing import capture_logs
 
 from tests.support.opcua_sim import Sim, opcua_station
 from tests.support.supervised import supervised
@@ -23,7 +24,8 @@ from water_edge.core.reading import Reading
 from water_edge.drivers.opcua.certs import make_client_certificate
 from water_edge.drivers.opcua.config import OpcUaConfig
 from water_edge.drivers.opcua.driver import OpcUaDriver
-from water_edge.sim.opcua_server import NAMESPACE_URI, OpcUaComponent
+from water_edge.sim.opcua_server import NAMESPACE_URI, OpcUaComponent, browse_path
+from water_edge.sim.registers import POINTS
 
 # One server for the module (starting one costs about 2 s); tests that change it undo it.
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -291,3 +293,44 @@ async def test_server_restart_driver_reconnects_and_resubscribes(sim: Sim) -> No
     resumed = [r.value for r in readings[mark:] if r.quality == "good"]
     assert resumed == sorted(resumed)
     assert runner.stats.reconnects == 1
+
+
+@pytest.mark.parametrize("advertised", [True, False], ids=["published", "unpublished"])
+async def test_a_server_that_takes_fewer_items_a_request_than_the_driver_sends_is_read_whole(
+    sim: Sim, advertised: bool
+) -> None:
+    """Embedded servers take 50-500 nodes a Read or items a CreateMonitoredItems, and refuse a
+    larger one as a whole with BadTooManyOperations. Before, the driver sent up to
+    `max_items_per_request` (1000): its first Read of 98 tags' units failed and the device never
+    came up. Most servers publish their limits (OperationLimits); some only enforce them."""
+    limited = OpcUaComponent()
+    options = {"port": 0, "max_nodes_per_read": 40, "max_monitored_items_per_call": 30,
+               "advertise_limits": advertised}  # fmt: skip
+    url = str((await limited.start(dataclasses.replace(sim.ctx, options=options)))[0].detail["url"])
+    tags = [{"name": p.name, "path": browse_path(p.name)} for p in POINTS]
+    drv = driver(url, tags)
+    try:
+        with capture_logs() as logs:
+            await drv.open()
+        try:
+            polled = {r.tag: r for r in await drv.read()}
+            streamed = await collect(drv, lambda got: {r.tag for r in got} >= set(polled))
+        finally:
+            await drv.aclose()
+    finally:
+        await limited.stop()
+    assert {tag: r.reason for tag, r in polled.items() if r.quality != "good"} == {}
+    assert len(polled) == len(POINTS)
+    assert {r.tag for r in streamed if r.quality == "good"} == set(polled)
+    assert drv.health().failed_items == {}
+    limits = drv.health().batch_limits
+    lines = drv.health().status_lines()
+    assert any(line.startswith("server limits items per request: read") for line in lines), lines
+    lowered = [(e["service"], e["items"]) for e in logs if e["event"] == "opcua.batch_lowered"]
+    if advertised:  # taken from the server before the first batch: nothing refused
+        assert limits == {"read": 40, "monitor": 30}
+        assert lowered == []
+    else:  # learnt by refusals, each halving the batch that was refused
+        assert limits["read"] <= 40, limits
+        assert limits["monitor"] <= 30, limits
+        assert lowered[-1] == ("monitor", limits["monitor"]), lowered

@@ -26,6 +26,8 @@ class ScriptedServices:
         self.outcomes: deque[float | BaseException] = deque(outcomes)
 
     async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
+        if params.NodesToRead[0].NodeId == ua.NodeId.from_string("i=11705"):  # the operation limits
+            return [ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown))] * 3
         outcome = self.outcomes.popleft() if self.outcomes else 1.5
         if isinstance(outcome, BaseException):
             raise outcome
@@ -111,7 +113,7 @@ async def test_a_failed_read_ends_the_session_and_open_starts_a_new_one() -> Non
         "publishes": 0, "notifications": 0, "reads": 2, "dropped_batches": 0, "keepalives": 0,
         "connected": True, "mode": "poll", "fallback": None, "unresolved": {}, "failed_items": {},
         "last_ok_ns": health.last_ok_ns, "uncertain_values": 0, "bad_values": 0, "clock_replaced": 0,
-        "device_clock_offset_s": None,
+        "device_clock_offset_s": None, "batch_limits": {},
     }  # fmt: skip
     assert health.status_lines() == ["poll  connected yes  publishes 0  notifications 0  reads 2"]
     await driver.aclose()

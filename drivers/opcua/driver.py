@@ -21,7 +21,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self, TypeVar, cast
 
@@ -75,6 +75,14 @@ _TRUE: Final = cast(ua.Boolean, True)
 _FALSE: Final = cast(ua.Boolean, False)
 _LOST: Final = object()
 _T = TypeVar("_T")
+_R = TypeVar("_R")
+# The server's operation limits (Server/ServerCapabilities/OperationLimits) for the services the
+# driver sends in batches; 0 or absent means none (OPC UA Part 5, 6.3.11).
+OPERATION_LIMITS: Final = {
+    "read": ua.NodeId.from_string("i=11705"),  # MaxNodesPerRead
+    "monitor": ua.NodeId.from_string("i=11714"),  # MaxMonitoredItemsPerCall
+    "translate": ua.NodeId.from_string("i=11712"),  # MaxNodesPerTranslateBrowsePathsToNodeIds
+}
 
 # Builds the (not yet connected) client for a device; the driver configures and connects it.
 ClientFactory = Callable[[OpcUaConfig], Client]
@@ -118,6 +126,9 @@ class OpcUaDriver:
         self._polling = config.mode == "poll"
         self._fallback: str | None = None
         self._failed_items: dict[str, str] = {}
+        # Items per request of each batched service: `max_items_per_request`, lowered to the
+        # server's operation limits at connect, and halved when it answers BadTooManyOperations.
+        self._batch = dict.fromkeys(OPERATION_LIMITS, config.max_items_per_request)
         self._stats = {
             "publishes": 0, "notifications": 0, "reads": 0, "dropped_batches": 0, "keepalives": 0,
             "uncertain_values": 0, "bad_values": 0, "clock_replaced": 0,
@@ -161,6 +172,7 @@ class OpcUaDriver:
             unresolved={self._config.tags[i].name: why for i, why in self._unresolved.items()},
             failed_items=dict(self._failed_items),
             last_ok_ns=self._last_ok_ns,
+            batch_limits={k: n for k, n in self._batch.items() if n < self._config.max_items_per_request},
         )
 
     # --- connecting -------------------------------------------------------------------------
@@ -194,6 +206,7 @@ class OpcUaDriver:
         self._connected = True
         try:
             with ua_errors(self.name):
+                await self._learn_limits(client)
                 await self._resolve(client)
                 await self._learn_units(client)
                 if not self._polling:
@@ -234,6 +247,53 @@ class OpcUaDriver:
             server_certificate=server_cert,
             mode=mode,
         )
+
+    async def _learn_limits(self, client: Client) -> None:
+        """Lower the batches to the server's operation limits: a server that takes 100 nodes a Read
+        answers a Read of 1000 with BadTooManyOperations, for every tag at once."""
+        self._batch = dict.fromkeys(OPERATION_LIMITS, self._config.max_items_per_request)
+        nodes = [ua.ReadValueId(NodeId=n, AttributeId=AttributeIds.Value) for n in OPERATION_LIMITS.values()]
+        params = ua.ReadParameters(NodesToRead=nodes)
+        try:
+            values = await client.uaclient.read(params)
+        except UaStatusCodeError:
+            return  # a server without them: the batches stay as configured, halved if refused
+        for service, dv in zip(OPERATION_LIMITS, values, strict=True):
+            good = dv.StatusCode is None or dv.StatusCode.is_good()
+            limit = dv.Value.Value if good and dv.Value is not None else None
+            if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < self._batch[service]:
+                self._batch[service] = limit
+        lowered = {k: n for k, n in self._batch.items() if n < self._config.max_items_per_request}
+        if lowered:
+            log.info("opcua.operation_limits", driver=self.name, **lowered)
+
+    async def _batched(
+        self, service: str, items: list[_T], call: Callable[[list[_T]], Awaitable[list[_R]]]
+    ) -> list[_R]:
+        """`call` on `items` in batches of the service's size, in order; a batch the server refuses
+        with BadTooManyOperations (a limit it enforces but does not publish) is sent again halved,
+        and the smaller size kept for this connection."""
+        out: list[_R] = []
+        done = 0
+        while done < len(items):
+            size = self._batch[service]
+            chunk = items[done : done + size]
+            try:
+                out += await call(chunk)
+            except UaStatusCodeError as exc:
+                if exc.code != StatusCodes.BadTooManyOperations or len(chunk) == 1:
+                    raise
+                self._batch[service] = len(chunk) // 2
+                log.warning(
+                    "opcua.batch_lowered",
+                    driver=self.name,
+                    service=service,
+                    items=self._batch[service],
+                    why=f"the server refused {len(chunk)} in one request (BadTooManyOperations)",
+                )
+                continue
+            done += len(chunk)
+        return out
 
     async def _resolve(self, client: Client) -> None:
         """NodeIds for every tag; a path that does not resolve makes that tag bad, not the device.
@@ -295,19 +355,17 @@ class OpcUaDriver:
                 TargetName=ua.QualifiedName("EngineeringUnits", 0),
             )
             paths.append(ua.BrowsePath(StartingNode=self._nodes[i], RelativePath=ua.RelativePath([element])))
-        found: list[tuple[int, ua.NodeId]] = []
-        for chunk in _chunks(list(zip(wanted, paths, strict=True)), self._config.max_items_per_request):
-            results = await client.uaclient.translate_browsepaths_to_nodeids([p for _, p in chunk])
-            found += [
-                (
-                    i,
-                    r.Targets[0].TargetId.to_nodeid()
-                    if hasattr(r.Targets[0].TargetId, "to_nodeid")
-                    else ua.NodeId(r.Targets[0].TargetId.Identifier, r.Targets[0].TargetId.NamespaceIndex),
-                )
-                for (i, _), r in zip(chunk, results, strict=True)
-                if r.StatusCode.is_good() and r.Targets
-            ]
+        results = await self._batched("translate", paths, client.uaclient.translate_browsepaths_to_nodeids)
+        found: list[tuple[int, ua.NodeId]] = [
+            (
+                i,
+                r.Targets[0].TargetId.to_nodeid()
+                if hasattr(r.Targets[0].TargetId, "to_nodeid")
+                else ua.NodeId(r.Targets[0].TargetId.Identifier, r.Targets[0].TargetId.NamespaceIndex),
+            )
+            for i, r in zip(wanted, results, strict=True)
+            if r.StatusCode.is_good() and r.Targets
+        ]
         values = await self._read_values(client, [n for _, n in found])
         for (i, _), dv in zip(found, values, strict=True):
             eu = dv.Value.Value if dv.Value is not None else None
@@ -347,12 +405,11 @@ class OpcUaDriver:
             if node is not None
         ]
         self._failed_items = {}
-        for chunk in _chunks(requests, cfg.max_items_per_request):
-            results = await sub.create_monitored_items(chunk)
-            for request, result in zip(chunk, results, strict=True):
-                if isinstance(result, ua.StatusCode):
-                    name = cfg.tags[request.RequestedParameters.ClientHandle].name
-                    self._failed_items[name] = status_name(result.value)
+        results = await self._batched("monitor", requests, sub.create_monitored_items)
+        for request, result in zip(requests, results, strict=True):
+            if isinstance(result, ua.StatusCode):
+                name = cfg.tags[request.RequestedParameters.ClientHandle].name
+                self._failed_items[name] = status_name(result.value)
         if self._failed_items:
             log.warning(
                 "opcua.items_refused",
@@ -430,14 +487,15 @@ class OpcUaDriver:
         return out
 
     async def _read_values(self, client: Client, nodes: Sequence[ua.NodeId]) -> list[ua.DataValue]:
-        out: list[ua.DataValue] = []
-        for chunk in _chunks(list(nodes), self._config.max_items_per_request):
+        async def read(chunk: list[ua.NodeId]) -> list[ua.DataValue]:
             params = ua.ReadParameters(
                 NodesToRead=[ua.ReadValueId(NodeId=n, AttributeId=AttributeIds.Value) for n in chunk],
                 TimestampsToReturn=ua.TimestampsToReturn.Both,
             )
-            out += await client.uaclient.read(params)
-        return out
+            values: list[ua.DataValue] = await client.uaclient.read(params)
+            return values
+
+        return await self._batched("read", list(nodes), read)
 
     async def stream(self) -> AsyncIterator[list[Reading]]:
         if self._client is None:
@@ -588,11 +646,6 @@ def _match(refs: Iterable[ua.ReferenceDescription], segment: str) -> ua.NodeId |
         if ref.BrowseName.Name == name and (ns is None or ref.BrowseName.NamespaceIndex == ns):
             return ua.NodeId(ref.NodeId.Identifier, ref.NodeId.NamespaceIndex, ref.NodeId.NodeIdType)
     return None
-
-
-def _chunks(items: list[_T], size: int) -> Iterable[list[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _require(path: Path, key: str) -> Path:

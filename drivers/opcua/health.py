@@ -3,7 +3,7 @@ document shows them under the device's `driver`, and its own status lines."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from water_edge.drivers.opcua.config import Mode
 
@@ -25,6 +25,8 @@ class OpcUaHealth:
     bad_values: int = 0  # ... that are bad (a Bad status code, or a value that cannot be a reading)
     clock_replaced: int = 0  # values stamped on arrival: the device's time was off or before 1970
     device_clock_offset_s: float | None = None  # the last such device time minus arrival
+    # items per request of the services the server limits below `max_items_per_request`
+    batch_limits: dict[str, int] = field(default_factory=dict)
 
     def status_lines(self) -> list[str]:
         lines = [
@@ -41,6 +43,9 @@ class OpcUaHealth:
             off = self.device_clock_offset_s
             clock = "before 1970" if off is None else f"off by {off:+.0f} s"
             lines.append(f"device clock {clock}: {self.clock_replaced} values stamped on arrival")
+        if self.batch_limits:
+            limits = ", ".join(f"{service} {n}" for service, n in self.batch_limits.items())
+            lines.append(f"server limits items per request: {limits}")
         if self.dropped_batches:
             lines.append(f"dropped batches {self.dropped_batches}")
         return lines

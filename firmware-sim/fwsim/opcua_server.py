@@ -23,7 +23,11 @@ Options (`ctx.options`, or the environment for `edge-sim run`): `port` / EDGE_SI
 `PumpStation/Bench/bench_00000`.. reading i/2 + (second mod 100), for benchmarks),
 `extra_namespaces` (N namespaces `urn:water-edge-agent:fwsim:other<i>` registered before the
 station's, which then gets index 2 + N: a server that numbers its namespaces differently after a
-restart or a project change, as real ones do).
+restart or a project change, as real ones do), `max_nodes_per_read` and
+`max_monitored_items_per_call` (a Read or a CreateMonitoredItems of more is answered
+BadTooManyOperations, as embedded servers that take 50-500 at once do; default 0, no limit),
+`advertise_limits` (default true: the limits are in Server/ServerCapabilities/OperationLimits;
+false: enforced but not published, as some servers do).
 """
 
 from __future__ import annotations
@@ -221,6 +225,7 @@ class OpcUaComponent:
             return result
 
         service.create_subscription = create_subscription  # type: ignore[method-assign]
+        await _limit_operations(server, opts)
         for i in range(extra_namespaces):
             await server.register_namespace(f"urn:water-edge-agent:fwsim:other{i}")
         ns = await server.register_namespace(NAMESPACE_URI)
@@ -423,6 +428,36 @@ class OpcUaComponent:
         accepted = self.pki / "accepted"
         accepted.mkdir(parents=True, exist_ok=True)
         (accepted / f"{thumb[:16]}.der").write_bytes(der)
+
+
+async def _limit_operations(server: Server, opts: dict[str, Any]) -> None:
+    """Refuse a Read of more than `max_nodes_per_read` nodes and a CreateMonitoredItems of more
+    than `max_monitored_items_per_call` items (0: no limit) as a whole, with BadTooManyOperations
+    (Part 4, 5.10.2); publish the limits unless `advertise_limits` is false."""
+    max_read = int(opts.get("max_nodes_per_read", 0))
+    max_monitored = int(opts.get("max_monitored_items_per_call", 0))
+    attributes = server.iserver.attribute_service
+    subscriptions = server.iserver.subscription_service
+    read, create = attributes.read, subscriptions.create_monitored_items
+
+    def limited_read(params: ua.ReadParameters) -> list[ua.DataValue]:
+        if max_read and len(params.NodesToRead) > max_read:
+            raise ServiceError(StatusCodes.BadTooManyOperations)
+        return read(params)
+
+    async def limited_create(params: ua.CreateMonitoredItemsParameters) -> list[ua.MonitoredItemCreateResult]:
+        if max_monitored and len(params.ItemsToCreate) > max_monitored:
+            raise ServiceError(StatusCodes.BadTooManyOperations)
+        return await create(params)
+
+    attributes.read = limited_read  # type: ignore[method-assign]
+    subscriptions.create_monitored_items = limited_create  # type: ignore[method-assign]
+    if not opts.get("advertise_limits", True):
+        return
+    # MaxNodesPerRead, MaxMonitoredItemsPerCall, where clients look for them (0 reads as "no limit")
+    for node_id, limit in (("i=11705", max_read), ("i=11714", max_monitored)):
+        node = server.get_node(ua.NodeId.from_string(node_id))
+        await node.write_value(ua.DataValue(ua.Variant(limit, ua.VariantType.UInt32)))
 
 
 async def _build_address_space(
