@@ -9,7 +9,9 @@ starts (or, where Mosquitto cannot behave so, a small raw-socket MQTT peer):
 - a second gateway with the same client id (MQTT 5 DISCONNECT 0x8E "Session taken over"):
   counted, said plainly, and backed off instead of a reconnect loop of several per second;
 - a broker that takes PUBLISHes and never answers PUBACK: the connection is dropped after
-  `ack_timeout_s` and the rows, still in the outbox, are sent again on the next one.
+  `ack_timeout_s` and the rows, still in the outbox, are sent again on the next one;
+- a broker that keeps no retained messages (Mosquitto's `retain_available false`): the data
+  flows with the status topic and the Will not retained.
 """
 
 from __future__ import annotations
@@ -269,3 +271,43 @@ async def test_the_window_stays_under_mosquittos_receive_maximum(
         window = None if session is None else session.window
     assert (health.reconnects, health.published) == (0, 300)
     assert window == 10
+
+
+async def test_a_broker_that_keeps_no_retained_messages_still_gets_the_data_over_mqtt_5(
+    outbox: AsyncOutbox, start_uplink: StartUplink
+) -> None:
+    """A broker with `retain_available false` refuses a CONNECT whose Will is retained (MQTT 5
+    CONNACK 0x9A "Retain not supported"). The agent's Will and status are retained: it was refused
+    at every attempt and sent nothing, ever. It now connects again at once with neither retained."""
+    await outbox.append(reading_batches(10))
+    broker = Mosquitto(extra_config="retain_available false\n")
+    with broker, Subscriber(broker.host, broker.port, f"{PREFIX}/#") as sub:
+        run = await start_uplink(mqtt_config(broker), outbox)
+        await eventually(lambda: run.uplink.health().acked >= 10, 15, what="every row acknowledged")
+        health = run.uplink.health()
+        status = [m for m in sub.snapshot() if m.topic == f"{PREFIX}/status"]
+    assert [m.json()["state"] for m in status] == ["online"]
+    assert (health.state, health.refused, health.retained_status) == ("online", 1, False)
+    assert "status topic not retained: the broker keeps no retained messages" in health.status_lines()
+
+
+async def test_over_mqtt_3_a_broker_that_keeps_no_retained_messages_is_named_and_retain_false_works(
+    outbox: AsyncOutbox, start_uplink: StartUplink
+) -> None:
+    """MQTT 3.1.1 has no reason code for it: the broker closes the connection at CONNECT, without a
+    CONNACK. After a few, `last_error` says what commonly does that; `retain = false` is the cure."""
+    await outbox.append(reading_batches(10))
+    broker = Mosquitto(extra_config="retain_available false\n")
+    with broker:
+        refused = await start_uplink(mqtt_config(broker, protocol="3.1.1", reconnect_max_s=0.5), outbox)
+        await eventually(
+            lambda: "keeps no retained messages" in (refused.uplink.health().last_error or ""),
+            15,
+            what="the closed CONNECTs explained",
+        )
+        assert refused.uplink.health().acked == 0
+        await refused.uplink.stop()
+        await refused.task
+        run = await start_uplink(mqtt_config(broker, protocol="3.1.1", retain=False), outbox)
+        await eventually(lambda: run.uplink.health().acked >= 10, 15, what="every row acknowledged")
+    assert "[uplink] retain = false" in (refused.uplink.health().last_error or "")

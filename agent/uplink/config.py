@@ -106,6 +106,10 @@ class MqttConfig(BaseModel):
     # theirs: AWS IoT Core 128 KiB, Azure IoT Hub 256 KiB). Over MQTT 5 the smaller of this and the
     # announced one. A message over it is never sent: the broker would drop the connection for it.
     broker_max_packet_size: ByteSize | None = Field(default=None, ge=1024, le=268_435_460)
+    # The status topic and the Last Will are retained. False for a broker that keeps no retained
+    # messages (Mosquitto's `retain_available false`) over MQTT 3.1.1, which closes the connection
+    # at a retained Will without saying why; over MQTT 5 the agent finds out itself (CONNACK 0x9A).
+    retain: bool = True
     encoding: Literal["json", "sparkplug_b"] = "json"
     compression: Literal["none", "deflate", "zstd"] = "none"  # JSON only, announced in MQTT 5
     rbe: RbeConfig | None = None

@@ -62,6 +62,7 @@ class UplinkHealth:
     ack_timeouts: int = 0  # connections dropped because the broker sent no PUBACK within ack_timeout_s
     sparkplug: SparkplugHealth | None = None  # with encoding = "sparkplug_b"
     connections: int = 0  # times a connection came online
+    retained_status: bool = True  # the status topic is retained (False: the broker keeps none)
     online_since_ns: int | None = None  # while online
     down_since_ns: int | None = None  # while not online: since the start or since the connection was lost
     # Ages at the time of this health (what status prints), from the *_ns fields above.
@@ -105,6 +106,8 @@ class UplinkHealth:
                 f"refused by the broker: {self.refused_streams} streams, {self.held_back} rows held back"
                 f" in the outbox (tried again with backoff)  rejected {self.rejected}"
             )
+        if not self.retained_status:
+            lines.append("status topic not retained: the broker keeps no retained messages")
         if self.servers > 1:
             which = f"{self.server_index + 1} of {self.servers}"
             lines.append(f"broker {which}  failovers {self.failovers}")

@@ -86,6 +86,15 @@ log = structlog.get_logger(__name__)
 # to twice the limit still reach the inbox, so their refusal is audited and answered.
 PACKET_HEADROOM: Final = 4096
 MIN_PACKET_SIZE: Final = 64 * 1024
+# MQTT 5 CONNACK reason "Retain not supported": the broker refused the retained Will.
+RETAIN_NOT_SUPPORTED: Final = 0x9A
+CLOSED_AT_CONNECT_TO_EXPLAIN: Final = 3
+
+
+def _refused(session: Session, code: int) -> bool:
+    """The broker answered CONNECT with reason `code`."""
+    connack = session.connack
+    return connack.done() and not connack.cancelled() and connack.result().value == code
 
 
 class MqttUplink(UplinkLoop[Session]):
@@ -126,6 +135,9 @@ class MqttUplink(UplinkLoop[Session]):
         encoder = encoder or JsonEncoder(self.topics, compression=config.compression, epoch=epoch)
         self._clock_synchronised = clock_synchronised
         self._password = resolve_secret(config.password)
+        self._no_retain: set[str] = set()  # servers that refused a retained Will (MQTT 5: 0x9A)
+        self._retained = config.retain  # whether this connection's status messages are retained
+        self._closed_at_connect = 0  # connections in a row the broker closed before its CONNACK
         largest = 0 if self.commands is None else 2 * self.commands.max_bytes
         self._max_packet = max(MIN_PACKET_SIZE, PACKET_HEADROOM + largest)
         props = None if config.protocol != "5" else PublishProperties(encoder.content_type, encoder.utf8)
@@ -147,7 +159,9 @@ class MqttUplink(UplinkLoop[Session]):
     def health(self) -> UplinkHealth:
         """State and counters for the status socket and the CLI."""
         refusals = self._drain.refusals
-        return self._health(refused_streams=len(refusals.parked), held_back=refusals.waiting)
+        return self._health(
+            refused_streams=len(refusals.parked), held_back=refusals.waiting, retained_status=self._retained
+        )
 
     def _inflight(self) -> int:
         return len(self._session.inflight) if self._session else 0
@@ -169,20 +183,33 @@ class MqttUplink(UplinkLoop[Session]):
             inbox=self.commands,
             broker_max_packet=cfg.broker_max_packet_size,
         )
+        retain = cfg.retain and server.uri not in self._no_retain
         options = ConnectOptions.from_config(
             cfg,
             server,
             self._client_id,
-            presence.last_will(self.topics),
+            presence.last_will(self.topics, retain=retain),
             password=self._password,
             max_packet_size=self._max_packet,
         )
         if not await self._open(transport, options, session, self._tls_reason):
+            if retain and _refused(session, RETAIN_NOT_SUPPORTED):
+                self._no_retain.add(server.uri)
+                log.warning(
+                    "uplink.retain_not_supported",
+                    server=server.uri,
+                    hint="the broker keeps no retained messages: the status topic is sent without "
+                    "retain, seen only by subscribers connected when it is sent",
+                )
+                return await self._connect(server)
+            self._explain_closed_at_connect(session, retain)
             return None
+        self._retained = retain
+        self._closed_at_connect = 0
 
         if self.commands is not None:
             transport.subscribe(self.topics.commands, qos=1)
-        ack = session.publish_status(self.topics.status, presence.online(self.topics))
+        ack = session.publish_status(self.topics.status, presence.online(self.topics), retain=retain)
         status = await session.wait(ack, cfg.connect_timeout_s, self._stop_requested)
         if status is None or status.is_failure:
             self._fail(ConnState.OFFLINE, f"online status not acknowledged: {status or session.close_reason}")
@@ -197,6 +224,26 @@ class MqttUplink(UplinkLoop[Session]):
             after_s=round(time.monotonic() - started, 3),
         )
         return session
+
+    def _explain_closed_at_connect(self, session: Session, retain: bool) -> None:
+        """MQTT 3.1.1 brokers close the connection without a word at a CONNECT they will not take:
+        after a few in a row, say what commonly causes it."""
+        if session.connack.done() or not session.closed.is_set():
+            self._closed_at_connect = 0
+            return
+        self._closed_at_connect += 1
+        if self._closed_at_connect >= CLOSED_AT_CONNECT_TO_EXPLAIN and self._cfg.protocol == "3.1.1":
+            cause = (
+                "a broker that keeps no retained messages does that at the agent's retained Last Will "
+                "([uplink] retain = false); "
+                if retain
+                else ""
+            )
+            self._state.error(
+                f"{session.close_reason or 'connection closed'}: the broker closed the connection at "
+                f"CONNECT {self._closed_at_connect} times in a row without a CONNACK; {cause}the "
+                "broker's log says why"
+            )
 
     async def _after_connect(self, session: Session) -> bool:
         await self._serve(session)
@@ -218,7 +265,7 @@ class MqttUplink(UplinkLoop[Session]):
         self._state.to(ConnState.STOPPING)
         if session.inflight:
             log.warning("uplink.stop_with_inflight", unacked=len(session.inflight))
-        ack = session.publish_status(self.topics.status, presence.stopped(self.topics))
+        ack = session.publish_status(self.topics.status, presence.stopped(self.topics), retain=self._retained)
         closed = asyncio.ensure_future(session.closed.wait())
         waiting: set[asyncio.Future[Any]] = {ack, closed}
         try:

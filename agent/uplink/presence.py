@@ -39,6 +39,7 @@ def stopped(topics: Topics) -> bytes:
     return status_payload(topics, "offline", "stopped")
 
 
-def last_will(topics: Topics) -> Will:
-    """Retained at QoS 1, like the status messages it replaces."""
-    return Will(topics.status, status_payload(topics, "offline", "lost"), qos=1, retain=True)
+def last_will(topics: Topics, *, retain: bool = True) -> Will:
+    """At QoS 1, retained (where the broker keeps retained messages) like the status messages it
+    replaces."""
+    return Will(topics.status, status_payload(topics, "offline", "lost"), qos=1, retain=retain)

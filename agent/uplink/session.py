@@ -73,11 +73,12 @@ class Session:
         self._topics[mid] = topic
         return True
 
-    def publish_status(self, topic: str, payload: bytes) -> asyncio.Future[Reason]:
-        """Publish a retained status message; the future gets its PUBACK reason (never, if closed)."""
+    def publish_status(self, topic: str, payload: bytes, *, retain: bool = True) -> asyncio.Future[Reason]:
+        """Publish a status message (retained unless the broker keeps none); the future gets its
+        PUBACK reason (never, if closed)."""
         ack: asyncio.Future[Reason] = asyncio.get_running_loop().create_future()
         try:
-            self._status_acks[self.transport.publish(topic, payload, 1, True)] = ack
+            self._status_acks[self.transport.publish(topic, payload, 1, retain)] = ack
         except PublishError as exc:
             self.on_closed(str(exc))
         return ack
