@@ -285,7 +285,8 @@ async def test_a_broker_that_keeps_no_retained_messages_still_gets_the_data_over
         run = await start_uplink(mqtt_config(broker), outbox)
         await eventually(lambda: run.uplink.health().acked >= 10, 15, what="every row acknowledged")
         health = run.uplink.health()
-        status = [m for m in sub.snapshot() if m.topic == f"{PREFIX}/status"]
+        # the subscriber's copy may come after the PUBACKs the uplink waited for
+        status = await sub.wait_for_async(1, 10, topic=f"{PREFIX}/status")
     assert [m.json()["state"] for m in status] == ["online"]
     assert (health.state, health.refused, health.retained_status) == ("online", 1, False)
     assert "status topic not retained: the broker keeps no retained messages" in health.status_lines()
