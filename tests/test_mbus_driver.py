@@ -310,14 +310,18 @@ class ScriptedMaster:
     def close(self) -> None:
         self._open = False
 
-    def read_telegrams(self, address: int, *, max_telegrams: int = 8) -> list[Telegram]:
+    def read_telegrams(
+        self, address: int, *, max_telegrams: int = 8, key: bytes | None = None
+    ) -> list[Telegram]:
         self.stats.requests += 1
         answer = self.answers[address]
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    def read_secondary(self, secondary: str, *, max_telegrams: int = 8) -> list[Telegram]:
+    def read_secondary(
+        self, secondary: str, *, max_telegrams: int = 8, key: bytes | None = None
+    ) -> list[Telegram]:
         raise MbusTimeoutError(f"no meter {secondary}")
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from water_edge.core.names import NAME_PATTERN
 from water_edge.core.patterns import explained
+from water_edge.core.secrets import SecretRef
 from water_edge.drivers.base import DeviceConfig
 
 QUANTITY_PATTERN: Final = explained(r"^[a-z_]+$", "a quantity in lower case, such as volume or volume_flow")
@@ -18,6 +19,19 @@ SECONDARY_PATTERN: Final = explained(
 )
 
 Function = Literal["instantaneous", "maximum", "minimum", "error"]
+
+
+def _key_form(value: str | SecretRef | None) -> str | SecretRef | None:
+    if isinstance(value, str):
+        digits = "".join(ch for ch in value if not ch.isspace() and ch not in ":-")
+        if len(digits) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in digits):
+            raise ValueError("a meter key is 32 hex digits (AES-128), or { file = ... } / { env = ... }")
+    return value
+
+
+# A meter's AES-128 key: 32 hex digits, or better a secret reference ({ file = ... } / { env = ... }),
+# read when the driver opens (`keys.load_key`).
+MeterKey = Annotated[str | SecretRef | None, AfterValidator(_key_form)]
 
 
 class RecordSelector(BaseModel):
@@ -43,6 +57,8 @@ class MbusMeter(BaseModel):
     secondary: str | None = Field(default=None, pattern=SECONDARY_PATTERN)
     records: Literal["all"] | list[RecordSelector] = "all"
     max_telegrams: int = Field(default=8, ge=1, le=64)
+    # For a meter that encrypts its data (OMS security mode 5 or 7).
+    key: MeterKey = None
 
     @model_validator(mode="after")
     def _one_address(self) -> Self:

@@ -23,9 +23,12 @@ from water_edge.core.reading import BAD, GOOD, UNCERTAIN, Quality, Reading, now_
 from water_edge.drivers import serial_bus
 from water_edge.drivers.base import DeviceConfig, TagInfo
 from water_edge.drivers.mbus.config import MbusConfig, MbusMeter, RecordSelector
+from water_edge.drivers.mbus.crypto import MbusKeyError
 from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError
 from water_edge.drivers.mbus.health import MbusHealth
+from water_edge.drivers.mbus.keys import load_key
 from water_edge.drivers.mbus.link import LinkStats, MbusMaster, MbusTimeoutError, MbusWrongMeterError
+from water_edge.drivers.mbus.security import MbusEncryptedError, MbusMacError
 from water_edge.drivers.mbus.telegram import Header, Record, Telegram
 
 log = structlog.get_logger(__name__)
@@ -132,9 +135,13 @@ class MbusLink(Protocol):
 
     def close(self) -> None: ...
 
-    def read_telegrams(self, address: int, *, max_telegrams: int = 8) -> list[Telegram]: ...
+    def read_telegrams(
+        self, address: int, *, max_telegrams: int = 8, key: bytes | None = None
+    ) -> list[Telegram]: ...
 
-    def read_secondary(self, secondary: str, *, max_telegrams: int = 8) -> list[Telegram]: ...
+    def read_secondary(
+        self, secondary: str, *, max_telegrams: int = 8, key: bytes | None = None
+    ) -> list[Telegram]: ...
 
 
 MasterFactory = Callable[[MbusConfig], MbusLink]
@@ -161,7 +168,14 @@ class MbusDriver:
         # The master leaves one character of line idle between transactions.
         self._gap_s = 11 / config.baudrate
         self._known: dict[str, dict[str, str]] = {m.name: {} for m in config.meters}
-        self._stats = {"polls": 0, "meter_reads": 0, "meter_failures": 0, "decode_errors": 0}
+        self._stats = {
+            "polls": 0, "meter_reads": 0, "meter_failures": 0, "decode_errors": 0,
+            "no_key": 0, "wrong_key": 0, "bad_mac": 0,
+        }  # fmt: skip
+        # Each meter's key (read at open) and why a configured one cannot be used.
+        self._keys: dict[str, tuple[bytes | None, str | None]] = {}
+        self._key_fails: set[str] = set()  # meters whose latest telegram their key did not decrypt
+        self._no_key: set[str] = set()  # meters whose latest telegram was encrypted, no usable key
 
     @classmethod
     def from_config(cls, config: Any) -> Self:
@@ -179,9 +193,16 @@ class MbusDriver:
                 out.extend(TagInfo(f"{m.name}.{selector_tag(s)}") for s in m.records)
         return out
 
+    def _load_keys(self) -> None:
+        self._keys = {m.name: load_key(m.key) for m in self._config.meters}
+        for meter, (_, problem) in self._keys.items():
+            if problem is not None:
+                log.warning("mbus.key_unavailable", driver=self.name, meter=meter, reason=problem)
+
     async def open(self) -> None:
         if self._port is not None:
             return
+        self._load_keys()
         settings = ("mbus", self._config.baudrate, "8E1", self._config.local_echo)
         try:
             port = serial_bus.attach(self._config.port, settings)
@@ -233,6 +254,8 @@ class MbusDriver:
                 telegrams, error = [], f"wrong meter: {exc}"
             except MbusFrameError as exc:
                 telegrams, error = [], f"bad frame: {exc}"
+            except (MbusEncryptedError, MbusKeyError, MbusMacError) as exc:
+                telegrams, error = [], self._undecrypted(meter, exc)
             except MbusDecodeError as exc:
                 self._stats["decode_errors"] += 1
                 telegrams, error = [], f"undecodable telegram: {exc}"
@@ -242,6 +265,8 @@ class MbusDriver:
             log.info("mbus.meter_failed", driver=self.name, meter=meter.name, reason=error)
             return [Reading(self.name, t.name, ts, None, BAD, t.unit, error) for t in self._meter_tags(meter)]
         self._stats["meter_reads"] += 1
+        self._key_fails.discard(meter.name)
+        self._no_key.discard(meter.name)
         selectors = None if meter.records == "all" else meter.records
         readings = telegram_readings(self.name, meter.name, telegrams, ts, selectors)
         if selectors is None:
@@ -250,17 +275,34 @@ class MbusDriver:
                 known.setdefault(r.tag, r.unit)
         return readings
 
+    def _undecrypted(self, meter: MbusMeter, exc: MbusDecodeError) -> str:
+        """Count a telegram that could not be decrypted; the reason its meter's readings carry
+        (never the key: a problem with it names its reference)."""
+        if isinstance(exc, MbusEncryptedError):
+            self._stats["no_key"] += 1
+            self._no_key.add(meter.name)
+            problem = self._keys.get(meter.name, (None, None))[1]
+            return problem or "encrypted telegram and no key configured for this meter"
+        if isinstance(exc, MbusKeyError):
+            self._stats["wrong_key"] += 1
+            self._key_fails.add(meter.name)
+            return "the configured key does not decrypt this meter"
+        self._stats["bad_mac"] += 1
+        log.warning("mbus.telegram_refused", driver=self.name, meter=meter.name, why=str(exc))
+        return f"telegram refused: {exc}"
+
     def _meter_tags(self, meter: MbusMeter) -> list[TagInfo]:
         prefix = f"{meter.name}."
         return [t for t in self.tags() if t.name.startswith(prefix)]
 
     def _fetch(self, meter: MbusMeter) -> list[Telegram]:
         """Blocking: runs in a worker thread inside the port's transaction."""
+        key = self._keys.get(meter.name, (None, None))[0]
         if meter.secondary is not None:
-            return self._master.read_secondary(meter.secondary, max_telegrams=meter.max_telegrams)
+            return self._master.read_secondary(meter.secondary, max_telegrams=meter.max_telegrams, key=key)
         if meter.address is None:  # the config validator rules this out
             raise DeviceError(f"{self.name}: meter {meter.name!r} has no address")
-        return self._master.read_telegrams(meter.address, max_telegrams=meter.max_telegrams)
+        return self._master.read_telegrams(meter.address, max_telegrams=meter.max_telegrams, key=key)
 
     def health(self) -> MbusHealth:
         link, s = self._master.stats, self._stats
@@ -271,6 +313,11 @@ class MbusDriver:
             meter_reads=s["meter_reads"],
             meter_failures=s["meter_failures"],
             decode_errors=s["decode_errors"],
+            no_key=s["no_key"],
+            wrong_key=s["wrong_key"],
+            bad_mac=s["bad_mac"],
+            meters_without_key=sorted(self._no_key),
+            meters_wrong_key=sorted(self._key_fails),
             requests=link.requests,
             retries=link.retries,
             timeouts=link.timeouts,

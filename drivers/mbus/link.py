@@ -28,7 +28,8 @@ import structlog
 
 from water_edge.core.errors import DeviceError, DriverIOError
 from water_edge.drivers.mbus import frame as fr
-from water_edge.drivers.mbus.telegram import Header, Telegram, decode_frame, manufacturer_value
+from water_edge.drivers.mbus.security import SecurityContext
+from water_edge.drivers.mbus.telegram import Header, Telegram, decode_frame, frame_header, manufacturer_value
 
 log = structlog.get_logger(__name__)
 
@@ -130,7 +131,11 @@ def secondary_text_of_mask(mask: bytes) -> str:
 
 def secondary_text(t: Telegram) -> str:
     """The 16-character secondary address of a telegram's meter (ID + man LE + version + medium)."""
-    h = t.header
+    return secondary_text_of(t.header)
+
+
+def secondary_text_of(h: Header | None) -> str:
+    """The 16-character secondary address a telegram header names ("" without a long header)."""
     if h is None or h.id is None or h.manufacturer is None:
         return ""
     man = manufacturer_value(h.manufacturer) if h.manufacturer.isalpha() else 0
@@ -336,22 +341,30 @@ class MbusMaster:
         self._retrying(fr.select_secondary(mask), f"select {mask.hex().upper()}")
 
     def read_telegrams(
-        self, address: int, *, max_telegrams: int = 8, reset: bool = True, identity: bytes | None = None
+        self,
+        address: int,
+        *,
+        max_telegrams: int = 8,
+        reset: bool = True,
+        identity: bytes | None = None,
+        key: bytes | None = None,
     ) -> list[Telegram]:
         """REQ_UD2 until a telegram no longer says "more records follow" (DIF 1F), toggling FCB.
 
         `reset`: send SND_NKE first so the sequence starts at the first telegram (not for a meter
         selected by secondary address: SND_NKE to 0xFD would deselect it; selection resets it).
         `identity`: the selection mask every telegram's header must match, else
-        `MbusWrongMeterError` (counted) and no further requests.
+        `MbusWrongMeterError` (counted) and no further requests. `key`: the meter's, for telegrams
+        it encrypts (OMS modes 5 and 7); without it such a telegram raises `MbusEncryptedError`.
         """
+        security = None if key is None else SecurityContext(key=key)
         if reset:
             self.snd_nke(address)
         telegrams: list[Telegram] = []
         fcb = True  # the first REQ_UD2 after SND_NKE / selection carries FCB = 1
         for _ in range(max_telegrams):
             answer = self._retrying(fr.req_ud2(address, fcb), f"REQ_UD2 to {address}", address)
-            telegram = decode_frame(answer)
+            telegram = decode_frame(answer, security)
             if identity is not None and (why := identity_mismatch(identity, telegram.header)) is not None:
                 self.stats.wrong_meter += 1
                 raise MbusWrongMeterError(why)
@@ -361,12 +374,16 @@ class MbusMaster:
             fcb = not fcb
         return telegrams
 
-    def read_secondary(self, secondary: str, *, max_telegrams: int = 8) -> list[Telegram]:
+    def read_secondary(
+        self, secondary: str, *, max_telegrams: int = 8, key: bytes | None = None
+    ) -> list[Telegram]:
         """Select the meter and read it; every telegram must carry the selected identification
         (a meter that ignores selection answers in its place otherwise)."""
         mask = secondary_mask(secondary)
         self.select(mask)
-        return self.read_telegrams(fr.NETWORK_LAYER, max_telegrams=max_telegrams, reset=False, identity=mask)
+        return self.read_telegrams(
+            fr.NETWORK_LAYER, max_telegrams=max_telegrams, reset=False, identity=mask, key=key
+        )
 
     # --- scans --------------------------------------------------------------------------------
     def scan_primary(self, addresses: range = range(fr.MAX_PRIMARY + 1)) -> list[int]:
@@ -399,11 +416,12 @@ class MbusMaster:
             raw = self.exchange(fr.req_ud2(fr.NETWORK_LAYER, True))
             if raw is None:
                 return "collision", ""
-            telegram = decode_frame(raw)
+            # The header says whose it is; the data may be encrypted (a meter found needs no key).
+            header = frame_header(raw)
         except fr.MbusDecodeError:
             self.stats.collisions += 1
             return "collision", ""
-        return "single", secondary_text(telegram)
+        return "single", secondary_text_of(header)
 
     def scan_secondary(self) -> list[str]:
         """Wildcard search tree over the 8 ID digits (most significant first), descending on collision."""

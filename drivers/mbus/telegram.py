@@ -151,6 +151,32 @@ def manufacturer_value(code: str) -> int:
     return ((ord(code[0]) - 64) << 10) | ((ord(code[1]) - 64) << 5) | (ord(code[2]) - 64)
 
 
+def _long_header(ci: int, data: bytes) -> tuple[bytes, Header]:
+    """The 12 bytes of a long header (in the usual LSB-first order) and what they say."""
+    if len(data) < LONG_HEADER:
+        raise MbusDecodeError(f"truncated header: {len(data)} of {LONG_HEADER} bytes after CI 0x{ci:02X}")
+    head = _lsb_first_long(data[:LONG_HEADER]) if ci == CI_LONG_HEADER_MODE2 else data[:LONG_HEADER]
+    header = Header(
+        bcd_digits(head[0:4]),
+        manufacturer_code(head[4] | head[5] << 8),
+        head[6],
+        head[7],
+        head[8],
+        head[9],
+        head[10] | head[11] << 8,
+    )
+    return head, header
+
+
+def frame_header(raw: bytes) -> Header | None:
+    """The long header of a whole RSP_UD frame, without decoding (or decrypting) its records; None
+    when it has none (a short or no header, the fixed structure)."""
+    frame = parse_frame(raw)
+    if frame.kind != "long" or frame.ci not in (CI_LONG_HEADER, CI_LONG_HEADER_MODE2):
+        return None
+    return _long_header(frame.ci, frame.data)[1]
+
+
 def decode_user_data(
     ci: int,
     data: bytes,
@@ -169,18 +195,7 @@ def decode_user_data(
         return Telegram(address, control, ci, header, recs)
     msb_first = ci == CI_LONG_HEADER_MODE2
     if ci in (CI_LONG_HEADER, CI_LONG_HEADER_MODE2):
-        if len(data) < LONG_HEADER:
-            raise MbusDecodeError(f"truncated header: {len(data)} of {LONG_HEADER} bytes after CI 0x{ci:02X}")
-        head = _lsb_first_long(data[:LONG_HEADER]) if msb_first else data[:LONG_HEADER]
-        header = Header(
-            bcd_digits(head[0:4]),
-            manufacturer_code(head[4] | head[5] << 8),
-            head[6],
-            head[7],
-            head[8],
-            head[9],
-            head[10] | head[11] << 8,
-        )
+        head, header = _long_header(ci, data)
         iv_address: bytes | None = head[4:6] + head[0:4] + head[6:8]
         body = data[LONG_HEADER:]
     elif ci == CI_SHORT_HEADER:

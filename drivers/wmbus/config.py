@@ -9,9 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from water_edge.core.names import NAME_PATTERN
 from water_edge.core.patterns import explained
-from water_edge.core.secrets import SecretRef
 from water_edge.drivers.base import DeviceConfig
-from water_edge.drivers.mbus.config import RecordSelector
+from water_edge.drivers.mbus.config import MeterKey, RecordSelector
 
 ReceiverKind = Literal["im871a", "amb8465", "rtlwmbus"]
 LinkMode = Literal["T1", "C1", "S1"]
@@ -40,20 +39,11 @@ class WmbusMeter(BaseModel):
         default=None, pattern=explained(r"^[A-Z]{3}$", "a manufacturer code of 3 capital letters (e.g. KAM)")
     )
     # AES-128 key, 32 hex digits, or a secret reference ({ file = ... } / { env = ... }).
-    key: str | SecretRef | None = None
+    key: MeterKey = None
     records: Literal["all"] | list[RecordSelector] = "all"
     alarm_bits: list[AlarmBit] = Field(default_factory=list, max_length=64)
     # A meter not heard for this long gets a bad `<meter>.status` reading ("not heard for ...").
     silent_after_s: float = Field(default=3600.0, gt=0, le=7 * 86400)
-
-    @field_validator("key")
-    @classmethod
-    def _key_form(cls, value: str | SecretRef | None) -> str | SecretRef | None:
-        if isinstance(value, str):
-            digits = "".join(ch for ch in value if not ch.isspace() and ch not in ":-")
-            if len(digits) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in digits):
-                raise ValueError("a meter key is 32 hex digits (AES-128), or { file = ... } / { env = ... }")
-        return value
 
 
 MAX_RECEIVERS = 8

@@ -34,13 +34,12 @@ from typing import Any, ClassVar, Final, Self
 
 import structlog
 
-from water_edge.core.errors import AgentError
 from water_edge.core.reading import BAD, GOOD, Reading, now_ns
-from water_edge.core.secrets import resolve_secret
 from water_edge.drivers.base import DeviceConfig, TagInfo
-from water_edge.drivers.mbus.crypto import MbusKeyError, parse_key
+from water_edge.drivers.mbus.crypto import MbusKeyError
 from water_edge.drivers.mbus.driver import selector_tag, telegram_readings
 from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError
+from water_edge.drivers.mbus.keys import load_key
 from water_edge.drivers.mbus.security import MbusEncryptedError, MbusMacError
 from water_edge.drivers.wmbus import receivers
 from water_edge.drivers.wmbus.alarms import alarm_flags
@@ -150,15 +149,8 @@ class WmbusDriver:
 
     def _load_keys(self) -> None:
         for state in self._meters.values():
-            state.key, state.key_problem = None, None
-            if state.meter.key is None:
-                continue
-            try:
-                text = resolve_secret(state.meter.key)
-                state.key = None if text is None else parse_key(text)
-            except (AgentError, MbusKeyError) as exc:
-                # The reason names the reference, never the key.
-                state.key_problem = str(exc).splitlines()[0]
+            state.key, state.key_problem = load_key(state.meter.key)
+            if state.key_problem is not None:
                 log.warning(
                     "wmbus.key_unavailable",
                     driver=self.name,

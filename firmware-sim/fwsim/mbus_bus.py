@@ -353,8 +353,9 @@ class MbusBus:
 
 
 class MbusComponent:
-    """`edge-sim run` part: options `meters` (count, default 4), `baudrate` (default 2400) and `echo`
-    (default false: true echoes the master's requests back to it)."""
+    """`edge-sim run` part: options `meters` (count, default 4), `baudrate` (default 2400), `echo`
+    (default false: true echoes the master's requests back to it) and `keys` (primary address ->
+    32 hex digits: that meter encrypts its telegrams with OMS mode 5 under the key)."""
 
     name = "mbus"
 
@@ -371,9 +372,15 @@ class MbusComponent:
             candidate = rng.randrange(10_000_000, 100_000_000)
             if candidate not in ids:
                 ids.append(candidate)
+        meters = default_meters(count, ids)
+        by_address = {m.address: m for m in meters}
+        for address, key in dict(ctx.options.get("keys", {})).items():
+            if int(address) not in by_address:
+                raise ValueError(f"mbus: keys: no meter at primary address {address} (1..{count})")
+            by_address[int(address)].key = bytes.fromhex(str(key))
         self.bus = MbusBus(
             ctx,
-            default_meters(count, ids),
+            meters,
             int(ctx.options.get("baudrate", 2400)),
             echo=bool(ctx.options.get("echo", False)),
         )

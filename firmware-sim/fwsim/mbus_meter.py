@@ -1,6 +1,9 @@
 """A simulated M-Bus water meter: identity, registers fed by the pump station, and the EN 13757-3
 RSP_UD telegrams it answers with (volume, flow, temperature, date-time, due-date storage values,
 error flags, a manufacturer-specific trailer; optionally a second telegram with monthly values).
+A meter given a `key` encrypts everything after its long header with OMS security mode 5
+(AES-128-CBC, IV = manufacturer + address + access number x 8, 2F 2F check bytes, 2F fillers), as
+OMS wired meters do.
 
 Encoding is written here independently of the agent's decoder so the two check each other.
 """
@@ -10,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Final
+
+from water_edge.sim.wmbus_encode import cbc_encrypt, pad_blocks
 
 CI_LONG_HEADER: Final = 0x72
 WATER: Final = 0x07
@@ -63,6 +68,7 @@ class MeterSpec:
     share: float = 0.25  # of the station's outflow that passes this meter
     initial_m3: float = 100.0
     multi_telegram: bool = False
+    key: bytes | None = None  # AES-128: the telegrams' data encrypted with OMS mode 5
 
 
 @dataclass
@@ -161,4 +167,11 @@ class WaterMeter:
                 dif = 0x8C | ((storage & 0x01) << 6)
                 records += bytes((dif, (storage >> 1) & 0x0F, 0x13)) + bcd(self.monthly_litres(storage), 4)
         trailer = (b"\x0f" if last else b"\x1f") + b"SIM" + bytes((self.spec.address,))
-        return bytes((CI_LONG_HEADER,)) + header + records + trailer
+        if self.spec.key is None:
+            return bytes((CI_LONG_HEADER,)) + header + records + trailer
+        plain = pad_blocks(b"\x2f\x2f" + records + trailer)
+        config = (5 << 8) | ((len(plain) // 16) << 4)  # mode 5, the number of encrypted blocks
+        sec = self.secondary()
+        iv = sec[4:6] + sec[0:4] + sec[6:8] + bytes((self.state.access_number,)) * 8
+        header = header[:10] + config.to_bytes(2, "little")
+        return bytes((CI_LONG_HEADER,)) + header + cbc_encrypt(self.spec.key, iv, plain)
