@@ -210,11 +210,18 @@ async def test_unreachable_server_is_a_clear_driver_io_error(tmp_path: Path) -> 
         await drv.open()
 
 
-def _secure(url: str, cert: Path, key: Path, mode: str = "SignAndEncrypt", **extra: Any) -> OpcUaDriver:
+def _secure(
+    url: str,
+    cert: Path,
+    key: Path,
+    mode: str = "SignAndEncrypt",
+    policy: str = "Basic256Sha256",
+    **extra: Any,
+) -> OpcUaDriver:
     return driver(
         url,
         [{"name": "name", "node": "ns=2;s=station.name"}],
-        security_policy="Basic256Sha256",
+        security_policy=policy,
         security_mode=mode,
         certificate=str(cert),
         private_key=str(key),
@@ -267,6 +274,30 @@ async def _check_secure(
     missing = _secure(sim.url, tmp_path / "nope.der", good_key)
     with pytest.raises(DriverIOError, match="certificate file not found"):
         await missing.open()
+
+
+@pytest.mark.parametrize("policy", ["Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"])
+async def test_the_current_security_policies_read_and_subscribe(
+    sim: Sim, tmp_path: Path, policy: str
+) -> None:
+    """The policies the OPC Foundation now recommends in place of Basic256Sha256; servers whose
+    security settings offer only them could not be reached before."""
+    cert, key = tmp_path / "gw.der", tmp_path / "gw.pem"
+    make_client_certificate(cert, key)
+    drv = _secure(sim.url, cert, key, policy=policy)
+    await drv.open()
+    try:
+        assert [r.value for r in await drv.read()] == ["PS-NORTH"]
+        pushed = await collect(drv, bool)
+        assert [r.value for r in pushed] == ["PS-NORTH"]
+    finally:
+        await drv.aclose()
+
+
+async def test_the_deprecated_sha1_policies_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="Basic256 is deprecated by the OPC Foundation"):
+        driver("opc.tcp://127.0.0.1:4840", [{"name": "n", "node": "i=85"}], security_policy="Basic256",
+               security_mode="SignAndEncrypt", certificate="c.der", private_key="k.pem")  # fmt: skip
 
 
 async def test_server_restart_driver_reconnects_and_resubscribes(sim: Sim) -> None:

@@ -20,7 +20,10 @@ from water_edge.core.patterns import explained
 from water_edge.core.secrets import Secret
 from water_edge.drivers.base import DeviceConfig
 
-SecurityPolicy = Literal["None", "Basic256Sha256"]
+# OPC UA's names (the part after "#" of the policy URI). Basic256 and Basic128Rsa15 use SHA-1 and
+# are deprecated by the OPC Foundation: refused (`_policy`).
+SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
+DEPRECATED_POLICIES: Final = ("Basic256", "Basic128Rsa15")
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
 Mode = Literal["subscribe", "poll"]
 DeadbandType = Literal["absolute", "percent"]
@@ -88,6 +91,16 @@ class OpcUaConfig(DeviceConfig):
     password: Secret | None = None
     mode: Mode = "subscribe"
 
+    @field_validator("security_policy", mode="before")
+    @classmethod
+    def _policy(cls, value: object) -> object:
+        if value in DEPRECATED_POLICIES:
+            raise ValueError(
+                f"{value} is deprecated by the OPC Foundation (SHA-1) and not supported: offer "
+                "Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss on the server"
+            )
+        return value
+
     @field_validator("endpoint")
     @classmethod
     def _port_in_range(cls, endpoint: str) -> str:
@@ -139,7 +152,8 @@ class OpcUaConfig(DeviceConfig):
         if secure != (self.security_mode != "None"):
             raise ValueError(
                 'security_policy and security_mode go together: policy "None" with mode "None", '
-                'or policy "Basic256Sha256" with mode "Sign" or "SignAndEncrypt"'
+                'or another policy ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss") '
+                'with mode "Sign" or "SignAndEncrypt"'
             )
         if secure and (self.certificate is None or self.private_key is None):
             raise ValueError(

@@ -84,6 +84,12 @@ OPERATION_LIMITS: Final = {
     "translate": ua.NodeId.from_string("i=11712"),  # MaxNodesPerTranslateBrowsePathsToNodeIds
 }
 
+POLICIES: Final[dict[str, type[security_policies.SecurityPolicy]]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+
 # Builds the (not yet connected) client for a device; the driver configures and connects it.
 ClientFactory = Callable[[OpcUaConfig], Client]
 
@@ -241,7 +247,7 @@ class OpcUaDriver:
         if cfg.security_mode == "Sign":
             mode = ua.MessageSecurityMode.Sign
         await client.set_security(
-            security_policies.SecurityPolicyBasic256Sha256,
+            POLICIES[cfg.security_policy],
             str(cfg.certificate),
             str(cfg.private_key),
             server_certificate=server_cert,

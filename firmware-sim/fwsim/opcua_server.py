@@ -12,7 +12,8 @@ integers as Double). Each variable carries an `EngineeringUnits` property (EUInf
 UNECE codes) when the point has a unit. Values are refreshed from the live model every
 `UPDATE_S`; only changed values are written, so subscribers get one notification per change.
 
-Security: None and Basic256Sha256 Sign / SignAndEncrypt with a server certificate made at first
+Security: None, and Basic256Sha256, Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss, each Sign or
+SignAndEncrypt, with a server certificate made at first
 start in `<workdir>/opcua/pki/own/` (kept across restarts, so a client may pin it). Client
 certificates: when `<workdir>/opcua/pki/trusted/` exists only the certificates in it are
 accepted (others are refused with BadCertificateUntrusted and copied to `pki/rejected/`);
@@ -212,6 +213,10 @@ class OpcUaComponent:
             ua.SecurityPolicyType.NoSecurity,
             ua.SecurityPolicyType.Basic256Sha256_Sign,
             ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+            ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+            ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+            ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+            ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
         ])  # fmt: skip
         server.set_certificate_validator(self._validate_client)
         service = server.iserver.subscription_service
