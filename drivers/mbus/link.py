@@ -28,7 +28,7 @@ import structlog
 
 from water_edge.core.errors import DeviceError, DriverIOError
 from water_edge.drivers.mbus import frame as fr
-from water_edge.drivers.mbus.security import SecurityContext
+from water_edge.drivers.mbus.security import ConfigField, SecurityContext
 from water_edge.drivers.mbus.telegram import Header, Telegram, decode_frame, frame_header, manufacturer_value
 
 log = structlog.get_logger(__name__)
@@ -423,6 +423,20 @@ class MbusMaster:
             return "collision", ""
         return "single", secondary_text_of(header)
 
+    def identify(self, secondary: str) -> MeterFound:
+        """Select the meter by its full secondary address and read its first telegram
+        (`MbusTimeoutError` if it does not answer). Needs no key: the header that names it is never
+        encrypted."""
+        self.select(secondary_mask(secondary))
+        return _found(
+            self._retrying(fr.req_ud2(fr.NETWORK_LAYER, True), f"REQ_UD2 to {secondary}", fr.NETWORK_LAYER)
+        )
+
+    def identify_primary(self, address: int) -> MeterFound:
+        """The same for a meter at a primary address (an old meter without secondary addressing)."""
+        self.snd_nke(address)
+        return _found(self._retrying(fr.req_ud2(address, True), f"REQ_UD2 to {address}", address))
+
     def scan_secondary(self) -> list[str]:
         """Wildcard search tree over the 8 ID digits (most significant first), descending on collision."""
         found: list[str] = []
@@ -442,6 +456,42 @@ class MbusMaster:
             return
         for child in _children(digits, pos):
             self._scan(child, pos + 1, found)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterFound:
+    """A meter a scan found, from its first telegram: who it is, and its volume where it says."""
+
+    secondary: str  # 16 hex characters, as `secondary_mask` takes them ("": no long header)
+    primary: int  # the primary address it answers from (0: none set, as meters leave the factory)
+    header: Header | None
+    security_mode: int  # 0: plain; 5, 7...: its data is encrypted (the volume needs its key)
+    volume_m3: float | None
+
+
+def _found(raw: bytes) -> MeterFound:
+    header = frame_header(raw)
+    config = ConfigField(header.signature if header is not None else 0)
+    mode = config.mode if config.defined else 0
+    volume = None if mode else _volume_m3(raw)
+    return MeterFound(secondary_text_of(header), fr.parse_frame(raw).address, header, mode, volume)
+
+
+def _volume_m3(raw: bytes) -> float | None:
+    """The meter's current total volume in m3, if its (plain) telegram carries one."""
+    try:
+        telegram = decode_frame(raw)
+    except fr.MbusDecodeError:
+        return None
+    for record in telegram.records:
+        if (record.quantity, record.function, record.storage, record.unit) == (
+            "volume",
+            "instantaneous",
+            0,
+            "m3",
+        ) and isinstance(record.value, int | float):
+            return float(record.value)
+    return None
 
 
 def _stray(frame: fr.Frame, address: int | None) -> str | None:

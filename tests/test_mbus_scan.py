@@ -1,0 +1,97 @@
+"""`edge-agent scan mbus`: commissioning a wired M-Bus segment, against firmware-sim's meters on a
+pseudo-terminal (two of them encrypting under a key the scan does not have)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tomllib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from water_edge.drivers.mbus.config import MbusConfig
+from water_edge.sim.component import SimContext
+from water_edge.sim.mbus_bus import MbusBus, MbusComponent
+from water_edge.sim.pumpstation import PumpStation
+
+KEY = "0123456789ABCDEF0123456789ABCDEF"
+
+
+@pytest.fixture
+async def bus(tmp_path: Path) -> AsyncIterator[MbusBus]:
+    station = PumpStation(7)
+    station.step(100)
+    options: dict[str, Any] = {"baudrate": 9600, "keys": {"2": KEY, "3": KEY}}
+    ctx = SimContext(station=station, points=[], seed=7, host="127.0.0.1", workdir=tmp_path, options=options)
+    component = MbusComponent()
+    await component.start(ctx)
+    assert component.bus is not None
+    yield component.bus
+    await component.stop()
+
+
+async def scan(*args: str) -> tuple[int, str, str]:
+    """Run the command as a user does, while this loop keeps the simulated bus answering."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "water_edge.agent.cli", "scan", "mbus", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+def secondary(meter: Any) -> str:
+    raw = meter.secondary()  # ID (BCD, LSB first), manufacturer LE, version, medium
+    return raw[3::-1].hex().upper() + raw[4:].hex().upper()
+
+
+async def test_the_scan_finds_every_meter_encrypted_or_not_and_says_what_to_configure(bus: MbusBus) -> None:
+    code, out, err = await scan("--port", bus.path, "--baudrate", "9600", "--json")
+    assert code == 0, err
+    found = {d["secondary"]: d for d in map(json.loads, out.splitlines())}
+    assert set(found) == {secondary(m) for m in bus.meters}
+    totaliser = bus._ctx.state().totaliser_m3
+    for m in bus.meters:
+        d = found[secondary(m)]
+        assert (d["id"], d["primary"], d["medium"]) == (f"{m.spec.ident:08d}", m.spec.address, "water")
+        if m.spec.key is None:
+            assert d["encrypted_mode"] is None
+            assert d["volume_m3"] == pytest.approx(m.volume_litres(totaliser) / 1000, abs=0.05)
+        else:  # found and named without its key; its volume needs the key
+            assert (d["encrypted_mode"], d["volume_m3"]) == (5, None)
+
+
+async def test_the_table_ends_with_config_blocks_the_agent_takes(bus: MbusBus) -> None:
+    code, out, err = await scan("--port", bus.path, "--baudrate", "9600")
+    assert code == 0, err
+    assert f"M-Bus {bus.path} at 9600 Bd: 4 meter(s)" in out
+    assert out.count("encrypted (mode 5): needs its key") == 2
+    pasted = tomllib.loads(out[out.index("[[devices.meters]]") :])  # as an engineer pastes it
+    meters = pasted["devices"]["meters"]
+    config = MbusConfig.model_validate({"name": "m", "kind": "mbus", "port": bus.path, "meters": meters})
+    assert {m.secondary for m in config.meters} == {secondary(m) for m in bus.meters}
+    assert sum(m.key is not None for m in config.meters) == 2
+
+
+async def test_a_port_where_nothing_answers_says_what_to_try(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    try:
+        code, _, err = await scan("--port", os.ttyname(slave), "--baudrate", "9600")
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert code == 1
+    assert "no meter answered at 9600 Bd" in err
+    assert "--baudrate 300" in err
+
+
+async def test_a_port_that_does_not_exist_is_named() -> None:
+    code, _, err = await scan("--port", "/dev/ttyNOPE9")
+    assert code == 2
+    assert "/dev/ttyNOPE9" in err
+    assert "Traceback" not in err
