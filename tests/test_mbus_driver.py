@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.mbus_sim import bus_config, read_once, running_bus
 from water_edge.agent.config import load_config
 from water_edge.core.errors import DriverIOError
-from water_edge.core.reading import Reading
 from water_edge.drivers.mbus.config import MbusConfig
 from water_edge.drivers.mbus.driver import MbusDriver
 from water_edge.drivers.mbus.frame import MbusDecodeError
@@ -26,49 +26,19 @@ from water_edge.drivers.mbus.link import (
     secondary_mask,
 )
 from water_edge.drivers.mbus.telegram import Header, Record, Telegram
-from water_edge.sim.component import SimContext
-from water_edge.sim.mbus_bus import MbusBus, MbusComponent
+from water_edge.sim.mbus_bus import MbusBus
 from water_edge.sim.mbus_meter import STATUS_PERMANENT_ERROR, STATUS_POWER_LOW, manufacturer_field
-from water_edge.sim.pumpstation import PumpStation
 
 SAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "samples" / "mbus.toml"
 
 
 @pytest.fixture
 async def bus(tmp_path: Path) -> AsyncIterator[MbusBus]:
-    station = PumpStation(7)
-    station.step(100)
-    ctx = SimContext(
-        station=station, points=[], seed=7, host="127.0.0.1", workdir=tmp_path, options={"baudrate": 9600}
-    )
-    component = MbusComponent()
-    await component.start(ctx)
-    assert component.bus is not None
-    yield component.bus
-    await component.stop()
+    async with running_bus(tmp_path) as running:
+        yield running
 
 
-def config(bus: MbusBus, meters: list[dict[str, Any]], **extra: Any) -> MbusConfig:
-    return MbusConfig.model_validate(
-        {
-            "name": "meters",
-            "kind": "mbus",
-            "port": bus.path,
-            "baudrate": bus.baudrate,
-            "meters": meters,
-            **extra,
-        }
-    )
-
-
-async def read_once(cfg: MbusConfig) -> tuple[dict[str, Reading], MbusDriver]:
-    driver = MbusDriver.from_config(cfg)
-    await driver.open()
-    try:
-        readings = await driver.read()
-    finally:
-        await driver.aclose()
-    return {r.tag: r for r in readings}, driver
+config = bus_config
 
 
 async def test_all_records_of_primary_and_secondary_meters(bus: MbusBus) -> None:

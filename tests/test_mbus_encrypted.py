@@ -12,17 +12,12 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from water_edge.core.reading import Reading
-from water_edge.drivers.mbus.config import MbusConfig
-from water_edge.drivers.mbus.driver import MbusDriver
+from tests.support.mbus_sim import bus_config, read_once, running_bus
 from water_edge.drivers.mbus.link import MbusMaster
-from water_edge.sim.component import SimContext
-from water_edge.sim.mbus_bus import MbusBus, MbusComponent
-from water_edge.sim.pumpstation import PumpStation
+from water_edge.sim.mbus_bus import MbusBus
 
 KEY = "0123456789ABCDEF0123456789ABCDEF"
 OTHER_KEY = "FEDCBA9876543210FEDCBA9876543210"
@@ -31,37 +26,17 @@ OTHER_KEY = "FEDCBA9876543210FEDCBA9876543210"
 @pytest.fixture
 async def bus(tmp_path: Path) -> AsyncIterator[MbusBus]:
     """Four meters at 9600 Bd; meters 2 and 3 (3 answers in two telegrams) encrypt under KEY."""
-    station = PumpStation(7)
-    station.step(100)
-    options: dict[str, Any] = {"baudrate": 9600, "keys": {"2": KEY, "3": KEY}}
-    ctx = SimContext(station=station, points=[], seed=7, host="127.0.0.1", workdir=tmp_path, options=options)
-    component = MbusComponent()
-    await component.start(ctx)
-    assert component.bus is not None
-    yield component.bus
-    await component.stop()
-
-
-async def read_once(bus: MbusBus, meters: list[dict[str, Any]]) -> tuple[dict[str, Reading], MbusDriver]:
-    cfg = MbusConfig.model_validate(
-        {"name": "meters", "kind": "mbus", "port": bus.path, "baudrate": bus.baudrate, "meters": meters}
-    )
-    driver = MbusDriver.from_config(cfg)
-    await driver.open()
-    try:
-        readings = await driver.read()
-    finally:
-        await driver.aclose()
-    return {r.tag: r for r in readings}, driver
+    async with running_bus(tmp_path, keys={"2": KEY, "3": KEY}) as running:
+        yield running
 
 
 async def test_an_encrypted_meter_is_read_with_its_key_like_a_plain_one(bus: MbusBus) -> None:
     m3 = bus.meter(3)
-    got, driver = await read_once(bus, [
+    got, driver = await read_once(bus_config(bus, [
         {"name": "plain", "address": 1},
         {"name": "flat2", "address": 2, "key": KEY},
         {"name": "flat3", "secondary": f"{m3.spec.ident:08d}", "key": KEY},
-    ])  # fmt: skip
+    ]))  # fmt: skip
     totaliser = bus._ctx.state().totaliser_m3
     assert {tag: r.reason for tag, r in got.items() if r.quality != "good"} == {}
     assert got["flat2.volume"].value == pytest.approx(bus.meter(2).volume_litres(totaliser) / 1000, abs=0.01)
@@ -74,11 +49,11 @@ async def test_an_encrypted_meter_is_read_with_its_key_like_a_plain_one(bus: Mbu
 
 
 async def test_without_a_key_or_with_a_wrong_one_the_meter_says_which(bus: MbusBus) -> None:
-    got, driver = await read_once(bus, [
+    got, driver = await read_once(bus_config(bus, [
         {"name": "nokey", "address": 2},
         {"name": "wrong", "address": 3, "key": OTHER_KEY},
         {"name": "plain", "address": 4},
-    ])  # fmt: skip
+    ]))  # fmt: skip
     assert (got["nokey.status"].quality, got["nokey.status"].reason) == (
         "bad",
         "encrypted telegram and no key configured for this meter",
@@ -104,7 +79,9 @@ async def test_a_key_by_file_is_read_unless_others_may_read_it_and_never_shown(
     key_file = tmp_path / "flat2.key"
     key_file.write_text(KEY + "\n")
     os.chmod(key_file, mode)
-    got, _ = await read_once(bus, [{"name": "flat2", "address": 2, "key": {"file": str(key_file)}}])
+    got, _ = await read_once(
+        bus_config(bus, [{"name": "flat2", "address": 2, "key": {"file": str(key_file)}}])
+    )
     if mode == 0o600:
         assert got["flat2.volume"].quality == "good"
         return

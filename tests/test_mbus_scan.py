@@ -14,25 +14,17 @@ from typing import Any
 
 import pytest
 
+from tests.support.mbus_sim import running_bus
 from water_edge.drivers.mbus.config import MbusConfig
-from water_edge.sim.component import SimContext
-from water_edge.sim.mbus_bus import MbusBus, MbusComponent
-from water_edge.sim.pumpstation import PumpStation
+from water_edge.sim.mbus_bus import MbusBus
 
 KEY = "0123456789ABCDEF0123456789ABCDEF"
 
 
 @pytest.fixture
 async def bus(tmp_path: Path) -> AsyncIterator[MbusBus]:
-    station = PumpStation(7)
-    station.step(100)
-    options: dict[str, Any] = {"baudrate": 9600, "keys": {"2": KEY, "3": KEY}}
-    ctx = SimContext(station=station, points=[], seed=7, host="127.0.0.1", workdir=tmp_path, options=options)
-    component = MbusComponent()
-    await component.start(ctx)
-    assert component.bus is not None
-    yield component.bus
-    await component.stop()
+    async with running_bus(tmp_path, keys={"2": KEY, "3": KEY}) as running:
+        yield running
 
 
 async def scan(*args: str) -> tuple[int, str, str]:
