@@ -17,6 +17,7 @@ starts (or, where Mosquitto cannot behave so, a small raw-socket MQTT peer):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import struct
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.testing import eventually
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
+from water_edge.agent.uplink.config import MqttConfig
 from water_edge.buffer.async_outbox import AsyncOutbox
 
 PREFIX = f"water/{SITE}/{GATEWAY}"
@@ -312,3 +314,46 @@ async def test_over_mqtt_3_a_broker_that_keeps_no_retained_messages_is_named_and
         run = await start_uplink(mqtt_config(broker, protocol="3.1.1", retain=False), outbox)
         await eventually(lambda: run.uplink.health().acked >= 10, 15, what="every row acknowledged")
     assert "[uplink] retain = false" in (refused.uplink.health().last_error or "")
+
+
+async def test_a_broker_that_grants_qos_0_only_is_refused_with_why_the_agent_needs_qos_1(
+    outbox: AsyncOutbox, start_uplink: StartUplink
+) -> None:
+    await outbox.append(reading_batches(3))
+    with Mosquitto(extra_config="max_qos 0\n") as broker:
+        run = await start_uplink(mqtt_config(broker), outbox)
+        await eventually(lambda: run.uplink.health().refused >= 1, 10, what="the CONNECT refused")
+        health = run.uplink.health()
+    assert health.state == "refused"
+    assert "QoS not supported: the broker grants QoS 0 only" in (health.last_error or "")
+    assert health.acked == 0
+
+
+async def test_a_broker_that_speaks_mqtt_3_only_is_named_with_the_setting_to_change(
+    outbox: AsyncOutbox, start_uplink: StartUplink
+) -> None:
+    """A broker from before MQTT 5 answers a version 5 CONNECT with 'unacceptable protocol version'
+    (MQTT 3.1.1 return code 1) and closes: a raw-socket peer, as Mosquitto speaks MQTT 5."""
+
+    async def mqtt_3_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readexactly(1)
+            length, shift = 0, 0
+            while (byte := (await reader.readexactly(1))[0]) & 0x80:
+                length |= (byte & 0x7F) << shift
+                shift += 7
+            length |= byte << shift
+            await reader.readexactly(length)
+            writer.write(bytes([0x20, 2, 0, 1]))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(mqtt_3_only, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        config = MqttConfig(host="127.0.0.1", port=port, reconnect_min_s=0.1, reconnect_max_s=0.5)
+        run = await start_uplink(config, outbox)
+        await eventually(lambda: run.uplink.health().refused >= 1, 10, what="the CONNECT refused")
+    finally:
+        server.close()
+    assert 'set [uplink] protocol = "3.1.1"' in (run.uplink.health().last_error or "")

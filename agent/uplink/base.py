@@ -57,6 +57,11 @@ FLAPS_TO_EXPLAIN: Final = 3
 # Longest a wait inside the uplink lasts before it marks itself alive again (for the watchdog;
 # `beat_s` shortens it when the watchdog interval is short).
 _BEAT_S: Final = 1.0
+# CONNACK reasons with a fix on the gateway's side (MQTT 5 reason codes; paho gives an MQTT 3.1.1
+# broker's "unacceptable protocol version", return code 1, as 0x84).
+UNSUPPORTED_PROTOCOL_VERSION: Final = 0x84
+CONNACK_311_UNACCEPTABLE_PROTOCOL: Final = 0x01
+QOS_NOT_SUPPORTED: Final = 0x9B
 
 
 class _Drain(Protocol):
@@ -276,11 +281,24 @@ class UplinkLoop(Generic[SessionT]):
             return True
         if reason is not None:
             self._metrics.refused += 1
-            self._fail(ConnState.REFUSED, str(reason))
+            self._fail(ConnState.REFUSED, self._refusal(reason))
         else:
             self._fail(ConnState.OFFLINE, session.close_reason or "no CONNACK from broker")
         self._drop_connection()
         return False
+
+    def _refusal(self, reason: Reason) -> str:
+        """The broker's reason for refusing the CONNECT, with what to do where the fix is here."""
+        text = str(reason)
+        old_protocol = reason.value in (UNSUPPORTED_PROTOCOL_VERSION, CONNACK_311_UNACCEPTABLE_PROTOCOL)
+        if old_protocol and self._cfg.protocol == "5":
+            return f'{text}: the broker does not speak MQTT 5; set [uplink] protocol = "3.1.1"'
+        if reason.value == QOS_NOT_SUPPORTED:
+            return (
+                f"{text}: the broker grants QoS 0 only; the agent sends at QoS 1 to know what arrived "
+                "(the data stays in the outbox until a broker takes it)"
+            )
+        return text
 
     def _after_loss(self, session: SessionT, lasted_s: float, flaps: int) -> int:
         """Count and explain how a connection ended; the new count of short connections in a row."""
