@@ -1,5 +1,7 @@
-"""`edge-agent scan mbus --port P [--baudrate B] [--primary] [--json]`: find the meters on a
-wired M-Bus segment, to commission it.
+"""`edge-agent scan mbus|opcua`: find what a device has, to commission it, and print the config
+to paste.
+
+`scan mbus --port P [--baudrate B] [--primary] [--json]`: the meters on a wired M-Bus segment.
 
 A secondary-address scan (a wildcard search over the 8 ID digits, EN 13757-3 annex) finds every
 meter that takes selection, whatever its primary address (meters leave the factory at 0); each one
@@ -11,6 +13,12 @@ into the agent's config.
 
 Stop the agent first (`systemctl stop edge-agent`) if it polls this port: two masters on one bus
 collide. Exit 0 when meters were found, 1 when none answered, 2 when the port cannot be used.
+
+`scan opcua --endpoint URL [--path P] [--depth N] [--limit N] [security options] [--json]`: the
+variables of an OPC UA server below Objects (or below `--path`, a browse path), with their current
+value, type and unit, and `[[devices.tags]]` to paste (by browse path; `--json` also gives each
+one's NodeId by namespace URI). The standard's own nodes (the Server object) are left out. Exit 0
+when variables were found, 1 when none, 2 when the server cannot be reached.
 """
 
 from __future__ import annotations
@@ -38,6 +46,30 @@ def register(subparsers: Any) -> None:
     mbus.add_argument("--local-echo", action="store_true", help="the adapter echoes every request")
     mbus.add_argument("--json", action="store_true", help="one JSON object per meter")
     mbus.set_defaults(func=cmd_scan_mbus)
+
+    opcua = kinds.add_parser(
+        "opcua",
+        help="list an OPC UA server's variables",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    opcua.add_argument("--endpoint", required=True, help="opc.tcp://host:port[/path]")
+    opcua.add_argument("--path", default="", help="a browse path below Objects to start at, e.g. PumpStation")
+    opcua.add_argument("--depth", type=int, default=8, help="levels of objects to walk (default 8)")
+    opcua.add_argument("--limit", type=int, default=2000, help="variables at most (default 2000)")
+    opcua.add_argument(
+        "--security-policy",
+        default="None",
+        choices=("None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"),
+    )
+    opcua.add_argument("--security-mode", default=None, choices=("Sign", "SignAndEncrypt"))
+    opcua.add_argument("--certificate", help="the gateway's client certificate (with a policy)")
+    opcua.add_argument("--private-key", help="its private key")
+    opcua.add_argument("--server-certificate", help="pin the server's certificate")
+    opcua.add_argument("--username", help="user identity (anonymous without)")
+    opcua.add_argument("--password-file", help="a file holding the password (never on the command line)")
+    opcua.add_argument("--json", action="store_true", help="one JSON object per variable")
+    opcua.set_defaults(func=cmd_scan_opcua)
 
 
 def cmd_scan_mbus(args: argparse.Namespace) -> int:
@@ -148,3 +180,106 @@ def config_block(d: dict[str, Any]) -> str:
         path = f"/etc/edge-agent/keys/meter-{d['id']}.key"
         lines.append(f'key = {{ file = "{path}" }}  # its AES-128 key, 32 hex digits (chmod 600)')
     return "\n".join(lines)
+
+
+def cmd_scan_opcua(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from water_edge.core import logs
+    from water_edge.core.errors import DriverIOError
+    from water_edge.drivers.opcua.config import OpcUaConfig
+    from water_edge.drivers.opcua.driver import OpcUaDriver
+
+    logs.configure("warning", json=False)
+    secure = args.security_policy != "None"
+    settings: dict[str, Any] = {
+        "name": "scan",
+        "kind": "opcua",
+        "endpoint": args.endpoint,
+        "mode": "poll",
+        # the driver reads its tags at connect; the server's clock is on every server (i=2258)
+        "tags": [{"name": "server_time", "node": "i=2258"}],
+        "security_policy": args.security_policy,
+        "security_mode": (args.security_mode or "SignAndEncrypt") if secure else "None",
+    }
+    for key in ("certificate", "private_key", "server_certificate", "username"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.password_file is not None:
+        settings["password"] = {"file": args.password_file}
+    try:
+        driver = OpcUaDriver(OpcUaConfig.model_validate(settings))
+    except ValidationError as exc:
+        _say(f"edge-agent scan opcua: {exc.errors()[0]['msg']}")
+        return EXIT_USAGE
+    started = time.monotonic()
+    _say(f"browsing {args.endpoint} below Objects/{args.path.strip('/')} ...")
+    try:
+        found, truncated = asyncio.run(_browse(driver, args))
+    except DriverIOError as exc:
+        _say(f"edge-agent scan opcua: {exc}")
+        return EXIT_USAGE
+    if not found:
+        _say("no variables found there (a deeper --depth, another --path?)")
+        return EXIT_FAILED
+    if truncated:
+        _say(f"stopped at --limit {args.limit}: give a --path or a larger --limit for the rest")
+    if args.json:
+        import orjson
+
+        for v in found:
+            doc = {"path": v.path, "node": v.node, "type": v.data_type, "value": v.value,
+                   "quality": v.quality, "unit": v.unit}  # fmt: skip
+            sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+        return EXIT_OK
+    _print_variables(found, args, time.monotonic() - started)
+    return EXIT_OK
+
+
+async def _browse(driver: Any, args: argparse.Namespace) -> tuple[list[Any], bool]:
+    await driver.open()
+    try:
+        result: tuple[list[Any], bool] = await driver.browse(args.path, depth=args.depth, limit=args.limit)
+        return result
+    finally:
+        await driver.aclose()
+
+
+def _print_variables(found: list[Any], args: argparse.Namespace, elapsed: float) -> None:
+    print(f"OPC UA {args.endpoint}: {len(found)} variable(s) in {elapsed:.0f} s")
+    width = max(len(v.path or v.node) for v in found)
+    for v in found:
+        value = v.reason if v.quality == "bad" else v.value
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        print(f"{v.path or v.node:<{width}}  {v.data_type or '-':<10}  {shown:<16.16}  {v.unit}")
+    print()
+    print(f'# For the agent\'s config: a [[devices]] with kind = "opcua", endpoint = "{args.endpoint}"')
+    names: set[str] = set()
+    start = args.path.strip("/")
+    for v in found:
+        print()
+        print(tag_block(v, start, names))
+
+
+def tag_block(v: Any, start: str, names: set[str]) -> str:
+    """The `[[devices.tags]]` table for one variable: named after its path below `start`
+    (`Pump1/DischargePressure` -> `pump1.discharge_pressure`), unique among `names`."""
+    relative = (v.path or v.node)[len(start) :].strip("/") if v.path else v.node
+    name = ".".join(_snake(part) for part in relative.split("/") if part) or "value"
+    unique, n = name, 2
+    while unique in names:
+        unique, n = f"{name}_{n}", n + 1
+    names.add(unique)
+    lines = ["[[devices.tags]]", f'name = "{unique}"']
+    lines.append(f'path = "{v.path}"' if v.path else f'node = "{v.node}"')
+    return "\n".join(lines)
+
+
+def _snake(part: str) -> str:
+    import re
+
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", part).lower()
+    text = re.sub(r"[^a-z0-9_.-]+", "_", text).strip("_.-")
+    return text or "x"

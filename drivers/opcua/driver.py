@@ -21,7 +21,8 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self, TypeVar, cast
 
@@ -36,11 +37,11 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 
 from water_edge.core.errors import DriverIOError
-from water_edge.core.reading import BAD, GOOD, UNCERTAIN, Quality, Reading
+from water_edge.core.reading import BAD, GOOD, UNCERTAIN, Quality, Reading, Value
 from water_edge.core.scheduler import FixedRateTicker
 from water_edge.core.secrets import resolve_secret
 from water_edge.drivers.base import DeviceConfig, TagInfo
-from water_edge.drivers.opcua import fast_publish
+from water_edge.drivers.opcua import browse, fast_publish
 from water_edge.drivers.opcua.config import OpcUaConfig, OpcUaTag
 from water_edge.drivers.opcua.errors import explain, ua_errors
 from water_edge.drivers.opcua.fast_publish import DataChanges
@@ -67,9 +68,6 @@ MAX_QUEUED_BATCHES: Final = 256
 # The keep-alive period asked of the server: a quiet subscription still answers this often, so
 # that one that stopped publishing is noticed within `stale_after_ms` (3 of these by default).
 KEEPALIVE_MS: Final = 5000
-OBJECTS: Final = ua.NodeId.from_string("i=85")
-HAS_PROPERTY: Final = ua.NodeId.from_string("i=46")
-HIERARCHICAL: Final = ua.NodeId.from_string("i=33")
 # asyncua annotates Boolean fields with a marker class that plain bools do not satisfy
 _TRUE: Final = cast(ua.Boolean, True)
 _FALSE: Final = cast(ua.Boolean, False)
@@ -110,6 +108,19 @@ class _Feed(Subscription):
     async def publish_callback(self, publish_result: ua.PublishResult) -> None:
         self.last_publish_at = time.monotonic()
         self._driver._on_publish(publish_result)
+
+
+@dataclass(frozen=True, slots=True)
+class BrowsedVariable:
+    """A variable the server has, as `OpcUaDriver.browse` found it."""
+
+    path: str | None  # below Objects, as a tag's `path` (None: a name on the way holds "/")
+    node: str  # as a tag's `node`, by namespace URI
+    data_type: str | None  # the value's variant type (Float, Double, String, ...)
+    value: Value
+    quality: Quality
+    reason: str | None
+    unit: str  # from its EngineeringUnits, "" without
 
 
 class OpcUaDriver:
@@ -325,12 +336,12 @@ class OpcUaDriver:
                     node_id = ua.NodeId.from_string(f"ns={namespaces.index(uri)};{identifier}")
                 self._nodes.append(node_id)
                 continue
-            node: ua.NodeId | None = OBJECTS
+            node: ua.NodeId | None = browse.OBJECTS
             for segment in tag.path.strip("/").split("/") if tag.path else []:
                 assert node is not None
                 if node not in children:
-                    children[node] = await _browse(client, node)
-                node = _match(children[node], segment)
+                    children[node] = await browse.children(client, node)
+                node = browse.match(children[node], segment)
                 if node is None:
                     self._unresolved[i] = f"browse path not found: {tag.path} (no {segment!r})"
                     break
@@ -350,17 +361,21 @@ class OpcUaDriver:
             for i, (t, n) in enumerate(zip(self._config.tags, self._nodes, strict=True))
             if not t.unit and n is not None
         ]
-        if not wanted:
-            return
-        paths = []
-        for i in wanted:
-            element = ua.RelativePathElement(
-                ReferenceTypeId=HAS_PROPERTY,
-                IsInverse=_FALSE,
-                IncludeSubtypes=_TRUE,
-                TargetName=ua.QualifiedName("EngineeringUnits", 0),
-            )
-            paths.append(ua.BrowsePath(StartingNode=self._nodes[i], RelativePath=ua.RelativePath([element])))
+        nodes = [n for n in (self._nodes[i] for i in wanted) if n is not None]
+        for i, unit in (await self._engineering_units(client, nodes)).items():
+            self._units[wanted[i]] = unit
+
+    async def _engineering_units(self, client: Client, nodes: list[ua.NodeId]) -> dict[int, str]:
+        """Index in `nodes` -> the unit its EngineeringUnits property gives (where it has one)."""
+        if not nodes:
+            return {}
+        element = ua.RelativePathElement(
+            ReferenceTypeId=browse.HAS_PROPERTY,
+            IsInverse=_FALSE,
+            IncludeSubtypes=_TRUE,
+            TargetName=ua.QualifiedName("EngineeringUnits", 0),
+        )
+        paths = [ua.BrowsePath(StartingNode=n, RelativePath=ua.RelativePath([element])) for n in nodes]
         results = await self._batched("translate", paths, client.uaclient.translate_browsepaths_to_nodeids)
         found: list[tuple[int, ua.NodeId]] = [
             (
@@ -369,14 +384,48 @@ class OpcUaDriver:
                 if hasattr(r.Targets[0].TargetId, "to_nodeid")
                 else ua.NodeId(r.Targets[0].TargetId.Identifier, r.Targets[0].TargetId.NamespaceIndex),
             )
-            for i, r in zip(wanted, results, strict=True)
+            for i, r in enumerate(results)
             if r.StatusCode.is_good() and r.Targets
         ]
         values = await self._read_values(client, [n for _, n in found])
+        units: dict[int, str] = {}
         for (i, _), dv in zip(found, values, strict=True):
             eu = dv.Value.Value if dv.Value is not None else None
             if isinstance(eu, ua.EUInformation):
-                self._units[i] = unit_from_eu(eu)
+                units[i] = unit_from_eu(eu)
+        return units
+
+    async def browse(
+        self, path: str = "", *, depth: int = 8, limit: int = 2000
+    ) -> tuple[list[BrowsedVariable], bool]:
+        """Every variable below `path` (below Objects; "" for all), with its current value, type and
+        unit, and whether `limit` cut the walk short (commissioning: `edge-agent scan opcua`).
+        The driver must be open."""
+        client = self._client
+        if client is None or not self._connected:
+            raise DriverIOError(f"{self.name}: not connected")
+        with ua_errors(f"{self.name}: browse failed"):
+            start: ua.NodeId | None = browse.OBJECTS
+            for segment in path.strip("/").split("/") if path.strip("/") else []:
+                assert start is not None
+                start = browse.match(await browse.children(client, start), segment)
+                if start is None:
+                    raise DriverIOError(f"{self.name}: browse path not found: {path} (no {segment!r})")
+            assert start is not None
+            namespaces = [str(u) for u in await client.get_namespace_array()]
+            found, truncated = await browse.variables(
+                client, start, path.strip("/"), depth=depth, limit=limit, namespaces=namespaces
+            )
+            nodes = [f.node_id for f in found]
+            values = await self._read_values(client, nodes)
+            units = await self._engineering_units(client, nodes)
+        receive = time.time_ns()
+        out = []
+        for i, (f, dv) in enumerate(zip(found, values, strict=True)):
+            _, value, quality, reason = reading_parts(dv, receive, tolerance_ns=self._tolerance_ns)
+            kind = dv.Value.VariantType.name if dv.Value is not None and dv.Value.Value is not None else None
+            out.append(BrowsedVariable(f.path, f.node, kind, value, quality, reason, units.get(i, "")))
+        return out, truncated
 
     async def _subscribe(self, client: Client) -> None:
         cfg = self._config
@@ -619,39 +668,6 @@ class OpcUaDriver:
 
     async def _on_connection_lost(self, exc: Exception) -> None:
         self._lost(f"connection lost: {explain(exc)}")
-
-
-async def _browse(client: Client, node: ua.NodeId) -> list[ua.ReferenceDescription]:
-    """Forward hierarchical children of `node` (all pages)."""
-    desc = ua.BrowseDescription(
-        NodeId=node,
-        BrowseDirection=ua.BrowseDirection.Forward,
-        ReferenceTypeId=HIERARCHICAL,
-        IncludeSubtypes=_TRUE,
-        NodeClassMask=0,
-        ResultMask=ua.BrowseResultMask.All,
-    )
-    results = await client.uaclient.browse(ua.BrowseParameters(NodesToBrowse=[desc]))
-    refs = list(results[0].References)
-    point = results[0].ContinuationPoint
-    while point:
-        more = await client.uaclient.browse_next(ua.BrowseNextParameters(ContinuationPoints=[point]))
-        refs += more[0].References
-        point = more[0].ContinuationPoint
-    return refs
-
-
-def _match(refs: Iterable[ua.ReferenceDescription], segment: str) -> ua.NodeId | None:
-    """The child whose BrowseName is `segment` (`2:Name` pins the namespace index)."""
-    ns: int | None = None
-    name = segment
-    prefix, sep, rest = segment.partition(":")
-    if sep and prefix.isdigit():
-        ns, name = int(prefix), rest
-    for ref in refs:
-        if ref.BrowseName.Name == name and (ns is None or ref.BrowseName.NamespaceIndex == ns):
-            return ua.NodeId(ref.NodeId.Identifier, ref.NodeId.NamespaceIndex, ref.NodeId.NodeIdType)
-    return None
 
 
 def _require(path: Path, key: str) -> Path:
