@@ -3,10 +3,8 @@ pseudo-terminal (two of them encrypting under a key the scan does not have)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import edge_agent_process
 from tests.support.mbus_sim import running_bus
 from water_edge.drivers.mbus.config import MbusConfig
 from water_edge.sim.mbus_bus import MbusBus
@@ -28,13 +27,8 @@ async def bus(tmp_path: Path) -> AsyncIterator[MbusBus]:
 
 
 async def scan(*args: str) -> tuple[int, str, str]:
-    """Run the command as a user does, while this loop keeps the simulated bus answering."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "water_edge.agent.cli", "scan", "mbus", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return proc.returncode or 0, out.decode(), err.decode()
+    run = await edge_agent_process("scan", "mbus", *args)
+    return run.returncode, run.stdout, run.stderr
 
 
 def secondary(meter: Any) -> str:

@@ -4,15 +4,14 @@ it). What it prints must be config the agent takes, naming the same variables.""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import tomllib
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
+from tests.support.cli import edge_agent_process
 from tests.support.opcua_sim import Sim, opcua_station
 from tests.support.testing import free_port
 from water_edge.drivers.opcua.config import OpcUaConfig
@@ -30,12 +29,8 @@ async def sim(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sim]:
 
 
 async def scan(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "water_edge.agent.cli", "scan", "opcua", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return proc.returncode or 0, out.decode(), err.decode()
+    run = await edge_agent_process("scan", "opcua", *args)
+    return run.returncode, run.stdout, run.stderr
 
 
 async def test_every_variable_is_listed_with_its_node_and_unit(sim: Sim) -> None:

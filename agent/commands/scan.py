@@ -32,14 +32,18 @@ from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("scan", help="find the meters on a wired M-Bus segment (commissioning)")
-    kinds = parser.add_subparsers(dest="scan_kind", required=True)
-    mbus = kinds.add_parser(
-        "mbus",
-        help="find every meter on a wired M-Bus segment",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = subparsers.add_parser(
+        "scan", help="find the meters on an M-Bus segment or the variables of an OPC UA server"
     )
+    kinds = parser.add_subparsers(dest="scan_kind", required=True)
+
+    def kind(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = kinds.add_parser(
+            name, help=help_text, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        return sub
+
+    mbus = kind("mbus", "find every meter on a wired M-Bus segment")
     mbus.add_argument("--port", required=True, help="the M-Bus master's serial port, e.g. /dev/ttyUSB0")
     mbus.add_argument("--baudrate", type=int, choices=(300, 2400, 9600), default=2400)
     mbus.add_argument("--primary", action="store_true", help="also try primary addresses 0..250 (old meters)")
@@ -47,12 +51,7 @@ def register(subparsers: Any) -> None:
     mbus.add_argument("--json", action="store_true", help="one JSON object per meter")
     mbus.set_defaults(func=cmd_scan_mbus)
 
-    opcua = kinds.add_parser(
-        "opcua",
-        help="list an OPC UA server's variables",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    opcua = kind("opcua", "list an OPC UA server's variables")
     opcua.add_argument("--endpoint", required=True, help="opc.tcp://host:port[/path]")
     opcua.add_argument("--path", default="", help="a browse path below Objects to start at, e.g. PumpStation")
     opcua.add_argument("--depth", type=int, default=8, help="levels of objects to walk (default 8)")
