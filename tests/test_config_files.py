@@ -188,3 +188,36 @@ tags = [{{ name = "flow", node = "ns=2;i=2" }}]
     assert f'{path}: warning: devices[0] (ua1).certificate = "{gone}/client.der": no such file' in lines
     assert f'{path}: warning: devices[0] (ua1).private_key = "{gone}/client.pem": no such file' in lines
     assert f'{path}: warning: models.pump[0].model = "{gone}/pump.json": no such file' in lines
+
+
+def test_a_meter_key_that_cannot_be_used_is_named_at_check_config_without_showing_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Keys are read when the driver opens, and a meter whose key cannot be used reads bad then:
+    check-config (which systemd runs before every start) says so first, as a warning: the other
+    meters still run."""
+    open_key, short_key = tmp_path / "open.key", tmp_path / "short.key"
+    open_key.write_text("0123456789ABCDEF0123456789ABCDEF\n")
+    open_key.chmod(0o644)
+    short_key.write_text("0123456789ABCDEF0123456789ABCDE\n")
+    short_key.chmod(0o600)
+    devices = f"""
+[[devices]]
+name = "meters"
+kind = "mbus"
+port = "/dev/ttyUSB0"
+meters = [
+  {{ name = "house1", address = 1, key = {{ file = "{open_key}" }} }},
+  {{ name = "house2", address = 2, key = {{ file = "{short_key}" }} }},
+  {{ name = "house3", address = 3, key = {{ file = "{tmp_path}/gone.key" }} }},
+  {{ name = "house4", address = 4 }},
+]
+"""
+    path = write_agent_config(tmp_path, devices=devices)
+    lines = _warnings(path, capsys)
+    mine = [line for line in lines if ".meters (" in line]
+    assert len(mine) == 3, lines
+    assert any("(house1).key:" in line and "readable by others" in line for line in mine), mine
+    assert any("(house2).key: a meter key is 32 hex digits (AES-128), got 31" in line for line in mine), mine
+    assert any("(house3).key:" in line and "gone.key" in line for line in mine), mine
+    assert not any("0123456789ABCDEF" in line for line in lines)

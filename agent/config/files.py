@@ -1,4 +1,4 @@
-"""The TLS files a config names, checked on this machine.
+"""The TLS files (and the other files) a config names, checked on this machine.
 
 A CA file that is missing, a key that does not belong to its certificate or one locked by a
 passphrase is otherwise found at the first connection, as a TLS error repeated every backoff while
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from water_edge.drivers.mbus.keys import load_key
 from water_edge.provisioning.ca import subject_attribute
 
 if TYPE_CHECKING:
@@ -167,14 +168,19 @@ def file_problems(config: Config) -> list[str]:
 
 def _other_files(config: Config) -> list[str]:
     """The other files a config names that the agent reads only once it runs: an OPC UA device's
-    certificates and key (else its connection fails at every retry), a model's manifest (else the
-    model is not loaded)."""
+    certificates and key (else its connection fails at every retry), a meter's key (else that
+    meter's readings are bad), a model's manifest (else the model is not loaded)."""
     found: list[str | None] = []
     for index, device in enumerate(config.devices):
         for key in ("certificate", "private_key", "server_certificate"):
             path = getattr(device, key, None)
             if isinstance(path, Path):
                 found.append(_read(f"devices[{index}] ({device.name}).{key}", path)[1])
+        for meter in getattr(device, "meters", None) or ():
+            if getattr(meter, "key", None) is not None:
+                _, problem = load_key(meter.key)  # resolved and parsed as the driver will at open
+                if problem is not None:
+                    found.append(f"devices[{index}] ({device.name}).meters ({meter.name}).key: {problem}")
     for kind, sections in config.models.items():
         for index, section in enumerate(sections):
             path = getattr(section, "model", None)
