@@ -74,7 +74,10 @@ def scripted_driver(*clients: tuple[BaseException | None, ScriptedServices]) -> 
         (ConnectionRefusedError(111, "Connection refused"), "connection refused (is the server running"),
         (TimeoutError(), "no answer in time (server down, firewall or wrong address?)"),
         (UaStatusCodeError(StatusCodes.BadUserAccessDenied), "BadUserAccessDenied: user name or password"),
-        (UaStatusCodeError(StatusCodes.BadTooManySessions), "BadTooManySessions"),
+        (UaStatusCodeError(StatusCodes.BadTooManySessions), "BadTooManySessions: the server takes no more "
+         "sessions: other clients hold them"),
+        (UaStatusCodeError(StatusCodes.BadLicenseExpired),
+         "BadLicenseExpired: the server's licence has expired"),
         (UaError("Server certificate mismatch"), "the server's certificate is not the pinned server_"),
         (UaError("No matching endpoints: 3, http://opcfoundation.org/UA/SecurityPolicy#Basic256Sha256"),
          "the server offers no endpoint with this security policy and mode (No matching endpoints: 3"),

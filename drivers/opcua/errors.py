@@ -29,6 +29,15 @@ _HINTS: Final[dict[int, str]] = {
     StatusCodes.BadIdentityTokenRejected: "user name or password rejected",
     StatusCodes.BadUserAccessDenied: "user name or password rejected",
     StatusCodes.BadSecurityPolicyRejected: "the server does not offer this security policy/mode",
+    StatusCodes.BadTooManySessions: "the server takes no more sessions: other clients hold them (an "
+    "engineering tool, a SCADA), or sessions of this gateway's lost connections, which the server "
+    "keeps until their session timeout",
+    StatusCodes.BadTcpServerTooBusy: "the server takes no more connections now (busy, or at its limit)",
+    StatusCodes.BadMaxConnectionsReached: "the server takes no more connections (at its limit)",
+    StatusCodes.BadLicenseExpired: "the server's licence has expired (a demo licence's runtime?)",
+    StatusCodes.BadLicenseLimitsExceeded: "beyond what the server's licence allows (clients or tags)",
+    StatusCodes.BadLicenseNotAvailable: "the server's licence does not include this",
+    StatusCodes.BadServerHalted: "the server is halted (stopped, or being updated)",
 }
 
 
