@@ -173,7 +173,7 @@ def test_sensor_faults_change_the_plc_image_not_the_physics() -> None:
     plant.update(s)
     unit = plant.units[1]
     assert unit.read("holding", 106, 2) == [0x7FC0, 0]  # NaN float32
-    assert unit.read("holding", 117, 1) == [0]  # the integer copy reads 0
+    assert unit.read("holding", 117, 1) == [0x7FFF]  # the int16 copy reads 32767, a PLC's fault code
 
 
 def test_same_seed_and_faults_give_the_same_run() -> None:

@@ -191,3 +191,36 @@ def test_values_from_the_wire_bytes_are_the_values_from_the_registers(
     wire = struct.pack(f">{len(registers)}H", *registers)
     # (No NaN can come out to compare: a non-finite value is the `NOT_A_NUMBER` bad reading.)
     assert decode_registers(layout, registers, wire) == decode_registers(layout, registers)
+
+
+def test_a_fault_value_the_device_sends_is_a_bad_reading_before_scaling() -> None:
+    """A Siemens analog input reads 32767 ("overflow") for a broken 4-20 mA loop; scaled by 0.1 it
+    was stored as a good 3276.7 bar."""
+    pressure = tag(type="int16", scale=0.1, fault_values=[32767, -32768])
+    assert decode_one(pressure, [32767]) == Bad("device reports fault value 32767")
+    assert decode_one(pressure, [0x8000]) == Bad("device reports fault value -32768")
+    assert decode_one(pressure, [452]) == pytest.approx(45.2)
+    assert decode_one(tag(type="int16", scale=0.1), [32767]) == pytest.approx(3276.7)  # without: kept
+    sentinel = tag(type="float32", fault_values=[-9999.0])
+    assert decode_one(sentinel, list(struct.unpack(">2H", struct.pack(">f", -9999.0)))) == Bad(
+        "device reports fault value -9999"
+    )
+    assert decode_one(tag(type="uint64", fault_values=[2**64 - 1]), [0xFFFF] * 4) == Bad(
+        f"device reports fault value {2**64 - 1}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kw", "problem"),
+    [
+        (
+            {"type": "uint16", "fault_values": [-32768]},
+            "fault value -32768 cannot come from uint16 registers",
+        ),
+        ({"type": "int16", "fault_values": [1.5]}, "fault value 1.5 cannot come from int16 registers"),
+        ({"type": "string", "length": 2, "fault_values": [0]}, "fault_values only apply to numeric types"),
+    ],
+)
+def test_a_fault_value_that_cannot_occur_is_a_config_error(kw: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        tag(**kw)

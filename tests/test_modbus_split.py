@@ -9,6 +9,7 @@ the PLC does not map.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -177,3 +178,27 @@ def test_halving_never_cuts_a_register_that_two_tags_read() -> None:
         (116, 1, ["status", "running", "fault"]),
         (117, 1, ["speed"]),
     ]
+
+
+async def test_a_broken_sensor_loop_reads_bad_through_its_fault_value(tmp_path: Path) -> None:
+    """firmware-sim's PLC reports a lost 4-20 mA loop on an int16 register as 32767, as a Siemens
+    analog input does; the tag's fault_values make it a bad reading, not 3276.7 A."""
+    scenario = tmp_path / "loop.toml"
+    scenario.write_text(
+        '[scenario]\nname = "broken-loop"\n\n'
+        '[[events]]\nat = "0s"\nsensor = "dropout"\ntag = "pump1.motor_current"\n'
+    )
+    tags = [
+        {"name": "current", "address": 117, "type": "int16", "scale": 0.1, "fault_values": [32767, -32768]},
+        {"name": "current_unguarded", "address": 117, "type": "int16", "scale": 0.1},
+        {"name": "speed", "address": 119, "type": "uint16"},
+    ]
+    with running_plant(seed=5, scenario=scenario) as broken:
+        cfg = ModbusTcpConfig.model_validate(
+            {"name": "plc", "kind": "modbus_tcp", "host": "127.0.0.1", "port": broken.port, "tags": tags}
+        )
+        (readings,) = await polls(ModbusTcpDriver(cfg), 1)
+    current = readings["current"]
+    assert (current.quality, current.reason) == ("bad", "device reports fault value 32767")
+    assert readings["current_unguarded"].value == pytest.approx(3276.7)  # what it was stored as before
+    assert readings["speed"].quality == "good"

@@ -71,9 +71,32 @@ def compile_tag(tag: ModbusTag) -> FieldCodec:
     fmt = struct.Struct(endian + _STRUCT_CODES[tag.type])
     if tag.type == "bit":
         return FieldCodec(swapped, _bit_reader(fmt, tag.bit or 0))
-    if tag.type in ("float32", "float64"):
-        return FieldCodec(swapped, _float_reader(fmt, tag.scale, tag.offset))
-    return FieldCodec(swapped, _int_reader(fmt, tag.scale, tag.offset))
+    reader = _float_reader if tag.type in ("float32", "float64") else _int_reader
+    if tag.fault_values:
+        return FieldCodec(
+            swapped, _fault_checked(reader(fmt, 1.0, 0.0), tag.fault_values, tag.scale, tag.offset)
+        )
+    return FieldCodec(swapped, reader(fmt, tag.scale, tag.offset))
+
+
+def _fault_checked(raw: Reader, faults: Sequence[int | float], scale: float, offset: float) -> Reader:
+    """`raw` (unscaled), bad for the device's fault values, else scaled."""
+    codes = frozenset(faults)
+    plain = scale == 1.0 and offset == 0.0
+
+    def read_checked(buf: bytes, at: int) -> Value | Bad:
+        value = raw(buf, at)
+        if type(value) is Bad:
+            return value
+        if value in codes:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            return Bad(f"device reports fault value {shown}")
+        if plain:
+            return value
+        scaled: float = value * scale + offset  # type: ignore[operator]
+        return scaled if math.isfinite(scaled) else NOT_A_NUMBER
+
+    return read_checked
 
 
 def _int_reader(fmt: struct.Struct, scale: float, offset: float) -> Reader:

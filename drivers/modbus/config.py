@@ -48,6 +48,14 @@ TYPE_REGISTERS: Final[dict[str, int]] = {
 }
 
 ADDRESS_SPACE: Final = 65536
+INTEGER_RANGES: Final[dict[str, tuple[int, int]]] = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
 
 
 class ModbusTag(BaseModel):
@@ -69,6 +77,26 @@ class ModbusTag(BaseModel):
     scale: float = 1.0
     offset: float = 0.0
     unit: str = Field(default="", max_length=32)
+    # Raw values (before scale and offset) the device sends in place of a measurement: a Siemens
+    # analog input's 32767 ("overflow": a broken 4-20 mA loop) and -32768, a meter's 0xFFFF. Such a
+    # reading is bad, "device reports fault value 32767", instead of 3276.7 bar.
+    fault_values: tuple[int | float, ...] = Field(default=(), max_length=16)
+
+    @model_validator(mode="after")
+    def _check_fault_values(self) -> Self:
+        if not self.fault_values:
+            return self
+        if self.type in ("bool", "bit", "string"):
+            raise ValueError(f"tag {self.name!r}: fault_values only apply to numeric types")
+        if self.type in INTEGER_RANGES:
+            lo, hi = INTEGER_RANGES[self.type]
+            for value in self.fault_values:
+                if isinstance(value, bool) or not (isinstance(value, int) and lo <= value <= hi):
+                    raise ValueError(
+                        f"tag {self.name!r}: fault value {value!r} cannot come from {self.type} "
+                        f"registers ({lo}..{hi}; a raw value, before scale and offset)"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _check_shape(self) -> Self:

@@ -98,11 +98,12 @@ def encode(point: Point, value: float | int | bool | str) -> list[int]:
     if isinstance(value, str):
         raise TypeError(f"{point.name}: {point.encoding} needs a number, got {value!r}")
     number: float | int = value / point.scale if point.scale != 1.0 else value
-    if code not in "fd" and isinstance(number, float) and not math.isfinite(number):
-        number = 0  # a lost sensor on an integer register reads 0 (documented)
     if code not in "fd":
         lo, hi = _int_range(code)
-        number = max(lo, min(hi, round(number)))
+        # A lost sensor on an integer register reads the type's largest value: the fault code PLCs
+        # put there (a Siemens analog input reads 32767, "overflow", for a broken 4-20 mA loop).
+        lost = isinstance(number, float) and not math.isfinite(number)
+        number = hi if lost else max(lo, min(hi, round(number)))
     raw = struct.pack(">" + code, number)  # big-endian: b0 b1 b2 b3 ...
     if point.word_order == "little":
         words = [raw[i : i + 2] for i in range(0, len(raw), 2)]
