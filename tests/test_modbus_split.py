@@ -202,3 +202,40 @@ async def test_a_broken_sensor_loop_reads_bad_through_its_fault_value(tmp_path: 
     assert (current.quality, current.reason) == ("bad", "device reports fault value 32767")
     assert readings["current_unguarded"].value == pytest.approx(3276.7)  # what it was stored as before
     assert readings["speed"].quality == "good"
+
+
+async def test_a_device_that_refused_everything_for_a_while_is_read_in_its_planned_requests_again() -> None:
+    """A PLC in STOP or taking a program download refuses every read for a while: the requests
+    were split down to one tag each, for the rest of the agent's life (34 registers, 19 requests a
+    poll). The planned requests are tried again after `remerge_s`."""
+    from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
+
+    from water_edge.drivers.modbus.adapter import ExceptionAnswerError
+    from water_edge.drivers.modbus.plan import ReadRequest
+    from water_edge.drivers.modbus.poller import RequestPoller
+
+    now = [0.0]
+    stopped = [True]
+    sent: list[tuple[int, int]] = []
+
+    async def execute(request: ReadRequest) -> ReadHoldingRegistersResponse:
+        sent.append((request.start, request.count))
+        if stopped[0]:
+            raise ExceptionAnswerError("read", 2)
+        return ReadHoldingRegistersResponse(registers=[0] * request.count)
+
+    planned = plan_requests(pump1_config(1))
+    poller = RequestPoller("plc", planned, remerge_s=900.0, clock=lambda: now[0])
+    readings = await poller.read(execute)
+    assert all(r.quality == "bad" for r in readings)
+    assert len(poller.requests) == len(PUMP1), "split down to one tag each"
+    stopped[0] = False
+    now[0] = 600.0
+    await poller.read(execute)
+    assert len(poller.requests) == len(PUMP1)  # not yet
+    now[0] = 901.0
+    sent.clear()
+    readings = await poller.read(execute)
+    assert all(r.quality == "good" for r in readings)
+    assert poller.requests == planned
+    assert sent == [(100, 34)]

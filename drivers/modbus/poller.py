@@ -33,6 +33,8 @@ from water_edge.drivers.modbus.plan import ReadRequest, halve, split_at_gaps
 log = structlog.get_logger(__name__)
 
 MAX_SILENT_REQUESTS: Final = 3
+# How long split requests stay before the planned ones are tried again (see `RequestPoller`).
+REMERGE_S: Final = 900.0
 ILLEGAL_DATA_ADDRESS: Final = 2
 ILLEGAL_DATA_VALUE: Final = 3
 READ_FUNCTION: Final[dict[str, int]] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
@@ -76,7 +78,6 @@ class _Entry:
     request: ReadRequest
     labels: list[tuple[str, str]] = field(init=False)  # (tag, unit), built once, not per poll
     offsets: list[int] = field(init=False)
-    refused_said: bool = False  # `modbus.tag_refused` logged for this (one-tag) request
 
     def __post_init__(self) -> None:
         self.labels = [(t.name, t.unit) for t, _ in self.request.tags]
@@ -95,16 +96,38 @@ def _parts(request: ReadRequest, code: int) -> list[ReadRequest]:
 
 
 class RequestPoller:
-    def __init__(self, source: str, requests: list[ReadRequest]) -> None:
+    """Reads the planned requests each poll, splitting the ones the device refuses (above).
+
+    A split stays for `remerge_s`, then the planned requests are tried again: a device that refused
+    everything for a while (a PLC in STOP, or taking a program download) is not read one tag per
+    request for the rest of the agent's life; one still refusing is split again at once."""
+
+    def __init__(
+        self,
+        source: str,
+        requests: list[ReadRequest],
+        *,
+        remerge_s: float = REMERGE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.source = source
+        self._planned = list(requests)
         self._entries = [_Entry(r) for r in requests]
         self.splits = 0
+        self._remerge_s = remerge_s
+        self._clock = clock
+        self._split_at: float | None = None  # when the requests in use were first split
+        self._refused_tags: set[str] = set()  # named in `modbus.tag_refused` already
 
     @property
     def requests(self) -> list[ReadRequest]:
         return [e.request for e in self._entries]
 
     async def read(self, execute: Execute) -> list[Reading]:
+        if self._split_at is not None and self._clock() - self._split_at >= self._remerge_s:
+            self._entries = [_Entry(r) for r in self._planned]
+            self._split_at = None
+            log.info("modbus.requests_remerged", driver=self.source, requests=len(self._planned))
         out: list[Reading] = []
         kept: list[_Entry] = []
         for entry in self._entries:
@@ -120,6 +143,8 @@ class RequestPoller:
             parts = _parts(request, refused.code)
             if len(parts) > 1:
                 self.splits += 1
+                if self._split_at is None:
+                    self._split_at = self._clock()
                 log.warning(
                     "modbus.request_split",
                     driver=self.source,
@@ -134,9 +159,13 @@ class RequestPoller:
                 for part in parts:
                     readings.extend(await self._read(_Entry(part), execute, kept))
                 return readings
-            if refused.code == ILLEGAL_DATA_ADDRESS and len(request.tags) == 1 and not entry.refused_said:
-                entry.refused_said = True
-                tag = request.tags[0][0]
+            tag = request.tags[0][0]
+            if (
+                refused.code == ILLEGAL_DATA_ADDRESS
+                and len(request.tags) == 1
+                and tag.name not in self._refused_tags
+            ):
+                self._refused_tags.add(tag.name)
                 log.warning(
                     "modbus.tag_refused",
                     driver=self.source,
