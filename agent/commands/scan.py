@@ -191,7 +191,7 @@ def cmd_scan_opcua(args: argparse.Namespace) -> int:
     from water_edge.drivers.opcua.config import OpcUaConfig
     from water_edge.drivers.opcua.driver import OpcUaDriver
 
-    logs.configure("warning", json=False)
+    logs.configure("error", json=False)  # the command says what went wrong; asyncua's own lines add nothing
     secure = args.security_policy != "None"
     settings: dict[str, Any] = {
         "name": "scan",
@@ -214,7 +214,8 @@ def cmd_scan_opcua(args: argparse.Namespace) -> int:
         _say(f"edge-agent scan opcua: {exc.errors()[0]['msg']}")
         return EXIT_USAGE
     started = time.monotonic()
-    _say(f"browsing {args.endpoint} below Objects/{args.path.strip('/')} ...")
+    below = "/".join(["Objects", *([args.path.strip("/")] if args.path.strip("/") else [])])
+    _say(f"browsing {args.endpoint} below {below} ...")
     try:
         found, truncated = asyncio.run(_browse(driver, args))
     except DriverIOError as exc:
