@@ -266,6 +266,7 @@ class ScriptedMaster:
     def __init__(self, answers: dict[int, list[Telegram] | Exception]) -> None:
         self.answers = answers
         self.stats = LinkStats()
+        self.baudrates: list[int] = []
         self.opens = 0
         self._open = False
 
@@ -293,6 +294,9 @@ class ScriptedMaster:
         self, secondary: str, *, max_telegrams: int = 8, key: bytes | None = None
     ) -> list[Telegram]:
         raise MbusTimeoutError(f"no meter {secondary}")
+
+    def use_baudrate(self, baudrate: int) -> None:
+        self.baudrates.append(baudrate)
 
 
 def water_meter(address: int, litres: float) -> list[Telegram]:
@@ -429,3 +433,22 @@ async def test_a_late_answer_from_one_meter_is_never_read_as_the_next_ones(bus: 
         assert (got["a.volume"].quality, got["a.volume"].reason) == ("bad", "timeout")
         assert (got["b.volume"].quality, got["b.volume"].value) == ("good", b_volume)
     assert driver.health().stray_answers == 2
+
+
+async def test_a_meter_of_its_own_speed_on_a_mixed_segment_is_read_at_it(tmp_path: Path) -> None:
+    """A segment at 9600 Bd with one meter at 2400 (old meters keep theirs): without its own
+    `baudrate` it never answers; with it, the master switches for that meter and back."""
+    async with running_bus(tmp_path / "mixed", baudrates={"4": 2400}) as mixed:
+        m4 = mixed.meter(4)
+        cfg = bus_config(mixed, [
+            {"name": "a", "address": 1},
+            {"name": "as_segment", "secondary": f"{m4.spec.ident:08d}"},
+            {"name": "own_speed", "address": 4, "baudrate": 2400},
+            {"name": "b", "address": 2},
+        ], retries=0)  # fmt: skip
+        got, driver = await read_once(cfg)
+        totaliser = mixed._ctx.state().totaliser_m3
+    assert (got["as_segment.status"].quality, got["as_segment.status"].reason) == ("bad", "timeout")
+    assert got["own_speed.volume"].value == pytest.approx(m4.volume_litres(totaliser) / 1000, abs=0.01)
+    assert got["a.volume"].quality == got["b.volume"].quality == "good"
+    assert driver.health().meter_failures == 1

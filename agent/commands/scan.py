@@ -46,6 +46,11 @@ def register(subparsers: Any) -> None:
     mbus = kind("mbus", "find every meter on a wired M-Bus segment")
     mbus.add_argument("--port", required=True, help="the M-Bus master's serial port, e.g. /dev/ttyUSB0")
     mbus.add_argument("--baudrate", type=int, choices=(300, 2400, 9600), default=2400)
+    mbus.add_argument(
+        "--all-baudrates",
+        action="store_true",
+        help="scan at --baudrate, then the other speeds (a segment of mixed speeds)",
+    )
     mbus.add_argument("--primary", action="store_true", help="also try primary addresses 0..250 (old meters)")
     mbus.add_argument("--local-echo", action="store_true", help="the adapter echoes every request")
     mbus.add_argument("--json", action="store_true", help="one JSON object per meter")
@@ -74,60 +79,83 @@ def register(subparsers: Any) -> None:
 def cmd_scan_mbus(args: argparse.Namespace) -> int:
     from water_edge.core import logs
     from water_edge.core.errors import DriverIOError
-    from water_edge.drivers.mbus.frame import MbusDecodeError
-    from water_edge.drivers.mbus.link import MbusMaster, MbusTimeoutError, MeterFound
 
     logs.configure("warning", json=False)
-    master = MbusMaster(args.port, args.baudrate, retries=1, local_echo=args.local_echo)
+    speeds = [args.baudrate]
+    if args.all_baudrates:
+        speeds += [b for b in (2400, 9600, 300) if b != args.baudrate]
     started = time.monotonic()
-    _say(f"scanning {args.port} at {args.baudrate} Bd by secondary address ...")
-    found: list[MeterFound] = []
     try:
-        master.open()
-        try:
-            for secondary in master.scan_secondary():
-                try:
-                    found.append(master.identify(secondary))
-                except (MbusTimeoutError, MbusDecodeError) as exc:
-                    _say(f"{secondary}: found, but its telegram could not be read: {exc}")
-            if args.primary:
-                _say("trying primary addresses 0..250 ...")
-                known = {m.primary for m in found}
-                for address in master.scan_primary():
-                    if address in known:
-                        continue
-                    try:
-                        found.append(master.identify_primary(address))
-                    except (MbusTimeoutError, MbusDecodeError) as exc:
-                        _say(f"primary address {address}: answers, but its telegram could not be read: {exc}")
-        finally:
-            master.close()
+        found = _scan_segment(args, speeds)
     except DriverIOError as exc:
         _say(f"edge-agent scan mbus: {exc}")
         return EXIT_USAGE
     elapsed = time.monotonic() - started
     if not found:
+        tried = "/".join(str(b) for b in speeds)
         _say(
-            f"no meter answered at {args.baudrate} Bd in {elapsed:.0f} s: check the wiring and the bus "
-            "power, try --baudrate 300 or 9600 (meters ship at 2400 or 300), --primary for old "
-            "meters, and that no other master (the agent) uses the port"
+            f"no meter answered at {tried} Bd in {elapsed:.0f} s: check the wiring and the bus power, "
+            "try --all-baudrates (meters ship at 2400 or 300), --primary for old meters, and that no "
+            "other master (the agent) uses the port"
         )
         return EXIT_FAILED
+    docs = [_meter_doc(m, baud) for m, baud in found]
     if args.json:
-        _print_json(found)
+        _print_json(docs)
     else:
-        _print_table(found, args, elapsed)
+        _print_table(docs, args, elapsed)
     return EXIT_OK
+
+
+def _scan_segment(args: argparse.Namespace, speeds: list[int]) -> list[tuple[Any, int]]:
+    """Each meter found, with the speed it answered at (the first, for one that answers at several:
+    many meters detect the master's speed)."""
+    from water_edge.drivers.mbus.frame import MbusDecodeError
+    from water_edge.drivers.mbus.link import MbusMaster, MbusTimeoutError
+
+    master = MbusMaster(args.port, speeds[0], retries=1, local_echo=args.local_echo)
+    found: list[tuple[Any, int]] = []
+    master.open()
+    try:
+        for baud in speeds:
+            master.use_baudrate(baud)
+            _say(f"scanning {args.port} at {baud} Bd by secondary address ...")
+            seen = {m.secondary for m, _ in found}
+            for secondary in master.scan_secondary():
+                if secondary in seen:
+                    continue
+                try:
+                    found.append((master.identify(secondary), baud))
+                except (MbusTimeoutError, MbusDecodeError) as exc:
+                    _say(f"{secondary}: found, but its telegram could not be read: {exc}")
+            if not args.primary:
+                continue
+            _say(f"trying primary addresses 0..250 at {baud} Bd ...")
+            known = {m.primary for m, b in found if b == baud}
+            for address in master.scan_primary():
+                if address in known:
+                    continue
+                try:
+                    meter = master.identify_primary(address)
+                except (MbusTimeoutError, MbusDecodeError) as exc:
+                    _say(f"primary address {address}: answers, but its telegram could not be read: {exc}")
+                    continue
+                if not meter.secondary or meter.secondary not in {m.secondary for m, _ in found}:
+                    found.append((meter, baud))
+    finally:
+        master.close()
+    return found
 
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _meter_doc(m: Any) -> dict[str, Any]:
+def _meter_doc(m: Any, baudrate: int) -> dict[str, Any]:
     h = m.header
     return {
         "secondary": m.secondary or None,
+        "baudrate": baudrate,
         "id": h.id if h else None,
         "primary": m.primary,
         "manufacturer": h.manufacturer if h else None,
@@ -138,43 +166,50 @@ def _meter_doc(m: Any) -> dict[str, Any]:
     }
 
 
-def _print_json(found: list[Any]) -> None:
+def _print_json(docs: list[dict[str, Any]]) -> None:
     import orjson
 
-    for m in found:
-        sys.stdout.write(orjson.dumps(_meter_doc(m)).decode() + "\n")
+    for d in docs:
+        sys.stdout.write(orjson.dumps(d).decode() + "\n")
 
 
-def _print_table(found: list[Any], args: argparse.Namespace, elapsed: float) -> None:
-    print(f"M-Bus {args.port} at {args.baudrate} Bd: {len(found)} meter(s) in {elapsed:.0f} s")
-    print(f"{'primary':>7}  {'secondary':<16}  {'manufacturer':<12}  {'version':>7}  {'medium':<12}  volume")
-    for m in found:
-        d = _meter_doc(m)
+def _print_table(docs: list[dict[str, Any]], args: argparse.Namespace, elapsed: float) -> None:
+    speeds = [d["baudrate"] for d in docs]
+    device_baud = max(set(speeds), key=speeds.count)  # the segment's; the others per meter
+    where = f"{device_baud} Bd" if len(set(speeds)) == 1 else "mixed speeds"
+    print(f"M-Bus {args.port} at {where}: {len(docs)} meter(s) in {elapsed:.0f} s")
+    print(
+        f"{'primary':>7}  {'secondary':<16}  {'baud':>4}  {'manufacturer':<12}  {'version':>7}  "
+        f"{'medium':<12}  volume"
+    )
+    for d in docs:
         volume = f"{d['volume_m3']:g} m3" if d["volume_m3"] is not None else ""
         if d["encrypted_mode"]:
             volume = f"encrypted (mode {d['encrypted_mode']}): needs its key"
         version = "" if d["version"] is None else f"0x{d['version']:02X}"
         print(
-            f"{d['primary']:>7}  {d['secondary'] or '-':<16}  {d['manufacturer'] or '-':<12}  "
-            f"{version:>7}  {d['medium'] or '-':<12}  {volume}"
+            f"{d['primary']:>7}  {d['secondary'] or '-':<16}  {d['baudrate']:>4}  "
+            f"{d['manufacturer'] or '-':<12}  {version:>7}  {d['medium'] or '-':<12}  {volume}"
         )
     print()
     print(f'# For the agent\'s config: a [[devices]] with kind = "mbus", port = "{args.port}", '
-          f"baudrate = {args.baudrate}{', local_echo = true' if args.local_echo else ''}")  # fmt: skip
-    for m in found:
+          f"baudrate = {device_baud}{', local_echo = true' if args.local_echo else ''}")  # fmt: skip
+    for d in docs:
         print()
-        print(config_block(_meter_doc(m)))
+        print(config_block(d, device_baud))
 
 
-def config_block(d: dict[str, Any]) -> str:
+def config_block(d: dict[str, Any], device_baud: int) -> str:
     """The `[[devices.meters]]` table for one meter found (by its full secondary address, which
-    does not depend on the primary addresses set on the bus)."""
+    does not depend on the primary addresses set on the bus; its speed where not the segment's)."""
     lines = ["[[devices.meters]]", f'name = "meter-{d["id"] or d["primary"]}"']
     if d["secondary"]:
         where = f"{d['manufacturer']} {d['medium']}, primary address {d['primary']}"
         lines.append(f'secondary = "{d["secondary"]}"  # {where}')
     else:
         lines.append(f"address = {d['primary']}")
+    if d["baudrate"] != device_baud:
+        lines.append(f"baudrate = {d['baudrate']}  # this meter's own speed on a segment of mixed speeds")
     if d["encrypted_mode"]:
         path = f"/etc/edge-agent/keys/meter-{d['id']}.key"
         lines.append(f'key = {{ file = "{path}" }}  # its AES-128 key, 32 hex digits (chmod 600)')

@@ -59,6 +59,9 @@ class MbusMeter(BaseModel):
     max_telegrams: int = Field(default=8, ge=1, le=64)
     # For a meter that encrypts its data (OMS security mode 5 or 7).
     key: MeterKey = None
+    # The meter's own line speed on a segment of mixed speeds (old meters at 300 Bd beside new ones
+    # at 2400); the master switches to it for this meter. None: the device's `baudrate`.
+    baudrate: Literal[300, 2400, 9600] | None = None
 
     @model_validator(mode="after")
     def _one_address(self) -> Self:

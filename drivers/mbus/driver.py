@@ -143,6 +143,8 @@ class MbusLink(Protocol):
         self, secondary: str, *, max_telegrams: int = 8, key: bytes | None = None
     ) -> list[Telegram]: ...
 
+    def use_baudrate(self, baudrate: int) -> None: ...
+
 
 MasterFactory = Callable[[MbusConfig], MbusLink]
 
@@ -165,8 +167,6 @@ class MbusDriver:
         self._config = config
         self._master: MbusLink = (master_factory or serial_master)(config)
         self._port: serial_bus.SerialPort | None = None
-        # The master leaves one character of line idle between transactions.
-        self._gap_s = 11 / config.baudrate
         self._known: dict[str, dict[str, str]] = {m.name: {} for m in config.meters}
         self._stats = {
             "polls": 0, "meter_reads": 0, "meter_failures": 0, "decode_errors": 0,
@@ -244,7 +244,8 @@ class MbusDriver:
         port = self._port
         if port is None:
             raise DriverIOError(f"{self.name}: not open")
-        async with port.transaction(self._gap_s):
+        # The master leaves one character of line idle between transactions, at the meter's speed.
+        async with port.transaction(11 / (meter.baudrate or self._config.baudrate)):
             try:
                 telegrams = await asyncio.to_thread(self._fetch, meter)
                 error: str | None = None
@@ -298,6 +299,9 @@ class MbusDriver:
     def _fetch(self, meter: MbusMeter) -> list[Telegram]:
         """Blocking: runs in a worker thread inside the port's transaction."""
         key = self._keys.get(meter.name, (None, None))[0]
+        # Every read sets its speed: a meter of its own, or another section on this port, may have
+        # left the line at another.
+        self._master.use_baudrate(meter.baudrate or self._config.baudrate)
         if meter.secondary is not None:
             return self._master.read_secondary(meter.secondary, max_telegrams=meter.max_telegrams, key=key)
         if meter.address is None:  # the config validator rules this out

@@ -157,6 +157,7 @@ class MbusMaster:
     ) -> None:
         self.port = port
         self.baudrate = baudrate
+        self._timeout_given = timeout_s is not None
         self.timeout_s = timeout_s if timeout_s is not None else answer_timeout_s(baudrate)
         self.retries = retries
         self.local_echo = local_echo
@@ -185,6 +186,20 @@ class MbusMaster:
                 f"M-Bus port {self.port}: cannot open: the port refuses {self.baudrate} Bd 8E1 "
                 f"({exc.args[-1]}){hint}"
             ) from exc
+
+    def use_baudrate(self, baudrate: int) -> None:
+        """Talk at `baudrate` from now on (a meter of its own speed on a mixed segment); the answer
+        timeout follows it unless one was given."""
+        if baudrate == self.baudrate:
+            return
+        if self._serial is not None:
+            try:
+                self._serial.baudrate = baudrate
+            except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+                raise DriverIOError(f"M-Bus port {self.port}: cannot switch to {baudrate} Bd: {exc}") from exc
+        self.baudrate = baudrate
+        if not self._timeout_given:
+            self.timeout_s = answer_timeout_s(baudrate)
 
     def close(self) -> None:
         if self._serial is not None:

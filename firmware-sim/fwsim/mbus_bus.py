@@ -117,7 +117,24 @@ class MbusBus:
 
     @property
     def byte_time(self) -> float:
-        return BITS_PER_BYTE / self.baudrate
+        return BITS_PER_BYTE / self.line_baudrate()
+
+    def line_baudrate(self) -> int:
+        """The speed the master set on its end of the line now (a pty keeps what tcsetattr stored,
+        shared by both ends), else the bus's own."""
+        if self._master_fd >= 0:
+            with contextlib.suppress(termios.error, OSError):
+                speed = termios.tcgetattr(self._master_fd)[4]
+                for baud, code in BAUD_TERMIOS.items():
+                    if code == speed:
+                        return baud
+        return self.baudrate
+
+    def _hearing(self, meters: Sequence[WaterMeter]) -> list[WaterMeter]:
+        """The meters that make out a frame sent at the line's speed: those set to it (to another
+        speed, a frame is noise to a meter, which stays silent)."""
+        line = self.line_baudrate()
+        return [m for m in meters if (m.spec.baudrate or self.baudrate) == line]
 
     def inject(self, address: int, fault: str, count: int = 1) -> None:
         """Make meter `address` misbehave on its next `count` answers."""
@@ -215,7 +232,7 @@ class MbusBus:
                 continue
             answer = self.noise + answer
             # EN 13757-2: the slave waits at least 11 bit times before it answers.
-            await asyncio.sleep(max(0.0, received_at + BITS_PER_BYTE / self.baudrate - loop.time()))
+            await asyncio.sleep(max(0.0, received_at + self.byte_time - loop.time()))
             await self._send(answer)
             self.counters["answers"] += 1
             self.counters["bytes_out"] += len(answer)
@@ -267,17 +284,18 @@ class MbusBus:
         return None
 
     def _targets(self, address: int) -> list[WaterMeter]:
+        meters = self._hearing(self.meters)
         if address == NETWORK_LAYER:
-            return [m for m in self.meters if m.state.selected]
+            return [m for m in meters if m.state.selected]
         if address == 0xFE:
-            return list(self.meters)
-        return [m for m in self.meters if m.spec.address == address]
+            return meters
+        return [m for m in meters if m.spec.address == address]
 
     def _select(self, mask: bytes) -> bytes | None:
         if len(mask) != 8:
             return None
         chosen = []
-        for m in self.meters:
+        for m in self._hearing(self.meters):
             m.state.selected = m.matches(mask) or m.state.ignores_select
             if m.state.selected:
                 m.state.last_fcb, m.state.telegram_index, m.state.last_answer = 0, 0, None
@@ -354,8 +372,10 @@ class MbusBus:
 
 class MbusComponent:
     """`edge-sim run` part: options `meters` (count, default 4), `baudrate` (default 2400), `echo`
-    (default false: true echoes the master's requests back to it) and `keys` (primary address ->
-    32 hex digits: that meter encrypts its telegrams with OMS mode 5 under the key)."""
+    (default false: true echoes the master's requests back to it), `keys` (primary address ->
+    32 hex digits: that meter encrypts its telegrams with OMS mode 5 under the key) and
+    `baudrates` (primary address -> 300, 2400 or 9600: that meter's own line speed, a segment of
+    mixed speeds; it hears only frames sent at it)."""
 
     name = "mbus"
 
@@ -378,6 +398,10 @@ class MbusComponent:
             if int(address) not in by_address:
                 raise ValueError(f"mbus: keys: no meter at primary address {address} (1..{count})")
             by_address[int(address)].key = bytes.fromhex(str(key))
+        for address, baud in dict(ctx.options.get("baudrates", {})).items():
+            if int(address) not in by_address or int(baud) not in BAUD_TERMIOS:
+                raise ValueError(f"mbus: baudrates: {address} = {baud} (a meter 1..{count}, 300/2400/9600)")
+            by_address[int(address)].baudrate = int(baud)
         self.bus = MbusBus(
             ctx,
             meters,

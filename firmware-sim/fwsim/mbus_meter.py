@@ -69,6 +69,7 @@ class MeterSpec:
     initial_m3: float = 100.0
     multi_telegram: bool = False
     key: bytes | None = None  # AES-128: the telegrams' data encrypted with OMS mode 5
+    baudrate: int | None = None  # the meter's own line speed (None: the bus's); it hears no other
 
 
 @dataclass
