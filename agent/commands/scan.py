@@ -122,6 +122,11 @@ def _scan_segment(args: argparse.Namespace, speeds: list[int]) -> list[tuple[Any
             _say(f"scanning {args.port} at {baud} Bd by secondary address ...")
             seen = {m.secondary for m, _ in found}
             for secondary in master.scan_secondary():
+                if not secondary:
+                    _say(
+                        "a meter answered its selection without a long header (it names no ID): try --primary"
+                    )
+                    continue
                 if secondary in seen:
                     continue
                 try:
