@@ -466,6 +466,8 @@ def test_a_baseline_says_the_rate_it_was_made_at_and_a_file_at_another_is_warned
     assert made.returncode == 0, made.stderr
     assert "different sample rates (a8.wav 8000 Hz, b16.wav 16000 Hz)" in made.stderr
     assert json.loads(mixed.read_text())["sample_rate_hz"] is None
+    assert json.loads(mixed.read_text())["sample_rates_hz"] == [8000, 16000]  # which, kept with it
+    assert "sample_rates_hz" not in json.loads(base.read_text())
 
     old = json.loads(base.read_text())
     del old["sample_rate_hz"]  # a baseline written before the rate was kept: judged, not warned

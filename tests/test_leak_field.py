@@ -28,7 +28,7 @@ from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.factory import LeakFactory
 from water_edge.models.leak.judge import Confirmation, JudgeParams, judge
 from water_edge.models.leak.levels import Decimator
-from water_edge.models.leak.processor import AudioLeakProcessor
+from water_edge.models.leak.processor import AudioLeakProcessor, LeakHealth, SensorHealth
 from water_edge.models.leak.store import SensorStore
 from water_edge.models.nightwindow import NightWindow, zone
 from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
@@ -1199,3 +1199,30 @@ async def test_audio_below_8_khz_is_judged_on_its_levels_without_the_classifier(
         "BASELINE LEARNT AT 4000 Hz, the device now at 8000 Hz (the top bands differ: recalibrate)"
         in (said[0])
     )
+
+
+def test_a_baseline_learnt_across_a_change_of_rate_says_so_in_status_and_keeps_it(tmp_path: Path) -> None:
+    """Stored checks of nights heard at two rates (the device's sample_rate changed while it learnt):
+    the baseline's top bands mix two audio chains. Before, it said so only by `sample_rate_hz: null`
+    and the status showed nothing."""
+    rng = np.random.default_rng(3)
+    level = -60.0 + np.linspace(10, -10, NB)
+    checks = [
+        dataclasses.replace(_check(f"2025-01-0{i + 1}", level + rng.normal(0, 0.5, NB)), sample_rate=rate)
+        for i, rate in enumerate([8000] * 4 + [16000] * 3)
+    ]
+    baseline = Baseline.learn(checks, sensor="hyd.A")
+    assert (baseline.sample_rate, baseline.mixed_rates) == (None, (8000, 16000))
+    again = Baseline.from_dict(json.loads(json.dumps(baseline.to_dict())))
+    assert again.mixed_rates == (8000, 16000)
+    one_rate = Baseline.learn([dataclasses.replace(c, sample_rate=8000) for c in checks], sensor="hyd.A")
+    assert (one_rate.sample_rate, one_rate.mixed_rates) == (8000, ())
+    sensor = SensorHealth(
+        "armed", 1, 7, "good", 0.0, 7, 7, 7, None, baseline_sample_rates_hz=again.mixed_rates
+    )
+    lines = LeakHealth(0, 0, None, {"hyd.A": sensor}).status_lines()
+    assert any(
+        "BASELINE FROM NIGHTS AT 8000 and 16000 Hz (the device's rate changed while it learnt: recalibrate "
+        "at one rate)" in line
+        for line in lines
+    ), lines

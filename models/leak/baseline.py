@@ -165,6 +165,13 @@ def _bands(values: Any) -> FloatArray:
     return out
 
 
+def _mixed(rates: set[int | None]) -> tuple[int, ...]:
+    """The known rates of a baseline's checks when there are several (checks stored before rates
+    were kept say none)."""
+    known = tuple(sorted(r for r in rates if r is not None))
+    return known if len(known) > 1 else ()
+
+
 def _rate(value: Any, key: str) -> int | None:
     """A stored sample rate: a whole number of Hz, or None (not known; absent in older records)."""
     if value is not None and (type(value) is not int or not 0 < value <= 10**6):
@@ -212,6 +219,9 @@ class Baseline:
     # bands): its checks' when they agree; None when they differ or do not say (stored before it
     # was kept).
     sample_rate: int | None = None
+    # The rates its checks were heard at when they differ (a device's rate changed while it
+    # learnt): its top bands mix two audio chains, and it should be learnt again at one.
+    mixed_rates: tuple[int, ...] = ()
 
     @classmethod
     def learn(
@@ -279,7 +289,8 @@ class Baseline:
             material=material,
             nuisance=nuisance,
             relative_sigma=residual_sigma(relative - np.median(relative, axis=0)),
-            sample_rate=rates.pop() if len(rates) == 1 else None,
+            sample_rate=next(iter(rates)) if len(rates) == 1 else None,
+            mixed_rates=_mixed(rates),
         )
 
     def quality(self, wanted_nights: int = 7) -> str:
@@ -318,6 +329,7 @@ class Baseline:
             "nuisance": None if self.nuisance is None else self.nuisance.to_dict(),
             "relative_sigma_db": None if self.relative_sigma is None else _r(self.relative_sigma),
             "sample_rate_hz": self.sample_rate,
+            **({"sample_rates_hz": list(self.mixed_rates)} if self.mixed_rates else {}),
         }
 
     @classmethod
@@ -351,6 +363,9 @@ class Baseline:
             nuisance = d.get("nuisance")
             relative = d.get("relative_sigma_db")  # absent in baselines written before it
             rate = _rate(d.get("sample_rate_hz"), "sample_rate_hz")
+            mixed = d.get("sample_rates_hz", [])
+            if not isinstance(mixed, list):
+                raise BaselineError(f"'sample_rates_hz' must be a list of rates, got {mixed!r}")
             return cls(
                 sensor=str(d["sensor"]),
                 level=arrays["level_db"],
@@ -373,6 +388,7 @@ class Baseline:
                 nuisance=None if nuisance is None else Nuisance.from_dict(nuisance, features.N_BANDS),
                 relative_sigma=None if relative is None else _bands(relative),
                 sample_rate=rate,
+                mixed_rates=tuple(r for r in (_rate(v, "sample_rates_hz") for v in mixed) if r is not None),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, BaselineError):

@@ -63,5 +63,6 @@ def summary(b: Baseline, wanted_nights: int) -> dict[str, Any]:
         "from": b.from_ts,
         "to": b.to_ts,
         "quality": b.quality(wanted_nights),
-        "sample_rate_hz": b.sample_rate,  # null: its nights were heard at different rates
+        "sample_rate_hz": b.sample_rate,  # null: its nights were heard at different rates ...
+        **({"sample_rates_hz": list(b.mixed_rates)} if b.mixed_rates else {}),  # ... these
     }

@@ -96,6 +96,7 @@ class SensorHealth:
     fault_seconds: int = 0  # night seconds left out: the audio driver saw a sensor fault in them
     saturated_seconds: int = 0  # night seconds saturated at full scale: judged, never learnt from
     baseline_sample_rate_hz: int | None = None  # the rate of the audio its baseline was learnt from
+    baseline_sample_rates_hz: tuple[int, ...] = ()  # the rates it was learnt from, when they differ
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,12 @@ class LeakHealth:
                 lines[-1] += (
                     f", BASELINE LEARNT AT {made} Hz, the device now at {self.sample_rate} Hz "
                     "(the top bands differ: recalibrate)"
+                )
+            if s.baseline_sample_rates_hz:
+                rates = " and ".join(str(r) for r in s.baseline_sample_rates_hz)
+                lines[-1] += (
+                    f", BASELINE FROM NIGHTS AT {rates} Hz (the device's rate changed while it learnt: "
+                    "recalibrate at one rate)"
                 )
             if s.last_error is not None:
                 lines.append(f"{name}: {s.last_error}")
@@ -659,6 +666,7 @@ class AudioLeakProcessor:
                 fault_seconds=s.fault_seconds,
                 saturated_seconds=s.saturated_seconds,
                 baseline_sample_rate_hz=None if b is None else b.sample_rate,
+                baseline_sample_rates_hz=() if b is None else b.mixed_rates,
             )
         for name, why in self.missing.items():
             sensors[name] = SensorHealth("missing", None, None, None, None, 0, 0, 0, None, None, why)
