@@ -345,3 +345,32 @@ async def test_an_integer_past_int64_is_born_uint64_and_read_back_exact_without_
     values = [datatypes.get(x) for m in got if m.kind == "DDATA" for x in m.payload.metrics]
     assert sorted(values) == [top - 2, top - 1, top, top]  # type: ignore[type-var]
     assert session_errors(got) == []
+
+
+async def test_on_a_broker_that_keeps_no_retained_messages_the_node_says_why_it_waits_for_the_host(
+    node: Callable[..., Any],
+) -> None:
+    """The host's retained STATE is how a node that connects after it learns it is online. A broker
+    that keeps no retained messages (not a Sparkplug one) left the node 'not born' with no word of
+    why; it says so now, and births when the host publishes its STATE again."""
+    box = MemoryOutbox()
+    box.append_sync(rows(2))
+    with (
+        Mosquitto(extra_config="retain_available false\n") as broker,
+        PrimaryHost(broker.host, broker.port) as host,
+    ):
+        uplink, states = node(config(broker), box, history_keep_s=0.3)
+        await states.wait(lambda s: s == "online")
+        await eventually(
+            lambda: uplink.health().sparkplug.broker_retains is False, 10, what="the CONNACK read"
+        )
+        health = uplink.health()
+        assert health.sparkplug.born is False
+        assert any("the broker keeps no retained messages" in line for line in health.status_lines())
+        # Not retained: it reaches only those subscribed when it is sent (the broker's log says when).
+        await eventually(
+            lambda: "spBv1.0/STATE/scada (QoS 1)" in broker.log(), 10, what="the node subscribed"
+        )
+        host.publish_state(True, retain=False)
+        got = await asyncio.to_thread(host.wait, lambda ms: len(flows(ms)) >= 2)
+    assert kinds(got)[:2] == ["NBIRTH", "DBIRTH/plc1"]

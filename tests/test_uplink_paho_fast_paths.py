@@ -34,7 +34,13 @@ class Heard:
     connack: asyncio.Event = field(default_factory=asyncio.Event)
     closed: list[str] = field(default_factory=list)
 
-    def on_connack(self, reason: Reason, receive_maximum: int | None, max_packet: int | None = None) -> None:
+    def on_connack(
+        self,
+        reason: Reason,
+        receive_maximum: int | None,
+        max_packet: int | None = None,
+        retain_available: bool = True,
+    ) -> None:
         self.connack.set()
 
     def on_puback(self, mid: int, reason: Reason) -> None:

@@ -388,6 +388,7 @@ class PahoTransport:
                 reason,
                 receive_max if valid else None,
                 max_packet if isinstance(max_packet, int) and max_packet > 0 else None,
+                getattr(props, "RetainAvailable", 1) != 0,
             )
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:

@@ -107,7 +107,13 @@ class Session:
 
     # ------------------------------------------------------------------ TransportListener
 
-    def on_connack(self, reason: Reason, receive_maximum: int | None, max_packet: int | None = None) -> None:
+    def on_connack(
+        self,
+        reason: Reason,
+        receive_maximum: int | None,
+        max_packet: int | None = None,
+        retain_available: bool = True,
+    ) -> None:
         self.max_packet = packet_limit(max_packet, self._broker_max_packet)
         if receive_maximum is not None:
             # The broker's Receive Maximum bounds our window: exceeding it gets us disconnected.

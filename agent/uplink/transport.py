@@ -146,9 +146,15 @@ def packet_limit(announced: int | None, configured: int | None) -> int | None:
 class TransportListener(Protocol):
     """What a connection reports, called on the event loop thread."""
 
-    def on_connack(self, reason: Reason, receive_maximum: int | None, max_packet: int | None = None) -> None:
+    def on_connack(
+        self,
+        reason: Reason,
+        receive_maximum: int | None,
+        max_packet: int | None = None,
+        retain_available: bool = True,
+    ) -> None:
         """The broker answered CONNECT; `receive_maximum` and its Maximum Packet Size
-        (`max_packet`) if it announced them (MQTT 5)."""
+        (`max_packet`) if it announced them, and whether it keeps retained messages (MQTT 5)."""
 
     def on_puback(self, mid: int, reason: Reason) -> None:
         """The broker acknowledged the QoS 1 PUBLISH with message id `mid`."""

@@ -150,12 +150,12 @@ class PrimaryHost:
     def state_topic(self) -> str:
         return f"spBv1.0/STATE/{self.host_id}"
 
-    def publish_state(self, online: bool, timestamp_ms: int | None = None) -> int:
-        """The retained STATE, QoS 1; returns its timestamp."""
+    def publish_state(self, online: bool, timestamp_ms: int | None = None, *, retain: bool = True) -> int:
+        """The STATE, QoS 1, retained (unless the broker keeps none); returns its timestamp."""
         ts = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
         self.online = online
         info = self._client.publish(
-            self.state_topic, orjson.dumps({"online": online, "timestamp": ts}), 1, True
+            self.state_topic, orjson.dumps({"online": online, "timestamp": ts}), 1, retain
         )
         info.wait_for_publish(5)
         return ts

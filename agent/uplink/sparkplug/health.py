@@ -28,6 +28,9 @@ class SparkplugHealth:
     commands_refused: int  # writes by NCMD/DCMD: refused, use signed commands
     commands_unknown: int
     commands_invalid: int
+    # False: the broker keeps no retained messages, so the Primary Host's STATE reaches this node
+    # only when the host publishes it (None: not known, or no Primary Host).
+    broker_retains: bool | None = None
 
     def status_lines(self) -> list[str]:
         host = (
@@ -35,10 +38,16 @@ class SparkplugHealth:
             if self.primary_host_id is None
             else (f"  host {self.primary_host_id} {'online' if self.host_online else 'offline'}")
         )
-        return [
+        lines = [
             f"sparkplug {self.group_id}/{self.edge_node_id}  {'born' if self.born else 'not born'}"
             f"  bdSeq {self.bdseq}  births {self.births}  rebirths {self.rebirths}{host}",
             f"history {self.history_rows} rows (kept {self.history_keep_s:g} s)  historical sent "
             f"{self.historical_rows}  commands refused {self.commands_refused}"
             f" unknown {self.commands_unknown}",
         ]
+        if self.broker_retains is False:
+            lines.append(
+                "the broker keeps no retained messages: the host's STATE reaches this node only when "
+                "the host publishes it (a Sparkplug broker keeps them)"
+            )
+        return lines

@@ -81,6 +81,7 @@ class SparkplugSession:
         self.history = history
         self.seq = 0
         self.max_packet: int | None = None  # the broker's Maximum Packet Size, once connected (if known)
+        self.retain_available = True  # False: the broker said (MQTT 5) it keeps no retained messages
         self._broker_max_packet = broker_max_packet
         self.born = False
         self.rebirth = False  # asked for by NCMD, the host coming back, or a new metric
@@ -154,8 +155,15 @@ class SparkplugSession:
 
     # ------------------------------------------------------------------ TransportListener
 
-    def on_connack(self, reason: Reason, receive_maximum: int | None, max_packet: int | None = None) -> None:
+    def on_connack(
+        self,
+        reason: Reason,
+        receive_maximum: int | None,
+        max_packet: int | None = None,
+        retain_available: bool = True,
+    ) -> None:
         self.max_packet = packet_limit(max_packet, self._broker_max_packet)
+        self.retain_available = retain_available
         if not self.connack.done():
             self.connack.set_result(reason)
 

@@ -165,6 +165,7 @@ class SparkplugUplink(UplinkLoop[SparkplugSession]):
                 commands_refused=cmd.refused,
                 commands_unknown=cmd.unknown,
                 commands_invalid=cmd.invalid,
+                broker_retains=None if self._host is None or session is None else session.retain_available,
             ),
         )
 
@@ -239,6 +240,13 @@ class SparkplugUplink(UplinkLoop[SparkplugSession]):
     async def _host_online(self, session: SparkplugSession) -> bool:
         """Wait, publishing nothing, until the Primary Host is online; False if stopped or closed."""
         log.info("sparkplug.waiting_for_host", host=self.spb.primary_host_id)
+        if not session.retain_available:
+            log.warning(
+                "sparkplug.broker_keeps_no_retained",
+                host=self.spb.primary_host_id,
+                why="the host's STATE reaches this node only when the host publishes it: until then "
+                "the node is not born (a Sparkplug broker keeps retained messages)",
+            )
         while not session.host_online:
             self._beats += 1
             if session.closed.is_set() or self._stop_requested.is_set():
