@@ -20,7 +20,7 @@ import pytest
 from tests.support.broker import Mosquitto, Publisher, Subscriber
 from tests.support.testing import eventually
 from water_edge.agent.uplink.connection import PahoTransport
-from water_edge.agent.uplink.transport import ConnectOptions, Reason, Will
+from water_edge.agent.uplink.transport import Connack, ConnectOptions, Reason, Will
 
 WINDOW = 20
 
@@ -34,13 +34,7 @@ class Heard:
     connack: asyncio.Event = field(default_factory=asyncio.Event)
     closed: list[str] = field(default_factory=list)
 
-    def on_connack(
-        self,
-        reason: Reason,
-        receive_maximum: int | None,
-        max_packet: int | None = None,
-        retain_available: bool = True,
-    ) -> None:
+    def on_connack(self, connack: Connack) -> None:
         self.connack.set()
 
     def on_puback(self, mid: int, reason: Reason) -> None:

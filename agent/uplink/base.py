@@ -60,7 +60,6 @@ _BEAT_S: Final = 1.0
 # CONNACK reasons with a fix on the gateway's side (MQTT 5 reason codes; paho gives an MQTT 3.1.1
 # broker's "unacceptable protocol version", return code 1, as 0x84).
 UNSUPPORTED_PROTOCOL_VERSION: Final = 0x84
-CONNACK_311_UNACCEPTABLE_PROTOCOL: Final = 0x01
 QOS_NOT_SUPPORTED: Final = 0x9B
 
 
@@ -290,8 +289,7 @@ class UplinkLoop(Generic[SessionT]):
     def _refusal(self, reason: Reason) -> str:
         """The broker's reason for refusing the CONNECT, with what to do where the fix is here."""
         text = str(reason)
-        old_protocol = reason.value in (UNSUPPORTED_PROTOCOL_VERSION, CONNACK_311_UNACCEPTABLE_PROTOCOL)
-        if old_protocol and self._cfg.protocol == "5":
+        if reason.value == UNSUPPORTED_PROTOCOL_VERSION and self._cfg.protocol == "5":
             return f'{text}: the broker does not speak MQTT 5; set [uplink] protocol = "3.1.1"'
         if reason.value == QOS_NOT_SUPPORTED:
             return (

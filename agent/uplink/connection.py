@@ -60,6 +60,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from water_edge.agent.uplink.transport import (
     TAKEN_OVER,
     CertificateTimeError,
+    Connack,
     ConnectError,
     ConnectOptions,
     PublishError,
@@ -385,10 +386,12 @@ class PahoTransport:
         max_packet = getattr(props, "MaximumPacketSize", None)
         if self._listener is not None:
             self._listener.on_connack(
-                reason,
-                receive_max if valid else None,
-                max_packet if isinstance(max_packet, int) and max_packet > 0 else None,
-                getattr(props, "RetainAvailable", 1) != 0,
+                Connack(
+                    reason,
+                    receive_max if valid else None,
+                    max_packet if isinstance(max_packet, int) and max_packet > 0 else None,
+                    getattr(props, "RetainAvailable", 1) != 0,
+                )
             )
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:

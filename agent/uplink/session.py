@@ -20,7 +20,14 @@ import structlog
 from water_edge.agent.uplink.commands import CommandInbox
 from water_edge.agent.uplink.metrics import UplinkMetrics
 from water_edge.agent.uplink.state import ConnectionState
-from water_edge.agent.uplink.transport import PublishError, PublishProperties, Reason, Transport, packet_limit
+from water_edge.agent.uplink.transport import (
+    Connack,
+    PublishError,
+    PublishProperties,
+    Reason,
+    Transport,
+    packet_limit,
+)
 from water_edge.buffer.types import OutboxRow
 
 log = structlog.get_logger(__name__)
@@ -107,19 +114,13 @@ class Session:
 
     # ------------------------------------------------------------------ TransportListener
 
-    def on_connack(
-        self,
-        reason: Reason,
-        receive_maximum: int | None,
-        max_packet: int | None = None,
-        retain_available: bool = True,
-    ) -> None:
-        self.max_packet = packet_limit(max_packet, self._broker_max_packet)
-        if receive_maximum is not None:
+    def on_connack(self, connack: Connack) -> None:
+        self.max_packet = packet_limit(connack.max_packet, self._broker_max_packet)
+        if connack.receive_maximum is not None:
             # The broker's Receive Maximum bounds our window: exceeding it gets us disconnected.
-            self.window = min(self.window, receive_maximum)
+            self.window = min(self.window, connack.receive_maximum)
         if not self.connack.done():
-            self.connack.set_result(reason)
+            self.connack.set_result(connack.reason)
 
     def on_puback(self, mid: int, reason: Reason) -> None:
         row = self.inflight.pop(mid, None)

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from water_edge.agent.uplink.transport import (
+    Connack,
     ConnectOptions,
     PublishError,
     PublishProperties,
@@ -195,7 +196,7 @@ class FakeTransport:
     ) -> None:
         """Send CONNACK."""
         if self._listener is not None and not self.closed:
-            self._listener.on_connack(reason, receive_maximum, max_packet)
+            self._listener.on_connack(Connack(reason, receive_maximum, max_packet))
             self.broker.changed()
 
     def puback(self, mid: int, reason: Reason = SUCCESS) -> None:

@@ -143,18 +143,22 @@ def packet_limit(announced: int | None, configured: int | None) -> int | None:
     return min(known) if known else None
 
 
+@dataclass(frozen=True, slots=True)
+class Connack:
+    """The broker's answer to CONNECT, with what it announced about itself (MQTT 5 properties;
+    None or the default where it said nothing, as an MQTT 3.1.1 broker never does)."""
+
+    reason: Reason
+    receive_maximum: int | None = None
+    max_packet: int | None = None  # its Maximum Packet Size
+    retain_available: bool = True  # False: it keeps no retained messages
+
+
 class TransportListener(Protocol):
     """What a connection reports, called on the event loop thread."""
 
-    def on_connack(
-        self,
-        reason: Reason,
-        receive_maximum: int | None,
-        max_packet: int | None = None,
-        retain_available: bool = True,
-    ) -> None:
-        """The broker answered CONNECT; `receive_maximum` and its Maximum Packet Size
-        (`max_packet`) if it announced them, and whether it keeps retained messages (MQTT 5)."""
+    def on_connack(self, connack: Connack) -> None:
+        """The broker answered CONNECT."""
 
     def on_puback(self, mid: int, reason: Reason) -> None:
         """The broker acknowledged the QoS 1 PUBLISH with message id `mid`."""

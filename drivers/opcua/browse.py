@@ -52,6 +52,30 @@ def match(refs: Iterable[ua.ReferenceDescription], segment: str) -> ua.NodeId | 
     return None
 
 
+class PathNotFoundError(Exception):
+    """A browse path with a segment no child of the node before it is named."""
+
+    def __init__(self, path: str, segment: str) -> None:
+        super().__init__(f"browse path not found: {path} (no {segment!r})")
+
+
+async def resolve(
+    client: Client, path: str, cache: dict[ua.NodeId, list[ua.ReferenceDescription]] | None = None
+) -> ua.NodeId:
+    """The node a browse path below Objects names (`PumpStation/Pump1/Flow`; "" is Objects);
+    `cache` keeps the children browsed, for several paths through the same nodes."""
+    known = {} if cache is None else cache
+    node = OBJECTS
+    for segment in path.strip("/").split("/") if path.strip("/") else []:
+        if node not in known:
+            known[node] = await children(client, node)
+        found = match(known[node], segment)
+        if found is None:
+            raise PathNotFoundError(path, segment)
+        node = found
+    return node
+
+
 def _node_id(ref: ua.ReferenceDescription) -> ua.NodeId:
     return ua.NodeId(ref.NodeId.Identifier, ref.NodeId.NamespaceIndex, ref.NodeId.NodeIdType)
 

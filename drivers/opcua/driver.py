@@ -336,16 +336,11 @@ class OpcUaDriver:
                     node_id = ua.NodeId.from_string(f"ns={namespaces.index(uri)};{identifier}")
                 self._nodes.append(node_id)
                 continue
-            node: ua.NodeId | None = browse.OBJECTS
-            for segment in tag.path.strip("/").split("/") if tag.path else []:
-                assert node is not None
-                if node not in children:
-                    children[node] = await browse.children(client, node)
-                node = browse.match(children[node], segment)
-                if node is None:
-                    self._unresolved[i] = f"browse path not found: {tag.path} (no {segment!r})"
-                    break
-            self._nodes.append(node)
+            try:
+                self._nodes.append(await browse.resolve(client, tag.path or "", children))
+            except browse.PathNotFoundError as exc:
+                self._unresolved[i] = str(exc)
+                self._nodes.append(None)
         if self._unresolved:
             log.warning(
                 "opcua.unresolved",
@@ -405,13 +400,10 @@ class OpcUaDriver:
         if client is None or not self._connected:
             raise DriverIOError(f"{self.name}: not connected")
         with ua_errors(f"{self.name}: browse failed"):
-            start: ua.NodeId | None = browse.OBJECTS
-            for segment in path.strip("/").split("/") if path.strip("/") else []:
-                assert start is not None
-                start = browse.match(await browse.children(client, start), segment)
-                if start is None:
-                    raise DriverIOError(f"{self.name}: browse path not found: {path} (no {segment!r})")
-            assert start is not None
+            try:
+                start = await browse.resolve(client, path)
+            except browse.PathNotFoundError as exc:
+                raise DriverIOError(f"{self.name}: {exc}") from exc
             namespaces = [str(u) for u in await client.get_namespace_array()]
             found, truncated = await browse.variables(
                 client, start, path.strip("/"), depth=depth, limit=limit, namespaces=namespaces

@@ -26,6 +26,7 @@ from water_edge.agent.uplink.sparkplug.host import HostState, Verdict
 from water_edge.agent.uplink.sparkplug.proto import Payload
 from water_edge.agent.uplink.sparkplug.topics import SparkplugTopics
 from water_edge.agent.uplink.transport import (
+    Connack,
     PublishError,
     Reason,
     Transport,
@@ -155,17 +156,11 @@ class SparkplugSession:
 
     # ------------------------------------------------------------------ TransportListener
 
-    def on_connack(
-        self,
-        reason: Reason,
-        receive_maximum: int | None,
-        max_packet: int | None = None,
-        retain_available: bool = True,
-    ) -> None:
-        self.max_packet = packet_limit(max_packet, self._broker_max_packet)
-        self.retain_available = retain_available
+    def on_connack(self, connack: Connack) -> None:
+        self.max_packet = packet_limit(connack.max_packet, self._broker_max_packet)
+        self.retain_available = connack.retain_available
         if not self.connack.done():
-            self.connack.set_result(reason)
+            self.connack.set_result(connack.reason)
 
     def on_puback(self, mid: int, reason: Reason) -> None:
         ack = self._acks.pop(mid, None)
