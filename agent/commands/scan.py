@@ -1,4 +1,4 @@
-"""`edge-agent scan mbus|opcua`: find what a device has, to commission it, and print the config
+"""`edge-agent scan mbus|modbus|opcua`: find what a device has, to commission it, and print the config
 to paste.
 
 `scan mbus --port P [--baudrate B] [--primary] [--json]`: the meters on a wired M-Bus segment.
@@ -13,6 +13,9 @@ into the agent's config.
 
 Stop the agent first (`systemctl stop edge-agent`) if it polls this port: two masters on one bus
 collide. Exit 0 when meters were found, 1 when none answered, 2 when the port cannot be used.
+
+`scan modbus`: the unit IDs that answer on a Modbus TCP address or an RTU line, and which
+addresses they read (`agent.commands._scan_modbus`).
 
 `scan opcua --endpoint URL [--path P] [--depth N] [--limit N] [security options] [--json]`: the
 variables of an OPC UA server below Objects (or below `--path`, a browse path), with their current
@@ -33,7 +36,8 @@ from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "scan", help="find the meters on an M-Bus segment or the variables of an OPC UA server"
+        "scan",
+        help="find the meters on an M-Bus segment, the units of a Modbus line, an OPC UA server's variables",
     )
     kinds = parser.add_subparsers(dest="scan_kind", required=True)
 
@@ -55,6 +59,12 @@ def register(subparsers: Any) -> None:
     mbus.add_argument("--local-echo", action="store_true", help="the adapter echoes every request")
     mbus.add_argument("--json", action="store_true", help="one JSON object per meter")
     mbus.set_defaults(func=cmd_scan_mbus)
+
+    from water_edge.agent.commands import _scan_modbus as scan_modbus
+
+    scan_modbus.add_arguments(
+        kind("modbus", "find the unit IDs that answer on a Modbus TCP address or RTU line")
+    )
 
     opcua = kind("opcua", "list an OPC UA server's variables")
     opcua.add_argument("--endpoint", required=True, help="opc.tcp://host:port[/path]")

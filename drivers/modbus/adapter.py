@@ -45,6 +45,7 @@ __all__ = [
     "pymodbus_serial_client",
     "pymodbus_tcp_client",
     "raise_for_error_pdu",
+    "read_call",
     "translate",
 ]
 
@@ -184,6 +185,19 @@ class ModbusClient(Protocol):
     def write_registers(
         self, address: int, values: Sequence[int], *, device_id: int = ...
     ) -> Awaitable[ModbusPDU]: ...
+
+
+def read_call(
+    client: ModbusClient, table: str, address: int, count: int, unit_id: int
+) -> Awaitable[ModbusPDU]:
+    """The read of `count` registers or bits of `table` ("holding", "input", "coil", "discrete")."""
+    method = {
+        "holding": client.read_holding_registers,
+        "input": client.read_input_registers,
+        "coil": client.read_coils,
+        "discrete": client.read_discrete_inputs,
+    }[table]
+    return method(address, count=count, device_id=unit_id)
 
 
 class SerialModbusClient(ModbusClient, Protocol):

@@ -47,6 +47,7 @@ from water_edge.drivers.modbus.adapter import (
     SerialModbusClient,
     modbus_errors,
     pymodbus_serial_client,
+    read_call,
 )
 from water_edge.drivers.modbus.config import ModbusRtuConfig
 from water_edge.drivers.modbus.health import ModbusRtuHealth
@@ -153,13 +154,7 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
 
     def _read_call(self, request: ReadRequest) -> Call:
         def call(client: SerialModbusClient) -> Awaitable[ModbusPDU]:
-            method = {
-                "holding": client.read_holding_registers,
-                "input": client.read_input_registers,
-                "coil": client.read_coils,
-                "discrete": client.read_discrete_inputs,
-            }[request.table]
-            return method(request.start, count=request.count, device_id=request.unit_id)
+            return read_call(client, request.table, request.start, request.count, request.unit_id)
 
         return call
 

@@ -54,6 +54,7 @@ from water_edge.drivers.modbus.adapter import (
     modbus_errors,
     pymodbus_tcp_client,
     raise_for_error_pdu,
+    read_call,
 )
 from water_edge.drivers.modbus.config import ModbusTcpConfig
 from water_edge.drivers.modbus.health import ModbusTcpHealth
@@ -108,7 +109,7 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
         if not ok or not client.connected:
             client.close()
             self._client = None
-            why = await _why_unreachable(cfg.host, cfg.port, cfg.timeout_ms / 1000)
+            why = await why_unreachable(cfg.host, cfg.port, cfg.timeout_ms / 1000)
             raise DriverIOError(f"{self.name}: cannot connect to {cfg.host}:{cfg.port}: {why}")
         self._connected = True
         self._late_answer_possible = False
@@ -163,16 +164,10 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
         if client is None or not self._connected:
             raise DriverIOError(f"{self.name}: not connected")
         self._stats["requests"] += 1
-        call = {
-            "holding": client.read_holding_registers,
-            "input": client.read_input_registers,
-            "coil": client.read_coils,
-            "discrete": client.read_discrete_inputs,
-        }[request.table]
         try:
             with modbus_errors(self.name):
                 task = asyncio.ensure_future(
-                    call(request.start, count=request.count, device_id=request.unit_id)
+                    read_call(client, request.table, request.start, request.count, request.unit_id)
                 )
                 self._inflight = task
                 try:
@@ -278,7 +273,7 @@ class _DroppedError(DriverIOError):
         self.why = why
 
 
-async def _why_unreachable(host: str, port: int, timeout_s: float) -> str:
+async def why_unreachable(host: str, port: int, timeout_s: float) -> str:
     """pymodbus's connect() only says False; a field technician needs refused vs. timeout vs. DNS."""
     try:
         async with asyncio.timeout(timeout_s):

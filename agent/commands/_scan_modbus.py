@@ -1,0 +1,366 @@
+"""`edge-agent scan modbus`: which unit IDs answer behind a Modbus TCP address or on an RTU line,
+and (with `--map`) which addresses of a table each of them reads; then the config to paste.
+
+    edge-agent scan modbus --host 10.1.2.3 [--port 502] [--units 1-247] [--table holding] [--address 0]
+    edge-agent scan modbus --serial-port /dev/ttyUSB0 [--baudrate 19200 --parity even --stopbits 1]
+    edge-agent scan modbus --host 10.1.2.3 --units 1 --map 0-999      # the readable addresses
+
+Each unit ID gets one read at `--address`. A value, or an exception answer of the device's own
+(illegal address, illegal function), means a device is there; a TCP-to-RTU gateway's exception 10
+or 11 means nothing is behind that unit ID; on a serial line nobody answers for an empty one (each
+costs `--timeout`). A device that answers every unit ID ignores it (most Modbus TCP devices that are
+not gateways): its config uses unit ID 1.
+
+Stop the agent first if it polls the same serial port or a device that takes one connection. Exit 0
+when a unit answered, 1 when none did, 2 when the host or port cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import time
+from typing import Any, Final
+
+from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+PARITIES: Final = ("none", "even", "odd")
+MAX_UNITS_SHOWN: Final = 40
+MAX_TAGS_PER_UNIT: Final = 10
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--host", help="a Modbus TCP device or TCP-to-RTU gateway")
+    where.add_argument("--serial-port", help="a Modbus RTU line, e.g. /dev/ttyUSB0")
+    p.add_argument("--port", type=int, default=502, help="TCP port (default 502)")
+    p.add_argument("--baudrate", type=int, default=19200, help="RTU line speed (default 19200)")
+    p.add_argument("--parity", choices=PARITIES, default="even", help="RTU parity (default even: 8E1)")
+    p.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
+    p.add_argument("--local-echo", action="store_true", help="the RS-485 adapter echoes every request")
+    p.add_argument("--units", default="1-247", help="unit IDs to try: 1-247 (default), or e.g. 1,2,10-20")
+    p.add_argument("--table", choices=("holding", "input", "coil", "discrete"), default="holding")
+    p.add_argument("--address", type=int, default=0, help="the address read from each unit (default 0)")
+    p.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for each answer (default 0.5)")
+    p.add_argument(
+        "--map",
+        metavar="FIRST-LAST",
+        help="also find which addresses FIRST..LAST of --table each unit found reads",
+    )
+    p.add_argument(
+        "--max-registers", type=int, default=125, help="largest read --map sends (default 125; 2000 bits)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per unit that answered")
+    p.set_defaults(func=cmd_scan_modbus)
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_units(text: str, low: int, high: int) -> list[int]:
+    """`1-247`, `1,2,10-20`: the unit IDs in order, each once; UsageError outside `low`..`high`."""
+    units: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None:
+            raise UsageError(f"--units {text!r}: expected unit IDs like 1-247 or 1,2,10-20")
+        a, b = int(match.group(1)), int(match.group(2) or match.group(1))
+        if not low <= a <= b <= high:
+            raise UsageError(f"--units {text!r}: unit IDs run {low}..{high} here, in ascending ranges")
+        units.extend(u for u in range(a, b + 1) if u not in units)
+    return units
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    if match is None or not int(match.group(1)) <= int(match.group(2)) <= 65535:
+        raise UsageError(f"--map {text!r}: expected FIRST-LAST addresses, e.g. 0-999 (at most 65535)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def cmd_scan_modbus(args: argparse.Namespace) -> int:
+    from water_edge.core import logs
+    from water_edge.core.errors import DriverIOError
+
+    logs.configure("critical", json=False)  # pymodbus logs each refused read; the command says what it means
+    try:
+        tcp = args.host is not None
+        units = parse_units(args.units, 0 if tcp else 1, 255 if tcp else 247)
+        span = parse_range(args.map) if args.map else None
+        if not 0 <= args.address <= 65535 or not 0.01 <= args.timeout <= 60:
+            raise UsageError("--address runs 0..65535, --timeout 0.01..60 s")
+        limit = 2000 if args.table in ("coil", "discrete") else 125
+        if not 1 <= args.max_registers <= limit:
+            raise UsageError(f"--max-registers runs 1..{limit} for table {args.table}")
+    except UsageError as exc:
+        _say(f"edge-agent scan modbus: {exc}")
+        return EXIT_USAGE
+    started = time.monotonic()
+    try:
+        answers, maps, where = asyncio.run(_scan(args, units, span))
+    except DriverIOError as exc:
+        _say(f"edge-agent scan modbus: {exc}")
+        return EXIT_USAGE
+    elapsed = time.monotonic() - started
+    found = [a for a in answers if a.present]
+    if not found:
+        gateway = [a for a in answers if a.outcome == "gateway"]
+        why = (
+            "a gateway answers, but no device behind it: check its serial side (wiring, speed, parity)"
+            if gateway
+            else "check the unit IDs, the line settings (--baudrate, --parity) and the wiring"
+        )
+        _say(f"no unit answered on {where} ({len(answers)} tried in {elapsed:.0f} s): {why}")
+        return EXIT_FAILED
+    if args.json:
+        _print_json(found, maps)
+    else:
+        _print_table(answers, maps, args, where, elapsed)
+    return EXIT_OK
+
+
+async def _scan(
+    args: argparse.Namespace, units: list[int], span: tuple[int, int] | None
+) -> tuple[Any, Any, str]:
+    from water_edge.drivers.modbus.scan import answers_every_unit, map_table, scan_units
+
+    line = await _open(args)
+    try:
+        _say(f"scanning {line.where}, unit IDs {args.units}, {args.table} {args.address} ...")
+        answers = await scan_units(line.send, units, args.table, args.address, _progress(len(units)))
+        maps = {}
+        if span is not None:
+            present = [a.unit_id for a in answers if a.present]
+            for unit_id in present[:1] if answers_every_unit(answers) else present:
+                _say(f"mapping unit {unit_id} {args.table} {span[0]}-{span[1]} ...")
+                maps[unit_id] = await map_table(
+                    line.send, unit_id, args.table, *span, max_count=args.max_registers
+                )
+        return answers, maps, line.where
+    finally:
+        line.close()
+
+
+class _Line:
+    """One client, TCP or RTU, and `send` (one read, raising the adapter's errors). A TCP
+    connection the device closes (gateways hang up after each answer, or after an exception) is
+    opened again and the read sent once more; a read waiting on a connection that drops is not left
+    to its timeout."""
+
+    def __init__(self, where: str, rtu: Any = None) -> None:
+        self.client: Any = None
+        self.where, self._rtu = where, rtu
+        self._inflight: asyncio.Task[Any] | None = None
+
+    def on_connection(self, up: bool) -> None:
+        if not up and self._inflight is not None:
+            self._inflight.cancel()
+
+    async def send(self, unit_id: int, table: str, address: int, count: int) -> Any:
+        from water_edge.drivers.modbus.adapter import NoAnswerError, NoConnectionError
+
+        if self._rtu is not None:
+            await asyncio.sleep(self._rtu.inter_frame_s)
+            return await self._read(unit_id, table, address, count)
+        if not self.client.connected:
+            await self._reconnect()
+        try:
+            return await self._read(unit_id, table, address, count)
+        except (NoAnswerError, NoConnectionError, asyncio.CancelledError):
+            current = asyncio.current_task()
+            if self.client.connected or (current is not None and current.cancelling()):
+                raise
+            await self._reconnect()  # closed while the read was on its way: once more
+            return await self._read(unit_id, table, address, count)
+
+    async def _read(self, unit_id: int, table: str, address: int, count: int) -> Any:
+        from water_edge.drivers.modbus.adapter import modbus_errors, raise_for_error_pdu, read_call
+
+        where = f"{self.where} unit {unit_id}"
+        with modbus_errors(where):
+            self._inflight = asyncio.ensure_future(read_call(self.client, table, address, count, unit_id))
+            try:
+                response = await self._inflight
+            finally:
+                self._inflight = None
+        raise_for_error_pdu(response, where)
+        return response
+
+    async def _reconnect(self) -> None:
+        from water_edge.drivers.modbus.adapter import NoConnectionError
+
+        self.client.close()
+        if not await self.client.connect():
+            raise NoConnectionError(f"{self.where}: connection lost and not taken again", "")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+async def _open(args: argparse.Namespace) -> _Line:
+    from water_edge.core.errors import DriverIOError
+    from water_edge.drivers.modbus.adapter import pymodbus_serial_client, pymodbus_tcp_client
+    from water_edge.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
+    from water_edge.drivers.modbus.tcp import why_unreachable
+
+    common = {
+        "name": "scan", "timeout_ms": max(10, round(args.timeout * 1000)), "retries": 0,
+        "tags": [{"name": "probe", "address": 0}],
+    }  # fmt: skip
+    if args.host is not None:
+        tcp = ModbusTcpConfig.model_validate(
+            {**common, "kind": "modbus_tcp", "host": args.host, "port": args.port}
+        )
+        line = _Line(f"Modbus TCP {tcp.endpoint_text()}")
+        line.client = pymodbus_tcp_client(tcp, line.on_connection)
+        if not await line.client.connect():
+            why = await why_unreachable(tcp.host, tcp.port, tcp.timeout_ms / 1000)
+            raise DriverIOError(f"cannot connect to {tcp.endpoint_text()}: {why}")
+        return line
+    rtu = ModbusRtuConfig.model_validate({
+        **common, "kind": "modbus_rtu", "port": args.serial_port, "baudrate": args.baudrate,
+        "parity": args.parity, "stopbits": args.stopbits, "local_echo": args.local_echo,
+    })  # fmt: skip
+    line = _Line(f"Modbus RTU {rtu.endpoint_text()}", rtu)
+    line.client = pymodbus_serial_client(rtu)
+    if not await line.client.connect():
+        raise DriverIOError(f"cannot open {args.serial_port} (missing, busy, or no permission)")
+    line.client.set_request_limits(rtu.timeout_ms / 1000, 0)
+    return line
+
+
+def _progress(total: int) -> Any:
+    seen = [0]
+
+    def on_answer(answer: Any) -> None:
+        seen[0] += 1
+        if answer.present:
+            _say(f"  unit {answer.unit_id}: {answer.detail}")
+        elif seen[0] % 50 == 0:
+            _say(f"  ... {seen[0]} of {total} tried")
+
+    return on_answer
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _unit_doc(answer: Any, register_map: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "unit_id": answer.unit_id, "outcome": answer.outcome, "detail": answer.detail,
+        "value": answer.value, "code": answer.code,
+    }  # fmt: skip
+    if register_map is not None:
+        doc["map"] = {
+            "table": register_map.table, "first": register_map.first, "last": register_map.last,
+            "readable": [list(r) for r in register_map.readable],
+            "unanswered": [list(r) for r in register_map.unanswered],
+            "not_supported": register_map.not_supported or None, "stopped_at": register_map.stopped_at,
+        }  # fmt: skip
+    return doc
+
+
+def _print_json(found: list[Any], maps: dict[int, Any]) -> None:
+    import orjson
+
+    for answer in found:
+        sys.stdout.write(orjson.dumps(_unit_doc(answer, maps.get(answer.unit_id))).decode() + "\n")
+
+
+def _print_table(
+    answers: list[Any], maps: dict[int, Any], args: argparse.Namespace, where: str, elapsed: float
+) -> None:
+    from water_edge.drivers.modbus.scan import answers_every_unit
+
+    found = [a for a in answers if a.present]
+    every = answers_every_unit(answers)
+    probe = f"{args.table} {args.address}"
+    print(f"{where}: {len(found)} of {len(answers)} unit ID(s) answer ({probe}, {elapsed:.0f} s)")
+    if every:
+        print("every unit ID tried answers: one device that ignores the unit ID (use unit_id = 1)")
+        found = found[:1]
+    for answer in found[:MAX_UNITS_SHOWN]:
+        print(f"{answer.unit_id:>5}  {answer.detail}")
+    if len(found) > MAX_UNITS_SHOWN:
+        print(f"  ... and {len(found) - MAX_UNITS_SHOWN} more (--json lists them all)")
+    absent = [a for a in answers if not a.present]
+    if absent and not every:
+        kinds = sorted({a.detail for a in absent})
+        print(f"{len(absent)} other unit ID(s): {'; '.join(kinds)}")
+    for register_map in maps.values():
+        print()
+        print(map_text(register_map))
+    print()
+    for block in config_blocks(found, maps, args):
+        print(block)
+        print()
+
+
+def map_text(m: Any) -> str:
+    """What `--map` found for one unit, as lines."""
+    head = f"unit {m.unit_id} {m.table} {m.first}-{m.last}: "
+    if m.not_supported:
+        return head + f"the unit refuses reads of this table ({m.not_supported})"
+    lines = [head + f"{m.readable_count} readable in {len(m.readable)} range(s), {m.requests} reads"]
+    lines += [f"  readable  {a}-{b}" if a != b else f"  readable  {a}" for a, b in m.readable]
+    lines += [f"  no answer {a}-{b} (a device that drops reads it cannot serve?)" for a, b in m.unanswered]
+    if m.stopped_at is not None:
+        lines.append(f"  stopped at {m.stopped_at} after {m.requests} reads: map a smaller range")
+    return "\n".join(lines)
+
+
+def _readable_addresses(answer: Any, register_map: Any, table: str, address: int) -> list[int]:
+    if register_map is not None:
+        return [a for a, _ in register_map.readable][:MAX_TAGS_PER_UNIT]
+    return [address] if answer.outcome == "value" else []
+
+
+def config_blocks(found: list[Any], maps: dict[int, Any], args: argparse.Namespace) -> list[str]:
+    """The `[[devices]]` to paste: on TCP one device (one connection to the gateway) whose tags
+    name their unit; on RTU one device per unit (devices on one port share it). Tags are placeholders
+    (uint16) at addresses known to read: the register map gives names, types and scaling. A device
+    with no address known to read is printed commented out (a device needs a tag)."""
+    kind = "bool" if args.table in ("coil", "discrete") else "uint16"
+
+    def tag(unit_id: int, address: int, with_unit: bool) -> str:
+        lines = ["[[devices.tags]]", f'name = "unit{unit_id}.{args.table}_{address}"']
+        lines += [f"unit_id = {unit_id}"] if with_unit else []
+        lines += [
+            f'table = "{args.table}"',
+            f"address = {address}",
+            f'type = "{kind}"  # check the register map',
+        ]
+        return "\n".join(lines)
+
+    def tags(answer: Any, with_unit: bool) -> list[str]:
+        addresses = _readable_addresses(answer, maps.get(answer.unit_id), args.table, args.address)
+        return [tag(answer.unit_id, a, with_unit) for a in addresses] or [
+            f"# unit {answer.unit_id} answers, but no {args.table} address of it is known to read: take its "
+            f"tags from its register map (or --units {answer.unit_id} --map 0-999)"
+        ]
+
+    def device(keys: list[str], its_tags: list[str]) -> list[str]:
+        block = "\n".join(["[[devices]]", *keys])
+        if all(t.startswith("#") for t in its_tags):
+            block = "\n".join(f"# {line}" for line in block.splitlines())
+        return [block, *its_tags]
+
+    blocks = ["# For the agent's config (names and types are placeholders: the register map has them):"]
+    if args.host is not None:
+        first = found[0].unit_id
+        name = re.sub(r"[^A-Za-z0-9]+", "-", args.host).strip("-")
+        keys = [f'name = "modbus-{name}"', 'kind = "modbus_tcp"', f'host = "{args.host}"',
+                f"port = {args.port}", f"unit_id = {first}"]  # fmt: skip
+        return blocks + device(keys, [t for a in found for t in tags(a, a.unit_id != first)])
+    for answer in found:
+        keys = [
+            f'name = "rtu-unit{answer.unit_id}"', 'kind = "modbus_rtu"', f'port = "{args.serial_port}"',
+            f"baudrate = {args.baudrate}", f'parity = "{args.parity}"', f"stopbits = {args.stopbits}",
+            f"unit_id = {answer.unit_id}", *(["local_echo = true"] if args.local_echo else []),
+        ]  # fmt: skip
+        blocks += device(keys, tags(answer, False))
+    return blocks

@@ -1,0 +1,177 @@
+"""Finding what answers on a Modbus line or behind a Modbus TCP address, for commissioning
+(`edge-agent scan modbus`).
+
+Which unit IDs answer: one read of one register (or bit) at the same address for each unit ID. An
+answer with a value, and equally an exception answer (illegal address, illegal function), says a
+device is there. A TCP-to-RTU gateway answers for a unit ID with nothing behind it with exception
+10 or 11 (path unavailable, target device failed to respond): nothing there. On a serial line a
+unit ID nobody has gets no answer at all.
+
+Which addresses of a table a unit reads (`map_table`): blocks of up to `max_count` are read and a
+refused block is cut in halves, down to single registers, as the poller does with a refused
+request (`drivers.modbus.poller`). Devices that drop a read of addresses they do not map, instead of
+refusing it, leave the block unanswered; such blocks are reported as such, not cut further (each try
+would cost a timeout).
+
+Everything goes through `Send`: one read, raising the adapter's errors (an `ExceptionAnswerError`
+for an exception answer, `NoAnswerError`, `BadAnswerError`, `NoConnectionError`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from water_edge.drivers.modbus.adapter import (
+    BadAnswerError,
+    ExceptionAnswerError,
+    ModbusPDU,
+    NoAnswerError,
+    exception_reason,
+)
+from water_edge.drivers.modbus.config import BIT_TABLES
+
+# (unit_id, table, address, count) -> the answer
+Send = Callable[[int, str, int, int], Awaitable[ModbusPDU]]
+
+GATEWAY_NOTHING_THERE: Final = frozenset({10, 11})
+ILLEGAL_FUNCTION: Final = 1
+Outcome = Literal["value", "exception", "garbled", "gateway", "silent"]
+
+
+@dataclass(frozen=True)
+class UnitAnswer:
+    """What one unit ID answered to the probe read."""
+
+    unit_id: int
+    outcome: Outcome
+    detail: str
+    value: int | None = None
+    code: int | None = None
+
+    @property
+    def present(self) -> bool:
+        """A device answered (with a value, an exception of its own, or bytes that did not decode)."""
+        return self.outcome in ("value", "exception", "garbled")
+
+
+async def probe_unit(send: Send, unit_id: int, table: str, address: int) -> UnitAnswer:
+    """One read of `table` at `address` from `unit_id`, and what it says about the unit."""
+    try:
+        response = await send(unit_id, table, address, 1)
+    except ExceptionAnswerError as exc:
+        if exc.code in GATEWAY_NOTHING_THERE:
+            return UnitAnswer(unit_id, "gateway", f"the gateway: {exc.reason}", code=exc.code)
+        return UnitAnswer(
+            unit_id,
+            "exception",
+            f"{exc.reason} (a device answers; {table} {address} is not readable)",
+            code=exc.code,
+        )
+    except NoAnswerError:
+        return UnitAnswer(unit_id, "silent", "no answer")
+    except BadAnswerError as exc:
+        return UnitAnswer(unit_id, "garbled", f"answers, but not readably: {exc.detail}")
+    values = response.bits if table in BIT_TABLES else response.registers
+    if not values:
+        return UnitAnswer(unit_id, "garbled", "answers, but with no value")
+    value = int(values[0])
+    return UnitAnswer(unit_id, "value", f"{table} {address} = {value}", value=value)
+
+
+async def scan_units(
+    send: Send,
+    units: Iterable[int],
+    table: str,
+    address: int,
+    on_answer: Callable[[UnitAnswer], None] = lambda _a: None,
+) -> list[UnitAnswer]:
+    """`probe_unit` for each unit ID in turn. An answer that did not decode is tried once more: on
+    a serial line it is often the late answer of the unit before, arriving in this one's turn."""
+    answers = []
+    for unit_id in units:
+        answer = await probe_unit(send, unit_id, table, address)
+        if answer.outcome == "garbled":
+            answer = await probe_unit(send, unit_id, table, address)
+        on_answer(answer)
+        answers.append(answer)
+    return answers
+
+
+def answers_every_unit(answers: list[UnitAnswer]) -> bool:
+    """Every unit ID tried (three or more) answered: one device that ignores the unit ID, as most
+    Modbus TCP devices that are not gateways do, not a line of devices."""
+    return len(answers) >= 3 and all(a.present for a in answers)
+
+
+Range = tuple[int, int]  # first and last address, inclusive
+
+
+@dataclass
+class RegisterMap:
+    """The addresses of one table of one unit that read, and those whose reads got no answer."""
+
+    unit_id: int
+    table: str
+    first: int
+    last: int
+    readable: list[Range] = field(default_factory=list)
+    unanswered: list[Range] = field(default_factory=list)
+    requests: int = 0
+    not_supported: str = ""  # the unit refuses the table's read function (exception 1)
+    stopped_at: int | None = None  # address where `max_requests` ran out
+
+    @property
+    def readable_count(self) -> int:
+        return sum(b - a + 1 for a, b in self.readable)
+
+
+async def map_table(
+    send: Send,
+    unit_id: int,
+    table: str,
+    first: int,
+    last: int,
+    *,
+    max_count: int = 125,
+    max_requests: int = 4000,
+) -> RegisterMap:
+    """Which addresses `first`..`last` of `table` unit `unit_id` reads, in blocks of at most
+    `max_count` cut in halves where refused; at most `max_requests` reads."""
+    found = RegisterMap(unit_id, table, first, last)
+    pending: deque[Range] = deque(
+        (a, min(last, a + max_count - 1)) for a in range(first, last + 1, max_count)
+    )
+    while pending:
+        a, b = pending.popleft()
+        if found.requests >= max_requests:
+            found.stopped_at = a
+            break
+        found.requests += 1
+        try:
+            await send(unit_id, table, a, b - a + 1)
+        except ExceptionAnswerError as exc:
+            if exc.code == ILLEGAL_FUNCTION:
+                found.not_supported = exception_reason(exc.code)
+                break
+            if exc.code in GATEWAY_NOTHING_THERE:
+                _add(found.unanswered, (a, b))
+            elif a < b:  # refused: an address in it is not mapped, or the block is too long
+                mid = (a + b) // 2
+                pending.extendleft([(mid + 1, b), (a, mid)])
+            continue
+        except (NoAnswerError, BadAnswerError):
+            _add(found.unanswered, (a, b))
+            continue
+        _add(found.readable, (a, b))
+    return found
+
+
+def _add(ranges: list[Range], new: Range) -> None:
+    """Append `new` (ranges arrive in address order), joined to the last one when they touch."""
+    if ranges and ranges[-1][1] + 1 == new[0]:
+        ranges[-1] = (ranges[-1][0], new[1])
+    else:
+        ranges.append(new)

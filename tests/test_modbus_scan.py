@@ -1,0 +1,192 @@
+"""`edge-agent scan modbus`: commissioning Modbus devices, against firmware-sim's PLC on a real
+socket (a gateway in front of units 1 and 2: exception 11 for every other unit ID) and on a real
+pseudo-terminal (units 1 and 2 on an RTU line; nobody answers for the others). What it prints
+must be config the agent takes, reading what the scan read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tomllib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import edge_agent, edge_agent_process
+from tests.support.plant import Plant, running_plant
+from tests.support.testing import free_port
+from water_edge.drivers.modbus.rtu import ModbusRtuDriver
+from water_edge.drivers.modbus.scan import UnitAnswer, answers_every_unit
+from water_edge.drivers.modbus.tcp import ModbusTcpDriver
+from water_edge.sim.faults import CommFaults
+from water_edge.sim.pumpstation import PumpStation
+from water_edge.sim.registers import POINTS, STATION_UNIT
+from water_edge.sim.registers import Plant as RegisterPlant
+from water_edge.sim.rtu import RtuComponent
+from water_edge.sim.tcp_gateway import TcpGateway
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def plant() -> Iterator[Plant]:
+    with running_plant(seed=3) as running:
+        yield running
+
+
+def scan(*args: str) -> tuple[int, str, str]:
+    run = edge_agent("scan", "modbus", *args)
+    return run.returncode, run.stdout, run.stderr
+
+
+def config_of(out: str) -> dict[str, object]:
+    """The `[[devices]]` the scan printed, as the agent's config parser reads them."""
+    return tomllib.loads(out[out.index("# For the agent's config") :])
+
+
+def mapped(unit_id: int, table: str, first: int, last: int) -> list[tuple[int, int]]:
+    """The address ranges of `table` the simulated PLC maps for `unit_id` (its documented register
+    map), joined where they touch, within first..last."""
+    spans = sorted(
+        (p.address, p.address + p.width - 1) for p in POINTS if p.unit_id == unit_id and p.table == table
+    )
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        a, b = max(start, first), min(end, last)
+        if a > b:
+            continue
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def test_units_behind_a_gateway_are_found_and_the_printed_config_reads_them(plant: Plant) -> None:
+    code, out, err = scan("--host", plant.host, "--port", str(plant.port), "--units", "1-20")
+    assert code == 0, err
+    assert "2 of 20 unit ID(s) answer" in out
+    assert "modbus exception 2: illegal data address (a device answers" in out, "unit 2 maps no holding 0"
+    assert "18 other unit ID(s): the gateway: modbus exception 11" in out
+    devices = config_of(out)["devices"]
+    assert isinstance(devices, list)
+    assert len(devices) == 1, "one connection to the gateway"
+    device = devices[0]
+    assert (device["kind"], device["unit_id"]) == ("modbus_tcp", 1)
+    assert [t["address"] for t in device["tags"]] == [0]
+    driver = ModbusTcpDriver.from_config(device)
+
+    async def read() -> list[object]:
+        await driver.open()
+        try:
+            return list(await driver.read())
+        finally:
+            await driver.aclose()
+
+    (reading,) = asyncio.run(read())
+    assert reading.quality == "good", reading.reason  # type: ignore[attr-defined]
+    printed = int(out.split("holding 0 = ")[1].split()[0])
+    assert reading.value == printed  # type: ignore[attr-defined]  # station.name's first two letters
+
+
+def test_map_finds_exactly_the_addresses_the_plc_maps(plant: Plant) -> None:
+    code, out, err = scan(
+        "--host", plant.host, "--port", str(plant.port), "--units", "1,2", "--map", "0-299", "--json"
+    )  # fmt: skip
+    assert code == 0, err
+    found = {d["unit_id"]: d for d in map(json.loads, out.splitlines())}
+    assert found[1]["outcome"] == "value"
+    assert found[2]["code"] == 2
+    readable = [tuple(r) for r in found[STATION_UNIT]["map"]["readable"]]
+    assert readable == mapped(STATION_UNIT, "holding", 0, 299)
+    assert readable, "the station maps holding registers below 300"
+    assert found[2]["map"]["readable"] == [[a, b] for a, b in mapped(2, "holding", 0, 299)]
+
+
+def test_map_against_a_plc_that_takes_16_registers_a_read_finds_the_same_ranges() -> None:
+    with running_plant(seed=4, max_registers=16) as small:
+        code, out, err = scan(
+            "--host", small.host, "--port", str(small.port), "--units", "1", "--map", "0-140"
+        )
+    assert code == 0, err
+    assert f"{sum(b - a + 1 for a, b in mapped(1, 'holding', 0, 140))} readable" in out
+    for a, b in mapped(1, "holding", 0, 140):
+        assert f"readable  {a}-{b}" in out
+
+
+def test_nothing_behind_the_gateway_a_refused_port_and_bad_options_are_said(plant: Plant) -> None:
+    code, _, err = scan("--host", plant.host, "--port", str(plant.port), "--units", "9-12")
+    assert code == 1
+    assert "a gateway answers, but no device behind it" in err
+    code, _, err = scan("--host", "127.0.0.1", "--port", str(free_port()))
+    assert (code, "connection refused" in err) == (2, True), err
+    code, _, err = scan("--host", plant.host, "--units", "5-1")
+    assert code == 2
+    assert "--units '5-1'" in err
+    code, _, err = scan("--serial-port", "/dev/ttyNOPE", "--units", "1")
+    assert code == 2
+    assert "cannot open /dev/ttyNOPE" in err
+    assert "Traceback" not in err
+
+
+def test_a_device_answering_every_unit_id_is_one_device() -> None:
+    every = [UnitAnswer(u, "value", "holding 0 = 7", value=7) for u in (1, 2, 3)]
+    assert answers_every_unit(every)
+    line = [*every[:2], UnitAnswer(3, "silent", "no answer")]
+    assert not answers_every_unit(line)
+    assert not answers_every_unit(every[:2]), "two units answering is a line of two"
+
+
+@pytest.fixture
+async def rtu_line(tmp_path: Path) -> AsyncIterator[str]:
+    plant = RegisterPlant()
+    plant.update(PumpStation(5, tick_s=1.0).state)
+    sim = RtuComponent()
+    link = sim.open(plant, tmp_path / "ttyRTU", CommFaults(lambda: 0.0)).detail["link"]
+    yield str(link)
+    await sim.stop()
+
+
+async def test_an_rtu_line_is_scanned_and_mapped_and_its_config_reads(rtu_line: str) -> None:
+    run = await edge_agent_process(
+        "scan", "modbus", "--serial-port", rtu_line, "--parity", "none", "--units", "1-4",
+        "--timeout", "0.2", "--map", "95-140",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "2 of 4 unit ID(s) answer" in run.stdout
+    assert "2 other unit ID(s): no answer" in run.stdout
+    for a, b in mapped(1, "holding", 95, 140):
+        assert f"readable  {a}-{b}" in run.stdout
+    config = config_of(run.stdout)
+    devices = config["devices"]
+    assert isinstance(devices, list)
+    assert [(d["kind"], d["unit_id"]) for d in devices] == [("modbus_rtu", 1)], (
+        "unit 2 maps nothing in 95-140: its device is printed commented out"
+    )
+    assert '# [[devices]]\n# name = "rtu-unit2"' in run.stdout
+    assert [t["address"] for t in devices[0]["tags"]] == [a for a, _ in mapped(1, "holding", 95, 140)]
+    driver = ModbusRtuDriver.from_config(devices[0])
+    await driver.open()
+    try:
+        readings = list(await driver.read())
+    finally:
+        await driver.aclose()
+    assert readings
+    assert all(r.quality == "good" for r in readings), [r.reason for r in readings]
+
+
+async def test_a_gateway_that_hangs_up_after_every_answer_is_scanned_whole(plant: Plant) -> None:
+    gateway = TcpGateway(plant.host, plant.port, close_after_answers=1)
+    port = await gateway.start()
+    try:
+        run = await edge_agent_process(
+            "scan", "modbus", "--host", "127.0.0.1", "--port", str(port), "--units", "1-6", "--map", "0-60"
+        )  # fmt: skip
+    finally:
+        await gateway.stop()
+    assert run.returncode == 0, run.stderr
+    assert "2 of 6 unit ID(s) answer" in run.stdout
+    for a, b in mapped(1, "holding", 0, 60):
+        assert f"readable  {a}-{b}" in run.stdout
+    assert gateway.stats.closed_after_answers >= 6, "every request on a connection of its own"
