@@ -18,6 +18,7 @@ from water_edge.models.pump.detector import (
     channel_scores,
     contributors,
     score,
+    score_series,
     select,
     windows,
 )
@@ -157,3 +158,18 @@ def test_scoring_a_long_history_in_pieces_gives_the_figures_of_one_piece(
     np.testing.assert_allclose(pieces.channel, whole.channel, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(pieces.score, whole.score, rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(pieces.residual, whole.residual)
+    # The offline command without --explain keeps only the scores and runs: the same figures.
+    series, runs = score_series(rows, cal, model)
+    np.testing.assert_array_equal(series, pieces.score)
+    np.testing.assert_array_equal(runs, whole.run)
+
+
+def test_select_takes_the_calibrated_columns_in_calibration_order(model: Model) -> None:
+    x, _ = simulate(Scenario(seed=9, hours=0.5, fault=None))
+    names = list(SIGNALS)
+    cal = calibrate(x[:1200], names, model, window=32, model_version=model.version)
+    assert cal.channels == [n for n in names if n in cal.channels], "calibration keeps the file's order"
+    picked = [names.index(c) for c in cal.channels]
+    np.testing.assert_array_equal(select(x, names, cal), x[:, picked])
+    shuffled = names[::-1]  # the same signals, columns in another order: picked by name
+    np.testing.assert_array_equal(select(x[:, ::-1], shuffled, cal), x[:, picked])
