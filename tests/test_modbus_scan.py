@@ -10,16 +10,19 @@ import json
 import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
 from tests.support.cli import edge_agent, edge_agent_process
 from tests.support.plant import Plant, running_plant
 from tests.support.testing import free_port
+from water_edge.drivers.modbus.adapter import ExceptionAnswerError
 from water_edge.drivers.modbus.rtu import ModbusRtuDriver
-from water_edge.drivers.modbus.scan import UnitAnswer, answers_every_unit
+from water_edge.drivers.modbus.scan import UnitAnswer, answers_every_unit, identify
 from water_edge.drivers.modbus.tcp import ModbusTcpDriver
 from water_edge.sim.faults import CommFaults
+from water_edge.sim.identification import IDENTITIES
 from water_edge.sim.pumpstation import PumpStation
 from water_edge.sim.registers import POINTS, STATION_UNIT
 from water_edge.sim.registers import Plant as RegisterPlant
@@ -69,6 +72,9 @@ def test_units_behind_a_gateway_are_found_and_the_printed_config_reads_them(plan
     assert "2 of 20 unit ID(s) answer" in out
     assert "modbus exception 2: illegal data address (a device answers" in out, "unit 2 maps no holding 0"
     assert "18 other unit ID(s): the gateway: modbus exception 11" in out
+    for unit_id, (vendor, product, revision) in IDENTITIES.items():  # Read Device Identification
+        assert f"[{vendor} {product} {revision}]" in out
+        assert f"# unit {unit_id}: {vendor} {product} {revision}" in out
     devices = config_of(out)["devices"]
     assert isinstance(devices, list)
     assert len(devices) == 1, "one connection to the gateway"
@@ -97,6 +103,7 @@ def test_map_finds_exactly_the_addresses_the_plc_maps(plant: Plant) -> None:
     assert code == 0, err
     found = {d["unit_id"]: d for d in map(json.loads, out.splitlines())}
     assert found[1]["outcome"] == "value"
+    assert found[2]["identity"] == " ".join(IDENTITIES[2])
     assert found[2]["code"] == 2
     readable = [tuple(r) for r in found[STATION_UNIT]["map"]["readable"]]
     assert readable == mapped(STATION_UNIT, "holding", 0, 299)
@@ -156,6 +163,7 @@ async def test_an_rtu_line_is_scanned_and_mapped_and_its_config_reads(rtu_line: 
     assert run.returncode == 0, run.stderr
     assert "2 of 4 unit ID(s) answer" in run.stdout
     assert "2 other unit ID(s): no answer" in run.stdout
+    assert f"[{' '.join(IDENTITIES[1])}]" in run.stdout, "function 43 over RTU too"
     for a, b in mapped(1, "holding", 95, 140):
         assert f"readable  {a}-{b}" in run.stdout
     config = config_of(run.stdout)
@@ -190,3 +198,17 @@ async def test_a_gateway_that_hangs_up_after_every_answer_is_scanned_whole(plant
     for a, b in mapped(1, "holding", 0, 60):
         assert f"readable  {a}-{b}" in run.stdout
     assert gateway.stats.closed_after_answers >= 6, "every request on a connection of its own"
+
+
+async def test_identification_strings_are_printable_whatever_the_device_sends() -> None:
+    class Answer:
+        information: ClassVar = {0: b"ACME\x00\x00\x00", 1: [b"PLC-9", b"rack 2"], 2: b"r\xe9v 3\r\n"}
+
+    async def ask(_unit: int) -> Any:
+        return Answer()
+
+    async def refuses(unit: int) -> Any:
+        raise ExceptionAnswerError(f"unit {unit}", 1)  # function 43 not implemented
+
+    assert await identify(ask, 1) == "ACME PLC-9 rack 2 rév 3"
+    assert await identify(refuses, 1) == ""

@@ -22,6 +22,8 @@ import asyncio
 import re
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Final
 
 from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -125,12 +127,15 @@ def cmd_scan_modbus(args: argparse.Namespace) -> int:
 async def _scan(
     args: argparse.Namespace, units: list[int], span: tuple[int, int] | None
 ) -> tuple[Any, Any, str]:
-    from water_edge.drivers.modbus.scan import answers_every_unit, map_table, scan_units
+    from water_edge.drivers.modbus.scan import answers_every_unit, identify, map_table, scan_units
 
     line = await _open(args)
     try:
         _say(f"scanning {line.where}, unit IDs {args.units}, {args.table} {args.address} ...")
         answers = await scan_units(line.send, units, args.table, args.address, _progress(len(units)))
+        for i, answer in enumerate(answers):
+            if answer.present and (i == 0 or not answers_every_unit(answers)):
+                answers[i] = replace(answer, identity=await identify(line.ask, answer.unit_id))
         maps = {}
         if span is not None:
             present = [a.unit_id for a in answers if a.present]
@@ -160,28 +165,40 @@ class _Line:
             self._inflight.cancel()
 
     async def send(self, unit_id: int, table: str, address: int, count: int) -> Any:
+        from water_edge.drivers.modbus.adapter import read_call
+
+        return await self._request(unit_id, lambda client: read_call(client, table, address, count, unit_id))
+
+    async def ask(self, unit_id: int) -> Any:
+        """Read Device Identification, basic objects (function 43/14)."""
+        return await self._request(
+            unit_id,
+            lambda client: client.read_device_information(read_code=1, object_id=0, device_id=unit_id),
+        )
+
+    async def _request(self, unit_id: int, call: Callable[[Any], Awaitable[Any]]) -> Any:
         from water_edge.drivers.modbus.adapter import NoAnswerError, NoConnectionError
 
         if self._rtu is not None:
             await asyncio.sleep(self._rtu.inter_frame_s)
-            return await self._read(unit_id, table, address, count)
+            return await self._once(unit_id, call)
         if not self.client.connected:
             await self._reconnect()
         try:
-            return await self._read(unit_id, table, address, count)
+            return await self._once(unit_id, call)
         except (NoAnswerError, NoConnectionError, asyncio.CancelledError):
             current = asyncio.current_task()
             if self.client.connected or (current is not None and current.cancelling()):
                 raise
-            await self._reconnect()  # closed while the read was on its way: once more
-            return await self._read(unit_id, table, address, count)
+            await self._reconnect()  # closed while the request was on its way: once more
+            return await self._once(unit_id, call)
 
-    async def _read(self, unit_id: int, table: str, address: int, count: int) -> Any:
-        from water_edge.drivers.modbus.adapter import modbus_errors, raise_for_error_pdu, read_call
+    async def _once(self, unit_id: int, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        from water_edge.drivers.modbus.adapter import modbus_errors, raise_for_error_pdu
 
         where = f"{self.where} unit {unit_id}"
         with modbus_errors(where):
-            self._inflight = asyncio.ensure_future(read_call(self.client, table, address, count, unit_id))
+            self._inflight = asyncio.ensure_future(call(self.client))
             try:
                 response = await self._inflight
             finally:
@@ -252,7 +269,7 @@ def _say(line: str) -> None:
 def _unit_doc(answer: Any, register_map: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "unit_id": answer.unit_id, "outcome": answer.outcome, "detail": answer.detail,
-        "value": answer.value, "code": answer.code,
+        "value": answer.value, "code": answer.code, "identity": answer.identity or None,
     }  # fmt: skip
     if register_map is not None:
         doc["map"] = {
@@ -284,7 +301,7 @@ def _print_table(
         print("every unit ID tried answers: one device that ignores the unit ID (use unit_id = 1)")
         found = found[:1]
     for answer in found[:MAX_UNITS_SHOWN]:
-        print(f"{answer.unit_id:>5}  {answer.detail}")
+        print(f"{answer.unit_id:>5}  {answer.detail}" + (f"  [{answer.identity}]" if answer.identity else ""))
     if len(found) > MAX_UNITS_SHOWN:
         print(f"  ... and {len(found) - MAX_UNITS_SHOWN} more (--json lists them all)")
     absent = [a for a in answers if not a.present]
@@ -338,10 +355,14 @@ def config_blocks(found: list[Any], maps: dict[int, Any], args: argparse.Namespa
 
     def tags(answer: Any, with_unit: bool) -> list[str]:
         addresses = _readable_addresses(answer, maps.get(answer.unit_id), args.table, args.address)
-        return [tag(answer.unit_id, a, with_unit) for a in addresses] or [
-            f"# unit {answer.unit_id} answers, but no {args.table} address of it is known to read: take its "
-            f"tags from its register map (or --units {answer.unit_id} --map 0-999)"
-        ]
+        said = [f"# unit {answer.unit_id}: {answer.identity}"] if answer.identity else []
+        return said + (
+            [tag(answer.unit_id, a, with_unit) for a in addresses]
+            or [
+                f"# unit {answer.unit_id} answers, but no {args.table} address of it is known to read: take "
+                f"its tags from its register map (or --units {answer.unit_id} --map 0-999)"
+            ]
+        )
 
     def device(keys: list[str], its_tags: list[str]) -> list[str]:
         block = "\n".join(["[[devices]]", *keys])

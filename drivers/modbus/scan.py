@@ -35,6 +35,9 @@ from water_edge.drivers.modbus.config import BIT_TABLES
 
 # (unit_id, table, address, count) -> the answer
 Send = Callable[[int, str, int, int], Awaitable[ModbusPDU]]
+# unit_id -> its answer to Read Device Identification (function 43/14, basic objects)
+Ask = Callable[[int], Awaitable[ModbusPDU]]
+IDENTITY_OBJECTS: Final = (0, 1, 2)  # VendorName, ProductCode, MajorMinorRevision
 
 GATEWAY_NOTHING_THERE: Final = frozenset({10, 11})
 ILLEGAL_FUNCTION: Final = 1
@@ -50,6 +53,7 @@ class UnitAnswer:
     detail: str
     value: int | None = None
     code: int | None = None
+    identity: str = ""  # vendor, product code and revision, where the unit tells them (`identify`)
 
     @property
     def present(self) -> bool:
@@ -98,6 +102,29 @@ async def scan_units(
         on_answer(answer)
         answers.append(answer)
     return answers
+
+
+async def identify(ask: Ask, unit_id: int) -> str:
+    """What unit `unit_id` says it is: vendor, product code and revision from Read Device
+    Identification, or "" where it does not tell (many devices answer function 43 with exception
+    1, some not at all)."""
+    try:
+        response = await ask(unit_id)
+    except (ExceptionAnswerError, NoAnswerError, BadAnswerError):
+        return ""
+    information = getattr(response, "information", None) or {}
+    texts = (_printable(information.get(i)) for i in IDENTITY_OBJECTS)
+    return " ".join(t for t in texts if t)
+
+
+def _printable(value: object) -> str:
+    """An identification object as text: device strings are ASCII in principle, anything in
+    practice (NUL padding, Latin-1 names); a repeated object comes as a list."""
+    if isinstance(value, list):
+        value = b" ".join(v for v in value if isinstance(v, bytes))
+    if not isinstance(value, bytes):
+        return ""
+    return "".join(c for c in value.decode("latin-1") if c.isprintable()).strip()[:64]
 
 
 def answers_every_unit(answers: list[UnitAnswer]) -> bool:

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import structlog
 
+from water_edge.sim import identification
 from water_edge.sim.component import Announcement, SimContext
 from water_edge.sim.faults import CommFaults
 from water_edge.sim.registers import Plant, Table
@@ -78,7 +79,7 @@ def _pack_bits(values: list[int]) -> bytes:
     return bytes(out)
 
 
-def handle_pdu(plant: Plant, unit_id: int, pdu: bytes) -> bytes:  # noqa: PLR0911 - one case per function code
+def handle_pdu(plant: Plant, unit_id: int, pdu: bytes) -> bytes:  # noqa: PLR0911, PLR0912 - one case per function code
     """The answer PDU to request `pdu` for `unit_id` (which exists)."""
     fc = pdu[0]
     unit = plant.units[unit_id]
@@ -117,6 +118,8 @@ def handle_pdu(plant: Plant, unit_id: int, pdu: bytes) -> bytes:  # noqa: PLR091
             values = list(struct.unpack(f">{count}H", data))
         code = plant.write(unit_id, "coil" if fc == 15 else "holding", address, values)
         return pdu[:5] if code is None else _exception(fc, code)
+    if fc == identification.FUNCTION:
+        return identification.answer_pdu(unit_id, pdu)
     return _exception(fc, 1)
 
 

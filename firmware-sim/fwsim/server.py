@@ -5,7 +5,8 @@ straight from the `Plant` register images (no copy per tick, one slice per reque
 unmapped addresses with exception 2, reads of more registers than the plant's limit with 3
 (`Plant.max_read_registers`), writes outside the documented writable area with exception 2
 and out-of-range values with 3 (`Plant.write`), function codes other than 1-6, 15 and 16 with 1,
-and unknown unit IDs with exception 0x0B, "gateway target device failed to respond", the answer a
+and unknown unit IDs with exception 0x0B (function 43/14, Read Device Identification, is answered
+per unit: `fwsim.identification`), "gateway target device failed to respond", the answer a
 Modbus TCP gateway gives for a slave that is not there (pymodbus's own SimCore would answer
 exception 4 instead). Communication faults (`fwsim.faults.CommFaults`) add latency or silence:
 a silent PLC sends nothing back, so the client times out.
@@ -20,8 +21,11 @@ from collections.abc import Sequence
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.mei_message import ReadDeviceInformationRequest, ReadDeviceInformationResponse
 from pymodbus.server import ModbusTcpServer
 
+from water_edge.sim import identification
 from water_edge.sim.faults import CommFaults
 from water_edge.sim.registers import Plant, Table
 
@@ -94,6 +98,19 @@ class PlantContext(ModbusServerContext):
         return sorted(self.plant.units)
 
 
+class _UnitIdentification(ReadDeviceInformationRequest):
+    """Function 43/14 answered per unit from `fwsim.identification` (pymodbus's own request gives
+    every unit ID, present or not, one identity of the server's)."""
+
+    async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
+        found = identification.objects(device_id, self.read_code, self.object_id)
+        if isinstance(found, int):
+            return ExceptionResponse(self.function_code, ExcCodes(found))
+        return ReadDeviceInformationResponse(
+            read_code=self.read_code, information=found, dev_id=device_id, transaction_id=self.transaction_id
+        )
+
+
 async def start_modbus_tcp(
     plant: Plant, host: str, port: int, comm: CommFaults | None = None
 ) -> tuple[ModbusTcpServer, int]:
@@ -110,6 +127,15 @@ async def start_modbus_tcp(
         return frame
 
     server = ModbusTcpServer(context, address=(host, port), ignore_missing_devices=True, trace_packet=spoil)
+    # Unavoidable internals: pymodbus 3.16 picks a function 43 request's class from its decoder's
+    # sub-function table, which `custom_pdu` does not reach; this server's own copy gets ours.
+    # tests/test_modbus_scan.py fails (every unit the same empty identity) if this stops working.
+    sub_table = {fc: dict(subs) for fc, subs in DecodePDU.pdu_sub_table.items()}
+    sub_table.setdefault(identification.FUNCTION, {})[identification.MEI_READ_DEVICE_ID] = (
+        _UnitIdentification,
+        ReadDeviceInformationResponse,
+    )
+    server.decoder.pdu_sub_table = sub_table
     await server.serve_forever(background=True)
     listener = server.transport  # the asyncio.Server that listen() created
     if not isinstance(listener, asyncio.Server):
