@@ -212,3 +212,19 @@ async def test_identification_strings_are_printable_whatever_the_device_sends() 
 
     assert await identify(ask, 1) == "ACME PLC-9 rack 2 rév 3"
     assert await identify(refuses, 1) == ""
+
+
+def test_a_plc_that_ignores_the_unit_id_is_one_device_mapped_once() -> None:
+    with running_plant(seed=5, any_unit=True) as plc:
+        code, out, err = scan(
+            "--host", plc.host, "--port", str(plc.port), "--units", "1-12", "--map", "0-60"
+        )  # fmt: skip
+    assert code == 0, err
+    assert "12 of 12 unit ID(s) answer" in out
+    assert "every unit ID tried answers: one device that ignores the unit ID (use unit_id = 1)" in out
+    assert out.count("holding 0-60:") == 1, "mapped once, not once per unit ID"
+    assert err.count("mapping unit") == 1
+    (device,) = config_of(out)["devices"]  # type: ignore[misc]
+    assert device["unit_id"] == 1
+    assert [t["address"] for t in device["tags"]] == [a for a, _ in mapped(1, "holding", 0, 60)]
+    assert all("unit_id" not in t for t in device["tags"])

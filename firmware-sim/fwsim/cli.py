@@ -54,6 +54,12 @@ def _parser(*, datasets: bool = True) -> argparse.ArgumentParser:
         help="the PLC refuses reads of more than N registers with exception 3, as drives and small "
         f"PLCs do (Modbus TCP and RTU; 1..{MAX_READ_REGISTERS}, default {MAX_READ_REGISTERS})",
     )
+    run.add_argument(
+        "--any-unit",
+        action="store_true",
+        help="the Modbus TCP PLC answers every unit ID as unit 1, as PLCs that ignore the unit ID do "
+        "(default: units 1 and 2, exception 11 for the others, as a gateway)",
+    )
     lister = sub.add_parser("list", help="describe the register map, or what a scenario contains")
     lister.add_argument("--scenario", type=Path, nargs="+", default=None, metavar="FILE")
     # Its own parser lives with the WAV writer (fwsim.hydrophone_stream); listed here for --help.
@@ -165,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
                 scenario=scenario,
                 speed=args.speed,
                 max_read_registers=args.max_registers,
+                any_unit=args.any_unit,
             )
         )
     except OSError as exc:

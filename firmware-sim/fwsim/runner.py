@@ -92,9 +92,11 @@ async def run(
     scenario: Scenario | None = None,
     speed: float | None = None,
     max_read_registers: int = 125,
+    any_unit: bool = False,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or cancellation). `speed`: model seconds per wall second
-    (default: the scenario's, else 1). `max_read_registers`: the PLC refuses longer reads."""
+    (default: the scenario's, else 1). `max_read_registers`: the PLC refuses longer reads.
+    `any_unit`: the TCP PLC answers every unit ID as unit 1 (it ignores the unit ID)."""
     local = time.localtime()
     start_tod = scenario.start_time_of_day_s if scenario is not None else None
     if start_tod is None:
@@ -107,7 +109,7 @@ async def run(
     plant.on_write = lambda name, raw: apply_write(station, name, raw)
     plant.update(station.state)
     plant.update_bench(0)
-    server, bound = await start_modbus_tcp(plant, host, port, comm)
+    server, bound = await start_modbus_tcp(plant, host, port, comm, any_unit)
     endpoints: list[Endpoint | Announcement] = [Endpoint("modbus_tcp", host, bound)]
     # Without --workdir the parts' files (the OPC UA server's key, pty links) go in a temporary
     # folder that is removed at stop; a given workdir is kept (a client may pin the certificate).

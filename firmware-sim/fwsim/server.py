@@ -27,7 +27,7 @@ from pymodbus.server import ModbusTcpServer
 
 from water_edge.sim import identification
 from water_edge.sim.faults import CommFaults
-from water_edge.sim.registers import Plant, Table
+from water_edge.sim.registers import STATION_UNIT, Plant, Table
 
 _FUNCTION_TABLES: dict[int, Table] = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
 # pymodbus reads back after a write with the write's function code
@@ -44,11 +44,19 @@ class PlantContext(ModbusServerContext):
     (and logs a deprecation warning) that this context replaces.
     """
 
-    def __init__(self, plant: Plant, comm: CommFaults | None = None) -> None:  # pylint: disable=super-init-not-called
+    def __init__(  # pylint: disable=super-init-not-called
+        self, plant: Plant, comm: CommFaults | None = None, any_unit: bool = False
+    ) -> None:
         self.plant = plant
         self.comm = comm or CommFaults()
+        # A PLC that ignores the unit ID (most Modbus TCP devices that are not gateways): every unit
+        # ID reads the station PLC.
+        self.any_unit = any_unit
         self.old_simulator = True
         self.simdevices = []
+
+    def unit_of(self, device_id: int) -> int:
+        return STATION_UNIT if self.any_unit else device_id
 
     async def _misbehave(self, device_id: int) -> None:
         """Apply the communication faults in force: wait out latency, drop the request if silent."""
@@ -63,7 +71,7 @@ class PlantContext(ModbusServerContext):
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | list[bool] | ExcCodes:
         await self._misbehave(device_id)
-        unit = self.plant.units.get(device_id)
+        unit = self.plant.units.get(self.unit_of(device_id))
         if unit is None:
             return ExcCodes.GATEWAY_NO_RESPONSE
         table = _FUNCTION_TABLES.get(func_code) or _READ_BACK_TABLES.get(func_code)
@@ -86,6 +94,7 @@ class PlantContext(ModbusServerContext):
         values: Sequence[int] | Sequence[bool],
     ) -> ExcCodes | None:
         await self._misbehave(device_id)
+        device_id = self.unit_of(device_id)
         if device_id not in self.plant.units:
             return ExcCodes.GATEWAY_NO_RESPONSE
         table = _READ_BACK_TABLES.get(func_code)
@@ -103,7 +112,8 @@ class _UnitIdentification(ReadDeviceInformationRequest):
     every unit ID, present or not, one identity of the server's)."""
 
     async def datastore_update(self, context: ModbusServerContext, device_id: int) -> ModbusPDU:
-        found = identification.objects(device_id, self.read_code, self.object_id)
+        unit = context.unit_of(device_id) if isinstance(context, PlantContext) else device_id
+        found = identification.objects(unit, self.read_code, self.object_id)
         if isinstance(found, int):
             return ExceptionResponse(self.function_code, ExcCodes(found))
         return ReadDeviceInformationResponse(
@@ -112,10 +122,11 @@ class _UnitIdentification(ReadDeviceInformationRequest):
 
 
 async def start_modbus_tcp(
-    plant: Plant, host: str, port: int, comm: CommFaults | None = None
+    plant: Plant, host: str, port: int, comm: CommFaults | None = None, any_unit: bool = False
 ) -> tuple[ModbusTcpServer, int]:
-    """Listen on host:port (0 = any free port); return the server and the port it got."""
-    context = PlantContext(plant, comm)
+    """Listen on host:port (0 = any free port); return the server and the port it got. `any_unit`:
+    answer every unit ID as the station PLC (a PLC that ignores the unit ID)."""
+    context = PlantContext(plant, comm, any_unit)
     rng = random.Random(port)  # noqa: S311 - simulated line noise, not cryptography
 
     def spoil(sending: bool, frame: bytes) -> bytes:

@@ -64,6 +64,7 @@ def start_plant(
     scenario: str | Path | None = None,
     speed: float | None = None,
     max_registers: int | None = None,
+    any_unit: bool = False,
 ) -> Plant:
     """Start `edge-sim run` and wait until it listens. `port=0`: a free port, chosen by the OS.
 
@@ -71,7 +72,7 @@ def start_plant(
     it ("none" by default, so a Modbus test does not pay for an OPC UA server). `speed`: model
     seconds per wall second (`edge-sim run --speed`); below 1 a test that must read several views
     within one 0.1 s model tick gets the time to. `max_registers`: the PLC refuses longer reads
-    (`edge-sim run --max-registers`).
+    (`edge-sim run --max-registers`). `any_unit`: the PLC answers every unit ID (`--any-unit`).
     """
     directory = Path(workdir or tempfile.mkdtemp(prefix="edge-sim-"))
     endpoints_file = directory / f"endpoints-{os.getpid()}-{time.monotonic_ns()}.json"
@@ -83,6 +84,7 @@ def start_plant(
         *(["--scenario", str(scenario)] if scenario is not None else []),
         *(["--speed", str(speed)] if speed is not None else []),
         *(["--max-registers", str(max_registers)] if max_registers is not None else []),
+        *(["--any-unit"] if any_unit else []),
     ]  # fmt: skip
     env = dict(os.environ)
     root = Path(__file__).resolve().parents[2]
