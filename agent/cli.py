@@ -23,6 +23,7 @@ from water_edge.agent.commands._exits import (
     DEFAULT_CONFIG,
     EXIT_DEGRADED,
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_NOT_RUNNING,
     EXIT_OK,
     EXIT_USAGE,
@@ -304,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config_errors(exc)
     except BrokenPipeError:
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C in a command (a long scan): no traceback, the shell's code
+        sys.stderr.write(f"edge-agent {args.command}: interrupted\n")
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sys
 import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -228,3 +230,19 @@ def test_a_plc_that_ignores_the_unit_id_is_one_device_mapped_once() -> None:
     assert device["unit_id"] == 1
     assert [t["address"] for t in device["tags"]] == [a for a, _ in mapped(1, "holding", 0, 60)]
     assert all("unit_id" not in t for t in device["tags"])
+
+
+async def test_ctrl_c_during_a_long_scan_stops_it_without_a_traceback(rtu_line: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "water_edge.agent.cli", "scan", "modbus", "--serial-port", rtu_line,
+        "--parity", "none", "--units", "1-247", "--timeout", "0.5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    first = await asyncio.wait_for(proc.stderr.readline(), 30)
+    assert b"scanning" in first  # two minutes of unit IDs ahead
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130
+    assert "edge-agent scan: interrupted" in err.decode()
+    assert "Traceback" not in err.decode()
