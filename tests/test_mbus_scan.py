@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.support.cli import edge_agent_process
-from tests.support.mbus_sim import running_bus
+from tests.support.mbus_sim import bus_config, read_once, running_bus
 from water_edge.drivers.mbus.config import MbusConfig
 from water_edge.sim.mbus_bus import MbusBus
 
@@ -102,3 +102,27 @@ async def test_a_segment_of_mixed_speeds_is_scanned_at_each_and_each_meter_gets_
     assert {m["secondary"]: m.get("baudrate") for m in meters} == {
         one: (2400 if one == odd else None) for one in every
     }
+
+
+async def test_a_meter_answering_without_a_data_header_is_named_by_its_primary_address(
+    tmp_path: Path,
+) -> None:
+    """A meter whose answers carry no data header (CI 78h) takes its selection like any other but
+    does not say who it is: the secondary scan says so and to try --primary, which finds it by
+    its primary address; the config names it by that address and the driver reads it."""
+    async with running_bus(tmp_path / "one", headerless=[3]) as bus:
+        code, out, err = await scan("--port", bus.path, "--baudrate", "9600")
+    assert code == 0, err
+    assert "3 meter(s)" in out
+    assert "a meter answered its selection without a long header (it names no ID): try --primary" in err
+    async with running_bus(tmp_path / "primary", headerless=[3]) as bus:
+        code, out, err = await scan("--port", bus.path, "--baudrate", "9600", "--primary")
+    assert code == 0, err
+    assert "4 meter(s)" in out
+    meters = tomllib.loads(out[out.index("[[devices.meters]]") :])["devices"]["meters"]
+    by_address = [m for m in meters if "address" in m]
+    assert [m["address"] for m in by_address] == [3]
+    assert "secondary" not in by_address[0]
+    async with running_bus(tmp_path / "read", headerless=[3]) as bus:  # one open per bus (8E1)
+        readings, _ = await read_once(bus_config(bus, [{**by_address[0], "name": "old"}]))
+    assert readings["old.volume"].quality == "good", readings["old.volume"].reason

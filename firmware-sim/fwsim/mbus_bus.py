@@ -375,7 +375,8 @@ class MbusComponent:
     (default false: true echoes the master's requests back to it), `keys` (primary address ->
     32 hex digits: that meter encrypts its telegrams with OMS mode 5 under the key) and
     `baudrates` (primary address -> 300, 2400 or 9600: that meter's own line speed, a segment of
-    mixed speeds; it hears only frames sent at it)."""
+    mixed speeds; it hears only frames sent at it) and `headerless` (primary addresses: those meters
+    answer with CI 78h, no data header, so their answers do not name them; not with a key)."""
 
     name = "mbus"
 
@@ -402,6 +403,11 @@ class MbusComponent:
             if int(address) not in by_address or int(baud) not in BAUD_TERMIOS:
                 raise ValueError(f"mbus: baudrates: {address} = {baud} (a meter 1..{count}, 300/2400/9600)")
             by_address[int(address)].baudrate = int(baud)
+        for address in list(ctx.options.get("headerless", [])):
+            meter = by_address.get(int(address))
+            if meter is None or meter.key is not None:
+                raise ValueError(f"mbus: headerless: {address} is not a meter without a key (1..{count})")
+            meter.no_header = True
         self.bus = MbusBus(
             ctx,
             meters,

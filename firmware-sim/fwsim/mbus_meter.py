@@ -17,6 +17,7 @@ from typing import Final
 from water_edge.sim.wmbus_encode import cbc_encrypt, pad_blocks
 
 CI_LONG_HEADER: Final = 0x72
+CI_NO_HEADER: Final = 0x78
 WATER: Final = 0x07
 RSP_UD: Final = 0x08
 
@@ -70,6 +71,9 @@ class MeterSpec:
     multi_telegram: bool = False
     key: bytes | None = None  # AES-128: the telegrams' data encrypted with OMS mode 5
     baudrate: int | None = None  # the meter's own line speed (None: the bus's); it hears no other
+    # Answers with CI 78h, records without a data header, as some plain meters do: it is selected by
+    # its secondary address all the same, but its answers do not name it (plain data only).
+    no_header: bool = False
 
 
 @dataclass
@@ -168,6 +172,8 @@ class WaterMeter:
                 dif = 0x8C | ((storage & 0x01) << 6)
                 records += bytes((dif, (storage >> 1) & 0x0F, 0x13)) + bcd(self.monthly_litres(storage), 4)
         trailer = (b"\x0f" if last else b"\x1f") + b"SIM" + bytes((self.spec.address,))
+        if self.spec.no_header:
+            return bytes((CI_NO_HEADER,)) + records + trailer
         if self.spec.key is None:
             return bytes((CI_LONG_HEADER,)) + header + records + trailer
         plain = pad_blocks(b"\x2f\x2f" + records + trailer)
