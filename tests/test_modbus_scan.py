@@ -111,6 +111,10 @@ def test_map_finds_exactly_the_addresses_the_plc_maps(plant: Plant) -> None:
     assert readable == mapped(STATION_UNIT, "holding", 0, 299)
     assert readable, "the station maps holding registers below 300"
     assert found[2]["map"]["readable"] == [[a, b] for a, b in mapped(2, "holding", 0, 299)]
+    # Unit 2 maps no holding register: 300 addresses refused cost about one read each (a refused
+    # block of fewer than 16 is read an address at a time), not two (halving down to singles).
+    assert not mapped(2, "holding", 0, 299)
+    assert found[2]["map"]["reads"] <= 1.2 * 300
 
 
 def test_map_against_a_plc_that_takes_16_registers_a_read_finds_the_same_ranges() -> None:

@@ -277,6 +277,7 @@ def _unit_doc(answer: Any, register_map: Any) -> dict[str, Any]:
             "readable": [list(r) for r in register_map.readable],
             "unanswered": [list(r) for r in register_map.unanswered],
             "not_supported": register_map.not_supported or None, "stopped_at": register_map.stopped_at,
+            "reads": register_map.requests,
         }  # fmt: skip
     return doc
 

@@ -41,6 +41,9 @@ IDENTITY_OBJECTS: Final = (0, 1, 2)  # VendorName, ProductCode, MajorMinorRevisi
 
 GATEWAY_NOTHING_THERE: Final = frozenset({10, 11})
 ILLEGAL_FUNCTION: Final = 1
+# A refused block shorter than this is read an address at a time: halving it down costs two reads
+# per address where nothing is mapped (the common case of a refused small block), singles one.
+SINGLES_BELOW: Final = 16
 Outcome = Literal["value", "exception", "garbled", "gateway", "silent"]
 
 
@@ -163,7 +166,7 @@ async def map_table(
     last: int,
     *,
     max_count: int = 125,
-    max_requests: int = 4000,
+    max_requests: int = 12_000,
 ) -> RegisterMap:
     """Which addresses `first`..`last` of `table` unit `unit_id` reads, in blocks of at most
     `max_count` cut in halves where refused; at most `max_requests` reads."""
@@ -185,7 +188,11 @@ async def map_table(
                 break
             if exc.code in GATEWAY_NOTHING_THERE:
                 _add(found.unanswered, (a, b))
-            elif a < b:  # refused: an address in it is not mapped, or the block is too long
+            elif a == b:  # a single address refused: not mapped
+                pass
+            elif b - a < SINGLES_BELOW:  # a small refused block: its addresses one by one
+                pending.extendleft((x, x) for x in range(b, a - 1, -1))
+            else:  # refused: an address in it is not mapped, or the block is too long
                 mid = (a + b) // 2
                 pending.extendleft([(mid + 1, b), (a, mid)])
             continue
