@@ -133,13 +133,14 @@ async def _scan(
     try:
         _say(f"scanning {line.where}, unit IDs {args.units}, {args.table} {args.address} ...")
         answers = await scan_units(line.send, units, args.table, args.address, _progress(len(units)))
+        every = answers_every_unit(answers)  # one device: asked and mapped once
         for i, answer in enumerate(answers):
-            if answer.present and (i == 0 or not answers_every_unit(answers)):
+            if answer.present and (i == 0 or not every):
                 answers[i] = replace(answer, identity=await identify(line.ask, answer.unit_id))
         maps = {}
         if span is not None:
             present = [a.unit_id for a in answers if a.present]
-            for unit_id in present[:1] if answers_every_unit(answers) else present:
+            for unit_id in present[:1] if every else present:
                 _say(f"mapping unit {unit_id} {args.table} {span[0]}-{span[1]} ...")
                 maps[unit_id] = await map_table(
                     line.send, unit_id, args.table, *span, max_count=args.max_registers
