@@ -57,13 +57,29 @@ def run(tmpdir: Path) -> list[dict[str, object]]:
     with contextlib.redirect_stdout(io.StringIO()):
         cli(["models", "score", "pump", "--csv", str(path), "--calibrate-rows", "400"])
     cli_s = time.perf_counter() - t0
-    week_rss_mib, week_mb = _week_csv_peak_rss(tmpdir / "week.csv", x)
+    week = _write_week(tmpdir / "week.csv", x)
+    week_mb = week.stat().st_size / 1e6
+    week_rss_mib = _peak_rss(week, "--calibrate-rows", "86400")
+    explained_rss_mib = _peak_rss(week, "--calibrate-rows", "86400", "--explain")
+    short_rss_mib = _peak_rss(week, "--calibrate-rows", "400", "--explain")
     return [
         {
             "name": "pump.cli_score_week_1s_peak_rss",
             "value": round(week_rss_mib, 1),
             "unit": "MiB",
             "target": f"reference (a week at 1 s, {week_mb:.0f} MB of CSV, 1 day calibration; whole process)",
+        },
+        {
+            "name": "pump.cli_score_week_1s_explain_peak_rss",
+            "value": round(explained_rss_mib, 1),
+            "unit": "MiB",
+            "target": "reference (the same with --explain)",
+        },
+        {
+            "name": "pump.cli_score_week_1s_400_rows_explain_peak_rss",
+            "value": round(short_rss_mib, 1),
+            "unit": "MiB",
+            "target": "reference (the same, 400 calibration rows: the steady detector, most rows marked)",
         },
         {
             "name": "pump.steady_fit_and_score_per_row",
@@ -99,10 +115,8 @@ def run(tmpdir: Path) -> list[dict[str, object]]:
     ]
 
 
-def _week_csv_peak_rss(path: Path, day: np.ndarray) -> tuple[float, float]:
-    """`models score pump --csv` on a week of 1 s rows (the simulated day seven times) in a process
-    of its own: the peak resident memory of the whole command (what a technician running it on a
-    gateway needs free), and the file's size."""
+def _write_week(path: Path, day: np.ndarray) -> Path:
+    """A week of 1 s rows: the simulated day seven times."""
     start = np.datetime64("2024-03-04T00:00:00")
     with path.open("w", encoding="utf-8") as fh:
         fh.write(",".join(["time", *SIGNALS]) + "\n")
@@ -112,15 +126,21 @@ def _week_csv_peak_rss(path: Path, day: np.ndarray) -> tuple[float, float]:
             )
             fh.write("".join(f"{t.replace('T', ' ')},{','.join(f'{v:.4f}' for v in row)}\n"
                              for t, row in zip(stamps, day, strict=True)))  # fmt: skip
+    return path
+
+
+def _peak_rss(path: Path, *options: str) -> float:
+    """`models score pump --csv PATH OPTIONS` in a process of its own: the peak resident memory of
+    the whole command (what a technician running it on a gateway needs free), MiB."""
     probe = (
         "import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL,"
         " stderr=subprocess.DEVNULL, check=True);"
         " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    argv = [sys.executable, "-m", "water_edge.agent.cli", "models", "score", "pump", "--csv", str(path),
-            "--calibrate-rows", "86400"]  # fmt: skip
+    command = ["models", "score", "pump", "--csv", str(path), *options]
+    argv = [sys.executable, "-m", "water_edge.agent.cli", *command]
     done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True)
-    return int(done.stdout.strip()) / 1024, path.stat().st_size / 1e6
+    return int(done.stdout.strip()) / 1024
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from water_edge.models.pump.detector import (
     score,
     score_series,
     select,
+    trailing_mean,
     windows,
 )
 from water_edge.models.runtime import Model, load_model
@@ -173,3 +174,10 @@ def test_select_takes_the_calibrated_columns_in_calibration_order(model: Model) 
     np.testing.assert_array_equal(select(x, names, cal), x[:, picked])
     shuffled = names[::-1]  # the same signals, columns in another order: picked by name
     np.testing.assert_array_equal(select(x[:, ::-1], shuffled, cal), x[:, picked])
+
+
+@pytest.mark.parametrize("w", [1, 3, 8, 40, 45])
+def test_a_trailing_mean_is_the_mean_of_the_last_w_rows_and_of_all_rows_before_w(w: int) -> None:
+    x = np.random.default_rng(w).normal(0.0, 3.0, (40, 3)) + 1e6  # large values: cumulative sums lose digits
+    naive = np.array([x[max(0, i - w + 1) : i + 1].mean(axis=0) for i in range(len(x))])
+    np.testing.assert_allclose(trailing_mean(x, w), naive, rtol=0, atol=1e-9 * 1e6)

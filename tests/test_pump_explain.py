@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from water_edge.agent.cli import main
-from water_edge.models.pump import explain
+from water_edge.models.pump import detector, explain
 from water_edge.models.train.pump_sim import SIGNALS, Scenario, simulate
 from water_edge.sim.rig import simulate_run
 
@@ -97,3 +97,26 @@ def test_the_gateway_detector_names_a_drifting_transmitter(
 def test_the_summary_counts_each_signal_once_per_row_most_named_first() -> None:
     texts = ["", "Flow below; Pressure above", "Volume Flow RateRMS below", "Flow below", ""]
     assert explain.summary(texts) == "Flow 2, Pressure 1, Volume Flow RateRMS 1"
+
+
+def test_a_long_file_explained_a_piece_and_a_block_at_a_time_says_what_the_whole_file_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A week at 1 s is explained from its marked rows only: the gateway detector scores again just
+    the pieces that hold them, and both detectors word them a block at a time. Pieces of 500 rows
+    and blocks of 7 (boundaries all through the marked stretches) must say what one piece says."""
+    x, _ = simulate(
+        Scenario(
+            seed=7, hours=1.5, fault="sensor_drift", onset_s=4000, duration_s=1400, ramp_s=60, severity=0.3
+        )
+    )
+    station = write(tmp_path / "station.csv", list(SIGNALS), x)
+    rig_x, _, _ = simulate_run(424218, 1100, "outlet_valve", onset_s=520, ramp_s=5, duration_s=240)
+    rig = write(tmp_path / "rig.csv", RIG_NAMES, rig_x)
+    whole = [score(capsys, station, 3600, "--explain")[0], score(capsys, rig, 400, "--explain")[0]]
+    monkeypatch.setattr(detector, "SCORE_CHUNK_ROWS", 500)
+    monkeypatch.setattr(explain, "BLOCK_ROWS", 7)
+    cut = [score(capsys, station, 3600, "--explain")[0], score(capsys, rig, 400, "--explain")[0]]
+    for one, pieces in zip(whole, cut, strict=True):
+        assert sum(r[2] == "1" for r in one[1:]) > 200
+        assert [(r[2], r[3]) for r in pieces] == [(r[2], r[3]) for r in one]

@@ -36,6 +36,7 @@ from water_edge.models.pump.detector import (
     contributors,
     score,
 )
+from water_edge.models.pump.offline import gateway_texts
 from water_edge.models.pump.processor import PumpProcessor
 from water_edge.models.pump.store import NS, CalibrationStore
 from water_edge.models.runtime import Model, load_model
@@ -137,10 +138,11 @@ def test_the_offline_explanation_says_frozen_and_counts_the_signal_by_name(
     two_days: np.ndarray, day_calibration: Calibration, model: Model
 ) -> None:
     cal = day_calibration
-    scored = score(two_days[2 * DAY :], cal, model)
+    rows = two_days[2 * DAY :]
+    scored = score(rows, cal, model)
     alarm = alarm_series(scored.score, cal.threshold, 5, 30, 0.8)
-    words = explain.frozen_words(explain.relation_words(scored.residual), scored.run, cal.frozen(scored.run))
-    texts = explain.signals(cal.channels, scored.channel / cal.threshold, words, alarm)
+    held = np.zeros(scored.run.shape, dtype=bool)  # one register frozen: not held upstream
+    texts = gateway_texts(cal, model, rows, scored.run, held=held, marked=np.flatnonzero(alarm))
     first = int(np.flatnonzero(alarm)[0])
     assert texts[first].startswith(
         f"flow frozen: the same value for {int(scored.run[first, cal.channels.index('flow')])} samples"

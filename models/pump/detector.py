@@ -355,11 +355,18 @@ def windows(z: F64, r: F64, window: int) -> F32:
 
 
 def trailing_mean(x: F64, w: int) -> F64:
-    """Per column, the mean of the last `w` rows (fewer at the start)."""
-    c = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)
-    n = np.arange(1, len(x) + 1)
-    lo = np.maximum(0, n - w)
-    return np.asarray((c[n] - c[lo]) / (n - lo)[:, None], dtype=np.float64)
+    """Per column, the mean of the last `w` rows (fewer at the start). Two arrays the size of `x`
+    at most (a week at 1 s of ten signals: 48 MB each)."""
+    n = len(x)
+    c = np.zeros((n + 1, *x.shape[1:]))
+    np.cumsum(x, axis=0, dtype=np.float64, out=c[1:])
+    out = np.empty(c[1:].shape)
+    head = min(w - 1, n)  # the rows before the first full window: the mean of all rows so far
+    np.divide(c[1 : head + 1], np.arange(1, head + 1)[:, None], out=out[:head])
+    if n >= w:
+        np.subtract(c[w:], c[: n + 1 - w], out=out[w - 1 :])
+        out[w - 1 :] /= w
+    return out
 
 
 def level_stats(r: F64, w: int, mid: F64, sd: F64) -> F64:
@@ -547,11 +554,30 @@ def score_series(x: F64, cal: Calibration, model: Scorer) -> tuple[F64, F32]:
     return series, runs
 
 
-def _pieces(x: F64, cal: Calibration, model: Scorer, runs: F32) -> Iterator[tuple[slice, Scored, int]]:
-    """`x` scored `SCORE_CHUNK_ROWS` rows at a time: the rows each piece stands for, the piece's
-    figures, and how many look-back rows at its start to skip."""
-    back = max(cal.window, cal.level_window) - 1
-    for start in range(0, len(x), SCORE_CHUNK_ROWS):
+def explain_rows(
+    x: F64, cal: Calibration, model: Scorer, runs: F32, *, rows: npt.NDArray[np.intp], window: int
+) -> Iterator[tuple[npt.NDArray[np.intp], F64, F64]]:
+    """What explains the marked `rows` (ascending) of `x`, scored again only in the pieces of
+    `SCORE_CHUNK_ROWS` that hold them (the offline command keeps no (n, C) figures of every row):
+    per piece, its marked rows, their per-channel scores and each channel's mean residual over the
+    `window` rows up to each (its sign: above or below the calibrated relation)."""
+    x = np.asarray(x, dtype=np.float64)
+    starts = np.unique(rows // SCORE_CHUNK_ROWS) * SCORE_CHUNK_ROWS
+    for piece, part, skip in _pieces(x, cal, model, runs, starts=starts.tolist(), back=window - 1):
+        at = rows[(rows >= piece.start) & (rows < piece.stop)]
+        local = at - piece.start + skip
+        mean = trailing_mean(np.nan_to_num(part.residual), window)
+        yield at, part.channel[local], mean[local]
+
+
+def _pieces(
+    x: F64, cal: Calibration, model: Scorer, runs: F32, *, starts: list[int] | None = None, back: int = 0
+) -> Iterator[tuple[slice, Scored, int]]:
+    """`x` scored `SCORE_CHUNK_ROWS` rows at a time (those from `starts` only, when given): the rows
+    each piece stands for, the piece's figures, and how many look-back rows at its start to skip
+    (at least `back`)."""
+    back = max(cal.window - 1, cal.level_window - 1, back)
+    for start in range(0, len(x), SCORE_CHUNK_ROWS) if starts is None else starts:
         lo, stop = max(0, start - back), min(len(x), start + SCORE_CHUNK_ROWS)
         yield slice(start, stop), _score_rows(x[lo:stop], cal, model, runs[lo:stop]), start - lo
 

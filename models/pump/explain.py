@@ -6,24 +6,25 @@ signal, and which way?" before trusting it. Per marked row: the channels whose o
 each with the way it moved — `above` / `below` its calibrated level (or, for the gateway detector,
 its calibrated relation to the other signals), `noisier` / `steadier` when the steady detector
 judged its row-to-row noise, `frozen: the same value for N samples` when the gateway detector's
-frozen test holds it. Unmarked rows are left empty.
+frozen test holds it. Unmarked rows are left empty, and only marked rows are worded: a week at 1 s
+whose every row is marked is worded a block at a time (`place`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
-
-from water_edge.models.pump.detector import trailing_mean
 
 F64 = npt.NDArray[np.float64]
 Words = npt.NDArray[np.str_]  # rows x channels: which way each channel moved
 
 SHARE = 0.5  # of the alarm level: a channel this far up helps carry the row
 TOP = 3
+RELATION_WINDOW = 8  # rows whose mean residual says above or below the calibrated relation
+BLOCK_ROWS = 8192  # marked rows worded at a time (`place`)
 FROZEN = " frozen: "  # how a frozen channel's words start (`frozen_words`)
 
 
@@ -33,13 +34,23 @@ def _row(names: Sequence[str], score: F64, words: Words) -> str:
     return "; ".join(f"{names[c]} {words[c]}" for c in chosen)
 
 
-def signals(names: Sequence[str], channel: F64, moved: Words, alarm: npt.NDArray[np.int8]) -> list[str]:
-    """One text per row: `channel` (rows x channels) in units of the alarm level, `moved[t][c]`
-    the word for how channel c moved at row t; empty where `alarm` is 0."""
-    return [_row(names, channel[t], moved[t]) if alarm[t] else "" for t in range(len(alarm))]
+def signals(names: Sequence[str], channel: F64, moved: Words) -> list[str]:
+    """One text per marked row: `channel` (rows x channels) in units of the alarm level, `moved[t][c]`
+    the word for how channel c moved at row t."""
+    return [_row(names, channel[t], moved[t]) for t in range(len(channel))]
 
 
-def steady_words(per: F64, direction: F64, noise: bool) -> Words:
+def place(texts: list[str], rows: npt.NDArray[np.intp], worded: Callable[[slice], list[str]]) -> None:
+    """Put the texts of the marked `rows` into `texts` (one per row of the file), `BLOCK_ROWS` of
+    them at a time: `worded(part)` gives those of `rows[part]`, so the word arrays behind them stay
+    small when most of a week is marked."""
+    for lo in range(0, len(rows), BLOCK_ROWS):
+        part = slice(lo, lo + BLOCK_ROWS)
+        for row, text in zip(rows[part].tolist(), worded(part), strict=True):
+            texts[row] = text
+
+
+def steady_words(per: F64, direction: npt.NDArray[np.int8], noise: bool) -> Words:
     """How each channel moved, by the statistic that scores it highest (`steady.detect_per_statistic`
     and `SteadyModel.directions`, statistics x rows x channels; the last is the noise statistic
     when `noise`)."""
@@ -50,10 +61,10 @@ def steady_words(per: F64, direction: F64, noise: bool) -> Words:
     return out
 
 
-def relation_words(residual: F64, window: int = 8) -> Words:
+def relation_words(mean_residual: F64) -> Words:
     """The gateway detector's channels moved `above` or `below` their calibrated relation by the
-    sign of their mean residual over the last `window` rows."""
-    out: Words = np.where(trailing_mean(np.nan_to_num(residual), window) >= 0, "above", "below")
+    sign of their mean residual over the last `RELATION_WINDOW` rows (`detector.explain_rows`)."""
+    out: Words = np.where(mean_residual >= 0, "above", "below")
     return out
 
 

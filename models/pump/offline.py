@@ -57,12 +57,11 @@ from water_edge.models.pump.detector import (
     MIN_CALIBRATION_ROWS,
     Calibration,
     CalibrationError,
-    Scored,
     Scorer,
     alarm_series,
     calibrate,
+    explain_rows,
     held_together_rows,
-    score,
     score_series,
     select,
 )
@@ -400,13 +399,30 @@ def score_steady(
     keep, dropped = usable(values[:calibrate_rows], names)
     for name in dropped:
         warn(f"ignoring column {name!r}: constant or empty during calibration")
-    x = values[:, keep]
+    x = values if len(keep) == values.shape[1] else values[:, keep]  # no copy of a week when all are kept
     model = steady.fit(x[:calibrate_rows], p)
     scores, alarm, per = steady.detect_per_statistic(model, x, calibrate_rows)
     if not explained:
         return scores, alarm, None
-    words = explain.steady_words(per, model.directions(x), p.use_noise)
-    return scores, alarm, partial(explain.signals, [names[j] for j in keep], per.max(axis=0), words)
+    return scores, alarm, partial(_steady_texts, model, x, per, [names[j] for j in keep])
+
+
+def _steady_texts(
+    model: steady.SteadyModel, x: np.ndarray, per: np.ndarray, names: list[str], alarm: np.ndarray
+) -> list[str]:
+    """The steady detector's `signals` column: what each row `alarm` marks stands on, by `per`,
+    the statistics `steady.detect_per_statistic` judged."""
+    rows = np.flatnonzero(alarm)
+    moved = model.directions(x, rows)
+    texts = [""] * len(alarm)
+
+    def worded(part: slice) -> list[str]:
+        at = per[:, rows[part]]
+        words = explain.steady_words(at, moved[:, part], model.params.use_noise)
+        return explain.signals(names, at.max(axis=0), words)
+
+    explain.place(texts, rows, worded)
+    return texts
 
 
 def _as_history(
@@ -614,10 +630,7 @@ def score_csv(
     for name in cal.dropped:
         warn(f"ignoring column {name!r}: constant or empty during calibration")
     columns = select(table.values, table.names, cal)  # a view of the file's column-major table
-    # Explained, the per-signal figures of every row are kept, and on row-major input they take
-    # less than on the table itself even with the copy (a week at 1 s: 529 MiB against 564).
-    scored = score(np.ascontiguousarray(columns), cal, model) if explained else None
-    series, run = (scored.score, scored.run) if scored is not None else score_series(columns, cal, model)
+    series, run = score_series(columns, cal, model)
     alarm = np.zeros(n, dtype=np.int8)  # the alarm state starts fresh after calibration
     alarm[calibrate_rows:] = alarm_series(
         series[calibrate_rows:],
@@ -629,31 +642,56 @@ def score_csv(
     if not causal:
         hyst = HYSTERESIS if hysteresis is None else hysteresis
         alarm = _as_history(series, alarm, calibrate_rows, cal.threshold, hyst)
-    texts = _gateway_texts(cal, run, scored, alarm, table.timestamps, warn=warn)
+    held = _held_together(cal, run, alarm, table.timestamps, warn)
+    marked = np.flatnonzero(alarm)
+    texts = gateway_texts(cal, model, columns, run, held=held, marked=marked) if explained else None
     return ScoredCsv(table.timestamps, series, alarm, texts, calibrate_rows)
 
 
-def _gateway_texts(
-    cal: Calibration,
-    run: np.ndarray,
-    scored: Scored | None,
-    alarm: np.ndarray,
-    timestamps: list[str],
-    *,
-    warn: Callable[[str], None],
-) -> list[str] | None:
-    """The gateway detector's `signals` column (with `scored`, the per-channel figures kept when
-    explained), and the note when marked rows stand on signals frozen together (from `run`)."""
+def _held_together(
+    cal: Calibration, run: np.ndarray, alarm: np.ndarray, timestamps: list[str], warn: Callable[[str], None]
+) -> np.ndarray:
+    """Which signals of the rows `alarm` marks stopped changing at the same sample
+    (`held_together_rows`, from `run`), said in a warning when any did."""
     marked = np.flatnonzero(alarm)
     held = np.zeros(run.shape, dtype=bool)
     held[marked] = held_together_rows(cal, run[marked])
     if held.any():
         warn(_held_upstream(timestamps, held, run))
-    if scored is None:
-        return None
-    moved = explain.relation_words(scored.residual)
-    words = explain.frozen_words(moved, scored.run, cal.frozen(scored.run), held)
-    return explain.signals(cal.channels, scored.channel / cal.threshold, words, alarm)
+    return held
+
+
+def gateway_texts(
+    cal: Calibration,
+    model: Scorer,
+    columns: np.ndarray,
+    run: np.ndarray,
+    *,
+    held: np.ndarray,
+    marked: np.ndarray,
+) -> list[str]:
+    """The gateway detector's `signals` column: what each `marked` row stands on, from its piece of
+    the file scored again (`detector.explain_rows`); `held` marks signals frozen together."""
+    texts = [""] * len(columns)
+    for piece in explain_rows(columns, cal, model, run, rows=marked, window=explain.RELATION_WINDOW):
+        explain.place(texts, piece[0], partial(_gateway_words, cal, run, held, piece))
+    return texts
+
+
+def _gateway_words(
+    cal: Calibration,
+    run: np.ndarray,
+    held: np.ndarray,
+    piece: tuple[np.ndarray, np.ndarray, np.ndarray],
+    part: slice,
+) -> list[str]:
+    """The texts of `piece` (`detector.explain_rows`: marked rows, their per-channel scores and mean
+    residuals) at `part` of its rows."""
+    rows, channel, mean_residual = piece
+    at = rows[part]
+    moved = explain.relation_words(mean_residual[part])
+    words = explain.frozen_words(moved, run[at], cal.frozen(run[at]), held[at])
+    return explain.signals(cal.channels, channel[part] / cal.threshold, words)
 
 
 def _held_upstream(timestamps: list[str], held: np.ndarray, run: np.ndarray) -> str:

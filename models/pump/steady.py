@@ -47,7 +47,8 @@ where its evidence starts to where it ended rather than when a live gateway was 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -151,10 +152,24 @@ class LevelModel:
     wander_lag: int
     wander_exp: F64  # growth of that change with the lag: 0 steady, 0.5 random walk, 1 trend
 
+    def column(self, c: int) -> LevelModel:
+        """This window's normal of channel `c` alone (one-column arrays): a re-based channel's
+        statistic is recomputed without the others'."""
+        one = slice(c, c + 1)
+        return replace(
+            self,
+            mid=self.mid[one],
+            sd=self.sd[one],
+            wander_sd=self.wander_sd[one],
+            wander_exp=self.wander_exp[one],
+        )
+
     def allowed(self, horizon: F64) -> F64:
         """The spread allowed at rows `horizon` rows from the calibration's middle."""
         h = np.maximum(horizon, self.wander_lag)[:, None]
-        return np.asarray(np.maximum(self.sd, self.wander_sd * (h / self.wander_lag) ** self.wander_exp))
+        out = np.asarray((h / self.wander_lag) ** self.wander_exp, dtype=np.float64)
+        out *= self.wander_sd  # in place: a week at 1 s is 40 MB a temporary
+        return np.maximum(self.sd, out, out=out)
 
     @classmethod
     def fit(cls, z: F64, window: int, lags: tuple[int, ...], exp: F64 | None = None) -> LevelModel:
@@ -196,8 +211,11 @@ class SteadyModel:
     def z(self, x: F64) -> F64:
         """Robust z-scores of rows `x`, gaps filled, clipped at `z_limit`."""
         limit = 1e3 if self.z_limit is None else self.z_limit
+        z = _fill(x)
         with np.errstate(over="ignore"):  # an error code such as 1e308 is inf here, then clipped
-            return np.clip((_fill(x) - self.center) / self.scale, -limit, limit)
+            z -= self.center
+            z /= self.scale
+        return np.clip(z, -limit, limit, out=z)
 
     def level_statistic(
         self, lm: LevelModel, level: F64, mid: F64, horizon: F64, other: F64 | None = None
@@ -205,13 +223,15 @@ class SteadyModel:
         """How far a window's trailing mean `level` is from `mid` (or from the span between `mid`
         and `other`), in allowed spreads."""
         if other is None:
-            dev = np.abs(level - mid)
+            dev = np.subtract(level, mid)
+            np.abs(dev, out=dev)
         else:
             lo, hi = np.minimum(mid, other), np.maximum(mid, other)
             dev = np.maximum(0.0, np.maximum(lo - level, level - hi))
-        a = dev / lm.allowed(horizon)
-        a[self.recovering(lm, dev)] = 0.0
-        return a
+        back = self.recovering(lm, dev)
+        dev /= lm.allowed(horizon)  # now in allowed spreads
+        dev[back] = 0.0
+        return dev
 
     def recovering(self, lm: LevelModel, dev: F64) -> npt.NDArray[np.bool_]:
         """Rows where a channel's deviation shrank by `recover_by` spreads over `recover_lag`."""
@@ -222,37 +242,53 @@ class SteadyModel:
             back[lag:] = dev[lag:] < dev[:-lag] - p.recover_by * lm.sd
         return back
 
-    def statistics(self, x: F64) -> list[F64]:
-        """Each statistic (the level windows, then noise) as rows x channels, unnormalised."""
-        p = self.params
+    def statistics(self, x: F64) -> Iterator[F64]:
+        """Each statistic (the level windows, then noise) as rows x channels, unnormalised, one at
+        a time (a week at 1 s holds each as 40 MB)."""
         z = self.z(x)
         horizon = np.arange(len(z), dtype=np.float64) - self.n_calibration / 2
-        out = []
         for lm in self.levels:
-            out.append(self.level_statistic(lm, trailing_mean(z, lm.window), lm.mid, horizon))
-        if p.use_noise:
-            out.append(np.abs(self._log_noise(z) - self.noise_mid) / self.noise_sd)
-        return out
+            yield self.level_statistic(lm, trailing_mean(z, lm.window), lm.mid, horizon)
+        if self.params.use_noise:
+            noise = self._log_noise(z)
+            noise -= self.noise_mid
+            np.abs(noise, out=noise)
+            noise /= self.noise_sd
+            yield noise
 
     def _log_noise(self, z: F64) -> F64:
-        d = np.vstack([np.zeros((1, z.shape[1])), np.diff(z, axis=0)])
-        rms = np.sqrt(trailing_mean(d * d, self.params.noise_window))
-        return np.asarray(np.log(rms + self.noise_eps), dtype=np.float64)
+        d = np.zeros_like(z)  # row-to-row changes, squared, then their trailing RMS: in place
+        np.subtract(z[1:], z[:-1], out=d[1:])
+        d *= d
+        rms = trailing_mean(d, self.params.noise_window)
+        del d
+        np.sqrt(rms, out=rms)
+        rms += self.noise_eps
+        return np.log(rms, out=rms)
 
-    def directions(self, x: F64) -> F64:
-        """Which way each statistic moved, +1 or -1 (statistics x rows x channels, as
-        `statistic_scores`): a level above or below its calibration middle, a noise larger or
-        smaller than calibration's."""
+    def directions(self, x: F64, rows: npt.NDArray[np.intp] | None = None) -> npt.NDArray[np.int8]:
+        """Which way each statistic moved at `rows` of `x` (every row without), +1 or -1, 0 exactly
+        at its middle (statistics x rows x channels, as `statistic_scores`): a level above or below
+        its calibration middle, a noise larger or smaller than calibration's."""
         z = self.z(x)
-        out = [np.sign(trailing_mean(z, lm.window) - lm.mid) for lm in self.levels]
+        at = slice(None) if rows is None else rows
+        out = [np.sign(trailing_mean(z, lm.window)[at] - lm.mid).astype(np.int8) for lm in self.levels]
         if self.params.use_noise:
-            out.append(np.sign(self._log_noise(z) - self.noise_mid))
+            out.append(np.sign(self._log_noise(z)[at] - self.noise_mid).astype(np.int8))
         return np.stack(out)
 
     def statistic_scores(self, x: F64) -> F64:
-        """Each statistic in units of the alarm level: statistics x rows x channels (unsmoothed)."""
-        per = [s / q for s, q in zip(self.statistics(x), self.quantiles, strict=True)]
-        return np.asarray(np.stack(per) / self.factor, dtype=np.float64)
+        """Each statistic in units of the alarm level: statistics x rows x channels (unsmoothed),
+        filled one statistic at a time."""
+        k = len(self.levels) + int(self.params.use_noise)
+        out = np.empty((k, *np.shape(x)))
+        statistics = self.statistics(x)
+        for i, q in enumerate(self.quantiles):
+            s = next(statistics)  # not through zip: its reused tuple would keep `s` while the next is made
+            np.divide(s, q, out=out[i])
+            out[i] /= self.factor
+            del s
+        return out
 
     def channel_scores(self, x: F64) -> F64:
         """Per row and channel, the largest statistic in units of the alarm level (unsmoothed)."""
@@ -358,19 +394,23 @@ def detect_per_statistic(model: SteadyModel, x: F64, start: int) -> tuple[F64, I
     x channels; the level windows in `model.levels` order, then noise), after re-basing."""
     p = model.params
     n = len(x)
-    z = model.z(x)
-    levels = [trailing_mean(z, lm.window) for lm in model.levels]
     per = model.statistic_scores(x)
     ch = per.max(axis=0)  # rows x channels, in units of the alarm level
     score = _trailing_median(ch.max(axis=1), p.smooth)
+    z = model.z(x)
+    levels = [trailing_mean(z, lm.window) for lm in model.levels]
+    del z  # a week at 1 s: 40 MB not needed again
     out = np.zeros(n, dtype=np.int8)
     alarm = Alarm(p.persistence, p.clear_after, p.hysteresis)
-    n_ch = z.shape[1]
-    short = model.levels[int(np.argmin([lm.window for lm in model.levels]))]
-    dev = np.abs(trailing_mean(z, short.window) - short.mid)  # how far each channel is, in z
+    n_ch = levels[0].shape[1]
+    shortest = int(np.argmin([lm.window for lm in model.levels]))
     back = np.zeros((n, n_ch), dtype=bool)
     for lm, level in zip(model.levels, levels, strict=True):
-        back |= model.recovering(lm, np.abs(level - lm.mid))
+        away = np.subtract(level, lm.mid)
+        back |= model.recovering(lm, np.abs(away, out=away))
+        del away
+    dev = np.subtract(levels[shortest], model.levels[shortest].mid)  # how far each channel is, in z
+    np.abs(dev, out=dev)
     raisers = np.zeros(n_ch, dtype=bool)
     peak = np.zeros(n_ch)
     settled = np.zeros(n_ch, dtype=np.int64)
@@ -394,15 +434,16 @@ def detect_per_statistic(model: SteadyModel, x: F64, start: int) -> tuple[F64, I
             moved = (ch[t] >= p.hysteresis) & ~used & (alarm.active | ~back[t])
             horizon = np.arange(t, n, dtype=np.float64) - model.n_calibration / 2
             for c in np.flatnonzero(moved):
+                one = slice(c, c + 1)  # only this channel's statistics change
                 for k, (lm, level) in enumerate(zip(model.levels, levels, strict=True)):
-                    now = lm.mid.copy()
-                    now[c] = level[t, c]
-                    a = model.level_statistic(lm, level[t:], lm.mid, horizon, now)
-                    per[k, t:, c] = a[:, c] / model.quantiles[k][c] / model.factor
+                    lc = lm.column(int(c))
+                    a = model.level_statistic(lc, level[t:, one], lc.mid, horizon, level[t, one])
+                    per[k, t:, c] = a[:, 0] / model.quantiles[k][c] / model.factor
                 ch[t:, c] = per[:, t:, c].max(axis=0)
                 back[t:, c] = False
                 used[c] = True
             if moved.any():
-                score[t:] = _trailing_median(ch.max(axis=1), p.smooth)[t:]
+                lo = max(0, t - p.smooth + 1)  # the rows the median at row t reaches back to
+                score[t:] = _trailing_median(ch[lo:].max(axis=1), p.smooth)[t - lo :]
         out[t] = alarm.active
     return score, out, per
