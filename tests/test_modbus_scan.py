@@ -1,27 +1,34 @@
 """`edge-agent scan modbus`: commissioning Modbus devices, against firmware-sim's PLC on a real
 socket (a gateway in front of units 1 and 2: exception 11 for every other unit ID) and on a real
-pseudo-terminal (units 1 and 2 on an RTU line; nobody answers for the others). What it prints
-must be config the agent takes, reading what the scan read."""
+pseudo-terminal (units 1 and 2 on an RTU line; nobody answers for the others), and against small
+misbehaving Modbus TCP devices written here (`device`). What it prints must be config the agent
+takes, reading what the scan read."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
+import os
 import signal
+import struct
 import sys
 import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from tests.support.cli import edge_agent, edge_agent_process
+from tests.support.cli import CliRun, edge_agent, edge_agent_process
 from tests.support.plant import Plant, running_plant
 from tests.support.testing import free_port
+from water_edge.agent.commands._scan_modbus import config_blocks
 from water_edge.drivers.modbus.adapter import ExceptionAnswerError
+from water_edge.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
 from water_edge.drivers.modbus.rtu import ModbusRtuDriver
-from water_edge.drivers.modbus.scan import UnitAnswer, answers_every_unit, identify
+from water_edge.drivers.modbus.scan import UnitAnswer, all_answer_alike, identify
 from water_edge.drivers.modbus.tcp import ModbusTcpDriver
 from water_edge.sim.faults import CommFaults
 from water_edge.sim.identification import IDENTITIES
@@ -143,12 +150,13 @@ def test_nothing_behind_the_gateway_a_refused_port_and_bad_options_are_said(plan
     assert "Traceback" not in err
 
 
-def test_a_device_answering_every_unit_id_is_one_device() -> None:
+def test_only_unit_ids_that_all_answer_the_same_may_be_one_device() -> None:
     every = [UnitAnswer(u, "value", "holding 0 = 7", value=7) for u in (1, 2, 3)]
-    assert answers_every_unit(every)
+    assert all_answer_alike(every)
     line = [*every[:2], UnitAnswer(3, "silent", "no answer")]
-    assert not answers_every_unit(line)
-    assert not answers_every_unit(every[:2]), "two units answering is a line of two"
+    assert not all_answer_alike(line)
+    assert not all_answer_alike(every[:2]), "two units answering is a line of two"
+    assert not all_answer_alike([*every[:2], UnitAnswer(3, "value", "holding 0 = 8", value=8)])
 
 
 @pytest.fixture
@@ -178,7 +186,7 @@ async def test_an_rtu_line_is_scanned_and_mapped_and_its_config_reads(rtu_line: 
     assert [(d["kind"], d["unit_id"]) for d in devices] == [("modbus_rtu", 1)], (
         "unit 2 maps nothing in 95-140: its device is printed commented out"
     )
-    assert '# [[devices]]\n# name = "rtu-unit2"' in run.stdout
+    assert '# [[devices]]\n# name = "rtu-ttyRTU-unit2"' in run.stdout
     assert [t["address"] for t in devices[0]["tags"]] == [a for a, _ in mapped(1, "holding", 95, 140)]
     driver = ModbusRtuDriver.from_config(devices[0])
     await driver.open()
@@ -223,7 +231,7 @@ async def test_identification_strings_are_printable_whatever_the_device_sends() 
 def test_a_plc_that_ignores_the_unit_id_is_one_device_mapped_once() -> None:
     with running_plant(seed=5, any_unit=True) as plc:
         code, out, err = scan(
-            "--host", plc.host, "--port", str(plc.port), "--units", "1-12", "--map", "0-60"
+            "--host", plc.host, "--port", str(plc.port), "--units", "5-16", "--map", "0-60"
         )  # fmt: skip
     assert code == 0, err
     assert "12 of 12 unit ID(s) answer" in out
@@ -231,9 +239,9 @@ def test_a_plc_that_ignores_the_unit_id_is_one_device_mapped_once() -> None:
     assert out.count("holding 0-60:") == 1, "mapped once, not once per unit ID"
     assert err.count("mapping unit") == 1
     (device,) = config_of(out)["devices"]  # type: ignore[misc]
-    assert device["unit_id"] == 1
+    assert device["unit_id"] == 1, "as the line above says, whatever unit IDs were tried"
     assert [t["address"] for t in device["tags"]] == [a for a, _ in mapped(1, "holding", 0, 60)]
-    assert all("unit_id" not in t for t in device["tags"])
+    assert all("unit_id" not in t and t["name"].startswith("unit1.") for t in device["tags"])
 
 
 async def test_ctrl_c_during_a_long_scan_stops_it_without_a_traceback(rtu_line: str) -> None:
@@ -250,3 +258,289 @@ async def test_ctrl_c_during_a_long_scan_stops_it_without_a_traceback(rtu_line: 
     assert proc.returncode == 130
     assert "edge-agent scan: interrupted" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+# -- small misbehaving Modbus TCP devices on real sockets ---------------------------------------------
+
+Answer = Callable[
+    [int, bytes], Awaitable[bytes | None]
+]  # (unit ID, request PDU) -> answer PDU; None hangs up
+READ_DEVICE_ID = 0x2B
+
+
+def mbap(transaction: int, unit_id: int, pdu: bytes) -> bytes:
+    return struct.pack(">HHHB", transaction, 0, len(pdu) + 1, unit_id) + pdu
+
+
+def registers(pdu: bytes, value: int, count: int | None = None) -> bytes:
+    """The answer to a register read: `value` in each of the registers asked for (or `count`)."""
+    n = struct.unpack(">H", pdu[3:5])[0] if count is None else count
+    return bytes([pdu[0], 2 * n]) + struct.pack(f">{n}H", *[value] * n)
+
+
+def refused(pdu: bytes, code: int) -> bytes:
+    return bytes([pdu[0] | 0x80, code])
+
+
+def identity(vendor: bytes, product: bytes) -> bytes:
+    """An answer to Read Device Identification (43/14), basic objects."""
+    objects = [(0, vendor), (1, product), (2, b"1.0")]
+    body = b"".join(bytes([i, len(text)]) + text for i, text in objects)
+    return bytes([READ_DEVICE_ID, 0x0E, 1, 0x81, 0, 0, len(objects)]) + body
+
+
+@contextlib.asynccontextmanager
+async def device(answer: Answer, *, transaction_ids: bool = True) -> AsyncIterator[asyncio.Server]:
+    """A Modbus TCP device on 127.0.0.1 whose answers `answer` gives, each request answered in a
+    task of its own (an answer may wait for a later request). `transaction_ids=False`: its answers
+    carry transaction ID 0, as some devices' and gateways' do."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def reply(transaction: int, unit_id: int, pdu: bytes) -> None:
+            pdu = await answer(unit_id, pdu) or b""
+            if not pdu:
+                writer.close()
+            elif not writer.is_closing():
+                writer.write(mbap(transaction if transaction_ids else 0, unit_id, pdu))
+
+        replies: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                transaction, _, length, unit_id = struct.unpack(">HHHB", await reader.readexactly(7))
+                task = asyncio.create_task(reply(transaction, unit_id, await reader.readexactly(length - 1)))
+                replies.add(task)
+                task.add_done_callback(replies.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            for task in list(replies):
+                task.cancel()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def scan_of(server: asyncio.Server, *args: str) -> CliRun:
+    port = server.sockets[0].getsockname()[1]
+    return await edge_agent_process("scan", "modbus", "--host", "127.0.0.1", "--port", str(port), *args)
+
+
+async def test_units_that_hang_up_or_answer_unreadably_do_not_stop_the_scan() -> None:
+    async def answer(unit_id: int, pdu: bytes) -> bytes | None:
+        if unit_id == 2:  # its answer does not decode: more registers announced than sent
+            return bytes([pdu[0], 4]) + struct.pack(">H", 7)
+        if unit_id != 1 or pdu[0] == READ_DEVICE_ID:
+            return None  # hangs up on a unit ID it does not have, and on a function it does not know
+        return registers(pdu, 7)
+
+    async with device(answer) as server:
+        run = await scan_of(server, "--units", "1-4")
+    assert run.returncode == 0, run.stderr
+    assert "2 of 4 unit ID(s) answer" in run.stdout
+    assert "1  holding 0 = 7" in run.stdout
+    assert "2  answers, but not readably: the answer does not decode" in run.stdout
+    assert "2 other unit ID(s): closes the connection instead of answering" in run.stdout
+    assert "Traceback" not in run.stderr
+
+
+async def test_a_device_that_closes_every_connection_or_goes_away_is_said_in_one_line() -> None:
+    async def hang_up(_unit: int, _pdu: bytes) -> bytes | None:
+        return None
+
+    async with device(hang_up) as server:
+        run = await scan_of(server, "--units", "1-3")
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines()[-1].endswith(
+        "the device closes the connection instead of answering (unit 1): a connection limit? stop other "
+        "masters, or the agent, polling it"
+    )
+    assert "Traceback" not in run.stderr
+
+    async def go_away(_unit: int, _pdu: bytes) -> bytes | None:
+        gone.close()  # no longer listening: connecting again is refused
+        return None
+
+    async with device(go_away) as gone:
+        run = await scan_of(gone, "--units", "1-3")
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.splitlines()[-1].endswith(" again: connection refused"), run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def three_units(products: dict[int, tuple[int, bytes]]) -> Answer:
+    """A gateway with units behind it, each with its holding registers' value and its product code;
+    exception 11 for any other unit ID."""
+
+    async def answer(unit_id: int, pdu: bytes) -> bytes | None:
+        if unit_id not in products:
+            return refused(pdu, 11)
+        value, product = products[unit_id]
+        return identity(b"ACME", product) if pdu[0] == READ_DEVICE_ID else registers(pdu, value)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    "products",
+    [
+        {1: (101, b"METER"), 2: (202, b"PUMP"), 3: (303, b"VALVE")},
+        {1: (7, b"METER"), 2: (7, b"METER"), 3: (7, b"METER")},  # three of a kind: unit 247 tells them apart
+    ],
+    ids=["distinct", "identical"],
+)
+async def test_three_units_behind_a_gateway_are_three_devices(products: dict[int, tuple[int, bytes]]) -> None:
+    async with device(three_units(products)) as server:
+        run = await scan_of(server, "--units", "1-3")
+    assert run.returncode == 0, run.stderr
+    assert "3 of 3 unit ID(s) answer" in run.stdout
+    assert "ignores the unit ID" not in run.stdout
+    for unit_id, (value, product) in products.items():
+        assert f"{unit_id}  holding 0 = {value}  [ACME {product.decode()} 1.0]" in run.stdout
+    (gateway,) = config_of(run.stdout)["devices"]  # type: ignore[misc]
+    assert [(t.get("unit_id", gateway["unit_id"]), t["address"]) for t in gateway["tags"]] == [
+        (1, 0),
+        (2, 0),
+        (3, 0),
+    ]
+
+
+@pytest.fixture
+async def rtu_line_of_three(tmp_path: Path) -> AsyncIterator[str]:
+    """Units 3, 4 and 5 on an RTU line, each reading as the station PLC does: alike."""
+    plant = RegisterPlant()
+    plant.update(PumpStation(5, tick_s=1.0).state)
+    plc = plant.units.pop(STATION_UNIT)
+    plant.units = {3: plc, 4: plc, 5: plc}
+    sim = RtuComponent()
+    link = sim.open(plant, tmp_path / "ttyRTU", CommFaults(lambda: 0.0)).detail["link"]
+    yield str(link)
+    await sim.stop()
+
+
+async def test_units_on_an_rtu_line_that_answer_alike_are_as_many_devices(rtu_line_of_three: str) -> None:
+    run = await edge_agent_process(
+        "scan", "modbus", "--serial-port", rtu_line_of_three, "--parity", "none", "--units", "3-5",
+        "--timeout", "0.2",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "3 of 3 unit ID(s) answer" in run.stdout
+    assert "ignores the unit ID" not in run.stdout, "a serial slave cannot ignore its address"
+    devices = config_of(run.stdout)["devices"]
+    assert isinstance(devices, list)
+    assert [(d["name"], d["unit_id"]) for d in devices] == [(f"rtu-ttyRTU-unit{u}", u) for u in (3, 4, 5)]
+
+
+async def test_answers_that_carry_too_few_values_make_no_address_readable() -> None:
+    async def one_short(_unit: int, pdu: bytes) -> bytes | None:
+        if pdu[0] == READ_DEVICE_ID:
+            return refused(pdu, 1)
+        return registers(pdu, 7, count=struct.unpack(">H", pdu[3:5])[0] - 1)
+
+    async with device(one_short) as server:
+        run = await scan_of(server, "--units", "1", "--map", "0-299", "--json")
+    assert run.returncode == 0, run.stderr
+    (found,) = map(json.loads, run.stdout.splitlines())
+    assert (found["outcome"], found["detail"]) == (
+        "garbled", "answers, but not readably: 0 registers for a request of 1"
+    )  # fmt: skip
+    assert found["map"]["readable"] == []
+    assert found["map"]["bad_answers"] == [[0, 299]]
+
+
+async def test_a_late_answer_without_transaction_id_is_not_taken_for_the_next_read() -> None:
+    """The device serves holding 0-124 only, and answers the map's first read of them after the
+    scan stopped waiting, as the next read (125-249) comes: with transaction ID 0, as all its answers."""
+    next_read = asyncio.Event()
+
+    async def late_once(_unit: int, pdu: bytes) -> bytes | None:
+        if pdu[0] == READ_DEVICE_ID:
+            return refused(pdu, 1)
+        address, count = struct.unpack(">HH", pdu[1:5])
+        if address + count > 125:
+            if not next_read.is_set():
+                next_read.set()
+                await asyncio.sleep(0.1)  # the late answer goes first
+            return refused(pdu, 2)
+        if count > 1 and not next_read.is_set():
+            await next_read.wait()
+        return registers(pdu, 7)
+
+    async with device(late_once, transaction_ids=False) as server:
+        run = await scan_of(server, "--units", "1", "--map", "0-249", "--timeout", "0.3", "--json")
+    assert run.returncode == 0, run.stderr
+    (found,) = map(json.loads, run.stdout.splitlines())
+    assert found["map"]["readable"] == [], "nothing past 124 reads, nor 0-124, whose answer came late"
+    assert found["map"]["unanswered"] == [[0, 124]]
+
+
+def test_options_the_config_refuses_are_one_usage_line() -> None:
+    for args, said in [
+        (("--host", "127.0.0.1", "--port", "0"), "--port 0: input should be greater than or equal to 1"),
+        (
+            ("--host", "127.0.0.1", "--port", "70000"),
+            "--port 70000: input should be less than or equal to 65535",
+        ),
+        (("--host", ""), "--host '': string should have at least 1 character"),
+        (("--serial-port", ""), "--serial-port '': string should have at least 1 character"),
+        (("--serial-port", "/dev/x", "--baudrate", "14400"), "--baudrate 14400: expected one of 1200, 2400"),
+    ]:
+        code, out, err = scan(*args, "--units", "1")
+        assert (code, out) == (2, ""), err
+        assert err.startswith(f"edge-agent scan modbus: {said}"), err
+        assert len(err.splitlines()) == 1, err
+    master, slave = os.openpty()
+    try:
+        code, _, err = scan("--serial-port", os.ttyname(slave), "--units", "1")  # 8E1 by default
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert code == 2
+    assert "it refuses --baudrate/--parity/--stopbits 19200 8E1" in err
+    assert err.rstrip().endswith("a pseudo-terminal takes --parity none only"), err
+    assert len(err.splitlines()) == 1, err
+
+
+async def test_a_port_that_answers_another_protocol_is_said_so() -> None:
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(100):
+                writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        writer.close()
+
+    web = await asyncio.start_server(banner, "127.0.0.1", 0)
+    try:
+        run = await scan_of(web, "--units", "1", "--timeout", "0.2")
+    finally:
+        web.close()
+    assert run.returncode == 1
+    assert "unit 1 answers, but not Modbus TCP ('HTTP/1.1 400 Bad Request')" in run.stderr
+    assert "--baudrate" not in run.stderr
+
+
+def test_printed_device_names_are_names_the_config_takes_one_per_host_port_and_serial_port() -> None:
+    found = [UnitAnswer(1, "value", "holding 0 = 7", value=7)]
+    defaults = {"table": "holding", "address": 0, "host": None, "port": 502, "serial_port": None,
+                "baudrate": 19200, "parity": "even", "stopbits": 1, "local_echo": False}  # fmt: skip
+
+    def printed(**where: object) -> Any:
+        blocks = config_blocks(found, {}, argparse.Namespace(**(defaults | where)))
+        (one,) = config_of("\n\n".join(blocks))["devices"]  # type: ignore[misc]
+        model = ModbusTcpConfig if where.get("host") else ModbusRtuConfig
+        model.model_validate(one)  # what check-config checks of a device: its name among them
+        return one
+
+    long_name = "gw-pumpstation-north-01.scada.waterworks-utility.example.org"
+    names = [
+        printed(host=long_name)["name"],
+        printed(host=long_name, port=1502)["name"],
+        printed(host=long_name.replace("north", "south"))["name"],
+        printed(host="10.1.2.3")["name"],
+        printed(serial_port="/dev/ttyUSB0")["name"],
+        printed(serial_port="/dev/ttyUSB1")["name"],
+    ]
+    assert len(set(names)) == len(names), names
+    assert names[3:] == ["modbus-10-1-2-3", "rtu-ttyUSB0-unit1", "rtu-ttyUSB1-unit1"]

@@ -215,14 +215,20 @@ PARITY: Final = {"none": "N", "even": "E", "odd": "O"}
 _NEVER: Final = 1 << 30
 
 
-def pymodbus_tcp_client(config: ModbusTcpConfig, on_connection: Callable[[bool], None]) -> ModbusClient:
-    """The real client; pymodbus never reconnects by itself (the supervisor owns reconnects)."""
+def pymodbus_tcp_client(
+    config: ModbusTcpConfig,
+    on_connection: Callable[[bool], None],
+    trace_packet: Callable[[bool, bytes], bytes] | None = None,
+) -> ModbusClient:
+    """The real client; pymodbus never reconnects by itself (the supervisor owns reconnects).
+    `trace_packet`: pymodbus's hook on every frame sent and every chunk received."""
     client = AsyncModbusTcpClient(
         config.host,
         port=config.port,
         timeout=config.timeout_ms / 1000,
         retries=config.retries,
         reconnect_delay=0,  # 0 = pymodbus never reconnects by itself
+        trace_packet=trace_packet,
         trace_connect=on_connection,
         name=config.name,
     )

@@ -7,20 +7,29 @@ device is there. A TCP-to-RTU gateway answers for a unit ID with nothing behind 
 10 or 11 (path unavailable, target device failed to respond): nothing there. On a serial line a
 unit ID nobody has gets no answer at all.
 
+A device that ignores the unit ID (most Modbus TCP devices that are not gateways) answers every
+unit ID alike; so do identical devices behind a gateway. Only on TCP, and only when an unlikely unit
+ID (one a gateway would have nothing behind) answers alike too, is it taken for one device
+(`ignores_unit_id`). A serial slave cannot ignore its address: on RTU every unit ID that answers
+is a device.
+
 Which addresses of a table a unit reads (`map_table`): blocks of up to `max_count` are read and a
 refused block is cut in halves, down to single registers, as the poller does with a refused
 request (`drivers.modbus.poller`). Devices that drop a read of addresses they do not map, instead of
 refusing it, leave the block unanswered; such blocks are reported as such, not cut further (each try
-would cost a timeout).
+would cost a timeout). An answer that does not fit its read (too few or too many values, another
+function) is checked as the poller checks it (`answer_mismatch`) and makes no address readable.
 
-Everything goes through `Send`: one read, raising the adapter's errors (an `ExceptionAnswerError`
-for an exception answer, `NoAnswerError`, `BadAnswerError`, `NoConnectionError`).
+Everything goes through `Send`: one read, raising the adapter's errors: `ExceptionAnswerError` for
+an exception answer, `NoAnswerError` (`StrayAnswerError` when bytes came back that answer no
+request), `BadAnswerError`, and `NoConnectionError` when the device closes the connection instead
+of answering. Any other `DriverIOError` (the device cannot be reached at all) ends the scan.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -29,9 +38,12 @@ from water_edge.drivers.modbus.adapter import (
     ExceptionAnswerError,
     ModbusPDU,
     NoAnswerError,
+    NoConnectionError,
     exception_reason,
 )
-from water_edge.drivers.modbus.config import BIT_TABLES
+from water_edge.drivers.modbus.config import BIT_TABLES, Table
+from water_edge.drivers.modbus.plan import ReadRequest
+from water_edge.drivers.modbus.poller import answer_mismatch
 
 # (unit_id, table, address, count) -> the answer
 Send = Callable[[int, str, int, int], Awaitable[ModbusPDU]]
@@ -44,7 +56,14 @@ ILLEGAL_FUNCTION: Final = 1
 # A refused block shorter than this is read an address at a time: halving it down costs two reads
 # per address where nothing is mapped (the common case of a refused small block), singles one.
 SINGLES_BELOW: Final = 16
-Outcome = Literal["value", "exception", "garbled", "gateway", "silent"]
+# Fewer unit IDs answering alike are taken for as many devices, without asking further.
+MIN_UNITS_ALIKE: Final = 3
+Outcome = Literal["value", "exception", "garbled", "gateway", "silent", "stray", "closed"]
+
+
+class StrayAnswerError(NoAnswerError):
+    """No answer to the request, but bytes came back that answer no request sent: another protocol
+    on the port, or a device that gets the unit or transaction ID wrong; `detail` says which."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +83,20 @@ class UnitAnswer:
         return self.outcome in ("value", "exception", "garbled")
 
 
-async def probe_unit(send: Send, unit_id: int, table: str, address: int) -> UnitAnswer:
+async def read_checked(send: Send, unit_id: int, table: Table, address: int, count: int) -> ModbusPDU:
+    """`send`, and `BadAnswerError` for an answer that does not fit the read (`answer_mismatch`:
+    another function, fewer or more values than asked for)."""
+    response = await send(unit_id, table, address, count)
+    problem = answer_mismatch(ReadRequest(unit_id, table, address, count, (), None), response)
+    if problem is not None:
+        raise BadAnswerError(f"unit {unit_id}: {problem}", problem)
+    return response
+
+
+async def probe_unit(send: Send, unit_id: int, table: Table, address: int) -> UnitAnswer:
     """One read of `table` at `address` from `unit_id`, and what it says about the unit."""
     try:
-        response = await send(unit_id, table, address, 1)
+        response = await read_checked(send, unit_id, table, address, 1)
     except ExceptionAnswerError as exc:
         if exc.code in GATEWAY_NOTHING_THERE:
             return UnitAnswer(unit_id, "gateway", f"the gateway: {exc.reason}", code=exc.code)
@@ -77,21 +106,28 @@ async def probe_unit(send: Send, unit_id: int, table: str, address: int) -> Unit
             f"{exc.reason} (a device answers; {table} {address} is not readable)",
             code=exc.code,
         )
-    except NoAnswerError:
-        return UnitAnswer(unit_id, "silent", "no answer")
-    except BadAnswerError as exc:
-        return UnitAnswer(unit_id, "garbled", f"answers, but not readably: {exc.detail}")
+    except (NoAnswerError, BadAnswerError, NoConnectionError) as exc:
+        return _no_value(unit_id, exc)
     values = response.bits if table in BIT_TABLES else response.registers
-    if not values:
-        return UnitAnswer(unit_id, "garbled", "answers, but with no value")
     value = int(values[0])
     return UnitAnswer(unit_id, "value", f"{table} {address} = {value}", value=value)
+
+
+def _no_value(unit_id: int, exc: NoAnswerError | BadAnswerError | NoConnectionError) -> UnitAnswer:
+    """What a probe read that got neither a value nor an exception answer says about the unit."""
+    if isinstance(exc, StrayAnswerError):
+        return UnitAnswer(unit_id, "stray", exc.detail)
+    if isinstance(exc, NoAnswerError):
+        return UnitAnswer(unit_id, "silent", "no answer")
+    if isinstance(exc, BadAnswerError):
+        return UnitAnswer(unit_id, "garbled", f"answers, but not readably: {exc.detail}")
+    return UnitAnswer(unit_id, "closed", "closes the connection instead of answering")
 
 
 async def scan_units(
     send: Send,
     units: Iterable[int],
-    table: str,
+    table: Table,
     address: int,
     on_answer: Callable[[UnitAnswer], None] = lambda _a: None,
 ) -> list[UnitAnswer]:
@@ -113,7 +149,7 @@ async def identify(ask: Ask, unit_id: int) -> str:
     1, some not at all)."""
     try:
         response = await ask(unit_id)
-    except (ExceptionAnswerError, NoAnswerError, BadAnswerError):
+    except (ExceptionAnswerError, NoAnswerError, BadAnswerError, NoConnectionError):
         return ""
     information = getattr(response, "information", None) or {}
     texts = (_printable(information.get(i)) for i in IDENTITY_OBJECTS)
@@ -130,10 +166,39 @@ def _printable(value: object) -> str:
     return "".join(c for c in value.decode("latin-1") if c.isprintable()).strip()[:64]
 
 
-def answers_every_unit(answers: list[UnitAnswer]) -> bool:
-    """Every unit ID tried (three or more) answered: one device that ignores the unit ID, as most
-    Modbus TCP devices that are not gateways do, not a line of devices."""
-    return len(answers) >= 3 and all(a.present for a in answers)
+def all_answer_alike(answers: list[UnitAnswer]) -> bool:
+    """Every unit ID tried (`MIN_UNITS_ALIKE` or more) answered, and with the same answer: the
+    same value, or the same exception."""
+    if len(answers) < MIN_UNITS_ALIKE or not all(a.present for a in answers):
+        return False
+    first = answers[0]
+    return all((a.outcome, a.value, a.code) == (first.outcome, first.value, first.code) for a in answers)
+
+
+def unlikely_unit(tried: Collection[int]) -> int | None:
+    """A unit ID not tried that a gateway would have nothing behind: the highest free one of
+    1..247 (serial addresses are handed out from 1 up), else 0, else 255."""
+    return next((u for u in (*range(247, 0, -1), 0, 255) if u not in tried), None)
+
+
+async def ignores_unit_id(
+    send: Send, ask: Ask, answers: list[UnitAnswer], table: Table, address: int, *, serial_line: bool
+) -> bool:
+    """Whether the unit IDs that answered are one device that ignores the unit ID (as most Modbus
+    TCP devices that are not gateways do), not as many devices. Never on a serial line (a slave
+    cannot ignore its address). On TCP every unit ID tried must answer alike, and so must an
+    unlikely one (`unlikely_unit`, asked here), with the same identity: identical devices behind a
+    gateway answer alike too, but the gateway has nothing behind unit 247."""
+    if serial_line or not all_answer_alike(answers):
+        return False
+    extra = unlikely_unit([a.unit_id for a in answers])
+    asked = [answers[0].unit_id, answers[-1].unit_id]
+    if extra is not None:
+        if not all_answer_alike([*answers[:2], await probe_unit(send, extra, table, address)]):
+            return False
+        asked.append(extra)
+    identities = {await identify(ask, unit_id) for unit_id in asked}
+    return len(identities) == 1
 
 
 Range = tuple[int, int]  # first and last address, inclusive
@@ -149,6 +214,8 @@ class RegisterMap:
     last: int
     readable: list[Range] = field(default_factory=list)
     unanswered: list[Range] = field(default_factory=list)
+    misanswered: list[Range] = field(default_factory=list)  # answered, but not with the values asked for
+    misanswer: str = ""  # the first such answer's problem
     requests: int = 0
     not_supported: str = ""  # the unit refuses the table's read function (exception 1)
     stopped_at: int | None = None  # address where `max_requests` ran out
@@ -161,7 +228,7 @@ class RegisterMap:
 async def map_table(
     send: Send,
     unit_id: int,
-    table: str,
+    table: Table,
     first: int,
     last: int,
     *,
@@ -181,7 +248,7 @@ async def map_table(
             break
         found.requests += 1
         try:
-            await send(unit_id, table, a, b - a + 1)
+            await read_checked(send, unit_id, table, a, b - a + 1)
         except ExceptionAnswerError as exc:
             if exc.code == ILLEGAL_FUNCTION:
                 found.not_supported = exception_reason(exc.code)
@@ -196,8 +263,12 @@ async def map_table(
                 mid = (a + b) // 2
                 pending.extendleft([(mid + 1, b), (a, mid)])
             continue
-        except (NoAnswerError, BadAnswerError):
+        except (NoAnswerError, NoConnectionError):
             _add(found.unanswered, (a, b))
+            continue
+        except BadAnswerError as exc:
+            found.misanswer = found.misanswer or exc.detail
+            _add(found.misanswered, (a, b))
             continue
         _add(found.readable, (a, b))
     return found
