@@ -14,7 +14,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
-from scipy.io import wavfile
 
 
 class WavError(ValueError):
@@ -23,6 +22,10 @@ class WavError(ValueError):
 
 def open_wav(path: Path) -> tuple[np.ndarray[Any, Any], int]:
     """The samples as stored, shaped (frames, channels) (a memory map unless 24-bit PCM), and the rate."""
+    # Here, not at the top: the agent's audio driver imports this module for its file source, and
+    # scipy.io brings scipy.sparse (~16 MB of a gateway's memory) to an agent that never reads a WAV.
+    from scipy.io import wavfile
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", wavfile.WavFileWarning)  # unknown chunks: read past them

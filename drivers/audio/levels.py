@@ -21,8 +21,8 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy import signal  # type: ignore[import-untyped,unused-ignore]
 
+from water_edge.core import dsp
 from water_edge.core.reading import BAD, GOOD, UNCERTAIN, Quality, Reading
 from water_edge.core.sensor_faults import describe
 from water_edge.drivers.audio.faults import classify
@@ -191,7 +191,7 @@ class LevelMeter:
         ms = np.mean(x * x, axis=0)
         self._ms_sum += ms
         self._peak = np.maximum(self._peak, np.max(np.abs(x), axis=0))
-        _, psd = signal.welch(x, fs=self.sr, nperseg=self.nfft, axis=0, detrend=False)
+        _, psd = dsp.welch(x, fs=self.sr, nperseg=self.nfft, axis=0)
         self._psd_sum += psd
         self._seconds += 1
         level = db(ms)

@@ -20,7 +20,8 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy import signal
+
+from water_edge.core import dsp
 
 SAMPLE_RATE: Final = 8000
 # Below this a recording holds nothing of a pipe's leak bands worth judging (the audio driver's own
@@ -87,7 +88,7 @@ def prepare(samples: npt.ArrayLike, sample_rate: int) -> tuple[FloatArray, list[
         raise ValueError("audio contains NaN or infinite samples")
     if sample_rate != SAMPLE_RATE:
         ratio = Fraction(SAMPLE_RATE, int(sample_rate)).limit_denominator(1000)
-        x = signal.resample_poly(x, ratio.numerator, ratio.denominator)
+        x = dsp.resample_poly(x, ratio.numerator, ratio.denominator)
         notes.append(f"resampled from {sample_rate} Hz to {SAMPLE_RATE} Hz")
     # The median: a click of a million times the signal, or a dropout, barely moves it; the mean
     # would carry that offset into every window of the file.

@@ -15,6 +15,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from water_edge.core import dsp
 from water_edge.models.leak import features
 
 SECOND: Final = features.SAMPLE_RATE
@@ -97,13 +98,11 @@ class Decimator:
     `features.prepare` (its edges are then slightly off; capture at a multiple of 8 kHz)."""
 
     def __init__(self, sample_rate: int) -> None:
-        from scipy import signal
-
         self.rate = sample_rate
         self.ratio = sample_rate // SECOND if sample_rate % SECOND == 0 else 0
         self._taps: FloatArray | None = None
         if self.ratio > 1:
-            self._taps = signal.firwin(127, 0.9 / self.ratio)
+            self._taps = dsp.firwin(127, 0.9 / self.ratio)
             self._zi = np.zeros(126)
         self._phase = 0
 
@@ -112,9 +111,7 @@ class Decimator:
             return x
         if self._taps is None:
             return features.prepare(x, self.rate)[0]
-        from scipy import signal
-
-        y, self._zi = signal.lfilter(self._taps, 1.0, x, zi=self._zi)
+        y, self._zi = dsp.fir_filter(self._taps, x, self._zi)
         out: FloatArray = y[self._phase :: self.ratio]
         self._phase = (self._phase - x.size) % self.ratio
         return out

@@ -43,8 +43,8 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy import fft as sfft
 
+from water_edge.core import dsp
 from water_edge.models.machine_sound.features import (
     N_FEATURES,
     N_MELS,
@@ -111,7 +111,7 @@ def to_bands(features: npt.ArrayLike) -> F64:
     x = np.atleast_2d(np.asarray(features, dtype=np.float64))
     if x.shape[1] != N_FEATURES:
         raise CalibrationError(f"expected {N_FEATURES} feature columns, got {x.shape[1]}")
-    bands = sfft.idct(x[:, :N_MELS], type=2, norm="ortho", axis=1)
+    bands = dsp.idct_ortho(x[:, :N_MELS], axis=1)
     return np.concatenate([bands, x[:, N_MELS:]], axis=1)
 
 
@@ -135,7 +135,7 @@ def shape_basis() -> F64:
     """(136, SHAPE_TERMS + 8): the first DCT shapes along the mel bands (a change of the log
     spectrum's level, tilt, curvature...) and each waveform statistic on its own."""
     basis = np.zeros((N_FEATURES, SHAPE_TERMS + N_FEATURES - N_MELS))
-    basis[:N_MELS, :SHAPE_TERMS] = sfft.idct(np.eye(N_MELS)[:SHAPE_TERMS], type=2, norm="ortho", axis=1).T
+    basis[:N_MELS, :SHAPE_TERMS] = dsp.idct_ortho(np.eye(N_MELS)[:SHAPE_TERMS], axis=1).T
     basis[N_MELS:, SHAPE_TERMS:] = np.eye(N_FEATURES - N_MELS)
     return basis
 

@@ -1,4 +1,4 @@
-"""The 136 clip features of a machine's sound, computed on the gateway in numpy and scipy.
+"""The 136 clip features of a machine's sound, computed on the gateway in numpy.
 
 The definition is that of the MIMII pump features the detector is measured on (see
 `../shared/data/mimii-pump-features/README.md` and docs/machine-sound.md), so a gateway's clips and
@@ -15,7 +15,8 @@ those files are the same numbers. One 10 s mono clip at 16 kHz gives:
   in bits of the 256-bin density histogram of the samples (empty bins dropped):
   `-sum(h * log2(h))` over the bins' densities.
 
-Clips at another rate are resampled to 16 kHz first (polyphase, `scipy.signal.resample_poly`).
+Clips at another rate are resampled to 16 kHz first (polyphase: `core.dsp.resample_poly`, which gives
+`scipy.signal.resample_poly`'s numbers without importing scipy).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy import fft as sfft
-from scipy import signal
+
+from water_edge.core import dsp
 
 F64 = npt.NDArray[np.float64]
 
@@ -122,7 +123,7 @@ def _filterbank_t() -> F64:
 
 @lru_cache(maxsize=1)
 def _window() -> F64:
-    win = signal.get_window("hann", WIN_LENGTH, fftbins=True)
+    win = dsp.hann(WIN_LENGTH)  # periodic
     pad = (N_FFT - WIN_LENGTH) // 2
     out = np.zeros(N_FFT)
     out[pad : pad + WIN_LENGTH] = win
@@ -136,7 +137,7 @@ def to_rate(x: npt.ArrayLike, sample_rate: int) -> F64:
     if sample_rate == SAMPLE_RATE:
         return y
     ratio = Fraction(SAMPLE_RATE, int(sample_rate)).limit_denominator(1000)
-    return np.asarray(signal.resample_poly(y, ratio.numerator, ratio.denominator), dtype=np.float64)
+    return dsp.resample_poly(y, ratio.numerator, ratio.denominator)
 
 
 def mean_log_mel(y: F64) -> F64:
@@ -146,7 +147,7 @@ def mean_log_mel(y: F64) -> F64:
     frames = np.lib.stride_tricks.as_strided(
         padded, shape=(n_frames, N_FFT), strides=(padded.strides[0] * HOP, padded.strides[0]), writeable=False
     )
-    spec = sfft.rfft(frames * _window(), axis=1)
+    spec = np.fft.rfft(frames * _window(), axis=1)
     power = spec.real * spec.real + spec.imag * spec.imag
     mel = power @ _filterbank_t()
     return np.asarray(np.log(mel + LOG_EPS).mean(axis=0), dtype=np.float64)
@@ -182,5 +183,5 @@ def clip_features(x: npt.ArrayLike, sample_rate: int = SAMPLE_RATE) -> F64:
     y = to_rate(x, sample_rate)
     if len(y) < N_FFT:
         raise ValueError(f"a clip needs at least {N_FFT} samples at {SAMPLE_RATE} Hz (got {len(y)})")
-    spectrum = sfft.dct(mean_log_mel(y), type=2, norm="ortho")
+    spectrum = dsp.dct_ortho(mean_log_mel(y))
     return np.concatenate([spectrum, waveform_stats(y)])
