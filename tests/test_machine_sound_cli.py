@@ -156,6 +156,33 @@ def test_a_calibration_of_one_clip_repeated_is_refused_not_learnt(
     assert "need at least 10 different calibration clips, got 1 different of 100" in out.err
 
 
+@pytest.mark.parametrize("placeholder", [np.finfo(np.float32).max, 1e200], ids=["float32-max", "1e200"])
+def test_a_placeholder_in_one_calibration_clip_is_left_out_and_said_not_learnt(
+    tmp_path: Path, features: dict[str, Path], capsys: pytest.CaptureFixture[str], placeholder: float
+) -> None:
+    # Learnt, float32's largest value in one cell widened that feature's spread so far that nothing
+    # scored above zero (the fault was missed); 1e200 made the covariance's SVD fail (a traceback).
+    normal = np.load(features["normal"]).astype(np.float64)  # an export in float64 holds 1e200
+    normal[7, 130] = placeholder
+    exported = tmp_path / "exported.npy"
+    np.save(exported, normal)
+    argv = ["models", "score", "machine-sound", "--features", str(features["faulty"])]
+    assert main([*argv, "--calibrate", str(exported)]) == 0
+    out = capsys.readouterr()
+    assert "1 calibration clip(s) left out: non-finite features, or beyond ±1e+15" in out.err
+    anomaly = [json.loads(line)["anomaly"] for line in out.out.splitlines()]
+    assert anomaly[0] == 0
+    assert anomaly[2:] == [1, 1]  # cavitating from 20 s on
+    faulty = np.load(features["faulty"]).astype(np.float64)
+    faulty[1, 3] = placeholder
+    scored = tmp_path / "scored.npy"
+    np.save(scored, faulty)
+    assert main([*argv[:-1], str(scored), "--calibrate", str(features["normal"])]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[1])
+    assert row["score"] is None
+    assert row["error"] == "non-finite features, or beyond ±1e+15"
+
+
 def _write_pcm24(path: Path, x: np.ndarray, rate: int) -> None:
     """scipy writes no 24-bit PCM; field recorders do."""
     pcm = np.round(np.clip(x, -1, 1 - 2**-23) * 2**23).astype("<i4").view(np.uint8).reshape(-1, 4)

@@ -59,6 +59,8 @@ F64 = npt.NDArray[np.float64]
 CALIBRATION_FORMAT: Final = 2
 READABLE_FORMATS: Final = (1, 2)  # format 1: the plain Mahalanobis distance (no shape term)
 MIN_CLIPS: Final = 10
+# No feature of a real clip comes near this, at any PCM scale (the largest in the MIMII pumps' ~1e5)
+MAX_FEATURE: Final = 1e15
 DEFAULT_SHRINKAGE: Final = 0.01  # towards the identity (no prior)
 # A prior counts as this many clips: shrinkage prior_clips / (clips + prior_clips), 0.3 with 100
 # clips, fading as a machine's own clips grow (0.02 with 2000).
@@ -275,6 +277,15 @@ def _out_of_fold(
     return tuple(out)
 
 
+def plausible(features: F64) -> npt.NDArray[np.bool_]:
+    """Rows (clips x 136) that can be features of a sound: finite, and none beyond `MAX_FEATURE`
+    (an export's sentinel such as float32's largest value): one such clip in a calibration would
+    make every spread so wide that nothing scores above zero."""
+    with np.errstate(invalid="ignore"):
+        out: npt.NDArray[np.bool_] = np.asarray((np.abs(features) <= MAX_FEATURE).all(axis=1), dtype=bool)
+    return out
+
+
 def calibrate(
     features: npt.ArrayLike,
     *,
@@ -297,9 +308,12 @@ def calibrate(
     raw = np.asarray(features, dtype=np.float64)
     if raw.ndim != 2 or raw.shape[1] != N_FEATURES:
         raise CalibrationError(f"calibration features must be (clips, {N_FEATURES}), got {raw.shape}")
-    raw = raw[np.isfinite(raw).all(axis=1)]
+    raw = raw[plausible(raw)]
     if len(raw) < MIN_CLIPS:
-        raise CalibrationError(f"need at least {MIN_CLIPS} finite calibration clips, got {len(raw)}")
+        raise CalibrationError(
+            f"need at least {MIN_CLIPS} calibration clips with finite features within ±{MAX_FEATURE:g}, "
+            f"got {len(raw)}"
+        )
     if (distinct := len(np.unique(raw, axis=0))) < MIN_CLIPS:
         # Real sound never gives one clip's 136 features twice: a stuck export or a copied row.
         raise CalibrationError(

@@ -28,9 +28,11 @@ from water_edge.models.machine_sound.detector import (
     DEFAULT_MARGIN,
     DEFAULT_QUANTILE,
     DEFAULT_SHAPE_WEIGHT,
+    MAX_FEATURE,
     SoundCalibration,
     calibrate,
     explain,
+    plausible,
 )
 from water_edge.models.machine_sound.features import (
     CLIP_S,
@@ -161,15 +163,15 @@ def score_lines(
 
 def scored_rows(cal: SoundCalibration, features: F64) -> Iterator[dict[str, Any]]:
     """Per row of `features`: `score` and `anomaly` against `cal`, with the `explanation` and
-    `groups` of an anomalous row (non-finite rows: score null, `error`)."""
-    finite = np.isfinite(features).all(axis=1)
+    `groups` of an anomalous row (rows that are not `plausible`: score null, `error`)."""
+    usable = plausible(features)
     scores = np.full(len(features), np.nan)
-    if finite.any():
-        scores[finite] = cal.score(features[finite])
+    if usable.any():
+        scores[usable] = cal.score(features[usable])
     for i, s in enumerate(scores):
         row: dict[str, Any] = {}
-        if not np.isfinite(s):
-            row.update(score=None, anomaly=None, error="non-finite features")
+        if not usable[i]:
+            row.update(score=None, anomaly=None, error=f"non-finite features, or beyond ±{MAX_FEATURE:g}")
         else:
             row.update(score=round(float(s), 4), anomaly=int(s > 1.0))
             if s > 1.0:
