@@ -241,7 +241,8 @@ def test_machine_sound_a_calibration_file_of_no_usable_clips_is_named(tmp_path: 
     err = one_line_error(
         edge_agent("models", "score", "machine-sound", "--features", str(good), "--calibrate", str(nan))
     )
-    assert f"--calibrate {nan}: need at least 10 finite calibration clips, got 0" in err
+    expected = "need at least 10 calibration clips with finite features within ±1e+15, got 0"
+    assert f"--calibrate {nan}: {expected}" in err
 
 
 # -- models score|calibrate leak, locate ---------------------------------------------------------
