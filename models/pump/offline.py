@@ -1,8 +1,9 @@
 """Offline scoring of a CSV of pump history: what `edge-agent models score pump --csv` runs.
 
 The file has a header, timestamps in the first column and numeric signals in the others, under any
-names, separated by commas, semicolons or tabs (those two may use decimal commas), in UTF-8 or
-UTF-16 with a byte-order mark (`core.textfiles`). Blank and
+names, separated by commas, semicolons or tabs (`core.export_layout`, which also finds the header
+under an export's title lines), with each column's decimal mark learnt from its cells (`_Formats`),
+in UTF-8 or UTF-16 with a byte-order mark (`core.textfiles`). Blank and
 non-numeric cells count as missing; a column that is mostly text is ignored with a warning. The
 first `calibrate_rows` data rows calibrate the pump; every data row gets exactly one output row.
 
@@ -43,7 +44,7 @@ from typing import TextIO
 import numpy as np
 
 from water_edge.core.csv_records import records
-from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, is_timestamp, preamble_lines
+from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, is_timestamp, layout
 from water_edge.core.local_zone import system_zone
 from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time
@@ -94,14 +95,47 @@ def _separator(header: str) -> str:
 
 
 _GROUPING = str.maketrans("", "", " \u00a0\u202f'")  # digit grouping: spaces, no-break spaces, 1'234.5
-_THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+(\.\d*)?")  # "0,512" is a decimal comma
+_NUMBER = re.compile(r"[-+]?(\d[\d.,]*|[.,]\d+)([eE][-+]?\d+)?")  # after _GROUPING
+_GROUPED = {  # an integer part grouped in thousands by the mark
+    ",": re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+"),
+    ".": re.compile(r"[-+]?[1-9]\d{0,2}(\.\d{3})+"),
+}
+_ONE_GROUP = re.compile(r"[-+]?[1-9]\d{0,2}[.,]\d{3}")  # '1,234', '15.117': shows no mark (`_own_mark`)
+_OTHER = {",": ".", ".": ","}
 
 
-def _number(cell: str, decimal_comma: bool) -> float:
-    """One cell as a number, NaN when it is not one. With `decimal_comma`, '1.234,5' is 1234.5."""
+def _own_mark(text: str) -> str | None:
+    """The decimal mark a number (`_GROUPING` removed) shows by itself: the last of ',' and '.' when
+    it has both ('1,234.5', '1.234,5'); the other one when its one mark groups in thousands more than
+    once ('1,234,567'); its one mark when that cannot be grouping ('0,512', '12.5'). None when it
+    does not tell: '1,234' is 1234 in a US export and 1.234 in a German one."""
+    comma, point = text.rfind(","), text.rfind(".")
+    if comma >= 0 and point >= 0:
+        return "," if comma > point else "."
+    if comma < 0 and point < 0:
+        return None
+    mark = "," if comma >= 0 else "."
+    if not _GROUPED[mark].fullmatch(text):
+        return mark if text.count(mark) == 1 else None
+    return _OTHER[mark] if text.count(mark) > 1 else None
+
+
+def _number(cell: str, decimal: str | None, sep: str) -> float:
+    """One cell as a number, NaN when it is not one. The cell's own decimal mark (`_own_mark`) when
+    it shows one, else `decimal` (its column's), else as the separator suggests: '1,234' is 1.234
+    in a ';' or tab file and 1234 in a ',' file (a quoted cell), '1.234' is 1.234."""
     text = cell.strip().translate(_GROUPING)
-    if decimal_comma and "," in text:
-        text = text.replace(".", "").replace(",", ".")
+    if "," in text or "." in text:
+        mark = _own_mark(text) or decimal or ("," if "," in text and sep != "," else ".")
+        whole, point, fraction = text.partition(mark)
+        group = _OTHER[mark]
+        if group in fraction or (group in whole and not _GROUPED[group].fullmatch(whole)):
+            return math.nan  # '1.2.3', '1,2.5': no number
+        text = whole.replace(group, "") + ("." if point else "") + fraction
+    return _float(text)
+
+
+def _float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -109,25 +143,13 @@ def _number(cell: str, decimal_comma: bool) -> float:
     return value if abs(value) < LARGEST_SIGNAL else math.nan
 
 
-def _decimal_comma(sep: str, raw: list[str]) -> bool:
-    """Whether a column's commas are decimal commas: always in a ';' or tab file; in a ',' file
-    (quoted cells) unless every comma cell reads as thousands grouping ('1,234' or '12,345.6')."""
-    if sep != ",":
-        return True
-    with_comma = [c.strip() for c in raw if "," in c]
-    return bool(with_comma) and not all(_THOUSANDS.fullmatch(c) for c in with_comma)
-
-
-def _thousands(sep: str, raw: list[str]) -> bool:
-    return sep == "," and any("," in c for c in raw) and not _decimal_comma(sep, raw)
-
-
 def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Table:
     """The file as a table. Two passes over the rows, neither holding them: the first learns each
     column's number format from all its cells, the second parses into arrays (a week at 1 s is
     600,000 rows; held as strings they took a gigabyte)."""
 
-    preamble = preamble_lines(_text_lines(text))
+    found = layout(_text_lines(text))
+    preamble = found.preamble
     if preamble:
         warn(f"skipping {preamble} line(s) before the header (the export's title, station or period?)")
 
@@ -137,7 +159,7 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
     header_line = next(lines(), None)
     if header_line is None:
         raise InputError("the file is empty")
-    sep = _separator(header_line)
+    sep = found.separator or _separator(header_line)
 
     def raw_rows() -> Iterator[list[str]]:
         return itertools.islice(records(lines(), sep), 1, None)
@@ -158,7 +180,9 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
         formats.see(row)
     if formats.rows == 0:
         raise InputError("the file has a header but no data rows")
-    stamps, values, unreadable, first_row = _parse(itertools.islice(raw_rows(), skip, None), formats, width)
+    stamps, values, unreadable, first_row = _parse(
+        itertools.islice(raw_rows(), skip, None), formats.settle(), width
+    )
     header, repeated = _unique_names(header)
     for name, count in repeated.items():
         warn(
@@ -170,6 +194,13 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
         raise InputError("no numeric signal column found")
     for message in unreadable.messages(keep, header):
         warn(message)
+    for j, (comma, point) in formats.mixed().items():
+        if j in keep:
+            warn(
+                f"column {header[j].strip()!r} has decimal commas ({comma!r}) and decimal points "
+                f"({point!r}): each number is read by its own mark, and one that shows none, '1,234', "
+                f"as {'1234' if sep == ',' else '1.234'}"
+            )
     told = _warn_timestamps_not_first(header, first_row, values[0, 0], warn)
     first = values[:, 0]
     if not told and not np.isnan(first).any() and (np.diff(first) < 0).any():
@@ -254,7 +285,7 @@ def _parse(
         if i == 0:
             first_row = cells
         stamps.append(cells[0].strip())
-        values[i, 0] = _number(cells[0], _decimal_comma(formats.sep, [cells[0]]))
+        values[i, 0] = formats.parse(0, cells[0])
         for j in range(1, width):
             value = values[i, j] = formats.parse(j, cells[j])
             if math.isnan(value):  # a blank, a missing mark, or text where a number was expected
@@ -333,38 +364,73 @@ def _huge(text: str) -> bool:
 
 
 class _Formats:
-    """What each column's cells say about its number format (`_decimal_comma`, `_thousands`), seen
-    one row at a time, and the parse that follows from it."""
+    """The decimal mark of each column, learnt from all its cells (`_own_mark`), and the parse that
+    follows from it: a column none of whose cells tells ('1,234' alone) takes the file's mark when
+    its other columns agree on one, else the separator's default (`_number`)."""
 
     def __init__(self, sep: str, width: int) -> None:
         self.sep = sep
         self.rows = 0
         self.filled = [0] * width
-        self.commas = [False] * width  # some cell has a comma
-        self.grouping = [True] * width  # ... and every such cell reads as thousands grouping
+        self.shown: list[dict[str, str]] = [{} for _ in range(width)]  # mark -> the first cell showing it
+        self.decimals: list[str | None] = []  # per column, once `settle`d; None: as `_number` says
+        self._point: list[bool] = []  # a cell whose one mark is '.' reads as a decimal point
+        self._comma: list[bool] = []  # a cell whose one mark is ',' reads as a decimal comma
 
     def see(self, row: list[str]) -> None:
         self.rows += 1
         for j, cell in enumerate(row):
-            if cell.strip():
-                self.filled[j] += 1
-            if "," in cell:
-                self.commas[j] = True
-                self.grouping[j] = self.grouping[j] and bool(_THOUSANDS.fullmatch(cell.strip()))
+            text = cell.strip()
+            if not text:
+                continue
+            self.filled[j] += 1
+            shown = self.shown[j]
+            # Only a cell holding a mark not yet shown can show it: most cells are passed over. The
+            # first column is the timestamp, whose dots say nothing.
+            if (
+                j
+                and (("," in text and "," not in shown) or ("." in text and "." not in shown))
+                and not _ONE_GROUP.fullmatch(text)
+            ):
+                number = text.translate(_GROUPING)
+                if _NUMBER.fullmatch(number):
+                    mark = _own_mark(number)
+                    if mark is not None:
+                        shown.setdefault(mark, text)
+
+    def settle(self) -> _Formats:
+        """Each column's decimal mark, from the rows seen."""
+        marks = {m for shown in self.shown[1:] for m in shown}
+        agreed = next(iter(marks)) if len(marks) == 1 else None
+        self.decimals = [next(iter(s)) if len(s) == 1 else None if s else agreed for s in self.shown]
+        # Where a cell of one mark is read at once (nearly every cell): not in a column of both
+        # marks, where '1,234,567' shows its decimal mark by its grouping.
+        pairs = list(zip(self.shown, self.decimals, strict=True))
+        self._point = [len(s) < 2 and d != "," for s, d in pairs]
+        self._comma = [len(s) < 2 and (d == "," or (d is None and self.sep != ",")) for s, d in pairs]
+        return self
+
+    def mixed(self) -> dict[int, tuple[str, str]]:
+        """The columns with cells of both marks ('1,5' and '2.5'): column -> (first of each)."""
+        return {j: (s[","], s["."]) for j, s in enumerate(self.shown) if len(s) == 2}
 
     def parse(self, j: int, cell: str) -> float:
-        if self.sep != ",":
-            return _number(cell, True)
-        if self.commas[j] and self.grouping[j]:  # thousands grouping: '1,234.5'
-            return _number(cell.replace(",", ""), False)
-        return _number(cell, self.commas[j])
+        """Cell `j` of a row as a number, once `settle`d."""
+        if "," not in cell and self._point[j]:
+            return _float(cell.translate(_GROUPING))
+        if "." not in cell and self._comma[j]:
+            return _float(cell.translate(_GROUPING).replace(",", "."))
+        return _number(cell, self.decimals[j], self.sep)
 
 
 def _header_row(row: list[str], sep: str) -> bool:
-    """Text in every signal cell and no number, nor a missing-value mark ('NaN', 'null', '-')."""
+    """Text in every signal cell and no number, nor a missing-value mark ('NaN', 'null', '-'), under
+    a first cell that is no timestamp: a logger's `Err` in every signal of a row is missing readings."""
     signals = [c.strip() for c in row[1:]]
-    return all(c and c.lower() not in MISSING_MARKS for c in signals) and all(
-        math.isnan(_number(c, _decimal_comma(sep, [c]))) for c in signals
+    return (
+        all(c and c.lower() not in MISSING_MARKS for c in signals)
+        and all(math.isnan(_number(c, None, sep)) for c in signals)
+        and not is_timestamp(row[0])
     )
 
 
