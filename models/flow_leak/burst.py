@@ -49,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from water_edge.models.flow_leak.glitch import GLITCH_FACTOR, GLITCH_SAMPLES
+from water_edge.models.flow_leak.mnf import LARGEST_FLOW
 
 F64 = npt.NDArray[np.float64]
 BurstEvent = Literal["", "burst", "cleared", "accepted"]
@@ -149,6 +150,9 @@ class BurstDetector:
     bursts: int = 0
     slots_closed: int = 0  # slots judged by this instance (not stored)
     glitches: int = 0  # samples `add` skipped as glitches (not stored)
+    # Slots of the first half-day, learnt before there was a reference to judge them by, and left
+    # out once there was (`_unlearn_glitches`): (slot start, its flow). Not stored.
+    unlearnt: list[tuple[datetime, float]] = field(default_factory=list)
     _beyond: int = 0  # samples in a row beyond GLITCH_FACTOR x the mean flow
     _acc: _Accumulator = field(default_factory=_Accumulator)
     _profile_day: date | None = None
@@ -205,8 +209,11 @@ class BurstDetector:
     # -- samples -> slots ---------------------------------------------------------------------
 
     def add(self, local: datetime, flow: float, pressure: float = math.nan) -> list[SlotRow]:
-        """One net-flow sample (m3/h) at local wall-clock time `local` (naive)."""
+        """One net-flow sample (m3/h) at local wall-clock time `local` (naive); one of `LARGEST_FLOW`
+        or more is a logger's "no value", missing."""
         p = self.params
+        if not abs(flow) < LARGEST_FLOW:
+            flow = math.nan
         minute = local.hour * 60 + local.minute
         key = (local.date(), minute // p.slot_minutes)
         rows: list[SlotRow] = []
@@ -215,9 +222,11 @@ class BurstDetector:
         if self._acc.key is None:
             start = datetime.combine(key[0], datetime.min.time()) + timedelta(minutes=key[1] * p.slot_minutes)
             self._acc = _Accumulator(key=key, start=start)
-        if self.glitch(flow):
+        if not math.isfinite(flow):
+            pass
+        elif self.glitch(flow):
             self.glitches += 1
-        elif math.isfinite(flow):
+        else:
             self._acc.flow_sum += flow
             self._acc.n += 1
         if math.isfinite(pressure):
@@ -238,8 +247,34 @@ class BurstDetector:
         pressure = acc.p_sum / acc.p_n if acc.p_n else None
         row = self.judge(acc.key[0], acc.key[1], acc.start, flow, pressure)
         if self._mean_flow is None:
+            first = self._learnt_flow is None
             self._learnt_flow = self._learnt_median()
+            if first and self._learnt_flow is not None:
+                self._unlearn_glitches(self._learnt_flow)
         return row
+
+    def _unlearn_glitches(self, reference: float) -> None:
+        """Take out of the slots learnt so far those that `glitch` would have skipped had there been
+        a reference: beyond `GLITCH_FACTOR` x it, at most `GLITCH_SAMPLES` slots in a row. Nothing
+        judged the first half-day: one reading of 1e6 m3/h at 02:30 stayed in the profile and the
+        district's mean flow, raised the smallest burst reported a hundredfold, and no burst was
+        found in the file."""
+        p = self.params
+        slots = [(d, i) for d in sorted(self.days) for i in range(p.slots_per_day)]
+        run: list[tuple[date, int]] = []
+        for d, i in [*slots, (date.max, 0)]:  # a sentinel ends the last run
+            value = self.days[d][i] if d in self.days else math.nan
+            if math.isfinite(value) and abs(value + self.offset) > GLITCH_FACTOR * reference:
+                run.append((d, i))
+                continue
+            if run and len(run) <= GLITCH_SAMPLES:
+                for rd, ri in run:
+                    start = datetime.combine(rd, datetime.min.time()) + timedelta(minutes=ri * p.slot_minutes)
+                    self.unlearnt.append((start, float(self.days[rd][ri]) + self.offset))
+                    self.days[rd][ri] = math.nan
+            run = []
+        if self.unlearnt:
+            self._learnt_flow = self._learnt_median()
 
     def _learnt_median(self) -> float | None:
         """The median of the slot flows learnt so far, once half a day of them is: a day's slots
@@ -498,11 +533,10 @@ def _scale(flows: list[tuple[float, float]], slots_per_day: int) -> float:
         return 1.0
     q = np.array([f for f, _ in flows])
     e = np.array([b for _, b in flows])
-    var = float(((e - e.mean()) ** 2).sum())
-    if var <= 0:
-        return 1.0
-    slope = float(((e - e.mean()) * (q - q.mean())).sum()) / var
-    return min(max(slope, 0.7), 1.5)
+    with np.errstate(all="ignore"):
+        var = float(((e - e.mean()) ** 2).sum())
+        slope = float(((e - e.mean()) * (q - q.mean())).sum()) / var if var > 0 else 1.0
+    return min(max(slope, 0.7), 1.5) if math.isfinite(slope) else 1.0
 
 
 def _profile(past: dict[date, F64], weekend: bool, holidays: frozenset[date]) -> F64:

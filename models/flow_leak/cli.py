@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +253,16 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
             "district's mean flow (while learning, its median slot flow) skipped as a glitch (at most "
             f"{GLITCH_SAMPLES} in a row: a longer run is flow)\n"
         )
+    if detector.unlearnt:
+        start, flow = detector.unlearnt[0]
+        end = start + timedelta(minutes=slot)
+        in_slot = [(t, q) for t, q, _ in samples if start <= t < end]
+        when, q = max(in_slot, key=lambda s: abs(s[1]), default=(start, flow))
+        _warn(
+            f"{len(detector.unlearnt)} slot(s) of the first half-day beyond {GLITCH_FACTOR:g}x its median "
+            f"slot flow left out of what is learnt as a glitch (first: the row stamped "
+            f"{when.isoformat(sep=' ', timespec='seconds')}, {q:g} m3/h; slot {flow:g} m3/h)"
+        )
     judged = _holidays_judged(holidays, samples[0][0].date(), samples[-1][0].date())
     sys.stderr.write(
         f"edge-agent models: {len(rows)} slots of {slot} min; {counted['burst']} burst(s), "
@@ -288,7 +298,7 @@ def _holidays_judged(holidays: frozenset[date], first: date, last: date) -> str:
 
 def _warn_read(flows: Any) -> None:
     """What reading the file skipped or guessed, as `score flow-leak` and `score burst` say it."""
-    from water_edge.models.flow_leak.mnf import ERROR_CODES
+    from water_edge.models.flow_leak.mnf import ERROR_CODES, LARGEST_FLOW
 
     if flows.preamble:
         _warn(f"skipping {flows.preamble} line(s) before the header (the export's title, station or period?)")
@@ -303,6 +313,17 @@ def _warn_read(flows: Any) -> None:
         )
     if flows.skipped:
         _warn(f"{flows.skipped} row(s) with unreadable values skipped")
+    for column, (comma, point, decimal) in flows.mixed.items():
+        ambiguous = "1.234" if decimal == "," else "1234"
+        _warn(
+            f"column {column!r} has decimal commas ({comma!r}) and decimal points ({point!r}): each number "
+            f"is read by its own mark, and one that shows none, '1,234', as {ambiguous}"
+        )
+    if flows.no_value:
+        _warn(
+            f"{flows.no_value} row(s) with a value of {LARGEST_FLOW:g} or more skipped: a logger's mark of "
+            f"no value, not a flow (first: {flows.first_no_value})"
+        )
     if flows.error_codes:
         codes = ", ".join(f"{c:g}" for c in sorted(ERROR_CODES, reverse=True))
         _warn(f"{flows.error_codes} row(s) holding a meter error code ({codes}) skipped")

@@ -3,7 +3,11 @@
 Samples are (UTC ns, net flow m3/h) at any regular interval. The net flow is averaged over a
 sliding `average_minutes` window (samples farther apart than that are their own averages: an
 hourly export gives the lowest hourly value), and the lowest such mean is the night's MNF. A night
-whose samples cover less than `min_coverage` of the window is not judged (None).
+whose samples cover less than `min_coverage` of the window is not judged (None); each sample covers
+the step between the night's samples, at most the source's own sampling interval when it is known
+(`interval_s`: a file's, the gateway's): a lone sample has no step of its own, and used to count as
+the whole window (a file's first row at 03:45 was that night's MNF); without the interval it is too
+little to judge.
 
 `night_figures` gives a night's figures as the gateway and `score flow-leak` report them: its MNF
 without the night's glitches (`glitch.night_glitches`) and its pressure (`night_pressure`).
@@ -25,6 +29,10 @@ NS = 1_000_000_000
 # a night used to be that night's "minimum" (-9999 m3/h), and the night went unjudged. No meter reads
 # exactly these, so a value equal to one is treated as missing, counted, and said.
 ERROR_CODES = frozenset((-999.0, -9999.0, -99999.0))
+# No district's flow reaches this in any unit; a logger's or a historian's "largest double" for no
+# value (1.8e308) does, and overflows every sum taken of it. The pump reader's bound too
+# (`models.pump.config.LARGEST_SIGNAL`).
+LARGEST_FLOW = 1e150
 PRESSURE_SPREADS = 5.0  # a night's pressure sample farther than this from its median is a glitch
 
 
@@ -39,6 +47,7 @@ def minimum_night_flow(
     window_min: float,
     average_minutes: float = 15.0,
     min_coverage: float = 0.5,
+    interval_s: float | None = None,
 ) -> float | None:
     t = np.asarray(ts_ns, dtype=np.int64)
     v = np.asarray(flow, dtype=np.float64)
@@ -46,8 +55,11 @@ def minimum_night_flow(
     t, v = t[ok], v[ok]
     if v.size == 0:
         return None
-    step_s = float(np.median(np.diff(t))) / NS if t.size > 1 else window_min * 60.0
-    covered_min = v.size * min(step_s / 60.0, window_min)
+    step_s = float(np.median(np.diff(t))) / NS if t.size > 1 else interval_s
+    if step_s is None:
+        return None
+    each_s = step_s if interval_s is None else min(step_s, interval_s)
+    covered_min = v.size * min(each_s / 60.0, window_min)
     if covered_min < min_coverage * window_min:
         return None
     n = max(1, round(average_minutes * 60.0 / step_s)) if step_s > 0 else 1
@@ -71,8 +83,10 @@ def night_figures(
     *,
     window_min: float,
     average_minutes: float = 15.0,
+    interval_s: float | None = None,
 ) -> NightFigures:
-    """One night's figures from its samples in time order (`pressure` NaN where not measured)."""
+    """One night's figures from its samples in time order (`pressure` NaN where not measured);
+    `interval_s`: the source's sampling interval, when known (`minimum_night_flow`)."""
     skip = night_glitches(flow)
     kept = [i for i, s in enumerate(skip) if not s]
     mnf = minimum_night_flow(
@@ -80,6 +94,7 @@ def night_figures(
         [flow[i] for i in kept],
         window_min=window_min,
         average_minutes=average_minutes,
+        interval_s=interval_s,
     )
     return NightFigures(mnf, night_pressure(pressure), sum(skip))
 

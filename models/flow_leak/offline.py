@@ -1,15 +1,19 @@
 """`edge-agent models score flow-leak`: minimum night flow and its steps from a SCADA export (CSV).
 
 The file has a header and a timestamp column first; columns are separated by ',', ';' or tabs
-(UTF-8, or UTF-16 with a byte-order mark: Excel's "Unicode text") and numbers use a decimal point
-or a decimal comma (European exports: "12,5" with ';' or a tab). Timestamps
+(the one that splits the data rows and the line above them alike: `core.export_layout.layout`), in
+UTF-8 or UTF-16 with a byte-order mark (Excel's "Unicode text"). Numbers use a decimal point or a
+decimal comma, each column's read from its cells, digits grouped or not (`numbers.py`: '1,185.8',
+'1.185,8', '1 494,5', "1'234.5"); a value of `LARGEST_FLOW` or more is a logger's "no value":
+its row is skipped, counted apart. Timestamps
 are ISO 8601, 'YYYY-MM-DD' or 'YYYY/MM/DD' (Japanese exports), or a numeric date with the year
 last: 'DD.MM.YYYY', and 'DD/MM/YYYY' or 'MM/DD/YYYY' (US exports) — the order is read from the whole
 column (a first field above 12 is a day, a second field above 12 is a day), day first when nothing
 in the file tells; a time 'HH:MM[:SS]', or 'h:MM[:SS] AM/PM', follows. Without an offset they are
 local times of `--timezone`, with one they are converted to it. Any regular interval works.
-Net flow per row = sum of the `--flow` columns minus the `--minus` columns; a row with an empty or
-unreadable cell in them is skipped and counted.
+Net flow per row = sum of the `--flow` columns minus the `--minus` columns (each column once: one
+given twice, or as both, is refused); a row with an empty or unreadable cell in them is skipped and
+counted.
 """
 
 from __future__ import annotations
@@ -17,32 +21,25 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from pathlib import Path
 
+import numpy as np
+
 from water_edge.core.csv_records import records
-from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, preamble_lines
+from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, layout
 from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time, year_last
 from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDetector, StepParams
-from water_edge.models.flow_leak.mnf import is_error_code, night_figures
+from water_edge.models.flow_leak.mnf import LARGEST_FLOW, NS, is_error_code, night_figures
+from water_edge.models.flow_leak.numbers import Formats, is_number, number
 from water_edge.models.flow_leak.volume import VolumeRate, looks_like_totaliser
 from water_edge.models.nightwindow import NightWindow
 
 
 class FlowCsvError(ValueError):
     """The file cannot be used; the message names the file and what is wrong."""
-
-
-def _number(cell: str, decimal_comma: bool) -> float:
-    cell = cell.strip()
-    if decimal_comma:
-        cell = cell.replace(".", "").replace(",", ".") if "," in cell else cell
-    value = float(cell)
-    if not math.isfinite(value):
-        raise ValueError(cell)
-    return value
 
 
 @dataclass
@@ -58,6 +55,9 @@ class NightFlows:
     glitches: int = 0  # night rows left out of their night's MNF as glitches (glitch.night_glitches)
     preamble: int = 0  # lines skipped before the header
     unit_rows: int = 0  # text-only rows skipped under the header
+    no_value: int = 0  # rows skipped for a value of LARGEST_FLOW or more in a used column
+    first_no_value: str = ""  # where the first is ("line 12, column 'inflow': '1e308'")
+    mixed: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # `_Counts.mixed`
 
 
 @dataclass
@@ -77,6 +77,27 @@ class _Counts:
     guessed_day_first: bool = False
     preamble: int = 0  # lines before the header (an export's title, station, period)
     unit_rows: int = 0  # text-only rows under the header (units, descriptions)
+    no_value: int = 0  # a used cell of LARGEST_FLOW or more (a logger's "largest double" for no value)
+    first_no_value: str = ""
+    # Columns with decimal commas and decimal points: a cell of each, and the mark a cell showing
+    # neither ('1,234') is read with.
+    mixed: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+
+
+def _refuse_repeats(flow: Sequence[str], minus: Sequence[str]) -> None:
+    """A column given twice would be summed twice (the flow doubled), or added and taken away."""
+    for option, given in (("--flow", flow), ("--minus", minus)):
+        twice = [c for c in dict.fromkeys(given) if given.count(c) > 1]
+        if twice:
+            raise FlowCsvError(
+                f"{option} {twice[0]!r} is given {given.count(twice[0])} times: give each column once"
+            )
+    both = [c for c in flow if c in minus]
+    if both:
+        raise FlowCsvError(
+            f"column {both[0]!r} is given both as --flow and as --minus: "
+            "it is an inflow or an outflow, not both"
+        )
 
 
 def _rows(
@@ -84,14 +105,14 @@ def _rows(
 ) -> Iterator[_Row]:
     """The file's readable rows, one at a time (a year of minutes is half a million of them)."""
     wanted = [*columns, *([pressure] if pressure else [])]
-    lines, first = _table(path, wanted, counts)
-    sep = max((",", ";", "\t"), key=lines[0].count)  # ',' on a tie
+    lines, first, sep = _table(path, wanted, counts)
     reader = records(lines, sep)
     header = [h.strip() for h in next(reader)]
     idx = _columns(path, lines[0], header, wanted)
-    decimal_comma = sep != ","
+    formats = Formats(sep, idx).learn(records(lines[1:], sep))
+    decimals = {c: formats.decimal(c) for c in idx}
+    counts.mixed = {c: (*both, decimals[c]) for c in idx if (both := formats.mixed(c)) is not None}
     order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
-    counts.guessed_day_first = order is None and any(year_last(line) for line in lines[1:3])
     counts.first_bad = {}
     kept = 0
     for line_no, row in enumerate(reader, start=first + 2):
@@ -108,18 +129,26 @@ def _rows(
                 raise FlowCsvError(f"{path}: line {line_no}: {exc}") from None
             counts.skipped += 1
             continue
-        numbers = _numbers(row, idx, decimal_comma)
-        if isinstance(numbers, str):  # the column whose cell is no number
+        if order is None and not counts.guessed_day_first:
+            counts.guessed_day_first = year_last(row[0])
+        numbers, bad = _numbers(row, idx, decimals)
+        if bad is not None:  # the column whose cell is no number
             counts.skipped += 1
-            counts.first_bad.setdefault(numbers, row[idx[numbers]] if idx[numbers] < len(row) else "")
+            counts.first_bad.setdefault(bad, row[idx[bad]] if idx[bad] < len(row) else "")
             continue
-        cells = {c: numbers[c] for c in columns}
+        huge = next((c for c, v in numbers.items() if not abs(v) < LARGEST_FLOW), None)
+        if huge is not None:
+            counts.no_value += 1
+            if not counts.first_no_value:
+                counts.first_no_value = f"line {line_no}, column {huge!r}: {row[idx[huge]].strip()!r}"
+            continue
+        values = {c: numbers[c] for c in columns}
         p = numbers[pressure] if pressure else math.nan
-        if is_error_code(p) or any(is_error_code(v) for v in cells.values()):
+        if is_error_code(p) or any(is_error_code(v) for v in values.values()):
             counts.error_codes += 1
             continue
         kept += 1
-        yield _Row(local, int(local.replace(tzinfo=tz).timestamp() * 1e9), cells, p)
+        yield _Row(local, int(local.replace(tzinfo=tz).timestamp() * 1e9), values, p)
     if counts.read == 0:
         raise FlowCsvError(f"{path}: no data rows")
     if kept == 0:
@@ -146,9 +175,11 @@ def _columns(path: Path, line: str, header: list[str], wanted: list[str]) -> dic
     return {c: header.index(c) for c in wanted}
 
 
-def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[list[str], int]:
-    """The file's lines from its header on (past an export's preamble, counted in `counts`), and
-    the header's index among the file's lines."""
+def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[list[str], int, str]:
+    """The file's lines from its header on (past an export's preamble, counted in `counts`), the
+    header's index among the file's lines, and the separator (`export_layout.layout`: the one that
+    splits the data rows and the line above them alike; counted in the header alone,
+    'Zeit;Zufluss, m3/h;Druck, bar' was split on its commas)."""
     try:
         text = read_export(path)
     except OSError as exc:
@@ -156,13 +187,16 @@ def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[list[str
     except UnicodeDecodeError as exc:
         raise FlowCsvError(f"{path}: not a text file ({exc.reason})") from exc
     lines, first = text.splitlines(), 0
-    counts.preamble = preamble_lines(lines, wanted)
+    found = layout(lines, wanted)
+    counts.preamble = found.preamble
     if counts.preamble:
         first = [i for i, line in enumerate(lines) if line.strip()][counts.preamble]
         lines = lines[first:]
     if len(lines) < 2:
         raise FlowCsvError(f"{path}: needs a header and at least one data row")
-    return lines, first
+    # No data row found under any separator: the header's, for the reader's own errors to name.
+    sep = found.separator or max((",", ";", "\t"), key=lines[0].count)
+    return lines, first, sep
 
 
 def _units_row(row: list[str], idx: dict[str, int]) -> bool:
@@ -173,27 +207,31 @@ def _units_row(row: list[str], idx: dict[str, int]) -> bool:
 
 
 def _is_text(cell: str) -> bool:
-    try:
-        _number(cell, decimal_comma=True)
-    except ValueError:
-        return cell.lower() not in MISSING_MARKS
-    return False
+    return not is_number(cell) and cell.lower() not in MISSING_MARKS
 
 
-def _numbers(row: list[str], idx: dict[str, int], decimal_comma: bool) -> dict[str, float] | str:
-    """The row's cells in the columns of `idx` as numbers, or the first column whose cell is none."""
+def _numbers(
+    row: list[str], idx: dict[str, int], decimals: dict[str, str]
+) -> tuple[dict[str, float], str | None]:
+    """The row's cells in the columns of `idx` as numbers (each column's decimal mark in
+    `decimals`), and the first column whose cell is none (None when all are)."""
     out = {}
     for column, j in idx.items():
         try:
-            out[column] = _number(row[j], decimal_comma)
+            out[column] = number(row[j], decimals[column])
         except (ValueError, IndexError):
-            return column
-    return out
+            return out, column
+    return out, None
 
 
 def _why_none(counts: _Counts) -> str:
     """Why no row could be used: the columns whose cells are no numbers, or the meter's error codes."""
     bad = counts.first_bad or {}
+    if not bad and counts.no_value:
+        return (
+            f"{counts.no_value} rows hold a value of {LARGEST_FLOW:g} or more, a logger's mark of no value "
+            f"(first: {counts.first_no_value})"
+        )
     if not bad:
         return f"every row holds a meter error code ({counts.error_codes} rows)"
     return "; ".join(
@@ -268,26 +306,39 @@ def read_night_flows(
     volume: bool = False,
 ) -> NightFlows:
     """`volume`: the flow and minus columns are totalisers (m³); each row's flow is the volume
-    drawn since the row before over the time between them (`volume.VolumeRate`)."""
+    drawn since the row before over the time between them (`volume.VolumeRate`).
+
+    A night's samples are its rows' instants: the autumn night's repeated hour, stamped with its
+    offsets, is two hours of samples, not one hour given twice. The file's own interval is what a
+    night's lone sample stands for (`mnf.minimum_night_flow`)."""
+    _refuse_repeats(flow, minus)
     counts, meters, given = _Counts(), dict[str, VolumeRate](), _Given(flow)
     rows = _rows(path, [*flow, *minus], pressure, window.tz, counts)
     rows = _from_volumes(_oldest_first(rows), meters) if volume else given.watch(rows)
     per_night: dict[date, tuple[list[int], list[float], list[float]]] = {}
+    instants = array("q")
     for row in rows:
+        instants.append(row.instant)
         night = window.night_of_local(row.local)
         if night is None:
             continue
         ts, values, pressures = per_night.setdefault(night, ([], [], []))
-        ts.append(int((row.local - datetime(1970, 1, 1)).total_seconds() * 1e9))
+        ts.append(row.instant)
         values.append(sum(row.cells[c] for c in flow) - sum(row.cells[c] for c in minus))
         pressures.append(row.pressure)
     if not volume:
         given.refuse_totalisers(path)
+    interval_s = _interval_s(instants)
     nights, glitches = [], 0
     for night in sorted(per_night):
         ts, values, pressures = _in_time_order(*per_night[night])
         got = night_figures(
-            ts, values, pressures, window_min=window.length_min, average_minutes=average_minutes
+            ts,
+            values,
+            pressures,
+            window_min=window.length_min,
+            average_minutes=average_minutes,
+            interval_s=interval_s,
         )
         nights.append((night, got.flow, got.pressure))
         glitches += got.glitches
@@ -302,7 +353,16 @@ def read_night_flows(
         glitches=glitches,
         preamble=counts.preamble,
         unit_rows=counts.unit_rows,
+        no_value=counts.no_value,
+        first_no_value=counts.first_no_value,
+        mixed=counts.mixed,
     )
+
+
+def _interval_s(instants: array[int]) -> float | None:
+    """The file's sampling interval: the median step between its distinct instants (None with one)."""
+    steps = np.diff(np.unique(np.frombuffer(instants, dtype=np.int64)))
+    return float(np.median(steps)) / NS if steps.size else None
 
 
 @dataclass
@@ -317,6 +377,9 @@ class NetFlows:
     error_codes: int = 0
     preamble: int = 0
     unit_rows: int = 0
+    no_value: int = 0
+    first_no_value: str = ""
+    mixed: dict[str, tuple[str, str, str]] = field(default_factory=dict)
 
 
 def read_net_flows(
@@ -329,6 +392,7 @@ def read_net_flows(
     volume: bool = False,
 ) -> NetFlows:
     """The file's net flow row by row (what `read_night_flows` reads, at every hour of the day)."""
+    _refuse_repeats(flow, minus)
     counts, meters, given = _Counts(), dict[str, VolumeRate](), _Given(flow)
     rows = _rows(path, [*flow, *minus], pressure, tz, counts)
     rows = _from_volumes(_oldest_first(rows), meters) if volume else given.watch(rows)
@@ -347,6 +411,9 @@ def read_net_flows(
         error_codes=counts.error_codes,
         preamble=counts.preamble,
         unit_rows=counts.unit_rows,
+        no_value=counts.no_value,
+        first_no_value=counts.first_no_value,
+        mixed=counts.mixed,
     )
 
 

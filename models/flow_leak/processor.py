@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import math
+import statistics
+from collections import deque
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -41,6 +43,7 @@ from water_edge.models.nightwindow import NightWindow, zone
 
 log = structlog.get_logger(__name__)
 NS = 1_000_000_000
+STEPS_KEPT = 15  # steps between samples due that `_District.interval_s` is the median of
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,13 @@ class _District:
     burst: BurstDetector | None = None
     burst_slots: int = 0  # the detector's slot count when its state was last stored
     burst_error: str | None = None  # why the burst state could not be stored (kept apart: hourly)
+    last_due: int | None = None  # the last sample due (reading time), kept or skipped
+    steps: deque[int] = field(default_factory=lambda: deque(maxlen=STEPS_KEPT))  # between samples due
+
+    def interval_s(self) -> float:
+        """How often samples come: `sample_s`, or the readings' own interval when they are rarer
+        (an hourly meter gives a sample an hour, `SampleTimes`): the median of the last steps."""
+        return statistics.median(self.steps) / NS if self.steps else self.cfg.sample_s
 
 
 class FlowLeakProcessor:
@@ -249,6 +259,7 @@ class FlowLeakProcessor:
         del d.ts[keep:], d.flow[keep:], d.pressure[keep:]
         if not d.ts:
             d.night = None
+        d.last_due = None
         d.latest = {tag: got for tag, got in d.latest.items() if got[0] <= ts}
         d.flows = {tag: got for tag, got in d.flows.items() if got[0] <= ts}
         for meter in d.meters.values():
@@ -263,6 +274,9 @@ class FlowLeakProcessor:
 
     async def _sample(self, d: _District, ts: int) -> list[Event]:
         events: list[Event] = []
+        if d.last_due is not None and ts > d.last_due:
+            d.steps.append(ts - d.last_due)
+        d.last_due = ts
         self._volume_flows(d)
         night = d.window.night_of(ts)
         if d.night is not None and night != d.night:
@@ -298,7 +312,16 @@ class FlowLeakProcessor:
     async def _burst_sample(self, d: _District, ts: int, net: float, pressure: float) -> list[Event]:
         assert d.burst is not None
         local = datetime.fromtimestamp(ts / NS, d.window.tz).replace(tzinfo=None)
+        unlearnt = len(d.burst.unlearnt)
         events = [e for row in d.burst.add(local, net, pressure) if (e := self._burst_event(d, row, ts))]
+        for start, flow in d.burst.unlearnt[unlearnt:]:
+            d.spikes += 1
+            log.warning(
+                "flow_leak.burst_glitch_unlearnt",
+                district=d.cfg.name,
+                slot_local=start.isoformat(timespec="minutes"),
+                flow_m3h=round(flow, 3),
+            )
         # Stored hourly and at every event: a restart loses at most an hour of profile
         if events or d.burst.slots_closed - d.burst_slots >= max(1, 60 // d.cfg.burst.slot_minutes):
             d.burst_slots = d.burst.slots_closed
@@ -353,7 +376,12 @@ class FlowLeakProcessor:
         night = d.night
         assert night is not None
         measured = night_figures(
-            d.ts, d.flow, d.pressure, window_min=d.window.length_min, average_minutes=d.cfg.average_minutes
+            d.ts,
+            d.flow,
+            d.pressure,
+            window_min=d.window.length_min,
+            average_minutes=d.cfg.average_minutes,
+            interval_s=d.interval_s(),
         )
         mnf, pressure = measured.flow, measured.pressure
         d.spikes += measured.glitches

@@ -207,7 +207,9 @@ def bwdf() -> dict[str, Any] | None:
         nights = []
         for n in sorted(per_night):
             ts_v = per_night[n]
-            nights.append((n, minimum_night_flow([a for a, _ in ts_v], [b for _, b in ts_v], window_min=120)))
+            stamps, flows = [a for a, _ in ts_v], [b for _, b in ts_v]
+            # hourly readings: a lone one covers its hour, as the CLI's do
+            nights.append((n, minimum_night_flow(stamps, flows, window_min=120, interval_s=3600.0)))
         rows = score_nights(nights, calibrate_days=CALIBRATE)
         judged = sum(1 for r in rows[CALIBRATE:] if r.night_flow is not None)
         events = sum(r.event == "leak" for r in rows)
