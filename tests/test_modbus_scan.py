@@ -159,14 +159,24 @@ def test_only_unit_ids_that_all_answer_the_same_may_be_one_device() -> None:
     assert not all_answer_alike([*every[:2], UnitAnswer(3, "value", "holding 0 = 8", value=8)])
 
 
-@pytest.fixture
-async def rtu_line(tmp_path: Path) -> AsyncIterator[str]:
+def _station_plant() -> RegisterPlant:
     plant = RegisterPlant()
     plant.update(PumpStation(5, tick_s=1.0).state)
+    return plant
+
+
+async def _rtu_link(plant: RegisterPlant, tmp_path: Path) -> AsyncIterator[str]:
+    """firmware-sim's RTU face serving `plant` on a pseudo-terminal: its path."""
     sim = RtuComponent()
     link = sim.open(plant, tmp_path / "ttyRTU", CommFaults(lambda: 0.0)).detail["link"]
     yield str(link)
     await sim.stop()
+
+
+@pytest.fixture
+async def rtu_line(tmp_path: Path) -> AsyncIterator[str]:
+    async for link in _rtu_link(_station_plant(), tmp_path):
+        yield link
 
 
 async def test_an_rtu_line_is_scanned_and_mapped_and_its_config_reads(rtu_line: str) -> None:
@@ -411,14 +421,11 @@ async def test_three_units_behind_a_gateway_are_three_devices(products: dict[int
 @pytest.fixture
 async def rtu_line_of_three(tmp_path: Path) -> AsyncIterator[str]:
     """Units 3, 4 and 5 on an RTU line, each reading as the station PLC does: alike."""
-    plant = RegisterPlant()
-    plant.update(PumpStation(5, tick_s=1.0).state)
+    plant = _station_plant()
     plc = plant.units.pop(STATION_UNIT)
     plant.units = {3: plc, 4: plc, 5: plc}
-    sim = RtuComponent()
-    link = sim.open(plant, tmp_path / "ttyRTU", CommFaults(lambda: 0.0)).detail["link"]
-    yield str(link)
-    await sim.stop()
+    async for link in _rtu_link(plant, tmp_path):
+        yield link
 
 
 async def test_units_on_an_rtu_line_that_answer_alike_are_as_many_devices(rtu_line_of_three: str) -> None:
