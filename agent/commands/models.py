@@ -351,7 +351,7 @@ def _register_machine_sound(models_sub: Any, score_sub: Any, calibrate_sub: Any)
 
 def cmd_score_machine_sound(args: argparse.Namespace) -> int:
     from water_edge.core import logs
-    from water_edge.models.machine_sound.detector import MAX_FEATURE, CalibrationError, plausible
+    from water_edge.models.machine_sound.detector import MAX_FEATURE, MIN_CLIPS, CalibrationError, plausible
     from water_edge.models.machine_sound.offline import Clips, InputError, score_clips
     from water_edge.models.manifest import ModelError
 
@@ -366,7 +366,8 @@ def cmd_score_machine_sound(args: argparse.Namespace) -> int:
         normal = Clips.read(args.calibrate)
         if silent := int(normal.silent.sum()):
             _warn(f"{silent} calibration clip(s) of digital silence left out (the microphone was not heard)")
-        if unusable := int((~plausible(normal.features)).sum()):
+        unusable = int((~plausible(normal.features)).sum())
+        if unusable and len(normal.features) - unusable >= MIN_CLIPS:  # fewer: the error says it
             _warn(
                 f"{unusable} calibration clip(s) left out: non-finite features, or beyond ±{MAX_FEATURE:g} "
                 "(an export's placeholder, not a sound)"

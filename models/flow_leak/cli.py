@@ -313,12 +313,8 @@ def _warn_read(flows: Any) -> None:
         )
     if flows.skipped:
         _warn(f"{flows.skipped} row(s) with unreadable values skipped")
-    for column, (comma, point, decimal) in flows.mixed.items():
-        ambiguous = "1.234" if decimal == "," else "1234"
-        _warn(
-            f"column {column!r} has decimal commas ({comma!r}) and decimal points ({point!r}): each number "
-            f"is read by its own mark, and one that shows none, '1,234', as {ambiguous}"
-        )
+    for column, both in flows.mixed.items():
+        _warn(both.warning(column))
     if flows.no_value:
         _warn(
             f"{flows.no_value} row(s) with a value of {LARGEST_FLOW:g} or more skipped: a logger's mark of "

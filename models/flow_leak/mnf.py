@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from water_edge.core.export_numbers import LARGEST_READING
 from water_edge.models.flow_leak.glitch import night_glitches
 
 NS = 1_000_000_000
@@ -30,9 +31,9 @@ NS = 1_000_000_000
 # exactly these, so a value equal to one is treated as missing, counted, and said.
 ERROR_CODES = frozenset((-999.0, -9999.0, -99999.0))
 # No district's flow reaches this in any unit; a logger's or a historian's "largest double" for no
-# value (1.8e308) does, and overflows every sum taken of it. The pump reader's bound too
-# (`models.pump.config.LARGEST_SIGNAL`).
-LARGEST_FLOW = 1e150
+# value (1.8e308) does, and overflows every sum taken of it. The bound of the export readers
+# (`core.export_numbers`), on the gateway too.
+LARGEST_FLOW = LARGEST_READING
 PRESSURE_SPREADS = 5.0  # a night's pressure sample farther than this from its median is a glitch
 
 

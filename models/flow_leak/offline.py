@@ -3,13 +3,13 @@
 The file has a header and a timestamp column first; columns are separated by ',', ';' or tabs
 (the one that splits the data rows and the line above them alike: `core.export_layout.layout`), in
 UTF-8 or UTF-16 with a byte-order mark (Excel's "Unicode text"). Numbers use a decimal point or a
-decimal comma, each column's read from its cells, digits grouped or not (`numbers.py`: '1,185.8',
-'1.185,8', '1 494,5', "1'234.5"); a value of `LARGEST_FLOW` or more is a logger's "no value":
-its row is skipped, counted apart. Timestamps
-are ISO 8601, 'YYYY-MM-DD' or 'YYYY/MM/DD' (Japanese exports), or a numeric date with the year
-last: 'DD.MM.YYYY', and 'DD/MM/YYYY' or 'MM/DD/YYYY' (US exports) — the order is read from the whole
-column (a first field above 12 is a day, a second field above 12 is a day), day first when nothing
-in the file tells; a time 'HH:MM[:SS]', or 'h:MM[:SS] AM/PM', follows. Without an offset they are
+decimal comma, each column's read from its cells, digits grouped or not ('1,185.8', '1.185,8',
+'1 494,5', "1'234.5": `core.export_numbers`, shared with `score pump`); a value of `LARGEST_FLOW` or
+more is a logger's "no value": its row is skipped, counted apart. Timestamps are ISO 8601,
+'YYYY-MM-DD' or 'YYYY/MM/DD' (Japanese exports), or a numeric date with the year last: 'DD.MM.YYYY',
+and 'DD/MM/YYYY' or 'MM/DD/YYYY' (US exports) — the order is read from the whole column (a first
+field above 12 is a day, a second field above 12 is a day), day first when nothing in the file
+tells; a time 'HH:MM[:SS]', or 'h:MM[:SS] AM/PM', follows. Without an offset they are
 local times of `--timezone`, with one they are converted to it. Any regular interval works.
 Net flow per row = sum of the `--flow` columns minus the `--minus` columns (each column once: one
 given twice, or as both, is refused); a row with an empty or unreadable cell in them is skipped and
@@ -29,11 +29,11 @@ import numpy as np
 
 from water_edge.core.csv_records import records
 from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, layout
+from water_edge.core.export_numbers import Formats, Mixed
 from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time, year_last
 from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDetector, StepParams
 from water_edge.models.flow_leak.mnf import LARGEST_FLOW, NS, is_error_code, night_figures
-from water_edge.models.flow_leak.numbers import Formats, is_number, number
 from water_edge.models.flow_leak.volume import VolumeRate, looks_like_totaliser
 from water_edge.models.nightwindow import NightWindow
 
@@ -57,7 +57,7 @@ class NightFlows:
     unit_rows: int = 0  # text-only rows skipped under the header
     no_value: int = 0  # rows skipped for a value of LARGEST_FLOW or more in a used column
     first_no_value: str = ""  # where the first is ("line 12, column 'inflow': '1e308'")
-    mixed: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # `_Counts.mixed`
+    mixed: dict[str, Mixed] = field(default_factory=dict)  # `_Counts.mixed`
 
 
 @dataclass
@@ -79,9 +79,7 @@ class _Counts:
     unit_rows: int = 0  # text-only rows under the header (units, descriptions)
     no_value: int = 0  # a used cell of LARGEST_FLOW or more (a logger's "largest double" for no value)
     first_no_value: str = ""
-    # Columns with decimal commas and decimal points: a cell of each, and the mark a cell showing
-    # neither ('1,234') is read with.
-    mixed: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    mixed: dict[str, Mixed] = field(default_factory=dict)  # columns with decimal commas and points
 
 
 def _refuse_repeats(flow: Sequence[str], minus: Sequence[str]) -> None:
@@ -109,9 +107,9 @@ def _rows(
     reader = records(lines, sep)
     header = [h.strip() for h in next(reader)]
     idx = _columns(path, lines[0], header, wanted)
-    formats = Formats(sep, idx).learn(records(lines[1:], sep))
-    decimals = {c: formats.decimal(c) for c in idx}
-    counts.mixed = {c: (*both, decimals[c]) for c in idx if (both := formats.mixed(c)) is not None}
+    formats = _formats(lines, sep, len(header))
+    mixed = formats.mixed()
+    counts.mixed = {c: mixed[j] for c, j in idx.items() if j in mixed}
     order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
     counts.first_bad = {}
     kept = 0
@@ -122,7 +120,7 @@ def _rows(
         try:
             local = parse_time(row[0], tz, order is not False)
         except ValueError as exc:
-            if counts.read == 1 and counts.unit_rows < MAX_UNIT_ROWS and _units_row(row, idx):
+            if counts.read == 1 and counts.unit_rows < MAX_UNIT_ROWS and _units_row(row, idx, formats):
                 counts.read, counts.unit_rows = 0, counts.unit_rows + 1  # units: part of the header
                 continue
             if counts.read == 1:
@@ -131,12 +129,11 @@ def _rows(
             continue
         if order is None and not counts.guessed_day_first:
             counts.guessed_day_first = year_last(row[0])
-        numbers, bad = _numbers(row, idx, decimals)
+        numbers, bad, huge = _numbers(row, idx, formats)
         if bad is not None:  # the column whose cell is no number
             counts.skipped += 1
             counts.first_bad.setdefault(bad, row[idx[bad]] if idx[bad] < len(row) else "")
             continue
-        huge = next((c for c, v in numbers.items() if not abs(v) < LARGEST_FLOW), None)
         if huge is not None:
             counts.no_value += 1
             if not counts.first_no_value:
@@ -199,29 +196,43 @@ def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[list[str
     return lines, first, sep
 
 
-def _units_row(row: list[str], idx: dict[str, int]) -> bool:
+def _formats(lines: list[str], sep: str, width: int) -> Formats:
+    """Each column's decimal mark, learnt from the cells under the header (`lines[0]`)."""
+    formats = Formats(sep, width)
+    for row in records(lines[1:], sep):
+        formats.see((row + [""] * width)[:width])
+    return formats.settle()
+
+
+def _units_row(row: list[str], idx: dict[str, int], formats: Formats) -> bool:
     """A row under the header with text and no number in every column asked for (units, tag
     descriptions)."""
-    cells = [row[j].strip() if j < len(row) else "" for j in idx.values()]
-    return all(cells) and all(_is_text(c) for c in cells)
+    cells = [(j, row[j].strip() if j < len(row) else "") for j in idx.values()]
+    return all(c for _, c in cells) and all(_is_text(formats, j, c) for j, c in cells)
 
 
-def _is_text(cell: str) -> bool:
-    return not is_number(cell) and cell.lower() not in MISSING_MARKS
+def _is_text(formats: Formats, j: int, cell: str) -> bool:
+    return (
+        math.isnan(formats.parse(j, cell))
+        and not formats.too_large(j, cell)
+        and cell.lower() not in MISSING_MARKS
+    )
 
 
 def _numbers(
-    row: list[str], idx: dict[str, int], decimals: dict[str, str]
-) -> tuple[dict[str, float], str | None]:
-    """The row's cells in the columns of `idx` as numbers (each column's decimal mark in
-    `decimals`), and the first column whose cell is none (None when all are)."""
-    out = {}
+    row: list[str], idx: dict[str, int], formats: Formats
+) -> tuple[dict[str, float], str | None, str | None]:
+    """The row's cells in the columns of `idx` as numbers (`formats`), the first column whose cell
+    is none (None when all are), and the first whose number is `LARGEST_FLOW` or more."""
+    out, huge = {}, None
     for column, j in idx.items():
-        try:
-            out[column] = number(row[j], decimals[column])
-        except (ValueError, IndexError):
-            return out, column
-    return out, None
+        cell = row[j] if j < len(row) else ""
+        value = out[column] = formats.parse(j, cell)
+        if math.isnan(value):  # no number, or one too large to be a flow
+            if not formats.too_large(j, cell):
+                return out, column, huge
+            huge = column if huge is None else huge
+    return out, None, huge
 
 
 def _why_none(counts: _Counts) -> str:
@@ -379,7 +390,7 @@ class NetFlows:
     unit_rows: int = 0
     no_value: int = 0
     first_no_value: str = ""
-    mixed: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    mixed: dict[str, Mixed] = field(default_factory=dict)
 
 
 def read_net_flows(

@@ -20,11 +20,13 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from water_edge.core.export_numbers import LARGEST_READING
 from water_edge.core.names import NAME_PATTERN
 
 # No pump signal reaches this; a logger's or a server's "largest double" for no value (1.8e308)
 # does, and would overflow every square taken of it (and the float32 history): read as missing.
-LARGEST_SIGNAL = 1e150
+# The bound of the export readers (`core.export_numbers`), on the gateway too.
+LARGEST_SIGNAL = LARGEST_READING
 
 Role = Literal[
     "motor_current",

@@ -2,10 +2,11 @@
 
 The file has a header, timestamps in the first column and numeric signals in the others, under any
 names, separated by commas, semicolons or tabs (`core.export_layout`, which also finds the header
-under an export's title lines), with each column's decimal mark learnt from its cells (`_Formats`),
-in UTF-8 or UTF-16 with a byte-order mark (`core.textfiles`). Blank and
-non-numeric cells count as missing; a column that is mostly text is ignored with a warning. The
-first `calibrate_rows` data rows calibrate the pump; every data row gets exactly one output row.
+under an export's title lines), with each column's decimal mark learnt from its cells
+(`core.export_numbers.Formats`; both modules are shared with `score flow-leak`), in UTF-8 or UTF-16
+with a byte-order mark (`core.textfiles`). Blank and non-numeric cells count as missing; a column
+that is mostly text is ignored with a warning. The first `calibrate_rows` data rows calibrate the
+pump; every data row gets exactly one output row.
 
 Which detector scores the file depends on how much normal it was given:
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 import csv
 import itertools
 import math
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -45,6 +45,7 @@ import numpy as np
 
 from water_edge.core.csv_records import records
 from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, is_timestamp, layout
+from water_edge.core.export_numbers import Formats, number
 from water_edge.core.local_zone import system_zone
 from water_edge.core.textfiles import read_export
 from water_edge.core.timestamps import day_first, parse_time
@@ -94,55 +95,6 @@ def _separator(header: str) -> str:
     return sep
 
 
-_GROUPING = str.maketrans("", "", " \u00a0\u202f'")  # digit grouping: spaces, no-break spaces, 1'234.5
-_NUMBER = re.compile(r"[-+]?(\d[\d.,]*|[.,]\d+)([eE][-+]?\d+)?")  # after _GROUPING
-_GROUPED = {  # an integer part grouped in thousands by the mark
-    ",": re.compile(r"[-+]?[1-9]\d{0,2}(,\d{3})+"),
-    ".": re.compile(r"[-+]?[1-9]\d{0,2}(\.\d{3})+"),
-}
-_ONE_GROUP = re.compile(r"[-+]?[1-9]\d{0,2}[.,]\d{3}")  # '1,234', '15.117': shows no mark (`_own_mark`)
-_OTHER = {",": ".", ".": ","}
-
-
-def _own_mark(text: str) -> str | None:
-    """The decimal mark a number (`_GROUPING` removed) shows by itself: the last of ',' and '.' when
-    it has both ('1,234.5', '1.234,5'); the other one when its one mark groups in thousands more than
-    once ('1,234,567'); its one mark when that cannot be grouping ('0,512', '12.5'). None when it
-    does not tell: '1,234' is 1234 in a US export and 1.234 in a German one."""
-    comma, point = text.rfind(","), text.rfind(".")
-    if comma >= 0 and point >= 0:
-        return "," if comma > point else "."
-    if comma < 0 and point < 0:
-        return None
-    mark = "," if comma >= 0 else "."
-    if not _GROUPED[mark].fullmatch(text):
-        return mark if text.count(mark) == 1 else None
-    return _OTHER[mark] if text.count(mark) > 1 else None
-
-
-def _number(cell: str, decimal: str | None, sep: str) -> float:
-    """One cell as a number, NaN when it is not one. The cell's own decimal mark (`_own_mark`) when
-    it shows one, else `decimal` (its column's), else as the separator suggests: '1,234' is 1.234
-    in a ';' or tab file and 1234 in a ',' file (a quoted cell), '1.234' is 1.234."""
-    text = cell.strip().translate(_GROUPING)
-    if "," in text or "." in text:
-        mark = _own_mark(text) or decimal or ("," if "," in text and sep != "," else ".")
-        whole, point, fraction = text.partition(mark)
-        group = _OTHER[mark]
-        if group in fraction or (group in whole and not _GROUPED[group].fullmatch(whole)):
-            return math.nan  # '1.2.3', '1,2.5': no number
-        text = whole.replace(group, "") + ("." if point else "") + fraction
-    return _float(text)
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        return math.nan
-    return value if abs(value) < LARGEST_SIGNAL else math.nan
-
-
 def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Table:
     """The file as a table. Two passes over the rows, neither holding them: the first learns each
     column's number format from all its cells, the second parses into arrays (a week at 1 s is
@@ -175,7 +127,7 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
     skip = _unit_rows(list(itertools.islice(rows(), MAX_UNIT_ROWS + 1)), sep)
     if skip:
         warn(f"skipping {skip} row(s) under the header with no numbers in them (units?)")
-    formats = _Formats(sep, width)
+    formats = Formats(sep, width)
     for row in itertools.islice(rows(), skip, None):
         formats.see(row)
     if formats.rows == 0:
@@ -194,13 +146,9 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
         raise InputError("no numeric signal column found")
     for message in unreadable.messages(keep, header):
         warn(message)
-    for j, (comma, point) in formats.mixed().items():
+    for j, both in formats.mixed().items():
         if j in keep:
-            warn(
-                f"column {header[j].strip()!r} has decimal commas ({comma!r}) and decimal points "
-                f"({point!r}): each number is read by its own mark, and one that shows none, '1,234', "
-                f"as {'1234' if sep == ',' else '1.234'}"
-            )
+            warn(both.warning(header[j].strip()))
     told = _warn_timestamps_not_first(header, first_row, values[0, 0], warn)
     first = values[:, 0]
     if not told and not np.isnan(first).any() and (np.diff(first) < 0).any():
@@ -269,7 +217,7 @@ def _numeric(
 
 
 def _parse(
-    raw: Iterator[list[str]], formats: _Formats, width: int
+    raw: Iterator[list[str]], formats: Formats, width: int
 ) -> tuple[list[str], np.ndarray, _Unreadable, list[str]]:
     """The data rows as timestamps and a column-major array (as scored), what could not be read,
     and the first row's cells."""
@@ -363,73 +311,13 @@ def _huge(text: str) -> bool:
         return False
 
 
-class _Formats:
-    """The decimal mark of each column, learnt from all its cells (`_own_mark`), and the parse that
-    follows from it: a column none of whose cells tells ('1,234' alone) takes the file's mark when
-    its other columns agree on one, else the separator's default (`_number`)."""
-
-    def __init__(self, sep: str, width: int) -> None:
-        self.sep = sep
-        self.rows = 0
-        self.filled = [0] * width
-        self.shown: list[dict[str, str]] = [{} for _ in range(width)]  # mark -> the first cell showing it
-        self.decimals: list[str | None] = []  # per column, once `settle`d; None: as `_number` says
-        self._point: list[bool] = []  # a cell whose one mark is '.' reads as a decimal point
-        self._comma: list[bool] = []  # a cell whose one mark is ',' reads as a decimal comma
-
-    def see(self, row: list[str]) -> None:
-        self.rows += 1
-        for j, cell in enumerate(row):
-            text = cell.strip()
-            if not text:
-                continue
-            self.filled[j] += 1
-            shown = self.shown[j]
-            # Only a cell holding a mark not yet shown can show it: most cells are passed over. The
-            # first column is the timestamp, whose dots say nothing.
-            if (
-                j
-                and (("," in text and "," not in shown) or ("." in text and "." not in shown))
-                and not _ONE_GROUP.fullmatch(text)
-            ):
-                number = text.translate(_GROUPING)
-                if _NUMBER.fullmatch(number):
-                    mark = _own_mark(number)
-                    if mark is not None:
-                        shown.setdefault(mark, text)
-
-    def settle(self) -> _Formats:
-        """Each column's decimal mark, from the rows seen."""
-        marks = {m for shown in self.shown[1:] for m in shown}
-        agreed = next(iter(marks)) if len(marks) == 1 else None
-        self.decimals = [next(iter(s)) if len(s) == 1 else None if s else agreed for s in self.shown]
-        # Where a cell of one mark is read at once (nearly every cell): not in a column of both
-        # marks, where '1,234,567' shows its decimal mark by its grouping.
-        pairs = list(zip(self.shown, self.decimals, strict=True))
-        self._point = [len(s) < 2 and d != "," for s, d in pairs]
-        self._comma = [len(s) < 2 and (d == "," or (d is None and self.sep != ",")) for s, d in pairs]
-        return self
-
-    def mixed(self) -> dict[int, tuple[str, str]]:
-        """The columns with cells of both marks ('1,5' and '2.5'): column -> (first of each)."""
-        return {j: (s[","], s["."]) for j, s in enumerate(self.shown) if len(s) == 2}
-
-    def parse(self, j: int, cell: str) -> float:
-        """Cell `j` of a row as a number, once `settle`d."""
-        if "," not in cell and self._point[j]:
-            return _float(cell.translate(_GROUPING))
-        if "." not in cell and self._comma[j]:
-            return _float(cell.translate(_GROUPING).replace(",", "."))
-        return _number(cell, self.decimals[j], self.sep)
-
-
 def _header_row(row: list[str], sep: str) -> bool:
     """Text in every signal cell and no number, nor a missing-value mark ('NaN', 'null', '-'), under
     a first cell that is no timestamp: a logger's `Err` in every signal of a row is missing readings."""
     signals = [c.strip() for c in row[1:]]
     return (
         all(c and c.lower() not in MISSING_MARKS for c in signals)
-        and all(math.isnan(_number(c, None, sep)) for c in signals)
+        and all(math.isnan(number(c, None, sep)) for c in signals)
         and not is_timestamp(row[0])
     )
 
