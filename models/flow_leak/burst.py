@@ -50,6 +50,7 @@ import numpy.typing as npt
 
 from water_edge.models.flow_leak.glitch import GLITCH_FACTOR, GLITCH_SAMPLES
 from water_edge.models.flow_leak.mnf import LARGEST_FLOW
+from water_edge.models.flow_leak.student_t import upper_quantile
 
 F64 = npt.NDArray[np.float64]
 BurstEvent = Literal["", "burst", "cleared", "accepted"]
@@ -518,10 +519,8 @@ def _z_for_days(z: float, days: int, full: int) -> float:
     at the weekday morning rise. 14 days: x1.39, 18: x1.19, 21: x1.11, 25: x1.04."""
     if days >= full:
         return z
-    from scipy.special import stdtrit  # the t quantile; imported once armed, not at start
-
-    tail = max(0.5 * math.erfc(z / math.sqrt(2)), 1e-300)  # z of 37 and more: the t's still finite
-    return z * float(stdtrit(max(days - 1, 1), tail) / stdtrit(max(full - 1, 1), tail))
+    tail = min(max(0.5 * math.erfc(z / math.sqrt(2)), 1e-300), 0.5)  # z of 37 and more: still finite
+    return z * upper_quantile(max(days - 1, 1), tail) / upper_quantile(max(full - 1, 1), tail)
 
 
 def _scale(flows: list[tuple[float, float]], slots_per_day: int) -> float:
