@@ -596,18 +596,17 @@ def score_csv(
     if not causal:
         hyst = HYSTERESIS if hysteresis is None else hysteresis
         alarm = _as_history(series, alarm, calibrate_rows, cal.threshold, hyst)
-    held = _held_together(cal, run, alarm, table.timestamps, warn)
     marked = np.flatnonzero(alarm)
+    held = _held_together(cal, run, marked, table.timestamps, warn)
     texts = gateway_texts(cal, model, columns, run, held=held, marked=marked) if explained else None
     return ScoredCsv(table.timestamps, series, alarm, texts, calibrate_rows)
 
 
 def _held_together(
-    cal: Calibration, run: np.ndarray, alarm: np.ndarray, timestamps: list[str], warn: Callable[[str], None]
+    cal: Calibration, run: np.ndarray, marked: np.ndarray, timestamps: list[str], warn: Callable[[str], None]
 ) -> np.ndarray:
-    """Which signals of the rows `alarm` marks stopped changing at the same sample
-    (`held_together_rows`, from `run`), said in a warning when any did."""
-    marked = np.flatnonzero(alarm)
+    """Which signals of the `marked` rows stopped changing at the same sample (`held_together_rows`,
+    from `run`), said in a warning when any did."""
     held = np.zeros(run.shape, dtype=bool)
     held[marked] = held_together_rows(cal, run[marked])
     if held.any():
