@@ -32,10 +32,11 @@ from water_edge.drivers.modbus.scan import UnitAnswer, all_answer_alike, identif
 from water_edge.drivers.modbus.tcp import ModbusTcpDriver
 from water_edge.sim.faults import CommFaults
 from water_edge.sim.identification import IDENTITIES
+from water_edge.sim.pty_link import PtyLink
 from water_edge.sim.pumpstation import PumpStation
 from water_edge.sim.registers import POINTS, STATION_UNIT
 from water_edge.sim.registers import Plant as RegisterPlant
-from water_edge.sim.rtu import RtuComponent
+from water_edge.sim.rtu import RtuComponent, crc16, expected_length, frame
 from water_edge.sim.tcp_gateway import TcpGateway
 
 pytestmark = pytest.mark.slow
@@ -334,6 +335,42 @@ async def device(answer: Answer, *, transaction_ids: bool = True) -> AsyncIterat
         server.close()
 
 
+@contextlib.asynccontextmanager
+async def rtu_device(answer: Answer, link: Path) -> AsyncIterator[str]:
+    """A Modbus RTU device on a pseudo-terminal (its path: `link`) whose answers `answer` gives, each
+    request answered in a task of its own, as `device` on TCP; a `None` answer is silence."""
+    pty = PtyLink(link)
+    pty.plug()
+    received = bytearray()
+    replies: set[asyncio.Task[None]] = set()
+
+    async def reply(unit_id: int, pdu: bytes) -> None:
+        if (pdu := await answer(unit_id, pdu) or b"") and pty.plugged:
+            os.write(pty.master_fd, frame(unit_id, pdu))
+
+    def on_readable() -> None:
+        received.extend(os.read(pty.master_fd, 4096))
+        while length := expected_length(received) or (7 if received[1:2] == bytes([READ_DEVICE_ID]) else 0):
+            if len(received) < length:
+                return
+            request = bytes(received[:length])
+            del received[:length]
+            if crc16(request[:-2]) == struct.unpack("<H", request[-2:])[0]:
+                task = asyncio.create_task(reply(request[0], request[1:-2]))
+                replies.add(task)
+                task.add_done_callback(replies.discard)
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(pty.master_fd, on_readable)
+    try:
+        yield str(link)
+    finally:
+        loop.remove_reader(pty.master_fd)
+        for task in list(replies):
+            task.cancel()
+        pty.close()
+
+
 async def scan_of(server: asyncio.Server, *args: str) -> CliRun:
     port = server.sockets[0].getsockname()[1]
     return await edge_agent_process("scan", "modbus", "--host", "127.0.0.1", "--port", str(port), *args)
@@ -482,6 +519,35 @@ async def test_a_late_answer_without_transaction_id_is_not_taken_for_the_next_re
     (found,) = map(json.loads, run.stdout.splitlines())
     assert found["map"]["readable"] == [], "nothing past 124 reads, nor 0-124, whose answer came late"
     assert found["map"]["unanswered"] == [[0, 124]]
+
+
+async def test_a_late_answer_on_an_rtu_line_is_not_taken_for_the_next_read(tmp_path: Path) -> None:
+    """RTU answers carry no transaction ID. The unit serves holding 0-124 only and answers the
+    map's first read of them 0.15 s after the scan stopped waiting, while the next read (125-249),
+    refused a little slowly, waits for its answer: the late answer has that read's size."""
+    late = [True]
+
+    async def late_once(_unit: int, pdu: bytes) -> bytes | None:
+        if pdu[0] == READ_DEVICE_ID:
+            return refused(pdu, 1)
+        address, count = struct.unpack(">HH", pdu[1:5])
+        if address + count > 125:
+            await asyncio.sleep(0.2)
+            return refused(pdu, 2)
+        if count > 1 and late[0]:
+            late[0] = False
+            await asyncio.sleep(0.45)
+        return registers(pdu, 7)
+
+    async with rtu_device(late_once, tmp_path / "ttyLATE") as port:
+        run = await edge_agent_process(
+            "scan", "modbus", "--serial-port", port, "--parity", "none", "--units", "1",
+            "--map", "0-249", "--timeout", "0.3", "--json",
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (found,) = map(json.loads, run.stdout.splitlines())
+    assert found["map"]["unanswered"] == [[0, 124]]
+    assert found["map"]["readable"] == [], "0-124's late answer is not 125-249's"
 
 
 def test_options_the_config_refuses_are_one_usage_line() -> None:

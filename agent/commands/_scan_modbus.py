@@ -28,9 +28,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import PurePath
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from water_edge.drivers.modbus.config import Table
 
 PARITIES: Final = ("none", "even", "odd")
 MAX_UNITS_SHOWN: Final = 40
@@ -236,7 +239,9 @@ class _Line:
     on a connection that drops is not left to its timeout. A timeout during which bytes came back
     that answer no request sent is a `StrayAnswerError` saying what they were. After a timeout an
     answer without a transaction ID may be that request's late answer, as in `drivers.modbus.tcp`:
-    it is not used, and the request is sent once more on a new connection."""
+    it is not used, and the request is sent once more on a new connection. On RTU, where no answer
+    carries one, a unit whose request timed out (or was misanswered) is asked again only after one
+    more timeout (`_on_serial_line`)."""
 
     def __init__(self, where: str, tcp: Any = None, rtu: Any = None) -> None:
         self.client: Any = None
@@ -247,6 +252,7 @@ class _Line:
         self._current = (0, 0)
         self._stray = ""  # what came back during the request in flight that answers no request
         self._answer = b""  # the frame that came back for the request in flight
+        self._quiet_until: dict[int, float] = {}  # RTU: unit ID -> when its late answer can no longer come
         self.late_answers = False
 
     @property
@@ -278,9 +284,21 @@ class _Line:
         return packet
 
     async def send(self, unit_id: int, table: str, address: int, count: int) -> Any:
-        from water_edge.drivers.modbus.adapter import read_call
+        """One read; `BadAnswerError` for an answer that does not fit it (on a serial line often
+        another read's late answer: the unit's own may still come)."""
+        from water_edge.drivers.modbus.adapter import BadAnswerError, read_call
+        from water_edge.drivers.modbus.scan import read_checked
 
-        return await self._request(unit_id, lambda client: read_call(client, table, address, count, unit_id))
+        async def read(unit_id: int, table: str, address: int, count: int) -> Any:
+            return await self._request(
+                unit_id, lambda client: read_call(client, table, address, count, unit_id)
+            )
+
+        try:
+            return await read_checked(read, unit_id, cast("Table", table), address, count)
+        except BadAnswerError:
+            self._late_answer_may_come(unit_id)
+            raise
 
     async def ask(self, unit_id: int) -> Any:
         """Read Device Identification, basic objects (function 43/14)."""
@@ -294,8 +312,9 @@ class _Line:
 
         where = f"{self.where} unit {unit_id}"
         if self._rtu is not None:
-            await asyncio.sleep(self._rtu.inter_frame_s)
-            return await self._on_serial_line(where, call)
+            quiet = self._quiet_until.pop(unit_id, 0.0) - time.monotonic()
+            await asyncio.sleep(max(quiet, self._rtu.inter_frame_s))
+            return await self._on_serial_line(where, unit_id, call)
         try:
             return await self._attempt(where, call)
         except _DroppedError:
@@ -349,16 +368,31 @@ class _Line:
             finally:
                 self._inflight = None
 
-    async def _on_serial_line(self, where: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def _on_serial_line(self, where: str, unit_id: int, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """One request on the serial line. RTU answers carry no transaction ID: after a unit's
+        request timed out or its answer did not fit, the next request to it waits one more timeout,
+        so that a late answer finds no request waiting and is dropped (as the RTU driver does)."""
         from water_edge.core.errors import DriverIOError
-        from water_edge.drivers.modbus.adapter import NoConnectionError, raise_for_error_pdu
+        from water_edge.drivers.modbus.adapter import (
+            BadAnswerError,
+            NoAnswerError,
+            NoConnectionError,
+            raise_for_error_pdu,
+        )
 
         try:
             response = await self._in_flight(where, call)
         except NoConnectionError as exc:  # the port itself failed (an adapter unplugged): no unit can answer
             raise DriverIOError(f"{where}: the serial port fails: {exc.detail}") from exc
+        except (NoAnswerError, BadAnswerError):
+            self._late_answer_may_come(unit_id)
+            raise
         raise_for_error_pdu(response, where)
         return response
+
+    def _late_answer_may_come(self, unit_id: int) -> None:
+        if self._rtu is not None:
+            self._quiet_until[unit_id] = time.monotonic() + self._rtu.timeout_ms / 1000
 
     async def _connect_again(self) -> None:
         """A new connection in place of one the device closed; a plain `DriverIOError` (the scan
