@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from water_edge.core.errors import DeviceError, DriverIOError
 from water_edge.drivers.modbus.config import ModbusRtuConfig
+from water_edge.drivers.modbus.poller import MAX_SILENT_REQUESTS
 from water_edge.drivers.modbus.rtu import ModbusRtuDriver
 from water_edge.sim.faults import CommFault, CommFaults
 from water_edge.sim.pumpstation import PumpStation
@@ -99,6 +100,40 @@ async def test_an_adapter_echoing_every_request_is_read_with_local_echo(line: Li
     assert driver.health().errors == 0
     assert line.station.state.setpoints.level_m == 2.5
     assert not line.station.state.pumps[0].enabled
+
+
+async def test_an_echoing_adapter_without_local_echo_is_named_when_the_unit_goes_down(line: Line) -> None:
+    # What an engineer meets at install with a 2-wire adapter and local_echo unset: every request
+    # comes back as it was sent. The echo of a read of holding 0 (01 03 00 00 00 01 84 0A) holds
+    # what reads as the start of a 137-byte frame: the answer behind it is never found, the unit
+    # goes down. The readings and the reason say why.
+    line.sim.echo = True
+    driver = line.driver(tags=[{"name": "status_word", "address": 0}])
+    hint = "the request came back as it was sent: the RS-485 adapter echoes, set local_echo = true"
+    await driver.open()
+    try:
+        for _ in range(MAX_SILENT_REQUESTS - 1):
+            (reading,) = await driver.read()
+            assert (reading.quality, reading.reason) == ("bad", f"timeout ({hint})")
+        with pytest.raises(DriverIOError) as down:
+            await driver.read()
+    finally:
+        await driver.aclose()
+    assert str(down.value) == f"plc: unit 1 did not answer {MAX_SILENT_REQUESTS} requests in a row: {hint}"
+
+
+async def test_a_silent_unit_is_named_when_it_goes_down_and_no_echo_is_claimed(line: Line) -> None:
+    driver = line.driver(tags=[{"name": "nobody", "unit_id": 9, "address": 8}])
+    await driver.open()
+    try:
+        for _ in range(MAX_SILENT_REQUESTS - 1):
+            (reading,) = await driver.read()
+            assert reading.reason == "timeout"
+        with pytest.raises(DriverIOError) as down:
+            await driver.read()
+    finally:
+        await driver.aclose()
+    assert str(down.value) == f"plc: unit 9 did not answer {MAX_SILENT_REQUESTS} requests in a row"
 
 
 async def test_unmapped_address_is_a_bad_reading_with_the_exception(line: Line) -> None:

@@ -30,7 +30,7 @@ from water_edge.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
 from water_edge.drivers.modbus.rtu import ModbusRtuDriver
 from water_edge.drivers.modbus.scan import UnitAnswer, all_answer_alike, identify
 from water_edge.drivers.modbus.tcp import ModbusTcpDriver
-from water_edge.sim.faults import CommFaults
+from water_edge.sim.faults import CommFault, CommFaults
 from water_edge.sim.identification import IDENTITIES
 from water_edge.sim.pty_link import PtyLink
 from water_edge.sim.pumpstation import PumpStation
@@ -548,6 +548,40 @@ async def test_a_late_answer_on_an_rtu_line_is_not_taken_for_the_next_read(tmp_p
     (found,) = map(json.loads, run.stdout.splitlines())
     assert found["map"]["unanswered"] == [[0, 124]]
     assert found["map"]["readable"] == [], "0-124's late answer is not 125-249's"
+
+
+@pytest.mark.parametrize(
+    ("line_fault", "said"),
+    [
+        ("echo", "each request came back as it was sent: the RS-485 adapter echoes its own transmission; "
+                 "scan again with --local-echo (local_echo = true in the config)"),
+        ("garbage", "bytes came back that are no Modbus RTU answer ("),
+        ("silence", "nothing came back at all: check the unit IDs, the wiring"),
+    ],
+)  # fmt: skip
+async def test_an_rtu_line_where_no_unit_answers_says_what_came_back(
+    tmp_path: Path, line_fault: str, said: str
+) -> None:
+    sim = RtuComponent()
+    comm = CommFaults(lambda: 0.0)
+    if line_fault == "echo":
+        sim.echo = True  # a 2-wire adapter that hears its own transmission, scanned without --local-echo
+    else:
+        comm.add(CommFault(line_fault, 0.0, 1e9, "modbus_rtu", 1.0))
+    link = sim.open(_station_plant(), tmp_path / "ttyRTU", comm).detail["link"]
+    scan = ("scan", "modbus", "--serial-port", str(link), "--parity", "none", "--units", "1-2",
+            "--timeout", "0.2")  # fmt: skip
+    try:
+        run = await edge_agent_process(*scan)
+        with_local_echo = await edge_agent_process(*scan, "--local-echo") if line_fault == "echo" else None
+    finally:
+        await sim.stop()
+    assert run.returncode == 1, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("no unit answered on Modbus RTU"), run.stderr
+    assert said in last, last
+    if with_local_echo is not None:
+        assert "2 of 2 unit ID(s) answer" in with_local_echo.stdout, with_local_echo.stderr
 
 
 def test_options_the_config_refuses_are_one_usage_line() -> None:

@@ -46,6 +46,8 @@ class Line:
         self._answer = b""  # the frame that came back for the request in flight
         self._quiet_until: dict[int, float] = {}  # RTU: unit ID -> when its late answer can no longer come
         self.late_answers = False
+        self.echoes = 0  # RTU: unanswered requests whose own bytes came back (the adapter echoes)
+        self.line_bytes = b""  # RTU: the first bytes that came back instead of an answer
 
     @property
     def serial(self) -> bool:
@@ -178,6 +180,11 @@ class Line:
             raise DriverIOError(f"{where}: the serial port fails: {exc.detail}") from exc
         except (NoAnswerError, BadAnswerError):
             self._late_answer_may_come(unit_id)
+            watch = self.client.line_watch
+            if watch.echoed():
+                self.echoes += 1
+            elif watch.received and not self.line_bytes:
+                self.line_bytes = watch.received
             raise
         raise_for_error_pdu(response, where)
         return response

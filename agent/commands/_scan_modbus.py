@@ -131,7 +131,7 @@ def why_none_answered(scan: _Scan, args: argparse.Namespace) -> str:
     if any(a.outcome == "gateway" for a in answers):
         return "a gateway answers, but no device behind it: check its serial side (wiring, speed, parity)"
     if args.host is None:
-        return "check the unit IDs, the line settings (--baudrate, --parity) and the wiring"
+        return _why_the_line_is_quiet(scan)
     stray = next((a for a in answers if a.outcome == "stray"), None)
     if stray is not None:
         return f"unit {stray.unit_id} {stray.detail}"
@@ -146,6 +146,23 @@ def why_none_answered(scan: _Scan, args: argparse.Namespace) -> str:
     return (
         f"nothing answered within --timeout {args.timeout:g} s: check the unit IDs and --port "
         "(behind a gateway, a --timeout longer than its own)"
+    )
+
+
+def _why_the_line_is_quiet(scan: _Scan) -> str:
+    if scan.echoes:
+        return (
+            "each request came back as it was sent: the RS-485 adapter echoes its own transmission; "
+            "scan again with --local-echo (local_echo = true in the config)"
+        )
+    if scan.line_bytes:
+        return (
+            f"bytes came back that are no Modbus RTU answer ({scan.line_bytes[:16].hex(' ')}): check "
+            "--baudrate, --parity and --stopbits against the devices', and the wiring (A/B, termination)"
+        )
+    return (
+        "nothing came back at all: check the unit IDs, the wiring (A/B swapped? the adapter's ground), "
+        "and the line settings (--baudrate, --parity)"
     )
 
 
@@ -191,6 +208,8 @@ class _Scan:
     where: str
     one_device: bool
     late_answers: bool  # answers came to requests that had timed out
+    echoes: int = 0  # RTU: unanswered requests that came back as they were sent
+    line_bytes: bytes = b""  # RTU: bytes that came back instead of an answer
 
 
 async def _scan(
@@ -216,7 +235,7 @@ async def _scan(
                 maps[unit_id] = await map_table(
                     line.send, unit_id, args.table, *span, max_count=args.max_registers
                 )
-        return _Scan(answers, maps, line.where, one, line.late_answers)
+        return _Scan(answers, maps, line.where, one, line.late_answers, line.echoes, line.line_bytes)
     finally:
         line.close()
 

@@ -38,6 +38,7 @@ __all__ = [
     "NoAnswerError",
     "NoConnectionError",
     "SerialClientFactory",
+    "SerialLineWatch",
     "SerialModbusClient",
     "TcpClientFactory",
     "exception_reason",
@@ -269,7 +270,33 @@ class _HuntingRtuFramer(FramerRTU):
         return start, 0, 0, self.EMPTY
 
 
+class SerialLineWatch:
+    """What the serial line handed back for the request in flight (pymodbus's packet hook sees
+    every frame sent and every chunk received), so that a timeout can say what came instead of an
+    answer: the request itself (a 2-wire RS-485 adapter that hears its own transmission, without
+    `local_echo`; pymodbus strips the echo before this hook when it is set), or other bytes."""
+
+    KEPT: Final = 512  # bytes of a request's received data kept (line noise can be endless)
+
+    def __init__(self) -> None:
+        self.sent = b""
+        self.received = b""
+
+    def on_packet(self, sending: bool, packet: bytes) -> bytes:
+        if sending:
+            self.sent, self.received = packet, b""
+        elif len(self.received) < self.KEPT:
+            self.received += packet[: self.KEPT - len(self.received)]
+        return packet
+
+    def echoed(self) -> bool:
+        """The last request came back as it was sent."""
+        return bool(self.sent) and self.received.startswith(self.sent)
+
+
 class _SharedSerialClient(AsyncModbusSerialClient):
+    line_watch: SerialLineWatch
+
     def set_request_limits(self, timeout_s: float, retries: int) -> None:
         # Unavoidable internals: pymodbus 3.16 fixes timeout and retries when the client is built
         # (its transaction manager copies them; `client.comm_params` is a detached copy) and has
@@ -281,7 +308,9 @@ class _SharedSerialClient(AsyncModbusSerialClient):
 
 
 def pymodbus_serial_client(config: ModbusRtuConfig) -> SerialModbusClient:
-    """The real RTU client for the port `config` names, with that device's line settings."""
+    """The real RTU client for the port `config` names, with that device's line settings; its
+    `line_watch` sees what the line hands back."""
+    watch = SerialLineWatch()
     client = _SharedSerialClient(
         config.port,
         framer=FramerType.RTU,
@@ -294,7 +323,9 @@ def pymodbus_serial_client(config: ModbusRtuConfig) -> SerialModbusClient:
         reconnect_delay=0,  # the supervisor owns reconnects
         handle_local_echo=config.local_echo,
         name=config.port,
+        trace_packet=watch.on_packet,
     )
+    client.line_watch = watch
     client.set_max_no_responses(_NEVER)
     # Unavoidable internals, as in set_request_limits: pymodbus 3.16 builds the framer from
     # `FramerType` and takes no framer instance; tests/test_modbus_rtu.py's noise test fails if

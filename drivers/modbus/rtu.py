@@ -44,6 +44,7 @@ from water_edge.drivers.modbus.adapter import (
     ModbusPDU,
     NoAnswerError,
     SerialClientFactory,
+    SerialLineWatch,
     SerialModbusClient,
     modbus_errors,
     pymodbus_serial_client,
@@ -186,11 +187,13 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
                 self._stats["errors"] += 1
                 self._stats["timeouts"] += 1
                 self._silent += 1
+                echo = _echo_hint(client)
                 if self._silent >= MAX_SILENT_REQUESTS:
                     raise DriverIOError(
-                        f"{self.name}: unit {cfg.unit_id} did not answer {self._silent} requests in a row"
+                        f"{self.name}: unit {unit_id} did not answer {self._silent} requests in a row"
+                        f"{echo and ': ' + echo}"
                     ) from exc
-                raise RequestFailedError("timeout") from exc
+                raise RequestFailedError(f"timeout{echo and ' (' + echo + ')'}") from exc
             except BadAnswerError as exc:
                 self._late_answer_possible(unit_id)
                 self._stats["errors"] += 1
@@ -243,3 +246,13 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
             return await self._transact(call, what, unit_id)
         except RequestFailedError as failed:
             raise DriverIOError(f"{self.name}: {what}: {failed.reason}") from None
+
+
+def _echo_hint(client: SerialModbusClient) -> str:
+    """When the request itself came back instead of an answer: the adapter echoes. Its echo can
+    hide the answer from the framer (it may read as the start of a longer frame), so without
+    `local_echo` some reads time out and others do not."""
+    watch = getattr(client, "line_watch", None)
+    if isinstance(watch, SerialLineWatch) and watch.echoed():
+        return "the request came back as it was sent: the RS-485 adapter echoes, set local_echo = true"
+    return ""
