@@ -355,8 +355,8 @@ def score_steady(
         warn(f"ignoring column {name!r}: constant or empty during calibration")
     x = values if len(keep) == values.shape[1] else values[:, keep]  # no copy of a week when all are kept
     model = steady.fit(x[:calibrate_rows], p)
-    scores, alarm, per = steady.detect_per_statistic(model, x, calibrate_rows)
-    if not explained:
+    scores, alarm, per = steady.detect_per_statistic(model, x, calibrate_rows, keep=explained)
+    if per is None:
         return scores, alarm, None
     return scores, alarm, partial(_steady_texts, model, x, per, [names[j] for j in keep])
 

@@ -242,6 +242,21 @@ class SteadyModel:
             back[lag:] = dev[lag:] < dev[:-lag] - p.recover_by * lm.sd
         return back
 
+    def column(self, c: int) -> SteadyModel:
+        """The normal of channel `c` alone (one-column arrays), for its statistics on `x[:, c:c+1]`."""
+        one = slice(c, c + 1)
+        return replace(
+            self,
+            center=self.center[one],
+            scale=self.scale[one],
+            levels=[lm.column(c) for lm in self.levels],
+            noise_eps=self.noise_eps[one],
+            noise_mid=self.noise_mid[one],
+            noise_sd=self.noise_sd[one],
+            quantiles=[q[one] for q in self.quantiles],
+            z_limit=None if self.z_limit is None else self.z_limit[one],
+        )
+
     def statistics(self, x: F64) -> Iterator[F64]:
         """Each statistic (the level windows, then noise) as rows x channels, unnormalised, one at
         a time (a week at 1 s holds each as 40 MB)."""
@@ -250,11 +265,15 @@ class SteadyModel:
         for lm in self.levels:
             yield self.level_statistic(lm, trailing_mean(z, lm.window), lm.mid, horizon)
         if self.params.use_noise:
-            noise = self._log_noise(z)
-            noise -= self.noise_mid
-            np.abs(noise, out=noise)
-            noise /= self.noise_sd
-            yield noise
+            yield self.noise_statistic(z)
+
+    def noise_statistic(self, z: F64) -> F64:
+        """How far the log noise of z-scores `z` is from calibration's, in its spreads."""
+        noise = self._log_noise(z)
+        noise -= self.noise_mid
+        np.abs(noise, out=noise)
+        noise /= self.noise_sd
+        return noise
 
     def _log_noise(self, z: F64) -> F64:
         d = np.zeros_like(z)  # row-to-row changes, squared, then their trailing RMS: in place
@@ -291,8 +310,18 @@ class SteadyModel:
         return out
 
     def channel_scores(self, x: F64) -> F64:
-        """Per row and channel, the largest statistic in units of the alarm level (unsmoothed)."""
-        return np.asarray(self.statistic_scores(x).max(axis=0), dtype=np.float64)
+        """Per row and channel, the largest statistic in units of the alarm level (unsmoothed),
+        without holding every statistic at once."""
+        out: F64 | None = None
+        statistics = self.statistics(x)
+        for q in self.quantiles:
+            s = next(statistics)
+            s /= q
+            s /= self.factor
+            out = s if out is None else np.maximum(out, s, out=out)
+            del s
+        assert out is not None
+        return out
 
     def score(self, x: F64) -> F64:
         """Per-row score in units of the alarm level (above 1: abnormal)."""
@@ -385,32 +414,36 @@ def detect(model: SteadyModel, x: F64, start: int) -> tuple[F64, I8]:
     """Per-row scores and live (causal) alarms from row `start` on, re-basing channels after an
     event (`SteadyParams.rebase`): the state of the alarm decides the statistics, so this runs row
     by row, recomputing a channel's level statistics from the row it is re-based at."""
-    score, alarm, _ = detect_per_statistic(model, x, start)
+    score, alarm, _ = detect_per_statistic(model, x, start, keep=False)
     return score, alarm
 
 
-def detect_per_statistic(model: SteadyModel, x: F64, start: int) -> tuple[F64, I8, F64]:
-    """`detect`, and what it judged: each statistic in units of the alarm level (statistics x rows
-    x channels; the level windows in `model.levels` order, then noise), after re-basing."""
+def detect_per_statistic(
+    model: SteadyModel, x: F64, start: int, *, keep: bool = True
+) -> tuple[F64, I8, F64 | None]:
+    """`detect`, and (`keep`) what it judged: each statistic in units of the alarm level
+    (statistics x rows x channels; the level windows in `model.levels` order, then noise), after
+    re-basing. Without `keep` only their largest per row and channel is held (a week at 1 s with
+    three statistics: 80 MB less)."""
     p = model.params
     n = len(x)
-    per = model.statistic_scores(x)
-    ch = per.max(axis=0)  # rows x channels, in units of the alarm level
+    per = model.statistic_scores(x) if keep else None
+    ch = per.max(axis=0) if per is not None else model.channel_scores(x)  # in units of the alarm level
     score = _trailing_median(ch.max(axis=1), p.smooth)
-    z = model.z(x)
-    levels = [trailing_mean(z, lm.window) for lm in model.levels]
-    del z  # a week at 1 s: 40 MB not needed again
+    z = model.z(x)  # a channel's level windows are computed again from it when it is re-based
     out = np.zeros(n, dtype=np.int8)
     alarm = Alarm(p.persistence, p.clear_after, p.hysteresis)
-    n_ch = levels[0].shape[1]
+    n_ch = z.shape[1]
     shortest = int(np.argmin([lm.window for lm in model.levels]))
     back = np.zeros((n, n_ch), dtype=bool)
-    for lm, level in zip(model.levels, levels, strict=True):
-        away = np.subtract(level, lm.mid)
+    dev: F64 = np.empty(0)  # how far each channel's shortest level is from its middle, in z
+    for k, lm in enumerate(model.levels):
+        away = trailing_mean(z, lm.window)
+        away -= lm.mid
         back |= model.recovering(lm, np.abs(away, out=away))
+        if k == shortest:
+            dev = away
         del away
-    dev = np.subtract(levels[shortest], model.levels[shortest].mid)  # how far each channel is, in z
-    np.abs(dev, out=dev)
     raisers = np.zeros(n_ch, dtype=bool)
     peak = np.zeros(n_ch)
     settled = np.zeros(n_ch, dtype=np.int64)
@@ -418,7 +451,7 @@ def detect_per_statistic(model: SteadyModel, x: F64, start: int) -> tuple[F64, I
     over = False  # the last event's raisers have come back
     for t in range(start, n):
         if alarm.update(float(score[t]), 1.0) is True:
-            raisers = (ch[max(start, t - p.persistence + 1) : t + 1] >= 1.0).any(axis=0)
+            raisers = np.asarray((ch[max(start, t - p.persistence + 1) : t + 1] >= 1.0).any(axis=0))
             peak, over = dev[t].copy(), False
             settled[:] = 0
             used[:] = False
@@ -434,12 +467,7 @@ def detect_per_statistic(model: SteadyModel, x: F64, start: int) -> tuple[F64, I
             moved = (ch[t] >= p.hysteresis) & ~used & (alarm.active | ~back[t])
             horizon = np.arange(t, n, dtype=np.float64) - model.n_calibration / 2
             for c in np.flatnonzero(moved):
-                one = slice(c, c + 1)  # only this channel's statistics change
-                for k, (lm, level) in enumerate(zip(model.levels, levels, strict=True)):
-                    lc = lm.column(int(c))
-                    a = model.level_statistic(lc, level[t:, one], lc.mid, horizon, level[t, one])
-                    per[k, t:, c] = a[:, 0] / model.quantiles[k][c] / model.factor
-                ch[t:, c] = per[:, t:, c].max(axis=0)
+                ch[t:, c] = _rebased(model, z, int(c), t, horizon, per=per)
                 back[t:, c] = False
                 used[c] = True
             if moved.any():
@@ -447,3 +475,22 @@ def detect_per_statistic(model: SteadyModel, x: F64, start: int) -> tuple[F64, I
                 score[t:] = _trailing_median(ch[lo:].max(axis=1), p.smooth)[t - lo :]
         out[t] = alarm.active
     return score, out, per
+
+
+def _rebased(model: SteadyModel, z: F64, c: int, t: int, horizon: F64, *, per: F64 | None) -> F64:
+    """Channel `c`'s score from row `t` on once re-based there: its level statistics judged against
+    the span between its calibration level and its level at `t` (written into `per` when kept),
+    its noise statistic as it was. `horizon`: the rows' distances from the calibration, from `t` on."""
+    one = model.column(c)
+    zc = z[:, c : c + 1]
+    scores = []
+    for k, lm in enumerate(one.levels):
+        level = trailing_mean(zc, lm.window)
+        a = model.level_statistic(lm, level[t:], lm.mid, horizon, level[t])
+        a = a[:, 0] / model.quantiles[k][c] / model.factor
+        if per is not None:
+            per[k, t:, c] = a
+        scores.append(a)
+    if model.params.use_noise:
+        scores.append(one.noise_statistic(zc)[t:, 0] / model.quantiles[-1][c] / model.factor)
+    return np.asarray(np.max(scores, axis=0), dtype=np.float64)
