@@ -46,7 +46,9 @@ class WriteRule(BaseModel):
     table: Literal["holding", "coil"]
     address: int = Field(ge=0, le=65535)
     type: WriteType
-    unit_id: int = Field(default=1, ge=0, le=255)
+    # None: the device's own unit_id (`load_config` fills it in). A rule once defaulted to 1, and
+    # wrote into whichever unit 1 shares the device's line or gateway.
+    unit_id: int | None = Field(default=None, ge=0, le=255)
     min: float | None = None
     max: float | None = None
     # At most this many writes to this address per minute (a runaway loop cannot hammer a pump).
@@ -168,6 +170,10 @@ class WriteGuard:
         if writer is None:
             self._audit.record("plc_write", "refused", **where, reason="device has no write capability")
             raise WriteRefusedError(f"device {device!r} has no write capability")
+        if rule.unit_id is None:  # a rule `load_config` did not see: no unit to guess
+            reason = "the rule names no unit_id"
+            self._audit.record("plc_write", "refused", **where, reason=reason)
+            raise WriteRefusedError(f"{device}: {reason}")
         try:
             await writer.write(rule.unit_id, rule.table, address, values)
             back = await writer.read_back(rule.unit_id, rule.table, address, len(values))

@@ -175,6 +175,55 @@ def test_a_write_rule_names_a_device_that_can_be_written(
     ]
 
 
+RTU_LINE = """
+[[devices]]
+name = "rtu-a"
+kind = "modbus_rtu"
+port = "/dev/ttyUSB0"
+unit_id = 1
+  [[devices.tags]]
+  name = "sp"
+  address = 10
+
+[[devices]]
+name = "rtu-b"
+kind = "modbus_rtu"
+port = "/dev/ttyUSB0"
+unit_id = 5
+  [[devices.tags]]
+  name = "sp"
+  address = 10
+"""
+
+
+def test_a_write_rule_writes_to_its_devices_unit_and_no_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two PLCs on one serial line: a rule for the second without a unit ID used to write to unit 1,
+    the first PLC's set-point."""
+
+    def rule(device: str, unit: str = "") -> str:
+        return (f'\n[[writes.allow]]\ndevice = "{device}"\ntable = "holding"\naddress = 10\ntype = "uint16"\n'
+                f"min = 0\nmax = 100\n{unit}")  # fmt: skip
+
+    writes = "\n[writes]\nenabled = true\n"
+    config = load_config(write(tmp_path, GOOD + RTU_LINE + writes + rule("rtu-b") + rule("plc")))
+    assert [(r.device, r.unit_id) for r in config.writes.allow] == [("rtu-b", 5), ("plc", 1)]
+    gateway = GOOD.replace('  scale = 0.1\n', '  scale = 0.1\n  [[devices.tags]]\n  name = "meter.flow"\n'
+                           "  address = 0\n  unit_id = 2\n")  # fmt: skip
+    config = load_config(write(tmp_path, gateway + writes + rule("plc", "unit_id = 2\n")))
+    assert [r.unit_id for r in config.writes.allow] == [2], "a unit one of the device's tags reads"
+    source = tmp_path / "agent.toml"
+    assert refused(tmp_path, GOOD + RTU_LINE + writes + rule("rtu-b", "unit_id = 1\n"), capsys) == [
+        f"{source}: writes.allow[0].unit_id: expected a unit device 'rtu-b' reads (5); got 1, which would "
+        "be another device on its line or behind its gateway"
+    ]
+    assert refused(tmp_path, GOOD + RTU_LINE + writes + rule("rtu-a", "unit_id = 0\n"), capsys) == [
+        f"{source}: writes.allow[0].unit_id: expected 1..247 on a serial line (got 0: 0 is a broadcast "
+        "every slave obeys, 248-255 are reserved)"
+    ]
+
+
 def test_an_outbox_quota_beyond_what_sqlite_holds_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,6 +17,7 @@ from water_edge.agent.remote.audit import AuditLog, read_audit
 from water_edge.agent.writes import WriteGuard, WriteRefusedError, WriteRule, WritesSection, encode, fc_guard
 from water_edge.core.reading import now_ns
 from water_edge.drivers.modbus.writes import check_write, write_call
+from water_edge.sim.registers import STATION_UNIT
 
 SETPOINT = 500  # station.level_setpoint_cm (fwsim WRITABLE_BASE), unit 1
 
@@ -63,7 +64,14 @@ async def writer(plant: Plant) -> AsyncIterator[TcpWriter]:
 
 
 RULE = WriteRule(
-    device="station", table="holding", address=SETPOINT, type="uint16", min=50, max=400, max_per_minute=3
+    device="station",
+    table="holding",
+    address=SETPOINT,
+    type="uint16",
+    min=50,
+    max=400,
+    max_per_minute=3,
+    unit_id=STATION_UNIT,  # what load_config fills in from the device
 )
 
 

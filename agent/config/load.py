@@ -362,6 +362,9 @@ def load_config(path: str | Path) -> Config:
         _check_write_devices(source, section.writes, _device_kinds(raw.get("devices")), problems)
     if problems or section is None:
         raise ConfigError(problems)
+    writes = _write_units(source, section.writes, devices, problems)
+    if problems:
+        raise ConfigError(problems)
     return Config(
         source=source,
         gateway=section.gateway,
@@ -371,7 +374,7 @@ def load_config(path: str | Path) -> Config:
         log=section.log,
         devices=tuple(devices),
         security=section.security,
-        writes=section.writes,
+        writes=writes,
         update=section.update,
         clock=section.clock,
         models=models,
@@ -421,6 +424,38 @@ def _check_write_devices(
             f"{source}: writes.allow[{index}].device: expected the name of a device whose driver "
             f"writes, e.g. Modbus (got {got}; such devices: {', '.join(writers) or 'none'})"
         )
+
+
+def _write_units(
+    source: Path, writes: WritesSection, devices: list[DeviceConfig], problems: list[str]
+) -> WritesSection:
+    """Each rule's unit ID: the device's own when the rule names none. One the rule names must be
+    a unit the device reads (its own or a tag's): any other is another device on the same serial
+    line or behind the same gateway. On a serial line 0 is a broadcast that every slave obeys and
+    none answers, and 248-255 are reserved."""
+    by_name = {d.name: d for d in devices}
+    rules = []
+    for index, rule in enumerate(writes.allow):
+        device = by_name.get(rule.device)
+        own = getattr(device, "unit_id", None)
+        if not isinstance(own, int):
+            rules.append(rule)
+            continue
+        unit_of = getattr(device, "unit_of", None)
+        read = {own} | ({unit_of(tag) for tag in getattr(device, "tags", ())} if callable(unit_of) else set())
+        unit = own if rule.unit_id is None else rule.unit_id
+        key = f"{source}: writes.allow[{index}].unit_id"
+        if getattr(device, "kind", "") == "modbus_rtu" and not 1 <= unit <= 247:
+            problems.append(f"{key}: expected 1..247 on a serial line (got {unit}: 0 is a broadcast every "
+                            "slave obeys, 248-255 are reserved)")  # fmt: skip
+        elif unit not in read:
+            units = ", ".join(str(u) for u in sorted(read))
+            problems.append(
+                f"{key}: expected a unit device {rule.device!r} reads ({units}); got {unit}, which "
+                "would be another device on its line or behind its gateway"
+            )
+        rules.append(rule if rule.unit_id == unit else rule.model_copy(update={"unit_id": unit}))
+    return writes.model_copy(update={"allow": rules})
 
 
 def _writes(kind: str) -> bool:
