@@ -15,6 +15,7 @@ user opens it, `detach()` tells the last one to close it.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -82,10 +83,13 @@ class PortSettingsConflictError(ValueError):
 
 
 def attach(path: str, settings: tuple[Any, ...] = ()) -> SerialPort:
-    """The shared port for `path` (created on first use); `settings` must match other users'."""
-    port = _PORTS.get(path)
+    """The shared port for `path` (created on first use); `settings` must match other users'.
+    Paths are compared where they lead: `/dev/serial/by-id/...` and the `/dev/ttyUSB0` it links
+    to are one port (opened twice, the second device would find it busy for good)."""
+    key = os.path.realpath(path)
+    port = _PORTS.get(key)
     if port is None:
-        port = _PORTS[path] = SerialPort(path, settings)
+        port = _PORTS[key] = SerialPort(path, settings)
     elif port.users and settings and port.settings != settings:
         raise PortSettingsConflictError(
             f"{path}: line settings {settings} differ from {port.settings} used by another device"
@@ -99,7 +103,8 @@ def detach(port: SerialPort) -> bool:
     """Drop one user; True when it was the last (the caller then closes `port.client`)."""
     port.users = max(0, port.users - 1)
     if port.users == 0:
-        _PORTS.pop(port.path, None)
+        for key in [k for k, p in _PORTS.items() if p is port]:
+            del _PORTS[key]
         return True
     return False
 

@@ -102,6 +102,22 @@ async def test_an_adapter_echoing_every_request_is_read_with_local_echo(line: Li
     assert not line.station.state.pumps[0].enabled
 
 
+async def test_a_port_named_by_a_link_and_by_its_target_is_one_shared_port(line: Line) -> None:
+    # /dev/serial/by-id/... in one device, the /dev/ttyUSB0 it leads to in another: opened twice,
+    # the second device found the port busy and stayed down.
+    by_link = line.driver("by-link", port=str(line.link))
+    by_target = line.driver("by-target", port=os.path.realpath(line.link))
+    await by_link.open()
+    await by_target.open()
+    try:
+        for driver in (by_link, by_target):
+            got = by_tag(await driver.read())
+            assert {r.quality for r in got.values()} == {"good"}, got
+    finally:
+        await by_link.aclose()
+        await by_target.aclose()
+
+
 async def test_an_echoing_adapter_without_local_echo_is_named_when_the_unit_goes_down(line: Line) -> None:
     # What an engineer meets at install with a 2-wire adapter and local_echo unset: every request
     # comes back as it was sent. The echo of a read of holding 0 (01 03 00 00 00 01 84 0A) holds

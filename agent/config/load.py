@@ -545,7 +545,8 @@ def _check_serial_lines(
         if line is None:
             continue
         port, settings = line
-        owner = first.setdefault(port, device)
+        # where the path leads: a /dev/serial/by-id/... link and its /dev/ttyUSB0 are one port
+        owner = first.setdefault(os.path.realpath(port), device)
         owner_line = owner.serial_line()
         if owner is not device and owner_line is not None and owner_line[1] != settings:
             problems.append(
