@@ -168,6 +168,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except AgentError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:  # a path the system refuses (state_dir, audit log ...)
+        what = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+        structlog.get_logger(__name__).error("agent.os_error", error=what)
+        print(f"edge-agent: {what}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _socket_path(args: argparse.Namespace) -> Path:

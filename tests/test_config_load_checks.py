@@ -1,11 +1,14 @@
 """`load_config`'s checks across sections and devices, found by writing configs as an OT engineer
-does: serial ports named by a link and by its target."""
+does: serial ports named by a link and by its target, the state directory and its files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.test_config import GOOD, RS485_DEVICES, problems_for, write
+from water_edge.agent.cli import main
 from water_edge.agent.config import load_config
 
 
@@ -27,3 +30,45 @@ def test_a_port_named_by_a_link_and_by_its_target_is_one_port(tmp_path: Path) ->
         "plc-rtu's, at Modbus RTU 19200 8E1; devices on one port share its protocol and line settings "
         "(got Modbus RTU 9600 8E1)"
     ]
+
+
+def test_the_state_directory_and_the_files_in_it_are_what_the_agent_can_use(tmp_path: Path) -> None:
+    """Each of these passed check-config; `run` then ended in a traceback, refused to open the
+    outbox, or (the nonce database in the outbox's file) quarantined the outbox as damaged."""
+    source = tmp_path / "agent.toml"
+    state = tmp_path / "state"
+    (tmp_path / "a-file").touch()
+    a_file = GOOD.replace('state_dir = "{state}"', f'state_dir = "{tmp_path / "a-file"}"')
+    assert problems_for(tmp_path, a_file) == [
+        f"{source}: gateway.state_dir: expected a directory (got {tmp_path / 'a-file'}, a file)"
+    ]
+    state.mkdir()
+    (state / "spool").mkdir()
+    not_a_directory = "expected a file, not a directory"
+    of_its_own = "expected a file of its own"
+    cases = {
+        '[buffer]\npath = ""\n': f"buffer.path: {not_a_directory} (got '.', {state})",
+        '[buffer]\npath = "spool"\n': f"buffer.path: {not_a_directory} (got 'spool', {state / 'spool'})",
+        '[security]\naudit_log = "/tmp"\n': f"security.audit_log: {not_a_directory} (got '/tmp', /tmp)",
+        '[security]\nnonce_db = "outbox.sqlite"\n': (
+            f"security.nonce_db: {of_its_own} (got {state / 'outbox.sqlite'}, which is buffer.path)"
+        ),
+        '[status]\nsocket = "./nonces.sqlite"\n': (
+            f"security.nonce_db: {of_its_own} (got {state / 'nonces.sqlite'}, which is status.socket)"
+        ),
+    }  # fmt: skip
+    for section, problem in cases.items():
+        # in place of GOOD's [buffer] table: a TOML file holds a table once
+        text = GOOD.replace('[buffer]\nmax_bytes = "64MiB"\n', section)
+        assert problems_for(tmp_path, text) == [f"{source}: {problem}"], section
+
+
+def test_a_state_directory_the_system_refuses_is_one_line_at_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unmakeable = GOOD.replace('state_dir = "{state}"', 'state_dir = "/proc/edge-agent-state"')
+    assert main(["run", "--config", str(write(tmp_path, unmakeable))]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("edge-agent: "), err
+    assert err.strip().splitlines()[-1].endswith("/proc/edge-agent-state"), err

@@ -411,9 +411,10 @@ ATTACKS = {
         lambda t: t.replace('state_dir = "', 'state_dir = "/tmp/elsewhere'),
         "security",
     ),
-    # The outbox quarantines a file that is not an outbox; the status socket replaces its path.
-    "the outbox pointed at the nonce store": (
-        lambda t: t.replace("[buffer]\n", '[buffer]\npath = "nonces.sqlite"\n'),
+    # The outbox quarantines a file that is not an outbox; the status socket replaces its path. (The
+    # outbox in the nonce store's own file is no valid config at all: tests/test_config_load_checks.py.)
+    "the outbox pointed at the device key": (
+        lambda t: t.replace("[buffer]\n", '[buffer]\npath = "identity/current/key.pem"\n'),
         "security",
     ),
     "the status socket pointed at the device key": (

@@ -359,6 +359,7 @@ def load_config(path: str | Path) -> Config:
         for index, device in enumerate(devices):
             _check_secrets(source, device, f"devices[{index}] ({device.name})", problems)
         _check_status_socket(source, section.gateway.state_dir / section.status.socket, problems)
+        _check_state_files(source, section, problems)
         _check_write_devices(source, section.writes, _device_kinds(raw.get("devices")), problems)
     if problems or section is None:
         raise ConfigError(problems)
@@ -471,6 +472,31 @@ def _check_status_socket(source: Path, path: Path, problems: list[str]) -> None:
             f"path holds at most {MAX_SOCKET_PATH_BYTES}: set [status] socket to a shorter "
             "absolute path, or use a shorter gateway.state_dir"
         )
+
+
+def _check_state_files(source: Path, section: AgentSection, problems: list[str]) -> None:
+    """The state directory is one, and the files the agent keeps in it (or wherever they are put)
+    are files, each its own: an outbox path that is the directory itself, a directory, or the
+    nonce database's file would fail the start, or worse, quarantine the outbox as damaged."""
+    state_dir = section.gateway.state_dir
+    if state_dir.exists() and not state_dir.is_dir():
+        problems.append(f"{source}: gateway.state_dir: expected a directory (got {state_dir}, a file)")
+        return
+    files = {
+        "buffer.path": section.buffer.path,
+        "status.socket": section.status.socket,
+        "security.nonce_db": section.security.nonce_db,
+        "security.audit_log": section.security.audit_log,
+    }
+    seen: dict[Path, str] = {}
+    for key, written in files.items():
+        path = Path(os.path.normpath(state_dir / written))
+        if path == Path(os.path.normpath(state_dir)) or path.is_dir():
+            problems.append(
+                f"{source}: {key}: expected a file, not a directory (got {str(written)!r}, {path})"
+            )
+        elif (other := seen.setdefault(path, key)) != key:
+            problems.append(f"{source}: {key}: expected a file of its own (got {path}, which is {other})")
 
 
 def _check_secrets(source: Path, model: BaseModel, where: str, problems: list[str]) -> None:
