@@ -72,3 +72,30 @@ def test_a_state_directory_the_system_refuses_is_one_line_at_run(
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("edge-agent: "), err
     assert err.strip().splitlines()[-1].endswith("/proc/edge-agent-state"), err
+
+
+def test_a_relative_path_is_refused_where_it_would_follow_the_working_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked by hand in the config's directory, `password = { file = "sec/mqtt.pass" }` was
+    found; the service, started in /, could not read it and did not start (a relative CA file:
+    TLS retried for ever)."""
+    (tmp_path / "sec").mkdir()
+    (tmp_path / "sec" / "mqtt.pass").write_text("s3cret\n")
+    (tmp_path / "sec" / "mqtt.pass").chmod(0o600)
+    monkeypatch.chdir(tmp_path)
+    text = GOOD.replace(
+        "port = 1883\n", 'port = 1883\nusername = "gw"\npassword = { file = "sec/mqtt.pass" }\n'
+    )
+    text += '\n[[devices]]\nname = "hyd"\nkind = "audio"\nsource = "file"\npath = "night.wav"\n'
+    source = tmp_path / "agent.toml"
+    why = (
+        "expected an absolute path: the agent runs from / under systemd, not from where the file is "
+        "checked by hand"
+    )
+    problems = problems_for(tmp_path, text)
+    assert f"{source}: uplink.password.file: {why} (got 'sec/mqtt.pass')" in problems, problems
+    assert f"{source}: devices[1] (hyd).path: {why} (got 'night.wav')" in problems, problems
+    assert not [p for p in problems if "cannot read" in p], "the relative file is not looked for"
+    absolute = text.replace('"sec/mqtt.pass"', f'"{tmp_path / "sec" / "mqtt.pass"}"')
+    assert not [p for p in problems_for(tmp_path, absolute) if "password" in p]

@@ -6,10 +6,10 @@ import datetime
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -355,6 +355,22 @@ def load_config(path: str | Path) -> Config:
     ]
     if section is not None:
         warnings += _uplink_warnings(source, section.uplink)
+        relative = [
+            *_relative_paths(section, ""),
+            *(p for i, d in enumerate(devices) for p in _relative_paths(d, f"devices[{i}] ({d.name})")),
+            *(
+                p
+                for kind, sections in models.items()
+                for i, m in enumerate(sections)
+                if isinstance(m, BaseModel)
+                for p in _relative_paths(m, f"models.{kind}[{i}]")
+            ),
+        ]
+        problems += [
+            f"{source}: {key}: expected an absolute path: the agent runs from / under systemd, not from "
+            f"where the file is checked by hand (got {str(path)!r})"
+            for key, path in relative
+        ]
         _check_secrets(source, section.uplink, "uplink", problems)
         for index, device in enumerate(devices):
             _check_secrets(source, device, f"devices[{index}] ({device.name})", problems)
@@ -499,11 +515,36 @@ def _check_state_files(source: Path, section: AgentSection, problems: list[str])
             problems.append(f"{source}: {key}: expected a file of its own (got {path}, which is {other})")
 
 
-def _check_secrets(source: Path, model: BaseModel, where: str, problems: list[str]) -> None:
-    """Each secret reference in `model` must resolve now (file readable and private, variable set)."""
+# Paths taken from gateway.state_dir when relative (the rest must be absolute: `_relative_paths`).
+STATE_RELATIVE_KEYS: Final = frozenset(
+    {"buffer.path", "status.socket", "security.nonce_db", "security.audit_log", "security.identity.directory"}
+)
+
+
+def _relative_paths(model: BaseModel, where: str) -> Iterator[tuple[str, Path]]:
+    """Every relative path `model` holds (its sub-tables and secret references included), by key.
+    A relative path follows the working directory: the config checked by hand in /etc/edge-agent
+    finds the file, and the service, started in /, does not."""
     for name in type(model).model_fields:
         value = getattr(model, name)
-        if isinstance(value, SecretRef):
+        key = f"{where}.{name}" if where else name
+        if isinstance(value, Path):
+            if not value.is_absolute() and key not in STATE_RELATIVE_KEYS:
+                yield key, value
+        elif isinstance(value, BaseModel):
+            yield from _relative_paths(value, key)
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from _relative_paths(item, f"{key}[{i}]")
+
+
+def _check_secrets(source: Path, model: BaseModel, where: str, problems: list[str]) -> None:
+    """Each secret reference in `model` must resolve now (file readable and private, variable set);
+    a relative file is reported as such (`_relative_paths`), not looked for."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretRef) and (value.file is None or value.file.is_absolute()):
             try:
                 value.resolve()
             except ConfigError as exc:
