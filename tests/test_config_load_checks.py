@@ -99,3 +99,19 @@ def test_a_relative_path_is_refused_where_it_would_follow_the_working_directory(
     assert not [p for p in problems if "cannot read" in p], "the relative file is not looked for"
     absolute = text.replace('"sec/mqtt.pass"', f'"{tmp_path / "sec" / "mqtt.pass"}"')
     assert not [p for p in problems_for(tmp_path, absolute) if "password" in p]
+
+
+def test_a_time_written_without_quotes_and_a_list_written_as_one_table_are_named(tmp_path: Path) -> None:
+    source = tmp_path / "agent.toml"
+    audio = '\n[[devices]]\nname = "hyd"\nkind = "audio"\nsource = "stream"\n'
+    audio += 'stream_url = "tcp://127.0.0.1:5050"\nchannels = 1\nnight_start = 02:30\n'
+    # TOML reads 02:30 as a time; the message said (got '02:30:00') to someone who typed 02:30
+    assert problems_for(tmp_path, GOOD + audio) == [
+        f"{source}: devices[1] (hyd).night_start: expected local time as 'HH:MM', e.g. '02:00' (got "
+        '02:30:00: TOML reads 02:30 without quotes as a time; write "02:30")'
+    ]
+    one_table = GOOD.replace("  [[devices.tags]]", "  [devices.tags]")
+    assert problems_for(tmp_path, one_table) == [
+        f"{source}: devices[0] (sim).tags: expected a list of tables: [[devices.tags]], in double brackets "
+        "([devices.tags] is one table)"
+    ]

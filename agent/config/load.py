@@ -6,6 +6,7 @@ import datetime
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +96,23 @@ def _validate(source: Path, model: type[M], raw: Any, where: str, problems: list
             for loc, kind, value in _unusable(raw)
             if not any(found[: len(loc)] == loc for found in said)
         ]
+    errors = [_with_toml_time(e, raw) for e in errors]
     problems.extend(_lines(source, errors, where))
     return None if errors else section
+
+
+def _with_toml_time(error: dict[str, Any], raw: Any) -> dict[str, Any]:
+    """The error with the value as TOML gave it when that was a time or date (`night_start =
+    02:00`, unquoted): its ISO text ('02:00:00') would read as a typo of what was written."""
+    value = raw
+    for part in error["loc"]:
+        found = isinstance(value, dict) and part in value
+        found = found or (isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value))
+        if found:
+            value = value[part]
+        elif not isinstance(value, dict | list):
+            break  # a union's branch name or a validator's own step: the value is found
+    return {**error, "input": value} if isinstance(value, datetime.date | datetime.time) else error
 
 
 def _iso_text(value: object) -> str:
@@ -179,6 +195,13 @@ def _describe(error: Any, secret: bool = False) -> str:
     if secret:
         # A mistyped password is still a password: say what is wrong, never what was given.
         return f"{message} (value not shown)"
+    if isinstance(got, datetime.date | datetime.time) and kind != "missing":
+        text = got.strftime("%H:%M") if isinstance(got, datetime.time) and not got.second else got.isoformat()
+        what = "time" if isinstance(got, datetime.time) else "date"
+        message = message.replace(f" (got {got.isoformat()!r})", "")  # a validator's own, as ISO text
+        return (
+            f'{message} (got {got.isoformat()}: TOML reads {text} without quotes as a {what}; write "{text}")'
+        )
     if kind != "missing" and not isinstance(got, dict | list) and f"(got {got!r})" not in message:
         return f"{message} (got {got!r})"
     return message
@@ -194,7 +217,11 @@ def _lines(source: Path, errors: Sequence[Any], prefix: str = "") -> list[str]:
         rest = key_path(err["loc"]) if err["loc"] else ""
         where = f"{prefix}.{rest}" if prefix and rest else (prefix or rest or "(top level)")
         secret = any(is_secret_key(part) for part in err["loc"])
-        problems.append(f"{source}: {where}: {_describe(err, secret)}")
+        problem = f"{source}: {where}: {_describe(err, secret)}"
+        if err["type"] in ("list_type", "tuple_type") and isinstance(err.get("input"), dict):
+            table = re.sub(r"\[\d+\]| \([^)]*\)", "", where)  # devices[0] (plc).tags -> devices.tags
+            problem += f" of tables: [[{table}]], in double brackets ([{table}] is one table)"
+        problems.append(problem)
     return problems
 
 
