@@ -115,3 +115,10 @@ def test_a_time_written_without_quotes_and_a_list_written_as_one_table_are_named
         f"{source}: devices[0] (sim).tags: expected a list of tables: [[devices.tags]], in double brackets "
         "([devices.tags] is one table)"
     ]
+
+
+def test_key_paths_read_as_the_file_is_written(tmp_path: Path) -> None:
+    reserved = '\n[[devices]]\nname = "x"\nkind = "fake"\nstream = "events"\n[[devices.tags]]\nname = "a"\n'
+    assert problems_for(tmp_path, GOOD + reserved) == [
+        f"{tmp_path / 'agent.toml'}: devices[1] (x).stream: 'events' is reserved for the agent's own messages"
+    ]

@@ -80,7 +80,7 @@ def test_an_unknown_kind_names_the_file_the_key_and_the_installed_kinds(tmp_path
     [
         (
             PUMP.replace("flow =", "floww ="),
-            "models.pump[0].signals.floww.[key]: Input should be 'motor_current', 'voltage', "
+            "models.pump[0].signals key 'floww': Input should be 'motor_current', 'voltage', "
             "'suction_pressure', 'discharge_pressure', 'flow', 'vibration_x', 'vibration_y', "
             "'winding_temp', 'bearing_temp' or 'speed' (got 'floww')",
         ),

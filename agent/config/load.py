@@ -151,11 +151,16 @@ class Config:
 
 
 def key_path(loc: Sequence[int | str]) -> str:
-    """("devices", 0, "tags", 3, "type") -> "devices[0].tags[3].type"."""
+    """("devices", 0, "tags", 3, "type") -> "devices[0].tags[3].type"; a table's key that is itself
+    refused (pydantic's ("flows", "x", "[key]")) -> "flows key 'x'"."""
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
+        elif part == "[key]":
+            continue
+        elif i + 1 < len(loc) and loc[i + 1] == "[key]":
+            out += f" key {part!r}"
         else:
             out += f".{part}" if out else str(part)
     return out
@@ -615,11 +620,14 @@ def _check_names(
             )
         seen.setdefault(name, index)
     _check_serial_lines(source, raw_devices, devices, problems)
+    position = {
+        item["name"]: i for i, item in enumerate(raw_devices) if isinstance(item, dict) and "name" in item
+    }
     for device in devices:
         if device.stream_name in RESERVED_STREAMS:
             problems.append(
-                f"{source}: devices ({device.name}).stream: {device.stream_name!r} is reserved "
-                f"for the agent's own messages"
+                f"{source}: devices[{position.get(device.name, '?')}] ({device.name}).stream: "
+                f"{device.stream_name!r} is reserved for the agent's own messages"
             )
 
 
