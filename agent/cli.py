@@ -118,6 +118,12 @@ def _config_errors(exc: Exception) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from water_edge.core.errors import ConfigError
 
+    if args.file is not None and args.config is not None and args.file != args.config:
+        print(
+            f"edge-agent check-config: two files given ({args.config} and {args.file}); check one at a time",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
         config = _load(args.file or args.config)
     except ConfigError as exc:

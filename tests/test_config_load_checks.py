@@ -3,6 +3,8 @@ does: serial ports named by a link and by its target, the state directory and it
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,28 @@ def test_key_paths_read_as_the_file_is_written(tmp_path: Path) -> None:
     assert problems_for(tmp_path, GOOD + reserved) == [
         f"{tmp_path / 'agent.toml'}: devices[1] (x).stream: 'events' is reserved for the agent's own messages"
     ]
+
+
+def test_check_config_takes_one_file_and_reads_the_system_ca_bundle_quietly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = write(tmp_path, GOOD), tmp_path / "other.toml"
+    second.write_text(GOOD.replace("{state}", str(tmp_path / "state")))
+    # `-c A.toml B.toml` checked B alone and said OK
+    assert main(["check-config", "-c", str(first), str(second)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"edge-agent check-config: two files given ({first} and {second}); check one at a time"
+    )
+    bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    if not bundle.is_file():
+        pytest.skip("no system CA bundle here")
+    tls = GOOD.replace("port = 1883\n", f'port = 8883\n[uplink.tls]\nca_file = "{bundle}"\n')
+    # a process of its own: pytest would catch the warning that an engineer sees on stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "water_edge.agent.cli", "check-config", "-c", str(write(tmp_path, tls))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, "old roots with negative serial numbers: cryptography's own words"

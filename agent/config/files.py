@@ -13,10 +13,12 @@ and buffers the devices, and sends once the file is put right."""
 from __future__ import annotations
 
 import ssl
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from water_edge.drivers.mbus.keys import load_key
@@ -51,7 +53,11 @@ def _certificates(key: str, path: Path) -> str | None:
     if data is None:
         return problem
     try:
-        x509.load_pem_x509_certificates(data)
+        with warnings.catch_warnings():
+            # A system CA bundle holds old roots with negative serial numbers: cryptography warns
+            # about each on stderr, in Python's words, while the bundle is fine for TLS.
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            x509.load_pem_x509_certificates(data)
     except ValueError:
         return f'{key} = "{path}": not a PEM certificate (expected "-----BEGIN CERTIFICATE-----")'
     return None
