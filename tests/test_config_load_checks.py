@@ -149,3 +149,17 @@ def test_check_config_takes_one_file_and_reads_the_system_ca_bundle_quietly(
     )
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr, "old roots with negative serial numbers: cryptography's own words"
+
+
+def test_a_report_by_exception_rule_that_can_match_no_reading_is_refused(tmp_path: Path) -> None:
+    rbe = '\n[uplink.rbe]\ndeadband = 0.0\n\n[[uplink.rbe.tags]]\nmatch = "{match}"\ndeadband = 0.5\n'
+
+    def with_rule(match: str) -> str:
+        return GOOD.replace("[buffer]\n", rbe.replace("{match}", match) + "\n[buffer]\n")
+
+    for fits in ("sim/flow", "*/flow", "*flow"):
+        load_config(write(tmp_path, with_rule(fits)))
+    assert problems_for(tmp_path, with_rule("flow")) == [
+        f"{tmp_path / 'agent.toml'}: uplink.rbe.tags[0].match: expected a 'device/tag' pattern, e.g. "
+        "'plc/flow', or '*/flow' for every device (got 'flow', which matches no reading)"
+    ]

@@ -403,6 +403,7 @@ def load_config(path: str | Path) -> Config:
             f"where the file is checked by hand (got {str(path)!r})"
             for key, path in relative
         ]
+        _check_rbe_matches(source, section.uplink, problems)
         _check_secrets(source, section.uplink, "uplink", problems)
         for index, device in enumerate(devices):
             _check_secrets(source, device, f"devices[{index}] ({device.name})", problems)
@@ -440,6 +441,18 @@ def _uplink_warnings(source: Path, uplink: MqttConfig) -> list[str]:
         'Use "5" (Mosquitto, EMQX, HiveMQ, VerneMQ speak it), or check the broker\'s ACL for this '
         "gateway's topics"
     ]
+
+
+def _check_rbe_matches(source: Path, uplink: MqttConfig, problems: list[str]) -> None:
+    """A report-by-exception rule is matched against `device/tag`: a `match` with no `/` that does
+    not begin with a wildcard can match no reading, and the rule would silently do nothing."""
+    for index, rule in enumerate(uplink.rbe.tags if uplink.rbe is not None else ()):
+        if "/" not in rule.match and not rule.match.startswith(("*", "?", "[")):
+            problems.append(
+                f"{source}: uplink.rbe.tags[{index}].match: expected a 'device/tag' pattern, e.g. "
+                f"'plc/{rule.match}', or '*/{rule.match}' for every device (got {rule.match!r}, which "
+                "matches no reading)"
+            )
 
 
 def _check_model_tags(
