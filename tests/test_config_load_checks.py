@@ -163,3 +163,18 @@ def test_a_report_by_exception_rule_that_can_match_no_reading_is_refused(tmp_pat
         f"{tmp_path / 'agent.toml'}: uplink.rbe.tags[0].match: expected a 'device/tag' pattern, e.g. "
         "'plc/flow', or '*/flow' for every device (got 'flow', which matches no reading)"
     ]
+
+
+def test_a_model_fed_only_by_a_disabled_device_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pump = '\n[[models.pump]]\nname = "p1"\n[models.pump.signals]\nflow = "sim/flow"\n'
+    disabled = GOOD.replace("poll_interval_ms = 500\n", "poll_interval_ms = 500\nenabled = false\n")
+    assert main(["check-config", "-c", str(write(tmp_path, disabled + pump))]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "models.pump[0].signals.flow: 'sim/flow' comes from device 'sim', which is disabled "
+        "(enabled = false): none arrives"
+    ) in err, err
+    assert main(["check-config", "-c", str(write(tmp_path, GOOD + pump))]) == 0
+    assert "disabled" not in capsys.readouterr().err

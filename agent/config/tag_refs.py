@@ -21,6 +21,7 @@ def check_tag_references(
 ) -> tuple[list[ConfigProblem], list[ConfigProblem]]:
     """(problems, warnings) for `references` (`where`, `"tag"` or `"device/tag"`)."""
     tags = {device.name: device.tag_names() for device in devices}
+    disabled = {device.name for device in devices if not device.enabled}
     problems: list[ConfigProblem] = []
     warnings: list[ConfigProblem] = []
     for where, reference in references:
@@ -29,8 +30,12 @@ def check_tag_references(
             message = _device_tag(device, tag, tags)
             if message:
                 problems.append(ConfigProblem(where, message))
+            elif device in disabled:
+                warnings.append(ConfigProblem(where, _from_disabled(reference, device)))
             continue
         readers = sorted(name for name, known in tags.items() if known is not None and reference in known)
+        if readers and all(name in disabled for name in readers):
+            warnings.append(ConfigProblem(where, _from_disabled(reference, readers[0])))
         if len(readers) > 1:
             problems.append(
                 ConfigProblem(
@@ -60,6 +65,10 @@ def _device_tag(device: str, tag: str, tags: dict[str, frozenset[str] | None]) -
     if known is not None and tag not in known:
         return f"device {device!r} has no tag {tag!r}{_did_you_mean(tag, {device: known})}"
     return None
+
+
+def _from_disabled(reference: str, device: str) -> str:
+    return f"{reference!r} comes from device {device!r}, which is disabled (enabled = false): none arrives"
 
 
 def _did_you_mean(tag: str, tags: dict[str, frozenset[str] | None]) -> str:
