@@ -634,7 +634,9 @@ def _check_names(
         seen.setdefault(name, index)
     _check_serial_lines(source, raw_devices, devices, problems)
     position = {
-        item["name"]: i for i, item in enumerate(raw_devices) if isinstance(item, dict) and "name" in item
+        item["name"]: i
+        for i, item in enumerate(raw_devices)
+        if isinstance(item, dict) and isinstance(item.get("name"), str)
     }
     for device in devices:
         if device.stream_name in RESERVED_STREAMS:
