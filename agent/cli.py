@@ -37,11 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_config(p: argparse.ArgumentParser) -> None:
+    def with_config(p: argparse.ArgumentParser, default: str | None = DEFAULT_CONFIG) -> None:
         p.add_argument(
             "-c",
             "--config",
-            default=DEFAULT_CONFIG,
+            default=default,
             help=f"config file (default {DEFAULT_CONFIG}, or $EDGE_AGENT_CONFIG)",
         )
 
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     with_config(run)
 
     check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 if not")
-    with_config(check)
+    with_config(check, default=None)  # None: not given (a FILE argument too would be a second file)
     # `edge-agent check-config /etc/edge-agent/config.toml` is what people type first.
     check.add_argument("file", nargs="?", default=None, help="the config file (the same as -c FILE)")
 
@@ -125,7 +125,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     try:
-        config = _load(args.file or args.config)
+        config = _load(args.file or args.config or DEFAULT_CONFIG)
     except ConfigError as exc:
         return _config_errors(exc)
     from water_edge.agent.config.files import file_problems
