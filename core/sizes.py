@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -28,7 +29,10 @@ def parse_size(value: Any) -> Any:
         if match is None:
             raise ValueError("expected a size such as 268435456, '256MiB' or '250MB'")
         unit = (match.group(2) or "b").lower()
-        return int(float(match.group(1)) * _UNITS[unit])
+        size = float(match.group(1)) * _UNITS[unit]
+        if not math.isfinite(size):  # hundreds of digits: no float holds it
+            raise ValueError("expected a size such as 268435456, '256MiB' or '250MB': this one is too large")
+        return int(size)
     return value
 
 

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import itertools
 import shutil
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from asyncua import Server, ua
 from structlog.testing import capture_logs
 
 from tests.support.opcua_sim import Sim, opcua_station
@@ -22,7 +24,7 @@ from tests.support.testing import eventually, free_port
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Reading
 from water_edge.drivers.opcua.certs import make_client_certificate
-from water_edge.drivers.opcua.config import OpcUaConfig
+from water_edge.drivers.opcua.config import OpcUaConfig, OpcUaTag
 from water_edge.drivers.opcua.driver import OpcUaDriver
 from water_edge.sim.opcua_server import NAMESPACE_URI, OpcUaComponent, browse_path
 from water_edge.sim.registers import POINTS
@@ -106,6 +108,45 @@ async def test_a_namespace_given_by_uri_survives_a_server_that_renumbers_its_nam
     assert readings["by_index"].reason == "BadNodeIdUnknown"  # ns=2 is another namespace now
     assert readings["elsewhere"].reason == "namespace not on the server: urn:nobody:here"
     assert drv.health().unresolved == {"elsewhere": "namespace not on the server: urn:nobody:here"}
+
+
+async def test_a_node_id_no_request_can_carry_makes_its_tag_bad_not_the_device(sim: Sim) -> None:
+    # The config refuses it; one that gets past (a config built in code) used to fail every request.
+    good = driver(sim.url, [{"name": "name", "node": "ns=2;s=station.name"}]).config
+    beyond = OpcUaTag.model_construct(name="speed", node="ns=2;i=4294967296")
+    drv = OpcUaDriver(good.model_copy(update={"tags": [*good.tags, beyond]}))
+    await drv.open()
+    try:
+        readings = {r.tag: r for r in await drv.read()}
+    finally:
+        await drv.aclose()
+    assert (readings["name"].quality, readings["name"].value) == ("good", "PS-NORTH")
+    why = "unusable NodeId 'ns=2;i=4294967296': numeric identifier i=4294967296 is not in 0..4294967295"
+    assert (readings["speed"].quality, readings["speed"].reason) == ("bad", why)
+    assert drv.health().unresolved == {"speed": why}
+
+
+async def test_an_ipv6_endpoint_connects() -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+            port = sock.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback on this host")
+    server = Server()
+    await server.init()
+    server.set_endpoint(f"opc.tcp://[::1]:{port}")
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    ns = await server.register_namespace("urn:test:ipv6")
+    await server.nodes.objects.add_variable(ua.NodeId("level", ns), "level", 1.5)
+    async with server:
+        drv = driver(f"opc.tcp://[::1]:{port}", [{"name": "level", "node": f"ns={ns};s=level"}])
+        await drv.open()
+        try:
+            readings = await drv.read()
+        finally:
+            await drv.aclose()
+    assert [(r.quality, r.value) for r in readings] == [("good", 1.5)]
 
 
 async def test_deadband_reduces_notifications(sim: Sim) -> None:

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from water_edge.agent.uplink.servers import Server, parse_server
 from water_edge.core.errors import UplinkError
+from water_edge.core.hosts import Host
 from water_edge.core.names import TOPIC_LEVEL_PATTERN, TOPIC_PREFIX_PATTERN
 from water_edge.core.secrets import Secret
 from water_edge.core.sizes import ByteSize
@@ -83,7 +84,7 @@ class MqttConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    host: str | None = Field(default=None, min_length=1)
+    host: Host | None = Field(default=None, min_length=1)
     port: int = Field(default=1883, ge=1, le=65535)
     servers: tuple[ServerUri, ...] = Field(default=(), max_length=32)
     protocol: Literal["5", "3.1.1"] = "5"

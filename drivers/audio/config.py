@@ -12,13 +12,14 @@ from typing import Final, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
+from water_edge.core.hosts import check_host, check_port
 from water_edge.core.names import NAME_PATTERN
 from water_edge.drivers.base import DeviceConfig
 
 # Nominal octave-band centres (IEC 61260); bands whose upper edge passes Nyquist are left out.
 OCTAVE_CENTRES_HZ: Final = (31.5, 63.0, 125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0)
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-_STREAM_URL = re.compile(r"^(tcp://[^:/\s]+:\d{1,5}|unix://\S+)$")
+_STREAM_URL = re.compile(r"^(tcp://(?P<host>[^:/\s]+):(?P<port>\d{1,5})|unix://\S+)$")
 
 
 class AudioConfig(DeviceConfig):
@@ -76,8 +77,14 @@ class AudioConfig(DeviceConfig):
     @field_validator("stream_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and not _STREAM_URL.match(value):
+        if value is None:
+            return value
+        match = _STREAM_URL.match(value)
+        if match is None:
             raise ValueError("expected 'tcp://HOST:PORT' or 'unix:///path/to/socket'")
+        if match["host"] is not None:
+            check_host(match["host"])
+            check_port(match["port"])
         return value
 
     @field_validator("channel_names")

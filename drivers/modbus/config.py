@@ -7,10 +7,11 @@ error naming the tag, not a surprise on site.
 
 from __future__ import annotations
 
-from typing import Final, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from water_edge.core.hosts import Host
 from water_edge.core.names import NAME_PATTERN
 from water_edge.drivers.base import DeviceConfig
 
@@ -181,7 +182,7 @@ class ModbusTcpConfig(ModbusDeviceConfig):
     """A Modbus TCP device (a PLC or a TCP-to-RTU gateway with several unit IDs behind it)."""
 
     kind: Literal["modbus_tcp"]
-    host: str = Field(min_length=1, max_length=253)
+    host: Host = Field(min_length=1, max_length=253)
     port: int = Field(default=502, ge=1, le=65535)
 
     def endpoint_text(self) -> str:
@@ -191,6 +192,16 @@ class ModbusTcpConfig(ModbusDeviceConfig):
 
 Parity = Literal["none", "even", "odd"]
 BAUD_RATES: Final = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+def _serial_unit(tag: ModbusTag) -> ModbusTag:
+    # A TCP gateway may route any unit id; on the serial line itself only 1..247 are slaves.
+    if tag.unit_id is not None and not 1 <= tag.unit_id <= 247:
+        raise ValueError(
+            f"unit_id {tag.unit_id} on a serial line: expected 1..247 (0 is broadcast: nobody "
+            "answers a read; 248..255 are reserved)"
+        )
+    return tag
 
 
 class ModbusRtuConfig(ModbusDeviceConfig):
@@ -203,6 +214,7 @@ class ModbusRtuConfig(ModbusDeviceConfig):
     kind: Literal["modbus_rtu"]
     port: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00]+$")
     unit_id: int = Field(default=1, ge=1, le=247)  # 0 is broadcast: nobody answers a read
+    tags: list[Annotated[ModbusTag, AfterValidator(_serial_unit)]] = Field(min_length=1)
     baudrate: int = 19200
     parity: Parity = "even"  # the Modbus spec's default (8E1)
     stopbits: Literal[1, 2] = 1

@@ -9,12 +9,20 @@ index, `2:Flow`, and otherwise matches any namespace).
 
 from __future__ import annotations
 
+import binascii
+import ipaddress
 import re
+import struct
+import uuid
+from base64 import b64decode
 from pathlib import Path
 from typing import Final, Literal, Self
 
+from asyncua import ua
+from asyncua.ua.uaerrors import UaError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from water_edge.core.hosts import check_host, check_port
 from water_edge.core.names import NAME_PATTERN
 from water_edge.core.patterns import explained
 from water_edge.core.secrets import Secret
@@ -34,10 +42,56 @@ NODE_ID_PATTERN: Final = explained(
     "b=<base64> (e.g. ns=2;s=pump1.flow, nsu=urn:vendor:plc;i=5)",
 )
 ENDPOINT_PATTERN: Final = explained(
-    r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$",
+    r"^opc\.tcp://(\[[^\]/]+\]|[^/:\[\]]+)(:\d+)?(/.*)?$",
     "an OPC UA endpoint opc.tcp://HOST[:PORT][/PATH] (e.g. opc.tcp://10.0.0.5:4840)",
 )
+_ENDPOINT_PARTS: Final = re.compile(r"^opc\.tcp://(\[(?P<v6>[^\]]+)\]|(?P<host>[^/:]+))(:(?P<port>\d+))?")
+_NODE_ID: Final = re.compile(NODE_ID_PATTERN)
 PATH_SEGMENT: Final = re.compile(r"^(\d+:)?[^/]+$")
+UINT16_MAX: Final = 2**16 - 1
+UINT32_MAX: Final = 2**32 - 1
+
+
+def parse_node_id(text: str) -> ua.NodeId:
+    """The NodeId `text` names (an ExpandedNodeId with `nsu=`), or a ValueError saying why no server
+    can hold it: asyncua takes an index or identifier beyond what a request can carry, and text that
+    is no base64 as the bytes of the text."""
+    found = _NODE_ID.match(text)
+    if found is None:
+        raise ValueError("not a NodeId (e.g. ns=2;s=pump1.flow)")
+    kind, value = found[3][0], found[3][2:]
+    if kind == "g" and not _is_guid(value):
+        raise ValueError(f"g={value} is not a GUID (e.g. g=09087e75-8e5e-499b-954f-f2a9603db28a)")
+    if kind == "b" and not _is_base64(value):
+        raise ValueError(f"b={value} is not base64 (e.g. b=cHVtcDE= for the bytes of 'pump1')")
+    try:
+        node = ua.NodeId.from_string(text)
+    except UaError as exc:
+        raise ValueError(f"not a NodeId: {exc}") from None
+    if not 0 <= node.NamespaceIndex <= UINT16_MAX:
+        raise ValueError(f"namespace index {node.NamespaceIndex} is not in 0..{UINT16_MAX}")
+    if kind == "i" and not 0 <= int(value) <= UINT32_MAX:
+        raise ValueError(f"numeric identifier i={value} is not in 0..{UINT32_MAX}")
+    try:
+        node.to_binary()
+    except struct.error as exc:  # what the checks above leave out and this asyncua cannot send
+        raise ValueError(f"cannot be sent in a request: {exc}") from None
+    return node
+
+
+def _is_guid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        b64decode(text, validate=True)
+    except binascii.Error:
+        return False
+    return True
 
 
 class Deadband(BaseModel):
@@ -59,6 +113,13 @@ class OpcUaTag(BaseModel):
     unit: str = Field(default="", max_length=32)
     sampling_interval_ms: float | None = Field(default=None, ge=0, le=86_400_000)
     deadband: Deadband | None = None
+
+    @field_validator("node")
+    @classmethod
+    def _node_id(cls, node: str | None) -> str | None:
+        if node is not None:
+            parse_node_id(node)
+        return node
 
     @model_validator(mode="after")
     def _check_address(self) -> Self:
@@ -103,10 +164,20 @@ class OpcUaConfig(DeviceConfig):
 
     @field_validator("endpoint")
     @classmethod
-    def _port_in_range(cls, endpoint: str) -> str:
-        port = re.match(r"^opc\.tcp://[^/:]+:(\d+)", endpoint)
-        if port and not 1 <= int(port[1]) <= 65535:
-            raise ValueError(f"port {port[1]} is not in 1..65535")
+    def _host_and_port(cls, endpoint: str) -> str:
+        parts = _ENDPOINT_PARTS.match(endpoint)
+        if parts is None:  # the pattern, checked first, has said so
+            return endpoint
+        if parts["v6"] is not None:
+            try:
+                ipaddress.IPv6Address(parts["v6"])
+            except ValueError:
+                words = f"[{parts['v6']}] is not an IPv6 address (a name or IPv4 address goes unbracketed)"
+                raise ValueError(words) from None
+        else:
+            check_host(parts["host"])
+        if parts["port"] is not None:
+            check_port(parts["port"])
         return endpoint
 
     def endpoint_text(self) -> str:
@@ -165,4 +236,4 @@ class OpcUaConfig(DeviceConfig):
         return self
 
 
-__all__ = ["Deadband", "OpcUaConfig", "OpcUaTag"]
+__all__ = ["Deadband", "OpcUaConfig", "OpcUaTag", "parse_node_id"]

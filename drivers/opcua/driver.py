@@ -42,7 +42,7 @@ from water_edge.core.scheduler import FixedRateTicker
 from water_edge.core.secrets import resolve_secret
 from water_edge.drivers.base import DeviceConfig, TagInfo
 from water_edge.drivers.opcua import browse, fast_publish
-from water_edge.drivers.opcua.config import OpcUaConfig, OpcUaTag
+from water_edge.drivers.opcua.config import OpcUaConfig, OpcUaTag, parse_node_id
 from water_edge.drivers.opcua.errors import explain, ua_errors
 from water_edge.drivers.opcua.fast_publish import DataChanges
 from water_edge.drivers.opcua.health import OpcUaHealth
@@ -313,7 +313,8 @@ class OpcUaDriver:
         return out
 
     async def _resolve(self, client: Client) -> None:
-        """NodeIds for every tag; a path that does not resolve makes that tag bad, not the device.
+        """NodeIds for every tag; a path that does not resolve, or a NodeId that cannot be sent,
+        makes that tag bad, not the device.
 
         A namespace given by URI (`nsu=`) is looked up in the server's NamespaceArray at every
         open: a server may number its namespaces differently after a restart."""
@@ -323,7 +324,13 @@ class OpcUaDriver:
         namespaces: list[str] | None = None
         for i, tag in enumerate(self._config.tags):
             if tag.node is not None:
-                node_id = ua.NodeId.from_string(tag.node)
+                try:
+                    node_id = parse_node_id(tag.node)
+                except ValueError as exc:
+                    # The config refuses these; one that got past it must not fail every request.
+                    self._unresolved[i] = f"unusable NodeId {tag.node!r}: {exc}"
+                    self._nodes.append(None)
+                    continue
                 uri = node_id.NamespaceUri if isinstance(node_id, ua.ExpandedNodeId) else None
                 if uri:
                     if namespaces is None:

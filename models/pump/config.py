@@ -77,9 +77,10 @@ class PumpModelConfig(_Section):
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
     signals: dict[Role, str] = Field(min_length=1)
     # A sample is taken every `sample_interval_s` from the latest value of each signal.
-    sample_interval_s: float = Field(default=1.0, gt=0, le=3600)
-    window_s: float = Field(default=32.0, gt=0)  # must match the model's window at 1 sample/s
-    stale_after_s: float = Field(default=10.0, gt=0)  # a value older than this counts as missing
+    # Seconds become integer nanoseconds: bounded so that neither rounds to 0 nor overflows.
+    sample_interval_s: float = Field(default=1.0, ge=0.01, le=3600)
+    window_s: float = Field(default=32.0, gt=0, le=86_400)  # must match the model's window at 1 sample/s
+    stale_after_s: float = Field(default=10.0, gt=0, le=86_400)  # a value older than this counts as missing
     running_role: Role | None = "speed"  # below `running_min`, the pump is stopped: not scored
     running_min: float = 1.0
     persistence: int = Field(default=5, ge=1)  # samples above threshold before an event
