@@ -58,6 +58,8 @@ def test_a_server_prints_as_an_address_and_an_uri() -> None:
         ("mqtt://node1/water", "no path"),
         ("mqtt://edge:pw@node1", "credentials"),
         ("mqtt://[nonsense]:1883", "IPv6"),
+        ("mqtt://bad host:1883", "without spaces"),
+        ("mqtt://10.0.0.256", "four numbers 0..255"),
     ],
 )
 def test_bad_server_uris_say_what_is_expected(uri: str, complaint: str) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from water_edge.core.errors import UplinkError
+from water_edge.core.hosts import check_host
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _SCHEMES = {"mqtt": "mqtt", "tcp": "mqtt", "mqtts": "mqtts", "ssl": "mqtts"}
@@ -71,6 +72,11 @@ def parse_server(uri: str) -> Server:
         raise ValueError(f"{expected}: port 0")
     if ":" in host:
         ipaddress.IPv6Address(host)  # a bracketed name that is no address fails here
+    else:
+        try:
+            check_host(host)  # "mqtt://bad host:1883", "mqtt://10.0.0.256"
+        except ValueError as exc:
+            raise ValueError(f"{expected}: {exc}") from None
     return Server(host, port or DEFAULT_PORTS[scheme], scheme == "mqtts")
 
 
