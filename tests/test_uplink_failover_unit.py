@@ -71,6 +71,11 @@ def test_bad_server_uris_say_what_is_expected(uri: str, complaint: str) -> None:
 # ---------------------------------------------------------------------- config
 
 
+def test_a_server_listed_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="servers: mqtt://n1:1883 is listed twice"):
+        MqttConfig(servers=("mqtt://n1", "mqtt://n2", "tcp://n1:1883"))
+
+
 def test_host_and_port_are_a_one_server_list() -> None:
     cfg = MqttConfig(host="broker", port=1999)
     assert cfg.server_list() == (Server("broker", 1999, tls=False),)

@@ -130,7 +130,11 @@ class MqttConfig(BaseModel):
         if not self.servers and self.host is None:
             raise ValueError('no broker: give servers = ["mqtt://host:1883", ...] or host = "..."')
         if self.servers:
-            kinds = {parse_server(uri).tls for uri in self.servers}
+            parsed = [parse_server(uri) for uri in self.servers]
+            twice = next((s.uri for i, s in enumerate(parsed) if s in parsed[:i]), None)
+            if twice is not None:  # a failover to the same broker is no failover
+                raise ValueError(f"servers: {twice} is listed twice")
+            kinds = {server.tls for server in parsed}
             if self.tls is None and True in kinds:
                 raise ValueError("mqtts:// servers need [uplink.tls] (at least ca_file)")
             if self.tls is not None and False in kinds:
