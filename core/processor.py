@@ -123,6 +123,19 @@ class ChecksSections(Protocol):
 
 
 @runtime_checkable
+class ChecksDevices(Protocol):
+    """A factory capability: checks of its tables against what the devices they name are configured
+    with (an audio device's channel names, a meter bus's meters); run by the config loader once every
+    device is valid. A factory reads a device config by the shape it needs (a `Protocol` of its own):
+    `models` imports no driver."""
+
+    @classmethod
+    def check_devices(cls, sections: Sequence[Any], devices: Mapping[str, object]) -> list[ConfigProblem]:
+        """Problems with `sections`; `devices` maps every device name to its validated config."""
+        ...
+
+
+@runtime_checkable
 class ReadsTags(Protocol):
     """A factory capability: the tags its tables name (`"tag"` or `"device/tag"`), so that the config
     loader can check each against the devices' tags: a bare tag two devices read would feed one

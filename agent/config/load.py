@@ -33,7 +33,13 @@ from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
 from water_edge.core.patterns import pattern_words
-from water_edge.core.processor import ChecksSections, ProcessorFactory, ReadsTags, WarnsSections
+from water_edge.core.processor import (
+    ChecksDevices,
+    ChecksSections,
+    ProcessorFactory,
+    ReadsTags,
+    WarnsSections,
+)
 from water_edge.core.reading import EVENTS_STREAM
 from water_edge.core.redact import is_secret_key
 from water_edge.core.secrets import SecretRef
@@ -462,9 +468,16 @@ def _check_model_tags(
     problems: list[str],
     warnings: list[str],
 ) -> None:
-    """Each tag a processor kind's tables name (`ReadsTags`) against the devices' tags."""
+    """Each tag a processor kind's tables name (`ReadsTags`) against the devices' tags, and the tables
+    against the devices' configs (`ChecksDevices`)."""
+    configs = {device.name: device for device in devices}
     for kind, sections in models.items():
         factory = processors.load(kind)
+        if isinstance(factory, ChecksDevices):
+            problems += [
+                f"{source}: {key_path(('models', kind, *p.where))}: {p.message}"
+                for p in factory.check_devices(sections, configs)
+            ]
         if not isinstance(factory, ReadsTags):
             continue
         found, doubtful = check_tag_references(factory.tag_references(sections), devices)

@@ -19,6 +19,9 @@ SECONDARY_PATTERN: Final = explained(
 )
 
 Function = Literal["instantaneous", "maximum", "minimum", "error"]
+FUNCTION_SUFFIX: Final = {"instantaneous": "", "maximum": ".max", "minimum": ".min", "error": ".error"}
+# The tags after `<meter>.` the driver gives every meter, whatever its records.
+BUILT_IN_TAGS: Final = frozenset({"status"})
 
 
 def _key_form(value: str | SecretRef | None) -> str | SecretRef | None:
@@ -47,6 +50,49 @@ class RecordSelector(BaseModel):
     # Tag name after "<meter>."; defaults to the documented scheme (docs/drivers/mbus.md).
     tag: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=64)
 
+    @property
+    def tag_name(self) -> str:
+        """The tag after `<meter>.`: `tag`, or the scheme's `<quantity>[.max][.storage<N>]...`."""
+        if self.tag:
+            return self.tag
+        name = self.quantity + FUNCTION_SUFFIX[self.function]
+        for label, value in (("storage", self.storage), ("tariff", self.tariff), ("subunit", self.subunit)):
+            if value:
+                name += f".{label}{value}"
+        return name
+
+
+def record_tag_problem(meter: str, records: list[RecordSelector], built_in: frozenset[str]) -> str | None:
+    """Why a meter's selected records cannot each be a tag of their own: two that get one name (its
+    readings would alternate between two values and units in one series), or one named like a tag
+    the driver gives every meter."""
+    first: dict[str, int] = {}
+    for index, record in enumerate(records):
+        tag = record.tag_name
+        if tag in built_in:
+            return (
+                f"meter {meter!r}: records[{index}] makes tag {meter}.{tag}, which the driver gives every "
+                f"meter; give it another 'tag'"
+            )
+        if tag in first:
+            return (
+                f"meter {meter!r}: records[{first[tag]}] and records[{index}] both make tag {meter}.{tag}; "
+                "give one of them another 'tag'"
+            )
+        first[tag] = index
+    return None
+
+
+def _one_meter(a: str, b: str) -> bool:
+    """Whether two secondary addresses name one meter: one ID of 8 digits, and a manufacturer,
+    version and medium that are alike or any (all F). An ID with a wildcard digit selects whichever
+    meter answers, so it is not judged here."""
+    a, b = a.upper().ljust(16, "F"), b.upper().ljust(16, "F")
+    if a[:8] != b[:8] or "F" in a[:8]:
+        return False
+    fields = ((8, 12), (12, 14), (14, 16))
+    return all(a[i:j] == b[i:j] or "F" * (j - i) in (a[i:j], b[i:j]) for i, j in fields)
+
 
 class MbusMeter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -70,6 +116,10 @@ class MbusMeter(BaseModel):
                 f"meter {self.name!r}: give exactly one of 'address' (primary, 0..250) or "
                 "'secondary' (8 ID digits, optionally + 8 hex digits)"
             )
+        if self.records != "all":
+            problem = record_tag_problem(self.name, self.records, BUILT_IN_TAGS)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
 
@@ -106,4 +156,20 @@ class MbusConfig(DeviceConfig):
         twice = sorted({a for a in addresses if addresses.count(a) > 1})
         if twice:
             raise ValueError(f"two meters share primary address {twice[0]}: they would collide on the bus")
+        chosen = [(m.name, m.secondary) for m in self.meters if m.secondary is not None]
+        for later, (name, secondary) in enumerate(chosen):
+            for first, first_secondary in chosen[:later]:
+                if _one_meter(first_secondary, secondary):
+                    raise ValueError(
+                        f"meters {first!r} ({first_secondary}) and {name!r} ({secondary}) select the same "
+                        "meter by secondary address: it would be read twice, under two names"
+                    )
         return self
+
+    def meter_records(self) -> dict[str, frozenset[str] | None]:
+        """The tags after `<meter>.` each meter's selected records make; None for `"all"` (known
+        once read)."""
+        return {
+            m.name: None if m.records == "all" else frozenset(r.tag_name for r in m.records)
+            for m in self.meters
+        }

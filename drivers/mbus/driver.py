@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Final, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import structlog
 
@@ -22,7 +22,7 @@ from water_edge.core.errors import DeviceError, DriverIOError
 from water_edge.core.reading import BAD, GOOD, UNCERTAIN, Quality, Reading, now_ns
 from water_edge.drivers import serial_bus
 from water_edge.drivers.base import DeviceConfig, TagInfo
-from water_edge.drivers.mbus.config import MbusConfig, MbusMeter, RecordSelector
+from water_edge.drivers.mbus.config import FUNCTION_SUFFIX, MbusConfig, MbusMeter, RecordSelector
 from water_edge.drivers.mbus.crypto import MbusKeyError
 from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError
 from water_edge.drivers.mbus.health import MbusHealth
@@ -32,8 +32,6 @@ from water_edge.drivers.mbus.security import MbusEncryptedError, MbusMacError
 from water_edge.drivers.mbus.telegram import Header, Record, Telegram
 
 log = structlog.get_logger(__name__)
-
-FUNCTION_SUFFIX: Final = {"instantaneous": "", "maximum": ".max", "minimum": ".min", "error": ".error"}
 
 
 def record_tag(record: Record) -> str:
@@ -46,16 +44,6 @@ def record_tag(record: Record) -> str:
         name += f".tariff{record.tariff}"
     if record.subunit:
         name += f".subunit{record.subunit}"
-    return name
-
-
-def selector_tag(sel: RecordSelector) -> str:
-    if sel.tag:
-        return sel.tag
-    name = sel.quantity + FUNCTION_SUFFIX[sel.function]
-    for label, value in (("storage", sel.storage), ("tariff", sel.tariff), ("subunit", sel.subunit)):
-        if value:
-            name += f".{label}{value}"
     return name
 
 
@@ -104,7 +92,7 @@ def telegram_readings(
             ),
             None,
         )
-        tag = f"{meter}.{selector_tag(sel)}"
+        tag = f"{meter}.{sel.tag_name}"
         if match is None:
             out.append(Reading(source, tag, ts, None, BAD, "", "record not in the meter's telegram"))
         else:
@@ -190,7 +178,7 @@ class MbusDriver:
             if m.records == "all":
                 out.extend(TagInfo(tag, unit) for tag, unit in self._known[m.name].items())
             else:
-                out.extend(TagInfo(f"{m.name}.{selector_tag(s)}") for s in m.records)
+                out.extend(TagInfo(f"{m.name}.{s.tag_name}") for s in m.records)
         return out
 
     def _load_keys(self) -> None:

@@ -3,19 +3,23 @@ without I/O (a key given by reference is only read when the driver opens)."""
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Final, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from water_edge.core.names import NAME_PATTERN
 from water_edge.core.patterns import explained
 from water_edge.drivers.base import DeviceConfig
-from water_edge.drivers.mbus.config import MeterKey, RecordSelector
+from water_edge.drivers.mbus.config import MeterKey, RecordSelector, record_tag_problem
 
 ReceiverKind = Literal["im871a", "amb8465", "rtlwmbus"]
 LinkMode = Literal["T1", "C1", "S1"]
 AlarmName = Literal["leak", "burst", "backflow", "dry", "tamper", "battery", "error", "alarm"]
 DEFAULT_BAUD = {"im871a": 57600, "amb8465": 9600, "rtlwmbus": None}
+# The tags after `<meter>.` the driver gives a meter besides its records (`driver.py`).
+BUILT_IN_TAGS: Final = frozenset(
+    {"status", "rssi", "telegrams_lost", *(f"alarm.{name}" for name in get_args(AlarmName))}
+)
 
 
 class AlarmBit(BaseModel):
@@ -44,6 +48,14 @@ class WmbusMeter(BaseModel):
     alarm_bits: list[AlarmBit] = Field(default_factory=list, max_length=64)
     # A meter not heard for this long gets a bad `<meter>.status` reading ("not heard for ...").
     silent_after_s: float = Field(default=3600.0, gt=0, le=7 * 86400)
+
+    @model_validator(mode="after")
+    def _record_tags(self) -> Self:
+        if self.records != "all":
+            problem = record_tag_problem(self.name, self.records, BUILT_IN_TAGS)
+            if problem is not None:
+                raise ValueError(problem)
+        return self
 
 
 MAX_RECEIVERS = 8
@@ -126,6 +138,24 @@ class WmbusConfig(DeviceConfig, ReceiverSource):
 
     def point_count(self) -> int:
         return len(self.meters)
+
+    def meter_records(self) -> dict[str, frozenset[str] | None]:
+        """The tags after `<meter>.` each meter's selected records make; None for `"all"` (known
+        once read)."""
+        return {
+            m.name: None if m.records == "all" else frozenset(r.tag_name for r in m.records)
+            for m in self.meters
+        }
+
+    def serial_line(self) -> tuple[str, str] | None:
+        """The port of the first USB stick; rtl_wmbus's FIFO or TCP stream is no serial line.
+
+        A stick answers one program only: its settings name this device, so that the config
+        loader, which lets devices of alike settings share a port, refuses any other user of it."""
+        for r in self.receiver_configs():
+            if r.receiver != "rtlwmbus" and r.port is not None:
+                return r.port, f"wM-Bus {r.receiver} stick, for {self.name} only"
+        return None
 
     def receiver_configs(self) -> list[ReceiverConfig]:
         """The receivers to listen to, in the order configured (the top-level one alone)."""

@@ -37,7 +37,7 @@ import structlog
 from water_edge.core.reading import BAD, GOOD, Reading, now_ns
 from water_edge.drivers.base import DeviceConfig, TagInfo
 from water_edge.drivers.mbus.crypto import MbusKeyError
-from water_edge.drivers.mbus.driver import selector_tag, telegram_readings
+from water_edge.drivers.mbus.driver import telegram_readings
 from water_edge.drivers.mbus.frame import MbusDecodeError, MbusFrameError
 from water_edge.drivers.mbus.keys import load_key
 from water_edge.drivers.mbus.security import MbusEncryptedError, MbusMacError
@@ -180,7 +180,7 @@ class WmbusDriver:
             if m.records == "all":
                 out.extend(TagInfo(tag, unit) for tag, unit in state.known.items())
             else:
-                out.extend(TagInfo(f"{m.name}.{selector_tag(s)}") for s in m.records)
+                out.extend(TagInfo(f"{m.name}.{s.tag_name}") for s in m.records)
         if self._links.several:
             out += [TagInfo(f"receiver.{link.name}.open") for link in self._links.links]
         return out

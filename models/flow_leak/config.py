@@ -105,6 +105,10 @@ class FlowLeakSection(BaseModel):
     def _check(self) -> FlowLeakSection:
         if minutes(self.night_start) == minutes(self.night_end):
             raise ValueError("night_start and night_end must differ")
+        for key, tags in (("inflow", self.inflow), ("outflow", self.outflow)):
+            twice = sorted({t for t in tags if tags.count(t) > 1})
+            if twice:
+                raise ValueError(f"{key} names {twice[0]!r} twice: its flow would count twice")
         both = set(self.inflow) & set(self.outflow)
         if both:
             raise ValueError(f"tag(s) both inflow and outflow: {', '.join(sorted(both))}")

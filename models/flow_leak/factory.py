@@ -30,8 +30,9 @@ class FlowLeakFactory:
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
         """A district's name is its state directory and its events' source: one name, one district.
-        A holiday calendar must be one the `holidays` package knows."""
+        A holiday calendar must be one the `holidays` package knows. A tag is written one way."""
         problems = names_used_twice([s.name for s in sections], "district")
+        problems += cls._written_two_ways(sections)
         for index, district in enumerate(sections):
             burst = district.burst
             if burst.holidays_country is None:
@@ -65,6 +66,32 @@ class FlowLeakFactory:
             if district.pressure is not None:
                 found.append(((index, "pressure"), district.pressure))
         return found
+
+    @classmethod
+    def _written_two_ways(cls, sections: Sequence[Any]) -> list[ConfigProblem]:
+        """A tag named bare (`x`) where it is also named with its device (`plc/x`): the processor
+        gives a reading of plc/x only to where `plc/x` is written, so the bare one never gets a
+        value (and within one district the two would be one flow counted twice, or netted out)."""
+        references = cls.tag_references(sections)
+        qualified: dict[str, tuple[str, str]] = {}  # tag -> (device/tag, where it is first written)
+        for where, reference in references:
+            _device, slash, tag = reference.partition("/")
+            if slash:
+                seen = f"{where[1]} of district {sections[int(where[0])].name!r}"
+                qualified.setdefault(tag, (reference, seen))
+        problems = []
+        for where, reference in references:
+            if reference in qualified:
+                other, seen = qualified[reference]
+                problems.append(
+                    ConfigProblem(
+                        where,
+                        f"{reference!r} here and {other!r} in {seen} name one tag two ways: a reading of "
+                        f"{other} goes only where it is written with its device, never to {reference!r}; "
+                        f"write {other!r} here too (or '<device>/{reference}' for another device's)",
+                    )
+                )
+        return problems
 
     def processors(self) -> list[Processor]:
         if not self.sections:

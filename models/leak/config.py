@@ -169,6 +169,13 @@ class LeakModelSection(_Section):
         minutes(value)
         return value
 
+    @field_validator("channels")
+    @classmethod
+    def _some_channels(cls, value: list[str] | None) -> list[str] | None:
+        if value == []:
+            raise ValueError("name at least one channel, or leave 'channels' out to listen to all of them")
+        return value
+
     @field_validator("material")
     @classmethod
     def _material(cls, value: str | None) -> str | None:

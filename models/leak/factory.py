@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Final, Protocol, Self, runtime_checkable
 
 import structlog
 from pydantic import BaseModel
@@ -23,6 +23,36 @@ from water_edge.models.nightwindow import unset_zone_warning
 log = structlog.get_logger(__name__)
 
 AUDIO_KIND = "audio"  # the driver kind whose devices give analysis windows
+MAX_AUDIO_CHANNELS: Final = 32  # what an audio device's `channels` allows
+
+
+@runtime_checkable
+class AudioDeviceLike(Protocol):
+    """An audio device's validated config (`drivers.audio.config.AudioConfig`), by shape: this
+    layer imports no driver."""
+
+    @property
+    def expected_channels(self) -> int | None: ...
+
+    def names_for(self, channels: int) -> list[str]: ...
+
+
+def channel_problems(
+    device_name: str, device: object, channels: Sequence[str] | None, where: tuple[int | str, ...]
+) -> list[ConfigProblem]:
+    """Each channel name in `channels` that the audio `device` cannot have: one of its
+    `channel_names`, or of the default names by position (A, B, ...) when the config does not name
+    them (all of those possible when it does not say how many channels either)."""
+    if channels is None or not isinstance(device, AudioDeviceLike):
+        return []
+    count = device.expected_channels
+    names = device.names_for(count or MAX_AUDIO_CHANNELS)
+    has = ", ".join(names) if count is not None else f"{', '.join(names[:3])}, ... by position"
+    return [
+        ConfigProblem((*where, i), f"device {device_name!r} has no channel {name!r} (its channels: {has})")
+        for i, name in enumerate(channels)
+        if name not in names
+    ]
 
 
 class LeakFactory:
@@ -52,9 +82,10 @@ class LeakFactory:
 
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
-        """Each table names an audio device: the only kind that gives analysis windows."""
+        """Each table names an audio device: the only kind that gives analysis windows; one table
+        per device, whose processor, model slot and sensors' state (`<device>.<channel>`) it names."""
         audio = ", ".join(n for n, k in devices.items() if k == AUDIO_KIND) or "none"
-        return [
+        problems = [
             ConfigProblem(
                 (index, "device"),
                 f'expected the name of a kind = "{AUDIO_KIND}" device (got {section.device!r}; '
@@ -62,6 +93,32 @@ class LeakFactory:
             )
             for index, section in enumerate(sections)
             if devices.get(section.device) != AUDIO_KIND
+        ]
+        first: dict[str, int] = {}
+        for index, section in enumerate(sections):
+            earlier = first.setdefault(section.device, index)
+            if earlier != index:
+                problems.append(
+                    ConfigProblem(
+                        (index, "device"),
+                        f"device {section.device!r} already has a table (models.leak[{earlier}]): a "
+                        "device's leak processor, model slot and sensor state go by its name, so two "
+                        "tables would overwrite each other's and raise events twice; list its channels "
+                        "in one table",
+                    )
+                )
+        return problems
+
+    @classmethod
+    def check_devices(cls, sections: Sequence[Any], devices: Mapping[str, object]) -> list[ConfigProblem]:
+        """Each channel named against the audio device's (`devices`: the validated device configs by
+        name): a channel it has not is never listened to."""
+        return [
+            problem
+            for index, section in enumerate(sections)
+            for problem in channel_problems(
+                section.device, devices.get(section.device), section.channels, (index, "channels")
+            )
         ]
 
     @classmethod

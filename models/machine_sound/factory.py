@@ -24,6 +24,7 @@ from water_edge.core.processor import (
     WindowSource,
     names_used_twice,
 )
+from water_edge.models.leak.factory import channel_problems
 from water_edge.models.machine_sound.config import MachineSoundSection
 
 log = structlog.get_logger(__name__)
@@ -82,6 +83,18 @@ class MachineSoundFactory:
             if devices.get(section.device) != AUDIO_KIND
         ]
         return problems + names_used_twice([s.name for s in sections], "machine")
+
+    @classmethod
+    def check_devices(cls, sections: Sequence[Any], devices: Mapping[str, object]) -> list[ConfigProblem]:
+        """Each channel named against the audio device's (`devices`: the validated device configs by
+        name): with one it has not, the machine would never learn."""
+        return [
+            problem
+            for index, section in enumerate(sections)
+            for problem in channel_problems(
+                section.device, devices.get(section.device), section.channels, (index, "channels")
+            )
+        ]
 
     def processors(self) -> list[Processor]:
         from water_edge.models.machine_sound.processor import MachineSoundProcessor

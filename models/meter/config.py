@@ -35,6 +35,7 @@ def window_minutes(text: str) -> tuple[int, int]:
 
 
 def in_window(minute: int, window: tuple[int, int]) -> bool:
+    """Whether `minute` of the day is inside; a window that starts where it ends is the whole day."""
     start, end = window
     return start <= minute < end if start < end else (minute >= start or minute < end)
 
@@ -73,6 +74,26 @@ class MeterGroupConfig(BaseModel):
         # OSError: a name too long for a file name (ZoneInfo looks it up as one).
         except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
             raise ValueError(f"unknown time zone {value!r} (an IANA name such as 'Europe/Berlin')") from exc
+        return value
+
+    @field_validator("night", "expected")
+    @classmethod
+    def _whole_hours(cls, value: str) -> str:
+        # Use is known per clock hour (`consumption.py`), and an hour counts when it starts inside
+        # the window: a window of part hours would be judged as other hours than it says, or none.
+        start, end = window_minutes(value)
+        if start % 60 or end % 60:
+            whole = f"{start // 60:02d}:00-{-(-end // 60) % 24:02d}:00"
+            raise ValueError(f"use is counted per clock hour: give the window in whole hours, e.g. {whole!r}")
+        return value
+
+    @field_validator("night")
+    @classmethod
+    def _night_ends(cls, value: str) -> str:
+        start, end = window_minutes(value)
+        if start == end:
+            # A night that never ends is never judged (`expected` may be the whole day, not this).
+            raise ValueError("the night window starts where it ends, so it would never be judged")
         return value
 
     @model_validator(mode="after")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Final, Self
+from typing import Any, ClassVar, Final, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -13,6 +13,15 @@ from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext
 from water_edge.models.meter.config import MeterGroupConfig
 
 METER_DEVICE_KINDS: Final = frozenset({"wmbus", "mbus"})
+
+
+@runtime_checkable
+class MeterBusLike(Protocol):
+    """A meter bus's validated config (`mbus`, `wmbus`), by shape: this layer imports no driver."""
+
+    def meter_records(self) -> dict[str, frozenset[str] | None]:
+        """The tags after `<meter>.` each meter's records make; None when known only once read."""
+        ...
 
 
 class MeterFactory:
@@ -42,6 +51,41 @@ class MeterFactory:
             elif kind not in METER_DEVICE_KINDS:
                 problems.append(
                     ConfigProblem((index, "device"), f"device {group.device!r} is a {kind}, not a meter bus")
+                )
+        return problems
+
+    @classmethod
+    def check_devices(cls, sections: Sequence[Any], devices: Mapping[str, object]) -> list[ConfigProblem]:
+        """A group's meters against its device's (`devices`: the validated device configs by name):
+        a meter name the device has not, or a `volume_tag` its meters' records do not make, would
+        never be watched, and nothing would say so."""
+        problems: list[ConfigProblem] = []
+        for index, group in enumerate(sections):
+            bus = devices.get(group.device) if group.device is not None else None
+            if not isinstance(bus, MeterBusLike):
+                continue
+            tags = bus.meter_records()
+            has = ", ".join(tags) or "none"
+            chosen = list(tags) if group.meters == "all" else group.meters
+            problems += [
+                ConfigProblem(
+                    (index, "meters", i), f"device {group.device!r} has no meter {m!r} (its meters: {has})"
+                )
+                for i, m in enumerate(chosen)
+                if m not in tags
+            ]
+            without = [
+                m for m in chosen if (known := tags.get(m)) is not None and group.volume_tag not in known
+            ]
+            if without:
+                makes = ", ".join(f"{without[0]}.{t}" for t in sorted(tags[without[0]] or ()))
+                problems.append(
+                    ConfigProblem(
+                        (index, "volume_tag"),
+                        f"meter(s) {', '.join(without)} of device {group.device!r} have no tag "
+                        f"<meter>.{group.volume_tag} ({without[0]}'s records make {makes}): name the tag "
+                        "of the total-volume register, or select its record in the device's records",
+                    )
                 )
         return problems
 
