@@ -63,6 +63,21 @@ def test_probe_reads_every_tag_of_a_live_plc(tmp_path: Path) -> None:
     assert isinstance(flow["value"], float)
 
 
+def test_listening_leaves_a_device_that_does_not_listen_read_as_always(tmp_path: Path) -> None:
+    """`probe -c config --listen 120` on a gateway with PLCs besides its meter receivers: a PLC's
+    good readings were thrown away for '0 meter(s) heard', exit 1."""
+    with running_plant(seed=3) as plant:
+        devices = tmp_path / "devices.toml"
+        devices.write_text(demo_devices(plant.port))
+        listened = probe("--devices-file", str(devices), "pump-station", "--listen", "1")
+        as_json = probe("--devices-file", str(devices), "pump-station", "--listen", "1", "--json")
+    assert listened.returncode == 0, listened.stdout + listened.stderr
+    assert "meter(s) heard" not in listened.stdout
+    assert listened.stdout.startswith("pump-station (modbus_tcp, "), listened.stdout
+    rows = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert {r["tag"] for r in rows} >= {"pump1.flow", "meter.total"}
+
+
 def test_probe_of_an_unreachable_plc_says_why_and_exits_1(tmp_path: Path) -> None:
     devices = tmp_path / "devices.toml"
     devices.write_text(demo_devices(free_port()))

@@ -92,7 +92,11 @@ class UnknownDeviceError(Exception):
     """A device name on the command line that the config does not have (usage, not a config error)."""
 
 
-async def _probe(device: Any, listen_s: float | None) -> tuple[list[Reading], str | None, Sequence[Any]]:
+async def _probe(
+    device: Any, listen_s: float | None
+) -> tuple[list[Reading], str | None, Sequence[Any] | None]:
+    """The device's readings, or the error that stopped them, and what a receiver heard while it
+    listened (None for a device that does not listen: it is read once, `--listen` or not)."""
     from water_edge.drivers import registry
 
     driver = registry.build(device.kind, device)
@@ -101,9 +105,9 @@ async def _probe(device: Any, listen_s: float | None) -> tuple[list[Reading], st
         if listen_s is not None and isinstance(driver, Listening):
             readings = await driver.listen_readings(listen_s)
             return readings, None, driver.heard()
-        return await driver.read(), None, ()
+        return await driver.read(), None, None
     except AgentError as exc:
-        return [], str(exc), ()
+        return [], str(exc), None
     finally:
         await driver.aclose()
 
@@ -225,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     all_good = True
     for device in devices:
         readings, error, heard = asyncio.run(_probe(device, args.listen))
-        if args.listen is not None and error is None:
+        if heard is not None:
             _print_heard(device, heard, args.json)
             all_good = all_good and bool(heard)
             continue
