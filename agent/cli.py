@@ -12,9 +12,10 @@ import argparse
 import asyncio
 import fnmatch
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -229,6 +230,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         snap = request_status(_socket_path(args))
     except (AgentNotRunningError, NoAgentError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
+        if args.json:  # a script reading .verdict.state gets a word, not empty input
+            _json_error(str(exc), verdict={"state": "down", "problems": [str(exc)]})
         return EXIT_NOT_RUNNING
     if args.json:
         sys.stdout.write(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -236,6 +239,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(format_status(snap, verbose=args.verbose))
     state = (snap.get("verdict") or {}).get("state", "ok")
     return EXIT_OK if state == "ok" else EXIT_DEGRADED
+
+
+def _json_error(message: str, **more: Any) -> None:
+    """`--json`'s answer when the command has none to give: `{"error": ...}` on stdout (the exit
+    code and the line on stderr as without `--json`)."""
+    sys.stdout.write(orjson.dumps({"error": message, **more}).decode() + "\n")
 
 
 def format_reading(reading: dict[str, Any], *, raw: bool = False) -> str:
@@ -254,16 +263,23 @@ def format_reading(reading: dict[str, Any], *, raw: bool = False) -> str:
     return f"{when}  {reading['source']}/{reading['tag']} = {value}{unit}{quality}{reason}"
 
 
+# `tail`: after this long of readings none of which passed --tag/--device, say what did come
+TAIL_NO_MATCH_HINT_S: Final = 5.0
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     from water_edge.agent.locate import NoAgentError
     from water_edge.agent.status import AgentNotRunningError, tail_lines
 
+    unmatched = _Unmatched(args.tag, args.device)
     try:
-        for reading in tail_lines(_socket_path(args)):
-            if not fnmatch.fnmatchcase(reading["tag"], args.tag):
+        path = _socket_path(args)
+        for reading in tail_lines(path):
+            if not (fnmatch.fnmatchcase(reading["tag"], args.tag)
+                    and fnmatch.fnmatchcase(reading["source"], args.device)):  # fmt: skip
+                unmatched.see(reading)
                 continue
-            if not fnmatch.fnmatchcase(reading["source"], args.device):
-                continue
+            unmatched.matched = True
             if args.json:
                 sys.stdout.write(orjson.dumps(reading).decode() + "\n")
             else:
@@ -273,8 +289,44 @@ def cmd_tail(args: argparse.Namespace) -> int:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
     except KeyboardInterrupt:
-        pass
-    return EXIT_OK
+        return EXIT_OK
+    # The stream ended without Ctrl-C: the agent stopped, or dropped this reader as too slow.
+    print(
+        f"edge-agent: the agent on {path} closed the connection: it stopped, or dropped this reader "
+        "for not keeping up (a paused pager?)",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
+
+
+class _Unmatched:
+    """Once, when readings come and none passes the filters: which devices and tags did come (a
+    `--tag pump1` without `*`, or `Pump1.*`: matching is exact and case-sensitive)."""
+
+    def __init__(self, tag: str, device: str) -> None:
+        self.tag, self.device = tag, device
+        self.matched = False
+        self.since: float | None = None
+        self.devices: set[str] = set()
+        self.tags: list[str] = []
+
+    def see(self, reading: dict[str, Any]) -> None:
+        if self.matched:
+            return
+        now = time.monotonic()
+        self.since = self.since or now
+        self.devices.add(reading["source"])
+        if len(self.tags) < 3 and reading["tag"] not in self.tags:
+            self.tags.append(reading["tag"])
+        if now - self.since >= TAIL_NO_MATCH_HINT_S:
+            self.matched = True  # said once
+            devices = ", ".join(sorted(self.devices)[:8])
+            print(
+                f"edge-agent tail: no reading in {TAIL_NO_MATCH_HINT_S:g} s matched --tag {self.tag!r} "
+                f"--device {self.device!r} (globs, case-sensitive); readings came from {devices}, "
+                f"tags such as {', '.join(self.tags)}",
+                file=sys.stderr,
+            )
 
 
 def cmd_buffer_stats(args: argparse.Namespace) -> int:
@@ -287,6 +339,8 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
         stats = read_stats(path)
     except BufferError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
+        if args.json:
+            _json_error(str(exc))
         return EXIT_FAILED
     if args.json:
         sys.stdout.write(orjson.dumps(stats_to_json(stats, now_ns())).decode() + "\n")

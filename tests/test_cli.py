@@ -179,6 +179,56 @@ def test_tail_for_people_finds_the_agent_and_prints_local_time_and_the_value(
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}  fake-plc/level = 3\.5 m", line), line
 
 
+def test_tail_whose_filter_matches_nothing_says_what_comes_instead(agent: AgentProcess) -> None:
+    # `--tag pump1` (no `*`) or `Pump1.*`: it used to wait in silence for as long as it ran
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "water_edge.agent.cli", "tail", "-c", str(agent.config), "--tag", "Level"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=10)  # tail runs until stopped: its first 10 s
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    hint = err.splitlines()[0] if err else ""
+    assert hint.startswith("edge-agent tail: no reading in 5 s matched --tag 'Level' --device '*' "), hint
+    assert "readings came from fake-plc, tags such as level" in hint, hint
+
+
+def test_tail_says_so_when_the_agent_goes_away(tmp_path: Path) -> None:
+    config = write_agent_config(tmp_path, devices=FAKE_DEVICE)
+    with running_agent(config) as running:
+        running.wait_status(lambda s: s["drivers"][0]["state"] == "up")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "water_edge.agent.cli", "tail", "-c", str(config), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["source"] == "fake-plc"
+        running.stop()
+    _, err = proc.communicate(timeout=30)
+    # it ended with exit 0 and not a word, as if all were well
+    assert proc.returncode == 1
+    assert err.strip().endswith("closed the connection: it stopped, or dropped this reader for not keeping "
+                                "up (a paused pager?)"), err  # fmt: skip
+
+
+def test_json_output_answers_in_json_when_there_is_nothing_to_report(tmp_path: Path) -> None:
+    """`status --json | jq .verdict.state` got empty input when no agent answered."""
+    status = cli("status", "--socket", str(tmp_path / "none.sock"), "--json")
+    assert status.returncode == 2
+    doc = json.loads(status.stdout)
+    assert doc["verdict"]["state"] == "down"
+    assert "none.sock" in doc["error"]
+    stats = cli("buffer", "stats", "--db", str(tmp_path / "nope.sqlite"), "--json")
+    assert stats.returncode == 1
+    assert "nope.sqlite" in json.loads(stats.stdout)["error"]
+
+
 def test_check_config_on_an_invalid_file_lists_problems_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('schema_version = 1\n[gateway]\nsite = "a"\n[uplink]\nhost = "h"\nport = "x"\n')
