@@ -15,6 +15,7 @@ user opens it, `detach()` tells the last one to close it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
 from collections.abc import AsyncIterator
@@ -80,6 +81,14 @@ _PORTS: dict[str, SerialPort] = {}
 
 class PortSettingsConflictError(ValueError):
     """Two devices on one port ask for different line settings (baud, parity, ...)."""
+
+
+def in_use_text(exc: BaseException) -> str:
+    """Why a serial port would not open, in words when another program holds it (pyserial's
+    `exclusive` lock, as pymodbus takes one for an RTU port: EAGAIN, or EBUSY from the kernel)."""
+    if getattr(exc, "errno", None) in (errno.EAGAIN, errno.EBUSY):
+        return "in use by another program (the agent reading it? stop it first: systemctl stop edge-agent)"
+    return str(exc)
 
 
 def attach(path: str, settings: tuple[Any, ...] = ()) -> SerialPort:

@@ -30,6 +30,7 @@ from water_edge.core.errors import DeviceError, DriverIOError
 from water_edge.drivers.mbus import frame as fr
 from water_edge.drivers.mbus.security import ConfigField, SecurityContext
 from water_edge.drivers.mbus.telegram import Header, Telegram, decode_frame, frame_header, manufacturer_value
+from water_edge.drivers.serial_bus import in_use_text
 
 log = structlog.get_logger(__name__)
 
@@ -176,9 +177,10 @@ class MbusMaster:
                 stopbits=serial.STOPBITS_ONE,
                 timeout=0,
                 write_timeout=5.0,
+                exclusive=True,  # as pymodbus opens an RTU port: a second program is refused
             )
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise DriverIOError(f"M-Bus port {self.port}: cannot open: {exc}") from exc
+            raise DriverIOError(f"M-Bus port {self.port}: cannot open: {in_use_text(exc)}") from exc
         except termios.error as exc:
             # pyserial lets tcsetattr's own error through: an adapter (or a pty) refusing 8E1.
             hint = _PTY_HINT if os.path.realpath(self.port).startswith("/dev/pts/") else ""

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from water_edge.core.errors import DriverIOError
+from water_edge.drivers.serial_bus import in_use_text
 
 CHUNK: Final = 4096
 MAX_EMPTY_READS: Final = 50
@@ -140,8 +141,12 @@ def _open_serial(path: str, baudrate: int) -> ByteStream:
     import serial
 
     try:
-        port: Any = serial.Serial(path, baudrate, bytesize=8, parity="N", stopbits=1, timeout=0)
+        # exclusive: a second program (`probe --listen` while the agent runs) is refused, not
+        # handed half of the stick's frames
+        port: Any = serial.Serial(
+            path, baudrate, bytesize=8, parity="N", stopbits=1, timeout=0, exclusive=True
+        )
     except (serial.SerialException, OSError, ValueError) as exc:
-        raise DriverIOError(f"{path}: cannot open: {exc}") from exc
+        raise DriverIOError(f"{path}: cannot open: {in_use_text(exc)}") from exc
     os.set_blocking(port.fileno(), False)
     return FdStream(port.fileno(), path, closer=port.close)
