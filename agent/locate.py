@@ -12,14 +12,23 @@ So the config is only a hint, and the agent says where it listens:
   validate, or is not even TOML, still gives its `state_dir`); without either, the default
   config's socket when it answers, then every announced socket that answers, then the default
   state directory's. Several live agents and no hint: the caller is told to pick one.
+- **trust**: an announcement is believed only when the directory, the link and the socket it names
+  belong to the invoking user, root, or the directory's owner where only root can have made that
+  directory (systemd's `/run/edge-agent`, owned by the service user): anyone may create
+  `/tmp/edge-agent-0`, and root's `status` must not print what a stranger's socket says.
+- **denied**: a socket that is there but may not be opened (the agent's group only) is reported as
+  such, not as "no agent".
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
+import grp
 import os
 import re
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,14 +110,44 @@ def _remove_stale(directory: Path) -> None:
 
 
 def announced() -> list[Path]:
-    """Announced sockets, newest first (a symlink left by a killed agent is listed too)."""
+    """Announced sockets that can be trusted (module docstring), newest first (a symlink left by a
+    killed agent is listed too)."""
     found: list[tuple[float, Path]] = []
     for directory in search_dirs():
         with contextlib.suppress(OSError):
+            owners = _announcers(directory)
             for link in directory.glob(f"{ANNOUNCE_PREFIX}*.sock"):
                 with contextlib.suppress(OSError):
-                    found.append((link.lstat().st_mtime, link))
+                    info = link.lstat()
+                    if info.st_uid in owners and _socket_owned(link, owners):
+                        found.append((info.st_mtime, link))
     return [path for _, path in sorted(found, reverse=True)]
+
+
+def _announcers(directory: Path) -> set[int]:
+    """The users whose announcements in `directory` are believed (none: the directory is not).
+
+    The invoking user and root always; the directory's owner too when only root or this user can
+    have made the directory theirs, i.e. its parent is writable by nobody else (`/run/edge-agent`,
+    systemd's RuntimeDirectory for the service user, but not `/tmp/edge-agent-0` made by a user)."""
+    real = directory.resolve()
+    owner = real.stat().st_uid
+    ours = {os.getuid(), 0}
+    if owner in ours:
+        return ours
+    parent = real.parent.stat()
+    if parent.st_uid in ours and not parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return ours | {owner}
+    return set()
+
+
+def _socket_owned(link: Path, owners: set[int]) -> bool:
+    """The socket `link` names belongs to one of `owners`; a socket that cannot be looked at (gone,
+    or in a directory of the agent's group) is kept: it cannot be talked to either, only reported."""
+    try:
+        return link.stat().st_uid in owners
+    except (FileNotFoundError, PermissionError):
+        return True
 
 
 _STATE_DIR = re.compile(r'^\s*state_dir\s*=\s*["\']([^"\']+)["\']', re.M)
@@ -141,37 +180,59 @@ def socket_from_config(path: Path) -> Path | None:
     return base / name
 
 
-def answers(path: Path, timeout_s: float = 1.0) -> bool:
-    """Something accepts connections on the unix socket at `path`."""
+class Answer(enum.Enum):
+    YES = "yes"
+    NO = "no"
+    DENIED = "denied"  # the socket, or a directory on the way, may not be opened by this user
+
+
+def probe(path: Path, timeout_s: float = 1.0) -> Answer:
+    """Whether something accepts connections on the unix socket at `path`."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         try:
             sock.connect(str(path))
+        except PermissionError:
+            return Answer.DENIED
         except OSError:
-            return False
-    return True
+            return Answer.NO
+    return Answer.YES
+
+
+def answers(path: Path, timeout_s: float = 1.0) -> bool:
+    """Something accepts connections on the unix socket at `path`."""
+    return probe(path, timeout_s) is Answer.YES
 
 
 class NoAgentError(Exception):
     """No agent answers where `find_socket` looked, or several do and nothing says which."""
 
 
-def _live(paths: list[Path]) -> list[Path]:
-    """The paths that answer, one per socket (two links to one agent count once)."""
-    live: dict[Path, Path] = {}
+def _live(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The paths that answer and those this user may not open, one per socket (two links to one
+    agent count once)."""
+    seen: dict[Path, Answer] = {}
+    live: list[Path] = []
+    denied: list[Path] = []
     for path in paths:
         target = path.resolve()
-        if target not in live and answers(path):
-            live[target] = path
-    return list(live.values())
+        if target in seen:
+            continue
+        seen[target] = probe(path)
+        if seen[target] is Answer.YES:
+            live.append(path)
+        elif seen[target] is Answer.DENIED:
+            denied.append(path)
+    return live, denied
 
 
 def find_socket(socket_arg: str | None, config_arg: str | None, default_config: Path) -> Path:
     """The status socket to talk to (see the module docstring for the order), or `NoAgentError`
-    saying everything that was tried."""
+    saying everything that was tried, or which socket this user may not open."""
     if socket_arg:
         return Path(socket_arg)
     tried: list[str] = []
+    denied: list[str] = []
     if config_arg:
         hinted = socket_from_config(Path(config_arg))
         if hinted is not None:
@@ -180,24 +241,61 @@ def find_socket(socket_arg: str | None, config_arg: str | None, default_config: 
     else:
         hinted = socket_from_config(default_config)
         if hinted is not None:
-            if answers(hinted):
+            if _answering(hinted, denied):
                 return hinted
             tried.append(f"{hinted} (from {default_config})")
-    live = _live(announced())
+    live, refused = _live(announced())
     if len(live) == 1:
         return live[0]
     if len(live) > 1:
         agents = ", ".join(f"{p} -> {_target(p)}" for p in live)
         raise NoAgentError(f"several agents run here ({agents}); pick one with --socket PATH or -c CONFIG")
     tried.append(f"agents announced in {', '.join(str(d) for d in search_dirs())} (none running)")
+    denied += [
+        f"an agent is announced at {link} but you may not open its socket {link.resolve()}: "
+        + _ask_for_access(link.resolve())
+        for link in refused
+    ]
     fallback = DEFAULT_STATE_DIR / DEFAULT_SOCKET_NAME
-    if answers(fallback):
+    if _answering(fallback, denied):
         return fallback
+    if denied:
+        raise NoAgentError(denied[0])
     tried.append(str(fallback))
     raise NoAgentError(
         "no agent answers; tried " + "; ".join(tried) + ". Is it running (systemctl status edge-agent)? "
         "Otherwise pass -c CONFIG or --socket PATH"
     )
+
+
+def _answering(path: Path, denied: list[str]) -> bool:
+    """`path` answers; if this user may not open it, that is added to `denied` as it is told."""
+    answer = probe(path)
+    if answer is Answer.DENIED:
+        denied.append(f"you may not open the status socket {path}: " + _ask_for_access(path))
+    return answer is Answer.YES
+
+
+def _ask_for_access(path: Path) -> str:
+    group = _group_of(path)
+    return "run as root or as a member of the agent's group" + (f" ({group})" if group else "")
+
+
+def _group_of(path: Path) -> str | None:
+    """The group that may open `path`: the socket's, or when it cannot even be looked at, that of
+    the nearest directory on the way that can (the one that refuses this user)."""
+    for candidate in (path, *path.parents):
+        try:
+            gid = candidate.stat().st_gid
+        except PermissionError:
+            continue
+        except OSError:
+            break
+        try:
+            return grp.getgrgid(gid).gr_name
+        except KeyError:
+            return str(gid)
+    return None
 
 
 def _target(link: Path) -> str:

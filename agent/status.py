@@ -11,6 +11,10 @@ gets through while tails are held); a connection that sends no request within 5 
 so is one that does not take an answer (a snapshot, a tail line) within `WRITE_TIMEOUT_S`; a
 request line longer than `MAX_REQUEST_BYTES` is answered with an error without being buffered;
 every turned-away request is counted, never a traceback.
+
+The socket's path is the agent's only while it runs: a second agent configured with the same path
+refuses to start rather than take it over, and on stop an agent removes the path only if it is
+still the socket it bound.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ MAX_REQUEST_BYTES = 4096
 MAX_CLIENTS = 64
 MAX_TAILS = 8
 REQUEST_TIMEOUT_S = 5.0
+STALE_PROBE_TIMEOUT_S = 2.0
 # A reader on a loaded Pi takes a snapshot within a second; one that stops reading is let go.
 WRITE_TIMEOUT_S = 10.0
 _BUSY = b'{"error": "busy: too many clients of the status socket; try again"}\n'
@@ -87,13 +92,16 @@ class StatusServer:
         self.write_timeouts = 0
         self._handlers: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket this server made
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_socket(self.path, refuse_other=True)
+        await _remove_stale_socket(self.path)
         self._server = await asyncio.start_unix_server(
             self._handle, path=str(self.path), limit=MAX_REQUEST_BYTES
         )
+        info = os.stat(self.path)
+        self._bound = (info.st_dev, info.st_ino)
         os.chmod(self.path, 0o660)
 
     async def close(self) -> None:
@@ -104,7 +112,12 @@ class StatusServer:
             await cancel_all(list(self._handlers))
             await asyncio.gather(*self._handlers, return_exceptions=True)
             await self._server.wait_closed()
-        _remove_socket(self.path, refuse_other=False)
+        if self._bound is not None:
+            with contextlib.suppress(FileNotFoundError):
+                info = os.lstat(self.path)
+                if (info.st_dev, info.st_ino) == self._bound:
+                    os.unlink(self.path)
+            self._bound = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.clients >= self.max_clients:
@@ -145,6 +158,8 @@ class StatusServer:
             self.bad_requests += 1
             await self._send(writer, _TOO_LONG)
             return
+        if not line:
+            return  # connected and left without asking: `status` looking for agents, a starting agent
         try:
             request = orjson.loads(line)
             cmd = request.get("cmd") if isinstance(request, dict) else None
@@ -195,18 +210,36 @@ class _StalledError(Exception):
     """The client did not take an answer within the write timeout."""
 
 
-def _remove_socket(path: Path, *, refuse_other: bool) -> None:
-    """Remove a stale socket at `path`. Anything else there is kept: the path comes from the config,
-    and a socket path naming the outbox, the nonce store or the device key must not delete it
-    (AgentError at start, so the agent says which file is in the way)."""
+async def _remove_stale_socket(path: Path) -> None:
+    """Remove a stale socket at `path` (left by an agent that was killed). Anything else there is
+    kept, with an AgentError saying what is in the way: the path comes from the config, and a socket
+    path naming the outbox, the nonce store or the device key must not delete it; one where another
+    agent answers must not cut that agent off from `status` and `tail`."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
-    if stat.S_ISSOCK(mode):
-        path.unlink(missing_ok=True)
-    elif refuse_other:
+    if not stat.S_ISSOCK(mode):
         raise AgentError(f"status socket {path}: a file that is not a socket is there; not replacing it")
+    try:
+        async with asyncio.timeout(STALE_PROBE_TIMEOUT_S):
+            _, writer = await asyncio.open_unix_connection(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    except TimeoutError:
+        pass  # it is there but takes no connection now: an agent with a full backlog
+    except OSError as exc:
+        raise AgentError(
+            f"status socket {path}: cannot tell whether an agent answers there ({exc.strerror or exc}); "
+            "not replacing it"
+        ) from None
+    else:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    raise AgentError(f"another agent answers on {path}: give this one its own [status] socket")
 
 
 class AgentNotRunningError(Exception):
