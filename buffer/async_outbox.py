@@ -58,7 +58,9 @@ class AsyncOutbox:
 
         With `quarantine_unusable`, a file that is not a usable outbox (`OutboxUnusableError`)
         is renamed aside and a fresh outbox created; `quarantined` then holds (moved-to path,
-        reason). Other errors (missing directory, locked by another writer) still raise.
+        reason). Other errors still raise and leave the file as it is: a missing directory, or
+        `OutboxUnavailableError` (locked by another process, not readable or writable by this
+        user, an I/O error), which says nothing about the rows in it.
         """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         make = functools.partial(

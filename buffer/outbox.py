@@ -146,12 +146,12 @@ class Outbox:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
-            raise BufferError(f"outbox {self.path}: cannot open lock file: {exc}") from exc
+            raise schema.OutboxUnavailableError(f"outbox {self.path}: cannot open lock file: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
-            raise BufferError(
+            raise schema.OutboxLockedError(
                 f"outbox {self.path}: in use by another writer ({lock_path} is locked)"
             ) from exc
         return fd
@@ -184,7 +184,7 @@ class Outbox:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         except sqlite3.Error as exc:
-            raise BufferError(f"outbox {self.path}: cannot open: {exc}") from exc
+            raise schema.open_error(exc, self.path) from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # Inspect before changing anything, so a foreign file is refused untouched.
@@ -203,12 +203,11 @@ class Outbox:
                 schema.create(conn, self.max_bytes)
             else:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'max_bytes'", (self.max_bytes,))
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise schema.OutboxUnusableError(f"outbox {self.path}: cannot open: {exc}") from exc
         except sqlite3.Error as exc:
             conn.close()
-            raise BufferError(f"outbox {self.path}: cannot open: {exc}") from exc
+            # Only an error about the file itself makes it unusable (and quarantined at start);
+            # a lock, permissions or I/O say nothing about the rows in it.
+            raise schema.open_error(exc, self.path, unusable="cannot open") from exc
         except BaseException:
             conn.close()
             raise

@@ -4,6 +4,7 @@ and the stats query shared by the writer and the read-only `edge-agent buffer st
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 from pathlib import Path
@@ -33,11 +34,22 @@ MAX_EPOCH: Final = 2**53 - 1
 
 
 class OutboxUnusableError(BufferError):
-    """The file is not a usable outbox (not SQLite, foreign, damaged, newer schema, corrupt pages).
+    """The file is not a usable outbox (not SQLite, foreign, damaged, corrupt pages).
 
     The agent quarantines such a file (renames and keeps it) and starts a fresh outbox; other
-    `BufferError`s (a missing directory, the file locked by another writer) are not this.
+    `BufferError`s (a missing directory, `OutboxUnavailableError`) are not this.
     """
+
+
+class OutboxUnavailableError(BufferError):
+    """The outbox cannot be opened now, for a reason outside the file: its (or its directory's)
+    permissions, an I/O error, a full disk. Says nothing about the rows, so never quarantined: the
+    agent exits with the one-line error and systemd starts it again later.
+    """
+
+
+class OutboxLockedError(OutboxUnavailableError):
+    """Another process holds the outbox: an agent already running, or an sqlite3 session."""
 
 
 class OutboxDamagedError(BufferError):
@@ -68,6 +80,66 @@ _OUTBOX_COLUMNS: Final = {
 _TABLES: Final = {"meta", "outbox", "streams", "counters"}
 
 
+# SQLite's answers about the file's surroundings rather than its content (matched on the primary
+# code, the low byte of an extended one). Every other error at open is about the file itself.
+_LOCKED: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_NO_ACCESS: Final = frozenset(
+    {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_AUTH}
+)
+_NOT_NOW: Final = frozenset(
+    {
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOLFS,
+        sqlite3.SQLITE_INTERRUPT,
+    }
+)
+
+
+def open_error(
+    exc: sqlite3.Error, path: Path, *, write: bool = True, unusable: str = "not a usable SQLite database"
+) -> BufferError:
+    """The error for `exc`, raised by SQLite while opening or inspecting the outbox at `path` (to
+    write to it, or only to read it).
+
+    A lock is `OutboxLockedError`; permissions, I/O, a full disk or no memory are
+    `OutboxUnavailableError`; anything else SQLite says (not a database, corrupt, a schema the
+    queries cannot use) is `OutboxUnusableError` ("outbox PATH: <unusable>: <exc>").
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary in _LOCKED:
+        return OutboxLockedError(
+            f"outbox {path} is locked by another process (an sqlite3 session?): close it"
+        )
+    if primary in _NO_ACCESS:
+        if not write:
+            return OutboxUnavailableError(f"cannot open outbox {path} read-only: {exc}")
+        return OutboxUnavailableError(f"cannot open outbox {path}: {_no_access(path) or exc}")
+    if primary in _NOT_NOW:
+        return OutboxUnavailableError(f"outbox {path}: cannot use it now: {exc}")
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return BufferError(f"outbox {path}: {exc}")
+    return OutboxUnusableError(f"outbox {path}: {unusable}: {exc}")
+
+
+def _no_access(path: Path) -> str | None:
+    """What a writer may not open or create of the outbox at `path` (the file, its `-wal` and
+    `-shm`, which SQLite creates when missing), as "permission denied ..."; None if nothing."""
+    if not os.access(path.parent, os.X_OK):
+        return f"permission denied on {path.parent}"
+    companions = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+    for file in [path, *companions]:
+        if file.exists() and not os.access(file, os.R_OK | os.W_OK):
+            return f"permission denied on {file}"
+    missing = [file.name for file in companions if not file.exists()]
+    if missing and not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"permission denied: cannot create {' and '.join(missing)} in {path.parent}"
+    return None
+
+
 def _meta(conn: sqlite3.Connection, key: str) -> Any:
     """The `meta` value under `key` as stored (SQLite may hold any type there), or None."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -82,18 +154,20 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
-def inspect(conn: sqlite3.Connection, path: Path) -> int | None:
+def inspect(conn: sqlite3.Connection, path: Path, *, write: bool = True) -> int | None:
     """The schema version of an existing outbox, or None for an empty database.
 
     Raises `BufferError` naming `path` for anything else: not SQLite, another application's
-    database, a newer schema than this code knows, or an outbox with tables or columns missing.
-    Only reads, so it is safe on a read-only connection and never alters a foreign file.
+    database, a newer schema than this code knows, or an outbox with tables or columns missing;
+    or, as `open_error` says, that the file is locked or cannot be opened (`write`: `conn` was
+    opened to write). Only reads, so it is safe on a read-only connection and never alters a
+    foreign file.
     """
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         tables = _table_names(conn) - {"sqlite_sequence"}
-    except sqlite3.DatabaseError as exc:
-        raise OutboxUnusableError(f"outbox {path}: not a usable SQLite database: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise open_error(exc, path, write=write) from exc
     if app_id not in (0, APPLICATION_ID):
         raise OutboxUnusableError(
             f"outbox {path}: is another application's SQLite database "
@@ -133,11 +207,12 @@ def inspect(conn: sqlite3.Connection, path: Path) -> int | None:
 
 
 def check_integrity(conn: sqlite3.Connection, path: Path) -> None:
-    """`core.quarantine.require_intact`, as an `OutboxUnusableError`."""
+    """`core.quarantine.require_intact`, as an `OutboxUnusableError` (a lock or an I/O error on the
+    way is `open_error`'s `OutboxUnavailableError`)."""
     try:
         require_intact(conn)
     except sqlite3.DatabaseError as exc:
-        raise OutboxUnusableError(f"outbox {path}: corrupt: {exc}") from exc
+        raise open_error(exc, path, unusable="corrupt") from exc
 
 
 def create(conn: sqlite3.Connection, max_bytes: int) -> None:

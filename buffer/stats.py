@@ -5,15 +5,21 @@ read-only, while the agent may be running and writing, and prints them as text o
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from water_edge.buffer import schema
 from water_edge.buffer.types import OutboxStats
 from water_edge.core import units
 from water_edge.core.errors import BufferError
+
+# A reader waits this long for a lock held by someone else (the running agent never holds one that
+# long: WAL readers do not wait for the writer).
+BUSY_TIMEOUT_MS: Final = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,27 +74,52 @@ def buffer_health(stats: OutboxStats, now_ns: int, quarantined: Path | None = No
     )
 
 
+# Who may read an outbox: the agent's files are owner read-write, group read (docs/buffer.md).
+_AS_WHOM = "run as root or as a member of the agent's group"
+
+
 def read_stats(path: str | Path) -> OutboxStats:
-    """Stats from the outbox at `path`, opened read-only; never creates or changes a file."""
+    """Stats from the outbox at `path`, opened read-only. Changes no file and creates none, but
+    one: the `-shm` index SQLite needs to read a `-wal` found without it (a copied outbox).
+
+    Raises `BufferError`: `OutboxLockedError` while another process holds the file,
+    `OutboxUnavailableError` when this user may not read it, `OutboxUnusableError` for a file
+    that is not an outbox.
+    """
     path = Path(path)
-    if path.is_dir():
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    try:
+        is_dir, is_file, has_wal, has_shm = path.is_dir(), path.is_file(), wal.exists(), shm.exists()
+    except OSError as exc:  # a directory on the way this user may not search
+        raise schema.OutboxUnavailableError(f"cannot read {path}: {_why(exc)}") from exc
+    if is_dir:
         raise BufferError(f"outbox {path}: a directory, not an outbox file")
-    if not path.is_file():
+    if not is_file:
         raise BufferError(f"outbox {path}: no such file")
+    for file in (path, wal, shm):
+        if file.exists() and not os.access(file, os.R_OK):
+            raise schema.OutboxUnavailableError(f"cannot read {file}: permission denied ({_AS_WHOM})")
     # mode=ro: a stats reader must not create, convert (WAL) or lock out the running writer.
     uri = f"{path.resolve().as_uri()}?mode=ro"
-    if not Path(f"{path}-wal").exists():
+    if not has_wal:
         # No writer is connected (a connected writer always has a -wal file). A plain read-only
         # open would now create -wal and -shm files owned by whoever runs the CLI (often root),
         # which the agent's service user could then not open; immutable reads the file as is.
         uri += "&immutable=1"
+    elif not has_shm and not os.access(path.parent, os.W_OK | os.X_OK):
+        # Immutable would ignore the -wal and its committed rows; SQLite reads a WAL only through
+        # a -shm, creating it if missing (as root, with the database file's owner and mode).
+        raise schema.OutboxUnavailableError(
+            f"cannot read {path}: it has a -wal but no -shm, and reading the -wal needs {shm.name} "
+            f"created in {path.parent}: permission denied (run as root or as the directory's owner)"
+        )
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     except sqlite3.Error as exc:
-        raise BufferError(f"outbox {path}: cannot open read-only: {exc}") from exc
+        raise schema.open_error(exc, path, write=False) from exc
     try:
-        conn.execute("PRAGMA busy_timeout = 5000")
-        if schema.inspect(conn, path) is None:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if schema.inspect(conn, path, write=False) is None:
             raise BufferError(f"outbox {path}: empty database, not an outbox")
         # One read transaction, so the figures are one consistent snapshot.
         conn.execute("BEGIN")
@@ -98,9 +129,15 @@ def read_stats(path: str | Path) -> OutboxStats:
             raise BufferError(f"outbox {path}: damaged: 'meta' max_bytes is not a whole number") from exc
         return _whole_numbers(schema.query_stats(conn, max_bytes), path)
     except sqlite3.Error as exc:
-        raise BufferError(f"outbox {path}: cannot read stats: {exc}") from exc
+        raise schema.open_error(exc, path, write=False, unusable="cannot read stats") from exc
     finally:
         conn.close()
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied ({_AS_WHOM})"
+    return exc.strerror or str(exc)
 
 
 _COUNTS = (
