@@ -42,6 +42,7 @@ from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSy
 from water_edge.agent.config import Config
 from water_edge.agent.devices_down import DOWN, UP, DownDevices
 from water_edge.agent.identity_keeper import IdentityKeeper
+from water_edge.agent.learnt_tags import LearntTags
 from water_edge.agent.live_config import ConfigPlan, plan_changes
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
 from water_edge.agent.remote.result import CommandCounts
@@ -99,11 +100,14 @@ class Agent:
         rbe = config.uplink.effective_rbe()
         self.exceptions = None if rbe is None else ExceptionFilter(rbe)
         built = drivers if drivers is not None else {}
+        enabled = [device for device in config.devices if device.enabled]
+        self.learnt_tags = LearntTags(gw.state_dir / "learnt_tags.json", enabled)
+        self._learnt_saving = False
+        self._learnt_task: asyncio.Task[None] | None = None
         self.runners = [
             DeviceRunner(device, built.get(device.name) or self._build_driver(device),
-                         self._on_readings, self.emit)
-            for device in config.devices
-            if device.enabled
+                         self._on_readings, self.emit, learnt=self.learnt_tags, on_learnt=self._tags_learnt)
+            for device in enabled
         ]  # fmt: skip
         self.down_devices = DownDevices(gw.state_dir / "devices_down.json")
         self.down_devices.keep_only({r.name for r in self.runners})
@@ -210,6 +214,20 @@ class Agent:
     def _build_driver(device: Any) -> Driver:
         driver: Driver = registry.build(device.kind, device)
         return driver
+
+    def _tags_learnt(self) -> None:
+        """A device read a tag it had not before: the record is saved a second later (one write for
+        the burst of a first poll), off the event loop."""
+        if self._learnt_saving:
+            return
+        self._learnt_saving = True
+
+        async def save() -> None:
+            await asyncio.sleep(1.0)
+            self._learnt_saving = False
+            await asyncio.to_thread(self.learnt_tags.save, self.learnt_tags.snapshot())
+
+        self._learnt_task = asyncio.get_running_loop().create_task(save())
 
     async def _on_readings(self, stream: str, readings: list[Reading]) -> None:
         await self.pipeline.submit(stream, readings)

@@ -18,6 +18,7 @@ from typing import Literal
 import structlog
 
 from water_edge.agent.frozen_values import FrozenValues, held_upstream
+from water_edge.agent.learnt_tags import LearntTags
 from water_edge.core import units
 from water_edge.core.backoff import Backoff
 from water_edge.core.errors import DriverIOError
@@ -107,8 +108,12 @@ class DeviceRunner:
         backoff_min_s: float = 1.0,
         backoff_max_s: float = 60.0,
         guard_s: float | None = None,
+        learnt: LearntTags | None = None,
+        on_learnt: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
+        # the tags this device has read, in this run and earlier ones (`agent.learnt_tags`)
+        self._learnt, self._on_learnt = learnt, on_learnt
         self.driver = driver
         self.stats = DeviceStats()
         self.ticker = FixedRateTicker(config.poll_interval_ms / 1000)
@@ -272,13 +277,19 @@ class DeviceRunner:
             await self._on_event(Event("values_resumed", self.name, now, "info", detail=held))
 
     def _account(self, readings: list[Reading]) -> None:
+        if self._learnt is not None and self._learnt.note(self.name, readings):
+            self._on_learnt()
         self.stats.readings += len(readings)
         self.stats.bad_readings += sum(1 for r in readings if r.quality == "bad")
         self.stats.last_read_ns = now_ns()
 
     async def _stand_in(self, reason: str) -> None:
+        """A `bad` reading for each tag the driver declares, and each it has read before (a
+        meter's records, learnt only once read: down at a start, they would otherwise just stop)."""
         ts = now_ns()
-        readings = [bad(self.name, tag.name, ts, reason, tag.unit) for tag in self.driver.tags()]
+        tags = {tag.name: tag for tag in self._learnt.of(self.name)} if self._learnt is not None else {}
+        tags.update((tag.name, tag) for tag in self.driver.tags())
+        readings = [bad(self.name, tag.name, ts, reason, tag.unit) for tag in tags.values()]
         self.stats.readings += len(readings)
         self.stats.bad_readings += len(readings)
         await self._on_readings(self.config.stream_name, readings)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from tests.support.mbus_sim import bus_config, running_bus
 from tests.support.testing import eventually
+from water_edge.agent.learnt_tags import LearntTags
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Event, Reading, now_ns
 from water_edge.drivers.base import TagInfo
 from water_edge.drivers.fake import FakeConfig, FakeDriver, FakeHealth
+from water_edge.drivers.mbus.driver import MbusDriver
 
 
 class Collector:
@@ -228,3 +232,33 @@ async def test_a_device_that_never_answers_cannot_hang_the_poll_loop() -> None:
     assert sink.readings, "the poll loop kept producing readings"
     assert all(r.quality == "bad" for _, r in sink.readings)
     assert [e.kind for e in sink.events] == ["driver_down"]
+
+
+async def test_a_meter_bus_down_at_a_start_stands_in_for_the_tags_an_earlier_run_read(tmp_path: Path) -> None:
+    """M-Bus meters read with `records = "all"`: their tags are known once read. Down at the next
+    start (a reboot during a wiring fault), only `house1.status` went bad; `house1.volume` simply
+    stopped, its last good value standing at the centre for the whole outage."""
+    record = tmp_path / "learnt_tags.json"
+    async with running_bus(tmp_path) as bus:
+        cfg = bus_config(bus, [{"name": "house1", "address": 1}])
+        first = Collector()
+        learnt = LearntTags(record, [cfg])
+        runner = DeviceRunner(
+            cfg, MbusDriver.from_config(cfg), first.on_readings, first.on_event, learnt=learnt
+        )
+        await run_until(runner, lambda: any(r.tag == "house1.volume" for _, r in first.readings), "a volume")
+        learnt.save(learnt.snapshot())
+    # the segment is gone: the port cannot be opened at the next start
+    second = Collector()
+    runner = DeviceRunner(
+        cfg, MbusDriver.from_config(cfg), second.on_readings, second.on_event,
+        learnt=LearntTags(record, [cfg]), backoff_min_s=0.05, backoff_max_s=0.1,
+    )  # fmt: skip
+    await run_until(runner, lambda: second.readings, "stand-ins")
+    stood_in = {r.tag: r for _, r in second.readings}
+    assert {r.quality for r in stood_in.values()} == {"bad"}
+    assert stood_in["house1.volume"].unit == "m3"
+    assert {"house1.status", "house1.volume", "house1.volume_flow"} <= set(stood_in)
+    # a device whose config changed (a meter removed, other records) starts afresh
+    other = cfg.model_copy(update={"meters": [cfg.meters[0].model_copy(update={"address": 2})]})
+    assert LearntTags(record, [other]).of("meters") == []

@@ -1,0 +1,69 @@
+"""The tags each device has read, as the last runs of the agent left them.
+
+Some drivers know their tags only once they have read them: an M-Bus or wireless M-Bus meter with
+`records = "all"`, a hydrophone's bands. When such a device is down at an agent start, its runner's
+stand-in `bad` readings covered only the tags the driver declares (a meter's `status`): every other
+tag simply stopped, and the centre's last value of it, good, stood for as long as the outage
+lasted. The record is `<state_dir>/learnt_tags.json`, `{device: {"config": fingerprint, "tags":
+{tag: unit}}}`; a device whose config changed starts afresh (a removed meter's tags must not go on
+being reported bad). Best effort, as `devices_down.json`: an unreadable record costs those
+stand-ins, nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+from water_edge.core.files import read_json_state, write_json_state
+from water_edge.core.reading import Reading
+from water_edge.drivers.base import DeviceConfig, TagInfo
+
+# Tags kept per device: a driver naming tags after its input (a receiver hearing meters that are
+# not configured) must not grow the file without end.
+MAX_TAGS_PER_DEVICE: Final = 20_000
+
+
+def fingerprint(config: DeviceConfig) -> str:
+    return hashlib.sha256(config.model_dump_json().encode("utf-8")).hexdigest()[:16]
+
+
+class LearntTags:
+    def __init__(self, path: Path, devices: Iterable[DeviceConfig]) -> None:
+        self.path = path
+        prints = {d.name: fingerprint(d) for d in devices}
+        self._prints = prints
+        self.tags: dict[str, dict[str, str]] = {name: {} for name in prints}
+        data = read_json_state(path, "learnt_tags")
+        for name, entry in data.items() if isinstance(data, dict) else ():
+            if name in prints and isinstance(entry, dict) and entry.get("config") == prints[name]:
+                tags = entry.get("tags")
+                if isinstance(tags, dict):
+                    self.tags[name] = {str(t): u for t, u in tags.items() if isinstance(u, str)}
+
+    def note(self, device: str, readings: Iterable[Reading]) -> bool:
+        """Take in the tags of `device`'s readings; whether one was new (the record is to be saved)."""
+        known = self.tags.setdefault(device, {})
+        new = False
+        for r in readings:
+            if r.tag not in known and len(known) < MAX_TAGS_PER_DEVICE:
+                known[r.tag] = r.unit
+                new = True
+        return new
+
+    def of(self, device: str) -> list[TagInfo]:
+        return [TagInfo(tag, unit) for tag, unit in self.tags.get(device, {}).items()]
+
+    def snapshot(self) -> dict[str, object]:
+        """What `save` writes (taken on the event loop)."""
+        return {
+            name: {"config": self._prints.get(name, ""), "tags": dict(tags)}
+            for name, tags in self.tags.items()
+            if tags
+        }
+
+    def save(self, snapshot: dict[str, object]) -> None:
+        """Write `snapshot`; blocking."""
+        write_json_state(self.path, snapshot, "learnt_tags")
