@@ -283,7 +283,8 @@ async def test_three_silent_requests_raise_driver_io_error_until_the_unit_answer
         # Reopening a serial port always works: a unit still silent after the back-off is still
         # down at its first request (the supervisor must not see a read that "worked" and flap).
         await driver.open()
-        with pytest.raises(DriverIOError, match="did not answer 4 requests"):
+        # the same reason as the first time: every stand-in reading carries it
+        with pytest.raises(DriverIOError, match="did not answer 3 requests"):
             await driver.read()
         line.now = 150.0  # the silence is over
         await driver.open()

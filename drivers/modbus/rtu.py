@@ -190,7 +190,9 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
                 echo = _echo_hint(client)
                 if self._silent >= MAX_SILENT_REQUESTS:
                     raise DriverIOError(
-                        f"{self.name}: unit {unit_id} did not answer {self._silent} requests in a row"
+                        # the same words however long it lasts: the reason every stand-in reading
+                        # carries (a count in it made each poll's readings differ, past a deadband)
+                        f"{self.name}: unit {unit_id} did not answer {MAX_SILENT_REQUESTS} requests in a row"
                         f"{echo and ': ' + echo}"
                     ) from exc
                 raise RequestFailedError(f"timeout{echo and ' (' + echo + ')'}") from exc

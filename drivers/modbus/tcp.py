@@ -192,7 +192,10 @@ class ModbusTcpDriver(PolledModbusDriver[ModbusTcpConfig]):
             self._silent += 1
             if self._silent >= MAX_SILENT_REQUESTS:
                 await self.aclose()
-                raise DriverIOError(f"{self.name}: no answer to {self._silent} requests in a row") from exc
+                # the same words however long it lasts (a count made each stand-in reason differ)
+                raise DriverIOError(
+                    f"{self.name}: no answer to {MAX_SILENT_REQUESTS} requests in a row"
+                ) from exc
             raise RequestFailedError("timeout") from exc
         except DriverIOError:
             self._stats["errors"] += 1
