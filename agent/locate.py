@@ -150,34 +150,46 @@ def _socket_owned(link: Path, owners: set[int]) -> bool:
         return True
 
 
-_STATE_DIR = re.compile(r'^\s*state_dir\s*=\s*["\']([^"\']+)["\']', re.M)
-_SOCKET = re.compile(r'^\s*socket\s*=\s*["\']([^"\']+)["\']', re.M)
+def _section_value(text: str, section: str, key: str, *, unique: bool) -> str | None:
+    """`key = "..."` inside `[section]` of a file that is no longer TOML (half-edited): the first
+    one between that header and the next; anywhere in the file when the header itself is broken
+    and the key is `unique` to its section (`state_dir`, not `path`)."""
+    header = re.search(rf"^\s*\[{re.escape(section)}\]\s*(#.*)?$", text, re.M)
+    if header is None and not unique:
+        return None
+    body = text if header is None else text[header.end() :]
+    end = re.search(r"^\s*\[", body, re.M) if header is not None else None
+    body = body[: end.start() if end else None]
+    found = re.search(rf'^\s*{re.escape(key)}\s*=\s*["\']([^"\']+)["\']', body, re.M)
+    return found.group(1) if found else None
 
 
-def socket_from_config(path: Path) -> Path | None:
-    """The status socket a config names, without validating it (None when the file is unreadable).
-
-    A file that is not TOML (half-edited) is searched for `state_dir = "..."` and `socket = "..."`.
-    """
+def state_file_from_config(path: Path, section: str, key: str, default_name: str) -> Path | None:
+    """The file under `gateway.state_dir` that `[section] key` names (or `default_name`), from a
+    config read without validating it: None when the file is unreadable. A file that is not TOML
+    (half-edited) is searched for the two keys in their sections."""
     try:
         text = read_toml_text(path)
     except (OSError, NotUtf8TextError):
         return None
     state_dir: object = None
-    sock: object = None
+    name: object = None
     try:
         raw = parse_toml(text)
     except TOMLDecodeError:
-        found_dir, found_sock = _STATE_DIR.search(text), _SOCKET.search(text)
-        state_dir = found_dir.group(1) if found_dir else None
-        sock = found_sock.group(1) if found_sock else None
+        state_dir = _section_value(text, "gateway", "state_dir", unique=True)
+        name = _section_value(text, section, key, unique=key != "path")
     else:
-        gateway, status = raw.get("gateway"), raw.get("status")
+        gateway, table = raw.get("gateway"), raw.get(section)
         state_dir = gateway.get("state_dir") if isinstance(gateway, dict) else None
-        sock = status.get("socket") if isinstance(status, dict) else None
+        name = table.get(key) if isinstance(table, dict) else None
     base = Path(state_dir) if isinstance(state_dir, str) and state_dir else DEFAULT_STATE_DIR
-    name = Path(sock) if isinstance(sock, str) and sock else Path(DEFAULT_SOCKET_NAME)
-    return base / name
+    return base / (name if isinstance(name, str) and name else default_name)
+
+
+def socket_from_config(path: Path) -> Path | None:
+    """The status socket a config names, without validating it (None when the file is unreadable)."""
+    return state_file_from_config(path, "status", "socket", DEFAULT_SOCKET_NAME)
 
 
 class Answer(enum.Enum):

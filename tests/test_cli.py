@@ -132,6 +132,19 @@ def test_buffer_stats_on_a_missing_file_is_an_error_not_a_new_file(tmp_path: Pat
     assert not (tmp_path / "nope.sqlite").exists()
 
 
+def test_buffer_stats_reads_the_outbox_a_half_edited_config_names(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    """The agent is down because its config is being edited: that is when the technician wants the
+    outbox's figures (buffer stats refused with 'invalid configuration')."""
+    broken = tmp_path / "agent.toml"
+    broken.write_text(agent.config.read_text() + "\n[uplink\nhost = 'x'\n")  # no longer TOML
+    result = cli("buffer", "stats", "-c", str(broken), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rows"] >= 3
+    assert f"reading the outbox it names, {agent.outbox}" in result.stderr
+
+
 def test_tail_prints_live_readings(agent: AgentProcess) -> None:
     proc = subprocess.Popen(
         [
