@@ -3,14 +3,18 @@
 Aliases are unique across the node and stable for the life of the process: node metrics take the
 first ones, then each device's metrics in config order. A metric first seen in a reading (a tag no
 config declared, a device the config does not list) gets the next alias and asks for a rebirth,
-as does a value whose datatype the birth did not announce (`datatypes.py`); births always carry
-the catalog as it is, so every alias a DATA message uses was born first.
+as does a value whose datatype the birth did not announce (`datatypes.py`), or the first value of a
+metric born with the placeholder datatype; births always carry the catalog as it is, so every alias a
+DATA message uses was born first. A live reading whose unit differs from the metric's (an OPC UA
+driver learns EngineeringUnits only once connected) changes the unit, and its device's next DBIRTH
+says it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Final
 
 from water_edge.agent.uplink.sparkplug import datatypes
@@ -22,6 +26,14 @@ REBIRTH: Final = "Node Control/Rebirth"
 NEXT_SERVER: Final = "Node Control/Next Server"
 AGENT_VERSION: Final = "Node Info/Agent Version"
 EVENT: Final = "Events/Event"
+
+
+class Change(IntEnum):
+    """What a reading changed in the catalog, in order of consequence."""
+
+    NONE = 0
+    UNIT = 1  # a metric's unit: its device's next DBIRTH must carry it (the value itself fits)
+    BIRTH = 2  # a new metric or datatype: a birth must come before the value's data
 
 
 @dataclass(slots=True)
@@ -86,32 +98,38 @@ class Catalog:
         self.by_alias[metric.alias] = (device.name, metric)
         return metric
 
-    def resolve(self, reading: Reading) -> tuple[Metric, bool]:
-        """The metric of a reading, and whether the catalog changed so that a rebirth must come first."""
+    def resolve(self, reading: Reading, *, live: bool = True) -> tuple[Metric, Change]:
+        """The metric of a reading, and what the reading changed in the catalog.
+
+        Only a `live` reading's unit is taken: a backlog row may carry a unit since replaced.
+        """
         device = self.devices.get(reading.source)
         if device is None:
             device = self._device(reading.source)
         metric = device.metrics.get(reading.tag)
         seen = datatypes.of_value(reading.value)
         if metric is None:
+            typed = seen is not None
             return self._add(
-                device, reading.tag, seen or datatypes.DEFAULT, reading.unit, typed=seen is not None
-            ), True
-        if not datatypes.fits(metric.datatype, reading.value):
-            metric.datatype = seen or datatypes.DEFAULT
+                device, reading.tag, seen or datatypes.DEFAULT, reading.unit, typed=typed
+            ), Change.BIRTH
+        change = Change.NONE
+        if seen is not None and not metric.typed:
+            # The placeholder of a metric never read: its first value decides, even one it could hold.
             metric.typed = True
-            return metric, True
-        if seen is not None:
-            metric.typed = True  # a placeholder that holds the value stays: no rebirth for that
-        return metric, False
+            if seen != metric.datatype:
+                metric.datatype = seen
+                change = Change.BIRTH
+        elif not datatypes.fits(metric.datatype, reading.value):
+            metric.datatype = seen or datatypes.DEFAULT
+            change = Change.BIRTH
+        if live and reading.unit and reading.unit != metric.unit:
+            metric.unit = reading.unit
+            change = max(change, Change.UNIT)
+        return metric, change
 
     def settle(self, reading: Reading) -> Metric:
-        """At a birth: the metric of a current value, typed by that value if nothing typed it yet."""
-        existing = self.metric(reading.source, reading.tag)
-        seen = datatypes.of_value(reading.value)
-        if existing is not None and not existing.typed and seen is not None:
-            existing.datatype, existing.typed = seen, True
-            return existing
+        """At a birth: the metric of a current value, typed by it if nothing typed it yet, with its unit."""
         return self.resolve(reading)[0]
 
     def metric(self, device: str | None, name: str) -> Metric | None:

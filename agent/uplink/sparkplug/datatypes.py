@@ -8,7 +8,8 @@ Where the datatype comes from, in order:
    Double, because scaling makes a float);
 2. otherwise the Python type of the first value seen: bool → Boolean, int → Int64 (UInt64 above
    2^63 - 1), float → Double, str → String;
-3. a tag with neither (declared by its driver, never read yet) is born as Double with `is_null`.
+3. a tag with neither (declared by its driver, never read yet) is born as Double with `is_null`,
+   and born again with the datatype of its first value if that is not Double.
 
 A later value that the birth's datatype cannot hold (a string in a Double, 2.5 in an Int64) makes
 the metric take the value's datatype and the node rebirth: Sparkplug allows a datatype to change

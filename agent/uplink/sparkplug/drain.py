@@ -9,13 +9,20 @@ births lack is in a live row, never only in the backlog (which does not update r
 Every published row goes into the connection's rolling history (`history.py`), which decides
 when the outbox may delete it; nothing here waits for an acknowledgement.
 
-A device's life follows its driver in the live lane: a `driver_down` event publishes DDEATH, a
-`driver_up` event DBIRTH with its current values. While a device is dead its bad stand-in readings
-are not published, live or historical (the DDEATH says it, and when; a host takes DATA of a dead
-device for a broken session and asks for a rebirth); a good live reading of a dead device births
-it first, and its good history goes out between a DBIRTH and a DDEATH of its own. At a birth,
-devices their runner reports down get DBIRTH then DDEATH, so a host knows their metrics and that
-they are down.
+A device's life follows its driver in the live lane: a `driver_down` event publishes DDEATH. After
+a `driver_up` event the device is born by its first live readings, which its DBIRTH carries (the
+filter's current values are then the stand-ins of the outage, which a DDATA would replace at once:
+a host would show the device bad for a moment); if none come within RETURN_WAIT_S, by what is
+current. While a device is dead its bad stand-in readings are not published, live or historical
+(the DDEATH says it, and when; a host takes DATA of a dead device for a broken session and asks for
+a rebirth); a good live reading of a dead device births it the same way, and its good history goes
+out between a DBIRTH and a DDEATH of its own. At a birth, devices their runner reports down get
+DBIRTH then DDEATH, so a host knows their metrics and that they are down.
+
+A birth that a live row causes (a new metric or datatype: the whole node; a unit that changed: that
+device) carries the row's readings as current values, and only what it did not carry goes out as
+DDATA. A device is born again for a unit at most once per REBIRTH_EVERY_S, so a unit that keeps
+changing cannot flood the host with births; its data goes on meanwhile.
 
 A message over the broker's Maximum Packet Size is not sent (the broker would drop the connection
 for it at every reconnect, and nothing would get through): a device whose DBIRTH is too large stays
@@ -28,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -40,7 +47,7 @@ from water_edge.agent.uplink.interfaces import BodyCodec, EncodeError, LeaseAckO
 from water_edge.agent.uplink.json_encoding import decode_body, default_codec
 from water_edge.agent.uplink.metrics import UplinkMetrics
 from water_edge.agent.uplink.sparkplug import payloads
-from water_edge.agent.uplink.sparkplug.catalog import EVENT, Catalog, Device
+from water_edge.agent.uplink.sparkplug.catalog import EVENT, Catalog, Change, Device
 from water_edge.agent.uplink.sparkplug.session import SparkplugSession, TooLargeError
 from water_edge.agent.uplink.sparkplug.topics import SparkplugTopics
 from water_edge.agent.uplink.state import ConnectionState
@@ -52,8 +59,11 @@ log = structlog.get_logger(__name__)
 
 # Births asked for (NCMD Rebirth, the host back) come at most this often: a host that floods
 # rebirth requests gets one birth per interval, the last request included, not a birth of every
-# metric per request.
+# metric per request. A device's DBIRTH for a unit that changed comes at most this often too.
 REBIRTH_EVERY_S: Final = 1.0
+# A device back up is born with its first readings after the return; this long without any (a filter
+# that held them all back), it is born with what is current.
+RETURN_WAIT_S: Final = 5.0
 
 Values = Callable[[], Mapping[tuple[str, str], Reading]]
 DeviceStates = Callable[[], Mapping[str, bool]]  # device name -> up
@@ -128,6 +138,9 @@ class SparkplugDrain:
         self._good: dict[int, bool] = {}  # alias -> last quality published on this session was good
         self._born_at = float("-inf")  # loop time of the last NBIRTH
         self._unborn: set[str] = set()  # devices whose DBIRTH the broker would not take, until a birth
+        self._returning: dict[str, float] = {}  # device back up, not born yet -> loop time of its driver_up
+        self._units_due: set[str] = set()  # devices whose born units are out of date
+        self._device_born_at: dict[str, float] = {}  # loop time of each device's last DBIRTH
 
     def notify(self) -> None:
         self._more = True
@@ -137,39 +150,58 @@ class SparkplugDrain:
 
     def birth(self, session: SparkplugSession, bdseq: int) -> bool:
         """NBIRTH (seq 0) and every DBIRTH after it; DDEATH for devices that are down. False if closed."""
-        catalog, topics = self._catalog, self._topics
-        values = self._values()
+        return self._birth(session, bdseq, ()) is not None
+
+    def _current(self, fresh: Iterable[Reading], device: str | None = None) -> dict[str, dict[str, Reading]]:
+        """Current values by device (of `device` only, if given): the filter's, or a newer one of `fresh`."""
         per_device: dict[str, dict[str, Reading]] = defaultdict(dict)
-        for (source, tag), reading in values.items():
-            catalog.settle(reading)
-            per_device[source][tag] = reading
+        for (source, tag), reading in self._values().items():
+            if device is None or source == device:
+                per_device[source][tag] = reading
+        for reading in fresh:
+            if device is None or reading.source == device:
+                known = per_device[reading.source].get(reading.tag)
+                if known is None or reading.ts_ns >= known.ts_ns:
+                    per_device[reading.source][reading.tag] = reading
+        for readings in per_device.values():
+            for reading in readings.values():
+                self._catalog.settle(reading)
+        return per_device
+
+    def _birth(
+        self, session: SparkplugSession, bdseq: int, fresh: Iterable[Reading]
+    ) -> dict[str, dict[str, Reading]] | None:
+        """`birth()` with `fresh` (live readings) among the current values; what the DBIRTHs carried."""
+        catalog, topics = self._catalog, self._topics
+        per_device = self._current(fresh)
         now_ms = time.time_ns() // 1_000_000
         try:
             if not session.publish(
                 topics.nbirth, payloads.nbirth(catalog, bdseq, now_ms, __version__), birth=True
             ):
-                return False
+                return None
         except TooLargeError as exc:
             self._too_large(str(exc))
-            return False
+            return None
         self._good = {}
         self._unborn = set()
+        self._returning = {}  # born now, as the runners say they are
         self._born_at = asyncio.get_running_loop().time()
         up = self._device_states()
         for device in catalog.devices.values():
             current = per_device.get(device.name, {})
             if not self._dbirth(session, device, current):
-                return False
+                return None
             if (
                 up.get(device.name) is False
                 and device.name not in self._unborn
                 and not self._ddeath(session, device.name)
             ):
-                return False
+                return None
         session.born = True
         session.rebirth = False
         self.counters.births += 1
-        return True
+        return per_device
 
     def _dbirth(self, session: SparkplugSession, device: Device, current: Mapping[str, Reading]) -> bool:
         try:
@@ -184,11 +216,13 @@ class SparkplugDrain:
             self._alive[device.name] = False
             self._too_large(f"device {device.name} not born: {exc}")
             return True
-        for tag, reading in current.items():
-            metric = device.metrics.get(tag)
-            if metric is not None:
-                self._good[metric.alias] = reading.quality == GOOD
+        for metric in device.metrics.values():
+            reading = current.get(metric.name)
+            # A metric born with no value is born bad: its first good value must say good again.
+            self._good[metric.alias] = reading is not None and reading.quality == GOOD
         self._alive[device.name] = True
+        self._units_due.discard(device.name)
+        self._device_born_at[device.name] = asyncio.get_running_loop().time()
         return True
 
     def _ddeath(self, session: SparkplugSession, device: str) -> bool:
@@ -218,6 +252,8 @@ class SparkplugDrain:
             await self._release(session, loop.time())
             stopping = stop.is_set()
             if not await self._live(session, lanes, bdseq):
+                return Outcome.LOST
+            if not self._due_births(session, loop.time()):
                 return Outcome.LOST
             if stopping and (not self._more or loop.time() >= deadline()):
                 return Outcome.STOPPED
@@ -272,6 +308,9 @@ class SparkplugDrain:
             waits.append(max(0.01, self._born_at + REBIRTH_EVERY_S - now))
         if lanes.open:
             waits.append(max(0.0, (1.0 - lanes.tokens) / self._rate))
+        due = self._next_due()
+        if due is not None:
+            waits.append(max(0.01, due - now))
         release = session.history.next_release_in(now)
         if release is not None:
             waits.append(max(0.01, release))
@@ -281,6 +320,31 @@ class SparkplugDrain:
                 await self.wake.wait()
         except TimeoutError:
             pass
+
+    def _due_births(self, session: SparkplugSession, now: float) -> bool:
+        """DBIRTHs that waited: a device back up without readings, a device's changed units."""
+        for device, since in list(self._returning.items()):
+            if self._alive.get(device, True):
+                del self._returning[device]
+            elif now >= since + RETURN_WAIT_S:
+                if self._device_up(session, device) is None:
+                    return False
+                del self._returning[device]
+        for device in list(self._units_due):
+            if not self._alive.get(device, True) or device in self._unborn:
+                self._units_due.discard(device)  # its next birth carries them
+            elif (
+                now >= self._device_born_at.get(device, float("-inf")) + REBIRTH_EVERY_S
+                and self._device_up(session, device) is None
+            ):
+                return False
+        return True
+
+    def _next_due(self) -> float | None:
+        """Loop time of the next DBIRTH that waits (`_due_births`), None if none does."""
+        due = [since + RETURN_WAIT_S for since in self._returning.values()]
+        due += [self._device_born_at.get(d, float("-inf")) + REBIRTH_EVERY_S for d in self._units_due]
+        return min(due, default=None)
 
     async def _lease(self, after: int, limit: int, upto: int | None) -> list[OutboxRow]:
         try:
@@ -357,38 +421,67 @@ class SparkplugDrain:
         for device, device_readings in by_device.items():
             row_metrics = []
             for reading in device_readings:
-                metric, changed = catalog.resolve(reading)
-                rebirth |= changed
+                metric, change = catalog.resolve(reading, live=not historical)
+                rebirth |= change is Change.BIRTH
+                if change is Change.UNIT:
+                    self._units_due.add(device)
                 row_metrics.append((metric.alias, reading))
             resolved.append((device, row_metrics))
+        carried: Mapping[str, Mapping[str, Reading]] = {}
         if rebirth:
             log.info("sparkplug.catalog_changed", devices=sorted(by_device))
             self.counters.rebirths += 1
-            if not self.birth(session, bdseq):
+            born = self._birth(session, bdseq, () if historical else readings)
+            if born is None:
                 return False
+            if not historical:
+                carried = born
         for device, items in resolved:
-            if not self._publish_device(session, device, items, historical=historical):
+            if not self._publish_device(
+                session, device, items, historical=historical, carried=carried.get(device, {})
+            ):
                 return False
         return True
 
     def _publish_device(
-        self, session: SparkplugSession, device: str, items: list[tuple[int, Reading]], *, historical: bool
+        self,
+        session: SparkplugSession,
+        device: str,
+        items: list[tuple[int, Reading]],
+        *,
+        historical: bool,
+        carried: Mapping[str, Reading],
     ) -> bool:
+        """DDATA of one device's readings of a row, with the DBIRTH they need first; `carried`: the
+        readings a birth for this row already carried."""
         if device in self._unborn:
-            raise TooLargeError(
-                f"device {device} has no birth: its DBIRTH is over the broker's Maximum Packet Size"
-            )
+            raise _unborn(device)
         dead = not self._alive.get(device, True)
         if dead:
             # A host takes DATA of a device it holds dead, historical or not, for a broken session
             # and asks for a rebirth (MQTT Engine: "DDATA before BIRTH"). Its stand-ins say nothing
-            # the DDEATH did not; good data means it is alive, or was when its history was taken.
-            if all(reading.quality == BAD for _, reading in items):
+            # the DDEATH did not; good data means it is alive, or was when its history was taken,
+            # and so does any live reading after its driver came back.
+            returned = not historical and device in self._returning
+            if not returned and all(reading.quality == BAD for _, reading in items):
                 self.counters.suppressed_dead += len(items)
                 return True
-            if not self._device_up(session, device):
+        units_due = device in self._units_due and (
+            asyncio.get_running_loop().time()
+            >= self._device_born_at.get(device, float("-inf")) + REBIRTH_EVERY_S
+        )
+        if dead or (units_due and not historical):
+            # A live row's readings are the newest values: the DBIRTH carries them, not the ones before.
+            born = self._device_up(session, device, () if historical else [r for _, r in items])
+            if born is None:
                 return False
-        if not self._publish_data(session, device, items, historical=historical):
+            if device in self._unborn:
+                raise _unborn(device)
+            if not historical:
+                carried = born
+                self._returning.pop(device, None)
+        items = [(alias, reading) for alias, reading in items if carried.get(reading.tag) is not reading]
+        if items and not self._publish_data(session, device, items, historical=historical):
             return False
         if dead and historical:  # born for its history only: its driver is still down
             self.counters.device_deaths += 1
@@ -424,27 +517,34 @@ class SparkplugDrain:
             device = event.source
             if device not in self._catalog.devices:
                 continue
-            if event.kind == "driver_down" and self._alive.get(device, True):
-                self.counters.device_deaths += 1
-                if not self._ddeath(session, device):
-                    return False
-            elif (
-                event.kind == "driver_up"
-                and not self._alive.get(device, True)
-                and not self._device_up(session, device)
-            ):
-                return False
+            if event.kind == "driver_down":
+                self._returning.pop(device, None)
+                if self._alive.get(device, True):
+                    self.counters.device_deaths += 1
+                    if not self._ddeath(session, device):
+                        return False
+            elif event.kind == "driver_up" and not self._alive.get(device, True):
+                # Born by its first readings (they follow the event), not by the outage's stand-ins.
+                self._returning.setdefault(device, asyncio.get_running_loop().time())
         return True
 
-    def _device_up(self, session: SparkplugSession, device: str) -> bool:
+    def _device_up(
+        self, session: SparkplugSession, device: str, fresh: Iterable[Reading] = ()
+    ) -> Mapping[str, Reading] | None:
+        """DBIRTH of one device with its current values (`fresh` among them); what it carried, None
+        if the connection is closed."""
         if device in self._unborn:
-            return True  # its DBIRTH did not fit at this birth; it will not now
+            return {}  # its DBIRTH did not fit at this birth; it will not now
         self.counters.device_births += 1
-        current = {tag: r for (source, tag), r in self._values().items() if source == device}
-        for reading in current.values():
-            self._catalog.settle(reading)
-        return self._dbirth(session, self._catalog.devices[device], current)
+        current = self._current(fresh, device).get(device, {})
+        if not self._dbirth(session, self._catalog.devices[device], current):
+            return None
+        return current
 
     def _too_large(self, why: str, **context: object) -> None:
         self._state.error(why)
         log.error("sparkplug.too_large", error=why, **context)
+
+
+def _unborn(device: str) -> TooLargeError:
+    return TooLargeError(f"device {device} has no birth: its DBIRTH is over the broker's Maximum Packet Size")

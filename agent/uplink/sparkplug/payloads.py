@@ -4,7 +4,8 @@
 everything else is here. Quality goes into each metric's `Quality` property (Int32), the way
 Ignition's MQTT modules read it: 192 good, 0x40000000 uncertain, 0x80000000 bad (the level bits of
 OPC UA status codes); a metric that is not good also carries a `Reason` (String). A tag's unit is
-its `engUnit` property (String) in births.
+its `engUnit` property (String) in births. A birth metric with no value read yet is null and bad
+(`Reason` "not read yet"), as Ignition shows a tag waiting for its initial data.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from water_edge.agent.uplink.sparkplug.catalog import (
     Metric,
 )
 from water_edge.agent.uplink.sparkplug.proto import DataType, Payload
-from water_edge.core.reading import GOOD, Event, Reading
+from water_edge.core.reading import BAD, GOOD, Event, Reading
 
 QUALITY: Final = "Quality"
 REASON: Final = "Reason"
 ENG_UNIT: Final = "engUnit"
 QUALITY_CODES: Final[dict[str, int]] = {"good": 192, "uncertain": 0x40000000, "bad": 0x80000000}
+NOT_READ: Final = "not read yet"
 
 
 def ms(ts_ns: int) -> int:
@@ -39,12 +41,16 @@ def ms(ts_ns: int) -> int:
 
 
 def _quality(metric: Payload.Metric, reading: Reading) -> None:
+    _quality_of(metric, reading.quality, reading.reason)
+
+
+def _quality_of(metric: Payload.Metric, quality: str, reason: str | None) -> None:
     props = metric.properties
     props.keys.append(QUALITY)
-    props.values.add(type=DataType.Int32, int_value=QUALITY_CODES[reading.quality])
-    if reading.quality != GOOD:
+    props.values.add(type=DataType.Int32, int_value=QUALITY_CODES[quality])
+    if quality != GOOD:
         props.keys.append(REASON)
-        props.values.add(type=DataType.String, string_value=reading.reason or "")
+        props.values.add(type=DataType.String, string_value=reason or "")
 
 
 def _value(out: Payload.Metric, metric: Metric, value: object) -> None:
@@ -79,7 +85,7 @@ def ndeath(bdseq: int, now_ms: int) -> Payload:
 
 def dbirth(device: Device, values: Mapping[str, Reading], now_ms: int) -> Payload:
     """DBIRTH: every metric of the device with name, alias, datatype, timestamp and its current
-    value (the last reported reading) or `is_null` when none is known yet."""
+    value (the last reported reading) or `is_null` and bad quality when none is known yet."""
     payload = Payload()
     for metric in device.metrics.values():
         out = payload.metrics.add(name=metric.name, alias=metric.alias, datatype=metric.datatype)
@@ -87,6 +93,7 @@ def dbirth(device: Device, values: Mapping[str, Reading], now_ms: int) -> Payloa
         if reading is None:
             out.timestamp = now_ms
             out.is_null = True
+            _quality_of(out, BAD, NOT_READ)
         else:
             out.timestamp = ms(reading.ts_ns)
             _value(out, metric, reading.value)
@@ -139,4 +146,4 @@ def events(metric: Metric, items: Iterable[Event], *, historical: bool) -> Paylo
     return payload
 
 
-__all__ = ["EVENT", "QUALITY_CODES", "data", "dbirth", "ddeath", "events", "nbirth", "ndeath"]
+__all__ = ["EVENT", "NOT_READ", "QUALITY_CODES", "data", "dbirth", "ddeath", "events", "nbirth", "ndeath"]
