@@ -4,6 +4,7 @@ exports, and the processor on meter readings (state kept over restarts, fused wi
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from structlog.testing import capture_logs
 
 from tests.support.cli import CliRun, edge_agent
 from water_edge.core.reading import Event, Reading
-from water_edge.models.flow_leak.config import FlowLeakSection
+from water_edge.models.flow_leak.config import BurstSection, FlowLeakSection
 from water_edge.models.flow_leak.detector import FixedThreshold, StepDetector, StepParams
 from water_edge.models.flow_leak.glitch import night_glitches
 from water_edge.models.flow_leak.processor import FlowLeakProcessor
@@ -260,6 +261,32 @@ async def test_the_processor_finds_a_rise_in_the_readings_keeps_state_and_fuses_
     line = again.health().status_lines()[0]
     assert line.startswith("dma-north: armed, baseline ")
     assert line.endswith("1 rise(s)")
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("state.json", {"step": [1, 2]}),
+        ("state.json", {"nights": "many"}),
+        ("burst.json", {"format": "burst/1", "slot_minutes": 15, "alarm_since": "yesterday"}),
+    ],
+    ids=["step not an object", "nights not a number", "burst onset not a time"],
+)
+def test_a_stored_state_of_another_shape_is_named_and_learnt_again_not_a_crash(
+    tmp_path: Path, name: str, content: dict[str, Any]
+) -> None:
+    # Before, JSON of another shape (a damaged card, a foreign file) raised as the processor was
+    # built, at every start of the agent.
+    section = FlowLeakSection(name="dma-north", inflow=["inflow"], burst=BurstSection(enabled=True))
+    path = tmp_path / "flow_leak" / "dma-north" / name
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(content), encoding="utf-8")
+    with capture_logs() as logs:
+        district = FlowLeakProcessor([section], tmp_path).health().districts["dma-north"]
+    assert (district.nights, district.baseline_m3h) == (0, None)
+    assert district.last_error is not None
+    assert district.last_error.endswith(f"({path})")
+    assert [e["path"] for e in logs if e["event"].endswith("state_unusable")] == [str(path)]
 
 
 async def test_a_card_that_refuses_writes_costs_the_stored_state_not_the_flow_leak_event(

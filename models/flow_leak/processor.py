@@ -152,10 +152,7 @@ class FlowLeakProcessor:
             )
             self._restore(d)
             if cfg.burst.enabled:
-                stored = read_json_state(self._burst_path(d), "flow_leak.burst")
-                d.burst = BurstDetector.from_dict(
-                    stored if isinstance(stored, dict) else {}, self._burst_params(cfg)
-                )
+                d.burst = self._restore_burst(d)
             self.districts.append(d)
             for tag in {*cfg.inflow, *cfg.outflow, *([cfg.pressure] if cfg.pressure else [])}:
                 self._routes.setdefault(tag, []).append((d, tag))
@@ -191,15 +188,34 @@ class FlowLeakProcessor:
         data = read_json_state(d.state_path, "flow_leak.state")
         if not isinstance(data, dict):
             return
-        d.step = StepDetector.from_dict(data.get("step", {}), self._params(d.cfg))
-        fixed = data.get("fixed", {})
-        d.fixed.learning = [float(v) for v in fixed.get("learning", [])]
-        d.fixed.threshold = fixed.get("threshold")
-        d.fixed.above = bool(fixed.get("above", False))
-        d.p_ref = data.get("p_ref")
-        d.learning_pressure = [float(v) for v in data.get("learning_pressure", [])]
-        d.nights = int(data.get("nights", 0))
+        try:
+            step = StepDetector.from_dict(data.get("step", {}), self._params(d.cfg))
+            fixed = data.get("fixed", {})
+            learning = [float(v) for v in fixed.get("learning", [])]
+            threshold, above = fixed.get("threshold"), bool(fixed.get("above", False))
+            learning_pressure = [float(v) for v in data.get("learning_pressure", [])]
+            nights = int(data.get("nights", 0))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            # JSON of another shape (a damaged card, a foreign file): learnt again, never a crash.
+            log.warning(
+                "flow_leak.state_unusable", district=d.cfg.name, path=str(d.state_path), error=str(exc)
+            )
+            d.last_error = f"state unusable, learning again: {exc} ({d.state_path})"
+            return
+        d.step, d.fixed.learning, d.fixed.threshold, d.fixed.above = step, learning, threshold, above
+        d.p_ref, d.learning_pressure, d.nights = data.get("p_ref"), learning_pressure, nights
         d.last_night, d.last_flow = data.get("last_night"), data.get("last_flow")
+
+    def _restore_burst(self, d: _District) -> BurstDetector:
+        params = self._burst_params(d.cfg)
+        stored = read_json_state(self._burst_path(d), "flow_leak.burst")
+        try:
+            return BurstDetector.from_dict(stored if isinstance(stored, dict) else {}, params)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            path = str(self._burst_path(d))
+            log.warning("flow_leak.burst_state_unusable", district=d.cfg.name, path=path, error=str(exc))
+            d.burst_error = f"burst state unusable, learning again: {exc} ({path})"
+            return BurstDetector.from_dict({}, params)
 
     def _save(self, d: _District) -> None:
         data = {

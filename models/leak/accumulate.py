@@ -56,6 +56,25 @@ class Accumulation:
     def reset(self) -> None:
         self.value, self.checks, self.since_night = 0.0, 0, None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The run in progress (`k`, `h` and `nights` are the configuration's)."""
+        return {"value": self.value, "checks": self.checks, "since_night": self.since_night}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Go on with a run `to_dict` kept; `ValueError` when `data` is not one."""
+        value, checks, since = data["value"], data["checks"], data["since_night"]
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not 0.0 <= value < float("inf")
+            or not isinstance(checks, int)
+            or isinstance(checks, bool)
+            or checks < 0
+            or not (since is None or isinstance(since, str))
+        ):
+            raise ValueError(f"not an accumulated run: {data!r}")
+        self.value, self.checks, self.since_night = float(value), checks, since
+
     def evidence(self) -> dict[str, Any]:
         return {
             "value": round(self.value, 2),

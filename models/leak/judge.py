@@ -698,6 +698,73 @@ class Confirmation:
         self._opened_by = None
         self.accumulation.reset()
 
+    def to_dict(self) -> dict[str, Any]:
+        """The episode and the counters a restart needs to go on where this left off: a leak
+        raised before is then neither raised again nor left without its clear."""
+        opened = self._opened_by
+        return {
+            "state": self.state,
+            "since_night": self.since_night,
+            "warning_night": self.warning_night,
+            "positives": self.positives,
+            "quiet_nights": self._quiet_nights,
+            "night": self._night,
+            "night_all_quiet": self._night_all_quiet,
+            "night_judged": self._night_judged,
+            # What of the judgement that opened the warning decides what may confirm it.
+            "opened_by": None
+            if opened is None
+            else {
+                "bands_hz": [b["band_hz"] for b in opened.risen],
+                "steady_only": opened.steady_only,
+                "below_rain_only": opened.below_rain_only,
+                "demand_like": opened.demand_like,
+            },
+            "accumulation": self.accumulation.to_dict(),
+        }
+
+    def restore(self, data: dict[str, Any], *, counters: bool = True) -> None:
+        """Go on from `to_dict`'s record; `ValueError` (or `KeyError`, `TypeError`) when `data` is
+        not one, and then nothing is changed. Without `counters` only the open episode is taken
+        (a new baseline: its quiet nights and accumulated evidence are counted against it afresh)."""
+        state = data["state"]
+        if state not in ("quiet", "warning", "leak"):
+            raise ValueError(f"unknown state {state!r}")
+        nights = {k: data[k] for k in ("since_night", "warning_night", "night")}
+        counts = {k: data[k] for k in ("positives", "quiet_nights")}
+        flags = {k: data[k] for k in ("night_all_quiet", "night_judged")}
+        if not all(v is None or isinstance(v, str) for v in nights.values()):
+            raise ValueError(f"a night is not a date: {nights!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
+            raise ValueError(f"a count is not one: {counts!r}")
+        if not all(isinstance(v, bool) for v in flags.values()):
+            raise ValueError(f"not true or false: {flags!r}")
+        if state != "quiet" and nights["since_night"] is None:
+            raise ValueError(f"a {state} without the night it began")
+        opened = data["opened_by"]
+        opened_by = None
+        if opened is not None:
+            bands = [float(b) for b in opened["bands_hz"]]
+            marks = {k: opened[k] for k in ("steady_only", "below_rain_only", "demand_like")}
+            if not all(isinstance(v, bool) for v in marks.values()):
+                raise ValueError(f"not true or false: {marks!r}")
+            risen = [{"band_hz": b} for b in bands]
+            opened_by = Judgement(True, False, risen, {}, None, 0.0, 0.0, **marks)
+        accumulation = replace(self.accumulation)
+        if counters:
+            accumulation.restore(data["accumulation"])
+        self.state, self.since_night, self.warning_night = (
+            state,
+            nights["since_night"],
+            nights["warning_night"],
+        )
+        self._night, self._night_all_quiet = nights["night"], flags["night_all_quiet"]
+        self._night_judged = flags["night_judged"]
+        self._opened_by = opened_by
+        self.accumulation = accumulation
+        if counters:
+            self.positives, self._quiet_nights = counts["positives"], counts["quiet_nights"]
+
 
 def confirmed(judgements: Sequence[Judgement]) -> bool:
     """For a recording judged as one night: at least two positive checks."""

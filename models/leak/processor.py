@@ -27,9 +27,11 @@ probability (it runs every `classifier_every_s`, day and night, for the status),
   check (`CheckStats.saturated_s`) is never learnt from (`saturated_seconds`).
 
 A baseline written by `edge-agent models calibrate leak` or the `leak_calibration` command is
-picked up at the next check. Windows come from the device's `WindowSource` on the event loop; a
-processor that falls behind drops windows (counted), never blocks capture. Blocking work (FFTs,
-TFLite, file I/O, correlation) runs in worker threads.
+picked up at the next check; a warning or leak in progress stays open under it. Each sensor's
+confirmation is kept in `leak/<sensor>/confirmation.json` (`resume.py`), so a restart goes on with
+the warning or leak in progress: not raised again, cleared once. Windows come from the device's
+`WindowSource` on the event loop; a processor that falls behind drops windows (counted), never
+blocks capture. Blocking work (FFTs, TFLite, file I/O, correlation) runs in worker threads.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from water_edge.models.leak.detector import LeakScorer
 from water_edge.models.leak.fusion import SiteEvidence
 from water_edge.models.leak.judge import SIGNAL_LOST_DB, Confirmation, Judgement, judge
 from water_edge.models.leak.levels import SECOND, Decimator, second_bands
+from water_edge.models.leak.resume import record, resumed, say_unconfigured
 from water_edge.models.leak.store import SensorStore, last_nights
 from water_edge.models.nightwindow import NightWindow, minutes, zone
 from water_edge.models.runtime import load_model
@@ -177,6 +180,8 @@ class _Sensor:
     saturated_seconds: int = 0  # night seconds saturated at full scale, since start
     check_saturated: int = 0  # this check's
     rate_said: tuple[int, int] | None = None  # (baseline version, rate) a mismatch was logged for
+    saved: dict[str, Any] | None = None  # the confirmation record as last stored (`resume.py`)
+    unsaved: bool = False  # the confirmation changed since: stored once its events are emitted
 
 
 class AudioLeakProcessor:
@@ -239,6 +244,25 @@ class AudioLeakProcessor:
         async for win in windows:
             for event in await asyncio.to_thread(self._window, win):
                 await emit(event)
+            # Stored once its events are out: a stop in between costs a repeated event after the
+            # restart, never a lost one (as `driver_down`).
+            if any(s.unsaved for s in self.sensors):
+                await asyncio.to_thread(self._save_confirmations)
+
+    def _save_confirmations(self) -> None:
+        for s in self.sensors:
+            if not s.unsaved:
+                continue
+            kept = record(s.name, self._version(s), s.confirmation)
+            why = s.store.save_confirmation(kept)
+            # Not stored (a full card): tried again at the next check, not at every window.
+            s.saved, s.unsaved = (kept if why is None else None), False
+            if why is not None:
+                s.last_error = f"confirmation not stored: {why}"
+
+    @staticmethod
+    def _version(s: _Sensor) -> int | None:
+        return None if s.baseline is None else s.baseline.version
 
     # -- per window (worker thread) -------------------------------------------------------------
 
@@ -269,8 +293,11 @@ class AudioLeakProcessor:
             except BaselineError as exc:
                 log.error("leak.baseline_unreadable", sensor=sensor, error=str(exc))
                 s.last_error = f"baseline unreadable, learning again: {exc}"
+            s.saved, unusable = resumed(store, self._version(s), s.confirmation)
+            s.last_error = s.last_error or unusable
             s.nights_heard = len(store.nights())
             self.sensors.append(s)
+        say_unconfigured(self.state_dir, self.section.device, {f"{self.section.device}.{n}" for n in wanted})
         self._rate = int(win.sample_rate)
 
     def _classifier_hears(self) -> bool:
@@ -430,7 +457,11 @@ class AudioLeakProcessor:
                 s.last_error = f"baseline unreadable: {exc}"
                 stored = s.baseline
             if stored is not None and (s.baseline is None or stored.version != s.baseline.version):
-                s.baseline, s.confirmation = stored, self.new_confirmation()
+                # A warning or leak in progress stays open under the new baseline, which then
+                # confirms or clears it: dropped here, the centre's leak was never cleared.
+                fresh = self.new_confirmation()
+                fresh.restore(s.confirmation.to_dict(), counters=False)
+                s.baseline, s.confirmation = stored, fresh
             if s.baseline is None:
                 # Nights of digital silence (no hydrophone on the input) are not nights heard, nor
                 # are checks of a saturated input (distorted bands) learnt from.
@@ -448,15 +479,30 @@ class AudioLeakProcessor:
             events += self._signal(s, j.signal_lost, check, s.baseline, night)
             if not s.night_quiet or s.night_quiet[-1][0] != check.night:
                 s.night_quiet.append((check.night, round(j.quiet_db, 1)))
-            change = s.confirmation.update(check.night, j)
-            j = s.confirmation.last or j  # positive by accumulated evidence, if it was
-            s.last = j
-            if j.positive:
+            events += self._confirm(s, check, j, night)
+            if s.last is not None and s.last.positive:
                 positive.append(s)
-            if change is not None:
-                events.append(self._event(s, change, j, night, check.saturated_s))
         if len(positive) >= 2:
             self._locate(positive, events)
+        return events
+
+    def _confirm(self, s: _Sensor, check: CheckStats, j: Judgement, night: date) -> list[Event]:
+        """The judged check through the sensor's confirmation: its events, its record marked to be
+        stored when it changed."""
+        events: list[Event] = []
+        before, episode = s.confirmation.state, s.confirmation.since_night
+        change = s.confirmation.update(check.night, j)
+        j = s.last = s.confirmation.last or j  # positive by accumulated evidence, if it was
+        if change == "warning" and before != "quiet":
+            # The episode ended as this night began and this check opened the next one: its clear
+            # is said too, or the centre's warning or leak would stay open.
+            ended = "expired" if before == "warning" else "cleared"
+            events.append(self._event(s, ended, j, night, check.saturated_s, since_night=episode))
+        if change is not None:
+            since = episode if change in ("cleared", "expired") else s.confirmation.since_night
+            events.append(self._event(s, change, j, night, check.saturated_s, since_night=since))
+        if record(s.name, self._version(s), s.confirmation) != s.saved:
+            s.unsaved = True
         return events
 
     @staticmethod
@@ -580,13 +626,17 @@ class AudioLeakProcessor:
     def _now(self) -> int:
         return self._second_ns or 0
 
-    def _event(self, s: _Sensor, change: str, j: Judgement, night: date, saturated_s: int = 0) -> Event:
+    def _event(
+        self, s: _Sensor, change: str, j: Judgement, night: date, saturated_s: int, *, since_night: str | None
+    ) -> Event:
+        """The event of a transition; `since_night` (the episode's first positive night) pairs a
+        `leak_cleared` with the `leak_warning` and `leak` it ends."""
         b = s.baseline
         assert b is not None
         detail: dict[str, Any] = {
             "sensor": s.name,
             "night": night.isoformat(),
-            "since_night": s.confirmation.since_night,
+            "since_night": since_night,
             "baseline_version": b.version,
             "baseline_quality": b.quality(self.section.baseline_nights),
             "baseline_night_quiet_db": b.night_quiet_db,
@@ -607,10 +657,10 @@ class AudioLeakProcessor:
                 if flow is not None:
                     detail["night_flow"] = flow
                     severity = "critical"
-            log.warning("leak.detected", sensor=s.name, since=s.confirmation.since_night, severity=severity)
+            log.warning("leak.detected", sensor=s.name, since=since_night, severity=severity)
             return Event("leak", s.name, ts, severity, round(j.score, 3), detail)
         detail["reason"] = "not confirmed" if change == "expired" else "quiet nights"
-        log.info("leak.cleared", sensor=s.name, reason=detail["reason"])
+        log.info("leak.cleared", sensor=s.name, reason=detail["reason"], since_night=since_night)
         return Event("leak_cleared", s.name, ts, "info", round(j.score, 3), detail)
 
     def _locate(self, positive: list[_Sensor], events: list[Event]) -> None:

@@ -3,10 +3,13 @@
     <state_dir>/leak/<sensor>/checks.jsonl        one line per check (`CheckStats.to_dict`), oldest first
     <state_dir>/leak/<sensor>/baseline.json       the baseline in service (highest version)
     <state_dir>/leak/<sensor>/baseline.v<N>.json  every version ever written (audit, roll back)
+    <state_dir>/leak/<sensor>/confirmation.json   its warning or leak in progress (`Confirmation`)
 
 A check line is ~1 KB and a night has a few: a year of nights is ~1.5 MB per sensor; the file is
 cut to the last `keep_nights` nights when it grows past twice that. Baselines are written like
-pump calibrations: next version, temp file + fsync + rename, so a reader sees old or new.
+pump calibrations: next version, temp file + fsync + rename, so a reader sees old or new. The
+confirmation record is replaced the same way after each change, so a restart goes on with the
+episode the sensor was in (`CONFIRMATION_FORMAT`, the sensor's name and its baseline version in it).
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from water_edge.core.files import atomic_write
+from water_edge.core.files import atomic_write, read_json_state, write_json_state
 from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
 from water_edge.models.versioned_store import VersionedJsonStore
+
+CONFIRMATION_FORMAT = "leak-confirmation/1"
 
 
 def sensor_dir(state_dir: Path, sensor: str) -> Path:
@@ -34,6 +40,7 @@ class SensorStore:
         self.checks_path = self.dir / "checks.jsonl"
         self._baselines = VersionedJsonStore(self.dir, "baseline", Baseline.from_dict, BaselineError)
         self.baseline_path = self._baselines.path
+        self.confirmation_path = self.dir / "confirmation.json"
         self.keep_nights = keep_nights
         self.bad_lines = 0
 
@@ -80,6 +87,17 @@ class SensorStore:
             json.dumps(c.to_dict(), separators=(",", ":")) + "\n" for c in checks if c.night in keep
         )
         atomic_write(self.checks_path, text.encode("utf-8"))
+
+    # -- the confirmation in progress -----------------------------------------------------------
+
+    def load_confirmation(self) -> Any:
+        """The stored confirmation record as JSON; None when there is none or it cannot be read
+        (logged as `leak.confirmation.unreadable`). The caller checks its format."""
+        return read_json_state(self.confirmation_path, "leak.confirmation")
+
+    def save_confirmation(self, record: dict[str, Any]) -> str | None:
+        """Replace the record (temp file + rename); why it could not be written, else None."""
+        return write_json_state(self.confirmation_path, record, "leak.confirmation")
 
     # -- baselines ------------------------------------------------------------------------------
 

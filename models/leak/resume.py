@@ -1,0 +1,91 @@
+"""A hydrophone's warning or leak across agent restarts: the confirmation record it is kept in.
+
+`leak_warning` / `leak` and their `leak_cleared` are a pair the centre tracks (the sensor and
+`since_night`). Built from quiet at every start, a sensor raised a second `leak` for the same leak
+after each restart, and a leak that ended while the agent was down was never cleared. So the
+processor keeps each sensor's `Confirmation` in `leak/<sensor>/confirmation.json` (`store.py`) and
+goes on from it. A record that is missing, unreadable, of another format or written for another
+sensor is logged with its path and the sensor starts from quiet; one kept under another baseline
+version than the one in service (a calibration while the agent was stopped) keeps its open episode
+and counts the rest against the new baseline, as a calibration while running does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from water_edge.core.files import read_json_state
+from water_edge.models.leak.judge import Confirmation
+from water_edge.models.leak.store import CONFIRMATION_FORMAT, SensorStore, sensor_dir
+
+log = structlog.get_logger(__name__)
+
+
+def record(sensor: str, baseline_version: int | None, confirmation: Confirmation) -> dict[str, Any]:
+    """What `confirmation.json` holds for `sensor`."""
+    return {
+        "format": CONFIRMATION_FORMAT,
+        "sensor": sensor,
+        "baseline_version": baseline_version,
+        "confirmation": confirmation.to_dict(),
+    }
+
+
+def resumed(
+    store: SensorStore, baseline_version: int | None, fresh: Confirmation
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Put the stored record into `fresh` (a confirmation as configured, from quiet). Returns the
+    record as read when it was used, and why it was not when there was one that could not be."""
+    data = store.load_confirmation()  # None: none yet, or unreadable (logged by read_json_state)
+    if data is None:
+        if store.confirmation_path.exists():
+            return None, f"confirmation state unreadable, judged from quiet ({store.confirmation_path})"
+        return None, None
+    why = None
+    if not isinstance(data, dict) or data.get("format") != CONFIRMATION_FORMAT:
+        why = f"not a {CONFIRMATION_FORMAT} record"
+    elif data.get("sensor") != store.sensor:
+        why = f"written for sensor {data.get('sensor')!r}"
+    else:
+        try:
+            fresh.restore(data["confirmation"], counters=data.get("baseline_version") == baseline_version)
+        except (KeyError, TypeError, ValueError) as exc:
+            why = f"not a confirmation: {exc!r}"
+    if why is not None:
+        log.warning(
+            "leak.confirmation_unusable", sensor=store.sensor, path=str(store.confirmation_path), reason=why
+        )
+        return None, f"confirmation state unusable, judged from quiet: {why} ({store.confirmation_path})"
+    log.info(
+        "leak.confirmation_resumed",
+        sensor=store.sensor,
+        state=fresh.state,
+        since_night=fresh.since_night,
+        baseline_version=baseline_version,
+    )
+    return data, None
+
+
+def say_unconfigured(state_dir: Path, device: str, configured: set[str]) -> None:
+    """Log the open warnings and leaks kept for sensors of `device` no longer configured: nothing
+    will clear them on the gateway."""
+    root = sensor_dir(state_dir, device).parent
+    for path in sorted(root.glob(f"{device}.*/confirmation.json")):
+        sensor = path.parent.name
+        if sensor in configured:
+            continue
+        data = read_json_state(path, "leak.confirmation")
+        kept = data.get("confirmation") if isinstance(data, dict) else None
+        if not isinstance(kept, dict) or kept.get("state") not in ("warning", "leak"):
+            continue
+        log.warning(
+            "leak.confirmation_unconfigured",
+            sensor=sensor,
+            state=kept["state"],
+            since_night=kept.get("since_night"),
+            path=str(path),
+            action="the sensor is no longer configured: its open alarm is not cleared by the gateway",
+        )
