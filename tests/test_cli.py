@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 
 from tests.support.agent_proc import AgentProcess, running_agent
-from tests.support.testing import write_agent_config
+from tests.support.testing import FAKE_DEVICE, write_agent_config
 from water_edge.agent.cli import _parser, format_status
 from water_edge.agent.pipeline import FeedHealth
 from water_edge.agent.status_document import ProcessorStatus
@@ -25,18 +25,6 @@ from water_edge.models.leak.processor import LeakHealth
 from water_edge.models.pump.health import PumpHealth, PumpStatus
 
 STATUS_SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "status.schema.json").read_text())
-
-FAKE_DEVICE = """
-[[devices]]
-name = "fake-plc"
-kind = "fake"
-poll_interval_ms = 100
-
-  [[devices.tags]]
-  name = "level"
-  unit = "m"
-  offset = 3.5
-"""
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -382,9 +382,11 @@ def test_buffer_stats_on_damaged_values_names_them(outbox: Path, sql: str, messa
     conn.execute(sql)
     conn.commit()
     conn.close()
-    for json_out in ([], ["--json"]):
-        err = one_line_error(edge_agent("buffer", "stats", "--db", str(outbox), *json_out), code=1)
-        assert f"outbox {outbox}: {message}" in err
+    err = one_line_error(edge_agent("buffer", "stats", "--db", str(outbox)), code=1)
+    assert f"outbox {outbox}: {message}" in err
+    as_json = edge_agent("buffer", "stats", "--db", str(outbox), "--json")
+    assert (as_json.returncode, as_json.stderr) == (1, err)
+    assert json.loads(as_json.stdout) == {"error": err.strip().removeprefix("edge-agent: ")}
 
 
 def test_buffer_stats_on_a_directory_says_so(tmp_path: Path) -> None:

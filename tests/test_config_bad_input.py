@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.support.config_checks import refused_everywhere
 from water_edge.agent.cli import main
 from water_edge.agent.config import load_config
 from water_edge.agent.remote.audit import AuditLog
@@ -19,7 +20,6 @@ from water_edge.agent.remote.handlers import Targets, build_handlers
 from water_edge.agent.remote.nonces import NonceStore
 from water_edge.agent.remote.processor import CommandProcessor
 from water_edge.core import envelope
-from water_edge.core.errors import ConfigError
 from water_edge.models.config_file import processor_sections
 from water_edge.models.flow_leak.config import FlowLeakSection
 
@@ -61,16 +61,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def refused(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
     """The problems `check-config` prints for `text` (exit 2), checked to be `run`'s too."""
-    path = write(tmp_path, text)
-    assert main(["check-config", "-c", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert main(["run", "--config", str(path)]) == 2
-    assert capsys.readouterr().err == err
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert err == "invalid configuration:\n" + "".join(f"  {p}\n" for p in info.value.problems)
-    return info.value.problems
+    return refused_everywhere(write(tmp_path, text), capsys)
 
 
 def test_the_good_file_is_valid(tmp_path: Path) -> None:

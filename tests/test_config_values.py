@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.config_checks import refused_everywhere
 from tests.support.configs import config_file
-from water_edge.agent.cli import main
 from water_edge.agent.config import load_config
-from water_edge.core.errors import ConfigError
 from water_edge.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
 
 
@@ -24,15 +23,7 @@ def refused(
     to be what `check-config` and `run` print, without a traceback."""
     path = config_file(tmp_path, tables)
     path.write_text(path.read_text().replace('host = "127.0.0.1"', f"host = {json.dumps(broker)}", 1))
-    assert main(["check-config", "-c", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    assert main(["run", "--config", str(path)]) == 2
-    assert capsys.readouterr().err == err
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert err == "invalid configuration:\n" + "".join(f"  {p}\n" for p in info.value.problems)
-    return info.value.problems
+    return refused_everywhere(path, capsys)
 
 
 OPCUA = """

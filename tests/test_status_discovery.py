@@ -21,21 +21,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent_proc import running_agent, start_agent
-from tests.support.testing import wait_until, write_agent_config
+from tests.support.testing import FAKE_DEVICE, wait_until, write_agent_config
 from water_edge.agent.status import StatusServer, request_status
 from water_edge.core.errors import AgentError
 
 NOBODY = 65534
-FAKE_DEVICE = """
-[[devices]]
-name = "fake-plc"
-kind = "fake"
-poll_interval_ms = 100
-
-  [[devices.tags]]
-  name = "level"
-  unit = "m"
-"""
 # What a stranger's socket says: an agent that is fine, on a gateway that is not this one.
 FAKE_STATUS = {
     "agent": {"lines": ["9.9.9  site FAKE  gateway FAKE  pid 1  up 1 s"]},

@@ -17,19 +17,8 @@ import pytest
 
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto
-from tests.support.testing import wait_until, write_agent_config
+from tests.support.testing import FAKE_DEVICE, wait_until, write_agent_config
 from water_edge.agent.locate import NoAgentError, find_socket, socket_from_config
-
-FAKE_DEVICE = """
-[[devices]]
-name = "fake-plc"
-kind = "fake"
-poll_interval_ms = 100
-
-  [[devices.tags]]
-  name = "level"
-  unit = "m"
-"""
 
 
 def edge_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

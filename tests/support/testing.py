@@ -47,6 +47,18 @@ DEMO_CONFIG = ROOT / "deploy" / "demo.toml"
 # What `write_agent_config` names the gateway: agent tests read `water/test-site/gw-test/...`.
 AGENT_SITE = "test-site"
 AGENT_GATEWAY = "gw-test"
+# One `fake` device reading a level of 3.5 m ten times a second: an agent that runs without a plant.
+FAKE_DEVICE = """
+[[devices]]
+name = "fake-plc"
+kind = "fake"
+poll_interval_ms = 100
+
+  [[devices.tags]]
+  name = "level"
+  unit = "m"
+  offset = 3.5
+"""
 
 
 # --- waiting on a condition -----------------------------------------------------------------------
