@@ -1,4 +1,5 @@
-"""The tags each device has read, as the last runs of the agent left them.
+"""The tags each device whose tags are known only once read has read, as the last runs of the
+agent left them.
 
 Some drivers know their tags only once they have read them: an M-Bus or wireless M-Bus meter with
 `records = "all"`, a hydrophone's bands. When such a device is down at an agent start, its runner's

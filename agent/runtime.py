@@ -101,12 +101,17 @@ class Agent:
         self.exceptions = None if rbe is None else ExceptionFilter(rbe)
         built = drivers if drivers is not None else {}
         enabled = [device for device in config.devices if device.enabled]
-        self.learnt_tags = LearntTags(gw.state_dir / "learnt_tags.json", enabled)
+        # only devices whose tags are known once read (meters, sound cards): the others' configs
+        # name every tag (10,000 Modbus tags kept again would cost ~5 MiB for nothing)
+        learning = [device for device in enabled if device.tag_names() is None]
+        self.learnt_tags = LearntTags(gw.state_dir / "learnt_tags.json", learning)
         self._learnt_saving = False
         self._learnt_task: asyncio.Task[None] | None = None
         self.runners = [
-            DeviceRunner(device, built.get(device.name) or self._build_driver(device),
-                         self._on_readings, self.emit, learnt=self.learnt_tags, on_learnt=self._tags_learnt)
+            DeviceRunner(
+                device, built.get(device.name) or self._build_driver(device), self._on_readings, self.emit,
+                learnt=self.learnt_tags if device in learning else None, on_learnt=self._tags_learnt,
+            )
             for device in enabled
         ]  # fmt: skip
         self.down_devices = DownDevices(gw.state_dir / "devices_down.json")
