@@ -234,6 +234,12 @@ class Agent:
 
         self._learnt_task = asyncio.get_running_loop().create_task(save())
 
+    async def _save_learnt_now(self) -> None:
+        """At stop: a save still waiting its second is made now (the last tags learnt are kept)."""
+        if self._learnt_task is not None and not self._learnt_task.done():
+            await cancel_all([self._learnt_task])
+            await asyncio.to_thread(self.learnt_tags.save, self.learnt_tags.snapshot())
+
     async def _on_readings(self, stream: str, readings: list[Reading]) -> None:
         await self.pipeline.submit(stream, readings)
 
@@ -412,6 +418,7 @@ class Agent:
                 self.notifier.send("STOPPING=1")
                 await cancel_all(pollers)
                 await asyncio.gather(*pollers, return_exceptions=True)
+                await self._save_learnt_now()
                 await self.emit(Event("agent_stopped", "agent", now_ns(), "info"))
                 await self.pipeline.flush()
                 await self.uplink.stop()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.agent_proc import running_agent
 from tests.support.mbus_sim import bus_config, running_bus
-from tests.support.testing import eventually
+from tests.support.testing import FAKE_DEVICE, eventually, write_agent_config
 from water_edge.agent.learnt_tags import LearntTags
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
@@ -262,3 +264,12 @@ async def test_a_meter_bus_down_at_a_start_stands_in_for_the_tags_an_earlier_run
     # a device whose config changed (a meter removed, other records) starts afresh
     other = cfg.model_copy(update={"meters": [cfg.meters[0].model_copy(update={"address": 2})]})
     assert LearntTags(record, [other]).of("meters") == []
+
+
+def test_the_agent_keeps_the_tags_its_devices_read_even_when_stopped_at_once(tmp_path: Path) -> None:
+    config = write_agent_config(tmp_path, devices=FAKE_DEVICE)  # a fake device: tags known once read
+    with running_agent(config) as agent:
+        agent.wait_status(lambda s: s["drivers"][0]["readings"] > 0)
+        assert agent.stop() == 0  # within the second the record waits before it is written
+    record = json.loads((tmp_path / "state" / "learnt_tags.json").read_text())
+    assert record["fake-plc"]["tags"] == {"level": "m"}
