@@ -78,6 +78,12 @@ class DeviceConfig(BaseModel):
         share: every device naming one port must describe it alike."""
         return None
 
+    def serial_lines(self) -> list[tuple[str, str]]:
+        """Every serial line the device uses, as `serial_line` (a device with several receivers
+        names several)."""
+        line = self.serial_line()
+        return [] if line is None else [line]
+
     def tag_names(self) -> frozenset[str] | None:
         """Every tag the device's readings carry, or None when they are only known once read (a
         meter's records, a sound card's levels)."""

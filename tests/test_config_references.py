@@ -150,6 +150,16 @@ def test_a_stick_among_several_receivers_is_seen(tmp_path: Path) -> None:
     assert (
         "devices[2] (meters).port: /dev/ttyUSB0 is also wm's, at wM-Bus amb8465 stick, for wm only" in problem
     )
+    # not only the first stick: a second one, on the M-Bus line's port
+    two_sticks = several.replace(
+        '\n  [[devices.receivers]]\n  receiver = "amb8465"\n  port = "/dev/ttyUSB0"\n',
+        '\n  [[devices.receivers]]\n  receiver = "amb8465"\n  port = "/dev/ttyUSB2"\n'
+        '\n  [[devices.receivers]]\n  receiver = "im871a"\n  port = "/dev/ttyUSB0"\n',
+    )
+    (problem,) = problems_for(tmp_path, GOOD + two_sticks + MBUS)
+    assert (
+        "devices[2] (meters).port: /dev/ttyUSB0 is also wm's, at wM-Bus im871a stick, for wm only" in problem
+    )
 
 
 # -- flow_leak: one tag, written one way -----------------------------------------------------------

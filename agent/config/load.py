@@ -669,21 +669,17 @@ def _check_serial_lines(
         for i, item in enumerate(raw_devices)
         if isinstance(item, dict) and isinstance(item.get("name"), str)
     }
-    first: dict[str, DeviceConfig] = {}
+    first: dict[str, tuple[DeviceConfig, str]] = {}  # port -> its first device, at its settings
     for device in devices:
-        line = device.serial_line()
-        if line is None:
-            continue
-        port, settings = line
-        # where the path leads: a /dev/serial/by-id/... link and its /dev/ttyUSB0 are one port
-        owner = first.setdefault(os.path.realpath(port), device)
-        owner_line = owner.serial_line()
-        if owner is not device and owner_line is not None and owner_line[1] != settings:
-            problems.append(
-                f"{source}: devices[{index[device.name]}] ({device.name}).port: {port} is also "
-                f"{owner.name}'s, at {owner_line[1]}; devices on one port share its protocol and line "
-                f"settings (got {settings})"
-            )
+        for port, settings in device.serial_lines():
+            # where the path leads: a /dev/serial/by-id/... link and its /dev/ttyUSB0 are one port
+            owner, owner_settings = first.setdefault(os.path.realpath(port), (device, settings))
+            if owner is not device and owner_settings != settings:
+                problems.append(
+                    f"{source}: devices[{index[device.name]}] ({device.name}).port: {port} is also "
+                    f"{owner.name}'s, at {owner_settings}; devices on one port share its protocol and "
+                    f"line settings (got {settings})"
+                )
 
 
 __all__ = [

@@ -148,14 +148,20 @@ class WmbusConfig(DeviceConfig, ReceiverSource):
         }
 
     def serial_line(self) -> tuple[str, str] | None:
-        """The port of the first USB stick; rtl_wmbus's FIFO or TCP stream is no serial line.
+        """The port of the first USB stick (`serial_lines`: every one)."""
+        lines = self.serial_lines()
+        return lines[0] if lines else None
+
+    def serial_lines(self) -> list[tuple[str, str]]:
+        """The ports of its USB sticks; rtl_wmbus's FIFO or TCP stream is no serial line.
 
         A stick answers one program only: its settings name this device, so that the config
         loader, which lets devices of alike settings share a port, refuses any other user of it."""
-        for r in self.receiver_configs():
-            if r.receiver != "rtlwmbus" and r.port is not None:
-                return r.port, f"wM-Bus {r.receiver} stick, for {self.name} only"
-        return None
+        return [
+            (r.port, f"wM-Bus {r.receiver} stick, for {self.name} only")
+            for r in self.receiver_configs()
+            if r.receiver != "rtlwmbus" and r.port is not None
+        ]
 
     def receiver_configs(self) -> list[ReceiverConfig]:
         """The receivers to listen to, in the order configured (the top-level one alone)."""
