@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -36,6 +35,8 @@ class Line:
     more timeout (`_on_serial_line`)."""
 
     def __init__(self, where: str, tcp: Any = None, rtu: Any = None) -> None:
+        from water_edge.drivers.modbus.rtu import LateAnswerGuard
+
         self.client: Any = None
         self.where, self._tcp, self._rtu = where, tcp, rtu
         self._inflight: asyncio.Task[Any] | None = None
@@ -44,7 +45,7 @@ class Line:
         self._current = (0, 0)
         self._stray = ""  # what came back during the request in flight that answers no request
         self._answer = b""  # the frame that came back for the request in flight
-        self._quiet_until: dict[int, float] = {}  # RTU: unit ID -> when its late answer can no longer come
+        self._late = LateAnswerGuard()  # RTU: no answer carries a transaction ID
         self.late_answers = False
         self.echoes = 0  # RTU: unanswered requests whose own bytes came back (the adapter echoes)
         self.line_bytes = b""  # RTU: the first bytes that came back instead of an answer
@@ -106,8 +107,7 @@ class Line:
 
         where = f"{self.where} unit {unit_id}"
         if self._rtu is not None:
-            quiet = self._quiet_until.pop(unit_id, 0.0) - time.monotonic()
-            await asyncio.sleep(max(quiet, self._rtu.inter_frame_s))
+            await asyncio.sleep(max(self._late.wait_s(unit_id), self._rtu.inter_frame_s))
             return await self._on_serial_line(where, unit_id, call)
         try:
             return await self._attempt(where, call)
@@ -191,7 +191,7 @@ class Line:
 
     def _late_answer_may_come(self, unit_id: int) -> None:
         if self._rtu is not None:
-            self._quiet_until[unit_id] = time.monotonic() + self._rtu.timeout_ms / 1000
+            self._late.late_answer_possible(unit_id, self._rtu.timeout_ms / 1000)
 
     async def _connect_again(self) -> None:
         """A new connection in place of one the device closed; a plain `DriverIOError` (the scan

@@ -66,6 +66,22 @@ log = structlog.get_logger(__name__)
 Call = Callable[[SerialModbusClient], Awaitable[ModbusPDU]]
 
 
+class LateAnswerGuard:
+    """After a unit's request timed out (or its answer did not fit), its next request waits one
+    more timeout first: RTU answers carry no transaction id, and a late answer arriving meanwhile
+    finds no request waiting and is dropped (libmodbus does the same). Other units are not held up."""
+
+    def __init__(self) -> None:
+        self._quiet_until: dict[int, float] = {}  # unit id -> monotonic time its late answer may come by
+
+    def late_answer_possible(self, unit_id: int, timeout_s: float) -> None:
+        self._quiet_until[unit_id] = time.monotonic() + timeout_s
+
+    def wait_s(self, unit_id: int) -> float:
+        """How long to wait before asking `unit_id` again (0 when no late answer can come)."""
+        return max(0.0, self._quiet_until.pop(unit_id, 0.0) - time.monotonic())
+
+
 class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
     """Polls one Modbus RTU slave (unit ID) on a serial line it may share with others."""
 
@@ -81,8 +97,7 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
         self._silent = 0
         self._stats = {"requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0, "writes": 0}
         self._last_ok_ns: int | None = None
-        # unit id -> monotonic time before which a late answer from it may still arrive
-        self._quiet_until: dict[int, float] = {}
+        self._late = LateAnswerGuard()
 
     def health(self) -> ModbusRtuHealth:
         s = self._stats
@@ -170,8 +185,7 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
             raise DriverIOError(f"{self.name}: not open")
         cfg = self._config
         # Outside the port's lock: the other units on the line are not held up by this one.
-        late = self._quiet_until.pop(unit_id, 0.0) - time.monotonic()
-        if late > 0:
+        if late := self._late.wait_s(unit_id):
             await asyncio.sleep(late)
         async with port.transaction(cfg.inter_frame_s):
             client: SerialModbusClient | None = port.client
@@ -212,7 +226,7 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
             raise
 
     def _late_answer_possible(self, unit_id: int) -> None:
-        self._quiet_until[unit_id] = time.monotonic() + self._config.timeout_ms / 1000
+        self._late.late_answer_possible(unit_id, self._config.timeout_ms / 1000)
 
     # -- writes (opt-in capability) ---------------------------------------------------------------
 
