@@ -425,6 +425,24 @@ def test_a_file_overwritten_while_it_is_played_is_a_driver_error_not_a_crash(tmp
     assert "the file changed while it was read" in res.stdout
 
 
+async def test_a_stream_on_an_ipv6_address_is_read(closing: list[AudioDriver]) -> None:
+    ctx = SimContext(
+        station=PumpStation(0), points=[], seed=0, host="::1", workdir=Path("/tmp"), options={"port": 0}
+    )
+    sim = hydrophone_stream.HydrophoneComponent()
+    (endpoint,) = await sim.start(ctx)
+    try:
+        url = str(endpoint.detail["url"])
+        assert url.startswith("tcp://[::1]:")
+        d = audio(source="stream", stream_url=url, channel_names=["A", "B"], level_interval_s=1)
+        closing.append(d)
+        await d.open()
+        readings = await collect(d, lambda got: any(r.tag == "A.rms_dbfs" for r in got))
+        assert any(r.tag == "A.rms_dbfs" and r.quality == "good" for r in readings)
+    finally:
+        await sim.stop()
+
+
 async def test_bad_streams_give_clear_errors() -> None:
     with pytest.raises(DriverIOError, match="cannot connect"):
         await audio(source="stream", stream_url=f"tcp://127.0.0.1:{free_port()}").open()

@@ -296,6 +296,8 @@ BASE = {"name": "h1", "kind": "audio"}
         ({"source": "file"}, "needs 'path'"),
         ({"source": "stream"}, "needs 'stream_url'"),
         ({"source": "stream", "stream_url": "http://x"}, "tcp://HOST:PORT"),
+        ({"source": "stream", "stream_url": "tcp://[10.0.0.5]:5000"}, r"'tcp://\[IPv6\]:PORT'"),
+        ({"source": "stream", "stream_url": "tcp://[fe80::1]:0"}, r"port 0 is not in 1\.\.65535"),
         ({"source": "device", "window_s": 1.0, "hop_s": 2.0}, "must not exceed"),
         ({"source": "device", "channels": 2, "channel_names": ["A"]}, "channels = 2"),
         ({"source": "device", "night_start": "25:00"}, "HH:MM"),

@@ -19,7 +19,9 @@ from water_edge.drivers.base import DeviceConfig
 # Nominal octave-band centres (IEC 61260); bands whose upper edge passes Nyquist are left out.
 OCTAVE_CENTRES_HZ: Final = (31.5, 63.0, 125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0)
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-_STREAM_URL = re.compile(r"^(tcp://(?P<host>[^:/\s]+):(?P<port>\d{1,5})|unix://\S+)$")
+_STREAM_URL = re.compile(
+    r"^(tcp://(?:\[(?P<host6>[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)\]|(?P<host>[^:/\s\[\]]+)):(?P<port>\d{1,5})|unix://\S+)$"
+)
 
 
 class AudioConfig(DeviceConfig):
@@ -81,9 +83,10 @@ class AudioConfig(DeviceConfig):
             return value
         match = _STREAM_URL.match(value)
         if match is None:
-            raise ValueError("expected 'tcp://HOST:PORT' or 'unix:///path/to/socket'")
-        if match["host"] is not None:
-            check_host(match["host"])
+            raise ValueError("expected 'tcp://HOST:PORT', 'tcp://[IPv6]:PORT' or 'unix:///path/to/socket'")
+        host = match["host"] or match["host6"]
+        if host is not None:
+            check_host(host)
             check_port(match["port"])
         return value
 

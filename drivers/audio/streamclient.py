@@ -44,16 +44,14 @@ class StreamClosedError(Exception):
 
 
 def connect(url: str, timeout_s: float) -> socket.socket:
-    if url.startswith("unix://"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        address: Any = url.removeprefix("unix://")
-    else:
+    if not url.startswith("unix://"):
         host, port = url.removeprefix("tcp://").rsplit(":", 1)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        address = (host, int(port))
+        # create_connection resolves the name and tries each address (IPv6 and IPv4) in turn.
+        return socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
-        sock.connect(address)
+        sock.connect(url.removeprefix("unix://"))
     except OSError:
         sock.close()
         raise

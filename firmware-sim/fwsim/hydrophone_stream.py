@@ -197,7 +197,8 @@ class HydrophoneComponent:
                 loopback = None
         self._task = asyncio.create_task(self._pace(ctx, scene), name="hydrophones")
         detail: dict[str, Any] = {
-            "url": f"tcp://{host}:{port}", "host": host, "port": port,
+            "url": f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}",
+            "host": host, "port": port,
             "unix_path": None if opts.unix_path is None else str(opts.unix_path),
             "sample_rate": opts.sample_rate, "channels": opts.channels, "dtype": opts.dtype,
             "block_ms": opts.block_ms, "material": opts.material, "diameter_mm": opts.diameter_mm,
