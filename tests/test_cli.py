@@ -282,3 +282,30 @@ def test_every_subcommands_help_prints() -> None:
     result = cli("models", "score", "flow-leak", "--help")
     assert result.returncode == 0, result.stderr
     assert "--fixed-rise-pct" in result.stdout
+
+
+INTERRUPT_WHILE_LOADING = """
+import sys
+
+
+class InterruptWhileLoading:
+    # Ctrl-C arriving while the command modules are still being imported, every time.
+    def find_spec(self, name, path=None, target=None):
+        if name == "water_edge.agent.cli":
+            raise KeyboardInterrupt
+        return None
+
+
+sys.meta_path.insert(0, InterruptWhileLoading())
+"""
+
+
+def test_ctrl_c_while_the_command_is_still_loading_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(INTERRUPT_WHILE_LOADING)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    script = Path(sys.executable).with_name("edge-agent")  # the installed console script itself
+    result = subprocess.run(
+        [str(script), "status"], capture_output=True, text=True, timeout=30, env=env, check=False
+    )
+    assert result.returncode == 130
+    assert result.stderr == "edge-agent: interrupted\n"
