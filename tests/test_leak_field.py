@@ -29,6 +29,7 @@ from water_edge.models.leak.factory import LeakFactory
 from water_edge.models.leak.judge import Confirmation, JudgeParams, judge
 from water_edge.models.leak.levels import Decimator
 from water_edge.models.leak.processor import AudioLeakProcessor, LeakHealth, SensorHealth
+from water_edge.models.leak.replay import replay_nights
 from water_edge.models.leak.store import SensorStore
 from water_edge.models.nightwindow import NightWindow, zone
 from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
@@ -104,6 +105,20 @@ def test_confirmation_warns_confirms_clears_and_lets_a_lone_warning_expire() -> 
     assert lone.update("2025-04-01", pos) == "warning"
     assert lone.update("2025-04-02", quiet) is None
     assert lone.update("2025-04-03", quiet) == "expired"  # not confirmed that night or the next
+
+
+def test_a_replay_says_the_clear_and_the_new_warning_when_one_check_brings_both() -> None:
+    """A leak repaired, quiet nights, then a new leak the first check of the night that clears the
+    old one: `models score leak --sensor` lists both, as the gateway sent both."""
+    base = _baseline()
+    up = base.level.copy()
+    up[[8, 9]] += 8.0
+    nights = ["2025-03-01", "2025-03-02", "2025-03-03", "2025-03-04", "2025-03-05"]
+    levels = [up, up, base.level, base.level, up]
+    checks = [_check(night, level) for night, level in zip(nights, levels, strict=True)]
+    replayed = replay_nights(checks, base, JudgeParams(), Confirmation(clear_nights=2))
+    assert [n["events"] for n in replayed] == [["warning"], ["leak"], [], [], ["cleared", "warning"]]
+    assert replayed[-1]["state"] == "warning"
 
 
 @pytest.mark.parametrize(

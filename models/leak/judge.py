@@ -673,6 +673,16 @@ class Confirmation:
                 return "leak"
         return out
 
+    def transitions(self, night: str, j: Judgement) -> list[Transition]:
+        """`update`, with every transition it made in order: an episode that ended as this night
+        began (`cleared`, `expired`) and a `warning` this check then opened are both said, or the
+        centre's (or a replay's) warning or leak would stay open."""
+        before = self.state
+        change = self.update(night, j)
+        if change == "warning" and before != "quiet":  # only a reset lets a check open a warning
+            return ["expired" if before == "warning" else "cleared", "warning"]
+        return [] if change is None else [change]
+
     def _night_ended(self, new_night: str) -> Transition | None:
         """A new night began: expire an unconfirmed warning, count quiet nights towards clearing."""
         if self._night is None:

@@ -490,15 +490,10 @@ class AudioLeakProcessor:
         """The judged check through the sensor's confirmation: its events, its record marked to be
         stored when it changed."""
         events: list[Event] = []
-        before, episode = s.confirmation.state, s.confirmation.since_night
-        change = s.confirmation.update(check.night, j)
+        episode = s.confirmation.since_night
+        changes = s.confirmation.transitions(check.night, j)
         j = s.last = s.confirmation.last or j  # positive by accumulated evidence, if it was
-        if change == "warning" and before != "quiet":
-            # The episode ended as this night began and this check opened the next one: its clear
-            # is said too, or the centre's warning or leak would stay open.
-            ended = "expired" if before == "warning" else "cleared"
-            events.append(self._event(s, ended, j, night, check.saturated_s, since_night=episode))
-        if change is not None:
+        for change in changes:
             since = episode if change in ("cleared", "expired") else s.confirmation.since_night
             events.append(self._event(s, change, j, night, check.saturated_s, since_night=since))
         if record(s.name, self._version(s), s.confirmation) != s.saved:

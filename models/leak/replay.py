@@ -55,11 +55,10 @@ def replay_nights(
             close()
             nights.append({"night": check.night, "checks": 0, "events": []})
         j = judge(check, baseline, params)
-        change = confirmation.update(check.night, j)
+        changes = confirmation.transitions(check.night, j)
         tonight.append(confirmation.last or j)  # as confirmation counted it (accumulated evidence)
         nights[-1]["checks"] += 1
-        if change is not None:
-            nights[-1]["events"].append(change)
+        nights[-1]["events"] += changes
     close()
     return nights
 
