@@ -210,6 +210,18 @@ def test_a_fault_value_the_device_sends_is_a_bad_reading_before_scaling() -> Non
     )
 
 
+@pytest.mark.parametrize("sentinel", [-999.9, 3.0e38, 0.1])
+def test_a_float32_fault_value_matches_the_float32_the_device_sends(sentinel: float) -> None:
+    """A PLC programmed with -999.9 sends the float32 nearest it, -999.9000244140625."""
+    on_the_wire = list(struct.unpack(">2H", struct.pack(">f", sentinel)))
+    assert decode_one(tag(type="float32", fault_values=[sentinel]), on_the_wire) == Bad(
+        f"device reports fault value {sentinel:g}"
+    )
+    # A float64 tag holds -999.9 exactly: its neighbour is a measurement, not the sentinel.
+    near = list(struct.unpack(">4H", struct.pack(">d", struct.unpack(">f", struct.pack(">f", sentinel))[0])))
+    assert decode_one(tag(type="float64", fault_values=[sentinel]), near) == pytest.approx(sentinel, rel=1e-7)
+
+
 @pytest.mark.parametrize(
     ("kw", "problem"),
     [
@@ -219,6 +231,10 @@ def test_a_fault_value_the_device_sends_is_a_bad_reading_before_scaling() -> Non
         ),
         ({"type": "int16", "fault_values": [1.5]}, "fault value 1.5 cannot come from int16 registers"),
         ({"type": "string", "length": 2, "fault_values": [0]}, "fault_values only apply to numeric types"),
+        (
+            {"type": "float32", "fault_values": [1e39]},
+            "fault value 1e\\+39 cannot come from float32 registers",
+        ),
     ],
 )
 def test_a_fault_value_that_cannot_occur_is_a_config_error(kw: dict[str, object], problem: str) -> None:

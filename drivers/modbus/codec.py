@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from water_edge.core.reading import Value
-from water_edge.drivers.modbus.config import ModbusTag
+from water_edge.drivers.modbus.config import ModbusTag, as_float32
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +73,10 @@ def compile_tag(tag: ModbusTag) -> FieldCodec:
         return FieldCodec(swapped, _bit_reader(fmt, tag.bit or 0))
     reader = _float_reader if tag.type in ("float32", "float64") else _int_reader
     if tag.fault_values:
-        return FieldCodec(
-            swapped, _fault_checked(reader(fmt, 1.0, 0.0), tag.fault_values, tag.scale, tag.offset)
-        )
+        # A float32 device sends the float32 nearest the sentinel its programmer wrote (-999.9
+        # arrives as -999.9000244140625): compared as float32, as the device holds it.
+        faults = [as_float32(v) for v in tag.fault_values] if tag.type == "float32" else tag.fault_values
+        return FieldCodec(swapped, _fault_checked(reader(fmt, 1.0, 0.0), faults, tag.scale, tag.offset))
     return FieldCodec(swapped, reader(fmt, tag.scale, tag.offset))
 
 

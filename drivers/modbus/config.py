@@ -7,6 +7,7 @@ error naming the tag, not a surprise on site.
 
 from __future__ import annotations
 
+import struct
 from typing import Annotated, Final, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -59,6 +60,11 @@ INTEGER_RANGES: Final[dict[str, tuple[int, int]]] = {
 }
 
 
+def as_float32(value: float) -> float:
+    """`value` rounded to the nearest float32 (OverflowError when float32 cannot hold it)."""
+    return float(struct.unpack("<f", struct.pack("<f", value))[0])
+
+
 class ModbusTag(BaseModel):
     """One value read from a Modbus device."""
 
@@ -97,6 +103,15 @@ class ModbusTag(BaseModel):
                         f"tag {self.name!r}: fault value {value!r} cannot come from {self.type} "
                         f"registers ({lo}..{hi}; a raw value, before scale and offset)"
                     )
+        if self.type == "float32":
+            for value in self.fault_values:
+                try:
+                    as_float32(value)
+                except OverflowError:
+                    raise ValueError(
+                        f"tag {self.name!r}: fault value {value!r} cannot come from float32 "
+                        "registers (beyond ±3.4e38)"
+                    ) from None
         return self
 
     @model_validator(mode="after")
