@@ -114,6 +114,16 @@ async def test_meter_error_flags_set_quality(bus: MbusBus) -> None:
     assert got["b.volume"].reason == "meter reports permanent error"
 
 
+async def test_a_meter_in_alarm_keeps_its_readings_good(bus: MbusBus) -> None:
+    """Application status 3 is the meter's alarm (a leak it saw): its volume is still right."""
+    bus.meter(1).state.status = 0x03
+    bus.meter(2).state.status = 0x02  # "any application error": the measurements are in doubt
+    got, _ = await read_once(config(bus, [{"name": "a", "address": 1}, {"name": "b", "address": 2}]))
+    assert (got["a.volume"].quality, got["a.volume"].reason) == ("good", None)
+    assert got["a.status"].value == 0x03
+    assert (got["b.volume"].quality, got["b.volume"].reason) == ("bad", "meter reports application error")
+
+
 async def test_unopenable_port_is_a_driver_io_error(tmp_path: Path) -> None:
     cfg = MbusConfig.model_validate(
         {"name": "x", "kind": "mbus", "port": str(tmp_path / "nope"), "meters": [{"name": "m", "address": 1}]}

@@ -191,7 +191,7 @@ def test_vife_per_time_correction_error_and_unknown() -> None:
         " 02 93 3D 0100"  # reserved VIFE: kept raw, quantity unknown
         " 02 93 3B 0700"  # accumulation only if positive contributions
     )
-    assert recs[0].unit == "m3/h"
+    assert (recs[0].quantity, recs[0].unit) == ("volume_per_h", "m3/h")  # a rate, not the register
     assert "per hour" in recs[0].modifiers
     assert recs[1].value == pytest.approx(0.005 + 0.1 * 0.001)
     assert recs[2].error is not None
@@ -199,6 +199,18 @@ def test_vife_per_time_correction_error_and_unknown() -> None:
     assert recs[3].quantity == "unknown"
     assert recs[3].vif.hex() == "933d"
     assert "accumulation only if positive contributions" in recs[4].modifiers
+
+
+def test_bit_fields_are_unsigned() -> None:
+    """Error flags and digital inputs/outputs are bit fields (type D): the top bit is a flag."""
+    recs = records("02 FD 17 0080 01 FD 17 80 04 FD 17 00000080 02 FD 1B 0180 02 FD 1A 00C0")
+    assert [r.value for r in recs] == [0x8000, 0x80, 0x80000000, 0x8001, 0xC000]
+
+
+def test_per_minute_and_per_second_flows_are_the_decimal_they_mean() -> None:
+    """12345 x 1e-6 m3/min is 0.7407 m3/h, not 0.7406999999999999."""
+    recs = records("04 41 39300000 04 44 39300000 04 49 39300000 04 4C 39300000 04 93 7A D2300000")
+    assert [r.value for r in recs] == [0.7407, 740.7, 0.44442, 444.42, 12.4981]
 
 
 def test_manufacturer_specific_vif_and_filler_kept_raw() -> None:

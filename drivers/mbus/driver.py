@@ -52,7 +52,9 @@ def header_quality(header: Header | None) -> tuple[Quality, str | None]:
         return GOOD, None
     flags = header.status_flags
     app = header.status & 0x03
-    if header.status & 0x08 or app in (2, 3):
+    # Application status 3, "abnormal condition / alarm" (a leak, backflow, tamper the meter
+    # saw), says nothing against its measurements: they stay good; `<meter>.status` carries it.
+    if header.status & 0x08 or app == 2:
         return BAD, "meter reports " + ", ".join(flags)
     if header.status & 0x14 or app == 1:
         return UNCERTAIN, "meter reports " + ", ".join(flags)

@@ -262,12 +262,14 @@ def _decode(  # noqa: PLR0917 - the parts of one record, parsed by the caller
     info, vife_list = vib.info, vib.vifes
     modifiers = list(vib.modifiers)
     data_code = dif & 0x0F
-    unit = info.unit
+    unit, quantity = info.unit, info.quantity
     if info.quantity != "plain_text_unit":  # the meter's own text is its whole unit
-        unit += "".join(v.unit_suffix for v in vife_list)
+        per_time = [v.unit_suffix for v in vife_list if v.unit_suffix]
+        unit += "".join(per_time)
+        # A "per hour" VIFE makes a volume a rate: its own quantity, never taken for the register.
+        quantity += "".join(f"_per_{suffix[1:]}" for suffix in per_time)
     errors = [v.description for v in vife_list if v.description.startswith("record error")]
     error: str | None = next((e for e in errors if not e.endswith("no error")), None)
-    quantity = info.quantity
     if any(not v.known for v in vife_list):
         unit, quantity = "", "unknown"
     direction = next((v.direction for v in vife_list if v.direction), "")
@@ -291,7 +293,7 @@ def _decode(  # noqa: PLR0917 - the parts of one record, parsed by the caller
         elif isinstance(value, int | float) and not isinstance(value, bool):
             value = values.scale(value, info, vife_list)
     else:
-        num, number_error = values.number(raw, data_code)
+        num, number_error = values.number(raw, data_code, bits=info.kind == "bits")
         error = error or number_error
         value = None if num is None else values.scale(num, info, vife_list)
     value, wide = values.portable(value, raw)

@@ -47,7 +47,8 @@ def lvar_size(lvar: int) -> int | None:  # noqa: PLR0911 - one return per LVAR r
     return None
 
 
-def number(raw: bytes, data_code: int) -> tuple[int | float | None, str | None]:
+def number(raw: bytes, data_code: int, *, bits: bool = False) -> tuple[int | float | None, str | None]:
+    """The record's number; `bits`: a bit field (type D), whose top bit is a flag, not a sign."""
     if data_code == 0x5:
         (real,) = struct.unpack("<f", raw)
         if not math.isfinite(real):
@@ -55,7 +56,7 @@ def number(raw: bytes, data_code: int) -> tuple[int | float | None, str | None]:
         return real, None
     if data_code in BCD_CODES:
         return bcd(raw)
-    return int.from_bytes(raw, "little", signed=True), None
+    return int.from_bytes(raw, "little", signed=not bits), None
 
 
 def bcd(raw: bytes) -> tuple[int | None, str | None]:
@@ -90,12 +91,22 @@ def scale(value: int | float, info: vifs.VifInfo, vife_list: list[vifs.Vife]) ->
         return value
     if isinstance(value, int) and offset == 0.0 and factor >= 1.0 and factor.is_integer():
         return value * int(factor)  # 10 Wh steps stay integers
-    inverse = round(1.0 / factor)
-    if factor < 1.0 and inverse and abs(inverse * factor - 1.0) < 1e-12:
-        scaled = value / inverse  # exact decimal division, not 12565 * 0.001 = 12.565000000000001
-    else:
-        scaled = value * factor
-    return scaled + offset
+    if isinstance(value, int) and (decimal := _as_decimal(factor, offset)) is not None:
+        # An integer times a decimal factor (10^-3, 60 x 10^-6 for per minute in m3/h) plus a
+        # decimal offset is a decimal: divided once, it is the nearest float to it, not
+        # 12345 * 6e-05 = 0.7406999999999999.
+        multiplier, added, places = decimal
+        return (value * multiplier + added) / 10**places
+    return value * factor + offset
+
+
+def _as_decimal(factor: float, offset: float) -> tuple[int, int, int] | None:
+    """(M, O, d) with factor = M / 10^d and offset = O / 10^d (integers M, O); None if no d <= 15."""
+    for places in range(16):
+        multiplier, added = factor * 10**places, offset * 10**places
+        if all(abs(x - round(x)) <= 1e-9 * max(1.0, abs(x)) for x in (multiplier, added)):
+            return round(multiplier), round(added), places
+    return None
 
 
 def portable(value: Value, raw: bytes) -> tuple[Value, bool]:

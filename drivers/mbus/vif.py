@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-Kind = Literal["number", "date", "datetime", "text", "raw"]
+# "bits": a bit field (data type D: error flags, digital inputs and outputs), read unsigned.
+Kind = Literal["number", "bits", "date", "datetime", "text", "raw"]
 
 DURATION_UNITS: Final = ("s", "min", "h", "d")
 _YMD: Final = ("h", "d", "month", "year")
@@ -142,10 +143,10 @@ _FD_FIXED: Final[dict[int, VifInfo]] = {
     0x14: VifInfo("access_code_system_operator"),
     0x15: VifInfo("access_code_developer"),
     0x16: VifInfo("password"),
-    0x17: VifInfo("error_flags"),
-    0x18: VifInfo("error_mask"),
-    0x1A: VifInfo("digital_output"),
-    0x1B: VifInfo("digital_input"),
+    0x17: VifInfo("error_flags", kind="bits"),
+    0x18: VifInfo("error_mask", kind="bits"),
+    0x1A: VifInfo("digital_output", kind="bits"),
+    0x1B: VifInfo("digital_input", kind="bits"),
     0x1C: VifInfo("baud_rate", "Bd"),
     0x1D: VifInfo("response_delay", "bit_times"),
     0x1E: VifInfo("retry"),
