@@ -96,7 +96,8 @@ def scale(value: int | float, info: vifs.VifInfo, vife_list: list[vifs.Vife]) ->
         # decimal offset is a decimal: divided once, it is the nearest float to it, not
         # 12345 * 6e-05 = 0.7406999999999999.
         multiplier, added, places = decimal
-        return (value * multiplier + added) / 10**places
+        divisor: int = 10**places
+        return (value * multiplier + added) / divisor
     return value * factor + offset
 
 
