@@ -50,6 +50,7 @@ SCENARIO = ROOT / "deploy" / "scenarios" / "demo-tour.toml"
 SITE, GATEWAY = "demo-plant", "gw-01"
 TOPIC = f"water/{SITE}/{GATEWAY}"
 SPEED = 5
+PORT_ATTEMPTS = 3  # firmware-sim started again on other ports when one was taken meanwhile
 PUMP_CALIBRATION_S = 90
 PR_SET_PDEATHSIG = 1
 DEVICES = [  # name, kind, the tags shown in the live view
@@ -171,17 +172,35 @@ class Demo:
     def start_plant(self) -> dict[str, Any]:
         (self.run / "sim").mkdir()
         endpoints = self.run / "endpoints.json"
-        args = [str(BIN / "edge-sim"), "run", "--port", str(free_port(5020)), "--scenario", str(SCENARIO)]
-        args += ["--endpoints-file", str(endpoints), "--workdir", str(self.run / "sim")]
-        # OPC UA's 4840 may be taken (another demo, a test): then any free port; the config follows.
-        proc = self.spawn("sim", args, "sim.log", env={"EDGE_SIM_OPCUA_PORT": str(free_port(4840))})
+        for attempt in range(PORT_ATTEMPTS):
+            # 5020 and OPC UA's 4840 may be taken (another demo, a test): then any free port, and
+            # the config follows. A port taken between the check and the bind: other ports again.
+            modbus, opcua = (5020, 4840) if attempt == 0 else (0, 0)
+            args = [
+                str(BIN / "edge-sim"),
+                "run",
+                "--port",
+                str(free_port(modbus)),
+                "--scenario",
+                str(SCENARIO),
+            ]
+            args += ["--endpoints-file", str(endpoints), "--workdir", str(self.run / "sim")]
+            proc = self.spawn("sim", args, "sim.log", env={"EDGE_SIM_OPCUA_PORT": str(free_port(opcua))})
 
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"firmware-sim exited; see {self.run / 'sim.log'}")
-            return endpoints.exists() and endpoints.stat().st_size > 0
+            def ready(proc: subprocess.Popen[bytes] = proc) -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"firmware-sim exited; see {self.run / 'sim.log'}")
+                return endpoints.exists() and endpoints.stat().st_size > 0
 
-        wait_for(ready, 60, "firmware-sim serving")
+            try:
+                wait_for(ready, 60, "firmware-sim serving")
+            except RuntimeError:
+                taken = "address already in use" in (self.run / "sim.log").read_text(errors="replace")
+                if not taken or attempt == PORT_ATTEMPTS - 1:
+                    raise
+                say("a port was taken meanwhile by another program; trying other ports")
+                continue
+            break
         result: dict[str, Any] = json.loads(endpoints.read_text())
         return result
 
@@ -374,9 +393,12 @@ class Demo:
         except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
             # OSError also when the terminal went away (SIGHUP follows): say() stays quiet then.
             say(f"cannot run: {exc}")
+            ran = False
+        else:
+            ran = True
         finally:
             clean = self.shutdown()
-        return 0 if clean else 1
+        return 0 if ran and clean else 1
 
     def loop(self, ppid: int, watch_make: bool) -> None:
         assert self.view is not None

@@ -182,6 +182,22 @@ def test_demo_with_demo_seconds_shows_every_part_and_stops_cleanly(tmp_path: Pat
         stopped_cleanly(demo, got)
 
 
+def test_a_demo_that_cannot_run_says_so_and_exits_1(tmp_path: Path) -> None:
+    """A CI job or a script running the demo must not take a tour that never started for a pass."""
+    fake = tmp_path / "venv" / "bin"
+    fake.mkdir(parents=True)
+    (fake / "edge-sim").write_text("#!/bin/sh\necho 'edge-sim: cannot start' >&2\nexit 3\n")
+    (fake / "edge-sim").chmod(0o755)
+    for tool in ("python", "edge-agent"):
+        (fake / tool).symlink_to(BIN / tool)
+    env = {**os.environ, "DEMO_DIR": str(tmp_path), "VENV": str(fake.parent), "DEMO_SECONDS": "30"}
+    done = subprocess.run(
+        [sys.executable, "scripts/demo.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "demo: cannot run:" in done.stdout, done.stdout
+    assert done.returncode == 1, done.stdout
+
+
 def test_sigint_to_make_stops_the_demo_cleanly(tmp_path: Path) -> None:
     """`make` does not pass SIGINT on (it waits for its children): the demo notices and stops."""
     with make_demo(tmp_path, seconds=None) as demo:
