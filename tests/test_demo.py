@@ -192,7 +192,13 @@ def test_a_demo_that_cannot_run_says_so_and_exits_1(tmp_path: Path) -> None:
         (fake / tool).symlink_to(BIN / tool)
     env = {**os.environ, "DEMO_DIR": str(tmp_path), "VENV": str(fake.parent), "DEMO_SECONDS": "30"}
     done = subprocess.run(
-        [sys.executable, "scripts/demo.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "scripts/demo.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert "demo: cannot run:" in done.stdout, done.stdout
     assert done.returncode == 1, done.stdout
