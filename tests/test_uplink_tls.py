@@ -146,6 +146,26 @@ async def test_mutual_tls_delivers(pki: Pki, outbox: AsyncOutbox, start_uplink: 
     assert (await outbox.stats()).rows == 0
 
 
+async def test_without_ca_file_the_system_trust_store_verifies_the_broker(
+    pki: Pki, outbox: AsyncOutbox, start_uplink: StartUplink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker with a public CA's certificate needs no ca_file. OpenSSL's default store is
+    SSL_CERT_FILE where set: the test CA stands in for a public one there."""
+    plain = free_port()
+    with tls_broker(pki, plain, require_certificate=False) as broker:
+        await outbox.append(reading_batches(2))
+        untrusted = await start_uplink(mqtt_config(broker, tls=TlsConfig()), outbox)
+        await untrusted.states.wait(lambda s: s == "tls-error")  # the system store lacks the test CA
+        assert "certificate" in (untrusted.uplink.health().last_error or "")
+        await untrusted.uplink.stop()
+        monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
+        with Subscriber(broker.host, plain, f"water/{SITE}/{GATEWAY}/plc1") as sub:
+            run = await start_uplink(mqtt_config(broker, tls=TlsConfig()), outbox)
+            msgs = await sub.wait_for_async(2)
+            await run.uplink.stop()
+    assert [m.json()["seq"] for m in msgs] == [1, 2]
+
+
 async def test_wrong_ca_fails_with_a_clear_state(
     pki: Pki, outbox: AsyncOutbox, start_uplink: StartUplink
 ) -> None:

@@ -157,7 +157,8 @@ def file_problems(config: Config) -> list[str]:
     claim = config.security.identity.claim
     tls = config.uplink.tls
     if tls is not None:
-        problems += _found(_certificates("uplink.tls.ca_file", tls.ca_file))
+        if tls.ca_file is not None:
+            problems += _found(_certificates("uplink.tls.ca_file", tls.ca_file))
         if tls.cert_file is not None and tls.key_file is not None:
             # With a claim, the device certificate is written at enrolment: absent until then.
             pending = claim is not None and not tls.cert_file.exists()

@@ -20,7 +20,9 @@ class TlsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ca_file: Path
+    # None: the system's trust store (a broker with a certificate from a public CA: AWS IoT Core,
+    # HiveMQ Cloud, a utility's broker behind a public certificate).
+    ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     verify_hostname: bool = True
@@ -136,7 +138,10 @@ class MqttConfig(BaseModel):
                 raise ValueError(f"servers: {twice} is listed twice")
             kinds = {server.tls for server in parsed}
             if self.tls is None and True in kinds:
-                raise ValueError("mqtts:// servers need [uplink.tls] (at least ca_file)")
+                raise ValueError(
+                    "mqtts:// servers need [uplink.tls] (ca_file: the CA that signs the broker's "
+                    "certificate; without it, the system's trust store)"
+                )
             if self.tls is not None and False in kinds:
                 # A plain-text fallback would send the gateway's data and password in clear.
                 raise ValueError("with [uplink.tls] every server must be mqtts:// (no plain-text fallback)")

@@ -207,7 +207,7 @@ def _client(options: ConnectOptions) -> _BoundedClient:
         tls = options.tls
         try:
             client.tls_set(
-                ca_certs=str(tls.ca_file),
+                ca_certs=None if tls.ca_file is None else str(tls.ca_file),  # None: the system's
                 certfile=str(tls.cert_file) if tls.cert_file else None,
                 keyfile=str(tls.key_file) if tls.key_file else None,
                 cert_reqs=ssl.CERT_REQUIRED,
