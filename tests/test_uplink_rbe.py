@@ -52,7 +52,7 @@ def run(flt: ExceptionFilter, readings: Sequence[Reading]) -> list[Reading]:
 
 
 def test_absolute_deadband_is_measured_from_the_last_reported_value() -> None:
-    flt = ExceptionFilter(RbeConfig(deadband=0.5))
+    flt = ExceptionFilter(RbeConfig(deadband=0.5, send_previous=False))
     sent = run(flt, [r("p", 0, 10.0), r("p", 1, 10.4), r("p", 2, 10.3), r("p", 3, 10.51), r("p", 4, 10.9)])
     # 10.4 and 10.3 stay within 0.5 of 10.0; 10.51 leaves it; 10.9 is within 0.5 of 10.51.
     assert [x.value for x in sent] == [10.0, 10.51]
@@ -60,7 +60,7 @@ def test_absolute_deadband_is_measured_from_the_last_reported_value() -> None:
 
 
 def test_percent_deadband_has_the_absolute_one_as_floor() -> None:
-    flt = ExceptionFilter(RbeConfig(deadband=0.2, deadband_pct=1.0))
+    flt = ExceptionFilter(RbeConfig(deadband=0.2, deadband_pct=1.0, send_previous=False))
     sent = run(
         flt,
         [
@@ -73,6 +73,41 @@ def test_percent_deadband_has_the_absolute_one_as_floor() -> None:
         ],
     )
     assert [(x.tag, x.value) for x in sent] == [("p", 1000.0), ("p", 1011.0), ("q", 0.0), ("q", 0.3)]
+
+
+def test_a_change_is_preceded_by_the_value_held_until_it_so_a_trend_draws_what_happened() -> None:
+    """A ramp, a flat stretch inside the band, then a step down: without the last held value a
+    trend joins 13.41 straight to 10.0 and shows ~11.7 where the device held 14.01."""
+    flt = ExceptionFilter(RbeConfig(deadband=1.0))
+    ramp = [r("p", t, round(11.01 + 0.3 * t, 2)) for t in range(11)]  # 11.01 .. 14.01
+    flat = [r("p", t, 14.01) for t in range(11, 26)]
+    sent = run(flt, [*ramp, *flat, r("p", 26, 10.0)])
+    assert [(int((x.ts_ns - T0) / S), x.value) for x in sent] == [
+        (0, 11.01), (3, 11.91), (4, 12.21), (7, 13.11), (8, 13.41), (25, 14.01), (26, 10.0),
+    ]  # fmt: skip
+    stats = flt.stats()
+    assert (stats.seen, stats.reported, stats.suppressed) == (27, 7, 20)
+
+
+def test_nothing_is_sent_ahead_of_a_change_when_what_was_held_back_equals_what_was_reported() -> None:
+    """Deadband 0 (Sparkplug's default): a step is one reading, not two."""
+    flt = ExceptionFilter(RbeConfig())
+    sent = run(
+        flt, [r("p", 0, 5.0), r("p", 1, 5.0), r("p", 2, 5.0), r("p", 3, 6.0), r("p", 4, None, "bad", "x")]
+    )
+    assert [x.value for x in sent] == [5.0, 6.0, None]
+    off = ExceptionFilter(RbeConfig(deadband=1.0, send_previous=False))
+    assert [x.value for x in run(off, [r("p", 0, 5.0), r("p", 1, 5.5), r("p", 2, 7.0)])] == [5.0, 7.0]
+
+
+def test_64_bit_integers_are_compared_exactly() -> None:
+    """Above 2^53 neighbouring integers are one float: each count of a 64-bit counter is a change."""
+    flt = ExceptionFilter(RbeConfig())
+    counts = [2**53 + i for i in range(6)]
+    sent = run(flt, [r("c", t, v) for t, v in enumerate(counts)])
+    assert [x.value for x in sent] == counts
+    stamps = [1796473000000000000 + 100 * i for i in range(6)]
+    assert [x.value for x in run(flt, [r("ns", t, v) for t, v in enumerate(stamps)])] == stamps
 
 
 def test_quality_and_reason_changes_are_always_reported_and_non_numbers_on_any_change() -> None:

@@ -53,6 +53,8 @@ class RbeConfig(BaseModel):
     deadband: float = Field(default=0.0, ge=0)
     deadband_pct: float = Field(default=0.0, ge=0)
     max_interval_s: float | None = Field(default=None, gt=0)
+    # A change is preceded by the last value held back before it, when that differs (trends).
+    send_previous: bool = True
     # First match wins; a key a rule leaves out comes from the defaults above.
     tags: tuple[RbeRule, ...] = ()
 

@@ -13,6 +13,12 @@ A reading is *reported* (committed to the outbox, then published) when
   the timestamp of the acquisition that last changed it and `repeat = True`. A stuck sensor thus
   shows as an old timestamp, never as a fresh one.
 
+With `send_previous` (the default), a reported change is preceded by the tag's last held-back
+acquisition when its value differs from the last reported one (as a historian's exception
+reporting does): a trend that joins the points draws the flat stretch or the slow ramp before a
+step, not a line from the last report straight to the step. It is a real acquisition with its own
+timestamp, sent late; at deadband 0 there is none (what was held back equals what was reported).
+
 Why before the outbox and not at encode time: the decision must be made once and committed with
 the data. The outbox replays rows after a drop, and live rows overtake a backlog; an encoder that
 compared each row with what it last encoded would judge a replayed row against itself and drop
@@ -71,6 +77,7 @@ class RbeStats:
 class _Last:
     reading: Reading  # the last reported reading (repeat False): value, quality and its own ts
     reported_ts: int  # acquisition ts at which the tag was last reported (change or heartbeat)
+    held: Reading | None = None  # the last acquisition held back since then (`send_previous`)
 
 
 @dataclass(slots=True)
@@ -92,6 +99,10 @@ def _changed(new: Reading, last: Reading, band: Band) -> bool:
     if new.quality != last.quality or new.reason != last.reason or new.unit != last.unit:
         return True
     a, b = new.value, last.value
+    if type(a) is int and type(b) is int:
+        # Exact: above 2^53 neighbouring integers (64-bit counters) are one float, and a change
+        # of a few counts would never be seen.
+        return abs(a - b) > max(band.deadband, band.deadband_pct / 100.0 * abs(b))
     if _is_number(a) and _is_number(b):
         fa, fb = float(a), float(b)  # type: ignore[arg-type]  # both checked to be int or float
         if math.isnan(fa) or math.isnan(fb):
@@ -152,17 +163,35 @@ class ExceptionFilter:
                 last = pending.get(key) or self._last.get(key)
                 band = self.band(r.source, r.tag)
                 if last is None or _changed(r, last.reading, band):
+                    if last is not None and last.held is not None:
+                        kept.append(last.held)  # the value held until this change (`send_previous`)
+                        reported += 1
                     plain = dataclasses.replace(r, repeat=False) if r.repeat else r
                     pending[key] = _Last(plain, r.ts_ns)
                     kept.append(plain)
                     reported += 1
-                elif band.max_interval_ns is not None and r.ts_ns - last.reported_ts >= band.max_interval_ns:
-                    pending[key] = _Last(last.reading, r.ts_ns)
+                    continue
+                held = self._held(r, last.reading)
+                if band.max_interval_ns is not None and r.ts_ns - last.reported_ts >= band.max_interval_ns:
+                    pending[key] = _Last(last.reading, r.ts_ns, held)
                     kept.append(dataclasses.replace(last.reading, repeat=True))
                     repeats += 1
+                elif held is not last.held:
+                    pending[key] = _Last(last.reading, last.reported_ts, held)
             if kept:
                 out.append(Batch(batch.stream, readings=kept))
         return Decision(out, pending, seen, reported, repeats)
+
+    def _held(self, held_back: Reading, reported: Reading) -> Reading | None:
+        """What a later change is to be preceded by: `held_back` when it says something the
+        reported reading does not (its value differs), else nothing."""
+        if not self._config.send_previous:
+            return None
+        a, b = held_back.value, reported.value
+        both_nan = type(a) is float and type(b) is float and math.isnan(a) and math.isnan(b)
+        if (type(a) is type(b) and a == b) or both_nan:
+            return None
+        return dataclasses.replace(held_back, repeat=False) if held_back.repeat else held_back
 
     def commit(self, decision: Decision) -> None:
         """The batches of `decision` were committed: their readings are now the last reported."""
