@@ -134,6 +134,9 @@ def test_tamper_on_an_encrypted_meter_reaches_the_broker_and_clears(
     heard = {row["heard"]: row for row in map(json.loads, listen.stdout.splitlines())}
     assert set(heard) == {m["id"] for m in meters}
     assert heard[meters[3]["id"]]["configured"] is None
+    # Not in the config and the device without listen = true: still found encrypted by the probe.
+    assert heard[meters[3]["id"]]["encrypted"] is True
+    assert heard[meters[0]["id"]]["encrypted"] is True
     assert heard[meters[0]["id"]]["configured"] == "flat0"
     assert heard[meters[0]["id"]]["total_volume_m3"] is not None
     assert set(heard[meters[0]["id"]]["receivers"]) == {"roof", "cellar"}

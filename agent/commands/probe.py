@@ -99,6 +99,10 @@ async def _probe(
     listened (None for a device that does not listen: it is read once, `--listen` or not)."""
     from water_edge.drivers import registry
 
+    if listen_s is not None and getattr(device, "listen", None) is False:
+        # Commissioning: every meter in range decoded as far as it can be without its key (whether
+        # it is encrypted, its volume if plain), not only those the device is configured to hear.
+        device = device.model_copy(update={"listen": True})
     driver = registry.build(device.kind, device)
     try:
         await driver.open()
@@ -110,6 +114,10 @@ async def _probe(
         return [], str(exc), None
     finally:
         await driver.aclose()
+
+
+def _yes_no(known: bool | None) -> str:
+    return "?" if known is None else "yes" if known else "no"
 
 
 def _print_heard(device: Any, heard: Sequence[Any], as_json: bool) -> None:
@@ -142,7 +150,7 @@ def _print_heard(device: Any, heard: Sequence[Any], as_json: bool) -> None:
         configured = h.configured or "-"
         line = (
             f"  {h.ident:<10} {h.manufacturer:<4} {h.device_type:>4} {h.frames:>6} {h.reception.lost:>5} "
-            f"{rssi:>7} {'yes' if h.encrypted else 'no':<9} {volume:>12} {configured:<12}"
+            f"{rssi:>7} {_yes_no(h.encrypted):<9} {volume:>12} {configured:<12}"
         )
         if several:
             line += " " + ", ".join(_heard_by(name, by) for name, by in h.receivers.items())

@@ -86,7 +86,7 @@ class Heard:
     last_ns: int = 0
     rssi: float | None = None
     rssi_unit: str = "dBm"
-    encrypted: bool = False
+    encrypted: bool | None = None  # None: not known (not decoded yet, or its format is not known)
     total_volume_m3: float | None = None
     configured: str | None = None  # the configured meter's name
     reception: Reception = field(default_factory=Reception)  # by any receiver
