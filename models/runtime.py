@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import os
 import sys
 import tempfile
@@ -38,8 +39,8 @@ def _native_stderr_logged(model: str) -> Iterator[None]:
     """What the TFLite runtime's C++ code prints on file descriptor 2 while this block runs
     ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.") becomes structured log lines, so
     the agent's log stays one JSON object per line. LiteRT has no switch for its log level. The
-    block is short (allocating tensors); a Python log line written by another thread meanwhile is
-    re-logged inside a `litert.native_output` line, not lost."""
+    block is short (allocating tensors); the agent's own log lines written by another thread
+    meanwhile (JSON objects) are passed on as they were, not wrapped in a native line."""
     with _NATIVE_STDERR, tempfile.TemporaryFile() as captured:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -51,8 +52,22 @@ def _native_stderr_logged(model: str) -> Iterator[None]:
             os.close(saved)
             captured.seek(0)
             for line in captured.read().decode(errors="replace").splitlines():
-                if line.strip():
+                if _own_log_line(line):
+                    sys.stderr.write(line + "\n")
+                elif line.strip():
                     log.info("litert.native_output", model=model, line=line.strip())
+            sys.stderr.flush()
+
+
+def _own_log_line(line: str) -> bool:
+    """A structured log line of the agent's (a JSON object with an `event`), not the runtime's."""
+    if not line.startswith("{"):
+        return False
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and "event" in doc
 
 
 def _interpreter_class() -> tuple[str, Any]:

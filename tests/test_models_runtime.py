@@ -58,6 +58,29 @@ def test_what_the_native_runtime_prints_reaches_the_log_not_raw_stderr() -> None
     assert all(e["model"] == "pump_scorer" for e in native)
 
 
+def test_the_agents_own_log_lines_written_while_a_model_loads_stay_as_they_are() -> None:
+    """fd 2 is captured while the runtime loads; a log line of the agent's written meanwhile (by
+    another thread, in the agent) must stay one JSON object with its event, and only the runtime's
+    own text becomes a `litert.native_output` line."""
+    code = (
+        "import os, structlog, sys\n"
+        "structlog.configure(processors=[structlog.processors.JSONRenderer()],"
+        " logger_factory=structlog.PrintLoggerFactory(sys.stderr))\n"
+        "from water_edge.models.runtime import _native_stderr_logged\n"
+        "with _native_stderr_logged('leak_detector'):\n"
+        "    structlog.get_logger().info('driver.opened', driver='plc1')\n"
+        "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(e["event"], e.get("driver"), e.get("line")) for e in events] == [
+        ("driver.opened", "plc1", None),
+        ("litert.native_output", None, "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."),
+    ]
+
+
 def test_shipped_model_loads_verifies_and_passes_its_self_test() -> None:
     model = load_model(SHIPPED)
     assert sha256_file(model.path) == model.manifest.sha256
