@@ -103,6 +103,25 @@ def test_ack_deletes_exactly_the_acked_rows(db: Path) -> None:
         outbox.ack([])
 
 
+def test_an_ack_commits_without_a_sync_of_its_own_and_appends_stay_synced(db: Path) -> None:
+    """Acks were most of an SD card's fsyncs: their deletes ride on the next append's synced
+    commit. Appends keep synchronous FULL: a reading is safe once append returns."""
+    with Outbox(db, max_bytes=BIG) as outbox:
+        statements: list[str] = []
+        outbox._conn.set_trace_callback(statements.append)  # the statements as SQLite runs them
+        ids = outbox.append([tele("a"), tele("b")])
+        appended = list(statements)
+        statements.clear()
+        outbox.ack(ids[:1])
+        assert [s for s in statements if s.startswith(("PRAGMA", "BEGIN", "COMMIT"))] == [
+            "PRAGMA synchronous = NORMAL", "BEGIN IMMEDIATE", "COMMIT", "PRAGMA synchronous = FULL",
+        ]  # fmt: skip
+        assert not [s for s in appended if "synchronous" in s]
+        assert outbox.pragmas()["synchronous"] == 2
+    with Outbox(db, max_bytes=BIG) as outbox:
+        assert [r.id for r in outbox.lease(0, 10)] == ids[1:]  # the ack is committed all the same
+
+
 def test_unacked_rows_come_back_after_reopen(db: Path) -> None:
     with Outbox(db, max_bytes=BIG) as outbox:
         ids = outbox.append([tele("a"), tele("a"), tele("a")])
