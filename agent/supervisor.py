@@ -97,6 +97,10 @@ class RunnerStatus:
         return [line]
 
 
+# A stream up for this long has proved itself: its next loss is retried from the shortest wait.
+STREAM_STABLE_S = 10.0
+
+
 class DeviceRunner:
     def __init__(
         self,
@@ -205,17 +209,24 @@ class DeviceRunner:
         """Push devices: submit what the stream yields; on loss, stand in bad readings and reopen."""
         loop = asyncio.get_running_loop()
         while True:
+            up_at: float | None = None
             try:
                 async with asyncio.timeout(self._guard_s):
                     await driver.open()
                 self._open = True
                 async for readings in driver.stream():
                     if self.stats.state != "up":
-                        await self._mark_up()
+                        # A stream that ends soon after its first batch (a TCP receiver that
+                        # accepts and closes at once) keeps its backoff: it is not tried again
+                        # every second for ever. One up for STREAM_STABLE_S starts afresh.
+                        await self._mark_up(reset_backoff=False)
+                        up_at = loop.time()
                     self.stats.polls += 1
                     await self._deliver(readings)
                 raise DriverIOError(f"{self.name}: stream ended")
             except (DriverIOError, TimeoutError) as exc:
+                if up_at is not None and loop.time() - up_at >= STREAM_STABLE_S:
+                    self._backoff.reset()
                 await self._mark_down(str(exc) or "timed out", crashed=False)
             except Exception as exc:
                 log.exception("driver.crashed", driver=self.name)
@@ -294,7 +305,7 @@ class DeviceRunner:
         self.stats.bad_readings += len(readings)
         await self._on_readings(self.config.stream_name, readings)
 
-    async def _mark_up(self) -> None:
+    async def _mark_up(self, *, reset_backoff: bool = True) -> None:
         was_down, down_since = self.stats.state == "down", self.stats.down_since_ns
         from_last_run = self._down_from_last_run
         # All of the state changes before the event is awaited: a status read meanwhile must not
@@ -303,7 +314,8 @@ class DeviceRunner:
         self.stats.down_since_ns = None
         self.stats.last_error = self.stats.last_error_ns = None
         self._down_from_last_run = False
-        self._backoff.reset()
+        if reset_backoff:
+            self._backoff.reset()
         if self.frozen is not None:
             self.frozen.restart(now_ns())
         if not was_down:

@@ -209,6 +209,37 @@ async def test_streaming_driver_is_iterated_and_reopened_after_loss() -> None:
     assert values[4:] == [("good", 0.0), ("good", 1.0), ("good", 2.0)]
 
 
+class OpenThenCloseDriver(FlakyDriver):
+    """A wM-Bus TCP receiver behind a socat whose dongle is gone: the connection is taken, its
+    first batch (the receiver reported open) comes, and the peer closes at once."""
+
+    def __init__(self) -> None:
+        super().__init__(fail_from=0, fail_until=0)
+        self.opened_at: list[float] = []
+
+    async def open(self) -> None:
+        self.opens += 1
+        self.opened_at.append(asyncio.get_running_loop().time())
+
+    async def stream(self) -> AsyncIterator[list[Reading]]:
+        yield [Reading("dev", "receiver.sdr.open", now_ns(), True, "good", "")]
+        raise DriverIOError("the receiver closed the connection")
+
+
+async def test_a_stream_that_closes_right_after_opening_backs_off_instead_of_flapping_every_second() -> None:
+    sink = Collector()
+    driver = OpenThenCloseDriver()
+    runner = DeviceRunner(
+        fake_config(), driver, sink.on_readings, sink.on_event, backoff_min_s=0.02, backoff_max_s=0.64
+    )
+    await run_until(runner, lambda: driver.opens >= 9, "nine attempts")
+    waits = [b - a for a, b in zip(driver.opened_at, driver.opened_at[1:], strict=False)]
+    # Full jitter under a doubling cap (0.02 .. 0.64 s): the later waits are long, all of them
+    # under 0.1 s about once in 3,000 runs. With the backoff reset at every brief "up" (before),
+    # every wait was the shortest, 0.02 s.
+    assert max(waits) > 0.1, waits
+
+
 class HangingDriver(FakeDriver):
     """Accepts the connection, then never answers a read (a wedged PLC or gateway)."""
 
