@@ -50,6 +50,9 @@ class ScriptedClient(Client):
     async def disconnect(self) -> None:
         self.disconnected = True
 
+    def disconnect_socket(self) -> None:  # no socket to close: the network is taken out
+        pass
+
 
 def scripted_driver(*clients: tuple[BaseException | None, ScriptedServices]) -> tuple[OpcUaDriver, list[Any]]:
     """A poll-mode driver whose n-th `open()` gets a client playing `clients[n]`."""

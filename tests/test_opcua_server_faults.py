@@ -305,3 +305,60 @@ async def test_a_restart_that_renumbers_namespaces_and_retypes_a_variable(sim: S
     by_index = [a.reading for a in got if a.at >= lost.at and a.reading.tag == "by_index"]
     assert all(r.quality == "bad" for r in by_index)
     assert "BadNodeIdUnknown" in (by_index[-1].reason or "")
+
+
+# --- 3. a server that hangs --------------------------------------------------------------------
+
+
+class FreezingProxy:
+    """TCP between the driver and the server that can hang as a stalled PLC does: connections
+    stay open, nothing passes. Counts the driver-side connections still open."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.frozen = asyncio.Event()
+        self.open_clients = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.open_clients += 1
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        try:
+            await asyncio.gather(self._pump(client_r, server_w), self._pump(server_r, client_w))
+        finally:
+            self.open_clients -= 1
+            for w in (client_w, server_w):
+                w.close()
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            if self.frozen.is_set():
+                continue  # swallowed: a hung peer reads nothing and answers nothing
+            sink.write(data)
+            await sink.drain()
+        sink.close()  # EOF on one side: the whole connection ends
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_session_on_a_hung_server_is_closed_not_left_open_at_every_hang(sim: Sim) -> None:
+    """asyncua closes its socket only once CloseSession is answered; a PLC that hangs never
+    answers, and every hang left one connection (one session of the PLC's few) open for good."""
+    proxy = FreezingProxy(int(sim.url.rsplit(":", 1)[1]))
+    port = await proxy.start()
+    try:
+        drv = driver(f"opc.tcp://127.0.0.1:{port}", [TICKS], mode="poll")  # requests time out after 5 s
+        await drv.open()
+        assert [r.quality for r in await drv.read()] == ["good"]
+        assert proxy.open_clients == 1
+        proxy.frozen.set()
+        await drv.aclose()  # what the supervisor does when the device is down
+        await eventually(lambda: proxy.open_clients == 0, 5, "the hung session's connection closed")
+    finally:
+        await proxy.stop()

@@ -702,7 +702,14 @@ def _certificate_uri(cert: x509.Certificate | None) -> str | None:
 
 
 async def _quiet_disconnect(client: Client) -> None:
-    """Close a session that may already be dead without waiting long on it."""
-    with contextlib.suppress(OSError, TimeoutError, UaError, asyncio.CancelledError, ConnectionError):
-        async with asyncio.timeout(2.0):
-            await client.disconnect()
+    """Close a session that may already be dead without waiting long on it. The socket is closed
+    whatever the server does: asyncua closes it only after CloseSession is answered, and a hung
+    server's connection was otherwise left open (one more session on the PLC per hang)."""
+    client.connection_lost_callback = None  # its loss is ours, not news about the live session
+    try:
+        with contextlib.suppress(OSError, TimeoutError, UaError, asyncio.CancelledError, ConnectionError):
+            async with asyncio.timeout(2.0):
+                await client.disconnect()
+    finally:
+        with contextlib.suppress(OSError, UaError, ConnectionError):
+            client.disconnect_socket()
