@@ -362,3 +362,20 @@ async def test_a_session_on_a_hung_server_is_closed_not_left_open_at_every_hang(
         await eventually(lambda: proxy.open_clients == 0, 5, "the hung session's connection closed")
     finally:
         await proxy.stop()
+
+
+async def test_a_connect_cancelled_on_a_hung_server_leaves_no_connection(sim: Sim) -> None:
+    """The supervisor's guard cancels an open that hangs: the half-made connection is closed."""
+    proxy = FreezingProxy(int(sim.url.rsplit(":", 1)[1]))
+    port = await proxy.start()
+    try:
+        proxy.frozen.set()  # hung before the driver comes: the Hello is never answered
+        drv = driver(f"opc.tcp://127.0.0.1:{port}", [TICKS], mode="poll")
+        opening = asyncio.create_task(drv.open())
+        await eventually(lambda: proxy.open_clients == 1, 5, "the driver connecting")
+        opening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await opening
+        await eventually(lambda: proxy.open_clients == 0, 5, "the half-made connection closed")
+    finally:
+        await proxy.stop()

@@ -219,6 +219,11 @@ class OpcUaDriver:
         except DriverIOError:
             await _quiet_disconnect(client)
             raise
+        except BaseException:  # cancelled (the supervisor's guard, a stop): no goodbye, no socket left
+            client.connection_lost_callback = None
+            with contextlib.suppress(Exception):
+                client.disconnect_socket()
+            raise
         self._client = client
         self._connected = True
         try:
