@@ -91,7 +91,7 @@ def scale(value: int | float, info: vifs.VifInfo, vife_list: list[vifs.Vife]) ->
         return value
     if isinstance(value, int) and offset == 0.0 and factor >= 1.0 and factor.is_integer():
         return value * int(factor)  # 10 Wh steps stay integers
-    if isinstance(value, int) and (decimal := _as_decimal(factor, offset)) is not None:
+    if (decimal := _as_decimal(factor, offset)) is not None:
         # An integer times a decimal factor (10^-3, 60 x 10^-6 for per minute in m3/h) plus a
         # decimal offset is a decimal: divided once, it is the nearest float to it, not
         # 12345 * 6e-05 = 0.7406999999999999.
