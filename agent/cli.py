@@ -213,7 +213,9 @@ def format_status(snap: dict[str, Any], *, verbose: bool = False) -> str:
         lines += _labelled(label, device)
         if verbose:
             lines += [" " * len(label) + "  " + line for line in device.get("driver_lines") or []]
-    return "\n".join(lines)
+    from water_edge.core.units import printable
+
+    return "\n".join(printable(line) for line in lines)  # device text (errors, names) drives no terminal
 
 
 def _labelled(label: str, section: dict[str, Any]) -> list[str]:
@@ -281,7 +283,7 @@ def format_reading(reading: dict[str, Any], *, raw: bool = False) -> str:
     unit = f" {reading['unit']}" if reading.get("unit") else ""
     quality = "" if reading["quality"] == "good" else f"  [{reading['quality']}]"
     reason = f" {reading['reason']}" if reading.get("reason") else ""
-    return f"{when}  {reading['source']}/{reading['tag']} = {value}{unit}{quality}{reason}"
+    return units.printable(f"{when}  {reading['source']}/{reading['tag']} = {value}{unit}{quality}{reason}")
 
 
 # `tail`: after this long of readings none of which passed --tag/--device, say what did come

@@ -9,6 +9,7 @@ register's shortest exact decimal, never `119.54022216796875`). JSON output keep
 from __future__ import annotations
 
 import math
+import re
 import struct
 from datetime import datetime
 
@@ -94,12 +95,22 @@ def _plain(text: str) -> str:
 
 
 def value(v: object) -> str:
-    """A reading's value for people: numbers at their precision, booleans and text as they are,
-    `-` for none (a bad reading)."""
+    """A reading's value for people: numbers at their precision, booleans and text as they are
+    (control characters shown as escapes: `printable`), `-` for none (a bad reading)."""
     if v is None:
         return "-"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
         return number(v)
-    return str(v)
+    return printable(str(v))
+
+
+# C0 and C1 control characters and DEL: a device's text must not drive the technician's terminal
+# (clear the screen, retitle the window, hide text, write the clipboard) through `tail`/`status`.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` for a terminal: every control character (newlines and escapes included) as `\\xNN`."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.agent_proc import AgentProcess, running_agent
 from tests.support.testing import FAKE_DEVICE, write_agent_config
-from water_edge.agent.cli import _parser, format_status
+from water_edge.agent.cli import _parser, format_reading, format_status
 from water_edge.agent.pipeline import FeedHealth
 from water_edge.agent.status_document import ProcessorStatus
 from water_edge.core.health import health_json
@@ -265,6 +265,26 @@ def test_status_prints_each_processors_own_lines() -> None:
         "model    leak:hyd: 12 windows scored, leak probability 0.0132",
         "model    leak:quiet: 0 windows scored, leak probability None",
     ]
+
+
+HOSTILE = "\x1b]0;OWNED\x07\x1b[2J\x1b[Hroot@gw:~# \x1b[8mhidden\r\nnext\x9b"
+
+
+def test_device_text_cannot_drive_the_technicians_terminal() -> None:
+    """An OPC UA server (or a meter's text record) is untrusted: its text in `tail` and `status`
+    shows its control characters as escapes, never as what a terminal obeys."""
+    line = format_reading(
+        {"ts": 1796473000000000000, "source": "ua", "tag": "station.name", "value": HOSTILE,
+         "unit": "", "quality": "uncertain", "reason": "status \x1b[31mred"}
+    )  # fmt: skip
+    assert not any(c in line for c in "\x1b\x07\n\x9b")
+    assert "\\x1b]0;OWNED\\x07\\x1b[2J" in line
+    status = format_status(
+        {"agent": {"lines": ["x"]}, "uplink": {}, "pipeline": {}, "buffer": {}, "processors": [],
+         "drivers": [{"name": "ua", "lines": [f"opcua  down  error: {HOSTILE}"]}]}
+    )  # fmt: skip
+    assert not any(c in status.replace("\n", "") for c in "\x1b\x07\r\x9b")
+    assert "\\x1b[8mhidden\\x0d\\x0anext\\x9b" in status
 
 
 def _parsers(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.ArgumentParser]]:

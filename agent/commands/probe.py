@@ -175,7 +175,11 @@ def _print(device: Any, readings: list[Reading], error: str | None, as_json: boo
         if as_json:
             sys.stdout.write(orjson.dumps({"device": device.name, "error": error}).decode() + "\n")
         else:
-            print(f"{device.name} ({device.kind}{', ' + where if where else ''}): UNREACHABLE: {error}")
+            print(
+                units.printable(
+                    f"{device.name} ({device.kind}{', ' + where if where else ''}): UNREACHABLE: {error}"
+                )
+            )
         return
     if not as_json:
         _print_table(device, readings, raw)
@@ -214,7 +218,7 @@ def _print_table(device: Any, readings: list[Reading], raw: bool) -> None:
     tag_w, value_w, unit_w, quality_w = (max(len(row[i]) for row in rows) for i in range(4))
     for tag, value, unit, quality, reason in rows:
         line = f"  {tag:<{tag_w}}  {value:>{value_w}} {unit:<{unit_w}}  {quality:<{quality_w}}  {reason}"
-        print(line.rstrip())
+        print(units.printable(line.rstrip()))
 
 
 def run(args: argparse.Namespace) -> int:
