@@ -379,3 +379,26 @@ async def test_a_connect_cancelled_on_a_hung_server_leaves_no_connection(sim: Si
         await eventually(lambda: proxy.open_clients == 0, 5, "the half-made connection closed")
     finally:
         await proxy.stop()
+
+
+async def test_a_text_value_of_megabytes_is_a_bad_reading_not_megabytes_in_the_outbox(sim: Sim) -> None:
+    """An untrusted server's 40 MB string filled the outbox in seconds, evicting other devices'
+    buffered readings: a text past MAX_TEXT_CHARS is a bad reading, pushed or polled."""
+    drv = driver(sim.url, [{"name": "name", "node": "ns=2;s=station.name"}, TICKS], **FAST)
+    await drv.open()
+    try:
+        sim.component.serve("station.name", "x" * 2_000_000)
+
+        def long_name(readings: list[Reading]) -> bool:
+            return any(r.tag == "name" and r.quality == "bad" for r in readings)
+
+        pushed = await collect(drv, long_name)
+        polled = await drv.read()
+    finally:
+        await drv.aclose()
+        sim.component.serve("station.name", None)
+    for got in (next(r for r in pushed if r.tag == "name" and r.quality == "bad"),
+                next(r for r in polled if r.tag == "name")):  # fmt: skip
+        assert (got.value, got.quality) == (None, "bad")
+        assert got.reason == "value too long: 2000000 characters (at most 4096)"
+    assert any(r.tag == "ticks" and r.quality == "good" for r in polled)

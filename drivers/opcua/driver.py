@@ -68,6 +68,8 @@ MAX_QUEUED_BATCHES: Final = 256
 # The keep-alive period asked of the server: a quiet subscription still answers this often, so
 # that one that stopped publishing is noticed within `stale_after_ms` (3 of these by default).
 KEEPALIVE_MS: Final = 5000
+# The largest message taken from a server (asyncua: no limit): a hostile one cannot send a gigabyte.
+MAX_MESSAGE_BYTES: Final = 32 << 20
 # asyncua annotates Boolean fields with a marker class that plain bools do not satisfy
 _TRUE: Final = cast(ua.Boolean, True)
 _FALSE: Final = cast(ua.Boolean, False)
@@ -94,7 +96,9 @@ ClientFactory = Callable[[OpcUaConfig], Client]
 
 def asyncua_client(config: OpcUaConfig) -> Client:
     """The real client; its own reconnect stays off (the supervisor owns reconnects)."""
-    return Client(config.endpoint, timeout=config.request_timeout_ms / 1000)
+    client = Client(config.endpoint, timeout=config.request_timeout_ms / 1000)
+    client.max_messagesize = MAX_MESSAGE_BYTES  # values themselves: `values.MAX_TEXT_CHARS`
+    return client
 
 
 class _Feed(Subscription):

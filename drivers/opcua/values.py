@@ -46,8 +46,20 @@ def to_ns(stamp: dt.datetime | None) -> int | None:
     return ns if ns > 0 else None
 
 
-def to_value(raw: Any) -> tuple[Value, str | None]:  # noqa: PLR0911 - one case per type
+# A text or byte string longer than this is no measurement: a bad reading, not megabytes in the
+# outbox (an untrusted server's 40 MB string filled it in seconds and evicted other devices' data).
+MAX_TEXT_CHARS: Final = 4096
+
+
+def to_value(raw: Any) -> tuple[Value, str | None]:
     """A variant's Python value as a Reading value, or (None, reason) when it cannot be one."""
+    value, problem = _plain(raw)
+    if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+        return None, f"value too long: {len(value)} characters (at most {MAX_TEXT_CHARS})"
+    return value, problem
+
+
+def _plain(raw: Any) -> tuple[Value, str | None]:  # noqa: PLR0911 - one case per type
     if raw is None or isinstance(raw, bool | int | str):
         return raw, None
     if isinstance(raw, float):
