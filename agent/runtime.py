@@ -24,6 +24,7 @@ import dataclasses
 import gc
 import os
 import signal
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -445,7 +446,10 @@ async def run_agent(config: Config) -> int:
     """Run the agent the config describes; the exit code is 0, or EXIT_RESTART when a signed
     restart command asked for one or the outbox was found damaged while in use (systemd's
     Restart=on-failure then starts it again; the new start moves a damaged outbox aside)."""
-    config.gateway.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    state_dir = config.gateway.state_dir
+    state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    if (mode := stat.S_IMODE(state_dir.stat().st_mode)) & ~0o750:
+        state_dir.chmod(mode & 0o750)  # made by hand with a 022 umask: others read nothing in it
     drivers = build_drivers(config)
     analytics = build_processors(config, drivers)
     commands = build_command_channel(config, drivers, analytics)

@@ -64,7 +64,7 @@ def write_json_state(path: Path, data: Any, what: str) -> str | None:
     `<what>.not_stored`), else None."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(data, sort_keys=True).encode("utf-8"))
+        atomic_write(path, json.dumps(data, sort_keys=True).encode("utf-8"), mode=0o640)
     except OSError as exc:
         log.warning(f"{what}.not_stored", path=str(path), error=str(exc))
         return f"{exc.strerror or exc} ({path})"

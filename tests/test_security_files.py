@@ -44,6 +44,8 @@ commands = ["read_now"]
 """
     with Mosquitto() as broker:
         config = write_config(tmp_path, broker_port=broker.port, devices="", extra=security)
+        (tmp_path / "state").mkdir(exist_ok=True)
+        (tmp_path / "state").chmod(0o777)  # made by hand beforehand: tightened at start
         with umask(0), running_agent(config) as agent:
             agent.wait_status(lambda s: s["uplink"]["state"] == "online")
             state = tmp_path / "state"
