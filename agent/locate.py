@@ -16,8 +16,10 @@ So the config is only a hint, and the agent says where it listens:
   belong to the invoking user, root, or the directory's owner where only root can have made that
   directory (systemd's `/run/edge-agent`, owned by the service user): anyone may create
   `/tmp/edge-agent-0`, and root's `status` must not print what a stranger's socket says.
-- **denied**: a socket that is there but may not be opened (the agent's group only) is reported as
-  such, not as "no agent".
+- **denied**: a socket that is there but may not be opened (root, the service user and the status
+  group only) is reported as such, not as "no agent", with the group to join: the status group
+  (`[status] group`, `edge-agent-status`), never the agent's own group, which may write the managed
+  config and read the secrets.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import contextlib
 import enum
 import grp
 import os
+import pwd
 import re
 import socket
 import stat
@@ -36,6 +39,9 @@ from water_edge.core.toml_text import NotUtf8TextError, TOMLDecodeError, parse_t
 
 DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
 DEFAULT_SOCKET_NAME = "status.sock"
+# Who may read the status (`[status] group`'s default), and the service's own group, never to join.
+DEFAULT_STATUS_GROUP = "edge-agent-status"
+DEFAULT_AGENT_GROUP = "edge-agent"
 ANNOUNCE_PREFIX = "agent-"
 
 
@@ -143,7 +149,7 @@ def _announcers(directory: Path) -> set[int]:
 
 def _socket_owned(link: Path, owners: set[int]) -> bool:
     """The socket `link` names belongs to one of `owners`; a socket that cannot be looked at (gone,
-    or in a directory of the agent's group) is kept: it cannot be talked to either, only reported."""
+    or in a directory closed to this user) is kept: it cannot be talked to either, only reported."""
     try:
         return link.stat().st_uid in owners
     except (FileNotFoundError, PermissionError):
@@ -265,7 +271,7 @@ def find_socket(socket_arg: str | None, config_arg: str | None, default_config: 
     tried.append(f"agents announced in {', '.join(str(d) for d in search_dirs())} (none running)")
     denied += [
         f"an agent is announced at {link} but you may not open its socket {link.resolve()}: "
-        + _ask_for_access(link.resolve())
+        + ask_for_access(link.resolve())
         for link in refused
     ]
     fallback = DEFAULT_STATE_DIR / DEFAULT_SOCKET_NAME
@@ -284,30 +290,40 @@ def _answering(path: Path, denied: list[str]) -> bool:
     """`path` answers; if this user may not open it, that is added to `denied` as it is told."""
     answer = probe(path)
     if answer is Answer.DENIED:
-        denied.append(f"you may not open the status socket {path}: " + _ask_for_access(path))
+        denied.append(f"you may not open the status socket {path}: " + ask_for_access(path))
     return answer is Answer.YES
 
 
-def _ask_for_access(path: Path) -> str:
-    group = _group_of(path)
-    return "run as root or as a member of the agent's group" + (f" ({group})" if group else "")
+def ask_for_access(path: Path) -> str:
+    """What a user refused at the status socket `path` is to do: be root, or join the status group
+    (the socket's, when the agent gave it one; else the default). Never the agent's own group."""
+    group = _status_group_of(path)
+    return (
+        f"run as root or as a member of {group} (sudo usermod -aG {group} <user>, then log in again); "
+        f"never add people to the agent's group ({_agent_group_of(path)}): it can change the agent's "
+        "config and read its secrets"
+    )
 
 
-def _group_of(path: Path) -> str | None:
-    """The group that may open `path`: the socket's, or when it cannot even be looked at, that of
-    the nearest directory on the way that can (the one that refuses this user)."""
-    for candidate in (path, *path.parents):
-        try:
-            gid = candidate.stat().st_gid
-        except PermissionError:
-            continue
-        except OSError:
-            break
-        try:
-            return grp.getgrgid(gid).gr_name
-        except KeyError:
-            return str(gid)
-    return None
+def _status_group_of(path: Path) -> str:
+    """The socket's group when the agent gave it one (a group other than its owner's own, i.e. the
+    status group), else `DEFAULT_STATUS_GROUP`: a socket still in the agent's own group, or one
+    that cannot be looked at, is never answered with the agent's group."""
+    try:
+        info = path.stat()
+        if info.st_gid == pwd.getpwuid(info.st_uid).pw_gid:
+            return DEFAULT_STATUS_GROUP
+        return grp.getgrgid(info.st_gid).gr_name
+    except (OSError, KeyError):
+        return DEFAULT_STATUS_GROUP
+
+
+def _agent_group_of(path: Path) -> str:
+    """The agent's own group, to warn against: the socket owner's, when it can be told."""
+    try:
+        return grp.getgrgid(pwd.getpwuid(path.stat().st_uid).pw_gid).gr_name
+    except (OSError, KeyError):
+        return DEFAULT_AGENT_GROUP
 
 
 def _target(link: Path) -> str:

@@ -168,7 +168,11 @@ class Agent:
         # Found while the agent was put together (a state file moved aside...), sent after agent_started.
         self.startup_events: list[Event] = []
         self.status = StatusServer(
-            config.status_socket, self.snapshot, self.pipeline.tap, self.pipeline.untap
+            config.status_socket,
+            self.snapshot,
+            self.pipeline.tap,
+            self.pipeline.untap,
+            group=config.status.group,
         )
         self.notifier = notifier or Notifier()
         self.watchdog = (

@@ -2,7 +2,13 @@
 
 One JSON request line, then JSON reply lines: `{"cmd": "status"}` gets one snapshot;
 `{"cmd": "tail"}` gets one line per reading until the client hangs up. The socket is a unix
-socket (mode 0660) in the state directory, so only local users in the agent's group can ask.
+socket (mode 0660) given the status group (`[status] group`, `edge-agent-status`) when that group
+exists, so only root, the service user and members of that group can ask. The status group grants
+nothing else: the agent's own group may write its managed config and read its secrets, and nobody
+is to be put in it to read the status. Without the group (an agent run by hand, the demo) the
+socket keeps the process's group; a group the agent may not give (the service user is not in it)
+is logged once as a warning, and so is a socket in a directory the group's members cannot enter
+(the state directory, 0750: the shipped config puts the socket in `/run/edge-agent`).
 
 What a local client can cost the agent is bounded: at most `max_clients` connections are open at
 once and at most `max_tails` of them tail (one more is told `busy` and closed at once, so clients
@@ -21,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import os
+import pwd
 import socket
 import stat
 import time
@@ -32,6 +40,7 @@ from typing import Any
 import orjson
 import structlog
 
+from water_edge.agent.locate import DEFAULT_STATUS_GROUP, ask_for_access
 from water_edge.core.errors import AgentError
 from water_edge.core.reading import Reading
 from water_edge.core.tasks import cancel_all
@@ -49,6 +58,8 @@ WRITE_TIMEOUT_S = 10.0
 _BUSY = b'{"error": "busy: too many clients of the status socket; try again"}\n'
 _UNKNOWN = b'{"error": "unknown request; expected {\\"cmd\\": \\"status\\"|\\"tail\\"}"}\n'
 _TOO_LONG = b'{"error": "request line too long"}\n'
+# The group that may read the status (and nothing else): `[status] group`'s default.
+DEFAULT_GROUP = DEFAULT_STATUS_GROUP
 
 
 def reading_json(reading: Reading) -> dict[str, Any]:
@@ -76,8 +87,10 @@ class StatusServer:
         max_clients: int = MAX_CLIENTS,
         max_tails: int = MAX_TAILS,
         write_timeout_s: float = WRITE_TIMEOUT_S,
+        group: str | None = DEFAULT_GROUP,
     ) -> None:
         self.path = path
+        self.group = group
         self._snapshot = snapshot
         self._tap = tap
         self._untap = untap
@@ -103,6 +116,8 @@ class StatusServer:
         info = os.stat(self.path)
         self._bound = (info.st_dev, info.st_ino)
         os.chmod(self.path, 0o660)
+        if self.group is not None:
+            _give_group(self.path, self.group)
 
     async def close(self) -> None:
         self._closing = True
@@ -206,6 +221,65 @@ class StatusServer:
             self._untap(queue)
 
 
+def _give_group(path: Path, group: str) -> None:
+    """Give the socket at `path` the status group `group`, when it exists (else it keeps the
+    process's group: a hand-run agent, the demo). Never fails the start: a group the agent may not
+    give is one warning, and so is a socket that the group's members cannot reach."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        log.debug("status.group_missing", group=group, socket=str(path))
+        return
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        user = _user_name()
+        log.warning(
+            "status.group_not_given",
+            group=group,
+            socket=str(path),
+            fix=f"add {user} to {group} (deploy/install.sh does; or `usermod -aG {group} {user}`, or "
+            f"SupplementaryGroups={group} in the unit) and restart; until then only root and the "
+            "agent's user can open the socket",
+        )
+        return
+    closed = closed_to_group(path.parent, gid)
+    if closed is not None:
+        log.warning(
+            "status.group_cannot_reach",
+            group=group,
+            socket=str(path),
+            directory=str(closed),
+            fix=f"{closed} does not let members of {group} through: put the socket in a directory "
+            'they may enter, e.g. [status] socket = "/run/edge-agent/status.sock" (the unit\'s '
+            "RuntimeDirectory, 0755); never open the state directory to them",
+        )
+
+
+def closed_to_group(directory: Path, gid: int) -> Path | None:
+    """The first directory on the way to `directory` (itself included) that a user whose only
+    relevant group is `gid` may not pass through (search, x), or None when they reach it. POSIX
+    permission arithmetic without ACLs: in the directory's group the group bits decide, even where
+    the others' bits would allow more; otherwise the others' bits do."""
+    real = directory.resolve()
+    for step in (*reversed(real.parents), real):
+        try:
+            info = step.stat()
+        except OSError:
+            continue
+        allowed = info.st_mode & (stat.S_IXGRP if info.st_gid == gid else stat.S_IXOTH)
+        if not allowed:
+            return step
+    return None
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
 class _StalledError(Exception):
     """The client did not take an answer within the write timeout."""
 
@@ -268,7 +342,7 @@ def _connect(path: Path, timeout: float) -> socket.socket:
         raise AgentNotRunningError(f"no agent answers on {path} ({exc.strerror})") from exc
     except PermissionError as exc:
         sock.close()
-        raise AgentNotRunningError(f"not allowed to open {path}: run as root or the agent's group") from exc
+        raise AgentNotRunningError(f"not allowed to open {path}: {ask_for_access(path)}") from exc
     return sock
 
 

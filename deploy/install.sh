@@ -7,6 +7,10 @@
 #   /etc/edge-agent is root:edge-agent 0750 (keys and secrets the agent reads, never writes);
 #   config.toml there is a link to managed/config.toml, in the one directory the agent may write
 #   (2770 root:edge-agent, the unit's ReadWritePaths) so that signed config_update commands work.
+#   That is why nobody is to be put in the edge-agent group: it may rewrite the config and read the
+#   secrets. Reading the status (`edge-agent status`, `tail`) is the edge-agent-status group's
+#   (made here, the service user in it so that the agent can give its socket that group), which
+#   grants nothing else: sudo usermod -aG edge-agent-status <user>.
 #
 #   deploy/install.sh [--root DIR] [--source DIR] [--python PY] [--no-enable] [--no-start]
 #                     [--venv-args "ARGS"] [--pip-args "ARGS"]
@@ -27,8 +31,10 @@ START=1
 VENV_ARGS=""
 PIP_ARGS=""
 USER_NAME="edge-agent"
+# Who may read the agent's status over its socket, and nothing else (docs/security.md).
+STATUS_GROUP="edge-agent-status"
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -65,20 +71,31 @@ if [ "$OFFLINE" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         python3-venv python3-pip sqlite3 libportaudio2 >/dev/null
 fi
 
-say "service user $USER_NAME"
+say "service user $USER_NAME, status group $STATUS_GROUP"
 mkdir -p "$ROOT/usr/lib/sysusers.d"
 cat >"$ROOT/usr/lib/sysusers.d/edge-agent.conf" <<SYSUSERS
 # water-edge-agent's service user; serial (dialout) and sound (audio) access.
 u $USER_NAME - "water-edge-agent" /var/lib/edge-agent
 m $USER_NAME dialout
 m $USER_NAME audio
+# Who may read the agent's status socket (and nothing else); the service user is in it to give
+# the socket that group. Technicians join this group, never $USER_NAME's.
+g $STATUS_GROUP -
+m $USER_NAME $STATUS_GROUP
 SYSUSERS
 if [ "$OFFLINE" = 0 ]; then
     if command -v systemd-sysusers >/dev/null 2>&1; then
         systemd-sysusers edge-agent.conf
-    elif ! id "$USER_NAME" >/dev/null 2>&1; then
-        useradd --system --home-dir /var/lib/edge-agent --shell /usr/sbin/nologin \
-            --groups dialout,audio "$USER_NAME"
+    else
+        if ! getent group "$STATUS_GROUP" >/dev/null 2>&1; then
+            groupadd --system "$STATUS_GROUP"
+        fi
+        if ! id "$USER_NAME" >/dev/null 2>&1; then
+            useradd --system --home-dir /var/lib/edge-agent --shell /usr/sbin/nologin \
+                --groups "dialout,audio,$STATUS_GROUP" "$USER_NAME"
+        else
+            usermod -aG "$STATUS_GROUP" "$USER_NAME"
+        fi
     fi
 fi
 

@@ -82,6 +82,9 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
     sysusers = (root / "usr" / "lib" / "sysusers.d" / "edge-agent.conf").read_text()
     assert "u edge-agent" in sysusers
     assert "m edge-agent dialout" in sysusers
+    # The status group, and the service user in it (to give its socket that group).
+    assert "g edge-agent-status -" in sysusers
+    assert "m edge-agent edge-agent-status" in sysusers
     checked = subprocess.run(
         [
             str(venv / "bin" / "python"),
@@ -188,6 +191,14 @@ def test_config_update_works_as_the_service_user_in_the_installed_layout() -> No
         assert "ReadWritePaths=-/etc/edge-agent/managed" in unit
         assert os.readlink(etc / "config.toml") == "managed/config.toml"
         uid, gid = first_boot(root)
+        groups = {
+            line.split(":")[0]: line.split(":")[3].split(",")
+            for line in (root / "etc" / "group").read_text().splitlines()
+        }
+        assert "edge-agent" in groups["edge-agent-status"], "the service user may give its socket the group"
+        assert groups["edge-agent"] == [""], "nobody is in the agent's own group"
+        # The shipped config puts the socket where that group may reach it (the runtime directory).
+        assert '\nsocket = "/run/edge-agent/status.sock"' in (etc / "config.toml").read_text()
         for path, mode in ((etc, 0o750), (etc / "managed", 0o2770), (etc / "managed" / "config.toml", 0o640)):
             info = path.stat()
             assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (gid, mode), path

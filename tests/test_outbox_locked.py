@@ -168,7 +168,7 @@ def test_buffer_stats_in_a_directory_the_user_may_not_read_says_so(shared_dir: P
     assert done.returncode == 1
     assert done.stderr == (
         f"edge-agent: cannot read {path}: permission denied "
-        "(run as root or as a member of the agent's group)\n"
+        "(run as root (or as the agent's service user))\n"
     )
 
 

@@ -43,7 +43,12 @@ def test_the_unit_declares_what_the_runbook_promises() -> None:
     assert settings["ReadWritePaths"] == ["-/etc/edge-agent/managed"]
     assert settings["NoNewPrivileges"] == ["yes"]
     assert settings["StateDirectory"] == ["edge-agent"]
-    assert set(settings["SupplementaryGroups"][0].split()) == {"dialout", "audio"}
+    # edge-agent-status: the group the agent gives its status socket (reading the status and
+    # nothing else); its socket lives in the runtime directory, which that group may enter.
+    assert set(settings["SupplementaryGroups"][0].split()) == {"dialout", "audio", "edge-agent-status"}
+    assert settings["RuntimeDirectory"] == ["edge-agent"]
+    assert settings["RuntimeDirectoryMode"] == ["0755"]
+    assert settings["StateDirectoryMode"] == ["0750"]
     assert settings["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert "@system-service" in settings["SystemCallFilter"]
     # adjtimex reads the clock's synchronisation state; with no capabilities it can set nothing.

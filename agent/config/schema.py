@@ -72,6 +72,9 @@ class ClockSection(_Section):
 class StatusSection(_Section):
     # Unix socket that `edge-agent status` and `tail` talk to; relative to gateway.state_dir.
     socket: Path = Path("status.sock")
+    # The group the socket is given (0660), when it exists: who may read the status, and nothing
+    # else (never the agent's own group, which may write the config and read the secrets).
+    group: str = Field(default="edge-agent-status", min_length=1, max_length=64, pattern=r"^[^\s:/]+$")
 
 
 class LogSection(_Section):

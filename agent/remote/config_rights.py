@@ -8,6 +8,7 @@ as `config_rights`:
   `gateway.state_dir` (moving it would start an empty nonce store and a new audit log),
   `buffer.path` and `status.socket` (files the agent moves aside or replaces where they are named:
   pointed at the nonce store, the device key or the config itself, they would remove it),
+  `status.group` (which local users may open the status socket),
   `[update]` (which release keys the agent checks bundles with, where its releases live), and
   any `[[devices]]` table with a secret reference (`{ file = ... }`, `{ env = ... }`) that is
   added or changed (the device would send what the reference names, say the device key, the claim
@@ -50,6 +51,7 @@ def _security_changes(old: Any, new: Any) -> list[str]:
         "gateway.state_dir": (old.gateway.state_dir, new.gateway.state_dir),
         "buffer.path": (old.buffer.path, new.buffer.path),
         "status.socket": (old.status.socket, new.status.socket),
+        "status.group": (old.status.group, new.status.group),
         "[update]": (old.update, new.update),
     }
     keys = [key for key, (was, now) in sections.items() if was != now]
