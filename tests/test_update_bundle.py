@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import datetime as dt
 import http.server
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from structlog.testing import capture_logs
 
 from tests.support.testing import write_agent_config
 from water_edge.agent.cli import main
@@ -465,3 +467,210 @@ def test_a_download_ends_at_download_timeout_s_however_steadily_it_trickles(tmp_
         server.shutdown()
         server.server_close()
     assert not list(files.spool.glob("*.part"))
+
+
+# ---------------------------------------------------------------- what a download or a transfer may cost
+
+
+@contextlib.contextmanager
+def _trickle(what: str, good: bytes = b"") -> Iterator[tuple[str, threading.Event]]:
+    """A web server on 127.0.0.1 that sends its answer to /slow one byte every 0.2 s (in the body, or
+    in the headers) for at most 12 s, and `good` at once to /good; yields its base URL and an event
+    set when the client closed the slow connection (the server's next byte fails)."""
+    closed = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/good":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(good)))
+                self.end_headers()
+                self.wfile.write(good)
+                return
+            try:
+                if what == "body":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(2**20))
+                    self.end_headers()
+                else:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                self.wfile.flush()
+                for _ in range(60):
+                    time.sleep(0.2)
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+            except OSError:  # broken pipe, reset: the gateway closed the connection
+                closed.set()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", closed
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("where", ["body", "headers"])
+def test_a_trickled_download_ends_at_its_deadline_and_lets_go_of_thread_and_connection(
+    tmp_path: Path, where: str
+) -> None:
+    """`read(1 MiB)` waited for a whole MiB and the socket timeout bounds each receive: a server
+    sending a byte every 0.2 s (or 0.5 s) kept the download's thread, a thread of asyncio's shared
+    executor, for as long as it liked after the command was answered `timed out`; a few such
+    commands and the uplink's reconnect stalled. The deadline now holds inside the transfer (and
+    the headers): the command ends at download_timeout_s, the connection is closed, and the next
+    download starts at once."""
+    trusted = Ed25519PrivateKey.generate()
+    keys = _keys(tmp_path, ("rel-2026", trusted))
+    bundle = _bundle(tmp_path, trusted)
+    sha = sha256_file(bundle)
+    files = UpdateFiles(tmp_path / "state")
+    receiver = UpdateReceiver(UpdateSection(release_keys=keys, allow_http=True, download_timeout_s=1), files)
+    with _trickle(where, bundle.read_bytes()) as (base, closed):
+        began = time.monotonic()
+        with pytest.raises(CommandFailedError, match=r"not done within \[update\] download_timeout_s \(1 s"):
+            _update_by_url(receiver, f"{base}/slow", "0" * 64)
+        took = time.monotonic() - began
+        assert took < 4, f"the download went on for {took:.1f} s after its 1 s deadline"
+        assert closed.wait(3), "the gateway kept the trickling connection open"
+        assert not list(files.spool.glob("*.part"))
+        assert _update_by_url(receiver, f"{base}/good", sha).detail["staged"] == sha
+
+
+def test_a_download_keeps_off_the_shared_executor_and_a_second_one_waits_its_turn(tmp_path: Path) -> None:
+    """Each download held one of the default executor's threads (`asyncio.to_thread`), which the
+    broker reconnect, config updates and M-Bus reads share. A download now has a thread of its own,
+    and an `update` by URL while another downloads is answered at once."""
+    keys = _keys(tmp_path, ("rel-2026", Ed25519PrivateKey.generate()))
+    section = UpdateSection(release_keys=keys, allow_http=True, download_timeout_s=2)
+    receiver = UpdateReceiver(section, UpdateFiles(tmp_path / "state"))
+    operator = Ed25519PrivateKey.generate()
+
+    def update(url: str, sha: str) -> envelope.Envelope:
+        return envelope.parse(envelope.sign(operator, "ops", "update", "s/g", {"url": url, "sha256": sha}))
+
+    async def scenario(base: str) -> None:
+        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(1))
+        first = asyncio.create_task(receiver.update(update(f"{base}/slow", "0" * 64)))
+        await asyncio.sleep(0.5)
+        # The shared executor's only thread is free for everyone else while the download trickles.
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 1.5) == "free"
+        with pytest.raises(CommandFailedError, match=r"an update is already downloading \(0000000000000000"):
+            await receiver.update(update(f"{base}/good", "1" * 64))
+        with pytest.raises(CommandFailedError, match="not done within"):
+            await first
+
+    with _trickle("body") as (base, closed):
+        asyncio.run(scenario(base))
+        assert closed.wait(3)
+
+
+def _send_chunk(
+    receiver: UpdateReceiver, transfer: str, index: int, count: int, data: bytes
+) -> CommandResult:
+    args = {"transfer": transfer, "index": index, "count": count, "data": base64.b64encode(data).decode()}
+    signed = envelope.sign(Ed25519PrivateKey.generate(), "ops", "update_chunk", "s/g", args)
+    return asyncio.run(receiver.chunk(envelope.parse(signed)))
+
+
+def _on_disk(files: UpdateFiles) -> int:
+    """What the chunks folder's parts take on disk (at least a block each)."""
+    return sum(max(4096, p.stat().st_blocks * 512) for p in files.chunks.rglob("*.part"))
+
+
+def test_tiny_chunks_are_counted_as_the_disk_holds_them_and_refused(tmp_path: Path) -> None:
+    """Only each part's bytes counted: 0- and 1-byte parts, each a file (an inode, a 4 KiB block),
+    cost almost nothing against max_bundle_bytes, up to 100,000 of them per transfer. Parts are now
+    counted in whole blocks, every part but the last carries at least 8 KiB, and a count that
+    cannot fit is refused up front."""
+    limit = 2**20
+    files = UpdateFiles(tmp_path / "state")
+    receiver = UpdateReceiver(UpdateSection(release_keys=tmp_path / "keys", max_bundle_bytes=limit), files)
+    transfer = "c" * 64
+
+    with pytest.raises(
+        CommandRefusedError, match=r"chunk 0 of 100 has 1 bytes: every chunk but the last"
+    ) as small:
+        _send_chunk(receiver, transfer, 0, 100, b"x")
+    assert small.value.code == "chunk_too_small"
+    with pytest.raises(CommandRefusedError, match=r"1000 chunks of at least 8192 bytes are over") as many:
+        _send_chunk(receiver, transfer, 0, 1000, bytes(8192))
+    assert many.value.code == "too_large"
+
+    # A byte over 8 KiB takes 12 KiB of disk: counted so, 1 MiB holds 85 of them, not 127.
+    answers: list[str] = []
+    for index in range(127):
+        try:
+            _send_chunk(receiver, transfer, index, 127, bytes(8193))
+        except CommandRefusedError as exc:
+            answers.append(f"{exc.code}: {exc.reason[:39]}")
+            break
+        answers.append("ok")
+    assert answers == ["ok"] * 85 + ["too_large: transfer over [update] max_bundle_bytes"]
+    assert _on_disk(files) <= limit
+
+    # The last chunk may be small; a small "last" chunk of ever new counts starts the transfer again.
+    for index in range(50):
+        assert _send_chunk(receiver, transfer, index, index + 1, b"x").detail["received"] == 1
+    assert [p.name for p in (files.chunks / transfer).glob("*.part")] == ["000049.part"]
+
+
+def test_a_third_transfer_drops_the_one_least_recently_added_to(tmp_path: Path) -> None:
+    """Any number of transfers could be held at once, each a folder of parts (and, before, a glob and
+    a stat of every part for each chunk). At most two are held now: a chunk of a third drops the
+    transfer least recently added to, as a transfer that needs the room always did."""
+    files = UpdateFiles(tmp_path / "state")
+    receiver = UpdateReceiver(UpdateSection(release_keys=tmp_path / "keys"), files)
+    a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+    part = bytes(16 * 1024)
+    _send_chunk(receiver, a, 0, 2, part)
+    _send_chunk(receiver, b, 0, 2, part)
+    with capture_logs() as logs:
+        assert _send_chunk(receiver, c, 0, 2, part).status == "ok"
+    assert sorted(p.name for p in files.chunks.iterdir()) == [b, c]
+    assert [(e["event"], e["transfer"]) for e in logs if e["event"] == "update.transfer_dropped"] == [
+        ("update.transfer_dropped", a[:16])
+    ]
+    _send_chunk(receiver, b, 1, 2, b"the end")  # b is now the one most recently added to
+    _send_chunk(receiver, d, 0, 2, part)
+    assert sorted(p.name for p in files.chunks.iterdir()) == [b, d]
+    # An agent started again counts what the last one left on disk the same way.
+    again = UpdateReceiver(UpdateSection(release_keys=tmp_path / "keys"), files)
+    assert _send_chunk(again, c, 0, 2, part).status == "ok"
+    assert sorted(p.name for p in files.chunks.iterdir()) == [c, d]
+
+
+def test_a_bundle_in_realistic_chunks_still_assembles_and_is_staged(tmp_path: Path) -> None:
+    """What the limits must leave alone: a bundle of a few hundred KiB in 64 KiB chunks, out of order
+    and one sent twice, assembles, hashes to its transfer and is handed to the updater; its parts
+    are gone and no longer counted."""
+    trusted = Ed25519PrivateKey.generate()
+    keys = _keys(tmp_path, ("rel-2026", trusted))
+    (tmp_path / "w").mkdir()
+    wheel = tmp_path / "w" / "water_edge_agent-0.2.0-py3-none-any.whl"
+    wheel.write_bytes(os.urandom(300 * 1024))
+    bundle = tmp_path / "agent.tar"
+    build_bundle(
+        [wheel], [], trusted, "rel-2026", bundle, python="3.11", config_schema=(1, 1), outbox_schema=1
+    )
+    data, sha = bundle.read_bytes(), sha256_file(bundle)
+    size = 64 * 1024
+    count = -(-len(data) // size)
+    files = UpdateFiles(tmp_path / "state")
+    receiver = UpdateReceiver(UpdateSection(release_keys=keys, max_bundle_bytes=2**20), files)
+    for index in [*reversed(range(count)), 0]:
+        result = _send_chunk(receiver, sha, index, count, data[index * size : (index + 1) * size])
+    assert result.detail == {"transfer": sha, "received": count, "of": count}
+    signed = envelope.sign(Ed25519PrivateKey.generate(), "ops", "update", "s/g", {"transfer": sha})
+    assert asyncio.run(receiver.update(envelope.parse(signed))).detail["staged"] == sha
+    assert read_json(files.request)["sha256"] == sha  # type: ignore[index]
+    assert not (files.chunks / sha).exists()
+    # Its room is free again: a transfer of nearly max_bundle_bytes fits beside nothing.
+    other = "e" * 64
+    for index in range(15):
+        assert _send_chunk(receiver, other, index, 16, bytes(size)).status == "ok"

@@ -13,6 +13,14 @@ its own copy. Commands:
 A URL is fetched only over https (`[update] allow_http` to allow http) and, when `[update]
 download_hosts` lists any, only from those hosts; every redirect is held to the same rules, so a
 key allowed `update` cannot make the gateway request other addresses of the plant network.
+
+What a command may cost is bounded: a download ends at `download_timeout_s` however the server
+trickles (the deadline holds inside each read, and a watchdog shuts the connection at it), runs in
+a thread of its own (never the event loop's shared executor, which the uplink's reconnect needs),
+one at a time. The parts of chunked transfers are counted as the disk holds them (each a file of
+at least one 4 KiB block) against `max_bundle_bytes`, every part but a transfer's last is at least
+`MIN_CHUNK_BYTES`, and at most `MAX_TRANSFERS` transfers are held at once; what they hold is kept
+in memory, so a chunk costs the event loop no directory scan.
 """
 
 from __future__ import annotations
@@ -20,13 +28,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
+import contextlib
+import functools
 import hashlib
+import http.client
 import re
 import shutil
+import socket
 import ssl
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.client import HTTPMessage
 from pathlib import Path
 from typing import IO, Any
@@ -46,12 +61,36 @@ log = structlog.get_logger(__name__)
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 MAX_CHUNKS = 100_000
+# Every part but a transfer's last carries at least this much: 1-byte parts cost a file (an inode
+# and a block) each. Small enough for the smallest `[security] max_command_bytes` (16 KiB, some
+# 11 KiB of base64 data once the envelope is signed).
+MIN_CHUNK_BYTES = 8 * 1024
+MAX_TRANSFERS = 2  # chunked transfers held at once; a new one drops the least recently added to
+DISK_BLOCK = 4096  # what the smallest file costs the disk (and what each part is rounded up to)
+STALL_S = 30.0  # a download whose server sends nothing for this long has stalled
+READ_BYTES = 1 << 16  # one read of a download: what the socket has, up to this
+
+
+@dataclass
+class _Transfer:
+    """The parts of one chunked transfer on disk, as the receiver counts them."""
+
+    count: int
+    added: int  # order of the last part added (larger: more recent)
+    parts: dict[int, int] = field(default_factory=dict)  # index -> bytes it costs the disk
+    held: int = 0  # sum of `parts`
 
 
 class UpdateReceiver:
     def __init__(self, config: UpdateSection, files: UpdateFiles) -> None:
         self.config = config
         self.files = files
+        # Downloads have a thread of their own, one at a time: each used to take one of asyncio's
+        # shared default executor's few threads, and a server that trickled its answer kept it.
+        self._downloads = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="update-download")
+        self._downloading: tuple[concurrent.futures.Future[Path], str, float] | None = None
+        self._transfers: dict[str, _Transfer] | None = None  # read from disk at the first chunk
+        self._added = 0
 
     # ------------------------------------------------------------------ commands
 
@@ -62,20 +101,62 @@ class UpdateReceiver:
             raise CommandFailedError("index and count must be integers with 0 <= index < count")
         if not isinstance(data, str):
             raise CommandFailedError("argument 'data' missing or not base64 text")
+        limit = self.config.max_bundle_bytes
+        if count * MIN_CHUNK_BYTES > limit:
+            raise CommandRefusedError(
+                "too_large",
+                f"{count} chunks of at least {MIN_CHUNK_BYTES} bytes are over [update] max_bundle_bytes "
+                f"({limit}); send the bundle in fewer, larger chunks",
+            )
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise CommandFailedError("argument 'data' is not base64") from None
-        folder = self.files.chunks / sha
-        if _held(folder) + len(raw) > self.config.max_bundle_bytes:
+        if index < count - 1 and len(raw) < MIN_CHUNK_BYTES:
             raise CommandRefusedError(
-                "too_large", f"transfer over [update] max_bundle_bytes ({self.config.max_bundle_bytes})"
+                "chunk_too_small",
+                f"chunk {index} of {count} has {len(raw)} bytes: every chunk but the last must carry at "
+                f"least {MIN_CHUNK_BYTES} bytes",
             )
-        await asyncio.to_thread(self._make_room, sha, len(raw))
-        await asyncio.to_thread(_write, folder / f"{index:06d}.part", raw)
-        (folder / "count").write_text(str(count))
-        received = len(list(folder.glob("*.part")))
-        return CommandResult("ok", detail={"transfer": sha, "received": received, "of": count})
+        transfers = await self._held_transfers()
+        folder = self.files.chunks / sha
+        dropped: list[str] = []
+        transfer = transfers.get(sha)
+        if transfer is not None and transfer.count != count:  # sent again in another number of chunks
+            del transfers[sha]
+            dropped.append(sha)
+            log.info("update.transfer_restarted", transfer=sha[:16], count=count, was=transfer.count)
+            transfer = None
+        cost = _disk_cost(len(raw))
+        before = 0 if transfer is None else transfer.parts.get(index, 0)
+        own = (0 if transfer is None else transfer.held) - before + cost
+        if own > limit:
+            raise CommandRefusedError(
+                "too_large",
+                f"transfer over [update] max_bundle_bytes ({limit}; parts counted as the disk holds "
+                f"them, each rounded up to {DISK_BLOCK} bytes)",
+            )
+        # Room for it, taken from the transfers least recently added to (abandoned ones).
+        others = sorted((t.added, name) for name, t in transfers.items() if name != sha)
+        total = own + sum(transfers[name].held for _, name in others)
+        for _, name in others:
+            if total <= limit and len(transfers) - (sha in transfers) < MAX_TRANSFERS:
+                break
+            total -= transfers.pop(name).held
+            dropped.append(name)
+            log.info("update.transfer_dropped", transfer=name[:16], for_transfer=sha[:16])
+        if transfer is None:
+            transfer = transfers[sha] = _Transfer(count, self._added)
+        self._added += 1
+        transfer.added = self._added
+        transfer.parts[index] = cost
+        transfer.held += cost - before
+        try:
+            await asyncio.to_thread(self._store, dropped, folder, index, count, raw)
+        except BaseException:
+            self._forget(sha)  # what is on disk is no longer known: counted again at the next chunk
+            raise
+        return CommandResult("ok", detail={"transfer": sha, "received": len(transfer.parts), "of": count})
 
     async def update(self, env: Envelope) -> CommandResult:
         window = env.args.get("health_window_s")
@@ -84,11 +165,14 @@ class UpdateReceiver:
         if "transfer" in env.args:
             sha = _sha(env.args.get("transfer"), "transfer")
             self.no_other_request(sha)
-            bundle = await asyncio.to_thread(self._assemble, sha)
+            try:
+                bundle = await asyncio.to_thread(self._assemble, sha)
+            finally:
+                self._forget(sha, unless_held=True)
         elif "url" in env.args:
             sha = _sha(env.args.get("sha256"), "sha256")
             self.no_other_request(sha)  # before a download of up to max_bundle_bytes
-            bundle = await asyncio.to_thread(self._download, str(env.args["url"]), sha)
+            bundle = await self._download_once(str(env.args["url"]), sha)
         else:
             raise CommandFailedError("give 'transfer' (chunks sent before) or 'url' and 'sha256'")
         manifest = await asyncio.to_thread(self.check, bundle)
@@ -151,21 +235,48 @@ class UpdateReceiver:
 
     # ------------------------------------------------------------------ getting the bytes (threads)
 
-    def _make_room(self, sha: str, size: int) -> None:
-        """Keep every transfer's chunks together within max_bundle_bytes: a transfer that needs the
-        room takes it from those least recently added to (abandoned ones), which are removed."""
-        if not self.files.chunks.is_dir():
+    async def _held_transfers(self) -> dict[str, _Transfer]:
+        """The transfers held, read from disk (off the event loop) once, then kept up to date here."""
+        if self._transfers is None:
+            found = await asyncio.to_thread(_scan, self.files.chunks)
+            if self._transfers is None:
+                self._transfers = found
+                self._added = max((t.added for t in found.values()), default=0)
+        return self._transfers
+
+    def _forget(self, sha: str, *, unless_held: bool = False) -> None:
+        """Stop counting a transfer (its folder was removed, or is read again at the next chunk)."""
+        if self._transfers is None:
             return
-        others = [
-            (_last_added(f), _held(f), f) for f in self.files.chunks.iterdir() if f.is_dir() and f.name != sha
-        ]
-        total = _held(self.files.chunks / sha) + size + sum(held for _, held, _ in others)
-        for _, held, folder in sorted(others):
-            if total <= self.config.max_bundle_bytes:
-                break
-            total -= held
-            shutil.rmtree(folder, ignore_errors=True)
-            log.info("update.transfer_dropped", transfer=folder.name[:16], for_transfer=sha[:16])
+        if unless_held and (self.files.chunks / sha).is_dir():
+            return
+        if unless_held:
+            self._transfers.pop(sha, None)
+        else:
+            self._transfers = None
+
+    def _store(self, dropped: list[str], folder: Path, index: int, count: int, raw: bytes) -> None:
+        for name in dropped:
+            shutil.rmtree(self.files.chunks / name, ignore_errors=True)
+        _write(folder / f"{index:06d}.part", raw)
+        count_file = folder / "count"
+        if not count_file.exists() or count_file.read_text() != str(count):
+            count_file.write_text(str(count))
+
+    async def _download_once(self, url: str, sha: str) -> Path:
+        """`_download` in the downloads' own thread; CommandFailedError while another is under way
+        (its thread may outlive a cancelled command by a moment, never its deadline)."""
+        if self._downloading is not None:
+            running, what, since = self._downloading
+            if not running.done():
+                raise CommandFailedError(
+                    f"an update is already downloading ({what[:16]}, for {time.monotonic() - since:.0f} s "
+                    f"of at most [update] download_timeout_s = {self.config.download_timeout_s:g} s); "
+                    "send this one when it has ended"
+                )
+        future = self._downloads.submit(self._download, url, sha)
+        self._downloading = (future, sha, time.monotonic())
+        return await asyncio.wrap_future(future)
 
     def _assemble(self, sha: str) -> Path:
         folder = self.files.chunks / sha
@@ -215,50 +326,184 @@ class UpdateReceiver:
                 "bad_url", f"{host[:100]} is not in [update] download_hosts ({', '.join(hosts)[:200]})"
             )
 
-    def _download(self, url: str, sha: str) -> Path:
-        self.check_url(url)
+    def _opener(self, conns: _Connections) -> urllib.request.OpenerDirector:
         ca = self.config.ca_file
         context = ssl.create_default_context(cafile=str(ca) if ca else None)
-        opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=context), _CheckedRedirects(self.check_url)
+        return urllib.request.build_opener(
+            _HTTPHandler(conns), _HTTPSHandler(conns, context), _CheckedRedirects(self.check_url)
         )
+
+    def _download(self, url: str, sha: str) -> Path:
+        self.check_url(url)
+        # The whole download, not only each read: the command that asked for it is answered
+        # `timed out` soon after, and this thread must not go on behind that answer. A read returns
+        # what the socket has (`read1`) and waits at most until the deadline; a watchdog shuts the
+        # connection at the deadline, which also ends a handshake or headers sent a byte at a time.
+        seconds = self.config.download_timeout_s
+        deadline = time.monotonic() + seconds
+        conns = _Connections()
+        watchdog = threading.Timer(seconds, conns.abort)
+        watchdog.daemon = True
+        opener = self._opener(conns)
         self.files.spool.mkdir(parents=True, exist_ok=True)
         target = self.files.spool / f"{sha}.tar"
         part = target.with_suffix(".part")
         digest, size, limit = hashlib.sha256(), 0, self.config.max_bundle_bytes
-        # The whole download, not only each read: the command that asked for it is answered
-        # `timed out` soon after, and this thread must not go on writing behind that answer.
-        seconds = self.config.download_timeout_s
-        deadline = time.monotonic() + seconds
+
+        def timed_out() -> CommandFailedError:
+            return CommandFailedError(
+                f"download failed: not done within [update] download_timeout_s ({seconds:g} s, "
+                f"{size:,} bytes received)"
+            )
+
+        watchdog.start()
         try:
             with (
-                opener.open(url, timeout=seconds) as resp,
+                opener.open(url, timeout=min(seconds, STALL_S)) as resp,
                 part.open("wb") as out,
             ):
-                while block := resp.read(1 << 20):
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or conns.aborted:
+                        raise timed_out()
+                    conns.settimeout(min(left, STALL_S))
+                    block = resp.read1(READ_BYTES)
+                    if not block:
+                        break
                     size += len(block)
                     if size > limit:
                         raise CommandRefusedError(
                             "too_large", f"bundle over [update] max_bundle_bytes ({limit})"
                         )
-                    if time.monotonic() > deadline:
-                        raise CommandFailedError(
-                            f"download failed: not done within [update] download_timeout_s ({seconds:g} s, "
-                            f"{size:,} bytes received)"
-                        )
                     digest.update(block)
                     out.write(block)
-        except OSError as exc:  # URLError, HTTPError, timeouts, TLS
+            if conns.aborted:  # the watchdog's shutdown reads as the end of the body
+                raise timed_out()
+        except (OSError, http.client.HTTPException) as exc:  # URLError, HTTPError, timeouts, TLS
             part.unlink(missing_ok=True)
+            if conns.aborted or time.monotonic() >= deadline:
+                raise timed_out() from None
+            if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+                raise CommandFailedError(
+                    f"download failed: the server sent nothing for {STALL_S:g} s ({size:,} bytes received)"
+                ) from None
             raise CommandFailedError(f"download failed: {getattr(exc, 'reason', exc)}") from None
         except (CommandRefusedError, CommandFailedError):
             part.unlink(missing_ok=True)
             raise
+        finally:
+            watchdog.cancel()
+            conns.close()
         if digest.hexdigest() != sha:
             part.unlink()
             raise CommandFailedError("the downloaded bundle does not have the sha256 the command names")
         part.replace(target)
         return target
+
+
+class _Connections:
+    """The sockets of one download (redirects included), for its deadline: each read waits at
+    most until it, and at it `abort` (the watchdog's) shuts them, which ends any read under way."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._current: socket.socket | None = None
+        self.aborted = False
+        self._closed = False
+
+    def add(self, sock: socket.socket, *, current: bool) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if current:
+                self._current = sock
+            if self.aborted or self._closed:
+                _shut(sock)
+
+    def settimeout(self, seconds: float) -> None:
+        if self._current is not None:
+            self._current.settimeout(seconds)
+
+    def abort(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self.aborted = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for sock in self._sockets:
+                _shut(sock)
+                sock.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    # The plain socket's call, also for TLS: it wakes a read blocked in another thread. OSError:
+    # not connected (yet, or any more), or already closed.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _TrackedHTTP(http.client.HTTPConnection):
+    """An HTTP connection whose sockets `conns` watches (from the TCP connect on)."""
+
+    def __init__(self, host: str, *, conns: _Connections, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        _track(self, conns)
+
+    def connect(self) -> None:
+        super().connect()
+        _tracked_connect(self)
+
+
+class _TrackedHTTPS(http.client.HTTPSConnection):
+    def __init__(self, host: str, *, conns: _Connections, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        _track(self, conns)
+
+    def connect(self) -> None:
+        super().connect()  # the TLS handshake included: watched on the plain socket
+        _tracked_connect(self)
+
+
+def _track(conn: http.client.HTTPConnection, conns: _Connections) -> None:
+    create: Callable[..., socket.socket] = vars(conn)["_create_connection"]
+
+    def connected(*args: Any, **kwargs: Any) -> socket.socket:
+        sock = create(*args, **kwargs)
+        conns.add(sock, current=False)
+        return sock
+
+    vars(conn)["_create_connection"] = connected
+    vars(conn)["_conns"] = conns
+
+
+def _tracked_connect(conn: http.client.HTTPConnection) -> None:
+    if conn.sock is not None:
+        conns: _Connections = vars(conn)["_conns"]
+        conns.add(conn.sock, current=True)  # the socket the response is read from
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, conns: _Connections) -> None:
+        super().__init__()
+        self._conn = functools.partial(_TrackedHTTP, conns=conns)
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._conn, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, conns: _Connections, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self._conn = functools.partial(_TrackedHTTPS, conns=conns)
+        self._context = context
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self._conn, req, context=self._context)
 
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
@@ -286,13 +531,39 @@ def _sha(value: object, name: str) -> str:
     return value
 
 
-def _held(folder: Path) -> int:
-    """Bytes of chunks a transfer holds (0 if it has none)."""
-    return sum(p.stat().st_size for p in folder.glob("*.part")) if folder.is_dir() else 0
+def _disk_cost(size: int, blocks: int = 0) -> int:
+    """What a part of `size` bytes costs the disk: whole blocks, at least one (a file of 0 or 1
+    byte still takes an inode and a block); `blocks` (st_blocks, 512 bytes each) when known."""
+    return max(DISK_BLOCK, -(-size // DISK_BLOCK) * DISK_BLOCK, blocks * 512)
 
 
-def _last_added(folder: Path) -> float:
-    return max((p.stat().st_mtime for p in folder.iterdir()), default=folder.stat().st_mtime)
+def _scan(chunks: Path) -> dict[str, _Transfer]:
+    """The transfers on disk (left by an earlier run), oldest-added first."""
+    found: list[tuple[float, str, _Transfer]] = []
+    if not chunks.is_dir():
+        return {}
+    for folder in chunks.iterdir():
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        try:
+            count = int((folder / "count").read_text())
+        except (OSError, ValueError):
+            count = 0  # a transfer whose next chunk starts it again
+        transfer = _Transfer(count, 0)
+        latest = folder.stat().st_mtime
+        for part in folder.glob("*.part"):
+            try:
+                index, st = int(part.stem), part.stat()
+            except (OSError, ValueError):
+                continue
+            transfer.parts[index] = _disk_cost(st.st_size, st.st_blocks)
+            latest = max(latest, st.st_mtime)
+        transfer.held = sum(transfer.parts.values())
+        found.append((latest, folder.name, transfer))
+    found.sort(key=lambda f: f[0])
+    for added, (_, _, transfer) in enumerate(found, 1):
+        transfer.added = added
+    return {name: transfer for _, name, transfer in found}
 
 
 def _write(path: Path, data: bytes) -> None:
