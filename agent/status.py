@@ -58,8 +58,6 @@ WRITE_TIMEOUT_S = 10.0
 _BUSY = b'{"error": "busy: too many clients of the status socket; try again"}\n'
 _UNKNOWN = b'{"error": "unknown request; expected {\\"cmd\\": \\"status\\"|\\"tail\\"}"}\n'
 _TOO_LONG = b'{"error": "request line too long"}\n'
-# The group that may read the status (and nothing else): `[status] group`'s default.
-DEFAULT_GROUP = DEFAULT_STATUS_GROUP
 
 
 def reading_json(reading: Reading) -> dict[str, Any]:
@@ -87,7 +85,7 @@ class StatusServer:
         max_clients: int = MAX_CLIENTS,
         max_tails: int = MAX_TAILS,
         write_timeout_s: float = WRITE_TIMEOUT_S,
-        group: str | None = DEFAULT_GROUP,
+        group: str | None = DEFAULT_STATUS_GROUP,
     ) -> None:
         self.path = path
         self.group = group

@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent_proc import running_agent, start_agent
-from tests.support.testing import FAKE_DEVICE, wait_until, write_agent_config
+from tests.support.testing import FAKE_DEVICE, NOBODY, can_run_as_nobody, wait_until, write_agent_config
 from water_edge.agent.status import StatusServer, request_status
 from water_edge.core.errors import AgentError
 
-NOBODY = 65534
 # What a stranger's socket says: an agent that is fine, on a gateway that is not this one.
 FAKE_STATUS = {
     "agent": {"lines": ["9.9.9  site FAKE  gateway FAKE  pid 1  up 1 s"]},
@@ -225,18 +224,7 @@ def test_status_finds_an_agent_of_the_service_user_in_its_runtime_directory(
 # -- a user outside the agent's group ----------------------------------------------------------------
 
 
-def _can_run_as_nobody() -> bool:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        return False
-    probe = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c", "0"],
-        capture_output=True,
-        check=False,
-    )
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _can_run_as_nobody(), reason="needs root, setpriv, and a python user nobody can run")
+@pytest.mark.skipif(not can_run_as_nobody(), reason="needs root, setpriv, and a python user nobody can run")
 def test_a_user_outside_the_agents_group_is_told_so_not_that_no_agent_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

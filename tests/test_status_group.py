@@ -20,21 +20,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.support.agent_proc import running_agent
-from tests.support.testing import FAKE_DEVICE, wait_until, write_agent_config
+from tests.support.testing import FAKE_DEVICE, NOBODY, can_run_as_nobody, wait_until, write_agent_config
 from water_edge.agent.status import StatusServer, closed_to_group, request_status
-
-NOBODY = 65534
 
 
 def _can_act_as_others() -> bool:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None or shutil.which("groupadd") is None:
-        return False
-    probe = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c", "0"],
-        capture_output=True,
-        check=False,
-    )
-    return probe.returncode == 0
+    return can_run_as_nobody() and shutil.which("groupadd") is not None
 
 
 as_root = pytest.mark.skipif(

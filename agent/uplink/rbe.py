@@ -113,6 +113,10 @@ def _changed(new: Reading, last: Reading, band: Band) -> bool:
     return type(a) is not type(b) or a != b
 
 
+def _both_nan(a: object, b: object) -> bool:
+    return type(a) is float and type(b) is float and math.isnan(a) and math.isnan(b)
+
+
 class ExceptionFilter:
     """The per-tag decision and the table of last reported readings (see the module docstring)."""
 
@@ -152,6 +156,7 @@ class ExceptionFilter:
         pending: dict[Key, _Last] = {}
         out: list[Batch] = []
         seen = reported = repeats = 0
+        send_previous = self._config.send_previous
         for batch in batches:
             if batch.readings is None:
                 out.append(batch)
@@ -171,7 +176,13 @@ class ExceptionFilter:
                     kept.append(plain)
                     reported += 1
                     continue
-                held = self._held(r, last.reading)
+                # What a later change is to be preceded by: this acquisition when its value differs
+                # from the reported one (NaN equal to NaN), else nothing. Inline: every unchanged
+                # reading of every tag comes through here.
+                v, w = r.value, last.reading.value
+                held = None
+                if send_previous and not ((v == w and type(v) is type(w)) or _both_nan(v, w)):
+                    held = dataclasses.replace(r, repeat=False) if r.repeat else r
                 if band.max_interval_ns is not None and r.ts_ns - last.reported_ts >= band.max_interval_ns:
                     pending[key] = _Last(last.reading, r.ts_ns, held)
                     kept.append(dataclasses.replace(last.reading, repeat=True))
@@ -181,17 +192,6 @@ class ExceptionFilter:
             if kept:
                 out.append(Batch(batch.stream, readings=kept))
         return Decision(out, pending, seen, reported, repeats)
-
-    def _held(self, held_back: Reading, reported: Reading) -> Reading | None:
-        """What a later change is to be preceded by: `held_back` when it says something the
-        reported reading does not (its value differs), else nothing."""
-        if not self._config.send_previous:
-            return None
-        a, b = held_back.value, reported.value
-        both_nan = type(a) is float and type(b) is float and math.isnan(a) and math.isnan(b)
-        if (type(a) is type(b) and a == b) or both_nan:
-            return None
-        return dataclasses.replace(held_back, repeat=False) if held_back.repeat else held_back
 
     def commit(self, decision: Decision) -> None:
         """The batches of `decision` were committed: their readings are now the last reported."""

@@ -26,8 +26,11 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -344,3 +347,20 @@ def damage_sqlite_under_its_owner(path: Path, seed: int) -> None:
     with path.open("r+b") as f:
         f.seek(2 * page)
         f.write(random.Random(seed).randbytes(size - 2 * page))
+
+
+# The uid and gid a test acts as when it needs a user who is not root (`setpriv`).
+NOBODY = 65534
+
+
+def can_run_as_nobody() -> bool:
+    """True when this test run may act as another user: root, setpriv, and a Python that user
+    can run (a venv under a 0700 home is out of reach)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return False
+    probe = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c", "0"],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
