@@ -40,6 +40,23 @@ QUIET_LIBRARIES = ("pymodbus",)
 # The OPC UA driver says `opcua.connected` in one line; asyncua's info is heard at `debug`, its
 # warnings always.
 CHATTY_LIBRARIES = ("asyncua",)
+# What asyncua says when the connection under it is already gone: a traceback at error level from
+# its publish loop ("Publish iteration crashed") and a warning per teardown step at every reconnect
+# attempt ("close_secure_channel was called but connection is closed"). The OPC UA driver reports
+# that loss itself (`opcua.connection_lost`, `driver.down`); these are heard at `debug` only.
+DEAD_CONNECTION_NEWS = ("was called but connection is closed",)
+
+
+class AsyncuaDeadConnectionFilter(logging.Filter):
+    """Leaves out asyncua's records about a connection already lost (see DEAD_CONNECTION_NEWS)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("asyncua"):
+            return True
+        if record.exc_info and isinstance(record.exc_info[1], ConnectionError):
+            return False
+        message = record.getMessage()
+        return not any(news in message for news in DEAD_CONNECTION_NEWS)
 
 
 def configure(
@@ -101,6 +118,8 @@ def _route_stdlib(
     for old in list(root.handlers):
         if isinstance(old, RoutedHandler) or type(old) is logging.StreamHandler:
             root.removeHandler(old)  # ours from an earlier call, or a basicConfig() default
+    if level > logging.DEBUG:
+        handler.addFilter(AsyncuaDeadConnectionFilter())
     root.addHandler(handler)
     root.setLevel(level)
     for name in QUIET_LIBRARIES:
