@@ -415,6 +415,30 @@ async def test_a_saturated_hydrophone_is_judged_but_never_learnt_from(tmp_path: 
         Baseline.learn([c for c in stored if c.saturated_s], sensor="hyd.A")
 
 
+async def test_a_hydrophone_clipping_all_day_holds_no_growing_record_of_it(tmp_path: Path) -> None:
+    # Gain set for quiet nights, clipping in the day's traffic: each clipping window was kept until
+    # the night window opened (two a second, ~21 MB by 02:00 per channel).
+    hot = _night_audio(seed=103)
+    hot[:, 0] = np.clip(20 * hot[:, 0], -1.0, 1.0)
+    wavfile.write(tmp_path / "hot.wav", RATE, hot)
+    _, clipped, _ = await play(tmp_path / "hot.wav", playback_speed=200, channel_names=["A", "B"])
+    assert sum(w.faults == ("clipping", None) for w in clipped) >= 200
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+    noon = int(datetime(2025, 3, 1, 12, 0, tzinfo=zone("Europe/Amsterdam")).timestamp() * NS)
+
+    async def daytime() -> Any:
+        for w in clipped:
+            yield dataclasses.replace(w, start_ts_ns=noon + w.start_ts_ns - clipped[0].start_ts_ns)
+
+    async def emit(_: Event) -> None:
+        return None
+
+    await proc.consume(daytime(), emit)
+    (a,) = [s for s in proc.sensors if s.channel == 0]
+    assert len(a.saturated) <= 3
+    assert a.saturated_seconds == 0  # not a night: nothing judged, nothing counted
+
+
 class _NoDriver:
     def add_window_listener(self, callback: object) -> object:
         return lambda: None

@@ -377,7 +377,8 @@ class AudioLeakProcessor:
                     s.fault_seconds += 1
                     s.check_faults[fault] = s.check_faults.get(fault, 0) + 1
                 continue
-            if key is not None and self._saturated_in(s, ts):
+            # Asked every second, night or day: it also forgets the marks of past windows.
+            if self._saturated_in(s, ts) and key is not None:
                 s.saturated_seconds += 1
                 s.check_saturated += 1
             x = x - x.mean()
