@@ -1,11 +1,13 @@
 """Telling a damaged SQLite state file, and moving an unusable one aside (renamed with a UTC
-timestamp, never deleted).
+timestamp).
 
 A corrupt, foreign or too-new SQLite file (the outbox, the nonce store, a pump's or a machine's
 history) must not keep the agent from collecting or a model from working: the file and its
 `-wal`/`-shm` companions are renamed to `<name>.quarantined-<UTC time><suffix>` in the same
 directory, kept for a person to inspect or recover, the owner creates a fresh one in its place, and
-an event names the kept file.
+an event names the kept file. The `KEEP_QUARANTINED` newest copies of each file are kept: a card
+that keeps damaging the outbox would otherwise fill itself with copies of it (each up to the
+outbox's quota, outside it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from water_edge.core.reading import Event, Severity, now_ns
 
 log = structlog.get_logger(__name__)
 
+KEEP_QUARANTINED = 3
+_COMPANIONS = ("-wal", "-shm")
+
 
 def quarantine(path: Path, now_s: float | None = None) -> Path:
     """Rename `path` (and its WAL and shared-memory files) aside; return the new main path.
@@ -32,11 +37,30 @@ def quarantine(path: Path, now_s: float | None = None) -> Path:
         n += 1
         target = path.with_name(f"{path.name}.quarantined-{stamp}-{n}")
     # WAL first: a main file without its WAL would lose committed rows if opened alone.
-    for suffix in ("-wal", "-shm", ""):
+    for suffix in (*_COMPANIONS, ""):
         src = Path(f"{path}{suffix}")
         if src.exists():
             src.rename(Path(f"{target}{suffix}"))
+    _prune(path)
     return target
+
+
+def _stamp_order(copy: Path) -> tuple[str, int]:
+    stamp, _, n = copy.name.rpartition(".quarantined-")[2].partition("-")
+    return stamp, int(n) if n.isdigit() else 1
+
+
+def _prune(path: Path) -> None:
+    """Delete all but the `KEEP_QUARANTINED` newest copies of `path` (with their companions)."""
+    copies = [p for p in path.parent.glob(f"{path.name}.quarantined-*") if not p.name.endswith(_COMPANIONS)]
+    for old in sorted(copies, key=_stamp_order)[:-KEEP_QUARANTINED]:
+        for suffix in (*_COMPANIONS, ""):
+            try:
+                Path(f"{old}{suffix}").unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("state.quarantined_not_removed", path=f"{old}{suffix}", error=str(exc))
+                return
+        log.info("state.quarantined_removed", path=str(old), kept=KEEP_QUARANTINED)
 
 
 def require_intact(db: sqlite3.Connection) -> None:

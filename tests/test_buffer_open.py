@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.outbox import Outbox
 from water_edge.buffer.schema import MAX_EPOCH, SCHEMA_VERSION, OutboxUnusableError
 from water_edge.buffer.stats import read_stats
 from water_edge.buffer.types import Batch
+from water_edge.core import quarantine
 from water_edge.core.errors import BufferError
 from water_edge.core.reading import Reading
 
@@ -181,3 +183,26 @@ def test_the_agent_refuses_an_outbox_from_a_newer_agent_and_keeps_it(tmp_path: P
     assert [p.name for p in path.parent.iterdir() if "quarantined" in p.name] == []
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1
+
+
+async def test_a_card_that_keeps_damaging_the_outbox_keeps_the_three_newest_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each copy may be as large as the outbox's quota, outside it: kept for ever, a failing card
+    # filled itself with them.
+    path = tmp_path / "outbox.sqlite"
+    clock = iter(range(1_764_000_000, 1_764_000_000 + 3600 * 6, 3600))
+    monkeypatch.setattr(quarantine.time, "time", lambda: float(next(clock)))
+    moved = []
+    for damage in range(6):
+        path.write_bytes(b"not an outbox %d " % damage * 100)
+        outbox = await AsyncOutbox.open(path, max_bytes=BIG, quarantine_unusable=True)
+        assert outbox.quarantined is not None
+        moved.append(outbox.quarantined[0])
+        await outbox.close()
+        path.unlink()
+        Path(f"{path}-wal").unlink(missing_ok=True)
+        Path(f"{path}-shm").unlink(missing_ok=True)
+    kept = sorted(p.name for p in tmp_path.iterdir() if "quarantined" in p.name)
+    assert kept == [m.name for m in moved[-3:]]
+    assert moved[-1].read_bytes() == b"not an outbox 5 " * 100
