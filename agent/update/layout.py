@@ -5,8 +5,8 @@
     current  -> releases/...   what systemd runs (`ExecStart=/opt/edge-agent/current/bin/edge-agent`)
     previous -> releases/...   the release to roll back to
     venv     -> current        the path older docs and scripts name
-    wheels/                    every wheel ever installed, checked by sha256: thin bundles need only
-                               carry what changed
+    wheels/                    the wheels of the current and previous releases, checked by sha256:
+                               thin bundles need only carry what changed
     staging/                   bundles copied out of the agent's reach while they are checked
     min-version.json           the lowest release this gateway installs (floor.py); none: no floor
 
@@ -118,6 +118,25 @@ class Layout:
                 shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
         return removed
+
+    def prune_wheels(self, keep: list[Path]) -> list[str]:
+        """Remove cached wheels that none of the releases `keep` (current and previous) was built
+        from; nothing when one of them does not list its wheels (installed by install.sh, or by an
+        updater from before the list: what it needs is not known)."""
+        needed: set[str] = set()
+        for release in keep:
+            names = self.info(release).get("wheels")
+            if not isinstance(names, list):
+                return []
+            needed.update(str(n) for n in names)
+        removed: list[str] = []
+        if not self.wheels.is_dir():
+            return removed
+        for path in self.wheels.iterdir():
+            if path.name not in needed and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return sorted(removed)
 
     def cache_wheel(self, source: Path) -> None:
         """Keep a verified wheel for later thin bundles (a hard link when on the same filesystem)."""

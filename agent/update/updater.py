@@ -326,7 +326,8 @@ class Updater:
         self.layout.write_info(
             target, {"version": manifest.version, "bundle_sha256": sha, "key_id": manifest.key_id,
                      "outbox_schema": manifest.outbox_schema, "installed_ns": self._now(),
-                     "min_version": manifest.min_version},
+                     "min_version": manifest.min_version,
+                     "wheels": sorted(w.file for w in manifest.wheels)},
         )  # fmt: skip
         return target
 
@@ -421,7 +422,10 @@ class Updater:
         and, failing, go back to a release below the new minimum."""
         self._raise_floor()
         self._finish("committed", None)
-        self.layout.prune({self.layout.current.resolve(), self.layout.previous.resolve()})
+        kept = [self.layout.current.resolve(), self.layout.previous.resolve()]
+        self.layout.prune(set(kept))
+        if dropped := self.layout.prune_wheels([k for k in kept if k.exists()]):
+            log.info("update.wheels_removed", count=len(dropped), wheels=dropped[:20])
 
     def _raise_floor(self) -> None:
         """Raise root's minimum to the `min_version` the current release's signed manifest set
