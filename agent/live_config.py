@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 from water_edge.agent.config.load import Config
 
-# Config fields that are not settings (where the file was read from).
-_NOT_SETTINGS = frozenset({"source", "devices"})
+# Config fields that are not settings: where the file was read from, what the loader warned about
+# (its texts name the file: a config_update's candidate is another file than the live one).
+_NOT_SETTINGS = frozenset({"source", "devices", "warnings"})
 _LIVE_DEVICE_KEYS = {"poll_interval_ms"}
 
 

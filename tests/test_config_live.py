@@ -59,6 +59,21 @@ def test_the_plan_sorts_every_change_into_live_or_restart(tmp_path: Path) -> Non
     assert streamed.restart == ("devices[plc].poll_interval_ms (a streaming driver)",)
 
 
+def test_a_config_with_a_warning_still_takes_a_new_poll_rate_live(tmp_path: Path) -> None:
+    # The warnings name the file they were read from, and a config_update's candidate is another
+    # file than the live one: every change of a config with a warning was a restart.
+    spare = {**_device(1000), "name": "spare", "enabled": False, "tags": [{"name": "head"}]}
+    pump = {"pump": [{"name": "p1", "signals": {"flow": "spare/head"}}]}
+    live = load_config(_write(tmp_path / "agent.toml", devices=[_device(1000), spare], models=pump))
+    assert live.warnings
+    candidate = load_config(
+        _write(tmp_path / ".agent.toml.candidate", devices=[_device(250), spare], models=pump)
+    )
+    plan = plan_changes(live, candidate)
+    assert plan.restart == ()
+    assert plan.live == ("devices[plc].poll_interval_ms: 1000 -> 250",)
+
+
 async def test_a_new_poll_rate_is_applied_live_and_the_outbox_keeps_its_rows(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
