@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.testing import agent_config, damage_sqlite_under_its_owner
 from water_edge.agent import pushed_models
+from water_edge.agent.remote import processor as command_processor
 from water_edge.agent.remote.audit import AuditLog, read_audit
 from water_edge.agent.remote.channel import CommandChannel
 from water_edge.agent.remote.config import OperatorKey, SecuritySection
@@ -353,6 +354,35 @@ async def test_calibration_commands_go_to_the_target_offering_them(tmp_path: Pat
     assert unknown.to_event().detail["reason"] == "no pump 'P9' (configured: P1)"
     unnamed = await rig.proc.handle("pump_calibration", rig.sign("pump_calibration", {}))
     assert (unnamed.status, unnamed.reason) == ("failed", "argument 'pump' missing or not str")
+    rig.close()
+
+
+class SlowPumpCalibrator(PumpCalibrator):
+    """A calibration that takes longer than other commands may (a pump's day on a Pi: ~20 s)."""
+
+    async def calibrate(self, target_name: str, args: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(0.5)
+        return await super().calibrate(target_name, args)
+
+
+async def test_a_calibration_may_take_longer_than_other_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cut off at 30 s like any command, a calibration was answered `failed` while its thread went
+    # on and the new calibration came into service all the same.
+    monkeypatch.setattr(command_processor, "TIME_LIMIT_S", 0.2)
+    monkeypatch.setattr(command_processor, "CALIBRATION_TIME_LIMIT_S", 5.0)
+
+    async def slow_read(devices: list[str] | None) -> dict[str, Any]:
+        await asyncio.sleep(0.5)
+        return {}
+
+    rig = Rig(tmp_path, Targets(calibrations={"pump_calibration": SlowPumpCalibrator()}, read_now=slow_read))
+    ok = await rig.proc.handle("pump_calibration", rig.sign("pump_calibration", {"pump": "P1"}))
+    assert ok.status == "ok", ok.reason
+    slow = await rig.proc.handle("read_now", rig.sign("read_now"))
+    assert (slow.status, slow.reason) == ("failed", "timed out after 0.2 s")
+    assert rig.proc.time_limit_s >= 5.0  # the inbox waits beyond the longest bound
     rig.close()
 
 
