@@ -46,7 +46,10 @@ class Analytics:
 def build_processors(config: Config, drivers: Mapping[str, Driver]) -> Analytics:
     """Each `[[models.<kind>]]` list through its kind's factory (the config loader has validated it)."""
     streams = {d.name: d.stream_name for d in config.devices if d.enabled}
-    context = ProcessorContext(state_dir=config.gateway.state_dir, drivers=drivers, streams=streams)
+    tags = {d.name: d.tag_names() for d in config.devices if d.enabled}
+    context = ProcessorContext(
+        state_dir=config.gateway.state_dir, drivers=drivers, streams=streams, tags=tags
+    )
     factories: list[ProcessorFactory] = []
     for kind, sections in config.models.items():
         factory = processor_kinds.load(kind)

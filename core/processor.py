@@ -19,7 +19,7 @@ Optional capabilities, each a `runtime_checkable` protocol:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
@@ -77,6 +77,28 @@ class ProcessorContext:
     # The stream each enabled device's readings are submitted to, by device name (what a processor
     # that takes only some devices' readings names in its `streams`).
     streams: Mapping[str, str] = field(default_factory=dict)
+    # The tags each enabled device's readings carry, by device name; None when they are known only
+    # once read (a meter's records). Missing for a device: not known, as None.
+    tags: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
+
+    def streams_for(self, references: Iterable[str]) -> frozenset[str]:
+        """The streams readings of `references` (`"tag"` or `"device/tag"`, as a processor's config
+        names them) can come in: the named device's, or for a bare tag every device that reads it
+        or whose tags are known only once read. A processor that names these as its `streams` is
+        not handed every other device's readings (5,000 tags of another PLC queued through a pump
+        model's feed, waiting while it calibrated)."""
+        found: set[str] = set()
+        for reference in references:
+            device, slash, _ = reference.partition("/")
+            if slash:
+                if device in self.streams:
+                    found.add(self.streams[device])
+                continue
+            for name, stream in self.streams.items():
+                known = self.tags.get(name)
+                if known is None or reference in known:
+                    found.add(stream)
+        return frozenset(found)
 
 
 @dataclass(frozen=True)

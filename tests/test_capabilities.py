@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support.testing import write_agent_config
-from water_edge.agent.assembly import calibration_targets, model_slots
+from water_edge.agent.assembly import build_drivers, build_processors, calibration_targets, model_slots
 from water_edge.agent.config import load_config
 from water_edge.agent.runtime import Agent
 from water_edge.buffer.async_outbox import AsyncOutbox
@@ -133,3 +133,28 @@ async def test_a_processor_gets_every_stream_unless_it_names_the_ones_it_wants(t
         assert feeds["deaf"].streams == frozenset()
         assert feeds["plain"].wants("anything")
         assert not feeds["deaf"].wants("plc")
+
+
+async def test_models_are_fed_only_the_streams_their_tags_come_in(tmp_path: Path) -> None:
+    # The pump, night-flow and machine-sound models were handed every device's readings: another
+    # PLC's 5,000 tags went through a pump model's feed, and queued there while it calibrated.
+    def fake(name: str, *tags: str) -> dict[str, Any]:
+        return {"name": name, "kind": "modbus_tcp", "host": "127.0.0.1",
+                "tags": [{"name": t, "address": i} for i, t in enumerate(tags)]}  # fmt: skip
+
+    meters = {"name": "meters", "kind": "mbus", "port": "/dev/ttyUSB0",
+              "meters": [{"name": "m1", "address": 1}]}  # fmt: skip
+    devices = [fake("plc", "inlet", "outlet"), fake("other", "x", "y"), fake("spare", "inlet2"), meters]
+    districts = {"flow_leak": [
+        {"name": "north", "inflow": ["inlet"], "outflow": ["spare/inlet2"], "timezone": "UTC"},
+    ]}  # fmt: skip
+    config = load_config(write_agent_config(tmp_path, devices=devices, models=districts))
+    (processor,) = build_processors(config, build_drivers(config)).processors
+    assert isinstance(processor, WantsStreams)
+    # a bare tag: the device that reads it, and the meters (their tags are known once read)
+    assert processor.streams == frozenset({"plc", "spare", "meters"})
+    async with await AsyncOutbox.open(tmp_path / "o.db", max_bytes=1 << 26) as box:
+        agent = Agent(config, box, processors=[processor])
+        ((_, feed),) = agent.processors
+        assert feed.wants("plc")
+        assert not feed.wants("other")

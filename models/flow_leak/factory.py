@@ -19,13 +19,16 @@ from water_edge.models.nightwindow import unset_zone_warning
 class FlowLeakFactory:
     config_model: ClassVar[type[BaseModel]] = FlowLeakSection
 
-    def __init__(self, sections: Sequence[FlowLeakSection], state_dir: Path) -> None:
+    def __init__(
+        self, sections: Sequence[FlowLeakSection], state_dir: Path, context: ProcessorContext | None = None
+    ) -> None:
         self.sections = list(sections)
         self.state_dir = Path(state_dir)
+        self.context = context
 
     @classmethod
     def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
-        return cls(sections, context.state_dir)
+        return cls(sections, context.state_dir, context)
 
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
@@ -98,7 +101,10 @@ class FlowLeakFactory:
             return []
         from water_edge.models.flow_leak.processor import FlowLeakProcessor
 
-        return [FlowLeakProcessor(self.sections, self.state_dir)]
+        streams = None
+        if self.context is not None:
+            streams = self.context.streams_for(tag for _, tag in self.tag_references(self.sections))
+        return [FlowLeakProcessor(self.sections, self.state_dir, streams=streams)]
 
 
 HOLIDAY_LIST_NOTICE_DAYS = 90

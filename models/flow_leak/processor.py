@@ -136,8 +136,13 @@ class _District:
 class FlowLeakProcessor:
     name = "flow_leak"
 
-    def __init__(self, sections: Sequence[FlowLeakSection], state_dir: Path) -> None:
+    def __init__(
+        self, sections: Sequence[FlowLeakSection], state_dir: Path, *, streams: frozenset[str] | None = None
+    ) -> None:
         self.state_dir = Path(state_dir)
+        # The streams its tags come in (`WantsStreams`); None (built without a context): every one.
+        if streams is not None:
+            self.streams = streams
         self.districts: list[_District] = []
         self._routes: dict[str, list[tuple[_District, str]]] = {}
         for cfg in sections:

@@ -43,16 +43,16 @@ class MachineSoundFactory:
         sections: Sequence[MachineSoundSection],
         state_dir: Path,
         drivers: Mapping[str, object],
-        streams: Mapping[str, str] | None = None,
+        context: ProcessorContext | None = None,
     ) -> None:
         self.sections = list(sections)
         self.state_dir = Path(state_dir)
         self.drivers = drivers
-        self.streams = dict(streams or {})  # device name -> the stream its readings go to
+        self.context = context or ProcessorContext(self.state_dir)
 
     @classmethod
     def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
-        return cls(sections, context.state_dir, context.drivers, context.streams)
+        return cls(sections, context.state_dir, context.drivers, context)
 
     @classmethod
     def tag_references(cls, sections: Sequence[Any]) -> list[tuple[tuple[int | str, ...], str]]:
@@ -60,14 +60,10 @@ class MachineSoundFactory:
         return [((i, "running_tag"), s.running_tag) for i, s in enumerate(sections) if s.running_tag]
 
     def _run_signal_streams(self, section: MachineSoundSection) -> frozenset[str]:
-        """The streams the machine's run signal can come in: its device's, or every device's for a
-        bare tag name (the config loader has checked that one device reads it)."""
+        """The streams the machine's run signal can come in (none without one)."""
         if section.running_tag is None:
             return frozenset()
-        device, slash, _ = section.running_tag.partition("/")
-        if slash:
-            return frozenset({self.streams.get(device, device)})
-        return frozenset(self.streams.values())
+        return self.context.streams_for([section.running_tag])
 
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
