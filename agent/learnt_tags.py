@@ -7,8 +7,10 @@ stand-in `bad` readings covered only the tags the driver declares (a meter's `st
 tag simply stopped, and the centre's last value of it, good, stood for as long as the outage
 lasted. The record is `<state_dir>/learnt_tags.json`, `{device: {"config": fingerprint, "tags":
 {tag: unit}}}`; a device whose config changed starts afresh (a removed meter's tags must not go on
-being reported bad). Best effort, as `devices_down.json`: an unreadable record costs those
-stand-ins, nothing else.
+being reported bad). Tags a device's config calls observations (`unlearnt_tag_prefixes`: a wM-Bus
+receiver's `heard.<ID>.*` of meters not configured) are not kept, and dropped from a record an
+earlier version wrote: a neighbour's meter is not a measurement to stand in for. Best effort, as
+`devices_down.json`: an unreadable record costs those stand-ins, nothing else.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ from water_edge.core.files import read_json_state, write_json_state
 from water_edge.core.reading import Reading
 from water_edge.drivers.base import DeviceConfig, TagInfo
 
-# Tags kept per device: a driver naming tags after its input (a receiver hearing meters that are
-# not configured) must not grow the file without end.
+# Tags kept per device: a driver naming tags after its input must not grow the file without end.
 MAX_TAGS_PER_DEVICE: Final = 20_000
 
 
@@ -34,22 +35,28 @@ def fingerprint(config: DeviceConfig) -> str:
 class LearntTags:
     def __init__(self, path: Path, devices: Iterable[DeviceConfig]) -> None:
         self.path = path
+        devices = list(devices)
         prints = {d.name: fingerprint(d) for d in devices}
         self._prints = prints
+        # device -> prefixes of the tags it reads that are not to be kept
+        self._unlearnt = {d.name: d.unlearnt_tag_prefixes() for d in devices}
         self.tags: dict[str, dict[str, str]] = {name: {} for name in prints}
         data = read_json_state(path, "learnt_tags")
         for name, entry in data.items() if isinstance(data, dict) else ():
             if name in prints and isinstance(entry, dict) and entry.get("config") == prints[name]:
                 tags = entry.get("tags")
                 if isinstance(tags, dict):
-                    self.tags[name] = {str(t): u for t, u in tags.items() if isinstance(u, str)}
+                    skip = self._unlearnt[name]
+                    kept = ((str(t), u) for t, u in tags.items() if isinstance(u, str))
+                    self.tags[name] = {t: u for t, u in kept if not t.startswith(skip)}
 
     def note(self, device: str, readings: Iterable[Reading]) -> bool:
         """Take in the tags of `device`'s readings; whether one was new (the record is to be saved)."""
         known = self.tags.setdefault(device, {})
+        skip = self._unlearnt.get(device, ())
         new = False
         for r in readings:
-            if r.tag not in known and len(known) < MAX_TAGS_PER_DEVICE:
+            if r.tag not in known and len(known) < MAX_TAGS_PER_DEVICE and not r.tag.startswith(skip):
                 known[r.tag] = r.unit
                 new = True
         return new

@@ -93,6 +93,13 @@ class DeviceConfig(BaseModel):
         """Why `frozen_after_s` cannot judge this device as configured, if it cannot."""
         return None
 
+    def unlearnt_tag_prefixes(self) -> tuple[str, ...]:
+        """Tags, by prefix, that are observations rather than measurements the centre expects
+        continuously (a receiver's survey of meters it is not configured for): the agent does not
+        keep them among the tags the device has read (`agent.learnt_tags`), so they get no stand-in
+        `bad` readings while the device is down; the device's own state says it is down."""
+        return ()
+
 
 @dataclass(frozen=True, slots=True)
 class TagInfo:

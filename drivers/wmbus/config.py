@@ -59,6 +59,7 @@ class WmbusMeter(BaseModel):
 
 
 MAX_RECEIVERS = 8
+LISTEN_PREFIX: Final = "heard."  # `listen`'s tags of meters heard, not configured: heard.<ID>.rssi
 SOURCE_KEYS = ("receiver", "port", "host", "tcp_port", "baudrate", "link_modes")
 
 
@@ -125,8 +126,11 @@ class WmbusConfig(DeviceConfig, ReceiverSource):
     kind: Literal["wmbus"]
     receiver: ReceiverKind | None = None
     receivers: list[ReceiverConfig] = Field(default_factory=list, max_length=MAX_RECEIVERS)
-    # Report every meter heard (id, manufacturer, RSSI, encrypted, key known) as readings.
+    # Report the meters heard that are not configured as readings: `heard.<ID>.rssi`, `.volume`.
     listen: bool = False
+    # With `listen`: the first this many of them heard give `heard.*` readings; the others are
+    # counted, not reported (`edge-agent probe --listen` lists them all).
+    listen_max_meters: int = Field(default=200, ge=1, le=5000)
     # A telegram heard again within this many seconds (through a repeater, decoded twice, or by a
     # second receiver) is dropped; 0 keeps every copy. Keep it well under 256 send intervals (the
     # access number wraps).
@@ -135,6 +139,10 @@ class WmbusConfig(DeviceConfig, ReceiverSource):
 
     def endpoint_text(self) -> str:
         return ", ".join(r.endpoint_text() for r in self.receiver_configs())
+
+    def unlearnt_tag_prefixes(self) -> tuple[str, ...]:
+        """`listen`'s `heard.<ID>.*`: the neighbours' meters heard, a survey, never stood in for."""
+        return (LISTEN_PREFIX,) if self.listen else ()
 
     def point_count(self) -> int:
         return len(self.meters)

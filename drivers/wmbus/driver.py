@@ -17,8 +17,13 @@ counted and dropped (`duplicates.py`): a meter heard by two receivers gives its 
 the copy that arrived first. An older telegram sent again after that (replayed, or flushed late by a
 repeater) is counted and dropped too (`freshness.py`): a meter's register never steps back to an
 old value. Meters heard but not configured are counted and the last 1000 listed (a configured
-meter is never pushed out by them); with `listen = true` each also gives readings
-`heard.<ID>.rssi` (and its total volume when it is readable without a key).
+meter is never pushed out by them); with `listen = true` each of the first `listen_max_meters`
+heard since the driver was made also gives readings `heard.<ID>.rssi` (and its total volume when it
+is readable without a key), for as long as the driver runs (reopens included): a stable set of tags,
+however many neighbours a receiver in a city hears. The others are counted
+(`listen_not_reported`), with one warning when the first is left out; `edge-agent probe --listen`
+lists every meter heard. `heard.*` tags are survey observations, not learnt tags
+(`WmbusConfig.unlearnt_tag_prefixes`): no stand-in readings for them while the receiver is down.
 
 Keys are read from the config or their secret references when the driver opens, never logged.
 """
@@ -44,7 +49,7 @@ from water_edge.drivers.mbus.security import MbusEncryptedError, MbusMacError
 from water_edge.drivers.wmbus import receivers
 from water_edge.drivers.wmbus.alarms import alarm_flags
 from water_edge.drivers.wmbus.compact import FormatStore
-from water_edge.drivers.wmbus.config import WmbusConfig, WmbusMeter
+from water_edge.drivers.wmbus.config import LISTEN_PREFIX, WmbusConfig, WmbusMeter
 from water_edge.drivers.wmbus.duplicates import Duplicates
 from water_edge.drivers.wmbus.frame import link_frame
 from water_edge.drivers.wmbus.freshness import Freshness, meter_time
@@ -64,6 +69,9 @@ COUNTS: Final = (
     "stale",
 )  # fmt: skip
 HEARD_KEPT: Final = 1000  # meters heard but not configured, remembered for status and probe
+# `listen`: distinct meters left out past `listen_max_meters`, counted up to this many (a flood of
+# forged IDs must not grow the set without end).
+NOT_REPORTED_COUNTED: Final = 10_000
 
 
 @dataclass
@@ -134,6 +142,11 @@ class WmbusDriver:
         self._counts = dict.fromkeys(COUNTS, 0)
         self._duplicates = Duplicates(config.duplicate_window_s)
         self._last_frame_ns: int | None = None
+        # `listen`: the meters not configured that give `heard.*` readings (the first
+        # `listen_max_meters` heard) and those left out. Kept in the driver, not in a receiver's
+        # connection: the supervisor reopens this same object, and the set of tags stays as it was.
+        self._listen_reported: set[str] = set()
+        self._listen_left_out: set[str] = set()
         # One unit per `.rssi` tag: with sticks and rtl_wmbus on one device, the level is reported
         # from the sticks' copies only (rtl_wmbus's figure is not dBm; `heard` keeps every level).
         units = {link.parser.rssi_unit for link in self._links.links}
@@ -364,8 +377,39 @@ class WmbusDriver:
                 state.known.setdefault(r.tag, r.unit)
         return out
 
+    @property
+    def listen_not_reported(self) -> int:
+        """`listen`: distinct meters heard, not configured, that gave no `heard.*` readings because
+        `listen_max_meters` others came first (counted up to `NOT_REPORTED_COUNTED`)."""
+        return len(self._listen_left_out)
+
+    def _listen_reports(self, ident: str) -> bool:
+        """Whether a meter not configured gives `heard.*` readings: one of the first
+        `listen_max_meters` heard since the driver was made, for as long as the driver runs."""
+        if ident in self._listen_reported:
+            return True
+        if len(self._listen_reported) < self.config.listen_max_meters:
+            self._listen_reported.add(ident)
+            return True
+        if ident not in self._listen_left_out and len(self._listen_left_out) < NOT_REPORTED_COUNTED:
+            self._listen_left_out.add(ident)
+            if len(self._listen_left_out) == 1:
+                log.warning(
+                    "wmbus.listen_limit_reached",
+                    driver=self.name,
+                    listen_max_meters=self.config.listen_max_meters,
+                    reason=f"the first {self.config.listen_max_meters} meters heard that are not "
+                    "configured give heard.<ID> readings; the others are counted, not reported: raise "
+                    "'listen_max_meters' (at most 5000) to report more, or survey every meter in range, "
+                    "whatever the limit, with `edge-agent probe --listen`",
+                )
+        return False
+
     def _listen(self, heard: Heard, received: receivers.Received, ts: int) -> list[Reading]:
-        prefix = f"heard.{heard.ident}"
+        """`heard.<ID>.*` readings of a meter not configured, when it is one of those reported; its
+        entry in `heard()` is filled in either way (what `probe --listen` lists)."""
+        reported = self._listen_reports(heard.ident)
+        prefix = f"{LISTEN_PREFIX}{heard.ident}"
         out = []
         if received.rssi is not None and received.rssi_unit == self._rssi_unit:
             out.append(Reading(self.name, f"{prefix}.rssi", ts, received.rssi, GOOD, received.rssi_unit))
@@ -381,7 +425,7 @@ class WmbusDriver:
             if total is not None and isinstance(total.value, int | float):
                 heard.total_volume_m3 = float(total.value)
                 out.append(Reading(self.name, f"{prefix}.volume", ts, total.value, GOOD, "m3"))
-        return out
+        return out if reported else []
 
     def _silence(self, now: int) -> list[Reading]:
         out = []
@@ -432,6 +476,7 @@ class WmbusDriver:
             wrong_key=self._counts["wrong_key"],
             bad_mac=self._counts["bad_mac"],
             unknown_frames=self._counts["unknown_frames"],
+            listen_not_reported=self.listen_not_reported,
             duplicates=self._counts["duplicates"],
             stale=self._counts["stale"],
             meters_configured=len(self._meters),

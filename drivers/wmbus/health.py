@@ -65,6 +65,8 @@ class WmbusHealth:
     wrong_key: int  # telegrams the configured key does not decrypt
     bad_mac: int  # mode 7 telegrams refused: their AFL MAC does not match or is missing
     unknown_frames: int  # telegrams of meters not configured
+    # `listen`: distinct meters not configured that give no `heard.*` readings, past `listen_max_meters`
+    listen_not_reported: int
     duplicates: int  # copies of a telegram already heard (repeater, receiver), dropped
     stale: int  # telegrams older than the meter's last one accepted (replayed, or delayed), dropped
     meters_configured: int
@@ -96,6 +98,10 @@ class WmbusHealth:
         elif self.receivers and (reopened := self.receivers[0].reopened_line()) is not None:
             lines.append(reopened)
         lines += [problem for r in self.receivers if r.open and (problem := r.setup_problem()) is not None]
+        if self.listen_not_reported:
+            lines.append(
+                f"listen: {self.listen_not_reported} meters heard not reported (past listen_max_meters)"
+            )
         if self.meters_without_key:
             lines.append("without key: " + ", ".join(self.meters_without_key))
         if self.meters_wrong_key:
