@@ -15,12 +15,23 @@ def iso(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(timespec="seconds")
 
 
+# Epoch seconds up to the end of year 9999 (what ISO 8601 can write). Past it is no instant: often
+# epoch milliseconds, as many SCADA exports write them (1733400000000).
+MAX_EPOCH_S = 253_402_300_799
+
+
 def instant_ns(text: str) -> int:
     """ISO 8601 (UTC when no zone is given) or epoch seconds -> UTC nanoseconds."""
     try:
-        return int(float(text) * 1e9)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not 0 <= seconds <= MAX_EPOCH_S:  # NaN fails this too
+            millis = MAX_EPOCH_S < seconds <= MAX_EPOCH_S * 1000
+            hint = " (epoch milliseconds? divide by 1000)" if millis else ""
+            raise ValueError(f"{text!r} is not a time: epoch seconds run 0..{MAX_EPOCH_S}{hint}")
+        return int(seconds * 1e9)
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as exc:

@@ -391,3 +391,12 @@ def test_a_machines_stored_clips_scored_again_show_where_the_event_rule_raised_a
     assert [r["ts"] for r in part] == [r["ts"] for r in replayed if r["ts"] >= part[0]["ts"]]
     code, _, err = models("score", "machine-sound", "--machine", "P2")
     assert (code, "no machine 'P2'" in err) == (2, True)
+    # Epoch milliseconds (as SCADA exports write them) or past year 9999: said, not a traceback.
+    for wrong in (str(start // 10**6), "1e30"):
+        code, _, err = models("score", "machine-sound", "--machine", "P1-sound", "--from", wrong)
+        assert code == 2, err
+        assert f"{wrong!r} is not a time: epoch seconds run 0..253402300799" in err
+    assert (
+        "(epoch milliseconds? divide by 1000)"
+        in models("calibrate", "machine-sound", "--machine", "P1-sound", "--to", str(start // 10**6))[2]
+    )
