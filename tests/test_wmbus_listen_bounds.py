@@ -10,7 +10,6 @@ the test chooses (the meters themselves are muted), through the driver's real re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,8 +24,7 @@ from tests.support.supervised import supervised
 from tests.support.testing import eventually
 from tests.support.wmbus_air import Air, stick_config
 from water_edge.agent.learnt_tags import LearntTags, fingerprint
-from water_edge.agent.supervisor import DeviceRunner
-from water_edge.core.reading import Event, Reading
+from water_edge.core.reading import Reading
 from water_edge.drivers.wmbus import driver as wmbus_driver
 from water_edge.drivers.wmbus.config import WmbusConfig
 from water_edge.drivers.wmbus.driver import WmbusDriver
@@ -162,20 +160,8 @@ async def test_heard_tags_are_not_learnt_and_get_no_stand_ins_while_a_meter_s_le
     record = tmp_path / "learnt_tags.json"
     learnt = LearntTags(record, [cfg])
     driver = WmbusDriver.from_config(cfg)
-    readings: list[Reading] = []
-    events: list[Event] = []
-
-    async def on_readings(_stream: str, batch: list[Reading]) -> None:
-        readings.extend(batch)
-
-    async def on_event(event: Event) -> None:
-        events.append(event)
-
-    runner = DeviceRunner(
-        cfg, driver, on_readings, on_event, backoff_min_s=0.1, backoff_max_s=0.2, learnt=learnt
-    )
-    task = asyncio.create_task(runner.run())
-    try:
+    async with supervised(cfg, driver, backoff_min_s=0.1, backoff_max_s=0.2, learnt=learnt) as run:
+        readings, events = run.readings, run.events
         await eventually(lambda: driver.health().open, 10)
         send(sim, [*FOREIGN, 0])
         await eventually(lambda: any(r.tag == "m0.volume" for r in readings), 10)
@@ -186,12 +172,8 @@ async def test_heard_tags_are_not_learnt_and_get_no_stand_ins_while_a_meter_s_le
         sim.apply({"component": "wmbus", "receiver_fault": "unplug"})
         await eventually(lambda: any(e.kind == "driver_down" for e in events), 10)
         down = len(readings)
-        await eventually(lambda: runner.stats.failures >= 3, 10)  # two reopens failed too
+        await eventually(lambda: run.runner.stats.failures >= 3, 10)  # two reopens failed too
         stand_ins = readings[down:]
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     assert stand_ins
     assert {r.quality for r in stand_ins} == {"bad"}
     stood_in = {r.tag for r in stand_ins}

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from water_edge.agent.learnt_tags import LearntTags
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.reading import Event, Reading
 from water_edge.drivers.base import DeviceConfig, Driver
@@ -21,10 +22,15 @@ class Supervised:
 
 @contextlib.asynccontextmanager
 async def supervised(
-    config: DeviceConfig, driver: Driver, *, backoff_min_s: float = 0.2, backoff_max_s: float = 0.5
+    config: DeviceConfig,
+    driver: Driver,
+    *,
+    backoff_min_s: float = 0.2,
+    backoff_max_s: float = 0.5,
+    learnt: LearntTags | None = None,
 ) -> AsyncIterator[Supervised]:
-    """`driver` reopened by the supervisor with a short backoff; its readings and events collected
-    until the block ends."""
+    """`driver` reopened by the supervisor with a short backoff (and the record of learnt tags, as
+    the agent keeps it); its readings and events collected until the block ends."""
     readings: list[Reading] = []
     events: list[Event] = []
 
@@ -35,7 +41,13 @@ async def supervised(
         events.append(event)
 
     runner = DeviceRunner(
-        config, driver, on_readings, on_event, backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s
+        config,
+        driver,
+        on_readings,
+        on_event,
+        backoff_min_s=backoff_min_s,
+        backoff_max_s=backoff_max_s,
+        learnt=learnt,
     )
     task = asyncio.create_task(runner.run())
     try:
