@@ -21,7 +21,7 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -74,17 +74,25 @@ class Gateway:
         (path / "release.json").write_text(f'{{"version": "{version}"}}')
         return path
 
-    def bundle(self, version: str, min_version: str | None = None) -> str:
-        """A signed bundle of `version`, spooled with its request, its release built beside the
-        running one; its sha256."""
+    def bundle(
+        self,
+        version: str,
+        min_version: str | None = None,
+        *,
+        carried: Sequence[Path] = (),
+        cached: Sequence[Path] = (),
+    ) -> str:
+        """A signed bundle of `version` (and the dependency wheels `carried`, naming `cached` ones:
+        a thin bundle), spooled with its request, its release built beside the running one; its
+        sha256."""
         folder = self.tmp / f"w-{version}"
         folder.mkdir()
         wheel = folder / f"water_edge_agent-{version}-py3-none-any.whl"
         wheel.write_bytes(f"the agent's wheel, {version}".encode() * 50)
         out = self.tmp / f"agent-{version}.tar"
         build_bundle(
-            [wheel], [], self.key, "rel-test", out, python=PYTHON, config_schema=(1, 1), outbox_schema=1,
-            min_version=min_version,
+            [wheel, *carried], list(cached), self.key, "rel-test", out, python=PYTHON, config_schema=(1, 1),
+            outbox_schema=1, min_version=min_version,
         )  # fmt: skip
         sha = hashlib.sha256(out.read_bytes()).hexdigest()
         self.release(version, f"{version}-{sha[:8]}")

@@ -5,12 +5,9 @@ temporary A/B layout (tests/test_update_min_version.py's gateway)."""
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 from pathlib import Path
 
-from tests.test_update_min_version import PYTHON, Gateway, healthy_agent
-from water_edge.agent.update.bundle import build_bundle
+from tests.test_update_min_version import Gateway, healthy_agent
 
 
 def _wheel(folder: Path, name: str) -> Path:
@@ -22,22 +19,8 @@ def _wheel(folder: Path, name: str) -> Path:
 def _apply(gateway: Gateway, version: str, carried: list[str], cached: list[str]) -> str:
     """A signed bundle of the agent `version` carrying `carried` dependency wheels and naming
     `cached` ones (a thin bundle), installed and committed; the wheel cache's names after it."""
-    folder = gateway.tmp / f"w-{version}"
-    folder.mkdir()
-    agent = _wheel(folder, f"water_edge_agent-{version}-py3-none-any.whl")
     deps = gateway.tmp / "deps"
-    out = gateway.tmp / f"agent-{version}.tar"
-    build_bundle(
-        [agent, *(deps / n for n in carried)], [deps / n for n in cached], gateway.key, "rel-test", out,
-        python=PYTHON, config_schema=(1, 1), outbox_schema=1,
-    )  # fmt: skip
-    sha = hashlib.sha256(out.read_bytes()).hexdigest()
-    gateway.release(version, f"{version}-{sha[:8]}")
-    shutil.copyfile(out, gateway.files.spool / f"{sha}.tar")
-    gateway.files.write_request(
-        {"action": "apply", "bundle": str(gateway.files.spool / f"{sha}.tar"), "sha256": sha,
-         "requested_by": "command c1 from release-ops", "health_window_s": 1.0}
-    )  # fmt: skip
+    gateway.bundle(version, carried=[deps / n for n in carried], cached=[deps / n for n in cached])
     with healthy_agent(gateway.root) as status:
         state = gateway.run(status)
     assert state.phase == "committed", state
