@@ -1,21 +1,25 @@
 """`edge-agent`: run the agent, check a config, and look inside a running one.
 
-Exit codes: 0 ok; 1 the agent or a command failed at run time; 2 bad usage or an invalid config.
-`status` speaks to monitoring systems (docs/status.md): 0 the agent is ok, 1 it is degraded (a
-device down, the uplink not online, the outbox nearly full), 2 no agent answers; `tail` exits 2
-when no agent answers.
+Exit codes: 0 ok; 1 the agent or a command failed at run time, or the output could not be written
+(a full disk: one line on stderr); 2 bad usage or an invalid config, or files of the agent's state
+directory this user may not look at (run as root or as the agent's user). `status` speaks to
+monitoring systems (docs/status.md): 0 the agent is ok, 1 it is degraded (a device down, the uplink
+not online, the outbox nearly full), 2 no agent answers; `tail` exits 2 when no agent answers, or
+it does not answer within 5 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fnmatch
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -28,7 +32,9 @@ from water_edge.agent.commands._exits import (
     EXIT_NOT_RUNNING,
     EXIT_OK,
     EXIT_USAGE,
+    output_failed,
 )
+from water_edge.core.files import printable_texts
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,17 +109,31 @@ def _command_modules() -> list[Any]:
     ]
 
 
-def _load(path: str) -> Any:
+def _load(path: str, *, closed_state: Literal["error", "warning"] = "error") -> Any:
     from water_edge.agent.config import load_config
 
-    return load_config(path)
+    return load_config(path, closed_state=closed_state)
 
 
 def _config_errors(exc: Exception) -> int:
+    from water_edge.agent.config.load import StateFilesClosedError
+
+    if isinstance(exc, StateFilesClosedError):  # a valid config: one line, who may look
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print("invalid configuration:", file=sys.stderr)
     for line in str(exc).splitlines():
         print(f"  {line}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _config_error_text(exc: Exception) -> str:
+    """A config error as `--json`'s one `error` string."""
+    from water_edge.agent.config.load import StateFilesClosedError
+
+    if isinstance(exc, StateFilesClosedError):
+        return str(exc)
+    return "invalid configuration: " + "; ".join(str(exc).splitlines())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -126,7 +146,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     try:
-        config = _load(args.file or args.config or DEFAULT_CONFIG)
+        # State files this user may not look at: one warning, the rest checked.
+        config = _load(args.file or args.config or DEFAULT_CONFIG, closed_state="warning")
     except ConfigError as exc:
         return _config_errors(exc)
     from water_edge.agent.config.files import file_problems
@@ -231,7 +252,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         snap = request_status(_socket_path(args))
     except (AgentNotRunningError, NoAgentError) as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
+        print(f"edge-agent: {printable_texts(str(exc))}", file=sys.stderr)
         if args.json:  # a script reading .verdict.state gets a word, not empty input
             _json_error(str(exc), verdict={"state": "down", "problems": [str(exc)]})
         return EXIT_NOT_RUNNING
@@ -246,11 +267,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _outbox_of(config: str) -> Path:
     """The outbox `config` names. A config that does not validate (half-edited, which is when the
     agent is down and its outbox figures wanted) still names it: read leniently, with a note."""
+    from water_edge.agent.config.load import StateFilesClosedError
     from water_edge.agent.locate import state_file_from_config
     from water_edge.core.errors import ConfigError
 
     try:
         path: Path = _load(config).buffer_path
+    except StateFilesClosedError:
+        raise  # valid, and the outbox is what this user may not read
     except ConfigError as exc:
         lenient = state_file_from_config(Path(config), "buffer", "path", "outbox.sqlite")
         if lenient is None:
@@ -267,7 +291,7 @@ def _outbox_of(config: str) -> Path:
 def _json_error(message: str, **more: Any) -> None:
     """`--json`'s answer when the command has none to give: `{"error": ...}` on stdout (the exit
     code and the line on stderr as without `--json`)."""
-    sys.stdout.write(orjson.dumps({"error": message, **more}).decode() + "\n")
+    sys.stdout.write(orjson.dumps(printable_texts({"error": message, **more})).decode() + "\n")
 
 
 def format_reading(reading: dict[str, Any], *, raw: bool = False) -> str:
@@ -309,7 +333,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 print(format_reading(reading, raw=args.raw))
             sys.stdout.flush()
     except (AgentNotRunningError, NoAgentError) as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
+        print(f"edge-agent: {printable_texts(str(exc))}", file=sys.stderr)
         return EXIT_NOT_RUNNING
     except KeyboardInterrupt:
         return EXIT_OK
@@ -354,14 +378,20 @@ class _Unmatched:
 
 def cmd_buffer_stats(args: argparse.Namespace) -> int:
     from water_edge.buffer.stats import format_stats, read_stats, stats_to_json
-    from water_edge.core.errors import BufferError
+    from water_edge.core.errors import BufferError, ConfigError
     from water_edge.core.reading import now_ns
 
-    path = Path(args.db) if args.db else _outbox_of(args.config)
+    try:
+        path = Path(args.db) if args.db else _outbox_of(args.config)
+    except ConfigError as exc:  # a missing or broken config that names no outbox, a closed state_dir
+        code = _config_errors(exc)
+        if args.json:
+            _json_error(_config_error_text(exc))
+        return code
     try:
         stats = read_stats(path)
     except BufferError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
+        print(f"edge-agent: {printable_texts(str(exc))}", file=sys.stderr)
         if args.json:
             _json_error(str(exc))
         return EXIT_FAILED
@@ -384,18 +414,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         if args.command == "buffer":
-            return cmd_buffer_stats(args)
-        if args.command in commands:
-            return commands[args.command](args)
-        result: int = args.func(args)
+            result = cmd_buffer_stats(args)
+        elif args.command in commands:
+            result = commands[args.command](args)
+        else:
+            result = args.func(args)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a full disk is found here, not by the interpreter's flush at exit
         return result
     except ConfigError as exc:
         return _config_errors(exc)
     except BrokenPipeError:
+        _discard_output()
         return EXIT_OK
     except KeyboardInterrupt:  # Ctrl-C in a command (a long scan): no traceback, the shell's code
         sys.stderr.write(f"edge-agent {args.command}: interrupted\n")
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        if output_failed(exc):  # `> /dev/full`, a full or failing card: as a pipe whose reader left
+            _discard_output()
+            _say(f"edge-agent: cannot write the output: {exc.strerror or exc}")
+            return EXIT_FAILED
+        if isinstance(exc, PermissionError) and exc.filename is not None:
+            # What no command caught: a file this user may not open (the agent's, a directory of root's).
+            from water_edge.core.files import printable_name
+
+            _say(f"edge-agent {args.command}: {printable_name(exc.filename)}: {exc.strerror or exc}")
+            return EXIT_USAGE
+        raise
+
+
+def _say(line: str) -> None:
+    """`line` on stderr, unless stderr too cannot be written."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _discard_output() -> None:
+    """After stdout failed: what is still buffered for it goes to /dev/null, so that the
+    interpreter's flush at exit does not fail a second time, with a traceback."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # None (closed), or a test's StringIO
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ So the config is only a hint, and the agent says where it listens:
 - **denied**: a socket that is there but may not be opened (root, the service user and the status
   group only) is reported as such, not as "no agent", with the group to join: the status group
   (`[status] group`, `edge-agent-status`), never the agent's own group, which may write the managed
-  config and read the secrets.
+  config and read the secrets. An announcement whose process is gone (a killed agent leaves its
+  link and socket) is no agent, whoever asks: a dead pid is not an agent this user may not open.
 """
 
 from __future__ import annotations
@@ -263,6 +264,7 @@ def find_socket(socket_arg: str | None, config_arg: str | None, default_config: 
                 return hinted
             tried.append(f"{hinted} (from {default_config})")
     live, refused = _live(announced())
+    refused = [link for link in refused if not announcer_gone(link)]  # killed: it says nothing of who runs
     if len(live) == 1:
         return live[0]
     if len(live) > 1:
@@ -286,6 +288,22 @@ def find_socket(socket_arg: str | None, config_arg: str | None, default_config: 
     )
 
 
+def announcer_gone(link: Path) -> bool:
+    """The agent that made the announcement `link` (`agent-<pid>.sock`) is known not to run: no
+    process has its pid (one of another user's still runs: the kernel refuses the signal). A
+    killed agent leaves its link and socket, which this user may be refused all the same."""
+    pid = link.name.removeprefix(ANNOUNCE_PREFIX).removesuffix(".sock")
+    if not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # PermissionError: it runs, as someone else
+        return False
+    return False
+
+
 def _answering(path: Path, denied: list[str]) -> bool:
     """`path` answers; if this user may not open it, that is added to `denied` as it is told."""
     answer = probe(path)
@@ -303,6 +321,25 @@ def ask_for_access(path: Path) -> str:
         f"never add people to the agent's group ({_agent_group_of(path)}): it can change the agent's "
         "config and read its secrets"
     )
+
+
+def state_access_hint(path: Path) -> str:
+    """What a user who may not look at `path`, a file in the agent's state directory (0750), is to
+    do: run as root or as the agent's user, named when it can be told: the owner of the nearest
+    directory on the way this user can look at, the one that shut them out."""
+    for step in (path, *path.parents):
+        try:
+            uid = step.stat().st_uid
+        except OSError:
+            continue
+        try:
+            owner = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            owner = f"uid {uid}"
+        if uid != 0:
+            return f"run as root or as the agent's user ({owner}, the owner of {step})"
+        break
+    return "run as root or as the agent's user"
 
 
 def _status_group_of(path: Path) -> str:

@@ -359,9 +359,7 @@ def request_status(path: Path, timeout: float = 5.0) -> dict[str, Any]:
             sock.sendall(b'{"cmd": "status"}\n')
             line = _reply_line(sock, deadline, path)
         except TimeoutError:
-            raise AgentNotRunningError(
-                f"the agent on {path} did not answer within {timeout:g} s (busy or hung?)"
-            ) from None
+            raise AgentNotRunningError(_no_answer(path, timeout)) from None
         except OSError as exc:
             raise AgentNotRunningError(f"the agent on {path}: {exc.strerror or exc}") from None
     try:
@@ -391,11 +389,56 @@ def _reply_line(sock: socket.socket, deadline: float, path: Path) -> bytes:
             return b"".join(parts)
 
 
+# `tail`: how long the agent may keep a subscription without a line before it is asked whether it
+# still answers (as long as `status` waits for it).
+TAIL_QUIET_S = 5.0
+
+
 def tail_lines(path: Path) -> Iterator[dict[str, Any]]:
-    with _connect(path, 5.0) as sock:
-        sock.settimeout(None)
-        with sock.makefile("rwb") as stream:
-            stream.write(b'{"cmd": "tail"}\n')
-            stream.flush()
-            for line in stream:
-                yield _checked(orjson.loads(line), path)
+    """The readings the agent on `path` takes, as it takes them, until it closes the connection.
+
+    The agent says nothing on a subscription until a reading comes, so a hung agent (stopped,
+    stuck) would leave `tail` waiting in silence: it is asked for its status first, and again
+    whenever `TAIL_QUIET_S` passes without a line (a quiet agent answers that, between polls);
+    one that does not answer within that time is `AgentNotRunningError`, in `status`'s words."""
+    quiet_s = TAIL_QUIET_S
+    request_status(path, quiet_s)
+    with _connect(path, quiet_s) as sock:
+        try:
+            sock.sendall(b'{"cmd": "tail"}\n')
+        except TimeoutError:
+            raise AgentNotRunningError(_no_answer(path, quiet_s)) from None
+        except OSError as exc:
+            raise AgentNotRunningError(f"the agent on {path}: {exc.strerror or exc}") from None
+        pending = bytearray()
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                request_status(path, quiet_s)  # raises when it no longer answers
+                continue
+            except OSError as exc:
+                raise AgentNotRunningError(f"the agent on {path}: {exc.strerror or exc}") from None
+            if not chunk:
+                return
+            pending += chunk
+            if b"\n" not in chunk:
+                if len(pending) > MAX_STATUS_BYTES:
+                    raise StatusRefusedError(f"a line on {path} passed {MAX_STATUS_BYTES} bytes")
+                continue
+            *lines, rest = bytes(pending).split(b"\n")
+            pending = bytearray(rest)
+            for line in lines:
+                if line.strip():
+                    yield _checked(_json_line(line, path), path)
+
+
+def _json_line(line: bytes, path: Path) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise StatusRefusedError(f"the agent on {path} sent something that is not JSON") from None
+
+
+def _no_answer(path: Path, timeout: float) -> str:
+    return f"the agent on {path} did not answer within {timeout:g} s (busy or hung?)"

@@ -4,11 +4,12 @@ the start. Keys, certificates, update state, baselines and calibrations are all 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -20,9 +21,17 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
     The temp file lives in the same directory (rename is atomic only within one filesystem) and is
     created with `mode` from the start, so a private key is never briefly world-readable.
+
+    An OSError names `path` (its `filename`), not the temp file or a directory on the way: the
+    file the caller was asked to write is the one to tell the user about.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileExistsError as exc:  # what mkdir says of a file where a directory on the way belongs
+        _raise_naming(NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)), path, exc)
+    except OSError as exc:
+        _raise_naming(exc, path)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
@@ -30,11 +39,43 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            _raise_naming(exc, path)
         raise
     fsync_dir(path.parent)
+
+
+def _raise_naming(exc: OSError, path: Path, cause: OSError | None = None) -> NoReturn:
+    """Raise `exc` as the same kind of error about `path` (a PermissionError stays one)."""
+    if exc.errno is None or exc.filename == os.fspath(path):
+        raise exc
+    raise OSError(exc.errno, exc.strerror, os.fspath(path)) from cause or exc
+
+
+def printable_name(name: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> str:
+    """A file name (or a message holding one) as text that any UTF-8 output takes, JSON included:
+    bytes of the name that are not UTF-8 (a Latin-1 name from a USB stick, `nacht\\xfc.wav`, which
+    Python holds as surrogate escapes) are written as `\\xfc`; the rest is left as it is."""
+    text = os.fsdecode(name)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte: only ever made on purpose
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def printable_texts(value: Any) -> Any:
+    """`value` (a JSON document: dicts, lists, texts, numbers) with every text, keys included, as
+    `printable_name` writes it: what orjson takes whatever file names went into it."""
+    if isinstance(value, str):
+        return value if value.isascii() else printable_name(value)
+    if isinstance(value, dict):
+        return {printable_texts(k): printable_texts(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable_texts(v) for v in value]
+    return value
 
 
 def fsync_dir(directory: Path) -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK
+from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK, output_failed
 from water_edge.core.cli_numbers import whole
 from water_edge.provisioning.enrol_options import add_service_arguments
 
@@ -134,6 +134,8 @@ def _guarded(fn: Any) -> Any:
             sys.stderr.write(f"edge-agent ca: {exc}\n")
             return EXIT_FAILED
         except OSError as exc:
+            if output_failed(exc):
+                raise  # stdout: the CLI says so
             sys.stderr.write(f"edge-agent ca: {exc.filename or ''}: {exc.strerror}\n")
             return EXIT_FAILED
         return result

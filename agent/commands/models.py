@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -130,6 +131,17 @@ def _error(message: str) -> int:
     return EXIT_USAGE
 
 
+def _closed(exc: PermissionError) -> int:
+    """A file of the gateway's state directory (0750, the agent's) this user may not open."""
+    from water_edge.agent.locate import state_access_hint
+    from water_edge.core.files import printable_name
+
+    if exc.filename is None:
+        return _error(f"{exc.strerror or exc}: run as root or as the agent's user")
+    where = Path(os.fsdecode(exc.filename))
+    return _error(f"{printable_name(where)}: {exc.strerror or exc}: {state_access_hint(where)}")
+
+
 def _warn(message: str) -> None:
     sys.stderr.write(f"edge-agent models: warning: {message}\n")
 
@@ -228,6 +240,8 @@ def _replay_pump(args: argparse.Namespace) -> int:
             raised += line.endswith(",raised")
     except (CalibrationFailedError, ModelError) as exc:
         return _error(str(exc))
+    except PermissionError as exc:
+        return _closed(exc)
     sys.stderr.write(
         f"edge-agent models: pump {cfg.name} scored again against calibration v{cal.version} "
         f"(threshold {cal.threshold:.4g}): the alarm was raised {raised} time(s)\n"
@@ -259,6 +273,8 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
         cal = calibrate_pump(cfg, state_dir, from_ns, to_ns, args.model)
     except CalibrationFailedError as exc:
         return _error(str(exc))
+    except PermissionError as exc:  # the state directory is the agent's
+        return _closed(exc)
     # The rows the calibration used, not the range asked for: history may hold less.
     span_h = 0.0
     if cal.from_ts and cal.to_ts:
@@ -424,6 +440,8 @@ def _replay_machine_sound(args: argparse.Namespace) -> int:
         cal, clips = replay_machine(section, state_dir, {"from": args.from_ts, "to": args.to_ts})
     except CalibrationFailedError as exc:
         return _error(str(exc))
+    except PermissionError as exc:
+        return _closed(exc)
     n = raised = 0
     for clip in clips:
         sys.stdout.write(json.dumps({"machine": section.name, **clip}) + "\n")
@@ -451,5 +469,7 @@ def cmd_calibrate_machine_sound(args: argparse.Namespace) -> int:
         done = calibrate_from_history(section, state_dir, {"from": args.from_ts, "to": args.to_ts})
     except CalibrationFailedError as exc:
         return _error(str(exc))
+    except PermissionError as exc:
+        return _closed(exc)
     sys.stdout.write(json.dumps(done) + "\n")
     return EXIT_OK

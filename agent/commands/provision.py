@@ -19,7 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from water_edge.agent.commands._exits import DEFAULT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from water_edge.agent.commands._exits import (
+    DEFAULT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    output_failed,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -143,6 +149,8 @@ def _guarded(fn: Any) -> Any:
             sys.stderr.write(f"edge-agent provision: {exc}\n")
             return EXIT_FAILED
         except OSError as exc:
+            if output_failed(exc):
+                raise  # stdout: the CLI says so
             sys.stderr.write(f"edge-agent provision: {exc.filename or ''}: {exc.strerror}\n")
             return EXIT_FAILED
         return result

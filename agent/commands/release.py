@@ -52,14 +52,18 @@ def _keygen(args: argparse.Namespace) -> int:
     from water_edge.agent.update.bundle import public_key_text
     from water_edge.core.files import atomic_write
 
-    if args.out.exists():
-        sys.stderr.write(f"edge-agent release: {args.out} exists; not overwriting a key\n")
+    try:
+        if args.out.exists():
+            sys.stderr.write(f"edge-agent release: {args.out} exists; not overwriting a key\n")
+            return EXIT_USAGE
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        atomic_write(args.out, pem, mode=0o600)
+    except OSError as exc:  # a directory this user may not write, or that is not there
+        sys.stderr.write(f"edge-agent release: cannot write {args.out}: {exc.strerror or exc}\n")
         return EXIT_USAGE
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    atomic_write(args.out, pem, mode=0o600)
     print(f"{args.name} {public_key_text(key)}")
     return EXIT_OK
 
@@ -72,7 +76,14 @@ def _bundle(args: argparse.Namespace) -> int:
     from water_edge.agent.update.bundle import BundleError, build_bundle
     from water_edge.buffer.schema import SCHEMA_VERSION as OUTBOX_SCHEMA
 
-    key = serialization.load_pem_private_key(args.key.read_bytes(), None)
+    try:
+        key = serialization.load_pem_private_key(args.key.read_bytes(), None)
+    except OSError as exc:
+        sys.stderr.write(f"edge-agent release: cannot read --key {args.key}: {exc.strerror or exc}\n")
+        return EXIT_USAGE
+    except (ValueError, TypeError):  # not PEM, or locked by a passphrase
+        sys.stderr.write(f"edge-agent release: {args.key} is not an unencrypted PEM private key\n")
+        return EXIT_USAGE
     if not isinstance(key, Ed25519PrivateKey):
         sys.stderr.write(f"edge-agent release: {args.key} is not an Ed25519 private key\n")
         return EXIT_USAGE

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -27,6 +27,7 @@ from water_edge.agent.config.schema import (
 )
 from water_edge.agent.config.tag_refs import check_tag_references
 from water_edge.agent.config.unions import merge_union_errors
+from water_edge.agent.locate import state_access_hint
 from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
@@ -348,8 +349,22 @@ def _device_kinds(raw_devices: object) -> dict[str, str]:
     }
 
 
-def load_config(path: str | Path) -> Config:
-    """Parse and validate the whole file; raise ConfigError listing every problem found."""
+class StateFilesClosedError(ConfigError):
+    """The config is valid as far as it could be checked, but the files it names in the agent's
+    state directory may not be looked at by this user (the directory is the agent's, 0750): one
+    line naming the path and who may (`str(exc)`), for a command that would work on those files."""
+
+    def __init__(self, message: str, paths: Sequence[Path]) -> None:
+        self.paths = tuple(paths)
+        super().__init__([message])
+
+
+def load_config(path: str | Path, *, closed_state: Literal["error", "warning"] = "error") -> Config:
+    """Parse and validate the whole file; raise ConfigError listing every problem found.
+
+    State files this user may not look at (the agent's state directory is 0750) cannot be checked:
+    `StateFilesClosedError` for a command that works on them (`closed_state="error"`), or one
+    warning and the rest checked (`"warning"`: `check-config`)."""
     source = Path(path)
     raw = _read_toml(source)
     if not raw:
@@ -371,6 +386,7 @@ def load_config(path: str | Path) -> Config:
         )
         raw = {**raw, "schema_version": SCHEMA_VERSION}
     warnings: list[str] = []
+    closed: list[tuple[str, Path, OSError]] = []  # state files this user may not look at
     # Devices and models are validated table by table below, each by its own model: a copy of
     # every table here would double what a large config costs to check.
     rest = {k: v for k, v in raw.items() if k not in ("devices", "models")}
@@ -414,13 +430,24 @@ def load_config(path: str | Path) -> Config:
         for index, device in enumerate(devices):
             _check_secrets(source, device, f"devices[{index}] ({device.name})", problems)
         _check_status_socket(source, section.gateway.state_dir / section.status.socket, problems)
-        _check_state_files(source, section, problems)
+        _check_state_files(source, section, problems, closed)
         _check_write_devices(source, section.writes, _device_kinds(raw.get("devices")), problems)
     if problems or section is None:
         raise ConfigError(problems)
     writes = _write_units(source, section.writes, devices, problems)
     if problems:
         raise ConfigError(problems)
+    if closed:
+        key, where, error = closed[0]
+        why = f"{error.strerror or error}"
+        if closed_state == "error":
+            raise StateFilesClosedError(
+                f"{where}: {why} ({source}: {key}): {state_access_hint(where)}", [p for _, p, _ in closed]
+            )
+        warnings.append(
+            f"{source}: {', '.join(k for k, _, _ in closed)}: not checked, {where} is not readable by "
+            f"this user ({why}): {state_access_hint(where)} to check them"
+        )
     return Config(
         source=source,
         gateway=section.gateway,
@@ -548,14 +575,22 @@ def _check_status_socket(source: Path, path: Path, problems: list[str]) -> None:
         )
 
 
-def _check_state_files(source: Path, section: AgentSection, problems: list[str]) -> None:
+def _check_state_files(
+    source: Path, section: AgentSection, problems: list[str], closed: list[tuple[str, Path, OSError]]
+) -> None:
     """The state directory is one, and the files the agent keeps in it (or wherever they are put)
     are files, each its own: an outbox path that is the directory itself, a directory, or the
-    nonce database's file would fail the start, or worse, quarantine the outbox as damaged."""
+    nonce database's file would fail the start, or worse, quarantine the outbox as damaged.
+
+    A path this user may not look at (the state directory is the agent's, 0750) goes to `closed`
+    with the error, by key; the checks that need no look at the disk are still made."""
     state_dir = section.gateway.state_dir
-    if state_dir.exists() and not state_dir.is_dir():
-        problems.append(f"{source}: gateway.state_dir: expected a directory (got {state_dir}, a file)")
-        return
+    try:
+        if state_dir.exists() and not state_dir.is_dir():
+            problems.append(f"{source}: gateway.state_dir: expected a directory (got {state_dir}, a file)")
+            return
+    except OSError as exc:
+        closed.append(("gateway.state_dir", state_dir, exc))
     files = {
         "buffer.path": section.buffer.path,
         "status.socket": section.status.socket,
@@ -565,12 +600,21 @@ def _check_state_files(source: Path, section: AgentSection, problems: list[str])
     seen: dict[Path, str] = {}
     for key, written in files.items():
         path = Path(os.path.normpath(state_dir / written))
-        if path == Path(os.path.normpath(state_dir)) or path.is_dir():
+        if path == Path(os.path.normpath(state_dir)) or _is_dir(key, path, closed):
             problems.append(
                 f"{source}: {key}: expected a file, not a directory (got {str(written)!r}, {path})"
             )
         elif (other := seen.setdefault(path, key)) != key:
             problems.append(f"{source}: {key}: expected a file of its own (got {path}, which is {other})")
+
+
+def _is_dir(key: str, path: Path, closed: list[tuple[str, Path, OSError]]) -> bool:
+    """`path` is a directory; False, with `key` added to `closed`, when this user may not tell."""
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        closed.append((key, path, exc))
+        return False
 
 
 # Paths taken from gateway.state_dir when relative (the rest must be absolute: `_relative_paths`).
@@ -688,6 +732,7 @@ __all__ = [
     "ConfigError",
     "GatewaySection",
     "LogSection",
+    "StateFilesClosedError",
     "StatusSection",
     "load_config",
 ]

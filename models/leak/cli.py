@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from water_edge.core.cli_numbers import number, whole
+from water_edge.core.files import printable_name, printable_texts
 
 if TYPE_CHECKING:
     from water_edge.models.leak.baseline import Baseline, CheckStats
@@ -158,7 +159,7 @@ SIGNAL_LOST_NOTE = (
 
 
 def _out(obj: dict[str, Any]) -> None:
-    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+    sys.stdout.write(orjson.dumps(printable_texts(obj)).decode() + "\n")
 
 
 def _err(message: str) -> None:
@@ -280,8 +281,8 @@ def _night_names(paths: Sequence[Path]) -> list[str]:
     """What each recording's night is called in a baseline: its file name, or its path as given
     when two share a name (a logger's folder per night of REC0001.WAV): otherwise their checks were
     learnt as one night."""
-    names = [p.name for p in paths]
-    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+    names = [printable_name(p.name) for p in paths]
+    return names if len(set(names)) == len(names) else [printable_name(p) for p in paths]
 
 
 def _warn_mixed_rates(checks: Sequence[CheckStats]) -> None:
