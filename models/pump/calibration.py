@@ -18,15 +18,27 @@ if TYPE_CHECKING:
 
 def calibrate_from_history(cfg: PumpModelConfig, state_dir: Path, args: Mapping[str, Any]) -> dict[str, Any]:
     """Calibrate `cfg`'s pump from its history between args `from` / `to` (ISO 8601 or epoch
-    seconds; default: all of it) and store the next version; a running `PumpProcessor` picks it
-    up by itself. Blocking (SQLite, numpy, TFLite): run it in a thread.
-    `CalibrationFailedError` says why when it cannot."""
-    cal = calibrate_pump(cfg, state_dir, *stretch(args))
+    seconds) and store the next version; a running `PumpProcessor` picks it up by itself.
+    Blocking (SQLite, numpy, TFLite): run it in a thread. `CalibrationFailedError` says why when
+    it cannot.
+
+    Without `from`: the last `calibration.auto_hours` (default 24 h) of history, up to `to` or
+    the newest row: as long a stretch as the pump's first calibration, of its latest operation.
+    It was all of the history (`history_days`, 14 days: 1.2 million rows at 1 s), which also took
+    in what the pump did before the maintenance a recalibration usually follows; a longer stretch
+    is for the command to name. A range of more than `MAX_CALIBRATION_ROWS` rows is thinned
+    (`recalibrate`).
+    """
+    from_ns, to_ns = stretch(args)
+    hours = cfg.calibration.auto_hours if from_ns is None else None
+    cal = calibrate_pump(cfg, state_dir, from_ns, to_ns, last_hours=hours)
     return {
         "pump": cfg.name,
         "version": cal.version,
         "rows": cal.n_samples,
         "threshold": round(cal.threshold, 6),
+        "from": cal.from_ts,
+        "to": cal.to_ts,
     }
 
 
@@ -36,18 +48,25 @@ def calibrate_pump(
     from_ns: int | None,
     to_ns: int | None,
     model_path: Path | None = None,
+    *,
+    last_hours: float | None = None,
 ) -> Calibration:
     """The next calibration version of `cfg`'s pump from its stored history between `from_ns`
-    and `to_ns` (None: that end of the history), with the model at `model_path` (default: the
+    and `to_ns` (None: that end of the history; with `last_hours`, a missing `from_ns` is that
+    many hours before `to_ns` or the newest row), with the model at `model_path` (default: the
     pump's); `CalibrationFailedError` says why when it cannot."""
     from water_edge.models.manifest import ModelError
     from water_edge.models.pump.processor import DEFAULT_MANIFEST, recalibrate
-    from water_edge.models.pump.store import CalibrationStore, FeatureHistory
+    from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory
     from water_edge.models.runtime import load_model
 
     try:
         model = load_model(model_path or cfg.model or DEFAULT_MANIFEST)
         with FeatureHistory.existing(state_dir, cfg.name, list(cfg.signals), cfg.history_days) as history:
+            if from_ns is None and last_hours is not None:
+                span = history.span()
+                end = to_ns if to_ns is not None else None if span is None else span[1]
+                from_ns = None if end is None else end - int(last_hours * 3600 * NS)
             return recalibrate(
                 cfg,
                 history,

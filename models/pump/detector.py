@@ -37,6 +37,7 @@ and the detector then reads a new operating point as abnormal (docs/pump-anomaly
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -63,6 +64,15 @@ LEVEL_WINDOW = 30  # samples in the relation arm's trailing mean (<= the scorer'
 SCORE_CAP = 1e6  # scorer outputs beyond this (or inf) are capped
 CHUNK_ROWS = 4096  # calibration scores this many rows at a time (bounded memory on a Pi)
 SCORE_CHUNK_ROWS = 65_536  # `score` takes this many rows at a time
+# A calibration learns from at most this many rows (`calibration_blocks`): a day at 1 s (86,400, the
+# gateway's default `auto_hours`) and 15 % more are taken whole, a longer stretch is thinned to
+# blocks spread over it. What it costs grows with the rows (~40 MiB at the peak for a day of 8
+# signals, docs/pump-anomaly.md), what it gains does not: at the cap the thresholds' quantiles rest
+# on ~3,000 independent windows, the 0.995 quantile on ~500 rows above it, and the relations on
+# every operating point of a day.
+MAX_CALIBRATION_ROWS = 100_000
+CALIBRATION_BLOCK_ROWS = 500  # the shortest kept block: ~8 min at 1 s (`calibration_blocks` says why)
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 GLITCH_PCT = 0.1  # % of calibration rows at each end a channel's spread is not taken from
 # The frozen test (`frozen_limits` says why these values):
 FROZEN_MAX_REPEAT = 0.05  # a channel qualifies when at most this share of its readings repeat
@@ -266,24 +276,65 @@ def frozen_limits(x: F64) -> tuple[list[float], list[float], list[int]]:
       persistence (5 samples above the limit) a frozen register is flagged 35 samples after it
       froze on a channel whose calibration runs stay under 16 (35 s at 1 s), 2L + 5 samples after
       otherwise.
+
+    Counted `CHUNK_ROWS` rows at a time (`FrozenCount`): the figures of `x` whole.
     """
-    x = np.asarray(x, dtype=np.float64)
-    runs, _ = repeat_runs(x)
-    limits: list[float] = []
-    shares: list[float] = []
-    longest: list[int] = []
-    with np.errstate(over="ignore", invalid="ignore"):
-        v32 = x.astype(np.float32)
-    for c in range(x.shape[1]):
-        v = v32[np.isfinite(v32[:, c]), c]
-        pairs = max(0, len(v) - 1)
-        share = float(np.mean(v[1:] == v[:-1])) if pairs else 1.0
-        long_run = int(runs[:, c].max()) if len(runs) else 0
-        ok = pairs >= FROZEN_MIN_PAIRS and share <= FROZEN_MAX_REPEAT
-        limits.append(max(float(FROZEN_FLOOR), FROZEN_K * long_run) if ok else 0.0)
-        shares.append(round(share, 6))
-        longest.append(long_run)
-    return limits, shares, longest
+    x = np.asarray(x)
+    count = FrozenCount(x.shape[1])
+    for start in range(0, len(x), CHUNK_ROWS):
+        count.add(x[start : start + CHUNK_ROWS])
+    return count.limits()
+
+
+class FrozenCount:
+    """`frozen_limits` over rows given a piece at a time, in order: runs of identical readings and
+    pairs of successive readings are carried from one piece to the next (`repeat_runs` with
+    `before`), so the figures are those of all the rows at once. A calibration counts them on every
+    row of its range as it reads the history, including the rows thinned out of what the other
+    arms learn from (`calibration_blocks`): a channel that holds one value for an hour each night
+    must have that hour in its longest run, wherever the kept blocks fall."""
+
+    def __init__(self, n_channels: int) -> None:
+        self.runs = Runs.start(n_channels)
+        self.longest = np.zeros(n_channels)
+        self.repeats = np.zeros(n_channels, dtype=np.int64)  # successive readings identical
+        self.pairs = np.zeros(n_channels, dtype=np.int64)  # successive readings (missing skipped)
+        self.rows = 0
+
+    def add(self, x: npt.ArrayLike) -> None:
+        """Count the rows `x` (n, C), the next ones after those counted so far."""
+        x = np.asarray(x)
+        if len(x) == 0:
+            return
+        runs, after = repeat_runs(x, self.runs)
+        np.maximum(self.longest, runs.max(axis=0), out=self.longest)
+        with np.errstate(over="ignore", invalid="ignore"):
+            v32 = x.astype(np.float32)
+        for c in range(v32.shape[1]):
+            v = v32[np.isfinite(v32[:, c]), c]
+            if len(v) == 0:
+                continue
+            if np.isfinite(self.runs.last[c]):  # the last reading of the rows before
+                v = np.concatenate([self.runs.last[c : c + 1], v])
+            self.pairs[c] += len(v) - 1
+            self.repeats[c] += int(np.count_nonzero(v[1:] == v[:-1]))
+        self.runs = after
+        self.rows += len(x)
+
+    def limits(self) -> tuple[list[float], list[float], list[int]]:
+        """`frozen_limits` of the rows counted: per channel the limit, the share and the longest run."""
+        limits: list[float] = []
+        shares: list[float] = []
+        longest: list[int] = []
+        for c in range(len(self.longest)):
+            pairs = int(self.pairs[c])
+            share = int(self.repeats[c]) / pairs if pairs else 1.0
+            long_run = int(self.longest[c])
+            ok = pairs >= FROZEN_MIN_PAIRS and share <= FROZEN_MAX_REPEAT
+            limits.append(max(float(FROZEN_FLOOR), FROZEN_K * long_run) if ok else 0.0)
+            shares.append(round(share, 6))
+            longest.append(long_run)
+        return limits, shares, longest
 
 
 def frozen_scores(runs: F32, limits: Sequence[float]) -> F64:
@@ -298,15 +349,19 @@ def _fill(z: F64) -> F64:
     """Missing cells carry the last seen value of their channel (0, the centre, before any)."""
     out = z.copy()
     for c in range(out.shape[1]):
-        col = out[:, c]
-        bad = ~np.isfinite(col)
-        if bad.any():
-            idx = np.where(~bad, np.arange(len(col)), 0)
-            np.maximum.accumulate(idx, out=idx)
-            filled = col[idx]
-            filled[~np.isfinite(filled)] = 0.0
-            out[:, c] = filled
+        _fill_column(out[:, c])
     return out
+
+
+def _fill_column(col: F64) -> None:
+    """`_fill` of one column, in place."""
+    bad = ~np.isfinite(col)
+    if bad.any():
+        idx = np.where(~bad, np.arange(len(col)), 0)
+        np.maximum.accumulate(idx, out=idx)
+        filled = col[idx]
+        filled[~np.isfinite(filled)] = 0.0
+        col[:] = filled
 
 
 def _basis(z: F64) -> F64:
@@ -316,18 +371,38 @@ def _basis(z: F64) -> F64:
 
 def _ridge(z: F64, lam: float) -> F64:
     """Coefficients (C, 1+2C) predicting each channel from the others."""
+    return _solve_ridge(*_normal_equations(z), lam)
+
+
+def _normal_equations(z: F64) -> tuple[F64, F64]:
+    """The basis's Gram matrix phi'phi (1+2C, 1+2C) and phi'z (1+2C, C) over the rows of `z`, summed
+    `CHUNK_ROWS` rows at a time: the (n, 1+2C) basis of a day's rows (12 MB at 8 signals), and the
+    copy of it without the predicted channel's columns the fit took per channel, are never built.
+    Sums over disjoint rows add up: cross-fitting sums its folds' figures instead of refitting."""
     n_ch = z.shape[1]
-    phi = _basis(z)
-    coef = np.zeros((n_ch, phi.shape[1]))
+    gram = np.zeros((1 + 2 * n_ch, 1 + 2 * n_ch))
+    cross = np.zeros((1 + 2 * n_ch, n_ch))
+    for start in range(0, len(z), CHUNK_ROWS):
+        part = z[start : start + CHUNK_ROWS]
+        phi = _basis(part)
+        gram += phi.T @ phi
+        cross += phi.T @ part
+    return gram, cross
+
+
+def _solve_ridge(gram: F64, cross: F64, lam: float) -> F64:
+    """`_ridge` from its normal equations (`_normal_equations`): per channel, the rows and columns of
+    the other channels' terms, the intercept not shrunk."""
+    n_ch = cross.shape[1]
+    coef = np.zeros((n_ch, gram.shape[0]))
     if n_ch < 2:
         return coef
     for c in range(n_ch):
-        keep = np.ones(phi.shape[1], dtype=bool)
+        keep = np.ones(gram.shape[0], dtype=bool)
         keep[1 + c] = keep[1 + n_ch + c] = False
-        a = phi[:, keep]
-        reg = lam * np.eye(a.shape[1])
+        reg = lam * np.eye(int(keep.sum()))
         reg[0, 0] = 0.0  # the intercept is not shrunk
-        coef[c, keep] = np.linalg.solve(a.T @ a + reg, a.T @ z[:, c])
+        coef[c, keep] = np.linalg.solve(gram[np.ix_(keep, keep)] + reg, cross[keep, c])
     return coef
 
 
@@ -346,12 +421,15 @@ def residuals(z: F64, coef: F64, residual_scale: F64, low: F64, high: F64) -> F6
 
 
 def windows(z: F64, r: F64, window: int) -> F32:
-    """(n, C, window, 2) inputs; the first rows see their series padded with its first sample."""
+    """(n, C, window, 2) inputs; the first rows see their series padded with its first sample.
+    Written straight into the float32 array (no float64 copy of it, twice its size, on the way)."""
     padded_r = np.vstack([np.repeat(r[:1], window - 1, axis=0), r])
     padded_z = np.vstack([np.repeat(z[:1], window - 1, axis=0), z])
-    wr = np.lib.stride_tricks.sliding_window_view(padded_r, window, axis=0)  # (n, C, window)
-    wz = np.lib.stride_tricks.sliding_window_view(padded_z, window, axis=0)
-    return (np.stack([wr, wz], axis=-1) / INPUT_SCALE).astype(np.float32)
+    out = np.empty((len(z), z.shape[1], window, 2), dtype=np.float32)
+    for k, padded in enumerate((padded_r, padded_z)):
+        view = np.lib.stride_tricks.sliding_window_view(padded, window, axis=0)  # (n, C, window)
+        np.divide(view, INPUT_SCALE, out=out[..., k], casting="same_kind")  # in float64, then rounded
+    return out
 
 
 def trailing_mean(x: F64, w: int) -> F64:
@@ -378,12 +456,18 @@ def scorer_scores(model: Scorer, z: F64, r: F64, window: int) -> F64:
     """(n, C) scorer-arm scores, built `CHUNK_ROWS` rows at a time: the windows of a day of data at
     once would take ~450 MB."""
     out = np.empty(z.shape)
+    for rows, ch in _scorer_chunks(model, z, r, window):
+        out[rows] = ch
+    return out
+
+
+def _scorer_chunks(model: Scorer, z: F64, r: F64, window: int) -> Iterator[tuple[slice, F64]]:
+    """`scorer_scores`, `CHUNK_ROWS` rows at a time: the rows and their (rows, C) scores."""
     for start in range(0, len(z), CHUNK_ROWS):
         lo = max(0, start - window + 1)
         stop = min(len(z), start + CHUNK_ROWS)
         ch = channel_scores(model, windows(z[lo:stop], r[lo:stop], window))
-        out[start:stop] = ch[start - lo :]
-    return out
+        yield slice(start, stop), ch[start - lo :]
 
 
 def channel_scores(model: Scorer, inputs: F32, batch: int = 8192) -> F64:
@@ -398,8 +482,55 @@ def channel_scores(model: Scorer, inputs: F32, batch: int = 8192) -> F64:
     return out.reshape(n, n_ch)
 
 
+def calibration_blocks(
+    n: int, max_rows: int = MAX_CALIBRATION_ROWS, block_rows: int = CALIBRATION_BLOCK_ROWS
+) -> list[tuple[int, int]]:
+    """The rows of a stretch of `n` a calibration learns from, as `[start, stop)` blocks: all of
+    them, as one block, up to `max_rows`; beyond, `max_rows // block_rows` contiguous blocks of
+    equal length (at least `block_rows`, together at most `max_rows`), one in each of as many equal
+    parts of the stretch, so the thinned rows span it evenly, as `max_clips` thins a machine's
+    clips (`machine_sound.calibration`).
+
+    Blocks, not every k-th row: calibration reads the rows' order. The scorer arm's windows are
+    `window` (32) consecutive rows, the relation arm's statistic a trailing mean over
+    `level_window` (30) rows, a missing cell carries the reading before it, and the frozen test
+    counts runs of identical successive readings. Every k-th row would turn a 32 s window into
+    one of 32 k seconds and a repeat of one reading into a change: thresholds learnt on rows the
+    gateway never scores. Inside a block the rows are as the gateway sees them; `calibrate` treats
+    each block's start as it treats the calibration's start (its first windows, still filling, are
+    left out of the quantiles) and nothing reaches across blocks. The frozen test is counted on
+    every row of the range instead (`FrozenCount`), not on the blocks: it needs the longest run,
+    which thinning could cut.
+
+    Block length (`CALIBRATION_BLOCK_ROWS`, 500): long against the 32-row window (6 % of a block's
+    rows wait for their window and are left out of the quantiles), short against what a day holds:
+    200 blocks at the cap, one every ~40 min of a 3-day range, every ~1.7 h of 14 days, so an hour
+    of unusual but normal duty (a speed held at its limit) is sampled in proportion, as it is when
+    every row is used. Measured on 3 days at 1 s with such an hour: thresholds within 3 % of those
+    learnt on every row with blocks of 500 or 1,000 rows; with 2,000-row blocks (50) the hour fell
+    between two blocks on two of three seeds, and the thresholds came out 40 to 87 % lower.
+
+    Where each block sits in its part: at a fraction `frac(i * 0.618...)` of the part's free room
+    (block 0 at the stretch's start), not at the same offset in every part. Evenly spaced blocks
+    alias with the daily cycle: parts exactly a day long (a 200-day range) would put every block at
+    one time of day, and calibration would see one operating point of a pump that follows demand.
+    The golden-ratio offsets spread the blocks over the day whatever the parts' length, and are
+    the same at every call (a calibration can be reproduced).
+    """
+    if n <= max_rows:
+        return [(0, n)] if n > 0 else []
+    count = max(1, max_rows // max(1, block_rows))
+    length = max_rows // count
+    part = n / count  # > length: n > max_rows >= count * length
+    blocks = []
+    for i in range(count):
+        start = int(i * part + ((i * _GOLDEN) % 1.0) * (part - length))
+        blocks.append((start, start + length))
+    return blocks
+
+
 def calibrate(
-    x: F64,
+    x: npt.ArrayLike,
     channels: Sequence[str],
     model: Scorer,
     *,
@@ -411,65 +542,76 @@ def calibrate(
     version: int = 1,
     from_ts: str | None = None,
     to_ts: str | None = None,
+    starts: Sequence[int] = (0,),
+    frozen: FrozenCount | None = None,
 ) -> Calibration:
-    """Learn a pump's normal from `x` (rows of normal operation, NaN allowed)."""
-    x = np.asarray(x, dtype=np.float64)
+    """Learn a pump's normal from `x` (rows of normal operation, NaN allowed; float32, the
+    history's precision, or float64).
+
+    `starts`: the rows of `x` where its contiguous blocks begin, when `x` is a long history thinned
+    to blocks (`calibration_blocks`); windows, trailing means and missing cells carried forward do
+    not reach across a block's start, and each block's first rows (windows still filling) are left
+    out of the thresholds' quantiles, as the first rows of a calibration are. `frozen`: the frozen
+    test's figures counted on every row the blocks were taken from, one per column of `x`
+    (default: counted on `x`).
+
+    Memory: besides `x`, two (rows, signals) float64 arrays (z-scores, residuals) and, while the
+    relation arm's spread is learnt, a third with a block's trailing-mean sums; order statistics,
+    ridge sums and the scorer's windows take a column or `CHUNK_ROWS` rows at a time. A day at 1 s
+    of 8 signals, read from the history as float32: ~40 MiB at the peak (docs/pump-anomaly.md).
+    """
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < MIN_CALIBRATION_ROWS:
         raise CalibrationError(
             f"need at least {MIN_CALIBRATION_ROWS} calibration rows, got {x.shape[0] if x.ndim else 0}"
         )
-    finite = np.where(np.isfinite(x), x, np.nan)
-    center = np.nanmedian(finite, axis=0)
-    lo, q25, q75, hi = np.nanpercentile(finite, [GLITCH_PCT, 25, 75, 100 - GLITCH_PCT], axis=0)
-    # The standard deviation (a pump with two duty points) over the central rows only: one sensor
-    # glitch of 1000x in a day's calibration made the channel's scale 1000x too wide, and a fault
-    # of that signal went unseen for as long as the calibration was in service.
-    std = np.nanstd(np.clip(finite, lo, hi), axis=0)
-    scale = np.maximum(std, (q75 - q25) / 1.349)
+    n = len(x)
+    blocks = _blocks(starts, n)
+    if frozen is not None and len(frozen.longest) != x.shape[1]:
+        raise ValueError(f"frozen figures for {len(frozen.longest)} channels, the rows have {x.shape[1]}")
+    center, scale = _centre_scale(x)
     tiny = 1e-9 * (np.abs(center) + 1.0)
     keep = np.isfinite(center) & np.isfinite(scale) & (scale > tiny)
     dropped = [c for c, k in zip(channels, keep, strict=True) if not k]
     if not keep.any():
         raise CalibrationError("no channel varies during calibration (all constant or empty)")
-    x = x[:, keep]
-    names = [c for c, k in zip(channels, keep, strict=True) if k]
+    columns = [int(c) for c in np.flatnonzero(keep)]
+    names = [channels[c] for c in columns]
     center, scale = center[keep], scale[keep]
-    z = np.clip(_fill((x - center) / scale), -CLIP, CLIP)
-    n = len(z)
-
-    # Cross-fit: each block's residuals come from a fit on the other blocks.
-    folds = 5 if n >= 10 * window else 2 if n >= 4 * (2 * len(names) + 1) else 1
-    oof = np.empty_like(z)
-    bounds = np.linspace(0, n, folds + 1).astype(int)
-    for k in range(folds):
-        lo, hi = bounds[k], bounds[k + 1]
-        train = np.r_[0:lo, hi:n] if folds > 1 else np.r_[0:n]
-        coef_k = _ridge(z[train], _lambda(len(train)))
-        oof[lo:hi] = z[lo:hi] - _basis(z[lo:hi]) @ coef_k.T
-    coef = _ridge(z, _lambda(n))
-    med = np.median(oof, axis=0)
-    mad = 1.4826 * np.median(np.abs(oof - med), axis=0)
-    res_scale = np.maximum(np.maximum(mad, 0.5 * oof.std(axis=0)), RESIDUAL_FLOOR)
-    r = np.clip(oof / res_scale, -CLIP, CLIP)
+    z = _block_zscores(x, columns, center, scale, blocks)
+    r, coef = _cross_fit(z, window)
+    res_scale = np.empty(len(names))
+    for c in range(len(names)):  # a column at a time: a median copies what it sorts
+        col = r[:, c]
+        med = np.median(col)
+        mad = 1.4826 * np.median(np.abs(col - med))
+        res_scale[c] = np.maximum(np.maximum(mad, 0.5 * col.std()), RESIDUAL_FLOOR)
+    r /= res_scale
+    np.clip(r, -CLIP, CLIP, out=r)
     factor = threshold_margin(n, window, margin, size_factor)
 
+    # The quantiles leave out each block's first rows, whose windows are still filling (padded):
+    # not typical.
     level_window = min(LEVEL_WINDOW, window)
-    filled = min(window, n // 4)  # rows whose windows are still filling (padded) are not typical
-    settled = trailing_mean(r, level_window)[filled:]
-    level_mid = np.median(settled, axis=0)
-    level_sd = np.maximum.reduce(
-        [
-            1.4826 * np.median(np.abs(settled - level_mid), axis=0),
-            0.5 * settled.std(axis=0),
-            np.full(len(names), 1.0 / math.sqrt(level_window)),
-        ]
-    )
-    level = level_stats(r, level_window, level_mid, level_sd).max(axis=1)[filled:]
+    filled = [min(window, (hi - lo) // 4) for lo, hi in blocks]
+    level_mid, level_sd, level = _level_arm(r, blocks, filled, level_window)
     level_threshold = factor * max(float(np.quantile(level, quantile)), 1e-6)
-
-    scores = scorer_scores(model, z, r, window).max(axis=1)[filled:]
+    scores = np.empty(len(level))
+    at = 0
+    for (lo, hi), skip in zip(blocks, filled, strict=True):
+        best = np.empty(hi - lo)
+        for rows, ch in _scorer_chunks(model, z[lo:hi], r[lo:hi], window):
+            best[rows] = ch.max(axis=1)
+        scores[at : at + hi - lo - skip] = best[skip:]
+        at += hi - lo - skip
     q = float(np.quantile(scores, quantile))
-    frozen_limit, repeat_share, longest_run = frozen_limits(x)
+    if frozen is None:
+        frozen = FrozenCount(x.shape[1])
+        for start in range(0, n, CHUNK_ROWS):
+            frozen.add(x[start : start + CHUNK_ROWS])
+    limits, shares, longest = frozen.limits()
     return Calibration(
         channels=names,
         center=center.tolist(),
@@ -492,10 +634,106 @@ def calibrate(
         from_ts=from_ts,
         to_ts=to_ts,
         dropped=dropped,
-        frozen_limit=frozen_limit,
-        repeat_share=repeat_share,
-        longest_run=longest_run,
+        frozen_limit=[limits[c] for c in columns],
+        repeat_share=[shares[c] for c in columns],
+        longest_run=[longest[c] for c in columns],
     )
+
+
+def _centre_scale(x: npt.NDArray[np.floating[Any]]) -> tuple[F64, F64]:
+    """Per column of `x`, its median and robust scale; a column at a time (order statistics copy
+    what they sort: one column, not the whole table)."""
+    center, scale = np.empty(x.shape[1]), np.empty(x.shape[1])
+    for c in range(x.shape[1]):
+        col = x[:, c].astype(np.float64)
+        col[~np.isfinite(col)] = np.nan
+        center[c] = np.nanmedian(col)
+        lo, q25, q75, hi = np.nanpercentile(col, [GLITCH_PCT, 25, 75, 100 - GLITCH_PCT])
+        # The standard deviation (a pump with two duty points) over the central rows only: one
+        # sensor glitch of 1000x in a day's calibration made the channel's scale 1000x too wide,
+        # and a fault of that signal went unseen for as long as the calibration was in service.
+        std = np.nanstd(np.clip(col, lo, hi, out=col))
+        scale[c] = np.maximum(std, (q75 - q25) / 1.349)
+    return center, scale
+
+
+def _block_zscores(
+    x: npt.NDArray[np.floating[Any]],
+    columns: list[int],
+    center: F64,
+    scale: F64,
+    blocks: list[tuple[int, int]],
+) -> F64:
+    """(n, len(columns)) z-scores of `x`'s `columns`, a missing cell carrying the value before it in
+    its block (`_fill`), clipped to `CLIP`: one float64 array, filled a column at a time."""
+    z = np.empty((len(x), len(columns)))
+    for j, c in enumerate(columns):
+        col = z[:, j]
+        col[:] = x[:, c]
+        col -= center[j]
+        col /= scale[j]
+        for lo, hi in blocks:
+            _fill_column(col[lo:hi])
+    np.clip(z, -CLIP, CLIP, out=z)
+    return z
+
+
+def _cross_fit(z: F64, window: int) -> tuple[F64, F64]:
+    """The relations' cross-fitted residuals (n, C) and the coefficients fitted on all rows.
+
+    Each fold's residuals come from a fit on the other folds. The ridge's normal equations are
+    summed per fold once (`_normal_equations`); a fold's fit sums the other folds' figures."""
+    n, n_ch = z.shape
+    folds = 5 if n >= 10 * window else 2 if n >= 4 * (2 * n_ch + 1) else 1
+    bounds = list(itertools.pairwise(np.linspace(0, n, folds + 1).astype(int).tolist()))
+    sums = [_normal_equations(z[lo:hi]) for lo, hi in bounds]
+    gram_all = np.sum([g for g, _ in sums], axis=0)
+    cross_all = np.sum([b for _, b in sums], axis=0)
+    oof = np.empty_like(z)
+    for k, (lo, hi) in enumerate(bounds):
+        if folds > 1:
+            gram = np.sum([g for i, (g, _) in enumerate(sums) if i != k], axis=0)
+            cross = np.sum([b for i, (_, b) in enumerate(sums) if i != k], axis=0)
+            coef_k = _solve_ridge(gram, cross, _lambda(n - (hi - lo)))
+        else:
+            coef_k = _solve_ridge(gram_all, cross_all, _lambda(n))
+        for start in range(lo, hi, CHUNK_ROWS):
+            stop = min(hi, start + CHUNK_ROWS)
+            oof[start:stop] = z[start:stop] - _basis(z[start:stop]) @ coef_k.T
+    return oof, _solve_ridge(gram_all, cross_all, _lambda(n))
+
+
+def _level_arm(
+    r: F64, blocks: list[tuple[int, int]], filled: list[int], level_window: int
+) -> tuple[F64, F64, F64]:
+    """The relation arm's centre and spread per channel (`level_mid`, `level_sd`) and its statistic
+    (`level_stats`, the largest over channels) at each row past its block's first `filled`."""
+    n_ch = r.shape[1]
+    settled = np.empty((len(r) - sum(filled), n_ch))
+    at = 0
+    for (lo, hi), skip in zip(blocks, filled, strict=True):
+        settled[at : at + hi - lo - skip] = trailing_mean(r[lo:hi], level_window)[skip:]
+        at += hi - lo - skip
+    mid, mad, std = np.empty(n_ch), np.empty(n_ch), np.empty(n_ch)
+    for c in range(n_ch):
+        col = settled[:, c]
+        mid[c] = np.median(col)
+        mad[c] = 1.4826 * np.median(np.abs(col - mid[c]))
+        std[c] = 0.5 * col.std()
+    sd = np.maximum.reduce([mad, std, np.full(n_ch, 1.0 / math.sqrt(level_window))])
+    # `level_stats` of the settled rows, in place: how far each trailing mean is from normal.
+    settled -= mid
+    np.abs(settled, out=settled)
+    settled /= sd
+    return mid, sd, settled.max(axis=1)
+
+
+def _blocks(starts: Sequence[int], n: int) -> list[tuple[int, int]]:
+    """`calibrate`'s `starts` as `[start, stop)` blocks over `n` rows."""
+    edges = sorted({int(s) for s in starts} | {0})
+    if edges[-1] >= n or edges[0] < 0:
+        raise ValueError(f"block starts {list(starts)[:5]}... outside the {n} rows")
+    return list(itertools.pairwise([*edges, n]))
 
 
 @dataclass(frozen=True, slots=True)

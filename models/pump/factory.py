@@ -58,7 +58,7 @@ class PumpFactory:
         return [PumpProcessor(self.pumps, self.state_dir)]
 
     async def calibrate(self, target_name: str, args: Mapping[str, Any]) -> dict[str, Any]:
-        """Args `from` / `to`: ISO 8601 or epoch seconds; default: all of the pump's history."""
+        """Args `from` / `to`: ISO 8601 or epoch seconds; without `from`: the last `auto_hours` of history."""
         from water_edge.models.pump.calibration import calibrate_from_history
 
         cfg = next((p for p in self.pumps if p.name == target_name), None)

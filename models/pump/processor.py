@@ -41,6 +41,7 @@ import numpy.typing as npt
 import structlog
 
 from water_edge.core.instants import iso
+from water_edge.core.memory import release_memory
 from water_edge.core.reading import Event, Reading, Severity, numeric_value
 from water_edge.core.sampling import SampleTimes
 from water_edge.models.alarm_record import AlarmRecord
@@ -81,28 +82,39 @@ def recalibrate(
     """Calibrate a pump from its history between `from_ns` and `to_ns` and store the next version.
 
     Blocking (numpy + TFLite): from the loop, run it in a thread. `CalibrationError` (a
-    `ModelError`) when there are fewer than `calibration.min_samples` rows.
+    `ModelError`) when there are fewer than `calibration.min_samples` rows. A range of more than
+    `MAX_CALIBRATION_ROWS` rows is thinned to blocks spread over it (`FeatureHistory.calibration_rows`):
+    what calibration holds is bounded whatever the range. The heap it freed is given back to the
+    system afterwards (`release_memory`): the agent runs under a memory cap.
     """
     from water_edge.models.pump.detector import CalibrationError
 
-    ts, x = history.read(from_ns, to_ns)
-    need = cfg.calibration.min_samples
-    if len(ts) < need:
-        raise CalibrationError(f"pump {cfg.name}: {len(ts)} history rows in the range, need at least {need}")
-    c = cfg.calibration
-    cal = calibrate(
-        x,
-        history.channels,
-        model,
-        window=window,
-        model_version=model_version,
-        quantile=c.quantile,
-        margin=c.margin,
-        size_factor=c.size_factor,
-        from_ts=iso(int(ts[0])),
-        to_ts=iso(int(ts[-1])),
-    )
-    return store.save(cal)
+    try:
+        rows = history.calibration_rows(from_ns, to_ns)
+        need = cfg.calibration.min_samples
+        if rows.in_range < need or rows.first_ns is None or rows.last_ns is None:
+            raise CalibrationError(
+                f"pump {cfg.name}: {rows.in_range} history rows in the range, need at least {need}"
+            )
+        c = cfg.calibration
+        cal = calibrate(
+            rows.values,
+            history.channels,
+            model,
+            window=window,
+            model_version=model_version,
+            quantile=c.quantile,
+            margin=c.margin,
+            size_factor=c.size_factor,
+            from_ts=iso(rows.first_ns),
+            to_ts=iso(rows.last_ns),
+            starts=rows.starts,
+            frozen=rows.frozen,
+        )
+        del rows
+        return store.save(cal)
+    finally:
+        release_memory()
 
 
 @dataclass
