@@ -19,6 +19,7 @@ from water_edge.core.processor import (
     EventSink,
     HasModelSlot,
     Processor,
+    ProcessorContext,
     ReadingSource,
     WantsStreams,
 )
@@ -117,7 +118,7 @@ def test_processor_capabilities_are_found_only_where_offered(tmp_path: Path) -> 
     assert not isinstance(plain, WantsStreams)
     assert not isinstance(calibrates, Calibratable)
     assert model_slots([plain, slotted, calibrates]) == {"leak-hyd": slotted.slot}
-    factory = PumpFactory([], tmp_path)
+    factory = PumpFactory([], ProcessorContext(tmp_path))
     assert calibration_targets([plain, slotted, calibrates, factory]) == {"pump_calibration": factory}
     assert isinstance(plain.health(), Health)
 
@@ -145,16 +146,19 @@ async def test_models_are_fed_only_the_streams_their_tags_come_in(tmp_path: Path
     meters = {"name": "meters", "kind": "mbus", "port": "/dev/ttyUSB0",
               "meters": [{"name": "m1", "address": 1}]}  # fmt: skip
     devices = [fake("plc", "inlet", "outlet"), fake("other", "x", "y"), fake("spare", "inlet2"), meters]
-    districts = {"flow_leak": [
-        {"name": "north", "inflow": ["inlet"], "outflow": ["spare/inlet2"], "timezone": "UTC"},
-    ]}  # fmt: skip
-    config = load_config(write_agent_config(tmp_path, devices=devices, models=districts))
-    (processor,) = build_processors(config, build_drivers(config)).processors
-    assert isinstance(processor, WantsStreams)
+    models = {
+        "flow_leak": [{"name": "north", "inflow": ["inlet"], "outflow": ["spare/inlet2"], "timezone": "UTC"}],
+        "pump": [{"name": "p1", "signals": {"flow": "other/x", "motor_current": "y"}}],
+    }
+    config = load_config(write_agent_config(tmp_path, devices=devices, models=models))
+    night_flow, pump = build_processors(config, build_drivers(config)).processors
+    assert isinstance(night_flow, WantsStreams)
+    assert isinstance(pump, WantsStreams)
     # a bare tag: the device that reads it, and the meters (their tags are known once read)
-    assert processor.streams == frozenset({"plc", "spare", "meters"})
+    assert night_flow.streams == frozenset({"plc", "spare", "meters"})
+    assert pump.streams == frozenset({"other", "meters"})
     async with await AsyncOutbox.open(tmp_path / "o.db", max_bytes=1 << 26) as box:
-        agent = Agent(config, box, processors=[processor])
-        ((_, feed),) = agent.processors
-        assert feed.wants("plc")
-        assert not feed.wants("other")
+        agent = Agent(config, box, processors=[night_flow, pump])
+        feeds = [feed for _, feed in agent.processors]
+        assert [feed.wants("plc") for feed in feeds] == [True, False]
+        assert [feed.wants("other") for feed in feeds] == [False, True]

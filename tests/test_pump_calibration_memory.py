@@ -291,10 +291,11 @@ def test_a_long_history_calibrates_on_a_bounded_number_of_rows_spread_over_it(
 async def test_the_command_without_a_range_calibrates_on_the_last_auto_hours(
     tmp_path: Path, model: Model
 ) -> None:
+    from water_edge.core.processor import ProcessorContext
     from water_edge.models.pump.factory import PumpFactory
 
     seed_history(tmp_path, duty(3 * 3600 + 1, seed=2))
-    factory = PumpFactory([config(auto_hours=1.0)], tmp_path)
+    factory = PumpFactory([config(auto_hours=1.0)], ProcessorContext(tmp_path))
     hour = 3600 * NS
 
     done = await factory.calibrate("P1", {})

@@ -19,16 +19,14 @@ from water_edge.models.nightwindow import unset_zone_warning
 class FlowLeakFactory:
     config_model: ClassVar[type[BaseModel]] = FlowLeakSection
 
-    def __init__(
-        self, sections: Sequence[FlowLeakSection], state_dir: Path, context: ProcessorContext | None = None
-    ) -> None:
+    def __init__(self, sections: Sequence[FlowLeakSection], context: ProcessorContext) -> None:
         self.sections = list(sections)
-        self.state_dir = Path(state_dir)
         self.context = context
+        self.state_dir = Path(context.state_dir)
 
     @classmethod
     def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
-        return cls(sections, context.state_dir, context)
+        return cls(sections, context)
 
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
@@ -101,9 +99,7 @@ class FlowLeakFactory:
             return []
         from water_edge.models.flow_leak.processor import FlowLeakProcessor
 
-        streams = None
-        if self.context is not None:
-            streams = self.context.streams_for(tag for _, tag in self.tag_references(self.sections))
+        streams = self.context.streams_for(tag for _, tag in self.tag_references(self.sections))
         return [FlowLeakProcessor(self.sections, self.state_dir, streams=streams)]
 
 

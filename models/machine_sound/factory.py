@@ -38,21 +38,15 @@ class MachineSoundFactory:
     calibration_command = "machine_sound_calibration"
     calibration_target = "machine"
 
-    def __init__(
-        self,
-        sections: Sequence[MachineSoundSection],
-        state_dir: Path,
-        drivers: Mapping[str, object],
-        context: ProcessorContext | None = None,
-    ) -> None:
+    def __init__(self, sections: Sequence[MachineSoundSection], context: ProcessorContext) -> None:
         self.sections = list(sections)
-        self.state_dir = Path(state_dir)
-        self.drivers = drivers
-        self.context = context or ProcessorContext(self.state_dir)
+        self.context = context
+        self.state_dir = Path(context.state_dir)
+        self.drivers = context.drivers
 
     @classmethod
     def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
-        return cls(sections, context.state_dir, context.drivers, context)
+        return cls(sections, context)
 
     @classmethod
     def tag_references(cls, sections: Sequence[Any]) -> list[tuple[tuple[int | str, ...], str]]:

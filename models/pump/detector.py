@@ -299,7 +299,6 @@ class FrozenCount:
         self.longest = np.zeros(n_channels)
         self.repeats = np.zeros(n_channels, dtype=np.int64)  # successive readings identical
         self.pairs = np.zeros(n_channels, dtype=np.int64)  # successive readings (missing skipped)
-        self.rows = 0
 
     def add(self, x: npt.ArrayLike) -> None:
         """Count the rows `x` (n, C), the next ones after those counted so far."""
@@ -319,7 +318,6 @@ class FrozenCount:
             self.pairs[c] += len(v) - 1
             self.repeats[c] += int(np.count_nonzero(v[1:] == v[:-1]))
         self.runs = after
-        self.rows += len(x)
 
     def limits(self) -> tuple[list[float], list[float], list[int]]:
         """`frozen_limits` of the rows counted: per channel the limit, the share and the longest run."""
@@ -369,11 +367,6 @@ def _basis(z: F64) -> F64:
     return np.hstack([np.ones((n, 1)), z, z * z])
 
 
-def _ridge(z: F64, lam: float) -> F64:
-    """Coefficients (C, 1+2C) predicting each channel from the others."""
-    return _solve_ridge(*_normal_equations(z), lam)
-
-
 def _normal_equations(z: F64) -> tuple[F64, F64]:
     """The basis's Gram matrix phi'phi (1+2C, 1+2C) and phi'z (1+2C, C) over the rows of `z`, summed
     `CHUNK_ROWS` rows at a time: the (n, 1+2C) basis of a day's rows (12 MB at 8 signals), and the
@@ -391,8 +384,9 @@ def _normal_equations(z: F64) -> tuple[F64, F64]:
 
 
 def _solve_ridge(gram: F64, cross: F64, lam: float) -> F64:
-    """`_ridge` from its normal equations (`_normal_equations`): per channel, the rows and columns of
-    the other channels' terms, the intercept not shrunk."""
+    """Ridge coefficients (C, 1+2C) predicting each channel from the others, from the normal
+    equations (`_normal_equations`): per channel, the rows and columns of the other channels'
+    terms, the intercept not shrunk."""
     n_ch = cross.shape[1]
     coef = np.zeros((n_ch, gram.shape[0]))
     if n_ch < 2:
@@ -607,11 +601,7 @@ def calibrate(
         scores[at : at + hi - lo - skip] = best[skip:]
         at += hi - lo - skip
     q = float(np.quantile(scores, quantile))
-    if frozen is None:
-        frozen = FrozenCount(x.shape[1])
-        for start in range(0, n, CHUNK_ROWS):
-            frozen.add(x[start : start + CHUNK_ROWS])
-    limits, shares, longest = frozen.limits()
+    limits, shares, longest = frozen_limits(x) if frozen is None else frozen.limits()
     return Calibration(
         channels=names,
         center=center.tolist(),
@@ -689,18 +679,18 @@ def _cross_fit(z: F64, window: int) -> tuple[F64, F64]:
     sums = [_normal_equations(z[lo:hi]) for lo, hi in bounds]
     gram_all = np.sum([g for g, _ in sums], axis=0)
     cross_all = np.sum([b for _, b in sums], axis=0)
+    coef = _solve_ridge(gram_all, cross_all, _lambda(n))
     oof = np.empty_like(z)
     for k, (lo, hi) in enumerate(bounds):
+        coef_k = coef  # one fold: fitted on all rows
         if folds > 1:
             gram = np.sum([g for i, (g, _) in enumerate(sums) if i != k], axis=0)
             cross = np.sum([b for i, (_, b) in enumerate(sums) if i != k], axis=0)
             coef_k = _solve_ridge(gram, cross, _lambda(n - (hi - lo)))
-        else:
-            coef_k = _solve_ridge(gram_all, cross_all, _lambda(n))
         for start in range(lo, hi, CHUNK_ROWS):
             stop = min(hi, start + CHUNK_ROWS)
             oof[start:stop] = z[start:stop] - _basis(z[start:stop]) @ coef_k.T
-    return oof, _solve_ridge(gram_all, cross_all, _lambda(n))
+    return oof, coef
 
 
 def _level_arm(

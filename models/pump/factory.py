@@ -29,13 +29,14 @@ class PumpFactory:
     calibration_command = "pump_calibration"
     calibration_target = "pump"
 
-    def __init__(self, pumps: Sequence[PumpModelConfig], state_dir: Path) -> None:
+    def __init__(self, pumps: Sequence[PumpModelConfig], context: ProcessorContext) -> None:
         self.pumps = list(pumps)
-        self.state_dir = Path(state_dir)
+        self.context = context
+        self.state_dir = Path(context.state_dir)
 
     @classmethod
     def from_config(cls, sections: Sequence[Any], context: ProcessorContext) -> Self:
-        return cls(sections, context.state_dir)
+        return cls(sections, context)
 
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
@@ -55,7 +56,8 @@ class PumpFactory:
             return []
         from water_edge.models.pump.processor import PumpProcessor
 
-        return [PumpProcessor(self.pumps, self.state_dir)]
+        streams = self.context.streams_for(tag for _, tag in self.tag_references(self.pumps))
+        return [PumpProcessor(self.pumps, self.state_dir, streams=streams)]
 
     async def calibrate(self, target_name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         """Args `from` / `to`: ISO 8601 or epoch seconds; without `from`: the last `auto_hours` of history."""

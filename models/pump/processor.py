@@ -157,11 +157,15 @@ class PumpProcessor:
         model: Scorer | None = None,
         model_version: str | None = None,
         window: int | None = None,
+        streams: frozenset[str] | None = None,
     ) -> None:
         names = [p.name for p in pumps]
         if len(set(names)) != len(names):
             raise ValueError("pump names must be unique")
         self.state_dir = Path(state_dir)
+        # The streams its signals come in (`WantsStreams`); None (built without a context): every one.
+        if streams is not None:
+            self.streams = streams
         self._model = model
         self._model_version = model_version
         self._window = window
