@@ -14,8 +14,12 @@ demo: setup
 # Bytecode is cached for the run (under __pycache__/, ignored by git) even where the environment
 # says PYTHONDONTWRITEBYTECODE: every agent, simulator and CLI the tests start, and each worker's
 # assertion rewriting, would otherwise compile the same sources again.
+# One worker more than the CPUs, four at most: on two CPUs a sixth to a third of a two-worker run
+# waited on the wall clock (agents and brokers starting, real-time audio, timeouts under test) and a
+# third worker fills it (tests/README.md).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n + 1 < 4 ? n + 1 : 4 )))
 test: setup lint
-	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/pytest -q --numprocesses=auto --maxprocesses=4 --dist=loadfile --no-loadscope-reorder
+	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/pytest -q --numprocesses=$(TEST_WORKERS) --dist=loadfile --no-loadscope-reorder
 
 # Style, types and the layer contract (docs/architecture.md); each fails the build on its own.
 lint: setup

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from scipy.io import wavfile
 from structlog.testing import capture_logs
@@ -163,12 +165,22 @@ class _Window:
     channel_names: tuple[str, ...]
 
 
+@functools.lru_cache(maxsize=12)
+def _rendered(scene: PipeScene, seconds: int) -> npt.NDArray[np.float32]:
+    """A scene's audio, rendered once per test process (the synthesiser is seeded: the same
+    scene sounds the same). The restart tests hear the same quiet nights again and again, and
+    rendering was half of their time. Read-only: callers scale a copy."""
+    x = HydrophoneSynth(scene).render_seconds(seconds)
+    x.flags.writeable = False
+    return x
+
+
 def _night_windows(night: date, scene: PipeScene, seconds: int, gain: float = 1.0) -> list[_Window]:
     """A night window's audio in 1 s windows with 0.5 s hop (as the audio driver delivers them);
     `gain` 0 is a dead input (digital silence)."""
     tz = zone("Europe/Amsterdam")
     start = int(datetime(night.year, night.month, night.day, 2, 0, tzinfo=tz).timestamp() * 10**9)
-    x = gain * HydrophoneSynth(scene).render_seconds(seconds + 1)
+    x = gain * _rendered(scene, seconds + 1)
     sr = scene.sample_rate
     return [
         _Window(start + i * 10**9 // 2, sr, x[i * sr // 2 : i * sr // 2 + sr], ("A", "B"))

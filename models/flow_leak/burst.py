@@ -461,7 +461,12 @@ class BurstDetector:
 
     def to_dict(self) -> dict[str, Any]:
         def values(v: F64) -> list[float | None]:
-            return [None if not math.isfinite(x) else round(float(x), 4) for x in v]
+            # Rounded by numpy: stored every hour, 28+ days of slots through round() took a
+            # district ~6 ms of the event loop each time on a 2-core machine.
+            rounded: list[float | None] = np.round(np.asarray(v, dtype=np.float64), 4).tolist()
+            if np.isfinite(v).all():
+                return rounded
+            return [x if x is not None and math.isfinite(x) else None for x in rounded]
 
         return {
             "format": "burst/1",
