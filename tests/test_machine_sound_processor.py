@@ -202,6 +202,8 @@ async def test_a_converter_stuck_at_one_code_is_a_lost_microphone_not_an_anomaly
     driver, processor = _quick_calibrating(tmp_path, sound, "stuck.wav")
     async with running(processor, driver) as events:
         await eventually(lambda: processor.health().clips >= 32, within_s=30, what="the whole file")
+        # judged in a worker behind the clips taken: on a loaded machine the file ends first
+        await eventually(lambda: len(events) >= 2, within_s=60, what="signal lost and restored")
     assert [e.kind for e in events] == ["microphone_signal_lost", "microphone_signal_restored"]
     health = processor.health()
     # 30 s stuck: three clips when they fall on the file's 10 s marks; two whole ones (and a part
@@ -387,6 +389,41 @@ async def _listened_with(
         # scored in a worker behind the clips: a loaded machine (the suite on two cores) lags
         await eventually(lambda: processor.health().scored + processor.clips_stopped >= clips - 20, 90)
     return events, processor
+
+
+async def test_a_calibration_the_card_cannot_store_is_an_event_and_the_machine_learns_again(
+    recording: Path, tmp_path: Path
+) -> None:
+    # Before, a failed automatic calibration was in the gateway's log and status only: the centre
+    # saw a machine that never alarmed, not one nobody listened to. A directory stands where the
+    # calibration goes (the OSError path of a full or read-only card).
+    (tmp_path / "machine_sound" / "P1-sound" / "calibration.json").mkdir(parents=True)
+    driver = _driver(recording)
+    section = MachineSoundSection.model_validate(
+        {
+            "name": "P1-sound",
+            "device": "mic",
+            "running_min_dbfs": -70,
+            "calibration": {"auto_hours": 0.001, "min_clips": 20},
+        }
+    )
+    processor = MachineSoundProcessor(section, driver, tmp_path, max_queued=EVERY_CLIP)
+    async with running(processor, driver) as events:
+        await eventually(lambda: bool(events), within_s=60, what="the failure event")
+        health = processor.health()
+    (event,) = events
+    assert (event.kind, event.source, event.severity) == (
+        "machine_sound_calibration_failed",
+        "P1-sound",
+        "warning",
+    )
+    assert "calibration.json" in event.detail["reason"]
+    assert event.detail["clips"] == 20 == event.detail["retry_after_clips"]
+    assert event.detail["failures"] == 1
+    assert event.detail["from"] < event.detail["to"]
+    assert health.state == "learning"
+    assert health.calibrations_failed == 1
+    assert "1 automatic calibration(s) failed, learning again" in health.status_lines()
 
 
 async def test_the_plcs_run_signal_keeps_a_stopped_pumps_station_out_of_its_sound(tmp_path: Path) -> None:

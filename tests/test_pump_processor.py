@@ -196,6 +196,7 @@ def test_learning_state_stopped_pump_and_history(tmp_path: Path, model: Model) -
         "last_score",
         "last_error",
         "clock_steps_back",
+        "calibrations_failed",
     ]
     assert values.shape[1] == len(SIGNALS)
     assert np.all(np.diff(ts) > 0)
@@ -433,17 +434,25 @@ def test_a_calibration_the_card_cannot_store_leaves_the_pump_learning_and_says_w
 ) -> None:
     # Before, the OSError of writing calibration.json escaped the learning step: the processor
     # crashed, was restarted and crashed again at each attempt. Here a directory stands where the
-    # file goes (the same OSError path as a full card).
+    # file goes (the same OSError path as a full card). Then the failure was only in the
+    # gateway's log and status: the centre saw a pump that never alarmed, not one never watched.
     (tmp_path / "pump" / "P1" / "calibration.json").mkdir(parents=True)
     x, _ = simulate(Scenario(seed=36, hours=0.6, start_hour=2.0, steady=True))
     proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
-    assert run(proc, x) == []
+    (event,) = run(proc, x)
+    assert (event.kind, event.source, event.severity) == ("pump_calibration_failed", "P1", "warning")
+    assert "calibration.json" in event.detail["reason"]
+    assert event.detail["samples"] == CALIB_S == event.detail["retry_after_samples"]
+    assert event.detail["failures"] == 1
+    assert event.detail["from"] < event.detail["to"]
     status = proc.health().pumps["P1"]
     assert status.state == "learning"  # not armed on a calibration it could not keep ...
     assert status.learning_progress < 0.5  # ... tried at 1800 samples, learning again since
+    assert status.calibrations_failed == 1
     assert status.last_error is not None
     assert "calibration.json" in status.last_error
     assert "Is a directory" in status.last_error
+    assert "P1: 1 automatic calibration(s) failed, learning again" in proc.health().status_lines()
 
 
 def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_restart_not_raised_again(

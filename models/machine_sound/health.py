@@ -36,6 +36,7 @@ class MachineSoundHealth:
     clips_faulty: int = 0  # windows left out and clips abandoned for a sensor fault the driver saw
     clips_saturated: int = 0  # clips saturated at full scale: scored once armed, never learnt from
     clips_no_run_signal: int = 0  # `running_tag` set, but no fresh reading of it: not judged
+    calibrations_failed: int = 0  # automatic calibrations that failed since the start: learning again
 
     def status_lines(self) -> list[str]:
         if self.state == "learning":
@@ -68,6 +69,8 @@ class MachineSoundHealth:
                 f"{self.clips_no_run_signal} clips not judged: no fresh reading of the run signal "
                 "(running_tag)"
             )
+        if self.calibrations_failed and self.state == "learning":
+            lines.append(f"{self.calibrations_failed} automatic calibration(s) failed, learning again")
         if self.last_error:
             lines.append(f"last error: {self.last_error}")
         return lines

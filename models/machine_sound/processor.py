@@ -100,6 +100,7 @@ class MachineSoundProcessor:
         self.scored = self.events = 0
         self.last_score: float | None = None
         self.last_error: str | None = None
+        self.calibrations_failed = 0  # automatic calibrations that failed since the start
 
     def _new_alarm(self) -> SoundAlarm:
         return sound_alarm(self.section)
@@ -231,7 +232,7 @@ class MachineSoundProcessor:
             state.since_reload = 0
             await asyncio.to_thread(self._reload, state)
         if state.cal is None:
-            await self._learn(state, clip.start_ts_ns)
+            await self._learn(state, clip.start_ts_ns, emit)
             await self._report_history(state, emit)
             return
         score = float(state.cal.score(features)[0])
@@ -273,12 +274,17 @@ class MachineSoundProcessor:
         c = self.section.calibration
         return max(c.min_clips, math.ceil(c.auto_hours * 3600 / self.section.clip_s))
 
-    async def _learn(self, state: _State, ts_ns: int) -> None:
+    async def _learn(self, state: _State, ts_ns: int, emit: EventSink) -> None:
+        """Count a learning clip; at the stretch's end, calibrate. Emits
+        `machine_sound_calibration_failed` when that fails: the machine is not listened to
+        for another stretch, and the centre must know."""
         if state.learning_since_ns is None:
             state.learning_since_ns = ts_ns
         state.learning_clips += 1
-        if state.learning_clips < self._need():
+        need = self._need()
+        if state.learning_clips < need:
             return
+        since, clips = state.learning_since_ns, state.learning_clips
         state.calibrating = True
         try:
             await asyncio.to_thread(self._flush, state)
@@ -287,8 +293,21 @@ class MachineSoundProcessor:
             )
         except ModelError as exc:
             self.last_error = str(exc)
+            self.calibrations_failed += 1
             state.learning_clips, state.learning_since_ns = 0, None  # learn again from here
             log.warning("machine_sound.calibration_failed", machine=self.section.name, error=str(exc))
+            detail = {
+                "machine": self.section.name,
+                "reason": str(exc),
+                "from": iso(since),
+                "to": iso(ts_ns),
+                "clips": clips,
+                "failures": self.calibrations_failed,
+                "retry_after_clips": need,
+            }
+            await emit(
+                Event("machine_sound_calibration_failed", self.section.name, ts_ns, "warning", None, detail)
+            )
             return
         finally:
             state.calibrating = False
@@ -381,4 +400,5 @@ class MachineSoundProcessor:
             last_error=self.last_error,
             clips_faulty=self._assembler.faulty,
             clips_saturated=self.clips_saturated,
+            calibrations_failed=self.calibrations_failed,
         )

@@ -37,6 +37,7 @@ class PumpStatus:
     last_score: float | None
     last_error: str | None
     clock_steps_back: int = 0  # readings found stamped earlier than before: sampling went on from them
+    calibrations_failed: int = 0  # automatic calibrations that failed since the start: learning again
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class PumpHealth:
     def status_lines(self) -> list[str]:
         lines = [", ".join(f"{name} {pump.state}" for name, pump in self.pumps.items())]
         for name, pump in self.pumps.items():
+            if pump.calibrations_failed and pump.state == "learning":
+                lines.append(
+                    f"{name}: {pump.calibrations_failed} automatic calibration(s) failed, learning again"
+                )
             if pump.clock_steps_back:
                 back = pump.clock_steps_back
                 lines.append(

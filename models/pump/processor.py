@@ -135,6 +135,7 @@ class _Pump:
     learning_since_ns: int | None = None
     learning_rows: int = 0
     calibrating: bool = False
+    calibrations_failed: int = 0  # automatic calibrations that failed since the start
     samples: int = 0
     stopped_samples: int = 0
     scored: int = 0
@@ -334,7 +335,7 @@ class PumpProcessor:
             pump.since_reload = 0
             await asyncio.to_thread(self._reload, pump)
         if pump.cal is None:
-            await self._learn(pump, ts_ns)
+            await self._learn(pump, ts_ns, emit)
             await self._report_history(pump, emit)
             return
         assert self._window is not None
@@ -355,7 +356,10 @@ class PumpProcessor:
             await asyncio.to_thread(pump.record.save, ts_ns if change else None)
             await emit(self._event(pump, ts_ns, change, total, channel, residual, run))
 
-    async def _learn(self, pump: _Pump, ts_ns: int) -> None:
+    async def _learn(self, pump: _Pump, ts_ns: int, emit: Callable[[Event], Awaitable[None]]) -> None:
+        """Count a learning sample; at the stretch's end, calibrate. Emits `pump_calibration_failed`
+        when that fails (the pump is then not watched for another stretch: the centre
+        must know, not only the gateway's status)."""
         if pump.learning_since_ns is None:
             pump.learning_since_ns = ts_ns
         pump.learning_rows += 1
@@ -382,9 +386,21 @@ class PumpProcessor:
             )
         except ModelError as exc:
             pump.last_error = str(exc)
+            pump.calibrations_failed += 1
+            samples = pump.learning_rows
             pump.learning_rows = 0  # keep learning: try again after another stretch
             pump.learning_since_ns = None
             log.warning("pump.calibration_failed", pump=pump.cfg.name, error=str(exc))
+            detail = {
+                "pump": pump.cfg.name,
+                "reason": str(exc),
+                "from": iso(since),
+                "to": iso(ts_ns),
+                "samples": samples,
+                "failures": pump.calibrations_failed,
+                "retry_after_samples": need,
+            }
+            await emit(Event("pump_calibration_failed", pump.cfg.name, ts_ns, "warning", None, detail))
             return
         finally:
             pump.calibrating = False
@@ -524,6 +540,7 @@ class PumpProcessor:
                 last_score=None if pump.last_score is None else round(pump.last_score, 4),
                 last_error=pump.last_error,
                 clock_steps_back=pump.times.steps_back,
+                calibrations_failed=pump.calibrations_failed,
             )
         return PumpHealth(self._model_version, pumps)
 
