@@ -212,7 +212,10 @@ async def test_a_long_refused_stream_is_held_in_memory_up_to_a_bound_and_none_of
     deny = [True]
     broker.puback = lambda msg: NOT_AUTHORIZED if deny[0] and msg.topic.endswith("/plc2") else SUCCESS
     async with running(box, broker, config(lease_rows=1000)) as rig:
-        await broker.wait_until(lambda: rig.uplink.health().acked == 300)
+        # the last row (plc2) is refused after the last plc1 row's PUBACK: wait for both
+        await broker.wait_until(
+            lambda: (rig.uplink.health().acked, rig.uplink.health().held_back) == (300, 300)
+        )
         health = rig.uplink.health()
         assert (health.refused_streams, health.held_back) == (1, 300)
         assert box.pending() == 300
