@@ -124,7 +124,8 @@ async def running(
         await driver.aclose()
 
 
-async def test_learns_the_normal_sound_then_names_a_bearing_fault(recording: Path, tmp_path: Path) -> None:
+def _listening_to(recording: Path, tmp_path: Path) -> tuple[AudioDriver, MachineSoundProcessor]:
+    """The recording's machine (off below -70 dBFS), calibrating on its first 20 clips heard."""
     driver = _driver(recording)
     section = MachineSoundSection.model_validate(
         {
@@ -134,7 +135,11 @@ async def test_learns_the_normal_sound_then_names_a_bearing_fault(recording: Pat
             "calibration": {"auto_hours": 0.001, "min_clips": 20},
         }
     )
-    processor = MachineSoundProcessor(section, driver, tmp_path, max_queued=EVERY_CLIP)
+    return driver, MachineSoundProcessor(section, driver, tmp_path, max_queued=EVERY_CLIP)
+
+
+async def test_learns_the_normal_sound_then_names_a_bearing_fault(recording: Path, tmp_path: Path) -> None:
+    driver, processor = _listening_to(recording, tmp_path)
     assert processor.streams == frozenset()
     starts: list[int] = []
     driver.add_window_listener(lambda w: starts.append(w.start_ts_ns))  # the file's time zero
@@ -398,16 +403,7 @@ async def test_a_calibration_the_card_cannot_store_is_an_event_and_the_machine_l
     # saw a machine that never alarmed, not one nobody listened to. A directory stands where the
     # calibration goes (the OSError path of a full or read-only card).
     (tmp_path / "machine_sound" / "P1-sound" / "calibration.json").mkdir(parents=True)
-    driver = _driver(recording)
-    section = MachineSoundSection.model_validate(
-        {
-            "name": "P1-sound",
-            "device": "mic",
-            "running_min_dbfs": -70,
-            "calibration": {"auto_hours": 0.001, "min_clips": 20},
-        }
-    )
-    processor = MachineSoundProcessor(section, driver, tmp_path, max_queued=EVERY_CLIP)
+    driver, processor = _listening_to(recording, tmp_path)
     async with running(processor, driver) as events:
         await eventually(lambda: bool(events), within_s=60, what="the failure event")
         health = processor.health()
