@@ -56,7 +56,9 @@ def test_status_is_readable_and_json(agent: AgentProcess) -> None:
     uplink = next(line for line in human.stdout.splitlines() if line.startswith("uplink"))
     assert broker in uplink, uplink
     assert "never connected" in uplink, uplink
-    assert f"state    degraded: uplink offline ({broker})" in human.stdout
+    # Between retries to a closed port the uplink is `offline`; for the moment of each retry, `connecting`.
+    verdict = rf"^state    degraded: uplink (offline|connecting) \({re.escape(broker)}\)$"
+    assert re.search(verdict, human.stdout, re.M), human.stdout
     snap = json.loads(cli("status", "-c", str(agent.config), "--json").stdout)
     assert snap["drivers"][0]["state"] == "up"
     assert snap["uplink"]["state"] != "online"
@@ -69,9 +71,10 @@ def test_status_json_matches_the_published_schema(agent: AgentProcess) -> None:
     assert result.returncode == 1, result.stderr
     snap = json.loads(result.stdout)
     jsonschema.validate(snap, STATUS_SCHEMA)
+    assert snap["uplink"]["state"] in ("offline", "connecting")
     assert snap["verdict"] == {
         "state": "degraded",
-        "problems": [f"uplink offline ({snap['uplink']['broker']})"],
+        "problems": [f"uplink {snap['uplink']['state']} ({snap['uplink']['broker']})"],
     }
     assert snap["buffer"]["rows"] >= 3  # measured, not the empty placeholder
     assert (snap["watchdog"], snap["commands"], snap["alarms"]) == (None, None, [])
