@@ -17,7 +17,9 @@ from water_edge.models.pump.detector import (
     calibrate,
     channel_scores,
     contributors,
+    repeat_runs,
     score,
+    score_latest,
     score_series,
     select,
     trailing_mean,
@@ -165,6 +167,29 @@ def test_scoring_a_long_history_in_pieces_gives_the_figures_of_one_piece(
     series, runs = score_series(rows, cal, model)
     np.testing.assert_array_equal(series, pieces.score)
     np.testing.assert_array_equal(runs, whole.run)
+
+
+def test_the_gateways_last_row_score_is_scores_last_row(model: Model) -> None:
+    # The gateway scores only the newest sample of its window (one scorer input per channel, not
+    # one per row): its figures must be the whole window's last row, through a fault, missing
+    # cells, a frozen register and a window not yet full.
+    x, _ = simulate(Scenario(seed=9, hours=0.6, fault="cavitation", onset_s=1500, duration_s=400))
+    cal = calibrate(x[:1200], list(SIGNALS), model, window=32, model_version=model.version)
+    rows = select(x[1200:], list(SIGNALS), cal).copy()
+    rows[np.random.default_rng(1).random(rows.shape) < 0.03] = np.nan
+    rows[100:200, 2] = rows[99, 2]
+    runs, _ = repeat_runs(rows)
+    for end in [*range(5, 40, 7), *range(40, len(rows), 13)]:
+        piece = slice(max(0, end - 32), end)
+        whole, latest = (
+            score(rows[piece], cal, model, runs[piece]),
+            score_latest(rows[piece], cal, model, runs[piece]),
+        )
+        np.testing.assert_allclose(latest.channel, whole.channel[-1:], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(latest.score, whole.score[-1:], rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(latest.residual, whole.residual)
+        np.testing.assert_array_equal(latest.run, whole.run[-1:])
+    assert score(rows, cal, model, runs).score.max() > 1  # the fault is in the rows compared
 
 
 def test_select_takes_the_calibrated_columns_in_calibration_order(model: Model) -> None:

@@ -810,18 +810,44 @@ def _pieces(
         yield slice(start, stop), _score_rows(x[lo:stop], cal, model, runs[lo:stop]), start - lo
 
 
-def _score_rows(x: F64, cal: Calibration, model: Scorer, runs: F32) -> Scored:
+def score_latest(x: F64, cal: Calibration, model: Scorer, runs: F32) -> Scored:
+    """`score(x, cal, model, runs)`'s figures for the last row of `x` only (`score` and `channel`
+    of one row, `run` its runs; `residual` of every row, for the explanation): what the gateway
+    needs after each sample. One scorer window (C model inputs) instead of one per row of `x`."""
+    x = np.asarray(x, dtype=np.float64)
+    z, r = _relation(x, cal)
+    level = np.abs(r[-cal.level_window :].mean(axis=0) - np.asarray(cal.level_mid)) / np.asarray(cal.level_sd)
+    inputs = np.empty((1, x.shape[1], cal.window, 2), dtype=np.float32)
+    for k, series in enumerate((r, z)):
+        tail = series[-cal.window :]
+        if len(tail) < cal.window:  # as `windows`: padded with the first sample
+            tail = np.vstack([np.repeat(tail[:1], cal.window - len(tail), axis=0), tail])
+        inputs[0, :, :, k] = tail.T / INPUT_SCALE
+    ch = _channel_figures(level[None], channel_scores(model, inputs), runs[-1:], cal)
+    return Scored(ch.max(axis=1), ch, r, runs[-1:])
+
+
+def _relation(x: F64, cal: Calibration) -> tuple[F64, F64]:
+    """The z-scores of `x` and their relation residuals."""
     z = zscores(x, cal)
     r = residuals(
         z, np.asarray(cal.coef), np.asarray(cal.residual_scale), np.asarray(cal.z_low), np.asarray(cal.z_high)
     )
-    level = level_stats(r, cal.level_window, np.asarray(cal.level_mid), np.asarray(cal.level_sd))
-    ch = np.maximum(
-        level / cal.level_threshold, scorer_scores(model, z, r, cal.window) / cal.scorer_threshold
-    )
+    return z, r
+
+
+def _channel_figures(level: F64, scorer: F64, runs: F32, cal: Calibration) -> F64:
+    """(n, C) per-channel scores in units of the alarm level, from the arms' raw figures."""
+    ch = np.maximum(level / cal.level_threshold, scorer / cal.scorer_threshold)
     if cal.frozen_limit:  # a calibration written before the frozen test has none: scored as then
         ch = np.maximum(ch, frozen_scores(runs, cal.frozen_limit))
-    ch = ch * cal.threshold
+    return np.asarray(ch * cal.threshold, dtype=np.float64)
+
+
+def _score_rows(x: F64, cal: Calibration, model: Scorer, runs: F32) -> Scored:
+    z, r = _relation(x, cal)
+    level = level_stats(r, cal.level_window, np.asarray(cal.level_mid), np.asarray(cal.level_sd))
+    ch = _channel_figures(level, scorer_scores(model, z, r, cal.window), runs, cal)
     return Scored(ch.max(axis=1), ch, r, runs)
 
 

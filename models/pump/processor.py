@@ -56,7 +56,7 @@ from water_edge.models.pump.detector import (
     contributors,
     held_together,
     repeat_runs,
-    score,
+    score_latest,
 )
 from water_edge.models.pump.health import PumpHealth, PumpState, PumpStatus
 from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory, pump_dir
@@ -454,7 +454,7 @@ class PumpProcessor:
         cols = [pump.roles.index(c) for c in cal.channels]
         x = np.vstack(list(pump.window))[:, cols]
         runs = np.vstack(list(pump.run_window))[:, cols]
-        scored = score(x, cal, self._scorer(), runs)
+        scored = score_latest(x, cal, self._scorer(), runs)
         return float(scored.score[-1]), scored.channel[-1], scored.residual, scored.run[-1]
 
     def _flush(self, pump: _Pump) -> None:

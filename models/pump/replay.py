@@ -22,7 +22,7 @@ from water_edge.core.instants import stretch
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump.config import PumpModelConfig
-from water_edge.models.pump.detector import Alarm, Calibration, Scorer, repeat_runs, score
+from water_edge.models.pump.detector import Alarm, Calibration, Scorer, repeat_runs, score_latest
 from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory, pump_dir
 
 GAP_SAMPLES = 1.5  # a step longer than this many sample intervals: the pump stopped in between
@@ -60,7 +60,7 @@ def replay_pump(
                 yield f"{stamp},,{int(alarm.active)},"
                 continue
             total = float(
-                score(x[i - window + 1 : i + 1], cal, model, runs[i - window + 1 : i + 1]).score[-1]
+                score_latest(x[i - window + 1 : i + 1], cal, model, runs[i - window + 1 : i + 1]).score[-1]
             )
             change = alarm.update(total, cal.threshold)
             event = "" if change is None else ("raised" if change else "cleared")
