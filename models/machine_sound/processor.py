@@ -292,6 +292,7 @@ class MachineSoundProcessor:
                 recalibrate, self.section, state.history, state.store, state.learning_since_ns, ts_ns
             )
         except ModelError as exc:
+            state.calibrating = False  # before the event: the centre reads status after it
             self.last_error = str(exc)
             self.calibrations_failed += 1
             state.learning_clips, state.learning_since_ns = 0, None  # learn again from here

@@ -385,6 +385,7 @@ class PumpProcessor:
                 to_ns=ts_ns,
             )
         except ModelError as exc:
+            pump.calibrating = False  # before the event: the centre reads status after it
             pump.last_error = str(exc)
             pump.calibrations_failed += 1
             samples = pump.learning_rows
