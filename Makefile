@@ -14,10 +14,10 @@ demo: setup
 # Bytecode is cached for the run (under __pycache__/, ignored by git) even where the environment
 # says PYTHONDONTWRITEBYTECODE: every agent, simulator and CLI the tests start, and each worker's
 # assertion rewriting, would otherwise compile the same sources again.
-# A worker per CPU, four at most. On two CPUs a two-worker run waits on the wall clock about a
-# third of its time and three workers took 732 s against 956 s, but two runs of three each had a
-# test race fail under the load (tests/README.md): `make test TEST_WORKERS=3` until the suite holds.
-TEST_WORKERS ?= auto
+# One worker more than CPUs, four at most: a worker per CPU leaves the CPUs idle about a third of
+# the time (tests wait on agents, brokers, real-time audio); on two CPUs three workers took 712-734 s
+# against 948-964 s with two (tests/README.md). `make test TEST_WORKERS=2` runs a worker per CPU.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: setup lint
 	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/pytest -q --numprocesses=$(TEST_WORKERS) --maxprocesses=4 --dist=loadfile --no-loadscope-reorder
 
