@@ -9,6 +9,7 @@ import contextlib
 import os
 import resource
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.testing import agent_config, damage_sqlite_under_its_owner
 from water_edge.agent import pushed_models
+from water_edge.agent.remote import handlers
 from water_edge.agent.remote import processor as command_processor
 from water_edge.agent.remote.audit import AuditLog, read_audit
 from water_edge.agent.remote.channel import CommandChannel
@@ -30,6 +32,7 @@ from water_edge.agent.remote.nonces import NonceStore
 from water_edge.agent.remote.processor import CommandProcessor
 from water_edge.core import envelope
 from water_edge.core.errors import AgentError
+from water_edge.core.files import atomic_write
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.core.reading import Event
 from water_edge.models.manifest import shipped
@@ -318,6 +321,30 @@ async def test_model_updates_keep_only_the_bundle_in_service_on_disk(tmp_path: P
         assert len(kept) == 1, kept
     assert slot.model.version == "9.9.2-test"
     assert slot.model.invoke(slot.model.manifest.self_test[0].input) is not None  # still serving
+    rig.close()
+
+
+async def test_a_model_update_is_written_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding and fsyncing a model on a busy SD card can take seconds: on the event loop that
+    would hold up every poll and the broker's keepalive."""
+    writers: list[int] = []
+
+    def recording_write(path: Path, data: bytes, **kwargs: Any) -> None:
+        writers.append(threading.get_ident())
+        atomic_write(path, data, **kwargs)
+
+    monkeypatch.setattr(handlers, "atomic_write", recording_write)
+    slot = ModelSlot(load_model(LEAK_MANIFEST))
+    rig = Rig(tmp_path / "state", Targets(models_dir=tmp_path / "models", model_slots={"leak-h1": slot}))
+    manifest = {**orjson.loads(LEAK_MANIFEST.read_bytes()), "version": "9.9.9-test"}
+    model = (LEAK_MANIFEST.parent / "leak_detector.tflite").read_bytes()
+    args = {"slot": "leak-h1", "manifest": "manifest.json", "files": bundle(manifest, model)}
+    result = await rig.proc.handle("model_update", rig.sign("model_update", args))
+    assert result.status == "ok", result.reason
+    assert len(writers) == 2  # the model and its manifest ...
+    assert threading.get_ident() not in writers  # ... neither on the loop's thread
     rig.close()
 
 

@@ -278,13 +278,9 @@ async def _model_update(env: Envelope, targets: Targets) -> CommandResult:
     except FileExistsError:
         raise CommandFailedError("this model update was already received") from None
     try:
-        for name, b64 in files.items():
-            try:
-                content = base64.b64decode(b64, validate=True)
-            except (binascii.Error, ValueError, TypeError):
-                raise CommandFailedError(f"file {name!r} is not base64") from None
-            atomic_write(target / name, content, mode=0o640)
-        check_bundle(target, manifest, set(files), slot)
+        # Off the event loop: decoding and fsyncing a model on a busy SD card can take seconds,
+        # which would hold up every poll and the broker's keepalive.
+        await asyncio.to_thread(_write_model_bundle, target, files, manifest, slot)
         accepted, swapped = await pushed_models.swap(slot, target / manifest)
     except (CommandFailedError, CommandRefusedError):
         shutil.rmtree(target, ignore_errors=True)
@@ -297,9 +293,21 @@ async def _model_update(env: Envelope, targets: Targets) -> CommandResult:
         shutil.rmtree(target, ignore_errors=True)
         raise CommandFailedError(f"model refused, the old one stays: {swapped['reason']}")
     detail = {"slot": slot_name, **swapped}
-    if (problem := _keep_in_service(target, manifest, replaces)) is not None:
+    if (problem := await asyncio.to_thread(_keep_in_service, target, manifest, replaces)) is not None:
         detail["after_restart"] = f"the configured model: the pushed one could not be recorded ({problem})"
     return CommandResult("ok", detail=detail)
+
+
+def _write_model_bundle(target: Path, files: dict[str, Any], manifest: str, slot: ModelSlotLike) -> None:
+    """Decode the command's files into `target` and check them as a bundle for `slot` (blocking:
+    run in a thread)."""
+    for name, b64 in files.items():
+        try:
+            content = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise CommandFailedError(f"file {name!r} is not base64") from None
+        atomic_write(target / name, content, mode=0o640)
+    check_bundle(target, manifest, set(files), slot)
 
 
 def _keep_in_service(bundle: Path, manifest: str, replaces: str | None) -> str | None:
