@@ -15,7 +15,7 @@ demo: setup
 # says PYTHONDONTWRITEBYTECODE: every agent, simulator and CLI the tests start, and each worker's
 # assertion rewriting, would otherwise compile the same sources again.
 # One worker more than CPUs, four at most: a worker per CPU leaves the CPUs idle about a third of
-# the time (tests wait on agents, brokers, real-time audio); on two CPUs three workers took 712-734 s
+# the time (tests wait on agents, brokers, real-time audio); on two CPUs three workers took 685-734 s
 # against 948-964 s with two (tests/README.md). `make test TEST_WORKERS=2` runs a worker per CPU.
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: setup lint
