@@ -75,11 +75,14 @@ async def source(items: list[tuple[str, list[Reading]]]) -> AsyncIterator[tuple[
         yield item
 
 
-def run(proc: PumpProcessor, x: np.ndarray) -> list[Event]:
+def run(proc: PumpProcessor, x: np.ndarray, at_event: Callable[[Event], None] | None = None) -> list[Event]:
+    """The events of `x` fed through `proc`; `at_event` sees each as it is emitted."""
     events: list[Event] = []
 
     async def emit(e: Event) -> None:
         events.append(e)
+        if at_event is not None:
+            at_event(e)
 
     asyncio.run(proc.run(source(feed(x)), emit))
     return events
@@ -439,7 +442,9 @@ def test_a_calibration_the_card_cannot_store_leaves_the_pump_learning_and_says_w
     (tmp_path / "pump" / "P1" / "calibration.json").mkdir(parents=True)
     x, _ = simulate(Scenario(seed=36, hours=0.6, start_hour=2.0, steady=True))
     proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
-    (event,) = run(proc, x)
+    calibrating_at_event: list[bool] = []
+    (event,) = run(proc, x, lambda e: calibrating_at_event.append(proc.health().pumps["P1"].calibrating))
+    assert calibrating_at_event == [False]  # a status read on the event says it is learning again
     assert (event.kind, event.source, event.severity) == ("pump_calibration_failed", "P1", "warning")
     assert "calibration.json" in event.detail["reason"]
     assert event.detail["samples"] == CALIB_S == event.detail["retry_after_samples"]

@@ -463,10 +463,10 @@ class BurstDetector:
         def values(v: F64) -> list[float | None]:
             # Rounded by numpy: stored every hour, 28+ days of slots through round() took a
             # district ~6 ms of the event loop each time on a 2-core machine.
-            rounded: list[float | None] = np.round(np.asarray(v, dtype=np.float64), 4).tolist()
-            if np.isfinite(v).all():
-                return rounded
-            return [x if x is not None and math.isfinite(x) else None for x in rounded]
+            rounded = np.round(np.asarray(v, dtype=np.float64), 4)
+            if np.isfinite(rounded).all():
+                return list(rounded.tolist())
+            return [x if math.isfinite(x) else None for x in rounded.tolist()]
 
         return {
             "format": "burst/1",

@@ -285,6 +285,7 @@ class MachineSoundProcessor:
         if state.learning_clips < need:
             return
         since, clips = state.learning_since_ns, state.learning_clips
+        failure: ModelError | None = None
         state.calibrating = True
         try:
             await asyncio.to_thread(self._flush, state)
@@ -292,14 +293,17 @@ class MachineSoundProcessor:
                 recalibrate, self.section, state.history, state.store, state.learning_since_ns, ts_ns
             )
         except ModelError as exc:
-            state.calibrating = False  # before the event: the centre reads status after it
-            self.last_error = str(exc)
+            failure = exc
+        finally:
+            state.calibrating = False
+        if failure is not None:  # the event after `calibrating` is false: the centre reads status after it
+            self.last_error = str(failure)
             self.calibrations_failed += 1
             state.learning_clips, state.learning_since_ns = 0, None  # learn again from here
-            log.warning("machine_sound.calibration_failed", machine=self.section.name, error=str(exc))
+            log.warning("machine_sound.calibration_failed", machine=self.section.name, error=str(failure))
             detail = {
                 "machine": self.section.name,
-                "reason": str(exc),
+                "reason": str(failure),
                 "from": iso(since),
                 "to": iso(ts_ns),
                 "clips": clips,
@@ -310,8 +314,6 @@ class MachineSoundProcessor:
                 Event("machine_sound_calibration_failed", self.section.name, ts_ns, "warning", None, detail)
             )
             return
-        finally:
-            state.calibrating = False
         self._arm(state, cal)
         log.info("machine_sound.calibrated", machine=self.section.name, version=cal.version, clips=cal.clips)
 

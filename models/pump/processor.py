@@ -370,6 +370,7 @@ class PumpProcessor:
         if pump.learning_rows < need:
             return
         since = pump.learning_since_ns
+        failure: ModelError | None = None
         pump.calibrating = True
         try:
             await asyncio.to_thread(self._flush, pump)
@@ -385,16 +386,19 @@ class PumpProcessor:
                 to_ns=ts_ns,
             )
         except ModelError as exc:
-            pump.calibrating = False  # before the event: the centre reads status after it
-            pump.last_error = str(exc)
+            failure = exc
+        finally:
+            pump.calibrating = False
+        if failure is not None:  # the event after `calibrating` is false: the centre reads status after it
+            pump.last_error = str(failure)
             pump.calibrations_failed += 1
             samples = pump.learning_rows
             pump.learning_rows = 0  # keep learning: try again after another stretch
             pump.learning_since_ns = None
-            log.warning("pump.calibration_failed", pump=pump.cfg.name, error=str(exc))
+            log.warning("pump.calibration_failed", pump=pump.cfg.name, error=str(failure))
             detail = {
                 "pump": pump.cfg.name,
-                "reason": str(exc),
+                "reason": str(failure),
                 "from": iso(since),
                 "to": iso(ts_ns),
                 "samples": samples,
@@ -403,8 +407,6 @@ class PumpProcessor:
             }
             await emit(Event("pump_calibration_failed", pump.cfg.name, ts_ns, "warning", None, detail))
             return
-        finally:
-            pump.calibrating = False
         self._arm(pump, cal)
         log.info(
             "pump.calibrated",
