@@ -10,7 +10,7 @@ What is compressed, so that a pump fault and a leak happen within minutes (READM
 - the pump model calibrates on the first 90 s of running (`auto_hours`) instead of a day;
 - the leak model's per-hydrophone baseline is learned at start from simulated quiet nights
   (`edge-sim hydrophones` + `edge-agent models calibrate leak`, the project's own commands), and the
-  night window is the next half hour with one-minute checks instead of 02:00-04:00 in 30-minute ones.
+  night window is the next 40 minutes with one-minute checks instead of 02:00-04:00 in 30-minute ones.
 
 The stop is ordered: the agent gets SIGTERM first and drains its outbox (it publishes
 `agent_stopped` and its retained status goes `offline`/`stopped`), then the simulator and the broker
@@ -385,7 +385,8 @@ class Demo:
             )
             say(
                 "what to expect: a wireless meter reports tampering at about 0:20 (clear at 1:20); "
-                "a leak opens at 0:15 and is heard at the next one-minute check (warning, then leak); "
+                "a leak opens at 0:15 and is heard at the first one-minute check it fills "
+                "(warning, then leak a minute later); "
                 "pump 1's bearing fails at 2:00 (pump_anomaly once it shows); "
                 "the RTU line goes silent at 2:40 for 20 s"
             )
