@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,7 +114,16 @@ def _components(value: str) -> list[str] | None:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def _one_blas_thread() -> None:
+    """One BLAS thread unless the environment sets a count, before numpy loads, as `edge-agent` asks
+    (its core/blas_threads.py says why; the simulator imports nothing of the product): the products
+    here are small, and a threaded BLAS spends many times their CPU handing them between threads."""
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per subcommand/error
+    _one_blas_thread()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hydrophones"]:
         from water_edge.sim.hydrophone_stream import main as hydrophones_main
