@@ -25,6 +25,11 @@ from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.uplink.interfaces import LeaseAckOutbox
 from water_edge.agent.uplink.mqtt import MqttUplink
 from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.core.blas_threads import prefer_one_blas_thread
+
+# What `edge-agent` and `edge-sim` do for their processes, for the code the tests run in their own
+# (numpy is not loaded yet: nothing above imports it). Workers inherit the environment.
+prefer_one_blas_thread()
 
 _OWN_PORT_CLAIMS = pytest.StashKey[str]()
 

@@ -12,12 +12,15 @@ import numpy.typing as npt
 import pytest
 from scipy.io import wavfile
 
+from tests.support.cli import CliRun, edge_agent
 from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
 pytestmark = pytest.mark.slow
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`edge-agent models ARGS` as its own process, as a shell runs it: its exit status, and all
+    it wrote to stdout and stderr (a library's own lines included)."""
     return subprocess.run(
         [sys.executable, "-m", "water_edge.agent.cli", "models", *args],
         capture_output=True,
@@ -25,6 +28,27 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def models(*args: str) -> CliRun:
+    """`edge-agent models ARGS` in the test's own process (`tests.support.cli.edge_agent`): the
+    same `main`, exit status and stdout/stderr (the CLI writes its lines to `sys.stdout` and
+    `sys.stderr` as it goes; a crash raises here), without a new interpreter importing NumPy, SciPy
+    and LiteRT for each call (about 0.9 s of CPU each). `cli` keeps the process where it is the
+    subject: its exit status, and a stdout of JSON lines and a stderr without a traceback as a shell
+    sees them (scoring files, a bad file among them, a mono file to locate, a rate too low)."""
+    return edge_agent("models", *args)
+
+
+@pytest.fixture(scope="module")
+def quiet_pvc_8k() -> npt.NDArray[np.float32]:
+    """60 s of a quiet PVC main at 8 kHz (seed 5), first channel: the rate tests take its first 40 s,
+    the per-night folder test its three 20 s stretches (a synth renders block by block: its first
+    40 s, or three 20 s renders one after another, are these samples). Read only."""
+    quiet = PipeScene("pvc", 152.4, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=8000, seed=5)
+    x: npt.NDArray[np.float32] = HydrophoneSynth(quiet).render_seconds(60)[:, 0]
+    x.flags.writeable = False
+    return x
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +128,8 @@ def test_a_bad_file_is_one_line_on_stderr_exit_2_and_the_others_are_still_scored
 
 
 def test_locate_a_two_channel_wav_and_two_mono_wavs(wavs: dict[str, Path]) -> None:
-    one = cli("locate", str(wavs["pair"]), "--distance", "120", "--material", "steel")
-    two = cli(
+    one = models("locate", str(wavs["pair"]), "--distance", "120", "--material", "steel")
+    two = models(
         "locate",
         str(wavs["A"]),
         str(wavs["B"]),
@@ -226,29 +250,30 @@ def test_start_and_end_judge_a_part_of_a_file_as_if_it_had_been_cut_out(
 
 def test_a_start_or_end_outside_the_file_is_a_clear_error(wavs: dict[str, Path]) -> None:
     path = str(wavs["quiet16k"])  # 6 s
-    past = cli("score", "leak", path, "--start", "10")
+    past = models("score", "leak", path, "--start", "10")
     assert past.returncode == 2
     assert "--start 10 s is outside the recording (the recording is 6.00 s long)" in past.stderr
-    backwards = cli("score", "leak", path, "--start", "4", "--end", "3")
+    backwards = models("score", "leak", path, "--start", "4", "--end", "3")
     assert backwards.returncode == 2
     assert "--end 3 s is not after --start 4 s" in backwards.stderr
     for garbled in ("1:75", "inf", "nan", "1::2", "-3"):
-        res = cli("score", "leak", path, f"--start={garbled}")
+        res = models("score", "leak", path, f"--start={garbled}")
         assert res.returncode == 2
         assert f"expected seconds or [H:]MM:SS, got '{garbled}'" in res.stderr
         assert "Traceback" not in res.stderr
     assert "Traceback" not in past.stderr + backwards.stderr
 
 
-def test_a_recording_below_8_khz_is_not_given_to_the_classifier(tmp_path: Path) -> None:
+def test_a_recording_below_8_khz_is_not_given_to_the_classifier(
+    tmp_path: Path, quiet_pvc_8k: npt.NDArray[np.float32]
+) -> None:
     """The classifier's features are band levels relative to the spectrum up to 4 kHz: a logger
     recording at 4 kHz has no top, and its quiet pipe read as a leak (this quiet PVC pipe:
     probability 1.0 at 4 kHz, 0.09 at 8 kHz; `leak: true`). Now the classifier is not applied below
     8 kHz; against a baseline made at the same rate the field detector judges the levels."""
     from scipy import signal
 
-    quiet = PipeScene("pvc", 152.4, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=8000, seed=5)
-    x8 = HydrophoneSynth(quiet).render_seconds(40)[:, 0] * 0.3
+    x8 = quiet_pvc_8k[: 8000 * 40] * 0.3
     x4 = signal.resample_poly(x8, 1, 2)
     at8, at4, first, second = (tmp_path / n for n in ("q8.wav", "q4.wav", "q4a.wav", "q4b.wav"))
     wavfile.write(at8, 8000, x8.astype(np.float32))
@@ -256,7 +281,7 @@ def test_a_recording_below_8_khz_is_not_given_to_the_classifier(tmp_path: Path) 
     wavfile.write(first, 4000, x4[: 4000 * 20].astype(np.float32))
     wavfile.write(second, 4000, x4[4000 * 20 :].astype(np.float32))
 
-    r8, r4 = cli("score", "leak", str(at8)), cli("score", "leak", str(at4))
+    r8, r4 = models("score", "leak", str(at8)), models("score", "leak", str(at4))
     assert r8.returncode == r4.returncode == 0, r8.stderr + r4.stderr
     line8, line4 = json.loads(r8.stdout), json.loads(r4.stdout)
     assert line8["leak"] is False
@@ -271,9 +296,9 @@ def test_a_recording_below_8_khz_is_not_given_to_the_classifier(tmp_path: Path) 
     assert f"{at4}: not judged: recorded below the classifier's 8000 Hz" in r4.stderr
 
     base = tmp_path / "b4.json"
-    made = cli("calibrate", "leak", str(first), "--out", str(base))
+    made = models("calibrate", "leak", str(first), "--out", str(base))
     assert made.returncode == 0, made.stderr
-    judged = cli("score", "leak", str(second), "--baseline", str(base))
+    judged = models("score", "leak", str(second), "--baseline", str(base))
     assert judged.returncode == 0, judged.stderr
     line = json.loads(judged.stdout)
     assert line["decision"] == "against baseline"
@@ -427,42 +452,41 @@ def test_channel_picks_which_hydrophone_of_a_two_channel_logger_is_judged(
 
 
 def test_a_baseline_says_the_rate_it_was_made_at_and_a_file_at_another_is_warned_about(
-    tmp_path: Path,
+    tmp_path: Path, quiet_pvc_8k: npt.NDArray[np.float32]
 ) -> None:
     """A baseline learnt from a logger's 8 kHz nights, used to judge a night the gateway recorded
     at 4 kHz: the bands above 2 kHz are missing (here -19 and -65 dB in the top two) and read as a
     change of shape. Before, nothing said the rates differed: the baseline did not record its own."""
     from scipy import signal
 
-    quiet = PipeScene("pvc", 152.4, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=8000, seed=5)
-    x8 = HydrophoneSynth(quiet).render_seconds(40)[:, 0] * 0.3
+    x8 = quiet_pvc_8k[: 8000 * 40] * 0.3
     first, second, low, high = (tmp_path / n for n in ("a8.wav", "b8.wav", "b4.wav", "b16.wav"))
     wavfile.write(first, 8000, x8[: 8000 * 20].astype(np.float32))
     wavfile.write(second, 8000, x8[8000 * 20 :].astype(np.float32))
     wavfile.write(low, 4000, signal.resample_poly(x8, 1, 2)[4000 * 20 :].astype(np.float32))
     wavfile.write(high, 16000, signal.resample_poly(x8, 2, 1)[16000 * 20 :].astype(np.float32))
     base = tmp_path / "b.json"
-    made = cli("calibrate", "leak", str(first), "--out", str(base))
+    made = models("calibrate", "leak", str(first), "--out", str(base))
     assert made.returncode == 0, made.stderr
     assert json.loads(base.read_text())["sample_rate_hz"] == 8000
 
-    same = cli("score", "leak", str(second), "--baseline", str(base))
+    same = models("score", "leak", str(second), "--baseline", str(base))
     assert same.returncode == 0, same.stderr
     assert "sample rate" not in same.stderr
     assert "recorded at" not in same.stderr
     assert json.loads(same.stdout)["evidence"]["baseline_sample_rate_hz"] == 8000
-    lower = cli("score", "leak", str(low), "--baseline", str(base))
+    lower = models("score", "leak", str(low), "--baseline", str(base))
     assert lower.returncode == 0, lower.stderr
     assert (
         f"warning: {low}: recorded at 4000 Hz, the baseline's audio at 8000 Hz: its bands above 2000 Hz "
         "are missing, and read as a change; calibrate on quiet recordings made at 4000 Hz"
     ) in lower.stderr
     assert min(json.loads(lower.stdout)["rise_db"].values()) < -40  # what the warning is about
-    higher = cli("score", "leak", str(high), "--baseline", str(base))
+    higher = models("score", "leak", str(high), "--baseline", str(base))
     assert "recorded at 16000 Hz, the baseline's audio at 8000 Hz: the bands near 4000 Hz" in higher.stderr
 
     mixed = tmp_path / "mixed.json"
-    made = cli("calibrate", "leak", str(first), str(high), "--out", str(mixed))
+    made = models("calibrate", "leak", str(first), str(high), "--out", str(mixed))
     assert made.returncode == 0, made.stderr
     assert "different sample rates (a8.wav 8000 Hz, b16.wav 16000 Hz)" in made.stderr
     assert json.loads(mixed.read_text())["sample_rate_hz"] is None
@@ -472,30 +496,29 @@ def test_a_baseline_says_the_rate_it_was_made_at_and_a_file_at_another_is_warned
     old = json.loads(base.read_text())
     del old["sample_rate_hz"]  # a baseline written before the rate was kept: judged, not warned
     base.write_text(json.dumps(old))
-    judged = cli("score", "leak", str(low), "--baseline", str(base))
+    judged = models("score", "leak", str(low), "--baseline", str(base))
     assert judged.returncode == 0, judged.stderr
     assert "recorded at" not in judged.stderr
     base.write_text(json.dumps({**old, "sample_rate_hz": "8k"}))
-    refused = cli("score", "leak", str(second), "--baseline", str(base))
+    refused = models("score", "leak", str(second), "--baseline", str(base))
     assert refused.returncode == 2
     assert "'sample_rate_hz' must be a rate in Hz or null, got '8k'" in refused.stderr
 
 
 def test_a_loggers_folder_per_night_of_same_named_files_is_learnt_as_that_many_nights(
-    tmp_path: Path,
+    tmp_path: Path, quiet_pvc_8k: npt.NDArray[np.float32]
 ) -> None:
     """Loggers write each night to its own folder under the same name (REC0001.WAV). The baseline
     named a recording's night by its file name alone, so three nights were learnt as one
     ('rec.wav', quality 'poor'), their night-to-night spread lost."""
-    quiet = PipeScene("pvc", 152.4, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=8000, seed=5)
-    synth = HydrophoneSynth(quiet)
     paths = []
-    for night in ("2025-03-01", "2025-03-02", "2025-03-03"):
+    for k, night in enumerate(("2025-03-01", "2025-03-02", "2025-03-03")):
         (tmp_path / night).mkdir()
         paths.append(tmp_path / night / "REC0001.WAV")
-        wavfile.write(paths[-1], 8000, (synth.render_seconds(20)[:, 0] * 0.3).astype(np.float32))
+        x = quiet_pvc_8k[8000 * 20 * k : 8000 * 20 * (k + 1)]  # the synth's next 20 s
+        wavfile.write(paths[-1], 8000, (x * 0.3).astype(np.float32))
     base = tmp_path / "b.json"
-    made = cli("calibrate", "leak", *map(str, paths), "--out", str(base))
+    made = models("calibrate", "leak", *map(str, paths), "--out", str(base))
     assert made.returncode == 0, made.stderr
     baseline = json.loads(base.read_text())
     assert baseline["nights"] == [str(p) for p in paths]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 from collections.abc import AsyncIterator, Callable
 from datetime import date
 from pathlib import Path
@@ -58,14 +59,27 @@ async def _run_then_stop(
     return events
 
 
-async def _leak_raised(state_dir: Path) -> set[str]:
-    """Four quiet nights (the baseline learnt on the first three), a leak on the fifth: the sensors
-    that raised `leak` for it, the agent then stopped."""
-    events = await _run_then_stop(state_dir, [(1, None), (2, None), (3, None), (4, None), (5, LEAK_M)])
+@pytest.fixture(scope="module")
+def leak_raised(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
+    """Four quiet nights (the baseline learnt on the first three), a leak on the fifth, the agent
+    then stopped: its state directory and the sensors that raised `leak` for it. Heard once for the
+    module (every test starts from it); read only: each test goes on from its own copy."""
+    state_dir = tmp_path_factory.mktemp("leak_raised")
+    plan: list[tuple[int, float | None]] = [(1, None), (2, None), (3, None), (4, None), (5, LEAK_M)]
+    events = asyncio.run(_run_then_stop(state_dir, plan))
     leaks = {e.source for e in events if e.kind == "leak"}
     assert "hyd.A" in leaks
     assert all(e.detail["since_night"] == "2025-03-05" for e in events if e.kind in ALARMS)
-    return leaks
+    return state_dir, leaks
+
+
+def _leak_raised(leak_raised: tuple[Path, set[str]], state_dir: Path) -> set[str]:
+    """`state_dir` as the agent left it after the leak of the 5th (`leak_raised`): the sensors that
+    raised `leak` for it. A copy of the state directory is the stopped agent's whole state (its
+    paths inside are relative): the restart tests go on from there as a restarted agent does."""
+    raised, leaks = leak_raised
+    shutil.copytree(raised, state_dir, dirs_exist_ok=True)
+    return set(leaks)
 
 
 def _alarms(events: list[Event]) -> list[tuple[str, str, str | None]]:
@@ -73,9 +87,9 @@ def _alarms(events: list[Event]) -> list[tuple[str, str, str | None]]:
 
 
 async def test_a_leak_raised_before_a_restart_is_not_raised_again_and_is_cleared_once_after_it(
-    tmp_path: Path,
+    tmp_path: Path, leak_raised: tuple[Path, set[str]]
 ) -> None:
-    leaks = await _leak_raised(tmp_path)
+    leaks = _leak_raised(leak_raised, tmp_path)
 
     # Restarted with the leak still there: no second warning, no second leak.
     events = await _run_then_stop(tmp_path, [(6, LEAK_M)])
@@ -93,17 +107,21 @@ async def test_a_leak_raised_before_a_restart_is_not_raised_again_and_is_cleared
     assert ("leak", "hyd.A", "2025-03-10") in _alarms(events)
 
 
-async def test_a_leak_repaired_while_the_agent_was_down_is_cleared_after_it(tmp_path: Path) -> None:
-    leaks = await _leak_raised(tmp_path)
+async def test_a_leak_repaired_while_the_agent_was_down_is_cleared_after_it(
+    tmp_path: Path, leak_raised: tuple[Path, set[str]]
+) -> None:
+    leaks = _leak_raised(leak_raised, tmp_path)
     # The agent is down on the 6th and 7th; the pipe is repaired meanwhile.
     events = await _run_then_stop(tmp_path, [(8, None), (9, None), (10, None)])
     assert sorted(_alarms(events)) == sorted(("leak_cleared", s, "2025-03-05") for s in leaks)
 
 
-async def test_a_leak_that_ends_as_a_new_one_begins_is_cleared_before_the_new_warning(tmp_path: Path) -> None:
+async def test_a_leak_that_ends_as_a_new_one_begins_is_cleared_before_the_new_warning(
+    tmp_path: Path, leak_raised: tuple[Path, set[str]]
+) -> None:
     # Two quiet nights end the leak as the 9th begins; its first check is a leak again. Before,
     # the new warning took the clear's place and the first leak stayed open at the centre.
-    await _leak_raised(tmp_path)
+    _leak_raised(leak_raised, tmp_path)
     events = await _run_then_stop(tmp_path, [(7, None), (8, None), (9, LEAK_M)])
     a = [(kind, since) for kind, source, since in _alarms(events) if source == "hyd.A"]
     assert a[:2] == [("leak_cleared", "2025-03-05"), ("leak_warning", "2025-03-09")]
@@ -111,11 +129,11 @@ async def test_a_leak_that_ends_as_a_new_one_begins_is_cleared_before_the_new_wa
 
 @pytest.mark.parametrize("calibrated_on", [7, 8], ids=["agent stopped", "agent running"])
 async def test_a_recalibration_during_a_leak_keeps_it_open_until_the_new_baseline_clears_it(
-    tmp_path: Path, calibrated_on: int
+    tmp_path: Path, leak_raised: tuple[Path, set[str]], calibrated_on: int
 ) -> None:
     # `models calibrate leak` after the repair, before the agent starts again or while it runs.
     # Before, a new baseline started the sensor from quiet: the leak was never cleared.
-    leaks = await _leak_raised(tmp_path)
+    leaks = _leak_raised(leak_raised, tmp_path)
 
     def calibrate(day: int) -> None:
         if day == calibrated_on:
@@ -128,9 +146,9 @@ async def test_a_recalibration_during_a_leak_keeps_it_open_until_the_new_baselin
 
 
 async def test_a_damaged_confirmation_record_is_named_and_the_sensor_judged_from_quiet(
-    tmp_path: Path,
+    tmp_path: Path, leak_raised: tuple[Path, set[str]]
 ) -> None:
-    await _leak_raised(tmp_path)
+    _leak_raised(leak_raised, tmp_path)
     a, b = SensorStore(tmp_path, "hyd.A"), SensorStore(tmp_path, "hyd.B")
     a.confirmation_path.write_bytes(b"\xff\xfe\x9c\x00" * 16)  # a damaged card
     kept = json.loads(b.confirmation_path.read_text(encoding="utf-8"))
@@ -140,7 +158,7 @@ async def test_a_damaged_confirmation_record_is_named_and_the_sensor_judged_from
         proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
 
         async def one_window() -> AsyncIterator[_Window]:
-            yield _night_windows(_night(6), _pipe_scene(6), 125)[0]
+            yield _night_windows(_night(6), _pipe_scene(6), 1)[0]  # the night's first window, 2 s rendered
 
         await proc.consume(one_window(), _ignore)
     lines = proc.health().status_lines()
@@ -159,14 +177,16 @@ async def test_a_damaged_confirmation_record_is_named_and_the_sensor_judged_from
     assert json.loads(a.confirmation_path.read_text(encoding="utf-8"))["confirmation"]["state"] == "leak"
 
 
-async def test_an_open_leak_of_a_sensor_no_longer_configured_is_logged(tmp_path: Path) -> None:
-    leaks = await _leak_raised(tmp_path)
+async def test_an_open_leak_of_a_sensor_no_longer_configured_is_logged(
+    tmp_path: Path, leak_raised: tuple[Path, set[str]]
+) -> None:
+    leaks = _leak_raised(leak_raised, tmp_path)
     only_a = SECTION.model_copy(update={"channels": ["A"]})
     with capture_logs() as logs:
         proc = AudioLeakProcessor(only_a, _NoDriver(), tmp_path)  # type: ignore[arg-type]
 
         async def one_window() -> AsyncIterator[_Window]:
-            yield _night_windows(_night(6), _pipe_scene(6), 125)[0]
+            yield _night_windows(_night(6), _pipe_scene(6), 1)[0]  # the night's first window, 2 s rendered
 
         await proc.consume(one_window(), _ignore)
     said = [(e["sensor"], e["since_night"]) for e in logs if e["event"] == "leak.confirmation_unconfigured"]
