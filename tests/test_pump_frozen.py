@@ -67,20 +67,53 @@ _BY_NAME = {p.name: p for p in POINTS}
 _CODE = {"float32": ">f", "int16": ">h", "uint16": ">H"}
 
 
-def register(point: Point, station: PumpStation) -> float:
-    """What a Modbus client reads: the point's value (through the station's sensor faults) encoded
-    into its registers and decoded as its encoding says."""
-    words = encode(point, point.value(station.state))
+def register(point: Point, value: float) -> float:
+    """What a Modbus client reads of the value the PLC reports for `point`: encoded into its
+    registers and decoded as its encoding says."""
+    words = encode(point, value)
     (raw,) = struct.unpack(_CODE[point.encoding], struct.pack(f">{len(words)}H", *words))
     return float(raw) * point.scale
 
 
+def registers(point: Point, values: np.ndarray) -> np.ndarray:
+    """`register` of a column of values at once: what `encode` does to a float32 register (round to
+    float32) or to a 16-bit integer one (value / scale, rounded half to even, clamped to the type's
+    range; a lost value, NaN, reads as the type's largest). `station_rows` checks it against
+    `register` row by row."""
+    assert (point.byte_order, point.word_order) == ("big", "big"), point.name
+    number = values / point.scale if point.scale != 1.0 else values.copy()
+    if point.encoding == "float32":
+        return number.astype(np.float32).astype(np.float64) * point.scale
+    info = np.iinfo({"int16": np.int16, "uint16": np.uint16}[point.encoding])
+    raw = np.where(np.isfinite(number), np.clip(np.rint(number), info.min, info.max), info.max)
+    return raw * point.scale
+
+
+CHECK_EVERY = 50  # rows of `station_rows` also read one register at a time (`register`)
+
+
 def station_rows(station: PumpStation, seconds: int) -> np.ndarray:
+    """`seconds` ticks of `station`, each row what a Modbus client reads of pump 1's registers.
+
+    The PLC's values (through the station's sensor faults) are taken at every tick and encoded a
+    column at a time (`registers`): encoded a register at a time, they cost nearly as much as the
+    station's physics over the two days this module simulates. Every `CHECK_EVERY`-th row, every
+    row with a value that is not finite and the last row are read through `encode` one register at
+    a time as well, and must be the same."""
     points = [_BY_NAME[TAGS[r]] for r in ROLES]
-    out = np.empty((seconds, len(ROLES)))
-    for i in range(seconds):
-        station.step()
-        out[i] = [register(p, station) for p in points]
+    reported: list[list[float | int | bool | str]] = []
+    for _ in range(seconds):
+        state = station.step()
+        reported.append([p.value(state) for p in points])
+    values = np.array(reported, dtype=np.float64).reshape(seconds, len(ROLES))
+    out = np.column_stack([registers(p, values[:, j]) for j, p in enumerate(points)])
+    check = np.zeros(seconds, dtype=bool)
+    check[::CHECK_EVERY] = True
+    check[-1:] = True
+    check |= ~np.isfinite(values).all(axis=1)
+    for i in np.flatnonzero(check):
+        one_at_a_time = [register(p, float(v)) for p, v in zip(points, values[i], strict=True)]
+        np.testing.assert_array_equal(out[i], one_at_a_time, err_msg=f"row {i}")
     return out
 
 
@@ -192,16 +225,21 @@ CALIB_S = 1800
 T0 = 1_700_000_000 * NS
 
 
+@pytest.fixture(scope="module")
+def steady_rows() -> np.ndarray:
+    """5000 s of one duty point (the station's clock stopped), no fault: the two tests of readings
+    held upstream each take the rows they need and hold them from a sample of their own (on a copy:
+    these are read-only)."""
+    x = station_rows(SteadyStation(seed=9, tick_s=1.0, start_time_of_day_s=11 * 3600.0), 5000)
+    x.flags.writeable = False
+    return x
+
+
 def _feed(x: np.ndarray, first: int) -> list[tuple[str, list[Reading]]]:
+    tags = [f"p1_{role}" for role in ROLES]
     return [
-        (
-            "plc1",
-            [
-                Reading("plc1", f"p1_{role}", T0 + (first + i) * NS, float(v))
-                for role, v in zip(ROLES, row, strict=True)
-            ],
-        )
-        for i, row in enumerate(x)
+        ("plc1", [Reading("plc1", tag, T0 + (first + i) * NS, v) for tag, v in zip(tags, row, strict=True)])
+        for i, row in enumerate(x.tolist())  # the rows' values as Python floats
     ]
 
 
@@ -263,15 +301,14 @@ def test_the_gateway_flags_a_frozen_vibration_register_and_counts_its_run_across
 
 
 def test_every_signal_held_at_once_is_told_as_readings_held_upstream_not_the_pump(
-    tmp_path: Path, model: Model
+    tmp_path: Path, model: Model, steady_rows: np.ndarray
 ) -> None:
     """A protocol gateway that lost its serial side and answers from its cache, or a PLC whose
     input scan stopped: every register holds the value it had, from one poll on. Before, the event
     named the first signal past its limit as a frozen sensor (an alarm: a technician sent to the
     pump); it is the data path, and the pump is not being watched."""
     held = CALIB_S + 600
-    station = SteadyStation(seed=9, tick_s=1.0, start_time_of_day_s=11 * 3600.0)
-    x = station_rows(station, CALIB_S + 900)
+    x = steady_rows[: CALIB_S + 900].copy()
     x[held:] = x[held]
     cfg = PumpModelConfig.model_validate(
         {
@@ -297,13 +334,14 @@ def test_every_signal_held_at_once_is_told_as_readings_held_upstream_not_the_pum
     assert f"not {len(judged)} sensors failing at once" in detail["explanation"]
 
 
-def test_the_offline_command_tells_signals_held_together_as_held_upstream(tmp_path: Path) -> None:
+def test_the_offline_command_tells_signals_held_together_as_held_upstream(
+    tmp_path: Path, steady_rows: np.ndarray
+) -> None:
     """The same stop of the data path in an engineer's history file (`models score pump` with the
     gateway detector's calibration, over 3600 rows): a note on stderr says where the values stopped,
     and `--explain` says of each frozen signal how many others froze with it."""
     calib, held = 4000, 4600
-    station = SteadyStation(seed=9, tick_s=1.0, start_time_of_day_s=11 * 3600.0)
-    x = station_rows(station, held + 400)
+    x = steady_rows[: held + 400].copy()
     x[held:] = x[held]
     start = np.datetime64("2024-03-01T06:00:00")
     stamps = [str(start + np.timedelta64(i, "s")).replace("T", " ") for i in range(len(x))]

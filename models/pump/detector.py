@@ -345,9 +345,16 @@ def frozen_scores(runs: F32, limits: Sequence[float]) -> F64:
 
 def _fill(z: F64) -> F64:
     """Missing cells carry the last seen value of their channel (0, the centre, before any)."""
-    out = z.copy()
-    for c in range(out.shape[1]):
-        _fill_column(out[:, c])
+    seen = np.isfinite(z)
+    if seen.all():
+        return z.copy()
+    # `_fill_column` of every column at once (the gateway fills a window per sample): each cell
+    # takes its column's last finite row at or before it.
+    n, n_ch = z.shape
+    idx = np.where(seen, np.arange(n)[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    out = z[idx, np.arange(n_ch)]
+    np.copyto(out, 0.0, where=~np.isfinite(out))
     return out
 
 
@@ -364,7 +371,7 @@ def _fill_column(col: F64) -> None:
 
 def _basis(z: F64) -> F64:
     n = z.shape[0]
-    return np.hstack([np.ones((n, 1)), z, z * z])
+    return np.concatenate([np.ones((n, 1)), z, z * z], axis=1)  # `np.hstack`, without its checks
 
 
 def _normal_equations(z: F64) -> tuple[F64, F64]:

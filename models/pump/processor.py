@@ -455,8 +455,8 @@ class PumpProcessor:
         cal = pump.cal
         assert cal is not None
         cols = [pump.roles.index(c) for c in cal.channels]
-        x = np.vstack(list(pump.window))[:, cols]
-        runs = np.vstack(list(pump.run_window))[:, cols]
+        x = np.array(pump.window)[:, cols]  # the rows stacked (as `np.vstack`, without its per-row checks)
+        runs = np.array(pump.run_window)[:, cols]
         scored = score_latest(x, cal, self._scorer(), runs)
         return float(scored.score[-1]), scored.channel[-1], scored.residual, scored.run[-1]
 
