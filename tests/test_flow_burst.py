@@ -3,11 +3,14 @@ holidays, hydrant draws), the CSV command, and the processor on meter readings a
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +31,17 @@ pytestmark = pytest.mark.slow
 MEAN = 400.0  # m3/h, the simulated district's mean demand
 
 
+def _until(cols: dict[str, Any], end: datetime, start: datetime | None = None) -> dict[str, Any]:
+    """The simulated columns from `start` (the first row when None) up to `end` (excluded).
+
+    The detectors are causal: the rows before `end` are judged exactly as in the whole simulation,
+    so a test cut after the last moment it asserts on proves what it did, without judging days no
+    assertion reads. Where a `start` is given, the call says why the days before it are not needed."""
+    times = cols["time"]
+    rows = slice(0 if start is None else bisect.bisect_left(times, start), bisect.bisect_left(times, end))
+    return {name: column[rows] for name, column in cols.items()}
+
+
 def _slots(cols: dict[str, object], params: BurstParams) -> list[SlotRow]:
     holidays = frozenset(t.date() for t, h in zip(cols["time"], cols["holiday"], strict=True) if h)  # type: ignore[call-overload]
     det = BurstDetector(BurstParams(**{**params.__dict__, "holidays": holidays}))
@@ -44,6 +58,7 @@ def test_a_burst_by_day_is_found_sized_and_cleared_when_repaired_with_the_water_
     start = datetime(2024, 2, 20, 10, 0)
     burst = DistrictLeak(start, 0.4 * MEAN, end=start + timedelta(days=2))
     cols = District(31, daytime_events=True, leaks=[burst]).simulate(60)
+    cols = _until(cols, start + timedelta(days=2, hours=3, minutes=15))  # past the last slot asserted
     events = [r for r in _slots(cols, BurstParams()) if r.event]
     found = [r for r in events if r.event == "burst" and r.start >= start - timedelta(hours=1)]
     assert found, [(r.start, r.event) for r in events]
@@ -67,6 +82,7 @@ def test_a_burst_of_many_times_the_mean_flow_is_found_not_skipped_as_a_glitch() 
     cols["inflow_a"] = np.asarray(cols["inflow_a"]) + np.where(
         during, 12 * MEAN, 0.0
     )  # what the inlet meter sees
+    cols = _until(cols, start + timedelta(hours=1, minutes=15))  # past the last slot asserted
     found = [r for r in _slots(cols, BurstParams()) if r.event == "burst" and r.start >= start]
     assert found
     assert found[0].start - start <= timedelta(hours=1)
@@ -76,7 +92,7 @@ def test_a_burst_of_many_times_the_mean_flow_is_found_not_skipped_as_a_glitch() 
 def test_a_burst_too_small_to_see_by_day_is_found_in_the_night_after_it() -> None:
     start = datetime(2024, 2, 21, 11, 0)
     burst = DistrictLeak(start, 0.12 * MEAN, end=start + timedelta(days=5))
-    cols = District(32, daytime_events=True, leaks=[burst]).simulate(60)
+    cols = _until(District(32, daytime_events=True, leaks=[burst]).simulate(60), datetime(2024, 2, 22, 6, 15))
     found = [r for r in _slots(cols, BurstParams()) if r.event == "burst" and r.start >= start]
     assert found
     assert found[0].start <= datetime(2024, 2, 22, 6, 0)  # by the end of the next night
@@ -102,7 +118,7 @@ def test_the_first_weeks_armed_raise_no_burst_at_the_morning_rise(seed: int, day
     weekday morning rise: District 5036 raised a burst of 120 m3/h on 16 Jan 06:30, its second day
     armed (seeds 31-60 and 5000-5049: 2-3 times the false bursts of later weeks). The level is now
     raised while fewer than `profile_days` days are learnt; a burst is still found."""
-    cols = District(seed, daytime_events=daytime).simulate(60)
+    cols = _until(District(seed, daytime_events=daytime).simulate(60), datetime(2024, 1, 29))  # 14 days armed
     rows = _slots(cols, BurstParams())
     armed = next(r.start for r in rows if r.expected is not None)
     assert armed == datetime(2024, 1, 15)
@@ -113,7 +129,7 @@ def test_the_first_weeks_armed_raise_no_burst_at_the_morning_rise(seed: int, day
 def test_a_burst_in_the_first_days_armed_is_found_by_the_night_after_it() -> None:
     start = datetime(2024, 1, 17, 11, 0)  # the third day armed
     burst = DistrictLeak(start, 0.1 * MEAN, end=start + timedelta(days=3))
-    cols = District(5036, leaks=[burst]).simulate(60)
+    cols = _until(District(5036, leaks=[burst]).simulate(60), datetime(2024, 1, 18, 6, 15))
     found = [r for r in _slots(cols, BurstParams()) if r.event == "burst" and r.start >= start]
     assert found
     assert found[0].start <= datetime(2024, 1, 18, 6, 0)
@@ -124,6 +140,7 @@ def test_a_burst_left_running_is_accepted_and_the_next_one_is_found_on_top_of_it
     first = DistrictLeak(datetime(2024, 2, 5, 14, 0), 0.2 * MEAN)  # never repaired
     second = DistrictLeak(datetime(2024, 2, 20, 9, 0), 0.4 * MEAN, end=datetime(2024, 2, 22))
     cols = District(34, daytime_events=True, leaks=[first, second]).simulate(55)
+    cols = _until(cols, second.start + timedelta(hours=4, minutes=15))  # past the last slot asserted
     events = [r for r in _slots(cols, BurstParams(accept_hours=48)) if r.event]
     kinds = [(r.event, r.onset.date() if r.onset else None) for r in events if r.start >= first.start]
     assert ("burst", first.start.date()) in kinds or (
@@ -159,7 +176,10 @@ def test_the_state_round_trips_and_judges_the_next_slot_alike() -> None:
 def test_score_burst_reads_a_european_export_and_lists_the_burst(tmp_path: Path) -> None:
     start = datetime(2024, 2, 20, 9, 30)
     burst = DistrictLeak(start, 0.5 * MEAN, end=start + timedelta(days=1))
-    cols = District(36, daytime_events=True, leaks=[burst]).simulate(55)
+    # From 28 days before the burst (a full profile, `profile_days`) to the day after its repair:
+    # 30 days of the 55 simulated, each read twice below.
+    days = (datetime(2024, 1, 23), datetime(2024, 2, 22))
+    cols = _until(District(36, daytime_events=True, leaks=[burst]).simulate(55), days[1], days[0])
     csv = tmp_path / "dma.csv"
     write_csv(cols, str(csv), sep=";", decimal=",", time_format="%d.%m.%Y %H:%M")
     holidays = sorted({t.date().isoformat() for t, h in zip(cols["time"], cols["holiday"], strict=True) if h})  # type: ignore[call-overload]
@@ -180,7 +200,7 @@ def test_score_burst_reads_a_european_export_and_lists_the_burst(tmp_path: Path)
     assert any(r[4] == "cleared" and r[5] == bursts[0][5] for r in rows)
     assert "slots of 15 min" in run.stderr
     full = edge_agent("models", "score", "burst", *[a for a in args if a != "--events"])
-    assert len(full.stdout.splitlines()) > 55 * 96 - 10  # every slot without --events
+    assert len(full.stdout.splitlines()) > (days[1] - days[0]).days * 96 - 10  # every slot without --events
 
 
 def test_score_burst_skips_a_glitched_row_while_learning_and_says_so(tmp_path: Path) -> None:
@@ -235,7 +255,7 @@ async def test_the_processor_raises_a_burst_with_its_size_and_pressure_drop_acro
     start = datetime(2024, 1, 29, 10, 0)
     burst = DistrictLeak(start, 0.5 * MEAN, end=start + timedelta(days=1))
     cols = District(37, daytime_events=False, prv_changes_per_year=0.0, leaks=[burst]).simulate(33)
-    readings = _readings(cols)
+    readings = _readings(_until(cols, datetime(2024, 2, 1)))  # it is cleared at 00:30 on 31 January
     split = next(i for i, r in enumerate(readings) if r.ts_ns >= int(datetime(2024, 1, 25).timestamp() * 1e9))
     section = FlowLeakSection(
         name="dma-east", inflow=["inflow_a", "inflow_b"], outflow=["outflow"], pressure="pressure",
@@ -297,27 +317,46 @@ async def _processed(
     return events, proc
 
 
-@pytest.mark.parametrize("factor", [1000.0, -1000.0], ids=["spike", "negative"])
-async def test_one_glitched_flow_reading_raises_no_burst_and_costs_no_night(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factor: float
-) -> None:
-    # Before, one inflow reading of 1000x at 03:00 set the profile's day scale to its floor: a
-    # false burst every morning for four days (the scale kept the glitch while in alarm); one of
-    # -1000x made that night's flow -70,000 m3/h, and the night went unjudged.
-    monkeypatch.setenv("TZ", "UTC")
-    readings = _readings(District(37, daytime_events=False, prv_changes_per_year=0.0).simulate(32))
-    glitched = _inflow_a_glitched(readings, {datetime(2024, 1, 25, 3): factor})
-    section = FlowLeakSection(
+def _glitch_section() -> FlowLeakSection:
+    return FlowLeakSection(
         name="dma-east", inflow=["inflow_a", "inflow_b"], outflow=["outflow"], pressure="pressure",
         timezone="UTC", sample_s=900, stale_after_s=1800, baseline_nights=10,
         burst=BurstSection(enabled=True),
     )  # fmt: skip
 
-    clean, _ = await _processed(section, readings, tmp_path / "clean")
-    events, proc = await _processed(section, glitched, tmp_path / "glitched")
+
+@pytest.fixture(scope="module")
+def district_37(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Reading], dict[str, float]]:
+    """District 37's readings (TZ=UTC) and the night flows a processor reports on them: the clean
+    twin of every glitched run below, the same for each glitch, so processed once (read-only).
+    Up to 26 January: armed on the 15th; without the glitch rules the glitch of the 25th at 03:00
+    raises false bursts that morning and costs the night of the 25th, so the days after add
+    nothing the assertions need."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TZ", "UTC")
+        cols = District(37, daytime_events=False, prv_changes_per_year=0.0).simulate(32)
+        readings = _readings(_until(cols, datetime(2024, 1, 26)))
+        clean, _ = asyncio.run(_processed(_glitch_section(), readings, tmp_path_factory.mktemp("clean")))
+    nights = {e.detail["night"]: e.detail["night_flow_m3h"] for e in clean if e.kind == "night_flow"}
+    return readings, nights
+
+
+@pytest.mark.parametrize("factor", [1000.0, -1000.0], ids=["spike", "negative"])
+async def test_one_glitched_flow_reading_raises_no_burst_and_costs_no_night(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    factor: float,
+    district_37: tuple[list[Reading], dict[str, float]],
+) -> None:
+    # Before, one inflow reading of 1000x at 03:00 set the profile's day scale to its floor: a
+    # false burst every morning for four days (the scale kept the glitch while in alarm); one of
+    # -1000x made that night's flow -70,000 m3/h, and the night went unjudged.
+    monkeypatch.setenv("TZ", "UTC")
+    readings, want = district_37
+    glitched = _inflow_a_glitched(readings, {datetime(2024, 1, 25, 3): factor})
+    events, proc = await _processed(_glitch_section(), glitched, tmp_path / "glitched")
     assert [e.kind for e in events if e.kind != "night_flow"] == []
     nights = {e.detail["night"]: e.detail["night_flow_m3h"] for e in events if e.kind == "night_flow"}
-    want = {e.detail["night"]: e.detail["night_flow_m3h"] for e in clean if e.kind == "night_flow"}
     assert nights["2024-01-25"] == pytest.approx(want["2024-01-25"], rel=0.05)
     district = proc.health().districts["dma-east"]
     assert district.spikes == 1
@@ -336,7 +375,8 @@ async def test_a_glitch_while_learning_stays_out_of_the_profile_and_a_burst_by_d
     start = datetime(2024, 1, 22, 10, 0)
     burst = DistrictLeak(start, 0.15 * MEAN, end=start + timedelta(days=2))
     cols = District(37, daytime_events=False, prv_changes_per_year=0.0, leaks=[burst]).simulate(30)
-    readings = _readings(cols)
+    # Up to the morning after the burst began: the night after it is when it was raised before.
+    readings = _readings(_until(cols, datetime(2024, 1, 23, 6)))
     learning = {datetime(2024, 1, 9, 8): 1000.0, datetime(2024, 1, 11, 3): -1000.0}  # both while learning
     glitched = _inflow_a_glitched(readings, learning)
     section = FlowLeakSection(
@@ -413,6 +453,11 @@ def test_a_restart_while_learning_keeps_skipping_glitches() -> None:
 ITALY = "IT"
 SPRING_2024 = datetime(2024, 2, 1)  # 100 days: Easter Monday (1 April), 25 April and 1 May are weekdays
 ITALIAN_WEEKDAY_HOLIDAYS = ("2024-04-01", "2024-04-25", "2024-05-01")
+# What the detectors are given of those 100 days: from three weeks before Easter Monday (armed
+# after two; a profile keeps `profile_days`, 28, so 25 April and 1 May are judged on a full one as
+# when fed from 1 February) to the night after 1 May, the last a burst begun on it could be raised
+# in. The same bursts, with the same onsets, as when fed all 100 days; 53 days instead.
+SPRING_FED = (datetime(2024, 3, 11), datetime(2024, 5, 3))
 
 
 def test_a_country_calendar_does_not_run_out_and_knows_regions() -> None:
@@ -430,10 +475,14 @@ def test_a_country_calendar_does_not_run_out_and_knows_regions() -> None:
     assert region.value.key == "holidays_subdivision"
 
 
-def _italian_spring_csv(tmp_path: Path) -> Path:
+def _italian_spring() -> dict[str, Any]:
     cols = District(30, daytime_events=True, start=SPRING_2024, holidays=public_holidays(ITALY)).simulate(100)
+    return _until(cols, SPRING_FED[1], SPRING_FED[0])
+
+
+def _italian_spring_csv(tmp_path: Path) -> Path:
     path = tmp_path / "dma.csv"
-    write_csv(cols, str(path))
+    write_csv(_italian_spring(), str(path))
     return path
 
 
@@ -466,8 +515,7 @@ async def test_the_processor_takes_the_configured_countrys_holidays(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TZ", "UTC")
-    cols = District(30, daytime_events=True, start=SPRING_2024, holidays=public_holidays(ITALY)).simulate(100)
-    readings = _readings(cols)
+    readings = _readings(_italian_spring())
     found = {}
     for country in (None, ITALY):
         section = FlowLeakSection(

@@ -3,6 +3,7 @@ exports, and the processor on meter readings (state kept over restarts, fused wi
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
@@ -132,6 +133,37 @@ def test_score_flow_leak_and_burst_skip_an_exports_title_lines_and_units_row(tmp
     assert "skipping 2 line(s) before the header" in burst_got.stderr
 
 
+TWIN_ARGS = ("--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--calibrate-days", "14")
+
+
+def _leak_from_16_january(seed: int) -> dict[str, Any]:
+    # 20 days: 14 nights to calibrate, the leak of the 16th declared on the night of the 18th, and
+    # eight dates past the 12th to tell the day from the month by.
+    district = District(seed, mean_demand_m3h=200.0, leaks=[DistrictLeak(datetime(2024, 1, 16, 14), 8.0)])
+    return district.simulate(20)
+
+
+def _plain_twin(where: Path, columns: dict[str, Any]) -> CliRun:
+    """What `score flow-leak` prints for `columns` written as a plain export (ISO times, ',' and '.')."""
+    write_csv(columns, str(where / "plain.csv"))
+    return _cli("--csv", str(where / "plain.csv"), *TWIN_ARGS)
+
+
+@pytest.fixture(scope="module")
+def district_5(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], CliRun]:
+    """District 5 and its plain export's nights: the twin of each country's export below (computed
+    once: the command's output is read-only)."""
+    columns = _leak_from_16_january(5)
+    return columns, _plain_twin(tmp_path_factory.mktemp("district_5"), columns)
+
+
+@pytest.fixture(scope="module")
+def district_9(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], CliRun]:
+    """District 9 and its plain export's nights, the twin of each Unicode text export below."""
+    columns = _leak_from_16_january(9)
+    return columns, _plain_twin(tmp_path_factory.mktemp("district_9"), columns)
+
+
 @pytest.mark.parametrize(
     ("time_format", "sep", "decimal"),
     [
@@ -143,17 +175,14 @@ def test_score_flow_leak_and_burst_skip_an_exports_title_lines_and_units_row(tmp
     ids=["de", "us", "jp", "fr"],
 )
 def test_score_flow_leak_reads_each_countrys_date_order_alike(
-    tmp_path: Path, time_format: str, sep: str, decimal: str
+    tmp_path: Path, time_format: str, sep: str, decimal: str, district_5: tuple[dict[str, Any], CliRun]
 ) -> None:
     # A month-first US export must not be read day first: 02/01 is the 1st of February in
     # Paris and the 2nd of January in Houston; the column's dates with a field above 12 tell.
-    district = District(5, mean_demand_m3h=200.0, leaks=[DistrictLeak(datetime(2024, 1, 25, 14), 8.0)])
-    columns = district.simulate(35)
-    iso, local = tmp_path / "iso.csv", tmp_path / "local.csv"
-    write_csv(columns, str(iso))
+    columns, want = district_5
+    local = tmp_path / "local.csv"
     write_csv(columns, str(local), sep=sep, decimal=decimal, time_format=time_format)
-    args = ("--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--calibrate-days", "14")
-    want, got = _cli("--csv", str(iso), *args), _cli("--csv", str(local), *args)
+    got = _cli("--csv", str(local), *TWIN_ARGS)
     assert got.returncode == 0, got.stderr
     assert got.stdout == want.stdout
     assert "warning" not in got.stderr
@@ -161,17 +190,16 @@ def test_score_flow_leak_reads_each_countrys_date_order_alike(
 
 
 @pytest.mark.parametrize("decimal", [".", ","], ids=["en", "de"])
-def test_score_flow_leak_reads_excels_unicode_text_export(tmp_path: Path, decimal: str) -> None:
+def test_score_flow_leak_reads_excels_unicode_text_export(
+    tmp_path: Path, decimal: str, district_9: tuple[dict[str, Any], CliRun]
+) -> None:
     # "Unicode text" is UTF-16 with a byte-order mark, tab-separated, numbers as the locale writes
     # them; it was "not a text file (invalid start byte)".
-    district = District(9, mean_demand_m3h=200.0, leaks=[DistrictLeak(datetime(2024, 1, 25, 14), 8.0)])
-    columns = district.simulate(35)
-    plain, export = tmp_path / "plain.csv", tmp_path / "export.txt"
-    write_csv(columns, str(plain))
+    columns, want = district_9
+    export = tmp_path / "export.txt"
     write_csv(columns, str(export), sep="\t", decimal=decimal)
     export.write_text(export.read_text(), encoding="utf-16")
-    args = ("--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--calibrate-days", "14")
-    want, got = _cli("--csv", str(plain), *args), _cli("--csv", str(export), *args)
+    got = _cli("--csv", str(export), *TWIN_ARGS)
     assert got.returncode == 0, got.stderr
     assert got.stdout == want.stdout
     assert any(line.endswith(",leak") for line in got.stdout.splitlines())
@@ -602,34 +630,51 @@ def _rises(events: list[Event]) -> list[tuple[str, str]]:
     return [(e.detail["night"], e.detail["began_night"]) for e in events if e.kind == "flow_leak"]
 
 
-async def _north_clean_and_with_one_reading_changed(
-    tmp_path: Path, tag: str, at: datetime, change: Callable[[float], float]
-) -> tuple[list[Event], list[Event], FlowLeakProcessor]:
-    """The north district's events as simulated, and with the one `tag` reading at `at` changed;
-    the processor of the changed run."""
-    section, before, after = _north_district()
-    clean = before + after
+@dataclasses.dataclass(frozen=True)
+class _North:
+    """The north district's section, its readings (TZ=UTC) and what a processor made of them."""
+
+    section: FlowLeakSection
+    readings: list[Reading]
+    events: list[Event]
+    samples: int
+
+
+@pytest.fixture(scope="module")
+def north(tmp_path_factory: pytest.TempPathFactory) -> _North:
+    """The north district processed as simulated: the clean twin each changed run below is
+    compared with, processed once (its events and figures are read-only)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TZ", "UTC")
+        section, before, after = _north_district()
+        events, proc = asyncio.run(_run(section, before + after, tmp_path_factory.mktemp("north")))
+    return _North(section, before + after, events, proc.health().districts["dma-north"].samples)
+
+
+async def _north_with_one_reading_changed(
+    north: _North, tmp_path: Path, tag: str, at: datetime, change: Callable[[float], float]
+) -> tuple[list[Event], FlowLeakProcessor]:
+    """The north district's events with the one `tag` reading at `at` changed, and its processor."""
     ts = int(at.timestamp() * 1e9)
     changed = [
         dataclasses.replace(r, value=change(float(r.value))) if r.tag == tag and r.ts_ns == ts else r  # type: ignore[arg-type]
-        for r in clean
+        for r in north.readings
     ]
-    want, _ = await _run(section, clean, tmp_path / "clean")
-    got, proc = await _run(section, changed, tmp_path / "changed")
-    return want, got, proc
+    return await _run(north.section, changed, tmp_path / "changed")
 
 
 @pytest.mark.parametrize("factor", [1000.0, -1000.0], ids=["spike", "negative"])
 async def test_one_glitched_night_reading_changes_no_night_and_no_event_without_burst_detection(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factor: float
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factor: float, north: _North
 ) -> None:
     # Before, the glitch rule needed the armed burst detector's mean flow: with burst detection off,
     # one inflow reading of -1000x at 03:00 on the night the leak began made that night's flow
     # -83,191 m3/h; the night went unjudged and the rise was declared a night late, dated a night
     # late. One of +1000x left the minimum alone but was not counted.
     monkeypatch.setenv("TZ", "UTC")
-    want, got, proc = await _north_clean_and_with_one_reading_changed(
-        tmp_path, "inflow_a", datetime(2024, 1, 27, 3), lambda v: v * factor
+    want = north.events
+    got, proc = await _north_with_one_reading_changed(
+        north, tmp_path, "inflow_a", datetime(2024, 1, 27, 3), lambda v: v * factor
     )
     want_nights, got_nights = _nights(want), _nights(got)
     assert got_nights.keys() == want_nights.keys()
@@ -671,15 +716,16 @@ async def test_a_sustained_rise_of_many_times_the_night_flow_is_not_skipped_as_a
 
 @pytest.mark.parametrize("change", [1000.0, 0.0], ids=["spike", "zero"])
 async def test_one_glitched_pressure_reading_does_not_distort_the_corrected_night_flow(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: float
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: float, north: _North
 ) -> None:
     # Before, a night's pressure was the mean of its samples: one pressure reading of 1000x at
     # 03:00 on an armed night made its pressure 504 bar and its corrected flow 0.56 m3/h against
     # 70.6, and the leak was dated two nights late; one of 0 (a transmitter's dropout) gave a
     # corrected flow 14 % high and a rise of 18.1 m3/h against 13.4.
     monkeypatch.setenv("TZ", "UTC")
-    want, got, _ = await _north_clean_and_with_one_reading_changed(
-        tmp_path, "pressure", datetime(2024, 1, 28, 3), lambda v: v * change
+    want = north.events
+    got, _ = await _north_with_one_reading_changed(
+        north, tmp_path, "pressure", datetime(2024, 1, 28, 3), lambda v: v * change
     )
     w, g = _nights(want)["2024-01-28"], _nights(got)["2024-01-28"]
     assert g["pressure"] == pytest.approx(w["pressure"], rel=0.01)
@@ -715,19 +761,19 @@ def test_score_flow_leak_skips_an_isolated_glitch_in_a_nights_flow_and_pressure(
 
 
 async def test_a_clock_stepped_back_restarts_sampling_at_the_readings_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, north: _North
 ) -> None:
     # A gateway without a real-time clock ran 25 h 7 min ahead until NTP corrected it at noon on
     # 15 January. Before, sampling waited for reading time to catch up with the next sample due:
     # 25 hours without a sample, and a night lost, without a word.
     monkeypatch.setenv("TZ", "UTC")
-    section, before, after = _north_district()
-    clean = before + after
     ahead, corrected = (25 * 3600 + 7 * 60) * 10**9, int(datetime(2024, 1, 15, 12).timestamp() * 1e9)
-    stepped = [dataclasses.replace(r, ts_ns=r.ts_ns + ahead) if r.ts_ns < corrected else r for r in clean]
-    want, unstepped = await _run(section, clean, tmp_path / "clean")
+    stepped = [
+        dataclasses.replace(r, ts_ns=r.ts_ns + ahead) if r.ts_ns < corrected else r for r in north.readings
+    ]
+    want = north.events
     with capture_logs() as logs:
-        got, proc = await _run(section, stepped, tmp_path / "stepped")
+        got, proc = await _run(north.section, stepped, tmp_path / "stepped")
     # Every night of the district is judged once; the nights after the step are named by the
     # corrected clock (so the night of 16 January, named ahead before, is named again).
     got_nights = [e.detail["night"] for e in got if e.kind == "night_flow"]
@@ -744,22 +790,22 @@ async def test_a_clock_stepped_back_restarts_sampling_at_the_readings_time(
     assert len(steps) == 1
     assert steps[0]["log_level"] == "warning"
     assert steps[0]["step_s"] == pytest.approx(ahead / 1e9, abs=900)
-    assert district.samples == unstepped.health().districts["dma-north"].samples  # before: a night's fewer
+    assert district.samples == north.samples  # before: a night's fewer
 
 
 async def test_a_clock_stepped_back_inside_a_night_keeps_its_samples_in_time_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, north: _North
 ) -> None:
     # 40 minutes ahead, corrected at 03:00 on the night of 20 January: the samples the night took
     # stamped after the corrected time are dropped (they would come again, out of order), the
     # earlier ones kept; the night is judged once, with the samples it has.
     monkeypatch.setenv("TZ", "UTC")
-    section, before, after = _north_district()
-    clean = before + after
     ahead, corrected = 40 * 60 * 10**9, int(datetime(2024, 1, 20, 3).timestamp() * 1e9)
-    stepped = [dataclasses.replace(r, ts_ns=r.ts_ns + ahead) if r.ts_ns < corrected else r for r in clean]
-    want, _ = await _run(section, clean, tmp_path / "clean")
-    got, proc = await _run(section, stepped, tmp_path / "stepped")
+    stepped = [
+        dataclasses.replace(r, ts_ns=r.ts_ns + ahead) if r.ts_ns < corrected else r for r in north.readings
+    ]
+    want = north.events
+    got, proc = await _run(north.section, stepped, tmp_path / "stepped")
     got_nights = [e.detail["night"] for e in got if e.kind == "night_flow"]
     assert got_nights == [e.detail["night"] for e in want if e.kind == "night_flow"]
     assert _nights(got)["2024-01-20"]["night_flow_m3h"] == pytest.approx(

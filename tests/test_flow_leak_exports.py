@@ -18,17 +18,26 @@ from tests.support.cli import CliRun, edge_agent
 START = datetime(2024, 3, 1)
 
 
-def _flows(days: int = 21, step_min: int = 15, scale: float = 1.0) -> list[tuple[datetime, float]]:
-    """A district's inflow: 40 m3/h at night, about 100 by day, 8 more from the 15th day on (a leak
-    the step detector reports); deterministic meter noise."""
+def _flows(
+    days: int = 21, step_min: int = 15, scale: float = 1.0, leak_day: int = 14
+) -> list[tuple[datetime, float]]:
+    """A district's inflow: 40 m3/h at night, about 100 by day, 8 more from day `leak_day` on (0:
+    the first; a leak the step detector reports two nights later); deterministic meter noise."""
     out = []
     for i in range(days * 1440 // step_min):
         t = START + timedelta(minutes=step_min * i)
         h = t.hour + t.minute / 60
         q = 40 + (0 if 1 <= h < 5 else 60 + 20 * math.sin(h / 24 * 2 * math.pi))
-        q += (8 if t >= START + timedelta(days=14) else 0) + 0.5 * math.sin(i * 1.7)
+        q += (8 if t >= START + timedelta(days=leak_day) else 0) + 0.5 * math.sin(i * 1.7)
         out.append((t, round(q * scale, 1)))
     return out
+
+
+# Enough days for an export compared with its plain twin: the burst command prints every slot's
+# flow (a row misread or skipped shows), armed by `--learn-days 7` for the last three days, and the
+# night command judges three nights after `--calibrate-days 7`. (Numeric dates up to the 10th could
+# be either way round: read day first, as these exports write them.)
+TWIN_DAYS = 10
 
 
 def _write(path: Path, header: str, lines: list[str], encoding: str = "utf-8") -> Path:
@@ -58,7 +67,10 @@ def test_a_us_unicode_text_export_with_thousands_grouping_reads_as_its_plain_twi
     # Excel's US "Unicode text": UTF-16, tabs, 3/1/2024 12:15 AM, and 1,185.8 m3/h. Its commas were
     # read as decimal commas: 1.185 m3/h, silently. A cell without decimals ('2,989': every 7th
     # here) could be either; the column's other cells say the comma groups thousands.
-    flows = [(t, float(round(q)) if i % 7 == 0 else q) for i, (t, q) in enumerate(_flows(scale=30.0))]
+    # 14 days: 7 nights to calibrate, the leak of the 11th reported on the 13th's night, and
+    # dates past the 12th to tell the month from the day by.
+    leaking = _flows(days=14, scale=30.0, leak_day=10)
+    flows = [(t, float(round(q)) if i % 7 == 0 else q) for i, (t, q) in enumerate(leaking)]
 
     def us(i: int, t: datetime, q: float) -> str:
         cell = f"{round(q):,}" if i % 7 == 0 else f"{q:,.1f}"
@@ -95,7 +107,7 @@ def test_digits_grouped_by_spaces_or_apostrophes_read_as_meant(
     tmp_path: Path, sep: str, cell: Callable[[float], str]
 ) -> None:
     # Every such row was "unreadable" and skipped: 1680 of 2016 in a French export (all above 999).
-    flows = _flows(scale=15.0)
+    flows = _flows(days=TWIN_DAYS, scale=15.0)
     export = _write(
         tmp_path / "export.csv",
         f"Horodatage{sep}Debit",
@@ -113,7 +125,7 @@ def test_digits_grouped_by_spaces_or_apostrophes_read_as_meant(
 
 def test_a_column_with_decimal_commas_and_points_is_read_cell_by_cell_and_said(tmp_path: Path) -> None:
     # Two exports pasted together, one from a German PC: each cell says its own mark.
-    flows = _flows()
+    flows = _flows(days=TWIN_DAYS)
     cells = [f"{q:.1f}" if i % 2 else f"{q:.1f}".replace(".", ",") for i, (_, q) in enumerate(flows)]
     export = _write(
         tmp_path / "mixed.csv",
@@ -132,7 +144,7 @@ def test_a_column_with_decimal_commas_and_points_is_read_cell_by_cell_and_said(t
 def test_header_names_with_commas_in_a_semicolon_export(tmp_path: Path) -> None:
     # 'Zeit;Zufluss, m3/h;Druck, bar' has as many commas as semicolons, and so have its rows
     # ('01.03.2024 00:00;99,6;3,1'): counted in the header, ',' won the tie.
-    flows = _flows()
+    flows = _flows(days=TWIN_DAYS)
     lines = [f"{t:%d.%m.%Y %H:%M};{f'{q:.1f}'.replace('.', ',')};3,1" for t, q in flows]
     export = _write(tmp_path / "de.csv", "Zeit;Zufluss, m3/h;Druck, bar", lines)
     plain = _plain(tmp_path / "plain.csv", flows)
