@@ -805,7 +805,12 @@ async def test_a_clock_stepped_back_inside_a_night_keeps_its_samples_in_time_ord
         dataclasses.replace(r, ts_ns=r.ts_ns + ahead) if r.ts_ns < corrected else r for r in north.readings
     ]
     want = north.events
-    got, proc = await _run(north.section, stepped, tmp_path / "stepped")
+    with capture_logs() as logs:
+        got, proc = await _run(north.section, stepped, tmp_path / "stepped")
+    # Readings every 15 min: the last one stamped ahead says 03:25 (a step back of 25 min), and the
+    # two samples the night took at 03:00 or later by the clock running ahead are dropped.
+    (step,) = [e for e in logs if e["event"] == "flow_leak.clock_stepped_back"]
+    assert (step["step_s"], step["night_samples_dropped"]) == (1500.0, 2)
     got_nights = [e.detail["night"] for e in got if e.kind == "night_flow"]
     assert got_nights == [e.detail["night"] for e in want if e.kind == "night_flow"]
     assert _nights(got)["2024-01-20"]["night_flow_m3h"] == pytest.approx(
