@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,60 @@ RATE = 16_000
 SILENT_S = 20  # the machine is off: 2 clips below running_min_dbfs
 FAULT_AT_S = 270  # into the file: 25 normal clips after the silence, then a failing bearing
 TOTAL_S = 330
+OFF_FROM_S, OFF_TO_S = 240, 300  # the station test: the pump stops, the microphone hears its neighbour
+
+
+def _pump(seed: int, scene_seed: int | None = None) -> MachineSoundSynth:
+    """A pump at 6 dB over its room: the machine of `scene_seed` (default `seed`), noise of `seed`."""
+    scene = MachineScene.random(np.random.default_rng(seed if scene_seed is None else scene_seed), snr_db=6.0)
+    return MachineSoundSynth(scene, seed=seed)
+
+
+def _shared(sound: np.ndarray) -> np.ndarray:
+    sound.setflags(write=False)  # tests build their files from it, never change it
+    return sound
+
+
+# The pumps' sounds are rendered once for the module (rendering took a third of the tests' CPU)
+# and each test takes the stretches it rendered itself before: a synth renders block by block
+# (1 s), so its first 120 s and then 130 s are its first 250 s, sample for sample.
+@pytest.fixture(scope="module")
+def pump3() -> np.ndarray:
+    """500 s of pump 3 (scene and noise seed 3): the lost-microphone tests' machine (their first
+    290 s), and the one whose history is damaged while it runs."""
+    return _shared(_pump(3).render_seconds(500))
 
 
 @pytest.fixture(scope="module")
-def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    scene = MachineScene.random(np.random.default_rng(9), snr_db=6.0)
-    synth = MachineSoundSynth(scene, seed=9)
-    synth.inject("bearing", severity=0.5, at_s=FAULT_AT_S - SILENT_S, ramp_s=5.0)
+def pump4() -> np.ndarray:
+    """240 s of pump 4: the corrupted-history test's machine, and the station test's neighbour."""
+    return _shared(_pump(4).render_seconds(240))
+
+
+@pytest.fixture(scope="module")
+def pump9() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pump 9: its first 250 s, then 60 s more with a failing bearing from there, and the 50 s it
+    sounds without the fault. The fault is nothing (no sound, no random draw) before its onset, so
+    the first 250 s are those of the failing pump too; the healthy one goes on from a copy."""
+    synth = _pump(9)
+    head = synth.render_seconds(FAULT_AT_S - SILENT_S)
+    failing = copy.deepcopy(synth)
+    failing.inject("bearing", severity=0.5, at_s=FAULT_AT_S - SILENT_S, ramp_s=5.0)
+    return (
+        _shared(head),
+        _shared(failing.render_seconds(TOTAL_S - FAULT_AT_S)),
+        _shared(synth.render_seconds(OFF_TO_S - head.size // RATE)),
+    )
+
+
+@pytest.fixture(scope="module")
+def recording(
+    tmp_path_factory: pytest.TempPathFactory, pump9: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> Path:
+    head, failing, _ = pump9  # the bearing starts failing FAULT_AT_S into the file
     # Off, the microphone still hears the room (-80 dBFS): quiet, not digital silence.
     room = 1e-4 * np.random.default_rng(1).standard_normal(SILENT_S * RATE).astype(np.float32)
-    sound = np.concatenate([room, synth.render_seconds(TOTAL_S - SILENT_S)])
+    sound = np.concatenate([room, head, failing])
     path = tmp_path_factory.mktemp("mic") / "pump.wav"
     write_wav(path, sound, RATE)
     return path
@@ -61,17 +106,23 @@ class NoReadings:
         return await self.get()
 
 
-# The files play at 40x: a clip each 0.25 s, where a microphone gives one each 10 s. The tests count
-# clips, so every clip is queued: a loaded machine (the suite on two cores) delays them, never drops
-# them (what a processor that falls behind does, by design).
+# The files play at 160x: a clip each 1/16 s, where a microphone gives one each 10 s. The tests
+# count clips, so every clip is queued: a loaded machine (the suite on two cores) delays them, never
+# drops them (what a processor that falls behind does, by design). The driver's buffer holds 600 s,
+# more than any file here: however long a busy machine leaves it undrained, no frame is lost (its
+# default 10 s filled in a quarter of a second at 40x). Playing a file costs CPU for the time it
+# plays (each block handed from the source's thread to the event loop) more than for its sound:
+# at 160x the tests took half the CPU they took at 40x.
 EVERY_CLIP = 100
+FAST = 160
+BUFFER_S = 600.0
 
 
-def _driver(path: Path, speed: float = 40) -> AudioDriver:
+def _driver(path: Path, speed: float = FAST) -> AudioDriver:
     return AudioDriver(
         AudioConfig(
             name="mic", kind="audio", source="file", path=path, playback_speed=speed,
-            window_s=1.0, hop_s=0.5, channel_names=["mic"],
+            window_s=1.0, hop_s=0.5, channel_names=["mic"], buffer_s=BUFFER_S,
         )
     )  # fmt: skip
 
@@ -124,9 +175,11 @@ async def running(
         await driver.aclose()
 
 
-def _listening_to(recording: Path, tmp_path: Path) -> tuple[AudioDriver, MachineSoundProcessor]:
+def _listening_to(
+    recording: Path, tmp_path: Path, speed: float = FAST
+) -> tuple[AudioDriver, MachineSoundProcessor]:
     """The recording's machine (off below -70 dBFS), calibrating on its first 20 clips heard."""
-    driver = _driver(recording)
+    driver = _driver(recording, speed)
     section = MachineSoundSection.model_validate(
         {
             "name": "P1-sound",
@@ -139,7 +192,8 @@ def _listening_to(recording: Path, tmp_path: Path) -> tuple[AudioDriver, Machine
 
 
 async def test_learns_the_normal_sound_then_names_a_bearing_fault(recording: Path, tmp_path: Path) -> None:
-    driver, processor = _listening_to(recording, tmp_path)
+    # At 40x: the test looks at the machine armed, 7 clips before it alarms (1.75 s at 40x).
+    driver, processor = _listening_to(recording, tmp_path, speed=40)
     assert processor.streams == frozenset()
     starts: list[int] = []
     driver.add_window_listener(lambda w: starts.append(w.start_ts_ns))  # the file's time zero
@@ -175,12 +229,13 @@ async def test_learns_the_normal_sound_then_names_a_bearing_fault(recording: Pat
     assert (tmp_path / "machine_sound" / "P1-sound" / "history.sqlite").exists()
 
 
-async def test_an_unplugged_microphone_is_reported_not_learnt_and_not_an_anomaly(tmp_path: Path) -> None:
+async def test_an_unplugged_microphone_is_reported_not_learnt_and_not_an_anomaly(
+    tmp_path: Path, pump3: np.ndarray
+) -> None:
     # Normal sound, then the input sends digital zeros for 30 s (a cable pulled), then sound again:
     # a silent microphone is no change in the machine, and must not be learnt as its normal.
-    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(3), snr_db=6.0), seed=3)
     sound = np.concatenate(
-        [synth.render_seconds(120), np.zeros(30 * RATE, np.float32), synth.render_seconds(130)]
+        [pump3[: 120 * RATE], np.zeros(30 * RATE, np.float32), pump3[120 * RATE : 250 * RATE]]
     )
     driver, processor = _quick_calibrating(tmp_path, sound, "unplugged.wav")
     async with running(processor, driver) as events:
@@ -195,14 +250,15 @@ async def test_an_unplugged_microphone_is_reported_not_learnt_and_not_an_anomaly
     assert health.last_error is None
 
 
-async def test_a_converter_stuck_at_one_code_is_a_lost_microphone_not_an_anomaly(tmp_path: Path) -> None:
+async def test_a_converter_stuck_at_one_code_is_a_lost_microphone_not_an_anomaly(
+    tmp_path: Path, pump3: np.ndarray
+) -> None:
     # An input that reads one code whatever happens (an unplugged input on a converter with an
     # offset: -1 LSB of 16-bit, -90 dBFS of DC) is as silent as zeros. Before, only the RMS was
     # tested, DC included: the clips were learnt and scored, and the armed machine raised a
     # `machine_sound_anomaly` alarm (score 350) for a dead microphone.
-    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(3), snr_db=6.0), seed=3)
     sound = np.concatenate(
-        [synth.render_seconds(220), np.full(30 * RATE, -1 / 32767, np.float32), synth.render_seconds(70)]
+        [pump3[: 220 * RATE], np.full(30 * RATE, -1 / 32767, np.float32), pump3[220 * RATE : 290 * RATE]]
     )
     driver, processor = _quick_calibrating(tmp_path, sound, "stuck.wav")
     async with running(processor, driver) as events:
@@ -218,14 +274,13 @@ async def test_a_converter_stuck_at_one_code_is_a_lost_microphone_not_an_anomaly
 
 
 async def test_a_microphone_sending_nan_or_infinity_is_reported_as_lost_and_never_stops_the_machine(
-    tmp_path: Path,
+    tmp_path: Path, pump3: np.ndarray
 ) -> None:
     # A float source's garbage: a few infinite samples in the machine's sound, then 30 s of NaN
     # only. Before, the first infinity crashed the processor (np.histogram of the clip), again
     # after each restart, and a NaN clip was skipped uncounted with no event.
-    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(3), snr_db=6.0), seed=3)
     sound = np.concatenate(
-        [synth.render_seconds(120), np.full(30 * RATE, np.nan, np.float32), synth.render_seconds(130)]
+        [pump3[: 120 * RATE], np.full(30 * RATE, np.nan, np.float32), pump3[120 * RATE : 250 * RATE]]
     )
     sound[np.random.default_rng(4).integers(0, 120 * RATE, 20)] = np.inf
     driver, processor = _quick_calibrating(tmp_path, sound, "garbage.wav")
@@ -241,14 +296,13 @@ async def test_a_microphone_sending_nan_or_infinity_is_reported_as_lost_and_neve
 
 
 async def test_a_history_the_card_corrupted_is_kept_aside_and_the_machine_learns_again(
-    tmp_path: Path,
+    tmp_path: Path, pump4: np.ndarray
 ) -> None:
     history = tmp_path / "machine_sound" / "P3-sound" / "history.sqlite"
     history.parent.mkdir(parents=True)
     history.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)  # a torn header and pages
-    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(4), snr_db=6.0), seed=4)
     path = tmp_path / "pump.wav"
-    write_wav(path, synth.render_seconds(240), RATE)
+    write_wav(path, pump4, RATE)
     driver = _driver(path)
     section = MachineSoundSection.model_validate(
         {"name": "P3-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
@@ -270,12 +324,13 @@ async def test_a_history_the_card_corrupted_is_kept_aside_and_the_machine_learns
 
 
 async def test_a_history_damaged_while_running_is_kept_aside_and_the_machine_stays_watched(
-    tmp_path: Path,
+    tmp_path: Path, pump3: np.ndarray
 ) -> None:
-    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(5), snr_db=6.0), seed=5)
+    # 50 clips: 20 learnt, 10 scored before the damage (11 when one more came in as it was done),
+    # at most 6 until the next write finds it, 10 scored after: 9 to spare (every clip is queued).
     path = tmp_path / "pump.wav"
-    write_wav(path, synth.render_seconds(600), RATE)
-    driver = _driver(path, speed=40)
+    write_wav(path, pump3, RATE)
+    driver = _driver(path)
     section = MachineSoundSection.model_validate(
         {"name": "P4-sound", "device": "mic", "calibration": {"auto_hours": 0.001, "min_clips": 20}}
     )
@@ -307,17 +362,16 @@ async def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_res
         {"name": "P1-sound", "device": "mic", "running_min_dbfs": -70,
          "calibration": {"auto_hours": 0.001, "min_clips": 20}}
     )  # fmt: skip
-    driver = _driver(recording, speed=40)
+    driver = _driver(recording)
     first = MachineSoundProcessor(section, driver, tmp_path, max_queued=EVERY_CLIP)
     async with running(first, driver) as events:
         await eventually(lambda: bool(events), within_s=60, what="the anomaly")
     assert [e.kind for e in events] == ["machine_sound_anomaly"]
 
     # The bearing is replaced while the agent is stopped: the same pump, sounding normal again.
-    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(9), snr_db=6.0), seed=19)
     repaired = tmp_path / "repaired.wav"
-    write_wav(repaired, synth.render_seconds(120), RATE)
-    driver = _driver(repaired, speed=40)
+    write_wav(repaired, _pump(19, scene_seed=9).render_seconds(120), RATE)
+    driver = _driver(repaired)
     again = MachineSoundProcessor(section, driver, tmp_path, max_queued=EVERY_CLIP)
     async with running(again, driver) as after:
         await eventually(lambda: bool(after), within_s=60, what="the clear")
@@ -354,24 +408,33 @@ class RunSignalFeed:
         return await self.get()
 
 
-OFF_FROM_S, OFF_TO_S = 240, 300  # the pump stops: the microphone hears its neighbour
+STATION_S = OFF_TO_S + 60
+
+
+def _station(tmp_path: Path, pump: tuple[np.ndarray, np.ndarray, np.ndarray], neighbour: np.ndarray) -> Path:
+    """Pump 9 running, then stopped from OFF_FROM_S to OFF_TO_S (the microphone hears pump 4, as
+    loud, next to it), then running again (its sound going on from where it stopped)."""
+    head, _, healthy = pump
+    running_pump = np.concatenate([head, healthy])  # its first OFF_TO_S seconds, no fault
+    sound = np.concatenate(
+        [
+            running_pump[: OFF_FROM_S * RATE],
+            neighbour[: (OFF_TO_S - OFF_FROM_S) * RATE],
+            running_pump[OFF_FROM_S * RATE :],
+        ]
+    )
+    assert len(sound) == STATION_S * RATE
+    path = tmp_path / "station.wav"
+    write_wav(path, sound, RATE)
+    return path
 
 
 async def _listened_with(
-    tmp_path: Path, running_tag: str | None
+    tmp_path: Path, station: Path, running_tag: str | None
 ) -> tuple[list[Event], MachineSoundProcessor]:
-    pump = MachineSoundSynth(MachineScene.random(np.random.default_rng(9), snr_db=6.0), seed=9)
-    neighbour = MachineSoundSynth(MachineScene.random(np.random.default_rng(4), snr_db=6.0), seed=4)
-    sound = np.concatenate(
-        [
-            pump.render_seconds(OFF_FROM_S),
-            neighbour.render_seconds(OFF_TO_S - OFF_FROM_S),
-            pump.render_seconds(60),
-        ]
-    )
-    path = tmp_path / f"station-{running_tag is not None}.wav"
-    write_wav(path, sound, RATE)
-    driver = _driver(path)
+    """The station's file heard with `running_tag`: to its end and every clip judged; without it,
+    until the first event (all that is asserted of that run)."""
+    driver = _driver(station)
     section = MachineSoundSection.model_validate(
         {
             "name": "P1-sound",
@@ -380,7 +443,7 @@ async def _listened_with(
             **({"running_tag": running_tag} if running_tag else {}),
         }
     )
-    clips = len(sound) // (10 * RATE)
+    clips = STATION_S // 10
     processor = MachineSoundProcessor(
         section,
         driver,
@@ -388,8 +451,11 @@ async def _listened_with(
         max_queued=EVERY_CLIP,
         run_signal_streams=frozenset({"plc"}),
     )
-    feed = RunSignalFeed(driver, OFF_TO_S + 60, lambda s: not OFF_FROM_S <= s < OFF_TO_S)
+    feed = RunSignalFeed(driver, STATION_S, lambda s: not OFF_FROM_S <= s < OFF_TO_S)
     async with running(processor, driver, feed if running_tag else None) as events:
+        if running_tag is None:  # what the run signal prevents: the stop's clips raise an anomaly
+            await eventually(lambda: bool(events), within_s=60, what="an event")
+            return events, processor
         await eventually(lambda: processor.clips >= clips, within_s=60, what="every clip")
         # scored in a worker behind the clips: a loaded machine (the suite on two cores) lags
         await eventually(lambda: processor.health().scored + processor.clips_stopped >= clips - 20, 90)
@@ -422,13 +488,16 @@ async def test_a_calibration_the_card_cannot_store_is_an_event_and_the_machine_l
     assert "1 automatic calibration(s) failed, learning again" in health.status_lines()
 
 
-async def test_the_plcs_run_signal_keeps_a_stopped_pumps_station_out_of_its_sound(tmp_path: Path) -> None:
+async def test_the_plcs_run_signal_keeps_a_stopped_pumps_station_out_of_its_sound(
+    tmp_path: Path, pump9: tuple[np.ndarray, np.ndarray, np.ndarray], pump4: np.ndarray
+) -> None:
     """When the pump stops, its microphone still hears the station (here a neighbouring pump, as
     loud): scored against the running pump, that is a change of sound. With the PLC's run bit
     (`running_tag`), those clips are neither learnt nor scored."""
-    plain, _ = await _listened_with(tmp_path, None)
+    station = _station(tmp_path, pump9, pump4)
+    plain, _ = await _listened_with(tmp_path, station, None)
     assert [e.kind for e in plain][:1] == ["machine_sound_anomaly"]  # what the run signal prevents
-    events, processor = await _listened_with(tmp_path, "plc/pump1.running")
+    events, processor = await _listened_with(tmp_path, station, "plc/pump1.running")
     assert processor.streams == frozenset({"plc"})
     assert [e.kind for e in events] == []
     health = processor.health()

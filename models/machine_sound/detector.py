@@ -130,7 +130,9 @@ def _precision(z: F64, shrinkage: float, target: F64 | None = None) -> F64:
 
 
 def _distance(z: F64, precision: F64) -> F64:
-    return np.asarray(np.sqrt(np.maximum(0.0, np.einsum("ij,jk,ik->i", z, precision, z))), dtype=np.float64)
+    # sqrt(z_i P z_i) per row; the product through BLAS: a three-operand einsum loops in C without
+    # it, three times slower on a thousand clips (the same numbers, up to float rounding).
+    return np.asarray(np.sqrt(np.maximum(0.0, ((z @ precision) * z).sum(axis=1))), dtype=np.float64)
 
 
 def shape_basis() -> F64:
