@@ -16,7 +16,8 @@ demo: setup
 # assertion rewriting, would otherwise compile the same sources again.
 # One worker more than CPUs, four at most: a worker per CPU leaves the CPUs idle about a third of
 # the time (tests wait on agents, brokers, real-time audio); on two CPUs three workers took 685-734 s
-# against 948-964 s with two (tests/README.md). `make test TEST_WORKERS=2` runs a worker per CPU.
+# against 948-964 s with two, and 573-578 s once the suite ran numpy on one BLAS thread
+# (tests/README.md). `make test TEST_WORKERS=2` runs a worker per CPU.
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: setup lint
 	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/pytest -q --numprocesses=$(TEST_WORKERS) --maxprocesses=4 --dist=loadfile --no-loadscope-reorder
