@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 MEAN = 400.0  # m3/h, the simulated district's mean demand
 
 
-def _until(cols: dict[str, Any], end: datetime, start: datetime | None = None) -> dict[str, Any]:
+def _until(cols: dict[str, Any], end: datetime, *, start: datetime | None = None) -> dict[str, Any]:
     """The simulated columns from `start` (the first row when None) up to `end` (excluded).
 
     The detectors are causal: the rows before `end` are judged exactly as in the whole simulation,
@@ -179,7 +179,7 @@ def test_score_burst_reads_a_european_export_and_lists_the_burst(tmp_path: Path)
     # From 28 days before the burst (a full profile, `profile_days`) to the day after its repair:
     # 30 days of the 55 simulated, each read twice below.
     days = (datetime(2024, 1, 23), datetime(2024, 2, 22))
-    cols = _until(District(36, daytime_events=True, leaks=[burst]).simulate(55), days[1], days[0])
+    cols = _until(District(36, daytime_events=True, leaks=[burst]).simulate(55), days[1], start=days[0])
     csv = tmp_path / "dma.csv"
     write_csv(cols, str(csv), sep=";", decimal=",", time_format="%d.%m.%Y %H:%M")
     holidays = sorted({t.date().isoformat() for t, h in zip(cols["time"], cols["holiday"], strict=True) if h})  # type: ignore[call-overload]
@@ -477,7 +477,7 @@ def test_a_country_calendar_does_not_run_out_and_knows_regions() -> None:
 
 def _italian_spring() -> dict[str, Any]:
     cols = District(30, daytime_events=True, start=SPRING_2024, holidays=public_holidays(ITALY)).simulate(100)
-    return _until(cols, SPRING_FED[1], SPRING_FED[0])
+    return _until(cols, SPRING_FED[1], start=SPRING_FED[0])
 
 
 def _italian_spring_csv(tmp_path: Path) -> Path:

@@ -760,6 +760,13 @@ def test_score_flow_leak_skips_an_isolated_glitch_in_a_nights_flow_and_pressure(
     _assert_same_nights_and_leaks(want, got)
 
 
+def _clock_ahead_until(readings: list[Reading], ahead_ns: int, corrected_ns: int) -> list[Reading]:
+    """`readings` as a gateway stamps them whose clock runs `ahead_ns` fast until it is corrected."""
+    return [
+        dataclasses.replace(r, ts_ns=r.ts_ns + ahead_ns) if r.ts_ns < corrected_ns else r for r in readings
+    ]
+
+
 async def test_a_clock_stepped_back_restarts_sampling_at_the_readings_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, north: _North
 ) -> None:
@@ -768,9 +775,7 @@ async def test_a_clock_stepped_back_restarts_sampling_at_the_readings_time(
     # 25 hours without a sample, and a night lost, without a word.
     monkeypatch.setenv("TZ", "UTC")
     ahead, corrected = (25 * 3600 + 7 * 60) * 10**9, int(datetime(2024, 1, 15, 12).timestamp() * 1e9)
-    stepped = [
-        dataclasses.replace(r, ts_ns=r.ts_ns + ahead) if r.ts_ns < corrected else r for r in north.readings
-    ]
+    stepped = _clock_ahead_until(north.readings, ahead, corrected)
     want = north.events
     with capture_logs() as logs:
         got, proc = await _run(north.section, stepped, tmp_path / "stepped")
@@ -801,9 +806,7 @@ async def test_a_clock_stepped_back_inside_a_night_keeps_its_samples_in_time_ord
     # earlier ones kept; the night is judged once, with the samples it has.
     monkeypatch.setenv("TZ", "UTC")
     ahead, corrected = 40 * 60 * 10**9, int(datetime(2024, 1, 20, 3).timestamp() * 1e9)
-    stepped = [
-        dataclasses.replace(r, ts_ns=r.ts_ns + ahead) if r.ts_ns < corrected else r for r in north.readings
-    ]
+    stepped = _clock_ahead_until(north.readings, ahead, corrected)
     want = north.events
     with capture_logs() as logs:
         got, proc = await _run(north.section, stepped, tmp_path / "stepped")

@@ -73,7 +73,7 @@ def leak_raised(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str
     return state_dir, leaks
 
 
-def _leak_raised(leak_raised: tuple[Path, set[str]], state_dir: Path) -> set[str]:
+def _going_on_from(leak_raised: tuple[Path, set[str]], state_dir: Path) -> set[str]:
     """`state_dir` as the agent left it after the leak of the 5th (`leak_raised`): the sensors that
     raised `leak` for it. A copy of the state directory is the stopped agent's whole state (its
     paths inside are relative): the restart tests go on from there as a restarted agent does."""
@@ -89,7 +89,7 @@ def _alarms(events: list[Event]) -> list[tuple[str, str, str | None]]:
 async def test_a_leak_raised_before_a_restart_is_not_raised_again_and_is_cleared_once_after_it(
     tmp_path: Path, leak_raised: tuple[Path, set[str]]
 ) -> None:
-    leaks = _leak_raised(leak_raised, tmp_path)
+    leaks = _going_on_from(leak_raised, tmp_path)
 
     # Restarted with the leak still there: no second warning, no second leak.
     events = await _run_then_stop(tmp_path, [(6, LEAK_M)])
@@ -110,7 +110,7 @@ async def test_a_leak_raised_before_a_restart_is_not_raised_again_and_is_cleared
 async def test_a_leak_repaired_while_the_agent_was_down_is_cleared_after_it(
     tmp_path: Path, leak_raised: tuple[Path, set[str]]
 ) -> None:
-    leaks = _leak_raised(leak_raised, tmp_path)
+    leaks = _going_on_from(leak_raised, tmp_path)
     # The agent is down on the 6th and 7th; the pipe is repaired meanwhile.
     events = await _run_then_stop(tmp_path, [(8, None), (9, None), (10, None)])
     assert sorted(_alarms(events)) == sorted(("leak_cleared", s, "2025-03-05") for s in leaks)
@@ -121,7 +121,7 @@ async def test_a_leak_that_ends_as_a_new_one_begins_is_cleared_before_the_new_wa
 ) -> None:
     # Two quiet nights end the leak as the 9th begins; its first check is a leak again. Before,
     # the new warning took the clear's place and the first leak stayed open at the centre.
-    _leak_raised(leak_raised, tmp_path)
+    _going_on_from(leak_raised, tmp_path)
     events = await _run_then_stop(tmp_path, [(7, None), (8, None), (9, LEAK_M)])
     a = [(kind, since) for kind, source, since in _alarms(events) if source == "hyd.A"]
     assert a[:2] == [("leak_cleared", "2025-03-05"), ("leak_warning", "2025-03-09")]
@@ -133,7 +133,7 @@ async def test_a_recalibration_during_a_leak_keeps_it_open_until_the_new_baselin
 ) -> None:
     # `models calibrate leak` after the repair, before the agent starts again or while it runs.
     # Before, a new baseline started the sensor from quiet: the leak was never cleared.
-    leaks = _leak_raised(leak_raised, tmp_path)
+    leaks = _going_on_from(leak_raised, tmp_path)
 
     def calibrate(day: int) -> None:
         if day == calibrated_on:
@@ -148,7 +148,7 @@ async def test_a_recalibration_during_a_leak_keeps_it_open_until_the_new_baselin
 async def test_a_damaged_confirmation_record_is_named_and_the_sensor_judged_from_quiet(
     tmp_path: Path, leak_raised: tuple[Path, set[str]]
 ) -> None:
-    _leak_raised(leak_raised, tmp_path)
+    _going_on_from(leak_raised, tmp_path)
     a, b = SensorStore(tmp_path, "hyd.A"), SensorStore(tmp_path, "hyd.B")
     a.confirmation_path.write_bytes(b"\xff\xfe\x9c\x00" * 16)  # a damaged card
     kept = json.loads(b.confirmation_path.read_text(encoding="utf-8"))
@@ -180,7 +180,7 @@ async def test_a_damaged_confirmation_record_is_named_and_the_sensor_judged_from
 async def test_an_open_leak_of_a_sensor_no_longer_configured_is_logged(
     tmp_path: Path, leak_raised: tuple[Path, set[str]]
 ) -> None:
-    leaks = _leak_raised(leak_raised, tmp_path)
+    leaks = _going_on_from(leak_raised, tmp_path)
     only_a = SECTION.model_copy(update={"channels": ["A"]})
     with capture_logs() as logs:
         proc = AudioLeakProcessor(only_a, _NoDriver(), tmp_path)  # type: ignore[arg-type]
