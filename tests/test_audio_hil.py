@@ -171,6 +171,45 @@ async def test_generated_two_channel_file_loops_seamlessly(
     assert b_fs[3].value == pytest.approx(rms_db(x[:16000, 1]), abs=0.006)  # 4th second = 1st again
 
 
+async def test_a_file_played_once_is_read_to_its_last_frame_a_quarter_second_per_wake(
+    two_channel_wav: Path, closing: list[AudioDriver]
+) -> None:
+    """The consumer is woken per WAKE_S of audio, not per 64 ms capture block (a Pi's CPU), and
+    the frames after the last full quarter second still arrive when the file ends."""
+    rate, data = wavfile.read(two_channel_wav)
+    d = audio(
+        source="file", path=two_channel_wav, playback_speed=4, window_s=1.0, hop_s=0.5, stall_timeout_s=60
+    )  # not woken by the stall timeout either
+    closing.append(d)
+    windows: list[AudioWindow] = []
+    d.add_window_listener(windows.append)
+    await d.open()
+    ring = d._ring
+    assert ring is not None
+    drains = 0
+    drain = ring.drain
+
+    def counting_drain() -> Any:
+        nonlocal drains
+        drains += 1
+        return drain()
+
+    ring.drain = counting_drain  # type: ignore[method-assign]
+    consumer = asyncio.create_task(collect(d, lambda got: False, within_s=60))
+    try:
+        await eventually(lambda: d.health().frames_captured == len(data), what="every frame of the file")
+    finally:
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+    blocks = -(-len(data) // round(0.064 * rate))
+    assert d.health().finished
+    assert drains <= len(data) / (0.25 * rate) + 2 < blocks / 3
+    assert [w.start_ts_ns - windows[0].start_ts_ns for w in windows] == [
+        k * 500_000_000 for k in range(2 * len(data) // rate - 1)
+    ]
+    assert np.array_equal(windows[-1].samples, data[-rate:].astype(np.float32) / 32768)
+
+
 @pytest.fixture(scope="module")
 def plant() -> Iterator[Plant]:
     p = start_plant(components="hydrophones")

@@ -58,6 +58,10 @@ log = structlog.get_logger(__name__)
 
 WindowListener = Callable[[AudioWindow], None]
 PROBE_S: Final = 1.0
+# The consumer is woken once this much audio has arrived (or a hop's worth, if less), not for every
+# capture block: each wake costs the loop a self-pipe round trip and a thread hand-off, and a
+# 64 ms block is a few times finer than any window or level the consumers need.
+WAKE_S: Final = 0.25
 DROPOUT_HOLD_S: Final = 60.0  # of audio time without a dropout before the fault is shown cleared
 
 __all__ = ["AudioConfig", "AudioDriver", "AudioWindow", "WindowListener"]
@@ -77,6 +81,8 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
         self._windower: Windower | None = None
         self._meter: LevelMeter | None = None
         self._wake: asyncio.Event | None = None
+        self._wake_frames = 1
+        self._unsignalled = 0  # frames written since the producer last woke the consumer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consuming = False
         self.windows = 0
@@ -143,6 +149,8 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
         )
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._wake_frames = max(1, round(min(c.hop_s, WAKE_S) * sr))
+        self._unsignalled = 0
         self._source = source
         source.start(self._produce)
         log.info("audio.opened", driver=self.name, source=c.source, sample_rate=sr, channels=source.channels)
@@ -181,6 +189,11 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
             return
         if ring.write(frames, start):
             self.gaps.add("ring_overrun", len(frames))
+        elif len(frames):  # an empty block is a source's signal (an error, the end): wake at once
+            self._unsignalled += len(frames)
+            if self._unsignalled < self._wake_frames:
+                return
+        self._unsignalled = 0
         with contextlib.suppress(RuntimeError):  # the loop closed while a capture thread finished
             loop.call_soon_threadsafe(wake.set)
 

@@ -96,6 +96,7 @@ class FileSource:
                     if not self.config.loop:
                         self.finished = True
                         log.info("audio.file_finished", driver=self.config.name, path=str(self.path))
+                        sink(np.zeros((0, self.channels), np.float32), index)  # the driver takes the rest
                         return
                     pos = 0
                     self.loops += 1
