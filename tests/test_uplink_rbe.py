@@ -100,6 +100,19 @@ def test_nothing_is_sent_ahead_of_a_change_when_what_was_held_back_equals_what_w
     assert [x.value for x in run(off, [r("p", 0, 5.0), r("p", 1, 5.5), r("p", 2, 7.0)])] == [5.0, 7.0]
 
 
+def test_a_value_held_back_and_then_returned_to_the_reported_one_is_not_sent_ahead_of_a_change() -> None:
+    """5.5 was held at t=1, but at t=2 the device was back at the reported 5.0: the trend before
+    the step to 7.0 is 5.0 all along, and a 5.5 sent ahead of it would draw a bump that was over."""
+    flt = ExceptionFilter(RbeConfig(deadband=1.0))
+    sent = run(flt, [r("p", 0, 5.0), r("p", 1, 5.5), r("p", 2, 5.0), r("p", 3, 5.0), r("p", 4, 7.0)])
+    assert [(int((x.ts_ns - T0) / S), x.value) for x in sent] == [(0, 5.0), (4, 7.0)]
+    batched = ExceptionFilter(RbeConfig(deadband=1.0))  # the same within one append
+    decision = batched.decide([Batch("plc1", readings=[r("p", 0, 5.0)])])
+    batched.commit(decision)
+    decision = batched.decide([Batch("plc1", readings=[r("p", 1, 5.5), r("p", 2, 5.0), r("p", 4, 7.0)])])
+    assert [x.value for b in decision.batches for x in b.readings or ()] == [7.0]
+
+
 def test_64_bit_integers_are_compared_exactly() -> None:
     """Above 2^53 neighbouring integers are one float: each count of a 64-bit counter is a change."""
     flt = ExceptionFilter(RbeConfig())

@@ -157,16 +157,34 @@ class ExceptionFilter:
         out: list[Batch] = []
         seen = reported = repeats = 0
         send_previous = self._config.send_previous
+        table, bands = self._last, self._bands
         for batch in batches:
             if batch.readings is None:
                 out.append(batch)
                 continue
+            seen += len(batch.readings)
             kept: list[Reading] = []
             for r in batch.readings:
-                seen += 1
                 key = (r.source, r.tag)
-                last = pending.get(key) or self._last.get(key)
-                band = self.band(r.source, r.tag)
+                last = pending.get(key) or table.get(key)
+                band = bands.get(key) or self.band(r.source, r.tag)
+                if last is not None:
+                    # Most readings of most polls: the reported value again, nothing else changed.
+                    # No deadband can call that a change and there is nothing to hold; only a
+                    # heartbeat can be due (the general path below).
+                    same, heartbeat_ns = last.reading, band.max_interval_ns
+                    v, w = r.value, same.value
+                    if (
+                        v == w
+                        and type(v) is type(w)
+                        and r.quality == same.quality
+                        and r.reason == same.reason
+                        and r.unit == same.unit
+                        and (heartbeat_ns is None or r.ts_ns - last.reported_ts < heartbeat_ns)
+                    ):
+                        if last.held is not None:
+                            pending[key] = _Last(same, last.reported_ts)
+                        continue
                 if last is None or _changed(r, last.reading, band):
                     if last is not None and last.held is not None:
                         kept.append(last.held)  # the value held until this change (`send_previous`)
