@@ -27,6 +27,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests bench scripts
 	$(VENV)/bin/lint-imports
 
 bench: setup

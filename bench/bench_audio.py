@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from water_edge.drivers.audio.config import AudioConfig
 from water_edge.core.reading import now_ns
+from water_edge.drivers.audio.config import AudioConfig
 from water_edge.drivers.audio.driver import WAKE_S, AudioDriver
 from water_edge.drivers.audio.window import AudioWindow
 from water_edge.sim import hydrophone_stream

@@ -112,9 +112,11 @@ def _huge_commands(tmpdir: Path) -> list[tuple[int, float, float]]:
                 ).wait_for_publish(60)
                 client.disconnect()
                 client.loop_stop()
-                agent.wait_status(
-                    lambda s, d=drops: s["uplink"]["reconnects"] > d and s["uplink"]["state"] == "online", 60
-                )  # type: ignore[misc]
+
+                def reconnected(s: dict[str, Any], d: int = drops) -> bool:
+                    return bool(s["uplink"]["reconnects"] > d and s["uplink"]["state"] == "online")
+
+                agent.wait_status(reconnected, 60)
                 out.append((size, before, _peak_rss_mb(agent.process.pid)))
             agent.stop()
     return out

@@ -100,7 +100,7 @@ def _field(tmpdir: Path, audio: Any) -> list[dict[str, Any]]:
 
     section = LeakModelSection(device="hyd", timezone="UTC", night_start="00:00", night_end="23:59",
                                check_minutes=1)  # fmt: skip
-    proc = AudioLeakProcessor(section, _NoDriver(), tmpdir)  # type: ignore[arg-type]
+    proc = AudioLeakProcessor(section, _NoDriver(), tmpdir)
     stereo = np.repeat(audio[:, :1], 2, axis=1)
     t0 = 1_700_000_000 * 10**9
     cpu0 = time.process_time()

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -63,15 +63,15 @@ class Bytes:
 
 
 async def _shape(broker: Mosquitto, db: Path, name: str, counter: Bytes) -> tuple[float, float]:
-    encoding = "sparkplug_b" if name == "sparkplug" else "json"
-    compression = name.split("+", 1)[1] if "+" in name else "none"
+    encoding: Literal["json", "sparkplug_b"] = "sparkplug_b" if name == "sparkplug" else "json"
+    compression = cast(Literal["none", "deflate", "zstd"], name.split("+", 1)[1] if "+" in name else "none")
     rbe = None if name == "json" else RbeConfig()
     cfg = MqttConfig(
         host=broker.host,
         port=broker.port,
         encoding=encoding,
         compression=compression,
-        rbe=rbe,  # type: ignore[arg-type]
+        rbe=rbe,
     )
     async with await AsyncOutbox.open(db, max_bytes=1 << 30, synchronous="normal") as box:
         flt = None if rbe is None else ExceptionFilter(rbe)

@@ -61,7 +61,7 @@ def _agent_figures(tmpdir: Path) -> list[dict[str, Any]]:
         Mosquitto() as broker,
         running_plant(seed=2, scenario=scenario, components="wmbus", workdir=tmpdir) as plant,
     ):
-        air: dict[str, Any] = plant.endpoints["wmbus"]  # type: ignore[assignment]
+        air: dict[str, Any] = plant.endpoints["wmbus"]
         config = write_config(tmpdir, broker_port=broker.port, devices=_devices(air))
         agent = start_agent(config)
         try:

@@ -303,10 +303,13 @@ class LiveView:
             uplink = (self.status.get("uplink") or {}).get("lines") or ["…"]
             buffer = (self.status.get("buffer") or {}).get("lines") or ["…"]
             centre = self.presence.get("state", "?")
+            error: list[str | tuple[str, str]] = (
+                ["  ", (f"agent status: {self.status_error}", "red")] if self.status_error else []
+            )
             link = Text.assemble(
                 ("uplink  ", "bold"), uplink[0], "\n", ("buffer  ", "bold"), buffer[0], "\n",
                 ("centre  ", "bold"), f"retained status {centre}",
-                *(["  ", (f"agent status: {self.status_error}", "red")] if self.status_error else []),
+                *error,
             )  # fmt: skip
         return Group(
             title,

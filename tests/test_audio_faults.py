@@ -13,10 +13,11 @@ import dataclasses
 import itertools
 import threading
 import time
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -63,9 +64,9 @@ async def play(
     await d.open()
     got: list[Reading] = []
     rate, data = wavfile.read(path, mmap=True)
-    frames = data.shape[0]
-    seconds = frames // rate
-    interval = kw.get("level_interval_s", 10)
+    frames: int = data.shape[0]
+    seconds: int = frames // rate
+    interval: int = kw.get("level_interval_s", 10)
     window, hop = round(d.config.window_s * rate), round(d.config.hop_s * rate)
 
     async def consume() -> None:
@@ -165,7 +166,7 @@ async def test_a_sensor_fault_shows_in_status_while_it_lasts(tmp_path: Path) -> 
     )
     await d.open()
     try:
-        stream = d.stream()
+        stream = cast(AsyncGenerator[list[Reading], None], d.stream())  # an async generator: has aclose()
         await asyncio.wait_for(anext(stream), 10)
         assert d.health().sensor_faults == {"A": "silence"}
         assert (
@@ -191,7 +192,7 @@ def test_a_dropout_is_not_the_night_minimum() -> None:
         start = day * 86400 * RATE
         readings = m.feed([Chunk(start, x)])
         minima += [r for r in readings if "night_min" in r.tag]
-    values = {r.tag: r.value for r in minima}
+    values = {r.tag: cast(float, r.value) for r in minima}  # the level meter's values are floats
     assert values["A.night_min_dbfs"] == pytest.approx(-40.0, abs=0.5)
     assert values["A.night_min_spread_db"] < 1.0
     assert values["B.night_min_spread_db"] < 1.0
@@ -449,7 +450,8 @@ def _night_audio(seed: int) -> np.ndarray:
     scene = PipeScene("ductile_iron", 150.0, 100.0, None, 1.0, 0.0, BACKGROUNDS, sample_rate=RATE,
                       channels=2, seed=seed, site_seed=7)  # fmt: skip
     x = HydrophoneSynth(scene).render_seconds(121).astype(np.float32)
-    return 0.5 * x / np.max(np.abs(x))
+    peak: float = np.max(np.abs(x))
+    return 0.5 * x / peak
 
 
 async def _listened(state: Path, nights: list[list[AudioWindow]]) -> tuple[AudioLeakProcessor, list[Event]]:

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -167,7 +167,7 @@ async def test_generated_two_channel_file_loops_seamlessly(
             assert np.array_equal(w.samples, looped[k * 4000 : k * 4000 + 8000])
     b = [r for r in readings if r.tag == "B.rms_db"]
     b_fs = [r for r in readings if r.tag == "B.rms_dbfs"]
-    assert b[0].value == pytest.approx(b_fs[0].value + 121.0, abs=0.011)
+    assert b[0].value == pytest.approx(cast(float, b_fs[0].value) + 121.0, abs=0.011)
     assert b_fs[3].value == pytest.approx(rms_db(x[:16000, 1]), abs=0.006)  # 4th second = 1st again
 
 
@@ -222,7 +222,7 @@ def plant() -> Iterator[Plant]:
 async def test_live_stream_from_the_sim_delivers_windows_without_loss(
     plant: Plant, closing: list[AudioDriver]
 ) -> None:
-    hyd = plant.endpoints["hydrophones"]
+    hyd: dict[str, Any] = plant.endpoints["hydrophones"]  # the sim's parsed JSON
     assert hyd["sample_rate"] == 16000
     assert hyd["channels"] == 2
     assert "alsa_loopback" in hyd
@@ -239,7 +239,7 @@ async def test_live_stream_from_the_sim_delivers_windows_without_loss(
     assert abs(windows[-1].start_ts_ns + 1_000_000_000 - before) < 4_000_000_000
     level = next(r for r in readings if r.tag == "A.rms_dbfs")
     quiet_dbfs = BACKGROUND_RMS_DBFS + float(hyd["gain_db"])  # the calibrated background, after the gain
-    assert quiet_dbfs - 10 < float(level.value) < quiet_dbfs + 10
+    assert quiet_dbfs - 10 < float(cast(float, level.value)) < quiet_dbfs + 10
     assert all(np.abs(w.samples).max() <= 1.0 for w in windows)  # a converter's output, even as float32
     h = d.health()
     assert h.dropped_frames == 0

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncGenerator
 from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import sounddevice as sd
 from pydantic import ValidationError
 
 from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import Reading
 from water_edge.drivers.audio.config import AudioConfig
 from water_edge.drivers.audio.device import CaptureCallback, CaptureSettings
 from water_edge.drivers.audio.driver import AudioDriver
@@ -83,7 +86,7 @@ def meter(interval_s: int = 2, calibration: list[float] | None = None) -> LevelM
     )
 
 
-def by_tag(readings: list) -> dict:
+def by_tag(readings: list[Reading]) -> dict[str, Reading]:
     return {r.tag: r for r in readings}
 
 
@@ -134,7 +137,9 @@ def test_night_minimum_reported_once_per_night_with_spread() -> None:
     assert len(results) == 3
     assert [float(r[0][0]) for r in results] == [-60.0, -50.0, -58.0]
     assert results[0][1] is None
-    assert float(results[2][1][0]) == pytest.approx(np.std([-60, -50, -58], ddof=1))
+    spread = results[2][1]
+    assert spread is not None
+    assert float(spread[0]) == pytest.approx(np.std([-60, -50, -58], ddof=1))
 
 
 def test_portaudio_callback_counts_overflows_and_converts_int16() -> None:
@@ -222,7 +227,7 @@ async def test_a_device_source_captures_through_its_backend_and_counts_what_port
             status = SimpleNamespace(input_overflow=i == 5)
             callback(block, 100, SimpleNamespace(inputBufferAdcTime=0.0), status)
 
-    stream = driver.stream()
+    stream = cast(AsyncGenerator[list[Reading], None], driver.stream())  # an async generator: has aclose()
     await asyncio.to_thread(portaudio_thread)
     readings = {r.tag: r for r in await asyncio.wait_for(anext(stream), 5)}
     assert readings["A.rms_dbfs"].value == pytest.approx(-12.04, abs=0.01)
@@ -270,7 +275,7 @@ async def test_a_device_that_runs_at_48_khz_only_is_captured_at_48_khz_when_no_r
                 block, 4800, SimpleNamespace(inputBufferAdcTime=0.0), SimpleNamespace(input_overflow=False)
             )
 
-    stream = driver.stream()
+    stream = cast(AsyncGenerator[list[Reading], None], driver.stream())  # an async generator: has aclose()
     await asyncio.to_thread(portaudio_thread)
     readings = {r.tag: r for r in await asyncio.wait_for(anext(stream), 5)}
     assert readings["A.rms_dbfs"].value == pytest.approx(-12.04, abs=0.01)
@@ -287,7 +292,7 @@ async def test_a_device_that_runs_at_48_khz_only_is_captured_at_48_khz_when_no_r
         await AudioDriver(fixed, capture=FakeCapture(only_rate=48_000)).open()
 
 
-BASE = {"name": "h1", "kind": "audio"}
+BASE: dict[str, Any] = {"name": "h1", "kind": "audio"}
 
 
 @pytest.mark.parametrize(
@@ -304,7 +309,7 @@ BASE = {"name": "h1", "kind": "audio"}
         ({"source": "device", "gain": 3}, "Extra inputs"),
     ],
 )
-def test_config_errors_say_what_was_expected(extra: dict, message: str) -> None:
+def test_config_errors_say_what_was_expected(extra: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         AudioConfig(**BASE, **extra)
 

@@ -15,7 +15,6 @@ from water_edge.buffer.outbox import Outbox
 from water_edge.buffer.schema import MAX_EPOCH, SCHEMA_VERSION, OutboxUnusableError
 from water_edge.buffer.stats import read_stats
 from water_edge.buffer.types import Batch
-from water_edge.core import quarantine
 from water_edge.core.errors import BufferError
 from water_edge.core.reading import Reading
 
@@ -192,7 +191,7 @@ async def test_a_card_that_keeps_damaging_the_outbox_keeps_the_three_newest_copi
     # filled itself with them.
     path = tmp_path / "outbox.sqlite"
     clock = iter(range(1_764_000_000, 1_764_000_000 + 3600 * 6, 3600))
-    monkeypatch.setattr(quarantine.time, "time", lambda: float(next(clock)))
+    monkeypatch.setattr("water_edge.core.quarantine.time.time", lambda: float(next(clock)))
     moved = []
     for damage in range(6):
         path.write_bytes(b"not an outbox %d " % damage * 100)

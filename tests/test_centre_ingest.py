@@ -342,8 +342,10 @@ def test_readings_and_events_with_fields_of_the_wrong_type_are_rejected_not_stor
     became its Python repr, a missing unit the text 'None', an event's score "nan" a NaN (which
     turns every avg() over the column into NaN), a ts of "12" or 1.9 the integer 12 or 1, a negative
     ts a date before 1970, an unknown severity or a detail that is not an object kept as sent."""
-    bad_readings = [{"tag": 5}, {"tag": {"a": 1}}, {"unit": None}, {"source": [1]}, {"ts": -5}]
-    bad_events = [
+    bad_readings: list[dict[str, object]] = [
+        {"tag": 5}, {"tag": {"a": 1}}, {"unit": None}, {"source": [1]}, {"ts": -5},
+    ]  # fmt: skip
+    bad_events: list[dict[str, object]] = [
         {"kind": {"a": 1}}, {"source": 5}, {"ts": "12"}, {"ts": 1.9}, {"ts": -1}, {"severity": "apocalypse"},
         {"score": "nan"}, {"score": True}, {"detail": [1]}, {"detail": "x"},
     ]  # fmt: skip

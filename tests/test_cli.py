@@ -20,7 +20,7 @@ from tests.support.testing import FAKE_DEVICE, write_agent_config
 from water_edge.agent.cli import _parser, format_reading, format_status
 from water_edge.agent.pipeline import FeedHealth
 from water_edge.agent.status_document import ProcessorStatus
-from water_edge.core.health import health_json
+from water_edge.core.health import Health, health_json
 from water_edge.models.leak.processor import LeakHealth
 from water_edge.models.pump.health import PumpHealth, PumpStatus
 
@@ -247,7 +247,7 @@ def test_status_prints_each_processors_own_lines() -> None:
     def pump(state: Any) -> PumpStatus:
         return PumpStatus(state, None, 0.5, False, 10, 0, 0, 0, None, None)
 
-    healths = {
+    healths: dict[str, tuple[Health, int]] = {
         "pump_anomaly": (PumpHealth("1.1.0", {"P1": pump("learning"), "P2": pump("alarm")}), 2),
         "leak:hyd": (LeakHealth(12, 0, 0.0132), 0),
         "leak:quiet": (LeakHealth(0, 0, None), 0),

@@ -11,7 +11,7 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -360,7 +360,7 @@ class PumpCalibrator:
     calibration_command = "pump_calibration"
     calibration_target = "pump"
 
-    async def calibrate(self, target_name: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def calibrate(self, target_name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         if target_name != "P1":
             raise CalibrationFailedError(f"no pump {target_name!r} (configured: P1)")
         return {"pump": target_name, "version": 3, "from": args.get("from")}
@@ -387,7 +387,7 @@ async def test_calibration_commands_go_to_the_target_offering_them(tmp_path: Pat
 class SlowPumpCalibrator(PumpCalibrator):
     """A calibration that takes longer than other commands may (a pump's day on a Pi: ~20 s)."""
 
-    async def calibrate(self, target_name: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def calibrate(self, target_name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0.5)
         return await super().calibrate(target_name, args)
 

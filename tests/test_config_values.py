@@ -81,7 +81,7 @@ def test_an_opcua_node_id_no_server_can_hold_is_refused_at_its_key(
 )
 def test_the_node_ids_at_the_edges_of_the_encoding_load(tmp_path: Path, node: str) -> None:
     (device,) = load_config(config_file(tmp_path, opcua(node))).devices
-    assert device.tag_names() == {"pump1.flow", "pump1.speed"}
+    assert device.tag_names() == frozenset({"pump1.flow", "pump1.speed"})
 
 
 def test_an_opcua_endpoint_may_name_an_ipv6_address_in_brackets(

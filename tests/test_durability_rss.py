@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]  # no stubs in the test extra
+import psutil
 import pytest
 
 from tests.support.agent_proc import running_agent

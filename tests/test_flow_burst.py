@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from tests.support.cli import CliRun, edge_agent
@@ -29,6 +30,7 @@ from water_edge.sim.district import District, DistrictLeak, write_csv
 pytestmark = pytest.mark.slow
 
 MEAN = 400.0  # m3/h, the simulated district's mean demand
+Columns = dict[str, npt.NDArray[np.float64] | list[datetime]]  # what `District.simulate` returns
 
 
 def _until(cols: dict[str, Any], end: datetime, *, start: datetime | None = None) -> dict[str, Any]:
@@ -42,15 +44,15 @@ def _until(cols: dict[str, Any], end: datetime, *, start: datetime | None = None
     return {name: column[rows] for name, column in cols.items()}
 
 
-def _slots(cols: dict[str, object], params: BurstParams) -> list[SlotRow]:
-    holidays = frozenset(t.date() for t, h in zip(cols["time"], cols["holiday"], strict=True) if h)  # type: ignore[call-overload]
+def _slots(cols: Columns, params: BurstParams) -> list[SlotRow]:
+    holidays = frozenset(t.date() for t, h in zip(cols["time"], cols["holiday"], strict=True) if h)
     det = BurstDetector(BurstParams(**{**params.__dict__, "holidays": holidays}))
     net = np.asarray(cols["inflow_a"]) + np.asarray(cols["inflow_b"]) - np.asarray(cols["outflow"])
     rows = [
         r
         for t, q, p in zip(cols["time"], net, cols["pressure"], strict=True)
         for r in det.add(t, float(q), float(p))
-    ]  # type: ignore[call-overload]
+    ]
     return rows + det.flush()
 
 
@@ -78,7 +80,7 @@ def test_a_burst_of_many_times_the_mean_flow_is_found_not_skipped_as_a_glitch() 
     that much for hours when a large main bursts, and that must be raised within the hour."""
     start = datetime(2024, 2, 20, 10, 0)
     cols = District(31, daytime_events=True).simulate(60)
-    during = np.array([start <= t < start + timedelta(hours=6) for t in cols["time"]])  # type: ignore[union-attr]
+    during = np.array([start <= t < start + timedelta(hours=6) for t in cols["time"]])
     cols["inflow_a"] = np.asarray(cols["inflow_a"]) + np.where(
         during, 12 * MEAN, 0.0
     )  # what the inlet meter sees
@@ -182,7 +184,7 @@ def test_score_burst_reads_a_european_export_and_lists_the_burst(tmp_path: Path)
     cols = _until(District(36, daytime_events=True, leaks=[burst]).simulate(55), days[1], start=days[0])
     csv = tmp_path / "dma.csv"
     write_csv(cols, str(csv), sep=";", decimal=",", time_format="%d.%m.%Y %H:%M")
-    holidays = sorted({t.date().isoformat() for t, h in zip(cols["time"], cols["holiday"], strict=True) if h})  # type: ignore[call-overload]
+    holidays = sorted({t.date().isoformat() for t, h in zip(cols["time"], cols["holiday"], strict=True) if h})
     args = ["--csv", str(csv), "--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow"]
     args += ["--pressure", "pressure", "--timezone", "UTC", "--events"]
     for h in holidays:
@@ -207,7 +209,7 @@ def test_score_burst_skips_a_glitched_row_while_learning_and_says_so(tmp_path: P
     cols = District(36, daytime_events=True).simulate(12)
     clean, glitched = tmp_path / "clean.csv", tmp_path / "glitched.csv"
     write_csv(cols, str(clean))
-    inflow = list(cols["inflow_a"])  # type: ignore[call-overload]
+    inflow = list(cols["inflow_a"])
     row = 3 * 96 + 40  # 10:00 on the fourth day, while the profile learns
     inflow[row] = 1000 * inflow[row]
     write_csv({**cols, "inflow_a": inflow}, str(glitched))
@@ -400,11 +402,11 @@ async def test_a_glitch_while_learning_stays_out_of_the_profile_and_a_burst_by_d
 def test_a_burst_of_many_times_the_flow_while_learning_is_learnt_from_its_third_sample() -> None:
     start = datetime(2024, 1, 5, 10, 0)
     cols = District(31, daytime_events=True).simulate(8)
-    during = np.array([start <= t < start + timedelta(hours=6) for t in cols["time"]])  # type: ignore[union-attr]
+    during = np.array([start <= t < start + timedelta(hours=6) for t in cols["time"]])
     cols["inflow_a"] = np.asarray(cols["inflow_a"]) + np.where(during, 12 * MEAN, 0.0)
     det = BurstDetector()
     net = np.asarray(cols["inflow_a"]) + np.asarray(cols["inflow_b"]) - np.asarray(cols["outflow"])
-    for t, q in zip(cols["time"], net, strict=True):  # type: ignore[call-overload]
+    for t, q in zip(cols["time"], net, strict=True):
         det.add(t, float(q))
     assert det.state == "learning"
     assert det.glitches == 2  # as once armed: two samples in a row may be a glitch, a third is flow

@@ -9,9 +9,10 @@ import json
 from collections.abc import AsyncIterator, Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from structlog.testing import capture_logs
 
@@ -237,10 +238,10 @@ def _readings(days: int, leak_day: int) -> list[Reading]:
     d = District(5, mean_demand_m3h=400.0, prv_changes_per_year=0.0, leaks=[leak])
     cols = d.simulate(days)
     out = []
-    for i, when in enumerate(cols["time"]):  # type: ignore[arg-type]
+    for i, when in enumerate(cols["time"]):
         ts = int(when.replace(tzinfo=None).timestamp() * 1e9)  # naive local -> the test's zone: UTC
         for tag in ("inflow_a", "inflow_b", "outflow", "pressure"):
-            out.append(Reading("plc", tag, ts, float(cols[tag][i])))  # type: ignore[index]
+            out.append(Reading("plc", tag, ts, float(cast(npt.NDArray[np.float64], cols[tag])[i])))
     return out
 
 
@@ -374,7 +375,7 @@ async def test_a_meters_volume_register_gives_the_same_nights_as_its_flow_and_su
         async def emit(e: Event) -> None:
             events.append(e)
 
-        async def feed():  # type: ignore[no-untyped-def]
+        async def feed() -> AsyncIterator[tuple[str, list[Reading]]]:
             yield ("plc", rs)
 
         proc = FlowLeakProcessor([section], where)
@@ -410,7 +411,7 @@ async def test_an_hourly_volume_register_gives_every_night_at_the_default_sampli
     async def emit(e: Event) -> None:
         events.append(e)
 
-    async def feed():  # type: ignore[no-untyped-def]
+    async def feed() -> AsyncIterator[tuple[str, list[Reading]]]:
         yield ("mbus", index)
 
     section = FlowLeakSection(

@@ -5,6 +5,7 @@ stream's own interval. A lone sample used to count as the whole window."""
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ async def _nights(section: FlowLeakSection, readings: list[Reading], where: Path
     async def emit(e: Event) -> None:
         events.append(e)
 
-    async def feed():  # type: ignore[no-untyped-def]
+    async def feed() -> AsyncIterator[tuple[str, list[Reading]]]:
         yield ("plc", readings)
 
     await FlowLeakProcessor([section], where).run(feed(), emit)

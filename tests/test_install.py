@@ -57,9 +57,9 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
     venv = opt / "venv"
     assert (venv / "bin" / "edge-agent").is_file()
     # The A/B layout signed updates switch (docs/updates.md): a release, `current` linking to it.
-    (first,) = (opt / "releases").iterdir()
-    assert os.readlink(opt / "current") == f"releases/{first.name}"
-    assert json.loads((first / "release.json").read_text())["version"] == __version__
+    (first_release,) = (opt / "releases").iterdir()
+    assert os.readlink(opt / "current") == f"releases/{first_release.name}"
+    assert json.loads((first_release / "release.json").read_text())["version"] == __version__
     assert os.readlink(venv) == "current"
     assert not (opt / "previous").exists()
     # `edge-agent status`, as the docs and the install's last line say, works from any shell and
@@ -114,8 +114,8 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
     assert config.read_text() == "# edited on site\n"
     assert "kept the existing" in again.stdout
     # The second install is a new release; the first is kept as the one to roll back to.
-    assert os.readlink(opt / "previous") == f"releases/{first.name}"
-    assert os.readlink(opt / "current") != f"releases/{first.name}"
+    assert os.readlink(opt / "previous") == f"releases/{first_release.name}"
+    assert os.readlink(opt / "current") != f"releases/{first_release.name}"
 
 
 def test_install_refuses_a_source_that_is_not_the_project(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -15,6 +16,7 @@ from water_edge.agent.cli import main
 from water_edge.agent.config import load_config
 from water_edge.core.errors import ConfigError
 from water_edge.core.processor import AudioWindowLike
+from water_edge.drivers.base import Driver
 from water_edge.models.leak.processor import AudioLeakProcessor
 
 AUDIO = '[[devices]]\nname = "hyd"\nkind = "audio"\nsource = "file"\npath = "/tmp/none.wav"\n'
@@ -30,7 +32,8 @@ def _machine_in_a_daylight_saving_zone(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class _Windows:
-    """An audio device as the leak processor sees it (no audio needed to build one)."""
+    """An audio device as the leak processor sees it (no audio needed to build one): only the part
+    of a `Driver` the leak processor uses, hence the casts where it stands in for one."""
 
     def add_window_listener(self, callback: Callable[[AudioWindowLike], None]) -> Callable[[], None]:
         return lambda: None
@@ -47,7 +50,7 @@ def test_an_old_leak_table_loads_builds_and_each_removed_key_is_a_warning(tmp_pa
         "FILE: models.leak[0].off_windows: deprecated: ignored; a leak now clears after quiet "
         "nights: see [models.leak.detection] clear_nights",
     ]
-    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
+    (processor,) = build_processors(config, {"hyd": cast(Driver, _Windows())}).processors
     assert isinstance(processor, AudioLeakProcessor)
     # Ignored means ignored: the judgement is the default one.
     (section,) = config.models["leak"]
@@ -107,13 +110,13 @@ def test_a_detection_switch_reaches_the_judgement_and_a_wrong_value_names_the_ke
     judgement's parameters, and a value that is not a boolean names the key."""
     table = f'[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\n{switch} = false\n'
     config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
-    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
+    (processor,) = build_processors(config, {"hyd": cast(Driver, _Windows())}).processors
     assert isinstance(processor, AudioLeakProcessor)
     assert getattr(processor.params, switch) is False
     default = load_config(
         write_agent_config(tmp_path, devices=AUDIO, models='[[models.leak]]\ndevice = "hyd"\n')
     )
-    (on,) = build_processors(default, {"hyd": _Windows()}).processors
+    (on,) = build_processors(default, {"hyd": cast(Driver, _Windows())}).processors
     assert isinstance(on, AudioLeakProcessor)
     assert getattr(on.params, switch) is True
     bad = write_agent_config(tmp_path, devices=AUDIO, models=table.replace("false", '"sometimes"'))
@@ -125,7 +128,7 @@ def test_a_detection_switch_reaches_the_judgement_and_a_wrong_value_names_the_ke
 def test_joint_z_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
     table = '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\njoint_z = 0\njoint_k = 4.5\n'
     config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
-    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
+    (processor,) = build_processors(config, {"hyd": cast(Driver, _Windows())}).processors
     assert isinstance(processor, AudioLeakProcessor)
     assert (processor.params.joint_z, processor.params.joint_k) == (0.0, 4.5)
     bad = write_agent_config(tmp_path, devices=AUDIO, models=table.replace("joint_z = 0", "joint_z = -1"))
@@ -142,7 +145,7 @@ def test_accumulation_keys_reach_each_sensors_confirmation_and_a_wrong_value_nam
         "accumulate_k = 1.5\naccumulate_h = 3\naccumulate_nights = 3\n"
     )
     config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
-    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
+    (processor,) = build_processors(config, {"hyd": cast(Driver, _Windows())}).processors
     assert isinstance(processor, AudioLeakProcessor)
     acc = processor.new_confirmation().accumulation
     assert (acc.k, acc.h, acc.nights) == (1.5, 3.0, 3)
@@ -157,7 +160,7 @@ def test_accumulation_keys_reach_each_sensors_confirmation_and_a_wrong_value_nam
 def test_rain_spread_db_reaches_the_judgement_and_a_wrong_value_names_the_key(tmp_path: Path) -> None:
     table = '[[models.leak]]\ndevice = "hyd"\n[models.leak.detection]\nrain_spread_db = 0\n'
     config = load_config(write_agent_config(tmp_path, devices=AUDIO, models=table))
-    (processor,) = build_processors(config, {"hyd": _Windows()}).processors
+    (processor,) = build_processors(config, {"hyd": cast(Driver, _Windows())}).processors
     assert isinstance(processor, AudioLeakProcessor)
     assert processor.params.rain_spread_db == 0.0
     bad = write_agent_config(tmp_path, devices=AUDIO, models=table.replace("= 0", "= -1"))

@@ -284,15 +284,15 @@ async def test_the_processor_learns_each_sensors_quiet_then_warns_confirms_and_l
         out = capsys.readouterr()
         return [json.loads(line) for line in out.out.splitlines()], out.err
 
-    nights, err = models("score", "leak", "--sensor", "hyd.A")
-    assert [n["night"] for n in nights] == [f"2025-03-0{d}" for d in range(1, 6)]
-    assert all(n["events"] == [] and n["state"] == "quiet" for n in nights[:4])
-    assert nights[4]["events"] == ["warning", "leak"]
-    assert nights[4]["state"] == "leak"
-    assert {b["band_hz"] for b in nights[4]["bands_risen"]} & {
+    scored, err = models("score", "leak", "--sensor", "hyd.A")
+    assert [n["night"] for n in scored] == [f"2025-03-0{d}" for d in range(1, 6)]
+    assert all(n["events"] == [] and n["state"] == "quiet" for n in scored[:4])
+    assert scored[4]["events"] == ["warning", "leak"]
+    assert scored[4]["state"] == "leak"
+    assert {b["band_hz"] for b in scored[4]["bands_risen"]} & {
         b["band_hz"] for b in leak.detail["bands_risen"]
     }
-    assert nights[4]["score"] > max(n["score"] for n in nights[:4])
+    assert scored[4]["score"] > max(n["score"] for n in scored[:4])
     assert (
         "5 night(s) of hyd.A judged again against its baseline v1 (learned on 2025-03-01 .. 2025-03-03)"
         in err
@@ -969,6 +969,7 @@ def test_a_plastic_night_with_the_pump_off_stays_quiet_and_a_weak_plastic_leak_s
     assert judge(quiet, Baseline.from_dict({**d, "relative_sigma_db": None}), pvc).positive
     again = Baseline.from_dict(json.loads(json.dumps(d)))
     assert again.relative_sigma is not None
+    assert base.relative_sigma is not None
     assert np.allclose(again.relative_sigma, base.relative_sigma, atol=0.01)
     assert not judge(quiet, again, pvc).positive
 
@@ -1221,10 +1222,10 @@ async def test_audio_below_8_khz_is_judged_on_its_levels_without_the_classifier(
     health = proc.health()
     assert health.sample_rate == 8000
     assert health.sensors["hyd.A"].baseline_sample_rate_hz == 4000
-    said = [line for line in health.status_lines() if line.startswith("hyd.A:")]
+    shown = [line for line in health.status_lines() if line.startswith("hyd.A:")]
     assert (
         "BASELINE LEARNT AT 4000 Hz, the device now at 8000 Hz (the top bands differ: recalibrate)"
-        in (said[0])
+        in (shown[0])
     )
 
 

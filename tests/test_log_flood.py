@@ -34,6 +34,10 @@ class Log:
         self._lines += [json.loads(line) for line in self._capsys.readouterr().err.splitlines() if line]
         return self._lines
 
+    def described(self) -> str:
+        """The lines so far as text, for a `wait_until` that times out."""
+        return str(self.lines())
+
     def of(self, event: str) -> list[dict[str, Any]]:
         return [line for line in self.lines() if line["event"] == event]
 
@@ -103,7 +107,7 @@ def test_a_flood_that_stops_is_summarised_when_its_window_ends(log: Log) -> None
     for _ in range(100):
         structlog.get_logger("test").error("modbus.bad_answer", device="plc")
     # Nothing else is logged: the guard's own timer reports the count.
-    (summary,) = wait_until(lambda: log.summaries("modbus.bad_answer"), within_s=3, what=log.lines)
+    (summary,) = wait_until(lambda: log.summaries("modbus.bad_answer"), within_s=3, what=log.described)
     assert (summary["suppressed"], summary["window_s"], summary["level"]) == (100 - BURST, window_s, "error")
     assert "of_logger" not in summary
     assert len(log.of("modbus.bad_answer")) == BURST  # errors are limited too, never the first ones
@@ -125,7 +129,7 @@ def test_the_kinds_tracked_stay_bounded_and_the_rest_share_one_budget(log: Log) 
         structlog.get_logger("test").warning(f"centre.bad_message.{i}")
     assert the_guard().tracked_kinds == MAX_KINDS + 1  # and the shared "(other kinds)"
     assert len(log.lines()) == MAX_KINDS + BURST
-    (summary,) = wait_until(lambda: log.summaries("(other kinds)"), within_s=3, what=log.lines)
+    (summary,) = wait_until(lambda: log.summaries("(other kinds)"), within_s=3, what=log.described)
     assert summary["suppressed"] == 1000 - BURST
     assert the_guard().tracked_kinds == 0  # a new window starts empty
 
@@ -141,7 +145,7 @@ def test_a_library_logging_through_the_standard_library_is_limited_by_its_messag
         library.warning("Revised values %s differ", i)  # the guard's DropEvent never reaches here
     written = [line for line in log.lines() if line.get("logger") == "asyncua.client.ua_client"]
     assert [line["event"] for line in written] == [f"Revised values {i} differ" for i in range(BURST)]
-    (summary,) = wait_until(lambda: log.summaries("Revised values %s differ"), within_s=3, what=log.lines)
+    (summary,) = wait_until(lambda: log.summaries("Revised values %s differ"), within_s=3, what=log.described)
     assert (summary["of_logger"], summary["suppressed"]) == ("asyncua.client.ua_client", 100 - BURST)
 
 
@@ -160,7 +164,7 @@ def test_threads_logging_at_once_lose_no_count(log: Log) -> None:
     for thread in threads:
         thread.join()
     assert len(log.of("audio.overrun")) == BURST
-    (summary,) = wait_until(lambda: log.summaries("audio.overrun"), within_s=3, what=log.lines)
+    (summary,) = wait_until(lambda: log.summaries("audio.overrun"), within_s=3, what=log.described)
     assert summary["suppressed"] == 8 * 250 - BURST
 
 

@@ -8,6 +8,7 @@ import io
 import json
 import time
 import wave
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,11 @@ def _save_npz(path: Path) -> None:
     ],
 )
 def test_bad_feature_files_are_one_line_on_stderr_and_exit_2(
-    tmp_path: Path, features: dict[str, Path], capsys: pytest.CaptureFixture[str], make, message: str
+    tmp_path: Path,
+    features: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    make: Callable[[Path], object],
+    message: str,
 ) -> None:
     bad = tmp_path / "bad.npy"
     make(bad)
@@ -198,7 +203,7 @@ def test_features_are_the_same_from_a_recorders_24_bit_float_or_stereo_wav(tmp_p
     # microphone stereo: the same sound must give the same features as 16-bit mono.
     x = MachineSoundSynth(SCENE, seed=6).render_seconds(10.0)
     x = 0.5 * x / np.max(np.abs(x))
-    files = {
+    files: dict[str, Callable[[Path], object]] = {
         "pcm16": lambda p: wavfile.write(p, 16_000, np.round(x * 32767).astype(np.int16)),
         "pcm24": lambda p: _write_pcm24(p, x, 16_000),
         "float32": lambda p: wavfile.write(p, 16_000, x.astype(np.float32)),

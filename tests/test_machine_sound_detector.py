@@ -147,7 +147,10 @@ def test_on_real_pumps_it_beats_the_plain_distances(snr: str, pump_priors: dict[
     # mean AUC 0.990 / 0.954 / 0.858 at +6 / 0 / -6 dB (default, no prior); with the pump prior
     # from the *other three* pumps' normal clips (what a new pump gets) 0.991 / 0.961 / 0.864; the
     # plain Mahalanobis distance on the bands (the second pass) 0.990 / 0.946 / 0.848.
-    leaning, ours, plain, ref = [], [], [], []
+    leaning: list[float] = []
+    ours: list[float] = []
+    plain: list[float] = []
+    ref: list[float] = []
     for pump in PUMPS:
         normal, abnormal = load(DATA, snr, pump)
         order = np.random.default_rng(7).permutation(len(normal))

@@ -104,7 +104,8 @@ def test_a_microphone_at_48_khz_gives_the_features_of_the_same_sound_at_16_khz()
         t = np.arange(10 * rate) / rate
         tones = 0.05 * np.sin(2 * np.pi * 98.0 * t) + 0.02 * np.sin(2 * np.pi * 1234.0 * t)
         # white noise of the same density per hertz below 8 kHz at both rates
-        return tones + 0.002 * np.sqrt(rate / SR) * rng.standard_normal(len(t))
+        scale: float = 0.002 * np.sqrt(rate / SR)
+        return tones + scale * rng.standard_normal(len(t))
 
     at48, at16 = clip_features(sound(48_000), 48_000), clip_features(sound(SR), SR)
     bands48 = scipy.fft.idct(at48[:128], type=2, norm="ortho")

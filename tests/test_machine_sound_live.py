@@ -30,7 +30,9 @@ def anomalies(messages: Sequence[Received]) -> list[dict[str, Any]]:
 
 
 def machine_status(status: dict[str, Any]) -> dict[str, Any]:
-    return next(p for p in status["processors"] if p["name"] == "machine_sound:P1-sound")["health"]
+    processor = next(p for p in status["processors"] if p["name"] == "machine_sound:P1-sound")
+    health: dict[str, Any] = processor["health"]
+    return health
 
 
 def test_a_cavitating_pump_heard_by_a_microphone_reaches_the_broker(

@@ -23,6 +23,7 @@ from water_edge.core.errors import ConfigError
 from water_edge.core.reading import Event, Reading
 from water_edge.drivers.audio.config import AudioConfig
 from water_edge.drivers.audio.driver import AudioDriver
+from water_edge.drivers.audio.window import AudioWindow
 from water_edge.models.machine_sound.config import MachineSoundSection
 from water_edge.models.machine_sound.processor import MachineSoundProcessor
 from water_edge.sim.machine_sound import MachineScene, MachineSoundSynth, write_wav
@@ -389,7 +390,12 @@ class RunSignalFeed:
         self._zero = asyncio.get_running_loop().create_future()
         self._sent = False
         self._seconds, self._running = seconds, running
-        driver.add_window_listener(lambda w: self._zero.done() or self._zero.set_result(w.start_ts_ns))
+
+        def first_window(w: AudioWindow) -> None:
+            if not self._zero.done():
+                self._zero.set_result(w.start_ts_ns)
+
+        driver.add_window_listener(first_window)
 
     async def get(self) -> tuple[str, list[Reading]]:
         if self._sent:

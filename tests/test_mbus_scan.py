@@ -8,7 +8,6 @@ import os
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +15,7 @@ from tests.support.cli import edge_agent_process
 from tests.support.mbus_sim import bus_config, read_once, running_bus
 from water_edge.drivers.mbus.config import MbusConfig
 from water_edge.sim.mbus_bus import MbusBus
+from water_edge.sim.mbus_meter import WaterMeter
 
 KEY = "0123456789ABCDEF0123456789ABCDEF"
 
@@ -31,7 +31,7 @@ async def scan(*args: str) -> tuple[int, str, str]:
     return run.returncode, run.stdout, run.stderr
 
 
-def secondary(meter: Any) -> str:
+def secondary(meter: WaterMeter) -> str:
     raw = meter.secondary()  # ID (BCD, LSB first), manufacturer LE, version, medium
     return raw[3::-1].hex().upper() + raw[4:].hex().upper()
 

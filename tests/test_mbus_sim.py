@@ -50,6 +50,7 @@ class Line:
         deadline = time.monotonic() + first_s
         while True:
             wait = quiet_s if out else max(0.0, deadline - time.monotonic())
+            ready: tuple[list[int], list[int], list[int]]
             ready = await asyncio.to_thread(select.select, [self.fd], [], [], wait)
             if not ready[0]:
                 return out

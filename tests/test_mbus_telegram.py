@@ -71,7 +71,8 @@ def test_elvaco_room_sensor_plain_text_unit_and_more_follows() -> None:
     assert humidity.value == pytest.approx(33.96)  # 0x0D44 * 1e-2 (VIFE 0x74)
     assert find(t, "plain_text_unit", function="maximum").value == pytest.approx(44.51)
     temp = find(t, "external_temperature")
-    assert (temp.value, temp.unit) == (pytest.approx(24.84), "degC")
+    assert temp.value == pytest.approx(24.84)
+    assert temp.unit == "degC"
     assert find(t, "external_temperature", function="minimum").value == pytest.approx(24.38)
     assert find(t, "external_temperature", function="error", storage=2).dif.hex() == "b201"
     assert find(t, "fabrication_no").value == 56
@@ -86,7 +87,8 @@ def test_itron_water_meter_volume_date_time_versions_and_manufacturer_data() -> 
     assert t.header.medium_name == "cold water"
     assert find(t, "fabrication_no").value == 11490378
     volume = find(t, "volume")
-    assert (volume.value, volume.unit) == (pytest.approx(54.321), "m3")
+    assert volume.value == pytest.approx(54.321)
+    assert volume.unit == "m3"
     assert find(t, "volume", storage=1).value == 0
     due = find(t, "date", storage=1)
     assert due.value is None
@@ -277,11 +279,13 @@ def test_application_layer_faults_are_named(user_data: str, message: str) -> Non
 )
 def test_a_record_that_cannot_be_placed_is_unknown_and_the_rest_decodes(bad: str, reason: str) -> None:
     recs = records(f"04 13 39300000 {bad} 02 5A 7B00")
-    assert (recs[0].quantity, recs[0].value) == ("volume", pytest.approx(12.345))
+    assert recs[0].quantity == "volume"
+    assert recs[0].value == pytest.approx(12.345)
     assert recs[1].quantity == "unknown"
     assert recs[1].error is not None
     assert reason in recs[1].error
-    assert (recs[2].quantity, recs[2].value) == ("flow_temperature", pytest.approx(12.3))
+    assert recs[2].quantity == "flow_temperature"
+    assert recs[2].value == pytest.approx(12.3)
 
 
 @pytest.mark.parametrize(
@@ -355,7 +359,8 @@ def test_plain_text_unit_before_or_after_its_vifes() -> None:
     after = records("03 FC 20 03 434241 153100")  # EN 13757-3: text after the VIFEs
     before = records("02 FC 03 485225 74 4408")  # Elvaco: text before them
     assert (after[0].unit, after[0].value) == ("ABC", 12565)
-    assert (before[0].unit, before[0].value) == ("%RH", pytest.approx(21.16))
+    assert before[0].unit == "%RH"
+    assert before[0].value == pytest.approx(21.16)
 
 
 def test_backflow_volume_has_its_direction() -> None:

@@ -25,7 +25,7 @@ from water_edge.drivers.modbus.tcp import ModbusTcpDriver
 NO_RESPONSE = "No response received after 1 retries, continue with next request"
 TAGS = [{"name": "a", "address": 0}, {"name": "b", "address": 1}]  # one request: holding 0, count 2
 
-Outcome = ModbusPDU | BaseException | asyncio.Future[ModbusPDU]
+Outcome = ModbusPDU | BaseException | asyncio.Future[ModbusPDU] | None  # None: the default answer
 
 
 class ScriptedClient:
@@ -99,7 +99,7 @@ class ScriptedClient:
         return self._answer("write coil", address, len(values), device_id)
 
 
-def tcp_driver(*scripts: list[Outcome]) -> tuple[ModbusTcpDriver, list[ScriptedClient]]:
+def tcp_driver(*scripts: Sequence[Outcome]) -> tuple[ModbusTcpDriver, list[ScriptedClient]]:
     """A TCP driver whose n-th `open()` gets a client playing `scripts[n]`."""
     made: list[ScriptedClient] = []
     plays = iter(scripts)
@@ -171,9 +171,9 @@ async def test_tcp_answer_failures_stay_with_the_request_and_refusals_reach_the_
     assert clients[0].sent[1:] == [("holding", 0, 2, 1), ("holding", 0, 1, 1), ("holding", 1, 1, 1)]
     assert driver.health().connected
     await driver.write(1, "holding", 500, [350])
-    with pytest.raises(DeviceError, match=r"^ps: write holding 8: modbus exception 3") as refused:
+    with pytest.raises(DeviceError, match=r"^ps: write holding 8: modbus exception 3") as refusal:
         await driver.write(1, "holding", 8, [3])
-    assert refused.value.code == 3
+    assert refusal.value.code == 3
     health = driver.health()
     assert (health.requests, health.errors, health.exceptions, health.timeouts) == (4, 3, 2, 0)
     assert clients[0].sent[4:] == [("write holding", 500, 1, 1), ("write holding", 8, 1, 1)]
@@ -205,7 +205,7 @@ async def test_typed_health_reaches_the_status_document_as_plain_json() -> None:
     async def ignore(*_args: Any) -> None:
         return None
 
-    runner = DeviceRunner(driver._config, driver, ignore, ignore)  # type: ignore[arg-type]
+    runner = DeviceRunner(driver._config, driver, ignore, ignore)
     assert health_json(runner.status())["driver"] == {
         "requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0, "last_ok_ns": None, "connected": True,
         "reconnects": 0,

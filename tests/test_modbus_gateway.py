@@ -27,7 +27,7 @@ async def plc_port() -> AsyncIterator[int]:
     plant.update(PumpStation(5, tick_s=1.0).state)
     server, port = await start_modbus_tcp(plant, "127.0.0.1", free_port())
     yield port
-    await server.shutdown()
+    await server.shutdown()  # type: ignore[no-untyped-call]
 
 
 async def gateway_driver(plc_port: int, **hang_up: Any) -> tuple[TcpGateway, ModbusTcpDriver]:

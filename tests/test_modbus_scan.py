@@ -17,7 +17,7 @@ import sys
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pytest
 
@@ -53,7 +53,7 @@ def scan(*args: str) -> tuple[int, str, str]:
     return run.returncode, run.stdout, run.stderr
 
 
-def config_of(out: str) -> dict[str, object]:
+def config_of(out: str) -> dict[str, Any]:
     """The `[[devices]]` the scan printed, as the agent's config parser reads them."""
     return tomllib.loads(out[out.index("# For the agent's config") :])
 
@@ -249,7 +249,7 @@ def test_a_plc_that_ignores_the_unit_id_is_one_device_mapped_once() -> None:
     assert "every unit ID tried answers: one device that ignores the unit ID (use unit_id = 1)" in out
     assert out.count("holding 0-60:") == 1, "mapped once, not once per unit ID"
     assert err.count("mapping unit") == 1
-    (device,) = config_of(out)["devices"]  # type: ignore[misc]
+    (device,) = config_of(out)["devices"]
     assert device["unit_id"] == 1, "as the line above says, whatever unit IDs were tried"
     assert [t["address"] for t in device["tags"]] == [a for a, _ in mapped(1, "holding", 0, 60)]
     assert all("unit_id" not in t and t["name"].startswith("unit1.") for t in device["tags"])
@@ -447,7 +447,7 @@ async def test_three_units_behind_a_gateway_are_three_devices(products: dict[int
     assert "ignores the unit ID" not in run.stdout
     for unit_id, (value, product) in products.items():
         assert f"{unit_id}  holding 0 = {value}  [ACME {product.decode()} 1.0]" in run.stdout
-    (gateway,) = config_of(run.stdout)["devices"]  # type: ignore[misc]
+    (gateway,) = config_of(run.stdout)["devices"]
     assert [(t.get("unit_id", gateway["unit_id"]), t["address"]) for t in gateway["tags"]] == [
         (1, 0),
         (2, 0),
@@ -560,7 +560,7 @@ async def test_a_late_answer_on_an_rtu_line_is_not_taken_for_the_next_read(tmp_p
     ],
 )  # fmt: skip
 async def test_an_rtu_line_where_no_unit_answers_says_what_came_back(
-    tmp_path: Path, line_fault: str, said: str
+    tmp_path: Path, line_fault: Literal["echo", "garbage", "silence"], said: str
 ) -> None:
     sim = RtuComponent()
     comm = CommFaults(lambda: 0.0)
@@ -635,7 +635,7 @@ def test_printed_device_names_are_names_the_config_takes_one_per_host_port_and_s
 
     def printed(**where: object) -> Any:
         blocks = config_blocks(found, {}, argparse.Namespace(**(defaults | where)))
-        (one,) = config_of("\n\n".join(blocks))["devices"]  # type: ignore[misc]
+        (one,) = config_of("\n\n".join(blocks))["devices"]
         model = ModbusTcpConfig if where.get("host") else ModbusRtuConfig
         model.model_validate(one)  # what check-config checks of a device: its name among them
         return one

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs in the test extra
+import jsonschema
 import pytest
 
 from tests.support.broker import Mosquitto, Received, Subscriber

@@ -11,11 +11,12 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
-from asyncua import Server, ua
+from asyncua import ua
+from asyncua.server.server import Server
 from structlog.testing import capture_logs
 
 from tests.support.opcua_sim import Sim, opcua_station
@@ -138,7 +139,9 @@ async def test_an_ipv6_endpoint_connects() -> None:
     server.set_endpoint(f"opc.tcp://[::1]:{port}")
     server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     ns = await server.register_namespace("urn:test:ipv6")
-    await server.nodes.objects.add_variable(ua.NodeId("level", ns), "level", 1.5)
+    await server.nodes.objects.add_variable(
+        ua.NodeId(cast(ua.String, "level"), cast(ua.Int16, ns)), "level", 1.5
+    )
     async with server:
         drv = driver(f"opc.tcp://[::1]:{port}", [{"name": "level", "node": f"ns={ns};s=level"}])
         await drv.open()
@@ -224,7 +227,7 @@ async def test_poll_mode_reads_at_the_poll_interval(sim: Sim) -> None:
     # Five polls 200 ms apart span four intervals: not faster than configured. The upper bound only
     # says the interval is the configured one and not, say, a second (a loaded CI machine runs late).
     assert 4 * 0.2 * 0.9 <= elapsed < 4 * 1.0, elapsed
-    values = [r.value for r in got]
+    values = [cast(float, r.value) for r in got]
     assert values == sorted(values)
     assert len(set(values)) >= 4
 
@@ -240,6 +243,7 @@ async def test_server_refusing_subscriptions_falls_back_to_polling(sim: Sim) -> 
         await drv.aclose()
     health = drv.health()
     assert health.mode == "poll"
+    assert health.fallback is not None
     assert "BadServiceUnsupported" in health.fallback
     assert len(got) >= 3
     assert all(r.quality == "good" for r in got)
@@ -362,7 +366,7 @@ async def test_server_restart_driver_reconnects_and_resubscribes(sim: Sim) -> No
     assert kinds.index("driver_down") < kinds.index("driver_up")
     first_bad = next(i for i, r in enumerate(readings) if r.quality == "bad")
     assert readings[first_bad].reason
-    resumed = [r.value for r in readings[mark:] if r.quality == "good"]
+    resumed = [cast(float, r.value) for r in readings[mark:] if r.quality == "good"]
     assert resumed == sorted(resumed)
     assert runner.stats.reconnects == 1
 

@@ -4,10 +4,12 @@ scripted asyncua client in place of a server (the real-server tests stay in test
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
@@ -17,6 +19,8 @@ from water_edge.drivers.opcua.config import OpcUaConfig
 from water_edge.drivers.opcua.driver import OpcUaDriver
 
 ENDPOINT = "opc.tcp://192.0.2.7:4840"
+# asyncua leaves UaStatusCodeError's constructor untyped; it takes the status code.
+status_error = cast(Callable[[int], UaStatusCodeError], UaStatusCodeError)
 
 
 class ScriptedServices:
@@ -27,7 +31,7 @@ class ScriptedServices:
 
     async def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
         if params.NodesToRead[0].NodeId == ua.NodeId.from_string("i=11705"):  # the operation limits
-            return [ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown))] * 3
+            return [ua.DataValue(StatusCode=ua.StatusCode(cast(ua.UInt32, StatusCodes.BadNodeIdUnknown)))] * 3
         outcome = self.outcomes.popleft() if self.outcomes else 1.5
         if isinstance(outcome, BaseException):
             raise outcome
@@ -43,7 +47,13 @@ class ScriptedClient(Client):
         self.uaclient = services  # type: ignore[assignment]
         self.disconnected = False
 
-    async def connect(self) -> None:
+    async def connect(
+        self,
+        *,
+        auto_reconnect: bool | None = None,
+        reconnect_max_delay: float | None = None,
+        reconnect_request_timeout: float | None = None,
+    ) -> None:
         if self.fail is not None:
             raise self.fail
 
@@ -76,10 +86,10 @@ def scripted_driver(*clients: tuple[BaseException | None, ScriptedServices]) -> 
     [
         (ConnectionRefusedError(111, "Connection refused"), "connection refused (is the server running"),
         (TimeoutError(), "no answer in time (server down, firewall or wrong address?)"),
-        (UaStatusCodeError(StatusCodes.BadUserAccessDenied), "BadUserAccessDenied: user name or password"),
-        (UaStatusCodeError(StatusCodes.BadTooManySessions), "BadTooManySessions: the server takes no more "
+        (status_error(StatusCodes.BadUserAccessDenied), "BadUserAccessDenied: user name or password"),
+        (status_error(StatusCodes.BadTooManySessions), "BadTooManySessions: the server takes no more "
          "sessions: other clients hold them"),
-        (UaStatusCodeError(StatusCodes.BadLicenseExpired),
+        (status_error(StatusCodes.BadLicenseExpired),
          "BadLicenseExpired: the server's licence has expired"),
         (UaError("Server certificate mismatch"), "the server's certificate is not the pinned server_"),
         (UaError("No matching endpoints: 3, http://opcfoundation.org/UA/SecurityPolicy#Basic256Sha256"),

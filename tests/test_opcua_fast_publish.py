@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from asyncua import ua
+from asyncua.common.utils import Buffer
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import struct_from_binary, struct_to_binary
 
 from water_edge.drivers.opcua.fast_publish import DataChanges, decode
@@ -52,8 +54,15 @@ STAMPS = [
     {"SourceTimestamp": dt.datetime(1969, 12, 31, tzinfo=dt.UTC)},
     {"SourceTimestamp": dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)},
 ]
-STATUSES = [None, ua.StatusCode(0), ua.StatusCode(ua.StatusCodes.UncertainLastUsableValue)]
-STATUSES += [ua.StatusCode(ua.StatusCodes.BadSensorFailure), ua.StatusCode(0x80AB0000)]
+
+
+def status_code(code: int) -> ua.StatusCode:
+    """asyncua types a status code's value as its own UInt32 class; a plain int is what it holds."""
+    return ua.StatusCode(cast(ua.UInt32, code))
+
+
+STATUSES = [None, status_code(0), status_code(StatusCodes.UncertainLastUsableValue)]
+STATUSES += [status_code(StatusCodes.BadSensorFailure), status_code(0x80AB0000)]
 
 
 def response(*notifications: Any, subscription: int = 7, sequence: int = 42) -> bytes:
@@ -61,7 +70,7 @@ def response(*notifications: Any, subscription: int = 7, sequence: int = 42) -> 
     r.Parameters.SubscriptionId = subscription
     r.Parameters.AvailableSequenceNumbers = [40, 41, 42]
     r.Parameters.MoreNotifications = False
-    r.Parameters.Results = [ua.StatusCode(0), ua.StatusCode(ua.StatusCodes.BadSequenceNumberUnknown)]
+    r.Parameters.Results = [status_code(0), status_code(StatusCodes.BadSequenceNumberUnknown)]
     r.Parameters.NotificationMessage.SequenceNumber = sequence
     r.Parameters.NotificationMessage.PublishTime = NOW
     r.Parameters.NotificationMessage.NotificationData = list(notifications)
@@ -88,7 +97,7 @@ def readings_both_ways(body: bytes) -> tuple[list[Any], list[Any]]:
     """(fast, asyncua): (handle, ts_ns, value, type, quality, reason) per item, in order."""
     fast = decode(body)
     assert fast is not None
-    slow = struct_from_binary(ua.PublishResponse, ua.utils.Buffer(body))
+    slow = struct_from_binary(ua.PublishResponse, Buffer(body))
     got = [
         (handle, *_typed(change_parts(status, source, server, raw, RECEIVE_NS)))
         for notification in fast.Parameters.NotificationMessage.NotificationData
@@ -130,7 +139,7 @@ def test_every_scalar_status_and_timestamp_reads_as_asyncua_reads_it() -> None:
 
 def test_the_response_around_the_data_is_kept() -> None:
     body = response(data_change([value(ua.Variant(1.0, VT.Double), None)]), subscription=9, sequence=77)
-    fast, slow = decode(body), struct_from_binary(ua.PublishResponse, ua.utils.Buffer(body))
+    fast, slow = decode(body), struct_from_binary(ua.PublishResponse, Buffer(body))
     assert fast is not None
     for name in ("SubscriptionId", "AvailableSequenceNumbers", "MoreNotifications", "Results"):
         assert getattr(fast.Parameters, name) == getattr(slow.Parameters, name), name
@@ -141,12 +150,12 @@ def test_the_response_around_the_data_is_kept() -> None:
 
 
 def _status_change() -> ua.StatusChangeNotification:
-    return ua.StatusChangeNotification(Status=ua.StatusCode(ua.StatusCodes.BadTimeout))
+    return ua.StatusChangeNotification(Status=status_code(StatusCodes.BadTimeout))
 
 
 def _with_diagnostics() -> bytes:
-    r = struct_from_binary(ua.PublishResponse, ua.utils.Buffer(response(data_change([]))))
-    r.ResponseHeader.ServiceDiagnostics = ua.DiagnosticInfo(SymbolicId=3)
+    r = struct_from_binary(ua.PublishResponse, Buffer(response(data_change([]))))
+    r.ResponseHeader.ServiceDiagnostics = ua.DiagnosticInfo(SymbolicId=cast(ua.Int32, 3))
     return bytes(struct_to_binary(r))
 
 

@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
@@ -297,10 +297,10 @@ async def test_a_restart_that_renumbers_namespaces_and_retypes_a_variable(sim: S
     uptime = [r for r in new if r.tag == "uptime"]
     assert uptime
     assert all(r.quality == "good" and type(r.value) is float for r in uptime), uptime
-    ticks = [r.value for r in new if r.tag == "by_uri"]
+    ticks = [cast(float, r.value) for r in new if r.tag == "by_uri"]
     assert all(r.quality == "good" for r in new if r.tag == "by_uri")
     assert ticks == sorted(ticks)
-    assert ticks[0] > max(r.value for r in old if r.tag == "by_uri")  # type: ignore[operator]
+    assert ticks[0] > max(cast(float, r.value) for r in old if r.tag == "by_uri")
     # ns=2 is now another namespace: that tag is bad with the server's reason, not another's value
     by_index = [a.reading for a in got if a.at >= lost.at and a.reading.tag == "by_index"]
     assert all(r.quality == "bad" for r in by_index)

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import cast
 
 import pytest
 from asyncua import ua
+from asyncua.ua.status_codes import StatusCodes
 
 from tests.support.testing import write_agent_config
 from water_edge.agent.config import load_config
 from water_edge.core.errors import ConfigError
 from water_edge.drivers.opcua.values import reading_parts, status_quality, to_ns, unit_from_eu
 from water_edge.sim.opcua_server import browse_path, eu_information
+
+
+def ua_time(t: dt.datetime) -> ua.DateTime:
+    """asyncua types a DataValue's timestamps as its own DateTime class; a datetime is what it holds."""
+    return cast(ua.DateTime, t)
 
 
 @pytest.mark.parametrize(
@@ -28,7 +35,7 @@ from water_edge.sim.opcua_server import browse_path, eu_information
     ],
 )
 def test_status_code_class_gives_quality_and_name_gives_reason(name: str, quality: str) -> None:
-    got_quality, reason = status_quality(getattr(ua.StatusCodes, name))
+    got_quality, reason = status_quality(getattr(StatusCodes, name))
     assert got_quality == quality
     assert reason == (None if quality == "good" else name)
 
@@ -42,15 +49,17 @@ def test_reading_parts_prefers_source_then_server_then_receive_time() -> None:
     srv = dt.datetime(2026, 1, 2, 3, 4, 6)
     aware = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     expected_src = int(aware.timestamp()) * 10**9 + 678 * 10**6
-    both = ua.DataValue(ua.Variant(1.5, ua.VariantType.Double), SourceTimestamp=src, ServerTimestamp=srv)
+    both = ua.DataValue(
+        ua.Variant(1.5, ua.VariantType.Double), SourceTimestamp=ua_time(src), ServerTimestamp=ua_time(srv)
+    )
     assert reading_parts(both, 7) == (expected_src, 1.5, "good", None)
-    server_only = ua.DataValue(ua.Variant(2, ua.VariantType.Int32), ServerTimestamp=srv)
+    server_only = ua.DataValue(ua.Variant(2, ua.VariantType.Int32), ServerTimestamp=ua_time(srv))
     assert reading_parts(server_only, 7)[0] == to_ns(srv)
     assert reading_parts(ua.DataValue(ua.Variant(True)), 7) == (7, True, "good", None)
 
 
 def test_bad_status_drops_the_value_and_nan_is_bad() -> None:
-    dv = ua.DataValue(ua.Variant(3.0), ua.StatusCode(ua.StatusCodes.BadSensorFailure))
+    dv = ua.DataValue(ua.Variant(3.0), ua.StatusCode(cast(ua.UInt32, StatusCodes.BadSensorFailure)))
     assert reading_parts(dv, 1) == (1, None, "bad", "BadSensorFailure")
     nan = ua.DataValue(ua.Variant(float("nan"), ua.VariantType.Double))
     assert reading_parts(nan, 1) == (1, None, "bad", "not a number")
@@ -125,12 +134,18 @@ def test_a_right_server_clock_vouches_for_a_value_unchanged_for_a_day_and_a_wron
     assert receive is not None
     tolerance = 300 * 10**9
     day = dt.timedelta(days=1)
-    unchanged = ua.DataValue(ua.Variant(4.5), SourceTimestamp=now - day, ServerTimestamp=now)
+    unchanged = ua.DataValue(
+        ua.Variant(4.5), SourceTimestamp=ua_time(now - day), ServerTimestamp=ua_time(now)
+    )
     # arriving a second after the server sent it: the server's time, not the arrival time
     assert reading_parts(unchanged, receive + 10**9, tolerance_ns=tolerance)[0] == receive
-    fresh = ua.DataValue(ua.Variant(4.5), SourceTimestamp=now - dt.timedelta(seconds=2), ServerTimestamp=now)
+    fresh = ua.DataValue(
+        ua.Variant(4.5), SourceTimestamp=ua_time(now - dt.timedelta(seconds=2)), ServerTimestamp=ua_time(now)
+    )
     assert reading_parts(fresh, receive, tolerance_ns=tolerance)[0] == receive - 2 * 10**9
-    server_off = ua.DataValue(ua.Variant(4.5), SourceTimestamp=now + day, ServerTimestamp=now + day)
+    server_off = ua.DataValue(
+        ua.Variant(4.5), SourceTimestamp=ua_time(now + day), ServerTimestamp=ua_time(now + day)
+    )
     assert reading_parts(server_off, receive + 1, tolerance_ns=tolerance)[0] == receive + 1
-    source_only_off = ua.DataValue(ua.Variant(4.5), SourceTimestamp=now - day)
+    source_only_off = ua.DataValue(ua.Variant(4.5), SourceTimestamp=ua_time(now - day))
     assert reading_parts(source_only_off, receive, tolerance_ns=tolerance)[0] == receive

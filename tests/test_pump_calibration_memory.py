@@ -40,7 +40,7 @@ from water_edge.models.pump.detector import (
     threshold_margin,
     trailing_mean,
 )
-from water_edge.models.pump.store import NS, FeatureHistory
+from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory
 from water_edge.models.runtime import Model, load_model
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def duty(seconds: int, seed: int) -> np.ndarray:
     demand = 0.6 + 0.3 * np.sin(2 * np.pi * t / DAY) + 0.05 * np.sin(2 * np.pi * t / 5400)
     demand[HOLD] = demand[HOLD][:1]
     noise = rng.standard_normal((seconds, 4))
-    x = np.column_stack(
+    x: np.ndarray = np.column_stack(
         [
             20 + 30 * demand**1.5 + 0.4 * noise[:, 0],
             4 + 2 * demand**2 + 0.05 * noise[:, 1],
@@ -317,7 +317,12 @@ def test_a_calibration_gives_its_memory_back(
     from water_edge.models.pump.detector import CalibrationError
 
     released: list[bool] = []
-    monkeypatch.setattr(processor, "release_memory", lambda: released.append(True) or True)
+
+    def release_memory() -> bool:
+        released.append(True)
+        return True
+
+    monkeypatch.setattr(processor, "release_memory", release_memory)
     seed_history(tmp_path, duty(1800, seed=3))
     calibrate_pump(config(), tmp_path, None, None)
     assert released == [True]
@@ -325,7 +330,7 @@ def test_a_calibration_gives_its_memory_back(
         processor.recalibrate(
             config(),
             FeatureHistory.existing(tmp_path, "P1", SIGNALS, 14.0),
-            processor.CalibrationStore(tmp_path, "P1"),
+            CalibrationStore(tmp_path, "P1"),
             model,
             window=32,
             model_version=model.version,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from water_edge.models.manifest import ModelError
@@ -153,7 +154,7 @@ def test_alarm_needs_persistence_and_clears_with_hysteresis() -> None:
 class OverflowingScorer:
     """A model whose output overflows (as TFLite's softplus did past a logit of ~88)."""
 
-    def invoke(self, x: np.ndarray) -> np.ndarray:
+    def invoke(self, x: npt.ArrayLike) -> np.ndarray:
         return np.full((np.asarray(x).shape[0], 1), np.inf, dtype=np.float32)
 
 

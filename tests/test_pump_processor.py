@@ -452,6 +452,7 @@ def test_a_calibration_the_card_cannot_store_leaves_the_pump_learning_and_says_w
     assert event.detail["from"] < event.detail["to"]
     status = proc.health().pumps["P1"]
     assert status.state == "learning"  # not armed on a calibration it could not keep ...
+    assert status.learning_progress is not None
     assert status.learning_progress < 0.5  # ... tried at 1800 samples, learning again since
     assert status.calibrations_failed == 1
     assert status.last_error is not None

@@ -22,7 +22,6 @@ from water_edge.agent.cli import main
 from water_edge.models.pump import steady
 from water_edge.models.pump.detector import alarm_series
 from water_edge.models.train.pump_eval_rig import (
-    RIG_FAULTS,
     evaluation_cases,
     make_cases,
     report,
@@ -30,7 +29,7 @@ from water_edge.models.train.pump_eval_rig import (
     shared_rigs,
 )
 from water_edge.models.train.pump_eval_short import parse_output, write_csv
-from water_edge.sim.rig import simulate_run
+from water_edge.sim.rig import RIG_FAULTS, simulate_run
 
 
 def test_cli_on_rig_runs_meets_the_measured_f1_and_false_alarm_rate() -> None:
@@ -85,8 +84,13 @@ def test_offline_marks_an_anomaly_from_where_its_score_rose_to_where_it_fell(
         return parse_output(capsys.readouterr().out.splitlines())[1]
 
     history, live = flagged(), flagged("--causal")
-    first = lambda a: int(np.flatnonzero(a)[0])  # noqa: E731
-    last = lambda a: int(np.flatnonzero(a)[-1])  # noqa: E731
+
+    def first(a: np.ndarray) -> int:
+        return int(np.flatnonzero(a)[0])
+
+    def last(a: np.ndarray) -> int:
+        return int(np.flatnonzero(a)[-1])
+
     assert 700 <= first(history) < first(live) <= 730  # the live alarm waits for its persistence
     assert last(history) < last(live)  # and for its clearing rows
     assert last(history) <= 915

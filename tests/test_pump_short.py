@@ -11,7 +11,8 @@ missed, median delay 7 s. The bounds leave a margin for numerical differences be
 
 from __future__ import annotations
 
-from water_edge.models.train.pump_eval_short import FAULTS, make_cases, report, run_cases
+from water_edge.models.train.pump_eval_short import make_cases, report, run_cases
+from water_edge.models.train.pump_sim import FAULTS
 
 
 def test_cli_on_short_steady_files_meets_the_measured_f1_and_false_alarm_rate() -> None:

@@ -14,7 +14,7 @@ import base64
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -376,7 +376,7 @@ address = 16
 type = "float32"
 """
 
-ATTACKS = {
+ATTACKS: dict[str, tuple[Callable[[str], str], str]] = {
     "a new all-rights operator": (
         lambda t: (
             t + '[[security.operators]]\nname = "mallory"\npublic_key = "{ops}"\n'

@@ -135,6 +135,8 @@ async def test_a_will_for_another_node_never_reaches_the_host(pki: Pki) -> None:
                 will=(f"spBv1.0/{SITE}/NDEATH/{node}", death.SerializeToString()),
             )  # fmt: skip
             forged.client.loop_stop()  # no reconnection after
-            forged.client.socket().close()  # gone without DISCONNECT: the broker sends the Will
+            sock = forged.client.socket()
+            assert sock is not None
+            sock.close()  # gone without DISCONNECT: the broker sends the Will
         got = await asyncio.to_thread(host.wait, lambda ms: "NDEATH" in kinds(ms))
         assert [m.topic for m in got] == [f"spBv1.0/{SITE}/NDEATH/gw-03"]

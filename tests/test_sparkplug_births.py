@@ -47,7 +47,9 @@ class Plant:
         self.filter = ExceptionFilter(RbeConfig())
         self.outbox = ReportByException(self.box, self.filter)
 
-    def node(self, make: Callable[..., Any], broker: Mosquitto, devices: list[DeviceSpec]) -> SparkplugUplink:
+    def node(
+        self, make: Callable[..., tuple[SparkplugUplink, Any]], broker: Mosquitto, devices: list[DeviceSpec]
+    ) -> SparkplugUplink:
         uplink, _ = make(
             config(broker), self.box, devices, values=self.filter.current, device_states=lambda: self.up,
             history_keep_s=0.3,
@@ -168,7 +170,9 @@ async def test_integer_tags_are_born_int64_from_their_first_value_and_stay_so(
         got = await wait(host, lambda ms: len(births(ms, "m1")) == 3)
         assert births(got, "m1")[2].metric("telegrams_lost").datatype == DataType.Int64
         assert datatypes.get(births(got, "m1")[2].metric("telegrams_lost")) == 4
-        assert uplink.health().sparkplug.births == 3  # the first, the type learned, the command
+        sparkplug = uplink.health().sparkplug
+        assert sparkplug is not None
+        assert sparkplug.births == 3  # the first, the type learned, the command
         assert session_errors(got) == []
 
 

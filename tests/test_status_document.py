@@ -26,6 +26,7 @@ from water_edge.agent.uplink.state import ConnState
 from water_edge.agent.watchdog import WatchdogHealth
 from water_edge.buffer.stats import BufferHealth
 from water_edge.core.health import Health
+from water_edge.core.processor import Processor
 from water_edge.drivers import registry
 from water_edge.drivers.audio.health import AudioHealth, Gap
 from water_edge.drivers.fake import FakeHealth
@@ -45,7 +46,7 @@ SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
 T0 = 1_764_059_400_000_000_000
 
 # The processors that ship, by kind; a new kind must add its processor here (and its health to the schema).
-PROCESSOR_CLASSES = {
+PROCESSOR_CLASSES: dict[str, type[Processor]] = {
     "pump": PumpProcessor,
     "leak": AudioLeakProcessor,
     "meter": MeterProcessor,

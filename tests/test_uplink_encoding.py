@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs in the test extra
+import jsonschema
 import orjson
 import pytest
 from pydantic import ValidationError

@@ -25,7 +25,7 @@ def scheduler(
     return lanes
 
 
-def picked(plan: list[tuple[str, OutboxRow]]) -> list[tuple[str, int]]:
+def picked(plan: Sequence[tuple[str, OutboxRow]]) -> list[tuple[str, int]]:
     return [(lane, row.id) for lane, row in plan]
 
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, ClassVar
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs in the test extra
+import jsonschema
 import pytest
 
 from tests.support.broker import Mosquitto, Received, Subscriber
@@ -141,6 +141,7 @@ class CountingPaho(PahoTransport):
             on_connack = listener.on_connack
             on_message = listener.on_message
             on_closed = listener.on_closed
+            on_unsuback = listener.on_unsuback
 
             def on_puback(self, mid: int, reason: Reason) -> None:
                 unacked.discard(mid)
@@ -239,7 +240,9 @@ async def test_ack_failure_keeps_rows_for_a_later_resend(
         await run.uplink.stop()
     assert box.pending() == 3
     assert run.uplink.health().ack_errors >= 1
-    assert "injected ack failure" in run.uplink.health().last_error
+    last_error = run.uplink.health().last_error
+    assert last_error is not None
+    assert "injected ack failure" in last_error
 
 
 async def test_retained_status_online_then_offline_on_stop(

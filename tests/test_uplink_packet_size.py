@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.testing import eventually
-from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
+from tests.support.uplink import GATEWAY, SITE, Running, StartUplink, mqtt_config, reading_batches
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.types import Batch
 from water_edge.core.reading import Reading
@@ -71,7 +71,11 @@ async def test_the_size_is_counted_as_the_broker_counts_it(
                 (message,) = await sub.wait_for_async(1, 10, topic)
                 assert message.json()["seq"] == 1
             else:
-                await eventually(lambda run=run: run.uplink.health().encode_errors == 1, 10, what="left")
+
+                def left(run: Running = run) -> bool:
+                    return run.uplink.health().encode_errors == 1
+
+                await eventually(left, 10, what="left")
             health = run.uplink.health()
             await run.uplink.stop()
         assert (health.published, health.reconnects) == (int(sent), 0), limit

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs in the test extra
+import jsonschema
 import orjson
 import paho.mqtt.client as paho
 import pytest
@@ -275,8 +275,8 @@ async def test_a_compressed_payload_is_announced_in_the_mqtt5_content_type(
 
     def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         if not msg.topic.endswith("/status"):
-            props = msg.properties
-            got.append((props.ContentType, props.PayloadFormatIndicator, msg.payload))
+            props: Any = msg.properties  # paho sets the properties a packet has as attributes at run time
+            got.append((props.ContentType, props.PayloadFormatIndicator, bytes(msg.payload)))
 
     client.on_message = on_message
     client.connect(mosquitto.host, mosquitto.port)

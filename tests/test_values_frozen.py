@@ -72,7 +72,7 @@ async def gateway() -> AsyncIterator[tuple[TcpGateway, int]]:
         with contextlib.suppress(asyncio.CancelledError):
             await plant_task
         await gw.stop()
-        await server.shutdown()
+        await server.shutdown()  # type: ignore[no-untyped-call]
 
 
 def runner_for(port: int, sink: Sink, **extra: Any) -> DeviceRunner:

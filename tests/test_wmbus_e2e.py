@@ -97,7 +97,7 @@ def test_tamper_on_an_encrypted_meter_reaches_the_broker_and_clears(
     scenario = tmp_path / "scenario.toml"
     scenario.write_text(SCENARIO)
     with running_plant(seed=9, scenario=scenario, components="wmbus", workdir=tmp_path) as plant:
-        air: dict[str, Any] = plant.endpoints["wmbus"]  # type: ignore[assignment]
+        air: dict[str, Any] = plant.endpoints["wmbus"]
         meters = air["meters"]
         key_file = tmp_path / "flat0.key"
         key_file.write_text(meters[0]["key"])

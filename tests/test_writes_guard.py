@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -32,7 +32,7 @@ class TcpWriter:
     def _trace(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if sending:
             self.sent.append(int(pdu.function_code))
-        return fc_guard(sending, pdu)
+        return cast(ModbusPDU, fc_guard(sending, pdu))
 
     async def write(
         self, unit_id: int, table: Any, address: int, registers_or_bits: Sequence[int] | Sequence[bool]

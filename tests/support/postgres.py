@@ -108,7 +108,7 @@ class Postgres(StartedService):
         import psycopg
 
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+            conn.execute(f'CREATE DATABASE "{name}"')
         return self.dsn(name)
 
     def close(self) -> None:

@@ -116,7 +116,7 @@ class PrimaryHost:
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_a: self._ready.set()
         self._client.on_message = self._on_message
-        self._client.reconnect_delay_set(0.1, 0.5)
+        self._client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]  # paho annotates int; floats work
         self._host, self._port = host, port
 
     def start(self) -> PrimaryHost:
@@ -140,7 +140,7 @@ class PrimaryHost:
         if msg.topic.startswith("spBv1.0/STATE/") or msg.topic.split("/")[2] in ("NCMD", "DCMD"):
             return  # the host's own messages
         message = Message(
-            msg.topic, Payload.FromString(msg.payload), msg.qos, bool(msg.retain), time.monotonic()
+            msg.topic, Payload.FromString(bytes(msg.payload)), msg.qos, bool(msg.retain), time.monotonic()
         )
         with self._cond:
             self.messages.append(message)

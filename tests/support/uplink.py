@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from tests.support.broker import Mosquitto
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.uplink.mqtt import MqttUplink
 from water_edge.buffer.types import Batch
@@ -21,7 +20,17 @@ SITE = "site1"
 GATEWAY = "gw1"
 
 
-def mqtt_config(broker: Mosquitto, **overrides: Any) -> MqttConfig:
+class BrokerAddress(Protocol):
+    """Where a broker listens: a `Mosquitto`, or the address of a fake peer."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+def mqtt_config(broker: BrokerAddress, **overrides: Any) -> MqttConfig:
     """Uplink settings for a test broker: short backoff so outage tests stay fast."""
     settings: dict[str, Any] = {
         "host": broker.host,
