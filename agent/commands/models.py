@@ -77,6 +77,12 @@ def register(subparsers: Any) -> None:
         "they moved (above, below, noisier, steadier)",
     )
     pump.add_argument(
+        "--label",
+        metavar="COLUMN",
+        help="a column of the file that labels rows 1 (anomalous) or 0 (normal), empty if unknown: "
+        "not scored; the marked rows are compared with it (F1, false alarms, missed, delays)",
+    )
+    pump.add_argument(
         "--pump",
         help="instead of --csv: score again the samples this gateway kept of a pump ([[models.pump]] name)",
     )
@@ -156,9 +162,10 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
 
     logs.configure("warning", json=False)  # stdout carries the CSV and nothing else
     if args.pump is not None:
-        if args.csv is not None or args.calibrate_rows is not None or args.calibrate_until is not None:
+        if any(v is not None for v in (args.csv, args.calibrate_rows, args.calibrate_until, args.label)):
             return _error(
-                "give either --csv with --calibrate-rows/--calibrate-until, or --pump (with --from/--to)"
+                "give either --csv with --calibrate-rows/--calibrate-until (and --label), "
+                "or --pump (with --from/--to)"
             )
         return _replay_pump(args)
     if args.csv is None or (args.calibrate_rows is None and args.calibrate_until is None):
@@ -180,6 +187,7 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
             causal=args.causal,
             explained=args.explain,
             calibrate_until=args.calibrate_until,
+            label=args.label,
             warn=_warn,
         )
     except ModelError as exc:
@@ -193,6 +201,9 @@ def cmd_score_pump(args: argparse.Namespace) -> int:
     )
     if scored_csv.texts is not None and marked:
         sys.stderr.write(f"edge-agent models: signals behind the marked rows: {summary(scored_csv.texts)}\n")
+    if (compared := scored_csv.compared()) is not None:
+        for line in compared.lines():
+            sys.stderr.write(f"edge-agent models: against --label {args.label}: {line}\n")
     return EXIT_OK
 
 

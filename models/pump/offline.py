@@ -67,6 +67,7 @@ from water_edge.models.pump.detector import (
     score_series,
     select,
 )
+from water_edge.models.pump.labelled import PointScores, as_labels, point_scores
 
 NUMERIC_SHARE = 0.5  # a column is numeric when at least this share of its filled cells parse
 STEADY_MAX_ROWS = 3600  # shorter calibrations are scored by `models.pump.steady`
@@ -402,6 +403,13 @@ class ScoredCsv:
     alarm: np.ndarray
     texts: list[str] | None  # what each marked row stands on (`explained`), "" for the others
     calibrate_rows: int
+    labels: np.ndarray | None = None  # `label`: 1, 0 or NaN (unknown) per row
+
+    def compared(self) -> PointScores | None:
+        """The marked rows after calibration against the labelled ones (`--label`)."""
+        if self.labels is None:
+            return None
+        return point_scores(self.alarm[self.calibrate_rows :], self.labels[self.calibrate_rows :])
 
     @property
     def marked(self) -> int:
@@ -414,6 +422,38 @@ class ScoredCsv:
         writer.writerow(["timestamp", "score", "anomaly", *(["signals"] if texts is not None else [])])
         for i, (ts, s, a) in enumerate(zip(self.timestamps, self.scores, self.alarm, strict=True)):
             writer.writerow([ts, f"{s:.6g}", int(a), *([texts[i]] if texts is not None else [])])
+
+
+def take_label(table: Table, label: str) -> tuple[Table, np.ndarray]:
+    """The table without the column named `label` (`--label`, exact name, else the one name that
+    matches ignoring case) and that column as labels (`labelled.as_labels`)."""
+    names = [n.strip() for n in table.names]
+    want = label.strip()
+    found = [j for j, n in enumerate(names) if n == want] or [
+        j for j, n in enumerate(names) if n.casefold() == want.casefold()
+    ]
+    if len(found) != 1:
+        if any(n.strip().casefold() == want.casefold() for n in table.ignored):
+            raise InputError(f"--label {label!r}: the column holds text; give labels as 1 (anomalous) or 0")
+        raise InputError(
+            f"--label {label!r}: no numeric column of that name (the file's: {', '.join(names)})"
+        )
+    if len(names) == 1:
+        raise InputError(f"--label {label!r} is the file's only numeric column: no signal is left to score")
+    j = found[0]
+    rest = [k for k in range(len(names)) if k != j]
+    values = np.asfortranarray(table.values[:, rest])
+    return replace(table, names=[table.names[k] for k in rest], values=values), as_labels(table.values[:, j])
+
+
+def _warn_labelled_calibration(
+    labels: np.ndarray | None, calibrate_rows: int, warn: Callable[[str], None]
+) -> None:
+    if labels is not None and (early := int(np.count_nonzero(labels[:calibrate_rows] == 1))):
+        warn(
+            f"--label marks {early:,} of the {calibrate_rows:,} calibration rows anomalous: "
+            "calibration should be normal operation"
+        )
 
 
 def rows_before(timestamps: list[str], until: str, tz: tzinfo) -> int:
@@ -516,6 +556,7 @@ def score_csv(
     explained: bool = False,
     calibrate_until: str | None = None,
     tz: tzinfo | None = None,
+    label: str | None = None,
     warn: Callable[[str], None] = lambda _m: None,
 ) -> ScoredCsv:
     """Validate, calibrate and score; the output CSV's lines (header first).
@@ -524,7 +565,8 @@ def score_csv(
     stamped before `calibrate_until` (naive times in `tz`, default the system's zone);
     `persistence`, `clear_after` and `hysteresis` override the chosen detector's alarm defaults;
     `causal` leaves alarms where a live gateway would have raised them (no backdating);
-    `explained` adds a `signals` column naming what each marked row stands on."""
+    `explained` adds a `signals` column naming what each marked row stands on; `label` names a
+    column of 1/0 labels, taken out of the signals and kept for `ScoredCsv.compared`."""
     if calibrate_rows is None and calibrate_until is None:
         raise InputError("give --calibrate-rows N or --calibrate-until TIME")
     try:
@@ -535,6 +577,7 @@ def score_csv(
     with _in_file(path):
         table = read_table(text, warn)
         del text  # a week at 1 s is 50 MB of it, not needed again
+        table, labels = (table, None) if label is None else take_label(table, label)
         refuse_newest_first(table.timestamps, zone)
         warn_out_of_order(table.timestamps, zone, warn)
         if calibrate_rows is None:
@@ -552,6 +595,7 @@ def score_csv(
         raise InputError(f"--calibrate-rows {calibrate_rows} exceeds the {n} data rows in the file")
     for name in table.ignored:
         warn(f"ignoring non-numeric column {name!r}")
+    _warn_labelled_calibration(labels, calibrate_rows, warn)
     covered = coverage.check(table.values, table.names, calibrate_rows)
     if covered is not None and covered.poor():
         warn(covered.message(calibrate_rows))
@@ -569,7 +613,8 @@ def score_csv(
             )
         if not causal:
             alarm = _as_history(scores, alarm, calibrate_rows, 1.0, p.hysteresis)
-        return ScoredCsv(table.timestamps, scores, alarm, None if why is None else why(alarm), calibrate_rows)
+        texts = None if why is None else why(alarm)
+        return ScoredCsv(table.timestamps, scores, alarm, texts, calibrate_rows, labels)
     with _named(path, table.names, calibrate_rows):
         cal = calibrate(
             table.values[:calibrate_rows],
@@ -599,7 +644,7 @@ def score_csv(
     marked = np.flatnonzero(alarm)
     held = _held_together(cal, run, marked, table.timestamps, warn)
     texts = gateway_texts(cal, model, columns, run, held=held, marked=marked) if explained else None
-    return ScoredCsv(table.timestamps, series, alarm, texts, calibrate_rows)
+    return ScoredCsv(table.timestamps, series, alarm, texts, calibrate_rows, labels)
 
 
 def _held_together(

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from water_edge.models.pump.detector import alarm_series, calibrate, score, select
+from water_edge.models.pump.labelled import point_scores
 from water_edge.models.runtime import Model, load_model
 from water_edge.models.train.pump_sim import FAULTS, SIGNALS, Scenario, simulate
 
@@ -83,14 +84,9 @@ class Labelled(Protocol):
 def summarise(outcomes: Sequence[Labelled]) -> dict[str, float]:
     """Point-wise F1, precision, recall and false alarm rate; missed alarm rate and median delay
     per faulty run (also used by `pump_eval_short`)."""
-    alarm = np.concatenate([o.alarm for o in outcomes])
-    labels = np.concatenate([o.labels for o in outcomes])
-    tp = int(((alarm == 1) & (labels == 1)).sum())
-    fp = int(((alarm == 1) & (labels == 0)).sum())
-    fn = int(((alarm == 0) & (labels == 1)).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    point = point_scores(
+        np.concatenate([o.alarm for o in outcomes]), np.concatenate([o.labels for o in outcomes])
+    )
     faulty = [o for o in outcomes if o.fault]
     delays = []
     missed = 0
@@ -100,12 +96,11 @@ def summarise(outcomes: Sequence[Labelled]) -> dict[str, float]:
             delays.append(float(hits[0]))
         else:
             missed += 1
-    normal_rows = labels == 0
     return {
-        "f1": round(f1, 3),
-        "precision": round(precision, 3),
-        "recall": round(recall, 3),
-        "false_alarm_rate": round(float(alarm[normal_rows].mean()) if normal_rows.any() else 0.0, 4),
+        "f1": round(point.f1, 3),
+        "precision": round(point.precision, 3),
+        "recall": round(point.recall, 3),
+        "false_alarm_rate": round(point.false_alarm_rate, 4),
         "missed_alarm_rate": round(missed / len(faulty), 3) if faulty else 0.0,
         "median_delay_s": round(float(np.median(delays)), 1) if delays else float("nan"),
         "scenarios": len(outcomes),
