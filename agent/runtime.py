@@ -47,7 +47,7 @@ from water_edge.agent.learnt_tags import LearntTags
 from water_edge.agent.live_config import ConfigPlan, plan_changes
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
 from water_edge.agent.remote.result import CommandCounts
-from water_edge.agent.secrets import config_secrets
+from water_edge.agent.secrets import Secret, config_secret_refs, resolved
 from water_edge.agent.status import StatusServer
 from water_edge.agent.status_document import AgentStatus, ProcessorStatus, RejectedInputs, StatusDocument
 from water_edge.agent.supervisor import DeviceRunner
@@ -92,6 +92,8 @@ class Agent:
         command_stats: Callable[[], CommandCounts] | None = None,
     ) -> None:
         self.config = config
+        self._secrets_of: Config | None = None
+        self._secret_refs: list[Secret] = []
         self.outbox = outbox
         self.started_mono = time.monotonic()
         self.started_ns = now_ns()
@@ -323,7 +325,13 @@ class Agent:
 
     def snapshot(self) -> dict[str, Any]:
         """The status document as JSON, with every secret of the config cut out wherever it appears."""
-        return dict(redact(self.status_document().to_json(), config_secrets(self.config)))
+        return dict(redact(self.status_document().to_json(), resolved(self._config_secrets())))
+
+    def _config_secrets(self) -> list[Secret]:
+        """The running config's secrets, found once per config (not per status request)."""
+        if self._secrets_of is not self.config:
+            self._secrets_of, self._secret_refs = self.config, config_secret_refs(self.config)
+        return self._secret_refs
 
     async def _refresh_buffer_stats(self) -> None:
         """Status must answer instantly, so buffer figures are refreshed here, off the request path."""

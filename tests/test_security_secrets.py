@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from water_edge.agent.secrets import SecretRef, resolve_secret
+from water_edge.agent.secrets import Secret, SecretRef, config_secret_refs, resolve_secret
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.core.errors import ConfigError
 from water_edge.core.redact import RedactingProcessor, redact
@@ -153,3 +153,51 @@ def test_a_password_by_reference_logs_in_and_never_shows(tmp_path: Path) -> None
             log = agent.log()
     assert PASSWORD not in repr(status)
     assert PASSWORD not in log
+
+
+async def test_status_cuts_out_a_secret_as_it_is_now_without_walking_the_config_each_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config is walked for its secrets once (77 ms at 10,000 tags, per status request before),
+    but each one is read again per request: a password file rotated since start is cut out too."""
+    from tests.support.testing import write_agent_config
+    from water_edge.agent import runtime
+    from water_edge.agent.config import load_config
+    from water_edge.buffer.async_outbox import AsyncOutbox
+
+    secret = tmp_path / "mqtt.pass"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    config = load_config(
+        write_agent_config(tmp_path, uplink={"username": "gw1", "password": {"file": str(secret)}})
+    )
+    walks = 0
+    walk = config_secret_refs
+
+    def counting_walk(config: object) -> list[Secret]:
+        nonlocal walks
+        walks += 1
+        return walk(config)
+
+    monkeypatch.setattr(runtime, "config_secret_refs", counting_walk)
+    async with await AsyncOutbox.open(tmp_path / "o.db", max_bytes=1 << 26) as box:
+        agent = runtime.Agent(config, box)
+        said = _Said(f"broker refused user gw1 / {PASSWORD}")
+        monkeypatch.setattr(agent, "status_document", lambda: said)
+        assert agent.snapshot() == {"uplink": {"last_error": "broker refused user gw1 / ***"}}
+        rotated = "N3w-rotated-secret"
+        secret.write_text(rotated + "\n")
+        said.error = f"broker refused user gw1 / {rotated}"
+        assert agent.snapshot() == {"uplink": {"last_error": "broker refused user gw1 / ***"}}
+        agent.snapshot()
+    assert walks == 1
+
+
+class _Said:
+    """A status document whose uplink error carries a secret, as a library's error text might."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def to_json(self) -> dict[str, object]:
+        return {"uplink": {"last_error": self.error}}
