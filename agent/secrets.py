@@ -7,6 +7,8 @@ appear; a reference that cannot be resolved is skipped here (the component using
 
 from __future__ import annotations
 
+import functools
+import typing
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,7 +31,7 @@ __all__ = [
 
 def secret_fields(model: BaseModel) -> Iterable[Secret]:
     """Every `Secret`-typed value set in `model` and the models nested in it."""
-    for name in type(model).model_fields:
+    for name in _fields_to_visit(type(model)):
         value: Any = getattr(model, name)
         if isinstance(value, SecretRef) or (isinstance(value, str) and name in ("password", "passphrase")):
             yield value
@@ -39,6 +41,33 @@ def secret_fields(model: BaseModel) -> Iterable[Secret]:
             for item in value:
                 if isinstance(item, BaseModel):
                     yield from secret_fields(item)
+
+
+@functools.cache
+def _fields_to_visit(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of `model` whose type could hold a secret or a model that holds one: a Modbus
+    tag's fields (names, addresses, scales) cannot, so 10,000 tags are not looked into one by one."""
+    return tuple(
+        name
+        for name, field in model.model_fields.items()
+        if name in ("password", "passphrase") or _may_hold_secret(field.annotation)
+    )
+
+
+def _may_hold_secret(annotation: object) -> bool:
+    """Whether a value of this type could be or contain a `SecretRef` or a pydantic model (which
+    could); unknown types (`Any`, a forward reference) are looked into."""
+    if isinstance(annotation, type):
+        return issubclass(annotation, BaseModel)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return False
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _may_hold_secret(args[0])
+    if args:
+        return any(_may_hold_secret(arg) for arg in args if arg is not Ellipsis)
+    return annotation is not None
 
 
 def config_secret_refs(config: Any) -> list[Secret]:
