@@ -92,7 +92,7 @@ class Agent:
         command_stats: Callable[[], CommandCounts] | None = None,
     ) -> None:
         self.config = config
-        # Found once per config, not per status request: a walk over every tag (77 ms at 10,000).
+        # Found once per config, not per status request (the walk visits every device's tags).
         self._secret_refs: list[Secret] = config_secret_refs(config)
         self.outbox = outbox
         self.started_mono = time.monotonic()

@@ -107,6 +107,13 @@ def test_a_missing_or_textual_label_column_is_a_clear_error(
     code, _, err = cli("--csv", str(worded), "--calibrate-rows", str(CALIB), "--label", "anomaly")
     assert code == 2
     assert "--label 'anomaly': the column holds text" in err
+    twice = tmp_path / "twice.csv"
+    twice.write_text("\n".join([text[0].replace("anomaly;changepoint", "Anomaly;ANOMALY"), *text[1:]]) + "\n")
+    code, _, err = cli("--csv", str(twice), "--calibrate-rows", str(CALIB), "--label", "anomaly")
+    assert code == 2
+    assert "--label 'anomaly' matches 2 columns but for case: give the exact name" in err
+    code, _, err = cli("--csv", str(twice), "--calibrate-rows", str(CALIB), "--label", "ANOMALY")
+    assert code == 0, err  # the exact name picks one
     code, _, err = cli("--pump", "P1", "--label", "anomaly")
     assert code == 2
     assert "give either --csv with --calibrate-rows/--calibrate-until (and --label), or --pump" in err

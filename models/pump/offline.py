@@ -432,7 +432,9 @@ def take_label(table: Table, label: str) -> tuple[Table, np.ndarray]:
     found = [j for j, n in enumerate(names) if n == want] or [
         j for j, n in enumerate(names) if n.casefold() == want.casefold()
     ]
-    if len(found) != 1:
+    if len(found) > 1:
+        raise InputError(f"--label {label!r} matches {len(found)} columns but for case: give the exact name")
+    if not found:
         if any(n.strip().casefold() == want.casefold() for n in table.ignored):
             raise InputError(f"--label {label!r}: the column holds text; give labels as 1 (anomalous) or 0")
         raise InputError(
