@@ -36,7 +36,10 @@ Success PUBACKs without paho's objects
     of it was building a reason-code and a properties object for every PUBACK. The client hands a
     success PUBACK to the listener with shared ones instead. This leans on paho 2.x internals as
     the bounded reads do; tests/test_uplink_paho_fast_paths.py proves it is taken and changes
-    nothing delivered or reported.
+    nothing delivered or reported. paho also reads each packet a byte or two at a time (type,
+    each length byte, the rest): three system calls per PUBACK. The client reads up to
+    `_RECV_CHUNK` at once and serves paho from it (the size check above still runs before every
+    piece it hands over), and the reader goes on while any of it is left.
 
 paho's exceptions and return codes are translated here, and only here, into `transport`'s errors.
 """
@@ -124,6 +127,8 @@ class _BoundedClient(paho.Client):
     refused: str | None = None  # why the last oversized packet was refused
     addresses: tuple[Address, ...] = ()  # resolved beforehand (`resolve`); the hostname stays for TLS
     fast_acks = 0  # success PUBACKs handled without paho's decoding (`_handle_pubackcomp`)
+    _rbuf = b""  # read from the socket, not yet taken by paho (from `_rpos` on)
+    _rpos = 0
 
     def _create_socket_connection(self) -> socket.socket:
         """Connect to the addresses resolved beforehand, in order, instead of resolving again."""
@@ -148,8 +153,22 @@ class _BoundedClient(paho.Client):
             self.refused = f"incoming packet of {packet['remaining_length']} bytes > {self.max_packet}"
             # An OSError: paho reports the connection lost and closes the socket (on_disconnect).
             raise PacketTooLargeError(self.refused)
-        data: bytes = super()._sock_recv(min(bufsize, _RECV_CHUNK))
+        # paho asks for a packet a byte or two at a time (its type, then each byte of its length,
+        # then the rest): one system call each, three per PUBACK. A chunk is read at once and
+        # served from here; `_readable` goes on while any of it is left.
+        buf, pos = self._rbuf, self._rpos
+        if pos >= len(buf):
+            buf = super()._sock_recv(_RECV_CHUNK)
+            if not buf:
+                return buf  # the connection closed
+            self._rbuf, pos = buf, 0
+        data = buf[pos : pos + bufsize]
+        self._rpos = pos + len(data)
         return data
+
+    def buffered(self) -> bool:
+        """Whether bytes read from the socket are still waiting for paho."""
+        return self._rpos < len(self._rbuf)
 
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         """A success PUBACK without properties, handled without paho's per-packet objects.
@@ -347,9 +366,10 @@ class PahoTransport:
     def _readable(self) -> None:
         c = self._connected()
         c.loop_read()
-        # TLS can hold decrypted bytes the kernel no longer reports as readable.
+        # Bytes read ahead (`_BoundedClient._sock_recv`), and those TLS decrypted, are not reported
+        # readable by the kernel again.
         sock = c.socket()
-        while isinstance(sock, ssl.SSLSocket) and sock.pending():
+        while sock is not None and (c.buffered() or (isinstance(sock, ssl.SSLSocket) and sock.pending())):
             c.loop_read()
             sock = c.socket()
 
