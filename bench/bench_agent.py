@@ -4,7 +4,7 @@ Starts the real plant (`edge-sim run --bench-tags N`), a real Mosquitto and `edg
 separate processes; a subscriber in this process checks every message. Reports the agent's CPU
 (share of one core) and peak RSS over the measurement window, loss (missing seqs, missing
 readings per tag, bad readings), read-to-broker latency percentiles, start-to-first-reading, and
-the longest of ten status requests after the window (the agent's loop serves them).
+the median and longest of ten status requests after the window (the agent's loop serves them).
 """
 
 from __future__ import annotations

@@ -348,8 +348,8 @@ def _fill(z: F64) -> F64:
     seen = np.isfinite(z)
     if seen.all():
         return z.copy()
-    # `_fill_column` of every column at once (the gateway fills a window per sample): each cell
-    # takes its column's last finite row at or before it.
+    # Every column at once (the gateway fills a window per sample): each cell takes its column's
+    # last finite row at or before it.
     n, n_ch = z.shape
     idx = np.where(seen, np.arange(n)[:, None], 0)
     np.maximum.accumulate(idx, axis=0, out=idx)
@@ -360,13 +360,8 @@ def _fill(z: F64) -> F64:
 
 def _fill_column(col: F64) -> None:
     """`_fill` of one column, in place."""
-    bad = ~np.isfinite(col)
-    if bad.any():
-        idx = np.where(~bad, np.arange(len(col)), 0)
-        np.maximum.accumulate(idx, out=idx)
-        filled = col[idx]
-        filled[~np.isfinite(filled)] = 0.0
-        col[:] = filled
+    if not np.isfinite(col).all():
+        col[:] = _fill(col[:, None])[:, 0]
 
 
 def _basis(z: F64) -> F64:
