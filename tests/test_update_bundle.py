@@ -15,6 +15,7 @@ import http.server
 import io
 import os
 import pwd
+import socket
 import ssl
 import tarfile
 import threading
@@ -22,6 +23,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -540,6 +542,44 @@ def test_a_trickled_download_ends_at_its_deadline_and_lets_go_of_thread_and_conn
         assert closed.wait(3), "the gateway kept the trickling connection open"
         assert not list(files.spool.glob("*.part"))
         assert _update_by_url(receiver, f"{base}/good", sha).detail["staged"] == sha
+
+
+def test_a_hung_name_lookup_ends_at_the_deadline_and_the_next_download_goes_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead DNS server (an LTE link's) makes `getaddrinfo` hang for as long as libc retries, and
+    no socket timeout bounds it: the download's thread stayed inside the lookup after the command
+    was answered, and every later `update` was refused as "already downloading". The lookup now
+    runs aside under the download's deadline. The resolver is the one part replaced here: a DNS
+    server that never answers cannot be set for one test without changing the machine's."""
+    trusted = Ed25519PrivateKey.generate()
+    keys = _keys(tmp_path, ("rel-2026", trusted))
+    bundle = _bundle(tmp_path, trusted)
+    sha = sha256_file(bundle)
+    answers = threading.Event()
+    real_lookup = socket.getaddrinfo
+
+    def lookup(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "updates.dns-hangs.test":
+            answers.wait(20)  # bounded, so that a regression fails instead of hanging the suite
+        return real_lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    section = UpdateSection(release_keys=keys, allow_http=True, download_timeout_s=1)
+    receiver = UpdateReceiver(section, UpdateFiles(tmp_path / "state"))
+    try:
+        with _web(bundle.read_bytes()) as (base, _asked):
+            port = base.rsplit(":", 1)[1].split("/")[0]
+            began = time.monotonic()
+            with pytest.raises(
+                CommandFailedError, match=r"name resolution of updates\.dns-hangs\.test timed out"
+            ):
+                _update_by_url(receiver, f"http://updates.dns-hangs.test:{port}/agent.tar", sha)
+            took = time.monotonic() - began
+            assert took < 3, f"the hung lookup held the download for {took:.1f} s after its 1 s deadline"
+            assert _update_by_url(receiver, f"{base}/agent.tar", sha).detail["staged"] == sha
+    finally:
+        answers.set()
 
 
 def test_a_download_keeps_off_the_shared_executor_and_a_second_one_waits_its_turn(tmp_path: Path) -> None:

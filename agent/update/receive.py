@@ -15,7 +15,8 @@ download_hosts` lists any, only from those hosts; every redirect is held to the 
 key allowed `update` cannot make the gateway request other addresses of the plant network.
 
 What a command may cost is bounded: a download ends at `download_timeout_s` however the server
-trickles (the deadline holds inside each read, and a watchdog shuts the connection at it), runs in
+trickles or the DNS resolver hangs (the deadline holds for the name lookup and inside each read, and
+a watchdog shuts the connection at it), runs in
 a thread of its own (never the event loop's shared executor, which the uplink's reconnect needs),
 one at a time. The parts of chunked transfers are counted as the disk holds them (each a file of
 at least one 4 KiB block) against `max_bundle_bytes`, every part but a transfer's last is at least
@@ -341,7 +342,7 @@ class UpdateReceiver:
         # connection at the deadline, which also ends a handshake or headers sent a byte at a time.
         seconds = self.config.download_timeout_s
         deadline = time.monotonic() + seconds
-        conns = _Connections()
+        conns = _Connections(deadline)
         watchdog = threading.Timer(seconds, conns.abort)
         watchdog.daemon = True
         opener = self._opener(conns)
@@ -381,13 +382,8 @@ class UpdateReceiver:
                 raise timed_out()
         except (OSError, http.client.HTTPException) as exc:  # URLError, HTTPError, timeouts, TLS
             part.unlink(missing_ok=True)
-            if conns.aborted or time.monotonic() >= deadline:
-                raise timed_out() from None
-            if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
-                raise CommandFailedError(
-                    f"download failed: the server sent nothing for {STALL_S:g} s ({size:,} bytes received)"
-                ) from None
-            raise CommandFailedError(f"download failed: {getattr(exc, 'reason', exc)}") from None
+            late = conns.aborted or time.monotonic() >= deadline
+            raise _failed(exc, timed_out() if late else None, size) from None
         except (CommandRefusedError, CommandFailedError):
             part.unlink(missing_ok=True)
             raise
@@ -401,11 +397,40 @@ class UpdateReceiver:
         return target
 
 
-class _Connections:
-    """The sockets of one download (redirects included), for its deadline: each read waits at
-    most until it, and at it `abort` (the watchdog's) shuts them, which ends any read under way."""
+def _failed(
+    exc: OSError | http.client.HTTPException, late: CommandFailedError | None, size: int
+) -> CommandFailedError:
+    """What a download that raised `exc` tells the command; `late`: its answer if past the deadline."""
+    reason = getattr(exc, "reason", exc)  # urllib's URLError wraps what the socket raised
+    if isinstance(reason, NameLookupTimeoutError):
+        return CommandFailedError(f"download failed: {reason} (the gateway's DNS resolver did not answer)")
+    if late is not None:
+        return late
+    if isinstance(reason, TimeoutError):
+        return CommandFailedError(
+            f"download failed: the server sent nothing for {STALL_S:g} s ({size:,} bytes received)"
+        )
+    return CommandFailedError(f"download failed: {reason}")
 
-    def __init__(self) -> None:
+
+class NameLookupTimeoutError(TimeoutError):
+    """A server's name was not resolved before the download's deadline."""
+
+
+# A name is looked up here, not in the download's thread: a hung lookup (a dead DNS server on an LTE
+# link) ignores every socket timeout and would hold that thread, and with it every later update
+# command, for as long as libc retries. Two threads: one may hang while the next download's lookup
+# still gets one.
+_RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="update-dns")
+
+
+class _Connections:
+    """The sockets of one download (redirects included), for its deadline: each name lookup and
+    read waits at most until it, and at it `abort` (the watchdog's) shuts them, which ends any
+    read under way."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._current: socket.socket | None = None
@@ -419,6 +444,33 @@ class _Connections:
                 self._current = sock
             if self.aborted or self._closed:
                 _shut(sock)
+
+    def connect(
+        self, address: tuple[str, int], timeout: object = None, source_address: tuple[str, int] | None = None
+    ) -> socket.socket:
+        """`socket.create_connection`, with the name looked up within the deadline."""
+        host, port = address
+        lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        try:
+            found = lookup.result(timeout=max(self.deadline - time.monotonic(), 0.0))
+        except concurrent.futures.TimeoutError:
+            lookup.cancel()
+            raise NameLookupTimeoutError(f"name resolution of {host} timed out") from None
+        last: OSError = OSError(f"{host} has no address")
+        for family, kind, proto, _name, sockaddr in found:
+            sock = socket.socket(family, kind, proto)
+            try:
+                if isinstance(timeout, (int, float)):
+                    sock.settimeout(timeout)
+                if source_address is not None:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            return sock
+        raise last
 
     def settimeout(self, seconds: float) -> None:
         if self._current is not None:
@@ -470,10 +522,8 @@ class _TrackedHTTPS(http.client.HTTPSConnection):
 
 
 def _track(conn: http.client.HTTPConnection, conns: _Connections) -> None:
-    create: Callable[..., socket.socket] = vars(conn)["_create_connection"]
-
     def connected(*args: Any, **kwargs: Any) -> socket.socket:
-        sock = create(*args, **kwargs)
+        sock = conns.connect(*args, **kwargs)
         conns.add(sock, current=False)
         return sock
 
