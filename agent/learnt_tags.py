@@ -15,13 +15,16 @@ earlier version wrote: a neighbour's meter is not a measurement to stand in for.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
 from water_edge.core.files import read_json_state, write_json_state
 from water_edge.core.reading import Reading
+from water_edge.core.tasks import cancel_all
 from water_edge.drivers.base import DeviceConfig, TagInfo
 
 # Tags kept per device: a driver naming tags after its input must not grow the file without end.
@@ -75,3 +78,38 @@ class LearntTags:
     def save(self, snapshot: dict[str, object]) -> None:
         """Write `snapshot`; blocking."""
         write_json_state(self.path, snapshot, "learnt_tags")
+
+
+class SpacedSaves:
+    """Saves `tags` `first_s` after a device learnt a tag (one write for the burst of a first poll)
+    and at most once per `every_s`, off the event loop. Meters heard for the first time one after
+    another (hundreds of wM-Bus meters over their first minutes) each add tags: a save per second
+    rewrote the whole growing record every second of that time."""
+
+    def __init__(self, tags: LearntTags, first_s: float = 1.0, every_s: float = 10.0) -> None:
+        self.tags, self.first_s, self.every_s = tags, first_s, every_s
+        self.saves = 0
+        self._saved_at = -every_s
+        self._task: asyncio.Task[None] | None = None
+
+    def learnt(self) -> None:
+        """A device read a tag it had not before (on the event loop)."""
+        if self._task is not None and not self._task.done():
+            return
+        wait = max(self.first_s, self._saved_at + self.every_s - time.monotonic())
+        self._task = asyncio.get_running_loop().create_task(self._save_after(wait))
+
+    async def _save_after(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        await self._save()
+
+    async def _save(self) -> None:
+        self._saved_at = time.monotonic()
+        self.saves += 1
+        await asyncio.to_thread(self.tags.save, self.tags.snapshot())
+
+    async def flush(self) -> None:
+        """At stop: a save still waiting is made now (the last tags learnt are kept)."""
+        if self._task is not None and not self._task.done():
+            await cancel_all([self._task])
+            await self._save()

@@ -43,7 +43,7 @@ from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSy
 from water_edge.agent.config import Config
 from water_edge.agent.devices_down import DOWN, UP, DownDevices
 from water_edge.agent.identity_keeper import IdentityKeeper
-from water_edge.agent.learnt_tags import LearntTags
+from water_edge.agent.learnt_tags import LearntTags, SpacedSaves
 from water_edge.agent.live_config import ConfigPlan, plan_changes
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
 from water_edge.agent.remote.result import CommandCounts
@@ -108,12 +108,11 @@ class Agent:
         # name every tag (10,000 Modbus tags kept again would cost ~5 MiB for nothing)
         learning = [device for device in enabled if device.tag_names() is None]
         self.learnt_tags = LearntTags(gw.state_dir / "learnt_tags.json", learning)
-        self._learnt_saving = False
-        self._learnt_task: asyncio.Task[None] | None = None
+        self._learnt_saves = SpacedSaves(self.learnt_tags)
         self.runners = [
             DeviceRunner(
                 device, built.get(device.name) or self._build_driver(device), self._on_readings, self.emit,
-                learnt=self.learnt_tags if device in learning else None, on_learnt=self._tags_learnt,
+                learnt=self.learnt_tags if device in learning else None, on_learnt=self._learnt_saves.learnt,
             )
             for device in enabled
         ]  # fmt: skip
@@ -226,26 +225,6 @@ class Agent:
     def _build_driver(device: Any) -> Driver:
         driver: Driver = registry.build(device.kind, device)
         return driver
-
-    def _tags_learnt(self) -> None:
-        """A device read a tag it had not before: the record is saved a second later (one write for
-        the burst of a first poll), off the event loop."""
-        if self._learnt_saving:
-            return
-        self._learnt_saving = True
-
-        async def save() -> None:
-            await asyncio.sleep(1.0)
-            self._learnt_saving = False
-            await asyncio.to_thread(self.learnt_tags.save, self.learnt_tags.snapshot())
-
-        self._learnt_task = asyncio.get_running_loop().create_task(save())
-
-    async def _save_learnt_now(self) -> None:
-        """At stop: a save still waiting its second is made now (the last tags learnt are kept)."""
-        if self._learnt_task is not None and not self._learnt_task.done():
-            await cancel_all([self._learnt_task])
-            await asyncio.to_thread(self.learnt_tags.save, self.learnt_tags.snapshot())
 
     async def _on_readings(self, stream: str, readings: list[Reading]) -> None:
         await self.pipeline.submit(stream, readings)
@@ -426,7 +405,7 @@ class Agent:
                 self.notifier.send("STOPPING=1")
                 await cancel_all(pollers)
                 await asyncio.gather(*pollers, return_exceptions=True)
-                await self._save_learnt_now()
+                await self._learnt_saves.flush()
                 await self.emit(Event("agent_stopped", "agent", now_ns(), "info"))
                 await self.pipeline.flush()
                 await self.uplink.stop()

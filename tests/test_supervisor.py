@@ -12,7 +12,7 @@ from typing import Any
 from tests.support.agent_proc import running_agent
 from tests.support.mbus_sim import bus_config, running_bus
 from tests.support.testing import FAKE_DEVICE, eventually, write_agent_config
-from water_edge.agent.learnt_tags import LearntTags
+from water_edge.agent.learnt_tags import LearntTags, SpacedSaves
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Event, Reading, now_ns
@@ -295,6 +295,40 @@ async def test_a_meter_bus_down_at_a_start_stands_in_for_the_tags_an_earlier_run
     # a device whose config changed (a meter removed, other records) starts afresh
     other = cfg.model_copy(update={"meters": [cfg.meters[0].model_copy(update={"address": 2})]})
     assert LearntTags(record, [other]).of("meters") == []
+
+
+async def test_the_learnt_tags_record_is_saved_a_moment_after_a_new_tag_and_at_most_once_per_spacing(
+    tmp_path: Path,
+) -> None:
+    """Hundreds of wM-Bus meters heard for the first time one after another each add tags; a save a
+    second after each rewrote the whole growing record every second for minutes. Saves now come a
+    moment after the first new tag and then at most once per spacing (10 s in the agent; shorter
+    here), and what is still waiting at stop is written then."""
+    record = tmp_path / "learnt_tags.json"
+    learnt = LearntTags(record, [fake_config()])
+    saves = SpacedSaves(learnt, first_s=0.05, every_s=1.5)
+
+    def learn(tag: str) -> None:
+        assert learnt.note("dev", [Reading("dev", tag, now_ns(), 1.0, "good", "bar")])
+        saves.learnt()
+
+    def saved() -> set[str]:
+        return set(json.loads(record.read_text())["dev"]["tags"]) if record.exists() else set()
+
+    learn("a")
+    await eventually(lambda: saved() == {"a"}, 5, "the first save")
+    first = time.monotonic()
+    learn("b")
+    learn("c")
+    await asyncio.sleep(0.5)
+    assert saved() == {"a"}, "saved again within the spacing"
+    await eventually(lambda: saved() == {"a", "b", "c"}, 5, "the spaced save")
+    assert time.monotonic() - first >= 1.4
+    assert saves.saves == 2  # b and c: one save
+    learn("d")
+    await saves.flush()  # the agent stops: no waiting for the spacing
+    assert saved() == {"a", "b", "c", "d"}
+    assert saves.saves == 3
 
 
 def test_the_agent_keeps_the_tags_its_devices_read_even_when_stopped_at_once(tmp_path: Path) -> None:
