@@ -29,7 +29,9 @@ MIN_CALIBRATION_HOURS = 24.0  # a daily demand cycle (docs/pump-anomaly.md)
 
 
 def register(subparsers: Any) -> None:
-    models = subparsers.add_parser("models", help="score data with the on-device models, calibrate pumps")
+    models = subparsers.add_parser(
+        "models", help="score files offline, calibrate pumps, machines and hydrophones, locate leaks"
+    )
     models_sub = models.add_subparsers(dest="models_command", required=True)
     score = models_sub.add_parser("score", help="score a file offline with a model")
     score_sub = score.add_subparsers(dest="score_model", required=True)

@@ -51,7 +51,11 @@ EXIT_BAD_INPUT = 2
 
 
 def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None:
-    leak = score_sub.add_parser("leak", help="leak probability of WAV recordings (one JSON line each)")
+    leak = score_sub.add_parser(
+        "leak",
+        help="leak probability of WAV recordings; with --baseline, the decision against the hydrophone's "
+        "own quiet (one JSON line each)",
+    )
     leak.add_argument("files", nargs="*", type=Path, metavar="FILE.wav")
     leak.add_argument("--model", type=Path, default=None, help="model manifest (default: the shipped one)")
     leak.add_argument(
