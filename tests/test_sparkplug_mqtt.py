@@ -347,6 +347,53 @@ async def test_an_integer_past_int64_is_born_uint64_and_read_back_exact_without_
     assert session_errors(got) == []
 
 
+async def test_a_meter_heard_for_the_first_time_births_its_device_alone(
+    mosquitto: Mosquitto, node: Callable[..., Any]
+) -> None:
+    """A wM-Bus receiver learns each meter's tags as it first hears it (hundreds over the first
+    minutes). Each new metric re-sent NBIRTH and every device's DBIRTH, the whole node each time;
+    a host needs only the device's new DBIRTH, with all its metrics, before the new metric's data."""
+    box = MemoryOutbox()
+    box.append_sync(rows(1))
+    with PrimaryHost(mosquitto.host, mosquitto.port) as host:
+        host.publish_state(True)
+        devices = [DeviceSpec("plc1", TAGS, {"running": DataType.Boolean}), DeviceSpec("air", [])]
+        uplink, states = node(config(mosquitto), box, devices)
+        await states.wait(lambda s: s == "online")
+        await eventually(lambda: box.pending() == 0, 10, what="the first row released")
+        for i, meter in enumerate(("m1", "m2")):
+            ts = T0 + (i + 1) * 10**9
+            box.append_sync(
+                [Batch("air", readings=[Reading("air", f"{meter}.volume", ts, 10.0 + i, unit="m3")])]
+            )
+            uplink.notify()
+        got = await asyncio.to_thread(
+            host.wait, lambda ms: sum(1 for m in ms if m.device == "air" and m.kind == "DBIRTH") >= 3
+        )
+        box.append_sync(
+            [Batch("air", readings=[Reading("air", "m2.volume", T0 + 3 * 10**9, 12.5, unit="m3")])]
+        )
+        uplink.notify()
+        got = await asyncio.to_thread(
+            host.wait, lambda ms: any(m.kind == "DDATA" and m.device == "air" for m in ms)
+        )
+    assert kinds(got).count("NBIRTH") == 1, kinds(got)
+    assert kinds(got).count("DBIRTH/plc1") == 1, kinds(got)
+    births = [m for m in got if m.kind == "DBIRTH" and m.device == "air"]
+    assert [sorted(x.name for x in b.payload.metrics) for b in births] == [
+        [],
+        ["m1.volume"],
+        ["m1.volume", "m2.volume"],
+    ]
+    assert births[2].metric("m2.volume").double_value == 11.0  # the birth carries the row's value
+    data = [
+        datatypes.get(x) for m in got if m.kind == "DDATA" and m.device == "air" for x in m.payload.metrics
+    ]
+    assert data == [12.5]  # the values the births carried are not sent again
+    assert uplink.health().sparkplug.rebirths == 0
+    assert session_errors(got) == []
+
+
 async def test_on_a_broker_that_keeps_no_retained_messages_the_node_says_why_it_waits_for_the_host(
     node: Callable[..., Any],
 ) -> None:

@@ -2,10 +2,10 @@
 
 Aliases are unique across the node and stable for the life of the process: node metrics take the
 first ones, then each device's metrics in config order. A metric first seen in a reading (a tag no
-config declared, a device the config does not list) gets the next alias and asks for a rebirth,
-as does a value whose datatype the birth did not announce (`datatypes.py`), or the first value of a
-metric born with the placeholder datatype; births always carry the catalog as it is, so every alias a
-DATA message uses was born first. A live reading whose unit differs from the metric's (an OPC UA
+config declared, a device the config does not list) gets the next alias and asks for a birth of its
+device, as does a value whose datatype the birth did not announce (`datatypes.py`), or the first
+value of a metric born with the placeholder datatype; births always carry the catalog as it is, so
+every alias a DATA message uses was born first. A live reading whose unit differs from the metric's (an OPC UA
 driver learns EngineeringUnits only once connected) changes the unit, and its device's next DBIRTH
 says it.
 """

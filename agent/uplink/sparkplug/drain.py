@@ -19,9 +19,11 @@ a rebirth); a good live reading of a dead device births it the same way, and its
 out between a DBIRTH and a DDEATH of its own. At a birth, devices their runner reports down get
 DBIRTH then DDEATH, so a host knows their metrics and that they are down.
 
-A birth that a live row causes (a new metric or datatype: the whole node; a unit that changed: that
-device) carries the row's readings as current values, and only what it did not carry goes out as
-DDATA. A device is born again for a unit at most once per REBIRTH_EVERY_S, so a unit that keeps
+A row with a metric new to the catalog (a tag no config declared, a meter heard for the first time)
+or a value of a new datatype births its device again, before the row's data: a DBIRTH with every
+metric of the device (aliases are node-unique, so no other device's birth changes). A birth that a
+live row causes (a new metric or datatype, or a unit that changed) carries the row's readings as
+current values, and only what it did not carry goes out as DDATA. A device is born again for a unit at most once per REBIRTH_EVERY_S, so a unit that keeps
 changing cannot flood the host with births; its data goes on meanwhile.
 
 A message over the broker's Maximum Packet Size is not sent (the broker would drop the connection
@@ -150,7 +152,36 @@ class SparkplugDrain:
 
     def birth(self, session: SparkplugSession, bdseq: int) -> bool:
         """NBIRTH (seq 0) and every DBIRTH after it; DDEATH for devices that are down. False if closed."""
-        return self._birth(session, bdseq, ()) is not None
+        catalog, topics = self._catalog, self._topics
+        per_device = self._current(())
+        now_ms = time.time_ns() // 1_000_000
+        try:
+            if not session.publish(
+                topics.nbirth, payloads.nbirth(catalog, bdseq, now_ms, __version__), birth=True
+            ):
+                return False
+        except TooLargeError as exc:
+            self._too_large(str(exc))
+            return False
+        self._good = {}
+        self._unborn = set()
+        self._returning = {}  # born now, as the runners say they are
+        self._born_at = asyncio.get_running_loop().time()
+        up = self._device_states()
+        for device in catalog.devices.values():
+            current = per_device.get(device.name, {})
+            if not self._dbirth(session, device, current):
+                return False
+            if (
+                up.get(device.name) is False
+                and device.name not in self._unborn
+                and not self._ddeath(session, device.name)
+            ):
+                return False
+        session.born = True
+        session.rebirth = False
+        self.counters.births += 1
+        return True
 
     def _current(self, fresh: Iterable[Reading], device: str | None = None) -> dict[str, dict[str, Reading]]:
         """Current values by device (of `device` only, if given): the filter's, or a newer one of `fresh`."""
@@ -166,41 +197,6 @@ class SparkplugDrain:
         for readings in per_device.values():
             for reading in readings.values():
                 self._catalog.settle(reading)
-        return per_device
-
-    def _birth(
-        self, session: SparkplugSession, bdseq: int, fresh: Iterable[Reading]
-    ) -> dict[str, dict[str, Reading]] | None:
-        """`birth()` with `fresh` (live readings) among the current values; what the DBIRTHs carried."""
-        catalog, topics = self._catalog, self._topics
-        per_device = self._current(fresh)
-        now_ms = time.time_ns() // 1_000_000
-        try:
-            if not session.publish(
-                topics.nbirth, payloads.nbirth(catalog, bdseq, now_ms, __version__), birth=True
-            ):
-                return None
-        except TooLargeError as exc:
-            self._too_large(str(exc))
-            return None
-        self._good = {}
-        self._unborn = set()
-        self._returning = {}  # born now, as the runners say they are
-        self._born_at = asyncio.get_running_loop().time()
-        up = self._device_states()
-        for device in catalog.devices.values():
-            current = per_device.get(device.name, {})
-            if not self._dbirth(session, device, current):
-                return None
-            if (
-                up.get(device.name) is False
-                and device.name not in self._unborn
-                and not self._ddeath(session, device.name)
-            ):
-                return None
-        session.born = True
-        session.rebirth = False
-        self.counters.births += 1
         return per_device
 
     def _dbirth(self, session: SparkplugSession, device: Device, current: Mapping[str, Reading]) -> bool:
@@ -251,7 +247,7 @@ class SparkplugDrain:
                 return leave
             await self._release(session, loop.time())
             stopping = stop.is_set()
-            if not await self._live(session, lanes, bdseq):
+            if not await self._live(session, lanes):
                 return Outcome.LOST
             if not self._due_births(session, loop.time()):
                 return Outcome.LOST
@@ -260,7 +256,7 @@ class SparkplugDrain:
             now = loop.time()
             lanes.tokens = min(max(1.0, self._rate), lanes.tokens + (now - refilled) * self._rate)
             refilled = now
-            if not stopping and not await self._backlog(session, lanes, bdseq):
+            if not stopping and not await self._backlog(session, lanes):
                 return Outcome.LOST
             if not self._more:
                 await self._wait(session, loop.time(), lanes)
@@ -280,7 +276,7 @@ class SparkplugDrain:
                 return Outcome.LOST
         return None
 
-    async def _live(self, session: SparkplugSession, lanes: _Lanes, bdseq: int) -> bool:
+    async def _live(self, session: SparkplugSession, lanes: _Lanes) -> bool:
         if not self._more:
             return True
         self._more = False
@@ -289,9 +285,9 @@ class SparkplugDrain:
             return True
         lanes.live = rows[-1].id
         self._more = len(rows) == self._lease_rows
-        return await self._publish(session, rows, bdseq, historical=False)
+        return await self._publish(session, rows, historical=False)
 
-    async def _backlog(self, session: SparkplugSession, lanes: _Lanes, bdseq: int) -> bool:
+    async def _backlog(self, session: SparkplugSession, lanes: _Lanes) -> bool:
         if not lanes.open or lanes.tokens < 1.0:
             return True
         rows = await self._lease(lanes.backlog, min(int(lanes.tokens), self._lease_rows), lanes.split)
@@ -300,7 +296,7 @@ class SparkplugDrain:
             return True
         lanes.backlog = rows[-1].id
         lanes.tokens -= len(rows)
-        return await self._publish(session, rows, bdseq, historical=True)
+        return await self._publish(session, rows, historical=True)
 
     async def _wait(self, session: SparkplugSession, now: float, lanes: _Lanes) -> None:
         waits = [self._beat_s]
@@ -378,9 +374,7 @@ class SparkplugDrain:
 
     # ------------------------------------------------------------------ rows to messages
 
-    async def _publish(
-        self, session: SparkplugSession, rows: list[OutboxRow], bdseq: int, *, historical: bool
-    ) -> bool:
+    async def _publish(self, session: SparkplugSession, rows: list[OutboxRow], *, historical: bool) -> bool:
         if self._codec is None:
             self._codec = default_codec()
         for row in rows:
@@ -396,7 +390,7 @@ class SparkplugDrain:
                 if events is not None:
                     ok = self._publish_events(session, events, historical=historical)
                 else:
-                    ok = self._publish_readings(session, readings or [], bdseq, historical=historical)
+                    ok = self._publish_readings(session, readings or [], historical=historical)
             except TooLargeError as exc:
                 self._metrics.encode_errors += 1
                 self._too_large(f"row {row.id}: {exc}: not sent, left in the outbox", row=row.id)
@@ -410,32 +404,40 @@ class SparkplugDrain:
         return True
 
     def _publish_readings(
-        self, session: SparkplugSession, readings: list[Reading], bdseq: int, *, historical: bool
+        self, session: SparkplugSession, readings: list[Reading], *, historical: bool
     ) -> bool:
         by_device: dict[str, list[Reading]] = defaultdict(list)
         for reading in readings:
             by_device[reading.source].append(reading)
         catalog = self._catalog
         resolved: list[tuple[str, list[tuple[int, Reading]]]] = []
-        rebirth = False
+        changed: list[str] = []  # devices with a metric new to the catalog, or of a new datatype
         for device, device_readings in by_device.items():
             row_metrics = []
+            new_metric = False
             for reading in device_readings:
                 metric, change = catalog.resolve(reading, live=not historical)
-                rebirth |= change is Change.BIRTH
+                new_metric |= change is Change.BIRTH
                 if change is Change.UNIT:
                     self._units_due.add(device)
                 row_metrics.append((metric.alias, reading))
             resolved.append((device, row_metrics))
-        carried: Mapping[str, Mapping[str, Reading]] = {}
-        if rebirth:
-            log.info("sparkplug.catalog_changed", devices=sorted(by_device))
-            self.counters.rebirths += 1
-            born = self._birth(session, bdseq, () if historical else readings)
+            if new_metric:
+                changed.append(device)
+        carried: dict[str, Mapping[str, Reading]] = {}
+        for device in changed:
+            # Its DBIRTH, with every metric of the device, before the data: a host needs nothing
+            # else (aliases are node-unique), where a node rebirth re-sent every device's birth
+            # for each meter heard for the first time. A dead device is born by its first data
+            # that goes out (`_publish_device`), with the catalog as it is then.
+            if not self._alive.get(device, True):
+                continue
+            log.info("sparkplug.catalog_changed", device=device)
+            born = self._device_up(session, device, () if historical else by_device[device])
             if born is None:
                 return False
             if not historical:
-                carried = born
+                carried[device] = born
         for device, items in resolved:
             if not self._publish_device(
                 session, device, items, historical=historical, carried=carried.get(device, {})
