@@ -256,6 +256,7 @@ _PER: Final[dict[int, str]] = {
     0x3A: "uncorrected unit",
     0x3B: "accumulation only if positive contributions",
     0x3C: "accumulation of abs value only if negative contributions",
+    0x3E: "value at base conditions",  # e.g. a gas volume converted to base conditions
 }
 _PER_UNIT: Final[dict[int, str]] = {
     0x20: "/s", 0x21: "/min", 0x22: "/h", 0x23: "/d", 0x24: "/week", 0x25: "/month", 0x26: "/year",

@@ -14,11 +14,12 @@ from water_edge.drivers.mbus.values import DATA_LENGTH, lvar_size
 from water_edge.drivers.wmbus.frame import crc16
 
 # DIF/VIF sequences of full frames seen from real meters (Kamstrup MULTICAL 21 in its two
-# configurations, flowIQ 2200, OmniPower), so a single captured compact frame still decodes.
+# configurations, flowIQ 2200 in two, OmniPower), so a single captured compact frame still decodes.
 KNOWN_FORMATS: Final = (
     "02FF20 0413 4413 615B 6167",
     "02FF20 0413 92013B A1015B 8101E7FF0F",
     "04FF23 0413 4413 426C 023B 92013B A2013B 06FF1B A1015B 91015B A10167",
+    "04FF23 4413 523B 06FF1B 426C 6167 5167 023B 0413 8101E7FF0F",
     "0404 04843C 042B 04AB3C",
 )
 MAX_LEARNT: Final = 1024
@@ -97,8 +98,14 @@ class FormatStore:
             self._learnt.popitem(last=False)
 
 
-def decode_compact(payload: bytes, formats: FormatStore) -> bytes:
-    """Full record bytes for a compact frame's data (after CI 79h), checked against its CRC."""
+def decode_compact(payload: bytes, formats: FormatStore, notes: list[str]) -> bytes:
+    """Full record bytes for a compact frame's data (after CI 79h), decoded by its format signature.
+
+    The full-frame CRC is not a reason to refuse: a flowIQ 2200 sends the CRC of its *previous* full
+    frame's values (wmbusmeters' test capture of meter 23813076: a full frame with flow 0, then,
+    with the next access number, a compact frame with 35 l/h whose CRC is that of flow 0). The
+    link layer's CRCs have already checked the bytes, and the signature the format; a CRC that
+    differs is a note."""
     if len(payload) < 4:
         raise MbusDecodeError("compact frame too short for its format signature and CRC")
     sig = int.from_bytes(payload[0:2], "little")
@@ -111,5 +118,8 @@ def decode_compact(payload: bytes, formats: FormatStore) -> bytes:
         )
     full = expand(fmt, payload[4:])
     if crc16(full) != full_crc:
-        raise MbusDecodeError(f"compact frame does not match format {sig:04X} (full-frame CRC differs)")
+        notes.append(
+            f"compact frame: its full-frame CRC {full_crc:04X} is not that of these values "
+            f"({crc16(full):04X}; some meters send the previous full frame's), decoded by format {sig:04X}"
+        )
     return full

@@ -152,7 +152,7 @@ def decode_wireless(
         _learn(app, store)
         return WirelessTelegram(link, ci, app, state.ell, state.afl, tuple(state.notes))
     if ci == CI_COMPACT:
-        full = compact.decode_compact(payload[1:], store)
+        full = compact.decode_compact(payload[1:], store, state.notes)
         records, mdata, more = parse_records(full)
         app = tpl.Telegram(0, link.control, ci, None, records, mdata, more)
         return WirelessTelegram(link, ci, app, state.ell, state.afl, tuple(state.notes), compact=True)
