@@ -17,10 +17,11 @@ key allowed `update` cannot make the gateway request other addresses of the plan
 What a command may cost is bounded: a download ends at `download_timeout_s` however the server
 trickles or the DNS resolver hangs (the deadline holds for the name lookup and inside each read, and
 a watchdog shuts the connection at it), runs in a thread of its own (never the event loop's shared
-executor, which the uplink's reconnect needs), one at a time. The parts of chunked transfers are counted as the disk holds them (each a file of
-at least one 4 KiB block) against `max_bundle_bytes`, every part but a transfer's last is at least
-`MIN_CHUNK_BYTES`, and at most `MAX_TRANSFERS` transfers are held at once; what they hold is kept
-in memory, so a chunk costs the event loop no directory scan.
+executor, which the uplink's reconnect needs), one at a time. The parts of chunked transfers are
+counted as the disk holds them (each a file of at least one 4 KiB block) against
+`max_bundle_bytes`, every part but a transfer's last is at least `MIN_CHUNK_BYTES`, and at most
+`MAX_TRANSFERS` transfers are held at once; what they hold is kept in memory, so a chunk costs the
+event loop no directory scan.
 """
 
 from __future__ import annotations

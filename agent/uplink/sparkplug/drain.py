@@ -23,8 +23,9 @@ A row with a metric new to the catalog (a tag no config declared, a meter heard 
 or a value of a new datatype births its device again, before the row's data: a DBIRTH with every
 metric of the device (aliases are node-unique, so no other device's birth changes). A birth that a
 live row causes (a new metric or datatype, or a unit that changed) carries the row's readings as
-current values, and only what it did not carry goes out as DDATA. A device is born again for a unit at most once per REBIRTH_EVERY_S, so a unit that keeps
-changing cannot flood the host with births; its data goes on meanwhile.
+current values, and only what it did not carry goes out as DDATA. A device is born again for a
+unit at most once per REBIRTH_EVERY_S, so a unit that keeps changing cannot flood the host with
+births; its data goes on meanwhile.
 
 A message over the broker's Maximum Packet Size is not sent (the broker would drop the connection
 for it at every reconnect, and nothing would get through): a device whose DBIRTH is too large stays
