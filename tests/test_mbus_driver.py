@@ -124,6 +124,25 @@ async def test_a_meter_in_alarm_keeps_its_readings_good(bus: MbusBus) -> None:
     assert (got["b.volume"].quality, got["b.volume"].reason) == ("bad", "meter reports application error")
 
 
+async def test_a_meter_answering_with_a_bare_application_error_is_bad_with_its_reason(bus: MbusBus) -> None:
+    """A meter may answer REQ_UD2 with an application error (CI 70h) and no status byte: a control
+    frame (L = 3). The link took it for a stray answer and the decoder for a frame without data, so
+    the meter read as silent; its status said nothing of an error either way. It is now what the
+    meter says: an unspecified application error, on the status and on every selected record."""
+    bus.inject(1, "app_error", count=10)
+    got, driver = await read_once(
+        config(
+            bus,
+            [{"name": "a", "address": 1, "records": [{"quantity": "volume"}]}, {"name": "b", "address": 2}],
+        )
+    )
+    why = "meter reports application error: unspecified error"
+    assert (got["a.status"].quality, got["a.status"].reason) == ("bad", why)
+    assert (got["a.volume"].value, got["a.volume"].quality, got["a.volume"].reason) == (None, "bad", why)
+    assert got["b.volume"].quality == "good"  # the next meter on the segment is read as before
+    assert driver.health().meter_failures == 0  # it answered: not a failed read
+
+
 async def test_unopenable_port_is_a_driver_io_error(tmp_path: Path) -> None:
     cfg = MbusConfig.model_validate(
         {"name": "x", "kind": "mbus", "port": str(tmp_path / "nope"), "meters": [{"name": "m", "address": 1}]}

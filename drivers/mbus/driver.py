@@ -29,7 +29,13 @@ from water_edge.drivers.mbus.health import MbusHealth
 from water_edge.drivers.mbus.keys import load_key
 from water_edge.drivers.mbus.link import LinkStats, MbusMaster, MbusTimeoutError, MbusWrongMeterError
 from water_edge.drivers.mbus.security import MbusEncryptedError, MbusMacError
-from water_edge.drivers.mbus.telegram import Header, Record, Telegram
+from water_edge.drivers.mbus.telegram import (
+    CI_APPLICATION_ERROR,
+    Header,
+    Record,
+    Telegram,
+    application_error_text,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +77,9 @@ def telegram_readings(
     """Readings for one meter's telegrams: all records, or the selected ones (missing -> bad)."""
     header = next((t.header for t in telegrams if t.header is not None), None)
     quality, reason = header_quality(header)
+    error = next((t.application_error for t in telegrams if t.ci == CI_APPLICATION_ERROR), None)
+    if error is not None:  # the meter answered with an error in place of its data
+        quality, reason = BAD, f"meter reports application error: {application_error_text(error)}"
     out = [Reading(source, f"{meter}.status", ts, header.status if header else 0, quality, "", reason)]
     records = [r for t in telegrams for r in t.records]
     if selectors is None:
@@ -96,7 +105,8 @@ def telegram_readings(
         )
         tag = f"{meter}.{sel.tag_name}"
         if match is None:
-            out.append(Reading(source, tag, ts, None, BAD, "", "record not in the meter's telegram"))
+            why = reason if error is not None else "record not in the meter's telegram"
+            out.append(Reading(source, tag, ts, None, BAD, "", why))
         else:
             out.append(_reading(source, tag, ts, match, (quality, reason)))
     return out

@@ -50,6 +50,10 @@ class MbusFrameError(MbusDecodeError):
     """The link layer failed: wrong start/stop byte, length mismatch, checksum error, truncation."""
 
 
+# CI 70h / 71h: an application error / alarm from the meter; it may leave out the status byte.
+_STATUS_ONLY_CIS: Final = (0x70, 0x71)
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """A parsed frame. `kind` is "ack", "short", "control" or "long"; `data` follows the CI field."""
@@ -63,6 +67,13 @@ class Frame:
     @property
     def fcb(self) -> bool:
         return bool(self.control & FCB)
+
+    @property
+    def telegram(self) -> bool:
+        """Whether it is a meter's answer with user data: a long frame, or a control frame (L = 3)
+        whose CI reports an application error or alarm without the status byte (a meter that says
+        "error" and no more; libmbus's test frame error.hex, read as an unspecified error)."""
+        return self.kind == "long" or (self.kind == "control" and self.ci in _STATUS_ONLY_CIS)
 
 
 def checksum(body: bytes) -> int:

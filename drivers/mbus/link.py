@@ -515,7 +515,7 @@ def _stray(frame: fr.Frame, address: int | None) -> str | None:
     """Why a valid frame is not the answer expected (see `MbusMaster._retrying`), or None."""
     if address is None:
         return None if frame.kind == "ack" else f"answer is not the E5 acknowledgement (a {frame.kind} frame)"
-    if frame.kind != "long":
+    if not frame.telegram:
         return f"answer is not a telegram (a{'n' if frame.kind == 'ack' else ''} {frame.kind} frame)"
     if address not in (fr.NETWORK_LAYER, fr.BROADCAST_REPLY) and frame.address != address:
         return f"answer is a telegram from address {frame.address} (a late answer from another meter?)"

@@ -39,6 +39,18 @@ STATUS_FLAGS: Final = (
     (0x10, "temporary error"),
 )
 APPLICATION_STATUS: Final = ("ok", "application busy", "application error", "abnormal condition")
+# The status byte of a CI 70h answer (EN 13757-3, general application errors); a meter may leave it
+# out, which reads as 0.
+APPLICATION_ERRORS: Final = (
+    "unspecified error", "unimplemented CI-field", "buffer too long, truncated", "too many records",
+    "premature end of record", "more than 10 DIFEs", "more than 10 VIFEs", "reserved",
+    "application too busy for handling readout request", "too many readouts",
+)  # fmt: skip
+
+
+def application_error_text(code: int) -> str:
+    return APPLICATION_ERRORS[code] if code < len(APPLICATION_ERRORS) else f"error code {code}"
+
 
 bcd_digits = values.bcd_digits
 
@@ -130,7 +142,7 @@ class Telegram:
 def decode_frame(raw: bytes, security_context: SecurityContext | None = None) -> Telegram:
     """A whole long frame (68 L L 68 ... CS 16): link-layer checks, then the application layer."""
     frame = parse_frame(raw)
-    if frame.kind != "long" or frame.ci is None:
+    if not frame.telegram or frame.ci is None:
         raise MbusDecodeError(
             f"a {frame.kind} frame carries no user data (an RSP_UD long frame was expected)"
         )

@@ -2,8 +2,9 @@
 combinable VIFE codes, mapped to a quantity name, a normalised unit and a decimal scale.
 
 Units are normalised: volume in m3, volume flow in m3/h (per-minute and per-second codes are
-rescaled), energy in Wh or J, power in W or J/h, mass in kg, temperatures in degC, differences in K,
-pressure in bar. `kind` says how the data field is read beyond a plain number.
+rescaled), energy in Wh or J (reactive energy in varh), power in W or J/h, mass in kg, temperatures
+in degC, differences in K, pressure in bar, relative humidity in %. `kind` says how the data field is
+read beyond a plain number.
 """
 
 from __future__ import annotations
@@ -92,12 +93,16 @@ def extension_fb(code: int) -> VifInfo:  # noqa: PLR0911 - one return per table 
     n1, n2 = code & 0x01, code & 0x03
     if code & 0x7E == 0x00:
         return VifInfo("energy", "Wh", _p10(n1 - 1 + 6))
+    if code & 0x7E == 0x02:  # EN 13757-3:2013 table 14: 10^n kvarh
+        return VifInfo("reactive_energy", "varh", _p10(n1 + 3))
     if code & 0x7E == 0x08:
         return VifInfo("energy", "J", _p10(n1 - 1 + 9))
     if code & 0x7E == 0x10:
         return VifInfo("volume", "m3", _p10(n1 + 2))
     if code & 0x7E == 0x18:
         return VifInfo("mass", "kg", _p10(n1 + 2 + 3))
+    if code & 0x7E == 0x1A:  # EN 13757-3:2013 table 14: 10^(n-1) %
+        return VifInfo("relative_humidity", "%", _p10(n1 - 1))
     if code & 0x7E == 0x28:
         return VifInfo("power", "W", _p10(n1 - 1 + 6))
     if code & 0x7E == 0x30:
@@ -280,6 +285,8 @@ def combinable(code: int) -> Vife:  # noqa: PLR0911, PLR0912 - one return per ta
     """A VIFE from the orthogonal (combinable) table, extension bit stripped."""
     if code in ERROR_VIFE:
         return Vife(f"record error: {ERROR_VIFE[code]}")
+    if code == 0x1D:  # EN 13757-3:2018 table 15: coded as the standard, not the maker, defines it
+        return Vife("standard conformant data content")
     if code in _DIRECTION:
         return Vife(_PER[code], direction=_DIRECTION[code])
     if code in _PER:

@@ -37,7 +37,9 @@ log = structlog.get_logger(__name__)
 
 BITS_PER_BYTE: Final = 11  # start + 8 data + even parity + stop
 NETWORK_LAYER: Final = 0xFD
-FAULTS: Final = frozenset({"checksum", "truncate", "silent", "collision", "late"})
+# A meter's pending faults are taken in this order, one per answer.
+_FAULT_ORDER: Final = ("silent", "checksum", "truncate", "collision", "late", "app_error")
+FAULTS: Final = frozenset(_FAULT_ORDER)
 MANUFACTURERS: Final = ("ZRI", "KAM", "SEN", "DME", "ITW", "APA")
 BAUD_TERMIOS: Final = {300: termios.B300, 2400: termios.B2400, 9600: termios.B9600}
 
@@ -321,10 +323,8 @@ class MbusBus:
         out = list(answers)
         for i, m in enumerate(meters):
             faults = m.state.faults
-            fault = next(
-                (f for f in ("silent", "checksum", "truncate", "collision", "late") if faults.get(f)), None
-            )
-            if fault is None or (fault in ("checksum", "truncate", "late") and len(out[i]) < 6):
+            fault = next((f for f in _FAULT_ORDER if faults.get(f)), None)
+            if fault is None or (fault in ("checksum", "truncate", "late", "app_error") and len(out[i]) < 6):
                 continue  # frame faults wait for a frame; an E5 has no checksum to break
             faults[fault] -= 1
             self.counters["faults"] += 1
@@ -337,6 +337,10 @@ class MbusBus:
                 out[i] = out[i][:-2] + bytes(((out[i][-2] + 1) & 0xFF, out[i][-1]))
             elif fault == "truncate":
                 out[i] = out[i][: max(1, len(out[i]) // 2)]
+            elif fault == "app_error":
+                # An application error (CI 70h) in place of the data, without its status byte: a
+                # control frame (L = 3), as some meters answer.
+                out[i] = _long(0x08, m.spec.address, b"\x70")
             elif fault == "collision":
                 # A second device answers at the same instant with a different frame.
                 out.append(_long(0x08, m.spec.address, b"\x72" + bytes(range(40))))
