@@ -91,6 +91,7 @@ class SpacedSaves:
         self.saves = 0
         self._saved_at = -every_s
         self._task: asyncio.Task[None] | None = None
+        self._writing = False
 
     def learnt(self) -> None:
         """A device read a tag it had not before (on the event loop)."""
@@ -101,7 +102,11 @@ class SpacedSaves:
 
     async def _save_after(self, wait: float) -> None:
         await asyncio.sleep(wait)
-        await self._save()
+        self._writing = True
+        try:
+            await self._save()
+        finally:
+            self._writing = False
 
     async def _save(self) -> None:
         self._saved_at = time.monotonic()
@@ -110,6 +115,11 @@ class SpacedSaves:
 
     async def flush(self) -> None:
         """At stop: a save still waiting is made now (the last tags learnt are kept)."""
-        if self._task is not None and not self._task.done():
-            await cancel_all([self._task])
-            await self._save()
+        task = self._task
+        if task is None or task.done():
+            return
+        if self._writing:
+            await task  # a write under way ends first: two threads must not write the record at once
+        else:
+            await cancel_all([task])
+        await self._save()
