@@ -57,6 +57,7 @@ from water_edge.agent.update.state import UpdateFiles, load_json
 from water_edge.core.envelope import Envelope
 from water_edge.core.instants import iso
 from water_edge.core.reading import now_ns
+from water_edge.core.sockets import connect_first
 
 log = structlog.get_logger(__name__)
 
@@ -456,21 +457,8 @@ class _Connections:
         except concurrent.futures.TimeoutError:
             lookup.cancel()
             raise NameLookupTimeoutError(f"name resolution of {host} timed out") from None
-        last: OSError = OSError(f"{host} has no address")
-        for family, kind, proto, _name, sockaddr in found:
-            sock = socket.socket(family, kind, proto)
-            try:
-                if isinstance(timeout, (int, float)):
-                    sock.settimeout(timeout)
-                if source_address is not None:
-                    sock.bind(source_address)
-                sock.connect(sockaddr)
-            except OSError as exc:
-                sock.close()
-                last = exc
-                continue
-            return sock
-        raise last
+        seconds = float(timeout) if isinstance(timeout, int | float) else socket.getdefaulttimeout()
+        return connect_first([(info[0], info[4]) for info in found], seconds, source_address)
 
     def settimeout(self, seconds: float) -> None:
         if self._current is not None:

@@ -72,6 +72,7 @@ from water_edge.agent.uplink.transport import (
     TransportListener,
 )
 from water_edge.core.errors import UplinkError
+from water_edge.core.sockets import Address, connect_first
 
 _RECV_CHUNK = 64 * 1024
 _SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected with our client id
@@ -79,8 +80,6 @@ _SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected
 _TIME_CODES = frozenset((9, 10))
 # Two lookups at a time: one may hang on a dead resolver while the next attempt still gets a thread.
 _RESOLVER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqtt-dns")
-
-Address = tuple[int, tuple[Any, ...]]  # (address family, sockaddr)
 
 
 async def resolve(host: str, port: int, timeout_s: float) -> list[Address]:
@@ -134,18 +133,7 @@ class _BoundedClient(paho.Client):
         """Connect to the addresses resolved beforehand, in order, instead of resolving again."""
         if not self.addresses:
             return super()._create_socket_connection()
-        last: OSError | None = None
-        for family, sockaddr in self.addresses:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.settimeout(self._connect_timeout)
-            try:
-                sock.connect(sockaddr)
-            except OSError as exc:
-                sock.close()
-                last = exc
-                continue
-            return sock
-        raise last or OSError("no address to connect to")
+        return connect_first(self.addresses, self._connect_timeout)
 
     def _sock_recv(self, bufsize: int) -> bytes:
         packet = self._in_packet
