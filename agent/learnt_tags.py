@@ -90,36 +90,34 @@ class SpacedSaves:
         self.tags, self.first_s, self.every_s = tags, first_s, every_s
         self.saves = 0
         self._saved_at = -every_s
-        self._task: asyncio.Task[None] | None = None
-        self._writing = False
+        self._waiting: asyncio.Task[None] | None = None  # a save that waits for its time
+        self._one_writer = asyncio.Lock()
 
     def learnt(self) -> None:
-        """A device read a tag it had not before (on the event loop)."""
-        if self._task is not None and not self._task.done():
+        """A device read a tag it had not before (on the event loop). A tag learnt while a save is
+        being written waits for the next one: the snapshot being written was taken before it."""
+        if self._waiting is not None:
             return
         wait = max(self.first_s, self._saved_at + self.every_s - time.monotonic())
-        self._task = asyncio.get_running_loop().create_task(self._save_after(wait))
+        self._waiting = asyncio.get_running_loop().create_task(self._save_after(wait))
 
     async def _save_after(self, wait: float) -> None:
         await asyncio.sleep(wait)
-        self._writing = True
-        try:
-            await self._save()
-        finally:
-            self._writing = False
+        self._waiting = None  # from here on, a new tag asks for the next save
+        await self._save()
 
     async def _save(self) -> None:
-        self._saved_at = time.monotonic()
-        self.saves += 1
-        await asyncio.to_thread(self.tags.save, self.tags.snapshot())
+        async with self._one_writer:  # two threads must never write the record at once
+            self._saved_at = time.monotonic()
+            self.saves += 1
+            await asyncio.to_thread(self.tags.save, self.tags.snapshot())
 
     async def flush(self) -> None:
-        """At stop: a save still waiting is made now (the last tags learnt are kept)."""
-        task = self._task
-        if task is None or task.done():
-            return
-        if self._writing:
-            await task  # a write under way ends first: two threads must not write the record at once
-        else:
-            await cancel_all([task])
+        """At stop: a save still waiting is made now (the last tags learnt are kept), after any
+        write under way."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is None:
+            async with self._one_writer:  # a write under way ends before the agent does
+                return
+        await cancel_all([waiting])  # it is asleep: nothing is being written by it
         await self._save()

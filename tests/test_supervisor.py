@@ -331,6 +331,40 @@ async def test_the_learnt_tags_record_is_saved_a_moment_after_a_new_tag_and_at_m
     assert saves.saves == 3
 
 
+async def test_a_tag_learnt_while_the_record_is_being_written_is_saved_by_the_next_save(
+    tmp_path: Path,
+) -> None:
+    """The snapshot being written was taken before the tag: a later save must follow, and a stop
+    during a write waits for it before writing the last tags (one writer at a time)."""
+    record = tmp_path / "learnt_tags.json"
+
+    class SlowDisk(LearntTags):  # an SD card that takes 0.3 s to write the record
+        def save(self, snapshot: dict[str, object]) -> None:
+            time.sleep(0.3)
+            super().save(snapshot)
+
+    learnt = SlowDisk(record, [fake_config()])
+    saves = SpacedSaves(learnt, first_s=0.05, every_s=0.5)
+
+    def learn(tag: str) -> None:
+        assert learnt.note("dev", [Reading("dev", tag, now_ns(), 1.0, "good", "bar")])
+        saves.learnt()
+
+    def saved() -> set[str]:
+        return set(json.loads(record.read_text())["dev"]["tags"]) if record.exists() else set()
+
+    learn("a")
+    await eventually(lambda: saves.saves == 1, 5, "the first write under way")
+    learn("b")  # during that write
+    await eventually(lambda: saved() == {"a", "b"}, 5, "b saved by a later write")
+    await eventually(lambda: saves.saves == 2 and saved() == {"a", "b"}, 5, "the second write done")
+    learn("c")
+    await eventually(lambda: saves.saves == 3, 5, "the third write under way")
+    learn("d")  # waits for its turn ...
+    await saves.flush()  # ... and the stop writes it after the write under way
+    assert saved() == {"a", "b", "c", "d"}
+
+
 def test_the_agent_keeps_the_tags_its_devices_read_even_when_stopped_at_once(tmp_path: Path) -> None:
     config = write_agent_config(tmp_path, devices=FAKE_DEVICE)  # a fake device: tags known once read
     with running_agent(config) as agent:
