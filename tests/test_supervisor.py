@@ -297,6 +297,21 @@ async def test_a_meter_bus_down_at_a_start_stands_in_for_the_tags_an_earlier_run
     assert LearntTags(record, [other]).of("meters") == []
 
 
+def _learning(saves: SpacedSaves) -> Callable[[str], None]:
+    """`learn(tag)`: device "dev" reads a tag new to it, and the saves hear of it (as the agent does)."""
+
+    def learn(tag: str) -> None:
+        assert saves.tags.note("dev", [Reading("dev", tag, now_ns(), 1.0, "good", "bar")])
+        saves.learnt()
+
+    return learn
+
+
+def _saved_tags(record: Path) -> Callable[[], set[str]]:
+    """The tags of "dev" in the record as it is on disk now."""
+    return lambda: set(json.loads(record.read_text())["dev"]["tags"]) if record.exists() else set()
+
+
 async def test_the_learnt_tags_record_is_saved_a_moment_after_a_new_tag_and_at_most_once_per_spacing(
     tmp_path: Path,
 ) -> None:
@@ -305,15 +320,8 @@ async def test_the_learnt_tags_record_is_saved_a_moment_after_a_new_tag_and_at_m
     moment after the first new tag and then at most once per spacing (10 s in the agent; shorter
     here), and what is still waiting at stop is written then."""
     record = tmp_path / "learnt_tags.json"
-    learnt = LearntTags(record, [fake_config()])
-    saves = SpacedSaves(learnt, first_s=0.05, every_s=1.5)
-
-    def learn(tag: str) -> None:
-        assert learnt.note("dev", [Reading("dev", tag, now_ns(), 1.0, "good", "bar")])
-        saves.learnt()
-
-    def saved() -> set[str]:
-        return set(json.loads(record.read_text())["dev"]["tags"]) if record.exists() else set()
+    saves = SpacedSaves(LearntTags(record, [fake_config()]), first_s=0.05, every_s=1.5)
+    learn, saved = _learning(saves), _saved_tags(record)
 
     learn("a")
     await eventually(lambda: saved() == {"a"}, 5, "the first save")
@@ -343,15 +351,8 @@ async def test_a_tag_learnt_while_the_record_is_being_written_is_saved_by_the_ne
             time.sleep(0.3)
             super().save(snapshot)
 
-    learnt = SlowDisk(record, [fake_config()])
-    saves = SpacedSaves(learnt, first_s=0.05, every_s=0.5)
-
-    def learn(tag: str) -> None:
-        assert learnt.note("dev", [Reading("dev", tag, now_ns(), 1.0, "good", "bar")])
-        saves.learnt()
-
-    def saved() -> set[str]:
-        return set(json.loads(record.read_text())["dev"]["tags"]) if record.exists() else set()
+    saves = SpacedSaves(SlowDisk(record, [fake_config()]), first_s=0.05, every_s=0.5)
+    learn, saved = _learning(saves), _saved_tags(record)
 
     learn("a")
     await eventually(lambda: saves.saves == 1, 5, "the first write under way")
