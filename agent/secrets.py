@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import BaseModel
@@ -29,18 +29,22 @@ __all__ = [
 ]
 
 
-def secret_fields(model: BaseModel) -> Iterable[Secret]:
-    """Every `Secret`-typed value set in `model` and the models nested in it."""
-    for name in _fields_to_visit(type(model)):
+def secret_fields(
+    model: BaseModel, fields: Callable[[type[BaseModel]], Iterable[str]] | None = None
+) -> Iterable[Secret]:
+    """Every `Secret`-typed value set in `model` and the models nested in it. `fields`: the fields
+    of a model type to look into (default: those whose type could hold a secret)."""
+    visit = _fields_to_visit if fields is None else fields
+    for name in visit(type(model)):
         value: Any = getattr(model, name)
         if isinstance(value, SecretRef) or (isinstance(value, str) and name in ("password", "passphrase")):
             yield value
         elif isinstance(value, BaseModel):
-            yield from secret_fields(value)
+            yield from secret_fields(value, visit)
         elif isinstance(value, list | tuple):
             for item in value:
                 if isinstance(item, BaseModel):
-                    yield from secret_fields(item)
+                    yield from secret_fields(item, visit)
 
 
 @functools.cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -213,18 +213,9 @@ SAMPLE_CONFIGS = [
 ]
 
 
-def _every_field(model: BaseModel) -> Iterator[Secret]:
+def _every_field(model: type[BaseModel]) -> Iterable[str]:
     """The walk as it was before fields that cannot hold a secret were skipped: every field."""
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, SecretRef) or (isinstance(value, str) and name in ("password", "passphrase")):
-            yield value
-        elif isinstance(value, BaseModel):
-            yield from _every_field(value)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                if isinstance(item, BaseModel):
-                    yield from _every_field(item)
+    return model.model_fields
 
 
 def test_the_secret_walk_skips_only_fields_that_cannot_hold_a_secret() -> None:
@@ -235,6 +226,6 @@ def test_the_secret_walk_skips_only_fields_that_cannot_hold_a_secret() -> None:
         config = load_config(sample)
         for model in [config.uplink, config.security, *config.devices]:
             walked = list(secret_fields(model))
-            assert walked == list(_every_field(model)), sample.name
+            assert walked == list(secret_fields(model, _every_field)), sample.name
             found += len(walked)
     assert found >= 3  # the samples' meter keys: the comparison compares something
