@@ -18,6 +18,7 @@ import structlog.testing
 from tests.support.uplink import StateLog, reading_batches
 from water_edge.agent.uplink.commands import MAX_COMMAND_BYTES
 from water_edge.agent.uplink.config import MqttConfig
+from water_edge.agent.uplink.drain import ACK_BATCH_ROWS, ACK_DELAY_S
 from water_edge.agent.uplink.health import CommandStats
 from water_edge.agent.uplink.json_encoding import CONTENT_TYPE
 from water_edge.agent.uplink.memory import MemoryOutbox
@@ -174,6 +175,56 @@ async def test_rows_are_deleted_only_on_a_success_puback() -> None:
         assert rig.uplink.health().inflight == 1
         conn.ack_all()
         await broker.wait_until(lambda: box.pending() == 0)
+
+
+async def test_pubacks_arriving_one_by_one_are_deleted_together_and_a_lone_row_at_once() -> None:
+    rows = 300
+    box = filled(rows)
+    broker = FakeBroker()
+    broker.puback = hold_data
+    loop = asyncio.get_running_loop()
+    async with running(box, broker) as rig:
+        await broker.wait_until(lambda: bool(broker.connections and unacked_data(broker.latest)))
+        calls_before, started = box.ack_calls, loop.time()
+        while box.pending():
+            # One PUBACK, then let the uplink run (publish into the freed slot, decide on deletes).
+            conn = broker.latest
+            held = unacked_data(conn)
+            if held:
+                conn.puback(held[0].mid)
+            for _ in range(3):
+                await asyncio.sleep(0)
+            if not held:
+                await broker.wait_until(lambda: bool(unacked_data(broker.latest)) or not box.pending())
+        calls, elapsed = box.ack_calls - calls_before, loop.time() - started
+        # A delete per PUBACK before: 300 outbox transactions. Now one per ACK_BATCH_ROWS rows, or
+        # per ACK_DELAY_S of a slow stream, and one for the last rows, whose PUBACKs left nothing in flight.
+        assert calls <= rows / ACK_BATCH_ROWS + elapsed / ACK_DELAY_S + 2, (calls, elapsed)
+
+        box.append_sync(reading_batches(1, ("plc1",)))
+        rig.uplink.notify()
+        await broker.wait_until(lambda: bool(unacked_data(broker.latest)))
+        lone = box.ack_calls
+        broker.latest.puback(unacked_data(broker.latest)[0].mid)
+        await broker.wait_until(lambda: box.pending() == 0)
+        assert box.ack_calls == lone + 1
+
+
+async def test_rows_acknowledged_just_before_the_connection_drops_are_deleted_not_sent_again() -> None:
+    box = filled(10)
+    broker = FakeBroker()
+    broker.puback = hold_data
+    async with running(box, broker) as rig:
+        await broker.wait_until(lambda: len(broker.data()) == 10)
+        first = broker.latest
+        for msg in unacked_data(first)[:4]:
+            first.puback(msg.mid)  # fewer than a batch, with rows still in flight: their delete waits
+        first.drop("connection lost: Keep alive timeout")
+        await rig.states.wait(lambda s: s == "offline")
+        await broker.wait_until(lambda: len(broker.connections) == 2 and len(seqs(broker.latest.sent)) == 6)
+        broker.latest.ack_all()
+        await broker.wait_until(lambda: box.pending() == 0)
+    assert seqs(broker.connections[1].sent) == [5, 6, 7, 8, 9, 10]
 
 
 async def test_a_failed_puback_keeps_the_row_sets_its_stream_aside_and_sends_it_again_later() -> None:

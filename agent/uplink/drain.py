@@ -36,6 +36,11 @@ from water_edge.core.errors import BufferError
 log = structlog.get_logger(__name__)
 
 HELD_MAX: Final = 256  # rows of refused streams kept in memory per connection; the rest wait in the outbox
+# Acknowledged rows are deleted together: one outbox transaction per PUBACK or two cost a third of
+# the uplink's rate on one-reading messages (8,400 → 11,000 msg/s at 64). A row whose delete waits
+# is sent again only if the process dies first (at least once, deduplicated by the centre).
+ACK_BATCH_ROWS: Final = 64
+ACK_DELAY_S: Final = 0.1  # the longest a PUBACKed row waits for its delete while others are in flight
 
 
 @dataclass
@@ -176,6 +181,8 @@ class Drain:
         retry_min_s: float = 0.5,
         retry_max_s: float = 60.0,
         ack_timeout_s: float = 60.0,
+        ack_batch_rows: int = ACK_BATCH_ROWS,
+        ack_delay_s: float = ACK_DELAY_S,
     ) -> None:
         self._outbox = outbox
         self._encoder = encoder
@@ -191,6 +198,9 @@ class Drain:
         self._released: list[OutboxRow] = []  # held rows of a stream the broker takes again
         self._reconnect_for = 0  # skipped rows not held: sent after a clean reconnect
         self._ack_timeout_s = ack_timeout_s
+        self._ack_batch_rows = ack_batch_rows
+        self._ack_delay_s = ack_delay_s
+        self._acks_since: float | None = None  # when the oldest PUBACK not yet deleted was first seen
 
     def notify(self) -> None:
         """New rows were appended: wake the drain if it is waiting for work."""
@@ -216,8 +226,8 @@ class Drain:
             took = refusals.take(session.refused, now)
             if session.closed.is_set():
                 return False
-            progressed = await self.flush_acks(session)
-            answered = now if took or progressed or not session.inflight else answered
+            progressed = self._acks_due(session, now) and await self.flush_acks(session)
+            answered = now if took or progressed or session.acks_waiting or not session.inflight else answered
             if now - answered >= self._ack_timeout_s:
                 self._ack_timed_out(session, now - answered)
                 return False
@@ -236,10 +246,11 @@ class Drain:
                     self._more = progressed = True
             progressed |= self._publish(session, lanes)
             if not progressed:
+                wait_s = self._beat_s if self._acks_since is None else self._ack_delay_s
                 if not stopping:
-                    await self._wait_wake(self._beat_s)
+                    await self._wait_wake(wait_s)
                 elif session.inflight or lanes.has_pending or self._more:
-                    await self._wait_wake(min(self._beat_s, max(0.0, deadline() - loop.time())))
+                    await self._wait_wake(min(wait_s, max(0.0, deadline() - loop.time())))
 
     def _refused_rows_again(self, session: Session, lanes: LaneScheduler, now: float) -> bool:
         """Put the due probes and the rows of streams the broker takes again back in their lanes;
@@ -275,8 +286,23 @@ class Drain:
         )
         log.warning("uplink.ack_timeout", waited_s=round(waited_s, 1), inflight=len(session.inflight))
 
+    def _acks_due(self, session: Session, now: float) -> bool:
+        """Whether the PUBACKed rows are to be deleted now: `ack_batch_rows` of them, the oldest
+        `ack_delay_s` old, or nothing else in flight (a trickle is deleted at once)."""
+        waiting = session.acks_waiting
+        if not waiting:
+            return False
+        if self._acks_since is None:
+            self._acks_since = now
+        return (
+            waiting >= self._ack_batch_rows
+            or not session.inflight
+            or now - self._acks_since >= self._ack_delay_s
+        )
+
     async def flush_acks(self, session: Session) -> bool:
         """Delete PUBACKed rows from the outbox in one call; True if there were any."""
+        self._acks_since = None
         ids = session.take_acked()
         if not ids:
             return False

@@ -102,6 +102,11 @@ class Session:
             stopping.cancel()
         return fut.result() if fut.done() and not fut.cancelled() else None
 
+    @property
+    def acks_waiting(self) -> int:
+        """Rows PUBACKed and not yet taken for deletion."""
+        return len(self._acked_ids)
+
     def take_acked(self) -> list[int]:
         """Ids of rows PUBACKed since the last call, to delete from the outbox."""
         ids, self._acked_ids = self._acked_ids, []
