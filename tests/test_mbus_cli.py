@@ -54,3 +54,40 @@ def test_bad_input_is_one_line_and_exit_2(
     assert captured.err.count("\n") == 1
     assert fragment in captured.err
     assert "Traceback" not in captured.err
+
+
+def _decode(capsys: pytest.CaptureFixture[str], text: str) -> tuple[int, str, str]:
+    code = main(["decode", "mbus", "--compact", text])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_capture_decodes_each_frame_in_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """A sniffer's log of an exchange: the REQ_UD2 the master sent, the answer, the next E5."""
+    code, out, err = _decode(capsys, f"10 7B FE 79 16 {VECTOR.read_text()} E5")
+    assert (code, err) == (0, "")
+    request, answer, ack = json.loads(out)
+    assert (request["frame"], request["control"], request["address"]) == ("short", 0x7B, 0xFE)
+    assert answer["header"]["manufacturer"] == "PAD"
+    assert ack["frame"] == "ack"
+
+
+def test_bytes_after_a_frame_that_start_none_are_skipped_and_counted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = _decode(capsys, f"{VECTOR.read_text()} 00 FF")
+    assert code == 0
+    assert json.loads(out)["header"]["id"] == "12345678"
+    assert err == "edge-agent decode mbus: warning: 2 byte(s) that start no frame skipped\n"
+
+
+def test_a_capture_with_a_frame_that_does_not_decode_exits_1_and_names_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = _decode(capsys, f"E5 {VECTOR.read_text()} 68 1F 1F 68 08 02")
+    assert code == 1
+    ack, answer, cut = json.loads(out)
+    assert (ack["frame"], answer["header"]["manufacturer"]) == ("ack", "PAD")
+    assert "truncated" in cut["error"]
+    assert err.startswith("edge-agent decode mbus: frame 3 of 3: truncated")
+    assert err.count("\n") == 1

@@ -1,12 +1,14 @@
 """`edge-agent decode mbus|wmbus HEX|- [--key HEX]`: decode a captured telegram into JSON.
 
 `mbus` takes a whole wired frame (68 L L 68 ... 16, or a short frame / E5) or bare user data
-starting at the CI field. `wmbus` takes a wireless telegram from its L field, with or without the
-link layer's CRCs (format A or B), as receivers and SDR tools print it (an rtl_wmbus line or a
-wmbusmeters `telegram=|...|` line is accepted as it is). Bytes may be separated by
-spaces or newlines; `-` reads them from stdin. `--key` is the meter's AES-128 key (32 hex digits)
-for encrypted telegrams; it is never printed. A corrupt, truncated or undecryptable telegram
-prints one line on stderr and exits 2.
+starting at the CI field, or a capture of several frames (a serial sniffer's log: the E5 before an
+answer, the master's requests, noise after a stop byte): each frame is decoded, into a list, bytes
+that start no frame are skipped and counted, and a frame that does not decode is named (exit 1).
+`wmbus` takes a wireless telegram from its L field, with or without the link layer's CRCs (format A
+or B), as receivers and SDR tools print it (an rtl_wmbus line or a wmbusmeters `telegram=|...|`
+line is accepted as it is). Bytes may be separated by spaces or newlines; `-` reads them from
+stdin. `--key` is the meter's AES-128 key (32 hex digits) for encrypted telegrams; it is never
+printed. A corrupt, truncated or undecryptable telegram prints one line on stderr and exits 2.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from typing import Any
 
 EXIT_BAD_INPUT = 2
+EXIT_PARTLY = 1  # a capture of which some frames did not decode
 
 
 def register(subparsers: Any) -> None:
@@ -49,7 +52,7 @@ def capture_hex(text: str) -> str:
     return t.replace("_", "").replace("#", "")
 
 
-def _emit(kind: str, doc: dict[str, Any], compact: bool) -> int:
+def _emit(kind: str, doc: dict[str, Any] | list[dict[str, Any]], compact: bool) -> int:
     import orjson
 
     try:
@@ -63,24 +66,62 @@ def _emit(kind: str, doc: dict[str, Any], compact: bool) -> int:
 
 def cmd_decode_mbus(args: argparse.Namespace) -> int:
     from water_edge.drivers.mbus.crypto import parse_key
-    from water_edge.drivers.mbus.frame import MbusDecodeError, parse_frame, parse_hex
-    from water_edge.drivers.mbus.telegram import SecurityContext, decode_frame, decode_user_data
+    from water_edge.drivers.mbus.frame import MbusDecodeError, frame_length, parse_hex
+    from water_edge.drivers.mbus.telegram import SecurityContext, decode_user_data
 
     try:
         context = SecurityContext(key=parse_key(args.key)) if args.key else None
         raw = parse_hex(_text(args))
-        doc: dict[str, Any]
-        if raw[0] == 0x68:
-            doc = decode_frame(raw, context).to_dict()
-        elif raw[0] in (0x10, 0xE5):
-            frame = parse_frame(raw)
-            doc = {"frame": frame.kind, "control": frame.control, "address": frame.address}
+        first = frame_length(raw[:4]) if raw[0] in (0x68, 0x10, 0xE5) else None
+        if first is not None and len(raw) > first:
+            return _decode_mbus_capture(raw, context, args.compact)
+        if raw[0] in (0x68, 0x10, 0xE5):
+            doc = _mbus_frame(raw, context)
         else:
             doc = decode_user_data(raw[0], raw[1:], security=context).to_dict()
     except MbusDecodeError as exc:
         sys.stderr.write(f"edge-agent decode mbus: {exc}\n")
         return EXIT_BAD_INPUT
     return _emit("mbus", doc, args.compact)
+
+
+def _mbus_frame(raw: bytes, context: Any) -> dict[str, Any]:
+    """One whole frame: a telegram's JSON, or what a short frame or an E5 is."""
+    from water_edge.drivers.mbus.frame import parse_frame
+    from water_edge.drivers.mbus.telegram import decode_frame
+
+    if raw[0] == 0x68:
+        return decode_frame(raw, context).to_dict()
+    frame = parse_frame(raw)
+    return {"frame": frame.kind, "control": frame.control, "address": frame.address}
+
+
+def _decode_mbus_capture(raw: bytes, context: Any, compact: bool) -> int:
+    """More bytes than the first frame: a capture (the E5 before an answer, requests and answers,
+    noise after the stop byte). Each frame is decoded; a list when there are several, each
+    undecodable one as `{"error": ...}` and a line on stderr (exit 1); bytes that start no
+    frame are skipped and counted on stderr."""
+    from water_edge.drivers.mbus.frame import MbusDecodeError, split_capture
+
+    frames, noise = split_capture(raw)
+    docs: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for number, frame in enumerate(frames, 1):
+        try:
+            docs.append(_mbus_frame(frame, context))
+        except MbusDecodeError as exc:
+            where = f"frame {number} of {len(frames)}" if len(frames) > 1 else "the frame"
+            errors.append(f"{where}: {exc}")
+            docs.append({"error": str(exc)})
+    if len(errors) == len(frames):
+        sys.stderr.write(f"edge-agent decode mbus: {errors[0]}\n")
+        return EXIT_BAD_INPUT
+    for line in errors:
+        sys.stderr.write(f"edge-agent decode mbus: {line}\n")
+    if noise:
+        sys.stderr.write(f"edge-agent decode mbus: warning: {noise} byte(s) that start no frame skipped\n")
+    code = _emit("mbus", docs[0] if len(docs) == 1 else docs, compact)
+    return code or (EXIT_PARTLY if errors else 0)
 
 
 def cmd_decode_wmbus(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ ACK: Final = 0xE5
 SHORT_START: Final = 0x10
 LONG_START: Final = 0x68
 STOP: Final = 0x16
+START_BYTES: Final = frozenset((ACK, SHORT_START, LONG_START))
 
 # Control field values (master -> slave); FCB is bit 5 (0x20), FCV bit 4 (0x10).
 SND_NKE: Final = 0x40
@@ -166,6 +167,30 @@ def parse_frame(raw: bytes) -> Frame:
         return Frame("short", raw[1], raw[2])
     kind = "control" if raw[1] == 3 else "long"
     return Frame(kind, body[0], body[1], body[2], bytes(body[3:]))
+
+
+def split_capture(raw: bytes) -> tuple[list[bytes], int]:
+    """A capture of several frames (a sniffer's log of an exchange: requests, E5, answers) cut
+    into its frames, in order, and the number of bytes that start none (noise between or after
+    them). A frame cut short by the end of the capture is the last piece, for `parse_frame` to
+    name; a byte that cannot start a frame, or a 68 whose header does not hold, is noise."""
+    frames: list[bytes] = []
+    noise = at = 0
+    while at < len(raw):
+        try:
+            needed = frame_length(raw[at : at + 4]) if raw[at] in START_BYTES else 0
+        except MbusFrameError:
+            needed = 0
+        if needed == 0:
+            noise += 1
+            at += 1
+            continue
+        if needed is None or at + needed > len(raw):
+            frames.append(raw[at:])
+            break
+        frames.append(raw[at : at + needed])
+        at += needed
+    return frames, noise
 
 
 def parse_hex(text: str) -> bytes:

@@ -37,7 +37,6 @@ log = structlog.get_logger(__name__)
 BITS_PER_BYTE: Final = 11
 # Noise bytes skipped before an answer's start byte; more is garbage, not a glitch.
 MAX_NOISE_BYTES: Final = 32
-_START_BYTES: Final = frozenset((fr.ACK, fr.SHORT_START, fr.LONG_START))
 # Linux takes a pseudo-terminal's parity setting at its first open only and refuses it after.
 _PTY_HINT: Final = "; a pseudo-terminal (edge-sim's) takes 8E1 at its first open only: restart edge-sim"
 ID_DIGITS: Final = 8
@@ -259,7 +258,7 @@ class MbusMaster:
         # Once the answer started, the rest follows at the baud rate; allow half again plus 50 ms.
         per_byte = BITS_PER_BYTE / self.baudrate
         skipped = 0
-        while head[0] not in _START_BYTES and skipped < MAX_NOISE_BYTES:
+        while head[0] not in fr.START_BYTES and skipped < MAX_NOISE_BYTES:
             # Noise in front of the answer: its start byte follows within the first deadline or
             # right after the noise.
             skipped += 1
