@@ -3,6 +3,7 @@ independent decoder found, keys that decrypt and keys that do not, link-layer CR
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import NamedTuple
 
@@ -192,6 +193,34 @@ def test_cli_accepts_the_capture_forms_tools_print(form: str, capsys: pytest.Cap
     text = form.format(hex=v.raw.hex(), head=v.raw[:15].hex(), tail=v.raw[15:].hex())
     assert main(["decode", "wmbus", text]) == 0
     assert orjson.loads(capsys.readouterr().out)["total_volume_m3"] == pytest.approx(123.529)
+
+
+def test_cli_decodes_a_receivers_log_line_by_line_in_order(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log of a receiver, a telegram a line, piped in whole: each line is decoded, and a compact
+    frame after its meter's full frame finds the format that frame gave. Before, the first telegram
+    was decoded and the others were 'bytes after the frame ignored'."""
+    full, comp = _vector("multical21_44556677_full"), _vector("multical21_44556677_compact")
+    store = FormatStore()
+    store._known.clear()  # nothing shipped: only what the log teaches
+    monkeypatch.setattr("water_edge.drivers.wmbus.telegram._SHARED_FORMATS", store)
+    log = "\n".join(
+        [
+            comp.raw.hex(),
+            f"T1;1;1;2019-04-03 19:00:42.000;97;148;44556677;0x{full.raw.hex()}",
+            f"telegram=|{comp.raw.hex()}|",
+            "",
+        ]
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO(log))
+    assert main(["decode", "wmbus", "-", "--compact"]) == 1
+    out, err = capsys.readouterr()
+    first, second, third = orjson.loads(out)
+    assert "format is not known yet" in first["error"]
+    assert second["total_volume_m3"] == third["total_volume_m3"] == pytest.approx(20.015)
+    assert err.startswith("edge-agent decode wmbus: line 1: ")
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("v", STANDARD, ids=lambda v: v.name)

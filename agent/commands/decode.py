@@ -14,7 +14,9 @@ printed. A corrupt, truncated or undecryptable telegram prints one line on stder
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 EXIT_BAD_INPUT = 2
@@ -98,29 +100,39 @@ def _mbus_frame(raw: bytes, context: Any) -> dict[str, Any]:
 
 def _decode_mbus_capture(raw: bytes, context: Any, compact: bool) -> int:
     """More bytes than the first frame: a capture (the E5 before an answer, requests and answers,
-    noise after the stop byte). Each frame is decoded; a list when there are several, each
-    undecodable one as `{"error": ...}` and a line on stderr (exit 1); bytes that start no
+    noise after the stop byte), decoded frame by frame (`_decode_each`); bytes that start no
     frame are skipped and counted on stderr."""
-    from water_edge.drivers.mbus.frame import MbusDecodeError, split_capture
+    from water_edge.drivers.mbus.frame import split_capture
 
     frames, noise = split_capture(raw)
+    where = "the frame" if len(frames) == 1 else "frame {} of " + str(len(frames))
+    pieces = [(where.format(n), functools.partial(_mbus_frame, f, context)) for n, f in enumerate(frames, 1)]
+    warning = f"warning: {noise} byte(s) that start no frame skipped" if noise else None
+    return _decode_each("mbus", pieces, compact, warning)
+
+
+def _decode_each(
+    kind: str, pieces: Sequence[tuple[str, Callable[[], dict[str, Any]]]], compact: bool, warning: str | None
+) -> int:
+    """Decode each piece of a capture: one piece prints as its JSON, several as a list in order in
+    which a piece that does not decode stands as `{"error": ...}` and is named on stderr (exit 1).
+    None decoding is one line and exit 2, as for a single telegram."""
+    from water_edge.drivers.mbus.frame import MbusDecodeError
+
     docs: list[dict[str, Any]] = []
     errors: list[str] = []
-    for number, frame in enumerate(frames, 1):
+    for label, decode in pieces:
         try:
-            docs.append(_mbus_frame(frame, context))
+            docs.append(decode())
         except MbusDecodeError as exc:
-            where = f"frame {number} of {len(frames)}" if len(frames) > 1 else "the frame"
-            errors.append(f"{where}: {exc}")
+            errors.append(f"{label}: {exc}")
             docs.append({"error": str(exc)})
-    if len(errors) == len(frames):
-        sys.stderr.write(f"edge-agent decode mbus: {errors[0]}\n")
+    if len(errors) == len(pieces):
+        sys.stderr.write(f"edge-agent decode {kind}: {errors[0]}\n")
         return EXIT_BAD_INPUT
-    for line in errors:
-        sys.stderr.write(f"edge-agent decode mbus: {line}\n")
-    if noise:
-        sys.stderr.write(f"edge-agent decode mbus: warning: {noise} byte(s) that start no frame skipped\n")
-    code = _emit("mbus", docs[0] if len(docs) == 1 else docs, compact)
+    for line in [*errors, *([warning] if warning else [])]:
+        sys.stderr.write(f"edge-agent decode {kind}: {line}\n")
+    code = _emit(kind, docs[0] if len(docs) == 1 else docs, compact)
     return code or (EXIT_PARTLY if errors else 0)
 
 
@@ -131,8 +143,37 @@ def cmd_decode_wmbus(args: argparse.Namespace) -> int:
 
     try:
         key = parse_key(args.key) if args.key else None
-        doc = decode_wireless(parse_hex(capture_hex(_text(args))), key=key).to_dict()
+        text = _text(args)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if len(lines) > 1 and _whole_telegram(lines[0]):
+            return _decode_wmbus_log(lines, key, args.compact)
+        doc = decode_wireless(parse_hex(capture_hex(text)), key=key).to_dict()
     except MbusDecodeError as exc:
         sys.stderr.write(f"edge-agent decode wmbus: {exc}\n")
         return EXIT_BAD_INPUT
     return _emit("wmbus", doc, args.compact)
+
+
+def _whole_telegram(line: str) -> bool:
+    """Whether a line holds a whole telegram by its L field: a receiver's log has one a line, a
+    telegram wrapped over lines (a hex dump) has not."""
+    from water_edge.drivers.mbus.frame import MbusDecodeError, parse_hex
+
+    try:
+        raw = parse_hex(capture_hex(line))
+    except MbusDecodeError:
+        return False
+    return len(raw) >= raw[0] + 1
+
+
+def _decode_wmbus_log(lines: list[str], key: bytes | None, compact: bool) -> int:
+    """A receiver's log (an rtl_wmbus or wmbusmeters line, or hex, a telegram a line), decoded
+    line by line in order, so that a compact frame finds the format its meter's full frame gave."""
+    from water_edge.drivers.mbus.frame import parse_hex
+    from water_edge.drivers.wmbus.telegram import decode_wireless
+
+    def decode(line: str) -> dict[str, Any]:
+        return decode_wireless(parse_hex(capture_hex(line)), key=key).to_dict()
+
+    pieces = [(f"line {n}", functools.partial(decode, line)) for n, line in enumerate(lines, 1)]
+    return _decode_each("wmbus", pieces, compact, None)
