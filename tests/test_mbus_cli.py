@@ -91,3 +91,22 @@ def test_a_capture_with_a_frame_that_does_not_decode_exits_1_and_names_it(
     assert "truncated" in cut["error"]
     assert err.startswith("edge-agent decode mbus: frame 3 of 3: truncated")
     assert err.count("\n") == 1
+
+
+def test_a_capture_that_begins_with_a_wake_up_preamble_decodes_after_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A battery meter is woken with 55h bytes before the master's SND_NKE: a sniffer logs them."""
+    code, out, err = _decode(capsys, f"55 55 55 55 10 40 FE 3E 16 E5 {VECTOR.read_text()}")
+    assert code == 0
+    snd_nke, ack, answer = json.loads(out)
+    assert (snd_nke["control"], ack["frame"], answer["header"]["id"]) == (0x40, "ack", "12345678")
+    assert err == "edge-agent decode mbus: warning: 4 byte(s) that start no frame skipped\n"
+
+
+def test_user_data_that_does_not_decode_is_still_one_error_even_with_an_e5_in_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = _decode(capsys, "72 00 E5 00")  # no long frame in it: user data, refused as such
+    assert (code, out) == (2, "")
+    assert err == "edge-agent decode mbus: truncated header: 3 of 12 bytes after CI 0x72\n"

@@ -2,7 +2,7 @@
 
 `mbus` takes a whole wired frame (68 L L 68 ... 16, or a short frame / E5) or bare user data
 starting at the CI field, or a capture of several frames (a serial sniffer's log: the E5 before an
-answer, the master's requests, noise after a stop byte): each frame is decoded, into a list, bytes
+answer, the master's requests, a wake-up preamble, noise): each frame is decoded, into a list, bytes
 that start no frame are skipped and counted, and a frame that does not decode is named (exit 1).
 `wmbus` takes a wireless telegram from its L field, with or without the link layer's CRCs (format A
 or B), as receivers and SDR tools print it (an rtl_wmbus line or a wmbusmeters `telegram=|...|`
@@ -80,11 +80,29 @@ def cmd_decode_mbus(args: argparse.Namespace) -> int:
         if raw[0] in (0x68, 0x10, 0xE5):
             doc = _mbus_frame(raw, context)
         else:
-            doc = decode_user_data(raw[0], raw[1:], security=context).to_dict()
+            try:
+                doc = decode_user_data(raw[0], raw[1:], security=context).to_dict()
+            except MbusDecodeError:
+                if _holds_a_long_frame(raw):  # bytes before it: a wake-up preamble (55 55 ...), noise
+                    return _decode_mbus_capture(raw, context, args.compact)
+                raise
     except MbusDecodeError as exc:
         sys.stderr.write(f"edge-agent decode mbus: {exc}\n")
         return EXIT_BAD_INPUT
     return _emit("mbus", doc, args.compact)
+
+
+def _holds_a_long_frame(raw: bytes) -> bool:
+    """Whether a whole long frame (length, checksum and stop byte right) stands in `raw`."""
+    from water_edge.drivers.mbus.frame import MbusDecodeError, parse_frame, split_capture
+
+    for frame in split_capture(raw)[0]:
+        try:
+            if frame[0] == 0x68 and parse_frame(frame).telegram:
+                return True
+        except MbusDecodeError:
+            continue
+    return False
 
 
 def _mbus_frame(raw: bytes, context: Any) -> dict[str, Any]:
