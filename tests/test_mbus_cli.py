@@ -110,3 +110,17 @@ def test_user_data_that_does_not_decode_is_still_one_error_even_with_an_e5_in_it
     code, out, err = _decode(capsys, "72 00 E5 00")  # no long frame in it: user data, refused as such
     assert (code, out) == (2, "")
     assert err == "edge-agent decode mbus: truncated header: 3 of 12 bytes after CI 0x72\n"
+
+
+def test_a_binary_capture_on_stdin_decodes(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cat /dev/ttyUSB0 > capture.bin` keeps the bytes themselves, not their hex."""
+    frame = bytes.fromhex(VECTOR.read_text())
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xe5" + frame)))
+    assert main(["decode", "mbus", "-", "--compact"]) == 0
+    ack, answer = json.loads(capsys.readouterr().out)
+    assert (ack["frame"], answer["header"]["id"]) == ("ack", "12345678")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\x00\x01\xff")))
+    assert main(["decode", "mbus", "-"]) == 2
+    assert "nor is it a binary capture" in capsys.readouterr().err

@@ -68,12 +68,12 @@ def _emit(kind: str, doc: dict[str, Any] | list[dict[str, Any]], compact: bool) 
 
 def cmd_decode_mbus(args: argparse.Namespace) -> int:
     from water_edge.drivers.mbus.crypto import parse_key
-    from water_edge.drivers.mbus.frame import MbusDecodeError, frame_length, parse_hex
+    from water_edge.drivers.mbus.frame import MbusDecodeError, frame_length
     from water_edge.drivers.mbus.telegram import SecurityContext, decode_user_data
 
     try:
         context = SecurityContext(key=parse_key(args.key)) if args.key else None
-        raw = parse_hex(_text(args))
+        raw = _mbus_bytes(args)
         first = frame_length(raw[:4]) if raw[0] in (0x68, 0x10, 0xE5) else None
         if first is not None and len(raw) > first:
             return _decode_mbus_capture(raw, context, args.compact)
@@ -90,6 +90,23 @@ def cmd_decode_mbus(args: argparse.Namespace) -> int:
         sys.stderr.write(f"edge-agent decode mbus: {exc}\n")
         return EXIT_BAD_INPUT
     return _emit("mbus", doc, args.compact)
+
+
+def _mbus_bytes(args: argparse.Namespace) -> bytes:
+    """The bytes to decode: hex as tools print it, or, on stdin, a raw binary capture (what
+    `cat /dev/ttyUSB0 > capture.bin` keeps) when it is not hex and a whole long frame stands in it."""
+    from water_edge.drivers.mbus.frame import MbusDecodeError, parse_hex
+
+    stdin = getattr(sys.stdin, "buffer", None) if args.hex == ["-"] else None
+    if stdin is None:
+        return parse_hex(_text(args))
+    data = stdin.read()
+    try:
+        return parse_hex(data.decode("utf-8", errors="replace"))
+    except MbusDecodeError as exc:
+        if data and _holds_a_long_frame(data):
+            return bytes(data)
+        raise MbusDecodeError(f"{exc} (nor is it a binary capture with a whole M-Bus frame in it)") from exc
 
 
 def _holds_a_long_frame(raw: bytes) -> bool:
