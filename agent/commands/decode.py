@@ -68,16 +68,16 @@ def _emit(kind: str, doc: dict[str, Any] | list[dict[str, Any]], compact: bool) 
 
 def cmd_decode_mbus(args: argparse.Namespace) -> int:
     from water_edge.drivers.mbus.crypto import parse_key
-    from water_edge.drivers.mbus.frame import MbusDecodeError, frame_length
+    from water_edge.drivers.mbus.frame import START_BYTES, MbusDecodeError, frame_length
     from water_edge.drivers.mbus.telegram import SecurityContext, decode_user_data
 
     try:
         context = SecurityContext(key=parse_key(args.key)) if args.key else None
         raw = _mbus_bytes(args)
-        first = frame_length(raw[:4]) if raw[0] in (0x68, 0x10, 0xE5) else None
+        first = frame_length(raw[:4]) if raw[0] in START_BYTES else None
         if first is not None and len(raw) > first:
             return _decode_mbus_capture(raw, context, args.compact)
-        if raw[0] in (0x68, 0x10, 0xE5):
+        if raw[0] in START_BYTES:
             doc = _mbus_frame(raw, context)
         else:
             try:
@@ -134,8 +134,8 @@ def _mbus_frame(raw: bytes, context: Any) -> dict[str, Any]:
 
 
 def _decode_mbus_capture(raw: bytes, context: Any, compact: bool) -> int:
-    """More bytes than the first frame: a capture (the E5 before an answer, requests and answers,
-    noise after the stop byte), decoded frame by frame (`_decode_each`); bytes that start no
+    """More than one frame: a capture (the E5 before an answer, requests and answers, a wake-up
+    preamble, noise after the stop byte), decoded frame by frame (`_decode_each`); bytes that start no
     frame are skipped and counted on stderr."""
     from water_edge.drivers.mbus.frame import split_capture
 
