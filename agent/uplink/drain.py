@@ -182,8 +182,6 @@ class Drain:
         retry_min_s: float = 0.5,
         retry_max_s: float = 60.0,
         ack_timeout_s: float = 60.0,
-        ack_batch_rows: int = ACK_BATCH_ROWS,
-        ack_delay_s: float = ACK_DELAY_S,
     ) -> None:
         self._outbox = outbox
         self._encoder = encoder
@@ -199,8 +197,6 @@ class Drain:
         self._released: list[OutboxRow] = []  # held rows of a stream the broker takes again
         self._reconnect_for = 0  # skipped rows not held: sent after a clean reconnect
         self._ack_timeout_s = ack_timeout_s
-        self._ack_batch_rows = ack_batch_rows
-        self._ack_delay_s = ack_delay_s
         self._acks_since: float | None = None  # when the oldest PUBACK not yet deleted was first seen
 
     def notify(self) -> None:
@@ -247,7 +243,7 @@ class Drain:
                     self._more = progressed = True
             progressed |= self._publish(session, lanes)
             if not progressed:
-                wait_s = self._beat_s if self._acks_since is None else self._ack_delay_s
+                wait_s = self._beat_s if self._acks_since is None else ACK_DELAY_S
                 if not stopping:
                     await self._wait_wake(wait_s)
                 elif session.inflight or lanes.has_pending or self._more:
@@ -288,18 +284,14 @@ class Drain:
         log.warning("uplink.ack_timeout", waited_s=round(waited_s, 1), inflight=len(session.inflight))
 
     def _acks_due(self, session: Session, now: float) -> bool:
-        """Whether the PUBACKed rows are to be deleted now: `ack_batch_rows` of them, the oldest
-        `ack_delay_s` old, or nothing else in flight (a trickle is deleted at once)."""
+        """Whether the PUBACKed rows are to be deleted now: `ACK_BATCH_ROWS` of them, the oldest
+        `ACK_DELAY_S` old, or nothing else in flight (a trickle is deleted at once)."""
         waiting = session.acks_waiting
         if not waiting:
             return False
         if self._acks_since is None:
             self._acks_since = now
-        return (
-            waiting >= self._ack_batch_rows
-            or not session.inflight
-            or now - self._acks_since >= self._ack_delay_s
-        )
+        return waiting >= ACK_BATCH_ROWS or not session.inflight or now - self._acks_since >= ACK_DELAY_S
 
     async def flush_acks(self, session: Session) -> bool:
         """Delete PUBACKed rows from the outbox in one call; True if there were any."""
