@@ -95,6 +95,10 @@ def test_full_disk_evicts_telemetry_by_policy_and_keeps_every_event(tmp_path: Pa
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+    # `buffer stats` and status read the counters after a restart too: a full disk stays on record
+    with Outbox(db, max_bytes=10**9) as box:
+        reopened = box.stats()
+    assert (reopened.disk_full, reopened.evicted_rows) == (stats.disk_full, stats.evicted_rows)
 
 
 def test_disk_full_with_only_events_left_evicts_the_oldest_events(tmp_path: Path) -> None:
