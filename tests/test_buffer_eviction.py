@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from water_edge.buffer.codec import decode_events, encode_events, encode_readings
 from water_edge.buffer.outbox import Outbox
-from water_edge.buffer.schema import ROW_OVERHEAD
+from water_edge.buffer.schema import ROW_OVERHEAD, query_stats
 from water_edge.buffer.stats import read_stats
 from water_edge.buffer.types import Batch, OutboxRow
 from water_edge.core.errors import BufferError
@@ -33,6 +34,18 @@ def eviction_events(rows: list[OutboxRow]) -> list[Event]:
     found = [e for r in rows if r.stream == "events" for e in decode_events(r.body)]
     assert all(e.kind == "buffer_eviction" for e in found)
     return found
+
+
+def assert_totals_match_the_file(outbox: Outbox) -> None:
+    """What `stats()` keeps as running totals (what status, the quota and `buffer stats` go by) is
+    what a full pass over the file finds."""
+    running = outbox.stats()
+    conn = sqlite3.connect(f"file:{outbox.path}?mode=ro", uri=True)
+    try:
+        measured = query_stats(conn, outbox.max_bytes)
+    finally:
+        conn.close()
+    assert running == measured
 
 
 @pytest.fixture
@@ -114,6 +127,7 @@ def test_quota_is_never_exceeded_and_every_item_is_accounted_for(db: Path) -> No
             stats = outbox.stats()
             assert stats.bytes <= quota
             assert outbox.bytes_used == stats.bytes
+            assert_totals_match_the_file(outbox)
             if stats.evicted_rows > evicted_before:
                 notices += 1
                 kept = {r.id for r in outbox.lease(0, 10_000)}
@@ -124,6 +138,7 @@ def test_quota_is_never_exceeded_and_every_item_is_accounted_for(db: Path) -> No
                 leased = outbox.lease(0, rng.randint(1, 5))
                 outbox.ack([r.id for r in leased])
                 acked += sum(r.count for r in leased)
+                assert_totals_match_the_file(outbox)
         in_box = sum(r.count for r in outbox.lease(0, 10_000))
         stats = outbox.stats()
     assert notices > 0
@@ -189,6 +204,27 @@ def test_a_long_outage_keeps_a_quota_of_telemetry_and_one_notice_not_a_notice_pe
     assert notice.detail["rows"] == stats.evicted_rows == 500 - len(kept)
     assert notice.detail["readings"] == stats.evicted_readings
     assert notice.detail["last_ns"] >= notice.ts_ns
+    assert stats.bytes <= quota
+
+
+def test_one_append_that_evicts_hundreds_of_rows_counts_each_once(db: Path) -> None:
+    """Candidates for eviction are read a page at a time: a removal longer than a page (a large
+    batch into an outbox full of small rows after a long outage) names and counts every row once."""
+    quota = 700 * ROW
+    with Outbox(db, max_bytes=quota) as outbox:
+        for _ in range(600):
+            outbox.append([tele("a")])
+        before = {r.id: r for r in outbox.lease(0, 10_000)}
+        outbox.append([tele("b", n=4000)])  # room for this needs several hundred small rows gone
+        rows = outbox.lease(0, 10_000)
+        stats = outbox.stats()
+        assert_totals_match_the_file(outbox)
+    gone = [r for i, r in before.items() if i not in {r.id for r in rows}]
+    assert len(gone) > 300
+    [notice] = eviction_events(rows)
+    assert notice.detail["rows"] == stats.evicted_rows == len(gone)
+    assert notice.detail["readings"] == stats.evicted_readings == sum(r.count for r in gone)
+    assert notice.detail["streams"] == {"a": [1, len(gone)]}
     assert stats.bytes <= quota
 
 

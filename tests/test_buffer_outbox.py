@@ -138,6 +138,8 @@ def test_one_bad_batch_stores_nothing_of_the_call(db: Path) -> None:
             outbox.append([tele("a"), bad])
         with pytest.raises(BufferError, match="neither"):
             outbox.append([tele("a"), Batch("a")])
+        with pytest.raises(BufferError, match="non-empty string"):  # no topic can be made of it
+            outbox.append([tele("a"), Batch("", readings=[Reading("plc1", "t", 1, 1.0)])])
         assert outbox.lease(0, 10) == []
         outbox.append([tele("a")])
         assert [r.seq for r in outbox.lease(0, 10)] == [1]
