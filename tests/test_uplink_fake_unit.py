@@ -138,6 +138,7 @@ async def test_rows_go_out_in_order_with_status_around_them_and_are_deleted_on_p
     }
     health = rig.uplink.health()
     assert (health.published, health.acked, health.readings_acked) == (10, 10, 30)
+    assert health.last_ack_age_s is not None, "status says when the centre last acknowledged"
     assert health.state == "stopped"
     assert rig.broker.latest.disconnected, "a clean stop sends DISCONNECT (no Will)"
 
@@ -458,6 +459,14 @@ async def test_the_uplink_stays_alive_for_the_watchdog_while_it_backs_off() -> N
         await rig.states.wait(lambda s: s == "refused")
         before = rig.uplink.heartbeat
         await broker.wait_until(lambda: rig.uplink.heartbeat >= before + 5, within_s=1)
+
+
+async def test_the_uplink_stays_alive_for_the_watchdog_while_it_is_online_with_nothing_to_send() -> None:
+    async with running(MemoryOutbox(), beat_s=0.01) as rig:
+        await rig.states.wait(lambda s: s == "online")
+        before = rig.uplink.heartbeat
+        await rig.broker.wait_until(lambda: rig.uplink.heartbeat >= before + 5, within_s=1)
+        assert rig.uplink.health().connected
 
 
 # ---------------------------------------------------------------------- commands
