@@ -27,6 +27,7 @@ readings = st.builds(
     quality=st.sampled_from(["good", "uncertain", "bad"]),
     unit=texts,
     reason=st.none() | texts,
+    repeat=st.booleans(),
 )
 json_leaves = st.one_of(
     st.none(), st.booleans(), ints64, st.floats(allow_nan=False, allow_infinity=False), texts
@@ -57,7 +58,7 @@ def exact(value: object) -> tuple[type, str]:
 
 
 def reading_key(r: Reading) -> tuple[object, ...]:
-    return (r.source, r.tag, exact(r.ts_ns), exact(r.value), r.quality, r.unit, r.reason)
+    return (r.source, r.tag, exact(r.ts_ns), exact(r.value), r.quality, r.unit, r.reason, r.repeat)
 
 
 def event_key(e: Event) -> tuple[object, ...]:
