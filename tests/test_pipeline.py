@@ -54,6 +54,8 @@ async def test_flush_commits_all_streams_in_one_call_split_by_batch_size() -> No
     assert [r.value for b in call[1:4] for r in b.readings or []] == [float(i) for i in range(250)]
     assert notified == [1]
     assert pipe.stats.committed_readings == 260
+    assert (pipe.stats.readings_in, pipe.stats.events_in, pipe.stats.committed_events) == (260, 1, 1)
+    assert pipe.stats.flushes == 1
     assert pipe.pending == 0
 
 
@@ -92,6 +94,28 @@ async def test_run_loop_flushes_on_its_interval() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert [len(b.readings or []) for b in out.calls[0]] == [3]
+
+
+async def test_an_event_and_a_full_batch_are_committed_at_once_not_at_the_next_interval() -> None:
+    """An alarm reaches the outbox (and the uplink) as soon as it is raised; so does a batch that
+    has reached its size. The interval only bounds how long a trickle of readings waits."""
+    out = RecordingAppender()
+    pipe = Pipeline(out, lambda: None, flush_interval_s=3600, batch_max_readings=100)
+    task = asyncio.create_task(pipe.run())
+    try:
+        await pipe.submit("a", readings(3))
+        await pipe.submit_event(Event("leak", "hyd1", 1, "alarm"))
+        await eventually(lambda: out.calls, 10.0, what="the event committed before the hour is up")
+        assert [(b.stream, len(b.readings or b.events or [])) for b in out.calls[0]] == [
+            ("events", 1),
+            ("a", 3),
+        ]
+        await pipe.submit("a", readings(100))
+        await eventually(lambda: len(out.calls) == 2, 10.0, what="a full batch committed at once")
+        assert [len(b.readings or []) for b in out.calls[1]] == [100]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_tap_sees_live_readings_and_a_full_tap_never_blocks() -> None:
