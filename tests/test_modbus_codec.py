@@ -84,6 +84,18 @@ def test_scale_and_offset() -> None:
     assert decode_one(f, wire(1.5, "f", "big", "big")) == pytest.approx(4.0)
 
 
+def test_an_offset_alone_is_applied_with_or_without_fault_values() -> None:
+    """A transmitter in kelvin read as °C (`offset = -273.15`, scale left at 1): every path that
+    decodes a value applies it, the fault-value check included."""
+    kelvin = wire(300.0, "f", "big", "big")
+    assert decode_one(tag(type="float32", offset=-273.15), kelvin) == pytest.approx(26.85)
+    checked = tag(type="float32", offset=-273.15, fault_values=[-1.0])
+    assert decode_one(checked, kelvin) == pytest.approx(26.85)
+    assert decode_one(checked, wire(-1.0, "f", "big", "big")) == Bad("device reports fault value -1")
+    assert decode_one(tag(type="int16", offset=-40.0, fault_values=[32767]), [65]) == pytest.approx(25.0)
+    assert decode_one(tag(type="int16", scale=0.5, offset=-40.0, fault_values=[32767]), [130]) == 25.0
+
+
 def test_tag_at_an_offset_inside_the_block() -> None:
     t = tag(type="uint32")
     regs = [0xFFFF, 0xFFFF, *wire(70000, "I", "big", "big"), 0]
