@@ -118,6 +118,8 @@ def test_string_strips_nuls_and_trailing_spaces() -> None:
     t = tag(type="string", length=4)
     assert decode_one(t, list(struct.unpack(">4H", b"PS-1  \x00\x00"))) == "PS-1"
     assert decode_one(t, list(struct.unpack(">4H", b"AB\x00CDEFG"))) == "AB"
+    # its registers and no more: the next tag's registers in the same read are not part of it
+    assert decode_one(tag(type="string", length=2), list(struct.unpack(">3H", b"PS-1XY"))) == "PS-1"
 
 
 def test_string_little_byte_order() -> None:
