@@ -123,6 +123,28 @@ def test_64_bit_integers_are_compared_exactly() -> None:
     assert [x.value for x in run(flt, [r("ns", t, v) for t, v in enumerate(stamps)])] == stamps
 
 
+def test_integer_counters_have_the_same_deadbands_and_an_infinity_is_a_change_only_to_another_value() -> None:
+    flt = ExceptionFilter(RbeConfig(deadband=2.0, deadband_pct=1.0, send_previous=False))
+    sent = run(
+        flt,
+        [
+            r("c", 0, 10), r("c", 1, 12), r("c", 2, 13),  # absolute: 2 is within, 3 leaves it
+            r("k", 0, 1000), r("k", 1, 1010), r("k", 2, 990), r("k", 3, 1011),  # 1 % of 1000
+            r("f", 0, 5.0), r("f", 1, math.inf), r("f", 2, math.inf), r("f", 3, -math.inf), r("f", 4, 5.0),
+        ],
+    )  # fmt: skip
+    assert [(x.tag, x.value) for x in sent] == [
+        ("c", 10),
+        ("c", 13),
+        ("k", 1000),
+        ("k", 1011),
+        ("f", 5.0),
+        ("f", math.inf),
+        ("f", -math.inf),
+        ("f", 5.0),
+    ]
+
+
 def test_quality_and_reason_changes_are_always_reported_and_non_numbers_on_any_change() -> None:
     flt = ExceptionFilter(RbeConfig(deadband=100.0))
     sent = run(
