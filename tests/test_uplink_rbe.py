@@ -158,6 +158,9 @@ def test_quality_and_reason_changes_are_always_reported_and_non_numbers_on_any_c
             r("b", 0, True), r("b", 1, True), r("b", 2, False),
             r("s", 0, "auto"), r("s", 1, "auto"), r("s", 2, "manual"),
             r("n", 0, math.nan), r("n", 1, math.nan), r("n", 2, 1.0),
+            r("u", 0, 5.0), r("u", 1, 5.0, "uncertain"), r("u", 2, 5.0, "uncertain", "clock step"),
+            r("u", 3, 5.0),  # the same value each time
+            r("i", 0, 7), Reading("plc1", "i", T0 + S, 7, unit="kPa"),
         ],
     )  # fmt: skip
     assert [(x.tag, x.value if x.value == x.value else "nan", x.reason) for x in sent] == [
@@ -171,7 +174,15 @@ def test_quality_and_reason_changes_are_always_reported_and_non_numbers_on_any_c
         ("s", "manual", None),
         ("n", "nan", None),
         ("n", 1.0, None),
+        ("u", 5.0, None),
+        ("u", 5.0, None),
+        ("u", 5.0, "clock step"),
+        ("u", 5.0, None),
+        ("i", 7, None),
+        ("i", 7, None),
     ]
+    assert [x.quality for x in sent if x.tag == "u"] == ["good", "uncertain", "uncertain", "good"]
+    assert [x.unit for x in sent if x.tag == "i"] == ["bar", "kPa"]
 
 
 def test_heartbeat_repeats_the_last_change_with_its_own_timestamp() -> None:
