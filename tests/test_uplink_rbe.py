@@ -30,7 +30,7 @@ from water_edge.agent.uplink.topics import Topics
 from water_edge.buffer.codec import decode_readings, encode_readings
 from water_edge.buffer.types import Batch, OutboxRow
 from water_edge.core.errors import BufferError
-from water_edge.core.reading import Reading
+from water_edge.core.reading import Event, Reading
 
 S = 1_000_000_000
 T0 = 1_750_000_000 * S
@@ -236,6 +236,21 @@ async def test_a_failed_append_leaves_the_filter_as_it_was_so_the_retry_loses_no
     assert [x.value for x in box.got[0].readings or ()] == [1.0, 2.0]
     # Events and batches with nothing to report: events pass, empty batches are not appended.
     assert await wrapper.append([Batch("plc1", readings=[r("p", 3, 2.0)])]) == []
+
+
+async def test_through_the_outbox_wrapper_events_pass_and_a_held_value_precedes_the_change() -> None:
+    """Most appends report nothing; what they hold back must still precede the next change."""
+    box = FailingOnce()
+    box.fail = False
+    wrapper = ReportByException(box, ExceptionFilter(RbeConfig(deadband=1.0)))
+    assert await wrapper.append([Batch("plc1", readings=[r("p", 0, 1.0)])]) == [0]
+    assert await wrapper.append([Batch("plc1", readings=[r("p", 1, 1.4)])]) == []  # held back
+    alarm = Batch("events", events=[Event("leak", "hyd1", T0, "alarm")])
+    assert await wrapper.append([alarm, Batch("plc1", readings=[r("p", 2, 3.0)])]) == [0, 1]
+    assert box.got[1] == alarm
+    assert [(x.ts_ns - T0) // S for x in box.got[2].readings or ()] == [1, 2]
+    assert [x.value for x in box.got[2].readings or ()] == [1.4, 3.0]
+    assert wrapper.filter.stats().suppressed == 0  # the held value went out after all
 
 
 def test_the_repeat_flag_survives_the_outbox_and_reaches_the_json_payload() -> None:
