@@ -439,6 +439,22 @@ async def test_a_lost_connection_goes_offline_and_resends_its_in_flight_rows_aft
     assert broker.connections[0].aborted
 
 
+async def test_a_publish_on_a_connection_that_went_away_silently_reconnects_and_sends_the_rows() -> None:
+    """paho raises on publish when its socket is gone before the disconnect callback came: that is
+    the end of the session, and its rows go out on the next connection."""
+    box = MemoryOutbox()
+    cfg = config(reconnect_min_s=0.05, reconnect_max_s=0.05)
+    async with running(box, cfg=cfg) as rig:
+        await rig.states.wait(lambda s: s == "online")
+        first = rig.broker.latest
+        first.closed = True  # gone, and nobody said so
+        box.append_sync(reading_batches(3, ("plc1",)))
+        rig.uplink.notify()
+        await rig.broker.wait_until(lambda: box.pending() == 0, within_s=10)
+        assert len(rig.broker.connections) == 2
+        assert seqs(rig.broker.latest.sent) == [1, 2, 3]
+
+
 async def test_the_online_status_must_be_acknowledged() -> None:
     box = filled(2)
     broker = FakeBroker()
