@@ -6,11 +6,12 @@ Each mutant is one small change to the module's syntax tree: a comparison turned
 `==` to `!=`, `in` to `not in`), `and` to `or`, an integer or boolean constant changed, `+` to
 `-`, an `if`/`while` condition negated, a call statement or an augmented assignment removed, a
 returned value replaced by None (or a returned boolean flipped). Logging calls and docstrings are
-left alone. For each mutant the tests run (`pytest -x`); a mutant they pass *survived*: either the
-change makes no difference a user could see (a tunable constant, an equivalent form), or no test
-asserts what that line is for. The survivors are printed at the end with their lines, to read.
+left alone. The tests must pass first; then they run against each mutant (`pytest -x`). A mutant
+they pass *survived*: either the change makes no difference a user could see (a tunable constant,
+an equivalent form), or no test asserts what that line is for. The survivors are printed at the
+end with their lines, to read.
 
-The module is rewritten in place and put back afterwards (also on Ctrl-C): the tool refuses a
+The module is rewritten in place and put back afterwards (also on Ctrl-C or SIGTERM): the tool refuses a
 module with uncommitted changes, so `git checkout -- MODULE` always restores it. Do not edit or
 test that checkout while it runs. A mutant that hangs the tests is stopped after `--timeout`
 seconds and counts as killed.
@@ -167,6 +168,19 @@ def _uncommitted(path: Path) -> bool:
     return bool(status.stdout.strip())
 
 
+def _tests_pass(tests: list[str], timeout_s: float) -> bool:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
 def run(module: Path, tests: list[str], only: set[int] | None, timeout_s: float) -> list[Outcome]:
     source = module.read_text(encoding="utf-8")
     found = sites(source)
@@ -178,16 +192,7 @@ def run(module: Path, tests: list[str], only: set[int] | None, timeout_s: float)
                 continue
             module.write_text(mutate(source, index), encoding="utf-8")
             started = time.monotonic()
-            try:
-                done = subprocess.run(
-                    [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                    capture_output=True,
-                    timeout=timeout_s,
-                    check=False,
-                )
-                survived = done.returncode == 0
-            except subprocess.TimeoutExpired:
-                survived = False
+            survived = _tests_pass(tests, timeout_s)
             outcome = Outcome(index, site.kind, site.line, survived, round(time.monotonic() - started, 1))
             outcomes.append(outcome)
             verdict = "SURVIVED" if survived else "killed"
@@ -207,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if _uncommitted(args.module):
         print(f"{args.module} has uncommitted changes: commit them first", file=sys.stderr)
+        return 2
+    if not _tests_pass(args.tests, args.timeout):
+        # Every mutant would count as killed.
+        print("the tests fail (or time out) without any mutant: fix them first", file=sys.stderr)
         return 2
     only = None if args.only is None else {int(i) for i in args.only.split(",")}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwinds through the restore

@@ -58,6 +58,14 @@ def test_the_untested_boundary_survives_and_the_module_is_put_back(tmp_path: Pat
     assert (repo / "calc.py").read_text() == MODULE
 
 
+def test_tests_that_fail_without_a_mutant_are_refused(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    (repo / "test_broken.py").write_text("def test_broken() -> None:\n    assert False\n")
+    done = _run(repo, "calc.py", "test_broken.py")
+    assert done.returncode == 2
+    assert "without any mutant" in done.stderr
+
+
 def test_a_module_with_uncommitted_changes_is_refused(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     (repo / "calc.py").write_text(MODULE + "\n# edited\n")
