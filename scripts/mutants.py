@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import json
 import signal
 import subprocess
@@ -68,16 +67,6 @@ class Outcome:
     seconds: float
 
 
-def _docstrings(tree: ast.AST) -> set[int]:
-    found: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.body:
-            first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-                found.add(id(first))
-    return found
-
-
 def _is_logging(statement: ast.Expr) -> bool:
     call = statement.value.value if isinstance(statement.value, ast.Await) else statement.value
     return isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in _LOGGING
@@ -94,10 +83,8 @@ def _mutable(tree: ast.AST) -> list[tuple[ast.AST, str, int]]:
 
 
 def _candidates(tree: ast.AST) -> Iterator[tuple[ast.AST, str, int]]:
-    skip = _docstrings(tree)
+    # Only int and bool constants and call statements are touched: docstrings never are.
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Compare):
             yield from ((node, "compare", i) for i, op in enumerate(node.ops) if type(op) in _TURNED)
         elif isinstance(node, ast.BoolOp):
@@ -123,7 +110,7 @@ def sites(source: str) -> list[Site]:
 
 def mutate(source: str, index: int) -> str:
     """The module's source with mutation `index` applied (comments are not kept)."""
-    tree = copy.deepcopy(ast.parse(source))
+    tree = ast.parse(source)
     node, _, operand = _mutable(tree)[index]
     if isinstance(node, ast.Compare):
         node.ops[operand] = _TURNED[type(node.ops[operand])]()

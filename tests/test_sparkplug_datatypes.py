@@ -40,7 +40,7 @@ def test_an_integer_datatype_carries_its_range_and_refuses_past_it(datatype: int
     assert not datatypes.fits(datatype, 0.5)
 
 
-def test_a_value_gets_the_narrowest_datatype_that_holds_it_without_wrapping() -> None:
+def test_an_integer_past_int64_goes_out_as_uint64_or_double_never_wrapped() -> None:
     assert datatypes.of_value(2**63 - 1) == DataType.Int64
     assert datatypes.of_value(2**63) == DataType.UInt64  # an Int64 would go out negative
     assert datatypes.of_value(2**64) == DataType.Double

@@ -446,8 +446,7 @@ async def test_a_publish_on_a_connection_that_went_away_silently_reconnects_and_
     cfg = config(reconnect_min_s=0.05, reconnect_max_s=0.05)
     async with running(box, cfg=cfg) as rig:
         await rig.states.wait(lambda s: s == "online")
-        first = rig.broker.latest
-        first.closed = True  # gone, and nobody said so
+        rig.broker.latest.closed = True  # gone, and nobody said so
         box.append_sync(reading_batches(3, ("plc1",)))
         rig.uplink.notify()
         await rig.broker.wait_until(lambda: box.pending() == 0, within_s=10)
