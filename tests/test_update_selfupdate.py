@@ -12,6 +12,7 @@ scenario itself is tests/support/selfupdate.py (bench/bench_update.py times it).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -42,10 +43,14 @@ def test_a_signed_update_is_applied_and_a_broken_one_rolled_back(
     (rolled,) = [e for e in run.update_events if e["detail"]["outcome"] == "rolled_back"]
     assert rolled["detail"]["to"] == "0.3.0"
     assert rolled["detail"]["from"] == "0.2.0"
-    # ... as soon as it had been restarted three times, not at the end of its window (the command's).
-    assert "health check failed" in rolled["detail"]["reason"]
-    assert "restarted 3 times" in rolled["detail"]["reason"], rolled["detail"]["reason"]
-    assert f"of a {BROKEN_WINDOW_S} s window" in rolled["detail"]["reason"]
+    # ... by its restart count, not at the end of its window (the command's). The updater reads the
+    # count once a poll, and a crash loop on a loaded machine can fit two restarts between reads:
+    # the count it judged by is at least three, not exactly three.
+    reason = rolled["detail"]["reason"]
+    judged = re.search(r"health check failed: the agent exited and was restarted (\d+) times in", reason)
+    assert judged is not None, reason
+    assert int(judged.group(1)) >= 3, reason
+    assert f"of a {BROKEN_WINDOW_S} s window" in reason
     assert rolled["severity"] == "alarm"
     assert run.after_rollback["agent"]["version"] == "0.2.0"
     assert run.current_after_rollback.startswith("0.2.0-")
