@@ -1,6 +1,7 @@
 """Do the tests fail when the code is wrong? Mutation testing of one module against chosen tests.
 
-    .venv/bin/python scripts/mutants.py buffer/outbox.py tests/test_buffer_*.py [--only 12,40] [--json F]
+    .venv/bin/python scripts/mutants.py buffer/outbox.py tests/test_buffer_*.py \
+        [--only 12,40] [--lines 80-140] [--json F]
 
 Each mutant is one small change to the module's syntax tree: a comparison turned (`<` to `<=`,
 `==` to `!=`, `in` to `not in`), `and` to `or`, an integer or boolean constant changed, `+` to
@@ -168,14 +169,16 @@ def _tests_pass(tests: list[str], timeout_s: float) -> bool:
     return done.returncode == 0
 
 
-def run(module: Path, tests: list[str], only: set[int] | None, timeout_s: float) -> list[Outcome]:
+def run(
+    module: Path, tests: list[str], only: set[int] | None, lines: range | None, timeout_s: float
+) -> list[Outcome]:
     source = module.read_text(encoding="utf-8")
     found = sites(source)
     print(f"{module}: {len(found)} mutants", flush=True)
     outcomes: list[Outcome] = []
     try:
         for index, site in enumerate(found):
-            if only is not None and index not in only:
+            if (only is not None and index not in only) or (lines is not None and site.line not in lines):
                 continue
             module.write_text(mutate(source, index), encoding="utf-8")
             started = time.monotonic()
@@ -189,11 +192,19 @@ def run(module: Path, tests: list[str], only: set[int] | None, timeout_s: float)
     return outcomes
 
 
+def _line_range(text: str) -> range:
+    first, sep, last = text.partition("-")
+    if not (sep and first.isdigit() and last.isdigit() and 0 < int(first) <= int(last)):
+        raise argparse.ArgumentTypeError(f"expected FIRST-LAST, line numbers from 1, got {text!r}")
+    return range(int(first), int(last) + 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("module", type=Path)
     parser.add_argument("tests", nargs="+", help="pytest arguments: test files, -k expressions")
     parser.add_argument("--only", help="comma-separated mutant numbers (from an earlier run)")
+    parser.add_argument("--lines", type=_line_range, help="only mutants on lines FIRST-LAST (inclusive)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per test run")
     parser.add_argument("--json", type=Path, help="write every outcome here")
     args = parser.parse_args(argv)
@@ -206,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     only = None if args.only is None else {int(i) for i in args.only.split(",")}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwinds through the restore
-    outcomes = run(args.module, args.tests, only, args.timeout)
+    outcomes = run(args.module, args.tests, only, args.lines, args.timeout)
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(o) for o in outcomes], indent=1), encoding="utf-8")
     lines = args.module.read_text(encoding="utf-8").splitlines()

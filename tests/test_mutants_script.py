@@ -73,3 +73,15 @@ def test_a_module_with_uncommitted_changes_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "uncommitted changes" in done.stderr
     assert (repo / "calc.py").read_text() == MODULE + "\n# edited\n"
+
+
+def test_lines_limits_the_run_to_the_mutants_on_those_lines(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    done = _run(repo, "calc.py", "test_calc.py", "--lines", "4-5", "--json", "out.json")
+    assert done.returncode == 0, done.stderr
+    outcomes = json.loads((repo / "out.json").read_text())
+    # numbered as in a whole run, so --only takes them as they are
+    assert [(o["index"], o["line"]) for o in outcomes] == [(2, 4), (3, 5)]
+    refused = _run(repo, "calc.py", "test_calc.py", "--lines", "5-4")
+    assert refused.returncode == 2
+    assert "expected FIRST-LAST" in refused.stderr
