@@ -287,9 +287,19 @@ async def test_the_processor_finds_a_rise_in_the_readings_keeps_state_and_fuses_
     assert rise.detail["added_m3h"] == pytest.approx(12.0, rel=0.35)
     assert rise.severity == "critical"
     assert rise.detail["acoustic"]["sensor"] == "hyd.A"
-    line = again.health().status_lines()[0]
+    line, noise_line = again.health().status_lines()[:2]
     assert line.startswith("dma-north: armed, baseline ")
     assert line.endswith("1 rise(s)")
+    # What its noise lets it report, so an engineer knows what a quiet district can still hide.
+    district = again.health().districts["dma-north"]
+    assert district.night_noise_pct is not None
+    assert district.smallest_rise_m3h is not None
+    assert district.baseline_m3h is not None
+    assert district.smallest_rise_m3h >= 0.04 * district.baseline_m3h  # min_added_pct, 4 %
+    assert noise_line == (
+        f"dma-north: night-to-night noise {district.night_noise_pct:.1f} %: set for rises of "
+        f"{district.smallest_rise_m3h:.1f} m3/h and more"
+    )
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,10 @@ class DistrictHealth:
     bursts: int = 0
     burst_since: str | None = None  # the onset of the burst in progress (local time)
     clock_steps_back: int = 0  # readings found stamped earlier than before: sampling went on from them
+    # What the baseline's noise lets this district report (None while learning): its night-to-night
+    # noise, and the rise its detector is set for (`StepDetector.min_step`).
+    night_noise_pct: float | None = None
+    smallest_rise_m3h: float | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,11 @@ class FlowLeakHealth:
             else:
                 last = "" if d.last_night_flow_m3h is None else f", last night {d.last_night_flow_m3h:.1f}"
                 lines.append(f"{name}: armed, baseline {d.baseline_m3h:.1f} m3/h{last}, {d.rises} rise(s)")
+                if d.smallest_rise_m3h is not None and d.night_noise_pct is not None:
+                    lines.append(
+                        f"{name}: night-to-night noise {d.night_noise_pct:.1f} %: set for rises of "
+                        f"{d.smallest_rise_m3h:.1f} m3/h and more"
+                    )
             if d.burst_state == "burst":
                 lines.append(f"{name}: BURST since {d.burst_since} (local time)")
             elif d.burst_state == "learning":
@@ -474,6 +483,10 @@ class FlowLeakProcessor:
                     error_codes=d.error_codes,
                     spikes=d.spikes,
                     clock_steps_back=d.times.steps_back,
+                    night_noise_pct=None
+                    if d.step.sigma is None
+                    else round(math.expm1(d.step.sigma) * 100, 2),
+                    smallest_rise_m3h=None if d.step.level is None else round(d.step.min_step, 3),
                     last_error=d.last_error or d.burst_error,
                     burst_state=None if d.burst is None else d.burst.state,
                     burst_learned_days=0 if d.burst is None else d.burst.learned_days,
