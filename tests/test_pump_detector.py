@@ -149,6 +149,23 @@ def test_alarm_needs_persistence_and_clears_with_hysteresis() -> None:
     seq = [2, 2, 0, 2, 2, 2, 0.8, 0.8, 0.4, 0.4]
     changes = [alarm.update(s, 1.0) for s in seq]
     assert changes == [None, None, None, None, None, True, None, None, None, False]
+    assert not alarm.active  # cleared, not only said to be
+    # After a clear the count starts again; below the hysteresis at once, it clears after exactly
+    # `clear_after` samples; the threshold scales both (here 2: rise above 2, clear below 1).
+    seq = [5, 5, 5, 0, 0, 5, 5, 5, 3]
+    assert [alarm.update(s, 2.0) for s in seq] == [None, None, True, None, False, None, None, True, None]
+    assert alarm.active  # 3 is above 2 x 0.5
+    assert alarm.update(float("nan"), 2.0) is None
+    assert alarm.active
+    assert alarm_series(np.array([5, 5, 5, 1.5, 0.5, 0.5, 0.5]), 2.0, 3, 2, 0.5).tolist() == [
+        0,
+        0,
+        1,
+        1,
+        1,
+        0,
+        0,
+    ]
 
 
 class OverflowingScorer:
