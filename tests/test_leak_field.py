@@ -28,7 +28,7 @@ from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
 from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.factory import LeakFactory
-from water_edge.models.leak.judge import Confirmation, JudgeParams, judge
+from water_edge.models.leak.judge import Confirmation, JudgeParams, confirmed, judge
 from water_edge.models.leak.levels import Decimator
 from water_edge.models.leak.processor import AudioLeakProcessor, LeakHealth, SensorHealth
 from water_edge.models.leak.replay import replay_nights
@@ -107,6 +107,83 @@ def test_confirmation_warns_confirms_clears_and_lets_a_lone_warning_expire() -> 
     assert lone.update("2025-04-01", pos) == "warning"
     assert lone.update("2025-04-02", quiet) is None
     assert lone.update("2025-04-03", quiet) == "expired"  # not confirmed that night or the next
+    # The expired warning is gone: a positive check a week later opens a new one, it confirms none.
+    assert lone.update("2025-04-10", pos) == "warning"
+    assert (lone.since_night, lone.warning_night) == ("2025-04-10", "2025-04-10")
+
+
+def test_a_recording_raises_a_leak_on_its_second_positive_check() -> None:
+    base = _baseline()
+    up = base.level.copy()
+    up[[8, 9]] += 8.0
+    pos, quiet = judge(_check("n", up), base), judge(_check("n", base.level), base)
+    assert not confirmed([pos])
+    assert not confirmed([pos, quiet, quiet])
+    assert confirmed([pos, quiet, pos])
+
+
+def _in_a_leak_with_one_quiet_night() -> tuple[Confirmation, Any]:
+    """A leak raised on 1-2 March, 3 March quiet, 4 March begun (quiet so far), and an accumulated
+    run in progress; and the quiet judgement."""
+    base = _baseline()
+    up = base.level.copy()
+    up[[8, 9]] += 8.0
+    pos, quiet = judge(_check("n", up), base), judge(_check("n", base.level), base)
+    c = Confirmation(clear_nights=2)
+    assert [c.update(n, j) for n, j in [("2025-03-01", pos), ("2025-03-02", pos)]] == ["warning", "leak"]
+    assert c.update("2025-03-03", quiet) is None
+    assert c.update("2025-03-04", quiet) is None  # 3 March was a whole quiet night: one counted
+    c.accumulation.update("2025-03-04", 1.5)  # a weak run under way (0.5 of its 2)
+    return c, quiet
+
+
+def test_a_restart_goes_on_counting_and_a_new_baseline_counts_afresh() -> None:
+    c, quiet = _in_a_leak_with_one_quiet_night()
+    saved = c.to_dict()
+    # The same baseline after a restart: the night counted before counts, and so does the run.
+    same = Confirmation(clear_nights=2)
+    same.restore(saved)
+    assert same.accumulation.to_dict() == c.accumulation.to_dict()
+    assert same.update("2025-03-05", quiet) == "cleared"
+    # A new baseline: the leak stays raised (its clear is still owed), but its quiet nights and
+    # evidence are counted against the new baseline from now on.
+    fresh = Confirmation(clear_nights=2)
+    fresh.restore(saved, counters=False)
+    assert (fresh.state, fresh.since_night) == ("leak", "2025-03-01")
+    assert fresh.accumulation.value == 0.0
+    assert fresh.update("2025-03-05", quiet) is None
+    assert fresh.update("2025-03-06", quiet) == "cleared"
+
+
+def test_an_episode_that_ends_leaves_no_evidence_to_open_the_next() -> None:
+    c, quiet = _in_a_leak_with_one_quiet_night()
+    assert c.accumulation.value > 0
+    assert c.update("2025-03-05", quiet) == "cleared"
+    assert (c.accumulation.value, c.accumulation.since_night) == (0.0, None)
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        ({"state": "alarm"}, "unknown state"),
+        ({"state": "warning", "since_night": None}, "without the night it began"),
+        ({"positives": -1}, "a count is not one"),
+        ({"quiet_nights": True}, "a count is not one"),
+        ({"night": 20250304}, "a night is not a date"),
+        ({"night_all_quiet": "yes"}, "not true or false"),
+        ({"accumulation": {"value": -1.0, "checks": 0, "since_night": None}}, "not an accumulated run"),
+    ],
+)
+def test_a_damaged_confirmation_record_is_refused_and_changes_nothing(
+    damage: dict[str, Any], named: str
+) -> None:
+    c, _ = _in_a_leak_with_one_quiet_night()
+    target = Confirmation(clear_nights=2)
+    target.restore(Confirmation().to_dict())  # a quiet record, with its nights None, is taken
+    before = target.to_dict()
+    with pytest.raises(ValueError, match=named):
+        target.restore({**c.to_dict(), **damage})
+    assert target.to_dict() == before
 
 
 def test_a_replay_says_the_clear_and_the_new_warning_when_one_check_brings_both() -> None:
