@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from water_edge.models.machine_sound.alarm import SoundAlarm
 from water_edge.models.machine_sound.detector import (
     CalibrationError,
     SoundCalibration,
@@ -169,3 +170,17 @@ def test_on_real_pumps_it_beats_the_plain_distances(snr: str, pump_priors: dict[
         assert np.mean(leaning) > np.mean(ours) > np.mean(plain), (leaning, ours, plain)
     floor = {"snr6": 0.98, "snr0": 0.95, "snr_6": 0.85}[snr]
     assert np.mean(ours) >= floor, ours
+
+
+def test_the_alarm_rises_on_on_of_of_clips_and_clears_after_off_in_a_row_below_the_hysteresis() -> None:
+    alarm = SoundAlarm(on=2, of=3, off=2, hysteresis=0.8)
+    scores = [2.0, 0.5, 2.0, 0.5, 0.5]
+    assert [alarm.update(t, s) for t, s in enumerate(scores, 1)] == [None, None, True, None, False]
+    assert not alarm.active
+    # The clips that raised the last alarm are forgotten: one loud clip after the clear is not two.
+    assert alarm.update(6, 2.0) is None
+    assert alarm.update(7, 2.0) is True
+    assert alarm.since_ns == 6  # the first of the clips that raised it
+    # A clip between the hysteresis and the alarm level starts the count towards clearing again.
+    assert [alarm.update(t, s) for t, s in [(8, 0.5), (9, 0.9), (10, 0.5)]] == [None, None, None]
+    assert alarm.update(11, 0.5) is False
