@@ -173,11 +173,12 @@ def test_on_real_pumps_it_beats_the_plain_distances(snr: str, pump_priors: dict[
 
 
 def test_the_alarm_rises_on_on_of_of_clips_and_clears_after_off_in_a_row_below_the_hysteresis() -> None:
-    alarm = SoundAlarm(on=2, of=3, off=2, hysteresis=0.8)
+    alarm = SoundAlarm(on=2, of=4, off=2, hysteresis=0.8)
     scores = [2.0, 0.5, 2.0, 0.5, 0.5]
     assert [alarm.update(t, s) for t, s in enumerate(scores, 1)] == [None, None, True, None, False]
     assert not alarm.active
-    # The clips that raised the last alarm are forgotten: one loud clip after the clear is not two.
+    # The clips that raised the last alarm are forgotten: one loud clip after the clear is not two
+    # (clip 3 is still among the last four).
     assert alarm.update(6, 2.0) is None
     assert alarm.update(7, 2.0) is True
     assert alarm.since_ns == 6  # the first of the clips that raised it
