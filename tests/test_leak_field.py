@@ -941,6 +941,19 @@ def test_a_weak_leak_that_persists_into_the_next_night_reaches_a_leak_by_its_acc
     assert [off.update(n, weak) for n in (first, first, second, second)] == [None] * 4
 
 
+def test_an_accumulated_run_that_falls_back_to_zero_is_over_and_the_next_starts_on_its_own_night() -> None:
+    acc = Accumulation(k=1.0, h=2.0, nights=2)
+    first, second, third = _nights(0, 3)
+    assert not acc.update(first, 1.5)  # 0.5 over the reference value
+    assert not acc.update(first, 0.0)  # a quiet check takes it back to zero: the run is over
+    assert (acc.value, acc.checks, acc.since_night) == (0.0, 0, None)
+    # One strong check starts a new run on its own night: it may not borrow the old run's night to
+    # pass the rule that a run must reach into a later night than its start.
+    assert not acc.update(second, 3.5)
+    assert acc.evidence() == {"value": 2.5, "threshold": 2.0, "checks": 1, "since_night": second}
+    assert acc.update(third, 1.0)
+
+
 def test_quiet_checks_and_a_slow_drift_within_the_baselines_spread_do_not_accumulate_to_a_warning() -> None:
     base, pattern = _metal_baseline()
     di = JudgeParams(material="ductile_iron", diameter_mm=150)
