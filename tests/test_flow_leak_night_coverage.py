@@ -77,3 +77,17 @@ def test_a_lone_sample_covers_the_interval_it_stands_for_and_none_unknown() -> N
     apart = [0, 105 * 60 * 10**9]  # 02:00 and 03:45 of a 15-min stream: 30 minutes, not 210
     assert minimum_night_flow(apart, [40.0, 41.0], window_min=two_hours) == 40.0
     assert minimum_night_flow(apart, [40.0, 41.0], window_min=two_hours, interval_s=900) is None
+
+
+def test_the_night_flow_is_the_lowest_quarter_hour_average_not_the_lowest_sample_or_the_mean() -> None:
+    # Two hours read every 5 minutes: 40 m3/h, a quiet quarter-hour at 30, and one low sample (16)
+    # that a quarter-hour's average lifts to 32.
+    ts = [i * 300 * 10**9 for i in range(24)]
+    flow = [40.0] * 24
+    flow[5:8] = [30.0, 30.0, 30.0]
+    flow[15] = 16.0
+    assert minimum_night_flow(ts, flow, window_min=120.0) == pytest.approx(30.0)
+    assert minimum_night_flow(ts, flow, window_min=120.0, average_minutes=5.0) == pytest.approx(16.0)
+    # An average as long as the night is the night's mean.
+    mean = sum(flow) / len(flow)
+    assert minimum_night_flow(ts, flow, window_min=120.0, average_minutes=120.0) == pytest.approx(mean)
