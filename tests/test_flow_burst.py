@@ -73,6 +73,7 @@ def test_a_burst_by_day_is_found_sized_and_cleared_when_repaired_with_the_water_
     assert len(cleared) == 1
     assert start + timedelta(days=2) <= cleared[0].start <= start + timedelta(days=2, hours=3)
     assert cleared[0].volume_m3 == pytest.approx(0.4 * MEAN * 48, rel=0.3)
+    assert cleared[0].duration_h == pytest.approx(48.0, abs=3.0)  # from its onset to its repair
 
 
 def test_a_burst_of_many_times_the_mean_flow_is_found_not_skipped_as_a_glitch() -> None:
@@ -150,6 +151,10 @@ def test_a_burst_left_running_is_accepted_and_the_next_one_is_found_on_top_of_it
         (first.start + timedelta(days=1)).date(),
     ) in kinds
     assert any(e == "accepted" for e, _ in kinds)
+    # Accepted after its 48 hours, with the water it had lost by then (the first leak's 0.2 x MEAN).
+    accepted = next(r for r in events if r.event == "accepted")
+    assert accepted.duration_h == pytest.approx(48.0)
+    assert accepted.volume_m3 == pytest.approx(0.2 * MEAN * 48, rel=0.35)
     later = [r for r in events if r.event == "burst" and r.start >= second.start]
     assert later
     assert later[0].start - second.start <= timedelta(hours=4)
@@ -282,7 +287,10 @@ async def test_the_processor_raises_a_burst_with_its_size_and_pressure_drop_acro
     assert detail["onset_local"] <= "2024-01-29T11:00"
     assert detail["added_m3h"] == pytest.approx(0.5 * MEAN, rel=0.35)
     assert detail["pressure_drop"] > 0  # more flow through the inlet, more head loss
+    # ... a drop from the pressure the profile expects, not a sum with it
+    assert detail["pressure_drop"] < 0.5 * float(np.nanmedian(cols["pressure"]))
     assert bursts[0].severity in ("alarm", "critical")
+    assert again.health().districts["dma-east"].bursts == 1
     cleared = [e for e in events if e.kind == "burst_cleared"]
     assert len(cleared) == 1
     assert cleared[0].detail["how"] == "repaired"
