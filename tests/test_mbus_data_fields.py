@@ -3,6 +3,7 @@ number it holds, so the record after it starts where it should; LVAR lengths at 
 
 from __future__ import annotations
 
+import math
 import struct
 
 import pytest
@@ -60,3 +61,39 @@ def test_no_data_and_selection_for_readout_take_no_bytes(code: int) -> None:
 )  # fmt: skip
 def test_lvar_sizes_at_each_range_end(lvar: int, size: int | None) -> None:
     assert lvar_size(lvar) == size
+
+
+@pytest.mark.parametrize(
+    ("lvar", "data", "counts"),
+    [
+        (0xC2, bytes([0x34, 0x12]), 1234),  # positive BCD
+        (0xC9, bytes([0x89, 0x67, 0x45, 0x23, 0x01, 0x00, 0x00, 0x00, 0x00]), 123456789),
+        (0xD2, bytes([0x34, 0x12]), -1234),  # negative BCD
+        (0xD9, bytes([0x89, 0x67, 0x45, 0x23, 0x01, 0x00, 0x00, 0x00, 0x00]), -123456789),
+        (0xE2, bytes([0x34, 0x12]), 0x1234),  # binary number
+    ],
+)
+def test_a_variable_length_number_reads_as_its_lvar_says(lvar: int, data: bytes, counts: int) -> None:
+    records, rest, _ = parse_records(bytes([0x0D, VOLUME_L, lvar]) + data + NEXT)
+    assert rest == b""
+    assert [r.error for r in records] == [None, None]
+    assert records[0].value == pytest.approx(counts / 1000)
+    assert records[1].value == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize("real", [math.nan, math.inf, -math.inf])
+def test_a_real_that_is_not_a_number_reads_as_no_value(real: float) -> None:
+    # A NaN or an infinity would break every JSON writer downstream: no value, not a wrong one.
+    records, _, _ = parse_records(bytes([0x05, VOLUME_L]) + struct.pack("<f", real) + NEXT)
+    assert records[0].value is None
+    assert records[1].value == pytest.approx(0.005)
+
+
+def test_scaled_integers_stay_exact() -> None:
+    # 10^3 Wh steps (VIF 0x06) stay an integer; 10^-3 m3 steps (VIF 0x13) are the nearest float
+    # to the decimal, not 9 x 0.001 = 0.009000000000000001.
+    (energy, _), _, _ = parse_records(bytes([0x04, 0x06]) + (12345).to_bytes(4, "little") + NEXT)
+    assert energy.value == 12_345_000
+    assert isinstance(energy.value, int)
+    (volume, _), _, _ = parse_records(bytes([0x04, VOLUME_L]) + (9).to_bytes(4, "little") + NEXT)
+    assert volume.value == 0.009
