@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -288,7 +288,9 @@ async def test_the_processor_raises_a_burst_with_its_size_and_pressure_drop_acro
     assert detail["added_m3h"] == pytest.approx(0.5 * MEAN, rel=0.35)
     assert detail["pressure_drop"] > 0  # more flow through the inlet, more head loss
     # ... a drop from the pressure the profile expects, not a sum with it
-    assert detail["pressure_drop"] < 0.5 * float(np.nanmedian(cols["pressure"]))
+    assert detail["pressure_drop"] < 0.5 * float(
+        np.nanmedian(cast(npt.NDArray[np.float64], cols["pressure"]))
+    )
     assert bursts[0].severity in ("alarm", "critical")
     assert again.health().districts["dma-east"].bursts == 1
     cleared = [e for e in events if e.kind == "burst_cleared"]
