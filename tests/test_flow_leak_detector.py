@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,8 +23,8 @@ def _nights(n: int, level: Callable[[int], float], noise: Callable[[int], float]
     return [level(i) * (1 + rng.normal(0, noise(i))) for i in range(n)]
 
 
-def _run(values: Sequence[float | None], **params: float) -> tuple[StepDetector, list[Night]]:
-    det = StepDetector(StepParams(**params))  # type: ignore[arg-type]
+def _run(values: Sequence[float | None], **params: Any) -> tuple[StepDetector, list[Night]]:
+    det = StepDetector(StepParams(**params))
     return det, [det.update(START + timedelta(days=i), v) for i, v in enumerate(values)]
 
 
@@ -78,7 +79,7 @@ def test_after_a_repair_the_baseline_comes_down_and_the_next_leak_is_found() -> 
 
 def test_the_noise_is_measured_again_as_the_district_shows_it() -> None:
     # 1 % night-to-night noise while learning, 6 % for 200 nights, then 1 % again: the noise the
-    # detector judges by follows (over its last `sigma_nights` nights), and so does what it reports.
+    # detector judges by follows (over its last `sigma_nights` nights).
     def noise(i: int) -> float:
         return 0.06 if 28 <= i < 228 else 0.01
 

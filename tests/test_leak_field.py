@@ -28,7 +28,7 @@ from water_edge.models.leak.accumulate import Accumulation
 from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
 from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.factory import LeakFactory
-from water_edge.models.leak.judge import Confirmation, JudgeParams, confirmed, judge
+from water_edge.models.leak.judge import Confirmation, Judgement, JudgeParams, confirmed, judge
 from water_edge.models.leak.levels import Decimator
 from water_edge.models.leak.processor import AudioLeakProcessor, LeakHealth, SensorHealth
 from water_edge.models.leak.replay import replay_nights
@@ -86,11 +86,16 @@ def test_a_steady_shaped_rise_in_two_bands_is_positive_and_a_flat_one_is_not() -
     assert not judge(_check("2025-02-01", high), base, pvc).positive
 
 
-def test_confirmation_warns_confirms_clears_and_lets_a_lone_warning_expire() -> None:
+def _positive_and_quiet() -> tuple[Judgement, Judgement]:
+    """A check 8 dB up in two bands over the baseline, and one at the baseline."""
     base = _baseline()
     up = base.level.copy()
     up[[8, 9]] += 8.0
-    pos, quiet = judge(_check("n", up), base), judge(_check("n", base.level), base)
+    return judge(_check("n", up), base), judge(_check("n", base.level), base)
+
+
+def test_confirmation_warns_confirms_clears_and_lets_a_lone_warning_expire() -> None:
+    pos, quiet = _positive_and_quiet()
     c = Confirmation(clear_nights=2)
     assert c.update("2025-03-01", pos) == "warning"
     assert c.update("2025-03-01", quiet) is None
@@ -113,22 +118,16 @@ def test_confirmation_warns_confirms_clears_and_lets_a_lone_warning_expire() -> 
 
 
 def test_a_recording_raises_a_leak_on_its_second_positive_check() -> None:
-    base = _baseline()
-    up = base.level.copy()
-    up[[8, 9]] += 8.0
-    pos, quiet = judge(_check("n", up), base), judge(_check("n", base.level), base)
+    pos, quiet = _positive_and_quiet()
     assert not confirmed([pos])
     assert not confirmed([pos, quiet, quiet])
     assert confirmed([pos, quiet, pos])
 
 
-def _in_a_leak_with_one_quiet_night() -> tuple[Confirmation, Any]:
+def _in_a_leak_with_one_quiet_night() -> tuple[Confirmation, Judgement]:
     """A leak raised on 1-2 March, 3 March quiet, 4 March begun (quiet so far), and an accumulated
     run in progress; and the quiet judgement."""
-    base = _baseline()
-    up = base.level.copy()
-    up[[8, 9]] += 8.0
-    pos, quiet = judge(_check("n", up), base), judge(_check("n", base.level), base)
+    pos, quiet = _positive_and_quiet()
     c = Confirmation(clear_nights=2)
     assert [c.update(n, j) for n, j in [("2025-03-01", pos), ("2025-03-02", pos)]] == ["warning", "leak"]
     assert c.update("2025-03-03", quiet) is None

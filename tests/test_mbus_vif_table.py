@@ -13,9 +13,10 @@ import pytest
 from water_edge.drivers.mbus.vif import VifInfo, extension_fb, primary
 
 DURATIONS = ("s", "min", "h", "d")
-
 # (first code, last code, quantity, unit, scale of code) - the standard's rows, E bit clear.
-PRIMARY: list[tuple[int, int, str, str, Callable[[int], float]]] = [
+Rows = list[tuple[int, int, str, str, Callable[[int], float]]]
+
+PRIMARY: Rows = [
     (0x00, 0x07, "energy", "Wh", lambda n: 10.0 ** (n - 3)),
     (0x08, 0x0F, "energy", "J", lambda n: 10.0**n),
     (0x10, 0x17, "volume", "m3", lambda n: 10.0 ** (n - 6)),
@@ -33,7 +34,7 @@ PRIMARY: list[tuple[int, int, str, str, Callable[[int], float]]] = [
     (0x68, 0x6B, "pressure", "bar", lambda n: 10.0 ** (n - 3)),
 ]
 
-FB: list[tuple[int, int, str, str, Callable[[int], float]]] = [
+FB: Rows = [
     (0x00, 0x01, "energy", "Wh", lambda n: 10.0 ** (n - 1) * 1e6),  # 10^(n-1) MWh
     (0x02, 0x03, "reactive_energy", "varh", lambda n: 10.0**n * 1e3),  # 10^n kvarh
     (0x08, 0x09, "energy", "J", lambda n: 10.0 ** (n - 1) * 1e9),  # 10^(n-1) GJ
@@ -52,7 +53,7 @@ FB: list[tuple[int, int, str, str, Callable[[int], float]]] = [
 ]
 
 
-def _rows(table: list[tuple[int, int, str, str, Callable[[int], float]]]) -> list[tuple[int, VifInfo]]:
+def _rows(table: Rows) -> list[tuple[int, VifInfo]]:
     return [
         (code, VifInfo(quantity, unit, scale(code - first)))
         for first, last, quantity, unit, scale in table

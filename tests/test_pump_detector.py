@@ -157,15 +157,8 @@ def test_alarm_needs_persistence_and_clears_with_hysteresis() -> None:
     assert alarm.active  # 3 is above 2 x 0.5
     assert alarm.update(float("nan"), 2.0) is None
     assert alarm.active
-    assert alarm_series(np.array([5, 5, 5, 1.5, 0.5, 0.5, 0.5]), 2.0, 3, 2, 0.5).tolist() == [
-        0,
-        0,
-        1,
-        1,
-        1,
-        0,
-        0,
-    ]
+    series = alarm_series(np.array([5, 5, 5, 1.5, 0.5, 0.5, 0.5]), 2.0, 3, 2, 0.5)
+    assert series.tolist() == [0, 0, 1, 1, 1, 0, 0]
 
 
 class OverflowingScorer:
