@@ -139,26 +139,58 @@ def test_a_burst_in_the_first_days_armed_is_found_by_the_night_after_it() -> Non
     assert found[0].size == pytest.approx(0.1 * MEAN, rel=0.35)
 
 
-def test_a_burst_left_running_is_accepted_and_the_next_one_is_found_on_top_of_it() -> None:
+def _lost(
+    cols: dict[str, Any], leak: DistrictLeak, leaks: list[DistrictLeak], start: datetime, end: datetime
+) -> tuple[float, float]:
+    """What `leak`, one of the simulated `leaks`, lost from `start` to `end`: m3, and m3/h at its
+    largest (the night, when pressure is highest) as the 90th percentile. The simulator's `leak`
+    column is all of them, each at its reference flow scaled by the pressure of the moment."""
+    times = cols["time"][bisect.bisect_left(cols["time"], start) : bisect.bisect_left(cols["time"], end)]
+    rows = slice(bisect.bisect_left(cols["time"], start), bisect.bisect_left(cols["time"], end))
+    reference = sum(other.flow(times) for other in leaks)
+    own = np.asarray(cols["leak"])[rows] * np.divide(
+        leak.flow(times), reference, out=np.zeros(len(times)), where=reference > 0
+    )
+    return float(own.sum()) * 0.25, float(np.percentile(own, 90))
+
+
+def test_a_burst_left_running_is_raised_once_accepted_at_its_size_and_the_next_is_found_on_top() -> None:
+    """One leak never repaired used to be raised again and again (7 bursts in 15 days, seed 34):
+    the morning peak's wander "cleared" it, and it was accepted at the median excess of a day,
+    mostly day slots, 93-116 m3/h for 70 m3/h at night; the next nights then looked like a repair
+    and a new burst. The second burst was found by day only because the first one, wrongly
+    cleared, was still counted in its excess."""
     first = DistrictLeak(datetime(2024, 2, 5, 14, 0), 0.2 * MEAN)  # never repaired
     second = DistrictLeak(datetime(2024, 2, 20, 9, 0), 0.4 * MEAN, end=datetime(2024, 2, 22))
     cols = District(34, daytime_events=True, leaks=[first, second]).simulate(55)
-    cols = _until(cols, second.start + timedelta(hours=4, minutes=15))  # past the last slot asserted
+    cols = _until(cols, datetime(2024, 2, 22, 3, 15))  # past the last slot asserted
     events = [r for r in _slots(cols, BurstParams(accept_hours=48)) if r.event]
-    kinds = [(r.event, r.onset.date() if r.onset else None) for r in events if r.start >= first.start]
-    assert ("burst", first.start.date()) in kinds or (
-        "burst",
-        (first.start + timedelta(days=1)).date(),
-    ) in kinds
-    assert any(e == "accepted" for e, _ in kinds)
-    # Accepted after its 48 hours, with the water it had lost by then (the first leak's 0.2 x MEAN).
-    accepted = next(r for r in events if r.event == "accepted")
+    before_second = [r for r in events if first.start <= r.start < second.start]
+    assert [r.event for r in before_second] == ["burst", "accepted"], [(r.start, r.event) for r in events]
+    raised, accepted = before_second
+    assert raised.start - first.start <= timedelta(hours=12)  # 80 m3/h by day: found the night after
+    assert raised.onset is not None
+    assert accepted.onset == raised.onset
     assert accepted.duration_h == pytest.approx(48.0)
-    assert accepted.volume_m3 == pytest.approx(0.2 * MEAN * 48, rel=0.35)
-    later = [r for r in events if r.event == "burst" and r.start >= second.start]
-    assert later
-    assert later[0].start - second.start <= timedelta(hours=4)
-    assert later[0].size == pytest.approx(0.4 * MEAN, rel=0.35)  # its own size, not both
+    volume, night = _lost(cols, first, [first, second], raised.onset, raised.onset + timedelta(hours=48))
+    assert accepted.volume_m3 == pytest.approx(volume, rel=0.1)
+    assert accepted.size == pytest.approx(night, rel=0.1)  # the profile is raised by what it adds
+    later = [r for r in events if r.start >= second.start]
+    assert [r.event for r in later] == ["burst", "cleared"], [(r.start, r.event) for r in later]
+    found, cleared = later
+    # 40 % of the mean flow by day is under that hour's wander (z x 45-78 m3/h): the night after.
+    assert found.start - second.start <= timedelta(hours=18)
+    assert found.onset is not None
+    assert abs(found.onset - second.start) <= timedelta(hours=1)
+    own_volume, _ = _lost(cols, second, [first, second], second.start, datetime(2024, 2, 22))
+    assert found.size == pytest.approx(own_volume / 39, rel=0.2)  # its own m3/h, not both leaks'
+    # Its size is what the night shows, when pressure and so leakage are highest: size x hours
+    # reads high by up to the night-to-day pressure ratio (here 16 %).
+    assert cleared.volume_m3 is not None
+    assert own_volume <= cleared.volume_m3 <= 1.2 * own_volume
+    assert second.end is not None
+    assert second.end <= cleared.start <= second.end + timedelta(hours=3)
+    assert cleared.duration_h == pytest.approx(39.0, abs=2.0)
 
 
 def test_the_state_round_trips_and_judges_the_next_slot_alike() -> None:
@@ -178,6 +210,36 @@ def test_the_state_round_trips_and_judges_the_next_slot_alike() -> None:
     assert det.state == "armed"
     other = BurstDetector.from_dict(det.to_dict(), BurstParams(slot_minutes=60))
     assert other.state == "learning"  # another slot length learns again
+
+
+def test_a_restart_in_a_burst_ends_it_alike_and_reads_a_state_from_before_the_spreads() -> None:
+    leak = DistrictLeak(datetime(2024, 2, 5, 14, 0), 0.2 * MEAN)  # never repaired
+    cols = _until(District(34, daytime_events=True, leaks=[leak]).simulate(40), datetime(2024, 2, 8, 6, 0))
+    net = np.asarray(cols["inflow_a"]) + np.asarray(cols["inflow_b"]) - np.asarray(cols["outflow"])
+    times = cols["time"]
+    cut = bisect.bisect_left(times, datetime(2024, 2, 6, 12, 0))  # in the burst, after a night of it
+    det = BurstDetector(BurstParams(accept_hours=48))
+    for t, q in zip(times[:cut], net[:cut], strict=True):
+        det.add(t, float(q))
+    det.flush()
+    assert det.state == "burst"
+    stored = json.loads(json.dumps(det.to_dict()))
+    older = {k: v for k, v in stored.items() if k not in ("alarm_spread", "below_from")}
+
+    def rest(d: BurstDetector) -> list[SlotRow]:
+        return [r for t, q in zip(times[cut:], net[cut:], strict=True) for r in d.add(t, float(q)) if r.event]
+
+    now = rest(det)
+    assert [r.event for r in now] == ["accepted"]
+    again = rest(BurstDetector.from_dict(stored, BurstParams(accept_hours=48)))
+    assert [(r.start, r.event) for r in again] == [(r.start, r.event) for r in now]
+    assert again[0].size == pytest.approx(now[0].size, rel=1e-4)  # the profile is stored rounded
+    # A state written before the slots' spreads were kept weighs its slots alike for the day it
+    # holds, and is still accepted, once, when its time is up.
+    before = rest(BurstDetector.from_dict(older, BurstParams(accept_hours=48)))
+    assert [(r.start, r.event) for r in before] == [(r.start, r.event) for r in now]
+    assert before[0].size is not None
+    assert before[0].size > 0
 
 
 def test_score_burst_reads_a_european_export_and_lists_the_burst(tmp_path: Path) -> None:

@@ -101,6 +101,8 @@ def simulated(which: str) -> dict[str, Any]:
             {
                 "share": share,
                 "found": bool(hit),
+                "raised_again": max(len(hit) - 1, 0),
+                "after_it": sum(r.event == "burst" and r.start > end for r in rows),
                 "delay_h": (hit[0].start - start).total_seconds() / 3600 if hit else None,
                 "size_error_pct": 100 * (hit[0].size / (share * MEAN) - 1) if hit and hit[0].size else None,
             }
@@ -114,6 +116,8 @@ def simulated(which: str) -> dict[str, Any]:
             "found": sum(t["found"] for t in group),
             "median_delay_h": float(np.median(delays)) if delays else None,
             "p90_delay_h": float(np.percentile(delays, 90)) if delays else None,
+            "raised_again": sum(t["raised_again"] for t in group),
+            "alarms_after_it": sum(t["after_it"] for t in group),
         }
     return {
         "set": which,
@@ -146,6 +150,7 @@ def real(seed: int = 11) -> dict[str, Any] | None:
     for group, names in (("looked_at", range(1, 6)), ("not_looked_at", range(6, 11))):
         alarms, years = 0, 0.0
         found: dict[float, list[float | None]] = {s: [] for s in REAL_SIZES}
+        again = dict.fromkeys(REAL_SIZES, 0)
         for k in names:
             series = inflows[f"DMA {k}"] * 3.6  # L/s -> m3/h
             times = [ts.to_pydatetime().replace(tzinfo=None) for ts in series.index]
@@ -169,6 +174,7 @@ def real(seed: int = 11) -> dict[str, Any] | None:
                 rows, _ = _judge(times, values + add, nan, params)
                 hit = [r for r in rows if r.event == "burst" and start - timedelta(hours=1) <= r.start <= end]
                 found[share].append((hit[0].start - start).total_seconds() / 3600 if hit else None)
+                again[share] += max(len(hit) - 1, 0)
         out[group] = {
             "district_years": round(years, 2),
             "alarms_per_district_year": round(alarms / years, 2),
@@ -179,6 +185,7 @@ def real(seed: int = 11) -> dict[str, Any] | None:
                     "median_delay_h": float(np.median([d for d in v if d is not None]))
                     if any(d is not None for d in v)
                     else None,
+                    "raised_again": again[s],
                 }
                 for s, v in found.items()
             },
