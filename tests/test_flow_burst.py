@@ -157,8 +157,8 @@ def _lost(
 def test_a_burst_left_running_is_raised_once_accepted_at_its_size_and_the_next_is_found_on_top() -> None:
     """One leak never repaired used to be raised again and again (7 bursts in 15 days, seed 34):
     the morning peak's wander "cleared" it, and it was accepted at the median excess of a day,
-    mostly day slots, 93-116 m3/h for 70 m3/h at night; the next nights then looked like a repair
-    and a new burst. The second burst was found by day only because the first one, wrongly
+    mostly day slots, 93-116 m3/h for the 70 m3/h it showed at night; the next nights then looked
+    like a repair and a new burst. The second burst was found by day only because the first one, wrongly
     cleared, was still counted in its excess."""
     first = DistrictLeak(datetime(2024, 2, 5, 14, 0), 0.2 * MEAN)  # never repaired
     second = DistrictLeak(datetime(2024, 2, 20, 9, 0), 0.4 * MEAN, end=datetime(2024, 2, 22))
@@ -191,6 +191,39 @@ def test_a_burst_left_running_is_raised_once_accepted_at_its_size_and_the_next_i
     assert second.end is not None
     assert second.end <= cleared.start <= second.end + timedelta(hours=3)
     assert cleared.duration_h == pytest.approx(39.0, abs=2.0)
+
+
+def test_the_repair_of_an_accepted_burst_lowers_the_profile_by_its_size_and_raises_nothing() -> None:
+    repaired = datetime(2024, 2, 12, 10, 0)
+    leak = DistrictLeak(datetime(2024, 2, 5, 14, 0), 0.2 * MEAN, end=repaired)
+    later = DistrictLeak(datetime(2024, 2, 16, 1, 0), 0.3 * MEAN, end=datetime(2024, 2, 17))
+    cols = _until(
+        District(34, daytime_events=True, leaks=[leak, later]).simulate(50), datetime(2024, 2, 16, 4, 0)
+    )
+    holidays = frozenset(t.date() for t, h in zip(cols["time"], cols["holiday"], strict=True) if h)
+    det = BurstDetector(BurstParams(accept_hours=48, holidays=holidays))
+    net = np.asarray(cols["inflow_a"]) + np.asarray(cols["inflow_b"]) - np.asarray(cols["outflow"])
+    events: list[SlotRow] = []
+    offsets: list[tuple[datetime, float]] = []
+    for t, q in zip(cols["time"], net, strict=True):
+        for r in det.add(t, float(q)):
+            events += [r] if r.event else []
+            offsets.append((r.start, det.offset))
+    accepted = [r for r in events if r.event == "accepted"]
+    assert len(accepted) == 1
+    assert accepted[0].size is not None
+    before_repair = [o for t, o in offsets if t < repaired]
+    assert before_repair[-1] == pytest.approx(accepted[0].size)
+    # The night after the repair tells it: the profile comes down by about the leak's size ...
+    after_night = next(o for t, o in offsets if t >= datetime(2024, 2, 13, 6, 0))
+    assert after_night <= 0.15 * accepted[0].size
+    # ... and not by more, or the district would look like a new burst the nights after.
+    between = [r for r in events if repaired <= r.start < later.start]
+    assert between == []
+    found = [r for r in events if r.event == "burst" and r.start >= later.start]
+    assert found
+    assert found[0].start - later.start <= timedelta(hours=2)  # at night, on the lowered profile
+    assert found[0].size == pytest.approx(0.3 * MEAN, rel=0.25)
 
 
 def test_the_state_round_trips_and_judges_the_next_slot_alike() -> None:

@@ -389,9 +389,9 @@ class BurstDetector:
         """The burst's m3/h over its slots `first` to `end`: the median of their excess, each
         weighted by one over its slot's spread squared. A burst adds the same m3/h at every hour,
         and the quiet night slots tell it to a few m3/h where the morning peak wanders by tens:
-        the plain median of a day's excess took half its slots from the day and accepted a leak of
-        70 m3/h as 93-116 (seed 34), and the sum of its slots' excess, 48 h of it, as 58 % of the
-        water it lost."""
+        the plain median of a day's excess took half its slots from the day and accepted a leak
+        showing 70 m3/h at night as 93-116 (seed 34), and the sum of its slots' excess, 48 h of
+        it, as 58 % of the water it lost."""
         excess = np.asarray(self.alarm_excess[first:end], dtype=np.float64)
         spread = np.asarray(self.alarm_spread[first:end], dtype=np.float64)
         if excess.size == 0:
@@ -403,7 +403,7 @@ class BurstDetector:
         it and by more than the slot's wander tells (`_count`) in `clear_minutes` of slots. The
         quiet night tells within the hour; the morning peak, which wanders by tens of m3/h, seldom
         does either way. Counting slots under `B/2` in a row, that wander "cleared" a leak of
-        70 m3/h at 07:15 and the night raised it again: one leak left running, 7 bursts in 15 days
+        80 m3/h at 07:15 and the night raised it again: one leak left running, 7 bursts in 15 days
         (seed 34)."""
         assert self.alarm_since is not None
         p = self.params
