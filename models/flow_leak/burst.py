@@ -153,6 +153,9 @@ class BurstDetector:
     run: list[tuple[datetime, float]] = field(default_factory=list)  # (slot, excess) since >= B/2
     repair_slots: int = 0  # with an accepted burst: slots that tell its repair (`_follow_repair`) ...
     repair_drop: float = math.inf  # ... and the smallest drop they showed
+    # After a repair: the day's (hour-long excess, spread) so far, and the offset before it
+    # (`_settle_repair`).
+    settling: tuple[list[tuple[float, float]], float] | None = None
     alarm_since: datetime | None = None  # the onset of the burst in progress
     alarm_excess: list[float] = field(default_factory=list)  # excess per slot since the onset
     alarm_spread: list[float] = field(default_factory=list)  # ... and the spread of its slot
@@ -334,7 +337,9 @@ class BurstDetector:
         level = max(0.6 * b, self._z * spread)
         self.over = self.over + 1 if windowed >= level and self.run else 0
         self._follow_repair(windowed, spread, b)
+        self._settle_repair(windowed, spread)
         if self.over >= self.params.confirm_slots:
+            self.settling = None
             tail = float(np.median([e for _, e in self.run[-3:]]))
             first = next(i for i, (_, e) in enumerate(self.run) if e >= 0.5 * tail or i == len(self.run) - 1)
             size = float(np.median([e for _, e in self.run[first:]]))
@@ -371,8 +376,27 @@ class BurstDetector:
             # By what every slot that told it showed: one hour of a Sunday's late morning rise read
             # a drop of 18 m3/h where the repaired night showed 12 (BWDF DMA 1), and the 6 m3/h
             # too many came back as a burst two days later.
+            self.settling = ([], self.offset)
             self.offset = max(0.0, self.offset - max(self.repair_drop, 0.0))
             self.repair_slots, self.repair_drop = 0, math.inf
+
+    def _settle_repair(self, windowed: float, spread: float) -> None:
+        """A day after a repair has lowered the profile, set it right by what that day showed: the
+        median of its slots' hour-long excess weighted as a burst's size is (`running_size`), so
+        the quiet night decides. The drop the repair was told by comes from a few slots, often at
+        the morning rise: one Sunday's late rise read 18 m3/h where the repaired night showed 12
+        (BWDF DMA 1), and the 6 m3/h too many were raised as a burst two days later. The profile
+        never goes above where it stood before the repair; a burst raised meanwhile ends this."""
+        if self.settling is None:
+            return
+        slots, before = self.settling
+        slots.append((windowed, spread))
+        if len(slots) < self.params.slots_per_day:
+            return
+        excess = np.array([w for w, _ in slots])
+        weights = 1.0 / np.fmax(np.array([sp for _, sp in slots]), 1e-9) ** 2
+        self.offset = min(max(0.0, self.offset + weighted_median(excess, weights)), before)
+        self.settling = None
 
     def _slots_to_tell(self) -> int:
         """The slots that must tell an end or a repair: `clear_minutes` of them, and two at least
@@ -540,6 +564,9 @@ class BurstDetector:
             "run": [[t.isoformat(), e] for t, e in self.run],
             "repair_slots": self.repair_slots,
             "repair_drop": self.repair_drop if math.isfinite(self.repair_drop) else None,
+            "settling": None
+            if self.settling is None
+            else {"slots": [[w, sp] for w, sp in self.settling[0]], "before": self.settling[1]},
             "alarm_since": None if self.alarm_since is None else self.alarm_since.isoformat(),
             "alarm_excess": self.alarm_excess,
             "alarm_spread": self.alarm_spread,
@@ -571,6 +598,10 @@ class BurstDetector:
         out.over, out.repair_slots = int(data.get("over", 0)), int(data.get("repair_slots", 0))
         drop = data.get("repair_drop")
         out.repair_drop = math.inf if drop is None else float(drop)
+        settling = data.get("settling")
+        if isinstance(settling, dict):
+            slots = [(float(w), float(sp)) for w, sp in settling.get("slots", [])]
+            out.settling = (slots, float(settling.get("before", out.offset)))
         out.run = [(datetime.fromisoformat(t), float(e)) for t, e in data.get("run", [])]
         since = data.get("alarm_since")
         out.alarm_since = None if since is None else datetime.fromisoformat(since)
