@@ -37,7 +37,9 @@ so the district's net inflow leaves what it normally draws at that time of day.
   **accepted**: the profile is raised by its size over its last day (the district is judged
   against its new normal, and the next burst is found on top of it) and the night-flow detector
   carries it on as a leak; a later drop of about that size, told from the slot's spread in the
-  same way (the repair), lowers the profile again.
+  same way (the repair), lowers the profile again, and a day later what that day showed sets it.
+  Two slots at least tell an end or a repair; a burst whose size has fallen under `B/2` has ended
+  too (a spike); its end is put where the slots after it are likeliest at zero (`_ended_at`).
 
 `FixedExcess` is the plain rule to beat: an alarm when the flow exceeds the profile by
 `rise_pct` % in two slots in a row.
@@ -372,9 +374,7 @@ class BurstDetector:
             self.repair_drop = min(self.repair_drop, -windowed)
         self.repair_slots = slots
         if self.repair_slots >= self._slots_to_tell():
-            # By what every slot that told it showed: one hour of a Sunday's late morning rise read
-            # a drop of 18 m3/h where the repaired night showed 12 (BWDF DMA 1), and the 6 m3/h
-            # too many came back as a burst two days later.
+            # By what every slot that told it showed; a day later `_settle_repair` sets it right.
             self.settling = ([], self.offset)
             self.offset = max(0.0, self.offset - max(self.repair_drop, 0.0))
             self.repair_slots, self.repair_drop = 0, math.inf
@@ -393,8 +393,8 @@ class BurstDetector:
         if len(slots) < self.params.slots_per_day:
             return
         excess = np.array([w for w, _ in slots])
-        weights = 1.0 / np.fmax(np.array([sp for _, sp in slots]), 1e-9) ** 2
-        self.offset = min(max(0.0, self.offset + weighted_median(excess, weights)), before)
+        weights = _weights(np.array([sp for _, sp in slots]))
+        self.offset = min(max(0.0, self.offset + _weighted_median(excess, weights)), before)
         self.settling = None
 
     def _slots_to_tell(self) -> int:
@@ -416,10 +416,9 @@ class BurstDetector:
         showing 70 m3/h at night as 93-116 (seed 34), and the sum of its slots' excess, 48 h of
         it, as 58 % of the water it lost."""
         excess = np.asarray(self.alarm_excess[first:end], dtype=np.float64)
-        spread = np.asarray(self.alarm_spread[first:end], dtype=np.float64)
         if excess.size == 0:
             return 0.0
-        return max(0.0, weighted_median(excess, 1.0 / np.fmax(spread, 1e-9) ** 2))
+        return max(0.0, _weighted_median(excess, _weights(np.asarray(self.alarm_spread[first:end]))))
 
     def _in_alarm(self, row: SlotRow, excess: float, windowed: float, spread: float) -> None:
         """A burst ends when its hour-long excess has dropped from its size by more than half of
@@ -458,7 +457,7 @@ class BurstDetector:
         from there over the slots under half its size stopped at the first evening slot whose
         wander reached it, and a burst repaired at 10:00 was reported to have run 45 h, not 35."""
         excess = np.asarray(self.alarm_excess, dtype=np.float64)
-        weights = 1.0 / np.fmax(np.asarray(self.alarm_spread, dtype=np.float64), 1e-9) ** 2
+        weights = _weights(np.asarray(self.alarm_spread))
         gone = np.cumsum((weights * (size / 2 - excess))[::-1])[::-1]  # evidence of zero from k on
         best = int(np.argmax(gone[1:])) + 1 if len(gone) > 1 else len(gone)
         return best if len(gone) > 1 and gone[best] > 0 else len(gone)
@@ -659,7 +658,14 @@ def _count(slots: int, size: float, drop: float, told: float) -> int:
     return slots
 
 
-def weighted_median(values: F64, weights: F64) -> float:
+def _weights(spreads: npt.NDArray[np.float64]) -> F64:
+    """How much a slot's excess counts toward a burst's size or end: one over its spread squared
+    (an hour at 03:00 tells a burst to a few m3/h, one at the morning peak only to tens)."""
+    out: F64 = 1.0 / np.fmax(np.asarray(spreads, dtype=np.float64), 1e-9) ** 2
+    return out
+
+
+def _weighted_median(values: F64, weights: F64) -> float:
     """The value at which half the weight lies on either side (the lower one on a tie)."""
     order = np.argsort(values)
     cumulative = np.cumsum(weights[order])
