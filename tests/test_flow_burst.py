@@ -101,6 +101,26 @@ def test_a_burst_repaired_by_day_is_cleared_the_night_after_with_the_hours_it_ra
     assert cleared.duration_h == pytest.approx((repaired - onset).total_seconds() / 3600, abs=within_h)
 
 
+@pytest.mark.parametrize("seed", [31, 34, 35])
+def test_a_half_hour_surge_at_night_is_raised_and_cleared_within_the_hour_not_held_for_days(
+    seed: int,
+) -> None:
+    """Twice the mean flow for half an hour at 03:00 (a main flushed, a valve opened): its size,
+    the weighted median of its slots, falls to nothing once half of them are quiet, and the slot
+    count alone would never tell it, as its size is then zero: without the end for a size under
+    half the smallest burst it stayed raised until accepted 72 h later."""
+    start = datetime(2024, 2, 20, 3, 0)
+    surge = DistrictLeak(start, 2 * MEAN, end=start + timedelta(minutes=30))
+    cols = District(seed, daytime_events=True, leaks=[surge]).simulate(52)
+    events = [r for r in _slots(_until(cols, datetime(2024, 2, 20, 12, 0)), BurstParams()) if r.event]
+    assert [r.event for r in events if r.start >= start] == ["burst", "cleared"]
+    raised, cleared = events[-2:]
+    assert raised.start <= start + timedelta(minutes=15)
+    assert cleared.start <= start + timedelta(hours=1)
+    assert cleared.duration_h is not None
+    assert cleared.duration_h <= 1.0
+
+
 def test_a_burst_of_many_times_the_mean_flow_is_found_not_skipped_as_a_glitch() -> None:
     """A single sample beyond 10x the mean flow is a glitch; an inlet sized for fire flow can pass
     that much for hours when a large main bursts, and that must be raised within the hour."""
