@@ -106,17 +106,19 @@ def test_a_half_hour_surge_at_night_is_raised_and_cleared_within_the_hour_not_he
     seed: int,
 ) -> None:
     """Twice the mean flow for half an hour at 03:00 (a main flushed, a valve opened): its size,
-    the weighted median of its slots, falls to nothing once half of them are quiet, and the slot
+    the weighted median of its slots, falls to nothing once enough of them are quiet, and the slot
     count alone would never tell it, as its size is then zero: without the end for a size under
-    half the smallest burst it stayed raised until accepted 72 h later."""
+    half the smallest burst it stayed raised until accepted 72 h later. The end is told from the
+    hour-long excess, so within the hour after the surge stops."""
     start = datetime(2024, 2, 20, 3, 0)
-    surge = DistrictLeak(start, 2 * MEAN, end=start + timedelta(minutes=30))
+    stop = start + timedelta(minutes=30)
+    surge = DistrictLeak(start, 2 * MEAN, end=stop)
     cols = District(seed, daytime_events=True, leaks=[surge]).simulate(52)
     events = [r for r in _slots(_until(cols, datetime(2024, 2, 20, 12, 0)), BurstParams()) if r.event]
     assert [r.event for r in events if r.start >= start] == ["burst", "cleared"]
     raised, cleared = events[-2:]
     assert raised.start <= start + timedelta(minutes=15)
-    assert cleared.start <= start + timedelta(hours=1)
+    assert cleared.start <= stop + timedelta(hours=1)
     assert cleared.duration_h is not None
     assert cleared.duration_h <= 1.0
 
@@ -181,7 +183,28 @@ def test_a_burst_in_the_first_days_armed_is_found_by_the_night_after_it() -> Non
     found = [r for r in _slots(cols, BurstParams()) if r.event == "burst" and r.start >= start]
     assert found
     assert found[0].start <= datetime(2024, 1, 18, 6, 0)
-    assert found[0].size == pytest.approx(0.1 * MEAN, rel=0.35)
+    # On the third day armed the spreads are learnt from few days, and this seed's quietest slot
+    # reads 63 m3/h; how well sizes hold over seeds is `test_a_burst_raised_after_..._night_size`.
+    assert 0.5 * 0.1 * MEAN <= (found[0].size or 0.0) <= 2 * 0.1 * MEAN
+
+
+def test_a_burst_raised_after_a_run_through_the_evening_is_raised_at_its_night_size() -> None:
+    """A burst of 30 % of the mean flow from 18:00 is raised in the night, after a run of slots
+    through the evening, whose hour-long excess wanders by 20-70 m3/h. Each slot of that run is
+    weighed by its own time of day's spread: weighed alike, by the raising slot's, the plain median
+    of the run made the alarm say 72-87 m3/h for a leak of 119 (seeds 33, 38, 39)."""
+    start = datetime(2024, 2, 20, 18, 0)
+    errors = []
+    for seed in range(31, 41):
+        leak = DistrictLeak(start, 0.3 * MEAN)
+        cols = _until(
+            District(seed, daytime_events=True, leaks=[leak]).simulate(52), datetime(2024, 2, 21, 12, 0)
+        )
+        found = [r for r in _slots(cols, BurstParams()) if r.event == "burst" and r.start >= start]
+        assert found, seed
+        _, night = _lost(cols, leak, [leak], start, datetime(2024, 2, 21, 6, 0))
+        errors.append(abs((found[0].size or 0.0) / night - 1))
+    assert float(np.median(errors)) <= 0.15, np.round(errors, 2)
 
 
 def _lost(

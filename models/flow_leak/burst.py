@@ -343,10 +343,9 @@ class BurstDetector:
             self.settling = None
             tail = float(np.median([e for _, e in self.run[-3:]]))
             first = next(i for i, (_, e) in enumerate(self.run) if e >= 0.5 * tail or i == len(self.run) - 1)
-            size = float(np.median([e for _, e in self.run[first:]]))
-            row.event, row.onset, row.size = "burst", self.run[first][0], size
             self.alarm_since, self.alarm_excess = self.run[first][0], [e for _, e in self.run[first:]]
-            self.alarm_spread = [spread] * len(self.alarm_excess)
+            self.alarm_spread = [self._slot_spread(t) for t, _ in self.run[first:]]
+            row.event, row.onset, row.size = "burst", self.alarm_since, self.running_size()
             self.ended_slots, self.bursts, self.over, self.run = 0, self.bursts + 1, 0, []
             if pressure is not None and self._p_profile is not None:
                 p_expected = float(self._p_profile[slot])
@@ -401,6 +400,14 @@ class BurstDetector:
         """The slots that must tell an end or a repair: `clear_minutes` of them, and two at least
         (with hourly slots one hour's dip, a Sunday's late rise, read as the repair)."""
         return max(2, math.ceil(self.params.clear_minutes / self.params.slot_minutes))
+
+    def _slot_spread(self, start: datetime) -> float:
+        """The spread of the slot of the day that begins at `start`. A burst is raised an hour or
+        two after its onset, often as the night's quiet turns into the morning rise: each slot of
+        the run that raised it is weighed by its own time of day's wander, not the raising slot's."""
+        assert self._spread is not None
+        slot = (start.hour * 60 + start.minute) // self.params.slot_minutes
+        return float(self._spread[slot])
 
     def _z_spread(self, spread: float) -> float:
         """The smallest change in the hour-long excess a slot of this spread tells from its wander:

@@ -117,6 +117,10 @@ def simulated(which: str) -> dict[str, Any]:
             "median_delay_h": float(np.median(delays)) if delays else None,
             "p90_delay_h": float(np.percentile(delays, 90)) if delays else None,
             "raised_again": sum(t["raised_again"] for t in group),
+            "size_error_pct_median": _median([t["size_error_pct"] for t in group]),
+            "size_abs_error_pct_median": _median(
+                [abs(t["size_error_pct"]) for t in group if t["size_error_pct"] is not None]
+            ),
             "alarms_after_it": sum(t["after_it"] for t in group),
         }
     return {
@@ -128,6 +132,11 @@ def simulated(which: str) -> dict[str, Any]:
         "bursts": by_size,
         "reference_found": f"{fixed_found}/{trials}",
     }
+
+
+def _median(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return round(float(np.median(kept)), 1) if kept else None
 
 
 def _on_draw(row: SlotRow, draws: Any, index: dict[datetime, int]) -> bool:
@@ -151,6 +160,7 @@ def real(seed: int = 11) -> dict[str, Any] | None:
         alarms, years = 0, 0.0
         found: dict[float, list[float | None]] = {s: [] for s in REAL_SIZES}
         again = dict.fromkeys(REAL_SIZES, 0)
+        size_error: dict[float, list[float | None]] = {s: [] for s in REAL_SIZES}
         for k in names:
             series = inflows[f"DMA {k}"] * 3.6  # L/s -> m3/h
             times = [ts.to_pydatetime().replace(tzinfo=None) for ts in series.index]
@@ -175,6 +185,8 @@ def real(seed: int = 11) -> dict[str, Any] | None:
                 hit = [r for r in rows if r.event == "burst" and start - timedelta(hours=1) <= r.start <= end]
                 found[share].append((hit[0].start - start).total_seconds() / 3600 if hit else None)
                 again[share] += max(len(hit) - 1, 0)
+                size = hit[0].size if hit else None
+                size_error[share].append(None if size is None else 100 * (size / (share * mean) - 1))
         out[group] = {
             "district_years": round(years, 2),
             "alarms_per_district_year": round(alarms / years, 2),
@@ -186,6 +198,7 @@ def real(seed: int = 11) -> dict[str, Any] | None:
                     if any(d is not None for d in v)
                     else None,
                     "raised_again": again[s],
+                    "size_error_pct_median": _median(size_error[s]),
                 }
                 for s, v in found.items()
             },
