@@ -18,7 +18,6 @@ when a unit answered, 1 when none did, 2 when the options, the host or the port 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import re
 import sys
@@ -28,6 +27,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Final
 
 from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from water_edge.agent.commands._interrupt import run_until_interrupted
 from water_edge.agent.commands._modbus_line import open_line
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def cmd_scan_modbus(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     started = time.monotonic()
     try:
-        scan = asyncio.run(_scan(args, settings, units, span))
+        scan = run_until_interrupted(_scan(args, settings, units, span))
     except DriverIOError as exc:
         _say(f"edge-agent scan modbus: {exc}")
         return EXIT_USAGE

@@ -12,7 +12,6 @@ any is not or a device cannot be reached, 2 for a bad config.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from water_edge.agent.commands._interrupt import run_until_interrupted
 from water_edge.core import units
 from water_edge.core.cli_numbers import number
 from water_edge.core.errors import AgentError, ConfigError
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     all_good = True
     for device in devices:
-        readings, error, heard = asyncio.run(_probe(device, args.listen))
+        readings, error, heard = run_until_interrupted(_probe(device, args.listen))
         if heard is not None:
             _print_heard(device, heard, args.json)
             all_good = all_good and bool(heard)

@@ -232,10 +232,9 @@ def config_block(d: dict[str, Any], device_baud: int) -> str:
 
 
 def cmd_scan_opcua(args: argparse.Namespace) -> int:
-    import asyncio
-
     from pydantic import ValidationError
 
+    from water_edge.agent.commands._interrupt import run_until_interrupted
     from water_edge.core import logs
     from water_edge.core.errors import DriverIOError
     from water_edge.drivers.opcua.config import OpcUaConfig
@@ -267,7 +266,7 @@ def cmd_scan_opcua(args: argparse.Namespace) -> int:
     below = "/".join(["Objects", *([args.path.strip("/")] if args.path.strip("/") else [])])
     _say(f"browsing {args.endpoint} below {below} ...")
     try:
-        found, truncated = asyncio.run(_browse(driver, args))
+        found, truncated = run_until_interrupted(_browse(driver, args))
     except DriverIOError as exc:
         _say(f"edge-agent scan opcua: {exc}")
         return EXIT_USAGE
