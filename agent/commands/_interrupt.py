@@ -7,41 +7,40 @@ import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from water_edge.core.tasks import cancel_all
+
 T = TypeVar("T")
 
-AGAIN_S = 0.2  # how often an interrupted command's work is cancelled again until it has ended
+AGAIN_S = 0.2  # an interrupted command's work is cancelled again this often until it has ended
 
 
 def run_until_interrupted(main: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run(main)`, where Ctrl-C raises `KeyboardInterrupt` once `main` has ended.
 
     `asyncio.run` cancels `main` once. Python 3.11's `asyncio.wait_for`, which pymodbus waits for
-    every answer with, swallows a cancellation that arrives as the answer does (CPython gh-86296,
-    fixed in 3.12; Debian 12 ships 3.11): one Ctrl-C then left a scan of 247 unit IDs running for
-    two minutes. Here the cancellation is repeated every `AGAIN_S` until `main` has ended."""
+    every answer with, can lose that cancellation (`core.tasks`): one Ctrl-C then left a scan of
+    247 unit IDs running for two minutes. Here it is cancelled again every `AGAIN_S` until it has
+    ended, as the agent stops its tasks."""
     return asyncio.run(_interruptible(main))
 
 
 async def _interruptible(main: Coroutine[Any, Any, T]) -> T:
     loop = asyncio.get_running_loop()
     work = asyncio.ensure_future(main)
-    interrupted = False
+    stopping: list[asyncio.Task[None]] = []
 
-    def cancel() -> None:
-        nonlocal interrupted
-        interrupted = True
-        if not work.done():
-            work.cancel()
-            loop.call_later(AGAIN_S, cancel)
+    def interrupt() -> None:
+        if not stopping:
+            stopping.append(loop.create_task(cancel_all([work], recancel_s=AGAIN_S)))
 
     try:
-        loop.add_signal_handler(signal.SIGINT, cancel)
+        loop.add_signal_handler(signal.SIGINT, interrupt)
     except (ValueError, RuntimeError):  # not the main thread: asyncio.run's own handling stands
         return await work
     try:
         return await work
     except asyncio.CancelledError:
-        if interrupted:
+        if stopping:
             raise KeyboardInterrupt from None
         raise
     finally:
