@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 
 _TIMES = ("%H:%M:%S", "%H:%M", "%I:%M:%S %p", "%I:%M %p")
 _YEAR_FIRST = ("%Y-%m-%d", "%Y/%m/%d")
@@ -45,8 +45,9 @@ def day_first(cells: Iterable[str]) -> bool | None:
     return None
 
 
-def parse_time(text: str, tz: tzinfo, day_first: bool = True) -> datetime:
-    """A local wall-clock datetime in `tz` (naive inputs are taken as local already)."""
+def parse_time(text: str, tz: tzinfo, day_first: bool = True, naive_tz: tzinfo | None = None) -> datetime:
+    """A local wall-clock datetime in `tz`. A timestamp without an offset is taken as local already,
+    or, with `naive_tz`, as that zone's (a historian that exports UTC without saying so)."""
     text = text.strip()
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -59,4 +60,12 @@ def parse_time(text: str, tz: tzinfo, day_first: bool = True) -> datetime:
                 continue
         else:
             raise ValueError(f"{text!r} is not a timestamp") from None
+    if when.tzinfo is None and naive_tz is not None:
+        when = when.replace(tzinfo=naive_tz)
     return when.astimezone(tz).replace(tzinfo=None) if when.tzinfo is not None else when
+
+
+def skipped_hour(local: datetime, tz: tzinfo) -> bool:
+    """Whether `local` (naive) is a wall-clock time `tz` never shows: in the hour its clocks skip
+    when daylight saving begins. A file stamped there is not that zone's wall clock."""
+    return local.replace(tzinfo=tz).astimezone(UTC).astimezone(tz).replace(tzinfo=None) != local

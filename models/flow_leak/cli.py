@@ -29,7 +29,15 @@ def _file_arguments(p: Any) -> None:
     p.add_argument("--csv", required=True, type=Path, help="header; timestamp first; ',' ';' or tab")
     p.add_argument("--flow", required=True, action="append", metavar="COL", help="an inflow column (m3/h)")
     p.add_argument("--minus", action="append", default=[], metavar="COL", help="an outflow column")
-    p.add_argument("--timezone", default=None, help="IANA zone of the timestamps (default: the system's)")
+    p.add_argument(
+        "--timezone", default=None, help="IANA zone of the district and its timestamps (default: system's)"
+    )
+    p.add_argument(
+        "--timestamps-zone",
+        default=None,
+        metavar="ZONE",
+        help="zone of timestamps without an offset when not --timezone's (a historian's export in UTC: UTC)",
+    )
 
 
 def register(score_sub: Any) -> None:
@@ -140,6 +148,7 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
             window=window,
             average_minutes=args.average_minutes,
             volume=args.volume,
+            naive_tz=_timestamps_zone(args),
         )
     except FlowCsvError as exc:
         return _err(str(exc))
@@ -202,6 +211,7 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
             pressure=args.pressure,
             tz=zone(args.timezone),
             volume=args.volume,
+            naive_tz=_timestamps_zone(args),
         )
     except (FlowCsvError, ValueError) as exc:
         return _err(str(exc))
@@ -323,6 +333,25 @@ def _warn_read(flows: Any) -> None:
     if flows.error_codes:
         codes = ", ".join(f"{c:g}" for c in sorted(ERROR_CODES, reverse=True))
         _warn(f"{flows.error_codes} row(s) holding a meter error code ({codes}) skipped")
+    if flows.skipped_hour:
+        _warn(
+            f"{flows.skipped_hour} row(s) stamped in an hour the district's clocks skip when daylight "
+            f"saving begins (first: {flows.first_skipped_hour}): the timestamps are not its wall clock. "
+            "A historian's export in UTC or standard time? Give --timestamps-zone (UTC, or the fixed "
+            "offset: Etc/GMT-1 is UTC+1); read as local, demand moves an hour against the profile at "
+            "every change of clock"
+        )
+
+
+def _timestamps_zone(args: argparse.Namespace) -> Any:
+    from water_edge.models.nightwindow import zone
+
+    if args.timestamps_zone is None:
+        return None
+    try:
+        return zone(args.timestamps_zone)
+    except ValueError as exc:
+        raise ValueError(f"--timestamps-zone: {exc}") from None
 
 
 def _warn(message: str) -> None:

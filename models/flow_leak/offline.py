@@ -31,7 +31,7 @@ from water_edge.core.csv_records import records
 from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, layout
 from water_edge.core.export_numbers import Formats, Mixed
 from water_edge.core.textfiles import read_export
-from water_edge.core.timestamps import day_first, parse_time, year_last
+from water_edge.core.timestamps import day_first, parse_time, skipped_hour, year_last
 from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDetector, StepParams
 from water_edge.models.flow_leak.mnf import LARGEST_FLOW, NS, is_error_code, night_figures
 from water_edge.models.flow_leak.volume import VolumeRate, looks_like_totaliser
@@ -58,6 +58,8 @@ class NightFlows:
     no_value: int = 0  # rows skipped for a value of LARGEST_FLOW or more in a used column
     first_no_value: str = ""  # where the first is ("line 12, column 'inflow': '1e308'")
     mixed: dict[str, Mixed] = field(default_factory=dict)  # `_Counts.mixed`
+    skipped_hour: int = 0  # rows stamped in the hour the zone's clocks skip (`_Counts`)
+    first_skipped_hour: str = ""
 
 
 @dataclass
@@ -80,6 +82,8 @@ class _Counts:
     no_value: int = 0  # a used cell of LARGEST_FLOW or more (a logger's "largest double" for no value)
     first_no_value: str = ""
     mixed: dict[str, Mixed] = field(default_factory=dict)  # columns with decimal commas and points
+    skipped_hour: int = 0  # rows stamped in the hour the zone's clocks skip: not its wall clock
+    first_skipped_hour: str = ""
 
 
 def _refuse_repeats(flow: Sequence[str], minus: Sequence[str]) -> None:
@@ -99,9 +103,16 @@ def _refuse_repeats(flow: Sequence[str], minus: Sequence[str]) -> None:
 
 
 def _rows(
-    path: Path, columns: Sequence[str], pressure: str | None, tz: tzinfo, counts: _Counts
+    path: Path,
+    columns: Sequence[str],
+    pressure: str | None,
+    tz: tzinfo,
+    counts: _Counts,
+    *,
+    naive_tz: tzinfo | None = None,
 ) -> Iterator[_Row]:
-    """The file's readable rows, one at a time (a year of minutes is half a million of them)."""
+    """The file's readable rows, one at a time (a year of minutes is half a million of them).
+    Timestamps without an offset are `tz`'s wall clock, or `naive_tz`'s when given."""
     wanted = [*columns, *([pressure] if pressure else [])]
     lines, first, sep = _table(path, wanted, counts)
     reader = records(lines, sep)
@@ -113,12 +124,13 @@ def _rows(
     order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
     counts.first_bad = {}
     kept = 0
+    wall_clock = _WallClock(tz)
     for line_no, row in enumerate(reader, start=first + 2):
         if not row or not any(cell.strip() for cell in row):
             continue
         counts.read += 1
         try:
-            local = parse_time(row[0], tz, order is not False)
+            local = parse_time(row[0], tz, order is not False, naive_tz)
         except ValueError as exc:
             if counts.read == 1 and counts.unit_rows < MAX_UNIT_ROWS and _units_row(row, idx, formats):
                 counts.read, counts.unit_rows = 0, counts.unit_rows + 1  # units: part of the header
@@ -145,11 +157,31 @@ def _rows(
             counts.error_codes += 1
             continue
         kept += 1
+        wall_clock.check(local, row[0], counts)
         yield _Row(local, int(local.replace(tzinfo=tz).timestamp() * 1e9), values, p)
     if counts.read == 0:
         raise FlowCsvError(f"{path}: no data rows")
     if kept == 0:
         raise FlowCsvError(f"{path}: none of its {counts.read} data rows is usable: {_why_none(counts)}")
+
+
+class _WallClock:
+    """Counts the rows stamped in an hour `tz`'s clocks skip when daylight saving begins: a file
+    stamped there is not that zone's wall clock (a historian's UTC, read as local). Told once per
+    half hour of the file (a zone may skip half an hour): a year of minutes is half a million rows."""
+
+    def __init__(self, tz: tzinfo) -> None:
+        self.tz = tz
+        self.skipped: dict[tuple[date, int, bool], bool] = {}
+
+    def check(self, local: datetime, cell: str, counts: _Counts) -> None:
+        half_hour = (local.date(), local.hour, local.minute >= 30)
+        skipped = self.skipped.get(half_hour)
+        if skipped is None:
+            skipped = self.skipped[half_hour] = skipped_hour(local, self.tz)
+        if skipped:
+            counts.skipped_hour += 1
+            counts.first_skipped_hour = counts.first_skipped_hour or cell.strip()
 
 
 def _columns(path: Path, line: str, header: list[str], wanted: list[str]) -> dict[str, int]:
@@ -315,6 +347,7 @@ def read_night_flows(
     window: NightWindow,
     average_minutes: float = 15.0,
     volume: bool = False,
+    naive_tz: tzinfo | None = None,
 ) -> NightFlows:
     """`volume`: the flow and minus columns are totalisers (m³); each row's flow is the volume
     drawn since the row before over the time between them (`volume.VolumeRate`).
@@ -324,7 +357,7 @@ def read_night_flows(
     night's lone sample stands for (`mnf.minimum_night_flow`)."""
     _refuse_repeats(flow, minus)
     counts, meters, given = _Counts(), dict[str, VolumeRate](), _Given(flow)
-    rows = _rows(path, [*flow, *minus], pressure, window.tz, counts)
+    rows = _rows(path, [*flow, *minus], pressure, window.tz, counts, naive_tz=naive_tz)
     rows = _from_volumes(_oldest_first(rows), meters) if volume else given.watch(rows)
     per_night: dict[date, tuple[list[int], list[float], list[float]]] = {}
     instants = array("q")
@@ -367,6 +400,8 @@ def read_night_flows(
         no_value=counts.no_value,
         first_no_value=counts.first_no_value,
         mixed=counts.mixed,
+        skipped_hour=counts.skipped_hour,
+        first_skipped_hour=counts.first_skipped_hour,
     )
 
 
@@ -391,6 +426,8 @@ class NetFlows:
     no_value: int = 0
     first_no_value: str = ""
     mixed: dict[str, Mixed] = field(default_factory=dict)
+    skipped_hour: int = 0
+    first_skipped_hour: str = ""
 
 
 def read_net_flows(
@@ -401,11 +438,12 @@ def read_net_flows(
     pressure: str | None = None,
     tz: tzinfo,
     volume: bool = False,
+    naive_tz: tzinfo | None = None,
 ) -> NetFlows:
     """The file's net flow row by row (what `read_night_flows` reads, at every hour of the day)."""
     _refuse_repeats(flow, minus)
     counts, meters, given = _Counts(), dict[str, VolumeRate](), _Given(flow)
-    rows = _rows(path, [*flow, *minus], pressure, tz, counts)
+    rows = _rows(path, [*flow, *minus], pressure, tz, counts, naive_tz=naive_tz)
     rows = _from_volumes(_oldest_first(rows), meters) if volume else given.watch(rows)
     by_instant: dict[int, tuple[datetime, float, float]] = {}
     for row in rows:
@@ -425,6 +463,8 @@ def read_net_flows(
         no_value=counts.no_value,
         first_no_value=counts.first_no_value,
         mixed=counts.mixed,
+        skipped_hour=counts.skipped_hour,
+        first_skipped_hour=counts.first_skipped_hour,
     )
 
 
