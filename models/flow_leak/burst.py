@@ -25,9 +25,9 @@ so the district's net inflow leaves what it normally draws at that time of day.
   the hour at any time, a smaller one by the night after it began - long before the night-flow
   detector has had the nights it needs.
 - **Onset and size**: the first slot of the run whose excess reached half of what the last slots
-  show; the size is the median excess from the onset on. While it runs, its size is the median of
-  its slots' excess weighted by one over each slot's spread squared (`running_size`): the quiet
-  night tells it to a few m3/h, the morning peak only to tens.
+  show. The size, as raised and while it runs, is the median of its slots' excess from the onset
+  on, each weighted by one over its own slot's spread squared (`running_size`): the quiet night
+  tells it to a few m3/h, the evening and the morning peak only to tens.
 - **Clearing**: a burst ends (repaired, or the section shut off) when its hour-long excess has
   fallen under half its size, by more than `z` of that slot's spreads, in `clear_minutes` of slots;
   a slot where it clearly still runs starts the count again, one whose spread cannot tell (the
@@ -402,9 +402,9 @@ class BurstDetector:
         return max(2, math.ceil(self.params.clear_minutes / self.params.slot_minutes))
 
     def _slot_spread(self, start: datetime) -> float:
-        """The spread of the slot of the day that begins at `start`. A burst is raised an hour or
-        two after its onset, often as the night's quiet turns into the morning rise: each slot of
-        the run that raised it is weighed by its own time of day's wander, not the raising slot's."""
+        """The spread of the slot of the day that begins at `start`. A burst is often raised in the
+        night after a run of slots through the evening, whose wander is several times the night's:
+        each slot of the run is weighed by its own time of day's spread, not the raising slot's."""
         assert self._spread is not None
         slot = (start.hour * 60 + start.minute) // self.params.slot_minutes
         return float(self._spread[slot])
