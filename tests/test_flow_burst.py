@@ -207,6 +207,29 @@ def test_a_burst_raised_after_a_run_through_the_evening_is_raised_at_its_night_s
     assert float(np.median(errors)) <= 0.15, np.round(errors, 2)
 
 
+def test_each_slot_of_the_run_that_raised_a_burst_keeps_its_own_spread() -> None:
+    """The rule behind the sizes above, slot by slot: at 18:00-00:30 the spreads differ by a factor
+    of four, and the run's slots are weighed by their own time of day's, not the raising slot's."""
+    start = datetime(2024, 2, 20, 18, 0)
+    cols = District(33, daytime_events=True, leaks=[DistrictLeak(start, 0.3 * MEAN)]).simulate(52)
+    cols = _until(cols, datetime(2024, 2, 21, 6, 0))
+    holidays = frozenset(t.date() for t, h in zip(cols["time"], cols["holiday"], strict=True) if h)
+    params = BurstParams(holidays=holidays)
+    det = BurstDetector(params)
+    net = np.asarray(cols["inflow_a"]) + np.asarray(cols["inflow_b"]) - np.asarray(cols["outflow"])
+    for t, q, p in zip(cols["time"], net, cols["pressure"], strict=True):
+        if any(r.event == "burst" for r in det.add(t, float(q), float(p))):
+            break
+    assert det.alarm_since is not None
+    assert det.alarm_since >= start
+    spreads = det._spread  # the per-slot spreads the run's weights must come from
+    assert spreads is not None
+    slots = [det.alarm_since + timedelta(minutes=15 * i) for i in range(len(det.alarm_spread))]
+    own = [float(spreads[(t.hour * 60 + t.minute) // 15]) for t in slots]
+    assert det.alarm_spread == own
+    assert max(own) > 2 * min(own)  # the run crosses the evening into the night
+
+
 def _lost(
     cols: dict[str, Any], leak: DistrictLeak, leaks: list[DistrictLeak], start: datetime, end: datetime
 ) -> tuple[float, float]:
