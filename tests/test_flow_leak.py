@@ -172,8 +172,12 @@ def district_9(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any]
         ("%m/%d/%Y %I:%M %p", ",", "."),  # US, 12-hour clock
         ("%Y/%m/%d %H:%M", ",", "."),  # Japanese
         ("%d/%m/%Y %H:%M", ";", ","),  # French, British
+        ("%d-%b-%y %H:%M:%S", ",", "."),  # OSIsoft PI: "16-Jan-24 02:15:00"
+        ("%b %d, %Y %H:%M", ";", "."),  # "Jan 16, 2024 02:15"
+        ("%d.%m.%Y %H:%M:%S,000", ";", ","),  # milliseconds after a decimal comma
+        ("%d/%m/%Y %H:%M:%S.000", ",", "."),  # ... and after a point
     ],
-    ids=["de", "us", "jp", "fr"],
+    ids=["de", "us", "jp", "fr", "pi", "month-named", "de-ms", "fr-ms"],
 )
 def test_score_flow_leak_reads_each_countrys_date_order_alike(
     tmp_path: Path, time_format: str, sep: str, decimal: str, district_5: tuple[dict[str, Any], CliRun]

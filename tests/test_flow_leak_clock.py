@@ -126,3 +126,5 @@ def test_the_skipped_hour_is_told_from_the_repeated_one() -> None:
     assert parse_time("2024-03-31 01:30", ROME, naive_tz=ZoneInfo("UTC")) == datetime(2024, 3, 31, 3, 30)
     assert parse_time("2024-03-31 01:30+00:00", ROME, naive_tz=ROME) == datetime(2024, 3, 31, 3, 30)
     assert parse_time("2024-03-31 01:30", ROME) == datetime(2024, 3, 31, 1, 30)
+    assert parse_time("2024-03-31 01:30:00 UTC", ROME) == datetime(2024, 3, 31, 3, 30)  # said, not assumed
+    assert parse_time("31-Mar-24 01:30:00 GMT", ROME) == datetime(2024, 3, 31, 3, 30)
