@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from tests.support.cli import edge_agent
+from tests.support.cli import CliRun, edge_agent
 from water_edge.core.timestamps import parse_time, skipped_hour
 from water_edge.sim.district import District, write_csv
 
@@ -42,36 +42,30 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"local": out / "local.csv", "utc": out / "utc.csv"}
 
 
+def _score(command: str, export: Path, *extra: str) -> CliRun:
+    return edge_agent("models", "score", command, "--csv", str(export), *COLUMNS, *extra)
+
+
 def _bursts(stdout: str) -> int:
     return sum(line.split(",")[4] == "burst" for line in stdout.splitlines()[1:])
 
 
 def test_an_export_in_utc_is_named_and_read_as_utc_with_timestamps_zone(exports: dict[str, Path]) -> None:
-    as_local = edge_agent("models", "score", "burst", "--csv", str(exports["utc"]), *COLUMNS, "--events")
+    as_local = _score("burst", exports["utc"], "--events")
     assert as_local.returncode == 0, as_local.stderr
     assert "4 row(s) stamped in an hour the district's clocks skip" in as_local.stderr
     assert "(first: 2024-03-31 02:00)" in as_local.stderr
     assert "--timestamps-zone" in as_local.stderr
     assert _bursts(as_local.stdout) > 0  # the profile an hour off after the change: what it costs
 
-    as_utc = edge_agent(
-        "models",
-        "score",
-        "burst",
-        "--csv",
-        str(exports["utc"]),
-        *COLUMNS,
-        "--timestamps-zone",
-        "UTC",
-        "--events",
-    )
+    as_utc = _score("burst", exports["utc"], "--timestamps-zone", "UTC", "--events")
     assert as_utc.returncode == 0, as_utc.stderr
     assert "clocks skip" not in as_utc.stderr
     assert _bursts(as_utc.stdout) == 0
 
 
 def test_a_local_export_is_not_warned_about_and_raises_nothing(exports: dict[str, Path]) -> None:
-    run = edge_agent("models", "score", "burst", "--csv", str(exports["local"]), *COLUMNS, "--events")
+    run = _score("burst", exports["local"], "--events")
     assert run.returncode == 0, run.stderr
     assert "clocks skip" not in run.stderr
     assert _bursts(run.stdout) == 0
@@ -84,36 +78,17 @@ def test_the_utc_export_read_with_its_zone_is_judged_as_the_local_one(
     exports: dict[str, Path], command: list[str]
 ) -> None:
     """The same instants, the same flows: every slot and night alike, and the same summary."""
-    utc = edge_agent(
-        "models",
-        "score",
-        command[0],
-        "--csv",
-        str(exports["utc"]),
-        *COLUMNS,
-        *command[1:],
-        "--timestamps-zone",
-        "UTC",
-    )
-    local = edge_agent("models", "score", command[0], "--csv", str(exports["local"]), *COLUMNS, *command[1:])
+    utc = _score(command[0], exports["utc"], *command[1:], "--timestamps-zone", "UTC")
+    local = _score(command[0], exports["local"], *command[1:])
     assert utc.returncode == local.returncode == 0, utc.stderr + local.stderr
     assert utc.stdout == local.stdout
     assert utc.stderr == local.stderr
-    warned = edge_agent("models", "score", command[0], "--csv", str(exports["utc"]), *COLUMNS, *command[1:])
+    warned = _score(command[0], exports["utc"], *command[1:])
     assert "clocks skip" in warned.stderr
 
 
 def test_an_unknown_timestamps_zone_names_the_option(exports: dict[str, Path]) -> None:
-    run = edge_agent(
-        "models",
-        "score",
-        "burst",
-        "--csv",
-        str(exports["utc"]),
-        *COLUMNS,
-        "--timestamps-zone",
-        "Mars/Olympus",
-    )
+    run = _score("burst", exports["utc"], "--timestamps-zone", "Mars/Olympus")
     assert run.returncode == 2
     assert "--timestamps-zone: unknown time zone 'Mars/Olympus'" in run.stderr
 
