@@ -52,3 +52,24 @@ def test_a_cancellation_that_is_not_ctrl_c_stays_a_cancellation() -> None:
 
     with pytest.raises(asyncio.CancelledError):
         run_until_interrupted(scan())
+
+
+def test_a_command_started_with_ctrl_c_ignored_keeps_ignoring_it() -> None:
+    """A scan started in the background (`nohup`, `&`) inherits SIGINT ignored: the shell's Ctrl-C
+    is not for it, and it runs to its end."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+
+        async def scan() -> str:
+            _ctrl_c_soon()
+            await asyncio.sleep(0.3)
+            return "scanned"
+
+        try:
+            result = run_until_interrupted(scan())
+        except KeyboardInterrupt:  # raised here, it would end the whole test session
+            pytest.fail("interrupted by a Ctrl-C it was started to ignore")
+        assert result == "scanned"
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -33,6 +33,8 @@ async def _interruptible(main: Coroutine[Any, Any, T]) -> T:
         if not stopping:
             stopping.append(loop.create_task(cancel_all([work], recancel_s=AGAIN_S)))
 
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return await work  # started with Ctrl-C ignored (a background job, nohup): it stays so
     try:
         loop.add_signal_handler(signal.SIGINT, interrupt)
     except (ValueError, RuntimeError):  # not the main thread: asyncio.run's own handling stands
