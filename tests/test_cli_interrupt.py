@@ -10,6 +10,7 @@ import signal
 
 import pytest
 
+from tests.support.signals import ctrl_c_delivered
 from water_edge.agent.commands._interrupt import run_until_interrupted
 
 
@@ -29,7 +30,7 @@ def test_one_ctrl_c_stops_work_that_swallowed_the_first_cancellation() -> None:
         await asyncio.sleep(5)  # unit 2: only another cancellation ends this before it is done
         seen.append("scanned on")
 
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_delivered(), pytest.raises(KeyboardInterrupt):
         run_until_interrupted(scan())
     assert seen == ["swallowed"]
 
@@ -39,8 +40,9 @@ def test_work_that_ends_returns_its_result_and_ctrl_c_is_the_shells_again() -> N
         await asyncio.sleep(0)
         return 3
 
-    assert run_until_interrupted(scan()) == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with ctrl_c_delivered():
+        assert run_until_interrupted(scan()) == 3
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_cancellation_that_is_not_ctrl_c_stays_a_cancellation() -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.support.broker import Received, Subscriber
+from tests.support.signals import ctrl_c_delivered
 from tests.support.testing import skip_unless_soak, wait_until
 from water_edge.buffer.stats import read_stats
 
@@ -83,12 +84,8 @@ def make_demo(tmp_path: Path, seconds: int | None) -> Iterator[Demo]:
     (tmp_path / "runtime").mkdir()
     out = tmp_path / "demo.out"
     # A test run started as a background job inherits SIGINT ignored, and so would make (and the
-    # demo under it), which then never sees the Ctrl-C a user's terminal delivers. A handler (not
-    # SIG_IGN) is reset to the default in the child.
-    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    if ignored:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    with out.open("wb") as sink:
+    # demo under it), which then never sees the Ctrl-C a user's terminal delivers.
+    with ctrl_c_delivered(), out.open("wb") as sink:
         process = subprocess.Popen(
             ["make", "-s", "demo", f"VENV={BIN.parent}"],
             cwd=ROOT,
@@ -96,8 +93,6 @@ def make_demo(tmp_path: Path, seconds: int | None) -> Iterator[Demo]:
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-    if ignored:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
     demo = Demo(process, out, tmp_path, env)
     try:
         yield demo

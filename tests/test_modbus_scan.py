@@ -23,6 +23,7 @@ import pytest
 
 from tests.support.cli import CliRun, edge_agent, edge_agent_process
 from tests.support.plant import Plant, running_plant
+from tests.support.signals import ctrl_c_delivered
 from tests.support.testing import free_port
 from water_edge.agent.commands._scan_modbus import config_blocks
 from water_edge.drivers.modbus.adapter import ExceptionAnswerError
@@ -256,11 +257,12 @@ def test_a_plc_that_ignores_the_unit_id_is_one_device_mapped_once() -> None:
 
 
 async def test_ctrl_c_during_a_long_scan_stops_it_without_a_traceback(rtu_line: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "water_edge.agent.cli", "scan", "modbus", "--serial-port", rtu_line,
-        "--parity", "none", "--units", "1-247", "--timeout", "0.5",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    with ctrl_c_delivered():  # a scan started with SIGINT ignored (`make test &`) rightly ignores it
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "water_edge.agent.cli", "scan", "modbus", "--serial-port", rtu_line,
+            "--parity", "none", "--units", "1-247", "--timeout", "0.5",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
     assert proc.stderr is not None
     first = await asyncio.wait_for(proc.stderr.readline(), 30)
     assert b"scanning" in first  # two minutes of unit IDs ahead
