@@ -56,7 +56,7 @@ def parse_time(text: str, tz: tzinfo, day_first: bool = True, naive_tz: tzinfo |
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        bare = text.removesuffix(_UTC_SUFFIXES[0]).removesuffix(_UTC_SUFFIXES[1])
+        bare = next((text.removesuffix(s) for s in _UTC_SUFFIXES if text.endswith(s)), text)
         when = _strptime(bare, _DAY_FIRST_FORMATS if day_first else _MONTH_FIRST_FORMATS, text)
         if bare != text:
             when = when.replace(tzinfo=UTC)
@@ -77,7 +77,7 @@ _last_format: list[str] = []  # the format the last timestamp was read with: an 
 def _strptime(text: str, formats: tuple[str, ...], given: str) -> datetime:
     """`text` read with the first of `formats` that fits, the one the last timestamp fitted tried
     first: a day-first export's rows each failed the year-first formats before theirs, 160 us a row
-    (85 s for a year of minutes) against 10 us."""
+    against 10 (`score flow-leak` on a year of minute rows: 102 s against 13 s)."""
     if _last_format and _last_format[0] in formats:
         try:
             return datetime.strptime(text, _last_format[0])

@@ -85,6 +85,10 @@ class BurstParams:
     def slots_per_day(self) -> int:
         return 1440 // self.slot_minutes
 
+    def slot_of(self, local: datetime) -> int:
+        """The slot of the day a wall-clock time falls in."""
+        return (local.hour * 60 + local.minute) // self.slot_minutes
+
     def day_kind(self, day: date) -> str:
         """Which profile judges `day`: `weekday`, or `weekend` for Saturdays, Sundays and holidays
         (`holiday` when it is one on a weekday)."""
@@ -229,8 +233,7 @@ class BurstDetector:
         p = self.params
         if not abs(flow) < LARGEST_FLOW:
             flow = math.nan
-        minute = local.hour * 60 + local.minute
-        key = (local.date(), minute // p.slot_minutes)
+        key = (local.date(), p.slot_of(local))
         rows: list[SlotRow] = []
         if self._acc.key is not None and key != self._acc.key:
             rows.append(self._close())
@@ -406,8 +409,7 @@ class BurstDetector:
         night after a run of slots through the evening, whose wander is several times the night's:
         each slot of the run is weighed by its own time of day's spread, not the raising slot's."""
         assert self._spread is not None
-        slot = (start.hour * 60 + start.minute) // self.params.slot_minutes
-        return float(self._spread[slot])
+        return float(self._spread[self.params.slot_of(start)])
 
     def _z_spread(self, spread: float) -> float:
         """The smallest change in the hour-long excess a slot of this spread tells from its wander:
@@ -466,8 +468,10 @@ class BurstDetector:
         excess = np.asarray(self.alarm_excess, dtype=np.float64)
         weights = _weights(np.asarray(self.alarm_spread))
         gone = np.cumsum((weights * (size / 2 - excess))[::-1])[::-1]  # evidence of zero from k on
-        best = int(np.argmax(gone[1:])) + 1 if len(gone) > 1 else len(gone)
-        return best if len(gone) > 1 and gone[best] > 0 else len(gone)
+        if len(gone) < 2:
+            return len(gone)
+        best = int(np.argmax(gone[1:])) + 1
+        return best if gone[best] > 0 else len(gone)
 
     def _end_alarm(self) -> None:
         self.alarm_since, self.alarm_excess, self.alarm_spread = None, [], []

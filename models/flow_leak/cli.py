@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from datetime import date, timedelta
+from datetime import date, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -343,7 +343,7 @@ def _warn_read(flows: Any) -> None:
         )
 
 
-def _timestamps_zone(args: argparse.Namespace) -> Any:
+def _timestamps_zone(args: argparse.Namespace) -> tzinfo | None:
     from water_edge.models.nightwindow import zone
 
     if args.timestamps_zone is None:
