@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import subprocess
-import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
+from bench.figures import cli_peak_rss
 from water_edge.agent.cli import main as cli
 from water_edge.models.pump import steady
 from water_edge.models.pump.detector import calibrate, repeat_runs, score, score_latest, select
@@ -142,17 +141,8 @@ def _write_week(path: Path, day: np.ndarray) -> Path:
 
 
 def _peak_rss(path: Path, *options: str) -> float:
-    """`models score pump --csv PATH OPTIONS` in a process of its own: the peak resident memory of
-    the whole command (what a technician running it on a gateway needs free), MiB."""
-    probe = (
-        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL,"
-        " stderr=subprocess.DEVNULL, check=True);"
-        " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    command = ["models", "score", "pump", "--csv", str(path), *options]
-    argv = [sys.executable, "-m", "water_edge.agent.cli", *command]
-    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True)
-    return int(done.stdout.strip()) / 1024
+    """`models score pump --csv PATH OPTIONS` in a process of its own: its peak resident memory, MiB."""
+    return cli_peak_rss("models", "score", "pump", "--csv", str(path), *options)[1]
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ SUITES = [
     "bench.bench_audio",
     "bench.bench_leak",
     "bench.bench_pump",
+    "bench.bench_flow_offline",
     "bench.bench_commands",
     "bench.bench_fleet",
     "bench.bench_machine_sound",

@@ -13,13 +13,16 @@ on the night a new rise is declared (the step detector) or MNF crosses the fixed
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
-from datetime import date, timedelta, tzinfo
+from collections.abc import Iterable, Iterator
+from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from water_edge.core.cli_numbers import number, whole
+
+if TYPE_CHECKING:
+    from water_edge.models.flow_leak.burst import BurstDetector, SlotRow
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
@@ -194,6 +197,8 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
 
 
 def cmd_score_burst(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, FixedExcess
     from water_edge.models.flow_leak.glitch import GLITCH_FACTOR, GLITCH_SAMPLES
     from water_edge.models.flow_leak.offline import FlowCsvError, read_net_flows
@@ -215,17 +220,17 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
         )
     except (FlowCsvError, ValueError) as exc:
         return _err(str(exc))
-    samples = flows.samples
-    if len(samples) < 2:
+    if len(flows) < 2:
         return _err(f"{args.csv}: needs at least two readable rows")
-    days = (samples[-1][0] - samples[0][0]).total_seconds() / 86400
+    first, last = flows.local(0), flows.local(len(flows) - 1)
+    days = (last - first).total_seconds() / 86400
     if days <= args.learn_days:
         sys.stderr.write(
             f"edge-agent models: warning: the file covers {days:.1f} day(s), no more than --learn-days "
             f"{args.learn_days}: every slot is learnt from, none is judged\n"
         )
-    gaps = sorted((b[0] - a[0]).total_seconds() / 60 for a, b in itertools.pairwise(samples))
-    interval = gaps[len(gaps) // 2]
+    gaps = np.sort(np.diff(flows.wall_us)) / 60e6
+    interval = float(gaps[len(gaps) // 2])
     slot = args.slot_minutes or next((m for m in (15, 20, 30, 60, 120, 180, 240) if m >= interval), 240)
     if slot <= 0 or 1440 % slot:
         return _err("--slot-minutes must divide a day (15, 20, 30, 60 ...)")
@@ -239,10 +244,11 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
     )
     detector, fixed = BurstDetector(params), FixedExcess(args.fixed_rise_pct)
     _warn_read(flows)
-    out = ["time,flow,expected,added,event,onset,size_m3h,volume_m3"]
+    sys.stdout.write("time,flow,expected,added,event,onset,size_m3h,volume_m3\n")
     counted = {"burst": 0, "cleared": 0, "accepted": 0}
-    rows = [r for local, q, p in samples for r in detector.add(local, q, p)] + detector.flush()
-    for row in rows:
+    slots = 0
+    for row in _slot_rows(detector, flows.samples()):
+        slots += 1
         if args.method == "fixed":
             row.event = "burst" if fixed.update(row) else ""
             row.onset, row.size = (row.start, row.added) if row.event else (None, None)
@@ -255,8 +261,7 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
             "" if row.size is None else f"{row.size:.3f}",
             "" if row.volume_m3 is None else f"{row.volume_m3:.1f}",
         )
-        out.append(row.csv() + "," + ",".join(extra))
-    sys.stdout.write("\n".join(out) + "\n")
+        sys.stdout.write(row.csv() + "," + ",".join(extra) + "\n")
     if detector.glitches:
         sys.stderr.write(
             f"edge-agent models: warning: {detector.glitches} sample(s) beyond {GLITCH_FACTOR:g}x the "
@@ -266,19 +271,29 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
     if detector.unlearnt:
         start, flow = detector.unlearnt[0]
         end = start + timedelta(minutes=slot)
-        in_slot = [(t, q) for t, q, _ in samples if start <= t < end]
+        in_slot = [(t, q) for t, q, _ in flows.samples() if start <= t < end]
         when, q = max(in_slot, key=lambda s: abs(s[1]), default=(start, flow))
         _warn(
             f"{len(detector.unlearnt)} slot(s) of the first half-day beyond {GLITCH_FACTOR:g}x its median "
             f"slot flow left out of what is learnt as a glitch (first: the row stamped "
             f"{when.isoformat(sep=' ', timespec='seconds')}, {q:g} m3/h; slot {flow:g} m3/h)"
         )
-    judged = _holidays_judged(holidays, samples[0][0].date(), samples[-1][0].date())
+    judged = _holidays_judged(holidays, first.date(), last.date())
     sys.stderr.write(
-        f"edge-agent models: {len(rows)} slots of {slot} min; {counted['burst']} burst(s), "
+        f"edge-agent models: {slots} slots of {slot} min; {counted['burst']} burst(s), "
         f"{counted['cleared']} cleared, {counted['accepted']} accepted as the new level; {judged}\n"
     )
     return EXIT_OK
+
+
+def _slot_rows(
+    detector: BurstDetector, samples: Iterable[tuple[datetime, float, float]]
+) -> Iterator[SlotRow]:
+    """The detector's slot rows as the samples close them, then the last one: written out as they
+    come (a year of minute rows is 35,040 slots of 15 min)."""
+    for local, q, p in samples:
+        yield from detector.add(local, q, p)
+    yield from detector.flush()
 
 
 def _holidays(args: argparse.Namespace) -> frozenset[date]:

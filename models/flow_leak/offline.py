@@ -22,15 +22,17 @@ import math
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from water_edge.core.csv_records import records
 from water_edge.core.export_layout import MAX_UNIT_ROWS, MISSING_MARKS, layout
 from water_edge.core.export_numbers import Formats, Mixed
-from water_edge.core.textfiles import read_export
+from water_edge.core.textfiles import lines_of, read_export
 from water_edge.core.timestamps import day_first, parse_time, skipped_hour, year_last
 from water_edge.models.flow_leak.detector import FixedThreshold, Night, StepDetector, StepParams
 from water_edge.models.flow_leak.mnf import LARGEST_FLOW, NS, is_error_code, night_figures
@@ -117,11 +119,11 @@ def _rows(
     lines, first, sep = _table(path, wanted, counts)
     reader = records(lines, sep)
     header = [h.strip() for h in next(reader)]
-    idx = _columns(path, lines[0], header, wanted)
+    idx = _columns(path, lines.header, header, wanted)
     formats = _formats(lines, sep, len(header))
     mixed = formats.mixed()
     counts.mixed = {c: mixed[j] for c, j in idx.items() if j in mixed}
-    order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines[1:])
+    order = day_first(line.split(sep, 1)[0].strip('" ') for line in lines.data())
     counts.first_bad = {}
     kept = 0
     wall_clock = _WallClock(tz)
@@ -204,7 +206,28 @@ def _columns(path: Path, line: str, header: list[str], wanted: list[str]) -> dic
     return {c: header.index(c) for c in wanted}
 
 
-def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[list[str], int, str]:
+@dataclass(frozen=True)
+class _Lines:
+    """The file's lines from its header on, read from its text each time they are gone through
+    (`textfiles.lines_of`): a year of minute rows is 24 MB of text, and a list of its lines was
+    54 MB more."""
+
+    text: str
+    start: int  # where the header line begins in `text`
+
+    def __iter__(self) -> Iterator[str]:
+        return lines_of(self.text, self.start)
+
+    @property
+    def header(self) -> str:
+        return next(iter(self))
+
+    def data(self) -> Iterator[str]:
+        """The lines under the header."""
+        return islice(self, 1, None)
+
+
+def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[_Lines, int, str]:
     """The file's lines from its header on (past an export's preamble, counted in `counts`), the
     header's index among the file's lines, and the separator (`export_layout.layout`: the one that
     splits the data rows and the line above them alike; counted in the header alone,
@@ -215,23 +238,34 @@ def _table(path: Path, wanted: Sequence[str], counts: _Counts) -> tuple[list[str
         raise FlowCsvError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise FlowCsvError(f"{path}: not a text file ({exc.reason})") from exc
-    lines, first = text.splitlines(), 0
-    found = layout(lines, wanted)
+    found = layout(lines_of(text), wanted)
     counts.preamble = found.preamble
-    if counts.preamble:
-        first = [i for i, line in enumerate(lines) if line.strip()][counts.preamble]
-        lines = lines[first:]
-    if len(lines) < 2:
+    first, start = _header_at(text, counts.preamble)
+    lines = _Lines(text, start)
+    if next(lines.data(), None) is None:
         raise FlowCsvError(f"{path}: needs a header and at least one data row")
     # No data row found under any separator: the header's, for the reader's own errors to name.
-    sep = found.separator or max((",", ";", "\t"), key=lines[0].count)
+    sep = found.separator or max((",", ";", "\t"), key=lines.header.count)
     return lines, first, sep
 
 
-def _formats(lines: list[str], sep: str, width: int) -> Formats:
-    """Each column's decimal mark, learnt from the cells under the header (`lines[0]`)."""
+def _header_at(text: str, preamble: int) -> tuple[int, int]:
+    """The header's index among the lines of `text` and where it begins: the first non-blank line
+    after `preamble` non-blank ones (the end of the text when there is none)."""
+    start, nonblank = 0, 0
+    for index, line in enumerate(lines_of(text)):
+        if line.strip():
+            if nonblank == preamble:
+                return index, start
+            nonblank += 1
+        start += len(line) + 1
+    return 0, len(text)
+
+
+def _formats(lines: _Lines, sep: str, width: int) -> Formats:
+    """Each column's decimal mark, learnt from the cells under the header."""
     formats = Formats(sep, width)
-    for row in records(lines[1:], sep):
+    for row in records(lines.data(), sep):
         formats.see((row + [""] * width)[:width])
     return formats.settle()
 
@@ -326,10 +360,10 @@ class _Given:
             yield row
 
     def refuse_totalisers(self, path: Path) -> None:
-        order = sorted(range(len(self.instants)), key=self.instants.__getitem__)  # newest-first files
-        instants = array("q", (self.instants[i] for i in order))
+        order = np.argsort(np.frombuffer(self.instants, dtype=np.int64), kind="stable")  # newest-first files
+        instants = np.frombuffer(self.instants, dtype=np.int64)[order]
         for c, given in self.values.items():
-            values = array("d", (given[i] for i in order))
+            values = np.frombuffer(given, dtype=np.float64)[order]
             if looks_like_totaliser(instants, values):
                 days = (instants[-1] - instants[0]) / 86.4e12
                 raise FlowCsvError(
@@ -413,9 +447,12 @@ def _interval_s(instants: array[int]) -> float | None:
 
 @dataclass
 class NetFlows:
-    """Every readable row's net flow, in time order (a time given twice kept once)."""
+    """Every readable row's net flow, in time order (a time given twice kept once), held as arrays:
+    a year of minute rows as datetimes and tuples took 90 MB."""
 
-    samples: list[tuple[datetime, float, float]]  # (local wall-clock time, net flow m3/h, pressure)
+    wall_us: npt.NDArray[np.int64]  # local wall-clock time, microseconds since 1970-01-01 on that clock
+    flow: npt.NDArray[np.float64]  # net flow, m3/h
+    pressure: npt.NDArray[np.float64]
     rows: int
     skipped: int
     guessed_day_first: bool = False
@@ -428,6 +465,26 @@ class NetFlows:
     mixed: dict[str, Mixed] = field(default_factory=dict)
     skipped_hour: int = 0
     first_skipped_hour: str = ""
+
+    def __len__(self) -> int:
+        return len(self.wall_us)
+
+    def local(self, i: int) -> datetime:
+        """The `i`th sample's local wall-clock time (naive)."""
+        return _WALL_EPOCH + timedelta(microseconds=int(self.wall_us[i]))
+
+    def samples(self) -> Iterator[tuple[datetime, float, float]]:
+        """(local wall-clock time, net flow m3/h, pressure) in time order."""
+        for i in range(0, len(self), _CHUNK):  # as Python numbers a chunk at a time, not all at once
+            chunk = slice(i, i + _CHUNK)
+            wall, flow, pressure = self.wall_us[chunk], self.flow[chunk], self.pressure[chunk]
+            for us, q, p in zip(wall.tolist(), flow.tolist(), pressure.tolist(), strict=True):
+                yield _WALL_EPOCH + timedelta(microseconds=us), q, p
+
+
+_WALL_EPOCH = datetime(1970, 1, 1)
+_CHUNK = 4096
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def read_net_flows(
@@ -445,14 +502,19 @@ def read_net_flows(
     counts, meters, given = _Counts(), dict[str, VolumeRate](), _Given(flow)
     rows = _rows(path, [*flow, *minus], pressure, tz, counts, naive_tz=naive_tz)
     rows = _from_volumes(_oldest_first(rows), meters) if volume else given.watch(rows)
-    by_instant: dict[int, tuple[datetime, float, float]] = {}
+    instants, wall_us, nets, pressures = array("q"), array("q"), array("d"), array("d")
     for row in rows:
-        net = sum(row.cells[c] for c in flow) - sum(row.cells[c] for c in minus)
-        by_instant.setdefault(row.instant, (row.local.replace(tzinfo=None), net, row.pressure))
+        instants.append(row.instant)
+        wall_us.append((row.local.replace(tzinfo=None) - _WALL_EPOCH) // _MICROSECOND)
+        nets.append(sum(row.cells[c] for c in flow) - sum(row.cells[c] for c in minus))
+        pressures.append(row.pressure)
     if not volume:
         given.refuse_totalisers(path)
+    keep = _first_of_each_instant(np.frombuffer(instants, dtype=np.int64))
     return NetFlows(
-        [by_instant[k] for k in sorted(by_instant)],
+        np.frombuffer(wall_us, dtype=np.int64)[keep],
+        np.frombuffer(nets, dtype=np.float64)[keep],
+        np.frombuffer(pressures, dtype=np.float64)[keep],
         counts.read,
         counts.skipped,
         guessed_day_first=counts.guessed_day_first,
@@ -466,6 +528,14 @@ def read_net_flows(
         skipped_hour=counts.skipped_hour,
         first_skipped_hour=counts.first_skipped_hour,
     )
+
+
+def _first_of_each_instant(instants: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+    """The indices that put `instants` in time order, an instant given twice (overlapping exports
+    pasted together) kept once, at its first row in the file."""
+    order = np.argsort(instants, kind="stable")
+    ordered = instants[order]
+    return order[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if order.size else order
 
 
 def correct_for_pressure(

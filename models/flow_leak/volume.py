@@ -10,9 +10,10 @@ counted, and the next readings go on from the new value.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import pairwise
+
+import numpy as np
+import numpy.typing as npt
 
 NS_PER_HOUR = 3_600_000_000_000
 # A flow column that never falls over this many days and this share of its rows is a totaliser
@@ -42,11 +43,11 @@ class VolumeRate:
         return (volume_m3 - prev[1]) * NS_PER_HOUR / (ts_ns - prev[0])
 
 
-def looks_like_totaliser(ts_ns: Sequence[int], values: Sequence[float]) -> bool:
+def looks_like_totaliser(ts_ns: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> bool:
     """Whether a series given as a flow is rather a volume register: over at least two days it rose
     and never (or almost never) fell."""
     if len(values) < 3 or (ts_ns[-1] - ts_ns[0]) < TOTALISER_MIN_DAYS * 24 * NS_PER_HOUR:
         return False
-    steps = [b - a for a, b in pairwise(values)]
-    rising = sum(s >= 0 for s in steps)
+    steps = np.diff(values)
+    rising = int(np.count_nonzero(steps >= 0))
     return rising >= TOTALISER_SHARE * len(steps) and values[-1] > values[0]
