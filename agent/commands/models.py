@@ -1,6 +1,8 @@
 """`edge-agent models ...`: check models offline on historical data and calibrate pumps and machines.
 
-    edge-agent models score pump --csv FILE --calibrate-rows N [--model MANIFEST] [--causal] [--explain]
+    edge-agent models score pump --csv FILE --calibrate-rows N|--calibrate-until TIME [--label COLUMN]
+        [--causal] [--explain] [--persistence N] [--clear-after N] [--model MANIFEST]
+    edge-agent models score pump --pump NAME [--from T] [--to T] [-c CONFIG] [--state-dir DIR]
     edge-agent models calibrate pump --pump NAME --from T --to T [-c CONFIG] [--state-dir DIR]
     edge-agent models score machine-sound --features FILE.npy --calibrate FILE.npy
     edge-agent models features machine-sound REC.wav ... --out FILE.npy
@@ -39,30 +41,43 @@ def register(subparsers: Any) -> None:
     pump = score_sub.add_parser(
         "pump", help="pump anomaly scores for a CSV (header; timestamp, then numeric signals)"
     )
-    pump.add_argument("--csv", type=Path, help="history file, ',' ';' or tab separated, UTF-8 or UTF-16")
+    pump.add_argument(
+        "--csv", type=Path, metavar="FILE", help="history file, ',' ';' or tab separated, UTF-8 or UTF-16"
+    )
     calibration = pump.add_mutually_exclusive_group()
     calibration.add_argument(
         "--calibrate-rows",
         type=int,
-        help="the first N data rows are normal operation, used to calibrate only",
+        metavar="N",
+        help="the first N data rows are normal operation, used to calibrate only (fewer than the "
+        "file's: a row must be left to score; under 3600 the steady-state detector scores, else the "
+        "gateway's)",
     )
     calibration.add_argument(
         "--calibrate-until",
         metavar="TIME",
         help="the rows stamped before TIME are normal operation (as the file writes times; "
-        "without an offset, local time)",
+        "without an offset, local time); TIME must be at or before the last row's",
     )
-    pump.add_argument("--model", type=Path, default=None, help="model manifest (default: the shipped scorer)")
+    pump.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="MANIFEST",
+        help="the gateway detector's scorer manifest (default: the shipped scorer)",
+    )
     pump.add_argument(
         "--persistence",
         type=int,
         default=None,
+        metavar="N",
         help="rows above threshold to alarm (default: the detector's, 5)",
     )
     pump.add_argument(
         "--clear-after",
         type=int,
         default=None,
+        metavar="N",
         help="rows below to clear an alarm (default: the detector's, 20 for calibrations "
         "under an hour, else 30)",
     )
@@ -76,16 +91,18 @@ def register(subparsers: Any) -> None:
         "--explain",
         action="store_true",
         help="add a 'signals' column: on each marked row the signals it stands on and which way "
-        "they moved (above, below, noisier, steadier)",
+        "they moved (above, below, noisier, steadier, frozen)",
     )
     pump.add_argument(
         "--label",
         metavar="COLUMN",
-        help="a column of the file that labels rows 1 (anomalous) or 0 (normal), empty if unknown: "
-        "not scored; the marked rows are compared with it (F1, false alarms, missed, delays)",
+        help="a column of the file that labels rows 1 (anomalous) or 0 (normal), empty if unknown "
+        "(other numbers are refused): not scored; the marked rows are compared with it (F1, "
+        "false alarms, missed, delays)",
     )
     pump.add_argument(
         "--pump",
+        metavar="NAME",
         help="instead of --csv: score again the samples this gateway kept of a pump ([[models.pump]] name)",
     )
     add_history_arguments(pump, "--pump")

@@ -61,14 +61,34 @@ class PointScores:
         """The comparison in words, for the command's standard error."""
         out = [
             f"{self.rows:,} labelled rows, {self.anomalous:,} of them anomalous; {self.marked:,} marked",
-            f"point-wise: F1 {self.f1:.3f}, precision {self.precision:.3f}, recall {self.recall:.3f}, "
-            f"false alarms {100 * self.false_alarm_rate:.1f} % of normal rows, "
-            f"missed {100 * self.missed_rate:.1f} % of anomalous rows",
+            "point-wise: " + ", ".join(self._figures()),
         ]
         if self.episodes:
             delay = f"; median delay {np.median(self.delays):g} rows" if self.delays else ""
             out.append(f"anomalous episodes: {self.found} of {self.episodes} found{delay}")
         return out
+
+    def _figures(self) -> list[str]:
+        """F1, precision, recall, false alarms and missed; a figure of no rows (nothing marked, no
+        normal rows) is "n/a" and why, not a 0 that reads as measured, and so is F1 without anomalous
+        rows (it would be 0 whatever was marked)."""
+        return [
+            f"F1 {_ratio(self.f1, self.anomalous, 'no anomalous rows')}",
+            f"precision {_ratio(self.precision, self.marked, 'nothing marked')}",
+            f"recall {_ratio(self.recall, self.anomalous, 'no anomalous rows')}",
+            f"false alarms {_share(self.false_alarm_rate, self.rows - self.anomalous, 'normal')}",
+            f"missed {_share(self.missed_rate, self.anomalous, 'anomalous')}",
+        ]
+
+
+def _ratio(value: float, of: int, why_none: str) -> str:
+    """`value` to three places, or "n/a (`why_none`)" when it is a ratio `of` no rows."""
+    return f"{value:.3f}" if of else f"n/a ({why_none})"
+
+
+def _share(rate: float, rows: int, kind: str) -> str:
+    """`rate` as a percentage of the `rows` labelled `kind`, or "n/a" when there are none."""
+    return f"{100 * rate:.1f} % of {kind} rows" if rows else f"n/a (no {kind} rows)"
 
 
 def as_labels(column: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

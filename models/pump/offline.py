@@ -125,7 +125,9 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
     if len(header) < 2:
         raise InputError("need a timestamp column and at least one signal column")
     width = len(header)
-    skip = _unit_rows(list(itertools.islice(rows(), MAX_UNIT_ROWS + 1)), sep)
+    head = list(itertools.islice(rows(), MAX_UNIT_ROWS + 1))
+    _refuse_header_rows_alone(head, sep)
+    skip = _unit_rows(head, sep)
     if skip:
         warn(f"skipping {skip} row(s) under the header with no numbers in them (units?)")
     formats = Formats(sep, width)
@@ -190,6 +192,16 @@ def _unit_rows(head: list[list[str]], sep: str) -> int:
     while skip < min(MAX_UNIT_ROWS, len(head) - 1) and _header_row(head[skip], sep):
         skip += 1
     return 0 if skip and _header_row(head[skip], sep) else skip
+
+
+def _refuse_header_rows_alone(head: list[list[str]], sep: str) -> None:
+    """InputError when the only rows under the header are a few with no number in them (units,
+    descriptions): the file has no data rows, whatever its columns would have held."""
+    if head and len(head) <= MAX_UNIT_ROWS and all(_header_row(row, sep) for row in head):
+        raise InputError(
+            f"the file has a header but no data rows (only {len(head)} row(s) under it with no "
+            "numbers: units?)"
+        )
 
 
 def _numeric(
@@ -418,7 +430,8 @@ class ScoredCsv:
 
 def take_label(table: Table, label: str) -> tuple[Table, np.ndarray]:
     """The table without the column named `label` (`--label`, exact name, else the one name that
-    matches ignoring case) and that column as labels (`labelled.as_labels`)."""
+    matches ignoring case) and that column as labels (`labelled.as_labels`); a column holding other
+    numbers than 0 and 1 is refused."""
     names = [n.strip() for n in table.names]
     want = label.strip()
     found = [j for j, n in enumerate(names) if n == want] or [
@@ -435,9 +448,24 @@ def take_label(table: Table, label: str) -> tuple[Table, np.ndarray]:
     if len(names) == 1:
         raise InputError(f"--label {label!r} is the file's only numeric column: no signal is left to score")
     j = found[0]
+    _refuse_non_labels(label, names[j], table.values[:, j])
     rest = [k for k in range(len(names)) if k != j]
     values = np.asfortranarray(table.values[:, rest])
     return replace(table, names=[table.names[k] for k in rest], values=values), as_labels(table.values[:, j])
+
+
+def _refuse_non_labels(label: str, name: str, column: np.ndarray) -> None:
+    """InputError when the `--label` column holds a number other than 0 and 1 (empty cells are
+    unknown): a signal given by mistake (`--label flow`) would be taken out of the scoring and read as
+    "anomalous" wherever it is not 0."""
+    other = np.flatnonzero(np.isfinite(column) & (column != 0) & (column != 1))
+    if other.size:
+        i = int(other[0])
+        raise InputError(
+            f"column {name!r} given to --label {label!r} holds {other.size:,} value(s) other than 0 and 1 "
+            f"(first: data row {i + 1}, {column[i]:.10g}): labels are 1 (anomalous) or 0 (normal), empty "
+            f"where unknown; is {name!r} a signal?"
+        )
 
 
 def _warn_labelled_calibration(
@@ -473,6 +501,35 @@ def rows_before(timestamps: list[str], until: str, tz: tzinfo) -> int:
         if when >= limit:
             return i
     return len(timestamps)
+
+
+def _rows_until(
+    path: Path, timestamps: list[str], until: str, tz: tzinfo, warn: Callable[[str], None]
+) -> int:
+    """The calibration rows of `--calibrate-until` (`rows_before`), said in a warning; InputError
+    when they are too few, or all the rows, none being left to score (the message gives the file's
+    last timestamp, the latest TIME that scores a row)."""
+    rows = rows_before(timestamps, until, tz)
+    if rows < MIN_CALIBRATION_ROWS:
+        raise InputError(
+            f"--calibrate-until {until} leaves {rows} row(s) before it; "
+            f"calibration needs at least {MIN_CALIBRATION_ROWS}"
+        )
+    if rows == len(timestamps):
+        raise InputError(
+            f"--calibrate-until {until} leaves no row to score: the last row of {path} is stamped "
+            f"{_last_stamp(timestamps, tz)!r}; give a time at or before it"
+        )
+    warn(f"calibrating on the first {rows:,} rows (stamped before {until})")
+    return rows
+
+
+def _last_stamp(timestamps: list[str], tz: tzinfo) -> str:
+    """The last of the last ten stamps that can be read (a cut-off last line), else the last."""
+    n = len(timestamps)
+    order = day_first(timestamps) is not False
+    last = _first_readable(timestamps, range(n - 1, max(-1, n - 11), -1), tz, order)
+    return timestamps[last[0] if last else n - 1]
 
 
 def refuse_newest_first(timestamps: list[str], tz: tzinfo) -> None:
@@ -575,18 +632,17 @@ def score_csv(
         refuse_newest_first(table.timestamps, zone)
         warn_out_of_order(table.timestamps, zone, warn)
         if calibrate_rows is None:
-            calibrate_rows = rows_before(table.timestamps, calibrate_until or "", zone)
-            if calibrate_rows < MIN_CALIBRATION_ROWS:
-                raise InputError(
-                    f"--calibrate-until {calibrate_until} leaves {calibrate_rows} row(s) before it; "
-                    f"calibration needs at least {MIN_CALIBRATION_ROWS}"
-                )
-            warn(f"calibrating on the first {calibrate_rows:,} rows (stamped before {calibrate_until})")
+            calibrate_rows = _rows_until(path, table.timestamps, calibrate_until or "", zone, warn)
     n = len(table.timestamps)
     if calibrate_rows < MIN_CALIBRATION_ROWS:
         raise InputError(f"--calibrate-rows must be at least {MIN_CALIBRATION_ROWS}")
     if calibrate_rows > n:
-        raise InputError(f"--calibrate-rows {calibrate_rows} exceeds the {n} data rows in the file")
+        raise InputError(f"--calibrate-rows {calibrate_rows} exceeds the {n} data rows in {path}")
+    if calibrate_rows == n:
+        raise InputError(
+            f"--calibrate-rows {calibrate_rows} is every data row of {path}: no row is left to score; "
+            "give fewer"
+        )
     for name in table.ignored:
         warn(f"ignoring non-numeric column {name!r}")
     _warn_labelled_calibration(labels, calibrate_rows, warn)
