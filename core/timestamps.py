@@ -2,15 +2,17 @@
 (Japanese exports), a numeric date with the year last — 'DD.MM.YYYY', and 'DD/MM/YYYY' or
 'MM/DD/YYYY' (US exports), whose order `day_first` reads from a whole column — or one with the
 month's English name ('31-Mar-24', as OSIsoft PI writes it; 'Mar 31, 2024') — followed by a time
-'HH:MM[:SS[.fff]]' (or ',fff') or 'h:MM[:SS] AM/PM', and optionally ' UTC' or ' GMT'. Shared by the
-offline commands that read such exports.
+'HH:MM[:SS[.fff]]' (or ',fff') or 'h:MM[:SS] AM/PM', and optionally ' UTC' or ' GMT'. ISO 8601's
+end of a day, '24:00' or '24:00:00', is the next day's 00:00: German and Austrian SCADA exports stamp
+the interval that ends at midnight '29.02.2024 24:00'. Shared by the offline commands that read such
+exports.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 _TIMES = ("%H:%M:%S", "%H:%M", "%H:%M:%S.%f", "%H:%M:%S,%f", "%I:%M:%S %p", "%I:%M %p")
 _YEAR_FIRST = ("%Y-%m-%d", "%Y/%m/%d")
@@ -19,6 +21,8 @@ _MONTH_FIRST = ("%m/%d/%Y", "%d.%m.%Y", "%m-%d-%Y")  # dotted dates are day firs
 _MONTH_NAMED = ("%d-%b-%y", "%d-%b-%Y", "%d %b %Y", "%b %d, %Y", "%b %d %Y")
 _YEAR_LAST = re.compile(r"\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{4}\b")
 _UTC_SUFFIXES = (" UTC", " GMT")
+# '24:00' after the date (' ' or 'T'), before the end, an offset, 'Z' or a suffix: never '24:01'.
+_END_OF_DAY = re.compile(r"(?<=[\sT])24:00(?::00(?:[.,]0+)?)?(?=$|[\sZ+-])")
 
 
 def _formats(dates: Sequence[str]) -> tuple[str, ...]:
@@ -54,15 +58,36 @@ def parse_time(text: str, tz: tzinfo, day_first: bool = True, naive_tz: tzinfo |
     or, with `naive_tz`, as that zone's (a historian that exports UTC without saying so)."""
     text = text.strip()
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        when = _read(text, day_first)
     except ValueError:
-        bare = next((text.removesuffix(s) for s in _UTC_SUFFIXES if text.endswith(s)), text)
-        when = _strptime(bare, _DAY_FIRST_FORMATS if day_first else _MONTH_FIRST_FORMATS, text)
-        if bare != text:
-            when = when.replace(tzinfo=UTC)
+        when = _end_of_day(text, day_first)
     if when.tzinfo is None and naive_tz is not None:
         when = when.replace(tzinfo=naive_tz)
     return when.astimezone(tz).replace(tzinfo=None) if when.tzinfo is not None else when
+
+
+def _read(text: str, day_first: bool) -> datetime:
+    """The timestamp as written: naive, or aware when it gives an offset or says UTC."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        bare = next((text.removesuffix(s) for s in _UTC_SUFFIXES if text.endswith(s)), text)
+        when = _strptime(bare, _DAY_FIRST_FORMATS if day_first else _MONTH_FIRST_FORMATS, text)
+        return when.replace(tzinfo=UTC) if bare != text else when
+
+
+def _end_of_day(text: str, day_first: bool) -> datetime:
+    """A timestamp at '24:00' read as the next day's 00:00, on the clock it was written in (adding the
+    day before any conversion: a day with a daylight-saving change is still one calendar day); else
+    the error for a text that is no timestamp. Only tried once the text failed as written, so the
+    rows of other times pay nothing."""
+    midnight, found = _END_OF_DAY.subn("00:00", text, count=1)
+    if found:
+        try:
+            return _read(midnight, day_first) + timedelta(days=1)
+        except ValueError:
+            pass
+    raise ValueError(f"{text!r} is not a timestamp")
 
 
 def skipped_hour(local: datetime, tz: tzinfo) -> bool:
