@@ -1,4 +1,4 @@
-"""`edge-agent decode mbus|wmbus HEX|- [--key HEX]`: decode a captured telegram into JSON.
+"""`edge-agent decode mbus|wmbus HEX|FILE|- [--key HEX]`: decode a captured telegram into JSON.
 
 `mbus` takes a whole wired frame (68 L L 68 ... 16, or a short frame / E5) or bare user data
 starting at the CI field, or a capture of several frames (a serial sniffer's log: the E5 before an
@@ -7,16 +7,20 @@ that start no frame are skipped and counted, and a frame that does not decode is
 `wmbus` takes a wireless telegram from its L field, with or without the link layer's CRCs (format A
 or B), as receivers and SDR tools print it (an rtl_wmbus line or a wmbusmeters `telegram=|...|`
 line is accepted as it is). Bytes may be separated by spaces or newlines; `-` reads them from
-stdin. `--key` is the meter's AES-128 key (32 hex digits) for encrypted telegrams; it is never
-printed. A corrupt, truncated or undecryptable telegram prints one line on stderr and exits 2.
+stdin, and a FILE (one argument that is no hex but names a file) from that file: hex text, a
+receiver's log or, for `mbus`, a raw binary capture as on stdin. `--key` is the meter's AES-128
+key (32 hex digits) for encrypted telegrams; it is never printed. A corrupt, truncated or
+undecryptable telegram prints one line on stderr and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
@@ -33,14 +37,74 @@ def register(subparsers: Any) -> None:
         sub = kinds.add_parser(
             kind, help=help_text, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
         )
-        sub.add_argument("hex", nargs="+", help="hex bytes (spaces allowed), or - to read stdin")
+        sub.add_argument(
+            "hex",
+            nargs="+",
+            help="hex bytes (spaces allowed), a FILE of them (mbus: or of raw bytes), or - for stdin",
+        )
         sub.add_argument("--key", help="the meter's AES-128 key, 32 hex digits (encrypted telegrams)")
         sub.add_argument("--compact", action="store_true", help="one line of JSON")
         sub.set_defaults(func=func)
 
 
-def _text(args: argparse.Namespace) -> str:
-    return sys.stdin.read() if args.hex == ["-"] else " ".join(args.hex)
+def _text(args: argparse.Namespace, parses: Callable[[str], object]) -> str:
+    """The telegram's text: stdin for `-`, the file one argument names that does not `parse`, or the
+    arguments themselves."""
+    if args.hex == ["-"]:
+        return sys.stdin.read()
+    path = _file_argument(args.hex, parses)
+    if path is not None:
+        return _read_file(path).decode("utf-8", errors="replace")
+    return " ".join(args.hex)
+
+
+def _file_argument(given: list[str], parses: Callable[[str], object], kinds: str = "hex") -> Path | None:
+    """The file named by the one argument when it does not `parse` as a telegram
+    (`decode mbus capture.bin`). None for hex (even a file's name that reads as hex: `cafe`) and
+    for what names no file, unless it looks like a path: then an MbusDecodeError says so, and what
+    a file may hold (`kinds`)."""
+    from water_edge.drivers.mbus.frame import MbusDecodeError
+
+    if len(given) != 1 or given == ["-"]:
+        return None
+    try:
+        parses(given[0])
+    except MbusDecodeError as exc:
+        path = Path(given[0])
+        if _exists(path):
+            return path
+        if _looks_like_a_path(given[0]):
+            raise MbusDecodeError(
+                f"no file {given[0]!r}, nor hex ({exc}): give hex bytes, a file of {kinds}, or - to "
+                "read stdin"
+            ) from None
+    return None
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; False for what cannot be a file name (too long for one: a long line of
+    hex with a typo in it)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _looks_like_a_path(text: str) -> bool:
+    """A directory in it or a file extension, and none of what a telegram's line holds (spaces, a
+    receiver log's `;`, a wmbusmeters `|`)."""
+    if any(ch.isspace() or ch in ";|" for ch in text):
+        return False
+    return "/" in text or "\\" in text or re.search(r"\.[A-Za-z]\w*$", text) is not None
+
+
+def _read_file(path: Path) -> bytes:
+    from water_edge.drivers.mbus.frame import MbusDecodeError
+
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise MbusDecodeError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def capture_hex(text: str) -> str:
@@ -93,20 +157,33 @@ def cmd_decode_mbus(args: argparse.Namespace) -> int:
 
 
 def _mbus_bytes(args: argparse.Namespace) -> bytes:
-    """The bytes to decode: hex as tools print it, or, on stdin, a raw binary capture (what
-    `cat /dev/ttyUSB0 > capture.bin` keeps) when it is not hex and a whole long frame stands in it."""
-    from water_edge.drivers.mbus.frame import MbusDecodeError, parse_hex
+    """The bytes to decode: hex as tools print it, or, on stdin or in a file, a raw binary capture
+    (what `cat /dev/ttyUSB0 > capture.bin` keeps) when it is not hex and a whole long frame stands
+    in it."""
+    from water_edge.drivers.mbus.frame import parse_hex
 
     stdin = getattr(sys.stdin, "buffer", None) if args.hex == ["-"] else None
-    if stdin is None:
-        return parse_hex(_text(args))
-    data = stdin.read()
+    if stdin is not None:
+        return _hex_or_capture(stdin.read(), "")
+    path = _file_argument(args.hex, parse_hex, "hex or a raw binary capture")
+    if path is not None:
+        return _hex_or_capture(_read_file(path), f"{path}: ")
+    return parse_hex(_text(args, parse_hex))
+
+
+def _hex_or_capture(data: bytes, where: str) -> bytes:
+    """`data` as hex text, else as the raw bytes of a capture holding a whole long frame; the error
+    starts with `where` (the file's name)."""
+    from water_edge.drivers.mbus.frame import MbusDecodeError, parse_hex
+
     try:
         return parse_hex(data.decode("utf-8", errors="replace"))
     except MbusDecodeError as exc:
         if data and _holds_a_long_frame(data):
             return bytes(data)
-        raise MbusDecodeError(f"{exc} (nor is it a binary capture with a whole M-Bus frame in it)") from exc
+        raise MbusDecodeError(
+            f"{where}{exc} (nor is it a binary capture with a whole M-Bus frame in it)"
+        ) from exc
 
 
 def _holds_a_long_frame(raw: bytes) -> bool:
@@ -178,7 +255,7 @@ def cmd_decode_wmbus(args: argparse.Namespace) -> int:
 
     try:
         key = parse_key(args.key) if args.key else None
-        text = _text(args)
+        text = _text(args, lambda given: parse_hex(capture_hex(given)))
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         if len(lines) > 1 and _whole_telegram(lines[0]):
             return _decode_wmbus_log(lines, key, args.compact)
