@@ -770,7 +770,7 @@ def test_score_flow_leak_skips_an_isolated_glitch_in_a_nights_flow_and_pressure(
             "--calibrate-days", "10")  # fmt: skip
     want, got = _cli("--csv", str(clean), *args), _cli("--csv", str(glitched), *args)
     assert want.returncode == got.returncode == 0, got.stderr
-    assert "1 night sample(s) beyond 10x the night's median flow skipped as a glitch" in got.stderr
+    assert "1 night sample(s) beyond 10x the night's median flow, or below minus half of it" in got.stderr
     assert "glitch" not in want.stderr
     _assert_same_nights_and_leaks(want, got)
 
@@ -844,3 +844,34 @@ def test_a_glitch_is_at_most_two_samples_in_a_row_beyond_ten_times_the_nights_me
     assert not any(night_glitches([q] * 5 + [20 * q] * 3))  # three in a row: flow (a burst)
     assert not any(night_glitches([q, -1000 * q]))  # two samples have no median to go by
     assert not any(night_glitches([-q, -q, 1000 * q]))  # a night's median at or below zero: none
+
+
+def test_a_nights_sample_with_its_sign_flipped_is_a_glitch_and_a_net_flows_noise_below_zero_is_not() -> None:
+    # A register read as signed, or a poll scaled wrong, gives the night's own flow negated: before,
+    # that one sample was the night's minimum and left the night unjudged ("night flow of zero or
+    # less").
+    q = 40.0
+    assert night_glitches([q, 41.0, -41.0, q, 39.0]) == [False, False, True, False, False]
+    assert night_glitches([q, -q, -q, q, q, q]) == [False, True, True, False, False, False]
+    assert not any(night_glitches([q, -q, -q, -q, q, q, q]))  # three in a row: flow (outflow meter?)
+    # Two meters' noise around a small net flow dips below zero: flow, not glitches.
+    assert not any(night_glitches([2.0, 1.5, -0.8, 2.5, 2.2, -0.5]))
+
+
+def test_score_flow_leak_judges_a_night_with_one_sign_flipped_sample(tmp_path: Path) -> None:
+    district = District(4, mean_demand_m3h=300.0, leaks=[DistrictLeak(datetime(2024, 1, 20, 14), 10.0)])
+    clean, flipped = tmp_path / "clean.csv", tmp_path / "flipped.csv"
+    write_csv(district.simulate(30), str(clean))
+    lines = clean.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        cells = line.split(",")
+        if cells[0] == "2024-01-21 03:00":  # inflow_b's cell: a net flow of inflows less the outflow
+            cells[2] = f"{-float(cells[1]) - float(cells[2]) + float(cells[3]):.3f}"
+            lines[i] = ",".join(cells)
+    flipped.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = ("--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--calibrate-days", "10")
+    want, got = _cli("--csv", str(clean), *args), _cli("--csv", str(flipped), *args)
+    assert want.returncode == got.returncode == 0, got.stderr
+    assert "zero or less" not in got.stderr
+    assert "1 night sample(s) beyond 10x the night's median flow, or below minus half of it" in got.stderr
+    _assert_same_nights_and_leaks(want, got)

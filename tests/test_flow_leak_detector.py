@@ -163,3 +163,55 @@ def test_the_fixed_threshold_rule_is_the_calibration_median_plus_its_share() -> 
     assert [r.baseline for r in rows[:5]] == [None] * 5
     assert [r.added for r in rows[5:]] == pytest.approx([119 - 117.6, 121 - 117.6])
     assert [r.event for r in rows] == [""] * 5 + ["leak", ""]  # one onset while it stays above
+
+
+def _dip_and_back(seed: int, dip: range, after_dip: float, leak_at: int | None = None) -> list[float]:
+    """100 m3/h nights with 1.5 % noise; `dip` nights 10 % low (fewer people at home, a PRV set
+    lower for a few nights), then `after_dip` times the level; a leak of +12 % from `leak_at`."""
+
+    def level(i: int) -> float:
+        leak = 1.12 if leak_at is not None and i >= leak_at else 1.0
+        return 100.0 * leak * (0.90 if i in dip else after_dip if i >= dip.stop else 1.0)
+
+    return _nights(90, level, lambda _: 0.015, seed)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("dip", [range(40, 42), range(40, 45), range(40, 60)])
+def test_night_flow_back_from_a_dip_to_its_old_level_is_no_new_leak(seed: int, dip: range) -> None:
+    # Before, the drop re-anchored the baseline 10 % low after two nights, and the flow coming back
+    # to where it had always been was reported as a new leak of 10 %.
+    det, rows = _run(_dip_and_back(seed, dip, after_dip=1.0))
+    assert _onsets(rows) == []
+    assert det.returns == 1
+    assert rows[-1].baseline == pytest.approx(100.0, rel=0.03)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_rise_from_a_dip_past_the_old_level_is_reported(seed: int) -> None:
+    # The district comes back from its dip with a leak of +12 % on top of where it was.
+    _, rows = _run(_dip_and_back(seed, range(40, 43), after_dip=1.12))
+    assert len(_onsets(rows)) == 1
+    assert 42 <= _onsets(rows)[0] <= 45
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_leak_back_after_its_repair_is_reported_again(seed: int) -> None:
+    # A leak reported at night 30, repaired at night 50, back at night 56 (the repair failed): the
+    # drop after a reported leak is its repair, and the flow rising back is the leak again.
+    def level(i: int) -> float:
+        return 100.0 * (1.12 if 30 <= i < 50 or i >= 56 else 1.0)
+
+    det, rows = _run(_nights(90, level, lambda _: 0.015, seed))
+    assert _onsets(rows) == [30, 56]
+    assert det.returns == 0
+
+
+def test_a_dip_in_progress_survives_a_restart() -> None:
+    values = _dip_and_back(1, range(40, 50), after_dip=1.0)
+    det, _ = _run(values[:45])
+    assert det.dip is not None
+    again = StepDetector.from_dict(det.to_dict(), StepParams())
+    rows = [again.update(START + timedelta(days=45 + i), v) for i, v in enumerate(values[45:])]
+    assert [r for r in rows if r.event] == []
+    assert again.returns == 1

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from water_edge.core.cli_numbers import number, whole
+from water_edge.models.nightwindow import night_option
 
 if TYPE_CHECKING:
     from water_edge.models.flow_leak.burst import BurstDetector, SlotRow
@@ -55,7 +56,13 @@ def register(score_sub: Any) -> None:
     )
     p.add_argument("--pressure", default=None, metavar="COL", help="inlet pressure: night flow is corrected")
     p.add_argument("--calibrate-days", required=True, type=int, metavar="N", help="the first N nights learn")
-    p.add_argument("--night", default="02:00-04:00", help="local night window (default 02:00-04:00)")
+    p.add_argument(
+        "--night",
+        type=night_option,
+        default="02:00-04:00",
+        metavar="HH:MM-HH:MM",
+        help="local night window, at most 12 h; may cross midnight, e.g. 23:00-05:00 (default 02:00-04:00)",
+    )
     p.add_argument("--method", choices=("step", "fixed"), default="step")
     p.add_argument(
         "--fixed-rise-pct",
@@ -181,8 +188,8 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
     if flows.glitches:
         sys.stderr.write(
             f"edge-agent models: warning: {flows.glitches} night sample(s) beyond {GLITCH_FACTOR:g}x "
-            f"the night's median flow skipped as a glitch (at most {GLITCH_SAMPLES} in a row: "
-            "a longer run is flow)\n"
+            "the night's median flow, or below minus half of it (a sign flipped), skipped as a glitch "
+            f"(at most {GLITCH_SAMPLES} in a row: a longer run is flow)\n"
         )
     unjudged = [r.night for r in rows if r.night_flow is not None and r.night_flow <= 0]
     if unjudged:
@@ -234,6 +241,11 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
     slot = args.slot_minutes or next((m for m in (15, 20, 30, 60, 120, 180, 240) if m >= interval), 240)
     if slot <= 0 or 1440 % slot:
         return _err("--slot-minutes must divide a day (15, 20, 30, 60 ...)")
+    if slot < interval:  # slots with no reading: a burst's volume counted over a fraction of its time
+        return _err(
+            f"--slot-minutes {slot} is shorter than {args.csv}'s interval of {interval:g} min: "
+            f"most slots would hold no reading; give {interval:g} or more, or leave it out"
+        )
     params = BurstParams(
         slot_minutes=slot,
         learn_days=args.learn_days,

@@ -23,7 +23,11 @@ so one noise figure holds at 20 m3/h and at 200, and a rise of x % is the same s
 - between rises the baseline **tracks** slow change (seasons, growth in the district) with an
   exponential average over `track_nights` of the residual clipped to +-k: a drift slower than
   k sigma per `track_nights` nights is followed, a step or a leak growing faster is not absorbed
-  before the CUSUM declares it. A drop (a repair) found by the mirror CUSUM re-anchors it downwards.
+  before the CUSUM declares it. A drop (a repair) found by the mirror CUSUM re-anchors it downwards;
+- a **dip** (a drop with no leak reported in the `REPAIR_NIGHTS` before it: fewer people at home,
+  a PRV set lower for some nights) that ends within `dip_return_nights` is no leak: the flow
+  rising back to where it stood before the dip re-anchors the baseline without an event (counted
+  in `returns`); a rise past that level by the smallest reported step is a leak as any other.
 
 `FixedThreshold` is the plain rule utilities start with, kept as the reference to beat: an alarm
 when MNF exceeds the calibration median by `rise_pct` %, a new onset each time it crosses upwards.
@@ -39,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 
 CAP = 3.0  # the most one night adds to the CUSUM (< h: one odd night never alarms alone)
+REPAIR_NIGHTS = 90  # a drop within this many nights of a reported leak may be its repair
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class StepParams:
     min_sigma_pct: float = 1.0
     track_nights: int = 28
     sigma_nights: int = 56  # sigma is re-measured over the residuals of this many recent nights
+    dip_return_nights: int = 28  # a rise within this many nights of a dip, back to its level, is no leak
 
 
 @dataclass
@@ -99,6 +105,9 @@ class StepDetector:
     since_drop: list[float] = field(default_factory=list)
     recent: list[float] = field(default_factory=list)  # the last `sigma_nights` log residuals
     rises: int = 0
+    dip: tuple[date, float] | None = None  # the last drop's night and the level before it
+    last_rise: date | None = None  # the night the last leak was reported
+    returns: int = 0
 
     @property
     def state(self) -> str:
@@ -175,8 +184,11 @@ class StepDetector:
             )
             onset = self.since_onset[start][0]
             step = float(np.median([e for _, e in self.since_onset[start:]]))
-            if step >= 0.75 * self._min_step_log():
+            if self._returns_from_dip(night, step):
+                self.returns += 1
+            elif step >= 0.75 * self._min_step_log():
                 row.event, row.onset = "leak", onset
+                self.last_rise = night
                 row.added = math.expm1(step) * math.exp(self.level)
                 self.rises += 1
             # Either way the baseline moves on: the next leak is found on top of this one (a rise
@@ -185,12 +197,25 @@ class StepDetector:
             self._reset()
         elif self.s_down >= self.params.h:
             # A repair (or less night use): follow the night flow down.
+            repair = self.last_rise is not None and (night - self.last_rise).days <= REPAIR_NIGHTS
+            self.dip = None if repair else (night, self.level)
             self.level += float(np.median(self.since_drop))
             self._reset()
         else:
             # Slow change is followed; a night's pull is clipped to k so that a step is not.
             self.level += min(max(excess, -k * self.sigma), k * self.sigma) / self.params.track_nights
         return row
+
+    def _returns_from_dip(self, night: date, step: float) -> bool:
+        """Whether a rise takes the night flow back to no more than where it stood before a dip
+        of the last `dip_return_nights` nights (above it by less than the smallest rise reported).
+        A drop within `REPAIR_NIGHTS` of a reported leak is no dip: it may be that leak's repair,
+        and the flow rising back is the leak again (a failed repair) or a new one."""
+        dip, self.dip = self.dip, None
+        if dip is None or (night - dip[0]).days > self.params.dip_return_nights:
+            return False
+        assert self.level is not None
+        return self.level + step - dip[1] < 0.75 * self._min_step_log()
 
     def _measure_noise(self, excess: float) -> None:
         """Night-to-night noise as the district shows it now (seasons change it): a robust spread
@@ -218,6 +243,9 @@ class StepDetector:
             "since_drop": self.since_drop,
             "recent": self.recent,
             "rises": self.rises,
+            "dip": None if self.dip is None else [self.dip[0].isoformat(), self.dip[1]],
+            "last_rise": None if self.last_rise is None else self.last_rise.isoformat(),
+            "returns": self.returns,
         }
 
     @classmethod
@@ -247,6 +275,9 @@ class StepDetector:
             since_drop=[float(v) for v in d.get("since_drop", [])],
             recent=[float(v) for v in d.get("recent", [])],
             rises=int(d.get("rises", 0)),
+            dip=None if not d.get("dip") else (date.fromisoformat(d["dip"][0]), float(d["dip"][1])),
+            last_rise=None if not d.get("last_rise") else date.fromisoformat(d["last_rise"]),
+            returns=int(d.get("returns", 0)),
         )
 
 

@@ -1,5 +1,6 @@
 """What a glitch in a district's net flow is: a sample beyond `GLITCH_FACTOR` times a reference flow,
-either way, that lasts at most `GLITCH_SAMPLES` samples in a row.
+either way, that lasts at most `GLITCH_SAMPLES` samples in a row (and, in a night, one whose sign
+is flipped: `night_glitches`).
 
 A register misread or a poll scaled wrong gives one such sample; an inlet sized for fire flow can
 pass that much for hours when a large main bursts, and a flow that stays out there is real. The
@@ -23,8 +24,11 @@ NIGHT_MIN_SAMPLES = 3
 
 def night_glitches(flow: Sequence[float]) -> list[bool]:
     """Which of a night's net-flow samples (in time order) are glitches: beyond `GLITCH_FACTOR` x
-    the night's median flow, either way, in a run of at most `GLITCH_SAMPLES`. A night whose
-    median is not above zero, or with fewer than `NIGHT_MIN_SAMPLES` samples, has none."""
+    the night's median flow, either way, or below minus half of it (its sign flipped: a register
+    read as signed, a poll scaled wrong; the flipped sample is about minus the median itself), in a
+    run of at most `GLITCH_SAMPLES`. A night whose median is not above zero, or with fewer than
+    `NIGHT_MIN_SAMPLES` samples, has none. A slightly negative sample of a net flow near zero
+    (two meters' noise) stays flow."""
     finite = [v for v in flow if math.isfinite(v)]
     out = [False] * len(flow)
     if len(finite) < NIGHT_MIN_SAMPLES:
@@ -32,7 +36,7 @@ def night_glitches(flow: Sequence[float]) -> list[bool]:
     reference = statistics.median(finite)
     if reference <= 0:
         return out
-    beyond = [math.isfinite(v) and abs(v) > GLITCH_FACTOR * reference for v in flow]
+    beyond = [math.isfinite(v) and (abs(v) > GLITCH_FACTOR * reference or v < -reference / 2) for v in flow]
     start = 0
     while start < len(flow):
         end = start
