@@ -251,8 +251,16 @@ def test_a_loggers_largest_double_is_no_value_and_said_with_its_line(tmp_path: P
             "--minus 'outflow' is given 2 times",
         ),
         (("--flow", "inflow", "--minus", "inflow"), "column 'inflow' is given both as --flow and as --minus"),
+        (
+            ("--flow", "inflow", "--pressure", "inflow"),
+            "column 'inflow' is given both as --flow and as --pressure",
+        ),
+        (
+            ("--flow", "inflow", "--minus", "outflow", "--pressure", "outflow"),
+            "column 'outflow' is given both as --minus and as --pressure",
+        ),
     ],
-    ids=["flow", "minus", "both"],
+    ids=["flow", "minus", "both", "flow-as-pressure", "minus-as-pressure"],
 )
 def test_a_column_given_twice_is_refused_not_summed_twice(
     tmp_path: Path, args: tuple[str, ...], said: str

@@ -12,8 +12,8 @@ field above 12 is a day, a second field above 12 is a day), day first when nothi
 tells; a time 'HH:MM[:SS]', or 'h:MM[:SS] AM/PM', follows. Without an offset they are
 local times of `--timezone`, with one they are converted to it. Any regular interval works.
 Net flow per row = sum of the `--flow` columns minus the `--minus` columns (each column once: one
-given twice, or as both, is refused); a row with an empty or unreadable cell in them is skipped and
-counted.
+given twice, as both, or also as `--pressure`, is refused); a row with an empty or unreadable cell
+in them is skipped and counted.
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ class _Counts:
     first_skipped_hour: str = ""
 
 
-def _refuse_repeats(flow: Sequence[str], minus: Sequence[str]) -> None:
-    """A column given twice would be summed twice (the flow doubled), or added and taken away."""
+def _refuse_repeats(flow: Sequence[str], minus: Sequence[str], pressure: str | None = None) -> None:
+    """A column given twice would be summed twice (the flow doubled), or added and taken away; a
+    flow column given as the pressure would correct the flow by itself."""
     for option, given in (("--flow", flow), ("--minus", minus)):
         twice = [c for c in dict.fromkeys(given) if given.count(c) > 1]
         if twice:
@@ -101,6 +102,12 @@ def _refuse_repeats(flow: Sequence[str], minus: Sequence[str]) -> None:
         raise FlowCsvError(
             f"column {both[0]!r} is given both as --flow and as --minus: "
             "it is an inflow or an outflow, not both"
+        )
+    if pressure is not None and pressure in (*flow, *minus):
+        option = "--flow" if pressure in flow else "--minus"
+        raise FlowCsvError(
+            f"column {pressure!r} is given both as {option} and as --pressure: "
+            "a flow (m3/h) or a pressure (bar), not both"
         )
 
 
@@ -389,7 +396,7 @@ def read_night_flows(
     A night's samples are its rows' instants: the autumn night's repeated hour, stamped with its
     offsets, is two hours of samples, not one hour given twice. The file's own interval is what a
     night's lone sample stands for (`mnf.minimum_night_flow`)."""
-    _refuse_repeats(flow, minus)
+    _refuse_repeats(flow, minus, pressure)
     counts, meters, given = _Counts(), dict[str, VolumeRate](), _Given(flow)
     rows = _rows(path, [*flow, *minus], pressure, window.tz, counts, naive_tz=naive_tz)
     rows = _from_volumes(_oldest_first(rows), meters) if volume else given.watch(rows)
@@ -498,7 +505,7 @@ def read_net_flows(
     naive_tz: tzinfo | None = None,
 ) -> NetFlows:
     """The file's net flow row by row (what `read_night_flows` reads, at every hour of the day)."""
-    _refuse_repeats(flow, minus)
+    _refuse_repeats(flow, minus, pressure)
     counts, meters, given = _Counts(), dict[str, VolumeRate](), _Given(flow)
     rows = _rows(path, [*flow, *minus], pressure, tz, counts, naive_tz=naive_tz)
     rows = _from_volumes(_oldest_first(rows), meters) if volume else given.watch(rows)
