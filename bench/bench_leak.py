@@ -98,7 +98,8 @@ def _field(tmpdir: Path, audio: Any) -> list[dict[str, Any]]:
         def add_window_listener(self, callback: Any) -> Any:
             return lambda: None
 
-    section = LeakModelSection(device="hyd", timezone="UTC", night_start="00:00", night_end="23:59",
+    # The audio starts at t0, 22:13 UTC: well inside the night (a night is at most 12 h).
+    section = LeakModelSection(device="hyd", timezone="UTC", night_start="22:00", night_end="06:00",
                                check_minutes=1)  # fmt: skip
     proc = AudioLeakProcessor(section, _NoDriver(), tmpdir)
     stereo = np.repeat(audio[:, :1], 2, axis=1)

@@ -24,7 +24,7 @@ from datetime import date
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from water_edge.core.names import NAME_PATTERN
-from water_edge.models.nightwindow import check_zone, minutes
+from water_edge.models.nightwindow import check_night_length, check_zone, minutes, night_keys
 
 
 class BurstSection(BaseModel):
@@ -105,6 +105,7 @@ class FlowLeakSection(BaseModel):
     def _check(self) -> FlowLeakSection:
         if minutes(self.night_start) == minutes(self.night_end):
             raise ValueError("night_start and night_end must differ")
+        check_night_length(self.night_start, self.night_end, night_keys)
         for key, tags in (("inflow", self.inflow), ("outflow", self.outflow)):
             twice = sorted({t for t in tags if tags.count(t) > 1})
             if twice:

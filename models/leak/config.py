@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from water_edge.core.names import NAME_PATTERN
 from water_edge.models.leak import pipes
-from water_edge.models.nightwindow import check_zone, minutes
+from water_edge.models.nightwindow import check_night_length, check_zone, minutes, night_keys
 
 
 class _Section(BaseModel):
@@ -185,7 +185,7 @@ class LeakModelSection(_Section):
     def _check(self) -> LeakModelSection:
         if minutes(self.night_start) == minutes(self.night_end):
             raise ValueError("night_start and night_end must differ")
-        night = (minutes(self.night_end) - minutes(self.night_start)) % 1440
+        night = check_night_length(self.night_start, self.night_end, night_keys)
         if self.check_minutes > night:
             raise ValueError(f"check_minutes ({self.check_minutes:g}) is longer than the night ({night} min)")
         if self.spacing_m is not None and self.material is None:

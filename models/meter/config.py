@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from water_edge.core.names import NAME_PATTERN
 from water_edge.core.patterns import explained
+from water_edge.models.nightwindow import check_night_length
 
 WINDOW_PATTERN = explained(
     r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$", "a time window HH:MM-HH:MM such as 02:00-04:00"
@@ -94,6 +95,7 @@ class MeterGroupConfig(BaseModel):
         if start == end:
             # A night that never ends is never judged (`expected` may be the whole day, not this).
             raise ValueError("the night window starts where it ends, so it would never be judged")
+        check_night_length(*value.split("-"))
         return value
 
     @model_validator(mode="after")
