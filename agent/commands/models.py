@@ -398,7 +398,7 @@ def _register_machine_sound(models_sub: Any, score_sub: Any, calibrate_sub: Any)
 def cmd_score_machine_sound(args: argparse.Namespace) -> int:
     from water_edge.core import logs
     from water_edge.models.machine_sound.detector import MAX_FEATURE, MIN_CLIPS, CalibrationError, plausible
-    from water_edge.models.machine_sound.offline import Clips, InputError, score_clips
+    from water_edge.models.machine_sound.offline import Clips, InputError, other_rates, score_clips
     from water_edge.models.manifest import ModelError
 
     logs.configure("warning", json=False)
@@ -419,6 +419,8 @@ def cmd_score_machine_sound(args: argparse.Namespace) -> int:
                 "(an export's placeholder, not a sound)"
             )
         features = Clips.read(args.features)
+        for warning in other_rates(features, normal):
+            _warn(warning)
         try:
             lines = list(score_clips(features, normal, prior=args.prior))
         except (CalibrationError, InputError) as exc:  # the files were read: it is what they hold

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,10 @@ class Clips:
     features: F64
     origin: list[dict[str, Any] | None]  # per row: {"file", "start_s"} for a WAV clip, else None
     silent: npt.NDArray[np.bool_]  # per row: a clip of digital silence
+    # Each WAV's sample rate (features of .npy files say none): the features are computed at
+    # 16 kHz, but a recorder's rate decides what is left above its Nyquist and how its anti-alias
+    # filter shapes the top bands, so clips of another rate than the calibration's differ anyway.
+    rates: dict[Path, int] = field(default_factory=dict)
 
     @classmethod
     def read(cls, paths: Sequence[Path]) -> Clips:
@@ -99,16 +103,17 @@ class Clips:
         parts: list[F64] = []
         origin: list[dict[str, Any] | None] = []
         silent: list[npt.NDArray[np.bool_]] = []
+        rates: dict[Path, int] = {}
         for path in paths:
             if path.suffix.lower() == ".wav":
-                x = wav_features(path)
+                x, rates[path] = wav_clips(path)
                 origin += [{"file": str(path), "start_s": round(i * CLIP_S, 3)} for i in range(len(x))]
             else:
                 x = load_features(path)
                 origin += [None] * len(x)
             silent.append(is_silent(x))
             parts.append(x)
-        return cls(np.vstack(parts), origin, np.concatenate(silent))
+        return cls(np.vstack(parts), origin, np.concatenate(silent), rates)
 
     def normal(self) -> F64:
         """The rows to calibrate on: every one but the silent; InputError when none is left."""
@@ -181,9 +186,35 @@ def scored_rows(cal: SoundCalibration, features: F64) -> Iterator[dict[str, Any]
         yield row
 
 
+def other_rates(clips: Clips, calibration: Clips) -> Iterator[str]:
+    """What to warn about each WAV of `clips` recorded at another rate than the calibration's WAVs
+    (nothing when the calibration is features alone: its rate is not known)."""
+    made = sorted(set(calibration.rates.values()))
+    if not made:
+        return
+    said = " or ".join(f"{r} Hz" for r in made)
+    for path, rate in clips.rates.items():
+        if rate in made:
+            continue
+        hint = (
+            f"its sound above {rate // 2} Hz is missing, and scores as a change"
+            if rate < min(made)
+            else "the recorders' anti-alias filters shape its top bands otherwise: a change to the score"
+        )
+        yield (
+            f"{path}: recorded at {rate} Hz, the calibration's WAVs at {said}: {hint}; "
+            f"calibrate on normal recordings made at {rate} Hz"
+        )
+
+
 def wav_features(path: Path, clip_s: float = CLIP_S) -> F64:
     """The 136 features of each whole `clip_s` clip of a recording (a shorter tail is left out); any
     PCM or float WAV, channels averaged, read a clip at a time (a day of sound fits in memory)."""
+    return wav_clips(path, clip_s)[0]
+
+
+def wav_clips(path: Path, clip_s: float = CLIP_S) -> tuple[F64, int]:
+    """`wav_features` and the recording's sample rate."""
     try:
         raw, rate = wavio.open_wav(path)
     except wavio.WavError as exc:
@@ -200,4 +231,4 @@ def wav_features(path: Path, clip_s: float = CLIP_S) -> F64:
             raise InputError(str(exc)) from None
         return mono
 
-    return np.vstack([clip_features(clip(i), rate) for i in range(clips)])
+    return np.vstack([clip_features(clip(i), rate) for i in range(clips)]), rate
