@@ -95,7 +95,8 @@ class MeterGroupConfig(BaseModel):
         if start == end:
             # A night that never ends is never judged (`expected` may be the whole day, not this).
             raise ValueError("the night window starts where it ends, so it would never be judged")
-        check_night_length(*value.split("-"))
+        night_start, night_end = value.split("-")
+        check_night_length(night_start, night_end)
         return value
 
     @model_validator(mode="after")
