@@ -16,8 +16,8 @@ WAV = "x.wav"  # never opened: the arguments are refused first
 @pytest.mark.parametrize(
     ("argv", "flag", "expected"),
     [
-        (["models", "score", "leak", WAV, "--check-s", "inf"], "--check-s", "a number from 2"),
-        (["models", "score", "leak", WAV, "--check-s", "0"], "--check-s", "a number from 2"),
+        (["models", "score", "leak", WAV, "--check-s", "inf"], "--check-s", "a number from 4"),
+        (["models", "score", "leak", WAV, "--check-s", "0"], "--check-s", "a number from 4"),
         (["models", "score", "leak", WAV, "--diameter", "nan"], "--diameter", "a number from 10 to 3000"),
         (["models", "calibrate", "leak", WAV, "--diameter", "-150"], "--diameter", "a number from 10"),
         (["models", "locate", WAV, "--distance", "9", "--material", "pvc", "--offset-s", "nan"],

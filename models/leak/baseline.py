@@ -179,6 +179,13 @@ def _rate(value: Any, key: str) -> int | None:
     return value
 
 
+def _check_seconds(value: Any) -> int | None:
+    """A stored check length: whole seconds, or None (not recorded; absent in older baselines)."""
+    if value is not None and (type(value) is not int or value < 1):
+        raise BaselineError(f"'check_s' must be a check's length in whole seconds or null, got {value!r}")
+    return value
+
+
 def relative_rise(p10: FloatArray, level: FloatArray) -> FloatArray:
     """Each band's rise over the common-mode rise: quiet level(s) minus the baseline's, minus the
     median of that over the bands (per row). A gain change or a background that moved every band
@@ -222,6 +229,11 @@ class Baseline:
     # The rates its checks were heard at when they differ (a device's rate changed while it
     # learnt): its top bands mix two audio chains, and it should be learnt again at one.
     mixed_rates: tuple[int, ...] = ()
+    # The length in seconds of the checks it was learnt from, when a file's checks were (`calibrate
+    # leak FILE`): its thresholds hold for checks that long (a shorter check's quiet level, a low
+    # percentile of fewer one-second levels, scatters more). None: not recorded (the gateway's
+    # baselines, and files' baselines written before it was kept).
+    check_s: int | None = None
 
     @classmethod
     def learn(
@@ -235,9 +247,11 @@ class Baseline:
         to_ts: str | None = None,
         spread_tol_db: float = 3.0,
         max_unsteady_bands: int = 4,
+        check_s: int | None = None,
     ) -> Baseline:
         """`spread_tol_db` / `max_unsteady_bands`: which checks are steady enough (not disturbed)
-        to learn the nuisance patterns from (`judge.JudgeParams` has the same two)."""
+        to learn the nuisance patterns from (`judge.JudgeParams` has the same two); `check_s`: the
+        checks' length, when they were cut from a file to that length."""
         heard = [c for c in checks if not c.silent]
         if checks and not heard:
             raise BaselineError(
@@ -291,6 +305,7 @@ class Baseline:
             relative_sigma=residual_sigma(relative - np.median(relative, axis=0)),
             sample_rate=next(iter(rates)) if len(rates) == 1 else None,
             mixed_rates=_mixed(rates),
+            check_s=check_s,
         )
 
     def quality(self, wanted_nights: int = 7) -> str:
@@ -330,6 +345,7 @@ class Baseline:
             "relative_sigma_db": None if self.relative_sigma is None else _r(self.relative_sigma),
             "sample_rate_hz": self.sample_rate,
             **({"sample_rates_hz": list(self.mixed_rates)} if self.mixed_rates else {}),
+            **({} if self.check_s is None else {"check_s": self.check_s}),
         }
 
     @classmethod
@@ -389,6 +405,7 @@ class Baseline:
                 relative_sigma=None if relative is None else _bands(relative),
                 sample_rate=rate,
                 mixed_rates=tuple(r for r in (_rate(v, "sample_rates_hz") for v in mixed) if r is not None),
+                check_s=_check_seconds(d.get("check_s")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, BaselineError):

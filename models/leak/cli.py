@@ -12,6 +12,9 @@ Output is JSON (one line per scored file). A file that cannot be read or scored 
 stderr and exit code 2; the other files are still scored. With `--baseline`, each file is judged
 as one listening night cut into checks of `--check-s` seconds against the baseline a calibration
 wrote: `leak` is then the confirmed decision (two positive checks), `warning` one positive check.
+A calibration records its check length and a score against it uses that length and refuses another;
+no check is shorter than `--check-s` (a remainder joins the check before it), and a file holding no
+whole check is not judged. `calibrate leak` refuses a recording given twice (same file or content).
 `--start` / `--end` (seconds, or [H:]MM:SS, from the beginning of each file) keep a part of every
 file: the quiet hours of a logger's evening-long recording, or the first half of a quiet file to
 learn from and the second half to judge.
@@ -65,7 +68,11 @@ def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None
         help="judge against this sensor baseline (calibrate leak --out)",
     )
     _gateway_arguments(leak, "replay the stored nights of DEVICE.CHANNEL on the gateway (no FILEs)")
-    _judging_arguments(leak)
+    _judging_arguments(
+        leak,
+        "seconds of a recording per check (default: the baseline's, else 8; with a baseline that "
+        "records its own, only that)",
+    )
     leak.set_defaults(func=cmd_score_leak)
 
     if calibrate_sub is not None:
@@ -74,11 +81,17 @@ def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None
             help="a hydrophone baseline: quiet recordings (--out) or the gateway's stored nights (--sensor)",
         )
         cal.add_argument(
-            "files", nargs="*", type=Path, metavar="FILE.wav", help="quiet recordings, one per night"
+            "files",
+            nargs="*",
+            type=Path,
+            metavar="FILE.wav",
+            help="quiet recordings, one per night (each once)",
         )
         cal.add_argument("--out", type=Path, default=None, help="write the baseline JSON here (with FILEs)")
         _gateway_arguments(cal, "DEVICE.CHANNEL on the gateway (with --from/--to)")
-        _judging_arguments(cal)
+        _judging_arguments(
+            cal, "seconds of a recording per check (default 8), kept in the baseline: score with the same"
+        )
         cal.set_defaults(func=cmd_calibrate_leak)
 
     loc = models_sub.add_parser("locate", help="leak position between two hydrophones (JSON)")
@@ -100,8 +113,9 @@ def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None
     loc.add_argument(
         "--offset-s",
         type=number(),
-        default=0.0,
-        help="with two WAVs: start of B minus start of A, in seconds (from their timestamps)",
+        default=None,
+        help="with two WAVs only: start of B minus start of A, in seconds (from their timestamps); "
+        "a 2-channel WAV's channels were recorded together",
     )
     loc.set_defaults(func=cmd_locate)
 
@@ -131,7 +145,9 @@ def offset_seconds(text: str) -> float:
     return seconds
 
 
-def _judging_arguments(p: Any) -> None:
+def _judging_arguments(p: Any, check_help: str) -> None:
+    from water_edge.models.leak.recording import SHORTEST_CHECK_S
+
     p.add_argument(
         "--start",
         type=offset_seconds,
@@ -141,7 +157,12 @@ def _judging_arguments(p: Any) -> None:
     )
     p.add_argument("--end", type=offset_seconds, default=None, metavar="T", help="... up to T into each file")
     p.add_argument(
-        "--check-s", type=number(2), default=8.0, help="seconds of a recording per check (default 8)"
+        "--check-s",
+        type=number(SHORTEST_CHECK_S),
+        default=None,
+        metavar="S",
+        help=f"{check_help}; at least {SHORTEST_CHECK_S:g} (shorter checks give false alarms: "
+        "docs/leak-detection.md); whole seconds, a shorter remainder joins the last check",
     )
     p.add_argument("--material", default=None, help="pipe material: judge its leak bands only")
     p.add_argument(
@@ -197,7 +218,7 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
     if _unknown_material(args):
         return EXIT_BAD_INPUT
     if args.sensor is not None:
-        if _file_options(args, args.baseline):
+        if _file_options(args, args.baseline, args.check_s):
             _err("give either FILEs (with --baseline), or --sensor with --from/--to")
             return EXIT_BAD_INPUT
         return _replay_on_gateway(args)
@@ -234,6 +255,9 @@ def _score_files(args: argparse.Namespace) -> int:
         except (orjson.JSONDecodeError, BaselineError, ValueError) as exc:
             _err(f"{args.baseline}: {exc}")
             return EXIT_BAD_INPUT
+    check_s = _check_length_against(args, baseline)
+    if check_s is None:
+        return EXIT_BAD_INPUT
     if baseline is None:
         sys.stderr.write(CLASSIFIER_ALONE_NOTE)
         if args.material is not None:
@@ -243,7 +267,7 @@ def _score_files(args: argparse.Namespace) -> int:
         try:
             score, checks = read_recording(
                 path,
-                check_s=args.check_s,
+                check_s=check_s,
                 scorer=scorer,
                 checks=baseline is not None,
                 span=(args.start, args.end),
@@ -281,12 +305,65 @@ def _score_files(args: argparse.Namespace) -> int:
     return status
 
 
+def _check_length_against(args: argparse.Namespace, baseline: Baseline | None) -> int | None:
+    """The check length to score with: `--check-s`, else the baseline's, else the default; None
+    (said on stderr) when `--check-s` differs from the length the baseline was learnt at. Refused,
+    not warned: its thresholds hold for the scatter of checks that long, and shorter checks against
+    them gave a confident false leak (docs/leak-detection.md), which a warning beside a JSON
+    `"leak": true` would not undo."""
+    from water_edge.models.leak.recording import DEFAULT_CHECK_S, check_length
+
+    learnt = None if baseline is None else baseline.check_s
+    if args.check_s is None:
+        return learnt or check_length(DEFAULT_CHECK_S)
+    asked = check_length(args.check_s)
+    if baseline is not None and learnt is None:
+        _err(
+            f"warning: {args.baseline} does not say how long the checks it was learnt from were "
+            f"(written before it was kept): --check-s {asked} is right only if it was calibrated with it; "
+            "calibrate again to have it checked"
+        )
+    if learnt is not None and asked != learnt:
+        _err(
+            f"--check-s {args.check_s:g}: {args.baseline} was learnt from {learnt} s checks, and its "
+            f"thresholds hold for checks that long: leave --check-s out (or give {learnt}), or calibrate "
+            f"again with --check-s {asked}"
+        )
+        return None
+    return asked
+
+
 def _night_names(paths: Sequence[Path]) -> list[str]:
     """What each recording's night is called in a baseline: its file name, or its path as given
     when two share a name (a logger's folder per night of REC0001.WAV): otherwise their checks were
     learnt as one night."""
     names = [printable_name(p.name) for p in paths]
     return names if len(set(names)) == len(names) else [printable_name(p) for p in paths]
+
+
+def _given_twice(paths: Sequence[Path]) -> str | None:
+    """Why the recordings cannot be learnt from when one is given twice (the same file, or the
+    same bytes under another name): a night counted twice makes the baseline look steadier, and
+    surer of its nights, than it is. None when each is given once (or one cannot be read: its own
+    error says so)."""
+    import hashlib
+
+    seen: dict[object, Path] = {}
+    for path in paths:
+        try:
+            with path.open("rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        except OSError:
+            continue
+        for key in (path.resolve(), digest):
+            if key in seen:
+                same = "the same file" if key == path.resolve() else "the same content"
+                return (
+                    f"{path} is {same} as {seen[key]}: one recording given twice would count one "
+                    "night twice; give each quiet night once"
+                )
+            seen[key] = path
+    return None
 
 
 def _warn_mixed_rates(checks: Sequence[CheckStats]) -> None:
@@ -356,39 +433,50 @@ def cmd_calibrate_leak(args: argparse.Namespace) -> int:
 
     logs.configure("warning", json=False)
     if args.sensor is not None:
-        if _file_options(args, args.out):
+        if _file_options(args, args.out, args.check_s):
             _err("give either FILEs with --out (and --start/--end), or --sensor with --from/--to")
             return EXIT_BAD_INPUT
         return _calibrate_on_gateway(args)
     if not args.files or args.out is None:
         _err("give quiet recordings and --out BASELINE.json (or --sensor DEVICE.CHANNEL --from T --to T)")
         return EXIT_BAD_INPUT
+    if (twice := _given_twice(args.files)) is not None:
+        _err(twice)
+        return EXIT_BAD_INPUT
+    return _calibrate_files(args)
+
+
+def _calibrate_files(args: argparse.Namespace) -> int:
     from water_edge.core.wavio import WavError
     from water_edge.models.leak import pipes
     from water_edge.models.leak.baseline import Baseline, BaselineError
     from water_edge.models.leak.detector import LeakScorer
-    from water_edge.models.leak.recording import file_checks
+    from water_edge.models.leak.recording import DEFAULT_CHECK_S, check_length, file_checks
     from water_edge.models.manifest import ModelError
 
+    check_s = check_length(DEFAULT_CHECK_S if args.check_s is None else args.check_s)
     checks = []
     try:
         material = None if args.material is None else pipes.material(args.material).name
         scorer = LeakScorer()
         for path, night in zip(args.files, _night_names(args.files), strict=True):
             notes: list[str] = []
-            checks += file_checks(
-                path,
-                check_s=args.check_s,
-                scorer=scorer,
-                span=(args.start, args.end),
-                notes=notes,
-                channel=args.channel - 1,
-                night=night,
-            )
+            try:
+                checks += file_checks(
+                    path,
+                    check_s=check_s,
+                    scorer=scorer,
+                    span=(args.start, args.end),
+                    notes=notes,
+                    channel=args.channel - 1,
+                    night=night,
+                )
+            except (WavError, ValueError) as exc:
+                raise ValueError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
             for note in notes:
                 if "dropouts" in note:
                     _err(f"warning: {path}: {note}")
-        baseline = Baseline.learn(checks, sensor=args.out.stem, material=material)
+        baseline = Baseline.learn(checks, sensor=args.out.stem, material=material, check_s=check_s)
         _warn_mixed_rates(checks)
         if silent := sum(c.silent for c in checks):
             _err(f"warning: {silent} check(s) of digital silence left out (no signal: a dropout?)")
@@ -486,12 +574,23 @@ def _calibrate_on_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_locate(args: argparse.Namespace) -> int:
+    if len(args.files) == 1 and args.offset_s:
+        _err(
+            f"--offset-s {args.offset_s:g}: {args.files[0]} is one recording, its two channels sampled "
+            "together: there is no clock offset to correct; --offset-s is for two WAVs (A.wav B.wav)"
+        )
+        return EXIT_BAD_INPUT
+    return _locate(args)
+
+
+def _locate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from water_edge.core.wavio import WavError, read_wav
     from water_edge.models.leak.localise import locate
 
     notes: list[str] = []
+    offset_s = args.offset_s or 0.0
     try:
         if len(args.files) == 1:
             x, rate = read_wav(args.files[0])
@@ -508,7 +607,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
                 b = _resample(b, rate_b, rate)
                 notes.append(f"B resampled from {rate_b} Hz to {rate} Hz")
             # Align on the recording clocks: drop the head of whichever file started first.
-            shift = round(args.offset_s * rate)
+            shift = round(offset_s * rate)
             if shift > 0:
                 a = a[shift:]
             elif shift < 0:
@@ -516,7 +615,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
             n = min(a.size, b.size)
             if shift and n < 0.5 * rate:
                 raise WavError(
-                    f"--offset-s {args.offset_s:g} leaves {max(n, 0) / rate:.2f} s in which both recordings "
+                    f"--offset-s {offset_s:g} leaves {max(n, 0) / rate:.2f} s in which both recordings "
                     f"run (A {xa.shape[0] / rate:.2f} s, B {xb.shape[0] / rate_b:.2f} s): need 0.5 s"
                 )
             a, b = a[:n], b[:n]

@@ -1,8 +1,10 @@
 """A recording as checks: how `edge-agent models calibrate leak` and `score leak --baseline` see a WAV.
 
-A recording is treated as one listening night cut into checks of `check_s` seconds (the last,
-shorter piece joins the one before). Each check gets its one-second band levels and the
-classifier's probabilities on its 2 s windows (hop 1 s), summarised by `CheckStats`.
+A recording is treated as one listening night cut into checks of `check_s` whole seconds (a
+shorter remainder joins the check before it, which is then up to twice as long: no check is
+shorter than `check_s`, and a recording shorter than one check is refused). Each check gets its
+one-second band levels and the classifier's probabilities on its 2 s windows (hop 1 s),
+summarised by `CheckStats`.
 
 `span` keeps a part of the file, (start, end) in seconds from its beginning (either None: the file's
 own): a logger's recording of the whole evening, judged on its quiet hours only. Checks then count
@@ -33,7 +35,12 @@ from water_edge.models.leak.detector import LeakScorer, Score, band_levels
 from water_edge.models.leak.levels import SECOND, second_bands
 
 DEFAULT_CHECK_S: Final = 8.0
-MIN_CHECK_S: Final = 2
+MIN_CHECK_S: Final = 2  # what `split_checks` cuts at the least (measurements go below SHORTEST_CHECK_S)
+# `calibrate leak` / `score leak --check-s` take no shorter check. A check's quiet level is the 10th
+# percentile of its one-second levels, for a few levels about their minimum, which scatters more
+# the fewer they are: measured by models/train/leak_check_length.py on simulated no-leak
+# recordings (docs/leak-check-length.json, docs/leak-detection.md).
+SHORTEST_CHECK_S: Final = 4
 LONG_S: Final = 600  # longer recordings are read a segment at a time
 SEGMENT_S: Final = 300  # about this much per segment: a whole number of checks
 PAD_S: Final = 2  # resampler context each side of a segment, cut off after
@@ -56,11 +63,21 @@ def span_frames(n_frames: int, rate: int, span: Span) -> tuple[int, int]:
     return a, b
 
 
+def check_length(check_s: float) -> int:
+    """The whole seconds a check of `check_s` holds (its levels are one second each)."""
+    return max(MIN_CHECK_S, round(check_s))
+
+
 def split_checks(n_seconds: int, check_s: float) -> list[tuple[int, int]]:
-    """Second ranges [a, b) of the checks of an `n_seconds` recording."""
-    size = max(MIN_CHECK_S, round(check_s))
-    if n_seconds < MIN_CHECK_S:
-        raise ValueError(f"recording too short: {n_seconds} s, need at least {MIN_CHECK_S} s")
+    """Second ranges [a, b) of the checks of an `n_seconds` recording; ValueError when it holds
+    no whole check (a shorter one would be judged on too few one-second levels)."""
+    size = check_length(check_s)
+    if n_seconds < size:
+        raise ValueError(
+            f"{n_seconds} s to judge, less than one whole check of {size} s (--check-s): not judged; "
+            "give a longer recording (or --start/--end span), or calibrate and score with a shorter "
+            f"--check-s (at least {SHORTEST_CHECK_S})"
+        )
     edges = list(range(0, n_seconds, size))
     if len(edges) > 1 and n_seconds - edges[-1] < size:
         edges.pop()  # a short tail joins the check before it
