@@ -407,6 +407,29 @@ def test_score_burst_reads_a_european_export_and_lists_the_burst(tmp_path: Path)
     assert len(full.stdout.splitlines()) > (days[1] - days[0]).days * 96 - 10  # every slot without --events
 
 
+def test_score_burst_fixed_rule_dates_its_alarm_from_its_first_slot_and_clears_it(tmp_path: Path) -> None:
+    # The reference rule's alarm used to be dated from the second slot over the margin (the one it
+    # is raised in) and never cleared: a comparison with the profile detector's events saw a burst
+    # with no end.
+    start = datetime(2024, 2, 20, 2, 0)
+    burst = DistrictLeak(start, MEAN, end=start + timedelta(hours=3))
+    csv = tmp_path / "dma.csv"
+    write_csv(District(42, leaks=[burst]).simulate(52), str(csv))
+    args = ["--csv", str(csv), "--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow"]
+    run = edge_agent("models", "score", "burst", *args, "--timezone", "UTC", "--events", "--method", "fixed")
+    assert run.returncode == 0, run.stderr
+    rows = [line.split(",") for line in run.stdout.splitlines()[1:]]
+    during = [r for r in rows if "2024-02-20 01:00" <= r[0] <= "2024-02-20 06:00"]
+    assert [(r[0], r[4], r[5]) for r in during] == [
+        ("2024-02-20 02:15", "burst", "2024-02-20 02:00"),
+        ("2024-02-20 05:00", "cleared", "2024-02-20 02:00"),
+    ]
+    assert float(during[0][6]) > 0.5 * MEAN  # its size: the slot's excess over the profile
+    counted = run.stderr.rsplit("slots of 15 min; ", 1)[1]
+    assert counted.startswith(f"{sum(r[4] == 'burst' for r in rows)} burst(s), ")
+    assert f" {sum(r[4] == 'cleared' for r in rows)} cleared," in counted
+
+
 def test_score_burst_skips_a_glitched_row_while_learning_and_says_so(tmp_path: Path) -> None:
     cols = District(36, daytime_events=True).simulate(12)
     clean, glitched = tmp_path / "clean.csv", tmp_path / "glitched.csv"

@@ -700,21 +700,28 @@ def _profile(past: dict[date, F64], weekend: bool, holidays: frozenset[date]) ->
 @dataclass
 class FixedExcess:
     """The reference rule: an alarm when the flow exceeds the profile by `rise_pct` % in two slots
-    in a row; a new onset each time it starts."""
+    in a row, dated from the first of them (`onset`); a new onset each time it starts, and the alarm
+    ends (`cleared`) at the first slot back under the margin."""
 
     rise_pct: float = 20.0
     above: int = 0
     alarm: bool = False
+    first_above: datetime | None = None
+    onset: datetime | None = None  # the alarm's (kept on the slot that clears it)
+    cleared: bool = False  # the last slot ended the alarm
 
     def update(self, row: SlotRow) -> bool:
         """True on the slot an alarm starts."""
+        self.cleared = False
         if row.flow is None or row.expected is None:
             return False
         if row.flow > row.expected * (1 + self.rise_pct / 100):
+            self.first_above = row.start if self.above == 0 else self.first_above
             self.above += 1
         else:
+            self.cleared = self.alarm
             self.above, self.alarm = 0, False
         if self.above >= 2 and not self.alarm:
-            self.alarm = True
+            self.alarm, self.onset = True, self.first_above
             return True
         return False

@@ -262,8 +262,10 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
     for row in _slot_rows(detector, flows.samples()):
         slots += 1
         if args.method == "fixed":
-            row.event = "burst" if fixed.update(row) else ""
-            row.onset, row.size = (row.start, row.added) if row.event else (None, None)
+            raised = fixed.update(row)
+            row.event = "burst" if raised else "cleared" if fixed.cleared else ""
+            row.onset = fixed.onset if row.event else None
+            row.size, row.volume_m3 = (row.added if raised else None), None
         if row.event:
             counted[row.event] += 1
         elif args.events:
