@@ -42,6 +42,11 @@ def test_24_00_is_the_next_days_midnight_in_every_date_layout(text: str, day_fir
     assert parse_time(text, UTC, day_first) == LEAP_MIDNIGHT
 
 
+def test_a_time_holding_24_00_that_is_not_midnight_is_read_as_written() -> None:
+    assert parse_time("29.02.2024 12:24:00", UTC) == datetime(2024, 2, 29, 12, 24)
+    assert parse_time("2024-02-29T00:24:00Z", UTC) == datetime(2024, 2, 29, 0, 24)
+
+
 def test_24_00_ends_the_year_and_keeps_a_stated_zone() -> None:
     assert parse_time("31.12.2024 24:00", UTC) == datetime(2025, 1, 1)
     assert parse_time("2024-02-29T24:00:00Z", BERLIN) == datetime(2024, 3, 1, 1, 0)
