@@ -273,3 +273,19 @@ def test_a_column_given_twice_is_refused_not_summed_twice(
         assert got.stdout == ""
         assert said in got.stderr
         assert got.stderr.count("\n") == 1
+
+
+def test_blank_lines_before_the_header_are_skipped(tmp_path: Path) -> None:
+    # A blank first line (an export tool's, or a hand edit) was taken as the header: "the header ''
+    # has no ',', ';' or tab separator".
+    flows = _flows()
+    plain = _plain(tmp_path / "plain.csv", flows)
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n\n" + plain.read_text(encoding="utf-8"), encoding="utf-8")
+    for run in (_flow_leak, _burst):
+        args = ("--flow", "inflow", "--timezone", "UTC") + (
+            ("--calibrate-days", "7") if run is _flow_leak else ()
+        )
+        want, got = run(plain, *args), run(blank, *args)
+        assert got.returncode == 0, got.stderr
+        assert got.stdout == want.stdout
