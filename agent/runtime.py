@@ -42,6 +42,7 @@ from water_edge.agent.assembly import (
 from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSync
 from water_edge.agent.config import Config
 from water_edge.agent.devices_down import DOWN, UP, DownDevices
+from water_edge.agent.hangup import Hangup
 from water_edge.agent.identity_keeper import IdentityKeeper
 from water_edge.agent.learnt_tags import LearntTags, SpacedSaves
 from water_edge.agent.live_config import ConfigPlan, plan_changes
@@ -430,8 +431,9 @@ def sync_source(config: Config) -> SyncSource:
 
 async def run_agent(config: Config) -> int:
     """Run the agent the config describes; the exit code is 0, or EXIT_RESTART when a signed
-    restart command asked for one or the outbox was found damaged while in use (systemd's
-    Restart=on-failure then starts it again; the new start moves a damaged outbox aside)."""
+    restart command asked for one, SIGHUP found the config file loading (`hangup`), or the outbox
+    was found damaged while in use (systemd's Restart=on-failure then starts it again; the new
+    start moves a damaged outbox aside)."""
     state_dir = config.gateway.state_dir
     state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     if (mode := stat.S_IMODE(state_dir.stat().st_mode)) & ~0o750:
@@ -474,13 +476,15 @@ async def run_agent(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        hangup = Hangup(config.source, stop)
+        loop.add_signal_handler(signal.SIGHUP, hangup)
         # What start built (config, tag maps, drivers, modules: ~200k objects at 10,000 tags) lives
         # until exit: frozen, the collector stops scanning it again at every full collection.
         gc.freeze()
         try:
             await agent.run(stop)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
     finally:
@@ -490,5 +494,7 @@ async def run_agent(config: Config) -> int:
         return EXIT_RESTART
     if commands is not None and commands.restart_requested:
         log.info("agent.restart_requested", reason=commands.restart_requested[-1])
+        return EXIT_RESTART
+    if hangup.requested:
         return EXIT_RESTART
     return 0
