@@ -750,22 +750,37 @@ async def test_one_glitched_pressure_reading_does_not_distort_the_corrected_nigh
     assert added == pytest.approx([e.detail["added_m3h"] for e in want if e.kind == "flow_leak"], rel=0.05)
 
 
-def test_score_flow_leak_skips_an_isolated_glitch_in_a_nights_flow_and_pressure(tmp_path: Path) -> None:
-    # Before, one flow cell of -1000x in a night window was that night's "night flow" (-70,000
-    # m3/h, the night unjudged), and one pressure cell of 1000x made that night's pressure-corrected
-    # flow a hundredth of itself.
+def _district_export_and_edited(
+    tmp_path: Path, edits: dict[str, Callable[[list[str]], None]]
+) -> tuple[Path, Path]:
+    """A district's 30 days with a leak from 20 January as CSV, and a copy whose rows stamped as
+    `edits`' keys have their cells changed by their functions."""
     district = District(4, mean_demand_m3h=300.0, leaks=[DistrictLeak(datetime(2024, 1, 20, 14), 10.0)])
-    clean, glitched = tmp_path / "clean.csv", tmp_path / "glitched.csv"
+    clean, edited = tmp_path / "clean.csv", tmp_path / "edited.csv"
     write_csv(district.simulate(30), str(clean))
     lines = clean.read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         cells = line.split(",")
-        if cells[0] == "2024-01-21 03:00":
-            cells[1] = f"{float(cells[1]) * -1000:.3f}"
-        elif cells[0] == "2024-01-22 02:30":
-            cells[4] = f"{float(cells[4]) * 1000:.3f}"
-        lines[i] = ",".join(cells)
-    glitched.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if cells[0] in edits:
+            edits[cells[0]](cells)
+            lines[i] = ",".join(cells)
+    edited.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return clean, edited
+
+
+def test_score_flow_leak_skips_an_isolated_glitch_in_a_nights_flow_and_pressure(tmp_path: Path) -> None:
+    # Before, one flow cell of -1000x in a night window was that night's "night flow" (-70,000
+    # m3/h, the night unjudged), and one pressure cell of 1000x made that night's pressure-corrected
+    # flow a hundredth of itself.
+    def flow_glitch(cells: list[str]) -> None:
+        cells[1] = f"{float(cells[1]) * -1000:.3f}"
+
+    def pressure_glitch(cells: list[str]) -> None:
+        cells[4] = f"{float(cells[4]) * 1000:.3f}"
+
+    clean, glitched = _district_export_and_edited(
+        tmp_path, {"2024-01-21 03:00": flow_glitch, "2024-01-22 02:30": pressure_glitch}
+    )
     args = ("--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--pressure", "pressure",
             "--calibrate-days", "10")  # fmt: skip
     want, got = _cli("--csv", str(clean), *args), _cli("--csv", str(glitched), *args)
@@ -859,16 +874,10 @@ def test_a_nights_sample_with_its_sign_flipped_is_a_glitch_and_a_net_flows_noise
 
 
 def test_score_flow_leak_judges_a_night_with_one_sign_flipped_sample(tmp_path: Path) -> None:
-    district = District(4, mean_demand_m3h=300.0, leaks=[DistrictLeak(datetime(2024, 1, 20, 14), 10.0)])
-    clean, flipped = tmp_path / "clean.csv", tmp_path / "flipped.csv"
-    write_csv(district.simulate(30), str(clean))
-    lines = clean.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        cells = line.split(",")
-        if cells[0] == "2024-01-21 03:00":  # inflow_b's cell: a net flow of inflows less the outflow
-            cells[2] = f"{-float(cells[1]) - float(cells[2]) + float(cells[3]):.3f}"
-            lines[i] = ",".join(cells)
-    flipped.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    def net_flow_flipped(cells: list[str]) -> None:  # through inflow_b's cell: inflows less the outflow
+        cells[2] = f"{-float(cells[1]) - float(cells[2]) + float(cells[3]):.3f}"
+
+    clean, flipped = _district_export_and_edited(tmp_path, {"2024-01-21 03:00": net_flow_flipped})
     args = ("--flow", "inflow_a", "--flow", "inflow_b", "--minus", "outflow", "--calibrate-days", "10")
     want, got = _cli("--csv", str(clean), *args), _cli("--csv", str(flipped), *args)
     assert want.returncode == got.returncode == 0, got.stderr
