@@ -74,15 +74,21 @@ class RejectedInputs:
 # Above this share of its quota the outbox is about to evict: the agent is degraded.
 BUFFER_DEGRADED_PCT = 90.0
 
+# A Sparkplug node connected for longer than this and not born is degraded (docs/status.md): births
+# wait for the Primary Host's STATE by design, and the host's retained STATE arrives right after
+# the SUBSCRIBE, the NBIRTH at once after it, so a node still unborn after this is held. An
+# offline STATE is a problem at once: the host said it, and nothing is published until it is back.
+SPARKPLUG_BIRTH_GRACE_S = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The agent in one word for monitoring: `ok`, or `degraded` with a line per problem.
 
     `edge-agent status` turns it into its exit code (0 ok, 1 degraded; 2 when no agent answers).
-    A problem is the agent's own (a device it cannot read, an uplink that is not online, an outbox
-    close to full or quarantined, a stalled loop), never a detection in the plant: a leak event is
-    the agent doing its job.
+    A problem is the agent's own (a device it cannot read, an uplink that is not online, a Sparkplug
+    node that is not born, an outbox close to full or quarantined, a stalled loop), never a
+    detection in the plant: a leak event is the agent doing its job.
     """
 
     state: str  # ok | degraded
@@ -146,12 +152,50 @@ class StatusDocument:
         problems = [f"device {d.name} is down" for d in self.drivers if d.state == "down"]
         if self.uplink.state != "online":
             problems.append(f"uplink {self.uplink.state} ({self.uplink.broker})")
+        else:
+            problems += _unborn(self.uplink, self.buffer)
         problems += self.alarm_lines()
         if self.buffer is not None and self.buffer.used_pct >= BUFFER_DEGRADED_PCT:
             problems.append(f"outbox {self.buffer.used_pct:.0f} % full")
         if self.watchdog is not None and self.watchdog.stalled:
             problems.append(f"stalled: {', '.join(self.watchdog.stalled)}")
         return Verdict("degraded" if problems else "ok", tuple(problems))
+
+
+def _unborn(uplink: UplinkHealth, buffer: BufferHealth | None) -> list[str]:
+    """The problem of a Sparkplug node that is connected and publishes nothing because it is not
+    born: its Primary Host said it is offline (at once), or no STATE came from the host, or the
+    births did not go out (past `SPARKPLUG_BIRTH_GRACE_S` since the connection came online)."""
+    node = uplink.sparkplug
+    if node is None or node.born:
+        return []
+    held = "nothing is published" + ("" if buffer is None else f", {buffer.rows} rows held in the outbox")
+    host = node.primary_host_id
+    why = "" if uplink.last_error is None else f" ({uplink.last_error})"
+    if host is not None and node.host_online is False and node.host_state_ns is not None:
+        since = units.timestamp(node.host_state_ns)
+        return [
+            f"waiting for Primary Host '{host}' (offline since {since}): {held}: check that the host "
+            f"application (Primary Host ID '{host}') runs and is connected to {uplink.broker}"
+        ]
+    waited = uplink.online_for_s
+    if waited is None or waited < SPARKPLUG_BIRTH_GRACE_S:
+        return []
+    if host is not None and not node.host_online:
+        retained = (
+            " (the broker keeps no retained messages: the STATE comes only when the host publishes it)"
+            if node.broker_retains is False
+            else ""
+        )
+        return [
+            f"waiting for Primary Host '{host}': no valid STATE on spBv1.0/STATE/{host} in "
+            f"{units.duration(waited)}{why}: {held}: check that the host application runs with "
+            f"Primary Host ID '{host}' and is connected to {uplink.broker}{retained}"
+        ]
+    return [
+        f"Sparkplug node {node.group_id}/{node.edge_node_id} not born {units.duration(waited)} after "
+        f"connecting{why}: {held}"
+    ]
 
 
 def _read(section: Health) -> dict[str, Any]:

@@ -455,7 +455,7 @@ def test_the_schema_lists_every_field_of_every_part() -> None:
     parts = documented_parts()
     assert {"AudioHealth", "MbusHealth", "FakeHealth", "PumpHealth", "CalibrationInfo"} <= set(parts)
     for name, cls in parts.items():
-        schema = SCHEMA if cls is StatusDocument else defs.get(name)
+        schema = defs.get(name)
         assert schema is not None, f"docs/status.schema.json has no $defs/{name}"
         assert schema.get("additionalProperties") is False, f"$defs/{name} must be closed"
         documented = set(schema["properties"])

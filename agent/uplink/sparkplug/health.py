@@ -31,6 +31,9 @@ class SparkplugHealth:
     # False: the broker keeps no retained messages, so the Primary Host's STATE reaches this node
     # only when the host publishes it (None: not known, or no Primary Host).
     broker_retains: bool | None = None
+    # The timestamp of the Primary Host's newest valid STATE, UTC ns (by the host's clock): since
+    # when it is online or offline, as `host_online` says. None: none seen yet, or no Primary Host.
+    host_state_ns: int | None = None
 
     def status_lines(self) -> list[str]:
         host = (

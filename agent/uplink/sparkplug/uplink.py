@@ -166,6 +166,11 @@ class SparkplugUplink(UplinkLoop[SparkplugSession]):
                 commands_unknown=cmd.unknown,
                 commands_invalid=cmd.invalid,
                 broker_retains=None if self._host is None or session is None else session.retain_available,
+                host_state_ns=(
+                    None
+                    if self._host is None or self._host.timestamp is None
+                    else self._host.timestamp * 10**6
+                ),
             ),
         )
 
