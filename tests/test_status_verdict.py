@@ -83,6 +83,32 @@ def test_a_node_held_by_its_offline_primary_host_is_degraded_until_the_host_come
             agent.stop()
 
 
+def test_a_node_that_never_heard_its_host_is_degraded_after_the_grace_period(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """From the agent's start until the host first comes online (no STATE at all)."""
+    config = write_agent_config(
+        tmp_path,
+        broker_port=mosquitto.port,
+        devices=FAKE_DEVICE,
+        uplink={"encoding": "sparkplug_b", "keepalive_s": 5},
+        extra='[uplink.sparkplug]\nprimary_host_id = "scada"\n',
+    )
+    with running_agent(config) as agent:
+        agent.wait_status(lambda s: s["uplink"]["state"] == "online")
+        code, doc = status_json(config)
+        assert (code, doc["verdict"]["state"]) == (EXIT_OK, "ok")  # within the grace period
+        agent.wait_status(lambda s: (s["uplink"]["online_for_s"] or 0) > SPARKPLUG_BIRTH_GRACE_S, 30)
+        code, doc = status_json(config)
+        assert code == EXIT_DEGRADED, doc["verdict"]
+        (problem,) = doc["verdict"]["problems"]
+        assert problem.startswith(
+            "waiting for Primary Host 'scada': no valid STATE on spBv1.0/STATE/scada in "
+        )
+        assert "check that the host application runs with Primary Host ID 'scada'" in problem, problem
+        agent.stop()
+
+
 # -- the verdict's rule, on documents (the grace period) ---------------------------------------------
 
 
