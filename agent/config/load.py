@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from water_edge.agent.config.unions import merge_union_errors
 from water_edge.agent.locate import state_access_hint
 from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.update.config import UpdateSection
-from water_edge.agent.uplink.config import MqttConfig
+from water_edge.agent.uplink.config import CROSS_KEY_CHECKS_BY_CALLER, MqttConfig, cross_key_problems
 from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
 from water_edge.core.patterns import pattern_words
@@ -82,7 +83,14 @@ def _unusable(raw: Any, loc: tuple[int | str, ...] = ()) -> list[tuple[tuple[int
 
 
 def _validate(source: Path, model: type[M], raw: Any, where: str, problems: list[str]) -> M | None:
-    """`raw` validated by `model`, or None with every problem found appended to `problems`.
+    """`raw` validated by `model`, or None with every problem found appended to `problems`."""
+    section, errors = _checked(model, raw)
+    problems.extend(_lines(source, errors, where))
+    return section
+
+
+def _checked(model: type[M], raw: Any, context: Any = None) -> tuple[M | None, list[dict[str, Any]]]:
+    """`raw` validated by `model` (None when refused) and the errors found, by key.
 
     No type coercion: TOML values are typed, so `port = "1883"` is a string where a number belongs,
     and says so. Validated as JSON (TOML dates become ISO text), whose strict mode still takes text
@@ -90,7 +98,7 @@ def _validate(source: Path, model: type[M], raw: Any, where: str, problems: list
     data = _as_json(raw)
     errors: list[dict[str, Any]] = []
     try:
-        section = model.model_validate_json(data, strict=True)
+        section = model.model_validate_json(data, strict=True, context=context)
     except ValidationError as exc:
         errors = merge_union_errors(exc.errors())
         section = None
@@ -104,8 +112,82 @@ def _validate(source: Path, model: type[M], raw: Any, where: str, problems: list
             if not any(found[: len(loc)] == loc for found in said)
         ]
     errors = [_with_toml_time(e, raw) for e in errors]
-    problems.extend(_lines(source, errors, where))
-    return None if errors else section
+    return (None if errors else section), errors
+
+
+# The loader makes the sections' checks across keys itself, beside the keys' own errors
+# (`_sections`): a model validator runs only once every key of its table is valid.
+_LOADER_CHECKS: Final = {CROSS_KEY_CHECKS_BY_CALLER: True}
+_MISSING: Final = object()
+
+
+@dataclass(frozen=True)
+class _Sections:
+    """The file's sections as far as their keys are valid, for the checks across keys and sections.
+
+    A section with keys refused on their own is kept with those keys at their defaults (or unset,
+    when required) and named in `refused`: a check needing one of them is skipped, lest it judge a
+    default instead of what was written. None: the section itself is refused (not a table)."""
+
+    parts: dict[str, BaseModel | None]
+    refused: dict[str, frozenset[str]]
+
+    def value(self, section: str, key: str) -> Any:
+        """The valid value of `section.key` (its default when not written), or `_MISSING`."""
+        part = self.parts.get(section)
+        if part is None or key in self.refused.get(section, ()):
+            return _MISSING
+        return getattr(part, key, _MISSING)
+
+
+def _sections(
+    raw: Mapping[str, Any], errors: Sequence[Mapping[str, Any]], whole: AgentSection | None
+) -> _Sections:
+    models = {
+        name: model for name, info in AgentSection.model_fields.items() if (model := _model(info.annotation))
+    }
+    names = list(models)
+    if whole is not None:
+        return _Sections({name: getattr(whole, name) for name in names}, {})
+    parts: dict[str, BaseModel | None] = {}
+    refused: dict[str, frozenset[str]] = {}
+    for name in names:
+        info = AgentSection.model_fields[name]
+        own = [tuple(e["loc"][1:]) for e in errors if tuple(e["loc"][:1]) == (name,)]
+        if () in own or (name in raw and not isinstance(raw[name], dict)):
+            parts[name] = None
+        elif name not in raw:
+            parts[name] = None if info.is_required() else info.get_default(call_default_factory=True)
+        else:
+            parts[name], refused[name] = _partial(models[name], raw[name], {str(loc[0]) for loc in own})
+    return _Sections(parts, refused)
+
+
+def _partial(model: type[M], raw: Mapping[str, Any], bad: set[str]) -> tuple[M, frozenset[str]]:
+    """`model` holding the keys of `raw` not in `bad` (each valid, as the whole's errors said), the
+    others at their defaults; and the keys left out."""
+    values: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if key in bad or key not in raw:
+            continue
+        try:
+            values[name] = _adapter(model, name).validate_json(
+                _as_json(raw[key]), strict=True, context=_LOADER_CHECKS
+            )
+        except ValidationError:
+            bad.add(key)
+    return model.model_construct(_fields_set=set(values), **values), frozenset(bad)
+
+
+@functools.cache
+def _adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    annotation: Any = model.model_fields[name].annotation
+    return TypeAdapter(annotation)
+
+
+def _model(annotation: object) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
 def _with_toml_time(error: dict[str, Any], raw: Any) -> dict[str, Any]:
@@ -390,52 +472,44 @@ def load_config(path: str | Path, *, closed_state: Literal["error", "warning"] =
     # Devices and models are validated table by table below, each by its own model: a copy of
     # every table here would double what a large config costs to check.
     rest = {k: v for k, v in raw.items() if k not in ("devices", "models")}
-    section = _validate(source, AgentSection, rest, "", problems)
+    section, errors = _checked(AgentSection, rest, _LOADER_CHECKS)
+    problems.extend(_lines(source, errors, ""))
+    # Every check across keys is made beside the keys' own errors, skipping only one that needs a
+    # key refused on its own: every independent problem of the file in one run.
+    known = _sections(rest, errors, section)
+    uplink = known.parts.get("uplink")
+    if isinstance(uplink, MqttConfig):
+        problems += [
+            f"{source}: uplink.{key}: {message}"
+            for key, message in cross_key_problems(uplink, known.refused.get("uplink", ()))
+        ]
 
     models = _validate_models(
         source, raw.get("models"), _device_kinds(raw.get("devices")), problems, warnings
     )
-    devices: list[DeviceConfig] = []
-    try:
-        devices = validate_devices(source, raw.get("devices", []))
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    else:
+    device_problems: list[str] = []
+    # The valid devices by their place in the file: the checks of one device need only it.
+    valid_devices = _validate_devices(source, raw.get("devices", []), device_problems)
+    devices = list(valid_devices.values())
+    problems += device_problems
+    if not device_problems:
+        # A tag a model names is looked for among every device's tags: not while a device is
+        # refused, whose tags are not known (a bare tag could be its, or be read twice).
         _check_model_tags(source, models, devices, problems, warnings)
     warnings += [
         f"{source}: devices[{index}] ({device.name}).frozen_after_s: {note}"
-        for index, device in enumerate(devices)
+        for index, device in valid_devices.items()
         if (note := device.frozen_check_note()) is not None
     ]
-    if section is not None:
-        warnings += _uplink_warnings(source, section.uplink)
-        relative = [
-            *_relative_paths(section, ""),
-            *(p for i, d in enumerate(devices) for p in _relative_paths(d, f"devices[{i}] ({d.name})")),
-            *(
-                p
-                for kind, sections in models.items()
-                for i, m in enumerate(sections)
-                if isinstance(m, BaseModel)
-                for p in _relative_paths(m, f"models.{kind}[{i}]")
-            ),
-        ]
-        problems += [
-            f"{source}: {key}: expected an absolute path: the agent runs from / under systemd, not from "
-            f"where the file is checked by hand (got {str(path)!r})"
-            for key, path in relative
-        ]
-        _check_rbe_matches(source, section.uplink, problems)
-        _check_secrets(source, section.uplink, "uplink", problems)
-        for index, device in enumerate(devices):
-            _check_secrets(source, device, f"devices[{index}] ({device.name})", problems)
-        _check_status_socket(source, section.gateway.state_dir / section.status.socket, problems)
-        _check_state_files(source, section, problems, closed)
-        _check_write_devices(source, section.writes, _device_kinds(raw.get("devices")), problems)
-    if problems or section is None:
-        raise ConfigError(problems)
-    writes = _write_units(source, section.writes, devices, problems)
-    if problems:
+    if isinstance(uplink, MqttConfig):
+        warnings += _uplink_warnings(source, uplink)
+    _check_rbe_matches(source, rest.get("uplink"), errors, problems)
+    _check_paths(source, known, valid_devices, models, problems=problems, closed=closed)
+    writes = known.parts.get("writes")
+    if isinstance(writes, WritesSection):
+        _check_write_devices(source, writes, _device_kinds(raw.get("devices")), problems)
+        writes = _write_units(source, writes, devices, problems)
+    if problems or section is None or not isinstance(writes, WritesSection):
         raise ConfigError(problems)
     if closed:
         key, where, error = closed[0]
@@ -465,6 +539,48 @@ def load_config(path: str | Path, *, closed_state: Literal["error", "warning"] =
     )
 
 
+def _check_paths(
+    source: Path,
+    known: _Sections,
+    devices: Mapping[int, DeviceConfig],
+    models: Mapping[str, tuple[Any, ...]],
+    *,
+    problems: list[str],
+    closed: list[tuple[str, Path, OSError]],
+) -> None:
+    """The files the config names, of every section and device that is valid as far as they go:
+    absolute, secrets readable, the status socket's path not too long, the state files each a file
+    of its own."""
+    relative = [
+        *(p for name, part in known.parts.items() if part is not None for p in _relative_paths(part, name)),
+        *(p for i, d in devices.items() for p in _relative_paths(d, f"devices[{i}] ({d.name})")),
+        *(
+            p
+            for kind, sections in models.items()
+            for i, m in enumerate(sections)
+            if isinstance(m, BaseModel)
+            for p in _relative_paths(m, f"models.{kind}[{i}]")
+        ),
+    ]
+    problems += [
+        f"{source}: {key}: expected an absolute path: the agent runs from / under systemd, not from "
+        f"where the file is checked by hand (got {str(path)!r})"
+        for key, path in relative
+    ]
+    if isinstance(uplink := known.parts.get("uplink"), MqttConfig):
+        _check_secrets(source, uplink, "uplink", problems)
+    for index, device in devices.items():
+        _check_secrets(source, device, f"devices[{index}] ({device.name})", problems)
+    state_dir, socket = known.value("gateway", "state_dir"), known.value("status", "socket")
+    if state_dir is not _MISSING and socket is not _MISSING:
+        _check_status_socket(source, state_dir / socket, problems)
+    if state_dir is not _MISSING:
+        files = {key: known.value(*key.split(".")) for key in _STATE_FILES}
+        _check_state_files(
+            source, state_dir, {k: v for k, v in files.items() if v is not _MISSING}, problems, closed
+        )
+
+
 def _uplink_warnings(source: Path, uplink: MqttConfig) -> list[str]:
     if uplink.protocol != "3.1.1":
         return []
@@ -476,14 +592,25 @@ def _uplink_warnings(source: Path, uplink: MqttConfig) -> list[str]:
     ]
 
 
-def _check_rbe_matches(source: Path, uplink: MqttConfig, problems: list[str]) -> None:
+def _check_rbe_matches(
+    source: Path, raw_uplink: object, errors: Sequence[Mapping[str, Any]], problems: list[str]
+) -> None:
     """A report-by-exception rule is matched against `device/tag`: a `match` with no `/` that does
-    not begin with a wildcard can match no reading, and the rule would silently do nothing."""
-    for index, rule in enumerate(uplink.rbe.tags if uplink.rbe is not None else ()):
-        if "/" not in rule.match and not rule.match.startswith(("*", "?", "[")):
+    not begin with a wildcard can match no reading, and the rule would silently do nothing.
+
+    Read from the file's table, each rule on its own: a mistake in another rule or key of
+    `[uplink]` does not hold this one back (a `match` refused on its own is not judged again)."""
+    rbe = raw_uplink.get("rbe") if isinstance(raw_uplink, dict) else None
+    rules = rbe.get("tags") if isinstance(rbe, dict) else None
+    refused = {tuple(e["loc"]) for e in errors}
+    for index, rule in enumerate(rules if isinstance(rules, list) else ()):
+        match = rule.get("match") if isinstance(rule, dict) else None
+        if not isinstance(match, str) or ("uplink", "rbe", "tags", index, "match") in refused:
+            continue
+        if "/" not in match and not match.startswith(("*", "?", "[")):
             problems.append(
                 f"{source}: uplink.rbe.tags[{index}].match: expected a 'device/tag' pattern, e.g. "
-                f"'plc/{rule.match}', or '*/{rule.match}' for every device (got {rule.match!r}, which "
+                f"'plc/{match}', or '*/{match}' for every device (got {match!r}, which "
                 "matches no reading)"
             )
 
@@ -575,28 +702,30 @@ def _check_status_socket(source: Path, path: Path, problems: list[str]) -> None:
         )
 
 
+# The files the agent keeps in gateway.state_dir (or wherever they are put), by key.
+_STATE_FILES: Final = ("buffer.path", "status.socket", "security.nonce_db", "security.audit_log")
+
+
 def _check_state_files(
-    source: Path, section: AgentSection, problems: list[str], closed: list[tuple[str, Path, OSError]]
+    source: Path,
+    state_dir: Path,
+    files: Mapping[str, Path],
+    problems: list[str],
+    closed: list[tuple[str, Path, OSError]],
 ) -> None:
     """The state directory is one, and the files the agent keeps in it (or wherever they are put)
     are files, each its own: an outbox path that is the directory itself, a directory, or the
     nonce database's file would fail the start, or worse, quarantine the outbox as damaged.
+    `files`: those of `_STATE_FILES` that are valid.
 
     A path this user may not look at (the state directory is the agent's, 0750) goes to `closed`
     with the error, by key; the checks that need no look at the disk are still made."""
-    state_dir = section.gateway.state_dir
     try:
         if state_dir.exists() and not state_dir.is_dir():
             problems.append(f"{source}: gateway.state_dir: expected a directory (got {state_dir}, a file)")
             return
     except OSError as exc:
         closed.append(("gateway.state_dir", state_dir, exc))
-    files = {
-        "buffer.path": section.buffer.path,
-        "status.socket": section.status.socket,
-        "security.nonce_db": section.security.nonce_db,
-        "security.audit_log": section.security.audit_log,
-    }
     seen: dict[Path, str] = {}
     for key, written in files.items():
         path = Path(os.path.normpath(state_dir / written))
@@ -628,7 +757,7 @@ def _relative_paths(model: BaseModel, where: str) -> Iterator[tuple[str, Path]]:
     A relative path follows the working directory: the config checked by hand in /etc/edge-agent
     finds the file, and the service, started in /, does not."""
     for name in type(model).model_fields:
-        value = getattr(model, name)
+        value = getattr(model, name, None)  # a required key refused on its own is not set
         key = f"{where}.{name}" if where else name
         if isinstance(value, Path):
             if not value.is_absolute() and key not in STATE_RELATIVE_KEYS:
@@ -645,7 +774,7 @@ def _check_secrets(source: Path, model: BaseModel, where: str, problems: list[st
     """Each secret reference in `model` must resolve now (file readable and private, variable set);
     a relative file is reported as such (`_relative_paths`), not looked for."""
     for name in type(model).model_fields:
-        value = getattr(model, name)
+        value = getattr(model, name, None)
         if isinstance(value, SecretRef) and (value.file is None or value.file.is_absolute()):
             try:
                 value.resolve()
@@ -658,19 +787,26 @@ def _check_secrets(source: Path, model: BaseModel, where: str, problems: list[st
 def validate_devices(source: Path, raw_devices: object) -> list[DeviceConfig]:
     """Validate `[[devices]]` sections on their own (for `probe --devices-file`)."""
     problems: list[str] = []
-    devices: list[DeviceConfig] = []
+    devices = _validate_devices(source, raw_devices, problems)
+    if problems:
+        raise ConfigError(problems)
+    return list(devices.values())
+
+
+def _validate_devices(source: Path, raw_devices: object, problems: list[str]) -> dict[int, DeviceConfig]:
+    """The valid `[[devices]]` tables by their place in the file; every problem to `problems`."""
+    devices: dict[int, DeviceConfig] = {}
     if not isinstance(raw_devices, list):
-        raise ConfigError([f"{source}: devices: expected a list of [[devices]] tables"])
+        problems.append(f"{source}: devices: expected a list of [[devices]] tables")
+        return devices
     for index, item in enumerate(raw_devices):
         if not isinstance(item, dict):
             problems.append(f"{source}: devices[{index}]: expected a table")
             continue
         device = _validate_device(source, index, item, problems)
         if device is not None:
-            devices.append(device)
-    _check_names(source, raw_devices, devices, problems)
-    if problems:
-        raise ConfigError(problems)
+            devices[index] = device
+    _check_names(source, raw_devices, list(devices.values()), problems)
     return devices
 
 
@@ -690,16 +826,18 @@ def _check_names(
             )
         seen.setdefault(name, index)
     _check_serial_lines(source, raw_devices, devices, problems)
-    position = {
-        item["name"]: i
-        for i, item in enumerate(raw_devices)
-        if isinstance(item, dict) and isinstance(item.get("name"), str)
-    }
-    for device in devices:
-        if device.stream_name in RESERVED_STREAMS:
+    # From the tables as written: a device with a mistake elsewhere still has its stream (the
+    # reserved names are valid names, so a stream or name that is one is not refused on its own).
+    for index, item in enumerate(raw_devices):
+        if not isinstance(item, dict):
+            continue
+        name = item.get("name")
+        stream = item.get("stream", name)
+        if isinstance(stream, str) and stream in RESERVED_STREAMS:
+            label = f" ({name})" if isinstance(name, str) else ""
             problems.append(
-                f"{source}: devices[{position.get(device.name, '?')}] ({device.name}).stream: "
-                f"{device.stream_name!r} is reserved for the agent's own messages"
+                f"{source}: devices[{index}]{label}.stream: {stream!r} is reserved for the agent's "
+                "own messages"
             )
 
 

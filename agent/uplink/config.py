@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from water_edge.agent.uplink.servers import Server, parse_server
 from water_edge.core.errors import UplinkError
@@ -71,6 +72,11 @@ class SparkplugConfig(BaseModel):
     backlog_rows_per_s: float = Field(default=50.0, gt=0, le=10_000)
 
 
+# Validation context key: the caller makes `MqttConfig`'s checks across keys itself (the config
+# loader, with the keys refused on their own left out), so the model does not.
+CROSS_KEY_CHECKS_BY_CALLER: Final = "cross_key_checks_by_caller"
+
+
 def _server_uri(uri: str) -> str:
     parse_server(uri)
     return uri
@@ -121,36 +127,13 @@ class MqttConfig(BaseModel):
     sparkplug: SparkplugConfig | None = None
 
     @model_validator(mode="after")
-    def _checks(self) -> Self:
-        if self.compression != "none":
-            if self.encoding != "json":
-                raise ValueError("compression applies to the JSON encoding only (Sparkplug B is binary)")
-            if self.protocol != "5":
-                raise ValueError('compression needs protocol = "5": the MQTT 5 content type announces it')
-        if self.sparkplug is not None and self.encoding != "sparkplug_b":
-            raise ValueError('[uplink.sparkplug] is only used with encoding = "sparkplug_b"')
-        if self.servers and ({"host", "port"} & self.model_fields_set):
-            raise ValueError("give either servers = [...] or host/port, not both")
-        if not self.servers and self.host is None:
-            raise ValueError('no broker: give servers = ["mqtt://host:1883", ...] or host = "..."')
-        if self.servers:
-            parsed = [parse_server(uri) for uri in self.servers]
-            twice = next((s.uri for i, s in enumerate(parsed) if s in parsed[:i]), None)
-            if twice is not None:  # a failover to the same broker is no failover
-                raise ValueError(f"servers: {twice} is listed twice")
-            kinds = {server.tls for server in parsed}
-            if self.tls is None and True in kinds:
-                raise ValueError(
-                    "mqtts:// servers need [uplink.tls] (ca_file: the CA that signs the broker's "
-                    "certificate; without it, the system's trust store)"
-                )
-            if self.tls is not None and False in kinds:
-                # A plain-text fallback would send the gateway's data and password in clear.
-                raise ValueError("with [uplink.tls] every server must be mqtts:// (no plain-text fallback)")
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
-        if self.password is not None and self.username is None:
-            raise ValueError("password given without username")
+    def _checks(self, info: ValidationInfo) -> Self:
+        # The config loader makes these checks itself (`cross_key_problems`), beside the keys' own
+        # errors: a model validator runs only once every key is valid.
+        if not (info.context or {}).get(CROSS_KEY_CHECKS_BY_CALLER):
+            found = cross_key_problems(self)
+            if found:
+                raise ValueError("; ".join(f"{key}: {message}" for key, message in found))
         return self
 
     def server_list(self) -> tuple[Server, ...]:
@@ -175,3 +158,55 @@ class MqttConfig(BaseModel):
     def effective_client_id(self, site: str, gateway: str) -> str:
         """The configured client id, or one derived from the site and gateway (stable across restarts)."""
         return self.client_id or f"edge-{site}-{gateway}"
+
+
+def cross_key_problems(config: MqttConfig, refused: Collection[str] = ()) -> list[tuple[str, str]]:
+    """(key, what is wrong) for each setting that contradicts another, every one of them.
+
+    `refused`: keys refused on their own (their value in `config` is the default, or absent): a
+    check that needs one of them is not made, lest it judge the default instead of what was
+    written; a key merely given (servers and host) is judged all the same."""
+    given = config.model_fields_set | set(refused)
+
+    def valid(*keys: str) -> bool:
+        return not set(keys) & set(refused)
+
+    found: list[tuple[str, str]] = []
+    if valid("compression", "encoding") and config.compression != "none" and config.encoding != "json":
+        found.append(("compression", "compression applies to the JSON encoding only (Sparkplug B is binary)"))
+    if valid("compression", "protocol") and config.compression != "none" and config.protocol != "5":
+        found.append(
+            ("compression", 'compression needs protocol = "5": the MQTT 5 content type announces it')
+        )
+    if valid("sparkplug", "encoding") and config.sparkplug is not None and config.encoding != "sparkplug_b":
+        found.append(("sparkplug", '[uplink.sparkplug] is only used with encoding = "sparkplug_b"'))
+    servers = config.servers if valid("servers") else ()
+    if "servers" in given and (servers or not valid("servers")) and {"host", "port"} & given:
+        found.append(("servers", "give either servers = [...] or host/port, not both"))
+    if valid("servers", "host") and not config.servers and config.host is None:
+        found.append(("servers", 'no broker: give servers = ["mqtt://host:1883", ...] or host = "..."'))
+    parsed = [parse_server(uri) for uri in servers]
+    twice = next((s.uri for i, s in enumerate(parsed) if s in parsed[:i]), None)
+    if twice is not None:  # a failover to the same broker is no failover
+        found.append(("servers", f"{twice} is listed twice"))
+    kinds = {server.tls for server in parsed}
+    if valid("tls") and config.tls is None and True in kinds:
+        found.append(
+            (
+                "servers",
+                "mqtts:// servers need [uplink.tls] (ca_file: the CA that signs the broker's "
+                "certificate; without it, the system's trust store)",
+            )
+        )
+    if valid("tls") and config.tls is not None and False in kinds:
+        # A plain-text fallback would send the gateway's data and password in clear.
+        found.append(("servers", "with [uplink.tls] every server must be mqtts:// (no plain-text fallback)"))
+    low, high = config.reconnect_min_s, config.reconnect_max_s
+    if valid("reconnect_min_s", "reconnect_max_s") and high < low:
+        found.append(
+            ("reconnect_max_s", f"reconnect_max_s must be >= reconnect_min_s (got {high:g} < {low:g})")
+        )
+    password = config.password is not None or "password" in refused
+    if valid("username") and password and config.username is None:
+        found.append(("username", "password given without username"))
+    return found
