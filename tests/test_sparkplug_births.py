@@ -21,6 +21,7 @@ from tests.support.broker import Mosquitto
 from tests.support.sparkplug import T0, TAGS, Message, PrimaryHost, edge_nodes, kinds, session_errors
 from tests.support.sparkplug import edge_config as config
 from tests.support.testing import eventually
+from water_edge.agent.pipeline import Pipeline
 from water_edge.agent.uplink.config import RbeConfig
 from water_edge.agent.uplink.memory import MemoryOutbox
 from water_edge.agent.uplink.rbe import ExceptionFilter, ReportByException
@@ -78,6 +79,12 @@ def props(metric: Payload.Metric) -> dict[str, object]:
 
 def births(messages: list[Message], device: str) -> list[Message]:
     return [m for m in messages if m.kind == "DBIRTH" and m.device == device]
+
+
+def suppressed(uplink: SparkplugUplink) -> int:
+    sparkplug = uplink.health().sparkplug
+    assert sparkplug is not None
+    return sparkplug.suppressed_dead
 
 
 def wait(host: PrimaryHost, predicate: Callable[[list[Message]], bool], within_s: float = 10.0) -> Any:
@@ -263,3 +270,50 @@ async def test_a_device_back_whose_first_readings_never_come_is_born_all_the_sam
         got = await wait(host, lambda ms: len(births(ms, "plc1")) == 2, RETURN_WAIT_S + 5)
         assert time.monotonic() - started >= RETURN_WAIT_S - 0.5  # it waited for readings first
         assert session_errors(got) == []
+
+
+async def test_a_reading_taken_before_a_death_and_committed_after_it_does_not_bring_the_device_back(
+    mosquitto: Mosquitto, make: Callable[..., Any]
+) -> None:
+    # The walkthrough's OPC UA server killed (2 of 6 kills): the subscription's last good value
+    # waited in the pipeline; the driver_down woke a flush, which commits its events first. The
+    # host got DDEATH, then DBIRTH with that stale value 0.05 ms later, then DDATA of bad
+    # stand-ins, and no DBIRTH when the server really came back.
+    plant = Plant(up={"ua": True})
+    tags = [("pressure", "bar"), ("name", "")]
+    with PrimaryHost(mosquitto.host, mosquitto.port) as host:
+        host.publish_state(True)
+        uplink = plant.node(make, mosquitto, [DeviceSpec("ua", tags)])
+        pipeline = Pipeline(plant.outbox, uplink.notify, flush_interval_s=3600)  # flushed by hand here
+        await pipeline.submit("ua", [Reading("ua", "pressure", T0, 4.77, unit="bar"),
+                                     Reading("ua", "name", T0, "PS-NORTH")])  # fmt: skip
+        await pipeline.flush()
+        await wait(host, lambda ms: "DDATA/ua" in kinds(ms))
+        # The runner's order: a reading, the loss (event), the stand-ins; flushed as they come.
+        await pipeline.submit("ua", [Reading("ua", "pressure", T0 + 10**9, 4.78, unit="bar")])
+        plant.up["ua"] = False
+        lost = T0 + 10**9 + 160 * 10**6
+        await pipeline.submit_event(Event("driver_down", "ua", lost, "warning", detail={"reason": "lost"}))
+        await pipeline.flush()
+        await pipeline.submit("ua", [bad("ua", tag, lost, "connection lost", unit) for tag, unit in tags])
+        await pipeline.flush()
+        await wait(host, lambda ms: "DDEATH/ua" in kinds(ms))
+        await asyncio.sleep(0.5)
+        sent = kinds(host.snapshot())
+        assert sent[sent.index("DDEATH/ua") - 1 :] == ["NDATA", "DDEATH/ua"]  # nothing of the device
+        assert suppressed(uplink) == 3  # the stale reading and the two stand-ins
+        # Back 20 s later: driver_up, then the subscription's first values.
+        back = lost + 20 * 10**9
+        plant.up["ua"] = True
+        await pipeline.submit_event(Event("driver_up", "ua", back))
+        await pipeline.submit("ua", [Reading("ua", "pressure", back, 4.76, unit="bar"),
+                                     Reading("ua", "name", back, "PS-NORTH")])  # fmt: skip
+        await pipeline.flush()
+        got = await wait(host, lambda ms: len(births(ms, "ua")) == 2)
+        await asyncio.sleep(0.3)
+        got = host.snapshot()
+    sent = kinds(got)
+    assert sent[sent.index("DDEATH/ua") - 1 :] == ["NDATA", "DDEATH/ua", "NDATA", "DBIRTH/ua"]
+    reborn = births(got, "ua")[1].metric("pressure")
+    assert (reborn.double_value, reborn.timestamp, props(reborn)["Quality"]) == (4.76, back // 10**6, GOOD)
+    assert session_errors(got) == []

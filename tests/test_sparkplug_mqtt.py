@@ -29,7 +29,7 @@ from water_edge.agent.uplink.sparkplug.proto import DataType, Payload
 from water_edge.agent.uplink.sparkplug.uplink import SparkplugUplink
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.types import Batch
-from water_edge.core.reading import Reading
+from water_edge.core.reading import Event, Reading, bad
 
 
 @pytest.fixture
@@ -96,6 +96,33 @@ async def test_rule_10_a_device_down_at_the_birth_gets_no_data_while_dead_and_it
     assert flows(got, historical=True) == [0.0, 1.0, 2.0]
     assert uplink.health().sparkplug.suppressed_dead == 3
     assert kinds(got)[-1] == "DDEATH/plc1"
+    assert session_errors(got) == []
+
+
+async def test_rule_10_an_outage_in_the_backlog_sends_its_events_and_good_history_not_its_stand_ins(
+    mosquitto: Mosquitto, node: Callable[..., Any]
+) -> None:
+    # The walkthrough's kill -9 and restart: the outbox still held an outage of a device that is up
+    # now. Its stand-ins went out as historical DDATA, Quality bad, though the DDEATH said it live.
+    box = MemoryOutbox()
+    box.append_sync(rows(2))
+    why = "connection lost: transport lost"
+    down = [Batch("plc1", readings=[bad("plc1", tag, T0 + (2 + i) * 10**6, why, unit) for tag, unit in TAGS])
+            for i in range(2)]  # fmt: skip
+    lost = Event("driver_down", "plc1", T0 + 2 * 10**6, "warning")
+    box.append_sync([Batch("events", events=[lost]), *down])
+    box.append_sync([Batch("events", events=[Event("driver_up", "plc1", T0 + 4 * 10**6)]), *rows(2, start=4)])
+    with PrimaryHost(mosquitto.host, mosquitto.port) as host:
+        host.publish_state(True)
+        uplink, _ = node(config(mosquitto), box, device_states=lambda: {"plc1": True}, history_keep_s=0.3)
+        await eventually(lambda: box.pending() == 0, 10, what="every row released")
+        got = host.snapshot()
+    assert kinds(got)[:2] == ["NBIRTH", "DBIRTH/plc1"]
+    assert kinds(got)[2:] == ["DDATA/plc1"] * 2 + ["NDATA"] * 2 + ["DDATA/plc1"] * 2
+    assert flows(got, historical=True) == [0.0, 1.0, 4.0, 5.0]
+    history = [x for m in got[2:] for x in m.payload.metrics]
+    assert all(x.is_historical and not x.HasField("properties") for x in history)  # all good
+    assert uplink.health().sparkplug.suppressed_dead == 2 * len(TAGS)
     assert session_errors(got) == []
 
 

@@ -80,6 +80,66 @@ async def test_rule_10_a_device_dies_with_its_driver_and_is_born_again_with_its_
     assert reborn.properties.values[0].int_value == QUALITY_CODES["good"]
 
 
+async def test_rule_10_a_reading_taken_before_the_death_and_committed_after_it_births_nothing(
+    edge: Any,
+) -> None:
+    # The walkthrough's OPC UA server killed: a good reading taken just before the loss reached the
+    # outbox just after the driver_down (a flush commits its events first). It is no sign of life:
+    # the device stays dead on the host until its driver is back, and is then born by new readings.
+    uplink, broker, box = edge
+    await broker.wait_until(lambda: "DBIRTH/plc1" in [kind(m) for m in broker.sent()])
+    uplink.test_states["plc1"] = False
+    before = Reading("plc1", "flow", T0 + 1, 4.7, unit="m3/h")
+    append(box, uplink, Batch("events", events=[Event("driver_down", "plc1", T0 + 2, "warning")]),
+           Batch("plc1", readings=[before]))  # fmt: skip
+    stand_in = bad("plc1", "flow", T0 + 2, "connection lost", "m3/h")
+    uplink.test_values[("plc1", "flow")] = stand_in
+    append(box, uplink, Batch("plc1", readings=[stand_in]))
+    await asyncio.sleep(0.5)  # both rows judged
+    assert [kind(m) for m in broker.sent()] == ["NBIRTH", "DBIRTH/plc1", "NDATA", "DDEATH/plc1"]
+    assert uplink.health().sparkplug.suppressed_dead == 2
+    # Back: the event, then a poll whose row still holds a stand-in taken before the return.
+    uplink.test_states["plc1"] = True
+    append(box, uplink, Batch("events", events=[Event("driver_up", "plc1", T0 + 5)]),
+           Batch("plc1", readings=[bad("plc1", "flow", T0 + 4, "connection lost", "m3/h"),
+                                   Reading("plc1", "flow", T0 + 5, 7.5, unit="m3/h")]))  # fmt: skip
+    await broker.wait_until(lambda: [kind(m) for m in broker.sent()].count("DBIRTH/plc1") == 2)
+    await eventually(lambda: box.pending() == 0, what="every row released")
+    sent = [kind(m) for m in broker.sent()]
+    assert sent == ["NBIRTH", "DBIRTH/plc1", "NDATA", "DDEATH/plc1", "NDATA", "DBIRTH/plc1"]
+    reborn = decoded(broker.sent()[5]).metrics[0]
+    assert (reborn.double_value, reborn.timestamp) == (7.5, (T0 + 5) // 10**6)
+    assert reborn.properties.values[0].int_value == QUALITY_CODES["good"]
+    assert uplink.health().sparkplug.suppressed_dead == 3
+
+
+async def test_rule_10_stand_ins_not_published_live_do_not_come_back_from_the_backlog(edge: Any) -> None:
+    uplink, broker, box = edge
+    await broker.wait_until(lambda: "DBIRTH/plc1" in [kind(m) for m in broker.sent()])
+    broker.answer_unsubscribe = False  # no receipt: every published row stays in the outbox
+    uplink.test_states["plc1"] = False
+    stand_in = bad("plc1", "flow", T0 + 1, "no answer to 7 requests", "m3/h")
+    uplink.test_values[("plc1", "flow")] = stand_in
+    append(box, uplink, Batch("events", events=[Event("driver_down", "plc1", T0, "warning")]),
+           Batch("plc1", readings=[stand_in]))  # fmt: skip
+    await eventually(lambda: uplink.health().sparkplug.suppressed_dead == 1, what="the stand-in judged")
+    # Nothing of the stand-in's row went out: it waits for no receipt (only the event's row does).
+    await eventually(lambda: box.pending() == 1, what="the stand-in's row released")
+    uplink.test_states["plc1"] = True
+    append(box, uplink, Batch("events", events=[Event("driver_up", "plc1", T0 + 5)]),
+           Batch("plc1", readings=[Reading("plc1", "flow", T0 + 5, 7.5, unit="m3/h")]))  # fmt: skip
+    await broker.wait_until(lambda: [kind(m) for m in broker.sent()].count("DBIRTH/plc1") == 2)
+    broker.answer_unsubscribe = True
+    broker.latest.drop()  # the connection lost before any receipt: the rows go again as history
+    await broker.wait_until(lambda: len(broker.connections) == 2 and box.pending() == 0, 10)
+    again = broker.connections[1].sent
+    assert [kind(m) for m in again] == ["NBIRTH", "DBIRTH/plc1", "NDATA", "NDATA", "DDATA/plc1"]
+    history = [x for m in again[2:] for x in decoded(m).metrics]
+    assert all(x.is_historical for x in history)
+    assert [x.double_value for x in decoded(again[-1]).metrics] == [7.5]
+    assert not decoded(again[-1]).metrics[0].HasField("properties")  # good, as all history here
+
+
 async def test_quality_goes_into_the_quality_property_and_back_to_good(edge: Any) -> None:
     uplink, broker, box = edge
     await broker.wait_until(lambda: len(broker.sent()) >= 2)

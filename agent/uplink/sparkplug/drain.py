@@ -13,9 +13,14 @@ A device's life follows its driver in the live lane: a `driver_down` event publi
 a `driver_up` event the device is born by its first live readings, which its DBIRTH carries (the
 filter's current values are then the stand-ins of the outage, which a DDATA would replace at once:
 a host would show the device bad for a moment); if none come within RETURN_WAIT_S, by what is
-current. While a device is dead its bad stand-in readings are not published, live or historical
-(the DDEATH says it, and when; a host takes DATA of a dead device for a broken session and asks for
-a rebirth); a good live reading of a dead device births it the same way, and its good history goes
+current. Only that return births a dead device: live rows of it before the `driver_up` are the
+outage's stand-ins, or readings taken before the death that reached the outbox after the
+`driver_down` (a flush commits its events first), and are not published (their timestamps cannot
+tell: OPC UA stamps by the server's clock; the driver's order of events can). Stand-ins are not
+published from the backlog either (the DDEATH says it, and when; a host takes DATA of a dead device
+for a broken session and asks for a rebirth): those of a device dead now, and those of an outage in
+the history, between its historical `driver_down` and `driver_up`. A row of which nothing went out
+is released at once, so it cannot come back as backlog. The good history of a device dead now goes
 out between a DBIRTH and a DDEATH of its own. At a birth, devices their runner reports down get
 DBIRTH then DDEATH, so a host knows their metrics and that they are down.
 
@@ -144,6 +149,9 @@ class SparkplugDrain:
         self._returning: dict[str, float] = {}  # device back up, not born yet -> loop time of its driver_up
         self._units_due: set[str] = set()  # devices whose born units are out of date
         self._device_born_at: dict[str, float] = {}  # loop time of each device's last DBIRTH
+        # Devices whose driver was down where the backlog lane is, by the history's driver events
+        # (seeded at each birth with the devices dead when the last connection ended).
+        self._past_down: set[str] = set()
 
     def notify(self) -> None:
         self._more = True
@@ -236,6 +244,8 @@ class SparkplugDrain:
         split = await self._outbox.last_id()
         self._metrics.backlog_upto_id = split
         self._more = True
+        # Where the last connection left them: the rows after it, now backlog, were never judged live.
+        self._past_down = {d for d, alive in self._alive.items() if not alive and d not in self._unborn}
         if not self.birth(session, bdseq):
             return Outcome.LOST
         lanes = _Lanes(live=split, backlog=0, split=split, open=split > 0, tokens=min(1.0, self._rate))
@@ -379,6 +389,7 @@ class SparkplugDrain:
         if self._codec is None:
             self._codec = default_codec()
         for row in rows:
+            sent = session.sent
             try:
                 readings, events = decode_body(self._codec, row)
             except EncodeError as exc:
@@ -398,6 +409,11 @@ class SparkplugDrain:
                 continue
             if not ok:
                 return False
+            if session.sent == sent:
+                # Nothing of it went out (a dead device's stand-ins): no receipt to wait for, and
+                # kept it would come back as backlog after a drop or a restart.
+                await self.ack([(row.id, row.count)])
+                continue
             session.history.add(row.id, row.count, asyncio.get_running_loop().time())
             self._metrics.lane_published("backlog" if historical else "live")
             if historical:
@@ -460,15 +476,21 @@ class SparkplugDrain:
         if device in self._unborn:
             raise _unborn(device)
         dead = not self._alive.get(device, True)
-        if dead:
-            # A host takes DATA of a device it holds dead, historical or not, for a broken session
-            # and asks for a rebirth (MQTT Engine: "DDATA before BIRTH"). Its stand-ins say nothing
-            # the DDEATH did not; good data means it is alive, or was when its history was taken,
-            # and so does any live reading after its driver came back.
-            returned = not historical and device in self._returning
-            if not returned and all(reading.quality == BAD for _, reading in items):
-                self.counters.suppressed_dead += len(items)
-                return True
+        stand_ins = all(reading.quality == BAD for _, reading in items)
+        if dead and not historical and not (device in self._returning and not stand_ins):
+            # A host takes DATA of a device it holds dead for a broken session and asks for a
+            # rebirth (MQTT Engine: "DDATA before BIRTH"); only its driver's return (the live
+            # `driver_up`, then real readings) births it again. Until then its rows are the
+            # outage's stand-ins or readings taken before the death that reached the outbox after
+            # the `driver_down` (the pipeline commits a flush's events before its readings): their
+            # timestamps cannot tell (OPC UA stamps by the server's clock), the driver's order can.
+            self.counters.suppressed_dead += len(items)
+            return True
+        if historical and stand_ins and (dead or device in self._past_down):
+            # The stand-ins of an outage, now or in the history: the DDEATH said it, and the
+            # history's driver_down and driver_up say when.
+            self.counters.suppressed_dead += len(items)
+            return True
         units_due = device in self._units_due and (
             asyncio.get_running_loop().time()
             >= self._device_born_at.get(device, float("-inf")) + REBIRTH_EVERY_S
@@ -482,7 +504,12 @@ class SparkplugDrain:
                 raise _unborn(device)
             if not historical:
                 carried = born
-                self._returning.pop(device, None)
+                if self._returning.pop(device, None) is not None:
+                    # Its outage's stand-ins in the row that brought it back, older than the value
+                    # born: not published after the DBIRTH.
+                    kept = [(a, r) for a, r in items if r.quality != BAD or not _older(r, carried)]
+                    self.counters.suppressed_dead += len(items) - len(kept)
+                    items = kept
         items = [(alias, reading) for alias, reading in items if carried.get(reading.tag) is not reading]
         if items and not self._publish_data(session, device, items, historical=historical):
             return False
@@ -515,6 +542,11 @@ class SparkplugDrain:
             return False
         self._metrics.published += 1
         if historical:
+            for event in sorted(events, key=lambda e: e.ts_ns):
+                if event.kind == "driver_down":
+                    self._past_down.add(event.source)
+                elif event.kind == "driver_up":
+                    self._past_down.discard(event.source)
             return True
         for event in sorted(events, key=lambda e: e.ts_ns):
             device = event.source
@@ -547,6 +579,12 @@ class SparkplugDrain:
     def _too_large(self, why: str, **context: object) -> None:
         self._state.error(why)
         log.error("sparkplug.too_large", error=why, **context)
+
+
+def _older(reading: Reading, carried: Mapping[str, Reading]) -> bool:
+    """`reading` is older than the value a birth carried for its tag."""
+    born = carried.get(reading.tag)
+    return born is not None and born is not reading and reading.ts_ns <= born.ts_ns
 
 
 def _unborn(device: str) -> TooLargeError:

@@ -81,6 +81,7 @@ class SparkplugSession:
         self.close_reason = ""
         self.history = history
         self.seq = 0
+        self.sent = 0  # messages published on this connection (QoS 0 and NDEATH alike)
         self.max_packet: int | None = None  # the broker's Maximum Packet Size, once connected (if known)
         self.retain_available = True  # False: the broker said (MQTT 5) it keeps no retained messages
         self._broker_max_packet = broker_max_packet
@@ -119,6 +120,7 @@ class SparkplugSession:
             self.on_closed(str(exc))
             return False
         self.seq = (self.seq + 1) % 256
+        self.sent += 1
         return True
 
     def publish_death(self, topic: str, payload: Payload) -> asyncio.Future[Reason]:
