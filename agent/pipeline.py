@@ -240,6 +240,9 @@ class Pipeline:
         self._max_pending = max_pending
         self._pending: dict[str, list[Reading]] = {}
         self._pending_events: list[Event] = []
+        # Per pending event, how many readings of each stream were pending when it came: a flush
+        # commits them in that order (`_batches`).
+        self._event_cuts: list[dict[str, int]] = []
         self._pending_count = 0
         self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -314,6 +317,7 @@ class Pipeline:
         self._flag_next = set(self._streams_seen)
         step_s = round(step.step_ns / 1e9, 3)
         log.warning("clock.step", step_s=step_s)
+        self._event_cuts.append(self._cut())
         self._pending_events.append(
             Event(
                 "clock_step",
@@ -354,9 +358,14 @@ class Pipeline:
         return flagged
 
     async def submit_event(self, event: Event) -> None:
+        self._event_cuts.append(self._cut())
         self._pending_events.append(event)
         self.stats.events_in += 1
         self._wake.set()
+
+    def _cut(self) -> dict[str, int]:
+        """Where an event comes among the pending readings: each stream's count so far."""
+        return {stream: len(readings) for stream, readings in self._pending.items() if readings}
 
     def tap(self, maxsize: int = 10_000) -> asyncio.Queue[Reading]:
         """A live copy of every reading (for `edge-agent tail`); a slow reader loses copies, never data."""
@@ -398,9 +407,9 @@ class Pipeline:
         async with self._flush_lock:
             if not self._pending and not self._pending_events:
                 return
-            pending, events = self._pending, self._pending_events
-            self._pending, self._pending_events, self._pending_count = {}, [], 0
-            remaining = self._batches(pending, events)
+            pending, events, cuts = self._pending, self._pending_events, self._event_cuts
+            self._pending, self._pending_events, self._event_cuts, self._pending_count = {}, [], [], 0
+            remaining = self._batches(pending, events, cuts)
             committed = [0, 0]  # readings, events
             try:
                 remaining = await self._append_within_quota(remaining, committed)
@@ -414,7 +423,9 @@ class Pipeline:
                     self.stats.unstorable += replaced
                     log.warning("pipeline.unstorable", replaced=replaced, error=str(error))
                     try:
-                        remaining = await self._append_within_quota(self._batches(pending, events), committed)
+                        remaining = await self._append_within_quota(
+                            self._batches(pending, events, [{}] * len(events)), committed
+                        )
                     except _AppendStoppedError as again:
                         remaining, error = again.remaining, again.error
                 if remaining:
@@ -458,27 +469,57 @@ class Pipeline:
                 committed[1] += len(batch.events or ())
         return []
 
-    def _batches(self, pending: dict[str, list[Reading]], events: list[Event]) -> list[Batch]:
-        batches = [Batch(EVENTS_STREAM, events=events)] if events else []
-        size = self._batch_max
+    def _batches(
+        self, pending: dict[str, list[Reading]], events: list[Event], cuts: list[dict[str, int]]
+    ) -> list[Batch]:
+        """The outbox rows of one flush, in the order things were submitted: the readings pending
+        when an event came, then the event (with those that came right after it), then the rest.
+        Events went first before, and a reading taken just before a device was lost reached the
+        outbox after its `driver_down`: a Sparkplug host saw the device reborn with it."""
+        batches: list[Batch] = []
+        done = dict.fromkeys(pending, 0)
+        first = 0
+        while first < len(events):
+            cut = cuts[first]
+            last = first + 1
+            while last < len(events) and cuts[last] == cut:
+                last += 1
+            for stream, readings in pending.items():
+                end = min(cut.get(stream, 0), len(readings))
+                if end > done[stream]:
+                    batches += self._chunks(stream, readings[done[stream] : end])
+                    done[stream] = end
+            batches.append(Batch(EVENTS_STREAM, events=events[first:last]))
+            first = last
         for stream, readings in pending.items():
-            batches.extend(
-                Batch(stream, readings=readings[i : i + size]) for i in range(0, len(readings), size)
-            )
+            batches += self._chunks(stream, readings[done[stream] :])
         return batches
+
+    def _chunks(self, stream: str, readings: list[Reading]) -> list[Batch]:
+        size = self._batch_max
+        return [Batch(stream, readings=readings[i : i + size]) for i in range(0, len(readings), size)]
 
     def _requeue(self, pending: dict[str, list[Reading]], events: list[Event], count: int) -> None:
         """Put an uncommitted batch back in front; past the memory bound drop the oldest readings."""
         for stream, readings in pending.items():
             self._pending[stream] = readings + self._pending.get(stream, [])
         self._pending_events = events + self._pending_events
+        # The events put back go first, as they would have; those that came meanwhile keep their
+        # place behind the readings now in front of them.
+        self._event_cuts = [{} for _ in events] + [
+            {s: cut.get(s, 0) + len(pending.get(s, ())) for s in cut.keys() | pending.keys()}
+            for cut in self._event_cuts
+        ]
         self._pending_count += count
         overflow = self._pending_count - self._max_pending
-        for readings in self._pending.values():
+        for stream, readings in self._pending.items():
             if overflow <= 0:
                 break
             cut = min(overflow, len(readings))
             del readings[:cut]
+            for event_cut in self._event_cuts:
+                if stream in event_cut:
+                    event_cut[stream] = max(0, event_cut[stream] - cut)
             overflow -= cut
             self._pending_count -= cut
             self.stats.dropped_readings += cut

@@ -45,17 +45,44 @@ async def test_flush_commits_all_streams_in_one_call_split_by_batch_size() -> No
     await pipe.flush()
     (call,) = out.calls
     assert [(b.stream, len(b.readings or b.events or [])) for b in call] == [
-        ("events", 1),
         ("a", 100),
         ("a", 100),
         ("a", 50),
         ("b", 10),
+        ("events", 1),  # submitted last
     ]
-    assert [r.value for b in call[1:4] for r in b.readings or []] == [float(i) for i in range(250)]
+    assert [r.value for b in call[0:3] for r in b.readings or []] == [float(i) for i in range(250)]
     assert notified == [1]
     assert pipe.stats.committed_readings == 260
     assert (pipe.stats.readings_in, pipe.stats.events_in, pipe.stats.committed_events) == (260, 1, 1)
     assert pipe.stats.flushes == 1
+    assert pipe.pending == 0
+
+
+async def test_a_flush_commits_readings_and_events_in_the_order_they_were_submitted() -> None:
+    # Events went first: a reading a device gave just before it was lost reached the outbox after
+    # its driver_down, and a Sparkplug host saw the dead device reborn with a stale good value.
+    out = RecordingAppender()
+    pipe = Pipeline(out, lambda: None, batch_max_readings=100)
+    await pipe.submit("ua", readings(2))
+    await pipe.submit("plc", readings(1))
+    await pipe.submit_event(Event("driver_down", "ua", 1))
+    await pipe.submit_event(Event("leak", "hyd1", 2, "alarm"))  # right after it: one row
+    await pipe.submit("plc", readings(3))
+    await pipe.submit_event(Event("driver_up", "ua", 3))
+    await pipe.submit("ua", readings(1))
+    await pipe.flush()
+    (call,) = out.calls
+    assert [(b.stream, len(b.readings or b.events or [])) for b in call] == [
+        ("ua", 2),
+        ("plc", 1),
+        ("events", 2),
+        ("plc", 3),
+        ("events", 1),
+        ("ua", 1),
+    ]
+    assert [e.kind for b in call if b.events for e in b.events] == ["driver_down", "leak", "driver_up"]
+    assert pipe.stats.committed_readings == 7
     assert pipe.pending == 0
 
 
@@ -107,8 +134,8 @@ async def test_an_event_and_a_full_batch_are_committed_at_once_not_at_the_next_i
         await pipe.submit_event(Event("leak", "hyd1", 1, "alarm"))
         await eventually(lambda: out.calls, 10.0, what="the event committed before the hour is up")
         assert [(b.stream, len(b.readings or b.events or [])) for b in out.calls[0]] == [
-            ("events", 1),
             ("a", 3),
+            ("events", 1),
         ]
         await pipe.submit("a", readings(100))
         await eventually(lambda: len(out.calls) == 2, 10.0, what="a full batch committed at once")
@@ -167,13 +194,14 @@ async def test_a_wall_clock_step_flags_the_straddling_readings_and_says_so() -> 
     await pipeline.submit("b", readings(2))
     await pipeline.flush()
     (call,) = sink.calls
-    by_stream = {b.stream: b for b in call}
-    qualities = {s: [r.quality for r in by_stream[s].readings or []] for s in ("a", "b")}
+    # The step's event comes where it was noticed: after the readings submitted before it.
+    assert [b.stream for b in call] == ["a", "b", "events", "a", "b"]
+    qualities = {s: [r.quality for b in call if b.stream == s for r in b.readings or []] for s in ("a", "b")}
     assert qualities["a"] == ["good"] * 2 + ["uncertain"] * 2 + ["good"] * 2
     assert qualities["b"] == ["good"] * 2 + ["uncertain"] * 2 + ["good"] * 2
     flagged = [r for b in call if b.readings for r in b.readings if r.quality == "uncertain"]
     assert {r.reason for r in flagged} == {"clock_step"}
-    (step,) = [e for e in by_stream["events"].events or [] if e.kind == "clock_step"]
+    (step,) = [e for b in call for e in b.events or [] if e.kind == "clock_step"]
     assert step.detail["step_s"] == -3600.0
     assert pipeline.stats.clock_steps == 1
     assert pipeline.stats.clock_flagged_readings == 4

@@ -15,8 +15,9 @@ filter's current values are then the stand-ins of the outage, which a DDATA woul
 a host would show the device bad for a moment); if none come within RETURN_WAIT_S, by what is
 current. Only that return births a dead device: live rows of it before the `driver_up` are the
 outage's stand-ins, or readings taken before the death that reached the outbox after the
-`driver_down` (a flush commits its events first), and are not published (their timestamps cannot
-tell: OPC UA stamps by the server's clock; the driver's order of events can). Stand-ins are not
+`driver_down` (a flush commits in the order things came since `Pipeline._batches` keeps it; a row
+out of order is still judged so), and are not published (their timestamps cannot tell: OPC UA
+stamps by the server's clock; the driver's order of events can). Stand-ins are not
 published from the backlog either (the DDEATH says it, and when; a host takes DATA of a dead device
 for a broken session and asks for a rebirth): those of a device dead now, and those of an outage in
 the history, between its historical `driver_down` and `driver_up`. A row of which nothing went out
