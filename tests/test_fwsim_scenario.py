@@ -210,3 +210,25 @@ def test_dataset_pump_writes_labelled_csvs(tmp_path: Path) -> None:
     bad = edge_sim("dataset", "pump", "--out", str(tmp_path), "--hours", "-1")
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
+
+
+def test_run_makes_a_workdir_not_there_yet_and_names_one_it_cannot_make(tmp_path: Path) -> None:
+    # A --workdir not made beforehand failed with "[Errno 2] No such file or directory:
+    # '/dev/pts/1' -> 'simwd/wmbus-stick-3.tmp'", naming neither the option nor the directory.
+    workdir, endpoints = tmp_path / "new" / "simwd", tmp_path / "endpoints.json"
+    cmd = ["run", "--port", "0", "--components", "wmbus", "--workdir", str(workdir)]
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "water_edge.sim.cli", *cmd, "--endpoints-file", str(endpoints)]
+    )
+    try:
+        wait_until(lambda: endpoints.exists() or sim.poll() is not None, 60, what="edge-sim announcing")
+        assert sim.poll() is None
+        assert str(json.loads(endpoints.read_text())["wmbus"]["stick"]["path"]).startswith(str(workdir))
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    run = edge_sim("run", "--components", "wmbus", "--workdir", str(blocked / "simwd"), timeout=30)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"edge-sim: --workdir {blocked / 'simwd'}: Not a directory"

@@ -46,7 +46,9 @@ def _parser(*, datasets: bool = True) -> argparse.ArgumentParser:
         help="comma-separated parts to start besides the Modbus TCP PLC "
         "(modbus_rtu, opcua, mbus, wmbus, hydrophones), 'none', or 'all' (default)",
     )
-    run.add_argument("--workdir", type=Path, default=None, help="where components put files")
+    run.add_argument(
+        "--workdir", type=Path, default=None, help="where components put files (made when missing)"
+    )
     run.add_argument(
         "--max-registers",
         type=int,
@@ -152,14 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
         from water_edge.sim.dataset import run as run_dataset
 
         return run_dataset(args)
-    if not 0 <= args.bench_tags <= MAX_BENCH_TAGS:
-        print(f"edge-sim: --bench-tags must be 0..{MAX_BENCH_TAGS}", file=sys.stderr)
-        return 2
-    if not 1 <= args.max_registers <= MAX_READ_REGISTERS:
-        print(f"edge-sim: --max-registers must be 1..{MAX_READ_REGISTERS}", file=sys.stderr)
-        return 2
-    if args.speed is not None and not 0 < args.speed <= 1000:
-        print("edge-sim: --speed must be in (0, 1000]", file=sys.stderr)
+    problem = _run_options_problem(args)
+    if problem is not None:
+        print(f"edge-sim: {problem}", file=sys.stderr)
         return 2
     seed = args.seed
     if seed is None:
@@ -188,6 +185,23 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
         print(f"edge-sim: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_options_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with `run`'s options, or None. A `--workdir` not there yet is made (components
+    make their files in it)."""
+    if not 0 <= args.bench_tags <= MAX_BENCH_TAGS:
+        return f"--bench-tags must be 0..{MAX_BENCH_TAGS}"
+    if not 1 <= args.max_registers <= MAX_READ_REGISTERS:
+        return f"--max-registers must be 1..{MAX_READ_REGISTERS}"
+    if args.speed is not None and not 0 < args.speed <= 1000:
+        return "--speed must be in (0, 1000]"
+    if args.workdir is not None:
+        try:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"--workdir {args.workdir}: {exc.strerror or exc}"
+    return None
 
 
 if __name__ == "__main__":
