@@ -19,6 +19,7 @@ from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.supervisor import RunnerStatus
 from water_edge.agent.update.report import UpdateHealth
 from water_edge.agent.uplink.health import UplinkHealth
+from water_edge.agent.uplink.transport import certificate_refused
 from water_edge.agent.watchdog import WatchdogHealth
 from water_edge.buffer.stats import BufferHealth
 from water_edge.core import units
@@ -123,7 +124,10 @@ class StatusDocument:
         agent = _read(self.agent)
         for section in (self.clock, self.certificate, self.update):
             if section is not None:
-                agent["lines"] = agent["lines"] + section.status_lines()
+                lines = section.status_lines()
+                if section is self.certificate:
+                    lines = _refused_by_the_broker(lines, self.certificate, self.uplink)
+                agent["lines"] = agent["lines"] + lines
         return {
             "agent": agent,
             "drivers": [_read(d) | {"driver_lines": d.driver.status_lines()} for d in self.drivers],
@@ -160,6 +164,17 @@ class StatusDocument:
         if self.watchdog is not None and self.watchdog.stalled:
             problems.append(f"stalled: {', '.join(self.watchdog.stalled)}")
         return Verdict("degraded" if problems else "ok", tuple(problems))
+
+
+def _refused_by_the_broker(lines: list[str], cert: CertificateHealth, uplink: UplinkHealth) -> list[str]:
+    """The cert line of a certificate valid by its dates that the broker refused at the last
+    connection (revoked, another CA...): `cert     valid by date, refused by the broker: revoked`."""
+    said = certificate_refused(uplink.last_error)
+    head = f"cert     {cert.state}"
+    if said is None or cert.state not in ("valid", "expiring") or not lines or not lines[0].startswith(head):
+        return lines
+    state = "valid by date" if cert.state == "valid" else cert.state
+    return [f"cert     {state}, refused by the broker: {said}{lines[0][len(head) :]}", *lines[1:]]
 
 
 def _unborn(uplink: UplinkHealth, buffer: BufferHealth | None) -> list[str]:

@@ -33,6 +33,7 @@ from water_edge.agent.uplink.servers import Rotation, Server
 from water_edge.agent.uplink.state import ConnectionState, ConnState, StateHook
 from water_edge.agent.uplink.topics import Topics
 from water_edge.agent.uplink.transport import (
+    CERTIFICATE_REFUSED,
     TAKEN_OVER,
     ConnectError,
     ConnectOptions,
@@ -281,6 +282,9 @@ class UplinkLoop(Generic[SessionT]):
         if reason is not None:
             self._metrics.refused += 1
             self._fail(ConnState.REFUSED, self._refusal(reason))
+        elif session.close_reason.startswith(CERTIFICATE_REFUSED):
+            # The broker's TLS alert after the handshake (TLS 1.3): the certificate, not the network.
+            self._fail(ConnState.TLS_ERROR, session.close_reason)
         else:
             self._fail(ConnState.OFFLINE, session.close_reason or "no CONNACK from broker")
         self._drop_connection()

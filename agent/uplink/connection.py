@@ -41,6 +41,16 @@ Success PUBACKs without paho's objects
     `_RECV_CHUNK` at once and serves paho from it (the size check above still runs before every
     piece it hands over), and the reader goes on while any of it is left.
 
+A broker's word on our certificate
+    With TLS 1.3 the client's handshake is over before the broker has judged the client's
+    certificate: a broker that refuses it (revoked by its CRL, expired, of another CA) sends an
+    alert that the *first read or write after* `connect()` meets, and paho turns that exception
+    into "connection lost: Unspecified error" (with TLS 1.2 `connect()` itself raises it). The
+    client keeps the TLS error that ended its socket (`tls_failure`; on a failed write it reads the
+    alert still waiting on the socket), and the connection's close reason, or the `TlsError`, says
+    what the broker said (`certificate_refusal`): `the broker refused this gateway's certificate:
+    revoked (TLS alert certificate_revoked)...`, never the same words as a network fault.
+
 paho's exceptions and return codes are translated here, and only here, into `transport`'s errors.
 """
 
@@ -61,6 +71,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from water_edge.agent.uplink.transport import (
+    CERTIFICATE_REFUSED,
     TAKEN_OVER,
     CertificateTimeError,
     Connack,
@@ -80,6 +91,60 @@ _SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected
 _TIME_CODES = frozenset((9, 10))
 # Two lookups at a time: one may hang on a dead resolver while the next attempt still gets a thread.
 _RESOLVER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqtt-dns")
+
+# TLS alerts a broker sends about the client's certificate (OpenSSL's reason -> what it says, the
+# alert's name, what to do): Mosquitto sends them for a certificate its CRL revokes, one out of its
+# dates (by the broker's clock), one of a CA it does not trust, or none at all.
+_CERTIFICATE_ALERTS: dict[str, tuple[str, str, str]] = {
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": (
+        "revoked",
+        "certificate_revoked",
+        "the CA revoked it (lost, stolen or retired gateway?): a gateway whose certificate was revoked "
+        "is enrolled again offline (provision csr, ca sign, provision install)",
+    ),
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": (
+        "expired or not yet valid",
+        "certificate_expired",
+        "by the broker's clock: compare the certificate's dates (the cert line) with the broker's time",
+    ),
+    "TLSV1_ALERT_UNKNOWN_CA": (
+        "issued by a CA the broker does not trust",
+        "unknown_ca",
+        "the broker's CA file must hold the CA that signed this gateway's certificate",
+    ),
+    "SSLV3_ALERT_BAD_CERTIFICATE": (
+        "bad certificate",
+        "bad_certificate",
+        "the broker could not verify it (its signature or its contents)",
+    ),
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": (
+        "unsupported certificate",
+        "unsupported_certificate",
+        "the broker does not accept this kind of certificate (its key type or usage)",
+    ),
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": (
+        "not accepted",
+        "certificate_unknown",
+        "the broker's log says why",
+    ),
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": (
+        "none was sent",
+        "certificate_required",
+        "the broker requires a client certificate: set [uplink.tls] cert_file and key_file",
+    ),
+}
+
+
+def certificate_refusal(exc: BaseException | None) -> str | None:
+    """What a broker's TLS alert says about this gateway's certificate, in the words of
+    `transport.CERTIFICATE_REFUSED`; None for any other error."""
+    if not isinstance(exc, ssl.SSLError):
+        return None
+    found = _CERTIFICATE_ALERTS.get(exc.reason or "")
+    if found is None:
+        return None
+    word, alert, hint = found
+    return f"{CERTIFICATE_REFUSED}: {word} (TLS alert {alert}); {hint}"
 
 
 async def resolve(host: str, port: int, timeout_s: float) -> list[Address]:
@@ -126,6 +191,7 @@ class _BoundedClient(paho.Client):
     refused: str | None = None  # why the last oversized packet was refused
     addresses: tuple[Address, ...] = ()  # resolved beforehand (`resolve`); the hostname stays for TLS
     fast_acks = 0  # success PUBACKs handled without paho's decoding (`_handle_pubackcomp`)
+    tls_failure: ssl.SSLError | None = None  # the TLS error that ended the socket (a broker's alert)
     _rbuf = b""  # read from the socket, not yet taken by paho (from `_rpos` on)
     _rpos = 0
 
@@ -146,13 +212,42 @@ class _BoundedClient(paho.Client):
         # served from here; `_readable` goes on while any of it is left.
         buf, pos = self._rbuf, self._rpos
         if pos >= len(buf):
-            buf = super()._sock_recv(_RECV_CHUNK)
+            try:
+                buf = super()._sock_recv(_RECV_CHUNK)
+            except ssl.SSLError as exc:  # paho reports only "connection lost": keep what TLS said
+                self.tls_failure = exc
+                raise
             if not buf:
                 return buf  # the connection closed
             self._rbuf, pos = buf, 0
         data = buf[pos : pos + bufsize]
         self._rpos = pos + len(data)
         return data
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        try:
+            sent: int = super()._sock_send(buf)
+        except BlockingIOError:
+            raise
+        except OSError:
+            # A broker that refused our certificate has sent its alert and closed: the write fails
+            # (EOF, broken pipe) while the alert waits unread on the socket. Read it now.
+            self._read_alert()
+            raise
+        return sent
+
+    def _read_alert(self) -> None:
+        sock = self._sock
+        if self.tls_failure is not None or not isinstance(sock, ssl.SSLSocket):
+            return
+        try:
+            sock.recv(1)  # non-blocking once connected; nothing to read raises SSLWantReadError
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except ssl.SSLError as exc:
+            self.tls_failure = exc
+        except OSError:
+            pass
 
     def buffered(self) -> bool:
         """Whether bytes read from the socket are still waiting for paho."""
@@ -190,7 +285,7 @@ def _connect_errors() -> Iterator[None]:
             raise CertificateTimeError(exc.verify_message or str(exc)) from exc
         raise TlsError(exc.verify_message or str(exc)) from exc
     except ssl.SSLError as exc:
-        raise TlsError(exc.reason or str(exc)) from exc
+        raise TlsError(certificate_refusal(exc) or exc.reason or str(exc)) from exc
     except OSError as exc:
         raise ConnectError(f"connect: {exc}") from exc
 
@@ -344,7 +439,8 @@ class PahoTransport:
         c.on_socket_register_write = self._register_write
         c.on_socket_unregister_write = self._unregister_write
         if self._sock is None:
-            self._closed("")
+            # The connection ended within connect() (its CONNECT could not be written).
+            self._closed(certificate_refusal(c.tls_failure) or "")
             return
         loop.add_reader(self._sock, self._readable)
         if c.want_write():
@@ -403,9 +499,13 @@ class PahoTransport:
             )
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        refused = self._client.refused if self._client is not None else None
+        client = self._client
+        refused = client.refused if client is not None else None
+        tls = None if client is None else client.tls_failure
         if refused:
             self._closed(f"dropped the connection: {refused}")
+        elif tls is not None:
+            self._closed(certificate_refusal(tls) or f"TLS: {tls.reason or tls}")
         elif getattr(reason, "value", None) == _SESSION_TAKEN_OVER:
             self._closed(f"{TAKEN_OVER} (broker DISCONNECT 0x8E)")
         else:

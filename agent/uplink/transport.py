@@ -24,6 +24,17 @@ from water_edge.core.errors import UplinkError
 # How a transport's close reason starts when the broker said (MQTT 5 DISCONNECT 0x8E) that another
 # client connected with our client id.
 TAKEN_OVER = "session taken over: another client uses this client id"
+# How a TLS error (a handshake's, or a close reason) starts when the broker sent an alert about this
+# gateway's certificate (revoked, expired, unknown CA...): the certificate, not the network, is why.
+CERTIFICATE_REFUSED = "the broker refused this gateway's certificate"
+
+
+def certificate_refused(error: str | None) -> str | None:
+    """What the broker said of this gateway's certificate (`revoked`) in an uplink error that
+    starts with `CERTIFICATE_REFUSED`; None for any other error."""
+    if error is None or not error.startswith(CERTIFICATE_REFUSED + ": "):
+        return None
+    return error[len(CERTIFICATE_REFUSED) + 2 :].split(" (", 1)[0]
 
 
 class TransportError(UplinkError):
