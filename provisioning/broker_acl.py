@@ -12,19 +12,25 @@
 Both forms share the central services' blocks and the enrolment rules. Every name written into a
 site-bound file matches the agent's own rule for a gateway id or a site (`core.names`), so a
 certificate can never add a line of its choosing to it.
+
+The utility's own blocks (an operator console, a second claim certificate or Sparkplug host) live
+in a file of their own (`--acl-extra`), appended to every site-bound file written, after a check
+(`extra_blocks`): only `user` blocks of `topic` lines, never for a gateway (a certificate with a
+site or a device serial) nor for a user whose block is written here, and no `pattern` (it would
+grant every gateway). A file the check refuses is not written: the broker keeps the last one.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from water_edge.core.files import atomic_write
-from water_edge.core.names import TOPIC_LEVEL_PATTERN, TOPIC_PREFIX_PATTERN, is_name
+from water_edge.core.names import NAME_PATTERN, TOPIC_LEVEL_PATTERN, TOPIC_PREFIX_PATTERN, is_name
 from water_edge.core.patterns import pattern_words
 from water_edge.provisioning.ca import CertificateAuthority, Issued, reserved_name
 from water_edge.provisioning.errors import ProvisioningError
@@ -128,12 +134,106 @@ topic read spBv1.0/{site}/DCMD/{gateway}/+
 """
 
 
+# The users whose block this module writes: an extra file cannot add to their rights (`claim` is
+# shared by every gateway not yet enrolled).
+_OWN_USERS: Final = frozenset(re.findall(r"(?m)^user (\S+)$", _CENTRAL))
+_ACCESS: Final = frozenset(("read", "write", "readwrite", "deny"))
+
+_EXTRA_HEADER = """
+# The utility's own blocks, kept from {path} (--acl-extra) by edge-agent ca acl, which
+# checked them: `user` blocks of other central services, none for a gateway, no `pattern`.
+"""
+
+
 @dataclass
 class GatewaySites:
-    """Gateway id -> site from a CA's register, and the valid certificates left out, with why."""
+    """Gateway id -> site from a CA's register, and the valid certificates left out, with why;
+    `kept`: the users of the extra blocks written after them."""
 
     sites: dict[str, str] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)
+    kept: tuple[str, ...] = ()
+
+
+def _topic_filter(text: str) -> bool:
+    """An MQTT topic filter: `#` only as the whole last level, `+` only as a whole level."""
+    if not text or len(text.encode()) > 65535 or "\x00" in text:
+        return False
+    levels = text.split("/")
+    return all(
+        ("#" not in level or (level == "#" and i == len(levels) - 1)) and ("+" not in level or level == "+")
+        for i, level in enumerate(levels)
+    )
+
+
+def _check_user(name: str, gateways: Mapping[str, Issued], users: list[str], where: str) -> None:
+    if not is_name(name):
+        raise ProvisioningError(f"{where}: user {name!r} is not {pattern_words(NAME_PATTERN)}")
+    if name in _OWN_USERS:
+        raise ProvisioningError(
+            f"{where}: the block of {name!r} is written by edge-agent ca acl; give another service "
+            "a certificate and a user block of its own"
+        )
+    item = gateways.get(name)
+    if item is not None:
+        site = f" for site {item.site}" if item.site else ""
+        raise ProvisioningError(
+            f"{where}: {name!r} is a gateway (certificate {item.serial}{site}): a gateway is granted "
+            "only its own site's topics, by its generated block"
+        )
+    if name in users:
+        raise ProvisioningError(f"{where}: a second block for user {name!r}")
+
+
+def extra_blocks(text: str, issued: Iterable[Issued], source: str = "extra ACL") -> tuple[str, ...]:
+    """Check the utility's own ACL blocks before they are appended to a site-bound ACL; their users.
+
+    Only comments, `user NAME` and, after one, `topic [read|write|readwrite|deny] FILTER` lines,
+    in printable ASCII with single spaces (as Mosquitto will read them).
+    Refused (`ProvisioningError` naming the line): a `pattern` (it applies to every client, the
+    gateways too), a `topic` before any `user` (it would be the anonymous clients'), a user that is
+    a gateway in `issued` (any valid certificate of the name with a site or a device serial, its
+    newest or not: a gateway gets its own site's topics only, from its generated block), a user
+    whose block the ACL already has (`centre`, `claim`...: their rights are the shipped ones), a
+    name the CA would not issue."""
+    gateways = {
+        item.common_name: item
+        for item in issued
+        if item.valid and item.common_name and (item.site is not None or item.device_serial is not None)
+    }
+    users: list[str] = []
+    for number, line in enumerate(text.split("\n"), 1):
+        where = f"{source}:{number}"
+        # Read as Mosquitto reads it: one line per line feed, words split at single spaces, a
+        # comment only with `#` first. Anything it might read otherwise than this check is refused.
+        if any(not " " <= c <= "~" for c in line):
+            raise ProvisioningError(f"{where}: only printable ASCII characters (no tab, no carriage return)")
+        if not line or line.startswith("#"):
+            continue
+        words = line.split(" ")
+        if "" in words:
+            raise ProvisioningError(f"{where}: words are separated by one space, with none before or after")
+        if words[0] == "user" and len(words) == 2:
+            _check_user(words[1], gateways, users, where)
+            users.append(words[1])
+        elif words[0] == "topic" and (
+            (len(words) == 2 and words[1] not in _ACCESS) or (len(words) == 3 and words[1] in _ACCESS)
+        ):
+            if not users:
+                raise ProvisioningError(f"{where}: a topic line before any user line")
+            if not _topic_filter(words[-1]):
+                raise ProvisioningError(f"{where}: {words[-1]!r} is not an MQTT topic filter")
+        elif words[0] == "pattern":
+            raise ProvisioningError(
+                f"{where}: no pattern lines: a pattern applies to every client, the gateways too "
+                "(write a user block)"
+            )
+        else:
+            raise ProvisioningError(
+                f"{where}: expected 'user NAME' or 'topic [read|write|readwrite|deny] FILTER', "
+                f"got {line[:80]!r}"
+            )
+    return tuple(users)
 
 
 def gateway_sites(holders: Mapping[str, Issued]) -> GatewaySites:
@@ -165,8 +265,10 @@ def render(
     prefix: str = DEFAULT_PREFIX,
     host_id: str = DEFAULT_HOST_ID,
     enrol_prefix: str = DEFAULT_ENROL_PREFIX,
+    extra: tuple[str, str] | None = None,
 ) -> str:
-    """The ACL file: id-bound without `sites`, else site-bound with one block per gateway."""
+    """The ACL file: id-bound without `sites`, else site-bound with one block per gateway, then
+    `extra` (where it comes from, its text; checked by `extra_blocks`) as it is."""
     for what, value, pattern in (
         ("prefix", prefix, _PREFIX),
         ("enrolment prefix", enrol_prefix, _PREFIX),
@@ -183,6 +285,10 @@ def render(
         if not (is_name(gateway) and is_name(site)) or reserved_name(gateway):
             raise ValueError(f"cannot bind {gateway!r} to {site!r}: not a gateway id and a site")
         text += _GATEWAY.format(prefix=prefix, site=site, gateway=gateway)
+    if extra is not None:
+        source, blocks = extra
+        where = "".join(c if c.isprintable() else "?" for c in source)
+        text += _EXTRA_HEADER.format(path=where) + blocks.rstrip("\n") + "\n"
     return text
 
 
@@ -196,18 +302,33 @@ class BrokerAcl:
     enrol_prefix: str = DEFAULT_ENROL_PREFIX
     reload_command: Sequence[str] = ()
     reload_timeout_s: float = 30.0
+    extra: Path | None = None  # the utility's own blocks (`extra_blocks`), read at every write
 
     def write(self, ca: CertificateAuthority | None) -> GatewaySites:
         """Write the ACL (atomically), site-bound for the CA's register as it is now or id-bound
-        without a CA, then run the reload command; `ProvisioningError` if either fails (a written
-        file stays written)."""
+        without a CA, with the extra blocks read again and checked against that register, then run
+        the reload command; `ProvisioningError` if any of it fails (nothing is written when the
+        extra blocks are refused; a written file stays written when the reload fails)."""
         found = GatewaySites() if ca is None else gateway_sites(ca.holders())
+        extra = None
+        if self.extra is not None:
+            if ca is None:
+                raise ProvisioningError("extra ACL blocks are kept in a site-bound ACL only (a CA directory)")
+            try:
+                blocks = self.extra.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ProvisioningError(f"cannot read the extra ACL blocks {self.extra}: {exc}") from exc
+            found.kept = extra_blocks(blocks, ca.issued(), str(self.extra))
+            for name in found.kept:
+                found.left_out.pop(name, None)  # its certificate names no site: its block is here
+            extra = (str(self.extra), blocks)
         try:
             text = render(
                 None if ca is None else found.sites,
                 prefix=self.prefix,
                 host_id=self.host_id,
                 enrol_prefix=self.enrol_prefix,
+                extra=extra,
             )
         except ValueError as exc:
             raise ProvisioningError(str(exc)) from exc

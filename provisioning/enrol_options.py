@@ -33,5 +33,10 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep this site-bound Mosquitto ACL: written at start and after every certificate issued",
     )
     parser.add_argument("--acl-reload", help="run after each ACL write, e.g. 'systemctl reload mosquitto'")
+    parser.add_argument(
+        "--acl-extra",
+        type=Path,
+        help="the utility's own user blocks (an operator console...), checked and appended at every write",
+    )
     parser.add_argument("--acl-prefix", default="water", help="the gateways' [uplink] prefix (ACL)")
     parser.add_argument("--acl-host-id", default="scada", help="the Sparkplug primary_host_id (ACL)")

@@ -24,6 +24,9 @@ and the service accepts a CSR only for that identity:
 With `--acl FILE` the service keeps a site-bound broker ACL (`broker_acl`): written at start and
 after every certificate it issues, then the broker is told to reload it (`--acl-reload`), before
 the reply goes out, so a gateway's first connection with its new certificate is already allowed.
+The utility's own blocks (`--acl-extra FILE`: an operator console's...) are read again, checked
+(`broker_acl.extra_blocks`) and appended at every write; when the check refuses them nothing is
+written (`enrol.acl_failed`) and the broker keeps the file it has.
 
 Requests are answered one at a time by a worker thread, in the order they arrived, never on the
 MQTT client's network thread: signing, the ACL write and the broker's reload (up to 30 s) would
@@ -190,7 +193,11 @@ class EnrolmentService:
             log.error("enrol.acl_failed", path=str(self.acl.path), reason=str(exc))
             return False
         log.info(
-            "enrol.acl_written", path=str(self.acl.path), gateways=len(found.sites), left_out=found.left_out
+            "enrol.acl_written",
+            path=str(self.acl.path),
+            gateways=len(found.sites),
+            left_out=found.left_out,
+            kept=list(found.kept),
         )
         return True
 
@@ -350,7 +357,11 @@ def serve_forever(args: argparse.Namespace) -> int:
             host_id=args.acl_host_id,
             enrol_prefix=args.topic_prefix,
             reload_command=shlex.split(args.acl_reload or ""),
+            extra=args.acl_extra,
         )
+    elif args.acl_extra is not None:
+        sys.stderr.write("enrolment service: --acl-extra needs --acl (the ACL its blocks are kept in)\n")
+        return 1
     service = EnrolmentService(
         ca, topic_prefix=args.topic_prefix, allow=allow, days=args.days, renew_after=args.renew_after, acl=acl
     )

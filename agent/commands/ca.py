@@ -72,6 +72,11 @@ def _register_acl(sub: Any) -> None:
     p.add_argument("--host-id", default="scada", help="the Sparkplug primary_host_id (default scada)")
     p.add_argument("--enrol-prefix", default="enrol", help="the enrolment service's --topic-prefix")
     p.add_argument(
+        "--extra",
+        type=Path,
+        help="the utility's own user blocks (an operator console...), checked and appended (with --dir)",
+    )
+    p.add_argument(
         "--reload-command",
         help="run after writing, e.g. 'systemctl reload mosquitto' (Mosquitto re-reads its ACL on SIGHUP)",
     )
@@ -215,12 +220,15 @@ def _acl(args: argparse.Namespace) -> int:
         host_id=args.host_id,
         enrol_prefix=args.enrol_prefix,
         reload_command=shlex.split(args.reload_command or ""),
+        extra=args.extra,
     )
     found = acl.write(None if args.id_bound else CertificateAuthority.open(args.dir))
     if args.id_bound:
         _out(f"wrote {args.out}: every gateway bound to its own id, in any site")
     else:
         _out(f"wrote {args.out}: {len(found.sites)} gateway(s) bound to their id and site")
+    if args.extra is not None:
+        _out(f"kept {len(found.kept)} user block(s) from {args.extra}: {', '.join(found.kept) or 'none'}")
     for name, why in found.left_out.items():
         sys.stderr.write(f"edge-agent ca acl: left out {name}: {why}\n")
     if acl.reload_command:
