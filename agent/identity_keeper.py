@@ -7,23 +7,39 @@ pipeline keeps committing readings to the outbox; the uplink waits for the certi
 sends everything from the first reading on.
 
 Renewal: once `renewal.at_fraction` of the certificate's lifetime has passed, the agent asks the
-enrolment service for a new certificate, connecting with the current one (a new key, made on the
-device); failures are retried with backoff; past `renewal.alarm_fraction` an alarm shows in
-`status` and a `certificate_expiring` event is sent once. The identity directory swaps key and
-certificate together (`provisioning.identity`), and the uplink loads its TLS files at every
-connection, so a renewed certificate is used on the next connection without a restart.
+enrolment service for a new certificate (a new key, made on the device); failures are retried with
+backoff; past `renewal.alarm_fraction` an alarm shows in `status` and a `certificate_expiring`
+event is sent once. The identity directory swaps key and certificate together
+(`provisioning.identity`), and the uplink loads its TLS files at every connection, so a renewed
+certificate is used on the next connection without a restart.
+
+The renewal never disturbs the uplink. The shipped broker config makes a certificate's CN the
+client id (`use_username_as_clientid`), so a second connection with the gateway's certificate
+would close the uplink's and publish its Last Will (`offline`, `lost`). While the uplink is
+connected with the device certificate, the request therefore goes over the uplink's own
+connection (`UplinkTap`: publish on `enrol/<id>/csr`, the answer on `enrol/<id>/cert` of the same
+session); only while the uplink is down (nothing to close) or connected to another broker than the
+claim section's that does not answer, does the keeper open a connection of its own.
+
+When: the lifetime is counted from when the certificate was installed (its file's time), not from
+its notBefore, which the CA backdates by 5 minutes; and never sooner than `renewal.min_interval_s`
+after the install. A small `at_fraction` of a short lifetime used to make a certificate due the
+moment it was installed, and the agent renewed in a loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
+import orjson
 import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -32,7 +48,9 @@ from water_edge.core.errors import AgentError
 from water_edge.core.reading import Event, Severity, now_ns
 from water_edge.provisioning.ca import subject_text_attribute
 from water_edge.provisioning.config import ClaimSection, IdentitySection
-from water_edge.provisioning.enrol import enrol_with_claim, renewal_section
+from water_edge.provisioning.enrol import enrol_with_claim, install_reply, renewal_section
+from water_edge.provisioning.enrol_protocol import cert_topic, csr_topic
+from water_edge.provisioning.errors import ProvisioningError
 from water_edge.provisioning.identity import DeviceIdentity, device_serial
 
 log = structlog.get_logger(__name__)
@@ -96,6 +114,153 @@ def _ns(moment: dt.datetime) -> int:
     return int(moment.timestamp() * 1e9)
 
 
+# ---------------------------------------------------------------------- over the uplink
+
+
+class _Reason(Protocol):
+    @property
+    def is_failure(self) -> bool: ...
+
+
+class _Connack(Protocol):
+    @property
+    def reason(self) -> _Reason: ...
+
+
+class _Transport(Protocol):
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int: ...
+
+    def subscribe(self, topic_filter: str, qos: int) -> None: ...
+
+
+class _Listener(Protocol):
+    closed: asyncio.Event
+
+    def on_connack(self, connack: Any) -> None: ...
+
+    def on_puback(self, mid: int, reason: Any) -> None: ...
+
+    def on_message(self, topic: str, payload: bytes) -> None: ...
+
+    def on_unsuback(self, mid: int) -> None: ...
+
+    def on_closed(self, reason: str) -> None: ...
+
+
+class _Tapped:
+    """The listener of one uplink connection: the tap's reply and PUBACK go to the tap, every other
+    event to the uplink's session, untouched."""
+
+    def __init__(self, tap: UplinkTap, session: _Listener, transport: _Transport) -> None:
+        self.tap, self.session, self.transport = tap, session, transport
+        self.up = False
+        self.mids: set[int] = set()
+
+    @property
+    def usable(self) -> bool:
+        return self.up and not self.session.closed.is_set()
+
+    def on_connack(self, connack: _Connack) -> None:
+        self.up = not connack.reason.is_failure
+        self.session.on_connack(connack)
+
+    def on_puback(self, mid: int, reason: Any) -> None:
+        if mid in self.mids:
+            self.mids.discard(mid)
+            if reason.is_failure:
+                self.tap.refused(f"the broker refused the request on {self.tap.request_topic}: {reason}")
+            return
+        self.session.on_puback(mid, reason)
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.tap.reply_topic:
+            self.tap.answer(payload)
+            return
+        self.session.on_message(topic, payload)
+
+    def on_unsuback(self, mid: int) -> None:
+        self.session.on_unsuback(mid)
+
+    def on_closed(self, reason: str) -> None:
+        self.up = False
+        self.session.on_closed(reason)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
+class UplinkTap:
+    """Enrolment requests over the uplink's connection (the uplink's `ConnectionTap`): the CSR is
+    published on `{prefix}/{id}/csr` and the answer taken from `{prefix}/{id}/cert` on the same
+    session, which the shipped ACL grants the certificate the uplink connects with."""
+
+    def __init__(self, prefix: str, identity: str) -> None:
+        self.request_topic = csr_topic(prefix, identity)
+        self.reply_topic = cert_topic(prefix, identity)
+        self._conn: _Tapped | None = None
+        self._waiting: tuple[str, asyncio.Future[dict[str, Any]]] | None = None
+        self.requests = 0
+
+    def listener(self, session: Any, transport: Any) -> Any:
+        self._conn = _Tapped(self, session, transport)
+        return self._conn
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.usable
+
+    def answer(self, payload: bytes) -> None:
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        waiting = self._waiting
+        if waiting is None or not isinstance(doc, dict) or doc.get("serial") != waiting[0]:
+            return
+        if not waiting[1].done():
+            waiting[1].set_result(doc)
+
+    def refused(self, why: str) -> None:
+        if self._waiting is not None and not self._waiting[1].done():
+            self._waiting[1].set_exception(ProvisioningError(why))
+
+    async def exchange(self, serial: str, csr: bytes, timeout_s: float) -> dict[str, Any] | None:
+        """The service's answer to `csr`; None when the uplink is not connected (or closes before
+        the request is sent); raises `ProvisioningError` when the broker refuses the request or no
+        answer comes within `timeout_s`."""
+        conn = self._conn
+        if conn is None or not conn.usable:
+            return None
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting = (serial, fut)
+        closed = asyncio.ensure_future(conn.session.closed.wait())
+        try:
+            try:
+                # In order on one connection: the subscription is in place before the request
+                # reaches the service (both QoS 1; an unchanged subscription is harmless).
+                conn.transport.subscribe(self.reply_topic, qos=1)
+                conn.mids.add(
+                    conn.transport.publish(self.request_topic, orjson.dumps({"csr": csr.decode()}), 1)
+                )
+            except (AgentError, OSError) as exc:
+                log.info("identity.uplink_unusable", error=str(exc))
+                return None
+            self.requests += 1
+            waiting: set[asyncio.Future[Any]] = {fut, closed}
+            await asyncio.wait(waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._waiting = None
+            closed.cancel()
+        if fut.done():
+            return fut.result()
+        fut.cancel()
+        if conn.session.closed.is_set():
+            raise ProvisioningError("the uplink's connection closed before the enrolment service answered")
+        raise ProvisioningError(
+            f"no answer from the enrolment service over the uplink's connection within {timeout_s:g} s"
+        )
+
+
 class IdentityKeeper:
     def __init__(
         self,
@@ -120,9 +285,24 @@ class IdentityKeeper:
         self.last_error: str | None = None
         self._busy: CertState | None = None
         self._alarmed = False
+        self.tap: UplinkTap | None = None
+        self._uplink_broker: Callable[[], str] | None = None
+        self.via_uplink = 0  # renewals answered over the uplink's connection
         claim = section.claim
         if claim is None or identity.cert_file.exists() or not claim.cert_file.exists():
             self.ready.set()
+
+    def share_uplink(self, uplink: Any, cert_file: Path | None) -> None:
+        """Renew over `uplink`'s connection (see the module docstring) when it connects with the
+        device certificate (`cert_file`, its `[uplink.tls] cert_file`)."""
+        claim = self.section.claim
+        if claim is None or not self.section.renewal.enabled or cert_file is None:
+            return
+        if os.path.realpath(cert_file) != os.path.realpath(self.identity.cert_file):
+            return  # the uplink connects as someone else: its connection cannot renew this one
+        self.tap = UplinkTap(claim.topic_prefix, self.common_name)
+        uplink.tap = self.tap
+        self._uplink_broker = lambda: str(uplink.health().broker)
 
     @property
     def enrolling(self) -> bool:
@@ -142,7 +322,7 @@ class IdentityKeeper:
                 state, None, None, None, None, self.renewals, self.failed, self.last_error
             )
         start, end = _ns(cert.not_valid_before_utc), _ns(cert.not_valid_after_utc)
-        renew_at = self._renew_at(start, end)
+        renew_at = self._renew_at(start, end, self._installed_ns())
         return CertificateHealth(
             self._state(start, end),
             cert.subject.rfc4514_string(),
@@ -154,11 +334,27 @@ class IdentityKeeper:
             self.last_error,
         )
 
-    def _renew_at(self, start: int, end: int) -> int | None:
+    def _installed_ns(self) -> int | None:
+        """When the current certificate was installed (its file's time), None if unknown."""
+        try:
+            return os.stat(self.identity.cert_file).st_mtime_ns
+        except OSError:
+            return None
+
+    def _renew_at(self, start: int, end: int, installed: int | None) -> int | None:
+        """`at_fraction` of the lifetime counted from the install (notBefore when that was later),
+        and at least `min_interval_s` after the install, but not after the alarm."""
         renewal = self.section.renewal
         if self.section.claim is None or not renewal.enabled:
             return None
-        return start + int((end - start) * renewal.at_fraction)
+        if installed is None:
+            return start + int((end - start) * renewal.at_fraction)
+        installed = min(installed, self._now())  # a file time in the future counts from now
+        held = max(start, installed)
+        due = held + int((end - held) * renewal.at_fraction)
+        alarm = start + int((end - start) * renewal.alarm_fraction)
+        floor = min(installed + int(renewal.min_interval_s * 1e9), max(alarm, due))
+        return max(due, floor)
 
     def _state(self, start: int, end: int) -> CertState:
         now = self._now()
@@ -199,7 +395,9 @@ class IdentityKeeper:
         cert = self._cert()
         if cert is None:
             return None
-        renew_at = self._renew_at(_ns(cert.not_valid_before_utc), _ns(cert.not_valid_after_utc))
+        renew_at = self._renew_at(
+            _ns(cert.not_valid_before_utc), _ns(cert.not_valid_after_utc), self._installed_ns()
+        )
         if renew_at is None:
             return None
         return (renew_at - self._now()) / 1e9
@@ -218,8 +416,10 @@ class IdentityKeeper:
         first = self.enrolling
         self._busy = "enrolling" if first else "renewing"
         try:
-            section = claim if first else renewal_section(self.identity, claim)
-            await asyncio.to_thread(self._enrol, section)
+            if first:
+                await asyncio.to_thread(self._enrol, claim)
+            elif not await self._renew_over_uplink(claim):
+                await asyncio.to_thread(self._enrol, renewal_section(self.identity, claim))
         except (AgentError, OSError) as exc:
             self.failed += 1
             self.last_error = str(exc)
@@ -235,6 +435,28 @@ class IdentityKeeper:
         else:
             self.renewals += 1
             await self._event("certificate_renewed", "info", health)
+        return True
+
+    async def _renew_over_uplink(self, claim: ClaimSection) -> bool:
+        """Renew over the uplink's connection; False when it is down (renew on a connection of our
+        own: nothing to close) or, connected to a broker other than the claim section's, gets no
+        answer (the enrolment service is on that other broker)."""
+        tap = self.tap
+        if tap is None or not tap.connected:
+            return False
+        serial = device_serial(self.section.serial)
+        csr = await asyncio.to_thread(self.identity.make_csr, serial, self.common_name, self.site)
+        try:
+            reply = await tap.exchange(serial, csr, claim.timeout_s)
+        except ProvisioningError:
+            if self._uplink_broker is None or _same_broker(self._uplink_broker(), claim):
+                raise
+            log.info("identity.renewal_on_claim_broker", broker=f"{claim.host}:{claim.port}")
+            return False
+        if reply is None:
+            return False
+        await asyncio.to_thread(install_reply, self.identity, reply, serial, self.common_name)
+        self.via_uplink += 1
         return True
 
     def _enrol(self, section: ClaimSection) -> None:
@@ -262,3 +484,9 @@ class IdentityKeeper:
                 },
             )
         )
+
+
+def _same_broker(address: str, claim: ClaimSection) -> bool:
+    """Whether the uplink's broker (`host:port` as its health shows it) is the claim section's."""
+    host = f"[{claim.host}]" if ":" in claim.host else claim.host
+    return address.lower() == f"{host}:{claim.port}".lower()

@@ -146,6 +146,9 @@ class Agent:
                 clock_synchronised=lambda: self.clock_sync.state.synchronised,
                 epoch=outbox.epoch,
             )
+        # Renewal over the uplink's connection: another one as the gateway would close it.
+        tls = config.uplink.tls
+        self.identity.share_uplink(self.uplink, None if tls is None else tls.cert_file)
         self.pipeline = Pipeline(
             outbox if self.exceptions is None else ReportByException(outbox, self.exceptions),
             self.uplink.notify,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ClaimSection(BaseModel):
@@ -34,6 +35,23 @@ class RenewalSection(BaseModel):
     # Failed attempts (and first-boot enrolment) are retried with jittered backoff between these.
     retry_min_s: float = Field(default=30.0, ge=0.1)
     retry_max_s: float = Field(default=3600.0, ge=1)
+    # Never renew sooner than this after the current certificate was installed, whatever
+    # `at_fraction` of its lifetime says (a short-lived certificate and a small fraction would
+    # otherwise renew in a loop: the CA backdates a certificate by 5 minutes).
+    min_interval_s: float = Field(default=3600.0, ge=1, le=86400)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.alarm_fraction <= self.at_fraction:
+            raise ValueError(
+                f"alarm_fraction ({self.alarm_fraction:g}) must be above at_fraction "
+                f"({self.at_fraction:g}): the alarm says a renewal is overdue"
+            )
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError(
+                f"retry_max_s ({self.retry_max_s:g}) is below retry_min_s ({self.retry_min_s:g})"
+            )
+        return self
 
 
 class IdentitySection(BaseModel):

@@ -117,6 +117,11 @@ def enrol_with_claim(
     section pointing at the current certificate (`renewal_section`)."""
     csr = identity.make_csr(serial, common_name, site)
     reply = _Exchange(claim, serial, csr).run(verify_hostname)
+    install_reply(identity, reply, serial, common_name)
+
+
+def install_reply(identity: DeviceIdentity, reply: dict[str, Any], serial: str, common_name: str) -> None:
+    """Install the certificate of the enrolment service's answer `reply`; raise its refusal."""
     if reply.get("status") != "ok":
         raise ProvisioningError(f"enrolment refused: {reply.get('reason', 'no reason given')}")
     cert, ca = reply.get("cert"), reply.get("ca")

@@ -59,6 +59,7 @@ async def test_first_boot_enrolment_renewal_and_the_expiry_alarm(tmp_path: Path)
                     },
                     "renewal": {
                         "at_fraction": 0.4, "alarm_fraction": 0.7, "retry_min_s": 0.5, "retry_max_s": 1,
+                        "min_interval_s": 1,
                     },
                 }
             },

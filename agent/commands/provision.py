@@ -59,6 +59,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="renew: connect with the current certificate instead of the claim certificate",
     )
+    p.add_argument(
+        "--while-agent-runs",
+        action="store_true",
+        help="renew even though the agent runs and is connected: the broker closes the agent's "
+        "connection (same client id), and the centre sees the gateway offline until it reconnects",
+    )
     p.set_defaults(func=_enrol)
 
     p = sub.add_parser("status", help="what identity is installed")
@@ -87,6 +93,7 @@ class _Resolved:
         self.cn: str | None = args.cn or (config.gateway.id if config else None)
         self.site: str | None = args.site or (config.gateway.site if config else None)
         self.serial_override: str | None = args.serial or self.identity_cfg.serial
+        self.status_socket: Path | None = config.status_socket if config else None
 
     def serial(self) -> str:
         from water_edge.provisioning.identity import device_serial
@@ -145,6 +152,9 @@ def _guarded(fn: Any) -> Any:
         except _UsageError as exc:
             sys.stderr.write(f"edge-agent provision: {exc}\n")
             return EXIT_USAGE
+        except _RefusedError as exc:
+            sys.stderr.write(f"edge-agent provision: {exc}\n")
+            return EXIT_FAILED
         except AgentError as exc:
             sys.stderr.write(f"edge-agent provision: {exc}\n")
             return EXIT_FAILED
@@ -204,9 +214,44 @@ def _enrol(args: argparse.Namespace, r: _Resolved) -> int:
     identity = DeviceIdentity(r.directory)
     if args.renew:
         claim = renewal_section(identity, claim)
+        _refuse_to_close_the_agents_connection(r, args.while_agent_runs)
     enrol_with_claim(identity, claim, r.serial(), r.cn, r.site)
     sys.stdout.write(f"{'renewed' if args.renew else 'enrolled'}; certificate in {identity.cert_file}\n")
     return EXIT_OK
+
+
+def _refuse_to_close_the_agents_connection(r: _Resolved, anyway: bool) -> None:
+    """A renewal connects with the gateway's certificate, whose CN the shipped broker config makes
+    the client id: while the agent is connected that closes the agent's connection, and the broker
+    publishes its Last Will (the centre sees the gateway offline). Refuse, unless `anyway`."""
+    from water_edge.agent.status import AgentNotRunningError, request_status
+
+    if r.status_socket is None:
+        return
+    try:
+        status = request_status(r.status_socket, timeout=3.0)
+    except (AgentNotRunningError, OSError):
+        return  # no agent: nothing to close
+    uplink = status.get("uplink") or {}
+    if not uplink.get("connected"):
+        return  # the agent is not connected: nothing to close either
+    pid = (status.get("agent") or {}).get("pid", "?")
+    what = (
+        f"the agent is running (pid {pid}) and connected to {uplink.get('broker', 'the broker')}: a "
+        f"renewal from here connects as {r.cn} too, and the broker (one connection per client id) "
+        "closes the agent's, which the centre sees as the gateway going offline (its Last Will)"
+    )
+    if anyway:
+        sys.stderr.write(f"edge-agent provision: warning: {what}\n")
+        return
+    raise _RefusedError(
+        f"{what}; the agent renews by itself over its own connection (`edge-agent status`: cert … "
+        "renews …). Stop the agent first, or give --while-agent-runs to renew from here anyway"
+    )
+
+
+class _RefusedError(Exception):
+    pass
 
 
 @_guarded

@@ -12,6 +12,7 @@ and buffers the devices, and sends once the file is put right."""
 
 from __future__ import annotations
 
+import os
 import ssl
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from water_edge.drivers.mbus.keys import load_key
 from water_edge.provisioning.ca import subject_attribute
+from water_edge.provisioning.identity import DeviceIdentity
 
 if TYPE_CHECKING:
     from water_edge.agent.config.load import Config
@@ -157,7 +159,7 @@ def file_problems(config: Config) -> list[str]:
     claim = config.security.identity.claim
     tls = config.uplink.tls
     if tls is not None:
-        if tls.ca_file is not None:
+        if tls.ca_file is not None and not _written_at_enrolment(config, tls.ca_file):
             problems += _found(_certificates("uplink.tls.ca_file", tls.ca_file))
         if tls.cert_file is not None and tls.key_file is not None:
             # With a claim, the device certificate is written at enrolment: absent until then.
@@ -171,6 +173,15 @@ def file_problems(config: Config) -> list[str]:
     if config.update.ca_file is not None:
         problems += _found(_certificates("update.ca_file", config.update.ca_file))
     return problems + _other_files(config)
+
+
+def _written_at_enrolment(config: Config, path: Path) -> bool:
+    """`path` is the identity's CA bundle, not there yet, and enrolment (a claim section) writes it."""
+    identity = config.security.identity
+    if identity.claim is None or path.exists():
+        return False
+    written = DeviceIdentity(config.gateway.state_dir / identity.directory).ca_file
+    return os.path.abspath(path) == os.path.abspath(written)
 
 
 def _other_files(config: Config) -> list[str]:

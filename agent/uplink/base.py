@@ -85,6 +85,15 @@ class _Session(TransportListener, Protocol):
 SessionT = TypeVar("SessionT", bound=_Session)
 
 
+class ConnectionTap(Protocol):
+    """Shares the uplink's connection with another part of the agent (the identity keeper renews
+    the certificate over it: a second connection under the same client id would close this one).
+    Called at every connection; returns the listener to give the transport, which hands the
+    session every event that is not the tap's own."""
+
+    def listener(self, session: TransportListener, transport: Transport) -> TransportListener: ...
+
+
 class UplinkLoop(Generic[SessionT]):
     """The connection loop, stop and shared health of an uplink (see the module docstring)."""
 
@@ -117,6 +126,7 @@ class UplinkLoop(Generic[SessionT]):
         self._running = False
         self._stop_deadline = 0.0
         self._session: SessionT | None = None
+        self.tap: ConnectionTap | None = None  # see ConnectionTap (agent.identity_keeper)
 
     # ------------------------------------------------------------------ what an encoding adds
 
@@ -267,8 +277,9 @@ class UplinkLoop(Generic[SessionT]):
         tls_reason: Callable[[TlsError], str] = str,
     ) -> bool:
         """Connect and wait for the CONNACK; False (the state says why) if that failed."""
+        listener = session if self.tap is None else self.tap.listener(session, transport)
         try:
-            await transport.open(options, session)
+            await transport.open(options, listener)
         except TlsError as exc:
             self._fail(ConnState.TLS_ERROR, tls_reason(exc))
             return False
