@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from structlog.testing import capture_logs
 
 from tests.support.testing import write_agent_config
+from tests.test_update_failed_release import agents
 from water_edge.agent.cli import main
 from water_edge.agent.remote.audit import read_audit
 from water_edge.agent.remote.result import CommandFailedError, CommandRefusedError, CommandResult
@@ -202,30 +203,32 @@ def test_a_technician_rolls_back_by_hand_and_forward_again(
     _release(root, "0.2.0-bbbb", "0.2.0")
     (root / "current").symlink_to("releases/0.2.0-bbbb")
     (root / "previous").symlink_to("releases/0.1.0-aaaa")
-    config = write_agent_config(tmp_path, extra=f'[update]\nroot = "{root}"\n')
     restarts = tmp_path / "restarts"
-    where = ["-c", str(config), "--state-dir", str(tmp_path / "state")]
-    args = [*where, "--now", "--restart-command", f"sh -c 'echo x >> {restarts}'"]
+    # Each release starts and passes the health check a rollback by hand is judged by.
+    with agents(root, broken=set()) as status:
+        config = write_agent_config(tmp_path, status_socket=status, extra=f'[update]\nroot = "{root}"\n')
+        where = ["-c", str(config), "--state-dir", str(tmp_path / "state")]
+        args = [*where, "--now", "--restart-command", f"sh -c 'echo x >> {restarts}'"]
 
-    assert main(["update", "rollback", *args]) == 0
-    assert (root / "current").resolve().name == "0.1.0-aaaa"
-    assert (root / "previous").resolve().name == "0.2.0-bbbb"  # the way forward again
-    assert restarts.read_text().count("x") == 1
-    assert "rolled back" in capsys.readouterr().out
-    assert main(["update", "status", *where]) == 0
-    out = capsys.readouterr().out
-    assert "current  0.1.0-aaaa" in out
-    assert "previous 0.2.0-bbbb" in out
+        assert main(["update", "rollback", *args]) == 0
+        assert (root / "current").resolve().name == "0.1.0-aaaa"
+        assert (root / "previous").resolve().name == "0.2.0-bbbb"  # the way forward again
+        assert restarts.read_text().count("x") == 1
+        assert "rolled back" in capsys.readouterr().out
+        assert main(["update", "status", *where]) == 0
+        out = capsys.readouterr().out
+        assert "current  0.1.0-aaaa" in out
+        assert "previous 0.2.0-bbbb" in out
 
-    assert main(["update", "rollback", *args]) == 0
-    assert (root / "current").resolve().name == "0.2.0-bbbb"
-    outcomes = [(a["action"], a["outcome"]) for a in read_audit(tmp_path / "state" / "audit.log")]
-    assert outcomes.count(("update", "rolled_back")) == 2
+        assert main(["update", "rollback", *args]) == 0
+        assert (root / "current").resolve().name == "0.2.0-bbbb"
+        outcomes = [(a["action"], a["outcome"]) for a in read_audit(tmp_path / "state" / "audit.log")]
+        assert outcomes.count(("update", "rolled_back")) == 2
 
-    (root / "previous").unlink()
-    assert main(["update", "rollback", *args]) != 0
-    assert "no previous release" in capsys.readouterr().out
-    assert (root / "current").resolve().name == "0.2.0-bbbb"
+        (root / "previous").unlink()
+        assert main(["update", "rollback", *args]) != 0
+        assert "no previous release" in capsys.readouterr().out
+        assert (root / "current").resolve().name == "0.2.0-bbbb"
 
 
 def test_a_second_update_while_the_first_still_waits_for_the_updater_is_refused_not_swapped(

@@ -245,11 +245,13 @@ def test_a_failed_health_check_returns_to_the_running_release_and_leaves_the_flo
     assert gateway.current() == "0.2.0-running"
     assert orjson.loads((gateway.root / "min-version.json").read_bytes())["min_version"] == "0.2.0"
 
-    # A rollback by hand to a previous release at or above the floor still works.
+    # The release that failed is no rollback target (there was none before it).
+    assert not (gateway.root / "previous").exists()
+    assert list(gateway.layout.failed_releases()) == [f"0.3.0-{sha[:8]}"]
     gateway.rollback_request()
     state = gateway.run()
-    assert state.phase == "rolled_back", state
-    assert gateway.current() == f"0.3.0-{sha[:8]}"
+    assert (state.phase, state.reason) == ("failed", "no previous release to roll back to"), state
+    assert gateway.current() == "0.2.0-running"
 
 
 def test_a_trial_the_agent_forges_cannot_take_the_gateway_back_below_the_floor(tmp_path: Path) -> None:

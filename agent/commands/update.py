@@ -2,7 +2,7 @@
 
     edge-agent update status                   releases, the last update and how it ended
     edge-agent update apply /media/usb/x.tar   check a bundle's signature, hand it to the updater
-    edge-agent update rollback                 back to the previous release, now
+    edge-agent update rollback                 back to the previous release, now (health-checked)
     edge-agent update min-version [1.3.0]      the lowest release this gateway installs; raise it
     edge-agent update run                      the updater itself (edge-agent-update.service runs it)
 
@@ -76,7 +76,10 @@ def register(subparsers: Any) -> None:
     updater_options(p)
     p.set_defaults(func=_apply)
 
-    p = sub.add_parser("rollback", help="switch back to the previous release and restart")
+    p = sub.add_parser(
+        "rollback",
+        help="switch back to the previous release and restart; back again if it fails its health check",
+    )
     common(p)
     p.add_argument("--now", action="store_true", help="run the updater here instead of through its service")
     updater_options(p)
@@ -194,6 +197,8 @@ def _status(args: argparse.Namespace) -> int:
     print(f"current  {health.current_release or '(not installed in ' + str(root) + ')'}")
     print(f"previous {health.previous_release or '-'}")
     print(f"minimum  {_floor_line(Layout(root))}")
+    for name, record in sorted(Layout(root).failed_releases().items()):
+        print(f"failed   {name}: {record.get('reason') or 'failed its health check'} (no rollback target)")
     print(_describe(state))
     for line in state.log[-8:]:
         print(f"  {line}")
@@ -257,20 +262,21 @@ def _rollback(args: argparse.Namespace) -> int:
     config = _config(args)
     state_dir = _state_dir(args, config)
     user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
+    request: dict[str, Any] = {
+        "action": "rollback",
+        "requested_by": f"edge-agent update rollback by {user}",
+        "requested_ns": now_ns(),
+    }
+    if args.health_window:
+        request["health_window_s"] = args.health_window
     try:
-        _files(state_dir).write_request(
-            {
-                "action": "rollback",
-                "requested_by": f"edge-agent update rollback by {user}",
-                "requested_ns": now_ns(),
-            }
-        )
+        _files(state_dir).write_request(request)
     except OSError as exc:  # a link at update/ (refused), a full disk
         sys.stderr.write(f"edge-agent update: rollback not requested: {exc}\n")
         return EXIT_FAILED
     if args.now:
         return _run_locked(args, config, state_dir)
-    print("rollback requested; follow it with: edge-agent update status")
+    print("rollback requested (health-checked as an update is); follow it with: edge-agent update status")
     return EXIT_OK
 
 

@@ -46,12 +46,13 @@ class Baseline:
         )
 
 
-def problems(status: dict[str, Any] | None, version: str, baseline: Baseline) -> list[str]:
-    """What still keeps the new release from passing (empty: it passes)."""
+def problems(status: dict[str, Any] | None, version: str | None, baseline: Baseline) -> list[str]:
+    """What still keeps the new release from passing (empty: it passes). `version` None: a release
+    with no recorded version (installed by an install.sh from before release.json), any answers."""
     if status is None:
         return ["no answer on the status socket (not running yet, or crashing)"]
     agent = status.get("agent", {})
-    if agent.get("version") != version:
+    if version is not None and agent.get("version") != version:
         return [f"the agent answering is version {agent.get('version')}, expected {version}"]
     if baseline.pid is not None and agent.get("pid") == baseline.pid:
         return ["the old agent process still answers"]

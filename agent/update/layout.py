@@ -9,6 +9,8 @@
                                thin bundles need only carry what changed
     staging/                   bundles copied out of the agent's reach while they are checked
     min-version.json           the lowest release this gateway installs (floor.py); none: no floor
+    failed-releases.json       releases that failed their health check here: never a rollback target
+                               again (an explicit apply of the bundle tries one again); none: none
 
 A virtualenv cannot be moved (its scripts name their interpreter by absolute path), so each release
 is built where it stays. `switch()` swaps `current` with one rename, which is atomic: a power cut
@@ -48,6 +50,7 @@ class Layout:
         self.wheels = root / "wheels"
         self.staging = root / "staging"
         self.min_version = root / "min-version.json"
+        self.failed = root / "failed-releases.json"
 
     def release(self, link: Path) -> Release | None:
         """The release a link points at, or None if there is none."""
@@ -102,6 +105,62 @@ class Layout:
             self._link(self.previous, failed.path)
         fsync_dir(self.root)
         return back
+
+    def switch_back(self, previous: Path | None) -> Release | None:
+        """Leave a release that failed its health check: `previous` becomes current, and `previous`
+        then names `previous` given (what it named before the failed attempt), or nothing: the
+        failed release is never left as the rollback target. Returns the new current."""
+        back = self.release(self.previous)
+        if back is None:
+            return None
+        self._link(self.current, back.path)
+        if previous is None:
+            self.previous.unlink(missing_ok=True)
+        else:
+            self._link(self.previous, previous)
+        fsync_dir(self.root)
+        return back
+
+    def failed_releases(self) -> dict[str, dict[str, Any]]:
+        """The releases that failed their health check on this gateway, by name (failed-releases.json,
+        root's); {} when there is none or it cannot be read."""
+        try:
+            doc = orjson.loads(self.failed.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        records = doc.get("releases") if isinstance(doc, dict) else None
+        if not isinstance(records, dict):
+            return {}
+        return {str(k): v for k, v in records.items() if isinstance(v, dict)}
+
+    def mark_failed(self, release: Release, record: dict[str, Any]) -> None:
+        """Remember that `release` failed its health check (`record`: why, when, which update)."""
+        records = self.failed_releases()
+        records[release.name] = {"version": release.version, **record}
+        self._write_failed(records)
+
+    def clear_failed(self) -> None:
+        """Forget the releases that are current (it passed its health check) or no longer installed."""
+        records = self.failed_releases()
+        current = self.release(self.current)
+        kept = {
+            name: record
+            for name, record in records.items()
+            if (current is None or name != current.name) and (self.releases / name).exists()
+        }
+        if kept != records:
+            self._write_failed(kept)
+
+    def _write_failed(self, records: dict[str, dict[str, Any]]) -> None:
+        if not records:
+            self.failed.unlink(missing_ok=True)
+        else:
+            tmp = self.failed.with_name(f".{self.failed.name}.tmp")
+            tmp.write_bytes(orjson.dumps({"releases": records}, option=orjson.OPT_INDENT_2))
+            with tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+            tmp.replace(self.failed)
+        fsync_dir(self.root)
 
     def prune(self, keep: set[Path]) -> list[str]:
         """Remove releases other than `keep` (current and previous) and unfinished ones."""

@@ -48,7 +48,14 @@ class UpdateHealth:
             return [line]
         target = f" {self.to_version}" if self.to_version else ""
         why = f" ({self.reason})" if self.reason else ""
-        return [f"{line}  last update{target}: {self.phase.replace('_', ' ')}{why}"]
+        # An update rolled back by its health check: the release is remembered as failed
+        # (failed-releases.json) and is no rollback target.
+        failed = (
+            "; marked failed, no rollback target"
+            if self.phase == "rolled_back" and not (self.update_id or "").startswith("rollback-")
+            else ""
+        )
+        return [f"{line}  last update{target}: {self.phase.replace('_', ' ')}{why}{failed}"]
 
 
 def update_health(version: str, files: UpdateFiles, layout: Layout | None) -> UpdateHealth:

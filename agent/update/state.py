@@ -213,6 +213,10 @@ class UpdateState:
     health_window_s: float = 300.0
     # What worked just before the switch (`judge.Baseline`), kept so a resumed trial judges alike.
     baseline: dict[str, Any] | None = None
+    # The release `previous` named before the switch ("": none), put back if the release on trial
+    # fails: a failed release is never left as the rollback target. None: a state written before
+    # it was recorded (an updater of an older release began the trial); `previous` is then cleared.
+    previous_before: str | None = None
     log: list[str] = field(default_factory=list)  # one line per step, newest last
 
     def to_json(self) -> dict[str, Any]:

@@ -7,9 +7,14 @@ starts, so switching `current` never changes the code doing the switching.
     a release below root's minimum version (floor.py) -> build releases/<version>-<id> (venv +
     exactly the listed wheels) -> its check-config on the live config -> note what works now
     (baseline) -> switch current (atomic) -> restart the agent -> judge its status within the
-    health window -> raise the minimum to the release's signed `min_version`, committed; or switch
-    back, restart, rolled back (at once when the supervisor has had to restart it
-    `rollback_after_restarts` times)
+    health window -> raise the minimum to the release's signed `min_version`, committed; or mark
+    it failed, switch back (`previous` names again what it named before), restart, rolled back (at
+    once when the supervisor has had to restart it `rollback_after_restarts` times)
+
+A rollback by hand is judged the same way: the release it returns to must pass the health check,
+or the gateway goes back to the release it left. A release that failed its health check is
+remembered (failed-releases.json in the install root) and is never a rollback target: trying it
+again is an explicit apply of its bundle, judged like any update.
 
 Every step goes to state.json (for `edge-agent update status` and the agent's `update` events) and
 the outcome to the security audit log. A power cut during a trial leaves state.json in `trial`;
@@ -117,6 +122,8 @@ class Updater:
         self.poll_s = poll_s
         self._now = clock_ns
         self.state = files.read_state()
+        # The state as this run found it: the last update (a rollback checks what it said).
+        self._last = self.state
         # Why state.json could not be written the last time it was tried; None once it was.
         self.state_unwritten: str | None = None
 
@@ -126,7 +133,7 @@ class Updater:
         """Resume an interrupted trial, else carry out the pending request (if any). A link or a
         file the updater may not trust in the update directory ends it `failed`, naming the path."""
         try:
-            self.state = self.files.load_state()
+            self.state = self._last = self.files.load_state()
             self._resume_or_take_request()
         except UnsafeUpdateFileError as exc:
             self._refused(exc)
@@ -152,7 +159,7 @@ class Updater:
         if request is None:
             return
         if request.get("action") == "rollback":
-            self.rollback(str(request.get("requested_by", "")))
+            self.rollback(request)
         else:
             self.apply(request)
 
@@ -165,20 +172,31 @@ class Updater:
 
     # ------------------------------------------------------------------ apply
 
+    def _window(self, request: dict[str, Any]) -> float | str:
+        """The request's health window in seconds, or why it is not one."""
+        window = request.get("health_window_s") or self.health_window_s
+        if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window < math.inf:
+            return f"health_window_s {str(window)[:40]!r} is not a number of seconds"
+        return float(window)
+
+    def _refuse_request(self, request: dict[str, Any], problem: str, action: str = "apply") -> None:
+        now = self._now()
+        by = str(request.get("requested_by", ""))[:200]
+        self.state = UpdateState(
+            id=f"refused-{now}", phase="verifying", action=action, requested_by=by, started_ns=now
+        )
+        self._finish("failed", f"the request's {problem}; nothing was done")
+
     def apply(self, request: dict[str, Any]) -> None:
         sha = str(request.get("sha256", ""))
-        window = request.get("health_window_s") or self.health_window_s
+        window = self._window(request)
         # The agent writes the request: its sha256 names root's work directory and the release.
-        problem = None if _SHA256.fullmatch(sha) else f"sha256 {sha[:80]!r} is not a sha256 in lower-case hex"
-        if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window < math.inf:
-            problem = problem or f"health_window_s {str(window)[:40]!r} is not a number of seconds"
-        if problem is not None:
-            now = self._now()
-            by = str(request.get("requested_by", ""))[:200]
-            self.state = UpdateState(id=f"refused-{now}", phase="verifying", requested_by=by, started_ns=now)
-            self._finish("failed", f"the request's {problem}; nothing was done")
+        if not _SHA256.fullmatch(sha):
+            self._refuse_request(request, f"sha256 {sha[:80]!r} is not a sha256 in lower-case hex")
             return
-        window = float(window)
+        if isinstance(window, str):
+            self._refuse_request(request, window)
+            return
         self.state = UpdateState(
             id=sha,
             phase="verifying",
@@ -207,15 +225,15 @@ class Updater:
             where = f" ({exc.filename})" if exc.filename else ""
             self._finish("failed", f"unpacking or installing failed: {exc.strerror or exc}{where}")
             return
-        baseline = self._status()
+        if target.name in self.layout.failed_releases():
+            self._note(
+                f"{target.name} failed its health check before: tried again as asked, judged as any update"
+            )
+        previous = self.layout.release(self.layout.previous)
+        # Put back if this release fails (a failed release is no rollback target: none then).
+        self.state.previous_before = "" if previous is None or self._failed(previous) else previous.name
         self.state.to_release = target.name
-        self.state.phase = "trial"
-        self.state.trial_deadline_ns = self._now() + int(window * 1e9)
-        self.state.baseline = judge.Baseline.from_status(baseline).to_json()
-        # On disk before the switch: a power cut right after it must find a trial to judge at boot.
-        if not self._save():
-            why = f"the trial could not be recorded ({self.state_unwritten}); nothing was switched"
-            self._finish("failed", why)
+        if not self._begin_trial(window):
             return
         self.layout.switch(target)
         self._note(f"switched current to {target.name}; restarting the agent")
@@ -273,6 +291,20 @@ class Updater:
             return read_floor(self.layout.min_version)
         except FloorError as exc:
             raise UpdateFailedError(f"refused: {exc}; no release is installed until it is fixed") from None
+
+    def _begin_trial(self, window: float) -> bool:
+        """Note what works now and record the trial, before the switch: a power cut right after it
+        must find a trial to judge at boot. False (the update failed, nothing switched) when it
+        cannot be recorded."""
+        self.state.phase = "trial"
+        self.state.trial_deadline_ns = self._now() + int(window * 1e9)
+        self.state.baseline = judge.Baseline.from_status(self._status()).to_json()
+        if self._save():
+            return True
+        self._finish(
+            "failed", f"the trial could not be recorded ({self.state_unwritten}); nothing was switched"
+        )
+        return False
 
     def _work_dir(self) -> Path:
         return self.layout.staging / (self.state.id[:16] or "bundle")
@@ -374,7 +406,8 @@ class Updater:
     # ------------------------------------------------------------------ judging
 
     def _judge_and_finish(self, window_s: float) -> None:
-        version = self.state.to_version or ""
+        # A rollback by hand may return to a release with no recorded version: any version passes.
+        version = self.state.to_version if self.state.action == "rollback" else self.state.to_version or ""
         baseline = judge.Baseline.from_json(self.state.baseline)
         started = time.monotonic()
         # Read only when it can decide something: each read runs the supervisor's probe.
@@ -405,25 +438,91 @@ class Updater:
         # Not true of a trial this updater began: the minimum rises only once a release is committed,
         # and `update min-version` never sets it above the current one. A `trial` state.json the agent
         # forged for the committed release would otherwise take the gateway back below it.
-        if problem := self._below_floor(self.layout.release(self.layout.previous)):
+        back = self.layout.release(self.layout.previous)
+        if problem := self._below_floor(back):
             self._finish("failed", f"{reason}; not rolled back, {problem}")
             return
-        back = self.layout.swap_back()
         if back is None:
             self._finish("failed", reason + "; no previous release to roll back to")
             return
-        self._note(f"rolled back to {back.name}; restarting the agent")
+        failed = self.layout.release(self.layout.current)
+        restored = self._previous_before(failed, back)
+        # Marked before the switch: a power cut in between is judged again at boot, and a release
+        # that passes then is committed, which forgets the mark.
+        if failed is not None:
+            self._mark_failed(failed, reason)
+        self.layout.switch_back(restored)
+        again = f"previous is {restored.name} again" if restored else "no previous release now"
+        self._note(f"rolled back to {back.name} ({again}); restarting the agent")
         self._restart()
+        if self.state.action == "rollback":
+            self._finish(
+                "failed",
+                f"the rollback to {self.state.to_release} failed: {reason}; returned to {back.name}, "
+                f"the release it rolled back from ({self.state.to_release} is marked failed)",
+            )
+            return
         self._finish("rolled_back", reason)
+
+    def _previous_before(self, failed: Release | None, back: Release) -> Path | None:
+        """The release `previous` named before this update, to name again once `failed` is left
+        for `back`; None when there was none, it is not known (a trial an older updater recorded),
+        it is gone, or it is no rollback target (the failed release, one that failed before). The
+        name comes from state.json, which the agent can write: only a release in releases/ is taken."""
+        name = self.state.previous_before
+        if not name or name in (".", "..") or "/" in name:
+            return None
+        path = self.layout.releases / name
+        if not path.is_dir() or path.resolve() == back.path.resolve():
+            return None
+        if (failed is not None and name == failed.name) or name in self.layout.failed_releases():
+            return None
+        return path
+
+    def _mark_failed(self, release: Release, reason: str) -> None:
+        record = {
+            "reason": reason,
+            "failed_ns": self._now(),
+            "update": self.state.id,
+            "action": self.state.action,
+        }
+        try:
+            self.layout.mark_failed(release, record)
+        except OSError as exc:
+            self._note(f"{release.name} was not recorded as failed: {exc}")
+
+    def _failed(self, release: Release) -> str | None:
+        """Why `release` is no rollback target (it failed its health check here), or None. A gateway
+        rolled back by an updater from before failed-releases.json has only its last state.json to say
+        so (`previous` was then left on the failed release)."""
+        record = self.layout.failed_releases().get(release.name)
+        if record is not None:
+            when = record.get("failed_ns")
+            at = f" at {_utc(when)}" if isinstance(when, int) else ""
+            return f"failed its health check{at}: {record.get('reason') or 'no reason recorded'}"
+        last = self._last
+        if last.phase == "rolled_back" and last.action == "apply" and last.to_release == release.name:
+            return f"failed its health check in the last update: {last.reason or 'no reason recorded'}"
+        return None
 
     def _commit(self) -> None:
         """The release on trial passed: the minimum rises to what it sets, then it is committed.
         Never the other way round: a trial a power cut interrupted in between would be judged again
-        and, failing, go back to a release below the new minimum."""
+        and, failing, go back to a release below the new minimum. A rollback by hand that passed
+        raises nothing (the minimum may have been lowered on purpose to reach it) and prunes nothing."""
+        if self.state.action == "rollback":
+            self._finish(
+                "rolled_back", f"rolled back by hand ({self.state.requested_by or 'on the gateway'})"
+            )
+            return
         self._raise_floor()
         self._finish("committed", None)
         kept = [self.layout.current.resolve(), self.layout.previous.resolve()]
         self.layout.prune(set(kept))
+        try:
+            self.layout.clear_failed()  # it passed (an explicit retry), or was pruned
+        except OSError as exc:
+            log.warning("update.failed_record_not_written", path=str(self.layout.failed), error=str(exc))
         if dropped := self.layout.prune_wheels([k for k in kept if k.exists()]):
             log.info("update.wheels_removed", count=len(dropped), wheels=dropped[:20])
 
@@ -469,14 +568,21 @@ class Updater:
             return False
         return floor is not None and floor.update == f"{self.state.id}@{self.state.started_ns}"
 
-    def rollback(self, requested_by: str) -> None:
-        """A rollback asked for by hand: previous becomes current, no health window; refused when
-        previous is below root's minimum (a request the agent can write, too)."""
+    def rollback(self, request: dict[str, Any]) -> None:
+        """A rollback asked for by hand: previous becomes current and is judged like a new release
+        (the same health check within the window); if it fails, the gateway returns to the release
+        it left. Refused when previous is below root's minimum (a request the agent can write, too)
+        or failed its health check here (an explicit apply of its bundle tries it again)."""
+        window = self._window(request)
+        if isinstance(window, str):
+            self._refuse_request(request, window, action="rollback")
+            return
+        by = str(request.get("requested_by", ""))[:200]
         current = self.layout.release(self.layout.current)
         self.state = UpdateState(
-            id=f"rollback-{self._now()}", phase="verifying", action="rollback", requested_by=requested_by,
+            id=f"rollback-{self._now()}", phase="verifying", action="rollback", requested_by=by,
             from_release=current.name if current else None, from_version=current.version if current else None,
-            started_ns=self._now(),
+            started_ns=self._now(), health_window_s=window,
         )  # fmt: skip
         previous = self.layout.release(self.layout.previous)
         if previous is not None:
@@ -484,13 +590,27 @@ class Updater:
         if problem := self._below_floor(previous):
             self._finish("failed", f"{problem}; nothing was switched")
             return
-        back = self.layout.swap_back()
-        if back is None:
+        if previous is None:
             self._finish("failed", "no previous release to roll back to")
             return
-        self.state.to_release, self.state.to_version = back.name, back.version
+        if why := self._failed(previous):
+            self._finish(
+                "failed",
+                f"refused: the previous release {previous.name} {why}; nothing was switched. To try it "
+                "again, apply its bundle (`edge-agent update apply`, or a signed `update`): it is then "
+                "judged and rolled back like any update",
+            )
+            return
+        self._note(f"rollback by hand requested by {by or 'someone on the gateway'}")
+        # If it fails, the release left becomes current again and nothing is the rollback target.
+        self.state.previous_before = previous.name
+        if not self._begin_trial(window):
+            return
+        self.layout.swap_back()
+        self._note(f"switched current to {previous.name} (rolled back by hand); restarting the agent")
+        self._audit("switched", to=previous.version, release=previous.name)
         self._restart()
-        self._finish("rolled_back", f"rolled back by hand ({requested_by or 'on the gateway'})")
+        self._judge_and_finish(window)
 
     # ------------------------------------------------------------------ helpers
 
@@ -550,6 +670,10 @@ class Updater:
             audit.record("update", outcome, id=self.state.id[:64], by=self.state.requested_by, **fields)
         finally:
             audit.close()
+
+
+def _utc(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ns / 1e9))
 
 
 def _copy_limited(src: IO[bytes], source: Path, target: Path, limit: int) -> None:
