@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 from pathlib import Path
 
 from tests.support.pki import Pki
@@ -19,6 +20,7 @@ from water_edge.agent.uplink.config import TlsConfig
 from water_edge.agent.uplink.connection import PahoTransport
 from water_edge.agent.uplink.transport import Connack, ConnectOptions, Reason, Will
 from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.provisioning.identity import DeviceIdentity
 
 REVOKED = (
     "the broker refused this gateway's certificate: revoked (TLS alert certificate_revoked); the CA "
@@ -121,13 +123,24 @@ async def test_a_revoked_certificate_is_named_by_the_uplink_and_by_the_cert_line
     assert "cert     valid  " in "\n".join(online.to_json()["agent"]["lines"])
 
 
-async def test_a_certificate_of_another_ca_is_named_as_such(tmp_path: Path) -> None:
+async def test_an_expired_certificate_and_one_of_another_ca_are_named_as_such(tmp_path: Path) -> None:
     pki, other = Pki(tmp_path / "ours"), Pki(tmp_path / "theirs")
     stranger = other.device("gw", GATEWAY, "SER-X1", SITE)
     tls = TlsConfig(ca_file=pki.ca_file, cert_file=stranger.cert_file, key_file=stranger.key_file)
+    old = DeviceIdentity(tmp_path / "old")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    expired = tmp_path / "expired.pem"
+    csr = old.make_csr("SER-E1", GATEWAY, SITE)
+    expired.write_bytes(pki.ca.sign_csr(csr, not_before=past, not_after=past + dt.timedelta(days=1)))
     with pki.broker() as broker:
         reason = await close_reason(broker.host, broker.port, tls, GATEWAY)
+        outdated = TlsConfig(ca_file=pki.ca_file, cert_file=expired, key_file=old.pending / "key.pem")
+        too_old = await close_reason(broker.host, broker.port, outdated, GATEWAY)
     assert reason.startswith(
         "the broker refused this gateway's certificate: issued by a CA the broker does not trust "
         "(TLS alert unknown_ca)"
     ), reason
+    assert too_old.startswith(
+        "the broker refused this gateway's certificate: expired or not yet valid (TLS alert "
+        "certificate_expired); by the broker's clock"
+    ), too_old
