@@ -51,7 +51,7 @@ from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.secrets import Secret, config_secret_refs, resolved
 from water_edge.agent.status import StatusServer
 from water_edge.agent.status_document import AgentStatus, ProcessorStatus, RejectedInputs, StatusDocument
-from water_edge.agent.supervisor import DeviceRunner
+from water_edge.agent.supervisor import DeviceRunner, bound_latest
 from water_edge.agent.update.layout import Layout
 from water_edge.agent.update.report import UpdateWatch, update_health
 from water_edge.agent.update.state import UpdateFiles
@@ -64,7 +64,7 @@ from water_edge.agent.watchdog import Notifier, Watchdog, watchdog_interval_s
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.stats import BufferHealth, buffer_health
 from water_edge.core.backoff import Backoff
-from water_edge.core.errors import AgentError, BufferError
+from water_edge.core.errors import BufferError
 from water_edge.core.processor import Processor, WantsStreams
 from water_edge.core.quarantine import moved_aside_event
 from water_edge.core.reading import Event, Reading, now_ns
@@ -258,19 +258,17 @@ class Agent:
             self._stop.set()
 
     async def read_now(self, devices: list[str] | None) -> dict[str, Any]:
-        """One extra read of the named devices (all when None), submitted like a poll's."""
-        result: dict[str, Any] = {}
+        """The `read_now` command for the named devices (all when None), by their runners
+        (`DeviceRunner.read_now`): a polled device read once more between two polls, submitted like
+        a poll's; a streaming device answered from its latest readings, never read a second time."""
+        result: dict[str, dict[str, Any]] = {}
         for runner in self.runners:
-            if devices is not None and runner.name not in devices:
-                continue
-            try:
-                readings = await runner.driver.read()
-            except AgentError as exc:
-                result[runner.name] = {"error": str(exc)}
-                continue
-            await self.pipeline.submit(runner.config.stream_name, readings)
-            result[runner.name] = {"readings": len(readings)}
-        return result
+            if devices is None or runner.name in devices:
+                result[runner.name] = await runner.read_now()
+        for name in devices or ():
+            result.setdefault(name, {"error": "no such device on this gateway (or not enabled)"})
+        bound_latest(result)
+        return dict(result)
 
     def status_document(self) -> StatusDocument:
         gw = self.config.gateway

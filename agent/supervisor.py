@@ -5,6 +5,12 @@ bad-quality reading for every tag at each poll so the centre sees a gap as a gap
 driver after a capped, jittered backoff. An unexpected exception from a driver is the one place
 with a last-resort handler: it is logged with its traceback, counted, and treated the same way.
 `DeviceRunner.status()` is the device's entry in the status document's `drivers` section.
+
+`DeviceRunner.read_now()` answers the signed `read_now` command without disturbing the device's
+own reading: a polled device is read once more between two of its polls (never at the same time as
+one); a streaming device is not read at all (its transport has one reader, the stream, and a
+second one would take its data or break it): the answer is the latest reading of each tag as the
+stream delivered it, with its age. See docs/security.md ("read_now").
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Final, Literal
 
+import orjson
 import structlog
 
 from water_edge.agent.frozen_values import FrozenValues, held_upstream
@@ -32,6 +39,11 @@ log = structlog.get_logger(__name__)
 ReadingSink = Callable[[str, list[Reading]], Awaitable[None]]
 EventSink = Callable[[Event], Awaitable[None]]
 DriverState = Literal["starting", "up", "down", "stopped"]
+
+# The `latest` values of streaming devices in one `read_now` answer, JSON bytes at most: the whole
+# answer must stay under the command result's bound (`agent.remote.result.MAX_DETAIL_BYTES`, 16 KiB),
+# or it would be replaced by its size. Tags past it are counted (`latest_left_out`), not listed.
+READ_NOW_LATEST_BYTES: Final = 12 * 1024
 
 
 @dataclass
@@ -97,6 +109,28 @@ class RunnerStatus:
         return [line]
 
 
+def bound_latest(answers: dict[str, dict[str, Any]], max_bytes: int = READ_NOW_LATEST_BYTES) -> None:
+    """Cut the `latest` maps of streaming devices' `read_now` answers (in place) to `max_bytes` of
+    JSON in all, in device then tag order; each answer cut counts what it left out in
+    `latest_left_out`, so that an answer is never too long to be sent."""
+    room = max_bytes
+    for answer in answers.values():
+        latest = answer.get("latest")
+        if not isinstance(latest, dict):
+            continue
+        kept: dict[str, Any] = {}
+        for tag, entry in latest.items():
+            size = len(orjson.dumps({tag: entry}, default=str))
+            if size > room:
+                break
+            kept[tag] = entry
+            room -= size
+        if len(kept) < len(latest):
+            answer["latest"] = kept
+            answer["latest_left_out"] = len(latest) - len(kept)
+            room = 0  # later devices list nothing rather than a scattered few
+
+
 # A stream up for this long has proved itself: its next loss is retried from the shortest wait.
 STREAM_STABLE_S = 10.0
 
@@ -134,6 +168,10 @@ class DeviceRunner:
         self._down_from_last_run = False
         after = config.frozen_after_s
         self.frozen = None if after is None else FrozenValues(after)
+        # One read of the driver at a time: a poll and a `read_now` never overlap.
+        self._reading = asyncio.Lock()
+        # A streaming device's latest reading of each tag, as delivered (what `read_now` answers).
+        self._latest: dict[str, Reading] | None = {} if isinstance(driver, Streaming) else None
 
     @property
     def name(self) -> str:
@@ -234,6 +272,10 @@ class DeviceRunner:
             await asyncio.sleep(max(0.0, self._retry_at - loop.time()))
 
     async def _poll_once(self) -> None:
+        async with self._reading:
+            await self._poll_once_locked()
+
+    async def _poll_once_locked(self) -> None:
         loop = asyncio.get_running_loop()
         self.stats.polls += 1
         try:
@@ -265,7 +307,57 @@ class DeviceRunner:
             await self._judge_values(self.frozen, readings)
             if self.frozen.frozen_since_ns is not None:
                 readings = [held_upstream(r) for r in readings]
+        if self._latest is not None:
+            latest = self._latest
+            for r in readings:
+                latest[r.tag] = r
         await self._on_readings(self.config.stream_name, readings)
+
+    async def read_now(self) -> dict[str, Any]:
+        """The `read_now` command's answer for this device; never a second read beside its own.
+
+        Polled: one read between two polls (under the poll's lock), submitted like a poll's:
+        `{"readings": n}`, or `{"error": why}` (the device down or the read failed; the poll loop
+        alone decides the device's state). Streaming: no read at all (see `streaming_answer`)."""
+        if self._latest is not None:
+            return self.streaming_answer()
+        async with self._reading:
+            if not self._open:
+                return {"error": f"device is {self.stats.state}: {self.stats.last_error or 'not open yet'}"}
+            try:
+                async with asyncio.timeout(self._guard_s):
+                    readings = await self.driver.read()
+            except (DriverIOError, TimeoutError) as exc:
+                return {"error": str(exc) or "timed out"}
+            except Exception as exc:
+                log.exception("driver.read_now_crashed", driver=self.name)
+                return {"error": f"read failed: {type(exc).__name__}: {exc}"}
+            await self._deliver(readings)
+        return {"readings": len(readings)}
+
+    def streaming_answer(self) -> dict[str, Any]:
+        """A streaming device's `read_now` answer, from what its stream delivered, nothing read:
+        `{"streaming": true, "state": ..., "tags": n, "latest": {tag: {"value", "quality",
+        "age_s", ["unit"], ["reason"]}}}`, and `error` (why) while it is not up. Nothing is
+        submitted: every one of these readings has gone to the pipeline when it came."""
+        now = now_ns()
+        latest: dict[str, dict[str, Any]] = {}
+        for tag, r in sorted((self._latest or {}).items()):
+            entry: dict[str, Any] = {
+                "value": r.value,
+                "quality": r.quality,
+                "age_s": round(max(0, now - r.ts_ns) / 1e9, 1),
+            }
+            if r.unit:
+                entry["unit"] = r.unit
+            if r.reason:
+                entry["reason"] = r.reason
+            latest[tag] = entry
+        answer: dict[str, Any] = {"streaming": True, "state": self.stats.state, "tags": len(latest)}
+        if self.stats.state != "up" and self.stats.last_error:
+            answer["error"] = self.stats.last_error
+        answer["latest"] = latest
+        return answer
 
     async def _judge_values(self, frozen: FrozenValues, readings: list[Reading]) -> None:
         """`frozen_after_s`: a `values_frozen` / `values_resumed` event when the values stop or

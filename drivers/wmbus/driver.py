@@ -25,20 +25,28 @@ however many neighbours a receiver in a city hears. The others are counted
 lists every meter heard. `heard.*` tags are survey observations, not learnt tags
 (`WmbusConfig.unlearnt_tag_prefixes`): no stand-in readings for them while the receiver is down.
 
+The receivers have one listener at a time: `stream()` (the running device) or `read()` /
+`listen_readings()` (`edge-agent probe`). A second one would wait on the same byte streams, take
+telegrams from the first or break its receiver (asyncio allows one reader per stream); it is
+refused with `DriverIOError` instead, and the first goes on undisturbed. The agent's `read_now`
+command never reads a streaming device (`agent.supervisor.DeviceRunner.read_now`).
+
 Keys are read from the config or their secret references when the driver opens, never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Self
 
 import structlog
 
+from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import BAD, GOOD, Reading, now_ns
 from water_edge.drivers.base import DeviceConfig, TagInfo
 from water_edge.drivers.mbus.crypto import MbusKeyError
@@ -146,6 +154,8 @@ class WmbusDriver:
         self._counts = dict.fromkeys(COUNTS, 0)
         self._duplicates = Duplicates(config.duplicate_window_s)
         self._last_frame_ns: int | None = None
+        # Who listens to the receivers now (`_listening`): a token of `stream()` or of a read.
+        self._listener: tuple[str, object] | None = None
         # `listen`: the meters not configured that give `heard.*` readings (the first
         # `listen_max_meters` heard) and those left out. Kept in the driver, not in a receiver's
         # connection: the supervisor reopens this same object, and the set of tags stays as it was.
@@ -178,6 +188,9 @@ class WmbusDriver:
     async def open(self) -> None:
         """Open every receiver (DriverIOError when none opens; the others are retried)."""
         self._load_keys()
+        # A reopen ends whatever listened before (its reads are cancelled with the old streams),
+        # even a stream() its caller dropped without closing it.
+        self._listener = None
         await self._links.open()
 
     async def aclose(self) -> None:
@@ -204,33 +217,51 @@ class WmbusDriver:
 
     # -- receiving -------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _listening(self, who: str) -> Iterator[None]:
+        """The receivers' one listener (module docstring): `DriverIOError` while another listens."""
+        if self._listener is not None:
+            raise DriverIOError(
+                f"{self.name}: the receivers are already being listened to by {self._listener[0]}; "
+                "one listener at a time (read() is for probes, not beside the running device)"
+            )
+        token = (who, object())
+        self._listener = token
+        try:
+            yield
+        finally:
+            if self._listener is token:
+                self._listener = None
+
     async def stream(self) -> AsyncIterator[list[Reading]]:
-        while True:
-            readings = self._feed(await self._links.receive(SILENCE_CHECK_S))
-            now = now_ns()
-            if now - self._silence_checked_ns >= SILENCE_EVERY_NS:
-                self._silence_checked_ns = now
-                readings += self._silence(now)
-            if readings:
-                yield readings
+        with self._listening("stream()"):
+            while True:
+                readings = self._feed(await self._links.receive(SILENCE_CHECK_S))
+                now = now_ns()
+                if now - self._silence_checked_ns >= SILENCE_EVERY_NS:
+                    self._silence_checked_ns = now
+                    readings += self._silence(now)
+                if readings:
+                    yield readings
 
     async def read(self) -> list[Reading]:
         """A one-shot read (`edge-agent probe`): listen until every configured meter has been heard,
-        at most 60 s; what arrived meanwhile."""
+        at most 60 s; what arrived meanwhile. `DriverIOError` while `stream()` runs."""
         return await self.listen_readings(60.0, until_all_heard=True)
 
     async def listen_readings(self, seconds: float, *, until_all_heard: bool = False) -> list[Reading]:
         """Everything heard for `seconds` (commissioning), or less once every configured meter gave
-        a good reading when `until_all_heard`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        out: list[Reading] = []
-        pending = {s.meter.name for s in self._meters.values()}
-        while loop.time() < deadline and (pending or not until_all_heard):
-            got = self._feed(await self._links.receive(max(0.01, deadline - loop.time())))
-            out += got
-            pending -= {r.tag.split(".", 1)[0] for r in got if r.quality == GOOD}
-        return out
+        a good reading when `until_all_heard`. `DriverIOError` while `stream()` runs."""
+        with self._listening("a read"):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + seconds
+            out: list[Reading] = []
+            pending = {s.meter.name for s in self._meters.values()}
+            while loop.time() < deadline and (pending or not until_all_heard):
+                got = self._feed(await self._links.receive(max(0.01, deadline - loop.time())))
+                out += got
+                pending -= {r.tag.split(".", 1)[0] for r in got if r.quality == GOOD}
+            return out
 
     def heard(self) -> list[Heard]:
         """Every configured meter heard since the driver started and the last `HEARD_KEPT` others,

@@ -1,0 +1,272 @@
+"""The signed `read_now` command on streaming devices: answered from the latest readings their
+streams delivered, never by a second read beside the stream (docs/security.md, "read_now").
+
+A second read on a wireless M-Bus receiver's byte stream crashed it (asyncio allows one reader) and
+took the device down for a backoff, every time; on an OPC UA subscription it sent Read results the
+subscription had not (past deadbands, out of order with the publishes). Real parts throughout:
+firmware-sim's meters on its rtl_wmbus TCP stream and its OPC UA server, `edge-agent run`,
+Mosquitto, and an operator signing commands with its own Ed25519 key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from structlog.testing import capture_logs
+
+from tests.support.agent_proc import running_agent
+from tests.support.broker import Mosquitto, Publisher, Received, Subscriber
+from tests.support.plant import Plant, running_plant
+from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, eventually, write_agent_config
+from tests.support.wmbus_air import Air
+from water_edge.agent.remote.result import MAX_DETAIL_BYTES
+from water_edge.agent.supervisor import bound_latest
+from water_edge.core.envelope import sign
+from water_edge.core.errors import DriverIOError
+from water_edge.core.reading import Reading
+from water_edge.drivers.wmbus.config import WmbusConfig
+from water_edge.drivers.wmbus.driver import WmbusDriver
+
+TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
+TARGET = f"{AGENT_SITE}/{AGENT_GATEWAY}"
+UA_TAGS = ("pump1.flow", "pump1.speed")
+SCENARIO = """
+[scenario]
+name = "meters-every-second"
+seed = 4
+
+[components.wmbus]
+meters = 3
+interval_s = 1.0
+compact_share = 0.0
+"""
+
+
+@pytest.fixture(scope="module")
+def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGE_SIM_OPCUA_PORT", "0")  # beside a demo on 4840
+    try:
+        workdir = tmp_path_factory.mktemp("plant")
+        scenario = workdir / "scenario.toml"
+        scenario.write_text(SCENARIO)
+        with running_plant(seed=4, scenario=scenario, components="wmbus,opcua", workdir=workdir) as p:
+            yield p
+    finally:
+        mp.undo()
+
+
+def public_b64(key: Ed25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def command_results(messages: list[Received]) -> list[dict[str, Any]]:
+    return [
+        event["detail"]
+        for m in messages if m.topic == f"{TOPIC}/events"
+        for event in m.json()["events"] if event["kind"] == "command_result"
+    ]  # fmt: skip
+
+
+def events(messages: list[Received], kind: str) -> list[dict[str, Any]]:
+    return [
+        event
+        for m in messages if m.topic == f"{TOPIC}/events"
+        for event in m.json()["events"] if event["kind"] == kind
+    ]  # fmt: skip
+
+
+def readings(messages: list[Received], stream: str) -> list[dict[str, Any]]:
+    return [r for m in messages if m.topic == f"{TOPIC}/{stream}" for r in m.json()["readings"]]
+
+
+def devices(plant: Plant) -> str:
+    air: dict[str, Any] = plant.endpoints["wmbus"]
+    meters = air["meters"]
+    text = f"""
+[[devices]]
+name = "wmeters"
+kind = "wmbus"
+receiver = "rtlwmbus"
+host = "{air["rtlwmbus"]["host"]}"
+tcp_port = {air["rtlwmbus"]["port"]}
+link_modes = ["T1", "C1"]
+"""
+    for index in (0, 1):
+        text += f"""
+[[devices.meters]]
+name = "flat{index}"
+id = "{meters[index]["id"]}"
+key = "{meters[index]["key"]}"
+"""
+    text += f"""
+[[devices]]
+name = "ua"
+kind = "opcua"
+endpoint = "{plant.endpoints["opcua"]["url"]}"
+mode = "subscribe"
+publishing_interval_ms = 200
+"""
+    for tag in UA_TAGS:
+        pump, what = tag.split(".")
+        text += f"""
+[[devices.tags]]
+name = "{tag}"
+path = "PumpStation/{pump.capitalize()}/{what.capitalize()}"
+"""
+    return text
+
+
+def test_read_now_leaves_streaming_devices_up_and_answers_their_latest_readings(
+    plant: Plant, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    ops = Ed25519PrivateKey.generate()
+    security = (
+        "[security]\n[[security.operators]]\n"
+        f'name = "control-room"\npublic_key = "{public_b64(ops)}"\ncommands = ["read_now"]\n'
+    )
+    config = write_agent_config(
+        tmp_path, broker_port=mosquitto.port, devices=devices(plant), security=security
+    )
+    with (
+        Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub,
+        Publisher(mosquitto.host, mosquitto.port, protocol=paho.MQTTv5) as operator,
+        running_agent(config) as agent,
+    ):
+        agent.wait_status(lambda s: s["uplink"]["state"] == "online", timeout=30)
+        # Both meters heard and both tags published: there is something to answer with.
+        sub.wait_until(
+            lambda ms: (
+                {"flat0.volume", "flat1.volume"}
+                <= {r["tag"] for r in readings(ms, "wmeters") if r["quality"] == "good"}
+                and set(UA_TAGS) <= {r["tag"] for r in readings(ms, "ua") if r["quality"] == "good"}
+            ),
+            timeout=40,
+        )
+        for args in (None, {"devices": ["wmeters"]}, {"devices": ["ua", "nowhere"]}):
+            operator.publish(f"{TOPIC}/cmd/read_now", sign(ops, "control-room", "read_now", TARGET, args))
+        sub.wait_until(lambda ms: len(command_results(ms)) >= 3, timeout=20)
+        answered = len(sub.snapshot())
+        # What the devices read after the commands: still good, the devices never went down.
+        got = sub.wait_until(
+            lambda ms: (
+                {"flat0.volume", "flat1.volume"}
+                <= {r["tag"] for r in readings(ms[answered:], "wmeters") if r["quality"] == "good"}
+            ),
+            timeout=40,
+        )
+        status = agent.status()
+        log = agent.log()
+    # The devices' own reading undisturbed: never down, no receiver lost, nothing crashed.
+    assert "receiver_read_crashed" not in log
+    assert not events(got, "driver_down"), events(got, "driver_down")
+    for device in status["drivers"]:
+        assert (device["name"], device["state"], device["failures"], device["crashes"]) == (
+            device["name"], "up", 0, 0,
+        )  # fmt: skip
+    wmeters = next(d for d in status["drivers"] if d["name"] == "wmeters")
+    assert wmeters["driver"]["receivers"][0]["reopens"] == 0
+    results = [r for r in command_results(got) if r["type"] == "read_now"]
+    assert [r["status"] for r in results] == ["ok", "ok", "ok"], results
+    everything, meters_only, ua_only = (r["result"] for r in results)
+    assert set(everything) == {"wmeters", "ua"}
+    assert set(meters_only) == {"wmeters"}
+    for answer in (everything["wmeters"], meters_only["wmeters"]):
+        assert "error" not in answer, answer
+        assert (answer["streaming"], answer["state"]) == (True, "up")
+        for flat in ("flat0", "flat1"):
+            volume = answer["latest"][f"{flat}.volume"]
+            assert (volume["quality"], volume["unit"]) == ("good", "m3"), volume
+            assert isinstance(volume["value"], int | float)
+            assert 0 <= volume["age_s"] < 60
+        assert answer["tags"] == len(answer["latest"])
+    for answer in (everything["ua"], ua_only["ua"]):
+        assert (answer["streaming"], answer["state"]) == (True, "up"), answer
+        assert set(answer["latest"]) == set(UA_TAGS)
+        assert all(v["quality"] == "good" and v["age_s"] >= 0 for v in answer["latest"].values())
+    # Nothing submitted by the command: no readings counted for it.
+    assert "readings" not in everything["wmeters"]
+    # A device the gateway does not run is named as such, not left out of the answer.
+    assert ua_only["nowhere"] == {"error": "no such device on this gateway (or not enabled)"}
+
+
+async def test_a_read_beside_the_running_stream_is_refused_and_the_stream_goes_on(
+    air_factory: Callable[..., Any],
+) -> None:
+    # What `read_now` did to a wmbus device: `read()` while `stream()` waits on the receiver. The
+    # second reader broke the receiver's stream and ended `stream()` ("every receiver is lost").
+    air: Air = await air_factory(meters=2, compact_share=0.0, interval_s=0.5)
+    cfg = WmbusConfig.model_validate(
+        {"name": "sdr", "kind": "wmbus", "receiver": "rtlwmbus", "host": "127.0.0.1",
+         "tcp_port": air.detail["rtlwmbus"]["port"], "link_modes": ["T1", "C1"],
+         "meters": [air.meter(0), air.meter(1)]}
+    )  # fmt: skip
+    driver = WmbusDriver.from_config(cfg)
+    await driver.open()
+    got: list[Reading] = []
+
+    async def consume() -> None:
+        async for batch in driver.stream():
+            got.extend(batch)
+
+    streaming = asyncio.create_task(consume())
+    try:
+        with capture_logs() as logs:
+            await eventually(lambda: any(r.tag == "m0.volume" for r in got), 20, "m0 heard")
+            for _ in range(3):
+                with pytest.raises(DriverIOError, match="one listener at a time"):
+                    async with asyncio.timeout(5):
+                        await driver.read()
+            heard = len(got)
+
+            def both_heard_again() -> bool:
+                assert not streaming.done(), streaming.exception()
+                return {"m0.volume", "m1.volume"} <= {r.tag for r in got[heard:] if r.quality == "good"}
+
+            await eventually(both_heard_again, 20, "both meters heard after the refused reads")
+    finally:
+        streaming.cancel()
+        await asyncio.gather(streaming, return_exceptions=True)
+        await driver.aclose()
+    assert not [e for e in logs if e["event"] == "wmbus.receiver_read_crashed"]
+    assert driver.health().receivers[0].reopens == 0
+    # Once the stream has ended, a probe's read is a listener again.
+    await driver.open()
+    try:
+        assert any(r.tag == "m0.volume" for r in await driver.listen_readings(3.0))
+    finally:
+        await driver.aclose()
+
+
+def test_latest_values_are_cut_to_fit_one_command_answer() -> None:
+    entry = {"value": 1234.567, "quality": "good", "age_s": 12.3, "unit": "m3"}
+    answers: dict[str, dict[str, Any]] = {
+        "big": {"streaming": True, "state": "up", "tags": 2000,
+                "latest": {f"meter{i:04}.volume": dict(entry) for i in range(2000)}},
+        "plc": {"readings": 43},
+        "small": {"streaming": True, "state": "up", "tags": 2,
+                  "latest": {"a": dict(entry), "b": dict(entry)}},
+    }  # fmt: skip
+    bound_latest(answers)
+    big = answers["big"]
+    assert 0 < len(big["latest"]) < 2000
+    assert big["latest_left_out"] == 2000 - len(big["latest"])
+    assert list(big["latest"]) == sorted(big["latest"])  # the first tags, in order
+    assert (answers["small"]["latest"], answers["small"]["latest_left_out"]) == ({}, 2)
+    assert answers["plc"] == {"readings": 43}
+    assert len(orjson.dumps(answers)) <= MAX_DETAIL_BYTES
+    small = {"w": {"streaming": True, "latest": {"a": dict(entry)}}}
+    bound_latest(small)
+    assert small == {"w": {"streaming": True, "latest": {"a": entry}}}
+    json.dumps(answers)  # plain JSON, as the command result carries it
