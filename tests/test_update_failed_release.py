@@ -27,7 +27,7 @@ from tests.support.testing import write_agent_config
 from tests.test_update_min_version import Gateway
 from water_edge.agent.cli import main
 from water_edge.agent.remote.audit import read_audit
-from water_edge.agent.update.layout import Layout
+from water_edge.agent.update.layout import Layout, Release
 from water_edge.agent.update.report import update_health
 from water_edge.agent.update.state import UpdateState
 
@@ -280,3 +280,23 @@ def test_a_failed_release_is_tried_again_only_by_an_explicit_apply(tmp_path: Pat
     assert (_link(gateway, "current"), _link(gateway, "previous")) == (bad, "0.1.0-running")
     assert gateway.layout.failed_releases() == {}
     assert not gateway.layout.failed.exists()
+
+
+def test_a_power_cut_after_the_switch_back_ends_rolled_back_not_nothing_switched(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path, running="0.1.0")
+    gateway.release("0.2.0", "0.2.0-newnew00")
+    gateway.layout.mark_failed(
+        Release("0.2.0-newnew00", gateway.root / "releases" / "0.2.0-newnew00", "0.2.0"),
+        {"reason": "health check failed within 1 s: no answer on the status socket", "failed_ns": 1},
+    )
+    gateway.files.write_state(
+        UpdateState(id="d" * 64, phase="trial", from_release="0.1.0-running", to_release="0.2.0-newnew00",
+                    from_version="0.1.0", to_version="0.2.0", started_ns=1, health_window_s=1.0,
+                    previous_before="")
+    )  # fmt: skip
+    state = gateway.run()
+    assert (state.phase, state.reason) == (
+        "rolled_back",
+        "health check failed within 1 s: no answer on the status socket (interrupted after the switch back)",
+    ), state
+    assert _link(gateway, "current") == "0.1.0-running"

@@ -135,7 +135,7 @@ class Layout:
 
     def mark_failed(self, release: Release, record: dict[str, Any]) -> None:
         """Remember that `release` failed its health check (`record`: why, when, which update)."""
-        records = self.failed_releases()
+        records = {n: r for n, r in self.failed_releases().items() if (self.releases / n).exists()}
         records[release.name] = {"version": release.version, **record}
         self._write_failed(records)
 

@@ -142,6 +142,15 @@ class Updater:
     def _resume_or_take_request(self) -> None:
         if self.state.phase == "trial":
             current = self.layout.release(self.layout.current)
+            failed = self.layout.failed_releases().get(self.state.to_release or "")
+            if current is not None and failed is not None and current.name == self.state.from_release:
+                # Cut off after it failed and the switch back, before the outcome was written.
+                why = f"{failed.get('reason')} (interrupted after the switch back)"
+                if self.state.action == "rollback":
+                    self._finish("failed", f"the rollback to {self.state.to_release} failed: {why}")
+                else:
+                    self._finish("rolled_back", why)
+                return
             if current is None or current.name != self.state.to_release:
                 self._finish("failed", "interrupted before the switch; nothing was switched")
                 return
