@@ -26,14 +26,17 @@ from structlog.testing import capture_logs
 
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Publisher, Received, Subscriber
+from tests.support.mbus_sim import bus_config, running_bus
 from tests.support.plant import Plant, running_plant
 from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, eventually, write_agent_config
 from tests.support.wmbus_air import Air
 from water_edge.agent.remote.result import MAX_DETAIL_BYTES
-from water_edge.agent.supervisor import bound_latest
+from water_edge.agent.supervisor import DeviceRunner, bound_latest
 from water_edge.core.envelope import sign
 from water_edge.core.errors import DriverIOError
-from water_edge.core.reading import Reading
+from water_edge.core.reading import Event, Reading
+from water_edge.drivers.mbus.config import MbusConfig
+from water_edge.drivers.mbus.driver import MbusDriver
 from water_edge.drivers.wmbus.config import WmbusConfig
 from water_edge.drivers.wmbus.driver import WmbusDriver
 
@@ -270,3 +273,72 @@ def test_latest_values_are_cut_to_fit_one_command_answer() -> None:
     bound_latest(small)
     assert small == {"w": {"streaming": True, "latest": {"a": entry}}}
     json.dumps(answers)  # plain JSON, as the command result carries it
+
+
+class WatchedMbus(MbusDriver):
+    """The wired M-Bus driver, counting how many of its reads are in flight at once."""
+
+    in_flight = 0
+    most_in_flight = 0
+
+    async def read(self) -> list[Reading]:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await super().read()
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_polled_device_is_read_now_between_its_polls_never_beside_one(tmp_path: Path) -> None:
+    async with running_bus(tmp_path) as bus:
+        cfg = bus_config(bus, [{"name": "house1", "address": 1}, {"name": "house2", "address": 2}],
+                         poll_interval_ms=50)  # fmt: skip
+        driver = WatchedMbus.from_config(cfg)
+        got: list[Reading] = []
+        down: list[Event] = []
+
+        async def on_readings(_stream: str, readings: list[Reading]) -> None:
+            got.extend(readings)
+
+        async def on_event(event: Event) -> None:
+            down.extend([event] if event.kind == "driver_down" else [])
+
+        runner = DeviceRunner(cfg, driver, on_readings, on_event)
+        task = asyncio.create_task(runner.run())
+        try:
+            await eventually(lambda: runner.stats.state == "up", 20, "the bus up")
+            answers = await asyncio.gather(*(runner.read_now() for _ in range(4)))
+            polls = runner.stats.polls
+            await eventually(lambda: runner.stats.polls >= polls + 2, 20, "polls going on")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert [set(a) for a in answers] == [{"readings"}] * 4, answers
+    assert all(a["readings"] >= 4 for a in answers)
+    assert driver.most_in_flight == 1
+    assert not down
+    assert runner.stats.failures == 0
+
+
+async def test_read_now_of_a_polled_device_that_is_down_says_so_and_reads_nothing(tmp_path: Path) -> None:
+    cfg = MbusConfig.model_validate(
+        {"name": "meters", "kind": "mbus", "port": str(tmp_path / "no-such-port"),
+         "meters": [{"name": "house1", "address": 1}]}
+    )  # fmt: skip
+    driver = WatchedMbus.from_config(cfg)
+
+    async def ignore(*_args: Any) -> None:
+        return None
+
+    runner = DeviceRunner(cfg, driver, ignore, ignore, backoff_min_s=5, backoff_max_s=5)
+    task = asyncio.create_task(runner.run())
+    try:
+        await eventually(lambda: runner.stats.state == "down", 10, "the device down")
+        answer = await runner.read_now()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert set(answer) == {"error"}
+    assert answer["error"].startswith("device is down: "), answer
+    assert driver.most_in_flight == 0
