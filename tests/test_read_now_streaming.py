@@ -5,7 +5,9 @@ A second read on a wireless M-Bus receiver's byte stream crashed it (asyncio all
 took the device down for a backoff, every time; on an OPC UA subscription it sent Read results the
 subscription had not (past deadbands, out of order with the publishes). Real parts throughout:
 firmware-sim's meters on its rtl_wmbus TCP stream and its OPC UA server, `edge-agent run`,
-Mosquitto, and an operator signing commands with its own Ed25519 key.
+Mosquitto, and an operator signing commands with its own Ed25519 key; a hydrophone WAV played by
+the audio driver; a polled device (firmware-sim's wired M-Bus bus) read between its polls, never
+beside one.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from scipy.io import wavfile
 from structlog.testing import capture_logs
 
 from tests.support.agent_proc import running_agent
@@ -35,6 +39,8 @@ from water_edge.agent.supervisor import DeviceRunner, bound_latest
 from water_edge.core.envelope import sign
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Event, Reading
+from water_edge.drivers.audio.config import AudioConfig
+from water_edge.drivers.audio.driver import AudioDriver
 from water_edge.drivers.mbus.config import MbusConfig
 from water_edge.drivers.mbus.driver import MbusDriver
 from water_edge.drivers.wmbus.config import WmbusConfig
@@ -342,3 +348,41 @@ async def test_read_now_of_a_polled_device_that_is_down_says_so_and_reads_nothin
     assert set(answer) == {"error"}
     assert answer["error"].startswith("device is down: "), answer
     assert driver.most_in_flight == 0
+
+
+async def test_read_now_of_an_audio_device_answers_its_latest_levels_and_capture_goes_on(
+    tmp_path: Path,
+) -> None:
+    rate = 8000
+    noise = np.random.default_rng(3).normal(0, 0.05, (6 * rate, 1)).astype(np.float32)
+    path = tmp_path / "hydrophone.wav"
+    wavfile.write(path, rate, noise)
+    cfg = AudioConfig(
+        name="hyd", kind="audio", source="file", path=path, loop=True, playback_speed=20, level_interval_s=1
+    )
+    got: list[Reading] = []
+    events: list[Event] = []
+
+    async def on_readings(_stream: str, readings: list[Reading]) -> None:
+        got.extend(readings)
+
+    async def on_event(event: Event) -> None:
+        events.append(event)
+
+    runner = DeviceRunner(cfg, AudioDriver(cfg), on_readings, on_event)
+    task = asyncio.create_task(runner.run())
+    try:
+        await eventually(lambda: any(r.tag == "A.rms_dbfs" for r in got), 20, "a level")
+        answer = await runner.read_now()
+        levels = len(got)
+        await eventually(lambda: any(r.tag == "A.rms_dbfs" for r in got[levels:]), 20, "levels after it")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert (answer["streaming"], answer["state"]) == (True, "up"), answer
+    rms = answer["latest"]["A.rms_dbfs"]
+    assert (rms["quality"], rms["unit"]) == ("good", "dBFS")
+    assert -40 < rms["value"] < -20  # noise at 0.05 full scale: about -26 dBFS
+    assert rms["age_s"] >= 0
+    assert not [e for e in events if e.kind == "driver_down"]
+    assert runner.stats.failures == 0
