@@ -287,8 +287,9 @@ def test_a_power_cut_after_the_switch_back_ends_rolled_back_not_nothing_switched
     gateway.release("0.2.0", "0.2.0-newnew00")
     gateway.layout.mark_failed(
         Release("0.2.0-newnew00", gateway.root / "releases" / "0.2.0-newnew00", "0.2.0"),
-        {"reason": "health check failed within 1 s: no answer on the status socket", "failed_ns": 1},
-    )
+        {"reason": "health check failed within 1 s: no answer on the status socket", "failed_ns": 2,
+         "update": "d" * 64},
+    )  # fmt: skip
     gateway.files.write_state(
         UpdateState(id="d" * 64, phase="trial", from_release="0.1.0-running", to_release="0.2.0-newnew00",
                     from_version="0.1.0", to_version="0.2.0", started_ns=1, health_window_s=1.0,
@@ -300,3 +301,20 @@ def test_a_power_cut_after_the_switch_back_ends_rolled_back_not_nothing_switched
         "health check failed within 1 s: no answer on the status socket (interrupted after the switch back)",
     ), state
     assert _link(gateway, "current") == "0.1.0-running"
+
+
+def test_a_power_cut_before_the_switch_of_a_retried_failed_release_switched_nothing(tmp_path: Path) -> None:
+    """The same bundle sent again after it failed once: its record is the earlier attempt's."""
+    gateway = Gateway(tmp_path, running="0.1.0")
+    gateway.release("0.2.0", "0.2.0-newnew00")
+    gateway.layout.mark_failed(
+        Release("0.2.0-newnew00", gateway.root / "releases" / "0.2.0-newnew00", "0.2.0"),
+        {"reason": "health check failed within 1 s: …", "failed_ns": 2, "update": "d" * 64},
+    )
+    gateway.files.write_state(
+        UpdateState(id="d" * 64, phase="trial", from_release="0.1.0-running", to_release="0.2.0-newnew00",
+                    from_version="0.1.0", to_version="0.2.0", started_ns=5, health_window_s=1.0,
+                    previous_before="")
+    )  # fmt: skip
+    state = gateway.run()
+    assert (state.phase, state.reason) == ("failed", "interrupted before the switch; nothing was switched")

@@ -142,8 +142,12 @@ class Updater:
     def _resume_or_take_request(self) -> None:
         if self.state.phase == "trial":
             current = self.layout.release(self.layout.current)
-            failed = self.layout.failed_releases().get(self.state.to_release or "")
-            if current is not None and failed is not None and current.name == self.state.from_release:
+            failed = self.layout.failed_releases().get(self.state.to_release or "") or {}
+            # Marked failed by this very attempt (not an earlier one of the same bundle).
+            this_attempt = failed.get("update") == self.state.id and (
+                isinstance(failed.get("failed_ns"), int) and failed["failed_ns"] >= self.state.started_ns
+            )
+            if current is not None and this_attempt and current.name == self.state.from_release:
                 # Cut off after it failed and the switch back, before the outcome was written.
                 why = f"{failed.get('reason')} (interrupted after the switch back)"
                 if self.state.action == "rollback":
