@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.agent_proc import running_agent
 from tests.support.pki import Pki
-from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, write_agent_config
+from tests.support.testing import AGENT_GATEWAY, AGENT_SITE
 from water_edge.provisioning.enrol_service import EnrolmentService
 
 pytestmark = pytest.mark.slow
@@ -31,39 +31,15 @@ def _events(sub: Any, kind: str) -> list[dict[str, Any]]:
 
 async def test_first_boot_enrolment_renewal_and_the_expiry_alarm(tmp_path: Path) -> None:
     pki = Pki(tmp_path)
-    claim_cert, claim_key = pki.client("claim")
     svc_cert, svc_key = pki.client("enrolment-service")
     service = EnrolmentService(
         pki.ca, allow={SERIAL: AGENT_GATEWAY}, lifetime=dt.timedelta(seconds=LIFETIME_S)
     )
-    identity = tmp_path / "state" / "identity" / "current"
     # Persistence and a persistent session: the centre misses nothing while the broker restarts.
     with pki.broker(persistence=True) as broker:
-        config = write_agent_config(
-            tmp_path,
-            broker_port=broker.port,
-            devices=[{"name": "plc", "kind": "fake", "poll_interval_ms": 100, "tags": [{"name": "flow"}]}],
-            uplink={
-                "tls": {
-                    "ca_file": str(identity / "ca.pem"),
-                    "cert_file": str(identity / "cert.pem"),
-                    "key_file": str(identity / "key.pem"),
-                }
-            },
-            security={
-                "identity": {
-                    "serial": SERIAL,
-                    "claim": {
-                        "cert_file": str(claim_cert), "key_file": str(claim_key), "ca_file": str(pki.ca_file),
-                        "host": broker.host, "port": broker.port, "timeout_s": 3,
-                    },
-                    "renewal": {
-                        "at_fraction": 0.4, "alarm_fraction": 0.7, "retry_min_s": 0.5, "retry_max_s": 1,
-                        "min_interval_s": 1,
-                    },
-                }
-            },
-        )  # fmt: skip
+        config = pki.write_enrolling_agent_config(
+            tmp_path, broker, SERIAL, poll_interval_ms=100, at_fraction=0.4, alarm_fraction=0.7
+        )
         topic = f"water/{AGENT_SITE}/{AGENT_GATEWAY}/#"
         with pki.subscriber(broker, topic, session="centre-test") as sub, running_agent(config) as agent:
             # First boot, the enrolment service not up yet: the agent keeps trying and buffers.

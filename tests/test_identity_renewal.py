@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.agent_proc import running_agent
 from tests.support.pki import Pki
-from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, write_agent_config
+from tests.support.testing import AGENT_GATEWAY, AGENT_SITE
 from water_edge.agent.cli import main
 from water_edge.agent.identity_keeper import IdentityKeeper
 from water_edge.core.reading import Event
@@ -42,39 +42,15 @@ async def test_renewals_refused_or_signed_never_drop_the_uplink(
     from water_edge.provisioning.enrol_service import EnrolmentService
 
     pki = Pki(tmp_path)
-    claim_cert, claim_key = pki.client("claim")
     svc_cert, svc_key = pki.client("enrolment-service")
     # The service signs a renewal only at 90 % of the 60 s lifetime; the agent asks from 10 %.
     service = EnrolmentService(
         pki.ca, allow={SERIAL: AGENT_GATEWAY}, lifetime=dt.timedelta(seconds=60), renew_after=0.9
     )
-    identity = tmp_path / "state" / "identity" / "current"
     with pki.broker() as broker:
-        config = write_agent_config(
-            tmp_path,
-            broker_port=broker.port,
-            devices=[{"name": "plc", "kind": "fake", "poll_interval_ms": 200, "tags": [{"name": "flow"}]}],
-            uplink={
-                "tls": {
-                    "ca_file": str(identity / "ca.pem"),
-                    "cert_file": str(identity / "cert.pem"),
-                    "key_file": str(identity / "key.pem"),
-                }
-            },
-            security={
-                "identity": {
-                    "serial": SERIAL,
-                    "claim": {
-                        "cert_file": str(claim_cert), "key_file": str(claim_key), "ca_file": str(pki.ca_file),
-                        "host": broker.host, "port": broker.port, "timeout_s": 3,
-                    },
-                    "renewal": {
-                        "at_fraction": 0.1, "alarm_fraction": 0.95, "retry_min_s": 0.5, "retry_max_s": 1,
-                        "min_interval_s": 1,
-                    },
-                }
-            },
-        )  # fmt: skip
+        config = pki.write_enrolling_agent_config(
+            tmp_path, broker, SERIAL, poll_interval_ms=200, at_fraction=0.1, alarm_fraction=0.95
+        )
         service.start(broker.host, broker.port, cert=svc_cert, key=svc_key, ca_file=pki.ca_file)
         status_topic = f"water/{AGENT_SITE}/{AGENT_GATEWAY}/status"
         try:

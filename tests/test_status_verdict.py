@@ -41,16 +41,23 @@ def status_json(config: Path) -> tuple[int, dict[str, Any]]:
 # -- the agent, a real Mosquitto, a Primary Host that says it is offline -------------------------------
 
 
-def test_a_node_held_by_its_offline_primary_host_is_degraded_until_the_host_comes(
-    mosquitto: Mosquitto, tmp_path: Path
-) -> None:
-    config = write_agent_config(
+def scada_node_config(tmp_path: Path, mosquitto: Mosquitto, group_id: str | None = None) -> Path:
+    """A Sparkplug B node with a fake device, whose Primary Host is `scada`, in group `group_id`
+    (by default its site)."""
+    group = "" if group_id is None else f'group_id = "{group_id}"\n'
+    return write_agent_config(
         tmp_path,
         broker_port=mosquitto.port,
         devices=FAKE_DEVICE,
         uplink={"encoding": "sparkplug_b", "keepalive_s": 5},
-        extra='[uplink.sparkplug]\nprimary_host_id = "scada"\ngroup_id = "north-plant"\n',
+        extra=f'[uplink.sparkplug]\nprimary_host_id = "scada"\n{group}',
     )
+
+
+def test_a_node_held_by_its_offline_primary_host_is_degraded_until_the_host_comes(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    config = scada_node_config(tmp_path, mosquitto, group_id="north-plant")
     with PrimaryHost(mosquitto.host, mosquitto.port) as host:
         offline_ms = host.publish_state(False)  # retained: what the node finds when it connects
         with running_agent(config) as agent:
@@ -87,13 +94,7 @@ def test_a_node_that_never_heard_its_host_is_degraded_after_the_grace_period(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     """From the agent's start until the host first comes online (no STATE at all)."""
-    config = write_agent_config(
-        tmp_path,
-        broker_port=mosquitto.port,
-        devices=FAKE_DEVICE,
-        uplink={"encoding": "sparkplug_b", "keepalive_s": 5},
-        extra='[uplink.sparkplug]\nprimary_host_id = "scada"\n',
-    )
+    config = scada_node_config(tmp_path, mosquitto)
     with running_agent(config) as agent:
         agent.wait_status(lambda s: s["uplink"]["state"] == "online")
         code, doc = status_json(config)

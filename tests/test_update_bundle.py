@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from structlog.testing import capture_logs
 
 from tests.support.testing import write_agent_config
-from tests.test_update_failed_release import agents
+from tests.support.update_agents import release_agents
 from water_edge.agent.cli import main
 from water_edge.agent.remote.audit import read_audit
 from water_edge.agent.remote.result import CommandFailedError, CommandRefusedError, CommandResult
@@ -205,7 +205,7 @@ def test_a_technician_rolls_back_by_hand_and_forward_again(
     (root / "previous").symlink_to("releases/0.1.0-aaaa")
     restarts = tmp_path / "restarts"
     # Each release starts and passes the health check a rollback by hand is judged by.
-    with agents(root, broken=set()) as status:
+    with release_agents(root) as status:
         config = write_agent_config(tmp_path, status_socket=status, extra=f'[update]\nroot = "{root}"\n')
         where = ["-c", str(config), "--state-dir", str(tmp_path / "state")]
         args = [*where, "--now", "--restart-command", f"sh -c 'echo x >> {restarts}'"]

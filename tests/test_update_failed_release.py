@@ -12,64 +12,19 @@ of whichever release `current` names, except releases that "do not start": those
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import socket
-import tempfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.support.testing import write_agent_config
+from tests.support.update_agents import release_agents
 from tests.test_update_min_version import Gateway
 from water_edge.agent.cli import main
 from water_edge.agent.remote.audit import read_audit
-from water_edge.agent.update.layout import Layout, Release
+from water_edge.agent.update.layout import Release
 from water_edge.agent.update.report import update_health
 from water_edge.agent.update.state import UpdateState
-
-
-@contextlib.contextmanager
-def agents(root: Path, broken: set[str]) -> Iterator[Path]:
-    """A status socket answering as a healthy agent of the release `current` names (a process of its
-    own per release), or not at all while `current` names a release in `broken` (it crashes at start)."""
-    folder = Path(tempfile.mkdtemp(prefix="st-"))  # AF_UNIX paths are short; tmp_path's are long
-    path = folder / "status.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen()
-    server.settimeout(0.1)
-    stop = threading.Event()
-    pids: dict[str, int] = {}
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                release = Layout(root).release(root / "current")
-                if release is None or release.name in broken:
-                    continue  # closed unanswered: no agent there
-                conn.recv(4096)
-                pid = pids.setdefault(release.name, 1000 + len(pids))
-                doc = {"agent": {"version": release.version, "pid": pid}, "drivers": [],
-                       "pipeline": {"committed_events": 1}, "uplink": {"state": "online"}}  # fmt: skip
-                conn.sendall(orjson.dumps(doc) + b"\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
-        shutil.rmtree(folder)
 
 
 def _link(gateway: Gateway, name: str) -> str | None:
@@ -92,7 +47,7 @@ def test_after_an_automatic_rollback_previous_is_what_it_was_and_the_failed_rele
     gateway = _on_010_with_previous_009(tmp_path)
     sha = gateway.bundle("0.2.0")
     bad = f"0.2.0-{sha[:8]}"
-    with agents(gateway.root, broken={bad}) as status:
+    with release_agents(gateway.root, broken={bad}) as status:
         state = gateway.run(status)
         assert state.phase == "rolled_back", state
         assert state.reason == (
@@ -195,7 +150,7 @@ def test_a_rollback_by_hand_to_a_release_that_no_longer_starts_returns_to_the_re
     (gateway.root / "previous").symlink_to("releases/0.1.0-gone")
     restarts = tmp_path / "restarts"
     (tmp_path / "cli").mkdir()
-    with agents(gateway.root, broken={"0.1.0-gone"}) as status:
+    with release_agents(gateway.root, broken={"0.1.0-gone"}) as status:
         config = write_agent_config(
             tmp_path / "cli", status_socket=status,
             extra=f'[update]\nroot = "{gateway.root}"\nrelease_keys = "{gateway.keys}"\n',
@@ -231,7 +186,7 @@ def test_a_rollback_by_hand_cut_off_by_a_power_cut_is_judged_at_boot(tmp_path: P
                     to_release="0.1.0-older", from_version="0.2.0", to_version="0.1.0", started_ns=1,
                     health_window_s=1.0, previous_before="0.1.0-older", requested_by="tech")
     )  # fmt: skip
-    with agents(gateway.root, broken=set()) as status:
+    with release_agents(gateway.root) as status:
         state = gateway.run(status)
     assert (state.phase, state.reason) == ("rolled_back", "rolled back by hand (tech)"), state
     assert (_link(gateway, "current"), _link(gateway, "previous")) == ("0.1.0-older", "0.2.0-running")
@@ -273,7 +228,7 @@ def test_a_failed_release_is_tried_again_only_by_an_explicit_apply(tmp_path: Pat
         {"action": "apply", "bundle": str(gateway.files.spool / f"{sha}.tar"), "sha256": sha,
          "requested_by": "command c9 from release-ops", "health_window_s": 1.0}
     )  # fmt: skip
-    with agents(gateway.root, broken=set()) as status:
+    with release_agents(gateway.root) as status:
         state = gateway.run(status)
     assert state.phase == "committed", state
     assert f"{bad} failed its health check before: tried again as asked, judged as any update" in state.log
@@ -282,19 +237,28 @@ def test_a_failed_release_is_tried_again_only_by_an_explicit_apply(tmp_path: Pat
     assert not gateway.layout.failed.exists()
 
 
-def test_a_power_cut_after_the_switch_back_ends_rolled_back_not_nothing_switched(tmp_path: Path) -> None:
-    gateway = Gateway(tmp_path, running="0.1.0")
+def _on_trial_of_a_release_marked_failed(tmp: Path, *, reason: str, started_ns: int) -> Gateway:
+    """On 0.1.0, an update `d…d` to 0.2.0-newnew00 on trial, cut off by a power cut; the release is
+    marked failed by that update at 2 ns (`reason`). A trial that `started_ns` before then is the
+    attempt that marked it; one started later is a retry, the mark an earlier attempt's."""
+    gateway = Gateway(tmp, running="0.1.0")
     gateway.release("0.2.0", "0.2.0-newnew00")
     gateway.layout.mark_failed(
         Release("0.2.0-newnew00", gateway.root / "releases" / "0.2.0-newnew00", "0.2.0"),
-        {"reason": "health check failed within 1 s: no answer on the status socket", "failed_ns": 2,
-         "update": "d" * 64},
-    )  # fmt: skip
+        {"reason": reason, "failed_ns": 2, "update": "d" * 64},
+    )
     gateway.files.write_state(
         UpdateState(id="d" * 64, phase="trial", from_release="0.1.0-running", to_release="0.2.0-newnew00",
-                    from_version="0.1.0", to_version="0.2.0", started_ns=1, health_window_s=1.0,
+                    from_version="0.1.0", to_version="0.2.0", started_ns=started_ns, health_window_s=1.0,
                     previous_before="")
     )  # fmt: skip
+    return gateway
+
+
+def test_a_power_cut_after_the_switch_back_ends_rolled_back_not_nothing_switched(tmp_path: Path) -> None:
+    gateway = _on_trial_of_a_release_marked_failed(
+        tmp_path, reason="health check failed within 1 s: no answer on the status socket", started_ns=1
+    )
     state = gateway.run()
     assert (state.phase, state.reason) == (
         "rolled_back",
@@ -305,16 +269,8 @@ def test_a_power_cut_after_the_switch_back_ends_rolled_back_not_nothing_switched
 
 def test_a_power_cut_before_the_switch_of_a_retried_failed_release_switched_nothing(tmp_path: Path) -> None:
     """The same bundle sent again after it failed once: its record is the earlier attempt's."""
-    gateway = Gateway(tmp_path, running="0.1.0")
-    gateway.release("0.2.0", "0.2.0-newnew00")
-    gateway.layout.mark_failed(
-        Release("0.2.0-newnew00", gateway.root / "releases" / "0.2.0-newnew00", "0.2.0"),
-        {"reason": "health check failed within 1 s: …", "failed_ns": 2, "update": "d" * 64},
+    gateway = _on_trial_of_a_release_marked_failed(
+        tmp_path, reason="health check failed within 1 s: …", started_ns=5
     )
-    gateway.files.write_state(
-        UpdateState(id="d" * 64, phase="trial", from_release="0.1.0-running", to_release="0.2.0-newnew00",
-                    from_version="0.1.0", to_version="0.2.0", started_ns=5, health_window_s=1.0,
-                    previous_before="")
-    )  # fmt: skip
     state = gateway.run()
     assert (state.phase, state.reason) == ("failed", "interrupted before the switch; nothing was switched")

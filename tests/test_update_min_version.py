@@ -9,7 +9,6 @@ spools them; releases are installed beforehand as complete release directories (
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import multiprocessing
@@ -17,11 +16,8 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sys
-import tempfile
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -30,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.testing import write_agent_config
+from tests.support.update_agents import release_agents
 from water_edge.agent.cli import main
 from water_edge.agent.remote.audit import read_audit
 from water_edge.agent.update.bundle import (
@@ -145,50 +142,11 @@ def test_an_old_signed_release_below_the_floor_is_refused_and_the_running_one_st
     assert not (gateway.root / "previous").exists()
 
 
-@contextlib.contextmanager
-def healthy_agent(root: Path) -> Iterator[Path]:
-    """A status socket answering as a healthy agent of whichever release `current` names (a new
-    process per release): what a release that works shows the updater's health check."""
-    folder = Path(tempfile.mkdtemp(prefix="st-"))  # AF_UNIX paths are short; tmp_path's are long
-    path = folder / "status.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen()
-    server.settimeout(0.1)
-    stop = threading.Event()
-    pids: dict[str | None, int] = {}
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.recv(4096)
-                release = Layout(root).release(root / "current")
-                version = None if release is None else release.version
-                pid = pids.setdefault(version, 1000 + len(pids))
-                doc = {"agent": {"version": version, "pid": pid}, "drivers": [],
-                       "pipeline": {"committed_events": 1}, "uplink": {"state": "online"}}  # fmt: skip
-                conn.sendall(orjson.dumps(doc) + b"\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
-        shutil.rmtree(folder)
-
-
 def test_a_release_at_the_floor_installs_a_rollback_by_release_stays_possible(tmp_path: Path) -> None:
     gateway = Gateway(tmp_path, running="0.4.0")
     gateway.floor('{"min_version": "0.3.0"}')
     sha = gateway.bundle("0.3.0")  # older than what runs, not below the floor: a legitimate way back
-    with healthy_agent(gateway.root) as status:
+    with release_agents(gateway.root) as status:
         state = gateway.run(status)
     assert state.phase == "committed", state
     assert gateway.current() == f"0.3.0-{sha[:8]}"
@@ -200,7 +158,7 @@ def test_a_committed_release_raises_the_floor_it_signed_and_nothing_below_instal
 ) -> None:
     gateway = Gateway(tmp_path, running="0.2.0")
     fixed = gateway.bundle("0.3.0", min_version="0.3.0")  # the release that fixes a hole in 0.2.0
-    with healthy_agent(gateway.root) as status:
+    with release_agents(gateway.root) as status:
         state = gateway.run(status)
     assert state.phase == "committed", state
     floor = orjson.loads((gateway.root / "min-version.json").read_bytes())
@@ -260,7 +218,7 @@ def test_a_trial_the_agent_forges_cannot_take_the_gateway_back_below_the_floor(t
     switch to `previous`, whose updater (it runs from `current`) may have holes of its own."""
     gateway = Gateway(tmp_path, running="0.2.0")
     sha = gateway.bundle("0.3.0", min_version="0.3.0")
-    with healthy_agent(gateway.root) as status:
+    with release_agents(gateway.root) as status:
         assert gateway.run(status).phase == "committed"
     gateway.files.write_state(
         UpdateState(id="f" * 64, phase="trial", to_release=f"0.3.0-{sha[:8]}", to_version="0.3.0",
@@ -293,7 +251,7 @@ def _commit_until_the_power_cut(gateway: Gateway, status: Path) -> None:
 def test_a_trial_cut_off_after_it_raised_the_floor_is_committed_not_judged_again(tmp_path: Path) -> None:
     gateway = Gateway(tmp_path, running="0.2.0")
     sha = gateway.bundle("0.3.0", min_version="0.3.0")
-    with healthy_agent(gateway.root) as status:
+    with release_agents(gateway.root) as status:
         child = multiprocessing.get_context("fork").Process(
             target=_commit_until_the_power_cut, args=(gateway, status)
         )

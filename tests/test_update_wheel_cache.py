@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.test_update_min_version import Gateway, healthy_agent
+from tests.support.update_agents import release_agents
+from tests.test_update_min_version import Gateway
 
 
 def _wheel(folder: Path, name: str) -> Path:
@@ -21,7 +22,7 @@ def _apply(gateway: Gateway, version: str, carried: list[str], cached: list[str]
     `cached` ones (a thin bundle), installed and committed; the wheel cache's names after it."""
     deps = gateway.tmp / "deps"
     gateway.bundle(version, carried=[deps / n for n in carried], cached=[deps / n for n in cached])
-    with healthy_agent(gateway.root) as status:
+    with release_agents(gateway.root) as status:
         state = gateway.run(status)
     assert state.phase == "committed", state
     return " ".join(sorted(p.name for p in gateway.layout.wheels.iterdir()))

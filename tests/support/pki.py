@@ -17,6 +17,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support.broker import ClientTls, Mosquitto, Subscriber
+from tests.support.testing import write_agent_config
 from water_edge.agent.uplink.config import TlsConfig
 from water_edge.provisioning.ca import CertificateAuthority
 from water_edge.provisioning.config import ClaimSection
@@ -96,6 +97,51 @@ class Pki:
             port=broker.port,
             timeout_s=timeout_s,
         )
+
+    def write_enrolling_agent_config(
+        self,
+        directory: Path,
+        broker: Mosquitto,
+        serial: str,
+        *,
+        poll_interval_ms: int,
+        at_fraction: float,
+        alarm_fraction: float,
+    ) -> Path:
+        """`directory/agent.toml` for a gateway with only a claim certificate (CN `claim`, issued
+        here): it enrols as `serial` through `broker` and keeps the identity it gets in
+        `directory/state/identity/current`, the uplink's TLS files. It renews from `at_fraction` of
+        a certificate's lifetime and raises the alarm at `alarm_fraction` (retries 0.5 to 1 s apart,
+        at most one renewal a second); one fake device polled every `poll_interval_ms`."""
+        claim_cert, claim_key = self.client("claim")
+        identity = directory / "state" / "identity" / "current"
+        return write_agent_config(
+            directory,
+            broker_port=broker.port,
+            devices=[{"name": "plc", "kind": "fake", "poll_interval_ms": poll_interval_ms,
+                      "tags": [{"name": "flow"}]}],
+            uplink={
+                "tls": {
+                    "ca_file": str(identity / "ca.pem"),
+                    "cert_file": str(identity / "cert.pem"),
+                    "key_file": str(identity / "key.pem"),
+                }
+            },
+            security={
+                "identity": {
+                    "serial": serial,
+                    "claim": {
+                        "cert_file": str(claim_cert), "key_file": str(claim_key),
+                        "ca_file": str(self.ca_file), "host": broker.host, "port": broker.port,
+                        "timeout_s": 3,
+                    },
+                    "renewal": {
+                        "at_fraction": at_fraction, "alarm_fraction": alarm_fraction, "retry_min_s": 0.5,
+                        "retry_max_s": 1, "min_interval_s": 1,
+                    },
+                }
+            },
+        )  # fmt: skip
 
     def subscriber(self, broker: Mosquitto, topic: str, session: str | None = None) -> Subscriber:
         return Subscriber(
