@@ -20,6 +20,7 @@ import psutil
 from tests.support.agent_proc import start_agent, write_config
 from tests.support.broker import Mosquitto
 from tests.support.plant import running_plant
+from tests.support.wmbus_air import rtlwmbus_device
 
 METERS = 500
 COMPACT_SHARE = 0.3
@@ -39,17 +40,7 @@ security = "mixed"
 
 
 def _devices(air: dict[str, Any]) -> str:
-    text = f"""
-[[devices]]
-name = "wmeters"
-kind = "wmbus"
-receiver = "rtlwmbus"
-host = "{air["rtlwmbus"]["host"]}"
-tcp_port = {air["rtlwmbus"]["port"]}
-link_modes = ["T1", "C1"]
-"""
-    for m in air["meters"]:
-        text += f'\n[[devices.meters]]\nname = "m{m["index"]}"\nid = "{m["id"]}"\nkey = "{m["key"]}"\n'
+    text = rtlwmbus_device(air, {f"m{m['index']}": m for m in air["meters"]})
     return text + '\n[[models.meter]]\nname = "all"\ndevice = "wmeters"\nno_use_hours = 12\n'
 
 

@@ -17,11 +17,11 @@ from typing import Any
 import jsonschema
 import paho.mqtt.client as paho
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Publisher, Subscriber
+from tests.support.commands import command_results, operator_security, public_b64
 from tests.support.plant import Plant, running_plant
 from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, demo_devices, write_agent_config
 from water_edge.core.envelope import sign
@@ -39,27 +39,11 @@ def plant() -> Iterator[Plant]:
         yield running
 
 
-def public_b64(key: Ed25519PrivateKey) -> str:
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
-
-
-def command_results(messages: list[Any]) -> list[dict[str, Any]]:
-    return [
-        event["detail"]
-        for m in messages if m.topic == f"{TOPIC}/events"
-        for event in m.json()["events"] if event["kind"] == "command_result"
-    ]  # fmt: skip
-
-
 def test_signed_commands_run_and_forged_ones_are_refused(
     plant: Plant, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     ops = Ed25519PrivateKey.generate()
-    security = (
-        "[security]\n[[security.operators]]\n"
-        f'name = "control-room"\npublic_key = "{public_b64(ops)}"\ncommands = ["read_now", "restart"]\n'
-    )
+    security = operator_security(ops, ["read_now", "restart"])
     config = write_agent_config(
         tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port), security=security
     )

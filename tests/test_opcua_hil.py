@@ -23,16 +23,12 @@ UA_BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EDGE_SIM_OPCUA_PORT", "0")  # beside a demo on 4840
-    try:
-        # One model tick every 2 s: a Modbus poll, an OPC UA read and a second Modbus poll fit in
-        # one tick even on a loaded CI machine (at the real 0.1 s tick, CI once never managed it).
-        workdir = tmp_path_factory.mktemp("plant")
-        with running_plant(seed=3, components="opcua", workdir=workdir, speed=0.05) as p:
-            yield p
-    finally:
-        mp.undo()
+    workdir = tmp_path_factory.mktemp("plant")
+    # One model tick every 2 s: a Modbus poll, an OPC UA read and a second Modbus poll fit in
+    # one tick even on a loaded CI machine (at the real 0.1 s tick, CI once never managed it).
+    # OPC UA on a free port, beside a demo on 4840.
+    with running_plant(seed=3, components="opcua", workdir=workdir, speed=0.05, opcua_port=0) as p:
+        yield p
 
 
 def _overlapping() -> set[str]:

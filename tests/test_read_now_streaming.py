@@ -13,7 +13,6 @@ beside one.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,17 +22,17 @@ import numpy as np
 import orjson
 import paho.mqtt.client as paho
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from scipy.io import wavfile
 from structlog.testing import capture_logs
 
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Publisher, Received, Subscriber
+from tests.support.commands import command_results, events, operator_security
 from tests.support.mbus_sim import bus_config, running_bus
 from tests.support.plant import Plant, running_plant
 from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, eventually, write_agent_config
-from tests.support.wmbus_air import Air
+from tests.support.wmbus_air import Air, rtlwmbus_config, rtlwmbus_device
 from water_edge.agent.remote.result import MAX_DETAIL_BYTES
 from water_edge.agent.supervisor import DeviceRunner, bound_latest
 from water_edge.core.envelope import sign
@@ -43,7 +42,6 @@ from water_edge.drivers.audio.config import AudioConfig
 from water_edge.drivers.audio.driver import AudioDriver
 from water_edge.drivers.mbus.config import MbusConfig
 from water_edge.drivers.mbus.driver import MbusDriver
-from water_edge.drivers.wmbus.config import WmbusConfig
 from water_edge.drivers.wmbus.driver import WmbusDriver
 
 TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
@@ -63,37 +61,14 @@ compact_share = 0.0
 
 @pytest.fixture(scope="module")
 def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("EDGE_SIM_OPCUA_PORT", "0")  # beside a demo on 4840
-    try:
-        workdir = tmp_path_factory.mktemp("plant")
-        scenario = workdir / "scenario.toml"
-        scenario.write_text(SCENARIO)
-        with running_plant(seed=4, scenario=scenario, components="wmbus,opcua", workdir=workdir) as p:
-            yield p
-    finally:
-        mp.undo()
-
-
-def public_b64(key: Ed25519PrivateKey) -> str:
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
-
-
-def command_results(messages: list[Received]) -> list[dict[str, Any]]:
-    return [
-        event["detail"]
-        for m in messages if m.topic == f"{TOPIC}/events"
-        for event in m.json()["events"] if event["kind"] == "command_result"
-    ]  # fmt: skip
-
-
-def events(messages: list[Received], kind: str) -> list[dict[str, Any]]:
-    return [
-        event
-        for m in messages if m.topic == f"{TOPIC}/events"
-        for event in m.json()["events"] if event["kind"] == kind
-    ]  # fmt: skip
+    workdir = tmp_path_factory.mktemp("plant")
+    scenario = workdir / "scenario.toml"
+    scenario.write_text(SCENARIO)
+    # OPC UA on a free port, beside a demo on 4840.
+    with running_plant(
+        seed=4, scenario=scenario, components="wmbus,opcua", workdir=workdir, opcua_port=0
+    ) as p:
+        yield p
 
 
 def readings(messages: list[Received], stream: str) -> list[dict[str, Any]]:
@@ -102,23 +77,7 @@ def readings(messages: list[Received], stream: str) -> list[dict[str, Any]]:
 
 def devices(plant: Plant) -> str:
     air: dict[str, Any] = plant.endpoints["wmbus"]
-    meters = air["meters"]
-    text = f"""
-[[devices]]
-name = "wmeters"
-kind = "wmbus"
-receiver = "rtlwmbus"
-host = "{air["rtlwmbus"]["host"]}"
-tcp_port = {air["rtlwmbus"]["port"]}
-link_modes = ["T1", "C1"]
-"""
-    for index in (0, 1):
-        text += f"""
-[[devices.meters]]
-name = "flat{index}"
-id = "{meters[index]["id"]}"
-key = "{meters[index]["key"]}"
-"""
+    text = rtlwmbus_device(air, {f"flat{index}": air["meters"][index] for index in (0, 1)})
     text += f"""
 [[devices]]
 name = "ua"
@@ -141,10 +100,7 @@ def test_read_now_leaves_streaming_devices_up_and_answers_their_latest_readings(
     plant: Plant, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     ops = Ed25519PrivateKey.generate()
-    security = (
-        "[security]\n[[security.operators]]\n"
-        f'name = "control-room"\npublic_key = "{public_b64(ops)}"\ncommands = ["read_now"]\n'
-    )
+    security = operator_security(ops, ["read_now"])
     config = write_agent_config(
         tmp_path, broker_port=mosquitto.port, devices=devices(plant), security=security
     )
@@ -216,11 +172,7 @@ async def test_a_read_beside_the_running_stream_is_refused_and_the_stream_goes_o
     # What `read_now` did to a wmbus device: `read()` while `stream()` waits on the receiver. The
     # second reader broke the receiver's stream and ended `stream()` ("every receiver is lost").
     air: Air = await air_factory(meters=2, compact_share=0.0, interval_s=0.5)
-    cfg = WmbusConfig.model_validate(
-        {"name": "sdr", "kind": "wmbus", "receiver": "rtlwmbus", "host": "127.0.0.1",
-         "tcp_port": air.detail["rtlwmbus"]["port"], "link_modes": ["T1", "C1"],
-         "meters": [air.meter(0), air.meter(1)]}
-    )  # fmt: skip
+    cfg = rtlwmbus_config(air, [air.meter(0), air.meter(1)])
     driver = WmbusDriver.from_config(cfg)
     await driver.open()
     got: list[Reading] = []

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from tests.support.testing import free_port
-from tests.support.wmbus_air import Air, stick_config, volumes
+from tests.support.wmbus_air import Air, rtlwmbus_config, stick_config, volumes
 from water_edge.core.errors import DriverIOError
 from water_edge.core.health import health_json
 from water_edge.core.reading import Reading
@@ -183,11 +183,7 @@ async def test_rtl_wmbus_over_tcp_hears_both_link_modes_and_counts_collisions(
     air_factory: Callable[..., Any],
 ) -> None:
     air = await air_factory(meters=60, compact_share=0.5, interval_s=0.3)
-    cfg = WmbusConfig.model_validate(
-        {"name": "sdr", "kind": "wmbus", "receiver": "rtlwmbus", "host": "127.0.0.1",
-         "tcp_port": air.detail["rtlwmbus"]["port"], "link_modes": ["T1", "C1"],
-         "meters": [air.meter(0), air.meter(59)]}
-    )  # fmt: skip
+    cfg = rtlwmbus_config(air, [air.meter(0), air.meter(59)])
     got, driver = await listen(cfg, 15.0)
     assert {air.meters[0]["link_mode"], air.meters[59]["link_mode"]} == {"C1", "T1"}
     assert got["m59.volume"].quality == "good"
@@ -225,11 +221,7 @@ async def test_a_telegram_heard_again_through_a_repeater_gives_readings_once(
     leak = {"leak_lph": 36_000.0}
     air = await air_factory(meters=2, compact_share=0.5, repeater_delay_s=0.2, faults={"0": leak, "1": leak})
     assert [m["kind"] for m in air.meters] == ["compact", "oms"]
-    cfg = WmbusConfig.model_validate(
-        {"name": "sdr", "kind": "wmbus", "receiver": "rtlwmbus", "host": "127.0.0.1",
-         "tcp_port": air.detail["rtlwmbus"]["port"], "link_modes": ["T1", "C1"],
-         "meters": [air.meter(0), air.meter(1)]}
-    )  # fmt: skip
+    cfg = rtlwmbus_config(air, [air.meter(0), air.meter(1)])
     driver = WmbusDriver.from_config(cfg)
     await driver.open()
     readings: list[Reading] = []

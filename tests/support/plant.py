@@ -67,6 +67,7 @@ def start_plant(
     speed: float | None = None,
     max_registers: int | None = None,
     any_unit: bool = False,
+    opcua_port: int | None = None,
 ) -> Plant:
     """Start `edge-sim run` and wait until it listens. `port=0`: a free port, chosen by the OS.
 
@@ -75,6 +76,8 @@ def start_plant(
     seconds per wall second (`edge-sim run --speed`); below 1 a test that must read several views
     within one 0.1 s model tick gets the time to. `max_registers`: the PLC refuses longer reads
     (`edge-sim run --max-registers`). `any_unit`: the PLC answers every unit ID (`--any-unit`).
+    `opcua_port`: the OPC UA server's port (EDGE_SIM_OPCUA_PORT; 0: a free one, beside a demo on
+    4840).
     """
     directory = Path(workdir or tempfile.mkdtemp(prefix="edge-sim-"))
     endpoints_file = directory / f"endpoints-{os.getpid()}-{time.monotonic_ns()}.json"
@@ -91,6 +94,8 @@ def start_plant(
     env = dict(os.environ)
     root = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "firmware-sim"), env.get("PYTHONPATH", "")])
+    if opcua_port is not None:
+        env["EDGE_SIM_OPCUA_PORT"] = str(opcua_port)
     # stderr goes to a file, not a pipe: a pipe nobody reads fills up and stalls a long-running sim.
     log_path = endpoints_file.with_suffix(".log")
     with log_path.open("wb") as log_file:

@@ -1,12 +1,13 @@
 """The simulator's wireless M-Bus meters on the air, for the wmbus driver's tests: a started
 `WmbusComponent` (`air_started`; the `air_factory` fixture in conftest.py), its meters as driver
-config (`Air.meter`, `stick_config`) and the volumes a driver read (`volumes`)."""
+config (`Air.meter`, `stick_config`, `rtlwmbus_config`; `rtlwmbus_device` for an agent config
+against a plant's meters) and the volumes a driver read (`volumes`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,32 @@ def stick_config(air: Air, meters: list[dict[str, Any]], mode: str = "T1", **ext
         {"name": "w", "kind": "wmbus", "receiver": "im871a", "port": air.detail["path"],
          "link_modes": [mode], "meters": meters, **extra}
     )  # fmt: skip
+
+
+def rtlwmbus_config(air: Air, meters: list[dict[str, Any]]) -> WmbusConfig:
+    """A device `sdr` hearing T1 and C1 over `air`'s rtl_wmbus TCP stream."""
+    return WmbusConfig.model_validate(
+        {"name": "sdr", "kind": "wmbus", "receiver": "rtlwmbus", "host": "127.0.0.1",
+         "tcp_port": air.detail["rtlwmbus"]["port"], "link_modes": ["T1", "C1"], "meters": meters}
+    )  # fmt: skip
+
+
+def rtlwmbus_device(air: Mapping[str, Any], meters: Mapping[str, Mapping[str, Any]]) -> str:
+    """The `[[devices]]` table (TOML) of a device `wmeters` hearing T1 and C1 over the rtl_wmbus
+    TCP stream a plant announced (`air`: its `endpoints["wmbus"]`), with `meters` (name: one of
+    `air["meters"]`)."""
+    text = f"""
+[[devices]]
+name = "wmeters"
+kind = "wmbus"
+receiver = "rtlwmbus"
+host = "{air["rtlwmbus"]["host"]}"
+tcp_port = {air["rtlwmbus"]["port"]}
+link_modes = ["T1", "C1"]
+"""
+    for name, m in meters.items():
+        text += f'\n[[devices.meters]]\nname = "{name}"\nid = "{m["id"]}"\nkey = "{m["key"]}"\n'
+    return text
 
 
 def volumes(readings: list[Reading], name: str) -> list[float]:
