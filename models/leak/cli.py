@@ -146,7 +146,7 @@ def offset_seconds(text: str) -> float:
 
 
 def _judging_arguments(p: Any, check_help: str) -> None:
-    from water_edge.models.leak.recording import SHORTEST_CHECK_S
+    from water_edge.models.leak.check_length import SHORTEST_CHECK_S
 
     p.add_argument(
         "--start",
@@ -311,7 +311,7 @@ def _check_length_against(args: argparse.Namespace, baseline: Baseline | None) -
     not warned: its thresholds hold for the scatter of checks that long, and shorter checks against
     them gave a confident false leak (docs/leak-detection.md), which a warning beside a JSON
     `"leak": true` would not undo."""
-    from water_edge.models.leak.recording import DEFAULT_CHECK_S, check_length
+    from water_edge.models.leak.check_length import DEFAULT_CHECK_S, check_length
 
     learnt = None if baseline is None else baseline.check_s
     if args.check_s is None:
@@ -450,8 +450,9 @@ def _calibrate_files(args: argparse.Namespace) -> int:
     from water_edge.core.wavio import WavError
     from water_edge.models.leak import pipes
     from water_edge.models.leak.baseline import Baseline, BaselineError
+    from water_edge.models.leak.check_length import DEFAULT_CHECK_S, check_length
     from water_edge.models.leak.detector import LeakScorer
-    from water_edge.models.leak.recording import DEFAULT_CHECK_S, check_length, file_checks
+    from water_edge.models.leak.recording import file_checks
     from water_edge.models.manifest import ModelError
 
     check_s = check_length(DEFAULT_CHECK_S if args.check_s is None else args.check_s)

@@ -31,16 +31,14 @@ from water_edge.core.dropouts import dropout_seconds
 from water_edge.core.wavio import frames, open_wav, to_float
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import CheckStats
+from water_edge.models.leak.check_length import (
+    DEFAULT_CHECK_S,
+    SHORTEST_CHECK_S,
+    check_length,
+)
 from water_edge.models.leak.detector import LeakScorer, Score, band_levels
 from water_edge.models.leak.levels import SECOND, second_bands
 
-DEFAULT_CHECK_S: Final = 8.0
-MIN_CHECK_S: Final = 2  # what `split_checks` cuts at the least (measurements go below SHORTEST_CHECK_S)
-# `calibrate leak` / `score leak --check-s` take no shorter check. A check's quiet level is the 10th
-# percentile of its one-second levels, for a few levels about their minimum, which scatters more
-# the fewer they are: measured by models/train/leak_check_length.py on simulated no-leak
-# recordings (docs/leak-check-length.json, docs/leak-detection.md).
-SHORTEST_CHECK_S: Final = 4
 LONG_S: Final = 600  # longer recordings are read a segment at a time
 SEGMENT_S: Final = 300  # about this much per segment: a whole number of checks
 PAD_S: Final = 2  # resampler context each side of a segment, cut off after
@@ -61,11 +59,6 @@ def span_frames(n_frames: int, rate: int, span: Span) -> tuple[int, int]:
     if end is not None and end <= (start or 0.0):
         raise ValueError(f"--end {end:g} s is not after --start {start or 0:g} s")
     return a, b
-
-
-def check_length(check_s: float) -> int:
-    """The whole seconds a check of `check_s` holds (its levels are one second each)."""
-    return max(MIN_CHECK_S, round(check_s))
 
 
 def split_checks(n_seconds: int, check_s: float) -> list[tuple[int, int]]:
