@@ -18,6 +18,7 @@ from tests.test_config_references import meter_group
 from tests.test_flow_leak_exports import _flow_leak, _flows, _plain
 from tests.test_processors import AUDIO, PLC, problems_for
 from water_edge.agent.config import load_config
+from water_edge.drivers.audio.config import AudioConfig
 from water_edge.models.nightwindow import NightWindow
 
 FIX = "a night window is at most 12 h (it may cross midnight, e.g. 23:00-05:00); "
@@ -111,3 +112,16 @@ def test_a_reversed_night_in_a_flow_leak_table_is_refused_by_every_check(
     text = GOOD + FLOW_LEAK.replace("plc/flow", "sim/flow") + 'night_start = "04:00"\nnight_end = "02:00"\n'
     path = write_config(tmp_path, text)
     assert refused_everywhere(path, capsys) == [f"{path}: models.flow_leak[0]: {KEYS_REVERSED}{KEYS_FIX}"]
+
+
+def test_an_audio_devices_reversed_night_is_refused_and_one_across_midnight_loads(tmp_path: Path) -> None:
+    # The audio driver's own night (its quietest levels) had no length check: 04:00-02:00 loaded.
+    reversed_night = AUDIO + 'night_start = "04:00"\nnight_end = "02:00"\n'
+    (problem,) = problems_for(tmp_path, "", devices=reversed_night + PLC)
+    assert problem.startswith("FILE: devices[0]")
+    assert KEYS_REVERSED + KEYS_FIX in problem
+    across = AUDIO + 'night_start = "23:00"\nnight_end = "05:00"\n'
+    (tmp_path / "ok").mkdir()
+    (audio, _) = load_config(write_agent_config(tmp_path / "ok", devices=across + PLC)).devices
+    assert isinstance(audio, AudioConfig)
+    assert (audio.night_start, audio.night_end) == ("23:00", "05:00")

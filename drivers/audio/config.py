@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from water_edge.core.hosts import check_host, check_port
 from water_edge.core.names import NAME_PATTERN
+from water_edge.core.night_length import check_night_length, night_keys
 from water_edge.drivers.base import DeviceConfig
 
 # Nominal octave-band centres (IEC 61260); bands whose upper edge passes Nyquist are left out.
@@ -133,6 +134,7 @@ class AudioConfig(DeviceConfig):
             raise ValueError("'channel_names' and 'calibration_db' must have one entry per channel")
         if self.night_start == self.night_end:
             raise ValueError("night_start and night_end must differ")
+        check_night_length(self.night_start, self.night_end, night_keys)
         return self
 
     @property

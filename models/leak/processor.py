@@ -49,6 +49,7 @@ import numpy.typing as npt
 import structlog
 
 from water_edge.core.dropouts import holds_dropout
+from water_edge.core.night_length import minutes
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
 from water_edge.core.reading import Event, Severity
 from water_edge.core.sensor_faults import describe
@@ -62,7 +63,7 @@ from water_edge.models.leak.judge import SIGNAL_LOST_DB, Confirmation, Judgement
 from water_edge.models.leak.levels import SECOND, Decimator, second_bands
 from water_edge.models.leak.resume import record, resumed, say_unconfigured
 from water_edge.models.leak.store import SensorStore, last_nights
-from water_edge.models.nightwindow import NightWindow, minutes, zone
+from water_edge.models.nightwindow import NightWindow, zone
 from water_edge.models.runtime import load_model
 
 log = structlog.get_logger(__name__)

@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from water_edge.core.names import NAME_PATTERN
+from water_edge.core.night_length import check_night_length
 from water_edge.core.patterns import explained
-from water_edge.models.nightwindow import check_night_length
 
 WINDOW_PATTERN = explained(
     r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$", "a time window HH:MM-HH:MM such as 02:00-04:00"
