@@ -478,7 +478,7 @@ class NetFlows:
 
     def local(self, i: int) -> datetime:
         """The `i`th sample's local wall-clock time (naive)."""
-        return _WALL_EPOCH + timedelta(microseconds=int(self.wall_us[i]))
+        return _wall_clock(int(self.wall_us[i]))
 
     def samples(self) -> Iterator[tuple[datetime, float, float]]:
         """(local wall-clock time, net flow m3/h, pressure) in time order."""
@@ -486,11 +486,18 @@ class NetFlows:
             chunk = slice(i, i + _CHUNK)
             wall, flow, pressure = self.wall_us[chunk], self.flow[chunk], self.pressure[chunk]
             for us, q, p in zip(wall.tolist(), flow.tolist(), pressure.tolist(), strict=True):
-                yield _WALL_EPOCH + timedelta(microseconds=us), q, p
+                yield _wall_clock(us), q, p
 
 
 _WALL_EPOCH = datetime(1970, 1, 1)
 _CHUNK = 4096
+
+
+def _wall_clock(us: int) -> datetime:
+    """A naive wall-clock time from its microseconds since `_WALL_EPOCH` on that clock."""
+    return _WALL_EPOCH + timedelta(microseconds=us)
+
+
 _MICROSECOND = timedelta(microseconds=1)
 
 

@@ -345,25 +345,36 @@ def _given_twice(paths: Sequence[Path]) -> str | None:
     """Why the recordings cannot be learnt from when one is given twice (the same file, or the
     same bytes under another name): a night counted twice makes the baseline look steadier, and
     surer of its nights, than it is. None when each is given once (or one cannot be read: its own
-    error says so)."""
+    error says so). Only files of the same size are hashed: a night's recording can be hundreds of
+    MB, read again just to be told apart from the others."""
     import hashlib
 
-    seen: dict[object, Path] = {}
+    seen: dict[Path, Path] = {}
+    by_size: dict[int, list[Path]] = {}
     for path in paths:
         try:
-            with path.open("rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            where, size = path.resolve(), path.stat().st_size
         except OSError:
             continue
-        for key in (path.resolve(), digest):
-            if key in seen:
-                same = "the same file" if key == path.resolve() else "the same content"
-                return (
-                    f"{path} is {same} as {seen[key]}: one recording given twice would count one "
-                    "night twice; give each quiet night once"
-                )
-            seen[key] = path
+        if where in seen:
+            return f"{path} is the same file as {seen[where]}: {_TWICE}"
+        seen[where] = path
+        by_size.setdefault(size, []).append(path)
+    for same_size in (group for group in by_size.values() if len(group) > 1):
+        digests: dict[str, Path] = {}
+        for path in same_size:
+            try:
+                with path.open("rb") as fh:
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            except OSError:
+                continue
+            if digest in digests:
+                return f"{path} is the same content as {digests[digest]}: {_TWICE}"
+            digests[digest] = path
     return None
+
+
+_TWICE = "one recording given twice would count one night twice; give each quiet night once"
 
 
 def _warn_mixed_rates(checks: Sequence[CheckStats]) -> None:

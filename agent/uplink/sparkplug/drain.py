@@ -483,8 +483,9 @@ class SparkplugDrain:
             # rebirth (MQTT Engine: "DDATA before BIRTH"); only its driver's return (the live
             # `driver_up`, then real readings) births it again. Until then its rows are the
             # outage's stand-ins or readings taken before the death that reached the outbox after
-            # the `driver_down` (the pipeline commits a flush's events before its readings): their
-            # timestamps cannot tell (OPC UA stamps by the server's clock), the driver's order can.
+            # the `driver_down` (the pipeline commits in the order things came; an outbox written
+            # before it did may still hold such rows): their timestamps cannot tell (OPC UA stamps
+            # by the server's clock), the driver's order can.
             self.counters.suppressed_dead += len(items)
             return True
         if historical and stand_ins and (dead or device in self._past_down):
