@@ -254,6 +254,30 @@ def test_features_are_written_to_the_file_named_and_nowhere_else(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.wav", "features", "folder"]
 
 
+def test_recordings_at_two_sample_rates_are_not_written_into_one_features_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A .npy keeps no rate: clips of a 44.1 kHz recorder mixed into a 16 kHz calibration's file
+    # could never be warned about when scored.
+    x = MachineSoundSynth(SCENE, seed=6).render_seconds(10.0)
+    write_wav(tmp_path / "site16k.wav", x, 16_000)
+    write_wav(tmp_path / "phone44k.wav", np.tile(x, 3), 44_100)  # 10.9 s at this rate
+    out = tmp_path / "mixed.npy"
+    argv = [
+        "models",
+        "features",
+        "machine-sound",
+        str(tmp_path / "site16k.wav"),
+        str(tmp_path / "phone44k.wav"),
+    ]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "2 sample rates" in err
+    assert f"16000 Hz: {tmp_path / 'site16k.wav'}" in err
+    assert f"44100 Hz: {tmp_path / 'phone44k.wav'}" in err
+    assert not out.exists()
+
+
 def test_an_unreadable_wav_is_one_line_on_stderr_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

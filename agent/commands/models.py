@@ -435,14 +435,26 @@ def cmd_features_machine_sound(args: argparse.Namespace) -> int:
     import numpy as np
 
     from water_edge.core import logs
-    from water_edge.models.machine_sound.offline import wav_features
+    from water_edge.models.machine_sound.offline import wav_clips
     from water_edge.models.manifest import ModelError
 
     logs.configure("warning", json=False)
     try:
-        x = np.vstack([wav_features(p) for p in args.wav])
+        read = [wav_clips(p) for p in args.wav]
     except ModelError as exc:
         return _error(str(exc))
+    # A .npy keeps no sample rate, and a score cannot warn later about clips of another rate than
+    # the calibration's (their top bands differ: `other_rates`), so one file holds one rate.
+    by_rate: dict[int, list[str]] = {}
+    for path, (_, rate) in zip(args.wav, read, strict=True):
+        by_rate.setdefault(rate, []).append(str(path))
+    if len(by_rate) > 1:
+        said = "; ".join(f"{rate} Hz: {', '.join(paths)}" for rate, paths in sorted(by_rate.items()))
+        return _error(
+            f"the recordings are at {len(by_rate)} sample rates ({said}); a features file keeps no rate, "
+            "so write one --out per rate"
+        )
+    x = np.vstack([features for features, _ in read])
     try:
         with open(args.out, "wb") as fh:  # the name given: np.save(path) would append ".npy" to it
             np.save(fh, x.astype(np.float32))

@@ -308,7 +308,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--material", default="ductile_iron")
     p.add_argument("--diameter-mm", type=float, default=150.0)
     p.add_argument("--spacing-m", type=float, default=100.0)
-    p.add_argument("--leak-position-m", type=float, default=None, help="from sensor A; none: no leak")
+    p.add_argument(
+        "--leak-position-m",
+        type=float,
+        default=None,
+        help="the leak's distance from sensor A; leave it out for no leak",
+    )
     p.add_argument("--leak-size", type=float, default=1.0)
     p.add_argument("--snr-db", type=float, default=10.0)
     p.add_argument("--backgrounds", default=",".join(BACKGROUNDS), help="comma-separated, or ''")
