@@ -282,7 +282,7 @@ def test_calibrate_cli_writes_a_new_version_from_history(
     )
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "covers 0.4 h" in out.err
+    assert "covers 23 min:" in out.err  # the rows' span in whole minutes (it said "0.4 h")
 
     for argv, message in [
         (["--pump", "P9", "--from", start, "--to", end], "no pump 'P9'"),

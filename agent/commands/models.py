@@ -27,8 +27,6 @@ from typing import Any
 from water_edge.agent.commands._exits import EXIT_OK, EXIT_USAGE
 from water_edge.models.gateway_args import add_history_arguments, config_path
 
-MIN_CALIBRATION_HOURS = 24.0  # a daily demand cycle (docs/pump-anomaly.md)
-
 
 def register(subparsers: Any) -> None:
     models = subparsers.add_parser(
@@ -281,12 +279,11 @@ def _replay_pump(args: argparse.Namespace) -> int:
 
 def cmd_calibrate_pump(args: argparse.Namespace) -> int:
     import json
-    from datetime import datetime
 
     from water_edge.core import logs
     from water_edge.core.instants import instant_ns
     from water_edge.core.processor import CalibrationFailedError
-    from water_edge.models.pump.calibration import calibrate_pump
+    from water_edge.models.pump.calibration import calibrate_pump, short_span
 
     logs.configure("warning", json=False)
     found = _pump_config(args)
@@ -305,16 +302,8 @@ def cmd_calibrate_pump(args: argparse.Namespace) -> int:
         return _error(str(exc))
     except PermissionError as exc:  # the state directory is the agent's
         return _closed(exc)
-    # The rows the calibration used, not the range asked for: history may hold less.
-    span_h = 0.0
-    if cal.from_ts and cal.to_ts:
-        span = datetime.fromisoformat(cal.to_ts) - datetime.fromisoformat(cal.from_ts)
-        span_h = span.total_seconds() / 3600
-    if span_h < MIN_CALIBRATION_HOURS:
-        _warn(
-            f"the calibration covers {span_h:.1f} h: a pump that follows daily demand needs a day of "
-            "normal duty, or later operating points will read as anomalies (docs/pump-anomaly.md)"
-        )
+    if (short := short_span(cal, cfg.sample_interval_s)) is not None:
+        _warn(short)
     sys.stdout.write(
         json.dumps(
             {

@@ -5,6 +5,7 @@ shares with `edge-agent models calibrate pump`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,8 @@ from water_edge.models.pump.config import PumpModelConfig
 
 if TYPE_CHECKING:
     from water_edge.models.pump.detector import Calibration
+
+MIN_CALIBRATION_HOURS = 24.0  # a daily demand cycle (docs/pump-anomaly.md)
 
 
 def calibrate_from_history(cfg: PumpModelConfig, state_dir: Path, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,3 +82,30 @@ def calibrate_pump(
             )
     except (ValueError, ModelError) as exc:
         raise CalibrationFailedError(str(exc)) from None
+
+
+def short_span(cal: Calibration, sample_interval_s: float) -> str | None:
+    """The warning `edge-agent models calibrate pump` gives when the rows `cal` used (not the range
+    asked for: history may hold less) span less than `MIN_CALIBRATION_HOURS`, else None. The span
+    counts the last row's own interval (`sample_interval_s`): a day of 1 s rows stamped 00:00:01 to
+    00:00:00 is a day; it was 1 s short and warned "covers 24.0 h ... needs a day". The span is said
+    in whole minutes rounded down, so a short one never reads as a day."""
+    span_s = 0.0
+    if cal.from_ts and cal.to_ts:
+        rows = datetime.fromisoformat(cal.to_ts) - datetime.fromisoformat(cal.from_ts)
+        span_s = rows.total_seconds() + sample_interval_s
+    if span_s >= MIN_CALIBRATION_HOURS * 3600:
+        return None
+    return (
+        f"the calibration covers {_duration(span_s)}: a pump that follows daily demand needs a day of "
+        "normal duty, or later operating points will read as anomalies (docs/pump-anomaly.md)"
+    )
+
+
+def _duration(seconds: float) -> str:
+    """'23 h 59 min', '24 min', '40 s': rounded down."""
+    minutes = int(seconds // 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min" if minutes else f"{int(seconds)} s"

@@ -165,6 +165,22 @@ def read_table(text: str, warn: Callable[[str], None] = lambda _m: None) -> Tabl
     return Table(stamps, names, np.asfortranarray(kept), ignored)
 
 
+def _read_text(path: Path) -> str:
+    """The file's text (`textfiles.read_export`). A byte that is not UTF-8 in a text file (a legacy
+    export's "m³/h") is read as U+FFFD; a file with NUL bytes among them is no text (a .npy, a
+    workbook) and is refused as `score flow-leak` refuses it (it was "no numeric signal column found")."""
+    try:
+        try:
+            return read_export(path)
+        except UnicodeDecodeError as exc:
+            text = read_export(path, errors="replace")
+            if "\x00" in text:
+                raise InputError(f"{path}: not a text file ({exc.reason})") from None
+            return text
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
 def _text_lines(text: str) -> Iterator[str]:
     """The non-blank lines of `text` (a leading BOM dropped), one at a time (`textfiles.lines_of`:
     a week at 1 s held as a list was 75 MB)."""
@@ -620,10 +636,7 @@ def score_csv(
     column of 1/0 labels, taken out of the signals and kept for `ScoredCsv.compared`."""
     if calibrate_rows is None and calibrate_until is None:
         raise InputError("give --calibrate-rows N or --calibrate-until TIME")
-    try:
-        text = read_export(path, errors="replace")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    text = _read_text(path)
     zone = tz or _local_zone()
     with _in_file(path):
         table = read_table(text, warn)
@@ -648,7 +661,7 @@ def score_csv(
     _warn_labelled_calibration(labels, calibrate_rows, warn)
     covered = coverage.check(table.values, table.names, calibrate_rows)
     if covered is not None and covered.poor():
-        warn(covered.message(calibrate_rows))
+        warn(covered.message(calibrate_rows, table.timestamps))
     if calibrate_rows < STEADY_MAX_ROWS:
         p = steady_params or steady.SteadyParams()
         p = replace(
