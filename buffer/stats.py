@@ -43,10 +43,13 @@ class BufferHealth:
     def status_lines(self) -> list[str]:
         pct = _pct_of(self.bytes, self.max_bytes)
         oldest = "-" if self.oldest_age_s is None else units.duration(self.oldest_age_s)
+        # Readings past max_age_s are removed too: a technician reading "evicted 0" must not take
+        # that for "nothing lost".
+        expired = f"  expired {self.expired_readings} readings (max age)" if self.expired_readings else ""
         return [
             f"{self.rows} rows / {self.readings} readings  {units.size(self.bytes)} of "
             f"{units.size(self.max_bytes)} ({pct:.1f} %)  oldest {oldest}  "
-            f"evicted {self.evicted_readings} readings",
+            f"evicted {self.evicted_readings} readings{expired}",
             f"epoch {self.epoch}",
         ]
 

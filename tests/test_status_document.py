@@ -339,6 +339,15 @@ def test_status_prints_the_same_lines_as_always() -> None:
     assert format_status(as_received(realistic_document())).splitlines() == EXPECTED_LINES
 
 
+def test_status_says_how_many_readings_aged_out_beside_those_evicted() -> None:
+    # max_age_s removes rows without any eviction: "evicted 0 readings" alone read as nothing lost.
+    document = realistic_document()
+    aged = dataclasses.replace(document.buffer, expired_rows=43, expired_readings=1849)
+    lines = format_status(as_received(dataclasses.replace(document, buffer=aged))).splitlines()
+    (buffer_line,) = [line for line in lines if line.startswith("buffer ")]
+    assert buffer_line.endswith("oldest 24 min 59 s  evicted 0 readings  expired 1849 readings (max age)")
+
+
 def test_each_section_carries_its_components_own_lines() -> None:
     document = realistic_document()
     received = as_received(document)
