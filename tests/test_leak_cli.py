@@ -337,7 +337,9 @@ def test_clipped_seconds_of_a_recording_are_judged_but_never_learnt_from(
     assert main(["models", "calibrate", "leak", str(first), "--out", str(base)]) == 0
     made = capsys.readouterr()
     assert json.loads(made.out)["checks"] == 4  # of 6: the clipped two left out
-    assert "warning: 2 check(s) saturated at full scale left out (clipped: lower the gain)" in made.err
+    assert (
+        f"warning: {first}: 2 check(s) saturated at full scale left out (clipped: lower the gain)" in made.err
+    )
     assert main(["models", "calibrate", "leak", str(whole), "--out", str(tmp_path / "b2.json")]) == 2
     assert "every one of its 6 check(s) held audio saturated at full scale: lower the input gain" in (
         capsys.readouterr().err

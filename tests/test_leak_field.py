@@ -530,8 +530,8 @@ def test_cli_refuses_a_baseline_of_silence_and_does_not_judge_a_silent_file(tmp_
     res = _cli("score", "leak", str(silence), "--baseline", str(tmp_path / "base.json"))
     assert res.returncode == 0, res.stderr
     line = json.loads(res.stdout)
-    assert line["leak"] is False
-    assert line["warning"] is False
+    assert line["leak"] is None  # not judged: no verdict, not "no leak"
+    assert line["warning"] is None
     assert line["signal_lost_checks"] == len(line["evidence"]["checks"]) == 2
     assert "not heard" in res.stderr
 

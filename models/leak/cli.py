@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +38,8 @@ from water_edge.core.files import printable_name, printable_texts
 if TYPE_CHECKING:
     from water_edge.models.leak.baseline import Baseline, CheckStats
     from water_edge.models.leak.config import LeakModelSection
-    from water_edge.models.leak.judge import Judgement
+    from water_edge.models.leak.detector import Score
+    from water_edge.models.leak.judge import Judgement, JudgeParams
 
 # Measured by models/train/leak_cli_false_alarms.py (40 files of edge-sim hydrophones at its
 # defaults, no leak; docs/leak-cli-false-alarms.json): the classifier alone is one piece of evidence,
@@ -88,7 +90,9 @@ def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None
             help="quiet recordings, one per night (each once)",
         )
         cal.add_argument("--out", type=Path, default=None, help="write the baseline JSON here (with FILEs)")
-        _gateway_arguments(cal, "DEVICE.CHANNEL on the gateway (with --from/--to)")
+        _gateway_arguments(
+            cal, "DEVICE.CHANNEL on the gateway (with --from and --to, both required)", needs_stretch=True
+        )
         _judging_arguments(
             cal, "seconds of a recording per check (default 8), kept in the baseline: score with the same"
         )
@@ -120,12 +124,16 @@ def register(models_sub: Any, score_sub: Any, calibrate_sub: Any = None) -> None
     loc.set_defaults(func=cmd_locate)
 
 
-def _gateway_arguments(p: Any, sensor_help: str) -> None:
-    """A hydrophone on this gateway and a stretch of its stored nights."""
+def _gateway_arguments(p: Any, sensor_help: str, *, needs_stretch: bool = False) -> None:
+    """A hydrophone on this gateway and a stretch of its stored nights (`needs_stretch`: both
+    --from and --to required with --sensor)."""
     from water_edge.models.gateway_args import add_history_arguments
 
     p.add_argument("--sensor", default=None, help=sensor_help)
-    add_history_arguments(p)
+    if needs_stretch:
+        add_history_arguments(p, "--sensor", to_default=None)
+    else:
+        add_history_arguments(p)
 
 
 def offset_seconds(text: str) -> float:
@@ -177,6 +185,10 @@ def _judging_arguments(p: Any, check_help: str) -> None:
     )
 
 
+NOT_HEARD_NOTE = (
+    "the hydrophone is not heard (digital silence: every second a dropout, one value for 50 ms or more): "
+    "check the sensor, its cable and the audio input"
+)
 SIGNAL_LOST_NOTE = (
     "the hydrophone is not heard (digital silence, or its bands {db:g} dB or more below the baseline): "
     "check the sensor, its cable and the audio input"
@@ -230,9 +242,8 @@ def cmd_score_leak(args: argparse.Namespace) -> int:
 
 def _score_files(args: argparse.Namespace) -> int:
     from water_edge.core.wavio import WavError
-    from water_edge.models.leak.baseline import Baseline, BaselineError
     from water_edge.models.leak.detector import DEFAULT_MANIFEST, LeakScorer
-    from water_edge.models.leak.judge import SIGNAL_LOST_DB, JudgeParams, judge
+    from water_edge.models.leak.judge import judge
     from water_edge.models.leak.recording import read_recording
     from water_edge.models.manifest import ModelError
     from water_edge.models.runtime import load_model
@@ -242,19 +253,11 @@ def _score_files(args: argparse.Namespace) -> int:
     except ModelError as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT
-    baseline = None
-    params = None
+    baseline = params = None
     if args.baseline is not None:
-        try:
-            baseline = Baseline.from_dict(orjson.loads(args.baseline.read_bytes()))
-            material = args.material or baseline.material
-            params = JudgeParams(material=material, diameter_mm=args.diameter)
-        except OSError as exc:
-            _err(f"{args.baseline}: cannot read: {exc.strerror or exc}")
+        if (read := _read_baseline(args)) is None:
             return EXIT_BAD_INPUT
-        except (orjson.JSONDecodeError, BaselineError, ValueError) as exc:
-            _err(f"{args.baseline}: {exc}")
-            return EXIT_BAD_INPUT
+        baseline, params = read
     check_s = _check_length_against(args, baseline)
     if check_s is None:
         return EXIT_BAD_INPUT
@@ -289,20 +292,79 @@ def _score_files(args: argparse.Namespace) -> int:
         if judged is not None and baseline is not None:
             line.update(_against_baseline(judged, checks, baseline, classifier_leak=line["leak"]))
             _warn_other_rate(path, checks, baseline)
-            if judged and all(j.signal_lost for j in judged):
-                which = next(
-                    (f"; {n.removesuffix(' (--channel)')}: --channel N judges another" for n in score.notes
-                     if n.startswith("channel ")),
-                    "",
-                )  # fmt: skip
-                _err(f"{path}: not judged: {SIGNAL_LOST_NOTE.format(db=SIGNAL_LOST_DB)}{which}")
-        elif not score.classified:
-            _err(
-                f"{path}: not judged: recorded below the classifier's 8000 Hz; judge it against a baseline "
-                "(calibrate leak on quiet recordings made at its rate, then --baseline)"
-            )
+        _say_not_judged(path, score, judged)
         _out(line)
     return status
+
+
+def _read_baseline(args: argparse.Namespace) -> tuple[Baseline, JudgeParams] | None:
+    """`--baseline` and what its checks are judged with (`--material`, else the baseline's), or
+    None after saying on stderr why the file is not one."""
+    from water_edge.models.leak import pipes
+    from water_edge.models.leak.baseline import Baseline, BaselineError
+    from water_edge.models.leak.judge import JudgeParams
+
+    try:
+        data = args.baseline.read_bytes()
+        baseline = Baseline.from_dict(orjson.loads(data))
+    except OSError as exc:
+        _err(f"{args.baseline}: cannot read: {exc.strerror or exc}")
+        return None
+    except orjson.JSONDecodeError as exc:  # a CSV, a WAV, a half-written file given by mistake
+        where = re.sub(r" \(char \d+\)$", "", str(exc))
+        why = "an empty file" if not data else "not JSON" if exc.pos == 0 else f"not JSON: {where}"
+        _err(f"{args.baseline}: not a leak baseline ({why}): give the file that calibrate leak --out wrote")
+        return None
+    except (BaselineError, ValueError) as exc:
+        _err(f"{args.baseline}: {exc}")
+        return None
+    material = None if args.material is None else pipes.material(args.material).name
+    params = JudgeParams(material=material or baseline.material, diameter_mm=args.diameter)
+    _warn_other_material(args, baseline, params)
+    return baseline, params
+
+
+def _say_not_judged(path: Path, score: Score, judged: list[Judgement] | None) -> None:
+    """One line on stderr when the file's JSON line holds no verdict: nothing heard (against a
+    baseline: no check heard), or no baseline and a rate the classifier does not hear."""
+    from water_edge.models.leak.judge import SIGNAL_LOST_DB
+
+    if judged is not None:
+        if judged and all(j.signal_lost for j in judged):
+            _err(f"{path}: not judged: {SIGNAL_LOST_NOTE.format(db=SIGNAL_LOST_DB)}{_which_channel(score)}")
+    elif not score.heard:
+        _err(f"{path}: not judged: {NOT_HEARD_NOTE}{_which_channel(score)}")
+    elif not score.classified:
+        _err(
+            f"{path}: not judged: recorded below the classifier's 8000 Hz; judge it against a baseline "
+            "(calibrate leak on quiet recordings made at its rate, then --baseline)"
+        )
+
+
+def _which_channel(score: Score) -> str:
+    """On a file of several channels, which one was judged and that `--channel` picks another."""
+    return next(
+        (f"; {n.removesuffix(' (--channel)')}: --channel N judges another" for n in score.notes
+         if n.startswith("channel ")),
+        "",
+    )  # fmt: skip
+
+
+def _warn_other_material(args: argparse.Namespace, baseline: Baseline, params: JudgeParams) -> None:
+    """Say so when `--material` is not the material the baseline was calibrated for. Judged as
+    asked, not refused (as another `--check-s` is): a baseline keeps every band's levels whatever
+    the material, and the gateway too judges a stored baseline with the material configured now;
+    but the verdict is then about the other material's leak bands."""
+    from water_edge.models.leak.features import band_centres_hz
+
+    if args.material is None or baseline.material is None or params.material == baseline.material:
+        return
+    judged = [c for c, m in zip(band_centres_hz(), params.band_mask(), strict=True) if m]
+    _err(
+        f"warning: --material {params.material}: {args.baseline} was calibrated for {baseline.material}; "
+        f"judged in {params.material}'s leak bands ({judged[0]:.0f}-{judged[-1]:.0f} Hz), not "
+        f"{baseline.material}'s: if the pipe is {baseline.material}, leave --material out"
+    )
 
 
 def _check_length_against(args: argparse.Namespace, baseline: Baseline | None) -> int | None:
@@ -408,16 +470,22 @@ def _warn_other_rate(path: Path, checks: Sequence[CheckStats], baseline: Baselin
 
 
 def _against_baseline(
-    judged: list[Judgement], checks: list[CheckStats], baseline: Baseline, *, classifier_leak: bool | None
+    judged: list[Judgement],
+    checks: list[CheckStats],
+    baseline: Baseline,
+    *,
+    classifier_leak: bool | None,
 ) -> dict[str, Any]:
     """The JSON line's decision against a baseline: a recording is one night of checks (each
-    check's evidence says the second of the file it starts at)."""
+    check's evidence says the second of the file it starts at). Null when no check was heard (every
+    one lost its signal): a dead input is no verdict, least of all "no leak"."""
     from water_edge.models.leak.judge import confirmed
 
     best = max(judged, key=lambda j: j.score)
+    heard = not all(j.signal_lost for j in judged)
     return {
-        "leak": confirmed(judged),
-        "warning": any(j.positive for j in judged),
+        "leak": confirmed(judged) if heard else None,
+        "warning": any(j.positive for j in judged) if heard else None,
         "decision": "against baseline",
         "classifier_leak": classifier_leak,
         "rise_db": best.rise_db,
@@ -467,14 +535,14 @@ def _calibrate_files(args: argparse.Namespace) -> int:
     from water_edge.models.manifest import ModelError
 
     check_s = check_length(DEFAULT_CHECK_S if args.check_s is None else args.check_s)
-    checks = []
+    per_file: dict[Path, list[CheckStats]] = {}
     try:
         material = None if args.material is None else pipes.material(args.material).name
         scorer = LeakScorer()
         for path, night in zip(args.files, _night_names(args.files), strict=True):
             notes: list[str] = []
             try:
-                checks += file_checks(
+                per_file[path] = file_checks(
                     path,
                     check_s=check_s,
                     scorer=scorer,
@@ -488,12 +556,21 @@ def _calibrate_files(args: argparse.Namespace) -> int:
             for note in notes:
                 if "dropouts" in note:
                     _err(f"warning: {path}: {note}")
+        if (nothing := _nothing_to_learn(per_file)) is not None:
+            raise ValueError(nothing)
+        checks = [c for file in per_file.values() for c in file]
         baseline = Baseline.learn(checks, sensor=args.out.stem, material=material, check_s=check_s)
         _warn_mixed_rates(checks)
-        if silent := sum(c.silent for c in checks):
-            _err(f"warning: {silent} check(s) of digital silence left out (no signal: a dropout?)")
-        if clipped := sum(bool(c.saturated_s) and not c.silent for c in checks):
-            _err(f"warning: {clipped} check(s) saturated at full scale left out (clipped: lower the gain)")
+        for path, file in per_file.items():
+            if silent := sum(c.silent for c in file):
+                _err(
+                    f"warning: {path}: {silent} check(s) of digital silence left out (no signal: a dropout?)"
+                )
+            if clipped := sum(bool(c.saturated_s) and not c.silent for c in file):
+                _err(
+                    f"warning: {path}: {clipped} check(s) saturated at full scale left out (clipped: "
+                    "lower the gain)"
+                )
     except (WavError, ValueError, ModelError, BaselineError) as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT
@@ -515,6 +592,29 @@ def _calibrate_files(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _nothing_to_learn(per_file: dict[Path, list[CheckStats]]) -> str | None:
+    """Why the recordings leave no check to learn from, naming them (their checks digital silence,
+    or saturated at full scale), or None when one is left. Said here, not by `Baseline.learn`: it
+    knows the checks and the baseline's name (the --out file's), not which recording held them."""
+    if not any(per_file.values()) or any(
+        not c.silent and not c.saturated_s for file in per_file.values() for c in file
+    ):
+        return None
+
+    def named(files: list[Path], n: int) -> str:
+        whose = "every one of its" if len(files) == 1 else "all"
+        return f"{', '.join(map(str, files))}: {whose} {n} check(s)"
+
+    silent = [f for f, file in per_file.items() if all(c.silent for c in file)]
+    clipped = [f for f in per_file if f not in silent]
+    dead = named(silent, sum(len(per_file[f]) for f in silent)) + " held no signal (digital silence)"
+    if not clipped:
+        return f"{dead}: is the hydrophone connected and its input enabled?"
+    heard = sum(not c.silent for f in clipped for c in per_file[f])
+    said = f"{named(clipped, heard)} held audio saturated at full scale: lower the input gain"
+    return f"{said}; {dead}" if silent else said
+
+
 def _leak_sections(args: argparse.Namespace) -> tuple[Path, list[LeakModelSection]] | None:
     """The gateway's state directory and `[[models.leak]]` tables (-c, --state-dir), or None after
     saying why on stderr."""
@@ -531,6 +631,57 @@ def _leak_sections(args: argparse.Namespace) -> tuple[Path, list[LeakModelSectio
     return args.state_dir or config_state_dir, list(sections)
 
 
+def _device_channels(config: Path, section: LeakModelSection) -> list[str] | None:
+    """The channels the section's hydrophones are on, as the gateway names them: its `channels`,
+    else the audio device's `channel_names`, else A, B, ... by the device's channel count; None when
+    the config does not say (a device of unknown channel count)."""
+    from water_edge.core.toml_text import parse_toml, read_toml_text
+
+    if section.channels is not None:
+        return list(section.channels)
+    try:
+        devices = parse_toml(read_toml_text(config)).get("devices")
+    except (OSError, ValueError):  # read a moment ago: unreadable now is "does not say"
+        return None
+    tables = devices if isinstance(devices, list) else []
+    device = next((d for d in tables if isinstance(d, dict) and d.get("name") == section.device), None)
+    if device is None:
+        return None
+    names = device.get("channel_names")
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return names
+    count = device.get("channels")
+    if not isinstance(count, int) or isinstance(count, bool):
+        gains = device.get("calibration_db")
+        count = len(gains) if isinstance(gains, list) else None
+    if count is None:
+        return None
+    return [chr(ord("A") + i) if i < 26 else f"ch{i}" for i in range(count)]
+
+
+def _unknown_channel(args: argparse.Namespace, state_dir: Path, sections: list[LeakModelSection]) -> bool:
+    """Whether `--sensor` names a channel its device has no hydrophone on (said on stderr, with
+    the ones it has), where otherwise "no baseline yet" or "no night checks yet" would send the
+    technician waiting for a sensor that does not exist. A channel with stored state (one since
+    removed from the config) is still replayed."""
+    from water_edge.models.gateway_args import config_path
+    from water_edge.models.leak.store import sensor_dir
+
+    device, _, channel = args.sensor.rpartition(".")
+    section = next((s for s in sections if s.device == device), None)
+    if section is None or sensor_dir(state_dir, args.sensor).exists():
+        return False  # an unknown device: `section_for` says so
+    channels = _device_channels(config_path(args.config), section)
+    if channels is None or channel in channels:
+        return False
+    listed = ", ".join(f"{device}.{c}" for c in channels) or "none"
+    _err(
+        f"no leak sensor {args.sensor!r}: no hydrophone on channel {channel!r} of {device!r} "
+        f"(sensors: {listed})"
+    )
+    return True
+
+
 def _replay_on_gateway(args: argparse.Namespace) -> int:
     from water_edge.core.processor import CalibrationFailedError
     from water_edge.models.leak.replay import replay_sensor
@@ -539,6 +690,8 @@ def _replay_on_gateway(args: argparse.Namespace) -> int:
     if found is None:
         return EXIT_BAD_INPUT
     state_dir, sections = found
+    if _unknown_channel(args, state_dir, sections):
+        return EXIT_BAD_INPUT
     try:
         baseline, nights = replay_sensor(
             sections, state_dir, args.sensor, {"from": args.from_ts, "to": args.to_ts}
@@ -568,6 +721,8 @@ def _calibrate_on_gateway(args: argparse.Namespace) -> int:
     if found is None:
         return EXIT_BAD_INPUT
     state_dir, sections = found
+    if _unknown_channel(args, state_dir, sections):
+        return EXIT_BAD_INPUT
     try:
         baseline = calibrate_sensor(
             sections, state_dir, args.sensor, {"from": args.from_ts, "to": args.to_ts}

@@ -44,6 +44,16 @@ class Score:
     level_dbfs: float
     band_levels_db: dict[str, float]
     notes: list[str]
+    # False: every second of it was a dropout (digital silence, a dead input: `core/dropouts.py`);
+    # nothing of the pipe was heard, so the classifier's answer is not kept (not `classified`).
+    heard: bool = True
+
+    def not_heard(self) -> None:
+        """Drop the classifier's answer on a recording in which nothing was heard: its windows of
+        one value score as quiet, and a dead input must not read as "no leak"."""
+        self.heard = False
+        self.probabilities = []
+        self.leak_probability = math.nan
 
     @property
     def classified(self) -> bool:

@@ -183,7 +183,7 @@ class Judgement:
     rise_db: dict[str, float]  # every judged band's rise
     clf_logit_rise: float | None
     quiet_db: float  # the check's quiet level over all bands
-    score: float  # strongest band's rise over its threshold (>= 1: that band rose)
+    score: float  # strongest band's rise over its threshold (>= 1 needed for that band to rise, not enough)
     judged: bool = True  # False: a disturbed check (too many bands wandering), not judged
     unsteady_bands: int = 0
     joint_z: float | None = None  # the leak band's residual judged as one (`joint.py`)

@@ -198,6 +198,8 @@ def read_recording(
         marks = _marks(samples, rate, notes)
         score = scorer.score(samples, rate, classify=classifier is not None)
         score.notes[:0] = notes
+        if marks.dropout.size and marks.dropout.all():
+            score.not_heard()
         if not checks:
             return score, []
         canon = features.prepare(samples, rate)[0]
@@ -295,7 +297,7 @@ def _long(
     out: list[CheckStats] = []
     probs: list[float] = []
     energy, samples, rows_sum, rows = 0.0, 0, np.zeros(features.N_FEATURES), 0
-    clipped_s = dropout_s = 0
+    clipped_s = dropout_s = marked_s = 0
     for first in range(0, len(ranges), per_segment):
         group = ranges[first : first + per_segment]
         a, b = group[0][0], group[-1][1]
@@ -304,6 +306,7 @@ def _long(
         piece = to_float(block, path)
         marks = SecondMarks.of(piece[:, 0], rate)[a - lo : b - lo]
         clipped_s, dropout_s = clipped_s + int(marks.saturated.sum()), dropout_s + int(marks.dropout.sum())
+        marked_s += marks.dropout.size
         canon, done = features.prepare(piece, rate)
         del piece  # a segment's samples as float64 (38 MB at 16 kHz): not held through its checks
         if first == 0:
@@ -334,4 +337,6 @@ def _long(
     level = float(10 * np.log10(energy / max(samples, 1) + 1e-12))
     leak = float(np.mean(probs)) if probs else math.nan
     score = Score(probs, leak, level, band_levels(rows_sum / max(rows, 1)), notes)
+    if marked_s and dropout_s == marked_s:
+        score.not_heard()
     return score, out

@@ -1,10 +1,11 @@
 """Compare the simulator with the real PVC recordings: PSDs of leak and no-leak, measured vs synthetic.
 
-    python -m water_edge.models.train.leak_calibration [--out docs/img/hydrophone_calibration.png]
+    python -m water_edge.models.train.leak_calibration [--data DIR] [--out FILE.png]
 
 Real data: Aghashahi, Sela & Banks, "Benchmarking dataset for leak detection and localization in water
 distribution systems", Data in Brief 48 (2023) 109148, doi:10.17632/tbrnp6vrnj.1 (CC BY 4.0), read from
-../shared/data/leak-pvc-hydrophone (never copied into this repository). The synthetic scene is the test
+../shared/data/leak-pvc-hydrophone beside the checkout, or `--data DIR` (never copied into this repository;
+without the five files it says where it looked and exits 2). The synthetic scene is the test
 bed's: PVC, 152.4 mm, 8 kHz, one sensor, all backgrounds; the leak at -15 dB SNR. It also prints the
 table the v1.1 recalibration was decided from: band levels relative to the whole band (what the detector's
 features see), real no-leak vs simulated no-leak, and the leak - no-leak change, real vs simulated.
@@ -67,11 +68,14 @@ def relative_levels(x: np.ndarray, sr: int) -> np.ndarray:
     )
 
 
-def relative_band_table(sims: dict[str, PipeScene]) -> None:
+REAL_NAMES = ("no-leak", "orifice-leak", "gasket-leak", "circumferential-crack", "longitudinal-crack")
+
+
+def relative_band_table(sims: dict[str, PipeScene], data: Path = REAL_DIR) -> None:
     """Print real vs simulated relative band levels and the leak - no-leak change."""
     real = {}
-    for name in ("no-leak", "orifice-leak", "gasket-leak", "circumferential-crack", "longitudinal-crack"):
-        x, sr = read_wav(REAL_DIR / f"{name}.wav")
+    for name in REAL_NAMES:
+        x, sr = read_wav(data / f"{name}.wav")
         real[name] = relative_levels(x[:, 0].astype(np.float64), sr)
     sim = {
         k: relative_levels(HydrophoneSynth(v).render_seconds(35)[:, 0].astype(np.float64), 8000)
@@ -87,10 +91,32 @@ def relative_band_table(sims: dict[str, PipeScene]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     prog = "python -m water_edge.models.train.leak_calibration"
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__)
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "hydrophone_calibration.png")
+    ap = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=REAL_DIR,
+        metavar="DIR",
+        help="the folder of the five real recordings (default: ../shared/data/leak-pvc-hydrophone beside "
+        "the checkout)",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "docs" / "img" / "hydrophone_calibration.png",
+        help="the figure (default: docs/img/hydrophone_calibration.png, what make eval rewrites)",
+    )
     ap.add_argument("--snr", type=float, default=-15.0)
     args = ap.parse_args(argv)
+    missing = [f"{name}.wav" for name in REAL_NAMES if not (args.data / f"{name}.wav").is_file()]
+    if missing:
+        sys.stderr.write(
+            f"leak_calibration: no real PVC recordings at {args.data} (missing {', '.join(missing)}): "
+            "give --data DIR, the folder of Aghashahi et al.'s WAV files\n"
+        )
+        return 2
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         strict=True,
     ):
         for name in files:
-            x, sr = read_wav(REAL_DIR / f"{name}.wav")
+            x, sr = read_wav(args.data / f"{name}.wav")
             f, p = band_table(x[:, 0], sr)
             ax.semilogx(f[1:], 10 * np.log10(p[1:]), lw=0.7, label=f"real: {name}")
         y = HydrophoneSynth(sims[title]).render_seconds(35)[:, 0].astype(np.float64)
@@ -126,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     axes[0].set_ylabel("dB re 1 FS^2/Hz")
     fig.suptitle("Hydrophone calibration against Aghashahi et al. (2023), CC BY 4.0", fontsize=9)
     fig.tight_layout()
-    relative_band_table(sims)
+    relative_band_table(sims, args.data)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=100)
     sys.stdout.write(f"wrote {args.out}\n")
