@@ -190,3 +190,50 @@ def test_an_answer_that_does_not_fit_its_request_is_named(
     table: str, count: int, response: Any, problem: str | None
 ) -> None:
     assert answer_mismatch(_request(table, count), response) == problem
+
+
+def _rtu_client() -> Any:
+    """The RTU client the driver and `scan modbus` build (its framer and line watch), not opened."""
+    config = ModbusRtuConfig.model_validate(
+        {"name": "rtu", "kind": "modbus_rtu", "port": "/dev/null", "tags": [{"name": "t", "address": 0}]}
+    )
+    return pymodbus_serial_client(config)
+
+
+def _rtu_framer() -> Any:
+    return _rtu_client().ctx.framer
+
+
+async def test_the_rtu_framer_passes_over_a_noise_byte_that_implies_a_frame_longer_than_what_came() -> None:
+    # 0x00 then unit 2's exception answer: 00 02 83 .. reads as unit 0 with 131 bytes of discrete
+    # inputs. pymodbus waited for them (a timeout); a candidate of a unit not asked is passed over.
+    from water_edge.sim.rtu import frame
+
+    answer = frame(2, bytes([0x83, 2]))
+    used, pdu = _rtu_framer().handleFrame(b"\x00" + answer, 2, 0)
+    assert isinstance(pdu, ExceptionResponse)
+    assert (used, pdu.exception_code, pdu.dev_id) == (len(answer) + 1, 2, 2)
+    # A noise byte equal to the unit ID: 02 02 83 .. is unit 2 with 131 bytes to come; the whole
+    # answer of unit 2 with a good CRC ending where the bytes end is taken.
+    _, pdu = _rtu_framer().handleFrame(b"\x02" + answer, 2, 0)
+    assert isinstance(pdu, ExceptionResponse)
+    assert pdu.exception_code == 2
+    # The start of a long answer of the unit asked is waited for, not hunted through.
+    registers = frame(1, bytes([0x03, 250]) + bytes(range(250)))
+    assert _rtu_framer().handleFrame(b"\x00" + registers[:100], 1, 0) == (1, None)
+    _, pdu = _rtu_framer().handleFrame(b"\x00" + registers, 1, 0)
+    assert pdu is not None
+    assert list(pdu.registers)[:2] == [0x0001, 0x0203]
+
+
+async def test_the_rtu_framer_does_not_hunt_through_an_echo_without_local_echo() -> None:
+    # Bytes that begin with the request itself: an echoing adapter, local_echo unset. The echo of a
+    # write is a valid answer, so hunting through echoes would misframe writes: the request is
+    # left to time out, and its reading names the echo (as before the hunting past other units).
+    from water_edge.sim.rtu import frame
+
+    client = _rtu_client()
+    request = frame(2, bytes([0x03, 0, 0, 0, 1]))
+    client.line_watch.on_packet(True, request)
+    received = client.line_watch.on_packet(False, request + b"\x00" + frame(2, bytes([0x83, 2])))
+    assert client.ctx.framer.handleFrame(received, 2, 0)[1] is None

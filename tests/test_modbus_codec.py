@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from decimal import Decimal
 
 import pytest
 from hypothesis import given
@@ -82,6 +83,33 @@ def test_scale_and_offset() -> None:
     assert decode_one(t, [wire(655, "h", "big", "big")[0]]) == pytest.approx(25.5)
     f = tag(type="float32", scale=2.0, offset=1.0)
     assert decode_one(f, wire(1.5, "f", "big", "big")) == pytest.approx(4.0)
+
+
+@given(
+    raw=st.integers(-32768, 32767),
+    scale=st.sampled_from([0.1, 0.01, 0.001, 0.25, 0.5, 1.5, 10.0, 0.0001]),
+    offset=st.sampled_from([0.0, -40.0, 273.15, -0.5, 0.1]),
+    faults=st.booleans(),
+)
+def test_a_scaled_integer_is_the_decimal_its_scale_and_offset_make(
+    raw: int, scale: float, offset: float, faults: bool
+) -> None:
+    # raw 219 with scale 0.1 arrived as 21.900000000000002 (the binary product), in the JSON and in
+    # BI tools. An integer times a decimal of d places, plus one of d places, has d places: the
+    # value is the float nearest that decimal, whose shortest repr is it, fault check or not.
+    t = tag(type="int16", scale=scale, offset=offset, fault_values=[32767] if faults and raw != 32767 else [])
+    got = decode_one(t, [raw & 0xFFFF])
+    exact = Decimal(raw) * Decimal(repr(scale)) + Decimal(repr(offset))
+    assert got == float(exact)
+    assert type(got) is float
+    assert Decimal(repr(got)) == exact
+
+
+def test_219_times_0_1_is_21_9_and_a_scale_no_person_wrote_is_applied_as_it_is() -> None:
+    assert repr(decode_one(tag(type="int16", scale=0.1), [219])) == "21.9"
+    assert repr(decode_one(tag(type="uint32", scale=0.001, offset=-40.0), [0x0001, 0x0000])) == "25.536"
+    assert decode_one(tag(type="int16", scale=1 / 60), [60]) == 60 * (1 / 60)
+    assert decode_one(tag(type="float32", scale=0.1), wire(219.0, "f", "big", "big")) == 219.0 * 0.1
 
 
 def test_an_offset_alone_is_applied_with_or_without_fault_values() -> None:

@@ -157,6 +157,23 @@ async def test_unmapped_address_is_exception_2_and_others_stay_good(plant: Plant
     assert driver.health().exceptions == 2
 
 
+async def test_a_scaled_integer_arrives_as_the_decimal_it_is(plant: Plant) -> None:
+    # pump_count is 3: with scale 0.1 it was 0.30000000000000004 in the JSON (3 * 0.1 in floats).
+    tags = [
+        {"name": "pumps_tenths", "address": 9, "type": "uint16", "scale": 0.1},
+        {"name": "version_offset", "address": 8, "type": "int16", "scale": 0.1, "offset": 0.1,
+         "fault_values": [-1]},
+    ]  # fmt: skip
+    driver = driver_for(plant, tags)
+    await driver.open()
+    try:
+        readings = by_tag(await driver.read())
+    finally:
+        await driver.aclose()
+    assert repr(readings["pumps_tenths"].value) == "0.3"
+    assert repr(readings["version_offset"].value) == "0.3"
+
+
 async def test_closed_port_raises_from_open() -> None:
     cfg = {
         "name": "nobody",

@@ -23,7 +23,7 @@ from typing import Final, Protocol
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerRTU, FramerType
-from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu import DecodePDU, ModbusPDU
 
 from water_edge.core.errors import DeviceError, DriverIOError
 from water_edge.drivers.modbus.config import ModbusRtuConfig, ModbusTcpConfig
@@ -239,35 +239,66 @@ def pymodbus_tcp_client(
 
 
 class _HuntingRtuFramer(FramerRTU):
-    """pymodbus's RTU framer, but a candidate frame start whose CRC fails is passed over for the
-    next byte instead of the whole buffer being thrown away.
+    """pymodbus's RTU framer, but a candidate frame start that cannot be the answer is passed over
+    for the next byte instead of the whole buffer being thrown away or waited on.
 
     pymodbus 3.16 hunts for a frame start past bytes that cannot begin one, yet at the first
-    candidate whose CRC fails it drops everything received. One byte of line noise in front of an
-    answer (the 0x00 or 0xFF many RS-485 transceivers put on the line as it turns round) usually
-    reads as a candidate with a plausible length: every intact answer behind it was lost, a
-    timeout, and the unit down for good. The good path is pymodbus's: the first candidate is the
-    frame and its CRC is checked once.
+    candidate whose CRC fails it drops everything received, and a candidate whose implied length
+    has not all arrived is waited on until the request times out. One byte of line noise in front
+    of an answer (the 0x00 or 0xFF many RS-485 transceivers put on the line as it turns round)
+    reads as a candidate: `00 01 03 02 ..` as unit 0 asking 3 bytes of coils (its CRC fails),
+    `00 02 83 02 ..` (unit 2's exception answer) as unit 0 with 131 bytes of discrete inputs,
+    which never come. Both were a timeout for an intact answer. So a candidate is passed over
+    when its CRC fails, and when it is not all here yet but cannot be the answer: its unit ID is
+    not the one asked (`handleFrame` is told it). A candidate of the unit asked that is not all
+    here is waited on, unless a whole frame of that unit with a good CRC ends exactly where the
+    received bytes end (a noise byte that happened to equal the unit ID). The good path is
+    pymodbus's: the first candidate is the frame and its CRC is checked once.
+
+    What came back beginning with the request itself (an echoing adapter, `local_echo` unset) is
+    framed as pymodbus does, without passing over candidates of another unit: hunting through the
+    echo would read the answers to reads, but the echo of a write (FC 5/6/15/16: an answer is
+    a copy of the request's first bytes) is taken for its answer and the real answer for the next
+    request's. Such a request times out and its reading names the echo (`rtu._echo_hint`).
     """
 
+    def __init__(self, decoder: DecodePDU, line_watch: SerialLineWatch | None = None) -> None:
+        super().__init__(decoder)
+        self._line_watch = line_watch
+        self._asked = 0  # the unit ID of the request in flight (0: not known, any)
+
+    def handleFrame(self, data: bytes, exp_devid: int, exp_tid: int) -> tuple[int, ModbusPDU | None]:  # noqa: N802 - pymodbus names it
+        echoed = self._line_watch is not None and self._line_watch.echoed()
+        self._asked = 0 if echoed else exp_devid
+        return super().handleFrame(data, exp_devid, exp_tid)
+
     def decode(self, data: bytes) -> tuple[int, int, int, bytes]:
-        data_len = len(data)
+        data_len, asked = len(data), self._asked
+        waiting: int | None = None  # the first candidate of the unit asked that is not all here
+        start = 0
         for start in range(data_len):
             if data_len - start < self.MIN_SIZE:
                 break
             if not (pdu_class := self.decoder.lookupPduClass(data[start:])):
                 continue
-            if not (size := pdu_class.calculateRtuFrameSize(data[start:])) or data_len < start + size:
-                break  # not all here yet: wait for more, keeping this candidate
+            size = pdu_class.calculateRtuFrameSize(data[start:])
+            if not size or data_len < start + size:  # not all here yet
+                if not asked:  # any unit's answer is taken: wait for this one, as pymodbus does
+                    waiting = start
+                    break
+                if waiting is None and data[start] == asked:
+                    waiting = start  # it may be the answer: wait for more, keeping it
+                continue
             crc_start = start + size - 2
-            if FramerRTU.check_CRC(
+            crc_ok = FramerRTU.check_CRC(
                 data[start:crc_start], int.from_bytes(data[crc_start : crc_start + 2], "big")
-            ):
+            )
+            if crc_ok and (waiting is None or (data[start] == asked and start + size == data_len)):
                 return data_len, int(data[start]), 0, data[start + 1 : crc_start]
         else:
             start = data_len
         # Drop the bytes ruled out as frame starts; wait for more (a timeout ends the wait).
-        return start, 0, 0, self.EMPTY
+        return start if waiting is None else waiting, 0, 0, self.EMPTY
 
 
 class SerialLineWatch:
@@ -330,7 +361,7 @@ def pymodbus_serial_client(config: ModbusRtuConfig) -> SerialModbusClient:
     # Unavoidable internals, as in set_request_limits: pymodbus 3.16 builds the framer from
     # `FramerType` and takes no framer instance; tests/test_modbus_rtu.py's noise test fails if
     # this stops taking effect.
-    client.ctx.framer = _HuntingRtuFramer(client.ctx.framer.decoder)
+    client.ctx.framer = _HuntingRtuFramer(client.ctx.framer.decoder, watch)
     _register_answers(client)
     return client
 
