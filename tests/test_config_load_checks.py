@@ -48,8 +48,10 @@ def test_the_state_directory_and_the_files_in_it_are_what_the_agent_can_use(tmp_
     (state / "spool").mkdir()
     not_a_directory = "expected a file, not a directory"
     of_its_own = "expected a file of its own"
+    empty = "expected a file name or path (got an empty value or '.')"
     cases = {
-        '[buffer]\npath = ""\n': f"buffer.path: {not_a_directory} (got '.', {state})",
+        '[buffer]\npath = ""\n': f"buffer.path: {empty}",
+        '[security]\naudit_log = ""\n': f"security.audit_log: {empty}",
         '[buffer]\npath = "spool"\n': f"buffer.path: {not_a_directory} (got 'spool', {state / 'spool'})",
         '[security]\naudit_log = "/tmp"\n': f"security.audit_log: {not_a_directory} (got '/tmp', /tmp)",
         '[security]\nnonce_db = "outbox.sqlite"\n': (

@@ -729,7 +729,9 @@ def _check_state_files(
     seen: dict[Path, str] = {}
     for key, written in files.items():
         path = Path(os.path.normpath(state_dir / written))
-        if path == Path(os.path.normpath(state_dir)) or _is_dir(key, path, closed):
+        if str(written) in ("", "."):  # TOML's "" reads as Path("."): the state directory itself
+            problems.append(f"{source}: {key}: expected a file name or path (got an empty value or '.')")
+        elif path == Path(os.path.normpath(state_dir)) or _is_dir(key, path, closed):
             problems.append(
                 f"{source}: {key}: expected a file, not a directory (got {str(written)!r}, {path})"
             )
