@@ -87,12 +87,11 @@ async def test_a_segment_of_mixed_speeds_is_scanned_at_each_and_each_meter_gets_
     tmp_path: Path,
 ) -> None:
     """Old meters at another speed than the segment's answer only at theirs: a scan at one speed
-    missed them. (Each scan on a bus of its own: firmware-sim's pty takes 8E1 at its first open.)"""
-    async with running_bus(tmp_path / "one", baudrates={"4": 2400}) as mixed:
+    missed them."""
+    async with running_bus(tmp_path, baudrates={"4": 2400}) as mixed:
         code, out, err = await scan("--port", mixed.path, "--baudrate", "9600")
-    assert code == 0, err
-    assert "3 meter(s)" in out, "at 9600 Bd alone the 2400 Bd meter is not heard"
-    async with running_bus(tmp_path / "all", baudrates={"4": 2400}) as mixed:
+        assert code == 0, err
+        assert "3 meter(s)" in out, "at 9600 Bd alone the 2400 Bd meter is not heard"
         code, out, err = await scan("--port", mixed.path, "--baudrate", "9600", "--all-baudrates")
         odd, every = secondary(mixed.meter(4)), [secondary(m) for m in mixed.meters]
     assert code == 0, err
@@ -110,19 +109,17 @@ async def test_a_meter_answering_without_a_data_header_is_named_by_its_primary_a
     """A meter whose answers carry no data header (CI 78h) takes its selection like any other but
     does not say who it is: the secondary scan says so and to try --primary, which finds it by
     its primary address; the config names it by that address and the driver reads it."""
-    async with running_bus(tmp_path / "one", headerless=[3]) as bus:
+    async with running_bus(tmp_path, headerless=[3]) as bus:
         code, out, err = await scan("--port", bus.path, "--baudrate", "9600")
-    assert code == 0, err
-    assert "3 meter(s)" in out
-    assert "a meter answered its selection without a long header (it names no ID): try --primary" in err
-    async with running_bus(tmp_path / "primary", headerless=[3]) as bus:
+        assert code == 0, err
+        assert "3 meter(s)" in out
+        assert "a meter answered its selection without a long header (it names no ID): try --primary" in err
         code, out, err = await scan("--port", bus.path, "--baudrate", "9600", "--primary")
-    assert code == 0, err
-    assert "4 meter(s)" in out
-    meters = tomllib.loads(out[out.index("[[devices.meters]]") :])["devices"]["meters"]
-    by_address = [m for m in meters if "address" in m]
-    assert [m["address"] for m in by_address] == [3]
-    assert "secondary" not in by_address[0]
-    async with running_bus(tmp_path / "read", headerless=[3]) as bus:  # one open per bus (8E1)
+        assert code == 0, err
+        assert "4 meter(s)" in out
+        meters = tomllib.loads(out[out.index("[[devices.meters]]") :])["devices"]["meters"]
+        by_address = [m for m in meters if "address" in m]
+        assert [m["address"] for m in by_address] == [3]
+        assert "secondary" not in by_address[0]
         readings, _ = await read_once(bus_config(bus, [{**by_address[0], "name": "old"}]))
     assert readings["old.volume"].quality == "good", readings["old.volume"].reason

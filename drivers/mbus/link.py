@@ -37,8 +37,13 @@ log = structlog.get_logger(__name__)
 BITS_PER_BYTE: Final = 11
 # Noise bytes skipped before an answer's start byte; more is garbage, not a glitch.
 MAX_NOISE_BYTES: Final = 32
-# Linux takes a pseudo-terminal's parity setting at its first open only and refuses it after.
-_PTY_HINT: Final = "; a pseudo-terminal (edge-sim's) takes 8E1 at its first open only: restart edge-sim"
+# A pseudo-terminal keeps no parity; glibc's tcsetattr calls 8E1 on one invalid when nothing else
+# changes, i.e. while the pty is still set as its last user left it. edge-sim puts its ptys back
+# as each user closes them (firmware-sim/fwsim/pty_link.py), so a new open a moment later is taken.
+_PTY_HINT: Final = (
+    "; a pseudo-terminal keeps no parity and refuses 8E1 while still set up by its last user "
+    "(edge-sim resets its own as that user closes it: try again)"
+)
 ID_DIGITS: Final = 8
 
 Probe = Literal["none", "single", "collision"]

@@ -15,6 +15,11 @@ meter's answer: a meter so slow that the master gave up on it and moved on); a m
 `state.ignores_select` is set takes every selection by secondary address as its own. `noise` (bytes,
 default none) goes out in front of every answer, as the spurious byte some level converters
 produce when a slave starts to send.
+
+The pty takes 8E1 at every open, as a real master's port does, however often a scan, a probe and
+the agent open and close it: the bus puts the line back to idle (`pty_link.idle_line`) as soon as a
+master's request arrives and whenever a program closes the port. pty_link's doc says why a pty
+otherwise refuses 8E1 at every open but its first.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import structlog
 
 from water_edge.sim.component import Announcement, SimContext
 from water_edge.sim.mbus_meter import MeterSpec, WaterMeter
+from water_edge.sim.pty_link import CloseWatch, idle_line
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +115,7 @@ class MbusBus:
         self.path = ""
         self._master_fd = -1
         self._slave_fd = -1
+        self._watch: CloseWatch | None = None
         self._buffer = bytearray()
         self._first_byte_at: float | None = None
         self._requests: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(maxsize=64)
@@ -154,7 +161,7 @@ class MbusBus:
         master, slave = os.openpty()
         tty.setraw(slave)
         attrs = termios.tcgetattr(slave)
-        # 8E1 at the bus rate as far as a pty keeps it (it stores but ignores line settings).
+        # 8E1 at the bus rate as far as a pty keeps it: the speed, not the parity (see pty_link).
         cflag = attrs[2] & ~(termios.CSIZE | termios.PARODD | termios.CSTOPB)
         attrs[2] = cflag | termios.CS8 | termios.PARENB
         attrs[4] = attrs[5] = BAUD_TERMIOS[self.baudrate]
@@ -162,11 +169,15 @@ class MbusBus:
         os.set_blocking(master, False)
         self._master_fd, self._slave_fd = master, slave
         self.path = os.ttyname(slave)
+        self._watch = CloseWatch.start(self.path, lambda: idle_line(self._master_fd))
         loop = asyncio.get_running_loop()
         loop.add_reader(master, self._on_readable)
         self._task = asyncio.create_task(self._serve(), name="mbus-bus")
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._master_fd >= 0:
             asyncio.get_running_loop().remove_reader(self._master_fd)
         if self._task is not None:
@@ -189,6 +200,9 @@ class MbusBus:
             chunk = b""
         if not chunk:
             return
+        # The master has set the line up: back to idle now, so that its next open (or the next
+        # program's) is taken even if it reopens before its close is noticed.
+        idle_line(self._master_fd)
         if self.echo:
             with contextlib.suppress(OSError):
                 os.write(self._master_fd, chunk)
