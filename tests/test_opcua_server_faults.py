@@ -234,6 +234,43 @@ async def test_a_device_clock_years_off_or_in_1970_does_not_stamp_the_readings(s
     assert any(line.startswith("device clock off by +15768") for line in ahead_health.status_lines())
 
 
+async def test_a_value_unchanged_since_the_server_started_is_no_wrong_clock_and_a_clock_behind_still_is(
+    sim: Sim,
+) -> None:
+    # firmware-sim stamps a value when it changes, source and server timestamp alike, as asyncua's
+    # own server and many PLC servers do: a constant (pump1.starts) carries the sim's start time at
+    # every Read and in the first data change. The driver took that for a device clock off by
+    # minutes ("device clock off by -513 s: 6 values stamped on arrival", opcua.device_clock_off)
+    # although sim and gateway share one clock. Equal, old timestamps are a value unchanged since
+    # then; a time that moves yet stays far back is a clock behind, and still said.
+    constants = [{"name": n, "node": f"ns=2;s=pump1.{n}"} for n in ("starts", "status", "enable")]
+    drv = driver(sim.url, [*constants, TICKS], clock_tolerance_ms=1000, **FAST)
+    await asyncio.sleep(1.5)  # the constants' time, the sim's start, is further back than 1 s
+    await drv.open()
+    try:
+        polled = await drv.read()
+        read_at = time.time_ns()
+        streamed = await collect(drv, lambda rs: sum(r.tag == "ticks" for r in rs) >= 5)
+        unchanged = drv.health()
+        behind = await _offsets(sim, drv, -3600.0, -3600.0)  # a PLC clock an hour behind
+        behind_health = drv.health()
+    finally:
+        sim.component.clock()
+        await drv.aclose()
+    assert unchanged.clock_replaced == 0, unchanged.status_lines()
+    assert unchanged.device_clock_offset_s is None
+    assert not [line for line in unchanged.status_lines() if "device clock" in line]
+    for reading in [*polled, *(r for r in streamed if r.tag != "ticks")]:
+        assert reading.quality == "good", reading
+        assert abs(reading.ts_ns - read_at) < 10e9, "stamped when the gateway got it, not at the sim's start"
+    assert {r.tag for r in streamed} >= {"starts", "status", "enable"}, "each in the first data change"
+    assert all(abs(o) < 2.0 for o in behind), behind
+    assert behind_health.clock_replaced >= 2
+    assert behind_health.device_clock_offset_s is not None
+    assert abs(behind_health.device_clock_offset_s + 3600) < 5
+    assert any(line.startswith("device clock off by -36") for line in behind_health.status_lines())
+
+
 # --- 5. a node deleted while monitored; 1 + 5. a restart that renumbers and retypes -----------------
 
 

@@ -13,7 +13,17 @@ from asyncua.ua.status_codes import StatusCodes
 from tests.support.testing import write_agent_config
 from water_edge.agent.config import load_config
 from water_edge.core.errors import ConfigError
-from water_edge.drivers.opcua.values import reading_parts, status_quality, to_ns, unit_from_eu
+from water_edge.drivers.opcua.values import (
+    BEFORE_1970,
+    TIME_CLOCK,
+    TIME_OK,
+    TIME_UNCHANGED,
+    judge_time,
+    reading_parts,
+    status_quality,
+    to_ns,
+    unit_from_eu,
+)
 from water_edge.sim.opcua_server import browse_path, eu_information
 
 
@@ -149,3 +159,36 @@ def test_a_right_server_clock_vouches_for_a_value_unchanged_for_a_day_and_a_wron
     assert reading_parts(server_off, receive + 1, tolerance_ns=tolerance)[0] == receive + 1
     source_only_off = ua.DataValue(ua.Variant(4.5), SourceTimestamp=ua_time(now - day))
     assert reading_parts(source_only_off, receive, tolerance_ns=tolerance)[0] == receive
+
+
+_R = 1_780_000_000 * 10**9  # arrival
+_T = 300 * 10**9  # clock_tolerance_ms = 300 000
+_DAY = 86_400 * 10**9
+
+
+@pytest.mark.parametrize(
+    ("source", "server", "expected"),
+    [
+        (_R - 2 * 10**9, _R, (_R - 2 * 10**9, TIME_OK, None)),  # both about now: the source time
+        (None, None, (_R, TIME_OK, None)),  # no time sent: arrival, nothing to judge
+        (_R - _DAY, _R, (_R, TIME_OK, None)),  # unchanged since yesterday, the server vouches now
+        # unchanged since yesterday, stamped by a server that stamps the last change (asyncua's,
+        # firmware-sim's): no wrong clock, the arrival time
+        (_R - _DAY, _R - _DAY, (_R, TIME_UNCHANGED, _R - _DAY)),
+        (_R - _DAY, _R - _DAY + 10**9, (_R, TIME_UNCHANGED, _R - _DAY + 10**9)),
+        (_R - _DAY, None, (_R, TIME_UNCHANGED, _R - _DAY)),  # only a source time, old
+        (None, _R - _DAY, (_R, TIME_UNCHANGED, _R - _DAY)),
+        (_R + _DAY, _R + _DAY, (_R, TIME_CLOCK, _R + _DAY)),  # ahead: a wrong clock
+        (_R + _DAY, None, (_R, TIME_CLOCK, _R + _DAY)),
+        (_R + _DAY, _R, (_R, TIME_CLOCK, _R + _DAY)),  # a field device ahead of a right server
+        (_R, _R - _DAY, (_R, TIME_CLOCK, _R - _DAY)),  # source and server disagree: the server's clock
+        (_R - 2 * _DAY, _R - _DAY, (_R, TIME_CLOCK, _R - _DAY)),
+        (BEFORE_1970, BEFORE_1970, (_R, TIME_CLOCK, None)),  # an RTC reset before 1970
+        (BEFORE_1970, _R, (_R, TIME_CLOCK, None)),
+    ],
+)
+def test_old_equal_timestamps_are_an_unchanged_value_and_disagreeing_or_future_ones_a_wrong_clock(
+    source: int | None, server: int | None, expected: tuple[int, str, int | None]
+) -> None:
+    assert judge_time(source, server, _R, _T) == expected
+    assert judge_time(source, server, _R, None)[1] == TIME_OK  # no tolerance: nothing judged

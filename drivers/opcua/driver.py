@@ -47,12 +47,15 @@ from water_edge.drivers.opcua.errors import explain, ua_errors
 from water_edge.drivers.opcua.fast_publish import DataChanges
 from water_edge.drivers.opcua.health import OpcUaHealth
 from water_edge.drivers.opcua.values import (
-    change_parts,
+    TIME_CLOCK,
+    TIME_OK,
+    judge_time,
     reading_parts,
+    sent_ns,
+    sent_ticks_ns,
     status_name,
-    ticks_to_ns,
-    to_ns,
     unit_from_eu,
+    value_parts,
 )
 
 log = structlog.get_logger(__name__)
@@ -156,6 +159,8 @@ class OpcUaDriver:
         }  # fmt: skip
         self._clock_offset_s: float | None = None
         self._clock_warned = False
+        # tag index -> (device time, arrival) of its last value whose time was far back, unchanged
+        self._unchanged: dict[int, tuple[int, int]] = {}
         self._tolerance_ns = config.clock_tolerance_ms * 1_000_000
         self._keepalive_s: float | None = None  # the server's revised keep-alive period
         self._last_ok_ns: int | None = None
@@ -203,6 +208,7 @@ class OpcUaDriver:
         cfg = self._config
         self._lost_reason = None
         self._clock_warned = False
+        self._unchanged.clear()
         self._queue.clear()
         self._polling = cfg.mode == "poll"
         self._fallback = None
@@ -613,11 +619,12 @@ class OpcUaDriver:
         for notification in data:
             if isinstance(notification, DataChanges):
                 for i, status, source_ticks, server_ticks, raw in notification.items:
-                    ts, value, quality, reason = change_parts(
-                        status, source_ticks, server_ticks, raw, receive, tolerance_ns=tolerance
+                    ts, verdict, device = judge_time(
+                        sent_ticks_ns(source_ticks), sent_ticks_ns(server_ticks), receive, tolerance
                     )
-                    if ts == receive and (source_ticks or server_ticks):
-                        self._clock_off(ticks_to_ns(server_ticks or source_ticks), receive)
+                    if verdict != TIME_OK:
+                        self._judge_clock(i, verdict, device, receive)
+                    ts, value, quality, reason = value_parts(status, ts, raw)
                     if quality != GOOD:
                         self._count(quality)
                     batch.append(Reading(source, tags[i].name, ts, value, quality, units[i], reason))
@@ -633,15 +640,37 @@ class OpcUaDriver:
 
     def _reading(self, i: int, dv: ua.DataValue, receive: int) -> Reading:
         """The reading of tag `i` from a DataValue asyncua decoded (a Read, a data change)."""
-        ts, value, quality, reason = reading_parts(dv, receive, tolerance_ns=self._tolerance_ns)
-        if ts == receive and (dv.SourceTimestamp is not None or dv.ServerTimestamp is not None):
-            self._clock_off(to_ns(dv.ServerTimestamp) or to_ns(dv.SourceTimestamp), receive)
+        ts, verdict, device = judge_time(
+            sent_ns(dv.SourceTimestamp), sent_ns(dv.ServerTimestamp), receive, self._tolerance_ns
+        )
+        if verdict != TIME_OK:
+            self._judge_clock(i, verdict, device, receive)
+        status, variant = dv.StatusCode, dv.Value
+        ts, value, quality, reason = value_parts(
+            status.value if status is not None else 0, ts, variant.Value if variant is not None else None
+        )
         if quality != GOOD:
             self._count(quality)
         return Reading(self.name, self._config.tags[i].name, ts, value, quality, self._units[i], reason)
 
     def _count(self, quality: Quality) -> None:
         self._stats["uncertain_values" if quality == UNCERTAIN else "bad_values"] += 1
+
+    def _judge_clock(self, i: int, verdict: str, device_ns: int | None, receive: int) -> None:
+        """What a value's timestamps that are not kept say (`judge_time`). A time far back that
+        nothing contradicts is tag `i`'s value unchanged since then, not a wrong clock (servers
+        that stamp a value at its last change send a constant's start-up time at every Read);
+        unless that time moved since the tag was last seen and still lies further back than the
+        tolerance before that sighting: a value that changed after the gateway saw the older one
+        cannot have changed before it, the clock is behind."""
+        if verdict == TIME_CLOCK:
+            self._clock_off(device_ns, receive)
+            return
+        assert device_ns is not None
+        last = self._unchanged.get(i)
+        self._unchanged[i] = (device_ns, receive)
+        if last is not None and device_ns != last[0] and device_ns < last[1] - self._tolerance_ns:
+            self._clock_off(device_ns, receive)
 
     def _clock_off(self, device_ns: int | None, receive: int) -> None:
         """A value stamped on arrival although the device sent a time (wrong clock, before 1970)."""

@@ -84,38 +84,74 @@ def ticks_to_ns(ticks: int) -> int | None:
     return ns if ns > 0 else None
 
 
-def stamp(source_ns: int | None, server_ns: int | None, receive_ns: int, tolerance_ns: int | None) -> int:
-    """A value's timestamp from its source and server timestamps (None: absent or before 1970).
+# What a value's timestamps say about the device's clock (`judge_time`).
+TIME_OK: Final = "ok"  # a time to keep, or no time at all
+TIME_UNCHANGED: Final = "unchanged"  # old, and nothing contradicts it: unchanged since then
+TIME_CLOCK: Final = "clock"  # a wrong clock: ahead, before 1970, or source and server disagree
+TimeVerdict = str
+BEFORE_1970: Final = 0  # a timestamp sent, but at or before 1970-01-01 (None: none sent)
+
+
+def judge_time(  # noqa: PLR0911 - one return per case of the docstring
+    source_ns: int | None, server_ns: int | None, receive_ns: int, tolerance_ns: int | None
+) -> tuple[int, TimeVerdict, int | None]:
+    """(the reading's time, what the timestamps say, the device time judged) of a value with
+    source and server timestamps in UTC ns (None: not sent; `BEFORE_1970`: sent, at or before
+    1970) that arrived at `receive_ns`.
 
     Without a tolerance: the source timestamp, else the server's, else the arrival time. With one,
-    the device's clock is judged by the server timestamp (the time it sent the value: a clock that
-    is right gives about now), or the source timestamp when there is no server timestamp; a clock
-    further than `tolerance_ns` from the gateway's when the value arrives (a PLC clock years off,
-    reset to 1970) stamps nothing: the arrival time. A clock that is right gives the source
-    timestamp, or the server's when the source timestamp is that far off: a value unchanged since
-    long ago, or a field device behind the server with its own wrong clock, is stamped when the
-    server vouched for it, not on the day it last changed.
+    a time further than `tolerance_ns` from the gateway's clock when the value arrives is "far":
+
+    - a time before 1970, or one far ahead: a wrong clock (`TIME_CLOCK`), the arrival time;
+    - the server timestamp about now: the source timestamp if it is about now too, else the
+      server's (a value unchanged since long ago, vouched for by the server now; or a source
+      timestamp far ahead: a field device's wrong clock, `TIME_CLOCK`, the arrival time);
+    - the server timestamp far back while the source timestamp disagrees with it by more than the
+      tolerance: a wrong server clock (`TIME_CLOCK`), the arrival time;
+    - the server timestamp far back and the source timestamp equal to it (or only one of them
+      sent): the value unchanged since then (`TIME_UNCHANGED`), the arrival time. Servers differ
+      in the server timestamp of a value that has not changed: the time of the Read or of the
+      last change (asyncua's own server, firmware-sim). One such value says nothing about the
+      clock; the driver tells a clock behind by a time that moves yet stays far back.
     """
     if tolerance_ns is None:
-        return source_ns or server_ns or receive_ns
-    reference = server_ns if server_ns is not None else source_ns
-    if reference is None or abs(reference - receive_ns) > tolerance_ns:
-        return receive_ns
-    if source_ns is not None and abs(source_ns - receive_ns) <= tolerance_ns:
-        return source_ns
-    return reference
+        return source_ns or server_ns or receive_ns, TIME_OK, None
+    if BEFORE_1970 in (source_ns, server_ns):
+        return receive_ns, TIME_CLOCK, None
+    if server_ns is None or abs(server_ns - receive_ns) <= tolerance_ns:
+        if source_ns is None or abs(source_ns - receive_ns) <= tolerance_ns:
+            return source_ns or server_ns or receive_ns, TIME_OK, None
+        if source_ns > receive_ns:
+            return receive_ns, TIME_CLOCK, source_ns
+        if server_ns is None:
+            return receive_ns, TIME_UNCHANGED, source_ns
+        return server_ns, TIME_OK, None
+    if server_ns > receive_ns or (source_ns is not None and abs(source_ns - server_ns) > tolerance_ns):
+        return receive_ns, TIME_CLOCK, server_ns
+    return receive_ns, TIME_UNCHANGED, server_ns
+
+
+def sent_ns(stamp: dt.datetime | None) -> int | None:
+    """A DataValue timestamp for `judge_time`: None when not sent, `BEFORE_1970` at or before."""
+    return None if stamp is None else (to_ns(stamp) or BEFORE_1970)
+
+
+def sent_ticks_ns(ticks: int) -> int | None:
+    """The same for a timestamp as `fast_publish` decodes it (ticks 0 = not sent)."""
+    return (ticks_to_ns(ticks) or BEFORE_1970) if ticks else None
 
 
 def reading_parts(
     datavalue: ua.DataValue, receive_ns: int, *, tolerance_ns: int | None = None
 ) -> tuple[int, Value, Quality, str | None]:
-    """(ts_ns, value, quality, reason) of one DataValue; the time as `stamp` gives it."""
+    """(ts_ns, value, quality, reason) of one DataValue; the time as `judge_time` gives it."""
     status = datavalue.StatusCode
     variant = datavalue.Value
-    return _parts(
-        status.value if status is not None else 0,
-        stamp(to_ns(datavalue.SourceTimestamp), to_ns(datavalue.ServerTimestamp), receive_ns, tolerance_ns),
-        variant.Value if variant is not None else None,
+    ts = judge_time(
+        sent_ns(datavalue.SourceTimestamp), sent_ns(datavalue.ServerTimestamp), receive_ns, tolerance_ns
+    )[0]
+    return value_parts(
+        status.value if status is not None else 0, ts, variant.Value if variant is not None else None
     )
 
 
@@ -129,12 +165,12 @@ def change_parts(
     tolerance_ns: int | None = None,
 ) -> tuple[int, Value, Quality, str | None]:
     """The same for a data change decoded by `fast_publish` (ticks 0 = no timestamp)."""
-    source = ticks_to_ns(source_ticks) if source_ticks else None
-    server = ticks_to_ns(server_ticks) if server_ticks else None
-    return _parts(status, stamp(source, server, receive_ns, tolerance_ns), raw)
+    ts = judge_time(sent_ticks_ns(source_ticks), sent_ticks_ns(server_ticks), receive_ns, tolerance_ns)[0]
+    return value_parts(status, ts, raw)
 
 
-def _parts(code: int, ts: int, raw: Any) -> tuple[int, Value, Quality, str | None]:
+def value_parts(code: int, ts: int, raw: Any) -> tuple[int, Value, Quality, str | None]:
+    """(ts, value, quality, reason) of a value with status `code` and time `ts`."""
     quality, reason = status_quality(code)
     if quality == BAD:
         return ts, None, BAD, reason
