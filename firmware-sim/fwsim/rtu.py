@@ -191,6 +191,11 @@ class RtuComponent:
 
     def plug(self) -> str:
         assert self._link is not None
+        # Plugged already (the unplug watch put the line back before a test's own plug): the old
+        # master leaves the loop first. Closed while still registered, its number came back with
+        # the new pair, and add_reader then only renamed the stale registration: epoll had dropped
+        # the closed descriptor, so the new line was never read (a driver's reopen timed out).
+        self.unplug()
         path = self._link.plug()
         self._buf.clear()
         asyncio.get_running_loop().add_reader(self._link.master_fd, self._on_readable)
