@@ -340,6 +340,19 @@ async def test_missing_port_is_a_clear_error(tmp_path: Path) -> None:
         await driver.open()
 
 
+async def test_a_port_that_refuses_the_line_settings_says_so(line: Line) -> None:
+    # A pty keeps no parity (the kernel drops it and glibc reports EINVAL): the technician was sent
+    # to look for another program or a permission when the parity was what to check.
+    driver = line.driver(tags=[{"name": "v", "address": 8}], parity="even")
+    with pytest.raises(DriverIOError) as refused:
+        await driver.open()
+    assert str(refused.value) == (
+        f"plc: serial port {line.link} refuses the line settings 19200 8E1 (Invalid argument): check "
+        "baudrate, parity and stopbits against the device and its adapter (a pseudo-terminal, as "
+        'edge-sim\'s, takes parity = "none" only)'
+    )
+
+
 async def test_conflicting_line_settings_on_one_port_are_refused(line: Line) -> None:
     a = line.driver("a")
     b = line.driver("b", baudrate=9600)

@@ -28,7 +28,9 @@ size does not fit its request is a bad `bad response: ...`, never decoded.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import termios
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar
@@ -132,21 +134,20 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
                 port.client.close()
                 port.client = None
             client = self._new_client(cfg)
+            failure: DriverIOError | None = None
             try:
                 with modbus_errors(f"{self.name}: {cfg.port}"):
                     ok = await client.connect()
             except DriverIOError as exc:  # includes termios: line settings refused
-                ok = False
+                ok, failure = False, exc
                 log.debug("modbus_rtu.open_failed", driver=self.name, error=str(exc))
             if not ok or not client.connected:
                 client.close()
                 await self._release()
-                why = (
-                    "no such device"
-                    if not os.path.exists(cfg.port)  # noqa: ASYNC240 - one stat, once per open
-                    else "cannot be opened (in use, or no permission?)"
+                exists = os.path.exists(cfg.port)  # noqa: ASYNC240 - one stat, once per open
+                raise DriverIOError(
+                    f"{self.name}: serial port {cfg.port} {open_failure(cfg, exists, failure)}"
                 )
-                raise DriverIOError(f"{self.name}: serial port {cfg.port} {why}")
             port.client = client
         log.info("modbus_rtu.opened", driver=self.name, port=cfg.port, unit_id=cfg.unit_id)
 
@@ -272,3 +273,37 @@ def _echo_hint(client: SerialModbusClient) -> str:
     if isinstance(watch, SerialLineWatch) and watch.echoed():
         return "the request came back as it was sent: the RS-485 adapter echoes, set local_echo = true"
     return ""
+
+
+def _os_error_code(failure: BaseException | None) -> int | None:
+    """The OS error number behind `failure` (pyserial's SerialException, termios.error), if any."""
+    seen = 0
+    while failure is not None and seen < 4:
+        code = getattr(failure, "errno", None)
+        if isinstance(failure, termios.error) and failure.args and isinstance(failure.args[0], int):
+            code = failure.args[0]
+        if isinstance(code, int):
+            return code
+        failure, seen = failure.__cause__ or failure.__context__, seen + 1
+    return None
+
+
+def open_failure(cfg: ModbusRtuConfig, exists: bool, failure: BaseException | None) -> str:
+    """Why a serial port would not open, in the words a technician acts on: a port that refuses the
+    line settings (the OS says EINVAL) is not "in use, or no permission"."""
+    if not exists:
+        return "no such device"
+    code = _os_error_code(failure)
+    if code == errno.EINVAL:
+        settings = f"{cfg.baudrate} {cfg.bytesize}{cfg.parity[0].upper()}{cfg.stopbits}"
+        pty = os.path.realpath(cfg.port).startswith("/dev/pts/")
+        hint = ' (a pseudo-terminal, as edge-sim\'s, takes parity = "none" only)' if pty else ""
+        return (
+            f"refuses the line settings {settings} (Invalid argument): check baudrate, parity and "
+            f"stopbits against the device and its adapter{hint}"
+        )
+    if code in (errno.EAGAIN, errno.EBUSY):
+        return "cannot be opened: in use by another program (the agent reading it? stop it first)"
+    if code == errno.EACCES:
+        return "cannot be opened: permission denied (the agent's user may not open it)"
+    return "cannot be opened (in use, or no permission?)"
