@@ -87,9 +87,12 @@ class Verdict:
     """The agent in one word for monitoring: `ok`, or `degraded` with a line per problem.
 
     `edge-agent status` turns it into its exit code (0 ok, 1 degraded; 2 when no agent answers).
-    A problem is the agent's own (a device it cannot read, an uplink that is not online, a Sparkplug
-    node that is not born, an outbox close to full or quarantined, a stalled loop), never a
-    detection in the plant: a leak event is the agent doing its job.
+    A problem is the agent's own, the data it should deliver and does not, or delivers uncertain: a
+    device down or its values frozen, an uplink that is not online, a stream the broker refuses, a
+    Sparkplug node that is not born, every alarm line (the outbox quarantined, the clock not
+    synchronised, the certificate expiring or expired...), an outbox close to full, a stalled loop.
+    Never a detection in the plant: a leak event is the agent doing its job. docs/status.md lists
+    them for monitoring; a new one goes there too.
     """
 
     state: str  # ok | degraded
@@ -154,10 +157,17 @@ class StatusDocument:
 
     def verdict(self) -> Verdict:
         problems = [f"device {d.name} is down" for d in self.drivers if d.state == "down"]
+        problems += [
+            f"device {d.name} values frozen {units.duration(d.values_frozen_for_s)} (held upstream?): "
+            "its readings are stored uncertain"
+            for d in self.drivers
+            if d.state == "up" and d.values_frozen_for_s is not None
+        ]
         if self.uplink.state != "online":
             problems.append(f"uplink {self.uplink.state} ({self.uplink.broker})")
         else:
             problems += _unborn(self.uplink, self.buffer)
+        problems += _refused_streams(self.uplink)
         problems += self.alarm_lines()
         if self.buffer is not None and self.buffer.used_pct >= BUFFER_DEGRADED_PCT:
             problems.append(f"outbox {self.buffer.used_pct:.0f} % full")
@@ -175,6 +185,35 @@ def _refused_by_the_broker(lines: list[str], cert: CertificateHealth, uplink: Up
         return lines
     state = "valid by date" if cert.state == "valid" else cert.state
     return [f"cert     {state}, refused by the broker: {said}{lines[0][len(head) :]}", *lines[1:]]
+
+
+# Refused streams named in the verdict's problem; the others are counted.
+REFUSED_NAMED = 5
+
+
+def _refused_streams(uplink: UplinkHealth) -> list[str]:
+    """The problem of streams the broker refuses (an ACL, a quota): none of their rows reaches the
+    centre while the uplink is otherwise fine. Names the streams, the broker's reason and the rows
+    held back: `broker refuses stream pump-station (Not authorized (0x87)): 71 rows held back in
+    the outbox, tried again with backoff`."""
+    refused = uplink.refusals
+    if not refused:
+        return []
+    reasons = ", ".join(dict.fromkeys(r.reason for r in refused))
+    rows = sum(r.held_back for r in refused)
+    # None held yet right after a reconnection: the outbox gives them again in a moment.
+    held = f"{rows} rows held back in the outbox" if rows else None
+    if len(refused) == 1:
+        held = held or "its rows are kept in the outbox"
+        return [f"broker refuses stream {refused[0].stream} ({reasons}): {held}, tried again with backoff"]
+    held = held or "their rows are kept in the outbox"
+    named = [f"{r.stream} {r.held_back}" for r in refused[:REFUSED_NAMED]]
+    if len(refused) > REFUSED_NAMED:
+        named.append(f"{len(refused) - REFUSED_NAMED} more")
+    return [
+        f"broker refuses {len(refused)} streams ({reasons}): {held} ({', '.join(named)}), "
+        "tried again with backoff"
+    ]
 
 
 def _unborn(uplink: UplinkHealth, buffer: BufferHealth | None) -> list[str]:

@@ -342,6 +342,7 @@ def test_status_prints_the_same_lines_as_always() -> None:
 def test_status_says_how_many_readings_aged_out_beside_those_evicted() -> None:
     # max_age_s removes rows without any eviction: "evicted 0 readings" alone read as nothing lost.
     document = realistic_document()
+    assert document.buffer is not None
     aged = dataclasses.replace(document.buffer, expired_rows=43, expired_readings=1849)
     lines = format_status(as_received(dataclasses.replace(document, buffer=aged))).splitlines()
     (buffer_line,) = [line for line in lines if line.startswith("buffer ")]

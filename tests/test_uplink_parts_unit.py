@@ -178,8 +178,8 @@ def test_health_json_has_the_keys_it_always_had_plus_the_error_time_failover_and
     doc = orjson.loads(orjson.dumps(health_json(health(commands=CommandStats(received=1)))))
     added = ["last_error_ns", "servers", "server_index", "failovers", "sparkplug", "connections",
              "online_since_ns", "down_since_ns", "online_for_s", "down_for_s", "last_error_age_s",
-             "last_ack_age_s", "refused_streams", "held_back", "taken_over", "ack_timeouts",
-             "retained_status"]  # fmt: skip
+             "last_ack_age_s", "refused_streams", "held_back", "refusals", "taken_over",
+             "ack_timeouts", "retained_status"]  # fmt: skip
     assert sorted(doc) == sorted([*KEYS_BEFORE, *added])
     assert doc["state"] == "online"
     assert doc["commands"] == {"received": 1, "handled": 0, "dropped": 0, "rejected": 0, "failed": 0}

@@ -17,13 +17,14 @@ read to its end on a connection and its wait is over: there is nothing left to p
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 import structlog
 
+from water_edge.agent.uplink.health import RefusedStream
 from water_edge.agent.uplink.interfaces import EncodeError, Encoder, LeaseAckOutbox
 from water_edge.agent.uplink.lanes import Lane, LaneScheduler
 from water_edge.agent.uplink.metrics import UplinkMetrics
@@ -106,6 +107,14 @@ class Refusals:
         overflow = 0 if before is None else before.overflow
         park = self.parked[row.stream] = Parked(topic, reason, now + delay, delay, overflow=overflow)
         self._hold(row, park)
+
+    def streams(self) -> tuple[RefusedStream, ...]:
+        """The refused streams as the status shows them, each with its rows held back."""
+        held = Counter(r.stream for r in self.held)
+        return tuple(
+            RefusedStream(stream, p.topic, p.reason, held[stream] + p.overflow)
+            for stream, p in self.parked.items()
+        )
 
     def skip(self, row: OutboxRow, now: float) -> bool:
         """True if `row` is not to be sent now (its stream is refused); it is then held."""

@@ -28,6 +28,16 @@ class CommandStats:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedStream:
+    """A stream whose topic the broker refused (a PUBACK failure code): its rows wait in the outbox."""
+
+    stream: str
+    topic: str
+    reason: str  # the broker's reason code, as said: `Not authorized (0x87)`
+    held_back: int  # its rows skipped on the current connection, kept in the outbox
+
+
+@dataclass(frozen=True, slots=True)
 class UplinkHealth:
     """State and counters of the MQTT uplink at one moment."""
 
@@ -58,6 +68,7 @@ class UplinkHealth:
     failovers: int = 0  # times the uplink started working on another server than the last one
     refused_streams: int = 0  # streams whose topic the broker refused (PUBACK failure code), set aside
     held_back: int = 0  # rows of those streams skipped on this connection, kept in the outbox
+    refusals: tuple[RefusedStream, ...] = ()  # those streams, one entry each (their rows in `held_back`)
     taken_over: int = 0  # connections the broker closed because another client took the client id
     ack_timeouts: int = 0  # connections dropped because the broker sent no PUBACK within ack_timeout_s
     sparkplug: SparkplugHealth | None = None  # with encoding = "sparkplug_b"

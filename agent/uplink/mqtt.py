@@ -160,7 +160,10 @@ class MqttUplink(UplinkLoop[Session]):
         """State and counters for the status socket and the CLI."""
         refusals = self._drain.refusals
         return self._health(
-            refused_streams=len(refusals.parked), held_back=refusals.waiting, retained_status=self._retained
+            refused_streams=len(refusals.parked),
+            held_back=refusals.waiting,
+            refusals=refusals.streams(),
+            retained_status=self._retained,
         )
 
     def _inflight(self) -> int:
