@@ -27,7 +27,10 @@ from tests.support.broker import Mosquitto, Subscriber
 from tests.support.testing import eventually
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
 from water_edge.agent.uplink.config import MqttConfig
+from water_edge.agent.uplink.drain import Refusals
+from water_edge.agent.uplink.health import RefusedStream
 from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.buffer.types import OutboxRow
 
 PREFIX = f"water/{SITE}/{GATEWAY}"
 
@@ -92,6 +95,53 @@ async def test_a_denied_stream_flows_again_once_the_acl_allows_it(
     assert sorted(set(plc2)) == list(range(1, 11))
     assert (await outbox.stats()).rows == 0
     assert (health.refused_streams, health.held_back) == (0, 0)
+
+
+async def test_a_stream_refused_many_rows_at_once_is_tried_again_after_reconnect_min_s(
+    outbox: AsyncOutbox, start_uplink: StartUplink, tmp_path: Path
+) -> None:
+    """Many of a stream's rows in flight together come back refused together: one refusal, not
+    one per row. Its first retry is due `reconnect_min_s` later, so once the ACL is fixed the rows
+    flow within seconds (they used to wait `reconnect_max_s`: the backoff doubled at every row)."""
+    await outbox.append(reading_batches(40, streams=("plc1", "plc2")))
+    # Mosquitto answers each denied row 0x87 and keeps the connection, as on site (the suite's
+    # broker queues no messages, and then drops a connection at its first denied row).
+    acl = _acl(tmp_path, "plc2")
+    broker = Mosquitto(extra_config=f"acl_file {acl}\nmax_queued_messages 1000\n")
+    with broker, Subscriber(broker.host, broker.port, f"{PREFIX}/#") as sub:
+        config = mqtt_config(broker, max_inflight=32, reconnect_min_s=0.5, reconnect_max_s=60)
+        run = await start_uplink(config, outbox)
+        await eventually(lambda: run.uplink.health().acked >= 20, 15, what="every plc1 row")
+        assert run.uplink.health().rejected >= 8, "plc2's rows were refused while in flight together"
+        acl.write_text(f"topic write {PREFIX}/#\ntopic read #\n")
+        broker.reload()
+        fixed = time.monotonic()
+        # The probes after the first refusal: 0.5 s, then 1, 2, 4 s apart. A refusal per row
+        # in flight made the first one wait 60 s.
+        await eventually(lambda: run.uplink.health().acked >= 40, 20, what="the plc2 rows, at a probe")
+        waited = time.monotonic() - fixed
+        plc2 = {m.json()["seq"] for m in sub.snapshot() if m.topic == f"{PREFIX}/plc2"}
+    assert plc2 == set(range(1, 21))
+    assert waited < 10, f"the plc2 rows waited {waited:.1f} s after the ACL allowed them"
+
+
+def test_the_backoff_of_a_refused_stream_doubles_once_per_refused_probe() -> None:
+    refusals = Refusals(retry_min_s=0.5, retry_max_s=60)
+    rows = [OutboxRow(i, "plc2", i, "telemetry", 0, 1, b"") for i in range(2, 13)]
+    for row in rows:  # 11 rows in flight together, refused together
+        refusals.refused(row, f"{PREFIX}/plc2", "Not authorized (0x87)", now=100.0)
+    (park,) = refusals.parked.values()
+    assert (park.delay, park.until) == (0.5, 100.5)
+    assert [r.id for r in refusals.probes(100.4)] == []
+    now, waits = 100.5, []
+    for _ in range(9):
+        (probe,) = refusals.probes(now)
+        assert probe.id == 2, "the oldest row is the probe"
+        refusals.refused(probe, f"{PREFIX}/plc2", "Not authorized (0x87)", now=now + 0.01)
+        waits.append(park.until - now)
+        now = park.until
+    assert [round(w, 2) for w in waits] == [1.01, 2.01, 4.01, 8.01, 16.01, 32.01, 60.01, 60.01, 60.01]
+    assert refusals.streams() == (RefusedStream("plc2", f"{PREFIX}/plc2", "Not authorized (0x87)", 11),)
 
 
 async def test_a_denied_stream_whose_rows_were_evicted_is_no_longer_reported_refused(

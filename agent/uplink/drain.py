@@ -7,9 +7,10 @@ and `MqttUplink` decides what comes next.
 
 Rows the broker refuses (a PUBACK failure reason code, session.py) stay in the outbox, and their
 stream is set aside (`Refusals`): its rows are skipped, the other streams keep flowing, and after a
-backoff (doubling from `retry_min_s` to `retry_max_s`) the stream's oldest row goes as a probe.
-Accepted, the stream flows again; refused, it waits longer. This survives reconnects, since some
-brokers close the connection after a refusal (Mosquitto 2.0 does for an ACL denial). A refused
+backoff (doubling from `retry_min_s` to `retry_max_s`, once per refused probe: the rows in flight
+together when the stream was first refused are one refusal) the stream's oldest row goes as a
+probe. Accepted, the stream flows again; refused, it waits longer. This survives reconnects, since
+some brokers close the connection after a refusal (Mosquitto 2.0 does for an ACL denial). A refused
 stream whose rows have all left the outbox (evicted, aged out) is forgotten once the outbox has been
 read to its end on a connection and its wait is over: there is nothing left to probe with.
 """
@@ -63,7 +64,8 @@ class Refusals:
     Kept across connections (a broker may close the connection after refusing, as Mosquitto 2.0
     does for an ACL denial), so a refused stream does not cost every connection its life: its
     rows are skipped, left in the outbox, until a probe (its oldest row) is due after a backoff
-    that doubles from `retry_min_s` to `retry_max_s`; the probe accepted, the stream flows again.
+    that doubles from `retry_min_s` to `retry_max_s` at each refused probe; the probe accepted,
+    the stream flows again.
     """
 
     def __init__(self, retry_min_s: float, retry_max_s: float) -> None:
@@ -102,10 +104,16 @@ class Refusals:
         return took
 
     def refused(self, row: OutboxRow, topic: str, reason: str, now: float) -> None:
-        before = self.parked.get(row.stream)
-        delay = self._min if before is None else min(before.delay * 2, self._max)
-        overflow = 0 if before is None else before.overflow
-        park = self.parked[row.stream] = Parked(topic, reason, now + delay, delay, overflow=overflow)
+        """`row` came back refused. The backoff doubles once per retry round: when the stream's
+        probe is refused. The rows that were in flight together when the stream was first refused
+        come back refused one by one and are one refusal: the first try waits `retry_min_s`."""
+        park = self.parked.get(row.stream)
+        if park is None:
+            park = self.parked[row.stream] = Parked(topic, reason, now + self._min, self._min)
+        elif park.probe_id == row.id:
+            park.delay = min(park.delay * 2, self._max)
+            park.until, park.probe_id = now + park.delay, None
+        park.topic, park.reason = topic, reason
         self._hold(row, park)
 
     def streams(self) -> tuple[RefusedStream, ...]:
