@@ -21,6 +21,13 @@
 # exists), and the unit is enabled with `systemctl --root` (offline symlinks) and never started.
 # Re-running installs a new release beside the old one (which becomes `previous`) and never
 # overwrites an existing config.toml (an older install's plain config.toml is moved into managed/).
+#
+# A fresh install writes config.toml from deploy/config.example.toml and records that file's sha256
+# in /etc/edge-agent/config.example.sha256 (root's). While config.toml is still byte for byte the
+# example, the agent is enabled but not started (and refuses to start at boot: `check-config` and
+# `run` refuse the unedited example), because the example names device addresses that may exist on
+# a plant network; the script ends with the next steps. With an edited config it (re)starts the
+# agent once `check-config` passes, as on every upgrade.
 set -eu
 
 ROOT="${DESTDIR:-}"
@@ -34,7 +41,7 @@ USER_NAME="edge-agent"
 # Who may read the agent's status over its socket, and nothing else (docs/security.md).
 STATUS_GROUP="edge-agent-status"
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -141,13 +148,37 @@ if [ -f "$ETC/config.toml" ] && [ ! -L "$ETC/config.toml" ]; then
     mv "$ETC/config.toml" "$MANAGED/config.toml"
     say "moved $ETC/config.toml into $MANAGED/ (config_update writes there)"
 fi
+# The example's sha256, recorded where only root writes: while the config is still exactly that
+# file, nothing starts the agent on it (agent/config/example.py). By content, so that no marker
+# string in the config has to be deleted by hand; any edit ends it.
+EXAMPLE_RECORD="$ETC/config.example.sha256"
+sha256_of() { sha256sum <"$1" | cut -d' ' -f1; }
+record_example() {
+    if [ ! -f "$EXAMPLE_RECORD" ]; then
+        cat >"$EXAMPLE_RECORD" <<RECORD
+# The sha256 of the example config deploy/install.sh wrote to /etc/edge-agent/config.toml. While that
+# file is still exactly this example, the agent is not started and refuses to start (check-config and
+# run say so): the example's devices and brokers are placeholders. Edit the config; leave this file.
+RECORD
+    fi
+    grep -q "^$1 " "$EXAMPLE_RECORD" || echo "$1  config.example.toml (release $VERSION)" >>"$EXAMPLE_RECORD"
+    chmod 0644 "$EXAMPLE_RECORD"
+}
 if [ ! -f "$MANAGED/config.toml" ]; then
     cp "$SOURCE/deploy/config.example.toml" "$MANAGED/config.toml"
+    record_example "$(sha256_of "$MANAGED/config.toml")"
     say "wrote $ETC/config.toml from the example: edit [gateway], [uplink] and [[devices]]"
 else
+    if cmp -s "$MANAGED/config.toml" "$SOURCE/deploy/config.example.toml"; then
+        record_example "$(sha256_of "$MANAGED/config.toml")"  # an older install's, never edited
+    fi
     say "kept the existing $ETC/config.toml"
 fi
 chmod 0640 "$MANAGED/config.toml"
+UNEDITED=0
+if [ -f "$EXAMPLE_RECORD" ] && grep -q "^$(sha256_of "$MANAGED/config.toml") " "$EXAMPLE_RECORD"; then
+    UNEDITED=1
+fi
 if [ ! -f "$ETC/release-keys" ]; then
     cat >"$ETC/release-keys" <<KEYS
 # Release keys trusted for signed self-updates (docs/updates.md): NAME BASE64-PUBLIC-KEY per line,
@@ -188,7 +219,12 @@ if [ "$ENABLE" = 1 ]; then
         systemctl daemon-reload
         systemctl enable edge-agent.service edge-agent-update.service
         systemctl enable --now edge-agent-update.path
-        if [ "$START" = 1 ]; then
+        if [ "$UNEDITED" = 1 ]; then
+            if systemctl is-active --quiet edge-agent.service; then
+                systemctl stop edge-agent.service
+                say "stopped edge-agent.service: it ran on the unedited example config"
+            fi
+        elif [ "$START" = 1 ]; then
             if "$OPT/current/bin/edge-agent" check-config -c "$ETC/config.toml" >/dev/null 2>&1; then
                 systemctl restart edge-agent.service
             else
@@ -198,4 +234,18 @@ if [ "$ENABLE" = 1 ]; then
         fi
     fi
 fi
-say "done. Check with: systemctl status edge-agent; edge-agent status"
+if [ "$UNEDITED" = 1 ]; then
+    say "not started: /etc/edge-agent/config.toml is still the example, unedited: its site, brokers"
+    say "and device addresses are placeholders, and the agent refuses to run on it. Next:"
+    say "  1. edit /etc/edge-agent/config.toml: [gateway] site and id, [uplink], [[devices]]"
+    say "     (edge-agent scan ... finds what the devices have; docs/operations.md, Install)"
+    say "  2. edge-agent check-config        # 0 = valid, 2 lists every problem"
+    if [ "$ENABLE" = 1 ]; then
+        say "  3. systemctl start edge-agent     # enabled: it starts at every boot from then on"
+    else
+        say "  3. systemctl enable --now edge-agent"
+    fi
+    say "done. Then check with: systemctl status edge-agent; edge-agent status"
+else
+    say "done. Check with: systemctl status edge-agent; edge-agent status"
+fi

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from water_edge.agent import __version__
+from water_edge.agent.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -53,6 +54,7 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
     first = install(root)
     assert first.returncode == 0, first.stderr + first.stdout
     assert first.stdout.splitlines()[-1].endswith("edge-agent status")
+    example = ROOT / "deploy" / "config.example.toml"
     opt = root / "opt" / "edge-agent"
     venv = opt / "venv"
     assert (venv / "bin" / "edge-agent").is_file()
@@ -108,14 +110,95 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
     assert not (site / "water_edge" / "models" / "train").exists()
     assert not (venv / "bin" / "edge-sim").exists()
 
-    config.write_text("# edited on site\n")
+    config.write_text(example.read_text().replace('id = "gw-ps07"', 'id = "gw-ps11"'))  # edited on site
     again = install(root)
     assert again.returncode == 0, again.stderr
-    assert config.read_text() == "# edited on site\n"
+    assert 'id = "gw-ps11"' in config.read_text()
     assert "kept the existing" in again.stdout
     # The second install is a new release; the first is kept as the one to roll back to.
     assert os.readlink(opt / "previous") == f"releases/{first_release.name}"
     assert os.readlink(opt / "current") != f"releases/{first_release.name}"
+
+
+NEXT_STEPS = [
+    "install.sh: not started: /etc/edge-agent/config.toml is still the example, unedited: its site, brokers",
+    "install.sh: and device addresses are placeholders, and the agent refuses to run on it. Next:",
+    "install.sh:   1. edit /etc/edge-agent/config.toml: [gateway] site and id, [uplink], [[devices]]",
+    "install.sh:      (edge-agent scan ... finds what the devices have; docs/operations.md, Install)",
+    "install.sh:   2. edge-agent check-config        # 0 = valid, 2 lists every problem",
+    "install.sh:   3. systemctl start edge-agent     # enabled: it starts at every boot from then on",
+    "install.sh: done. Then check with: systemctl status edge-agent; edge-agent status",
+]
+
+
+def _check_config(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """What the unit's ExecStartPre (and `run`) makes of the installed config."""
+    capsys.readouterr()
+    code = main(["check-config", "-c", str(config)])
+    return code, capsys.readouterr().err
+
+
+def test_a_fresh_install_does_not_start_the_agent_on_the_unedited_example(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The docs walk's finding: the example validates, so a fresh install started the agent at once
+    as site north-plant, polling Modbus TCP 10.20.7.10:502, an address that may exist on a plant
+    network. Now the unit stays enabled but the agent refuses the unedited example (also at boot:
+    ExecStartPre is check-config), and the install ends with the next steps; an edit ends it."""
+    root = tmp_path / "root"
+    first = install(root)
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert first.stdout.splitlines()[-len(NEXT_STEPS) :] == NEXT_STEPS
+    etc = root / "etc" / "edge-agent"
+    config = etc / "config.toml"
+    assert config.read_bytes() == (ROOT / "deploy" / "config.example.toml").read_bytes()
+    assert (
+        root / "etc" / "systemd" / "system" / "multi-user.target.wants" / "edge-agent.service"
+    ).is_symlink()
+    record = etc / "config.example.sha256"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o644  # root's, where the agent cannot write
+
+    code, err = _check_config(config, capsys)
+    assert code == 2
+    assert f"{config}: this is still the example config deploy/install.sh installed, unedited" in err
+    assert "`edge-agent check-config` and `systemctl start edge-agent`" in err
+    assert main(["run", "-c", str(config)]) == 2  # by hand, too: nothing is polled
+    assert "this is still the example config" in capsys.readouterr().err
+
+    # Upgraded before anyone configured it: still not started, the same next steps.
+    again = install(root)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[-len(NEXT_STEPS) :] == NEXT_STEPS
+
+    # Any edit makes it the site's config: it is checked as any other, and the install says done.
+    config.write_text(config.read_text().replace('site = "north-plant"', 'site = "east-works"'))
+    code, err = _check_config(config, capsys)
+    assert code == 0, err
+    edited = install(root)
+    assert edited.returncode == 0, edited.stderr
+    assert "not started" not in edited.stdout
+    assert (
+        edited.stdout.splitlines()[-1]
+        == "install.sh: done. Check with: systemctl status edge-agent; edge-agent status"
+    )
+
+
+def test_an_older_install_still_on_the_example_is_recognised_on_upgrade(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An install from before the record: config.toml byte for byte the example, no record. The
+    upgrade records it, and the agent no longer runs on it."""
+    root = tmp_path / "root"
+    assert install(root).returncode == 0
+    record = root / "etc" / "edge-agent" / "config.example.sha256"
+    record.unlink()
+    config = root / "etc" / "edge-agent" / "config.toml"
+    assert _check_config(config, capsys)[0] == 0  # without the record, the example is just a valid file
+    upgrade = install(root)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert upgrade.stdout.splitlines()[-len(NEXT_STEPS) :] == NEXT_STEPS
+    assert record.is_file()
+    assert _check_config(config, capsys)[0] == 2
 
 
 def test_install_refuses_a_source_that_is_not_the_project(tmp_path: Path) -> None:
@@ -202,13 +285,16 @@ def test_config_update_works_as_the_service_user_in_the_installed_layout() -> No
         for path, mode in ((etc, 0o750), (etc / "managed", 0o2770), (etc / "managed" / "config.toml", 0o640)):
             info = path.stat()
             assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (gid, mode), path
+        # Configured for its site, as the agent runs only then (not on the unedited example).
+        site = (etc / "config.toml").read_text() + "# configured for this site\n"
+        (etc / "managed" / "config.toml").write_text(site)
         # Another plain config in /etc/edge-agent itself, as an older install had it.
         (etc / "plain.toml").write_bytes((etc / "managed" / "config.toml").read_bytes())
         state = base / "state"
         state.mkdir()
         os.chown(state, uid, gid)
         new = base / "new.toml"
-        new.write_text((etc / "config.toml").read_text().replace('level = "info"', 'level = "debug"'))
+        new.write_text(site.replace('level = "info"', 'level = "debug"'))
         new.chmod(0o644)
 
         def update(config: Path) -> str:

@@ -17,6 +17,7 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from water_edge.agent import processors
+from water_edge.agent.config.example import untouched_example
 from water_edge.agent.config.schema import (
     SCHEMA_VERSION,
     AgentSection,
@@ -449,6 +450,8 @@ def load_config(path: str | Path, *, closed_state: Literal["error", "warning"] =
     warning and the rest checked (`"warning"`: `check-config`)."""
     source = Path(path)
     raw = _read_toml(source)
+    if (untouched := untouched_example(source)) is not None:  # not a site's config: never run on it
+        raise ConfigError([untouched])
     if not raw:
         raise ConfigError(
             [
