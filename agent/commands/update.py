@@ -13,6 +13,10 @@ Run them as root: the install root and the restart are root's. See docs/updates.
 As root, the state directory (update files, audit log, status socket) comes from `--state-dir`, or
 is the service's `/var/lib/edge-agent`, never the config's `gateway.state_dir`: the agent may
 rewrite its config (`config_update`), and root must not work in a directory the agent picked.
+
+None of them needs a config that validates (a technician rolls back an agent that a bad config or
+a bad release keeps restarting): from a config that does not, or none, they take what they need
+leniently and say on stderr what they took at its default (`update/settings.py`).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("status", help="releases on this gateway and the last update")
     common(p)
+    p.add_argument("--root", type=Path, help="install root (default: [update] root)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_status)
 
@@ -100,10 +105,39 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_run)
 
 
-def _config(args: argparse.Namespace) -> Any:
-    from water_edge.agent.config import load_config
+def _config(args: argparse.Namespace, *, uses: tuple[str, ...]) -> Any:
+    """The settings these commands take from the config (`UpdateSettings`), also from one that does
+    not validate or cannot be read: then one line on stderr says so and names the keys of `uses`
+    (what this command reads from the config) that are at their defaults. The state directory and
+    the options given on the command line are not read from the config and not named."""
+    from water_edge.agent.update.settings import STATE_DIR_KEY, update_settings
 
-    return load_config(args.config)
+    settings = update_settings(args.config)
+    state_dir = getattr(args, "state_dir", None)
+    given = {
+        "update.root": getattr(args, "root", None),
+        "update.release_keys": getattr(args, "keys", None),
+        "update.health_window_s": getattr(args, "health_window", None),
+        # Root never takes it from the config (`_state_dir`).
+        STATE_DIR_KEY: state_dir if state_dir is not None or os.geteuid() != 0 else SERVICE_STATE_DIR,
+    }
+    if (note := settings.note(key for key in uses if given.get(key) is None)) is not None:
+        sys.stderr.write(f"edge-agent update: {note}\n")
+    return settings
+
+
+# What each command reads from the config (unless given as an option), for `_config`'s note.
+_STATUS_USES = ("update.root", "gateway.state_dir")
+_UPDATER_USES = (
+    "update.root",
+    "update.release_keys",
+    "update.health_window_s",
+    "update.rollback_after_restarts",
+    "update.max_bundle_bytes",
+    "gateway.state_dir",
+    "status.socket",
+    "security.audit_log",
+)
 
 
 def _state_dir(args: argparse.Namespace, config: Any) -> Path:
@@ -112,10 +146,10 @@ def _state_dir(args: argparse.Namespace, config: Any) -> Path:
     state and audit line, and which socket judges a release). Anyone else may follow the config."""
     if args.state_dir is not None:
         return Path(args.state_dir)
-    configured = Path(config.gateway.state_dir)
+    configured = Path(config.state_dir)
     if os.geteuid() != 0:
         return configured
-    if configured != SERVICE_STATE_DIR:
+    if configured != SERVICE_STATE_DIR and "gateway.state_dir" not in config.defaulted:
         sys.stderr.write(
             f"edge-agent update: as root the state directory is {SERVICE_STATE_DIR}, not the config's "
             f"{configured}; give --state-dir for another\n"
@@ -141,9 +175,9 @@ def _updater(args: argparse.Namespace, config: Any, state_dir: Path) -> Any:
         config_path=Path(args.config),
         # The config names the socket and the log inside the state directory (an absolute socket,
         # e.g. /run/edge-agent/status.sock, is documented; root only asks it for a status).
-        status_socket=state_dir / config.status.socket,
+        status_socket=state_dir / config.status_socket,
         service=CommandService.parse(args.restart_command, args.restarts_command),
-        audit_path=state_dir / config.security.audit_log,
+        audit_path=state_dir / config.audit_log,
         python=args.python,
         health_window_s=args.health_window or config.update.health_window_s,
         rollback_after_restarts=config.update.rollback_after_restarts,
@@ -186,9 +220,9 @@ def _status(args: argparse.Namespace) -> int:
     from water_edge.agent.update.report import update_health
     from water_edge.core.health import health_json
 
-    config = _config(args)
+    config = _config(args, uses=_STATUS_USES)
     files = _files(_state_dir(args, config))
-    root = config.update.root
+    root = args.root or config.update.root
     health = update_health(__version__, files, Layout(root) if (root / "current").is_symlink() else None)
     if args.json:
         sys.stdout.write(orjson.dumps(health_json(health), option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -210,7 +244,9 @@ def _apply(args: argparse.Namespace) -> int:
     from water_edge.agent.update.receive import UpdateReceiver
     from water_edge.core.digests import sha256_file
 
-    config = _config(args)
+    config = _config(
+        args, uses=_UPDATER_USES if args.now else ("update.max_bundle_bytes", "gateway.state_dir")
+    )
     state_dir = _state_dir(args, config)
     receiver = UpdateReceiver(config.update, _files(state_dir))
     if not args.bundle.is_file():
@@ -259,7 +295,7 @@ def _follow(files: Any, update_id: str) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     from water_edge.core.reading import now_ns
 
-    config = _config(args)
+    config = _config(args, uses=_UPDATER_USES if args.now else ("gateway.state_dir",))
     state_dir = _state_dir(args, config)
     user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
     request: dict[str, Any] = {
@@ -300,7 +336,7 @@ def _min_version(args: argparse.Namespace) -> int:
     from water_edge.agent.update.versions import ReleaseVersion, VersionError
     from water_edge.core.reading import now_ns
 
-    layout = Layout(args.root or _config(args).update.root)
+    layout = Layout(args.root or _config(args, uses=("update.root",)).update.root)
     if args.version is None:
         print(f"minimum  {_floor_line(layout)}")
         return EXIT_OK
@@ -353,5 +389,5 @@ def _floor_problem(layout: Any, wanted: Any, floor: Any, lower: bool) -> str | N
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = _config(args, uses=_UPDATER_USES)
     return _run_locked(args, config, _state_dir(args, config))
