@@ -45,6 +45,7 @@ import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -154,7 +155,9 @@ def opc_value(point: Point, raw: float | int | bool | str) -> tuple[Any, ua.Vari
     lo, hi = (0, (1 << bits) - 1) if code.isupper() else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
     number = max(lo, min(hi, round(raw / point.scale)))
     if point.scale != 1.0:
-        return number * point.scale, ua.VariantType.Double
+        # The engineering value a PLC shows (raw 199 in tenths is 19.9), not the binary product
+        # 19.900000000000002: the same figure the agent's Modbus driver reads from the register.
+        return float(Decimal(number) * Decimal(repr(point.scale))), ua.VariantType.Double
     return number, variant
 
 
