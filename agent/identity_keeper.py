@@ -13,13 +13,24 @@ event is sent once. The identity directory swaps key and certificate together
 (`provisioning.identity`), and the uplink loads its TLS files at every connection, so a renewed
 certificate is used on the next connection without a restart.
 
+A renewal authenticates with the current certificate, so it needs no claim certificate: a gateway
+enrolled offline (no `[security.identity.claim]`) renews too, over the uplink's connection, with
+the enrolment service's topic prefix (`renewal.topic_prefix`, else the claim section's, else
+`enrol`).
+
 The renewal never disturbs the uplink. The shipped broker config makes a certificate's CN the
 client id (`use_username_as_clientid`), so a second connection with the gateway's certificate
-would close the uplink's and publish its Last Will (`offline`, `lost`). While the uplink is
-connected with the device certificate, the request therefore goes over the uplink's own
-connection (`UplinkTap`: publish on `enrol/<id>/csr`, the answer on `enrol/<id>/cert` of the same
-session); only while the uplink is down (nothing to close) or connected to another broker than the
-claim section's that does not answer, does the keeper open a connection of its own.
+would close the uplink's and publish its Last Will (`offline`, `lost`). When the uplink connects
+with the device certificate, the request therefore goes over the uplink's own connection
+(`UplinkTap`: publish on `enrol/<id>/csr`, the answer on `enrol/<id>/cert` of the same session),
+and a renewal due while the uplink is not connected (at start, before its first connection, or
+during an outage) waits for it: a connection of the keeper's own would race the uplink's
+(re)connection under the same client id. Only when the uplink is connected to another broker than
+the claim section's and no answer comes there does the keeper connect to the claim section's
+broker (where the uplink is not connected) with the current certificate. When the uplink connects
+with another certificate, the keeper renews on a connection of its own to the claim section's
+broker (nothing of the uplink's to close); without a claim section it then cannot renew at all,
+and `check-config` says so.
 
 When: the lifetime is counted from when the certificate was installed (its file's time), not from
 its notBefore, which the CA backdates by 5 minutes; and never sooner than `renewal.min_interval_s`
@@ -48,7 +59,12 @@ from water_edge.core.errors import AgentError
 from water_edge.core.reading import Event, Severity, now_ns
 from water_edge.provisioning.ca import subject_text_attribute
 from water_edge.provisioning.config import ClaimSection, IdentitySection
-from water_edge.provisioning.enrol import enrol_with_claim, install_reply, renewal_section
+from water_edge.provisioning.enrol import (
+    enrol_with_claim,
+    install_reply,
+    renewal_section,
+    renewal_topic_prefix,
+)
 from water_edge.provisioning.enrol_protocol import cert_topic, csr_topic
 from water_edge.provisioning.errors import ProvisioningError
 from water_edge.provisioning.identity import DeviceIdentity, device_serial
@@ -67,7 +83,7 @@ class CertificateHealth:
     subject: str | None
     not_before_ns: int | None
     not_after_ns: int | None
-    renew_at_ns: int | None  # when the agent renews it (None: no renewal configured)
+    renew_at_ns: int | None  # when the agent renews it (None: it cannot renew it, or must not)
     renewals: int
     failed_attempts: int  # since the last success
     last_error: str | None
@@ -295,12 +311,11 @@ class IdentityKeeper:
     def share_uplink(self, uplink: Any, cert_file: Path | None) -> None:
         """Renew over `uplink`'s connection (see the module docstring) when it connects with the
         device certificate (`cert_file`, its `[uplink.tls] cert_file`)."""
-        claim = self.section.claim
-        if claim is None or not self.section.renewal.enabled or cert_file is None:
+        if not self.section.renewal.enabled or cert_file is None:
             return
         if os.path.realpath(cert_file) != os.path.realpath(self.identity.cert_file):
             return  # the uplink connects as someone else: its connection cannot renew this one
-        self.tap = UplinkTap(claim.topic_prefix, self.common_name)
+        self.tap = UplinkTap(renewal_topic_prefix(self.section), self.common_name)
         uplink.tap = self.tap
         self._uplink_broker = lambda: str(uplink.health().broker)
 
@@ -345,8 +360,8 @@ class IdentityKeeper:
         """`at_fraction` of the lifetime counted from the install (notBefore when that was later),
         and at least `min_interval_s` after the install, but not after the alarm."""
         renewal = self.section.renewal
-        if self.section.claim is None or not renewal.enabled:
-            return None
+        if not renewal.enabled or (self.section.claim is None and self.tap is None):
+            return None  # disabled, or nothing to renew through (`check-config` says so)
         if installed is None:
             return start + int((end - start) * renewal.at_fraction)
         installed = min(installed, self._now())  # a file time in the future counts from now
@@ -380,6 +395,9 @@ class IdentityKeeper:
             if due > 0:
                 await self._sleep(min(due, 60.0))
                 continue
+            if self._waits_for_uplink():
+                await self._sleep(_BEAT_S)  # not a failure: the uplink's connection comes first
+                continue
             ok = await self._attempt()
             if ok:
                 backoff = self.section.renewal.retry_min_s
@@ -402,6 +420,12 @@ class IdentityKeeper:
             return None
         return (renew_at - self._now()) / 1e9
 
+    def _waits_for_uplink(self) -> bool:
+        """A renewal goes over the uplink's connection and the uplink is not connected (at start,
+        before its first connection, or in an outage): wait for it rather than connect as the
+        gateway beside it (the two connections would close each other, see the module docstring)."""
+        return not self.enrolling and self.tap is not None and not self.tap.connected
+
     async def _sleep(self, seconds: float) -> None:
         """Sleep, counting beats (the watchdog watches them while the uplink waits for enrolment)."""
         end = time.monotonic() + seconds
@@ -411,14 +435,15 @@ class IdentityKeeper:
 
     async def _attempt(self) -> bool:
         claim = self.section.claim
-        if claim is None:
-            return False
         first = self.enrolling
+        if claim is None and (first or self.tap is None):
+            return False
         self._busy = "enrolling" if first else "renewing"
         try:
-            if first:
+            if first and claim is not None:
                 await asyncio.to_thread(self._enrol, claim)
-            elif not await self._renew_over_uplink(claim):
+            elif self.tap is None or not await self._renew_over_uplink(self.tap, claim):
+                assert claim is not None  # no tap and no claim: nothing due (`_renew_at`)
                 await asyncio.to_thread(self._enrol, renewal_section(self.identity, claim))
         except (AgentError, OSError) as exc:
             self.failed += 1
@@ -437,24 +462,27 @@ class IdentityKeeper:
             await self._event("certificate_renewed", "info", health)
         return True
 
-    async def _renew_over_uplink(self, claim: ClaimSection) -> bool:
-        """Renew over the uplink's connection; False when it is down (renew on a connection of our
-        own: nothing to close) or, connected to a broker other than the claim section's, gets no
-        answer (the enrolment service is on that other broker)."""
-        tap = self.tap
-        if tap is None or not tap.connected:
-            return False
+    async def _renew_over_uplink(self, tap: UplinkTap, claim: ClaimSection | None) -> bool:
+        """Renew over the uplink's connection; False when the keeper renews on a connection of its
+        own instead: connected to a broker other than the claim section's, the uplink got no
+        answer (the enrolment service is on the claim section's broker, where the uplink is not
+        connected: nothing to close there). Raises when the uplink's connection is gone: the
+        renewal is retried over it once it is back, never beside its reconnection."""
+        gone = ProvisioningError("the uplink's connection closed before the renewal was sent")
+        if not tap.connected:
+            raise gone
         serial = device_serial(self.section.serial)
         csr = await asyncio.to_thread(self.identity.make_csr, serial, self.common_name, self.site)
+        timeout_s = 30.0 if claim is None else claim.timeout_s
         try:
-            reply = await tap.exchange(serial, csr, claim.timeout_s)
+            reply = await tap.exchange(serial, csr, timeout_s)
         except ProvisioningError:
-            if self._uplink_broker is None or _same_broker(self._uplink_broker(), claim):
+            if claim is None or self._uplink_broker is None or _same_broker(self._uplink_broker(), claim):
                 raise
             log.info("identity.renewal_on_claim_broker", broker=f"{claim.host}:{claim.port}")
             return False
         if reply is None:
-            return False
+            raise gone
         await asyncio.to_thread(install_reply, self.identity, reply, serial, self.common_name)
         self.via_uplink += 1
         return True

@@ -23,7 +23,9 @@ class ClaimSection(BaseModel):
 
 
 class RenewalSection(BaseModel):
-    """When the agent renews its certificate by itself (through the claim section's broker)."""
+    """When the agent renews its certificate by itself: over the uplink's connection, which needs no
+    claim certificate (a renewal authenticates with the current certificate), else through the
+    claim section's broker."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -39,6 +41,8 @@ class RenewalSection(BaseModel):
     # `at_fraction` of its lifetime says (a short-lived certificate and a small fraction would
     # otherwise renew in a loop: the CA backdates a certificate by 5 minutes).
     min_interval_s: float = Field(default=3600.0, ge=1, le=86400)
+    # The enrolment service's `--topic-prefix` (None: the claim section's, else "enrol").
+    topic_prefix: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*$")
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -58,7 +62,8 @@ class IdentitySection(BaseModel):
     """Identity directory (relative to gateway.state_dir), serial override, optional claim enrolment.
 
     With `claim` and no device certificate yet, the agent enrols by itself at start (buffering
-    readings meanwhile); with `claim`, it also renews its certificate (`renewal`)."""
+    readings meanwhile). It renews its certificate (`renewal`) over the uplink's connection when
+    the uplink connects with the identity's certificate, claim section or not."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

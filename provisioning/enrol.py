@@ -16,7 +16,7 @@ import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
-from water_edge.provisioning.config import ClaimSection
+from water_edge.provisioning.config import ClaimSection, IdentitySection
 from water_edge.provisioning.enrol_protocol import cert_topic, csr_topic
 from water_edge.provisioning.errors import ProvisioningError
 from water_edge.provisioning.identity import DeviceIdentity, certificate_name
@@ -138,3 +138,11 @@ def renewal_section(identity: DeviceIdentity, claim: ClaimSection) -> ClaimSecti
     return claim.model_copy(
         update={"cert_file": identity.cert_file, "key_file": identity.key_file, "ca_file": identity.ca_file}
     )
+
+
+def renewal_topic_prefix(section: IdentitySection) -> str:
+    """The enrolment service's topic prefix a renewal uses: `renewal.topic_prefix`, else the claim
+    section's, else the service's default `enrol` (a gateway enrolled offline has no claim)."""
+    if section.renewal.topic_prefix is not None:
+        return section.renewal.topic_prefix
+    return "enrol" if section.claim is None else section.claim.topic_prefix

@@ -94,6 +94,9 @@ class _Resolved:
         self.site: str | None = args.site or (config.gateway.site if config else None)
         self.serial_override: str | None = args.serial or self.identity_cfg.serial
         self.status_socket: Path | None = config.status_socket if config else None
+        # Where a renewal goes without a claim section: the uplink's first broker with TLS.
+        servers = [s for s in config.uplink.server_list() if s.tls] if config else []
+        self.uplink_broker: tuple[str, int] | None = (servers[0].host, servers[0].port) if servers else None
 
     def serial(self) -> str:
         from water_edge.provisioning.identity import device_serial
@@ -206,6 +209,8 @@ def _enrol(args: argparse.Namespace, r: _Resolved) -> int:
     from water_edge.provisioning.identity import DeviceIdentity
 
     claim = r.identity_cfg.claim
+    if claim is None and args.renew:
+        claim = _uplink_renewal(r)
     if claim is None:
         raise _UsageError("no [security.identity.claim] section in the config")
     if r.cn is None:
@@ -218,6 +223,30 @@ def _enrol(args: argparse.Namespace, r: _Resolved) -> int:
     enrol_with_claim(identity, claim, r.serial(), r.cn, r.site)
     sys.stdout.write(f"{'renewed' if args.renew else 'enrolled'}; certificate in {identity.cert_file}\n")
     return EXIT_OK
+
+
+def _uplink_renewal(r: _Resolved) -> Any:
+    """Without a claim section (a gateway enrolled offline), a renewal needs no claim certificate: it
+    connects with the current one (`renewal_section`) to the uplink's first TLS broker, with the
+    enrolment service's topic prefix."""
+    from water_edge.provisioning.config import ClaimSection
+    from water_edge.provisioning.enrol import renewal_topic_prefix
+    from water_edge.provisioning.identity import DeviceIdentity
+
+    if r.uplink_broker is None:
+        raise _UsageError(
+            "no [security.identity.claim] section and no TLS broker in [uplink] to renew through"
+        )
+    host, port = r.uplink_broker
+    identity = DeviceIdentity(r.directory)
+    return ClaimSection(
+        cert_file=identity.cert_file,
+        key_file=identity.key_file,
+        ca_file=identity.ca_file,
+        host=host,
+        port=port,
+        topic_prefix=renewal_topic_prefix(r.identity_cfg),
+    )
 
 
 def _refuse_to_close_the_agents_connection(r: _Resolved, anyway: bool) -> None:

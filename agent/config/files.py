@@ -166,13 +166,35 @@ def file_problems(config: Config) -> list[str]:
             pending = claim is not None and not tls.cert_file.exists()
             if not pending:
                 pair = _pair("uplink.tls", tls.cert_file, tls.key_file)
-                problems += pair or _identity(config, tls.cert_file)
+                problems += pair or _identity(config, tls.cert_file) + _not_renewed(config, tls.cert_file)
     if claim is not None:
         problems += _found(_certificates("security.identity.claim.ca_file", claim.ca_file))
         problems += _pair("security.identity.claim", claim.cert_file, claim.key_file)
     if config.update.ca_file is not None:
         problems += _found(_certificates("update.ca_file", config.update.ca_file))
     return problems + _other_files(config)
+
+
+def _not_renewed(config: Config, cert: Path) -> list[str]:
+    """The uplink's certificate is one the agent will not renew (`agent.identity_keeper`): renewal
+    is off, or it has nothing to renew through (the uplink connects with another certificate than
+    the identity's and there is no claim section to reach the enrolment service)."""
+    identity = config.security.identity
+    own = DeviceIdentity(config.gateway.state_dir / identity.directory).cert_file
+    shares = os.path.realpath(cert) == os.path.realpath(own)
+    if identity.renewal.enabled and (shares or identity.claim is not None):
+        return []
+    why = (
+        "security.identity.renewal.enabled = false"
+        if not identity.renewal.enabled
+        else f'the uplink does not connect with the identity\'s certificate ("{own}", which the agent '
+        "renews over the uplink's connection) and there is no [security.identity.claim] section"
+    )
+    until = x509.load_pem_x509_certificates(cert.read_bytes())[0].not_valid_after_utc
+    return [
+        f'uplink.tls.cert_file = "{cert}": will not be renewed ({why}); it expires '
+        f"{until:%Y-%m-%d %H:%M:%S} UTC, and the broker then refuses the gateway"
+    ]
 
 
 def _written_at_enrolment(config: Config, path: Path) -> bool:
