@@ -7,13 +7,14 @@ ACL lets read `enrol/+/csr` and write `enrol/+/cert`.
 The identity in the topic is the one the requester's certificate proves (see `enrol_protocol`),
 and the service accepts a CSR only for that identity:
 
-- from a claim certificate: a first certificate for a serial on the allow-list (`--allow`,
-  `SERIAL GATEWAY_ID [SITE]` per line), for exactly the gateway id listed with it (and the site,
-  when the line names one), once per serial ever (a revoked or lost gateway is re-enrolled
-  offline, never again by whoever holds the shared claim certificate), and never for a gateway id
-  another device holds. The same key asking again gets the same certificate again: gateways
-  enrolling at the same moment share the claim identity, the broker keeps one connection per
-  identity, and a gateway whose connection was taken over asks again when it is back;
+- from a claim certificate: a first certificate for a serial on the allow-list (`--allow`, `SERIAL
+  GATEWAY_ID [SITE]` per line, read again whenever the file changes), for exactly the gateway id
+  listed with it (and the site, when the line names one), once per serial ever (a revoked or lost
+  gateway is re-enrolled offline, never again by whoever holds the shared claim certificate), and
+  never for a gateway id another device holds. The same key asking again gets the same certificate
+  again: gateways enrolling at the same moment share the claim identity, the broker keeps one
+  connection per identity, and a gateway whose connection was taken over asks again when it is
+  back;
 - from an enrolled gateway: the renewal of its own certificate, with the same device serial and
   the same site, once its newest certificate has lived `renew_after` of its lifetime (half, by
   default: the agent renews at two thirds). Whoever holds a gateway's key could otherwise have
@@ -132,6 +133,42 @@ def load_allow_list(path: Path) -> dict[str, Allowed]:
     return allowed
 
 
+class _AllowFile:
+    """The allow-list file, read again when it changes (inode, size or mtime: checked at every
+    claim request, cheap at enrolment rates), so a serial listed just before installation enrols
+    without a restart of the service."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+        self.allow: dict[str, Allowed] = {}
+        self._read()  # a list that cannot be read stops the service at start, naming the line
+
+    def current(self) -> dict[str, Allowed]:
+        """The list as the file is now; while it cannot be read, ProvisioningError: the request is
+        refused (an allow-list is never guessed at) and the log names the file and line
+        (`enrol.allow_list_unreadable`; the requester is not told, the line names other serials)."""
+        try:
+            self._read()
+        except ProvisioningError as exc:
+            log.error("enrol.allow_list_unreadable", path=str(self.path), reason=str(exc))
+            raise ProvisioningError(
+                "the enrolment allow-list cannot be read at the moment (see the service's log)"
+            ) from exc
+        return self.allow
+
+    def _read(self) -> None:
+        try:
+            info = self.path.stat()
+        except OSError as exc:
+            raise ProvisioningError(f"cannot read the allow-list {self.path}: {exc.strerror}") from exc
+        seen = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if seen != self._seen:
+            self.allow = load_allow_list(self.path)
+            self._seen = seen
+            log.info("enrol.allow_list_read", path=str(self.path), serials=len(self.allow))
+
+
 class EnrolmentService:
     """Decides on one request; pure of MQTT (`answer`) plus a paho client to serve it (`start`)."""
 
@@ -145,8 +182,12 @@ class EnrolmentService:
         lifetime: dt.timedelta | None = None,
         renew_after: float = 0.5,
         acl: BrokerAcl | None = None,
+        allow_file: Path | None = None,
     ) -> None:
+        """`allow`: the allow-list as given; `allow_file`: read from that file, and again whenever
+        it changes (the service's `--allow`)."""
         self.ca = ca
+        self._allow_file = None if allow_file is None else _AllowFile(allow_file)
         self.renew_after = renew_after
         self.prefix = topic_prefix
         self.allow = (
@@ -243,6 +284,8 @@ class EnrolmentService:
     def _first_certificate(
         self, csr_pem: bytes, serial: str, common_name: str | None, site: str | None
     ) -> bytes:
+        if self._allow_file is not None:
+            self.allow = self._allow_file.current()
         if self.allow is None:
             raise ProvisioningError("this service enrols no claim certificates (no allow-list)")
         allowed = self.allow.get(serial)
@@ -348,8 +391,15 @@ class EnrolmentService:
 
 def serve_forever(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.open(args.dir)
-    allow = load_allow_list(args.allow) if args.allow else None
     acl = None
+    if args.acl is not None and not args.acl.parent.is_dir():
+        # Never made here: a mistyped directory is not the file the broker reads, and the service
+        # would report every write as done while new gateways are refused.
+        sys.stderr.write(
+            f"enrolment service: cannot write the ACL {args.acl}: its directory {args.acl.parent} "
+            "does not exist (not creating it: is the path mistyped?)\n"
+        )
+        return 1
     if args.acl is not None:
         acl = BrokerAcl(
             args.acl,
@@ -363,7 +413,12 @@ def serve_forever(args: argparse.Namespace) -> int:
         sys.stderr.write("enrolment service: --acl-extra needs --acl (the ACL its blocks are kept in)\n")
         return 1
     service = EnrolmentService(
-        ca, topic_prefix=args.topic_prefix, allow=allow, days=args.days, renew_after=args.renew_after, acl=acl
+        ca,
+        topic_prefix=args.topic_prefix,
+        days=args.days,
+        renew_after=args.renew_after,
+        acl=acl,
+        allow_file=args.allow,
     )
     if not service.write_acl():
         sys.stderr.write(f"enrolment service: cannot write or reload the ACL {args.acl} (see the log)\n")
