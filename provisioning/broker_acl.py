@@ -16,8 +16,10 @@ certificate can never add a line of its choosing to it.
 The utility's own blocks (an operator console, a second claim certificate or Sparkplug host) live
 in a file of their own (`--acl-extra`), appended to every site-bound file written, after a check
 (`extra_blocks`): only `user` blocks of `topic` lines, never for a gateway (a certificate with a
-site or a device serial) nor for a user whose block is written here, and no `pattern` (it would
-grant every gateway). A file the check refuses is not written: the broker keeps the last one.
+site or a device serial) nor for a user whose block is written here, no `pattern` (it would
+grant every gateway), and no write of `.../cmd/#` (command senders get `.../cmd/+`: the `#`
+also matches the bare `.../cmd`, which a reader of `{prefix}/+/+/+` takes for gateway data). A
+file the check refuses is not written: the broker keeps the last one.
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ _HEADER = """\
 _CENTRAL = """
 # The central consumer and command sender. Give each central service its own certificate and
 # block (e.g. split reading from commanding); a common name listed here can never be a gateway id.
+# Commands go to `{prefix}/<site>/<gateway>/cmd/<type>`, one level: `cmd/#` would also match the
+# bare `.../cmd`, which a reader of `{prefix}/+/+/+` takes for a gateway's data stream `cmd`.
 user centre
 topic read {prefix}/#
-topic write {prefix}/+/+/cmd/#
+topic write {prefix}/+/+/cmd/+
 
 # The claim-enrolment service (edge-agent ca serve-enrolment).
 user enrolment-service
@@ -195,7 +199,9 @@ def extra_blocks(text: str, issued: Iterable[Issued], source: str = "extra ACL")
     a gateway in `issued` (any valid certificate of the name with a site or a device serial, its
     newest or not: a gateway gets its own site's topics only, from its generated block), a user
     whose block the ACL already has (`centre`, `claim`...: their rights are the shipped ones), a
-    name the CA would not issue."""
+    name the CA would not issue, a `write` or `readwrite` of a filter ending in `cmd/#` (it
+    includes the bare `.../cmd`, where a command sender would publish gateway data; commands are
+    `cmd/+`)."""
     gateways = {
         item.common_name: item
         for item in issued
@@ -223,6 +229,13 @@ def extra_blocks(text: str, issued: Iterable[Issued], source: str = "extra ACL")
                 raise ProvisioningError(f"{where}: a topic line before any user line")
             if not _topic_filter(words[-1]):
                 raise ProvisioningError(f"{where}: {words[-1]!r} is not an MQTT topic filter")
+            access = words[1] if len(words) == 3 else "readwrite"
+            if access in ("write", "readwrite") and words[-1].split("/")[-2:] == ["cmd", "#"]:
+                raise ProvisioningError(
+                    f"{where}: {words[-1]!r} also lets {users[-1]!r} publish on the bare '.../cmd' "
+                    "topic, which a reader of the gateways' streams takes for gateway data; commands "
+                    f"are one level below it: {words[-1][:-1] + '+'!r}"
+                )
         elif words[0] == "pattern":
             raise ProvisioningError(
                 f"{where}: no pattern lines: a pattern applies to every client, the gateways too "
@@ -243,6 +256,8 @@ def gateway_sites(holders: Mapping[str, Issued]) -> GatewaySites:
     out = GatewaySites()
     for name, item in sorted(holders.items()):
         if reserved_name(name):
+            if name != name.lower():  # signed before the CA compared names in any letter case
+                out.left_out[name] = "differs from a reserved name only in letter case: revoke it"
             continue
         site = item.site
         if not is_name(name):

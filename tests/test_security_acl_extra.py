@@ -27,7 +27,7 @@ NOT_AUTHORIZED = 0x87
 CONSOLE = """\
 # The operations console: sends signed commands, reads what the gateways answer.
 user ops-console
-topic write water/+/+/cmd/#
+topic write water/+/+/cmd/+
 topic read water/+/+/events
 topic read water/+/+/status
 """
@@ -79,6 +79,10 @@ def test_an_operator_consoles_block_survives_every_write_and_its_commands_reach_
         gw9.wait_message(lambda m: m[0] == "water/north/gw-09/cmd/read_now")
         # The console writes only commands: it is not a gateway, and not the centre.
         assert console.publish("water/north/gw-01/plc1", b"{}").value == NOT_AUTHORIZED
+        # Nor the bare `.../cmd` (docs walk 4, finding 3): a reader of water/+/+/+ takes it for
+        # the gateway's data; the centre's generated block grants commands only too.
+        for sender in (console, centre):
+            assert sender.publish("water/north/gw-01/cmd", b"{}").value == NOT_AUTHORIZED
         # The centre was not disconnected by the console: it saw both commands on its connection.
         centre.wait_message(lambda m: m[0] == "water/north/gw-09/cmd/read_now")
         assert centre.disconnects == []
@@ -112,10 +116,14 @@ def test_a_block_that_would_give_a_gateway_more_than_its_site_is_refused_and_not
         "user ops\nuser ops\n": "a second block for user 'ops'",
         "user gw 01\n": "expected 'user NAME'",
         "user ops\nreadwrite #\n": "expected 'user NAME' or 'topic",
+        "user ops\ntopic write water/+/+/cmd/#\n": "also lets 'ops' publish on the bare '.../cmd'",
+        "user ops\ntopic water/north/+/cmd/#\n": "commands are one level below it: 'water/north/\\+/cmd/\\+'",
     }
     for text, reason in refusals.items():
         with pytest.raises(ProvisioningError, match=reason):
             extra_blocks(text, issued)
+    reading = "user ops\ntopic read water/+/+/cmd/#\ntopic deny water/+/+/cmd/#\n"  # no write: fine
+    assert extra_blocks(reading, issued) == ("ops",)
     assert extra_blocks(
         CONSOLE + "\n# a backup Ignition\nuser sparkplug-host-b\ntopic read spBv1.0/#\n", issued
     ) == (

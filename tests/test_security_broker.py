@@ -6,6 +6,7 @@ Finding 1: an enrolled gateway (or a claim holder) gets a certificate only for i
 Finding 2: another gateway cannot take over a gateway's connection by choosing its client id.
 Finding 3: a large command never reaches the gateway's memory.
 Finding 10: the centre can send commands; a gateway reads only its own.
+Docs walk 4, finding 3: a command sender publishes commands only, never on the bare `.../cmd`.
 """
 
 from __future__ import annotations
@@ -16,17 +17,20 @@ from typing import Any
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.support.commands import public_b64
 from tests.support.pki import Pki, TlsClient
 from tests.support.testing import eventually
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config
 from water_edge.agent.remote.audit import AuditLog
 from water_edge.agent.remote.channel import CommandChannel
-from water_edge.agent.remote.config import SecuritySection
+from water_edge.agent.remote.config import OperatorKey, SecuritySection
 from water_edge.agent.remote.handlers import Targets, build_handlers
 from water_edge.agent.remote.nonces import NonceStore
 from water_edge.agent.remote.processor import CommandProcessor
 from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.core import envelope
 from water_edge.core.reading import Event
 from water_edge.provisioning.enrol_service import EnrolmentService
 from water_edge.provisioning.identity import DeviceIdentity
@@ -233,6 +237,8 @@ def test_the_centre_commands_and_a_gateway_reads_only_its_own(pki: Pki) -> None:
         centre = client(pki, broker, "centre")
         assert not centre.publish(f"water/{SITE}/{GATEWAY}/cmd/read_now", b"{}").is_failure
         own.wait_message(lambda m: m[0].endswith("/cmd/read_now"))
+        # Commands only: the bare `.../cmd` is a data topic to the ingest (`water/+/+/+`).
+        assert centre.publish(f"water/{SITE}/{GATEWAY}/cmd", b"{}").value == NOT_AUTHORIZED
         intruder = client(pki, broker, "gw-02", gw2)
         assert intruder.publish(f"water/{SITE}/{GATEWAY}/cmd/restart", b"{}").value == NOT_AUTHORIZED
         assert intruder.publish(f"water/{SITE}/{GATEWAY}/plc1", b"{}").value == NOT_AUTHORIZED
@@ -248,3 +254,61 @@ def test_the_centre_commands_and_a_gateway_reads_only_its_own(pki: Pki) -> None:
             c.close()
     assert not [m for m in own.messages if m[0].endswith("/cmd/restart")]
     assert {m[0] for m in intruder.messages} == {f"water/{SITE}/gw-02/cmd/read_now"}
+
+
+async def test_a_command_sender_cannot_publish_gateway_data_on_the_bare_command_topic(
+    pki: Pki, outbox: AsyncOutbox, start_uplink: StartUplink, tmp_path: Path
+) -> None:
+    """Docs walk 4, finding 3: `topic write water/+/+/cmd/#` also matched `water/<site>/<gw>/cmd`
+    itself (`#` matches zero levels), which the ingest (`water/+/+/+`) stored as the gateway's
+    stream `cmd`: the centre's certificate could plant readings for any gateway. The shipped ACL
+    grants `cmd/+`, the one level the agent takes a command from; signed commands still arrive."""
+    gw = pki.device("bare", GATEWAY, "SER-V1", SITE)
+    key = Ed25519PrivateKey.generate()
+    security = SecuritySection(
+        operators=[OperatorKey(name="ops", public_key=public_b64(key), commands=["read_now"])]
+    )
+    reads: list[Any] = []
+
+    async def read_now(devices: list[str] | None) -> dict[str, Any]:
+        reads.append(devices)
+        return {"read": len(reads)}
+
+    audit = AuditLog(tmp_path / "audit.log")
+    nonces = NonceStore(tmp_path / "nonces.sqlite")
+    processor = CommandProcessor(
+        security,
+        site=SITE,
+        gateway=GATEWAY,
+        nonces=nonces,
+        audit=audit,
+        handlers=build_handlers(Targets(read_now=read_now)),
+    )
+    answers = Answers()
+    base = f"water/{SITE}/{GATEWAY}"
+    forged = orjson.dumps(
+        {"v": 2, "stream": "cmd", "seq": 1, "site": SITE, "gateway": GATEWAY, "readings": []}
+    )
+    with pki.broker() as broker:
+        run = await start_uplink(
+            mqtt_config(broker, tls=pki.tls(gw)), outbox, on_command=CommandChannel(processor, answers)
+        )
+        await run.states.wait(lambda s: s == "online")
+        centre = client(pki, broker, "centre")
+        assert centre.subscribe("water/+/+/+").value == 1  # the ingest's default subscription
+        assert centre.publish(f"{base}/cmd", forged).value == NOT_AUTHORIZED
+        signed = envelope.sign(key, "ops", "read_now", f"{SITE}/{GATEWAY}", command_id="c-1")
+        assert not centre.publish(f"{base}/cmd/read_now", signed).is_failure
+        await eventually(lambda: len(answers.events) == 1, 10, "the command's answer")
+        inbox = run.uplink.commands
+        assert inbox is not None
+        received = inbox.stats().received
+        await run.uplink.stop()
+        centre.close()
+    assert answers.events[0].detail["status"] == "ok"
+    assert answers.events[0].detail["id"] == "c-1"
+    assert reads == [None]
+    assert received == 1
+    assert f"{base}/cmd" not in {topic for topic, _ in centre.messages}
+    audit.close()
+    nonces.close()

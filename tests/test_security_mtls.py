@@ -25,7 +25,7 @@ from water_edge.provisioning.identity import DeviceIdentity
 STRICT_ACL = """
 user centre
 topic read water/#
-topic write water/+/+/cmd/#
+topic write water/+/+/cmd/+
 
 pattern write water/site1/%u/status
 pattern write water/site1/%u/events

@@ -88,6 +88,7 @@ def test_a_gateway_publishes_only_in_the_site_its_certificate_names(
         centre = TlsClient(broker, pki.centre_cert, pki.centre_key, pki.ca_file)
         assert not centre.publish("water/south/gw-01/cmd/restart", b"{}").is_failure
         assert not centre.publish("water/north/gw-01/cmd/read_now", b"{}").is_failure
+        assert centre.publish("water/north/gw-01/cmd", b"{}").value == NOT_AUTHORIZED  # a data topic
         gw.wait_message(lambda m: m[0] == "water/north/gw-01/cmd/read_now")
         for c in (gw, other, centre):
             c.close()
