@@ -162,7 +162,7 @@ def build_command_channel(
                     "commands",
                     "alarm",
                     nonces.quarantined,
-                    refuses_issued_until=nonces.reset_at,
+                    refuses_issued_until=processor.refuses_issued_until,
                 )
             )
 

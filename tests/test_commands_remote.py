@@ -515,6 +515,17 @@ async def test_a_corrupt_nonce_store_is_kept_aside_and_no_command_from_before_ca
         assert result.status == "refused"
         assert result.reason is not None
         assert result.reason.startswith("issued_before_nonce_reset")
+    # Docs walk 4, finding 8: one issued 21 s after the reset is refused too (clocks may differ by
+    # clock_skew_s) and is told so: it was told it was issued "before" the reset, and the alarm's
+    # `refuses_issued_until` (the processor's) was the reset, 60 s short of the last time refused.
+    until = reset_at + rig.config.clock_skew_s
+    assert rig.proc.refuses_issued_until == until
+    after = await rig.proc.handle("read_now", rig.sign("read_now", now=reset_at + 21))
+    assert after.reason == (
+        f"issued_before_nonce_reset: issued at {reset_at + 21}, not after {until}: this gateway's nonce "
+        f"store was started afresh at {reset_at} and clocks may differ by 60 s, so a replay could not be "
+        f"told apart; sign it again (issued after {until})"
+    )
     rig.close()
 
     # Later (past the skew), commands run again, and the reset holds across a restart.

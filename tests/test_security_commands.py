@@ -14,6 +14,7 @@ import base64
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,7 @@ async def test_answers_and_audit_are_bounded_whatever_the_sender_puts_in(centre:
     detail = await centre.send("read_now", orjson.dumps(doc))
     assert detail["status"] == "refused"
     assert len(orjson.dumps(detail)) < 1024
-    # A valid command on a 60 KB topic (the ACL allows any depth under cmd/).
+    # A valid command on a 60 KB topic (the shipped ACL grants one level under cmd/, another may not).
     detail = await centre.send("r" * 60_000, centre.sign("read_now"))
     assert detail["reason"].startswith("topic_mismatch: ")
     assert len(orjson.dumps(detail)) < 1024
@@ -617,3 +618,62 @@ async def test_the_pump_scorer_cannot_take_the_leak_slot(leak_slot: tuple[Centre
     assert "old one stays" in detail["reason"]
     assert slot.model.name == leak_spec["name"]
     assert slot.model.version == leak_spec["version"]
+
+
+# ---------------------------------------------------------------- docs walk 4, finding 4: whose refusal
+
+
+async def test_a_signed_command_refused_by_a_check_is_answered_and_audited_with_its_id_and_key(
+    centre: Centre,
+) -> None:
+    """A refusal after the signature verified (wrong target, expired, TTL over the maximum, a type
+    the key may not send, a replay, the key's rate) was answered `"id": null` and audited with
+    `"id": null, "key": null`: a sender retrying until it sees its `command_result` could never
+    match it, and the audit log did not say whose PLC write was refused. Before the signature
+    verifies, nothing the payload claims is believed: neither its id nor its key is echoed."""
+    now = int(time.time())  # the processor's clock
+    accepted = centre.sign("read_now", key="viewer", command_id="c-ok")
+    assert (await centre.send("read_now", accepted))["status"] == "ok"
+    sign = centre.sign
+    cases = [
+        ("read_now", accepted, "c-ok", "viewer", "replay"),
+        (
+            "read_now",
+            sign("read_now", command_id="c-gw", target=f"{SITE}/gw-99"),
+            "c-gw",
+            "ops",
+            "wrong_target",
+        ),
+        (
+            "write",
+            sign("write", {"device": "d"}, key="viewer", command_id="c-w"),
+            "c-w",
+            "viewer",
+            "not_authorised",
+        ),
+        ("read_now", sign("read_now", command_id="c-ttl", ttl_s=7200), "c-ttl", "ops", "ttl_too_long"),
+        ("read_now", sign("read_now", command_id="c-old", now=now - 4000), "c-old", "ops", "expired"),
+    ]
+    for ctype, payload, command_id, key, code in cases:
+        detail = await centre.send(ctype, payload)
+        assert (detail["status"], detail["reason"].split(":")[0]) == ("refused", code)
+        assert (detail["id"], detail["type"]) == (command_id, ctype), code
+        line = centre.audit_lines()[-1]
+        assert (line["outcome"], line["reason"]) == ("refused", code)
+        assert (line["id"], line["key"]) == (command_id, key)
+
+    limit = centre.config.max_commands_per_minute
+    for n in range(limit + 1):
+        detail = await centre.send("read_now", centre.sign("read_now", key="viewer", command_id=f"r-{n}"))
+    assert detail["reason"].startswith("rate_limited: ")
+    assert detail["id"] == f"r-{limit}"
+    assert (centre.audit_lines()[-1]["id"], centre.audit_lines()[-1]["key"]) == (f"r-{limit}", "viewer")
+
+    # Not verified: the id and key it names are anybody's to write, and are not passed on.
+    forged = orjson.loads(centre.sign("read_now", command_id="c-forged"))
+    forged["sig"] = base64.b64encode(b"\x00" * 64).decode()
+    detail = await centre.send("read_now", orjson.dumps(forged))
+    assert detail["reason"].startswith("bad_signature: ")
+    assert detail["id"] is None
+    line = centre.audit_lines()[-1]
+    assert (line["reason"], line["id"], line["key"]) == ("bad_signature", None, None)

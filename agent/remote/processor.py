@@ -110,9 +110,16 @@ class CommandProcessor:
         """Verify and run the command that arrived on `.../cmd/{topic_suffix}`; never raises for bad input."""
         digest = hashlib.sha256(payload).hexdigest()[:16]
         try:
-            env = self.verify(topic_suffix, payload)
+            env = self.authenticate(topic_suffix, payload)
         except EnvelopeError as exc:
+            # Nobody vouched for the id or key the payload names: neither is echoed nor audited.
             return self.refuse(exc.code, str(exc), topic_suffix, digest)
+        try:
+            self.admit(env)
+        except EnvelopeError as exc:
+            # Signed: the answer and the audit line name the command and the key that signed it,
+            # so that its sender can match the answer and the audit log shows whose was refused.
+            return self.refuse(exc.code, str(exc), topic_suffix, digest, env=env)
         handler = self._handlers.get(env.type)
         if handler is None:
             return self.refuse(
@@ -164,6 +171,13 @@ class CommandProcessor:
 
     def verify(self, topic_suffix: str, payload: bytes) -> Envelope:
         """The envelope if it passes every check; EnvelopeError(code, message) otherwise."""
+        env = self.authenticate(topic_suffix, payload)
+        self.admit(env)
+        return env
+
+    def authenticate(self, topic_suffix: str, payload: bytes) -> Envelope:
+        """The envelope if it is well formed, sent on its type's topic and signed by a trusted key;
+        EnvelopeError(code, message) otherwise. Nothing in it is to be believed before this."""
         cfg = self._cfg
         check_bounds(payload, cfg.max_command_bytes, cfg.max_command_depth)
         env = parse(payload)
@@ -172,13 +186,19 @@ class CommandProcessor:
         entry = self._keys.get(env.key_id)
         if entry is None:
             raise EnvelopeError("unknown_key", f"key {env.key_id!r} is not trusted by this gateway")
-        public, allowed, per_minute = entry
         try:
-            public.verify(env.signature, env.signed_bytes)
+            entry[0].verify(env.signature, env.signed_bytes)
         except InvalidSignature:
             raise EnvelopeError(
                 "bad_signature", f"signature does not verify with key {env.key_id!r}"
             ) from None
+        return env
+
+    def admit(self, env: Envelope) -> None:
+        """EnvelopeError(code, message) unless the authenticated `env` may run here, now: its
+        target, time window, TTL, the key's rights and rate, and its nonce (claimed last)."""
+        cfg = self._cfg
+        _public, allowed, per_minute = self._keys[env.key_id]
         if env.target != self.target:
             raise EnvelopeError("wrong_target", f"for {env.target!r}, this is {self.target!r}")
         now = self._check_time(env)
@@ -199,7 +219,6 @@ class CommandProcessor:
         except NonceStoreError as exc:
             # Fail closed: a command whose nonce cannot be recorded could be replayed.
             raise EnvelopeError("nonce_store_unavailable", f"{exc}; not run") from None
-        return env
 
     def _check_time(self, env: Envelope) -> int:
         """The gateway's time now if `env` is within its time window; EnvelopeError otherwise."""
@@ -218,16 +237,24 @@ class CommandProcessor:
             )
         if env.issued_at > now + cfg.clock_skew_s:
             raise EnvelopeError("not_yet_valid", f"issued {env.issued_at - now} s in the future")
-        reset_at = self._nonces.reset_at
-        if reset_at is not None and env.issued_at <= reset_at + cfg.clock_skew_s:
+        until = self.refuses_issued_until
+        if until is not None and env.issued_at <= until:
             raise EnvelopeError(
                 "issued_before_nonce_reset",
-                f"issued before this gateway's nonce store was started afresh ({reset_at}): "
-                "a replay could not be told apart; send it again",
+                f"issued at {env.issued_at}, not after {until}: this gateway's nonce store was started "
+                f"afresh at {self._nonces.reset_at} and clocks may differ by {cfg.clock_skew_s} s, so a "
+                f"replay could not be told apart; sign it again (issued after {until})",
             )
         if env.expires_at - env.issued_at > cfg.max_command_ttl_s:
             raise EnvelopeError("ttl_too_long", f"lifetime over {cfg.max_command_ttl_s} s")
         return now
+
+    @property
+    def refuses_issued_until(self) -> int | None:
+        """After the nonce store was started afresh: every command issued up to this time (unix s;
+        the reset plus the clock skew allowed) is refused as `issued_before_nonce_reset`."""
+        reset_at = self._nonces.reset_at
+        return None if reset_at is None else reset_at + self._cfg.clock_skew_s
 
     def _count_refusal(self, reason: str) -> None:
         self._refusals[reason.split(":", 1)[0]] += 1
