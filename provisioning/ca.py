@@ -12,7 +12,8 @@ A certificate's common name is its holder's MQTT identity (the broker takes it a
 the client id), so the CA keeps names unambiguous: a device certificate is never issued for a name
 reserved for central services, claim certificates or Sparkplug hosts (`reserved_name`), nor for a
 gateway id that another device holds a valid certificate for, nor for a device serial that holds a
-valid certificate under another gateway id. Revoke the old certificate first to move a name or a serial.
+valid certificate under another gateway id; names are compared without regard to letter case.
+Revoke the old certificate first to move a name or a serial.
 """
 
 from __future__ import annotations
@@ -49,10 +50,18 @@ SPARKPLUG_HOST_PREFIX = "sparkplug-host"
 
 
 def reserved_name(name: str) -> bool:
-    """True for the names of central services, claim certificates and Sparkplug hosts."""
+    """True for the names of central services, claim certificates and Sparkplug hosts, in any letter
+    case (`Centre`, `CLAIM-x`: the broker tells them apart, a person reading a log might not)."""
+    name = name.lower()
     return name in RESERVED_NAMES or any(
         name == prefix or name.startswith(prefix + "-") for prefix in (CLAIM_PREFIX, SPARKPLUG_HOST_PREFIX)
     )
+
+
+def same_name(a: str | None, b: str | None) -> bool:
+    """True when two common names differ at most in letter case (`GW-01` and `gw-01`): the CA gives
+    no device a name another holds in any case."""
+    return a is not None and b is not None and a.lower() == b.lower()
 
 
 def normalise_serial(serial: str) -> str:
@@ -246,13 +255,15 @@ class CertificateAuthority:
         return self._issue(builder)
 
     def check_unambiguous(self, common_name: str, device_serial: str | None) -> None:
-        """Refuse a gateway id held by another device, or a device serial held under another id."""
+        """Refuse a gateway id held by another device (in any letter case), or a device serial held
+        under another id (or the same one in another letter case)."""
         for item in self.issued():
             if not item.valid:
                 continue
-            if item.common_name == common_name and item.device_serial != device_serial:
+            if same_name(item.common_name, common_name) and item.device_serial != device_serial:
+                held = "" if item.common_name == common_name else f" (as {item.common_name!r})"
                 raise ProvisioningError(
-                    f"{common_name!r} already has a valid certificate (serial {item.serial}, device "
+                    f"{common_name!r} already has a valid certificate{held} (serial {item.serial}, device "
                     f"{item.device_serial}); revoke it first to give the name to another device"
                 )
             if (
