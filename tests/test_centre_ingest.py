@@ -8,9 +8,13 @@ The same ingest through a RabbitMQ cluster with a broker node killed: test_fleet
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +33,7 @@ from tests.support.centre import (
     messages,
     query,
 )
+from tests.support.pki import SHIPPED_ACL, Pki, TlsClient
 from tests.support.plant import running_plant
 from tests.support.testing import demo_devices, eventually, outbox_last_seqs, wait_until, write_agent_config
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
@@ -583,3 +588,164 @@ def test_a_cloned_gateway_conflicting_in_every_message_is_logged_as_a_burst_and_
     assert gap is not None, log[-3000:]
     assert "first_seq=3 " in gap[0], gap[0]
     assert "last_seq=4 " in gap[0], gap[0]
+
+
+def test_a_data_message_on_a_command_topic_is_rejected_not_stored_as_the_gateways_data(
+    centre_db: str, tmp_path: Path
+) -> None:
+    """A service allowed to publish commands could publish on `water/<site>/<gw>/cmd` (the ACL's
+    `cmd/#` matches zero levels), and the default subscription `water/+/+/+` stored it as stream
+    `cmd` of that gateway: a forged `good` reading, gaps and conflicts attributed to the gateway.
+    A reading without `source` was rejected as "KeyError('source')" rather than by its field."""
+    forged = [orjson.loads(payload("s1", "gw1", seq, 10**18 + seq, 1)) for seq in (1, 2, 6)]
+    for body in forged:
+        body["stream"] = "cmd"
+    no_source = orjson.loads(_data(2))
+    del no_source["readings"][0]["source"]
+    with Mosquitto() as broker, one_ingest(tmp_path, centre_db, broker) as ingest:
+        with Publisher(broker.host, broker.port) as pub:
+            for body in forged:
+                pub.publish("water/s1/gw1/cmd", orjson.dumps(body))
+            pub.publish("water/s1/gw1/plc1", orjson.dumps(no_source))
+            pub.publish("water/s1/gw1/plc1", _data(1))
+        wait_until(
+            lambda: _rejected(centre_db) == 4 and committed_seqs(centre_db) == {("s1", "gw1", "plc1"): [1]},
+            30,
+            what=lambda: f"{committed_seqs(centre_db)}\n{ingest.log()[-3000:]}",
+        )
+        ingest.stop()
+        log = ingest.log()
+    assert query(centre_db, "SELECT DISTINCT stream FROM tag_readings") == [("plc1",)]
+    assert query(centre_db, "SELECT count(*) FROM open_gaps") == [(0,)]
+    assert query(centre_db, "SELECT count(*) FROM gateway_conflicts") == [(0,)]
+    reasons = sorted(r for (r,) in query(centre_db, "SELECT reason FROM rejected"))
+    assert reasons == [
+        "readings[0] has no 'source'",
+        *["topic 'water/s1/gw1/cmd': stream 'cmd' is reserved (commands to the gateway and its presence,"
+          " never its data)"] * 3,
+    ]  # fmt: skip
+    assert "stream 'cmd' is reserved" in log
+    assert re.findall(r"ingest\.stopped.*?rejected=(\d+)", log) == ["4"]
+
+
+def _tls_ingest(tmp_path: Path, name: str, dsn: str, broker: Mosquitto, *tls: str | Path) -> IngestProcess:
+    return ingest_process(tmp_path, name, dsn, [f"mqtts://localhost:{broker.port}"], *map(str, tls)).start()
+
+
+def test_two_consumers_share_the_shipped_mtls_broker_each_with_its_own_certificate(
+    centre_db: str, tmp_path: Path
+) -> None:
+    """fleet.md's `edge-centre ingest --broker mqtts://…` spoke plain MQTT to the TLS port (no TLS,
+    no certificate options) and logged `ingest.disconnected reason='Unspecified error'` 5 times a
+    second. Now the broker as shipped (require_certificate, CN = user = client id), with the ACL
+    blocks fleet.md gives, takes two consumers made as fleet.md says, and a gateway's data is stored."""
+    pki = Pki(tmp_path / "pki")
+    certs = {name: pki.client(name) for name in ("ingest-1", "ingest-2")}
+    blocks = "".join(f"\nuser {name}\ntopic read water/#\n" for name in certs)
+    gateway = pki.device("gw", "gw-07", "SER-0007", "site1")
+    with pki.broker(SHIPPED_ACL.read_text() + blocks) as broker:
+        ingests = [
+            _tls_ingest(
+                tmp_path, name, centre_db, broker,
+                "--group", "ingest", "--ca-file", pki.ca_file, "--cert-file", cert, "--key-file", key,
+            )
+            for name, (cert, key) in certs.items()
+        ]  # fmt: skip
+        try:
+            for ingest in ingests:
+                ingest.wait_subscribed()
+            device = TlsClient(
+                broker, gateway.cert_file, gateway.key_file, gateway.ca_file, client_id="gw-07"
+            )
+            try:
+                for seq in range(1, 21):
+                    body = payload("site1", "gw-07", seq, 10**18 + seq, 3)
+                    assert not device.publish("water/site1/gw-07/plc1", body).is_failure
+            finally:
+                device.client.disconnect()
+                device.client.loop_stop()
+            wait_until(
+                lambda: committed_seqs(centre_db) == {("site1", "gw-07", "plc1"): list(range(1, 21))},
+                30,
+                what=lambda: f"{committed_seqs(centre_db)}\n{ingests[0].log()[-3000:]}",
+            )
+        finally:
+            for ingest in ingests:
+                ingest.stop()
+    for ingest in ingests:
+        assert "Unspecified error" not in ingest.log()
+        assert "ingest.connect_failed" not in ingest.log()
+
+
+def test_a_refused_tls_connection_is_logged_with_its_reason_and_retried_with_a_backoff(
+    centre_db: str, tmp_path: Path
+) -> None:
+    """No client certificate, one from a CA the broker does not trust, a broker certificate from a
+    CA we do not trust: each is one line saying which, a few times in 7 s (not 5 a second)."""
+    pki = Pki(tmp_path / "pki")
+    other = Pki(tmp_path / "other")
+    with pki.broker() as broker:
+        cases = {
+            "no-cert": ("--ca-file", pki.ca_file),
+            "other-ca": (
+                "--ca-file",
+                pki.ca_file,
+                "--cert-file",
+                other.centre_cert,
+                "--key-file",
+                other.centre_key,
+            ),
+            "wrong-ca": (
+                "--ca-file",
+                other.ca_file,
+                "--cert-file",
+                pki.centre_cert,
+                "--key-file",
+                pki.centre_key,
+            ),
+        }
+        ingests = {
+            name: _tls_ingest(tmp_path, name, centre_db, broker, *args) for name, args in cases.items()
+        }
+        time.sleep(7)
+        for ingest in ingests.values():
+            ingest.stop()
+    logs = {name: ingest.log() for name, ingest in ingests.items()}
+    wanted = {
+        "no-cert": "certificate refused: the broker requires a client certificate",
+        "other-ca": "certificate refused: the broker does not trust the CA that issued our certificate",
+        "wrong-ca": "the broker's certificate is not accepted: ",
+    }
+    for name, text in wanted.items():
+        lines = [line for line in logs[name].splitlines() if "ingest.connect_failed" in line]
+        assert lines, logs[name]
+        assert all(text in line for line in lines), logs[name]
+        assert 2 <= len(lines) <= 6, logs[name]  # 0.5, 1, 2, 4 s apart
+        assert "ingest.disconnected" not in logs[name]
+
+
+def test_a_password_is_not_sent_in_clear_to_another_host_unless_allowed(tmp_path: Path) -> None:
+    env = dict(os.environ, EDGE_CENTRE_MQTT_USER="ingest", EDGE_CENTRE_MQTT_PASSWORD="s3cret")
+    args = [
+        sys.executable,
+        "-m",
+        "water_edge.centre.cli",
+        "--dsn",
+        "postgresql://nobody@127.0.0.1:1/x",
+        "ingest",
+    ]
+    done = subprocess.run(
+        [*args, "--broker", "mqtt://mqtt-a.example:1883"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "refusing to send EDGE_CENTRE_MQTT_PASSWORD in clear to mqtt-a.example:1883" in done.stderr
+    done = subprocess.run(
+        [*args, "--broker", "mqtts://mqtt-a.example", "--broker", "mqtt://mqtt-b.example"],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert "every --broker must be mqtts:// or every one mqtt://" in done.stderr

@@ -104,7 +104,24 @@ def test_an_event_message_keeps_its_detail() -> None:
         (orjson.dumps(doc(seq="7")), "seq must be a non-negative integer"),
         (orjson.dumps(doc(gateway="gw-04")), "does not end in 'north/gw-04/plc1'"),
         (orjson.dumps(doc(events=[])), "exactly one of readings and events"),
-        (orjson.dumps(doc(readings=[{"tag": "p"}])), "malformed reading"),
+        (orjson.dumps(doc(readings=[{"tag": "p"}])), r"readings\[0\] has no 'quality'"),
+        (
+            orjson.dumps(
+                doc(
+                    readings=[
+                        doc()["readings"][0],
+                        {k: v for k, v in doc()["readings"][0].items() if k != "source"},
+                    ]
+                )
+            ),
+            r"^readings\[1\] has no 'source'$",
+        ),
+        (orjson.dumps(doc(readings=["p"])), r"readings\[0\] must be an object \(got str\)"),
+        (orjson.dumps(doc(readings={"tag": "p"})), r"readings must be a list \(got dict\)"),
+        (
+            orjson.dumps(doc(readings=[{**doc()["readings"][0], "quality": ["good"]}])),
+            r"quality \['good'\] is not",
+        ),
         (orjson.dumps(doc(readings=[{**doc()["readings"][0], "quality": "ok"}])), "quality 'ok'"),
         (orjson.dumps(doc(readings=[{**doc()["readings"][0], "value": [1]}])), "value must be"),
         (orjson.dumps(doc(readings=[{**doc()["readings"][0], "repeat": False}])), "repeat must be true"),
@@ -244,3 +261,12 @@ def test_a_flood_of_one_kind_of_alert_does_not_silence_another() -> None:
     assert events == ["ingest.conflict"] * 3 + ["ingest.gap", "ingest.conflict_suppressed"]
     assert (logs[3]["gateway"], logs[3]["first_seq"]) == ("gw3", 5)
     assert (logs[4]["count"], logs[4]["first_seq"]) == (97, 3)
+
+
+@pytest.mark.parametrize("stream", ["cmd", "status"])
+def test_a_message_on_a_reserved_stream_is_refused_even_when_it_is_a_valid_data_message(stream: str) -> None:
+    """`water/<site>/<gw>/cmd` carries commands to the gateway: a service allowed to publish commands
+    put a data message there, and the ingest stored it as stream `cmd` of that gateway."""
+    body = orjson.dumps(doc(stream=stream))
+    with pytest.raises(PayloadError, match=rf"stream '{stream}' is reserved"):
+        parse(f"water/north/gw-03/{stream}", body)

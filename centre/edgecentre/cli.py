@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import structlog
 
@@ -38,14 +39,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from water_edge.centre.consumer import Broker, Consumer, IngestConfig
+    from water_edge.centre.consumer import Broker, Consumer, IngestConfig, TlsFilesError
     from water_edge.centre.store import migrate
 
+    try:
+        brokers = tuple(Broker.parse(uri) for uri in args.broker)
+    except ValueError as exc:
+        raise SystemExit(f"edge-centre ingest: --broker: {exc}") from None
     dsn = _dsn(args)
-    migrate(dsn)
     cfg = IngestConfig(
         dsn=dsn,
-        brokers=tuple(Broker.parse(uri) for uri in args.broker),
+        brokers=brokers,
         client_id=args.client_id or f"edge-centre-{socket.gethostname()}-{os.getpid()}",
         topic=args.topic,
         group=args.group,
@@ -57,8 +61,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         gap_check_s=args.gap_check_s,
         username=os.environ.get("EDGE_CENTRE_MQTT_USER"),
         password=os.environ.get("EDGE_CENTRE_MQTT_PASSWORD"),
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        verify_hostname=not args.no_verify_hostname,
+        allow_plaintext_password=args.allow_plaintext_password,
     )
-    consumer = Consumer(cfg)
+    try:
+        cfg.check()
+    except ValueError as exc:
+        raise SystemExit(f"edge-centre ingest: {exc}") from None
+    migrate(dsn)
+    try:
+        consumer = Consumer(cfg)
+    except TlsFilesError as exc:
+        raise SystemExit(f"edge-centre ingest: {exc}") from None
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
     signal.signal(signal.SIGINT, lambda *_: consumer.stop())
     consumer.run()
@@ -86,6 +103,8 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     from water_edge.centre.loadgen import FleetSpec, run
 
     broker = Broker.parse(args.broker)
+    if broker.tls:
+        raise SystemExit("edge-centre loadgen: plain mqtt:// only (a test broker), not mqtts://")
     spec = FleetSpec(
         broker.host,
         broker.port,
@@ -114,7 +133,34 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="create or update the schema").set_defaults(fn=cmd_migrate)
 
     p = sub.add_parser("ingest", help="consume the JSON stream into PostgreSQL (runs until stopped)")
-    p.add_argument("--broker", action="append", required=True, help="mqtt://host:port; repeat for failover")
+    p.add_argument(
+        "--broker",
+        action="append",
+        required=True,
+        help="mqtts://host[:port] (TLS, default port 8883) or mqtt://host[:port] (plain, 1883);"
+        " repeat for failover",
+    )
+    p.add_argument(
+        "--ca-file",
+        type=Path,
+        help="mqtts://: the CA of the broker's certificate (default: the system's CAs)",
+    )
+    p.add_argument(
+        "--cert-file",
+        type=Path,
+        help="mqtts://: this consumer's client certificate (its CN is its MQTT user)",
+    )
+    p.add_argument("--key-file", type=Path, help="mqtts://: the client certificate's private key")
+    p.add_argument(
+        "--no-verify-hostname",
+        action="store_true",
+        help="mqtts://: accept a broker certificate that does not name the --broker host (testing only)",
+    )
+    p.add_argument(
+        "--allow-plaintext-password",
+        action="store_true",
+        help="send EDGE_CENTRE_MQTT_PASSWORD over mqtt:// to a host other than this one (refused otherwise)",
+    )
     p.add_argument("--client-id", help="MQTT client id (persistent session); stable per consumer")
     p.add_argument("--topic", default="water/+/+/+", help="topic filter (default water/+/+/+)")
     p.add_argument("--group", default="ingest", help="shared subscription group ($share/GROUP/...)")

@@ -27,13 +27,17 @@ keeps a core and the database busy at once. At most one parsed batch waits for t
 
 from __future__ import annotations
 
+import ipaddress
 import queue
+import ssl
 import threading
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 import structlog
@@ -48,18 +52,52 @@ from water_edge.centre.store import Committed, Store, StoreError, StoreRefusedEr
 log = structlog.get_logger(__name__)
 
 
+DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
+_SCHEMES: Final = {"mqtt": "mqtt", "tcp": "mqtt", "mqtts": "mqtts", "ssl": "mqtts"}
+
+
 @dataclass(frozen=True, slots=True)
 class Broker:
+    """One broker: `mqtt://host[:port]` (plain, 1883) or `mqtts://host[:port]` (TLS, 8883)."""
+
     host: str
     port: int
+    tls: bool = False
 
     @classmethod
     def parse(cls, uri: str) -> Broker:
-        rest = uri.split("://", 1)[-1].rstrip("/")
-        host, _, port = rest.rpartition(":")
-        if not host:
-            return cls(rest, 1883)
-        return cls(host.strip("[]"), int(port))
+        """`mqtts://mqtt-a:8883` -> Broker; ValueError naming what is wrong otherwise."""
+        expected = f"expected mqtt://host[:port] or mqtts://host[:port] (got {uri!r})"
+        text = uri.strip()
+        if "://" not in text:
+            text = f"mqtt://{text}"  # a bare host[:port], as before schemes were read
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{expected}: {exc}") from None
+        scheme = _SCHEMES.get(parts.scheme.lower())
+        if scheme is None:
+            raise ValueError(f"{expected}: unknown scheme {parts.scheme!r}")
+        if not parts.hostname:
+            raise ValueError(f"{expected}: no host")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None:
+            raise ValueError(f"{expected}: no path, query, fragment or credentials")
+        return cls(parts.hostname, port or DEFAULT_PORTS[scheme], scheme == "mqtts")
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +117,113 @@ class IngestConfig:
     gap_check_s: float = 10.0
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    # TLS for mqtts:// brokers, as the agent's [uplink.tls]: the CA of the broker's certificate
+    # (None: the system's), this consumer's client certificate and key (mTLS), the name check.
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify_hostname: bool = True
+    allow_plaintext_password: bool = False  # a password over mqtt:// to a host not on this machine
+
+    def check(self) -> None:
+        """ValueError saying what is wrong with the broker list and the TLS options."""
+        if not self.brokers:
+            raise ValueError("give at least one --broker")
+        tls = {b.tls for b in self.brokers}
+        if len(tls) > 1:
+            raise ValueError("every --broker must be mqtts:// or every one mqtt:// (no plain-text fallback)")
+        if True in tls:
+            if (self.cert_file is None) != (self.key_file is None):
+                raise ValueError("--cert-file and --key-file go together")
+            for path in (self.ca_file, self.cert_file, self.key_file):
+                if path is not None and not path.is_file():
+                    raise ValueError(f"{path}: no such file")
+            return
+        if self.ca_file or self.cert_file or self.key_file:
+            raise ValueError("--ca-file, --cert-file and --key-file are for mqtts:// brokers")
+        remote = [b.address for b in self.brokers if not b.loopback]
+        if self.password is not None and remote and not self.allow_plaintext_password:
+            raise ValueError(
+                f"refusing to send EDGE_CENTRE_MQTT_PASSWORD in clear to {', '.join(remote)}: use"
+                " mqtts:// (the shipped broker is TLS-only), or --allow-plaintext-password on a network"
+                " you trust"
+            )
 
     @property
     def subscription(self) -> str:
         if self.partition is None:
             return f"$share/{self.group}/{self.topic}"
         return self.topic
+
+
+# TLS alerts a broker sends about our client certificate (OpenSSL's reason -> what it means).
+_CERTIFICATE_ALERTS: Final = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the broker requires a client certificate (--cert-file, --key-file)",
+    "TLSV1_ALERT_UNKNOWN_CA": "the broker does not trust the CA that issued our certificate (unknown CA)",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "the broker refused our certificate: revoked (its CRL)",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the broker refused our certificate: expired or not yet valid",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the broker refused our certificate (bad certificate)",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "the broker refused our certificate (unsupported certificate)",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the broker refused our certificate (its log says why)",
+}
+BACKOFF_MAX_S: Final = 30.0
+
+
+class TlsFilesError(ValueError):
+    """--ca-file, --cert-file or --key-file cannot be read or do not go together."""
+
+
+def tls_reason(exc: BaseException) -> str:
+    """What a TLS error means for the operator, in words rather than OpenSSL's."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"the broker's certificate is not accepted: {exc.verify_message or exc}"
+            " (--ca-file must be the CA that signed it; the host in --broker must be in it)"
+        )
+    if isinstance(exc, ssl.SSLError):
+        alert = _CERTIFICATE_ALERTS.get(exc.reason or "")
+        if alert is not None:
+            return f"certificate refused: {alert}"
+        if exc.reason == "WRONG_VERSION_NUMBER":
+            return "TLS handshake failed: the port does not speak TLS (use mqtt:// for a plain port)"
+        return f"TLS error: {exc.reason or exc}"
+    return str(exc)
+
+
+class _Client(paho.Client):
+    """paho keeping the TLS error that ended a connection: it reports only 'connection lost'."""
+
+    tls_failure: ssl.SSLError | None = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        try:
+            data: bytes = super()._sock_recv(bufsize)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # nothing to read yet: the normal case on a non-blocking socket
+        except ssl.SSLError as exc:
+            self.tls_failure = exc
+            raise
+        return data
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        try:
+            sent: int = super()._sock_send(buf)
+        except BlockingIOError:
+            raise
+        except OSError:
+            # A broker that refused our certificate sent its alert and closed: the write fails
+            # while the alert waits unread on the socket. Read it now.
+            sock = self._sock
+            if self.tls_failure is None and isinstance(sock, ssl.SSLSocket):
+                try:
+                    sock.recv(1)
+                except ssl.SSLError as exc:
+                    if not isinstance(exc, (ssl.SSLWantReadError, ssl.SSLWantWriteError)):
+                        self.tls_failure = exc
+                except OSError:
+                    pass
+            raise
+        return sent
 
 
 @dataclass
@@ -143,15 +282,33 @@ class Consumer:
         self._connected = threading.Event()
         self._on_commit = on_commit
         v5 = config.protocol == "5"
-        self._client = paho.Client(
+        self._refused: str | None = None  # the broker's CONNACK refusal of this attempt
+        self._client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else False,
         )
         self._client.manual_ack_set(True)
+        # Only the network thread writes to the socket: paho writes a packet (the writer thread's
+        # PUBACKs) from the calling thread at once unless a write callback is set; it is then queued
+        # and loop() sends it. A TLS connection written by one thread while another reads it breaks
+        # ("decryption failed or bad record mac" at the broker, and a reconnect).
+        self._client.on_socket_register_write = lambda *_a: None
         if config.username is not None:
             self._client.username_pw_set(config.username, config.password)
+        if any(b.tls for b in config.brokers):
+            try:
+                self._client.tls_set(
+                    ca_certs=None if config.ca_file is None else str(config.ca_file),  # None: the system's
+                    certfile=None if config.cert_file is None else str(config.cert_file),
+                    keyfile=None if config.key_file is None else str(config.key_file),
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise TlsFilesError(f"cannot load the TLS files: {exc}") from exc
+            self._client.tls_insecure_set(not config.verify_hostname)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
@@ -168,15 +325,17 @@ class Consumer:
 
     def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
-            log.warning("ingest.refused", reason=str(reason))
+            self._refused = str(reason)  # logged once the connection has ended (`_network`)
             return
         client.subscribe(self.cfg.subscription, qos=1)
         self._connected.set()
         log.info("ingest.connected", session_present=bool(flags.session_present), topic=self.cfg.subscription)
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if self._connected.is_set():  # a connection that never came up is reported by `_network`
+            failure = self._client.tls_failure
+            log.warning("ingest.disconnected", reason=tls_reason(failure) if failure else str(reason))
         self._connected.clear()
-        log.warning("ingest.disconnected", reason=str(reason))
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         content_type = getattr(msg.properties, "ContentType", None) if msg.properties is not None else None
@@ -189,6 +348,7 @@ class Consumer:
         brokers = self.cfg.brokers
         while not self._stop.is_set():
             broker = brokers[index % len(brokers)]
+            self._client.tls_failure, self._refused = None, None
             try:
                 if self.cfg.protocol == "5":
                     self._client.connect(
@@ -200,23 +360,48 @@ class Consumer:
                     )
                 else:
                     self._client.connect(broker.host, broker.port, keepalive=15)
-            except OSError as exc:
-                log.warning("ingest.connect_failed", broker=f"{broker.host}:{broker.port}", error=str(exc))
+            except OSError as exc:  # refused, unreachable, or the TLS handshake failed
                 index, failures = index + 1, failures + 1
-                if failures % len(brokers) == 0:
-                    self._stop.wait(min(5.0, 0.5 * failures / len(brokers)))
+                self._failed(broker, tls_reason(exc), failures)
                 continue
-            failures = 0
+            came_up = False
             rc = MQTTErrorCode.MQTT_ERR_SUCCESS
             while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 rc = self._client.loop(timeout=0.2)
+                came_up = came_up or self._connected.is_set()
             self._generation += 1  # PUBACKs for earlier deliveries are void from here on
             self._connected.clear()
             if self._stop.is_set():
                 break
-            # Sticky: the node that worked is tried first again; a failed connect moves on.
             self.counters.reconnects += 1
-            self._stop.wait(0.2)
+            if came_up:
+                # Sticky: the node that worked is tried first again; a failed connect moves on.
+                failures = 0
+                self._stop.wait(0.2)
+                continue
+            index, failures = index + 1, failures + 1
+            self._failed(broker, self._refusal(broker), failures)
+
+    def _refusal(self, broker: Broker) -> str:
+        """Why a connection ended before the broker accepted it."""
+        if self._refused is not None:
+            hint = (
+                " (no such user in the broker's ACL or password file?)" if "authori" in self._refused else ""
+            )
+            return f"the broker refused the connection: {self._refused}{hint}"
+        if self._client.tls_failure is not None:
+            return tls_reason(self._client.tls_failure)
+        if not broker.tls:
+            return "connection closed before the broker answered (a TLS port? use mqtts://)"
+        return "connection closed during the TLS handshake or before the broker answered (its log says why)"
+
+    def _failed(self, broker: Broker, reason: str, failures: int) -> None:
+        """One line per failed attempt, then a wait that doubles each round, up to BACKOFF_MAX_S."""
+        rounds, left = divmod(failures, len(self.cfg.brokers))
+        delay = 0.0 if left else min(BACKOFF_MAX_S, 0.5 * 2 ** min(rounds - 1, 10))
+        log.warning("ingest.connect_failed", broker=broker.address, reason=reason, retry_in_s=delay)
+        if delay:
+            self._stop.wait(delay)
 
     # ------------------------------------------------------------------ writer (calling thread)
 

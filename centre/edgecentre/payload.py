@@ -28,6 +28,10 @@ _NONFINITE = frozenset(("nan", "inf", "-inf"))
 # row (well under a megabyte); a few hundred bytes of deflate must not become gigabytes in memory.
 MAX_JSON_BYTES: Final = 64 * 1024 * 1024
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+# Topic levels a gateway never publishes data on (docs/durability.md: "Stream names `cmd` and
+# `status` are reserved"): `{prefix}/{site}/{gateway}/cmd/...` carries commands *to* the gateway,
+# `.../status` its presence. A message there is never stored as that gateway's data, whoever sent it.
+RESERVED_STREAMS: Final = frozenset(("cmd", "status"))
 
 
 class PayloadError(ValueError):
@@ -148,6 +152,12 @@ def parse(topic: str, payload: bytes, content_type: str | None = None) -> Messag
     """Read one data message; the topic's site/gateway/stream must match the body's.
 
     `content_type` is the MQTT 5 property: a compressed payload is unpacked first."""
+    levels = topic.split("/")
+    if levels[-1] in RESERVED_STREAMS:
+        raise PayloadError(
+            f"topic {topic!r}: stream {levels[-1]!r} is reserved (commands to the gateway and its"
+            " presence, never its data)"
+        )
     payload = unpack(payload, content_type)
     try:
         doc = orjson.loads(payload)
@@ -164,7 +174,6 @@ def parse(topic: str, payload: bytes, content_type: str | None = None) -> Messag
         if epoch > MAX_EPOCH:
             raise PayloadError(f"epoch must be at most 2^53 - 1 (got {epoch})")
     site, gateway, stream = _text(doc, "site"), _text(doc, "gateway"), _text(doc, "stream")
-    levels = topic.split("/")
     if levels[-3:] != [site, gateway, stream]:
         # Quoted like every other value in a reason: a NUL here made the reason itself unstorable.
         raise PayloadError(f"topic {topic!r} does not end in {f'{site}/{gateway}/{stream}'!r}")
@@ -174,28 +183,41 @@ def parse(topic: str, payload: bytes, content_type: str | None = None) -> Messag
     has_readings, has_events = "readings" in doc, "events" in doc
     if has_readings == has_events:
         raise PayloadError("exactly one of readings and events must be present")
+    what = "readings" if has_readings else "events"
+    items = _objects(doc, what)
     try:
-        readings = _readings(doc["readings"]) if has_readings else []
-        events = _events(doc["events"]) if has_events else []
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, PayloadError):
-            raise
-        raise PayloadError(f"malformed reading or event: {exc!r}") from exc
+        readings = _readings(items) if has_readings else []
+        events = _events(items) if has_events else []
+    except KeyError as exc:
+        # Which item lacks it: the first one without the key (the loops stop at it).
+        key = exc.args[0] if exc.args else "?"
+        i = next((i for i, item in enumerate(items) if key not in item), 0)
+        raise PayloadError(f"{what}[{i}] has no {key!r}") from None
     return Message(site, gateway, stream, epoch, seq, sent_ns, readings, events)
+
+
+def _objects(doc: dict[str, Any], what: str) -> list[dict[str, Any]]:
+    items = doc[what]
+    if not isinstance(items, list):
+        raise PayloadError(f"{what} must be a list (got {type(items).__name__})")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise PayloadError(f"{what}[{i}] must be an object (got {type(item).__name__})")
+    return items
 
 
 def _readings(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     out = []
     for r in items:
         quality = r["quality"]
-        if quality not in _QUALITIES:
+        if type(quality) is not str or quality not in _QUALITIES:  # a list is unhashable
             raise PayloadError(f"quality {quality!r} is not good/uncertain/bad")
         value, text = _value(r["value"])
         nonfinite = r.get("nonfinite")
         if nonfinite is not None:
             # JSON has no NaN: the value is null and this says what it was. Kept as text, so it is
             # not mistaken for a missing value and does not turn a column's avg() into NaN.
-            if nonfinite not in _NONFINITE:
+            if type(nonfinite) is not str or nonfinite not in _NONFINITE:
                 raise PayloadError(f"nonfinite {nonfinite!r} is not nan/inf/-inf")
             text = nonfinite
         ts = r["ts"]
@@ -218,7 +240,7 @@ def _events(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     out = []
     for idx, e in enumerate(items):
         severity = e["severity"]
-        if severity not in _SEVERITIES:
+        if type(severity) is not str or severity not in _SEVERITIES:
             raise PayloadError(f"severity {severity!r} is not info/warning/alarm/critical")
         score = e.get("score")
         if score is not None and (not isinstance(score, (int, float)) or isinstance(score, bool)):
