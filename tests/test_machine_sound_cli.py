@@ -23,6 +23,7 @@ from water_edge.agent.config import load_config
 from water_edge.core.processor import Calibratable, CalibrationFailedError
 from water_edge.models.machine_sound.store import SoundCalibrationStore, open_history
 from water_edge.sim.machine_sound import MachineScene, MachineSoundSynth, write_wav
+from water_edge.sim.machine_sound import main as machine_sound_main
 
 SCENE = MachineScene.random(np.random.default_rng(4), snr_db=8.0)
 
@@ -276,6 +277,18 @@ def test_recordings_at_two_sample_rates_are_not_written_into_one_features_file(
     assert f"16000 Hz: {tmp_path / 'site16k.wav'}" in err
     assert f"44100 Hz: {tmp_path / 'phone44k.wav'}" in err
     assert not out.exists()
+
+
+def test_the_simulator_says_when_a_fault_drives_its_sound_past_full_scale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The agent scores saturated clips but never keeps them, so a replay of an alarm raised on
+    # them shows nothing: the file's maker must know it wrote such clips.
+    argv = ["--seconds", "40", "--seed", "1", "--fault", "bearing", "--at", "10"]
+    assert machine_sound_main(["--wav", str(tmp_path / "loud.wav"), *argv]) == 0
+    assert "of the samples clipped at full scale" in capsys.readouterr().err
+    assert machine_sound_main(["--wav", str(tmp_path / "calm.wav"), "--seconds", "40", "--seed", "1"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_an_unreadable_wav_is_one_line_on_stderr_and_exit_2(

@@ -288,11 +288,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"edge-sim machine-sound: {exc}", file=sys.stderr)  # noqa: T201 - CLI
             return 2
+    samples = synth.render_seconds(args.seconds)
     try:
-        write_wav(args.wav, synth.render_seconds(args.seconds), args.rate)
+        write_wav(args.wav, samples, args.rate)
     except OSError as exc:
         print(f"edge-sim machine-sound: {args.wav}: {exc.strerror or exc}", file=sys.stderr)  # noqa: T201 - CLI
         return 1
     fault = args.fault or "none"
     print(f"{args.wav}  {args.seconds:g} s at {args.rate} Hz  {scene.rpm:.0f} rpm  fault {fault}")  # noqa: T201 - CLI
+    clipped = float(np.mean(np.abs(samples) >= 1.0))
+    if clipped:
+        # As a microphone's input stage would: the agent scores such clips but never learns or keeps
+        # them (docs/machine-sound.md), so say so rather than let a replay miss them unexplained.
+        print(  # noqa: T201 - CLI
+            f"edge-sim machine-sound: warning: {clipped:.2%} of the samples clipped at full scale "
+            "(a loud fault or scene): the agent scores such clips but does not keep them; a lower "
+            "--severity keeps the sound within range",
+            file=sys.stderr,
+        )
     return 0
