@@ -461,7 +461,12 @@ async def test_the_online_status_must_be_acknowledged() -> None:
     async with running(box, broker) as rig:
         await rig.states.wait(lambda s: s == "offline")
         health = rig.uplink.health()
-    assert health.last_error == "online status not acknowledged: Not authorized"
+    # A site-bound ACL refuses a config whose site or id is not the certificate's right here: say so.
+    assert health.last_error == (
+        f"online status not acknowledged: Not authorized (the broker's ACL does not let this gateway "
+        f"publish {rig.uplink.topics.status}: do [gateway] site and id match the certificate's? "
+        "edge-agent check-config says)"
+    )
     assert (health.rejected, health.published) == (0, 0), "a status PUBACK is not a row's"
     assert broker.data() == []
 

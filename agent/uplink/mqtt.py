@@ -215,7 +215,15 @@ class MqttUplink(UplinkLoop[Session]):
         ack = session.publish_status(self.topics.status, presence.online(self.topics), retain=retain)
         status = await session.wait(ack, cfg.connect_timeout_s, self._stop_requested)
         if status is None or status.is_failure:
-            self._fail(ConnState.OFFLINE, f"online status not acknowledged: {status or session.close_reason}")
+            why = f"online status not acknowledged: {status or session.close_reason}"
+            if status is not None and "authori" in str(status).lower():
+                # The ACL binds the topics to the certificate: a site or id in the config other than
+                # the certificate's is refused here, on the first topic the gateway publishes.
+                why += (
+                    f" (the broker's ACL does not let this gateway publish {self.topics.status}: do "
+                    "[gateway] site and id match the certificate's? edge-agent check-config says)"
+                )
+            self._fail(ConnState.OFFLINE, why)
             self._drop_connection()
             return None
         self._state.to(ConnState.ONLINE)
