@@ -14,6 +14,7 @@ command never works from a default without saying so.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,16 +151,7 @@ def _lenient(source: Path, exc: Any) -> UpdateSettings:
 
 
 def _with(settings: UpdateSettings, problem: str) -> UpdateSettings:
-    return UpdateSettings(
-        source=settings.source,
-        update=settings.update,
-        state_dir=settings.state_dir,
-        status_socket=settings.status_socket,
-        audit_log=settings.audit_log,
-        problem=problem,
-        defaulted=settings.defaulted,
-        read=False,
-    )
+    return dataclasses.replace(settings, problem=problem, read=False)
 
 
 def _field(model: type[BaseModel], name: str, value: object) -> Any:
