@@ -425,6 +425,50 @@ async def test_a_dead_or_unplugged_hydrophone_is_reported_as_lost_never_as_a_lea
     assert proc.health().sensors["hyd.A"].signal_lost_since is None
 
 
+async def test_a_restart_neither_repeats_a_lost_signal_nor_forgets_to_say_it_is_restored(
+    tmp_path: Path,
+) -> None:
+    # Before, the lost state lived in memory only: each restart with the input still dead sent a
+    # second `hydrophone_signal_lost`, and a restart after the repair (cable fixed, gateway
+    # rebooted) never sent `hydrophone_signal_restored`, leaving the centre's "not heard" open.
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+    await _run_nights(proc, [(date(2025, 3, d), 1.0) for d in (1, 2, 3)])
+    events = await _run_nights(proc, [(date(2025, 3, 4), 0.0)])
+    assert sorted(e.source for e in events if e.kind == "hydrophone_signal_lost") == ["hyd.A", "hyd.B"]
+
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]  # a restart
+    events = await _run_nights(proc, [(date(2025, 3, 5), 0.0)])  # still unplugged
+    assert not [e for e in events if e.kind.startswith("hydrophone_signal")]
+    assert "hyd.A: armed, baseline v1 (3 nights, good, 0 d old), SIGNAL LOST since 2025-03-04" in (
+        proc.health().status_lines()
+    )
+
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]  # repaired
+    events = await _run_nights(proc, [(date(2025, 3, 6), 1.0)])
+    restored = [e for e in events if e.kind == "hydrophone_signal_restored"]
+    assert sorted(e.source for e in restored) == ["hyd.A", "hyd.B"]
+    assert [e.detail["since_night"] for e in restored] == ["2025-03-04"] * 2
+    assert proc.health().sensors["hyd.A"].signal_lost_since is None
+
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+    events = await _run_nights(proc, [(date(2025, 3, 7), 1.0)])  # restored once, not again
+    assert not [e for e in events if e.kind.startswith("hydrophone_signal")]
+
+
+async def test_a_record_from_an_agent_that_kept_no_lost_signal_reads_as_heard(tmp_path: Path) -> None:
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+    await _run_nights(proc, [(date(2025, 3, d), 1.0) for d in (1, 2, 3)])
+    path = SensorStore(tmp_path, "hyd.A").confirmation_path
+    kept = json.loads(path.read_text())
+    del kept["signal_lost_since"]  # as the agent before this one wrote it
+    path.write_text(json.dumps(kept))
+    proc = AudioLeakProcessor(SECTION, _NoDriver(), tmp_path)  # type: ignore[arg-type]
+    events = await _run_nights(proc, [(date(2025, 3, 4), 0.0)])
+    said = [e.kind for e in events if e.source == "hyd.A" and e.kind.startswith("hydrophone_signal")]
+    assert said == ["hydrophone_signal_lost"]
+    assert proc.health().sensors["hyd.A"].last_error is None  # the record was used, not refused
+
+
 async def _ignore(_: Event) -> None:
     return None
 

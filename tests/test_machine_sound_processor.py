@@ -20,6 +20,7 @@ from tests.support.testing import damage_sqlite_under_its_owner, eventually
 from water_edge.agent.assembly import build_drivers, build_processors
 from water_edge.agent.config.load import load_config
 from water_edge.core.errors import ConfigError
+from water_edge.core.instants import iso
 from water_edge.core.reading import Event, Reading
 from water_edge.drivers.audio.config import AudioConfig
 from water_edge.drivers.audio.driver import AudioDriver
@@ -249,6 +250,46 @@ async def test_an_unplugged_microphone_is_reported_not_learnt_and_not_an_anomaly
     assert health.calibration is not None
     assert health.calibration["clips"] == 20  # 12 + 8 heard clips; the 3 silent ones left out
     assert health.last_error is None
+
+
+async def test_a_restart_neither_repeats_a_lost_microphone_nor_forgets_to_say_it_is_restored(
+    tmp_path: Path, pump3: np.ndarray
+) -> None:
+    # Before, the lost state lived in memory only: each restart with the microphone still unplugged
+    # sent a second `microphone_signal_lost`, and a restart after the repair never sent
+    # `microphone_signal_restored`, leaving the centre's "not heard" open.
+    silence = np.zeros(30 * RATE, np.float32)
+    driver, processor = _quick_calibrating(tmp_path, silence, "unplugged.wav")
+    async with running(processor, driver) as events:
+        await eventually(lambda: len(events) >= 1, within_s=30, what="signal lost")
+    assert [e.kind for e in events] == ["microphone_signal_lost"]
+    lost_at = events[0].ts_ns
+
+    driver, processor = _quick_calibrating(tmp_path, silence, "still-unplugged.wav")  # a restart
+    async with running(processor, driver) as events:
+        await eventually(lambda: processor.health().clips_silent >= 3, within_s=30, what="3 silent clips")
+    assert events == []
+    assert "last error: microphone not heard (digital silence)" in "\n".join(
+        processor.health().status_lines()
+    )
+
+    driver, processor = _quick_calibrating(tmp_path, pump3[: 40 * RATE], "repaired.wav")  # repaired
+    async with running(processor, driver) as events:
+        await eventually(lambda: len(events) >= 1, within_s=30, what="signal restored")
+        await eventually(lambda: _learnt(processor) >= 4, within_s=30, what="4 clips learnt")
+    assert [e.kind for e in events] == ["microphone_signal_restored"]
+    assert events[0].detail["since"] == iso(lost_at)
+    assert processor.health().last_error is None
+
+    driver, processor = _quick_calibrating(tmp_path, pump3[: 40 * RATE], "heard.wav")
+    async with running(processor, driver) as events:  # restored once, not again
+        await eventually(lambda: _learnt(processor) >= 8, within_s=30, what="4 more clips learnt")
+    assert events == []
+
+
+def _learnt(processor: MachineSoundProcessor) -> int:
+    """The clips a learning machine has taken in (of its 20), kept across restarts."""
+    return round(20 * (processor.health().learning_progress or 0.0))
 
 
 async def test_a_converter_stuck_at_one_code_is_a_lost_microphone_not_an_anomaly(

@@ -29,7 +29,8 @@ probability (it runs every `classifier_every_s`, day and night, for the status),
 A baseline written by `edge-agent models calibrate leak` or the `leak_calibration` command is
 picked up at the next check; a warning or leak in progress stays open under it. Each sensor's
 confirmation is kept in `leak/<sensor>/confirmation.json` (`resume.py`), so a restart goes on with
-the warning or leak in progress: not raised again, cleared once. Windows come from the device's
+the warning or leak in progress: not raised again, cleared once; so is the night since which it is
+not heard: a restart neither loses it again nor forgets to say it is restored. Windows come from the device's
 `WindowSource` on the event loop; a processor that falls behind drops windows (counted), never
 blocks capture. Blocking work (FFTs, TFLite, file I/O, correlation) runs in worker threads.
 """
@@ -61,7 +62,7 @@ from water_edge.models.leak.detector import LeakScorer
 from water_edge.models.leak.fusion import SiteEvidence
 from water_edge.models.leak.judge import SIGNAL_LOST_DB, Confirmation, Judgement, judge
 from water_edge.models.leak.levels import SECOND, Decimator, second_bands
-from water_edge.models.leak.resume import record, resumed, say_unconfigured
+from water_edge.models.leak.resume import lost_since, record, resumed, say_unconfigured
 from water_edge.models.leak.store import SensorStore, last_nights
 from water_edge.models.nightwindow import NightWindow, zone
 from water_edge.models.runtime import load_model
@@ -254,7 +255,7 @@ class AudioLeakProcessor:
         for s in self.sensors:
             if not s.unsaved:
                 continue
-            kept = record(s.name, self._version(s), s.confirmation)
+            kept = self._record(s)
             why = s.store.save_confirmation(kept)
             # Not stored (a full card): tried again at the next check, not at every window.
             s.saved, s.unsaved = (kept if why is None else None), False
@@ -264,6 +265,11 @@ class AudioLeakProcessor:
     @staticmethod
     def _version(s: _Sensor) -> int | None:
         return None if s.baseline is None else s.baseline.version
+
+    def _record(self, s: _Sensor) -> dict[str, Any]:
+        """The sensor's record as `confirmation.json` keeps it: its confirmation, and since when it
+        is not heard."""
+        return record(s.name, self._version(s), s.confirmation, s.signal_lost_since)
 
     # -- per window (worker thread) -------------------------------------------------------------
 
@@ -295,6 +301,7 @@ class AudioLeakProcessor:
                 log.error("leak.baseline_unreadable", sensor=sensor, error=str(exc))
                 s.last_error = f"baseline unreadable, learning again: {exc}"
             s.saved, unusable = resumed(store, self._version(s), s.confirmation)
+            s.signal_lost_since = lost_since(s.saved)  # not heard at the last stop: not said again
             s.last_error = s.last_error or unusable
             s.nights_heard = len(store.nights())
             self.sensors.append(s)
@@ -484,13 +491,21 @@ class AudioLeakProcessor:
             events += self._confirm(s, check, j, night)
             if s.last is not None and s.last.positive:
                 positive.append(s)
+        self._mark_changed()
         if len(positive) >= 2:
             self._locate(positive, events)
         return events
 
+    def _mark_changed(self) -> None:
+        """Mark each sensor whose record (confirmation, lost signal) changed in the check: stored
+        once the check's events are out (`consume`)."""
+        for s in self.sensors:
+            if self._record(s) != s.saved:
+                s.unsaved = True
+
     def _confirm(self, s: _Sensor, check: CheckStats, j: Judgement, night: date) -> list[Event]:
-        """The judged check through the sensor's confirmation: its events, its record marked to be
-        stored when it changed."""
+        """The judged check through the sensor's confirmation: its events (its record is marked to be
+        stored when it changed, in `_finish_check`)."""
         events: list[Event] = []
         episode = s.confirmation.since_night
         changes = s.confirmation.transitions(check.night, j)
@@ -498,8 +513,6 @@ class AudioLeakProcessor:
         for change in changes:
             since = episode if change in ("cleared", "expired") else s.confirmation.since_night
             events.append(self._event(s, change, j, night, check.saturated_s, since_night=since))
-        if record(s.name, self._version(s), s.confirmation) != s.saved:
-            s.unsaved = True
         return events
 
     @staticmethod

@@ -8,6 +8,11 @@ goes on from it. A record that is missing, unreadable, of another format or writ
 sensor is logged with its path and the sensor starts from quiet; one kept under another baseline
 version than the one in service (a calibration while the agent was stopped) keeps its open episode
 and counts the rest against the new baseline, as a calibration while running does.
+
+The record also keeps the night since which the sensor is not heard (`signal_lost_since`), so a
+restart neither sends `hydrophone_signal_lost` again for a sensor still dead nor forgets the
+`hydrophone_signal_restored` of one repaired while the agent was down (a record without it, from
+an older agent, reads as heard).
 """
 
 from __future__ import annotations
@@ -24,14 +29,27 @@ from water_edge.models.leak.store import CONFIRMATION_FORMAT, SensorStore, senso
 log = structlog.get_logger(__name__)
 
 
-def record(sensor: str, baseline_version: int | None, confirmation: Confirmation) -> dict[str, Any]:
+def record(
+    sensor: str,
+    baseline_version: int | None,
+    confirmation: Confirmation,
+    signal_lost_since: str | None = None,
+) -> dict[str, Any]:
     """What `confirmation.json` holds for `sensor`."""
     return {
         "format": CONFIRMATION_FORMAT,
         "sensor": sensor,
         "baseline_version": baseline_version,
         "confirmation": confirmation.to_dict(),
+        "signal_lost_since": signal_lost_since,
     }
+
+
+def lost_since(kept: dict[str, Any] | None) -> str | None:
+    """The night since which the sensor was not heard, as its record (`resumed`) kept it; None when
+    it was heard, or the record has none (an older agent's) or not a night."""
+    since = None if kept is None else kept.get("signal_lost_since")
+    return since if isinstance(since, str) else None
 
 
 def resumed(
@@ -65,6 +83,7 @@ def resumed(
         state=fresh.state,
         since_night=fresh.since_night,
         baseline_version=baseline_version,
+        signal_lost_since=lost_since(data),
     )
     return data, None
 

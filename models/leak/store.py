@@ -3,7 +3,8 @@
     <state_dir>/leak/<sensor>/checks.jsonl        one line per check (`CheckStats.to_dict`), oldest first
     <state_dir>/leak/<sensor>/baseline.json       the baseline in service (highest version)
     <state_dir>/leak/<sensor>/baseline.v<N>.json  every version ever written (audit, roll back)
-    <state_dir>/leak/<sensor>/confirmation.json   its warning or leak in progress (`Confirmation`)
+    <state_dir>/leak/<sensor>/confirmation.json   its warning or leak in progress (`Confirmation`),
+                                                  and since when it is not heard
 
 A check line is ~1 KB and a night has a few: a year of nights is ~1.5 MB per sensor; the file is
 cut to the last `keep_nights` nights when it grows past twice that. Baselines are written like

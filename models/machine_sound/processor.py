@@ -13,6 +13,8 @@
    recent score trend and when the change began; `off_clips` in a row below `hysteresis` clear it.
 
 A calibration written by the CLI or the signed command is picked up within `RELOAD_EVERY` clips.
+A microphone not heard (digital silence) is `microphone_signal_lost` once and
+`microphone_signal_restored` when it is heard again, also across restarts (`store.SignalRecord`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,12 @@ from water_edge.models.machine_sound.detector import SoundCalibration, explain
 from water_edge.models.machine_sound.features import clip_features, rms_dbfs, silent
 from water_edge.models.machine_sound.health import MachineSoundHealth, SoundState
 from water_edge.models.machine_sound.run_signal import RunSignal
-from water_edge.models.machine_sound.store import SoundCalibrationStore, machine_dir, open_history
+from water_edge.models.machine_sound.store import (
+    SignalRecord,
+    SoundCalibrationStore,
+    machine_dir,
+    open_history,
+)
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump.store import FeatureHistory
 
@@ -50,6 +57,7 @@ log = structlog.get_logger(__name__)
 FLUSH_CLIPS = 6  # history rows kept in memory before one SQLite transaction (a minute of clips)
 RELOAD_EVERY = 30  # clips between checks for a calibration written by the CLI or a command
 F64 = npt.NDArray[np.float64]
+NOT_HEARD = "microphone not heard (digital silence): check its cable, input and gain"
 
 
 @dataclass
@@ -93,6 +101,7 @@ class MachineSoundProcessor:
         self._assembler = ClipAssembler(section.clip_s, section.channels)
         self._alarm = self._new_alarm()
         self._record = AlarmRecord(machine_dir(state_dir, section.name))
+        self._signal = SignalRecord(self.state_dir, section.name)
         self._state: _State | None = None
         self.clips = self.clips_dropped = self.clips_stopped = self.clips_silent = 0
         self.clips_saturated = self.clips_no_run_signal = 0
@@ -128,6 +137,10 @@ class MachineSoundProcessor:
                 state.learning_clips = state.history.count(span[0])
         state.scores = deque(maxlen=s.trend_clips)
         state.abnormal = deque(maxlen=s.of_clips)
+        # Not heard at the last stop: not said again; restored when it is heard.
+        self._silent_since_ns = self._signal.silent_since()
+        if self._silent_since_ns is not None:
+            self.last_error = self.last_error or NOT_HEARD
         return state
 
     # -- run --------------------------------------------------------------------------------------
@@ -257,17 +270,21 @@ class MachineSoundProcessor:
         if is_silent == (self._silent_since_ns is not None):
             return is_silent
         detail: dict[str, Any] = {"machine": self.section.name, "device": self.section.device}
+        # Each change recorded once its event is out: a stop in between costs a repeated event after
+        # the restart, never a lost one.
         if not is_silent:
             detail["since"] = iso(self._silent_since_ns or ts_ns)
             self._silent_since_ns = None
             self.last_error = None
             await emit(Event("microphone_signal_restored", self.section.name, ts_ns, "info", None, detail))
+            await asyncio.to_thread(self._signal.save, None)
             return False
         self._silent_since_ns = ts_ns
-        self.last_error = "microphone not heard (digital silence): check its cable, input and gain"
+        self.last_error = NOT_HEARD
         log.warning("machine_sound.signal_lost", machine=self.section.name)
         detail["action"] = "check the microphone, its cable, the audio input and its gain"
         await emit(Event("microphone_signal_lost", self.section.name, ts_ns, "warning", None, detail))
+        await asyncio.to_thread(self._signal.save, ts_ns)
         return True
 
     def _need(self) -> int:

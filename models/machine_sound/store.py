@@ -3,15 +3,20 @@
     <state_dir>/machine_sound/<machine>/calibration.json       the calibration in service
     <state_dir>/machine_sound/<machine>/calibration.v<N>.json  every version written
     <state_dir>/machine_sound/<machine>/history.sqlite         136 float32 features per clip
+    <state_dir>/machine_sound/<machine>/signal.json            since when its microphone is not heard
 
 The history is the pump's `FeatureHistory` (one row per clip, ~560 bytes: 14 days of 10 s clips
 is ~70 MB), so a calibration can be redone from the machine's own sound after maintenance.
+
+`signal.json` (`SignalRecord`) pairs `microphone_signal_lost` with its `microphone_signal_restored`
+across restarts: `{"silent_since_ns": N}` while the microphone is not heard, `{}` once it is again.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from water_edge.core.files import read_json_state, write_json_state
 from water_edge.models.machine_sound.detector import SoundCalibration
 from water_edge.models.machine_sound.features import FEATURE_NAMES
 from water_edge.models.manifest import ModelError
@@ -37,3 +42,24 @@ class SoundCalibrationStore(VersionedJsonStore[SoundCalibration]):
 
     def __init__(self, state_dir: Path, machine: str) -> None:
         super().__init__(machine_dir(state_dir, machine), "calibration", SoundCalibration.from_dict)
+
+
+class SignalRecord:
+    """Since when the machine's microphone is not heard, as the last run left it: a restart with it
+    still silent says `microphone_signal_lost` no second time, and one after the repair says
+    `microphone_signal_restored`. Best effort, written atomically; a missing or unreadable record
+    reads as heard (as before the record existed)."""
+
+    def __init__(self, state_dir: Path, machine: str) -> None:
+        self.path = machine_dir(state_dir, machine) / "signal.json"
+
+    def silent_since(self) -> int | None:
+        """When the silence the last run left unrestored began (ns), or None."""
+        data = read_json_state(self.path, "machine_sound.signal")
+        since = data.get("silent_since_ns") if isinstance(data, dict) else None
+        return since if isinstance(since, int) and not isinstance(since, bool) else None
+
+    def save(self, silent_since_ns: int | None) -> None:
+        """Record the silence since `silent_since_ns`, or the microphone heard (None). Blocking."""
+        data = {} if silent_since_ns is None else {"silent_since_ns": silent_since_ns}
+        write_json_state(self.path, data, "machine_sound.signal")
