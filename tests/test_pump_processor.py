@@ -461,6 +461,24 @@ def test_a_calibration_the_card_cannot_store_leaves_the_pump_learning_and_says_w
     assert "P1: 1 automatic calibration(s) failed, learning again" in proc.health().status_lines()
 
 
+def test_a_calibration_that_succeeds_after_a_failed_one_leaves_no_stale_error_in_status(
+    tmp_path: Path, model: Model
+) -> None:
+    # Before, `status` kept the failed calibration's error beside the calibration in service.
+    blocked = tmp_path / "pump" / "P1" / "calibration.json"
+    blocked.mkdir(parents=True)  # the first calibration cannot be stored
+    x, _ = simulate(Scenario(seed=36, hours=1.1, start_hour=2.0, steady=True))
+    proc = PumpProcessor([config()], tmp_path, model=model, model_version=model.version)
+    # the card has room again once the failure is out: the next stretch's calibration is stored
+    events = run(proc, x, lambda e: blocked.rmdir() if e.kind == "pump_calibration_failed" else None)
+    assert [e.kind for e in events] == ["pump_calibration_failed"]
+    status = proc.health().pumps["P1"]
+    assert status.state == "armed"
+    assert status.calibrations_failed == 1
+    assert status.last_error is None
+    assert not [line for line in proc.health().status_lines() if "calibration.json" in line]
+
+
 def test_an_anomaly_raised_when_the_agent_stopped_is_cleared_after_the_restart_not_raised_again(
     tmp_path: Path, model: Model, imbalance_rows: np.ndarray
 ) -> None:

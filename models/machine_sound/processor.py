@@ -109,6 +109,7 @@ class MachineSoundProcessor:
         self.scored = self.events = 0
         self.last_score: float | None = None
         self.last_error: str | None = None
+        self._calibration_error: str | None = None  # `last_error` of a failed or unreadable calibration
         self.calibrations_failed = 0  # automatic calibrations that failed since the start
 
     def _new_alarm(self) -> SoundAlarm:
@@ -125,7 +126,7 @@ class MachineSoundProcessor:
         try:
             state.cal = state.store.load()
         except ModelError as exc:
-            self.last_error = str(exc)
+            self.last_error = self._calibration_error = str(exc)
             log.error("machine_sound.calibration_unreadable", machine=s.name, error=str(exc))
         if state.cal is not None and (since := self._record.raised_since()) is not None:
             # Raised at the last stop: it clears, or goes on, from here (no second start).
@@ -314,7 +315,7 @@ class MachineSoundProcessor:
         finally:
             state.calibrating = False
         if failure is not None:  # the event after `calibrating` is false: the centre reads status after it
-            self.last_error = str(failure)
+            self.last_error = self._calibration_error = str(failure)
             self.calibrations_failed += 1
             state.learning_clips, state.learning_since_ns = 0, None  # learn again from here
             log.warning("machine_sound.calibration_failed", machine=self.section.name, error=str(failure))
@@ -335,6 +336,9 @@ class MachineSoundProcessor:
         log.info("machine_sound.calibrated", machine=self.section.name, version=cal.version, clips=cal.clips)
 
     def _arm(self, state: _State, cal: SoundCalibration) -> None:
+        if self.last_error is not None and self.last_error == self._calibration_error:
+            self.last_error = None  # a calibration in service: its failure before is no error now
+        self._calibration_error = None
         state.cal = cal
         state.abnormal.clear()
         raised, since = self._alarm.active, self._alarm.since_ns
@@ -345,7 +349,7 @@ class MachineSoundProcessor:
         try:
             cal = state.store.load()
         except ModelError as exc:
-            self.last_error = str(exc)
+            self.last_error = self._calibration_error = str(exc)
             return
         if cal is not None and (state.cal is None or cal.version != state.cal.version):
             log.info("machine_sound.calibration_reloaded", machine=self.section.name, version=cal.version)

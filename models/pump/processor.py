@@ -142,6 +142,7 @@ class _Pump:
     events: int = 0
     last_score: float | None = None
     last_error: str | None = None
+    calibration_error: str | None = None  # `last_error` of a failed or unreadable calibration
     since_reload: int = 0
 
 
@@ -202,7 +203,7 @@ class PumpProcessor:
             try:
                 pump.cal = store.load()
             except ModelError as exc:
-                pump.last_error = str(exc)
+                pump.last_error = pump.calibration_error = str(exc)
                 log.error("pump.calibration_unreadable", pump=cfg.name, error=str(exc))
             if pump.cal is not None and pump.cal.channels != [r for r in roles if r in pump.cal.channels]:
                 pump.cal = None  # the mapping changed since: learn again
@@ -390,7 +391,7 @@ class PumpProcessor:
         finally:
             pump.calibrating = False
         if failure is not None:  # the event after `calibrating` is false: the centre reads status after it
-            pump.last_error = str(failure)
+            pump.last_error = pump.calibration_error = str(failure)
             pump.calibrations_failed += 1
             samples = pump.learning_rows
             pump.learning_rows = 0  # keep learning: try again after another stretch
@@ -428,6 +429,9 @@ class PumpProcessor:
         await emit(event)
 
     def _arm(self, pump: _Pump, cal: Calibration) -> None:
+        if pump.last_error is not None and pump.last_error == pump.calibration_error:
+            pump.last_error = None  # a calibration in service: its failure before is no error now
+        pump.calibration_error = None
         pump.cal = cal
         pump.window.clear()
         pump.run_window.clear()
@@ -439,7 +443,7 @@ class PumpProcessor:
         try:
             cal = pump.store.load()
         except ModelError as exc:
-            pump.last_error = str(exc)
+            pump.last_error = pump.calibration_error = str(exc)
             return
         if cal is not None and (pump.cal is None or cal.version != pump.cal.version):
             log.info("pump.calibration_reloaded", pump=pump.cfg.name, version=cal.version)
