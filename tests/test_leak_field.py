@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -709,6 +710,41 @@ async def test_the_signed_leak_calibration_command_reaches_the_leak_factory(tmp_
     assert result.detail["sample_rate_hz"] is None  # checks stored without their rate (as before it was kept)
     with pytest.raises(CommandFailedError, match="argument 'sensor' missing"):
         await handlers["leak_calibration"](envelope({"pump": "x"}))
+
+
+async def test_a_leak_calibration_for_a_channel_without_a_hydrophone_names_the_ones_there_are(
+    tmp_path: Path,
+) -> None:
+    # Before, `hyd.C` on a device of channels A and B was answered "no night checks for hyd.C yet":
+    # the operator waited for nights that never come.
+    from water_edge.agent.assembly import calibration_targets
+    from water_edge.agent.remote.handlers import Targets, build_handlers
+    from water_edge.agent.remote.result import CommandFailedError
+    from water_edge.core.envelope import Envelope
+    from water_edge.drivers.audio.config import AudioConfig
+    from water_edge.drivers.audio.driver import AudioDriver
+
+    device = AudioConfig(
+        name="hyd", kind="audio", source="file", path=tmp_path / "none.wav", channel_names=["A", "B"]
+    )
+    factory = LeakFactory([SECTION], {"hyd": AudioDriver(device)}, tmp_path)
+    handlers = build_handlers(Targets(calibrations=calibration_targets([factory])))
+
+    def envelope(sensor: str) -> Envelope:
+        return Envelope("c1", "leak_calibration", "s/g", "n", 0, 1, {"sensor": sensor}, "ops", b"", b"")
+
+    said = "no leak sensor 'hyd.C': no hydrophone on channel 'C' of 'hyd' (sensors: hyd.A, hyd.B)"
+    with pytest.raises(CommandFailedError, match=re.escape(said)):
+        await handlers["leak_calibration"](envelope("hyd.C"))
+    # A channel there is, not yet heard: as before, it waits for its nights.
+    with pytest.raises(CommandFailedError, match=re.escape("no night checks for hyd.B yet")):
+        await handlers["leak_calibration"](envelope("hyd.B"))
+    # The table's own channels: a channel of the device it does not listen to has no hydrophone.
+    only_a = LeakFactory(
+        [SECTION.model_copy(update={"channels": ["A"]})], {"hyd": AudioDriver(device)}, tmp_path
+    )
+    with pytest.raises(CalibrationFailedError, match=re.escape("(sensors: hyd.A)")):
+        await only_a.calibrate("hyd.B", {})
 
 
 def _metal_baseline() -> tuple[Baseline, np.ndarray]:

@@ -25,6 +25,20 @@ def section_for(sections: Sequence[LeakModelSection], sensor: str) -> LeakModelS
     raise CalibrationFailedError(f"no leak sensor {sensor!r} configured (sensors: {known})")
 
 
+def no_such_channel(sensor: str, channels: Sequence[str] | None, state_dir: Path) -> str | None:
+    """Why `sensor` (`<device>.<channel>`) is no hydrophone: its channel is not one of `channels`
+    (the ones its table listens to, as the gateway names them; None: not known), said with the ones
+    there are, where otherwise "no baseline yet" or "no night checks yet" would send the technician
+    waiting for nights that never come. A channel with stored state (one since removed from the
+    config) is still calibrated and replayed. For the `leak_calibration` command and the CLI."""
+    device, _, channel = sensor.rpartition(".")
+    if channels is None or channel in channels or sensor_dir(state_dir, sensor).exists():
+        return None
+    listed = ", ".join(f"{device}.{c}" for c in channels) or "none"
+    where = f"no hydrophone on channel {channel!r} of {device!r}"
+    return f"no leak sensor {sensor!r}: {where} (sensors: {listed})"
+
+
 def calibrate_sensor(
     sections: Sequence[LeakModelSection], state_dir: Path, sensor: str, args: Mapping[str, Any]
 ) -> Baseline:

@@ -665,20 +665,16 @@ def _unknown_channel(args: argparse.Namespace, state_dir: Path, sections: list[L
     technician waiting for a sensor that does not exist. A channel with stored state (one since
     removed from the config) is still replayed."""
     from water_edge.models.gateway_args import config_path
-    from water_edge.models.leak.store import sensor_dir
+    from water_edge.models.leak.calibration import no_such_channel
 
-    device, _, channel = args.sensor.rpartition(".")
+    device = args.sensor.rpartition(".")[0]
     section = next((s for s in sections if s.device == device), None)
-    if section is None or sensor_dir(state_dir, args.sensor).exists():
+    if section is None:
         return False  # an unknown device: `section_for` says so
-    channels = _device_channels(config_path(args.config), section)
-    if channels is None or channel in channels:
+    why = no_such_channel(args.sensor, _device_channels(config_path(args.config), section), state_dir)
+    if why is None:
         return False
-    listed = ", ".join(f"{device}.{c}" for c in channels) or "none"
-    _err(
-        f"no leak sensor {args.sensor!r}: no hydrophone on channel {channel!r} of {device!r} "
-        f"(sensors: {listed})"
-    )
+    _err(why)
     return True
 
 

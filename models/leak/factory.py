@@ -73,12 +73,26 @@ class LeakFactory:
         return cls(sections, context.drivers, context.state_dir)
 
     async def calibrate(self, target_name: str, args: Mapping[str, Any]) -> dict[str, Any]:
-        """Args `from` / `to`: ISO 8601 or epoch seconds; default: every night the sensor stored."""
-        from water_edge.models.leak.calibration import calibrate_sensor, section_for, summary
+        """Args `from` / `to`: ISO 8601 or epoch seconds; default: every night the sensor stored.
+        A channel the device has no hydrophone on is refused, naming the sensors there are."""
+        from water_edge.core.processor import CalibrationFailedError
+        from water_edge.models.leak.calibration import calibrate_sensor, no_such_channel, section_for, summary
 
         section = section_for(self.sections, target_name)
+        if (why := no_such_channel(target_name, self._channels(section), self.state_dir)) is not None:
+            raise CalibrationFailedError(why)
         baseline = await asyncio.to_thread(calibrate_sensor, self.sections, self.state_dir, target_name, args)
         return summary(baseline, section.baseline_nights)
+
+    def _channels(self, section: LeakModelSection) -> list[str] | None:
+        """The channels the table's hydrophones are on: its `channels`, else its audio device's (as
+        the driver names them); None when the config does not say how many it has."""
+        if section.channels is not None:
+            return list(section.channels)
+        device = getattr(self.drivers.get(section.device), "config", None)
+        if not isinstance(device, AudioDeviceLike) or (count := device.expected_channels) is None:
+            return None
+        return device.names_for(count)
 
     @classmethod
     def check_sections(cls, sections: Sequence[Any], devices: Mapping[str, str]) -> list[ConfigProblem]:
