@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +83,18 @@ class PortSettingsConflictError(ValueError):
     """Two devices on one port ask for different line settings (baud, parity, ...)."""
 
 
+# A port another program holds (pyserial's exclusive lock: EAGAIN; the kernel: EBUSY), in words.
+IN_USE_ERRNOS: Final = (errno.EAGAIN, errno.EBUSY)
+IN_USE_TEXT: Final = (
+    "in use by another program (the agent reading it? stop it first: systemctl stop edge-agent)"
+)
+
+
 def in_use_text(exc: BaseException) -> str:
     """Why a serial port would not open, in words when another program holds it (pyserial's
     `exclusive` lock, as pymodbus takes one for an RTU port: EAGAIN, or EBUSY from the kernel)."""
-    if getattr(exc, "errno", None) in (errno.EAGAIN, errno.EBUSY):
-        return "in use by another program (the agent reading it? stop it first: systemctl stop edge-agent)"
+    if getattr(exc, "errno", None) in IN_USE_ERRNOS:
+        return IN_USE_TEXT
     return str(exc)
 
 

@@ -88,6 +88,8 @@ PACKET_HEADROOM: Final = 4096
 MIN_PACKET_SIZE: Final = 64 * 1024
 # MQTT 5 CONNACK reason "Retain not supported": the broker refused the retained Will.
 RETAIN_NOT_SUPPORTED: Final = 0x9A
+# MQTT 5 PUBACK reason "Not authorized": an ACL denies the topic.
+NOT_AUTHORIZED: Final = 0x87
 CLOSED_AT_CONNECT_TO_EXPLAIN: Final = 3
 
 
@@ -216,7 +218,7 @@ class MqttUplink(UplinkLoop[Session]):
         status = await session.wait(ack, cfg.connect_timeout_s, self._stop_requested)
         if status is None or status.is_failure:
             why = f"online status not acknowledged: {status or session.close_reason}"
-            if status is not None and "authori" in str(status).lower():
+            if status is not None and status.value == NOT_AUTHORIZED:
                 # The ACL binds the topics to the certificate: a site or id in the config other than
                 # the certificate's is refused here, on the first topic the gateway publishes.
                 why += (

@@ -302,8 +302,8 @@ def open_failure(cfg: ModbusRtuConfig, exists: bool, failure: BaseException | No
             f"refuses the line settings {settings} (Invalid argument): check baudrate, parity and "
             f"stopbits against the device and its adapter{hint}"
         )
-    if code in (errno.EAGAIN, errno.EBUSY):
-        return "cannot be opened: in use by another program (the agent reading it? stop it first)"
+    if code in serial_bus.IN_USE_ERRNOS:
+        return f"cannot be opened: {serial_bus.IN_USE_TEXT}"
     if code == errno.EACCES:
         return "cannot be opened: permission denied (the agent's user may not open it)"
     return "cannot be opened (in use, or no permission?)"
