@@ -2,7 +2,9 @@
 
 Exit codes: 0 ok; 1 the agent or a command failed at run time, or the output could not be written
 (a full disk: one line on stderr); 2 bad usage or an invalid config, or files of the agent's state
-directory this user may not look at (run as root or as the agent's user). `status` speaks to
+directory this user may not look at (run as root or as the agent's user); 78 (`check-config`, `run`)
+the config is still the unedited example install.sh wrote (`agent/config/example.py`: the unit does
+not restart the agent for it). `status` speaks to
 monitoring systems (docs/status.md): 0 the agent is ok, 1 it is degraded (a device down, the uplink
 not online, the outbox nearly full), 2 no agent answers; `tail` exits 2 when no agent answers, or
 it does not answer within 5 s.
@@ -55,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the agent in the foreground (what systemd starts)")
     with_config(run)
 
-    check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 if not")
+    check = sub.add_parser(
+        "check-config", help="validate a config file; exit 0 if valid, 2 if not, 78 if the unedited example"
+    )
     with_config(check, default=None)  # None: not given (a FILE argument too would be a second file)
     # `edge-agent check-config /etc/edge-agent/config.toml` is what people type first.
     check.add_argument("file", nargs="?", default=None, help="the config file (the same as -c FILE)")
@@ -111,13 +115,19 @@ def _command_modules() -> list[Any]:
 
 def _load(path: str, *, closed_state: Literal["error", "warning"] = "error") -> Any:
     from water_edge.agent.config import load_config
+    from water_edge.agent.config.example import refuse_untouched_example
 
+    refuse_untouched_example(Path(path))  # before load_config says the same as an invalid config
     return load_config(path, closed_state=closed_state)
 
 
 def _config_errors(exc: Exception) -> int:
+    from water_edge.agent.config.example import EXIT_UNEDITED_EXAMPLE, UntouchedExampleError
     from water_edge.agent.config.load import StateFilesClosedError
 
+    if isinstance(exc, UntouchedExampleError):  # valid, and nobody has configured it: what to edit
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_UNEDITED_EXAMPLE
     if isinstance(exc, StateFilesClosedError):  # a valid config: one line, who may look
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -129,9 +139,10 @@ def _config_errors(exc: Exception) -> int:
 
 def _config_error_text(exc: Exception) -> str:
     """A config error as `--json`'s one `error` string."""
+    from water_edge.agent.config.example import UntouchedExampleError
     from water_edge.agent.config.load import StateFilesClosedError
 
-    if isinstance(exc, StateFilesClosedError):
+    if isinstance(exc, StateFilesClosedError | UntouchedExampleError):
         return str(exc)
     return "invalid configuration: " + "; ".join(str(exc).splitlines())
 

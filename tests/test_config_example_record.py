@@ -3,7 +3,7 @@
 The example validates as it stands and names a Modbus TCP device at 10.20.7.10:502: an enabled agent
 that started on it (at install, by hand, or at the next boot) polled a placeholder address on the
 plant network. install.sh records the example's sha256 beside the config; while the config is that
-file byte for byte, `check-config` (the unit's ExecStartPre) and `run` refuse it. The installed
+file byte for byte, `check-config` and `run` (the unit's command) refuse it, exit 78. The installed
 layout itself is tested in test_install.py.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from water_edge.agent.cli import main
+from water_edge.agent.config.example import EXIT_UNEDITED_EXAMPLE
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "config.example.toml"
 
@@ -38,11 +39,11 @@ def test_the_unedited_example_is_refused_by_name_and_any_edit_ends_it(
 ) -> None:
     etc = _layout(tmp_path)
     for config in (etc / "config.toml", etc / "managed" / "config.toml"):
-        assert main(["check-config", "-c", str(config)]) == 2
+        assert main(["check-config", "-c", str(config)]) == EXIT_UNEDITED_EXAMPLE
         err = capsys.readouterr().err
         assert f"{config}: this is still the example config deploy/install.sh installed, unedited" in err
         assert str(etc / "config.example.sha256") in err
-    assert main(["run", "-c", str(etc / "config.toml")]) == 2  # nothing polled
+    assert main(["run", "-c", str(etc / "config.toml")]) == EXIT_UNEDITED_EXAMPLE  # nothing polled
     assert "this is still the example config" in capsys.readouterr().err
 
     # A comment is an edit: the engineer has looked at it. Then it is checked like any config.

@@ -15,6 +15,7 @@ import pytest
 
 from water_edge.agent import __version__
 from water_edge.agent.cli import main
+from water_edge.agent.config.example import EXIT_UNEDITED_EXAMPLE
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -132,7 +133,7 @@ NEXT_STEPS = [
 
 
 def _check_config(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """What the unit's ExecStartPre (and `run`) makes of the installed config."""
+    """What `check-config` (and the unit's `run`) makes of the installed config."""
     capsys.readouterr()
     code = main(["check-config", "-c", str(config)])
     return code, capsys.readouterr().err
@@ -143,8 +144,9 @@ def test_a_fresh_install_does_not_start_the_agent_on_the_unedited_example(
 ) -> None:
     """The docs walk's finding: the example validates, so a fresh install started the agent at once
     as site north-plant, polling Modbus TCP 10.20.7.10:502, an address that may exist on a plant
-    network. Now the unit stays enabled but the agent refuses the unedited example (also at boot:
-    ExecStartPre is check-config), and the install ends with the next steps; an edit ends it."""
+    network. Now the unit stays enabled but the agent refuses the unedited example (also at boot,
+    once: the unit does not restart on its exit status), and the install ends with the next steps;
+    an edit ends it."""
     root = tmp_path / "root"
     first = install(root)
     assert first.returncode == 0, first.stderr + first.stdout
@@ -159,10 +161,10 @@ def test_a_fresh_install_does_not_start_the_agent_on_the_unedited_example(
     assert stat.S_IMODE(record.stat().st_mode) == 0o644  # root's, where the agent cannot write
 
     code, err = _check_config(config, capsys)
-    assert code == 2
+    assert code == EXIT_UNEDITED_EXAMPLE  # the unit does not restart on it (test_service.py)
     assert f"{config}: this is still the example config deploy/install.sh installed, unedited" in err
     assert "`edge-agent check-config` and `systemctl start edge-agent`" in err
-    assert main(["run", "-c", str(config)]) == 2  # by hand, too: nothing is polled
+    assert main(["run", "-c", str(config)]) == EXIT_UNEDITED_EXAMPLE  # by hand, too: nothing is polled
     assert "this is still the example config" in capsys.readouterr().err
 
     # Upgraded before anyone configured it: still not started, the same next steps.
@@ -198,7 +200,7 @@ def test_an_older_install_still_on_the_example_is_recognised_on_upgrade(
     assert upgrade.returncode == 0, upgrade.stderr
     assert upgrade.stdout.splitlines()[-len(NEXT_STEPS) :] == NEXT_STEPS
     assert record.is_file()
-    assert _check_config(config, capsys)[0] == 2
+    assert _check_config(config, capsys)[0] == EXIT_UNEDITED_EXAMPLE
 
 
 def test_install_refuses_a_source_that_is_not_the_project(tmp_path: Path) -> None:

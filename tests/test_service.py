@@ -108,3 +108,79 @@ def test_the_enrolment_service_unit_runs_what_the_cli_accepts_and_keeps_the_brok
     assert str(args.dir) == "/var/lib/" + unit["StateDirectory"][0]
     assert unit["CapabilityBoundingSet"] == [""]
     assert unit["ProtectSystem"] == ["strict"]
+
+
+def test_the_unedited_example_stops_the_unit_instead_of_a_restart_every_5_s(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gateway booted on the example install.sh wrote (nobody has edited it) was refused by the
+    unit's ExecStartPre and restarted every RestartSec=5, forever: a journal line pair every 5 s on
+    an SD card. Now the unit's main command exits with a status of its own for it, which the unit
+    names in RestartPreventExitStatus: it stops, failed, after one line saying what to edit.
+
+    systemd judges RestartPreventExitStatus= on the main process's status only
+    (service_shall_restart() tests main_exec_status): a refusal in an ExecStartPre would be
+    restarted whatever its status, so no ExecStartPre may refuse the config. An invalid config
+    keeps its exit 2, which the unit still restarts."""
+    import hashlib
+    import shlex
+
+    from water_edge.agent.cli import _parser, main
+
+    unit = _settings(UNIT)
+    assert unit["Restart"] == ["on-failure"]
+    assert "ExecStartPre" not in unit  # its failure would be restarted, whatever its exit status
+    (command,) = unit["ExecStart"]
+    argv = shlex.split(command)
+    args = _parser().parse_args(argv[1:])
+    assert (args.command, args.config) == ("run", "/etc/edge-agent/config.toml")
+    prevented = {int(word) for line in unit.get("RestartPreventExitStatus", []) for word in line.split()}
+
+    etc = tmp_path / "etc"  # as install.sh leaves /etc/edge-agent on a fresh install
+    (etc / "managed").mkdir(parents=True)
+    example = UNIT.parent / "config.example.toml"
+    (etc / "managed" / "config.toml").write_bytes(example.read_bytes())
+    (etc / "config.toml").symlink_to("managed/config.toml")
+    digest = hashlib.sha256(example.read_bytes()).hexdigest()
+    (etc / "config.example.sha256").write_text(f"{digest}  config.example.toml (release 0.1.0)\n")
+    config = str(etc / "config.toml")
+
+    capsys.readouterr()
+    code = main([*argv[1:-1], config])  # the unit's command, on this config
+    err = capsys.readouterr().err
+    assert code in prevented  # stopped, not restarted
+    assert code not in (0, 1, 2, 75)  # ok, a failure at run time, an invalid config, a restart by command
+    (line,) = err.splitlines()  # one line in the journal, saying what to edit and what then
+    assert line.startswith(f"edge-agent: {config}: this is still the example config")
+    assert "Edit [gateway], [uplink] and [[devices]] for this site" in line
+    assert main(["check-config", "-c", config]) == code  # by hand: the same answer
+    capsys.readouterr()
+
+    # An invalid config is retried: its exit status is not one the unit stops on.
+    (etc / "managed" / "config.toml").write_text("schema_version = 1\n[gateway]\nsite = 'x'\n")
+    assert main([*argv[1:-1], config]) == 2
+    assert 2 not in prevented
+    # An edited, valid config is checked as any other (systemctl restart then starts it).
+    edited = example.read_text().replace('site = "north-plant"', 'site = "east-works"')
+    (etc / "managed" / "config.toml").write_text(edited)
+    assert main(["check-config", "-c", config]) == 0
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="apt-get install systemd")
+def test_systemd_parses_every_line_of_the_agents_unit(tmp_path: Path) -> None:
+    """`systemd-analyze verify` (no running systemd needed) reads the unit as systemd would: a key
+    it does not know, or a value it cannot parse (RestartPreventExitStatus=, SystemCallFilter=), is
+    ignored by systemd with a warning, never an error at start. Only the commands' absence is
+    expected here (no /opt/edge-agent on this machine)."""
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(UNIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    complaints = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip() and "is not executable: No such file or directory" not in line
+    ]
+    assert complaints == []

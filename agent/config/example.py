@@ -9,6 +9,13 @@ neither `check-config` (the unit's ExecStartPre), `run`, `probe` nor a reboot of
 service starts polling the example's addresses on a gateway nobody has configured. Any edit ends
 it. By content, not by a marker string inside the config that an engineer might keep; a copy of
 the example made by hand (no record beside it) is not recognised.
+
+`check-config` and `run` exit with their own status for it, EXIT_UNEDITED_EXAMPLE (78, sysexits'
+EX_CONFIG: systemd logs `status=78/CONFIG`), not the 2 of an invalid config: the unit names it in
+`RestartPreventExitStatus=`, so a gateway booted on the unedited example fails once with the line
+saying what to edit, instead of being restarted every RestartSec for as long as nobody comes.
+Nothing but an edit ends this state (the agent is not running, so no signed config_update can
+arrive), whereas an invalid config may be mended by what it waits for and is retried as before.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ import re
 from pathlib import Path
 from typing import Final
 
+from water_edge.core.errors import ConfigError
+
 RECORD_NAME: Final = "config.example.sha256"
+EXIT_UNEDITED_EXAMPLE: Final = 78  # EX_CONFIG; deploy/edge-agent.service's RestartPreventExitStatus
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -64,3 +74,14 @@ def untouched_example(config: Path) -> str | None:
                 "[[devices]] for this site, then `edge-agent check-config` and `systemctl start edge-agent`"
             )
     return None
+
+
+class UntouchedExampleError(ConfigError):
+    """The config is the unedited example install.sh wrote (`str(exc)`: one line saying what to
+    edit); the CLI exits EXIT_UNEDITED_EXAMPLE for it."""
+
+
+def refuse_untouched_example(config: Path) -> None:
+    """Raise UntouchedExampleError if `config` is the unedited example (see `untouched_example`)."""
+    if (why := untouched_example(config)) is not None:
+        raise UntouchedExampleError([why])
