@@ -59,6 +59,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         batch_ms=args.batch_ms,
         gap_timeout_s=args.gap_timeout_s,
         gap_check_s=args.gap_check_s,
+        silent_warn_s=args.silent_warn_s,
         username=os.environ.get("EDGE_CENTRE_MQTT_USER"),
         password=os.environ.get("EDGE_CENTRE_MQTT_PASSWORD"),
         ca_file=args.ca_file,
@@ -176,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         "--gap-timeout-s", type=float, default=300.0, help="a missing seq is a gap after this long"
     )
     p.add_argument("--gap-check-s", type=float, default=10.0)
+    p.add_argument(
+        "--silent-warn-s",
+        type=float,
+        default=60.0,
+        help="warn when nothing arrives this long after subscribing (an ACL without read; 0: never)",
+    )
     p.set_defaults(fn=cmd_ingest)
 
     sub.add_parser("gaps", help="list open gaps (missing seqs) with their explanation").set_defaults(

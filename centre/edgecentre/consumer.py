@@ -18,6 +18,12 @@ One consumer process = one MQTT client with a persistent session + one database 
 - **Failover.** Several broker URIs are tried in order, sticky to the one that works. PUBACKs are
   only valid on the connection that delivered the message: after a reconnect the old ones are
   dropped (the broker redelivers those messages; they are duplicates by then).
+- **A subscription that reads nothing.** A broker that refuses the subscription says so in its
+  SUBACK (MQTT 5 `Not authorized (0x87)`, 3.1.1 `0x80`): logged as an error naming the filter, the
+  connection closed and tried again with the connect backoff. Mosquitto's `acl_file` (the shipped
+  broker) never refuses one: it grants every subscription and withholds what the ACL gives no read
+  on, so the ingest warns once per connection when nothing at all (not even a gateway's retained
+  `status`) arrived within `silent_warn_s` of the SUBACK.
 
 paho runs in a network thread (`loop()`). The calling thread gathers and parses batches and hands
 each to a writer thread, which commits them one at a time in the order received (and checks for
@@ -115,6 +121,8 @@ class IngestConfig:
     session_expiry_s: int = 86_400
     gap_timeout_s: float = 300.0
     gap_check_s: float = 10.0
+    # Nothing received this long after the SUBACK: `ingest.nothing_received` (0: never warn).
+    silent_warn_s: float = 60.0
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     # TLS for mqtts:// brokers, as the agent's [uplink.tls]: the CA of the broker's certificate
@@ -239,6 +247,7 @@ class Counters:
     presence: int = 0
     store_errors: int = 0
     reconnects: int = 0
+    subscribe_refused: int = 0  # SUBACKs with a failure reason code
     gaps: int = 0
     last_lag_s: float = 0.0
 
@@ -283,6 +292,9 @@ class Consumer:
         self._on_commit = on_commit
         v5 = config.protocol == "5"
         self._refused: str | None = None  # the broker's CONNACK refusal of this attempt
+        self._sub_refused: str | None = None  # the broker's SUBACK refusal on this connection
+        self._granted_at: float | None = None  # when this connection's SUBACK granted; None: told
+        self._heard = False  # a message arrived on this connection
         self._client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
@@ -312,6 +324,7 @@ class Consumer:
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
 
     # ------------------------------------------------------------------ network thread
 
@@ -331,6 +344,41 @@ class Consumer:
         self._connected.set()
         log.info("ingest.connected", session_present=bool(flags.session_present), topic=self.cfg.subscription)
 
+    def _on_subscribe(self, client: paho.Client, _u: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+        refused = [code for code in codes if code.is_failure]
+        if not refused:
+            self._granted_at = time.monotonic()
+            return
+        code = refused[0]
+        self._sub_refused = f"{code} (0x{code.value:02X})"
+        self.counters.subscribe_refused += 1
+        log.error(
+            "ingest.subscribe_refused",
+            topic=self.cfg.subscription,
+            reason=self._sub_refused,
+            hint="the broker's ACL grants this client (user name or certificate CN) no read on the filter",
+        )
+        client.disconnect()  # nothing will arrive on this connection: try again, backing off
+
+    def _silence(self) -> None:
+        """Once per connection: the subscription was granted but nothing arrived within silent_warn_s."""
+        granted = self._granted_at
+        if granted is None or self._heard or not self.cfg.silent_warn_s:
+            return
+        if time.monotonic() - granted >= self.cfg.silent_warn_s:
+            self._granted_at = None  # said once
+            log.warning(
+                "ingest.nothing_received",
+                topic=self.cfg.subscription,
+                after_s=self.cfg.silent_warn_s,
+                hint=(
+                    "the broker granted the subscription, yet not even a gateway's retained status "
+                    "arrived: no gateway has connected to this broker yet, or its ACL gives this "
+                    "client no read on the filter (Mosquitto's acl_file grants every subscription "
+                    "and withholds what it may not read)"
+                ),
+            )
+
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if self._connected.is_set():  # a connection that never came up is reported by `_network`
             failure = self._client.tls_failure
@@ -338,6 +386,7 @@ class Consumer:
         self._connected.clear()
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        self._heard = True
         content_type = getattr(msg.properties, "ContentType", None) if msg.properties is not None else None
         self._inbox.put(
             _Delivery(self._generation, msg.mid, msg.qos, msg.topic, bytes(msg.payload), content_type)
@@ -348,7 +397,8 @@ class Consumer:
         brokers = self.cfg.brokers
         while not self._stop.is_set():
             broker = brokers[index % len(brokers)]
-            self._client.tls_failure, self._refused = None, None
+            self._client.tls_failure, self._refused, self._sub_refused = None, None, None
+            self._granted_at, self._heard = None, False
             try:
                 if self.cfg.protocol == "5":
                     self._client.connect(
@@ -369,11 +419,17 @@ class Consumer:
             while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 rc = self._client.loop(timeout=0.2)
                 came_up = came_up or self._connected.is_set()
+                self._silence()
             self._generation += 1  # PUBACKs for earlier deliveries are void from here on
             self._connected.clear()
             if self._stop.is_set():
                 break
             self.counters.reconnects += 1
+            if self._sub_refused is not None:
+                # Refused by the ACL, which no reconnect at once changes: the connect backoff.
+                failures += 1
+                self._backoff(failures, f"the broker refused the subscription: {self._sub_refused}")
+                continue
             if came_up:
                 # Sticky: the node that worked is tried first again; a failed connect moves on.
                 failures = 0
@@ -402,6 +458,12 @@ class Consumer:
         log.warning("ingest.connect_failed", broker=broker.address, reason=reason, retry_in_s=delay)
         if delay:
             self._stop.wait(delay)
+
+    def _backoff(self, failures: int, reason: str) -> None:
+        """The same broker again after 0.5 s, doubling with each refusal in a row, up to BACKOFF_MAX_S."""
+        delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(failures - 1, 10))
+        log.warning("ingest.resubscribe_later", reason=reason, retry_in_s=delay)
+        self._stop.wait(delay)
 
     # ------------------------------------------------------------------ writer (calling thread)
 
