@@ -282,3 +282,11 @@ def test_a_float32_fault_value_matches_the_float32_the_device_sends(sentinel: fl
 def test_a_fault_value_that_cannot_occur_is_a_config_error(kw: dict[str, object], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         tag(**kw)
+
+
+def test_an_integer_scaled_past_a_float_is_bad_not_infinite() -> None:
+    # Found by fuzzing the RTU framer and codec: uint64 raw 2**64 - 1 with scale 1e300 was a good
+    # reading of `inf`, which no historian takes; float registers were already checked.
+    t = tag(type="uint64", scale=1e300)
+    assert decode_one(t, wire(2**64 - 1, "Q", "big", "big")) == NOT_A_NUMBER
+    assert decode_one(t, wire(2, "Q", "big", "big")) == 2e300

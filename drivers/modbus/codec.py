@@ -154,7 +154,9 @@ def _int_reader(fmt: struct.Struct, scale: float, offset: float) -> Reader:
     if exact is None:
 
         def read_scaled(buf: bytes, at: int) -> Value | Bad:
-            return unpack(buf, at)[0] * scale + offset  # type: ignore[no-any-return]
+            # A scale too large for a decimal (1e300) can take a 64-bit raw value past a float.
+            value: float = unpack(buf, at)[0] * scale + offset
+            return value if math.isfinite(value) else NOT_A_NUMBER
 
         return read_scaled
     s, o, p = exact
