@@ -216,7 +216,9 @@ async def test_silence_and_garbage_become_timeouts_then_recover(line: Line) -> N
         line.now = 30.0
         assert (await driver.read())[0].value == 2
         assert line.sim.stats["garbage"] >= 1
-        assert driver.health().timeouts >= 2
+        # silence is a timeout; garbage that frames no answer is counted apart from it
+        assert driver.health().timeouts >= 1
+        assert driver.health().bad_frames >= 1
     finally:
         await driver.aclose()
 
@@ -465,3 +467,34 @@ async def test_a_scaled_integer_arrives_as_the_decimal_it_is(line: Line) -> None
     finally:
         await driver.aclose()
     assert repr(reading.value) == "0.3"
+
+
+async def test_a_truncated_answer_is_told_from_no_answer(line: Line) -> None:
+    # A cut-off answer (noise, a loose wire, a wrong speed: bytes came, no whole frame) read as
+    # `timeout`, the same as a unit that is not there (wrong address or baud: nothing came), so a
+    # technician could not tell which to look for. It is its own reason and its own count now.
+    real = line.sim._serve
+
+    async def cut_short(data: bytes) -> None:
+        answer = frame(data[0], handle_pdu(line.plant, data[0], data[1:-2]))
+        os.write(line.sim._link.master_fd, answer[:-3])  # type: ignore[union-attr]
+
+    driver = line.driver(tags=[{"name": "v", "address": 8}])
+    await driver.open()
+    try:
+        line.sim._serve = cut_short  # type: ignore[method-assign]
+        cut = (await driver.read())[0]
+        line.comm.add(CommFault("silence", 0.0, 100.0, "modbus_rtu"))
+        line.sim._serve = real  # type: ignore[method-assign]
+        silent = (await driver.read())[0]
+    finally:
+        await driver.aclose()
+    assert (cut.quality, cut.value) == ("bad", None)
+    assert cut.reason == (
+        "no valid answer: bytes came back that are no whole frame with a good CRC "
+        "(noise on the line, wiring or line settings?)"
+    )
+    assert silent.reason == "timeout"
+    health = driver.health()
+    assert (health.timeouts, health.bad_frames, health.errors) == (1, 1, 2)
+    assert "bad frames 1" in health.status_lines()[0]

@@ -259,7 +259,7 @@ class _HuntingRtuFramer(FramerRTU):
     framed as pymodbus does, without passing over candidates of another unit: hunting through the
     echo would read the answers to reads, but the echo of a write (FC 5/6/15/16: an answer is
     a copy of the request's first bytes) is taken for its answer and the real answer for the next
-    request's. Such a request times out and its reading names the echo (`rtu._echo_hint`).
+    request's. Such a request times out and its reading names the echo (`rtu._what_came_back`).
     """
 
     def __init__(self, decoder: DecodePDU, line_watch: SerialLineWatch | None = None) -> None:

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from water_edge.drivers.serial_bus import SerialBusHealth
 
 
-def _request_line(requests: int, errors: int, timeouts: int, exceptions: int) -> str:
+def _request_line(requests: int, errors: int, timeouts: int, exceptions: int, bad_frames: int = 0) -> str:
     line = f"requests {requests}  errors {errors}"
     if errors:
-        line += f" (timeouts {timeouts}, exceptions {exceptions})"
+        frames = f", bad frames {bad_frames}" if bad_frames else ""
+        line += f" (timeouts {timeouts}{frames}, exceptions {exceptions})"
     return line
 
 
@@ -45,8 +46,11 @@ class ModbusRtuHealth:
     last_ok_ns: int | None
     connected: bool
     bus: SerialBusHealth | None  # the shared port, None while the device is not open
+    # Requests unanswered although bytes came back (no whole frame with a good CRC: noise, wiring,
+    # line settings); `timeouts` counts those after which nothing came at all.
+    bad_frames: int = 0
 
     def status_lines(self) -> list[str]:
-        counts = _request_line(self.requests, self.errors, self.timeouts, self.exceptions)
+        counts = _request_line(self.requests, self.errors, self.timeouts, self.exceptions, self.bad_frames)
         line = f"{counts}  writes {self.writes}  connected {_yes_no(self.connected)}"
         return [line, *(self.bus.status_lines() if self.bus is not None else [])]

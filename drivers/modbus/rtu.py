@@ -8,8 +8,10 @@ unit costs the others at most its own timeout per request. The first device to o
 its client with the factory it was given (default: pymodbus's, from `adapter.py`).
 
 Answers map as on TCP: an exception answer gives bad readings `modbus exception <code>: <name>`;
-no answer (or only garbage: pymodbus's framer discards bytes that are not a valid frame) gives
-bad readings `timeout`, and `MAX_SILENT_REQUESTS` silent requests in a row raise
+no answer gives bad readings `timeout` when nothing came back (a wrong unit ID or speed, a unit
+that is off) and `no valid answer: bytes came back that are no whole frame ...` when bytes came
+that framed no answer (cut short, noise, wiring), counted apart (`timeouts`, `bad_frames`); and
+`MAX_SILENT_REQUESTS` unanswered requests in a row raise
 `DriverIOError` so the supervisor backs off that device alone. The count of silent requests ends
 only with an answer, not with a reopen: after the back-off a unit that is still silent is still
 down at its first request (reopening a serial port always works, so resetting the count there
@@ -33,7 +35,7 @@ import os
 import termios
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import structlog
 
@@ -97,7 +99,8 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
         self._poller = RequestPoller(config.name, plan_requests(config))
         self._port: serial_bus.SerialPort | None = None
         self._silent = 0
-        self._stats = {"requests": 0, "errors": 0, "timeouts": 0, "exceptions": 0, "writes": 0}
+        counts = ("requests", "errors", "timeouts", "bad_frames", "exceptions", "writes")
+        self._stats = dict.fromkeys(counts, 0)
         self._last_ok_ns: int | None = None
         self._late = LateAnswerGuard()
 
@@ -112,6 +115,7 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
             last_ok_ns=self._last_ok_ns,
             connected=self._connected(),
             bus=self._port.health() if self._port is not None else None,
+            bad_frames=s["bad_frames"],
         )
 
     def _connected(self) -> bool:
@@ -200,17 +204,19 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
             except NoAnswerError as exc:
                 self._late_answer_possible(unit_id)
                 self._stats["errors"] += 1
-                self._stats["timeouts"] += 1
+                came = _what_came_back(client)
+                self._stats["bad_frames" if came == BAD_FRAMES else "timeouts"] += 1
                 self._silent += 1
-                echo = _echo_hint(client)
                 if self._silent >= MAX_SILENT_REQUESTS:
                     raise DriverIOError(
                         # the same words however long it lasts: the reason every stand-in reading
                         # carries (a count in it made each poll's readings differ, past a deadband)
                         f"{self.name}: unit {unit_id} did not answer {MAX_SILENT_REQUESTS} requests in a row"
-                        f"{echo and ': ' + echo}"
+                        f"{came and ': ' + came}"
                     ) from exc
-                raise RequestFailedError(f"timeout{echo and ' (' + echo + ')'}") from exc
+                if came == BAD_FRAMES:
+                    raise RequestFailedError(f"no valid answer: {came}") from exc
+                raise RequestFailedError(f"timeout{came and ' (' + came + ')'}") from exc
             except BadAnswerError as exc:
                 self._late_answer_possible(unit_id)
                 self._stats["errors"] += 1
@@ -265,14 +271,24 @@ class ModbusRtuDriver(PolledModbusDriver[ModbusRtuConfig]):
             raise DriverIOError(f"{self.name}: {what}: {failed.reason}") from None
 
 
-def _echo_hint(client: SerialModbusClient) -> str:
-    """When the request itself came back instead of an answer: the adapter echoes. Its echo can
-    hide the answer from the framer (it may read as the start of a longer frame), so without
-    `local_echo` some reads time out and others do not."""
+ECHO: Final = "the request came back as it was sent: the RS-485 adapter echoes, set local_echo = true"
+BAD_FRAMES: Final = (
+    "bytes came back that are no whole frame with a good CRC (noise on the line, wiring or line settings?)"
+)
+
+
+def _what_came_back(client: SerialModbusClient) -> str:
+    """What the line handed back for a request that got no answer: "" when nothing came (a wrong
+    unit ID or baud rate, a unit that is off), `ECHO` when the request itself came back (the
+    adapter echoes; its echo can hide the answer from the framer, so without `local_echo` some
+    reads time out and others do not), `BAD_FRAMES` when other bytes came (an answer cut short,
+    noise: the framer found no whole frame with a good CRC in them)."""
     watch = getattr(client, "line_watch", None)
-    if isinstance(watch, SerialLineWatch) and watch.echoed():
-        return "the request came back as it was sent: the RS-485 adapter echoes, set local_echo = true"
-    return ""
+    if not isinstance(watch, SerialLineWatch):
+        return ""
+    if watch.echoed():
+        return ECHO
+    return BAD_FRAMES if watch.received else ""
 
 
 def _os_error_code(failure: BaseException | None) -> int | None:
