@@ -50,8 +50,9 @@ def open_wav(path: Path) -> tuple[np.ndarray[Any, Any], int]:
             f"{path}: not a readable WAV file (its header says 0 channels or 0 bytes per frame)"
         ) from None
     # scipy's reader fails on garbage with whatever its parser trips over, including an
-    # UnboundLocalError when no 'fmt ' chunk precedes 'data'.
-    except (ValueError, EOFError, OSError, struct.error, IndexError, UnboundLocalError) as exc:
+    # UnboundLocalError when no 'fmt ' chunk precedes 'data', and numpy's TypeError for a sample
+    # type its header's frame size makes up (float samples 35 bytes wide: '<f35').
+    except (ValueError, EOFError, OSError, struct.error, IndexError, UnboundLocalError, TypeError) as exc:
         raise WavError(f"{path}: not a readable WAV file ({exc})") from exc
     if data.size == 0:
         raise WavError(f"{path}: contains no samples")

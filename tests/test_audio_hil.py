@@ -421,6 +421,21 @@ async def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
         await audio(source="file", path=RECORDING, sample_rate=16000).open()
 
 
+async def test_a_header_whose_frame_size_is_no_sample_type_is_a_clear_error(tmp_path: Path) -> None:
+    # Found by fuzzing the WAV reader (atheris): float samples, 32 bits, but 35 bytes per frame.
+    # scipy asked numpy for the type '<f35' and its TypeError escaped the reader: the driver's open
+    # failed with a traceback in place of a reason naming the file.
+    import struct
+
+    fmt = struct.pack("<HHIIHH", 3, 1, 8000, 8000 * 35, 35, 32)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", 70) + bytes(70)
+    path = tmp_path / "odd.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with pytest.raises(DriverIOError, match="not a readable WAV file") as err:
+        await audio(source="file", path=path).open()
+    assert str(path) in str(err.value)
+
+
 OVERWRITE_WHILE_PLAYED = """
 import asyncio, os, sys
 from pathlib import Path
