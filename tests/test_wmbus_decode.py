@@ -238,3 +238,41 @@ def test_the_access_number_read_in_the_clear_is_the_decoders(v: Vector) -> None:
         assert header is not None
         expected = header.access_number
     assert access_number(link_frame(v.raw)) == expected
+
+
+def test_a_format_a_frame_with_a_crc_error_is_refused_not_read_without_its_crcs() -> None:
+    # Found by fuzzing (atheris): a frame with format A CRCs, one byte spoiled past its first
+    # block, was read as a frame without CRCs: the first block's CRC byte A8 became its CI field
+    # ("manufacturer-specific, kept raw"), the last 10 bytes a "receiver trailer", and the driver
+    # gave the meter a good status reading from a telegram that failed its checksum.
+    wire = bytes.fromhex(
+        "41442d2c785634121b16a85cad9e21170000000000000000000000001efa0000000000000000009d0000c200"
+        "00c2698c0000c800801779eda80000d10000007e2d770019081900007f13b449"
+    )
+    with pytest.raises(MbusFrameError, match="format A frame with a CRC error in block 4"):
+        decode_wireless(wire, formats=FormatStore())
+    v = _vector("flowiq2200_52525252")
+    for spoilt_at in (3, 30, -1):  # in the first block, a later one, the last CRC
+        spoiled = bytearray(with_crc_a(v.raw) + b"\xc4")  # with a receiver's RSSI byte after it
+        spoiled[spoilt_at - 1 if spoilt_at < 0 else spoilt_at] ^= 0x10
+        with pytest.raises(MbusFrameError, match="CRC error"):
+            link_frame(bytes(spoiled))
+
+
+def test_a_second_telegram_after_the_first_is_named_not_taken_for_a_receiver_trailer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    first, second = _vector("iperl_33225544"), _vector("flowiq2200_52525252")
+    for after in (second.raw, with_crc_a(second.raw)):
+        doc = decode_wireless(first.raw + after, formats=FormatStore()).to_dict()
+        assert doc["total_volume_m3"] == pytest.approx(123.529)
+        assert doc["notes"] == [
+            f"{len(after)} byte(s) after the frame ignored: another telegram (L field "
+            f"{second.raw[0]:02X}), not decoded; give each telegram a line of its own"
+        ]
+    assert main(["decode", "wmbus", (first.raw + second.raw).hex()]) == 0
+    assert "another telegram" in capsys.readouterr().out
+    # An RSSI byte is still a receiver's trailer.
+    assert decode_wireless(first.raw + b"\xc4").to_dict()["notes"] == [
+        "1 byte(s) after the frame ignored (receiver trailer)"
+    ]

@@ -24,6 +24,7 @@ BLOCK1: Final = 10  # L C M A
 BLOCK: Final = 16
 FORMAT_B_BLOCK2_END: Final = 128  # block 1 + block 2 with its CRC
 HEADER: Final = 10  # L C M(2) A(6)
+MAX_RECEIVER_TRAILER: Final = 2  # what receivers append after a frame: an RSSI byte, an LQI byte
 
 Format = Literal["A", "B", "none"]
 
@@ -100,7 +101,18 @@ class LinkFrame:
     device_type: int
     payload: bytes
     frame_format: Format
-    trailing: int = 0  # bytes after the frame the receiver appended (e.g. RSSI), ignored
+    trailer: bytes = b""  # bytes after the frame (a receiver's RSSI, a second telegram), ignored
+
+    @property
+    def trailing(self) -> int:
+        return len(self.trailer)
+
+    @property
+    def trailer_is_a_telegram(self) -> bool:
+        """The bytes after the frame hold a whole telegram by their own L field (with or without
+        format A CRCs): two telegrams run together, not a receiver's trailer."""
+        t = self.trailer
+        return len(t) > HEADER and len(t) in (t[0] + 1, format_a_size(t[0]))
 
     @property
     def ident(self) -> str:
@@ -125,7 +137,7 @@ def link_frame(raw: bytes) -> LinkFrame:
     if len(raw) < HEADER + 1:
         raise MbusFrameError(f"a wireless M-Bus frame is at least {HEADER + 1} bytes, got {len(raw)}")
     length = raw[0]
-    trailing = 0
+    trailer = b""
     frame_format: Format
     if len(raw) == length + 1:
         plain = strip_format_b(raw)  # format B with CRCs has L = len - 1 too
@@ -138,10 +150,17 @@ def link_frame(raw: bytes) -> LinkFrame:
         plain_a = strip_format_a(raw[: format_a_size(length)])
         if plain_a is not None:
             plain, frame_format = plain_a, "A"
-            trailing = len(raw) - format_a_size(length)
+            trailer = raw[format_a_size(length) :]
+        elif _format_a_by_its_look(raw):
+            # Not a frame without CRCs and a trailer of 4 bytes or more: read as that, a CRC byte
+            # became the CI field and the rest records, a good reading from a telegram that failed
+            # its checksum.
+            raise MbusFrameError(
+                f"format A frame with a CRC error in block {_bad_block(raw[: format_a_size(length)])}"
+            )
         else:
             plain, frame_format = raw[: length + 1], "none"
-            trailing = len(raw) - (length + 1)
+            trailer = raw[length + 1 :]
     else:
         raise MbusFrameError(
             f"truncated frame: L field says {length} bytes follow, {len(raw) - 1} did"
@@ -160,8 +179,26 @@ def link_frame(raw: bytes) -> LinkFrame:
         device_type=plain[9],
         payload=plain[HEADER:],
         frame_format=frame_format,
-        trailing=trailing,
+        trailer=bytes(trailer),
     )
+
+
+def _format_a_by_its_look(raw: bytes) -> bool:
+    """Whether `raw`, whose CRCs do not all verify, is still a format A frame: its first block's CRC
+    holds, or it is as long as a format A frame of its L field (and a receiver's trailer)."""
+    extra = len(raw) - format_a_size(raw[0])
+    return 0 <= extra <= MAX_RECEIVER_TRAILER or _crc_ok(raw[:BLOCK1], raw[BLOCK1 : BLOCK1 + 2])
+
+
+def _bad_block(raw: bytes) -> int:
+    """The number (from 1) of the first block of a format A frame whose CRC does not verify."""
+    pos, size, number = 0, BLOCK1 + 2, 1
+    while pos < len(raw):
+        block = raw[pos : pos + size]
+        if len(block) < 3 or not _crc_ok(block[:-2], block[-2:]):
+            return number
+        pos, size, number = pos + size, BLOCK + 2, number + 1
+    return number
 
 
 def with_crc_a(frame: bytes) -> bytes:

@@ -103,7 +103,12 @@ class WirelessTelegram:
         if self.manufacturer_payload:
             out["manufacturer_payload"] = self.manufacturer_payload.hex().upper()
         notes = [*self.notes, *(app.get("notes") or [])]
-        if link.trailing:
+        if link.trailer_is_a_telegram:
+            notes.append(
+                f"{link.trailing} byte(s) after the frame ignored: another telegram (L field "
+                f"{link.trailer[0]:02X}), not decoded; give each telegram a line of its own"
+            )
+        elif link.trailing:
             notes.append(f"{link.trailing} byte(s) after the frame ignored (receiver trailer)")
         if notes:
             out["notes"] = notes
