@@ -154,7 +154,7 @@ class LeakFactory:
     def processors(self) -> list[Processor]:
         from water_edge.models.leak.processor import AudioLeakProcessor
 
-        processors: list[Processor] = []
+        processors: list[AudioLeakProcessor] = []
         for index, section in enumerate(self.sections):
             driver = self.drivers.get(section.device)
             if driver is None:  # a disabled audio device: nothing to listen to
@@ -164,4 +164,6 @@ class LeakFactory:
                 where = f"models.leak[{index}].device"
                 raise ConfigError([f"{where}: {section.device!r} is not an audio device (no windows)"])
             processors.append(AudioLeakProcessor(section, driver, self.state_dir))
-        return processors
+        if processors:  # one of them closes the lost sensors of devices no table names any more
+            processors[0].leak_devices = frozenset(section.device for section in self.sections)
+        return list(processors)

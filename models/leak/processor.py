@@ -52,7 +52,7 @@ import structlog
 from water_edge.core.dropouts import holds_dropout
 from water_edge.core.night_length import minutes
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
-from water_edge.core.reading import Event, Severity
+from water_edge.core.reading import Event, Severity, now_ns
 from water_edge.core.sensor_faults import describe
 from water_edge.models.leak import features
 from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
@@ -62,7 +62,7 @@ from water_edge.models.leak.detector import LeakScorer
 from water_edge.models.leak.fusion import SiteEvidence
 from water_edge.models.leak.judge import SIGNAL_LOST_DB, Confirmation, Judgement, judge
 from water_edge.models.leak.levels import SECOND, Decimator, second_bands
-from water_edge.models.leak.resume import lost_since, record, resumed, say_unconfigured
+from water_edge.models.leak.resume import forget_other_devices, lost_since, record, resumed, say_unconfigured
 from water_edge.models.leak.store import SensorStore, last_nights
 from water_edge.models.nightwindow import NightWindow, zone
 from water_edge.models.runtime import load_model
@@ -223,6 +223,10 @@ class AudioLeakProcessor:
         self._second_ns: int | None = None  # start of the next whole second of canonical audio
         self._check: tuple[date, int] | None = None
         self._since_clf = 0.0
+        # Set by the factory on one processor: every device a leak table names; the sensors of any
+        # other device are closed at the start if they were lost (`resume.forget_other_devices`).
+        self.leak_devices: frozenset[str] | None = None
+        self._unconfigured: list[Event] = []  # said with the first window's events (`_setup`)
 
     # -- wiring ---------------------------------------------------------------------------------
 
@@ -237,6 +241,10 @@ class AudioLeakProcessor:
 
         remove = self._driver.add_window_listener(offer)
         try:
+            if self.leak_devices is not None:
+                devices = self.leak_devices
+                for event in await asyncio.to_thread(forget_other_devices, self.state_dir, devices, now_ns()):
+                    await emit(event)
             await self.consume(_drain(queue), emit)
         finally:
             remove()
@@ -244,7 +252,10 @@ class AudioLeakProcessor:
     async def consume(self, windows: AsyncIterator[AudioWindowLike], emit: EventSink) -> None:
         """Process analysis windows in order (tests and replays call this directly)."""
         async for win in windows:
-            for event in await asyncio.to_thread(self._window, win):
+            events = await asyncio.to_thread(self._window, win)
+            # Sensors of this device taken out of the config while not heard (`_setup`) first.
+            closed, self._unconfigured = self._unconfigured, []
+            for event in closed + events:
                 await emit(event)
             # Stored once its events are out: a stop in between costs a repeated event after the
             # restart, never a lost one (as `driver_down`).
@@ -305,7 +316,8 @@ class AudioLeakProcessor:
             s.last_error = s.last_error or unusable
             s.nights_heard = len(store.nights())
             self.sensors.append(s)
-        say_unconfigured(self.state_dir, self.section.device, {f"{self.section.device}.{n}" for n in wanted})
+        configured = {f"{self.section.device}.{n}" for n in wanted}
+        self._unconfigured += say_unconfigured(self.state_dir, self.section.device, configured, now_ns())
         self._rate = int(win.sample_rate)
 
     def _classifier_hears(self) -> bool:

@@ -12,19 +12,23 @@ and counts the rest against the new baseline, as a calibration while running doe
 The record also keeps the night since which the sensor is not heard (`signal_lost_since`), so a
 restart neither sends `hydrophone_signal_lost` again for a sensor still dead nor forgets the
 `hydrophone_signal_restored` of one repaired while the agent was down (a record without it, from
-an older agent, reads as heard).
+an older agent, reads as heard). A sensor not heard and then taken out of the config is closed at
+the next start: one `leak.lost_sensor_unconfigured` line and a `hydrophone_unconfigured` event, and
+its record no longer says lost, so that configured again it starts as heard.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from water_edge.core.files import read_json_state
+from water_edge.core.reading import Event
 from water_edge.models.leak.judge import Confirmation
-from water_edge.models.leak.store import CONFIRMATION_FORMAT, SensorStore, sensor_dir
+from water_edge.models.leak.store import CONFIRMATION_FORMAT, SensorStore, kept_sensors, sensor_dir
 
 log = structlog.get_logger(__name__)
 
@@ -88,14 +92,44 @@ def resumed(
     return data, None
 
 
-def say_unconfigured(state_dir: Path, device: str, configured: set[str]) -> None:
+UNCONFIGURED_ACTION = (
+    "the sensor is no longer configured: its signal-lost state is cleared (configured again, it starts "
+    "as heard); its baselines and checks stay in {path}: delete that directory if it is gone for good"
+)
+
+
+def forget_lost(state_dir: Path, sensor: str, now_ns: int) -> Event | None:
+    """For `sensor`, no longer configured: if its record says it was not heard, clear that (so that
+    configured again it starts as heard, and says `hydrophone_signal_lost` anew if it still is not)
+    and return `hydrophone_unconfigured`, which closes the lost signal at the centre; else None.
+    Blocking. An unreadable record is left as it is (logged by read_json_state)."""
+    store = SensorStore(state_dir, sensor)
+    data = store.load_confirmation()
+    since = lost_since(data) if isinstance(data, dict) and data.get("sensor") == sensor else None
+    if since is None:
+        return None
+    action = UNCONFIGURED_ACTION.format(path=store.dir)
+    why = store.save_confirmation({**data, "signal_lost_since": None})
+    if why is not None:  # said again at the next start, when it may be written
+        where = str(store.confirmation_path)
+        log.error("leak.unconfigured_not_cleared", sensor=sensor, path=where, error=why)
+    log.warning("leak.lost_sensor_unconfigured", sensor=sensor, since_night=since, action=action)
+    detail = {"since_night": since, "reason": "no longer in the config while not heard", "action": action}
+    return Event("hydrophone_unconfigured", sensor, now_ns, "info", None, detail)
+
+
+def say_unconfigured(state_dir: Path, device: str, configured: set[str], now_ns: int) -> list[Event]:
     """Log the open warnings and leaks kept for sensors of `device` no longer configured: nothing
-    will clear them on the gateway."""
+    will clear them on the gateway. A sensor of them that was not heard is closed (`forget_lost`):
+    its `hydrophone_unconfigured` events are returned."""
     root = sensor_dir(state_dir, device).parent
+    events: list[Event] = []
     for path in sorted(root.glob(f"{device}.*/confirmation.json")):
         sensor = path.parent.name
         if sensor in configured:
             continue
+        if (closed := forget_lost(state_dir, sensor, now_ns)) is not None:
+            events.append(closed)
         data = read_json_state(path, "leak.confirmation")
         kept = data.get("confirmation") if isinstance(data, dict) else None
         if not isinstance(kept, dict) or kept.get("state") not in ("warning", "leak"):
@@ -108,3 +142,16 @@ def say_unconfigured(state_dir: Path, device: str, configured: set[str]) -> None
             path=str(path),
             action="the sensor is no longer configured: its open alarm is not cleared by the gateway",
         )
+    return events
+
+
+def forget_other_devices(state_dir: Path, devices: Collection[str], now_ns: int) -> list[Event]:
+    """`forget_lost` for every sensor of a device no `[[models.leak]]` table names any more (a
+    hydrophone unplugged for good and taken out of the config). Blocking."""
+    events: list[Event] = []
+    for sensor in kept_sensors(state_dir):
+        if any(sensor.startswith(f"{device}.") for device in devices):
+            continue  # its device's processor judges it (`say_unconfigured`)
+        if (closed := forget_lost(state_dir, sensor, now_ns)) is not None:
+            events.append(closed)
+    return events

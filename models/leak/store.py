@@ -32,6 +32,15 @@ def sensor_dir(state_dir: Path, sensor: str) -> Path:
     return Path(state_dir) / "leak" / sensor
 
 
+def kept_sensors(state_dir: Path) -> list[str]:
+    """The sensors with a confirmation record in `state_dir`, configured or not, by name."""
+    root = Path(state_dir) / "leak"
+    try:
+        return sorted(p.parent.name for p in root.glob("*/confirmation.json"))
+    except OSError:  # no leak state yet, or a directory this user may not list
+        return []
+
+
 class SensorStore:
     """One hydrophone's checks and baselines; blocking file I/O (call from a worker thread)."""
 

@@ -89,7 +89,7 @@ class MachineSoundFactory:
     def processors(self) -> list[Processor]:
         from water_edge.models.machine_sound.processor import MachineSoundProcessor
 
-        out: list[Processor] = []
+        out: list[MachineSoundProcessor] = []
         for index, section in enumerate(self.sections):
             driver = self.drivers.get(section.device)
             if driver is None:  # a disabled audio device: nothing to listen to
@@ -103,7 +103,9 @@ class MachineSoundFactory:
                     section, driver, self.state_dir, run_signal_streams=self._run_signal_streams(section)
                 )
             )
-        return out
+        if out:  # one of them closes the lost microphones of machines no table names any more
+            out[0].machines = frozenset(section.name for section in self.sections)
+        return list(out)
 
     async def calibrate(self, target_name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         """Args `from` / `to`: ISO 8601 or epoch seconds; default: all of the machine's history."""

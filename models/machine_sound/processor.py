@@ -32,7 +32,7 @@ import structlog
 
 from water_edge.core.instants import iso
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
-from water_edge.core.reading import Event, Severity
+from water_edge.core.reading import Event, Severity, now_ns
 from water_edge.core.tasks import cancel_all
 from water_edge.models.alarm_record import AlarmRecord
 from water_edge.models.machine_sound.alarm import SoundAlarm, sound_alarm
@@ -48,6 +48,7 @@ from water_edge.models.machine_sound.store import (
     SoundCalibrationStore,
     machine_dir,
     open_history,
+    silent_unconfigured,
 )
 from water_edge.models.manifest import ModelError
 from water_edge.models.pump.store import FeatureHistory
@@ -111,6 +112,9 @@ class MachineSoundProcessor:
         self.last_error: str | None = None
         self._calibration_error: str | None = None  # `last_error` of a failed or unreadable calibration
         self.calibrations_failed = 0  # automatic calibrations that failed since the start
+        # Set by the factory on one processor: every machine a table names; a machine not named
+        # whose microphone was not heard is closed at the start (`_unconfigured`).
+        self.machines: frozenset[str] | None = None
 
     def _new_alarm(self) -> SoundAlarm:
         return sound_alarm(self.section)
@@ -148,6 +152,8 @@ class MachineSoundProcessor:
 
     async def run(self, source: ReadingSource, emit: EventSink) -> None:
         state = self._state = await asyncio.to_thread(self._open)
+        if self.machines is not None:
+            await self._unconfigured(self.machines, emit)
         await self._report_history(state, emit)
         queue: asyncio.Queue[Clip] = asyncio.Queue(self._max_queued)
 
@@ -175,6 +181,31 @@ class MachineSoundProcessor:
             if listening is not None:
                 await cancel_all([listening])
             await asyncio.to_thread(self._close, state)
+
+    async def _unconfigured(self, machines: frozenset[str], emit: EventSink) -> None:
+        """A machine taken out of the config while its microphone was not heard: one line and
+        `microphone_unconfigured`, which closes its `microphone_signal_lost` at the centre; its
+        record now says heard, so that configured again it starts as heard."""
+        for machine, since_ns, where in await asyncio.to_thread(
+            silent_unconfigured, self.state_dir, machines
+        ):
+            action = (
+                "the machine is no longer configured: its signal-lost state is cleared (configured again, "
+                f"it starts as heard); its calibration and clip history stay in {where}: delete that "
+                "directory if it is gone for good"
+            )
+            log.warning(
+                "machine_sound.lost_microphone_unconfigured",
+                machine=machine,
+                since=iso(since_ns),
+                action=action,
+            )
+            detail = {
+                "since": iso(since_ns),
+                "reason": "no longer in the config while not heard",
+                "action": action,
+            }
+            await emit(Event("microphone_unconfigured", machine, now_ns(), "info", None, detail))
 
     async def _read_run_signal(self, source: ReadingSource) -> None:
         assert self._run is not None

@@ -10,10 +10,13 @@ is ~70 MB), so a calibration can be redone from the machine's own sound after ma
 
 `signal.json` (`SignalRecord`) pairs `microphone_signal_lost` with its `microphone_signal_restored`
 across restarts: `{"silent_since_ns": N}` while the microphone is not heard, `{}` once it is again.
+A machine whose table was taken out of the config while its microphone was not heard has that
+cleared at the next start (`silent_unconfigured`), so that configured again it starts as heard.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from water_edge.core.files import read_json_state, write_json_state
@@ -63,3 +66,22 @@ class SignalRecord:
         """Record the silence since `silent_since_ns`, or the microphone heard (None). Blocking."""
         data = {} if silent_since_ns is None else {"silent_since_ns": silent_since_ns}
         write_json_state(self.path, data, "machine_sound.signal")
+
+
+def silent_unconfigured(state_dir: Path, configured: Collection[str]) -> list[tuple[str, int, Path]]:
+    """The machines with state in `state_dir` that no table in `configured` names and whose
+    microphone was not heard at the last stop: (machine, silent since ns, its directory), each
+    record cleared (written as heard) before it is returned. Blocking."""
+    root = Path(state_dir) / "machine_sound"
+    try:
+        kept = sorted(p.parent.name for p in root.glob("*/signal.json"))
+    except OSError:  # no machine state yet, or a directory this user may not list
+        return []
+    found: list[tuple[str, int, Path]] = []
+    for machine in kept:
+        record = SignalRecord(state_dir, machine)
+        if machine in configured or (since := record.silent_since()) is None:
+            continue
+        record.save(None)
+        found.append((machine, since, machine_dir(state_dir, machine)))
+    return found
