@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
@@ -20,6 +21,7 @@ from tests.support.testing import eventually
 from tests.test_opcua_driver import collect
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
+from water_edge.core.logs import AsyncuaDeadConnectionFilter
 from water_edge.core.reading import Event, Reading
 from water_edge.drivers.opcua.config import OpcUaConfig
 from water_edge.drivers.opcua.driver import OpcUaDriver
@@ -439,3 +441,52 @@ async def test_a_text_value_of_megabytes_is_a_bad_reading_not_megabytes_in_the_o
         assert (got.value, got.quality) == (None, "bad")
         assert got.reason == "value too long: 2000000 characters (at most 4096)"
     assert any(r.tag == "ticks" and r.quality == "good" for r in polled)
+
+
+async def _to_the_end(stream: AsyncIterator[list[Reading]]) -> None:
+    async for _ in stream:
+        pass
+
+
+class _Journal(logging.Handler):
+    """asyncua's records as the agent's log handler passes them (`core.logs`: the records about a
+    connection already lost are left out there), from warning up."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.addFilter(AsyncuaDeadConnectionFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_a_server_that_hangs_while_subscribed_puts_no_asyncua_traceback_in_the_journal(
+    sim: Sim,
+) -> None:
+    """A PLC that hangs (or a network path that stops passing packets, the TCP connection still
+    up): the driver reports the loss (`opcua.connection_lost`, then `driver.down`), and asyncua
+    logged its own traceback at error level: its teardown sent CloseSession to the hung server,
+    which timed out (`close_session raised during disconnect; continuing teardown`, TimeoutError),
+    read by technicians as the agent crashing. The socket of a connection known lost is now
+    closed first: nothing is sent to the server, so nothing times out."""
+    proxy = FreezingProxy(int(sim.url.rsplit(":", 1)[1]))
+    port = await proxy.start()
+    journal = _Journal()
+    asyncua_log = logging.getLogger("asyncua")
+    asyncua_log.addHandler(journal)
+    try:
+        drv = driver(f"opc.tcp://127.0.0.1:{port}", [TICKS], request_timeout_ms=1000, **FAST)
+        await drv.open()
+        stream = drv.stream()
+        assert [r.quality for r in await anext(stream)] == ["good"]
+        proxy.frozen.set()
+        with pytest.raises(DriverIOError, match="ua: connection lost: no answer in time"):
+            await _to_the_end(stream)
+        await drv.aclose()  # what the supervisor does when the device is down
+        await eventually(lambda: proxy.open_clients == 0, 5, "the hung session's connection closed")
+    finally:
+        asyncua_log.removeHandler(journal)
+        await proxy.stop()
+    said = [(r.levelname, r.name, r.getMessage()) for r in journal.records]
+    assert not [line for line in said if line[0] in ("ERROR", "CRITICAL")], said

@@ -147,6 +147,9 @@ class OpcUaDriver:
         self._queue: deque[list[Reading] | object] = deque()
         self._wakeup = asyncio.Event()
         self._lost_reason: str | None = None
+        # The server stopped answering (asyncua's own timeouts, or the subscription went silent):
+        # closed without a CloseSession it would never answer (`_quiet_disconnect`).
+        self._unanswered = False
         self._polling = config.mode == "poll"
         self._fallback: str | None = None
         self._failed_items: dict[str, str] = {}
@@ -207,6 +210,7 @@ class OpcUaDriver:
         await self.aclose()
         cfg = self._config
         self._lost_reason = None
+        self._unanswered = False
         self._clock_warned = False
         self._unchanged.clear()
         self._queue.clear()
@@ -530,7 +534,7 @@ class OpcUaDriver:
         self._keepalive_s = None
         self._connected = False
         if client is not None:
-            await _quiet_disconnect(client)
+            await _quiet_disconnect(client, unanswered=self._unanswered)
 
     # --- data -------------------------------------------------------------------------------
 
@@ -583,6 +587,7 @@ class OpcUaDriver:
                     async with asyncio.timeout(stale_s):
                         await self._wakeup.wait()
                 except TimeoutError:
+                    self._unanswered = True
                     await self.aclose()
                     raise DriverIOError(
                         f"{self.name}: subscription silent for {stale_s:g} s (no data, no keep-alive)"
@@ -704,6 +709,7 @@ class OpcUaDriver:
         self._wakeup.set()
 
     async def _on_connection_lost(self, exc: Exception) -> None:
+        self._unanswered = self._unanswered or isinstance(exc, TimeoutError)
         self._lost(f"connection lost: {explain(exc)}")
 
 
@@ -739,11 +745,19 @@ def _certificate_uri(cert: x509.Certificate | None) -> str | None:
     return uris[0] if uris else None
 
 
-async def _quiet_disconnect(client: Client) -> None:
+async def _quiet_disconnect(client: Client, *, unanswered: bool = False) -> None:
     """Close a session that may already be dead without waiting long on it. The socket is closed
     whatever the server does: asyncua closes it only after CloseSession is answered, and a hung
-    server's connection was otherwise left open (one more session on the PLC per hang)."""
+    server's connection was otherwise left open (one more session on the PLC per hang).
+
+    `unanswered`: the server has stopped answering. Its socket is closed first, so that asyncua's
+    teardown finds the connection closed and sends nothing: a CloseSession to it timed out and
+    asyncua logged that as an error with a traceback (`close_session raised during disconnect`),
+    about a loss the driver had already reported; and with asyncua's own teardown under way, its
+    `disconnect_socket` left the socket open."""
     client.connection_lost_callback = None  # its loss is ours, not news about the live session
+    if unanswered:
+        await _drop_socket(client)
     try:
         with contextlib.suppress(OSError, TimeoutError, UaError, asyncio.CancelledError, ConnectionError):
             async with asyncio.timeout(2.0):
@@ -751,3 +765,16 @@ async def _quiet_disconnect(client: Client) -> None:
     finally:
         with contextlib.suppress(OSError, UaError, ConnectionError):
             client.disconnect_socket()
+
+
+async def _drop_socket(client: Client) -> None:
+    """Close the client's TCP connection at once, whatever state asyncua's client is in, and let
+    the protocol see it closed (asyncio reports a closed transport on the loop's next turn)."""
+    protocol = client.uaclient.protocol  # asyncua 2.1: None once disconnected
+    if protocol is None or protocol.is_closed:
+        return
+    protocol.disconnect_socket()
+    for _ in range(3):  # connection_lost is a call_soon of transport.close(): one turn, or two
+        if protocol.is_closed:
+            return
+        await asyncio.sleep(0)
