@@ -5,7 +5,7 @@ gateway, two brokers and a Modbus TCP device at 10.20.7.10:502, an address that 
 plant network. On a fresh install, install.sh copies it to /etc/edge-agent/managed/config.toml and
 records its sha256 beside the config, in root's /etc/edge-agent/config.example.sha256. While the
 config is still byte for byte that file, `load_config` refuses it (`untouched_example`), so that
-neither `check-config` (the unit's ExecStartPre), `run`, `probe` nor a reboot of the enabled
+neither `check-config`, `run` (the unit's command), `probe` nor a reboot of the enabled
 service starts polling the example's addresses on a gateway nobody has configured. Any edit ends
 it. By content, not by a marker string inside the config that an engineer might keep; a copy of
 the example made by hand (no record beside it) is not recognised.
