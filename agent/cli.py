@@ -2,12 +2,11 @@
 
 Exit codes: 0 ok; 1 the agent or a command failed at run time, or the output could not be written
 (a full disk: one line on stderr); 2 bad usage or an invalid config, or files of the agent's state
-directory this user may not look at (run as root or as the agent's user); 78 (`check-config`, `run`)
-the config is still the unedited example install.sh wrote (`agent/config/example.py`: the unit does
-not restart the agent for it). `status` speaks to
-monitoring systems (docs/status.md): 0 the agent is ok, 1 it is degraded (a device down, the uplink
-not online, the outbox nearly full), 2 no agent answers; `tail` exits 2 when no agent answers, or
-it does not answer within 5 s.
+directory this user may not look at (run as root or as the agent's user); 78 (`check-config`,
+`run`, `probe`) the config is still the unedited example install.sh wrote (agent/config/example.py:
+the unit does not restart the agent for it). `status` speaks to monitoring systems (docs/status.md):
+0 the agent is ok, 1 it is degraded (a device down, the uplink not online, the outbox nearly full),
+2 no agent answers; `tail` exits 2 when no agent answers, or it does not answer within 5 s.
 """
 
 from __future__ import annotations
@@ -115,9 +114,7 @@ def _command_modules() -> list[Any]:
 
 def _load(path: str, *, closed_state: Literal["error", "warning"] = "error") -> Any:
     from water_edge.agent.config import load_config
-    from water_edge.agent.config.example import refuse_untouched_example
 
-    refuse_untouched_example(Path(path))  # before load_config says the same as an invalid config
     return load_config(path, closed_state=closed_state)
 
 

@@ -3,7 +3,7 @@
 The example validates as it stands and names a Modbus TCP device at 10.20.7.10:502: an enabled agent
 that started on it (at install, by hand, or at the next boot) polled a placeholder address on the
 plant network. install.sh records the example's sha256 beside the config; while the config is that
-file byte for byte, `check-config` and `run` (the unit's command) refuse it, exit 78. The installed
+file byte for byte, `check-config`, `run` (the unit's command) and `probe` refuse it, exit 78. The installed
 layout itself is tested in test_install.py.
 """
 
@@ -43,8 +43,10 @@ def test_the_unedited_example_is_refused_by_name_and_any_edit_ends_it(
         err = capsys.readouterr().err
         assert f"{config}: this is still the example config deploy/install.sh installed, unedited" in err
         assert str(etc / "config.example.sha256") in err
-    assert main(["run", "-c", str(etc / "config.toml")]) == EXIT_UNEDITED_EXAMPLE  # nothing polled
-    assert "this is still the example config" in capsys.readouterr().err
+    # Nothing polled: neither by the service nor by a technician's probe of the example's devices.
+    for command in ("run", "probe"):
+        assert main([command, "-c", str(etc / "config.toml")]) == EXIT_UNEDITED_EXAMPLE, command
+        assert "this is still the example config" in capsys.readouterr().err
 
     # A comment is an edit: the engineer has looked at it. Then it is checked like any config.
     with (etc / "managed" / "config.toml").open("a") as f:

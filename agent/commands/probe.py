@@ -222,6 +222,7 @@ def _print_table(device: Any, readings: list[Reading], raw: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from water_edge.agent.config.example import UntouchedExampleError
     from water_edge.agent.config.load import StateFilesClosedError
     from water_edge.core import logs
 
@@ -231,8 +232,8 @@ def run(args: argparse.Namespace) -> int:
     except UnknownDeviceError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 2
-    except StateFilesClosedError:
-        raise  # a valid config: the CLI says in one line who may look at its state files
+    except (StateFilesClosedError, UntouchedExampleError):
+        raise  # the CLI says it in one line: who may look at the state files; what to edit
     except ConfigError as exc:
         print("invalid configuration:", file=sys.stderr)
         for line in exc.problems:

@@ -79,9 +79,3 @@ def untouched_example(config: Path) -> str | None:
 class UntouchedExampleError(ConfigError):
     """The config is the unedited example install.sh wrote (`str(exc)`: one line saying what to
     edit); the CLI exits EXIT_UNEDITED_EXAMPLE for it."""
-
-
-def refuse_untouched_example(config: Path) -> None:
-    """Raise UntouchedExampleError if `config` is the unedited example (see `untouched_example`)."""
-    if (why := untouched_example(config)) is not None:
-        raise UntouchedExampleError([why])

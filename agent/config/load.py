@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from water_edge.agent import processors
-from water_edge.agent.config.example import untouched_example
+from water_edge.agent.config.example import UntouchedExampleError, untouched_example
 from water_edge.agent.config.schema import (
     SCHEMA_VERSION,
     AgentSection,
@@ -451,7 +451,7 @@ def load_config(path: str | Path, *, closed_state: Literal["error", "warning"] =
     source = Path(path)
     raw = _read_toml(source)
     if (untouched := untouched_example(source)) is not None:  # not a site's config: never run on it
-        raise ConfigError([untouched])
+        raise UntouchedExampleError([untouched])
     if not raw:
         raise ConfigError(
             [
