@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -206,17 +206,27 @@ class SoundCalibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SoundCalibration:
+    def from_dict(cls, data: Any) -> SoundCalibration:
+        """A stored calibration of a readable format; keys this release does not know (a later
+        release's, added without a format change) are ignored, as the pump's are."""
+        if not isinstance(data, dict):
+            got = type(data).__name__
+            raise ModelError(f"machine-sound calibration file is malformed: a JSON object expected ({got})")
         if data.get("format") not in READABLE_FORMATS:
             raise ModelError(
                 f"machine-sound calibration format {data.get('format')!r} is not one of {READABLE_FORMATS}: "
                 "calibrate the machine again (edge-agent models calibrate machine-sound)"
             )
+        known, group_keys = {f.name for f in fields(cls)}, {f.name for f in fields(GroupModel)}
         try:
-            groups = {k: GroupModel(**v) for k, v in data["groups"].items()}
+            groups = {
+                k: GroupModel(**{key: value for key, value in v.items() if key in group_keys})
+                for k, v in data["groups"].items()
+            }
             # A format-1 file (the plain Mahalanobis distance) keeps scoring as it did.
-            return cls(**{**data, "groups": groups, "format": CALIBRATION_FORMAT})
-        except (KeyError, TypeError) as exc:
+            own = {key: value for key, value in data.items() if key in known}
+            return cls(**{**own, "groups": groups, "format": CALIBRATION_FORMAT})
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ModelError(f"machine-sound calibration file is malformed: {exc}") from exc
 
     # -- scoring ----------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -139,14 +139,25 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        if data.get("format") != CALIBRATION_FORMAT:
+    def from_dict(cls, data: Any) -> Calibration:
+        """A stored calibration of this format. Keys this release does not know are ignored: a
+        later release adds fields without a format change only when an older one may score
+        without them (as this one added the frozen test's), and a format it changes otherwise.
+        Refusing them cost a rollback its calibration: the release rolled back to learnt the pump
+        again from its last `auto_hours` of history."""
+        if not isinstance(data, dict):
+            got = type(data).__name__
+            raise ModelError(f"calibration file is malformed: a JSON object expected, got {got}")
+        if (fmt := data.get("format")) != CALIBRATION_FORMAT:
+            later = type(fmt) is int and fmt > CALIBRATION_FORMAT  # after a rollback
             raise ModelError(
-                f"calibration format {data.get('format')!r} is not {CALIBRATION_FORMAT} (written by an older "
-                "release): calibrate the pump again (edge-agent models calibrate pump)"
+                f"calibration format {fmt!r} is not {CALIBRATION_FORMAT} (written by "
+                f"{'a later' if later else 'an older'} release): calibrate the pump again "
+                "(edge-agent models calibrate pump)"
             )
+        known = {f.name for f in fields(cls)}
         try:
-            cal = cls(**data)
+            cal = cls(**{key: value for key, value in data.items() if key in known})
         except TypeError as exc:
             raise ModelError(f"calibration file is malformed: {exc}") from exc
         if cal.frozen_limit and len(cal.frozen_limit) != len(cal.channels):
