@@ -5,12 +5,16 @@ Some drivers know their tags only once they have read them: an M-Bus or wireless
 `records = "all"`, a hydrophone's bands. When such a device is down at an agent start, its runner's
 stand-in `bad` readings covered only the tags the driver declares (a meter's `status`): every other
 tag simply stopped, and the centre's last value of it, good, stood for as long as the outage
-lasted. The record is `<state_dir>/learnt_tags.json`, `{device: {"config": fingerprint, "tags":
-{tag: unit}}}`; a device whose config changed starts afresh (a removed meter's tags must not go on
-being reported bad). Tags a device's config calls observations (`unlearnt_tag_prefixes`: a wM-Bus
-receiver's `heard.<ID>.*` of meters not configured) are not kept, and dropped from a record an
-earlier version wrote: a neighbour's meter is not a measurement to stand in for. Best effort, as
-`devices_down.json`: an unreadable record costs those stand-ins, nothing else.
+lasted. The record is `<state_dir>/learnt_tags.json`, `{device: {"settings": fingerprint,
+"config": fingerprint, "tags": {tag: unit}}}`; a device whose config changed starts afresh (a
+removed meter's tags must not go on being reported bad). `settings` fingerprints what the config
+file sets for the device, so that an update whose driver has a new setting (with its default)
+keeps the tags; `config`, the device's whole config as this release reads it, is what releases
+before `settings` compare (a record without `settings` is taken when it matches). Tags a device's
+config calls observations (`unlearnt_tag_prefixes`: a wM-Bus receiver's `heard.<ID>.*` of meters
+not configured) are not kept, and dropped from a record an earlier version wrote: a neighbour's
+meter is not a measurement to stand in for. Best effort, as `devices_down.json`: an unreadable
+record costs those stand-ins, nothing else.
 """
 
 from __future__ import annotations
@@ -31,22 +35,46 @@ from water_edge.drivers.base import DeviceConfig, TagInfo
 MAX_TAGS_PER_DEVICE: Final = 20_000
 
 
+def settings_fingerprint(config: DeviceConfig) -> str:
+    """The device's settings as its config file sets them. The whole config (`fingerprint`) has
+    every setting the release knows, at its default when not set: a release that added one to a
+    driver made every such device look changed, and its learnt tags were dropped at the update."""
+    return _digest(config.model_dump_json(exclude_unset=True))
+
+
 def fingerprint(config: DeviceConfig) -> str:
-    return hashlib.sha256(config.model_dump_json().encode("utf-8")).hexdigest()[:16]
+    """The device's whole config: a record's `config`, which a record written before `settings`
+    is compared by (and a release rolled back to compares)."""
+    return _digest(config.model_dump_json())
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _same_config(entry: dict[object, object], settings: str, whole: str) -> bool:
+    if "settings" in entry:
+        return entry["settings"] == settings
+    return entry.get("config") == whole  # written before `settings`
 
 
 class LearntTags:
     def __init__(self, path: Path, devices: Iterable[DeviceConfig]) -> None:
         self.path = path
         devices = list(devices)
-        prints = {d.name: fingerprint(d) for d in devices}
+        prints = {d.name: settings_fingerprint(d) for d in devices}
         self._prints = prints
+        self._whole = {d.name: fingerprint(d) for d in devices}
         # device -> prefixes of the tags it reads that are not to be kept
         self._unlearnt = {d.name: d.unlearnt_tag_prefixes() for d in devices}
         self.tags: dict[str, dict[str, str]] = {name: {} for name in prints}
         data = read_json_state(path, "learnt_tags")
         for name, entry in data.items() if isinstance(data, dict) else ():
-            if name in prints and isinstance(entry, dict) and entry.get("config") == prints[name]:
+            if (
+                name in prints
+                and isinstance(entry, dict)
+                and _same_config(entry, prints[name], self._whole[name])
+            ):
                 tags = entry.get("tags")
                 if isinstance(tags, dict):
                     skip = self._unlearnt[name]
@@ -70,7 +98,11 @@ class LearntTags:
     def snapshot(self) -> dict[str, object]:
         """What `save` writes (taken on the event loop)."""
         return {
-            name: {"config": self._prints.get(name, ""), "tags": dict(tags)}
+            name: {
+                "settings": self._prints.get(name, ""),
+                "config": self._whole.get(name, ""),
+                "tags": dict(tags),
+            }
             for name, tags in self.tags.items()
             if tags
         }

@@ -22,15 +22,19 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from water_edge.agent.config.load import load_config
+from water_edge.agent.learnt_tags import LearntTags
 from water_edge.agent.remote.nonces import NonceStore
 from water_edge.agent.uplink.sparkplug.bdseq import BdSeqStore
 from water_edge.core.reading import Event, Reading
+from water_edge.drivers.wmbus.config import WmbusConfig
 from water_edge.models.machine_sound.detector import CALIBRATION_FORMAT as SOUND_FORMAT
 from water_edge.models.machine_sound.detector import GroupModel, SoundCalibration
 from water_edge.models.machine_sound.store import SoundCalibrationStore
@@ -204,3 +208,49 @@ def test_the_bdseq_goes_on_from_the_file_an_older_release_wrote(tmp_path: Path) 
     path.write_text("41\n", encoding="ascii")
     assert BdSeqStore(path).next() == 42
     assert path.read_text(encoding="ascii") == "42\n"  # what the older release reads back
+
+
+class _LaterWmbusConfig(WmbusConfig):
+    """The wM-Bus driver's config in a later release: one setting more, at its default (as 48e57d6
+    added `listen_max_meters` on 2026-12-05)."""
+
+    a_later_setting: int = 7
+
+
+GATEWAY_TOML = """
+schema_version = 1
+[gateway]
+site = "s"
+id = "g"
+state_dir = "{state}"
+[uplink]
+host = "127.0.0.1"
+[[devices]]
+name = "flats"
+kind = "wmbus"
+receiver = "im871a"
+port = "/dev/ttyUSB0"
+[[devices.meters]]
+name = "flat2"
+id = "30000002"
+"""
+
+
+def test_learnt_tags_survive_an_update_whose_driver_has_a_new_setting(tmp_path: Path) -> None:
+    """A wM-Bus meter's tags learnt under one release stand in for it under the next, whose driver
+    has one setting more (not in the config file). They were dropped as "config changed": an
+    update from 8e4a016 (2026-12-05) lost every wM-Bus device's learnt tags that way."""
+    toml = tmp_path / "agent.toml"
+    toml.write_text(GATEWAY_TOML.format(state=tmp_path / "state"))
+    (device,) = load_config(toml).devices
+    record = tmp_path / "learnt_tags.json"
+    before = LearntTags(record, [device])
+    before.note("flats", [Reading("flats", "flat2.volume", 1, 12.5, unit="m3")])
+    before.save(before.snapshot())
+
+    raw = tomllib.loads(toml.read_text())["devices"][0]
+    later = _LaterWmbusConfig.model_validate(raw)
+
+    assert [(t.name, t.unit) for t in LearntTags(record, [later]).of("flats")] == [("flat2.volume", "m3")]
+    removed = _LaterWmbusConfig.model_validate({**raw, "meters": [{"name": "flat4", "id": "30000004"}]})
+    assert LearntTags(record, [removed]).of("flats") == []  # a changed config still starts afresh
