@@ -264,7 +264,7 @@ def test_status_prints_each_processors_own_lines() -> None:
     }
     lines = format_status(snapshot).splitlines()
     assert [line for line in lines if line.startswith("model")] == [
-        "model    pump_anomaly: P1 learning, P2 alarm  crashes 2",
+        "model    pump_anomaly: P1 learning 50 %, P2 alarm  crashes 2",
         "model    leak:hyd: 12 windows scored, leak probability 0.0132",
         "model    leak:quiet: 0 windows scored, leak probability None",
     ]

@@ -137,6 +137,9 @@ def test_fault_alarms_after_onset_names_vibration_and_clears(
     assert health.calibration["version"] == 1
     assert health.state == "armed"
     assert health.calibration["rows"] >= CALIB_S - 5
+    # What `status` shows: the calibration in service and its day, to check after an update.
+    day = health.calibration["calibrated_at"][:10]
+    assert proc.health().status_lines()[0] == f"P1 armed (calibration v1 of {day})"
 
     # Before trusting the alarm an engineer scores the kept samples again: the replay raises and
     # clears where the live run did (the history keeps float32 values: a sample or two of slack).
@@ -184,7 +187,7 @@ def test_learning_state_stopped_pump_and_history(tmp_path: Path, model: Model) -
     assert len(ts) == h.samples - h.stopped_samples
     health = proc.health()
     assert isinstance(health, Health)
-    assert health.status_lines() == ["P1 learning"]
+    assert health.status_lines() == [f"P1 learning {100 * h.learning_progress:.0f} %"]
     document = health_json(health)
     assert list(document) == ["model_version", "pumps"]
     assert list(document["pumps"]["P1"]) == [
@@ -333,7 +336,9 @@ def test_a_history_the_card_corrupted_is_kept_aside_and_the_pump_keeps_being_wat
     assert status.state == "learning"  # a fresh history: learning again, from these samples
     assert status.last_error is not None
     assert str(kept) in status.last_error
-    assert proc.health().status_lines() == ["P1 learning", f"P1: {status.last_error}"]  # what `status` prints
+    learnt = f"{100 * (status.learning_progress or 0):.0f} %"
+    # what `status` prints
+    assert proc.health().status_lines() == [f"P1 learning {learnt}", f"P1: {status.last_error}"]
     fresh = FeatureHistory.for_pump(tmp_path, "P1", list(config().signals), 14.0)
     assert fresh.quarantined is None
     assert fresh.count() == status.samples - status.stopped_samples > 300

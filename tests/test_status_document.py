@@ -318,7 +318,7 @@ EXPECTED_LINES = [
     "buffer   1500 rows / 64500 readings  3.0 MiB of 256.0 MiB (1.2 %)  oldest 24 min 59 s  "
     "evicted 0 readings",
     "         epoch 6143980127734471",
-    "model    pump_anomaly: P1 learning, P2 alarm  crashes 2",
+    "model    pump_anomaly: P1 learning 50 %, P2 alarm (calibration v2 of 2025-11-20)  crashes 2",
     "model    leak:hydro1: 712 windows scored, leak probability 0.0132",
     "ALARM    corrupt outbox quarantined to /var/lib/edge-agent/outbox.sqlite.quarantined-20251125T0800Z",
     "drivers",
@@ -356,7 +356,8 @@ def test_each_section_carries_its_components_own_lines() -> None:
     assert received["drivers"][0]["lines"] == document.drivers[0].status_lines()
     assert received["processors"][1]["lines"] == document.processors[1].health.status_lines()
     # the runtime's crash count is added to the processor's own first line
-    assert received["processors"][0]["lines"] == ["P1 learning, P2 alarm  crashes 2"]
+    first = "P1 learning 50 %, P2 alarm (calibration v2 of 2025-11-20)  crashes 2"
+    assert received["processors"][0]["lines"] == [first]
     assert received["processors"][0]["health"]["pumps"]["P2"]["calibration"]["from"].startswith("2025")
     # today's keys stay: refusals by reason also as flat `refused.<code>` counts
     assert (

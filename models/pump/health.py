@@ -39,6 +39,16 @@ class PumpStatus:
     clock_steps_back: int = 0  # readings found stamped earlier than before: sampling went on from them
     calibrations_failed: int = 0  # automatic calibrations that failed since the start: learning again
 
+    def summary(self) -> str:
+        """The state, with how far it has learnt or the calibration in service and its day: what a
+        technician checks after an update or a recalibration (`status --json` has the rest)."""
+        if self.calibration is not None:
+            cal = self.calibration
+            return f"{self.state} (calibration v{cal['version']} of {cal['calibrated_at'][:10]})"
+        if self.state == "learning" and self.learning_progress is not None:
+            return f"{self.state} {100 * self.learning_progress:.0f} %"
+        return self.state
+
 
 @dataclass(frozen=True)
 class PumpHealth:
@@ -46,7 +56,7 @@ class PumpHealth:
     pumps: dict[str, PumpStatus]
 
     def status_lines(self) -> list[str]:
-        lines = [", ".join(f"{name} {pump.state}" for name, pump in self.pumps.items())]
+        lines = [", ".join(f"{name} {pump.summary()}" for name, pump in self.pumps.items())]
         for name, pump in self.pumps.items():
             if pump.calibrations_failed and pump.state == "learning":
                 lines.append(
