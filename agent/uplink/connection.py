@@ -51,6 +51,20 @@ A broker's word on our certificate
     what the broker said (`certificate_refusal`): `the broker refused this gateway's certificate:
     revoked (TLS alert certificate_revoked)...`, never the same words as a network fault.
 
+A link slower than what we send
+    paho keeps a connection alive only on bytes *received*: it sends a PINGREQ after `keepalive_s`
+    without any and gives up `keepalive_s` later. On a slow uplink (a bad LTE cell) our own data
+    queues in the socket and in the router, and the broker's PINGRESP, PUBACK or UNSUBACK can come
+    only once the queue ahead of our PINGREQ has gone out: a message (or a Sparkplug backlog) that
+    takes longer than the keep-alive to send got the connection dropped, sent again from the
+    start on the next one, dropped again, forever. So the keep-alive timer also counts what the
+    kernel sees of the link (`_BoundedClient.note_link_progress`, before each paho keep-alive
+    check): while bytes we sent wait for the peer's TCP acknowledgement *and* it acknowledged more
+    of them since the last look, the link is alive and busy carrying our data, and the answer is on
+    its way behind it. An idle connection to a broker that hangs (its kernel still acknowledges the
+    PINGREQ at once, nothing waits) and a link that stalls or forgets the flow (nothing more is
+    acknowledged) are detected as before, within about 2 x `keepalive_s`.
+
 paho's exceptions and return codes are translated here, and only here, into `transport`'s errors.
 """
 
@@ -58,8 +72,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import socket
 import ssl
+import struct
+import termios
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -89,6 +107,9 @@ _RECV_CHUNK = 64 * 1024
 _SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected with our client id
 # OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: judged by our clock.
 _TIME_CODES = frozenset((9, 10))
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked, a u64 at byte 120 (Linux 4.1 and later).
+_TCP_INFO_LEN = 128
+_TCPI_BYTES_ACKED = struct.Struct("=Q")
 # Two lookups at a time: one may hang on a dead resolver while the next attempt still gets a thread.
 _RESOLVER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqtt-dns")
 
@@ -194,6 +215,26 @@ class _BoundedClient(paho.Client):
     tls_failure: ssl.SSLError | None = None  # the TLS error that ended the socket (a broker's alert)
     _rbuf = b""  # read from the socket, not yet taken by paho (from `_rpos` on)
     _rpos = 0
+    _bytes_acked = -1  # the peer's TCP acknowledgements at the last look (-1: none yet)
+
+    def note_link_progress(self) -> None:
+        """Count it as hearing from the broker when the link is carrying our data: bytes we sent
+        wait for the peer's acknowledgement, and it acknowledged more since the last look (see
+        "A link slower than what we send" in the module docstring)."""
+        sock = self._sock
+        if not isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
+            return
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        except OSError:
+            return
+        if len(info) < _TCP_INFO_LEN:
+            return  # a kernel without tcpi_bytes_acked: paho's keep-alive alone
+        (acked,) = _TCPI_BYTES_ACKED.unpack_from(info, 120)
+        if 0 <= self._bytes_acked < acked and _send_queue(sock):
+            with self._msgtime_mutex:
+                self._last_bytes_received = time.monotonic()  # paho's clock (time_func)
+        self._bytes_acked = acked
 
     def _create_socket_connection(self) -> socket.socket:
         """Connect to the addresses resolved beforehand, in order, instead of resolving again."""
@@ -273,6 +314,17 @@ class _BoundedClient(paho.Client):
                 done: MQTTErrorCode = self._do_on_publish(mid, reason, _NO_PROPERTIES)
                 return done
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+def _send_queue(sock: Any) -> int:
+    """Bytes in the socket's send queue: not yet sent, or sent and not yet acknowledged (0 when
+    unknown)."""
+    try:
+        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    queued: int = struct.unpack("=i", out)[0]
+    return queued
 
 
 @contextlib.contextmanager
@@ -476,6 +528,7 @@ class PahoTransport:
         c = self._connected()
         while c.socket() is not None:
             await asyncio.sleep(period_s)
+            c.note_link_progress()
             c.loop_misc()
 
     # ------------------------------------------------------------------ paho callbacks (loop thread)
