@@ -149,6 +149,29 @@ async def test_a_stalled_link_is_given_up_by_the_keepalive_and_nothing_is_lost(
     assert sum(n - 1 for n in seqs(sub).values()) <= WINDOW
 
 
+async def test_a_hung_broker_whose_kernel_still_acknowledges_is_given_up_by_the_keepalive(
+    mosquitto: Mosquitto, outbox: AsyncOutbox, start_uplink: StartUplink
+) -> None:
+    """The keep-alive counts the peer's TCP acknowledgements of data that waits behind a slow
+    link; a stopped broker's kernel acknowledges at once, nothing waits, and it is still noticed."""
+    run = await start_uplink(mqtt_config(mosquitto, keepalive_s=5, ack_timeout_s=120), outbox)
+    rows_ = Appender(outbox, run.uplink)
+    await rows_.add()
+    await run.states.wait(lambda s: s is ConnState.ONLINE, 10)
+    seen = len(run.states.states)
+    stop = asyncio.Event()
+    producing = asyncio.create_task(rows_.trickle(stop, 0.5))
+    mosquitto.pause()
+    try:
+        await run.states.wait(lambda s: s is ConnState.OFFLINE, 20, since=seen)
+        noticed = run.uplink.health().last_error
+    finally:
+        mosquitto.resume()
+        stop.set()
+        await producing
+    assert "Keep alive timeout" in (noticed or "")
+
+
 async def test_a_black_holed_flow_is_left_for_a_new_one_losing_no_row(
     link: ImpairedLink, mosquitto: Mosquitto, outbox: AsyncOutbox, start_uplink: StartUplink
 ) -> None:
