@@ -21,6 +21,31 @@ from water_edge.core.cli_numbers import whole
 from water_edge.core.files import atomic_write
 from water_edge.provisioning.errors import ProvisioningError
 
+# Command types added after the first releases, with the first commit (and its day) that knows each.
+# A gateway of an earlier release cannot be granted them (its config refuses the name) and answers
+# such a command `refused`, `not_authorised: key '<key>' may not send '<type>'`: the same words as
+# a key without the right. Said when one is signed, so the operator can tell the two apart.
+SINCE: dict[str, str] = {
+    "leak_calibration": "b406c29 (2026-12-01)",
+    "machine_sound_calibration": "32f31e9 (2026-12-01)",
+    "update": "f6db063 (2026-12-01)",
+    "update_chunk": "f6db063 (2026-12-01)",
+}
+
+
+def older_release_note(command_type: str) -> str | None:
+    """What a gateway of a release older than `command_type` answers to it, or None for a command
+    every release knows."""
+    since = SINCE.get(command_type)
+    if since is None:
+        return None
+    return (
+        f"note: {command_type!r} is known to releases from {since} on; a gateway of an earlier release"
+        f" answers it refused, \"not_authorised: key '...' may not send {command_type!r}\": it cannot"
+        " be granted there, whatever the key's rights; such a gateway needs a newer release first"
+        ' (docs/fleet.md, "Mixed releases")'
+    )
+
 
 def new_operator_key(path: Path) -> str:
     """Write a new Ed25519 private key (PEM, 0600) to `path`; return the public key for the config."""
@@ -91,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     except ProvisioningError as exc:
         sys.stderr.write(f"sign_command: {exc}\n")
         return 1
+    if note := older_release_note(a.command_type):
+        sys.stderr.write(note + "\n")
     sys.stdout.write(out.decode() + "\n")
     return 0
 

@@ -269,8 +269,10 @@ def _operator_key(args: argparse.Namespace) -> int:
 
 @_guarded
 def _sign_command(args: argparse.Namespace) -> int:
-    from water_edge.provisioning.sign_command import signed_command
+    from water_edge.provisioning.sign_command import older_release_note, signed_command
 
+    if note := older_release_note(args.command_type):
+        sys.stderr.write(note + "\n")  # stdout stays the envelope alone, for the pipe to the broker
     _out(
         signed_command(
             args.key,
