@@ -12,6 +12,13 @@ backlog and the consumers' sessions are long delivered). A stream's watermark st
 lowest seq seen the first time it is checked: history from before the ingest met the gateway is not
 a gap.
 
+A gateway whose outbox outlives a change of payload version counts on in one outbox under two
+epochs at the centre: a release on payload version 1 sends no `epoch` (stored as epoch 0), a later
+one sends the outbox's own. A rollback to such a release, and the update after it, leave each
+epoch's counter with a hole its other epoch holds. A hole whose every seq was received under the
+other epoch (epoch 0 for an outbox's own, any for epoch 0), sent between the messages on either
+side of it, is recorded as explained by that (`payload v1: ...`), not as data lost.
+
 A hole of more than `FAR` seqs is no plausible loss, and the watermark would leave the stream behind
 it: a seq of 2^63 - 1 from a buggy or hostile gateway moved it to the bigint maximum, and every later
 message looked old. Such a hole is a gap only once the stream has gone on past it (a message beyond
@@ -103,6 +110,41 @@ def _explanation(
     return None
 
 
+# The same seqs of the same gateway's stream under the epoch a release of the other payload version
+# names its outbox by (v1: 0, v2: its own), each sent between the two messages around the hole.
+_ELSEWHERE = (
+    "SELECT o.epoch FROM streams o JOIN messages m ON m.stream_id = o.id"
+    " WHERE o.site = %(site)s AND o.gateway = %(gateway)s AND o.stream = %(stream)s"
+    " AND o.epoch <> %(epoch)s AND (o.epoch = 0 OR %(epoch)s = 0)"
+    " AND m.seq BETWEEN %(first)s AND %(last)s"
+    " AND m.sent_ns > (SELECT sent_ns FROM messages WHERE stream_id = %(sid)s AND seq = %(first)s - 1)"
+    " AND m.sent_ns < (SELECT sent_ns FROM messages WHERE stream_id = %(sid)s AND seq = %(last)s + 1)"
+    " GROUP BY o.epoch HAVING count(*) = %(last)s - %(first)s + 1 ORDER BY o.epoch LIMIT 1"
+)
+
+
+def _other_version(
+    cur: psycopg.Cursor[TupleRow], sid: int, names: tuple[str, str, str, int], first: int, last: int
+) -> str | None:
+    """Why `first..last` is no loss if a release of the other payload version sent it from this
+    outbox, or None.
+
+    Only a hole whose every seq is there, each sent after the message below the hole and before the
+    one above it: a gateway's earlier outbox (a card replaced) also has these seqs, sent long before."""
+    site, gateway, stream, epoch = names
+    cur.execute(
+        _ELSEWHERE,
+        {"site": site, "gateway": gateway, "stream": stream, "epoch": epoch, "sid": sid, "first": first,
+         "last": last},
+    )  # fmt: skip
+    row = cur.fetchone()
+    if row is None:
+        return None
+    if epoch != 0:
+        return "payload v1: stored under epoch 0 (a release before epochs ran on this outbox)"
+    return f"payload v2: stored under epoch {int(row[0])} (a release with epochs ran on this outbox)"
+
+
 # The first time a stream is checked, its watermark goes just below its lowest seq (one index probe
 # per new stream, not an aggregate over every message).
 _START = (
@@ -189,7 +231,11 @@ def _walk(
                     break
                 if i + 1 == len(rows):
                     break  # alone, the stream quiet since: wait until it goes on, past it or below it
-            gap = Gap(*one.names, prev + 1, seq - 1, _explanation(cur, one.names, prev + 1, seq - 1))
+            first, last = prev + 1, seq - 1
+            why = _explanation(cur, one.names, first, last) or _other_version(
+                cur, one.sid, one.names, first, last
+            )
+            gap = Gap(*one.names, first, last, why)
             cur.execute(
                 "INSERT INTO gaps (stream_id, first_seq, last_seq, explained) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT DO NOTHING",
