@@ -76,6 +76,7 @@ import fcntl
 import socket
 import ssl
 import struct
+import sys
 import termios
 import time
 from collections.abc import Iterator
@@ -222,8 +223,8 @@ class _BoundedClient(paho.Client):
         wait for the peer's acknowledgement, and it acknowledged more since the last look (see
         "A link slower than what we send" in the module docstring)."""
         sock = self._sock
-        if not isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
-            return
+        if sys.platform != "linux" or not isinstance(sock, socket.socket):  # SSLSocket is one too
+            return  # TCP_INFO is Linux's (a gateway's); elsewhere paho's keep-alive alone
         try:
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
         except OSError:
