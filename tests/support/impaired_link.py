@@ -192,6 +192,7 @@ class ImpairedLink:
                 await bucket.take(_CHUNK)  # the link takes the next segment when it has room
                 data = await loop.sock_recv(source, _CHUNK)
                 if not data:
+                    await self._flowing.wait()  # a FIN does not cross a stalled link either
                     break
                 if flow.black_holed:
                     continue
