@@ -231,8 +231,10 @@ async def test_a_link_cut_again_and_again_loses_nothing_and_leaks_no_descriptor(
         await producing
         await eventually(lambda: len(seqs(sub)) == rows_.n, 30, lambda: f"{len(seqs(sub))} of {rows_.n}")
         health = run.uplink.health()
-        assert len(os.listdir("/proc/self/fd")) == fds
-        assert len(asyncio.all_tasks()) == tasks
+        # One descriptor or task kept per reconnect would be 20 more; a connect or a broker
+        # client's socket in passing is one or two either way.
+        assert len(os.listdir("/proc/self/fd")) <= fds + 2
+        assert len(asyncio.all_tasks()) <= tasks + 1
     assert health.connections == cuts + 1
     assert link.accepted == cuts + 1
     assert sum(n - 1 for n in seqs(sub).values()) <= WINDOW * (cuts + 1)
