@@ -1,5 +1,8 @@
 """The retained status topic `{base}/status`: what `online`, `offline` and the Last Will say.
 
+Each names the package version (`agent`) and, on a gateway, the release it runs from (`release`,
+see agent/release_name.py): the centre's one way to tell which build a gateway runs.
+
 Monitoring reads this topic to know whether a gateway is connected: `online` after every
 connect, `offline` with reason `stopped` on a clean stop, and the Will (`offline`, reason `lost`)
 that the broker publishes when the connection ends without DISCONNECT.
@@ -12,9 +15,12 @@ from typing import Any
 import orjson
 
 from water_edge.agent import __version__
+from water_edge.agent.release_name import running_release
 from water_edge.agent.uplink.topics import Topics
 from water_edge.agent.uplink.transport import Will
 from water_edge.core.reading import now_ns
+
+RELEASE = running_release()  # the virtualenv's release directory; None when run from a checkout
 
 
 def status_payload(topics: Topics, state: str, reason: str | None = None) -> bytes:
@@ -26,6 +32,8 @@ def status_payload(topics: Topics, state: str, reason: str | None = None) -> byt
         "ts": now_ns(),
         "agent": __version__,
     }
+    if RELEASE is not None:
+        doc["release"] = RELEASE
     if reason is not None:
         doc["reason"] = reason
     return orjson.dumps(doc)
