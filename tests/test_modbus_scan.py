@@ -15,7 +15,7 @@ import signal
 import struct
 import sys
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -351,9 +351,10 @@ async def device(answer: Answer, *, transaction_ids: bool = True) -> AsyncIterat
 
 
 @contextlib.asynccontextmanager
-async def rtu_device(answer: Answer, link: Path) -> AsyncIterator[str]:
+async def rtu_device(answer: Answer, link: Path, *, cut_short: Collection[int] = ()) -> AsyncIterator[str]:
     """A Modbus RTU device on a pseudo-terminal (its path: `link`) whose answers `answer` gives, each
-    request answered in a task of its own, as `device` on TCP; a `None` answer is silence."""
+    request answered in a task of its own, as `device` on TCP; a `None` answer is silence. The
+    answers for the unit IDs in `cut_short` lose their last 3 bytes (noise, a loose wire)."""
     pty = PtyLink(link)
     pty.plug()
     received = bytearray()
@@ -361,7 +362,8 @@ async def rtu_device(answer: Answer, link: Path) -> AsyncIterator[str]:
 
     async def reply(unit_id: int, pdu: bytes) -> None:
         if (pdu := await answer(unit_id, pdu) or b"") and pty.plugged:
-            os.write(pty.master_fd, frame(unit_id, pdu))
+            whole = frame(unit_id, pdu)
+            os.write(pty.master_fd, whole[:-3] if unit_id in cut_short else whole)
 
     def on_readable() -> None:
         received.extend(os.read(pty.master_fd, 4096))
@@ -563,6 +565,26 @@ async def test_a_late_answer_on_an_rtu_line_is_not_taken_for_the_next_read(tmp_p
     (found,) = map(json.loads, run.stdout.splitlines())
     assert found["map"]["unanswered"] == [[0, 124]]
     assert found["map"]["readable"] == [], "0-124's late answer is not 125-249's"
+
+
+async def test_a_unit_whose_answers_come_cut_short_is_named_beside_those_found(tmp_path: Path) -> None:
+    """Units 1 and 3 answer whole, unit 2 every time cut short: unit 2 read as 'no answer', like the
+    IDs where nobody is, so a unit on a noisy drop or at other line settings went unnoticed."""
+
+    async def answer(_unit: int, pdu: bytes) -> bytes | None:
+        return refused(pdu, 1) if pdu[0] == READ_DEVICE_ID else registers(pdu, 7)
+
+    async with rtu_device(answer, tmp_path / "ttyCUT", cut_short={2}) as port:
+        run = await edge_agent_process(
+            "scan", "modbus", "--serial-port", port, "--parity", "none", "--units", "1-3",
+            "--timeout", "0.2",
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "2 of 3 unit ID(s) answer" in run.stdout, run.stdout
+    assert "1 other unit ID(s): no answer" in run.stdout
+    assert (
+        "unit ID(s) 2: bytes came back in their turn that are no whole answer (cut short or garbled)"
+    ) in run.stdout, run.stdout
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,7 @@ class Line:
         self.late_answers = False
         self.echoes = 0  # RTU: unanswered requests whose own bytes came back (the adapter echoes)
         self.line_bytes = b""  # RTU: the first bytes that came back instead of an answer
+        self.cut_short: list[int] = []  # RTU: unit IDs in whose turn bytes came that are no whole answer
 
     @property
     def serial(self) -> bool:
@@ -183,8 +184,10 @@ class Line:
             watch = self.client.line_watch
             if watch.echoed():
                 self.echoes += 1
-            elif watch.received and not self.line_bytes:
-                self.line_bytes = watch.received
+            elif watch.received:
+                self.line_bytes = self.line_bytes or watch.received
+                if unit_id not in self.cut_short:
+                    self.cut_short.append(unit_id)
             raise
         raise_for_error_pdu(response, where)
         return response

@@ -210,6 +210,7 @@ class _Scan:
     late_answers: bool  # answers came to requests that had timed out
     echoes: int = 0  # RTU: unanswered requests that came back as they were sent
     line_bytes: bytes = b""  # RTU: bytes that came back instead of an answer
+    cut_short: tuple[int, ...] = ()  # RTU: unit IDs in whose turn bytes came that are no whole answer
 
 
 async def _scan(
@@ -235,7 +236,16 @@ async def _scan(
                 maps[unit_id] = await map_table(
                     line.send, unit_id, args.table, *span, max_count=args.max_registers
                 )
-        return _Scan(answers, maps, line.where, one, line.late_answers, line.echoes, line.line_bytes)
+        return _Scan(
+            answers,
+            maps,
+            line.where,
+            one,
+            line.late_answers,
+            line.echoes,
+            line.line_bytes,
+            tuple(line.cut_short),
+        )
     finally:
         line.close()
 
@@ -297,6 +307,14 @@ def _print_table(scan: _Scan, args: argparse.Namespace, elapsed: float) -> None:
     if absent:
         kinds = sorted({a.detail for a in absent})
         print(f"{len(absent)} other unit ID(s): {'; '.join(kinds)}")
+    cut = sorted(set(scan.cut_short) - {a.unit_id for a in answers if a.present})
+    if cut:
+        # A unit there on a noisy line, or at other line settings, looks like an absent one.
+        print(
+            f"unit ID(s) {', '.join(map(str, cut))}: bytes came back in their turn that are no whole "
+            "answer (cut short or garbled): a unit there on a noisy line, loose wiring or other line "
+            "settings? check them, then scan these IDs again"
+        )
     for register_map in maps.values():
         print()
         print(map_text(register_map))
