@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Final
 
 
 def running_release(prefix: str = sys.prefix) -> str | None:
     """The release directory's name when `prefix` (the virtualenv) is one, else None (a checkout)."""
     path = Path(prefix)
     return path.name if path.parent.name == "releases" and path.name else None
+
+
+RELEASE: Final = running_release()  # this process's; None when run from a checkout

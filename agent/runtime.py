@@ -47,6 +47,7 @@ from water_edge.agent.identity_keeper import IdentityKeeper
 from water_edge.agent.learnt_tags import LearntTags, SpacedSaves
 from water_edge.agent.live_config import ConfigPlan, plan_changes
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
+from water_edge.agent.release_name import RELEASE
 from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.secrets import Secret, config_secret_refs, resolved
 from water_edge.agent.status import StatusServer
@@ -370,12 +371,14 @@ class Agent:
         log.info(
             "agent.started",
             version=__version__,
+            release=RELEASE,
             devices=len(self.runners),
             buffer=str(self.config.buffer_path),
             broker=self.config.uplink.brokers_text(),
             watchdog_s=None if self.watchdog is None else self.watchdog.interval_s,
         )
-        await self.emit(Event("agent_started", "agent", now_ns(), "info", detail={"version": __version__}))
+        started = {"version": __version__} | ({} if RELEASE is None else {"release": RELEASE})
+        await self.emit(Event("agent_started", "agent", now_ns(), "info", detail=started))
         if self.outbox.quarantined is not None:
             await self.emit(
                 moved_aside_event("buffer_quarantined", "buffer", "alarm", self.outbox.quarantined)

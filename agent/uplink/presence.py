@@ -15,12 +15,10 @@ from typing import Any
 import orjson
 
 from water_edge.agent import __version__
-from water_edge.agent.release_name import running_release
+from water_edge.agent.release_name import RELEASE
 from water_edge.agent.uplink.topics import Topics
 from water_edge.agent.uplink.transport import Will
 from water_edge.core.reading import now_ns
-
-RELEASE = running_release()  # the virtualenv's release directory; None when run from a checkout
 
 
 def status_payload(topics: Topics, state: str, reason: str | None = None) -> bytes:
