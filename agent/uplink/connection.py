@@ -65,6 +65,17 @@ A link slower than what we send
     PINGREQ at once, nothing waits) and a link that stalls or forgets the flow (nothing more is
     acknowledged) are detected as before, within about 2 x `keepalive_s`.
 
+What the link has not taken
+    `PahoTransport.unsent_bytes` (the `QueueGauge` capability; the Sparkplug backlog's flow
+    control) counts what was published and has not left the host: paho's out queue, after handing
+    it to the socket as paho's writer would at the loop's next turn (so a burst the kernel takes at
+    once is not counted), plus the kernel's bytes not yet sent (SIOCOUTQNSD, Linux; None
+    elsewhere) beyond one TCP segment. paho leaves Nagle's algorithm on, so up to a segment of
+    small writes waits for the peer's acknowledgement on any link; on loopback a segment is 64 KB
+    and a delayed ACK 40 ms, which held a fast backlog three times in 1000 rows when counted.
+    Bytes sent and not yet acknowledged are not counted: they are the link's round trip, not a
+    queue of ours.
+
 paho's exceptions and return codes are translated here, and only here, into `transport`'s errors.
 """
 
@@ -111,6 +122,8 @@ _TIME_CODES = frozenset((9, 10))
 # struct tcp_info (linux/tcp.h): tcpi_bytes_acked, a u64 at byte 120 (Linux 4.1 and later).
 _TCP_INFO_LEN = 128
 _TCPI_BYTES_ACKED = struct.Struct("=Q")
+# linux/sockios.h: bytes in a TCP socket's send queue not yet sent (unacknowledged ones not counted).
+_SIOCOUTQNSD = 0x894B
 # Two lookups at a time: one may hang on a dead resolver while the next attempt still gets a thread.
 _RESOLVER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqtt-dns")
 
@@ -328,6 +341,19 @@ def _send_queue(sock: Any) -> int:
     return queued
 
 
+def _unsent(sock: Any) -> int | None:
+    """Bytes in the socket's send queue not yet sent (None when the kernel cannot say: not Linux, not
+    a TCP socket)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        out = fcntl.ioctl(sock.fileno(), _SIOCOUTQNSD, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return None
+    unsent: int = struct.unpack("=i", out)[0]
+    return unsent
+
+
 @contextlib.contextmanager
 def _connect_errors() -> Iterator[None]:
     """paho's `connect()` raises the socket's exceptions: say which part failed, in its own words."""
@@ -398,6 +424,7 @@ class PahoTransport:
         self._sock: Any = None
         self._misc: asyncio.Task[None] | None = None
         self._props: tuple[PublishProperties, Properties] | None = None
+        self._segment: int | None = None  # the socket's TCP segment size (`unsent_bytes`)
 
     async def open(self, options: ConnectOptions, listener: TransportListener) -> None:
         if self._client is not None:
@@ -446,6 +473,30 @@ class PahoTransport:
 
     def disconnect(self) -> None:
         self._connected().disconnect()
+
+    def unsent_bytes(self) -> int | None:
+        """What was published on this connection and has not left the host: paho's queue and the
+        socket's unsent bytes (see "What the link has not taken" in the module docstring)."""
+        c, sock = self._client, self._sock
+        if c is None or sock is None:
+            return None
+        if c.want_write():
+            # What paho's writer does at the loop's next turn: hand the queue to the socket, so
+            # that rows published in one go count as queued only if the kernel cannot take them.
+            c.loop_write()
+            sock = self._sock
+            if sock is None:
+                return None  # the write found the connection closed (on_socket_close said it)
+        kernel = _unsent(sock)
+        if kernel is None:
+            return None
+        if self._segment is None:
+            try:
+                self._segment = int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
+            except OSError:
+                return None
+        queued: int = sum(packet["to_process"] for packet in c._out_packet)
+        return queued + max(0, kernel - self._segment)
 
     def abort(self) -> None:
         if self._misc is not None:

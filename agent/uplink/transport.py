@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from water_edge.agent.uplink.config import MqttConfig, TlsConfig
 from water_edge.agent.uplink.servers import Server
@@ -212,6 +212,15 @@ class Transport(Protocol):
 
     def abort(self) -> None:
         """Close at once without DISCONNECT (the broker publishes the Will); no event follows."""
+
+
+@runtime_checkable
+class QueueGauge(Protocol):
+    """An optional capability of a `Transport`: how much of what it was handed has not left the host."""
+
+    def unsent_bytes(self) -> int | None:
+        """Bytes published on this connection that the link has not taken yet (the client library's
+        queue and the socket's unsent bytes); None when the connection or the platform cannot say."""
 
 
 TransportFactory = Callable[[], Transport]

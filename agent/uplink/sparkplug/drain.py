@@ -9,6 +9,24 @@ births lack is in a live row, never only in the backlog (which does not update r
 Every published row goes into the connection's rolling history (`history.py`), which decides
 when the outbox may delete it; nothing here waits for an acknowledgement.
 
+Flow control of the backlog: DATA is QoS 0, with no window, so a backlog published faster than the
+link carries piled up in paho's queue and the socket, and a live row, the history's probes and
+their receipts waited behind all of it (through 1.5 KB/s, a live row behind 374 rows, 17.7 s).
+So the backlog lane publishes a row only while what the connection was handed and has not sent
+is at most HOLD_ABOVE_BYTES (`QueueGauge.unsent_bytes`: paho's queue plus the kernel's unsent
+bytes, SIOCOUTQNSD, beyond one TCP segment), and looks again every HOLD_RECHECK_S while held;
+the live lane, births, deaths and probes are never held. Bytes TCP has *sent* and the peer not
+yet acknowledged are not counted (TIOCOUTQ would count them): on a fast link with a long round
+trip they are rate x RTT and would cap the backlog at the bound per round trip, while bytes not
+yet sent pile up only when we publish faster than the path takes, so a fast link is never held
+(1000 rows at 2000 a second straight to Mosquitto: no hold) and a slow one keeps a live row
+behind the bound, one segment and what the path itself buffers (one TCP window): through
+1.5 KB/s with a 4 KB receive buffer, about 170 backlog readings (~12 KB, 8 s) instead of all of
+them. The history's unproven rows would be a coarser gate: a probe goes out every keep-alive/4
+(7.5 s by default), so a fast link's backlog would stop for up to 7.5 s at each bound. Where the measure
+is unknown (a transport without it, not Linux, an ioctl that fails) the backlog goes at
+`backlog_rows_per_s` alone, as before.
+
 A device's life follows its driver in the live lane: a `driver_down` event publishes DDEATH. After
 a `driver_up` event the device is born by its first live readings, which its DBIRTH carries (the
 filter's current values are then the stand-ins of the outage, which a DDATA would replace at once:
@@ -60,6 +78,7 @@ from water_edge.agent.uplink.sparkplug.catalog import EVENT, Catalog, Change, De
 from water_edge.agent.uplink.sparkplug.session import SparkplugSession, TooLargeError
 from water_edge.agent.uplink.sparkplug.topics import SparkplugTopics
 from water_edge.agent.uplink.state import ConnectionState
+from water_edge.agent.uplink.transport import QueueGauge
 from water_edge.buffer.types import OutboxRow
 from water_edge.core.errors import BufferError
 from water_edge.core.reading import BAD, GOOD, Event, Reading
@@ -73,6 +92,10 @@ REBIRTH_EVERY_S: Final = 1.0
 # A device back up is born with its first readings after the return; this long without any (a filter
 # that held them all back), it is born with what is current.
 RETURN_WAIT_S: Final = 5.0
+# The backlog lane waits while more than this has been published and not left the host (see "Flow
+# control of the backlog" above), and looks again this often while it waits.
+HOLD_ABOVE_BYTES: Final = 4096
+HOLD_RECHECK_S: Final = 0.05
 
 Values = Callable[[], Mapping[tuple[str, str], Reading]]
 DeviceStates = Callable[[], Mapping[str, bool]]  # device name -> up
@@ -87,13 +110,15 @@ class Outcome(StrEnum):
 
 @dataclass
 class _Lanes:
-    """Cursors of the two lanes of one connection and the backlog's token bucket."""
+    """Cursors of the two lanes of one connection, the backlog's token bucket and its hold."""
 
     live: int
     backlog: int
     split: int
     open: bool  # the backlog has rows left
     tokens: float
+    gauge: QueueGauge | None = None  # what the link has not taken yet (None: not known, never held)
+    held_at: float | None = None  # loop time of the last look that held the backlog back
 
 
 class SparkplugCounters:
@@ -107,6 +132,8 @@ class SparkplugCounters:
         self.suppressed_dead = 0  # stand-in readings of a dead device, not published
         self.historical_rows = 0
         self.released_rows = 0
+        self.backlog_holds = 0  # times the backlog lane waited for the link to take what was queued
+        self.backlog_held_s = 0.0  # how long it waited, in all
 
 
 class SparkplugDrain:
@@ -249,7 +276,15 @@ class SparkplugDrain:
         self._past_down = {d for d, alive in self._alive.items() if not alive and d not in self._unborn}
         if not self.birth(session, bdseq):
             return Outcome.LOST
-        lanes = _Lanes(live=split, backlog=0, split=split, open=split > 0, tokens=min(1.0, self._rate))
+        transport = session.transport
+        lanes = _Lanes(
+            live=split,
+            backlog=0,
+            split=split,
+            open=split > 0,
+            tokens=min(1.0, self._rate),
+            gauge=transport if isinstance(transport, QueueGauge) else None,
+        )
         refilled = loop.time()
         while True:
             self.wake.clear()
@@ -300,21 +335,42 @@ class SparkplugDrain:
         return await self._publish(session, rows, historical=False)
 
     async def _backlog(self, session: SparkplugSession, lanes: _Lanes) -> bool:
-        if not lanes.open or lanes.tokens < 1.0:
+        if not lanes.open or lanes.tokens < 1.0 or self._held(lanes):
             return True
         rows = await self._lease(lanes.backlog, min(int(lanes.tokens), self._lease_rows), lanes.split)
         if not rows:
             lanes.open = False
             return True
-        lanes.backlog = rows[-1].id
-        lanes.tokens -= len(rows)
-        return await self._publish(session, rows, historical=True)
+        for i, row in enumerate(rows):
+            if i and self._held(lanes):
+                break  # the rest is leased again once the link has taken what is queued
+            lanes.backlog = row.id
+            lanes.tokens -= 1
+            if not await self._publish(session, [row], historical=True):
+                return False
+        return True
+
+    def _held(self, lanes: _Lanes) -> bool:
+        """The backlog must wait: more than HOLD_ABOVE_BYTES published has not left the host."""
+        unsent = None if lanes.gauge is None else lanes.gauge.unsent_bytes()
+        held_at, now = lanes.held_at, asyncio.get_running_loop().time()
+        if held_at is not None:
+            self.counters.backlog_held_s += now - held_at
+        if unsent is None or unsent <= HOLD_ABOVE_BYTES:
+            lanes.held_at = None
+            return False
+        if held_at is None:
+            self.counters.backlog_holds += 1
+        lanes.held_at = now
+        return True
 
     async def _wait(self, session: SparkplugSession, now: float, lanes: _Lanes) -> None:
         waits = [self._beat_s]
         if session.rebirth:
             waits.append(max(0.01, self._born_at + REBIRTH_EVERY_S - now))
-        if lanes.open:
+        if lanes.open and lanes.held_at is not None:
+            waits.append(HOLD_RECHECK_S)  # nothing wakes the drain when the link takes the queue
+        elif lanes.open:
             waits.append(max(0.0, (1.0 - lanes.tokens) / self._rate))
         due = self._next_due()
         if due is not None:

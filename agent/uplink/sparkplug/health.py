@@ -34,6 +34,10 @@ class SparkplugHealth:
     # The timestamp of the Primary Host's newest valid STATE, UTC ns (by the host's clock): since
     # when it is online or offline, as `host_online` says. None: none seen yet, or no Primary Host.
     host_state_ns: int | None = None
+    # Times the backlog lane waited for the link to take what was queued (its flow control), and
+    # how long in all: a link slower than `backlog_rows_per_s` x the size of a DATA message.
+    backlog_holds: int = 0
+    backlog_held_s: float = 0.0
 
     def status_lines(self) -> list[str]:
         host = (
@@ -48,6 +52,11 @@ class SparkplugHealth:
             f"{self.historical_rows}  commands refused {self.commands_refused}"
             f" unknown {self.commands_unknown}",
         ]
+        if self.backlog_holds:
+            lines.append(
+                f"backlog held for the link {self.backlog_holds} times ({self.backlog_held_s:.1f} s in all):"
+                " the link carries less than backlog_rows_per_s"
+            )
         if self.broker_retains is False:
             lines.append(
                 "the broker keeps no retained messages: the host's STATE reaches this node only when "

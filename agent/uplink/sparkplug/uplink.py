@@ -171,6 +171,8 @@ class SparkplugUplink(UplinkLoop[SparkplugSession]):
                     if self._host is None or self._host.timestamp is None
                     else self._host.timestamp * 10**6
                 ),
+                backlog_holds=c.backlog_holds,
+                backlog_held_s=round(c.backlog_held_s, 3),
             ),
         )
 
