@@ -136,6 +136,24 @@ def test_an_event_message_keeps_its_detail() -> None:
             "ts must be a non-negative integer",
         ),
         (orjson.dumps(doc(site="s\u0000")), r"does not end in 's\\x00/gw-03/plc1'"),
+        # What the database refuses, and refused the whole batch for: read here since 2026-12-07.
+        (orjson.dumps(doc(seq=2**63)), r"seq must be at most 2\^63 - 1"),
+        (orjson.dumps(doc(sent_ns=2**64 - 1)), r"sent_ns must be at most 2\^63 - 1"),
+        (
+            orjson.dumps(doc(readings=[{**doc()["readings"][0], "ts": 2**63}])),
+            r"ts must be at most 2\^63 - 1",
+        ),
+        (
+            orjson.dumps(doc(readings=[{**doc()["readings"][0], "tag": "t" * 513}])),
+            "tag must be at most 512 characters",
+        ),
+        (
+            orjson.dumps(doc(readings=[{**doc()["readings"][0], "unit": "m\u0000"}])),
+            r"^readings\[0\]\.unit holds a NUL character",
+        ),
+        (b"1e999", "not JSON: number is infinity"),
+        (b'{"v": NaN}', "not JSON"),
+        (b'{"v": 2, "site": "\\ud800"}', "not JSON: no low surrogate"),
     ],
 )
 def test_anything_else_is_refused_with_the_reason(body: bytes, complaint: str) -> None:
@@ -154,6 +172,8 @@ def test_anything_else_is_refused_with_the_reason(body: bytes, complaint: str) -
         ({"score": "nan"}, "score must be a number or null"),
         ({"score": True}, "score must be a number or null"),
         ({"detail": [1]}, "detail must be an object"),
+        ({"kind": "k" * 513}, "kind must be at most 512 characters"),
+        ({"detail": {"note": "a\u0000"}}, r"^events\[0\]\.detail\.note holds a NUL character"),
     ],
 )
 def test_an_event_field_of_the_wrong_type_is_refused_with_the_reason(

@@ -21,6 +21,15 @@ _EXACT = 2**53
 _VERSIONS = (1, 2)
 LEGACY_EPOCH: Final = 0
 MAX_EPOCH: Final = 2**53 - 1  # as the schema says: exact in every JSON reader
+# Checked here rather than left to the database, which refuses the whole batch that carries one (a
+# batch it refuses is committed again in halves to find the message: about two transactions for
+# each such message, so a gateway sending only those held up every other one). seq, sent_ns and ts
+# are bigint columns.
+MAX_INT: Final = 2**63 - 1
+# Texts an index holds (a reading's tag, an event's kind): an index entry is at most ~2,700 bytes,
+# and a character of UTF-8 up to 4. Topic levels as payload.schema.json says.
+MAX_NAME: Final = 512
+MAX_LEVEL: Final = 64
 _QUALITIES = frozenset(("good", "uncertain", "bad"))
 _SEVERITIES = frozenset(("info", "warning", "alarm", "critical"))
 _NONFINITE = frozenset(("nan", "inf", "-inf"))
@@ -28,6 +37,13 @@ _NONFINITE = frozenset(("nan", "inf", "-inf"))
 # row (well under a megabyte); a few hundred bytes of deflate must not become gigabytes in memory.
 MAX_JSON_BYTES: Final = 64 * 1024 * 1024
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+# An event's detail is stored as JSON written again here; orjson writes at most this deep (the
+# detail object itself is level 1). Deeper raised a TypeError that ended the consumer, and the
+# message, unacknowledged, ended it again at every restart.
+MAX_DETAIL_DEPTH: Final = 254
+# PostgreSQL's text and jsonb refuse the NUL character. JSON can only carry it escaped, so a message
+# without this sequence holds none, and the search for it costs one scan of the bytes.
+_NUL_ESCAPE: Final = b"\\u0000"
 # Topic levels a gateway never publishes data on (docs/durability.md: "Stream names `cmd` and
 # `status` are reserved"): `{prefix}/{site}/{gateway}/cmd/...` carries commands *to* the gateway,
 # `.../status` its presence. A message there is never stored as that gateway's data, whoever sent it.
@@ -92,6 +108,8 @@ def _int(doc: dict[str, Any], key: str) -> int:
     value = doc.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise PayloadError(f"{key} must be a non-negative integer (got {value!r})")
+    if value > MAX_INT:
+        raise PayloadError(f"{key} must be at most 2^63 - 1 (got {value})")
     return value
 
 
@@ -177,6 +195,8 @@ def parse(topic: str, payload: bytes, content_type: str | None = None) -> Messag
     if levels[-3:] != [site, gateway, stream]:
         # Quoted like every other value in a reason: a NUL here made the reason itself unstorable.
         raise PayloadError(f"topic {topic!r} does not end in {f'{site}/{gateway}/{stream}'!r}")
+    if max(len(site), len(gateway), len(stream)) > MAX_LEVEL:
+        raise PayloadError(f"site, gateway and stream must be at most {MAX_LEVEL} characters each")
     seq, sent_ns = _int(doc, "seq"), _int(doc, "sent_ns")
     if seq < 1:
         raise PayloadError("seq must be >= 1")
@@ -193,6 +213,8 @@ def parse(topic: str, payload: bytes, content_type: str | None = None) -> Messag
         key = exc.args[0] if exc.args else "?"
         i = next((i for i, item in enumerate(items) if key not in item), 0)
         raise PayloadError(f"{what}[{i}] has no {key!r}") from None
+    if _NUL_ESCAPE in payload:
+        _refuse_nul(doc)
     return Message(site, gateway, stream, epoch, seq, sent_ns, readings, events)
 
 
@@ -221,7 +243,7 @@ def _readings(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
                 raise PayloadError(f"nonfinite {nonfinite!r} is not nan/inf/-inf")
             text = nonfinite
         ts = r["ts"]
-        if type(ts) is not int or ts < 0:  # checked inline: this loop is the ingest's hot path
+        if type(ts) is not int or not 0 <= ts <= MAX_INT:  # inline: this loop is the hot path
             ts = _int(r, "ts")  # raises, naming the key
         repeat = r.get("repeat", False)
         if "repeat" in r and repeat is not True:
@@ -230,6 +252,8 @@ def _readings(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         if type(tag) is not str or type(unit) is not str or type(source) is not str:
             for key in ("tag", "unit", "source"):
                 _string(r, key)  # raises, naming the key
+        if len(tag) > MAX_NAME:
+            raise PayloadError(f"tag must be at most {MAX_NAME} characters (got {len(tag)})")
         if reason is not None and type(reason) is not str:
             raise PayloadError(f"reason must be a string (got {type(reason).__name__})")
         out.append((tag, ts, value, text, quality, reason, unit, source, repeat))
@@ -248,8 +272,43 @@ def _events(items: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         detail = e.get("detail", {})
         if not isinstance(detail, dict):
             raise PayloadError(f"detail must be an object (got {type(detail).__name__})")
+        try:
+            detail_json = orjson.dumps(detail).decode()
+        except orjson.JSONEncodeError as exc:  # read up to 1024 levels deep, written up to 254
+            raise PayloadError(
+                f"events[{idx}] detail nests deeper than {MAX_DETAIL_DEPTH} levels ({exc})"
+            ) from None
+        kind = _string(e, "kind")
+        if len(kind) > MAX_NAME:
+            raise PayloadError(f"kind must be at most {MAX_NAME} characters (got {len(kind)})")
         out.append(
-            (idx, _string(e, "kind"), _string(e, "source"), _int(e, "ts"), severity,
-             float(score) if score is not None else None, orjson.dumps(detail).decode())
+            (idx, kind, _string(e, "source"), _int(e, "ts"), severity,
+             float(score) if score is not None else None, detail_json)
         )  # fmt: skip
     return out
+
+
+def _refuse_nul(doc: dict[str, Any]) -> None:
+    """PayloadError naming a text (a value or a key, at any depth) that holds a NUL.
+
+    Found here, the message is rejected at no cost to anyone else: the database would refuse the
+    whole batch it came in, which then had to be committed again in halves to find it (about two
+    transactions per such message: a gateway sending nothing else slowed every other one)."""
+    todo: list[tuple[str, Any]] = [("", doc)]
+    while todo:
+        where, node = todo.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise PayloadError(
+                    f"{where or 'a text'} holds a NUL character (\\u0000), which PostgreSQL refuses"
+                )
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if "\x00" in key:
+                    raise PayloadError(
+                        f"a key in {where or 'the message'} holds a NUL character (\\u0000),"
+                        " which PostgreSQL refuses"
+                    )
+                todo.append(((f"{where}.{key}" if where else key)[:200], value))  # a key may be 1 MB
+        elif isinstance(node, list):
+            todo.extend((f"{where}[{i}]"[:200], item) for i, item in enumerate(node))
