@@ -114,3 +114,49 @@ def test_a_gateway_sending_a_nul_in_every_message_does_not_hold_up_the_others(
         f"readings[0].{key}" for key in ("tag", "unit", "source", "value", "reason")
     }
     assert 1 <= log.count("ingest.rejected ") <= 20, "logged as a burst, not a line a message"
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (Linux: VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError("VmHWM")
+
+
+def test_a_gateway_sending_messages_of_the_brokers_maximum_size_does_not_grow_the_ingest_with_them(
+    centre_db: str, tmp_path: Path
+) -> None:
+    """The broker has up to 2,000 unacknowledged messages out to the ingest, and a batch was up to
+    500 messages whatever their size: 300 messages of 1 MiB (the shipped broker's maximum) took the
+    ingest from 45 MB to 1.15 GB, so a few hundred more would have it killed for memory, and the
+    same messages, redelivered, kill it again. Now the unread inbox and a batch are bounded in bytes
+    as well: the socket is left unread past 32 MiB until the writer has taken some. Measured by
+    this test: +366 MB for 300 MiB before, +143 MB now."""
+    sent = 400
+    body = orjson.loads(payload("s1", "gw1", 1, 10**18, 100))
+    for reading in body["readings"]:
+        reading["value"] = "v" * 10_000  # 1 MiB with few rows: the test costs bytes, not rows
+    with (
+        Mosquitto(extra_config="max_packet_size 1048576\n") as broker,
+        _ingest(tmp_path, centre_db, broker) as ingest,
+    ):
+        process = ingest.process
+        assert process is not None
+        before = _peak_rss_mb(process.pid)
+        with Publisher(broker.host, broker.port) as pub:
+            for seq in range(1, sent + 1):
+                body["seq"] = seq
+                pub.publish("water/s1/gw1/plc1", orjson.dumps(body), wait=False)
+            pub.publish("water/s2/gw2/plc1", payload("s2", "gw2", 1, 10**18, 1), timeout=60)
+        wait_until(
+            lambda: (
+                committed_seqs(centre_db).get(("s1", "gw1", "plc1"), []) == list(range(1, sent + 1))
+                and ("s2", "gw2", "plc1") in committed_seqs(centre_db)
+            ),
+            90,
+            what=lambda: ingest.log()[-3000:],
+        )
+        peak = _peak_rss_mb(process.pid)
+    assert len(orjson.dumps(body)) > 1_000_000
+    assert peak - before < 250, f"the ingest grew from {before:.0f} MB to {peak:.0f} MB for {sent} MiB"

@@ -14,7 +14,10 @@ One consumer process = one MQTT client with a persistent session + one database 
   delivers them again (persistent session); store.py makes that harmless.
 - **Bounded memory.** The broker never has more than `receive_maximum` (MQTT 5) or its prefetch
   (RabbitMQ `mqtt.prefetch`) unacknowledged messages out to us, so the queue between the network
-  thread and the writer is bounded by the broker.
+  thread and the writer is bounded by the broker in messages; in bytes, by `inbox_bytes`: past it
+  the network thread stops reading the socket (it still sends the PUBACKs and keep-alives) until
+  the writer has taken some, and TCP holds the rest at the broker. A batch is at most
+  `batch_bytes` of payload as well as `batch_messages`.
 - **Failover.** Several broker URIs are tried in order, sticky to the one that works. PUBACKs are
   only valid on the connection that delivered the message: after a reconnect the old ones are
   dropped (the broker redelivers those messages; they are duplicates by then).
@@ -117,6 +120,11 @@ class IngestConfig:
     partition: tuple[int, int] | None = None  # (i, n): static partitions instead of $share
     batch_messages: int = 500
     batch_ms: int = 100
+    # Payload bytes a batch gathers at most, and the network thread holds unread by the writer: a
+    # gateway may send messages of the broker's maximum size (1 MiB shipped), and up to
+    # receive_maximum of them are out to us at once.
+    batch_bytes: int = 16 * 1024 * 1024
+    inbox_bytes: int = 32 * 1024 * 1024
     receive_maximum: int = 2000
     session_expiry_s: int = 86_400
     gap_timeout_s: float = 300.0
@@ -283,6 +291,8 @@ class Consumer:
         self._alerts = BurstLog()
         self._store = Store(config.dsn, alerts=self._alerts)
         self._inbox: queue.Queue[_Delivery] = queue.Queue()
+        self._inbox_bytes = 0  # payload bytes in the inbox (under _inbox_lock)
+        self._inbox_lock = threading.Lock()
         # Sorted batches for the writer thread; None tells it to end.
         self._sorted: queue.Queue[_Sorted | None] = queue.Queue(maxsize=1)
         self._writer_failed: BaseException | None = None
@@ -388,9 +398,28 @@ class Consumer:
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         self._heard = True
         content_type = getattr(msg.properties, "ContentType", None) if msg.properties is not None else None
-        self._inbox.put(
-            _Delivery(self._generation, msg.mid, msg.qos, msg.topic, bytes(msg.payload), content_type)
-        )
+        delivery = _Delivery(self._generation, msg.mid, msg.qos, msg.topic, bytes(msg.payload), content_type)
+        with self._inbox_lock:
+            self._inbox_bytes += len(delivery.payload)
+        self._inbox.put(delivery)
+
+    def _take(self, timeout: float) -> _Delivery:
+        """The next delivery from the inbox (queue.Empty after `timeout`)."""
+        delivery = self._inbox.get(timeout=timeout)
+        with self._inbox_lock:
+            self._inbox_bytes -= len(delivery.payload)
+        return delivery
+
+    def _step(self) -> MQTTErrorCode:
+        """One turn of the network loop: read, write and keep alive; with the inbox past
+        `inbox_bytes`, only write and keep alive (the socket's data waits in TCP and at the broker)."""
+        if self._inbox_bytes <= self.cfg.inbox_bytes or not self._connected.is_set():
+            return self._client.loop(timeout=0.2)
+        rc = self._client.loop_write()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            rc = self._client.loop_misc()
+        self._stop.wait(0.02)
+        return rc
 
     def _network(self) -> None:
         index, failures = 0, 0
@@ -417,7 +446,7 @@ class Consumer:
             came_up = False
             rc = MQTTErrorCode.MQTT_ERR_SUCCESS
             while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                rc = self._client.loop(timeout=0.2)
+                rc = self._step()
                 came_up = came_up or self._connected.is_set()
                 self._silence()
             self._generation += 1  # PUBACKs for earlier deliveries are void from here on
@@ -469,19 +498,21 @@ class Consumer:
 
     def _batch(self) -> list[_Delivery]:
         try:
-            first = self._inbox.get(timeout=min(1.0, self.cfg.gap_check_s))
+            first = self._take(min(1.0, self.cfg.gap_check_s))
         except queue.Empty:
             return []
         batch = [first]
+        size = len(first.payload)
         deadline = time.monotonic() + self.cfg.batch_ms / 1000
-        while len(batch) < self.cfg.batch_messages:
+        while len(batch) < self.cfg.batch_messages and size < self.cfg.batch_bytes:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             try:
-                batch.append(self._inbox.get(timeout=left))
+                batch.append(self._take(left))
             except queue.Empty:
                 break
+            size += len(batch[-1].payload)
         return batch
 
     def _sort(
