@@ -257,7 +257,10 @@ async def test_sparkplug_a_backlog_slower_than_the_link_is_not_dropped_by_the_ke
             await link.start()
             await box.append(rows(400))
             spark = SparkplugConfig(primary_host_id="scada", backlog_rows_per_s=400)
-            config = edge_config(broker, port=link.port, sparkplug=spark)
+            # A keep-alive of 10 s: the 400 rows take ~25 s to carry, so the old code's PINGRESP,
+            # queued behind them, missed it; the proxy's acknowledgements of a held backlog come
+            # a window at a time, seconds apart, which a 5 s keep-alive did not always outlast.
+            config = edge_config(broker, port=link.port, sparkplug=spark, keepalive_s=10)
             async with edge_nodes(tmp_path, [DeviceSpec("plc1", TAGS)]) as make:
                 uplink, _ = make(config, box, history_keep_s=1.0)
 
