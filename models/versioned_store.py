@@ -11,14 +11,23 @@ worker thread.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from water_edge.core.files import atomic_write
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.models.manifest import ModelError
+
+
+def known_fields(cls: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The items of `data` that the dataclass `cls` has a field for. A later release may add keys to
+    a document without changing its format (only where an older one can do without them); the
+    release rolled back to ignores them instead of refusing the document and learning again."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
 
 
 class Versioned(Protocol):

@@ -333,25 +333,23 @@ class _BoundedClient(paho.Client):
 def _send_queue(sock: Any) -> int:
     """Bytes in the socket's send queue: not yet sent, or sent and not yet acknowledged (0 when
     unknown)."""
-    try:
-        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except (OSError, ValueError):
-        return 0
-    queued: int = struct.unpack("=i", out)[0]
-    return queued
+    return _socket_queue(sock, termios.TIOCOUTQ) or 0
 
 
 def _unsent(sock: Any) -> int | None:
     """Bytes in the socket's send queue not yet sent (None when the kernel cannot say: not Linux, not
     a TCP socket)."""
-    if sys.platform != "linux":
-        return None
+    return _socket_queue(sock, _SIOCOUTQNSD) if sys.platform == "linux" else None
+
+
+def _socket_queue(sock: Any, request: int) -> int | None:
+    """One of the kernel's byte counts of a socket's queue (an ioctl answering an int), or None."""
     try:
-        out = fcntl.ioctl(sock.fileno(), _SIOCOUTQNSD, b"\0\0\0\0")
+        out = fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0")
     except (OSError, ValueError):
         return None
-    unsent: int = struct.unpack("=i", out)[0]
-    return unsent
+    count: int = struct.unpack("=i", out)[0]
+    return count
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -53,6 +53,7 @@ from water_edge.models.machine_sound.features import (
     mel_filterbank,
 )
 from water_edge.models.manifest import ModelError
+from water_edge.models.versioned_store import known_fields
 
 F64 = npt.NDArray[np.float64]
 
@@ -217,15 +218,10 @@ class SoundCalibration:
                 f"machine-sound calibration format {data.get('format')!r} is not one of {READABLE_FORMATS}: "
                 "calibrate the machine again (edge-agent models calibrate machine-sound)"
             )
-        known, group_keys = {f.name for f in fields(cls)}, {f.name for f in fields(GroupModel)}
         try:
-            groups = {
-                k: GroupModel(**{key: value for key, value in v.items() if key in group_keys})
-                for k, v in data["groups"].items()
-            }
+            groups = {k: GroupModel(**known_fields(GroupModel, v)) for k, v in data["groups"].items()}
             # A format-1 file (the plain Mahalanobis distance) keeps scoring as it did.
-            own = {key: value for key, value in data.items() if key in known}
-            return cls(**{**own, "groups": groups, "format": CALIBRATION_FORMAT})
+            return cls(**{**known_fields(cls, data), "groups": groups, "format": CALIBRATION_FORMAT})
         except (KeyError, TypeError, AttributeError) as exc:
             raise ModelError(f"machine-sound calibration file is malformed: {exc}") from exc
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from water_edge.models.manifest import ModelError
+from water_edge.models.versioned_store import known_fields
 
 F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
@@ -155,9 +156,8 @@ class Calibration:
                 f"{'a later' if later else 'an older'} release): calibrate the pump again "
                 "(edge-agent models calibrate pump)"
             )
-        known = {f.name for f in fields(cls)}
         try:
-            cal = cls(**{key: value for key, value in data.items() if key in known})
+            cal = cls(**known_fields(cls, data))
         except TypeError as exc:
             raise ModelError(f"calibration file is malformed: {exc}") from exc
         if cal.frozen_limit and len(cal.frozen_limit) != len(cal.channels):
