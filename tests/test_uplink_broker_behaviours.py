@@ -51,8 +51,11 @@ async def test_a_topic_the_acl_denies_keeps_its_rows_and_the_other_streams_flow(
         config = mqtt_config(broker, max_inflight=8, reconnect_min_s=0.5, reconnect_max_s=30)
         run = await start_uplink(config, outbox)
         started = time.monotonic()
-        # Generous: the 30 allowed rows take well under a second on one connection.
-        await eventually(lambda: run.uplink.health().acked >= 30, 15, what="every plc1 row acknowledged")
+        # The 30 allowed rows take well under a second on one connection. But Mosquitto closes the
+        # connection at a denial, and the PUBACK 0x87 before the close is not always read first (on
+        # a loaded machine 4-5 closes before the refusal is known): the backoff then reaches
+        # reconnect_max_s, so the wait covers it (15 s failed 2 make test runs of 2 on 2026-12-07).
+        await eventually(lambda: run.uplink.health().acked >= 30, 45, what="every plc1 row acknowledged")
         health = run.uplink.health()
         elapsed = time.monotonic() - started
         plc1 = [m.json()["seq"] for m in sub.snapshot() if m.topic == f"{PREFIX}/plc1"]
