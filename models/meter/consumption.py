@@ -12,7 +12,9 @@ Conditions, each with a start and a clear:
 - continuous flow: use >= `continuous_min_l` in every one of the last `continuous_hours` hours;
   clears with the first hour below it;
 - night use: more than `night_l` litres inside the night window, judged when the window ends;
-  clears after a night below;
+  clears after a night below. A night is the local date its window began on, with every hour
+  that starts inside it: on the spring-forward night a 02:00-04:00 window holds one hour, on the
+  fall-back night three (the repeated 02:00 hour is two hours of use, both counted);
 - no use: `no_use_hours` hours of the expected window without an hour of `no_use_l` litres;
   clears with the next hour of use;
 - backflow: the backward register grew by `backflow_l` litres within `backflow_hours`; clears
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
@@ -55,11 +57,12 @@ class MeterUse:
     expected_dry_hours: int = 0
     night_litres: float = 0.0
     night_known: bool = True
+    night_of: date | None = None  # the night (local date its window began) `night_litres` counts
     backflow: deque[tuple[int, float]] = field(default_factory=deque)  # (ts_ns, m3)
 
     def __post_init__(self) -> None:
         self._zone = ZoneInfo(self.cfg.timezone)
-        self._night = window_minutes(self.cfg.night)
+        self._night_window = window_minutes(self.cfg.night)
         self._expected = window_minutes(self.cfg.expected)
 
     # -- readings -------------------------------------------------------------------------------
@@ -124,11 +127,24 @@ class MeterUse:
         used = self.hours.get(hour)
         out: list[Change] = []
         out += self._continuous(hour, end_ns)
-        local = datetime.fromtimestamp(hour * 3600, UTC).astimezone(self._zone)
+        local = self._local(hour)
         minute = local.hour * 60 + local.minute
-        out += self._night_use(minute, used, end_ns)
+        out += self._night_use(hour, local, used, end_ns)
         out += self._no_use(minute, used, end_ns)
         return out
+
+    def _local(self, hour: int) -> datetime:
+        """The local wall-clock time an hour (UTC index) starts at."""
+        return datetime.fromtimestamp(hour * 3600, UTC).astimezone(self._zone)
+
+    def _night(self, local: datetime) -> date | None:
+        """The night an hour starting at `local` counts in (the local date its window began on), or
+        None outside the window."""
+        minute = local.hour * 60 + local.minute
+        if not in_window(minute, self._night_window):
+            return None
+        into = (minute - self._night_window[0]) % 1440
+        return (local - timedelta(minutes=into)).date()
 
     def _continuous(self, hour: int, end_ns: int) -> list[Change]:
         n, floor = self.cfg.continuous_hours, self.cfg.continuous_min_l
@@ -146,26 +162,28 @@ class MeterUse:
             return [self._set("continuous_flow", False, end_ns, {"litres_last_hour": round(now_used, 2)})]
         return []
 
-    def _night_use(self, minute: int, used: float | None, end_ns: int) -> list[Change]:
-        start, _ = self._night
-        inside = in_window(minute, self._night)
-        out: list[Change] = []
-        if inside:
-            if minute - minute % 60 == start - start % 60:  # the first hour of the window
-                self.night_litres, self.night_known = 0.0, True
-            if used is None:
-                self.night_known = False
-            else:
-                self.night_litres += used
-            ends = not in_window((minute + 60) % 1440, self._night)
-            if ends and self.night_known:
-                litres = round(self.night_litres, 1)
-                over = self.night_litres > self.cfg.night_l
-                if over != bool(self.active.get("night_use")):
-                    out.append(
-                        self._set("night_use", over, end_ns, {"litres": litres, "window": self.cfg.night})
-                    )
-        return out
+    def _night_use(self, hour: int, local: datetime, used: float | None, end_ns: int) -> list[Change]:
+        night = self._night(local)
+        if night is None:
+            return []
+        # A new night by its date, not by its first clock hour: the spring-forward night has no
+        # 02:00 (its litres used to be added to the night before's), the fall-back night two (its
+        # first hour's litres were dropped at the second).
+        if night != self.night_of:
+            self.night_litres, self.night_known, self.night_of = 0.0, True, night
+        if used is None:
+            self.night_known = False
+        else:
+            self.night_litres += used
+        # Judged at the last hour of the night: the next hour (its real local time, which a clock
+        # change moves) is outside the window or in another night.
+        if self._night(self._local(hour + 1)) == night or not self.night_known:
+            return []
+        litres = round(self.night_litres, 1)
+        over = self.night_litres > self.cfg.night_l
+        if over == bool(self.active.get("night_use")):
+            return []
+        return [self._set("night_use", over, end_ns, {"litres": litres, "window": self.cfg.night})]
 
     def _no_use(self, minute: int, used: float | None, end_ns: int) -> list[Change]:
         limit = self.cfg.no_use_hours
