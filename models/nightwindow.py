@@ -6,14 +6,15 @@ most 12 hours: a longer one is most likely a night written the wrong way round (
 An instant is in the window when its *local* wall-clock time is; the night is named by the local
 date the window began on. Time zones come from the IANA database (`zoneinfo`): `None` means the
 system's local zone. On the spring-forward night a 02:00-04:00 window lasts one hour, on the
-fall-back night three: each night holds whatever local time actually passed in its window.
+fall-back night three: each night holds whatever local time actually passed in its window, and
+`minutes_on` says how long that was (what a night's coverage is measured against).
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -105,3 +106,16 @@ class NightWindow:
     def night_of(self, ts_ns: int) -> date | None:
         """The night a UTC instant belongs to, or None outside the window."""
         return self.night_of_local(self.local(ts_ns))
+
+    def minutes_on(self, night: date) -> int:
+        """How many minutes the window of `night` (the local date it begins on) really lasts: its
+        length, less an hour the clocks skip inside it, plus one they repeat (120 for 02:00-04:00,
+        60 on the spring-forward night, 180 on the fall-back night in Europe)."""
+        start = datetime.combine(night, time(minutes(self.start) // 60, minutes(self.start) % 60))
+        end = start + timedelta(minutes=self.length_min)
+        edges = [int(t.replace(tzinfo=self.tz, fold=f).timestamp()) for t in (start, end) for f in (0, 1)]
+        lo, hi = min(edges[:2]), max(edges[2:])
+        if edges[0] == edges[1] and edges[2] == edges[3] and hi - lo == self.length_min * 60:
+            return self.length_min  # no clock change in or at the edges of the window
+        # A clock change: count the minutes whose local time is in this night's window.
+        return sum(1 for t in range(lo - 3600, hi + 3600, 60) if self.night_of(t * NS) == night)

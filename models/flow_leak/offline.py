@@ -421,7 +421,7 @@ def read_night_flows(
             ts,
             values,
             pressures,
-            window_min=window.length_min,
+            window_min=window.minutes_on(night),
             average_minutes=average_minutes,
             interval_s=interval_s,
         )

@@ -409,7 +409,7 @@ class FlowLeakProcessor:
             d.ts,
             d.flow,
             d.pressure,
-            window_min=d.window.length_min,
+            window_min=d.window.minutes_on(night),
             average_minutes=d.cfg.average_minutes,
             interval_s=d.interval_s(),
         )
