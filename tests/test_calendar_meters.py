@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.support.testing import write_agent_config
+from water_edge.agent.cli import main
 from water_edge.core.reading import Event, Reading
 from water_edge.models.meter.config import MeterGroupConfig
 from water_edge.models.meter.processor import MeterProcessor
@@ -114,3 +117,42 @@ def test_the_groups_zone_is_used_whatever_the_machines_zone(monkeypatch: pytest.
             ("2027-03-27T04:00:00+00:00", "start"),
             ("2027-03-28T04:00:00+00:00", "clear"),
         ]
+
+
+DEVICES = """
+[[devices]]
+name = "plc1"
+kind = "modbus_tcp"
+host = "127.0.0.1"
+tags = [{ name = "flow", address = 0, type = "float32", unit = "m3/h" }]
+"""
+
+
+def test_check_config_warns_of_a_group_read_in_utc_on_a_machine_in_another_zone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gateway on Rome time with a group that names no zone: its nights are 02:00-04:00 UTC, an
+    # hour or two after the leak and flow-leak models' (which follow the machine), and nothing said so.
+    (tmp_path / "unset").mkdir()
+    (tmp_path / "named").mkdir()
+    unset = write_agent_config(tmp_path / "unset", devices=DEVICES, models={"meter": [{"name": "block-a"}]})
+    monkeypatch.setenv("TZ", "Europe/Rome")
+    assert main(["check-config", "-c", str(unset)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"warning: {unset}: models.meter[0].timezone: not set: the night and expected windows are read "
+        "in UTC, not in this machine's zone (TZ=Europe/Rome)"
+    ) in err
+    named = {
+        "meter": [{"name": "block-a", "timezone": "UTC"}, {"name": "block-b", "timezone": "Europe/Rome"}]
+    }
+    assert (
+        main(
+            ["check-config", "-c", str(write_agent_config(tmp_path / "named", devices=DEVICES, models=named))]
+        )
+        == 0
+    )
+    assert "timezone" not in capsys.readouterr().err
+    monkeypatch.setenv("TZ", "UTC")  # the default is the machine's own zone: nothing to say
+    assert main(["check-config", "-c", str(unset)]) == 0
+    assert "timezone" not in capsys.readouterr().err

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Final, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel
 
+from water_edge.core.local_zone import keeps_utc, system_zone
 from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext, names_used_twice
 from water_edge.models.meter.config import MeterGroupConfig
 
@@ -88,6 +89,23 @@ class MeterFactory:
                     )
                 )
         return problems
+
+    @classmethod
+    def section_warnings(cls, sections: Sequence[Any]) -> list[ConfigProblem]:
+        """A group without `timezone` on a machine whose zone is not UTC: its windows are read in UTC
+        (the default), while the leak and flow-leak models' nights follow the machine's zone."""
+        unset = [index for index, group in enumerate(sections) if "timezone" not in group.model_fields_set]
+        if not unset:
+            return []
+        tz, source = system_zone()
+        if keeps_utc(tz):
+            return []
+        why = (
+            f"not set: the night and expected windows are read in UTC, not in this machine's zone "
+            f"({source}); set it to the site's IANA zone (e.g. 'Europe/Rome'), or to 'UTC' if the site "
+            "keeps UTC"
+        )
+        return [ConfigProblem((index, "timezone"), why) for index in unset]
 
     def processors(self) -> list[Processor]:
         if not self.groups:
