@@ -17,6 +17,7 @@ import pytest
 from tests.support.testing import write_agent_config
 from water_edge.agent.cli import main
 from water_edge.core.reading import Event, Reading
+from water_edge.drivers.mbus.values import date as mbus_date
 from water_edge.models.meter.config import MeterGroupConfig
 from water_edge.models.meter.processor import MeterProcessor
 
@@ -156,3 +157,46 @@ def test_check_config_warns_of_a_group_read_in_utc_on_a_machine_in_another_zone(
     monkeypatch.setenv("TZ", "UTC")  # the default is the machine's own zone: nothing to say
     assert main(["check-config", "-c", str(unset)]) == 0
     assert "timezone" not in capsys.readouterr().err
+
+
+def _type_g(year: int, month: int, day: int) -> bytes:
+    """An M-Bus type G date (EN 13757-3 annex A): day and the year's low 3 bits, month and its high 4."""
+    y = year % 100
+    return bytes([(y & 0x07) << 5 | day, (y >> 3) << 4 | month])
+
+
+def _type_f(year: int, month: int, day: int, hour: int, minute: int) -> bytes:
+    """Type F: minute, hour, then a type G date."""
+    return bytes([minute, hour]) + _type_g(year, month, day)
+
+
+@pytest.mark.parametrize(
+    ("raw", "read"),
+    [
+        (_type_g(2028, 2, 29), ("2028-02-29", None)),  # the leap day
+        (_type_g(2000, 2, 29), ("2000-02-29", None)),  # a century's leap day (400 years)
+        (_type_f(2028, 2, 29, 23, 59), ("2028-02-29T23:59", None)),
+        (_type_f(2026, 12, 31, 23, 59), ("2026-12-31T23:59", None)),  # New Year's Eve ...
+        (_type_f(2027, 1, 1, 0, 0), ("2027-01-01T00:00", None)),  # ... and the year after
+        (_type_g(2027, 2, 29), (None, "invalid date")),  # no leap day in 2027
+        (_type_g(2027, 4, 31), (None, "invalid date")),
+        (_type_f(2027, 2, 29, 12, 0), (None, "invalid date/time")),
+        (_type_f(2026, 11, 31, 12, 0), (None, "invalid date/time")),
+    ],
+    ids=[
+        "2028-02-29",
+        "2000-02-29",
+        "F 2028-02-29",
+        "F 2026-12-31",
+        "F 2027-01-01",
+        "2027-02-29",
+        "2027-04-31",
+        "F 2027-02-29",
+        "F 2026-11-31",
+    ],
+)
+def test_a_meters_date_is_one_the_calendar_holds(raw: bytes, read: tuple[str | None, str | None]) -> None:
+    # A meter's billing date or clock (the M-Bus decode both buses share): any day up to 31 in any
+    # month read as a date, 29 February 2027 and 31 April too.
+    value, error, _ = mbus_date(raw)
+    assert (value, error) == read

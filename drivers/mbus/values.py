@@ -7,6 +7,7 @@ given as its hexadecimal digits, most significant first, so no writer downstream
 
 from __future__ import annotations
 
+import calendar
 import math
 import struct
 from typing import Final
@@ -127,13 +128,19 @@ def _year(two_digits: int) -> int:
     return 2000 + two_digits if two_digits <= 80 else 1900 + two_digits
 
 
+def _days_in(year: int, month: int) -> int:
+    """The days of `month` (1-12) in `year`: 29 February only in a leap year. A day up to 31 in any
+    month used to read as a date (2027-02-29, 2027-04-31), which no calendar holds."""
+    return calendar.monthrange(year, month)[1]
+
+
 def date(raw: bytes) -> tuple[str | None, str | None, bool]:  # noqa: PLR0911 - one per date type/fault
     """Types G (date), J (time), F (date-time, minutes) and I (date-time, seconds)."""
     b = raw
     if len(b) == 2:
         day, month = b[0] & 0x1F, b[1] & 0x0F
         year = ((b[0] & 0xE0) >> 5) | ((b[1] & 0xF0) >> 1)
-        if not (1 <= day <= 31 and 1 <= month <= 12):
+        if not (1 <= month <= 12 and 1 <= day <= _days_in(_year(year), month)):
             return None, "invalid date", False
         return f"{_year(year):04d}-{month:02d}-{day:02d}", None, False
     if len(b) == 3:
@@ -155,7 +162,9 @@ def date(raw: bytes) -> tuple[str | None, str | None, bool]:  # noqa: PLR0911 - 
         year = ((b[3] & 0xE0) >> 5) | ((b[4] & 0xF0) >> 1)
     if invalid:
         return None, "date/time flagged invalid by the meter", summer
-    if not (1 <= day <= 31 and 1 <= month <= 12 and hour <= 23 and minute <= 59 and (sec or 0) <= 59):
+    if not (1 <= month <= 12 and 1 <= day <= _days_in(_year(year), month)):
+        return None, "invalid date/time", summer
+    if not (hour <= 23 and minute <= 59 and (sec or 0) <= 59):
         return None, "invalid date/time", summer
     text = f"{_year(year):04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}"
     if sec is not None:
