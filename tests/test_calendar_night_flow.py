@@ -128,3 +128,34 @@ def test_a_nights_window_lasts_the_time_that_passed_in_it(
     # ... which is the minutes of local time `night_of` gives that night.
     t0 = int(datetime.combine(night, datetime.min.time(), UTC).timestamp()) - 86400
     assert sum(1 for t in range(t0, t0 + 3 * 86400, 60) if w.night_of(t * 10**9) == night) == minutes
+
+
+@pytest.mark.parametrize("walk", ["autumn", "spring"])
+def test_score_burst_prints_each_slot_once_and_the_repeated_hour_with_its_offsets(
+    walk: str, tmp_path: Path
+) -> None:
+    # The fall-back night's 02:00-03:00 passes twice: eight 15-minute slots, which used to be
+    # printed as two rows of each of 02:00, 02:15, 02:30 and 02:45.
+    start, _ = WALKS[walk]
+    path = tmp_path / "district.csv"
+    rows = (f"{t.astimezone(ROME).isoformat()},{q:.3f}" for t, q in district(start))
+    path.write_text("time,inflow\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    res = edge_agent(
+        "models", "score", "burst", "--csv", str(path), "--flow", "inflow", "--timezone", "Europe/Rome"
+    )
+    assert res.returncode == 0, res.stderr
+    times = [line.split(",")[0] for line in res.stdout.splitlines()[1:]]
+    assert len(times) == len(set(times))
+    night = (AUTUMN if walk == "autumn" else SPRING).isoformat()
+    around = [t for t in times if t.startswith(night) and "01:45" <= t[11:16] <= "03:00"]
+    if walk == "autumn":
+        quarters = ("02:00", "02:15", "02:30", "02:45")
+        assert around == [
+            f"{night} 01:45",
+            *(f"{night} {q}+02:00" for q in quarters),
+            *(f"{night} {q}+01:00" for q in quarters),
+            f"{night} 03:00",
+        ]
+    else:  # the skipped hour has no slot; and no time carries an offset
+        assert around == [f"{night} 01:45", f"{night} 03:00"]
+        assert all(len(t) == 16 for t in times)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from water_edge.core.cli_numbers import number, whole
+from water_edge.core.timestamps import skipped_hour
 from water_edge.models.nightwindow import night_option
 
 if TYPE_CHECKING:
@@ -259,6 +260,7 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
     sys.stdout.write("time,flow,expected,added,event,onset,size_m3h,volume_m3\n")
     counted = {"burst": 0, "cleared": 0, "accepted": 0}
     slots = 0
+    tz, repeated = zone(args.timezone), set[datetime]()
     for row in _slot_rows(detector, flows.samples()):
         slots += 1
         if args.method == "fixed":
@@ -270,12 +272,7 @@ def cmd_score_burst(args: argparse.Namespace) -> int:
             counted[row.event] += 1
         elif args.events:
             continue
-        extra = (
-            "" if row.onset is None else row.onset.isoformat(sep=" ", timespec="minutes"),
-            "" if row.size is None else f"{row.size:.3f}",
-            "" if row.volume_m3 is None else f"{row.volume_m3:.1f}",
-        )
-        sys.stdout.write(row.csv() + "," + ",".join(extra) + "\n")
+        sys.stdout.write(_slot_line(row, tz, repeated) + "\n")
     if detector.glitches:
         sys.stderr.write(
             f"edge-agent models: warning: {detector.glitches} sample(s) beyond {GLITCH_FACTOR:g}x the "
@@ -308,6 +305,31 @@ def _slot_rows(
     for local, q, p in samples:
         yield from detector.add(local, q, p)
     yield from detector.flush()
+
+
+def _slot_line(row: SlotRow, tz: tzinfo, repeated: set[datetime]) -> str:
+    """A slot's CSV line: time,flow,expected,added,event,onset,size_m3h,volume_m3."""
+    extra = (
+        "" if row.onset is None else row.onset.isoformat(sep=" ", timespec="minutes"),
+        "" if row.size is None else f"{row.size:.3f}",
+        "" if row.volume_m3 is None else f"{row.volume_m3:.1f}",
+    )
+    cells = row.csv().split(",", 1)
+    cells[0] = _slot_time(row.start, tz, repeated) or cells[0]
+    return ",".join((*cells, *extra))
+
+
+def _slot_time(start: datetime, tz: tzinfo, seen: set[datetime]) -> str | None:
+    """A slot's `time` when the clocks show it twice (the hour they repeat when daylight saving
+    ends), with its UTC offset, so that its two passes read as two times: '2026-10-25 02:00+02:00',
+    an hour later '2026-10-25 02:00+01:00' (the first pass seen is the earlier); None for any other
+    slot (printed without offset, as always). Before, the two passes were two rows of one time."""
+    first, second = start.replace(tzinfo=tz, fold=0), start.replace(tzinfo=tz, fold=1)
+    if first.utcoffset() == second.utcoffset() or skipped_hour(start, tz):
+        return None
+    when = second if start in seen else first
+    seen.add(start)
+    return when.isoformat(sep=" ", timespec="minutes")
 
 
 def _holidays(args: argparse.Namespace) -> frozenset[date]:
