@@ -3,7 +3,7 @@ main heard through the default 02:00-04:00 window in Europe/Rome on the fall-bac
 02:00-03:00 twice), the spring-forward night (2027-03-28: 02:00-03:00 skipped) and the leap day.
 Each night is stored once under its own date, its 30-minute checks numbered from the window's real
 start without a repeat (six on the long night, two on the short one, each judged as a whole check),
-and the baseline counts each of them as one night."""
+and the baseline counts each of them as one night, as the replay of the stored nights does."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy.typing as npt
 from water_edge.core.reading import Event
 from water_edge.models.leak.config import LeakModelSection
 from water_edge.models.leak.processor import AudioLeakProcessor
+from water_edge.models.leak.replay import replay_sensor
 from water_edge.models.leak.store import SensorStore
 
 NS = 1_000_000_000
@@ -89,3 +90,10 @@ async def test_dst_nights_are_stored_once_each_with_the_checks_that_passed(tmp_p
     (learnt,) = [e for e in events if e.kind == "leak_baseline"]
     assert learnt.detail["nights"] == ["2026-10-25", "2027-03-28"]
     assert processor.health().sensors["hyd.A"].nights_heard == 3
+    # `edge-agent models score leak --sensor hyd.A` replays them: one line per night, none twice.
+    _, replayed = replay_sensor([SECTION], tmp_path, "hyd.A", {})
+    assert [(n["night"], n["checks"], n["judged_checks"]) for n in replayed] == [
+        ("2026-10-25", 6, 6),
+        ("2027-03-28", 2, 2),
+        ("2028-02-29", 1, 1),
+    ]
