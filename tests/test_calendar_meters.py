@@ -68,6 +68,28 @@ def test_the_spring_forward_night_holds_its_own_litres_not_the_night_befores(zon
     assert night_use(zone, register(zone, start, 6, steady(8.0))) == []
 
 
+def test_a_night_whose_end_the_clocks_skip_is_judged() -> None:
+    # A 01:00-03:00 window on the spring-forward night: after its 01:00 hour comes 03:00, already
+    # outside. Before, that night was never judged (its end was looked for at 02:00), and its 30 l
+    # were forgotten when the next night began.
+    def draw(local: datetime) -> float:
+        return 30.0 if local.date() == date(2027, 3, 28) and local.hour == 1 else 0.0
+
+    processor = MeterProcessor(
+        [
+            MeterGroupConfig(
+                name="block-a", device="wm", timezone="Europe/Rome", night="01:00-03:00", night_l=20
+            )
+        ]
+    )
+    events = [e for r in register("Europe/Rome", "2027-03-26T12:00", 4, draw) for e in processor.handle(r)]
+    rome = ZoneInfo("Europe/Rome")
+    assert [(datetime.fromtimestamp(e.ts_ns / NS, rome).isoformat(), e.detail["state"]) for e in events] == [
+        ("2027-03-28T03:00:00+02:00", "start"),
+        ("2027-03-29T03:00:00+02:00", "clear"),
+    ]
+
+
 def test_the_fall_back_night_counts_both_of_its_02_00_hours() -> None:
     # 12 l/h drawn in every 02:00 hour: 12 l a night, 24 l in the night that has two of them (both
     # are use that passed the meter). Before, the second 02:00 started the night again: 12 l.
