@@ -40,7 +40,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from water_edge.centre.consumer import Broker, Consumer, IngestConfig, TlsFilesError
-    from water_edge.centre.store import migrate
+    from water_edge.centre.store import NEW_STREAMS_PER_DAY, migrate
 
     try:
         brokers = tuple(Broker.parse(uri) for uri in args.broker)
@@ -60,6 +60,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         gap_timeout_s=args.gap_timeout_s,
         gap_check_s=args.gap_check_s,
         silent_warn_s=args.silent_warn_s,
+        new_streams_per_day=NEW_STREAMS_PER_DAY
+        if args.new_streams_per_day is None
+        else args.new_streams_per_day,
         username=os.environ.get("EDGE_CENTRE_MQTT_USER"),
         password=os.environ.get("EDGE_CENTRE_MQTT_PASSWORD"),
         ca_file=args.ca_file,
@@ -182,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=60.0,
         help="warn when nothing arrives this long after subscribing (an ACL without read; 0: never)",
+    )
+    p.add_argument(
+        "--new-streams-per-day",
+        type=int,
+        help="new streams (a new stream, outbox epoch or site) a gateway may start in 24 h; the messages"
+        " of more are refused and kept in `rejected` (default 1000; 0: no limit)",
     )
     p.set_defaults(fn=cmd_ingest)
 

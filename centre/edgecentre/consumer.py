@@ -13,11 +13,19 @@ One consumer process = one MQTT client with a persistent session + one database 
   and only then PUBACKed, in the order they arrived. A crash before the PUBACK means the broker
   delivers them again (persistent session); store.py makes that harmless.
 - **Bounded memory.** The broker never has more than `receive_maximum` (MQTT 5) or its prefetch
-  (RabbitMQ `mqtt.prefetch`) unacknowledged messages out to us, so the queue between the network
+  (RabbitMQ `mqtt.prefetch`) unacknowledged messages out to us, so what waits between the network
   thread and the writer is bounded by the broker in messages; in bytes, by `inbox_bytes`: past it
   the network thread stops reading the socket (it still sends the PUBACKs and keep-alives) until
   the writer has taken some, and TCP holds the rest at the broker. A batch is at most
   `batch_bytes` of payload as well as `batch_messages`.
+- **Fair between gateways.** What was read waits in one queue per gateway (the topic's gateway
+  level, the one the broker's ACL binds to the client), and batches are filled from them by deficit
+  round-robin in bytes (`fair_quantum_bytes` a turn): a gateway flooding valid messages gets its
+  turn like any other, and a quiet gateway's message waits for at most one batch, not for the
+  flood ahead of it in the broker's order. The consumer reads ahead of its writer (up to
+  `receive_maximum` messages, `inbox_bytes`) so that the quiet gateway's message is in hand. A
+  gateway's messages keep their order. Acknowledgements still go in arrival order: a message
+  committed before older ones of another gateway is acknowledged with them.
 - **Failover.** Several broker URIs are tried in order, sticky to the one that works. PUBACKs are
   only valid on the connection that delivered the message: after a reconnect the old ones are
   dropped (the broker redelivers those messages; they are duplicates by then).
@@ -36,7 +44,9 @@ keeps a core and the database busy at once. At most one parsed batch waits for t
 
 from __future__ import annotations
 
+import collections
 import ipaddress
+import itertools
 import queue
 import ssl
 import threading
@@ -56,7 +66,7 @@ from paho.mqtt.properties import Properties
 
 from water_edge.centre.burst_log import BurstLog
 from water_edge.centre.payload import Message, PayloadError, parse
-from water_edge.centre.store import Committed, Store, StoreError, StoreRefusedError
+from water_edge.centre.store import NEW_STREAMS_PER_DAY, Committed, Store, StoreError, StoreRefusedError
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +135,16 @@ class IngestConfig:
     # receive_maximum of them are out to us at once.
     batch_bytes: int = 16 * 1024 * 1024
     inbox_bytes: int = 32 * 1024 * 1024
-    receive_maximum: int = 2000
+    # The most MQTT 5 allows: the consumer reads ahead of its writer (bounded by inbox_bytes) so
+    # that a quiet gateway's message behind a flood in the broker's order is in hand for the next
+    # batch. It was 2,000: a flood of more than that held every other gateway's messages back.
+    receive_maximum: int = 65_535
+    # Deficit round-robin between gateways: the bytes each gateway's turn adds to what it may put
+    # into a batch (a gateway of small messages puts ~200 of them per turn).
+    fair_quantum_bytes: int = 64 * 1024
+    # New streams rows (a new stream, epoch or site) per gateway in 24 h; past it the messages of
+    # another new one are refused (kept in `rejected`, counted in `stream_refusals`). 0: no limit.
+    new_streams_per_day: int = NEW_STREAMS_PER_DAY
     session_expiry_s: int = 86_400
     gap_timeout_s: float = 300.0
     gap_check_s: float = 10.0
@@ -207,19 +226,85 @@ def tls_reason(exc: BaseException) -> str:
 
 
 class _Client(paho.Client):
-    """paho keeping the TLS error that ended a connection: it reports only 'connection lost'."""
+    """paho keeping the TLS error that ended a connection (it reports only 'connection lost'), and
+    reading the socket in bulk.
+
+    paho reads one packet per `loop()` (a select and three `recv` calls each): a flood's messages
+    then waited in the socket and at the broker, in the broker's order, and no gateway's message
+    behind them could be read before them. Here the socket is read 64 KiB at a time and
+    `loop_read` takes up to `read_burst` packets, until `hold()` says the inbox is full."""
 
     tls_failure: ssl.SSLError | None = None
+    read_burst = 1000
+    hold: Callable[[], bool] = staticmethod(lambda: False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_buffer = bytearray()
+
+    @property
+    def buffered(self) -> bool:
+        """Bytes read from the socket that paho has not taken yet (select() cannot see them)."""
+        return bool(self._read_buffer)
+
+    def forget_buffer(self) -> None:
+        """A new connection: what the old one left unread is not its data."""
+        self._read_buffer.clear()
 
     def _sock_recv(self, bufsize: int) -> bytes:
-        try:
-            data: bytes = super()._sock_recv(bufsize)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise  # nothing to read yet: the normal case on a non-blocking socket
-        except ssl.SSLError as exc:
-            self.tls_failure = exc
-            raise
-        return data
+        buf = self._read_buffer
+        if not buf:
+            try:
+                data: bytes = super()._sock_recv(max(bufsize, 65536))
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise  # nothing to read yet: the normal case on a non-blocking socket
+            except ssl.SSLError as exc:
+                self.tls_failure = exc
+                raise
+            if len(data) <= bufsize:
+                return data  # b"" (closed) included
+            buf += data
+        out = bytes(buf[:bufsize])
+        del buf[:bufsize]
+        return out
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        """A QoS 1 PUBLISH without MQTT 5 properties (most of a fleet's), read without paho's
+        `Properties`, whose construction was half of reading a message; any other, paho's way."""
+        packet = self._in_packet["packet"]
+        command = self._in_packet["command"]
+        if (
+            not self._manual_ack
+            or self._protocol != paho.MQTTv5
+            or (command & 0x06) >> 1 != 1
+            or len(packet) < 5
+        ):
+            return super()._handle_publish()
+        topic_end = 2 + int.from_bytes(packet[0:2], "big")
+        if len(packet) < topic_end + 3 or packet[topic_end + 2] != 0:  # a properties length of 0
+            return super()._handle_publish()
+        mid = int.from_bytes(packet[topic_end : topic_end + 2], "big")
+        message = paho.MQTTMessage(mid, bytes(packet[2:topic_end]))
+        message.dup = bool(command & 0x08)
+        message.qos = 1
+        message.retain = bool(command & 0x01)
+        message.payload = bytes(packet[topic_end + 3 :])
+        message.timestamp = time.monotonic()
+        self._handle_on_message(message)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS  # manual acknowledgement: the ingest acks after its commit
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """Up to `read_burst` packets (paho's own reads one), until none is left or `hold()`."""
+        for _ in range(self.read_burst):
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                handled: MQTTErrorCode = self._loop_rc_handle(rc)
+                return handled
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN or self.hold():
+                break
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
         try:
@@ -248,6 +333,7 @@ class Counters:
     committed: int = 0
     duplicates: int = 0
     conflicts: int = 0  # duplicates with other content: two gateways publishing as one
+    streams_refused: int = 0  # messages of a gateway past its new_streams_per_day (in `rejected` too)
     readings: int = 0
     events: int = 0
     rejected: int = 0
@@ -262,6 +348,7 @@ class Counters:
 
 @dataclass(frozen=True, slots=True)
 class _Delivery:
+    n: int  # arrival order on this consumer
     generation: int
     mid: int
     qos: int
@@ -272,6 +359,82 @@ class _Delivery:
 
 # A batch as received, its messages parsed, and the ones refused with their reasons.
 _Sorted = tuple[list[_Delivery], list[tuple[_Delivery, Message]], list[tuple[str, str, bytes]]]
+
+# What one delivery is counted for against `inbox_bytes` beyond its payload and topic: the Python
+# objects that hold it (measured: ~230 bytes), so that a read-ahead of many tiny messages is bounded too.
+_DELIVERY_OVERHEAD: Final = 256
+
+
+def _held(d: _Delivery) -> int:
+    return len(d.payload) + len(d.topic) + _DELIVERY_OVERHEAD
+
+
+def gateway_of(topic: str) -> str:
+    """The gateway a topic `{prefix}/{site}/{gateway}/{stream}` is fair-queued under: its gateway
+    level, which the broker's ACL binds to the publishing client (`pattern write water/+/%u/+`), so a
+    gateway naming other sites or streams does not get more turns."""
+    levels = topic.rsplit("/", 2)
+    return levels[1] if len(levels) == 3 else topic
+
+
+class FairQueue:
+    """Deliveries queued per gateway and taken by deficit round-robin in bytes (one thread).
+
+    Each gateway in turn adds `quantum` bytes to its deficit and gives messages, in its own order,
+    while the next one fits in it; a gateway whose queue empties leaves the rotation and its deficit
+    with it. A batch that fills mid-turn resumes that turn at the next batch."""
+
+    def __init__(self, quantum: int) -> None:
+        self.quantum = max(1, quantum)
+        self._queues: dict[str, collections.deque[_Delivery]] = {}
+        self._turns: collections.deque[str] = collections.deque()  # gateways with something queued
+        self._deficit: dict[str, int] = {}
+        self._mid_turn = False  # the head's turn was cut short by a full batch
+        self.messages = 0
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return self.messages
+
+    def put(self, d: _Delivery) -> None:
+        key = gateway_of(d.topic)
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = collections.deque()
+            self._turns.append(key)
+            self._deficit[key] = 0
+        q.append(d)
+        self.messages += 1
+        self.bytes += len(d.payload)
+
+    def take(self, max_messages: int, max_bytes: int) -> list[_Delivery]:
+        """Up to `max_messages` deliveries and (the last one may pass it) `max_bytes` of payload."""
+        batch: list[_Delivery] = []
+        size = 0
+        while self._turns and len(batch) < max_messages and size < max_bytes:
+            key = self._turns[0]
+            q = self._queues[key]
+            if not self._mid_turn:
+                self._deficit[key] += self.quantum
+            self._mid_turn = False
+            deficit = self._deficit[key]
+            while q and len(q[0].payload) <= deficit:
+                if len(batch) >= max_messages or size >= max_bytes:
+                    self._mid_turn = True
+                    break
+                d = q.popleft()
+                deficit -= len(d.payload)
+                size += len(d.payload)
+                batch.append(d)
+            self._deficit[key] = deficit
+            if not q:
+                del self._queues[key], self._deficit[key]
+                self._turns.popleft()
+            elif not self._mid_turn:
+                self._turns.rotate(-1)
+        self.messages -= len(batch)
+        self.bytes -= size
+        return batch
 
 
 def partition_of(site: str, gateway: str, stream: str, n: int) -> int:
@@ -291,8 +454,19 @@ class Consumer:
         self._alerts = BurstLog()
         self._store = Store(config.dsn, alerts=self._alerts)
         self._inbox: queue.Queue[_Delivery] = queue.Queue()
-        self._inbox_bytes = 0  # payload bytes in the inbox (under _inbox_lock)
+        # Bytes held for the writer: in the inbox and the fair queue, not yet in a batch (under
+        # _inbox_lock; payload, topic and _DELIVERY_OVERHEAD each).
+        self._inbox_bytes = 0
         self._inbox_lock = threading.Lock()
+        self._arrived = itertools.count()
+        self._fair = FairQueue(config.fair_quantum_bytes)  # the calling thread's
+        # Deliveries taken from the inbox, in arrival order, until acknowledged (n, generation, mid,
+        # qos: not their payloads, which a commit frees); and those of them committed (by `n`).
+        # Batches are committed out of arrival order (fair between gateways), PUBACKs go in it:
+        # each commit acknowledges the committed run at the front.
+        self._unacked: collections.deque[tuple[int, int, int, int]] = collections.deque()
+        self._done: set[int] = set()
+        self._ack_lock = threading.Lock()
         # Sorted batches for the writer thread; None tells it to end.
         self._sorted: queue.Queue[_Sorted | None] = queue.Queue(maxsize=1)
         self._writer_failed: BaseException | None = None
@@ -312,6 +486,7 @@ class Consumer:
             clean_session=None if v5 else False,
         )
         self._client.manual_ack_set(True)
+        self._client.hold = lambda: self._inbox_bytes > self.cfg.inbox_bytes
         # Only the network thread writes to the socket: paho writes a packet (the writer thread's
         # PUBACKs) from the calling thread at once unless a write callback is set; it is then queued
         # and loop() sends it. A TLS connection written by one thread while another reads it breaks
@@ -398,23 +573,32 @@ class Consumer:
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         self._heard = True
         content_type = getattr(msg.properties, "ContentType", None) if msg.properties is not None else None
-        delivery = _Delivery(self._generation, msg.mid, msg.qos, msg.topic, bytes(msg.payload), content_type)
+        delivery = _Delivery(
+            next(self._arrived),
+            self._generation,
+            msg.mid,
+            msg.qos,
+            msg.topic,
+            bytes(msg.payload),
+            content_type,
+        )
         with self._inbox_lock:
-            self._inbox_bytes += len(delivery.payload)
+            self._inbox_bytes += _held(delivery)
         self._inbox.put(delivery)
-
-    def _take(self, timeout: float) -> _Delivery:
-        """The next delivery from the inbox (queue.Empty after `timeout`)."""
-        delivery = self._inbox.get(timeout=timeout)
-        with self._inbox_lock:
-            self._inbox_bytes -= len(delivery.payload)
-        return delivery
 
     def _step(self) -> MQTTErrorCode:
         """One turn of the network loop: read, write and keep alive; with the inbox past
         `inbox_bytes`, only write and keep alive (the socket's data waits in TCP and at the broker)."""
+        client = self._client
         if self._inbox_bytes <= self.cfg.inbox_bytes or not self._connected.is_set():
-            return self._client.loop(timeout=0.2)
+            if not client.buffered:
+                return client.loop(timeout=0.2)
+            rc = client.loop_read()  # already read from the socket: select() would not see it
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                rc = client.loop_write()
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                rc = client.loop_misc()
+            return rc
         rc = self._client.loop_write()
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             rc = self._client.loop_misc()
@@ -427,6 +611,7 @@ class Consumer:
         while not self._stop.is_set():
             broker = brokers[index % len(brokers)]
             self._client.tls_failure, self._refused, self._sub_refused = None, None, None
+            self._client.forget_buffer()
             self._granted_at, self._heard = None, False
             try:
                 if self.cfg.protocol == "5":
@@ -496,23 +681,38 @@ class Consumer:
 
     # ------------------------------------------------------------------ writer (calling thread)
 
+    def _queue(self, delivery: _Delivery) -> None:
+        """From the inbox into the fair queue (and the arrival order the PUBACKs follow)."""
+        with self._ack_lock:
+            self._unacked.append((delivery.n, delivery.generation, delivery.mid, delivery.qos))
+        self._fair.put(delivery)
+
     def _batch(self) -> list[_Delivery]:
-        try:
-            first = self._take(min(1.0, self.cfg.gap_check_s))
-        except queue.Empty:
-            return []
-        batch = [first]
-        size = len(first.payload)
-        deadline = time.monotonic() + self.cfg.batch_ms / 1000
-        while len(batch) < self.cfg.batch_messages and size < self.cfg.batch_bytes:
+        """The next batch: once something waits, for up to `batch_ms` or until a batch's worth
+        waits, then everything read so far into the fair queue, and a batch from it."""
+        cfg, fair = self.cfg, self._fair
+        if not fair:
+            try:
+                self._queue(self._inbox.get(timeout=min(1.0, cfg.gap_check_s)))
+            except queue.Empty:
+                return []
+        deadline = time.monotonic() + cfg.batch_ms / 1000
+        while len(fair) < cfg.batch_messages and fair.bytes < cfg.batch_bytes:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             try:
-                batch.append(self._take(left))
+                self._queue(self._inbox.get(timeout=left))
             except queue.Empty:
                 break
-            size += len(batch[-1].payload)
+        while True:  # what is already read, without waiting: a quiet gateway's message among it
+            try:
+                self._queue(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        batch = fair.take(cfg.batch_messages, cfg.batch_bytes)
+        with self._inbox_lock:
+            self._inbox_bytes -= sum(_held(d) for d in batch)
         return batch
 
     def _sort(
@@ -545,14 +745,53 @@ class Consumer:
         message it refuses goes to `rejected` with its reason (never retried forever)."""
         if not (parsed or rejected):
             return None
+        parsed, rejected, refusals = self._admit(parsed, rejected)
         try:
-            return self._store.commit([m for _, m in parsed], rejected)
+            return self._store.commit([m for _, m in parsed], rejected, refusals)
         except StoreRefusedError:
             pass
         refused = list(rejected)
         half = len(parsed) // 2
         done = self._bisect(parsed[:half], refused) + self._bisect(parsed[half:], refused)
-        return done + self._store.commit([], refused) if refused else done
+        return done + self._store.commit([], refused, refusals) if refused else done
+
+    def _admit(
+        self, parsed: list[tuple[_Delivery, Message]], rejected: list[tuple[str, str, bytes]]
+    ) -> tuple[
+        list[tuple[_Delivery, Message]], list[tuple[str, str, bytes]], list[tuple[str, str, str, int]]
+    ]:
+        """The batch without the messages of streams their gateway may not make (past
+        `new_streams_per_day`), those added to `rejected` with the reason; and their keys."""
+        limit = self.cfg.new_streams_per_day
+        over = self._store.admit({m.key for _, m in parsed}, limit)
+        if not over:
+            return parsed, rejected, []
+        kept: list[tuple[_Delivery, Message]] = []
+        rejected = list(rejected)
+        refusals: list[tuple[str, str, str, int]] = []
+        for d, m in parsed:
+            made = over.get(m.key)
+            if made is None:
+                kept.append((d, m))
+                continue
+            reason = (
+                f"too many new streams: gateway {m.gateway!r} made {made} in the last 24 h (a new stream,"
+                f" epoch or site each; limit {limit}, --new-streams-per-day): stream {m.stream!r}"
+                f" epoch {m.epoch} of site {m.site!r} refused"
+            )
+            rejected.append((d.topic, reason, d.payload))
+            refusals.append(m.key)
+            self._alerts.warning(
+                "ingest.streams_refused",
+                site=m.site,
+                gateway=m.gateway,
+                stream=m.stream,
+                epoch=m.epoch,
+                seq=m.seq,
+                made=made,
+                limit=limit,
+            )
+        return kept, rejected, refusals
 
     def _bisect(
         self, parsed: list[tuple[_Delivery, Message]], refused: list[tuple[str, str, bytes]]
@@ -600,15 +839,26 @@ class Consumer:
             c.conflicts += done.conflicts
             c.readings += done.readings
             c.events += done.events
-            c.rejected += done.rejected
+            c.rejected += done.rejected - done.refusals
+            c.streams_refused += done.refusals
         if messages:
             c.last_lag_s = max(0.0, time.time() - messages[-1].sent_ns / 1e9)
-        for d in batch:  # in arrival order, as MQTT requires
-            if d.generation == self._generation:
-                self._client.ack(d.mid, d.qos)
+        self._acknowledge(batch)
         self._alerts.roll()
         if self._on_commit is not None:
             self._on_commit(c)
+
+    def _acknowledge(self, batch: list[_Delivery]) -> None:
+        """PUBACK, in arrival order as MQTT requires, every delivery up to the first one not yet
+        committed (a flood's older messages may still wait while a quiet gateway's are in)."""
+        with self._ack_lock:
+            self._done.update(d.n for d in batch)
+            unacked, done = self._unacked, self._done
+            while unacked and unacked[0][0] in done:
+                n, generation, mid, qos = unacked.popleft()
+                done.discard(n)
+                if generation == self._generation:  # PUBACKs are void on a later connection
+                    self._client.ack(mid, qos)
 
     def _check_gaps(self) -> None:
         try:

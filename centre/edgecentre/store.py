@@ -44,6 +44,12 @@ _MIGRATION_LOCK = 0x5745_4345  # "WECE": one migrator at a time
 # because gateways name them: a new epoch, site or stream in every message would otherwise grow
 # the process for ever. One that is no longer kept is looked up again with its next batch.
 STREAM_IDS_CACHED = 200_000
+# New `streams` rows (a new stream, epoch or site) one gateway may make in a day before the messages
+# of another new one are refused: a gateway restarting its outbox a few times a day (a reflash, a
+# quarantined outbox) makes a row per stream each time, tens a day; a broken or hostile one that
+# restarts its epoch in every message made 30,000 in a walk, and every gap check walks every row.
+NEW_STREAMS_PER_DAY = 1000
+_NEW_STREAMS_LOCK = 0x5745_4E53  # "WENS", with the gateway's hash: one counter of a gateway at a time
 
 
 class StoreError(Exception):
@@ -110,6 +116,7 @@ class Committed:
     events: int
     rejected: int
     conflicts: int = 0  # of the duplicates, those with other content than the stored message
+    refusals: int = 0  # of the rejected, those refused for their gateway's new streams (`admit`)
 
     def __add__(self, other: Committed) -> Committed:
         return Committed(
@@ -119,6 +126,7 @@ class Committed:
             self.events + other.events,
             self.rejected + other.rejected,
             self.conflicts + other.conflicts,
+            self.refusals + other.refusals,
         )
 
 
@@ -165,6 +173,70 @@ class Store:
                 del self._stream_ids[key]
         return ids
 
+    def admit(
+        self, keys: set[tuple[str, str, str, int]], per_day: int = NEW_STREAMS_PER_DAY
+    ) -> dict[tuple[str, str, str, int], int]:
+        """Make the `streams` rows of the keys that have none, up to `per_day` new rows per gateway
+        in the last 24 hours (0: no limit); the keys refused, each with the gateway's count then.
+
+        Only a key with no row yet can be refused: a gateway's existing streams are never held up.
+        A gateway is counted by its name (the topic level the broker's ACL binds), whatever site it
+        names. Counting and making rows take a lock per gateway, so consumers sharing the load
+        together keep to the limit. `commit()` alone makes rows without a limit."""
+        missing = keys - self._stream_ids.keys()
+        if not missing or per_day <= 0:
+            return {}
+        try:
+            with _db_errors():
+                return self._admit(self._connection(), missing, per_day)
+        except (StoreError, StoreRefusedError):
+            self.close()
+            raise
+
+    def _admit(
+        self, conn: psycopg.Connection[TupleRow], missing: set[tuple[str, str, str, int]], per_day: int
+    ) -> dict[tuple[str, str, str, int], int]:
+        rows = sorted(missing)
+        self._select_ids(conn, rows)
+        new = [k for k in rows if k not in self._stream_ids]
+        refused: dict[tuple[str, str, str, int], int] = {}
+        allowed: list[tuple[str, str, str, int]] = []
+        with conn.transaction(), conn.cursor() as cur:
+            for gateway, keys in itertools.groupby(sorted(new, key=lambda k: k[1]), key=lambda k: k[1]):
+                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_NEW_STREAMS_LOCK, gateway))
+                cur.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM streams WHERE gateway = %s"
+                    " AND first_seen > now() - interval '1 day' LIMIT %s) recent",
+                    (gateway, per_day),
+                )
+                row = cur.fetchone()
+                made = int(row[0]) if row else 0
+                for key in keys:
+                    if made < per_day:
+                        allowed.append(key)
+                        cur.execute(
+                            "INSERT INTO streams (site, gateway, stream, epoch) VALUES (%s, %s, %s, %s)"
+                            " ON CONFLICT DO NOTHING",
+                            key,
+                        )
+                        made += cur.rowcount
+                    else:
+                        refused[key] = made
+        if allowed:
+            self._select_ids(conn, allowed)
+        return refused
+
+    def _select_ids(self, conn: psycopg.Connection[TupleRow], rows: list[tuple[str, str, str, int]]) -> None:
+        """Into the cache, the ids of those of `rows` that have a streams row."""
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(
+                "SELECT site, gateway, stream, epoch, id FROM streams WHERE (site, gateway, stream, epoch) IN"
+                " (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]))",
+                ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]),
+            )
+            for site, gateway, stream, epoch, sid in cur.fetchall():
+                self._stream_ids[(str(site), str(gateway), str(stream), int(epoch))] = int(sid)
+
     def _fetch_ids(self, conn: psycopg.Connection[TupleRow], rows: list[tuple[str, str, str, int]]) -> None:
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(
@@ -181,17 +253,27 @@ class Store:
                 self._stream_ids[(str(site), str(gateway), str(stream), int(epoch))] = int(sid)
 
     def commit(
-        self, messages: Sequence[Message], rejected: Sequence[tuple[str, str, bytes]] = ()
+        self,
+        messages: Sequence[Message],
+        rejected: Sequence[tuple[str, str, bytes]] = (),
+        refusals: Sequence[tuple[str, str, str, int]] = (),
     ) -> Committed:
-        """Commit a batch: new messages with their readings and events, and the rejected ones."""
+        """Commit a batch: new messages with their readings and events, and the rejected ones;
+        `refusals`, the keys of messages refused by `admit()` (one each), counted per gateway in
+        `stream_refusals` (their bodies are among `rejected`)."""
         try:
             with _db_errors():
-                return self._commit(messages, rejected)
+                return self._commit(messages, rejected, refusals)
         except (StoreError, StoreRefusedError):
             self.close()  # a broken connection is not reused, nor one left in a failed COPY
             raise
 
-    def _commit(self, messages: Sequence[Message], rejected: Sequence[tuple[str, str, bytes]]) -> Committed:
+    def _commit(
+        self,
+        messages: Sequence[Message],
+        rejected: Sequence[tuple[str, str, bytes]],
+        refusals: Sequence[tuple[str, str, str, int]],
+    ) -> Committed:
         conn = self._connection()
         ids = self._ids(conn, {m.key for m in messages})
         by_key: dict[tuple[int, int], Message] = {}
@@ -234,6 +316,19 @@ class Store:
                         events += len(m.events)
             if rejected:
                 cur.executemany("INSERT INTO rejected (topic, reason, payload) VALUES (%s, %s, %s)", rejected)
+            by_gateway: dict[str, list[tuple[str, str, str, int]]] = {}
+            for key in refusals:
+                by_gateway.setdefault(key[1], []).append(key)
+            for gateway, refused in sorted(by_gateway.items()):
+                site, _, stream, epoch = refused[-1]
+                cur.execute(
+                    "INSERT INTO stream_refusals (gateway, refused, last_site, last_stream, last_epoch)"
+                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (gateway) DO UPDATE SET"
+                    " refused = stream_refusals.refused + EXCLUDED.refused, last_refused_at = now(),"
+                    " last_site = EXCLUDED.last_site, last_stream = EXCLUDED.last_stream,"
+                    " last_epoch = EXCLUDED.last_epoch",
+                    (gateway, len(refused), site, stream, epoch),
+                )
         return Committed(
             len(new),
             len(keys) - len(new) + (len(messages) - len(by_key)),
@@ -241,6 +336,7 @@ class Store:
             events,
             len(rejected),
             conflicts,
+            len(refusals),
         )
 
     def _conflicts(
