@@ -44,7 +44,7 @@ def test_a_gateway_flooding_valid_messages_does_not_hold_up_a_quiet_one(
     messages, one a second, waited behind the flood (measured on the code before: up to 3.3 to
     5.2 s, growing while the flood lasted). Now the ingest reads ahead of its writer, fast (bounded
     by inbox_bytes), queues what it read per gateway and fills each batch round-robin between them:
-    the quiet gateway's message waits for about one batch (measured: at most 0.2 to 0.35 s)."""
+    the quiet gateway's message waits for about one batch (measured: at most 0.2 to 0.65 s)."""
     flood = 60_000
     bodies = [payload("s1", "flood", seq, 10**18 + seq, 1) for seq in range(1, flood + 1)]
     with Mosquitto() as broker:
@@ -94,7 +94,7 @@ def test_a_gateway_flooding_valid_messages_does_not_hold_up_a_quiet_one(
         f"quiet gateway: {len(lags)} messages, lag max {max(lags):.2f} s, each {[round(x, 2) for x in lags]}"
     )
     assert len(lags) >= 5
-    assert max(lags) < 1.0, f"the quiet gateway's messages waited up to {max(lags):.2f} s behind the flood"
+    assert max(lags) < 1.5, f"the quiet gateway's messages waited up to {max(lags):.2f} s behind the flood"
     assert "Traceback" not in ingest.log()
 
 
