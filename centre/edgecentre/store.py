@@ -201,27 +201,32 @@ class Store:
         new = [k for k in rows if k not in self._stream_ids]
         refused: dict[tuple[str, str, str, int], int] = {}
         allowed: list[tuple[str, str, str, int]] = []
+        gateways = sorted({k[1] for k in new})
         with conn.transaction(), conn.cursor() as cur:
-            for gateway, keys in itertools.groupby(sorted(new, key=lambda k: k[1]), key=lambda k: k[1]):
-                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_NEW_STREAMS_LOCK, gateway))
+            if gateways:
                 cur.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM streams WHERE gateway = %s"
-                    " AND first_seen > now() - interval '1 day' LIMIT %s) recent",
-                    (gateway, per_day),
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(g))"
+                    " FROM (SELECT g FROM unnest(%s::text[]) AS g ORDER BY g) AS ordered",
+                    (_NEW_STREAMS_LOCK, gateways),
                 )
-                row = cur.fetchone()
-                made = int(row[0]) if row else 0
-                for key in keys:
-                    if made < per_day:
+                cur.execute(
+                    "SELECT gateway, count(*) FROM streams WHERE gateway = ANY(%s)"
+                    " AND first_seen > now() - interval '1 day' GROUP BY gateway",
+                    (gateways,),
+                )
+                made = {str(gateway): int(count) for gateway, count in cur.fetchall()}
+                for key in new:
+                    if made.get(key[1], 0) < per_day:
                         allowed.append(key)
-                        cur.execute(
-                            "INSERT INTO streams (site, gateway, stream, epoch) VALUES (%s, %s, %s, %s)"
-                            " ON CONFLICT DO NOTHING",
-                            key,
-                        )
-                        made += cur.rowcount
+                        made[key[1]] = made.get(key[1], 0) + 1
                     else:
-                        refused[key] = made
+                        refused[key] = made[key[1]]
+            if allowed:
+                cur.executemany(
+                    "INSERT INTO streams (site, gateway, stream, epoch) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT DO NOTHING",
+                    allowed,
+                )
         if allowed:
             self._select_ids(conn, allowed)
         return refused
