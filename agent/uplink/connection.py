@@ -46,10 +46,29 @@ A broker's word on our certificate
     certificate: a broker that refuses it (revoked by its CRL, expired, of another CA) sends an
     alert that the *first read or write after* `connect()` meets, and paho turns that exception
     into "connection lost: Unspecified error" (with TLS 1.2 `connect()` itself raises it). The
-    client keeps the TLS error that ended its socket (`tls_failure`; on a failed write it reads the
-    alert still waiting on the socket), and the connection's close reason, or the `TlsError`, says
-    what the broker said (`certificate_refusal`): `the broker refused this gateway's certificate:
-    revoked (TLS alert certificate_revoked)...`, never the same words as a network fault.
+    client keeps the TLS error that ended its socket (`tls_failure`; after a failed write the alert
+    still waiting on the socket is read, as below), and the connection's close reason, or the
+    `TlsError`, says what the broker said (`certificate_refusal`): `the broker refused this
+    gateway's certificate: revoked (TLS alert certificate_revoked)...`, never the same words as a
+    network fault.
+
+The broker's last packets
+    A broker that refuses a message and drops the client (Mosquitto after an ACL denial: PUBACK
+    0x87, then the close) or that ends the connection with an MQTT 5 DISCONNECT and a reason (0x97
+    quota exceeded, 0x8E session taken over, 0x9C use another server, 0x89 server busy) sends its
+    last packets and closes at once. When the uplink's next write met the reset before the reader
+    had run (the loop's poll found the socket writable and the packets and the reset came before
+    the writer's turn, or a write outside the writer, as `unsent_bytes` makes), paho closed the
+    socket with them unread: the refusal was not known, the row went again on the next connection
+    and was refused again (4-5 closes, the backoff at 15 s), and the close said "connection lost".
+    So where paho turns a failed read or write into a close (`_loop_rc_handle`),
+    `read_last_packets` first handles what is already on the socket, without waiting (non-blocking
+    reads until one would block, the end of the stream or the reset): a failure PUBACK reaches the
+    uplink before the close, a DISCONNECT's reason is the close reason (`broker_disconnect`), a TLS
+    alert is kept, and a close right after a refused message says so (`REFUSED_THEN_CLOSED`). What
+    the broker never sent cannot be read: Mosquitto without `set_tcp_nodelay` may hold a small
+    PUBACK behind an unacknowledged one (Nagle), and its close, with our later PUBLISHes unread,
+    resets the connection and drops it (docs/operations.md).
 
 A link slower than what we send
     paho keeps a connection alive only on bytes *received*: it sends a PINGREQ after `keepalive_s`
@@ -101,7 +120,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from water_edge.agent.uplink.transport import (
+    BROKER_DISCONNECTED,
     CERTIFICATE_REFUSED,
+    REFUSED_THEN_CLOSED,
     TAKEN_OVER,
     CertificateTimeError,
     Connack,
@@ -116,6 +137,9 @@ from water_edge.core.errors import UplinkError
 from water_edge.core.sockets import Address, connect_first
 
 _RECV_CHUNK = 64 * 1024
+# The most packets `read_last_packets` handles after a failed read or write (a window's PUBACKs,
+# a DISCONNECT, a few command messages fit many times over): a bound besides the receive buffer.
+_LAST_PACKETS = 4096
 _SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another client connected with our client id
 # OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: judged by our clock.
 _TIME_CODES = frozenset((9, 10))
@@ -180,6 +204,21 @@ def certificate_refusal(exc: BaseException | None) -> str | None:
         return None
     word, alert, hint = found
     return f"{CERTIFICATE_REFUSED}: {word} (TLS alert {alert}); {hint}"
+
+
+def broker_disconnect(reason: Any, props: Any = None) -> str:
+    """A close reason in the words of the broker's MQTT 5 DISCONNECT: its reason code, its Reason
+    String and the server it names (Server Reference, with 0x9C "Use another server" and 0x9D
+    "Server moved"), where it sent them."""
+    code = getattr(reason, "value", None)
+    text = f"{BROKER_DISCONNECTED}: {reason}" + ("" if code is None else f" (DISCONNECT 0x{code:02X})")
+    said = getattr(props, "ReasonString", None)
+    if said:
+        text += f": {said}"
+    server = getattr(props, "ServerReference", None)
+    if server:
+        text += f"; it names another server: {server}"
+    return text
 
 
 async def resolve(host: str, port: int, timeout_s: float) -> list[Address]:
@@ -279,30 +318,34 @@ class _BoundedClient(paho.Client):
         self._rpos = pos + len(data)
         return data
 
-    def _sock_send(self, buf: bytes | bytearray) -> int:
-        try:
-            sent: int = super()._sock_send(buf)
-        except BlockingIOError:
-            raise
-        except OSError:
-            # A broker that refused our certificate has sent its alert and closed: the write fails
-            # (EOF, broken pipe) while the alert waits unread on the socket. Read it now.
-            self._read_alert()
-            raise
-        return sent
+    def _loop_rc_handle(self, rc: MQTTErrorCode) -> MQTTErrorCode:
+        """Where paho turns a failed read or write into a close. First read what the broker sent
+        before it closed and is still waiting on the socket (see "The broker's last packets")."""
+        if rc == MQTTErrorCode.MQTT_ERR_CONN_LOST and self._sock is not None:
+            self.read_last_packets()
+            if self._sock is None:
+                # A DISCONNECT among them: paho closed the socket and reported the broker's reason
+                # (on_disconnect). Reporting the failed read or write again would overwrite it.
+                return rc
+        done: MQTTErrorCode = super()._loop_rc_handle(rc)
+        return done
 
-    def _read_alert(self) -> None:
+    def read_last_packets(self) -> int:
+        """Handle the packets already received and still waiting on the socket (a PUBACK with a
+        failure reason, a DISCONNECT with a reason, a TLS alert), without waiting for more: the
+        socket is non-blocking, so this reads what the kernel holds and stops at the first read
+        that would block, at the end of the stream, at a reset, or after `_LAST_PACKETS`.
+        The number of packets handled."""
         sock = self._sock
-        if self.tls_failure is not None or not isinstance(sock, ssl.SSLSocket):
-            return
-        try:
-            sock.recv(1)  # non-blocking once connected; nothing to read raises SSLWantReadError
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            pass
-        except ssl.SSLError as exc:
-            self.tls_failure = exc
-        except OSError:
-            pass
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sock.setblocking(False)  # it is already, once connected; never wait here
+        handled = 0
+        while handled < _LAST_PACKETS and self._sock is not None:
+            if self._packet_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break  # nothing more (AGAIN), the end or a reset (CONN_LOST), a broken packet
+            handled += 1
+        return handled
 
     def buffered(self) -> bool:
         """Whether bytes read from the socket are still waiting for paho."""
@@ -423,6 +466,7 @@ class PahoTransport:
         self._misc: asyncio.Task[None] | None = None
         self._props: tuple[PublishProperties, Properties] | None = None
         self._segment: int | None = None  # the socket's TCP segment size (`unsent_bytes`)
+        self._refusal: str | None = None  # the last PUBACK's failure reason, if the last was refused
 
     async def open(self, options: ConnectOptions, listener: TransportListener) -> None:
         if self._client is not None:
@@ -601,7 +645,7 @@ class PahoTransport:
                 )
             )
 
-    def _on_disconnect(self, _c: paho.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _on_disconnect(self, _c: paho.Client, _u: Any, flags: Any, reason: Any, props: Any) -> None:
         client = self._client
         refused = client.refused if client is not None else None
         tls = None if client is None else client.tls_failure
@@ -611,10 +655,20 @@ class PahoTransport:
             self._closed(certificate_refusal(tls) or f"TLS: {tls.reason or tls}")
         elif getattr(reason, "value", None) == _SESSION_TAKEN_OVER:
             self._closed(f"{TAKEN_OVER} (broker DISCONNECT 0x8E)")
+        elif getattr(flags, "is_disconnect_packet_from_server", False):
+            self._closed(broker_disconnect(reason, props))
+        elif self._refusal is not None:
+            self._closed(f"{REFUSED_THEN_CLOSED}: {self._refusal}")
         else:
             self._closed(f"connection lost: {reason}")
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: Any, _props: Any) -> None:
+        # The last PUBACK's failure, if it was one: a broker that closes the connection right
+        # after refusing a message (an ACL denial) is then not taken for a network fault.
+        if reason.is_failure:
+            self._refusal = f"{reason} (0x{reason.value:02X})"
+        elif self._refusal is not None:
+            self._refusal = None
         if self._listener is not None:
             self._listener.on_puback(mid, reason)
 

@@ -24,6 +24,12 @@ from water_edge.core.errors import UplinkError
 # How a transport's close reason starts when the broker said (MQTT 5 DISCONNECT 0x8E) that another
 # client connected with our client id.
 TAKEN_OVER = "session taken over: another client uses this client id"
+# How a close reason starts when the broker ended the connection with an MQTT 5 DISCONNECT and a
+# reason code (0x97 quota exceeded, 0x89 server busy, 0x9C use another server...), 0x8E aside.
+BROKER_DISCONNECTED = "the broker disconnected"
+# How a close reason starts when the connection closed right after the broker refused a message (a
+# PUBACK with a failure reason code, as Mosquitto sends before it drops a client for an ACL denial).
+REFUSED_THEN_CLOSED = "connection closed right after the broker refused a message"
 # How a TLS error (a handshake's, or a close reason) starts when the broker sent an alert about this
 # gateway's certificate (revoked, expired, unknown CA...): the certificate, not the network, is why.
 CERTIFICATE_REFUSED = "the broker refused this gateway's certificate"
