@@ -21,6 +21,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,12 @@ import pytest
 from tests.support.broker import Mosquitto
 from tests.support.testing import eventually
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
+from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.uplink.connection import PahoTransport
 from water_edge.agent.uplink.health import UplinkHealth
+from water_edge.agent.uplink.memory import MemoryOutbox
+from water_edge.agent.uplink.mqtt import MqttUplink
+from water_edge.agent.uplink.testing import FakeBroker
 from water_edge.agent.uplink.transport import (
     BROKER_DISCONNECTED,
     REFUSED_THEN_CLOSED,
@@ -316,3 +321,25 @@ async def _connack_then_reset(reader: asyncio.StreamReader, writer: asyncio.Stre
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+async def test_connections_the_broker_ends_saying_why_are_not_put_down_to_a_cloned_client_id(
+    start_uplink: StartUplink,
+) -> None:
+    """Three short connections in a row used to add "if another client uses this client id (a cloned
+    gateway?) they take it from each other" to the error, even when the broker had said why."""
+    broker = FakeBroker()
+    why = f"{BROKER_DISCONNECTED}: Server busy (DISCONNECT 0x89)"
+    config = MqttConfig(host="broker.test", reconnect_min_s=0.01, reconnect_max_s=0.02, connect_timeout_s=30)
+    run = await start_uplink(config, MemoryOutbox(), transport=broker)
+    for n in range(1, 4):
+        await eventually(_connections(run.uplink, n), 5, what=f"connection {n} online")
+        if n == 3:
+            broker.connack = None  # the next connection waits: the error stays to be read
+        broker.latest.drop(why)
+    await eventually(lambda: "in a row" in (run.uplink.health().last_error or ""), 5, what="the flaps said")
+    assert run.uplink.health().last_error == f"{why}: 3 connections in a row ended within 10 s; backing off"
+
+
+def _connections(uplink: MqttUplink, n: int) -> Callable[[], bool]:
+    return lambda: uplink.health().connections == n

@@ -33,7 +33,9 @@ from water_edge.agent.uplink.servers import Rotation, Server
 from water_edge.agent.uplink.state import ConnectionState, ConnState, StateHook
 from water_edge.agent.uplink.topics import Topics
 from water_edge.agent.uplink.transport import (
+    BROKER_DISCONNECTED,
     CERTIFICATE_REFUSED,
+    REFUSED_THEN_CLOSED,
     TAKEN_OVER,
     ConnectError,
     ConnectOptions,
@@ -328,11 +330,15 @@ class UplinkLoop(Generic[SessionT]):
             return 0
         flaps += 1
         if flaps >= FLAPS_TO_EXPLAIN and not reason.startswith(TAKEN_OVER):
-            self._state.error(
-                f"{reason or 'connection lost'}: {flaps} connections in a row ended within "
-                f"{STABLE_S:g} s; if another client uses this client id ({self._client_id}, a cloned "
-                "gateway?) they take it from each other; backing off"
-            )
+            short = f"{reason or 'connection lost'}: {flaps} connections in a row ended within {STABLE_S:g} s"
+            if reason.startswith((BROKER_DISCONNECTED, REFUSED_THEN_CLOSED)):
+                # The broker said why it ended them: no guess at a cloned gateway over its words.
+                self._state.error(f"{short}; backing off")
+            else:
+                self._state.error(
+                    f"{short}; if another client uses this client id ({self._client_id}, a cloned "
+                    "gateway?) they take it from each other; backing off"
+                )
         return flaps
 
     def _drop_connection(self) -> None:
