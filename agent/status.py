@@ -126,7 +126,9 @@ class StatusServer:
             await asyncio.gather(*self._handlers, return_exceptions=True)
             await self._server.wait_closed()
         if self._bound is not None:
-            with contextlib.suppress(FileNotFoundError):
+            # OSError: on a read-only file system (a failing SD card) the socket stays; the next
+            # start finds nobody answering on it and replaces it.
+            with contextlib.suppress(OSError):
                 info = os.lstat(self.path)
                 if (info.st_dev, info.st_ino) == self._bound:
                     os.unlink(self.path)

@@ -7,25 +7,62 @@ and every call runs there, in the order it was made.
 A call whose awaiting task is cancelled still runs to completion on the worker: a cancelled
 `append` may have been committed. That is safe for delivery (the rows are there and will be sent)
 but the caller cannot tell, so it should not re-append the same batches blindly.
+
+When the card goes read-only under the agent (ext4's `errors=remount-ro` after I/O errors: the
+usual end of an SD card), appends go on into an outbox in memory (a tmpfs: the unit's
+RuntimeDirectory, else /dev/shm), so readings keep flowing to the centre live; the rows already on
+the card stay there, untouched, until it takes writes again. Ids and seqs run on across the two
+files (`Outbox.continue_after`) under the card's epoch, and a row's id says which file holds it.
+Every `PROBE_EVERY_S` the card is tried again; once it takes a file, the outbox on it is opened
+afresh (the old connection may belong to a file system since unmounted and mounted again) and
+appends go back to it. What was in memory is still sent from there, but not kept over a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
+import dataclasses
 import functools
+import os
+import shutil
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Final, TypeVar
+
+import structlog
 
 from water_edge.buffer.outbox import Outbox, Synchronous
 from water_edge.buffer.schema import OutboxDamagedError, OutboxUnusableError
 from water_edge.buffer.types import Batch, OutboxRow, OutboxStats
-from water_edge.core.errors import BufferError
+from water_edge.core.errors import BufferError, QuotaExceededError
+from water_edge.core.files import read_only_error
 from water_edge.core.quarantine import quarantine
+from water_edge.core.reading import EVENTS_STREAM, Event, Severity, now_ns
 
 _T = TypeVar("_T")
+
+log = structlog.get_logger(__name__)
+
+# The outbox in memory while the card is read-only: at most this much (or the card's quota, if
+# smaller); past it the oldest telemetry is evicted by the usual policy, counted and announced.
+VOLATILE_MAX_BYTES: Final = 64 * 2**20
+# How often appends into memory first try whether the card takes writes again.
+PROBE_EVERY_S: Final = 5.0
+
+
+def _volatile_parent() -> str:
+    """A tmpfs for the outbox in memory: systemd's RuntimeDirectory (/run/edge-agent), else
+    /dev/shm, else the temporary directory."""
+    for candidate in (os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0], "/dev/shm"):  # noqa: S108 - a tmpfs by design
+        if candidate and os.path.isdir(candidate) and os.access(candidate, os.W_OK):
+            return candidate
+    return tempfile.gettempdir()
 
 
 class AsyncOutbox:
@@ -42,6 +79,21 @@ class AsyncOutbox:
         # `on_damaged` is called once, with the error.
         self.damaged: str | None = None
         self.on_damaged: Callable[[str], None] | None = None
+        # Reopens the outbox on the card (set by `open`).
+        self._reopen: Callable[[], Outbox] | None = None
+        # The outbox on the card, the one appends go to (the card's, or the one in memory while
+        # the card is read-only), and from which id on each file holds the rows.
+        self._durable = outbox
+        self._target = outbox
+        self._volatile: Outbox | None = None
+        self._segments: list[tuple[int, Outbox]] = [(1, outbox)]
+        self._next_probe = 0.0
+        self._last_durable_stats: OutboxStats | None = None
+        # While the card is read-only: "<directory>: <error>" and since when; then None again.
+        self.read_only: str | None = None
+        self.read_only_since_ns: int | None = None
+        # Readings appended to the outbox in memory, since start: not stored on the card.
+        self.not_durable_readings = 0
 
     @classmethod
     async def open(
@@ -91,6 +143,7 @@ class AsyncOutbox:
             raise
         opened = cls(executor, outbox)
         opened.quarantined = moved
+        opened._reopen = make
         return opened
 
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
@@ -107,48 +160,246 @@ class AsyncOutbox:
 
     @property
     def path(self) -> Path:
-        return self._outbox.path
+        return self._durable.path
 
     @property
     def epoch(self) -> int:
         """See `Outbox.epoch`: fixed while the file lives, so read without the worker."""
-        return self._outbox.epoch
+        return self._durable.epoch
 
     async def append(self, batches: Sequence[Batch]) -> list[int]:
-        """See `Outbox.append`."""
+        """See `Outbox.append`; into memory while the card is read-only (the module docstring)."""
         # A snapshot of the list: the caller may reuse its list while the worker encodes.
-        return await self._call(self._outbox.append, list(batches))
+        return await self._call(self._append, list(batches))
 
     async def lease(self, after_id: int, limit: int, upto_id: int | None = None) -> list[OutboxRow]:
         """See `Outbox.lease`."""
-        return await self._call(self._outbox.lease, after_id, limit, upto_id)
+        return await self._call(self._lease, after_id, limit, upto_id)
 
     async def restamp(self, delta_ns: int, before_ns: int, reason: str, new_reason: str) -> tuple[int, int]:
         """See `Outbox.restamp`."""
-        return await self._call(self._outbox.restamp, delta_ns, before_ns, reason, new_reason)
+        return await self._call(self._restamp, delta_ns, before_ns, reason, new_reason)
 
     async def last_id(self) -> int:
         """See `Outbox.last_id` (ordered after every call made before it)."""
-        return await self._call(self._outbox.last_id)
+        return await self._call(self._last_id)
 
     async def ack(self, row_ids: Sequence[int]) -> None:
         """See `Outbox.ack`."""
-        await self._call(self._outbox.ack, list(row_ids))
+        await self._call(self._ack, list(row_ids))
 
     async def stats(self) -> OutboxStats:
-        """See `Outbox.stats`."""
-        return await self._call(self._outbox.stats)
+        """See `Outbox.stats`; with the rows in memory and the card's state added."""
+        return await self._call(self._stats)
 
     async def close(self) -> None:
         """Close the database on its thread, then let the worker thread end; idempotent."""
         if self._closed:
             return
         try:
-            await self._call(self._outbox.close)
+            await self._call(self._close)
         finally:
             self._closed = True
             # The queue is empty once close has run, so the idle worker exits without a wait here.
             self._executor.shutdown(wait=False)
+
+    # On the worker thread from here on.
+
+    def _last_id(self) -> int:
+        return self._target.last_id()
+
+    def _boxes(self) -> list[Outbox]:
+        return list({id(box): box for _, box in self._segments}.values())
+
+    def _box_of(self, row_id: int) -> Outbox:
+        index = bisect.bisect_right([first for first, _ in self._segments], row_id) - 1
+        return self._segments[max(index, 0)][1]
+
+    def _append(self, batches: list[Batch]) -> list[int]:
+        if self._target is not self._durable and time.monotonic() >= self._next_probe:
+            self._next_probe = time.monotonic() + PROBE_EVERY_S
+            self._back_to_the_card()
+        try:
+            ids = self._target.append(batches)
+        except (OutboxDamagedError, QuotaExceededError):
+            raise
+        except BufferError as exc:
+            if self._target is not self._durable:
+                raise
+            error = read_only_error(self._durable.path.parent)
+            if error is None:
+                raise  # an I/O error or a full disk on a card that still takes writes
+            try:
+                self._into_memory(exc, error)
+            except (OSError, BufferError) as memory_exc:
+                # No tmpfs to go on in: the pipeline keeps the readings and retries, as before.
+                log.error("buffer.memory_outbox_failed", error=str(memory_exc))
+                raise exc from memory_exc
+            ids = self._target.append(batches)
+        if self._target is not self._durable:
+            self.not_durable_readings += sum(len(b.readings or ()) for b in batches)
+        return ids
+
+    def _switch(self, to: Outbox) -> None:
+        to.continue_after(self._target.last_seqs(), self._target.last_id(), self._durable.epoch)
+        self._segments.append((to.last_id() + 1, to))
+        self._target = to
+
+    def _into_memory(self, failed: BufferError, error: OSError) -> None:
+        directory = self._durable.path.parent
+        with contextlib.suppress(BufferError):
+            self._last_durable_stats = self._durable.stats()
+        if self._volatile is None:
+            where = Path(tempfile.mkdtemp(prefix="edge-agent-volatile-", dir=_volatile_parent()))
+            self._volatile = Outbox(
+                where / "outbox.sqlite",
+                max_bytes=min(self._durable.max_bytes, VOLATILE_MAX_BYTES),
+                synchronous="normal",
+            )
+        self._switch(self._volatile)
+        self.read_only = f"{directory}: {error.strerror}"
+        self.read_only_since_ns = now_ns()
+        self._next_probe = time.monotonic() + PROBE_EVERY_S
+        log.critical(
+            "buffer.storage_read_only",
+            directory=str(directory),
+            error=str(failed),
+            memory=str(self._volatile.path),
+            rows_kept_on_card=self._last_durable_stats.rows if self._last_durable_stats else None,
+        )
+        self._volatile.append([_storage_event("storage_read_only", "alarm", directory, error.strerror)])
+
+    def _back_to_the_card(self) -> None:
+        directory = self._durable.path.parent
+        if read_only_error(directory) is not None or self._reopen is None:
+            return
+        # The card takes writes: a new connection, as the old one may hold a file system that
+        # was unmounted, checked and mounted again.
+        old = self._durable
+        with contextlib.suppress(BufferError):
+            old.close()
+        try:
+            fresh = self._reopen()
+        except OutboxUnusableError as exc:
+            # Damaged on the card: the next start moves it aside (as for damage found in use).
+            raise OutboxDamagedError(str(exc)) from exc
+        except BufferError as exc:
+            log.warning("buffer.storage_reopen_failed", error=str(exc))
+            return
+        self._segments = [(first, fresh if box is old else box) for first, box in self._segments]
+        self._durable = fresh
+        try:
+            self._switch(fresh)
+        except BufferError as exc:
+            log.warning("buffer.storage_reopen_failed", error=str(exc))
+            return
+        since = self.read_only_since_ns
+        self.read_only = self.read_only_since_ns = None
+        log.warning(
+            "buffer.storage_writable",
+            directory=str(directory),
+            read_only_for_s=None if since is None else round((now_ns() - since) / 1e9, 1),
+            not_durable_readings=self.not_durable_readings,
+        )
+        fresh.append([_storage_event("storage_writable", "info", directory, None)])
+
+    def _lease(self, after_id: int, limit: int, upto_id: int | None) -> list[OutboxRow]:
+        for index, (first, box) in enumerate(self._segments):
+            end = self._segments[index + 1][0] if index + 1 < len(self._segments) else None
+            if end is not None and after_id >= end - 1:
+                continue
+            try:
+                rows = box.lease(max(after_id, first - 1), limit, upto_id)
+            except BufferError:
+                if box is self._target:
+                    raise
+                continue  # the card's rows, unreadable now: they stay there for later
+            if end is not None:
+                rows = [row for row in rows if row.id < end]
+            if rows:
+                return rows
+        return []
+
+    def _ack(self, row_ids: list[int]) -> None:
+        by_box: dict[int, tuple[Outbox, list[int]]] = {}
+        for row_id in row_ids:
+            box = self._box_of(row_id)
+            by_box.setdefault(id(box), (box, []))[1].append(row_id)
+        for box, ids in by_box.values():
+            try:
+                box.ack(ids)
+            except OutboxDamagedError:
+                raise
+            except BufferError as exc:
+                if self.read_only is None or box is self._volatile:
+                    raise
+                # The card is read-only: those rows stay on it and are sent again later.
+                log.info("buffer.ack_not_stored", rows=len(ids), error=str(exc))
+
+    def _restamp(self, delta_ns: int, before_ns: int, reason: str, new_reason: str) -> tuple[int, int]:
+        rows = readings = 0
+        for box in self._boxes():
+            try:
+                moved = box.restamp(delta_ns, before_ns, reason, new_reason)
+            except BufferError:
+                if box is self._target:
+                    raise
+                continue
+            rows, readings = rows + moved[0], readings + moved[1]
+        return rows, readings
+
+    def _stats(self) -> OutboxStats:
+        try:
+            stats = self._durable.stats()
+            self._last_durable_stats = stats
+        except BufferError:
+            if self.read_only is None or self._last_durable_stats is None:
+                raise
+            stats = self._last_durable_stats
+        for box in self._boxes():
+            if box is self._durable:
+                continue
+            more = box.stats()
+            oldest = [t for t in (stats.oldest_created_ns, more.oldest_created_ns) if t is not None]
+            streams = dict(stats.streams)
+            for stream, rows in more.streams.items():
+                streams[stream] = streams.get(stream, 0) + rows
+            stats = dataclasses.replace(
+                stats,
+                rows=stats.rows + more.rows,
+                readings=stats.readings + more.readings,
+                bytes=stats.bytes + more.bytes,
+                oldest_created_ns=min(oldest) if oldest else None,
+                evicted_rows=stats.evicted_rows + more.evicted_rows,
+                evicted_readings=stats.evicted_readings + more.evicted_readings,
+                streams=streams,
+            )
+        return dataclasses.replace(
+            stats,
+            read_only=self.read_only,
+            read_only_since_ns=self.read_only_since_ns,
+            not_durable_readings=self.not_durable_readings,
+            memory_rows=0 if self._volatile is None else self._volatile.stats().rows,
+        )
+
+    def _close(self) -> None:
+        volatile = self._volatile
+        try:
+            for box in self._boxes():
+                if box is volatile:
+                    continue
+                if self.read_only is None:
+                    box.close()
+                else:
+                    with contextlib.suppress(BufferError):
+                        box.close()  # a read-only card: SQLite cannot checkpoint, the rows are there
+        finally:
+            if volatile is not None:
+                left = volatile.stats().rows
+                if left:
+                    log.warning("buffer.memory_rows_lost", rows=left, memory=str(volatile.path))
+                volatile.close()
+                shutil.rmtree(volatile.path.parent, ignore_errors=True)
 
     async def __aenter__(self) -> AsyncOutbox:
         return self
@@ -160,3 +411,17 @@ class AsyncOutbox:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _storage_event(kind: str, severity: Severity, directory: Path, error: str | None) -> Batch:
+    detail: dict[str, object] = {"directory": str(directory)}
+    if error is not None:
+        detail["error"] = error
+        detail["message"] = (
+            f"storage read-only: {directory} ({error}); the SD card may be failing. Readings go on "
+            "to the centre from memory, not stored on the card until it takes writes again"
+        )
+    return Batch(
+        EVENTS_STREAM,
+        events=[Event(kind=kind, source="buffer", ts_ns=now_ns(), severity=severity, detail=detail)],
+    )

@@ -558,6 +558,24 @@ class Outbox:
         """The id of the newest row ever committed (0 for a new outbox)."""
         return self._next_id - 1
 
+    def last_seqs(self) -> dict[str, int]:
+        """Each stream's newest seq ever committed."""
+        return dict(self._last_seq)
+
+    def continue_after(self, last_seqs: dict[str, int], last_id: int, epoch: int) -> None:
+        """Go on from another outbox of the same gateway: the next rows get ids after `last_id`
+        and seqs after `last_seqs` (never lower than this file's own), and carry `epoch`. Used
+        when appends move between the outbox on the card and the one in memory while the card is
+        read-only (`AsyncOutbox`): the centre sees one run of seqs under one epoch. The raised
+        seqs are committed at once, so a restart after this never issues them again."""
+        raised = {s: q for s, q in last_seqs.items() if q > self._last_seq.get(s, 0)}
+        if raised:
+            with self._guard("continue"), self._transaction() as conn:
+                conn.executemany(_UPSERT_SEQ, raised.items())
+            self._last_seq.update(raised)
+        self._next_id = max(self._next_id, last_id + 1)
+        self.epoch = epoch
+
     def ack(self, row_ids: Sequence[int]) -> None:
         """Delete exactly these rows, in one transaction; ids already gone are ignored.
 

@@ -39,6 +39,12 @@ class BufferHealth:
     disk_full: int
     quarantined: str | None  # where a corrupt outbox found at start was moved to
     epoch: int  # the outbox's, in every message it sends: which of a gateway's outboxes the centre sees
+    # While the card under the state directory is read-only: "<directory>: <error>", for how long;
+    # readings (since start) stored in memory only, not on the card; rows in memory now.
+    read_only: str | None = None
+    read_only_for_s: float | None = None
+    not_durable_readings: int = 0
+    memory_rows: int = 0
 
     def status_lines(self) -> list[str]:
         pct = _pct_of(self.bytes, self.max_bytes)
@@ -46,16 +52,29 @@ class BufferHealth:
         # Readings past max_age_s are removed too: a technician reading "evicted 0" must not take
         # that for "nothing lost".
         expired = f"  expired {self.expired_readings} readings (max age)" if self.expired_readings else ""
-        return [
+        lines = [
             f"{self.rows} rows / {self.readings} readings  {units.size(self.bytes)} of "
             f"{units.size(self.max_bytes)} ({pct:.1f} %)  oldest {oldest}  "
             f"evicted {self.evicted_readings} readings{expired}",
             f"epoch {self.epoch}",
         ]
+        if self.read_only is not None or self.not_durable_readings:
+            lines.append(
+                f"not stored on the card: {self.not_durable_readings} readings since start  "
+                f"in memory now {self.memory_rows} rows"
+            )
+        return lines
 
     def alarm_lines(self) -> list[str]:
         """Conditions someone must act on, each one line."""
-        return [] if self.quarantined is None else [f"corrupt outbox quarantined to {self.quarantined}"]
+        lines = [] if self.quarantined is None else [f"corrupt outbox quarantined to {self.quarantined}"]
+        if self.read_only is not None:
+            since = "" if self.read_only_for_s is None else f" for {units.duration(self.read_only_for_s)}"
+            lines.append(
+                f"storage read-only{since}: {self.read_only}; the SD card may be failing. Readings go "
+                f"to the centre from memory, not stored ({self.not_durable_readings} so far)"
+            )
+        return lines
 
 
 def buffer_health(stats: OutboxStats, now_ns: int, quarantined: Path | None = None) -> BufferHealth:
@@ -74,6 +93,12 @@ def buffer_health(stats: OutboxStats, now_ns: int, quarantined: Path | None = No
         disk_full=stats.disk_full,
         quarantined=None if quarantined is None else str(quarantined),
         epoch=stats.epoch,
+        read_only=stats.read_only,
+        read_only_for_s=None
+        if stats.read_only_since_ns is None
+        else round(max(0, now_ns - stats.read_only_since_ns) / 1e9, 1),
+        not_durable_readings=stats.not_durable_readings,
+        memory_rows=stats.memory_rows,
     )
 
 

@@ -52,3 +52,9 @@ class OutboxStats:
     disk_full: int = 0  # times an append found the disk (or max_page_count) full
     max_age_s: float | None = None
     epoch: int = 0  # the outbox's (docs/payload.md): a new outbox has a new one
+    # The running agent's, while its card is read-only (`AsyncOutbox`): "<directory>: <error>" and
+    # since when; readings since start stored in memory only; rows in memory now.
+    read_only: str | None = None
+    read_only_since_ns: int | None = None
+    not_durable_readings: int = 0
+    memory_rows: int = 0

@@ -110,3 +110,30 @@ def write_json_state(path: Path, data: Any, what: str) -> str | None:
         log.warning(f"{what}.not_stored", path=str(path), error=str(exc))
         return f"{exc.strerror or exc} ({path})"
     return None
+
+
+WRITE_PROBE = ".write-probe"
+
+
+def read_only_error(directory: Path) -> OSError | None:
+    """The `EROFS` error when `directory`'s file system no longer takes writes (an SD card whose
+    ext4 met I/O errors is remounted read-only by the kernel, `errors=remount-ro`); None when a
+    file can be created there, or when it fails for another reason (a full disk, permissions).
+
+    Asks by doing: a small file is created, synced and removed. `statvfs`'s read-only flag is not
+    enough, since ext4's emergency read-only state leaves the mount flags as they were."""
+    tmp = directory / WRITE_PROBE  # one name: a crash between create and unlink leaves one file
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        return exc if exc.errno == errno.EROFS else None
+    try:
+        os.write(fd, b"probe")
+        os.fsync(fd)
+    except OSError as exc:
+        return exc if exc.errno == errno.EROFS else None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return None

@@ -1,0 +1,299 @@
+"""The card under the state directory goes read-only while the agent runs: the usual end of a
+Raspberry Pi's SD card (ext4 meets I/O errors and the kernel stops all writes, `errors=remount-ro`).
+
+The real thing, not a directory made unwritable: an ext4 image on a loop device, mounted with
+`errors=remount-ro`, and ext4's own error path (`/sys/fs/ext4/<dev>/trigger_fs_error`, what a
+failed block read does) turning it read-only under the running agent. A `mount -o remount,ro`
+would not do: the kernel refuses it while files are open for writing (the outbox is). Recovery is
+what a technician does, or a reboot: the file system unmounted, checked (`e2fsck`) and mounted again.
+Skipped, with the reason, where this machine may not mount or lacks the tools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.agent_proc import AgentProcess, start_agent
+from tests.support.broker import Mosquitto, Subscriber
+from tests.support.testing import agent_config, wait_until
+from water_edge.buffer import async_outbox
+from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.buffer.outbox import Outbox
+from water_edge.buffer.types import Batch
+from water_edge.core.files import WRITE_PROBE, read_only_error
+from water_edge.core.reading import Reading
+
+pytestmark = pytest.mark.slow
+
+PLC: dict[str, Any] = {"name": "plc", "kind": "fake", "tags": [{"name": "flow", "amplitude": 1.0}]}
+TOOLS = ("mount", "umount", "losetup", "mkfs.ext4", "e2fsck")
+
+
+def _run(*args: str) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+@dataclass
+class Card:
+    """An ext4 file system on a loop device, mounted at `mount` with errors=remount-ro."""
+
+    image: Path
+    mount: Path
+    devices: list[str] = field(default_factory=list)
+
+    def attach_and_mount(self) -> None:
+        device = _run("losetup", "--find", "--show", str(self.image))
+        self.devices.append(device)
+        _run("mount", "-t", "ext4", "-o", "errors=remount-ro", device, str(self.mount))
+
+    def fail(self) -> None:
+        """ext4's error path: the file system takes no more writes (EROFS), as after I/O errors."""
+        name = Path(self.devices[-1]).name
+        Path(f"/sys/fs/ext4/{name}/trigger_fs_error").write_text("1")
+
+    def replace(self) -> None:
+        """Unmount (lazily: the agent still holds files on it), check, mount again: a reboot."""
+        _run("umount", "-l", str(self.mount))
+        subprocess.run(["e2fsck", "-fy", str(self.image)], capture_output=True, timeout=60, check=False)
+        self.attach_and_mount()
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _run("umount", "-l", str(self.mount))
+        for device in self.devices:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _run("losetup", "-d", device)
+
+
+@pytest.fixture
+def card() -> Iterator[Card]:
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} to mount an ext4 image")
+    base = Path(tempfile.mkdtemp(prefix="readonly-card-"))
+    card = Card(base / "card.img", base / "mnt")
+    card.mount.mkdir()
+    try:
+        _run("truncate", "-s", "64M", str(card.image))
+        _run("mkfs.ext4", "-q", "-F", str(card.image))
+        try:
+            card.attach_and_mount()
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"this machine may not mount a loop device here: {exc.stderr.strip()}")
+        if not Path(f"/sys/fs/ext4/{Path(card.devices[-1]).name}/trigger_fs_error").exists():
+            pytest.skip("this kernel's ext4 has no trigger_fs_error to fail the file system")
+        yield card
+    finally:
+        card.remove()  # never leave a mount or a loop device behind
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_probe_tells_a_read_only_file_system(card: Card) -> None:
+    state = card.mount / "state"
+    state.mkdir()
+    assert read_only_error(state) is None
+    card.fail()
+    error = read_only_error(state)
+    assert error is not None
+    assert error.errno == errno.EROFS
+    assert list(state.iterdir()) == []  # no probe file left behind
+    card.replace()
+    assert read_only_error(state) is None
+    # The journal may bring back the probe of before the failure; never more than that one.
+    assert [p.name for p in state.iterdir()] in ([], [WRITE_PROBE])
+
+
+def _bodies(subscriber: Subscriber, stream: str) -> list[dict[str, Any]]:
+    return [m.json() for m in subscriber.snapshot() if m.topic.endswith(f"/{stream}")]
+
+
+def _readings(subscriber: Subscriber) -> int:
+    return sum(len(body["readings"]) for body in _bodies(subscriber, "plc"))
+
+
+def _event_kinds(subscriber: Subscriber) -> list[str]:
+    return [e["kind"] for body in _bodies(subscriber, "events") for e in body["events"]]
+
+
+def _storage_lines(status: dict[str, Any]) -> list[str]:
+    return [p for p in status["verdict"]["problems"] if p.startswith("storage read-only")]
+
+
+def test_a_card_gone_read_only_the_agent_runs_on_sends_live_says_so_and_recovers(
+    card: Card, tmp_path: Path
+) -> None:
+    state = card.mount / "state"
+    config = tmp_path / "agent.toml"
+    broker = Mosquitto()  # started later: the first readings wait in the outbox on the card
+    config.write_text(
+        agent_config(
+            state,
+            broker_port=broker.port,
+            status_socket=tmp_path / "status.sock",  # not on the card: asked after it is replaced
+            devices=[
+                {
+                    "name": "plc",
+                    "kind": "fake",
+                    "poll_interval_ms": 100,
+                    "tags": [{"name": "flow", "amplitude": 1.0}],
+                }
+            ],
+        )
+    )
+    agent: AgentProcess | None = None
+    try:
+        agent = start_agent(config)
+        kept = agent.wait_status(lambda s: s["buffer"]["rows"] >= 20, timeout=30)["buffer"]["rows"]
+
+        card.fail()
+        failed = agent.wait_status(lambda s: bool(_storage_lines(s)), timeout=30)
+        # The alarm a technician reads, and the verdict monitoring reads.
+        assert failed["verdict"]["state"] == "degraded"
+        (line,) = _storage_lines(failed)
+        assert f"{state}: Read-only file system" in line
+        assert "the SD card may be failing" in line
+        # Nothing on the card was lost: its rows are still counted.
+        assert failed["buffer"]["rows"] >= kept
+        assert agent.process.poll() is None
+
+        broker.start()
+        with Subscriber(broker.host, broker.port, "water/#") as subscriber:
+            # The alarm reaches the centre, and readings taken since flow live.
+            subscriber.wait_until(lambda _m: "storage_read_only" in _event_kinds(subscriber), 30)
+            status = agent.wait_status(lambda s: s["buffer"]["not_durable_readings"] >= 30, timeout=30)
+            assert status["buffer"]["read_only"] == f"{state}: Read-only file system"
+            committed = status["pipeline"]["committed_readings"]
+            subscriber.wait_until(lambda _m: _readings(subscriber) >= committed, 30)
+            # The rows kept on the card came too (from the card, read-only as it is).
+            assert {b["seq"] for b in _bodies(subscriber, "plc")} >= set(range(1, kept))
+            assert agent.process.poll() is None
+            assert agent.log().count('"pipeline.append_failed"') == 0  # no stream of errors
+            assert agent.log().count('"buffer.storage_read_only"') == 1
+
+            card.replace()
+            subscriber.wait_until(lambda _m: "storage_writable" in _event_kinds(subscriber), 30)
+            back = agent.wait_status(lambda s: not _storage_lines(s), timeout=30)
+            assert back["buffer"]["read_only"] is None
+            assert back["buffer"]["not_durable_readings"] >= 30  # the count stays, since start
+
+            assert agent.stop() == 0
+            agent = None
+            # The file on the card is whole, and the seqs the memory rows used are taken.
+            conn = sqlite3.connect(state / "outbox.sqlite")
+            try:
+                assert conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
+                (last_seq,) = conn.execute("SELECT last_seq FROM streams WHERE stream = 'plc'").fetchone()
+            finally:
+                conn.close()
+            sent = _bodies(subscriber, "plc")
+            assert last_seq >= max(b["seq"] for b in sent)
+
+            # A start after it: new seqs, never one the centre already has with other readings.
+            agent = start_agent(config)
+            before = len(sent)
+            subscriber.wait_until(lambda _m: len(_bodies(subscriber, "plc")) >= before + 5, 30)
+            assert agent.stop() == 0
+            agent = None
+            by_seq: dict[int, str] = {}
+            for body in _bodies(subscriber, "plc"):
+                readings = json.dumps(body["readings"], sort_keys=True)
+                assert by_seq.setdefault(body["seq"], readings) == readings, f"seq {body['seq']} reused"
+            assert len({b["epoch"] for b in _bodies(subscriber, "plc")}) == 1
+            seqs = sorted(by_seq)
+            assert seqs == list(range(1, seqs[-1] + 1)), "a gap in the seqs the centre received"
+    finally:
+        if agent is not None:
+            agent.kill()
+        broker.stop()
+
+
+def test_a_stop_on_a_read_only_card_is_clean(card: Card, tmp_path: Path) -> None:
+    """The status socket in the state directory, as by default: it cannot be removed at the stop
+    (before: `edge-agent: Read-only file system: .../status.sock`, exit code 1)."""
+    state = card.mount / "state"
+    config = tmp_path / "agent.toml"
+    config.write_text(agent_config(state, devices=[PLC]))
+    agent = start_agent(config)
+    try:
+        agent.wait_status(lambda s: s["pipeline"]["committed_readings"] > 0, timeout=30)
+        card.fail()
+        agent.wait_status(lambda s: bool(_storage_lines(s)), timeout=30)
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    assert "Read-only file system: " + str(state / "status.sock") not in agent.log()
+
+
+async def test_the_outbox_goes_on_in_memory_and_back_to_the_card(
+    card: Card, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`AsyncOutbox` alone: ids and seqs run on across the two files, every row is leased once in
+    order, acks of rows on the read-only card do not fail, and the card is used again."""
+    path = card.mount / "state" / "outbox.sqlite"
+    path.parent.mkdir()
+    one = [Batch("plc", readings=[Reading("plc", "flow", 1, 1.0)])]
+    box = await AsyncOutbox.open(path, max_bytes=2**24)
+    monkeypatch.setattr(async_outbox, "PROBE_EVERY_S", 0.0)  # try the card at every append
+    try:
+        for _ in range(3):
+            await box.append(one)
+        epoch = box.epoch
+        card.fail()
+        for _ in range(3):
+            await box.append(one)
+        stats = await box.stats()
+        assert stats.read_only == f"{path.parent}: Read-only file system"
+        assert stats.not_durable_readings == 3
+        rows = await box.lease(0, 100)
+        assert [(r.stream, r.seq) for r in rows] == [("plc", 1), ("plc", 2), ("plc", 3)]
+        rows += await box.lease(rows[-1].id, 100)
+        assert [(r.stream, r.seq) for r in rows[3:]] == [("events", 1), ("plc", 4), ("plc", 5), ("plc", 6)]
+        assert [r.id for r in rows] == sorted(r.id for r in rows)
+        assert await box.lease(rows[-1].id, 100) == []
+        await box.ack([r.id for r in rows])  # the card's three stay on it; no error
+        card.replace()
+        await box.append(one)
+        stats = await box.stats()
+        assert stats.read_only is None
+        assert box.epoch == epoch
+        later = await box.lease(rows[-1].id, 100)
+        assert [(r.stream, r.seq) for r in later] == [("events", 2), ("plc", 7)]
+    finally:
+        await box.close()
+    with Outbox(path, max_bytes=2**24) as again:
+        assert again.last_seqs() == {"plc": 7, "events": 2}
+        assert [(r.seq, r.stream) for r in again.lease(0, 100)][:3] == [(1, "plc"), (2, "plc"), (3, "plc")]
+
+
+def test_the_card_read_only_from_the_start_says_so(card: Card, tmp_path: Path) -> None:
+    """What systemd's restart meets when the card failed while the agent was down: one line."""
+    state = card.mount / "state"
+    config = tmp_path / "agent.toml"
+    config.write_text(agent_config(state, status_socket=tmp_path / "status.sock", devices=[PLC]))  # fmt: skip
+    agent = start_agent(config)
+    try:
+        agent.wait_status(lambda s: s["pipeline"]["committed_readings"] > 0, timeout=30)
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    card.fail()
+    agent = start_agent(config)
+    try:
+        wait_until(lambda: agent.process.poll() is not None, 30, what="the agent to exit")
+    finally:
+        agent.kill()
+    assert agent.process.returncode == 1
+    assert "Read-only file system" in agent.log()
+    assert "Traceback" not in agent.log()
