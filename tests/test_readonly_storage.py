@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import shutil
+import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -168,8 +169,12 @@ def test_a_card_gone_read_only_the_agent_runs_on_sends_live_says_so_and_recovers
         assert failed["buffer"]["rows"] >= kept
         assert agent.process.poll() is None
 
+        # Held while the broker and the subscriber start, so that it sends nothing before the
+        # subscriber listens (it reconnects at once otherwise, and the first messages are missed).
+        agent.process.send_signal(signal.SIGSTOP)
         broker.start()
         with Subscriber(broker.host, broker.port, "water/#") as subscriber:
+            agent.process.send_signal(signal.SIGCONT)
             # The alarm reaches the centre, and readings taken since flow live.
             subscriber.wait_until(lambda _m: "storage_read_only" in _event_kinds(subscriber), 30)
             status = agent.wait_status(lambda s: s["buffer"]["not_durable_readings"] >= 30, timeout=30)
