@@ -8,11 +8,12 @@ from typing import Annotated, Final, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
+from water_edge.agent.uplink.proxy import Proxy, parse_proxy
 from water_edge.agent.uplink.servers import Server, parse_server
 from water_edge.core.errors import UplinkError
 from water_edge.core.hosts import Host
 from water_edge.core.names import TOPIC_LEVEL_PATTERN, TOPIC_PREFIX_PATTERN
-from water_edge.core.secrets import Secret
+from water_edge.core.secrets import Secret, SecretRef
 from water_edge.core.sizes import ByteSize
 
 
@@ -85,6 +86,41 @@ def _server_uri(uri: str) -> str:
 ServerUri = Annotated[str, AfterValidator(_server_uri)]
 
 
+def _websocket_path(path: str) -> str:
+    if not path.startswith("/") or any(not 0x21 <= ord(c) <= 0x7E for c in path):
+        raise ValueError(
+            'expected the broker\'s WebSocket path, starting with "/" and without spaces (e.g. "/mqtt")'
+        )
+    return path
+
+
+# The headers of the WebSocket upgrade that paho writes itself; another value would break it.
+_OWN_HEADERS = frozenset(("host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version"))
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class HeaderTable(dict[str, str]):
+    """`websocket_headers` as given, hashable as the rest of the frozen config is."""
+
+    def __hash__(self) -> int:  # type: ignore[override]  # never changed once validated
+        return hash(tuple(self.items()))
+
+
+def _websocket_headers(headers: dict[str, str]) -> dict[str, str]:
+    for name, value in headers.items():
+        if not name or not set(name) <= _TOKEN:
+            raise ValueError(f"{name!r} is no HTTP header name (letters, digits and - only, e.g. X-Api-Key)")
+        if name.lower() in _OWN_HEADERS:
+            raise ValueError(f"{name} is set by the WebSocket upgrade itself and cannot be given")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError(f"the value of {name} holds a control character (a line break?)")
+    return HeaderTable(headers)
+
+
+WebsocketPath = Annotated[str, AfterValidator(_websocket_path)]
+WebsocketHeaders = Annotated[dict[str, str], AfterValidator(_websocket_headers)]
+
+
 class MqttConfig(BaseModel):
     """Broker addresses, identity, session and flow-control settings of the MQTT uplink.
 
@@ -125,6 +161,17 @@ class MqttConfig(BaseModel):
     compression: Literal["none", "deflate", "zstd"] = "none"  # JSON only, announced in MQTT 5
     rbe: RbeConfig | None = None
     sparkplug: SparkplugConfig | None = None
+    # MQTT over WebSockets (ws://, or wss:// with [uplink.tls]) for networks that let a gateway out
+    # on 443 only; the default ports are then 80 and 443.
+    transport: Literal["tcp", "websockets"] = "tcp"
+    websocket_path: WebsocketPath = Field(default="/mqtt", max_length=1024)
+    websocket_headers: WebsocketHeaders = Field(default_factory=HeaderTable, max_length=32)
+    # An HTTP proxy the connection goes through (HTTP CONNECT; see `proxy.py`). Checked among the
+    # checks across keys, whose messages never repeat the value: the URL may hold a password.
+    proxy: str | None = None
+    # The proxy user's password by reference, { file = "..." } or { env = "..." } (a literal goes in
+    # the URL); the user name is the URL's: "http://gw17@proxy.corp:3128".
+    proxy_password: SecretRef | None = None
 
     @model_validator(mode="after")
     def _checks(self, info: ValidationInfo) -> Self:
@@ -138,11 +185,19 @@ class MqttConfig(BaseModel):
 
     def server_list(self) -> tuple[Server, ...]:
         """The brokers in the order they are tried (`host`/`port` as a one-server list)."""
+        websockets = self.transport == "websockets"
         if self.servers:
-            return tuple(parse_server(uri) for uri in self.servers)
+            return tuple(parse_server(uri, websockets=websockets) for uri in self.servers)
         if self.host is None:
             raise UplinkError("no broker configured")  # the validator makes this unreachable
-        return (Server(self.host, self.port, self.tls is not None),)
+        tls = self.tls is not None
+        port = self.port if "port" in self.model_fields_set or not websockets else 443 if tls else 80
+        return (Server(self.host, port, tls),)
+
+    def proxy_server(self) -> Proxy | None:
+        """The HTTP proxy to go through, without its password when that is a reference
+        (`ConnectOptions.from_config` is given it resolved)."""
+        return None if self.proxy is None else parse_proxy(self.proxy)
 
     def brokers_text(self) -> str:
         """The brokers for one-line summaries: `a:1883, b:1883`."""
@@ -185,7 +240,7 @@ def cross_key_problems(config: MqttConfig, refused: Collection[str] = ()) -> lis
         found.append(("servers", "give either servers = [...] or host/port, not both"))
     if valid("servers", "host") and not config.servers and config.host is None:
         found.append(("servers", 'no broker: give servers = ["mqtt://host:1883", ...] or host = "..."'))
-    parsed = [parse_server(uri) for uri in servers]
+    parsed = [parse_server(uri, websockets=config.transport == "websockets") for uri in servers]
     twice = next((s.uri for i, s in enumerate(parsed) if s in parsed[:i]), None)
     if twice is not None:  # a failover to the same broker is no failover
         found.append(("servers", f"{twice} is listed twice"))
@@ -206,7 +261,39 @@ def cross_key_problems(config: MqttConfig, refused: Collection[str] = ()) -> lis
         found.append(
             ("reconnect_max_s", f"reconnect_max_s must be >= reconnect_min_s (got {high:g} < {low:g})")
         )
+    found += _route_problems(config, given, valid("transport"), valid("proxy"))
     password = config.password is not None or "password" in refused
     if valid("username") and password and config.username is None:
         found.append(("username", "password given without username"))
+    return found
+
+
+def _route_problems(
+    config: MqttConfig, given: Collection[str], transport_valid: bool, proxy_valid: bool
+) -> list[tuple[str, str]]:
+    """The WebSocket and proxy keys that contradict each other, and a proxy URL that is no proxy's
+    (`cross_key_problems`)."""
+    found: list[tuple[str, str]] = []
+    if transport_valid and config.transport != "websockets":
+        found += [
+            (key, f'{key} applies to transport = "websockets" only (got transport = "tcp")')
+            for key in ("websocket_path", "websocket_headers")
+            if key in given
+        ]
+    if not proxy_valid:  # refused on its own: its value here is the default, not what was written
+        return found
+    try:
+        proxy = config.proxy_server()
+    except ValueError as exc:
+        return [*found, ("proxy", f"{exc} (the value is not shown: it may hold a password)")]
+    if config.proxy_password is None:
+        return found
+    if proxy is None:
+        found.append(("proxy_password", 'proxy_password without proxy = "http://user@host:port"'))
+    elif proxy.username is None:
+        found.append(
+            ("proxy_password", "proxy_password needs the proxy's user name in proxy: http://user@host:port")
+        )
+    elif proxy.password is not None:
+        found.append(("proxy", "the proxy's password is both in the URL and in proxy_password: give one"))
     return found

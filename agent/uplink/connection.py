@@ -95,6 +95,15 @@ What the link has not taken
     Bytes sent and not yet acknowledged are not counted: they are the link's round trip, not a
     queue of ours.
 
+WebSockets and an HTTP proxy
+    `transport = "websockets"` is paho's own (`_WebsocketWrapper` frames what paho sends and reads
+    over the TCP or TLS socket); what reads the kernel's view of the link (`note_link_progress`,
+    `unsent_bytes`, TLS bytes pending) looks at the socket under the wrapper (`_tcp_socket`), and
+    a failed upgrade says so. Through `[uplink] proxy` the resolved addresses are the proxy's and
+    `_create_socket_connection` asks it for a tunnel to the broker (`proxy.py`, which says why not
+    paho's `proxy_set`) before paho's TLS and WebSocket handshakes, which then run inside it; the
+    proxy's refusal is the `ConnectError`, in its words.
+
 paho's exceptions and return codes are translated here, and only here, into `transport`'s errors.
 """
 
@@ -119,6 +128,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from water_edge.agent.uplink.proxy import Proxy, ProxyError, open_tunnel
 from water_edge.agent.uplink.transport import (
     BROKER_DISCONNECTED,
     CERTIFICATE_REFUSED,
@@ -266,6 +276,7 @@ class _BoundedClient(paho.Client):
     addresses: tuple[Address, ...] = ()  # resolved beforehand (`resolve`); the hostname stays for TLS
     fast_acks = 0  # success PUBACKs handled without paho's decoding (`_handle_pubackcomp`)
     tls_failure: ssl.SSLError | None = None  # the TLS error that ended the socket (a broker's alert)
+    proxy: Proxy | None = None  # `addresses` are then the proxy's, and the broker is reached by CONNECT
     _rbuf = b""  # read from the socket, not yet taken by paho (from `_rpos` on)
     _rpos = 0
     _bytes_acked = -1  # the peer's TCP acknowledgements at the last look (-1: none yet)
@@ -274,7 +285,7 @@ class _BoundedClient(paho.Client):
         """Count it as hearing from the broker when the link is carrying our data: bytes we sent
         wait for the peer's acknowledgement, and it acknowledged more since the last look (see
         "A link slower than what we send" in the module docstring)."""
-        sock = self._sock
+        sock = _tcp_socket(self._sock)
         if sys.platform != "linux" or not isinstance(sock, socket.socket):  # SSLSocket is one too
             return  # TCP_INFO is Linux's (a gateway's); elsewhere paho's keep-alive alone
         try:
@@ -290,10 +301,25 @@ class _BoundedClient(paho.Client):
         self._bytes_acked = acked
 
     def _create_socket_connection(self) -> socket.socket:
-        """Connect to the addresses resolved beforehand, in order, instead of resolving again."""
+        """Connect to the addresses resolved beforehand, in order, instead of resolving again;
+        through the proxy, to the proxy's, then ask it for a tunnel to the broker (`proxy.py`):
+        paho's TLS and WebSocket handshakes then run through the tunnel."""
         if not self.addresses:
             return super()._create_socket_connection()
-        return connect_first(self.addresses, self._connect_timeout)
+        proxy = self.proxy
+        if proxy is None:
+            return connect_first(self.addresses, self._connect_timeout)
+        try:
+            sock = connect_first(self.addresses, self._connect_timeout)
+        except OSError as exc:
+            raise ProxyError(f"cannot reach the proxy {proxy.address}: {exc.strerror or exc}") from exc
+        try:
+            open_tunnel(sock, self._host, self._port, proxy, self._connect_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(self._connect_timeout)
+        return sock
 
     def _sock_recv(self, bufsize: int) -> bytes:
         packet = self._in_packet
@@ -400,6 +426,13 @@ def _connect_errors() -> Iterator[None]:
     """paho's `connect()` raises the socket's exceptions: say which part failed, in its own words."""
     try:
         yield
+    except ProxyError as exc:  # its own words: `the proxy refused the connection: 407 ...`
+        raise ConnectError(str(exc)) from exc
+    except paho.WebsocketConnectionError as exc:
+        raise ConnectError(
+            f"the broker did not take the WebSocket upgrade ({exc}): is [uplink] websocket_path the "
+            "broker's path, and does the port serve MQTT over WebSockets?"
+        ) from exc
     except ssl.SSLCertVerificationError as exc:
         if exc.verify_code in _TIME_CODES:
             raise CertificateTimeError(exc.verify_message or str(exc)) from exc
@@ -410,14 +443,30 @@ def _connect_errors() -> Iterator[None]:
         raise ConnectError(f"connect: {exc}") from exc
 
 
+def _tcp_socket(sock: Any) -> Any:
+    """The TCP (or TLS) socket under paho's: over WebSockets paho's is a wrapper that frames."""
+    return sock._socket if isinstance(sock, paho._WebsocketWrapper) else sock
+
+
+def _pending(sock: Any) -> bool:
+    """Whether TLS holds decrypted bytes the kernel no longer reports readable (over WebSockets
+    too: paho's wrapper asks its TLS socket)."""
+    return isinstance(sock, ssl.SSLSocket | paho._WebsocketWrapper) and sock.pending() > 0
+
+
 def _client(options: ConnectOptions) -> _BoundedClient:
     v5 = options.protocol == "5"
+    websockets = options.transport == "websockets"
     client = _BoundedClient(
         CallbackAPIVersion.VERSION2,
         client_id=options.client_id,
         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
         clean_session=None if v5 else True,
+        transport="websockets" if websockets else "tcp",
     )
+    if websockets:
+        client.ws_set_options(path=options.websocket_path, headers=dict(options.websocket_headers) or None)
+    client.proxy = options.proxy
     client.max_packet = options.max_packet_size
     # +1 leaves room for the offline status at stop; the uplink's window never lets paho queue more.
     client.max_inflight_messages_set(options.max_inflight + 1)
@@ -476,7 +525,10 @@ class PahoTransport:
         if options.protocol == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # unannotated in paho
             props.MaximumPacketSize = options.max_packet_size
-        client.addresses = tuple(await resolve(options.host, options.port, options.connect_timeout_s))
+        # Through a proxy, the proxy resolves the broker's name (an OT network may have no DNS for
+        # the outside); the uplink resolves the proxy's.
+        first = options.proxy or options
+        client.addresses = tuple(await resolve(first.host, first.port, options.connect_timeout_s))
         with _connect_errors():
             await asyncio.to_thread(
                 client.connect, options.host, options.port, options.keepalive_s, properties=props
@@ -529,15 +581,18 @@ class PahoTransport:
             sock = self._sock
             if sock is None:
                 return None  # the write found the connection closed (on_socket_close said it)
-        kernel = _unsent(sock)
+        tcp = _tcp_socket(sock)
+        kernel = _unsent(tcp)
         if kernel is None:
             return None
         if self._segment is None:
             try:
-                self._segment = int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
+                self._segment = int(tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
             except OSError:
                 return None
         queued: int = sum(packet["to_process"] for packet in c._out_packet)
+        if tcp is not sock:  # the WebSocket frame paho's wrapper has not handed to the socket yet
+            queued += len(sock._sendbuffer)
         return queued + max(0, kernel - self._segment)
 
     def abort(self) -> None:
@@ -599,7 +654,7 @@ class PahoTransport:
         # Bytes read ahead (`_BoundedClient._sock_recv`), and those TLS decrypted, are not reported
         # readable by the kernel again.
         sock = c.socket()
-        while sock is not None and (c.buffered() or (isinstance(sock, ssl.SSLSocket) and sock.pending())):
+        while sock is not None and (c.buffered() or _pending(sock)):
             c.loop_read()
             sock = c.socket()
 

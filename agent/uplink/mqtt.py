@@ -137,6 +137,7 @@ class MqttUplink(UplinkLoop[Session]):
         encoder = encoder or JsonEncoder(self.topics, compression=config.compression, epoch=epoch)
         self._clock_synchronised = clock_synchronised
         self._password = resolve_secret(config.password)
+        self._proxy_password = resolve_secret(config.proxy_password)
         self._no_retain: set[str] = set()  # servers that refused a retained Will (MQTT 5: 0x9A)
         self._retained = config.retain  # whether this connection's status messages are retained
         self._closed_at_connect = 0  # connections in a row the broker closed before its CONNACK
@@ -196,6 +197,7 @@ class MqttUplink(UplinkLoop[Session]):
             presence.last_will(self.topics, retain=retain),
             password=self._password,
             max_packet_size=self._max_packet,
+            proxy_password=self._proxy_password,
         )
         if not await self._open(transport, options, session, self._tls_reason):
             if retain and _refused(session, RETAIN_NOT_SUPPORTED):

@@ -1,7 +1,9 @@
 """Which broker to connect to next: the `[uplink] servers` list, tried in order, sticky to the one that works.
 
 A server is an URI, `mqtt://host[:port]` (plain, 1883) or `mqtts://host[:port]` (TLS, 8883);
-`tcp://` and `ssl://` are accepted as the same. `[uplink] host`/`port` is a one-server list.
+`tcp://` and `ssl://` are accepted as the same. `[uplink] host`/`port` is a one-server list. With
+`[uplink] transport = "websockets"` every server is reached over WebSockets (ws://, wss:// for
+mqtts://) and the default ports are 80 and 443.
 
 `Rotation` is the failover rule, kept apart from the connection code so it is tested on its own:
 
@@ -28,6 +30,7 @@ from water_edge.core.errors import UplinkError
 from water_edge.core.hosts import check_host
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+WEBSOCKET_PORTS = {"mqtt": 80, "mqtts": 443}  # `[uplink] transport = "websockets"`: ws:// and wss://
 _SCHEMES = {"mqtt": "mqtt", "tcp": "mqtt", "mqtts": "mqtts", "ssl": "mqtts"}
 
 
@@ -50,8 +53,9 @@ class Server:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.address}"
 
 
-def parse_server(uri: str) -> Server:
-    """`mqtts://node2.example:8883` -> Server; ValueError naming what is wrong otherwise."""
+def parse_server(uri: str, *, websockets: bool = False) -> Server:
+    """`mqtts://node2.example:8883` -> Server; ValueError naming what is wrong otherwise. Without a
+    port: 1883/8883, or 80/443 over WebSockets."""
     expected = "expected mqtt://host[:port] or mqtts://host[:port]"
     try:
         parts = urlsplit(uri.strip())
@@ -77,7 +81,7 @@ def parse_server(uri: str) -> Server:
             check_host(host)  # "mqtt://bad host:1883", "mqtt://10.0.0.256"
         except ValueError as exc:
             raise ValueError(f"{expected}: {exc}") from None
-    return Server(host, port or DEFAULT_PORTS[scheme], scheme == "mqtts")
+    return Server(host, port or (WEBSOCKET_PORTS if websockets else DEFAULT_PORTS)[scheme], scheme == "mqtts")
 
 
 class Rotation:

@@ -14,10 +14,11 @@ are passed as the library gives them, as long as they have the `Reason` shape (p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, runtime_checkable
 
 from water_edge.agent.uplink.config import MqttConfig, TlsConfig
+from water_edge.agent.uplink.proxy import Proxy
 from water_edge.agent.uplink.servers import Server
 from water_edge.core.errors import UplinkError
 
@@ -101,6 +102,10 @@ class ConnectOptions:
     # The largest packet the agent takes from the broker: announced as the MQTT 5 Maximum Packet
     # Size (the broker drops bigger messages for us) and enforced on the socket for both protocols.
     max_packet_size: int = 64 * 1024
+    transport: Literal["tcp", "websockets"] = "tcp"
+    websocket_path: str = "/mqtt"
+    websocket_headers: tuple[tuple[str, str], ...] = ()
+    proxy: Proxy | None = None  # an HTTP proxy to tunnel through (CONNECT), its password resolved
 
     @classmethod
     def from_config(
@@ -112,9 +117,13 @@ class ConnectOptions:
         *,
         password: str | None = None,
         max_packet_size: int = 64 * 1024,
+        proxy_password: str | None = None,
     ) -> ConnectOptions:
-        """Options for one connection to `server` (one of `config.server_list()`); `password` is the
-        resolved secret (never the reference)."""
+        """Options for one connection to `server` (one of `config.server_list()`); `password` and
+        `proxy_password` are the resolved secrets (never the references)."""
+        proxy = config.proxy_server()
+        if proxy is not None and proxy_password is not None:
+            proxy = replace(proxy, password=proxy_password)
         return cls(
             host=server.host,
             port=server.port,
@@ -128,6 +137,10 @@ class ConnectOptions:
             password=password,
             tls=config.tls if server.tls else None,
             max_packet_size=max_packet_size,
+            transport=config.transport,
+            websocket_path=config.websocket_path,
+            websocket_headers=tuple(config.websocket_headers.items()),
+            proxy=proxy,
         )
 
 

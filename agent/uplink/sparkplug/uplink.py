@@ -119,6 +119,7 @@ class SparkplugUplink(UplinkLoop[SparkplugSession]):
         self._state_topic = None if spb.primary_host_id is None else state_topic(spb.primary_host_id)
         self.catalog = catalog
         self._password = resolve_secret(config.password)
+        self._proxy_password = resolve_secret(config.proxy_password)
         # As the JSON uplink: the broker drops, unannounced, a message over what CONNECT said we take,
         # so a signed command up to the handler's limit must fit (and one over it arrive, to be refused).
         largest = 0 if self.commands is None else 2 * self.commands.max_bytes
@@ -206,7 +207,13 @@ class SparkplugUplink(UplinkLoop[SparkplugSession]):
             broker_max_packet=cfg.broker_max_packet_size,
         )
         options = ConnectOptions.from_config(
-            cfg, server, self._client_id, will, password=self._password, max_packet_size=self._max_packet
+            cfg,
+            server,
+            self._client_id,
+            will,
+            password=self._password,
+            max_packet_size=self._max_packet,
+            proxy_password=self._proxy_password,
         )
         if not await self._open(transport, options, session):
             return None
