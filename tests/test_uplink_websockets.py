@@ -8,6 +8,7 @@ subscriber uses, and the WebSocket listener is added after it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,8 @@ from tests.support.pki import Pki
 from tests.support.testing import eventually, free_port, write_agent_config
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config, reading_batches
 from water_edge.agent.uplink.config import MqttConfig, TlsConfig
+from water_edge.agent.uplink.connection import PahoTransport
+from water_edge.agent.uplink.transport import Connack, ConnectOptions, Will
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.core.secrets import SecretRef
 
@@ -249,3 +252,54 @@ async def test_websockets_to_a_plain_mqtt_port_says_the_upgrade_failed(
         error = run.uplink.health().last_error or ""
         await run.uplink.stop()
     assert error.startswith("the broker did not take the WebSocket upgrade"), error
+
+
+class _Listener:
+    def __init__(self) -> None:
+        self.connack = asyncio.Event()
+        self.acks = 0
+
+    def on_connack(self, connack: Connack) -> None:
+        self.connack.set()
+
+    def on_puback(self, mid: int, reason: object) -> None:
+        self.acks += 1
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        pass
+
+    def on_unsuback(self, mid: int) -> None:
+        pass
+
+    def on_closed(self, reason: str) -> None:
+        pass
+
+
+async def test_what_the_link_has_not_taken_is_measured_under_the_websocket() -> None:
+    """The Sparkplug backlog's flow control asks the connection what has not left the host: over
+    WebSockets that is the TCP socket under paho's wrapper (which has no getsockopt)."""
+    ws = free_port()
+    with websocket_broker(ws):
+        transport, listener = PahoTransport(), _Listener()
+        options = ConnectOptions(
+            host="127.0.0.1",
+            port=ws,
+            client_id="gauge",
+            protocol="5",
+            keepalive_s=30,
+            connect_timeout_s=5,
+            will=Will("gauge/status", b"offline"),
+            max_inflight=100,
+            transport="websockets",
+        )
+        await transport.open(options, listener)
+        try:
+            await asyncio.wait_for(listener.connack.wait(), 5)
+            for _ in range(50):
+                transport.publish("gauge/data", b"x" * 20_000, qos=1)
+            queued = transport.unsent_bytes()
+            assert isinstance(queued, int)
+            await eventually(lambda: listener.acks == 50, what="50 PUBACKs over the WebSocket")
+            assert transport.unsent_bytes() == 0
+        finally:
+            transport.abort()
