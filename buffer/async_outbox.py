@@ -25,6 +25,7 @@ import bisect
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -41,7 +42,7 @@ from water_edge.buffer.outbox import Outbox, Synchronous
 from water_edge.buffer.schema import OutboxDamagedError, OutboxUnusableError
 from water_edge.buffer.types import Batch, OutboxRow, OutboxStats
 from water_edge.core.errors import BufferError, QuotaExceededError
-from water_edge.core.files import read_only_error
+from water_edge.core.files import atomic_write, read_only_error
 from water_edge.core.quarantine import quarantine
 from water_edge.core.reading import EVENTS_STREAM, Event, Severity, now_ns
 
@@ -51,7 +52,11 @@ log = structlog.get_logger(__name__)
 
 # The outbox in memory while the card is read-only: at most this much (or the card's quota, if
 # smaller); past it the oldest telemetry is evicted by the usual policy, counted and announced.
-VOLATILE_MAX_BYTES: Final = 64 * 2**20
+VOLATILE_MAX_BYTES: Final = 32 * 2**20  # a tmpfs's pages count against the unit's MemoryMax
+# Where the seqs given from memory are noted, so that a later start on the mended card never gives
+# them again: /dev/shm outlives the process (a restart), not the RuntimeDirectory (removed at each
+# stop) nor a reboot.
+SEQS_NOTE_DIR: Final = Path("/dev/shm")  # noqa: S108 - a tmpfs by design
 # How often appends into memory first try whether the card takes writes again.
 PROBE_EVERY_S: Final = 5.0
 
@@ -144,6 +149,7 @@ class AsyncOutbox:
         opened = cls(executor, outbox)
         opened.quarantined = moved
         opened._reopen = make
+        await loop.run_in_executor(executor, opened._seqs_from_note)
         return opened
 
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
@@ -238,6 +244,7 @@ class AsyncOutbox:
             ids = self._target.append(batches)
         if self._target is not self._durable:
             self.not_durable_readings += sum(len(b.readings or ()) for b in batches)
+            self._note_seqs()
         return ids
 
     def _switch(self, to: Outbox) -> None:
@@ -295,6 +302,7 @@ class AsyncOutbox:
             return
         since = self.read_only_since_ns
         self.read_only = self.read_only_since_ns = None
+        self._seqs_note().unlink(missing_ok=True)
         log.warning(
             "buffer.storage_writable",
             directory=str(directory),
@@ -381,6 +389,35 @@ class AsyncOutbox:
             not_durable_readings=self.not_durable_readings,
             memory_rows=0 if self._volatile is None else self._volatile.stats().rows,
         )
+
+    def _seqs_note(self) -> Path:
+        return SEQS_NOTE_DIR / f"edge-agent-seqs-{self._durable.epoch}.json"
+
+    def _note_seqs(self) -> None:
+        """Note the seqs given from memory outside the card (see `SEQS_NOTE_DIR`)."""
+        note = {"path": str(self._durable.path), "last_seqs": self._target.last_seqs()}
+        try:
+            atomic_write(self._seqs_note(), json.dumps(note).encode(), 0o600)
+        except OSError as exc:
+            log.warning("buffer.seqs_not_noted", error=str(exc))
+
+    def _seqs_from_note(self) -> None:
+        """At open: seqs a process before this one gave from memory while the card was read-only
+        are taken, so that new readings never get them again (the centre would drop those as
+        repeats)."""
+        note_path = self._seqs_note()
+        try:
+            note = json.loads(note_path.read_bytes())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("buffer.seqs_note_unreadable", path=str(note_path), error=str(exc))
+            return
+        if note.get("path") == str(self._durable.path) and isinstance(note.get("last_seqs"), dict):
+            seqs = {str(k): int(v) for k, v in note["last_seqs"].items()}
+            self._durable.continue_after(seqs, self._durable.last_id(), self._durable.epoch)
+            log.warning("buffer.seqs_from_memory_taken", streams=seqs, note=str(note_path))
+        note_path.unlink(missing_ok=True)
 
     def _close(self) -> None:
         volatile = self._volatile

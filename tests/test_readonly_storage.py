@@ -222,6 +222,10 @@ def test_a_card_gone_read_only_the_agent_runs_on_sends_live_says_so_and_recovers
         if agent is not None:
             agent.kill()
         broker.stop()
+        for note in async_outbox.SEQS_NOTE_DIR.glob("edge-agent-seqs-*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(note.read_bytes()).get("path") == str(state / "outbox.sqlite"):
+                    note.unlink()
 
 
 def test_a_stop_on_a_read_only_card_is_clean(card: Card, tmp_path: Path) -> None:
@@ -231,13 +235,18 @@ def test_a_stop_on_a_read_only_card_is_clean(card: Card, tmp_path: Path) -> None
     config = tmp_path / "agent.toml"
     config.write_text(agent_config(state, devices=[PLC]))
     agent = start_agent(config)
+    epoch = 0
     try:
-        agent.wait_status(lambda s: s["pipeline"]["committed_readings"] > 0, timeout=30)
+        epoch = agent.wait_status(lambda s: s["pipeline"]["committed_readings"] > 0, timeout=30)["buffer"][
+            "epoch"
+        ]
         card.fail()
         agent.wait_status(lambda s: bool(_storage_lines(s)), timeout=30)
         assert agent.stop() == 0
     finally:
         agent.kill()
+        # The agent's note of the seqs it gave from memory (a start on the mended card takes it).
+        (async_outbox.SEQS_NOTE_DIR / f"edge-agent-seqs-{epoch}.json").unlink(missing_ok=True)
     assert "Read-only file system: " + str(state / "status.sock") not in agent.log()
 
 
@@ -251,6 +260,7 @@ async def test_the_outbox_goes_on_in_memory_and_back_to_the_card(
     one = [Batch("plc", readings=[Reading("plc", "flow", 1, 1.0)])]
     box = await AsyncOutbox.open(path, max_bytes=2**24)
     monkeypatch.setattr(async_outbox, "PROBE_EVERY_S", 0.0)  # try the card at every append
+    monkeypatch.setattr(async_outbox, "SEQS_NOTE_DIR", card.mount.parent)
     try:
         for _ in range(3):
             await box.append(one)
@@ -280,6 +290,33 @@ async def test_the_outbox_goes_on_in_memory_and_back_to_the_card(
     with Outbox(path, max_bytes=2**24) as again:
         assert again.last_seqs() == {"plc": 7, "events": 2}
         assert [(r.seq, r.stream) for r in again.lease(0, 100)][:3] == [(1, "plc"), (2, "plc"), (3, "plc")]
+
+
+async def test_a_restart_before_the_card_is_back_never_gives_the_seqs_of_memory_again(
+    card: Card, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process ends while the card is read-only (a stop, the watchdog); the card is mended and
+    the agent starts on it: new readings get seqs after those the centre had from memory (the
+    same seq with other readings would be dropped there as a repeat)."""
+    monkeypatch.setattr(async_outbox, "SEQS_NOTE_DIR", tmp_path)  # /dev/shm on a gateway
+    path = card.mount / "state" / "outbox.sqlite"
+    path.parent.mkdir()
+    one = [Batch("plc", readings=[Reading("plc", "flow", 1, 1.0)])]
+    box = await AsyncOutbox.open(path, max_bytes=2**24)
+    await box.append(one)
+    card.fail()
+    for _ in range(3):
+        await box.append(one)  # plc 2, 3, 4 from memory
+    await box.close()
+    card.replace()
+    box = await AsyncOutbox.open(path, max_bytes=2**24)
+    try:
+        await box.append(one)
+        rows = await box.lease(0, 100)
+        assert [(r.stream, r.seq) for r in rows] == [("plc", 1), ("plc", 5)]
+    finally:
+        await box.close()
+    assert list(tmp_path.iterdir()) == []  # the note is taken
 
 
 def test_the_card_read_only_from_the_start_says_so(card: Card, tmp_path: Path) -> None:
