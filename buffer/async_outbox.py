@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +40,8 @@ from typing import Final, TypeVar
 import structlog
 
 from water_edge.buffer.outbox import Outbox, Synchronous
-from water_edge.buffer.schema import OutboxDamagedError, OutboxUnusableError
+from water_edge.buffer.schema import OutboxDamagedError, OutboxUnavailableError, OutboxUnusableError
+from water_edge.buffer.stats import read_stats
 from water_edge.buffer.types import Batch, OutboxRow, OutboxStats
 from water_edge.core.errors import BufferError, QuotaExceededError
 from water_edge.core.files import atomic_write, read_only_error
@@ -133,6 +135,20 @@ class AsyncOutbox:
         try:
             try:
                 outbox = await loop.run_in_executor(executor, make)
+            except OutboxUnavailableError as exc:
+                # A card already read-only at start (the agent restarted after it failed): run
+                # from memory rather than exit at every start systemd makes.
+                error = await loop.run_in_executor(executor, read_only_error, Path(path).parent)
+                if error is None:
+                    raise
+                try:
+                    card = await loop.run_in_executor(executor, _ReadOnlyCard, Path(path), max_bytes)
+                except (BufferError, sqlite3.Error, OSError):
+                    raise exc from None
+                opened = cls(executor, card)
+                opened._reopen = make
+                await loop.run_in_executor(executor, opened._into_memory, exc, error)
+                return opened
             except OutboxUnusableError as exc:
                 if not quarantine_unusable:
                     raise
@@ -405,6 +421,8 @@ class AsyncOutbox:
         """At open: seqs a process before this one gave from memory while the card was read-only
         are taken, so that new readings never get them again (the centre would drop those as
         repeats)."""
+        if isinstance(self._durable, _ReadOnlyCard):
+            return  # taken in by `_ReadOnlyCard`, committed once the card takes writes
         note_path = self._seqs_note()
         try:
             note = json.loads(note_path.read_bytes())
@@ -462,3 +480,49 @@ def _storage_event(kind: str, severity: Severity, directory: Path, error: str | 
         EVENTS_STREAM,
         events=[Event(kind=kind, source="buffer", ts_ns=now_ns(), severity=severity, detail=detail)],
     )
+
+
+class _ReadOnlyCard(Outbox):
+    """The outbox on a card that was read-only when the agent started: read once, read-only, for
+    what the outbox in memory goes on from (epoch, ids, seqs, with those of the note of seqs given
+    from memory by a process before this one); never written. Its rows are sent once the card
+    takes writes again and the outbox on it is opened (`AsyncOutbox._back_to_the_card`)."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        # Not Outbox.__init__: that opens the file for writing.
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_age_s = None
+        self._stats = read_stats(path)
+        self.epoch = self._stats.epoch
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        if not Path(f"{path}-wal").exists():
+            uri += "&immutable=1"  # no -wal: all is in the file (a read-only open would create one)
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            self._last_seq = dict(conn.execute("SELECT stream, last_seq FROM streams").fetchall())
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        finally:
+            conn.close()
+        self._next_id = (row[0] if row else 0) + 1
+        note = SEQS_NOTE_DIR / f"edge-agent-seqs-{self.epoch}.json"
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            noted = json.loads(note.read_bytes())
+            if noted.get("path") == str(path):
+                for stream, seq in noted["last_seqs"].items():
+                    self._last_seq[str(stream)] = max(int(seq), self._last_seq.get(str(stream), 0))
+
+    def stats(self) -> OutboxStats:
+        return self._stats
+
+    def lease(self, after_id: int, limit: int, upto_id: int | None = None) -> list[OutboxRow]:
+        return []  # sent once the card is opened
+
+    def ack(self, row_ids: Sequence[int]) -> None:
+        raise BufferError(f"outbox {self.path}: the card is read-only")
+
+    def restamp(self, delta_ns: int, before_ns: int, reason: str, new_reason: str) -> tuple[int, int]:
+        return 0, 0
+
+    def close(self) -> None:
+        pass

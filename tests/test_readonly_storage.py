@@ -28,7 +28,7 @@ import pytest
 
 from tests.support.agent_proc import AgentProcess, start_agent
 from tests.support.broker import Mosquitto, Subscriber
-from tests.support.testing import agent_config, wait_until
+from tests.support.testing import agent_config, outbox_last_seqs
 from water_edge.buffer import async_outbox
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.outbox import Outbox
@@ -319,23 +319,40 @@ async def test_a_restart_before_the_card_is_back_never_gives_the_seqs_of_memory_
     assert list(tmp_path.iterdir()) == []  # the note is taken
 
 
-def test_the_card_read_only_from_the_start_says_so(card: Card, tmp_path: Path) -> None:
-    """What systemd's restart meets when the card failed while the agent was down: one line."""
+def test_a_start_on_a_card_already_read_only_runs_from_memory_and_takes_the_card_back(
+    card: Card, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What systemd's restart meets when the card failed and the agent stopped: before, it exited
+    with one line (`cannot open lock file: ... Read-only file system`, code 1) at every start."""
     state = card.mount / "state"
     config = tmp_path / "agent.toml"
-    config.write_text(agent_config(state, status_socket=tmp_path / "status.sock", devices=[PLC]))  # fmt: skip
-    agent = start_agent(config)
+    config.write_text(agent_config(state, status_socket=tmp_path / "status.sock", devices=[PLC]))
+    agent = start_agent(config)  # no broker: what it reads stays on the card
     try:
-        agent.wait_status(lambda s: s["pipeline"]["committed_readings"] > 0, timeout=30)
+        agent.wait_status(lambda s: s["buffer"]["rows"] >= 5, timeout=30)
         assert agent.stop() == 0
     finally:
         agent.kill()
+    on_card = outbox_last_seqs(state / "outbox.sqlite")["plc"]
     card.fail()
     agent = start_agent(config)
     try:
-        wait_until(lambda: agent.process.poll() is not None, 30, what="the agent to exit")
+        failed = agent.wait_status(lambda s: s["pipeline"]["committed_readings"] >= 10, timeout=30)
+        (line,) = _storage_lines(failed)
+        assert "the SD card may be failing" in line
+        assert failed["buffer"]["rows"] >= on_card  # the card's rows, still there
+        card.replace()
+        agent.wait_status(lambda s: not _storage_lines(s), timeout=30)
+        assert agent.stop() == 0
     finally:
         agent.kill()
-    assert agent.process.returncode == 1
-    assert "Read-only file system" in agent.log()
     assert "Traceback" not in agent.log()
+    # The card's rows are all there, and the seqs given from memory are taken on it.
+    conn = sqlite3.connect(state / "outbox.sqlite")
+    try:
+        assert conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
+        seqs = [seq for (seq,) in conn.execute("SELECT seq FROM outbox WHERE stream = 'plc' ORDER BY id")]
+    finally:
+        conn.close()
+    assert seqs[:on_card] == list(range(1, on_card + 1))
+    assert outbox_last_seqs(state / "outbox.sqlite")["plc"] > on_card + 10
