@@ -11,8 +11,10 @@ but the caller cannot tell, so it should not re-append the same batches blindly.
 When the card goes read-only under the agent (ext4's `errors=remount-ro` after I/O errors: the
 usual end of an SD card), appends go on into an outbox in memory (a tmpfs: the unit's
 RuntimeDirectory, else /dev/shm), so readings keep flowing to the centre live; the rows already on
-the card stay there, untouched, until it takes writes again. Ids and seqs run on across the two
-files (`Outbox.continue_after`) under the card's epoch, and a row's id says which file holds it.
+the card stay there, untouched, until it takes writes again. Ids run on across the two files
+(`Outbox.continue_ids_after`), so a row's id says which file holds it; the outbox in memory has its
+own epoch and its own seqs (from 1), as any new outbox: no seq it gave can be given again by the
+card's, whatever happens before the card is back (a restart, a reboot).
 Every `PROBE_EVERY_S` the card is tried again; once it takes a file, the outbox on it is opened
 afresh (the old connection may belong to a file system since unmounted and mounted again) and
 appends go back to it. What was in memory is still sent from there, but not kept over a restart.
@@ -25,7 +27,6 @@ import bisect
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import shutil
 import sqlite3
@@ -44,7 +45,7 @@ from water_edge.buffer.schema import OutboxDamagedError, OutboxUnavailableError,
 from water_edge.buffer.stats import read_stats
 from water_edge.buffer.types import Batch, OutboxRow, OutboxStats
 from water_edge.core.errors import BufferError, QuotaExceededError
-from water_edge.core.files import atomic_write, read_only_error
+from water_edge.core.files import read_only_error
 from water_edge.core.quarantine import quarantine
 from water_edge.core.reading import EVENTS_STREAM, Event, Severity, now_ns
 
@@ -55,10 +56,6 @@ log = structlog.get_logger(__name__)
 # The outbox in memory while the card is read-only: at most this much (or the card's quota, if
 # smaller); past it the oldest telemetry is evicted by the usual policy, counted and announced.
 VOLATILE_MAX_BYTES: Final = 32 * 2**20  # a tmpfs's pages count against the unit's MemoryMax
-# Where the seqs given from memory are noted, so that a later start on the mended card never gives
-# them again: /dev/shm outlives the process (a restart), not the RuntimeDirectory (removed at each
-# stop) nor a reboot.
-SEQS_NOTE_DIR: Final = Path("/dev/shm")  # noqa: S108 - a tmpfs by design
 # How often appends into memory first try whether the card takes writes again.
 PROBE_EVERY_S: Final = 5.0
 
@@ -165,7 +162,6 @@ class AsyncOutbox:
         opened = cls(executor, outbox)
         opened.quarantined = moved
         opened._reopen = make
-        await loop.run_in_executor(executor, opened._seqs_from_note)
         return opened
 
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
@@ -260,11 +256,10 @@ class AsyncOutbox:
             ids = self._target.append(batches)
         if self._target is not self._durable:
             self.not_durable_readings += sum(len(b.readings or ()) for b in batches)
-            self._note_seqs()
         return ids
 
     def _switch(self, to: Outbox) -> None:
-        to.continue_after(self._target.last_seqs(), self._target.last_id(), self._durable.epoch)
+        to.continue_ids_after(self._target.last_id())
         self._segments.append((to.last_id() + 1, to))
         self._target = to
 
@@ -318,7 +313,6 @@ class AsyncOutbox:
             return
         since = self.read_only_since_ns
         self.read_only = self.read_only_since_ns = None
-        self._seqs_note().unlink(missing_ok=True)
         log.warning(
             "buffer.storage_writable",
             directory=str(directory),
@@ -406,37 +400,6 @@ class AsyncOutbox:
             memory_rows=0 if self._volatile is None else self._volatile.stats().rows,
         )
 
-    def _seqs_note(self) -> Path:
-        return SEQS_NOTE_DIR / f"edge-agent-seqs-{self._durable.epoch}.json"
-
-    def _note_seqs(self) -> None:
-        """Note the seqs given from memory outside the card (see `SEQS_NOTE_DIR`)."""
-        note = {"path": str(self._durable.path), "last_seqs": self._target.last_seqs()}
-        try:
-            atomic_write(self._seqs_note(), json.dumps(note).encode(), 0o600)
-        except OSError as exc:
-            log.warning("buffer.seqs_not_noted", error=str(exc))
-
-    def _seqs_from_note(self) -> None:
-        """At open: seqs a process before this one gave from memory while the card was read-only
-        are taken, so that new readings never get them again (the centre would drop those as
-        repeats)."""
-        if isinstance(self._durable, _ReadOnlyCard):
-            return  # taken in by `_ReadOnlyCard`, committed once the card takes writes
-        note_path = self._seqs_note()
-        try:
-            note = json.loads(note_path.read_bytes())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.warning("buffer.seqs_note_unreadable", path=str(note_path), error=str(exc))
-            return
-        if note.get("path") == str(self._durable.path) and isinstance(note.get("last_seqs"), dict):
-            seqs = {str(k): int(v) for k, v in note["last_seqs"].items()}
-            self._durable.continue_after(seqs, self._durable.last_id(), self._durable.epoch)
-            log.warning("buffer.seqs_from_memory_taken", streams=seqs, note=str(note_path))
-        note_path.unlink(missing_ok=True)
-
     def _close(self) -> None:
         volatile = self._volatile
         try:
@@ -484,9 +447,9 @@ def _storage_event(kind: str, severity: Severity, directory: Path, error: str | 
 
 class _ReadOnlyCard(Outbox):
     """The outbox on a card that was read-only when the agent started: read once, read-only, for
-    what the outbox in memory goes on from (epoch, ids, seqs, with those of the note of seqs given
-    from memory by a process before this one); never written. Its rows are sent once the card
-    takes writes again and the outbox on it is opened (`AsyncOutbox._back_to_the_card`)."""
+    its epoch, counts and the ids the outbox in memory goes on after; never written. Its rows are
+    sent once the card takes writes again and the outbox on it is opened
+    (`AsyncOutbox._back_to_the_card`)."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         # Not Outbox.__init__: that opens the file for writing.
@@ -500,17 +463,10 @@ class _ReadOnlyCard(Outbox):
             uri += "&immutable=1"  # no -wal: all is in the file (a read-only open would create one)
         conn = sqlite3.connect(uri, uri=True)
         try:
-            self._last_seq = dict(conn.execute("SELECT stream, last_seq FROM streams").fetchall())
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         finally:
             conn.close()
         self._next_id = (row[0] if row else 0) + 1
-        note = SEQS_NOTE_DIR / f"edge-agent-seqs-{self.epoch}.json"
-        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-            noted = json.loads(note.read_bytes())
-            if noted.get("path") == str(path):
-                for stream, seq in noted["last_seqs"].items():
-                    self._last_seq[str(stream)] = max(int(seq), self._last_seq.get(str(stream), 0))
 
     def stats(self) -> OutboxStats:
         return self._stats

@@ -517,7 +517,9 @@ class Outbox:
         """The oldest rows with after_id < id <= upto_id, at most `limit`; nothing is marked."""
         bound = _MAX_ID if upto_id is None else upto_id
         with self._guard("lease"):
-            rows = [OutboxRow(*row) for row in self._conn.execute(_LEASE, (after_id, bound, limit))]
+            found = self._conn.execute(_LEASE, (after_id, bound, limit)).fetchall()
+        epoch = self.epoch
+        rows = [OutboxRow(i, s, q, c, t, n, b, epoch) for i, s, q, c, t, n, b in found]
         if rows:
             self._max_leased = max(self._max_leased, *(r.id for r in rows))
         return rows
@@ -562,19 +564,13 @@ class Outbox:
         """Each stream's newest seq ever committed."""
         return dict(self._last_seq)
 
-    def continue_after(self, last_seqs: dict[str, int], last_id: int, epoch: int) -> None:
-        """Go on from another outbox of the same gateway: the next rows get ids after `last_id`
-        and seqs after `last_seqs` (never lower than this file's own), and carry `epoch`. Used
-        when appends move between the outbox on the card and the one in memory while the card is
-        read-only (`AsyncOutbox`): the centre sees one run of seqs under one epoch. The raised
-        seqs are committed at once, so a restart after this never issues them again."""
-        raised = {s: q for s, q in last_seqs.items() if q > self._last_seq.get(s, 0)}
-        if raised:
-            with self._guard("continue"), self._transaction() as conn:
-                conn.executemany(_UPSERT_SEQ, raised.items())
-            self._last_seq.update(raised)
+    def continue_ids_after(self, last_id: int) -> None:
+        """Give the next rows ids after `last_id`: appends move between the outbox on the card and
+        the one in memory while the card is read-only (`AsyncOutbox`), and a row's id says which
+        file holds it. Seqs and epoch stay this file's own: the one in memory is an outbox of its
+        own to the centre (its epoch, its seqs from 1), so that no seq it gave can be given again
+        by the card's after a restart or a reboot."""
         self._next_id = max(self._next_id, last_id + 1)
-        self.epoch = epoch
 
     def ack(self, row_ids: Sequence[int]) -> None:
         """Delete exactly these rows, in one transaction; ids already gone are ignored.

@@ -35,6 +35,9 @@ class OutboxRow:
     created_ns: int
     count: int
     body: bytes
+    # The epoch of the outbox that holds it (`Outbox.lease` sets it); None: the uplink's own. Rows
+    # of the outbox in memory while the card is read-only carry that outbox's (`AsyncOutbox`).
+    epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from tests.support.testing import agent_config, outbox_last_seqs
 from water_edge.buffer import async_outbox
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.outbox import Outbox
-from water_edge.buffer.types import Batch
+from water_edge.buffer.types import Batch, OutboxRow
 from water_edge.core.files import WRITE_PROBE, read_only_error
 from water_edge.core.reading import Reading
 
@@ -167,6 +167,7 @@ def test_a_card_gone_read_only_the_agent_runs_on_sends_live_says_so_and_recovers
         assert "the SD card may be failing" in line
         # Nothing on the card was lost: its rows are still counted.
         assert failed["buffer"]["rows"] >= kept
+        card_epoch = failed["buffer"]["epoch"]
         assert agent.process.poll() is None
 
         # Held while the broker and the subscriber start, so that it sends nothing before the
@@ -182,7 +183,8 @@ def test_a_card_gone_read_only_the_agent_runs_on_sends_live_says_so_and_recovers
             committed = status["pipeline"]["committed_readings"]
             subscriber.wait_until(lambda _m: _readings(subscriber) >= committed, 30)
             # The rows kept on the card came too (from the card, read-only as it is).
-            assert {b["seq"] for b in _bodies(subscriber, "plc")} >= set(range(1, kept))
+            on_card = {b["seq"] for b in _bodies(subscriber, "plc") if b["epoch"] == card_epoch}
+            assert on_card >= set(range(1, kept))
             assert agent.process.poll() is None
             assert agent.log().count('"pipeline.append_failed"') == 0  # no stream of errors
             assert agent.log().count('"buffer.storage_read_only"') == 1
@@ -195,7 +197,8 @@ def test_a_card_gone_read_only_the_agent_runs_on_sends_live_says_so_and_recovers
 
             assert agent.stop() == 0
             agent = None
-            # The file on the card is whole, and the seqs the memory rows used are taken.
+            # The file on the card is whole, its seqs its own: the rows from memory came under an
+            # epoch of their own, as from any new outbox.
             conn = sqlite3.connect(state / "outbox.sqlite")
             try:
                 assert conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
@@ -203,29 +206,29 @@ def test_a_card_gone_read_only_the_agent_runs_on_sends_live_says_so_and_recovers
             finally:
                 conn.close()
             sent = _bodies(subscriber, "plc")
-            assert last_seq >= max(b["seq"] for b in sent)
+            assert last_seq >= max(b["seq"] for b in sent if b["epoch"] == card_epoch)
+            (memory_epoch,) = {b["epoch"] for b in sent} - {card_epoch}
 
-            # A start after it: new seqs, never one the centre already has with other readings.
+            # A start after it: new seqs, never one the centre already has with other readings
+            # (the centre drops a repeat of (epoch, stream, seq) unread).
             agent = start_agent(config)
             before = len(sent)
             subscriber.wait_until(lambda _m: len(_bodies(subscriber, "plc")) >= before + 5, 30)
             assert agent.stop() == 0
             agent = None
-            by_seq: dict[int, str] = {}
+            by_key: dict[tuple[int, int], str] = {}
             for body in _bodies(subscriber, "plc"):
                 readings = json.dumps(body["readings"], sort_keys=True)
-                assert by_seq.setdefault(body["seq"], readings) == readings, f"seq {body['seq']} reused"
-            assert len({b["epoch"] for b in _bodies(subscriber, "plc")}) == 1
-            seqs = sorted(by_seq)
-            assert seqs == list(range(1, seqs[-1] + 1)), "a gap in the seqs the centre received"
+                key = (body["epoch"], body["seq"])
+                assert by_key.setdefault(key, readings) == readings, f"epoch and seq {key} reused"
+            assert {epoch for epoch, _ in by_key} == {card_epoch, memory_epoch}
+            for epoch in (card_epoch, memory_epoch):
+                seqs = sorted(seq for e, seq in by_key if e == epoch)
+                assert seqs == list(range(1, seqs[-1] + 1)), f"a gap in epoch {epoch}'s seqs"
     finally:
         if agent is not None:
             agent.kill()
         broker.stop()
-        for note in async_outbox.SEQS_NOTE_DIR.glob("edge-agent-seqs-*.json"):
-            with contextlib.suppress(OSError, ValueError):
-                if json.loads(note.read_bytes()).get("path") == str(state / "outbox.sqlite"):
-                    note.unlink()
 
 
 def test_a_stop_on_a_read_only_card_is_clean(card: Card, tmp_path: Path) -> None:
@@ -235,32 +238,27 @@ def test_a_stop_on_a_read_only_card_is_clean(card: Card, tmp_path: Path) -> None
     config = tmp_path / "agent.toml"
     config.write_text(agent_config(state, devices=[PLC]))
     agent = start_agent(config)
-    epoch = 0
     try:
-        epoch = agent.wait_status(lambda s: s["pipeline"]["committed_readings"] > 0, timeout=30)["buffer"][
-            "epoch"
-        ]
+        agent.wait_status(lambda s: s["pipeline"]["committed_readings"] > 0, timeout=30)
         card.fail()
         agent.wait_status(lambda s: bool(_storage_lines(s)), timeout=30)
         assert agent.stop() == 0
     finally:
         agent.kill()
-        # The agent's note of the seqs it gave from memory (a start on the mended card takes it).
-        (async_outbox.SEQS_NOTE_DIR / f"edge-agent-seqs-{epoch}.json").unlink(missing_ok=True)
     assert "Read-only file system: " + str(state / "status.sock") not in agent.log()
 
 
 async def test_the_outbox_goes_on_in_memory_and_back_to_the_card(
     card: Card, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`AsyncOutbox` alone: ids and seqs run on across the two files, every row is leased once in
-    order, acks of rows on the read-only card do not fail, and the card is used again."""
+    """`AsyncOutbox` alone: ids run on across the two files, the one in memory is an outbox of its
+    own (its epoch, its seqs from 1), every row is leased once in order, acks of rows on the
+    read-only card do not fail, and the card is used again with its own seqs."""
     path = card.mount / "state" / "outbox.sqlite"
     path.parent.mkdir()
     one = [Batch("plc", readings=[Reading("plc", "flow", 1, 1.0)])]
     box = await AsyncOutbox.open(path, max_bytes=2**24)
     monkeypatch.setattr(async_outbox, "PROBE_EVERY_S", 0.0)  # try the card at every append
-    monkeypatch.setattr(async_outbox, "SEQS_NOTE_DIR", card.mount.parent)
     try:
         for _ in range(3):
             await box.append(one)
@@ -272,9 +270,12 @@ async def test_the_outbox_goes_on_in_memory_and_back_to_the_card(
         assert stats.read_only == f"{path.parent}: Read-only file system"
         assert stats.not_durable_readings == 3
         rows = await box.lease(0, 100)
-        assert [(r.stream, r.seq) for r in rows] == [("plc", 1), ("plc", 2), ("plc", 3)]
+        assert [(r.stream, r.seq, r.epoch) for r in rows] == [("plc", q, epoch) for q in (1, 2, 3)]
         rows += await box.lease(rows[-1].id, 100)
-        assert [(r.stream, r.seq) for r in rows[3:]] == [("events", 1), ("plc", 4), ("plc", 5), ("plc", 6)]
+        memory = rows[3:]
+        assert [(r.stream, r.seq) for r in memory] == [("events", 1), ("plc", 1), ("plc", 2), ("plc", 3)]
+        (memory_epoch,) = {r.epoch for r in memory}
+        assert memory_epoch not in (epoch, None)
         assert [r.id for r in rows] == sorted(r.id for r in rows)
         assert await box.lease(rows[-1].id, 100) == []
         await box.ack([r.id for r in rows])  # the card's three stay on it; no error
@@ -284,21 +285,21 @@ async def test_the_outbox_goes_on_in_memory_and_back_to_the_card(
         assert stats.read_only is None
         assert box.epoch == epoch
         later = await box.lease(rows[-1].id, 100)
-        assert [(r.stream, r.seq) for r in later] == [("events", 2), ("plc", 7)]
+        assert [(r.stream, r.seq, r.epoch) for r in later] == [("events", 1, epoch), ("plc", 4, epoch)]
     finally:
         await box.close()
     with Outbox(path, max_bytes=2**24) as again:
-        assert again.last_seqs() == {"plc": 7, "events": 2}
+        assert again.last_seqs() == {"plc": 4, "events": 1}
         assert [(r.seq, r.stream) for r in again.lease(0, 100)][:3] == [(1, "plc"), (2, "plc"), (3, "plc")]
 
 
-async def test_a_restart_before_the_card_is_back_never_gives_the_seqs_of_memory_again(
-    card: Card, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_restart_or_a_reboot_before_the_card_is_back_never_gives_a_seq_of_memory_again(
+    card: Card,
 ) -> None:
-    """The process ends while the card is read-only (a stop, the watchdog); the card is mended and
-    the agent starts on it: new readings get seqs after those the centre had from memory (the
-    same seq with other readings would be dropped there as a repeat)."""
-    monkeypatch.setattr(async_outbox, "SEQS_NOTE_DIR", tmp_path)  # /dev/shm on a gateway
+    """The process ends while the card is read-only (a stop, the watchdog, a reboot: nothing in
+    memory survives it); the card is mended and the agent starts on it. New readings must never
+    get an (epoch, stream, seq) the centre already had from memory: it would drop them as repeats.
+    They cannot: the outbox in memory had an epoch of its own."""
     path = card.mount / "state" / "outbox.sqlite"
     path.parent.mkdir()
     one = [Batch("plc", readings=[Reading("plc", "flow", 1, 1.0)])]
@@ -306,17 +307,23 @@ async def test_a_restart_before_the_card_is_back_never_gives_the_seqs_of_memory_
     await box.append(one)
     card.fail()
     for _ in range(3):
-        await box.append(one)  # plc 2, 3, 4 from memory
+        await box.append(one)  # from memory
+    leased: list[OutboxRow] = []
+    while more := await box.lease(leased[-1].id if leased else 0, 100):  # the card's, then memory's
+        leased += more
     await box.close()
     card.replace()
     box = await AsyncOutbox.open(path, max_bytes=2**24)
     try:
         await box.append(one)
         rows = await box.lease(0, 100)
-        assert [(r.stream, r.seq) for r in rows] == [("plc", 1), ("plc", 5)]
     finally:
         await box.close()
-    assert list(tmp_path.iterdir()) == []  # the note is taken
+    assert [(r.stream, r.seq) for r in rows] == [("plc", 1), ("plc", 2)]
+    from_memory = {(r.epoch, r.stream, r.seq) for r in leased[1:]}  # all but the card's plc 1
+    assert len(from_memory) == 4
+    assert {(r.epoch, r.stream, r.seq) for r in rows}.isdisjoint(from_memory)
+    assert len({r.epoch for r in leased}) == 2
 
 
 def test_a_start_on_a_card_already_read_only_runs_from_memory_and_takes_the_card_back(
@@ -347,12 +354,13 @@ def test_a_start_on_a_card_already_read_only_runs_from_memory_and_takes_the_card
     finally:
         agent.kill()
     assert "Traceback" not in agent.log()
-    # The card's rows are all there, and the seqs given from memory are taken on it.
+    # The card's rows are all there, and its seqs go on from its own (those from memory were
+    # under the memory outbox's epoch).
     conn = sqlite3.connect(state / "outbox.sqlite")
     try:
         assert conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
         seqs = [seq for (seq,) in conn.execute("SELECT seq FROM outbox WHERE stream = 'plc' ORDER BY id")]
     finally:
         conn.close()
-    assert seqs[:on_card] == list(range(1, on_card + 1))
-    assert outbox_last_seqs(state / "outbox.sqlite")["plc"] > on_card + 10
+    assert len(seqs) >= on_card
+    assert seqs == list(range(1, len(seqs) + 1))

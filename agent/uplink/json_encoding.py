@@ -166,7 +166,12 @@ class JsonEncoder:
             self._codec = default_codec()
         readings, events = decode_body_fields(self._codec, row)
         payload = encode_items(
-            row, self._topics.site, self._topics.gateway, epoch=self._epoch, readings=readings, events=events
+            row,
+            self._topics.site,
+            self._topics.gateway,
+            epoch=self._epoch if row.epoch is None else row.epoch,
+            readings=readings,
+            events=events,
         )
         compress = self._compression.compress
         return Message(topic, payload if compress is None else compress(payload))
