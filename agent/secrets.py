@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import typing
+import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,19 +33,39 @@ __all__ = [
 def secret_fields(
     model: BaseModel, fields: Callable[[type[BaseModel]], Iterable[str]] | None = None
 ) -> Iterable[Secret]:
-    """Every `Secret`-typed value set in `model` and the models nested in it. `fields`: the fields
-    of a model type to look into (default: those whose type could hold a secret)."""
+    """Every `Secret`-typed value set in `model` and the models nested in it, and the password
+    written in a URL setting (`[uplink] proxy = "http://user:password@host:port"`). `fields`: the
+    fields of a model type to look into (default: those whose type could hold a secret)."""
     visit = _fields_to_visit if fields is None else fields
     for name in visit(type(model)):
         value: Any = getattr(model, name)
-        if isinstance(value, SecretRef) or (isinstance(value, str) and name in ("password", "passphrase")):
+        if isinstance(value, SecretRef) or (isinstance(value, str) and name in _SECRET_NAMES):
             yield value
+        elif isinstance(value, str) and name in _URL_NAMES:
+            yield from _url_passwords(value)
         elif isinstance(value, BaseModel):
             yield from secret_fields(value, visit)
         elif isinstance(value, list | tuple):
             for item in value:
                 if isinstance(item, BaseModel):
                     yield from secret_fields(item, visit)
+
+
+# Fields whose string value is a secret, and fields that are URLs which may hold one.
+_SECRET_NAMES = ("password", "passphrase")
+_URL_NAMES = ("proxy",)
+
+
+def _url_passwords(url: str) -> list[str]:
+    """The password in a URL's user part, as written and percent-decoded (as it is sent); none in
+    a URL that does not parse."""
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:
+        return []
+    if not password:
+        return []
+    return list(dict.fromkeys((password, urllib.parse.unquote(password))))
 
 
 @functools.cache
@@ -54,7 +75,7 @@ def _fields_to_visit(model: type[BaseModel]) -> tuple[str, ...]:
     return tuple(
         name
         for name, field in model.model_fields.items()
-        if name in ("password", "passphrase") or _may_hold_secret(field.annotation)
+        if name in _SECRET_NAMES or name in _URL_NAMES or _may_hold_secret(field.annotation)
     )
 
 

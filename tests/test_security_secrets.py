@@ -229,3 +229,18 @@ def test_the_secret_walk_skips_only_fields_that_cannot_hold_a_secret() -> None:
             assert walked == list(secret_fields(model, _every_field)), sample.name
             found += len(walked)
     assert found >= 3  # the samples' meter keys: the comparison compares something
+
+
+def test_a_password_written_in_the_proxy_url_is_masked_like_any_password() -> None:
+    """`[uplink] proxy = "http://user:password@host:port"`: the password is a secret wherever it
+    would appear (the log, status), as written and percent-decoded; the rest of the URL is not."""
+    from water_edge.agent.secrets import secret_fields
+
+    cfg = MqttConfig(host="broker", proxy="http://gw17:s%40cret-Proxy9@proxy.corp:3128")
+    secrets = list(secret_fields(cfg))
+    assert secrets == ["s%40cret-Proxy9", "s@cret-Proxy9"]
+    line = "connect via http://gw17:s%40cret-Proxy9@proxy.corp:3128 refused for gw17:s@cret-Proxy9"
+    clean = redact({"uplink": {"last_error": line}}, [str(s) for s in secrets])
+    assert "cret-Proxy9" not in repr(clean)
+    assert "proxy.corp:3128" in repr(clean)
+    assert list(secret_fields(MqttConfig(host="broker", proxy="http://proxy.corp:3128"))) == []
