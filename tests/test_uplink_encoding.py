@@ -148,3 +148,15 @@ def test_bad_rows_raise_encode_error() -> None:
         enc.encode(row(b"not json"))
     with pytest.raises(EncodeError):
         enc.encode(row(encode_readings([]), stream="a/b"))
+
+
+def test_a_row_is_sent_under_the_epoch_of_the_outbox_it_came_from() -> None:
+    """While the card is read-only, rows come from an outbox in memory with an epoch of its own
+    (docs/durability.md): each message carries its row's epoch, not the uplink's, or the centre
+    would take the memory's seqs for the card's."""
+    body = encode_readings([Reading("plc1", "flow", 1, 1.0)])
+    from_memory = OutboxRow(3, "plc1", 1, "telemetry", 1, 1, body, 2**40 + 1)
+    encoder = JsonEncoder(Topics("water", "s", "g"), epoch=99)
+    assert orjson.loads(encoder.encode(from_memory).payload)["epoch"] == 2**40 + 1
+    assert orjson.loads(encoder.encode(row(body)).payload)["epoch"] == 99  # a row without one
+    assert orjson.loads(encode(from_memory, "s", "g", epoch=99))["epoch"] == 2**40 + 1

@@ -66,7 +66,7 @@ async def test_the_size_is_counted_as_the_broker_counts_it(
     topic = f"water/{SITE}/{GATEWAY}/plc1"
     await outbox.append([Batch("plc1", readings=[Reading("plc1", "name", 10**18, "x" * 10_000)])])
     (row,) = await outbox.lease(0, 1)
-    payload = encode(row, SITE, GATEWAY)  # the uplink's epoch here: 0 (the agent passes the outbox's)
+    payload = encode(row, SITE, GATEWAY)  # under the row's epoch (its outbox's), as the uplink sends it
     size = publish_packet_size(topic, payload, PublishProperties("application/json"))
     for limit, sent in ((size - 1, False), (size, True)):
         broker = Mosquitto(extra_config=f"max_packet_size {limit}\n")

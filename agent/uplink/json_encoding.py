@@ -129,8 +129,10 @@ def _decode(
 def encode(
     row: OutboxRow, site: str, gateway: str, codec: BodyCodec | None = None, *, epoch: int = 0
 ) -> bytes:
-    """The JSON payload of one outbox row (body decoded with `buffer.codec` unless `codec` is given)."""
+    """The JSON payload of one outbox row (body decoded with `buffer.codec` unless `codec` is given),
+    under the epoch of the outbox the row was leased from, else `epoch`."""
     readings, events = decode_body_fields(codec or default_codec(), row)
+    epoch = epoch if row.epoch is None else row.epoch
     return encode_items(row, site, gateway, epoch=epoch, readings=readings, events=events)
 
 
