@@ -56,6 +56,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from water_edge.core.errors import AgentError
+from water_edge.core.hosts import host_port
 from water_edge.core.reading import Event, Severity, now_ns
 from water_edge.provisioning.ca import subject_text_attribute
 from water_edge.provisioning.config import ClaimSection, IdentitySection
@@ -516,5 +517,4 @@ class IdentityKeeper:
 
 def _same_broker(address: str, claim: ClaimSection) -> bool:
     """Whether the uplink's broker (`host:port` as its health shows it) is the claim section's."""
-    host = f"[{claim.host}]" if ":" in claim.host else claim.host
-    return address.lower() == f"{host}:{claim.port}".lower()
+    return address.lower() == host_port(claim.host, claim.port).lower()

@@ -339,6 +339,9 @@ class AsyncOutbox:
         return []
 
     def _ack(self, row_ids: list[int]) -> None:
+        if len(self._segments) == 1:  # the card only, never read-only since start: no routing
+            self._target.ack(row_ids)
+            return
         by_box: dict[int, tuple[Outbox, list[int]]] = {}
         for row_id in row_ids:
             box = self._box_of(row_id)
@@ -374,10 +377,13 @@ class AsyncOutbox:
             if self.read_only is None or self._last_durable_stats is None:
                 raise
             stats = self._last_durable_stats
+        memory_rows = 0
         for box in self._boxes():
             if box is self._durable:
                 continue
             more = box.stats()
+            if box is self._volatile:
+                memory_rows = more.rows
             oldest = [t for t in (stats.oldest_created_ns, more.oldest_created_ns) if t is not None]
             streams = dict(stats.streams)
             for stream, rows in more.streams.items():
@@ -397,7 +403,7 @@ class AsyncOutbox:
             read_only=self.read_only,
             read_only_since_ns=self.read_only_since_ns,
             not_durable_readings=self.not_durable_readings,
-            memory_rows=0 if self._volatile is None else self._volatile.stats().rows,
+            memory_rows=memory_rows,
         )
 
     def _close(self) -> None:

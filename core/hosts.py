@@ -57,3 +57,8 @@ def check_port(port: str) -> int:
 Host = Annotated[str, AfterValidator(check_host)]
 
 __all__ = ["Host", "check_host", "check_port"]
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port` as logs, errors and HTTP show an endpoint: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

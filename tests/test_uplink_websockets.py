@@ -9,7 +9,10 @@ subscriber uses, and the WebSocket listener is added after it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,9 +33,22 @@ from water_edge.core.secrets import SecretRef
 TOPIC = f"water/{SITE}/{GATEWAY}/plc1"
 
 
-def websocket_broker(ws_port: int, tls: str = "") -> Mosquitto:
-    """A Mosquitto with its TCP listener (the subscriber's) and a WebSocket one on `ws_port`."""
-    return Mosquitto(extra_config=f"listener {ws_port} 127.0.0.1\nprotocol websockets\n{tls}")
+@contextlib.contextmanager
+def websocket_broker(ws_port: int, tls: str = "") -> Iterator[Mosquitto]:
+    """A Mosquitto with its TCP listener (the subscriber's) and a WebSocket one on `ws_port`, once
+    that one takes connections too: `Mosquitto` waits for its TCP port only, and under load the
+    WebSocket listener came a moment later (make test: connection refused once)."""
+    with Mosquitto(extra_config=f"listener {ws_port} 127.0.0.1\nprotocol websockets\n{tls}") as broker:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", ws_port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield broker
 
 
 def outbox_empty(outbox: AsyncOutbox) -> Callable[[], Awaitable[bool]]:

@@ -720,10 +720,7 @@ class PahoTransport:
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: Any, _props: Any) -> None:
         # The last PUBACK's failure, if it was one: a broker that closes the connection right
         # after refusing a message (an ACL denial) is then not taken for a network fault.
-        if reason.is_failure:
-            self._refusal = f"{reason} (0x{reason.value:02X})"
-        elif self._refusal is not None:
-            self._refusal = None
+        self._refusal = f"{reason} (0x{reason.value:02X})" if reason.is_failure else None
         if self._listener is not None:
             self._listener.on_puback(mid, reason)
 

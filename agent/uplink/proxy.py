@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from water_edge.core.hosts import check_host
+from water_edge.core.hosts import check_host, host_port
 
 # How a close reason starts when the proxy answered CONNECT with anything but 2xx.
 PROXY_REFUSED = "the proxy refused the connection"
@@ -44,8 +44,7 @@ class Proxy:
     @property
     def address(self) -> str:
         """`host:port` (IPv6 in brackets), without the credentials: what logs and errors show."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 def parse_proxy(uri: str) -> Proxy:
@@ -115,7 +114,7 @@ def open_tunnel(sock: socket.socket, host: str, port: int, proxy: Proxy, timeout
     2xx, with nothing of the tunnel's own bytes read. `ProxyRefusedError` for any other status
     (`the proxy refused the connection: 407 Proxy Authentication Required; ...`), `ProxyError`
     when it answers nothing or no HTTP within `timeout_s`."""
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    target = host_port(host, port)
     lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
     if proxy.username is not None:
         token = base64.b64encode(f"{proxy.username}:{proxy.password or ''}".encode()).decode("ascii")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from water_edge.core.errors import UplinkError
-from water_edge.core.hosts import check_host
+from water_edge.core.hosts import check_host, host_port
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 WEBSOCKET_PORTS = {"mqtt": 80, "mqtts": 443}  # `[uplink] transport = "websockets"`: ws:// and wss://
@@ -45,8 +45,7 @@ class Server:
     @property
     def address(self) -> str:
         """`host:port` (IPv6 in brackets), as status and logs show it."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
     @property
     def uri(self) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated, Final, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from water_edge.core.hosts import Host
+from water_edge.core.hosts import Host, host_port
 from water_edge.core.names import NAME_PATTERN
 from water_edge.drivers.base import DeviceConfig
 
@@ -201,8 +201,7 @@ class ModbusTcpConfig(ModbusDeviceConfig):
     port: int = Field(default=502, ge=1, le=65535)
 
     def endpoint_text(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 Parity = Literal["none", "even", "odd"]
