@@ -156,7 +156,7 @@ def test_a_card_gone_read_only_the_agent_runs_on_sends_live_says_so_and_recovers
     agent: AgentProcess | None = None
     try:
         agent = start_agent(config)
-        kept = agent.wait_status(lambda s: s["buffer"]["rows"] >= 20, timeout=30)["buffer"]["rows"]
+        kept = agent.wait_status(lambda s: s["buffer"].get("rows", 0) >= 20, timeout=30)["buffer"]["rows"]
 
         card.fail()
         failed = agent.wait_status(lambda s: bool(_storage_lines(s)), timeout=30)
@@ -178,7 +178,7 @@ def test_a_card_gone_read_only_the_agent_runs_on_sends_live_says_so_and_recovers
             agent.process.send_signal(signal.SIGCONT)
             # The alarm reaches the centre, and readings taken since flow live.
             subscriber.wait_until(lambda _m: "storage_read_only" in _event_kinds(subscriber), 30)
-            status = agent.wait_status(lambda s: s["buffer"]["not_durable_readings"] >= 30, timeout=30)
+            status = agent.wait_status(lambda s: s["buffer"].get("not_durable_readings", 0) >= 30, timeout=30)
             assert status["buffer"]["read_only"] == f"{state}: Read-only file system"
             committed = status["pipeline"]["committed_readings"]
             subscriber.wait_until(lambda _m: _readings(subscriber) >= committed, 30)
@@ -336,7 +336,7 @@ def test_a_start_on_a_card_already_read_only_runs_from_memory_and_takes_the_card
     config.write_text(agent_config(state, status_socket=tmp_path / "status.sock", devices=[PLC]))
     agent = start_agent(config)  # no broker: what it reads stays on the card
     try:
-        agent.wait_status(lambda s: s["buffer"]["rows"] >= 5, timeout=30)
+        agent.wait_status(lambda s: s["buffer"].get("rows", 0) >= 5, timeout=30)
         assert agent.stop() == 0
     finally:
         agent.kill()
