@@ -55,12 +55,16 @@ import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from water_edge.agent.uplink.config import MqttConfig
 from water_edge.core.errors import AgentError
 from water_edge.core.hosts import host_port
 from water_edge.core.reading import Event, Severity, now_ns
+from water_edge.core.secrets import resolve_secret
 from water_edge.provisioning.ca import subject_text_attribute
 from water_edge.provisioning.config import ClaimSection, IdentitySection
 from water_edge.provisioning.enrol import (
+    DIRECT,
+    ClaimRoute,
     enrol_with_claim,
     install_reply,
     renewal_section,
@@ -288,9 +292,11 @@ class IdentityKeeper:
         site: str,
         emit: Callable[[Event], Awaitable[None]],
         clock_ns: Callable[[], int] = time.time_ns,
+        route: ClaimRoute = DIRECT,
     ) -> None:
         self.section = section
         self.identity = identity
+        self.route = route  # the uplink's way out, which an enrolment connection takes too
         self.common_name = common_name
         self.site = site
         self._emit = emit
@@ -490,7 +496,7 @@ class IdentityKeeper:
 
     def _enrol(self, section: ClaimSection) -> None:
         serial = device_serial(self.section.serial)
-        enrol_with_claim(self.identity, section, serial, self.common_name, self.site)
+        enrol_with_claim(self.identity, section, serial, self.common_name, self.site, route=self.route)
 
     async def _check_expiring(self) -> None:
         health = self.health()
@@ -513,6 +519,18 @@ class IdentityKeeper:
                 },
             )
         )
+
+
+def claim_route(uplink: MqttConfig) -> ClaimRoute:
+    """The uplink's way out (`[uplink] transport`, `websocket_*`, `proxy` with its password read
+    now), which a claim enrolment takes: where the gateway's only way out is the corporate proxy, a
+    direct connection to the enrolment broker would never be let through."""
+    return ClaimRoute(
+        transport=uplink.transport,
+        websocket_path=uplink.websocket_path,
+        websocket_headers=tuple(uplink.websocket_headers.items()),
+        proxy=uplink.resolved_proxy(resolve_secret(uplink.proxy_password)),
+    )
 
 
 def _same_broker(address: str, claim: ClaimSection) -> bool:

@@ -43,7 +43,7 @@ from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSy
 from water_edge.agent.config import Config
 from water_edge.agent.devices_down import DOWN, UP, DownDevices
 from water_edge.agent.hangup import Hangup
-from water_edge.agent.identity_keeper import IdentityKeeper
+from water_edge.agent.identity_keeper import IdentityKeeper, claim_route
 from water_edge.agent.learnt_tags import LearntTags, SpacedSaves
 from water_edge.agent.live_config import ConfigPlan, plan_changes
 from water_edge.agent.pipeline import Pipeline, ReadingFeed
@@ -132,6 +132,7 @@ class Agent:
             common_name=gw.id,
             site=gw.site,
             emit=self.emit,
+            route=claim_route(config.uplink),
         )
         self.uplink: MqttUplink | SparkplugUplink
         if config.uplink.encoding == "sparkplug_b":

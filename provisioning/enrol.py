@@ -3,25 +3,65 @@ current one (renewal), send the CSR, install the certificate that comes back. Bl
 run it in a thread from async code.
 
 The request goes to `{prefix}/{CN of the connecting certificate}/csr`, the only enrolment topic the
-shipped broker ACL lets that certificate use (see `enrol_protocol`)."""
+shipped broker ACL lets that certificate use (see `enrol_protocol`).
+
+The connection takes the uplink's way out (`ClaimRoute`): a gateway whose network lets it out only
+through the corporate HTTP proxy, or on 443 over WebSockets, enrols through the same proxy and
+transport, or it could never enrol where it is installed."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import orjson
 import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
+from water_edge.core.hosts import host_port
+from water_edge.core.http_proxy import Proxy, tunnel
 from water_edge.provisioning.config import ClaimSection, IdentitySection
 from water_edge.provisioning.enrol_protocol import cert_topic, csr_topic
 from water_edge.provisioning.errors import ProvisioningError
 from water_edge.provisioning.identity import DeviceIdentity, certificate_name
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRoute:
+    """How an enrolment connection reaches its broker: the uplink's transport, and its HTTP proxy
+    with the password resolved (`[uplink] transport`, `websocket_path`, `websocket_headers`, `proxy`)."""
+
+    transport: Literal["tcp", "websockets"] = "tcp"
+    websocket_path: str = "/mqtt"
+    websocket_headers: tuple[tuple[str, str], ...] = ()
+    proxy: Proxy | None = None
+
+    def way(self) -> str:
+        """How the route reads after a broker's address: "" (direct TCP), " over WebSockets", " through
+        the proxy proxy.corp:3128"."""
+        over = " over WebSockets" if self.transport == "websockets" else ""
+        return over + ("" if self.proxy is None else f" through the proxy {self.proxy.address}")
+
+
+DIRECT = ClaimRoute()
+
+
+class _RoutedClient(paho.Client):
+    """paho whose socket is a tunnel through the route's proxy when it has one (TLS, WebSockets and
+    MQTT then run inside it, as the uplink's do)."""
+
+    proxy: Proxy | None = None
+
+    def _create_socket_connection(self) -> socket.socket:
+        if self.proxy is None:
+            return super()._create_socket_connection()
+        return tunnel(self.proxy, self._host, self._port, self._connect_timeout)
 
 
 class _Exchange:
@@ -64,9 +104,18 @@ class _Exchange:
             self.reply.update(doc)
             self.done.set()
 
-    def run(self, verify_hostname: bool) -> dict[str, Any]:
+    def run(self, verify_hostname: bool, route: ClaimRoute) -> dict[str, Any]:
         claim = self.claim
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.serial, protocol=paho.MQTTv5)
+        client = _RoutedClient(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.serial,
+            protocol=paho.MQTTv5,
+            transport=route.transport,
+        )
+        client.connect_timeout = claim.timeout_s
+        if route.transport == "websockets":
+            client.ws_set_options(path=route.websocket_path, headers=dict(route.websocket_headers) or None)
+        client.proxy = route.proxy
         try:
             client.tls_set(
                 ca_certs=str(claim.ca_file),
@@ -85,7 +134,7 @@ class _Exchange:
             client.connect(claim.host, claim.port, keepalive=30)
         except (OSError, ssl.SSLError) as exc:
             raise ProvisioningError(
-                f"cannot reach the enrolment broker {claim.host}:{claim.port}: {exc}"
+                f"cannot reach the enrolment broker {host_port(claim.host, claim.port)}{route.way()}: {exc}"
             ) from exc
         client.loop_start()
         try:
@@ -110,13 +159,14 @@ def enrol_with_claim(
     site: str | None = None,
     *,
     verify_hostname: bool = True,
+    route: ClaimRoute = DIRECT,
 ) -> None:
     """Get a certificate for this device's key from the enrolment service and make it current.
 
     With the claim certificate in `claim` this is a first enrolment; to renew, pass a `claim`
-    section pointing at the current certificate (`renewal_section`)."""
+    section pointing at the current certificate (`renewal_section`). `route`: the uplink's way out."""
     csr = identity.make_csr(serial, common_name, site)
-    reply = _Exchange(claim, serial, csr).run(verify_hostname)
+    reply = _Exchange(claim, serial, csr).run(verify_hostname, route)
     install_reply(identity, reply, serial, common_name)
 
 

@@ -97,6 +97,7 @@ class _Resolved:
         # Where a renewal goes without a claim section: the uplink's first broker with TLS.
         servers = [s for s in config.uplink.server_list() if s.tls] if config else []
         self.uplink_broker: tuple[str, int] | None = (servers[0].host, servers[0].port) if servers else None
+        self.uplink = config.uplink if config else None  # its way out (proxy, transport) is enrolment's
 
     def serial(self) -> str:
         from water_edge.provisioning.identity import device_serial
@@ -205,7 +206,8 @@ def _install(args: argparse.Namespace, r: _Resolved) -> int:
 
 @_guarded
 def _enrol(args: argparse.Namespace, r: _Resolved) -> int:
-    from water_edge.provisioning.enrol import enrol_with_claim, renewal_section
+    from water_edge.agent.identity_keeper import claim_route
+    from water_edge.provisioning.enrol import DIRECT, enrol_with_claim, renewal_section
     from water_edge.provisioning.identity import DeviceIdentity
 
     claim = r.identity_cfg.claim
@@ -220,7 +222,8 @@ def _enrol(args: argparse.Namespace, r: _Resolved) -> int:
     if args.renew:
         claim = renewal_section(identity, claim)
         _refuse_to_close_the_agents_connection(r, args.while_agent_runs)
-    enrol_with_claim(identity, claim, r.serial(), r.cn, r.site)
+    route = DIRECT if r.uplink is None else claim_route(r.uplink)
+    enrol_with_claim(identity, claim, r.serial(), r.cn, r.site, route=route)
     sys.stdout.write(f"{'renewed' if args.renew else 'enrolled'}; certificate in {identity.cert_file}\n")
     return EXIT_OK
 

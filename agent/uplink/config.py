@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Final, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from water_edge.agent.uplink.proxy import Proxy, parse_proxy
 from water_edge.agent.uplink.servers import Server, parse_server
 from water_edge.core.errors import UplinkError
 from water_edge.core.hosts import Host
+from water_edge.core.http_proxy import Proxy, parse_proxy
 from water_edge.core.names import TOPIC_LEVEL_PATTERN, TOPIC_PREFIX_PATTERN
 from water_edge.core.secrets import Secret, SecretRef
 from water_edge.core.sizes import ByteSize
@@ -166,7 +167,7 @@ class MqttConfig(BaseModel):
     transport: Literal["tcp", "websockets"] = "tcp"
     websocket_path: WebsocketPath = Field(default="/mqtt", max_length=1024)
     websocket_headers: WebsocketHeaders = Field(default_factory=HeaderTable, max_length=32)
-    # An HTTP proxy the connection goes through (HTTP CONNECT; see `proxy.py`). Checked among the
+    # An HTTP proxy the connection goes through (HTTP CONNECT; see `core/http_proxy.py`). Checked among the
     # checks across keys, whose messages never repeat the value: the URL may hold a password.
     proxy: str | None = None
     # The proxy user's password by reference, { file = "..." } or { env = "..." } (a literal goes in
@@ -198,6 +199,13 @@ class MqttConfig(BaseModel):
         """The HTTP proxy to go through, without its password when that is a reference
         (`ConnectOptions.from_config` is given it resolved)."""
         return None if self.proxy is None else parse_proxy(self.proxy)
+
+    def resolved_proxy(self, proxy_password: str | None) -> Proxy | None:
+        """The proxy with `proxy_password` (the resolved `proxy_password` reference) as its password."""
+        proxy = self.proxy_server()
+        if proxy is not None and proxy_password is not None:
+            proxy = replace(proxy, password=proxy_password)
+        return proxy
 
     def brokers_text(self) -> str:
         """The brokers for one-line summaries: `a:1883, b:1883`."""

@@ -100,7 +100,7 @@ WebSockets and an HTTP proxy
     over the TCP or TLS socket); what reads the kernel's view of the link (`note_link_progress`,
     `unsent_bytes`, TLS bytes pending) looks at the socket under the wrapper (`_tcp_socket`), and
     a failed upgrade says so. Through `[uplink] proxy` the resolved addresses are the proxy's and
-    `_create_socket_connection` asks it for a tunnel to the broker (`proxy.py`, which says why not
+    `_create_socket_connection` asks it for a tunnel to the broker (`core/http_proxy.py`, which says why not
     paho's `proxy_set`) before paho's TLS and WebSocket handshakes, which then run inside it; the
     proxy's refusal is the `ConnectError`, in its words.
 
@@ -128,7 +128,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from water_edge.agent.uplink.proxy import Proxy, ProxyError, open_tunnel
 from water_edge.agent.uplink.transport import (
     BROKER_DISCONNECTED,
     CERTIFICATE_REFUSED,
@@ -144,6 +143,7 @@ from water_edge.agent.uplink.transport import (
     TransportListener,
 )
 from water_edge.core.errors import UplinkError
+from water_edge.core.http_proxy import Proxy, ProxyError, tunnel
 from water_edge.core.sockets import Address, connect_first
 
 _RECV_CHUNK = 64 * 1024
@@ -302,24 +302,15 @@ class _BoundedClient(paho.Client):
 
     def _create_socket_connection(self) -> socket.socket:
         """Connect to the addresses resolved beforehand, in order, instead of resolving again;
-        through the proxy, to the proxy's, then ask it for a tunnel to the broker (`proxy.py`):
+        through the proxy, to the proxy's, then ask it for a tunnel to the broker (`core/http_proxy.py`):
         paho's TLS and WebSocket handshakes then run through the tunnel."""
         if not self.addresses:
             return super()._create_socket_connection()
         proxy = self.proxy
         if proxy is None:
             return connect_first(self.addresses, self._connect_timeout)
-        try:
-            sock = connect_first(self.addresses, self._connect_timeout)
-        except OSError as exc:
-            raise ProxyError(f"cannot reach the proxy {proxy.address}: {exc.strerror or exc}") from exc
-        try:
-            open_tunnel(sock, self._host, self._port, proxy, self._connect_timeout)
-        except BaseException:
-            sock.close()
-            raise
-        sock.settimeout(self._connect_timeout)
-        return sock
+        addresses, timeout_s = self.addresses, self._connect_timeout
+        return tunnel(proxy, self._host, self._port, timeout_s, lambda: connect_first(addresses, timeout_s))
 
     def _sock_recv(self, bufsize: int) -> bytes:
         packet = self._in_packet

@@ -14,13 +14,13 @@ are passed as the library gives them, as long as they have the `Reason` shape (p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from water_edge.agent.uplink.config import MqttConfig, TlsConfig
-from water_edge.agent.uplink.proxy import Proxy
 from water_edge.agent.uplink.servers import Server
 from water_edge.core.errors import UplinkError
+from water_edge.core.http_proxy import Proxy
 
 # How a transport's close reason starts when the broker said (MQTT 5 DISCONNECT 0x8E) that another
 # client connected with our client id.
@@ -121,9 +121,6 @@ class ConnectOptions:
     ) -> ConnectOptions:
         """Options for one connection to `server` (one of `config.server_list()`); `password` and
         `proxy_password` are the resolved secrets (never the references)."""
-        proxy = config.proxy_server()
-        if proxy is not None and proxy_password is not None:
-            proxy = replace(proxy, password=proxy_password)
         return cls(
             host=server.host,
             port=server.port,
@@ -140,7 +137,7 @@ class ConnectOptions:
             transport=config.transport,
             websocket_path=config.websocket_path,
             websocket_headers=tuple(config.websocket_headers.items()),
-            proxy=proxy,
+            proxy=config.resolved_proxy(proxy_password),
         )
 
 

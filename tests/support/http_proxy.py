@@ -5,9 +5,10 @@
 then relays bytes both ways until either side closes (`tunnels` lists each target it opened a
 tunnel to, in order). `credentials=("user", "password")` requires `Proxy-Authorization: Basic ...`
 (407 otherwise, with `Proxy-Authenticate`); `refuse=403` (or 502...) answers every CONNECT with that
-status and opens nothing. `requests` keeps each request's target and `Proxy-Authorization` header,
-`first_sent` the first bytes the client sent through each tunnel (a WebSocket upgrade's request, an
-MQTT CONNECT, a TLS ClientHello).
+status and opens nothing. `names` maps host names only the proxy resolves (an OT network has no DNS
+for the outside; the proxy does) to addresses. `requests` keeps each request's target and
+`Proxy-Authorization` header, `first_sent` the first bytes the client sent through each tunnel (a
+WebSocket upgrade's request, an MQTT CONNECT, a TLS ClientHello).
 """
 
 from __future__ import annotations
@@ -29,9 +30,16 @@ class ConnectRequest:
 
 
 class HttpProxy:
-    def __init__(self, *, credentials: tuple[str, str] | None = None, refuse: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        credentials: tuple[str, str] | None = None,
+        refuse: int | None = None,
+        names: dict[str, str] | None = None,
+    ) -> None:
         self.credentials = credentials
         self.refuse = refuse
+        self.names = names or {}
         self.host = "127.0.0.1"
         self.tunnels: list[str] = []
         self.requests: list[ConnectRequest] = []
@@ -127,7 +135,8 @@ class HttpProxy:
             return
         host, _, port = target.rpartition(":")
         try:
-            upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=5)
+            host = host.strip("[]")
+            upstream = socket.create_connection((self.names.get(host, host), int(port)), timeout=5)
         except (OSError, ValueError):
             self._answer(client, 502)
             return

@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONF = ROOT / "deploy" / "mosquitto" / "edge-agent.conf"
 SHIPPED_ACL = ROOT / "deploy" / "mosquitto" / "acl"
 SHIPPED_DIR = "/etc/mosquitto/edge-agent/"
+# The broker's name as a gateway behind a proxy knows it: no resolver here knows it, only a test
+# proxy told so (`HttpProxy(names=...)`); the broker's certificate names it.
+OUTSIDE_NAME = "broker.utility.example"
 
 
 class ShippedMosquitto(Mosquitto):
@@ -59,7 +62,7 @@ class Pki:
         self.server_key = self.broker_dir / "broker.key"
         self.server_cert = self.broker_dir / "broker.pem"
         self.server_cert.write_bytes(
-            self.ca.issue_server("broker", ["127.0.0.1", "localhost"], self.server_key)
+            self.ca.issue_server("broker", ["127.0.0.1", "localhost", OUTSIDE_NAME], self.server_key)
         )
         self.centre_cert, self.centre_key = self.client("centre")
 
@@ -107,17 +110,23 @@ class Pki:
         poll_interval_ms: int,
         at_fraction: float,
         alarm_fraction: float,
+        broker_host: str | None = None,
+        uplink: dict[str, Any] | None = None,
     ) -> Path:
         """`directory/agent.toml` for a gateway with only a claim certificate (CN `claim`, issued
         here): it enrols as `serial` through `broker` and keeps the identity it gets in
         `directory/state/identity/current`, the uplink's TLS files. It renews from `at_fraction` of
         a certificate's lifetime and raises the alarm at `alarm_fraction` (retries 0.5 to 1 s apart,
-        at most one renewal a second); one fake device polled every `poll_interval_ms`."""
+        at most one renewal a second); one fake device polled every `poll_interval_ms`.
+        `broker_host`: the broker's name for the uplink and the claim (default: its address);
+        `uplink`: more `[uplink]` keys (a proxy...)."""
+        host = broker.host if broker_host is None else broker_host
         claim_cert, claim_key = self.client("claim")
         identity = directory / "state" / "identity" / "current"
         return write_agent_config(
             directory,
             broker_port=broker.port,
+            broker_host=host,
             devices=[{"name": "plc", "kind": "fake", "poll_interval_ms": poll_interval_ms,
                       "tags": [{"name": "flow"}]}],
             uplink={
@@ -125,14 +134,15 @@ class Pki:
                     "ca_file": str(identity / "ca.pem"),
                     "cert_file": str(identity / "cert.pem"),
                     "key_file": str(identity / "key.pem"),
-                }
+                },
+                **(uplink or {}),
             },
             security={
                 "identity": {
                     "serial": serial,
                     "claim": {
                         "cert_file": str(claim_cert), "key_file": str(claim_key),
-                        "ca_file": str(self.ca_file), "host": broker.host, "port": broker.port,
+                        "ca_file": str(self.ca_file), "host": host, "port": broker.port,
                         "timeout_s": 3,
                     },
                     "renewal": {

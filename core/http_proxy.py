@@ -1,10 +1,10 @@
-"""The uplink through an HTTP proxy: `[uplink] proxy = "http://[user[:password]@]host:port"`.
+"""MQTT through an HTTP proxy: `[uplink] proxy = "http://[user[:password]@]host:port"`.
 
 Many utilities' OT networks let a field gateway out only on TCP 443, and only through the corporate
-HTTP proxy. The uplink asks the proxy for a tunnel to the broker (`CONNECT broker:port HTTP/1.1`,
-RFC 9110 §9.3.6, with `Proxy-Authorization: Basic ...` when the URL names a user) on its own
-socket, and hands the tunnelled socket to paho, which then speaks TLS, WebSockets and MQTT through
-it as it would to the broker directly.
+HTTP proxy. The uplink, and a claim enrolment, which takes the uplink's way out, ask the proxy for a
+tunnel to the broker (`CONNECT broker:port HTTP/1.1`, RFC 9110 §9.3.6, with `Proxy-Authorization:
+Basic ...` when the URL names a user) on their own socket, and hand the tunnelled socket to paho,
+which then speaks TLS, WebSockets and MQTT through it as it would to the broker directly.
 
 Why the uplink makes the CONNECT itself rather than paho's `proxy_set` (PySocks):
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -142,6 +143,32 @@ def open_tunnel(sock: socket.socket, host: str, port: int, proxy: Proxy, timeout
     text = f"{PROXY_REFUSED}: {status} {reason.strip()}".rstrip()
     hint = _hint(status, proxy, target)
     raise ProxyRefusedError(status, f"{text}; {hint}" if hint else text)
+
+
+def tunnel(
+    proxy: Proxy,
+    host: str,
+    port: int,
+    timeout_s: float,
+    connect: Callable[[], socket.socket] | None = None,
+) -> socket.socket:
+    """A socket to the proxy (from `connect`, else by resolving its name), tunnelled to `host`:`port`
+    and ready for the broker's own bytes; `ProxyError` naming the proxy when it cannot be reached
+    or refuses, with the socket closed."""
+    try:
+        if connect is not None:
+            sock = connect()
+        else:
+            sock = socket.create_connection((proxy.host, proxy.port), timeout=timeout_s)
+    except OSError as exc:
+        raise ProxyError(f"cannot reach the proxy {proxy.address}: {exc.strerror or exc}") from exc
+    try:
+        open_tunnel(sock, host, port, proxy, timeout_s)
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(timeout_s)
+    return sock
 
 
 def _read_answer(sock: socket.socket, deadline: float, address: str) -> bytes:
