@@ -20,9 +20,10 @@ import pytest
 from tests.support.agent_proc import running_agent
 from tests.support.http_proxy import HttpProxy
 from tests.support.pki import OUTSIDE_NAME, Pki, ShippedMosquitto
-from tests.support.testing import AGENT_GATEWAY, free_port
+from tests.support.testing import AGENT_GATEWAY, free_port, write_agent_config
 from tests.support.uplink import GATEWAY, SITE
 from water_edge.agent.cli import main
+from water_edge.agent.config import load_config
 from water_edge.core.http_proxy import Proxy
 from water_edge.provisioning.config import ClaimSection
 from water_edge.provisioning.enrol import ClaimRoute, enrol_with_claim
@@ -175,3 +176,33 @@ async def test_first_boot_enrolment_goes_through_the_uplinks_proxy_and_readings_
     # The enrolment's tunnel, then the uplink's: both to the name only the proxy knows.
     assert len(proxy.tunnels) >= 2
     assert set(proxy.tunnels) == {f"{OUTSIDE_NAME}:{broker.port}"}
+
+
+@pytest.mark.parametrize("port", [None, 443])
+def test_check_config_warns_of_a_claim_port_left_at_8883_over_websockets(
+    tmp_path: Path, port: int | None
+) -> None:
+    claim: dict[str, object] = {
+        "cert_file": "/etc/edge-agent/claim.pem",
+        "key_file": "/etc/edge-agent/claim.key",
+        "ca_file": "/etc/edge-agent/ca.pem",
+        "host": OUTSIDE_NAME,
+    }
+    if port is not None:
+        claim["port"] = port
+    path = write_agent_config(
+        tmp_path,
+        broker_host=OUTSIDE_NAME,
+        broker_port=443,
+        uplink={"transport": "websockets"},
+        security={"identity": {"claim": claim}},
+    )
+    warned = [w for w in load_config(path).warnings if "security.identity.claim.port" in w]
+    if port is None:
+        assert warned == [
+            f"{path}: security.identity.claim.port: not given, so 8883, but the enrolment connection "
+            "takes the uplink's transport = \"websockets\": give the port of the enrolment broker's "
+            "WebSocket listener (often 443)"
+        ]
+    else:
+        assert warned == []

@@ -506,6 +506,8 @@ def load_config(path: str | Path, *, closed_state: Literal["error", "warning"] =
     ]
     if isinstance(uplink, MqttConfig):
         warnings += _uplink_warnings(source, uplink)
+        if isinstance(security := known.parts.get("security"), SecuritySection):
+            warnings += _claim_port_warnings(source, uplink, security)
     _check_rbe_matches(source, rest.get("uplink"), errors, problems)
     _check_paths(source, known, valid_devices, models, problems=problems, closed=closed)
     writes = known.parts.get("writes")
@@ -592,6 +594,19 @@ def _uplink_warnings(source: Path, uplink: MqttConfig) -> list[str]:
         "acknowledges a publish its ACL denies and drops it, and the rows are deleted as delivered. "
         'Use "5" (Mosquitto, EMQX, HiveMQ, VerneMQ speak it), or check the broker\'s ACL for this '
         "gateway's topics"
+    ]
+
+
+def _claim_port_warnings(source: Path, uplink: MqttConfig, security: SecuritySection) -> list[str]:
+    """A claim enrolment takes the uplink's transport: over WebSockets, the default 8883 is
+    rarely a WebSocket listener (and a network that lets the gateway out on 443 only blocks it)."""
+    claim = security.identity.claim
+    if claim is None or uplink.transport != "websockets" or "port" in claim.model_fields_set:
+        return []
+    return [
+        f"{source}: security.identity.claim.port: not given, so 8883, but the enrolment connection "
+        "takes the uplink's transport = \"websockets\": give the port of the enrolment broker's "
+        "WebSocket listener (often 443)"
     ]
 
 
