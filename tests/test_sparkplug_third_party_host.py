@@ -12,8 +12,8 @@ paho 2 client carries the bytes and pysparkplug does everything else, exactly as
 would: `Message.from_mqtt_message` with the birth of the same (group, node, device) for aliases
 and datatypes, `Message`s of `State` and `NCmd` encoded by pysparkplug for what the host sends.
 For the same reason pysparkplug is not in setup.cfg's `test` extra (pip cannot resolve the two):
-install it beside the agent with `pip install --no-deps pysparkplug==0.6.1`; without it this
-module is skipped.
+`make setup` installs it without its dependencies (tests/requirements-nodeps.txt; by hand `pip
+install --no-deps pysparkplug==0.6.1`); without it this module is skipped.
 
 Two places where pysparkplug and the agent disagree, both decided against pysparkplug and worked
 around here (docs/sparkplug.md, "What is checked, and how"):
