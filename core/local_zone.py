@@ -55,3 +55,33 @@ def keeps_utc(zone: tzinfo) -> bool:
     year = datetime.now(UTC).year
     offsets = {datetime(year, month, 15, 12, tzinfo=UTC).astimezone(zone).utcoffset() for month in (1, 7)}
     return offsets == {timedelta(0)}
+
+
+def zone(name: str | None) -> tzinfo:
+    """The IANA zone `name`, or the system's local zone for None; ValueError for an unknown name."""
+    if name is None:
+        return system_zone()[0]
+    try:
+        return ZoneInfo(name)
+    # OSError: a name too long for a file name (ZoneInfo looks it up as one).
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        expected = "an IANA name such as 'Europe/Amsterdam'"
+        raise ValueError(f"unknown time zone {name!r} (expected {expected})") from exc
+
+
+def unset_zone_warning(what: str) -> str | None:
+    """For a section whose `timezone` is not set: a warning when this machine's zone is UTC or a
+    fixed offset (nights and day slots would then not follow the district's clock), else None."""
+    tz, source = system_zone()
+    if keeps_utc(tz):
+        return (
+            f"not set, and this machine's zone is {source}: {what} are read in it, and do not follow "
+            "daylight saving; set it to the site's IANA zone (e.g. 'Europe/Rome') unless the site keeps UTC"
+        )
+    return None
+
+
+def check_zone(name: str | None) -> str | None:
+    """Pydantic-style validator body: the name if it is a known zone."""
+    zone(name)
+    return name

@@ -16,9 +16,7 @@ import argparse
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from water_edge.core.local_zone import keeps_utc, system_zone
 from water_edge.core.night_length import (
     check_night_length,
     minutes,
@@ -35,36 +33,6 @@ def night_option(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
-
-
-def zone(name: str | None) -> tzinfo:
-    """The IANA zone `name`, or the system's local zone for None; ValueError for an unknown name."""
-    if name is None:
-        return system_zone()[0]
-    try:
-        return ZoneInfo(name)
-    # OSError: a name too long for a file name (ZoneInfo looks it up as one).
-    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-        expected = "an IANA name such as 'Europe/Amsterdam'"
-        raise ValueError(f"unknown time zone {name!r} (expected {expected})") from exc
-
-
-def unset_zone_warning(what: str) -> str | None:
-    """For a section whose `timezone` is not set: a warning when this machine's zone is UTC or a
-    fixed offset (nights and day slots would then not follow the district's clock), else None."""
-    tz, source = system_zone()
-    if keeps_utc(tz):
-        return (
-            f"not set, and this machine's zone is {source}: {what} are read in it, and do not follow "
-            "daylight saving; set it to the site's IANA zone (e.g. 'Europe/Rome') unless the site keeps UTC"
-        )
-    return None
-
-
-def check_zone(name: str | None) -> str | None:
-    """Pydantic-style validator body: the name if it is a known zone."""
-    zone(name)
-    return name
 
 
 @dataclass(frozen=True)

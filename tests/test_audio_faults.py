@@ -27,6 +27,7 @@ from structlog.testing import capture_logs
 from tests.support.supervised import supervised
 from tests.support.testing import eventually
 from tests.test_leak_field import SECTION
+from water_edge.core.local_zone import zone
 from water_edge.core.reading import Event, Reading
 from water_edge.drivers.audio import device as device_module
 from water_edge.drivers.audio.config import AudioConfig
@@ -42,7 +43,6 @@ from water_edge.models.leak.calibration import calibrate_sensor
 from water_edge.models.leak.processor import AudioLeakProcessor
 from water_edge.models.leak.store import SensorStore
 from water_edge.models.machine_sound.clips import ClipAssembler
-from water_edge.models.nightwindow import zone
 from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
 RATE = 8000

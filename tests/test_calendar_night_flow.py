@@ -18,10 +18,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.support.cli import edge_agent
+from water_edge.core.local_zone import zone
 from water_edge.core.reading import Event, Reading
 from water_edge.models.flow_leak.config import FlowLeakSection
 from water_edge.models.flow_leak.processor import FlowLeakProcessor
-from water_edge.models.nightwindow import NightWindow, zone
+from water_edge.models.nightwindow import NightWindow
 
 ROME = ZoneInfo("Europe/Rome")
 SPRING, AUTUMN = date(2027, 3, 28), date(2026, 10, 25)

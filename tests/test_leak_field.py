@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 from tests.support.cli import CliRun, edge_agent
 from tests.support.leak_nights import plastic_baseline
 from water_edge.agent.cli import main
+from water_edge.core.local_zone import zone
 from water_edge.core.processor import CalibrationFailedError
 from water_edge.core.reading import Event
 from water_edge.models.leak import features
@@ -34,7 +35,7 @@ from water_edge.models.leak.levels import Decimator
 from water_edge.models.leak.processor import AudioLeakProcessor, LeakHealth, SensorHealth
 from water_edge.models.leak.replay import replay_nights
 from water_edge.models.leak.store import SensorStore
-from water_edge.models.nightwindow import NightWindow, zone
+from water_edge.models.nightwindow import NightWindow
 from water_edge.sim.hydrophone import BACKGROUNDS, HydrophoneSynth, PipeScene
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ import pytest
 
 from tests.support.testing import write_agent_config
 from water_edge.agent.cli import main
-from water_edge.core.local_zone import keeps_utc, system_zone
-from water_edge.models.nightwindow import NightWindow, zone
+from water_edge.core.local_zone import keeps_utc, system_zone, zone
+from water_edge.models.nightwindow import NightWindow
 
 SUMMER_NOON_UTC = datetime(2026, 7, 15, 12, tzinfo=UTC)
 WINTER_NOON_UTC = datetime(2026, 1, 15, 12, tzinfo=UTC)

@@ -13,6 +13,7 @@ from typing import Final, Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from water_edge.core.hosts import check_host, check_port
+from water_edge.core.local_zone import check_zone
 from water_edge.core.names import NAME_PATTERN
 from water_edge.core.night_length import check_night_length, night_keys
 from water_edge.drivers.base import DeviceConfig
@@ -65,6 +66,8 @@ class AudioConfig(DeviceConfig):
     night_start: str = "02:00"
     night_end: str = "04:00"
     night_history: int = Field(default=7, ge=2, le=365)
+    # The zone the night window is read in (IANA name); None: the machine's own zone.
+    timezone: str | None = None
     # Ring buffer between capture and analysis; frames beyond it are dropped and counted.
     buffer_s: float = Field(default=10.0, ge=1, le=600)
     # No audio for this long from a device or stream means it is gone (DriverIOError).
@@ -76,6 +79,11 @@ class AudioConfig(DeviceConfig):
         if not _HHMM.match(value):
             raise ValueError("expected local time as 'HH:MM', e.g. '02:00'")
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return check_zone(value)
 
     @field_validator("stream_url")
     @classmethod

@@ -40,13 +40,14 @@ import structlog
 
 from water_edge.core.clipping import FULL_SCALE
 from water_edge.core.errors import DriverIOError
+from water_edge.core.local_zone import zone
 from water_edge.core.reading import GOOD, Reading
 from water_edge.core.sensor_faults import describe
 from water_edge.drivers.audio.config import AudioConfig, bands_below_nyquist
 from water_edge.drivers.audio.device import CaptureBackend, DeviceSource
 from water_edge.drivers.audio.faults import classify
 from water_edge.drivers.audio.health import AudioHealth, SourceHealth
-from water_edge.drivers.audio.levels import LevelMeter, NightTracker, db
+from water_edge.drivers.audio.levels import LevelMeter, NightTracker, db, local_clock
 from water_edge.drivers.audio.ring import Chunk, FrameRing, Frames
 from water_edge.drivers.audio.source import GapLog, Source, zero_nonfinite
 from water_edge.drivers.audio.streamclient import StreamSource
@@ -145,7 +146,9 @@ class AudioDriver(WindowSource):  # declared: mypy checks the capability here, n
             interval_s=c.level_interval_s,
             bands_hz=bands_below_nyquist(c.bands_hz, sr),
             calibration_db=c.calibration_db,
-            night=NightTracker(c.night_start, c.night_end, c.night_history, source.channels),
+            night=NightTracker(
+                c.night_start, c.night_end, c.night_history, source.channels, local_clock(zone(c.timezone))
+            ),
         )
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()

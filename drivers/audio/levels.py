@@ -17,6 +17,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from datetime import datetime, tzinfo
 from typing import Final
 
 import numpy as np
@@ -47,6 +48,15 @@ def band_label(fc: float) -> str:
 def welch_nfft(sample_rate: int) -> int:
     """The largest power of two <= sample_rate/4: ~4 Hz bins, fine enough for the 31.5 Hz band."""
     return 1 << int(math.log2(sample_rate / 4))
+
+
+def local_clock(tz: tzinfo) -> Callable[[float], time.struct_time]:
+    """`time.localtime` in `tz` rather than the process's own zone."""
+
+    def localtime(t: float) -> time.struct_time:
+        return datetime.fromtimestamp(t, tz).timetuple()
+
+    return localtime
 
 
 class NightTracker:

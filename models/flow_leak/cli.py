@@ -135,6 +135,7 @@ def _err(message: str) -> int:
 
 
 def cmd_score_flow_leak(args: argparse.Namespace) -> int:
+    from water_edge.core.local_zone import zone
     from water_edge.models.flow_leak.detector import StepParams
     from water_edge.models.flow_leak.glitch import GLITCH_FACTOR, GLITCH_SAMPLES
     from water_edge.models.flow_leak.offline import (
@@ -143,7 +144,7 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
         read_night_flows,
         score_nights,
     )
-    from water_edge.models.nightwindow import NightWindow, zone
+    from water_edge.models.nightwindow import NightWindow
 
     if args.calibrate_days < 3:
         return _err("--calibrate-days must be at least 3 (a week or two of nights is better)")
@@ -207,10 +208,10 @@ def cmd_score_flow_leak(args: argparse.Namespace) -> int:
 def cmd_score_burst(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from water_edge.core.local_zone import zone
     from water_edge.models.flow_leak.burst import BurstDetector, BurstParams, FixedExcess
     from water_edge.models.flow_leak.glitch import GLITCH_FACTOR, GLITCH_SAMPLES
     from water_edge.models.flow_leak.offline import FlowCsvError, read_net_flows
-    from water_edge.models.nightwindow import zone
 
     try:
         holidays = _holidays(args)
@@ -395,7 +396,7 @@ def _warn_read(flows: Any) -> None:
 
 
 def _timestamps_zone(args: argparse.Namespace) -> tzinfo | None:
-    from water_edge.models.nightwindow import zone
+    from water_edge.core.local_zone import zone
 
     if args.timestamps_zone is None:
         return None

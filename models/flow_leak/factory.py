@@ -10,10 +10,10 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel
 
+from water_edge.core.local_zone import unset_zone_warning
 from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext, names_used_twice
 from water_edge.models.flow_leak.config import BurstSection, FlowLeakSection
 from water_edge.models.flow_leak.holiday_dates import HolidayCalendarError, public_holidays
-from water_edge.models.nightwindow import unset_zone_warning
 
 
 class FlowLeakFactory:

@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 
 from water_edge.core.files import read_json_state, write_json_state
+from water_edge.core.local_zone import zone
 from water_edge.core.processor import EventSink
 from water_edge.core.reading import Event, Reading, Severity, numeric_value
 from water_edge.core.sampling import SampleTimes
@@ -39,7 +40,7 @@ from water_edge.models.flow_leak.holiday_dates import public_holidays
 from water_edge.models.flow_leak.mnf import is_error_code, night_figures
 from water_edge.models.flow_leak.volume import VolumeRate
 from water_edge.models.leak.fusion import SiteEvidence
-from water_edge.models.nightwindow import NightWindow, zone
+from water_edge.models.nightwindow import NightWindow
 
 log = structlog.get_logger(__name__)
 NS = 1_000_000_000

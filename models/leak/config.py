@@ -24,10 +24,10 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from water_edge.core.local_zone import check_zone
 from water_edge.core.names import NAME_PATTERN
 from water_edge.core.night_length import check_night_length, minutes, night_keys
 from water_edge.models.leak import pipes
-from water_edge.models.nightwindow import check_zone
 
 
 class _Section(BaseModel):

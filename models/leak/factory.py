@@ -16,9 +16,9 @@ import structlog
 from pydantic import BaseModel
 
 from water_edge.core.errors import ConfigError
+from water_edge.core.local_zone import unset_zone_warning
 from water_edge.core.processor import ConfigProblem, Processor, ProcessorContext, WindowSource
 from water_edge.models.leak.config import LeakModelSection
-from water_edge.models.nightwindow import unset_zone_warning
 
 log = structlog.get_logger(__name__)
 

@@ -50,6 +50,7 @@ import numpy.typing as npt
 import structlog
 
 from water_edge.core.dropouts import holds_dropout
+from water_edge.core.local_zone import zone
 from water_edge.core.night_length import minutes
 from water_edge.core.processor import AudioWindowLike, EventSink, ReadingSource, WindowSource
 from water_edge.core.reading import Event, Severity, now_ns
@@ -64,7 +65,7 @@ from water_edge.models.leak.judge import SIGNAL_LOST_DB, Confirmation, Judgement
 from water_edge.models.leak.levels import SECOND, Decimator, second_bands
 from water_edge.models.leak.resume import forget_other_devices, lost_since, record, resumed, say_unconfigured
 from water_edge.models.leak.store import SensorStore, last_nights
-from water_edge.models.nightwindow import NightWindow, zone
+from water_edge.models.nightwindow import NightWindow
 from water_edge.models.runtime import load_model
 
 log = structlog.get_logger(__name__)
