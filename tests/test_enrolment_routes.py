@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from tests.support.agent_proc import running_agent
+from tests.support.broker import port_open
 from tests.support.http_proxy import HttpProxy
 from tests.support.pki import OUTSIDE_NAME, Pki, ShippedMosquitto
-from tests.support.testing import AGENT_GATEWAY, free_port, write_agent_config
+from tests.support.testing import AGENT_GATEWAY, free_port, wait_until, write_agent_config
 from tests.support.uplink import GATEWAY, SITE
 from water_edge.agent.cli import main
 from water_edge.agent.config import load_config
@@ -47,18 +47,6 @@ def _add_wss_listener(broker: ShippedMosquitto, pki: Pki, port: int) -> None:
     )
 
 
-def _wait_listening(port: int) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 @contextmanager
 def _enrolment_site(tmp_path: Path, wss_port: int | None = None) -> Iterator[tuple[Pki, ShippedMosquitto]]:
     """The shipped broker (and its WebSocket listener on `wss_port`) with the enrolment service."""
@@ -70,7 +58,7 @@ def _enrolment_site(tmp_path: Path, wss_port: int | None = None) -> Iterator[tup
         _add_wss_listener(broker, pki, wss_port)
     with broker:
         if wss_port is not None:
-            _wait_listening(wss_port)
+            wait_until(partial(port_open, wss_port), 15, every_s=0.05, what=f"the wss listener on {wss_port}")
         service.start(broker.host, broker.port, cert=svc_cert, key=svc_key, ca_file=pki.ca_file)
         try:
             assert service.wait_ready()
