@@ -51,7 +51,7 @@ from water_edge.models.machine_sound.store import (
     silent_unconfigured,
 )
 from water_edge.models.manifest import ModelError
-from water_edge.models.pump.store import FeatureHistory
+from water_edge.models.pump.store import FeatureHistory, keep_rows
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +111,7 @@ class MachineSoundProcessor:
         self.last_score: float | None = None
         self.last_error: str | None = None
         self._calibration_error: str | None = None  # `last_error` of a failed or unreadable calibration
+        self._history_error: str | None = None  # `last_error` while its history is not written
         self.calibrations_failed = 0  # automatic calibrations that failed since the start
         # Set by the factory on one processor: every machine a table names; a machine not named
         # whose microphone was not heard is closed at the start (`_unconfigured`).
@@ -247,11 +248,12 @@ class MachineSoundProcessor:
 
     def _flush(self, state: _State) -> None:
         rows, state.pending = state.pending, []
-        try:
-            state.history.append(rows)
-        except ModelError as exc:  # a full card: the machine is still scored, its history has a gap
-            self.last_error = str(exc)
-            log.warning("machine_sound.history_not_written", machine=self.section.name, error=str(exc))
+        # A full or read-only card: the machine is still scored, its history has a gap.
+        error, written_again = keep_rows(state.history, rows, "machine_sound", machine=self.section.name)
+        if error is not None:
+            self.last_error = self._history_error = error
+        elif written_again and self.last_error == self._history_error:
+            self.last_error = None
 
     async def _clip(self, state: _State, clip: Clip, emit: EventSink) -> None:
         features = await asyncio.to_thread(clip_features, clip.samples, clip.sample_rate)

@@ -59,7 +59,7 @@ from water_edge.models.pump.detector import (
     score_latest,
 )
 from water_edge.models.pump.health import PumpHealth, PumpState, PumpStatus
-from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory, pump_dir
+from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory, keep_rows, pump_dir
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +143,7 @@ class _Pump:
     last_score: float | None = None
     last_error: str | None = None
     calibration_error: str | None = None  # `last_error` of a failed or unreadable calibration
+    history_error: str | None = None  # `last_error` while its history is not written
     since_reload: int = 0
 
 
@@ -466,11 +467,12 @@ class PumpProcessor:
 
     def _flush(self, pump: _Pump) -> None:
         rows, pump.pending = pump.pending, []
-        try:
-            pump.history.append(rows)
-        except ModelError as exc:  # a full card: the pump is still scored, its history has a gap
-            pump.last_error = str(exc)
-            log.warning("pump.history_not_written", pump=pump.cfg.name, error=str(exc))
+        # A full or read-only card: the pump is still scored, its history has a gap.
+        error, written_again = keep_rows(pump.history, rows, "pump", pump=pump.cfg.name)
+        if error is not None:
+            pump.last_error = pump.history_error = error
+        elif written_again and pump.last_error == pump.history_error:
+            pump.last_error = None
 
     def _event(  # noqa: PLR0917
         self,

@@ -11,12 +11,19 @@ acknowledged, so after a normal day online it holds nothing to calibrate from. T
 small (one float32 per signal per sample, ~60 bytes a row: 14 days at 1 s is ~75 MB per pump),
 bounded by `history_days`, and local to the pump so pruning and re-calibration never touch the
 outbox's transactions.
+
+On a card gone read-only (ext4 `errors=remount-ro`) the history is what can be read of it (the
+file opened read-only, else an empty one in memory), rows are counted as not stored, and the file
+is opened afresh once the card takes writes again (a connection opened before the card was
+unmounted and mounted again writes to a file system that is gone).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -26,7 +33,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
+from water_edge.core.files import read_only_error
+from water_edge.core.instants import iso
 from water_edge.core.quarantine import is_damaged_file, moved_aside_event, quarantine, require_intact
 from water_edge.core.reading import Event
 from water_edge.models.manifest import ModelError
@@ -39,9 +49,21 @@ from water_edge.models.pump.detector import (
 )
 from water_edge.models.versioned_store import VersionedJsonStore
 
+log = structlog.get_logger(__name__)
+
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
 READ_ROWS = 4096  # rows fetched from SQLite at a time: ~0.7 MB of Python objects at most
+# SQLite's primary result codes of a connection whose file system failed under it (a card gone
+# read-only, unmounted, or its file no longer there): opened afresh once the card takes writes.
+# A full card (SQLITE_FULL) or a lock (SQLITE_BUSY) is not: the same connection writes again.
+_CARD_GONE = frozenset(
+    {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL}
+)
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS samples (ts_ns INTEGER PRIMARY KEY, v BLOB NOT NULL)",
+)
 
 
 def _decode(got: Sequence[Any], n_channels: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
@@ -101,7 +123,11 @@ class FeatureHistory:
         self, path: Path, channels: Sequence[str], history_days: float, *, reset_on_change: bool = True
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a new pump on a card gone read-only: an empty history, for now
+            if exc.errno != errno.EROFS or not reset_on_change:
+                raise
         self.channels = list(channels)
         self.keep_ns = int(history_days * DAY_NS)
         self._lock = threading.Lock()
@@ -112,10 +138,22 @@ class FeatureHistory:
         self.quarantined: tuple[Path, str] | None = None
         self._unreported = False
         self.found_while_running = False
+        # Rows that could not be written: since the start, and in the failure going on now (0
+        # while the history is written), with the reading time of its first row.
+        self.not_stored = 0
+        self.unstored_rows = 0
+        self.unstored_since_ns: int | None = None
+        # The connection cannot write (the card went read-only under it, or was read-only at the
+        # start): the file is opened afresh at the first write once the card takes writes.
+        self._reopen = False
         try:
             self._db = self._connect(reset_on_change)
         except sqlite3.OperationalError:  # locked, no permission, no space: not the file's fault
-            raise
+            if not reset_on_change or _card_read_only(self.path.parent) is None:
+                raise
+            # A card that takes no writes at the start: the model runs on what can be read.
+            self._db = self._read_only_connection()
+            self._reopen = True
         except sqlite3.DatabaseError as exc:
             if not reset_on_change:
                 raise ModelError(
@@ -132,8 +170,8 @@ class FeatureHistory:
                 require_intact(db)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            db.execute("CREATE TABLE IF NOT EXISTS samples (ts_ns INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+            for statement in _SCHEMA:
+                db.execute(statement)
             row = db.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
             if row is not None and json.loads(row[0]) != self.channels and not reset_on_change:
                 raise ModelError(
@@ -149,6 +187,64 @@ class FeatureHistory:
             db.close()
             raise
         return db
+
+    def _read_only_connection(self) -> sqlite3.Connection:
+        """What can be read of the history on a card that takes no writes: the file opened
+        read-only (`mode=ro` reads a WAL left by a crash, through its `-shm`; `immutable` a file
+        closed cleanly, which has none), else an empty history in memory (no file yet, or one of
+        other signals). Rows appended meanwhile are not stored: the file is opened for writing
+        once the card takes writes."""
+        for how in ("mode=ro", "immutable=1"):
+            try:
+                db = sqlite3.connect(
+                    f"{self.path.as_uri()}?{how}", uri=True, check_same_thread=False, isolation_level=None
+                )
+            except sqlite3.Error:
+                continue
+            try:
+                row = db.execute("SELECT value FROM meta WHERE key = 'channels'").fetchone()
+                db.execute("SELECT ts_ns, v FROM samples LIMIT 1").fetchall()
+                if row is not None and json.loads(row[0]) == self.channels:
+                    return db
+            except (sqlite3.Error, ValueError):
+                pass
+            db.close()
+        db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        for statement in _SCHEMA:
+            db.execute(statement)
+        return db
+
+    def _writable(self) -> bool:
+        """(lock held) Whether the connection can be written, opening the file afresh when it
+        could not be and the card takes writes again (its directory takes a file)."""
+        if not self._reopen:
+            return True
+        if _card_read_only(self.path.parent) is not None:
+            return False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = self._connect(True)
+        except (OSError, sqlite3.OperationalError):
+            return False  # not yet: the old connection still serves the reads
+        except sqlite3.DatabaseError as exc:  # damaged while the card was away
+            self._move_aside(exc, self._db)
+            self.found_while_running = True
+        else:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = db
+        self._reopen = False
+        return True
+
+    def _not_stored(self, rows: Sequence[tuple[int, npt.NDArray[np.float64]]], why: str) -> ModelError:
+        """(lock held) Count `rows` as lost to the history; the error saying so."""
+        self.not_stored += len(rows)
+        self.unstored_rows += len(rows)
+        if self.unstored_since_ns is None:
+            self.unstored_since_ns = int(rows[0][0])
+        return ModelError(
+            f"{self.path}: {self.unstored_rows} rows not stored since {iso(self.unstored_since_ns)} ({why})"
+        )
 
     def _move_aside(self, exc: sqlite3.DatabaseError, damaged: sqlite3.Connection | None = None) -> None:
         """Quarantine the damaged file and open a new, empty history in its place. The damaged
@@ -231,24 +327,33 @@ class FeatureHistory:
         if not rows:
             return
         with self._lock:
+            if not self._writable():
+                raise self._not_stored(rows, os.strerror(errno.EROFS))
             try:
                 self._insert(rows)
             except sqlite3.OperationalError as exc:
                 # A full or failing card, a lock: these rows are lost to the history (it is what
                 # a recalibration reads, not what is scored), the model goes on.
-                raise ModelError(f"{self.path}: {len(rows)} rows not stored ({exc})") from None
+                self._reopen = (exc.sqlite_errorcode & 0xFF) in _CARD_GONE
+                raise self._not_stored(rows, str(exc)) from None
             except sqlite3.DatabaseError as exc:
                 if not self._damaged_while_running(exc):
                     raise
                 self._insert(rows)  # into the new history: these rows were never committed
+            self.unstored_rows, self.unstored_since_ns = 0, None
 
     def forget_after(self, ts_ns: int) -> int:
         """Delete the rows stamped after `ts_ns` (the gateway's clock was stepped back to it: they
         were stamped by it running ahead); how many. `ModelError` when they cannot be deleted."""
         with self._lock:
+            if not self._writable():
+                raise ModelError(
+                    f"{self.path}: rows stamped ahead of the clock not deleted ({os.strerror(errno.EROFS)})"
+                )
             try:
                 return int(self._db.execute("DELETE FROM samples WHERE ts_ns > ?", (int(ts_ns),)).rowcount)
             except sqlite3.OperationalError as exc:
+                self._reopen = (exc.sqlite_errorcode & 0xFF) in _CARD_GONE
                 raise ModelError(
                     f"{self.path}: rows stamped ahead of the clock not deleted ({exc})"
                 ) from None
@@ -397,3 +502,31 @@ class FeatureHistory:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _card_read_only(directory: Path) -> OSError | None:
+    """The `EROFS` error when the file system `directory` is on (or would be created on) takes no
+    writes: the outbox's probe (`read_only_error`) in the nearest directory that exists."""
+    while not directory.is_dir() and directory != directory.parent:
+        directory = directory.parent
+    return read_only_error(directory)
+
+
+def keep_rows(
+    history: FeatureHistory, rows: Sequence[tuple[int, npt.NDArray[np.float64]]], model: str, **names: str
+) -> tuple[str | None, bool]:
+    """Append `rows` to a model's history, saying so in the log once per failure, not at every
+    write: `<model>.history_not_written` (warning) at its first failed write, then
+    `<model>.history_written_again` with the rows lost once the history takes rows again.
+    (The error while the history is not written, else None; whether it was written again now.)"""
+    lost = history.unstored_rows
+    try:
+        history.append(rows)
+    except ModelError as exc:
+        if not lost:
+            log.warning(f"{model}.history_not_written", **names, error=str(exc))
+        return str(exc), False
+    if lost and rows:
+        log.info(f"{model}.history_written_again", **names, rows_not_stored=lost)
+        return None, True
+    return None, False

@@ -1,0 +1,222 @@
+"""The models' own state on a card gone read-only (ext4 `errors=remount-ro`) under the running agent,
+and at a start on one: the second half of test_readonly_storage.py (the outbox), with its card.
+
+A pump's and a machine's feature history (SQLite) is written all the time; the model must go on
+scoring from memory while it cannot be, say so once (not at every write), and write it again
+without a restart once the card is back (unmounted, checked and mounted again: a connection opened
+before writes to a file system that is gone).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests import test_readonly_storage
+from tests.support.agent_proc import AgentProcess, start_agent
+from tests.support.testing import agent_config
+from tests.test_readonly_storage import Card
+from water_edge.models.manifest import ModelError
+from water_edge.models.pump.store import FeatureHistory
+
+pytestmark = pytest.mark.slow
+
+card = test_readonly_storage.card  # the fixture: a real ext4 card, failed and mended under the agent
+
+NS = 1_000_000_000
+
+PLC: dict[str, Any] = {
+    "name": "plc",
+    "kind": "fake",
+    "poll_interval_ms": 100,
+    "tags": [
+        {"name": "flow", "offset": 50.0, "amplitude": 5.0, "period_s": 7.0},
+        {"name": "current", "offset": 20.0, "amplitude": 1.0, "period_s": 13.0},
+        {"name": "speed", "offset": 1450.0, "amplitude": 5.0, "period_s": 5.0},
+    ],
+}
+PUMP = """
+[[models.pump]]
+name = "pump1"
+sample_interval_s = 0.1
+  [models.pump.signals]
+  flow = "plc/flow"
+  motor_current = "plc/current"
+  speed = "plc/speed"
+  [models.pump.calibration]
+  auto_hours = 0.003             # 108 samples of 0.1 s
+  min_samples = 64
+"""
+
+
+def _config(state: Path, tmp_path: Path, models: str = PUMP) -> Path:
+    config = tmp_path / "agent.toml"
+    # The status socket off the card: it is asked while the card is away.
+    config.write_text(
+        agent_config(state, status_socket=tmp_path / "status.sock", devices=[PLC], models=models)
+    )
+    return config
+
+
+def _processor(status: dict[str, Any]) -> dict[str, Any]:
+    return next(p for p in status["processors"] if p["name"] == "pump_anomaly")
+
+
+def _pump(status: dict[str, Any], name: str = "pump1") -> dict[str, Any]:
+    pump: dict[str, Any] = _processor(status)["health"].get("pumps", {}).get(name, {})
+    return pump
+
+
+def _storage_lines(status: dict[str, Any]) -> list[str]:
+    return [p for p in status["verdict"]["problems"] if p.startswith("storage read-only")]
+
+
+def _history_rows_after(path: Path, ts_ns: int) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
+        (rows,) = conn.execute("SELECT COUNT(*) FROM samples WHERE ts_ns > ?", (ts_ns,)).fetchone()
+    finally:
+        conn.close()
+    return int(rows)
+
+
+def _not_stored(status: dict[str, Any]) -> bool:
+    return "rows not stored" in (_pump(status).get("last_error") or "")
+
+
+def test_a_pump_scores_on_from_memory_says_so_once_and_writes_its_history_again(
+    card: Card, tmp_path: Path
+) -> None:
+    state = card.mount / "state"
+    agent: AgentProcess | None = start_agent(_config(state, tmp_path))
+    assert agent is not None
+    try:
+        armed = agent.wait_status(lambda s: _pump(s).get("state") == "armed", timeout=90)
+        assert _pump(armed)["calibration"]["version"] == 1
+
+        card.fail()
+        failed = agent.wait_status(lambda s: bool(_storage_lines(s)) and _not_stored(s), timeout=30)
+        scored = _pump(failed)["scored"]
+        # Three more flushes of 60 samples that cannot be stored: the pump is still scored, its
+        # status line says how many rows were lost and since when, the log says it once.
+        later = agent.wait_status(lambda s: _not_stored(s) and _pump(s)["scored"] >= scored + 200, timeout=60)
+        assert _processor(later)["crashes"] == 0
+        assert agent.log().count('"pump.history_not_written"') == 1
+        line = _pump(later)["last_error"]
+        assert line.startswith(f"{state / 'pump' / 'pump1' / 'history.sqlite'}: ")
+        assert " rows not stored since " in line
+        assert any("rows not stored" in lin for lin in _processor(later)["lines"])
+
+        card.replace()
+        back_at = time.time_ns()
+        agent.wait_status(lambda s: not _storage_lines(s), timeout=30)
+        written = agent.wait_status(lambda s: _pump(s).get("last_error") is None, timeout=60)
+        assert agent.log().count('"pump.history_written_again"') == 1
+        scored = _pump(written)["scored"]
+        agent.wait_status(lambda s: _pump(s)["scored"] >= scored + 120, timeout=60)  # two more flushes
+        assert agent.stop() == 0
+        agent = None
+        # Without a restart: the history on the mended card took rows sampled after it came back.
+        assert _history_rows_after(state / "pump" / "pump1" / "history.sqlite", back_at) >= 120
+    finally:
+        if agent is not None:
+            agent.kill()
+
+
+def test_a_restart_on_the_read_only_card_scores_from_what_it_can_read_and_writes_once_it_is_back(
+    card: Card, tmp_path: Path
+) -> None:
+    """What systemd's restart (a stop, the watchdog, an update) meets once the card went read-only
+    under the agent, with a second pump configured meanwhile (no directory on the card yet).
+    Before: the pump processor failed at every start (`[Errno 30] Read-only file system` making
+    pump2's directory), was restarted with backoff, and neither pump was watched."""
+    state = card.mount / "state"
+    config = _config(state, tmp_path)
+    agent = start_agent(config)
+    try:
+        agent.wait_status(lambda s: _pump(s).get("state") == "armed", timeout=90)
+        card.fail()
+        agent.wait_status(_storage_lines, timeout=30)
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+
+    _config(state, tmp_path, PUMP + PUMP.replace("pump1", "pump2", 1))
+    agent = start_agent(config)
+    try:
+        running = agent.wait_status(
+            lambda s: _pump(s).get("scored", 0) >= 100 and _pump(s, "pump2").get("samples", 0) >= 100,
+            timeout=60,
+        )
+        assert _processor(running)["crashes"] == 0
+        assert _pump(running)["calibration"]["version"] == 1  # read from the card
+        assert _pump(running, "pump2")["state"] == "learning"
+        agent.wait_status(_not_stored, timeout=30)
+        card.replace()
+        back_at = time.time_ns()
+        written = agent.wait_status(lambda s: _pump(s).get("last_error") is None, timeout=60)
+        scored = _pump(written)["scored"]
+        agent.wait_status(lambda s: _pump(s)["scored"] >= scored + 120, timeout=60)  # two more flushes
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    assert "Traceback" not in agent.log()
+    assert agent.log().count('"pump.history_not_written"') == 2  # once for each pump
+    assert _history_rows_after(state / "pump" / "pump1" / "history.sqlite", back_at) >= 120
+
+
+def _rows(first: int, n: int) -> list[tuple[int, Any]]:
+    return [(t * NS, np.array([1.0, float(t)])) for t in range(first, first + n)]
+
+
+def test_a_history_counts_what_it_cannot_store_and_is_opened_afresh_once_the_card_is_back(
+    card: Card,
+) -> None:
+    """`FeatureHistory` alone (the pump's and the machine-sound model's)."""
+    path = card.mount / "state" / "pump" / "p" / "history.sqlite"
+    history = FeatureHistory(path, ["a", "b"], 14)
+    try:
+        history.append(_rows(1, 5))
+        card.fail()
+        for first in (6, 11):
+            with pytest.raises(ModelError, match="rows not stored") as failed:
+                history.append(_rows(first, 5))
+        assert history.count() >= 5  # what it holds is still read
+        card.replace()
+        history.append(_rows(16, 5))  # before: `disk I/O error` until the agent was restarted
+        assert history.count(16 * NS) == 5
+        said = str(failed.value)
+        assert said.endswith(": 10 rows not stored since 1970-01-01T00:00:06+00:00 (Read-only file system)")
+        assert (history.not_stored, history.unstored_rows) == (10, 0)
+    finally:
+        history.close()
+    again = FeatureHistory(path, ["a", "b"], 14)
+    try:
+        assert again.count(16 * NS) == 5
+    finally:
+        again.close()
+
+
+def test_a_history_opened_on_a_read_only_card_reads_what_is_there(card: Card) -> None:
+    root = card.mount / "state"
+    crashed = FeatureHistory(root / "crashed" / "history.sqlite", ["a", "b"], 14)  # left open: its WAL
+    crashed.append(_rows(1, 5))
+    with FeatureHistory(root / "closed" / "history.sqlite", ["a", "b"], 14) as closed:
+        closed.append(_rows(1, 5))
+    card.fail()
+    for name in ("crashed", "closed"):
+        with FeatureHistory(root / name / "history.sqlite", ["a", "b"], 14) as history:
+            assert history.count() == 5, name
+            with pytest.raises(ModelError, match="rows not stored"):
+                history.append(_rows(6, 1))
+    with FeatureHistory(root / "new" / "history.sqlite", ["a", "b"], 14) as new:  # no directory yet
+        assert new.count() == 0
+        with pytest.raises(ModelError, match="rows not stored"):
+            new.append(_rows(1, 1))
+    crashed.close()
