@@ -9,19 +9,27 @@ before writes to a file system that is gone).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import structlog
 
 from tests import test_readonly_storage
 from tests.support.agent_proc import AgentProcess, start_agent
 from tests.support.testing import agent_config
 from tests.test_readonly_storage import Card
+from water_edge.core.reading import Event, Reading
+from water_edge.models import json_record
+from water_edge.models.alarm_record import AlarmRecord
 from water_edge.models.manifest import ModelError
+from water_edge.models.meter.config import MeterGroupConfig
+from water_edge.models.meter.processor import MeterProcessor
 from water_edge.models.pump.store import FeatureHistory
 
 pytestmark = pytest.mark.slow
@@ -142,7 +150,7 @@ def test_a_restart_on_the_read_only_card_scores_from_what_it_can_read_and_writes
     try:
         agent.wait_status(lambda s: _pump(s).get("state") == "armed", timeout=90)
         card.fail()
-        agent.wait_status(_storage_lines, timeout=30)
+        agent.wait_status(lambda s: bool(_storage_lines(s)), timeout=30)
         assert agent.stop() == 0
     finally:
         agent.kill()
@@ -220,3 +228,66 @@ def test_a_history_opened_on_a_read_only_card_reads_what_is_there(card: Card) ->
         with pytest.raises(ModelError, match="rows not stored"):
             new.append(_rows(1, 1))
     crashed.close()
+
+
+def test_a_meter_flag_raised_while_the_card_is_read_only_is_stored_once_it_is_back(
+    card: Card, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record that pairs a meter's flag across restarts. Before: it was not written while the
+    card was read-only and never after, so the agent restarted on the mended card started the flag
+    a second time."""
+    monkeypatch.setattr(json_record, "RETRY_EVERY_S", 0.0)  # try the card after every batch
+    state = card.mount / "state"
+    group = MeterGroupConfig(name="block-a", device="wm")
+
+    def tamper(on: bool, minute: int) -> tuple[str, list[Reading]]:
+        return "wm", [Reading("wm", "flat1.alarm.tamper", (1_800_000_000 + minute * 60) * NS, on)]
+
+    async def run(processor: MeterProcessor, *batches: tuple[str, list[Reading]]) -> list[Event]:
+        emitted: list[Event] = []
+
+        async def source() -> AsyncIterator[tuple[str, list[Reading]]]:
+            for batch in batches:
+                yield batch
+
+        async def emit(event: Event) -> None:
+            emitted.append(event)
+
+        await processor.run(source(), emit)
+        return emitted
+
+    processor = MeterProcessor([group], state)
+    card.fail()
+    with structlog.testing.capture_logs() as logs:
+        started = asyncio.run(run(processor, tamper(True, 0), tamper(True, 1), tamper(True, 2)))
+        assert [e.detail["state"] for e in started] == ["start"]  # judged all the same
+        card.replace()
+        asyncio.run(run(processor, tamper(True, 3)))
+
+    restarted = MeterProcessor([group], state)  # the agent restarted on the mended card
+    assert restarted.handle(tamper(True, 5)[1][0]) == []  # not started a second time
+    (cleared,) = restarted.handle(tamper(False, 6)[1][0])
+    assert cleared.detail["state"] == "clear"
+    said = [entry["event"] for entry in logs if entry["event"].startswith("meter.flags")]
+    assert said == ["meter.flags.not_stored", "meter.flags.stored_again"]  # once, not at every try
+
+
+def test_a_pump_alarm_raised_while_the_card_is_read_only_is_recorded_once_it_is_back(
+    card: Card, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`AlarmRecord` (a pump's, a machine's): kept in memory, written by `retry` once the card
+    takes writes, so a restart goes on with the alarm raised instead of raising it again."""
+    monkeypatch.setattr(json_record, "RETRY_EVERY_S", 0.0)
+    directory = card.mount / "state" / "pump" / "pump1"
+    record = AlarmRecord(directory)
+    assert record.raised(None) is None
+    card.fail()
+    why = record.raised(1_800_000_000 * NS)
+    assert why is not None
+    assert why.startswith("Read-only file system")
+    assert record.retry() == why  # still read-only
+    assert AlarmRecord(directory).raised_since() is None  # the card's record: of before
+    card.replace()
+    assert record.retry() is None
+    assert record.error is None
+    assert AlarmRecord(directory).raised_since() == 1_800_000_000 * NS

@@ -112,6 +112,7 @@ class MachineSoundProcessor:
         self.last_error: str | None = None
         self._calibration_error: str | None = None  # `last_error` of a failed or unreadable calibration
         self._history_error: str | None = None  # `last_error` while its history is not written
+        self._record_error: str | None = None  # `last_error` while a record waits to be written
         self.calibrations_failed = 0  # automatic calibrations that failed since the start
         # Set by the factory on one processor: every machine a table names; a machine not named
         # whose microphone was not heard is closed at the start (`_unconfigured`).
@@ -254,6 +255,17 @@ class MachineSoundProcessor:
             self.last_error = self._history_error = error
         elif written_again and self.last_error == self._history_error:
             self.last_error = None
+        # Its alarm and microphone records that the card did not take, once it takes writes.
+        self._state_not_stored(self._record.retry() or self._signal.retry())
+
+    def _state_not_stored(self, why: str | None) -> None:
+        """`last_error` while the alarm or microphone record waits to be written, cleared once it is."""
+        if why is not None:
+            self.last_error = self._record_error = f"alarm state not stored: {why}"
+        elif self._record_error is not None and self._record.error is None and self._signal.error is None:
+            if self.last_error == self._record_error:
+                self.last_error = None
+            self._record_error = None
 
     async def _clip(self, state: _State, clip: Clip, emit: EventSink) -> None:
         features = await asyncio.to_thread(clip_features, clip.samples, clip.sample_rate)
@@ -292,7 +304,8 @@ class MachineSoundProcessor:
         if change is not None:
             self.events += 1
             # Recorded first: a stop right after the event must not forget the alarm.
-            await asyncio.to_thread(self._record.save, self._alarm.since_ns if change else None)
+            why = await asyncio.to_thread(self._record.raised, self._alarm.since_ns if change else None)
+            self._state_not_stored(why)
             await emit(self._event(state, clip.start_ts_ns, change, score))
             if not change:
                 state.abnormal.clear()
@@ -311,14 +324,14 @@ class MachineSoundProcessor:
             self._silent_since_ns = None
             self.last_error = None
             await emit(Event("microphone_signal_restored", self.section.name, ts_ns, "info", None, detail))
-            await asyncio.to_thread(self._signal.save, None)
+            self._state_not_stored(await asyncio.to_thread(self._signal.silent, None))
             return False
         self._silent_since_ns = ts_ns
         self.last_error = NOT_HEARD
         log.warning("machine_sound.signal_lost", machine=self.section.name)
         detail["action"] = "check the microphone, its cable, the audio input and its gain"
         await emit(Event("microphone_signal_lost", self.section.name, ts_ns, "warning", None, detail))
-        await asyncio.to_thread(self._signal.save, ts_ns)
+        self._state_not_stored(await asyncio.to_thread(self._signal.silent, ts_ns))
         return True
 
     def _need(self) -> int:

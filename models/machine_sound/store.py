@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
-from water_edge.core.files import read_json_state, write_json_state
+from water_edge.models.json_record import JsonRecord
 from water_edge.models.machine_sound.detector import SoundCalibration
 from water_edge.models.machine_sound.features import FEATURE_NAMES
 from water_edge.models.manifest import ModelError
@@ -47,25 +47,26 @@ class SoundCalibrationStore(VersionedJsonStore[SoundCalibration]):
         super().__init__(machine_dir(state_dir, machine), "calibration", SoundCalibration.from_dict)
 
 
-class SignalRecord:
+class SignalRecord(JsonRecord):
     """Since when the machine's microphone is not heard, as the last run left it: a restart with it
     still silent says `microphone_signal_lost` no second time, and one after the repair says
-    `microphone_signal_restored`. Best effort, written atomically; a missing or unreadable record
-    reads as heard (as before the record existed)."""
+    `microphone_signal_restored`. Best effort, written atomically (again at `retry` when the card
+    would not take it); a missing or unreadable record reads as heard (as before the record
+    existed)."""
 
     def __init__(self, state_dir: Path, machine: str) -> None:
-        self.path = machine_dir(state_dir, machine) / "signal.json"
+        super().__init__(machine_dir(state_dir, machine) / "signal.json", "machine_sound.signal")
 
     def silent_since(self) -> int | None:
         """When the silence the last run left unrestored began (ns), or None."""
-        data = read_json_state(self.path, "machine_sound.signal")
+        data = self.load()
         since = data.get("silent_since_ns") if isinstance(data, dict) else None
         return since if isinstance(since, int) and not isinstance(since, bool) else None
 
-    def save(self, silent_since_ns: int | None) -> None:
-        """Record the silence since `silent_since_ns`, or the microphone heard (None). Blocking."""
-        data = {} if silent_since_ns is None else {"silent_since_ns": silent_since_ns}
-        write_json_state(self.path, data, "machine_sound.signal")
+    def silent(self, silent_since_ns: int | None) -> str | None:
+        """Record the silence since `silent_since_ns`, or the microphone heard (None); why it could
+        not be written, else None. Blocking."""
+        return self.save({} if silent_since_ns is None else {"silent_since_ns": silent_since_ns})
 
 
 def silent_unconfigured(state_dir: Path, configured: Collection[str]) -> list[tuple[str, int, Path]]:
@@ -82,6 +83,6 @@ def silent_unconfigured(state_dir: Path, configured: Collection[str]) -> list[tu
         record = SignalRecord(state_dir, machine)
         if machine in configured or (since := record.silent_since()) is None:
             continue
-        record.save(None)
+        record.silent(None)
         found.append((machine, since, machine_dir(state_dir, machine)))
     return found

@@ -24,8 +24,8 @@ from typing import Any, Final
 
 import structlog
 
-from water_edge.core.files import read_json_state, write_json_state
 from water_edge.core.reading import BAD, Event, Reading, Severity
+from water_edge.models.json_record import JsonRecord
 from water_edge.models.meter.config import MeterGroupConfig
 from water_edge.models.meter.consumption import Change, MeterUse
 from water_edge.models.meter.health import GroupStatus, MeterHealth
@@ -69,13 +69,17 @@ class MeterProcessor:
         """With `state_dir`, the meters' own flags that are on are kept in `meter/alarms.json`, so
         an agent restart neither starts them again nor loses the clear of one that went off."""
         self.groups = [_Group(g) for g in groups]
-        self._flags_path = None if state_dir is None else Path(state_dir) / "meter" / "alarms.json"
+        self._flags = (
+            None
+            if state_dir is None
+            else JsonRecord(Path(state_dir) / "meter" / "alarms.json", "meter.flags")
+        )
         self._load_flags()
 
     def _load_flags(self) -> None:
-        if self._flags_path is None:
+        if self._flags is None:
             return
-        saved = read_json_state(self._flags_path, "meter.flags")
+        saved = self._flags.load()
         try:
             on = {
                 (g, m, a)
@@ -84,7 +88,7 @@ class MeterProcessor:
                 for a in alarms
             }
         except (AttributeError, TypeError) as exc:  # JSON of another shape: start afresh and say so
-            log.warning("meter.flags_unreadable", path=str(self._flags_path), error=str(exc))
+            log.warning("meter.flags_unreadable", path=str(self._flags.path), error=str(exc))
             return
         for group in self.groups:
             for name, meter, alarm in on:
@@ -92,20 +96,23 @@ class MeterProcessor:
                     group.flags[(meter, alarm)] = True
 
     def _save_flags(self) -> None:
-        if self._flags_path is None:
+        if self._flags is None:
             return
         saved: dict[str, dict[str, list[str]]] = {}
         for group in self.groups:
             for (meter, alarm), on in sorted(group.flags.items()):
                 if on:
                     saved.setdefault(group.cfg.name, {}).setdefault(meter, []).append(alarm)
-        write_json_state(self._flags_path, saved, "meter.flags")
+        # A card that takes no writes: kept in memory, written by `retry` once it takes them.
+        self._flags.save(saved)
 
     async def run(self, source: AsyncIterable[tuple[str, list[Reading]]], emit: Emit) -> None:
         async for _stream, readings in source:
             for reading in readings:
                 for event in self.handle(reading):
                     await emit(event)
+            if self._flags is not None:
+                self._flags.retry()  # flags the card did not take, at most every few seconds
 
     def handle(self, r: Reading) -> list[Event]:
         """Events a reading causes (pure but for the per-meter state)."""

@@ -144,6 +144,7 @@ class _Pump:
     last_error: str | None = None
     calibration_error: str | None = None  # `last_error` of a failed or unreadable calibration
     history_error: str | None = None  # `last_error` while its history is not written
+    record_error: str | None = None  # `last_error` while its alarm record waits to be written
     since_reload: int = 0
 
 
@@ -355,7 +356,9 @@ class PumpProcessor:
         if change is not None:
             pump.events += 1
             # Recorded first: a stop right after the event must not forget the alarm.
-            await asyncio.to_thread(pump.record.save, ts_ns if change else None)
+            self._record_not_stored(
+                pump, await asyncio.to_thread(pump.record.raised, ts_ns if change else None)
+            )
             await emit(self._event(pump, ts_ns, change, total, channel, residual, run))
 
     async def _learn(self, pump: _Pump, ts_ns: int, emit: Callable[[Event], Awaitable[None]]) -> None:
@@ -473,6 +476,17 @@ class PumpProcessor:
             pump.last_error = pump.history_error = error
         elif written_again and pump.last_error == pump.history_error:
             pump.last_error = None
+        self._record_not_stored(pump, pump.record.retry())  # once the card takes writes
+
+    @staticmethod
+    def _record_not_stored(pump: _Pump, why: str | None) -> None:
+        """`last_error` while the alarm record waits to be written, cleared once it is."""
+        if why is not None:
+            pump.last_error = pump.record_error = f"alarm state not stored: {why}"
+        elif pump.record_error is not None:
+            if pump.last_error == pump.record_error:
+                pump.last_error = None
+            pump.record_error = None
 
     def _event(  # noqa: PLR0917
         self,
