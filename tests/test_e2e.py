@@ -49,6 +49,11 @@ def by_stream(messages: list[Received]) -> dict[str, list[dict[str, Any]]]:
     return streams
 
 
+def said_offline(messages: list[Received]) -> bool:
+    """The agent's retained status said `offline` among the messages."""
+    return any(m.topic == f"{TOPIC}/status" and m.json()["state"] == "offline" for m in messages)
+
+
 def demo_tags() -> dict[str, str]:
     """tag name -> unit, as the demo config declares them."""
     import tomllib
@@ -71,8 +76,11 @@ def test_every_reading_reaches_the_broker_in_order_with_values_and_units(
             text=True,
         )
         assert agent.stop() == 0
-        messages = sub.wait_until(lambda ms: any(b'"agent_stopped"' in m.payload for m in ms), timeout=10)
-        retained_status = [m.json()["state"] for m in sub.snapshot() if m.topic == f"{TOPIC}/status"]
+        # The retained offline status is the stop's last message, after agent_stopped: wait for both.
+        messages = sub.wait_until(
+            lambda ms: any(b'"agent_stopped"' in m.payload for m in ms) and said_offline(ms), timeout=10
+        )
+        retained_status = [m.json()["state"] for m in messages if m.topic == f"{TOPIC}/status"]
 
     driver = status["drivers"][0]
     assert (driver["name"], driver["state"], driver["bad_readings"]) == ("pump-station", "up", 0)
