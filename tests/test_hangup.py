@@ -22,8 +22,15 @@ def test_sighup_with_a_loading_config_stops_cleanly_and_exits_for_a_restart(
         agent.wait_status(lambda s: s["uplink"]["state"] == "online")
         agent.process.send_signal(signal.SIGHUP)
         assert agent.process.wait(30) == EXIT_RESTART
-        sub.wait_until(lambda ms: any(b'"agent_stopped"' in m.payload for m in ms), timeout=10)
-        retained = [m.json() for m in sub.snapshot() if m.topic == f"{TOPIC}/status"]
+        # The retained offline status is the stop's last message, after agent_stopped: wait for both.
+        got = sub.wait_until(
+            lambda ms: (
+                any(b'"agent_stopped"' in m.payload for m in ms)
+                and any(m.topic == f"{TOPIC}/status" and m.json()["state"] == "offline" for m in ms)
+            ),
+            timeout=10,
+        )
+        retained = [m.json() for m in got if m.topic == f"{TOPIC}/status"]
         log = agent.log()
     assert retained[-1]["state"] == "offline"
     assert retained[-1].get("reason") != "lost"  # the Will's: not a clean stop
