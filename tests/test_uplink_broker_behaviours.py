@@ -35,6 +35,11 @@ from water_edge.buffer.types import OutboxRow
 PREFIX = f"water/{SITE}/{GATEWAY}"
 
 
+def seqs_of(messages: list[Received], stream: str) -> list[int]:
+    """The seqs of the copies of `stream`'s rows among what a subscriber received."""
+    return [m.json()["seq"] for m in messages if m.topic == f"{PREFIX}/{stream}"]
+
+
 def _acl(tmp_path: Path, denied_stream: str) -> Path:
     acl = tmp_path / "acl"
     acl.write_text(f"topic deny {PREFIX}/{denied_stream}\ntopic write {PREFIX}/#\ntopic read #\n")
@@ -105,7 +110,9 @@ async def test_a_denied_stream_flows_again_once_the_acl_allows_it(
         broker.reload()
         await eventually(lambda: run.uplink.health().acked >= 20, 20, what="the plc2 rows, at a probe")
         health = run.uplink.health()
-        plc2 = [m.json()["seq"] for m in sub.snapshot() if m.topic == f"{PREFIX}/plc2"]
+        # The broker acknowledges a row before its copy reaches the subscriber.
+        received = await sub.wait_until_async(lambda ms: len(set(seqs_of(ms, "plc2"))) >= 10, 10)
+    plc2 = seqs_of(received, "plc2")
     assert sorted(set(plc2)) == list(range(1, 11))
     assert (await outbox.stats()).rows == 0
     assert (health.refused_streams, health.held_back) == (0, 0)
@@ -134,7 +141,9 @@ async def test_a_stream_refused_many_rows_at_once_is_tried_again_after_reconnect
         # in flight made the first one wait 60 s.
         await eventually(lambda: run.uplink.health().acked >= 40, 20, what="the plc2 rows, at a probe")
         waited = time.monotonic() - fixed
-        plc2 = {m.json()["seq"] for m in sub.snapshot() if m.topic == f"{PREFIX}/plc2"}
+        # The broker acknowledges a row before its copy reaches the subscriber.
+        received = await sub.wait_until_async(lambda ms: len(set(seqs_of(ms, "plc2"))) >= 20, 10)
+    plc2 = set(seqs_of(received, "plc2"))
     assert plc2 == set(range(1, 21))
     assert waited < 10, f"the plc2 rows waited {waited:.1f} s after the ACL allowed them"
 
