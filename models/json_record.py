@@ -38,6 +38,11 @@ class JsonRecord:
         self._pending: Any = _NOTHING
         self._tried = 0.0
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a record the card did not take waits to be written."""
+        return self._pending is not _NOTHING
+
     def load(self) -> Any:
         """The stored JSON, or None when there is none or it cannot be read (logged)."""
         return read_json_state(self.path, self.what)

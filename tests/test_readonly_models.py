@@ -13,6 +13,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,16 @@ import structlog
 from tests import test_readonly_storage
 from tests.support.agent_proc import AgentProcess, start_agent
 from tests.support.testing import agent_config
+from tests.test_flow_leak import _feed, _north_district
+from tests.test_leak_field import SECTION as LEAK_SECTION
+from tests.test_leak_field import _NoDriver, _run_nights
 from tests.test_readonly_storage import Card
 from water_edge.core.reading import Event, Reading
 from water_edge.models import json_record
 from water_edge.models.alarm_record import AlarmRecord
+from water_edge.models.flow_leak.processor import FlowLeakProcessor
+from water_edge.models.leak.processor import AudioLeakProcessor
+from water_edge.models.leak.store import SensorStore
 from water_edge.models.manifest import ModelError
 from water_edge.models.meter.config import MeterGroupConfig
 from water_edge.models.meter.processor import MeterProcessor
@@ -291,3 +298,67 @@ def test_a_pump_alarm_raised_while_the_card_is_read_only_is_recorded_once_it_is_
     assert record.retry() is None
     assert record.error is None
     assert AlarmRecord(directory).raised_since() == 1_800_000_000 * NS
+
+
+async def test_a_night_flow_districts_state_is_stored_once_the_card_is_back_not_only_at_the_next_night(
+    card: Card, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the state judged while the card was read-only was written at the next night's end
+    only; a restart before it (the card mended: a reboot) learnt the district again."""
+    monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.setattr(json_record, "RETRY_EVERY_S", 0.0)
+    state = card.mount / "state"
+    section, before, after = _north_district()
+    events: list[Event] = []
+
+    async def emit(event: Event) -> None:
+        events.append(event)
+
+    processor = FlowLeakProcessor([section], state)
+    card.fail()
+    await processor.run(_feed(before), emit)  # twenty nights: learnt and armed, in memory
+    district = processor.health().districts["dma-north"]
+    assert district.state == "armed"
+    assert district.last_error is not None
+    assert district.last_error.startswith("state not stored: Read-only file system")
+    assert len([e for e in events if e.kind == "night_flow"]) == district.nights
+
+    card.replace()
+    midnight = after[0].ts_ns
+    await processor.run(_feed([r for r in after if r.ts_ns < midnight + 3600 * NS]), emit)  # no night ends
+    assert processor.health().districts["dma-north"].last_error is None
+    restarted = FlowLeakProcessor([section], state)
+    again = restarted.health().districts["dma-north"]
+    assert (again.state, again.nights) == ("armed", district.nights)
+
+
+async def test_a_hydrophone_is_judged_on_a_read_only_card_said_once_and_stored_once_it_is_back(
+    card: Card,
+) -> None:
+    """Before: `leak.check_not_stored` (an error) and `leak.confirmation.not_stored` at every check
+    of every sensor while the card was read-only."""
+    state = card.mount / "state"
+    processor = AudioLeakProcessor(LEAK_SECTION, _NoDriver(), state)  # type: ignore[arg-type]
+    await _run_nights(processor, [(date(2025, 3, d), 1.0) for d in (1, 2, 3, 4)])
+    assert processor.health().sensors["hyd.A"].baseline_version == 1
+    card.fail()
+    with structlog.testing.capture_logs() as logs:
+        await _run_nights(processor, [(date(2025, 3, d), 1.0) for d in (5, 6)])
+        checks = processor.health().sensors["hyd.A"].checks
+        failed = processor.health().sensors["hyd.A"]
+        assert failed.last_error is not None
+        assert "not stored: Read-only file system" in failed.last_error
+        card.replace()
+        await _run_nights(processor, [(date(2025, 3, 7), 1.0)])
+    back = processor.health().sensors["hyd.A"]
+    assert back.checks > checks  # judged all along
+    assert back.last_error is None
+    said = [
+        entry["event"] for entry in logs if entry["event"].startswith(("leak.check_", "leak.confirmation."))
+    ]
+    # Once for each sensor, not at every check.
+    assert sorted(said) == sorted(
+        ["leak.check_not_stored", "leak.confirmation.not_stored"] * 2
+        + ["leak.check_stored_again", "leak.confirmation.stored_again"] * 2
+    )
+    assert "2025-03-07" in SensorStore(state, "hyd.A").nights()

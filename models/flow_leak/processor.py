@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from water_edge.core.files import read_json_state, write_json_state
+from water_edge.core.files import read_json_state
 from water_edge.core.local_zone import zone
 from water_edge.core.processor import EventSink
 from water_edge.core.reading import Event, Reading, Severity, numeric_value
@@ -39,6 +39,7 @@ from water_edge.models.flow_leak.detector import FixedThreshold, StepDetector, S
 from water_edge.models.flow_leak.holiday_dates import public_holidays
 from water_edge.models.flow_leak.mnf import is_error_code, night_figures
 from water_edge.models.flow_leak.volume import VolumeRate
+from water_edge.models.json_record import JsonRecord
 from water_edge.models.leak.fusion import SiteEvidence
 from water_edge.models.nightwindow import NightWindow
 
@@ -134,6 +135,9 @@ class _District:
     burst: BurstDetector | None = None
     burst_slots: int = 0  # the detector's slot count when its state was last stored
     burst_error: str | None = None  # why the burst state could not be stored (kept apart: hourly)
+    # The state and burst files: one the card did not take is written again once it takes writes.
+    record: JsonRecord | None = None
+    burst_record: JsonRecord | None = None
     last_due: int | None = None  # the last sample due (reading time), kept or skipped
     steps: deque[int] = field(default_factory=lambda: deque(maxlen=STEPS_KEPT))  # between samples due
 
@@ -165,6 +169,8 @@ class FlowLeakProcessor:
                 SampleTimes(cfg.sample_s),
                 meters={tag: VolumeRate() for tag in cfg.volume},
             )
+            d.record = JsonRecord(d.state_path, "flow_leak.state")
+            d.burst_record = JsonRecord(self._burst_path(d), "flow_leak.burst")
             self._restore(d)
             if cfg.burst.enabled:
                 d.burst = self._restore_burst(d)
@@ -244,8 +250,17 @@ class FlowLeakProcessor:
         }
         # The night is judged all the same; a restart before the card has room again starts from
         # the last state it could store.
-        why = write_json_state(d.state_path, data, "flow_leak.state")
+        assert d.record is not None
+        why = d.record.save(data)
         d.last_error = None if why is None else f"state not stored: {why}"
+
+    def _retry(self) -> None:
+        """Write the state and burst files the card did not take, once it takes writes (blocking)."""
+        for d in self.districts:
+            if d.record is not None and d.record.waiting and d.record.retry() is None:
+                d.last_error = None
+            if d.burst_record is not None and d.burst_record.waiting and d.burst_record.retry() is None:
+                d.burst_error = None
 
     # -- run ------------------------------------------------------------------------------------
 
@@ -259,6 +274,12 @@ class FlowLeakProcessor:
             for r in batch:
                 for event in await self._reading(r):
                     await emit(event)
+            if any(
+                d.record.waiting or d.burst_record.waiting
+                for d in self.districts
+                if d.record and d.burst_record
+            ):
+                await asyncio.to_thread(self._retry)  # tries the card at most every few seconds
 
     async def _reading(self, r: Reading) -> list[Event]:
         routes = self._routes.get(f"{r.source}/{r.tag}") or self._routes.get(r.tag)
@@ -357,7 +378,8 @@ class FlowLeakProcessor:
         if events or d.burst.slots_closed - d.burst_slots >= max(1, 60 // d.cfg.burst.slot_minutes):
             d.burst_slots = d.burst.slots_closed
             state = d.burst.to_dict()
-            why = await asyncio.to_thread(write_json_state, self._burst_path(d), state, "flow_leak.burst")
+            assert d.burst_record is not None
+            why = await asyncio.to_thread(d.burst_record.save, state)
             d.burst_error = None if why is None else f"burst state not stored: {why}"
         return events
 

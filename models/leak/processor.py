@@ -185,6 +185,7 @@ class _Sensor:
     rate_said: tuple[int, int] | None = None  # (baseline version, rate) a mismatch was logged for
     saved: dict[str, Any] | None = None  # the confirmation record as last stored (`resume.py`)
     unsaved: bool = False  # the confirmation changed since: stored once its events are emitted
+    checks_not_stored: int = 0  # checks in a row the card refused: the log says so at the first
 
 
 class AudioLeakProcessor:
@@ -535,8 +536,13 @@ class AudioLeakProcessor:
         try:
             s.store.append(check)
         except OSError as exc:
-            log.error("leak.check_not_stored", sensor=s.name, error=str(exc))
+            if not s.checks_not_stored:  # once while the card refuses them, not at every check
+                log.error("leak.check_not_stored", sensor=s.name, error=str(exc))
+            s.checks_not_stored += 1
             return f"check not stored: {exc.strerror or exc} ({s.store.checks_path})"
+        if s.checks_not_stored:
+            log.info("leak.check_stored_again", sensor=s.name, checks_not_stored=s.checks_not_stored)
+            s.checks_not_stored = 0
         return None
 
     @staticmethod

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from water_edge.core.files import atomic_write, read_json_state, write_json_state
+from water_edge.core.files import atomic_write
+from water_edge.models.json_record import JsonRecord
 from water_edge.models.leak.baseline import Baseline, BaselineError, CheckStats
 from water_edge.models.versioned_store import VersionedJsonStore
 
@@ -51,6 +52,7 @@ class SensorStore:
         self._baselines = VersionedJsonStore(self.dir, "baseline", Baseline.from_dict, BaselineError)
         self.baseline_path = self._baselines.path
         self.confirmation_path = self.dir / "confirmation.json"
+        self._confirmation = JsonRecord(self.confirmation_path, "leak.confirmation")
         self.keep_nights = keep_nights
         self.bad_lines = 0
 
@@ -103,11 +105,12 @@ class SensorStore:
     def load_confirmation(self) -> Any:
         """The stored confirmation record as JSON; None when there is none or it cannot be read
         (logged as `leak.confirmation.unreadable`). The caller checks its format."""
-        return read_json_state(self.confirmation_path, "leak.confirmation")
+        return self._confirmation.load()
 
     def save_confirmation(self, record: dict[str, Any]) -> str | None:
-        """Replace the record (temp file + rename); why it could not be written, else None."""
-        return write_json_state(self.confirmation_path, record, "leak.confirmation")
+        """Replace the record (temp file + rename); why it could not be written, else None (a card
+        that takes no writes: logged once, until a record is written again)."""
+        return self._confirmation.save(record)
 
     # -- baselines ------------------------------------------------------------------------------
 
