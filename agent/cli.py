@@ -77,7 +77,14 @@ def _parser() -> argparse.ArgumentParser:
         help="ask the running agent how it is doing (exit 0 ok, 1 degraded, 2 no agent answers)",
     )
     finding_agent(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    output = status.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="machine-readable output")
+    output.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="the Prometheus text format, e.g. for node_exporter's textfile collector (exit 0 whatever "
+        "the verdict, which is a metric; 2 no agent answers)",
+    )
     status.add_argument("-v", "--verbose", action="store_true", help="also each driver's own counters")
 
     tail = sub.add_parser("tail", help="print readings live as the running agent takes them")
@@ -263,7 +270,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"edge-agent: {printable_texts(str(exc))}", file=sys.stderr)
         if args.json:  # a script reading .verdict.state gets a word, not empty input
             _json_error(str(exc), verdict={"state": "down", "problems": [str(exc)]})
+        if args.prometheus:  # a textfile collector's file says `down` rather than keeping old figures
+            from water_edge.agent.metrics_export import no_agent_text
+
+            sys.stdout.write(no_agent_text(printable_texts(str(exc))))
         return EXIT_NOT_RUNNING
+    if args.prometheus:
+        from water_edge.agent.metrics_export import exposition_text
+
+        sys.stdout.write(exposition_text(snap))
+        return EXIT_OK  # the verdict is in the metrics; 1 would stop a `cmd > f && mv f` textfile update
     if args.json:
         sys.stdout.write(orjson.dumps(snap, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

@@ -27,7 +27,7 @@ import signal
 import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -75,6 +75,9 @@ from water_edge.core.timesync import AdjtimexSource, FlagFileSource, NoSource, S
 from water_edge.drivers import registry
 from water_edge.drivers.base import Driver, Streaming
 from water_edge.provisioning.identity import DeviceIdentity
+
+if TYPE_CHECKING:
+    from water_edge.agent.metrics_export import MetricsServer
 
 log = structlog.get_logger(__name__)
 
@@ -181,6 +184,12 @@ class Agent:
             self.pipeline.untap,
             group=config.status.group,
         )
+        # `[status] metrics`: GET /metrics for Prometheus, from the same snapshot (agent.metrics_export).
+        self.metrics: MetricsServer | None = None
+        if (address := config.status.metrics_address()) is not None:
+            from water_edge.agent.metrics_export import MetricsServer
+
+            self.metrics = MetricsServer(*address, self.snapshot)
         self.notifier = notifier or Notifier()
         self.watchdog = (
             Watchdog(
@@ -296,7 +305,9 @@ class Agent:
             ),
             watchdog=None if self.watchdog is None else self.watchdog.health(),
             rejected=RejectedInputs(
-                status_requests=self.status.bad_requests,
+                # the status socket's and the metrics endpoint's: both answer from this document
+                status_requests=self.status.bad_requests
+                + (0 if self.metrics is None else self.metrics.rejected),
                 commands=0 if commands is None else commands.rejected,
                 commands_dropped=0 if commands is None else commands.dropped,
                 undecodable_rows=uplink.encode_errors,
@@ -367,6 +378,9 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         await self.status.start()
+        if self.metrics is not None:
+            # An address it cannot bind (the port in use) is logged and tried again: the agent runs on.
+            await self.metrics.start()
         # `edge-agent status` finds the agent without its config (agent.locate).
         announcement = locate.announce(self.config.status_socket)
         log.info(
@@ -398,6 +412,8 @@ class Agent:
                 ]
                 if self.watchdog is not None:
                     background.append(tasks.create_task(self.watchdog.run(), name="watchdog"))
+                if self.metrics is not None and not self.metrics.listening:
+                    background.append(tasks.create_task(self.metrics.keep_trying(), name="metrics-bind"))
                 background += [
                     tasks.create_task(self._run_processor(p, feed), name=f"processor:{p.name}")
                     for p, feed in self.processors
@@ -418,6 +434,8 @@ class Agent:
                 await cancel_all(background)
         finally:
             announcement.close()
+            if self.metrics is not None:
+                await self.metrics.close()
             await self.status.close()
             self.notifier.close()
 

@@ -7,6 +7,8 @@ each `[[models.<kind>]]` section by that processor's own model (see `core.proces
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +77,55 @@ class StatusSection(_Section):
     # The group the socket is given (0660), when it exists: who may read the status, and nothing
     # else (never the agent's own group, which may write the config and read the secrets).
     group: str = Field(default="edge-agent-status", min_length=1, max_length=64, pattern=r"^[^\s:/]+$")
+    # "host:port" where the agent answers `GET /metrics` for Prometheus (agent/metrics_export.py),
+    # e.g. "127.0.0.1:9464"; IPv6 in brackets, "[::1]:9464". None: off.
+    metrics: str | None = None
+
+    @field_validator("metrics")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            host_port(value)
+        return value
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """`metrics` as the host (IPv6 without brackets) and port to listen on; None when off."""
+        return None if self.metrics is None else host_port(self.metrics)
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_HOST_PORT_EXPECTED = (
+    'expected "host:port": "127.0.0.1:9464" (this machine only), "0.0.0.0:9464" (every IPv4 '
+    'address), "[::1]:9464" (IPv6 in brackets), or a host name with a port'
+)
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """ "host:port" as (host, port); ValueError saying what is expected. An IPv6 address goes in
+    brackets (returned without them); a host is an IP address or a host name; the port 1-65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(_HOST_PORT_EXPECTED)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address; {_HOST_PORT_EXPECTED}") from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f'an IPv6 address goes in brackets, as in "[::1]:9464"; {_HOST_PORT_EXPECTED}')
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address; {_HOST_PORT_EXPECTED}") from None
+    elif not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"{host!r} is neither an IP address nor a host name; {_HOST_PORT_EXPECTED}")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"the port must be a number from 1 to 65535, e.g. 9464; {_HOST_PORT_EXPECTED}")
+    return host, int(port)
 
 
 class LogSection(_Section):
