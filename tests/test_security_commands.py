@@ -422,6 +422,19 @@ ATTACKS: dict[str, tuple[Callable[[str], str], str]] = {
         lambda t: t.replace("[buffer]\n", '[status]\nsocket = "identity/current/key.pem"\n[buffer]\n'),
         "security",
     ),
+    # The proxy sees every connection (and would be sent the file a proxy_password names).
+    "the uplink sent through another proxy": (
+        lambda t: t.replace("port = 8883\n", 'port = 8883\nproxy = "http://gw:pw@proxy.evil.example:3128"\n'),
+        "uplink",
+    ),
+    "the uplink moved to WebSockets": (
+        lambda t: t.replace("port = 8883\n", 'port = 8883\ntransport = "websockets"\n'),
+        "uplink",
+    ),
+    "the gateway's state served to the whole network": (
+        lambda t: t.replace("[buffer]\n", '[status]\nmetrics = "0.0.0.0:9464"\n[buffer]\n'),
+        "security",
+    ),
 }
 
 

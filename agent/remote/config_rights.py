@@ -8,15 +8,19 @@ as `config_rights`:
   `gateway.state_dir` (moving it would start an empty nonce store and a new audit log),
   `buffer.path` and `status.socket` (files the agent moves aside or replaces where they are named:
   pointed at the nonce store, the device key or the config itself, they would remove it),
-  `status.group` (which local users may open the status socket),
+  `status.group` (which local users may open the status socket), `status.metrics` (who on the
+  network may read the gateway's devices and state),
   `[update]` (which release keys the agent checks bundles with, where its releases live), and
   any `[[devices]]` table with a secret reference (`{ file = ... }`, `{ env = ... }`) that is
   added or changed (the device would send what the reference names, say the device key, the claim
   key or the MQTT password, as its password to a server the key chose);
 - `writes`: `[writes]`, and any `[[devices]]` table a write rule names (pointing a device named in
   the allow-list at another PLC would redirect the allowed writes there);
-- `uplink`: where the data goes and as whom (`host`, `port`, `servers`, `protocol`, `prefix`,
-  `client_id`, `username`, `password`, `tls`, and Sparkplug's `group_id` and `edge_node_id`).
+- `uplink`: where the data goes, by which way and as whom (`host`, `port`, `servers`, `protocol`,
+  `prefix`, `client_id`, `username`, `password`, `tls`, `transport`, `websocket_path`,
+  `websocket_headers`, `proxy`, `proxy_password`, and Sparkplug's `group_id` and `edge_node_id`):
+  a proxy of the key's choosing would see every connection, and without TLS every reading, and
+  `proxy_password = { file = ... }` would send the file it names (the device key) to that proxy.
 
 Without the right the whole update is refused and nothing changes; the reason names every key
 that needed it.
@@ -31,6 +35,7 @@ from water_edge.agent.secrets import SecretRef, secret_fields
 
 UPLINK_DESTINATION = (
     "host", "port", "servers", "protocol", "prefix", "client_id", "username", "password", "tls",
+    "transport", "websocket_path", "websocket_headers", "proxy", "proxy_password",
 )  # fmt: skip
 SPARKPLUG_IDENTITY = ("group_id", "edge_node_id")
 
@@ -52,6 +57,7 @@ def _security_changes(old: Any, new: Any) -> list[str]:
         "buffer.path": (old.buffer.path, new.buffer.path),
         "status.socket": (old.status.socket, new.status.socket),
         "status.group": (old.status.group, new.status.group),
+        "status.metrics": (old.status.metrics, new.status.metrics),
         "[update]": (old.update, new.update),
     }
     keys = [key for key, (was, now) in sections.items() if was != now]
