@@ -77,7 +77,7 @@ from water_edge.drivers.base import Driver, Streaming
 from water_edge.provisioning.identity import DeviceIdentity
 
 if TYPE_CHECKING:
-    from water_edge.agent.metrics_export import MetricsServer
+    from water_edge.agent.metrics_http import MetricsServer
 
 log = structlog.get_logger(__name__)
 
@@ -187,7 +187,7 @@ class Agent:
         # `[status] metrics`: GET /metrics for Prometheus, from the same snapshot (agent.metrics_export).
         self.metrics: MetricsServer | None = None
         if (address := config.status.metrics_address()) is not None:
-            from water_edge.agent.metrics_export import MetricsServer
+            from water_edge.agent.metrics_http import MetricsServer
 
             self.metrics = MetricsServer(*address, self.snapshot)
         self.notifier = notifier or Notifier()

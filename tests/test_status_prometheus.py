@@ -26,7 +26,8 @@ from tests.support.broker import Mosquitto
 from tests.support.plant import running_plant
 from tests.support.testing import FAKE_DEVICE, free_port, wait_until, write_agent_config
 from water_edge.agent.cli import main
-from water_edge.agent.metrics_export import MAX_CONNECTIONS, REQUEST_TIMEOUT_S, exposition_text
+from water_edge.agent.metrics_export import exposition_text
+from water_edge.agent.metrics_http import MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

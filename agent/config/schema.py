@@ -77,7 +77,7 @@ class StatusSection(_Section):
     # The group the socket is given (0660), when it exists: who may read the status, and nothing
     # else (never the agent's own group, which may write the config and read the secrets).
     group: str = Field(default="edge-agent-status", min_length=1, max_length=64, pattern=r"^[^\s:/]+$")
-    # "host:port" where the agent answers `GET /metrics` for Prometheus (agent/metrics_export.py),
+    # "host:port" where the agent answers `GET /metrics` for Prometheus (agent/metrics_http.py),
     # e.g. "127.0.0.1:9464"; IPv6 in brackets, "[::1]:9464". None: off.
     metrics: str | None = None
 
