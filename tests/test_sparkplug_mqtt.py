@@ -18,7 +18,17 @@ import pytest
 
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto
-from tests.support.sparkplug import T0, TAGS, PrimaryHost, edge_nodes, flows, kinds, rows, session_errors
+from tests.support.sparkplug import (
+    T0,
+    TAGS,
+    PrimaryHost,
+    caught_up,
+    edge_nodes,
+    flows,
+    kinds,
+    rows,
+    session_errors,
+)
 from tests.support.sparkplug import edge_config as config
 from tests.support.testing import eventually, write_agent_config
 from water_edge.agent.uplink.config import MqttConfig, SparkplugConfig
@@ -88,7 +98,7 @@ async def test_rule_10_a_device_down_at_the_birth_gets_no_data_while_dead_and_it
         host.publish_state(True)
         uplink, _ = node(config(mosquitto), box, device_states=lambda: {"plc1": False}, history_keep_s=0.3)
         await eventually(lambda: box.pending() == 0, 10, what="every row released")
-        got = host.snapshot()
+        got = await caught_up(host, uplink)
     # Born, then dead at once (its driver is down); its good history is framed by a birth and a
     # death of its own, and its bad stand-ins are not sent at all: the host would take any DDATA
     # of a device it holds dead for a broken session and ask for a rebirth.
@@ -116,7 +126,7 @@ async def test_rule_10_an_outage_in_the_backlog_sends_its_events_and_good_histor
         host.publish_state(True)
         uplink, _ = node(config(mosquitto), box, device_states=lambda: {"plc1": True}, history_keep_s=0.3)
         await eventually(lambda: box.pending() == 0, 10, what="every row released")
-        got = host.snapshot()
+        got = await caught_up(host, uplink)
     assert kinds(got)[:2] == ["NBIRTH", "DBIRTH/plc1"]
     assert kinds(got)[2:] == ["DDATA/plc1"] * 2 + ["NDATA"] * 2 + ["DDATA/plc1"] * 2
     assert flows(got, historical=True) == [0.0, 1.0, 4.0, 5.0]
@@ -252,7 +262,8 @@ async def outage_and_disconnects(tmp_path: Path, *, outage_s: float, cycles: int
             await eventually(released, 60, every_s=0.2, what="every row released")
             await uplink.stop()
             await task
-            got = host.snapshot()
+            # Released on the broker's receipt: the host's copies of the last rows come a moment later.
+            got = await asyncio.to_thread(host.wait, lambda ms: len(set(flows(ms))) >= written, 30)
     seen = Counter(flows(got))
     assert set(seen) == {float(i) for i in range(written)}, "a reading is missing"
     duplicates = sum(n - 1 for n in seen.values())

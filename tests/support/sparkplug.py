@@ -182,6 +182,19 @@ class PrimaryHost:
         self.stop()
 
 
+async def caught_up(host: PrimaryHost, uplink: SparkplugUplink, within_s: float = 15.0) -> list[Message]:
+    """The host's messages once it holds the last one the node published (fewer than 256 on one
+    connection, the node idle). A QoS 0 row is released on the broker's receipt, which says nothing
+    of the copy on its way to the host: under load that copy comes a moment later."""
+    spark = uplink.health().sparkplug
+    assert spark is not None
+    assert spark.seq is not None, "a node that published on a connection"
+    last = (spark.seq - 1) % 256
+    return await asyncio.to_thread(
+        host.wait, lambda ms: any(m.kind != "NDEATH" and m.payload.seq == last for m in ms), within_s
+    )
+
+
 def kinds(messages: list[Message]) -> list[str]:
     return [m.kind if m.device is None else f"{m.kind}/{m.device}" for m in messages]
 
