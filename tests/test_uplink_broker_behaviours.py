@@ -65,7 +65,13 @@ async def test_a_topic_the_acl_denies_keeps_its_rows_and_the_other_streams_flow(
         # known at the first close (tests/test_uplink_last_packets.py), the second connection comes
         # within a second. (The wait was 45 s while the PUBACK 0x87 could stay unread at the close:
         # 4-5 closes before the refusal was known, the backoff reaching 15.5 s.)
-        await eventually(lambda: run.uplink.health().acked >= 30, 15, what="every plc1 row acknowledged")
+        # And plc2's last row, the outbox's last, held back: when plc1's last row fills the window,
+        # the drain takes (and skips) it only at its next round, after that row's acknowledgement.
+        await eventually(
+            lambda: (h := run.uplink.health()).acked >= 30 and h.held_back == 30,
+            15,
+            what=lambda: f"every plc1 row acknowledged, every plc2 row held back: {run.uplink.health()}",
+        )
         health = run.uplink.health()
         elapsed = time.monotonic() - started
 
