@@ -38,6 +38,7 @@ from water_edge.models.manifest import ModelError
 from water_edge.models.meter.config import MeterGroupConfig
 from water_edge.models.meter.processor import MeterProcessor
 from water_edge.models.pump.store import FeatureHistory
+from water_edge.sim.machine_sound import MachineScene, MachineSoundSynth, write_wav
 
 pytestmark = pytest.mark.slow
 
@@ -362,3 +363,72 @@ async def test_a_hydrophone_is_judged_on_a_read_only_card_said_once_and_stored_o
         + ["leak.check_stored_again", "leak.confirmation.stored_again"] * 2
     )
     assert "2025-03-07" in SensorStore(state, "hyd.A").nights()
+
+
+def test_a_machine_heard_on_a_card_gone_read_only_is_scored_on_and_its_history_written_again(
+    card: Card, tmp_path: Path
+) -> None:
+    """The machine-sound model's clip history (the pump's `FeatureHistory`) under a real agent:
+    a microphone played from a WAV file 40x faster than real time."""
+    synth = MachineSoundSynth(MachineScene.random(np.random.default_rng(17), snr_db=8.0), seed=17)
+    wav = tmp_path / "pump1.wav"
+    write_wav(wav, synth.render_seconds(300), 16_000)  # normal sound, looped
+    devices = f"""
+[[devices]]
+name = "mic-p1"
+kind = "audio"
+source = "file"
+path = "{wav}"
+playback_speed = 40
+loop = true
+channel_names = ["mic"]
+"""
+    models = """
+[[models.machine_sound]]
+name = "P1-sound"
+device = "mic-p1"
+  [models.machine_sound.calibration]
+  auto_hours = 0.001
+  min_clips = 20
+"""
+    state = card.mount / "state"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        agent_config(state, status_socket=tmp_path / "status.sock", devices=devices, models=models)
+    )
+
+    def machine(status: dict[str, Any]) -> dict[str, Any]:
+        processor = next(p for p in status["processors"] if p["name"] == "machine_sound:P1-sound")
+        health: dict[str, Any] = processor["health"]
+        return health | {"crashes": processor["crashes"]}
+
+    def not_stored(status: dict[str, Any]) -> bool:
+        return "rows not stored" in (machine(status).get("last_error") or "")
+
+    agent: AgentProcess | None = start_agent(config)
+    assert agent is not None
+    try:
+        agent.wait_status(lambda s: machine(s).get("state") == "armed", timeout=60)
+        card.fail()
+        failed = agent.wait_status(not_stored, timeout=30)
+        scored = machine(failed)["scored"]
+        later = agent.wait_status(lambda s: not_stored(s) and machine(s)["scored"] >= scored + 18, timeout=30)
+        assert machine(later)["crashes"] == 0
+        assert agent.log().count('"machine_sound.history_not_written"') == 1
+
+        card.replace()
+        written = agent.wait_status(lambda s: machine(s).get("last_error") is None, timeout=30)
+        assert machine(written)["state"] in ("armed", "alarm")
+        assert agent.log().count('"machine_sound.history_written_again"') == 1
+        assert agent.stop() == 0
+        agent = None
+        conn = sqlite3.connect(state / "machine_sound" / "P1-sound" / "history.sqlite")
+        try:
+            assert conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
+            (rows,) = conn.execute("SELECT COUNT(*) FROM samples").fetchone()
+        finally:
+            conn.close()
+        assert rows >= 6  # at least the flush after the card came back
+    finally:
+        if agent is not None:
+            agent.kill()
