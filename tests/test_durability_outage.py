@@ -133,7 +133,10 @@ def test_a_corrupt_outbox_is_quarantined_and_the_agent_runs(
     (state / "outbox.sqlite").write_bytes(garbage)
     (state / "nonces.sqlite").write_bytes(garbage)
     with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub, running_agent(config) as agent:
-        status = agent.wait_status(lambda s: s["uplink"]["readings_acked"] > 0, timeout=30)
+        # The buffer section is {} until the agent has measured its outbox once.
+        status = agent.wait_status(
+            lambda s: s["uplink"]["readings_acked"] > 0 and bool(s["buffer"]), timeout=30
+        )
         messages = sub.wait_until(
             lambda ms: all(k in b"".join(m.payload for m in ms) for k in (b"buffer_q", b"nonce_store_q"))
         )
@@ -176,7 +179,10 @@ def test_an_outbox_damaged_under_the_running_agent_is_moved_aside_by_a_restart(
             assert "buffer.damaged_restarting" in agent.log()
             assert "Traceback" not in agent.log()  # an orderly stop, not a crash
         with running_agent(config) as again:  # what systemd does next
-            status = again.wait_status(lambda s: s["uplink"]["readings_acked"] > 0, timeout=30)
+            # The buffer section is {} until the agent has measured its outbox once.
+            status = again.wait_status(
+                lambda s: s["uplink"]["readings_acked"] > 0 and bool(s["buffer"]), timeout=30
+            )
             messages = sub.wait_until(lambda ms: b"buffer_quarantined" in b"".join(m.payload for m in ms))
             assert again.stop() == 0
     (kept,) = agent.outbox.parent.glob("outbox.sqlite.quarantined-*[0-9TZ]")
