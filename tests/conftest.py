@@ -18,6 +18,7 @@ import pytest
 import structlog
 
 from tests.support.broker import Mosquitto
+from tests.support.ext4_card import Card, ext4_card
 from tests.support.testing import PORT_CLAIMS_ENV
 from tests.support.uplink import GATEWAY, SITE, Running, StartUplink, StateLog
 from tests.support.wmbus_air import Air, air_started
@@ -152,3 +153,10 @@ async def air_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[A
     """`await air_factory(**options)`: firmware-sim's wireless meters on the air (tests/support/wmbus_air)."""
     async with air_started(tmp_path) as start:
         yield start
+
+
+@pytest.fixture
+def card() -> Iterator[Card]:
+    """An ext4 card on a loop device the test may fail and mend (`support/ext4_card.py`)."""
+    with ext4_card() as mounted:
+        yield mounted

@@ -21,13 +21,12 @@ import numpy as np
 import pytest
 import structlog
 
-from tests import test_readonly_storage
 from tests.support.agent_proc import AgentProcess, start_agent
+from tests.support.ext4_card import Card
 from tests.support.testing import agent_config
 from tests.test_flow_leak import _feed, _north_district
 from tests.test_leak_field import SECTION as LEAK_SECTION
 from tests.test_leak_field import _NoDriver, _run_nights
-from tests.test_readonly_storage import Card
 from water_edge.core.reading import Event, Reading
 from water_edge.models import json_record
 from water_edge.models.alarm_record import AlarmRecord
@@ -42,7 +41,6 @@ from water_edge.sim.machine_sound import MachineScene, MachineSoundSynth, write_
 
 pytestmark = pytest.mark.slow
 
-card = test_readonly_storage.card  # the fixture: a real ext4 card, failed and mended under the agent
 
 NS = 1_000_000_000
 

@@ -11,16 +11,10 @@ Skipped, with the reason, where this machine may not mount or lacks the tools.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
-import shutil
 import signal
 import sqlite3
-import subprocess
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +22,7 @@ import pytest
 
 from tests.support.agent_proc import AgentProcess, start_agent
 from tests.support.broker import Mosquitto, Subscriber
+from tests.support.ext4_card import Card
 from tests.support.testing import agent_config, outbox_last_seqs
 from water_edge.buffer import async_outbox
 from water_edge.buffer.async_outbox import AsyncOutbox
@@ -39,66 +34,6 @@ from water_edge.core.reading import Reading
 pytestmark = pytest.mark.slow
 
 PLC: dict[str, Any] = {"name": "plc", "kind": "fake", "tags": [{"name": "flow", "amplitude": 1.0}]}
-TOOLS = ("mount", "umount", "losetup", "mkfs.ext4", "e2fsck")
-
-
-def _run(*args: str) -> str:
-    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=60).stdout.strip()
-
-
-@dataclass
-class Card:
-    """An ext4 file system on a loop device, mounted at `mount` with errors=remount-ro."""
-
-    image: Path
-    mount: Path
-    devices: list[str] = field(default_factory=list)
-
-    def attach_and_mount(self) -> None:
-        device = _run("losetup", "--find", "--show", str(self.image))
-        self.devices.append(device)
-        _run("mount", "-t", "ext4", "-o", "errors=remount-ro", device, str(self.mount))
-
-    def fail(self) -> None:
-        """ext4's error path: the file system takes no more writes (EROFS), as after I/O errors."""
-        name = Path(self.devices[-1]).name
-        Path(f"/sys/fs/ext4/{name}/trigger_fs_error").write_text("1")
-
-    def replace(self) -> None:
-        """Unmount (lazily: the agent still holds files on it), check, mount again: a reboot."""
-        _run("umount", "-l", str(self.mount))
-        subprocess.run(["e2fsck", "-fy", str(self.image)], capture_output=True, timeout=60, check=False)
-        self.attach_and_mount()
-
-    def remove(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            _run("umount", "-l", str(self.mount))
-        for device in self.devices:
-            with contextlib.suppress(subprocess.CalledProcessError):
-                _run("losetup", "-d", device)
-
-
-@pytest.fixture
-def card() -> Iterator[Card]:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} to mount an ext4 image")
-    base = Path(tempfile.mkdtemp(prefix="readonly-card-"))
-    card = Card(base / "card.img", base / "mnt")
-    card.mount.mkdir()
-    try:
-        _run("truncate", "-s", "64M", str(card.image))
-        _run("mkfs.ext4", "-q", "-F", str(card.image))
-        try:
-            card.attach_and_mount()
-        except subprocess.CalledProcessError as exc:
-            pytest.skip(f"this machine may not mount a loop device here: {exc.stderr.strip()}")
-        if not Path(f"/sys/fs/ext4/{Path(card.devices[-1]).name}/trigger_fs_error").exists():
-            pytest.skip("this kernel's ext4 has no trigger_fs_error to fail the file system")
-        yield card
-    finally:
-        card.remove()  # never leave a mount or a loop device behind
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_probe_tells_a_read_only_file_system(card: Card) -> None:
