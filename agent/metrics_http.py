@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import structlog
 
+from water_edge.agent.bounded_server import BoundedServer, TurnedAway
 from water_edge.agent.metrics_export import exposition
 from water_edge.core.hosts import host_port
 
@@ -74,11 +75,7 @@ class _RefusedError(Exception):
         self.code = code
 
 
-class _StalledError(Exception):
-    """The client did not take the answer within the write timeout."""
-
-
-class MetricsServer:
+class MetricsServer(BoundedServer):
     """`GET /metrics` on `host:port`, answered from `snapshot()` (the status socket's document)."""
 
     def __init__(
@@ -91,18 +88,14 @@ class MetricsServer:
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
+        super().__init__(max_clients=max_connections, write_timeout_s=write_timeout_s, busy=_BUSY)
         self.host, self.port = host, port
         self.address = host_port(host, port)
         self._snapshot = snapshot
-        self.max_connections = max_connections
         self.request_timeout_s = request_timeout_s
-        self.write_timeout_s = write_timeout_s
-        self.connections = 0
         self.scrapes = 0
         self.rejected = 0  # requests turned away, of any kind
         self._server: asyncio.AbstractServer | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-        self._closing = False
         self._bind_error: str | None = None
 
     @property
@@ -150,39 +143,12 @@ class MetricsServer:
         if self._server is None:
             return
         self._server.close()
-        handlers = list(self._handlers)
-        for task in handlers:
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
+        await self._end_connections()
         await self._server.wait_closed()
         self._server = None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.connections >= self.max_connections:
-            self.rejected += 1
-            with contextlib.suppress(ConnectionError):
-                writer.write(_BUSY)
-            writer.close()
-            return
-        self.connections += 1
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-        try:
-            await self._serve(reader, writer)
-        except _StalledError:
-            self.rejected += 1
-            writer.transport.abort()  # close() would wait for the unread answer to be taken
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass
-        except asyncio.CancelledError:
-            if not self._closing:
-                raise
-        finally:
-            self.connections -= 1
-            if task is not None:
-                self._handlers.discard(task)
-            writer.close()
+    def _turned_away(self, why: TurnedAway) -> None:
+        self.rejected += 1
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -220,14 +186,6 @@ class MetricsServer:
         self.rejected += 1
         await self._send(writer, _response(code, message.encode() + b"\n", extra=extra))
         await _finish(reader, writer)
-
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        writer.write(data)
-        try:
-            async with asyncio.timeout(self.write_timeout_s):
-                await writer.drain()
-        except TimeoutError:
-            raise _StalledError from None
 
 
 async def _finish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -40,10 +40,10 @@ from typing import Any
 import orjson
 import structlog
 
+from water_edge.agent.bounded_server import BoundedServer, TurnedAway
 from water_edge.agent.locate import DEFAULT_STATUS_GROUP, ask_for_access
 from water_edge.core.errors import AgentError
 from water_edge.core.reading import Reading
-from water_edge.core.tasks import cancel_all
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +74,7 @@ def reading_json(reading: Reading) -> dict[str, Any]:
     return out
 
 
-class StatusServer:
+class StatusServer(BoundedServer):
     def __init__(
         self,
         path: Path,
@@ -87,22 +87,18 @@ class StatusServer:
         write_timeout_s: float = WRITE_TIMEOUT_S,
         group: str | None = DEFAULT_STATUS_GROUP,
     ) -> None:
+        super().__init__(max_clients=max_clients, write_timeout_s=write_timeout_s, busy=_BUSY)
         self.path = path
         self.group = group
         self._snapshot = snapshot
         self._tap = tap
         self._untap = untap
         self._server: asyncio.AbstractServer | None = None
-        self.max_clients = max_clients
         self.max_tails = max_tails
-        self.write_timeout_s = write_timeout_s
-        self.clients = 0
         self.tails = 0
         self.bad_requests = 0
         self.busy_refusals = 0
         self.write_timeouts = 0
-        self._handlers: set[asyncio.Task[None]] = set()
-        self._closing = False
         self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket this server made
 
     async def start(self) -> None:
@@ -122,8 +118,7 @@ class StatusServer:
         if self._server is not None:
             self._server.close()
             # Tails wait for readings that no longer come: end them, as their clients would.
-            await cancel_all(list(self._handlers))
-            await asyncio.gather(*self._handlers, return_exceptions=True)
+            await self._end_connections()
             await self._server.wait_closed()
         if self._bound is not None:
             # OSError: on a read-only file system (a failing SD card) the socket stays; the next
@@ -134,35 +129,12 @@ class StatusServer:
                     os.unlink(self.path)
             self._bound = None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.clients >= self.max_clients:
+    def _turned_away(self, why: TurnedAway) -> None:
+        self.bad_requests += 1  # turned away, like a malformed request
+        if why == "busy":
             self.busy_refusals += 1
-            self.bad_requests += 1  # turned away, like a malformed request
-            writer.write(_BUSY)
-            await self._close(writer)
-            return
-        self.clients += 1
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-        try:
-            await self._serve(reader, writer)
-        except _StalledError:
+        else:
             self.write_timeouts += 1
-            self.bad_requests += 1  # turned away, like a malformed request
-            # close() would keep the connection until the buffered answer is read, i.e. for good.
-            writer.transport.abort()
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass
-        except asyncio.CancelledError:
-            if not self._closing:
-                raise
-            # Ended by close(): finish normally, so asyncio's stream callback logs no error.
-        finally:
-            self.clients -= 1
-            if task is not None:
-                self._handlers.discard(task)
-            writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -195,21 +167,6 @@ class StatusServer:
         else:
             self.bad_requests += 1
             await self._send(writer, _UNKNOWN)
-
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
-        """Write `data`; _StalledError if the client has not taken it within the write timeout."""
-        writer.write(data)
-        try:
-            async with asyncio.timeout(self.write_timeout_s):
-                await writer.drain()
-        except TimeoutError:
-            raise _StalledError from None
-
-    @staticmethod
-    async def _close(writer: asyncio.StreamWriter) -> None:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
     async def _tail(self, writer: asyncio.StreamWriter) -> None:
         queue = self._tap()
@@ -278,10 +235,6 @@ def _user_name() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return str(os.geteuid())
-
-
-class _StalledError(Exception):
-    """The client did not take an answer within the write timeout."""
 
 
 async def _remove_stale_socket(path: Path) -> None:
