@@ -144,7 +144,9 @@ channel_names = ["A", "B"]
         )
         status = agent.wait_status(
             lambda s: any(
-                p["name"] == "pump_anomaly" and p["health"]["pumps"]["pump1"]["samples"] >= 2
+                # `pumps` is {} until the processor has loaded its model and opened its state.
+                p["name"] == "pump_anomaly"
+                and p["health"].get("pumps", {}).get("pump1", {}).get("samples", 0) >= 2
                 for p in s["processors"]
             ),
             timeout=30,
