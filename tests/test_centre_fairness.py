@@ -67,6 +67,7 @@ def test_a_gateway_flooding_valid_messages_does_not_hold_up_a_quiet_one(
                 time.sleep(2.5)  # the quiet gateway's lag undisturbed
                 # mosquitto_pub: a publisher in C, in its own process (a Python one here took a core,
                 # and the quiet gateway's client in this process waited for the interpreter lock).
+                flood_began = time.time()
                 flooder = subprocess.run(
                     [*_MOSQUITTO_PUB, "-h", broker.host, "-p", str(broker.port), "-i", "flood"],
                     input=b"\n".join(bodies),
@@ -80,6 +81,11 @@ def test_a_gateway_flooding_valid_messages_does_not_hold_up_a_quiet_one(
                     120,
                     what=lambda: ingest.log()[-3000:],
                 )
+                (flood_stored,) = query(
+                    centre_db,
+                    "SELECT extract(epoch FROM max(m.received_at))::float8 FROM messages m"
+                    " JOIN streams s ON s.id = m.stream_id WHERE s.gateway = 'flood'",
+                )[0]
                 time.sleep(1.5)  # and after it
             finally:
                 stop.set()
@@ -90,11 +96,18 @@ def test_a_gateway_flooding_valid_messages_does_not_hold_up_a_quiet_one(
         finally:
             ingest.stop()
     lags = _lags(centre_db, "quiet")
+    # Behind the flood, a quiet message waited for most of it: the flood's time to be stored. Not
+    # behind it, for about a batch, however long a loaded machine takes over the flood (make test
+    # on two busy cores: 1.7 to 4.2 s for a quiet message, the flood itself taking longer still).
+    flood_s = float(flood_stored) - flood_began
     print(
-        f"quiet gateway: {len(lags)} messages, lag max {max(lags):.2f} s, each {[round(x, 2) for x in lags]}"
+        f"flood stored in {flood_s:.2f} s; quiet gateway: {len(lags)} messages, lag max {max(lags):.2f} s,"
+        f" each {[round(x, 2) for x in lags]}"
     )
     assert len(lags) >= 5
-    assert max(lags) < 1.5, f"the quiet gateway's messages waited up to {max(lags):.2f} s behind the flood"
+    assert max(lags) < max(1.5, flood_s / 3), (
+        f"a quiet gateway's message waited up to {max(lags):.2f} s; the flood was stored in {flood_s:.2f} s"
+    )
     assert "Traceback" not in ingest.log()
 
 

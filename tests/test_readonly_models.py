@@ -36,7 +36,7 @@ from water_edge.models.leak.store import SensorStore
 from water_edge.models.manifest import ModelError
 from water_edge.models.meter.config import MeterGroupConfig
 from water_edge.models.meter.processor import MeterProcessor
-from water_edge.models.pump.store import FeatureHistory
+from water_edge.models.pump.store import FeatureHistory, StorageErrors
 from water_edge.sim.machine_sound import MachineScene, MachineSoundSynth, write_wav
 
 pytestmark = pytest.mark.slow
@@ -430,3 +430,24 @@ device = "mic-p1"
     finally:
         if agent is not None:
             agent.kill()
+
+
+def test_a_models_status_line_says_both_what_its_history_and_its_records_could_not_store() -> None:
+    """Before, an alarm raised while the card was read-only replaced the line saying how many
+    history rows were lost (make test under load: the pump test waited for it in vain)."""
+    storage = StorageErrors()
+    storage.history = "/card/pump/pump1/history.sqlite: 60 rows not stored since 2026-12-07T10:00:00Z (EROFS)"
+    last = storage.last_error(None)
+    storage.records = "Read-only file system (/card/pump/pump1/alarm.json)"
+    last = storage.last_error(last)
+    assert last == (
+        "/card/pump/pump1/history.sqlite: 60 rows not stored since 2026-12-07T10:00:00Z (EROFS); "
+        "alarm state not stored: Read-only file system (/card/pump/pump1/alarm.json)"
+    )
+    storage.history = None  # the card takes writes: the history first, then the record
+    last = storage.last_error(last)
+    assert last == "alarm state not stored: Read-only file system (/card/pump/pump1/alarm.json)"
+    storage.records = None
+    assert storage.last_error(last) is None
+    # An error of another kind is not the storage's to clear.
+    assert storage.last_error("calibration failed: too few samples") == "calibration failed: too few samples"

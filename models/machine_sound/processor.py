@@ -51,7 +51,7 @@ from water_edge.models.machine_sound.store import (
     silent_unconfigured,
 )
 from water_edge.models.manifest import ModelError
-from water_edge.models.pump.store import FeatureHistory, keep_rows
+from water_edge.models.pump.store import FeatureHistory, StorageErrors, keep_rows
 
 log = structlog.get_logger(__name__)
 
@@ -111,8 +111,7 @@ class MachineSoundProcessor:
         self.last_score: float | None = None
         self.last_error: str | None = None
         self._calibration_error: str | None = None  # `last_error` of a failed or unreadable calibration
-        self._history_error: str | None = None  # `last_error` while its history is not written
-        self._record_error: str | None = None  # `last_error` while a record waits to be written
+        self._storage = StorageErrors()  # in `last_error` while they last
         self.calibrations_failed = 0  # automatic calibrations that failed since the start
         # Set by the factory on one processor: every machine a table names; a machine not named
         # whose microphone was not heard is closed at the start (`_unconfigured`).
@@ -251,21 +250,15 @@ class MachineSoundProcessor:
         rows, state.pending = state.pending, []
         # A full or read-only card: the machine is still scored, its history has a gap.
         error, written_again = keep_rows(state.history, rows, "machine_sound", machine=self.section.name)
-        if error is not None:
-            self.last_error = self._history_error = error
-        elif written_again and self.last_error == self._history_error:
-            self.last_error = None
+        if error is not None or written_again:  # nothing to write says nothing of the card
+            self._storage.history = error
         # Its alarm and microphone records that the card did not take, once it takes writes.
         self._state_not_stored(self._record.retry() or self._signal.retry())
 
     def _state_not_stored(self, why: str | None) -> None:
-        """`last_error` while the alarm or microphone record waits to be written, cleared once it is."""
-        if why is not None:
-            self.last_error = self._record_error = f"alarm state not stored: {why}"
-        elif self._record_error is not None and self._record.error is None and self._signal.error is None:
-            if self.last_error == self._record_error:
-                self.last_error = None
-            self._record_error = None
+        """`last_error` while the alarm or microphone record waits to be written, cleared once both are."""
+        self._storage.records = why or self._record.error or self._signal.error
+        self.last_error = self._storage.last_error(self.last_error)
 
     async def _clip(self, state: _State, clip: Clip, emit: EventSink) -> None:
         features = await asyncio.to_thread(clip_features, clip.samples, clip.sample_rate)

@@ -59,7 +59,14 @@ from water_edge.models.pump.detector import (
     score_latest,
 )
 from water_edge.models.pump.health import PumpHealth, PumpState, PumpStatus
-from water_edge.models.pump.store import NS, CalibrationStore, FeatureHistory, keep_rows, pump_dir
+from water_edge.models.pump.store import (
+    NS,
+    CalibrationStore,
+    FeatureHistory,
+    StorageErrors,
+    keep_rows,
+    pump_dir,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -143,8 +150,7 @@ class _Pump:
     last_score: float | None = None
     last_error: str | None = None
     calibration_error: str | None = None  # `last_error` of a failed or unreadable calibration
-    history_error: str | None = None  # `last_error` while its history is not written
-    record_error: str | None = None  # `last_error` while its alarm record waits to be written
+    storage: StorageErrors = field(default_factory=StorageErrors)  # in `last_error` while they last
     since_reload: int = 0
 
 
@@ -356,9 +362,8 @@ class PumpProcessor:
         if change is not None:
             pump.events += 1
             # Recorded first: a stop right after the event must not forget the alarm.
-            self._record_not_stored(
-                pump, await asyncio.to_thread(pump.record.raised, ts_ns if change else None)
-            )
+            pump.storage.records = await asyncio.to_thread(pump.record.raised, ts_ns if change else None)
+            pump.last_error = pump.storage.last_error(pump.last_error)
             await emit(self._event(pump, ts_ns, change, total, channel, residual, run))
 
     async def _learn(self, pump: _Pump, ts_ns: int, emit: Callable[[Event], Awaitable[None]]) -> None:
@@ -472,21 +477,10 @@ class PumpProcessor:
         rows, pump.pending = pump.pending, []
         # A full or read-only card: the pump is still scored, its history has a gap.
         error, written_again = keep_rows(pump.history, rows, "pump", pump=pump.cfg.name)
-        if error is not None:
-            pump.last_error = pump.history_error = error
-        elif written_again and pump.last_error == pump.history_error:
-            pump.last_error = None
-        self._record_not_stored(pump, pump.record.retry())  # once the card takes writes
-
-    @staticmethod
-    def _record_not_stored(pump: _Pump, why: str | None) -> None:
-        """`last_error` while the alarm record waits to be written, cleared once it is."""
-        if why is not None:
-            pump.last_error = pump.record_error = f"alarm state not stored: {why}"
-        elif pump.record_error is not None:
-            if pump.last_error == pump.record_error:
-                pump.last_error = None
-            pump.record_error = None
+        if error is not None or written_again:  # nothing to write says nothing of the card
+            pump.storage.history = error
+        pump.storage.records = pump.record.retry()  # once the card takes writes
+        pump.last_error = pump.storage.last_error(pump.last_error)
 
     def _event(  # noqa: PLR0917
         self,

@@ -530,3 +530,24 @@ def keep_rows(
         log.info(f"{model}.history_written_again", **names, rows_not_stored=lost)
         return None, True
     return None, False
+
+
+@dataclass
+class StorageErrors:
+    """What a model could not store, as its `last_error` shows it: its history's rows and its
+    records (alarm, microphone) each say so while they fail, both at once when both do (before, the
+    record's line hid how many rows were lost), and the line goes once neither fails."""
+
+    history: str | None = None  # `keep_rows`'s error while the history is not written
+    records: str | None = None  # why a record waits to be written
+    shown: str | None = None  # the text last given as `last_error`
+
+    def last_error(self, current: str | None) -> str | None:
+        """The model's `last_error` now, from `current`: an error of another kind (a calibration's)
+        stays once nothing fails to be stored."""
+        parts = (self.history, None if self.records is None else f"alarm state not stored: {self.records}")
+        text = "; ".join(part for part in parts if part) or None
+        previous, self.shown = self.shown, text
+        if text is not None:
+            return text
+        return None if current == previous else current
