@@ -304,6 +304,19 @@ class AsyncOutbox:
         except BufferError as exc:
             log.warning("buffer.storage_reopen_failed", error=str(exc))
             return
+        try:
+            lost = fresh.continue_seqs_after(old.last_seqs())
+        except BufferError as exc:
+            log.warning("buffer.storage_reopen_failed", error=str(exc))
+            return
+        if lost:
+            # Mended, the card lost its last commits (served from the kernel's cache, maybe sent):
+            # their seqs are never given again. Those rows not sent yet are gone.
+            log.error(
+                "buffer.card_lost_rows",
+                directory=str(directory),
+                seqs={stream: list(span) for stream, span in lost.items()},
+            )
         self._segments = [(first, fresh if box is old else box) for first, box in self._segments]
         self._durable = fresh
         try:
@@ -476,6 +489,9 @@ class _ReadOnlyCard(Outbox):
 
     def stats(self) -> OutboxStats:
         return self._stats
+
+    def last_seqs(self) -> dict[str, int]:
+        return {}  # this process gave none on this card: it never wrote to it
 
     def lease(self, after_id: int, limit: int, upto_id: int | None = None) -> list[OutboxRow]:
         return []  # sent once the card is opened

@@ -14,7 +14,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -571,6 +571,23 @@ class Outbox:
         own to the centre (its epoch, its seqs from 1), so that no seq it gave can be given again
         by the card's after a restart or a reboot."""
         self._next_id = max(self._next_id, last_id + 1)
+
+    def continue_seqs_after(self, issued: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        """Never give a seq at or below `issued` (each stream's newest seq this process committed to
+        this file before): a card mended after it went read-only may have lost the last commits
+        (the kernel served them from its cache, they were sent, and the file system never got
+        them), and the centre drops a repeat of (epoch, stream, seq) unread. The streams whose
+        seqs were behind, with the first and last seq the file lost, are returned."""
+        behind = {
+            stream: (self._last_seq.get(stream, 0) + 1, seq)
+            for stream, seq in issued.items()
+            if seq > self._last_seq.get(stream, 0)
+        }
+        if behind:
+            with self._guard("continue_seqs_after"), self._transaction() as conn:
+                conn.executemany(_UPSERT_SEQ, [(stream, last) for stream, (_, last) in behind.items()])
+            self._last_seq.update({stream: last for stream, (_, last) in behind.items()})
+        return behind
 
     def ack(self, row_ids: Sequence[int]) -> None:
         """Delete exactly these rows, in one transaction; ids already gone are ignored.
