@@ -99,13 +99,18 @@ def read_json_state(path: Path, what: str) -> Any:
         return None
 
 
+def write_json(path: Path, data: Any) -> None:
+    """Replace a small state file with `data` as JSON, its directory made if need be (blocking:
+    off the event loop where it matters); OSError when the card does not take it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(data, sort_keys=True).encode("utf-8"), mode=0o640)
+
+
 def write_json_state(path: Path, data: Any, what: str) -> str | None:
-    """Replace a small best-effort state file with `data` as JSON (blocking: off the event loop
-    where it matters); why it could not be written (a full or failing card: logged as
-    `<what>.not_stored`), else None."""
+    """`write_json` for a best-effort state file: why it could not be written (a full or failing
+    card: logged as `<what>.not_stored`), else None."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(data, sort_keys=True).encode("utf-8"), mode=0o640)
+        write_json(path, data)
     except OSError as exc:
         log.warning(f"{what}.not_stored", path=str(path), error=str(exc))
         return f"{exc.strerror or exc} ({path})"

@@ -53,12 +53,48 @@ def check_port(port: str) -> int:
     return number
 
 
-# A config key holding a host name or address.
-Host = Annotated[str, AfterValidator(check_host)]
-
-__all__ = ["Host", "check_host", "check_port"]
-
-
 def host_port(host: str, port: int) -> str:
     """`host:port` as logs, errors and HTTP show an endpoint: an IPv6 address in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_HOST_PORT_EXPECTED: Final = (
+    'expected "host:port": "127.0.0.1:9464" (this machine only), "0.0.0.0:9464" (every IPv4 '
+    'address), "[::1]:9464" (IPv6 in brackets), or a host name with a port'
+)
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """A config key's "host:port" (an address to listen on) as (host, port), the reverse of
+    `host_port`; a ValueError saying what is expected. An IPv6 address goes in brackets (returned
+    without them); the host is what `check_host` takes; the port 1-65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(_HOST_PORT_EXPECTED)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address; {_HOST_PORT_EXPECTED}") from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f'an IPv6 address goes in brackets, as in "[::1]:9464"; {_HOST_PORT_EXPECTED}')
+    else:
+        try:
+            check_host(host)
+        except ValueError as exc:
+            what = (
+                "is not an IPv4 address"
+                if re.fullmatch(r"[0-9.]+", host)
+                else "is neither an IP address nor a host name"
+            )
+            raise ValueError(f"{host!r} {what} ({exc}); {_HOST_PORT_EXPECTED}") from None
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"the port must be a number from 1 to 65535, e.g. 9464; {_HOST_PORT_EXPECTED}")
+    return host, int(port)
+
+
+# A config key holding a host name or address.
+Host = Annotated[str, AfterValidator(check_host)]
+
+__all__ = ["Host", "check_host", "check_port", "host_port", "split_host_port"]

@@ -11,14 +11,13 @@ clear never sent).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from water_edge.core.files import atomic_write, read_json_state
+from water_edge.core.files import read_json_state, write_json
 
 log = structlog.get_logger(__name__)
 
@@ -65,8 +64,7 @@ class JsonRecord:
     def _write(self) -> str | None:
         self._tried = time.monotonic()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, json.dumps(self._pending, sort_keys=True).encode("utf-8"), mode=0o640)
+            write_json(self.path, self._pending)
         except OSError as exc:
             self.failed_writes += 1
             if self.error is None:  # once per failure, not at every change or retry

@@ -7,8 +7,6 @@ each `[[models.<kind>]]` section by that processor's own model (see `core.proces
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +16,7 @@ from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
+from water_edge.core.hosts import split_host_port
 from water_edge.core.log_flood import DEFAULT_BURST, DEFAULT_WINDOW_S
 from water_edge.core.names import NAME_MAX_LENGTH, NAME_PATTERN
 from water_edge.core.sizes import ByteSize
@@ -85,47 +84,12 @@ class StatusSection(_Section):
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
         if value is not None:
-            host_port(value)
+            split_host_port(value)
         return value
 
     def metrics_address(self) -> tuple[str, int] | None:
         """`metrics` as the host (IPv6 without brackets) and port to listen on; None when off."""
-        return None if self.metrics is None else host_port(self.metrics)
-
-
-_HOST_NAME = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
-_HOST_PORT_EXPECTED = (
-    'expected "host:port": "127.0.0.1:9464" (this machine only), "0.0.0.0:9464" (every IPv4 '
-    'address), "[::1]:9464" (IPv6 in brackets), or a host name with a port'
-)
-
-
-def host_port(text: str) -> tuple[str, int]:
-    """ "host:port" as (host, port); ValueError saying what is expected. An IPv6 address goes in
-    brackets (returned without them); a host is an IP address or a host name; the port 1-65535."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(_HOST_PORT_EXPECTED)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} in brackets is not an IPv6 address; {_HOST_PORT_EXPECTED}") from None
-    elif ":" in host or "[" in host or "]" in host:
-        raise ValueError(f'an IPv6 address goes in brackets, as in "[::1]:9464"; {_HOST_PORT_EXPECTED}')
-    elif re.fullmatch(r"[0-9.]+", host):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IPv4 address; {_HOST_PORT_EXPECTED}") from None
-    elif not _HOST_NAME.fullmatch(host):
-        raise ValueError(f"{host!r} is neither an IP address nor a host name; {_HOST_PORT_EXPECTED}")
-    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-        raise ValueError(f"the port must be a number from 1 to 65535, e.g. 9464; {_HOST_PORT_EXPECTED}")
-    return host, int(port)
+        return None if self.metrics is None else split_host_port(self.metrics)
 
 
 class LogSection(_Section):

@@ -274,11 +274,7 @@ class FlowLeakProcessor:
             for r in batch:
                 for event in await self._reading(r):
                     await emit(event)
-            if any(
-                d.record.waiting or d.burst_record.waiting
-                for d in self.districts
-                if d.record and d.burst_record
-            ):
+            if any(r is not None and r.waiting for d in self.districts for r in (d.record, d.burst_record)):
                 await asyncio.to_thread(self._retry)  # tries the card at most every few seconds
 
     async def _reading(self, r: Reading) -> list[Event]:
