@@ -114,8 +114,10 @@ async def test_a_meter_answering_without_a_data_header_is_named_by_its_primary_a
         assert code == 0, err
         assert "3 meter(s)" in out
         assert "a meter answered its selection without a long header (it names no ID): try --primary" in err
-        code, out, err = await scan("--port", bus.path, "--baudrate", "9600", "--primary")
+        # The simulated meters sit at primary addresses 1-4; `--primary` alone tries 0-250 (25 s).
+        code, out, err = await scan("--port", bus.path, "--baudrate", "9600", "--primary", "0-9")
         assert code == 0, err
+        assert "trying primary addresses 0..9 at 9600 Bd" in err
         assert "4 meter(s)" in out
         meters = tomllib.loads(out[out.index("[[devices.meters]]") :])["devices"]["meters"]
         by_address = [m for m in meters if "address" in m]
@@ -123,3 +125,19 @@ async def test_a_meter_answering_without_a_data_header_is_named_by_its_primary_a
         assert "secondary" not in by_address[0]
         readings, _ = await read_once(bus_config(bus, [{**by_address[0], "name": "old"}]))
     assert readings["old.volume"].quality == "good", readings["old.volume"].reason
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("1-300", "'1-300': primary addresses are 0..250, the first no greater than the last"),
+        ("20-10", "'20-10': primary addresses are 0..250, the first no greater than the last"),
+        ("one", "'one' is no address range: give FIRST-LAST, e.g. 1-20"),
+    ],
+)
+async def test_a_primary_range_outside_0_to_250_is_refused_before_the_port_is_opened(
+    tmp_path: Path, given: str, said: str
+) -> None:
+    code, _out, err = await scan("--port", str(tmp_path / "ttyNONE"), "--primary", given)
+    assert code == 2
+    assert said in err

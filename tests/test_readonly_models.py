@@ -47,7 +47,7 @@ NS = 1_000_000_000
 PLC: dict[str, Any] = {
     "name": "plc",
     "kind": "fake",
-    "poll_interval_ms": 100,
+    "poll_interval_ms": 50,
     "tags": [
         {"name": "flow", "offset": 50.0, "amplitude": 5.0, "period_s": 7.0},
         {"name": "current", "offset": 20.0, "amplitude": 1.0, "period_s": 13.0},
@@ -57,13 +57,13 @@ PLC: dict[str, Any] = {
 PUMP = """
 [[models.pump]]
 name = "pump1"
-sample_interval_s = 0.1
+sample_interval_s = 0.05
   [models.pump.signals]
   flow = "plc/flow"
   motor_current = "plc/current"
   speed = "plc/speed"
   [models.pump.calibration]
-  auto_hours = 0.003             # 108 samples of 0.1 s
+  auto_hours = 0.0015            # 108 samples of 0.05 s
   min_samples = 64
 """
 
