@@ -27,6 +27,7 @@ import signal
 import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -39,6 +40,7 @@ from water_edge.agent.assembly import (
     build_processors,
     model_slots,
 )
+from water_edge.agent.board_change import check_board, this_board
 from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSync
 from water_edge.agent.config import Config
 from water_edge.agent.devices_down import DOWN, UP, DownDevices
@@ -452,6 +454,14 @@ def sync_source(config: Config) -> SyncSource:
     return best_source()
 
 
+def client_certificate(config: Config) -> Path:
+    """The certificate the uplink presents: `[uplink.tls] cert_file`, else the device identity's."""
+    tls = config.uplink.tls
+    if tls is not None and tls.cert_file is not None:
+        return tls.cert_file
+    return DeviceIdentity(config.gateway.state_dir / config.security.identity.directory).cert_file
+
+
 async def run_agent(config: Config) -> int:
     """Run the agent the config describes; the exit code is 0, or EXIT_RESTART when a signed
     restart command asked for one, SIGHUP found the config file loading (`hangup`), or the outbox
@@ -474,6 +484,13 @@ async def run_agent(config: Config) -> int:
         quarantine_unusable=True,
     )
     try:
+        # Before the uplink is made (it reads the epoch): a card on another board sends under a new one.
+        board_events = await check_board(
+            state_dir,
+            await asyncio.to_thread(this_board, config.gateway.board_id_file),
+            outbox,
+            client_certificate(config),
+        )
         agent = Agent(
             config,
             outbox,
@@ -482,6 +499,7 @@ async def run_agent(config: Config) -> int:
             on_command=None if commands is None else commands.handler,
             command_stats=None if commands is None else commands.stats,
         )
+        agent.startup_events += board_events
         if commands is not None:
             commands.bind(agent)
         # Before the processors run: a pushed model is back in service from the first window.

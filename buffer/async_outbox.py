@@ -182,8 +182,15 @@ class AsyncOutbox:
 
     @property
     def epoch(self) -> int:
-        """See `Outbox.epoch`: fixed while the file lives, so read without the worker."""
+        """See `Outbox.epoch`: changed only by `renew_epoch`, so read without the worker."""
         return self._durable.epoch
+
+    async def renew_epoch(self) -> int | None:
+        """`Outbox.renew_epoch` on the card's outbox; None while the card is read-only (the
+        outbox in memory has an epoch of its own already, and the card's cannot be written)."""
+        if self.read_only is not None:
+            return None
+        return await self._call(self._durable.renew_epoch)
 
     async def append(self, batches: Sequence[Batch]) -> list[int]:
         """See `Outbox.append`; into memory while the card is read-only (the module docstring)."""

@@ -229,7 +229,8 @@ class Outbox:
         self._bytes: int = body_bytes + schema.ROW_OVERHEAD * self._rows
         self._counters: dict[str, int] = dict(conn.execute("SELECT name, value FROM counters").fetchall())
         self._last_seq: dict[str, int] = dict(conn.execute("SELECT stream, last_seq FROM streams").fetchall())
-        # Fixed for the life of the file: with the seqs, the identity of every row it ever held.
+        # With the seqs, the identity of every row it holds; fixed for the life of the file unless
+        # the card is found on another board (`renew_epoch`).
         self.epoch: int = schema.read_epoch(conn)
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         # Ids are assigned here rather than read back, so append knows them without a query.
@@ -588,6 +589,18 @@ class Outbox:
                 conn.executemany(_UPSERT_SEQ, [(stream, last) for stream, (_, last) in behind.items()])
             self._last_seq.update({stream: last for stream, (_, last) in behind.items()})
         return behind
+
+    def renew_epoch(self) -> int:
+        """Name this outbox by a new epoch from now on (`schema.new_epoch`), committed before it
+        is used: every row sent after this, those already held too, goes under it, each stream's
+        seqs counting on. For a card found on another board than the one it was made on
+        (`agent.board_change`): a copy of a running gateway's card must not send under the epoch
+        and seqs the original sends, which the centre would take for repeats or conflicts."""
+        epoch = schema.new_epoch()
+        with self._guard("renew_epoch"), self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+        self.epoch = epoch
+        return epoch
 
     def ack(self, row_ids: Sequence[int]) -> None:
         """Delete exactly these rows, in one transaction; ids already gone are ignored.

@@ -41,6 +41,28 @@ KEY_FILE, CERT_FILE, CA_FILE, CSR_FILE = "key.pem", "cert.pem", "ca.pem", "csr.p
 _SERIAL = re.compile(r"^[A-Za-z0-9_.:-]{4,64}$")
 
 
+def hardware_serial(
+    cpuinfo: Path = Path("/proc/cpuinfo"), machine_id: Path = Path("/etc/machine-id")
+) -> tuple[str | None, str]:
+    """This board's own ID: a Raspberry Pi's CPU serial (`Serial` in /proc/cpuinfo, unique to the
+    board), else the machine id (written at an image's first boot: the same on every copy of an
+    image made after it). `(None, why)` when neither can be read; else `(id, where it came from)`."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Serial" and value.strip().strip("0"):
+                return value.strip(), f"{cpuinfo} Serial"
+    except OSError:
+        pass
+    try:
+        found = machine_id.read_text().strip()
+    except OSError as exc:
+        return None, f"no Serial in {cpuinfo}, cannot read {machine_id} ({exc.strerror})"
+    if not found:
+        return None, f"no Serial in {cpuinfo}, {machine_id} is empty"
+    return found, str(machine_id)
+
+
 def device_serial(
     configured: str | None = None,
     cpuinfo: Path = Path("/proc/cpuinfo"),
@@ -50,23 +72,10 @@ def device_serial(
     if configured:
         candidate = configured.strip()
     else:
-        candidate = ""
-        try:
-            for line in cpuinfo.read_text(errors="replace").splitlines():
-                key, _, value = line.partition(":")
-                if key.strip() == "Serial" and value.strip().strip("0"):
-                    candidate = value.strip()
-                    break
-        except OSError:
-            pass
-        if not candidate:
-            try:
-                candidate = machine_id.read_text().strip()
-            except OSError as exc:
-                raise ProvisioningError(
-                    f"no device serial: not configured, no Serial in {cpuinfo}, "
-                    f"cannot read {machine_id} ({exc.strerror})"
-                ) from exc
+        found, why = hardware_serial(cpuinfo, machine_id)
+        if found is None:
+            raise ProvisioningError(f"no device serial: not configured, {why}")
+        candidate = found
     if not _SERIAL.match(candidate):
         raise ProvisioningError(
             f"device serial {candidate!r} is not 4-64 characters of letters, digits, '_.:-'"

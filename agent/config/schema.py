@@ -32,6 +32,9 @@ class GatewaySection(_Section):
     site: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)
     id: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)
     state_dir: Path = Path("/var/lib/edge-agent")
+    # A file holding this board's unique ID (agent.board_change); None: a Pi's CPU serial, else
+    # /etc/machine-id.
+    board_id_file: Path | None = None
 
     @field_validator("state_dir")
     @classmethod
@@ -40,6 +43,13 @@ class GatewaySection(_Section):
         # engineer stood when testing by hand. The outbox must not move with it.
         if not value.is_absolute():
             raise ValueError("expected an absolute path, e.g. /var/lib/edge-agent")
+        return value
+
+    @field_validator("board_id_file")
+    @classmethod
+    def _absolute_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("expected an absolute path, e.g. /etc/edge-agent/board-id")
         return value
 
 
