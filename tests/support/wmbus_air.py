@@ -18,6 +18,7 @@ from water_edge.sim.pumpstation import PumpStation
 from water_edge.sim.wmbus_air import WmbusComponent
 
 TAMPER = {"record": "error_flags", "bit": 2, "alarm": "tamper"}  # the simulator's data sheet
+CLOCK_S = 0.02  # wall seconds between two steps of the air's model clock
 
 
 class Air:
@@ -70,12 +71,14 @@ def volumes(readings: list[Reading], name: str) -> list[float]:
 
 @contextlib.asynccontextmanager
 async def air_started(workdir: Path) -> AsyncIterator[Callable[..., Awaitable[Air]]]:
-    """`await start(**options)` starts the simulator's meters on the air (a clock of 50 model
-    seconds per wall second); all are stopped on leaving."""
+    """`await start(**options)` starts the simulator's meters on the air (a clock of `speed` model
+    seconds per wall second, 50 by default, in steps of a tenth of a model second); all are stopped
+    on leaving."""
     started: list[tuple[WmbusComponent, asyncio.Task[None]]] = []
 
-    async def start(**options: Any) -> Air:
+    async def start(*, speed: float = 50.0, **options: Any) -> Air:
         station = PumpStation(5)
+        ticks = max(1, round(speed * CLOCK_S / station.tick_s))  # per CLOCK_S of wall time
         station.step(10)
         ctx = SimContext(
             station=station, points=[], seed=5, host="127.0.0.1", workdir=workdir,
@@ -86,8 +89,8 @@ async def air_started(workdir: Path) -> AsyncIterator[Callable[..., Awaitable[Ai
 
         async def clock() -> None:
             while True:
-                station.step(10)
-                await asyncio.sleep(0.02)
+                station.step(ticks)
+                await asyncio.sleep(CLOCK_S)
 
         started.append((component, asyncio.create_task(clock())))
         return Air(component, announcement.detail)
