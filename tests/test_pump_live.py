@@ -2,7 +2,7 @@
 fail, `edge-agent run` polling it over Modbus TCP, the pump processor calibrating on the pump's own
 normal duty and raising `pump_anomaly`, and the event arriving at a real Mosquitto.
 
-The plant runs 10x faster than real time and the agent samples every 0.1 s, so one sample is one
+The plant runs 20x faster than real time and the agent samples every 0.05 s, so one sample is one
 model second: the pump calibrates on ~110 s of night duty (a steady operating point, which a short
 calibration covers; a pump that follows demand needs a day, see test_pump_detector.py).
 """
@@ -24,7 +24,7 @@ from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, demo_devices, write
 pytestmark = pytest.mark.slow
 
 TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
-SPEED = 10.0  # model seconds per wall second
+SPEED = 20.0  # model seconds per wall second
 FAULT_AT_S = 250  # model time of the bearing fault
 
 SCENARIO = f"""
@@ -46,7 +46,7 @@ ramp = "5s"
 PUMP = """
 [[models.pump]]
 name = "pump1"
-sample_interval_s = 0.1
+sample_interval_s = 0.05
   [models.pump.signals]
   flow = "pump1.flow"
   motor_current = "pump1.motor_current"
@@ -55,7 +55,7 @@ sample_interval_s = 0.1
   vibration_x = "pump1.vibration_x"
   vibration_y = "pump1.vibration_y"
   [models.pump.calibration]
-  auto_hours = 0.003             # 108 samples of 0.1 s
+  auto_hours = 0.0015            # 108 samples of 0.05 s
   min_samples = 64
 """
 
@@ -75,7 +75,7 @@ def test_a_failing_bearing_on_a_live_plc_reaches_the_broker_as_a_named_pump_anom
     scenario.write_text(SCENARIO)
     started = time.monotonic()  # the plant's clock starts a little later
     with running_plant(seed=5, scenario=scenario) as plant:
-        devices = demo_devices(plant.port, poll_interval_ms=100)
+        devices = demo_devices(plant.port, poll_interval_ms=50)
         config = write_agent_config(tmp_path, broker_port=mosquitto.port, devices=devices, models=PUMP)
         with (
             Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/events") as sub,
