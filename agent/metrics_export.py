@@ -400,6 +400,15 @@ def _devices(out: _Families, snap: Mapping[str, Any]) -> None:
             device=device,
         )
         _fields(out, d, "edge_agent_device", DEVICE_FIELDS, device=device)
+        driver = d.get("driver")
+        not_after = driver.get("client_certificate_not_after_ns") if isinstance(driver, Mapping) else None
+        if isinstance(not_after, int):
+            out.gauge(
+                "edge_agent_device_certificate_not_after_timestamp_seconds",
+                "The client certificate the device is reached with (OPC UA) expires at, Unix time",
+                not_after / 1e9,
+                device=device,
+            )
 
 
 def _uplink(out: _Families, snap: Mapping[str, Any]) -> None:

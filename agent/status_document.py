@@ -23,7 +23,7 @@ from water_edge.agent.uplink.transport import certificate_refused
 from water_edge.agent.watchdog import WatchdogHealth
 from water_edge.buffer.stats import BufferHealth
 from water_edge.core import units
-from water_edge.core.health import Health, health_json
+from water_edge.core.health import Health, Problems, health_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +162,12 @@ class StatusDocument:
             "its readings are stored uncertain"
             for d in self.drivers
             if d.state == "up" and d.values_frozen_for_s is not None
+        ]
+        problems += [
+            f"device {d.name}: {line}"
+            for d in self.drivers
+            if isinstance(d.driver, Problems)
+            for line in d.driver.problems()
         ]
         if self.uplink.state != "online":
             problems.append(f"uplink {self.uplink.state} ({self.uplink.broker})")

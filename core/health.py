@@ -21,6 +21,15 @@ class Health(Protocol):
         ...
 
 
+@runtime_checkable
+class Problems(Protocol):
+    """A health that can make the agent degraded by itself (a device's certificate near its end)."""
+
+    def problems(self) -> list[str]:
+        """One line per condition someone must act on; empty when there is none."""
+        ...
+
+
 def health_json(health: Any) -> dict[str, Any]:
     """The fields of a health dataclass as plain JSON-ready values."""
     if not dataclasses.is_dataclass(health) or isinstance(health, type):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from water_edge.drivers.mbus.keys import load_key
+from water_edge.drivers.opcua.certificate_file import certificate_expiry, not_after_ns, parse_certificate
 from water_edge.provisioning.ca import subject_attribute
 from water_edge.provisioning.identity import DeviceIdentity
 
@@ -206,6 +208,16 @@ def _written_at_enrolment(config: Config, path: Path) -> bool:
     return os.path.abspath(path) == os.path.abspath(written)
 
 
+def _expiring(key: str, path: Path, data: bytes) -> str | None:
+    """An OPC UA client certificate past or near its end (the driver says the same in `status`)."""
+    try:
+        cert = parse_certificate(data)
+    except ValueError:
+        return f'{key} = "{path}": not a PEM or DER certificate'
+    said = certificate_expiry(not_after_ns(cert), time.time_ns())
+    return None if said is None else f'{key} = "{path}": {said}'
+
+
 def _other_files(config: Config) -> list[str]:
     """The other files a config names that the agent reads only once it runs: an OPC UA device's
     certificates and key (else its connection fails at every retry), a meter's key (else that
@@ -215,7 +227,10 @@ def _other_files(config: Config) -> list[str]:
         for key in ("certificate", "private_key", "server_certificate"):
             path = getattr(device, key, None)
             if isinstance(path, Path):
-                found.append(_read(f"devices[{index}] ({device.name}).{key}", path)[1])
+                data, problem = _read(f"devices[{index}] ({device.name}).{key}", path)
+                found.append(problem)
+                if key == "certificate" and data is not None:
+                    found.append(_expiring(f"devices[{index}] ({device.name}).{key}", path, data))
         for meter in getattr(device, "meters", None) or ():
             if getattr(meter, "key", None) is not None:
                 _, problem = load_key(meter.key)  # resolved and parsed as the driver will at open

@@ -42,6 +42,7 @@ from water_edge.core.scheduler import FixedRateTicker
 from water_edge.core.secrets import resolve_secret
 from water_edge.drivers.base import DeviceConfig, TagInfo
 from water_edge.drivers.opcua import browse, fast_publish
+from water_edge.drivers.opcua.certificate_file import not_after_ns, parse_certificate
 from water_edge.drivers.opcua.config import OpcUaConfig, OpcUaTag, parse_node_id
 from water_edge.drivers.opcua.errors import explain, ua_errors
 from water_edge.drivers.opcua.fast_publish import DataChanges
@@ -161,6 +162,8 @@ class OpcUaDriver:
             "uncertain_values": 0, "bad_values": 0, "clock_replaced": 0,
         }  # fmt: skip
         self._clock_offset_s: float | None = None
+        # The client certificate's end of validity, as read at the last connection attempt.
+        self._certificate_not_after_ns: int | None = None
         self._clock_warned = False
         # tag index -> (device time, arrival) of its last value whose time was far back, unchanged
         self._unchanged: dict[int, tuple[int, int]] = {}
@@ -202,6 +205,7 @@ class OpcUaDriver:
             failed_items=dict(self._failed_items),
             last_ok_ns=self._last_ok_ns,
             batch_limits={k: n for k, n in self._batch.items() if n < self._config.max_items_per_request},
+            client_certificate_not_after_ns=self._certificate_not_after_ns,
         )
 
     # --- connecting -------------------------------------------------------------------------
@@ -266,6 +270,8 @@ class OpcUaDriver:
         assert cfg.certificate is not None
         assert cfg.private_key is not None
         cert = _load_file(cfg.certificate, "certificate")
+        if cert is not None:
+            self._certificate_not_after_ns = not_after_ns(cert)
         _load_file(cfg.private_key, "private_key")
         uri = _certificate_uri(cert)
         if uri:
@@ -725,11 +731,7 @@ def _load_file(path: Path, key: str) -> x509.Certificate | None:
     if key != "certificate":
         return None
     try:
-        return (
-            x509.load_pem_x509_certificate(data)
-            if data.lstrip().startswith(b"-----")
-            else x509.load_der_x509_certificate(data)
-        )
+        return parse_certificate(data)
     except ValueError as exc:
         raise ValueError(f"{key} {path} is not a PEM or DER certificate: {exc}") from exc
 

@@ -3,8 +3,10 @@ document shows them under the device's `driver`, and its own status lines."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
+from water_edge.drivers.opcua.certificate_file import certificate_expiry
 from water_edge.drivers.opcua.config import Mode
 
 
@@ -27,6 +29,16 @@ class OpcUaHealth:
     device_clock_offset_s: float | None = None  # the last such device time minus arrival
     # items per request of the services the server limits below `max_items_per_request`
     batch_limits: dict[str, int] = field(default_factory=dict)
+    # the client certificate's end of validity (security policy other than None), once read
+    client_certificate_not_after_ns: int | None = None
+
+    def problems(self) -> list[str]:
+        """What makes the agent degraded (`core.health.Problems`): a client certificate near or
+        past its end."""
+        if self.client_certificate_not_after_ns is None:
+            return []
+        said = certificate_expiry(self.client_certificate_not_after_ns, time.time_ns())
+        return [] if said is None else [said]
 
     def status_lines(self) -> list[str]:
         lines = [
@@ -48,4 +60,4 @@ class OpcUaHealth:
             lines.append(f"server limits items per request: {limits}")
         if self.dropped_batches:
             lines.append(f"dropped batches {self.dropped_batches}")
-        return lines
+        return lines + self.problems()
