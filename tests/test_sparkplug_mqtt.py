@@ -367,7 +367,8 @@ async def test_an_integer_past_int64_is_born_uint64_and_read_back_exact_without_
     )
     with PrimaryHost(mosquitto.host, mosquitto.port) as host:
         host.publish_state(True)
-        uplink, states = node(config(mosquitto), box)
+        # A row leaves the outbox once out of the history: 0.3 s here, 7.5 s (1.5 x keep-alive) as shipped.
+        uplink, states = node(config(mosquitto), box, history_keep_s=0.3)
         await states.wait(lambda s: s == "online")
         await eventually(lambda: box.pending() == 0, 10, what="every row released")
         box.append_sync([Batch("plc1", readings=[Reading("plc1", "counter", T0 + 10**9, top)])])
@@ -396,7 +397,7 @@ async def test_a_meter_heard_for_the_first_time_births_its_device_alone(
     with PrimaryHost(mosquitto.host, mosquitto.port) as host:
         host.publish_state(True)
         devices = [DeviceSpec("plc1", TAGS, {"running": DataType.Boolean}), DeviceSpec("air", [])]
-        uplink, states = node(config(mosquitto), box, devices)
+        uplink, states = node(config(mosquitto), box, devices, history_keep_s=0.3)  # as above
         await states.wait(lambda s: s == "online")
         await eventually(lambda: box.pending() == 0, 10, what="the first row released")
         for i, meter in enumerate(("m1", "m2")):
