@@ -25,6 +25,7 @@ from typing import Any, Final
 import structlog
 
 from water_edge.buffer.async_outbox import AsyncOutbox
+from water_edge.core.errors import BufferError
 from water_edge.core.files import read_json_state, write_json_state
 from water_edge.core.reading import Event, now_ns
 from water_edge.provisioning.identity import hardware_serial
@@ -94,13 +95,17 @@ async def check_board(
         await asyncio.to_thread(write_json_state, state_dir / BOARD_FILE, record, "gateway.board_record")
         return []
     old_epoch = outbox.epoch
-    new_epoch = await outbox.renew_epoch()
+    why: str | None
+    try:
+        new_epoch = await outbox.renew_epoch()
+    except BufferError as exc:  # a full card: the agent runs on; the next start tries again
+        new_epoch, why = None, str(exc)
+    else:
+        why = outbox.read_only
     if new_epoch is None:
-        # The card is read-only: the outbox in memory sends under an epoch of its own already.
-        # The board is recorded, and the epoch renewed, at a start that can write.
-        log.warning(
-            "gateway.board_changed_not_recorded", previous=previous, board=board.id, reason=outbox.read_only
-        )
+        # A read-only card's outbox in memory sends under an epoch of its own already. The board
+        # is recorded, and the epoch renewed, at a start that can write.
+        log.warning("gateway.board_changed_not_recorded", previous=previous, board=board.id, reason=why)
         return []
     record["previous"] = {"board_id": previous, "epoch": old_epoch}
     await asyncio.to_thread(write_json_state, state_dir / BOARD_FILE, record, "gateway.board_record")

@@ -227,3 +227,25 @@ async def test_on_a_read_only_card_the_change_waits_for_a_start_that_can_write(c
         (event,) = await check_board(state, Board("B", "test"), box, None)
         assert event.detail is not None
         assert event.detail["previous_epoch"] == epoch != box.epoch
+
+
+@pytest.mark.slow
+async def test_a_card_failing_as_the_epoch_is_renewed_runs_on_and_tries_again_at_the_next_start(
+    card: Card,
+) -> None:
+    state = card.mount / "state"
+    state.mkdir()
+    async with await AsyncOutbox.open(state / "outbox.sqlite", max_bytes=2**24) as box:
+        await check_board(state, Board("A", "test"), box, None)
+        epoch = box.epoch
+        card.fail()  # between the outbox's opening and the renewal: nothing has written since
+        with capture_logs() as logs:
+            assert await check_board(state, Board("B", "test"), box, None) == []
+        (said,) = [e for e in logs if e["event"] == "gateway.board_changed_not_recorded"]
+        assert "renew_epoch failed" in said["reason"], said
+        assert box.epoch == epoch
+    card.replace()
+    async with await AsyncOutbox.open(state / "outbox.sqlite", max_bytes=2**24) as box:
+        (event,) = await check_board(state, Board("B", "test"), box, None)
+        assert event.detail is not None
+        assert event.detail["previous_epoch"] == epoch != box.epoch
