@@ -40,7 +40,7 @@ from water_edge.core.reading import Event
 
 pytestmark = pytest.mark.slow
 
-WINDOW_S = 5.0
+WINDOW_S = 2.0  # the health window: no agent answers, so each judged release waits it out
 
 
 class PowerCutAtSwitch(Layout):
@@ -307,7 +307,7 @@ def test_rollback_after_restarts_0_leaves_a_crash_loop_to_the_window(tmp_path: P
     updater = _updater(tmp_path, Layout(root), config, keys, CommandService(["true"], ["cat", str(counter)]))
     updater.rollback_after_restarts = 0  # [update] rollback_after_restarts = 0
     stop = threading.Event()
-    supervisor = threading.Thread(target=_count_restarts, args=(counter, 0, 0.2, stop), daemon=True)
+    supervisor = threading.Thread(target=_count_restarts, args=(counter, 0, 0.1, stop), daemon=True)
     supervisor.start()
     try:
         state = updater.run()
