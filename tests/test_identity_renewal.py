@@ -43,13 +43,14 @@ async def test_renewals_refused_or_signed_never_drop_the_uplink(
 
     pki = Pki(tmp_path)
     svc_cert, svc_key = pki.client("enrolment-service")
-    # The service signs a renewal only at 90 % of the 60 s lifetime; the agent asks from 10 %.
+    # The service signs a renewal only at 90 % of the 60 s lifetime; the agent asks from 3 % (1.8 s
+    # after the install).
     service = EnrolmentService(
         pki.ca, allow={SERIAL: AGENT_GATEWAY}, lifetime=dt.timedelta(seconds=60), renew_after=0.9
     )
     with pki.broker() as broker:
         config = pki.write_enrolling_agent_config(
-            tmp_path, broker, SERIAL, poll_interval_ms=200, at_fraction=0.1, alarm_fraction=0.95
+            tmp_path, broker, SERIAL, poll_interval_ms=200, at_fraction=0.03, alarm_fraction=0.95
         )
         service.start(broker.host, broker.port, cert=svc_cert, key=svc_key, ca_file=pki.ca_file)
         status_topic = f"water/{AGENT_SITE}/{AGENT_GATEWAY}/status"
