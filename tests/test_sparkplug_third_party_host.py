@@ -283,7 +283,7 @@ def plc_config(tmp_path: Path, broker: Mosquitto, plant: Plant) -> Path:
                 "timeout_ms": 1000,
                 "tags": PLC_TAGS,
             },
-            # A fast sine: enough DDATA for seq to wrap within seconds.
+            # A fast sine, flushed every 20 ms: enough DDATA for seq to wrap within seconds.
             {
                 "name": "sine",
                 "kind": "fake",
@@ -291,6 +291,7 @@ def plc_config(tmp_path: Path, broker: Mosquitto, plant: Plant) -> Path:
                 "tags": [{"name": "wave", "amplitude": 1.0, "period_s": 3}],
             },
         ],
+        buffer={"flush_interval_ms": 20},
         uplink={"encoding": "sparkplug_b", "keepalive_s": 5},
         extra=f'[uplink.sparkplug]\nprimary_host_id = "{HOST_ID}"\ngroup_id = "{GROUP}"\n',
     )
