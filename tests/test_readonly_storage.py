@@ -34,7 +34,9 @@ from water_edge.core.reading import Reading
 
 pytestmark = pytest.mark.slow
 
-PLC: dict[str, Any] = {"name": "plc", "kind": "fake", "tags": [{"name": "flow", "amplitude": 1.0}]}
+PLC: dict[str, Any] = {
+    "name": "plc", "kind": "fake", "poll_interval_ms": 100, "tags": [{"name": "flow", "amplitude": 1.0}]
+}  # fmt: skip
 
 
 def test_the_probe_tells_a_read_only_file_system(card: Card) -> None:
