@@ -64,8 +64,8 @@ async def test_the_access_number_coming_round_is_not_taken_for_an_old_telegram(
     air_factory: Callable[..., Any],
 ) -> None:
     # The access number is one byte: after 255 comes 0. 300 telegrams of one meter, every one a
-    # reading.
-    air = await air_factory(meters=1, compact_share=0.0, faults={"0": LEAK})
+    # reading (one a model second, 200 a wall second).
+    air = await air_factory(meters=1, compact_share=0.0, faults={"0": LEAK}, speed=200.0)
     sim = air.component.air
     assert sim is not None
     driver = WmbusDriver.from_config(stick_config(air, [air.meter(0)], duplicate_window_s=0.1))
