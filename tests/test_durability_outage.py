@@ -38,7 +38,7 @@ from water_edge.agent.assembly import EXIT_RESTART
 pytestmark = pytest.mark.slow
 
 TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
-OUTAGE_S = float(os.environ.get("OUTAGE_S", "15"))
+OUTAGE_S = float(os.environ.get("OUTAGE_S", "10"))  # a backlog of ~90 rows (~8,000 readings): 2 leases
 
 
 @pytest.fixture(scope="module")
