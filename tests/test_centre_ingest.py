@@ -211,8 +211,8 @@ def test_a_gateway_on_a_new_card_is_stored_in_full_beside_what_its_old_card_sent
     sent: dict[int, dict[str, int]] = {}
     with running_plant(seed=3) as plant, Mosquitto() as broker, one_ingest(tmp_path, centre_db, broker):
         (tmp_path / "gw").mkdir()
-        config = write_agent_config(
-            tmp_path / "gw", broker_port=broker.port, devices=demo_devices(plant.port)
+        config = write_agent_config(  # the demo's PLC polled every 0.2 s, not 1 s: 3 polls come sooner
+            tmp_path / "gw", broker_port=broker.port, devices=demo_devices(plant.port, poll_interval_ms=200)
         )
         outbox = config.parent / "state" / "outbox.sqlite"
         for _card in range(2):
