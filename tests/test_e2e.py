@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "payload.schema.json").read_text())
 STATUS_SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
 TOPIC = "water/test-site/gw-test"
+# The demo's PLC polled 5x as often as the demo's 1 s: the polls the tests wait for come sooner.
+POLL_MS = 200
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,9 @@ def demo_tags() -> dict[str, str]:
 def test_every_reading_reaches_the_broker_in_order_with_values_and_units(
     plant: Plant, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    config = write_agent_config(tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port))
+    config = write_agent_config(
+        tmp_path, broker_port=mosquitto.port, devices=demo_devices(plant.port, poll_interval_ms=POLL_MS)
+    )
     with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub, running_agent(config) as agent:
         sub.wait_for(5, timeout=20, topic=f"{TOPIC}/pump-station")
         status = agent.wait_status(lambda s: s["drivers"][0]["polls"] >= 5)
@@ -139,7 +143,10 @@ def test_every_reading_reaches_the_broker_in_order_with_values_and_units(
 def test_broker_down_at_start_then_up_loses_nothing(plant: Plant, tmp_path: Path) -> None:
     broker = Mosquitto()  # configured, not started: connections are refused
     config = write_agent_config(
-        tmp_path, broker_port=broker.port, devices=demo_devices(plant.port), uplink={"reconnect_max_s": 0.5}
+        tmp_path,
+        broker_port=broker.port,
+        devices=demo_devices(plant.port, poll_interval_ms=POLL_MS),
+        uplink={"reconnect_max_s": 0.5},
     )
     try:
         with running_agent(config) as agent:
@@ -171,7 +178,10 @@ def test_buffered_backlog_is_delivered_in_full_after_the_outage(plant: Plant, tm
     """
     broker = Mosquitto(persistence=True)
     config = write_agent_config(
-        tmp_path, broker_port=broker.port, devices=demo_devices(plant.port), uplink={"reconnect_max_s": 0.5}
+        tmp_path,
+        broker_port=broker.port,
+        devices=demo_devices(plant.port, poll_interval_ms=POLL_MS),
+        uplink={"reconnect_max_s": 0.5},
     )
     try:
         broker.start()
