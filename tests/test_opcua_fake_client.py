@@ -129,7 +129,7 @@ async def test_a_failed_read_ends_the_session_and_open_starts_a_new_one() -> Non
         "publishes": 0, "notifications": 0, "reads": 2, "dropped_batches": 0, "keepalives": 0,
         "connected": True, "mode": "poll", "fallback": None, "unresolved": {}, "failed_items": {},
         "last_ok_ns": health.last_ok_ns, "uncertain_values": 0, "bad_values": 0, "clock_replaced": 0,
-        "device_clock_offset_s": None, "batch_limits": {},
+        "device_clock_offset_s": None, "batch_limits": {}, "client_certificate_not_after_ns": None,
     }  # fmt: skip
     assert health.status_lines() == ["poll  connected yes  publishes 0  notifications 0  reads 2"]
     await driver.aclose()
