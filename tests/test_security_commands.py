@@ -296,6 +296,30 @@ def test_the_audit_log_rotates_at_its_size_cap(tmp_path: Path) -> None:
     assert audit.rotations > 2
 
 
+def test_a_rotation_that_fails_half_way_never_touches_the_descriptor_it_gave_up(tmp_path: Path) -> None:
+    """A failing card refuses the renames of a rotation after the old file was closed. Before, the
+    log kept that closed number and closed it again at the next line: by then another file (the
+    outbox's database, the broker's socket) may hold it, and its writes went astray."""
+    audit = AuditLog(tmp_path / "audit.log", max_bytes=512, keep=1)
+    line = {"reason": "bad_signature", "message": "m" * 200}
+    assert audit.record("command", "refused", **line)  # the next one rotates
+    (tmp_path / "audit.log.1").mkdir()  # the rename onto it fails, as on a card gone read-only
+    assert not audit.record("command", "refused", **line)
+    assert audit.last_error is not None
+    other = os.open(tmp_path / "outbox.sqlite", os.O_RDWR | os.O_CREAT, 0o600)  # the number freed
+    try:
+        assert not audit.record("command", "refused", **line)
+        os.fstat(other)  # still open: not closed by the log
+        assert os.pread(other, 10, 0) == b""  # nor written to
+    finally:
+        os.close(other)
+    (tmp_path / "audit.log.1").rmdir()  # the card is back: the log rotates and writes again
+    assert audit.record("command", "refused", **line)
+    audit.close()
+    audit.close()  # twice: harmless
+    assert read_audit(tmp_path / "audit.log")[-1]["outcome"] == "refused"
+
+
 # ---------------------------------------------------------------- finding 10: time window, rates
 
 

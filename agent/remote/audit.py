@@ -90,6 +90,9 @@ class AuditLog:
         written = True
         with self._lock:
             try:
+                if self._fd < 0:  # a rotation that failed half way: the file is opened afresh
+                    self._fd = self._open()
+                    self._size = os.fstat(self._fd).st_size
                 if self._size + len(line) > self.max_bytes and self._size > 0:
                     self._rotate()
                 os.write(self._fd, line)
@@ -110,7 +113,10 @@ class AuditLog:
 
     def _rotate(self) -> None:
         """audit.log -> audit.log.1 -> ... -> audit.log.<keep> (dropped); a new audit.log."""
-        os.close(self._fd)
+        # Forgotten before it is closed: if a rename or the new file fails (a failing card), the
+        # number must not be closed or written again, as another file (the outbox) may have it.
+        fd, self._fd = self._fd, -1
+        os.close(fd)
         for n in range(self.keep, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{n}")
             newer = self.path if n == 1 else self.path.with_name(f"{self.path.name}.{n - 1}")
@@ -131,7 +137,9 @@ class AuditLog:
 
     def close(self) -> None:
         with self._lock:
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def _open_in_owners_directory(path: Path) -> int:

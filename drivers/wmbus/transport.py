@@ -76,13 +76,17 @@ class FdStream:
             view = view[sent:]
 
     async def aclose(self) -> None:
+        """Once; a second call does nothing (the number may belong to another file by then)."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
         with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_reader(self._fd)
+            self._loop.remove_reader(fd)
         if self._closer is not None:
             self._closer()
         else:
             with contextlib.suppress(OSError):
-                os.close(self._fd)
+                os.close(fd)
 
 
 class TcpStream:
