@@ -234,6 +234,19 @@ if [ "$ENABLE" = 1 ]; then
         fi
     fi
 fi
+if [ "$OFFLINE" = 1 ]; then
+    # A staged root becomes an image, copied to many boards: nothing one board made belongs in it
+    # (docs/operations.md, "A card copied or moved to another board").
+    if [ -n "$(ls -A "$ROOT/var/lib/edge-agent" 2>/dev/null)" ]; then
+        echo "install.sh: warning: $ROOT/var/lib/edge-agent holds an agent's state (outbox, identity):" \
+            "every board made from this image starts as that gateway; remove it before taking the image" >&2
+    fi
+    if [ -s "$ROOT/etc/machine-id" ] && [ "$(cat "$ROOT/etc/machine-id")" != uninitialized ]; then
+        echo "install.sh: warning: $ROOT/etc/machine-id is set: every board made from this image shares" \
+            "it, and a board without a Raspberry Pi CPU serial is told apart by it; empty it before" \
+            "taking the image (truncate -s 0 $ROOT/etc/machine-id: each board writes its own at first boot)" >&2
+    fi
+fi
 if [ "$UNEDITED" = 1 ]; then
     say "not started: /etc/edge-agent/config.toml is still the example, unedited: its site, brokers"
     say "and device addresses are placeholders, and the agent refuses to run on it. Next:"

@@ -55,6 +55,7 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
     first = install(root)
     assert first.returncode == 0, first.stderr + first.stdout
     assert first.stdout.splitlines()[-1].endswith("edge-agent status")
+    assert "warning" not in first.stderr  # nothing of a board in the image yet
     example = ROOT / "deploy" / "config.example.toml"
     opt = root / "opt" / "edge-agent"
     venv = opt / "venv"
@@ -112,8 +113,17 @@ def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -
     assert not (venv / "bin" / "edge-sim").exists()
 
     config.write_text(example.read_text().replace('id = "gw-ps07"', 'id = "gw-ps11"'))  # edited on site
+    # The image was booted once before it was taken: a machine id, and the agent's state of that
+    # board (a copy would start as that gateway: docs/operations.md).
+    (root / "etc" / "machine-id").write_text("4c4c4544003610458058b4c04f4e3432\n")
+    (root / "var" / "lib" / "edge-agent").mkdir(parents=True)
+    (root / "var" / "lib" / "edge-agent" / "board.json").write_text("{}")
     again = install(root)
     assert again.returncode == 0, again.stderr
+    warnings = [line for line in again.stderr.splitlines() if line.startswith("install.sh: warning: ")]
+    assert len(warnings) == 2, again.stderr
+    assert f"{root}/var/lib/edge-agent holds an agent's state (outbox, identity)" in warnings[0]
+    assert f"{root}/etc/machine-id is set: every board made from this image shares it" in warnings[1]
     assert 'id = "gw-ps11"' in config.read_text()
     assert "kept the existing" in again.stdout
     # The second install is a new release; the first is kept as the one to roll back to.
