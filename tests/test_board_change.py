@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Received, Subscriber
+from tests.support.cli import edge_agent
 from tests.support.ext4_card import Card
 from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, agent_config
 from water_edge.agent.board_change import BOARD_FILE, Board, check_board, this_board
@@ -249,3 +250,16 @@ async def test_a_card_failing_as_the_epoch_is_renewed_runs_on_and_tries_again_at
         (event,) = await check_board(state, Board("B", "test"), box, None)
         assert event.detail is not None
         assert event.detail["previous_epoch"] == epoch != box.epoch
+
+
+def test_check_config_warns_of_a_board_id_file_it_cannot_use(tmp_path: Path) -> None:
+    board = tmp_path / "board-id"
+    config = _config(tmp_path, board, broker_port=None)
+    run = edge_agent("check-config", "-c", str(config))
+    assert run.returncode == 0, run.stderr  # the agent runs; only the check is lost
+    assert f'warning: gateway.board_id_file = "{board}": no such file' in run.stderr
+    board.write_text("\n")
+    run = edge_agent("check-config", "-c", str(config))
+    assert f'warning: gateway.board_id_file = "{board}": empty' in run.stderr
+    board.write_text("PLANT7-GW01\n")
+    assert "board_id_file" not in edge_agent("check-config", "-c", str(config)).stderr

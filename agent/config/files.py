@@ -221,8 +221,13 @@ def _expiring(key: str, path: Path, data: bytes) -> str | None:
 def _other_files(config: Config) -> list[str]:
     """The other files a config names that the agent reads only once it runs: an OPC UA device's
     certificates and key (else its connection fails at every retry), a meter's key (else that
-    meter's readings are bad), a model's manifest (else the model is not loaded)."""
+    meter's readings are bad), a model's manifest (else the model is not loaded), the board's ID
+    (else a card copied to another board is not told apart: agent.board_change)."""
     found: list[str | None] = []
+    if config.gateway.board_id_file is not None:
+        data, problem = _read("gateway.board_id_file", config.gateway.board_id_file)
+        empty = data is not None and not data.strip()
+        found.append(f'gateway.board_id_file = "{config.gateway.board_id_file}": empty' if empty else problem)
     for index, device in enumerate(config.devices):
         for key in ("certificate", "private_key", "server_certificate"):
             path = getattr(device, key, None)
