@@ -52,20 +52,12 @@ def this_board(configured_file: Path | None) -> Board | None:
         return Board(found, source)
     try:
         text = configured_file.read_text(errors="replace").strip()
+        error = None if text else "the file is empty"
     except OSError as exc:
+        text, error = "", exc.strerror or str(exc)
+    if error is not None:
         log.error(
-            "gateway.board_id_unreadable",
-            key="gateway.board_id_file",
-            path=str(configured_file),
-            error=exc.strerror or str(exc),
-        )
-        return None
-    if not text:
-        log.error(
-            "gateway.board_id_unreadable",
-            key="gateway.board_id_file",
-            path=str(configured_file),
-            error="the file is empty",
+            "gateway.board_id_unreadable", key="gateway.board_id_file", path=str(configured_file), error=error
         )
         return None
     return Board(text[:MAX_BOARD_ID], str(configured_file))
@@ -86,9 +78,9 @@ async def check_board(
     if board is None:
         return []
     previous = await asyncio.to_thread(_recorded, state_dir)
-    record: dict[str, Any] = {"board_id": board.id, "source": board.source, "since_ns": now_ns()}
     if previous == board.id:
         return []
+    record: dict[str, Any] = {"board_id": board.id, "source": board.source, "since_ns": now_ns()}
     if previous is None:
         # A first start, an install from before the record, or a record lost: this board is where
         # the state is from now on (a copy made before it existed is caught at its next start).
