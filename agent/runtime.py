@@ -52,6 +52,7 @@ from water_edge.agent.pipeline import Pipeline, ReadingFeed
 from water_edge.agent.release_name import RELEASE
 from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.secrets import Secret, config_secret_refs, resolved
+from water_edge.agent.serial_adapters import check_serial_adapters
 from water_edge.agent.status import StatusServer
 from water_edge.agent.status_document import AgentStatus, ProcessorStatus, RejectedInputs, StatusDocument
 from water_edge.agent.supervisor import DeviceRunner, bound_latest
@@ -500,6 +501,7 @@ async def run_agent(config: Config) -> int:
             command_stats=None if commands is None else commands.stats,
         )
         agent.startup_events += board_events
+        agent.startup_events += await asyncio.to_thread(check_serial_adapters, state_dir, config.devices)
         if commands is not None:
             commands.bind(agent)
         # Before the processors run: a pushed model is back in service from the first window.

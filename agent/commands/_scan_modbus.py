@@ -391,10 +391,14 @@ def config_blocks(
         keys = [f'name = "{device_name("modbus", args.host, port)}"', 'kind = "modbus_tcp"',
                 f'host = "{args.host}"', f"port = {args.port}", f"unit_id = {first}"]  # fmt: skip
         return blocks + device(keys, [t for a in found for t in tags(a, a.unit_id != first)])
+    from water_edge.drivers.serial_names import port_to_configure
+
+    # /dev/ttyUSB0 scanned, its /dev/serial/by-id/... name configured: a reboot cannot swap it
+    line = port_to_configure(args.serial_port)
     for answer in found:
         name = device_name("rtu", PurePath(args.serial_port).name, f"unit{answer.unit_id}")
         keys = [
-            f'name = "{name}"', 'kind = "modbus_rtu"', f'port = "{args.serial_port}"',
+            f'name = "{name}"', 'kind = "modbus_rtu"', f'port = "{line}"',
             f"baudrate = {args.baudrate}", f'parity = "{args.parity}"', f"stopbits = {args.stopbits}",
             f"unit_id = {answer.unit_id}", *(["local_echo = true"] if args.local_echo else []),
         ]  # fmt: skip

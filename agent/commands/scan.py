@@ -235,7 +235,11 @@ def _print_table(docs: list[dict[str, Any]], args: argparse.Namespace, elapsed: 
             f"{d['manufacturer'] or '-':<12}  {version:>7}  {d['medium'] or '-':<12}  {volume}"
         )
     print()
-    print(f'# For the agent\'s config: a [[devices]] with kind = "mbus", port = "{args.port}", '
+    from water_edge.drivers.serial_names import port_to_configure
+
+    # /dev/ttyUSB0 scanned, its /dev/serial/by-id/... name configured: a reboot cannot swap it
+    port = port_to_configure(args.port)
+    print(f'# For the agent\'s config: a [[devices]] with kind = "mbus", port = "{port}", '
           f"baudrate = {device_baud}{', local_echo = true' if args.local_echo else ''}")  # fmt: skip
     for d in docs:
         print()

@@ -49,6 +49,7 @@ from water_edge.core.secrets import SecretRef
 from water_edge.core.toml_text import NotUtf8TextError, TOMLDecodeError, parse_toml, read_toml_text
 from water_edge.drivers import registry
 from water_edge.drivers.base import DeviceConfig, Writable
+from water_edge.drivers.serial_names import numbered_port, numbered_port_advice
 
 # A Unix socket's path (sun_path) is 108 bytes on Linux, its terminating NUL included.
 MAX_SOCKET_PATH_BYTES = 107
@@ -504,6 +505,7 @@ def load_config(path: str | Path, *, closed_state: Literal["error", "warning"] =
         for index, device in valid_devices.items()
         if (note := device.frozen_check_note()) is not None
     ]
+    warnings += _numbered_port_warnings(source, valid_devices)
     if isinstance(uplink, MqttConfig):
         warnings += _uplink_warnings(source, uplink)
         if isinstance(security := known.parts.get("security"), SecuritySection):
@@ -859,6 +861,20 @@ def _check_names(
                 f"{source}: devices[{index}]{label}.stream: {stream!r} is reserved for the agent's "
                 "own messages"
             )
+
+
+def _numbered_port_warnings(source: Path, devices: Mapping[int, DeviceConfig]) -> list[str]:
+    """A USB serial port named by its kernel number (`/dev/ttyUSB0`) can lead to another adapter
+    after a reboot; the warning names the adapter's stable name to put instead."""
+    found = []
+    for index, device in devices.items():
+        for port, _ in device.serial_lines():
+            if (names := numbered_port(port)) is not None:
+                key = "port" if getattr(device, "port", None) == port else "receivers[].port"
+                found.append(
+                    f"{source}: devices[{index}] ({device.name}).{key}: {numbered_port_advice(port, names)}"
+                )
+    return found
 
 
 def _check_serial_lines(
