@@ -15,12 +15,15 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import structlog
 
 from water_edge.agent.bounded_server import BoundedServer, TurnedAway
+from water_edge.agent.config.schema import MetricsAuth, MetricsTls
+from water_edge.agent.metrics_access import REALM, BasicAuth, ServerTls, server_tls, tls_error_text
 from water_edge.agent.metrics_export import exposition
 from water_edge.core.hosts import host_port
 
@@ -42,6 +45,7 @@ RETRY_BIND_S = 10.0
 _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
@@ -87,6 +91,8 @@ class MetricsServer(BoundedServer):
         max_connections: int = MAX_CONNECTIONS,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         write_timeout_s: float = WRITE_TIMEOUT_S,
+        tls: MetricsTls | None = None,
+        auth: MetricsAuth | None = None,
     ) -> None:
         super().__init__(max_clients=max_connections, write_timeout_s=write_timeout_s, busy=_BUSY)
         self.host, self.port = host, port
@@ -97,6 +103,9 @@ class MetricsServer(BoundedServer):
         self.rejected = 0  # requests turned away, of any kind
         self._server: asyncio.AbstractServer | None = None
         self._bind_error: str | None = None
+        self._tls_files = tls
+        self._tls: ServerTls | None = None
+        self._auth = None if auth is None else BasicAuth(auth)
 
     @property
     def listening(self) -> bool:
@@ -105,9 +114,18 @@ class MetricsServer(BoundedServer):
     async def start(self) -> bool:
         """Listen; False (logged once, naming the key) when the address cannot be bound: the agent
         runs on without metrics, and `keep_trying` binds it once it is free."""
+        if self._tls_files is not None and self._tls is None and not self._load_tls(self._tls_files):
+            return False
+        tls = None if self._tls is None else self._tls.context
         try:
             self._server = await asyncio.start_server(
-                self._handle, self.host, self.port, limit=MAX_HEAD_BYTES, reuse_address=True
+                self._handle,
+                self.host,
+                self.port,
+                limit=MAX_HEAD_BYTES,
+                reuse_address=True,
+                ssl=tls,
+                ssl_handshake_timeout=None if tls is None else self.request_timeout_s,
             )
         except OSError as exc:
             # asyncio's text names the address again: the system's words for the errno are enough
@@ -128,8 +146,36 @@ class MetricsServer(BoundedServer):
                 )
             self._bind_error = error
             return False
-        log.info("status.metrics_listening", address=self.address, path=PATH)
+        log.info(
+            "status.metrics_listening",
+            address=self.address,
+            path=PATH,
+            scheme="http" if tls is None else "https",
+            client_certificates=self._tls_files is not None and self._tls_files.client_ca_file is not None,
+            basic_auth=self._auth is not None,
+        )
         self._bind_error = None
+        return True
+
+    def _load_tls(self, files: MetricsTls) -> bool:
+        """The TLS context from `files`; False (logged once until it works) when they cannot be
+        used: the endpoint does not answer in plain HTTP instead, and `keep_trying` tries again."""
+        try:
+            self._tls = server_tls(files)
+        except (OSError, ssl.SSLError) as exc:
+            error = tls_error_text(exc)
+            if self._bind_error != error:
+                log.error(
+                    "status.metrics_unavailable",
+                    key="[status.metrics_tls]",
+                    address=self.address,
+                    error=error,
+                    detail=f"[status.metrics_tls] cert_file, key_file or client_ca_file cannot be used "
+                    f"({error}); the agent runs without its Prometheus endpoint and tries again every "
+                    f"{RETRY_BIND_S:g} s",
+                )
+            self._bind_error = error
+            return False
         return True
 
     async def keep_trying(self) -> None:
@@ -151,6 +197,8 @@ class MetricsServer(BoundedServer):
         self.rejected += 1
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._tls is not None:
+            self._tls.reload_if_changed()  # for the next connection's handshake
         try:
             async with asyncio.timeout(self.request_timeout_s):
                 head = await _read_head(reader)
@@ -163,6 +211,11 @@ class MetricsServer(BoundedServer):
         if head is None:
             return  # connected and left without asking (a port check)
         method, target, headers = head
+        if self._auth is not None and (why := self._auth.refusal(headers.get("authorization"))):
+            log.warning("status.metrics_unauthorised", peer=_peer(writer), reason=why)
+            challenge = f'WWW-Authenticate: Basic realm="{REALM}", charset="UTF-8"\r\n'
+            await self._refuse(reader, writer, 401, f"{PATH} needs a user name and password", extra=challenge)
+            return
         if target.split("?", 1)[0] != PATH:
             await self._refuse(reader, writer, 404, f"not found; the metrics are at {PATH}")
             return
@@ -186,6 +239,13 @@ class MetricsServer(BoundedServer):
         self.rejected += 1
         await self._send(writer, _response(code, message.encode() + b"\n", extra=extra))
         await _finish(reader, writer)
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return host_port(str(peer[0]), int(peer[1]))
+    return str(peer)
 
 
 async def _finish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -40,7 +40,7 @@ from water_edge.agent.assembly import (
     build_processors,
     model_slots,
 )
-from water_edge.agent.board_change import check_board, this_board
+from water_edge.agent.board_change import BoardStatus, board_check, this_board
 from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSync
 from water_edge.agent.config import Config
 from water_edge.agent.devices_down import DOWN, UP, DownDevices
@@ -52,7 +52,7 @@ from water_edge.agent.pipeline import Pipeline, ReadingFeed
 from water_edge.agent.release_name import RELEASE
 from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.secrets import Secret, config_secret_refs, resolved
-from water_edge.agent.serial_adapters import check_serial_adapters
+from water_edge.agent.serial_adapters import SerialPortStatus, check_serial_adapters
 from water_edge.agent.status import StatusServer
 from water_edge.agent.status_document import AgentStatus, ProcessorStatus, RejectedInputs, StatusDocument
 from water_edge.agent.supervisor import DeviceRunner, bound_latest
@@ -88,6 +88,10 @@ STATUS_REFRESH_S = 2.0
 
 
 class Agent:
+    # What run_agent's start-time checks found, for status (which looks at no file or device node).
+    board: BoardStatus | None = None
+    serial_ports: tuple[SerialPortStatus, ...] = ()
+
     def __init__(
         self,
         config: Config,
@@ -192,7 +196,9 @@ class Agent:
         if (address := config.status.metrics_address()) is not None:
             from water_edge.agent.metrics_http import MetricsServer
 
-            self.metrics = MetricsServer(*address, self.snapshot)
+            self.metrics = MetricsServer(
+                *address, self.snapshot, tls=config.status.metrics_tls, auth=config.status.metrics_auth
+            )
         self.notifier = notifier or Notifier()
         self.watchdog = (
             Watchdog(
@@ -319,6 +325,8 @@ class Agent:
             update=update_health(__version__, self.update_files, self.layout),
             clock=self.clock_sync.health(),
             certificate=self.identity.health(),
+            board=self.board,
+            serial_ports=self.serial_ports,
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -486,7 +494,7 @@ async def run_agent(config: Config) -> int:
     )
     try:
         # Before the uplink is made (it reads the epoch): a card on another board sends under a new one.
-        board_events = await check_board(
+        board = await board_check(
             state_dir,
             await asyncio.to_thread(this_board, config.gateway.board_id_file),
             outbox,
@@ -500,8 +508,11 @@ async def run_agent(config: Config) -> int:
             on_command=None if commands is None else commands.handler,
             command_stats=None if commands is None else commands.stats,
         )
-        agent.startup_events += board_events
-        agent.startup_events += await asyncio.to_thread(check_serial_adapters, state_dir, config.devices)
+        agent.startup_events += board.events
+        agent.board = board.status
+        serial = await asyncio.to_thread(check_serial_adapters, state_dir, config.devices)
+        agent.startup_events += serial.events
+        agent.serial_ports = serial.ports
         if commands is not None:
             commands.bind(agent)
         # Before the processors run: a pushed model is back in service from the first window.

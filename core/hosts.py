@@ -97,4 +97,14 @@ def split_host_port(text: str) -> tuple[str, int]:
 # A config key holding a host name or address.
 Host = Annotated[str, AfterValidator(check_host)]
 
-__all__ = ["Host", "check_host", "check_port", "host_port", "split_host_port"]
+__all__ = ["Host", "check_host", "check_port", "host_port", "is_loopback", "split_host_port"]
+
+
+def is_loopback(host: str) -> bool:
+    """`host` reaches this machine only: `localhost`, 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -174,6 +174,10 @@ def file_problems(config: Config) -> list[str]:
         problems += _pair("security.identity.claim", claim.cert_file, claim.key_file)
     if config.update.ca_file is not None:
         problems += _found(_certificates("update.ca_file", config.update.ca_file))
+    if (metrics_tls := config.status.metrics_tls) is not None:
+        problems += _pair("status.metrics_tls", metrics_tls.cert_file, metrics_tls.key_file)
+        if metrics_tls.client_ca_file is not None:
+            problems += _found(_certificates("status.metrics_tls.client_ca_file", metrics_tls.client_ca_file))
     return problems + _other_files(config)
 
 

@@ -35,6 +35,7 @@ from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import CROSS_KEY_CHECKS_BY_CALLER, MqttConfig, cross_key_problems
 from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
+from water_edge.core.hosts import is_loopback
 from water_edge.core.patterns import pattern_words
 from water_edge.core.processor import (
     ChecksDevices,
@@ -506,6 +507,8 @@ def load_config(path: str | Path, *, closed_state: Literal["error", "warning"] =
         if (note := device.frozen_check_note()) is not None
     ]
     warnings += _numbered_port_warnings(source, valid_devices)
+    if isinstance(status := known.parts.get("status"), StatusSection):
+        warnings += _metrics_auth_warnings(source, status)
     if isinstance(uplink, MqttConfig):
         warnings += _uplink_warnings(source, uplink)
         if isinstance(security := known.parts.get("security"), SecuritySection):
@@ -578,6 +581,8 @@ def _check_paths(
         _check_secrets(source, uplink, "uplink", problems)
     for index, device in devices.items():
         _check_secrets(source, device, f"devices[{index}] ({device.name})", problems)
+    if isinstance(status := known.parts.get("status"), StatusSection) and status.metrics_auth is not None:
+        _check_secrets(source, status.metrics_auth, "status.metrics_auth", problems)
     state_dir, socket = known.value("gateway", "state_dir"), known.value("status", "socket")
     if state_dir is not _MISSING and socket is not _MISSING:
         _check_status_socket(source, state_dir / socket, problems)
@@ -861,6 +866,20 @@ def _check_names(
                 f"{source}: devices[{index}]{label}.stream: {stream!r} is reserved for the agent's "
                 "own messages"
             )
+
+
+def _metrics_auth_warnings(source: Path, status: StatusSection) -> list[str]:
+    """A metrics password sent in clear over the network: basic authentication without TLS."""
+    address = status.metrics_address()
+    if status.metrics_auth is None or status.metrics_tls is not None or address is None:
+        return []
+    if is_loopback(address[0]):
+        return []
+    return [
+        f"{source}: status.metrics_auth: the scraper's password crosses the network in clear (base64 "
+        f"is no protection) to {status.metrics}: add [status.metrics_tls] (HTTPS), or listen on "
+        "127.0.0.1 only"
+    ]
 
 
 def _numbered_port_warnings(source: Path, devices: Mapping[int, DeviceConfig]) -> list[str]:

@@ -8,9 +8,9 @@ each `[[models.<kind>]]` section by that processor's own model (see `core.proces
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.update.config import UpdateSection
@@ -19,6 +19,7 @@ from water_edge.agent.writes import WritesSection
 from water_edge.core.hosts import split_host_port
 from water_edge.core.log_flood import DEFAULT_BURST, DEFAULT_WINDOW_S
 from water_edge.core.names import NAME_MAX_LENGTH, NAME_PATTERN
+from water_edge.core.secrets import Secret
 from water_edge.core.sizes import ByteSize
 
 SCHEMA_VERSION = 1
@@ -80,6 +81,23 @@ class ClockSection(_Section):
     check_interval_s: float = Field(default=10.0, ge=0.1, le=3600)
 
 
+class MetricsTls(_Section):
+    """`[status.metrics_tls]`: the metrics endpoint over HTTPS (agent/metrics_http.py)."""
+
+    cert_file: Path  # the endpoint's certificate (PEM; a chain: the certificate first)
+    key_file: Path  # its private key (PEM, no passphrase), readable by the agent's user only
+    # Scrapers must present a certificate issued by this CA (mutual TLS); None: any client.
+    client_ca_file: Path | None = None
+
+
+class MetricsAuth(_Section):
+    """`[status.metrics_auth]`: HTTP basic authentication on the metrics endpoint."""
+
+    # A colon ends the user name in basic authentication: none in it.
+    username: str = Field(min_length=1, max_length=128, pattern=r"^[^:\s]+$")
+    password: Secret  # { file = "..." } or { env = "..." }; a literal is allowed, not advised
+
+
 class StatusSection(_Section):
     # Unix socket that `edge-agent status` and `tail` talk to; relative to gateway.state_dir.
     socket: Path = Path("status.sock")
@@ -89,6 +107,15 @@ class StatusSection(_Section):
     # "host:port" where the agent answers `GET /metrics` for Prometheus (agent/metrics_http.py),
     # e.g. "127.0.0.1:9464"; IPv6 in brackets, "[::1]:9464". None: off.
     metrics: str | None = None
+    metrics_tls: MetricsTls | None = None
+    metrics_auth: MetricsAuth | None = None
+
+    @model_validator(mode="after")
+    def _metrics_given(self) -> Self:
+        for key in ("metrics_tls", "metrics_auth"):
+            if getattr(self, key) is not None and self.metrics is None:
+                raise ValueError(f'{key} is for the metrics endpoint: give metrics = "host:port" too')
+        return self
 
     @field_validator("metrics")
     @classmethod
