@@ -22,6 +22,8 @@ from cryptography import x509
 from tests.support.agent_proc import AgentProcess, running_agent
 from tests.support.testing import FAKE_DEVICE, free_port, wait_until, write_agent_config
 from water_edge.agent.cli import main
+from water_edge.agent.config import load_config
+from water_edge.agent.remote.config_rights import changes_needing_rights
 from water_edge.provisioning.ca import CertificateAuthority
 
 PASSWORD = "s3cret-scrape"
@@ -265,3 +267,16 @@ def test_check_config_names_what_cannot_be_used(tmp_path: Path, capsys: pytest.C
     code, out = _check_config(config, capsys)
     assert code == 2
     assert 'status: metrics_tls is for the metrics endpoint: give metrics = "host:port" too' in out
+
+
+def test_a_remote_config_update_that_opens_the_endpoint_needs_the_security_right(tmp_path: Path) -> None:
+    """A key with only `config_update` may not take the password or the TLS off the endpoint."""
+    s = make_scrapers(tmp_path)
+    secure = secured(write_agent_config(tmp_path, devices=FAKE_DEVICE), "0.0.0.0:9464", s)
+    old = load_config(secure)
+    text = secure.read_text(encoding="utf-8")
+    opened = tmp_path / "opened.toml"
+    opened.write_text(text[: text.index("\n[status.metrics_tls]")] + "\n", encoding="utf-8")
+    assert changes_needing_rights(old, load_config(opened)) == {
+        "security": ["status.metrics_tls", "status.metrics_auth"]
+    }

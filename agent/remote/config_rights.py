@@ -8,8 +8,9 @@ as `config_rights`:
   `gateway.state_dir` (moving it would start an empty nonce store and a new audit log),
   `buffer.path` and `status.socket` (files the agent moves aside or replaces where they are named:
   pointed at the nonce store, the device key or the config itself, they would remove it),
-  `status.group` (which local users may open the status socket), `status.metrics` (who on the
-  network may read the gateway's devices and state),
+  `status.group` (which local users may open the status socket), `status.metrics`,
+  `status.metrics_tls` and `status.metrics_auth` (who on the network may read the gateway's
+  devices and state),
   `[update]` (which release keys the agent checks bundles with, where its releases live), and
   any `[[devices]]` table with a secret reference (`{ file = ... }`, `{ env = ... }`) that is
   added or changed (the device would send what the reference names, say the device key, the claim
@@ -58,6 +59,8 @@ def _security_changes(old: Any, new: Any) -> list[str]:
         "status.socket": (old.status.socket, new.status.socket),
         "status.group": (old.status.group, new.status.group),
         "status.metrics": (old.status.metrics, new.status.metrics),
+        "status.metrics_tls": (old.status.metrics_tls, new.status.metrics_tls),
+        "status.metrics_auth": (old.status.metrics_auth, new.status.metrics_auth),
         "[update]": (old.update, new.update),
     }
     keys = [key for key, (was, now) in sections.items() if was != now]
