@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from water_edge.agent.board_change import BoardStatus
 from water_edge.agent.clock_sync import ClockHealth
 from water_edge.agent.identity_keeper import CertificateHealth
 from water_edge.agent.pipeline import FeedHealth, PipelineHealth
 from water_edge.agent.remote.result import CommandCounts
+from water_edge.agent.serial_adapters import SerialPortStatus
 from water_edge.agent.supervisor import RunnerStatus
 from water_edge.agent.update.report import UpdateHealth
 from water_edge.agent.uplink.health import UplinkHealth
@@ -118,14 +120,17 @@ class StatusDocument:
     update: UpdateHealth | None = None  # releases and the last self-update
     clock: ClockHealth | None = None  # the clock's synchronisation
     certificate: CertificateHealth | None = None  # the device certificate and its renewal
+    board: BoardStatus | None = None  # the board as the start found it; None: its ID cannot be read
+    serial_ports: tuple[SerialPortStatus, ...] = ()  # every serial port in the config, as the start found it
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values; `alarms` gathers the one-line conditions someone must act on.
 
-        The lifecycle sections (update, ...) are sections of their own for scripts; people read
-        their lines under the agent's, where `edge-agent status` prints them."""
+        The lifecycle sections (board, update, ...) are sections of their own for scripts; people
+        read their lines under the agent's, where `edge-agent status` prints them. A device's
+        serial ports are read under it with `-v`: their lines follow its driver's."""
         agent = _read(self.agent)
-        for section in (self.clock, self.certificate, self.update):
+        for section in (self.board, self.clock, self.certificate, self.update):
             if section is not None:
                 lines = section.status_lines()
                 if section is self.certificate:
@@ -133,7 +138,10 @@ class StatusDocument:
                 agent["lines"] = agent["lines"] + lines
         return {
             "agent": agent,
-            "drivers": [_read(d) | {"driver_lines": d.driver.status_lines()} for d in self.drivers],
+            "drivers": [
+                _read(d) | {"driver_lines": d.driver.status_lines() + self._port_lines(d.name)}
+                for d in self.drivers
+            ],
             "pipeline": _read(self.pipeline),
             "buffer": {} if self.buffer is None else _read(self.buffer),
             "uplink": _read(self.uplink),
@@ -147,8 +155,13 @@ class StatusDocument:
             "update": None if self.update is None else _read(self.update),
             "clock": None if self.clock is None else _read(self.clock),
             "certificate": None if self.certificate is None else _read(self.certificate),
+            "board": None if self.board is None else health_json(self.board),
+            "serial_ports": [health_json(p) for p in self.serial_ports],
             "verdict": health_json(self.verdict()),
         }
+
+    def _port_lines(self, device: str) -> list[str]:
+        return [line for p in self.serial_ports if device in p.devices for line in p.status_lines()]
 
     def alarm_lines(self) -> list[str]:
         """The one-line conditions someone must act on (the outbox, the clock, the certificate)."""

@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import re
 import signal
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import jsonschema
+import orjson
 import pytest
 
+from tests.support.cli import edge_agent_process
 from tests.support.configs import config_file
 from tests.support.mbus_sim import running_bus
+from tests.support.testing import eventually
 from water_edge.agent.cli import main
-from water_edge.agent.config import load_config
+from water_edge.agent.config import Config, load_config
 from water_edge.agent.runtime import run_agent
 from water_edge.agent.serial_adapters import PORTS_FILE, check_serial_adapters
 from water_edge.buffer.codec import decode_events
@@ -32,6 +39,7 @@ FTDI = "usb-FTDI_USB-RS485_Cable_FT4A2B3C-if00-port0"
 MBUS_MASTER = "usb-Relay_PW3_MBus_Master_M12345-if00-port0"
 SOCKET_1 = "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.1:1.0-port0"
 SOCKET_2 = "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.2:1.0-port0"
+STATUS_SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "status.schema.json").read_text())
 
 
 @dataclass
@@ -180,12 +188,12 @@ def test_adapters_that_swapped_numbers_since_the_last_start_are_said_once(tmp_pa
     state = tmp_path / "state"
     udev.plug(port_0, FTDI, SOCKET_1)
     udev.plug(port_1, MBUS_MASTER, SOCKET_2)
-    assert check_serial_adapters(state, devices) == [], "the first start records"
-    assert check_serial_adapters(state, devices) == [], "the same adapters"
+    assert check_serial_adapters(state, devices).events == [], "the first start records"
+    assert check_serial_adapters(state, devices).events == [], "the same adapters"
     # The next boot numbers the M-Bus master 0 and the RS-485 cable 1.
     udev.plug(port_0, MBUS_MASTER, SOCKET_2)
     udev.plug(port_1, FTDI, SOCKET_1)
-    events = check_serial_adapters(state, devices)
+    events = check_serial_adapters(state, devices).events
     assert [(e.kind, e.source, e.severity) for e in events] == [
         ("serial_adapter_changed", "plc", "warning"),
         ("serial_adapter_changed", "meters", "warning"),
@@ -202,12 +210,12 @@ def test_adapters_that_swapped_numbers_since_the_last_start_are_said_once(tmp_pa
         f"{port_0} now leads to another USB adapter than at the last start (adapters swapped numbers at "
         f"boot, or one was replaced): check that the line of plc, station is on {MBUS_MASTER}"
     )
-    assert check_serial_adapters(state, devices) == [], "said once: the new adapters are recorded"
+    assert check_serial_adapters(state, devices).events == [], "said once: the new adapters are recorded"
     # Unplugged: nothing behind the port to compare; plugged back as it was recorded, nothing to say.
     udev.unplug_all()
-    assert check_serial_adapters(state, devices) == []
+    assert check_serial_adapters(state, devices).events == []
     udev.plug(port_0, MBUS_MASTER, SOCKET_2)
-    assert check_serial_adapters(state, devices) == []
+    assert check_serial_adapters(state, devices).events == []
     assert (state / PORTS_FILE).exists()
 
 
@@ -218,10 +226,10 @@ def test_an_unreadable_record_is_started_afresh(tmp_path: Path, udev: Udev) -> N
     state = tmp_path / "state"
     state.mkdir()
     (state / PORTS_FILE).write_bytes(b'{"torn')  # a power cut while it was written
-    assert check_serial_adapters(state, devices) == []
+    assert check_serial_adapters(state, devices).events == []
     udev.unplug_all()
     udev.plug(plc, MBUS_MASTER, SOCKET_2)
-    assert [e.detail["adapter"] for e in check_serial_adapters(state, devices)] == [MBUS_MASTER]
+    assert [e.detail["adapter"] for e in check_serial_adapters(state, devices).events] == [MBUS_MASTER]
 
 
 async def test_scan_mbus_prints_the_stable_name_of_the_port_it_scanned(
@@ -281,3 +289,90 @@ def _event_kinds(outbox: Path) -> list[str]:
     with contextlib.closing(sqlite3.connect(f"file:{outbox}?mode=ro", uri=True, timeout=5)) as db:
         bodies = db.execute("SELECT body FROM outbox WHERE stream = 'events'").fetchall()
     return [e.kind for (body,) in bodies for e in decode_events(body)]
+
+
+@contextlib.asynccontextmanager
+async def agent_in_process(config: Config) -> AsyncIterator[None]:
+    """The agent running in this process (udev's directories are this test's) until the block ends
+    (SIGTERM, as systemd stops it); entered once its status socket answers."""
+    run = asyncio.create_task(run_agent(config))
+    try:
+        await eventually(
+            lambda: run.done() or config.status_socket.is_socket(), within_s=15, what="the status socket"
+        )
+        assert not run.done(), "the agent ended at start"
+        yield
+    finally:
+        if not run.done():
+            os.kill(os.getpid(), signal.SIGTERM)
+        await run
+
+
+def _under_each_device(text: str) -> dict[str, list[str]]:
+    """`status -v`'s drivers block: {device: the lines under its own}."""
+    lines = text.splitlines()
+    found: dict[str, list[str]] = {}
+    device = None
+    for line in lines[lines.index("drivers") + 1 :]:
+        if match := re.match(r"^  (\S+)  ", line):
+            device = match.group(1)
+            found[device] = []
+        elif device is not None:
+            found[device].append(line.strip())
+    return found
+
+
+async def test_status_names_under_each_device_the_adapter_its_kernel_numbered_port_leads_to(
+    tmp_path: Path, udev: Udev
+) -> None:
+    """A technician's `status -v` says under each device on /dev/ttyUSB0 that the name is
+    kernel-numbered and the stable name of the adapter behind it, to configure instead; `--json`
+    carries the same. What the start found: a status request looks at no device node."""
+    port_0, port_1 = udev.nodes
+    udev.plug(port_0, FTDI, SOCKET_1)
+    udev.plug(port_1, MBUS_MASTER, SOCKET_2)
+    absent = "/dev/ttyUSB97"  # configured, and no adapter behind it at start
+    tables = (
+        RTU_DEVICE.format(name="plc", port=port_0)
+        + RTU_DEVICE.format(name="station", port=port_0).replace("address = 100", "address = 7")
+        + MBUS_DEVICE.format(port=udev.by_path / SOCKET_2)
+        + RTU_DEVICE.format(name="well", port=absent)
+    )
+    config = load_config(config_file(tmp_path, "port = 1\n" + tables))  # no broker: it runs offline
+    socket = str(config.status_socket)
+    use_ftdi = f"serial port {port_0}  kernel-numbered: use {udev.by_id / FTDI}"
+    async with agent_in_process(config):
+        verbose = await edge_agent_process("status", "-v", "--socket", socket)
+        plain = await edge_agent_process("status", "--socket", socket)
+        as_json = await edge_agent_process("status", "--json", "--socket", socket)
+        # Swapped under the running agent: status still says what the start found.
+        udev.unplug_all()
+        udev.plug(port_0, MBUS_MASTER, SOCKET_2)
+        udev.plug(port_1, FTDI, SOCKET_1)
+        again = await edge_agent_process("status", "--json", "--socket", socket)
+    assert verbose.returncode == 1, verbose.stderr  # degraded: the uplink is offline
+    under = _under_each_device(verbose.stdout)
+    assert use_ftdi in under["plc"]
+    assert use_ftdi in under["station"]
+    assert f"serial port {udev.by_path / SOCKET_2}" in under["meters"]
+    assert not [line for line in under["meters"] if "kernel-numbered" in line]
+    assert (
+        f"serial port {absent}  kernel-numbered, no adapter behind it at start: name the adapter by its "
+        "link in /dev/serial/by-id/ or /dev/serial/by-path/"
+    ) in under["well"]
+    ports = [line for lines in under.values() for line in lines if line.startswith("serial port ")]
+    assert len(ports) == 4, verbose.stdout
+    assert not set(ports) & {line.strip() for line in plain.stdout.splitlines()}, "only with -v"
+    snap = orjson.loads(as_json.stdout)
+    jsonschema.validate(snap, STATUS_SCHEMA)
+    expected: list[dict[str, Any]] = [
+        {"port": port_0, "devices": ["plc", "station"], "kernel_numbered": True,
+         "stable_name": str(udev.by_id / FTDI)},
+        {"port": str(udev.by_path / SOCKET_2), "devices": ["meters"], "kernel_numbered": False,
+         "stable_name": None},
+        {"port": absent, "devices": ["well"], "kernel_numbered": True, "stable_name": None},
+    ]  # fmt: skip
+    assert snap["serial_ports"] == expected
+    plc = next(d for d in snap["drivers"] if d["name"] == "plc")
+    assert use_ftdi in plc["driver_lines"]
+    assert orjson.loads(again.stdout)["serial_ports"] == expected
