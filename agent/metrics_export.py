@@ -303,6 +303,20 @@ CLOCK_FIELDS: Final[tuple[Field, ...]] = (
     ),
 )
 
+HOST_FIELDS: Final[tuple[Field, ...]] = (
+    ("temperature_c", "temperature_celsius", "gauge", "The board's CPU temperature"),
+    ("undervoltage_now", "undervoltage", "flag", "1 while the firmware sees the supply under-voltage"),
+    (
+        "undervoltage_since_boot",
+        "undervoltage_since_boot",
+        "flag",
+        "1 when the firmware saw an under-voltage since the board booted",
+    ),
+    ("throttled_now", "throttled", "flag", "1 while the CPU is slowed or capped (heat or power)"),
+    ("free_bytes", "filesystem_free_bytes", "gauge", "Free space on the file system of the state directory"),
+    ("size_bytes", "filesystem_size_bytes", "gauge", "Size of the file system of the state directory"),
+)
+
 WATCHDOG_FIELDS: Final[tuple[Field, ...]] = (
     ("interval_s", "interval_seconds", "gauge", "The systemd watchdog's interval"),
     ("pings", "pings_total", "counter", "systemd watchdog pings sent"),
@@ -468,6 +482,7 @@ def _lifecycle(out: _Families, snap: Mapping[str, Any]) -> None:
     )
     _fields(out, cert, "edge_agent_certificate", CERTIFICATE_FIELDS)
     _fields(out, snap.get("clock"), "edge_agent_clock", CLOCK_FIELDS)
+    _fields(out, snap.get("host"), "edge_agent_host", HOST_FIELDS)
     watchdog = _section(snap, "watchdog")
     _fields(out, watchdog, "edge_agent_watchdog", WATCHDOG_FIELDS)
     if isinstance(stalled := watchdog.get("stalled"), list | tuple):

@@ -45,6 +45,7 @@ from water_edge.agent.clock_sync import RESTAMPED_REASON, UNSYNC_REASON, ClockSy
 from water_edge.agent.config import Config
 from water_edge.agent.devices_down import DOWN, UP, DownDevices
 from water_edge.agent.hangup import Hangup
+from water_edge.agent.host_health import HostWatch
 from water_edge.agent.identity_keeper import IdentityKeeper, claim_route
 from water_edge.agent.learnt_tags import LearntTags, SpacedSaves
 from water_edge.agent.live_config import ConfigPlan, plan_changes
@@ -174,6 +175,7 @@ class Agent:
             return await outbox.restamp(step_ns, before_ns, UNSYNC_REASON, RESTAMPED_REASON)
 
         self.clock_sync.bind(self.emit, restamp)
+        self.host_watch = HostWatch(config.gateway.state_dir, emit=self.emit)
         # A processor may name the streams it needs (`streams`); an empty set means no feed at all.
         self.processors = [
             (p, self.pipeline.feed(p.name, streams=p.streams if isinstance(p, WantsStreams) else None))
@@ -192,13 +194,7 @@ class Agent:
             group=config.status.group,
         )
         # `[status] metrics`: GET /metrics for Prometheus, from the same snapshot (agent.metrics_export).
-        self.metrics: MetricsServer | None = None
-        if (address := config.status.metrics_address()) is not None:
-            from water_edge.agent.metrics_http import MetricsServer
-
-            self.metrics = MetricsServer(
-                *address, self.snapshot, tls=config.status.metrics_tls, auth=config.status.metrics_auth
-            )
+        self.metrics = metrics_server(config, self.snapshot)
         self.notifier = notifier or Notifier()
         self.watchdog = (
             Watchdog(
@@ -324,6 +320,7 @@ class Agent:
             commands=None if self._command_stats is None else self._command_stats(),
             update=update_health(__version__, self.update_files, self.layout),
             clock=self.clock_sync.health(),
+            host=self.host_watch.health(),
             certificate=self.identity.health(),
             board=self.board,
             serial_ports=self.serial_ports,
@@ -420,6 +417,7 @@ class Agent:
                     tasks.create_task(self._refresh_buffer_stats(), name="buffer-stats"),
                     tasks.create_task(self.update_watch.run(), name="update-watch"),
                     tasks.create_task(self.clock_sync.run(), name="clock-sync"),
+                    tasks.create_task(self.host_watch.run(), name="host-health"),
                 ]
                 if self.watchdog is not None:
                     background.append(tasks.create_task(self.watchdog.run(), name="watchdog"))
@@ -449,6 +447,15 @@ class Agent:
                 await self.metrics.close()
             await self.status.close()
             self.notifier.close()
+
+
+def metrics_server(config: Config, snapshot: Callable[[], Mapping[str, Any]]) -> MetricsServer | None:
+    """The `[status] metrics` endpoint (not listening yet), or None when it is off."""
+    if (address := config.status.metrics_address()) is None:
+        return None
+    from water_edge.agent.metrics_http import MetricsServer
+
+    return MetricsServer(*address, snapshot, tls=config.status.metrics_tls, auth=config.status.metrics_auth)
 
 
 def sync_source(config: Config) -> SyncSource:

@@ -14,6 +14,7 @@ from typing import Any
 
 from water_edge.agent.board_change import BoardStatus
 from water_edge.agent.clock_sync import ClockHealth
+from water_edge.agent.host_health import HostHealth
 from water_edge.agent.identity_keeper import CertificateHealth
 from water_edge.agent.pipeline import FeedHealth, PipelineHealth
 from water_edge.agent.remote.result import CommandCounts
@@ -122,6 +123,7 @@ class StatusDocument:
     certificate: CertificateHealth | None = None  # the device certificate and its renewal
     board: BoardStatus | None = None  # the board as the start found it; None: its ID cannot be read
     serial_ports: tuple[SerialPortStatus, ...] = ()  # every serial port in the config, as the start found it
+    host: HostHealth | None = None  # the board's power, heat and card space; None until sampled
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values; `alarms` gathers the one-line conditions someone must act on.
@@ -130,7 +132,7 @@ class StatusDocument:
         read their lines under the agent's, where `edge-agent status` prints them. A device's
         serial ports are read under it with `-v`: their lines follow its driver's."""
         agent = _read(self.agent)
-        for section in (self.board, self.clock, self.certificate, self.update):
+        for section in (self.board, self.host, self.clock, self.certificate, self.update):
             if section is not None:
                 lines = section.status_lines()
                 if section is self.certificate:
@@ -157,6 +159,7 @@ class StatusDocument:
             "certificate": None if self.certificate is None else _read(self.certificate),
             "board": None if self.board is None else health_json(self.board),
             "serial_ports": [health_json(p) for p in self.serial_ports],
+            "host": None if self.host is None else health_json(self.host),
             "verdict": health_json(self.verdict()),
         }
 
@@ -190,6 +193,8 @@ class StatusDocument:
         problems += self.alarm_lines()
         if self.buffer is not None and self.buffer.used_pct >= BUFFER_DEGRADED_PCT:
             problems.append(f"outbox {self.buffer.used_pct:.0f} % full")
+        if self.host is not None:
+            problems += self.host.problems()
         if self.watchdog is not None and self.watchdog.stalled:
             problems.append(f"stalled: {', '.join(self.watchdog.stalled)}")
         return Verdict("degraded" if problems else "ok", tuple(problems))

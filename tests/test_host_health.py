@@ -1,0 +1,191 @@
+"""The gateway's own health: a Raspberry Pi's power and heat, and the room left on its card.
+
+The Pi's firmware cannot run here: its sysfs files are written in the test's directory with the
+contents a Pi 4 gives (`get_throttled` as `vcgencmd get_throttled` prints it, millidegrees in
+`thermal_zone0/temp`) and the watch is pointed at that directory as its root. The card is a real
+ext4 file system on a loop device (conftest's `card`), filled with a real file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.support.agent_proc import running_agent
+from tests.support.cli import edge_agent
+from tests.support.ext4_card import Card
+from tests.support.testing import agent_config
+from water_edge.agent import host_health
+from water_edge.agent.host_health import HostWatch, sample
+from water_edge.agent.metrics_export import exposition_text
+from water_edge.buffer.codec import decode_events
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "status.schema.json").read_text())
+PLC: dict[str, Any] = {
+    "name": "plc",
+    "kind": "fake",
+    "poll_interval_ms": 100,
+    "tags": [{"name": "flow", "offset": 50.0, "amplitude": 5.0, "period_s": 7.0}],
+}
+
+
+def pi_sysfs(root: Path, *, throttled: str | None = "0x0", millidegrees: int | None = 48_686) -> Path:
+    if throttled is not None:
+        firmware = root / "sys/devices/platform/soc/soc:firmware"
+        firmware.mkdir(parents=True, exist_ok=True)
+        (firmware / "get_throttled").write_text(f"{throttled}\n")
+    if millidegrees is not None:
+        zone = root / "sys/class/thermal/thermal_zone0"
+        zone.mkdir(parents=True, exist_ok=True)
+        (zone / "type").write_text("cpu-thermal\n")
+        (zone / "temp").write_text(f"{millidegrees}\n")
+    return root
+
+
+async def test_a_weak_supply_and_a_hot_cabinet_are_said_once_each_and_heat_clears(tmp_path: Path) -> None:
+    root = pi_sysfs(tmp_path / "pi", throttled="0x50005", millidegrees=82_345)
+    watch = HostWatch(tmp_path, root=root)
+    events = await watch.check()
+    assert [(e.kind, e.severity) for e in events] == [
+        ("host_undervoltage", "warning"),
+        ("host_overheating", "warning"),
+    ]
+    assert events[0].detail["now"] is True
+    assert events[0].detail["since_boot"] is True
+    assert events[1].detail["temperature_c"] == pytest.approx(82.345)
+    health = watch.health()
+    assert health is not None
+    (line,) = health.status_lines()
+    assert line.startswith("host     82 °C  UNDER-VOLTAGE NOW  CPU THROTTLED  card ")
+    problems = health.problems()
+    assert [p.split(":")[0] for p in problems] == [
+        "power supply under-voltage now",
+        "the board is hot at 82 °C and throttled",
+    ]
+    assert await watch.check() == [], "said once while it lasts"
+    # The supply is changed and the cabinet ventilated: the firmware keeps the since-boot bits.
+    pi_sysfs(root, throttled="0x50000", millidegrees=77_000)
+    assert await watch.check() == [], "77 °C: not cool yet (hysteresis)"
+    pi_sysfs(root, throttled="0x50000", millidegrees=61_000)
+    assert [e.kind for e in await watch.check()] == ["host_overheating_cleared"]
+    health = watch.health()
+    assert health is not None
+    assert [p.split(":")[0] for p in health.problems()] == ["power supply under-voltage since boot"]
+    assert "UNDER-VOLTAGE since boot" in health.status_lines()[0]
+
+
+def test_a_pi_without_the_firmware_file_is_read_through_its_rpi_volt_sensor(tmp_path: Path) -> None:
+    root = pi_sysfs(tmp_path, throttled=None)
+    for i, (name, alarm) in enumerate((("cpu_thermal", None), ("rpi_volt", "1"))):
+        hwmon = root / f"sys/class/hwmon/hwmon{i}"
+        hwmon.mkdir(parents=True)
+        (hwmon / "name").write_text(f"{name}\n")
+        if alarm is not None:
+            (hwmon / "in0_lcrit_alarm").write_text(f"{alarm}\n")
+    health = sample(root, tmp_path)
+    assert (health.undervoltage_now, health.undervoltage_since_boot) == (True, True)
+    (root / "sys/class/hwmon/hwmon1/in0_lcrit_alarm").write_text("0\n")
+    assert sample(root, tmp_path).undervoltage_now is False
+
+
+def test_what_a_machine_does_not_have_is_left_out(tmp_path: Path) -> None:
+    """An x86 box, a VM: no firmware flags, no thermal zone; nothing to say of them."""
+    health = sample(tmp_path / "empty-sysfs", tmp_path)
+    assert (health.undervoltage_now, health.throttled_now, health.temperature_c) == (None, None, None)
+    assert health.problems() == []
+    assert health.free_bytes is not None
+    assert health.free_bytes > 0
+    assert health.status_lines()[0].startswith("host     card ")
+    # Garbage in the firmware's file and the zone's: read as absent, never a crash.
+    pi_sysfs(tmp_path / "odd", throttled="not hex", millidegrees=None)
+    zone = tmp_path / "odd/sys/class/thermal/thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "temp").write_text("n/a\n")
+    odd = sample(tmp_path / "odd", tmp_path)
+    assert (odd.undervoltage_now, odd.temperature_c) == (None, None)
+
+
+def test_this_machine_is_sampled_without_error(tmp_path: Path) -> None:
+    health = sample(Path("/"), tmp_path)
+    assert health.size_bytes is not None
+    assert health.free_bytes is not None
+    assert 0 < health.free_bytes <= health.size_bytes
+
+
+async def test_a_card_filling_up_is_said_and_cleared_when_room_comes_back(
+    card: Card, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 64 MiB test card stands for a gateway's card: 16 MiB free is its 'low'."""
+    monkeypatch.setattr(host_health, "LOW_FREE_BYTES", 16 * 1024 * 1024)
+    state = card.mount / "state"
+    state.mkdir()
+    watch = HostWatch(state, root=card.mount / "no-sysfs")
+    assert await watch.check() == []
+    filler = card.mount / "captures.bin"
+    with filler.open("wb") as f:  # a technician's captures
+        f.write(os.urandom(50 * 1024 * 1024))
+        f.flush()
+        os.fsync(f.fileno())
+    (low,) = await watch.check()
+    assert low.kind == "host_disk_low"
+    assert low.detail["filesystem"] == str(state)
+    assert low.detail["free_bytes"] < 16 * 1024 * 1024
+    health = watch.health()
+    assert health is not None
+    assert health.problems()[0].startswith(f"the card holding {state} has ")
+    assert health.status_lines()[0].endswith("LOW")
+    filler.unlink()
+    assert [e.kind for e in await watch.check()] == ["host_disk_low_cleared"]
+
+
+def test_an_agent_on_a_nearly_full_card_says_so_in_status_and_to_the_centre(card: Card) -> None:
+    """The real agent, its state on the 64 MiB card: under the product's 200 MiB, so low. Status,
+    the verdict, the schema, the Prometheus figures and the event in the outbox all say it."""
+    state = card.mount / "state"
+    socket = card.mount.parent / "status.sock"
+    config = card.mount.parent / "agent.toml"
+    text = agent_config(state, status_socket=socket, devices=[PLC], buffer={"max_bytes": "8MiB"})
+    config.write_text(text)
+    with running_agent(config) as agent:
+        snap = agent.wait_status(lambda s: s.get("host") is not None, timeout=30)
+        shown = edge_agent("status", "--socket", str(socket))
+        assert agent.stop() == 0
+        assert "Traceback" not in agent.log()
+    jsonschema.validate(snap, SCHEMA)
+    host = snap["host"]
+    assert host["filesystem"] == str(state)
+    assert 0 < host["free_bytes"] < 64 * 1024 * 1024
+    assert snap["verdict"]["state"] == "degraded"
+    (problem,) = [p for p in snap["verdict"]["problems"] if "card" in p]
+    assert problem.startswith(f"the card holding {state} has ")
+    assert shown.returncode == 1
+    (line,) = [line.strip() for line in shown.stdout.splitlines() if line.strip().startswith("host ")]
+    assert line.endswith("LOW")
+    exposed = {
+        name: float(value)
+        for name, _, value in (line.partition(" ") for line in exposition_text(snap).splitlines())
+        if name.startswith("edge_agent_host_")
+    }
+    names = {
+        "free_bytes": "filesystem_free_bytes",
+        "size_bytes": "filesystem_size_bytes",
+        "temperature_c": "temperature_celsius",  # a machine with a thermal zone (none in a VM)
+        "undervoltage_now": "undervoltage",  # a Raspberry Pi's firmware
+        "undervoltage_since_boot": "undervoltage_since_boot",
+        "throttled_now": "throttled",
+    }
+    expected = {
+        f"edge_agent_host_{names[k]}": float(v) for k, v in host.items() if k in names and v is not None
+    }
+    assert exposed == expected, "what the machine cannot tell is left out"
+    with contextlib.closing(sqlite3.connect(f"file:{state / 'outbox.sqlite'}?mode=ro", uri=True)) as db:
+        bodies = db.execute("SELECT body FROM outbox WHERE stream = 'events'").fetchall()
+    (event,) = [e for (body,) in bodies for e in decode_events(body) if e.kind == "host_disk_low"]
+    assert event.detail["filesystem"] == str(state)
