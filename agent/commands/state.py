@@ -1,0 +1,115 @@
+"""`edge-agent state`: carry a gateway's learnt state to a replacement card (agent.state_transfer).
+
+    edge-agent state export -c /etc/edge-agent/config.toml --out gw-03-state.tar.gz
+    edge-agent state import gw-03-state.tar.gz -c /etc/edge-agent/config.toml [--force]
+
+`export` may run beside the agent. `import` needs the agent stopped (it would overwrite what the
+agent holds open): run it on the new card before the agent's first start, as the agent's user or
+root. Exit 0 done, 1 refused or failed (the reason on stderr), 2 a config that does not load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from water_edge.agent.commands._exits import DEFAULT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from water_edge.core import units
+from water_edge.core.errors import ConfigError
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "state", help="export a gateway's learnt state (baselines, calibrations), or import it on a new card"
+    )
+    commands = parser.add_subparsers(dest="state_command", required=True)
+    export = commands.add_parser("export", help="write the learnt state to an archive (the agent may run)")
+    export.add_argument(
+        "-c", "--config", default=DEFAULT_CONFIG, help=f"the agent's config (default {DEFAULT_CONFIG})"
+    )
+    export.add_argument("--out", required=True, type=Path, help="the archive to write (.tar.gz)")
+    export.set_defaults(func=run_export)
+    restore = commands.add_parser("import", help="put an exported state under this config's state directory")
+    restore.add_argument("archive", type=Path, help="an archive made by `edge-agent state export`")
+    restore.add_argument(
+        "-c", "--config", default=DEFAULT_CONFIG, help=f"the agent's config (default {DEFAULT_CONFIG})"
+    )
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="import an archive of another gateway or site (a renamed replacement)",
+    )
+    restore.set_defaults(func=run_import)
+
+
+def _config(path: str) -> Any:
+    from water_edge.agent.config import load_config
+
+    return load_config(path, closed_state="warning")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from water_edge.agent.state_transfer import StateTransferError, export_state
+
+    try:
+        config = _config(args.config)
+    except ConfigError as exc:
+        print(f"edge-agent state export: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        done = export_state(config.gateway.state_dir, config.gateway.site, config.gateway.id, args.out)
+    except (StateTransferError, OSError) as exc:
+        print(f"edge-agent state export: {_why(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{done.path}: {done.files} files, {units.size(done.bytes)} of learnt state of gateway "
+          f"{config.gateway.id} (site {config.gateway.site})")  # fmt: skip
+    return EXIT_OK
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from water_edge.agent.state_transfer import StateTransferError, import_state
+
+    try:
+        config = _config(args.config)
+    except ConfigError as exc:
+        print(f"edge-agent state import: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if _agent_answers(config.status_socket):
+        print(
+            f"edge-agent state import: an agent is running on {config.status_socket}: stop it first "
+            "(systemctl stop edge-agent), import, then start it",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    try:
+        done = import_state(
+            args.archive, config.gateway.state_dir, config.gateway.site, config.gateway.id, force=args.force
+        )
+    except (StateTransferError, OSError) as exc:
+        print(f"edge-agent state import: {_why(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"{config.gateway.state_dir}: {done.files} files, {units.size(done.bytes)} of what gateway "
+        f"{done.gateway} (site {done.site}) had learnt by {units.timestamp(done.created_ns)} "
+        f"(edge-agent {done.agent_version}); the agent goes on from it at its next start"
+    )
+    return EXIT_OK
+
+
+def _agent_answers(path: Path) -> bool:
+    """An agent listens on its status socket (a leftover socket file refuses the connection)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        sock.connect(str(path))
+        return True
+    return False
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)

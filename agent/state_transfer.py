@@ -1,0 +1,261 @@
+"""A gateway's learnt state, carried to a replacement card or board (`edge-agent state export` /
+`state import`).
+
+What the models learnt on site takes nights to learn again: each hydrophone's baseline (7 nights
+by default), each pump's and machine's calibration (a day), each district's night-flow baseline.
+A card that dies, or a board replaced, would cost that much detection. `export` writes the learnt
+state into one archive (a technician's copy, or one kept at the centre); `import` puts it under a
+new card's state directory before its agent first runs.
+
+What is carried: the models' directories (`leak/`, `pump/`, `machine_sound/`, `flow_leak/`,
+`meter/`, `sites/`), the models pushed by `model_update` (`models/`) and `learnt_tags.json`:
+calibrations, baselines, histories and the records that pair open alarms with their clears.
+Never carried: the outbox (its rows belong to the old gateway's epoch), the identity and its
+private key (a new card enrols its own), the signed-command nonce store and audit log, the
+board and serial-adapter records (they describe the old hardware), update state, sockets.
+A SQLite history is copied with SQLite's backup API, so an export taken while the agent runs holds
+a consistent copy; other files are replaced atomically by the agent and read whole.
+
+The archive is a gzip'd tar holding `manifest.json` (format, agent version, site, gateway, when,
+and every file's size and SHA-256) and the files under `state/`. `import` checks every file
+against the manifest before it writes anything, refuses paths outside the state directory, and
+refuses an archive of another gateway unless told (`force`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import stat
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
+
+from water_edge.agent import __version__
+from water_edge.core.files import atomic_write
+
+FORMAT: Final = "edge-agent-state/1"
+MANIFEST: Final = "manifest.json"
+PREFIX: Final = "state"
+LEARNT: Final = ("leak", "pump", "machine_sound", "flow_leak", "meter", "sites", "models", "learnt_tags.json")
+# Never in an archive, wherever they are found under the learnt directories.
+_SKIPPED_SUFFIXES: Final = ("-wal", "-shm", "-journal", ".tmp")
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+MAX_MEMBER_BYTES: Final = 1 << 30  # a file larger than this in an archive is not learnt state
+
+
+class StateTransferError(Exception):
+    """Why an export or import cannot be done, in words for the technician."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    path: Path
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    files: int
+    bytes: int
+    site: str
+    gateway: str
+    created_ns: int
+    agent_version: str
+
+
+def learnt_files(state_dir: Path) -> Iterator[Path]:
+    """The learnt-state files under `state_dir`, as paths relative to it, in a stable order."""
+    for name in LEARNT:
+        top = state_dir / name
+        if top.is_file():
+            yield Path(name)
+            continue
+        if not top.is_dir():
+            continue
+        for directory, dirs, files in os.walk(top):
+            dirs.sort()
+            for file in sorted(files):
+                path = Path(directory) / file
+                if file.endswith(_SKIPPED_SUFFIXES) or file.startswith("."):
+                    continue
+                with contextlib.suppress(OSError):
+                    if stat.S_ISREG(path.lstat().st_mode):
+                        yield path.relative_to(state_dir)
+
+
+def _is_sqlite(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+
+
+def _file_bytes(path: Path) -> bytes:
+    """The file's content; a SQLite database as a consistent copy (the agent may be writing it)."""
+    if not _is_sqlite(path):
+        return path.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="edge-agent-export-") as tmp:
+        copy = Path(tmp) / "copy.sqlite"
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            target = sqlite3.connect(copy)
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+        finally:
+            source.close()
+        return copy.read_bytes()
+
+
+def export_state(state_dir: Path, site: str, gateway: str, out: Path) -> Exported:
+    """Write the learnt state under `state_dir` to the archive `out` (replaced atomically)."""
+    if not state_dir.is_dir():
+        raise StateTransferError(f"{state_dir}: no state directory (gateway.state_dir): nothing learnt here")
+    entries: list[tuple[str, bytes]] = []
+    for relative in learnt_files(state_dir):
+        try:
+            entries.append((relative.as_posix(), _file_bytes(state_dir / relative)))
+        except FileNotFoundError:
+            continue  # replaced or removed by the running agent between the listing and the read
+        except (OSError, sqlite3.Error) as exc:
+            raise StateTransferError(f"{state_dir / relative}: cannot be read ({exc})") from exc
+    manifest = {
+        "format": FORMAT,
+        "agent_version": __version__,
+        "site": site,
+        "gateway": gateway,
+        "created_ns": time.time_ns(),
+        "files": {
+            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in entries
+        },
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        _add(archive, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        for name, data in entries:
+            _add(archive, f"{PREFIX}/{name}", data)
+    atomic_write(out, buffer.getvalue(), mode=0o600)  # calibrations name the site's assets
+    return Exported(out, len(entries), sum(len(d) for _, d in entries))
+
+
+def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o640, int(time.time())
+    archive.addfile(info, io.BytesIO(data))
+
+
+def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest and the files of an archive, every file checked against the manifest."""
+    not_ours = f"{path}: not an archive made by `edge-agent state export`"
+    try:
+        manifest, files = _members(path)
+    except (OSError, tarfile.TarError, EOFError, ValueError) as exc:
+        raise StateTransferError(f"{not_ours} (or damaged: {exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StateTransferError(f"{not_ours}: no {FORMAT} manifest")
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or set(listed) != set(files):
+        raise StateTransferError(f"{path}: its files are not the ones its manifest lists: damaged or altered")
+    for name, data in files.items():
+        entry = listed[name]
+        if not isinstance(entry, dict) or entry.get("sha256") != hashlib.sha256(data).hexdigest():
+            raise StateTransferError(f"{path}: {name} does not match its checksum: damaged or altered")
+    return manifest, files
+
+
+def _members(path: Path) -> tuple[Any, dict[str, bytes]]:
+    files: dict[str, bytes] = {}
+    manifest: Any = None
+    with tarfile.open(path, mode="r:gz") as archive:
+        for member in archive:
+            if not member.isfile():
+                raise StateTransferError(f"{path}: {member.name!r} is not a plain file: refused")
+            if member.size > MAX_MEMBER_BYTES:
+                raise StateTransferError(f"{path}: {member.name!r} is {member.size} bytes: refused")
+            extracted = archive.extractfile(member)
+            data = b"" if extracted is None else extracted.read()
+            if member.name == MANIFEST:
+                manifest = json.loads(data)
+            else:
+                files[_safe_name(path, member.name)] = data
+    return manifest, files
+
+
+def _safe_name(archive: Path, member: str) -> str:
+    """A member's path under `state/`, relative, within the learnt directories; refused otherwise."""
+    pure = PurePosixPath(member)
+    if pure.is_absolute() or ".." in pure.parts or len(pure.parts) < 2 or pure.parts[0] != PREFIX:
+        raise StateTransferError(f"{archive}: {member!r} points outside the state directory: refused")
+    relative = PurePosixPath(*pure.parts[1:])
+    if relative.parts[0] not in LEARNT:
+        raise StateTransferError(f"{archive}: {member!r} is not learnt state: refused")
+    return relative.as_posix()
+
+
+def import_state(archive: Path, state_dir: Path, site: str, gateway: str, *, force: bool = False) -> Imported:
+    """Put the learnt state of `archive` under `state_dir`: every file checked first, then each
+    written atomically, owned like the state directory (the agent's user) and private to it."""
+    manifest, files = _read_archive(archive)
+    theirs = (str(manifest.get("site")), str(manifest.get("gateway")))
+    if theirs != (site, gateway) and not force:
+        raise StateTransferError(
+            f"{archive} holds what gateway {theirs[1]} of site {theirs[0]} learnt, and this config is "
+            f"gateway {gateway} of site {site}: its baselines describe another site's pipes and pumps. "
+            "If this card replaces that gateway under a new name, give --force"
+        )
+    state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    owner = state_dir.stat()
+    for name in files:
+        _no_links(state_dir, state_dir / name)
+    for name, data in files.items():
+        target = state_dir / name
+        _make_dirs(state_dir, target.parent, owner)
+        atomic_write(target, data, mode=0o640)
+        _own(target, owner)
+        for suffix in ("-wal", "-shm", "-journal"):  # a stale journal would be replayed into the copy
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{target}{suffix}").unlink()
+    return Imported(
+        files=len(files),
+        bytes=sum(len(d) for d in files.values()),
+        site=theirs[0],
+        gateway=theirs[1],
+        created_ns=int(manifest.get("created_ns") or 0),
+        agent_version=str(manifest.get("agent_version")),
+    )
+
+
+def _no_links(state_dir: Path, target: Path) -> None:
+    """Refuse a symbolic link on the way from the state directory to `target`: the agent's user
+    owns the directory, and a link it planted (`pump -> /etc/cron.d`) would have an import run as
+    root write where that user may not."""
+    path = state_dir
+    for part in target.relative_to(state_dir).parts:
+        path = path / part
+        if path.is_symlink():
+            raise StateTransferError(f"{path} is a symbolic link: refused (the learnt state holds none)")
+
+
+def _make_dirs(state_dir: Path, directory: Path, owner: os.stat_result) -> None:
+    missing = []
+    while directory != state_dir and not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for made in reversed(missing):
+        made.mkdir(mode=0o750)
+        _own(made, owner)
+
+
+def _own(path: Path, owner: os.stat_result) -> None:
+    """Give `path` the state directory's owner: an import run as root for the agent's user."""
+    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+        os.chown(path, owner.st_uid, owner.st_gid)

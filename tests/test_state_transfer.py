@@ -1,0 +1,232 @@
+"""A gateway's learnt state carried to a replacement card (`edge-agent state export` / `import`).
+
+A real agent polls a firmware-sim PLC over Modbus TCP and calibrates its pump; its state is
+exported while it runs; a fresh card (another state directory) takes the archive, and a new agent
+on it starts with the pump armed on the old calibration, instead of learning again."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sqlite3
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.agent_proc import running_agent
+from tests.support.cli import edge_agent
+from tests.support.plant import running_plant
+from tests.support.testing import agent_config, demo_devices
+
+pytestmark = pytest.mark.slow
+
+PUMP = """
+[[models.pump]]
+name = "pump1"
+sample_interval_s = 0.05
+  [models.pump.signals]
+  flow = "pump1.flow"
+  motor_current = "pump1.motor_current"
+  speed = "pump1.speed"
+  discharge_pressure = "pump1.discharge_pressure"
+  vibration_x = "pump1.vibration_x"
+  vibration_y = "pump1.vibration_y"
+  [models.pump.calibration]
+  auto_hours = 0.0015            # 108 samples of 0.05 s
+  min_samples = 64
+"""
+
+
+def pump_health(status: dict[str, Any]) -> dict[str, Any]:
+    pump = next(p for p in status["processors"] if p["name"] == "pump_anomaly")
+    health: dict[str, Any] = pump["health"].get("pumps", {}).get("pump1", {})
+    return health
+
+
+@dataclass
+class OldGateway:
+    card: Path
+    archive: Path
+    calibration: dict[str, Any]
+    devices: str
+
+
+def card_config(card: Path, devices: str, gateway: str = "gw-test") -> Path:
+    config = card / "agent.toml"
+    text = agent_config(card / "state", status_socket=card / "status.sock", devices=devices, models=PUMP)
+    config.write_text(text.replace('id = "gw-test"', f'id = "{gateway}"', 1))
+    return config
+
+
+@pytest.fixture(scope="module")
+def old_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OldGateway]:
+    """The gateway whose card is about to die: its pump calibrated, its state exported while it runs."""
+    root = tmp_path_factory.mktemp("old-gateway")
+    card = root / "card"
+    card.mkdir()
+    with running_plant(seed=5) as plant:
+        devices = demo_devices(plant.port, poll_interval_ms=50)
+        config = card_config(card, devices)
+        with running_agent(config) as agent:
+            armed = agent.wait_status(lambda s: pump_health(s).get("state") == "armed", timeout=90)
+            archive = root / "gw-test-state.tar.gz"
+            run = edge_agent("state", "export", "-c", str(config), "--out", str(archive))
+            assert run.returncode == 0, run.stderr
+            assert run.stdout.startswith(f"{archive}: ")
+            assert agent.stop() == 0
+        yield OldGateway(card, archive, pump_health(armed)["calibration"], devices)
+
+
+def members(archive: Path) -> dict[str, bytes]:
+    with tarfile.open(archive, "r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_the_archive_holds_the_learnt_state_and_nothing_of_the_old_hardware_or_identity(
+    old_gateway: OldGateway, tmp_path: Path
+) -> None:
+    files = members(old_gateway.archive)
+    manifest = json.loads(files.pop("manifest.json"))
+    assert (manifest["format"], manifest["site"], manifest["gateway"]) == (
+        "edge-agent-state/1",
+        "test-site",
+        "gw-test",
+    )
+    names = sorted(files)
+    assert any(n.startswith("state/pump/pump1/") for n in names), names
+    assert not [
+        n for n in names if not n.startswith(("state/pump/", "state/learnt_tags.json", "state/meter/"))
+    ], names
+    state = old_gateway.card / "state"
+    assert (state / "outbox.sqlite").exists()  # on the old card, never in the archive
+    for name in names:
+        assert not name.endswith(
+            ("outbox.sqlite", "nonces.sqlite", "board.json", "serial_ports.json", "-wal")
+        )
+        assert (
+            hashlib.sha256(files[name]).hexdigest()
+            == manifest["files"][name.removeprefix("state/")]["sha256"]
+        )
+    # A history copied while the agent wrote it is a whole database.
+    (history,) = [n for n in names if n.endswith("history.sqlite")]
+    copy = tmp_path / "history.sqlite"
+    copy.write_bytes(files[history])
+    with sqlite3.connect(copy) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_new_card_starts_with_the_pump_armed_on_the_old_calibration(
+    old_gateway: OldGateway, tmp_path: Path
+) -> None:
+    card = tmp_path / "new-card"
+    card.mkdir()
+    with running_plant(seed=5) as plant:
+        devices = demo_devices(plant.port, poll_interval_ms=50)
+        config = card_config(card, devices)
+        run = edge_agent("state", "import", str(old_gateway.archive), "-c", str(config))
+        assert run.returncode == 0, run.stderr
+        assert "of what gateway gw-test (site test-site) had learnt by" in run.stdout
+        with running_agent(config) as agent:
+            first = agent.wait_status(lambda s: bool(pump_health(s)), timeout=30)
+            assert pump_health(first)["state"] == "armed", pump_health(first)
+            assert pump_health(first)["calibration"] == old_gateway.calibration
+            # and with the agent running, a second import is refused: it would overwrite its files
+            again = edge_agent("state", "import", str(old_gateway.archive), "-c", str(config))
+            assert again.returncode == 1
+            assert "an agent is running" in again.stderr
+            assert agent.stop() == 0
+            assert "Traceback" not in agent.log()
+
+
+def test_an_archive_of_another_gateway_is_refused_unless_forced(
+    old_gateway: OldGateway, tmp_path: Path
+) -> None:
+    card = tmp_path / "card"
+    card.mkdir()
+    config = card_config(card, old_gateway.devices, gateway="gw-other")
+    run = edge_agent("state", "import", str(old_gateway.archive), "-c", str(config))
+    assert run.returncode == 1
+    assert (
+        "holds what gateway gw-test of site test-site learnt, and this config is gateway gw-other"
+        in run.stderr
+    )
+    assert not (card / "state" / "pump").exists()
+    forced = edge_agent("state", "import", str(old_gateway.archive), "-c", str(config), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert (card / "state" / "pump" / "pump1").is_dir()
+
+
+def rewritten(archive: Path, out: Path, change: dict[str, bytes | None]) -> Path:
+    """`archive` with members replaced (`None`: removed) or added, the manifest left as it was."""
+    files = members(archive)
+    for name, data in change.items():
+        if data is None:
+            files.pop(name)
+        else:
+            files[name] = data
+    with tarfile.open(out, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def test_an_altered_damaged_or_hostile_archive_writes_nothing(
+    old_gateway: OldGateway, tmp_path: Path
+) -> None:
+    card = tmp_path / "card"
+    card.mkdir()
+    config = card_config(card, old_gateway.devices)
+    files = members(old_gateway.archive)
+    some = next(n for n in files if n.startswith("state/pump/"))
+    cases = {
+        "altered": (
+            rewritten(old_gateway.archive, tmp_path / "a.tgz", {some: b"{}"}),
+            "does not match its checksum",
+        ),
+        "outside": (
+            rewritten(
+                old_gateway.archive, tmp_path / "b.tgz", {"state/../../etc/cron.d/x": b"* * * * * root sh"}
+            ),
+            "points outside the state directory",
+        ),
+        "not learnt": (
+            rewritten(old_gateway.archive, tmp_path / "c.tgz", {"state/identity/current/key.pem": b"k"}),
+            "is not learnt state",
+        ),
+        "a file missing": (
+            rewritten(old_gateway.archive, tmp_path / "d.tgz", {some: None}),
+            "not the ones its manifest lists",
+        ),
+    }
+    (tmp_path / "e.tgz").write_bytes(old_gateway.archive.read_bytes()[:200])
+    cases["cut short"] = (tmp_path / "e.tgz", "not an archive made by `edge-agent state export`")
+    for case, (archive, said) in cases.items():
+        run = edge_agent("state", "import", str(archive), "-c", str(config))
+        assert run.returncode == 1, case
+        assert said in run.stderr, (case, run.stderr)
+        assert not (card / "state" / "pump").exists(), case
+    assert not (tmp_path.parent / "etc").exists()
+
+
+def test_a_link_planted_in_the_state_directory_is_not_followed(
+    old_gateway: OldGateway, tmp_path: Path
+) -> None:
+    """The agent's user owns the state directory; an import run as root must not write through a
+    link that user put there."""
+    card = tmp_path / "card"
+    (card / "state").mkdir(parents=True)
+    elsewhere = tmp_path / "etc-cron.d"
+    elsewhere.mkdir()
+    (card / "state" / "pump").symlink_to(elsewhere)
+    config = card_config(card, old_gateway.devices)
+    run = edge_agent("state", "import", str(old_gateway.archive), "-c", str(config))
+    assert run.returncode == 1
+    assert f"{card / 'state' / 'pump'} is a symbolic link: refused" in run.stderr
+    assert list(elsewhere.iterdir()) == []
