@@ -58,9 +58,9 @@ class StateTransferError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Exported:
-    path: Path
+    archive: bytes  # the .tar.gz
     files: int
-    bytes: int
+    bytes: int  # of learnt state, uncompressed
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +116,8 @@ def _file_bytes(path: Path) -> bytes:
         return copy.read_bytes()
 
 
-def export_state(state_dir: Path, site: str, gateway: str, out: Path) -> Exported:
-    """Write the learnt state under `state_dir` to the archive `out` (replaced atomically)."""
+def export_state(state_dir: Path, site: str, gateway: str) -> Exported:
+    """The learnt state under `state_dir` as an archive."""
     if not state_dir.is_dir():
         raise StateTransferError(f"{state_dir}: no state directory (gateway.state_dir): nothing learnt here")
     entries: list[tuple[str, bytes]] = []
@@ -143,8 +143,7 @@ def export_state(state_dir: Path, site: str, gateway: str, out: Path) -> Exporte
         _add(archive, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
         for name, data in entries:
             _add(archive, f"{PREFIX}/{name}", data)
-    atomic_write(out, buffer.getvalue(), mode=0o600)  # calibrations name the site's assets
-    return Exported(out, len(entries), sum(len(d) for _, d in entries))
+    return Exported(buffer.getvalue(), len(entries), sum(len(d) for _, d in entries))
 
 
 def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -10,6 +10,8 @@ import hashlib
 import io
 import json
 import sqlite3
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,6 +80,28 @@ def old_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OldGateway
             run = edge_agent("state", "export", "-c", str(config), "--out", str(archive))
             assert run.returncode == 0, run.stderr
             assert run.stdout.startswith(f"{archive}: ")
+            assert archive.stat().st_mode & 0o777 == 0o600
+            # to stdout, for a central host: `ssh gw sudo -u edge-agent edge-agent state export --out -`
+            piped = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "water_edge.agent.cli",
+                    "state",
+                    "export",
+                    "-c",
+                    str(config),
+                    "--out",
+                    "-",
+                ],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            assert piped.returncode == 0, piped.stderr
+            assert piped.stderr.decode().startswith("stdout: ")
+            with tarfile.open(fileobj=io.BytesIO(piped.stdout), mode="r:gz") as tar:
+                assert "manifest.json" in tar.getnames()
             assert agent.stop() == 0
         yield OldGateway(card, archive, pump_health(armed)["calibration"], devices)
 

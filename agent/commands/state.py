@@ -1,6 +1,7 @@
 """`edge-agent state`: carry a gateway's learnt state to a replacement card (agent.state_transfer).
 
     edge-agent state export -c /etc/edge-agent/config.toml --out gw-03-state.tar.gz
+    ssh gw-03 sudo -u edge-agent edge-agent state export --out - > gw-03-state.tar.gz
     edge-agent state import gw-03-state.tar.gz -c /etc/edge-agent/config.toml [--force]
 
 `export` may run beside the agent. `import` needs the agent stopped (it would overwrite what the
@@ -20,6 +21,7 @@ from typing import Any
 from water_edge.agent.commands._exits import DEFAULT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from water_edge.core import units
 from water_edge.core.errors import ConfigError
+from water_edge.core.files import atomic_write
 
 
 def register(sub: Any) -> None:
@@ -31,7 +33,11 @@ def register(sub: Any) -> None:
     export.add_argument(
         "-c", "--config", default=DEFAULT_CONFIG, help=f"the agent's config (default {DEFAULT_CONFIG})"
     )
-    export.add_argument("--out", required=True, type=Path, help="the archive to write (.tar.gz)")
+    export.add_argument(
+        "--out",
+        required=True,
+        help="the archive to write (.tar.gz, mode 0600), or - for stdout (ssh gw ... > FILE)",
+    )
     export.set_defaults(func=run_export)
     restore = commands.add_parser("import", help="put an exported state under this config's state directory")
     restore.add_argument("archive", type=Path, help="an archive made by `edge-agent state export`")
@@ -61,12 +67,21 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"edge-agent state export: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        done = export_state(config.gateway.state_dir, config.gateway.site, config.gateway.id, args.out)
+        done = export_state(config.gateway.state_dir, config.gateway.site, config.gateway.id)
+        if args.out == "-":
+            sys.stdout.buffer.write(done.archive)
+            sys.stdout.buffer.flush()
+        else:
+            atomic_write(Path(args.out), done.archive, mode=0o600)  # calibrations name the site's assets
     except (StateTransferError, OSError) as exc:
         print(f"edge-agent state export: {_why(exc)}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"{done.path}: {done.files} files, {units.size(done.bytes)} of learnt state of gateway "
-          f"{config.gateway.id} (site {config.gateway.site})")  # fmt: skip
+    where = "stdout" if args.out == "-" else args.out
+    print(
+        f"{where}: {done.files} files, {units.size(done.bytes)} of learnt state of gateway "
+        f"{config.gateway.id} (site {config.gateway.site})",
+        file=sys.stderr if args.out == "-" else sys.stdout,
+    )
     return EXIT_OK
 
 
