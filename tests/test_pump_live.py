@@ -19,7 +19,13 @@ import pytest
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.plant import running_plant
-from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, demo_devices, write_agent_config
+from tests.support.testing import (
+    AGENT_GATEWAY,
+    AGENT_SITE,
+    FAST_CALIBRATING_PUMP,
+    demo_devices,
+    write_agent_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -43,22 +49,6 @@ severity = 1.0
 ramp = "5s"
 """
 
-PUMP = """
-[[models.pump]]
-name = "pump1"
-sample_interval_s = 0.05
-  [models.pump.signals]
-  flow = "pump1.flow"
-  motor_current = "pump1.motor_current"
-  speed = "pump1.speed"
-  discharge_pressure = "pump1.discharge_pressure"
-  vibration_x = "pump1.vibration_x"
-  vibration_y = "pump1.vibration_y"
-  [models.pump.calibration]
-  auto_hours = 0.0015            # 108 samples of 0.05 s
-  min_samples = 64
-"""
-
 
 def anomalies(messages: Sequence[Received]) -> list[dict[str, Any]]:
     return [
@@ -76,7 +66,9 @@ def test_a_failing_bearing_on_a_live_plc_reaches_the_broker_as_a_named_pump_anom
     started = time.monotonic()  # the plant's clock starts a little later
     with running_plant(seed=5, scenario=scenario) as plant:
         devices = demo_devices(plant.port, poll_interval_ms=50)
-        config = write_agent_config(tmp_path, broker_port=mosquitto.port, devices=devices, models=PUMP)
+        config = write_agent_config(
+            tmp_path, broker_port=mosquitto.port, devices=devices, models=FAST_CALIBRATING_PUMP
+        )
         with (
             Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/events") as sub,
             running_agent(config) as agent,

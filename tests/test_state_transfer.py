@@ -23,25 +23,9 @@ import pytest
 from tests.support.agent_proc import running_agent
 from tests.support.cli import edge_agent
 from tests.support.plant import running_plant
-from tests.support.testing import agent_config, demo_devices
+from tests.support.testing import FAST_CALIBRATING_PUMP, agent_config, demo_devices
 
 pytestmark = pytest.mark.slow
-
-PUMP = """
-[[models.pump]]
-name = "pump1"
-sample_interval_s = 0.05
-  [models.pump.signals]
-  flow = "pump1.flow"
-  motor_current = "pump1.motor_current"
-  speed = "pump1.speed"
-  discharge_pressure = "pump1.discharge_pressure"
-  vibration_x = "pump1.vibration_x"
-  vibration_y = "pump1.vibration_y"
-  [models.pump.calibration]
-  auto_hours = 0.0015            # 108 samples of 0.05 s
-  min_samples = 64
-"""
 
 
 def pump_health(status: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +44,9 @@ class OldGateway:
 
 def card_config(card: Path, devices: str, gateway: str = "gw-test") -> Path:
     config = card / "agent.toml"
-    text = agent_config(card / "state", status_socket=card / "status.sock", devices=devices, models=PUMP)
+    text = agent_config(
+        card / "state", status_socket=card / "status.sock", devices=devices, models=FAST_CALIBRATING_PUMP
+    )
     config.write_text(text.replace('id = "gw-test"', f'id = "{gateway}"', 1))
     return config
 
@@ -254,3 +240,14 @@ def test_a_link_planted_in_the_state_directory_is_not_followed(
     assert run.returncode == 1
     assert f"{card / 'state' / 'pump'} is a symbolic link: refused" in run.stderr
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_config_that_does_not_load_is_named_and_nothing_is_done(tmp_path: Path) -> None:
+    broken = tmp_path / "agent.toml"
+    broken.write_text('schema_version = 1\n[gateway]\nsite = "north"\n')
+    for args in (("export", "--out", str(tmp_path / "x.tgz")), ("import", str(tmp_path / "x.tgz"))):
+        run = edge_agent("state", *args, "-c", str(broken))
+        assert run.returncode == 2
+        said = f"edge-agent state {args[0]}: invalid configuration:\n  {broken}: gateway"
+        assert run.stderr.startswith(said), run.stderr
+    assert not (tmp_path / "x.tgz").exists()

@@ -52,19 +52,23 @@ def register(sub: Any) -> None:
     restore.set_defaults(func=run_import)
 
 
-def _config(path: str) -> Any:
+def _config(path: str, command: str) -> Any | None:
+    """The loaded config, or None once its problems are printed (one per line)."""
     from water_edge.agent.config import load_config
 
-    return load_config(path, closed_state="warning")
+    try:
+        return load_config(path, closed_state="warning")
+    except ConfigError as exc:
+        print(f"edge-agent state {command}: invalid configuration:", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return None
 
 
 def run_export(args: argparse.Namespace) -> int:
     from water_edge.agent.state_transfer import StateTransferError, export_state
 
-    try:
-        config = _config(args.config)
-    except ConfigError as exc:
-        print(f"edge-agent state export: {exc}", file=sys.stderr)
+    if (config := _config(args.config, "export")) is None:
         return EXIT_USAGE
     try:
         done = export_state(config.gateway.state_dir, config.gateway.site, config.gateway.id)
@@ -88,10 +92,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from water_edge.agent.state_transfer import StateTransferError, import_state
 
-    try:
-        config = _config(args.config)
-    except ConfigError as exc:
-        print(f"edge-agent state import: {exc}", file=sys.stderr)
+    if (config := _config(args.config, "import")) is None:
         return EXIT_USAGE
     if _agent_answers(config.status_socket):
         print(

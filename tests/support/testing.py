@@ -51,6 +51,25 @@ DEMO_CONFIG = ROOT / "deploy" / "demo.toml"
 AGENT_SITE = "test-site"
 AGENT_GATEWAY = "gw-test"
 # One `fake` device reading a level of 3.5 m ten times a second: an agent that runs without a plant.
+# Pump 1 of the demo plant (demo_devices), sampled every 0.05 s and calibrated on 108 samples:
+# armed about 6 s after the agent starts, for tests of what a calibrated pump does.
+FAST_CALIBRATING_PUMP = """
+[[models.pump]]
+name = "pump1"
+sample_interval_s = 0.05
+  [models.pump.signals]
+  flow = "pump1.flow"
+  motor_current = "pump1.motor_current"
+  speed = "pump1.speed"
+  discharge_pressure = "pump1.discharge_pressure"
+  vibration_x = "pump1.vibration_x"
+  vibration_y = "pump1.vibration_y"
+  [models.pump.calibration]
+  auto_hours = 0.0015            # 108 samples of 0.05 s
+  min_samples = 64
+"""
+
+
 FAKE_DEVICE = """
 [[devices]]
 name = "fake-plc"
