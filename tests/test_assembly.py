@@ -23,14 +23,13 @@ from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Publisher, Subscriber
 from tests.support.commands import command_results, operator_security, public_b64
 from tests.support.plant import Plant, running_plant
-from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, demo_devices, write_agent_config
+from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, STATUS_SCHEMA, demo_devices, write_agent_config
 from water_edge.core.envelope import sign
 
 pytestmark = pytest.mark.slow
 
 TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
 LEAK_MODEL = Path(__file__).resolve().parents[1] / "models" / "leak"
-STATUS_SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "status.schema.json").read_text())
 
 
 @pytest.fixture(scope="module")

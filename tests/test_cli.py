@@ -17,15 +17,13 @@ import jsonschema
 import pytest
 
 from tests.support.agent_proc import AgentProcess, running_agent
-from tests.support.testing import FAKE_DEVICE, write_agent_config
+from tests.support.testing import FAKE_DEVICE, STATUS_SCHEMA, write_agent_config
 from water_edge.agent.cli import _parser, format_reading, format_status
 from water_edge.agent.pipeline import FeedHealth
 from water_edge.agent.status_document import ProcessorStatus
 from water_edge.core.health import Health, health_json
 from water_edge.models.leak.processor import LeakHealth
 from water_edge.models.pump.health import PumpHealth, PumpStatus
-
-STATUS_SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "status.schema.json").read_text())
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

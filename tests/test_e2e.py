@@ -21,14 +21,13 @@ import pytest
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.plant import Plant, running_plant
-from tests.support.testing import demo_devices, free_port, outbox_last_seqs, write_agent_config
+from tests.support.testing import STATUS_SCHEMA, demo_devices, free_port, outbox_last_seqs, write_agent_config
 from water_edge.buffer.stats import read_stats
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "payload.schema.json").read_text())
-STATUS_SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
 TOPIC = "water/test-site/gw-test"
 # The demo's PLC polled 5x as often as the demo's 1 s: the polls the tests wait for come sooner.
 POLL_MS = 200

@@ -9,7 +9,6 @@ ext4 file system on a loop device (conftest's `card`), filled with a real file.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 from pathlib import Path
@@ -21,13 +20,12 @@ import pytest
 from tests.support.agent_proc import running_agent
 from tests.support.cli import edge_agent
 from tests.support.ext4_card import Card
-from tests.support.testing import agent_config
+from tests.support.testing import STATUS_SCHEMA, agent_config
 from water_edge.agent import host_health
 from water_edge.agent.host_health import HostWatch, sample
 from water_edge.agent.metrics_export import exposition_text
 from water_edge.buffer.codec import decode_events
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "status.schema.json").read_text())
 PLC: dict[str, Any] = {
     "name": "plc",
     "kind": "fake",
@@ -158,7 +156,7 @@ def test_an_agent_on_a_nearly_full_card_says_so_in_status_and_to_the_centre(card
         shown = edge_agent("status", "--socket", str(socket))
         assert agent.stop() == 0
         assert "Traceback" not in agent.log()
-    jsonschema.validate(snap, SCHEMA)
+    jsonschema.validate(snap, STATUS_SCHEMA)
     host = snap["host"]
     assert host["filesystem"] == str(state)
     assert 0 < host["free_bytes"] < 64 * 1024 * 1024

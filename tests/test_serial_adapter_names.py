@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import signal
@@ -27,7 +26,7 @@ import pytest
 from tests.support.cli import edge_agent_process
 from tests.support.configs import config_file
 from tests.support.mbus_sim import running_bus
-from tests.support.testing import eventually
+from tests.support.testing import STATUS_SCHEMA, eventually
 from water_edge.agent.cli import main
 from water_edge.agent.config import Config, load_config
 from water_edge.agent.runtime import run_agent
@@ -39,7 +38,6 @@ FTDI = "usb-FTDI_USB-RS485_Cable_FT4A2B3C-if00-port0"
 MBUS_MASTER = "usb-Relay_PW3_MBus_Master_M12345-if00-port0"
 SOCKET_1 = "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.1:1.0-port0"
 SOCKET_2 = "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.2:1.0-port0"
-STATUS_SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "status.schema.json").read_text())
 
 
 @dataclass

@@ -15,9 +15,8 @@ import orjson
 
 from tests.support.agent_proc import running_agent
 from tests.support.cli import edge_agent
-from tests.support.testing import agent_config
+from tests.support.testing import STATUS_SCHEMA, agent_config
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "status.schema.json").read_text())
 PLC: dict[str, Any] = {
     "name": "plc",
     "kind": "fake",
@@ -47,7 +46,7 @@ def _status(card: Path) -> tuple[list[str], dict[str, Any]]:
     assert text.returncode in (0, 1), text.stderr
     as_json = edge_agent("status", "--json", "--socket", socket)
     snap: dict[str, Any] = orjson.loads(as_json.stdout)
-    jsonschema.validate(snap, SCHEMA)
+    jsonschema.validate(snap, STATUS_SCHEMA)
     return text.stdout.splitlines(), snap
 
 

@@ -4,7 +4,6 @@ docs/status.schema.json describes every field of every part (so none goes undocu
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from enum import Enum
@@ -15,6 +14,7 @@ import jsonschema
 import orjson
 import pytest
 
+from tests.support.testing import STATUS_SCHEMA
 from water_edge.agent import processors as processor_kinds
 from water_edge.agent.cli import format_status
 from water_edge.agent.pipeline import FeedHealth, PipelineHealth
@@ -42,7 +42,6 @@ from water_edge.models.pump.health import PumpHealth, PumpStatus
 from water_edge.models.pump.processor import PumpProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
 T0 = 1_764_059_400_000_000_000
 
 # The processors that ship, by kind; a new kind must add its processor here (and its health to the schema).
@@ -373,7 +372,7 @@ def test_a_status_before_the_first_buffer_measurement_prints_no_buffer_line() ->
     received = as_received(document)
     assert received["buffer"] == {}
     assert received["alarms"] == []
-    jsonschema.validate(received, SCHEMA)
+    jsonschema.validate(received, STATUS_SCHEMA)
     lines = format_status(received).splitlines()
     assert not any(line.startswith(("buffer", "ALARM", "model")) for line in lines)
     assert lines[6] == "drivers"
@@ -387,14 +386,14 @@ def test_multi_line_sections_line_up_under_their_label() -> None:
 
 
 def test_the_realistic_document_matches_the_schema() -> None:
-    jsonschema.validate(as_received(realistic_document()), SCHEMA)
+    jsonschema.validate(as_received(realistic_document()), STATUS_SCHEMA)
 
 
 def test_the_schema_rejects_an_undocumented_field() -> None:
     received = as_received(realistic_document())
     received["drivers"][0]["driver"]["new_counter"] = 1
     with pytest.raises(jsonschema.ValidationError, match="new_counter"):
-        jsonschema.validate(received, SCHEMA)
+        jsonschema.validate(received, STATUS_SCHEMA)
 
 
 # -- the schema documents every field of every part --------------------------------------------------
@@ -462,7 +461,7 @@ EXTRA_KEYS = {
 
 
 def test_the_schema_lists_every_field_of_every_part() -> None:
-    defs = SCHEMA["$defs"]
+    defs = STATUS_SCHEMA["$defs"]
     parts = documented_parts()
     assert {"AudioHealth", "MbusHealth", "FakeHealth", "PumpHealth", "CalibrationInfo"} <= set(parts)
     for name, cls in parts.items():
@@ -498,7 +497,7 @@ def _choices(hint: Any) -> set[Any] | None:
 
 
 def test_the_schema_maps_every_installed_driver_kind_and_processor_to_its_health() -> None:
-    defs = SCHEMA["$defs"]
+    defs = STATUS_SCHEMA["$defs"]
     by_kind = {
         rule["if"]["properties"]["kind"]["const"]: rule["then"]["properties"]["driver"]["$ref"]
         for rule in defs["RunnerStatus"]["allOf"]

@@ -26,7 +26,14 @@ from tests.support.broker import Mosquitto
 from tests.support.cli import edge_agent
 from tests.support.plant import running_plant
 from tests.support.sparkplug import PrimaryHost
-from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, FAKE_DEVICE, free_port, write_agent_config
+from tests.support.testing import (
+    AGENT_GATEWAY,
+    AGENT_SITE,
+    FAKE_DEVICE,
+    STATUS_SCHEMA,
+    free_port,
+    write_agent_config,
+)
 from tests.test_status_document import as_received, realistic_document
 from water_edge.agent.cli import format_status
 from water_edge.agent.clock_sync import ClockHealth
@@ -37,14 +44,13 @@ from water_edge.agent.uplink.sparkplug.health import SparkplugHealth
 from water_edge.agent.uplink.state import ConnState
 from water_edge.sim.tcp_gateway import TcpGateway
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "status.schema.json").read_text())
 EXIT_OK, EXIT_DEGRADED, EXIT_NOT_RUNNING = 0, 1, 2
 
 
 def status_json(config: Path) -> tuple[int, dict[str, Any]]:
     result = edge_agent("status", "-c", str(config), "--json")
     doc: dict[str, Any] = json.loads(result.stdout)
-    jsonschema.validate(doc, SCHEMA)  # every answer, whatever its verdict
+    jsonschema.validate(doc, STATUS_SCHEMA)  # every answer, whatever its verdict
     return result.returncode, doc
 
 
@@ -389,7 +395,7 @@ def sparkplug_document(
 
 def verdict(doc: StatusDocument) -> dict[str, Any]:
     received = as_received(doc)
-    jsonschema.validate(received, SCHEMA)
+    jsonschema.validate(received, STATUS_SCHEMA)
     result: dict[str, Any] = received["verdict"]
     return result
 
@@ -462,14 +468,14 @@ def test_the_answer_without_an_agent_matches_the_schema(tmp_path: Path) -> None:
     result = edge_agent("status", "--socket", str(tmp_path / "none.sock"), "--json")
     assert result.returncode == EXIT_NOT_RUNNING
     doc = json.loads(result.stdout)
-    jsonschema.validate(doc, SCHEMA)
+    jsonschema.validate(doc, STATUS_SCHEMA)
     assert doc["verdict"]["state"] == "down"
     assert doc["verdict"]["problems"] == [doc["error"]]
 
 
 def test_the_schema_keeps_the_two_documents_apart() -> None:
     down = {"error": "no agent answers", "verdict": {"state": "down", "problems": ["no agent answers"]}}
-    jsonschema.validate(down, SCHEMA)
+    jsonschema.validate(down, STATUS_SCHEMA)
     agent = as_received(realistic_document())
     for wrong in (
         down | {"extra": 1},  # the down document is closed too
@@ -478,4 +484,4 @@ def test_the_schema_keeps_the_two_documents_apart() -> None:
         agent | {"error": "x"},
     ):
         with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate(wrong, SCHEMA)
+            jsonschema.validate(wrong, STATUS_SCHEMA)

@@ -46,6 +46,8 @@ T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "deploy" / "demo.toml"
+# What `edge-agent status --json` promises (docs/status.md): every status a test takes is held to it.
+STATUS_SCHEMA = json.loads((ROOT / "docs" / "status.schema.json").read_text())
 
 # What `write_agent_config` names the gateway: agent tests read `water/test-site/gw-test/...`.
 AGENT_SITE = "test-site"
