@@ -492,9 +492,12 @@ async def _feed(readings: list[Reading]) -> AsyncIterator[tuple[str, list[Readin
     yield ("plc", readings)
 
 
+@pytest.mark.parametrize(("timezone", "utc_offset_h"), [("UTC", 0), ("Europe/Rome", 1)])
 async def test_the_processor_raises_a_burst_with_its_size_and_pressure_drop_across_a_restart(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, timezone: str, utc_offset_h: int
 ) -> None:
+    """The district's own time zone names the slots; the event carries UTC beside it (Rome in
+    January: an hour ahead), so a centre that files events by UTC needs no calendar of its own."""
     monkeypatch.setenv("TZ", "UTC")
     start = datetime(2024, 1, 29, 10, 0)
     burst = DistrictLeak(start, 0.5 * MEAN, end=start + timedelta(days=1))
@@ -503,7 +506,7 @@ async def test_the_processor_raises_a_burst_with_its_size_and_pressure_drop_acro
     split = next(i for i, r in enumerate(readings) if r.ts_ns >= int(datetime(2024, 1, 25).timestamp() * 1e9))
     section = FlowLeakSection(
         name="dma-east", inflow=["inflow_a", "inflow_b"], outflow=["outflow"], pressure="pressure",
-        timezone="UTC", sample_s=900, stale_after_s=1800, burst=BurstSection(enabled=True),
+        timezone=timezone, sample_s=900, stale_after_s=1800, burst=BurstSection(enabled=True),
     )  # fmt: skip
     events: list[Event] = []
 
@@ -521,7 +524,10 @@ async def test_the_processor_raises_a_burst_with_its_size_and_pressure_drop_acro
     bursts = [e for e in events if e.kind == "burst"]
     assert len(bursts) == 1, [(e.kind, e.detail) for e in bursts]
     detail = bursts[0].detail
-    assert detail["onset_local"] <= "2024-01-29T11:00"
+    assert detail["onset_utc"] <= "2024-01-29T11:00Z"
+    for when in ("onset", "slot"):
+        local, utc = datetime.fromisoformat(detail[f"{when}_local"]), detail[f"{when}_utc"]
+        assert local - timedelta(hours=utc_offset_h) == datetime.fromisoformat(utc.removesuffix("Z"))
     assert detail["added_m3h"] == pytest.approx(0.5 * MEAN, rel=0.35)
     assert detail["pressure_drop"] > 0  # more flow through the inlet, more head loss
     # ... a drop from the pressure the profile expects, not a sum with it

@@ -22,7 +22,7 @@ import statistics
 from collections import deque
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -386,7 +386,9 @@ class FlowLeakProcessor:
         detail: dict[str, Any] = {
             "district": d.cfg.name,
             "onset_local": onset,
+            "onset_utc": None if row.onset is None else _utc(row.onset, d.window.tz),
             "slot_local": row.start.isoformat(timespec="minutes"),
+            "slot_utc": _utc(row.start, d.window.tz),
             "added_m3h": None if row.size is None else round(row.size, 3),
             "flow_m3h": None if row.flow is None else round(row.flow, 3),
             "expected_m3h": None if row.expected is None else round(row.expected, 3),
@@ -517,3 +519,9 @@ class FlowLeakProcessor:
                 for d in self.districts
             }
         )
+
+
+def _utc(local: datetime, tz: tzinfo) -> str:
+    """A district's local wall time as UTC (`2026-10-25T00:30Z`), for a centre that files events
+    by UTC: the local hour repeated when clocks go back reads as its first occurrence."""
+    return local.replace(tzinfo=tz).astimezone(UTC).isoformat(timespec="minutes").replace("+00:00", "Z")
