@@ -262,6 +262,14 @@ def test_check_config_names_what_cannot_be_used(tmp_path: Path, capsys: pytest.C
     assert "status.metrics_auth: the scraper's password crosses the network in clear" in out
     config.write_text(config.read_text().replace("0.0.0.0:9464", "127.0.0.1:9464"), encoding="utf-8")
     assert "in clear" not in _check_config(config, capsys)[1]
+    # Neither TLS nor a password, on the LAN: a warning; on loopback, or with TLS: none.
+    config.write_text(base.replace("[status]\n", '[status]\nmetrics = "0.0.0.0:9464"\n', 1), encoding="utf-8")
+    code, out = _check_config(config, capsys)
+    assert code == 0
+    assert "status.metrics: 0.0.0.0:9464 serves the gateway's devices, site and broker in plain HTTP" in out
+    assert "plain HTTP" not in check("0.0.0.0:9464", client_ca=False, auth=False)[1]
+    config.write_text(base.replace("[status]\n", '[status]\nmetrics = "[::1]:9464"\n', 1), encoding="utf-8")
+    assert "plain HTTP" not in _check_config(config, capsys)[1]
     # Settings for an endpoint that is off.
     config.write_text(base + f'\n[status.metrics_tls]\ncert_file = "{s.cert}"\nkey_file = "{s.key}"\n')
     code, out = _check_config(config, capsys)

@@ -869,12 +869,17 @@ def _check_names(
 
 
 def _metrics_auth_warnings(source: Path, status: StatusSection) -> list[str]:
-    """A metrics password sent in clear over the network: basic authentication without TLS."""
+    """A metrics endpoint open to the network: without TLS nor a password anyone who reaches it
+    reads the site's devices and state; with a password but no TLS, the password crosses in clear."""
     address = status.metrics_address()
-    if status.metrics_auth is None or status.metrics_tls is not None or address is None:
+    if address is None or status.metrics_tls is not None or is_loopback(address[0]):
         return []
-    if is_loopback(address[0]):
-        return []
+    if status.metrics_auth is None:
+        return [
+            f"{source}: status.metrics: {status.metrics} serves the gateway's devices, site and broker "
+            "in plain HTTP to every host that reaches it: add [status.metrics_tls] (with client_ca_file) "
+            "or [status.metrics_auth], let a firewall decide who reaches it, or listen on 127.0.0.1 only"
+        ]
     return [
         f"{source}: status.metrics_auth: the scraper's password crosses the network in clear (base64 "
         f"is no protection) to {status.metrics}: add [status.metrics_tls] (HTTPS), or listen on "
