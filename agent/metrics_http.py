@@ -46,6 +46,7 @@ _REASONS: Final = {
     200: "OK",
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
@@ -178,6 +179,21 @@ class MetricsServer(BoundedServer):
             return False
         return True
 
+    def _access_refused(
+        self, writer: asyncio.StreamWriter, headers: Mapping[str, str]
+    ) -> tuple[int, str, str] | None:
+        """(status, message, extra header lines) for a client not let in: a certificate the CA
+        issued to a name `client_names` leaves out (403), or no right user and password (401)."""
+        names = () if self._tls_files is None else self._tls_files.client_names
+        if names and (name := _common_name(writer.get_extra_info("peercert"))) not in names:
+            log.warning("status.metrics_client_refused", peer=_peer(writer), client=name)
+            return 403, f"{PATH} is not served to a certificate issued to {name or 'no common name'}", ""
+        if self._auth is not None and (why := self._auth.refusal(headers.get("authorization"))):
+            log.warning("status.metrics_unauthorised", peer=_peer(writer), reason=why)
+            challenge = f'WWW-Authenticate: Basic realm="{REALM}", charset="UTF-8"\r\n'
+            return 401, f"{PATH} needs a user name and password", challenge
+        return None
+
     async def keep_trying(self) -> None:
         """Until the address is bound (a port taken at start, freed later)."""
         while self._server is None and not self._closing:
@@ -211,10 +227,9 @@ class MetricsServer(BoundedServer):
         if head is None:
             return  # connected and left without asking (a port check)
         method, target, headers = head
-        if self._auth is not None and (why := self._auth.refusal(headers.get("authorization"))):
-            log.warning("status.metrics_unauthorised", peer=_peer(writer), reason=why)
-            challenge = f'WWW-Authenticate: Basic realm="{REALM}", charset="UTF-8"\r\n'
-            await self._refuse(reader, writer, 401, f"{PATH} needs a user name and password", extra=challenge)
+        if (refused := self._access_refused(writer, headers)) is not None:
+            code, message, extra = refused
+            await self._refuse(reader, writer, code, message, extra=extra)
             return
         if target.split("?", 1)[0] != PATH:
             await self._refuse(reader, writer, 404, f"not found; the metrics are at {PATH}")
@@ -239,6 +254,15 @@ class MetricsServer(BoundedServer):
         self.rejected += 1
         await self._send(writer, _response(code, message.encode() + b"\n", extra=extra))
         await _finish(reader, writer)
+
+
+def _common_name(peercert: Any) -> str | None:
+    """The subject's common name in `ssl`'s decoded form of a peer certificate."""
+    for rdn in peercert.get("subject", ()) if isinstance(peercert, dict) else ():
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

@@ -68,11 +68,15 @@ def make_scrapers(root: Path) -> Scrapers:
     return scrapers
 
 
-def secured(config: Path, address: str, s: Scrapers, *, client_ca: bool = True, auth: bool = True) -> Path:
+def secured(
+    config: Path, address: str, s: Scrapers, *, client_ca: bool = True, auth: bool = True, names: str = ""
+) -> Path:
     text = config.read_text(encoding="utf-8").replace("[status]\n", f'[status]\nmetrics = "{address}"\n', 1)
     text += f'\n[status.metrics_tls]\ncert_file = "{s.cert}"\nkey_file = "{s.key}"\n'
     if client_ca:
         text += f'client_ca_file = "{s.ca_file}"\n'
+    if names:
+        text += f"client_names = {names}\n"
     if auth:
         text += (
             f'\n[status.metrics_auth]\nusername = "prometheus"\npassword = {{ file = "{s.password_file}" }}\n'
@@ -81,10 +85,12 @@ def secured(config: Path, address: str, s: Scrapers, *, client_ca: bool = True, 
     return config
 
 
-def tls_client(s: Scrapers, *, certificate: bool = True) -> ssl.SSLContext:
+def tls_client(
+    s: Scrapers, *, certificate: bool = True, cert: tuple[Path, Path] | None = None
+) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=s.ca_file)
     if certificate:
-        context.load_cert_chain(s.client_cert, s.client_key)
+        context.load_cert_chain(*(cert or (s.client_cert, s.client_key)))
     return context
 
 
@@ -193,6 +199,24 @@ def test_a_rotated_password_and_a_renewed_certificate_are_used_without_a_restart
         assert scrape(port, tls_client(s), password="rotated")[0] == 200
     finally:
         s.password_file.write_text(PASSWORD + "\n")
+
+
+def test_client_names_keep_out_certificates_the_ca_gave_to_others(tmp_path: Path) -> None:
+    """The scrapers' CA is often the gateways' own: a gateway's certificate (or a stolen one) must
+    not read the metrics when only `prometheus` may."""
+    s = make_scrapers(tmp_path)
+    gateway_cert, gateway_key = tmp_path / "gw-07.pem", tmp_path / "gw-07.key"
+    gateway_cert.write_bytes(s.ca.issue_client("gw-07", gateway_key))
+    port = free_port()
+    config = write_agent_config(tmp_path, devices=FAKE_DEVICE)
+    secured(config, f"127.0.0.1:{port}", s, auth=False, names='["prometheus"]')
+    with running_agent(config) as agent:
+        wait_until(lambda: _answers(port, s), 30, "the HTTPS metrics endpoint to answer")
+        status, _, body, _ = scrape(port, tls_client(s, cert=(gateway_cert, gateway_key)), None)
+        assert status == 403
+        assert body == b"/metrics is not served to a certificate issued to gw-07\n"
+        assert "status.metrics_client_refused" in agent.log()
+        assert agent.stop() == 0
 
 
 def test_tls_files_put_in_place_after_the_start_are_taken_up(tmp_path: Path) -> None:

@@ -88,6 +88,15 @@ class MetricsTls(_Section):
     key_file: Path  # its private key (PEM, no passphrase), readable by the agent's user only
     # Scrapers must present a certificate issued by this CA (mutual TLS); None: any client.
     client_ca_file: Path | None = None
+    # With client_ca_file: the common names a scraper's certificate may have (the CA may issue
+    # others: the gateways' own, when it is the gateways' CA); empty: any the CA issued.
+    client_names: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _names_need_a_ca(self) -> Self:
+        if self.client_names and self.client_ca_file is None:
+            raise ValueError("client_names needs client_ca_file: without it no client shows a certificate")
+        return self
 
 
 class MetricsAuth(_Section):
