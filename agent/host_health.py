@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import structlog
 
+from water_edge.agent.storage_wear import StorageWear, storage_wear
 from water_edge.core import units
 from water_edge.core.reading import Event, now_ns
 
@@ -65,6 +66,10 @@ HEAT_ADVICE: Final = (
     "the CPU slows down to cool: shade or ventilate the cabinet, fit a heatsink or a fan; inference "
     "falls behind while it lasts"
 )
+WEAR_ADVICE: Final = (
+    "the eMMC holding the state directory is near the end of its rated life: export the learnt "
+    "state (edge-agent state export) and plan the board's replacement before it fails"
+)
 DISK_ADVICE: Final = (
     "free space on the card (journalctl --vacuum-size=100M, apt clean, old captures); the outbox "
     "cannot grow past what is left and the agent stops when it cannot write"
@@ -83,6 +88,10 @@ class HostHealth:
     filesystem: str  # the state directory, whose file system is measured
     free_bytes: int | None  # None: statvfs failed
     size_bytes: int | None
+    # The eMMC's own wear estimate (agent.storage_wear); None: a disk that reports none (SD cards)
+    storage_device: str | None = None
+    storage_wear_pct: int | None = None
+    storage_pre_eol: str | None = None
 
     @property
     def hot(self) -> bool:
@@ -93,6 +102,22 @@ class HostHealth:
         if self.free_bytes is None or not self.size_bytes:
             return False
         return self.free_bytes < LOW_FREE_BYTES or self.free_bytes < LOW_FREE_FRACTION * self.size_bytes
+
+    @property
+    def storage_worn(self) -> bool:
+        wear = StorageWear(self.storage_device or "", self.storage_wear_pct, self.storage_pre_eol)
+        return self.storage_device is not None and wear.worn
+
+    def _wear_text(self) -> str:
+        used = "" if self.storage_wear_pct is None else f"{min(self.storage_wear_pct, 100)} % worn"
+        if self.storage_wear_pct is not None and self.storage_wear_pct > 100:
+            used = "worn past its rating"
+        eol = (
+            ""
+            if self.storage_pre_eol in (None, "normal")
+            else f"reserve blocks {self.storage_pre_eol.upper()}"
+        )
+        return ", ".join(p for p in (used, eol) if p) or "wear normal"
 
     def status_lines(self) -> list[str]:
         parts = []
@@ -110,6 +135,8 @@ class HostHealth:
         if self.free_bytes is not None and self.size_bytes:
             free = f"{units.size(self.free_bytes)} free of {units.size(self.size_bytes)}"
             parts.append(f"card {free}{'  LOW' if self.disk_low else ''}")
+        if self.storage_device is not None:
+            parts.append(f"{self.storage_device} {self._wear_text()}")
         return [f"host     {'  '.join(parts)}"] if parts else []
 
     def problems(self) -> list[str]:
@@ -122,6 +149,8 @@ class HostHealth:
             found.append(
                 f"the board is hot{heat}{' and throttled' if self.throttled_now else ''}: {HEAT_ADVICE}"
             )
+        if self.storage_worn:
+            found.append(f"{self.storage_device} {self._wear_text()}: {WEAR_ADVICE}")
         if self.disk_low and self.free_bytes is not None:
             found.append(
                 f"the card holding {self.filesystem} has {units.size(self.free_bytes)} free: {DISK_ADVICE}"
@@ -190,6 +219,7 @@ def sample(root: Path, state_dir: Path) -> HostHealth:
         free, size = fs.f_bavail * fs.f_frsize, fs.f_blocks * fs.f_frsize
     except OSError:
         free = size = None
+    wear = storage_wear(root, state_dir)
     return HostHealth(
         undervoltage_now=bit(UNDERVOLTAGE_NOW),
         undervoltage_since_boot=bit(UNDERVOLTAGE_SINCE_BOOT),
@@ -199,6 +229,9 @@ def sample(root: Path, state_dir: Path) -> HostHealth:
         filesystem=str(state_dir),
         free_bytes=free,
         size_bytes=size,
+        storage_device=None if wear is None else wear.device,
+        storage_wear_pct=None if wear is None else wear.wear_pct,
+        storage_pre_eol=None if wear is None else wear.pre_eol,
     )
 
 
@@ -220,6 +253,7 @@ class HostWatch:
         self._undervoltage_said = False
         self._hot = False
         self._disk_low = False
+        self._worn_said = False
 
     def health(self) -> HostHealth | None:
         return self.latest
@@ -265,6 +299,14 @@ class HostWatch:
         elif self._hot and not now.throttled_now and cooled:
             self._hot = False
             events.append(self._event("host_overheating_cleared", "info", temperature_c=now.temperature_c))
+        if now.storage_worn and not self._worn_said:
+            self._worn_said = True
+            wear = {
+                "device": now.storage_device,
+                "wear_pct": now.storage_wear_pct,
+                "pre_eol": now.storage_pre_eol,
+            }
+            events.append(self._event("host_storage_worn", "warning", **wear, what_to_do=WEAR_ADVICE))
         if now.disk_low != self._disk_low:
             self._disk_low = now.disk_low
             space = {"filesystem": now.filesystem, "free_bytes": now.free_bytes, "size_bytes": now.size_bytes}

@@ -315,6 +315,12 @@ HOST_FIELDS: Final[tuple[Field, ...]] = (
     ("throttled_now", "throttled", "flag", "1 while the CPU is slowed or capped (heat or power)"),
     ("free_bytes", "filesystem_free_bytes", "gauge", "Free space on the file system of the state directory"),
     ("size_bytes", "filesystem_size_bytes", "gauge", "Size of the file system of the state directory"),
+    (
+        "storage_wear_pct",
+        "storage_wear_ratio",
+        "pct",
+        "The eMMC's own estimate of its rated life used (1.1: past it); none for SD cards",
+    ),
 )
 
 WATCHDOG_FIELDS: Final[tuple[Field, ...]] = (

@@ -110,6 +110,68 @@ def test_what_a_machine_does_not_have_is_left_out(tmp_path: Path) -> None:
     assert (odd.undervoltage_now, odd.temperature_c) == (None, None)
 
 
+def emmc(root: Path, state_dir: Path, life_time: str, pre_eol: str) -> None:
+    """A CM4's eMMC under `state_dir`: /sys/dev/block/MAJ:MIN of the state directory's own file
+    system leads to a partition of mmcblk0, whose device reports its wear."""
+    dev = os.stat(state_dir).st_dev
+    disk = root / "sys/devices/platform/emmc2bus/fe340000.mmc/mmc_host/mmc0/mmc0:0001/block/mmcblk0"
+    (disk / "mmcblk0p2").mkdir(parents=True, exist_ok=True)
+    (disk / "mmcblk0p2/partition").write_text("2\n")
+    (disk / "device").mkdir(exist_ok=True)
+    (disk / "device/life_time").write_text(f"{life_time}\n")
+    (disk / "device/pre_eol_info").write_text(f"{pre_eol}\n")
+    links = root / "sys/dev/block"
+    links.mkdir(parents=True, exist_ok=True)
+    link = links / f"{os.major(dev)}:{os.minor(dev)}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(disk / "mmcblk0p2")
+
+
+async def test_an_emmc_near_the_end_of_its_life_is_said_once_with_what_to_do(tmp_path: Path) -> None:
+    root = pi_sysfs(tmp_path / "cm4")
+    state = tmp_path / "state"
+    state.mkdir()
+    emmc(root, state, "0x02 0x03", "0x01")
+    watch = HostWatch(state, root=root)
+    assert await watch.check() == []
+    health = watch.health()
+    assert health is not None
+    assert (health.storage_device, health.storage_wear_pct, health.storage_pre_eol) == (
+        "mmcblk0",
+        30,
+        "normal",
+    )
+    assert health.status_lines()[0].endswith("mmcblk0 30 % worn")
+    assert health.problems() == []
+    emmc(root, state, "0x02 0x0a", "0x02")  # the MLC area at 90-100 %, reserve blocks at 80 %
+    (worn,) = await watch.check()
+    assert worn.kind == "host_storage_worn"
+    assert (worn.detail["device"], worn.detail["wear_pct"], worn.detail["pre_eol"]) == (
+        "mmcblk0",
+        100,
+        "warning",
+    )
+    health = watch.health()
+    assert health is not None
+    (problem,) = health.problems()
+    assert problem.startswith("mmcblk0 100 % worn, reserve blocks WARNING: ")
+    assert "edge-agent state export" in problem
+    assert await watch.check() == [], "said once"
+    emmc(root, state, "0x0b 0x0b", "0x03")
+    health = sample(root, state)
+    assert health.status_lines()[0].endswith("mmcblk0 worn past its rating, reserve blocks URGENT")
+
+
+def test_a_disk_that_reports_no_wear_is_left_out(tmp_path: Path) -> None:
+    """An SD card (no life_time), or a disk with no sysfs entry at all."""
+    root = pi_sysfs(tmp_path / "pi")
+    state = tmp_path / "state"
+    state.mkdir()
+    assert sample(root, state).storage_device is None
+    emmc(root, state, "garbage", "0x00")
+    assert sample(root, state).storage_device is None
+
+
 def test_this_machine_is_sampled_without_error(tmp_path: Path) -> None:
     health = sample(Path("/"), tmp_path)
     assert health.size_bytes is not None
@@ -182,6 +244,8 @@ def test_an_agent_on_a_nearly_full_card_says_so_in_status_and_to_the_centre(card
     expected = {
         f"edge_agent_host_{names[k]}": float(v) for k, v in host.items() if k in names and v is not None
     }
+    if host["storage_wear_pct"] is not None:  # an eMMC that reports its wear (none here)
+        expected["edge_agent_host_storage_wear_ratio"] = host["storage_wear_pct"] / 100
     assert exposed == expected, "what the machine cannot tell is left out"
     with contextlib.closing(sqlite3.connect(f"file:{state / 'outbox.sqlite'}?mode=ro", uri=True)) as db:
         bodies = db.execute("SELECT body FROM outbox WHERE stream = 'events'").fetchall()
