@@ -152,11 +152,11 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
-def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+def _read_archive(path: Path, content: bytes | None) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The manifest and the files of an archive, every file checked against the manifest."""
     not_ours = f"{path}: not an archive made by `edge-agent state export`"
     try:
-        manifest, files = _members(path)
+        manifest, files = _members(path, content)
     except (OSError, tarfile.TarError, EOFError, ValueError) as exc:
         raise StateTransferError(f"{not_ours} (or damaged: {exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -171,10 +171,11 @@ def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     return manifest, files
 
 
-def _members(path: Path) -> tuple[Any, dict[str, bytes]]:
+def _members(path: Path, content: bytes | None) -> tuple[Any, dict[str, bytes]]:
     files: dict[str, bytes] = {}
     manifest: Any = None
-    with tarfile.open(path, mode="r:gz") as archive:
+    stream = None if content is None else io.BytesIO(content)
+    with tarfile.open(path if stream is None else None, mode="r:gz", fileobj=stream) as archive:
         for member in archive:
             if not member.isfile():
                 raise StateTransferError(f"{path}: {member.name!r} is not a plain file: refused")
@@ -200,10 +201,19 @@ def _safe_name(archive: Path, member: str) -> str:
     return relative.as_posix()
 
 
-def import_state(archive: Path, state_dir: Path, site: str, gateway: str, *, force: bool = False) -> Imported:
-    """Put the learnt state of `archive` under `state_dir`: every file checked first, then each
+def import_state(
+    archive: Path,
+    state_dir: Path,
+    site: str,
+    gateway: str,
+    *,
+    force: bool = False,
+    content: bytes | None = None,
+) -> Imported:
+    """Put the learnt state of `archive` (or of `content`, the archive's bytes read from stdin, named
+    `archive` in messages) under `state_dir`: every file checked first, then each
     written atomically, owned like the state directory (the agent's user) and private to it."""
-    manifest, files = _read_archive(archive)
+    manifest, files = _read_archive(archive, content)
     theirs = (str(manifest.get("site")), str(manifest.get("gateway")))
     if theirs != (site, gateway) and not force:
         raise StateTransferError(

@@ -251,3 +251,31 @@ def test_a_config_that_does_not_load_is_named_and_nothing_is_done(tmp_path: Path
         said = f"edge-agent state {args[0]}: invalid configuration:\n  {broken}: gateway"
         assert run.stderr.startswith(said), run.stderr
     assert not (tmp_path / "x.tgz").exists()
+
+
+def test_an_archive_on_stdin_is_imported_as_the_agents_user_can_read_it(
+    old_gateway: OldGateway, tmp_path: Path
+) -> None:
+    """`sudo -u edge-agent edge-agent state import - < FILE`: the technician's copy (0600, theirs)
+    is read by their shell, and the agent's user writes its own files."""
+    card = tmp_path / "card"
+    card.mkdir()
+    config = card_config(card, old_gateway.devices)
+    run = subprocess.run(
+        [sys.executable, "-m", "water_edge.agent.cli", "state", "import", "-", "-c", str(config)],
+        input=old_gateway.archive.read_bytes(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (card / "state" / "pump" / "pump1").is_dir()
+    cut = subprocess.run(
+        [sys.executable, "-m", "water_edge.agent.cli", "state", "import", "-", "-c", str(config)],
+        input=old_gateway.archive.read_bytes()[:300],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert cut.returncode == 1
+    assert b"stdin: not an archive made by `edge-agent state export`" in cut.stderr

@@ -3,6 +3,7 @@
     edge-agent state export -c /etc/edge-agent/config.toml --out gw-03-state.tar.gz
     ssh gw-03 sudo -u edge-agent edge-agent state export --out - > gw-03-state.tar.gz
     edge-agent state import gw-03-state.tar.gz -c /etc/edge-agent/config.toml [--force]
+    sudo -u edge-agent edge-agent state import - < gw-03-state.tar.gz   # as the agent's user
 
 `export` may run beside the agent. `import` needs the agent stopped (it would overwrite what the
 agent holds open): run it on the new card before the agent's first start, as the agent's user or
@@ -40,7 +41,9 @@ def register(sub: Any) -> None:
     )
     export.set_defaults(func=run_export)
     restore = commands.add_parser("import", help="put an exported state under this config's state directory")
-    restore.add_argument("archive", type=Path, help="an archive made by `edge-agent state export`")
+    restore.add_argument(
+        "archive", type=Path, help="an archive made by `edge-agent state export`, or - for stdin"
+    )
     restore.add_argument(
         "-c", "--config", default=DEFAULT_CONFIG, help=f"the agent's config (default {DEFAULT_CONFIG})"
     )
@@ -102,8 +105,14 @@ def run_import(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     try:
+        stdin = args.archive == Path("-")
         done = import_state(
-            args.archive, config.gateway.state_dir, config.gateway.site, config.gateway.id, force=args.force
+            Path("stdin") if stdin else args.archive,
+            config.gateway.state_dir,
+            config.gateway.site,
+            config.gateway.id,
+            force=args.force,
+            content=sys.stdin.buffer.read() if stdin else None,
         )
     except (StateTransferError, OSError) as exc:
         print(f"edge-agent state import: {_why(exc)}", file=sys.stderr)
