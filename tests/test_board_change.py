@@ -12,10 +12,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.support.agent_proc import running_agent
+from tests.support.boards import board_id_file, card_config
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.cli import edge_agent
 from tests.support.ext4_card import Card
-from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, agent_config
+from tests.support.testing import AGENT_GATEWAY, AGENT_SITE
 from water_edge.agent.board_change import BOARD_FILE, Board, check_board, this_board
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.buffer.outbox import Outbox
@@ -24,28 +25,6 @@ from water_edge.core.reading import Reading
 from water_edge.provisioning.identity import hardware_serial
 
 TOPIC = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
-PLC: dict[str, Any] = {
-    "name": "plc",
-    "kind": "fake",
-    "poll_interval_ms": 100,
-    "tags": [{"name": "flow", "offset": 50.0, "amplitude": 5.0, "period_s": 7.0}],
-}
-
-
-def _config(card: Path, board: Path, broker_port: int | None) -> Path:
-    """An agent whose state is `card/state`, on the board whose ID `board` holds."""
-    text = agent_config(
-        card / "state", broker_port=broker_port, status_socket=card / "status.sock", devices=[PLC]
-    )
-    config = card / "agent.toml"
-    config.write_text(text.replace("[gateway]\n", f'[gateway]\nboard_id_file = "{board}"\n', 1))
-    return config
-
-
-def _board(tmp_path: Path, name: str) -> Path:
-    path = tmp_path / f"{name}.id"
-    path.write_text(f"{name}\n")
-    return path
 
 
 def _plc(messages: list[Received]) -> list[dict[str, Any]]:
@@ -65,18 +44,18 @@ def test_a_copy_of_a_gateways_card_on_another_board_sends_under_its_own_epoch_an
 ) -> None:
     """Before: the copy numbered its rows as the original did, under the original's epoch, and the
     centre kept one gateway's readings and refused the other's as conflicts (docs/fleet.md)."""
-    board_a, board_b = _board(tmp_path, "BOARD-A"), _board(tmp_path, "BOARD-B")
+    board_a, board_b = board_id_file(tmp_path, "BOARD-A"), board_id_file(tmp_path, "BOARD-B")
     original, copy = tmp_path / "original", tmp_path / "copy"
     original.mkdir()
     with Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub:
-        with running_agent(_config(original, board_a, mosquitto.port)) as agent:
+        with running_agent(card_config(original, board_a, mosquitto.port)) as agent:
             sub.wait_until(lambda m: len(_plc(m)) >= 3, timeout=20)
             assert agent.stop() == 0
         (epoch,) = {m["epoch"] for m in _plc(sub.snapshot())}
         # The image: the card as it was when the agent had run, on another board.
         shutil.copytree(original, copy, ignore=shutil.ignore_patterns("*.sock", "agent.toml"))
         seen = len(sub.snapshot())
-        with running_agent(_config(copy, board_b, mosquitto.port)) as agent:
+        with running_agent(card_config(copy, board_b, mosquitto.port)) as agent:
             got = sub.wait_until(lambda m: len(_plc(m[seen:])) >= 3 and _board_changes(m[seen:]), timeout=20)
             assert agent.stop() == 0
         (change,) = _board_changes(got[seen:])
@@ -84,7 +63,7 @@ def test_a_copy_of_a_gateways_card_on_another_board_sends_under_its_own_epoch_an
         copy_seqs = {m["seq"] for m in _plc(sub.snapshot()[seen:])}
         seen = len(sub.snapshot())
         # The original goes on where it was, on its own board: same epoch, no change said.
-        with running_agent(_config(original, board_a, mosquitto.port)) as agent:
+        with running_agent(card_config(original, board_a, mosquitto.port)) as agent:
             sub.wait_until(lambda m: len(_plc(m[seen:])) >= len(copy_seqs) + 2, timeout=20)
             assert agent.stop() == 0
         after = sub.snapshot()[seen:]
@@ -103,16 +82,16 @@ def test_a_copy_of_a_gateways_card_on_another_board_sends_under_its_own_epoch_an
 def test_a_card_moved_to_a_replacement_board_sends_every_row_it_held(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    board_a, board_b = _board(tmp_path, "BOARD-A"), _board(tmp_path, "BOARD-B")
+    board_a, board_b = board_id_file(tmp_path, "BOARD-A"), board_id_file(tmp_path, "BOARD-B")
     card = tmp_path / "card"
     card.mkdir()
     # The old board, its link down: rows wait in the outbox, then the board fails.
-    with running_agent(_config(card, board_a, broker_port=None)) as agent:
+    with running_agent(card_config(card, board_a, broker_port=None)) as agent:
         agent.wait_status(lambda s: s["pipeline"]["committed_readings"] >= 10, timeout=20)
         assert agent.stop() == 0
     with (
         Subscriber(mosquitto.host, mosquitto.port, f"{TOPIC}/#") as sub,
-        running_agent(_config(card, board_b, mosquitto.port)) as agent,
+        running_agent(card_config(card, board_b, mosquitto.port)) as agent,
     ):
         got = sub.wait_until(lambda m: _board_changes(m) and len(_plc(m)) >= 15, timeout=20)
         assert agent.stop() == 0
@@ -254,7 +233,7 @@ async def test_a_card_failing_as_the_epoch_is_renewed_runs_on_and_tries_again_at
 
 def test_check_config_warns_of_a_board_id_file_it_cannot_use(tmp_path: Path) -> None:
     board = tmp_path / "board-id"
-    config = _config(tmp_path, board, broker_port=None)
+    config = card_config(tmp_path, board, broker_port=None)
     run = edge_agent("check-config", "-c", str(config))
     assert run.returncode == 0, run.stderr  # the agent runs; only the check is lost
     assert f'warning: gateway.board_id_file = "{board}": no such file' in run.stderr

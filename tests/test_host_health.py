@@ -12,12 +12,12 @@ import contextlib
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
 
 from tests.support.agent_proc import running_agent
+from tests.support.boards import FLOW_PLC
 from tests.support.cli import edge_agent
 from tests.support.ext4_card import Card
 from tests.support.testing import STATUS_SCHEMA, agent_config
@@ -25,13 +25,6 @@ from water_edge.agent import host_health
 from water_edge.agent.host_health import HostWatch, sample
 from water_edge.agent.metrics_export import exposition_text
 from water_edge.buffer.codec import decode_events
-
-PLC: dict[str, Any] = {
-    "name": "plc",
-    "kind": "fake",
-    "poll_interval_ms": 100,
-    "tags": [{"name": "flow", "offset": 50.0, "amplitude": 5.0, "period_s": 7.0}],
-}
 
 
 def pi_sysfs(root: Path, *, throttled: str | None = "0x0", millidegrees: int | None = 48_686) -> Path:
@@ -211,7 +204,7 @@ def test_an_agent_on_a_nearly_full_card_says_so_in_status_and_to_the_centre(card
     state = card.mount / "state"
     socket = card.mount.parent / "status.sock"
     config = card.mount.parent / "agent.toml"
-    text = agent_config(state, status_socket=socket, devices=[PLC], buffer={"max_bytes": "8MiB"})
+    text = agent_config(state, status_socket=socket, devices=[FLOW_PLC], buffer={"max_bytes": "8MiB"})
     config.write_text(text)
     with running_agent(config) as agent:
         snap = agent.wait_status(lambda s: s.get("host") is not None, timeout=30)

@@ -14,29 +14,9 @@ import jsonschema
 import orjson
 
 from tests.support.agent_proc import running_agent
+from tests.support.boards import board_id_file, card_config
 from tests.support.cli import edge_agent
-from tests.support.testing import STATUS_SCHEMA, agent_config
-
-PLC: dict[str, Any] = {
-    "name": "plc",
-    "kind": "fake",
-    "poll_interval_ms": 100,
-    "tags": [{"name": "flow", "offset": 50.0, "amplitude": 5.0, "period_s": 7.0}],
-}
-
-
-def _config(card: Path, board: Path) -> Path:
-    """An agent whose state is `card/state`, on the board whose ID `board` holds."""
-    text = agent_config(card / "state", status_socket=card / "status.sock", devices=[PLC])
-    config = card / "agent.toml"
-    config.write_text(text.replace("[gateway]\n", f'[gateway]\nboard_id_file = "{board}"\n', 1))
-    return config
-
-
-def _board(tmp_path: Path, name: str) -> Path:
-    path = tmp_path / f"{name}.id"
-    path.write_text(f"{name}\n")
-    return path
+from tests.support.testing import STATUS_SCHEMA
 
 
 def _status(card: Path) -> tuple[list[str], dict[str, Any]]:
@@ -56,10 +36,10 @@ def _board_lines(lines: list[str]) -> list[str]:
 
 
 def test_status_shows_the_board_and_the_one_the_card_was_moved_from(tmp_path: Path) -> None:
-    board_a, board_b = _board(tmp_path, "BOARD-A"), _board(tmp_path, "BOARD-B")
+    board_a, board_b = board_id_file(tmp_path, "BOARD-A"), board_id_file(tmp_path, "BOARD-B")
     card = tmp_path / "card"
     card.mkdir()
-    with running_agent(_config(card, board_a)) as agent:
+    with running_agent(card_config(card, board_a)) as agent:
         agent.wait_status(lambda s: s["agent"]["uptime_s"] >= 0)
         lines, snap = _status(card)
         assert agent.stop() == 0
@@ -72,7 +52,7 @@ def test_status_shows_the_board_and_the_one_the_card_was_moved_from(tmp_path: Pa
     }
     # The card moved to a replacement board.
     before_ns = time.time_ns()
-    with running_agent(_config(card, board_b)) as agent:
+    with running_agent(card_config(card, board_b)) as agent:
         agent.wait_status(lambda s: s["agent"]["uptime_s"] >= 0)
         lines, snap = _status(card)
         assert agent.stop() == 0
@@ -84,7 +64,7 @@ def test_status_shows_the_board_and_the_one_the_card_was_moved_from(tmp_path: Pa
     (line,) = _board_lines(lines)
     assert line.startswith(f"board    BOARD-B ({board_b})  card moved from board BOARD-A at this start (")
     # The next start on the same board found nothing moved.
-    with running_agent(_config(card, board_b)) as agent:
+    with running_agent(card_config(card, board_b)) as agent:
         agent.wait_status(lambda s: s["agent"]["uptime_s"] >= 0)
         lines, snap = _status(card)
         assert agent.stop() == 0
@@ -97,7 +77,7 @@ def test_a_board_whose_id_cannot_be_read_has_no_line(tmp_path: Path) -> None:
     document says null rather than a board it does not know."""
     card = tmp_path / "card"
     card.mkdir()
-    with running_agent(_config(card, tmp_path / "missing.id")) as agent:
+    with running_agent(card_config(card, tmp_path / "missing.id")) as agent:
         agent.wait_status(lambda s: s["agent"]["uptime_s"] >= 0)
         lines, snap = _status(card)
         assert agent.stop() == 0
