@@ -34,6 +34,7 @@ import stat
 import tarfile
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -104,7 +105,8 @@ def _file_bytes(path: Path) -> bytes:
         return path.read_bytes()
     with tempfile.TemporaryDirectory(prefix="edge-agent-export-") as tmp:
         copy = Path(tmp) / "copy.sqlite"
-        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        # quoted: a directory named with `?`, `#` or `%` would otherwise open another database
+        source = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=10)
         try:
             target = sqlite3.connect(copy)
             try:

@@ -6,6 +6,7 @@ on it starts with the pump armed on the old calibration, instead of learning aga
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ from tests.support.agent_proc import running_agent
 from tests.support.cli import edge_agent
 from tests.support.plant import running_plant
 from tests.support.testing import FAST_CALIBRATING_PUMP, agent_config, demo_devices
+from water_edge.agent.state_transfer import export_state
 
 pytestmark = pytest.mark.slow
 
@@ -279,3 +281,24 @@ def test_an_archive_on_stdin_is_imported_as_the_agents_user_can_read_it(
     )
     assert cut.returncode == 1
     assert b"stdin: not an archive made by `edge-agent state export`" in cut.stderr
+
+
+def test_a_history_under_a_state_directory_named_with_uri_characters_is_copied_whole(tmp_path: Path) -> None:
+    """SQLite opens the history by URI (read-only): `?`, `#` and `%` in the path must not make it
+    open another, empty database."""
+    state = tmp_path / "state #2?a%41"
+    history = state / "pump" / "pump1" / "history.sqlite"
+    history.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(history)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE rows (x)")
+        db.executemany("INSERT INTO rows VALUES (?)", [(i,) for i in range(500)])
+        db.commit()
+    done = export_state(state, "test-site", "gw-test")
+    with tarfile.open(fileobj=io.BytesIO(done.archive), mode="r:gz") as tar:
+        member = tar.extractfile("state/pump/pump1/history.sqlite")
+        assert member is not None
+        copy = tmp_path / "copy.sqlite"
+        copy.write_bytes(member.read())
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        assert db.execute("SELECT count(*) FROM rows").fetchone() == (500,)
