@@ -34,7 +34,6 @@ import stat
 import tarfile
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -105,8 +104,8 @@ def _file_bytes(path: Path) -> bytes:
         return path.read_bytes()
     with tempfile.TemporaryDirectory(prefix="edge-agent-export-") as tmp:
         copy = Path(tmp) / "copy.sqlite"
-        # quoted: a directory named with `?`, `#` or `%` would otherwise open another database
-        source = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=10)
+        # as_uri quotes: a directory named with `?`, `#` or `%` would otherwise open another database
+        source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
         try:
             target = sqlite3.connect(copy)
             try:
