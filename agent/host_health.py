@@ -104,6 +104,11 @@ class HostHealth:
         return self.free_bytes < LOW_FREE_BYTES or self.free_bytes < LOW_FREE_FRACTION * self.size_bytes
 
     @property
+    def heat_throttled(self) -> bool:
+        """Slowed by heat: hot, or throttled while the supply holds (under-voltage throttles too)."""
+        return self.hot or (bool(self.throttled_now) and not self.undervoltage_now)
+
+    @property
     def storage_worn(self) -> bool:
         wear = StorageWear(self.storage_device or "", self.storage_wear_pct, self.storage_pre_eol)
         return self.storage_device is not None and wear.worn
@@ -143,12 +148,13 @@ class HostHealth:
         found = []
         if self.undervoltage_now or self.undervoltage_since_boot:
             when = "now" if self.undervoltage_now else "since boot"
-            found.append(f"power supply under-voltage {when}: {SUPPLY_ADVICE}")
-        if self.hot or self.throttled_now:
+            slowed = ", the CPU throttled" if self.undervoltage_now and self.throttled_now else ""
+            found.append(f"power supply under-voltage {when}{slowed}: {SUPPLY_ADVICE}")
+        if self.heat_throttled:
             heat = "" if self.temperature_c is None else f" at {self.temperature_c:.0f} °C"
-            found.append(
-                f"the board is hot{heat}{' and throttled' if self.throttled_now else ''}: {HEAT_ADVICE}"
-            )
+            what = f"the board is hot{heat}" if self.hot else f"the CPU is throttled{heat}"
+            also = " and throttled" if self.hot and self.throttled_now else ""
+            found.append(f"{what}{also}: {HEAT_ADVICE}")
         if self.storage_worn:
             found.append(f"{self.storage_device} {self._wear_text()}: {WEAR_ADVICE}")
         if self.disk_low and self.free_bytes is not None:
@@ -290,13 +296,13 @@ class HostWatch:
                     what_to_do=SUPPLY_ADVICE,
                 )
             )
-        hot = now.hot or bool(now.throttled_now)
+        hot = now.heat_throttled
         cooled = now.temperature_c is None or now.temperature_c < COOL_C
         if hot and not self._hot:
             self._hot = True
             detail = {"temperature_c": now.temperature_c, "throttled": now.throttled_now}
             events.append(self._event("host_overheating", "warning", **detail, what_to_do=HEAT_ADVICE))
-        elif self._hot and not now.throttled_now and cooled:
+        elif self._hot and not now.heat_throttled and cooled:
             self._hot = False
             events.append(self._event("host_overheating_cleared", "info", temperature_c=now.temperature_c))
         if now.storage_worn and not self._worn_said:

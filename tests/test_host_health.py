@@ -57,7 +57,7 @@ async def test_a_weak_supply_and_a_hot_cabinet_are_said_once_each_and_heat_clear
     assert line.startswith("host     82 °C  UNDER-VOLTAGE NOW  CPU THROTTLED  card ")
     problems = health.problems()
     assert [p.split(":")[0] for p in problems] == [
-        "power supply under-voltage now",
+        "power supply under-voltage now, the CPU throttled",
         "the board is hot at 82 °C and throttled",
     ]
     assert await watch.check() == [], "said once while it lasts"
@@ -70,6 +70,24 @@ async def test_a_weak_supply_and_a_hot_cabinet_are_said_once_each_and_heat_clear
     assert health is not None
     assert [p.split(":")[0] for p in health.problems()] == ["power supply under-voltage since boot"]
     assert "UNDER-VOLTAGE since boot" in health.status_lines()[0]
+
+
+async def test_a_cpu_slowed_by_a_weak_supply_is_not_taken_for_heat(tmp_path: Path) -> None:
+    """The firmware throttles on under-voltage too: at 48 °C that is the supply, not the cabinet."""
+    root = pi_sysfs(tmp_path / "pi", throttled="0x50005", millidegrees=48_000)
+    watch = HostWatch(tmp_path, root=root)
+    assert [e.kind for e in await watch.check()] == ["host_undervoltage"]
+    health = watch.health()
+    assert health is not None
+    assert [p.split(":")[0] for p in health.problems()] == [
+        "power supply under-voltage now, the CPU throttled"
+    ]
+    # The supply mended, the CPU still slowed (the soft temperature limit): that is heat.
+    pi_sysfs(root, throttled="0x50008", millidegrees=79_000)
+    assert [e.kind for e in await watch.check()] == ["host_overheating"]
+    health = watch.health()
+    assert health is not None
+    assert health.problems()[1].startswith("the CPU is throttled at 79 °C: ")
 
 
 def test_a_pi_without_the_firmware_file_is_read_through_its_rpi_volt_sensor(tmp_path: Path) -> None:
