@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import structlog
 
-from water_edge.agent.storage_wear import StorageWear, storage_wear
+from water_edge.agent.storage_wear import storage_wear, worn
 from water_edge.core import units
 from water_edge.core.reading import Event, now_ns
 
@@ -110,8 +110,7 @@ class HostHealth:
 
     @property
     def storage_worn(self) -> bool:
-        wear = StorageWear(self.storage_device or "", self.storage_wear_pct, self.storage_pre_eol)
-        return self.storage_device is not None and wear.worn
+        return self.storage_device is not None and worn(self.storage_wear_pct, self.storage_pre_eol)
 
     def _wear_text(self) -> str:
         used = "" if self.storage_wear_pct is None else f"{min(self.storage_wear_pct, 100)} % worn"

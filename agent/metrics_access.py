@@ -21,6 +21,7 @@ import structlog
 
 from water_edge.agent.config.schema import MetricsAuth, MetricsTls
 from water_edge.core.errors import ConfigError
+from water_edge.core.key_pair import KeyPairError, load_key_pair
 from water_edge.core.secrets import resolve_secret
 
 log = structlog.get_logger(__name__)
@@ -45,7 +46,7 @@ class ServerTls:
     _loaded: tuple[object, ...] = ()
 
     def __post_init__(self) -> None:
-        """ssl.SSLError or OSError (with the file and what is wrong) when the files cannot be used."""
+        """KeyPairError, ssl.SSLError (the client CA) or OSError when the files cannot be used."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.files.client_ca_file is not None:
@@ -59,7 +60,7 @@ class ServerTls:
 
     def _load(self) -> None:
         stamps = self._stamps()
-        self.context.load_cert_chain(self.files.cert_file, self.files.key_file, password=_no_passphrase)
+        load_key_pair(self.context, self.files.cert_file, self.files.key_file)
         self._loaded = stamps
 
     def reload_if_changed(self) -> None:
@@ -69,7 +70,7 @@ class ServerTls:
             return
         try:
             self._load()
-        except (OSError, ssl.SSLError, _PassphraseError) as exc:
+        except (OSError, KeyPairError) as exc:
             self._loaded = self._stamps()  # logged once per change, tried again at the next one
             log.error(
                 "status.metrics_tls_not_reloaded",
@@ -83,35 +84,15 @@ class ServerTls:
             log.info("status.metrics_tls_reloaded", cert_file=str(self.files.cert_file))
 
 
-class _PassphraseError(Exception):
-    pass
-
-
-def _no_passphrase() -> bytes:
-    # Without a callback OpenSSL would prompt on the terminal, and under systemd hang.
-    raise _PassphraseError
-
-
 def tls_error_text(exc: BaseException) -> str:
-    """Why the TLS files cannot be used, in words."""
-    if isinstance(exc, _PassphraseError):
-        return "the key is protected by a passphrase, which the agent cannot enter"
+    """Why the TLS files cannot be used, in words (`KeyPairError`'s own, a client CA file that is
+    no certificate, a file that cannot be read)."""
     if isinstance(exc, ssl.SSLError):
-        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
-            return "the key is not the certificate's"
-        return f"not a PEM certificate and key ({exc.reason or exc})"
+        return f"client_ca_file is not a PEM certificate ({exc.reason or exc})"
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
     return str(exc)
-
-
-def server_tls(files: MetricsTls) -> ServerTls:
-    """The context for `files`; the errors of `tls_error_text` when they cannot be used."""
-    try:
-        return ServerTls(files)
-    except _PassphraseError as exc:  # one exception type for the caller: OSError or ssl.SSLError
-        raise ssl.SSLError(tls_error_text(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -154,4 +135,4 @@ def _credentials(header: str | None) -> tuple[bytes, bytes] | str:
     return (user, password) if sep else "credentials without a password"
 
 
-__all__ = ["REALM", "BasicAuth", "ServerTls", "server_tls", "tls_error_text"]
+__all__ = ["REALM", "BasicAuth", "ServerTls", "tls_error_text"]

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -23,9 +22,10 @@ import structlog
 
 from water_edge.agent.bounded_server import BoundedServer, TurnedAway
 from water_edge.agent.config.schema import MetricsAuth, MetricsTls
-from water_edge.agent.metrics_access import REALM, BasicAuth, ServerTls, server_tls, tls_error_text
+from water_edge.agent.metrics_access import REALM, BasicAuth, ServerTls, tls_error_text
 from water_edge.agent.metrics_export import exposition
 from water_edge.core.hosts import host_port
+from water_edge.core.key_pair import KeyPairError
 
 log = structlog.get_logger(__name__)
 
@@ -135,18 +135,12 @@ class MetricsServer(BoundedServer):
                 if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror)
                 else exc.strerror or str(exc)
             )
-            if self._bind_error is None:
-                log.error(
-                    "status.metrics_unavailable",
-                    key="[status] metrics",
-                    address=self.address,
-                    error=error,
-                    detail=f'[status] metrics = "{self.address}": cannot listen there ({error}); the agent '
-                    f"runs without its Prometheus endpoint and tries again every {RETRY_BIND_S:g} s "
-                    "(another program on that port? choose another port)",
-                )
-            self._bind_error = error
-            return False
+            return self._unavailable(
+                "[status] metrics",
+                error,
+                f'[status] metrics = "{self.address}": cannot listen there ({error})',
+                "another program on that port? choose another port",
+            )
         log.info(
             "status.metrics_listening",
             address=self.address,
@@ -162,22 +156,26 @@ class MetricsServer(BoundedServer):
         """The TLS context from `files`; False (logged once until it works) when they cannot be
         used: the endpoint does not answer in plain HTTP instead, and `keep_trying` tries again."""
         try:
-            self._tls = server_tls(files)
-        except (OSError, ssl.SSLError) as exc:
+            self._tls = ServerTls(files)
+        except (OSError, KeyPairError) as exc:
             error = tls_error_text(exc)
-            if self._bind_error != error:
-                log.error(
-                    "status.metrics_unavailable",
-                    key="[status.metrics_tls]",
-                    address=self.address,
-                    error=error,
-                    detail=f"[status.metrics_tls] cert_file, key_file or client_ca_file cannot be used "
-                    f"({error}); the agent runs without its Prometheus endpoint and tries again every "
-                    f"{RETRY_BIND_S:g} s",
-                )
-            self._bind_error = error
-            return False
+            why = f"[status.metrics_tls] cert_file, key_file or client_ca_file cannot be used ({error})"
+            return self._unavailable("[status.metrics_tls]", error, why, "never plain HTTP instead")
         return True
+
+    def _unavailable(self, key: str, error: str, why: str, hint: str) -> bool:
+        """Log that the endpoint is off and why, once until the reason changes; False."""
+        if self._bind_error != error:
+            log.error(
+                "status.metrics_unavailable",
+                key=key,
+                address=self.address,
+                error=error,
+                detail=f"{why}; the agent runs without its Prometheus endpoint and tries again every "
+                f"{RETRY_BIND_S:g} s ({hint})",
+            )
+        self._bind_error = error
+        return False
 
     def _access_refused(
         self, writer: asyncio.StreamWriter, headers: Mapping[str, str]

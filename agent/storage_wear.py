@@ -26,12 +26,10 @@ class StorageWear:
     wear_pct: int | None  # the upper bound of the higher estimate (0x02 -> 20); 110: past the rating
     pre_eol: str | None  # normal | warning | urgent
 
-    @property
-    def worn(self) -> bool:
-        return (self.wear_pct is not None and self.wear_pct >= WORN_PCT) or self.pre_eol in (
-            "warning",
-            "urgent",
-        )
+
+def worn(wear_pct: int | None, pre_eol: str | None) -> bool:
+    """Near the end of its rated life: 90 % of it used, or the reserve blocks at warning or worse."""
+    return (wear_pct is not None and wear_pct >= WORN_PCT) or pre_eol in ("warning", "urgent")
 
 
 def _disk(root: Path, state_dir: Path) -> Path | None:

@@ -112,11 +112,16 @@ def test_a_kernel_numbered_port_is_warned_of_with_the_stable_name_to_put_instead
     plc, meters = udev.nodes
     udev.plug(plc, FTDI, SOCKET_1)
     udev.plug(meters, MBUS_MASTER, SOCKET_2)
-    tables = RTU_DEVICE.format(name="plc", port=plc) + MBUS_DEVICE.format(port=meters)
+    tables = (
+        RTU_DEVICE.format(name="plc", port=plc)
+        + MBUS_DEVICE.format(port=meters)
+        + RTU_DEVICE.format(name="station", port=plc).replace("address = 100", "address = 7")
+    )
     warnings = load_config(config_file(tmp_path, tables)).warnings
     swap = "numbered by the kernel in the order it finds USB adapters"
-    assert [w for w in warnings if swap in w] == [
-        f"{tmp_path / 'agent.toml'}: devices[0] (plc).port: {plc} is {swap}, and with two adapters the "
+    assert [w for w in warnings if swap in w] == [  # one per port, whatever the devices on it
+        f"{tmp_path / 'agent.toml'}: devices[0] (plc).port (and 1 more device(s) on it): {plc} is {swap}, "
+        "and with two adapters the "
         "numbers can swap at a reboot: this device would then poll the other adapter's line; use its "
         f"stable name {udev.by_id / FTDI} (the adapter's own, in whichever USB socket)",
         f"{tmp_path / 'agent.toml'}: devices[1] (meters).port: {meters} is {swap}, and with two adapters "

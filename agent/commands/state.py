@@ -13,12 +13,11 @@ root. Exit 0 done, 1 refused or failed (the reason on stderr), 2 a config that d
 from __future__ import annotations
 
 import argparse
-import contextlib
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
+from water_edge.agent import locate
 from water_edge.agent.commands._exits import DEFAULT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from water_edge.core import units
 from water_edge.core.errors import ConfigError
@@ -97,10 +96,12 @@ def run_import(args: argparse.Namespace) -> int:
 
     if (config := _config(args.config, "import")) is None:
         return EXIT_USAGE
-    if _agent_answers(config.status_socket):
+    # An agent answers, or a socket this user may not open may hide one: either way, not now.
+    if (answer := locate.probe(config.status_socket, 2.0)) is not locate.Answer.NO:
+        running = "an agent is running on" if answer is locate.Answer.YES else "this user may not open"
         print(
-            f"edge-agent state import: an agent is running on {config.status_socket}: stop it first "
-            "(systemctl stop edge-agent), import, then start it",
+            f"edge-agent state import: {running} {config.status_socket}: stop the agent first "
+            "(systemctl stop edge-agent), import as its user or root, then start it",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -123,15 +124,6 @@ def run_import(args: argparse.Namespace) -> int:
         f"(edge-agent {done.agent_version}); the agent goes on from it at its next start"
     )
     return EXIT_OK
-
-
-def _agent_answers(path: Path) -> bool:
-    """An agent listens on its status socket (a leftover socket file refuses the connection)."""
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(2.0)
-        sock.connect(str(path))
-        return True
-    return False
 
 
 def _why(exc: BaseException) -> str:

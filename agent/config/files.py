@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
+from water_edge.core.key_pair import KeyPairError, load_key_pair
 from water_edge.drivers.mbus.keys import load_key
 from water_edge.drivers.opcua.certificate_file import certificate_expiry, not_after_ns, parse_certificate
 from water_edge.provisioning.ca import subject_attribute
@@ -30,15 +31,6 @@ from water_edge.provisioning.identity import DeviceIdentity
 
 if TYPE_CHECKING:
     from water_edge.agent.config.load import Config
-
-
-class _PassphraseError(Exception):
-    pass
-
-
-def _no_passphrase() -> bytes:
-    # Without a callback OpenSSL would prompt on the terminal, and under systemd hang or fail.
-    raise _PassphraseError
 
 
 def _read(key: str, path: Path) -> tuple[bytes | None, str | None]:
@@ -71,18 +63,17 @@ def _pair(section: str, cert: Path, key: Path) -> list[str]:
     problems = _found(_certificates(f"{section}.cert_file", cert), _read(f"{section}.key_file", key)[1])
     if problems:
         return problems
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        context.load_cert_chain(cert, key, password=_no_passphrase)
-    except _PassphraseError:
-        return [
-            f'{section}.key_file = "{key}": protected by a passphrase, which the agent cannot '
-            "enter (store the key unencrypted, readable by the agent's user only)"
-        ]
-    except ssl.SSLError as exc:
-        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+        load_key_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert, key)
+    except KeyPairError as exc:
+        if exc.kind == "passphrase":
+            return [
+                f'{section}.key_file = "{key}": protected by a passphrase, which the agent cannot '
+                "enter (store the key unencrypted, readable by the agent's user only)"
+            ]
+        if exc.kind == "mismatch":
             return [f'{section}.key_file = "{key}": not the key of {section}.cert_file "{cert}"']
-        return [f'{section}.key_file = "{key}": not a PEM private key ({exc.reason or exc})']
+        return [f'{section}.key_file = "{key}": {exc}']
     return []
 
 

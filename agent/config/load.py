@@ -889,15 +889,18 @@ def _metrics_auth_warnings(source: Path, status: StatusSection) -> list[str]:
 
 def _numbered_port_warnings(source: Path, devices: Mapping[int, DeviceConfig]) -> list[str]:
     """A USB serial port named by its kernel number (`/dev/ttyUSB0`) can lead to another adapter
-    after a reboot; the warning names the adapter's stable name to put instead."""
-    found = []
+    after a reboot; one warning per port (a line of 30 Modbus units is one adapter), naming the
+    adapter's stable name to put instead."""
+    users: dict[str, list[str]] = {}  # port -> "devices[i] (name).key" of each device on it
     for index, device in devices.items():
         for port, _ in device.serial_lines():
-            if (names := numbered_port(port)) is not None:
-                key = "port" if getattr(device, "port", None) == port else "receivers[].port"
-                found.append(
-                    f"{source}: devices[{index}] ({device.name}).{key}: {numbered_port_advice(port, names)}"
-                )
+            key = "port" if getattr(device, "port", None) == port else "receivers[].port"
+            users.setdefault(port, []).append(f"devices[{index}] ({device.name}).{key}")
+    found = []
+    for port, where in users.items():
+        if (names := numbered_port(port)) is not None:
+            also = f" (and {len(where) - 1} more device(s) on it)" if len(where) > 1 else ""
+            found.append(f"{source}: {where[0]}{also}: {numbered_port_advice(port, names)}")
     return found
 
 
