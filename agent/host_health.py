@@ -12,12 +12,16 @@ nothing can be written. None of this is seen from the centre unless the agent sa
   Raspberry Pi; else the `rpi_volt` hwmon's under-voltage alarm), now and since boot;
 - the SoC temperature (`/sys/class/thermal/thermal_zone*/temp`: the CPU's zone, else the
   hottest);
-- the free space of the file system that holds the state directory (the outbox).
+- the free space of the file system that holds the state directory (the outbox);
+- whether that file system keeps its writes in RAM (core.mounts: a tmpfs, zram, raspi-config's
+  Overlay File System), where the outbox and the learnt state are lost at every reboot.
 What a machine does not have (no Pi firmware, no thermal zone) is left out, never an error.
 Each condition makes the agent degraded while it lasts (an under-voltage seen since boot until the
 next boot: the firmware keeps that flag, and the supply that caused it is still there) and is sent
-once as an event when it begins (`host_undervoltage`, `host_overheating`, `host_disk_low`), with a
-`..._cleared` when heat or space come back.
+once as an event when it begins (`host_undervoltage`, `host_overheating`, `host_disk_low`,
+`host_state_in_ram`), with a `..._cleared` when heat or space come back. A state directory in RAM on
+purpose (a throwaway demo, a gateway that only relays) is said in the status line alone once
+`[gateway] accept_state_in_ram` says so.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any, Final
 import structlog
 
 from water_edge.agent.storage_wear import storage_wear, worn
-from water_edge.core import units
+from water_edge.core import mounts, units
 from water_edge.core.reading import Event, now_ns
 
 log = structlog.get_logger(__name__)
@@ -70,6 +74,12 @@ WEAR_ADVICE: Final = (
     "the eMMC holding the state directory is near the end of its rated life: export the learnt "
     "state (edge-agent state export) and plan the board's replacement before it fails"
 )
+RAM_ADVICE: Final = (
+    "the outbox and every learnt baseline and calibration are lost at each reboot or power cut: "
+    "put gateway.state_dir on the card; on Raspberry Pi OS turn the Overlay File System off "
+    "(raspi-config, Performance Options), or keep state_dir out of what log2ram/folder2ram move "
+    "to RAM; set [gateway] accept_state_in_ram = true if that loss is intended"
+)
 DISK_ADVICE: Final = (
     "free space on the card (journalctl --vacuum-size=100M, apt clean, old captures); the outbox "
     "cannot grow past what is left and the agent stops when it cannot write"
@@ -92,6 +102,9 @@ class HostHealth:
     storage_device: str | None = None
     storage_wear_pct: int | None = None
     storage_pre_eol: str | None = None
+    # What keeps the state directory's writes in RAM ("tmpfs", "overlay over tmpfs"...); None: a disk
+    state_in_ram: str | None = None
+    state_in_ram_accepted: bool = False  # [gateway] accept_state_in_ram
 
     @property
     def hot(self) -> bool:
@@ -107,6 +120,11 @@ class HostHealth:
     def heat_throttled(self) -> bool:
         """Slowed by heat: hot, or throttled while the supply holds (under-voltage throttles too)."""
         return self.hot or (bool(self.throttled_now) and not self.undervoltage_now)
+
+    @property
+    def state_lost_at_reboot(self) -> bool:
+        """The state directory is in RAM and nobody said that is intended."""
+        return self.state_in_ram is not None and not self.state_in_ram_accepted
 
     @property
     def storage_worn(self) -> bool:
@@ -141,6 +159,9 @@ class HostHealth:
             parts.append(f"card {free}{'  LOW' if self.disk_low else ''}")
         if self.storage_device is not None:
             parts.append(f"{self.storage_device} {self._wear_text()}")
+        if self.state_in_ram is not None:
+            accepted = " (accepted)" if self.state_in_ram_accepted else ""
+            parts.append(f"state IN RAM ({self.state_in_ram}): LOST AT REBOOT{accepted}")
         return [f"host     {'  '.join(parts)}"] if parts else []
 
     def problems(self) -> list[str]:
@@ -156,6 +177,9 @@ class HostHealth:
             found.append(f"{what}{also}: {HEAT_ADVICE}")
         if self.storage_worn:
             found.append(f"{self.storage_device} {self._wear_text()}: {WEAR_ADVICE}")
+        if self.state_lost_at_reboot:
+            medium = self.state_in_ram
+            found.append(f"the state directory {self.filesystem} is in RAM ({medium}): {RAM_ADVICE}")
         if self.disk_low and self.free_bytes is not None:
             found.append(
                 f"the card holding {self.filesystem} has {units.size(self.free_bytes)} free: {DISK_ADVICE}"
@@ -210,8 +234,8 @@ def temperature_c(root: Path) -> float | None:
     return max(found.values()) if found else None
 
 
-def sample(root: Path, state_dir: Path) -> HostHealth:
-    """One look at the board (blocking: a few sysfs reads and a statvfs)."""
+def sample(root: Path, state_dir: Path, *, accept_state_in_ram: bool = False) -> HostHealth:
+    """One look at the board (blocking: a few sysfs reads, a statvfs and the mount table)."""
     flags = throttled_flags(root)
 
     def bit(mask: int) -> bool | None:
@@ -237,6 +261,8 @@ def sample(root: Path, state_dir: Path) -> HostHealth:
         storage_device=None if wear is None else wear.device,
         storage_wear_pct=None if wear is None else wear.wear_pct,
         storage_pre_eol=None if wear is None else wear.pre_eol,
+        state_in_ram=mounts.in_ram(state_dir, root),
+        state_in_ram_accepted=accept_state_in_ram,
     )
 
 
@@ -250,8 +276,10 @@ class HostWatch:
         root: Path | None = None,
         interval_s: float = INTERVAL_S,
         emit: Callable[[Event], Awaitable[None]] | None = None,
+        accept_state_in_ram: bool = False,
     ) -> None:
         self.state_dir, self.interval_s = state_dir, interval_s
+        self.accept_state_in_ram = accept_state_in_ram
         self.root = SYSFS_ROOT if root is None else root
         self.latest: HostHealth | None = None
         self._emit = emit
@@ -259,6 +287,7 @@ class HostWatch:
         self._hot = False
         self._disk_low = False
         self._worn_said = False
+        self._in_ram_said = False
 
     def health(self) -> HostHealth | None:
         return self.latest
@@ -273,7 +302,9 @@ class HostWatch:
 
     async def check(self) -> list[Event]:
         """Sample once; the events this sample begins or ends (also emitted when bound)."""
-        now = await asyncio.to_thread(sample, self.root, self.state_dir)
+        now = await asyncio.to_thread(
+            sample, self.root, self.state_dir, accept_state_in_ram=self.accept_state_in_ram
+        )
         self.latest = now
         events = self._changes(now)
         for event in events:
@@ -312,6 +343,10 @@ class HostWatch:
                 "pre_eol": now.storage_pre_eol,
             }
             events.append(self._event("host_storage_worn", "warning", **wear, what_to_do=WEAR_ADVICE))
+        if now.state_lost_at_reboot and not self._in_ram_said:
+            self._in_ram_said = True  # once per start: after a reboot it is a new start, with nothing kept
+            ram = {"state_dir": now.filesystem, "medium": now.state_in_ram}
+            events.append(self._event("host_state_in_ram", "warning", **ram, what_to_do=RAM_ADVICE))
         if now.disk_low != self._disk_low:
             self._disk_low = now.disk_low
             space = {"filesystem": now.filesystem, "free_bytes": now.free_bytes, "size_bytes": now.size_bytes}

@@ -321,6 +321,12 @@ HOST_FIELDS: Final[tuple[Field, ...]] = (
         "pct",
         "The eMMC's own estimate of its rated life used (1.1: past it); none for SD cards",
     ),
+    (
+        "state_in_ram",
+        "state_in_ram",
+        "set",
+        "1 when the state directory's file system keeps its writes in RAM: lost at every reboot",
+    ),
 )
 
 WATCHDOG_FIELDS: Final[tuple[Field, ...]] = (

@@ -175,7 +175,11 @@ class Agent:
             return await outbox.restamp(step_ns, before_ns, UNSYNC_REASON, RESTAMPED_REASON)
 
         self.clock_sync.bind(self.emit, restamp)
-        self.host_watch = HostWatch(config.gateway.state_dir, emit=self.emit)
+        self.host_watch = HostWatch(
+            config.gateway.state_dir,
+            emit=self.emit,
+            accept_state_in_ram=config.gateway.accept_state_in_ram,
+        )
         # A processor may name the streams it needs (`streams`); an empty set means no feed at all.
         self.processors = [
             (p, self.pipeline.feed(p.name, streams=p.streams if isinstance(p, WantsStreams) else None))

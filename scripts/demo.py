@@ -509,6 +509,8 @@ schema_version = 1
 site = "{SITE}"
 id = "{GATEWAY}"
 state_dir = "{state}"
+# The demo's state is thrown away when it ends: kept in RAM (a tmpfs /tmp) is no loss here.
+accept_state_in_ram = true
 
 [status]
 socket = "{socket_path}"

@@ -27,6 +27,7 @@ from water_edge.agent.uplink.interfaces import LeaseAckOutbox
 from water_edge.agent.uplink.mqtt import MqttUplink
 from water_edge.buffer.async_outbox import AsyncOutbox
 from water_edge.core.blas_threads import prefer_one_blas_thread
+from water_edge.core.mounts import in_ram
 
 # What `edge-agent` and `edge-sim` do for their processes, for the code the tests run in their own
 # (numpy is not loaded yet: nothing above imports it). Workers inherit the environment.
@@ -35,9 +36,24 @@ prefer_one_blas_thread()
 _OWN_PORT_CLAIMS = pytest.StashKey[str]()
 
 
+def _temp_dir_on_disk() -> None:
+    """Agents the tests start keep their state under pytest's temporary directory. Where that is in
+    RAM (Debian 13's /tmp is a tmpfs) each would say its state is lost at reboot and be degraded, as
+    it should on a gateway: the run's temporary files go to /var/tmp (on disk, and short enough for
+    a status socket's path) instead. Set before pytest or xdist's workers pick a directory."""
+    if in_ram(Path(tempfile.gettempdir())) is None:
+        return
+    disk = Path("/var/tmp")
+    if disk.is_dir() and os.access(disk, os.W_OK) and in_ram(disk) is None:
+        os.environ["TMPDIR"] = str(disk)
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """The first process of a run (xdist's controller, or pytest alone) makes the directory in
-    which `free_port` claims ports; the workers it starts inherit it through the environment."""
+    """The first process of a run (xdist's controller, or pytest alone) puts the run's temporary
+    files on disk and makes the directory in which `free_port` claims ports; the workers it starts
+    inherit both through the environment."""
+    _temp_dir_on_disk()
     if PORT_CLAIMS_ENV not in os.environ:
         os.environ[PORT_CLAIMS_ENV] = tempfile.mkdtemp(prefix="water-edge-ports-")
         config.stash[_OWN_PORT_CLAIMS] = os.environ[PORT_CLAIMS_ENV]

@@ -255,6 +255,7 @@ def test_an_agent_on_a_nearly_full_card_says_so_in_status_and_to_the_centre(card
     expected = {
         f"edge_agent_host_{names[k]}": float(v) for k, v in host.items() if k in names and v is not None
     }
+    expected["edge_agent_host_state_in_ram"] = float(host["state_in_ram"] is not None)  # 0: on the card
     if host["storage_wear_pct"] is not None:  # an eMMC that reports its wear (none here)
         expected["edge_agent_host_storage_wear_ratio"] = host["storage_wear_pct"] / 100
     assert exposed == expected, "what the machine cannot tell is left out"

@@ -29,6 +29,7 @@ from water_edge.agent.config.schema import (
 )
 from water_edge.agent.config.tag_refs import check_tag_references
 from water_edge.agent.config.unions import merge_union_errors
+from water_edge.agent.host_health import RAM_ADVICE
 from water_edge.agent.locate import state_access_hint
 from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.update.config import UpdateSection
@@ -36,6 +37,7 @@ from water_edge.agent.uplink.config import CROSS_KEY_CHECKS_BY_CALLER, MqttConfi
 from water_edge.agent.writes import WritesSection
 from water_edge.core.errors import ConfigError
 from water_edge.core.hosts import is_loopback
+from water_edge.core.mounts import in_ram
 from water_edge.core.patterns import pattern_words
 from water_edge.core.processor import (
     ChecksDevices,
@@ -506,7 +508,7 @@ def load_config(path: str | Path, *, closed_state: Literal["error", "warning"] =
         for index, device in valid_devices.items()
         if (note := device.frozen_check_note()) is not None
     ]
-    warnings += _numbered_port_warnings(source, valid_devices)
+    warnings += _this_machine_warnings(source, known.parts.get("gateway"), valid_devices)
     if isinstance(status := known.parts.get("status"), StatusSection):
         warnings += _metrics_auth_warnings(source, status)
     if isinstance(uplink, MqttConfig):
@@ -885,6 +887,20 @@ def _metrics_auth_warnings(source: Path, status: StatusSection) -> list[str]:
         f"is no protection) to {status.metrics}: add [status.metrics_tls] (HTTPS), or listen on "
         "127.0.0.1 only"
     ]
+
+
+def _this_machine_warnings(source: Path, gateway: object, devices: Mapping[int, DeviceConfig]) -> list[str]:
+    """What the config meets on the machine it is checked on: serial ports named by a number that
+    can change, a state directory whose writes stay in RAM (lost at every reboot)."""
+    found = _numbered_port_warnings(source, devices)
+    if isinstance(gateway, GatewaySection) and not gateway.accept_state_in_ram:
+        medium = in_ram(gateway.state_dir)
+        if medium is not None:
+            found.append(
+                f"{source}: gateway.state_dir: {gateway.state_dir} is in RAM on this machine "
+                f"({medium}): {RAM_ADVICE}"
+            )
+    return found
 
 
 def _numbered_port_warnings(source: Path, devices: Mapping[int, DeviceConfig]) -> list[str]:

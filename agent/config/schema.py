@@ -36,6 +36,10 @@ class GatewaySection(_Section):
     # A file holding this board's unique ID (agent.board_change); None: a Pi's CPU serial, else
     # /etc/machine-id.
     board_id_file: Path | None = None
+    # A state directory whose file system keeps its writes in RAM (tmpfs, zram, an Overlay File
+    # System) loses the outbox and the learnt state at every reboot: the agent says so and is
+    # degraded, unless this says the loss is intended (a demo, a gateway that only relays).
+    accept_state_in_ram: bool = False
 
     @field_validator("state_dir")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,11 @@ class Plant:
     host: str
     port: int
     endpoints: dict[str, dict[str, object]] = field(default_factory=dict)
+    own_dir: Path | None = None  # the work directory made for it, removed once it stopped
+
+    def _forget_dir(self) -> None:
+        if self.own_dir is not None and self.process.poll() is not None:
+            shutil.rmtree(self.own_dir, ignore_errors=True)
 
     def kill(self) -> None:
         """Hard stop (SIGKILL), as a crash or power cut would."""
@@ -45,6 +51,12 @@ class Plant:
 
     def stop(self) -> int:
         """Graceful stop (SIGTERM); returns the exit code."""
+        try:
+            return self._stop()
+        finally:
+            self._forget_dir()
+
+    def _stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -109,12 +121,17 @@ def start_plant(
 
     try:
         wait_until(announced, START_TIMEOUT_S, what="edge-sim announcing its endpoints")
-    except TimeoutError:
-        process.kill()
+    except BaseException:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        if workdir is None:
+            shutil.rmtree(directory, ignore_errors=True)
         raise
     endpoints = json.loads(endpoints_file.read_text(encoding="utf-8"))
     modbus = endpoints["modbus_tcp"]
-    return Plant(process, str(modbus["host"]), int(modbus["port"]), endpoints)
+    own = directory if workdir is None else None
+    return Plant(process, str(modbus["host"]), int(modbus["port"]), endpoints, own_dir=own)
 
 
 @contextmanager
