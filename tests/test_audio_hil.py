@@ -17,7 +17,7 @@ import pytest
 from scipy.io import wavfile
 
 from tests.support.plant import Plant, start_plant
-from tests.support.testing import eventually, free_port
+from tests.support.testing import eventually, free_port, skip_without_ipv6_loopback
 from water_edge.agent.supervisor import DeviceRunner
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Event, Reading
@@ -480,6 +480,7 @@ def test_a_file_overwritten_while_it_is_played_is_a_driver_error_not_a_crash(tmp
 
 
 async def test_a_stream_on_an_ipv6_address_is_read(closing: list[AudioDriver]) -> None:
+    skip_without_ipv6_loopback()
     ctx = SimContext(
         station=PumpStation(0), points=[], seed=0, host="::1", workdir=Path("/tmp"), options={"port": 0}
     )

@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 from tests.support.opcua_sim import Sim, opcua_station
 from tests.support.supervised import supervised
-from tests.support.testing import eventually, free_port
+from tests.support.testing import eventually, free_port, skip_without_ipv6_loopback
 from water_edge.core.errors import DriverIOError
 from water_edge.core.reading import Reading
 from water_edge.drivers.opcua.certs import make_client_certificate
@@ -128,12 +128,10 @@ async def test_a_node_id_no_request_can_carry_makes_its_tag_bad_not_the_device(s
 
 
 async def test_an_ipv6_endpoint_connects() -> None:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-            port = sock.getsockname()[1]
-    except OSError:
-        pytest.skip("no IPv6 loopback on this host")
+    skip_without_ipv6_loopback()
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        port = sock.getsockname()[1]
     server = Server()
     await server.init()
     server.set_endpoint(f"opc.tcp://[::1]:{port}")

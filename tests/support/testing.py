@@ -186,6 +186,15 @@ def free_port(host: str = "127.0.0.1") -> int:
             return port
 
 
+def skip_without_ipv6_loopback() -> None:
+    """Skip, saying why, on a machine or container whose loopback has no ::1 (IPv6 turned off)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+
+
 def _claim(path: Path) -> bool:
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
