@@ -1,0 +1,865 @@
+"""What a field technician sends when a gateway misbehaves (`edge-agent support-bundle`).
+
+One gzip'd tar, safe to email: everything the central team or the maintainers ask for first, with
+every secret masked, no key and no reading's value. Each part is gathered on its own, bounded in
+time; a part that cannot be gathered is left out with the reason in `MANIFEST.json`, and never
+fails the bundle:
+
+- `versions.json`: release, Python, key packages, OS, kernel, host name, time (UTC), clock sync;
+- `config.toml.redacted`: the config file's text with every secret masked (`MASK`);
+- `check-config.txt`: what `edge-agent check-config` prints for it, and its exit status;
+- `status.json`: the running agent's status document (`edge-agent status --json`);
+- `outbox.json`: `buffer stats` figures and the newest events still in the outbox (never readings);
+- `journal.txt`: the unit's journal of the last 24 h, the newest `JOURNAL_MAX_BYTES`;
+- `host.json`: mounts, free space, memory, uptime, load, the board's health (`host_health.sample`);
+- `serial.json`: serial ports, their udev names, the adapters the agent recorded;
+- `learnt_state.json`: names and sizes of what `edge-agent state export` would carry.
+
+Secrets: the values of the config's secret references (resolved now, as far as this user may read
+them), every string under a key named like a secret (`core.redact.is_secret_key`) or a meter's
+`key`, WebSocket header values and passwords in URLs are masked in the config's text; then every
+such value is cut out of every part (as written, JSON- and TOML-escaped), the MANIFEST included.
+Values shorter than 4 characters are masked where their key says so, not searched for elsewhere
+(as `core.redact` does).
+
+Nothing is written inside the state directory: the outbox is opened read-only (not at all when
+reading it would have SQLite create a `-shm` there), the rest only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import platform
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any, Final
+
+import orjson
+
+from water_edge.agent import __version__
+from water_edge.core.redact import MASK, is_secret_key, redact
+
+FORMAT: Final = "edge-agent-support/1"
+MANIFEST: Final = "MANIFEST.json"
+UNIT: Final = "edge-agent.service"  # deploy/edge-agent.service
+MAX_BUNDLE_BYTES: Final = 20 * 2**20  # of parts, uncompressed: the archive is never larger
+JOURNAL_MAX_BYTES: Final = 5 * 2**20
+JOURNAL_TIMEOUT_S: Final = 60.0
+PART_TIMEOUT_S: Final = 30.0  # any other part
+STATUS_TIMEOUT_S: Final = 5.0  # as `edge-agent status` waits
+CONFIG_MAX_BYTES: Final = 8 * 2**20
+EVENTS: Final = 200
+PACKAGES: Final = (
+    "water-edge-agent",
+    "pymodbus",
+    "paho-mqtt",
+    "pydantic",
+    "asyncua",
+    "orjson",
+    "structlog",
+    "numpy",
+    "scipy",
+    "cryptography",
+    "ai-edge-litert",
+    "tflite-runtime",
+    "protobuf",
+    "pyserial",
+    "sounddevice",
+)
+SERIAL_NODES: Final = ("ttyUSB*", "ttyACM*", "ttyAMA*")
+_MIN_SECRET: Final = 4  # as core.redact: shorter values are masked by key, not searched for
+
+
+# --- redaction ------------------------------------------------------------------------------------
+
+
+def _is_secret_name(key: str) -> bool:
+    """A key whose string value is a secret: named like one, or a meter's AES `key`."""
+    return is_secret_key(key) or key.lower() in ("key", "aes_key", "authorization")
+
+
+class Redactor:
+    """Cuts known secret values out of texts and documents, in every form they may be written."""
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self.values: set[str] = set()
+        self._forms: list[str] = []
+        self.add(values)
+
+    def add(self, values: Iterable[str]) -> None:
+        self.values |= {v for v in values if isinstance(v, str) and len(v) >= _MIN_SECRET}
+        forms: set[str] = set()
+        for value in self.values:
+            forms.add(value)
+            forms.add(orjson.dumps(value).decode()[1:-1])  # JSON and TOML basic strings
+            forms.add(json.dumps(value)[1:-1])  # \uXXXX for what is not ASCII
+            forms.add(repr(value)[1:-1])  # an exception's message quoting it
+        self._forms = sorted((f for f in forms if len(f) >= _MIN_SECRET), key=len, reverse=True)
+
+    def text(self, text: str) -> str:
+        for form in self._forms:
+            text = text.replace(form, MASK)
+        return text
+
+    def data(self, data: bytes) -> bytes:
+        for form in self._forms:
+            data = data.replace(form.encode("utf-8", "surrogateescape"), MASK.encode())
+        return data
+
+    def document(self, obj: Any) -> Any:
+        """`obj` with secret-named keys masked and known values cut out (`core.redact.redact`)."""
+        return redact(obj, self.values)
+
+
+# A TOML key (bare, quoted, dotted) assigned a string (basic, literal, multi-line), where a key
+# may stand: at the start of a line, or after `{` or `,` in an inline table.
+_STRING = r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\''
+_KEY_PART = r'[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\''
+_ASSIGNED_STRING = re.compile(
+    rf"(?P<lead>(?:^|[{{,])[ \t]*)(?P<key>(?:{_KEY_PART})(?:[ \t]*\.[ \t]*(?:{_KEY_PART}))*)"
+    rf"(?P<eq>[ \t]*=[ \t]*)(?P<value>{_STRING})",
+    re.M,
+)
+# `key = { file = "..." }` / `{ env = "..." }`: a secret reference written inline
+_ASSIGNED_REFERENCE = re.compile(
+    rf"(?P<key>(?:{_KEY_PART})(?:[ \t]*\.[ \t]*(?:{_KEY_PART}))*)[ \t]*=[ \t]*"
+    rf"\{{[ \t]*(?P<kind>file|env)[ \t]*=[ \t]*(?P<value>{_STRING})[ \t]*\}}"
+)
+_INLINE_HEADERS = re.compile(r"websocket_headers[\"']?[ \t]*=[ \t]*\{[^}\n]*\}")
+_ANY_STRING = re.compile(_STRING)
+_TABLE_HEADER = re.compile(r"^[ \t]*\[\[?[ \t]*(?P<name>[^\]\n]+?)[ \t]*\]\]?[ \t]*(?:#.*)?$", re.M)
+# The password of a URL's user part: scheme://user:PASSWORD@host
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@\"']*:)(?P<pw>[^@\s\"'/]+)(?P<at>@)")
+
+
+def _last_key(key: str) -> str:
+    part = re.split(r"[ \t]*\.[ \t]*(?=(?:[^\"']|\"[^\"]*\"|'[^']*')*$)", key)[-1]
+    return part.strip("\"'")
+
+
+def _string_value(literal: str) -> str | None:
+    """The value of a TOML string literal, as far as it can be told without a whole document."""
+    try:
+        parsed = _parse_toml(f"v = {literal}\n")
+    except ValueError:
+        return None
+    value = parsed.get("v")
+    return value if isinstance(value, str) else None
+
+
+def _parse_toml(text: str) -> dict[str, Any]:
+    from water_edge.core.toml_text import parse_toml
+
+    return parse_toml(text)
+
+
+def redact_config_text(text: str, redactor: Redactor) -> str:
+    """The config's text with each secret masked: strings under secret-named keys, in WebSocket
+    header tables, passwords in URLs, then every known secret value wherever it is. Works on a
+    file that is no longer TOML too (half-edited): it goes by lines, not by the parsed document."""
+    headers_table = _header_tables(text)
+
+    def assigned(match: re.Match[str]) -> str:
+        key = _last_key(match["key"])
+        if _is_secret_name(key) or _in_tables(match.start(), headers_table):
+            return f'{match["lead"]}{match["key"]}{match["eq"]}"{MASK}"'
+        return match.group(0)
+
+    text = _INLINE_HEADERS.sub(lambda m: _ANY_STRING.sub(f'"{MASK}"', m.group(0)), text)
+    text = _ASSIGNED_STRING.sub(assigned, text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", text)
+    return redactor.text(text)
+
+
+def _header_tables(text: str) -> list[tuple[int, int]]:
+    """Spans of the text inside `[...websocket_headers]` tables, whose values are all secret."""
+    spans: list[tuple[int, int]] = []
+    headers = list(_TABLE_HEADER.finditer(text))
+    for i, header in enumerate(headers):
+        if _last_key(header["name"]) == "websocket_headers":
+            end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
+            spans.append((header.end(), end))
+    return spans
+
+
+def _in_tables(position: int, spans: list[tuple[int, int]]) -> bool:
+    return any(start <= position < end for start, end in spans)
+
+
+def config_text_secrets(text: str) -> list[str]:
+    """The secret values a config's text holds or names: strings under secret-named keys, header
+    values, URL passwords, and the values of secret references (`{ file = ... }`, `{ env = ... }`)
+    resolved now (those this user may not read are skipped: they are not in the text either)."""
+    found: list[str] = [m["pw"] for m in _URL_PASSWORD.finditer(text)]
+    try:
+        document: Any = _parse_toml(text)
+    except ValueError:
+        document = None
+    if document is not None:
+        found += _document_secrets(document, secret=False)
+    else:  # not TOML (half-edited): what the lines say
+        for match in _ASSIGNED_STRING.finditer(text):
+            if _is_secret_name(_last_key(match["key"])):
+                value = _string_value(match["value"])
+                if value:
+                    found.append(value)
+        for match in _ASSIGNED_REFERENCE.finditer(text):
+            where = _string_value(match["value"])
+            if _is_secret_name(_last_key(match["key"])) and where:
+                found += _resolved_reference({match["kind"]: where})
+    return found
+
+
+def _document_secrets(node: Any, *, secret: bool, key: str = "") -> list[str]:
+    if isinstance(node, dict):
+        if secret and set(node) in ({"file"}, {"env"}):
+            return _resolved_reference(node)
+        found: list[str] = []
+        for name, value in node.items():
+            within = secret or _is_secret_name(str(name)) or key == "websocket_headers"
+            found += _document_secrets(value, secret=within, key=str(name))
+        return found
+    if isinstance(node, list):
+        return [v for item in node for v in _document_secrets(item, secret=secret, key=key)]
+    if isinstance(node, str):
+        passwords = [m["pw"] for m in _URL_PASSWORD.finditer(node)]
+        return [node, *passwords] if secret else passwords
+    return []
+
+
+def _resolved_reference(reference: dict[str, Any]) -> list[str]:
+    from water_edge.core.errors import ConfigError
+    from water_edge.core.secrets import SecretRef
+
+    try:
+        value = SecretRef.model_validate(reference).resolve()
+    except (ConfigError, ValueError):
+        return []
+    return [value] if value else []
+
+
+# --- the parts ------------------------------------------------------------------------------------
+
+
+class PartMissingError(Exception):
+    """A part that cannot be gathered; the message is the reason the MANIFEST gives."""
+
+
+@dataclass
+class Part:
+    name: str
+    data: bytes | None = None
+    reason: str | None = None  # why `data` is None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """What every part may use: the config as far as it loads, where the agent keeps its state."""
+
+    config_path: Path
+    config_text: str | None
+    config: Any | None  # the loaded Config; None when it does not load
+    state_dir: Path
+    outbox: Path
+    redactor: Redactor
+    journalctl: str
+    unit: str
+
+
+def _json(obj: Any) -> bytes:
+    from water_edge.core.files import printable_texts
+
+    return (
+        orjson.dumps(
+            printable_texts(obj), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS
+        )
+        + b"\n"
+    )
+
+
+def _versions(ctx: Context) -> bytes:
+    from water_edge.agent.release_name import RELEASE
+
+    packages: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    os_release: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text(encoding="utf-8", errors="replace").splitlines():
+            name, sep, value = line.partition("=")
+            if sep and name.strip() and not name.startswith("#"):
+                os_release[name.strip()] = value.strip().strip("\"'")
+    uname = os.uname()
+    clock: dict[str, Any]
+    try:
+        from water_edge.core.timesync import best_source
+
+        clock = dataclasses.asdict(best_source().read())
+    except (OSError, AttributeError) as exc:  # no libc adjtimex to call
+        clock = {"synchronised": None, "error": str(exc)}
+    return _json(
+        {
+            "agent_version": __version__,
+            "release": RELEASE,
+            "python": {
+                "version": platform.python_version(),
+                "executable": sys.executable,
+                "prefix": sys.prefix,
+            },
+            "packages": packages,
+            "os_release": os_release,
+            "kernel": {
+                "sysname": uname.sysname,
+                "release": uname.release,
+                "version": uname.version,
+                "machine": uname.machine,
+            },
+            "hostname": socket.gethostname(),
+            "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "clock_sync": clock,
+            "user": {"uid": os.getuid(), "euid": os.geteuid()},
+        }
+    )
+
+
+def _config_text(ctx: Context) -> tuple[bytes, list[str]]:
+    if ctx.config_text is None:
+        raise PartMissingError(f"{ctx.config_path}: cannot be read (see check-config.txt)")
+    text = ctx.config_text
+    note = ""
+    if len(text.encode()) > CONFIG_MAX_BYTES:
+        text = text.encode()[:CONFIG_MAX_BYTES].decode("utf-8", "ignore")
+        note = f"\n# support-bundle: cut at {CONFIG_MAX_BYTES // 2**20} MiB\n"
+    notes = [
+        f"the secret {where}: its value could not be looked for and masked in the other parts "
+        "(the journal); run as root or as the agent's user"
+        for where in _unreadable_references(text)
+    ]
+    return (redact_config_text(text, ctx.redactor) + note).encode(), notes
+
+
+def _unreadable_references(text: str) -> list[str]:
+    """The config's secret references whose values this user cannot read: where they point, and why."""
+    from water_edge.core.errors import ConfigError
+    from water_edge.core.secrets import SecretRef, describe_secret
+
+    try:
+        document: Any = _parse_toml(text)
+    except ValueError:
+        return []
+    found: list[str] = []
+
+    def walk(node: Any, secret: bool, key: str) -> None:
+        if isinstance(node, dict) and secret and set(node) in ({"file"}, {"env"}):
+            try:
+                reference = SecretRef.model_validate(node)
+                reference.resolve()
+            except ConfigError as exc:
+                found.append(f"{describe_secret(reference)}: {'; '.join(exc.problems)}")
+            except ValueError:
+                pass
+        elif isinstance(node, dict):
+            for name, value in node.items():
+                walk(value, secret or _is_secret_name(str(name)) or key == "websocket_headers", str(name))
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, secret, key)
+
+    walk(document, False, "")
+    return found
+
+
+def check_config_output(config_path: Path) -> tuple[int, str]:
+    """What `edge-agent check-config -c FILE` prints (stdout and stderr, as a terminal shows them)
+    and its exit status: the command's own code, run here."""
+    from water_edge.agent import cli
+    from water_edge.core.errors import ConfigError
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            code = cli.cmd_check_config(argparse.Namespace(file=None, config=str(config_path)))
+        except (ConfigError, OSError) as exc:  # what `main` would answer in one line
+            out.write(f"edge-agent: {exc}\n")
+            code = 2
+        except Exception as exc:  # noqa: BLE001 - a crash of the check is what the maintainers want to see
+            out.write(f"edge-agent check-config crashed: {type(exc).__name__}: {exc}\n")
+            code = 1
+    return code, out.getvalue()
+
+
+def _status(ctx: Context) -> bytes:
+    from water_edge.agent.commands._exits import DEFAULT_CONFIG
+    from water_edge.agent.locate import Answer, NoAgentError, ask_for_access, find_socket, probe
+    from water_edge.agent.status import AgentNotRunningError, StatusRefusedError, request_status
+
+    try:
+        path = (
+            ctx.config.status_socket
+            if ctx.config is not None
+            else find_socket(None, str(ctx.config_path), Path(DEFAULT_CONFIG))
+        )
+        if probe(path) is Answer.DENIED:
+            raise PartMissingError(f"this user may not open the status socket {path}: {ask_for_access(path)}")
+        snap = request_status(path, STATUS_TIMEOUT_S)
+    except StatusRefusedError as exc:
+        raise PartMissingError(f"the agent did not give its status: {exc}") from None
+    except (AgentNotRunningError, NoAgentError) as exc:
+        raise PartMissingError(f"no agent running: {exc}") from None
+    return _json(ctx.redactor.document(snap))
+
+
+def _outbox(ctx: Context) -> tuple[bytes, list[str]]:
+    from water_edge.buffer.stats import read_stats, stats_to_json
+    from water_edge.core.errors import BufferError
+    from water_edge.core.reading import now_ns
+
+    path = ctx.outbox
+    _never_write_beside(path)
+    try:
+        stats = stats_to_json(read_stats(path), now_ns())
+    except BufferError as exc:
+        raise PartMissingError(str(exc)) from None
+    events, note = _outbox_events(path)
+    document = {
+        "path": str(path),
+        "stats": stats,
+        "events": events,
+        "events_note": (
+            f"the newest {EVENTS} events still in the outbox (sent events are deleted once the "
+            "broker acknowledges them); readings are never included"
+        ),
+    }
+    return _json(ctx.redactor.document(document)), [note] if note else []
+
+
+def _never_write_beside(path: Path) -> None:
+    """A `-wal` without its `-shm` (a copied outbox) is read only through a `-shm` SQLite would
+    create beside it, inside the state directory: not done."""
+    try:
+        wal_alone = Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
+    except OSError:  # a directory closed to this user: `read_stats` says so, with whom to run as
+        return
+    if wal_alone:
+        raise PartMissingError(
+            f"outbox {path}: it has a -wal but no -shm; reading it would create one in the state "
+            "directory, which the bundle never writes to"
+        )
+
+
+def _outbox_events(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The newest `EVENTS` events in the outbox, newest first: kind, source, time, severity, detail."""
+    from water_edge.buffer.codec import decode_events
+    from water_edge.buffer.stats import BUSY_TIMEOUT_MS
+    from water_edge.core.errors import BufferError
+
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    if not Path(f"{path}-wal").exists():
+        uri += "&immutable=1"  # as buffer stats: a plain read-only open would create -wal and -shm
+    events: list[dict[str, Any]] = []
+    skipped = 0
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            rows = conn.execute(
+                "SELECT body FROM outbox WHERE row_class = 'event' ORDER BY id DESC LIMIT ?", (EVENTS,)
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return [], f"events: cannot be read ({exc})"
+    for (body,) in rows:
+        try:
+            decoded = decode_events(body)
+        except BufferError:
+            skipped += 1
+            continue
+        for event in reversed(decoded):
+            if len(events) < EVENTS:
+                events.append(
+                    {
+                        "kind": event.kind,
+                        "source": event.source,
+                        "time": _iso(event.ts_ns),
+                        "ts_ns": event.ts_ns,
+                        "severity": event.severity,
+                        "detail": event.detail,
+                    }
+                )
+    return events, f"events: {skipped} outbox rows could not be decoded" if skipped else None
+
+
+def _iso(ts_ns: int) -> str:
+    try:
+        return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):
+        return str(ts_ns)
+
+
+def _journal(ctx: Context) -> tuple[bytes, list[str]]:
+    """`journalctl -u UNIT --since -24h`, the newest `JOURNAL_MAX_BYTES`, each line redacted."""
+    command = [ctx.journalctl, "-u", ctx.unit, "--since", "-24h", "-o", "short-iso", "--no-pager"]
+    try:
+        process = subprocess.Popen(  # a fixed command, no shell
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
+    except OSError as exc:
+        raise PartMissingError(f"journalctl cannot be run: {exc.strerror or exc}") from None
+    timer = threading.Timer(JOURNAL_TIMEOUT_S, process.kill)
+    timer.start()
+    errors: list[bytes] = []
+    reader = threading.Thread(target=_first_bytes, args=(process.stderr, errors), daemon=True)
+    reader.start()
+    kept: deque[bytes] = deque()
+    size = total = 0
+    try:
+        assert process.stdout is not None  # PIPE given
+        for raw in process.stdout:
+            line = ctx.redactor.data(raw)
+            kept.append(line)
+            size += len(line)
+            total += len(line)
+            while size > JOURNAL_MAX_BYTES:
+                size -= len(kept.popleft())
+        code = process.wait()
+    finally:
+        timer.cancel()
+        process.kill()
+        process.wait()
+        reader.join(5)
+    stderr = ctx.redactor.text(b"".join(errors).decode("utf-8", "replace")).strip()
+    if code < 0:
+        raise PartMissingError(f"journalctl did not finish within {JOURNAL_TIMEOUT_S:g} s")
+    if code != 0:
+        raise PartMissingError(f"journalctl refused (exit {code}): {stderr or 'no message'}")
+    text = b"".join(kept)
+    # "No journal files were found.", or a user in no group that may read them
+    if text.strip() in (b"", b"-- No entries --") and stderr:
+        raise PartMissingError(f"journalctl: {stderr}")
+    notes = [f"journalctl: {stderr}"] if stderr else []
+    if total > size:
+        notes.append(f"the newest {size:,} of {total:,} bytes of the last 24 h")
+    return text, notes
+
+
+def _first_bytes(stream: IO[bytes] | None, into: list[bytes], limit: int = 65536) -> None:
+    """Read `stream` to its end (a writer is never left blocked), keeping its first `limit` bytes."""
+    if stream is None:
+        return
+    kept = 0
+    while chunk := stream.read(65536):
+        if kept < limit:
+            into.append(chunk[: limit - kept])
+            kept += len(into[-1])
+
+
+def _mount_of(path: Path, mounts: list[list[str]]) -> list[str] | None:
+    """The mount (fields of a /proc/self/mounts line) holding `path`: the longest mount point on
+    its way."""
+    real = str(path.resolve())
+    best: list[str] | None = None
+    for fields in mounts:
+        point = fields[1].replace("\\040", " ")
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and (
+            best is None or len(point) >= len(best[1])
+        ):
+            best = fields
+    return best
+
+
+def _host(ctx: Context) -> bytes:
+    from water_edge.agent import host_health
+
+    document: dict[str, Any] = {"state_dir": str(ctx.state_dir)}
+    try:
+        lines = Path("/proc/self/mounts").read_text(encoding="utf-8", errors="replace").splitlines()
+        mounts = [line.split() for line in lines if len(line.split()) >= 4]
+        root, state = _mount_of(Path("/"), mounts), _mount_of(ctx.state_dir, mounts)
+        document["mounts"] = {
+            "/": " ".join(root) if root else None,
+            "state_dir": " ".join(state) if state else None,
+        }
+    except OSError as exc:
+        document["mounts"] = {"error": str(exc)}
+    try:
+        fs = os.statvfs(ctx.state_dir)
+        document["state_dir_disk"] = {
+            "free_bytes": fs.f_bavail * fs.f_frsize,
+            "size_bytes": fs.f_blocks * fs.f_frsize,
+            "free_inodes": fs.f_favail,
+        }
+    except OSError as exc:
+        document["state_dir_disk"] = {"error": exc.strerror or str(exc)}
+    memory: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapTotal", "SwapFree"):
+                with contextlib.suppress(ValueError, IndexError):
+                    memory[f"{name}_kib"] = int(value.split()[0])
+    document["memory"] = memory
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        document["uptime_s"] = float(Path("/proc/uptime").read_text().split()[0])
+    with contextlib.suppress(OSError):
+        document["load"] = list(os.getloadavg())
+    document["cpus"] = os.cpu_count()
+    try:
+        document["health"] = dataclasses.asdict(host_health.sample(host_health.SYSFS_ROOT, ctx.state_dir))
+    except OSError as exc:
+        document["health"] = {"error": str(exc)}
+    return _json(document)
+
+
+def _serial(ctx: Context) -> bytes:
+    from water_edge.agent.serial_adapters import PORTS_FILE
+    from water_edge.drivers.serial_names import LINK_DIRS, numbered_port, stable_names
+
+    links: dict[str, dict[str, str]] = {}
+    for directory in LINK_DIRS:
+        found: dict[str, str] = {}
+        with contextlib.suppress(OSError):
+            for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+                with contextlib.suppress(OSError):
+                    found[entry.path] = os.path.realpath(entry.path)
+        links[str(directory)] = found
+    nodes = sorted(str(p) for pattern in SERIAL_NODES for p in Path("/dev").glob(pattern))
+    configured: list[dict[str, Any]] = []
+    if ctx.config is not None:
+        ports: dict[str, list[str]] = {}
+        for device in ctx.config.devices:
+            for port, _ in device.serial_lines():
+                ports.setdefault(port, []).append(device.name)
+        for port, devices in ports.items():
+            names = stable_names(port)
+            configured.append(
+                {
+                    "port": port,
+                    "devices": devices,
+                    "exists": os.path.exists(port),
+                    "kernel_numbered": numbered_port(port) is not None,
+                    "stable_names": dataclasses.asdict(names),
+                    "preferred": names.preferred(),
+                }
+            )
+    recorded: Any = None
+    record = ctx.state_dir / PORTS_FILE
+    try:
+        with record.open("rb") as file:
+            raw = file.read(2**20 + 1)
+        recorded = json.loads(raw) if len(raw) <= 2**20 else {"error": "more than 1 MiB"}
+    except FileNotFoundError:
+        recorded = None
+    except (OSError, ValueError) as exc:
+        recorded = {"error": str(exc)}
+    return _json({"nodes": nodes, "links": links, "configured_ports": configured, PORTS_FILE: recorded})
+
+
+def _learnt_state(ctx: Context) -> bytes:
+    from water_edge.agent.locate import state_access_hint
+    from water_edge.agent.state_transfer import learnt_files
+
+    if not ctx.state_dir.is_dir():
+        raise PartMissingError(f"{ctx.state_dir}: no state directory")
+    if not os.access(ctx.state_dir, os.R_OK | os.X_OK):
+        raise PartMissingError(
+            f"{ctx.state_dir}: this user may not look into it: {state_access_hint(ctx.state_dir)}"
+        )
+    files: list[dict[str, Any]] = []
+    for relative in learnt_files(ctx.state_dir):
+        with contextlib.suppress(OSError):
+            files.append({"name": relative.as_posix(), "bytes": (ctx.state_dir / relative).stat().st_size})
+    return _json(
+        {
+            "state_dir": str(ctx.state_dir),
+            "files": files,
+            "total_bytes": sum(f["bytes"] for f in files),
+            "note": "what `edge-agent state export` would carry: names and sizes only",
+        }
+    )
+
+
+# --- making the bundle ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bundle:
+    archive: bytes  # the .tar.gz
+    manifest: dict[str, Any]
+    config_loads: bool
+
+
+Gatherer = Callable[[Context], bytes | tuple[bytes, list[str]]]
+
+# In the order they are kept when the whole would pass MAX_BUNDLE_BYTES (the last ones go first).
+GATHERERS: Final[tuple[tuple[str, Gatherer, float], ...]] = (
+    ("versions.json", _versions, PART_TIMEOUT_S),
+    ("config.toml.redacted", _config_text, PART_TIMEOUT_S),
+    ("status.json", _status, STATUS_TIMEOUT_S * 2),
+    ("outbox.json", _outbox, PART_TIMEOUT_S),
+    ("host.json", _host, PART_TIMEOUT_S),
+    ("serial.json", _serial, PART_TIMEOUT_S),
+    ("learnt_state.json", _learnt_state, PART_TIMEOUT_S),
+    ("journal.txt", _journal, JOURNAL_TIMEOUT_S + 10),
+)
+
+
+def _bounded(name: str, gather: Gatherer, ctx: Context, timeout_s: float) -> Part:
+    """One part, gathered in a thread of its own: one that hangs (a dead mount under the state
+    directory) is left behind after `timeout_s`, with the reason."""
+    result: list[Part] = []
+
+    def run() -> None:
+        try:
+            got = gather(ctx)
+            data, notes = got if isinstance(got, tuple) else (got, [])
+            result.append(Part(name, data, notes=notes))
+        except PartMissingError as exc:
+            result.append(Part(name, reason=str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a part that fails never fails the bundle
+            result.append(Part(name, reason=f"failed: {type(exc).__name__}: {exc}"))
+
+    worker = threading.Thread(target=run, name=f"support-bundle {name}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return result[0] if result else Part(name, reason=f"not gathered within {timeout_s:g} s")
+
+
+def _context(config_path: Path, journalctl: str, unit: str) -> Context:
+    from water_edge.agent.config import load_config
+    from water_edge.agent.locate import DEFAULT_STATE_DIR, state_file_from_config
+    from water_edge.agent.secrets import config_secrets
+    from water_edge.core.errors import ConfigError
+    from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
+
+    text: str | None
+    try:
+        text = read_toml_text(config_path)
+    except NotUtf8TextError:
+        try:
+            with config_path.open("rb") as file:
+                text = file.read(CONFIG_MAX_BYTES).decode("utf-8", "replace").replace("\x00", "\\0")
+        except OSError:
+            text = None
+    except OSError:
+        text = None
+    redactor = Redactor(config_text_secrets(text) if text is not None else ())
+    config: Any = None
+    # A config that does not load: check-config.txt says why. Whatever the loader raises (a crash
+    # too, which check-config.txt shows) never fails the bundle.
+    with contextlib.suppress(ConfigError, Exception):
+        config = load_config(config_path, closed_state="warning")
+    if config is not None:
+        redactor.add(config_secrets(config))
+        state_dir, outbox = config.gateway.state_dir, config.buffer_path
+    else:
+        outbox = state_file_from_config(config_path, "buffer", "path", "outbox.sqlite") or (
+            DEFAULT_STATE_DIR / "outbox.sqlite"
+        )
+        # `[gateway] state_dir` read leniently: a file under it that no key names, and its parent
+        anything = state_file_from_config(config_path, "gateway", "support-bundle: no key", "x")
+        state_dir = anything.parent if anything is not None else DEFAULT_STATE_DIR
+    return Context(config_path, text, config, state_dir, outbox, redactor, journalctl, unit)
+
+
+def make_bundle(config_path: Path, *, journalctl: str = "journalctl", unit: str = UNIT) -> Bundle:
+    """The support bundle for the agent `config_path` configures (whether or not it loads, and
+    whether or not the agent runs)."""
+    started = time.monotonic()
+    ctx = _context(config_path, journalctl, unit)
+    code, printed = check_config_output(config_path)
+    parts = [_bounded(name, gather, ctx, timeout) for name, gather, timeout in GATHERERS]
+    check = Part(
+        "check-config.txt",
+        f"$ edge-agent check-config -c {config_path}\n{printed}exit status {code}\n".encode(),
+    )
+    parts.insert(2, check)
+    files: dict[str, bytes] = {}
+    missing: dict[str, str] = {}
+    notes: dict[str, list[str]] = {}
+    room = MAX_BUNDLE_BYTES - 64 * 1024  # the MANIFEST's
+    for part in parts:
+        if part.data is None:
+            missing[part.name] = part.reason or "not gathered"
+            continue
+        data = ctx.redactor.data(part.data)  # the last look: whatever a part let through
+        if len(data) > room:
+            missing[part.name] = (
+                f"left out: {len(data):,} bytes would pass the bundle's {MAX_BUNDLE_BYTES // 2**20} MiB"
+            )
+            continue
+        room -= len(data)
+        files[part.name] = data
+        if part.notes:
+            notes[part.name] = part.notes
+    manifest = {
+        "format": FORMAT,
+        "agent_version": __version__,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": str(config_path.absolute()),
+        "config_loads": ctx.config is not None,
+        "state_dir": str(ctx.state_dir),
+        "files": {
+            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            for name, data in files.items()
+        },
+        "missing": missing,
+        "notes": notes,
+        "gathered_in_s": round(time.monotonic() - started, 2),
+        "never_included": (
+            "secrets (masked as ***: the config's passwords, tokens, keys, secret references' values), "
+            "key files, readings' values"
+        ),
+    }
+    manifest_bytes = ctx.redactor.data(_json(manifest))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        _add(archive, MANIFEST, manifest_bytes)
+        for name, data in files.items():
+            _add(archive, name, data)
+    return Bundle(buffer.getvalue(), json.loads(manifest_bytes), ctx.config is not None)
+
+
+def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+    archive.addfile(info, io.BytesIO(data))
+
+
+def inside(path: Path, directory: Path) -> bool:
+    """`path` is `directory` or under it (both resolved as far as they exist)."""
+    try:
+        return path.resolve().is_relative_to(directory.resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def members(archive: bytes) -> Iterator[tuple[str, bytes]]:
+    """The files of a bundle (for tests and for whoever unpacks one in Python)."""
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        for member in tar:
+            extracted = tar.extractfile(member)
+            if extracted is not None:
+                yield member.name, extracted.read()
