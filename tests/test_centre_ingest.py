@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
@@ -52,6 +53,26 @@ def test_migrations_apply_once(centre_db: str) -> None:
     assert migrate(centre_db) == []
     names = [row[0] for row in query(centre_db, "SELECT name FROM centre_migrations ORDER BY name")]
     assert names == [name for name, _ in migrations()]
+
+
+def test_a_database_made_under_the_c_locale_is_migrated_once_and_ingested(postgres_server: Any) -> None:
+    """initdb where LANG is unset (many containers) makes SQL_ASCII databases, in which psycopg
+    hands text back as bytes: the applied migrations were not recognised, and the ingest's start
+    failed on the second run ("relation streams already exists")."""
+    name = "sql_ascii_" + secrets.token_hex(3)
+    with psycopg.connect(postgres_server.dsn(), autocommit=True) as conn:
+        conn.execute(
+            f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        )
+    dsn = postgres_server.dsn(name)
+    assert migrate(dsn) == [name for name, _ in migrations()]
+    assert migrate(dsn) == []
+    store = Store(dsn)
+    try:
+        assert store.commit(messages("gw1", range(1, 4))).messages == 3
+    finally:
+        store.close()
+    assert committed_seqs(dsn) == {("s1", "gw1", "plc1"): [1, 2, 3]}
 
 
 def test_the_same_messages_from_two_consumers_at_once_are_committed_exactly_once(centre_db: str) -> None:

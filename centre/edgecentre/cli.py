@@ -87,9 +87,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_gaps(args: argparse.Namespace) -> int:
-    import psycopg
+    from water_edge.centre.store import connect
 
-    with psycopg.connect(_dsn(args)) as conn:
+    with connect(_dsn(args)) as conn:
         rows = conn.execute(
             "SELECT site, gateway, stream, first_seq, last_seq, missing, explained FROM open_gaps"
             " ORDER BY site, gateway, stream, first_seq"

@@ -78,6 +78,14 @@ def _db_errors() -> Iterator[None]:
         raise StoreError(f"serialisation failure: {exc}") from exc
 
 
+def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[TupleRow]:
+    """A connection that speaks UTF-8 whatever the database's encoding. A database created under
+    the C or POSIX locale (initdb's default where LANG is unset, as in many containers) is
+    SQL_ASCII, where psycopg hands every text back as bytes: the migrations already applied were
+    not recognised and applied again ("relation streams already exists")."""
+    return psycopg.connect(dsn, autocommit=autocommit, client_encoding="utf8")
+
+
 def migrations() -> list[tuple[str, str]]:
     """(name, sql) of every migration shipped with the package, in order."""
     folder = resources.files("water_edge.centre") / "migrations"
@@ -88,7 +96,7 @@ def migrations() -> list[tuple[str, str]]:
 def migrate(dsn: str) -> list[str]:
     """Apply the migrations not yet applied (each in its own transaction); the names applied."""
     applied: list[str] = []
-    with _db_errors(), psycopg.connect(dsn, autocommit=True) as conn:
+    with _db_errors(), connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
         try:
             conn.execute(
@@ -142,7 +150,7 @@ class Store:
     def _connection(self) -> psycopg.Connection[TupleRow]:
         if self._conn is None or self._conn.closed:
             with _db_errors():
-                self._conn = psycopg.connect(self._dsn)
+                self._conn = connect(self._dsn)
         return self._conn
 
     def check_gaps(self, timeout_s: float) -> list[gaps.Gap] | None:

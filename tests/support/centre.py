@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 
 from tests.support.testing import wait_until
 from water_edge.centre.loadgen import payload
 from water_edge.centre.payload import Message, parse
+from water_edge.centre.store import connect
 
 
 @dataclass
@@ -79,7 +79,7 @@ def committed_in_last_run(log: str) -> int:
 
 
 def query(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn) as conn:
+    with connect(dsn) as conn:  # the ingest's own: text as text in any database encoding
         return conn.execute(sql.encode(), params).fetchall()
 
 

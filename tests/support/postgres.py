@@ -66,8 +66,10 @@ class Postgres(StartedService):
 
     def start(self) -> Self:
         self._as_postgres(
-            str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", USER, "--no-sync"
-        )
+            # UTF-8 whatever the machine's locale: where LANG is unset initdb would make SQL_ASCII
+            str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", USER, "--no-sync",
+            "--encoding=UTF8", "--locale=C",
+        )  # fmt: skip
         opts = (
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
             " -c shared_buffers=128MB -c max_connections=50"
