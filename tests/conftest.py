@@ -10,6 +10,7 @@ import asyncio
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,20 @@ def _temp_dir_on_disk() -> None:
         tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 
 
+def _local_time_in_utc() -> None:
+    """Tests build readings from naive datetimes (`datetime(2024, 1, 21).timestamp()`), which the C
+    library reads in the process's zone: on a machine set to another zone than UTC their nights
+    moved and 13 flow tests failed (seen with TZ=Pacific/Chatham). The run keeps UTC, whatever the
+    machine's zone; a test about zones sets TZ itself (the agent reads its zone from TZ)."""
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """The first process of a run (xdist's controller, or pytest alone) puts the run's temporary
-    files on disk and makes the directory in which `free_port` claims ports; the workers it starts
-    inherit both through the environment."""
+    """The first process of a run (xdist's controller, or pytest alone) keeps local time in UTC,
+    puts the run's temporary files on disk and makes the directory in which `free_port` claims
+    ports; the workers it starts inherit all three through the environment."""
+    _local_time_in_utc()
     _temp_dir_on_disk()
     if PORT_CLAIMS_ENV not in os.environ:
         os.environ[PORT_CLAIMS_ENV] = tempfile.mkdtemp(prefix="water-edge-ports-")
