@@ -262,14 +262,27 @@ def _labelled(label: str, section: dict[str, Any]) -> list[str]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from water_edge.agent.locate import NoAgentError
-    from water_edge.agent.status import AgentNotRunningError, request_status
+    from water_edge.agent.status import AgentNotRunningError, StatusRefusedError, request_status
 
+    socket: Path | None = None
     try:
-        snap = request_status(_socket_path(args))
+        socket = _socket_path(args)
+        snap = request_status(socket)
     except (AgentNotRunningError, NoAgentError) as exc:
         print(f"edge-agent: {printable_texts(str(exc))}", file=sys.stderr)
+        service = None
+        if not isinstance(exc, StatusRefusedError) and not isinstance(exc.__cause__, PermissionError):
+            # Why it is not running, as systemd tells it (none of it when the agent answered with a
+            # refusal, or runs and this user may not open its socket: the line above says which).
+            from water_edge.agent.service_state import service_state
+
+            service = service_state(socket=socket, config=Path(args.config or DEFAULT_CONFIG))
+        lines = service.lines if service is not None else []
+        for line in lines:
+            print(printable_texts(line), file=sys.stderr)
         if args.json:  # a script reading .verdict.state gets a word, not empty input
-            _json_error(str(exc), verdict={"state": "down", "problems": [str(exc)]})
+            more = {"service": {"unit": service.unit, **service.properties}} if service is not None else {}
+            _json_error(str(exc), verdict={"state": "down", "problems": [str(exc), *lines]}, **more)
         if args.prometheus:  # a textfile collector's file says `down` rather than keeping old figures
             from water_edge.agent.metrics_export import no_agent_text
 
