@@ -111,11 +111,18 @@ def explain(
     return state.lines if state is not None else []
 
 
+def _booted_with_systemd() -> bool:
+    try:
+        return Path(os.environ.get(SYSTEMD_DIR_ENV) or SYSTEMD_DIR).is_dir()
+    except OSError:  # a directory on the way this user may not search: as without systemd
+        return False
+
+
 def service_state(
     unit: str = UNIT, *, socket: Path | None = None, config: Path | None = None, timeout_s: float = TIMEOUT_S
 ) -> ServiceState | None:
     """`explain()` with systemd's properties; None without systemd, or when systemctl fails."""
-    if not Path(os.environ.get(SYSTEMD_DIR_ENV) or SYSTEMD_DIR).is_dir():
+    if not _booted_with_systemd():
         return None
     deadline = time.monotonic() + timeout_s
     command = ["systemctl", "show", unit, "--property=" + ",".join(PROPERTIES), "--no-pager"]

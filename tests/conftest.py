@@ -98,6 +98,24 @@ def _own_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
         os.environ["EDGE_AGENT_RUNTIME_DIR"] = before
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_systemd_units() -> Iterator[None]:
+    """On a machine that runs systemd (most CI machines and laptops) `edge-agent status` would add
+    what systemd says of that machine's edge-agent.service (agent.service_state) to every 'no
+    agent answers': the agents the tests start are not that unit. As on a machine without systemd,
+    unless a test says otherwise (tests/test_status_service_state.py)."""
+    from water_edge.agent import service_state
+
+    before = os.environ.get(service_state.SYSTEMD_DIR_ENV)
+    # a path no user can find, nor make: the CLI as `nobody` is started by some tests
+    os.environ[service_state.SYSTEMD_DIR_ENV] = "/dev/null/no-systemd"
+    yield
+    if before is None:
+        del os.environ[service_state.SYSTEMD_DIR_ENV]
+    else:
+        os.environ[service_state.SYSTEMD_DIR_ENV] = before
+
+
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
     """In-process CLI tests configure structlog (and the standard library's logging, which
