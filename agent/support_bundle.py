@@ -576,31 +576,17 @@ def _first_bytes(stream: IO[bytes] | None, into: list[bytes], limit: int = 65536
             kept += len(into[-1])
 
 
-def _mount_of(path: Path, mounts: list[list[str]]) -> list[str] | None:
-    """The mount (fields of a /proc/self/mounts line) holding `path`: the longest mount point on
-    its way."""
-    real = str(path.resolve())
-    best: list[str] | None = None
-    for fields in mounts:
-        point = fields[1].replace("\\040", " ")
-        if (real == point or real.startswith(point.rstrip("/") + "/")) and (
-            best is None or len(point) >= len(best[1])
-        ):
-            best = fields
-    return best
-
-
 def _host(ctx: Context) -> bytes:
     from water_edge.agent import host_health
+    from water_edge.core import mounts
 
     document: dict[str, Any] = {"state_dir": str(ctx.state_dir)}
     try:
-        lines = Path("/proc/self/mounts").read_text(encoding="utf-8", errors="replace").splitlines()
-        mounts = [line.split() for line in lines if len(line.split()) >= 4]
-        root, state = _mount_of(Path("/"), mounts), _mount_of(ctx.state_dir, mounts)
+        table = (host_health.SYSFS_ROOT / mounts.MOUNTINFO).read_text(encoding="utf-8", errors="replace")
+        found = mounts.parse_mountinfo(table)
         document["mounts"] = {
-            "/": " ".join(root) if root else None,
-            "state_dir": " ".join(state) if state else None,
+            where: None if (mount := mounts.mount_of(path, found)) is None else dataclasses.asdict(mount)
+            for where, path in (("/", Path("/")), ("state_dir", ctx.state_dir))
         }
     except OSError as exc:
         document["mounts"] = {"error": str(exc)}
@@ -627,7 +613,9 @@ def _host(ctx: Context) -> bytes:
         document["load"] = list(os.getloadavg())
     document["cpus"] = os.cpu_count()
     try:
-        document["health"] = dataclasses.asdict(host_health.sample(host_health.SYSFS_ROOT, ctx.state_dir))
+        accepted = ctx.config is not None and ctx.config.gateway.accept_state_in_ram
+        health = host_health.sample(host_health.SYSFS_ROOT, ctx.state_dir, accept_state_in_ram=accepted)
+        document["health"] = dataclasses.asdict(health)
     except OSError as exc:
         document["health"] = {"error": str(exc)}
     return _json(document)

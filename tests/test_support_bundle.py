@@ -7,6 +7,7 @@ a bundle is still made and says why parts are missing."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -34,6 +35,7 @@ from water_edge.agent.support_bundle import (
 )
 from water_edge.buffer.outbox import Outbox
 from water_edge.buffer.types import Batch
+from water_edge.core.mounts import in_ram, mount_of, parse_mountinfo
 from water_edge.core.reading import Event, Reading, now_ns
 from water_edge.core.redact import MASK
 
@@ -162,6 +164,11 @@ def test_a_running_agents_bundle_has_its_status_outbox_and_config_and_no_secret(
     assert "synchronised" in versions["clock_sync"]
     host = json.loads(files["host.json"])
     assert host["health"]["filesystem"] == str(tmp_path / "state")
+    assert host["health"]["state_in_ram"] == in_ram(tmp_path / "state")  # None: on disk
+    table = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    holder = mount_of(tmp_path / "state", table)
+    assert holder is not None
+    assert host["mounts"]["state_dir"] == dataclasses.asdict(holder)
     assert host["memory"]["MemTotal_kib"] > 0
     assert files["journal.txt"].decode().splitlines() == [
         f"2026-12-07T10:00:00+0000 gw edge-agent[1]: CONNECT user=gw-test pw={MASK}",
