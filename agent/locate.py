@@ -64,8 +64,14 @@ def search_dirs() -> list[Path]:
 
 
 def _usable(directory: Path) -> bool:
+    private = directory.name.startswith("edge-agent-")  # /tmp/edge-agent-<uid>: this user's alone
     try:
-        directory.mkdir(mode=0o755 if not directory.name.startswith("edge-agent-") else 0o700, exist_ok=True)
+        try:
+            directory.mkdir(mode=0o700 if private else 0o755)
+            if not private:  # whatever the umask: other users' `status` looks for agents here
+                directory.chmod(0o755)
+        except FileExistsError:
+            pass
         info = directory.stat()
     except OSError:
         return False

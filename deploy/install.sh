@@ -29,6 +29,9 @@
 # a plant network; the script ends with the next steps. With an edited config it (re)starts the
 # agent once `check-config` passes, as on every upgrade.
 set -eu
+# Whatever root's umask (027 or 077 on hardened hosts, CIS): the release, the units and the
+# directories made here are read by the service user and by systemd. Secrets get explicit modes.
+umask 022
 
 ROOT="${DESTDIR:-}"
 SOURCE="$(cd "$(dirname "$0")/.." && pwd)"

@@ -93,7 +93,8 @@ def closed_state_config(base: Path, **kwargs: Any) -> Path:
     """A valid config readable by anyone whose state directory (0750, root's) nobody may enter."""
     config = write_agent_config(base, devices=FAKE_DEVICE, **kwargs)
     state = base / "state"
-    state.mkdir(mode=0o750)
+    state.mkdir()
+    state.chmod(0o750)  # whatever the umask
     (state / "outbox.sqlite").touch()
     os.chmod(config, 0o644)
     return config
@@ -314,9 +315,11 @@ def dead_pid() -> int:
 @as_nobody
 def test_an_announcement_left_by_a_killed_agent_is_none_running_for_anyone(short_dir: Path) -> None:
     run = short_dir / "run"
-    run.mkdir(mode=0o755)
+    run.mkdir()
+    run.chmod(0o755)  # whatever the umask
     state = short_dir / "state"
-    state.mkdir(mode=0o750)  # root's: nobody may not look into it
+    state.mkdir()  # root's: nobody may not look into it
+    state.chmod(0o750)  # whatever the umask
     left = socket.socket(socket.AF_UNIX)
     left.bind(str(state / "status.sock"))  # what a killed agent leaves: a socket nobody listens on
     left.close()

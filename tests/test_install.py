@@ -29,7 +29,7 @@ pytestmark = [
 ]
 
 
-def install(root: Path) -> subprocess.CompletedProcess[str]:
+def install(root: Path, umask: int | None = None) -> subprocess.CompletedProcess[str]:
     # Offline and without dependencies: the test checks the layout, not PyPI.
     return subprocess.run(
         [
@@ -47,7 +47,29 @@ def install(root: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
         check=False,
+        preexec_fn=None if umask is None else (lambda: os.umask(umask) and None),
     )
+
+
+def test_install_by_a_root_with_a_hardened_umask_leaves_a_release_the_service_user_can_run(
+    tmp_path: Path,
+) -> None:
+    """Root's umask on a hardened host (CIS: 027; some 077) made the release, the units and the
+    directories install.sh creates root's alone: the agent's user could not run its own release."""
+    root = tmp_path / "root"
+    done = install(root, umask=0o077)
+    assert done.returncode == 0, done.stderr + done.stdout
+    release = (root / "opt" / "edge-agent" / "current").resolve()
+    (module,) = release.glob("lib/python3*/site-packages/water_edge/agent/__init__.py")
+    for directory in (root / "opt", root / "opt" / "edge-agent", release, release / "bin", module.parent):
+        assert stat.S_IMODE(directory.stat().st_mode) & 0o005 == 0o005, directory  # others enter, read
+    assert stat.S_IMODE(module.stat().st_mode) & 0o004, module
+    assert stat.S_IMODE((release / "bin" / "edge-agent").stat().st_mode) & 0o001, "others may run it"
+    unit = root / "etc" / "systemd" / "system" / "edge-agent.service"
+    assert stat.S_IMODE(unit.stat().st_mode) == 0o644
+    etc = root / "etc" / "edge-agent"
+    assert stat.S_IMODE(etc.stat().st_mode) == 0o750  # secrets: the explicit modes stand
+    assert stat.S_IMODE((etc / "managed").stat().st_mode) == 0o2770
 
 
 def test_install_into_a_staged_root_and_again_keeps_the_config(tmp_path: Path) -> None:

@@ -161,7 +161,8 @@ def test_an_outbox_the_agents_user_may_not_write_is_refused_not_quarantined(shar
 @needs_setpriv
 def test_buffer_stats_in_a_directory_the_user_may_not_read_says_so(shared_dir: Path) -> None:
     state = shared_dir / "state"
-    state.mkdir(mode=0o750)
+    state.mkdir()
+    state.chmod(0o750)  # whatever the umask
     path = state / "outbox.sqlite"
     outbox_with_rows(path, 1)
     done = as_nobody("-m", "water_edge.agent.cli", "buffer", "stats", "--db", str(path))

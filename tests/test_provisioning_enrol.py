@@ -386,7 +386,8 @@ def test_provisioning_as_root_refuses_the_agents_identity_directory(
 @pytest.mark.skipif(os.geteuid() != 0, reason="what root may do")
 def test_provisioning_as_root_never_follows_a_link_at_the_identity_directory(tmp_path: Path) -> None:
     elsewhere = tmp_path / "etc-edge-agent"  # a directory root's link would have it chmod and fill
-    elsewhere.mkdir(mode=0o755)
+    elsewhere.mkdir()
+    elsewhere.chmod(0o755)  # whatever the umask the suite runs under
     ident = tmp_path / "identity"
     ident.symlink_to(elsewhere)
     argv = ["provision", "csr", "--identity-dir", str(ident), "--cn", GATEWAY, "--serial", "10000000abcdef01"]

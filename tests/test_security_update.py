@@ -389,10 +389,12 @@ def _built_release(root: Path, tmp: Path, state: Path, check_config_exit: int = 
     UpdateFiles(state).write_request({"action": "apply", "bundle": str(bundle), "sha256": sha})
     release = root / "releases" / f"0.2.0-{sha[:8]}"
     (release / "bin").mkdir(parents=True)
+    for built in (root / "releases", release, release / "bin"):  # as the updater builds it, any umask
+        built.chmod(0o755)
     (release / "release.json").write_text('{"version": "0.2.0"}')
     record = root / "ran-as"
-    record.mkdir(mode=0o777)
-    os.chmod(record, 0o777)
+    record.mkdir()
+    record.chmod(0o777)  # whatever the umask
     stand_in = release / "bin" / "edge-agent"
     stand_in.write_text(f"#!/bin/sh\nid -u > {record}/uid\nid -g > {record}/gid\nexit {check_config_exit}\n")
     os.chmod(stand_in, 0o755)

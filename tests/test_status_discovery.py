@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socketserver
+import stat
 import subprocess
 import sys
 import tempfile
@@ -166,7 +167,8 @@ def test_an_agent_started_on_a_running_agents_socket_exits_and_the_first_stays_r
 def test_status_ignores_an_agent_announced_in_a_directory_another_user_made(short_dir: Path) -> None:
     os.chmod(short_dir, 0o1777)  # like /tmp: anyone can make /tmp/edge-agent-0 before root does
     theirs = short_dir / "edge-agent-0"
-    theirs.mkdir(mode=0o755)
+    theirs.mkdir()
+    theirs.chmod(0o755)  # whatever the umask
     os.chown(theirs, NOBODY, NOBODY)
     with fake_agent(theirs / "fake.sock", owner=NOBODY) as fake:
         link_as(theirs / "agent-1.sock", fake, NOBODY)
@@ -209,7 +211,8 @@ def test_status_finds_an_agent_of_the_service_user_in_its_runtime_directory(
 ) -> None:
     # /run/edge-agent: systemd (root) makes it in /run, which only root may write, for User=edge-agent.
     run = short_dir / "edge-agent"
-    run.mkdir(mode=0o755)
+    run.mkdir()
+    run.chmod(0o755)  # whatever the umask
     os.chown(run, NOBODY, NOBODY)
     config = write_agent_config(tmp_path, devices=FAKE_DEVICE)
     with running_agent(config) as agent:
@@ -233,8 +236,10 @@ def test_a_user_outside_the_agents_group_is_told_so_not_that_no_agent_runs(
     try:
         os.chmod(base, 0o755)
         run = base / "run"
-        run.mkdir(mode=0o755)
-        (base / "state").mkdir(mode=0o750)  # root's group here: nobody is not in it
+        run.mkdir()
+        run.chmod(0o755)  # whatever the umask
+        (base / "state").mkdir()  # root's group here: nobody is not in it
+        (base / "state").chmod(0o750)  # whatever the umask
         config = write_agent_config(base, devices=FAKE_DEVICE)
         monkeypatch.setenv("EDGE_AGENT_RUNTIME_DIR", str(run))
         with running_agent(config) as agent:
@@ -255,3 +260,28 @@ def test_a_user_outside_the_agents_group_is_told_so_not_that_no_agent_runs(
                 )
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_announcement_directory_an_agent_makes_is_open_to_every_user_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent run by hand by a root whose umask is 077 made /run/edge-agent 0700: nobody else's
+    `status` could find it. One the agent makes is 0755; one that exists (systemd's
+    RuntimeDirectory, with its own mode) is left as it is."""
+    from water_edge.agent import locate
+
+    made, kept = tmp_path / "made", tmp_path / "kept"
+    kept.mkdir()
+    kept.chmod(0o750)
+    for directory in (made, kept):
+        monkeypatch.setenv("EDGE_AGENT_RUNTIME_DIR", str(directory))
+        before = os.umask(0o077)
+        try:
+            announcement = locate.announce(tmp_path / "status.sock")
+        finally:
+            os.umask(before)
+        assert announcement.link is not None
+        assert announcement.link.parent == directory
+        announcement.close()
+    assert stat.S_IMODE(made.stat().st_mode) == 0o755
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o750

@@ -52,9 +52,10 @@ def layout() -> Iterator[Path]:
     0755 for the socket and the announcements, a state directory 0750 of the agent's group."""
     base = Path(tempfile.mkdtemp(prefix="sg-"))
     os.chmod(base, 0o755)
-    (base / "run").mkdir(mode=0o755)
-    (base / "state").mkdir(mode=0o750)  # root's group here: the test's users are not in it
-    (base / "state").chmod(0o750)
+    (base / "run").mkdir()
+    (base / "run").chmod(0o755)  # whatever the umask
+    (base / "state").mkdir()  # root's group here: the test's users are not in it
+    (base / "state").chmod(0o750)  # whatever the umask
     try:
         yield base
     finally:

@@ -5,6 +5,8 @@ it) is built without that bootstrap; test_update_selfupdate.py runs that path en
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -52,3 +54,28 @@ def test_a_release_without_its_own_pip_is_built_with_the_venv_modules_pip(tmp_pa
     assert str(target) in pip.stdout  # the release's own pip, not one from elsewhere
     # Byte-compiled at install: the agent, running as its own user, cannot write a cache there.
     assert list((target / "lib").glob("python3*/site-packages/release_probe/__pycache__/*.pyc"))
+
+
+def test_a_release_built_under_a_hardened_umask_is_readable_by_the_service_user(tmp_path: Path) -> None:
+    """Root's umask on a hardened host (027, or 077) made the release's files root's alone: the
+    agent's user could not run the release `update apply` installed by hand."""
+    updater = Updater(
+        layout=Layout(tmp_path / "opt"),
+        files=UpdateFiles(tmp_path / "state"),
+        keys_file=tmp_path / "release-keys",
+        config_path=tmp_path / "agent.toml",
+        status_socket=tmp_path / "status.sock",
+        service=CommandService(["true"]),
+        audit_path=None,
+    )
+    target = tmp_path / "opt" / "releases" / "1.0-probe"
+    before = os.umask(0o077)
+    try:
+        updater._build_venv(target, [_wheel(tmp_path)])
+    finally:
+        os.umask(before)
+    (module,) = (target / "lib").glob("python3*/site-packages/release_probe/__init__.py")
+    for path in (tmp_path / "opt" / "releases", target, target / "bin", module.parent):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o005 == 0o005, path  # others may enter and read
+    assert stat.S_IMODE(module.stat().st_mode) & 0o004, module
+    assert stat.S_IMODE((target / "bin" / "python").stat().st_mode) & 0o001  # and run it

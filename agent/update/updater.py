@@ -350,7 +350,6 @@ class Updater:
             raise UpdateFailedError(f"{target.name} is already current")
         if not self.layout.complete(target):
             shutil.rmtree(target, ignore_errors=True)
-            self.layout.releases.mkdir(parents=True, exist_ok=True)
             try:
                 self._build_venv(target, wheels)
             except (UpdateFailedError, OSError):
@@ -377,7 +376,17 @@ class Updater:
         return target
 
     def _build_venv(self, target: Path, wheels: list[Path]) -> None:
-        """A virtualenv at `target` with exactly `wheels` installed (and byte-compiled)."""
+        """A virtualenv at `target` with exactly `wheels` installed (and byte-compiled), readable and
+        runnable by the service user whatever the umask of the root who runs `update apply` by hand
+        (027 or 077 on hardened hosts; the updater's unit sets 0022): venv and pip inherit 0022."""
+        umask = os.umask(0o022)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._build_venv_as_is(target, wheels)
+        finally:
+            os.umask(umask)
+
+    def _build_venv_as_is(self, target: Path, wheels: list[Path]) -> None:
         install = ["install", "--no-index", "--no-deps", "--disable-pip-version-check", "--quiet"]
         python = str(target / "bin" / "python")
         if _pip_installs_elsewhere() and any(wheel.name.startswith("pip-") for wheel in wheels):
