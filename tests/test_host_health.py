@@ -8,23 +8,19 @@ ext4 file system on a loop device (conftest's `card`), filled with a real file.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sqlite3
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-from tests.support.agent_proc import running_agent
+from tests.support.agent_proc import status_once_the_host_is_seen
 from tests.support.boards import FLOW_PLC
-from tests.support.cli import edge_agent
 from tests.support.ext4_card import Card
-from tests.support.testing import STATUS_SCHEMA, agent_config
+from tests.support.testing import STATUS_SCHEMA, agent_config, outbox_events
 from water_edge.agent import host_health
 from water_edge.agent.host_health import HostWatch, sample
 from water_edge.agent.metrics_export import exposition_text
-from water_edge.buffer.codec import decode_events
 
 
 def pi_sysfs(root: Path, *, throttled: str | None = "0x0", millidegrees: int | None = 48_686) -> Path:
@@ -224,11 +220,7 @@ def test_an_agent_on_a_nearly_full_card_says_so_in_status_and_to_the_centre(card
     config = card.mount.parent / "agent.toml"
     text = agent_config(state, status_socket=socket, devices=[FLOW_PLC], buffer={"max_bytes": "8MiB"})
     config.write_text(text)
-    with running_agent(config) as agent:
-        snap = agent.wait_status(lambda s: s.get("host") is not None, timeout=30)
-        shown = edge_agent("status", "--socket", str(socket))
-        assert agent.stop() == 0
-        assert "Traceback" not in agent.log()
+    snap, shown = status_once_the_host_is_seen(config, socket)
     jsonschema.validate(snap, STATUS_SCHEMA)
     host = snap["host"]
     assert host["filesystem"] == str(state)
@@ -259,7 +251,5 @@ def test_an_agent_on_a_nearly_full_card_says_so_in_status_and_to_the_centre(card
     if host["storage_wear_pct"] is not None:  # an eMMC that reports its wear (none here)
         expected["edge_agent_host_storage_wear_ratio"] = host["storage_wear_pct"] / 100
     assert exposed == expected, "what the machine cannot tell is left out"
-    with contextlib.closing(sqlite3.connect(f"file:{state / 'outbox.sqlite'}?mode=ro", uri=True)) as db:
-        bodies = db.execute("SELECT body FROM outbox WHERE stream = 'events'").fetchall()
-    (event,) = [e for (body,) in bodies for e in decode_events(body) if e.kind == "host_disk_low"]
+    (event,) = outbox_events(state / "outbox.sqlite", "host_disk_low")
     assert event.detail["filesystem"] == str(state)

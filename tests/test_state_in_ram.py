@@ -9,8 +9,6 @@ written as the kernel writes them.
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,13 +17,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.support.agent_proc import running_agent
+from tests.support.agent_proc import running_agent, status_once_the_host_is_seen
 from tests.support.boards import FLOW_PLC
 from tests.support.cli import edge_agent
-from tests.support.testing import STATUS_SCHEMA, agent_config
+from tests.support.testing import STATUS_SCHEMA, agent_config, outbox_events
 from water_edge.agent.host_health import HostWatch
 from water_edge.agent.metrics_export import exposition_text
-from water_edge.buffer.codec import decode_events
 from water_edge.core.mounts import in_ram, mount_of, parse_mountinfo
 
 # /proc/self/mountinfo of a Raspberry Pi OS (bookworm) with the Overlay File System on: the card's
@@ -175,11 +172,7 @@ def test_an_agent_on_the_overlay_file_system_says_its_state_is_lost_at_reboot(ov
     (warning,) = [line for line in checked.stderr.splitlines() if "gateway.state_dir" in line]
     assert f"{state} is in RAM on this machine (overlay over tmpfs)" in warning
 
-    with running_agent(config) as agent:
-        snap = agent.wait_status(lambda s: s.get("host") is not None, timeout=30)
-        shown = edge_agent("status", "--socket", str(socket))
-        assert agent.stop() == 0
-        assert "Traceback" not in agent.log()
+    snap, shown = status_once_the_host_is_seen(config, socket)
     jsonschema.validate(snap, STATUS_SCHEMA)
     assert snap["host"]["state_in_ram"] == "overlay over tmpfs"
     assert snap["verdict"]["state"] == "degraded"
@@ -190,9 +183,7 @@ def test_an_agent_on_the_overlay_file_system_says_its_state_is_lost_at_reboot(ov
     assert line.endswith("state IN RAM (overlay over tmpfs): LOST AT REBOOT")
     exposed = dict(line.rpartition(" ")[::2] for line in exposition_text(snap).splitlines())
     assert float(exposed["edge_agent_host_state_in_ram"]) == 1
-    with contextlib.closing(sqlite3.connect(f"file:{state / 'outbox.sqlite'}?mode=ro", uri=True)) as db:
-        bodies = db.execute("SELECT body FROM outbox WHERE stream = 'events'").fetchall()
-    (event,) = [e for (body,) in bodies for e in decode_events(body) if e.kind == "host_state_in_ram"]
+    (event,) = outbox_events(state / "outbox.sqlite", "host_state_in_ram")
     assert event.detail == {
         "state_dir": str(state),
         "medium": "overlay over tmpfs",

@@ -30,8 +30,8 @@ def _wheel(into: Path) -> Path:
     return write_wheel(wheel, files.items(), "release_probe-1.0.dist-info")
 
 
-def test_a_release_without_its_own_pip_is_built_with_the_venv_modules_pip(tmp_path: Path) -> None:
-    updater = Updater(
+def _updater(tmp_path: Path) -> Updater:
+    return Updater(
         layout=Layout(tmp_path / "opt"),
         files=UpdateFiles(tmp_path / "state"),
         keys_file=tmp_path / "release-keys",
@@ -40,6 +40,10 @@ def test_a_release_without_its_own_pip_is_built_with_the_venv_modules_pip(tmp_pa
         service=CommandService(["true"]),
         audit_path=None,
     )
+
+
+def test_a_release_without_its_own_pip_is_built_with_the_venv_modules_pip(tmp_path: Path) -> None:
+    updater = _updater(tmp_path)
     target = tmp_path / "opt" / "releases" / "1.0-probe"
     updater._build_venv(target, [_wheel(tmp_path)])
 
@@ -59,15 +63,7 @@ def test_a_release_without_its_own_pip_is_built_with_the_venv_modules_pip(tmp_pa
 def test_a_release_built_under_a_hardened_umask_is_readable_by_the_service_user(tmp_path: Path) -> None:
     """Root's umask on a hardened host (027, or 077) made the release's files root's alone: the
     agent's user could not run the release `update apply` installed by hand."""
-    updater = Updater(
-        layout=Layout(tmp_path / "opt"),
-        files=UpdateFiles(tmp_path / "state"),
-        keys_file=tmp_path / "release-keys",
-        config_path=tmp_path / "agent.toml",
-        status_socket=tmp_path / "status.sock",
-        service=CommandService(["true"]),
-        audit_path=None,
-    )
+    updater = _updater(tmp_path)
     target = tmp_path / "opt" / "releases" / "1.0-probe"
     before = os.umask(0o077)
     try:

@@ -21,6 +21,7 @@ from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, wait_until, write_a
 from water_edge.agent.status import AgentNotRunningError, request_status
 
 if TYPE_CHECKING:
+    from tests.support.cli import CliRun
     from water_edge.agent.config import Config
 
 
@@ -103,6 +104,19 @@ def running_agent(config: Path) -> Iterator[AgentProcess]:
         yield agent
     finally:
         agent.kill()
+
+
+def status_once_the_host_is_seen(config: Path, socket: Path) -> tuple[dict[str, Any], CliRun]:
+    """Run the agent until its first look at the board (`host` in its status); that status
+    document and what `edge-agent status --socket` printed then. The agent stopped cleanly."""
+    from tests.support.cli import edge_agent
+
+    with running_agent(config) as agent:
+        snap = agent.wait_status(lambda s: s.get("host") is not None, timeout=30)
+        shown = edge_agent("status", "--socket", str(socket))
+        assert agent.stop() == 0
+        assert "Traceback" not in agent.log()
+    return snap, shown
 
 
 def write_config(

@@ -352,6 +352,18 @@ def demo_devices(plant_port: int, *, poll_interval_ms: int | None = None) -> str
     return devices
 
 
+def outbox_events(outbox: Path, kind: str) -> list[Any]:
+    """The events of `kind` still in an outbox (read-only: beside a running or stopped agent)."""
+    from water_edge.buffer.codec import decode_events
+
+    conn = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)
+    try:
+        bodies = conn.execute("SELECT body FROM outbox WHERE stream = 'events'").fetchall()
+    finally:
+        conn.close()
+    return [event for (body,) in bodies for event in decode_events(body) if event.kind == kind]
+
+
 def outbox_last_seqs(outbox: Path) -> dict[str, int]:
     """stream -> the last seq the agent ever gave a row of it (the outbox's `streams` table): a
     subscriber has the whole of a stream when it holds every seq from 1 to this."""
