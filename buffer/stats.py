@@ -103,7 +103,7 @@ def buffer_health(stats: OutboxStats, now_ns: int, quarantined: Path | None = No
 
 
 # Who may read an outbox: the agent's files are owner read-write, group read (docs/buffer.md).
-_AS_WHOM = "run as root (or as the agent's service user)"
+_AS_WHOM = "run as root or as the agent's service user"
 
 
 def read_stats(path: str | Path) -> OutboxStats:

@@ -168,7 +168,7 @@ def test_buffer_stats_in_a_directory_the_user_may_not_read_says_so(shared_dir: P
     done = as_nobody("-m", "water_edge.agent.cli", "buffer", "stats", "--db", str(path))
     assert done.returncode == 1
     assert done.stderr == (
-        f"edge-agent: cannot read {path}: permission denied (run as root (or as the agent's service user))\n"
+        f"edge-agent: cannot read {path}: permission denied (run as root or as the agent's service user)\n"
     )
 
 
