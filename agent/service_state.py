@@ -435,7 +435,7 @@ def _config_secrets(config: Path | None) -> list[str]:
         text = config.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
-    from water_edge.agent.support_bundle import config_text_secrets
+    from water_edge.agent.config_redaction import config_text_secrets
 
     return config_text_secrets(text)
 

@@ -15,7 +15,7 @@ fails the bundle:
 - `serial.json`: serial ports, their udev names, the adapters the agent recorded;
 - `learnt_state.json`: names and sizes of what `edge-agent state export` would carry.
 
-Secrets: the values of the config's secret references (resolved now, as far as this user may read
+Secrets (agent.config_redaction): the values of the config's secret references (resolved now, as far as this user may read
 them), every string under a key named like a secret (`core.redact.is_secret_key`) or a meter's
 `key`, WebSocket header values and passwords in URLs are masked in the config's text; then every
 such value is cut out of every part (as written, JSON- and TOML-escaped), the MANIFEST included.
@@ -36,7 +36,6 @@ import io
 import json
 import os
 import platform
-import re
 import socket
 import sqlite3
 import subprocess
@@ -45,7 +44,7 @@ import tarfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -55,7 +54,13 @@ from typing import IO, Any, Final
 import orjson
 
 from water_edge.agent import __version__
-from water_edge.core.redact import MASK, is_secret_key, redact
+from water_edge.agent.config_redaction import (
+    Redactor,
+    config_text_secrets,
+    is_secret_name,
+    parse_toml_text,
+    redact_config_text,
+)
 
 FORMAT: Final = "edge-agent-support/1"
 MANIFEST: Final = "MANIFEST.json"
@@ -85,177 +90,6 @@ PACKAGES: Final = (
     "sounddevice",
 )
 SERIAL_NODES: Final = ("ttyUSB*", "ttyACM*", "ttyAMA*")
-_MIN_SECRET: Final = 4  # as core.redact: shorter values are masked by key, not searched for
-
-
-# --- redaction ------------------------------------------------------------------------------------
-
-
-def _is_secret_name(key: str) -> bool:
-    """A key whose string value is a secret: named like one, or a meter's AES `key`."""
-    return is_secret_key(key) or key.lower() in ("key", "aes_key", "authorization")
-
-
-class Redactor:
-    """Cuts known secret values out of texts and documents, in every form they may be written."""
-
-    def __init__(self, values: Iterable[str] = ()) -> None:
-        self.values: set[str] = set()
-        self._forms: list[str] = []
-        self.add(values)
-
-    def add(self, values: Iterable[str]) -> None:
-        self.values |= {v for v in values if isinstance(v, str) and len(v) >= _MIN_SECRET}
-        forms: set[str] = set()
-        for value in self.values:
-            forms.add(value)
-            forms.add(orjson.dumps(value).decode()[1:-1])  # JSON and TOML basic strings
-            forms.add(json.dumps(value)[1:-1])  # \uXXXX for what is not ASCII
-            forms.add(repr(value)[1:-1])  # an exception's message quoting it
-        self._forms = sorted((f for f in forms if len(f) >= _MIN_SECRET), key=len, reverse=True)
-
-    def text(self, text: str) -> str:
-        for form in self._forms:
-            text = text.replace(form, MASK)
-        return text
-
-    def data(self, data: bytes) -> bytes:
-        for form in self._forms:
-            data = data.replace(form.encode("utf-8", "surrogateescape"), MASK.encode())
-        return data
-
-    def document(self, obj: Any) -> Any:
-        """`obj` with secret-named keys masked and known values cut out (`core.redact.redact`)."""
-        return redact(obj, self.values)
-
-
-# A TOML key (bare, quoted, dotted) assigned a string (basic, literal, multi-line), where a key
-# may stand: at the start of a line, or after `{` or `,` in an inline table.
-_STRING = r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\''
-_KEY_PART = r'[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\''
-_ASSIGNED_STRING = re.compile(
-    rf"(?P<lead>(?:^|[{{,])[ \t]*)(?P<key>(?:{_KEY_PART})(?:[ \t]*\.[ \t]*(?:{_KEY_PART}))*)"
-    rf"(?P<eq>[ \t]*=[ \t]*)(?P<value>{_STRING})",
-    re.M,
-)
-# `key = { file = "..." }` / `{ env = "..." }`: a secret reference written inline
-_ASSIGNED_REFERENCE = re.compile(
-    rf"(?P<key>(?:{_KEY_PART})(?:[ \t]*\.[ \t]*(?:{_KEY_PART}))*)[ \t]*=[ \t]*"
-    rf"\{{[ \t]*(?P<kind>file|env)[ \t]*=[ \t]*(?P<value>{_STRING})[ \t]*\}}"
-)
-_INLINE_HEADERS = re.compile(r"websocket_headers[\"']?[ \t]*=[ \t]*\{[^}\n]*\}")
-_ANY_STRING = re.compile(_STRING)
-_TABLE_HEADER = re.compile(r"^[ \t]*\[\[?[ \t]*(?P<name>[^\]\n]+?)[ \t]*\]\]?[ \t]*(?:#.*)?$", re.M)
-# The password of a URL's user part: scheme://user:PASSWORD@host
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@\"']*:)(?P<pw>[^@\s\"'/]+)(?P<at>@)")
-
-
-def _last_key(key: str) -> str:
-    part = re.split(r"[ \t]*\.[ \t]*(?=(?:[^\"']|\"[^\"]*\"|'[^']*')*$)", key)[-1]
-    return part.strip("\"'")
-
-
-def _string_value(literal: str) -> str | None:
-    """The value of a TOML string literal, as far as it can be told without a whole document."""
-    try:
-        parsed = _parse_toml(f"v = {literal}\n")
-    except ValueError:
-        return None
-    value = parsed.get("v")
-    return value if isinstance(value, str) else None
-
-
-def _parse_toml(text: str) -> dict[str, Any]:
-    from water_edge.core.toml_text import parse_toml
-
-    return parse_toml(text)
-
-
-def redact_config_text(text: str, redactor: Redactor) -> str:
-    """The config's text with each secret masked: strings under secret-named keys, in WebSocket
-    header tables, passwords in URLs, then every known secret value wherever it is. Works on a
-    file that is no longer TOML too (half-edited): it goes by lines, not by the parsed document."""
-    headers_table = _header_tables(text)
-
-    def assigned(match: re.Match[str]) -> str:
-        key = _last_key(match["key"])
-        if _is_secret_name(key) or _in_tables(match.start(), headers_table):
-            return f'{match["lead"]}{match["key"]}{match["eq"]}"{MASK}"'
-        return match.group(0)
-
-    text = _INLINE_HEADERS.sub(lambda m: _ANY_STRING.sub(f'"{MASK}"', m.group(0)), text)
-    text = _ASSIGNED_STRING.sub(assigned, text)
-    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", text)
-    return redactor.text(text)
-
-
-def _header_tables(text: str) -> list[tuple[int, int]]:
-    """Spans of the text inside `[...websocket_headers]` tables, whose values are all secret."""
-    spans: list[tuple[int, int]] = []
-    headers = list(_TABLE_HEADER.finditer(text))
-    for i, header in enumerate(headers):
-        if _last_key(header["name"]) == "websocket_headers":
-            end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
-            spans.append((header.end(), end))
-    return spans
-
-
-def _in_tables(position: int, spans: list[tuple[int, int]]) -> bool:
-    return any(start <= position < end for start, end in spans)
-
-
-def config_text_secrets(text: str) -> list[str]:
-    """The secret values a config's text holds or names: strings under secret-named keys, header
-    values, URL passwords, and the values of secret references (`{ file = ... }`, `{ env = ... }`)
-    resolved now (those this user may not read are skipped: they are not in the text either)."""
-    found: list[str] = [m["pw"] for m in _URL_PASSWORD.finditer(text)]
-    try:
-        document: Any = _parse_toml(text)
-    except ValueError:
-        document = None
-    if document is not None:
-        found += _document_secrets(document, secret=False)
-    else:  # not TOML (half-edited): what the lines say
-        for match in _ASSIGNED_STRING.finditer(text):
-            if _is_secret_name(_last_key(match["key"])):
-                value = _string_value(match["value"])
-                if value:
-                    found.append(value)
-        for match in _ASSIGNED_REFERENCE.finditer(text):
-            where = _string_value(match["value"])
-            if _is_secret_name(_last_key(match["key"])) and where:
-                found += _resolved_reference({match["kind"]: where})
-    return found
-
-
-def _document_secrets(node: Any, *, secret: bool, key: str = "") -> list[str]:
-    if isinstance(node, dict):
-        if secret and set(node) in ({"file"}, {"env"}):
-            return _resolved_reference(node)
-        found: list[str] = []
-        for name, value in node.items():
-            within = secret or _is_secret_name(str(name)) or key == "websocket_headers"
-            found += _document_secrets(value, secret=within, key=str(name))
-        return found
-    if isinstance(node, list):
-        return [v for item in node for v in _document_secrets(item, secret=secret, key=key)]
-    if isinstance(node, str):
-        passwords = [m["pw"] for m in _URL_PASSWORD.finditer(node)]
-        return [node, *passwords] if secret else passwords
-    return []
-
-
-def _resolved_reference(reference: dict[str, Any]) -> list[str]:
-    from water_edge.core.errors import ConfigError
-    from water_edge.core.secrets import SecretRef
-
-    try:
-        value = SecretRef.model_validate(reference).resolve()
-    except (ConfigError, ValueError):
-        return []
-    return [value] if value else []
-
-
 # --- the parts ------------------------------------------------------------------------------------
 
 
@@ -366,7 +200,7 @@ def _unreadable_references(text: str) -> list[str]:
     from water_edge.core.secrets import SecretRef, describe_secret
 
     try:
-        document: Any = _parse_toml(text)
+        document: Any = parse_toml_text(text)
     except ValueError:
         return []
     found: list[str] = []
@@ -382,7 +216,7 @@ def _unreadable_references(text: str) -> list[str]:
                 pass
         elif isinstance(node, dict):
             for name, value in node.items():
-                walk(value, secret or _is_secret_name(str(name)) or key == "websocket_headers", str(name))
+                walk(value, secret or is_secret_name(str(name)) or key == "websocket_headers", str(name))
         elif isinstance(node, list):
             for value in node:
                 walk(value, secret, key)

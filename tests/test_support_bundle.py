@@ -26,13 +26,8 @@ from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto
 from tests.support.cli import edge_agent
 from tests.support.testing import FAKE_DEVICE, agent_config, free_port
-from water_edge.agent.support_bundle import (
-    JOURNAL_MAX_BYTES,
-    Redactor,
-    config_text_secrets,
-    make_bundle,
-    redact_config_text,
-)
+from water_edge.agent.config_redaction import Redactor, config_text_secrets, redact_config_text
+from water_edge.agent.support_bundle import JOURNAL_MAX_BYTES, make_bundle
 from water_edge.buffer.outbox import Outbox
 from water_edge.buffer.types import Batch
 from water_edge.core.mounts import in_ram, mount_of, parse_mountinfo
