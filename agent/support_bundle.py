@@ -15,12 +15,10 @@ fails the bundle:
 - `serial.json`: serial ports, their udev names, the adapters the agent recorded;
 - `learnt_state.json`: names and sizes of what `edge-agent state export` would carry.
 
-Secrets (agent.config_redaction): the values of the config's secret references (resolved now, as far as this user may read
-them), every string under a key named like a secret (`core.redact.is_secret_key`) or a meter's
+Secrets (agent.config_redaction): the values of the config's secret references (resolved now,
+as far as this user may read them), every string under a key named like a secret or a meter's
 `key`, WebSocket header values and passwords in URLs are masked in the config's text; then every
 such value is cut out of every part (as written, JSON- and TOML-escaped), the MANIFEST included.
-Values shorter than 4 characters are masked where their key says so, not searched for elsewhere
-(as `core.redact` does).
 
 Nothing is written inside the state directory: the outbox is opened read-only (not at all when
 reading it would have SQLite create a `-shm` there), the rest only read.
