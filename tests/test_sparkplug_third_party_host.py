@@ -216,8 +216,12 @@ class PysparkplugHost:
     def wait(self, predicate: Callable[[list[Seen]], bool], within_s: float = 30.0) -> list[Seen]:
         with self._cond:
             if not self._cond.wait_for(lambda: bool(self.errors) or predicate(self.seen), within_s):
-                labels = [s.label for s in self.seen][-20:]
-                raise TimeoutError(f"condition not met; {len(self.seen)} messages, last {labels}")
+                every = [s.label for s in self.seen]
+                births_and_deaths = [(i, label) for i, label in enumerate(every) if "DATA" not in label]
+                raise TimeoutError(  # which births and deaths came, and where: a data flood hides them
+                    f"condition not met; {len(every)} messages, births and deaths {births_and_deaths}, "
+                    f"last {every[-20:]}"
+                )
             assert self.errors == [], self.errors
             return list(self.seen)
 
