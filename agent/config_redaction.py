@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 import orjson
@@ -147,7 +147,7 @@ def config_text_secrets(text: str) -> list[str]:
     except ValueError:
         document = None
     if document is not None:
-        found += _document_secrets(document, secret=False)
+        found += _document_secrets(document)
     else:  # not TOML (half-edited): what the lines say
         for match in _ASSIGNED_STRING.finditer(text):
             if is_secret_name(_last_key(match["key"])):
@@ -161,21 +161,60 @@ def config_text_secrets(text: str) -> list[str]:
     return found
 
 
-def _document_secrets(node: Any, *, secret: bool, key: str = "") -> list[str]:
+def _leaves(node: Any, *, secret: bool = False, key: str = "") -> Iterator[tuple[Any, bool]]:
+    """Each string of a parsed config, and each secret reference (`{ file = ... }`, `{ env = ...
+    }`) where a secret stands, with whether it is a secret: under a key named like one, or a
+    value of `websocket_headers`."""
     if isinstance(node, dict):
         if secret and set(node) in ({"file"}, {"env"}):
-            return _resolved_reference(node)
-        found: list[str] = []
+            yield node, True
+            return
         for name, value in node.items():
             within = secret or is_secret_name(str(name)) or key == "websocket_headers"
-            found += _document_secrets(value, secret=within, key=str(name))
-        return found
-    if isinstance(node, list):
-        return [v for item in node for v in _document_secrets(item, secret=secret, key=key)]
-    if isinstance(node, str):
-        passwords = [m["pw"] for m in _URL_PASSWORD.finditer(node)]
-        return [node, *passwords] if secret else passwords
-    return []
+            yield from _leaves(value, secret=within, key=str(name))
+    elif isinstance(node, list):
+        for item in node:
+            yield from _leaves(item, secret=secret, key=key)
+    elif isinstance(node, str):
+        yield node, secret
+
+
+def _document_secrets(document: Any) -> list[str]:
+    found: list[str] = []
+    for value, secret in _leaves(document):
+        if isinstance(value, dict):
+            found += _resolved_reference(value)
+        else:
+            found += [value] if secret else []
+            found += [m["pw"] for m in _URL_PASSWORD.finditer(value)]
+    return found
+
+
+def unreadable_references(text: str) -> list[str]:
+    """The config's secret references whose values this user cannot read: where they point, and
+    why (their values cannot be looked for elsewhere)."""
+    from water_edge.core.errors import ConfigError
+    from water_edge.core.secrets import SecretRef, describe_secret
+
+    try:
+        document: Any = parse_toml_text(text)
+    except ValueError:
+        return []
+    found: list[str] = []
+    for value, _ in _leaves(document):
+        if not isinstance(value, dict):
+            continue
+        try:
+            reference = SecretRef.model_validate(value)
+        except ValueError:
+            continue
+        try:
+            reference.resolve()
+        except ConfigError as exc:
+            found.append(f"{describe_secret(reference)}: {'; '.join(exc.problems)}")
+        except ValueError:
+            continue
+    return found
 
 
 def _resolved_reference(reference: dict[str, Any]) -> list[str]:

@@ -181,6 +181,21 @@ def state_file_from_config(path: Path, section: str, key: str, default_name: str
     """The file under `gateway.state_dir` that `[section] key` names (or `default_name`), from a
     config read without validating it: None when the file is unreadable. A file that is not TOML
     (half-edited) is searched for the two keys in their sections."""
+    read = _read_leniently(path, section, key)
+    if read is None:
+        return None
+    base, name = read
+    return base / (name if isinstance(name, str) and name else default_name)
+
+
+def state_dir_from_config(path: Path) -> Path | None:
+    """`gateway.state_dir` (or the default) from a config read as `state_file_from_config` reads it."""
+    read = _read_leniently(path, "gateway", "state_dir")
+    return None if read is None else read[0]
+
+
+def _read_leniently(path: Path, section: str, key: str) -> tuple[Path, object] | None:
+    """The state directory a config names and the value of `[section] key`, without validating."""
     try:
         text = read_toml_text(path)
     except (OSError, NotUtf8TextError):
@@ -196,8 +211,7 @@ def state_file_from_config(path: Path, section: str, key: str, default_name: str
         gateway, table = raw.get("gateway"), raw.get(section)
         state_dir = gateway.get("state_dir") if isinstance(gateway, dict) else None
         name = table.get(key) if isinstance(table, dict) else None
-    base = Path(state_dir) if isinstance(state_dir, str) and state_dir else DEFAULT_STATE_DIR
-    return base / (name if isinstance(name, str) and name else default_name)
+    return Path(state_dir) if isinstance(state_dir, str) and state_dir else DEFAULT_STATE_DIR, name
 
 
 def socket_from_config(path: Path) -> Path | None:

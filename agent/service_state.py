@@ -1,9 +1,9 @@
 """Why the agent is not running, in systemd's words: what `edge-agent status` adds when no agent
 answers (docs/operations.md, Check that it runs).
 
-`explain()` asks `systemctl show` for the unit's state (works unprivileged) and, when the unit is
-failing or failed, the agent's last error lines from the journal, each masked of the config's
-secrets as the agent's own logs are (`core.redact`). It says nothing (an empty list) where systemd
+`service_state()` asks `systemctl show` for the unit's state (works unprivileged) and, when the unit
+is failing or failed, the agent's last error lines from the journal, each masked of the config's
+secrets as the agent's own logs are (`core.redact`). It says nothing (None) where systemd
 does not run (`SYSTEMD_DIR` absent: sd_booted()'s test), where systemctl is missing, fails or does
 not answer: both commands together are given `TIMEOUT_S`, so `status` is never held longer.
 
@@ -101,16 +101,6 @@ class ServiceState:
     lines: list[str] = field(default_factory=list)
 
 
-def explain(
-    unit: str = UNIT, *, socket: Path | None = None, config: Path | None = None, timeout_s: float = TIMEOUT_S
-) -> list[str]:
-    """The lines `edge-agent status` adds when no agent answers (on `socket`, when one was
-    asked): none without systemd. `config`: the agent's config, whose secrets are masked in the
-    journal lines shown."""
-    state = service_state(unit, socket=socket, config=config, timeout_s=timeout_s)
-    return state.lines if state is not None else []
-
-
 def _booted_with_systemd() -> bool:
     try:
         return Path(os.environ.get(SYSTEMD_DIR_ENV) or SYSTEMD_DIR).is_dir()
@@ -121,7 +111,9 @@ def _booted_with_systemd() -> bool:
 def service_state(
     unit: str = UNIT, *, socket: Path | None = None, config: Path | None = None, timeout_s: float = TIMEOUT_S
 ) -> ServiceState | None:
-    """`explain()` with systemd's properties; None without systemd, or when systemctl fails."""
+    """The unit as systemd sees it and the lines `status` adds when no agent answers (on `socket`,
+    when one was asked); None without systemd, or when systemctl fails. `config`: the agent's
+    config, whose secrets are masked in the journal lines shown."""
     if not _booted_with_systemd():
         return None
     deadline = time.monotonic() + timeout_s

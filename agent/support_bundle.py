@@ -55,9 +55,8 @@ from water_edge.agent import __version__
 from water_edge.agent.config_redaction import (
     Redactor,
     config_text_secrets,
-    is_secret_name,
-    parse_toml_text,
     redact_config_text,
+    unreadable_references,
 )
 
 FORMAT: Final = "edge-agent-support/1"
@@ -187,40 +186,9 @@ def _config_text(ctx: Context) -> tuple[bytes, list[str]]:
     notes = [
         f"the secret {where}: its value could not be looked for and masked in the other parts "
         "(the journal); run as root or as the agent's user"
-        for where in _unreadable_references(text)
+        for where in unreadable_references(text)
     ]
     return (redact_config_text(text, ctx.redactor) + note).encode(), notes
-
-
-def _unreadable_references(text: str) -> list[str]:
-    """The config's secret references whose values this user cannot read: where they point, and why."""
-    from water_edge.core.errors import ConfigError
-    from water_edge.core.secrets import SecretRef, describe_secret
-
-    try:
-        document: Any = parse_toml_text(text)
-    except ValueError:
-        return []
-    found: list[str] = []
-
-    def walk(node: Any, secret: bool, key: str) -> None:
-        if isinstance(node, dict) and secret and set(node) in ({"file"}, {"env"}):
-            try:
-                reference = SecretRef.model_validate(node)
-                reference.resolve()
-            except ConfigError as exc:
-                found.append(f"{describe_secret(reference)}: {'; '.join(exc.problems)}")
-            except ValueError:
-                pass
-        elif isinstance(node, dict):
-            for name, value in node.items():
-                walk(value, secret or is_secret_name(str(name)) or key == "websocket_headers", str(name))
-        elif isinstance(node, list):
-            for value in node:
-                walk(value, secret, key)
-
-    walk(document, False, "")
-    return found
 
 
 def check_config_output(config_path: Path) -> tuple[int, str]:
@@ -304,12 +272,10 @@ def _never_write_beside(path: Path) -> None:
 def _outbox_events(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     """The newest `EVENTS` events in the outbox, newest first: kind, source, time, severity, detail."""
     from water_edge.buffer.codec import decode_events
-    from water_edge.buffer.stats import BUSY_TIMEOUT_MS
+    from water_edge.buffer.stats import BUSY_TIMEOUT_MS, read_only_uri
     from water_edge.core.errors import BufferError
 
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    if not Path(f"{path}-wal").exists():
-        uri += "&immutable=1"  # as buffer stats: a plain read-only open would create -wal and -shm
+    uri = read_only_uri(path)
     events: list[dict[str, Any]] = []
     skipped = 0
     try:
@@ -569,7 +535,7 @@ def _bounded(name: str, gather: Gatherer, ctx: Context, timeout_s: float) -> Par
 
 def _context(config_path: Path, journalctl: str, unit: str) -> Context:
     from water_edge.agent.config import load_config
-    from water_edge.agent.locate import DEFAULT_STATE_DIR, state_file_from_config
+    from water_edge.agent.locate import DEFAULT_STATE_DIR, state_dir_from_config, state_file_from_config
     from water_edge.agent.secrets import config_secrets
     from water_edge.core.errors import ConfigError
     from water_edge.core.toml_text import NotUtf8TextError, read_toml_text
@@ -598,9 +564,7 @@ def _context(config_path: Path, journalctl: str, unit: str) -> Context:
         outbox = state_file_from_config(config_path, "buffer", "path", "outbox.sqlite") or (
             DEFAULT_STATE_DIR / "outbox.sqlite"
         )
-        # `[gateway] state_dir` read leniently: a file under it that no key names, and its parent
-        anything = state_file_from_config(config_path, "gateway", "support-bundle: no key", "x")
-        state_dir = anything.parent if anything is not None else DEFAULT_STATE_DIR
+        state_dir = state_dir_from_config(config_path) or DEFAULT_STATE_DIR
     return Context(config_path, text, config, state_dir, outbox, redactor, journalctl, unit)
 
 

@@ -42,7 +42,7 @@ import structlog
 
 from water_edge.buffer.outbox import Outbox, Synchronous
 from water_edge.buffer.schema import OutboxDamagedError, OutboxUnavailableError, OutboxUnusableError
-from water_edge.buffer.stats import read_stats
+from water_edge.buffer.stats import read_only_uri, read_stats
 from water_edge.buffer.types import Batch, OutboxRow, OutboxStats
 from water_edge.core.errors import BufferError, QuotaExceededError
 from water_edge.core.files import read_only_error
@@ -484,10 +484,7 @@ class _ReadOnlyCard(Outbox):
         self.max_age_s = None
         self._stats = read_stats(path)
         self.epoch = self._stats.epoch
-        uri = f"{path.resolve().as_uri()}?mode=ro"
-        if not Path(f"{path}-wal").exists():
-            uri += "&immutable=1"  # no -wal: all is in the file (a read-only open would create one)
-        conn = sqlite3.connect(uri, uri=True)
+        conn = sqlite3.connect(read_only_uri(path), uri=True)
         try:
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         finally:

@@ -106,6 +106,15 @@ def buffer_health(stats: OutboxStats, now_ns: int, quarantined: Path | None = No
 _AS_WHOM = "run as root or as the agent's service user"
 
 
+def read_only_uri(path: Path) -> str:
+    """The SQLite URI that reads an outbox beside its writer and changes nothing: read-only, and
+    immutable when there is no `-wal`. No writer is connected then (a connected writer always has
+    a -wal file), and a plain read-only open would create -wal and -shm files owned by whoever
+    reads (often root), which the agent's service user could then not open."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"  # never create, convert (WAL) or lock out the writer
+    return uri if Path(f"{path}-wal").exists() else f"{uri}&immutable=1"
+
+
 def read_stats(path: str | Path) -> OutboxStats:
     """Stats from the outbox at `path`, opened read-only. Changes no file and creates none, but
     one: the `-shm` index SQLite needs to read a `-wal` found without it (a copied outbox).
@@ -127,14 +136,8 @@ def read_stats(path: str | Path) -> OutboxStats:
     for file in (path, wal, shm):
         if file.exists() and not os.access(file, os.R_OK):
             raise schema.OutboxUnavailableError(f"cannot read {file}: permission denied ({_AS_WHOM})")
-    # mode=ro: a stats reader must not create, convert (WAL) or lock out the running writer.
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    if not has_wal:
-        # No writer is connected (a connected writer always has a -wal file). A plain read-only
-        # open would now create -wal and -shm files owned by whoever runs the CLI (often root),
-        # which the agent's service user could then not open; immutable reads the file as is.
-        uri += "&immutable=1"
-    elif not has_shm and not os.access(path.parent, os.W_OK | os.X_OK):
+    uri = read_only_uri(path)
+    if has_wal and not has_shm and not os.access(path.parent, os.W_OK | os.X_OK):
         # Immutable would ignore the -wal and its committed rows; SQLite reads a WAL only through
         # a -shm, creating it if missing (as root, with the database file's owner and mode).
         raise schema.OutboxUnavailableError(
