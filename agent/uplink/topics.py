@@ -11,7 +11,9 @@ _LEVEL = re.compile(r"^[A-Za-z0-9_.:-]+$")
 STATUS_LEVEL = "status"
 # Commands to the gateway arrive under `{base}/cmd/...`; no data stream may publish there.
 COMMAND_LEVEL = "cmd"
-RESERVED_LEVELS = frozenset((STATUS_LEVEL, COMMAND_LEVEL))
+# Parts of a learnt-state backup for the centre (agent/backup_parts.py).
+STATE_BACKUP_LEVEL = "state_backup"
+RESERVED_LEVELS = frozenset((STATUS_LEVEL, COMMAND_LEVEL, STATE_BACKUP_LEVEL))
 
 
 def check_level(name: str, what: str) -> str:
@@ -49,14 +51,19 @@ class Topics:
         """Subscription filter of the command channel: `{base}/cmd/#`."""
         return f"{self.base}/{COMMAND_LEVEL}/#"
 
+    @property
+    def state_backup(self) -> str:
+        """Where the parts of a learnt-state backup go (agent/backup_parts.py)."""
+        return f"{self.base}/{STATE_BACKUP_LEVEL}"
+
     def command_suffix(self, topic: str) -> str | None:
         """`a/b` for a topic `{base}/cmd/a/b`; None if the topic is not a command topic."""
         head = f"{self.base}/{COMMAND_LEVEL}/"
         return topic[len(head) :] if topic.startswith(head) and len(topic) > len(head) else None
 
     def stream(self, stream: str) -> str:
-        """The data topic of one outbox stream. `status` and `cmd` are reserved."""
+        """The data topic of one outbox stream. `status`, `cmd` and `state_backup` are reserved."""
         check_level(stream, "stream")
         if stream in RESERVED_LEVELS:
-            raise UplinkError(f"stream name {stream!r} is reserved (status and command topics)")
+            raise UplinkError(f"stream name {stream!r} is reserved (status, command and state backup topics)")
         return f"{self.base}/{stream}"
