@@ -41,9 +41,11 @@ from water_edge.agent.uplink.transport import (
     ConnectOptions,
     Reason,
     TlsError,
+    TooLargeError,
     Transport,
     TransportFactory,
     TransportListener,
+    publish_packet_size,
 )
 from water_edge.core.errors import UplinkError
 from water_edge.core.reading import now_ns
@@ -76,6 +78,9 @@ class _Drain(Protocol):
 class _Session(TransportListener, Protocol):
     connack: asyncio.Future[Reason]
     close_reason: str
+    max_packet: int | None
+
+    def publish_qos1(self, topic: str, data: bytes) -> asyncio.Future[Reason]: ...
 
     async def wait(
         self, fut: asyncio.Future[Reason], timeout_s: float, stop: asyncio.Event
@@ -129,6 +134,7 @@ class UplinkLoop(Generic[SessionT]):
         self._stop_deadline = 0.0
         self._session: SessionT | None = None
         self.tap: ConnectionTap | None = None  # see ConnectionTap (agent.identity_keeper)
+        self._one_acked = asyncio.Lock()  # publish_acked: one message in flight at a time
 
     # ------------------------------------------------------------------ what an encoding adds
 
@@ -195,6 +201,29 @@ class UplinkLoop(Generic[SessionT]):
             ack_timeouts=m.ack_timeouts,
             **encoding,
         )
+
+    async def publish_acked(self, topic: str, payload: bytes, timeout_s: float) -> Reason | None:
+        """Publish one message at QoS 1, not retained, on the live connection, and wait for its PUBACK.
+
+        Returns the PUBACK's reason (a failure such as 0x87 Not authorized when the broker's ACL
+        denies the topic: check `is_failure`), or None when nothing was acknowledged: not online
+        (connecting, offline, stopping), the connection closed, `stop()` was called, or no PUBACK
+        came within `timeout_s`. A message over the broker's Maximum Packet Size (announced in its
+        CONNACK or `[uplink] broker_max_packet_size`) raises `TooLargeError` and is not sent: the
+        broker would drop the connection for it. Callers share one slot: a second call waits until
+        the first has its answer, so such messages never crowd out the outbox's rows. Not an outbox
+        row: nothing is resent on the next connection; the caller tries again."""
+        async with self._one_acked:
+            session = self._session
+            if session is None or self._state.state is not ConnState.ONLINE or self._stop_requested.is_set():
+                return None
+            limit = session.max_packet
+            if limit is not None and (size := publish_packet_size(topic, payload, None)) > limit:
+                raise TooLargeError(
+                    f"{topic}: {size} bytes, over the broker's Maximum Packet Size ({limit}): not sent"
+                )
+            ack = session.publish_qos1(topic, payload)
+            return await session.wait(ack, timeout_s, self._stop_requested)
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Finish cleanly within `drain_timeout_s`: the connection sends what it can and says

@@ -90,6 +90,11 @@ class Session:
             self.on_closed(str(exc))
         return ack
 
+    def publish_qos1(self, topic: str, data: bytes) -> asyncio.Future[Reason]:
+        """A message that is not an outbox row (a state backup's part) at QoS 1, not retained; the
+        future gets its PUBACK reason (never, if closed)."""
+        return self.publish_status(topic, data, retain=False)
+
     async def wait(self, fut: asyncio.Future[Reason], timeout_s: float, stop: asyncio.Event) -> Reason | None:
         """The future's result, or None if the connection closes, `stop` is set, or time runs out."""
         closed = asyncio.ensure_future(self.closed.wait())

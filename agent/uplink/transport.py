@@ -163,6 +163,11 @@ def publish_packet_size(topic: str, payload: bytes, properties: PublishPropertie
     return 1 + _varint_len(remaining) + remaining
 
 
+class TooLargeError(UplinkError):
+    """A message over the broker's Maximum Packet Size, not sent: the broker would drop the
+    connection for it, and again at every reconnect."""
+
+
 def packet_limit(announced: int | None, configured: int | None) -> int | None:
     """The largest packet the broker takes: the smaller of what it announced in its CONNACK (MQTT 5)
     and what the config says of it (`broker_max_packet_size`), None when neither is known."""

@@ -29,19 +29,16 @@ from water_edge.agent.uplink.transport import (
     Connack,
     PublishError,
     Reason,
+    TooLargeError,
     Transport,
     packet_limit,
     publish_packet_size,
 )
-from water_edge.core.errors import UplinkError
 from water_edge.core.reading import now_ns
 
 log = structlog.get_logger(__name__)
 
-
-class TooLargeError(UplinkError):
-    """A message over the broker's Maximum Packet Size, not sent: the broker would drop the
-    connection for it, and again at every reconnect."""
+__all__ = ["CommandCounts", "SparkplugSession", "TooLargeError"]
 
 
 @dataclass
@@ -125,9 +122,14 @@ class SparkplugSession:
 
     def publish_death(self, topic: str, payload: Payload) -> asyncio.Future[Reason]:
         """The explicit NDEATH at QoS 1 (no `seq`); the future gets its PUBACK reason."""
+        return self.publish_qos1(topic, payload.SerializeToString())
+
+    def publish_qos1(self, topic: str, data: bytes) -> asyncio.Future[Reason]:
+        """`data` at QoS 1, not retained, outside Sparkplug's `seq` (an NDEATH, a state backup's
+        part); the future gets its PUBACK reason (never, if the connection closes first)."""
         ack: asyncio.Future[Reason] = asyncio.get_running_loop().create_future()
         try:
-            self._acks[self.transport.publish(topic, payload.SerializeToString(), 1)] = ack
+            self._acks[self.transport.publish(topic, data, 1)] = ack
         except PublishError as exc:
             self.on_closed(str(exc))
         return ack
