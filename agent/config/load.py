@@ -25,6 +25,7 @@ from water_edge.agent.config.schema import (
     ClockSection,
     GatewaySection,
     LogSection,
+    StateBackupSection,
     StatusSection,
 )
 from water_edge.agent.config.tag_refs import check_tag_references
@@ -56,7 +57,7 @@ from water_edge.drivers.serial_names import numbered_port, numbered_port_advice
 
 # A Unix socket's path (sun_path) is 108 bytes on Linux, its terminating NUL included.
 MAX_SOCKET_PATH_BYTES = 107
-RESERVED_STREAMS = frozenset({EVENTS_STREAM, "status", "cmd"})
+RESERVED_STREAMS = frozenset({EVENTS_STREAM, "status", "cmd", "state_backup"})
 _TABLES = TypeAdapter(list[Any])
 M = TypeVar("M", bound=BaseModel)
 
@@ -228,6 +229,7 @@ class Config:
     writes: WritesSection = field(default_factory=WritesSection)
     update: UpdateSection = field(default_factory=UpdateSection)
     clock: ClockSection = field(default_factory=ClockSection)
+    state_backup: StateBackupSection = field(default_factory=StateBackupSection)
     # `[[models.<kind>]]` tables by processor kind, each validated by that kind's config model;
     # only kinds with at least one table, in file order.
     models: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -546,6 +548,7 @@ def load_config(path: str | Path, *, closed_state: Literal["error", "warning"] =
         writes=writes,
         update=section.update,
         clock=section.clock,
+        state_backup=section.state_backup,
         models=models,
         warnings=tuple(warnings),
     )

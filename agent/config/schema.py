@@ -16,6 +16,7 @@ from water_edge.agent.remote.config import SecuritySection
 from water_edge.agent.update.config import UpdateSection
 from water_edge.agent.uplink.config import MqttConfig
 from water_edge.agent.writes import WritesSection
+from water_edge.core.durations import Duration
 from water_edge.core.hosts import split_host_port
 from water_edge.core.log_flood import DEFAULT_BURST, DEFAULT_WINDOW_S
 from water_edge.core.names import NAME_MAX_LENGTH, NAME_PATTERN
@@ -152,6 +153,58 @@ class LogSection(_Section):
     flood_window_s: float = Field(default=DEFAULT_WINDOW_S, ge=1, le=86_400)
 
 
+class StateBackupSection(_Section):
+    """`[state_backup]`: the learnt state sent to the centre by the agent itself (agent/state_backup.py)."""
+
+    enabled: bool = True
+    # How often the state is exported and, when it changed, sent; at least an hour.
+    interval: Duration = 86_400.0
+    # The first backup this long after the agent starts (at most a day).
+    first_after: Duration = 600.0
+    # An unchanged state is sent again after this long, in case the centre lost it.
+    resend_after: Duration = 7 * 86_400.0
+    # The archive's bytes in one MQTT message (plus a header of ~0.5 KiB): within the broker's
+    # packet limit (AWS IoT Core 128 KiB).
+    part_size: ByteSize = 64 * 1024
+    # A larger archive is not sent (the status says why).
+    max_size: ByteSize = 32 * 2**20
+
+    @field_validator("interval")
+    @classmethod
+    def _an_hour(cls, value: float) -> float:
+        return _between(value, 3600, 366 * 86_400, "1 h ('1h')", "a year")
+
+    @field_validator("first_after")
+    @classmethod
+    def _a_day(cls, value: float) -> float:
+        return _between(value, 0, 86_400, "0", "a day ('24h')")
+
+    @field_validator("resend_after")
+    @classmethod
+    def _resend(cls, value: float) -> float:
+        return _between(value, 3600, 366 * 86_400, "1 h ('1h')", "a year")
+
+    @field_validator("part_size")
+    @classmethod
+    def _part(cls, value: int) -> int:
+        if not 4 * 1024 <= value <= 16 * 2**20:
+            raise ValueError("expected 4 KiB to 16 MiB, e.g. '64KiB'")
+        return value
+
+    @field_validator("max_size")
+    @classmethod
+    def _max(cls, value: int) -> int:
+        if not 4 * 1024 <= value <= 2**30:
+            raise ValueError("expected 4 KiB to 1 GiB, e.g. '32MiB'")
+        return value
+
+
+def _between(value: float, low: float, high: float, low_text: str, high_text: str) -> float:
+    if not low <= value <= high:
+        raise ValueError(f"expected at least {low_text} and at most {high_text}")
+    return value
+
+
 class ModelsSection(BaseModel):
     """`[models]`: one `[[models.<kind>]]` list per processor kind, kept raw here; the loader
     validates each list with that processor's own config model (unknown kinds included)."""
@@ -175,5 +228,6 @@ class AgentSection(_Section):
     security: SecuritySection = SecuritySection()
     writes: WritesSection = WritesSection()
     update: UpdateSection = UpdateSection()
+    state_backup: StateBackupSection = StateBackupSection()
     models: ModelsSection = ModelsSection()
     devices: list[dict[str, Any]] = Field(default_factory=list)
