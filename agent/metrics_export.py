@@ -329,6 +329,11 @@ HOST_FIELDS: Final[tuple[Field, ...]] = (
     ),
 )
 
+STATE_BACKUP_FIELDS: Final[tuple[Field, ...]] = (
+    ("age_s", "age_seconds", "gauge", "Since the centre acknowledged the last backup of the learnt state"),
+    ("failures", "failures_total", "counter", "State backups that failed since the agent started"),
+)
+
 WATCHDOG_FIELDS: Final[tuple[Field, ...]] = (
     ("interval_s", "interval_seconds", "gauge", "The systemd watchdog's interval"),
     ("pings", "pings_total", "counter", "systemd watchdog pings sent"),
@@ -495,6 +500,7 @@ def _lifecycle(out: _Families, snap: Mapping[str, Any]) -> None:
     _fields(out, cert, "edge_agent_certificate", CERTIFICATE_FIELDS)
     _fields(out, snap.get("clock"), "edge_agent_clock", CLOCK_FIELDS)
     _fields(out, snap.get("host"), "edge_agent_host", HOST_FIELDS)
+    _fields(out, snap.get("state_backup"), "edge_agent_state_backup", STATE_BACKUP_FIELDS)
     watchdog = _section(snap, "watchdog")
     _fields(out, watchdog, "edge_agent_watchdog", WATCHDOG_FIELDS)
     if isinstance(stalled := watchdog.get("stalled"), list | tuple):

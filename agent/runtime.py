@@ -54,6 +54,7 @@ from water_edge.agent.release_name import RELEASE
 from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.secrets import Secret, config_secret_refs, resolved
 from water_edge.agent.serial_adapters import SerialPortStatus, check_serial_adapters
+from water_edge.agent.state_backup import StateBackup
 from water_edge.agent.status import StatusServer
 from water_edge.agent.status_document import AgentStatus, ProcessorStatus, RejectedInputs, StatusDocument
 from water_edge.agent.supervisor import DeviceRunner, bound_latest
@@ -179,6 +180,10 @@ class Agent:
             config.gateway.state_dir,
             emit=self.emit,
             accept_state_in_ram=config.gateway.accept_state_in_ram,
+        )
+        # The learnt state, sent to the centre over the uplink's connection (agent.state_backup).
+        self.state_backup = StateBackup(
+            config.state_backup, gw.state_dir, gw.site, gw.id, self.uplink, emit=self.emit
         )
         # A processor may name the streams it needs (`streams`); an empty set means no feed at all.
         self.processors = [
@@ -325,6 +330,7 @@ class Agent:
             update=update_health(__version__, self.update_files, self.layout),
             clock=self.clock_sync.health(),
             host=self.host_watch.health(),
+            state_backup=self.state_backup.health(),
             certificate=self.identity.health(),
             board=self.board,
             serial_ports=self.serial_ports,
@@ -422,6 +428,7 @@ class Agent:
                     tasks.create_task(self.update_watch.run(), name="update-watch"),
                     tasks.create_task(self.clock_sync.run(), name="clock-sync"),
                     tasks.create_task(self.host_watch.run(), name="host-health"),
+                    tasks.create_task(self.state_backup.run(), name="state-backup"),
                 ]
                 if self.watchdog is not None:
                     background.append(tasks.create_task(self.watchdog.run(), name="watchdog"))

@@ -19,6 +19,7 @@ from water_edge.agent.identity_keeper import CertificateHealth
 from water_edge.agent.pipeline import FeedHealth, PipelineHealth
 from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.serial_adapters import SerialPortStatus
+from water_edge.agent.state_backup import StateBackupHealth
 from water_edge.agent.supervisor import RunnerStatus
 from water_edge.agent.update.report import UpdateHealth
 from water_edge.agent.uplink.health import UplinkHealth
@@ -124,6 +125,7 @@ class StatusDocument:
     board: BoardStatus | None = None  # the board as the start found it; None: its ID cannot be read
     serial_ports: tuple[SerialPortStatus, ...] = ()  # every serial port in the config, as the start found it
     host: HostHealth | None = None  # the board's power, heat and card space; None until sampled
+    state_backup: StateBackupHealth | None = None  # the learnt state sent to the centre
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready values; `alarms` gathers the one-line conditions someone must act on.
@@ -132,7 +134,7 @@ class StatusDocument:
         read their lines under the agent's, where `edge-agent status` prints them. A device's
         serial ports are read under it with `-v`: their lines follow its driver's."""
         agent = _read(self.agent)
-        for section in (self.board, self.host, self.clock, self.certificate, self.update):
+        for section in (self.board, self.host, self.clock, self.certificate, self.update, self.state_backup):
             if section is not None:
                 lines = section.status_lines()
                 if section is self.certificate:
@@ -160,6 +162,7 @@ class StatusDocument:
             "board": None if self.board is None else health_json(self.board),
             "serial_ports": [health_json(p) for p in self.serial_ports],
             "host": None if self.host is None else health_json(self.host),
+            "state_backup": None if self.state_backup is None else _read(self.state_backup),
             "verdict": health_json(self.verdict()),
         }
 

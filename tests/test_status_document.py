@@ -455,6 +455,7 @@ EXTRA_KEYS = {
             "UpdateHealth",
             "ClockHealth",
             "CertificateHealth",
+            "StateBackupHealth",
         )
     },
 }

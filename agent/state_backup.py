@@ -1,0 +1,373 @@
+"""The agent sends its learnt state to the centre by itself (`[state_backup]`).
+
+`edge-agent state export` needs the old card alive, and a dead SD card is the common case. So,
+`first_after` the agent starts and then every `interval`, `StateBackup` exports the learnt state
+(agent/state_transfer.py, in a thread), cuts the archive into parts (agent/backup_parts.py: the
+wire format) and publishes them one at a time at QoS 1 on `{prefix}/{site}/{gateway}/state_backup`
+over the uplink's own connection (`publish_acked`), each waiting for its PUBACK. The centre keeps
+the latest backups per gateway; a technician fetches one and runs `edge-agent state import`.
+
+- Nothing learnt yet (no learnt files): nothing is sent.
+- The same learnt files (by the manifest's names and SHA-256, not the archive's bytes, which carry
+  a time) as the last backup the centre acknowledged, younger than `resend_after`: not sent again.
+- An archive over `max_size`: not sent; a failure whose reason the status says.
+- Every part PUBACKed with success: a success, recorded in `{state_dir}/state_backup.json`
+  (outside the learnt directories, so never exported itself), which also carries the last backup
+  over a restart.
+- A failure (offline, a PUBACK refusal such as 0x87 Not authorized from an ACL older than the
+  topic, no PUBACK in time, an unreadable file): tried again after 15 min, the wait doubling up to
+  `interval`; one `state_backup_failed` event (warning) when backups start failing, none again
+  until one succeeds. No event on success: the status line, the metric and an `info` log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import tarfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol
+
+import structlog
+
+from water_edge.agent import __version__
+from water_edge.agent.backup_parts import backup_id, encode_parts
+from water_edge.agent.config.schema import StateBackupSection
+from water_edge.agent.state_transfer import MANIFEST, StateTransferError, export_state
+from water_edge.agent.uplink.health import UplinkHealth
+from water_edge.agent.uplink.topics import Topics
+from water_edge.agent.uplink.transport import Reason, TooLargeError
+from water_edge.core import units
+from water_edge.core.files import atomic_write
+from water_edge.core.reading import Event, now_ns
+
+log = structlog.get_logger(__name__)
+
+RECORD: Final = "state_backup.json"
+ACK_TIMEOUT_S: Final = 30.0
+RETRY_MIN_S: Final = 900.0
+NOT_AUTHORIZED: Final = 0x87
+NS: Final = 1_000_000_000
+
+
+class Publisher(Protocol):
+    """What the backup needs of the uplink (`MqttUplink`, `SparkplugUplink`)."""
+
+    topics: Topics
+
+    async def publish_acked(self, topic: str, payload: bytes, timeout_s: float) -> Reason | None: ...
+
+    def health(self) -> UplinkHealth: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """The last backup the centre acknowledged, as `state_backup.json` keeps it."""
+
+    backup: str
+    created_ns: int
+    sent_ns: int
+    bytes: int
+    parts: int
+    files: int
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt did: `sent`, `unchanged`, `nothing` (nothing learnt yet) or `failing`."""
+
+    result: Literal["sent", "unchanged", "nothing", "failing"]
+    reason: str | None = None
+    sent: Sent | None = None
+
+
+# off; waiting: no attempt yet; nothing: nothing learnt yet; unchanged: the centre has this state
+BackupState = Literal["off", "waiting", "sent", "unchanged", "nothing", "failing"]
+
+
+@dataclass(frozen=True, slots=True)
+class StateBackupHealth:
+    """The state backup to the centre (`core.health.Health`)."""
+
+    enabled: bool
+    state: BackupState
+    backup: str | None  # the last acknowledged backup's id (kept over restarts)
+    sent_ns: int | None  # when the centre acknowledged it
+    age_s: float | None  # since then
+    bytes: int | None
+    parts: int | None
+    files: int | None
+    next_ns: int | None  # the next attempt
+    failing_since_ns: int | None
+    last_error: str | None  # why the last attempt failed; None after a success
+    failures: int  # attempts that failed since the agent started
+    sent: int  # backups sent since the agent started
+
+    def status_lines(self) -> list[str]:
+        if not self.enabled:
+            return ["state backup: off ([state_backup] enabled = false)"]
+        nxt = "" if self.next_ns is None else _when(self.next_ns)
+        last = (
+            ""
+            if self.sent_ns is None
+            else f"sent {_when(self.sent_ns)} ({units.size(self.bytes or 0)}, {self.parts} parts, "
+            f"{self.files} files)"
+        )
+        if self.state == "failing" and self.failing_since_ns is not None:
+            before = f" (last {last})" if last else " (none acknowledged yet)"
+            return [
+                f"state backup: failing since {_when(self.failing_since_ns)}: {self.last_error}; "
+                f"next try {nxt}{before}"
+            ]
+        if self.state == "nothing":
+            return [f"state backup: nothing learnt yet; next {nxt}"]
+        if last:
+            return [f"state backup: {last}; next {nxt}"]
+        return [f"state backup: first {nxt}"]
+
+
+def _when(ts_ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts_ns / NS))
+
+
+def fingerprint(files: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's sorted (name, sha256) list: the same learnt files, the same print."""
+    pairs = sorted((str(name), str(entry.get("sha256"))) for name, entry in files.items())
+    return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
+
+
+def manifest_of(archive: bytes) -> dict[str, Any]:
+    """The manifest inside an archive `export_state` made."""
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        member = tar.extractfile(MANIFEST)
+        if member is None:  # pragma: no cover - export_state always writes it
+            raise ValueError("no manifest")
+        manifest: dict[str, Any] = json.loads(member.read())
+    return manifest
+
+
+def load_record(path: Path) -> Sent | None:
+    """The last acknowledged backup; None when there is none (or the file is unreadable)."""
+    try:
+        data = json.loads(path.read_bytes())
+        return Sent(**{key: data[key] for key in Sent.__dataclass_fields__})
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("state_backup.record_unreadable", path=str(path), error=str(exc))
+        return None
+
+
+class StateBackup:
+    """Sends the learnt state to the centre: `run()` as a task of the agent; `attempt()` once."""
+
+    def __init__(
+        self,
+        config: StateBackupSection,
+        state_dir: Path,
+        site: str,
+        gateway: str,
+        uplink: Publisher,
+        *,
+        emit: Callable[[Event], Awaitable[None]] | None = None,
+        ack_timeout_s: float = ACK_TIMEOUT_S,
+        retry_min_s: float = RETRY_MIN_S,
+    ) -> None:
+        """`retry_min_s`: the first wait after a failure (15 min; tests shorten it, and may give a
+        `config` made with `StateBackupSection.model_construct` for intervals under the hour)."""
+        self.config = config
+        self.state_dir = state_dir
+        self.site = site
+        self.gateway = gateway
+        self.uplink = uplink
+        self.record_path = state_dir / RECORD
+        self._emit = emit
+        self._ack_timeout_s = ack_timeout_s
+        self._retry_min_s = retry_min_s
+        self._retry_s = retry_min_s
+        self.last: Sent | None = load_record(self.record_path)
+        self.outcome: Outcome | None = None
+        self.next_ns: int | None = None
+        self.failing_since_ns: int | None = None
+        self.failures = 0
+        self.sent = 0
+
+    # ------------------------------------------------------------------ the task
+
+    async def run(self) -> None:
+        """Back up `first_after` the start, then every `interval` (sooner after a failure). Never raises."""
+        if not self.config.enabled:
+            log.info("state_backup.off")
+            return
+        delay = self.config.first_after
+        while True:
+            self.next_ns = now_ns() + int(delay * NS)
+            await asyncio.sleep(delay)
+            try:
+                outcome = await self.attempt()
+            except Exception as exc:  # a bug here must not end the agent
+                log.exception("state_backup.crashed")
+                outcome = await self._failed(f"{type(exc).__name__}: {exc}")
+            delay = self._next_delay(outcome)
+
+    def _next_delay(self, outcome: Outcome) -> float:
+        interval = self.config.interval
+        if outcome.result != "failing":
+            self._retry_s = self._retry_min_s
+            return interval
+        delay = min(self._retry_s, interval)
+        self._retry_s = min(self._retry_s * 2, interval)
+        return delay
+
+    def health(self) -> StateBackupHealth:
+        last, outcome = self.last, self.outcome
+        state: BackupState = "off"
+        if self.config.enabled:
+            state = "waiting" if outcome is None else outcome.result
+        now = now_ns()
+        return StateBackupHealth(
+            enabled=self.config.enabled,
+            state=state,
+            backup=None if last is None else last.backup,
+            sent_ns=None if last is None else last.sent_ns,
+            age_s=None if last is None else round(max(0, now - last.sent_ns) / NS, 1),
+            bytes=None if last is None else last.bytes,
+            parts=None if last is None else last.parts,
+            files=None if last is None else last.files,
+            next_ns=self.next_ns if self.config.enabled else None,
+            failing_since_ns=self.failing_since_ns,
+            last_error=outcome.reason if outcome is not None and outcome.result == "failing" else None,
+            failures=self.failures,
+            sent=self.sent,
+        )
+
+    # ------------------------------------------------------------------ one attempt
+
+    async def attempt(self) -> Outcome:
+        """Export, compare, send: one backup attempt, whatever the schedule."""
+        try:
+            archive, files, created_ns, print_ = await asyncio.to_thread(self._export)
+        except (StateTransferError, OSError, tarfile.TarError, ValueError) as exc:
+            # an unreadable file, a full disk: a failure with its reason
+            return await self._failed(f"the learnt state cannot be exported: {exc}")
+        if not files:
+            return self._done(Outcome("nothing", "nothing learnt yet"))
+        last = self.last
+        young = last is not None and now_ns() - last.sent_ns < self.config.resend_after * NS
+        if last is not None and young and last.fingerprint == print_:
+            return self._done(Outcome("unchanged", "unchanged"))
+        cfg = self.config
+        if len(archive) > cfg.max_size:
+            return await self._failed(
+                f"the archive is {units.size(len(archive))}, over [state_backup] max_size "
+                f"({units.size(cfg.max_size)}): not sent"
+            )
+        parts = encode_parts(
+            archive,
+            site=self.site,
+            gateway=self.gateway,
+            created_ns=created_ns,
+            agent_version=__version__,
+            part_bytes=cfg.part_size,
+        )
+        if (why := await self._send(parts)) is not None:
+            return await self._failed(why)
+        sent = Sent(
+            backup=backup_id(created_ns, hashlib.sha256(archive).hexdigest()),
+            created_ns=created_ns,
+            sent_ns=now_ns(),
+            bytes=len(archive),
+            parts=len(parts),
+            files=files,
+            fingerprint=print_,
+        )
+        try:
+            atomic_write(self.record_path, json.dumps(_as_dict(sent), indent=1).encode(), 0o640)
+        except OSError as exc:  # sent all the same: kept in memory, sent again after a restart
+            log.warning("state_backup.record_not_written", path=str(self.record_path), error=str(exc))
+        self.last = sent
+        self.sent += 1
+        log.info(
+            "state_backup.sent",
+            backup=sent.backup,
+            bytes=sent.bytes,
+            parts=sent.parts,
+            files=sent.files,
+            topic=self.uplink.topics.state_backup,
+        )
+        return self._done(Outcome("sent", sent=sent))
+
+    async def _send(self, parts: list[bytes]) -> str | None:
+        """Publish the parts one by one, each PUBACKed before the next; why not, or None when all were."""
+        health = self.uplink.health()
+        if not health.connected:
+            return f"the uplink is not connected ({health.state}): not sent"
+        topic = self.uplink.topics.state_backup
+        for index, payload in enumerate(parts):
+            which = f"part {index + 1}/{len(parts)}"
+            try:
+                reason = await self.uplink.publish_acked(topic, payload, self._ack_timeout_s)
+            except TooLargeError as exc:
+                return f"{exc} (lower [state_backup] part_size)"
+            if reason is None:
+                return (
+                    f"{which} not acknowledged (connection lost, or no PUBACK within "
+                    f"{self._ack_timeout_s:g} s)"
+                )
+            if reason.is_failure:
+                why = f"the broker refused {which} on {topic}: {reason} (0x{reason.value:02X})"
+                if reason.value == NOT_AUTHORIZED:
+                    why += (
+                        " (its ACL does not let this gateway publish state_backup: an ACL made "
+                        "before the state backups? see docs/fleet.md#state-backups)"
+                    )
+                return why
+        return None
+
+    def _export(self) -> tuple[bytes, int, int, str]:
+        """The archive, its number of files, when it was made and its fingerprint (in a thread)."""
+        exported = export_state(self.state_dir, self.site, self.gateway)
+        manifest = manifest_of(exported.archive)
+        files = manifest.get("files") or {}
+        return (
+            exported.archive,
+            exported.files,
+            int(manifest.get("created_ns") or now_ns()),
+            fingerprint(files),
+        )
+
+    def _done(self, outcome: Outcome) -> Outcome:
+        self.outcome = outcome
+        self.failing_since_ns = None
+        if outcome.result != "sent":
+            log.info("state_backup.not_sent", why=outcome.reason)
+        return outcome
+
+    async def _failed(self, reason: str) -> Outcome:
+        outcome = Outcome("failing", reason)
+        self.outcome = outcome
+        self.failures += 1
+        log.warning("state_backup.failed", reason=reason)
+        if self.failing_since_ns is None:
+            self.failing_since_ns = now_ns()
+            if self._emit is not None:
+                detail = {"reason": reason}
+                if self.last is not None:
+                    detail["last_backup"] = self.last.backup
+                try:
+                    await self._emit(
+                        Event("state_backup_failed", "state_backup", now_ns(), "warning", detail=detail)
+                    )
+                except Exception:  # the event is a courtesy: the status line says it too
+                    log.exception("state_backup.event_failed")
+        return outcome
+
+
+def _as_dict(sent: Sent) -> dict[str, Any]:
+    return {key: getattr(sent, key) for key in Sent.__dataclass_fields__}
