@@ -21,9 +21,10 @@ from typing import Any
 import jsonschema
 import pytest
 
+from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Received, Subscriber
 from tests.support.sparkplug import edge_config
-from tests.support.testing import STATUS_SCHEMA, eventually
+from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, STATUS_SCHEMA, eventually, write_agent_config
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config
 from tests.test_status_document import as_received
 from water_edge.agent.backup_parts import FORMAT
@@ -81,7 +82,7 @@ def section(**overrides: Any) -> StateBackupSection:
     return StateBackupSection.model_construct(**values)
 
 
-def joined(messages: list[Received]) -> dict[str, bytes]:
+def joined(messages: list[Received], site: str = SITE, gateway: str = GATEWAY) -> dict[str, bytes]:
     """The archives the parts make, by backup id; each part checked against its header."""
     parts: dict[str, dict[int, bytes]] = {}
     counts: dict[str, int] = {}
@@ -89,7 +90,7 @@ def joined(messages: list[Received]) -> dict[str, bytes]:
         head, _, body = message.payload.partition(b"\n")
         header = json.loads(head)
         assert header["format"] == FORMAT
-        assert (header["site"], header["gateway"]) == (SITE, GATEWAY)
+        assert (header["site"], header["gateway"]) == (site, gateway)
         assert hashlib.sha256(body).hexdigest() == header["part_sha256"]
         assert (message.qos, message.retain) == (1, False)
         parts.setdefault(header["backup"], {})[header["part"]] = body
@@ -101,9 +102,9 @@ def joined(messages: list[Received]) -> dict[str, bytes]:
     return archives
 
 
-def imported(archive: bytes, into: Path) -> dict[str, bytes]:
+def imported(archive: bytes, into: Path, site: str = SITE, gateway: str = GATEWAY) -> dict[str, bytes]:
     """What `edge-agent state import` of `archive` puts into the empty directory `into`."""
-    import_state(into / "backup.tar.gz", into, SITE, GATEWAY, content=archive)
+    import_state(into / "backup.tar.gz", into, site, gateway, content=archive)
     return {path.as_posix(): _content(into / path) for path in learnt_files(into)}
 
 
@@ -434,6 +435,26 @@ def test_fingerprint_is_of_the_files_not_of_the_archive(tmp_path: Path) -> None:
     (tmp_path / "learnt_tags.json").write_bytes(b"{}")
     c = manifest_of(export_state(tmp_path, SITE, GATEWAY).archive)["files"]
     assert fingerprint(c) != fingerprint(a)
+
+
+def test_the_agent_sends_its_state_by_itself(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The agent runs the backup as one of its tasks, over its uplink, and its status says so."""
+    files = learn(tmp_path / "state")
+    config = write_agent_config(
+        tmp_path,
+        broker_port=mosquitto.port,
+        extra='[state_backup]\nfirst_after = 0\npart_size = "4KiB"\n',
+    )
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS) as centre, running_agent(config) as agent:
+        snap = agent.wait_status(lambda s: (s.get("state_backup") or {}).get("state") == "sent", 30)
+        part_count = snap["state_backup"]["parts"]
+        received = centre.wait_until(lambda ms: len(ms) >= part_count, 10)
+        assert agent.stop() == 0
+    assert {m.topic for m in received} == {f"water/{AGENT_SITE}/{AGENT_GATEWAY}/state_backup"}
+    archive = joined(received, AGENT_SITE, AGENT_GATEWAY)[snap["state_backup"]["backup"]]
+    assert imported(archive, tmp_path / "new-card", AGENT_SITE, AGENT_GATEWAY) == files
+    assert any(line.startswith("state backup: sent ") for line in snap["agent"]["lines"]), snap["agent"]
+    jsonschema.validate(snap, STATUS_SCHEMA)
 
 
 # ---------------------------------------------------------------------- config
