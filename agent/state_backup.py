@@ -13,7 +13,8 @@ the latest backups per gateway; a technician fetches one and runs `edge-agent st
 - An archive over `max_size`: not sent; a failure whose reason the status says.
 - Every part PUBACKed with success: a success, recorded in `{state_dir}/state_backup.json`
   (outside the learnt directories, so never exported itself), which also carries the last backup
-  over a restart.
+  over a restart. Not MQTT 5's 0x10 "No matching subscribers" (a success code, which Mosquitto and
+  EMQX answer when no one subscribes to the topic): the centre has not got it, a failure.
 - A failure (offline, a PUBACK refusal such as 0x87 Not authorized from an ACL older than the
   topic, no PUBACK in time, an unreadable file): tried again after 15 min, the wait doubling up to
   `interval`; one `state_backup_failed` event (warning) when backups start failing, none again
@@ -52,6 +53,7 @@ RECORD: Final = "state_backup.json"
 ACK_TIMEOUT_S: Final = 30.0
 RETRY_MIN_S: Final = 900.0
 NOT_AUTHORIZED: Final = 0x87
+NO_MATCHING_SUBSCRIBERS: Final = 0x10  # MQTT 5 PUBACK: taken, and delivered to no one
 NS: Final = 1_000_000_000
 
 
@@ -319,6 +321,12 @@ class StateBackup:
                 return (
                     f"{which} not acknowledged (connection lost, or no PUBACK within "
                     f"{self._ack_timeout_s:g} s)"
+                )
+            if reason.value == NO_MATCHING_SUBSCRIBERS:
+                # A success to MQTT, yet nobody took it: the centre would not have this backup.
+                return (
+                    f"nobody at the centre took {which} on {topic}: the broker says {reason} "
+                    f"(0x{reason.value:02X}); is the centre's state-backup consumer subscribed?"
                 )
             if reason.is_failure:
                 why = f"the broker refused {which} on {topic}: {reason} (0x{reason.value:02X})"

@@ -202,11 +202,29 @@ async def test_an_unchanged_state_is_sent_again_after_resend_after(
     state = tmp_path / "state"
     learn(state)
     backup = StateBackup(section(resend_after=0.3), state, SITE, GATEWAY, online)
-    assert (await backup.attempt()).result == "sent"
-    assert (await backup.attempt()).result == "unchanged"
-    await asyncio.sleep(0.4)
-    assert (await backup.attempt()).result == "sent"  # in case the centre lost it
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS):
+        assert (await backup.attempt()).result == "sent"
+        assert (await backup.attempt()).result == "unchanged"
+        await asyncio.sleep(0.4)
+        assert (await backup.attempt()).result == "sent"  # in case the centre lost it
     assert backup.health().sent == 2
+
+
+async def test_a_backup_nobody_subscribes_to_is_a_failure(
+    mosquitto: Mosquitto, online: MqttUplink, tmp_path: Path
+) -> None:
+    """MQTT 5's PUBACK 0x10 "No matching subscribers" is a success code, and the centre has
+    nothing: not recorded as sent, tried again."""
+    state = tmp_path / "state"
+    learn(state)
+    backup = StateBackup(section(), state, SITE, GATEWAY, online)
+    outcome = await backup.attempt()
+    assert outcome.result == "failing"
+    assert f"nobody at the centre took part 1/5 on {TOPIC}" in str(outcome.reason)
+    assert "No matching subscribers (0x10)" in str(outcome.reason)
+    assert not (state / RECORD).exists()
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS):
+        assert (await backup.attempt()).result == "sent"
 
 
 async def test_nothing_learnt_yet_sends_nothing(
@@ -340,7 +358,9 @@ async def test_a_part_over_the_brokers_packet_limit_is_not_sent(
     assert "lower [state_backup] part_size" in str(outcome.reason)
     assert run.uplink.health().connected
     # Parts that fit go.
-    assert (await StateBackup(section(), state, SITE, GATEWAY, run.uplink).attempt()).result == "sent"
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS):
+        fits = StateBackup(section(), state, SITE, GATEWAY, run.uplink)
+        assert (await fits.attempt()).result == "sent"
 
 
 async def test_an_unreadable_learnt_file_is_a_failure_not_a_crash(online: MqttUplink, tmp_path: Path) -> None:
@@ -407,7 +427,10 @@ def test_off_says_so_and_sends_nothing(tmp_path: Path) -> None:
 
 
 async def test_the_status_document_and_the_metrics_carry_it(
-    online: MqttUplink, tmp_path: Path, status_document: Callable[..., StatusDocument]
+    mosquitto: Mosquitto,
+    online: MqttUplink,
+    tmp_path: Path,
+    status_document: Callable[..., StatusDocument],
 ) -> None:
     state = tmp_path / "state"
     learn(state)
@@ -416,7 +439,8 @@ async def test_the_status_document_and_the_metrics_carry_it(
     text = exposition_text(doc.to_json())
     assert "edge_agent_state_backup_failures_total 0.0" in text
     assert "edge_agent_state_backup_age_seconds" not in text, "no backup yet: no age (not NaN, not 0)"
-    assert (await backup.attempt()).result == "sent"
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS):
+        assert (await backup.attempt()).result == "sent"
     document = status_document(state_backup=backup.health())
     jsonschema.validate(as_received(document), STATUS_SCHEMA)
     snap = document.to_json()
