@@ -82,11 +82,12 @@ def test_status_json_matches_the_published_schema(agent: AgentProcess) -> None:
 def test_status_text_lays_out_every_section_the_agent_renders(agent: AgentProcess) -> None:
     human = cli("status", "-c", str(agent.config)).stdout.splitlines()
     # the board's line where the agent can read this machine's ID (/proc/cpuinfo, /etc/machine-id)
-    # and the host's (the card's free space at least) once the agent has sampled it
+    # and the host's (the card's free space at least) once the agent has sampled it; the state
+    # backup's, its first attempt still to come ([state_backup] first_after, 10 min)
     snap = json.loads(cli("status", "-c", str(agent.config), "--json").stdout)
     board, host = snap["board"], snap["host"]
     starts = ["edge-agent ", "           config ", *(["           board    "] if board else []),
-              *(["           host     "] if host else []), "state    ",
+              *(["           host     "] if host else []), "           state backup: first ", "state    ",
               "uplink   ", "         published ", "pipeline ", "buffer   ", "         epoch ", "drivers",
               "  fake-plc  fake "]  # fmt: skip
     assert len(human) == len(starts), human
