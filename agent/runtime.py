@@ -428,8 +428,9 @@ class Agent:
                     tasks.create_task(self.update_watch.run(), name="update-watch"),
                     tasks.create_task(self.clock_sync.run(), name="clock-sync"),
                     tasks.create_task(self.host_watch.run(), name="host-health"),
-                    tasks.create_task(self.state_backup.run(), name="state-backup"),
                 ]
+                backup = tasks.create_task(self.state_backup.run(), name="state-backup")
+                background.append(backup)
                 if self.watchdog is not None:
                     background.append(tasks.create_task(self.watchdog.run(), name="watchdog"))
                 if self.metrics is not None and not self.metrics.listening:
@@ -445,6 +446,8 @@ class Agent:
                 await stop.wait()
                 log.info("agent.stopping")
                 self.notifier.send("STOPPING=1")
+                # A backup cut short by the stop is no failure to report (nor sent after agent_stopped).
+                backup.cancel()
                 await cancel_all(pollers)
                 await asyncio.gather(*pollers, return_exceptions=True)
                 await self._learnt_saves.flush()
