@@ -1,13 +1,19 @@
-"""`edge-centre`: migrate the schema, run an ingest consumer, list gaps, play a fleet."""
+"""`edge-centre`: migrate the schema, run an ingest consumer, list gaps, fetch a gateway's learnt-state
+backup, play a fleet."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import hashlib
 import os
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -63,6 +69,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         new_streams_per_day=NEW_STREAMS_PER_DAY
         if args.new_streams_per_day is None
         else args.new_streams_per_day,
+        max_state_backup_bytes=args.max_state_backup_bytes,
+        keep_state_backups=args.keep_state_backups,
         username=os.environ.get("EDGE_CENTRE_MQTT_USER"),
         password=os.environ.get("EDGE_CENTRE_MQTT_PASSWORD"),
         ca_file=args.ca_file,
@@ -102,6 +110,142 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _utc(value: datetime.datetime) -> str:
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def cmd_state_backups(args: argparse.Namespace) -> int:
+    from water_edge.centre.store import connect
+
+    with connect(_dsn(args)) as conn:
+        rows = conn.execute(
+            "SELECT site, gateway, backup, taken_at, size, files, agent_version, received_at"
+            " FROM gateway_state_backups WHERE (%(site)s::text IS NULL OR site = %(site)s)"
+            " AND (%(gateway)s::text IS NULL OR gateway = %(gateway)s)"
+            " ORDER BY received_at DESC, taken_at DESC, site, gateway, backup",
+            {"site": args.site, "gateway": args.gateway},
+        ).fetchall()
+    if not rows:
+        print(
+            f"no state backups{_of(args)}: has a gateway sent one?"
+            " edge-agent status on it shows `state backup`"
+        )
+        return 0
+    table = [("SITE/GATEWAY", "BACKUP", "TAKEN AT", "BYTES", "FILES", "AGENT", "RECEIVED AT")]
+    for site, gateway, backup, taken_at, size, files, version, received_at in rows:
+        table.append(
+            (f"{site}/{gateway}", backup, _utc(taken_at), f"{size:,}", str(files), version, _utc(received_at))
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    right = {3, 4}
+    for row in table:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+    return 0
+
+
+def _of(args: argparse.Namespace) -> str:
+    named = [v for v in (args.site, args.gateway) if v is not None]
+    return f" of {'/'.join(named)}" if named else ""
+
+
+def cmd_state_backup(args: argparse.Namespace) -> int:
+    from water_edge.centre.store import connect
+
+    name = f"{args.site}/{args.gateway}"
+    out = None if args.out == "-" else Path(args.out)
+    if out is None and sys.stdout.isatty():
+        print(
+            "edge-centre state-backup: refusing to write an archive to a terminal"
+            " (--out FILE, or --out - into a pipe)",
+            file=sys.stderr,
+        )
+        return 1
+    if out is not None and not args.force and (out.exists() or out.is_symlink()):
+        print(f"edge-centre state-backup: {out} exists (--force to replace it)", file=sys.stderr)
+        return 1
+    sql = (
+        "SELECT backup, taken_at, size, files, agent_version, sha256, archive FROM state_backups"
+        " WHERE site = %s AND gateway = %s"
+    )
+    params: list[Any] = [args.site, args.gateway]
+    if args.backup is not None:
+        sql += " AND backup = %s"
+        params.append(args.backup)
+    sql += " ORDER BY received_at DESC, created_ns DESC, backup DESC LIMIT 1"
+    with connect(_dsn(args)) as conn:
+        row = conn.execute(sql, params).fetchone()
+    if row is None:
+        if args.backup is not None:
+            why = (
+                f"no state backup {args.backup} of {name}"
+                f" (edge-centre state-backups --site {args.site} --gateway {args.gateway} lists those kept)"
+            )
+        else:
+            why = (
+                f"no state backup of {name}: has the gateway sent one?"
+                " edge-agent status on it shows `state backup`"
+            )
+        print(f"edge-centre state-backup: {why}", file=sys.stderr)
+        return 1
+    backup, taken_at, size, files, version, sha256, archive = row
+    data = bytes(archive)
+    if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+        print(
+            f"edge-centre state-backup: backup {backup} of {name} is damaged in the database (SHA-256)",
+            file=sys.stderr,
+        )
+        return 1
+    if out is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        try:
+            _write_private(out, data, replace=args.force)
+        except OSError as exc:
+            print(f"edge-centre state-backup: {out}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+    print(
+        f"{'stdout' if out is None else out}: state backup {backup} of {name}, taken {_utc(taken_at)},"
+        f" {size:,} bytes, {files} files, agent {version}, sha256 {sha256}\n"
+        "on the new card, before its agent first starts: edge-agent state import FILE (docs/operations.md)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _write_private(path: Path, data: bytes, *, replace: bool) -> None:
+    """`data` into `path`, mode 0600 (calibrations name a site's assets); never over an existing
+    file unless `replace`, which swaps it in whole."""
+    if not replace:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as f:
+                f.write(data)
+                f.flush()
+                os.fchmod(fd, 0o600)
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def cmd_loadgen(args: argparse.Namespace) -> int:
     from water_edge.centre.consumer import Broker
     from water_edge.centre.loadgen import FleetSpec, run
@@ -128,7 +272,39 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     return 0 if result.acked == result.messages else 1
 
 
+def _state_backup_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "state-backups",
+        help="list the gateways' learnt-state backups kept, newest first",
+        description="List the complete learnt-state backups the ingest keeps (the newest few of each"
+        " gateway), newest first: site/gateway, backup id, when the gateway took it (its clock, UTC),"
+        " bytes, learnt-state files, agent version, when the centre received it (UTC).",
+    )
+    p.add_argument("--site", help="only this site's gateways")
+    p.add_argument("--gateway", help="only this gateway")
+    p.set_defaults(fn=cmd_state_backups)
+
+    p = sub.add_parser(
+        "state-backup",
+        help="write a gateway's learnt-state backup to a file, for `edge-agent state import` on a new card",
+        description="Write a gateway's newest learnt-state backup (or the one named by --backup) to FILE:"
+        " the .tar.gz `edge-agent state export` writes, to put on the gateway's new card with"
+        " `edge-agent state import FILE` before its agent first starts. The file is private (mode 0600):"
+        " calibrations name a site's assets.",
+    )
+    p.add_argument("--site", required=True)
+    p.add_argument("--gateway", required=True)
+    p.add_argument(
+        "--backup", help="this backup id (edge-centre state-backups lists them; default: the newest)"
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write it; - for stdout (binary)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.set_defaults(fn=cmd_state_backup)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from water_edge.centre.state_backups import DEFAULT_KEEP, DEFAULT_MAX_BYTES
+
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     parser = argparse.ArgumentParser(prog="edge-centre", description=__doc__)
     parser.add_argument("--dsn", help="PostgreSQL connection string (or EDGE_CENTRE_DSN)")
@@ -192,11 +368,26 @@ def main(argv: list[str] | None = None) -> int:
         help="new streams (a new stream, outbox epoch or site) a gateway may start in 24 h; the messages"
         " of more are refused and kept in `rejected` (default 1000; 0: no limit)",
     )
+    p.add_argument(
+        "--max-state-backup-bytes",
+        type=int,
+        default=DEFAULT_MAX_BYTES,
+        help="a gateway's learnt-state backup (.../state_backup) larger than this is refused, and a gateway's"
+        f" incomplete ones are held up to this much (default {DEFAULT_MAX_BYTES} = 64 MiB)",
+    )
+    p.add_argument(
+        "--keep-state-backups",
+        type=int,
+        default=DEFAULT_KEEP,
+        help=f"complete learnt-state backups kept per gateway, the newest (default {DEFAULT_KEEP})",
+    )
     p.set_defaults(fn=cmd_ingest)
 
     sub.add_parser("gaps", help="list open gaps (missing seqs) with their explanation").set_defaults(
         fn=cmd_gaps
     )
+
+    _state_backup_parsers(sub)
 
     p = sub.add_parser("loadgen", help="N simulated gateways publishing the documented payload")
     p.add_argument("--broker", required=True)

@@ -66,7 +66,26 @@ from paho.mqtt.properties import Properties
 
 from water_edge.centre.burst_log import BurstLog
 from water_edge.centre.payload import Message, PayloadError, parse
-from water_edge.centre.store import NEW_STREAMS_PER_DAY, Committed, Store, StoreError, StoreRefusedError
+from water_edge.centre.state_backups import (
+    DEFAULT_KEEP,
+    DEFAULT_MAX_BYTES,
+    MAX_UNPACKED_BYTES,
+    BackupError,
+    Part,
+    is_backup_topic,
+    read_part,
+    rejected_prefix,
+)
+from water_edge.centre.store import (
+    NEW_STREAMS_PER_DAY,
+    STATE_BACKUP_PARTS_MAX_AGE_S,
+    BackupLimits,
+    BackupOutcome,
+    Committed,
+    Store,
+    StoreError,
+    StoreRefusedError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -145,6 +164,10 @@ class IngestConfig:
     # New streams rows (a new stream, epoch or site) per gateway in 24 h; past it the messages of
     # another new one are refused (kept in `rejected`, counted in `stream_refusals`). 0: no limit.
     new_streams_per_day: int = NEW_STREAMS_PER_DAY
+    # Gateways' learnt-state backups (`.../state_backup`, state_backups.py): an archive's size at
+    # most, and the complete backups kept per gateway (the newest).
+    max_state_backup_bytes: int = DEFAULT_MAX_BYTES
+    keep_state_backups: int = DEFAULT_KEEP
     session_expiry_s: int = 86_400
     gap_timeout_s: float = 300.0
     gap_check_s: float = 10.0
@@ -164,6 +187,10 @@ class IngestConfig:
         """ValueError saying what is wrong with the broker list and the TLS options."""
         if not self.brokers:
             raise ValueError("give at least one --broker")
+        if self.keep_state_backups < 1:
+            raise ValueError("--keep-state-backups must be at least 1")
+        if self.max_state_backup_bytes < 1:
+            raise ValueError("--max-state-backup-bytes must be at least 1")
         tls = {b.tls for b in self.brokers}
         if len(tls) > 1:
             raise ValueError("every --broker must be mqtts:// or every one mqtt:// (no plain-text fallback)")
@@ -343,6 +370,13 @@ class Counters:
     reconnects: int = 0
     subscribe_refused: int = 0  # SUBACKs with a failure reason code
     gaps: int = 0
+    # Learnt-state backups: parts held (new), parts held already, backups stored, parts or archives
+    # refused (in `rejected` too, not counted in `rejected` here), incomplete backups dropped.
+    state_backup_parts: int = 0
+    state_backup_duplicates: int = 0
+    state_backups_stored: int = 0
+    state_backup_rejected: int = 0
+    state_backup_dropped: int = 0
     last_lag_s: float = 0.0
 
 
@@ -357,8 +391,12 @@ class _Delivery:
     content_type: str | None  # MQTT 5: says whether the JSON is compressed
 
 
-# A batch as received, its messages parsed, and the ones refused with their reasons.
-_Sorted = tuple[list[_Delivery], list[tuple[_Delivery, Message]], list[tuple[str, str, bytes]]]
+# A batch as received, its messages parsed, the ones refused with their reasons, and its parts of
+# learnt-state backups (each read, or the reason it cannot be).
+_Backups = list[tuple[_Delivery, Part | str]]
+_Sorted = tuple[list[_Delivery], list[tuple[_Delivery, Message]], list[tuple[str, str, bytes]], _Backups]
+# How often a consumer drops the parts of backups that were never completed (48 h old).
+_BACKUP_SWEEP_S: Final = 600.0
 
 # What one delivery is counted for against `inbox_bytes` beyond its payload and topic: the Python
 # objects that hold it (measured: ~230 bytes), so that a read-ahead of many tiny messages is bounded too.
@@ -717,9 +755,10 @@ class Consumer:
 
     def _sort(
         self, batch: list[_Delivery]
-    ) -> tuple[list[tuple[_Delivery, Message]], list[tuple[str, str, bytes]]]:
+    ) -> tuple[list[tuple[_Delivery, Message]], list[tuple[str, str, bytes]], _Backups]:
         messages: list[tuple[_Delivery, Message]] = []
         rejected: list[tuple[str, str, bytes]] = []
+        backups: _Backups = []
         part = self.cfg.partition
         for d in batch:
             if d.topic.endswith("/status"):
@@ -731,12 +770,18 @@ class Consumer:
                 if partition_of(site, gateway, stream, part[1]) != part[0]:
                     self.counters.other_partition += 1
                     continue
+            if is_backup_topic(d.topic):  # a part of a learnt-state backup, never a data message
+                try:
+                    backups.append((d, read_part(d.topic, d.payload, self.cfg.max_state_backup_bytes)))
+                except BackupError as exc:
+                    backups.append((d, str(exc)))
+                continue
             try:
                 messages.append((d, parse(d.topic, d.payload, d.content_type)))
             except PayloadError as exc:
                 rejected.append((d.topic, str(exc), d.payload))
                 self._alerts.warning("ingest.rejected", topic=d.topic, reason=str(exc))
-        return messages, rejected
+        return messages, rejected, backups
 
     def _write(
         self, parsed: list[tuple[_Delivery, Message]], rejected: list[tuple[str, str, bytes]]
@@ -813,17 +858,103 @@ class Consumer:
             self._alerts.warning("ingest.rejected", topic=d.topic, reason=reason)
             return Committed(0, 0, 0, 0, 0)
 
+    def _write_backups(self, backups: _Backups) -> None:
+        """The batch's parts of learnt-state backups, each in a transaction of its own (after the
+        data's: a backup never holds the data up), taken off `backups` as they are done, so that a
+        retry after a lost database does not do one twice. Refused ones go to `rejected`."""
+        unread = [(d, why) for d, why in backups if isinstance(why, str)]
+        if unread:
+            self._keep_rejected([(d.topic, why, rejected_prefix(d.payload)) for d, why in unread])
+            for d, why in unread:
+                self._backup_rejected(d.topic, why)
+            backups[:] = [(d, p) for d, p in backups if not isinstance(p, str)]
+        cfg = self.cfg
+        limits = BackupLimits(cfg.keep_state_backups, cfg.max_state_backup_bytes, MAX_UNPACKED_BYTES)
+        while backups:
+            d, part = backups[0]
+            if not isinstance(part, str):  # (every one is: the unread went to `rejected` above)
+                kept = rejected_prefix(d.payload)
+                try:
+                    outcome = self._store.add_backup_part(part, d.topic, kept, limits)
+                except StoreRefusedError as exc:
+                    reason = f"refused by the database: {exc}"
+                    self._keep_rejected([(d.topic, reason, kept)])
+                    outcome = BackupOutcome("rejected", reason)
+                self._backup_done(d.topic, part, outcome)
+            backups.pop(0)
+
+    def _keep_rejected(self, rows: list[tuple[str, str, bytes]]) -> None:
+        """Into `rejected`; one the database refuses even there is logged and dropped, not retried."""
+        try:
+            self._store.reject(rows)
+        except StoreRefusedError as exc:
+            log.error("ingest.rejected_not_kept", topics=sorted({t for t, _, _ in rows}), error=str(exc))
+
+    def _backup_rejected(self, topic: str, reason: str) -> None:
+        self.counters.state_backup_rejected += 1
+        self._alerts.warning("ingest.state_backup_rejected", topic=topic, reason=reason)
+
+    def _backup_done(self, topic: str, part: Part, outcome: BackupOutcome) -> None:
+        c = self.counters
+        for backup, why in outcome.dropped:
+            c.state_backup_dropped += 1
+            self._alerts.warning(
+                "ingest.state_backup_dropped", site=part.site, gateway=part.gateway, backup=backup, why=why
+            )
+        if outcome.kind == "duplicate":
+            c.state_backup_duplicates += 1
+        elif outcome.kind == "rejected":
+            self._backup_rejected(topic, outcome.reason or "")
+        else:
+            c.state_backup_parts += 1
+        if outcome.kind == "stored":
+            c.state_backups_stored += 1
+            log.info(
+                "ingest.state_backup_stored",
+                site=part.site,
+                gateway=part.gateway,
+                backup=part.backup,
+                bytes=outcome.size,
+                files=outcome.files,
+                parts=part.parts,
+                agent_version=part.agent_version,
+                retired=list(outcome.retired),
+            )
+
+    def _sweep_backups(self) -> None:
+        try:
+            dropped = self._store.sweep_backup_parts(STATE_BACKUP_PARTS_MAX_AGE_S)
+        except (StoreError, StoreRefusedError) as exc:
+            log.warning("ingest.state_backup_sweep_failed", error=str(exc))
+            return
+        for site, gateway, backup, held in dropped:
+            self.counters.state_backup_dropped += 1
+            self._alerts.warning(
+                "ingest.state_backup_dropped",
+                site=site,
+                gateway=gateway,
+                backup=backup,
+                why=f"incomplete ({held} parts held) {STATE_BACKUP_PARTS_MAX_AGE_S // 3600} h after its"
+                " first part",
+            )
+
     def _commit(
         self,
         batch: list[_Delivery],
         parsed: list[tuple[_Delivery, Message]],
         rejected: list[tuple[str, str, bytes]],
+        backups: _Backups,
     ) -> None:
         messages = [m for _, m in parsed]
         delay = 0.2
+        written = False
+        done: Committed | None = None
         while True:
             try:
-                done = self._write(parsed, rejected)
+                if not written:
+                    done = self._write(parsed, rejected)
+                    written = True
+                self._write_backups(backups)
                 break
             except StoreError as exc:
                 self.counters.store_errors += 1
@@ -923,6 +1054,7 @@ class Consumer:
 
     def _write_batches(self) -> None:
         next_gaps = time.monotonic() + self.cfg.gap_check_s
+        next_sweep = next_gaps  # the first soon after the start, then every _BACKUP_SWEEP_S
         next_log = time.monotonic() + 10.0
         while True:
             try:
@@ -937,6 +1069,9 @@ class Consumer:
             if now >= next_gaps:
                 self._check_gaps()
                 next_gaps = now + self.cfg.gap_check_s
+            if now >= next_sweep:
+                self._sweep_backups()
+                next_sweep = now + _BACKUP_SWEEP_S
             if now >= next_log:
                 log.info("ingest.progress", **vars(self.counters))
                 next_log = now + 10.0

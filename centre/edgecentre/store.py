@@ -18,6 +18,7 @@ it here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from psycopg.rows import TupleRow
 from water_edge.centre import gaps
 from water_edge.centre.burst_log import BurstLog
 from water_edge.centre.payload import Message
+from water_edge.centre.state_backups import BackupError, Part, check_archive
 
 READING_COLUMNS = "stream_id, seq, tag, ts_ns, value, value_text, quality, reason, unit, source, repeat"
 # The readings' types in COPY order. Readings are copied in binary: it spares the ingest turning
@@ -50,6 +52,13 @@ STREAM_IDS_CACHED = 200_000
 # restarts its epoch in every message made 30,000 in a walk, and every gap check walks every row.
 NEW_STREAMS_PER_DAY = 1000
 _NEW_STREAMS_LOCK = 0x5745_4E53  # "WENS", with the gateway's hash: one counter of a gateway at a time
+# "WESB", with the hash of site/gateway: one consumer at a time stores, assembles or drops the
+# state-backup parts of a gateway (parts of one backup reach several consumers of a $share group).
+_STATE_BACKUP_LOCK = 0x5745_5342
+# Parts of a backup not completed within this long are dropped (the gateway sends a new backup).
+STATE_BACKUP_PARTS_MAX_AGE_S = 48 * 3600
+# Incomplete backups held per gateway (the one a part belongs to included); the oldest go first.
+INCOMPLETE_BACKUPS_HELD = 4
 
 
 class StoreError(Exception):
@@ -136,6 +145,31 @@ class Committed:
             self.conflicts + other.conflicts,
             self.refusals + other.refusals,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class BackupOutcome:
+    """What one state-backup part did: `part` (held, the backup not complete yet), `duplicate`
+    (held already, or its backup stored already), `stored` (it completed the backup) or `rejected`
+    (`reason`; kept in `rejected`). `dropped`: incomplete backups of the gateway dropped to stay
+    within the size limit, each (backup, why); `retired`: complete ones past the newest `keep`."""
+
+    kind: str
+    reason: str | None = None
+    files: int = 0
+    size: int = 0
+    dropped: tuple[tuple[str, str], ...] = ()
+    retired: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BackupLimits:
+    """Of a gateway's learnt-state backups: kept complete (the newest), an archive's bytes at most
+    (and the bytes of its incomplete ones held), an archive's unpacked bytes at most."""
+
+    keep: int
+    max_bytes: int
+    max_unpacked: int
 
 
 class Store:
@@ -390,3 +424,198 @@ class Store:
                     why="this seq already holds another message: two gateways publishing as one?",
                 )
         return len(found)
+
+    # ------------------------------------------------------------------ learnt-state backups
+
+    def reject(self, rows: Sequence[tuple[str, str, bytes]]) -> None:
+        """Into `rejected`, in one transaction: (topic, reason, payload) each."""
+        if not rows:
+            return
+        try:
+            with _db_errors():
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany("INSERT INTO rejected (topic, reason, payload) VALUES (%s, %s, %s)", rows)
+        except (StoreError, StoreRefusedError):
+            self.close()
+            raise
+
+    def add_backup_part(
+        self, part: Part, topic: str, kept_payload: bytes, limits: BackupLimits
+    ) -> BackupOutcome:
+        """Hold one part of a gateway's state backup; the one that completes it puts the archive
+        together, checks it and stores it (its parts dropped, the gateway's backups past the newest
+        `limits.keep` too). A part or an archive that fails a check goes to `rejected` with
+        `kept_payload` (the part's first bytes). One transaction, under a lock per gateway:
+        consumers sharing the load store each backup once."""
+        try:
+            with _db_errors():
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.execute(
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                        (_STATE_BACKUP_LOCK, f"{part.site}/{part.gateway}"),
+                    )
+                    held = self._hold(cur, part, topic, kept_payload)
+                    if isinstance(held, BackupOutcome):
+                        return held
+                    if held < part.parts:
+                        return BackupOutcome(
+                            "part", dropped=self._drop_over_size(cur, part, limits.max_bytes)
+                        )
+                    return self._assemble(cur, part, topic, kept_payload, limits)
+        except (StoreError, StoreRefusedError):
+            self.close()
+            raise
+
+    def _hold(self, cur: psycopg.Cursor[TupleRow], p: Part, topic: str, kept: bytes) -> BackupOutcome | int:
+        """Insert the part; the parts of its backup held then, or what became of it if not held."""
+        ident = (p.site, p.gateway, p.backup)
+        cur.execute("SELECT 1 FROM state_backups WHERE site = %s AND gateway = %s AND backup = %s", ident)
+        if cur.fetchone() is not None:
+            return BackupOutcome("duplicate")
+        cur.execute(
+            "SELECT parts, size, sha256, created_ns, count(*) OVER (), sum(octet_length(data)) OVER (),"
+            " bool_or(part = %s) OVER () FROM state_backup_parts"
+            " WHERE site = %s AND gateway = %s AND backup = %s LIMIT 1",
+            (p.part, *ident),
+        )
+        row = cur.fetchone()
+        held = 0
+        if row is not None:
+            parts, size, sha256, created_ns, held, held_bytes, again = row
+            if again:
+                return BackupOutcome("duplicate")
+            where = f"backup {p.backup} part {p.part}"
+            if (parts, size, sha256, created_ns) != (p.parts, p.size, p.sha256, p.created_ns):
+                why = f"{where}: its parts, size, sha256 or created_ns differ from the parts held of it"
+                return self._reject_backup(cur, topic, why, kept)
+            if held_bytes + len(p.data) > p.size:
+                why = f"{where}: its parts hold more than the archive's {p.size} bytes"
+                return self._reject_backup(cur, topic, why, kept)
+        cur.execute(
+            "INSERT INTO state_backup_parts (site, gateway, backup, part, parts, size, sha256,"
+            " created_ns, agent_version, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (*ident, p.part, p.parts, p.size, p.sha256, p.created_ns, p.agent_version, p.data),
+        )
+        return int(held) + 1
+
+    def _assemble(
+        self, cur: psycopg.Cursor[TupleRow], p: Part, topic: str, kept: bytes, limits: BackupLimits
+    ) -> BackupOutcome:
+        """Every part is in: the archive put together and checked, stored, its parts dropped."""
+        ident = (p.site, p.gateway, p.backup)
+        cur.execute(
+            "SELECT data FROM state_backup_parts WHERE site = %s AND gateway = %s AND backup = %s"
+            " ORDER BY part",
+            ident,
+        )
+        archive = b"".join(bytes(data) for (data,) in cur.fetchall())
+        cur.execute("DELETE FROM state_backup_parts WHERE site = %s AND gateway = %s AND backup = %s", ident)
+        try:
+            if len(archive) != p.size:
+                raise BackupError(f"{len(archive)} bytes put together, the header says {p.size}")
+            if hashlib.sha256(archive).hexdigest() != p.sha256:
+                raise BackupError("the parts put together do not match its sha256: damaged")
+            checked = check_archive(archive, p.site, p.gateway, max_unpacked=limits.max_unpacked)
+        except BackupError as exc:
+            return self._reject_backup(cur, topic, f"backup {p.backup}: {exc}", kept)
+        cur.execute(
+            "INSERT INTO state_backups (site, gateway, backup, created_ns, taken_at, size, sha256,"
+            " agent_version, files, archive) VALUES"
+            " (%s, %s, %s, %s, to_timestamp(%s::double precision / 1e9), %s, %s, %s, %s, %s)",
+            (*ident, p.created_ns, p.created_ns, p.size, p.sha256, p.agent_version, checked.files, archive),
+        )
+        cur.execute(
+            "DELETE FROM state_backups WHERE site = %s AND gateway = %s AND backup NOT IN"
+            " (SELECT backup FROM state_backups WHERE site = %s AND gateway = %s"
+            "  ORDER BY received_at DESC, created_ns DESC, backup DESC LIMIT %s) RETURNING backup",
+            (p.site, p.gateway, p.site, p.gateway, limits.keep),
+        )
+        retired = tuple(sorted(str(b) for (b,) in cur.fetchall()))
+        return BackupOutcome("stored", files=checked.files, size=p.size, retired=retired)
+
+    @staticmethod
+    def _reject_backup(cur: psycopg.Cursor[TupleRow], topic: str, reason: str, kept: bytes) -> BackupOutcome:
+        cur.execute(
+            "INSERT INTO rejected (topic, reason, payload) VALUES (%s, %s, %s)", (topic, reason, kept)
+        )
+        return BackupOutcome("rejected", reason)
+
+    @staticmethod
+    def _drop_over_size(
+        cur: psycopg.Cursor[TupleRow], p: Part, max_bytes: int
+    ) -> tuple[tuple[str, str], ...]:
+        """The gateway's other incomplete backups, oldest first, while its parts held pass `max_bytes`
+        or it holds more than INCOMPLETE_BACKUPS_HELD incomplete backups (a hostile gateway's
+        one-byte last parts of ever new backups would otherwise add rows for 48 h)."""
+        cur.execute(
+            "SELECT backup, sum(octet_length(data)) FROM state_backup_parts WHERE site = %s AND gateway = %s"
+            " GROUP BY backup ORDER BY min(received_at), backup",
+            (p.site, p.gateway),
+        )
+        held = [(str(backup), int(size)) for backup, size in cur.fetchall()]
+        total, count = sum(size for _, size in held), len(held)
+        dropped: list[tuple[str, str]] = []
+        for backup, size in held:
+            if total <= max_bytes and count <= INCOMPLETE_BACKUPS_HELD:
+                break
+            if backup == p.backup:
+                continue
+            why = (
+                f"incomplete, and the gateway's parts held passed {max_bytes} bytes"
+                if total > max_bytes
+                else f"incomplete, and the gateway held more than {INCOMPLETE_BACKUPS_HELD} incomplete ones"
+            )
+            cur.execute(
+                "DELETE FROM state_backup_parts WHERE site = %s AND gateway = %s AND backup = %s",
+                (p.site, p.gateway, backup),
+            )
+            total, count = total - size, count - 1
+            dropped.append((backup, why))
+        return tuple(dropped)
+
+    def sweep_backup_parts(
+        self, max_age_s: float = STATE_BACKUP_PARTS_MAX_AGE_S
+    ) -> list[tuple[str, str, str, int]]:
+        """Drop the parts of every backup whose first part came more than `max_age_s` ago (it will
+        not be completed: the gateway sends a new one); (site, gateway, backup, parts held) of each.
+        A gateway another consumer is storing parts of is left for the next sweep."""
+        try:
+            with _db_errors():
+                return self._sweep_backup_parts(max_age_s)
+        except (StoreError, StoreRefusedError):
+            self.close()
+            raise
+
+    def _sweep_backup_parts(self, max_age_s: float) -> list[tuple[str, str, str, int]]:
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(
+                "SELECT DISTINCT site, gateway FROM state_backup_parts"
+                " WHERE received_at < now() - make_interval(secs => %s) ORDER BY 1, 2",
+                (max_age_s,),
+            )
+            stale = [(str(site), str(gateway)) for site, gateway in cur.fetchall()]
+        dropped: list[tuple[str, str, str, int]] = []
+        for site, gateway in stale:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))",
+                    (_STATE_BACKUP_LOCK, f"{site}/{gateway}"),
+                )
+                row = cur.fetchone()
+                if row is None or not row[0]:
+                    continue
+                cur.execute(
+                    "DELETE FROM state_backup_parts WHERE site = %s AND gateway = %s AND backup IN"
+                    " (SELECT backup FROM state_backup_parts WHERE site = %s AND gateway = %s"
+                    "  GROUP BY backup HAVING min(received_at) < now() - make_interval(secs => %s))"
+                    " RETURNING backup",
+                    (site, gateway, site, gateway, max_age_s),
+                )
+                counts: dict[str, int] = {}
+                for (backup,) in cur.fetchall():
+                    counts[str(backup)] = counts.get(str(backup), 0) + 1
+                dropped += [(site, gateway, backup, n) for backup, n in sorted(counts.items())]
+        return dropped
