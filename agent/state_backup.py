@@ -9,7 +9,7 @@ the latest backups per gateway; a technician fetches one and runs `edge-agent st
 
 - Nothing learnt yet (no learnt files): nothing is sent.
 - The same learnt files (by the manifest's names and SHA-256, not the archive's bytes, which carry
-  a time) as the last backup the centre acknowledged, younger than `resend_after`: not sent again.
+  a time) as the last backup the broker acknowledged, younger than `resend_after`: not sent again.
 - An archive over `max_size`: not sent; a failure whose reason the status says.
 - Every part PUBACKed with success: a success, recorded in `{state_dir}/state_backup.json`
   (outside the learnt directories, so never exported itself), which also carries the last backup
@@ -69,7 +69,7 @@ class Publisher(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Sent:
-    """The last backup the centre acknowledged, as `state_backup.json` keeps it."""
+    """The last backup the broker acknowledged (every part PUBACKed), as `state_backup.json` keeps it."""
 
     backup: str
     created_ns: int
@@ -89,7 +89,7 @@ class Outcome:
     sent: Sent | None = None
 
 
-# off; waiting: no attempt yet; nothing: nothing learnt yet; unchanged: the centre has this state
+# off; waiting: no attempt yet; nothing: nothing learnt yet; unchanged: this state was sent already
 BackupState = Literal["off", "waiting", "sent", "unchanged", "nothing", "failing"]
 
 
@@ -100,7 +100,7 @@ class StateBackupHealth:
     enabled: bool
     state: BackupState
     backup: str | None  # the last acknowledged backup's id (kept over restarts)
-    sent_ns: int | None  # when the centre acknowledged it
+    sent_ns: int | None  # when the broker acknowledged its last part
     age_s: float | None  # since then
     bytes: int | None
     parts: int | None
