@@ -70,19 +70,20 @@ async def test_the_access_number_coming_round_is_not_taken_for_an_old_telegram(
     assert sim is not None
     driver = WmbusDriver.from_config(stick_config(air, [air.meter(0)], duplicate_window_s=0.1))
     await driver.open()
-    sent_before = sim.meters[0].sent
     readings: list[Reading] = []
     try:
+        # Counted by what arrived, not by what the simulator sent: on a loaded machine several
+        # telegrams are still on the line when the simulator's count reaches 300.
         async with asyncio.timeout(30):
-            while sim.meters[0].sent < 300:
+            while len(volumes(readings, "m0")) < 300:
                 readings += await driver.listen_readings(0.2)
         health = driver.health()
     finally:
         await driver.aclose()
     got = volumes(readings, "m0")
-    assert len(got) >= 300 - sent_before - 3  # one in flight at the start or the end may be missed
     assert all(b > a for a, b in itertools.pairwise(got))
-    assert (health.stale, health.meters_stale) == (0, [])
+    # Past the wrap (more than 256 in a row), none taken for an old telegram or for a copy.
+    assert (health.stale, health.meters_stale, health.duplicates) == (0, [], 0)
 
 
 def test_freshness_tells_old_from_new_by_access_number_time_stamp_and_counter() -> None:
