@@ -340,7 +340,7 @@ class StateBackup:
 
     def _export(self) -> tuple[bytes, int, int, str]:
         """The archive, its number of files, when it was made and its fingerprint (in a thread)."""
-        exported = export_state(self.state_dir, self.site, self.gateway)
+        exported = export_state(self.state_dir, self.site, self.gateway, histories=self.config.histories)
         manifest = manifest_of(exported.archive)
         files = manifest.get("files") or {}
         return (

@@ -50,6 +50,10 @@ LEARNT: Final = ("leak", "pump", "machine_sound", "flow_leak", "meter", "sites",
 _SKIPPED_SUFFIXES: Final = ("-wal", "-shm", "-journal", ".tmp")
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 MAX_MEMBER_BYTES: Final = 1 << 30  # a file larger than this in an archive is not learnt state
+# The rolling feature histories a pump's or machine's recalibration reads (one row a sample: ~75 MB
+# per pump over 14 days at 1 s). The calibration in service is a JSON file beside it; a new card
+# detects on that from its first minute and fills a history of its own.
+ROLLING_HISTORIES: Final = ("pump/*/history.sqlite", "machine_sound/*/history.sqlite")
 
 
 class StateTransferError(Exception):
@@ -73,8 +77,16 @@ class Imported:
     agent_version: str
 
 
-def learnt_files(state_dir: Path) -> Iterator[Path]:
-    """The learnt-state files under `state_dir`, as paths relative to it, in a stable order."""
+def is_rolling_history(relative: Path) -> bool:
+    """Whether a learnt file (relative to the state directory) is a rolling feature history."""
+    path = PurePosixPath(relative.as_posix())
+    # `match` anchors a relative pattern at the right only: the same depth anchors it at the left
+    return any(len(path.parts) == len(PurePosixPath(p).parts) and path.match(p) for p in ROLLING_HISTORIES)
+
+
+def learnt_files(state_dir: Path, *, histories: bool = True) -> Iterator[Path]:
+    """The learnt-state files under `state_dir`, as paths relative to it, in a stable order;
+    without the rolling feature histories when `histories` is False."""
     for name in LEARNT:
         top = state_dir / name
         if top.is_file():
@@ -88,9 +100,12 @@ def learnt_files(state_dir: Path) -> Iterator[Path]:
                 path = Path(directory) / file
                 if file.endswith(_SKIPPED_SUFFIXES) or file.startswith("."):
                     continue
+                relative = path.relative_to(state_dir)
+                if not histories and is_rolling_history(relative):
+                    continue
                 with contextlib.suppress(OSError):
                     if stat.S_ISREG(path.lstat().st_mode):
-                        yield path.relative_to(state_dir)
+                        yield relative
 
 
 def _is_sqlite(path: Path) -> bool:
@@ -117,12 +132,13 @@ def _file_bytes(path: Path) -> bytes:
         return copy.read_bytes()
 
 
-def export_state(state_dir: Path, site: str, gateway: str) -> Exported:
-    """The learnt state under `state_dir` as an archive."""
+def export_state(state_dir: Path, site: str, gateway: str, *, histories: bool = True) -> Exported:
+    """The learnt state under `state_dir` as an archive; without the rolling feature histories
+    (`ROLLING_HISTORIES`) when `histories` is False."""
     if not state_dir.is_dir():
         raise StateTransferError(f"{state_dir}: no state directory (gateway.state_dir): nothing learnt here")
     entries: list[tuple[str, bytes]] = []
-    for relative in learnt_files(state_dir):
+    for relative in learnt_files(state_dir, histories=histories):
         try:
             entries.append((relative.as_posix(), _file_bytes(state_dir / relative)))
         except FileNotFoundError:

@@ -196,6 +196,45 @@ async def test_an_unchanged_state_is_not_sent_again_and_a_changed_one_is(
     assert imported(archives[second.sent.backup], tmp_path / "new-card") == files
 
 
+def rolling_history(state_dir: Path, name: str, rows: int) -> None:
+    """A pump's or machine's rolling feature history, as its store keeps one (a row a sample)."""
+    path = state_dir / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS samples (ts INTEGER, features BLOB)")
+        db.executemany("INSERT INTO samples VALUES (?, ?)", ((i, os.urandom(32)) for i in range(rows)))
+    db.close()
+
+
+async def test_the_rolling_histories_stay_on_the_card_unless_asked_for(
+    mosquitto: Mosquitto, online: MqttUplink, tmp_path: Path
+) -> None:
+    # ~75 MB a pump over 14 days at 1 s: sent daily they would cost a cellular link that much, and
+    # a new card needs only the calibrations beside them to detect.
+    state = tmp_path / "state"
+    files = learn(state)
+    histories = ("pump/p1/history.sqlite", "machine_sound/m1/history.sqlite")
+    for name in histories:
+        rolling_history(state, name, 2000)
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS) as centre:
+        lean = await StateBackup(section(part_size=64 * 1024), state, SITE, GATEWAY, online).attempt()
+        assert lean.sent is not None
+        received = await centre.wait_until_async(lambda ms: len(ms) >= lean.sent.parts, 10)
+    assert imported(joined(received)[lean.sent.backup], tmp_path / "new-card") == files
+    assert lean.sent.files == len(files)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    rolling_history(other, "pump/p1/history.sqlite", 10)
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS) as centre:
+        whole = await StateBackup(section(histories=True), other, SITE, GATEWAY, online).attempt()
+        assert whole.sent is not None
+        received = await centre.wait_until_async(lambda ms: len(ms) >= whole.sent.parts, 10)
+    assert list(imported(joined(received)[whole.sent.backup], tmp_path / "new-card-2")) == [
+        "pump/p1/history.sqlite"
+    ]
+
+
 async def test_an_unchanged_state_is_sent_again_after_resend_after(
     mosquitto: Mosquitto, online: MqttUplink, tmp_path: Path
 ) -> None:
@@ -497,7 +536,7 @@ def _config(tmp_path: Path, body: str) -> Path:
 def test_config_defaults(tmp_path: Path) -> None:
     cfg = load_config(_config(tmp_path, "")).state_backup
     assert (cfg.enabled, cfg.interval, cfg.first_after, cfg.resend_after) == (True, 86400, 600, 7 * 86400)
-    assert (cfg.part_size, cfg.max_size) == (64 * 1024, 32 * 2**20)
+    assert (cfg.part_size, cfg.max_size, cfg.histories) == (64 * 1024, 32 * 2**20, False)
 
 
 def test_config_takes_durations_and_sizes_with_units(tmp_path: Path) -> None:

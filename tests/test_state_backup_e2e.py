@@ -5,12 +5,13 @@ PLC and calibrates its pump; it sends its learnt state over its own uplink throu
 to a real `edge-centre ingest` and PostgreSQL; the old card is then gone. A technician fetches the
 newest backup with `edge-centre state-backup`, imports it on a new card with `edge-agent state
 import`, and the new agent starts with the pump armed on the old calibration instead of a day of
-learning."""
+learning (without the pump's rolling feature history, which the backup leaves on the card)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,11 @@ def test_a_new_card_is_armed_from_the_backup_its_dead_predecessor_sent_the_centr
         )  # fmt: skip
         assert got.returncode == 0, got.stderr
         assert fetched.stat().st_mode & 0o777 == 0o600
+        with tarfile.open(fetched, "r:gz") as archive:
+            names = archive.getnames()
+        # The calibration, not the rolling feature history (its day of samples stays on the card).
+        assert "state/pump/pump1/calibration.json" in names, names
+        assert not [n for n in names if n.endswith("history.sqlite")], names
         new = card(tmp_path, "new-card", devices, broker.port)
         imported = edge_agent("state", "import", str(fetched), "-c", str(new))
         assert imported.returncode == 0, imported.stderr

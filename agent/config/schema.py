@@ -168,6 +168,9 @@ class StateBackupSection(_Section):
     part_size: ByteSize = 64 * 1024
     # A larger archive is not sent (the status says why).
     max_size: ByteSize = 32 * 2**20
+    # Also send the pumps' and machines' rolling feature histories (~75 MB a pump over 14 days at
+    # 1 s): only for a recalibration on the new card; the calibrations are sent without them.
+    histories: bool = False
 
     @field_validator("interval")
     @classmethod
