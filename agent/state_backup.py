@@ -50,7 +50,9 @@ from water_edge.core.reading import Event, now_ns
 log = structlog.get_logger(__name__)
 
 RECORD: Final = "state_backup.json"
-ACK_TIMEOUT_S: Final = 30.0
+# A 64 KiB part over GPRS (20-40 kbit/s up), behind the outbox's rows in the socket, takes 15-30 s;
+# a link that died is found sooner by the keep-alive, which closes the connection and ends the wait.
+ACK_TIMEOUT_S: Final = 120.0
 RETRY_MIN_S: Final = 900.0
 NOT_AUTHORIZED: Final = 0x87
 NO_MATCHING_SUBSCRIBERS: Final = 0x10  # MQTT 5 PUBACK: taken, and delivered to no one
