@@ -302,3 +302,19 @@ def test_a_history_under_a_state_directory_named_with_uri_characters_is_copied_w
         copy.write_bytes(member.read())
     with contextlib.closing(sqlite3.connect(copy)) as db:
         assert db.execute("SELECT count(*) FROM rows").fetchone() == (500,)
+
+
+def test_an_export_without_histories_keeps_the_calibrations_and_leaves_the_rolling_history(
+    old_gateway: OldGateway, tmp_path: Path
+) -> None:
+    lean = tmp_path / "lean.tar.gz"
+    config = old_gateway.card / "agent.toml"
+    run = edge_agent("state", "export", "--no-histories", "-c", str(config), "--out", str(lean))
+    assert run.returncode == 0, run.stderr
+    whole = members(old_gateway.archive)
+    kept = members(lean)
+    assert any(n.endswith("/history.sqlite") for n in whole)
+    assert sorted(kept) == sorted(n for n in whole if not n.endswith("/history.sqlite"))
+    assert json.loads(kept["state/pump/pump1/calibration.json"]) == json.loads(
+        whole["state/pump/pump1/calibration.json"]
+    )

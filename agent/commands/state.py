@@ -2,6 +2,7 @@
 
     edge-agent state export -c /etc/edge-agent/config.toml --out gw-03-state.tar.gz
     ssh gw-03 sudo -u edge-agent edge-agent state export --out - > gw-03-state.tar.gz
+    edge-agent state export --no-histories --out gw-03-state.tar.gz   # without the rolling histories
     edge-agent state import gw-03-state.tar.gz -c /etc/edge-agent/config.toml [--force]
     sudo -u edge-agent edge-agent state import - < gw-03-state.tar.gz   # as the agent's user
 
@@ -38,6 +39,13 @@ def register(sub: Any) -> None:
         required=True,
         help="the archive to write (.tar.gz, mode 0600), or - for stdout (ssh gw ... > FILE)",
     )
+    export.add_argument(
+        "--no-histories",
+        dest="histories",
+        action="store_false",
+        help="leave out the pumps' and machines' rolling feature histories (tens of MB; only a "
+        "recalibration reads them): what the agent's own backup to the centre carries",
+    )
     export.set_defaults(func=run_export)
     restore = commands.add_parser("import", help="put an exported state under this config's state directory")
     restore.add_argument(
@@ -73,7 +81,8 @@ def run_export(args: argparse.Namespace) -> int:
     if (config := _config(args.config, "export")) is None:
         return EXIT_USAGE
     try:
-        done = export_state(config.gateway.state_dir, config.gateway.site, config.gateway.id)
+        gw = config.gateway
+        done = export_state(gw.state_dir, gw.site, gw.id, histories=args.histories)
         if args.out == "-":
             sys.stdout.buffer.write(done.archive)
             sys.stdout.buffer.flush()
