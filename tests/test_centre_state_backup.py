@@ -140,10 +140,13 @@ def test_a_backup_in_parts_out_of_order_and_twice_is_stored_once_and_fetched_byt
                     pub.publish(TOPIC, part)
                     # The gateway's data goes on meanwhile, on the same connection and consumer.
                     pub.publish(DATA_TOPIC, payload(SITE, GATEWAY, seq, 10**18 + seq, 5))
+                # A gateway that sends data and has never sent a backup.
+                pub.publish(f"water/{SITE}/gw-silent/plc1", payload(SITE, "gw-silent", 1, 10**18, 5))
             wait_until(
                 lambda: (
                     len(stored(centre_db)) == 1
                     and len(committed_seqs(centre_db).get((SITE, GATEWAY, "plc1"), [])) == len(sent)
+                    and (SITE, "gw-silent", "plc1") in committed_seqs(centre_db)
                 ),
                 30,
                 what=lambda: f"{stored(centre_db)}\n{ingest.log()[-3000:]}",
@@ -151,7 +154,16 @@ def test_a_backup_in_parts_out_of_order_and_twice_is_stored_once_and_fetched_byt
         finally:
             ingest.stop()
         log = ingest.log()
-    assert committed_seqs(centre_db) == {(SITE, GATEWAY, "plc1"): list(range(1, len(sent) + 1))}
+    assert committed_seqs(centre_db) == {
+        (SITE, GATEWAY, "plc1"): list(range(1, len(sent) + 1)),
+        (SITE, "gw-silent", "plc1"): [1],
+    }
+    # What a central team alerts on: each gateway's newest backup and its age, none for gw-silent.
+    ages = query(
+        centre_db,
+        "SELECT gateway, backup, age < interval '1 minute' FROM gateway_state_backup_age ORDER BY gateway",
+    )
+    assert ages == [("gw-ps07", backup_id(parts[0]), True), ("gw-silent", None, None)]
     assert stored(centre_db) == [(backup_id(parts[0]), len(archive), 4)]  # baseline, history, tags, model
     assert query(centre_db, "SELECT count(*) FROM state_backup_parts") == [(0,)], "its parts are dropped"
     assert query(centre_db, "SELECT count(*) FROM rejected") == [(0,)]

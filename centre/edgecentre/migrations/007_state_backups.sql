@@ -61,3 +61,10 @@ SELECT site, gateway, backup, count(*) AS parts_held, max(parts) AS parts, max(s
        min(received_at) AS first_part_at, max(received_at) AS last_part_at
 FROM state_backup_parts
 GROUP BY site, gateway, backup;
+
+-- Every gateway the ingest has data of, with its newest backup (NULL: none yet) and its age: alert
+-- on `age IS NULL OR age > interval '3 days'` for a gateway whose card would take its learning with it.
+CREATE VIEW gateway_state_backup_age AS
+SELECT g.site, g.gateway, l.backup, l.received_at, now() - l.received_at AS age
+FROM (SELECT DISTINCT site, gateway FROM streams) g
+LEFT JOIN state_backups_latest l USING (site, gateway);
