@@ -172,20 +172,15 @@ class StateBackupSection(_Section):
     # 1 s): only for a recalibration on the new card; the calibrations are sent without them.
     histories: bool = False
 
-    @field_validator("interval")
+    @field_validator("interval", "resend_after")
     @classmethod
-    def _an_hour(cls, value: float) -> float:
+    def _an_hour_to_a_year(cls, value: float) -> float:
         return _between(value, 3600, 366 * 86_400, "1 h ('1h')", "a year")
 
     @field_validator("first_after")
     @classmethod
     def _a_day(cls, value: float) -> float:
         return _between(value, 0, 86_400, "0", "a day ('24h')")
-
-    @field_validator("resend_after")
-    @classmethod
-    def _resend(cls, value: float) -> float:
-        return _between(value, 3600, 366 * 86_400, "1 h ('1h')", "a year")
 
     @field_validator("part_size")
     @classmethod
