@@ -15,10 +15,12 @@ the latest backups per gateway; a technician fetches one and runs `edge-agent st
   (outside the learnt directories, so never exported itself), which also carries the last backup
   over a restart. Not MQTT 5's 0x10 "No matching subscribers" (a success code, which Mosquitto and
   EMQX answer when no one subscribes to the topic): the centre has not got it, a failure.
-- A failure (offline, a PUBACK refusal such as 0x87 Not authorized from an ACL older than the
-  topic, no PUBACK in time, an unreadable file): tried again after 15 min, the wait doubling up to
-  `interval`; one `state_backup_failed` event (warning) when backups start failing, none again
-  until one succeeds. No event on success: the status line, the metric and an `info` log line.
+- Due while the uplink is offline: it waits for the uplink (no failure: the uplink says it is offline).
+- A failure (the connection lost during it, a PUBACK refusal such as 0x87 Not authorized from an
+  ACL older than the topic, no PUBACK in time, an unreadable file): tried again after 15 min, the
+  wait doubling up to `interval`; one `state_backup_failed` event (warning) when backups start
+  failing, none again until one succeeds. No event on success: the status line, the metric and an
+  `info` log line.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ RECORD: Final = "state_backup.json"
 # a link that died is found sooner by the keep-alive, which closes the connection and ends the wait.
 ACK_TIMEOUT_S: Final = 120.0
 RETRY_MIN_S: Final = 900.0
+UPLINK_POLL_S: Final = 2.0  # how often a backup that is due looks whether the uplink is online
 NOT_AUTHORIZED: Final = 0x87
 NO_MATCHING_SUBSCRIBERS: Final = 0x10  # MQTT 5 PUBACK: taken, and delivered to no one
 NS: Final = 1_000_000_000
@@ -108,6 +111,7 @@ class StateBackupHealth:
     parts: int | None
     files: int | None
     next_ns: int | None  # the next attempt
+    waiting_for_uplink: bool  # due, and waiting for the uplink to be online
     failing_since_ns: int | None
     last_error: str | None  # why the last attempt failed; None after a success
     failures: int  # attempts that failed since the agent started
@@ -123,6 +127,8 @@ class StateBackupHealth:
             else f"sent {_when(self.sent_ns)} ({units.size(self.bytes or 0)}, {self.parts} parts, "
             f"{self.files} files)"
         )
+        if self.waiting_for_uplink:
+            return [f"state backup: due since {nxt}, waits for the uplink; {last or 'none sent yet'}"]
         if self.state == "failing" and self.failing_since_ns is not None:
             before = f" (last {last})" if last else " (none acknowledged yet)"
             return [
@@ -198,6 +204,7 @@ class StateBackup:
         self.last: Sent | None = load_record(self.record_path)
         self.outcome: Outcome | None = None
         self.next_ns: int | None = None
+        self.waiting_for_uplink = False
         self.failing_since_ns: int | None = None
         self.failures = 0
         self.sent = 0
@@ -213,12 +220,27 @@ class StateBackup:
         while True:
             self.next_ns = now_ns() + int(delay * NS)
             await asyncio.sleep(delay)
+            await self._until_online()
             try:
                 outcome = await self.attempt()
             except Exception as exc:  # a bug here must not end the agent
                 log.exception("state_backup.crashed")
                 outcome = await self._failed(f"{type(exc).__name__}: {exc}")
             delay = self._next_delay(outcome)
+
+    async def _until_online(self) -> None:
+        """A backup that falls due while the uplink is offline waits for it: the uplink's own status
+        says it is offline; a backup that found it so would only add a failure and 15 min of wait."""
+        if self.uplink.health().connected:
+            return
+        self.waiting_for_uplink = True
+        try:
+            # The uplink has no event to wait on (its state hook is the agent's); a poll of its
+            # health every 2 s costs nothing.
+            while not self.uplink.health().connected:  # noqa: ASYNC110
+                await asyncio.sleep(UPLINK_POLL_S)
+        finally:
+            self.waiting_for_uplink = False
 
     def _next_delay(self, outcome: Outcome) -> float:
         interval = self.config.interval
@@ -245,6 +267,7 @@ class StateBackup:
             parts=None if last is None else last.parts,
             files=None if last is None else last.files,
             next_ns=self.next_ns if self.config.enabled else None,
+            waiting_for_uplink=self.waiting_for_uplink,
             failing_since_ns=self.failing_since_ns,
             last_error=outcome.reason if outcome is not None and outcome.result == "failing" else None,
             failures=self.failures,

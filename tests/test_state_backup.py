@@ -379,6 +379,37 @@ async def test_an_uplink_that_is_offline_is_a_failure_with_its_reason(tmp_path: 
     assert backup.health().failures == 2
 
 
+async def test_a_backup_due_while_the_uplink_is_offline_waits_for_it_and_is_no_failure(
+    mosquitto: Mosquitto, outbox: AsyncOutbox, start_uplink: StartUplink, tmp_path: Path
+) -> None:
+    # The agent's first backup falls due as its uplink is still connecting (a slow cellular link, a
+    # broker down): it waits for the uplink instead of failing and waiting 15 min.
+    mosquitto.stop()
+    run = await start_uplink(mqtt_config(mosquitto), outbox)
+    state = tmp_path / "state"
+    files = learn(state)
+    events = Events()
+    backup = StateBackup(section(), state, SITE, GATEWAY, run.uplink, emit=events)
+    task = asyncio.create_task(backup.run())
+    try:
+        await eventually(lambda: backup.health().waiting_for_uplink, 10, what="the backup waiting")
+        await asyncio.sleep(1.0)
+        health = backup.health()
+        assert (health.failures, health.sent, events.kinds()) == (0, 0, [])
+        assert health.status_lines()[0].startswith("state backup: due since "), health.status_lines()
+        assert "waits for the uplink; none sent yet" in health.status_lines()[0]
+        mosquitto.start()
+        with Subscriber(mosquitto.host, mosquitto.port, BACKUPS) as centre:
+            await eventually(lambda: backup.health().sent == 1, 30, what="the backup sent once online")
+            sent = backup.last
+            assert sent is not None
+            received = await centre.wait_until_async(lambda ms: len(ms) >= sent.parts, 10)
+    finally:
+        task.cancel()
+    assert imported(joined(received)[sent.backup], tmp_path / "new-card") == files
+    assert (backup.health().failures, backup.health().waiting_for_uplink, events.kinds()) == (0, False, [])
+
+
 async def test_a_part_over_the_brokers_packet_limit_is_not_sent(
     mosquitto: Mosquitto, outbox: AsyncOutbox, start_uplink: StartUplink, tmp_path: Path
 ) -> None:
