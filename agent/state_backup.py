@@ -26,10 +26,9 @@ the latest backups per gateway; a technician fetches one and runs `edge-agent st
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
-import io
 import json
-import tarfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,12 +40,12 @@ import structlog
 from water_edge.agent import __version__
 from water_edge.agent.backup_parts import backup_id, encode_parts
 from water_edge.agent.config.schema import StateBackupSection
-from water_edge.agent.state_transfer import MANIFEST, StateTransferError, export_state
+from water_edge.agent.state_transfer import StateTransferError, export_state
 from water_edge.agent.uplink.health import UplinkHealth
 from water_edge.agent.uplink.topics import Topics
 from water_edge.agent.uplink.transport import Reason, TooLargeError
 from water_edge.core import units
-from water_edge.core.files import atomic_write
+from water_edge.core.files import read_json_state, write_json_state
 from water_edge.core.reading import Event, now_ns
 
 log = structlog.get_logger(__name__)
@@ -152,24 +151,12 @@ def fingerprint(files: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
 
 
-def manifest_of(archive: bytes) -> dict[str, Any]:
-    """The manifest inside an archive `export_state` made."""
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-        member = tar.extractfile(MANIFEST)
-        if member is None:  # pragma: no cover - export_state always writes it
-            raise ValueError("no manifest")
-        manifest: dict[str, Any] = json.loads(member.read())
-    return manifest
-
-
 def load_record(path: Path) -> Sent | None:
     """The last acknowledged backup; None when there is none (or the file is unreadable)."""
+    data = read_json_state(path, "state_backup.record")
     try:
-        data = json.loads(path.read_bytes())
-        return Sent(**{key: data[key] for key in Sent.__dataclass_fields__})
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None if data is None else Sent(**{key: data[key] for key in Sent.__dataclass_fields__})
+    except (KeyError, TypeError) as exc:
         log.warning("state_backup.record_unreadable", path=str(path), error=str(exc))
         return None
 
@@ -280,7 +267,7 @@ class StateBackup:
         """Export, compare, send: one backup attempt, whatever the schedule."""
         try:
             archive, files, created_ns, print_ = await asyncio.to_thread(self._export)
-        except (StateTransferError, OSError, tarfile.TarError, ValueError) as exc:
+        except (StateTransferError, OSError, ValueError) as exc:
             # an unreadable file, a full disk: a failure with its reason
             return await self._failed(f"the learnt state cannot be exported: {exc}")
         if not files:
@@ -314,10 +301,8 @@ class StateBackup:
             files=files,
             fingerprint=print_,
         )
-        try:
-            atomic_write(self.record_path, json.dumps(_as_dict(sent), indent=1).encode(), 0o640)
-        except OSError as exc:  # sent all the same: kept in memory, sent again after a restart
-            log.warning("state_backup.record_not_written", path=str(self.record_path), error=str(exc))
+        # Not written (a full card): kept in memory, and sent again after a restart.
+        write_json_state(self.record_path, dataclasses.asdict(sent), "state_backup.record")
         self.last = sent
         self.sent += 1
         log.info(
@@ -366,14 +351,8 @@ class StateBackup:
     def _export(self) -> tuple[bytes, int, int, str]:
         """The archive, its number of files, when it was made and its fingerprint (in a thread)."""
         exported = export_state(self.state_dir, self.site, self.gateway, histories=self.config.histories)
-        manifest = manifest_of(exported.archive)
-        files = manifest.get("files") or {}
-        return (
-            exported.archive,
-            exported.files,
-            int(manifest.get("created_ns") or now_ns()),
-            fingerprint(files),
-        )
+        manifest = exported.manifest
+        return exported.archive, exported.files, int(manifest["created_ns"]), fingerprint(manifest["files"])
 
     def _done(self, outcome: Outcome) -> Outcome:
         self.outcome = outcome
@@ -400,7 +379,3 @@ class StateBackup:
                 except Exception:  # the event is a courtesy: the status line says it too
                     log.exception("state_backup.event_failed")
         return outcome
-
-
-def _as_dict(sent: Sent) -> dict[str, Any]:
-    return {key: getattr(sent, key) for key in Sent.__dataclass_fields__}

@@ -65,6 +65,7 @@ class Exported:
     archive: bytes  # the .tar.gz
     files: int
     bytes: int  # of learnt state, uncompressed
+    manifest: dict[str, Any]  # as written into the archive (`created_ns`, each file's sha256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +161,7 @@ def export_state(state_dir: Path, site: str, gateway: str, *, histories: bool = 
         _add(archive, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
         for name, data in entries:
             _add(archive, f"{PREFIX}/{name}", data)
-    return Exported(buffer.getvalue(), len(entries), sum(len(d) for _, d in entries))
+    return Exported(buffer.getvalue(), len(entries), sum(len(d) for _, d in entries), manifest)
 
 
 def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:

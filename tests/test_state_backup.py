@@ -31,7 +31,7 @@ from water_edge.agent.backup_parts import FORMAT
 from water_edge.agent.config.load import load_config
 from water_edge.agent.config.schema import StateBackupSection
 from water_edge.agent.metrics_export import exposition_text
-from water_edge.agent.state_backup import RECORD, StateBackup, fingerprint, manifest_of
+from water_edge.agent.state_backup import RECORD, StateBackup, fingerprint
 from water_edge.agent.state_transfer import import_state, learnt_files
 from water_edge.agent.status_document import StatusDocument
 from water_edge.agent.uplink.config import SparkplugConfig
@@ -524,10 +524,10 @@ def test_fingerprint_is_of_the_files_not_of_the_archive(tmp_path: Path) -> None:
 
     learn(tmp_path)
     one, two = export_state(tmp_path, SITE, GATEWAY), export_state(tmp_path, SITE, GATEWAY)
-    a, b = manifest_of(one.archive)["files"], manifest_of(two.archive)["files"]
+    a, b = one.manifest["files"], two.manifest["files"]
     assert fingerprint(a) == fingerprint(b)
     (tmp_path / "learnt_tags.json").write_bytes(b"{}")
-    c = manifest_of(export_state(tmp_path, SITE, GATEWAY).archive)["files"]
+    c = export_state(tmp_path, SITE, GATEWAY).manifest["files"]
     assert fingerprint(c) != fingerprint(a)
 
 
