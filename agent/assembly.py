@@ -102,6 +102,7 @@ def build_command_channel(
     from water_edge.agent.remote.handlers import Targets, build_handlers
     from water_edge.agent.remote.nonces import NonceStore
     from water_edge.agent.remote.processor import CommandProcessor
+    from water_edge.agent.state_restore import StateRestoreReceiver
     from water_edge.agent.update.receive import UpdateReceiver
     from water_edge.agent.update.state import UpdateFiles
     from water_edge.agent.writes import WriteGuard
@@ -136,6 +137,13 @@ def build_command_channel(
         config_rights={op.name: frozenset(op.config_rights) for op in security.operators},
         update=UpdateReceiver(config.update, UpdateFiles(state)),
         apply_config=apply_config,
+        state_restore=StateRestoreReceiver(
+            state,
+            config.gateway.site,
+            config.gateway.id,
+            max_bytes=config.state_backup.max_size,
+            request_restart=request_restart,
+        ),
     )
     nonces = NonceStore(state / security.nonce_db)
     # Damage found while running: restart, so that the start moves the store aside and resets it.

@@ -55,6 +55,7 @@ from water_edge.agent.remote.result import CommandCounts
 from water_edge.agent.secrets import Secret, config_secret_refs, resolved
 from water_edge.agent.serial_adapters import SerialPortStatus, check_serial_adapters
 from water_edge.agent.state_backup import StateBackup
+from water_edge.agent.state_restore import apply_pending
 from water_edge.agent.status import StatusServer
 from water_edge.agent.status_document import AgentStatus, ProcessorStatus, RejectedInputs, StatusDocument
 from water_edge.agent.supervisor import DeviceRunner, bound_latest
@@ -501,6 +502,8 @@ async def run_agent(config: Config) -> int:
     state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     if (mode := stat.S_IMODE(state_dir.stat().st_mode)) & ~0o750:
         state_dir.chmod(mode & 0o750)  # made by hand with a 022 umask: others read nothing in it
+    # Before anything reads the state directory: a restore a signed command staged (agent.state_restore).
+    restored = await asyncio.to_thread(apply_pending, state_dir, config.gateway.site, config.gateway.id)
     drivers = build_drivers(config)
     analytics = build_processors(config, drivers)
     commands = build_command_channel(config, drivers, analytics)
@@ -529,7 +532,7 @@ async def run_agent(config: Config) -> int:
             on_command=None if commands is None else commands.handler,
             command_stats=None if commands is None else commands.stats,
         )
-        agent.startup_events += board.events
+        agent.startup_events += restored + board.events
         agent.board = board.status
         serial = await asyncio.to_thread(check_serial_adapters, state_dir, config.devices)
         agent.startup_events += serial.events

@@ -29,7 +29,6 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +39,14 @@ import structlog
 from water_edge.agent import __version__
 from water_edge.agent.backup_parts import backup_id, encode_parts
 from water_edge.agent.config.schema import StateBackupSection
+from water_edge.agent.state_restore import RestoreRecord, load_last
 from water_edge.agent.state_transfer import StateTransferError, export_state
 from water_edge.agent.uplink.health import UplinkHealth
 from water_edge.agent.uplink.topics import Topics
 from water_edge.agent.uplink.transport import Reason, TooLargeError
 from water_edge.core import units
 from water_edge.core.files import read_json_state, write_json_state
+from water_edge.core.instants import minute_utc
 from water_edge.core.reading import Event, now_ns
 
 log = structlog.get_logger(__name__)
@@ -115,15 +116,20 @@ class StateBackupHealth:
     last_error: str | None  # why the last attempt failed; None after a success
     failures: int  # attempts that failed since the agent started
     sent: int  # backups sent since the agent started
+    restore: RestoreRecord | None  # the last restore this card took from a backup (agent.state_restore)
 
     def status_lines(self) -> list[str]:
+        restored = [] if self.restore is None else self.restore.status_lines()
+        return self._backup_lines() + restored
+
+    def _backup_lines(self) -> list[str]:
         if not self.enabled:
             return ["state backup: off ([state_backup] enabled = false)"]
-        nxt = "" if self.next_ns is None else _when(self.next_ns)
+        nxt = "" if self.next_ns is None else minute_utc(self.next_ns)
         last = (
             ""
             if self.sent_ns is None
-            else f"sent {_when(self.sent_ns)} ({units.size(self.bytes or 0)}, {self.parts} parts, "
+            else f"sent {minute_utc(self.sent_ns)} ({units.size(self.bytes or 0)}, {self.parts} parts, "
             f"{self.files} files)"
         )
         if self.waiting_for_uplink:
@@ -131,7 +137,7 @@ class StateBackupHealth:
         if self.state == "failing" and self.failing_since_ns is not None:
             before = f" (last {last})" if last else " (none acknowledged yet)"
             return [
-                f"state backup: failing since {_when(self.failing_since_ns)}: {self.last_error}; "
+                f"state backup: failing since {minute_utc(self.failing_since_ns)}: {self.last_error}; "
                 f"next try {nxt}{before}"
             ]
         if self.state == "nothing":
@@ -139,10 +145,6 @@ class StateBackupHealth:
         if last:
             return [f"state backup: {last}; next {nxt}"]
         return [f"state backup: first {nxt}"]
-
-
-def _when(ts_ns: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts_ns / NS))
 
 
 def fingerprint(files: dict[str, Any]) -> str:
@@ -189,6 +191,8 @@ class StateBackup:
         self._retry_min_s = retry_min_s
         self._retry_s = retry_min_s
         self.last: Sent | None = load_record(self.record_path)
+        # Read once: a restore is applied at a start only (before this is made).
+        self.restored = load_last(state_dir)
         self.outcome: Outcome | None = None
         self.next_ns: int | None = None
         self.waiting_for_uplink = False
@@ -259,6 +263,7 @@ class StateBackup:
             last_error=outcome.reason if outcome is not None and outcome.result == "failing" else None,
             failures=self.failures,
             sent=self.sent,
+            restore=self.restored,
         )
 
     # ------------------------------------------------------------------ one attempt

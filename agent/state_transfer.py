@@ -50,6 +50,7 @@ LEARNT: Final = ("leak", "pump", "machine_sound", "flow_leak", "meter", "sites",
 _SKIPPED_SUFFIXES: Final = ("-wal", "-shm", "-journal", ".tmp")
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 MAX_MEMBER_BYTES: Final = 1 << 30  # a file larger than this in an archive is not learnt state
+_READ_BLOCK: Final = 1 << 20
 # The rolling feature histories a pump's or machine's recalibration reads (one row a sample: ~75 MB
 # per pump over 14 days at 1 s). The calibration in service is a JSON file beside it; a new card
 # detects on that from its first minute and fills a history of its own.
@@ -58,6 +59,10 @@ ROLLING_HISTORIES: Final = ("pump/*/history.sqlite", "machine_sound/*/history.sq
 
 class StateTransferError(Exception):
     """Why an export or import cannot be done, in words for the technician."""
+
+
+class OtherGatewayError(StateTransferError):
+    """An archive of what another gateway (or site) learnt, not taken without `force`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +175,21 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
-def _read_archive(path: Path, content: bytes | None) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The manifest and the files of an archive, every file checked against the manifest."""
+@dataclass(frozen=True, slots=True)
+class _Member:
+    sha256: str
+    size: int
+    data: bytes | None  # None when the archive was only checked (`keep=False`)
+
+
+def _read_archive(
+    path: Path, content: bytes | None, *, keep: bool = True
+) -> tuple[dict[str, Any], dict[str, _Member]]:
+    """The manifest and the files of an archive, every file checked against the manifest; the
+    files' bytes only with `keep` (else each is hashed as it is read, and memory stays small)."""
     not_ours = f"{path}: not an archive made by `edge-agent state export`"
     try:
-        manifest, files = _members(path, content)
+        manifest, files = _members(path, content, keep=keep)
     except (OSError, tarfile.TarError, EOFError, ValueError) as exc:
         raise StateTransferError(f"{not_ours} (or damaged: {exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -182,15 +197,15 @@ def _read_archive(path: Path, content: bytes | None) -> tuple[dict[str, Any], di
     listed = manifest.get("files")
     if not isinstance(listed, dict) or set(listed) != set(files):
         raise StateTransferError(f"{path}: its files are not the ones its manifest lists: damaged or altered")
-    for name, data in files.items():
+    for name, member in files.items():
         entry = listed[name]
-        if not isinstance(entry, dict) or entry.get("sha256") != hashlib.sha256(data).hexdigest():
+        if not isinstance(entry, dict) or entry.get("sha256") != member.sha256:
             raise StateTransferError(f"{path}: {name} does not match its checksum: damaged or altered")
     return manifest, files
 
 
-def _members(path: Path, content: bytes | None) -> tuple[Any, dict[str, bytes]]:
-    files: dict[str, bytes] = {}
+def _members(path: Path, content: bytes | None, *, keep: bool) -> tuple[Any, dict[str, _Member]]:
+    files: dict[str, _Member] = {}
     manifest: Any = None
     stream = None if content is None else io.BytesIO(content)
     with tarfile.open(path if stream is None else None, mode="r:gz", fileobj=stream) as archive:
@@ -200,11 +215,18 @@ def _members(path: Path, content: bytes | None) -> tuple[Any, dict[str, bytes]]:
             if member.size > MAX_MEMBER_BYTES:
                 raise StateTransferError(f"{path}: {member.name!r} is {member.size} bytes: refused")
             extracted = archive.extractfile(member)
-            data = b"" if extracted is None else extracted.read()
+            if extracted is None:
+                continue  # not reached: a plain file always has its bytes
             if member.name == MANIFEST:
-                manifest = json.loads(data)
-            else:
-                files[_safe_name(path, member.name)] = data
+                manifest = json.loads(extracted.read())
+                continue
+            name = _safe_name(path, member.name)
+            digest, kept = hashlib.sha256(), []
+            while block := extracted.read(_READ_BLOCK):
+                digest.update(block)
+                if keep:
+                    kept.append(block)
+            files[name] = _Member(digest.hexdigest(), member.size, b"".join(kept) if keep else None)
     return manifest, files
 
 
@@ -231,16 +253,11 @@ def import_state(
     """Put the learnt state of `archive` (or of `content`, the archive's bytes read from stdin, named
     `archive` in messages) under `state_dir`: every file checked first, then each
     written atomically, owned like the state directory (the agent's user) and private to it."""
-    manifest, files = _read_archive(archive, content)
-    theirs = (str(manifest.get("site")), str(manifest.get("gateway")))
-    if theirs != (site, gateway) and not force:
-        raise StateTransferError(
-            f"{archive} holds what gateway {theirs[1]} of site {theirs[0]} learnt, and this config is "
-            f"gateway {gateway} of site {site}: its baselines describe another site's pipes and pumps. "
-            "If this card replaces that gateway under a new name, give --force"
-        )
+    manifest, members = _read_archive(archive, content)
+    done = _summary(archive, manifest, members, site, gateway, force=force)
     state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     owner = state_dir.stat()
+    files = {name: member.data or b"" for name, member in members.items()}
     for name in files:
         _no_links(state_dir, state_dir / name)
     for name, data in files.items():
@@ -251,12 +268,40 @@ def import_state(
         for suffix in ("-wal", "-shm", "-journal"):  # a stale journal would be replayed into the copy
             with contextlib.suppress(FileNotFoundError):
                 Path(f"{target}{suffix}").unlink()
+    return done
+
+
+def inspect_archive(archive: Path, site: str, gateway: str, *, force: bool = False) -> Imported:
+    """What `import_state` would put under a state directory, checked as it checks it (the
+    manifest, every file's SHA-256, the site and gateway), without writing anything or holding the
+    files in memory."""
+    manifest, members = _read_archive(archive, None, keep=False)
+    return _summary(archive, manifest, members, site, gateway, force=force)
+
+
+def _summary(
+    archive: Path,
+    manifest: dict[str, Any],
+    members: dict[str, _Member],
+    site: str,
+    gateway: str,
+    *,
+    force: bool,
+) -> Imported:
+    theirs = (str(manifest.get("site")), str(manifest.get("gateway")))
+    if theirs != (site, gateway) and not force:
+        raise OtherGatewayError(
+            f"{archive} holds what gateway {theirs[1]} of site {theirs[0]} learnt, and this config is "
+            f"gateway {gateway} of site {site}: its baselines describe another site's pipes and pumps. "
+            "If this card replaces that gateway under a new name, give --force"
+        )
+    created = manifest.get("created_ns")
     return Imported(
-        files=len(files),
-        bytes=sum(len(d) for d in files.values()),
+        files=len(members),
+        bytes=sum(m.size for m in members.values()),
         site=theirs[0],
         gateway=theirs[1],
-        created_ns=int(manifest.get("created_ns") or 0),
+        created_ns=created if isinstance(created, int) else 0,
         agent_version=str(manifest.get("agent_version")),
     )
 

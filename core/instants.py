@@ -15,6 +15,11 @@ def iso(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(timespec="seconds")
 
 
+def minute_utc(ts_ns: int) -> str:
+    """UTC nanoseconds -> the minute, as a status line writes it (`2026-03-04 02:13 UTC`)."""
+    return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 # Epoch seconds up to the end of year 9999 (what ISO 8601 can write). Past it is no instant: often
 # epoch milliseconds, as many SCADA exports write them (1733400000000).
 MAX_EPOCH_S = 253_402_300_799

@@ -24,6 +24,7 @@ CommandType = Literal[
     "write",
     "update",
     "update_chunk",
+    "state_restore",
 ]
 COMMAND_TYPES: tuple[str, ...] = CommandType.__args__  # type: ignore[attr-defined]
 # What a config_update may change beyond the ordinary settings, each only with its own right:

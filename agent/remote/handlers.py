@@ -66,6 +66,12 @@ class WriterLike(Protocol):
     ) -> dict[str, Any]: ...
 
 
+class RestoreLike(Protocol):
+    """`agent.state_restore.StateRestoreReceiver`."""
+
+    async def part(self, env: Envelope) -> CommandResult: ...
+
+
 class UpdateLike(Protocol):
     """`agent.update.receive.UpdateReceiver`."""
 
@@ -91,6 +97,8 @@ class Targets:
     update: UpdateLike | None = None
     # Applies a new config live when nothing in it needs a restart (`agent.runtime.Agent.apply_config`).
     apply_config: Callable[[Config], ConfigPlan] | None = None
+    # Stages a learnt-state archive sent in parts (`agent.state_restore.StateRestoreReceiver`).
+    state_restore: RestoreLike | None = None
 
 
 def _need(value: Any, what: str) -> Any:
@@ -165,6 +173,10 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
         receiver: UpdateLike = _need(targets.update, "self-update")
         return await receiver.chunk(env)
 
+    async def state_restore(env: Envelope) -> CommandResult:
+        receiver: RestoreLike = _need(targets.state_restore, "state restore")
+        return await receiver.part(env)
+
     # Every calibration command type the gateway knows gets a handler, offered or not: without
     # its processor configured it fails as "not available" rather than being refused.
     calibrations = {c for c in COMMAND_TYPES if c.endswith("_calibration")} | set(targets.calibrations)
@@ -177,6 +189,7 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
         "write": write,
         "update": update,
         "update_chunk": update_chunk,
+        "state_restore": state_restore,
     }
 
 

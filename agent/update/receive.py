@@ -18,31 +18,24 @@ What a command may cost is bounded: a download ends at `download_timeout_s` howe
 trickles or the DNS resolver hangs (the deadline holds for the name lookup and inside each read, and
 a watchdog shuts the connection at it), runs in a thread of its own (never the event loop's shared
 executor, which the uplink's reconnect needs), one at a time. The parts of chunked transfers are
-counted as the disk holds them (each a file of at least one 4 KiB block) against
-`max_bundle_bytes`, every part but a transfer's last is at least `MIN_CHUNK_BYTES`, and at most
-`MAX_TRANSFERS` transfers are held at once; what they hold is kept in memory, so a chunk costs the
-event loop no directory scan.
+held by `agent.remote.chunks.ChunkStore` against `max_bundle_bytes` (counted as the disk holds
+them), at most `MAX_TRANSFERS` transfers at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import concurrent.futures
 import contextlib
 import functools
 import hashlib
 import http.client
-import re
-import shutil
 import socket
 import ssl
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from http.client import HTTPMessage
 from pathlib import Path
 from typing import IO, Any
@@ -50,6 +43,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from water_edge.agent.remote.chunks import ChunkStore, sha256_arg
 from water_edge.agent.remote.result import CommandFailedError, CommandRefusedError, CommandResult
 from water_edge.agent.update.bundle import BundleError, Manifest, load_release_keys, read_manifest
 from water_edge.agent.update.config import UpdateSection
@@ -61,26 +55,9 @@ from water_edge.core.sockets import connect_first
 
 log = structlog.get_logger(__name__)
 
-_SHA = re.compile(r"^[0-9a-f]{64}$")
-MAX_CHUNKS = 100_000
-# Every part but a transfer's last carries at least this much: 1-byte parts cost a file (an inode
-# and a block) each. Small enough for the smallest `[security] max_command_bytes` (16 KiB, some
-# 11 KiB of base64 data once the envelope is signed).
-MIN_CHUNK_BYTES = 8 * 1024
 MAX_TRANSFERS = 2  # chunked transfers held at once; a new one drops the least recently added to
-DISK_BLOCK = 4096  # what the smallest file costs the disk (and what each part is rounded up to)
 STALL_S = 30.0  # a download whose server sends nothing for this long has stalled
 READ_BYTES = 1 << 16  # one read of a download: what the socket has, up to this
-
-
-@dataclass
-class _Transfer:
-    """The parts of one chunked transfer on disk, as the receiver counts them."""
-
-    count: int
-    added: int  # order of the last part added (larger: more recent)
-    parts: dict[int, int] = field(default_factory=dict)  # index -> bytes it costs the disk
-    held: int = 0  # sum of `parts`
 
 
 class UpdateReceiver:
@@ -91,88 +68,35 @@ class UpdateReceiver:
         # shared default executor's few threads, and a server that trickled its answer kept it.
         self._downloads = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="update-download")
         self._downloading: tuple[concurrent.futures.Future[Path], str, float] | None = None
-        self._transfers: dict[str, _Transfer] | None = None  # read from disk at the first chunk
-        self._added = 0
+        self._chunks = ChunkStore(
+            files.chunks,
+            limit=config.max_bundle_bytes,
+            limit_name="[update] max_bundle_bytes",
+            max_transfers=MAX_TRANSFERS,
+            what="bundle",
+            log_prefix="update",
+        )
 
     # ------------------------------------------------------------------ commands
 
     async def chunk(self, env: Envelope) -> CommandResult:
-        sha = _sha(env.args.get("transfer"), "transfer")
-        index, count, data = env.args.get("index"), env.args.get("count"), env.args.get("data")
-        if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count <= MAX_CHUNKS):
-            raise CommandFailedError("index and count must be integers with 0 <= index < count")
-        if not isinstance(data, str):
-            raise CommandFailedError("argument 'data' missing or not base64 text")
-        limit = self.config.max_bundle_bytes
-        if count * MIN_CHUNK_BYTES > limit:
-            raise CommandRefusedError(
-                "too_large",
-                f"{count} chunks of at least {MIN_CHUNK_BYTES} bytes are over [update] max_bundle_bytes "
-                f"({limit}); send the bundle in fewer, larger chunks",
-            )
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise CommandFailedError("argument 'data' is not base64") from None
-        if index < count - 1 and len(raw) < MIN_CHUNK_BYTES:
-            raise CommandRefusedError(
-                "chunk_too_small",
-                f"chunk {index} of {count} has {len(raw)} bytes: every chunk but the last must carry at "
-                f"least {MIN_CHUNK_BYTES} bytes",
-            )
-        transfers = await self._held_transfers()
-        folder = self.files.chunks / sha
-        dropped: list[str] = []
-        transfer = transfers.get(sha)
-        if transfer is not None and transfer.count != count:  # sent again in another number of chunks
-            del transfers[sha]
-            dropped.append(sha)
-            log.info("update.transfer_restarted", transfer=sha[:16], count=count, was=transfer.count)
-            transfer = None
-        cost = _disk_cost(len(raw))
-        before = 0 if transfer is None else transfer.parts.get(index, 0)
-        own = (0 if transfer is None else transfer.held) - before + cost
-        if own > limit:
-            raise CommandRefusedError(
-                "too_large",
-                f"transfer over [update] max_bundle_bytes ({limit}; parts counted as the disk holds "
-                f"them, each rounded up to {DISK_BLOCK} bytes)",
-            )
-        # Room for it, taken from the transfers least recently added to (abandoned ones).
-        others = sorted((t.added, name) for name, t in transfers.items() if name != sha)
-        total = own + sum(transfers[name].held for _, name in others)
-        for _, name in others:
-            if total <= limit and len(transfers) - (sha in transfers) < MAX_TRANSFERS:
-                break
-            total -= transfers.pop(name).held
-            dropped.append(name)
-            log.info("update.transfer_dropped", transfer=name[:16], for_transfer=sha[:16])
-        if transfer is None:
-            transfer = transfers[sha] = _Transfer(count, self._added)
-        self._added += 1
-        transfer.added = self._added
-        transfer.parts[index] = cost
-        transfer.held += cost - before
-        try:
-            await asyncio.to_thread(self._store, dropped, folder, index, count, raw)
-        except BaseException:
-            self._forget(sha)  # what is on disk is no longer known: counted again at the next chunk
-            raise
-        return CommandResult("ok", detail={"transfer": sha, "received": len(transfer.parts), "of": count})
+        part = self._chunks.parse(env)
+        received = await self._chunks.add(part)
+        return CommandResult("ok", detail={"transfer": part.transfer, "received": received, "of": part.count})
 
     async def update(self, env: Envelope) -> CommandResult:
         window = env.args.get("health_window_s")
         if window is not None and not (isinstance(window, int | float) and 5 <= window <= 3600):
             raise CommandFailedError("health_window_s must be a number of seconds, 5-3600")
         if "transfer" in env.args:
-            sha = _sha(env.args.get("transfer"), "transfer")
+            sha = sha256_arg(env.args.get("transfer"), "transfer")
             self.no_other_request(sha)
             try:
-                bundle = await asyncio.to_thread(self._assemble, sha)
+                bundle = await asyncio.to_thread(self._chunks.assemble, sha, self.files.spool / f"{sha}.tar")
             finally:
-                self._forget(sha, unless_held=True)
+                self._chunks.forget(sha, unless_held=True)
         elif "url" in env.args:
-            sha = _sha(env.args.get("sha256"), "sha256")
+            sha = sha256_arg(env.args.get("sha256"), "sha256")
             self.no_other_request(sha)  # before a download of up to max_bundle_bytes
             bundle = await self._download_once(str(env.args["url"]), sha)
         else:
@@ -237,34 +161,6 @@ class UpdateReceiver:
 
     # ------------------------------------------------------------------ getting the bytes (threads)
 
-    async def _held_transfers(self) -> dict[str, _Transfer]:
-        """The transfers held, read from disk (off the event loop) once, then kept up to date here."""
-        if self._transfers is None:
-            found = await asyncio.to_thread(_scan, self.files.chunks)
-            if self._transfers is None:
-                self._transfers = found
-                self._added = max((t.added for t in found.values()), default=0)
-        return self._transfers
-
-    def _forget(self, sha: str, *, unless_held: bool = False) -> None:
-        """Stop counting a transfer (its folder was removed, or is read again at the next chunk)."""
-        if self._transfers is None:
-            return
-        if unless_held and (self.files.chunks / sha).is_dir():
-            return
-        if unless_held:
-            self._transfers.pop(sha, None)
-        else:
-            self._transfers = None
-
-    def _store(self, dropped: list[str], folder: Path, index: int, count: int, raw: bytes) -> None:
-        for name in dropped:
-            shutil.rmtree(self.files.chunks / name, ignore_errors=True)
-        _write(folder / f"{index:06d}.part", raw)
-        count_file = folder / "count"
-        if not count_file.exists() or count_file.read_text() != str(count):
-            count_file.write_text(str(count))
-
     async def _download_once(self, url: str, sha: str) -> Path:
         """`_download` in the downloads' own thread; CommandFailedError while another is under way
         (its thread may outlive a cancelled command by a moment, never its deadline)."""
@@ -279,34 +175,6 @@ class UpdateReceiver:
         future = self._downloads.submit(self._download, url, sha)
         self._downloading = (future, sha, time.monotonic())
         return await asyncio.wrap_future(future)
-
-    def _assemble(self, sha: str) -> Path:
-        folder = self.files.chunks / sha
-        try:
-            count = int((folder / "count").read_text())
-        except (OSError, ValueError):
-            raise CommandFailedError(f"no chunks of transfer {sha[:16]} received") from None
-        missing = [i for i in range(count) if not (folder / f"{i:06d}.part").exists()]
-        if missing:
-            raise CommandFailedError(
-                f"transfer {sha[:16]}: {len(missing)} of {count} chunks missing (first: {missing[0]})",
-                {"missing": missing[:100]},
-            )
-        self.files.spool.mkdir(parents=True, exist_ok=True)
-        target = self.files.spool / f"{sha}.tar"
-        digest = hashlib.sha256()
-        with (target.with_suffix(".part")).open("wb") as out:
-            for i in range(count):
-                data = (folder / f"{i:06d}.part").read_bytes()
-                digest.update(data)
-                out.write(data)
-        if digest.hexdigest() != sha:
-            target.with_suffix(".part").unlink()
-            shutil.rmtree(folder, ignore_errors=True)
-            raise CommandFailedError(f"the chunks of transfer {sha[:16]} do not hash to it; send them again")
-        target.with_suffix(".part").replace(target)
-        shutil.rmtree(folder, ignore_errors=True)
-        return target
 
     def check_url(self, url: str) -> None:
         """CommandRefusedError (`bad_url`) unless `[update]` lets the gateway fetch `url`."""
@@ -561,51 +429,3 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
     ) -> urllib.request.Request | None:
         self._check(newurl)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _sha(value: object, name: str) -> str:
-    if not isinstance(value, str) or not _SHA.match(value):
-        raise CommandFailedError(f"argument {name!r} must be a sha256 in lower-case hex")
-    return value
-
-
-def _disk_cost(size: int, blocks: int = 0) -> int:
-    """What a part of `size` bytes costs the disk: whole blocks, at least one (a file of 0 or 1
-    byte still takes an inode and a block); `blocks` (st_blocks, 512 bytes each) when known."""
-    return max(DISK_BLOCK, -(-size // DISK_BLOCK) * DISK_BLOCK, blocks * 512)
-
-
-def _scan(chunks: Path) -> dict[str, _Transfer]:
-    """The transfers on disk (left by an earlier run), oldest-added first."""
-    found: list[tuple[float, str, _Transfer]] = []
-    if not chunks.is_dir():
-        return {}
-    for folder in chunks.iterdir():
-        if not folder.is_dir() or folder.is_symlink():
-            continue
-        try:
-            count = int((folder / "count").read_text())
-        except (OSError, ValueError):
-            count = 0  # a transfer whose next chunk starts it again
-        transfer = _Transfer(count, 0)
-        latest = folder.stat().st_mtime
-        for part in folder.glob("*.part"):
-            try:
-                index, st = int(part.stem), part.stat()
-            except (OSError, ValueError):
-                continue
-            transfer.parts[index] = _disk_cost(st.st_size, st.st_blocks)
-            latest = max(latest, st.st_mtime)
-        transfer.held = sum(transfer.parts.values())
-        found.append((latest, folder.name, transfer))
-    found.sort(key=lambda f: f[0])
-    for added, (_, _, transfer) in enumerate(found, 1):
-        transfer.added = added
-    return {name: transfer for _, name, transfer in found}
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

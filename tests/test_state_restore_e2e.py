@@ -1,0 +1,129 @@
+"""A new card takes its dead predecessor's learning by signed command, with nobody on site
+(docs/fleet.md, "Restoring a card from the centre").
+
+A real agent polls a firmware-sim PLC and calibrates its pump: the old card. Its learnt state is
+exported whole, with the pump's rolling history (the archive the centre keeps is the same format
+without the histories, and `edge-centre state-backup` hands it back byte for byte:
+test_state_backup_e2e.py; a calibrated pump's learning fits one part, as most restores will;
+parts in any order, repeated, dropped and put together: test_state_restore.py). A new card starts
+learning from nothing, its own pump history open when the archive arrives. An operator signs the
+archive with `edge-agent ca sign-state-restore` and publishes it with `mosquitto_pub -l` through
+a real Mosquitto; the agent answers, stages the archive and exits to be restarted (as systemd does
+on its exit code); at its next start the pump is armed on the old calibration, and the gateway
+says so in an event and in its status."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests.support.agent_proc import running_agent
+from tests.support.broker import Mosquitto, Subscriber
+from tests.support.cli import edge_agent
+from tests.support.commands import command_results, events, operator_security
+from tests.support.plant import running_plant
+from tests.support.testing import (
+    AGENT_GATEWAY,
+    AGENT_SITE,
+    FAST_CALIBRATING_PUMP,
+    agent_config,
+    demo_devices,
+)
+from water_edge.agent.assembly import EXIT_RESTART
+
+pytestmark = pytest.mark.slow
+
+BASE = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
+
+
+def pump_health(status: dict[str, Any]) -> dict[str, Any]:
+    pump = next(p for p in status["processors"] if p["name"] == "pump_anomaly")
+    health: dict[str, Any] = pump["health"].get("pumps", {}).get("pump1", {})
+    return health
+
+
+def card(root: Path, name: str, devices: str, broker_port: int, security: str = "") -> Path:
+    directory = root / name
+    directory.mkdir()
+    config = directory / "agent.toml"
+    config.write_text(
+        agent_config(
+            directory / "state",
+            broker_port=broker_port,
+            status_socket=directory / "status.sock",
+            devices=devices,
+            models=FAST_CALIBRATING_PUMP,
+            security=security or None,
+            extra="[state_backup]\nenabled = false\n",
+        )
+    )
+    return config
+
+
+def test_a_new_card_takes_the_old_cards_learning_by_signed_command_and_starts_armed_on_it(
+    tmp_path: Path,
+) -> None:
+    operator = Ed25519PrivateKey.generate()
+    key = tmp_path / "ops.pem"
+    key.write_bytes(
+        operator.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with Mosquitto() as broker, running_plant(seed=7) as plant:
+        devices = demo_devices(plant.port, poll_interval_ms=50)
+        old = card(tmp_path, "old-card", devices, broker.port)
+        with running_agent(old) as agent:
+            armed = agent.wait_status(lambda s: pump_health(s).get("state") == "armed", timeout=90)
+            calibration = pump_health(armed)["calibration"]
+            assert agent.stop() == 0
+        archive = tmp_path / "gw-test-state.tar.gz"
+        exported = edge_agent("state", "export", "-c", str(old), "--out", str(archive))
+        assert exported.returncode == 0, exported.stderr
+        # The old card is gone. The new one has no learning of its own yet.
+        new = card(tmp_path, "new-card", devices, broker.port, operator_security(operator, ["state_restore"]))
+        with Subscriber(broker.host, broker.port, f"{BASE}/events") as sub, running_agent(new) as agent:
+            first = agent.wait_status(
+                lambda s: bool(pump_health(s)) and s["uplink"]["state"] == "online", timeout=30
+            )
+            assert pump_health(first)["state"] != "armed"
+            assert first["state_backup"]["restore"] is None
+            signed = edge_agent(
+                "ca", "sign-state-restore", str(archive), "--key", str(key), "--key-id", "control-room",
+                "--target", f"{AGENT_SITE}/{AGENT_GATEWAY}",
+            )  # fmt: skip
+            assert signed.returncode == 0, signed.stderr
+            parts = signed.stdout.splitlines()
+            published = subprocess.run(
+                ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "1", "-l",
+                 "-t", f"{BASE}/cmd/state_restore"],
+                input=signed.stdout.encode(), capture_output=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert published.returncode == 0, published.stderr
+            # It answers every part and restarts itself once it holds the whole archive.
+            assert agent.process.wait(60) == EXIT_RESTART, agent.log()[-3000:]
+            answers = sub.wait_until(lambda m: len(command_results(m)) >= len(parts), 30)
+            results = command_results(answers)
+            assert [r["status"] for r in results] == ["ok"] * len(parts), results
+            last = results[-1]["result"]
+            assert last["staged"] is True
+            assert (last["site"], last["gateway"], last["restarting"]) == (AGENT_SITE, AGENT_GATEWAY, True)
+        # Started again, as systemd starts it on that exit code.
+        with Subscriber(broker.host, broker.port, f"{BASE}/events") as sub, running_agent(new) as agent:
+            now = agent.wait_status(lambda s: bool(pump_health(s)), timeout=30)
+            assert pump_health(now)["state"] == "armed", pump_health(now)
+            assert pump_health(now)["calibration"] == calibration
+            restore = now["state_backup"]["restore"]
+            assert restore["outcome"] == "restored"
+            assert restore["requested_by"].endswith("from control-room")
+            assert any(line.startswith("state restore:") for line in now["state_backup"]["lines"])
+            restored = events(
+                sub.wait_until(lambda m: bool(events(m, "state_restored")), 30), "state_restored"
+            )
+            assert restored[0]["detail"]["files"] == restore["files"] >= 2  # the calibration and the history
+            assert agent.stop() == 0
