@@ -30,7 +30,7 @@ SINCE: dict[str, str] = {
     "machine_sound_calibration": "32f31e9 (2026-12-01)",
     "update": "f6db063 (2026-12-01)",
     "update_chunk": "f6db063 (2026-12-01)",
-    "state_restore": "PENDING (2026-12-07)",
+    "state_restore": "47f8824 (2026-12-07)",
 }
 
 
