@@ -1,17 +1,18 @@
 """A replacement card's learning, restored from the centre by a signed command (`state_restore`).
 
 A dead card's learnt state is kept at the centre (`agent.state_backup`, docs/fleet.md). A new card
-can take it without a technician carrying the archive: an operator signs it in parts
-(`edge-agent ca sign-state-restore`, one `state_restore` command a part, `agent.remote.chunks`)
-and publishes them on the gateway's `cmd/state_restore`. When the gateway holds every part it puts
-the archive together, checks it as `edge-agent state import` does (its SHA-256, every file against
-the manifest, the manifest's site and gateway against this gateway's unless the command says
-`force`), stages it as `<state_dir>/restore/pending.tar.gz` and restarts (unless `restart` is
-false). The processors hold what they learnt in memory and write it back, so the archive is not
-put in place under a running agent: `apply_pending` imports it at the next start, before anything
-reads the state directory, records the outcome in `restore/last.json` (shown by `status`) and
-sends `state_restored` (info) or `state_restore_failed` (warning). A restore that cannot be
-applied never stops the agent from starting: it starts on what the card holds.
+can take it without a technician carrying the archive: an operator sends it in signed parts
+(`agent.restore_sender`: `edge-agent ca send-state-restore`, or `sign-state-restore` for a
+publisher of one's own), one `state_restore` command a part (`agent.remote.chunks`). When the
+gateway holds every part it puts the archive together, checks it as `edge-agent state import`
+does (its SHA-256, every file against the manifest, the manifest's site and gateway against this
+gateway's unless the command says `force`), stages it as `<state_dir>/restore/pending.tar.gz` and
+restarts (unless `restart` is false). The processors hold what they learnt in memory and write it
+back, so the archive is not put in place under a running agent: `apply_pending` imports it at the
+next start, before anything reads the state directory, records the outcome in
+`restore/last.json` (shown by `status`) and sends `state_restored` (info) or
+`state_restore_failed` (warning). A restore that cannot be applied never stops the agent from
+starting: it starts on what the card holds.
 
 The archive's files replace the card's files of the same names; what the card learnt that the
 archive does not hold (a rolling history of its own) stays.
@@ -20,18 +21,15 @@ archive does not hold (a rolling history of its own) stays.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from water_edge.agent.remote.chunks import MIN_CHUNK_BYTES, ChunkStore
+from water_edge.agent.remote.chunks import ChunkStore
 from water_edge.agent.remote.result import CommandFailedError, CommandRefusedError, CommandResult
 from water_edge.agent.state_transfer import (
     Imported,
@@ -40,7 +38,7 @@ from water_edge.agent.state_transfer import (
     import_state,
     inspect_archive,
 )
-from water_edge.core import envelope, units
+from water_edge.core import units
 from water_edge.core.envelope import Envelope
 from water_edge.core.files import read_json_state, write_json_state
 from water_edge.core.instants import iso, minute_utc
@@ -235,63 +233,3 @@ def apply_pending(state_dir: Path, site: str, gateway: str) -> list[Event]:
     else:
         detail["reason"] = record.reason
     return [Event(kind, "agent", record.at_ns, severity, detail=detail)]
-
-
-# ---------------------------------------------------------------------- the operator's side
-
-PART_BYTES: Final = 192 * 1024  # of archive a part: ~260 KiB signed, within max_command_bytes (512 KiB)
-RESTORE_TTL_S: Final = 3600  # a new card may come online a while after the parts were published
-
-
-@dataclass(frozen=True, slots=True)
-class SignedParts:
-    """The `state_restore` commands that carry one archive, in order; `checked` says what it holds."""
-
-    commands: list[bytes]
-    count: int  # parts of the whole archive (`commands` may be a selection of them)
-    transfer: str
-    checked: Imported
-
-
-def sign_parts(
-    key: Ed25519PrivateKey,
-    key_id: str,
-    target: str,
-    archive: Path,
-    *,
-    part_bytes: int = PART_BYTES,
-    ttl_s: int = RESTORE_TTL_S,
-    force: bool = False,
-    restart: bool = True,
-    parts: range | None = None,
-) -> SignedParts:
-    """One signed `state_restore` command per `part_bytes` of `archive` (only those in `parts`, when
-    given), after checking it as the gateway will (StateTransferError: damaged, or of another
-    gateway than `target` = "site/gateway" without `force`)."""
-    if part_bytes < MIN_CHUNK_BYTES:
-        raise StateTransferError(f"a part carries at least {MIN_CHUNK_BYTES} bytes (got {part_bytes})")
-    site, _, gateway = target.partition("/")
-    checked = inspect_archive(archive, site, gateway, force=force)
-    data = archive.read_bytes()
-    transfer = hashlib.sha256(data).hexdigest()
-    count = max(1, -(-len(data) // part_bytes))
-    commands = [
-        envelope.sign(
-            key,
-            key_id,
-            "state_restore",
-            target,
-            {
-                "transfer": transfer,
-                "index": index,
-                "count": count,
-                "data": base64.b64encode(data[index * part_bytes : (index + 1) * part_bytes]).decode(),
-                "force": force,
-                "restart": restart,
-            },
-            ttl_s=ttl_s,
-        )
-        for index in (range(count) if parts is None else parts)
-        if index < count
-    ]
-    return SignedParts(commands, count, transfer, checked)

@@ -14,7 +14,6 @@ import os
 import random
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.cli import edge_agent
 from water_edge.agent.remote.result import CommandFailedError, CommandRefusedError, CommandResult
+from water_edge.agent.restore_sender import RestoreArchive
 from water_edge.agent.state_restore import (
     LAST_RECORD,
     PENDING,
@@ -29,7 +29,6 @@ from water_edge.agent.state_restore import (
     StateRestoreReceiver,
     apply_pending,
     load_last,
-    sign_parts,
 )
 from water_edge.agent.state_transfer import StateTransferError, export_state
 from water_edge.core import envelope
@@ -58,9 +57,9 @@ def old_card_archive(tmp: Path, site: str = SITE, gateway: str = GATEWAY) -> Pat
     return archive
 
 
-def parts_of(archive: Path, **kwargs: Any) -> list[Envelope]:
-    signed = sign_parts(KEY, "ops", TARGET, archive, part_bytes=PART, **kwargs)
-    return [envelope.parse(command) for command in signed.commands]
+def parts_of(archive: Path, *, force: bool = False, restart: bool = True) -> list[Envelope]:
+    whole = RestoreArchive(archive, TARGET, part_bytes=PART, force=force)
+    return [envelope.parse(whole.part(KEY, "ops", i, restart=restart)) for i in range(whole.count)]
 
 
 class Restarts:
@@ -306,7 +305,7 @@ def test_the_operator_tool_prints_one_signed_part_a_line_and_refuses_what_the_ga
     assert {c.type for c in commands} == {"state_restore"}
     assert {c.target for c in commands} == {TARGET}
     assert b"".join(base64.b64decode(c.args["data"]) for c in commands) == archive.read_bytes()
-    assert f"{len(lines)} of {len(lines)} parts of what {GATEWAY} (site {SITE})" in done.stderr
+    assert f"{len(lines)} parts of what {GATEWAY} (site {SITE}) had learnt by" in done.stderr
     assert f"-t water/{TARGET}/cmd/state_restore" in done.stderr
 
     some = edge_agent(*common, "--target", TARGET, "--part-kib", "8", "--parts", "1-2")

@@ -14,7 +14,10 @@ says so in an event and in its status."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.agent_proc import running_agent
-from tests.support.broker import Mosquitto, Subscriber
+from tests.support.broker import Mosquitto, Subscriber, TlsFiles
 from tests.support.cli import edge_agent
 from tests.support.commands import command_results, events, operator_security
 from tests.support.plant import running_plant
@@ -33,8 +36,10 @@ from tests.support.testing import (
     FAST_CALIBRATING_PUMP,
     agent_config,
     demo_devices,
+    free_port,
 )
 from water_edge.agent.assembly import EXIT_RESTART
+from water_edge.agent.state_transfer import export_state
 
 pytestmark = pytest.mark.slow
 
@@ -127,3 +132,126 @@ def test_a_new_card_takes_the_old_cards_learning_by_signed_command_and_starts_ar
             )
             assert restored[0]["detail"]["files"] == restore["files"] >= 2  # the calibration and the history
             assert agent.stop() == 0
+
+
+def console_key(tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:
+    operator = Ed25519PrivateKey.generate()
+    key = tmp_path / "ops.pem"
+    key.write_bytes(
+        operator.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return operator, key
+
+
+def large_learnt_archive(tmp_path: Path) -> tuple[Path, bytes]:
+    """A gateway's learnt state of 2 MiB (a hydrophone baseline that does not compress): 33 parts
+    of 64 KiB, more than the gateway's command inbox holds at once."""
+    old = tmp_path / "old-card-state"
+    (old / "leak" / "h1").mkdir(parents=True)
+    baseline = os.urandom(2 * 2**20)
+    (old / "leak" / "h1" / "baseline.json").write_bytes(baseline)
+    archive = tmp_path / "gw-test-state.tar.gz"
+    archive.write_bytes(export_state(old, AGENT_SITE, AGENT_GATEWAY).archive)
+    return archive, baseline
+
+
+def pki(tmp_path: Path) -> dict[str, Path]:
+    """A CA, the broker's certificate and the operator console's client certificate, made with
+    `edge-agent ca` as a utility makes them."""
+    ca, files = tmp_path / "ca", {}
+    assert edge_agent("ca", "init", "--dir", str(ca), "--name", "test CA").returncode == 0
+    for kind, cn, extra in (
+        ("server-cert", "broker", ["--host", "127.0.0.1"]),
+        ("client-cert", "ops-console", []),
+    ):
+        cert, key = tmp_path / f"{cn}.pem", tmp_path / f"{cn}.key"
+        made = edge_agent(
+            "ca", kind, "--dir", str(ca), "--cn", cn, *extra, "--cert", str(cert), "--key", str(key)
+        )
+        assert made.returncode == 0, made.stderr
+        files[f"{cn}.cert"], files[f"{cn}.key"] = cert, key
+    files["ca"] = ca / "ca.pem"
+    return files
+
+
+def send_restore(archive: Path, key: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "water_edge.agent.cli", "ca", "send-state-restore", str(archive),
+         "--key", str(key), "--key-id", "control-room", "--target", f"{AGENT_SITE}/{AGENT_GATEWAY}",
+         "--broker", "127.0.0.1", "--port", str(port), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def plain_card(tmp_path: Path, broker_port: int, security: str) -> Path:
+    config = tmp_path / "new-card.toml"
+    config.write_text(
+        agent_config(
+            tmp_path / "new-card-state",
+            broker_port=broker_port,
+            status_socket=tmp_path / "new-card.sock",
+            devices=[{"name": "plc", "kind": "fake", "poll_interval_ms": 200, "tags": [{"name": "flow"}]}],
+            security=security,
+            extra="[state_backup]\nenabled = false\n",
+        )
+    )
+    return config
+
+
+def test_the_console_sends_a_large_archive_over_tls_to_a_card_not_yet_online_and_follows_it_to_the_end(
+    tmp_path: Path,
+) -> None:
+    operator, key = console_key(tmp_path)
+    archive, baseline = large_learnt_archive(tmp_path)
+    files = pki(tmp_path)
+    gateway_port = free_port()
+    tls = TlsFiles(files["ca"], files["broker.cert"], files["broker.key"], require_certificate=True)
+    with Mosquitto(tls=tls, plain_ports=(gateway_port,)) as broker:
+        security = operator_security(operator, ["state_restore"]) + "max_per_minute = 600\n"
+        config = plain_card(tmp_path, gateway_port, security)
+        # The console starts before the new card is online: what it publishes meanwhile is lost
+        # (the gateway's session is clean), and it sends those parts again when they go unanswered.
+        console = send_restore(
+            archive, key, broker.port,
+            "--cafile", str(files["ca"]), "--cert", str(files["ops-console.cert"]),
+            "--client-key", str(files["ops-console.key"]),
+            "--part-kib", "64", "--per-minute", "600", "--answer-timeout", "2", "--wait", "60",
+        )  # fmt: skip
+        try:
+            time.sleep(3)
+            with running_agent(config) as agent:
+                assert agent.process.wait(60) == EXIT_RESTART, agent.log()[-3000:]
+            with running_agent(config) as agent:  # started again, as systemd does
+                out, err = console.communicate(timeout=90)
+                assert console.returncode == 0, err.decode()[-3000:]
+                status = agent.wait_status(lambda s: s["state_backup"]["restore"] is not None, timeout=10)
+                assert agent.stop() == 0
+        finally:
+            console.kill()
+    said = out.decode()
+    assert f"staged on {AGENT_SITE}/{AGENT_GATEWAY}: 1 files" in said
+    assert "restored: the gateway put 1 files in place at its start" in said
+    sent = int(said.split("(")[1].split(" parts sent")[0])
+    assert sent > 33, f"{sent} parts sent: none again, though the card was offline at first"
+    assert (tmp_path / "new-card-state" / "leak" / "h1" / "baseline.json").read_bytes() == baseline
+    assert status["state_backup"]["restore"]["outcome"] == "restored"
+
+
+def test_the_console_stops_at_the_gateways_refusal_and_says_why(tmp_path: Path) -> None:
+    operator, key = console_key(tmp_path)
+    archive, _ = large_learnt_archive(tmp_path)
+    with Mosquitto() as broker:
+        config = plain_card(tmp_path, broker.port, operator_security(operator, ["read_now"]))
+        with running_agent(config) as agent:
+            agent.wait_status(lambda s: s["uplink"]["state"] == "online", timeout=30)
+            console = send_restore(archive, key, broker.port, "--part-kib", "64")
+            _, err = console.communicate(timeout=60)
+            assert agent.process.poll() is None, "the gateway restarted for a refused restore"
+    assert console.returncode == 1
+    assert (
+        "part 1/33 was refused: not_authorised: key 'control-room' may not send 'state_restore'"
+        in err.decode()
+    )
+    assert not (tmp_path / "new-card-state" / "restore" / "pending.tar.gz").exists()

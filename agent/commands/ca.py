@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from water_edge.agent.commands._ca_restore import register_restore
 from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK, output_failed
 from water_edge.core.cli_numbers import whole
 from water_edge.provisioning.enrol_options import add_service_arguments
@@ -114,37 +115,13 @@ def _register_commands(sub: Any, with_dir: Any) -> None:
     p.add_argument("--ttl", type=whole(1), default=300, help="seconds until it expires")
     p.set_defaults(func=_sign_command)
 
-    p = sub.add_parser(
-        "sign-state-restore",
-        help="print the signed state_restore commands that carry a learnt-state archive to a gateway, "
-        "one a line (docs/fleet.md, Restoring a card from the centre)",
-    )
-    p.add_argument("archive", type=Path, help="from `edge-centre state-backup` or `edge-agent state export`")
-    p.add_argument("--key", type=Path, required=True, help="operator private key (PEM)")
-    p.add_argument("--key-id", required=True, help="the operator name the gateway config trusts")
-    p.add_argument("--target", required=True, help="site/gateway: the gateway that takes it")
-    p.add_argument("--part-kib", type=whole(8, 3072), default=192, help="KiB of archive a part (default 192)")
-    p.add_argument("--parts", type=_part_range, help="only parts FIRST-LAST (0-based), e.g. 30-59")
-    p.add_argument("--ttl", type=whole(10), default=3600, help="seconds until each expires (default 3600)")
-    p.add_argument("--prefix", default="water", help="the gateway's [uplink] prefix, for the hint printed")
-    p.add_argument(
-        "--force", action="store_true", help="an archive of another gateway (a renamed replacement)"
-    )
-    p.add_argument(
-        "--no-restart",
-        dest="restart",
-        action="store_false",
-        help="stage it for the gateway's next start instead of restarting it now",
-    )
-    p.set_defaults(func=_sign_state_restore)
+    register_restore(sub)
 
     p = sub.add_parser("serve-enrolment", help="run the reference claim-enrolment service")
     with_dir(p)
     add_service_arguments(p)
     p.set_defaults(func=_serve)
 
-
-RESTORE_PARTS_PER_MINUTE = 30  # [security] max_commands_per_minute's default
 
 _ACL_HINT = (
     "with a site-bound broker ACL, write it again: edge-agent ca acl --dir CA -o ACL --reload-command CMD"
@@ -310,66 +287,6 @@ def _sign_command(args: argparse.Namespace) -> int:
             ttl_s=args.ttl,
         ).decode()
     )
-    return EXIT_OK
-
-
-def _part_range(text: str) -> range:
-    first, _, last = text.partition("-")
-    try:
-        low, high = int(first), int(last or first)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not FIRST-LAST (e.g. 30-59)") from None
-    if not 0 <= low <= high:
-        raise argparse.ArgumentTypeError(f"{text!r}: 0 <= FIRST <= LAST")
-    return range(low, high + 1)
-
-
-def _sign_state_restore(args: argparse.Namespace) -> int:
-    from water_edge.agent.state_restore import sign_parts
-    from water_edge.agent.state_transfer import StateTransferError
-    from water_edge.core import units
-    from water_edge.core.errors import AgentError
-    from water_edge.core.instants import iso
-    from water_edge.provisioning.sign_command import load_operator_key, older_release_note
-
-    if args.target.count("/") != 1 or not all(args.target.split("/")):
-        sys.stderr.write(f"edge-agent ca: --target {args.target!r} is not SITE/GATEWAY\n")
-        return EXIT_FAILED
-    try:
-        signed = sign_parts(
-            load_operator_key(args.key),
-            args.key_id,
-            args.target,
-            args.archive,
-            part_bytes=args.part_kib * 1024,
-            ttl_s=args.ttl,
-            force=args.force,
-            restart=args.restart,
-            parts=args.parts,
-        )
-    except (StateTransferError, AgentError) as exc:
-        sys.stderr.write(f"edge-agent ca: {exc}\n")
-        return EXIT_FAILED
-    except OSError as exc:
-        sys.stderr.write(f"edge-agent ca: {exc.filename or args.archive}: {exc.strerror}\n")
-        return EXIT_FAILED
-    if note := older_release_note("state_restore"):
-        sys.stderr.write(note + "\n")
-    done = signed.checked
-    sys.stderr.write(
-        f"{len(signed.commands)} of {signed.count} parts of what {done.gateway} (site {done.site}) had "
-        f"learnt by {iso(done.created_ns)}: {done.files} files, {units.size(done.bytes)}, transfer "
-        f"{signed.transfer[:16]}; publish one message a line: | mosquitto_pub -l -q 1 -t "
-        f"{args.prefix}/{args.target}/cmd/state_restore ...\n"
-    )
-    if len(signed.commands) > RESTORE_PARTS_PER_MINUTE:
-        sys.stderr.write(
-            f"note: more than {RESTORE_PARTS_PER_MINUTE} parts: a gateway takes [security] "
-            "max_commands_per_minute (30) from one key; send --parts 0-29, then 30-59 a minute later, "
-            "..., or raise the key's max_per_minute\n"
-        )
-    for command in signed.commands:
-        _out(command.decode())
     return EXIT_OK
 
 

@@ -1,0 +1,388 @@
+"""The operator's side of `state_restore` (agent.state_restore): a learnt-state archive cut into
+signed parts, and a sender that follows the gateway's answers until the new card has it.
+
+`RestoreArchive` checks the archive as the gateway will (its manifest, every file, the site and
+gateway of the target unless `force`) and signs part `i` on demand (each with a fresh id, nonce
+and expiry). `sign-state-restore` prints them for a publisher of one's own; `send-state-restore`
+(`RestoreSender`) publishes them itself over a broker connection of the operator's, because a
+burst of parts is not what a gateway takes best: its command inbox holds 16 commands and drops
+the rest unanswered, and it takes `[security] max_commands_per_minute` (30) from one key. The
+sender keeps a few parts in flight, waits for each `command_result` (on the gateway's JSON
+`events` topic, compressed or not), keeps to the key's rate, sends again a part not answered in
+time or refused `rate_limited`, stops at the first other refusal with its reason, and once the
+archive is staged waits for the gateway's `state_restored` (or `state_restore_failed`) after its
+restart. Gateways on Sparkplug B answer in NDATA: sign the parts and follow `Events/Event`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import queue
+import ssl
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import paho.mqtt.client as paho
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from water_edge.agent.remote.chunks import MIN_CHUNK_BYTES
+from water_edge.agent.state_transfer import Imported, StateTransferError, inspect_archive
+from water_edge.agent.uplink.compression import decompress
+from water_edge.core import envelope
+from water_edge.core.errors import AgentError
+
+PART_BYTES: Final = 192 * 1024  # of archive a part: ~260 KiB signed, within max_command_bytes (512 KiB)
+RESTORE_TTL_S: Final = 3600
+RATE_HOLD_S: Final = 10.0  # pause after a part refused `rate_limited`
+COMMAND: Final = "state_restore"
+
+
+class RestoreSendError(AgentError):
+    """Why a restore was not taken, in words for the operator."""
+
+
+class RestoreArchive:
+    """An archive for `target` ("site/gateway"), checked, in parts of `part_bytes`."""
+
+    def __init__(
+        self, archive: Path, target: str, *, part_bytes: int = PART_BYTES, force: bool = False
+    ) -> None:
+        if part_bytes < MIN_CHUNK_BYTES:
+            raise StateTransferError(f"a part carries at least {MIN_CHUNK_BYTES} bytes (got {part_bytes})")
+        site, _, gateway = target.partition("/")
+        self.target = target
+        self.checked: Imported = inspect_archive(archive, site, gateway, force=force)
+        self.data = archive.read_bytes()
+        self.transfer = hashlib.sha256(self.data).hexdigest()
+        self.part_bytes = part_bytes
+        self.count = max(1, -(-len(self.data) // part_bytes))
+        self.force = force
+
+    def part(
+        self,
+        key: Ed25519PrivateKey,
+        key_id: str,
+        index: int,
+        *,
+        ttl_s: int = RESTORE_TTL_S,
+        restart: bool = True,
+        command_id: str | None = None,
+    ) -> bytes:
+        """Part `index`, signed: the envelope to publish on `{prefix}/{target}/cmd/state_restore`."""
+        data = self.data[index * self.part_bytes : (index + 1) * self.part_bytes]
+        args = {
+            "transfer": self.transfer,
+            "index": index,
+            "count": self.count,
+            "data": base64.b64encode(data).decode(),
+            "force": self.force,
+            "restart": restart,
+        }
+        return envelope.sign(key, key_id, COMMAND, self.target, args, ttl_s=ttl_s, command_id=command_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    """Where the operator's connection goes, and with which credentials."""
+
+    host: str
+    port: int = 8883
+    ca_file: Path | None = None  # TLS when given (or with a client certificate)
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    connect_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    command_id: str  # "" for a refusal before the signature was checked (`unread`)
+    status: str  # ok | refused | failed
+    reason: str | None
+    result: dict[str, Any]
+
+    @property
+    def unread(self) -> bool:
+        """Refused before its signature was checked: the gateway believes nothing it says, its id
+        included (too large, malformed, an unknown key, a bad signature)."""
+        return not self.command_id and self.status != "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of the restore (`restored` None: not waited for, or no word within the wait)."""
+
+    staged: dict[str, Any]  # the last part's answer: site, gateway, taken_at, files, bytes, restarting
+    restored: dict[str, Any] | None  # the detail of `state_restored` / `state_restore_failed`
+    restored_ok: bool
+    parts_sent: int  # publishes, parts sent again included
+
+
+@dataclass
+class _Flight:
+    index: int
+    sent_at: float
+
+
+@dataclass
+class _Progress:
+    in_flight: dict[str, _Flight] = field(default_factory=dict)  # command id -> part
+    attempts: dict[int, int] = field(default_factory=dict)
+    sent_at: deque[float] = field(default_factory=deque)  # for the key's rate
+    hold_until: float = 0.0  # after a `rate_limited`: the gateway counts the key's other commands too
+    published: int = 0
+
+
+class _Link:
+    """The operator's MQTT connection: publishes parts, collects the gateway's events."""
+
+    def __init__(self, broker: Broker, events_topic: str) -> None:
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._events_topic = events_topic
+        self._subscribed = queue.Queue[bool]()
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"restore-{uuid.uuid4().hex[:12]}",
+                             protocol=paho.MQTTv5)  # fmt: skip
+        client.connect_timeout = broker.connect_timeout_s
+        if broker.ca_file is not None or broker.cert_file is not None:
+            try:
+                client.tls_set(
+                    ca_certs=None if broker.ca_file is None else str(broker.ca_file),
+                    certfile=None if broker.cert_file is None else str(broker.cert_file),
+                    keyfile=None if broker.key_file is None else str(broker.key_file),
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise RestoreSendError(f"cannot load the TLS files: {exc}") from exc
+        if broker.username is not None:
+            client.username_pw_set(broker.username, broker.password)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self.client = client
+        self.broker = broker
+
+    def open(self) -> None:
+        where = f"{self.broker.host}:{self.broker.port}"
+        try:
+            self.client.connect(self.broker.host, self.broker.port, keepalive=30)
+        except (OSError, ssl.SSLError) as exc:
+            raise RestoreSendError(f"cannot reach the broker {where}: {exc}") from exc
+        self.client.loop_start()
+        try:
+            ok = self._subscribed.get(timeout=self.broker.connect_timeout_s)
+        except queue.Empty:
+            ok = False
+        if not ok:
+            self.close()
+            raise RestoreSendError(
+                f"the broker {where} did not let this connection read {self._events_topic} within "
+                f"{self.broker.connect_timeout_s:g} s: the gateway's answers come there (its ACL?)"
+            )
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        info = self.client.publish(topic, payload, qos=1)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise RestoreSendError(f"cannot publish on {topic}: {paho.error_string(info.rc)}")
+
+    def _on_connect(self, client: paho.Client, _u: Any, _flags: Any, reason: Any, _p: Any = None) -> None:
+        if reason.is_failure:
+            self._subscribed.put(False)
+            return
+        client.subscribe(self._events_topic, qos=1)
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, reasons: Any, _p: Any = None) -> None:
+        self._subscribed.put(all(not r.is_failure for r in reasons))
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        content_type = getattr(msg.properties, "ContentType", "") or ""
+        try:
+            document = orjson.loads(decompress(content_type, bytes(msg.payload)))
+        except (ValueError, OSError, orjson.JSONDecodeError):
+            return  # not the documented payload: not an answer to us
+        events = document.get("events") if isinstance(document, dict) else None
+        for event in events if isinstance(events, list) else []:
+            if isinstance(event, dict):
+                self.events.put(event)
+
+
+class RestoreSender:
+    """Sends `archive` to its gateway part by part and follows the answers (module docstring)."""
+
+    def __init__(
+        self,
+        archive: RestoreArchive,
+        key: Ed25519PrivateKey,
+        key_id: str,
+        broker: Broker,
+        *,
+        prefix: str = "water",
+        per_minute: int = 30,
+        in_flight: int = 4,
+        answer_timeout_s: float = 60.0,
+        attempts: int = 5,
+        restart: bool = True,
+        wait_restored_s: float = 300.0,
+        ttl_s: int = RESTORE_TTL_S,
+        say: Callable[[str], None] = lambda _line: None,
+    ) -> None:
+        self.archive = archive
+        self.key = key
+        self.key_id = key_id
+        self.base = f"{prefix}/{archive.target}"
+        self.link = _Link(broker, f"{self.base}/events")
+        self.per_minute = per_minute
+        self.window = in_flight
+        self.answer_timeout_s = answer_timeout_s
+        self.max_attempts = attempts
+        self.restart = restart
+        self.wait_restored_s = wait_restored_s
+        self.ttl_s = ttl_s
+        self.say = say
+
+    def run(self) -> Outcome:
+        self.link.open()
+        try:
+            progress = _Progress()
+            staged = self._send_all(progress)
+            restored, ok = None, False
+            if staged.get("restarting") and self.wait_restored_s > 0:
+                self.say(
+                    f"staged; the gateway restarts: waiting up to {self.wait_restored_s:g} s for it to say"
+                )
+                restored, ok = self._wait_restored()
+            return Outcome(staged, restored, ok, progress.published)
+        finally:
+            self.link.close()
+
+    # ------------------------------------------------------------------ sending
+
+    def _send_all(self, progress: _Progress) -> dict[str, Any]:
+        pending = deque(range(self.archive.count))
+        rounds = 0
+        while True:
+            self._fill(pending, progress)
+            answer = self._next_answer(progress)
+            if answer is None:
+                self._resend_late(pending, progress)
+                if not pending and not progress.in_flight:
+                    rounds += 1
+                    if rounds > 1:
+                        raise RestoreSendError(
+                            f"every part was answered, and the gateway did not stage the archive "
+                            f"(transfer {self.archive.transfer[:16]}): another restore sent meanwhile?"
+                        )
+                    pending.extend(range(self.archive.count))  # the gateway lost parts: once more whole
+                continue
+            if answer.command_id not in progress.in_flight:  # refused before its id could be believed
+                raise RestoreSendError(
+                    f"the gateway {answer.status} a {COMMAND} command without reading it: {answer.reason}"
+                )
+            flight = progress.in_flight.pop(answer.command_id)
+            if answer.status == "ok":
+                if answer.result.get("staged") is True:
+                    return answer.result
+                self.say(f"part {flight.index + 1}/{self.archive.count}: held "
+                         f"({answer.result.get('received')} of {answer.result.get('of')})")  # fmt: skip
+            elif (answer.reason or "").startswith("rate_limited"):
+                pending.appendleft(flight.index)
+                progress.hold_until = time.monotonic() + RATE_HOLD_S
+            else:
+                raise RestoreSendError(
+                    f"part {flight.index + 1}/{self.archive.count} was {answer.status}: {answer.reason}"
+                )
+
+    def _fill(self, pending: deque[int], progress: _Progress) -> None:
+        """Publish parts while the window and the key's rate allow."""
+        while pending and len(progress.in_flight) < self.window:
+            now = time.monotonic()
+            if now < progress.hold_until:
+                return
+            while progress.sent_at and now - progress.sent_at[0] >= 60.0:
+                progress.sent_at.popleft()
+            if len(progress.sent_at) >= self.per_minute:
+                return
+            index = pending.popleft()
+            attempt = progress.attempts.get(index, 0) + 1
+            if attempt > self.max_attempts:
+                raise RestoreSendError(
+                    f"part {index + 1}/{self.archive.count} was not answered after {self.max_attempts} "
+                    f"tries: is the gateway online ({self.base}/status), and may this key send "
+                    f"{COMMAND} (its answers come on {self.base}/events)?"
+                )
+            progress.attempts[index] = attempt
+            command_id = str(uuid.uuid4())
+            payload = self.archive.part(
+                self.key, self.key_id, index, ttl_s=self.ttl_s, restart=self.restart, command_id=command_id
+            )
+            self.link.publish(f"{self.base}/cmd/{COMMAND}", payload)
+            progress.in_flight[command_id] = _Flight(index, now)
+            progress.sent_at.append(now)
+            progress.published += 1
+
+    def _next_answer(self, progress: _Progress) -> Answer | None:
+        """The next answer to a part in flight; None when it is time to look at the late ones."""
+        deadline = time.monotonic() + 1.0
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self.link.events.get(timeout=left)
+            except queue.Empty:
+                return None
+            answer = _answer(event)
+            if answer is not None and (answer.command_id in progress.in_flight or answer.unread):
+                return answer
+        return None
+
+    def _resend_late(self, pending: deque[int], progress: _Progress) -> None:
+        now = time.monotonic()
+        for command_id, flight in list(progress.in_flight.items()):
+            if now - flight.sent_at >= self.answer_timeout_s:  # dropped (a full inbox) or lost: again
+                del progress.in_flight[command_id]
+                pending.appendleft(flight.index)
+
+    # ------------------------------------------------------------------ after the restart
+
+    def _wait_restored(self) -> tuple[dict[str, Any] | None, bool]:
+        deadline = time.monotonic() + self.wait_restored_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self.link.events.get(timeout=left)
+            except queue.Empty:
+                break
+            detail = event.get("detail")
+            if not isinstance(detail, dict) or detail.get("transfer") != self.archive.transfer:
+                continue
+            if event.get("kind") == "state_restored":
+                return detail, True
+            if event.get("kind") == "state_restore_failed":
+                return detail, False
+        return None, False
+
+
+def _answer(event: dict[str, Any]) -> Answer | None:
+    detail = event.get("detail")
+    if event.get("kind") != "command_result" or not isinstance(detail, dict):
+        return None
+    command_id = detail.get("id")
+    if detail.get("type") != COMMAND or not isinstance(command_id, str | None):
+        return None
+    result = detail.get("result")
+    return Answer(
+        command_id or "",
+        str(detail.get("status")),
+        None if detail.get("reason") is None else str(detail.get("reason")),
+        result if isinstance(result, dict) else {},
+    )
