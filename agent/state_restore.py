@@ -149,12 +149,7 @@ class StateRestoreReceiver:
         result = CommandResult("ok", detail=detail)
         if restarting:
             assert self.request_restart is not None
-            request = self.request_restart
-
-            async def later() -> None:
-                request(f"learnt state restored by {by}")
-
-            result.after = later
+            result.then_restart(self.request_restart, f"learnt state restored by {by}")
         return result
 
     def _stage(self, sha: str, force: bool, by: str) -> Imported:

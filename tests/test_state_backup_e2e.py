@@ -14,7 +14,6 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,7 +22,8 @@ from tests.support.broker import Mosquitto
 from tests.support.centre import ingest_process, query
 from tests.support.cli import edge_agent
 from tests.support.plant import running_plant
-from tests.support.testing import FAST_CALIBRATING_PUMP, agent_config, demo_devices, wait_until
+from tests.support.pump_cards import pump1_health, pump_card
+from tests.support.testing import demo_devices, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -32,29 +32,6 @@ BACKUP = """
 first_after = 1
 interval = "1h"
 """
-
-
-def pump_health(status: dict[str, Any]) -> dict[str, Any]:
-    pump = next(p for p in status["processors"] if p["name"] == "pump_anomaly")
-    health: dict[str, Any] = pump["health"].get("pumps", {}).get("pump1", {})
-    return health
-
-
-def card(root: Path, name: str, devices: str, broker_port: int) -> Path:
-    directory = root / name
-    directory.mkdir()
-    config = directory / "agent.toml"
-    config.write_text(
-        agent_config(
-            directory / "state",
-            broker_port=broker_port,
-            status_socket=directory / "status.sock",
-            devices=devices,
-            models=FAST_CALIBRATING_PUMP,
-            extra=BACKUP,
-        )
-    )
-    return config
 
 
 def stored_backups(dsn: str) -> dict[str, int]:
@@ -78,10 +55,10 @@ def test_a_new_card_is_armed_from_the_backup_its_dead_predecessor_sent_the_centr
         try:
             ingest.wait_subscribed()
             devices = demo_devices(plant.port, poll_interval_ms=50)
-            old = card(tmp_path, "old-card", devices, broker.port)
+            old = pump_card(tmp_path, "old-card", devices, broker.port, extra=BACKUP)
             with running_agent(old) as agent:
-                armed = agent.wait_status(lambda s: pump_health(s).get("state") == "armed", timeout=90)
-                calibration = pump_health(armed)["calibration"]
+                armed = agent.wait_status(lambda s: pump1_health(s).get("state") == "armed", timeout=90)
+                calibration = pump1_health(armed)["calibration"]
                 assert agent.stop() == 0
             # Its next start sends what it learnt since its first backup (within `first_after`).
             with running_agent(old) as agent:
@@ -111,12 +88,12 @@ def test_a_new_card_is_armed_from_the_backup_its_dead_predecessor_sent_the_centr
         # The calibration, not the rolling feature history (its day of samples stays on the card).
         assert "state/pump/pump1/calibration.json" in names, names
         assert not [n for n in names if n.endswith("history.sqlite")], names
-        new = card(tmp_path, "new-card", devices, broker.port)
+        new = pump_card(tmp_path, "new-card", devices, broker.port, extra=BACKUP)
         imported = edge_agent("state", "import", str(fetched), "-c", str(new))
         assert imported.returncode == 0, imported.stderr
         assert "of what gateway gw-test (site test-site) had learnt by" in imported.stdout
         with running_agent(new) as agent:
-            first = agent.wait_status(lambda s: bool(pump_health(s)), timeout=30)
-            assert pump_health(first)["state"] == "armed", pump_health(first)
-            assert pump_health(first)["calibration"] == calibration
+            first = agent.wait_status(lambda s: bool(pump1_health(s)), timeout=30)
+            assert pump1_health(first)["state"] == "armed", pump1_health(first)
+            assert pump1_health(first)["calibration"] == calibration
             assert agent.stop() == 0

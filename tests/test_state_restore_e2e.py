@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -30,10 +29,10 @@ from tests.support.broker import Mosquitto, Subscriber, TlsFiles
 from tests.support.cli import edge_agent
 from tests.support.commands import command_results, events, operator_security
 from tests.support.plant import running_plant
+from tests.support.pump_cards import pump1_health, pump_card
 from tests.support.testing import (
     AGENT_GATEWAY,
     AGENT_SITE,
-    FAST_CALIBRATING_PUMP,
     agent_config,
     demo_devices,
     free_port,
@@ -44,30 +43,7 @@ from water_edge.agent.state_transfer import export_state
 pytestmark = pytest.mark.slow
 
 BASE = f"water/{AGENT_SITE}/{AGENT_GATEWAY}"
-
-
-def pump_health(status: dict[str, Any]) -> dict[str, Any]:
-    pump = next(p for p in status["processors"] if p["name"] == "pump_anomaly")
-    health: dict[str, Any] = pump["health"].get("pumps", {}).get("pump1", {})
-    return health
-
-
-def card(root: Path, name: str, devices: str, broker_port: int, security: str = "") -> Path:
-    directory = root / name
-    directory.mkdir()
-    config = directory / "agent.toml"
-    config.write_text(
-        agent_config(
-            directory / "state",
-            broker_port=broker_port,
-            status_socket=directory / "status.sock",
-            devices=devices,
-            models=FAST_CALIBRATING_PUMP,
-            security=security or None,
-            extra="[state_backup]\nenabled = false\n",
-        )
-    )
-    return config
+NO_BACKUP = "[state_backup]\nenabled = false\n"
 
 
 def test_a_new_card_takes_the_old_cards_learning_by_signed_command_and_starts_armed_on_it(
@@ -82,21 +58,24 @@ def test_a_new_card_takes_the_old_cards_learning_by_signed_command_and_starts_ar
     )
     with Mosquitto() as broker, running_plant(seed=7) as plant:
         devices = demo_devices(plant.port, poll_interval_ms=50)
-        old = card(tmp_path, "old-card", devices, broker.port)
+        old = pump_card(tmp_path, "old-card", devices, broker.port, extra=NO_BACKUP)
         with running_agent(old) as agent:
-            armed = agent.wait_status(lambda s: pump_health(s).get("state") == "armed", timeout=90)
-            calibration = pump_health(armed)["calibration"]
+            armed = agent.wait_status(lambda s: pump1_health(s).get("state") == "armed", timeout=90)
+            calibration = pump1_health(armed)["calibration"]
             assert agent.stop() == 0
         archive = tmp_path / "gw-test-state.tar.gz"
         exported = edge_agent("state", "export", "-c", str(old), "--out", str(archive))
         assert exported.returncode == 0, exported.stderr
         # The old card is gone. The new one has no learning of its own yet.
-        new = card(tmp_path, "new-card", devices, broker.port, operator_security(operator, ["state_restore"]))
+        new = pump_card(
+            tmp_path, "new-card", devices, broker.port,
+            security=operator_security(operator, ["state_restore"]), extra=NO_BACKUP,
+        )  # fmt: skip
         with Subscriber(broker.host, broker.port, f"{BASE}/events") as sub, running_agent(new) as agent:
             first = agent.wait_status(
-                lambda s: bool(pump_health(s)) and s["uplink"]["state"] == "online", timeout=30
+                lambda s: bool(pump1_health(s)) and s["uplink"]["state"] == "online", timeout=30
             )
-            assert pump_health(first)["state"] != "armed"
+            assert pump1_health(first)["state"] != "armed"
             assert first["state_backup"]["restore"] is None
             signed = edge_agent(
                 "ca", "sign-state-restore", str(archive), "--key", str(key), "--key-id", "control-room",
@@ -120,9 +99,9 @@ def test_a_new_card_takes_the_old_cards_learning_by_signed_command_and_starts_ar
             assert (last["site"], last["gateway"], last["restarting"]) == (AGENT_SITE, AGENT_GATEWAY, True)
         # Started again, as systemd starts it on that exit code.
         with Subscriber(broker.host, broker.port, f"{BASE}/events") as sub, running_agent(new) as agent:
-            now = agent.wait_status(lambda s: bool(pump_health(s)), timeout=30)
-            assert pump_health(now)["state"] == "armed", pump_health(now)
-            assert pump_health(now)["calibration"] == calibration
+            now = agent.wait_status(lambda s: bool(pump1_health(s)), timeout=30)
+            assert pump1_health(now)["state"] == "armed", pump1_health(now)
+            assert pump1_health(now)["calibration"] == calibration
             restore = now["state_backup"]["restore"]
             assert restore["outcome"] == "restored"
             assert restore["requested_by"].endswith("from control-room")

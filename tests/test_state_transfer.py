@@ -24,16 +24,11 @@ import pytest
 from tests.support.agent_proc import running_agent
 from tests.support.cli import edge_agent
 from tests.support.plant import running_plant
+from tests.support.pump_cards import pump1_health
 from tests.support.testing import FAST_CALIBRATING_PUMP, agent_config, demo_devices
 from water_edge.agent.state_transfer import export_state
 
 pytestmark = pytest.mark.slow
-
-
-def pump_health(status: dict[str, Any]) -> dict[str, Any]:
-    pump = next(p for p in status["processors"] if p["name"] == "pump_anomaly")
-    health: dict[str, Any] = pump["health"].get("pumps", {}).get("pump1", {})
-    return health
 
 
 @dataclass
@@ -63,7 +58,7 @@ def old_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OldGateway
         devices = demo_devices(plant.port, poll_interval_ms=50)
         config = card_config(card, devices)
         with running_agent(config) as agent:
-            armed = agent.wait_status(lambda s: pump_health(s).get("state") == "armed", timeout=90)
+            armed = agent.wait_status(lambda s: pump1_health(s).get("state") == "armed", timeout=90)
             archive = root / "gw-test-state.tar.gz"
             run = edge_agent("state", "export", "-c", str(config), "--out", str(archive))
             assert run.returncode == 0, run.stderr
@@ -91,7 +86,7 @@ def old_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OldGateway
             with tarfile.open(fileobj=io.BytesIO(piped.stdout), mode="r:gz") as tar:
                 assert "manifest.json" in tar.getnames()
             assert agent.stop() == 0
-        yield OldGateway(card, archive, pump_health(armed)["calibration"], devices)
+        yield OldGateway(card, archive, pump1_health(armed)["calibration"], devices)
 
 
 def members(archive: Path) -> dict[str, bytes]:
@@ -144,9 +139,9 @@ def test_a_new_card_starts_with_the_pump_armed_on_the_old_calibration(
         assert run.returncode == 0, run.stderr
         assert "of what gateway gw-test (site test-site) had learnt by" in run.stdout
         with running_agent(config) as agent:
-            first = agent.wait_status(lambda s: bool(pump_health(s)), timeout=30)
-            assert pump_health(first)["state"] == "armed", pump_health(first)
-            assert pump_health(first)["calibration"] == old_gateway.calibration
+            first = agent.wait_status(lambda s: bool(pump1_health(s)), timeout=30)
+            assert pump1_health(first)["state"] == "armed", pump1_health(first)
+            assert pump1_health(first)["calibration"] == old_gateway.calibration
             # and with the agent running, a second import is refused: it would overwrite its files
             again = edge_agent("state", "import", str(old_gateway.archive), "-c", str(config))
             assert again.returncode == 1

@@ -126,12 +126,9 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
 
     async def restart(env: Envelope) -> CommandResult:
         request = _need(targets.request_restart, "restart")
-        reason = f"command {env.id} from {env.key_id}"
-
-        async def later() -> None:
-            request(reason)
-
-        return CommandResult("ok", detail={"restarting": True}, after=later)
+        return CommandResult("ok", detail={"restarting": True}).then_restart(
+            request, f"command {env.id} from {env.key_id}"
+        )
 
     async def config_update(env: Envelope) -> CommandResult:
         return await _config_update(env, _need(targets.config_path, "config update"), targets)
@@ -211,12 +208,7 @@ async def _config_update(env: Envelope, config_path: Path, targets: Targets) -> 
     result = CommandResult("ok", detail={**detail, "restarting": restarting})
     if restarting:
         assert targets.request_restart is not None
-        request = targets.request_restart
-
-        async def later() -> None:
-            request(f"config updated by command {env.id}")
-
-        result.after = later
+        result.then_restart(targets.request_restart, f"config updated by command {env.id}")
     return result
 
 

@@ -83,6 +83,16 @@ class CommandResult:
     # Counted and audited in a summary, not answered one by one (a flood of refusals; see limits.py).
     quiet: bool = False
 
+    def then_restart(self, request: Callable[[str], None], reason: str) -> CommandResult:
+        """This result, with a restart asked for (`request(reason)`) once it is committed for
+        sending: a restart must not swallow its own answer."""
+
+        async def later() -> None:
+            request(reason)
+
+        self.after = later
+        return self
+
     def to_event(self) -> Event:
         detail: dict[str, Any] = {
             "id": self.command_id,
