@@ -11,12 +11,13 @@ sender keeps a few parts in flight, waits for each `command_result` (on the gate
 `events` topic, compressed or not), keeps to the key's rate, sends again a part not answered in
 time or refused `rate_limited`, stops at the first other refusal with its reason, and once the
 archive is staged waits for the gateway's `state_restored` (or `state_restore_failed`) after its
-restart. Gateways on Sparkplug B answer in NDATA: sign the parts and follow `Events/Event`.
+restart. A gateway on Sparkplug B answers in its NDATA (`Events/Event`): give its group and node.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import queue
 import ssl
@@ -31,11 +32,14 @@ from typing import Any, Final
 import orjson
 import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.message import DecodeError
 from paho.mqtt.enums import CallbackAPIVersion
 
 from water_edge.agent.remote.chunks import MIN_CHUNK_BYTES
 from water_edge.agent.state_transfer import Imported, StateTransferError, inspect_archive
 from water_edge.agent.uplink.compression import decompress
+from water_edge.agent.uplink.sparkplug.proto import Payload
+from water_edge.agent.uplink.sparkplug.topics import SparkplugTopics
 from water_edge.core import envelope
 from water_edge.core.errors import AgentError
 
@@ -53,14 +57,21 @@ class RestoreArchive:
     """An archive for `target` ("site/gateway"), checked, in parts of `part_bytes`."""
 
     def __init__(
-        self, archive: Path, target: str, *, part_bytes: int = PART_BYTES, force: bool = False
+        self,
+        archive: Path,
+        target: str,
+        *,
+        part_bytes: int = PART_BYTES,
+        force: bool = False,
+        content: bytes | None = None,
     ) -> None:
+        """`content`: the archive's bytes (read from stdin), named `archive` in messages."""
         if part_bytes < MIN_CHUNK_BYTES:
             raise StateTransferError(f"a part carries at least {MIN_CHUNK_BYTES} bytes (got {part_bytes})")
         site, _, gateway = target.partition("/")
         self.target = target
-        self.checked: Imported = inspect_archive(archive, site, gateway, force=force)
-        self.data = archive.read_bytes()
+        self.checked: Imported = inspect_archive(archive, site, gateway, force=force, content=content)
+        self.data = archive.read_bytes() if content is None else content
         self.transfer = hashlib.sha256(self.data).hexdigest()
         self.part_bytes = part_bytes
         self.count = max(1, -(-len(self.data) // part_bytes))
@@ -142,12 +153,37 @@ class _Progress:
     published: int = 0
 
 
+def json_events(payload: bytes, content_type: str) -> list[Any]:
+    """The events of a JSON uplink's `events` message (compressed or not)."""
+    document = orjson.loads(decompress(content_type, payload))
+    events = document.get("events") if isinstance(document, dict) else None
+    return events if isinstance(events, list) else []
+
+
+def sparkplug_events(payload: bytes, _content_type: str) -> list[Any]:
+    """The events of a Sparkplug B node's NDATA: the values of its `Events/Event` metric, each a
+    JSON document with a `kind` (found by that shape: NDATA names the metric by its alias only)."""
+    found = []
+    for metric in Payload.FromString(payload).metrics:
+        if metric.WhichOneof("value") != "string_value":
+            continue
+        with contextlib.suppress(orjson.JSONDecodeError):
+            document = orjson.loads(metric.string_value)
+            if isinstance(document, dict) and "kind" in document:
+                found.append(document)
+    return found
+
+
+EventDecoder = Callable[[bytes, str], list[Any]]
+
+
 class _Link:
     """The operator's MQTT connection: publishes parts, collects the gateway's events."""
 
-    def __init__(self, broker: Broker, events_topic: str) -> None:
+    def __init__(self, broker: Broker, events_topic: str, decode: EventDecoder) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._events_topic = events_topic
+        self._decode = decode
         self._subscribed = queue.Queue[bool]()
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"restore-{uuid.uuid4().hex[:12]}",
                              protocol=paho.MQTTv5)  # fmt: skip
@@ -210,11 +246,10 @@ class _Link:
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         content_type = getattr(msg.properties, "ContentType", "") or ""
         try:
-            document = orjson.loads(decompress(content_type, bytes(msg.payload)))
-        except (ValueError, OSError, orjson.JSONDecodeError):
+            events = self._decode(bytes(msg.payload), content_type)
+        except (ValueError, OSError, DecodeError):
             return  # not the documented payload: not an answer to us
-        events = document.get("events") if isinstance(document, dict) else None
-        for event in events if isinstance(events, list) else []:
+        for event in events:
             if isinstance(event, dict):
                 self.events.put(event)
 
@@ -230,6 +265,7 @@ class RestoreSender:
         broker: Broker,
         *,
         prefix: str = "water",
+        sparkplug: str | None = None,
         per_minute: int = 30,
         in_flight: int = 4,
         answer_timeout_s: float = 60.0,
@@ -243,7 +279,11 @@ class RestoreSender:
         self.key = key
         self.key_id = key_id
         self.base = f"{prefix}/{archive.target}"
-        self.link = _Link(broker, f"{self.base}/events")
+        if sparkplug is None:
+            self.link = _Link(broker, f"{self.base}/events", json_events)
+        else:  # "group/node": the answers come as the node's events in NDATA
+            group, _, node = sparkplug.partition("/")
+            self.link = _Link(broker, SparkplugTopics(group, node).ndata, sparkplug_events)
         self.per_minute = per_minute
         self.window = in_flight
         self.answer_timeout_s = answer_timeout_s

@@ -271,11 +271,13 @@ def import_state(
     return done
 
 
-def inspect_archive(archive: Path, site: str, gateway: str, *, force: bool = False) -> Imported:
+def inspect_archive(
+    archive: Path, site: str, gateway: str, *, force: bool = False, content: bytes | None = None
+) -> Imported:
     """What `import_state` would put under a state directory, checked as it checks it (the
     manifest, every file's SHA-256, the site and gateway), without writing anything or holding the
-    files in memory."""
-    manifest, members = _read_archive(archive, None, keep=False)
+    files in memory (`content`: the archive's bytes, read from stdin, named `archive`)."""
+    manifest, members = _read_archive(archive, content, keep=False)
     return _summary(archive, manifest, members, site, gateway, force=force)
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -155,21 +156,24 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
-def send_restore(archive: Path, key: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+def send_restore(
+    archive: Path, key: Path, port: int, *extra: str, stdin: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "water_edge.agent.cli", "ca", "send-state-restore", str(archive),
          "--key", str(key), "--key-id", "control-room", "--target", f"{AGENT_SITE}/{AGENT_GATEWAY}",
          "--broker", "127.0.0.1", "--port", str(port), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
 
 
-def plain_card(tmp_path: Path, broker_port: int, security: str) -> Path:
+def plain_card(tmp_path: Path, broker_port: int, security: str, uplink: dict[str, Any] | None = None) -> Path:
     config = tmp_path / "new-card.toml"
     config.write_text(
         agent_config(
             tmp_path / "new-card-state",
             broker_port=broker_port,
+            uplink=uplink,
             status_socket=tmp_path / "new-card.sock",
             devices=[{"name": "plc", "kind": "fake", "poll_interval_ms": 200, "tags": [{"name": "flow"}]}],
             security=security,
@@ -234,3 +238,28 @@ def test_the_console_stops_at_the_gateways_refusal_and_says_why(tmp_path: Path) 
         in err.decode()
     )
     assert not (tmp_path / "new-card-state" / "restore" / "pending.tar.gz").exists()
+
+
+def test_a_sparkplug_gateway_takes_an_archive_piped_from_the_centre_and_answers_in_its_ndata(
+    tmp_path: Path,
+) -> None:
+    operator, key = console_key(tmp_path)
+    archive, baseline = large_learnt_archive(tmp_path)
+    with Mosquitto() as broker:
+        security = operator_security(operator, ["state_restore"]) + "max_per_minute = 600\n"
+        config = plain_card(tmp_path, broker.port, security, uplink={"encoding": "sparkplug_b"})
+        with running_agent(config) as agent:
+            agent.wait_status(lambda s: s["uplink"]["state"] == "online", timeout=30)
+            # On stdin, as from `edge-centre state-backup ... --out - | edge-agent ca send-state-restore -`.
+            with archive.open("rb") as piped:
+                console = send_restore(
+                    Path("-"), key, broker.port, "--sparkplug", f"{AGENT_SITE}/{AGENT_GATEWAY}",
+                    "--part-kib", "256", "--per-minute", "600", "--wait", "60", stdin=piped,
+                )  # fmt: skip
+            assert agent.process.wait(60) == EXIT_RESTART, agent.log()[-3000:]
+        with running_agent(config) as agent:
+            out, err = console.communicate(timeout=90)
+            assert console.returncode == 0, err.decode()[-3000:]
+            assert agent.stop() == 0
+    assert "restored: the gateway put 1 files in place at its start" in out.decode()
+    assert (tmp_path / "new-card-state" / "leak" / "h1" / "baseline.json").read_bytes() == baseline

@@ -43,7 +43,10 @@ def register_restore(sub: Any) -> None:
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument(
-            "archive", type=Path, help="from `edge-centre state-backup` or `edge-agent state export`"
+            "archive",
+            type=Path,
+            help="from `edge-centre state-backup` or `edge-agent state export`; - for stdin "
+            "(edge-centre state-backup ... --out - | ...)",
         )
         p.add_argument("--key", type=Path, required=True, help="operator private key (PEM)")
         p.add_argument("--key-id", required=True, help="the operator name the gateway config trusts")
@@ -73,6 +76,12 @@ def register_restore(sub: Any) -> None:
 
 def _broker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", required=True, help="the broker's host (the gateway's [uplink] broker)")
+    p.add_argument(
+        "--sparkplug",
+        metavar="GROUP/NODE",
+        help="the gateway speaks Sparkplug B: its [uplink.sparkplug] group_id/edge_node_id, whose NDATA "
+        "carries its answers (default: its JSON events topic)",
+    )
     p.add_argument("--port", type=whole(1, 65535), help="default 8883 with TLS, 1883 without")
     p.add_argument("--cafile", type=Path, help="CA of the broker's certificate: TLS (without it: plain MQTT)")
     p.add_argument("--cert", type=Path, help="this console's client certificate (PEM)")
@@ -128,9 +137,16 @@ def _archive(args: argparse.Namespace) -> Any:
 
     if args.target.count("/") != 1 or not all(args.target.split("/")):
         return f"--target {args.target!r} is not SITE/GATEWAY"
+    stdin = args.archive == Path("-")
     try:
         key = load_operator_key(args.key)
-        archive = RestoreArchive(args.archive, args.target, part_bytes=args.part_kib * 1024, force=args.force)
+        archive = RestoreArchive(
+            Path("stdin") if stdin else args.archive,
+            args.target,
+            part_bytes=args.part_kib * 1024,
+            force=args.force,
+            content=sys.stdin.buffer.read() if stdin else None,
+        )
     except (StateTransferError, AgentError) as exc:
         return str(exc)
     except OSError as exc:
@@ -203,8 +219,9 @@ def _send(args: argparse.Namespace) -> int:
     say(f"sending {_what(archive)} to {args.prefix}/{args.target}")
     sender = RestoreSender(
         archive, key, args.key_id, broker,
-        prefix=args.prefix, per_minute=args.per_minute, answer_timeout_s=args.answer_timeout,
-        restart=args.restart, wait_restored_s=args.wait, ttl_s=args.ttl, say=say,
+        prefix=args.prefix, sparkplug=args.sparkplug, per_minute=args.per_minute,
+        answer_timeout_s=args.answer_timeout, restart=args.restart, wait_restored_s=args.wait,
+        ttl_s=args.ttl, say=say,
     )  # fmt: skip
     try:
         outcome = sender.run()
