@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,12 +187,15 @@ def apply_pending(state_dir: Path, site: str, gateway: str) -> list[Event]:
     archive = folder / PENDING
     if not archive.exists():
         return []
-    pending = read_json_state(folder / PENDING_RECORD, "state_restore.pending")
-    pending = pending if isinstance(pending, dict) else {}
-    force = pending.get("force") is True
-    at_ns, transfer = now_ns(), str(pending.get("transfer", "?"))
-    by = str(pending.get("requested_by", "unknown (no record of the command)"))
+    at_ns = now_ns()
+    transfer, by, force = "?", "unknown (no record of the command that staged it)", False
     try:
+        transfer = hashlib.sha256(archive.read_bytes()).hexdigest()
+        pending = read_json_state(folder / PENDING_RECORD, "state_restore.pending")
+        # A record is only believed of the archive it was written with (a second restore staged
+        # over the first may have been cut between its two files).
+        if isinstance(pending, dict) and pending.get("transfer") == transfer:
+            by, force = str(pending.get("requested_by", by)), pending.get("force") is True
         done = import_state(archive, state_dir, site, gateway, force=force)
     except (StateTransferError, OSError) as exc:
         record = RestoreRecord("failed", at_ns, transfer, by, "?", "?", 0, 0, 0, str(exc))

@@ -318,3 +318,22 @@ def test_the_operator_tool_prints_one_signed_part_a_line_and_refuses_what_the_ga
     bad = edge_agent(*common, "--target", "gw-ps07")
     assert bad.returncode == 1
     assert "is not SITE/GATEWAY" in bad.stderr
+
+
+async def test_the_record_of_a_staged_restore_is_believed_only_of_the_archive_it_was_written_with(
+    tmp_path: Path,
+) -> None:
+    new = tmp_path / "new-card"
+    new.mkdir()
+    archive = old_card_archive(tmp_path, gateway="gw-ps08")
+    await send(receiver(new), parts_of(archive, force=True))
+    record = new / RESTORE_DIR / "pending.json"
+    # A second restore staged over this one, cut between its record and its archive.
+    record.write_text(json.dumps(dict(json.loads(record.read_text()), transfer="0" * 64)))
+    events = apply_pending(new, SITE, GATEWAY)
+    assert [e.kind for e in events] == ["state_restore_failed"]
+    assert "gateway gw-ps08 of site north-plant" in events[0].detail["reason"], (
+        "force taken from another's record"
+    )
+    assert events[0].detail["requested_by"].startswith("unknown")
+    assert not (new / "pump").exists()
