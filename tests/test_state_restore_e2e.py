@@ -14,6 +14,7 @@ says so in an event and in its status."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Subscriber, TlsFiles
 from tests.support.cli import edge_agent
 from tests.support.commands import command_results, events, operator_security
+from tests.support.impaired_link import ImpairedLink
 from tests.support.plant import running_plant
 from tests.support.pump_cards import pump1_health, pump_card
 from tests.support.testing import (
@@ -263,3 +265,34 @@ def test_a_sparkplug_gateway_takes_an_archive_piped_from_the_centre_and_answers_
             assert agent.stop() == 0
     assert "restored: the gateway put 1 files in place at its start" in out.decode()
     assert (tmp_path / "new-card-state" / "leak" / "h1" / "baseline.json").read_bytes() == baseline
+
+
+async def test_over_a_slow_link_the_console_sends_each_part_once(
+    tmp_path: Path,
+) -> None:
+    operator, key = console_key(tmp_path)
+    old = tmp_path / "old-card-state"
+    (old / "leak" / "h1").mkdir(parents=True)
+    (old / "leak" / "h1" / "baseline.json").write_bytes(os.urandom(300 * 1024))
+    archive = tmp_path / "gw-test-state.tar.gz"
+    archive.write_bytes(export_state(old, AGENT_SITE, AGENT_GATEWAY).archive)
+    with Mosquitto() as broker:
+        # 24 kB/s towards the gateway: a 64 KiB part takes ~3.6 s, the 4th in flight ~11 s.
+        link = ImpairedLink(broker.host, broker.port, down_bps=24_000)
+        port = await link.start()
+        try:
+            security = operator_security(operator, ["state_restore"]) + "max_per_minute = 600\n"
+            config = plain_card(tmp_path, port, security)
+            with running_agent(config) as agent:
+                await asyncio.to_thread(agent.wait_status, lambda s: s["uplink"]["state"] == "online", 30)
+                console = send_restore(
+                    archive, key, broker.port, "--part-kib", "64", "--per-minute", "600",
+                    "--answer-timeout", "6", "--no-restart",
+                )  # fmt: skip
+                out, err = await asyncio.to_thread(console.communicate, timeout=120)
+                assert console.returncode == 0, err.decode()[-3000:]
+        finally:
+            await link.stop()
+    said = out.decode()
+    assert "staged on" in said
+    assert "(5 parts sent)" in said, f"parts sent again though answers kept coming: {said}"
