@@ -27,18 +27,22 @@ RESTORE_PARTS_PER_MINUTE = 30  # [security] max_commands_per_minute's default
 
 
 def register_restore(sub: Any) -> None:
-    for name, helptext, run in (
+    for name, helptext, run, ttl, why in (
         (
             "send-state-restore",
             "send a learnt-state archive to a gateway by signed command and follow it until the "
             "gateway has put it in place (docs/fleet.md, Restoring a card from the centre)",
             _send,
+            300,
+            "each part is signed as it is sent",
         ),
         (
             "sign-state-restore",
             "print the signed state_restore commands that carry a learnt-state archive, one a line, "
             "for a publisher of your own (mosquitto_pub -l)",
             _sign,
+            3600,
+            "all are signed now, sent later",
         ),
     ):
         p = sub.add_parser(name, help=helptext)
@@ -56,7 +60,11 @@ def register_restore(sub: Any) -> None:
             "--part-kib", type=whole(8, 3072), default=192, help="KiB of archive a part (default 192)"
         )
         p.add_argument(
-            "--ttl", type=whole(10), default=3600, help="seconds each part is valid (default 3600)"
+            "--ttl",
+            type=whole(10),
+            default=ttl,
+            help=f"seconds each part is valid (default {ttl}: {why}; at most the gateway's "
+            "[security] max_command_ttl_s, 3600 by default)",
         )
         p.add_argument(
             "--force", action="store_true", help="an archive of another gateway (a renamed replacement)"
