@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sqlite3
 import stat
 import tarfile
@@ -37,7 +38,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from water_edge.agent import __version__
 from water_edge.core.files import atomic_write
@@ -71,6 +72,15 @@ class Exported:
     files: int
     bytes: int  # of learnt state, uncompressed
     manifest: dict[str, Any]  # as written into the archive (`created_ns`, each file's sha256)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """An export written to a stream (`write_export`)."""
+
+    files: int
+    bytes: int  # of learnt state, uncompressed
+    manifest: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,60 +129,102 @@ def _is_sqlite(path: Path) -> bool:
         return f.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
 
 
-def _file_bytes(path: Path) -> bytes:
-    """The file's content; a SQLite database as a consistent copy (the agent may be writing it)."""
+def _snapshot(path: Path, copy: Path) -> None:
+    """A copy of `path` at `copy`; a SQLite database as a consistent copy (the agent may be writing
+    it), any other file as it is now (the agent replaces those atomically)."""
     if not _is_sqlite(path):
-        return path.read_bytes()
-    with tempfile.TemporaryDirectory(prefix="edge-agent-export-") as tmp:
-        copy = Path(tmp) / "copy.sqlite"
-        # as_uri quotes: a directory named with `?`, `#` or `%` would otherwise open another database
-        source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        shutil.copyfile(path, copy)
+        return
+    # as_uri quotes: a directory named with `?`, `#` or `%` would otherwise open another database
+    source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+    try:
+        target = sqlite3.connect(copy)
         try:
-            target = sqlite3.connect(copy)
-            try:
-                source.backup(target)
-            finally:
-                target.close()
+            source.backup(target)
         finally:
-            source.close()
-        return copy.read_bytes()
+            target.close()
+    finally:
+        source.close()
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as file:
+        while block := file.read(_READ_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
 
 
 def export_state(state_dir: Path, site: str, gateway: str, *, histories: bool = True) -> Exported:
-    """The learnt state under `state_dir` as an archive; without the rolling feature histories
-    (`ROLLING_HISTORIES`) when `histories` is False."""
+    """The learnt state under `state_dir` as an archive in memory (`write_export`); without the
+    rolling feature histories (`ROLLING_HISTORIES`) when `histories` is False."""
+    buffer = io.BytesIO()
+    written = write_export(state_dir, site, gateway, buffer, histories=histories)
+    return Exported(buffer.getvalue(), written.files, written.bytes, written.manifest)
+
+
+def write_export(
+    state_dir: Path,
+    site: str,
+    gateway: str,
+    out: BinaryIO,
+    *,
+    histories: bool = True,
+    scratch: Path | None = None,
+) -> Written:
+    """Write the learnt state under `state_dir` to `out` as a `.tar.gz`, streamed: every file is
+    first copied (a SQLite history by SQLite's backup API) into a scratch directory under `scratch`
+    (default: the system's temporary directory) and hashed there, then the manifest and the copies
+    are written, so memory holds a block at a time, never the files (two pumps' 14 days of history
+    are ~110 MiB)."""
     if not state_dir.is_dir():
         raise StateTransferError(f"{state_dir}: no state directory (gateway.state_dir): nothing learnt here")
-    entries: list[tuple[str, bytes]] = []
-    for relative in learnt_files(state_dir, histories=histories):
-        try:
-            entries.append((relative.as_posix(), _file_bytes(state_dir / relative)))
-        except FileNotFoundError:
-            continue  # replaced or removed by the running agent between the listing and the read
-        except (OSError, sqlite3.Error) as exc:
-            raise StateTransferError(f"{state_dir / relative}: cannot be read ({exc})") from exc
-    manifest = {
-        "format": FORMAT,
-        "agent_version": __version__,
-        "site": site,
-        "gateway": gateway,
-        "created_ns": time.time_ns(),
-        "files": {
-            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in entries
-        },
-    }
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        _add(archive, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-        for name, data in entries:
-            _add(archive, f"{PREFIX}/{name}", data)
-    return Exported(buffer.getvalue(), len(entries), sum(len(d) for _, d in entries), manifest)
+    try:
+        scratch_dir = tempfile.TemporaryDirectory(prefix=".edge-agent-export-", dir=scratch)
+    except OSError as exc:
+        raise StateTransferError(
+            f"{scratch or tempfile.gettempdir()}: no room for the export's copies ({exc})"
+        ) from exc
+    with scratch_dir as tmp:
+        copies: list[tuple[str, Path, int, str]] = []  # name, copy, size, sha256
+        for relative in learnt_files(state_dir, histories=histories):
+            copy = Path(tmp) / f"{len(copies):06d}"
+            try:
+                _snapshot(state_dir / relative, copy)
+                size, sha = _digest(copy)
+            except FileNotFoundError as exc:
+                if exc.filename is not None and Path(exc.filename) == copy:
+                    raise StateTransferError(f"{copy}: cannot be written ({exc})") from exc
+                continue  # replaced or removed by the running agent between the listing and the read
+            except (OSError, sqlite3.Error) as exc:
+                raise StateTransferError(f"{state_dir / relative}: cannot be read ({exc})") from exc
+            copies.append((relative.as_posix(), copy, size, sha))
+        manifest = {
+            "format": FORMAT,
+            "agent_version": __version__,
+            "site": site,
+            "gateway": gateway,
+            "created_ns": time.time_ns(),
+            "files": {name: {"bytes": size, "sha256": sha} for name, _, size, sha in copies},
+        }
+        with tarfile.open(fileobj=out, mode="w:gz") as archive:
+            _add(archive, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            for name, copy, size, _ in copies:
+                info = _info(f"{PREFIX}/{name}", size)
+                with copy.open("rb") as file:
+                    archive.addfile(info, file)
+    return Written(len(copies), sum(size for _, _, size, _ in copies), manifest)
+
+
+def _info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o640, int(time.time())
+    return info
 
 
 def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o640, int(time.time())
-    archive.addfile(info, io.BytesIO(data))
+    archive.addfile(_info(name, len(data)), io.BytesIO(data))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,9 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import structlog
 
@@ -17,7 +18,14 @@ log = structlog.get_logger(__name__)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so a reader sees the old or the new file, never a torn one.
+    """Replace `path` with `data` so a reader sees the old or the new file, never a torn one
+    (`atomic_write_with`)."""
+    atomic_write_with(path, lambda file: file.write(data), mode)
+
+
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
+    """Replace `path` with what `write` writes into the file it is given (a large file streamed,
+    never held whole), so a reader sees the old or the new file, never a torn one.
 
     The temp file lives in the same directory (rename is atomic only within one filesystem) and is
     created with `mode` from the start, so a private key is never briefly world-readable.
@@ -35,7 +43,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import json
+import random
 import sqlite3
 import subprocess
 import sys
@@ -313,3 +314,47 @@ def test_an_export_without_histories_keeps_the_calibrations_and_leaves_the_rolli
     assert json.loads(kept["state/pump/pump1/calibration.json"]) == json.loads(
         whole["state/pump/pump1/calibration.json"]
     )
+
+
+def _export_peak_rss_kib(config: Path, out: Path) -> int:
+    """`edge-agent state export -c config --out out` in a process of its own; its peak RSS."""
+    report = (
+        "import resource, runpy, sys\n"
+        f"sys.argv = ['edge-agent', 'state', 'export', '-c', {str(config)!r}, '--out', {str(out)!r}]\n"
+        "try:\n    runpy.run_module('water_edge.agent.cli', run_name='__main__')\n"
+        "finally:\n    print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", report], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    return int(run.stderr.rsplit("peak", 1)[1].split()[0])
+
+
+def test_an_export_streams_a_large_history_instead_of_holding_it_in_memory(tmp_path: Path) -> None:
+    """Two pumps' 14 days of history are ~110 MiB: on a Pi beside the running agent, the export
+    must not hold them (and the archive) in memory."""
+    small, large = tmp_path / "small", tmp_path / "large"
+    for card in (small, large):
+        (card / "state" / "pump" / "pump1").mkdir(parents=True)
+        (card / "state" / "pump" / "pump1" / "calibration.json").write_text('{"version": 1}')
+    history = large / "state" / "pump" / "pump1" / "history.sqlite"
+    rng = random.Random(3)
+    with contextlib.closing(sqlite3.connect(history)) as db:
+        db.execute("CREATE TABLE rows (sample BLOB)")
+        db.executemany("INSERT INTO rows VALUES (?)", ((rng.randbytes(4096),) for _ in range(12_000)))
+        db.commit()
+    size = history.stat().st_size
+    assert size > 45 * 2**20
+    peaks = {}
+    for card in (small, large):
+        config = card / "agent.toml"
+        config.write_text(agent_config(card / "state", status_socket=card / "status.sock"))
+        peaks[card.name] = _export_peak_rss_kib(config, card / "export.tar.gz")
+    grew = (peaks["large"] - peaks["small"]) * 1024
+    assert grew < size / 4, f"peak RSS grew by {grew / 2**20:.1f} MiB for a {size / 2**20:.1f} MiB history"
+    # ... and the archive holds it whole.
+    with tarfile.open(large / "export.tar.gz", mode="r:gz") as tar:
+        member = tar.getmember("state/pump/pump1/history.sqlite")
+    assert member.size == size
+    assert not list(large.glob(".edge-agent-export-*")), "the export's scratch copies were left behind"

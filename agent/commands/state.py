@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from water_edge.agent import locate
 from water_edge.agent.commands._exits import DEFAULT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from water_edge.core import units
 from water_edge.core.errors import ConfigError
-from water_edge.core.files import atomic_write
+from water_edge.core.files import atomic_write_with
 
 
 def register(sub: Any) -> None:
@@ -76,21 +76,31 @@ def _config(path: str, command: str) -> Any | None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from water_edge.agent.state_transfer import StateTransferError, export_state
+    from water_edge.agent.state_transfer import StateTransferError, Written, write_export
 
     if (config := _config(args.config, "export")) is None:
         return EXIT_USAGE
+    gw = config.gateway
+    written: list[Written] = []
+
+    def export(out: BinaryIO, scratch: Path | None) -> None:
+        # Streamed: a history of tens of MB is never held in memory (copies go beside the output).
+        written.append(
+            write_export(gw.state_dir, gw.site, gw.id, out, histories=args.histories, scratch=scratch)
+        )
+
     try:
-        gw = config.gateway
-        done = export_state(gw.state_dir, gw.site, gw.id, histories=args.histories)
         if args.out == "-":
-            sys.stdout.buffer.write(done.archive)
+            export(sys.stdout.buffer, None)
             sys.stdout.buffer.flush()
         else:
-            atomic_write(Path(args.out), done.archive, mode=0o600)  # calibrations name the site's assets
+            out = Path(args.out)
+            # mode 0600: calibrations name the site's assets
+            atomic_write_with(out, lambda file: export(file, out.parent), mode=0o600)
     except (StateTransferError, OSError) as exc:
         print(f"edge-agent state export: {_why(exc)}", file=sys.stderr)
         return EXIT_FAILED
+    done = written[0]
     where = "stdout" if args.out == "-" else args.out
     print(
         f"{where}: {done.files} files, {units.size(done.bytes)} of learnt state of gateway "
