@@ -38,10 +38,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Final
+from typing import IO, Any, BinaryIO, Final
 
 from water_edge.agent import __version__
-from water_edge.core.files import atomic_write
+from water_edge.core.files import fsync_dir
 
 FORMAT: Final = "edge-agent-state/1"
 MANIFEST: Final = "manifest.json"
@@ -148,12 +148,8 @@ def _snapshot(path: Path, copy: Path) -> None:
 
 
 def _digest(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
     with path.open("rb") as file:
-        while block := file.read(_READ_BLOCK):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
+        return _digest_stream(file)
 
 
 def export_state(state_dir: Path, site: str, gateway: str, *, histories: bool = True) -> Exported:
@@ -231,17 +227,14 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 class _Member:
     sha256: str
     size: int
-    data: bytes | None  # None when the archive was only checked (`keep=False`)
 
 
-def _read_archive(
-    path: Path, content: bytes | None, *, keep: bool = True
-) -> tuple[dict[str, Any], dict[str, _Member]]:
-    """The manifest and the files of an archive, every file checked against the manifest; the
-    files' bytes only with `keep` (else each is hashed as it is read, and memory stays small)."""
+def _read_archive(path: Path, content: bytes | None) -> tuple[dict[str, Any], dict[str, _Member]]:
+    """The manifest and the files of an archive (each hashed as it is read: memory stays small),
+    every file checked against the manifest."""
     not_ours = f"{path}: not an archive made by `edge-agent state export`"
     try:
-        manifest, files = _members(path, content, keep=keep)
+        manifest, files = _members(path, content)
     except (OSError, tarfile.TarError, EOFError, ValueError) as exc:
         raise StateTransferError(f"{not_ours} (or damaged: {exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -256,30 +249,46 @@ def _read_archive(
     return manifest, files
 
 
-def _members(path: Path, content: bytes | None, *, keep: bool) -> tuple[Any, dict[str, _Member]]:
+def _open(path: Path, content: bytes | None) -> tarfile.TarFile:
+    stream = None if content is None else io.BytesIO(content)
+    return tarfile.open(path if stream is None else None, mode="r:gz", fileobj=stream)
+
+
+def _files(path: Path, archive: tarfile.TarFile) -> Iterator[tuple[str, IO[bytes]]]:
+    """(name, its bytes to read) of every member: `manifest.json`, or a path under `state/`
+    relative to it; StateTransferError for a member that is no learnt state file."""
+    for member in archive:
+        if not member.isfile():
+            raise StateTransferError(f"{path}: {member.name!r} is not a plain file: refused")
+        if member.size > MAX_MEMBER_BYTES:
+            raise StateTransferError(f"{path}: {member.name!r} is {member.size} bytes: refused")
+        extracted = archive.extractfile(member)
+        if extracted is not None:  # always, for a plain file
+            yield (MANIFEST if member.name == MANIFEST else _safe_name(path, member.name)), extracted
+
+
+def _members(path: Path, content: bytes | None) -> tuple[Any, dict[str, _Member]]:
     files: dict[str, _Member] = {}
     manifest: Any = None
-    stream = None if content is None else io.BytesIO(content)
-    with tarfile.open(path if stream is None else None, mode="r:gz", fileobj=stream) as archive:
-        for member in archive:
-            if not member.isfile():
-                raise StateTransferError(f"{path}: {member.name!r} is not a plain file: refused")
-            if member.size > MAX_MEMBER_BYTES:
-                raise StateTransferError(f"{path}: {member.name!r} is {member.size} bytes: refused")
-            extracted = archive.extractfile(member)
-            if extracted is None:
-                continue  # not reached: a plain file always has its bytes
-            if member.name == MANIFEST:
+    with _open(path, content) as archive:
+        for name, extracted in _files(path, archive):
+            if name == MANIFEST:
                 manifest = json.loads(extracted.read())
                 continue
-            name = _safe_name(path, member.name)
-            digest, kept = hashlib.sha256(), []
-            while block := extracted.read(_READ_BLOCK):
-                digest.update(block)
-                if keep:
-                    kept.append(block)
-            files[name] = _Member(digest.hexdigest(), member.size, b"".join(kept) if keep else None)
+            size, sha = _digest_stream(extracted)
+            files[name] = _Member(sha, size)
     return manifest, files
+
+
+def _digest_stream(source: IO[bytes], out: IO[bytes] | None = None) -> tuple[int, str]:
+    """Size and SHA-256 of what `source` holds, read block by block (copied to `out` if given)."""
+    digest, size = hashlib.sha256(), 0
+    while block := source.read(_READ_BLOCK):
+        digest.update(block)
+        size += len(block)
+        if out is not None:
+            out.write(block)
+    return size, digest.hexdigest()
 
 
 def _safe_name(archive: Path, member: str) -> str:
@@ -303,24 +312,60 @@ def import_state(
     content: bytes | None = None,
 ) -> Imported:
     """Put the learnt state of `archive` (or of `content`, the archive's bytes read from stdin, named
-    `archive` in messages) under `state_dir`: every file checked first, then each
-    written atomically, owned like the state directory (the agent's user) and private to it."""
+    `archive` in messages) under `state_dir`: every file checked first (read once, hashed), then
+    each streamed into a new file beside its place and checked again, and only when all are in
+    does each replace its file; owned like the state directory (the agent's user) and private to
+    it. Memory holds a block at a time, never a file."""
     manifest, members = _read_archive(archive, content)
     done = _summary(archive, manifest, members, site, gateway, force=force)
     state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     owner = state_dir.stat()
-    files = {name: member.data or b"" for name, member in members.items()}
-    for name in files:
+    for name in members:
         _no_links(state_dir, state_dir / name)
-    for name, data in files.items():
-        target = state_dir / name
-        _make_dirs(state_dir, target.parent, owner)
-        atomic_write(target, data, mode=0o640)
-        _own(target, owner)
-        for suffix in ("-wal", "-shm", "-journal"):  # a stale journal would be replayed into the copy
+    staged: list[tuple[Path, Path]] = []  # (new file, the file it replaces)
+    try:
+        with _open(archive, content) as tar:
+            for name, extracted in _files(archive, tar):
+                if name != MANIFEST:
+                    staged.append(
+                        _stage_file(archive, state_dir, name, extracted, member=members[name], owner=owner)
+                    )
+        for new, target in staged:
+            new.replace(target)
+            for suffix in ("-wal", "-shm", "-journal"):  # a stale journal would be replayed into the copy
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"{target}{suffix}").unlink()
+        for directory in {target.parent for _, target in staged}:
+            fsync_dir(directory)
+    finally:
+        for new, _ in staged:
             with contextlib.suppress(FileNotFoundError):
-                Path(f"{target}{suffix}").unlink()
+                new.unlink()  # those not put in place (an error on the way)
     return done
+
+
+def _stage_file(
+    archive: Path, state_dir: Path, name: str, source: IO[bytes], *, member: _Member, owner: os.stat_result
+) -> tuple[Path, Path]:
+    """`name`'s bytes streamed into a new file beside its place (0640, the state directory's
+    owner), checked against what the first reading found; (the new file, its place)."""
+    target = state_dir / name
+    _make_dirs(state_dir, target.parent, owner)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".import", dir=target.parent)
+    new = Path(tmp)
+    try:
+        os.fchmod(fd, 0o640)
+        with os.fdopen(fd, "wb") as out:
+            size, sha = _digest_stream(source, out)
+            out.flush()
+            os.fsync(out.fileno())
+        if (size, sha) != (member.size, member.sha256):
+            raise StateTransferError(f"{archive}: {name} changed while it was read: damaged or altered")
+        _own(new, owner)
+    except BaseException:
+        new.unlink(missing_ok=True)
+        raise
+    return new, target
 
 
 def inspect_archive(
@@ -329,7 +374,7 @@ def inspect_archive(
     """What `import_state` would put under a state directory, checked as it checks it (the
     manifest, every file's SHA-256, the site and gateway), without writing anything or holding the
     files in memory (`content`: the archive's bytes, read from stdin, named `archive`)."""
-    manifest, members = _read_archive(archive, content, keep=False)
+    manifest, members = _read_archive(archive, content)
     return _summary(archive, manifest, members, site, gateway, force=force)
 
 

@@ -316,24 +316,26 @@ def test_an_export_without_histories_keeps_the_calibrations_and_leaves_the_rolli
     )
 
 
-def _export_peak_rss_kib(config: Path, out: Path) -> int:
-    """`edge-agent state export -c config --out out` in a process of its own; its peak RSS."""
+def _peak_rss_kib(*argv: str) -> int:
+    """`edge-agent ARGV...` in a process of its own; its peak RSS."""
     report = (
         "import resource, runpy, sys\n"
-        f"sys.argv = ['edge-agent', 'state', 'export', '-c', {str(config)!r}, '--out', {str(out)!r}]\n"
+        f"sys.argv = ['edge-agent', *{list(argv)!r}]\n"
         "try:\n    runpy.run_module('water_edge.agent.cli', run_name='__main__')\n"
         "finally:\n    print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     )
     run = subprocess.run(
         [sys.executable, "-c", report], capture_output=True, text=True, timeout=300, check=False
     )
-    assert run.returncode == 0, run.stderr
+    assert "peak" in run.stderr, run.stderr
+    assert run.stderr.startswith("peak") or run.returncode == 0, run.stderr
     return int(run.stderr.rsplit("peak", 1)[1].split()[0])
 
 
-def test_an_export_streams_a_large_history_instead_of_holding_it_in_memory(tmp_path: Path) -> None:
-    """Two pumps' 14 days of history are ~110 MiB: on a Pi beside the running agent, the export
-    must not hold them (and the archive) in memory."""
+def test_export_and_import_stream_a_large_history_instead_of_holding_it_in_memory(tmp_path: Path) -> None:
+    """Two pumps' 14 days of history are ~110 MiB: on a Pi beside the running agent, an export
+    must not hold them (and the archive) in memory, nor an import (a restore is put in place inside
+    the agent's own process, at its start)."""
     small, large = tmp_path / "small", tmp_path / "large"
     for card in (small, large):
         (card / "state" / "pump" / "pump1").mkdir(parents=True)
@@ -346,13 +348,24 @@ def test_an_export_streams_a_large_history_instead_of_holding_it_in_memory(tmp_p
         db.commit()
     size = history.stat().st_size
     assert size > 45 * 2**20
-    peaks = {}
+    peaks: dict[tuple[str, str], int] = {}
     for card in (small, large):
         config = card / "agent.toml"
         config.write_text(agent_config(card / "state", status_socket=card / "status.sock"))
-        peaks[card.name] = _export_peak_rss_kib(config, card / "export.tar.gz")
-    grew = (peaks["large"] - peaks["small"]) * 1024
-    assert grew < size / 4, f"peak RSS grew by {grew / 2**20:.1f} MiB for a {size / 2**20:.1f} MiB history"
+        archive = card / "export.tar.gz"
+        peaks["export", card.name] = _peak_rss_kib(
+            "state", "export", "-c", str(config), "--out", str(archive)
+        )
+        new = card / "new-card.toml"
+        new.write_text(agent_config(card / "new-state", status_socket=card / "new.sock"))
+        peaks["import", card.name] = _peak_rss_kib("state", "import", str(archive), "-c", str(new))
+    for command in ("export", "import"):
+        grew = (peaks[command, "large"] - peaks[command, "small"]) * 1024
+        assert grew < size / 4, (
+            f"{command}: peak RSS grew by {grew / 2**20:.1f} MiB for a {size / 2**20:.1f} MiB history"
+        )
+    with contextlib.closing(sqlite3.connect(large / "new-state" / "pump" / "pump1" / "history.sqlite")) as db:
+        assert db.execute("SELECT count(*) FROM rows").fetchone() == (12_000,)
     # ... and the archive holds it whole.
     with tarfile.open(large / "export.tar.gz", mode="r:gz") as tar:
         member = tar.getmember("state/pump/pump1/history.sqlite")
