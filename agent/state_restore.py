@@ -190,7 +190,8 @@ def apply_pending(state_dir: Path, site: str, gateway: str) -> list[Event]:
     at_ns = now_ns()
     transfer, by, force = "?", "unknown (no record of the command that staged it)", False
     try:
-        transfer = hashlib.sha256(archive.read_bytes()).hexdigest()
+        with archive.open("rb") as file:
+            transfer = hashlib.file_digest(file, "sha256").hexdigest()
         pending = read_json_state(folder / PENDING_RECORD, "state_restore.pending")
         # A record is only believed of the archive it was written with (a second restore staged
         # over the first may have been cut between its two files).
