@@ -186,7 +186,7 @@ class _Link:
 
     def __init__(self, broker: Broker, events_topic: str, decode: EventDecoder) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._events_topic = events_topic
+        self.events_topic = events_topic
         self._decode = decode
         self._subscribed = queue.Queue[bool]()
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"restore-{uuid.uuid4().hex[:12]}",
@@ -225,7 +225,7 @@ class _Link:
         if not ok:
             self.close()
             raise RestoreSendError(
-                f"the broker {where} did not let this connection read {self._events_topic} within "
+                f"the broker {where} did not let this connection read {self.events_topic} within "
                 f"{self.broker.connect_timeout_s:g} s: the gateway's answers come there (its ACL?)"
             )
 
@@ -242,7 +242,7 @@ class _Link:
         if reason.is_failure:
             self._subscribed.put(False)
             return
-        client.subscribe(self._events_topic, qos=1)
+        client.subscribe(self.events_topic, qos=1)
 
     def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, reasons: Any, _p: Any = None) -> None:
         self._subscribed.put(all(not r.is_failure for r in reasons))
@@ -366,7 +366,7 @@ class RestoreSender:
                 raise RestoreSendError(
                     f"part {index + 1}/{self.archive.count} was not answered after {self.max_attempts} "
                     f"tries: is the gateway online ({self.base}/status), and may this key send "
-                    f"{COMMAND} (its answers come on {self.base}/events)?"
+                    f"{COMMAND} (its answers come on {self.link.events_topic})?"
                 )
             progress.attempts[index] = attempt
             command_id = str(uuid.uuid4())
