@@ -137,17 +137,18 @@ def _in_tables(position: int, spans: list[tuple[int, int]]) -> bool:
     return any(start <= position < end for start, end in spans)
 
 
-def config_text_secrets(text: str) -> list[str]:
+def config_text_secrets(text: str, *, resolve: bool = True) -> list[str]:
     """The secret values a config's text holds or names: strings under secret-named keys, header
-    values, URL passwords, and the values of secret references (`{ file = ... }`, `{ env = ... }`)
-    resolved now (those this user may not read are skipped: they are not in the text either)."""
+    values, URL passwords, and (with `resolve`) the values of secret references (`{ file = ... }`,
+    `{ env = ... }`) resolved now (those this user may not read are skipped: they are not in the
+    text either)."""
     found: list[str] = [m["pw"] for m in _URL_PASSWORD.finditer(text)]
     try:
         document: Any = parse_toml_text(text)
     except ValueError:
         document = None
     if document is not None:
-        found += _document_secrets(document)
+        found += _document_secrets(document, resolve=resolve)
     else:  # not TOML (half-edited): what the lines say
         for match in _ASSIGNED_STRING.finditer(text):
             if is_secret_name(_last_key(match["key"])):
@@ -156,7 +157,7 @@ def config_text_secrets(text: str) -> list[str]:
                     found.append(value)
         for match in _ASSIGNED_REFERENCE.finditer(text):
             where = _string_value(match["value"])
-            if is_secret_name(_last_key(match["key"])) and where:
+            if is_secret_name(_last_key(match["key"])) and where and resolve:
                 found += _resolved_reference({match["kind"]: where})
     return found
 
@@ -179,11 +180,11 @@ def _leaves(node: Any, *, secret: bool = False, key: str = "") -> Iterator[tuple
         yield node, secret
 
 
-def _document_secrets(document: Any) -> list[str]:
+def _document_secrets(document: Any, *, resolve: bool) -> list[str]:
     found: list[str] = []
     for value, secret in _leaves(document):
         if isinstance(value, dict):
-            found += _resolved_reference(value)
+            found += _resolved_reference(value) if resolve else []
         else:
             found += [value] if secret else []
             found += [m["pw"] for m in _URL_PASSWORD.finditer(value)]

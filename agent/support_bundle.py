@@ -26,7 +26,6 @@ reading it would have SQLite create a `-shm` there), the rest only read.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -66,6 +65,8 @@ MAX_BUNDLE_BYTES: Final = 20 * 2**20  # of parts, uncompressed: the archive is n
 JOURNAL_MAX_BYTES: Final = 5 * 2**20
 JOURNAL_TIMEOUT_S: Final = 60.0
 PART_TIMEOUT_S: Final = 30.0  # any other part
+CHECK_CONFIG_TIMEOUT_S: Final = 60.0  # `check-config`, a process of its own
+CONFIG_TIMEOUT_S: Final = 30.0  # loading the config and reading its secrets (`_context`)
 STATUS_TIMEOUT_S: Final = 5.0  # as `edge-agent status` waits
 CONFIG_MAX_BYTES: Final = 8 * 2**20
 EVENTS: Final = 200
@@ -114,6 +115,7 @@ class Context:
     redactor: Redactor
     journalctl: str
     unit: str
+    notes: tuple[str, ...] = ()  # what gathering the context itself met (the MANIFEST's `notes.bundle`)
 
 
 def _json(obj: Any) -> bytes:
@@ -191,23 +193,24 @@ def _config_text(ctx: Context) -> tuple[bytes, list[str]]:
     return (redact_config_text(text, ctx.redactor) + note).encode(), notes
 
 
-def check_config_output(config_path: Path) -> tuple[int, str]:
+def check_config_output(config_path: Path, timeout_s: float | None = None) -> tuple[int | None, str]:
     """What `edge-agent check-config -c FILE` prints (stdout and stderr, as a terminal shows them)
-    and its exit status: the command's own code, run here."""
-    from water_edge.agent import cli
-    from water_edge.core.errors import ConfigError
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            code = cli.cmd_check_config(argparse.Namespace(file=None, config=str(config_path)))
-        except (ConfigError, OSError) as exc:  # what `main` would answer in one line
-            out.write(f"edge-agent: {exc}\n")
-            code = 2
-        except Exception as exc:  # noqa: BLE001 - a crash of the check is what the maintainers want to see
-            out.write(f"edge-agent check-config crashed: {type(exc).__name__}: {exc}\n")
-            code = 1
-    return code, out.getvalue()
+    and its exit status, run as a process of its own: a check stuck on a hung card or mount is
+    stopped after `timeout_s` (status None) and never holds the bundle up."""
+    timeout_s = CHECK_CONFIG_TIMEOUT_S if timeout_s is None else timeout_s
+    command = [sys.executable, "-m", "water_edge.agent.cli", "check-config", "-c", str(config_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        printed, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        # Not waited for: a process in an uninterruptible read of a hung card outlives its kill.
+        process.kill()
+        partial = (exc.output or b"").decode("utf-8", "replace")
+        return None, partial + (
+            f"edge-agent check-config did not finish within {timeout_s:g} s and was stopped "
+            "(a hung card, mount or device it reads?)\n"
+        )
+    return process.returncode, printed.decode("utf-8", "replace")
 
 
 def _status(ctx: Context) -> bytes:
@@ -551,21 +554,44 @@ def _context(config_path: Path, journalctl: str, unit: str) -> Context:
             text = None
     except OSError:
         text = None
-    redactor = Redactor(config_text_secrets(text) if text is not None else ())
-    config: Any = None
-    # A config that does not load: check-config.txt says why. Whatever the loader raises (a crash
-    # too, which check-config.txt shows) never fails the bundle.
-    with contextlib.suppress(ConfigError, Exception):
-        config = load_config(config_path, closed_state="warning")
+    loaded: list[tuple[list[str], Any, list[str]]] = []
+
+    def load() -> None:
+        # Secret files are read here, and the loader looks at the state directory: on a hung card
+        # or mount either can block for good, so this runs aside and is given up after a while.
+        secrets = config_text_secrets(text) if text is not None else []
+        config: Any = None
+        # A config that does not load: check-config.txt says why. Whatever the loader raises (a
+        # crash too, which check-config.txt shows) never fails the bundle.
+        with contextlib.suppress(ConfigError, Exception):
+            config = load_config(config_path, closed_state="warning")
+        loaded.append((secrets, config, [] if config is None else list(config_secrets(config))))
+
+    worker = threading.Thread(target=load, name="support-bundle config", daemon=True)
+    worker.start()
+    worker.join(CONFIG_TIMEOUT_S)
+    stuck: str | None = None
+    if loaded:
+        secrets, config, more = loaded[0]
+        redactor = Redactor(secrets)
+        redactor.add(more)
+    else:
+        stuck = (
+            f"the config and its secret files were not read within {CONFIG_TIMEOUT_S:g} s (a hung "
+            "card or mount?): the state directory is taken from the config's text, and the values "
+            "of its secret references are not looked for in the other parts"
+        )
+        redactor = Redactor(config_text_secrets(text, resolve=False) if text is not None else ())
+        config = None
     if config is not None:
-        redactor.add(config_secrets(config))
         state_dir, outbox = config.gateway.state_dir, config.buffer_path
     else:
         outbox = state_file_from_config(config_path, "buffer", "path", "outbox.sqlite") or (
             DEFAULT_STATE_DIR / "outbox.sqlite"
         )
         state_dir = state_dir_from_config(config_path) or DEFAULT_STATE_DIR
-    return Context(config_path, text, config, state_dir, outbox, redactor, journalctl, unit)
+    notes = () if stuck is None else (stuck,)
+    return Context(config_path, text, config, state_dir, outbox, redactor, journalctl, unit, notes)
 
 
 def make_bundle(config_path: Path, *, journalctl: str = "journalctl", unit: str = UNIT) -> Bundle:
@@ -577,12 +603,13 @@ def make_bundle(config_path: Path, *, journalctl: str = "journalctl", unit: str 
     parts = [_bounded(name, gather, ctx, timeout) for name, gather, timeout in GATHERERS]
     check = Part(
         "check-config.txt",
-        f"$ edge-agent check-config -c {config_path}\n{printed}exit status {code}\n".encode(),
+        f"$ edge-agent check-config -c {config_path}\n{printed}exit status "
+        f"{'none (stopped)' if code is None else code}\n".encode(),
     )
     parts.insert(2, check)
     files: dict[str, bytes] = {}
     missing: dict[str, str] = {}
-    notes: dict[str, list[str]] = {}
+    notes: dict[str, list[str]] = {"bundle": list(ctx.notes)} if ctx.notes else {}
     room = MAX_BUNDLE_BYTES - 64 * 1024  # the MANIFEST's
     for part in parts:
         if part.data is None:

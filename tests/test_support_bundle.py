@@ -453,6 +453,43 @@ def test_a_part_that_hangs_is_left_behind_with_the_reason(
     assert "versions.json" in bundle.manifest["files"]
 
 
+def test_a_config_or_check_config_stuck_on_a_hung_card_does_not_hold_the_bundle_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card or mount that hangs every read (an SD card at its end, a dead NFS share) blocks
+    whatever touches it for good: loading the config (it looks at the state directory) and
+    `check-config` are given up after their time, as the parts are."""
+    from water_edge.agent import config as agent_config_module
+    from water_edge.agent import support_bundle
+
+    state = tmp_path / "state"
+    config = tmp_path / "agent.toml"
+    config.write_text(agent_config(state, uplink={"username": "gw", "password": "hung-card-secret-1"}))
+
+    def hung(*_args: Any, **_kwargs: Any) -> Any:
+        time.sleep(5)
+        raise AssertionError("not reached in time")
+
+    monkeypatch.setattr(agent_config_module, "load_config", hung)
+    monkeypatch.setattr(support_bundle, "CONFIG_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(support_bundle, "CHECK_CONFIG_TIMEOUT_S", 0.001)  # stopped before it can answer
+    started = time.monotonic()
+    bundle = make_bundle(config)
+    assert time.monotonic() - started < 4
+    assert not bundle.config_loads
+    assert "were not read within 0.3 s" in " ".join(bundle.manifest["notes"]["bundle"])
+    assert bundle.manifest["state_dir"] == str(state), "the state directory is read from the config's text"
+    with tarfile.open(fileobj=io.BytesIO(bundle.archive), mode="r:gz") as tar:
+        check = tar.extractfile("check-config.txt")
+        assert check is not None
+        text = check.read().decode()
+        redacted = tar.extractfile("config.toml.redacted")
+        assert redacted is not None
+        assert b"hung-card-secret" not in redacted.read()
+    assert "did not finish within 0.001 s and was stopped" in text
+    assert text.rstrip().endswith("exit status none (stopped)")
+
+
 def test_a_secret_reference_that_cannot_be_read_is_named_in_the_manifest(tmp_path: Path) -> None:
     password_file = secret_file(tmp_path, BROKER_PASSWORD)
     password_file.chmod(0o644)  # the agent refuses it too: its value is not looked for
