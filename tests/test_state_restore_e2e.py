@@ -52,13 +52,7 @@ NO_BACKUP = "[state_backup]\nenabled = false\n"
 def test_a_new_card_takes_the_old_cards_learning_by_signed_command_and_starts_armed_on_it(
     tmp_path: Path,
 ) -> None:
-    operator = Ed25519PrivateKey.generate()
-    key = tmp_path / "ops.pem"
-    key.write_bytes(
-        operator.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    operator, key = console_key(tmp_path)
     with Mosquitto() as broker, running_plant(seed=7) as plant:
         devices = demo_devices(plant.port, poll_interval_ms=50)
         old = pump_card(tmp_path, "old-card", devices, broker.port, extra=NO_BACKUP)
