@@ -48,6 +48,8 @@ from water_edge.core.errors import AgentError
 
 PART_BYTES: Final = 192 * 1024  # of archive a part: ~260 KiB signed, within max_command_bytes (512 KiB)
 RESTORE_TTL_S: Final = 3600
+# Parts awaiting their answer: one (the module docstring says why several hold a slow link back).
+IN_FLIGHT: Final = 1
 RATE_HOLD_S: Final = 10.0  # pause after a part refused `rate_limited`
 COMMAND: Final = "state_restore"
 
@@ -271,7 +273,6 @@ class RestoreSender:
         prefix: str = "water",
         sparkplug: str | None = None,
         per_minute: int = 30,
-        in_flight: int = 1,
         answer_timeout_s: float = 60.0,
         attempts: int = 5,
         restart: bool = True,
@@ -289,7 +290,6 @@ class RestoreSender:
             group, _, node = sparkplug.partition("/")
             self.link = _Link(broker, SparkplugTopics(group, node).ndata, sparkplug_events)
         self.per_minute = per_minute
-        self.window = in_flight
         self.answer_timeout_s = answer_timeout_s
         self.max_attempts = attempts
         self.restart = restart
@@ -351,8 +351,8 @@ class RestoreSender:
                 )
 
     def _fill(self, pending: deque[int], progress: _Progress) -> None:
-        """Publish parts while the window and the key's rate allow."""
-        while pending and len(progress.in_flight) < self.window:
+        """Publish the next part when none is in flight and the key's rate allows."""
+        while pending and len(progress.in_flight) < IN_FLIGHT:
             now = time.monotonic()
             if now < progress.hold_until:
                 return

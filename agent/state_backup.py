@@ -45,7 +45,7 @@ from water_edge.agent.uplink.health import UplinkHealth
 from water_edge.agent.uplink.topics import Topics
 from water_edge.agent.uplink.transport import Reason, TooLargeError
 from water_edge.core import units
-from water_edge.core.files import read_json_state, write_json_state
+from water_edge.core.files import read_record_state, write_json_state
 from water_edge.core.instants import minute_utc
 from water_edge.core.reading import Event, now_ns
 
@@ -153,16 +153,6 @@ def fingerprint(files: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
 
 
-def load_record(path: Path) -> Sent | None:
-    """The last acknowledged backup; None when there is none (or the file is unreadable)."""
-    data = read_json_state(path, "state_backup.record")
-    try:
-        return None if data is None else Sent(**{key: data[key] for key in Sent.__dataclass_fields__})
-    except (KeyError, TypeError) as exc:
-        log.warning("state_backup.record_unreadable", path=str(path), error=str(exc))
-        return None
-
-
 class StateBackup:
     """Sends the learnt state to the centre: `run()` as a task of the agent; `attempt()` once."""
 
@@ -190,7 +180,7 @@ class StateBackup:
         self._ack_timeout_s = ack_timeout_s
         self._retry_min_s = retry_min_s
         self._retry_s = retry_min_s
-        self.last: Sent | None = load_record(self.record_path)
+        self.last = read_record_state(self.record_path, Sent, "state_backup.record")
         # Read once: a restore is applied at a start only (before this is made).
         self.restored = load_last(state_dir)
         self.outcome: Outcome | None = None

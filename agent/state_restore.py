@@ -41,7 +41,7 @@ from water_edge.agent.state_transfer import (
 )
 from water_edge.core import units
 from water_edge.core.envelope import Envelope
-from water_edge.core.files import read_json_state, write_json_state
+from water_edge.core.files import read_json_state, read_record_state, write_json_state
 from water_edge.core.instants import iso, minute_utc
 from water_edge.core.reading import Event, now_ns
 
@@ -85,16 +85,7 @@ class RestoreRecord:
 
 def load_last(state_dir: Path) -> RestoreRecord | None:
     """The last restore this card took, or None (never, or an unreadable record)."""
-    data = read_json_state(state_dir / RESTORE_DIR / LAST_RECORD, "state_restore.record")
-    try:
-        return (
-            None
-            if data is None
-            else RestoreRecord(**{k: data[k] for k in RestoreRecord.__dataclass_fields__})
-        )
-    except (KeyError, TypeError) as exc:
-        log.warning("state_restore.record_unreadable", error=str(exc))
-        return None
+    return read_record_state(state_dir / RESTORE_DIR / LAST_RECORD, RestoreRecord, "state_restore.record")
 
 
 class StateRestoreReceiver:

@@ -67,20 +67,19 @@ class OtherGatewayError(StateTransferError):
 
 
 @dataclass(frozen=True, slots=True)
-class Exported:
-    archive: bytes  # the .tar.gz
+class Written:
+    """An export written to a stream (`write_export`)."""
+
     files: int
     bytes: int  # of learnt state, uncompressed
     manifest: dict[str, Any]  # as written into the archive (`created_ns`, each file's sha256)
 
 
 @dataclass(frozen=True, slots=True)
-class Written:
-    """An export written to a stream (`write_export`)."""
+class Exported(Written):
+    """An export made in memory (`export_state`)."""
 
-    files: int
-    bytes: int  # of learnt state, uncompressed
-    manifest: dict[str, Any]
+    archive: bytes  # the .tar.gz
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +156,7 @@ def export_state(state_dir: Path, site: str, gateway: str, *, histories: bool = 
     rolling feature histories (`ROLLING_HISTORIES`) when `histories` is False."""
     buffer = io.BytesIO()
     written = write_export(state_dir, site, gateway, buffer, histories=histories)
-    return Exported(buffer.getvalue(), written.files, written.bytes, written.manifest)
+    return Exported(written.files, written.bytes, written.manifest, buffer.getvalue())
 
 
 def write_export(

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, TypeVar
 
 import orjson
 
@@ -61,6 +61,8 @@ from water_edge.agent.config_redaction import (
 FORMAT: Final = "edge-agent-support/1"
 MANIFEST: Final = "MANIFEST.json"
 UNIT: Final = "edge-agent.service"  # deploy/edge-agent.service
+T = TypeVar("T")
+
 MAX_BUNDLE_BYTES: Final = 20 * 2**20  # of parts, uncompressed: the archive is never larger
 JOURNAL_MAX_BYTES: Final = 5 * 2**20
 JOURNAL_TIMEOUT_S: Final = 60.0
@@ -515,25 +517,43 @@ GATHERERS: Final[tuple[tuple[str, Gatherer, float], ...]] = (
 )
 
 
-def _bounded(name: str, gather: Gatherer, ctx: Context, timeout_s: float) -> Part:
-    """One part, gathered in a thread of its own: one that hangs (a dead mount under the state
-    directory) is left behind after `timeout_s`, with the reason."""
-    result: list[Part] = []
+def _in_time(name: str, work: Callable[[], T], timeout_s: float) -> T | None:
+    """`work()` in a thread of its own: what it returned (or raised), or None when it has not
+    within `timeout_s` (a read of a hung card or mount: left behind, never waited for)."""
+    outcome: list[tuple[T | None, BaseException | None]] = []
 
     def run() -> None:
         try:
-            got = gather(ctx)
-            data, notes = got if isinstance(got, tuple) else (got, [])
-            result.append(Part(name, data, notes=notes))
-        except PartMissingError as exc:
-            result.append(Part(name, reason=str(exc)))
-        except Exception as exc:  # noqa: BLE001 - a part that fails never fails the bundle
-            result.append(Part(name, reason=f"failed: {type(exc).__name__}: {exc}"))
+            outcome.append((work(), None))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            outcome.append((None, exc))
 
     worker = threading.Thread(target=run, name=f"support-bundle {name}", daemon=True)
     worker.start()
     worker.join(timeout_s)
-    return result[0] if result else Part(name, reason=f"not gathered within {timeout_s:g} s")
+    if not outcome:
+        return None
+    value, error = outcome[0]
+    if error is not None:
+        raise error
+    return value
+
+
+def _bounded(name: str, gather: Gatherer, ctx: Context, timeout_s: float) -> Part:
+    """One part, gathered in a thread of its own: one that hangs (a dead mount under the state
+    directory) is left behind after `timeout_s`, with the reason."""
+
+    def run() -> Part:
+        try:
+            got = gather(ctx)
+            data, notes = got if isinstance(got, tuple) else (got, [])
+            return Part(name, data, notes=notes)
+        except PartMissingError as exc:
+            return Part(name, reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a part that fails never fails the bundle
+            return Part(name, reason=f"failed: {type(exc).__name__}: {exc}")
+
+    return _in_time(name, run, timeout_s) or Part(name, reason=f"not gathered within {timeout_s:g} s")
 
 
 def _context(config_path: Path, journalctl: str, unit: str) -> Context:
@@ -554,9 +574,8 @@ def _context(config_path: Path, journalctl: str, unit: str) -> Context:
             text = None
     except OSError:
         text = None
-    loaded: list[tuple[list[str], Any, list[str]]] = []
 
-    def load() -> None:
+    def load() -> tuple[list[str], Any, list[str]]:
         # Secret files are read here, and the loader looks at the state directory: on a hung card
         # or mount either can block for good, so this runs aside and is given up after a while.
         secrets = config_text_secrets(text) if text is not None else []
@@ -565,14 +584,12 @@ def _context(config_path: Path, journalctl: str, unit: str) -> Context:
         # crash too, which check-config.txt shows) never fails the bundle.
         with contextlib.suppress(ConfigError, Exception):
             config = load_config(config_path, closed_state="warning")
-        loaded.append((secrets, config, [] if config is None else list(config_secrets(config))))
+        return secrets, config, [] if config is None else list(config_secrets(config))
 
-    worker = threading.Thread(target=load, name="support-bundle config", daemon=True)
-    worker.start()
-    worker.join(CONFIG_TIMEOUT_S)
+    loaded = _in_time("config", load, CONFIG_TIMEOUT_S)
     stuck: str | None = None
-    if loaded:
-        secrets, config, more = loaded[0]
+    if loaded is not None:
+        secrets, config, more = loaded
         redactor = Redactor(secrets)
         redactor.add(more)
     else:

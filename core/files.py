@@ -10,11 +10,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 import structlog
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -23,9 +26,10 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     atomic_write_with(path, lambda file: file.write(data), mode)
 
 
-def atomic_write_with(path: Path, write: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], T], mode: int = 0o644) -> T:
     """Replace `path` with what `write` writes into the file it is given (a large file streamed,
-    never held whole), so a reader sees the old or the new file, never a torn one.
+    never held whole), so a reader sees the old or the new file, never a torn one; what `write`
+    returned.
 
     The temp file lives in the same directory (rename is atomic only within one filesystem) and is
     created with `mode` from the start, so a private key is never briefly world-readable.
@@ -43,7 +47,7 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], object], mode: int
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            written = write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -54,6 +58,7 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], object], mode: int
             _raise_naming(exc, path)
         raise
     fsync_dir(path.parent)
+    return written
 
 
 def _raise_naming(exc: OSError, path: Path, cause: OSError | None = None) -> NoReturn:
@@ -103,6 +108,19 @@ def read_json_state(path: Path, what: str) -> Any:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
+        log.warning(f"{what}.unreadable", path=str(path), error=str(exc))
+        return None
+
+
+def read_record_state(path: Path, record: type[R], what: str) -> R | None:
+    """The dataclass `record` kept as JSON in a small best-effort state file (`read_json_state`),
+    or None when there is none or it is not one (logged as `<what>.unreadable`)."""
+    data = read_json_state(path, what)
+    if data is None:
+        return None
+    try:
+        return record(**{key: data[key] for key in record.__dataclass_fields__})  # type: ignore[attr-defined]
+    except (KeyError, TypeError) as exc:
         log.warning(f"{what}.unreadable", path=str(path), error=str(exc))
         return None
 

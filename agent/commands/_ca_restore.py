@@ -18,10 +18,15 @@ import getpass
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK
 from water_edge.core.cli_numbers import number, whole
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from water_edge.agent.restore_sender import Outcome, RestoreArchive
 
 RESTORE_PARTS_PER_MINUTE = 30  # [security] max_commands_per_minute's default
 
@@ -136,15 +141,19 @@ def _fail(message: str) -> int:
     return EXIT_FAILED
 
 
-def _archive(args: argparse.Namespace) -> Any:
-    """The checked archive and the operator key, or the message why not."""
+class _RefusedError(Exception):
+    """An archive, key or target the gateway would refuse: the message for the operator."""
+
+
+def _archive(args: argparse.Namespace) -> tuple[RestoreArchive, Ed25519PrivateKey]:
+    """The checked archive and the operator key; _RefusedError with why not."""
     from water_edge.agent.restore_sender import RestoreArchive
     from water_edge.agent.state_transfer import StateTransferError
     from water_edge.core.errors import AgentError
     from water_edge.provisioning.sign_command import load_operator_key, older_release_note
 
     if args.target.count("/") != 1 or not all(args.target.split("/")):
-        return f"--target {args.target!r} is not SITE/GATEWAY"
+        raise _RefusedError(f"--target {args.target!r} is not SITE/GATEWAY")
     stdin = args.archive == Path("-")
     try:
         key = load_operator_key(args.key)
@@ -156,15 +165,15 @@ def _archive(args: argparse.Namespace) -> Any:
             content=sys.stdin.buffer.read() if stdin else None,
         )
     except (StateTransferError, AgentError) as exc:
-        return str(exc)
+        raise _RefusedError(str(exc)) from None
     except OSError as exc:
-        return f"{exc.filename or args.archive}: {exc.strerror}"
+        raise _RefusedError(f"{exc.filename or args.archive}: {exc.strerror}") from None
     if note := older_release_note("state_restore"):
         sys.stderr.write(note + "\n")
     return archive, key
 
 
-def _what(archive: Any) -> str:
+def _what(archive: RestoreArchive) -> str:
     from water_edge.core import units
     from water_edge.core.instants import iso
 
@@ -176,10 +185,10 @@ def _what(archive: Any) -> str:
 
 
 def _sign(args: argparse.Namespace) -> int:
-    got = _archive(args)
-    if isinstance(got, str):
-        return _fail(got)
-    archive, key = got
+    try:
+        archive, key = _archive(args)
+    except _RefusedError as exc:
+        return _fail(str(exc))
     indices = [i for i in (args.parts or range(archive.count)) if i < archive.count]
     sys.stderr.write(
         f"{len(indices)} parts of {_what(archive)}; publish one message a line: | mosquitto_pub -l -q 1 -t "
@@ -201,10 +210,10 @@ def _sign(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace) -> int:
     from water_edge.agent.restore_sender import Broker, RestoreSender, RestoreSendError
 
-    got = _archive(args)
-    if isinstance(got, str):
-        return _fail(got)
-    archive, key = got
+    try:
+        archive, key = _archive(args)
+    except _RefusedError as exc:
+        return _fail(str(exc))
     password = None
     if args.username is not None:
         password = os.environ.get(args.password_env or "") or getpass.getpass(
@@ -238,7 +247,7 @@ def _send(args: argparse.Namespace) -> int:
     return _report(outcome, args)
 
 
-def _report(outcome: Any, args: argparse.Namespace) -> int:
+def _report(outcome: Outcome, args: argparse.Namespace) -> int:
     staged = outcome.staged
     print(
         f"staged on {args.target}: {staged.get('files')} files taken by {staged.get('site')}/"

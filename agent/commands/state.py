@@ -81,26 +81,22 @@ def run_export(args: argparse.Namespace) -> int:
     if (config := _config(args.config, "export")) is None:
         return EXIT_USAGE
     gw = config.gateway
-    written: list[Written] = []
 
-    def export(out: BinaryIO, scratch: Path | None) -> None:
+    def export(out: BinaryIO, scratch: Path | None) -> Written:
         # Streamed: a history of tens of MB is never held in memory (copies go beside the output).
-        written.append(
-            write_export(gw.state_dir, gw.site, gw.id, out, histories=args.histories, scratch=scratch)
-        )
+        return write_export(gw.state_dir, gw.site, gw.id, out, histories=args.histories, scratch=scratch)
 
     try:
         if args.out == "-":
-            export(sys.stdout.buffer, None)
+            done = export(sys.stdout.buffer, None)
             sys.stdout.buffer.flush()
         else:
             out = Path(args.out)
             # mode 0600: calibrations name the site's assets
-            atomic_write_with(out, lambda file: export(file, out.parent), mode=0o600)
+            done = atomic_write_with(out, lambda file: export(file, out.parent), mode=0o600)
     except (StateTransferError, OSError) as exc:
         print(f"edge-agent state export: {_why(exc)}", file=sys.stderr)
         return EXIT_FAILED
-    done = written[0]
     where = "stdout" if args.out == "-" else args.out
     print(
         f"{where}: {done.files} files, {units.size(done.bytes)} of learnt state of gateway "
