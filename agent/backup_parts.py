@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Final
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
 
 FORMAT: Final = "edge-agent-state-backup/1"
 MIN_PART_BYTES: Final = 4 * 1024
@@ -42,28 +44,131 @@ def encode_parts(
     agent_version: str,
     part_bytes: int,
 ) -> list[bytes]:
-    """The MQTT payloads of one backup, in order: each at most `part_bytes` of the archive."""
-    if part_bytes < MIN_PART_BYTES:
-        raise ValueError(f"part_bytes must be at least {MIN_PART_BYTES} (got {part_bytes})")
+    """The MQTT payloads of one backup held in memory, in order: each at most `part_bytes` of it."""
     if not archive:
         raise ValueError("an empty archive is not a backup")
-    digest = hashlib.sha256(archive).hexdigest()
-    ident = backup_id(created_ns, digest)
-    chunks = [archive[i : i + part_bytes] for i in range(0, len(archive), part_bytes)]
-    payloads = []
-    for index, chunk in enumerate(chunks):
-        header = {
+    header = _Header.of(
+        len(archive),
+        hashlib.sha256(archive).hexdigest(),
+        site=site,
+        gateway=gateway,
+        created_ns=created_ns,
+        agent_version=agent_version,
+        part_bytes=part_bytes,
+    )
+    return [
+        header.payload(index, archive[start : start + part_bytes])
+        for index, start in enumerate(range(0, len(archive), part_bytes))
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class FileParts:
+    """The parts of one backup whose archive is a file, read one part at a time (`payload`): an
+    archive can be as large as `[state_backup] max_size` (up to 1 GiB), the agent's memory is not."""
+
+    path: Path
+    header: _Header
+
+    @property
+    def backup(self) -> str:
+        return self.header.backup
+
+    @property
+    def size(self) -> int:
+        return self.header.size
+
+    @property
+    def count(self) -> int:
+        return self.header.parts
+
+    @property
+    def sha256(self) -> str:
+        return self.header.sha256
+
+    @property
+    def created_ns(self) -> int:
+        return int(self.header.fields["created_ns"])
+
+    def payload(self, index: int) -> bytes:
+        """Part `index`'s MQTT payload, read from the file."""
+        with self.path.open("rb") as file:
+            file.seek(index * self.header.part_bytes)
+            chunk = file.read(self.header.part_bytes)
+        return self.header.payload(index, chunk)
+
+
+def file_parts(
+    path: Path, *, site: str, gateway: str, created_ns: int, agent_version: str, part_bytes: int
+) -> FileParts:
+    """The parts of the backup whose archive is at `path` (hashed here, block by block)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError("an empty archive is not a backup")
+    with path.open("rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    header = _Header.of(
+        size,
+        digest,
+        site=site,
+        gateway=gateway,
+        created_ns=created_ns,
+        agent_version=agent_version,
+        part_bytes=part_bytes,
+    )
+    return FileParts(path, header)
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """What every part of one backup says of the whole archive."""
+
+    fields: dict[str, Any]  # without `part` and `part_sha256`
+    part_bytes: int
+
+    @classmethod
+    def of(
+        cls,
+        size: int,
+        sha256: str,
+        *,
+        site: str,
+        gateway: str,
+        created_ns: int,
+        agent_version: str,
+        part_bytes: int,
+    ) -> _Header:
+        if part_bytes < MIN_PART_BYTES:
+            raise ValueError(f"part_bytes must be at least {MIN_PART_BYTES} (got {part_bytes})")
+        fields = {
             "format": FORMAT,
-            "backup": ident,
-            "part": index,
-            "parts": len(chunks),
-            "size": len(archive),
-            "sha256": digest,
-            "part_sha256": hashlib.sha256(chunk).hexdigest(),
+            "backup": backup_id(created_ns, sha256),
+            "parts": -(-size // part_bytes),
+            "size": size,
+            "sha256": sha256,
             "site": site,
             "gateway": gateway,
             "created_ns": created_ns,
             "agent_version": agent_version,
         }
-        payloads.append(json.dumps(header, sort_keys=True, separators=(",", ":")).encode() + b"\n" + chunk)
-    return payloads
+        return cls(fields, part_bytes)
+
+    @property
+    def backup(self) -> str:
+        return str(self.fields["backup"])
+
+    @property
+    def size(self) -> int:
+        return int(self.fields["size"])
+
+    @property
+    def parts(self) -> int:
+        return int(self.fields["parts"])
+
+    @property
+    def sha256(self) -> str:
+        return str(self.fields["sha256"])
+
+    def payload(self, index: int, chunk: bytes) -> bytes:
+        header = {**self.fields, "part": index, "part_sha256": hashlib.sha256(chunk).hexdigest()}
+        return json.dumps(header, sort_keys=True, separators=(",", ":")).encode() + b"\n" + chunk

@@ -2,15 +2,17 @@
 
 `edge-agent state export` needs the old card alive, and a dead SD card is the common case. So,
 `first_after` the agent starts and then every `interval`, `StateBackup` exports the learnt state
-(agent/state_transfer.py, in a thread), cuts the archive into parts (agent/backup_parts.py: the
-wire format) and publishes them one at a time at QoS 1 on `{prefix}/{site}/{gateway}/state_backup`
-over the uplink's own connection (`publish_acked`), each waiting for its PUBACK. The centre keeps
-the latest backups per gateway; a technician fetches one and runs `edge-agent state import`.
+(agent/state_transfer.py, in a thread) into a file under `{state_dir}/.state_backup/`, reads it back
+one part at a time (agent/backup_parts.py: the wire format) and publishes the parts one at a time
+at QoS 1 on `{prefix}/{site}/{gateway}/state_backup` over the uplink's own connection
+(`publish_acked`), each waiting for its PUBACK. The centre keeps the latest backups per gateway; a
+technician fetches one and runs `edge-agent state import`.
 
 - Nothing learnt yet (no learnt files): nothing is sent.
 - The same learnt files (by the manifest's names and SHA-256, not the archive's bytes, which carry
   a time) as the last backup the broker acknowledged, younger than `resend_after`: not sent again.
-- An archive over `max_size`: not sent; a failure whose reason the status says.
+- An archive over `max_size`: not sent, its export stopped as it grows over; a failure whose reason
+  the status says.
 - Every part PUBACKed with success: a success, recorded in `{state_dir}/state_backup.json`
   (outside the learnt directories, so never exported itself), which also carries the last backup
   over a restart. Not MQTT 5's 0x10 "No matching subscribers" (a success code, which Mosquitto and
@@ -28,19 +30,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import io
 import json
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, BinaryIO, Final, Literal, Protocol, cast
 
 import structlog
 
 from water_edge.agent import __version__
-from water_edge.agent.backup_parts import backup_id, encode_parts
+from water_edge.agent.backup_parts import FileParts, file_parts
 from water_edge.agent.config.schema import StateBackupSection
 from water_edge.agent.state_restore import RestoreRecord, load_last
-from water_edge.agent.state_transfer import StateTransferError, export_state
+from water_edge.agent.state_transfer import StateTransferError, write_export
 from water_edge.agent.uplink.health import UplinkHealth
 from water_edge.agent.uplink.topics import Topics
 from water_edge.agent.uplink.transport import Reason, TooLargeError
@@ -52,6 +56,8 @@ from water_edge.core.reading import Event, now_ns
 log = structlog.get_logger(__name__)
 
 RECORD: Final = "state_backup.json"
+WORK_DIR: Final = ".state_backup"
+ARCHIVE: Final = "archive.tar.gz"
 # A 64 KiB part over GPRS (20-40 kbit/s up), behind the outbox's rows in the socket, takes 15-30 s;
 # a link that died is found sooner by the keep-alive, which closes the connection and ends the wait.
 ACK_TIMEOUT_S: Final = 120.0
@@ -60,6 +66,30 @@ UPLINK_POLL_S: Final = 2.0  # how often a backup that is due looks whether the u
 NOT_AUTHORIZED: Final = 0x87
 NO_MATCHING_SUBSCRIBERS: Final = 0x10  # MQTT 5 PUBACK: taken, and delivered to no one
 NS: Final = 1_000_000_000
+
+
+class _OverMaxSizeError(Exception):
+    """The archive being written grew over `[state_backup] max_size`."""
+
+
+class _Capped(io.RawIOBase):
+    """A file that refuses to grow over `limit` bytes (the export stops there, not at its end)."""
+
+    def __init__(self, file: BinaryIO, limit: int) -> None:
+        super().__init__()
+        self._file = file
+        self._limit = limit
+        self._written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        if self._written + size > self._limit:
+            raise _OverMaxSizeError
+        self._written += size
+        return self._file.write(data)
 
 
 class Publisher(Protocol):
@@ -176,6 +206,10 @@ class StateBackup:
         self.gateway = gateway
         self.uplink = uplink
         self.record_path = state_dir / RECORD
+        # The archive being sent and the export's copies; removed after each attempt and at a start
+        # (a power cut during a send leaves them).
+        self.work_dir = state_dir / WORK_DIR
+        shutil.rmtree(self.work_dir, ignore_errors=True)
         self._emit = emit
         self._ack_timeout_s = ack_timeout_s
         self._retry_min_s = retry_min_s
@@ -261,38 +295,37 @@ class StateBackup:
     async def attempt(self) -> Outcome:
         """Export, compare, send: one backup attempt, whatever the schedule."""
         try:
-            archive, files, created_ns, print_ = await asyncio.to_thread(self._export)
+            return await self._attempt()
+        finally:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    async def _attempt(self) -> Outcome:
+        cfg = self.config
+        try:
+            exported = await asyncio.to_thread(self._export)
+        except _OverMaxSizeError:
+            return await self._failed(
+                "the export stopped as the archive grew over [state_backup] max_size "
+                f"({units.size(cfg.max_size)}): not sent"
+            )
         except (StateTransferError, OSError, ValueError) as exc:
             # an unreadable file, a full disk: a failure with its reason
             return await self._failed(f"the learnt state cannot be exported: {exc}")
-        if not files:
+        if exported is None:
             return self._done(Outcome("nothing", "nothing learnt yet"))
+        parts, files, print_ = exported
         last = self.last
-        young = last is not None and now_ns() - last.sent_ns < self.config.resend_after * NS
+        young = last is not None and now_ns() - last.sent_ns < cfg.resend_after * NS
         if last is not None and young and last.fingerprint == print_:
             return self._done(Outcome("unchanged", "unchanged"))
-        cfg = self.config
-        if len(archive) > cfg.max_size:
-            return await self._failed(
-                f"the archive is {units.size(len(archive))}, over [state_backup] max_size "
-                f"({units.size(cfg.max_size)}): not sent"
-            )
-        parts = encode_parts(
-            archive,
-            site=self.site,
-            gateway=self.gateway,
-            created_ns=created_ns,
-            agent_version=__version__,
-            part_bytes=cfg.part_size,
-        )
         if (why := await self._send(parts)) is not None:
             return await self._failed(why)
         sent = Sent(
-            backup=backup_id(created_ns, hashlib.sha256(archive).hexdigest()),
-            created_ns=created_ns,
+            backup=parts.backup,
+            created_ns=parts.created_ns,
             sent_ns=now_ns(),
-            bytes=len(archive),
-            parts=len(parts),
+            bytes=parts.size,
+            parts=parts.count,
             files=files,
             fingerprint=print_,
         )
@@ -310,44 +343,77 @@ class StateBackup:
         )
         return self._done(Outcome("sent", sent=sent))
 
-    async def _send(self, parts: list[bytes]) -> str | None:
+    async def _send(self, parts: FileParts) -> str | None:
         """Publish the parts one by one, each PUBACKed before the next; why not, or None when all were."""
         health = self.uplink.health()
         if not health.connected:
             return f"the uplink is not connected ({health.state}): not sent"
-        topic = self.uplink.topics.state_backup
-        for index, payload in enumerate(parts):
-            which = f"part {index + 1}/{len(parts)}"
-            try:
-                reason = await self.uplink.publish_acked(topic, payload, self._ack_timeout_s)
-            except TooLargeError as exc:
-                return f"{exc} (lower [state_backup] part_size)"
-            if reason is None:
-                return (
-                    f"{which} not acknowledged (connection lost, or no PUBACK within "
-                    f"{self._ack_timeout_s:g} s)"
-                )
-            if reason.value == NO_MATCHING_SUBSCRIBERS:
-                # A success to MQTT, yet nobody took it: the centre would not have this backup.
-                return (
-                    f"nobody at the centre took {which} on {topic}: the broker says {reason} "
-                    f"(0x{reason.value:02X}); is the centre's state-backup consumer subscribed?"
-                )
-            if reason.is_failure:
-                why = f"the broker refused {which} on {topic}: {reason} (0x{reason.value:02X})"
-                if reason.value == NOT_AUTHORIZED:
-                    why += (
-                        " (its ACL does not let this gateway publish state_backup: an ACL made "
-                        "before the state backups? see docs/fleet.md#state-backups)"
-                    )
+        for index in range(parts.count):
+            if (why := await self._send_part(parts, index)) is not None:
                 return why
         return None
 
-    def _export(self) -> tuple[bytes, int, int, str]:
-        """The archive, its number of files, when it was made and its fingerprint (in a thread)."""
-        exported = export_state(self.state_dir, self.site, self.gateway, histories=self.config.histories)
-        manifest = exported.manifest
-        return exported.archive, exported.files, int(manifest["created_ns"]), fingerprint(manifest["files"])
+    async def _send_part(self, parts: FileParts, index: int) -> str | None:
+        """Publish one part and wait for its PUBACK; why it failed, or None."""
+        topic = self.uplink.topics.state_backup
+        which = f"part {index + 1}/{parts.count}"
+        try:
+            payload = await asyncio.to_thread(parts.payload, index)
+        except OSError as exc:
+            return f"{which} cannot be read back from {parts.path}: {exc}"
+        try:
+            reason = await self.uplink.publish_acked(topic, payload, self._ack_timeout_s)
+        except TooLargeError as exc:
+            return f"{exc} (lower [state_backup] part_size)"
+        if reason is None:
+            wait = f"{self._ack_timeout_s:g} s"
+            return f"{which} not acknowledged (connection lost, or no PUBACK within {wait})"
+        if reason.value == NO_MATCHING_SUBSCRIBERS:
+            # A success to MQTT, yet nobody took it: the centre would not have this backup.
+            return (
+                f"nobody at the centre took {which} on {topic}: the broker says {reason} "
+                f"(0x{reason.value:02X}); is the centre's state-backup consumer subscribed?"
+            )
+        if not reason.is_failure:
+            return None
+        why = f"the broker refused {which} on {topic}: {reason} (0x{reason.value:02X})"
+        if reason.value == NOT_AUTHORIZED:
+            why += (
+                " (its ACL does not let this gateway publish state_backup: an ACL made "
+                "before the state backups? see docs/fleet.md#state-backups)"
+            )
+        return why
+
+    def _export(self) -> tuple[FileParts, int, str] | None:
+        """The archive written under `work_dir` and cut into parts, its number of files and its
+        fingerprint; None when nothing is learnt (in a thread). Streamed, and stopped at `max_size`:
+        memory holds a block at a time, whatever the archive's size (`histories` can make it
+        hundreds of MiB, under the service's MemoryMax of 256 MiB)."""
+        self.work_dir.mkdir(mode=0o700, exist_ok=True)
+        path = self.work_dir / ARCHIVE
+        with path.open("wb") as file:
+            written = write_export(
+                self.state_dir,
+                self.site,
+                self.gateway,
+                # tarfile writes through `write` alone
+                cast(BinaryIO, _Capped(file, self.config.max_size)),
+                histories=self.config.histories,
+                # beside the archive, not in /tmp: a tmpfs there would count the copies as memory
+                scratch=self.work_dir,
+            )
+        if not written.files:
+            return None
+        manifest = written.manifest
+        parts = file_parts(
+            path,
+            site=self.site,
+            gateway=self.gateway,
+            created_ns=int(manifest["created_ns"]),
+            agent_version=__version__,
+            part_bytes=self.config.part_size,
+        )
+        return parts, written.files, fingerprint(manifest["files"])
 
     def _done(self, outcome: Outcome) -> Outcome:
         self.outcome = outcome

@@ -9,11 +9,13 @@ joins them by their headers, and the joined archive must be taken by `edge-agent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import sqlite3
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from water_edge.agent.backup_parts import FORMAT
 from water_edge.agent.config.load import load_config
 from water_edge.agent.config.schema import StateBackupSection
 from water_edge.agent.metrics_export import exposition_text
-from water_edge.agent.state_backup import RECORD, StateBackup, fingerprint
+from water_edge.agent.state_backup import RECORD, WORK_DIR, StateBackup, fingerprint
 from water_edge.agent.state_transfer import import_state, learnt_files
 from water_edge.agent.status_document import StatusDocument
 from water_edge.agent.uplink.config import SparkplugConfig
@@ -233,6 +235,102 @@ async def test_the_rolling_histories_stay_on_the_card_unless_asked_for(
     assert list(imported(joined(received)[whole.sent.backup], tmp_path / "new-card-2")) == [
         "pump/p1/history.sqlite"
     ]
+
+
+def large_history(state_dir: Path) -> Path:
+    """A pump's rolling history of 16 MiB of random (incompressible) rows."""
+    history = state_dir / "pump" / "p1" / "history.sqlite"
+    history.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(history)) as db:
+        db.execute("CREATE TABLE samples (sample BLOB)")
+        db.executemany("INSERT INTO samples VALUES (?)", ((os.urandom(4096),) for _ in range(4000)))
+        db.commit()
+    return history
+
+
+class PartsOnDisk(Subscriber):
+    """The centre, keeping each part on disk instead of in this process's memory."""
+
+    def __init__(self, mosquitto: Mosquitto, into: Path) -> None:
+        super().__init__(mosquitto.host, mosquitto.port, BACKUPS)
+        self.into = into
+        into.mkdir()
+
+    def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        with self._cond:
+            (self.into / f"{len(self.messages):06d}").write_bytes(msg.payload)
+            self.messages.append(Received(msg.topic, b"", bool(msg.retain), msg.qos))
+            self._cond.notify_all()
+
+    def parts(self) -> list[Received]:
+        messages = self.snapshot()
+        return [
+            dataclasses.replace(m, payload=(self.into / f"{i:06d}").read_bytes())
+            for i, m in enumerate(messages)
+        ]
+
+
+async def test_a_large_backup_is_streamed_through_a_file_not_held_in_memory(
+    mosquitto: Mosquitto, online: MqttUplink, tmp_path: Path
+) -> None:
+    """`histories = true` with a large `max_size` can make the archive hundreds of MiB, inside an
+    agent under MemoryMax=256M: the archive is written to a file and read back a part at a time.
+    Before, the attempt held it whole, and its parts once more (peak over 2x its size)."""
+    state = tmp_path / "state"
+    files = learn(state)
+    history = large_history(state)
+    files["pump/p1/history.sqlite"] = _content(history)
+    size = history.stat().st_size
+    assert size > 15 * 2**20
+    backup = StateBackup(
+        section(histories=True, max_size=64 * 2**20, part_size=64 * 1024), state, SITE, GATEWAY, online
+    )
+    with PartsOnDisk(mosquitto, tmp_path / "centre") as centre:
+        tracemalloc.start()
+        try:
+            outcome = await backup.attempt()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert outcome.sent is not None, outcome.reason
+        await centre.wait_until_async(lambda ms: len(ms) >= outcome.sent.parts, 10)
+    assert peak < size / 4, (
+        f"peak {peak / 2**20:.1f} MiB of Python memory for a {size / 2**20:.1f} MiB history"
+    )
+    assert outcome.sent.bytes > 15 * 2**20  # random rows do not compress: held whole, it would show
+    assert imported(joined(centre.parts())[outcome.sent.backup], tmp_path / "new-card") == files
+    assert not (state / WORK_DIR).exists(), "the archive and the export's copies were left on the card"
+
+
+async def test_an_archive_growing_over_max_size_stops_its_export_and_leaves_nothing(
+    mosquitto: Mosquitto, online: MqttUplink, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    learn(state)
+    size = large_history(state).stat().st_size
+    # what a power cut during an earlier send left: removed when the agent starts
+    (state / WORK_DIR / "stale").mkdir(parents=True)
+    backup = StateBackup(section(histories=True, max_size=256 * 1024), state, SITE, GATEWAY, online)
+    assert not (state / WORK_DIR).exists()
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS) as centre:
+        tracemalloc.start()
+        try:
+            outcome = await backup.attempt()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        await asyncio.sleep(0.3)
+        assert centre.snapshot() == []
+    assert outcome.result == "failing"
+    assert outcome.reason == (
+        "the export stopped as the archive grew over [state_backup] max_size (256.0 KiB): not sent"
+    )
+    assert peak < size / 4, f"peak {peak / 2**20:.1f} MiB of Python memory, {size / 2**20:.1f} MiB history"
+    assert not (state / WORK_DIR).exists()
+    # Without the histories it fits, and goes.
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS):
+        lean = StateBackup(section(max_size=256 * 1024), state, SITE, GATEWAY, online)
+        assert (await lean.attempt()).result == "sent"
 
 
 async def test_an_unchanged_state_is_sent_again_after_resend_after(
