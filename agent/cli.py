@@ -261,7 +261,7 @@ def _labelled(label: str, section: dict[str, Any]) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from water_edge.agent.locate import NoAgentError
+    from water_edge.agent.locate import ASK_SYSTEMD, OTHER_CONFIG_HINT, NoAgentError
     from water_edge.agent.status import AgentNotRunningError, StatusRefusedError, request_status
 
     socket: Path | None = None
@@ -269,7 +269,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         socket = _socket_path(args)
         snap = request_status(socket)
     except (AgentNotRunningError, NoAgentError) as exc:
-        print(f"edge-agent: {printable_texts(str(exc))}", file=sys.stderr)
         service = None
         if not isinstance(exc, StatusRefusedError) and not isinstance(exc.__cause__, PermissionError):
             # Why it is not running, as systemd tells it (none of it when the agent answered with a
@@ -278,15 +277,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
             service = service_state(socket=socket, config=Path(args.config or DEFAULT_CONFIG))
         lines = service.lines if service is not None else []
+        # systemd's lines answer "is it running?": the first line need not ask it as well
+        message = str(exc).replace(ASK_SYSTEMD, OTHER_CONFIG_HINT) if lines else str(exc)
+        print(f"edge-agent: {printable_texts(message)}", file=sys.stderr)
         for line in lines:
             print(printable_texts(line), file=sys.stderr)
         if args.json:  # a script reading .verdict.state gets a word, not empty input
             more = {"service": {"unit": service.unit, **service.properties}} if service is not None else {}
-            _json_error(str(exc), verdict={"state": "down", "problems": [str(exc), *lines]}, **more)
+            _json_error(message, verdict={"state": "down", "problems": [message, *lines]}, **more)
         if args.prometheus:  # a textfile collector's file says `down` rather than keeping old figures
             from water_edge.agent.metrics_export import no_agent_text
 
-            sys.stdout.write(no_agent_text(printable_texts(str(exc))))
+            sys.stdout.write(no_agent_text(printable_texts(message)))
         return EXIT_NOT_RUNNING
     if args.prometheus:
         from water_edge.agent.metrics_export import exposition_text

@@ -46,6 +46,12 @@ DEFAULT_AGENT_GROUP = "edge-agent"
 ANNOUNCE_PREFIX = "agent-"
 
 
+# The last words of "no agent answers": `edge-agent status` puts systemd's answer under its first line
+# instead (`OTHER_CONFIG_HINT`), when it has one.
+ASK_SYSTEMD = "Is it running (systemctl status edge-agent)? Otherwise pass -c CONFIG or --socket PATH"
+OTHER_CONFIG_HINT = "If it runs with another config, pass -c CONFIG or --socket PATH"
+
+
 def search_dirs() -> list[Path]:
     """Where running agents announce themselves, in the order `announce_dir` tries them."""
     dirs: list[Path] = []
@@ -302,10 +308,7 @@ def find_socket(socket_arg: str | None, config_arg: str | None, default_config: 
     if denied:
         raise NoAgentError(denied[0])
     tried.append(str(fallback))
-    raise NoAgentError(
-        "no agent answers; tried " + "; ".join(tried) + ". Is it running (systemctl status edge-agent)? "
-        "Otherwise pass -c CONFIG or --socket PATH"
-    )
+    raise NoAgentError("no agent answers; tried " + "; ".join(tried) + ". " + ASK_SYSTEMD)
 
 
 def announcer_gone(link: Path) -> bool:

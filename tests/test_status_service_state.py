@@ -217,6 +217,32 @@ def test_the_installed_command_says_it_too(systemd: Systemd, config: Path) -> No
     ]
 
 
+def test_the_first_line_asks_is_it_running_only_when_systemd_has_not_answered_it(
+    systemd: Systemd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config it cannot read leaves it nothing to go by: it says what it tried, then asks. With
+    systemd's line under it ("is stopped since ..."), the question is answered: not asked."""
+    monkeypatch.setenv("EDGE_AGENT_RUNTIME_DIR", str(tmp_path / "no-agents"))
+    unreadable = tmp_path / "missing.toml"
+    systemd.show(show(ActiveState="inactive", SubState="dead", Result="success",
+                      StateChangeTimestamp=stamp("11:50:02")))  # fmt: skip
+    code, err, out = status(unreadable, "--json")
+    assert code == EXIT_NOT_RUNNING
+    assert err[0].startswith(f"edge-agent: no agent answers; tried {unreadable} (cannot read it); "), err
+    assert err[0].endswith(". If it runs with another config, pass -c CONFIG or --socket PATH"), err
+    assert "Is it running" not in err[0]
+    assert err[1].startswith("edge-agent.service is stopped since 11:50:02"), err
+    assert json.loads(out)["verdict"]["problems"] == [err[0].removeprefix("edge-agent: "), err[1]]
+
+    monkeypatch.setattr(service_state, "SYSTEMD_DIR", tmp_path / "no-such-dir")  # not booted with systemd
+    monkeypatch.delenv(service_state.SYSTEMD_DIR_ENV)
+    code, err, _ = status(unreadable)
+    assert len(err) == 1
+    assert err[0].endswith(
+        ". Is it running (systemctl status edge-agent)? Otherwise pass -c CONFIG or --socket PATH"
+    )
+
+
 @pytest.mark.parametrize(
     ("properties", "said"),
     [
