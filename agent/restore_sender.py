@@ -12,9 +12,11 @@ sender sends one part at a time and waits for its `command_result` (on the gatew
 back the gateway's acknowledgements of its own data and its answers (measured: at 24 kB/s towards
 the gateway, 4 parts of 64 KiB in flight left answers 6 s apart and more), and on a LAN waiting
 costs little. It keeps to the key's rate, sends again a part not answered in time or refused
-`rate_limited`, stops at the first other refusal with its reason, and once the
-archive is staged waits for the gateway's `state_restored` (or `state_restore_failed`) after its
-restart. A gateway on Sparkplug B answers in its NDATA (`Events/Event`): give its group and node.
+`rate_limited`, stops at the first other refusal of one of its parts with its reason (a refusal
+before the signature was checked carries no id: it is known by the digest of the payload it
+answers, `sha_of`), and once the archive is staged waits for the gateway's `state_restored` (or
+`state_restore_failed`) after its restart. A gateway on Sparkplug B answers in its NDATA
+(`Events/Event`): give its group and node.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class Answer:
     status: str  # ok | refused | failed
     reason: str | None
     result: dict[str, Any]
+    sha: str | None = None  # of the payload the gateway answers (`sha_of`); None from a release before it
 
     @property
     def unread(self) -> bool:
@@ -147,6 +150,12 @@ class Outcome:
 class _Flight:
     index: int
     sent_at: float
+    sha: str  # `sha_of` its payload
+
+
+def sha_of(payload: bytes) -> str:
+    """What a gateway's answer says of the payload it answers (`detail.sha`)."""
+    return hashlib.sha256(payload).hexdigest()[:16]
 
 
 @dataclass
@@ -374,7 +383,7 @@ class RestoreSender:
                 self.key, self.key_id, index, ttl_s=self.ttl_s, restart=self.restart, command_id=command_id
             )
             self.link.publish(f"{self.base}/cmd/{COMMAND}", payload)
-            progress.in_flight[command_id] = _Flight(index, now)
+            progress.in_flight[command_id] = _Flight(index, now, sha_of(payload))
             progress.sent_at.append(now)
             progress.published += 1
 
@@ -387,7 +396,7 @@ class RestoreSender:
             except queue.Empty:
                 return None
             answer = _answer(event)
-            if answer is not None and (answer.command_id in progress.in_flight or answer.unread):
+            if answer is not None and (answer.command_id in progress.in_flight or _ours(answer, progress)):
                 return answer
         return None
 
@@ -420,6 +429,14 @@ class RestoreSender:
         return None, False
 
 
+def _ours(answer: Answer, progress: _Progress) -> bool:
+    """An unread refusal (no id) of one of our parts: by the payload's digest it names, or, from a
+    gateway of a release that names none, any such refusal of a `state_restore`."""
+    if not answer.unread:
+        return False
+    return answer.sha is None or any(flight.sha == answer.sha for flight in progress.in_flight.values())
+
+
 def _answer(event: dict[str, Any]) -> Answer | None:
     detail = event.get("detail")
     if event.get("kind") != "command_result" or not isinstance(detail, dict):
@@ -428,9 +445,11 @@ def _answer(event: dict[str, Any]) -> Answer | None:
     if detail.get("type") != COMMAND or not isinstance(command_id, str | None):
         return None
     result = detail.get("result")
+    sha = detail.get("sha")
     return Answer(
         command_id or "",
         str(detail.get("status")),
         None if detail.get("reason") is None else str(detail.get("reason")),
         result if isinstance(result, dict) else {},
+        sha if isinstance(sha, str) else None,
     )

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.agent_proc import running_agent
-from tests.support.broker import Mosquitto, Subscriber, TlsFiles
+from tests.support.broker import Mosquitto, Publisher, Subscriber, TlsFiles
 from tests.support.cli import edge_agent
 from tests.support.commands import command_results, events, operator_security
 from tests.support.impaired_link import ImpairedLink
@@ -234,6 +234,50 @@ def test_the_console_stops_at_the_gateways_refusal_and_says_why(tmp_path: Path) 
         in err.decode()
     )
     assert not (tmp_path / "new-card-state" / "restore" / "pending.tar.gz").exists()
+
+
+def test_another_senders_refusal_without_an_id_does_not_stop_the_console_and_its_own_does(
+    tmp_path: Path,
+) -> None:
+    """A refusal before the signature was checked (`malformed`, `unknown_key`...) names no id: the
+    console knows its own by the digest of the payload it answers (`sha`), and goes on past
+    another sender's. Before, it stopped at any such refusal of a `state_restore`."""
+    operator, key = console_key(tmp_path)
+    archive, baseline = large_learnt_archive(tmp_path)
+    with Mosquitto() as broker:
+        security = operator_security(operator, ["state_restore"]) + "max_per_minute = 600\n"
+        config = plain_card(tmp_path, broker.port, security)
+        with running_agent(config) as agent, Subscriber(broker.host, broker.port, f"{BASE}/events") as seen:
+            agent.wait_status(lambda s: s["uplink"]["state"] == "online", timeout=30)
+            console = send_restore(archive, key, broker.port, "--part-kib", "64", "--per-minute", "600",
+                                   "--wait", "60")  # fmt: skip
+            seen.wait_until(lambda ms: any(r["id"] for r in command_results(ms)), timeout=30)
+            # While the console's parts are in flight, someone else's commands the gateway cannot read.
+            with Publisher(broker.host, broker.port) as stranger:
+                for n in range(3):
+                    stranger.publish(f"{BASE}/cmd/state_restore", b'{"a stranger": %d}' % n)
+            assert agent.process.wait(60) == EXIT_RESTART, agent.log()[-3000:]
+        unread = [r for r in command_results(seen.snapshot()) if r["id"] is None]
+        assert unread, "the stranger's commands were not answered while the console sent its parts"
+        assert {r["reason"].split(":")[0] for r in unread} == {"malformed"}
+        assert all(len(r["sha"]) == 16 for r in unread)
+        with running_agent(config) as agent:
+            out, err = console.communicate(timeout=90)
+            assert console.returncode == 0, err.decode()[-3000:]
+            assert agent.stop() == 0
+        assert "restored: the gateway put 1 files in place at its start" in out.decode()
+        assert (tmp_path / "new-card-state" / "leak" / "h1" / "baseline.json").read_bytes() == baseline
+
+        # Its own parts refused unread (a key this gateway does not trust): it stops, and says why.
+        (tmp_path / "other").mkdir()
+        _, other_key = console_key(tmp_path / "other")
+        with running_agent(config) as agent:
+            agent.wait_status(lambda s: s["uplink"]["state"] == "online", timeout=30)
+            console = send_restore(archive, other_key, broker.port, "--part-kib", "64")
+            _, err = console.communicate(timeout=60)
+            assert agent.stop() == 0
+    assert console.returncode == 1
+    assert "the gateway refused a state_restore command without reading it: bad_signature" in err.decode()
 
 
 def test_a_sparkplug_gateway_takes_an_archive_piped_from_the_centre_and_answers_in_its_ndata(

@@ -109,6 +109,11 @@ class CommandProcessor:
     async def handle(self, topic_suffix: str, payload: bytes) -> CommandResult:
         """Verify and run the command that arrived on `.../cmd/{topic_suffix}`; never raises for bad input."""
         digest = hashlib.sha256(payload).hexdigest()[:16]
+        result = await self._handle(topic_suffix, payload, digest)
+        result.payload_sha = digest
+        return result
+
+    async def _handle(self, topic_suffix: str, payload: bytes, digest: str) -> CommandResult:
         try:
             env = self.authenticate(topic_suffix, payload)
         except EnvelopeError as exc:

@@ -82,6 +82,9 @@ class CommandResult:
     after: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
     # Counted and audited in a summary, not answered one by one (a flood of refusals; see limits.py).
     quiet: bool = False
+    # The first 16 hex digits of the SHA-256 of the payload as received (the audit line's `sha`): a
+    # sender matches by it an answer that cannot carry an id (refused before the signature checked).
+    payload_sha: str | None = None
 
     def then_restart(self, request: Callable[[str], None], reason: str) -> CommandResult:
         """This result, with a restart asked for (`request(reason)`) once it is committed for
@@ -99,6 +102,8 @@ class CommandResult:
             "type": self.command_type,
             "status": self.status,
         }
+        if self.payload_sha is not None:
+            detail["sha"] = self.payload_sha
         if self.reason is not None:
             detail["reason"] = _bounded_reason(self.reason)
         if self.detail:
