@@ -126,6 +126,15 @@ def build_command_channel(
     def apply_config(new: Any) -> Any:
         return wiring_agent[0].apply_config(new)
 
+    async def state_backup(force: bool) -> dict[str, Any]:
+        from water_edge.agent.remote.result import CommandFailedError
+        from water_edge.agent.state_backup import BackupCommandError
+
+        try:
+            return dict(await wiring_agent[0].state_backup.on_command(force))
+        except BackupCommandError as exc:
+            raise CommandFailedError(str(exc)) from None
+
     targets = Targets(
         config_path=config.source,
         models_dir=state / pushed_models.MODELS_DIR,
@@ -144,6 +153,7 @@ def build_command_channel(
             max_bytes=config.state_backup.max_size,
             request_restart=request_restart,
         ),
+        state_backup=state_backup,
     )
     nonces = NonceStore(state / security.nonce_db)
     # Damage found while running: restart, so that the start moves the store aside and resets it.

@@ -66,6 +66,12 @@ UPLINK_POLL_S: Final = 2.0  # how often a backup that is due looks whether the u
 NOT_AUTHORIZED: Final = 0x87
 NO_MATCHING_SUBSCRIBERS: Final = 0x10  # MQTT 5 PUBACK: taken, and delivered to no one
 NS: Final = 1_000_000_000
+# A `state_backup` command is answered within this (the command's own time limit is 30 s).
+COMMAND_ANSWER_S: Final = 20.0
+
+
+class BackupCommandError(Exception):
+    """Why a `state_backup` command did not get the learnt state to the centre."""
 
 
 class _OverMaxSizeError(Exception):
@@ -223,6 +229,8 @@ class StateBackup:
         self.failing_since_ns: int | None = None
         self.failures = 0
         self.sent = 0
+        self._lock = asyncio.Lock()
+        self._commanded: set[asyncio.Task[Outcome]] = set()
 
     # ------------------------------------------------------------------ the task
 
@@ -292,14 +300,52 @@ class StateBackup:
 
     # ------------------------------------------------------------------ one attempt
 
-    async def attempt(self) -> Outcome:
-        """Export, compare, send: one backup attempt, whatever the schedule."""
-        try:
-            return await self._attempt()
-        finally:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+    async def attempt(self, *, force: bool = False) -> Outcome:
+        """Export, compare, send: one backup attempt, whatever the schedule; `force`: sent even when
+        unchanged. One at a time: the schedule's and a command's wait for each other."""
+        async with self._lock:
+            try:
+                return await self._attempt(force)
+            finally:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
 
-    async def _attempt(self) -> Outcome:
+    async def on_command(self, force: bool, answer_within_s: float = COMMAND_ANSWER_S) -> dict[str, Any]:
+        """The signed `state_backup` command: an attempt now, its outcome as the answer's result, or
+        `sending` when it is still sending after `answer_within_s` (a large backup over a slow link
+        takes minutes, and the gateway's one command worker must not wait for it: the attempt goes
+        on, and the status says when the centre has it); `BackupCommandError` with the reason when
+        it failed or backups are off."""
+        if not self.config.enabled:
+            raise BackupCommandError("state backups are off on this gateway ([state_backup] enabled = false)")
+        task = asyncio.create_task(self.attempt(force=force))
+        self._commanded.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(self._commanded.discard)
+        done, _ = await asyncio.wait({task}, timeout=answer_within_s)
+        if not done:
+            return {
+                "outcome": "sending",
+                "reason": f"still sending after {answer_within_s:g} s: the status's state_backup says "
+                "when the centre has it",
+            }
+        outcome = task.result()
+        if outcome.result == "failing":
+            raise BackupCommandError(outcome.reason or "failed")
+        result: dict[str, Any] = {"outcome": outcome.result}
+        sent = outcome.sent if outcome.sent is not None else self.last
+        if outcome.result == "nothing":
+            result["reason"] = outcome.reason
+        elif sent is not None:  # "unchanged": the backup of this state the centre has had since `sent_ns`
+            result |= {
+                "backup": sent.backup,
+                "sent_ns": sent.sent_ns,
+                "bytes": sent.bytes,
+                "parts": sent.parts,
+                "files": sent.files,
+                "topic": self.uplink.topics.state_backup,
+            }
+        return result
+
+    async def _attempt(self, force: bool) -> Outcome:
         cfg = self.config
         try:
             exported = await asyncio.to_thread(self._export)
@@ -316,7 +362,7 @@ class StateBackup:
         parts, files, print_ = exported
         last = self.last
         young = last is not None and now_ns() - last.sent_ns < cfg.resend_after * NS
-        if last is not None and young and last.fingerprint == print_:
+        if not force and last is not None and young and last.fingerprint == print_:
             return self._done(Outcome("unchanged", "unchanged"))
         if (why := await self._send(parts)) is not None:
             return await self._failed(why)

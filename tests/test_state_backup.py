@@ -25,6 +25,7 @@ import pytest
 
 from tests.support.agent_proc import running_agent
 from tests.support.broker import Mosquitto, Received, Subscriber
+from tests.support.impaired_link import ImpairedLink
 from tests.support.sparkplug import edge_config
 from tests.support.testing import AGENT_GATEWAY, AGENT_SITE, STATUS_SCHEMA, eventually, write_agent_config
 from tests.support.uplink import GATEWAY, SITE, StartUplink, mqtt_config
@@ -331,6 +332,35 @@ async def test_an_archive_growing_over_max_size_stops_its_export_and_leaves_noth
     with Subscriber(mosquitto.host, mosquitto.port, BACKUPS):
         lean = StateBackup(section(max_size=256 * 1024), state, SITE, GATEWAY, online)
         assert (await lean.attempt()).result == "sent"
+
+
+async def test_a_commanded_backup_still_sending_is_answered_sending_and_goes_on(
+    mosquitto: Mosquitto, outbox: AsyncOutbox, start_uplink: StartUplink, tmp_path: Path
+) -> None:
+    """The `state_backup` command's answer: the gateway's one command worker does not wait for a
+    backup over a slow link (8 kB/s up here, GPRS is slower); the backup is sent all the same."""
+    link = ImpairedLink(mosquitto.host, mosquitto.port, up_bps=8000)
+    port = await link.start()
+    try:
+        run = await start_uplink(mqtt_config(mosquitto, host="127.0.0.1", port=port), outbox)
+        await eventually(lambda: run.uplink.health().connected, 10, what="the uplink online")
+        state = tmp_path / "state"
+        files = learn(state)
+        backup = StateBackup(section(), state, SITE, GATEWAY, run.uplink)
+        with Subscriber(mosquitto.host, mosquitto.port, BACKUPS) as centre:
+            answer = await backup.on_command(False, answer_within_s=0.5)
+            assert answer == {
+                "outcome": "sending",
+                "reason": "still sending after 0.5 s: the status's state_backup says when the centre has it",
+            }
+            # A second command waits for the first attempt (one at a time), then finds it sent.
+            after = await backup.on_command(False, answer_within_s=60)
+            assert after["outcome"] == "unchanged", after
+            received = await centre.wait_until_async(lambda ms: len(ms) >= after["parts"], 10)
+        assert imported(joined(received)[after["backup"]], tmp_path / "new-card") == files
+        assert backup.health().sent == 1
+    finally:
+        await link.stop()
 
 
 async def test_an_unchanged_state_is_sent_again_after_resend_after(

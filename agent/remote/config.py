@@ -25,6 +25,7 @@ CommandType = Literal[
     "update",
     "update_chunk",
     "state_restore",
+    "state_backup",
 ]
 COMMAND_TYPES: tuple[str, ...] = CommandType.__args__  # type: ignore[attr-defined]
 # What a config_update may change beyond the ordinary settings, each only with its own right:

@@ -99,6 +99,8 @@ class Targets:
     apply_config: Callable[[Config], ConfigPlan] | None = None
     # Stages a learnt-state archive sent in parts (`agent.state_restore.StateRestoreReceiver`).
     state_restore: RestoreLike | None = None
+    # Sends the learnt state to the centre now (`agent.state_backup.StateBackup.on_command`, `force`).
+    state_backup: Callable[[bool], Awaitable[dict[str, Any]]] | None = None
 
 
 def _need(value: Any, what: str) -> Any:
@@ -174,6 +176,13 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
         receiver: RestoreLike = _need(targets.state_restore, "state restore")
         return await receiver.part(env)
 
+    async def state_backup(env: Envelope) -> CommandResult:
+        backup_now = _need(targets.state_backup, "state backup")
+        force = env.args.get("force", False)
+        if not isinstance(force, bool):
+            raise CommandFailedError("argument 'force' must be true or false")
+        return CommandResult("ok", detail=await backup_now(force))
+
     # Every calibration command type the gateway knows gets a handler, offered or not: without
     # its processor configured it fails as "not available" rather than being refused.
     calibrations = {c for c in COMMAND_TYPES if c.endswith("_calibration")} | set(targets.calibrations)
@@ -187,6 +196,7 @@ def build_handlers(targets: Targets) -> dict[str, Handler]:
         "update": update,
         "update_chunk": update_chunk,
         "state_restore": state_restore,
+        "state_backup": state_backup,
     }
 
 
