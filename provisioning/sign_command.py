@@ -31,7 +31,7 @@ SINCE: dict[str, str] = {
     "update": "f6db063 (2026-12-01)",
     "update_chunk": "f6db063 (2026-12-01)",
     "state_restore": "47f8824 (2026-12-07)",
-    "state_backup": "28a3023 (2026-12-08)",
+    "state_backup": "1440565 (2026-12-08)",
 }
 
 
