@@ -1,7 +1,9 @@
 """The agent sends its learnt state to the centre by itself (`[state_backup]`).
 
 `edge-agent state export` needs the old card alive, and a dead SD card is the common case. So,
-`first_after` the agent starts and then every `interval`, `StateBackup` exports the learnt state
+`first_after` the agent starts, then every `interval` and `after_change` after the learnt files
+changed (looked at every minute: a recalibration reaches the centre within the hour, not the next
+day), `StateBackup` exports the learnt state
 (agent/state_transfer.py, in a thread) into a file under `{state_dir}/.state_backup/`, reads it back
 one part at a time (agent/backup_parts.py: the wire format) and publishes the parts one at a time
 at QoS 1 on `{prefix}/{site}/{gateway}/state_backup` over the uplink's own connection
@@ -28,11 +30,13 @@ technician fetches one and runs `edge-agent state import`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +48,7 @@ from water_edge.agent import __version__
 from water_edge.agent.backup_parts import FileParts, file_parts
 from water_edge.agent.config.schema import StateBackupSection
 from water_edge.agent.state_restore import RestoreRecord, load_last
-from water_edge.agent.state_transfer import StateTransferError, write_export
+from water_edge.agent.state_transfer import StateTransferError, learnt_files, write_export
 from water_edge.agent.uplink.health import UplinkHealth
 from water_edge.agent.uplink.topics import Topics
 from water_edge.agent.uplink.transport import Reason, TooLargeError
@@ -66,6 +70,8 @@ UPLINK_POLL_S: Final = 2.0  # how often a backup that is due looks whether the u
 NOT_AUTHORIZED: Final = 0x87
 NO_MATCHING_SUBSCRIBERS: Final = 0x10  # MQTT 5 PUBACK: taken, and delivered to no one
 NS: Final = 1_000_000_000
+# How often the learnt files are looked at for a change (`after_change`), at most.
+CHANGE_POLL_S: Final = 60.0
 # A `state_backup` command is answered within this (the command's own time limit is 30 s).
 COMMAND_ANSWER_S: Final = 20.0
 
@@ -183,6 +189,21 @@ class StateBackupHealth:
         return [f"state backup: first {nxt}"]
 
 
+Stamp = tuple[tuple[str, int, int], ...]
+
+
+def learnt_stamp(state_dir: Path) -> Stamp:
+    """The learnt files' names, sizes and modification times, without the rolling histories (they
+    change every second; a recalibration writes the calibration beside them): a few stat calls,
+    cheap enough to look every minute whether a backup is due early."""
+    stamp = []
+    for relative in learnt_files(state_dir, histories=False):
+        with contextlib.suppress(OSError):  # replaced or removed between the listing and here
+            info = (state_dir / relative).stat()
+            stamp.append((relative.as_posix(), info.st_size, info.st_mtime_ns))
+    return tuple(stamp)
+
+
 def fingerprint(files: dict[str, Any]) -> str:
     """SHA-256 of the manifest's sorted (name, sha256) list: the same learnt files, the same print."""
     pairs = sorted((str(name), str(entry.get("sha256"))) for name, entry in files.items())
@@ -230,19 +251,22 @@ class StateBackup:
         self.failures = 0
         self.sent = 0
         self._lock = asyncio.Lock()
+        self._stamp: Stamp | None = None  # the learnt files when the last attempt began
         self._commanded: set[asyncio.Task[Outcome]] = set()
 
     # ------------------------------------------------------------------ the task
 
     async def run(self) -> None:
-        """Back up `first_after` the start, then every `interval` (sooner after a failure). Never raises."""
+        """Back up `first_after` the start, then every `interval` (sooner after a failure, and
+        `after_change` after the learnt files changed). Never raises."""
         if not self.config.enabled:
             log.info("state_backup.off")
             return
+        self._stamp = await asyncio.to_thread(learnt_stamp, self.state_dir)
         delay = self.config.first_after
         while True:
             self.next_ns = now_ns() + int(delay * NS)
-            await asyncio.sleep(delay)
+            await self._wait(delay)
             await self._until_online()
             try:
                 outcome = await self.attempt()
@@ -250,6 +274,29 @@ class StateBackup:
                 log.exception("state_backup.crashed")
                 outcome = await self._failed(f"{type(exc).__name__}: {exc}")
             delay = self._next_delay(outcome)
+
+    async def _wait(self, delay: float) -> None:
+        """Sleep `delay`, or less when the learnt files change meanwhile (a new calibration, a
+        night's baseline): the backup is then due `after_change` after the change was first seen,
+        so that a card dying later that day does not take a day's learning with it. Not while
+        failing: the retry's wait stands."""
+        after = self.config.after_change
+        failing = self.outcome is not None and self.outcome.result == "failing"
+        if after <= 0 or failing:
+            await asyncio.sleep(delay)
+            return
+        poll = min(CHANGE_POLL_S, after / 4)
+        end = time.monotonic() + delay
+        due = end
+        while (left := due - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, poll))
+            if due < end:
+                continue  # a change is seen already: only its time is awaited
+            stamp = await asyncio.to_thread(learnt_stamp, self.state_dir)
+            if stamp != self._stamp:
+                due = min(end, time.monotonic() + after)
+                self.next_ns = now_ns() + int((due - time.monotonic()) * NS)
+                log.info("state_backup.learnt_state_changed", due_in_s=round(due - time.monotonic(), 1))
 
     async def _until_online(self) -> None:
         """A backup that falls due while the uplink is offline waits for it: the uplink's own status
@@ -347,6 +394,8 @@ class StateBackup:
 
     async def _attempt(self, force: bool) -> Outcome:
         cfg = self.config
+        # Before the export: a change while it runs is seen by the next wait.
+        self._stamp = await asyncio.to_thread(learnt_stamp, self.state_dir)
         try:
             exported = await asyncio.to_thread(self._export)
         except _OverMaxSizeError:

@@ -363,6 +363,57 @@ async def test_a_commanded_backup_still_sending_is_answered_sending_and_goes_on(
         await link.stop()
 
 
+async def test_a_change_to_the_learnt_state_is_sent_after_change_not_a_day_later(
+    mosquitto: Mosquitto, online: MqttUplink, tmp_path: Path
+) -> None:
+    """A recalibration in the morning was at the centre only with the next daily backup: a card
+    dying that afternoon took it with it. Now a change is sent `after_change` after it is seen."""
+    state = tmp_path / "state"
+    learn(state)
+    backup = StateBackup(section(after_change=0.4), state, SITE, GATEWAY, online)  # interval: 1 h
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS) as centre:
+        task = asyncio.create_task(backup.run())
+        try:
+            await eventually(lambda: backup.health().sent == 1, 10, what="the first backup")
+            first = backup.last
+            assert first is not None
+            # the same bytes written again (a record saved unchanged): looked at, not sent
+            calibration = state / "pump" / "p1" / "calibration.bin"
+            calibration.write_bytes(calibration.read_bytes())
+            await eventually(lambda: backup.outcome is not None and backup.outcome.result == "unchanged", 10,
+                             what="the rewrite looked at")  # fmt: skip
+            # a new calibration: sent well before the hour
+            files = learn(state, seed=2)
+            await eventually(lambda: backup.health().sent == 2, 10, what="the new calibration sent")
+            second = backup.last
+            assert second is not None
+            received = await centre.wait_until_async(lambda ms: len(ms) >= first.parts + second.parts, 10)
+            # a rolling history growing is no change that makes a backup due
+            rolling_history(state, "pump/p1/history.sqlite", 100)
+            await asyncio.sleep(1.5)
+            assert backup.health().sent == 2
+        finally:
+            task.cancel()
+    assert imported(joined(received)[second.backup], tmp_path / "new-card") == files
+
+
+async def test_without_after_change_a_change_waits_for_the_interval(
+    mosquitto: Mosquitto, online: MqttUplink, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    learn(state)
+    backup = StateBackup(section(after_change=0.0), state, SITE, GATEWAY, online)
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS):
+        task = asyncio.create_task(backup.run())
+        try:
+            await eventually(lambda: backup.health().sent == 1, 10, what="the first backup")
+            learn(state, seed=2)
+            await asyncio.sleep(1.5)
+            assert backup.health().sent == 1
+        finally:
+            task.cancel()
+
+
 async def test_an_unchanged_state_is_sent_again_after_resend_after(
     mosquitto: Mosquitto, online: MqttUplink, tmp_path: Path
 ) -> None:
@@ -695,7 +746,12 @@ def _config(tmp_path: Path, body: str) -> Path:
 def test_config_defaults(tmp_path: Path) -> None:
     cfg = load_config(_config(tmp_path, "")).state_backup
     assert (cfg.enabled, cfg.interval, cfg.first_after, cfg.resend_after) == (True, 86400, 600, 7 * 86400)
-    assert (cfg.part_size, cfg.max_size, cfg.histories) == (64 * 1024, 32 * 2**20, False)
+    assert (cfg.part_size, cfg.max_size, cfg.histories, cfg.after_change) == (
+        64 * 1024,
+        32 * 2**20,
+        False,
+        3600,
+    )
 
 
 def test_config_takes_durations_and_sizes_with_units(tmp_path: Path) -> None:
@@ -707,12 +763,17 @@ def test_config_takes_durations_and_sizes_with_units(tmp_path: Path) -> None:
     assert (cfg.interval, cfg.first_after, cfg.resend_after) == (43200, 30, 3 * 86400)
     assert (cfg.part_size, cfg.max_size, cfg.enabled) == (100 * 1024, 8 * 2**20, False)
     assert load_config(_config(tmp_path, "[state_backup]\ninterval = 7200\n")).state_backup.interval == 7200
+    assert (
+        load_config(_config(tmp_path, '[state_backup]\nafter_change = "15min"\n')).state_backup.after_change
+        == 900
+    )
+    assert load_config(_config(tmp_path, "[state_backup]\nafter_change = 0\n")).state_backup.after_change == 0
 
 
 def test_config_errors_name_the_file_the_key_and_what_is_expected(tmp_path: Path) -> None:
     body = (
         '[state_backup]\ninterval = "10min"\nfirst_after = "soon"\nresend_after = true\n'
-        'part_size = "1KiB"\nmax_size = "2GiB"\nenabeld = false\n'
+        'part_size = "1KiB"\nmax_size = "2GiB"\nenabeld = false\nafter_change = "10s"\n'
     )
     path = _config(tmp_path, body)
     with pytest.raises(ConfigError) as caught:
@@ -727,6 +788,8 @@ def test_config_errors_name_the_file_the_key_and_what_is_expected(tmp_path: Path
             f"{path}: state_backup.part_size: expected 4 KiB to 16 MiB, e.g. '64KiB' (got '1KiB')",
             f"{path}: state_backup.max_size: expected 4 KiB to 1 GiB, e.g. '32MiB' (got '2GiB')",
             f"{path}: state_backup.enabeld: unknown key (not part of the schema; check the spelling)",
+            f"{path}: state_backup.after_change: expected 0 (off), or 1 min ('1min') to a day ('24h') "
+            "(got '10s')",
         ]
     )
 

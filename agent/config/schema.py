@@ -171,6 +171,9 @@ class StateBackupSection(_Section):
     # Also send the pumps' and machines' rolling feature histories (~75 MB a pump over 14 days at
     # 1 s): only for a recalibration on the new card; the calibrations are sent without them.
     histories: bool = False
+    # A change to the learnt files (a recalibration, a night's baseline) is sent this long after it
+    # is first seen instead of at the next `interval`; 0: only at the interval.
+    after_change: Duration = 3600.0
 
     @field_validator("interval", "resend_after")
     @classmethod
@@ -181,6 +184,13 @@ class StateBackupSection(_Section):
     @classmethod
     def _a_day(cls, value: float) -> float:
         return _between(value, 0, 86_400, "0", "a day ('24h')")
+
+    @field_validator("after_change")
+    @classmethod
+    def _off_or_a_minute_to_a_day(cls, value: float) -> float:
+        if value != 0 and not 60 <= value <= 86_400:
+            raise ValueError("expected 0 (off), or 1 min ('1min') to a day ('24h')")
+        return value
 
     @field_validator("part_size")
     @classmethod
