@@ -22,10 +22,8 @@ answers, `sha_of`), and once the archive is staged waits for the gateway's `stat
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import queue
-import ssl
 import time
 import uuid
 from collections import deque
@@ -34,19 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
-import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from google.protobuf.message import DecodeError
-from paho.mqtt.enums import CallbackAPIVersion
 
+from water_edge.agent.operator_link import Answer, Broker, ConsoleError, OperatorLink, answer_of, sha_of
 from water_edge.agent.remote.chunks import MIN_CHUNK_BYTES
 from water_edge.agent.state_transfer import Imported, StateTransferError, inspect_archive
-from water_edge.agent.uplink.compression import decompress
-from water_edge.agent.uplink.sparkplug.proto import Payload
-from water_edge.agent.uplink.sparkplug.topics import SparkplugTopics
 from water_edge.core import envelope
-from water_edge.core.errors import AgentError
 
 PART_BYTES: Final = 192 * 1024  # of archive a part: ~260 KiB signed, within max_command_bytes (512 KiB)
 RESTORE_TTL_S: Final = 3600
@@ -56,7 +47,7 @@ RATE_HOLD_S: Final = 10.0  # pause after a part refused `rate_limited`
 COMMAND: Final = "state_restore"
 
 
-class RestoreSendError(AgentError):
+class RestoreSendError(ConsoleError):
     """Why a restore was not taken, in words for the operator."""
 
 
@@ -108,35 +99,6 @@ class RestoreArchive:
 
 
 @dataclass(frozen=True, slots=True)
-class Broker:
-    """Where the operator's connection goes, and with which credentials."""
-
-    host: str
-    port: int = 8883
-    ca_file: Path | None = None  # TLS when given (or with a client certificate)
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    username: str | None = None
-    password: str | None = None
-    connect_timeout_s: float = 15.0
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    command_id: str  # "" for a refusal before the signature was checked (`unread`)
-    status: str  # ok | refused | failed
-    reason: str | None
-    result: dict[str, Any]
-    sha: str | None = None  # of the payload the gateway answers (`sha_of`); None from a release before it
-
-    @property
-    def unread(self) -> bool:
-        """Refused before its signature was checked: the gateway believes nothing it says, its id
-        included (too large, malformed, an unknown key, a bad signature)."""
-        return not self.command_id and self.status != "ok"
-
-
-@dataclass(frozen=True, slots=True)
 class Outcome:
     """What became of the restore (`restored` None: not waited for, or no word within the wait)."""
 
@@ -153,11 +115,6 @@ class _Flight:
     sha: str  # `sha_of` its payload
 
 
-def sha_of(payload: bytes) -> str:
-    """What a gateway's answer says of the payload it answers (`detail.sha`)."""
-    return hashlib.sha256(payload).hexdigest()[:16]
-
-
 @dataclass
 class _Progress:
     in_flight: dict[str, _Flight] = field(default_factory=dict)  # command id -> part
@@ -166,107 +123,6 @@ class _Progress:
     hold_until: float = 0.0  # after a `rate_limited`: the gateway counts the key's other commands too
     slowest_s: float = 0.0  # the longest a part has taken to be answered: what this link needs
     published: int = 0
-
-
-def json_events(payload: bytes, content_type: str) -> list[Any]:
-    """The events of a JSON uplink's `events` message (compressed or not)."""
-    document = orjson.loads(decompress(content_type, payload))
-    events = document.get("events") if isinstance(document, dict) else None
-    return events if isinstance(events, list) else []
-
-
-def sparkplug_events(payload: bytes, _content_type: str) -> list[Any]:
-    """The events of a Sparkplug B node's NDATA: the values of its `Events/Event` metric, each a
-    JSON document with a `kind` (found by that shape: NDATA names the metric by its alias only)."""
-    found = []
-    for metric in Payload.FromString(payload).metrics:
-        if metric.WhichOneof("value") != "string_value":
-            continue
-        with contextlib.suppress(orjson.JSONDecodeError):
-            document = orjson.loads(metric.string_value)
-            if isinstance(document, dict) and "kind" in document:
-                found.append(document)
-    return found
-
-
-EventDecoder = Callable[[bytes, str], list[Any]]
-
-
-class _Link:
-    """The operator's MQTT connection: publishes parts, collects the gateway's events."""
-
-    def __init__(self, broker: Broker, events_topic: str, decode: EventDecoder) -> None:
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.events_topic = events_topic
-        self._decode = decode
-        self._subscribed = queue.Queue[bool]()
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"restore-{uuid.uuid4().hex[:12]}",
-                             protocol=paho.MQTTv5)  # fmt: skip
-        client.connect_timeout = broker.connect_timeout_s
-        if broker.ca_file is not None or broker.cert_file is not None:
-            try:
-                client.tls_set(
-                    ca_certs=None if broker.ca_file is None else str(broker.ca_file),
-                    certfile=None if broker.cert_file is None else str(broker.cert_file),
-                    keyfile=None if broker.key_file is None else str(broker.key_file),
-                    cert_reqs=ssl.CERT_REQUIRED,
-                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
-                )
-            except (OSError, ssl.SSLError) as exc:
-                raise RestoreSendError(f"cannot load the TLS files: {exc}") from exc
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.password)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        self.client = client
-        self.broker = broker
-
-    def open(self) -> None:
-        where = f"{self.broker.host}:{self.broker.port}"
-        try:
-            self.client.connect(self.broker.host, self.broker.port, keepalive=30)
-        except (OSError, ssl.SSLError) as exc:
-            raise RestoreSendError(f"cannot reach the broker {where}: {exc}") from exc
-        self.client.loop_start()
-        try:
-            ok = self._subscribed.get(timeout=self.broker.connect_timeout_s)
-        except queue.Empty:
-            ok = False
-        if not ok:
-            self.close()
-            raise RestoreSendError(
-                f"the broker {where} did not let this connection read {self.events_topic} within "
-                f"{self.broker.connect_timeout_s:g} s: the gateway's answers come there (its ACL?)"
-            )
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        info = self.client.publish(topic, payload, qos=1)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise RestoreSendError(f"cannot publish on {topic}: {paho.error_string(info.rc)}")
-
-    def _on_connect(self, client: paho.Client, _u: Any, _flags: Any, reason: Any, _p: Any = None) -> None:
-        if reason.is_failure:
-            self._subscribed.put(False)
-            return
-        client.subscribe(self.events_topic, qos=1)
-
-    def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, reasons: Any, _p: Any = None) -> None:
-        self._subscribed.put(all(not r.is_failure for r in reasons))
-
-    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        content_type = getattr(msg.properties, "ContentType", "") or ""
-        try:
-            events = self._decode(bytes(msg.payload), content_type)
-        except (ValueError, OSError, DecodeError):
-            return  # not the documented payload: not an answer to us
-        for event in events:
-            if isinstance(event, dict):
-                self.events.put(event)
 
 
 class RestoreSender:
@@ -293,11 +149,7 @@ class RestoreSender:
         self.key = key
         self.key_id = key_id
         self.base = f"{prefix}/{archive.target}"
-        if sparkplug is None:
-            self.link = _Link(broker, f"{self.base}/events", json_events)
-        else:  # "group/node": the answers come as the node's events in NDATA
-            group, _, node = sparkplug.partition("/")
-            self.link = _Link(broker, SparkplugTopics(group, node).ndata, sparkplug_events)
+        self.link = OperatorLink.to_gateway(broker, self.base, sparkplug, name="restore")
         self.per_minute = per_minute
         self.answer_timeout_s = answer_timeout_s
         self.max_attempts = attempts
@@ -395,8 +247,8 @@ class RestoreSender:
                 event = self.link.events.get(timeout=left)
             except queue.Empty:
                 return None
-            answer = _answer(event)
-            if answer is not None and (answer.command_id in progress.in_flight or _ours(answer, progress)):
+            answer = answer_of(event, COMMAND)
+            if answer is not None and any(answer.answers(i, f.sha) for i, f in progress.in_flight.items()):
                 return answer
         return None
 
@@ -427,29 +279,3 @@ class RestoreSender:
             if event.get("kind") == "state_restore_failed":
                 return detail, False
         return None, False
-
-
-def _ours(answer: Answer, progress: _Progress) -> bool:
-    """An unread refusal (no id) of one of our parts: by the payload's digest it names, or, from a
-    gateway of a release that names none, any such refusal of a `state_restore`."""
-    if not answer.unread:
-        return False
-    return answer.sha is None or any(flight.sha == answer.sha for flight in progress.in_flight.values())
-
-
-def _answer(event: dict[str, Any]) -> Answer | None:
-    detail = event.get("detail")
-    if event.get("kind") != "command_result" or not isinstance(detail, dict):
-        return None
-    command_id = detail.get("id")
-    if detail.get("type") != COMMAND or not isinstance(command_id, str | None):
-        return None
-    result = detail.get("result")
-    sha = detail.get("sha")
-    return Answer(
-        command_id or "",
-        str(detail.get("status")),
-        None if detail.get("reason") is None else str(detail.get("reason")),
-        result if isinstance(result, dict) else {},
-        sha if isinstance(sha, str) else None,
-    )

@@ -14,12 +14,11 @@ with the envelopes on stdout, 1 for an archive the gateway would refuse.
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from water_edge.agent.commands._console import add_broker_arguments, broker_from
 from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK
 from water_edge.core.cli_numbers import number, whole
 
@@ -60,7 +59,6 @@ def register_restore(sub: Any) -> None:
         p.add_argument("--key", type=Path, required=True, help="operator private key (PEM)")
         p.add_argument("--key-id", required=True, help="the operator name the gateway config trusts")
         p.add_argument("--target", required=True, help="SITE/GATEWAY: the gateway that takes it")
-        p.add_argument("--prefix", default="water", help="the gateway's [uplink] prefix (default water)")
         p.add_argument(
             "--part-kib", type=whole(8, 3072), default=192, help="KiB of archive a part (default 192)"
         )
@@ -82,27 +80,14 @@ def register_restore(sub: Any) -> None:
         )
         if name == "sign-state-restore":
             p.add_argument("--parts", type=_part_range, help="only parts FIRST-LAST (0-based), e.g. 30-59")
+            p.add_argument("--prefix", default="water", help="the gateway's [uplink] prefix (default water)")
         else:
             _broker_arguments(p)
         p.set_defaults(func=run)
 
 
 def _broker_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", required=True, help="the broker's host (the gateway's [uplink] broker)")
-    p.add_argument(
-        "--sparkplug",
-        metavar="GROUP/NODE",
-        help="the gateway speaks Sparkplug B: its [uplink.sparkplug] group_id/edge_node_id, whose NDATA "
-        "carries its answers (default: its JSON events topic)",
-    )
-    p.add_argument("--port", type=whole(1, 65535), help="default 8883 with TLS, 1883 without")
-    p.add_argument("--cafile", type=Path, help="CA of the broker's certificate: TLS (without it: plain MQTT)")
-    p.add_argument("--cert", type=Path, help="this console's client certificate (PEM)")
-    p.add_argument("--client-key", type=Path, help="its private key (PEM)")
-    p.add_argument("--username", help="MQTT user name, when the broker wants one")
-    p.add_argument(
-        "--password-env", help="the environment variable holding the MQTT password (asked for when not set)"
-    )
+    add_broker_arguments(p)
     p.add_argument(
         "--per-minute",
         type=whole(1, 600),
@@ -208,27 +193,14 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace) -> int:
-    from water_edge.agent.restore_sender import Broker, RestoreSender, RestoreSendError
+    from water_edge.agent.operator_link import ConsoleError
+    from water_edge.agent.restore_sender import RestoreSender
 
     try:
         archive, key = _archive(args)
     except _RefusedError as exc:
         return _fail(str(exc))
-    password = None
-    if args.username is not None:
-        password = os.environ.get(args.password_env or "") or getpass.getpass(
-            f"MQTT password of {args.username}: "
-        )
-    tls = args.cafile is not None or args.cert is not None
-    broker = Broker(
-        args.broker,
-        args.port or (8883 if tls else 1883),
-        ca_file=args.cafile,
-        cert_file=args.cert,
-        key_file=args.client_key,
-        username=args.username,
-        password=password,
-    )
+    broker = broker_from(args)
 
     def say(line: str) -> None:
         sys.stderr.write(f"edge-agent ca: {line}\n")
@@ -242,7 +214,7 @@ def _send(args: argparse.Namespace) -> int:
     )  # fmt: skip
     try:
         outcome = sender.run()
-    except RestoreSendError as exc:
+    except ConsoleError as exc:
         return _fail(str(exc))
     return _report(outcome, args)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from water_edge.agent.commands._ca_restore import register_restore
+from water_edge.agent.commands._ca_send import register_send
 from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK, output_failed
 from water_edge.core.cli_numbers import whole
 from water_edge.provisioning.enrol_options import add_service_arguments
@@ -115,6 +116,7 @@ def _register_commands(sub: Any, with_dir: Any) -> None:
     p.add_argument("--ttl", type=whole(1), default=300, help="seconds until it expires")
     p.set_defaults(func=_sign_command)
 
+    register_send(sub)
     register_restore(sub)
 
     p = sub.add_parser("serve-enrolment", help="run the reference claim-enrolment service")
