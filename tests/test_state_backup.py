@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,16 @@ async def test_the_rolling_histories_stay_on_the_card_unless_asked_for(
     ]
 
 
+@contextlib.contextmanager
+def running(backup: StateBackup) -> Iterator[StateBackup]:
+    """`backup.run()` as the agent runs it, a task on the test's loop, cancelled at the end."""
+    task = asyncio.create_task(backup.run())
+    try:
+        yield backup
+    finally:
+        task.cancel()
+
+
 def large_history(state_dir: Path) -> Path:
     """A pump's rolling history of 16 MiB of random (incompressible) rows."""
     history = state_dir / "pump" / "p1" / "history.sqlite"
@@ -371,29 +381,25 @@ async def test_a_change_to_the_learnt_state_is_sent_after_change_not_a_day_later
     state = tmp_path / "state"
     learn(state)
     backup = StateBackup(section(after_change=0.4), state, SITE, GATEWAY, online)  # interval: 1 h
-    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS) as centre:
-        task = asyncio.create_task(backup.run())
-        try:
-            await eventually(lambda: backup.health().sent == 1, 10, what="the first backup")
-            first = backup.last
-            assert first is not None
-            # the same bytes written again (a record saved unchanged): looked at, not sent
-            calibration = state / "pump" / "p1" / "calibration.bin"
-            calibration.write_bytes(calibration.read_bytes())
-            await eventually(lambda: backup.outcome is not None and backup.outcome.result == "unchanged", 10,
-                             what="the rewrite looked at")  # fmt: skip
-            # a new calibration: sent well before the hour
-            files = learn(state, seed=2)
-            await eventually(lambda: backup.health().sent == 2, 10, what="the new calibration sent")
-            second = backup.last
-            assert second is not None
-            received = await centre.wait_until_async(lambda ms: len(ms) >= first.parts + second.parts, 10)
-            # a rolling history growing is no change that makes a backup due
-            rolling_history(state, "pump/p1/history.sqlite", 100)
-            await asyncio.sleep(1.5)
-            assert backup.health().sent == 2
-        finally:
-            task.cancel()
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS) as centre, running(backup):
+        await eventually(lambda: backup.health().sent == 1, 10, what="the first backup")
+        first = backup.last
+        assert first is not None
+        # the same bytes written again (a record saved unchanged): looked at, not sent
+        calibration = state / "pump" / "p1" / "calibration.bin"
+        calibration.write_bytes(calibration.read_bytes())
+        await eventually(lambda: backup.outcome is not None and backup.outcome.result == "unchanged", 10,
+                         what="the rewrite looked at")  # fmt: skip
+        # a new calibration: sent well before the hour
+        files = learn(state, seed=2)
+        await eventually(lambda: backup.health().sent == 2, 10, what="the new calibration sent")
+        second = backup.last
+        assert second is not None
+        received = await centre.wait_until_async(lambda ms: len(ms) >= first.parts + second.parts, 10)
+        # a rolling history growing is no change that makes a backup due
+        rolling_history(state, "pump/p1/history.sqlite", 100)
+        await asyncio.sleep(1.5)
+        assert backup.health().sent == 2
     assert imported(joined(received)[second.backup], tmp_path / "new-card") == files
 
 
@@ -403,15 +409,11 @@ async def test_without_after_change_a_change_waits_for_the_interval(
     state = tmp_path / "state"
     learn(state)
     backup = StateBackup(section(after_change=0.0), state, SITE, GATEWAY, online)
-    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS):
-        task = asyncio.create_task(backup.run())
-        try:
-            await eventually(lambda: backup.health().sent == 1, 10, what="the first backup")
-            learn(state, seed=2)
-            await asyncio.sleep(1.5)
-            assert backup.health().sent == 1
-        finally:
-            task.cancel()
+    with Subscriber(mosquitto.host, mosquitto.port, BACKUPS), running(backup):
+        await eventually(lambda: backup.health().sent == 1, 10, what="the first backup")
+        learn(state, seed=2)
+        await asyncio.sleep(1.5)
+        assert backup.health().sent == 1
 
 
 async def test_an_unchanged_state_is_sent_again_after_resend_after(

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-from water_edge.agent.commands._console import add_broker_arguments, broker_from
+from water_edge.agent.commands._console import add_broker_arguments, add_command_arguments, broker_from
 from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK
-from water_edge.core.cli_numbers import number, whole
+from water_edge.core.cli_numbers import number
 
 
 def register_send(sub: Any) -> None:
@@ -27,13 +26,7 @@ def register_send(sub: Any) -> None:
         "send-command",
         help="sign a command, send it to its gateway and print the gateway's answer (docs/security.md)",
     )
-    p.add_argument("--key", type=Path, required=True, help="operator private key (PEM)")
-    p.add_argument("--key-id", required=True, help="the operator name the gateway config trusts")
-    p.add_argument("--type", required=True, dest="command_type")
-    p.add_argument("--target", required=True, help="SITE/GATEWAY")
-    p.add_argument("--args", default="{}", help="JSON object of arguments")
-    p.add_argument("--args-file", type=Path, help="read a string argument from a file: NAME=PATH")
-    p.add_argument("--ttl", type=whole(1), default=300, help="seconds until it expires")
+    add_command_arguments(p)
     add_broker_arguments(p)
     p.add_argument(
         "--wait",

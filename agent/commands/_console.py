@@ -1,5 +1,6 @@
-"""What the operator console's broker-facing commands share (`ca send-command`,
-`ca send-state-restore`): the broker connection's arguments, and the `Broker` they make."""
+"""What the operator console's commands share: a signed command's arguments (`ca sign-command`,
+`ca send-command`), the broker connection's (`ca send-command`, `ca send-state-restore`) and the
+`Broker` they make."""
 
 from __future__ import annotations
 
@@ -13,6 +14,17 @@ from water_edge.core.cli_numbers import whole
 
 if TYPE_CHECKING:
     from water_edge.agent.operator_link import Broker
+
+
+def add_command_arguments(p: argparse.ArgumentParser) -> None:
+    """What a signed command is made of (`ca sign-command`, `ca send-command`)."""
+    p.add_argument("--key", type=Path, required=True, help="operator private key (PEM)")
+    p.add_argument("--key-id", required=True, help="the operator name the gateway config trusts")
+    p.add_argument("--type", required=True, dest="command_type")
+    p.add_argument("--target", required=True, help="SITE/GATEWAY")
+    p.add_argument("--args", default="{}", help="JSON object of arguments")
+    p.add_argument("--args-file", type=Path, help="read a string argument from a file: NAME=PATH")
+    p.add_argument("--ttl", type=whole(1), default=300, help="seconds until it expires")
 
 
 def add_broker_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from water_edge.agent.commands._ca_restore import register_restore
 from water_edge.agent.commands._ca_send import register_send
+from water_edge.agent.commands._console import add_command_arguments
 from water_edge.agent.commands._exits import EXIT_FAILED, EXIT_OK, output_failed
 from water_edge.core.cli_numbers import whole
 from water_edge.provisioning.enrol_options import add_service_arguments
@@ -107,13 +108,7 @@ def _register_commands(sub: Any, with_dir: Any) -> None:
     p.set_defaults(func=_operator_key)
 
     p = sub.add_parser("sign-command", help="print a signed command envelope (see docs/security.md)")
-    p.add_argument("--key", type=Path, required=True, help="operator private key (PEM)")
-    p.add_argument("--key-id", required=True, help="the operator name the gateway config trusts")
-    p.add_argument("--type", required=True, dest="command_type")
-    p.add_argument("--target", required=True, help="site/gateway")
-    p.add_argument("--args", default="{}", help="JSON object of arguments")
-    p.add_argument("--args-file", type=Path, help="read a string argument from a file: NAME=PATH")
-    p.add_argument("--ttl", type=whole(1), default=300, help="seconds until it expires")
+    add_command_arguments(p)
     p.set_defaults(func=_sign_command)
 
     register_send(sub)
