@@ -34,7 +34,7 @@ from water_edge.agent.backup_parts import FORMAT
 from water_edge.agent.config.load import load_config
 from water_edge.agent.config.schema import StateBackupSection
 from water_edge.agent.metrics_export import exposition_text
-from water_edge.agent.state_backup import RECORD, WORK_DIR, StateBackup, fingerprint
+from water_edge.agent.state_backup import RECORD, WORK_DIR, Outcome, StateBackup, fingerprint
 from water_edge.agent.state_transfer import import_state, learnt_files
 from water_edge.agent.status_document import StatusDocument
 from water_edge.agent.uplink.config import SparkplugConfig
@@ -248,6 +248,16 @@ def running(backup: StateBackup) -> Iterator[StateBackup]:
         task.cancel()
 
 
+async def attempt_with_peak(backup: StateBackup) -> tuple[Outcome, int]:
+    """One attempt, and the peak of Python memory (bytes objects included) while it ran."""
+    tracemalloc.start()
+    try:
+        outcome = await backup.attempt()
+        return outcome, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def large_history(state_dir: Path) -> Path:
     """A pump's rolling history of 16 MiB of random (incompressible) rows."""
     history = state_dir / "pump" / "p1" / "history.sqlite"
@@ -297,12 +307,7 @@ async def test_a_large_backup_is_streamed_through_a_file_not_held_in_memory(
         section(histories=True, max_size=64 * 2**20, part_size=64 * 1024), state, SITE, GATEWAY, online
     )
     with PartsOnDisk(mosquitto, tmp_path / "centre") as centre:
-        tracemalloc.start()
-        try:
-            outcome = await backup.attempt()
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        outcome, peak = await attempt_with_peak(backup)
         assert outcome.sent is not None, outcome.reason
         await centre.wait_until_async(lambda ms: len(ms) >= outcome.sent.parts, 10)
     assert peak < size / 4, (
@@ -324,12 +329,7 @@ async def test_an_archive_growing_over_max_size_stops_its_export_and_leaves_noth
     backup = StateBackup(section(histories=True, max_size=256 * 1024), state, SITE, GATEWAY, online)
     assert not (state / WORK_DIR).exists()
     with Subscriber(mosquitto.host, mosquitto.port, BACKUPS) as centre:
-        tracemalloc.start()
-        try:
-            outcome = await backup.attempt()
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        outcome, peak = await attempt_with_peak(backup)
         await asyncio.sleep(0.3)
         assert centre.snapshot() == []
     assert outcome.result == "failing"
