@@ -3,11 +3,11 @@
 `edge-agent state export` needs the old card alive, and a dead SD card is the common case. So,
 `first_after` the agent starts, then every `interval` and `after_change` after the learnt files
 changed (looked at every minute: a recalibration reaches the centre within the hour, not the next
-day), `StateBackup` exports the learnt state
-(agent/state_transfer.py, in a thread) into a file under `{state_dir}/.state_backup/`, reads it back
-one part at a time (agent/backup_parts.py: the wire format) and publishes the parts one at a time
-at QoS 1 on `{prefix}/{site}/{gateway}/state_backup` over the uplink's own connection
-(`publish_acked`), each waiting for its PUBACK. The centre keeps the latest backups per gateway; a
+day), and when a signed `state_backup` command asks, `StateBackup` exports the learnt state
+(agent/state_transfer.py, in a thread) into a file under `{state_dir}/.state_backup/`, reads it
+back one part at a time (agent/backup_parts.py: the wire format) and publishes the parts at QoS 1
+on `{prefix}/{site}/{gateway}/state_backup` over the uplink's own connection (`publish_acked`),
+each waiting for its PUBACK. The centre keeps the latest backups per gateway; a
 technician fetches one and runs `edge-agent state import`.
 
 - Nothing learnt yet (no learnt files): nothing is sent.

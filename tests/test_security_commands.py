@@ -217,8 +217,10 @@ async def test_an_oversized_command_is_answered_not_dropped_silently(centre: Cen
     detail = centre.events[0].detail
     assert (detail["status"], detail["type"]) == ("refused", "read_now")
     assert detail["reason"].startswith("too_large: ")
+    # no id (nothing in it was read): its sender knows it by the digest of what it sent
+    assert (detail["id"], detail["sha"]) == (None, hashlib.sha256(payload).hexdigest()[:16])
     (entry,) = centre.audit_lines()
-    assert (entry["reason"], entry["size"]) == ("too_large", len(payload))
+    assert (entry["reason"], entry["size"], entry["sha"]) == ("too_large", len(payload), detail["sha"])
     assert inbox.stats().rejected == 1
 
 

@@ -283,7 +283,9 @@ class CommandProcessor:
             "type": env.type if env else topic,
             "key": env.key_id if env else None,
         }
-        result = CommandResult("refused", ident["id"], ident["type"], f"{code}: {message}")
+        result = CommandResult(
+            "refused", ident["id"], ident["type"], f"{code}: {message}", payload_sha=digest
+        )
         if not self._budget.admit():
             result.quiet = True
             return result
