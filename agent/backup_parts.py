@@ -22,7 +22,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 FORMAT: Final = "edge-agent-state-backup/1"
 MIN_PART_BYTES: Final = 4 * 1024
@@ -47,15 +47,8 @@ def encode_parts(
     """The MQTT payloads of one backup held in memory, in order: each at most `part_bytes` of it."""
     if not archive:
         raise ValueError("an empty archive is not a backup")
-    header = _Header.of(
-        len(archive),
-        hashlib.sha256(archive).hexdigest(),
-        site=site,
-        gateway=gateway,
-        created_ns=created_ns,
-        agent_version=agent_version,
-        part_bytes=part_bytes,
-    )
+    digest = hashlib.sha256(archive).hexdigest()
+    header = _Header(len(archive), digest, site, gateway, created_ns, agent_version, part_bytes)
     return [
         header.payload(index, archive[start : start + part_bytes])
         for index, start in enumerate(range(0, len(archive), part_bytes))
@@ -63,39 +56,61 @@ def encode_parts(
 
 
 @dataclass(frozen=True, slots=True)
-class FileParts:
-    """The parts of one backup whose archive is a file, read one part at a time (`payload`): an
-    archive can be as large as `[state_backup] max_size` (up to 1 GiB), the agent's memory is not."""
+class _Header:
+    """What every part of one backup says of the whole archive."""
 
-    path: Path
-    header: _Header
+    size: int
+    sha256: str
+    site: str
+    gateway: str
+    created_ns: int
+    agent_version: str
+    part_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.part_bytes < MIN_PART_BYTES:
+            raise ValueError(f"part_bytes must be at least {MIN_PART_BYTES} (got {self.part_bytes})")
 
     @property
     def backup(self) -> str:
-        return self.header.backup
+        return backup_id(self.created_ns, self.sha256)
 
     @property
-    def size(self) -> int:
-        return self.header.size
+    def parts(self) -> int:
+        return -(-self.size // self.part_bytes)
 
-    @property
-    def count(self) -> int:
-        return self.header.parts
+    def payload(self, index: int, chunk: bytes) -> bytes:
+        """Part `index`'s MQTT payload: its header line, then `chunk`."""
+        header = {
+            "format": FORMAT,
+            "backup": self.backup,
+            "part": index,
+            "parts": self.parts,
+            "size": self.size,
+            "sha256": self.sha256,
+            "part_sha256": hashlib.sha256(chunk).hexdigest(),
+            "site": self.site,
+            "gateway": self.gateway,
+            "created_ns": self.created_ns,
+            "agent_version": self.agent_version,
+        }
+        return json.dumps(header, sort_keys=True, separators=(",", ":")).encode() + b"\n" + chunk
 
-    @property
-    def sha256(self) -> str:
-        return self.header.sha256
 
-    @property
-    def created_ns(self) -> int:
-        return int(self.header.fields["created_ns"])
+@dataclass(frozen=True, slots=True)
+class FileParts(_Header):
+    """The parts of one backup whose archive is the file `path`, read one part at a time
+    (`read`): an archive can be as large as `[state_backup] max_size` (up to 1 GiB), the agent's
+    memory is not."""
 
-    def payload(self, index: int) -> bytes:
+    path: Path
+
+    def read(self, index: int) -> bytes:
         """Part `index`'s MQTT payload, read from the file."""
         with self.path.open("rb") as file:
-            file.seek(index * self.header.part_bytes)
-            chunk = file.read(self.header.part_bytes)
-        return self.header.payload(index, chunk)
+            file.seek(index * self.part_bytes)
+            chunk = file.read(self.part_bytes)
+        return self.payload(index, chunk)
 
 
 def file_parts(
@@ -107,68 +122,4 @@ def file_parts(
         raise ValueError("an empty archive is not a backup")
     with path.open("rb") as file:
         digest = hashlib.file_digest(file, "sha256").hexdigest()
-    header = _Header.of(
-        size,
-        digest,
-        site=site,
-        gateway=gateway,
-        created_ns=created_ns,
-        agent_version=agent_version,
-        part_bytes=part_bytes,
-    )
-    return FileParts(path, header)
-
-
-@dataclass(frozen=True, slots=True)
-class _Header:
-    """What every part of one backup says of the whole archive."""
-
-    fields: dict[str, Any]  # without `part` and `part_sha256`
-    part_bytes: int
-
-    @classmethod
-    def of(
-        cls,
-        size: int,
-        sha256: str,
-        *,
-        site: str,
-        gateway: str,
-        created_ns: int,
-        agent_version: str,
-        part_bytes: int,
-    ) -> _Header:
-        if part_bytes < MIN_PART_BYTES:
-            raise ValueError(f"part_bytes must be at least {MIN_PART_BYTES} (got {part_bytes})")
-        fields = {
-            "format": FORMAT,
-            "backup": backup_id(created_ns, sha256),
-            "parts": -(-size // part_bytes),
-            "size": size,
-            "sha256": sha256,
-            "site": site,
-            "gateway": gateway,
-            "created_ns": created_ns,
-            "agent_version": agent_version,
-        }
-        return cls(fields, part_bytes)
-
-    @property
-    def backup(self) -> str:
-        return str(self.fields["backup"])
-
-    @property
-    def size(self) -> int:
-        return int(self.fields["size"])
-
-    @property
-    def parts(self) -> int:
-        return int(self.fields["parts"])
-
-    @property
-    def sha256(self) -> str:
-        return str(self.fields["sha256"])
-
-    def payload(self, index: int, chunk: bytes) -> bytes:
-        header = {**self.fields, "part": index, "part_sha256": hashlib.sha256(chunk).hexdigest()}
-        return json.dumps(header, sort_keys=True, separators=(",", ":")).encode() + b"\n" + chunk
+    return FileParts(size, digest, site, gateway, created_ns, agent_version, part_bytes, path)

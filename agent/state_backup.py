@@ -420,7 +420,7 @@ class StateBackup:
             created_ns=parts.created_ns,
             sent_ns=now_ns(),
             bytes=parts.size,
-            parts=parts.count,
+            parts=parts.parts,
             files=files,
             fingerprint=print_,
         )
@@ -443,7 +443,7 @@ class StateBackup:
         health = self.uplink.health()
         if not health.connected:
             return f"the uplink is not connected ({health.state}): not sent"
-        for index in range(parts.count):
+        for index in range(parts.parts):
             if (why := await self._send_part(parts, index)) is not None:
                 return why
         return None
@@ -451,9 +451,9 @@ class StateBackup:
     async def _send_part(self, parts: FileParts, index: int) -> str | None:
         """Publish one part and wait for its PUBACK; why it failed, or None."""
         topic = self.uplink.topics.state_backup
-        which = f"part {index + 1}/{parts.count}"
+        which = f"part {index + 1}/{parts.parts}"
         try:
-            payload = await asyncio.to_thread(parts.payload, index)
+            payload = await asyncio.to_thread(parts.read, index)
         except OSError as exc:
             return f"{which} cannot be read back from {parts.path}: {exc}"
         try:
